@@ -1,0 +1,691 @@
+//! The interpreter's processor: state, memory access through segmentation and
+//! the soft TLB, the decoded-block cache, and the execution loop.
+//!
+//! The loop is shaped as QEMU's `cpu_exec`: exceptions and interrupts are
+//! delivered in the outer loop, and the inner loop finds (or decodes) the block
+//! at RIP and runs its instructions, each through its handler. A handler sees
+//! RIP already advanced to the next instruction; a fault rewinds it, so faults
+//! are precise.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use iced_x86::{Code, Decoder, DecoderOptions, Instruction};
+use mmu::{Access, GuestMemory, Mmu, PagingCtx, PagingMode, Privilege};
+
+use crate::exception::{Exception, Fault, GP0};
+use crate::ops::{self, Handler};
+use crate::state::{cr, flags, seg_attr, sreg, CpuState, Segment};
+
+/// What the CPU calls for everything outside RAM: port I/O, MMIO and the
+/// interrupt controller. The machine implements it over its device buses.
+pub trait Platform {
+    fn io_read(&mut self, port: u16, size: u8) -> u32;
+    fn io_write(&mut self, port: u16, size: u8, value: u32);
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]);
+    fn mmio_write(&mut self, addr: u64, data: &[u8]);
+    /// Whether an external interrupt is waiting (INTR asserted).
+    fn interrupt_pending(&mut self) -> bool {
+        false
+    }
+    /// Acknowledge the pending external interrupt and return its vector.
+    fn ack_interrupt(&mut self) -> Option<u8> {
+        None
+    }
+    /// RDMSR of an MSR the platform owns (x2APIC, TSC deadline); `None` if not its.
+    fn msr_read(&mut self, _msr: u32) -> Option<u64> {
+        None
+    }
+    /// WRMSR of an MSR the platform owns; `false` if not its.
+    fn msr_write(&mut self, _msr: u32, _value: u64) -> bool {
+        false
+    }
+    /// The platform's time-stamp counter, if it keeps one (before the guest's
+    /// TSC offset is applied).
+    fn tsc(&mut self) -> Option<u64> {
+        None
+    }
+    /// Checked after every I/O access and between blocks: leave the run loop.
+    fn stop_requested(&self) -> bool {
+        false
+    }
+}
+
+/// Why [`Cpu::run`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// The instruction budget ran out.
+    Budget,
+    /// HLT: the CPU waits for an interrupt.
+    Halted,
+    /// The platform asked to stop (an exit request, a device event).
+    Requested,
+    /// A triple fault: the processor shut down. The string names the fault chain.
+    Shutdown(String),
+}
+
+/// A run of decoded instructions that ends at a control transfer or a page edge.
+pub struct Block {
+    pub insns: Vec<Decoded>,
+}
+
+/// One cached instruction: the decoded form, its handler (chosen once, for the
+/// instruction's operand forms), and the RIP after it (already wrapped to the
+/// code size).
+#[derive(Clone, Copy)]
+pub struct Decoded {
+    pub insn: Instruction,
+    pub handler: Handler,
+    pub next_rip: u64,
+}
+
+impl Decoded {
+    fn new(insn: Instruction) -> Self {
+        let next = insn.next_ip();
+        let next_rip = match insn.code_size() {
+            iced_x86::CodeSize::Code16 => next & 0xffff,
+            iced_x86::CodeSize::Code32 => next & 0xffff_ffff,
+            _ => next,
+        };
+        Decoded { insn, handler: ops::select(&insn), next_rip }
+    }
+}
+
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// Block key: physical address of the first byte, RIP's page (branch targets
+/// and RIP-relative operands are decoded as absolute addresses), and bitness.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct BlockKey {
+    phys: u64,
+    rip_page: u64,
+    bits: u32,
+}
+
+/// The decoded-instruction cache, per guest physical page.
+#[derive(Default)]
+struct DecodeCache {
+    blocks: FastMap<BlockKey, Rc<Block>>,
+    /// Blocks that start in each physical page.
+    by_page: FastMap<u64, Vec<BlockKey>>,
+}
+
+impl DecodeCache {
+    fn invalidate_page(&mut self, page: u64) {
+        if let Some(keys) = self.by_page.remove(&page) {
+            for k in keys {
+                self.blocks.remove(&k);
+            }
+        }
+    }
+}
+
+/// Counters for `--stats` and benchmarks.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuStats {
+    pub instructions: u64,
+    pub blocks_decoded: u64,
+    pub exceptions: u64,
+    pub interrupts: u64,
+}
+
+/// One x86 processor run by the interpreter.
+pub struct Cpu {
+    pub state: CpuState,
+    pub mmu: Mmu,
+    /// Port I/O, MMIO and interrupts.
+    pub platform: Box<dyn Platform + Send>,
+    pub stats: CpuStats,
+    pub(crate) paging: PagingCtx,
+    cache: DecodeCache,
+    /// RIP of the instruction being executed (for rewinding on faults).
+    pub(crate) insn_start: u64,
+    /// Set by handlers that change how code decodes or where it lives (mode
+    /// switches, CS loads, CR/EFER writes): the block loop stops after them.
+    pub(crate) block_break: bool,
+    /// Set when the platform asked to stop (checked after I/O).
+    pub(crate) stop: bool,
+    /// Exception being delivered, for double/triple fault escalation.
+    pub(crate) delivering: Option<Exception>,
+    pub(crate) shutdown: Option<String>,
+    /// Extra MSRs kept by value (see [`crate::msr`]).
+    pub(crate) msrs: crate::msr::MsrTable,
+    /// Host time base of the TSC.
+    pub(crate) tsc_epoch: std::time::Instant,
+    /// TSC ticks per nanosecond times 2^32 (fixed-point).
+    pub(crate) tsc_per_ns_fp: u64,
+    /// Debug-register, NMI and random-number state (see [`crate::ops::debug`]).
+    pub(crate) sys: crate::ops::debug::SysState,
+}
+
+impl Cpu {
+    pub fn new(mem: Arc<GuestMemory>, platform: Box<dyn Platform + Send>) -> Self {
+        let state = CpuState::reset();
+        let mut cpu = Cpu {
+            state,
+            mmu: Mmu::new(mem),
+            platform,
+            stats: CpuStats::default(),
+            paging: PagingCtx { mode: PagingMode::Off, cr3: 0, wp: false, nxe: false, smep: false, smap: false },
+            cache: DecodeCache::default(),
+            insn_start: 0,
+            block_break: false,
+            stop: false,
+            delivering: None,
+            shutdown: None,
+            msrs: crate::msr::MsrTable::default(),
+            tsc_epoch: std::time::Instant::now(),
+            tsc_per_ns_fp: crate::cpuid::TSC_KHZ * (1 << 32) / 1_000_000,
+            sys: Default::default(),
+        };
+        cpu.update_paging();
+        cpu
+    }
+
+    /// Replace the whole architectural state (loaders, the KVM bridge).
+    pub fn set_state(&mut self, s: CpuState) {
+        self.state = s;
+        self.update_paging();
+        self.mmu.flush(false);
+    }
+
+    /// Guest memory.
+    #[inline]
+    pub fn mem(&self) -> &Arc<GuestMemory> {
+        self.mmu.mem()
+    }
+
+    /// Recompute the paging context after CR0, CR3, CR4 or EFER change.
+    pub(crate) fn update_paging(&mut self) {
+        let s = &self.state;
+        let mode = if s.cr0 & cr::CR0_PG == 0 {
+            PagingMode::Off
+        } else if s.efer & cr::EFER_LMA != 0 {
+            if s.cr4 & cr::CR4_LA57 != 0 {
+                PagingMode::Level5
+            } else {
+                PagingMode::Level4
+            }
+        } else if s.cr4 & cr::CR4_PAE != 0 {
+            PagingMode::Pae
+        } else {
+            PagingMode::Legacy { pse: s.cr4 & cr::CR4_PSE != 0 }
+        };
+        self.paging = PagingCtx {
+            mode,
+            cr3: s.cr3,
+            wp: s.cr0 & cr::CR0_WP != 0,
+            nxe: s.efer & cr::EFER_NXE != 0,
+            smep: s.cr4 & cr::CR4_SMEP != 0,
+            smap: s.cr4 & cr::CR4_SMAP != 0,
+        };
+    }
+
+    /// The privilege of explicit data accesses at the current CPL.
+    #[inline]
+    pub(crate) fn privilege(&self) -> Privilege {
+        if self.state.cpl == 3 {
+            Privilege::User
+        } else if self.state.rflags & flags::AC != 0 && self.paging.smap {
+            Privilege::SupervisorAc
+        } else {
+            Privilege::Supervisor
+        }
+    }
+
+    // ---- segmentation --------------------------------------------------------
+
+    /// Linear address of `offset` in segment `seg` for an access of `len` bytes,
+    /// with the segment checks of the current mode.
+    #[inline]
+    pub(crate) fn linear(&self, seg: usize, offset: u64, len: u64, write: bool) -> Fault<u64> {
+        let s = &self.state.seg[seg];
+        if self.state.code64() {
+            let base = if seg >= sreg::FS { s.base } else { 0 };
+            let lin = base.wrapping_add(offset);
+            if !is_canonical(lin) || !is_canonical(lin.wrapping_add(len - 1)) {
+                return Err(if seg == sreg::SS { Exception::StackFault(0) } else { GP0 });
+            }
+            return Ok(lin);
+        }
+        let fault = if seg == sreg::SS { Exception::StackFault(0) } else { GP0 };
+        if self.state.protected() && !self.state.v86() {
+            if s.attr & seg_attr::UNUSABLE != 0 {
+                return Err(fault);
+            }
+            if write && (s.attr & seg_attr::TYPE_CODE != 0 || s.attr & seg_attr::TYPE_RW == 0) {
+                return Err(fault);
+            }
+        }
+        let last = offset.wrapping_add(len - 1);
+        let expand_down = s.attr & (seg_attr::TYPE_CODE | seg_attr::TYPE_DC) == seg_attr::TYPE_DC;
+        if expand_down {
+            let upper = if s.attr & seg_attr::DB != 0 { 0xffff_ffffu64 } else { 0xffff };
+            if offset <= u64::from(s.limit) || last > upper || last < offset {
+                return Err(fault);
+            }
+        } else if last > u64::from(s.limit) || last < offset {
+            return Err(fault);
+        }
+        Ok(s.base.wrapping_add(offset) & 0xffff_ffff)
+    }
+
+    // ---- linear memory -------------------------------------------------------
+
+    fn translate(&mut self, lin: u64, access: Access, p: Privilege) -> Fault<u64> {
+        let ctx = self.paging;
+        self.mmu
+            .translate(&ctx, p, lin, access)
+            .map_err(|f| Exception::PageFault { addr: f.addr, error_code: f.error_code })
+    }
+
+    /// Read `N` bytes at a linear address with privilege `p`.
+    #[inline]
+    pub(crate) fn read_lin_p<const N: usize>(&mut self, lin: u64, p: Privilege) -> Fault<[u8; N]> {
+        if let Some(b) = self.mmu.read_fast::<N>(p, lin) {
+            return Ok(b);
+        }
+        let mut buf = [0u8; N];
+        self.read_slow(lin, &mut buf, p, Access::Read)?;
+        Ok(buf)
+    }
+
+    fn read_slow(&mut self, lin: u64, buf: &mut [u8], p: Privilege, access: Access) -> Fault<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let a = lin.wrapping_add(done as u64);
+            let a = if self.state.long_mode() { a } else { a & 0xffff_ffff };
+            let in_page = (4096 - (a & 0xfff)) as usize;
+            let n = in_page.min(buf.len() - done);
+            let phys = self.translate(a, access, p)?;
+            let chunk = &mut buf[done..done + n];
+            if self.mem().read(phys, chunk).is_err() {
+                self.platform_mmio_read(phys, chunk);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Write `data` at a linear address with privilege `p`. Every page is
+    /// translated before any byte is written, so a fault leaves memory untouched.
+    pub(crate) fn write_lin_p(&mut self, lin: u64, data: &[u8], p: Privilege) -> Fault<()> {
+        if self.mmu.write_fast(p, lin, data) {
+            return Ok(());
+        }
+        let first = self.translate(lin, Access::Write, p)?;
+        let in_page = (4096 - (lin & 0xfff)) as usize;
+        if data.len() <= in_page {
+            return self.write_phys(first, data);
+        }
+        let next = lin.wrapping_add(in_page as u64);
+        let next = if self.state.long_mode() { next } else { next & 0xffff_ffff };
+        let second = self.translate(next, Access::Write, p)?;
+        self.write_phys(first, &data[..in_page])?;
+        self.write_phys(second, &data[in_page..])
+    }
+
+    fn write_phys(&mut self, phys: u64, data: &[u8]) -> Fault<()> {
+        match self.mem().write(phys, data) {
+            Ok(()) => {}
+            // Writes to ROM are dropped, as on a PC.
+            Err(mmu::MemError::ReadOnly { .. }) => {}
+            Err(_) => self.platform_mmio_write(phys, data),
+        }
+        if self.mem().invalidation_pending() {
+            self.drain_invalidations();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn drain_invalidations(&mut self) {
+        for page in self.mem().take_invalidated() {
+            self.cache.invalidate_page(page);
+        }
+        // The running block may have been overwritten: stop after this instruction.
+        self.block_break = true;
+    }
+
+    /// Read at a linear address with the current privilege.
+    #[inline]
+    pub(crate) fn read_lin<const N: usize>(&mut self, lin: u64) -> Fault<[u8; N]> {
+        let p = self.privilege();
+        self.read_lin_p::<N>(lin, p)
+    }
+
+    /// Read a supervisor (implicit) access: descriptor tables, TSS, IDT.
+    pub(crate) fn read_sys<const N: usize>(&mut self, lin: u64) -> Fault<[u8; N]> {
+        self.read_lin_p::<N>(lin, Privilege::Supervisor)
+    }
+
+    pub(crate) fn write_sys(&mut self, lin: u64, data: &[u8]) -> Fault<()> {
+        self.write_lin_p(lin, data, Privilege::Supervisor)
+    }
+
+    /// Read `size` bytes (1, 2, 4 or 8) at `seg:offset`, zero-extended.
+    #[inline]
+    pub fn read_mem(&mut self, seg: usize, offset: u64, size: u32) -> Fault<u64> {
+        let lin = self.linear(seg, offset, u64::from(size), false)?;
+        self.check_access(lin, size, false)?;
+        Ok(match size {
+            1 => u64::from(self.read_lin::<1>(lin)?[0]),
+            2 => u64::from(u16::from_le_bytes(self.read_lin::<2>(lin)?)),
+            4 => u64::from(u32::from_le_bytes(self.read_lin::<4>(lin)?)),
+            _ => u64::from_le_bytes(self.read_lin::<8>(lin)?),
+        })
+    }
+
+    /// Write the low `size` bytes of `value` at `seg:offset`.
+    #[inline]
+    pub fn write_mem(&mut self, seg: usize, offset: u64, size: u32, value: u64) -> Fault<()> {
+        let lin = self.linear(seg, offset, u64::from(size), true)?;
+        self.check_access(lin, size, true)?;
+        let p = self.privilege();
+        self.write_lin_p(lin, &value.to_le_bytes()[..size as usize], p)
+    }
+
+    /// Read a byte buffer at `seg:offset` (descriptor operands, FXSAVE areas).
+    pub fn read_mem_buf(&mut self, seg: usize, offset: u64, buf: &mut [u8]) -> Fault<()> {
+        let lin = self.linear(seg, offset, buf.len() as u64, false)?;
+        self.check_access_buf(lin, buf.len(), false);
+        let p = self.privilege();
+        if let Some(b) = self.mmu.read_fast::<1>(p, lin) {
+            if buf.len() == 1 {
+                buf[0] = b[0];
+                return Ok(());
+            }
+        }
+        self.read_slow(lin, buf, p, Access::Read)
+    }
+
+    /// Write a byte buffer at `seg:offset`.
+    pub fn write_mem_buf(&mut self, seg: usize, offset: u64, data: &[u8]) -> Fault<()> {
+        let lin = self.linear(seg, offset, data.len() as u64, true)?;
+        self.check_access_buf(lin, data.len(), true);
+        let p = self.privilege();
+        if data.len() <= 4096 - (lin & 0xfff) as usize || data.len() <= 4096 {
+            return self.write_lin_p(lin, data, p);
+        }
+        for (i, chunk) in data.chunks(4096).enumerate() {
+            self.write_lin_p(lin + (i * 4096) as u64, chunk, p)?;
+        }
+        Ok(())
+    }
+
+    // ---- the platform --------------------------------------------------------
+
+    fn platform_mmio_read(&mut self, phys: u64, data: &mut [u8]) {
+        self.platform.mmio_read(phys, data);
+    }
+
+    fn platform_mmio_write(&mut self, phys: u64, data: &[u8]) {
+        self.platform.mmio_write(phys, data);
+        if self.platform.stop_requested() {
+            self.stop = true;
+            self.block_break = true;
+        }
+    }
+
+    pub(crate) fn io_read(&mut self, port: u16, size: u8) -> u32 {
+        self.platform.io_read(port, size)
+    }
+
+    pub(crate) fn io_write(&mut self, port: u16, size: u8, value: u32) {
+        self.platform.io_write(port, size, value);
+        if self.platform.stop_requested() {
+            self.stop = true;
+            self.block_break = true;
+        }
+    }
+
+    // ---- decoding ------------------------------------------------------------
+
+    /// Fetch the block at the current RIP, decoding and caching it on a miss.
+    fn block_at_rip(&mut self) -> Fault<Rc<Block>> {
+        let bits = self.state.code_bits();
+        let rip = self.state.rip;
+        let lin = self.linear(sreg::CS, rip, 1, false).map_err(|_| GP0)?;
+        let p = if self.state.cpl == 3 { Privilege::User } else { Privilege::Supervisor };
+        let phys = match self.mmu.lookup(p, lin, Access::Execute) {
+            Some(ph) => ph,
+            None => self.translate(lin, Access::Execute, p)?,
+        };
+        let key = BlockKey { phys, rip_page: rip & !0xfff, bits };
+        if let Some(b) = self.cache.blocks.get(&key) {
+            return Ok(b.clone());
+        }
+        self.decode_block(key, lin, p)
+    }
+
+    fn decode_block(&mut self, key: BlockKey, lin: u64, p: Privilege) -> Fault<Rc<Block>> {
+        let page = key.phys & !0xfff;
+        let off = (key.phys & 0xfff) as usize;
+        let mut bytes = [0u8; 4096];
+        let cacheable = self.mem().read(page, &mut bytes).is_ok();
+        if !cacheable {
+            // Code in MMIO space: fetch it through the platform, uncached.
+            self.platform_mmio_read(page, &mut bytes);
+        }
+        let mut decoder = Decoder::with_ip(key.bits, &bytes[off..], self.state.rip, DecoderOptions::NONE);
+        let mut insns = Vec::new();
+        let mut insn = Instruction::default();
+        let limit = self.state.seg[sreg::CS].limit;
+        while decoder.can_decode() {
+            decoder.decode_out(&mut insn);
+            if decoder.last_error() == iced_x86::DecoderError::NoMoreBytes {
+                break;
+            }
+            let ends = insn.flow_control() != iced_x86::FlowControl::Next || ops::ends_block(insn.code());
+            insns.push(Decoded::new(insn));
+            if ends || insns.len() >= 64 || (key.bits != 64 && insn.next_ip() > u64::from(limit)) {
+                break;
+            }
+        }
+        if insns.is_empty() {
+            // The instruction crosses into the next page: decode it from a
+            // fetch that spans both pages, and do not cache it.
+            let mut buf = [0u8; 15];
+            let avail = 4096 - off;
+            buf[..avail].copy_from_slice(&bytes[off..]);
+            let next_lin = (lin & !0xfff).wrapping_add(4096);
+            let next_lin = if self.state.long_mode() { next_lin } else { next_lin & 0xffff_ffff };
+            let mut rest = [0u8; 15];
+            self.read_slow(next_lin, &mut rest[..15 - avail], p, Access::Execute)?;
+            buf[avail..].copy_from_slice(&rest[..15 - avail]);
+            let mut d = Decoder::with_ip(key.bits, &buf, self.state.rip, DecoderOptions::NONE);
+            let insn = d.decode();
+            return Ok(Rc::new(Block { insns: vec![Decoded::new(insn)] }));
+        }
+        self.stats.blocks_decoded += 1;
+        let block = Rc::new(Block { insns });
+        if cacheable {
+            self.mem().mark_code_page(page);
+            // Write tags for this page must stop bypassing the tracking check.
+            self.mmu.flush_phys(page);
+            self.cache.blocks.insert(key, block.clone());
+            self.cache.by_page.entry(page).or_default().push(key);
+        }
+        Ok(block)
+    }
+
+    /// Drop all decoded code (after a reset, or a state load).
+    pub fn flush_code_cache(&mut self) {
+        self.cache = DecodeCache::default();
+    }
+
+    // ---- execution -----------------------------------------------------------
+
+    /// Run at most `budget` instructions.
+    pub fn run(&mut self, budget: u64) -> StopReason {
+        self.stop = false;
+        let start = self.stats.instructions;
+        while self.stats.instructions - start < budget {
+            if let Some(why) = self.shutdown.take() {
+                return StopReason::Shutdown(why);
+            }
+            if self.stop {
+                self.stop = false;
+                return StopReason::Requested;
+            }
+            if self.sys.nmi_pending && self.poll_nmi() {
+                continue;
+            }
+            // Interrupt window: IF set and no shadow.
+            if self.state.interrupt_shadow == 0
+                && self.state.rflags & flags::IF != 0
+                && self.platform.interrupt_pending()
+            {
+                if let Some(vector) = self.platform.ack_interrupt() {
+                    self.state.halted = 0;
+                    self.stats.interrupts += 1;
+                    self.deliver_external(vector);
+                    continue;
+                }
+            }
+            if self.state.halted != 0 {
+                return StopReason::Halted;
+            }
+            self.state.interrupt_shadow = 0;
+            match self.block_at_rip() {
+                Ok(block) => self.run_block(&block),
+                Err(e) => {
+                    self.insn_start = self.state.rip;
+                    self.raise_fetch_fault(e);
+                }
+            }
+        }
+        if let Some(why) = self.shutdown.take() {
+            return StopReason::Shutdown(why);
+        }
+        StopReason::Budget
+    }
+
+    /// Execute one instruction at RIP (the JIT's and the KVM fallback's entry).
+    pub fn step(&mut self) -> StopReason {
+        self.stop = false;
+        match self.block_at_rip() {
+            Ok(block) => {
+                let d = block.insns[0];
+                if self.exec_one(&d) {
+                    self.stats.instructions += 1;
+                }
+            }
+            Err(e) => {
+                self.insn_start = self.state.rip;
+                self.raise_fetch_fault(e);
+            }
+        }
+        if let Some(why) = self.shutdown.take() {
+            StopReason::Shutdown(why)
+        } else if self.stop {
+            StopReason::Requested
+        } else if self.state.halted != 0 {
+            StopReason::Halted
+        } else {
+            StopReason::Budget
+        }
+    }
+
+    /// Execute one decoded instruction; `false` if it raised an exception
+    /// (already delivered). Traps count as executed.
+    #[inline(always)]
+    fn exec_one(&mut self, d: &Decoded) -> bool {
+        if (self.state.rflags & (flags::TF | flags::RF)) | (self.state.dr[7] & 0xff) | self.sys.deferred != 0 {
+            return self.exec_one_debug(d);
+        }
+        self.insn_start = self.state.rip;
+        self.state.rip = d.next_rip;
+        match (d.handler)(self, &d.insn) {
+            Ok(()) => true,
+            Err(e) => {
+                if e.is_trap() {
+                    self.stats.instructions += 1;
+                } else {
+                    self.state.rip = self.insn_start;
+                }
+                self.raise(e);
+                false
+            }
+        }
+    }
+
+    fn run_block(&mut self, block: &Block) {
+        self.block_break = false;
+        let mut done = 0u64;
+        for d in &block.insns {
+            if !self.exec_one(d) {
+                break;
+            }
+            done += 1;
+            if self.block_break {
+                break;
+            }
+        }
+        self.stats.instructions += done;
+    }
+
+    /// Log an instruction the interpreter does not implement (once per mnemonic)
+    /// and raise #UD.
+    pub(crate) fn unimplemented(&mut self, insn: &Instruction) -> Fault<()> {
+        ops::log_unimplemented(insn);
+        Err(Exception::InvalidOpcode)
+    }
+
+    /// The mnemonic of the instruction at RIP, decoded but not executed (for
+    /// statistics and diagnostics); `None` if it cannot be fetched.
+    pub fn mnemonic_at_rip(&mut self) -> Option<String> {
+        let block = self.block_at_rip().ok()?;
+        let d = block.insns.first()?;
+        Some(format!("{:?}", d.insn.mnemonic()).to_lowercase())
+    }
+
+    /// The current Code being executed at `insn_start` (for diagnostics).
+    pub fn describe_rip(&self) -> String {
+        let s = &self.state;
+        format!("{:04x}:{:016x} (cpl {}, {}-bit)", s.seg[sreg::CS].selector, s.rip, s.cpl, s.code_bits())
+    }
+
+    /// Load a segment register in real or virtual-8086 style (base = selector * 16).
+    pub(crate) fn load_real_segment(&mut self, seg: usize, selector: u16) {
+        let s = &mut self.state.seg[seg];
+        s.selector = selector;
+        s.base = u64::from(selector) << 4;
+        if self.state.rflags & flags::VM != 0 {
+            *s = Segment::real(selector, seg_attr::P | seg_attr::S | seg_attr::TYPE_RW | seg_attr::TYPE_ACCESSED | (3 << seg_attr::DPL_SHIFT));
+            if seg == sreg::CS {
+                s.attr |= seg_attr::TYPE_CODE;
+            }
+        }
+    }
+
+    /// Whether a `Code` has a handler (for coverage reports).
+    pub fn implemented(code: Code) -> bool {
+        ops::implemented(code)
+    }
+}
+
+/// Whether `a` is canonical for 48-bit linear addresses.
+#[inline]
+pub fn is_canonical(a: u64) -> bool {
+    ((a as i64) << 16 >> 16) as u64 == a
+}
+

@@ -1,0 +1,162 @@
+//! CPUID: one documented CPU model that advertises exactly what the
+//! interpreter implements.
+//!
+//! The vendor is "AuthenticAMD", as QEMU's `qemu64` model reports, so guests
+//! take the AMD paths (SYSCALL in compatibility mode) that also match the
+//! hosts the differential harness runs on. Each feature bit is set only when
+//! its instructions and registers are implemented; the list grows with the
+//! interpreter.
+
+use crate::state::{cr, CpuState};
+
+/// TSC frequency of the model, in kHz (2 GHz).
+pub const TSC_KHZ: u64 = 2_000_000;
+
+/// Leaf 1 EDX bits.
+pub mod edx1 {
+    pub const DE: u32 = 1 << 2;
+    pub const PSE: u32 = 1 << 3;
+    pub const TSC: u32 = 1 << 4;
+    pub const MSR: u32 = 1 << 5;
+    pub const PAE: u32 = 1 << 6;
+    /// CMPXCHG8B.
+    pub const CX8: u32 = 1 << 8;
+    pub const APIC: u32 = 1 << 9;
+    pub const SEP: u32 = 1 << 11;
+    pub const MTRR: u32 = 1 << 12;
+    pub const PGE: u32 = 1 << 13;
+    pub const CMOV: u32 = 1 << 15;
+    pub const PAT: u32 = 1 << 16;
+    pub const PSE36: u32 = 1 << 17;
+    /// CLFLUSH (the line size is in EBX[15:8]).
+    pub const CLFSH: u32 = 1 << 19;
+}
+
+/// Leaf 1 ECX bits.
+pub mod ecx1 {
+    /// CMPXCHG16B.
+    pub const CX16: u32 = 1 << 13;
+    /// Process-context identifiers (CR4.PCIDE).
+    pub const PCID: u32 = 1 << 17;
+    pub const MOVBE: u32 = 1 << 22;
+    pub const POPCNT: u32 = 1 << 23;
+    pub const RDRAND: u32 = 1 << 30;
+}
+
+/// Leaf 7 subleaf 0 EBX bits.
+pub mod ebx7 {
+    /// RDFSBASE/RDGSBASE/WRFSBASE/WRGSBASE and CR4.FSGSBASE.
+    pub const FSGSBASE: u32 = 1 << 0;
+    pub const BMI1: u32 = 1 << 3;
+    pub const SMEP: u32 = 1 << 7;
+    pub const BMI2: u32 = 1 << 8;
+    pub const INVPCID: u32 = 1 << 10;
+    pub const RDSEED: u32 = 1 << 18;
+    /// ADCX and ADOX.
+    pub const ADX: u32 = 1 << 19;
+    /// SMAP, with CLAC and STAC.
+    pub const SMAP: u32 = 1 << 20;
+    pub const CLFLUSHOPT: u32 = 1 << 23;
+    pub const CLWB: u32 = 1 << 24;
+}
+
+/// Leaf 7 subleaf 0 ECX bits.
+pub mod ecx7 {
+    pub const RDPID: u32 = 1 << 22;
+}
+
+/// Leaf 8000_0001 EDX bits.
+pub mod edx81 {
+    pub const SYSCALL: u32 = 1 << 11;
+    pub const NX: u32 = 1 << 20;
+    /// RDTSCP and IA32_TSC_AUX.
+    pub const RDTSCP: u32 = 1 << 27;
+    pub const LM: u32 = 1 << 29;
+}
+
+/// Leaf 8000_0001 ECX bits.
+pub mod ecx81 {
+    pub const LAHF_LM: u32 = 1 << 0;
+    /// ABM: LZCNT (and POPCNT).
+    pub const ABM: u32 = 1 << 5;
+    /// 3DNowPrefetch: PREFETCH and PREFETCHW.
+    pub const PREFETCHW: u32 = 1 << 8;
+}
+
+const VENDOR: &[u8; 12] = b"AuthenticAMD";
+const BRAND: &[u8; 48] = b"ferrovm x86-64 interpreter CPU\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+
+fn vendor_regs() -> [u32; 3] {
+    let w = |i: usize| u32::from_le_bytes([VENDOR[i], VENDOR[i + 1], VENDOR[i + 2], VENDOR[i + 3]]);
+    // EBX, EDX, ECX order.
+    [w(0), w(4), w(8)]
+}
+
+/// The features advertised in leaf 1 EDX.
+pub const LEAF1_EDX: u32 = edx1::DE
+    | edx1::PSE
+    | edx1::TSC
+    | edx1::MSR
+    | edx1::PAE
+    | edx1::APIC
+    | edx1::SEP
+    | edx1::MTRR
+    | edx1::PGE
+    | edx1::CMOV
+    | edx1::PAT
+    | edx1::PSE36
+    | edx1::CX8
+    | edx1::CLFSH;
+/// The features advertised in leaf 1 ECX.
+pub const LEAF1_ECX: u32 = ecx1::CX16 | ecx1::PCID | ecx1::MOVBE | ecx1::POPCNT | ecx1::RDRAND;
+/// Structured extended features (leaf 7 subleaf 0).
+pub const LEAF7_EBX: u32 = ebx7::FSGSBASE
+    | ebx7::BMI1
+    | ebx7::SMEP
+    | ebx7::BMI2
+    | ebx7::INVPCID
+    | ebx7::RDSEED
+    | ebx7::ADX
+    | ebx7::SMAP
+    | ebx7::CLFLUSHOPT
+    | ebx7::CLWB;
+pub const LEAF7_ECX: u32 = ecx7::RDPID;
+/// Extended features (leaf 8000_0001).
+pub const LEAF81_EDX: u32 = edx81::SYSCALL | edx81::NX | edx81::RDTSCP | edx81::LM;
+pub const LEAF81_ECX: u32 = ecx81::LAHF_LM | ecx81::ABM | ecx81::PREFETCHW;
+
+/// Family 6, model 0x0f, stepping 1 (the signature reset leaves in EDX).
+pub const SIGNATURE: u32 = 0x0000_06f1;
+
+/// Execute CPUID for `leaf`/`sub`: returns EAX, EBX, ECX, EDX.
+pub fn cpuid(state: &CpuState, leaf: u32, sub: u32) -> [u32; 4] {
+    let [b, d, c] = vendor_regs();
+    match leaf {
+        0 => [0xd, b, c, d],
+        1 => {
+            // APIC ID 0, one logical processor, CLFLUSH line size 8 (64 bytes).
+            let ebx = 8 << 8;
+            // EDX.APIC mirrors IA32_APIC_BASE's global enable.
+            let mut edx = LEAF1_EDX;
+            if state.msr.apic_base & (1 << 11) == 0 {
+                edx &= !edx1::APIC;
+            }
+            // OSXSAVE would mirror CR4.OSXSAVE; XSAVE is not advertised.
+            let ecx = LEAF1_ECX | if state.cr4 & cr::CR4_OSXSAVE != 0 { 1 << 27 } else { 0 };
+            [SIGNATURE, ebx, ecx, edx]
+        }
+        // Structured extended features: subleaf 0 only (EAX = the last subleaf).
+        7 if sub == 0 => [0, LEAF7_EBX, LEAF7_ECX, 0],
+        0x8000_0000 => [0x8000_0008, b, c, d],
+        0x8000_0001 => [SIGNATURE, 0, LEAF81_ECX, LEAF81_EDX],
+        0x8000_0002..=0x8000_0004 => {
+            let off = (leaf - 0x8000_0002) as usize * 16;
+            let w = |i: usize| u32::from_le_bytes([BRAND[off + i], BRAND[off + i + 1], BRAND[off + i + 2], BRAND[off + i + 3]]);
+            [w(0), w(4), w(8), w(12)]
+        }
+        // Physical and linear address widths.
+        0x8000_0008 => [(48 << 8) | mmu::paging::MAXPHYADDR, 0, 0, 0],
+        // Leaves up to the maximum that describe nothing implemented read as zero.
+        _ => [0, 0, 0, 0],
+    }
+}

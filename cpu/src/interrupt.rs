@@ -1,0 +1,434 @@
+//! Exception and interrupt delivery (SDM Vol. 3A §6.4–6.15) and the stack.
+//!
+//! Real mode goes through the IVT. Protected mode and long mode go through IDT
+//! interrupt and trap gates, switching stacks through the TSS when the handler
+//! runs at a more privileged level (and through the IST in long mode); a task
+//! gate in a legacy IDT switches tasks ([`crate::ops::task`]). Fault-class
+//! exceptions save RF = 1; NMIs stay blocked until the next IRET. A fault
+//! while delivering escalates: benign + anything delivers the second; two
+//! contributory faults, or a page fault followed by a contributory fault or a
+//! page fault, become #DF; a fault while delivering #DF shuts the processor
+//! down (a triple fault).
+
+use crate::cpu::Cpu;
+use crate::exception::{Exception, Fault};
+use crate::segment::sel_err;
+use crate::state::{flags, sreg, Segment};
+
+/// How an event reaches the delivery logic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// An exception raised by an instruction (or by delivery).
+    Exception,
+    /// INT n, INT3, INTO: gate DPL is checked against CPL.
+    Software,
+    /// An external interrupt (INTR or NMI): EXT is set in error codes.
+    External,
+}
+
+impl Cpu {
+    /// Stack address size in bytes: 8 in 64-bit mode, else SS.B.
+    #[inline]
+    pub(crate) fn stack_size(&self) -> u32 {
+        if self.state.code64() {
+            8
+        } else if self.state.seg[sreg::SS].attr & crate::state::seg_attr::DB != 0 && self.state.protected() {
+            4
+        } else {
+            2
+        }
+    }
+
+    #[inline]
+    fn sp_mask(&self) -> u64 {
+        match self.stack_size() {
+            8 => u64::MAX,
+            4 => 0xffff_ffff,
+            _ => 0xffff,
+        }
+    }
+
+    /// Push `size` bytes of `value`.
+    pub fn push(&mut self, size: u32, value: u64) -> Fault<()> {
+        let mask = self.sp_mask();
+        let rsp = self.state.gpr[4];
+        let new = rsp.wrapping_sub(u64::from(size)) & mask;
+        self.write_mem(sreg::SS, new, size, value)?;
+        self.state.gpr[4] = (rsp & !mask) | new;
+        Ok(())
+    }
+
+    /// Pop `size` bytes.
+    pub fn pop(&mut self, size: u32) -> Fault<u64> {
+        let mask = self.sp_mask();
+        let rsp = self.state.gpr[4];
+        let v = self.read_mem(sreg::SS, rsp & mask, size)?;
+        self.state.gpr[4] = (rsp & !mask) | (rsp.wrapping_add(u64::from(size)) & mask);
+        Ok(v)
+    }
+
+    /// Read the value `depth` bytes above the stack top without popping.
+    pub(crate) fn peek(&mut self, depth: u64, size: u32) -> Fault<u64> {
+        let mask = self.sp_mask();
+        let a = self.state.gpr[4].wrapping_add(depth) & mask;
+        self.read_mem(sreg::SS, a, size)
+    }
+
+    /// Raise an exception from the current instruction (RIP already rewound
+    /// for faults): escalate if one is being delivered, else deliver it.
+    pub(crate) fn raise(&mut self, e: Exception) {
+        self.stats.exceptions += 1;
+        let src = match e {
+            Exception::SoftInt(_) | Exception::Breakpoint | Exception::Overflow => Source::Software,
+            _ => Source::Exception,
+        };
+        if e.sets_rf() {
+            // The handler returns to the faulting instruction without
+            // re-triggering its code breakpoint (SDM Vol. 3B §17.3.1.1).
+            self.state.rflags |= flags::RF;
+        }
+        if e.vector() == 1 {
+            // DR7.GD is cleared on entry to the debug handler.
+            self.state.dr[7] &= !crate::ops::debug::dr7::GD;
+        }
+        self.deliver_event(e, src);
+    }
+
+    /// Deliver an NMI (vector 2); NMIs stay blocked until the next IRET.
+    pub(crate) fn deliver_nmi(&mut self) {
+        self.deliver_event(Exception::Nmi, Source::External);
+        self.state.nmi_blocked = 1;
+    }
+
+    /// Deliver an external interrupt with `vector`.
+    pub(crate) fn deliver_external(&mut self, vector: u8) {
+        self.deliver_event(Exception::SoftInt(vector), Source::External);
+    }
+
+    fn deliver_event(&mut self, e: Exception, src: Source) {
+        if let Exception::PageFault { addr, .. } = e {
+            self.state.cr2 = addr;
+        }
+        let mut current = e;
+        let mut src = src;
+        let mut chain = vec![e];
+        loop {
+            let prev = self.delivering.replace(current);
+            let result = self.deliver(current, src);
+            self.delivering = prev;
+            if result.is_ok() && std::mem::take(&mut self.sys.task_trap) {
+                // The task gate switched to a TSS with its T bit: #DB trap.
+                current = Exception::DebugTrap;
+                src = Source::Exception;
+                continue;
+            }
+            let Err(second) = result else { return };
+            chain.push(second);
+            if let Exception::PageFault { addr, .. } = second {
+                self.state.cr2 = addr;
+            }
+            let first = current;
+            if first == Exception::DoubleFault {
+                let names: Vec<String> = chain.iter().map(|x| x.to_string()).collect();
+                self.shutdown = Some(format!("triple fault: {} at {}", names.join(" -> "), self.describe_rip()));
+                self.block_break = true;
+                self.stop = true;
+                return;
+            }
+            let first_pf = matches!(first, Exception::PageFault { .. });
+            let second_pf = matches!(second, Exception::PageFault { .. });
+            let escalate = (first.is_contributory() && second.is_contributory())
+                || (first_pf && (second.is_contributory() || second_pf));
+            current = if escalate { Exception::DoubleFault } else { second };
+            if escalate {
+                chain.push(Exception::DoubleFault);
+            }
+            src = Source::Exception;
+            if chain.len() > 8 {
+                self.shutdown = Some(format!("fault loop while delivering {e} at {}", self.describe_rip()));
+                self.stop = true;
+                return;
+            }
+        }
+    }
+
+    fn deliver(&mut self, e: Exception, src: Source) -> Fault<()> {
+        let vector = e.vector();
+        // Software interrupts and external interrupts push no error code.
+        let error_code = if src == Source::Exception { e.error_code() } else { None };
+        self.state.halted = 0;
+        self.block_break = true;
+        if !self.state.protected() {
+            return self.deliver_real(vector);
+        }
+        if self.state.long_mode() {
+            self.deliver_long(vector, error_code, src)
+        } else {
+            self.deliver_protected(vector, error_code, src)
+        }
+    }
+
+    fn deliver_real(&mut self, vector: u8) -> Fault<()> {
+        let entry = u64::from(vector) * 4;
+        if entry + 3 > u64::from(self.state.idtr.limit) {
+            return Err(Exception::GeneralProtection(0));
+        }
+        let ivt = u32::from_le_bytes(self.read_sys::<4>(self.state.idtr.base + entry)?);
+        let fl = self.state.flags();
+        self.push(2, fl)?;
+        let cs = self.state.seg[sreg::CS].selector;
+        self.push(2, u64::from(cs))?;
+        self.push(2, self.state.rip)?;
+        self.state.rflags &= !(flags::IF | flags::TF | flags::AC | flags::RF);
+        self.load_real_segment(sreg::CS, (ivt >> 16) as u16);
+        self.state.rip = u64::from(ivt & 0xffff);
+        Ok(())
+    }
+
+    /// Error code for a fault on an IDT entry.
+    fn idt_err(vector: u8, src: Source) -> u16 {
+        (u16::from(vector) << 3) | 2 | u16::from(src == Source::External)
+    }
+
+    fn read_gate(&mut self, vector: u8, size: u64, src: Source) -> Fault<crate::segment::Descriptor> {
+        let off = u64::from(vector) * size;
+        if off + size - 1 > u64::from(self.state.idtr.limit) {
+            return Err(Exception::GeneralProtection(Self::idt_err(vector, src)));
+        }
+        let base = self.state.idtr.base + off;
+        let raw = u64::from_le_bytes(self.read_sys::<8>(base)?);
+        let raw_hi = if size == 16 { u64::from_le_bytes(self.read_sys::<8>(base + 8)?) } else { 0 };
+        Ok(crate::segment::Descriptor { raw, raw_hi })
+    }
+
+    /// Common gate checks; returns (target CS descriptor, new CPL).
+    fn gate_target(
+        &mut self,
+        vector: u8,
+        gate: &crate::segment::Descriptor,
+        src: Source,
+    ) -> Fault<(crate::segment::Descriptor, u8)> {
+        let ierr = Self::idt_err(vector, src);
+        if src == Source::Software && gate.dpl() < self.state.cpl {
+            return Err(Exception::GeneralProtection(ierr));
+        }
+        if !gate.present() {
+            return Err(Exception::SegmentNotPresent(ierr));
+        }
+        let sel = gate.gate_selector();
+        let ext = u16::from(src == Source::External);
+        if sel & !3 == 0 {
+            return Err(Exception::GeneralProtection(ext));
+        }
+        let cs = self.read_descriptor(sel).map_err(|e| match e {
+            Exception::GeneralProtection(c) => Exception::GeneralProtection(c | ext),
+            other => other,
+        })?;
+        if !cs.is_code() || cs.dpl() > self.state.cpl {
+            return Err(Exception::GeneralProtection(sel_err(sel) | ext));
+        }
+        if !cs.present() {
+            return Err(Exception::SegmentNotPresent(sel_err(sel) | ext));
+        }
+        let conforming = cs.typ() & crate::state::seg_attr::TYPE_DC != 0;
+        let new_cpl = if conforming { self.state.cpl } else { cs.dpl() };
+        Ok((cs, new_cpl))
+    }
+
+    fn deliver_long(&mut self, vector: u8, error_code: Option<u32>, src: Source) -> Fault<()> {
+        let gate = self.read_gate(vector, 16, src)?;
+        let t = gate.typ();
+        if gate.is_code_data() || (t != 0xe && t != 0xf) {
+            return Err(Exception::GeneralProtection(Self::idt_err(vector, src)));
+        }
+        let (cs, new_cpl) = self.gate_target(vector, &gate, src)?;
+        if cs.attr() & crate::state::seg_attr::L == 0 {
+            return Err(Exception::GeneralProtection(sel_err(gate.gate_selector())));
+        }
+        let old_ss = self.state.seg[sreg::SS].selector;
+        let old_rsp = self.state.gpr[4];
+        let old_cs = self.state.seg[sreg::CS].selector;
+        let rfl = self.state.flags();
+        let ist = gate.gate_ist();
+        let switching = new_cpl < self.state.cpl;
+        let mut rsp = if ist != 0 {
+            self.tss_read_u64(0x24 + 8 * u64::from(ist - 1))?
+        } else if switching {
+            self.tss_read_u64(4 + 8 * u64::from(new_cpl))?
+        } else {
+            old_rsp
+        };
+        rsp &= !0xf;
+        // Build the frame with supervisor writes before changing any state.
+        let mut frame = vec![u64::from(old_ss), old_rsp, rfl, u64::from(old_cs), self.state.rip];
+        if let Some(ec) = error_code {
+            frame.push(u64::from(ec));
+        }
+        let saved_cpl = self.state.cpl;
+        self.state.cpl = new_cpl;
+        for v in &frame {
+            rsp = rsp.wrapping_sub(8);
+            if let Err(e) = self.write_sys(rsp, &v.to_le_bytes()) {
+                self.state.cpl = saved_cpl;
+                return Err(match e {
+                    Exception::PageFault { .. } => e,
+                    _ => Exception::StackFault(0),
+                });
+            }
+        }
+        self.state.cpl = saved_cpl;
+        if switching {
+            self.state.seg[sreg::SS] = Segment {
+                selector: u16::from(new_cpl),
+                attr: crate::state::seg_attr::P
+                    | crate::state::seg_attr::S
+                    | crate::state::seg_attr::TYPE_RW
+                    | crate::state::seg_attr::DB
+                    | (u32::from(new_cpl) << crate::state::seg_attr::DPL_SHIFT),
+                ..Default::default()
+            };
+        }
+        self.set_cs(gate.gate_selector(), &cs, new_cpl)?;
+        self.state.gpr[4] = rsp;
+        self.state.rip = gate.gate_offset(true);
+        self.state.rflags &= !(flags::TF | flags::NT | flags::RF | flags::VM);
+        if t == 0xe {
+            self.state.rflags &= !flags::IF;
+        }
+        self.update_paging();
+        Ok(())
+    }
+
+    fn tss_read_u64(&mut self, off: u64) -> Fault<u64> {
+        let tr = self.state.tr;
+        if off + 7 > u64::from(tr.limit) {
+            return Err(Exception::InvalidTss(sel_err(tr.selector)));
+        }
+        Ok(u64::from_le_bytes(self.read_sys::<8>(tr.base + off)?))
+    }
+
+    fn tss_read_u32(&mut self, off: u64) -> Fault<u32> {
+        let tr = self.state.tr;
+        if off + 3 > u64::from(tr.limit) {
+            return Err(Exception::InvalidTss(sel_err(tr.selector)));
+        }
+        Ok(u32::from_le_bytes(self.read_sys::<4>(tr.base + off)?))
+    }
+
+    fn deliver_protected(&mut self, vector: u8, error_code: Option<u32>, src: Source) -> Fault<()> {
+        let gate = self.read_gate(vector, 8, src)?;
+        let t = gate.typ();
+        let is32 = match t {
+            0x6 | 0x7 => false,
+            0xe | 0xf => true,
+            0x5 if !gate.is_code_data() => {
+                let ierr = Self::idt_err(vector, src);
+                if src == Source::Software && gate.dpl() < self.state.cpl {
+                    return Err(Exception::GeneralProtection(ierr));
+                }
+                if !gate.present() {
+                    return Err(Exception::SegmentNotPresent(ierr));
+                }
+                let ext = src == Source::External;
+                let ec = if src == Source::Exception { error_code } else { None };
+                self.state.halted = 0;
+                if self.task_switch(gate.gate_selector(), crate::ops::task::TaskSource::Int, ec, ext)? {
+                    self.sys.task_trap = true;
+                }
+                return Ok(());
+            }
+            _ => return Err(Exception::GeneralProtection(Self::idt_err(vector, src))),
+        };
+        if gate.is_code_data() {
+            return Err(Exception::GeneralProtection(Self::idt_err(vector, src)));
+        }
+        let (cs, new_cpl) = self.gate_target(vector, &gate, src)?;
+        let size = if is32 { 4 } else { 2 };
+        let from_v86 = self.state.v86();
+        let switching = new_cpl < self.state.cpl;
+        if from_v86 && new_cpl != 0 {
+            return Err(Exception::GeneralProtection(sel_err(gate.gate_selector())));
+        }
+        let rfl = self.state.flags();
+        let old_cs = self.state.seg[sreg::CS].selector;
+        let old_ss = self.state.seg[sreg::SS].selector;
+        let old_esp = self.state.gpr[4];
+        let old_segs = [sreg::ES, sreg::DS, sreg::FS, sreg::GS].map(|s| self.state.seg[s].selector);
+        let saved_ss = self.state.seg[sreg::SS];
+        let saved_cpl = self.state.cpl;
+        if switching {
+            let tss32 = self.state.tr.attr & 0x8 != 0;
+            let (new_esp, new_ss) = if tss32 {
+                let esp = self.tss_read_u32(4 + 8 * u64::from(new_cpl))?;
+                let ss = self.tss_read_u32(8 + 8 * u64::from(new_cpl))? as u16;
+                (u64::from(esp), ss)
+            } else {
+                let esp = self.tss_read_u32(2 + 4 * u64::from(new_cpl))? & 0xffff;
+                let ss = (self.tss_read_u32(4 + 4 * u64::from(new_cpl))? & 0xffff) as u16;
+                (u64::from(esp), ss)
+            };
+            if new_ss & !3 == 0 {
+                return Err(Exception::InvalidTss(sel_err(new_ss)));
+            }
+            let d = self.read_descriptor(new_ss).map_err(|_| Exception::InvalidTss(sel_err(new_ss)))?;
+            if (new_ss & 3) as u8 != new_cpl || d.dpl() != new_cpl || d.is_code() || !d.is_code_data() {
+                return Err(Exception::InvalidTss(sel_err(new_ss)));
+            }
+            if !d.present() {
+                return Err(Exception::StackFault(sel_err(new_ss)));
+            }
+            self.state.cpl = new_cpl;
+            self.state.seg[sreg::SS] = d.to_segment(new_ss);
+            self.state.rflags &= !flags::VM;
+            let old_gpr4 = self.state.gpr[4];
+            self.state.gpr[4] = new_esp;
+            let pushes: Vec<u64> = if from_v86 {
+                vec![
+                    u64::from(old_segs[3]),
+                    u64::from(old_segs[2]),
+                    u64::from(old_segs[1]),
+                    u64::from(old_segs[0]),
+                    u64::from(old_ss),
+                    old_esp,
+                ]
+            } else {
+                vec![u64::from(old_ss), old_esp]
+            };
+            let mut res = Ok(());
+            for v in pushes {
+                res = self.push(size, v);
+                if res.is_err() {
+                    break;
+                }
+            }
+            if let Err(e) = res {
+                self.state.cpl = saved_cpl;
+                self.state.seg[sreg::SS] = saved_ss;
+                self.state.gpr[4] = old_gpr4;
+                if from_v86 {
+                    self.state.rflags |= flags::VM;
+                }
+                return Err(e);
+            }
+            if from_v86 {
+                for s in [sreg::ES, sreg::DS, sreg::FS, sreg::GS] {
+                    self.state.seg[s] = Segment { attr: crate::state::seg_attr::UNUSABLE, ..Default::default() };
+                }
+            }
+        }
+        self.push(size, rfl)?;
+        self.push(size, u64::from(old_cs))?;
+        self.push(size, self.state.rip)?;
+        if let Some(ec) = error_code {
+            self.push(size, u64::from(ec))?;
+        }
+        self.set_cs(gate.gate_selector(), &cs, new_cpl)?;
+        let off = gate.gate_offset(false);
+        self.state.rip = if is32 { off } else { off & 0xffff };
+        self.state.rflags &= !(flags::TF | flags::NT | flags::RF | flags::VM);
+        if t & 1 == 0 {
+            self.state.rflags &= !flags::IF;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,190 @@
+//! Model-specific registers (SDM Vol. 4), kept in one table.
+//!
+//! The MSRs that Linux and common firmware touch are listed in [`KNOWN`]:
+//! the architectural ones the CPU acts on live in [`crate::state::MsrState`]
+//! and EFER, the rest are stored by value. The platform (the local APIC) gets
+//! the x2APIC range and the TSC deadline first. Any other MSR raises #GP, as
+//! hardware does.
+
+use std::collections::BTreeMap;
+
+use crate::cpu::Cpu;
+use crate::exception::{Fault, GP0};
+use crate::state::sreg;
+
+pub const IA32_TSC: u32 = 0x10;
+pub const IA32_PLATFORM_ID: u32 = 0x17;
+pub const IA32_APIC_BASE: u32 = 0x1b;
+pub const IA32_FEATURE_CONTROL: u32 = 0x3a;
+pub const IA32_TSC_ADJUST: u32 = 0x3b;
+pub const IA32_BIOS_SIGN_ID: u32 = 0x8b;
+pub const IA32_MTRRCAP: u32 = 0xfe;
+pub const IA32_SYSENTER_CS: u32 = 0x174;
+pub const IA32_SYSENTER_ESP: u32 = 0x175;
+pub const IA32_SYSENTER_EIP: u32 = 0x176;
+pub const IA32_MCG_CAP: u32 = 0x179;
+pub const IA32_MCG_STATUS: u32 = 0x17a;
+pub const IA32_MISC_ENABLE: u32 = 0x1a0;
+pub const IA32_PAT: u32 = 0x277;
+pub const IA32_MTRR_DEF_TYPE: u32 = 0x2ff;
+pub const IA32_TSC_DEADLINE: u32 = 0x6e0;
+pub const IA32_EFER: u32 = 0xc000_0080;
+pub const IA32_STAR: u32 = 0xc000_0081;
+pub const IA32_LSTAR: u32 = 0xc000_0082;
+pub const IA32_CSTAR: u32 = 0xc000_0083;
+pub const IA32_FMASK: u32 = 0xc000_0084;
+pub const IA32_FS_BASE: u32 = 0xc000_0100;
+pub const IA32_GS_BASE: u32 = 0xc000_0101;
+pub const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
+pub const IA32_TSC_AUX: u32 = 0xc000_0103;
+
+/// MSRs stored by value: (index, reset value, writable).
+const KNOWN: &[(u32, u64, bool)] = &[
+    (IA32_PLATFORM_ID, 0, false),
+    // Locked with VMX off: guests must not try to enable VMX.
+    (IA32_FEATURE_CONTROL, 1, false),
+    (IA32_BIOS_SIGN_ID, 0, true),
+    // Variable-range MTRR count 8, fixed ranges and WC supported.
+    (IA32_MTRRCAP, 0x508, false),
+    // One machine-check bank, no MCG_CTL.
+    (IA32_MCG_CAP, 1, false),
+    (IA32_MCG_STATUS, 0, true),
+    (0x400, 0, true), // MC0_CTL
+    (0x401, 0, true), // MC0_STATUS
+    (0x402, 0, true), // MC0_ADDR
+    (0x403, 0, true), // MC0_MISC
+    // AMD K7/K8 registers that Linux reads on AuthenticAMD parts.
+    (0xc001_0015, 0, true), // HWCR
+    (0xc001_0010, 0, true), // SYSCFG
+    (0xc001_001f, 0, true), // NB_CFG
+    (0xc001_1029, 0, true), // DE_CFG
+    (0xc001_0114, 0, true), // VM_CR
+    (0xc001_0117, 0, true), // VM_HSAVE_PA
+    (0xc001_0140, 0, true), // OSVW_ID_LENGTH
+    (0xc001_0141, 0, true), // OSVW_STATUS
+];
+
+/// Values of the MSRs kept by value, plus the MTRRs.
+#[derive(Debug, Clone)]
+pub struct MsrTable {
+    values: BTreeMap<u32, u64>,
+}
+
+impl Default for MsrTable {
+    fn default() -> Self {
+        let mut values: BTreeMap<u32, u64> = KNOWN.iter().map(|&(i, v, _)| (i, v)).collect();
+        // Variable-range MTRRs (base/mask pairs) and the fixed-range MTRRs.
+        for i in 0x200..0x210 {
+            values.insert(i, 0);
+        }
+        for i in [0x250, 0x258, 0x259, 0x268, 0x269, 0x26a, 0x26b, 0x26c, 0x26d, 0x26e, 0x26f] {
+            values.insert(i, 0);
+        }
+        MsrTable { values }
+    }
+}
+
+impl MsrTable {
+    fn writable(msr: u32) -> bool {
+        KNOWN.iter().find(|k| k.0 == msr).is_none_or(|k| k.2)
+    }
+}
+
+impl Cpu {
+    /// The guest TSC: host monotonic time scaled to the model's frequency.
+    /// The platform's counter when it keeps one (so RDTSC and the local
+    /// APIC's TSC-deadline timer agree), else host time at the model's rate.
+    pub fn tsc(&mut self) -> u64 {
+        let raw = match self.platform.tsc() {
+            Some(t) => t,
+            None => {
+                let ns = self.tsc_epoch.elapsed().as_nanos() as u64;
+                ((u128::from(ns) * u128::from(self.tsc_per_ns_fp)) >> 32) as u64
+            }
+        };
+        raw.wrapping_add(self.state.msr.tsc_offset)
+    }
+
+    /// RDMSR.
+    pub fn read_msr(&mut self, msr: u32) -> Fault<u64> {
+        if let Some(v) = self.platform.msr_read(msr) {
+            return Ok(v);
+        }
+        let m = &self.state.msr;
+        Ok(match msr {
+            IA32_TSC => self.tsc(),
+            IA32_APIC_BASE => m.apic_base,
+            IA32_TSC_ADJUST => m.tsc_adjust,
+            IA32_SYSENTER_CS => m.sysenter_cs,
+            IA32_SYSENTER_ESP => m.sysenter_esp,
+            IA32_SYSENTER_EIP => m.sysenter_eip,
+            IA32_MISC_ENABLE => m.misc_enable,
+            IA32_PAT => m.pat,
+            IA32_MTRR_DEF_TYPE => m.mtrr_def_type,
+            IA32_EFER => self.state.efer,
+            IA32_STAR => m.star,
+            IA32_LSTAR => m.lstar,
+            IA32_CSTAR => m.cstar,
+            IA32_FMASK => m.sfmask,
+            IA32_FS_BASE => self.state.seg[sreg::FS].base,
+            IA32_GS_BASE => self.state.seg[sreg::GS].base,
+            IA32_KERNEL_GS_BASE => m.kernel_gs_base,
+            IA32_TSC_AUX => m.tsc_aux,
+            _ => match self.msrs.values.get(&msr) {
+                Some(v) => *v,
+                None => {
+                    tracing::debug!(target: "cpu", "rdmsr {msr:#x}: unknown MSR, #GP");
+                    return Err(GP0);
+                }
+            },
+        })
+    }
+
+    /// WRMSR.
+    pub fn write_msr(&mut self, msr: u32, v: u64) -> Fault<()> {
+        if self.platform.msr_write(msr, v) {
+            if msr == IA32_APIC_BASE {
+                self.state.msr.apic_base = v;
+            }
+            return Ok(());
+        }
+        let canonical = |v: u64| if crate::cpu::is_canonical(v) { Ok(v) } else { Err(GP0) };
+        match msr {
+            IA32_TSC => {
+                let now = self.tsc().wrapping_sub(self.state.msr.tsc_offset);
+                self.state.msr.tsc_offset = v.wrapping_sub(now);
+            }
+            IA32_APIC_BASE => self.state.msr.apic_base = v,
+            IA32_TSC_ADJUST => self.state.msr.tsc_adjust = v,
+            IA32_SYSENTER_CS => self.state.msr.sysenter_cs = v & 0xffff,
+            IA32_SYSENTER_ESP => self.state.msr.sysenter_esp = canonical(v)?,
+            IA32_SYSENTER_EIP => self.state.msr.sysenter_eip = canonical(v)?,
+            IA32_MISC_ENABLE => self.state.msr.misc_enable = v,
+            IA32_PAT => {
+                // Each byte must be a valid memory type (0, 1, 4, 5, 6, 7).
+                if (0..8).any(|i| matches!((v >> (i * 8)) & 0xff, 2 | 3 | 8..=0xff)) {
+                    return Err(GP0);
+                }
+                self.state.msr.pat = v;
+            }
+            IA32_MTRR_DEF_TYPE => self.state.msr.mtrr_def_type = v,
+            IA32_EFER => self.write_efer(v)?,
+            IA32_STAR => self.state.msr.star = v,
+            IA32_LSTAR => self.state.msr.lstar = canonical(v)?,
+            IA32_CSTAR => self.state.msr.cstar = canonical(v)?,
+            IA32_FMASK => self.state.msr.sfmask = v & 0xffff_ffff,
+            IA32_FS_BASE => self.state.seg[sreg::FS].base = canonical(v)?,
+            IA32_GS_BASE => self.state.seg[sreg::GS].base = canonical(v)?,
+            IA32_KERNEL_GS_BASE => self.state.msr.kernel_gs_base = canonical(v)?,
+            IA32_TSC_AUX => self.state.msr.tsc_aux = v & 0xffff_ffff,
+            _ => {
+                if !self.msrs.values.contains_key(&msr) || !MsrTable::writable(msr) {
+                    tracing::debug!(target: "cpu", "wrmsr {msr:#x} <- {v:#x}: unknown or read-only MSR, #GP");
+                    return Err(GP0);
+                }
+                self.msrs.values.insert(msr, v);
+            }
+        }
+        Ok(())
+    }
+}

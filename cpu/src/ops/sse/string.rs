@@ -1,0 +1,328 @@
+//! SSE4.2 string compares and CRC32 (SDM Vol. 2: §4.1 "Imm8 Control Byte
+//! Operation for PCMPESTRI/PCMPESTRM/PCMPISTRI/PCMPISTRM", PCMPESTRI,
+//! PCMPESTRM, PCMPISTRI, PCMPISTRM, CRC32).
+//!
+//! The imm8 control byte: bits 1:0 the element format (unsigned bytes,
+//! unsigned words, signed bytes, signed words), bits 3:2 the aggregation
+//! (equal any, ranges, equal each, equal ordered), bits 5:4 the polarity
+//! (positive, negative, masked positive, masked negative), bit 6 the output
+//! selection (least/most significant index; bit mask/element mask).
+//!
+//! Flags: CF = result nonzero, ZF = the second operand (xmm2/m128) has an
+//! invalid element, SF = the first operand (xmm1) has one, OF = result bit 0,
+//! AF = PF = 0.
+
+use iced_x86::{Code, Instruction, Mnemonic, Register};
+
+use super::{check, lane, src, sx, xmm, Uses};
+use crate::cpu::Cpu;
+use crate::exception::{Exception, Fault};
+use crate::ops::{read_op, reg_read, reg_write, Handler};
+use crate::state::flags::{ARITH, CF, OF, SF, ZF};
+
+pub fn handler(code: Code) -> Option<Handler> {
+    use Mnemonic as M;
+    Some(match code.mnemonic() {
+        M::Pcmpestri | M::Pcmpestri64 => pcmpstr::<true, true>,
+        M::Pcmpestrm | M::Pcmpestrm64 => pcmpstr::<true, false>,
+        M::Pcmpistri => pcmpstr::<false, true>,
+        M::Pcmpistrm => pcmpstr::<false, false>,
+        M::Crc32 => crc32,
+        _ => return None,
+    })
+}
+
+/// The outcome of a string compare before it is written back.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct StrResult {
+    /// IntRes2, one bit per element.
+    pub res: u32,
+    /// Number of valid elements in the first and second operands.
+    pub len1: usize,
+    pub len2: usize,
+    /// Elements per operand: 16 (bytes) or 8 (words).
+    pub count: usize,
+}
+
+/// Number of valid elements up to the first null element.
+fn implicit_len(v: u128, w: usize, count: usize) -> usize {
+    (0..count).find(|&i| lane(v, w, i) == 0).unwrap_or(count)
+}
+
+/// The absolute value of an explicit length register, saturated to `count`.
+fn explicit_len(v: u64, wide: bool, count: usize) -> usize {
+    let abs = if wide { (v as i64).unsigned_abs() } else { u64::from((v as i32).unsigned_abs()) };
+    abs.min(count as u64) as usize
+}
+
+/// The compare-and-aggregate core of the four instructions (SDM §4.1.3–4.1.6).
+pub(super) fn compare(a: u128, b: u128, len1: usize, len2: usize, imm: u8) -> StrResult {
+    let words = imm & 1 != 0;
+    let signed = imm & 2 != 0;
+    let (w, count) = if words { (2, 8) } else { (1, 16) };
+    let elem = |v: u128, i: usize| -> i64 {
+        let x = lane(v, w, i);
+        if signed {
+            sx(x, w)
+        } else {
+            x as i64
+        }
+    };
+    let agg = (imm >> 2) & 3;
+    // BoolRes for xmm1 element i against xmm2 element j, with the overrides
+    // for invalid elements (Table 4-7).
+    let boolres = |i: usize, j: usize| -> bool {
+        let v1 = i < len1;
+        let v2 = j < len2;
+        match (v1, v2) {
+            (true, true) => {
+                let (x, y) = (elem(a, i), elem(b, j));
+                if agg == 1 {
+                    if i.is_multiple_of(2) {
+                        x <= y
+                    } else {
+                        x >= y
+                    }
+                } else {
+                    x == y
+                }
+            }
+            (false, false) => agg >= 2,
+            (false, true) => agg == 3,
+            (true, false) => false,
+        }
+    };
+    let mut res1 = 0u32;
+    for j in 0..count {
+        let hit = match agg {
+            0 => (0..count).any(|i| boolres(i, j)),
+            1 => (0..count).step_by(2).any(|i| boolres(i, j) && boolres(i + 1, j)),
+            2 => boolres(j, j),
+            _ => (0..count - j).all(|i| boolres(i, j + i)),
+        };
+        if hit {
+            res1 |= 1 << j;
+        }
+    }
+    let all = (1u32 << count) - 1;
+    let valid2 = (1u32 << len2) - 1;
+    let res = match (imm >> 4) & 3 {
+        1 => !res1 & all,
+        3 => res1 ^ valid2,
+        _ => res1,
+    };
+    StrResult { res, len1, len2, count }
+}
+
+fn pcmpstr<const EXPLICIT: bool, const INDEX: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn, Uses::Operands)?;
+    let b = src(cpu, insn, 1)?;
+    let a = xmm(cpu, insn.op0_register() as usize - Register::XMM0 as usize);
+    let imm = insn.immediate8();
+    let (w, count) = if imm & 1 != 0 { (2, 8) } else { (1, 16) };
+    let (len1, len2) = if EXPLICIT {
+        let wide = matches!(insn.mnemonic(), Mnemonic::Pcmpestri64 | Mnemonic::Pcmpestrm64);
+        (explicit_len(cpu.state.gpr[0], wide, count), explicit_len(cpu.state.gpr[2], wide, count))
+    } else {
+        (implicit_len(a, w, count), implicit_len(b, w, count))
+    };
+    let r = compare(a, b, len1, len2, imm);
+    if INDEX {
+        let idx = if r.res == 0 {
+            count as u32
+        } else if imm & 0x40 != 0 {
+            31 - r.res.leading_zeros()
+        } else {
+            r.res.trailing_zeros()
+        };
+        reg_write(&mut cpu.state, Register::ECX, u64::from(idx));
+    } else {
+        let m = if imm & 0x40 != 0 {
+            let mut m = 0u128;
+            for j in 0..count {
+                if r.res & (1 << j) != 0 {
+                    m |= u128::from(super::lane_mask(w)) << (j * w * 8);
+                }
+            }
+            m
+        } else {
+            u128::from(r.res)
+        };
+        cpu.state.xmm[0] = m;
+    }
+    let mut f = 0;
+    if r.res != 0 {
+        f |= CF;
+    }
+    if len2 < count {
+        f |= ZF;
+    }
+    if len1 < count {
+        f |= SF;
+    }
+    if r.res & 1 != 0 {
+        f |= OF;
+    }
+    cpu.state.set_arith_flags(ARITH, f);
+    Ok(())
+}
+
+/// CRC-32C (Castagnoli) lookup table, reflected polynomial 0x82F63B78.
+const CRC32C: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 { (c >> 1) ^ 0x82f6_3b78 } else { c >> 1 };
+            k += 1;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+};
+
+/// Fold `n` little-endian bytes of `v` into the CRC-32C state `crc` (no
+/// pre- or post-inversion, as the instruction does).
+pub fn crc32c(mut crc: u32, v: u64, n: u32) -> u32 {
+    for i in 0..n {
+        let byte = (v >> (8 * i)) as u8;
+        crc = (crc >> 8) ^ CRC32C[usize::from((crc as u8) ^ byte)];
+    }
+    crc
+}
+
+/// CRC32 r32/r64, r/m8/16/32/64: SSE4.2, but a general-register instruction
+/// unaffected by CR0 and CR4.
+fn crc32(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    if insn.has_lock_prefix() {
+        return Err(Exception::InvalidOpcode);
+    }
+    let n = super::super::op_size(insn, 1);
+    let v = read_op(cpu, insn, 1, n)?;
+    let d = insn.op0_register();
+    let crc = crc32c(reg_read(&cpu.state, d) as u32, v, n);
+    reg_write(&mut cpu.state, d, u64::from(crc));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use iced_x86::code_asm::*;
+
+    use super::super::testing::*;
+    use super::*;
+    use crate::state::flags;
+
+    fn s(text: &[u8]) -> u128 {
+        let mut b = [0u8; 16];
+        b[..text.len()].copy_from_slice(text);
+        u128::from_le_bytes(b)
+    }
+
+    #[test]
+    fn crc32c_check_value() {
+        let mut crc = !0u32;
+        for &b in b"123456789" {
+            crc = crc32c(crc, u64::from(b), 1);
+        }
+        assert_eq!(!crc, 0xe306_9283);
+        // Through the instruction, in every operand size.
+        let mut c = cpu();
+        c.state.gpr[0] = 0xffff_ffff;
+        c.state.gpr[1] = u64::from_le_bytes(*b"12345678");
+        exec(&mut c, |a| a.crc32(rax, rcx)).unwrap();
+        c.state.gpr[1] = u64::from(b'9');
+        exec(&mut c, |a| a.crc32(eax, cl)).unwrap();
+        assert_eq!(c.state.gpr[0] ^ 0xffff_ffff, 0xe306_9283);
+        c.state.gpr[0] = 0xffff_ffff;
+        c.state.gpr[1] = u64::from(u32::from_le_bytes(*b"1234"));
+        exec(&mut c, |a| a.crc32(eax, ecx)).unwrap();
+        c.state.gpr[1] = u64::from(u16::from_le_bytes(*b"56"));
+        exec(&mut c, |a| a.crc32(eax, cx)).unwrap();
+        c.state.gpr[1] = u64::from(u16::from_le_bytes(*b"78"));
+        exec(&mut c, |a| a.crc32(eax, cx)).unwrap();
+        c.state.gpr[0] |= 0xdead_0000_0000_0000;
+        c.state.gpr[1] = u64::from(b'9');
+        exec(&mut c, |a| a.crc32(eax, cl)).unwrap();
+        assert_eq!(c.state.gpr[0] ^ 0xffff_ffff, 0xe306_9283);
+        // Memory source.
+        c.state.gpr[0] = 0xffff_ffff;
+        c.state.gpr[3] = DATA;
+        write(&c, DATA, b"123456789");
+        exec(&mut c, |a| a.crc32(rax, qword_ptr(rbx))).unwrap();
+        exec(&mut c, |a| a.crc32(rax, byte_ptr(rbx + 8))).unwrap();
+        assert_eq!(c.state.gpr[0] ^ 0xffff_ffff, 0xe306_9283);
+    }
+
+    /// The SDM's worked cases for each aggregation.
+    #[test]
+    fn aggregations() {
+        // Equal any: which of "Hello, World!" are in the set "lo"?
+        let r = compare(s(b"lo"), s(b"Hello, World!"), 2, 13, 0b00_00_00);
+        assert_eq!(r.res, 0b0_0101_0001_1100);
+        // Ranges: letters a-z in "Hello, World!".
+        let r = compare(s(b"az"), s(b"Hello, World!"), 2, 13, 0b00_01_00);
+        assert_eq!(r.res, 0b0_1111_0001_1110);
+        // Ranges A-Z and a-z together.
+        let r = compare(s(b"AZaz"), s(b"Hello, World!"), 4, 13, 0b00_01_00);
+        assert_eq!(r.res, 0b0_1111_1001_1111);
+        // Equal each: string equality, element by element; invalid pairs match.
+        let r = compare(s(b"Hello"), s(b"Hallo"), 5, 5, 0b00_10_00);
+        assert_eq!(r.res, 0b1111_1111_1111_1101);
+        // Negative polarity finds the first difference.
+        let r = compare(s(b"Hello"), s(b"Hallo"), 5, 5, 0b01_10_00);
+        assert_eq!(r.res.trailing_zeros(), 1);
+        // Equal ordered: substring search, with a partial match at the end.
+        let r = compare(s(b"lo"), s(b"Hello, World!"), 2, 13, 0b00_11_00);
+        assert_eq!(r.res, 0b0_0000_0000_1000);
+        let r = compare(s(b"ab"), s(b"xxxxxxxxxxxxxxxa"), 2, 16, 0b00_11_00);
+        assert_eq!(r.res, 1 << 15);
+        // Masked negative polarity only inverts valid elements.
+        let r = compare(s(b"lo"), s(b"Hello"), 2, 5, 0b11_00_00);
+        assert_eq!(r.res, 0b11);
+        // Signed words ranges.
+        let a = u16x8([0xfff0, 0x0010, 0, 0, 0, 0, 0, 0]); // -16..16
+        let b = u16x8([0xffef, 0xfff0, 5, 16, 17, 0x8000, 0, 0]);
+        let r = compare(a, b, 2, 8, 0b00_01_11);
+        assert_eq!(r.res, 0b1100_1110);
+    }
+
+    #[test]
+    fn instructions_and_flags() {
+        let mut c = cpu();
+        c.state.xmm[1] = s(b"lo");
+        c.state.xmm[2] = s(b"Hello, World!");
+        exec(&mut c, |a| a.pcmpistri(xmm1, xmm2, 0b00_11_00)).unwrap();
+        assert_eq!(c.state.gpr[1], 3);
+        let f = c.state.flags() & flags::ARITH;
+        assert_eq!(f, flags::CF | flags::ZF | flags::SF);
+        // Most significant index.
+        exec(&mut c, |a| a.pcmpistri(xmm1, xmm2, 0x40)).unwrap();
+        assert_eq!(c.state.gpr[1], 10);
+        // No match: ECX = 16, CF clear.
+        c.state.xmm[1] = s(b"q");
+        exec(&mut c, |a| a.pcmpistri(xmm1, xmm2, 0)).unwrap();
+        assert_eq!(c.state.gpr[1], 16);
+        assert_eq!(c.state.flags() & flags::CF, 0);
+        // Explicit lengths from EAX/EDX (absolute value, saturated).
+        c.state.xmm[1] = s(b"lo");
+        c.state.gpr[0] = (-2i64) as u64;
+        c.state.gpr[2] = 100;
+        exec(&mut c, |a| a.pcmpestrm(xmm1, xmm2, 0x40)).unwrap();
+        assert_eq!(c.state.xmm[0], 0x0000_0000_00ff_00ff_0000_00ff_ffff_0000);
+        let f = c.state.flags() & flags::ARITH;
+        assert_eq!(f, flags::CF | flags::SF);
+        exec(&mut c, |a| a.pcmpestrm(xmm1, xmm2, 0)).unwrap();
+        assert_eq!(c.state.xmm[0], 0b0_0101_0001_1100);
+        // OF mirrors result bit 0; words mode counts 8 elements.
+        c.state.xmm[1] = u16x8([b'H' as u16, 0, 0, 0, 0, 0, 0, 0]);
+        c.state.xmm[2] = u16x8([b'H' as u16, 1, 2, 3, 4, 5, 6, 7]);
+        exec(&mut c, |a| a.pcmpistri(xmm1, xmm2, 0b01)).unwrap();
+        assert_eq!(c.state.gpr[1], 0);
+        let f = c.state.flags() & flags::ARITH;
+        assert_eq!(f, flags::CF | flags::SF | flags::OF);
+    }
+}

@@ -1,0 +1,887 @@
+//! The PC's interrupt routing: the 8259A pair, the I/O APIC and the local
+//! APICs behind one lock, and the two questions a CPU asks of them.
+//!
+//! References: Intel MultiProcessor Specification 1.4, section 3.6.2
+//! "Interrupt Modes" (PIC mode, virtual wire mode, symmetric I/O mode) and
+//! 5.1 "Default Configurations"; ACPI 6.5, 5.2.12.5 "Interrupt Source
+//! Override Structure" (ISA IRQ0 on GSI 2).
+//!
+//! ```text
+//!  device lines ──► input n (0-15: ISA IRQs, 16-23: I/O APIC pins only)
+//!     ISA IRQ n ──► 8259A input n            (IRQ2 is the cascade: no device)
+//!               └─► I/O APIC pin n           (IRQ0 goes to pin 2, the MADT override)
+//!  8259A INTR  ──► LINT0 of CPU 0 (ExtINT, virtual wire)
+//!               └─► I/O APIC pin 0           (for an ExtINT redirection entry)
+//!  I/O APIC    ──► local APICs (fixed, lowest priority, NMI, ExtINT messages)
+//!  local APIC  ──► EOI of a level vector ──► I/O APIC remote IRR
+//! ```
+//!
+//! A line handed out by [`InterruptController::irq_line`] is one source on
+//! its input; an input is asserted while any of its sources is (wired-OR), so
+//! level-triggered lines can be shared.
+//!
+//! The CPU asks [`InterruptController::interrupt_pending`] (one atomic load)
+//! and takes a vector with [`InterruptController::ack_interrupt`]: the local
+//! APIC's highest deliverable vector first, else the 8259A's INTA cycle when
+//! its INTR reaches the CPU. A kick callback wakes a CPU sleeping in HLT when
+//! an interrupt becomes pending. The local APIC timers are polled through
+//! [`TimerSource`].
+//!
+//! Only CPU 0 exists for now. The local APICs sit in a vector and routing
+//! goes through destination matching, so more CPUs mean more entries and a
+//! CPU index on the per-CPU calls.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::access::fill_le;
+use crate::bus::{BusDevice, SharedDevice};
+use crate::clock::{SharedClock, TimerSource, Tsc};
+use crate::ioapic::{
+    DeliveryMode, InterruptMessage, IoApic, IoApicState, IOAPIC_BASE, IOAPIC_MMIO_LEN, IOAPIC_NUM_PINS,
+};
+use crate::irq::IrqLine;
+use crate::lapic::{
+    Ipi, LapicEffect, LapicState, LocalApic, Shorthand, LAPIC_BASE, LAPIC_MMIO_LEN, MSR_IA32_APIC_BASE,
+    MSR_IA32_TSC_DEADLINE, MSR_X2APIC_FIRST, MSR_X2APIC_LAST,
+};
+use crate::log_once::{LogOnce, Misuse};
+use crate::mapping::BusMapping;
+use crate::pic::{
+    PicChip, PicPair, PicState, CASCADE_IRQ, ELCR_PORT, ELCR_PORT_LEN, PIC_MASTER_PORT, PIC_PORT_LEN, PIC_SLAVE_PORT,
+};
+
+/// Number of interrupt inputs: the 16 ISA IRQs, then I/O APIC pins 16-23.
+pub const NUM_IRQ_INPUTS: usize = IOAPIC_NUM_PINS;
+/// Number of ISA IRQs, wired to both the 8259A pair and the I/O APIC.
+pub const NUM_ISA_IRQS: usize = 16;
+/// The I/O APIC pin of ISA IRQ0, as the MADT's interrupt source override says.
+pub const IRQ0_IOAPIC_PIN: usize = 2;
+/// The I/O APIC pin the 8259A's INTR output drives (for ExtINT entries).
+pub const PIC_INTR_IOAPIC_PIN: usize = 0;
+/// APIC ID of the I/O APIC, as the MADT and MP table give it.
+pub const IOAPIC_ID: u8 = 0;
+/// Sources per input a machine may hand out; more share the last one.
+const MAX_SOURCES: u32 = 64;
+
+/// The I/O APIC pin ISA IRQ `irq` reaches.
+pub fn ioapic_pin_of_isa_irq(irq: usize) -> usize {
+    if irq == 0 {
+        IRQ0_IOAPIC_PIN
+    } else {
+        irq
+    }
+}
+
+/// The state of the whole interrupt controller, for save and restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterruptControllerState {
+    /// The 8259A pair.
+    pub pic: PicState,
+    /// The I/O APIC.
+    pub ioapic: IoApicState,
+    /// The local APICs, by CPU index.
+    pub lapics: Vec<LapicState>,
+}
+
+struct Inner {
+    pic: PicPair,
+    ioapic: IoApic,
+    lapics: Vec<LocalApic>,
+    /// Asserted sources of each input, bit n for the n-th line handed out.
+    sources: [u64; NUM_IRQ_INPUTS],
+    /// Lines handed out per input.
+    allocated: [u32; NUM_IRQ_INPUTS],
+}
+
+/// The interrupt controllers of a PC.
+pub struct InterruptController {
+    inner: Mutex<Inner>,
+    clock: SharedClock,
+    intr_pending: AtomicBool,
+    nmi_pending: AtomicBool,
+    kick: RwLock<Option<Arc<dyn Fn() + Send + Sync>>>,
+    log: LogOnce,
+}
+
+impl std::fmt::Debug for InterruptController {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InterruptController")
+            .field("intr_pending", &self.intr_pending.load(Ordering::Relaxed))
+            .field("nmi_pending", &self.nmi_pending.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sends an I/O APIC message to the local APICs; true if one accepted it.
+fn deliver(lapics: &mut [LocalApic], msg: InterruptMessage, log: &LogOnce) -> bool {
+    let dest = |l: &&mut LocalApic| l.matches(msg.destination, msg.logical, 0xff);
+    match msg.delivery_mode {
+        DeliveryMode::Fixed => {
+            lapics.iter_mut().filter(dest).fold(false, |any, l| l.accept_fixed(msg.vector, msg.level_triggered) | any)
+        }
+        DeliveryMode::LowestPriority => lapics
+            .iter_mut()
+            .filter(dest)
+            .filter(|l| l.enabled())
+            .min_by_key(|l| l.tpr())
+            .is_some_and(|l| l.accept_fixed(msg.vector, msg.level_triggered)),
+        DeliveryMode::Nmi => lapics.iter_mut().filter(dest).fold(false, |any, l| l.accept_nmi() | any),
+        DeliveryMode::ExtInt => lapics.iter_mut().filter(dest).fold(false, |any, l| l.accept_extint() | any),
+        mode => {
+            if log.first(Misuse::Unimplemented) {
+                tracing::warn!(target: "devices", ?mode, "I/O APIC: delivery mode not supported; message dropped (logged once)");
+            }
+            false
+        }
+    }
+}
+
+impl Inner {
+    fn new(tsc: &Arc<Tsc>) -> Self {
+        let mut bsp = LocalApic::new(0, true, Arc::clone(tsc));
+        // There is no BIOS: leave the APIC as one leaves it for the OS.
+        bsp.bios_virtual_wire();
+        Self {
+            pic: PicPair::new(),
+            ioapic: IoApic::new(IOAPIC_ID),
+            lapics: vec![bsp],
+            sources: [0; NUM_IRQ_INPUTS],
+            allocated: [0; NUM_IRQ_INPUTS],
+        }
+    }
+
+    fn ioapic_set(&mut self, pin: usize, level: bool, log: &LogOnce) {
+        let Inner { ioapic, lapics, .. } = self;
+        ioapic.set_irq(pin, level, &mut |m| deliver(lapics, m, log));
+    }
+
+    /// Mirrors the 8259A's INTR onto I/O APIC pin 0.
+    fn sync_pic_intr(&mut self, log: &LogOnce) {
+        let intr = self.pic.output();
+        self.ioapic_set(PIC_INTR_IOAPIC_PIN, intr, log);
+    }
+
+    /// Drives input `irq` to the OR of its sources.
+    fn set_input(&mut self, irq: usize, source: u32, level: bool, log: &LogOnce) {
+        let bit = 1u64 << source.min(MAX_SOURCES - 1);
+        let before = self.sources[irq] != 0;
+        if level {
+            self.sources[irq] |= bit;
+        } else {
+            self.sources[irq] &= !bit;
+        }
+        let after = self.sources[irq] != 0;
+        if before == after {
+            return;
+        }
+        if irq < NUM_ISA_IRQS {
+            if irq != usize::from(CASCADE_IRQ) {
+                self.pic.set_irq(irq as u8, after);
+                self.sync_pic_intr(log);
+            }
+            self.ioapic_set(ioapic_pin_of_isa_irq(irq), after, log);
+        } else {
+            self.ioapic_set(irq, after, log);
+        }
+    }
+
+    fn apply(&mut self, cpu: usize, effect: Option<LapicEffect>, log: &LogOnce) {
+        match effect {
+            None => {}
+            Some(LapicEffect::EoiBroadcast(vector)) => {
+                let Inner { ioapic, lapics, .. } = self;
+                ioapic.end_of_interrupt(vector, &mut |m| deliver(lapics, m, log));
+            }
+            Some(LapicEffect::Ipi(ipi)) => self.send_ipi(cpu, ipi, log),
+        }
+    }
+
+    fn send_ipi(&mut self, from: usize, ipi: Ipi, log: &LogOnce) {
+        let broadcast = if self.lapics[from].x2apic() { u32::MAX } else { 0xff };
+        let targets: Vec<usize> = (0..self.lapics.len())
+            .filter(|&i| match ipi.shorthand {
+                Shorthand::SelfOnly => i == from,
+                Shorthand::AllIncludingSelf => true,
+                Shorthand::AllExcludingSelf => i != from,
+                Shorthand::None => self.lapics[i].matches(ipi.destination, ipi.logical, broadcast),
+            })
+            .collect();
+        match ipi.delivery_mode {
+            DeliveryMode::Fixed => {
+                for i in targets {
+                    self.lapics[i].accept_fixed(ipi.vector, false);
+                }
+            }
+            DeliveryMode::LowestPriority => {
+                if let Some(&i) = targets.iter().min_by_key(|&&i| self.lapics[i].tpr()) {
+                    self.lapics[i].accept_fixed(ipi.vector, false);
+                }
+            }
+            DeliveryMode::Nmi => {
+                for i in targets {
+                    self.lapics[i].accept_nmi();
+                }
+            }
+            // The de-assert half of an INIT is a no-op on modern processors.
+            DeliveryMode::Init if !ipi.assert && ipi.level_triggered => {}
+            mode => {
+                if log.first(Misuse::Unimplemented) {
+                    tracing::warn!(
+                        target: "devices",
+                        ?mode,
+                        destination = ipi.destination,
+                        shorthand = ?ipi.shorthand,
+                        "local APIC: IPI not supported (no other CPUs; INIT, SIPI and SMI are not modelled); dropped (logged once)"
+                    );
+                }
+            }
+        }
+    }
+
+    fn intr_pending(&self, cpu: usize) -> bool {
+        let lapic = &self.lapics[cpu];
+        lapic.deliverable().is_some() || (cpu == 0 && lapic.accepts_pic_interrupts() && self.pic.output())
+    }
+
+    fn acknowledge(&mut self, cpu: usize, log: &LogOnce) -> Option<u8> {
+        if let Some(vector) = self.lapics[cpu].acknowledge() {
+            return Some(vector);
+        }
+        if cpu == 0 && self.lapics[cpu].accepts_pic_interrupts() && self.pic.output() {
+            self.lapics[cpu].pic_acknowledged();
+            let vector = self.pic.acknowledge();
+            self.sync_pic_intr(log);
+            return Some(vector);
+        }
+        None
+    }
+}
+
+impl InterruptController {
+    /// The interrupt controllers of a one-CPU PC, as firmware leaves them:
+    /// the 8259A pair uninitialised, every I/O APIC entry masked, and the
+    /// BSP's local APIC enabled in virtual wire mode (LINT0 ExtINT, LINT1 NMI).
+    /// `tsc` is the counter the TSC-deadline timer compares with.
+    pub fn new(clock: SharedClock, tsc: Arc<Tsc>) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(Inner::new(&tsc)),
+            clock,
+            intr_pending: AtomicBool::new(false),
+            nmi_pending: AtomicBool::new(false),
+            kick: RwLock::new(None),
+            log: LogOnce::new(),
+        })
+    }
+
+    /// Runs `f` on the controllers and refreshes the pending flags; kicks the
+    /// CPU when one rose.
+    fn with<R>(&self, f: impl FnOnce(&mut Inner, u64, &LogOnce) -> R) -> R {
+        let now = self.clock.now_ns();
+        let (result, intr, nmi) = {
+            let mut inner = self.inner.lock();
+            let result = f(&mut inner, now, &self.log);
+            (result, inner.intr_pending(0), inner.lapics[0].nmi_pending())
+        };
+        let intr_was = self.intr_pending.swap(intr, Ordering::AcqRel);
+        let nmi_was = self.nmi_pending.swap(nmi, Ordering::AcqRel);
+        let intr_rose = intr && !intr_was;
+        let nmi_rose = nmi && !nmi_was;
+        if intr_rose || nmi_rose {
+            let kick = self.kick.read().clone();
+            if let Some(kick) = kick {
+                kick();
+            }
+        }
+        result
+    }
+
+    /// Installs the callback that wakes CPU 0 when an interrupt or NMI
+    /// becomes pending (it replaces any earlier one). It runs with no lock held.
+    pub fn set_kick(&self, kick: Box<dyn Fn() + Send + Sync>) {
+        *self.kick.write() = Some(Arc::from(kick));
+    }
+
+    /// A line driving input `irq`: 0-15 are ISA IRQs (8259A input `irq` and
+    /// I/O APIC pin `irq`, IRQ0 on pin 2), 16-23 are I/O APIC pins only, as
+    /// GSIs. Each call adds one source; the input is asserted while any
+    /// source is. IRQ2 (the cascade) and numbers past 23 give a line that
+    /// drives nothing.
+    pub fn irq_line(self: &Arc<Self>, irq: u32) -> Arc<dyn IrqLine> {
+        let valid = usize::try_from(irq).ok().filter(|&i| i < NUM_IRQ_INPUTS && i != usize::from(CASCADE_IRQ));
+        let Some(input) = valid else {
+            tracing::warn!(target: "devices", irq, "no device may use this interrupt input; the line is left unconnected");
+            return Arc::new(crate::irq::NoIrq);
+        };
+        let source = {
+            let mut inner = self.inner.lock();
+            let n = inner.allocated[input];
+            inner.allocated[input] = n.saturating_add(1);
+            if n >= MAX_SOURCES {
+                tracing::warn!(target: "devices", irq, "more than 64 lines on one input; they share one source");
+            }
+            n.min(MAX_SOURCES - 1)
+        };
+        Arc::new(ControllerLine { intc: Arc::clone(self), input, source })
+    }
+
+    /// An interrupt is waiting for CPU 0 (it still has to check RFLAGS.IF).
+    pub fn interrupt_pending(&self) -> bool {
+        self.intr_pending.load(Ordering::Acquire)
+    }
+
+    /// CPU 0 accepts an interrupt: the vector to deliver, or `None` if
+    /// nothing is pending any more.
+    pub fn ack_interrupt(&self) -> Option<u8> {
+        self.with(|inner, _, log| inner.acknowledge(0, log))
+    }
+
+    /// An NMI is waiting for CPU 0.
+    pub fn nmi_pending(&self) -> bool {
+        self.nmi_pending.load(Ordering::Acquire)
+    }
+
+    /// CPU 0 takes a pending NMI.
+    pub fn take_nmi(&self) -> bool {
+        self.with(|inner, _, _| inner.lapics[0].take_nmi())
+    }
+
+    /// Whether RDMSR/WRMSR of `msr` belongs to the local APIC: IA32_APIC_BASE,
+    /// IA32_TSC_DEADLINE and the x2APIC range 0x800-0x8FF.
+    pub fn handles_msr(msr: u32) -> bool {
+        matches!(msr, MSR_IA32_APIC_BASE | MSR_IA32_TSC_DEADLINE) || (MSR_X2APIC_FIRST..=MSR_X2APIC_LAST).contains(&msr)
+    }
+
+    /// RDMSR on CPU 0 of a local APIC MSR. `None` means #GP(0) (an x2APIC
+    /// register outside x2APIC mode, a write-only register, an unknown MSR).
+    pub fn msr_read(&self, msr: u32) -> Option<u64> {
+        self.with(|inner, now, _| {
+            let lapic = &inner.lapics[0];
+            match msr {
+                MSR_IA32_APIC_BASE => Some(lapic.apic_base()),
+                MSR_IA32_TSC_DEADLINE => Some(lapic.tsc_deadline()),
+                _ => lapic.x2apic_msr_read(msr, now).ok(),
+            }
+        })
+    }
+
+    /// WRMSR on CPU 0 of a local APIC MSR. False means #GP(0).
+    pub fn msr_write(&self, msr: u32, value: u64) -> bool {
+        self.with(|inner, now, log| match msr {
+            MSR_IA32_APIC_BASE => inner.lapics[0].write_apic_base(value).is_ok(),
+            MSR_IA32_TSC_DEADLINE => {
+                inner.lapics[0].set_tsc_deadline(value);
+                true
+            }
+            _ => match inner.lapics[0].x2apic_msr_write(msr, value, now) {
+                Ok(effect) => {
+                    inner.apply(0, effect, log);
+                    true
+                }
+                Err(_) => false,
+            },
+        })
+    }
+
+    /// CR8 of CPU 0: the task priority's high nibble.
+    pub fn cr8(&self) -> u64 {
+        u64::from(self.inner.lock().lapics[0].tpr() >> 4)
+    }
+
+    /// A MOV to CR8 on CPU 0 (bits 63:4 must be zero; the CPU checks).
+    pub fn set_cr8(&self, value: u64) {
+        let tpr = ((value & 0xf) << 4) as u8;
+        self.with(|inner, _, _| inner.lapics[0].set_tpr(tpr));
+    }
+
+    /// Sets ELCR1 (`index` 0) or ELCR2 (`index` 1), as a BIOS does for the
+    /// level-triggered ISA IRQs (PCI and the SCI).
+    pub fn write_elcr(&self, index: u8, value: u8) {
+        self.with(|inner, _, log| {
+            inner.pic.write_elcr(index, value);
+            inner.sync_pic_intr(log);
+        });
+    }
+
+    /// Resets every controller to its power-on state (a system reset). The
+    /// lines handed out stay valid; their levels are re-applied.
+    pub fn reset(&self, tsc: &Arc<Tsc>) {
+        self.with(|inner, _, log| {
+            let sources = inner.sources;
+            let allocated = inner.allocated;
+            *inner = Inner::new(tsc);
+            inner.allocated = allocated;
+            for (irq, &s) in sources.iter().enumerate() {
+                for source in (0..MAX_SOURCES).filter(|b| s & (1 << b) != 0) {
+                    inner.set_input(irq, source, true, log);
+                }
+            }
+        });
+    }
+
+    /// The state, for a snapshot.
+    pub fn save(&self) -> InterruptControllerState {
+        let inner = self.inner.lock();
+        InterruptControllerState {
+            pic: inner.pic.save(),
+            ioapic: inner.ioapic.save(),
+            lapics: inner.lapics.iter().map(LocalApic::save).collect(),
+        }
+    }
+
+    /// Loads a saved state. The extra local APICs of a state with more CPUs
+    /// than this machine are ignored.
+    pub fn restore(&self, state: &InterruptControllerState) {
+        self.with(|inner, _, _| {
+            inner.pic.restore(&state.pic);
+            inner.ioapic.restore(&state.ioapic);
+            for (lapic, s) in inner.lapics.iter_mut().zip(&state.lapics) {
+                lapic.restore(s);
+            }
+        });
+    }
+
+    /// The ranges the controllers answer on: the 8259A ports, the ELCR, the
+    /// I/O APIC page and the local APIC page.
+    pub fn bus_mappings(self: &Arc<Self>) -> Vec<BusMapping> {
+        let port = |window| -> SharedDevice { Arc::new(Mutex::new(IntcPort { intc: Arc::clone(self), window })) };
+        vec![
+            BusMapping::pio(u64::from(PIC_MASTER_PORT), PIC_PORT_LEN, port(Window::PicMaster)),
+            BusMapping::pio(u64::from(PIC_SLAVE_PORT), PIC_PORT_LEN, port(Window::PicSlave)),
+            BusMapping::pio(u64::from(ELCR_PORT), ELCR_PORT_LEN, port(Window::Elcr)),
+            BusMapping::mmio(IOAPIC_BASE, IOAPIC_MMIO_LEN, port(Window::IoApic)),
+            BusMapping::mmio(LAPIC_BASE, LAPIC_MMIO_LEN, port(Window::LocalApic)),
+        ]
+    }
+
+    fn log_access(&self, window: Window, offset: u64, size: usize) {
+        if self.log.first(Misuse::AccessSize) {
+            tracing::warn!(target: "devices", ?window, offset, size, "interrupt controller: unsupported access size; ignored (logged once)");
+        }
+    }
+}
+
+impl TimerSource for InterruptController {
+    fn next_deadline_ns(&self) -> Option<u64> {
+        self.inner.lock().lapics.iter().filter_map(LocalApic::next_deadline_ns).min()
+    }
+
+    fn poll(&self, now_ns: u64) {
+        self.with(|inner, _, _| {
+            for lapic in &mut inner.lapics {
+                lapic.tick(now_ns);
+            }
+        });
+    }
+}
+
+/// One source on one input of the controller.
+struct ControllerLine {
+    intc: Arc<InterruptController>,
+    input: usize,
+    source: u32,
+}
+
+impl IrqLine for ControllerLine {
+    fn set_level(&self, level: bool) {
+        self.intc.with(|inner, _, log| inner.set_input(self.input, self.source, level, log));
+    }
+
+    fn pulse(&self) {
+        self.intc.with(|inner, _, log| {
+            inner.set_input(self.input, self.source, true, log);
+            inner.set_input(self.input, self.source, false, log);
+        });
+    }
+}
+
+/// The register windows of the controllers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Window {
+    PicMaster,
+    PicSlave,
+    Elcr,
+    IoApic,
+    LocalApic,
+}
+
+/// A bus device for one register window.
+struct IntcPort {
+    intc: Arc<InterruptController>,
+    window: Window,
+}
+
+impl BusDevice for IntcPort {
+    fn debug_label(&self) -> String {
+        match self.window {
+            Window::PicMaster => "8259A master",
+            Window::PicSlave => "8259A slave",
+            Window::Elcr => "ELCR",
+            Window::IoApic => "I/O APIC",
+            Window::LocalApic => "local APIC",
+        }
+        .to_string()
+    }
+
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let window = self.window;
+        let ok = self.intc.with(|inner, now, log| match window {
+            Window::PicMaster | Window::PicSlave => {
+                let chip = if window == Window::PicMaster { PicChip::Master } else { PicChip::Slave };
+                let [byte] = data else { return false };
+                *byte = inner.pic.read(chip, offset as u8);
+                inner.sync_pic_intr(log);
+                true
+            }
+            Window::Elcr if offset as usize + data.len() <= ELCR_PORT_LEN as usize => {
+                for (i, b) in data.iter_mut().enumerate() {
+                    *b = inner.pic.read_elcr((offset as usize + i) as u8);
+                }
+                true
+            }
+            Window::Elcr => false,
+            Window::IoApic => {
+                inner.ioapic.read(offset, data);
+                true
+            }
+            Window::LocalApic => {
+                inner.lapics[0].mmio_read(offset, data, now);
+                true
+            }
+        });
+        if !ok {
+            self.intc.log_access(window, offset, data.len());
+            fill_le(data, u64::MAX);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let window = self.window;
+        let ok = self.intc.with(|inner, now, log| match window {
+            Window::PicMaster | Window::PicSlave => {
+                let chip = if window == Window::PicMaster { PicChip::Master } else { PicChip::Slave };
+                let &[byte] = data else { return false };
+                inner.pic.write(chip, offset as u8, byte);
+                inner.sync_pic_intr(log);
+                true
+            }
+            Window::Elcr if offset as usize + data.len() <= ELCR_PORT_LEN as usize => {
+                for (i, &b) in data.iter().enumerate() {
+                    inner.pic.write_elcr((offset as usize + i) as u8, b);
+                }
+                inner.sync_pic_intr(log);
+                true
+            }
+            Window::Elcr => false,
+            Window::IoApic => {
+                let Inner { ioapic, lapics, .. } = inner;
+                ioapic.write(offset, data, &mut |m| deliver(lapics, m, log));
+                true
+            }
+            Window::LocalApic => {
+                let effect = inner.lapics[0].mmio_write(offset, data, now);
+                inner.apply(0, effect, log);
+                true
+            }
+        });
+        if !ok {
+            self.intc.log_access(window, offset, data.len());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::Bus;
+    use crate::clock::ManualClock;
+    use std::sync::atomic::AtomicU32;
+
+    struct Machine {
+        intc: Arc<InterruptController>,
+        clock: Arc<ManualClock>,
+        pio: Bus,
+        mmio: Bus,
+    }
+
+    impl Machine {
+        fn new() -> Self {
+            let clock = Arc::new(ManualClock::new(0));
+            let intc = InterruptController::new(clock.clone(), Arc::new(Tsc::new(1_000_000_000)));
+            let mut pio = Bus::new();
+            let mut mmio = Bus::new();
+            for m in intc.bus_mappings() {
+                m.insert_into(&mut pio, &mut mmio).unwrap();
+            }
+            Self { intc, clock, pio, mmio }
+        }
+        fn outb(&self, port: u64, v: u8) {
+            self.pio.write(port, &[v]);
+        }
+        fn inb(&self, port: u64) -> u8 {
+            let mut b = [0u8];
+            self.pio.read(port, &mut b);
+            b[0]
+        }
+        fn lapic_w(&self, reg: u64, v: u32) {
+            self.mmio.write(LAPIC_BASE + reg, &v.to_le_bytes());
+        }
+        fn lapic_r(&self, reg: u64) -> u32 {
+            let mut d = [0u8; 4];
+            self.mmio.read(LAPIC_BASE + reg, &mut d);
+            u32::from_le_bytes(d)
+        }
+        fn ioapic_w(&self, index: u8, v: u32) {
+            self.mmio.write(IOAPIC_BASE, &[index, 0, 0, 0]);
+            self.mmio.write(IOAPIC_BASE + 0x10, &v.to_le_bytes());
+        }
+        fn ioapic_r(&self, index: u8) -> u32 {
+            self.mmio.write(IOAPIC_BASE, &[index, 0, 0, 0]);
+            let mut d = [0u8; 4];
+            self.mmio.read(IOAPIC_BASE + 0x10, &mut d);
+            u32::from_le_bytes(d)
+        }
+        /// Programs the 8259A pair as Linux does, everything unmasked.
+        fn init_pic(&self) {
+            for (cmd, data, base, cascade) in [(0x20, 0x21, 0x30, 0x04), (0xa0, 0xa1, 0x38, 0x02)] {
+                self.outb(cmd, 0x11);
+                self.outb(data, base);
+                self.outb(data, cascade);
+                self.outb(data, 0x01);
+                self.outb(data, 0x00);
+            }
+        }
+        /// Masks the 8259A and masks LINT0, as Linux does in symmetric I/O mode.
+        fn symmetric_io(&self) {
+            self.outb(0x21, 0xff);
+            self.outb(0xa1, 0xff);
+            self.lapic_w(0x350, 0x0001_0700);
+        }
+    }
+
+    #[test]
+    fn pic_interrupts_reach_the_cpu_through_virtual_wire() {
+        let m = Machine::new();
+        m.init_pic();
+        let line = m.intc.irq_line(4);
+        assert!(!m.intc.interrupt_pending());
+        line.set_level(true);
+        assert!(m.intc.interrupt_pending());
+        assert_eq!(m.intc.ack_interrupt(), Some(0x34));
+        assert!(!m.intc.interrupt_pending());
+        assert_eq!(m.intc.ack_interrupt(), None);
+        m.outb(0x20, 0x20);
+        line.set_level(false);
+        // Masking LINT0 cuts the 8259A off.
+        m.lapic_w(0x350, 0x0001_0700);
+        line.set_level(true);
+        assert!(!m.intc.interrupt_pending());
+        m.lapic_w(0x350, 0x0000_0700);
+        assert!(m.intc.interrupt_pending());
+    }
+
+    #[test]
+    fn hardware_disabled_apic_passes_the_pic_through() {
+        let m = Machine::new();
+        m.init_pic();
+        m.lapic_w(0x350, 0x0001_0700);
+        assert!(m.intc.msr_write(MSR_IA32_APIC_BASE, 0xfee0_0100));
+        m.intc.irq_line(1).pulse();
+        assert_eq!(m.intc.ack_interrupt(), Some(0x31));
+    }
+
+    #[test]
+    fn irq0_goes_to_ioapic_pin_2_and_eoi_is_edge_free() {
+        let m = Machine::new();
+        m.init_pic();
+        m.symmetric_io();
+        m.ioapic_w(0x10 + 2 * 2, 0x30);
+        let timer = m.intc.irq_line(0);
+        timer.pulse();
+        assert!(m.intc.interrupt_pending());
+        assert_eq!(m.intc.ack_interrupt(), Some(0x30));
+        assert_eq!(m.lapic_r(0x100 + 0x10), 1 << 16, "ISR bit of 0x30");
+        m.lapic_w(0xb0, 0);
+        assert_eq!(m.lapic_r(0x100 + 0x10), 0);
+        assert!(!m.intc.interrupt_pending());
+    }
+
+    #[test]
+    fn level_interrupts_are_shared_and_wait_for_eoi() {
+        let m = Machine::new();
+        m.symmetric_io();
+        m.ioapic_w(0x10 + 2 * 10, 0x0000_a051); // level, active low, vector 0x51
+        let a = m.intc.irq_line(10);
+        let b = m.intc.irq_line(10);
+        a.set_level(true);
+        b.set_level(true);
+        assert_eq!(m.intc.ack_interrupt(), Some(0x51));
+        assert_ne!(m.ioapic_r(0x10 + 2 * 10) & (1 << 14), 0, "remote IRR");
+        assert_eq!(m.lapic_r(0x180 + 0x20), 1 << 17, "TMR bit of 0x51");
+        a.set_level(false);
+        m.lapic_w(0xb0, 0);
+        assert_eq!(m.intc.ack_interrupt(), Some(0x51), "b still holds the line");
+        b.set_level(false);
+        m.lapic_w(0xb0, 0);
+        assert_eq!(m.ioapic_r(0x10 + 2 * 10) & (1 << 14), 0);
+        assert_eq!(m.intc.ack_interrupt(), None);
+    }
+
+    #[test]
+    fn pci_gsis_reach_only_the_ioapic() {
+        let m = Machine::new();
+        m.init_pic();
+        m.ioapic_w(0x10 + 2 * 17, 0x0000_8061);
+        m.intc.irq_line(17).set_level(true);
+        assert_eq!(m.intc.ack_interrupt(), Some(0x61));
+        let s = m.intc.save();
+        assert_eq!(s.pic.master.irr, 0);
+        assert_eq!(s.pic.slave.irr, 0);
+    }
+
+    #[test]
+    fn local_apic_wins_over_the_pic() {
+        let m = Machine::new();
+        m.init_pic();
+        m.ioapic_w(0x10 + 2 * 5, 0x45);
+        let line = m.intc.irq_line(5);
+        line.set_level(true);
+        assert_eq!(m.intc.ack_interrupt(), Some(0x45), "the APIC's vector first");
+        assert_eq!(m.intc.ack_interrupt(), Some(0x35), "then the 8259A's");
+    }
+
+    #[test]
+    fn extint_through_ioapic_pin_0() {
+        let m = Machine::new();
+        m.init_pic();
+        m.lapic_w(0x350, 0x0001_0700); // LINT0 masked
+        m.ioapic_w(0x10, 0x0000_0700); // pin 0 ExtINT
+        m.intc.irq_line(0).pulse();
+        assert!(m.intc.interrupt_pending());
+        assert_eq!(m.intc.ack_interrupt(), Some(0x30));
+        assert!(!m.intc.interrupt_pending());
+    }
+
+    #[test]
+    fn self_ipi_and_nmi() {
+        let m = Machine::new();
+        m.lapic_w(0x300, 0x0004_0042);
+        assert_eq!(m.intc.ack_interrupt(), Some(0x42));
+        m.lapic_w(0xb0, 0);
+        m.lapic_w(0x300, 0x0004_0400);
+        assert!(m.intc.nmi_pending());
+        assert!(m.intc.take_nmi());
+        assert!(!m.intc.nmi_pending());
+        // INIT to another CPU is dropped.
+        m.lapic_w(0x310, 0x0100_0000);
+        m.lapic_w(0x300, 0x0000_4500);
+        assert!(!m.intc.interrupt_pending());
+        // Fixed to APIC ID 0 by destination.
+        m.lapic_w(0x310, 0);
+        m.lapic_w(0x300, 0x0000_4043);
+        assert_eq!(m.intc.ack_interrupt(), Some(0x43));
+    }
+
+    #[test]
+    fn kick_runs_when_an_interrupt_becomes_pending() {
+        let m = Machine::new();
+        m.init_pic();
+        let kicks = Arc::new(AtomicU32::new(0));
+        let k = kicks.clone();
+        m.intc.set_kick(Box::new(move || {
+            k.fetch_add(1, Ordering::SeqCst);
+        }));
+        let line = m.intc.irq_line(3);
+        line.set_level(true);
+        line.set_level(false);
+        m.intc.irq_line(6).pulse();
+        assert_eq!(kicks.load(Ordering::SeqCst), 1, "only the rising edge of pending kicks");
+        m.intc.ack_interrupt();
+        m.outb(0x20, 0x20);
+        m.intc.ack_interrupt();
+        m.intc.irq_line(7).pulse();
+        assert_eq!(kicks.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn apic_timer_is_polled_as_a_timer_source() {
+        let m = Machine::new();
+        m.lapic_w(0x3e0, 0b1011);
+        m.lapic_w(0x320, 0x0002_00ef);
+        m.lapic_w(0x380, 1_000_000);
+        assert_eq!(m.intc.next_deadline_ns(), Some(1_000_000));
+        m.clock.set(1_000_000);
+        m.intc.poll(1_000_000);
+        assert_eq!(m.intc.ack_interrupt(), Some(0xef));
+        assert_eq!(m.lapic_r(0x390), 1_000_000);
+        m.clock.set(1_250_000);
+        assert_eq!(m.lapic_r(0x390), 750_000);
+    }
+
+    #[test]
+    fn msrs_and_cr8() {
+        let m = Machine::new();
+        assert!(InterruptController::handles_msr(0x1b));
+        assert!(InterruptController::handles_msr(0x830));
+        assert!(!InterruptController::handles_msr(0x10));
+        assert_eq!(m.intc.msr_read(0x1b), Some(0xfee0_0900));
+        assert_eq!(m.intc.msr_read(0x802), None, "xAPIC mode: #GP");
+        assert!(m.intc.msr_write(0x1b, 0xfee0_0d00));
+        assert_eq!(m.intc.msr_read(0x802), Some(0));
+        assert!(m.intc.msr_write(0x83f, 0x55));
+        assert_eq!(m.intc.ack_interrupt(), Some(0x55));
+        assert!(m.intc.msr_write(0x80b, 0));
+        assert!(!m.intc.msr_write(0x80b, 1));
+        assert_eq!(m.intc.msr_read(0x6e0), Some(0));
+        m.intc.set_cr8(0x9);
+        assert_eq!(m.intc.cr8(), 9);
+        assert_eq!(m.intc.msr_read(0x808), Some(0x90));
+        assert!(!m.intc.msr_write(0x1b, 0xfee0_0900), "x2APIC to xAPIC");
+    }
+
+    #[test]
+    fn cascade_and_bad_lines() {
+        let m = Machine::new();
+        m.init_pic();
+        m.intc.irq_line(2).set_level(true);
+        m.intc.irq_line(99).pulse();
+        assert!(!m.intc.interrupt_pending());
+        m.intc.irq_line(12).pulse();
+        assert_eq!(m.intc.ack_interrupt(), Some(0x3c));
+    }
+
+    #[test]
+    fn elcr_and_odd_accesses_through_the_bus() {
+        let m = Machine::new();
+        m.outb(0x4d1, 0xff);
+        assert_eq!(m.inb(0x4d1), 0xde);
+        let mut w = [0u8; 2];
+        m.pio.read(0x4d0, &mut w);
+        assert_eq!(w, [0, 0xde]);
+        m.pio.write(0x4d0, &[0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(m.inb(0x4d1), 0xde, "a dword write is refused");
+        m.pio.write(0x20, &[1, 2]);
+        m.pio.read(0x20, &mut w);
+        assert_eq!(w, [0xff, 0xff]);
+        assert_eq!(m.inb(0x21), 0);
+    }
+
+    #[test]
+    fn reset_and_state_round_trip() {
+        let m = Machine::new();
+        m.init_pic();
+        m.ioapic_w(0x10 + 2 * 9, 0x0000_8039);
+        let line = m.intc.irq_line(9);
+        line.set_level(true);
+        let state = m.intc.save();
+        assert_eq!(state.lapics.len(), 1);
+        m.intc.reset(&Arc::new(Tsc::new(1)));
+        assert_eq!(m.ioapic_r(0x10 + 2 * 9), 0x0001_0000);
+        assert_eq!(m.intc.save().pic.slave.lines, 1 << 1, "the line is still held");
+        m.intc.restore(&state);
+        assert_eq!(m.intc.save(), state);
+        assert!(m.intc.interrupt_pending());
+    }
+}

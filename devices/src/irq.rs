@@ -1,0 +1,121 @@
+//! Interrupt lines as devices see them.
+//!
+//! A device raises or lowers its line through [`IrqLine`]; the machine decides
+//! what is behind it (the emulated PIC/IOAPIC, or an in-kernel irqchip). Device
+//! code is the same either way.
+
+/// One interrupt request line driven by a device.
+pub trait IrqLine: Send + Sync {
+    /// Drives the line to `level` (true = asserted).
+    fn set_level(&self, level: bool);
+
+    /// Asserts the line and releases it again: one edge for edge-triggered inputs.
+    fn pulse(&self) {
+        self.set_level(true);
+        self.set_level(false);
+    }
+}
+
+/// A line that goes nowhere, for devices the machine leaves unwired.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoIrq;
+
+impl IrqLine for NoIrq {
+    fn set_level(&self, _level: bool) {}
+}
+
+#[cfg(any(test, feature = "test-utils"))]
+pub use recording::RecordingIrq;
+
+#[cfg(any(test, feature = "test-utils"))]
+mod recording {
+    use super::IrqLine;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+    /// A test double that records what a device did to its line.
+    #[derive(Debug, Default)]
+    pub struct RecordingIrq {
+        level: AtomicBool,
+        raises: AtomicU32,
+        lowers: AtomicU32,
+        pulses: AtomicU32,
+    }
+
+    impl RecordingIrq {
+        /// A line that starts low with nothing recorded.
+        pub fn new() -> Self {
+            Self::default()
+        }
+
+        /// The level the line is driven to now.
+        pub fn level(&self) -> bool {
+            self.level.load(Ordering::SeqCst)
+        }
+
+        /// How many times the line went from low to high (pulses included).
+        pub fn raises(&self) -> u32 {
+            self.raises.load(Ordering::SeqCst)
+        }
+
+        /// How many times the line went from high to low (pulses included).
+        pub fn lowers(&self) -> u32 {
+            self.lowers.load(Ordering::SeqCst)
+        }
+
+        /// How many times [`IrqLine::pulse`] was called.
+        pub fn pulses(&self) -> u32 {
+            self.pulses.load(Ordering::SeqCst)
+        }
+    }
+
+    impl IrqLine for RecordingIrq {
+        fn set_level(&self, level: bool) {
+            let was = self.level.swap(level, Ordering::SeqCst);
+            if level && !was {
+                self.raises.fetch_add(1, Ordering::SeqCst);
+            }
+            if !level && was {
+                self.lowers.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+
+        fn pulse(&self) {
+            self.pulses.fetch_add(1, Ordering::SeqCst);
+            self.set_level(true);
+            self.set_level(false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recording_irq_counts_edges_not_repeats() {
+        let irq = RecordingIrq::new();
+        assert!(!irq.level());
+        irq.set_level(true);
+        irq.set_level(true);
+        assert!(irq.level());
+        assert_eq!(irq.raises(), 1);
+        irq.set_level(false);
+        assert_eq!(irq.lowers(), 1);
+        irq.pulse();
+        assert!(!irq.level());
+        assert_eq!((irq.raises(), irq.lowers(), irq.pulses()), (2, 2, 1));
+    }
+
+    #[test]
+    fn default_pulse_is_raise_then_lower() {
+        struct Levels(parking_lot::Mutex<Vec<bool>>);
+        impl IrqLine for Levels {
+            fn set_level(&self, level: bool) {
+                self.0.lock().push(level);
+            }
+        }
+        let line = Levels(parking_lot::Mutex::new(Vec::new()));
+        line.pulse();
+        assert_eq!(*line.0.lock(), vec![true, false]);
+    }
+}

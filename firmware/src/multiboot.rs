@@ -1,0 +1,543 @@
+//! Multiboot v1 (the Multiboot Specification 0.6.96): boot a test kernel that
+//! carries a multiboot header, as GRUB would.
+//!
+//! The header (32-bit aligned, in the first 8192 bytes of the image):
+//!
+//! ```text
+//!   0  magic     0x1badb002
+//!   4  flags     bit 0 page-align modules, bit 1 memory info, bit 2 video mode,
+//!                bit 16 the a.out kludge fields below are valid
+//!   8  checksum  magic + flags + checksum == 0 (mod 2^32)
+//!  12  header_addr, load_addr, load_end_addr, bss_end_addr, entry_addr   (bit 16)
+//! ```
+//!
+//! The kernel is loaded from its ELF32 program headers, or from the a.out
+//! kludge addresses when flag 16 is set (they take precedence, as the spec
+//! says). The CPU starts in 32-bit protected mode, paging off, flat segments,
+//! EAX = 0x2badb002 and EBX = the physical address of the multiboot information:
+//!
+//! ```text
+//!   0  flags        4 mem_lower   8 mem_upper   12 boot_device   16 cmdline
+//!  20  mods_count  24 mods_addr  28..44 syms    44 mmap_length   48 mmap_addr
+//!  52  drives_length 56 drives_addr 60 config_table 64 boot_loader_name
+//!  68  apm_table   72..88 vbe    88..116 framebuffer
+//! ```
+
+use mmu::{GuestMemory, MemError, PAGE_SIZE};
+
+use crate::boot::{write_boot_gdt, BootCpuState, BootMode, BOOT_STACK_POINTER, CMDLINE_ADDR, CMDLINE_AREA_SIZE};
+use crate::e820::{e820_for_memory, lower_upper_kib, E820Entry, E820Error, HIMEM_START};
+use crate::elf::{is_elf, load_elf, ElfError, EM_386};
+
+/// Magic in the kernel's multiboot header.
+pub const MULTIBOOT_HEADER_MAGIC: u32 = 0x1bad_b002;
+/// Magic the loader leaves in EAX.
+pub const MULTIBOOT_BOOTLOADER_MAGIC: u32 = 0x2bad_b002;
+/// The header must lie within this many bytes from the image start.
+pub const MULTIBOOT_SEARCH: usize = 8192;
+/// Where the multiboot information structure goes.
+pub const MULTIBOOT_INFO_ADDR: u64 = 0x6000;
+/// Memory map entries follow the information structure.
+const MMAP_ADDR: u64 = MULTIBOOT_INFO_ADDR + 0x80;
+/// Module descriptors after the memory map.
+const MODS_ADDR: u64 = MULTIBOOT_INFO_ADDR + 0x800;
+/// End of the area for the information structure, memory map and modules.
+const INFO_AREA_END: u64 = MULTIBOOT_INFO_ADDR + 0x1000;
+/// Size of the information structure (up to the framebuffer fields).
+const INFO_SIZE: usize = 116;
+/// Bytes of one memory map entry including its `size` field.
+const MMAP_ENTRY_SIZE: u64 = 24;
+/// Bytes of one module descriptor.
+const MOD_ENTRY_SIZE: u64 = 16;
+/// The loader name handed to the kernel.
+const LOADER_NAME: &str = "ferrovm";
+
+/// Header flag: align modules on 4 KiB boundaries.
+pub const MB_PAGE_ALIGN: u32 = 1 << 0;
+/// Header flag: pass memory information.
+pub const MB_MEMORY_INFO: u32 = 1 << 1;
+/// Header flag: pass video mode information.
+pub const MB_VIDEO_MODE: u32 = 1 << 2;
+/// Header flag: the a.out kludge address fields are valid.
+pub const MB_AOUT_KLUDGE: u32 = 1 << 16;
+/// Requirement bits (0..15) this loader understands.
+const MB_KNOWN_REQUIREMENTS: u32 = MB_PAGE_ALIGN | MB_MEMORY_INFO | MB_VIDEO_MODE;
+
+/// Information flags: which fields are valid.
+pub const INFO_MEMORY: u32 = 1 << 0;
+pub const INFO_CMDLINE: u32 = 1 << 2;
+pub const INFO_MODS: u32 = 1 << 3;
+pub const INFO_MEM_MAP: u32 = 1 << 6;
+pub const INFO_BOOT_LOADER_NAME: u32 = 1 << 9;
+
+/// Errors loading a multiboot kernel.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MultibootError {
+    /// No header found.
+    #[error("no multiboot header (magic 0x1badb002 with a valid checksum) in the first 8192 bytes of the kernel")]
+    NoHeader,
+    /// The magic was found but its checksum is wrong.
+    #[error("multiboot header at offset {offset:#x} has a bad checksum (magic + flags + checksum must be 0)")]
+    BadChecksum { offset: usize },
+    /// A requirement bit this loader does not know.
+    #[error("multiboot header flags {flags:#x} require features this loader lacks (bits {unknown:#x} of 0..15)")]
+    UnsupportedFlags { flags: u32, unknown: u32 },
+    /// The a.out kludge fields are inconsistent.
+    #[error("multiboot a.out kludge: {0}")]
+    BadAoutKludge(String),
+    /// Neither an ELF nor the a.out kludge.
+    #[error(
+        "kernel is not an ELF and its multiboot header lacks the a.out kludge (flag 16): cannot tell where to load it"
+    )]
+    NotElf,
+    /// Loading the ELF failed.
+    #[error("cannot load the multiboot ELF: {0}")]
+    Elf(#[from] ElfError),
+    /// The command line (or a module string) is too long.
+    #[error("multiboot command line and module strings need {need} bytes, more than the {max} bytes reserved")]
+    StringsTooLong { need: u64, max: u64 },
+    /// A string holds a NUL byte.
+    #[error("multiboot string {0:?} contains a NUL byte")]
+    Nul(String),
+    /// Too many modules or memory map entries for the info area.
+    #[error("{what}: {count} entries, more than the {max} the information area holds")]
+    TooMany { what: &'static str, count: usize, max: u64 },
+    /// A module does not fit in RAM.
+    #[error("module {index} ({size} bytes) does not fit in guest RAM after {after:#x}; give the guest more memory")]
+    ModuleDoesNotFit { index: usize, size: u64, after: u64 },
+    #[error(transparent)]
+    E820(#[from] E820Error),
+    #[error(transparent)]
+    Memory(#[from] MemError),
+}
+
+/// The a.out kludge addresses (header flag 16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AoutKludge {
+    pub header_addr: u32,
+    pub load_addr: u32,
+    /// 0: load to the end of the file.
+    pub load_end_addr: u32,
+    /// 0: no bss.
+    pub bss_end_addr: u32,
+    pub entry_addr: u32,
+}
+
+/// A multiboot header found in an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MultibootHeader {
+    /// Offset of the magic in the image.
+    pub offset: usize,
+    pub flags: u32,
+    pub aout: Option<AoutKludge>,
+}
+
+fn le32(b: &[u8], at: usize) -> Option<u32> {
+    b.get(at..at.checked_add(4)?).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+impl MultibootHeader {
+    /// Find and validate the header in the first 8192 bytes of `image`.
+    pub fn find(image: &[u8]) -> Result<Self, MultibootError> {
+        let mut bad_checksum = None;
+        let limit = image.len().min(MULTIBOOT_SEARCH);
+        for offset in (0..limit.saturating_sub(11)).step_by(4) {
+            if le32(image, offset) != Some(MULTIBOOT_HEADER_MAGIC) {
+                continue;
+            }
+            let (Some(flags), Some(checksum)) = (le32(image, offset + 4), le32(image, offset + 8)) else { break };
+            if MULTIBOOT_HEADER_MAGIC.wrapping_add(flags).wrapping_add(checksum) != 0 {
+                bad_checksum.get_or_insert(offset);
+                continue;
+            }
+            let unknown = flags & 0xffff & !MB_KNOWN_REQUIREMENTS;
+            if unknown != 0 {
+                return Err(MultibootError::UnsupportedFlags { flags, unknown });
+            }
+            let aout = if flags & MB_AOUT_KLUDGE != 0 {
+                let field = |i: usize| {
+                    le32(image, offset + 12 + 4 * i).ok_or_else(|| {
+                        MultibootError::BadAoutKludge("the header is cut off by the end of the image".into())
+                    })
+                };
+                Some(AoutKludge {
+                    header_addr: field(0)?,
+                    load_addr: field(1)?,
+                    load_end_addr: field(2)?,
+                    bss_end_addr: field(3)?,
+                    entry_addr: field(4)?,
+                })
+            } else {
+                None
+            };
+            return Ok(MultibootHeader { offset, flags, aout });
+        }
+        Err(bad_checksum.map_or(MultibootError::NoHeader, |offset| MultibootError::BadChecksum { offset }))
+    }
+}
+
+/// A module handed to the kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct MultibootModule<'a> {
+    pub data: &'a [u8],
+    pub cmdline: &'a str,
+}
+
+/// What to boot.
+#[derive(Debug, Clone, Default)]
+pub struct MultibootConfig<'a> {
+    pub kernel: &'a [u8],
+    pub cmdline: &'a str,
+    pub modules: &'a [MultibootModule<'a>],
+    /// The memory map; `None` for [`e820_for_memory`] of the guest memory.
+    pub e820: Option<Vec<E820Entry>>,
+}
+
+/// What [`load_multiboot`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultibootBoot {
+    pub cpu: BootCpuState,
+    pub header: MultibootHeader,
+    pub entry: u64,
+    pub kernel_start: u64,
+    pub kernel_end: u64,
+    pub info_addr: u64,
+    /// Where each module went: (start, end exclusive).
+    pub modules: Vec<(u64, u64)>,
+}
+
+/// Load the a.out-kludge image; returns (entry, start, end).
+fn load_aout(
+    mem: &GuestMemory,
+    image: &[u8],
+    hdr: &MultibootHeader,
+    k: &AoutKludge,
+) -> Result<(u64, u64, u64), MultibootError> {
+    let bad = |s: String| MultibootError::BadAoutKludge(s);
+    let (header_addr, load_addr) = (u64::from(k.header_addr), u64::from(k.load_addr));
+    let text_before_header = header_addr
+        .checked_sub(load_addr)
+        .ok_or_else(|| bad(format!("header_addr {header_addr:#x} is below load_addr {load_addr:#x}")))?;
+    let file_start = (hdr.offset as u64)
+        .checked_sub(text_before_header)
+        .ok_or_else(|| bad(format!("load_addr {load_addr:#x} lies before the start of the file")))?;
+    let file_len = image.len() as u64;
+    let load_end = if k.load_end_addr == 0 { load_addr + (file_len - file_start) } else { u64::from(k.load_end_addr) };
+    let load_size = load_end
+        .checked_sub(load_addr)
+        .ok_or_else(|| bad(format!("load_end_addr {load_end:#x} is below load_addr {load_addr:#x}")))?;
+    if file_start + load_size > file_len {
+        return Err(bad(format!(
+            "load_addr..load_end_addr needs file bytes {file_start:#x}..{:#x}, the image has {file_len:#x}",
+            file_start + load_size
+        )));
+    }
+    let end = match k.bss_end_addr {
+        0 => load_end,
+        b if u64::from(b) >= load_end => u64::from(b),
+        b => return Err(bad(format!("bss_end_addr {b:#x} is below load_end_addr {load_end:#x}"))),
+    };
+    if load_addr < HIMEM_START {
+        return Err(bad(format!("load_addr {load_addr:#x} is below 1 MiB, where the loader keeps its tables")));
+    }
+    if !mem.is_backed(load_addr, (end - load_addr).max(1)) {
+        return Err(bad(format!("{load_addr:#x}..{end:#x} is not in guest RAM; give the guest more memory")));
+    }
+    let entry = u64::from(k.entry_addr);
+    if !(load_addr..end).contains(&entry) {
+        return Err(bad(format!("entry_addr {entry:#x} lies outside {load_addr:#x}..{end:#x}")));
+    }
+    // Checked above: file_start + load_size <= file_len.
+    mem.load(load_addr, &image[file_start as usize..(file_start + load_size) as usize])?;
+    mem.fill(load_end, end - load_end, 0)?;
+    Ok((entry, load_addr, end))
+}
+
+/// Load a multiboot kernel and its modules, write the multiboot information and
+/// return the 32-bit entry state.
+pub fn load_multiboot(mem: &GuestMemory, cfg: &MultibootConfig<'_>) -> Result<MultibootBoot, MultibootError> {
+    let header = MultibootHeader::find(cfg.kernel)?;
+    if header.flags & MB_VIDEO_MODE != 0 {
+        tracing::warn!("multiboot kernel asks for a video mode; it gets text mode and no video information");
+    }
+    let (entry, kernel_start, kernel_end) = match (&header.aout, is_elf(cfg.kernel)) {
+        (Some(k), _) => load_aout(mem, cfg.kernel, &header, k)?,
+        (None, true) => {
+            let elf = load_elf(mem, cfg.kernel, EM_386, HIMEM_START)?;
+            (elf.entry, elf.start, elf.end)
+        }
+        (None, false) => return Err(MultibootError::NotElf),
+    };
+
+    // Strings: the command line, each module's, the loader name, all NUL-terminated.
+    let mut strings: Vec<u8> = Vec::new();
+    let mut add_string = |s: &str| -> Result<u64, MultibootError> {
+        if s.as_bytes().contains(&0) {
+            return Err(MultibootError::Nul(s.to_string()));
+        }
+        let addr = CMDLINE_ADDR + strings.len() as u64;
+        strings.extend_from_slice(s.as_bytes());
+        strings.push(0);
+        Ok(addr)
+    };
+    let cmdline_addr = add_string(cfg.cmdline)?;
+    let loader_name_addr = add_string(LOADER_NAME)?;
+    let mod_strings = cfg.modules.iter().map(|m| add_string(m.cmdline)).collect::<Result<Vec<_>, _>>()?;
+    if strings.len() as u64 > CMDLINE_AREA_SIZE {
+        return Err(MultibootError::StringsTooLong { need: strings.len() as u64, max: CMDLINE_AREA_SIZE });
+    }
+
+    let e820 = match &cfg.e820 {
+        Some(map) => map.clone(),
+        None => e820_for_memory(mem)?,
+    };
+    let max_mmap = (MODS_ADDR - MMAP_ADDR) / MMAP_ENTRY_SIZE;
+    if e820.len() as u64 > max_mmap {
+        return Err(MultibootError::TooMany { what: "memory map", count: e820.len(), max: max_mmap });
+    }
+    let max_mods = (INFO_AREA_END - MODS_ADDR) / MOD_ENTRY_SIZE;
+    if cfg.modules.len() as u64 > max_mods {
+        return Err(MultibootError::TooMany { what: "modules", count: cfg.modules.len(), max: max_mods });
+    }
+
+    // Modules: page-aligned, one after the other above the kernel.
+    let mut modules = Vec::with_capacity(cfg.modules.len());
+    let mut next = kernel_end;
+    for (index, m) in cfg.modules.iter().enumerate() {
+        let size = m.data.len() as u64;
+        let start = next.checked_next_multiple_of(PAGE_SIZE);
+        let end = start.and_then(|s| s.checked_add(size));
+        match (start, end) {
+            (Some(start), Some(end)) if end <= u64::from(u32::MAX) && mem.is_backed(start, size.max(1)) => {
+                modules.push((start, end));
+                next = end;
+            }
+            _ => return Err(MultibootError::ModuleDoesNotFit { index, size, after: next }),
+        }
+    }
+    for (m, &(start, _)) in cfg.modules.iter().zip(&modules) {
+        mem.load(start, m.data)?;
+    }
+
+    mem.write(CMDLINE_ADDR, &strings)?;
+    let mut mmap = Vec::with_capacity(e820.len() * MMAP_ENTRY_SIZE as usize);
+    for e in &e820 {
+        mmap.extend_from_slice(&((MMAP_ENTRY_SIZE - 4) as u32).to_le_bytes());
+        mmap.extend_from_slice(&e.to_bytes());
+    }
+    mem.write(MMAP_ADDR, &mmap)?;
+    let mut mods = Vec::with_capacity(modules.len() * MOD_ENTRY_SIZE as usize);
+    for (&(start, end), &string) in modules.iter().zip(&mod_strings) {
+        // All below 4 GiB: checked when placing them; strings sit at 0x20000.
+        for v in [start as u32, end as u32, string as u32, 0] {
+            mods.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    mem.write(MODS_ADDR, &mods)?;
+
+    let (mem_lower, mem_upper) = lower_upper_kib(&e820);
+    let mut info = [0u8; INFO_SIZE];
+    let mut put = |at: usize, v: u32| info[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    put(0, INFO_MEMORY | INFO_CMDLINE | INFO_MODS | INFO_MEM_MAP | INFO_BOOT_LOADER_NAME);
+    put(4, mem_lower);
+    put(8, mem_upper);
+    // The info area and the strings are below 1 MiB: the casts are exact.
+    put(16, cmdline_addr as u32);
+    put(20, modules.len() as u32);
+    put(24, MODS_ADDR as u32);
+    put(44, mmap.len() as u32);
+    put(48, MMAP_ADDR as u32);
+    put(64, loader_name_addr as u32);
+    mem.write(MULTIBOOT_INFO_ADDR, &info)?;
+
+    write_boot_gdt(mem, BootMode::Protected32)?;
+    let mut cpu = BootCpuState::protected32(entry);
+    cpu.rax = u64::from(MULTIBOOT_BOOTLOADER_MAGIC);
+    cpu.rbx = MULTIBOOT_INFO_ADDR;
+    cpu.rsp = BOOT_STACK_POINTER;
+    Ok(MultibootBoot { cpu, header, entry, kernel_start, kernel_end, info_addr: MULTIBOOT_INFO_ADDR, modules })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::{BOOT_CS, CR0_PE, CR0_PG};
+    use crate::elf::tests::{build_elf, TestSeg};
+
+    const MIB: u64 = 1 << 20;
+
+    fn header(flags: u32, aout: Option<[u32; 5]>) -> Vec<u8> {
+        let mut h = Vec::new();
+        for v in [MULTIBOOT_HEADER_MAGIC, flags, 0u32.wrapping_sub(MULTIBOOT_HEADER_MAGIC).wrapping_sub(flags)] {
+            h.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in aout.into_iter().flatten() {
+            h.extend_from_slice(&v.to_le_bytes());
+        }
+        h
+    }
+
+    /// An ELF32 kernel linked at 0xc010_0000, loaded at 1 MiB, whose first
+    /// segment starts with the multiboot header.
+    fn elf_kernel() -> Vec<u8> {
+        let mut text = header(MB_PAGE_ALIGN | MB_MEMORY_INFO, None);
+        text.resize(0x40, 0x90);
+        text.push(0xf4); // hlt at the entry, 0x40 into the segment
+        build_elf(
+            false,
+            EM_386,
+            0xc010_0040,
+            &[
+                TestSeg { vaddr: 0xc010_0000, paddr: 0x10_0000, data: text, memsz: 0x1000 },
+                TestSeg { vaddr: 0xc010_1000, paddr: 0x10_1000, data: vec![7; 8], memsz: 0x2000 },
+            ],
+        )
+    }
+
+    fn read_str(mem: &GuestMemory, addr: u64) -> String {
+        let mut s = Vec::new();
+        for a in addr.. {
+            match mem.read_u8(a).unwrap() {
+                0 => break,
+                b => s.push(b),
+            }
+        }
+        String::from_utf8(s).unwrap()
+    }
+
+    #[test]
+    fn elf_kernel_gets_info_modules_and_state() {
+        let mem = GuestMemory::new(64 * MIB).unwrap();
+        let kernel = elf_kernel();
+        let m1 = vec![0xab; 5000];
+        let m2 = b"second".to_vec();
+        let mods = [MultibootModule { data: &m1, cmdline: "mod1 arg" }, MultibootModule { data: &m2, cmdline: "" }];
+        let boot = load_multiboot(
+            &mem,
+            &MultibootConfig { kernel: &kernel, cmdline: "kernel -v", modules: &mods, e820: None },
+        )
+        .unwrap();
+        assert_eq!(boot.header.offset, 52 + 2 * 32);
+        assert_eq!(boot.entry, 0x10_0040);
+        assert_eq!((boot.kernel_start, boot.kernel_end), (0x10_0000, 0x10_3000));
+        assert_eq!(mem.read_u8(0x10_0040).unwrap(), 0xf4);
+
+        let cpu = &boot.cpu;
+        assert_eq!(cpu.mode, BootMode::Protected32);
+        assert_eq!((cpu.rax, cpu.rbx, cpu.rip), (0x2bad_b002, MULTIBOOT_INFO_ADDR, 0x10_0040));
+        assert_eq!(cpu.cr0 & (CR0_PE | CR0_PG), CR0_PE);
+        assert_eq!(cpu.efer, 0);
+        assert!(cpu.cs.db && cpu.cs.g && cpu.cs.base == 0 && cpu.cs.limit == 0xffff_ffff);
+        assert_eq!(cpu.cs.selector, BOOT_CS);
+        let gdt_cs = mem.read_u64(cpu.gdt_base + u64::from(BOOT_CS)).unwrap();
+        assert_eq!(crate::boot::SegmentDesc::from_descriptor(BOOT_CS, gdt_cs), cpu.cs);
+
+        let info = |off: u64| mem.read_u32(MULTIBOOT_INFO_ADDR + off).unwrap();
+        let flags = info(0);
+        assert_eq!(flags & (INFO_MEMORY | INFO_CMDLINE | INFO_MODS | INFO_MEM_MAP), 0x4d);
+        assert_eq!((info(4), info(8)), (639, 63 * 1024));
+        assert_eq!(read_str(&mem, u64::from(info(16))), "kernel -v");
+        assert_eq!(read_str(&mem, u64::from(info(64))), "ferrovm");
+        assert_eq!(info(20), 2);
+        let mods_addr = u64::from(info(24));
+        let module = |i: u64, f: u64| mem.read_u32(mods_addr + i * 16 + f).unwrap();
+        assert_eq!((module(0, 0), module(0, 4)), (0x10_3000, 0x10_3000 + 5000));
+        assert_eq!(read_str(&mem, u64::from(module(0, 8))), "mod1 arg");
+        assert_eq!(module(1, 0) % 4096, 0);
+        assert_eq!(module(1, 4) - module(1, 0), 6);
+        assert_eq!(read_str(&mem, u64::from(module(1, 8))), "");
+        assert_eq!(mem.read_u8(u64::from(module(0, 0)) + 4999).unwrap(), 0xab);
+        assert_eq!(boot.modules, vec![(0x10_3000, 0x10_3000 + 5000), (0x10_5000, 0x10_5006)]);
+
+        // The memory map: 4 entries of 24 bytes, size field 20.
+        assert_eq!(info(44), 4 * 24);
+        let mmap = u64::from(info(48));
+        let entry = |i: u64| {
+            let size = mem.read_u32(mmap + i * 24).unwrap();
+            let base = mem.read_u64(mmap + i * 24 + 4).unwrap();
+            let len = mem.read_u64(mmap + i * 24 + 12).unwrap();
+            let kind = mem.read_u32(mmap + i * 24 + 20).unwrap();
+            (size, base, len, kind)
+        };
+        assert_eq!(entry(0), (20, 0, 0x9fc00, 1));
+        assert_eq!(entry(3), (20, MIB, 63 * MIB, 1));
+    }
+
+    #[test]
+    fn aout_kludge_kernel() {
+        let mem = GuestMemory::new(16 * MIB).unwrap();
+        // A flat binary: 0x40 bytes of code, the header at 0x40, more code.
+        let mut image = vec![0x90u8; 0x40];
+        image.extend(header(MB_AOUT_KLUDGE, Some([0x20_0040, 0x20_0000, 0, 0x20_4000, 0x20_0080])));
+        image.resize(0x100, 0xf4);
+        let boot = load_multiboot(&mem, &MultibootConfig { kernel: &image, ..Default::default() }).unwrap();
+        assert_eq!(boot.header.offset, 0x40);
+        assert_eq!(boot.entry, 0x20_0080);
+        assert_eq!((boot.kernel_start, boot.kernel_end), (0x20_0000, 0x20_4000));
+        assert_eq!(mem.read_u32(0x20_0040).unwrap(), MULTIBOOT_HEADER_MAGIC);
+        assert_eq!(mem.read_u8(0x20_00ff).unwrap(), 0xf4);
+        assert_eq!(mem.read_u8(0x20_0100).unwrap(), 0);
+
+        // Inconsistent kludges.
+        let kludge = |f: [u32; 5]| {
+            let mut img = vec![0u8; 0x40];
+            img.extend(header(MB_AOUT_KLUDGE, Some(f)));
+            img.resize(0x100, 0);
+            load_multiboot(&mem, &MultibootConfig { kernel: &img, ..Default::default() }).unwrap_err()
+        };
+        assert!(matches!(kludge([0x20_0040, 0x20_0080, 0, 0, 0x20_0080]), MultibootError::BadAoutKludge(_)));
+        assert!(matches!(kludge([0x20_0080, 0x20_0000, 0, 0, 0x20_0080]), MultibootError::BadAoutKludge(_)));
+        assert!(matches!(kludge([0x20_0040, 0x20_0000, 0x20_1000, 0, 0x20_0080]), MultibootError::BadAoutKludge(_)));
+        assert!(matches!(kludge([0x20_0040, 0x20_0000, 0, 0, 0x30_0000]), MultibootError::BadAoutKludge(_)));
+        assert!(matches!(kludge([0x4_0040, 0x4_0000, 0, 0, 0x4_0080]), MultibootError::BadAoutKludge(_)));
+        let e = kludge([0x2000_0040, 0x2000_0000, 0, 0, 0x2000_0080]);
+        assert!(e.to_string().contains("not in guest RAM"), "{e}");
+    }
+
+    #[test]
+    fn header_search_and_errors() {
+        let mem = GuestMemory::new(16 * MIB).unwrap();
+        let load = |k: &[u8]| load_multiboot(&mem, &MultibootConfig { kernel: k, ..Default::default() }).unwrap_err();
+        assert_eq!(load(&[0u8; 10000]), MultibootError::NoHeader);
+        // Beyond the first 8192 bytes it does not count.
+        let mut late = vec![0u8; 8192];
+        late.extend(header(0, None));
+        assert_eq!(load(&late), MultibootError::NoHeader);
+        // Unaligned does not count either.
+        let mut unaligned = vec![0u8; 2];
+        unaligned.extend(header(0, None));
+        assert_eq!(load(&unaligned), MultibootError::NoHeader);
+        let mut bad = header(0, None);
+        bad[8] ^= 1;
+        assert_eq!(load(&bad), MultibootError::BadChecksum { offset: 0 });
+        assert_eq!(load(&header(1 << 3, None)), MultibootError::UnsupportedFlags { flags: 8, unknown: 8 });
+        assert_eq!(load(&header(MB_MEMORY_INFO, None)), MultibootError::NotElf);
+        // An ELF64 is not a multiboot v1 kernel.
+        let mut text = header(0, None);
+        text.push(0xf4);
+        let elf64 =
+            build_elf(true, crate::elf::EM_X86_64, MIB, &[TestSeg { vaddr: MIB, paddr: MIB, data: text, memsz: 64 }]);
+        assert!(matches!(load(&elf64), MultibootError::Elf(ElfError::WrongMachine { .. })));
+        // A header cut short before its a.out fields.
+        let cut = header(MB_AOUT_KLUDGE, None);
+        assert!(matches!(load(&cut), MultibootError::BadAoutKludge(_)));
+    }
+
+    #[test]
+    fn strings_and_modules_are_bounded() {
+        let mem = GuestMemory::new(2 * MIB).unwrap();
+        let kernel = elf_kernel();
+        let e = load_multiboot(&mem, &MultibootConfig { kernel: &kernel, cmdline: "a\0b", ..Default::default() })
+            .unwrap_err();
+        assert!(matches!(e, MultibootError::Nul(_)));
+        let long = "x".repeat(CMDLINE_AREA_SIZE as usize);
+        let e = load_multiboot(&mem, &MultibootConfig { kernel: &kernel, cmdline: &long, ..Default::default() })
+            .unwrap_err();
+        assert!(matches!(e, MultibootError::StringsTooLong { .. }));
+        let big = vec![0u8; MIB as usize];
+        let mods = [MultibootModule { data: &big, cmdline: "big" }];
+        let e = load_multiboot(&mem, &MultibootConfig { kernel: &kernel, modules: &mods, ..Default::default() })
+            .unwrap_err();
+        assert_eq!(e, MultibootError::ModuleDoesNotFit { index: 0, size: MIB, after: 0x10_3000 });
+    }
+}

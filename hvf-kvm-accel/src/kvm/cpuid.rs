@@ -1,0 +1,360 @@
+//! The guest's CPUID model: `KVM_GET_SUPPORTED_CPUID`, filtered into one
+//! consistent processor.
+//!
+//! KVM reports what it *can* virtualise. A guest shown all of it goes looking
+//! for paravirtual interfaces (which invite `vmcall`, and on kvm_pvm hosts
+//! `KVM_RUN` never returns from one), enables XSAVE-managed state, and at CPL0
+//! runs instructions that KVM's instruction emulator cannot execute (on hosts
+//! where ring-0 guest code runs through that emulator, every such instruction
+//! ends the run with an emulation failure). Each item below is hidden for the
+//! reason written beside it; [`HIDDEN_BITS`] and [`HIDDEN_LEAVES`] are the
+//! table, and the code applies them as data.
+//!
+//! Hidden bits:
+//!
+//! | leaf.sub:reg bit | feature | why hidden |
+//! | --- | --- | --- |
+//! | 1:ECX 31 | hypervisor | tells the guest to probe the 0x4000_0000 leaves for paravirtual interfaces (kvmclock, PV EOI, PV spinlock kick, PV IPI, PV sched-yield); the hypercall ones are `vmcall`/`vmmcall` |
+//! | 1:ECX 5 | VMX | nested virtualisation: a guest hypervisor would issue VMX instructions and `vmcall` |
+//! | 0x8000_0001:ECX 2 | SVM | the same for AMD (`vmrun`, `vmmcall`) |
+//! | 1:ECX 3 | MONITOR/MWAIT | idle must be HLT, which the host handles by sleeping; `mwait` at CPL0 is not executed by KVM's emulator |
+//! | 1:ECX 13 | CX16 | `cmpxchg16b` at CPL0 fails in KVM's emulator (Linux uses it for `this_cpu_cmpxchg_double` and SLUB) |
+//! | 1:ECX 26, 27 | XSAVE, OSXSAVE | `xgetbv`/`xsave`/`xsaveopt`/`xrstor` at CPL0 fail in KVM's emulator; without XSAVE the guest switches FPU state with `fxsave`/`fxrstor`, which the emulator has |
+//! | 1:ECX 12, 28, 29 | FMA, AVX, F16C | need XSAVE-managed YMM state, which the guest cannot enable without XSAVE |
+//! | 7.0:EBX 5, 16, 17, 21, 26, 27, 28, 30, 31 | AVX2, AVX-512 family | the same: XSAVE-managed state |
+//! | 7.0:EBX 14 | MPX | XSAVE-managed bound registers |
+//! | 7.0:ECX 1, 6, 9, 10, 11, 12, 14 | AVX-512 VBMI/VBMI2/VNNI/BITALG/VPOPCNTDQ, VAES, VPCLMULQDQ | VEX/EVEX encodings needing XSAVE-managed state |
+//! | 7.0:EDX 2, 3, 8, 22, 23, 24, 25 | AVX-512 4VNNIW/4FMAPS/VP2INTERSECT/FP16, AMX | XSAVE-managed state |
+//! | 7.1:EAX 4, 5 | AVX-VNNI, AVX512-BF16 | XSAVE-managed state |
+//! | 0x8000_0001:ECX 11, 16 | XOP, FMA4 | AMD VEX-style encodings needing YMM state |
+//! | 7.0:ECX 3, 4 | PKU, OSPKE | protection keys live in XSAVE state (PKRU); Linux requires XSAVE for them |
+//! | 7.0:EBX 0 | FSGSBASE | `rdgsbase`/`wrgsbase` run at CPL0 in Linux's entry code; KVM's emulator has no register forms of 0F AE |
+//! | 7.0:EBX 10 | INVPCID | run at CPL0 for TLB flushes; not in KVM's emulator |
+//! | 7.0:EBX 20 | SMAP | Linux then runs `stac`/`clac` around every user-memory access at CPL0; KVM's emulator has neither |
+//! | 7.0:ECX 5 | WAITPKG | `umwait`/`tpause` let the guest pause on its own terms; idle must be HLT |
+//! | 7.0:ECX 22 | RDPID | reads TSC_AUX like `rdtscp` and is not in KVM's emulator; Linux uses it at CPL0 in entry code |
+//! | 0x8000_0001:EDX 27 | RDTSCP | `rdtscp` at CPL0 fails in KVM's emulator (Linux's vgetcpu setup and sched clock may use it) |
+//! | 7.0:EDX 14 | SERIALIZE | Linux's `sync_core()` prefers it, at CPL0; not in KVM's emulator |
+//! | 7.0:EDX 29 | ARCH_CAPABILITIES | announces MSR 0x10A, which this host's KVM refuses (QEMU `-cpu host` fails on it); the guest then assumes nothing about mitigations |
+//! | 7.0:EDX 30 | CORE_CAPABILITIES | announces MSR 0xCF, same class as ARCH_CAPABILITIES |
+//! | 1:ECX 21, 24 | x2APIC, TSC-deadline | only with a userspace irqchip: the machine's own LAPIC is xAPIC with the one-shot and periodic timer modes |
+//!
+//! Removed leaves: 0x4000_0000..=0x4fff_ffff (the hypervisor range: KVM's
+//! signature and PV feature bits), 0xD (XSAVE enumeration; XSAVE is hidden),
+//! 0x12 (SGX), 0x14 (processor trace), 0x19 (Key Locker), 0x8000_000A (SVM).
+//!
+//! Kept and patched: the initial APIC ID in leaf 1 EBX[31:24] and the x2APIC
+//! ID in leaves 0xB and 0x1F EDX are the vCPU's number.
+//!
+//! Limits on kvm_pvm hosts (software nested virtualisation), observed:
+//! - `KVM_GET_SUPPORTED_CPUID` lists few features, yet the vCPU's CPUID
+//!   (`KVM_GET_CPUID2`, and CPUID run at CPL0) also shows host features it
+//!   did not list: XSAVE, AVX, AVX2, AVX-512, FMA, F16C, FSGSBASE, SMAP.
+//!   Those cannot be hidden from here; [`still_visible`] names them and the
+//!   vCPU warns. A Linux guest then needs `noxsave` (and the interpreter
+//!   fallback for what remains).
+//! - CPUID at CPL3 is not intercepted: user code sees the host's CPUID.
+
+use kvm_bindings::kvm_cpuid_entry2;
+
+/// A CPUID output register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reg {
+    Eax,
+    Ebx,
+    Ecx,
+    Edx,
+}
+
+/// One hidden feature bit.
+#[derive(Debug, Clone, Copy)]
+pub struct HiddenBit {
+    pub leaf: u32,
+    pub subleaf: u32,
+    pub reg: Reg,
+    pub bit: u32,
+    pub name: &'static str,
+    /// Hidden only when the interrupt controllers are in userspace.
+    pub userspace_irqchip_only: bool,
+}
+
+const fn hide(leaf: u32, subleaf: u32, reg: Reg, bit: u32, name: &'static str) -> HiddenBit {
+    HiddenBit {
+        leaf,
+        subleaf,
+        reg,
+        bit,
+        name,
+        userspace_irqchip_only: false,
+    }
+}
+
+/// Every hidden bit; the module comment gives the reason for each.
+pub const HIDDEN_BITS: &[HiddenBit] = &[
+    hide(1, 0, Reg::Ecx, 31, "hypervisor"),
+    hide(1, 0, Reg::Ecx, 5, "vmx"),
+    hide(0x8000_0001, 0, Reg::Ecx, 2, "svm"),
+    hide(1, 0, Reg::Ecx, 3, "monitor"),
+    hide(1, 0, Reg::Ecx, 13, "cx16"),
+    hide(1, 0, Reg::Ecx, 26, "xsave"),
+    hide(1, 0, Reg::Ecx, 27, "osxsave"),
+    hide(1, 0, Reg::Ecx, 12, "fma"),
+    hide(1, 0, Reg::Ecx, 28, "avx"),
+    hide(1, 0, Reg::Ecx, 29, "f16c"),
+    hide(7, 0, Reg::Ebx, 5, "avx2"),
+    hide(7, 0, Reg::Ebx, 16, "avx512f"),
+    hide(7, 0, Reg::Ebx, 17, "avx512dq"),
+    hide(7, 0, Reg::Ebx, 21, "avx512ifma"),
+    hide(7, 0, Reg::Ebx, 26, "avx512pf"),
+    hide(7, 0, Reg::Ebx, 27, "avx512er"),
+    hide(7, 0, Reg::Ebx, 28, "avx512cd"),
+    hide(7, 0, Reg::Ebx, 30, "avx512bw"),
+    hide(7, 0, Reg::Ebx, 31, "avx512vl"),
+    hide(7, 0, Reg::Ebx, 14, "mpx"),
+    hide(7, 0, Reg::Ecx, 1, "avx512vbmi"),
+    hide(7, 0, Reg::Ecx, 6, "avx512_vbmi2"),
+    hide(7, 0, Reg::Ecx, 9, "vaes"),
+    hide(7, 0, Reg::Ecx, 10, "vpclmulqdq"),
+    hide(7, 0, Reg::Ecx, 11, "avx512_vnni"),
+    hide(7, 0, Reg::Ecx, 12, "avx512_bitalg"),
+    hide(7, 0, Reg::Ecx, 14, "avx512_vpopcntdq"),
+    hide(7, 0, Reg::Edx, 2, "avx512_4vnniw"),
+    hide(7, 0, Reg::Edx, 3, "avx512_4fmaps"),
+    hide(7, 0, Reg::Edx, 8, "avx512_vp2intersect"),
+    hide(7, 0, Reg::Edx, 22, "amx_bf16"),
+    hide(7, 0, Reg::Edx, 23, "avx512_fp16"),
+    hide(7, 0, Reg::Edx, 24, "amx_tile"),
+    hide(7, 0, Reg::Edx, 25, "amx_int8"),
+    hide(7, 1, Reg::Eax, 4, "avx_vnni"),
+    hide(7, 1, Reg::Eax, 5, "avx512_bf16"),
+    hide(0x8000_0001, 0, Reg::Ecx, 11, "xop"),
+    hide(0x8000_0001, 0, Reg::Ecx, 16, "fma4"),
+    hide(7, 0, Reg::Ecx, 3, "pku"),
+    hide(7, 0, Reg::Ecx, 4, "ospke"),
+    hide(7, 0, Reg::Ebx, 0, "fsgsbase"),
+    hide(7, 0, Reg::Ebx, 10, "invpcid"),
+    hide(7, 0, Reg::Ebx, 20, "smap"),
+    hide(7, 0, Reg::Ecx, 5, "waitpkg"),
+    hide(7, 0, Reg::Ecx, 22, "rdpid"),
+    hide(0x8000_0001, 0, Reg::Edx, 27, "rdtscp"),
+    hide(7, 0, Reg::Edx, 14, "serialize"),
+    hide(7, 0, Reg::Edx, 29, "arch_capabilities"),
+    hide(7, 0, Reg::Edx, 30, "core_capabilities"),
+    HiddenBit {
+        leaf: 1,
+        subleaf: 0,
+        reg: Reg::Ecx,
+        bit: 21,
+        name: "x2apic",
+        userspace_irqchip_only: true,
+    },
+    HiddenBit {
+        leaf: 1,
+        subleaf: 0,
+        reg: Reg::Ecx,
+        bit: 24,
+        name: "tsc_deadline_timer",
+        userspace_irqchip_only: true,
+    },
+];
+
+/// Leaves removed whole, as inclusive ranges; the module comment says why.
+pub const HIDDEN_LEAVES: &[(u32, u32, &str)] = &[
+    (
+        0x4000_0000,
+        0x4fff_ffff,
+        "hypervisor leaves (KVM signature, PV features)",
+    ),
+    (0xd, 0xd, "XSAVE enumeration"),
+    (0x12, 0x12, "SGX"),
+    (0x14, 0x14, "processor trace"),
+    (0x19, 0x19, "Key Locker"),
+    (0x8000_000a, 0x8000_000a, "SVM"),
+];
+
+/// What the model depends on besides KVM's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelOptions {
+    /// The interrupt controllers are the machine's, not KVM's.
+    pub userspace_irqchip: bool,
+}
+
+fn reg_mut(e: &mut kvm_cpuid_entry2, r: Reg) -> &mut u32 {
+    match r {
+        Reg::Eax => &mut e.eax,
+        Reg::Ebx => &mut e.ebx,
+        Reg::Ecx => &mut e.ecx,
+        Reg::Edx => &mut e.edx,
+    }
+}
+
+/// Filter KVM's supported CPUID into the guest's model.
+pub fn model(supported: &[kvm_cpuid_entry2], opts: ModelOptions) -> Vec<kvm_cpuid_entry2> {
+    let mut out: Vec<kvm_cpuid_entry2> = supported
+        .iter()
+        .filter(|e| {
+            !HIDDEN_LEAVES
+                .iter()
+                .any(|&(lo, hi, _)| (lo..=hi).contains(&e.function))
+        })
+        .copied()
+        .collect();
+    for e in &mut out {
+        for h in HIDDEN_BITS {
+            if h.userspace_irqchip_only && !opts.userspace_irqchip {
+                continue;
+            }
+            if e.function == h.leaf && e.index == h.subleaf {
+                *reg_mut(e, h.reg) &= !(1 << h.bit);
+            }
+        }
+    }
+    out
+}
+
+/// Make the model report vCPU `id`: the initial APIC ID (leaf 1) and the
+/// x2APIC ID (leaves 0xB and 0x1F).
+pub fn set_apic_id(entries: &mut [kvm_cpuid_entry2], id: u32) {
+    for e in entries {
+        match e.function {
+            1 => e.ebx = (e.ebx & 0x00ff_ffff) | ((id & 0xff) << 24),
+            0xb | 0x1f => e.edx = id,
+            _ => {}
+        }
+    }
+}
+
+/// The hidden features a vCPU's effective CPUID (`KVM_GET_CPUID2` after
+/// `KVM_SET_CPUID2`) still shows. Ordinary KVM keeps the model as set;
+/// kvm_pvm merges host features that `KVM_GET_SUPPORTED_CPUID` does not list
+/// (XSAVE, AVX, ...) back in, and they cannot be hidden from there.
+pub fn still_visible(effective: &[kvm_cpuid_entry2], opts: ModelOptions) -> Vec<&'static str> {
+    HIDDEN_BITS
+        .iter()
+        .filter(|h| !h.userspace_irqchip_only || opts.userspace_irqchip)
+        .filter(|h| has(effective, h.leaf, h.subleaf, h.reg, h.bit))
+        .map(|h| h.name)
+        .collect()
+}
+
+/// Whether the model shows a bit (for tests and diagnostics).
+pub fn has(entries: &[kvm_cpuid_entry2], leaf: u32, subleaf: u32, reg: Reg, bit: u32) -> bool {
+    entries.iter().any(|e| {
+        let mut e = *e;
+        e.function == leaf && e.index == subleaf && *reg_mut(&mut e, reg) & (1 << bit) != 0
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(
+        function: u32,
+        index: u32,
+        eax: u32,
+        ebx: u32,
+        ecx: u32,
+        edx: u32,
+    ) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            flags: 0,
+            eax,
+            ebx,
+            ecx,
+            edx,
+            padding: [0; 3],
+        }
+    }
+
+    fn host_like() -> Vec<kvm_cpuid_entry2> {
+        vec![
+            entry(0, 0, 0x1f, 0x756e_6547, 0x6c65_746e, 0x4965_6e69),
+            entry(1, 0, 0x000a_0655, 0x0010_0800, 0xffff_ffff, 0xffff_ffff),
+            entry(7, 0, 2, 0xffff_ffff, 0xffff_ffff, 0xffff_ffff),
+            entry(7, 1, 0xffff_ffff, 0, 0, 0),
+            entry(0xb, 0, 1, 1, 0x100, 0),
+            entry(0xb, 1, 4, 1, 0x201, 0),
+            entry(0xd, 0, 7, 0x340, 0x340, 0),
+            entry(0xd, 1, 0xf, 0, 0, 0),
+            entry(0x4000_0000, 0, 0x4000_0001, 0x4b4d_564b, 0x564b_4d56, 0x4d),
+            entry(0x4000_0001, 0, 0x01ff_ffff, 0, 0, 0),
+            entry(0x8000_0000, 0, 0x8000_0008, 0, 0, 0),
+            entry(0x8000_0001, 0, 0, 0, 0xffff_ffff, 0xffff_ffff),
+        ]
+    }
+
+    #[test]
+    fn hidden_items_are_gone() {
+        let m = model(
+            &host_like(),
+            ModelOptions {
+                userspace_irqchip: false,
+            },
+        );
+        for h in HIDDEN_BITS {
+            let present = has(&m, h.leaf, h.subleaf, h.reg, h.bit);
+            assert_eq!(present, h.userspace_irqchip_only, "{}", h.name);
+        }
+        assert!(!m
+            .iter()
+            .any(|e| e.function >= 0x4000_0000 && e.function <= 0x4fff_ffff));
+        assert!(!m.iter().any(|e| e.function == 0xd));
+        // What the guest needs stays: SSE2 (1:EDX 26), LM (0x8000_0001:EDX 29), NX.
+        assert!(has(&m, 1, 0, Reg::Edx, 26));
+        assert!(has(&m, 0x8000_0001, 0, Reg::Edx, 29));
+        assert!(has(&m, 0x8000_0001, 0, Reg::Edx, 20));
+        assert_eq!(m.len(), host_like().len() - 4);
+    }
+
+    #[test]
+    fn userspace_irqchip_also_hides_x2apic_and_deadline_timer() {
+        let m = model(
+            &host_like(),
+            ModelOptions {
+                userspace_irqchip: true,
+            },
+        );
+        assert!(!has(&m, 1, 0, Reg::Ecx, 21));
+        assert!(!has(&m, 1, 0, Reg::Ecx, 24));
+        // SSE3 stays.
+        assert!(has(&m, 1, 0, Reg::Ecx, 0));
+    }
+
+    #[test]
+    fn still_visible_names_what_came_back() {
+        let opts = ModelOptions {
+            userspace_irqchip: false,
+        };
+        let mut m = model(&host_like(), opts);
+        assert!(still_visible(&m, opts).is_empty());
+        m.iter_mut().find(|e| e.function == 1).unwrap().ecx |= (1 << 26) | (1 << 21);
+        assert_eq!(still_visible(&m, opts), ["xsave"]);
+        assert_eq!(
+            still_visible(
+                &m,
+                ModelOptions {
+                    userspace_irqchip: true
+                }
+            ),
+            ["xsave", "x2apic", "tsc_deadline_timer"]
+        );
+    }
+
+    #[test]
+    fn apic_id_patched() {
+        let mut m = model(
+            &host_like(),
+            ModelOptions {
+                userspace_irqchip: false,
+            },
+        );
+        set_apic_id(&mut m, 3);
+        let l1 = m.iter().find(|e| e.function == 1).unwrap();
+        assert_eq!(l1.ebx >> 24, 3);
+        assert_eq!(l1.ebx & 0x00ff_ffff, 0x0010_0800 & 0x00ff_ffff);
+        assert!(m.iter().filter(|e| e.function == 0xb).all(|e| e.edx == 3));
+    }
+}

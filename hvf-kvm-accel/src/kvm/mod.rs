@@ -1,0 +1,439 @@
+//! The KVM backend (Linux), through the rust-vmm crates `kvm-ioctls` and
+//! `kvm-bindings`.
+//!
+//! [`Kvm::new`] opens /dev/kvm and checks the API version and the
+//! capabilities the backend cannot do without. [`Kvm::create_vm`] maps every
+//! guest memory region as a memory slot (ROM read-only when KVM can), creates
+//! the in-kernel irqchip and PIT when they work, and builds the CPUID model
+//! ([`cpuid`]). Each vCPU gets that model before anything else (KVM checks
+//! CR4 and XCR0 against it), and its MSRs are moved from a fixed list: an MSR
+//! KVM refuses is named once in a warning and left out from then on.
+
+pub mod cpuid;
+pub mod exit;
+mod vcpu;
+
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_enable_cap, kvm_pit_config, kvm_userspace_memory_region, KVM_API_VERSION,
+    KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
+    KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, VmFd};
+use mmu::{GuestMemory, RegionKind};
+
+use crate::bridge::{msr_name, BRIDGE_MSRS};
+use crate::{AccelError, Hypervisor, IrqChip, Vcpu, Vm};
+
+pub use vcpu::KvmVcpu;
+
+/// Capabilities without which the backend cannot run a guest, with names for
+/// the error message.
+const REQUIRED_CAPS: &[(Cap, &str)] = &[
+    (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+    (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+    (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+    (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+];
+
+/// An open /dev/kvm.
+pub struct Kvm {
+    kvm: kvm_ioctls::Kvm,
+    supported_cpuid: Vec<kvm_cpuid_entry2>,
+    in_kernel_irqchip: bool,
+}
+
+impl std::fmt::Debug for Kvm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kvm")
+            .field("api_version", &self.kvm.get_api_version())
+            .finish_non_exhaustive()
+    }
+}
+
+fn open_error(e: &vmm_sys_util::errno::Error) -> AccelError {
+    match e.errno() {
+        libc::ENOENT => AccelError::KvmMissing,
+        libc::EACCES | libc::EPERM => AccelError::KvmPermission,
+        libc::ENXIO | libc::ENODEV => AccelError::KvmNoDevice(e.to_string()),
+        _ => AccelError::KvmOpen(e.to_string()),
+    }
+}
+
+impl Kvm {
+    /// Open /dev/kvm and check that this backend can use it.
+    pub fn new() -> Result<Self, AccelError> {
+        let kvm = kvm_ioctls::Kvm::new().map_err(|e| open_error(&e))?;
+        let expected = KVM_API_VERSION as i32;
+        let found = kvm.get_api_version();
+        if found != expected {
+            return Err(AccelError::ApiMismatch { found, expected });
+        }
+        for &(cap, name) in REQUIRED_CAPS {
+            if !kvm.check_extension(cap) {
+                return Err(AccelError::MissingCapability(name));
+            }
+        }
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| AccelError::ioctl("KVM_GET_SUPPORTED_CPUID", e))?
+            .as_slice()
+            .to_vec();
+        Ok(Kvm {
+            kvm,
+            supported_cpuid,
+            in_kernel_irqchip: true,
+        })
+    }
+
+    /// Use the in-kernel PIC/IOAPIC/LAPIC and PIT when they work (the
+    /// default), or always the machine's own (`false`).
+    pub fn set_in_kernel_irqchip(&mut self, on: bool) {
+        self.in_kernel_irqchip = on;
+    }
+
+    /// What `KVM_GET_SUPPORTED_CPUID` reported, before filtering.
+    pub fn supported_cpuid(&self) -> &[kvm_cpuid_entry2] {
+        &self.supported_cpuid
+    }
+
+    /// Create a VM, with the concrete type (the trait method boxes it).
+    pub fn create_kvm_vm(&self, mem: Arc<GuestMemory>) -> Result<KvmVm, AccelError> {
+        let fd = self
+            .kvm
+            .create_vm()
+            .map_err(|e| AccelError::ioctl("KVM_CREATE_VM", e))?;
+        let readonly_mem = fd.check_extension(Cap::ReadonlyMem);
+        map_memory(&fd, &mem, readonly_mem)?;
+        place_tss(&fd, &mem);
+
+        // With this capability KVM reports every instruction its emulator
+        // cannot run (with the instruction bytes) instead of injecting #UD
+        // when the guest is at CPL>0, so the caller can emulate it instead.
+        if fd.check_extension_raw(u64::from(KVM_CAP_EXIT_ON_EMULATION_FAILURE)) > 0 {
+            let mut cap = kvm_enable_cap {
+                cap: KVM_CAP_EXIT_ON_EMULATION_FAILURE,
+                ..Default::default()
+            };
+            cap.args[0] = 1;
+            if let Err(e) = fd.enable_cap(&cap) {
+                tracing::debug!("KVM_CAP_EXIT_ON_EMULATION_FAILURE refused: {e}");
+            }
+        }
+
+        let irqchip = if self.in_kernel_irqchip && fd.check_extension(Cap::Irqchip) {
+            match fd.create_irq_chip() {
+                Ok(()) => {
+                    let pit_config = kvm_pit_config {
+                        flags: KVM_PIT_SPEAKER_DUMMY,
+                        ..Default::default()
+                    };
+                    let pit = match fd.create_pit2(pit_config) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(
+                                "KVM_CREATE_PIT2 failed ({e}); the PIT stays in userspace"
+                            );
+                            false
+                        }
+                    };
+                    IrqChip::InKernel { pit }
+                }
+                Err(e) => {
+                    tracing::warn!("KVM_CREATE_IRQCHIP failed ({e}); the interrupt controllers stay in userspace");
+                    IrqChip::Userspace
+                }
+            }
+        } else {
+            IrqChip::Userspace
+        };
+        tracing::info!("KVM interrupt controllers: {irqchip}");
+
+        let cpuid = cpuid::model(
+            &self.supported_cpuid,
+            cpuid::ModelOptions {
+                userspace_irqchip: irqchip == IrqChip::Userspace,
+            },
+        );
+
+        // Every bridged MSR is tried, not only those KVM_GET_MSR_INDEX_LIST
+        // names: KVM accepts some it does not list (the MTRRs).
+        let msrs = MsrTable {
+            usable: BRIDGE_MSRS.iter().map(|(i, _)| *i).collect(),
+            refused: Vec::new(),
+        };
+        // KVM_GET_FPU/KVM_SET_FPU drop MXCSR; the XSAVE image carries it.
+        let xsave2_size = usize::try_from(fd.check_extension_int(Cap::Xsave2)).unwrap_or(0);
+        let fpu_path = if xsave2_size > 0 {
+            let header = std::mem::size_of::<kvm_bindings::kvm_xsave>();
+            FpuPath::Xsave2 {
+                fam_len: xsave2_size.saturating_sub(header).div_ceil(4),
+            }
+        } else if fd.check_extension(Cap::Xsave) {
+            FpuPath::Xsave
+        } else {
+            tracing::warn!("KVM lacks KVM_CAP_XSAVE; MXCSR cannot be moved in or out of the vCPU");
+            FpuPath::Fpu
+        };
+        let caps = Caps {
+            fpu_path,
+            xcrs: fd.check_extension(Cap::Xcrs),
+            debugregs: fd.check_extension(Cap::Debugregs),
+            vcpu_events: fd.check_extension(Cap::VcpuEvents),
+            mp_state: fd.check_extension(Cap::MpState),
+        };
+        let shared = Arc::new(Shared {
+            caps,
+            irqchip,
+            cpuid,
+            msrs: Mutex::new(msrs),
+            run_size: fd.run_size(),
+        });
+        Ok(KvmVm { fd, mem, shared })
+    }
+}
+
+impl Hypervisor for Kvm {
+    fn create_vm(&self, mem: Arc<GuestMemory>) -> Result<Box<dyn Vm>, AccelError> {
+        Ok(Box::new(self.create_kvm_vm(mem)?))
+    }
+
+    fn name(&self) -> &'static str {
+        "kvm"
+    }
+}
+
+/// Register every region of `mem` as a memory slot.
+fn map_memory(fd: &VmFd, mem: &GuestMemory, readonly_mem: bool) -> Result<(), AccelError> {
+    for (slot, r) in mem.regions().iter().enumerate() {
+        let mut flags = 0;
+        if r.kind == RegionKind::Rom {
+            if readonly_mem {
+                flags |= KVM_MEM_READONLY;
+            } else {
+                tracing::warn!(
+                    "KVM lacks read-only memory slots; ROM {} is writable by the guest",
+                    r.name
+                );
+            }
+        }
+        let region = kvm_userspace_memory_region {
+            slot: u32::try_from(slot).map_err(|_| AccelError::MemorySlot {
+                name: r.name,
+                base: r.base,
+                len: r.len,
+                reason: "too many regions".into(),
+            })?,
+            flags,
+            guest_phys_addr: r.base,
+            memory_size: r.len,
+            userspace_addr: r.host_addr,
+        };
+        // SAFETY: `host_addr..host_addr + len` is one live anonymous mapping
+        // owned by `mem`. The VM and every vCPU hold an `Arc` of that
+        // `GuestMemory`, so the mapping outlives every user of the slot, and
+        // `GuestMemory` never unmaps or moves a region while it lives. The
+        // guest writing it concurrently with host code is what guest memory
+        // is for: the host side only copies bytes through raw pointers.
+        unsafe { fd.set_user_memory_region(region) }.map_err(|e| AccelError::MemorySlot {
+            name: r.name,
+            base: r.base,
+            len: r.len,
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Give KVM the three-page real-mode TSS and the identity-map page it needs
+/// on VMX hosts without unrestricted guest: four free pages below 4 GiB,
+/// under the firmware ROMs, as far up as possible.
+fn place_tss(fd: &VmFd, mem: &GuestMemory) {
+    const WINDOW: u64 = 0x4000;
+    let regions = mem.regions();
+    let mut base: u64 = 0xfffb_c000;
+    while base >= mmu::PCI_HOLE_START {
+        let end = base + WINDOW;
+        match regions
+            .iter()
+            .find(|r| base < r.base + r.len && r.base < end)
+        {
+            None => break,
+            Some(r) => base = r.base.saturating_sub(WINDOW) & !0xfff,
+        }
+    }
+    if base < mmu::PCI_HOLE_START {
+        tracing::warn!(
+            "no free pages for KVM's real-mode TSS below 4 GiB; real mode may not run on VMX hosts"
+        );
+        return;
+    }
+    if let Err(e) = fd.set_identity_map_address(base) {
+        tracing::debug!("KVM_SET_IDENTITY_MAP_ADDR {base:#x}: {e}");
+    }
+    if let Err(e) = fd.set_tss_address((base + 0x1000) as usize) {
+        tracing::warn!("KVM_SET_TSS_ADDR {:#x}: {e}", base + 0x1000);
+    }
+}
+
+/// How the x87/SSE state moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FpuPath {
+    /// `KVM_{GET,SET}_XSAVE2` with an image of the size `KVM_CAP_XSAVE2`
+    /// gave (`fam_len` 32-bit words past the 4 KiB `kvm_xsave`).
+    Xsave2 { fam_len: usize },
+    /// `KVM_{GET,SET}_XSAVE` on a kernel without `KVM_CAP_XSAVE2`, where the
+    /// image is always the 4 KiB `kvm_xsave`.
+    Xsave,
+    /// `KVM_{GET,SET}_FPU`: MXCSR is not carried.
+    Fpu,
+}
+
+/// Optional capabilities the vCPU code consults.
+#[derive(Debug, Clone, Copy)]
+struct Caps {
+    fpu_path: FpuPath,
+    xcrs: bool,
+    debugregs: bool,
+    vcpu_events: bool,
+    mp_state: bool,
+}
+
+/// What a VM's vCPUs share.
+#[derive(Debug)]
+struct Shared {
+    caps: Caps,
+    irqchip: IrqChip,
+    cpuid: Vec<kvm_cpuid_entry2>,
+    msrs: Mutex<MsrTable>,
+    /// Size of the `kvm_run` mapping.
+    run_size: usize,
+}
+
+/// The bridged MSRs, split by what KVM made of them.
+#[derive(Debug)]
+struct MsrTable {
+    /// Not refused (yet).
+    usable: Vec<u32>,
+    /// Refused once, reported, and left out since.
+    refused: Vec<u32>,
+}
+
+impl Shared {
+    fn msr_table(&self) -> std::sync::MutexGuard<'_, MsrTable> {
+        self.msrs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn usable_msrs(&self) -> Vec<u32> {
+        self.msr_table().usable.clone()
+    }
+
+    fn refused_msrs(&self) -> Vec<&'static str> {
+        self.msr_table()
+            .refused
+            .iter()
+            .map(|&i| msr_name(i))
+            .collect()
+    }
+
+    /// Note that KVM refused `index`; warn the first time.
+    fn refuse_msr(&self, index: u32, op: &str) {
+        let mut t = self.msr_table();
+        if let Some(pos) = t.usable.iter().position(|&i| i == index) {
+            t.usable.remove(pos);
+            t.refused.push(index);
+            tracing::warn!(
+                "KVM refused to {op} MSR {} ({index:#x}); the guest runs without it",
+                msr_name(index)
+            );
+        }
+    }
+}
+
+/// One KVM guest.
+pub struct KvmVm {
+    fd: VmFd,
+    mem: Arc<GuestMemory>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for KvmVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvmVm")
+            .field("irqchip", &self.shared.irqchip)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KvmVm {
+    /// The CPUID model every vCPU gets (before the per-vCPU APIC ID).
+    pub fn cpuid(&self) -> &[kvm_cpuid_entry2] {
+        &self.shared.cpuid
+    }
+
+    /// The bridged MSRs KVM has refused so far, by name.
+    pub fn refused_msrs(&self) -> Vec<&'static str> {
+        self.shared.refused_msrs()
+    }
+
+    /// Create a vCPU, with the concrete type (the trait method boxes it).
+    pub fn create_kvm_vcpu(&self, id: u32) -> Result<KvmVcpu, AccelError> {
+        KvmVcpu::new(
+            &self.fd,
+            id,
+            Arc::clone(&self.mem),
+            Arc::clone(&self.shared),
+        )
+    }
+}
+
+impl Vm for KvmVm {
+    fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>, AccelError> {
+        Ok(Box::new(self.create_kvm_vcpu(id)?))
+    }
+
+    fn set_irq_line(&self, irq: u32, level: bool) -> Result<(), AccelError> {
+        if self.shared.irqchip == IrqChip::Userspace {
+            return Err(AccelError::NoInKernelIrqChip("set_irq_line"));
+        }
+        self.fd
+            .set_irq_line(irq, level)
+            .map_err(|e| AccelError::ioctl("KVM_IRQ_LINE", e))
+    }
+
+    fn irqchip(&self) -> IrqChip {
+        self.shared.irqchip
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_errors_name_cause_and_fix() {
+        use vmm_sys_util::errno::Error;
+        let missing = open_error(&Error::new(libc::ENOENT)).to_string();
+        assert_eq!(
+            missing,
+            "/dev/kvm does not exist: KVM is not available on this host; use --accel interp"
+        );
+        let denied = open_error(&Error::new(libc::EACCES)).to_string();
+        assert!(
+            denied.contains("permission denied") && denied.contains("kvm group"),
+            "{denied}"
+        );
+        let nodev = open_error(&Error::new(libc::ENXIO)).to_string();
+        assert!(nodev.contains("modprobe"), "{nodev}");
+        let api = AccelError::ApiMismatch {
+            found: 11,
+            expected: 12,
+        }
+        .to_string();
+        assert!(
+            api.contains("11") && api.contains("12") && api.contains("--accel interp"),
+            "{api}"
+        );
+    }
+}

@@ -1,0 +1,573 @@
+//! One KVM vCPU: state in and out through the bridge, and the run loop.
+
+use std::sync::Arc;
+
+use cpu::state::CpuState;
+use kvm_bindings::{
+    kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_run, CpuId, Msrs, Xsave, KVM_EXIT_INTERNAL_ERROR,
+    KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_MMIO, KVM_INTERNAL_ERROR_EMULATION,
+    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_MAX_CPUID_ENTRIES,
+    KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE, KVM_VCPUEVENT_VALID_SHADOW,
+    KVM_X86_SHADOW_INT_MOV_SS, KVM_X86_SHADOW_INT_STI,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use mmu::GuestMemory;
+
+use super::cpuid;
+use super::exit::{handle_exit, ExitAction, KvmExit};
+use super::{FpuPath, Shared};
+use crate::bridge::{cpu_to_kvm, fpu_from_xsave, fpu_to_xsave, kvm_to_cpu, KvmCpuState};
+use crate::{AccelError, ExitHandler, IrqChip, Vcpu, VmExit};
+
+/// The longest x86 instruction.
+const MAX_INSN_LEN: usize = 15;
+const PAGE: u64 = 4096;
+/// RFLAGS.IF.
+const RFLAGS_IF: u64 = 1 << 9;
+
+/// A KVM vCPU.
+pub struct KvmVcpu {
+    fd: VcpuFd,
+    id: u32,
+    /// Keeps the memory behind the VM's slots alive as long as this vCPU can
+    /// run, and serves instruction fetches for internal-error reports.
+    mem: Arc<GuestMemory>,
+    shared: Arc<Shared>,
+    /// The last state moved in or out; supplies the fields KVM does not hold.
+    last: CpuState,
+    /// Hidden CPUID features KVM shows the guest anyway.
+    still_visible: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for KvmVcpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvmVcpu")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `KVM_RUN` returned, before its data is borrowed from `kvm_run`.
+enum Raw {
+    Io,
+    Mmio,
+    Internal,
+    Done(KvmExit<'static>),
+}
+
+impl KvmVcpu {
+    pub(super) fn new(
+        vm: &VmFd,
+        id: u32,
+        mem: Arc<GuestMemory>,
+        shared: Arc<Shared>,
+    ) -> Result<Self, AccelError> {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|e| AccelError::ioctl("KVM_CREATE_VCPU", e))?;
+        // CPUID first: KVM checks later CR4 and XCR0 writes against it.
+        let mut entries = shared.cpuid.clone();
+        cpuid::set_apic_id(&mut entries, id);
+        let cpuid = CpuId::from_entries(&entries)
+            .map_err(|e| AccelError::ioctl("KVM_SET_CPUID2", format!("{e:?}")))?;
+        fd.set_cpuid2(&cpuid)
+            .map_err(|e| AccelError::ioctl("KVM_SET_CPUID2", e))?;
+        let opts = cpuid::ModelOptions {
+            userspace_irqchip: shared.irqchip == IrqChip::Userspace,
+        };
+        let still_visible = match fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES) {
+            Ok(effective) => cpuid::still_visible(effective.as_slice(), opts),
+            Err(e) => {
+                tracing::debug!("KVM_GET_CPUID2: {e}");
+                Vec::new()
+            }
+        };
+        if id == 0 && !still_visible.is_empty() {
+            tracing::warn!(
+                "KVM shows the guest CPUID features the model hides: {}; this KVM adds host features to the \
+                 guest's CPUID, so the guest may run instructions KVM cannot emulate",
+                still_visible.join(", ")
+            );
+        }
+        Ok(KvmVcpu {
+            fd,
+            id,
+            mem,
+            shared,
+            last: CpuState::reset(),
+            still_visible,
+        })
+    }
+
+    /// The vCPU's number (its APIC ID).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Features the CPUID model hides ([`cpuid::HIDDEN_BITS`]) that this
+    /// vCPU's CPUID shows anyway, by name. Empty on ordinary KVM.
+    pub fn cpuid_still_visible(&self) -> &[&'static str] {
+        &self.still_visible
+    }
+
+    /// The underlying kvm-ioctls vCPU, for what the traits do not cover.
+    pub fn fd(&mut self) -> &mut VcpuFd {
+        &mut self.fd
+    }
+
+    /// Read every state KVM holds.
+    pub fn get_kvm_state(&mut self) -> Result<KvmCpuState, AccelError> {
+        let caps = self.shared.caps;
+        let mut k = cpu_to_kvm(&self.last).unwrap_or_default();
+        k.regs = self
+            .fd
+            .get_regs()
+            .map_err(|e| AccelError::ioctl("KVM_GET_REGS", e))?;
+        k.sregs = self
+            .fd
+            .get_sregs()
+            .map_err(|e| AccelError::ioctl("KVM_GET_SREGS", e))?;
+        k.fpu = self.get_fpu()?;
+        if caps.xcrs {
+            let xcrs = self
+                .fd
+                .get_xcrs()
+                .map_err(|e| AccelError::ioctl("KVM_GET_XCRS", e))?;
+            let n = (xcrs.nr_xcrs as usize).min(xcrs.xcrs.len());
+            if let Some(x) = xcrs.xcrs[..n].iter().find(|x| x.xcr == 0) {
+                k.xcr0 = x.value;
+            }
+        }
+        if caps.debugregs {
+            k.debugregs = self
+                .fd
+                .get_debug_regs()
+                .map_err(|e| AccelError::ioctl("KVM_GET_DEBUGREGS", e))?;
+        }
+        if caps.vcpu_events {
+            let ev = self
+                .fd
+                .get_vcpu_events()
+                .map_err(|e| AccelError::ioctl("KVM_GET_VCPU_EVENTS", e))?;
+            k.interrupt_shadow = ev.interrupt.shadow != 0;
+            k.nmi_masked = ev.nmi.masked != 0;
+        }
+        if caps.mp_state && self.shared.irqchip != IrqChip::Userspace {
+            let mp = self
+                .fd
+                .get_mp_state()
+                .map_err(|e| AccelError::ioctl("KVM_GET_MP_STATE", e))?;
+            k.halted = mp.mp_state == KVM_MP_STATE_HALTED;
+        }
+        for (index, value) in self.get_msrs()? {
+            if let Some(slot) = k.msrs.iter_mut().find(|(i, _)| *i == index) {
+                slot.1 = value;
+            }
+        }
+        Ok(k)
+    }
+
+    /// Write every state KVM holds.
+    pub fn set_kvm_state(&mut self, k: &KvmCpuState) -> Result<(), AccelError> {
+        let caps = self.shared.caps;
+        let mut sregs = k.sregs;
+        // Keep an external interrupt KVM has queued for injection.
+        let current = self
+            .fd
+            .get_sregs()
+            .map_err(|e| AccelError::ioctl("KVM_GET_SREGS", e))?;
+        sregs.interrupt_bitmap = current.interrupt_bitmap;
+        self.fd
+            .set_sregs(&sregs)
+            .map_err(|e| AccelError::ioctl("KVM_SET_SREGS", e))?;
+        self.fd
+            .set_regs(&k.regs)
+            .map_err(|e| AccelError::ioctl("KVM_SET_REGS", e))?;
+        self.set_fpu(&k.fpu)?;
+        if caps.xcrs {
+            let mut xcrs = self
+                .fd
+                .get_xcrs()
+                .map_err(|e| AccelError::ioctl("KVM_GET_XCRS", e))?;
+            xcrs.nr_xcrs = 1;
+            xcrs.flags = 0;
+            xcrs.xcrs[0].xcr = 0;
+            xcrs.xcrs[0].value = k.xcr0;
+            self.fd
+                .set_xcrs(&xcrs)
+                .map_err(|e| AccelError::ioctl("KVM_SET_XCRS", e))?;
+        }
+        if caps.debugregs {
+            let mut d = k.debugregs;
+            d.flags = 0;
+            self.fd
+                .set_debug_regs(&d)
+                .map_err(|e| AccelError::ioctl("KVM_SET_DEBUGREGS", e))?;
+        }
+        if caps.vcpu_events {
+            // Read-modify-write: keep pending exceptions and NMIs.
+            let mut ev = self
+                .fd
+                .get_vcpu_events()
+                .map_err(|e| AccelError::ioctl("KVM_GET_VCPU_EVENTS", e))?;
+            // STI blocking requires IF=1 (VM-entry check), MOV SS blocking
+            // does not; CpuState does not say which one it was.
+            ev.interrupt.shadow = match (k.interrupt_shadow, k.regs.rflags & RFLAGS_IF != 0) {
+                (false, _) => 0,
+                (true, true) => KVM_X86_SHADOW_INT_STI as u8,
+                (true, false) => KVM_X86_SHADOW_INT_MOV_SS as u8,
+            };
+            ev.nmi.masked = u8::from(k.nmi_masked);
+            ev.flags |= KVM_VCPUEVENT_VALID_SHADOW;
+            self.fd
+                .set_vcpu_events(&ev)
+                .map_err(|e| AccelError::ioctl("KVM_SET_VCPU_EVENTS", e))?;
+        }
+        if caps.mp_state && self.shared.irqchip != IrqChip::Userspace {
+            // Only HLT is CpuState's to say: an AP waiting for INIT/SIPI
+            // stays waiting unless the state says it halted.
+            let current = self
+                .fd
+                .get_mp_state()
+                .map_err(|e| AccelError::ioctl("KVM_GET_MP_STATE", e))?
+                .mp_state;
+            let wanted = match (k.halted, current) {
+                (true, _) => KVM_MP_STATE_HALTED,
+                (false, KVM_MP_STATE_HALTED) => KVM_MP_STATE_RUNNABLE,
+                (false, other) => other,
+            };
+            if wanted != current {
+                self.fd
+                    .set_mp_state(kvm_mp_state { mp_state: wanted })
+                    .map_err(|e| AccelError::ioctl("KVM_SET_MP_STATE", e))?;
+            }
+        }
+        self.set_msrs(&k.msrs)
+    }
+
+    /// A fresh XSAVE image of the size `KVM_CAP_XSAVE2` gave, filled by KVM.
+    fn get_xsave2(&self, fam_len: usize) -> Result<Xsave, AccelError> {
+        let mut x = Xsave::new(fam_len)
+            .map_err(|e| AccelError::ioctl("KVM_GET_XSAVE2", format!("{e:?}")))?;
+        // SAFETY: `x` holds the 4 KiB `kvm_xsave` plus `fam_len` words, the
+        // whole size KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) reported for this
+        // VM. That size only grows when the process enables dynamic XSAVE
+        // features with arch_prctl(ARCH_REQ_XCOMP_PERM), which ferrovm never does.
+        unsafe { self.fd.get_xsave2(&mut x) }
+            .map_err(|e| AccelError::ioctl("KVM_GET_XSAVE2", e))?;
+        Ok(x)
+    }
+
+    /// The x87/SSE state, with MXCSR when KVM has XSAVE.
+    fn get_fpu(&self) -> Result<kvm_fpu, AccelError> {
+        match self.shared.caps.fpu_path {
+            FpuPath::Xsave2 { fam_len } => Ok(fpu_from_xsave(
+                &self.get_xsave2(fam_len)?.as_fam_struct_ref().xsave.region,
+            )),
+            FpuPath::Xsave => {
+                let x = self
+                    .fd
+                    .get_xsave()
+                    .map_err(|e| AccelError::ioctl("KVM_GET_XSAVE", e))?;
+                Ok(fpu_from_xsave(&x.region))
+            }
+            FpuPath::Fpu => self
+                .fd
+                .get_fpu()
+                .map_err(|e| AccelError::ioctl("KVM_GET_FPU", e)),
+        }
+    }
+
+    /// Write the x87/SSE state, keeping every other XSAVE component.
+    fn set_fpu(&self, f: &kvm_fpu) -> Result<(), AccelError> {
+        match self.shared.caps.fpu_path {
+            FpuPath::Xsave2 { fam_len } => {
+                let mut x = self.get_xsave2(fam_len)?;
+                // SAFETY: the reference is used only to write the fixed
+                // `xsave.region` array; the FAM length field is not touched.
+                let region = unsafe { &mut x.as_mut_fam_struct().xsave.region };
+                fpu_to_xsave(f, region);
+                // SAFETY: `x` was allocated with the size KVM_CAP_XSAVE2
+                // reported (see `get_xsave2`), which is what KVM reads.
+                unsafe { self.fd.set_xsave2(&x) }
+                    .map_err(|e| AccelError::ioctl("KVM_SET_XSAVE2", e))
+            }
+            FpuPath::Xsave => {
+                let mut x = self
+                    .fd
+                    .get_xsave()
+                    .map_err(|e| AccelError::ioctl("KVM_GET_XSAVE", e))?;
+                fpu_to_xsave(f, &mut x.region);
+                // SAFETY: without KVM_CAP_XSAVE2 (checked when the VM was
+                // created) the kernel predates 5.17 and reads exactly the
+                // 4 KiB `kvm_xsave`, which `x` is.
+                unsafe { self.fd.set_xsave(&x) }.map_err(|e| AccelError::ioctl("KVM_SET_XSAVE", e))
+            }
+            FpuPath::Fpu => self
+                .fd
+                .set_fpu(f)
+                .map_err(|e| AccelError::ioctl("KVM_SET_FPU", e)),
+        }
+    }
+
+    /// Write the usable MSRs; drop (and name, once) each one KVM refuses.
+    fn set_msrs(&mut self, values: &[(u32, u64)]) -> Result<(), AccelError> {
+        let usable = self.shared.usable_msrs();
+        let mut todo: Vec<kvm_msr_entry> = values
+            .iter()
+            .filter(|(i, _)| usable.contains(i))
+            .map(|&(index, data)| kvm_msr_entry {
+                index,
+                data,
+                ..Default::default()
+            })
+            .collect();
+        while !todo.is_empty() {
+            let msrs = Msrs::from_entries(&todo)
+                .map_err(|e| AccelError::ioctl("KVM_SET_MSRS", format!("{e:?}")))?;
+            let done = self
+                .fd
+                .set_msrs(&msrs)
+                .map_err(|e| AccelError::ioctl("KVM_SET_MSRS", e))?;
+            if done >= todo.len() {
+                break;
+            }
+            // KVM stops at the first MSR it refuses.
+            self.shared.refuse_msr(todo[done].index, "set");
+            todo.drain(..=done);
+        }
+        Ok(())
+    }
+
+    /// Read the usable MSRs; drop (and name, once) each one KVM refuses.
+    fn get_msrs(&mut self) -> Result<Vec<(u32, u64)>, AccelError> {
+        let mut out = Vec::new();
+        let mut todo: Vec<u32> = self.shared.usable_msrs();
+        while !todo.is_empty() {
+            let entries: Vec<kvm_msr_entry> = todo
+                .iter()
+                .map(|&index| kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect();
+            let mut msrs = Msrs::from_entries(&entries)
+                .map_err(|e| AccelError::ioctl("KVM_GET_MSRS", format!("{e:?}")))?;
+            let done = self
+                .fd
+                .get_msrs(&mut msrs)
+                .map_err(|e| AccelError::ioctl("KVM_GET_MSRS", e))?;
+            out.extend(
+                msrs.as_slice()[..done.min(todo.len())]
+                    .iter()
+                    .map(|e| (e.index, e.data)),
+            );
+            if done >= todo.len() {
+                break;
+            }
+            self.shared.refuse_msr(todo[done], "read");
+            todo.drain(..=done);
+        }
+        Ok(out)
+    }
+
+    /// Decode a `KVM_EXIT_IO`: port, element size, and the data area in the
+    /// `kvm_run` mapping.
+    fn decode_io(&mut self) -> Result<KvmExit<'_>, AccelError> {
+        let run_size = self.shared.run_size;
+        let run = self.fd.get_kvm_run();
+        if run.exit_reason != KVM_EXIT_IO {
+            return Err(AccelError::ioctl(
+                "KVM_RUN",
+                "port exit without KVM_EXIT_IO",
+            ));
+        }
+        // SAFETY: `exit_reason` is KVM_EXIT_IO, so the kernel filled the `io`
+        // member of the union; it is plain integers.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        let size = usize::from(io.size);
+        let len = size * io.count as usize;
+        let start = usize::try_from(io.data_offset).unwrap_or(usize::MAX);
+        if start < std::mem::size_of::<kvm_run>()
+            || start.checked_add(len).is_none_or(|end| end > run_size)
+        {
+            return Err(AccelError::ioctl(
+                "KVM_RUN",
+                format!("port data at {start:#x}+{len} lies outside kvm_run"),
+            ));
+        }
+        let base = std::ptr::from_mut(run).cast::<u8>();
+        // SAFETY: the kvm_run mapping is `run_size` bytes long (the size KVM
+        // gave for the vCPU mmap) and `start..start + len` lies inside it past
+        // the `kvm_run` header, as checked above. The slice borrows `self.fd`
+        // mutably, so nothing else touches the mapping while it lives; the
+        // kernel writes it only during KVM_RUN, which needs that borrow.
+        let data = unsafe { std::slice::from_raw_parts_mut(base.add(start), len) };
+        Ok(if u32::from(io.direction) == KVM_EXIT_IO_IN {
+            KvmExit::IoIn {
+                port: io.port,
+                size,
+                data,
+            }
+        } else {
+            KvmExit::IoOut {
+                port: io.port,
+                size,
+                data,
+            }
+        })
+    }
+
+    /// Decode a `KVM_EXIT_MMIO`.
+    fn decode_mmio(&mut self) -> Result<KvmExit<'_>, AccelError> {
+        let run = self.fd.get_kvm_run();
+        if run.exit_reason != KVM_EXIT_MMIO {
+            return Err(AccelError::ioctl(
+                "KVM_RUN",
+                "MMIO exit without KVM_EXIT_MMIO",
+            ));
+        }
+        // SAFETY: `exit_reason` is KVM_EXIT_MMIO, so the kernel filled the
+        // `mmio` member of the union; it is plain integers and bytes.
+        let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
+        let len = (mmio.len as usize).min(mmio.data.len());
+        let addr = mmio.phys_addr;
+        let data = &mut mmio.data[..len];
+        Ok(if mmio.is_write != 0 {
+            KvmExit::MmioWrite { addr, data }
+        } else {
+            KvmExit::MmioRead { addr, data }
+        })
+    }
+
+    /// Decode a `KVM_EXIT_INTERNAL_ERROR`, which kvm-ioctls reports without
+    /// its payload: the suberror and data words from `kvm_run.internal`, the
+    /// instruction bytes from `emulation_failure` (or, when KVM gives none,
+    /// from guest memory), and RIP from the registers.
+    fn decode_internal(&mut self) -> KvmExit<'static> {
+        let run = self.fd.get_kvm_run();
+        let (suberror, data, mut insn_bytes) = if run.exit_reason == KVM_EXIT_INTERNAL_ERROR {
+            // SAFETY: `exit_reason` is KVM_EXIT_INTERNAL_ERROR, so the kernel
+            // filled the `internal` member of the union; it is plain integers.
+            let internal = unsafe { run.__bindgen_anon_1.internal };
+            let ndata = (internal.ndata as usize).min(internal.data.len());
+            let mut insn = Vec::new();
+            if internal.suberror == KVM_INTERNAL_ERROR_EMULATION {
+                // SAFETY: for this suberror the kernel lays the union out as
+                // `emulation_failure` (same header as `internal`); plain integers.
+                let ef = unsafe { run.__bindgen_anon_1.emulation_failure };
+                if ndata >= 1
+                    && ef.flags & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)
+                        != 0
+                {
+                    // SAFETY: the flag says the kernel wrote `insn_size` and
+                    // `insn_bytes`; the union has only this one member.
+                    let bytes = unsafe { ef.__bindgen_anon_1.__bindgen_anon_1 };
+                    let n = usize::from(bytes.insn_size).min(bytes.insn_bytes.len());
+                    insn.extend_from_slice(&bytes.insn_bytes[..n]);
+                }
+            }
+            (internal.suberror, internal.data[..ndata].to_vec(), insn)
+        } else {
+            (0, Vec::new(), Vec::new())
+        };
+        let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+        if insn_bytes.is_empty() {
+            insn_bytes = self.fetch_insn(rip);
+        }
+        KvmExit::InternalError {
+            suberror,
+            data,
+            insn_bytes,
+            rip,
+        }
+    }
+
+    /// Read up to 15 bytes at CS:rip through the guest's page tables.
+    fn fetch_insn(&self, rip: u64) -> Vec<u8> {
+        let Ok(sregs) = self.fd.get_sregs() else {
+            return Vec::new();
+        };
+        let mut linear = sregs.cs.base.wrapping_add(rip);
+        let mut out = Vec::new();
+        while out.len() < MAX_INSN_LEN {
+            let Ok(t) = self.fd.translate_gva(linear) else {
+                break;
+            };
+            if t.valid == 0 {
+                break;
+            }
+            let in_page = (PAGE - (linear & (PAGE - 1))) as usize;
+            let n = in_page.min(MAX_INSN_LEN - out.len());
+            let mut buf = vec![0u8; n];
+            if self.mem.read(t.physical_address, &mut buf).is_err() {
+                break;
+            }
+            out.extend_from_slice(&buf);
+            linear = linear.wrapping_add(n as u64);
+        }
+        out
+    }
+
+    /// Run `KVM_RUN` once and decode the exit into `Raw`.
+    fn enter(&mut self) -> Result<Raw, AccelError> {
+        Ok(match self.fd.run() {
+            Ok(VcpuExit::IoIn(..) | VcpuExit::IoOut(..)) => Raw::Io,
+            Ok(VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..)) => Raw::Mmio,
+            Ok(VcpuExit::InternalError) => Raw::Internal,
+            Ok(VcpuExit::Hlt) => Raw::Done(KvmExit::Hlt),
+            Ok(VcpuExit::Shutdown) => Raw::Done(KvmExit::Shutdown),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Raw::Done(KvmExit::FailEntry { reason, cpu }),
+            Ok(VcpuExit::Intr) => Raw::Done(KvmExit::Intr),
+            Ok(VcpuExit::SystemEvent(kind, _)) => Raw::Done(KvmExit::SystemEvent { kind }),
+            Ok(other) => Raw::Done(KvmExit::Other(format!("{other:?}"))),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.fd.set_kvm_immediate_exit(0);
+                Raw::Done(KvmExit::Intr)
+            }
+            Err(e) => return Err(AccelError::ioctl("KVM_RUN", e)),
+        })
+    }
+}
+
+/// Serve one decoded exit; used by `run` for exits that borrow `kvm_run`.
+fn serve(
+    exit: Result<KvmExit<'_>, AccelError>,
+    io: &mut dyn ExitHandler,
+) -> Result<ExitAction, AccelError> {
+    Ok(handle_exit(exit?, io))
+}
+
+impl Vcpu for KvmVcpu {
+    fn set_state(&mut self, s: &CpuState) -> Result<(), AccelError> {
+        let k = cpu_to_kvm(s)?;
+        self.set_kvm_state(&k)?;
+        self.last = *s;
+        Ok(())
+    }
+
+    fn get_state(&mut self) -> Result<CpuState, AccelError> {
+        let k = self.get_kvm_state()?;
+        let mut s = self.last;
+        kvm_to_cpu(&k, &mut s);
+        self.last = s;
+        Ok(s)
+    }
+
+    fn run(&mut self, io: &mut dyn ExitHandler) -> Result<VmExit, AccelError> {
+        loop {
+            if io.should_stop() {
+                return Ok(VmExit::Interrupted);
+            }
+            let action = match self.enter()? {
+                Raw::Io => serve(self.decode_io(), io)?,
+                Raw::Mmio => serve(self.decode_mmio(), io)?,
+                Raw::Internal => handle_exit(self.decode_internal(), io),
+                Raw::Done(exit) => handle_exit(exit, io),
+            };
+            if let ExitAction::Stop(exit) = action {
+                return Ok(exit);
+            }
+        }
+    }
+}

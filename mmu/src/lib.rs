@@ -1,0 +1,18 @@
+//! Guest memory and address translation.
+//!
+//! - [`GuestMemory`]: guest RAM as anonymous `memmap2` mappings (low RAM below the
+//!   PCI hole, high RAM from 4 GiB) plus read-only ROM regions. Every access is
+//!   bounds-checked and returns a `Result`; raw host pointers leave this crate only
+//!   through the audited accessors that KVM memory slots and the JIT use.
+//! - Code-page tracking: a bit per guest page that holds decoded or translated
+//!   code; a write to such a page queues it for invalidation.
+//! - [`paging`]: the x86 page-table walker (32-bit, PAE, 4- and 5-level) with
+//!   permission checks and accessed/dirty updates, and [`tlb`], the soft TLB.
+
+pub mod memory;
+pub mod paging;
+pub mod tlb;
+
+pub use memory::{GuestMemory, MemError, RegionKind, HIGH_RAM_START, PAGE_SIZE, PCI_HOLE_START};
+pub use paging::{Access, PageFault, PagingCtx, PagingMode, Privilege};
+pub use tlb::Mmu;

@@ -1,0 +1,477 @@
+//! Guest physical memory: RAM and ROM regions over anonymous mappings.
+//!
+//! Layout of a PC with `N` bytes of RAM:
+//!
+//! ```text
+//!   0 .. min(N, PCI_HOLE_START)            low RAM
+//!   PCI_HOLE_START .. 4 GiB                the PCI hole: MMIO and ROMs, never RAM
+//!   4 GiB .. 4 GiB + (N - PCI_HOLE_START)  high RAM, only when N is above the hole
+//! ```
+//!
+//! Regions never overlap; that is checked when one is added. Reads and writes
+//! that touch anything but RAM or ROM fail with [`MemError::Unmapped`], so device
+//! models can never reach outside guest memory.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use memmap2::{MmapMut, MmapOptions};
+use parking_lot_free::SpinQueue;
+
+/// Size of a guest page.
+pub const PAGE_SIZE: u64 = 4096;
+/// Where low RAM ends and the PCI hole begins (3 GiB).
+pub const PCI_HOLE_START: u64 = 0xC000_0000;
+/// Where RAM above the PCI hole is mapped.
+pub const HIGH_RAM_START: u64 = 1 << 32;
+/// The largest guest RAM this build accepts (1 TiB).
+pub const MAX_RAM: u64 = 1 << 40;
+
+/// Errors from guest memory accesses and setup.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemError {
+    /// The access touches an address that no RAM or ROM region backs.
+    #[error("guest physical address {addr:#x} (+{len}) is not backed by RAM or ROM")]
+    Unmapped { addr: u64, len: u64 },
+    /// A write to a read-only region.
+    #[error("guest physical address {addr:#x} is read-only ({name})")]
+    ReadOnly { addr: u64, name: &'static str },
+    /// A region overlaps one that is already mapped, or wraps the address space.
+    #[error("memory region {name} at {base:#x}+{len:#x} overlaps another region or wraps")]
+    Overlap { name: &'static str, base: u64, len: u64 },
+    /// The requested RAM size cannot be used.
+    #[error("invalid guest RAM size {0:#x}: it must be at least 1 MiB, at most 1 TiB, and a multiple of 4 KiB")]
+    BadSize(u64),
+    /// The host refused the mapping.
+    #[error("cannot map {len:#x} bytes of guest memory: {reason}")]
+    Map { len: u64, reason: String },
+}
+
+/// What a region holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionKind {
+    /// Guest RAM: readable and writable.
+    Ram,
+    /// Firmware ROM: readable, guest writes are refused.
+    Rom,
+}
+
+struct Region {
+    base: u64,
+    len: u64,
+    kind: RegionKind,
+    name: &'static str,
+    /// Start of the mapping. Captured once so writes can go through `&self`.
+    ptr: *mut u8,
+    _map: MmapMut,
+}
+
+impl Region {
+    fn end(&self) -> u64 {
+        self.base + self.len
+    }
+}
+
+/// A guest physical address range that resolves to host memory.
+#[derive(Debug, Clone, Copy)]
+pub struct HostRange {
+    /// Host address of the first byte.
+    pub ptr: *mut u8,
+    /// Bytes available from `ptr` to the end of the region.
+    pub len: u64,
+    /// Whether the guest may write it.
+    pub writable: bool,
+}
+
+/// A RAM region as a KVM memory slot or JIT wants it.
+#[derive(Debug, Clone, Copy)]
+pub struct RegionInfo {
+    pub base: u64,
+    pub len: u64,
+    pub kind: RegionKind,
+    pub name: &'static str,
+    /// Host address of the region's first byte.
+    pub host_addr: u64,
+}
+
+/// All of guest physical memory.
+pub struct GuestMemory {
+    regions: Vec<Region>,
+    ram_size: u64,
+    /// One bit per guest page: set while decoded or translated code for the
+    /// page is cached somewhere.
+    code_bits: Vec<AtomicU64>,
+    /// Set when `invalidated` has pages in it.
+    invalidation_pending: AtomicBool,
+    invalidated: SpinQueue,
+}
+
+// SAFETY: the raw pointers in `Region` point into mappings owned by the same
+// `GuestMemory`, which live as long as it does. Guest memory is shared memory by
+// nature: every access through these pointers copies bytes with
+// `copy_nonoverlapping` (never forms a Rust reference to guest memory), so
+// concurrent access from several threads is no more than racing guest stores.
+unsafe impl Send for GuestMemory {}
+// SAFETY: see the `Send` impl; no method hands out references into guest memory.
+unsafe impl Sync for GuestMemory {}
+
+impl std::fmt::Debug for GuestMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut l = f.debug_list();
+        for r in &self.regions {
+            l.entry(&format_args!("{} {:?} {:#x}..{:#x}", r.name, r.kind, r.base, r.end()));
+        }
+        l.finish()
+    }
+}
+
+fn map_anon(len: u64) -> Result<MmapMut, MemError> {
+    let size = usize::try_from(len).map_err(|_| MemError::BadSize(len))?;
+    MmapOptions::new()
+        .len(size)
+        .map_anon()
+        .map_err(|e| MemError::Map { len, reason: e.to_string() })
+}
+
+impl GuestMemory {
+    /// Guest RAM of `ram_size` bytes laid out as a PC lays it out.
+    pub fn new(ram_size: u64) -> Result<Self, MemError> {
+        if !((1 << 20)..=MAX_RAM).contains(&ram_size) || !ram_size.is_multiple_of(PAGE_SIZE) {
+            return Err(MemError::BadSize(ram_size));
+        }
+        let mut mem = GuestMemory {
+            regions: Vec::new(),
+            ram_size,
+            code_bits: Vec::new(),
+            invalidation_pending: AtomicBool::new(false),
+            invalidated: SpinQueue::default(),
+        };
+        let low = ram_size.min(PCI_HOLE_START);
+        mem.add_region(0, low, RegionKind::Ram, "low-ram", None)?;
+        if ram_size > PCI_HOLE_START {
+            mem.add_region(HIGH_RAM_START, ram_size - PCI_HOLE_START, RegionKind::Ram, "high-ram", None)?;
+        }
+        Ok(mem)
+    }
+
+    /// Total RAM in bytes.
+    pub fn ram_size(&self) -> u64 {
+        self.ram_size
+    }
+
+    /// Map a ROM of `size` bytes at `base`, holding `data` at its start.
+    pub fn add_rom(&mut self, name: &'static str, base: u64, size: u64, data: &[u8]) -> Result<(), MemError> {
+        if data.len() as u64 > size || size == 0 {
+            return Err(MemError::Overlap { name, base, len: size });
+        }
+        self.add_region(base, size, RegionKind::Rom, name, Some(data))
+    }
+
+    fn add_region(
+        &mut self,
+        base: u64,
+        len: u64,
+        kind: RegionKind,
+        name: &'static str,
+        data: Option<&[u8]>,
+    ) -> Result<(), MemError> {
+        let end = base.checked_add(len).ok_or(MemError::Overlap { name, base, len })?;
+        if len == 0 || !base.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
+            return Err(MemError::Overlap { name, base, len });
+        }
+        if self.regions.iter().any(|r| base < r.end() && r.base < end) {
+            return Err(MemError::Overlap { name, base, len });
+        }
+        let mut map = map_anon(len)?;
+        if let Some(d) = data {
+            map[..d.len()].copy_from_slice(d);
+        }
+        let ptr = map.as_mut_ptr();
+        self.regions.push(Region { base, len, kind, name, ptr, _map: map });
+        self.regions.sort_by_key(|r| r.base);
+        let pages = self.regions.iter().map(|r| r.end()).max().unwrap_or(0) / PAGE_SIZE;
+        let words = pages.div_ceil(64) as usize;
+        self.code_bits.resize_with(words, || AtomicU64::new(0));
+        Ok(())
+    }
+
+    /// The regions, for KVM memory slots and diagnostics.
+    pub fn regions(&self) -> Vec<RegionInfo> {
+        self.regions
+            .iter()
+            .map(|r| RegionInfo { base: r.base, len: r.len, kind: r.kind, name: r.name, host_addr: r.ptr as u64 })
+            .collect()
+    }
+
+    #[inline]
+    fn find(&self, addr: u64) -> Option<&Region> {
+        // Few regions (two or three): a linear scan beats a tree.
+        self.regions.iter().find(|r| addr >= r.base && addr - r.base < r.len)
+    }
+
+    /// The host range behind `addr`, if RAM or ROM backs it.
+    ///
+    /// The pointer is for the soft TLB, KVM memory slots and JIT code. Rust code
+    /// outside this crate must not dereference it.
+    #[inline]
+    pub fn host_range(&self, addr: u64) -> Option<HostRange> {
+        let r = self.find(addr)?;
+        let off = addr - r.base;
+        // `off < r.len`, so the offset stays inside the mapping.
+        Some(HostRange { ptr: r.ptr.wrapping_add(off as usize), len: r.len - off, writable: r.kind == RegionKind::Ram })
+    }
+
+    /// Whether RAM or ROM backs the whole of `addr..addr+len`.
+    pub fn is_backed(&self, addr: u64, len: u64) -> bool {
+        self.check(addr, len).is_ok()
+    }
+
+    fn check(&self, addr: u64, len: u64) -> Result<&Region, MemError> {
+        let unmapped = MemError::Unmapped { addr, len };
+        let r = self.find(addr).ok_or(unmapped.clone())?;
+        let end = addr.checked_add(len).ok_or(unmapped.clone())?;
+        if end > r.end() {
+            return Err(unmapped);
+        }
+        Ok(r)
+    }
+
+    /// Copy guest memory at `addr` into `buf`. An empty `buf` always succeeds.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let r = self.check(addr, buf.len() as u64)?;
+        let off = (addr - r.base) as usize;
+        // SAFETY: `check` proved `off + buf.len() <= r.len`, so the source lies
+        // inside the live mapping; `buf` is a distinct Rust buffer.
+        unsafe { std::ptr::copy_nonoverlapping(r.ptr.add(off), buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    /// Copy `data` into guest RAM at `addr`. ROM refuses the write.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let r = self.check(addr, data.len() as u64)?;
+        if r.kind != RegionKind::Ram {
+            return Err(MemError::ReadOnly { addr, name: r.name });
+        }
+        let off = (addr - r.base) as usize;
+        self.note_write(addr, data.len() as u64);
+        // SAFETY: `check` proved the destination lies inside the live mapping;
+        // `data` is a distinct Rust buffer.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), r.ptr.add(off), data.len()) };
+        Ok(())
+    }
+
+    /// Load an image into any region, ROM included (firmware setup, not guest writes).
+    pub fn load(&self, addr: u64, data: &[u8]) -> Result<(), MemError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let r = self.check(addr, data.len() as u64)?;
+        let off = (addr - r.base) as usize;
+        self.note_write(addr, data.len() as u64);
+        // SAFETY: as in `write`; ROM is host-writable for loading.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), r.ptr.add(off), data.len()) };
+        Ok(())
+    }
+
+    /// Fill `len` bytes at `addr` with `byte`.
+    pub fn fill(&self, addr: u64, len: u64, byte: u8) -> Result<(), MemError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let r = self.check(addr, len)?;
+        if r.kind != RegionKind::Ram {
+            return Err(MemError::ReadOnly { addr, name: r.name });
+        }
+        let off = (addr - r.base) as usize;
+        self.note_write(addr, len);
+        // SAFETY: `check` proved the range lies inside the live mapping.
+        unsafe { std::ptr::write_bytes(r.ptr.add(off), byte, len as usize) };
+        Ok(())
+    }
+
+    /// Read a little-endian value of `N` bytes.
+    #[inline]
+    pub fn read_bytes<const N: usize>(&self, addr: u64) -> Result<[u8; N], MemError> {
+        let mut b = [0u8; N];
+        self.read(addr, &mut b)?;
+        Ok(b)
+    }
+
+    pub fn read_u8(&self, addr: u64) -> Result<u8, MemError> {
+        Ok(self.read_bytes::<1>(addr)?[0])
+    }
+    pub fn read_u16(&self, addr: u64) -> Result<u16, MemError> {
+        Ok(u16::from_le_bytes(self.read_bytes(addr)?))
+    }
+    pub fn read_u32(&self, addr: u64) -> Result<u32, MemError> {
+        Ok(u32::from_le_bytes(self.read_bytes(addr)?))
+    }
+    pub fn read_u64(&self, addr: u64) -> Result<u64, MemError> {
+        Ok(u64::from_le_bytes(self.read_bytes(addr)?))
+    }
+    pub fn write_u8(&self, addr: u64, v: u8) -> Result<(), MemError> {
+        self.write(addr, &[v])
+    }
+    pub fn write_u16(&self, addr: u64, v: u16) -> Result<(), MemError> {
+        self.write(addr, &v.to_le_bytes())
+    }
+    pub fn write_u32(&self, addr: u64, v: u32) -> Result<(), MemError> {
+        self.write(addr, &v.to_le_bytes())
+    }
+    pub fn write_u64(&self, addr: u64, v: u64) -> Result<(), MemError> {
+        self.write(addr, &v.to_le_bytes())
+    }
+
+    // ---- code-page tracking -------------------------------------------------
+
+    /// Record that code decoded from the page holding `addr` is cached.
+    pub fn mark_code_page(&self, addr: u64) {
+        let page = addr / PAGE_SIZE;
+        if let Some(w) = self.code_bits.get((page / 64) as usize) {
+            w.fetch_or(1 << (page % 64), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the page holding `addr` has cached code.
+    #[inline]
+    pub fn is_code_page(&self, addr: u64) -> bool {
+        let page = addr / PAGE_SIZE;
+        self.code_bits
+            .get((page / 64) as usize)
+            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (page % 64)) != 0)
+    }
+
+    /// Called before every write: queue each written page that holds code.
+    #[inline]
+    pub(crate) fn note_write(&self, addr: u64, len: u64) {
+        let first = addr / PAGE_SIZE;
+        let last = (addr + len.max(1) - 1) / PAGE_SIZE;
+        for page in first..=last {
+            let Some(w) = self.code_bits.get((page / 64) as usize) else { continue };
+            let bit = 1u64 << (page % 64);
+            if w.load(Ordering::Relaxed) & bit != 0 && w.fetch_and(!bit, Ordering::AcqRel) & bit != 0 {
+                self.invalidated.push(page * PAGE_SIZE);
+                self.invalidation_pending.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Whether some code page was written since the last [`take_invalidated`](Self::take_invalidated).
+    #[inline]
+    pub fn invalidation_pending(&self) -> bool {
+        self.invalidation_pending.load(Ordering::Acquire)
+    }
+
+    /// The physical page addresses of code pages written since the last call.
+    pub fn take_invalidated(&self) -> Vec<u64> {
+        self.invalidation_pending.store(false, Ordering::Release);
+        self.invalidated.take()
+    }
+}
+
+/// A tiny mutex-protected queue, kept separate so `GuestMemory` needs no lock on
+/// its hot paths (the queue is touched only when a code page is written).
+mod parking_lot_free {
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    pub struct SpinQueue(Mutex<Vec<u64>>);
+
+    impl SpinQueue {
+        pub fn push(&self, v: u64) {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(v);
+        }
+        pub fn take(&self) -> Vec<u64> {
+            std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn sizes_are_checked() {
+        assert_eq!(GuestMemory::new(0).unwrap_err(), MemError::BadSize(0));
+        assert!(GuestMemory::new(MIB + 1).is_err());
+        assert!(GuestMemory::new(MAX_RAM + PAGE_SIZE).is_err());
+        assert!(GuestMemory::new(MIB).is_ok());
+    }
+
+    #[test]
+    fn ram_above_the_hole_moves_to_4g() {
+        let m = GuestMemory::new(PCI_HOLE_START + 16 * MIB).unwrap();
+        let r = m.regions();
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].base, r[0].len), (0, PCI_HOLE_START));
+        assert_eq!((r[1].base, r[1].len), (HIGH_RAM_START, 16 * MIB));
+        m.write_u32(HIGH_RAM_START + 8, 0xdead_beef).unwrap();
+        assert_eq!(m.read_u32(HIGH_RAM_START + 8).unwrap(), 0xdead_beef);
+        assert!(m.read_u8(PCI_HOLE_START).is_err());
+        assert!(m.read_u8(HIGH_RAM_START + 16 * MIB).is_err());
+    }
+
+    #[test]
+    fn out_of_range_accesses_fail() {
+        let m = GuestMemory::new(2 * MIB).unwrap();
+        assert!(m.read_u8(2 * MIB).is_err());
+        assert!(m.write_u8(2 * MIB, 1).is_err());
+        assert!(m.read_u64(u64::MAX - 3).is_err());
+        assert!(m.write(u64::MAX, &[1, 2]).is_err());
+        assert_eq!(m.read_u8(2 * MIB - 1).unwrap(), 0);
+    }
+
+    #[test]
+    fn accesses_crossing_a_region_edge_fail() {
+        let m = GuestMemory::new(2 * MIB).unwrap();
+        assert_eq!(m.read_u32(2 * MIB - 2).unwrap_err(), MemError::Unmapped { addr: 2 * MIB - 2, len: 4 });
+        assert!(m.write_u32(2 * MIB - 2, 7).is_err());
+        // Nothing was written by the failed access.
+        assert_eq!(m.read_u16(2 * MIB - 2).unwrap(), 0);
+    }
+
+    #[test]
+    fn zero_length_accesses_succeed_anywhere() {
+        let m = GuestMemory::new(MIB).unwrap();
+        m.read(u64::MAX, &mut []).unwrap();
+        m.write(0xdead_0000_0000, &[]).unwrap();
+        m.fill(0, 0, 0).unwrap();
+    }
+
+    #[test]
+    fn rom_is_read_only_and_regions_do_not_overlap() {
+        let mut m = GuestMemory::new(MIB).unwrap();
+        m.add_rom("bios", 0xffff_0000, 0x10000, &[0xea, 0x5b]).unwrap();
+        assert_eq!(m.read_u16(0xffff_0000).unwrap(), 0x5bea);
+        assert!(matches!(m.write_u8(0xffff_0000, 0), Err(MemError::ReadOnly { .. })));
+        assert!(m.add_rom("dup", 0xffff_f000, 0x1000, &[]).is_err());
+        assert!(m.add_rom("low", 0, 0x1000, &[]).is_err());
+        assert!(m.add_rom("wrap", 0xffff_ffff_ffff_f000, 0x2000, &[]).is_err());
+        // Loading (firmware setup) may write ROM.
+        m.load(0xffff_0002, &[9]).unwrap();
+        assert_eq!(m.read_u8(0xffff_0002).unwrap(), 9);
+    }
+
+    #[test]
+    fn writes_to_code_pages_are_queued_once() {
+        let m = GuestMemory::new(MIB).unwrap();
+        m.mark_code_page(0x3000);
+        assert!(m.is_code_page(0x3fff));
+        m.write_u8(0x2fff, 1).unwrap();
+        assert!(!m.invalidation_pending());
+        m.write_u16(0x2fff, 1).unwrap();
+        assert!(m.invalidation_pending());
+        m.write_u8(0x3001, 1).unwrap();
+        assert_eq!(m.take_invalidated(), vec![0x3000]);
+        assert!(!m.invalidation_pending());
+        assert!(!m.is_code_page(0x3000));
+    }
+}

@@ -1,0 +1,272 @@
+//! The soft TLB and the CPU's view of memory through it.
+//!
+//! [`Mmu`] pairs guest memory with a direct-mapped TLB of 4 KiB entries. There
+//! are three entry sets, one per access privilege (user, supervisor, and
+//! supervisor with EFLAGS.AC for SMAP), so a CPL change needs no flush. Each
+//! entry keeps one tag per access kind; a hit is one compare of the tag with the
+//! page address, then a host-pointer access. A tag is set only when that kind of
+//! access is allowed and needs no page-table update (a write tag requires the
+//! dirty bit), so the walker runs for everything else.
+//!
+//! Writes through the fast path still honour code-page tracking: a store to a
+//! page with cached decoded code takes the slow path, which queues the page for
+//! invalidation.
+
+use std::sync::Arc;
+
+use crate::memory::{GuestMemory, PAGE_SIZE};
+use crate::paging::{Access, PageFault, PagingCtx, Privilege, Translation};
+
+const ENTRIES: usize = 256;
+const PAGE_MASK: u64 = !(PAGE_SIZE - 1);
+/// Set in a tag that is valid; page addresses have this bit clear.
+const VALID: u64 = 1;
+
+#[derive(Clone, Copy)]
+struct Entry {
+    tag_read: u64,
+    tag_write: u64,
+    tag_exec: u64,
+    /// Physical address of the 4 KiB page.
+    phys: u64,
+    /// Host address of the page, or null when neither RAM nor ROM backs it.
+    host: *mut u8,
+    global: bool,
+}
+
+const EMPTY: Entry = Entry { tag_read: 0, tag_write: 0, tag_exec: 0, phys: 0, host: std::ptr::null_mut(), global: false };
+
+fn set_index(p: Privilege) -> usize {
+    match p {
+        Privilege::User => 0,
+        Privilege::Supervisor => 1,
+        Privilege::SupervisorAc => 2,
+    }
+}
+
+/// Guest memory as one CPU sees it: translation, the soft TLB and fast accessors.
+pub struct Mmu {
+    mem: Arc<GuestMemory>,
+    sets: Box<[[Entry; ENTRIES]; 3]>,
+    /// A large page was split into TLB entries since the last full flush, so
+    /// INVLPG must flush everything (it cannot tell which 4 KiB entries belong
+    /// to the large page).
+    has_large: bool,
+    /// Walks performed (TLB misses), for statistics.
+    pub walks: u64,
+}
+
+// SAFETY: the host pointers in the entries point into mappings owned by `mem`,
+// which this struct keeps alive through its `Arc`; they are only used to copy
+// bytes (see `GuestMemory`'s Send/Sync reasoning).
+unsafe impl Send for Mmu {}
+
+impl Mmu {
+    pub fn new(mem: Arc<GuestMemory>) -> Self {
+        Mmu { mem, sets: Box::new([[EMPTY; ENTRIES]; 3]), has_large: false, walks: 0 }
+    }
+
+    /// The guest memory behind this MMU.
+    #[inline]
+    pub fn mem(&self) -> &Arc<GuestMemory> {
+        &self.mem
+    }
+
+    /// Drop every entry (`keep_global`: keep global pages, as a CR3 load does with CR4.PGE).
+    pub fn flush(&mut self, keep_global: bool) {
+        for set in self.sets.iter_mut() {
+            for e in set.iter_mut() {
+                if !(keep_global && e.global) {
+                    *e = EMPTY;
+                }
+            }
+        }
+        if !keep_global {
+            self.has_large = false;
+        }
+    }
+
+    /// INVLPG: drop the entries for the page holding `lin`.
+    pub fn flush_page(&mut self, lin: u64) {
+        if self.has_large {
+            self.flush(false);
+            return;
+        }
+        let idx = ((lin >> 12) as usize) % ENTRIES;
+        for set in self.sets.iter_mut() {
+            if set[idx].tag_read | VALID == (lin & PAGE_MASK) | VALID
+                || set[idx].tag_write | VALID == (lin & PAGE_MASK) | VALID
+                || set[idx].tag_exec | VALID == (lin & PAGE_MASK) | VALID
+            {
+                set[idx] = EMPTY;
+            }
+        }
+    }
+
+    /// Drop entries whose physical page is `phys_page` (used when a code page is
+    /// first cached, so its write tags stop bypassing the tracking check).
+    pub fn flush_phys(&mut self, phys_page: u64) {
+        for set in self.sets.iter_mut() {
+            for e in set.iter_mut() {
+                if e.phys == phys_page & PAGE_MASK {
+                    *e = EMPTY;
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn entry(&self, p: Privilege, lin: u64) -> &Entry {
+        &self.sets[set_index(p)][((lin >> 12) as usize) % ENTRIES]
+    }
+
+    /// The physical address for `lin` if the TLB holds it for this access.
+    #[inline]
+    pub fn lookup(&self, p: Privilege, lin: u64, access: Access) -> Option<u64> {
+        let e = self.entry(p, lin);
+        let tag = match access {
+            Access::Read => e.tag_read,
+            Access::Write => e.tag_write,
+            Access::Execute => e.tag_exec,
+        };
+        (tag == (lin & PAGE_MASK) | VALID).then_some(e.phys | (lin & !PAGE_MASK))
+    }
+
+    /// Translate `lin`, from the TLB or by walking the page tables (filling the TLB).
+    pub fn translate(&mut self, ctx: &PagingCtx, p: Privilege, lin: u64, access: Access) -> Result<u64, PageFault> {
+        if let Some(phys) = self.lookup(p, lin, access) {
+            return Ok(phys);
+        }
+        self.walks += 1;
+        let t = ctx.translate(&self.mem, lin, access, p)?;
+        self.insert(ctx, p, lin, &t);
+        Ok(t.phys)
+    }
+
+    fn insert(&mut self, ctx: &PagingCtx, p: Privilege, lin: u64, t: &Translation) {
+        if t.page_size > PAGE_SIZE {
+            self.has_large = true;
+        }
+        let phys = t.phys & PAGE_MASK;
+        let tag = (lin & PAGE_MASK) | VALID;
+        let host = self.mem.host_range(phys);
+        let allow = |a| ctx.permits(t, a, p);
+        let e = Entry {
+            tag_read: if allow(Access::Read) { tag } else { 0 },
+            tag_write: if allow(Access::Write) && t.dirty && host.is_some_and(|h| h.writable) { tag } else { 0 },
+            tag_exec: if allow(Access::Execute) { tag } else { 0 },
+            phys,
+            host: host.map_or(std::ptr::null_mut(), |h| h.ptr),
+            global: t.global,
+        };
+        self.sets[set_index(p)][((lin >> 12) as usize) % ENTRIES] = e;
+    }
+
+    /// Read `N` bytes at `lin` if the TLB hits, the access stays in one page and
+    /// RAM or ROM backs it. `None` sends the caller to the slow path.
+    #[inline]
+    pub fn read_fast<const N: usize>(&self, p: Privilege, lin: u64) -> Option<[u8; N]> {
+        let off = (lin & !PAGE_MASK) as usize;
+        if off + N > PAGE_SIZE as usize {
+            return None;
+        }
+        let e = self.entry(p, lin);
+        if e.tag_read != (lin & PAGE_MASK) | VALID || e.host.is_null() {
+            return None;
+        }
+        let mut out = [0u8; N];
+        // SAFETY: `e.host` points at a 4 KiB page inside a live mapping owned by
+        // `self.mem` (entries are built from `GuestMemory::host_range`, whose
+        // regions are page-aligned), and `off + N <= 4096` was checked above.
+        unsafe { std::ptr::copy_nonoverlapping(e.host.add(off), out.as_mut_ptr(), N) };
+        Some(out)
+    }
+
+    /// Write `data` at `lin` if the TLB hits for writes, the access stays in one
+    /// page, RAM backs it and the page holds no cached code. Returns whether it
+    /// wrote.
+    #[inline]
+    pub fn write_fast(&self, p: Privilege, lin: u64, data: &[u8]) -> bool {
+        let off = (lin & !PAGE_MASK) as usize;
+        if off + data.len() > PAGE_SIZE as usize {
+            return false;
+        }
+        let e = self.entry(p, lin);
+        if e.tag_write != (lin & PAGE_MASK) | VALID || e.host.is_null() || self.mem.is_code_page(e.phys) {
+            return false;
+        }
+        // SAFETY: as in `read_fast`; write tags are only set for writable RAM.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), e.host.add(off), data.len()) };
+        true
+    }
+}
+
+impl PagingCtx {
+    /// Whether a translation allows `access` at `privilege` (the walker's checks,
+    /// repeated so the TLB can tag each access kind).
+    pub fn permits(&self, t: &Translation, access: Access, privilege: Privilege) -> bool {
+        match (access, privilege) {
+            (Access::Read, Privilege::User) => t.user,
+            (Access::Write, Privilege::User) => t.user && t.writable,
+            (Access::Execute, Privilege::User) => t.user && !t.nx,
+            (Access::Read, p) => !(self.smap && t.user && p == Privilege::Supervisor),
+            (Access::Write, p) => !((self.wp && !t.writable) || (self.smap && t.user && p == Privilege::Supervisor)),
+            (Access::Execute, _) => !(t.nx || (self.smep && t.user)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::paging::PagingMode;
+
+    fn setup() -> (Mmu, PagingCtx) {
+        let mem = Arc::new(GuestMemory::new(1 << 22).unwrap());
+        // PML4 0x1000 -> PDPT 0x2000 -> PD 0x3000 -> PT 0x4000; 0x0 -> 0x5000 rw user, 0x1000 -> 0x6000 read-only.
+        mem.write_u64(0x1000, 0x2000 | 7).unwrap();
+        mem.write_u64(0x2000, 0x3000 | 7).unwrap();
+        mem.write_u64(0x3000, 0x4000 | 7).unwrap();
+        mem.write_u64(0x4000, 0x5000 | 7).unwrap();
+        mem.write_u64(0x4008, 0x6000 | 5).unwrap();
+        let ctx = PagingCtx { mode: PagingMode::Level4, cr3: 0x1000, wp: true, nxe: true, smep: false, smap: false };
+        (Mmu::new(mem), ctx)
+    }
+
+    #[test]
+    fn hit_after_walk_and_dirty_gating() {
+        let (mut m, ctx) = setup();
+        assert!(m.read_fast::<4>(Privilege::User, 0x10).is_none());
+        assert_eq!(m.translate(&ctx, Privilege::User, 0x10, Access::Read).unwrap(), 0x5010);
+        m.mem().write_u32(0x5010, 0x1234_5678).unwrap();
+        assert_eq!(m.read_fast::<4>(Privilege::User, 0x10), Some(0x1234_5678u32.to_le_bytes()));
+        // The read walk did not set D, so writes still miss.
+        assert!(!m.write_fast(Privilege::User, 0x10, &[1]));
+        m.translate(&ctx, Privilege::User, 0x10, Access::Write).unwrap();
+        assert!(m.write_fast(Privilege::User, 0x10, &[0xaa]));
+        assert_eq!(m.mem().read_u8(0x5010).unwrap(), 0xaa);
+        // Page-crossing accesses go slow.
+        assert!(m.read_fast::<8>(Privilege::User, 0xffc).is_none());
+        // Other privilege sets are separate.
+        assert!(m.read_fast::<1>(Privilege::Supervisor, 0x10).is_none());
+    }
+
+    #[test]
+    fn read_only_pages_never_get_write_tags_and_invlpg_drops() {
+        let (mut m, ctx) = setup();
+        assert!(m.translate(&ctx, Privilege::User, 0x1000, Access::Write).is_err());
+        m.translate(&ctx, Privilege::User, 0x1000, Access::Read).unwrap();
+        assert!(!m.write_fast(Privilege::User, 0x1000, &[1]));
+        assert!(m.lookup(Privilege::User, 0x1000, Access::Read).is_some());
+        m.flush_page(0x1234);
+        assert!(m.lookup(Privilege::User, 0x1000, Access::Read).is_none());
+    }
+
+    #[test]
+    fn code_pages_take_the_slow_path() {
+        let (mut m, ctx) = setup();
+        m.translate(&ctx, Privilege::User, 0x0, Access::Write).unwrap();
+        m.mem().mark_code_page(0x5000);
+        assert!(!m.write_fast(Privilege::User, 0x0, &[1]));
+    }
+}

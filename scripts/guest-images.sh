@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# Build the test guests from Debian's packages into guest-images/:
+#
+#   vmlinuz-cloud         Debian's stock cloud kernel   (linux-image-*-cloud-amd64)
+#   vmlinuz-generic       Debian's stock generic kernel (linux-image-*-amd64)
+#   modules-generic/      the generic kernel's /lib/modules/<version> tree
+#   initramfs.cpio.gz     a busybox initramfs (cpio newc, gzip)
+#   versions.txt          which packages the files came from
+#
+# The kernel packages are downloaded and unpacked, never installed. Runs as root
+# on a Debian machine (no sudo); installs cpio with apt-get when it is missing.
+# Idempotent: a second run with the same package versions does nothing.
+#
+# The initramfs /init prints "ferrovm-init: start" first, mounts proc, sys and
+# dev, then runs the shell script passed on the kernel command line as
+# `ferrovm.cmd=<base64 of the script>`. With `ferrovm.poweroff=1` it powers the
+# machine off when the script ends (`poweroff -f`); the script may also call
+# `poweroff -f` itself. Without `ferrovm.cmd` it starts an interactive shell on
+# the console.
+#
+# Environment: GUEST_IMAGES_DIR overrides the output folder.
+set -euo pipefail
+
+# Progress goes to stderr so that helpers can return values on stdout.
+say() { printf 'guest-images: %s\n' "$*" >&2; }
+die() { printf 'guest-images: error: %s\n' "$*" >&2; exit 1; }
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+out="${GUEST_IMAGES_DIR:-$repo_root/guest-images}"
+work="$out/.work"
+
+[ "$(id -u)" -eq 0 ] || die "run as root (apt-get and mknod need it)"
+for tool in apt-get apt-cache dpkg-deb gzip sha256sum; do
+    command -v "$tool" >/dev/null || die "$tool not found; this script needs a Debian machine"
+done
+
+mkdir -p "$out" "$work/debs"
+
+# Once per run, also from the subshells of $(...): a marker file remembers it.
+apt_marker="$work/.apt-updated.$$"
+trap 'rm -f "$apt_marker"' EXIT
+apt_update() {
+    if [ ! -e "$apt_marker" ]; then
+        say "apt-get update"
+        apt-get update -qq >&2 || die "apt-get update failed; check the network and /etc/apt/sources.list"
+        : > "$apt_marker"
+    fi
+}
+
+# Package lists older than a day (or none, on a fresh machine) may name kernels
+# that the archive no longer has.
+if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mmin -1440 -print -quit 2>/dev/null)" ]; then
+    apt_update
+fi
+
+if ! command -v cpio >/dev/null; then
+    apt_update
+    say "installing cpio"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cpio >/dev/null || die "cannot install cpio"
+fi
+
+# The versioned package a metapackage points at, e.g.
+# linux-image-cloud-amd64 -> linux-image-6.1.0-41-cloud-amd64.
+resolve() {
+    local meta="$1" name
+    name="$(apt-cache depends "$meta" 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')"
+    if [ -z "$name" ]; then
+        apt_update
+        name="$(apt-cache depends "$meta" 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')"
+    fi
+    [ -n "$name" ] || die "cannot resolve $meta to a versioned kernel package (apt-cache depends $meta found none)"
+    printf '%s\n' "$name"
+}
+
+candidate() {
+    apt-cache policy "$1" 2>/dev/null | awk '$1 == "Candidate:" { print $2; exit }'
+}
+
+# Download a package's .deb into $work/debs (once) and print its path.
+fetch() {
+    local pkg="$1" ver deb
+    ver="$(candidate "$pkg")"
+    if [ -z "$ver" ] || [ "$ver" = "(none)" ]; then
+        apt_update
+        ver="$(candidate "$pkg")"
+    fi
+    [ -n "$ver" ] && [ "$ver" != "(none)" ] || die "package $pkg has no installable version"
+    local pattern="${pkg}_${ver//:/%3a}_*.deb"
+    deb="$(find "$work/debs" -maxdepth 1 -name "$pattern" -print -quit)"
+    if [ -z "$deb" ]; then
+        say "downloading $pkg $ver"
+        if ! (cd "$work/debs" && apt-get download -qq "$pkg=$ver" >/dev/null 2>&1); then
+            apt_update
+            (cd "$work/debs" && apt-get download -qq "$pkg=$ver" >&2) || die "apt-get download $pkg=$ver failed"
+        fi
+        deb="$(find "$work/debs" -maxdepth 1 -name "$pattern" -print -quit)"
+        [ -n "$deb" ] || die "apt-get download $pkg=$ver left no $pattern in $work/debs"
+    fi
+    printf '%s\n' "$deb"
+}
+
+cloud_pkg="$(resolve linux-image-cloud-amd64)"
+generic_pkg="$(resolve linux-image-amd64)"
+busybox_pkg=busybox-static
+
+# The /init of the initramfs. Kept here so its hash is part of the stamp.
+read -r -d '' init_script <<'INIT' || true
+#!/bin/sh
+# ferrovm test initramfs: run the script from the kernel command line.
+echo "ferrovm-init: start"
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TERM=linux
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null || echo "ferrovm-init: devtmpfs unavailable, using the static /dev"
+mkdir -p /dev/pts /tmp /run
+mount -t devpts devpts /dev/pts 2>/dev/null
+mount -t tmpfs tmpfs /tmp
+cmd=""
+off=0
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        ferrovm.cmd=*) cmd="${arg#ferrovm.cmd=}" ;;
+        ferrovm.poweroff=1) off=1 ;;
+    esac
+done
+if [ -n "$cmd" ]; then
+    if echo "$cmd" | base64 -d > /tmp/ferrovm-cmd.sh 2>/dev/null; then
+        sh /tmp/ferrovm-cmd.sh
+        echo "ferrovm-init: command exited with status $?"
+    else
+        echo "ferrovm-init: ferrovm.cmd is not valid base64"
+    fi
+    if [ "$off" = 1 ]; then
+        sync
+        poweroff -f
+    fi
+fi
+echo "ferrovm-init: interactive shell on the console (exit to power off)"
+setsid cttyhack sh -l
+sync
+poweroff -f
+INIT
+
+stamp_want="$(printf '%s\n' "cloud=$cloud_pkg $(candidate "$cloud_pkg")" \
+    "generic=$generic_pkg $(candidate "$generic_pkg")" \
+    "busybox=$busybox_pkg $(candidate "$busybox_pkg")" \
+    "init=$(printf '%s' "$init_script" | sha256sum | cut -d' ' -f1)")"
+if [ -f "$out/versions.txt" ] && [ "$(cat "$out/versions.txt")" = "$stamp_want" ] &&
+    [ -s "$out/vmlinuz-cloud" ] && [ -s "$out/vmlinuz-generic" ] &&
+    [ -d "$out/modules-generic/kernel" ] && [ -s "$out/initramfs.cpio.gz" ]; then
+    printf 'guest-images: up to date in %s:\n' "$out"
+    sed 's/^/  /' "$out/versions.txt"
+    exit 0
+fi
+
+cloud_deb="$(fetch "$cloud_pkg")"
+generic_deb="$(fetch "$generic_pkg")"
+busybox_deb="$(fetch "$busybox_pkg")"
+
+# Unpack a .deb into a fresh folder under $work.
+unpack() {
+    local deb="$1" dir="$2"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    dpkg-deb -x "$deb" "$dir" || die "dpkg-deb -x $deb failed"
+}
+
+say "unpacking $(basename "$cloud_deb")"
+unpack "$cloud_deb" "$work/cloud"
+vmlinuz="$(find "$work/cloud/boot" -maxdepth 1 -name 'vmlinuz-*' -print -quit)"
+[ -n "$vmlinuz" ] || die "$cloud_pkg has no /boot/vmlinuz-*"
+cp "$vmlinuz" "$out/vmlinuz-cloud.tmp" && mv "$out/vmlinuz-cloud.tmp" "$out/vmlinuz-cloud"
+rm -rf "$work/cloud"
+
+say "unpacking $(basename "$generic_deb")"
+unpack "$generic_deb" "$work/generic"
+vmlinuz="$(find "$work/generic/boot" -maxdepth 1 -name 'vmlinuz-*' -print -quit)"
+[ -n "$vmlinuz" ] || die "$generic_pkg has no /boot/vmlinuz-*"
+cp "$vmlinuz" "$out/vmlinuz-generic.tmp" && mv "$out/vmlinuz-generic.tmp" "$out/vmlinuz-generic"
+moddir="$(find "$work/generic/lib/modules" -mindepth 1 -maxdepth 1 -type d -print -quit 2>/dev/null || true)"
+[ -n "$moddir" ] || die "$generic_pkg has no /lib/modules/<version>"
+rm -rf "$out/modules-generic"
+mv "$moddir" "$out/modules-generic"
+rm -rf "$work/generic"
+
+say "unpacking $(basename "$busybox_deb")"
+unpack "$busybox_deb" "$work/busybox"
+busybox="$work/busybox/bin/busybox"
+[ -x "$busybox" ] || die "$busybox_pkg has no /bin/busybox"
+
+say "building initramfs.cpio.gz"
+root="$work/initramfs"
+rm -rf "$root"
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,root,etc}
+cp "$busybox" "$root/bin/busybox"
+applets="$("$busybox" --list)" || die "cannot list the busybox applets"
+for applet in $applets; do
+    [ "$applet" = busybox ] || ln -sf busybox "$root/bin/$applet"
+done
+printf '%s\n' "$init_script" > "$root/init"
+chmod 0755 "$root/init"
+# The console and null nodes, for before devtmpfs is mounted.
+mknod -m 0600 "$root/dev/console" c 5 1
+mknod -m 0666 "$root/dev/null" c 1 3
+printf 'root:x:0:0:root:/root:/bin/sh\n' > "$root/etc/passwd"
+printf 'root:x:0:\n' > "$root/etc/group"
+# Fixed timestamps and inode numbers: the same inputs give the same bytes.
+find "$root" -exec touch -h -d @0 {} +
+cpio_flags=(--quiet -o -H newc -R 0:0)
+if cpio --help 2>&1 | grep -q -- --reproducible; then
+    cpio_flags+=(--reproducible)
+fi
+(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio "${cpio_flags[@]}") | gzip -9 -n > "$out/initramfs.cpio.gz.tmp" ||
+    die "cpio/gzip of the initramfs failed"
+mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
+rm -rf "$root" "$work/busybox"
+
+printf '%s\n' "$stamp_want" > "$out/versions.txt"
+printf 'guest-images: done in %s:\n' "$out"
+for f in vmlinuz-cloud vmlinuz-generic initramfs.cpio.gz; do
+    printf '  %-20s %s bytes\n' "$f" "$(stat -c %s "$out/$f")"
+done
+printf '  %-20s %s\n' modules-generic/ "$(du -sh "$out/modules-generic" | cut -f1)"
+sed 's/^/  /' "$out/versions.txt"

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up what a fresh machine needs, then run every test.
+#
+# This is the project's one test command: README.md gives it and .ci/run runs
+# it. It is idempotent: packages and guest images that exist are kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '==> %s\n' "$*"; }
+
+# Host packages. Installed only when missing, and only where we may (root).
+need_pkgs=()
+command -v cc >/dev/null || need_pkgs+=(gcc)
+command -v cpio >/dev/null || need_pkgs+=(cpio)
+if ((${#need_pkgs[@]})); then
+    if [ "$(id -u)" = 0 ]; then
+        log "installing Debian packages: ${need_pkgs[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+    else
+        echo "missing packages (${need_pkgs[*]}): install them, or run as root" >&2
+        exit 1
+    fi
+fi
+
+# Guest images built from Debian's packages, for the boot tests.
+if [ -x scripts/guest-images.sh ] && [ ! -e guest-images/.complete ]; then
+    log "building guest images (scripts/guest-images.sh)"
+    scripts/guest-images.sh
+fi
+
+log "cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+log "cargo test"
+cargo test --workspace --all-targets

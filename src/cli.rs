@@ -1,0 +1,167 @@
+//! The command line: `ferrovm run`, `ferrovm demo` and `ferrovm bench`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use devices::console::SerialBackend;
+
+/// A full-system x86 PC emulator: interpreter, JIT and KVM.
+#[derive(Debug, Parser)]
+#[command(name = "ferrovm", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log categories to trace at debug level, comma-separated
+    /// (cpu, mmu, jit, devices, net, firmware, accel, all).
+    #[arg(long, global = true, value_name = "LIST")]
+    pub trace: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a guest: the built-in one, a Linux kernel, or a firmware image.
+    Run(RunArgs),
+    /// Boot the built-in guest under every available accelerator and compare.
+    Demo,
+    /// Measure whole guests under each accelerator (and QEMU when installed).
+    Bench,
+}
+
+/// Which CPU engine runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Accel {
+    /// KVM when /dev/kvm is usable, otherwise the best emulator.
+    Auto,
+    /// Hardware-assisted virtualization through /dev/kvm.
+    Kvm,
+    /// Cranelift translation of guest blocks.
+    Jit,
+    /// The interpreter (the reference semantics).
+    Interp,
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accel::Auto => "auto",
+            Accel::Kvm => "kvm",
+            Accel::Jit => "jit",
+            Accel::Interp => "interp",
+        })
+    }
+}
+
+/// Boot path for a bzImage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KernelBoot {
+    Fast,
+    Classic,
+}
+
+impl KernelBoot {
+    pub fn path(self) -> firmware::linux::BootPath {
+        match self {
+            KernelBoot::Fast => firmware::linux::BootPath::Fast,
+            KernelBoot::Classic => firmware::linux::BootPath::Classic,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// CPU engine.
+    #[arg(long, value_enum, default_value_t = Accel::Auto)]
+    pub accel: Accel,
+    /// Guest RAM: a number with an optional K, M, G or T suffix (no suffix: MiB).
+    #[arg(long, default_value = "512M", value_parser = parse_mem)]
+    pub mem: u64,
+    /// Number of virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// A Linux kernel (bzImage or vmlinux) or multiboot ELF to boot directly.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// An initial ramdisk for --kernel.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line.
+    #[arg(long, value_name = "STR")]
+    pub append: Option<String>,
+    /// How a bzImage is booted: `fast` decompresses it on the host and enters
+    /// the kernel proper; `classic` runs the kernel's own decompressor.
+    #[arg(long, value_enum, default_value_t = KernelBoot::Fast)]
+    pub kernel_boot: KernelBoot,
+    /// A firmware ROM image, mapped to end at 4 GiB, run from the reset vector.
+    #[arg(long, value_name = "PATH")]
+    pub bios: Option<PathBuf>,
+    /// A disk: PATH[,format=raw|qcow2][,readonly=on]. May be repeated.
+    #[arg(long, value_name = "SPEC")]
+    pub disk: Vec<String>,
+    /// A network card: user[,model=e1000|virtio][,hostfwd=...]. May be repeated.
+    #[arg(long, value_name = "SPEC")]
+    pub nic: Vec<String>,
+    /// Where COM1 goes: stdio, file:PATH or none.
+    #[arg(long, default_value = "stdio", value_parser = parse_serial)]
+    pub serial: SerialBackend,
+    /// Exit instead of rebooting when the guest resets.
+    #[arg(long)]
+    pub no_reboot: bool,
+    /// Stop the guest after this many seconds (exit status 124).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Print execution statistics when the guest stops.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+fn parse_serial(s: &str) -> Result<SerialBackend, String> {
+    s.parse::<SerialBackend>().map_err(|e| e.to_string())
+}
+
+/// Parse a RAM size as QEMU's `-m` does: a plain number is MiB; K, M, G and T
+/// suffixes (optionally followed by B or iB) scale it.
+pub fn parse_mem(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let upper = t.to_ascii_uppercase();
+    let body = upper.trim_end_matches("IB").trim_end_matches('B');
+    let (num, mult) = match body.char_indices().last() {
+        Some((i, 'K')) => (&body[..i], 1u64 << 10),
+        Some((i, 'M')) => (&body[..i], 1 << 20),
+        Some((i, 'G')) => (&body[..i], 1 << 30),
+        Some((i, 'T')) => (&body[..i], 1 << 40),
+        _ => (body, 1 << 20),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid memory size '{s}': expected a number with an optional K, M, G or T suffix, e.g. 512M"))?;
+    let bytes = n.checked_mul(mult).ok_or_else(|| format!("memory size '{s}' is too large"))?;
+    if bytes == 0 {
+        return Err(format!("memory size '{s}' is zero"));
+    }
+    if bytes < (1 << 20) {
+        return Err(format!("memory size '{s}' is below the 1 MiB minimum"));
+    }
+    if bytes % 4096 != 0 {
+        return Err(format!("memory size '{s}' is not a multiple of 4 KiB"));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_mem("512M"), Ok(512 << 20));
+        assert_eq!(parse_mem("512"), Ok(512 << 20));
+        assert_eq!(parse_mem("2G"), Ok(2 << 30));
+        assert_eq!(parse_mem("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_mem("4096k"), Ok(4 << 20));
+        assert!(parse_mem("0").is_err());
+        assert!(parse_mem("5Q").is_err());
+        assert!(parse_mem("").is_err());
+        assert!(parse_mem("99999999999999T").is_err());
+        assert!(parse_mem("100K").is_err());
+    }
+}

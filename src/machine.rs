@@ -1,0 +1,623 @@
+//! Machine assembly and the run loop.
+//!
+//! A [`Machine`] owns guest memory, the port-I/O and MMIO buses with their
+//! devices, the machine-event channel and the serial console. The CPU engine
+//! (the interpreter today) runs against it through the [`cpu::Platform`]
+//! trait, so devices never know which engine drives them.
+
+use std::collections::{HashSet, VecDeque};
+use std::io::Write;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use cpu::{Cpu, CpuState, Platform, StopReason};
+use devices::console::SerialBackend;
+use devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN};
+use devices::serial::{Serial, COM1_PORT, SERIAL_PORT_LEN};
+use devices::{Bus, SharedDevice, VmEvent, VmEvents};
+use mmu::GuestMemory;
+use parking_lot::Mutex;
+
+use crate::error::Error;
+
+/// Instructions the interpreter runs between looks at devices and events.
+const SLICE: u64 = 200_000;
+
+/// What the guest boots.
+#[derive(Debug, Clone)]
+pub enum Firmware {
+    /// The built-in guest ROM.
+    Builtin,
+    /// A raw firmware image mapped to end at 4 GiB.
+    Bios(Vec<u8>),
+    /// A kernel booted directly: Linux (bzImage or vmlinux) or multiboot.
+    Kernel(KernelImage),
+}
+
+/// A kernel for direct boot.
+#[derive(Debug, Clone)]
+pub struct KernelImage {
+    pub kernel: Vec<u8>,
+    pub initrd: Option<Vec<u8>>,
+    pub cmdline: String,
+    /// For a bzImage: decompress on the host (fast) or in the guest (classic).
+    pub path: firmware::linux::BootPath,
+}
+
+/// Where the ACPI tables and the MP table go (the BIOS area, ordinary RAM here).
+const ACPI_TABLES: u64 = 0xe_0000;
+const MP_TABLE: u64 = 0xf_0000;
+
+/// Where serial output goes.
+#[derive(Clone)]
+pub enum SerialOut {
+    /// A host backend (stdio, a file, nowhere).
+    Backend(SerialBackend),
+    /// Kept in memory (the demo and tests read it).
+    Capture(Arc<Mutex<Vec<u8>>>),
+}
+
+/// Everything that shapes a machine.
+#[derive(Clone)]
+pub struct MachineConfig {
+    pub mem: u64,
+    pub firmware: Firmware,
+    pub serial: SerialOut,
+    pub no_reboot: bool,
+    pub timeout: Option<Duration>,
+}
+
+/// How a run ended, with its measurements.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// The process exit status this run maps to.
+    pub status: i32,
+    /// A message for stderr (a timeout, a fault chain), if any.
+    pub message: Option<String>,
+    /// Guest instructions executed, where the engine counts them.
+    pub instructions: Option<u64>,
+    /// Time from start to the first byte the guest sent to the serial port.
+    pub first_serial_byte: Option<Duration>,
+    /// Time from start to the end of the run.
+    pub total: Duration,
+    /// Port accesses no device claimed.
+    pub unclaimed_io: u64,
+    /// Which engine ran the guest.
+    pub accel: &'static str,
+    /// Engine-specific statistics lines for `--stats`.
+    pub stats: Vec<String>,
+}
+
+/// A serial sink that notes when the first byte arrives.
+struct TimedWriter {
+    inner: Box<dyn Write + Send>,
+    first: Arc<OnceLock<Instant>>,
+}
+
+impl Write for TimedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !buf.is_empty() {
+            let _ = self.first.set(Instant::now());
+        }
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The PC.
+pub struct Machine {
+    pub mem: Arc<GuestMemory>,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    pub events: Arc<VmEvents>,
+    chipset: devices::pc::PcChipset,
+    clock: devices::clock::SharedClock,
+    /// The CPU state the loaded firmware or kernel starts in.
+    boot_state: CpuState,
+    /// What the loader did, for diagnostics.
+    pub boot_note: Option<String>,
+    serial: Arc<Mutex<Serial>>,
+    first_byte: Arc<OnceLock<Instant>>,
+    /// Bytes typed for the guest that the UART has not taken yet.
+    input: Arc<Mutex<VecDeque<u8>>>,
+    config: MachineConfig,
+}
+
+impl Machine {
+    pub fn new(config: MachineConfig) -> Result<Self, Error> {
+        let mut mem = GuestMemory::new(config.mem)?;
+        match &config.firmware {
+            Firmware::Builtin => {
+                if config.mem < firmware::builtin::MIN_RAM {
+                    return Err(Error::Config(format!(
+                        "the built-in guest needs at least {} MiB of RAM (--mem)",
+                        firmware::builtin::MIN_RAM >> 20
+                    )));
+                }
+                let g = firmware::builtin::build().map_err(|e| Error::Firmware(e.to_string()))?;
+                mem.add_rom("builtin-rom", firmware::builtin::ROM_BASE, firmware::builtin::ROM_SIZE, &g.rom)?;
+            }
+            Firmware::Bios(image) => {
+                let size = image.len() as u64;
+                if size == 0 || size % 0x1_0000 != 0 || size > (16 << 20) {
+                    return Err(Error::Config(format!(
+                        "--bios image is {size} bytes: it must be a multiple of 64 KiB and at most 16 MiB"
+                    )));
+                }
+                mem.add_rom("bios", (1u64 << 32) - size, size, image)?;
+            }
+            Firmware::Kernel(_) => {}
+        }
+        let mem = Arc::new(mem);
+        let (boot_state, boot_note) = match &config.firmware {
+            Firmware::Kernel(k) => load_kernel(&mem, k)?,
+            _ => (CpuState::reset(), None),
+        };
+        let events = Arc::new(VmEvents::new());
+        let first_byte = Arc::new(OnceLock::new());
+        let out: Box<dyn Write + Send> = match &config.serial {
+            SerialOut::Backend(b) => devices::console::open_output(b).map_err(|e| Error::Config(e.to_string()))?,
+            SerialOut::Capture(buf) => Box::new(CaptureWriter(buf.clone())),
+        };
+        let out = Box::new(TimedWriter { inner: out, first: first_byte.clone() });
+        let clock: devices::clock::SharedClock = Arc::new(devices::clock::HostClock::new());
+        let tsc = Arc::new(devices::clock::Tsc::new(cpu::cpuid::TSC_KHZ * 1000));
+        let ram = devices::rtc::RamSize::split(config.mem, mmu::PCI_HOLE_START);
+        let chipset = devices::pc::PcChipset::new(clock.clone(), events.clone(), tsc, ram);
+        let mut pio = Bus::new();
+        let mut mmio = Bus::new();
+        chipset.install(&mut pio, &mut mmio)?;
+        let serial = Arc::new(Mutex::new(Serial::new(chipset.irq_line(devices::serial::COM1_IRQ), out)));
+        let shared: SharedDevice = serial.clone();
+        pio.insert(shared, u64::from(COM1_PORT), SERIAL_PORT_LEN)?;
+        let exit: SharedDevice = Arc::new(Mutex::new(DebugExit::new(events.clone())));
+        pio.insert(exit, u64::from(DEBUG_EXIT_PORT), DEBUG_EXIT_PORT_LEN)?;
+        Ok(Machine {
+            mem,
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            events,
+            chipset,
+            clock,
+            boot_state,
+            boot_note,
+            serial,
+            first_byte,
+            input: Arc::new(Mutex::new(VecDeque::new())),
+            config,
+        })
+    }
+
+    /// Attach host stdin to COM1 (only for the stdio backend).
+    pub fn attach_stdin(&self) -> Result<(), Error> {
+        let input = self.input.clone();
+        let me = std::thread::current();
+        devices::console::spawn_stdin_reader(
+            self.events.clone(),
+            Box::new(move |bytes: &[u8]| {
+                input.lock().extend(bytes.iter().copied());
+                me.unpark();
+            }),
+        )
+        .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Move typed bytes into the UART's receive FIFO as space allows.
+    fn pump_input(&self) {
+        let mut q = self.input.lock();
+        if q.is_empty() {
+            return;
+        }
+        let mut serial = self.serial.lock();
+        let (a, _) = q.as_slices();
+        let n = serial.enqueue_input(a);
+        q.drain(..n);
+    }
+
+    fn platform(&self) -> BusPlatform {
+        self.platform_with(Arc::new(Mutex::new(Unclaimed::default())))
+    }
+
+    /// Run the guest in the interpreter until it stops.
+    pub fn run_interp(&self) -> RunReport {
+        let start = Instant::now();
+        let platform = self.platform();
+        let unclaimed = platform.unclaimed.clone();
+        let mut cpu = Cpu::new(self.mem.clone(), Box::new(platform));
+        cpu.set_state(self.boot_state);
+        let deadline = self.config.timeout.map(|t| start + t);
+        // Interrupts, machine events and typed input wake a halted CPU.
+        let me = std::thread::current();
+        let wake = me.clone();
+        self.chipset.intc.set_kick(Box::new(move || wake.unpark()));
+        let wake = me.clone();
+        self.events.set_kick(Box::new(move || wake.unpark()));
+        let finish = |status: i32, message: Option<String>, cpu: &Cpu| RunReport {
+            status,
+            message,
+            instructions: Some(cpu.stats.instructions),
+            first_serial_byte: self.first_byte.get().map(|t| t.duration_since(start)),
+            total: start.elapsed(),
+            unclaimed_io: unclaimed.lock().count,
+            accel: "interp",
+            stats: vec![format!(
+                "{} blocks decoded, {} exceptions, {} interrupts, {} page walks",
+                cpu.stats.blocks_decoded, cpu.stats.exceptions, cpu.stats.interrupts, cpu.mmu.walks
+            )],
+        };
+        let mut next_timer: Option<u64>;
+        loop {
+            self.pump_input();
+            if self.chipset.intc.take_nmi() {
+                cpu.inject_nmi();
+            }
+            let why = cpu.run(SLICE);
+            next_timer = self.chipset.timers.poll(self.clock.now_ns());
+            if let Some(ev) = self.events.take() {
+                match ev {
+                    VmEvent::Reset => {
+                        if self.config.no_reboot {
+                            return finish(0, Some("guest reset (--no-reboot)".into()), &cpu);
+                        }
+                        self.reset(&mut cpu);
+                        continue;
+                    }
+                    other => {
+                        let status = other.exit_status().unwrap_or(0);
+                        let msg = match other {
+                            VmEvent::Quit => Some("quit from the console".to_string()),
+                            _ => None,
+                        };
+                        return finish(status, msg, &cpu);
+                    }
+                }
+            }
+            match why {
+                StopReason::Shutdown(chain) => {
+                    if self.config.no_reboot {
+                        return finish(0, Some(format!("guest shut down: {chain} (--no-reboot)")), &cpu);
+                    }
+                    tracing::warn!(target: "cpu", "{chain}: resetting");
+                    self.reset(&mut cpu);
+                }
+                StopReason::Halted => {
+                    // Sleep until the next timer deadline, an interrupt, a
+                    // machine event or typed input (all of which unpark us).
+                    if !self.chipset.intc.interrupt_pending() && self.input.lock().is_empty() {
+                        let now = self.clock.now_ns();
+                        let mut wait = Duration::from_millis(50);
+                        if let Some(t) = next_timer {
+                            wait = wait.min(Duration::from_nanos(t.saturating_sub(now)));
+                        }
+                        if let Some(d) = deadline {
+                            wait = wait.min(d.saturating_duration_since(Instant::now()));
+                        }
+                        std::thread::park_timeout(wait);
+                    }
+                    next_timer = self.chipset.timers.poll(self.clock.now_ns());
+                }
+                StopReason::Budget | StopReason::Requested => {}
+            }
+            if let Some(d) = deadline {
+                if Instant::now() >= d {
+                    let secs = self.config.timeout.unwrap_or_default().as_secs_f64();
+                    return finish(124, Some(format!("timeout: the guest ran for {secs} s (--timeout)")), &cpu);
+                }
+            }
+        }
+    }
+
+    /// Run the guest under KVM until it stops. Instructions KVM cannot run
+    /// (on hosts whose KVM emulates ring-0 code in software) are executed by
+    /// the interpreter on the same state, then KVM continues.
+    pub fn run_kvm(&self) -> Result<RunReport, Error> {
+        use hvf_kvm_accel::VmExit;
+        let start = Instant::now();
+        let hv = hvf_kvm_accel::open()?;
+        let vm = hv.create_vm(self.mem.clone())?;
+        let mut vcpu = vm.create_vcpu(0)?;
+        vcpu.set_state(&self.boot_state)?;
+        let platform = self.platform();
+        let unclaimed = platform.unclaimed.clone();
+        let mut io = KvmIo { platform: self.platform_with(unclaimed.clone()), pio: 0, mmio: 0, handler_time: Duration::ZERO };
+        // The fallback interpreter shares the buses.
+        let mut fallback = Cpu::new(self.mem.clone(), Box::new(platform));
+        let mut exits: std::collections::BTreeMap<&'static str, u64> = Default::default();
+        let mut emulated: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut in_kvm = Duration::ZERO;
+        let deadline = self.config.timeout.map(|t| start + t);
+        let finish = |status: i32, message: Option<String>, io: &KvmIo, exits: &std::collections::BTreeMap<&'static str, u64>, emulated: &std::collections::BTreeMap<String, u64>, in_kvm: Duration| {
+            let total = start.elapsed();
+            let mut stats = vec![format!(
+                "exits: {} port I/O, {} MMIO{}",
+                io.pio,
+                io.mmio,
+                exits.iter().map(|(k, v)| format!(", {v} {k}")).collect::<String>()
+            )];
+            stats.push(if emulated.is_empty() {
+                "fallback emulations: none".to_string()
+            } else {
+                format!(
+                    "fallback emulations: {}",
+                    emulated.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", ")
+                )
+            });
+            let guest = in_kvm.saturating_sub(io.handler_time);
+            stats.push(format!(
+                "time in KVM {:.3} s, in userspace {:.3} s",
+                guest.as_secs_f64(),
+                total.saturating_sub(guest).as_secs_f64()
+            ));
+            stats.push(format!("interrupt controllers: {}", vm.irqchip()));
+            RunReport {
+                status,
+                message,
+                instructions: None,
+                first_serial_byte: self.first_byte.get().map(|t| t.duration_since(start)),
+                total,
+                unclaimed_io: unclaimed.lock().count,
+                accel: "kvm",
+                stats,
+            }
+        };
+        loop {
+            self.pump_input();
+            let t = Instant::now();
+            let exit = vcpu.run(&mut io)?;
+            in_kvm += t.elapsed();
+            if let Some(ev) = self.events.take() {
+                match ev {
+                    VmEvent::Reset if !self.config.no_reboot => {
+                        vcpu.set_state(&CpuState::reset())?;
+                        continue;
+                    }
+                    VmEvent::Reset => {
+                        return Ok(finish(0, Some("guest reset (--no-reboot)".into()), &io, &exits, &emulated, in_kvm))
+                    }
+                    other => {
+                        let msg = matches!(other, VmEvent::Quit).then(|| "quit from the console".to_string());
+                        return Ok(finish(other.exit_status().unwrap_or(0), msg, &io, &exits, &emulated, in_kvm));
+                    }
+                }
+            }
+            match exit {
+                VmExit::Hlt => {
+                    *exits.entry("hlt").or_default() += 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                VmExit::Interrupted => *exits.entry("interrupted").or_default() += 1,
+                VmExit::Shutdown => {
+                    *exits.entry("shutdown").or_default() += 1;
+                    if self.config.no_reboot {
+                        let msg = "guest shut down: triple fault under KVM (--no-reboot)".to_string();
+                        return Ok(finish(0, Some(msg), &io, &exits, &emulated, in_kvm));
+                    }
+                    vcpu.set_state(&CpuState::reset())?;
+                }
+                VmExit::InternalError { suberror: 1, .. } => {
+                    *exits.entry("emulation-failure").or_default() += 1;
+                    let state = vcpu.get_state()?;
+                    fallback.set_state(state);
+                    let name = fallback.mnemonic_at_rip().unwrap_or_else(|| "unknown".into());
+                    *emulated.entry(name).or_default() += 1;
+                    let why = fallback.step();
+                    if let StopReason::Shutdown(chain) = why {
+                        let msg = format!("guest shut down in the fallback interpreter: {chain}");
+                        if self.config.no_reboot {
+                            return Ok(finish(0, Some(msg), &io, &exits, &emulated, in_kvm));
+                        }
+                        tracing::warn!(target: "accel", "{msg}: resetting");
+                        vcpu.set_state(&CpuState::reset())?;
+                        continue;
+                    }
+                    let mut s = fallback.state;
+                    s.materialize_flags();
+                    vcpu.set_state(&s)?;
+                }
+                other => {
+                    return Err(Error::Accel(format!("{other}")));
+                }
+            }
+            if let Some(d) = deadline {
+                if Instant::now() >= d {
+                    let secs = self.config.timeout.unwrap_or_default().as_secs_f64();
+                    let msg = format!("timeout: the guest ran for {secs} s (--timeout)");
+                    return Ok(finish(124, Some(msg), &io, &exits, &emulated, in_kvm));
+                }
+            }
+        }
+    }
+
+    fn platform_with(&self, unclaimed: Arc<Mutex<Unclaimed>>) -> BusPlatform {
+        BusPlatform {
+            pio: self.pio.clone(),
+            mmio: self.mmio.clone(),
+            events: self.events.clone(),
+            unclaimed,
+            intc: self.chipset.intc.clone(),
+            tsc: self.chipset.tsc.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+
+    fn reset(&self, cpu: &mut Cpu) {
+        // A reset restarts from the reset vector (firmware in ROM), as on a PC;
+        // a directly booted kernel is not reloaded.
+        self.chipset.reset();
+        cpu.set_state(CpuState::reset());
+        cpu.flush_code_cache();
+    }
+}
+
+/// KVM's exits to userspace, served by the same buses as the interpreter's.
+struct KvmIo {
+    platform: BusPlatform,
+    pio: u64,
+    mmio: u64,
+    handler_time: Duration,
+}
+
+impl hvf_kvm_accel::ExitHandler for KvmIo {
+    fn pio_read(&mut self, port: u16, data: &mut [u8]) {
+        let t = Instant::now();
+        self.pio += 1;
+        let v = self.platform.io_read(port, data.len() as u8);
+        let n = data.len().min(4);
+        data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
+        self.handler_time += t.elapsed();
+    }
+    fn pio_write(&mut self, port: u16, data: &[u8]) {
+        let t = Instant::now();
+        self.pio += 1;
+        let mut b = [0u8; 4];
+        let n = data.len().min(4);
+        b[..n].copy_from_slice(&data[..n]);
+        self.platform.io_write(port, n as u8, u32::from_le_bytes(b));
+        self.handler_time += t.elapsed();
+    }
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
+        self.mmio += 1;
+        self.platform.mmio_read(addr, data);
+    }
+    fn mmio_write(&mut self, addr: u64, data: &[u8]) {
+        self.mmio += 1;
+        self.platform.mmio_write(addr, data);
+    }
+    fn should_stop(&self) -> bool {
+        self.platform.events.pending()
+    }
+}
+
+#[derive(Default)]
+struct Unclaimed {
+    count: u64,
+    seen: HashSet<(bool, u64)>,
+}
+
+/// The interpreter's view of the machine's buses.
+struct BusPlatform {
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    events: Arc<VmEvents>,
+    unclaimed: Arc<Mutex<Unclaimed>>,
+    intc: Arc<devices::intc::InterruptController>,
+    tsc: Arc<devices::clock::Tsc>,
+    clock: devices::clock::SharedClock,
+}
+
+impl BusPlatform {
+    fn note_unclaimed(&self, mmio: bool, addr: u64, write: bool) {
+        let mut u = self.unclaimed.lock();
+        u.count += 1;
+        if u.seen.insert((mmio, addr)) {
+            let kind = if mmio { "MMIO" } else { "port" };
+            let dir = if write { "write to" } else { "read from" };
+            tracing::info!(target: "devices", "ignored {dir} unclaimed {kind} {addr:#x} (logged once)");
+        }
+    }
+}
+
+impl Platform for BusPlatform {
+    fn io_read(&mut self, port: u16, size: u8) -> u32 {
+        let mut buf = [0xffu8; 4];
+        let n = usize::from(size).min(4);
+        if !self.pio.read(u64::from(port), &mut buf[..n]) {
+            self.note_unclaimed(false, u64::from(port), false);
+        }
+        u32::from_le_bytes(buf) & (u32::MAX >> (32 - 8 * n as u32))
+    }
+
+    fn io_write(&mut self, port: u16, size: u8, value: u32) {
+        let n = usize::from(size).min(4);
+        if !self.pio.write(u64::from(port), &value.to_le_bytes()[..n]) {
+            self.note_unclaimed(false, u64::from(port), true);
+        }
+    }
+
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
+        data.fill(0xff);
+        if !self.mmio.read(addr, data) {
+            self.note_unclaimed(true, addr & !0xfff, false);
+        }
+    }
+
+    fn mmio_write(&mut self, addr: u64, data: &[u8]) {
+        if !self.mmio.write(addr, data) {
+            self.note_unclaimed(true, addr & !0xfff, true);
+        }
+    }
+
+    fn interrupt_pending(&mut self) -> bool {
+        self.intc.interrupt_pending()
+    }
+
+    fn ack_interrupt(&mut self) -> Option<u8> {
+        self.intc.ack_interrupt()
+    }
+
+    fn msr_read(&mut self, msr: u32) -> Option<u64> {
+        if devices::intc::InterruptController::handles_msr(msr) {
+            // `None` from the controller means the MSR faults: report 0 rather
+            // than falling through to the CPU's table for APIC-owned MSRs.
+            return Some(self.intc.msr_read(msr).unwrap_or(0));
+        }
+        None
+    }
+
+    fn msr_write(&mut self, msr: u32, value: u64) -> bool {
+        devices::intc::InterruptController::handles_msr(msr) && self.intc.msr_write(msr, value)
+    }
+
+    fn tsc(&mut self) -> Option<u64> {
+        Some(self.tsc.read(self.clock.now_ns()))
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.events.pending()
+    }
+}
+
+/// Load a kernel for direct boot and write the tables it needs.
+fn load_kernel(mem: &GuestMemory, k: &KernelImage) -> Result<(CpuState, Option<String>), Error> {
+    let acpi = firmware::acpi::write_acpi_tables(mem, ACPI_TABLES, &firmware::acpi::AcpiConfig::new(1))
+        .map_err(|e| Error::Firmware(format!("ACPI tables: {e}")))?;
+    firmware::mptable::write_mptable(mem, MP_TABLE, &firmware::mptable::MpConfig::new(1))
+        .map_err(|e| Error::Firmware(format!("MP table: {e}")))?;
+    let is_bzimage = k.kernel.get(0x202..0x206) == Some(b"HdrS");
+    if !is_bzimage && firmware::multiboot::MultibootHeader::find(&k.kernel).is_ok() {
+        let modules: Vec<firmware::multiboot::MultibootModule<'_>> = k
+            .initrd
+            .iter()
+            .map(|d| firmware::multiboot::MultibootModule { data: d, cmdline: "initrd" })
+            .collect();
+        let cfg = firmware::multiboot::MultibootConfig { kernel: &k.kernel, cmdline: &k.cmdline, modules: &modules, e820: None };
+        let boot = firmware::multiboot::load_multiboot(mem, &cfg).map_err(|e| Error::Firmware(e.to_string()))?;
+        return Ok((crate::boot::cpu_state(&boot.cpu), Some(format!("multiboot kernel, entry {:#x}", boot.cpu.rip))));
+    }
+    let cfg = firmware::linux::LinuxBootConfig {
+        kernel: &k.kernel,
+        initrd: k.initrd.as_deref(),
+        cmdline: &k.cmdline,
+        path: k.path,
+        acpi_rsdp: Some(acpi.rsdp),
+        e820: None,
+    };
+    let boot = firmware::linux::load_linux(mem, &cfg).map_err(|e| Error::Firmware(e.to_string()))?;
+    let note = format!("{:?} kernel, boot protocol {:#x}, entry {:#x}", boot.kind, boot.protocol, boot.entry);
+    Ok((crate::boot::cpu_state(&boot.cpu), Some(note)))
+}

@@ -1,0 +1,158 @@
+//! `ferrovm`: the command-line front end. It parses options, assembles the
+//! machine and runs it, and maps how the run ended to the exit status.
+
+mod boot;
+mod cli;
+mod demo;
+mod error;
+mod machine;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use cli::{Accel, Cli, Command, RunArgs};
+use error::Error;
+use machine::{Firmware, Machine, MachineConfig, SerialOut};
+
+fn init_logging(trace: Option<&str>) {
+    let mut filter = String::from("warn");
+    if let Some(list) = trace {
+        for cat in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if cat == "all" {
+                filter.push_str(",debug");
+            } else {
+                filter.push_str(&format!(",{cat}=debug"));
+            }
+        }
+    }
+    if let Ok(env) = std::env::var("FERROVM_LOG") {
+        filter = env;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .try_init();
+}
+
+fn read_file(path: &std::path::Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })
+}
+
+fn run(args: RunArgs) -> Result<i32, Error> {
+    // Inputs that name files are checked first, so a typo is reported as such.
+    for p in [&args.kernel, &args.initrd, &args.bios].into_iter().flatten() {
+        std::fs::metadata(p).map_err(|source| Error::Read { path: p.clone(), source })?;
+    }
+    if args.cpus != 1 {
+        return Err(Error::Config(format!("--cpus {}: only 1 CPU is supported so far", args.cpus)));
+    }
+    let use_kvm = match args.accel {
+        Accel::Jit => return Err(Error::NotBuilt { option: "--accel jit" }),
+        Accel::Kvm => {
+            // Say why KVM is unusable before building anything.
+            hvf_kvm_accel::open()?;
+            true
+        }
+        Accel::Auto => hvf_kvm_accel::open().is_ok(),
+        Accel::Interp => false,
+    };
+    if args.kernel.is_none() && (args.initrd.is_some() || args.append.is_some()) {
+        return Err(Error::Config("--initrd and --append need --kernel".into()));
+    }
+    if args.kernel.is_some() && args.bios.is_some() {
+        return Err(Error::Config("--kernel and --bios cannot be combined".into()));
+    }
+    if !args.disk.is_empty() {
+        return Err(Error::NotBuilt { option: "--disk" });
+    }
+    if !args.nic.is_empty() {
+        return Err(Error::NotBuilt { option: "--nic" });
+    }
+    if let Some(t) = args.timeout {
+        if !(t.is_finite() && t > 0.0) {
+            return Err(Error::Config(format!("--timeout {t}: expected a positive number of seconds")));
+        }
+    }
+    let firmware = match (&args.bios, &args.kernel) {
+        (Some(p), _) => Firmware::Bios(read_file(p)?),
+        (None, Some(k)) => Firmware::Kernel(machine::KernelImage {
+            kernel: read_file(k)?,
+            initrd: args.initrd.as_deref().map(read_file).transpose()?,
+            cmdline: args.append.clone().unwrap_or_default(),
+            path: args.kernel_boot.path(),
+        }),
+        (None, None) => Firmware::Builtin,
+    };
+    let stdio = matches!(args.serial, devices::console::SerialBackend::Stdio);
+    let config = MachineConfig {
+        mem: args.mem,
+        firmware,
+        serial: SerialOut::Backend(args.serial.clone()),
+        no_reboot: args.no_reboot,
+        timeout: args.timeout.map(Duration::from_secs_f64),
+    };
+    let machine = Machine::new(config)?;
+    if let Some(note) = &machine.boot_note {
+        tracing::info!(target: "firmware", "{note}");
+        if args.stats {
+            eprintln!("ferrovm: {note}");
+        }
+    }
+    let _raw = if stdio {
+        machine.attach_stdin()?;
+        devices::console::enter_raw_mode().map_err(|e| Error::Config(e.to_string()))?
+    } else {
+        None
+    };
+    let report = if use_kvm { machine.run_kvm()? } else { machine.run_interp() };
+    devices::console::restore_terminal();
+    if let Some(m) = &report.message {
+        eprintln!("ferrovm: {m}");
+    }
+    if args.stats {
+        eprintln!("ferrovm: accel {}, {:.3} s", report.accel, report.total.as_secs_f64());
+        for line in &report.stats {
+            eprintln!("ferrovm: {line}");
+        }
+        if let Some(n) = report.instructions {
+            eprintln!(
+                "ferrovm: {n} guest instructions, {:.1} MIPS",
+                n as f64 / report.total.as_secs_f64() / 1e6
+            );
+        }
+        eprintln!("ferrovm: {} unclaimed port/MMIO accesses ignored", report.unclaimed_io);
+    }
+    Ok(report.status)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            // Help and version are not errors; bad flags are.
+            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+        }
+    };
+    init_logging(cli.trace.as_deref());
+    let result = std::panic::catch_unwind(move || match cli.command {
+        Command::Run(args) => run(args),
+        Command::Demo => Ok(demo::demo()),
+        Command::Bench => Ok(demo::bench()),
+    });
+    devices::console::restore_terminal();
+    match result {
+        Ok(Ok(status)) => ExitCode::from((status & 0xff) as u8),
+        Ok(Err(e)) => {
+            eprintln!("ferrovm: {e}");
+            ExitCode::from(1)
+        }
+        Err(_) => {
+            eprintln!("ferrovm: internal error (a bug): the run was aborted; please report it with the command line");
+            ExitCode::from(1)
+        }
+    }
+}

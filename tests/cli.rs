@@ -1,0 +1,132 @@
+//! The command line as a user meets it: the built-in guest, the demo, and bad
+//! input that must end with a clear message and exit status 1, never a panic.
+
+use std::process::{Command, Output, Stdio};
+
+fn ferrovm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferrovm"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the ferrovm binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_clean_error(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in stderr: {err}");
+    assert!(!err.contains("panicked"), "panic in stderr: {err}");
+}
+
+#[test]
+fn builtin_guest_runs_in_the_interpreter() {
+    let o = ferrovm(&["run", "--accel", "interp", "--serial", "stdio", "--timeout", "60"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(firmware::builtin::BANNER), "stdout: {out}\nstderr: {}", stderr(&o));
+    assert_eq!(firmware::builtin::parse_checksum(&out), Some(firmware::builtin::expected_checksum()), "stdout: {out}");
+    // The guest writes 0 to debug-exit: status (0 << 1) | 1.
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn serial_to_a_file() {
+    let dir = std::env::temp_dir().join(format!("ferrovm-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("serial.log");
+    let spec = format!("file:{}", path.display());
+    let o = ferrovm(&["run", "--accel", "interp", "--serial", &spec, "--timeout", "60"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let log = std::fs::read_to_string(&path).unwrap();
+    assert!(log.contains(firmware::builtin::BANNER), "{log}");
+    assert!(o.stdout.is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn demo_prints_its_table_with_the_checksum_ok() {
+    let t = std::time::Instant::now();
+    let o = ferrovm(&["demo"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    let interp = out.lines().find(|l| l.starts_with("interp")).expect("an interp row");
+    assert!(interp.trim_end().ends_with("ok"), "{interp}");
+    assert!(out.contains(firmware::builtin::BANNER), "{out}");
+    assert!(t.elapsed().as_secs() < 10, "demo took {:?}", t.elapsed());
+}
+
+#[test]
+fn missing_kernel_names_the_path() {
+    assert_clean_error(&ferrovm(&["run", "--kernel", "/nonexistent"]), "/nonexistent");
+}
+
+#[test]
+fn zero_memory_is_refused() {
+    assert_clean_error(&ferrovm(&["run", "--mem", "0"]), "--mem");
+}
+
+#[test]
+fn bad_memory_unit_is_refused() {
+    assert_clean_error(&ferrovm(&["run", "--mem", "5Q"]), "5Q");
+}
+
+#[test]
+fn unknown_accelerator_is_refused() {
+    assert_clean_error(&ferrovm(&["run", "--accel", "warp"]), "warp");
+}
+
+#[test]
+fn bad_serial_backend_is_refused() {
+    assert_clean_error(&ferrovm(&["run", "--serial", "tcp:1234"]), "tcp:1234");
+}
+
+#[test]
+fn too_little_memory_for_the_builtin_guest() {
+    assert_clean_error(&ferrovm(&["run", "--mem", "8M"]), "at least");
+}
+
+#[test]
+fn unbuilt_options_are_refused_not_ignored() {
+    assert_clean_error(&ferrovm(&["run", "--disk", "x.img"]), "--disk");
+    assert_clean_error(&ferrovm(&["run", "--nic", "user"]), "--nic");
+    assert_clean_error(&ferrovm(&["run", "--cpus", "2"]), "--cpus");
+}
+
+#[test]
+fn timeout_exits_124() {
+    // A ROM that spins forever at the reset vector: `jmp $` (EB FE).
+    let dir = std::env::temp_dir().join(format!("ferrovm-spin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rom = vec![0xf4u8; 0x10000];
+    rom[0xfff0] = 0xeb;
+    rom[0xfff1] = 0xfe;
+    let path = dir.join("spin.rom");
+    std::fs::write(&path, &rom).unwrap();
+    let o = ferrovm(&["run", "--accel", "interp", "--bios", path.to_str().unwrap(), "--serial", "none", "--timeout", "0.3"]);
+    assert_eq!(o.status.code(), Some(124), "{}", stderr(&o));
+    assert!(stderr(&o).contains("timeout"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn triple_fault_with_no_reboot_names_the_chain() {
+    // Real mode with an IVT limit of 0 (`lidt` of a zero pseudo-descriptor)
+    // then `int3`: #GP, #DF, shutdown.
+    let dir = std::env::temp_dir().join(format!("ferrovm-tf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rom = vec![0u8; 0x10000];
+    // At FFF0: cs lidt [cs:0xfff8]; int3 ; pseudo-descriptor at FFF8 (all zero).
+    let code = [0x2e, 0x0f, 0x01, 0x1e, 0xf8, 0xff, 0xcc];
+    rom[0xfff0..0xfff0 + code.len()].copy_from_slice(&code);
+    let path = dir.join("tf.rom");
+    std::fs::write(&path, &rom).unwrap();
+    let o = ferrovm(&["run", "--accel", "interp", "--bios", path.to_str().unwrap(), "--serial", "none", "--no-reboot", "--timeout", "10"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("triple fault"), "{err}");
+    assert!(err.contains("#DF"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
