@@ -24,7 +24,7 @@ if ((${#need_pkgs[@]})); then
 fi
 
 # Guest images built from Debian's packages, for the boot tests.
-if [ -x scripts/guest-images.sh ] && [ ! -e guest-images/.complete ]; then
+if [ -x scripts/guest-images.sh ]; then
     log "building guest images (scripts/guest-images.sh)"
     scripts/guest-images.sh
 fi

@@ -7,13 +7,14 @@
 //! its instructions and registers are implemented; the list grows with the
 //! interpreter.
 
-use crate::state::{cr, CpuState};
+use crate::state::CpuState;
 
 /// TSC frequency of the model, in kHz (2 GHz).
 pub const TSC_KHZ: u64 = 2_000_000;
 
 /// Leaf 1 EDX bits.
 pub mod edx1 {
+    pub const FPU: u32 = 1 << 0;
     pub const DE: u32 = 1 << 2;
     pub const PSE: u32 = 1 << 3;
     pub const TSC: u32 = 1 << 4;
@@ -30,10 +31,22 @@ pub mod edx1 {
     pub const PSE36: u32 = 1 << 17;
     /// CLFLUSH (the line size is in EBX[15:8]).
     pub const CLFSH: u32 = 1 << 19;
+    pub const MMX: u32 = 1 << 23;
+    pub const FXSR: u32 = 1 << 24;
+    pub const SSE: u32 = 1 << 25;
+    pub const SSE2: u32 = 1 << 26;
 }
 
 /// Leaf 1 ECX bits.
 pub mod ecx1 {
+    pub const SSE3: u32 = 1 << 0;
+    pub const SSSE3: u32 = 1 << 9;
+    pub const SSE41: u32 = 1 << 19;
+    pub const SSE42: u32 = 1 << 20;
+    /// Running under a hypervisor: guests then know that model-specific
+    /// hardware (performance counters, machine-check banks) is virtual, as
+    /// QEMU's models tell them too.
+    pub const HYPERVISOR: u32 = 1 << 31;
     /// CMPXCHG16B.
     pub const CX16: u32 = 1 << 13;
     /// Process-context identifiers (CR4.PCIDE).
@@ -106,9 +119,23 @@ pub const LEAF1_EDX: u32 = edx1::DE
     | edx1::PAT
     | edx1::PSE36
     | edx1::CX8
-    | edx1::CLFSH;
+    | edx1::CLFSH
+    | edx1::FPU
+    | edx1::MMX
+    | edx1::FXSR
+    | edx1::SSE
+    | edx1::SSE2;
 /// The features advertised in leaf 1 ECX.
-pub const LEAF1_ECX: u32 = ecx1::CX16 | ecx1::PCID | ecx1::MOVBE | ecx1::POPCNT | ecx1::RDRAND;
+pub const LEAF1_ECX: u32 = ecx1::CX16
+    | ecx1::PCID
+    | ecx1::MOVBE
+    | ecx1::POPCNT
+    | ecx1::RDRAND
+    | ecx1::SSE3
+    | ecx1::SSSE3
+    | ecx1::SSE41
+    | ecx1::SSE42
+    | ecx1::HYPERVISOR;
 /// Structured extended features (leaf 7 subleaf 0).
 pub const LEAF7_EBX: u32 = ebx7::FSGSBASE
     | ebx7::BMI1
@@ -141,8 +168,9 @@ pub fn cpuid(state: &CpuState, leaf: u32, sub: u32) -> [u32; 4] {
             if state.msr.apic_base & (1 << 11) == 0 {
                 edx &= !edx1::APIC;
             }
-            // OSXSAVE would mirror CR4.OSXSAVE; XSAVE is not advertised.
-            let ecx = LEAF1_ECX | if state.cr4 & cr::CR4_OSXSAVE != 0 { 1 << 27 } else { 0 };
+            // XSAVE is not advertised, so OSXSAVE (which mirrors CR4.OSXSAVE,
+            // a bit the guest cannot set without XSAVE) stays clear.
+            let ecx = LEAF1_ECX;
             [SIGNATURE, ebx, ecx, edx]
         }
         // Structured extended features: subleaf 0 only (EAX = the last subleaf).

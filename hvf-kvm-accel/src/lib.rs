@@ -13,20 +13,34 @@
 //!   port and MMIO accesses inline through an [`ExitHandler`]; it returns only
 //!   on an exit the machine must decide about ([`VmExit`]).
 //!
-//! The device side ([`ExitHandler`]) and everything in this file are free of
-//! hypervisor types, so a second backend (for instance macOS
-//! Hypervisor.framework) can implement the same traits.
+//! Around a run:
+//!
+//! - [`VcpuKicker`] (from [`Vcpu::kicker`]) makes a running vCPU return
+//!   [`VmExit::Interrupted`] from another thread: for a timeout, a machine
+//!   event, or a device that needs the run loop.
+//! - [`Vcpu::stats`] counts exits by kind and the time spent in the guest.
+//! - [`fallback::emulate_one`] runs an instruction the hypervisor could not
+//!   run in the interpreter, on the same state, and hands the state back.
+//! - On Linux, [`Vm::register_irqfd`] and [`Vm::register_ioeventfd`] connect
+//!   eventfds to the in-kernel interrupt controllers and to guest writes, for
+//!   devices served outside the vCPU thread (virtio).
+//!
+//! The device side ([`ExitHandler`]) and everything in this file except the
+//! eventfd methods are free of hypervisor types, so a second backend (for
+//! instance macOS Hypervisor.framework) can implement the same traits.
 //!
 //! On Linux, [`kvm`] is the KVM backend and [`bridge`] converts between
 //! [`CpuState`] and KVM's register structures.
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cpu::state::CpuState;
 use mmu::GuestMemory;
 
 mod error;
+pub mod fallback;
 
 #[cfg(target_os = "linux")]
 pub mod bridge;
@@ -34,6 +48,9 @@ pub mod bridge;
 pub mod kvm;
 
 pub use error::AccelError;
+/// The notifier of [`Vm::register_irqfd`] and [`Vm::register_ioeventfd`].
+#[cfg(target_os = "linux")]
+pub use vmm_sys_util::eventfd::EventFd;
 
 /// A host hypervisor that can run guests.
 pub trait Hypervisor: Send + Sync {
@@ -81,6 +98,46 @@ pub trait Vm: Send + Sync {
     fn set_irq_line(&self, irq: u32, level: bool) -> Result<(), AccelError>;
     /// Which interrupt controllers this VM uses.
     fn irqchip(&self) -> IrqChip;
+    /// An eventfd that raises interrupt line `gsi` of the in-kernel
+    /// PIC/IOAPIC (an edge: assert, then deassert) each time it is written,
+    /// without a trip through the vCPU thread. GSIs 0-15 reach the PIC and
+    /// the IOAPIC, 16-23 the IOAPIC. Fails with [`IrqChip::Userspace`].
+    #[cfg(target_os = "linux")]
+    fn register_irqfd(&self, gsi: u32) -> Result<EventFd, AccelError>;
+    /// Detach an eventfd that [`Vm::register_irqfd`] gave for `gsi`.
+    #[cfg(target_os = "linux")]
+    fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), AccelError>;
+    /// An eventfd signalled (its counter incremented) by each guest write of
+    /// `len` bytes to `addr`, instead of an exit to the vCPU's
+    /// [`ExitHandler`]. `len` is 1, 2, 4 or 8, or 0 for any size (MMIO only).
+    /// With `datamatch`, only writes of that value count; other writes exit
+    /// as usual. Reads at `addr` still exit.
+    #[cfg(target_os = "linux")]
+    fn register_ioeventfd(
+        &self,
+        addr: IoEventAddr,
+        len: u32,
+        datamatch: Option<u64>,
+    ) -> Result<EventFd, AccelError>;
+    /// Detach an eventfd that [`Vm::register_ioeventfd`] gave; the same
+    /// `addr`, `len` and `datamatch` select it.
+    #[cfg(target_os = "linux")]
+    fn unregister_ioeventfd(
+        &self,
+        fd: &EventFd,
+        addr: IoEventAddr,
+        len: u32,
+        datamatch: Option<u64>,
+    ) -> Result<(), AccelError>;
+}
+
+/// Where an ioeventfd listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoEventAddr {
+    /// A port.
+    Pio(u16),
+    /// A guest-physical address outside RAM.
+    Mmio(u64),
 }
 
 /// One virtual processor.
@@ -89,15 +146,184 @@ pub trait Vcpu {
     ///
     /// The six arithmetic flags of `s.rflags` must be materialised
     /// (`s.lazy.op == 0`); otherwise this fails with [`AccelError::LazyFlags`].
+    ///
+    /// An event the hypervisor holds for the guest ([`Vcpu::pending_event`])
+    /// is kept: it is delivered at the next entry.
     fn set_state(&mut self, s: &CpuState) -> Result<(), AccelError>;
     /// Read the vCPU's state. The flags come back materialised (`lazy.op == 0`).
     fn get_state(&mut self) -> Result<CpuState, AccelError>;
+    /// An exception, interrupt or NMI the hypervisor has accepted for the
+    /// guest but not yet delivered through the IDT. [`CpuState`] has no room
+    /// for it: it stays in the vCPU and is delivered at the next entry, before
+    /// the instruction at RIP runs. While there is one, the state is not at an
+    /// instruction boundary, so no instruction may be run elsewhere on it.
+    fn pending_event(&mut self) -> Result<Option<PendingEvent>, AccelError>;
     /// Run the guest until an exit the caller must handle.
     ///
     /// Port and MMIO accesses are served through `io` and the guest resumes.
     /// `io.should_stop()` is polled before each entry into the guest; when it
-    /// is true, `run` returns [`VmExit::Interrupted`].
+    /// is true, `run` returns [`VmExit::Interrupted`]. So does a kick from
+    /// [`Vcpu::kicker`], whether it comes during the run or before it.
     fn run(&mut self, io: &mut dyn ExitHandler) -> Result<VmExit, AccelError>;
+    /// A handle that other threads use to make the current or the next
+    /// [`Vcpu::run`] return [`VmExit::Interrupted`].
+    fn kicker(&self) -> Result<VcpuKicker, AccelError>;
+    /// Exits by kind and time spent in the guest since the vCPU was created.
+    fn stats(&self) -> VcpuStats;
+}
+
+/// An event accepted for the guest and not yet delivered
+/// ([`Vcpu::pending_event`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingEvent {
+    /// An exception. `injected`: its delivery has begun (it is re-injected
+    /// after an exit that interrupted the delivery); otherwise it is queued.
+    Exception {
+        vector: u8,
+        error_code: Option<u32>,
+        injected: bool,
+    },
+    /// An external interrupt (`soft == false`) or an `int n` being delivered.
+    Interrupt { vector: u8, soft: bool },
+    /// A non-maskable interrupt, queued or being delivered.
+    Nmi,
+}
+
+impl fmt::Display for PendingEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PendingEvent::Exception {
+                vector,
+                error_code,
+                injected,
+            } => {
+                let state = if *injected { "being delivered" } else { "queued" };
+                write!(f, "exception {vector} {state}")?;
+                if let Some(e) = error_code {
+                    write!(f, " (error code {e:#x})")?;
+                }
+                Ok(())
+            }
+            PendingEvent::Interrupt { vector, soft: false } => {
+                write!(f, "external interrupt {vector:#x} being delivered")
+            }
+            PendingEvent::Interrupt { vector, soft: true } => {
+                write!(f, "software interrupt {vector:#x} being delivered")
+            }
+            PendingEvent::Nmi => f.write_str("NMI pending"),
+        }
+    }
+}
+
+/// The backend side of a [`VcpuKicker`].
+pub trait Kick: Send + Sync {
+    /// Make the vCPU's current or next run return [`VmExit::Interrupted`].
+    /// Must not block for long: it may run on any thread, under locks.
+    fn kick(&self);
+}
+
+/// Makes a running vCPU return to its caller. Cheap to clone; any thread may
+/// hold one. A kick after the vCPU is gone does nothing.
+#[derive(Clone)]
+pub struct VcpuKicker(Arc<dyn Kick>);
+
+impl VcpuKicker {
+    /// Wrap a backend's kick.
+    pub fn new(kick: Arc<dyn Kick>) -> Self {
+        VcpuKicker(kick)
+    }
+
+    /// Make the vCPU's current run return [`VmExit::Interrupted`] promptly,
+    /// or, when it is not running, its next run return that at once. Kicks
+    /// that come before the run returns merge into one.
+    pub fn kick(&self) {
+        self.0.kick();
+    }
+}
+
+impl fmt::Debug for VcpuKicker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("VcpuKicker")
+    }
+}
+
+/// Exits from the guest by kind: each one the hypervisor reported, before
+/// [`Vcpu::run`] decided whether to serve it or return it. A string port
+/// instruction is one exit however many elements it moves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExitCounts {
+    pub pio_in: u64,
+    pub pio_out: u64,
+    pub mmio_read: u64,
+    pub mmio_write: u64,
+    pub hlt: u64,
+    pub shutdown: u64,
+    /// Internal errors; emulation failures are most of them.
+    pub internal_error: u64,
+    pub fail_entry: u64,
+    /// A kick, a signal, or `should_stop()` before an entry.
+    pub interrupted: u64,
+    pub system_event: u64,
+    pub other: u64,
+}
+
+impl ExitCounts {
+    /// `(name, count)` for each kind, in a fixed order, zeros included.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        [
+            ("pio-in", self.pio_in),
+            ("pio-out", self.pio_out),
+            ("mmio-read", self.mmio_read),
+            ("mmio-write", self.mmio_write),
+            ("hlt", self.hlt),
+            ("shutdown", self.shutdown),
+            ("internal-error", self.internal_error),
+            ("fail-entry", self.fail_entry),
+            ("interrupted", self.interrupted),
+            ("system-event", self.system_event),
+            ("other", self.other),
+        ]
+        .into_iter()
+    }
+
+    /// All exits.
+    pub fn total(&self) -> u64 {
+        self.iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl fmt::Display for ExitCounts {
+    /// The non-zero kinds: "12 pio-out, 1 hlt" ("none" when there are none).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for (name, n) in self.iter().filter(|(_, n)| *n > 0) {
+            if !first {
+                f.write_str(", ")?;
+            }
+            first = false;
+            write!(f, "{n} {name}")?;
+        }
+        if first {
+            f.write_str("none")?;
+        }
+        Ok(())
+    }
+}
+
+/// What [`Vcpu::stats`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VcpuStats {
+    pub exits: ExitCounts,
+    /// Entries into the guest (`KVM_RUN` calls).
+    pub entries: u64,
+    /// Wall time inside the hypervisor's run call: guest execution, and on
+    /// hosts that emulate guest code in software, that emulation too.
+    pub in_guest: Duration,
+    /// Wall time serving exits through the [`ExitHandler`] inside
+    /// [`Vcpu::run`] (device emulation).
+    pub in_handlers: Duration,
+    /// Kicks received from [`VcpuKicker`]s.
+    pub kicks: u64,
 }
 
 /// The device side of a vCPU: port I/O and MMIO, with no hypervisor types.

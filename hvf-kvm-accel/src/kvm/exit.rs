@@ -6,7 +6,7 @@
 //! be built without a VM. [`handle_exit`] serves port and MMIO accesses
 //! through the [`ExitHandler`] and turns everything else into a [`VmExit`].
 
-use crate::{ExitHandler, VmExit};
+use crate::{ExitCounts, ExitHandler, VmExit};
 
 /// `KVM_SYSTEM_EVENT_SHUTDOWN`.
 pub const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -68,6 +68,24 @@ pub enum ExitAction {
     Continue,
     /// Return this to the caller of `run`.
     Stop(VmExit),
+}
+
+/// Count `exit` by kind.
+pub fn count_exit(c: &mut ExitCounts, exit: &KvmExit<'_>) {
+    let slot = match exit {
+        KvmExit::IoIn { .. } => &mut c.pio_in,
+        KvmExit::IoOut { .. } => &mut c.pio_out,
+        KvmExit::MmioRead { .. } => &mut c.mmio_read,
+        KvmExit::MmioWrite { .. } => &mut c.mmio_write,
+        KvmExit::Hlt => &mut c.hlt,
+        KvmExit::Shutdown => &mut c.shutdown,
+        KvmExit::FailEntry { .. } => &mut c.fail_entry,
+        KvmExit::InternalError { .. } => &mut c.internal_error,
+        KvmExit::Intr => &mut c.interrupted,
+        KvmExit::SystemEvent { .. } => &mut c.system_event,
+        KvmExit::Other(_) => &mut c.other,
+    };
+    *slot += 1;
 }
 
 /// Serve `exit` and say what comes next.
@@ -313,6 +331,57 @@ mod tests {
             ExitAction::Stop(VmExit::Other("KVM_EXIT_DEBUG".into()))
         );
         assert!(r.log.is_empty());
+    }
+
+    #[test]
+    fn exits_are_counted_by_kind() {
+        let mut c = ExitCounts::default();
+        let mut buf = [0u8; 4];
+        count_exit(
+            &mut c,
+            &KvmExit::IoOut {
+                port: 0x80,
+                size: 1,
+                data: b"ab",
+            },
+        );
+        count_exit(
+            &mut c,
+            &KvmExit::IoIn {
+                port: 0x60,
+                size: 1,
+                data: &mut buf,
+            },
+        );
+        count_exit(
+            &mut c,
+            &KvmExit::MmioWrite {
+                addr: 0xfee0_00b0,
+                data: &[0; 4],
+            },
+        );
+        count_exit(&mut c, &KvmExit::Hlt);
+        count_exit(&mut c, &KvmExit::Hlt);
+        count_exit(&mut c, &KvmExit::Intr);
+        count_exit(
+            &mut c,
+            &KvmExit::InternalError {
+                suberror: 1,
+                data: vec![],
+                insn_bytes: vec![0xcc],
+                rip: 0,
+            },
+        );
+        count_exit(&mut c, &KvmExit::Other("KVM_EXIT_DEBUG".into()));
+        assert_eq!(c.pio_out, 1, "a string out is one exit");
+        assert_eq!((c.pio_in, c.mmio_write, c.mmio_read), (1, 1, 0));
+        assert_eq!((c.hlt, c.interrupted, c.internal_error, c.other), (2, 1, 1, 1));
+        assert_eq!(c.total(), 8);
+        assert_eq!(
+            c.to_string(),
+            "1 pio-in, 1 pio-out, 1 mmio-write, 2 hlt, 1 internal-error, 1 interrupted, 1 other"
+        );
+        assert_eq!(ExitCounts::default().to_string(), "none");
     }
 
     #[test]

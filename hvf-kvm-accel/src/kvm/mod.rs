@@ -11,21 +11,31 @@
 
 pub mod cpuid;
 pub mod exit;
+mod kick;
 mod vcpu;
 
 use std::sync::{Arc, Mutex};
 
+use std::os::fd::AsRawFd;
+
 use kvm_bindings::{
-    kvm_cpuid_entry2, kvm_enable_cap, kvm_pit_config, kvm_userspace_memory_region, KVM_API_VERSION,
-    KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
-    KVM_PIT_SPEAKER_DUMMY,
+    kvm_cpuid_entry2, kvm_enable_cap, kvm_ioeventfd, kvm_pit_config, kvm_userspace_memory_region,
+    kvm_ioeventfd_flag_nr_datamatch, kvm_ioeventfd_flag_nr_deassign, kvm_ioeventfd_flag_nr_pio,
+    KVMIO, KVM_API_VERSION, KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_MAX_CPUID_ENTRIES,
+    KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, VmFd};
 use mmu::{GuestMemory, RegionKind};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::bridge::{msr_name, BRIDGE_MSRS};
-use crate::{AccelError, Hypervisor, IrqChip, Vcpu, Vm};
+use crate::{AccelError, Hypervisor, IoEventAddr, IrqChip, Vcpu, Vm};
 
+// kvm-ioctls registers ioeventfds only with a datamatch as wide as the
+// access; the raw ioctl also takes a length without a datamatch.
+vmm_sys_util::ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
+
+pub use kick::kick_signal;
 pub use vcpu::KvmVcpu;
 
 /// Capabilities without which the backend cannot run a guest, with names for
@@ -405,11 +415,138 @@ impl Vm for KvmVm {
     fn irqchip(&self) -> IrqChip {
         self.shared.irqchip
     }
+
+    fn register_irqfd(&self, gsi: u32) -> Result<EventFd, AccelError> {
+        if self.shared.irqchip == IrqChip::Userspace {
+            return Err(AccelError::NoInKernelIrqChip("register_irqfd"));
+        }
+        let fd = EventFd::new(EFD_NONBLOCK).map_err(|e| AccelError::ioctl("eventfd", e))?;
+        self.fd
+            .register_irqfd(&fd, gsi)
+            .map_err(|e| AccelError::ioctl("KVM_IRQFD", e))?;
+        Ok(fd)
+    }
+
+    fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), AccelError> {
+        self.fd
+            .unregister_irqfd(fd, gsi)
+            .map_err(|e| AccelError::ioctl("KVM_IRQFD (deassign)", e))
+    }
+
+    fn register_ioeventfd(
+        &self,
+        addr: IoEventAddr,
+        len: u32,
+        datamatch: Option<u64>,
+    ) -> Result<EventFd, AccelError> {
+        let fd = EventFd::new(EFD_NONBLOCK).map_err(|e| AccelError::ioctl("eventfd", e))?;
+        self.ioeventfd(&fd, addr, len, datamatch, false)?;
+        Ok(fd)
+    }
+
+    fn unregister_ioeventfd(
+        &self,
+        fd: &EventFd,
+        addr: IoEventAddr,
+        len: u32,
+        datamatch: Option<u64>,
+    ) -> Result<(), AccelError> {
+        self.ioeventfd(fd, addr, len, datamatch, true)
+    }
+}
+
+impl KvmVm {
+    /// `KVM_IOEVENTFD`, assigning or deassigning.
+    fn ioeventfd(
+        &self,
+        fd: &EventFd,
+        addr: IoEventAddr,
+        len: u32,
+        datamatch: Option<u64>,
+        deassign: bool,
+    ) -> Result<(), AccelError> {
+        let op = if deassign {
+            "KVM_IOEVENTFD (deassign)"
+        } else {
+            "KVM_IOEVENTFD"
+        };
+        let req = ioeventfd_request(fd.as_raw_fd(), addr, len, datamatch, deassign)
+            .map_err(|reason| AccelError::Ioctl { op, reason })?;
+        // SAFETY: KVM_IOEVENTFD on a VM fd reads one `kvm_ioeventfd`, which
+        // `req` is, and writes nothing; the eventfd it names stays open at
+        // least as long as the call (KVM takes its own reference).
+        let rc = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&self.fd, KVM_IOEVENTFD(), &req) };
+        if rc != 0 {
+            return Err(AccelError::ioctl(op, std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+/// The `kvm_ioeventfd` for a registration, or why it cannot be made.
+fn ioeventfd_request(
+    fd: i32,
+    addr: IoEventAddr,
+    len: u32,
+    datamatch: Option<u64>,
+    deassign: bool,
+) -> Result<kvm_ioeventfd, String> {
+    if !matches!(len, 0 | 1 | 2 | 4 | 8) {
+        return Err(format!("length {len}: it must be 0, 1, 2, 4 or 8"));
+    }
+    let mut flags = 0;
+    let addr = match addr {
+        IoEventAddr::Pio(port) => {
+            if len == 0 {
+                return Err("a port ioeventfd needs a length".into());
+            }
+            flags |= 1 << kvm_ioeventfd_flag_nr_pio;
+            u64::from(port)
+        }
+        IoEventAddr::Mmio(a) => a,
+    };
+    if let Some(v) = datamatch {
+        if len == 0 {
+            return Err("a datamatch needs a length".into());
+        }
+        if len < 8 && v >> (8 * len) != 0 {
+            return Err(format!("datamatch {v:#x} does not fit in {len} bytes"));
+        }
+        flags |= 1 << kvm_ioeventfd_flag_nr_datamatch;
+    }
+    if deassign {
+        flags |= 1 << kvm_ioeventfd_flag_nr_deassign;
+    }
+    Ok(kvm_ioeventfd {
+        datamatch: datamatch.unwrap_or(0),
+        addr,
+        len,
+        fd,
+        flags,
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ioeventfd_requests() {
+        let r = ioeventfd_request(7, IoEventAddr::Pio(0xcfc), 4, Some(0x1234), false).unwrap();
+        assert_eq!((r.addr, r.len, r.fd, r.datamatch), (0xcfc, 4, 7, 0x1234));
+        assert_eq!(
+            r.flags,
+            (1 << kvm_ioeventfd_flag_nr_pio) | (1 << kvm_ioeventfd_flag_nr_datamatch)
+        );
+        let r = ioeventfd_request(7, IoEventAddr::Mmio(0xd000_0000), 0, None, true).unwrap();
+        assert_eq!((r.addr, r.len), (0xd000_0000, 0));
+        assert_eq!(r.flags, 1 << kvm_ioeventfd_flag_nr_deassign);
+        assert!(ioeventfd_request(7, IoEventAddr::Pio(1), 0, None, false).is_err());
+        assert!(ioeventfd_request(7, IoEventAddr::Mmio(1), 3, None, false).is_err());
+        assert!(ioeventfd_request(7, IoEventAddr::Mmio(1), 0, Some(1), false).is_err());
+        assert!(ioeventfd_request(7, IoEventAddr::Mmio(1), 1, Some(0x100), false).is_err());
+    }
 
     #[test]
     fn open_errors_name_cause_and_fix() {

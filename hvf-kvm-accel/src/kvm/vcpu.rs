@@ -1,10 +1,11 @@
 //! One KVM vCPU: state in and out through the bridge, and the run loop.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use cpu::state::CpuState;
 use kvm_bindings::{
-    kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_run, CpuId, Msrs, Xsave, KVM_EXIT_INTERNAL_ERROR,
+    kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_vcpu_events, kvm_run, CpuId, Msrs, Xsave, KVM_EXIT_INTERNAL_ERROR,
     KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_MMIO, KVM_INTERNAL_ERROR_EMULATION,
     KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_MAX_CPUID_ENTRIES,
     KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE, KVM_VCPUEVENT_VALID_SHADOW,
@@ -14,10 +15,13 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use mmu::GuestMemory;
 
 use super::cpuid;
-use super::exit::{handle_exit, ExitAction, KvmExit};
+use super::exit::{count_exit, handle_exit, ExitAction, KvmExit};
+use super::kick::{install_kick_handler, KickState};
 use super::{FpuPath, Shared};
 use crate::bridge::{cpu_to_kvm, fpu_from_xsave, fpu_to_xsave, kvm_to_cpu, KvmCpuState};
-use crate::{AccelError, ExitHandler, IrqChip, Vcpu, VmExit};
+use crate::{
+    AccelError, ExitHandler, IrqChip, PendingEvent, Vcpu, VcpuKicker, VcpuStats, VmExit,
+};
 
 /// The longest x86 instruction.
 const MAX_INSN_LEN: usize = 15;
@@ -37,6 +41,32 @@ pub struct KvmVcpu {
     last: CpuState,
     /// Hidden CPUID features KVM shows the guest anyway.
     still_visible: Vec<&'static str>,
+    /// Shared with the vCPU's kickers.
+    kick: Arc<KickState>,
+    stats: VcpuStats,
+}
+
+impl Drop for KvmVcpu {
+    fn drop(&mut self) {
+        // Before `fd` (and its kvm_run mapping) goes.
+        self.kick.detach();
+    }
+}
+
+/// Registers the running thread with the kick state for the length of a run.
+struct Running(Arc<KickState>);
+
+impl Running {
+    fn new(kick: &Arc<KickState>) -> Self {
+        kick.enter();
+        Running(Arc::clone(kick))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
 }
 
 impl std::fmt::Debug for KvmVcpu {
@@ -48,6 +78,7 @@ impl std::fmt::Debug for KvmVcpu {
 }
 
 /// What `KVM_RUN` returned, before its data is borrowed from `kvm_run`.
+#[derive(Debug)]
 enum Raw {
     Io,
     Mmio,
@@ -89,6 +120,11 @@ impl KvmVcpu {
                 still_visible.join(", ")
             );
         }
+        let mut fd = fd;
+        // The kickers reach `immediate_exit` through this address, and from
+        // Rust it is only ever accessed atomically through it (`kick`).
+        let immediate_exit = std::ptr::from_mut(&mut fd.get_kvm_run().immediate_exit);
+        let kick = Arc::new(KickState::new(immediate_exit));
         Ok(KvmVcpu {
             fd,
             id,
@@ -96,6 +132,8 @@ impl KvmVcpu {
             shared,
             last: CpuState::reset(),
             still_visible,
+            kick,
+            stats: VcpuStats::default(),
         })
     }
 
@@ -151,6 +189,9 @@ impl KvmVcpu {
                 .map_err(|e| AccelError::ioctl("KVM_GET_VCPU_EVENTS", e))?;
             k.interrupt_shadow = ev.interrupt.shadow != 0;
             k.nmi_masked = ev.nmi.masked != 0;
+            if let Some(e) = pending_of(&ev) {
+                tracing::debug!("vCPU {} state read with an event pending: {e}", self.id);
+            }
         }
         if caps.mp_state && self.shared.irqchip != IrqChip::Userspace {
             let mp = self
@@ -372,10 +413,9 @@ impl KvmVcpu {
     }
 
     /// Decode a `KVM_EXIT_IO`: port, element size, and the data area in the
-    /// `kvm_run` mapping.
-    fn decode_io(&mut self) -> Result<KvmExit<'_>, AccelError> {
-        let run_size = self.shared.run_size;
-        let run = self.fd.get_kvm_run();
+    /// `kvm_run` mapping of `fd`, which is `run_size` bytes long.
+    fn decode_io(fd: &mut VcpuFd, run_size: usize) -> Result<KvmExit<'_>, AccelError> {
+        let run = fd.get_kvm_run();
         if run.exit_reason != KVM_EXIT_IO {
             return Err(AccelError::ioctl(
                 "KVM_RUN",
@@ -399,7 +439,7 @@ impl KvmVcpu {
         let base = std::ptr::from_mut(run).cast::<u8>();
         // SAFETY: the kvm_run mapping is `run_size` bytes long (the size KVM
         // gave for the vCPU mmap) and `start..start + len` lies inside it past
-        // the `kvm_run` header, as checked above. The slice borrows `self.fd`
+        // the `kvm_run` header, as checked above. The slice borrows `fd`
         // mutably, so nothing else touches the mapping while it lives; the
         // kernel writes it only during KVM_RUN, which needs that borrow.
         let data = unsafe { std::slice::from_raw_parts_mut(base.add(start), len) };
@@ -419,8 +459,8 @@ impl KvmVcpu {
     }
 
     /// Decode a `KVM_EXIT_MMIO`.
-    fn decode_mmio(&mut self) -> Result<KvmExit<'_>, AccelError> {
-        let run = self.fd.get_kvm_run();
+    fn decode_mmio(fd: &mut VcpuFd) -> Result<KvmExit<'_>, AccelError> {
+        let run = fd.get_kvm_run();
         if run.exit_reason != KVM_EXIT_MMIO {
             return Err(AccelError::ioctl(
                 "KVM_RUN",
@@ -511,18 +551,26 @@ impl KvmVcpu {
 
     /// Run `KVM_RUN` once and decode the exit into `Raw`.
     fn enter(&mut self) -> Result<Raw, AccelError> {
-        Ok(match self.fd.run() {
+        let t = Instant::now();
+        let result = self.fd.run();
+        self.stats.in_guest += t.elapsed();
+        self.stats.entries += 1;
+        Ok(match result {
             Ok(VcpuExit::IoIn(..) | VcpuExit::IoOut(..)) => Raw::Io,
             Ok(VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..)) => Raw::Mmio,
             Ok(VcpuExit::InternalError) => Raw::Internal,
             Ok(VcpuExit::Hlt) => Raw::Done(KvmExit::Hlt),
             Ok(VcpuExit::Shutdown) => Raw::Done(KvmExit::Shutdown),
             Ok(VcpuExit::FailEntry(reason, cpu)) => Raw::Done(KvmExit::FailEntry { reason, cpu }),
-            Ok(VcpuExit::Intr) => Raw::Done(KvmExit::Intr),
+            Ok(VcpuExit::Intr) => {
+                self.kick.clear();
+                Raw::Done(KvmExit::Intr)
+            }
             Ok(VcpuExit::SystemEvent(kind, _)) => Raw::Done(KvmExit::SystemEvent { kind }),
             Ok(other) => Raw::Done(KvmExit::Other(format!("{other:?}"))),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                self.fd.set_kvm_immediate_exit(0);
+                // A kick (immediate_exit, the kick signal) or another signal.
+                self.kick.clear();
                 Raw::Done(KvmExit::Intr)
             }
             Err(e) => return Err(AccelError::ioctl("KVM_RUN", e)),
@@ -530,12 +578,38 @@ impl KvmVcpu {
     }
 }
 
-/// Serve one decoded exit; used by `run` for exits that borrow `kvm_run`.
+/// Count and serve one decoded exit, timing the device side.
 fn serve(
-    exit: Result<KvmExit<'_>, AccelError>,
+    exit: KvmExit<'_>,
     io: &mut dyn ExitHandler,
-) -> Result<ExitAction, AccelError> {
-    Ok(handle_exit(exit?, io))
+    stats: &mut VcpuStats,
+) -> ExitAction {
+    count_exit(&mut stats.exits, &exit);
+    let t = Instant::now();
+    let action = handle_exit(exit, io);
+    stats.in_handlers += t.elapsed();
+    action
+}
+
+/// The event `ev` holds for delivery, if any; exceptions first, as KVM
+/// injects them first.
+fn pending_of(ev: &kvm_vcpu_events) -> Option<PendingEvent> {
+    if ev.exception.injected != 0 || ev.exception.pending != 0 {
+        Some(PendingEvent::Exception {
+            vector: ev.exception.nr,
+            error_code: (ev.exception.has_error_code != 0).then_some(ev.exception.error_code),
+            injected: ev.exception.injected != 0,
+        })
+    } else if ev.nmi.injected != 0 || ev.nmi.pending != 0 {
+        Some(PendingEvent::Nmi)
+    } else if ev.interrupt.injected != 0 {
+        Some(PendingEvent::Interrupt {
+            vector: ev.interrupt.nr,
+            soft: ev.interrupt.soft != 0,
+        })
+    } else {
+        None
+    }
 }
 
 impl Vcpu for KvmVcpu {
@@ -554,20 +628,48 @@ impl Vcpu for KvmVcpu {
         Ok(s)
     }
 
+    fn pending_event(&mut self) -> Result<Option<PendingEvent>, AccelError> {
+        if !self.shared.caps.vcpu_events {
+            return Ok(None);
+        }
+        let ev = self
+            .fd
+            .get_vcpu_events()
+            .map_err(|e| AccelError::ioctl("KVM_GET_VCPU_EVENTS", e))?;
+        Ok(pending_of(&ev))
+    }
+
     fn run(&mut self, io: &mut dyn ExitHandler) -> Result<VmExit, AccelError> {
+        let _running = Running::new(&self.kick);
         loop {
             if io.should_stop() {
                 return Ok(VmExit::Interrupted);
             }
+            let run_size = self.shared.run_size;
             let action = match self.enter()? {
-                Raw::Io => serve(self.decode_io(), io)?,
-                Raw::Mmio => serve(self.decode_mmio(), io)?,
-                Raw::Internal => handle_exit(self.decode_internal(), io),
-                Raw::Done(exit) => handle_exit(exit, io),
+                Raw::Io => serve(Self::decode_io(&mut self.fd, run_size)?, io, &mut self.stats),
+                Raw::Mmio => serve(Self::decode_mmio(&mut self.fd)?, io, &mut self.stats),
+                Raw::Internal => {
+                    let exit = self.decode_internal();
+                    serve(exit, io, &mut self.stats)
+                }
+                Raw::Done(exit) => serve(exit, io, &mut self.stats),
             };
             if let ExitAction::Stop(exit) = action {
                 return Ok(exit);
             }
+        }
+    }
+
+    fn kicker(&self) -> Result<VcpuKicker, AccelError> {
+        install_kick_handler()?;
+        Ok(VcpuKicker::new(self.kick.clone()))
+    }
+
+    fn stats(&self) -> VcpuStats {
+        VcpuStats {
+            kicks: self.kick.kicks(),
+            ..self.stats
         }
     }
 }

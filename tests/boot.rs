@@ -1,0 +1,138 @@
+//! Direct Linux boot of Debian's stock kernels with the project's busybox
+//! initramfs, checked by what the guest prints. The images come from
+//! `scripts/guest-images.sh` (the README's test command builds them); without
+//! them the tests say so and pass.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn images() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-images");
+    if dir.join("initramfs.cpio.gz").is_file() && dir.join("vmlinuz-cloud").is_file() {
+        Some(dir)
+    } else {
+        eprintln!("skipping: guest-images/ is missing (run scripts/guest-images.sh)");
+        None
+    }
+}
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The shell script the guest runs, and what the test then checks.
+const SCRIPT: &str = r#"
+echo "T:uname $(uname -r)"
+echo "T:flags $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2)"
+echo "T:seq $(seq 1 100000 | sha256sum | cut -d' ' -f1)"
+echo "T:gzip $(seq 1 100000 | gzip -c | gzip -dc | sha256sum | cut -d' ' -f1)"
+dmesg > /tmp/dmesg
+echo "T:dmesg-lines $(wc -l < /tmp/dmesg)"
+grep -iE 'spurious|unexpected irq|clocksource.*unstable|APIC.*calibrat.*fail|WARNING:' /tmp/dmesg | sed 's/^/T:bad /'
+echo "T:clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+echo "T:done"
+"#;
+
+struct Boot {
+    stdout: String,
+    status: Option<i32>,
+    elapsed: Duration,
+}
+
+fn boot(accel: &str, kernel: &Path, initrd: &Path, extra: &[&str]) -> Boot {
+    let cmdline = format!("console=ttyS0 ferrovm.poweroff=1 ferrovm.cmd={}", base64(SCRIPT.as_bytes()));
+    let t = Instant::now();
+    let mut args = vec!["run", "--accel", accel, "--mem", "512M", "--serial", "stdio", "--timeout", "900"];
+    args.extend_from_slice(extra);
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
+        .args(&args)
+        .arg("--kernel")
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(initrd)
+        .arg("--append")
+        .arg(&cmdline)
+        .stdin(Stdio::null())
+        .output()
+        .expect("ferrovm runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("--- {} ({:?}) stderr:\n{}", kernel.display(), t.elapsed(), String::from_utf8_lossy(&out.stderr));
+    Boot { stdout, status: out.status.code(), elapsed: t.elapsed() }
+}
+
+fn field<'a>(out: &'a str, key: &str) -> Option<&'a str> {
+    out.lines().find_map(|l| l.trim_end_matches('\r').strip_prefix(&format!("T:{key} ")))
+}
+
+fn host_sha256(cmd: &str) -> String {
+    let o = Command::new("sh").arg("-c").arg(cmd).output().expect("host shell");
+    String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or("").to_string()
+}
+
+/// Linux's names for the CPUID bits the model advertises.
+fn expected_flags() -> Vec<&'static str> {
+    vec!["fpu", "tsc", "msr", "pae", "cx8", "apic", "sep", "pge", "cmov", "pat", "pse36", "mmx", "fxsr", "sse", "sse2", "syscall", "nx", "lm", "pni", "ssse3", "cx16", "sse4_1", "sse4_2", "popcnt", "hypervisor"]
+}
+
+/// Features the model does not implement: Linux must not list them.
+const ABSENT: &[&str] = &["avx", "avx2", "xsave", "aes", "pclmulqdq", "fma", "avx512f"];
+
+fn check(b: &Boot, kernel: &Path) {
+    let out = &b.stdout;
+    assert!(out.contains("ferrovm-init: start"), "init never started:\n{out}");
+    assert!(field(out, "done").is_some() || out.contains("T:done"), "the script did not finish:\n{out}");
+    let version = field(out, "uname").expect("uname");
+    let name = kernel.file_name().unwrap().to_string_lossy().replace("vmlinuz-", "");
+    assert!(version.ends_with(&format!("{name}-amd64")) || version.contains(&name), "uname -r {version} for {name}");
+    let flags: Vec<&str> = field(out, "flags").expect("flags").split_whitespace().collect();
+    for f in expected_flags() {
+        assert!(flags.contains(&f), "flag {f} missing from /proc/cpuinfo: {flags:?}");
+    }
+    for f in ABSENT {
+        assert!(!flags.contains(f), "flag {f} listed but not implemented: {flags:?}");
+    }
+    assert_eq!(field(out, "seq").unwrap(), host_sha256("seq 1 100000 | sha256sum"), "seq | sha256sum");
+    assert_eq!(field(out, "gzip").unwrap(), host_sha256("seq 1 100000 | sha256sum"), "gzip round trip");
+    let bad: Vec<&str> = out.lines().filter(|l| l.starts_with("T:bad ")).collect();
+    assert!(bad.is_empty(), "dmesg complaints: {bad:#?}");
+    assert_eq!(b.status, Some(0), "poweroff -f must end the run with status 0");
+    eprintln!("{} booted and checked in {:.1} s", kernel.display(), b.elapsed.as_secs_f64());
+}
+
+#[test]
+fn cloud_kernel_boots_to_init_in_the_interpreter() {
+    let Some(dir) = images() else { return };
+    let k = dir.join("vmlinuz-cloud");
+    let b = boot("interp", &k, &dir.join("initramfs.cpio.gz"), &[]);
+    check(&b, &k);
+}
+
+#[test]
+fn generic_kernel_boots_to_init_in_the_interpreter() {
+    let Some(dir) = images() else { return };
+    let k = dir.join("vmlinuz-generic");
+    let b = boot("interp", &k, &dir.join("initramfs.cpio.gz"), &[]);
+    check(&b, &k);
+}
+
+#[test]
+fn classic_boot_path_runs_the_kernels_own_decompressor() {
+    let Some(dir) = images() else { return };
+    let k = dir.join("vmlinuz-cloud");
+    let b = boot("interp", &k, &dir.join("initramfs.cpio.gz"), &["--kernel-boot", "classic"]);
+    check(&b, &k);
+}

@@ -1,0 +1,141 @@
+//! The KVM side: one VM and one vCPU, reused for every sequence (the code
+//! page, the data page and the state are rewritten each time).
+//!
+//! The handler's port write stops the run before KVM re-enters the guest;
+//! one more `KVM_RUN` with `immediate_exit` set then completes the `out` (KVM
+//! finishes a port instruction only on the next entry), so RIP and the state
+//! read back are those after it, as in the interpreter.
+//!
+//! A sequence that never ends (a loop through RET, a REP with a huge count)
+//! would keep `KVM_RUN` busy forever: a watchdog on another thread signals
+//! the vCPU thread once a run has lasted too long, which makes `KVM_RUN`
+//! return.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use hvf_kvm_accel::kvm::{Kvm, KvmVcpu, KvmVm};
+use hvf_kvm_accel::{ExitHandler, Vcpu, VmExit};
+use mmu::GuestMemory;
+
+use crate::gen::{Assembled, Case};
+use crate::interp::{load_case, PortLog};
+use crate::machine;
+use crate::outcome::{End, Outcome};
+
+/// How long one sequence may run under KVM.
+pub const RUN_LIMIT_MS: u64 = 1500;
+
+/// Shared between the vCPU thread and the watchdog.
+pub struct Watchdog {
+    base: Instant,
+    /// Milliseconds since `base` + 1 when the current run started; 0 when idle.
+    started: AtomicU64,
+    pub fired: AtomicBool,
+}
+
+impl Default for Watchdog {
+    fn default() -> Self {
+        Watchdog { base: Instant::now(), started: AtomicU64::new(0), fired: AtomicBool::new(false) }
+    }
+}
+
+impl Watchdog {
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64 + 1
+    }
+    fn arm(&self) {
+        self.fired.store(false, Ordering::SeqCst);
+        self.started.store(self.now_ms(), Ordering::SeqCst);
+    }
+    fn disarm(&self) {
+        self.started.store(0, Ordering::SeqCst);
+    }
+    /// Called by the watchdog thread: whether the vCPU thread must be kicked.
+    pub fn overdue(&self) -> bool {
+        let s = self.started.load(Ordering::SeqCst);
+        if s != 0 && self.now_ms().saturating_sub(s) > RUN_LIMIT_MS {
+            self.fired.store(true, Ordering::SeqCst);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Io {
+    log: PortLog,
+    watchdog: Arc<Watchdog>,
+}
+
+impl ExitHandler for Io {
+    fn pio_read(&mut self, _port: u16, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+    fn pio_write(&mut self, port: u16, _data: &[u8]) {
+        self.log.write(port);
+    }
+    fn mmio_read(&mut self, _addr: u64, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+    fn mmio_write(&mut self, _addr: u64, _data: &[u8]) {}
+    fn should_stop(&self) -> bool {
+        self.log.stop.is_some() || self.watchdog.fired.load(Ordering::SeqCst)
+    }
+}
+
+pub struct KvmSide {
+    pub mem: Arc<GuestMemory>,
+    vcpu: KvmVcpu,
+    _vm: KvmVm,
+    io: Io,
+}
+
+impl KvmSide {
+    pub fn new(watchdog: Arc<Watchdog>) -> Result<Self, String> {
+        let mut kvm = Kvm::new().map_err(|e| format!("KVM is not usable here: {e}"))?;
+        kvm.set_in_kernel_irqchip(false);
+        let mem = Arc::new(machine::build_memory());
+        let vm = kvm.create_kvm_vm(mem.clone()).map_err(|e| format!("KVM cannot create a VM here: {e}"))?;
+        let vcpu = vm.create_kvm_vcpu(0).map_err(|e| format!("KVM cannot create a vCPU here: {e}"))?;
+        Ok(KvmSide { mem, vcpu, _vm: vm, io: Io { log: PortLog::default(), watchdog } })
+    }
+
+    pub fn run(&mut self, case: &Case, asm: &Assembled) -> Outcome {
+        load_case(&self.mem, case, asm);
+        self.io.log = PortLog::default();
+        if let Err(e) = self.vcpu.set_state(&case.init) {
+            return Outcome::read(End::Other(format!("KVM set_state: {e}")), case.init, &self.mem);
+        }
+        let end = loop {
+            self.io.watchdog.arm();
+            let r = self.vcpu.run(&mut self.io);
+            self.io.watchdog.disarm();
+            match r {
+                Ok(VmExit::Interrupted) => {
+                    if let Some(end) = self.io.log.end() {
+                        break end;
+                    }
+                    if self.io.watchdog.fired.swap(false, Ordering::SeqCst) {
+                        break End::Timeout;
+                    }
+                }
+                Ok(other) => break End::Other(format!("KVM exit: {other}")),
+                Err(e) => break End::Other(format!("KVM run: {e}")),
+            }
+        };
+        if matches!(end, End::Normal | End::Exception(_)) {
+            // Complete the port write without running further.
+            let fd = self.vcpu.fd();
+            fd.set_kvm_immediate_exit(1);
+            let _ = fd.run();
+            fd.set_kvm_immediate_exit(0);
+        }
+        let state = match self.vcpu.get_state() {
+            Ok(s) => s,
+            Err(e) => return Outcome::read(End::Other(format!("KVM get_state: {e}")), case.init, &self.mem),
+        };
+        Outcome::read(end, state, &self.mem).ended(asm)
+    }
+}
