@@ -24,7 +24,24 @@ pub enum Command {
     /// Boot the built-in guest under every available accelerator and compare.
     Demo,
     /// Measure whole guests under each accelerator (and QEMU when installed).
-    Bench,
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Runs per measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Folder with vmlinuz-cloud, vmlinuz-generic and initramfs.cpio.gz
+    /// (built by scripts/guest-images.sh); Linux boots are skipped without it.
+    #[arg(long, default_value = "guest-images")]
+    pub images: std::path::PathBuf,
+    /// Also boot Linux under KVM (slow on hosts whose KVM emulates ring 0).
+    #[arg(long)]
+    pub kvm_linux: bool,
+    /// Seconds allowed for one Linux boot to reach init.
+    #[arg(long, default_value_t = 600)]
+    pub boot_timeout: u64,
 }
 
 /// Which CPU engine runs the guest.

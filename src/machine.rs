@@ -310,7 +310,8 @@ impl Machine {
                         }
                         std::thread::park_timeout(wait);
                     }
-                    next_timer = self.chipset.timers.poll(self.clock.now_ns());
+                    // Fire what came due while asleep before the CPU runs again.
+                    self.chipset.timers.poll(self.clock.now_ns());
                 }
                 StopReason::Budget | StopReason::Requested => {}
             }
@@ -327,42 +328,62 @@ impl Machine {
     /// (on hosts whose KVM emulates ring-0 code in software) are executed by
     /// the interpreter on the same state, then KVM continues.
     pub fn run_kvm(&self) -> Result<RunReport, Error> {
-        use hvf_kvm_accel::VmExit;
+        use hvf_kvm_accel::fallback::{emulate_one, Emulated};
+        use hvf_kvm_accel::{IrqChip, VmExit};
         let start = Instant::now();
         let hv = hvf_kvm_accel::open()?;
         let vm = hv.create_vm(self.mem.clone())?;
         let mut vcpu = vm.create_vcpu(0)?;
         vcpu.set_state(&self.boot_state)?;
+        // A guest spinning in KVM never exits by itself: machine events filed
+        // on other threads (console quit key, devices) and the --timeout
+        // watchdog kick the vCPU out of KVM_RUN.
+        let kicker = vcpu.kicker()?;
+        let k = kicker.clone();
+        self.events.set_kick(Box::new(move || k.kick()));
+        // Dropping `_watchdog_stop` (when this function returns) ends the watchdog.
+        let (_watchdog_stop, watchdog_rx) = std::sync::mpsc::channel::<()>();
+        if let Some(t) = self.config.timeout {
+            let k = kicker.clone();
+            std::thread::Builder::new()
+                .name("kvm-timeout".into())
+                .spawn(move || {
+                    let wait = t.saturating_sub(start.elapsed());
+                    if matches!(watchdog_rx.recv_timeout(wait), Err(std::sync::mpsc::RecvTimeoutError::Timeout)) {
+                        k.kick();
+                    }
+                })
+                .map_err(|e| Error::Accel(format!("cannot start the --timeout watchdog: {e}")))?;
+        }
         let platform = self.platform();
         let unclaimed = platform.unclaimed.clone();
-        let mut io = KvmIo { platform: self.platform_with(unclaimed.clone()), pio: 0, mmio: 0, handler_time: Duration::ZERO };
+        let mut io = KvmIo { platform: self.platform_with(unclaimed.clone()) };
         // The fallback interpreter shares the buses.
         let mut fallback = Cpu::new(self.mem.clone(), Box::new(platform));
-        let mut exits: std::collections::BTreeMap<&'static str, u64> = Default::default();
         let mut emulated: std::collections::BTreeMap<String, u64> = Default::default();
-        let mut in_kvm = Duration::ZERO;
+        let mut fallback_time = Duration::ZERO;
         let deadline = self.config.timeout.map(|t| start + t);
-        let finish = |status: i32, message: Option<String>, io: &KvmIo, exits: &std::collections::BTreeMap<&'static str, u64>, emulated: &std::collections::BTreeMap<String, u64>, in_kvm: Duration| {
+        let finish = |status: i32,
+                      message: Option<String>,
+                      st: hvf_kvm_accel::VcpuStats,
+                      emulated: &std::collections::BTreeMap<String, u64>,
+                      fallback_time: Duration| {
             let total = start.elapsed();
-            let mut stats = vec![format!(
-                "exits: {} port I/O, {} MMIO{}",
-                io.pio,
-                io.mmio,
-                exits.iter().map(|(k, v)| format!(", {v} {k}")).collect::<String>()
-            )];
+            let mut stats = vec![format!("exits: {} ({} entries into KVM)", st.exits, st.entries)];
             stats.push(if emulated.is_empty() {
                 "fallback emulations: none".to_string()
             } else {
                 format!(
-                    "fallback emulations: {}",
-                    emulated.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", ")
+                    "fallback emulations: {} ({:.3} s)",
+                    emulated.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", "),
+                    fallback_time.as_secs_f64()
                 )
             });
-            let guest = in_kvm.saturating_sub(io.handler_time);
             stats.push(format!(
-                "time in KVM {:.3} s, in userspace {:.3} s",
-                guest.as_secs_f64(),
-                total.saturating_sub(guest).as_secs_f64()
+                "time in KVM {:.3} s, in userspace {:.3} s (devices {:.3} s)",
+                st.in_guest.as_secs_f64(),
+                total.saturating_sub(st.in_guest).as_secs_f64(),
+                st.in_handlers.as_secs_f64()
             ));
             stats.push(format!("interrupt controllers: {}", vm.irqchip()));
             RunReport {
@@ -378,9 +399,7 @@ impl Machine {
         };
         loop {
             self.pump_input();
-            let t = Instant::now();
             let exit = vcpu.run(&mut io)?;
-            in_kvm += t.elapsed();
             if let Some(ev) = self.events.take() {
                 match ev {
                     VmEvent::Reset if !self.config.no_reboot => {
@@ -388,48 +407,48 @@ impl Machine {
                         continue;
                     }
                     VmEvent::Reset => {
-                        return Ok(finish(0, Some("guest reset (--no-reboot)".into()), &io, &exits, &emulated, in_kvm))
+                        let msg = Some("guest reset (--no-reboot)".into());
+                        return Ok(finish(0, msg, vcpu.stats(), &emulated, fallback_time));
                     }
                     other => {
                         let msg = matches!(other, VmEvent::Quit).then(|| "quit from the console".to_string());
-                        return Ok(finish(other.exit_status().unwrap_or(0), msg, &io, &exits, &emulated, in_kvm));
+                        return Ok(finish(other.exit_status().unwrap_or(0), msg, vcpu.stats(), &emulated, fallback_time));
                     }
                 }
             }
             match exit {
-                VmExit::Hlt => {
-                    *exits.entry("hlt").or_default() += 1;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                VmExit::Interrupted => *exits.entry("interrupted").or_default() += 1,
+                VmExit::Hlt => std::thread::sleep(Duration::from_millis(1)),
+                VmExit::Interrupted => {}
                 VmExit::Shutdown => {
-                    *exits.entry("shutdown").or_default() += 1;
                     if self.config.no_reboot {
                         let msg = "guest shut down: triple fault under KVM (--no-reboot)".to_string();
-                        return Ok(finish(0, Some(msg), &io, &exits, &emulated, in_kvm));
+                        return Ok(finish(0, Some(msg), vcpu.stats(), &emulated, fallback_time));
                     }
                     vcpu.set_state(&CpuState::reset())?;
                 }
-                VmExit::InternalError { suberror: 1, .. } => {
-                    *exits.entry("emulation-failure").or_default() += 1;
-                    let state = vcpu.get_state()?;
-                    fallback.set_state(state);
-                    let name = fallback.mnemonic_at_rip().unwrap_or_else(|| "unknown".into());
-                    *emulated.entry(name).or_default() += 1;
-                    let why = fallback.step();
-                    if let StopReason::Shutdown(chain) = why {
-                        let msg = format!("guest shut down in the fallback interpreter: {chain}");
-                        if self.config.no_reboot {
-                            return Ok(finish(0, Some(msg), &io, &exits, &emulated, in_kvm));
+                VmExit::InternalError { suberror: 1, .. } => match emulate_one(&mut *vcpu, &mut fallback)? {
+                    Emulated::Ran { mnemonic, stop, took } => {
+                        *emulated.entry(mnemonic).or_default() += 1;
+                        fallback_time += took;
+                        match stop {
+                            StopReason::Shutdown(chain) => {
+                                let msg = format!("guest shut down in the fallback interpreter: {chain}");
+                                if self.config.no_reboot {
+                                    return Ok(finish(0, Some(msg), vcpu.stats(), &emulated, fallback_time));
+                                }
+                                tracing::warn!(target: "accel", "{msg}: resetting");
+                                vcpu.set_state(&CpuState::reset())?;
+                            }
+                            // An emulated HLT: KVM's userspace irqchip mode does not wait by itself.
+                            StopReason::Halted if vm.irqchip() == IrqChip::Userspace => {
+                                std::thread::sleep(Duration::from_millis(1))
+                            }
+                            _ => {}
                         }
-                        tracing::warn!(target: "accel", "{msg}: resetting");
-                        vcpu.set_state(&CpuState::reset())?;
-                        continue;
                     }
-                    let mut s = fallback.state;
-                    s.materialize_flags();
-                    vcpu.set_state(&s)?;
-                }
+                    // KVM delivers the event at the next entry, before the instruction.
+                    Emulated::EventPending(ev) => tracing::debug!(target: "accel", "fallback deferred: {ev}"),
+                },
                 other => {
                     return Err(Error::Accel(format!("{other}")));
                 }
@@ -438,7 +457,7 @@ impl Machine {
                 if Instant::now() >= d {
                     let secs = self.config.timeout.unwrap_or_default().as_secs_f64();
                     let msg = format!("timeout: the guest ran for {secs} s (--timeout)");
-                    return Ok(finish(124, Some(msg), &io, &exits, &emulated, in_kvm));
+                    return Ok(finish(124, Some(msg), vcpu.stats(), &emulated, fallback_time));
                 }
             }
         }
@@ -466,37 +485,27 @@ impl Machine {
 }
 
 /// KVM's exits to userspace, served by the same buses as the interpreter's.
+/// (The backend counts and times the exits: `Vcpu::stats`.)
 struct KvmIo {
     platform: BusPlatform,
-    pio: u64,
-    mmio: u64,
-    handler_time: Duration,
 }
 
 impl hvf_kvm_accel::ExitHandler for KvmIo {
     fn pio_read(&mut self, port: u16, data: &mut [u8]) {
-        let t = Instant::now();
-        self.pio += 1;
         let v = self.platform.io_read(port, data.len() as u8);
         let n = data.len().min(4);
         data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
-        self.handler_time += t.elapsed();
     }
     fn pio_write(&mut self, port: u16, data: &[u8]) {
-        let t = Instant::now();
-        self.pio += 1;
         let mut b = [0u8; 4];
         let n = data.len().min(4);
         b[..n].copy_from_slice(&data[..n]);
         self.platform.io_write(port, n as u8, u32::from_le_bytes(b));
-        self.handler_time += t.elapsed();
     }
     fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
-        self.mmio += 1;
         self.platform.mmio_read(addr, data);
     }
     fn mmio_write(&mut self, addr: u64, data: &[u8]) {
-        self.mmio += 1;
         self.platform.mmio_write(addr, data);
     }
     fn should_stop(&self) -> bool {

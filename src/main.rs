@@ -141,7 +141,7 @@ fn main() -> ExitCode {
     let result = std::panic::catch_unwind(move || match cli.command {
         Command::Run(args) => run(args),
         Command::Demo => Ok(demo::demo()),
-        Command::Bench => Ok(demo::bench()),
+        Command::Bench(args) => Ok(demo::bench(&args)),
     });
     devices::console::restore_terminal();
     match result {

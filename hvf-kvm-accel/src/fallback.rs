@@ -49,10 +49,10 @@ pub enum Emulated {
 /// devices; its state is overwritten.
 pub fn emulate_one(vcpu: &mut dyn Vcpu, cpu: &mut Cpu) -> Result<Emulated, AccelError> {
     let t = Instant::now();
+    let mut state = vcpu.get_state()?;
     if let Some(ev) = vcpu.pending_event()? {
         return Ok(Emulated::EventPending(ev));
     }
-    let mut state = vcpu.get_state()?;
     state.interrupt_shadow = 0;
     cpu.set_state(state);
     cpu.flush_code_cache();

@@ -197,14 +197,21 @@ impl fmt::Display for PendingEvent {
                 error_code,
                 injected,
             } => {
-                let state = if *injected { "being delivered" } else { "queued" };
+                let state = if *injected {
+                    "being delivered"
+                } else {
+                    "queued"
+                };
                 write!(f, "exception {vector} {state}")?;
                 if let Some(e) = error_code {
                     write!(f, " (error code {e:#x})")?;
                 }
                 Ok(())
             }
-            PendingEvent::Interrupt { vector, soft: false } => {
+            PendingEvent::Interrupt {
+                vector,
+                soft: false,
+            } => {
                 write!(f, "external interrupt {vector:#x} being delivered")
             }
             PendingEvent::Interrupt { vector, soft: true } => {
@@ -261,7 +268,8 @@ pub struct ExitCounts {
     /// Internal errors; emulation failures are most of them.
     pub internal_error: u64,
     pub fail_entry: u64,
-    /// A kick, a signal, or `should_stop()` before an entry.
+    /// `KVM_RUN` interrupted by a kick or another signal. (A run that ends
+    /// because `should_stop()` was true before an entry is not an exit.)
     pub interrupted: u64,
     pub system_event: u64,
     pub other: u64,
@@ -361,7 +369,8 @@ pub enum VmExit {
     },
     /// The hardware refused to enter the guest (invalid guest state).
     FailEntry { reason: u64 },
-    /// `should_stop()` returned true, or a signal interrupted the run.
+    /// `should_stop()` returned true, a [`VcpuKicker`] kicked the vCPU, or
+    /// another signal interrupted the run.
     Interrupted,
     /// Any other exit, described.
     Other(String),
@@ -433,6 +442,45 @@ mod tests {
         assert!(s.contains("0xffffffff81000000"), "{s}");
         assert!(s.contains("f0 48 0f c7 0e"), "{s}");
         assert!(s.contains("emulation failure"), "{s}");
+    }
+
+    #[test]
+    fn kicker_is_shareable_across_threads() {
+        fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
+        assert_send_sync_clone::<VcpuKicker>();
+        struct Count(std::sync::atomic::AtomicU32);
+        impl Kick for Count {
+            fn kick(&self) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let c = Arc::new(Count(0.into()));
+        let k = VcpuKicker::new(c.clone());
+        let k2 = k.clone();
+        std::thread::spawn(move || k2.kick()).join().unwrap();
+        k.kick();
+        assert_eq!(c.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn pending_event_display() {
+        let e = PendingEvent::Exception {
+            vector: 14,
+            error_code: Some(2),
+            injected: true,
+        };
+        assert_eq!(
+            e.to_string(),
+            "exception 14 being delivered (error code 0x2)"
+        );
+        assert_eq!(
+            PendingEvent::Interrupt {
+                vector: 0x20,
+                soft: false
+            }
+            .to_string(),
+            "external interrupt 0x20 being delivered"
+        );
     }
 
     #[test]

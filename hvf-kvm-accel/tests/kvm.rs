@@ -44,7 +44,6 @@ use hvf_kvm_accel::{IrqChip, Vcpu, Vm, VmExit};
 use iced_x86::code_asm::*;
 use mmu::GuestMemory;
 
-
 #[test]
 fn ring3_loop_runs_natively_and_reports_through_a_port() {
     let Some(mut kvm) = open_kvm() else { return };

@@ -208,7 +208,7 @@ impl W {
     /// Whether a term is negligible next to a running sum (it still counts
     /// as a sticky bit once added).
     fn negligible(self, sum: W) -> bool {
-        self.m == 0 || self.e < sum.e - 127
+        self.m == 0 || self.e < sum.e - 120
     }
 }
 

@@ -375,7 +375,10 @@ mod tests {
         count_exit(&mut c, &KvmExit::Other("KVM_EXIT_DEBUG".into()));
         assert_eq!(c.pio_out, 1, "a string out is one exit");
         assert_eq!((c.pio_in, c.mmio_write, c.mmio_read), (1, 1, 0));
-        assert_eq!((c.hlt, c.interrupted, c.internal_error, c.other), (2, 1, 1, 1));
+        assert_eq!(
+            (c.hlt, c.interrupted, c.internal_error, c.other),
+            (2, 1, 1, 1)
+        );
         assert_eq!(c.total(), 8);
         assert_eq!(
             c.to_string(),

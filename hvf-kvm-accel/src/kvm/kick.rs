@@ -15,7 +15,9 @@
 //! - the kick comes between two runs (no thread registered): no signal, and
 //!   the next `KVM_RUN` sees `immediate_exit`.
 //!
-//! The vCPU clears `immediate_exit` after each `EINTR`. The lock also makes
+//! The vCPU clears `immediate_exit` after each `EINTR`, and when `run`
+//! returns because `should_stop()` said so (a kick filed with the stop
+//! request is answered by that return). The lock also makes
 //! the thread id safe to signal: the thread cannot leave `run` (and exit)
 //! while a kicker holds it, and the vCPU's drop clears the `kvm_run` address
 //! under it, so a kicker that outlives the vCPU does nothing.

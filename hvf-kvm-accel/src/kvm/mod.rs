@@ -19,10 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::os::fd::AsRawFd;
 
 use kvm_bindings::{
-    kvm_cpuid_entry2, kvm_enable_cap, kvm_ioeventfd, kvm_pit_config, kvm_userspace_memory_region,
-    kvm_ioeventfd_flag_nr_datamatch, kvm_ioeventfd_flag_nr_deassign, kvm_ioeventfd_flag_nr_pio,
-    KVMIO, KVM_API_VERSION, KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_MAX_CPUID_ENTRIES,
-    KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
+    kvm_cpuid_entry2, kvm_enable_cap, kvm_ioeventfd, kvm_ioeventfd_flag_nr_datamatch,
+    kvm_ioeventfd_flag_nr_deassign, kvm_ioeventfd_flag_nr_pio, kvm_pit_config,
+    kvm_userspace_memory_region, KVMIO, KVM_API_VERSION, KVM_CAP_EXIT_ON_EMULATION_FAILURE,
+    KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, VmFd};
 use mmu::{GuestMemory, RegionKind};
@@ -380,6 +380,11 @@ impl KvmVm {
     /// The CPUID model every vCPU gets (before the per-vCPU APIC ID).
     pub fn cpuid(&self) -> &[kvm_cpuid_entry2] {
         &self.shared.cpuid
+    }
+
+    /// The guest memory behind the VM's slots.
+    pub fn memory(&self) -> &Arc<GuestMemory> {
+        &self.mem
     }
 
     /// The bridged MSRs KVM has refused so far, by name.

@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use cpu::state::CpuState;
 use kvm_bindings::{
-    kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_vcpu_events, kvm_run, CpuId, Msrs, Xsave, KVM_EXIT_INTERNAL_ERROR,
-    KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_MMIO, KVM_INTERNAL_ERROR_EMULATION,
-    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_MAX_CPUID_ENTRIES,
-    KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE, KVM_VCPUEVENT_VALID_SHADOW,
+    kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_run, kvm_vcpu_events, kvm_xcrs, CpuId, Msrs, Xsave,
+    KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_MMIO,
+    KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
+    KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE, KVM_VCPUEVENT_VALID_SHADOW,
     KVM_X86_SHADOW_INT_MOV_SS, KVM_X86_SHADOW_INT_STI,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
@@ -19,15 +19,29 @@ use super::exit::{count_exit, handle_exit, ExitAction, KvmExit};
 use super::kick::{install_kick_handler, KickState};
 use super::{FpuPath, Shared};
 use crate::bridge::{cpu_to_kvm, fpu_from_xsave, fpu_to_xsave, kvm_to_cpu, KvmCpuState};
-use crate::{
-    AccelError, ExitHandler, IrqChip, PendingEvent, Vcpu, VcpuKicker, VcpuStats, VmExit,
-};
+use crate::{AccelError, ExitHandler, IrqChip, PendingEvent, Vcpu, VcpuKicker, VcpuStats, VmExit};
 
 /// The longest x86 instruction.
 const MAX_INSN_LEN: usize = 15;
 const PAGE: u64 = 4096;
 /// RFLAGS.IF.
 const RFLAGS_IF: u64 = 1 << 9;
+/// CR4.OSXSAVE.
+const CR4_OSXSAVE: u64 = 1 << 18;
+
+/// What KVM holds, as last read from it or written to it. Valid while the
+/// vCPU has not run and [`KvmVcpu::fd`] has not been handed out since.
+#[derive(Debug, Clone, Copy)]
+struct Snapshot {
+    k: KvmCpuState,
+    /// `kvm_vcpu_events` (with `KVM_CAP_VCPU_EVENTS`).
+    events: Option<kvm_vcpu_events>,
+    /// `kvm_mp_state` (with the in-kernel irqchip).
+    mp_state: Option<u32>,
+    /// Read from KVM and not written since: `get_state` may return it as is.
+    /// (After a write KVM holds the values written, possibly normalised.)
+    fresh_read: bool,
+}
 
 /// A KVM vCPU.
 pub struct KvmVcpu {
@@ -44,6 +58,7 @@ pub struct KvmVcpu {
     /// Shared with the vCPU's kickers.
     kick: Arc<KickState>,
     stats: VcpuStats,
+    snapshot: Option<Snapshot>,
 }
 
 impl Drop for KvmVcpu {
@@ -134,6 +149,7 @@ impl KvmVcpu {
             still_visible,
             kick,
             stats: VcpuStats::default(),
+            snapshot: None,
         })
     }
 
@@ -150,11 +166,24 @@ impl KvmVcpu {
 
     /// The underlying kvm-ioctls vCPU, for what the traits do not cover.
     pub fn fd(&mut self) -> &mut VcpuFd {
+        // The caller may change anything.
+        self.snapshot = None;
         &mut self.fd
     }
 
-    /// Read every state KVM holds.
+    /// Read every state KVM holds. Without a run (or [`KvmVcpu::fd`]) since
+    /// the last read, the state read then is returned without asking KVM.
     pub fn get_kvm_state(&mut self) -> Result<KvmCpuState, AccelError> {
+        if let Some(snap) = self.snapshot.filter(|s| s.fresh_read) {
+            return Ok(snap.k);
+        }
+        let snap = self.read_snapshot()?;
+        self.snapshot = Some(snap);
+        Ok(snap.k)
+    }
+
+    /// Read everything from KVM.
+    fn read_snapshot(&mut self) -> Result<Snapshot, AccelError> {
         let caps = self.shared.caps;
         let mut k = cpu_to_kvm(&self.last).unwrap_or_default();
         k.regs = self
@@ -166,7 +195,11 @@ impl KvmVcpu {
             .get_sregs()
             .map_err(|e| AccelError::ioctl("KVM_GET_SREGS", e))?;
         k.fpu = self.get_fpu()?;
-        if caps.xcrs {
+        // With CR4.OSXSAVE clear the guest can neither read nor change XCR0
+        // (XGETBV and XSETBV fault), so the value last moved in or out
+        // stands for it; `set_kvm_state` writes XCR0 only when the caller
+        // changed it, so KVM's own value is never overwritten with it.
+        if caps.xcrs && k.sregs.cr4 & CR4_OSXSAVE != 0 {
             let xcrs = self
                 .fd
                 .get_xcrs()
@@ -181,8 +214,9 @@ impl KvmVcpu {
                 .fd
                 .get_debug_regs()
                 .map_err(|e| AccelError::ioctl("KVM_GET_DEBUGREGS", e))?;
+            k.debugregs.flags = 0;
         }
-        if caps.vcpu_events {
+        let events = if caps.vcpu_events {
             let ev = self
                 .fd
                 .get_vcpu_events()
@@ -192,87 +226,109 @@ impl KvmVcpu {
             if let Some(e) = pending_of(&ev) {
                 tracing::debug!("vCPU {} state read with an event pending: {e}", self.id);
             }
-        }
-        if caps.mp_state && self.shared.irqchip != IrqChip::Userspace {
+            Some(ev)
+        } else {
+            None
+        };
+        let mp_state = if caps.mp_state && self.shared.irqchip != IrqChip::Userspace {
             let mp = self
                 .fd
                 .get_mp_state()
                 .map_err(|e| AccelError::ioctl("KVM_GET_MP_STATE", e))?;
             k.halted = mp.mp_state == KVM_MP_STATE_HALTED;
-        }
+            Some(mp.mp_state)
+        } else {
+            None
+        };
         for (index, value) in self.get_msrs()? {
             if let Some(slot) = k.msrs.iter_mut().find(|(i, _)| *i == index) {
                 slot.1 = value;
             }
         }
-        Ok(k)
+        Ok(Snapshot {
+            k,
+            events,
+            mp_state,
+            fresh_read: true,
+        })
     }
 
-    /// Write every state KVM holds.
+    /// Write every state KVM holds. Only the parts that differ from what KVM
+    /// holds (as last read or written, while the vCPU has not run since) are
+    /// written: each ioctl is a costly trip on nested hosts, and most
+    /// fallback instructions change only the registers.
     pub fn set_kvm_state(&mut self, k: &KvmCpuState) -> Result<(), AccelError> {
         let caps = self.shared.caps;
-        let mut sregs = k.sregs;
+        let old = match self.snapshot {
+            Some(s) => s,
+            None => self.read_snapshot()?,
+        };
+        // From here on KVM may hold a mix; a failed write leaves no snapshot.
+        self.snapshot = None;
+        let mut new = Snapshot {
+            k: *k,
+            events: old.events,
+            mp_state: old.mp_state,
+            fresh_read: false,
+        };
         // Keep an external interrupt KVM has queued for injection.
-        let current = self
-            .fd
-            .get_sregs()
-            .map_err(|e| AccelError::ioctl("KVM_GET_SREGS", e))?;
-        sregs.interrupt_bitmap = current.interrupt_bitmap;
-        self.fd
-            .set_sregs(&sregs)
-            .map_err(|e| AccelError::ioctl("KVM_SET_SREGS", e))?;
-        self.fd
-            .set_regs(&k.regs)
-            .map_err(|e| AccelError::ioctl("KVM_SET_REGS", e))?;
-        self.set_fpu(&k.fpu)?;
-        if caps.xcrs {
-            let mut xcrs = self
-                .fd
-                .get_xcrs()
-                .map_err(|e| AccelError::ioctl("KVM_GET_XCRS", e))?;
-            xcrs.nr_xcrs = 1;
-            xcrs.flags = 0;
+        new.k.sregs.interrupt_bitmap = old.k.sregs.interrupt_bitmap;
+        if new.k.sregs != old.k.sregs {
+            self.fd
+                .set_sregs(&new.k.sregs)
+                .map_err(|e| AccelError::ioctl("KVM_SET_SREGS", e))?;
+        }
+        if new.k.regs != old.k.regs {
+            self.fd
+                .set_regs(&new.k.regs)
+                .map_err(|e| AccelError::ioctl("KVM_SET_REGS", e))?;
+        }
+        if new.k.fpu != old.k.fpu {
+            self.set_fpu(&new.k.fpu)?;
+        }
+        if caps.xcrs && new.k.xcr0 != old.k.xcr0 {
+            let mut xcrs = kvm_xcrs {
+                nr_xcrs: 1,
+                ..Default::default()
+            };
             xcrs.xcrs[0].xcr = 0;
-            xcrs.xcrs[0].value = k.xcr0;
+            xcrs.xcrs[0].value = new.k.xcr0;
             self.fd
                 .set_xcrs(&xcrs)
                 .map_err(|e| AccelError::ioctl("KVM_SET_XCRS", e))?;
         }
-        if caps.debugregs {
-            let mut d = k.debugregs;
-            d.flags = 0;
+        new.k.debugregs.flags = 0;
+        if caps.debugregs && new.k.debugregs != old.k.debugregs {
             self.fd
-                .set_debug_regs(&d)
+                .set_debug_regs(&new.k.debugregs)
                 .map_err(|e| AccelError::ioctl("KVM_SET_DEBUGREGS", e))?;
         }
-        if caps.vcpu_events {
-            // Read-modify-write: keep pending exceptions and NMIs.
-            let mut ev = self
-                .fd
-                .get_vcpu_events()
-                .map_err(|e| AccelError::ioctl("KVM_GET_VCPU_EVENTS", e))?;
+        if let Some(mut ev) = old.events {
+            // Only the interrupt shadow and NMI masking are CpuState's to
+            // say; a queued or half-delivered exception, interrupt or NMI
+            // stays as KVM holds it (`Vcpu::pending_event`).
             // STI blocking requires IF=1 (VM-entry check), MOV SS blocking
             // does not; CpuState does not say which one it was.
-            ev.interrupt.shadow = match (k.interrupt_shadow, k.regs.rflags & RFLAGS_IF != 0) {
+            let shadow = match (new.k.interrupt_shadow, new.k.regs.rflags & RFLAGS_IF != 0) {
                 (false, _) => 0,
                 (true, true) => KVM_X86_SHADOW_INT_STI as u8,
                 (true, false) => KVM_X86_SHADOW_INT_MOV_SS as u8,
             };
-            ev.nmi.masked = u8::from(k.nmi_masked);
-            ev.flags |= KVM_VCPUEVENT_VALID_SHADOW;
-            self.fd
-                .set_vcpu_events(&ev)
-                .map_err(|e| AccelError::ioctl("KVM_SET_VCPU_EVENTS", e))?;
+            let masked = u8::from(new.k.nmi_masked);
+            if ev.interrupt.shadow != shadow || ev.nmi.masked != masked {
+                ev.interrupt.shadow = shadow;
+                ev.nmi.masked = masked;
+                ev.flags |= KVM_VCPUEVENT_VALID_SHADOW;
+                self.fd
+                    .set_vcpu_events(&ev)
+                    .map_err(|e| AccelError::ioctl("KVM_SET_VCPU_EVENTS", e))?;
+                new.events = Some(ev);
+            }
         }
-        if caps.mp_state && self.shared.irqchip != IrqChip::Userspace {
+        if let Some(current) = old.mp_state {
             // Only HLT is CpuState's to say: an AP waiting for INIT/SIPI
             // stays waiting unless the state says it halted.
-            let current = self
-                .fd
-                .get_mp_state()
-                .map_err(|e| AccelError::ioctl("KVM_GET_MP_STATE", e))?
-                .mp_state;
-            let wanted = match (k.halted, current) {
+            let wanted = match (new.k.halted, current) {
                 (true, _) => KVM_MP_STATE_HALTED,
                 (false, KVM_MP_STATE_HALTED) => KVM_MP_STATE_RUNNABLE,
                 (false, other) => other,
@@ -282,8 +338,19 @@ impl KvmVcpu {
                     .set_mp_state(kvm_mp_state { mp_state: wanted })
                     .map_err(|e| AccelError::ioctl("KVM_SET_MP_STATE", e))?;
             }
+            new.mp_state = Some(wanted);
         }
-        self.set_msrs(&k.msrs)
+        let changed: Vec<(u32, u64)> = new
+            .k
+            .msrs
+            .iter()
+            .zip(&old.k.msrs)
+            .filter(|(n, o)| n != o)
+            .map(|(n, _)| *n)
+            .collect();
+        self.set_msrs(&changed)?;
+        self.snapshot = Some(new);
+        Ok(())
     }
 
     /// A fresh XSAVE image of the size `KVM_CAP_XSAVE2` gave, filled by KVM.
@@ -551,6 +618,7 @@ impl KvmVcpu {
 
     /// Run `KVM_RUN` once and decode the exit into `Raw`.
     fn enter(&mut self) -> Result<Raw, AccelError> {
+        self.snapshot = None;
         let t = Instant::now();
         let result = self.fd.run();
         self.stats.in_guest += t.elapsed();
@@ -579,11 +647,7 @@ impl KvmVcpu {
 }
 
 /// Count and serve one decoded exit, timing the device side.
-fn serve(
-    exit: KvmExit<'_>,
-    io: &mut dyn ExitHandler,
-    stats: &mut VcpuStats,
-) -> ExitAction {
+fn serve(exit: KvmExit<'_>, io: &mut dyn ExitHandler, stats: &mut VcpuStats) -> ExitAction {
     count_exit(&mut stats.exits, &exit);
     let t = Instant::now();
     let action = handle_exit(exit, io);
@@ -632,6 +696,9 @@ impl Vcpu for KvmVcpu {
         if !self.shared.caps.vcpu_events {
             return Ok(None);
         }
+        if let Some(ev) = self.snapshot.and_then(|s| s.events) {
+            return Ok(pending_of(&ev));
+        }
         let ev = self
             .fd
             .get_vcpu_events()
@@ -643,11 +710,18 @@ impl Vcpu for KvmVcpu {
         let _running = Running::new(&self.kick);
         loop {
             if io.should_stop() {
+                // A kick that came with the stop request (a device filing a
+                // machine event kicks) is answered by this return.
+                self.kick.clear();
                 return Ok(VmExit::Interrupted);
             }
             let run_size = self.shared.run_size;
             let action = match self.enter()? {
-                Raw::Io => serve(Self::decode_io(&mut self.fd, run_size)?, io, &mut self.stats),
+                Raw::Io => serve(
+                    Self::decode_io(&mut self.fd, run_size)?,
+                    io,
+                    &mut self.stats,
+                ),
                 Raw::Mmio => serve(Self::decode_mmio(&mut self.fd)?, io, &mut self.stats),
                 Raw::Internal => {
                     let exit = self.decode_internal();
