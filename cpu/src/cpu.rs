@@ -108,6 +108,9 @@ impl Hasher for FxHasher {
     fn write_u64(&mut self, v: u64) {
         self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
     }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
 }
 
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
@@ -121,19 +124,60 @@ struct BlockKey {
     bits: u32,
 }
 
+/// Entries in the direct-mapped block lookup in front of the hash map.
+const JUMP_CACHE: usize = 4096;
+
 /// The decoded-instruction cache, per guest physical page.
-#[derive(Default)]
+///
+/// A small direct-mapped table (as QEMU's `tb_jmp_cache`) answers most
+/// lookups with one compare; the hash map behind it holds every block.
 struct DecodeCache {
     blocks: FastMap<BlockKey, Rc<Block>>,
     /// Blocks that start in each physical page.
     by_page: FastMap<u64, Vec<BlockKey>>,
+    jump: Vec<Option<(BlockKey, Rc<Block>)>>,
+}
+
+impl Default for DecodeCache {
+    fn default() -> Self {
+        DecodeCache { blocks: FastMap::default(), by_page: FastMap::default(), jump: vec![None; JUMP_CACHE] }
+    }
 }
 
 impl DecodeCache {
+    #[inline]
+    fn slot(key: &BlockKey) -> usize {
+        ((key.phys ^ (key.phys >> 12) ^ u64::from(key.bits)) as usize) % JUMP_CACHE
+    }
+
+    #[inline]
+    fn get(&mut self, key: &BlockKey) -> Option<Rc<Block>> {
+        let slot = Self::slot(key);
+        if let Some((k, b)) = &self.jump[slot] {
+            if k == key {
+                return Some(b.clone());
+            }
+        }
+        let b = self.blocks.get(key)?.clone();
+        self.jump[slot] = Some((*key, b.clone()));
+        Some(b)
+    }
+
+    fn insert(&mut self, key: BlockKey, block: Rc<Block>) {
+        let page = key.phys & !0xfff;
+        self.jump[Self::slot(&key)] = Some((key, block.clone()));
+        self.blocks.insert(key, block);
+        self.by_page.entry(page).or_default().push(key);
+    }
+
     fn invalidate_page(&mut self, page: u64) {
         if let Some(keys) = self.by_page.remove(&page) {
             for k in keys {
                 self.blocks.remove(&k);
+                let slot = Self::slot(&k);
+                if matches!(&self.jump[slot], Some((jk, _)) if *jk == k) {
+                    self.jump[slot] = None;
+                }
             }
         }
     }
@@ -470,8 +514,8 @@ impl Cpu {
             None => self.translate(lin, Access::Execute, p)?,
         };
         let key = BlockKey { phys, rip_page: rip & !0xfff, bits };
-        if let Some(b) = self.cache.blocks.get(&key) {
-            return Ok(b.clone());
+        if let Some(b) = self.cache.get(&key) {
+            return Ok(b);
         }
         self.decode_block(key, lin, p)
     }
@@ -521,8 +565,7 @@ impl Cpu {
             self.mem().mark_code_page(page);
             // Write tags for this page must stop bypassing the tracking check.
             self.mmu.flush_phys(page);
-            self.cache.blocks.insert(key, block.clone());
-            self.cache.by_page.entry(page).or_default().push(key);
+            self.cache.insert(key, block.clone());
         }
         Ok(block)
     }
