@@ -1,3 +1,120 @@
 //! Networking: the `NetBackend` trait that NIC models move whole Ethernet frames
 //! through, the user-mode NAT (ARP, DHCP, DNS forwarding, TCP/UDP/ICMP to host
 //! sockets, port forwards), the hub between VMs and the pcap writer.
+//!
+//! A NIC model owns a `Box<dyn NetBackend>` and drives it like this:
+//!
+//! ```no_run
+//! use std::time::Instant;
+//! use net::{NetBackend, UserNet, UserNetConfig};
+//!
+//! let mut backend: Box<dyn NetBackend> = Box::new(UserNet::new(UserNetConfig::default())?);
+//! # let guest_frame = [0u8; 60];
+//! // The guest transmitted a frame (checksums complete):
+//! backend.send(&guest_frame);
+//! // The machine's loop, whenever the wake fd is readable, a frame was sent,
+//! // or the returned delay ran out:
+//! let _next = backend.poll(Instant::now());
+//! let mut buf = [0u8; 1514];
+//! while let Some(len) = backend.recv(&mut buf) {
+//!     // hand buf[..len] to the guest's receive ring
+//! #   let _ = len;
+//! }
+//! # Ok::<(), net::Error>(())
+//! ```
+//!
+//! The wake fd ([`NetBackend::wake_fd`]) becomes readable when a host socket
+//! has something for the backend; the machine adds it to its own poll set
+//! instead of spinning.
+
+use std::os::fd::BorrowedFd;
+use std::time::{Duration, Instant};
+
+pub mod config;
+mod error;
+mod frame;
+mod fuzz;
+pub mod hub;
+pub mod offload;
+pub mod pcap;
+mod poller;
+pub mod user;
+
+pub use config::{
+    BackendSpec, DnsUpstream, HostFwd, HubConfig, Limits, MacAddr, NicSpec, Proto, UserNetConfig,
+};
+pub use error::Error;
+pub use fuzz::fuzz_frame;
+pub use hub::HubNet;
+pub use pcap::PcapWriter;
+pub use user::{UserNet, UserNetStats};
+
+/// The largest Ethernet frame a backend produces or accepts: a 1500-byte IP
+/// MTU plus the 14-byte Ethernet header (no FCS, no VLAN tag).
+pub const MAX_FRAME_LEN: usize = 1514;
+
+/// A network behind a NIC model: whole Ethernet frames in and out.
+///
+/// Frames carry no FCS. Frames that the guest sends must have complete
+/// checksums: a NIC model that offers checksum offload fills them in first.
+/// Frames for the guest always have complete checksums.
+pub trait NetBackend: Send {
+    /// Hands one frame that the guest transmitted to the backend. Malformed
+    /// frames are counted and dropped; this never fails and never blocks.
+    fn send(&mut self, frame: &[u8]);
+
+    /// Takes the next frame for the guest. Copies it into `buf` and returns
+    /// the number of bytes copied; a frame longer than `buf` is truncated.
+    /// `None` when nothing is waiting.
+    fn recv(&mut self, buf: &mut [u8]) -> Option<usize>;
+
+    /// Length of the frame that the next [`recv`](Self::recv) would return.
+    fn peek_len(&self) -> Option<usize>;
+
+    /// Does the pending work: frames the guest sent, host sockets, timers.
+    /// Call it after [`send`](Self::send), when the wake fd is readable, when
+    /// the guest has freed receive buffers, and at the latest when the
+    /// returned delay has passed (`None`: no timer is pending).
+    fn poll(&mut self, now: Instant) -> Option<Duration>;
+
+    /// A file descriptor that becomes readable when host-side work is waiting
+    /// for [`poll`](Self::poll). `None` for backends with no host side.
+    fn wake_fd(&self) -> Option<BorrowedFd<'_>>;
+
+    /// A short name for logs ("user", "hub:lan0", ...).
+    fn debug_label(&self) -> &str;
+}
+
+impl<B: NetBackend + ?Sized> NetBackend for Box<B> {
+    fn send(&mut self, frame: &[u8]) {
+        (**self).send(frame)
+    }
+    fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
+        (**self).recv(buf)
+    }
+    fn peek_len(&self) -> Option<usize> {
+        (**self).peek_len()
+    }
+    fn poll(&mut self, now: Instant) -> Option<Duration> {
+        (**self).poll(now)
+    }
+    fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
+        (**self).wake_fd()
+    }
+    fn debug_label(&self) -> &str {
+        (**self).debug_label()
+    }
+}
+
+/// Opens the backend that a parsed `--nic` option names, wrapped in a
+/// [`PcapWriter`] when `pcap=` was given.
+pub fn open(spec: &NicSpec) -> Result<Box<dyn NetBackend>, Error> {
+    let backend: Box<dyn NetBackend> = match &spec.backend {
+        BackendSpec::User(cfg) => Box::new(UserNet::new(cfg.clone())?),
+        BackendSpec::Hub(cfg) => Box::new(HubNet::open(cfg)?),
+    };
+    Ok(match &spec.pcap {
+        Some(path) => Box::new(PcapWriter::create(backend, path)?),
+        None => backend,
+    })
+}

@@ -1,0 +1,653 @@
+//! Backend configuration and the `--nic` option string.
+//!
+//! The user network's keys are QEMU's `-netdev user` names:
+//!
+//! | key | meaning | default |
+//! | --- | --- | --- |
+//! | `net=ADDR[/MASK]` | the guest network (MASK: prefix length or dotted) | `10.0.2.0/24` |
+//! | `host=ADDR` | the gateway; guest traffic to it reaches the host's loopback | net + 2 |
+//! | `dns=ADDR` | the DNS forwarder | net + 3 |
+//! | `dhcpstart=ADDR` | the first address DHCP hands out | net + 15 |
+//! | `hostname=NAME` | DHCP option 12 | none |
+//! | `domainname=NAME` | DHCP option 15 | none |
+//! | `hostfwd=[tcp\|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT` | a port forward (repeatable) | none |
+//! | `restrict=on\|off` | the guest reaches only the NAT's services and forwarded ports | off |
+//! | `dnsupstream=ADDR[:PORT]\|none` | where DNS queries go (repeatable) | /etc/resolv.conf |
+//! | `maxflows=N` | TCP + UDP flows at once | 256 |
+//! | `flowbuf=BYTES` | buffer per TCP flow and direction | 131072 |
+//! | `tcpidle=SECS`, `udpidle=SECS` | idle flows are closed after this | 7200, 120 |
+//!
+//! `model=`, `mac=` and `pcap=` are for the machine (the NIC model, its MAC
+//! address and a capture file); [`NicSpec`] returns them. A hub takes `id=`
+//! and optionally `path=` (the socket directory).
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::Error;
+
+/// An Ethernet MAC address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// The guest NIC's default address, as QEMU's.
+    pub const DEFAULT_GUEST: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut out {
+            let part = parts.next().ok_or("expected six hex bytes such as 52:54:00:12:34:56")?;
+            if part.len() != 2 {
+                return Err("expected six hex bytes such as 52:54:00:12:34:56".into());
+            }
+            *byte = u8::from_str_radix(part, 16)
+                .map_err(|_| format!("'{part}' is not a hex byte"))?;
+        }
+        if parts.next().is_some() {
+            return Err("expected six hex bytes such as 52:54:00:12:34:56".into());
+        }
+        if out[0] & 1 != 0 {
+            return Err("a multicast address cannot be a NIC's address".into());
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+/// A transport protocol of a port forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Proto {
+    /// "tcp" or "udp".
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// A host port forward: connections or datagrams to `host` go to the guest's
+/// `guest_addr:guest_port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostFwd {
+    /// TCP or UDP.
+    pub proto: Proto,
+    /// Where the host listens. Port 0 picks a free port
+    /// ([`UserNet::hostfwd_addrs`](crate::UserNet::hostfwd_addrs) tells which).
+    pub host: SocketAddrV4,
+    /// The guest address; `None` means the first DHCP address.
+    pub guest_addr: Option<Ipv4Addr>,
+    /// The guest port.
+    pub guest_port: u16,
+}
+
+impl FromStr for HostFwd {
+    type Err = String;
+
+    /// Parses `[tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT`.
+    fn from_str(spec: &str) -> Result<Self, String> {
+        const FORM: &str = "expected [tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT";
+        let (host_part, guest_part) = spec
+            .split_once('-')
+            .ok_or_else(|| format!("missing '-' between the host and guest sides; {FORM}"))?;
+        let mut fields: Vec<&str> = host_part.split(':').collect();
+        let proto = match fields.len() {
+            3 => match fields.remove(0) {
+                "tcp" | "" => Proto::Tcp,
+                "udp" => Proto::Udp,
+                other => return Err(format!("protocol '{other}' is neither tcp nor udp")),
+            },
+            2 => Proto::Tcp,
+            _ => return Err(FORM.to_string()),
+        };
+        let host_addr = parse_opt_addr(fields[0], "HOSTADDR")?.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let host_port = parse_port(fields[1], "HOSTPORT", true)?;
+        let (gaddr, gport) = guest_part
+            .split_once(':')
+            .ok_or_else(|| format!("the guest side needs [GUESTADDR]:GUESTPORT; {FORM}"))?;
+        let guest_addr = parse_opt_addr(gaddr, "GUESTADDR")?;
+        let guest_port = parse_port(gport, "GUESTPORT", false)?;
+        Ok(HostFwd {
+            proto,
+            host: SocketAddrV4::new(host_addr, host_port),
+            guest_addr,
+            guest_port,
+        })
+    }
+}
+
+fn parse_opt_addr(s: &str, what: &str) -> Result<Option<Ipv4Addr>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("{what} '{s}' is not an IPv4 address"))
+}
+
+fn parse_port(s: &str, what: &str, zero_ok: bool) -> Result<u16, String> {
+    let port: u16 = s
+        .parse()
+        .map_err(|_| format!("{what} '{s}' is not a port number (0-65535)"))?;
+    if port == 0 && !zero_ok {
+        return Err(format!("{what} must not be 0"));
+    }
+    Ok(port)
+}
+
+/// Where the DNS forwarder sends queries.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum DnsUpstream {
+    /// The `nameserver` lines of /etc/resolv.conf, read when the NAT starts.
+    #[default]
+    System,
+    /// These servers, tried in order.
+    Servers(Vec<SocketAddr>),
+    /// None: every query is answered with SERVFAIL.
+    Disabled,
+}
+
+/// Bounds on what the guest can make the NAT hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// TCP and UDP flows (each with one host socket) at once. When full, the
+    /// oldest flow still in its handshake is dropped; if none is, the new
+    /// connection is refused.
+    pub max_flows: usize,
+    /// Buffer bytes per TCP flow and direction (two per flow).
+    pub flow_buffer: usize,
+    /// Frames waiting for the guest to take them.
+    pub guest_queue: usize,
+    /// A TCP flow with no traffic for this long is reset both ways.
+    pub tcp_idle: Duration,
+    /// A UDP flow with no traffic for this long is closed.
+    pub udp_idle: Duration,
+    /// A host connect that has not finished by then refuses the guest.
+    pub connect_timeout: Duration,
+    /// An upstream DNS server that has not answered by then is given up.
+    pub dns_timeout: Duration,
+    /// DNS queries waiting for upstream answers at once.
+    pub dns_pending: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_flows: 256,
+            flow_buffer: 128 * 1024,
+            guest_queue: 2048,
+            tcp_idle: Duration::from_secs(7200),
+            udp_idle: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(20),
+            dns_timeout: Duration::from_secs(2),
+            dns_pending: 256,
+        }
+    }
+}
+
+/// The user-mode NAT's configuration (QEMU `-netdev user`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserNetConfig {
+    /// The guest network's address.
+    pub net: Ipv4Addr,
+    /// The guest network's prefix length.
+    pub prefix_len: u8,
+    /// The gateway address (QEMU `host=`).
+    pub host: Ipv4Addr,
+    /// The DNS forwarder's address.
+    pub dns: Ipv4Addr,
+    /// The first address that DHCP hands out.
+    pub dhcp_start: Ipv4Addr,
+    /// The MAC address the NAT's own addresses answer with.
+    pub gateway_mac: MacAddr,
+    /// DHCP option 12.
+    pub hostname: Option<String>,
+    /// DHCP option 15.
+    pub domain: Option<String>,
+    /// DHCP lease time.
+    pub lease_time: Duration,
+    /// DHCP option 26 (interface MTU).
+    pub mtu: u16,
+    /// Where DNS queries go.
+    pub dns_upstream: DnsUpstream,
+    /// Only the NAT's own services and the port forwards are reachable.
+    pub restrict: bool,
+    /// Host port forwards.
+    pub hostfwd: Vec<HostFwd>,
+    /// Resource bounds.
+    pub limits: Limits,
+}
+
+impl Default for UserNetConfig {
+    fn default() -> Self {
+        UserNetConfig {
+            net: Ipv4Addr::new(10, 0, 2, 0),
+            prefix_len: 24,
+            host: Ipv4Addr::new(10, 0, 2, 2),
+            dns: Ipv4Addr::new(10, 0, 2, 3),
+            dhcp_start: Ipv4Addr::new(10, 0, 2, 15),
+            // QEMU's gateway MAC: 52:55 followed by the gateway's address.
+            gateway_mac: MacAddr([0x52, 0x55, 10, 0, 2, 2]),
+            hostname: None,
+            domain: None,
+            lease_time: Duration::from_secs(86400),
+            mtu: 1500,
+            dns_upstream: DnsUpstream::System,
+            restrict: false,
+            hostfwd: Vec::new(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl UserNetConfig {
+    /// The subnet mask as an address (255.255.255.0 for /24).
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(prefix_mask(self.prefix_len))
+    }
+
+    /// The subnet's broadcast address.
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.net) | !prefix_mask(self.prefix_len))
+    }
+
+    /// Whether `addr` lies in the guest network.
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        let mask = prefix_mask(self.prefix_len);
+        u32::from(addr) & mask == u32::from(self.net) & mask
+    }
+
+    /// Checks that the addresses fit together.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::BadConfig(m));
+        if !(8..=30).contains(&self.prefix_len) {
+            return bad(format!(
+                "net prefix /{} is outside /8../30; use e.g. net=10.0.2.0/24",
+                self.prefix_len
+            ));
+        }
+        if u32::from(self.net) & !prefix_mask(self.prefix_len) != 0 {
+            return bad(format!(
+                "net {}/{} has host bits set; use {}/{}",
+                self.net,
+                self.prefix_len,
+                Ipv4Addr::from(u32::from(self.net) & prefix_mask(self.prefix_len)),
+                self.prefix_len
+            ));
+        }
+        for (name, addr) in [
+            ("host", self.host),
+            ("dns", self.dns),
+            ("dhcpstart", self.dhcp_start),
+        ] {
+            if !self.contains(addr) || addr == self.net || addr == self.broadcast() {
+                return bad(format!(
+                    "{name}={addr} is not a host address of {}/{}",
+                    self.net, self.prefix_len
+                ));
+            }
+        }
+        if self.host == self.dns {
+            return bad(format!("host and dns are both {}; give them different addresses", self.host));
+        }
+        if self.dhcp_start == self.host || self.dhcp_start == self.dns {
+            return bad(format!("dhcpstart={} collides with host or dns", self.dhcp_start));
+        }
+        if self.limits.max_flows == 0 || self.limits.flow_buffer < 1024 || self.limits.guest_queue < 16 {
+            return bad("maxflows must be at least 1 and flowbuf at least 1024".into());
+        }
+        if usize::from(self.mtu) < 576 || usize::from(self.mtu) > crate::MAX_FRAME_LEN - 14 {
+            return bad(format!("mtu {} is outside 576..1500", self.mtu));
+        }
+        Ok(())
+    }
+
+    /// Applies one `key=value` of the user network. `Ok(false)` for a key it
+    /// does not know.
+    fn apply(&mut self, key: &str, value: &str, net_given: &mut bool) -> Result<bool, String> {
+        let addr = |v: &str| -> Result<Ipv4Addr, String> {
+            v.parse().map_err(|_| format!("'{v}' is not an IPv4 address"))
+        };
+        let secs = |v: &str| -> Result<Duration, String> {
+            v.parse::<u64>()
+                .map(Duration::from_secs)
+                .map_err(|_| format!("'{v}' is not a number of seconds"))
+        };
+        let count = |v: &str| -> Result<usize, String> {
+            v.parse::<usize>().map_err(|_| format!("'{v}' is not a number"))
+        };
+        match key {
+            "net" => {
+                let (a, m) = match value.split_once('/') {
+                    Some((a, m)) => (a, Some(m)),
+                    None => (value, None),
+                };
+                self.net = addr(a)?;
+                self.prefix_len = match m {
+                    None => 24,
+                    Some(m) => match m.parse::<u8>() {
+                        Ok(p) if p <= 32 => p,
+                        _ => {
+                            let mask = u32::from(addr(m)?);
+                            if mask.leading_ones() + mask.trailing_zeros() != 32 {
+                                return Err(format!("'{m}' is not a contiguous netmask"));
+                            }
+                            mask.leading_ones() as u8
+                        }
+                    },
+                };
+                *net_given = true;
+            }
+            "host" => self.host = addr(value)?,
+            "dns" => self.dns = addr(value)?,
+            "dhcpstart" => self.dhcp_start = addr(value)?,
+            "hostname" => self.hostname = Some(check_name(value)?),
+            "domainname" => self.domain = Some(check_name(value)?),
+            "hostfwd" => self.hostfwd.push(value.parse()?),
+            "restrict" => self.restrict = parse_bool(value)?,
+            "dnsupstream" => {
+                if value == "none" {
+                    self.dns_upstream = DnsUpstream::Disabled;
+                } else {
+                    let server = parse_upstream(value)?;
+                    match &mut self.dns_upstream {
+                        DnsUpstream::Servers(list) => list.push(server),
+                        other => *other = DnsUpstream::Servers(vec![server]),
+                    }
+                }
+            }
+            "maxflows" => self.limits.max_flows = count(value)?,
+            "flowbuf" => self.limits.flow_buffer = count(value)?,
+            "tcpidle" => self.limits.tcp_idle = secs(value)?,
+            "udpidle" => self.limits.udp_idle = secs(value)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+fn prefix_mask(prefix_len: u8) -> u32 {
+    match prefix_len {
+        0 => 0,
+        p if p >= 32 => u32::MAX,
+        p => u32::MAX << (32 - p),
+    }
+}
+
+fn check_name(v: &str) -> Result<String, String> {
+    if v.is_empty() || v.len() > 255 || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        return Err(format!("'{v}' is not a host or domain name (letters, digits, '-', '.')"));
+    }
+    Ok(v.to_string())
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "yes" | "true" => Ok(true),
+        "off" | "no" | "false" => Ok(false),
+        _ => Err(format!("'{v}' is neither on nor off")),
+    }
+}
+
+fn parse_upstream(v: &str) -> Result<SocketAddr, String> {
+    if let Ok(sa) = v.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    v.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("'{v}' is not ADDR or ADDR:PORT (IPv6 as [ADDR]:PORT)"))
+}
+
+/// A hub backend's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubConfig {
+    /// The network's name; members with the same id (and directory) meet.
+    pub id: String,
+    /// The socket directory; default `$XDG_RUNTIME_DIR/ferrovm-hub/ID`, or
+    /// `/tmp/ferrovm-hub-UID/ID`.
+    pub dir: Option<PathBuf>,
+}
+
+/// Which backend a `--nic` option names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendSpec {
+    /// `user`: the user-mode NAT.
+    User(UserNetConfig),
+    /// `hub`: an internal network between VMs.
+    Hub(HubConfig),
+}
+
+/// A parsed `--nic TYPE,key=value,...` option: the backend plus the keys
+/// that belong to the machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NicSpec {
+    /// The backend and its configuration.
+    pub backend: BackendSpec,
+    /// `model=`: the NIC model ("e1000", "virtio"), for the machine to pick.
+    pub model: Option<String>,
+    /// `mac=`: the guest NIC's address.
+    pub mac: Option<MacAddr>,
+    /// `pcap=`: capture both directions to this file.
+    pub pcap: Option<PathBuf>,
+}
+
+impl FromStr for NicSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let mut parts = s.split(',');
+        let kind = parts.next().unwrap_or("");
+        let bad = |option: &str, reason: String| Error::BadOption {
+            option: option.to_string(),
+            reason,
+        };
+        let mut user = UserNetConfig::default();
+        let mut net_given = false;
+        let mut hub_id = None;
+        let mut hub_dir = None;
+        let (mut model, mut mac, mut pcap) = (None, None, None);
+        let is_user = match kind {
+            "user" => true,
+            "hub" => false,
+            other => {
+                return Err(bad(s, format!("backend '{other}' is unknown; use user or hub")));
+            }
+        };
+        for part in parts.filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| bad(part, "expected key=value".into()))?;
+            match key {
+                "model" => model = Some(value.to_string()),
+                "mac" => mac = Some(value.parse().map_err(|e| bad(part, e))?),
+                "pcap" if !value.is_empty() => pcap = Some(PathBuf::from(value)),
+                "id" if !is_user => hub_id = Some(value.to_string()),
+                "path" if !is_user => hub_dir = Some(PathBuf::from(value)),
+                _ if is_user => {
+                    if !user.apply(key, value, &mut net_given).map_err(|e| bad(part, e))? {
+                        return Err(bad(
+                            part,
+                            format!(
+                                "unknown key '{key}'; user takes net, host, dns, dhcpstart, hostname, \
+                                 domainname, hostfwd, restrict, dnsupstream, maxflows, flowbuf, \
+                                 tcpidle, udpidle, model, mac, pcap"
+                            ),
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(bad(
+                        part,
+                        format!("unknown key '{key}'; hub takes id, path, model, mac, pcap"),
+                    ));
+                }
+            }
+        }
+        let backend = if is_user {
+            if net_given {
+                // Addresses not given follow the network, as in QEMU.
+                let base = u32::from(user.net);
+                let given = |k: &str| s.split(',').any(|p| p.starts_with(&format!("{k}=")));
+                if !given("host") {
+                    user.host = Ipv4Addr::from(base | 2);
+                }
+                if !given("dns") {
+                    user.dns = Ipv4Addr::from(base | 3);
+                }
+                if !given("dhcpstart") {
+                    user.dhcp_start = Ipv4Addr::from(base | 15);
+                }
+                if !given("host") {
+                    let o = user.host.octets();
+                    user.gateway_mac = MacAddr([0x52, 0x55, o[0], o[1], o[2], o[3]]);
+                }
+            }
+            user.validate()?;
+            BackendSpec::User(user)
+        } else {
+            let id = hub_id.ok_or_else(|| bad(s, "a hub needs id=NAME".into()))?;
+            crate::hub::check_id(&id).map_err(|e| bad(s, e))?;
+            BackendSpec::Hub(HubConfig { id, dir: hub_dir })
+        };
+        Ok(NicSpec {
+            backend,
+            model,
+            mac,
+            pcap,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(s: &str) -> UserNetConfig {
+        match s.parse::<NicSpec>().unwrap().backend {
+            BackendSpec::User(c) => c,
+            other => panic!("not user: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_qemu() {
+        let c = user("user");
+        assert_eq!(c.host, Ipv4Addr::new(10, 0, 2, 2));
+        assert_eq!(c.dns, Ipv4Addr::new(10, 0, 2, 3));
+        assert_eq!(c.dhcp_start, Ipv4Addr::new(10, 0, 2, 15));
+        assert_eq!(c.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert!(!c.restrict);
+    }
+
+    #[test]
+    fn full_option_string() {
+        let spec: NicSpec = "user,model=virtio,mac=52:54:00:aa:bb:cc,pcap=/tmp/x.pcap,\
+            hostfwd=tcp::2222-:22,hostfwd=udp:127.0.0.1:5353-10.0.2.16:53,restrict=on,\
+            dnsupstream=127.0.0.1:5300,hostname=guest,maxflows=64"
+            .parse()
+            .unwrap();
+        assert_eq!(spec.model.as_deref(), Some("virtio"));
+        assert_eq!(spec.mac, Some(MacAddr([0x52, 0x54, 0, 0xaa, 0xbb, 0xcc])));
+        assert_eq!(spec.pcap, Some(PathBuf::from("/tmp/x.pcap")));
+        let BackendSpec::User(c) = spec.backend else { panic!() };
+        assert!(c.restrict);
+        assert_eq!(c.limits.max_flows, 64);
+        assert_eq!(c.hostname.as_deref(), Some("guest"));
+        assert_eq!(
+            c.dns_upstream,
+            DnsUpstream::Servers(vec!["127.0.0.1:5300".parse().unwrap()])
+        );
+        assert_eq!(
+            c.hostfwd,
+            vec![
+                HostFwd {
+                    proto: Proto::Tcp,
+                    host: "0.0.0.0:2222".parse().unwrap(),
+                    guest_addr: None,
+                    guest_port: 22
+                },
+                HostFwd {
+                    proto: Proto::Udp,
+                    host: "127.0.0.1:5353".parse().unwrap(),
+                    guest_addr: Some(Ipv4Addr::new(10, 0, 2, 16)),
+                    guest_port: 53
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn net_moves_the_other_addresses() {
+        let c = user("user,net=192.168.76.0/255.255.255.0");
+        assert_eq!(c.prefix_len, 24);
+        assert_eq!(c.host, Ipv4Addr::new(192, 168, 76, 2));
+        assert_eq!(c.dns, Ipv4Addr::new(192, 168, 76, 3));
+        assert_eq!(c.dhcp_start, Ipv4Addr::new(192, 168, 76, 15));
+        let c = user("user,net=172.16.0.0/16,dhcpstart=172.16.1.1");
+        assert_eq!(c.dhcp_start, Ipv4Addr::new(172, 16, 1, 1));
+    }
+
+    #[test]
+    fn bad_specs_name_the_problem() {
+        for (s, needle) in [
+            ("user,hostfwd=tcp:1.2.3.4:80", "missing '-'"),
+            ("user,hostfwd=sctp::80-:80", "neither tcp nor udp"),
+            ("user,hostfwd=tcp::99999-:80", "not a port"),
+            ("user,hostfwd=tcp::80-:0", "must not be 0"),
+            ("user,hostfwd=tcp::80-1.2.3:80", "not an IPv4"),
+            ("user,hostfwd=tcp::80-80", "GUESTADDR"),
+            ("user,restrict=maybe", "neither on nor off"),
+            ("user,bogus=1", "unknown key 'bogus'"),
+            ("user,host=10.0.3.2", "not a host address"),
+            ("user,dns=10.0.2.2", "different addresses"),
+            ("user,net=10.0.2.1/24", "host bits"),
+            ("user,mac=01:00:00:00:00:01", "multicast"),
+            ("user,mac=zz", "hex byte"),
+            ("user,mac=52:54:00", "six hex bytes"),
+            ("tap,ifname=x", "unknown"),
+            ("hub", "needs id"),
+            ("hub,id=../x", "id"),
+            ("user,dnsupstream=nowhere", "ADDR:PORT"),
+        ] {
+            let err = s.parse::<NicSpec>().unwrap_err().to_string();
+            assert!(err.contains(needle), "{s}: {err}");
+        }
+    }
+
+    #[test]
+    fn hub_spec() {
+        let spec: NicSpec = "hub,id=lan0,model=e1000".parse().unwrap();
+        assert_eq!(
+            spec.backend,
+            BackendSpec::Hub(HubConfig {
+                id: "lan0".into(),
+                dir: None
+            })
+        );
+    }
+}

@@ -1,0 +1,304 @@
+//! The NAT's filter against hand-made and hostile frames. No host traffic:
+//! every NAT here runs with `restrict=on` or sends nothing outward.
+
+use super::*;
+use crate::frame::{build_icmp_echo, build_ipv4, build_udp, ETH_HEADER_LEN};
+use crate::DnsUpstream;
+use smoltcp::wire::{ArpOperation, EthernetFrame, EthernetRepr, Ipv4Packet, TcpPacket, TcpSeqNumber};
+
+const GUEST_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+const GW_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 2]);
+const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+const GW: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+
+fn nat() -> UserNet {
+    UserNet::new(UserNetConfig {
+        restrict: true,
+        dns_upstream: DnsUpstream::Disabled,
+        ..UserNetConfig::default()
+    })
+    .unwrap()
+}
+
+fn out(n: &mut UserNet) -> Vec<Vec<u8>> {
+    n.poll(Instant::now());
+    let mut v = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Some(len) = n.recv(&mut buf) {
+        v.push(buf[..len].to_vec());
+    }
+    v
+}
+
+fn arp(target: Ipv4Addr) -> Vec<u8> {
+    let repr = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: GUEST_MAC,
+        source_protocol_addr: GUEST,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: target,
+    };
+    let mut f = vec![0u8; ETH_HEADER_LEN + repr.buffer_len()];
+    let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
+    EthernetRepr {
+        src_addr: GUEST_MAC,
+        dst_addr: EthernetAddress::BROADCAST,
+        ethertype: EthernetProtocol::Arp,
+    }
+    .emit(&mut eth);
+    repr.emit(&mut ArpPacket::new_unchecked(&mut f[ETH_HEADER_LEN..]));
+    f
+}
+
+fn ping(dst: Ipv4Addr) -> Vec<u8> {
+    build_icmp_echo(GUEST_MAC, GW_MAC, GUEST, dst, false, 0x77, 1, b"abcdefgh")
+}
+
+fn syn(dst: Ipv4Addr, dport: u16, sport: u16) -> Vec<u8> {
+    build_ipv4(GUEST_MAC, GW_MAC, GUEST, dst, IpProtocol::Tcp, 20, |l4| {
+        let mut t = TcpPacket::new_unchecked(l4);
+        t.set_src_port(sport);
+        t.set_dst_port(dport);
+        t.set_seq_number(TcpSeqNumber(1000));
+        t.set_header_len(20);
+        t.clear_flags();
+        t.set_syn(true);
+        t.set_window_len(65535);
+        t.fill_checksum(&GUEST.into(), &dst.into());
+    })
+}
+
+#[test]
+fn arp_only_for_the_nat_addresses() {
+    let mut n = nat();
+    n.send(&arp(GW));
+    let replies = out(&mut n);
+    assert_eq!(replies.len(), 1);
+    let p = ArpPacket::new_checked(&replies[0][ETH_HEADER_LEN..]).unwrap();
+    assert_eq!(p.source_protocol_addr(), &GW.octets()[..]);
+    assert_eq!(p.source_hardware_addr(), &GW_MAC.0[..]);
+    n.send(&arp(Ipv4Addr::new(10, 0, 2, 3)));
+    assert_eq!(out(&mut n).len(), 1);
+    for other in [Ipv4Addr::new(10, 0, 2, 99), GUEST, Ipv4Addr::new(8, 8, 8, 8)] {
+        n.send(&arp(other));
+        assert!(out(&mut n).is_empty(), "ARP for {other} answered");
+    }
+}
+
+#[test]
+fn gateway_answers_ping_and_restrict_drops_outside_ping() {
+    let mut n = nat();
+    n.send(&ping(GW));
+    let r = out(&mut n);
+    assert_eq!(r.len(), 1);
+    let eth = frame::parse_eth(&r[0]).unwrap();
+    let ip = frame::parse_ipv4(eth.payload).unwrap();
+    assert_eq!((ip.src, ip.dst), (GW, GUEST));
+    let icmp = Icmpv4Packet::new_checked(ip.payload).unwrap();
+    assert!(matches!(
+        Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::default()).unwrap(),
+        Icmpv4Repr::EchoReply { ident: 0x77, seq_no: 1, data: b"abcdefgh" }
+    ));
+    n.send(&ping(Ipv4Addr::new(192, 0, 2, 1)));
+    assert!(out(&mut n).is_empty());
+    assert_eq!(n.stats().dropped_policy, 1);
+}
+
+#[test]
+fn restrict_answers_a_syn_with_rst() {
+    let mut n = nat();
+    n.send(&syn(GW, 80, 40000));
+    let r = out(&mut n);
+    assert_eq!(r.len(), 1);
+    let eth = frame::parse_eth(&r[0]).unwrap();
+    let ip = frame::parse_ipv4(eth.payload).unwrap();
+    let t = frame::parse_tcp(&ip).unwrap();
+    assert!(t.rst);
+    assert_eq!(t.ack, Some(1001));
+    assert_eq!(n.stats().tcp_flows, 0);
+}
+
+#[test]
+fn ip_options_are_skipped() {
+    // An echo request with a 4-byte IP option (NOP x3 + EOL), IHL 6.
+    let plain = ping(GW);
+    let mut f = plain[..ETH_HEADER_LEN + 20].to_vec();
+    f.extend_from_slice(&[1, 1, 1, 0]);
+    f.extend_from_slice(&plain[ETH_HEADER_LEN + 20..]);
+    {
+        let mut p = Ipv4Packet::new_unchecked(&mut f[ETH_HEADER_LEN..]);
+        p.set_header_len(24);
+        p.set_total_len((plain.len() - ETH_HEADER_LEN + 4) as u16);
+        p.fill_checksum();
+    }
+    let mut n = nat();
+    n.send(&f);
+    assert_eq!(out(&mut n).len(), 1, "echo with options answered");
+}
+
+#[test]
+fn malformed_frames_are_counted_not_fatal() {
+    let mut n = nat();
+    let good = ping(GW);
+    // Zero length and every truncation.
+    n.send(&[]);
+    for len in 1..good.len() {
+        n.send(&good[..len]);
+    }
+    // Bad IP total length (longer than the frame, shorter than the header).
+    for total in [0u16, 10, 19, 2000] {
+        let mut f = good.clone();
+        Ipv4Packet::new_unchecked(&mut f[ETH_HEADER_LEN..]).set_total_len(total);
+        Ipv4Packet::new_unchecked(&mut f[ETH_HEADER_LEN..]).fill_checksum();
+        n.send(&f);
+    }
+    // Bad IHL.
+    for ihl in [0u8, 4, 60] {
+        let mut f = good.clone();
+        f[ETH_HEADER_LEN] = 0x40 | (ihl / 4);
+        n.send(&f);
+    }
+    // Bad checksums: IP and ICMP.
+    let mut f = good.clone();
+    f[ETH_HEADER_LEN + 10] ^= 0xff;
+    n.send(&f);
+    let mut f = good.clone();
+    *f.last_mut().unwrap() ^= 0xff;
+    n.send(&f);
+    // Fragments (first and later).
+    for (more, off) in [(true, 0u16), (false, 64)] {
+        let mut f = good.clone();
+        let mut p = Ipv4Packet::new_unchecked(&mut f[ETH_HEADER_LEN..]);
+        p.set_more_frags(more);
+        p.set_frag_offset(off);
+        p.fill_checksum();
+        n.send(&f);
+    }
+    // UDP with a length past its IP payload.
+    let mut f = build_udp(
+        GUEST_MAC,
+        GW_MAC,
+        SocketAddrV4::new(GUEST, 1),
+        SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53),
+        &[0; 12],
+    );
+    f[ETH_HEADER_LEN + 20 + 4..ETH_HEADER_LEN + 20 + 6].copy_from_slice(&500u16.to_be_bytes());
+    n.send(&f);
+    // Another protocol, another ethertype, multicast source, someone else's MAC.
+    let mut f = good.clone();
+    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    n.send(&f);
+    let mut f = good.clone();
+    f[6] |= 1;
+    n.send(&f);
+    let mut f = good.clone();
+    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+    n.send(&f);
+    // Spoofed sources outside the network.
+    n.send(&build_icmp_echo(GUEST_MAC, GW_MAC, Ipv4Addr::new(1, 2, 3, 4), GW, false, 1, 1, b""));
+
+    assert!(out(&mut n).is_empty(), "no malformed frame was answered");
+    let s = n.stats();
+    assert!(s.dropped_malformed >= good.len() as u64, "{s:?}");
+    assert_eq!(s.dropped_checksum, 2, "{s:?}");
+    assert_eq!(s.dropped_fragment, 2, "{s:?}");
+    assert!(s.dropped_policy >= 1, "{s:?}");
+    // And the NAT still works.
+    n.send(&ping(GW));
+    assert_eq!(out(&mut n).len(), 1);
+}
+
+#[test]
+fn dns_without_upstream_is_servfail_at_once() {
+    let mut n = nat();
+    let q = dns::tests::query(0xbeef, "example.com");
+    n.send(&build_udp(
+        GUEST_MAC,
+        GW_MAC,
+        SocketAddrV4::new(GUEST, 5555),
+        SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53),
+        &q,
+    ));
+    let r = out(&mut n);
+    assert_eq!(r.len(), 1);
+    let eth = frame::parse_eth(&r[0]).unwrap();
+    let ip = frame::parse_ipv4(eth.payload).unwrap();
+    let udp = frame::parse_udp(&ip).unwrap();
+    assert_eq!((udp.src_port, udp.dst_port), (53, 5555));
+    assert_eq!(&udp.payload[0..2], &[0xbe, 0xef]);
+    assert_eq!(udp.payload[3] & 0xf, 2, "SERVFAIL");
+}
+
+#[test]
+fn guest_queue_is_bounded() {
+    let mut n = UserNet::new(UserNetConfig {
+        restrict: true,
+        dns_upstream: DnsUpstream::Disabled,
+        limits: crate::Limits {
+            guest_queue: 16,
+            ..Default::default()
+        },
+        ..UserNetConfig::default()
+    })
+    .unwrap();
+    for _ in 0..100 {
+        n.send(&ping(GW));
+    }
+    n.poll(Instant::now());
+    assert_eq!(n.q.to_guest.len(), 16);
+    assert_eq!(n.stats().dropped_guest_queue, 84);
+}
+
+#[test]
+fn fuzz_entry_point_over_random_and_mutated_frames() {
+    let seeds: Vec<Vec<u8>> = vec![
+        arp(GW),
+        ping(GW),
+        syn(GW, 80, 1234),
+        build_udp(
+            GUEST_MAC,
+            GW_MAC,
+            SocketAddrV4::new(GUEST, 5555),
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53),
+            &dns::tests::query(1, "a.example"),
+        ),
+        build_udp(
+            GUEST_MAC,
+            EthernetAddress::BROADCAST,
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, 67),
+            &dhcp::tests::client_msg(1, GUEST_MAC.0, 9, &[]),
+        ),
+    ];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..3000 {
+        let mut input = Vec::new();
+        for _ in 0..(rnd() % 4 + 1) {
+            let mut f = if i % 3 == 0 {
+                let len = (rnd() % 200) as usize;
+                (0..len).map(|_| rnd() as u8).collect()
+            } else {
+                seeds[(rnd() % seeds.len() as u64) as usize].clone()
+            };
+            // Mutate: flip bytes, truncate, extend.
+            for _ in 0..(rnd() % 4) {
+                if !f.is_empty() {
+                    let at = (rnd() % f.len() as u64) as usize;
+                    f[at] ^= rnd() as u8;
+                }
+            }
+            if rnd() % 4 == 0 && !f.is_empty() {
+                f.truncate((rnd() % f.len() as u64) as usize);
+            }
+            input.extend_from_slice(&(f.len() as u16).to_be_bytes());
+            input.extend_from_slice(&f);
+        }
+        crate::fuzz_frame(&input);
+    }
+}
