@@ -332,7 +332,16 @@ impl Machine {
         use hvf_kvm_accel::{IrqChip, VmExit};
         let start = Instant::now();
         let hv = hvf_kvm_accel::open()?;
-        let vm = hv.create_vm(self.mem.clone())?;
+        let vm: Arc<dyn hvf_kvm_accel::Vm> = Arc::from(hv.create_vm(self.mem.clone())?);
+        if matches!(vm.irqchip(), hvf_kvm_accel::IrqChip::InKernel { .. }) {
+            // KVM models the PIC, I/O APIC and local APIC: device lines go there.
+            let v = vm.clone();
+            self.chipset.intc.set_forward(Box::new(move |irq, level| {
+                if let Err(e) = v.set_irq_line(irq, level) {
+                    tracing::warn!(target: "accel", "KVM refused IRQ {irq}: {e}");
+                }
+            }));
+        }
         let mut vcpu = vm.create_vcpu(0)?;
         vcpu.set_state(&self.boot_state)?;
         // A guest spinning in KVM never exits by itself: machine events filed

@@ -103,6 +103,9 @@ pub struct InterruptController {
     intr_pending: AtomicBool,
     nmi_pending: AtomicBool,
     kick: RwLock<Option<Arc<dyn Fn() + Send + Sync>>>,
+    /// When set, device lines drive this instead of the emulated controllers
+    /// (a hypervisor's in-kernel irqchip takes them by input number).
+    forward: RwLock<Option<Arc<dyn Fn(u32, bool) + Send + Sync>>>,
     log: LogOnce,
 }
 
@@ -272,6 +275,7 @@ impl InterruptController {
             intr_pending: AtomicBool::new(false),
             nmi_pending: AtomicBool::new(false),
             kick: RwLock::new(None),
+            forward: RwLock::new(None),
             log: LogOnce::new(),
         })
     }
@@ -302,6 +306,14 @@ impl InterruptController {
     /// becomes pending (it replaces any earlier one). It runs with no lock held.
     pub fn set_kick(&self, kick: Box<dyn Fn() + Send + Sync>) {
         *self.kick.write() = Some(Arc::from(kick));
+    }
+
+    /// Route every device line to `forward(input, level)` instead of the
+    /// emulated PIC and I/O APIC: used when KVM's in-kernel irqchip models
+    /// them. Input numbers are ISA IRQs 0-15 and GSIs 16-23, as KVM's default
+    /// routing numbers them.
+    pub fn set_forward(&self, forward: Box<dyn Fn(u32, bool) + Send + Sync>) {
+        *self.forward.write() = Some(Arc::from(forward));
     }
 
     /// A line driving input `irq`: 0-15 are ISA IRQs (8259A input `irq` and
@@ -486,10 +498,21 @@ struct ControllerLine {
 
 impl IrqLine for ControllerLine {
     fn set_level(&self, level: bool) {
+        let forward = self.intc.forward.read().clone();
+        if let Some(f) = forward {
+            f(self.input as u32, level);
+            return;
+        }
         self.intc.with(|inner, _, log| inner.set_input(self.input, self.source, level, log));
     }
 
     fn pulse(&self) {
+        let forward = self.intc.forward.read().clone();
+        if let Some(f) = forward {
+            f(self.input as u32, true);
+            f(self.input as u32, false);
+            return;
+        }
         self.intc.with(|inner, _, log| {
             inner.set_input(self.input, self.source, true, log);
             inner.set_input(self.input, self.source, false, log);
