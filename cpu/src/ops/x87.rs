@@ -770,7 +770,7 @@ fn fabs(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
 }
 
 fn fchs(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
-    unary(cpu, insn, false, |a, _| a.neg())
+    unary(cpu, insn, false, |a, _| a.negate())
 }
 
 fn f2xm1(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
@@ -856,7 +856,7 @@ fn fpatan(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
 }
 
 /// FSIN and FCOS: out-of-range arguments set C2 and leave ST(0) alone.
-fn trig1(cpu: &mut Cpu, insn: &Instruction, op: fn(X80, &mut Ctx) -> Result<X80, ()>) -> Fault<()> {
+fn trig1(cpu: &mut Cpu, insn: &Instruction, op: fn(X80, &mut Ctx) -> Result<X80, trans::OutOfRange>) -> Fault<()> {
     enter(cpu)?;
     let mut f = cpu.state.fpu;
     note(cpu, insn, &mut f, None);
@@ -867,7 +867,7 @@ fn trig1(cpu: &mut Cpu, insn: &Instruction, op: fn(X80, &mut Ctx) -> Result<X80,
     } else {
         let mut c = Ctx::from_fcw(f.fcw, false);
         match op(x87::st(&f, 0), &mut c) {
-            Err(()) => x87::set_cc(&mut f, fsw::C2, fsw::C2),
+            Err(trans::OutOfRange) => x87::set_cc(&mut f, fsw::C2, fsw::C2),
             Ok(r) => {
                 if commit(&mut f, &c) {
                     x87::set_st(&mut f, 0, r);
@@ -890,7 +890,10 @@ fn fcos(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
 
 /// FPTAN, FSINCOS and FXTRACT: replace ST(0) and push a second result.
 /// Stack underflow or overflow with IE masked leaves the indefinite in both.
-fn two_results(cpu: &mut Cpu, insn: &Instruction, op: fn(X80, &mut Ctx) -> Result<(X80, X80), ()>) -> Fault<()> {
+/// An operation with two results and an out-of-range outcome.
+type TwoResults = fn(X80, &mut Ctx) -> Result<(X80, X80), trans::OutOfRange>;
+
+fn two_results(cpu: &mut Cpu, insn: &Instruction, op: TwoResults) -> Fault<()> {
     enter(cpu)?;
     let mut f = cpu.state.fpu;
     note(cpu, insn, &mut f, None);
@@ -911,7 +914,7 @@ fn two_results(cpu: &mut Cpu, insn: &Instruction, op: fn(X80, &mut Ctx) -> Resul
         None => {
             let mut c = Ctx::from_fcw(f.fcw, false);
             match op(x87::st(&f, 0), &mut c) {
-                Err(()) => x87::set_cc(&mut f, fsw::C2, fsw::C2),
+                Err(trans::OutOfRange) => x87::set_cc(&mut f, fsw::C2, fsw::C2),
                 Ok((r0, r1)) => {
                     if commit(&mut f, &c) {
                         x87::set_st(&mut f, 0, r0);
@@ -1124,7 +1127,7 @@ fn fnstenv<const WAIT: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let layout = env_layout(cpu, insn);
     let mut img = [0u8; 28];
     x87::store_env(&cpu.state.fpu, layout, &mut img);
-    cpu.write_mem_buf(seg, off, &img[..layout.len()])?;
+    cpu.write_mem_buf(seg, off, &img[..layout.size()])?;
     let f = &mut cpu.state.fpu;
     f.fcw |= x87::fcw::MASKS;
     x87::update_es(f);
@@ -1136,7 +1139,7 @@ fn fldenv(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let (seg, off) = mem_operand(cpu, insn);
     let layout = env_layout(cpu, insn);
     let mut img = [0u8; 28];
-    cpu.read_mem_buf(seg, off, &mut img[..layout.len()])?;
+    cpu.read_mem_buf(seg, off, &mut img[..layout.size()])?;
     x87::load_env(&mut cpu.state.fpu, layout, &img);
     Ok(())
 }
@@ -1145,7 +1148,7 @@ fn fnsave<const WAIT: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     enter_if(cpu, WAIT)?;
     let (seg, off) = mem_operand(cpu, insn);
     let layout = env_layout(cpu, insn);
-    let n = layout.len();
+    let n = layout.size();
     let mut img = [0u8; 108];
     x87::store_env(&cpu.state.fpu, layout, &mut img);
     x87::store_regs(&cpu.state.fpu, &mut img[n..n + 80]);
@@ -1158,7 +1161,7 @@ fn frstor(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     enter(cpu)?;
     let (seg, off) = mem_operand(cpu, insn);
     let layout = env_layout(cpu, insn);
-    let n = layout.len();
+    let n = layout.size();
     let mut img = [0u8; 108];
     cpu.read_mem_buf(seg, off, &mut img[..n + 80])?;
     let f = &mut cpu.state.fpu;
@@ -1261,4 +1264,1061 @@ fn fxrstor(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let mut img = [0u8; 512];
     cpu.read_mem_buf(seg, off, &mut img)?;
     x87::fxrstor(&mut cpu.state, rex_w, xmm, &img)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use iced_x86::code_asm::registers::gpr16::{ax, bx, si};
+    use iced_x86::code_asm::registers::gpr32::ebx;
+    use iced_x86::code_asm::registers::gpr64::{rbx, rcx};
+    use iced_x86::code_asm::registers::st::{st0, st1, st3, st5};
+    use iced_x86::code_asm::{dword_ptr, ptr, qword_ptr, tword_ptr, word_ptr, CodeAssembler};
+    use iced_x86::{Decoder, DecoderOptions, IcedError};
+    use mmu::GuestMemory;
+
+    use super::*;
+    use crate::cpu::Platform;
+    use crate::state::{seg_attr, Segment};
+    use crate::x87::softfloat::{ONE, ZERO};
+
+    const CODE: u64 = 0x1000;
+    const DATA: u64 = 0x8000;
+    const C0: u16 = fsw::C0;
+    const C1: u16 = fsw::C1;
+    const C2: u16 = fsw::C2;
+    const C3: u16 = fsw::C3;
+    const ES_B: u16 = fsw::ES | fsw::B;
+
+    struct NoIo;
+
+    impl Platform for NoIo {
+        fn io_read(&mut self, _port: u16, _size: u8) -> u32 {
+            u32::MAX
+        }
+        fn io_write(&mut self, _port: u16, _size: u8, _value: u32) {}
+        fn mmio_read(&mut self, _addr: u64, data: &mut [u8]) {
+            data.fill(0xff);
+        }
+        fn mmio_write(&mut self, _addr: u64, _data: &[u8]) {}
+    }
+
+    /// A CPU in 64-bit, 32-bit protected or real mode, flat, RBX = DATA,
+    /// CR0.NE and CR0.MP set, FPU in its FNINIT state.
+    fn machine(bits: u32) -> Cpu {
+        let mem = Arc::new(GuestMemory::new(1 << 20).unwrap());
+        let mut cpu = Cpu::new(mem, Box::new(NoIo));
+        let mut s = cpu.state;
+        let data = seg_attr::P | seg_attr::S | seg_attr::TYPE_RW | seg_attr::TYPE_ACCESSED;
+        let code = data | seg_attr::TYPE_CODE;
+        if bits == 16 {
+            s.seg[sreg::CS] = Segment::real(0, code);
+            for r in [sreg::DS, sreg::ES, sreg::SS] {
+                s.seg[r] = Segment::real(0, data);
+            }
+            s.cr0 |= cr::CR0_NE | cr::CR0_MP;
+        } else {
+            s.cr0 = cr::CR0_PE | cr::CR0_ET | cr::CR0_NE | cr::CR0_MP;
+            let flat = |attr: u32, selector: u16| Segment { base: 0, limit: 0xffff_ffff, attr, selector, _pad: [0; 3] };
+            let cs_attr = if bits == 64 { code | seg_attr::L } else { code | seg_attr::DB | seg_attr::G };
+            s.seg[sreg::CS] = flat(cs_attr, 0x08);
+            for r in [sreg::DS, sreg::ES, sreg::SS, sreg::FS, sreg::GS] {
+                s.seg[r] = flat(data | seg_attr::DB | seg_attr::G, 0x10);
+            }
+            if bits == 64 {
+                s.efer = cr::EFER_LME | cr::EFER_LMA;
+            }
+        }
+        s.gpr[3] = DATA;
+        cpu.set_state(s);
+        cpu
+    }
+
+    /// Decode `bytes` at CODE and run each instruction through its handler,
+    /// stopping at the first fault.
+    fn exec(cpu: &mut Cpu, bits: u32, bytes: &[u8]) -> Fault<()> {
+        let mut d = Decoder::with_ip(bits, bytes, CODE, DecoderOptions::NONE);
+        for insn in d.iter() {
+            assert_ne!(insn.code(), Code::INVALID);
+            cpu.insn_start = insn.ip();
+            cpu.state.rip = insn.next_ip();
+            crate::ops::handler(insn.code())(cpu, &insn)?;
+        }
+        Ok(())
+    }
+
+    fn asm_bits(cpu: &mut Cpu, bits: u32, f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Fault<()> {
+        let mut a = CodeAssembler::new(bits).unwrap();
+        f(&mut a).unwrap();
+        let bytes = a.assemble(CODE).unwrap();
+        exec(cpu, bits, &bytes)
+    }
+
+    fn asm(cpu: &mut Cpu, f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Fault<()> {
+        asm_bits(cpu, 64, f)
+    }
+
+    fn poke(cpu: &Cpu, addr: u64, bytes: &[u8]) {
+        cpu.mem().write(addr, bytes).unwrap();
+    }
+
+    fn peek<const N: usize>(cpu: &Cpu, addr: u64) -> [u8; N] {
+        let mut b = [0u8; N];
+        cpu.mem().read(addr, &mut b).unwrap();
+        b
+    }
+
+    fn poke_x80(cpu: &Cpu, addr: u64, v: X80) {
+        poke(cpu, addr, &m80_bytes(v));
+    }
+
+    fn st(cpu: &Cpu, i: usize) -> X80 {
+        x87::st(&cpu.state.fpu, i)
+    }
+
+    fn fsw(cpu: &Cpu) -> u16 {
+        cpu.state.fpu.fsw
+    }
+
+    fn top(t: u16) -> u16 {
+        t << 11
+    }
+
+    fn x(se: u16, m: u64) -> X80 {
+        X80::new(se, m)
+    }
+
+    #[test]
+    fn fldpi_and_the_constants() {
+        for (rc, m) in [
+            (0u16, 0xc90f_daa2_2168_c235u64),
+            (1, 0xc90f_daa2_2168_c234),
+            (2, 0xc90f_daa2_2168_c235),
+            (3, 0xc90f_daa2_2168_c234),
+        ] {
+            let mut cpu = machine(64);
+            cpu.state.fpu.fcw = 0x037f | (rc << 10);
+            asm(&mut cpu, |a| a.fldpi()).unwrap();
+            assert_eq!(st(&cpu, 0), x(0x4000, m), "rc {rc}");
+            assert_eq!(fsw(&cpu), top(7));
+        }
+        let mut cpu = machine(64);
+        asm(&mut cpu, |a| {
+            a.fld1()?;
+            a.fldz()?;
+            a.fldl2t()?;
+            a.fldl2e()?;
+            a.fldlg2()?;
+            a.fldln2()
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 5), ONE);
+        assert_eq!(st(&cpu, 4), ZERO);
+        assert_eq!(st(&cpu, 3), x(0x4000, 0xd49a_784b_cd1b_8afe));
+        assert_eq!(st(&cpu, 2), x(0x3fff, 0xb8aa_3b29_5c17_f0bc));
+        assert_eq!(st(&cpu, 1), x(0x3ffd, 0x9a20_9a84_fbcf_f799));
+        assert_eq!(st(&cpu, 0), x(0x3ffe, 0xb172_17f7_d1cf_79ac));
+        assert_eq!(fsw(&cpu), top(2));
+        // Tags: ST(4) = R6 holds zero, the others valid, R0 and R1 empty.
+        assert_eq!(cpu.state.fpu.ftw, 0x100f);
+    }
+
+    #[test]
+    fn one_third_in_each_rounding_mode_and_precision() {
+        let cases: [(u16, u64, u16); 6] = [
+            (0x037f, 0xaaaa_aaaa_aaaa_aaab, fsw::PE | C1),
+            (0x077f, 0xaaaa_aaaa_aaaa_aaaa, fsw::PE),
+            (0x0b7f, 0xaaaa_aaaa_aaaa_aaab, fsw::PE | C1),
+            (0x0f7f, 0xaaaa_aaaa_aaaa_aaaa, fsw::PE),
+            // PC = 24 and 53 bits.
+            (0x007f, 0xaaaa_ab00_0000_0000, fsw::PE | C1),
+            (0x027f, 0xaaaa_aaaa_aaaa_a800, fsw::PE),
+        ];
+        for (fcw, m, flags) in cases {
+            let mut cpu = machine(64);
+            cpu.state.fpu.fcw = fcw;
+            poke(&cpu, DATA, &3u32.to_le_bytes());
+            asm(&mut cpu, |a| {
+                a.fld1()?;
+                a.fidiv(dword_ptr(rbx))
+            })
+            .unwrap();
+            assert_eq!(st(&cpu, 0), x(0x3ffd, m), "fcw {fcw:#x}");
+            assert_eq!(fsw(&cpu), top(7) | flags, "fcw {fcw:#x}");
+        }
+        // Precision control does not apply to loads and FSCALE-like moves.
+        let mut cpu = machine(64);
+        cpu.state.fpu.fcw = 0x007f;
+        poke_x80(&cpu, DATA, x(0x3ffd, 0xaaaa_aaaa_aaaa_aaab));
+        asm(&mut cpu, |a| a.fld(tword_ptr(rbx))).unwrap();
+        assert_eq!(st(&cpu, 0), x(0x3ffd, 0xaaaa_aaaa_aaaa_aaab));
+        assert_eq!(fsw(&cpu), top(7));
+    }
+
+    #[test]
+    fn stack_underflow_and_overflow_masked() {
+        let mut cpu = machine(64);
+        asm(&mut cpu, |a| a.fadd_2(st0, st1)).unwrap();
+        assert_eq!(fsw(&cpu), fsw::IE | fsw::SF);
+        assert_eq!(st(&cpu, 0), INDEFINITE);
+        assert_eq!(cpu.state.fpu.ftw, 0xfffe);
+
+        let mut cpu = machine(64);
+        asm(&mut cpu, |a| {
+            for _ in 0..9 {
+                a.fld1()?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(fsw(&cpu), top(7) | C1 | fsw::IE | fsw::SF);
+        assert_eq!(st(&cpu, 0), INDEFINITE);
+        assert_eq!(st(&cpu, 1), ONE);
+
+        // FSTP to memory from an empty stack stores the indefinite.
+        let mut cpu = machine(64);
+        asm(&mut cpu, |a| a.fstp(qword_ptr(rbx))).unwrap();
+        assert_eq!(peek::<8>(&cpu, DATA), 0xfff8_0000_0000_0000u64.to_le_bytes());
+        assert_eq!(fsw(&cpu), top(1) | fsw::IE | fsw::SF);
+        // FISTP m16 likewise stores the integer indefinite.
+        let mut cpu = machine(64);
+        asm(&mut cpu, |a| a.fistp(word_ptr(rbx))).unwrap();
+        assert_eq!(peek::<2>(&cpu, DATA), [0x00, 0x80]);
+    }
+
+    #[test]
+    fn unmasked_exceptions_raise_mf_at_the_next_waiting_instruction() {
+        let mut cpu = machine(64);
+        cpu.state.fpu.fcw = 0x037e; // IE unmasked
+        asm(&mut cpu, |a| a.fsqrt()).unwrap();
+        // Underflow with IE unmasked: nothing written, ES and B set.
+        assert_eq!(fsw(&cpu), fsw::IE | fsw::SF | ES_B);
+        assert_eq!(cpu.state.fpu.ftw, 0xffff);
+        let before = cpu.state.fpu;
+        assert_eq!(asm(&mut cpu, |a| a.fld1()), Err(Exception::FpuError));
+        assert_eq!(cpu.state.fpu, before);
+        assert_eq!(asm(&mut cpu, |a| a.wait()), Err(Exception::FpuError));
+        // The non-waiting forms still run.
+        asm(&mut cpu, |a| a.fnstsw(ax)).unwrap();
+        assert_eq!(cpu.state.gpr[0] & 0xffff, u64::from(fsw::IE | fsw::SF | ES_B));
+        asm(&mut cpu, |a| {
+            a.fnclex()?;
+            a.fld1()
+        })
+        .unwrap();
+        assert_eq!(fsw(&cpu), top(7));
+
+        // Unmasked invalid operation leaves the operand alone.
+        let mut cpu = machine(64);
+        cpu.state.fpu.fcw = 0x037e;
+        asm(&mut cpu, |a| {
+            a.fld1()?;
+            a.fchs()?;
+            a.fsqrt()
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), ONE.negate());
+        assert_eq!(fsw(&cpu), top(7) | fsw::IE | ES_B);
+
+        // With CR0.NE = 0 the error is still reported as #MF.
+        cpu.state.cr0 &= !cr::CR0_NE;
+        assert_eq!(asm(&mut cpu, |a| a.fld1()), Err(Exception::FpuError));
+
+        // FLDCW that unmasks a pending flag arms #MF.
+        let mut cpu = machine(64);
+        poke(&cpu, DATA, &0x037bu16.to_le_bytes());
+        asm(&mut cpu, |a| {
+            a.fld1()?;
+            a.fldz()?;
+            a.fdivp(st1, st0)
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), X80::inf(false));
+        assert_eq!(fsw(&cpu), top(7) | fsw::ZE);
+        asm(&mut cpu, |a| a.fldcw(word_ptr(rbx))).unwrap();
+        assert_eq!(fsw(&cpu), top(7) | fsw::ZE | ES_B);
+        assert_eq!(asm(&mut cpu, |a| a.fld1()), Err(Exception::FpuError));
+        // FNSTENV masks everything, which clears the summary.
+        asm(&mut cpu, |a| a.fnstenv(ptr(rbx + 64))).unwrap();
+        assert_eq!(cpu.state.fpu.fcw, 0x037f);
+        assert_eq!(fsw(&cpu), top(7) | fsw::ZE);
+    }
+
+    #[test]
+    fn unmasked_overflow_and_underflow_deliver_bias_adjusted_results() {
+        let mut cpu = machine(64);
+        cpu.state.fpu.fcw = 0x0377; // OE unmasked
+        poke_x80(&cpu, DATA, x(0x7ffe, 0x8000_0000_0000_0000));
+        asm(&mut cpu, |a| {
+            a.fld(tword_ptr(rbx))?;
+            a.fadd_2(st0, st0)
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), x(0x7fff - 24576, 0x8000_0000_0000_0000));
+        assert_eq!(fsw(&cpu), top(7) | fsw::OE | ES_B);
+        // To memory: nothing stored, nothing popped.
+        let mut cpu = machine(64);
+        cpu.state.fpu.fcw = 0x0377;
+        poke_x80(&cpu, DATA, x(0x7ffe, 0x8000_0000_0000_0000));
+        poke(&cpu, DATA + 16, &[0x55; 4]);
+        asm(&mut cpu, |a| {
+            a.fld(tword_ptr(rbx))?;
+            a.fstp(dword_ptr(rbx + 16))
+        })
+        .unwrap();
+        assert_eq!(peek::<4>(&cpu, DATA + 16), [0x55; 4]);
+        assert_eq!(fsw(&cpu), top(7) | fsw::OE | fsw::PE | ES_B);
+
+        let mut cpu = machine(64);
+        cpu.state.fpu.fcw = 0x036f; // UE unmasked
+        poke_x80(&cpu, DATA, x(0x0001, 0x8000_0000_0000_0000));
+        poke(&cpu, DATA + 16, &0.5f32.to_le_bytes());
+        asm(&mut cpu, |a| {
+            a.fld(tword_ptr(rbx))?;
+            a.fmul(dword_ptr(rbx + 16))
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), x(24576, 0x8000_0000_0000_0000));
+        assert_eq!(fsw(&cpu), top(7) | fsw::UE | ES_B);
+    }
+
+    #[test]
+    fn device_not_available() {
+        let mut cpu = machine(64);
+        cpu.state.cr0 |= cr::CR0_TS;
+        assert_eq!(asm(&mut cpu, |a| a.fld1()), Err(Exception::DeviceNotAvailable));
+        assert_eq!(asm(&mut cpu, |a| a.fnstsw(ax)), Err(Exception::DeviceNotAvailable));
+        assert_eq!(asm(&mut cpu, |a| a.fninit()), Err(Exception::DeviceNotAvailable));
+        assert_eq!(asm(&mut cpu, |a| a.fxsave(ptr(rbx))), Err(Exception::DeviceNotAvailable));
+        assert_eq!(asm(&mut cpu, |a| a.emms()), Err(Exception::DeviceNotAvailable));
+        // WAIT faults only with TS and MP.
+        assert_eq!(asm(&mut cpu, |a| a.wait()), Err(Exception::DeviceNotAvailable));
+        cpu.state.cr0 &= !cr::CR0_MP;
+        asm(&mut cpu, |a| a.wait()).unwrap();
+
+        let mut cpu = machine(64);
+        cpu.state.cr0 |= cr::CR0_EM;
+        assert_eq!(asm(&mut cpu, |a| a.fld1()), Err(Exception::DeviceNotAvailable));
+        assert_eq!(asm(&mut cpu, |a| a.fxrstor(ptr(rbx))), Err(Exception::DeviceNotAvailable));
+        assert_eq!(asm(&mut cpu, |a| a.emms()), Err(Exception::InvalidOpcode));
+        asm(&mut cpu, |a| a.wait()).unwrap();
+        assert_eq!(cpu.state.fpu, FpuState::default());
+    }
+
+    #[test]
+    fn divide_by_zero_denormals_and_precision() {
+        let mut cpu = machine(64);
+        asm(&mut cpu, |a| {
+            a.fld1()?;
+            a.fchs()?;
+            a.fldz()?;
+            a.fdivp(st1, st0)
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), X80::inf(true));
+        assert_eq!(fsw(&cpu), top(7) | fsw::ZE);
+
+        // A denormal single raises DE on load; a denormal extended does not.
+        let mut cpu = machine(64);
+        poke(&cpu, DATA, &1u32.to_le_bytes());
+        poke_x80(&cpu, DATA + 16, x(0, 1));
+        asm(&mut cpu, |a| a.fld(dword_ptr(rbx))).unwrap();
+        assert_eq!(st(&cpu, 0), x(0x3fff - 149, 0x8000_0000_0000_0000));
+        assert_eq!(fsw(&cpu), top(7) | fsw::DE);
+        let mut cpu = machine(64);
+        poke_x80(&cpu, DATA + 16, x(0, 1));
+        asm(&mut cpu, |a| a.fld(tword_ptr(rbx + 16))).unwrap();
+        assert_eq!(fsw(&cpu), top(7));
+        assert_eq!(cpu.state.fpu.ftw, 0xbfff);
+        // Arithmetic on it does.
+        asm(&mut cpu, |a| a.fadd_2(st0, st0)).unwrap();
+        assert_eq!(st(&cpu, 0), x(0, 2));
+        assert_eq!(fsw(&cpu), top(7) | fsw::DE);
+        // Unmasked DE: the load does not happen.
+        let mut cpu = machine(64);
+        cpu.state.fpu.fcw = 0x037d;
+        poke(&cpu, DATA, &1u32.to_le_bytes());
+        asm(&mut cpu, |a| a.fld(dword_ptr(rbx))).unwrap();
+        assert_eq!(fsw(&cpu), fsw::DE | ES_B);
+        assert_eq!(cpu.state.fpu.ftw, 0xffff);
+
+        // Precision: 1 + 2^-64 rounds to 1 with PE; rounding up sets C1.
+        let mut cpu = machine(64);
+        poke_x80(&cpu, DATA, x(0x3fff - 64, 0x8000_0000_0000_0000));
+        asm(&mut cpu, |a| {
+            a.fld1()?;
+            a.fld(tword_ptr(rbx))?;
+            a.faddp(st1, st0)
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), ONE);
+        assert_eq!(fsw(&cpu), top(7) | fsw::PE);
+        cpu.state.fpu.fcw = 0x0b7f;
+        asm(&mut cpu, |a| {
+            a.fld(tword_ptr(rbx))?;
+            a.faddp(st1, st0)
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), x(0x3fff, 0x8000_0000_0000_0001));
+        assert_eq!(fsw(&cpu), top(7) | fsw::PE | C1);
+    }
+
+    #[test]
+    fn float_stores_round() {
+        let mut cpu = machine(64);
+        poke_x80(&cpu, DATA, x(0x3ffd, 0xaaaa_aaaa_aaaa_aaab));
+        asm(&mut cpu, |a| {
+            a.fld(tword_ptr(rbx))?;
+            a.fst(dword_ptr(rbx + 16))
+        })
+        .unwrap();
+        assert_eq!(peek::<4>(&cpu, DATA + 16), 0x3eaa_aaabu32.to_le_bytes());
+        assert_eq!(fsw(&cpu), top(7) | fsw::PE | C1);
+        asm(&mut cpu, |a| a.fstp(qword_ptr(rbx + 32))).unwrap();
+        assert_eq!(peek::<8>(&cpu, DATA + 32), 0x3fd5_5555_5555_5555u64.to_le_bytes());
+        assert_eq!(fsw(&cpu), fsw::PE);
+        // Masked overflow to single: infinity.
+        poke_x80(&cpu, DATA, x(0x7ffe, 0x8000_0000_0000_0000));
+        asm(&mut cpu, |a| {
+            a.fld(tword_ptr(rbx))?;
+            a.fstp(dword_ptr(rbx + 16))
+        })
+        .unwrap();
+        assert_eq!(peek::<4>(&cpu, DATA + 16), 0x7f80_0000u32.to_le_bytes());
+        assert_eq!(fsw(&cpu), fsw::PE | fsw::OE | C1);
+        // An SNaN stores quieted, with IE.
+        let mut cpu = machine(64);
+        poke_x80(&cpu, DATA, x(0x7fff, 0x8000_0000_0000_0001 | (0x1234 << 40)));
+        asm(&mut cpu, |a| {
+            a.fld(tword_ptr(rbx))?;
+            a.fstp(dword_ptr(rbx + 16))
+        })
+        .unwrap();
+        assert_eq!(peek::<4>(&cpu, DATA + 16), (0x7fc0_0000u32 | 0x1234).to_le_bytes());
+        assert_eq!(fsw(&cpu), fsw::IE);
+        // FSTP m80 is exact and FLD m80 keeps SNaNs.
+        let mut cpu = machine(64);
+        let snan = x(0xffff, 0x8000_0000_0000_0001);
+        poke_x80(&cpu, DATA, snan);
+        asm(&mut cpu, |a| {
+            a.fld(tword_ptr(rbx))?;
+            a.fstp(tword_ptr(rbx + 16))
+        })
+        .unwrap();
+        assert_eq!(peek::<10>(&cpu, DATA + 16), m80_bytes(snan));
+        assert_eq!(fsw(&cpu), 0);
+    }
+
+    #[test]
+    fn integer_loads_and_stores() {
+        let mut cpu = machine(64);
+        poke(&cpu, DATA, &(-5i16).to_le_bytes());
+        poke(&cpu, DATA + 8, &i64::MIN.to_le_bytes());
+        asm(&mut cpu, |a| {
+            a.fild(word_ptr(rbx))?;
+            a.fild(qword_ptr(rbx + 8))
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 1), sf::from_i64(-5));
+        assert_eq!(st(&cpu, 0), x(0xc03e, 0x8000_0000_0000_0000));
+        assert_eq!(fsw(&cpu), top(6));
+
+        let two_half = x(0x4000, 0xa000_0000_0000_0000);
+        for (fcw, want, flags) in [(0x037fu16, 2u16, fsw::PE), (0x0b7f, 3, fsw::PE | C1), (0x077f, 2, fsw::PE)] {
+            let mut cpu = machine(64);
+            cpu.state.fpu.fcw = fcw;
+            poke_x80(&cpu, DATA, two_half);
+            asm(&mut cpu, |a| {
+                a.fld(tword_ptr(rbx))?;
+                a.fist(word_ptr(rbx + 16))
+            })
+            .unwrap();
+            assert_eq!(peek::<2>(&cpu, DATA + 16), want.to_le_bytes(), "fcw {fcw:#x}");
+            assert_eq!(fsw(&cpu), top(7) | flags);
+        }
+        // FISTTP truncates whatever RC says.
+        let mut cpu = machine(64);
+        cpu.state.fpu.fcw = 0x077f;
+        poke_x80(&cpu, DATA, two_half.negate());
+        asm(&mut cpu, |a| {
+            a.fld(tword_ptr(rbx))?;
+            a.fisttp(dword_ptr(rbx + 16))
+        })
+        .unwrap();
+        assert_eq!(peek::<4>(&cpu, DATA + 16), (-2i32).to_le_bytes());
+        assert_eq!(fsw(&cpu), fsw::PE);
+        // Out of range: IE and the integer indefinite; -32768 is in range.
+        let mut cpu = machine(64);
+        poke(&cpu, DATA, &40000i32.to_le_bytes());
+        poke(&cpu, DATA + 4, &(-32768i32).to_le_bytes());
+        asm(&mut cpu, |a| {
+            a.fild(dword_ptr(rbx))?;
+            a.fistp(word_ptr(rbx + 16))?;
+            a.fild(dword_ptr(rbx + 4))?;
+            a.fistp(word_ptr(rbx + 18))
+        })
+        .unwrap();
+        assert_eq!(peek::<4>(&cpu, DATA + 16), [0x00, 0x80, 0x00, 0x80]);
+        assert_eq!(fsw(&cpu), fsw::IE);
+        // Unmasked IE: no store, no pop.
+        let mut cpu = machine(64);
+        cpu.state.fpu.fcw = 0x037e;
+        poke(&cpu, DATA, &40000i32.to_le_bytes());
+        asm(&mut cpu, |a| {
+            a.fild(dword_ptr(rbx))?;
+            a.fistp(word_ptr(rbx + 16))
+        })
+        .unwrap();
+        assert_eq!(peek::<2>(&cpu, DATA + 16), [0, 0]);
+        assert_eq!(fsw(&cpu), top(7) | fsw::IE | ES_B);
+    }
+
+    #[test]
+    fn bcd() {
+        let mut cpu = machine(64);
+        // -123456789012345678
+        let bcd = [0x78, 0x56, 0x34, 0x12, 0x90, 0x78, 0x56, 0x34, 0x12, 0x80];
+        poke(&cpu, DATA, &bcd);
+        asm(&mut cpu, |a| a.fbld(tword_ptr(rbx))).unwrap();
+        assert_eq!(st(&cpu, 0), sf::from_i64(-123_456_789_012_345_678));
+        asm(&mut cpu, |a| a.fbstp(tword_ptr(rbx + 16))).unwrap();
+        assert_eq!(peek::<10>(&cpu, DATA + 16), bcd);
+        assert_eq!(fsw(&cpu), 0);
+        // 10^18 does not fit: IE and the BCD indefinite.
+        poke(&cpu, DATA, &1_000_000_000_000_000_000i64.to_le_bytes());
+        asm(&mut cpu, |a| {
+            a.fild(qword_ptr(rbx))?;
+            a.fbstp(tword_ptr(rbx + 16))
+        })
+        .unwrap();
+        assert_eq!(peek::<10>(&cpu, DATA + 16), [0, 0, 0, 0, 0, 0, 0, 0xc0, 0xff, 0xff]);
+        assert_eq!(fsw(&cpu), fsw::IE);
+    }
+
+    #[test]
+    fn comparisons() {
+        let mut cpu = machine(64);
+        asm(&mut cpu, |a| {
+            a.fld1()?;
+            a.fldz()?;
+            a.fcom_2(st0, st1)
+        })
+        .unwrap();
+        assert_eq!(fsw(&cpu), top(6) | C0);
+        asm(&mut cpu, |a| a.fcomi(st0, st1)).unwrap();
+        assert_eq!(cpu.state.flags() & (rf::ZF | rf::PF | rf::CF), rf::CF);
+        asm(&mut cpu, |a| a.fucomip(st0, st1)).unwrap();
+        assert_eq!(fsw(&cpu), top(7) | C0);
+        asm(&mut cpu, |a| a.fcomi(st0, st0)).unwrap();
+        assert_eq!(cpu.state.flags() & (rf::ZF | rf::PF | rf::CF | rf::OF | rf::SF | rf::AF), rf::ZF);
+        // FTST of -0 is "equal".
+        asm(&mut cpu, |a| {
+            a.fldz()?;
+            a.fchs()?;
+            a.ftst()
+        })
+        .unwrap();
+        assert_eq!(fsw(&cpu), top(6) | C3);
+        // FICOM: 1 > 0.
+        poke(&cpu, DATA, &0i16.to_le_bytes());
+        asm(&mut cpu, |a| {
+            a.fstp(st0)?;
+            a.ficomp(word_ptr(rbx))
+        })
+        .unwrap();
+        assert_eq!(fsw(&cpu), 0);
+
+        // NaNs: FUCOM is quiet for QNaNs, FCOM is not; both report unordered.
+        let mut cpu = machine(64);
+        poke(&cpu, DATA, &0x7ff8_0000_0000_0000u64.to_le_bytes());
+        asm(&mut cpu, |a| {
+            a.fld1()?;
+            a.fld(qword_ptr(rbx))?;
+            a.fucom(st0, st1)
+        })
+        .unwrap();
+        assert_eq!(fsw(&cpu), top(6) | C3 | C2 | C0);
+        asm(&mut cpu, |a| a.fcom_2(st0, st1)).unwrap();
+        assert_eq!(fsw(&cpu), top(6) | C3 | C2 | C0 | fsw::IE);
+        asm(&mut cpu, |a| {
+            a.fnclex()?;
+            a.fucompp()
+        })
+        .unwrap();
+        assert_eq!(fsw(&cpu), C3 | C2 | C0);
+        asm(&mut cpu, |a| {
+            a.fld1()?;
+            a.fld(qword_ptr(rbx))?;
+            a.fucomi(st0, st1)
+        })
+        .unwrap();
+        assert_eq!(cpu.state.flags() & (rf::ZF | rf::PF | rf::CF), rf::ZF | rf::PF | rf::CF);
+        // Unmasked IE: condition codes and stack unchanged.
+        let mut cpu = machine(64);
+        cpu.state.fpu.fcw = 0x037e;
+        poke(&cpu, DATA, &0x7ff8_0000_0000_0000u64.to_le_bytes());
+        asm(&mut cpu, |a| {
+            a.fld1()?;
+            a.fld(qword_ptr(rbx))?;
+            a.fcompp()
+        })
+        .unwrap();
+        assert_eq!(fsw(&cpu), top(6) | fsw::IE | ES_B);
+        // Empty operand, masked: unordered and the pops happen.
+        let mut cpu = machine(64);
+        asm(&mut cpu, |a| {
+            a.fld1()?;
+            a.fcompp()
+        })
+        .unwrap();
+        assert_eq!(fsw(&cpu), top(1) | C3 | C2 | C0 | fsw::IE | fsw::SF);
+    }
+
+    #[test]
+    fn fxam_classes() {
+        let cases: [(X80, u16); 7] = [
+            (ONE, C2),
+            (ONE.negate(), C2 | C1),
+            (X80::inf(true), C2 | C0 | C1),
+            (ZERO, C3),
+            (x(0, 5), C3 | C2),
+            (INDEFINITE, C0 | C1),
+            (x(0x3fff, 0x4000_0000_0000_0000), 0),
+        ];
+        for (v, cc) in cases {
+            let mut cpu = machine(64);
+            poke_x80(&cpu, DATA, v);
+            asm(&mut cpu, |a| {
+                a.fld(tword_ptr(rbx))?;
+                a.fxam()
+            })
+            .unwrap();
+            assert_eq!(fsw(&cpu), top(7) | cc, "{v:?}");
+        }
+        // Empty: C3 and C0, C1 from the stale sign.
+        let mut cpu = machine(64);
+        cpu.state.fpu.regs[0].sign_exp = 0x8000;
+        asm(&mut cpu, |a| a.fxam()).unwrap();
+        assert_eq!(fsw(&cpu), C3 | C1 | C0);
+    }
+
+    #[test]
+    fn exchange_conditional_moves_and_stack_control() {
+        let mut cpu = machine(64);
+        asm(&mut cpu, |a| {
+            a.fld1()?;
+            a.fldz()?;
+            a.fxch(st0, st1)
+        })
+        .unwrap();
+        assert_eq!((st(&cpu, 0), st(&cpu, 1)), (ONE, ZERO));
+        cpu.state.set_arith_flags(rf::ARITH, rf::ZF);
+        asm(&mut cpu, |a| {
+            a.fcmovb(st0, st1)?;
+            a.fcmovne(st0, st1)
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), ONE);
+        asm(&mut cpu, |a| a.fcmove(st0, st1)).unwrap();
+        assert_eq!(st(&cpu, 0), ZERO);
+        assert_eq!(fsw(&cpu), top(6));
+        // FXCH with an empty register, masked: the indefinite is swapped in.
+        asm(&mut cpu, |a| a.fxch(st0, st3)).unwrap();
+        assert_eq!(st(&cpu, 0), INDEFINITE);
+        assert_eq!(st(&cpu, 3), ZERO);
+        assert_eq!(fsw(&cpu), top(6) | fsw::IE | fsw::SF);
+        asm(&mut cpu, |a| {
+            a.fnclex()?;
+            a.fincstp()?;
+            a.fincstp()?;
+            a.fdecstp()
+        })
+        .unwrap();
+        assert_eq!(fsw(&cpu), top(7));
+        asm(&mut cpu, |a| a.ffree(st0)).unwrap();
+        assert!(x87::is_empty(&cpu.state.fpu, 0));
+        assert_eq!(fsw(&cpu), top(7));
+        asm(&mut cpu, |a| a.fstp(st0)).unwrap();
+        assert_eq!(fsw(&cpu), fsw::IE | fsw::SF);
+    }
+
+    #[test]
+    fn remainder_scale_extract_round_sqrt() {
+        let mut cpu = machine(64);
+        poke(&cpu, DATA, &2i32.to_le_bytes());
+        poke(&cpu, DATA + 4, &7i32.to_le_bytes());
+        asm(&mut cpu, |a| {
+            a.fild(dword_ptr(rbx))?;
+            a.fild(dword_ptr(rbx + 4))?;
+            a.fprem()
+        })
+        .unwrap();
+        // 7 = 3 * 2 + 1: Q = 3 -> C3 (Q1) and C1 (Q0).
+        assert_eq!(st(&cpu, 0), ONE);
+        assert_eq!(fsw(&cpu), top(6) | C3 | C1);
+        asm(&mut cpu, |a| {
+            a.fstp(st0)?;
+            a.fild(dword_ptr(rbx + 4))?;
+            a.fprem1()
+        })
+        .unwrap();
+        // 7 = 4 * 2 - 1: Q = 4 -> C0 (Q2).
+        assert_eq!(st(&cpu, 0), ONE.negate());
+        assert_eq!(fsw(&cpu), top(6) | C0);
+        // A huge dividend reduces partially: C2 set.
+        poke_x80(&cpu, DATA + 16, x(0x3fff + 300, 0xc000_0000_0000_0001));
+        asm(&mut cpu, |a| {
+            a.fstp(st0)?;
+            a.fld(tword_ptr(rbx + 16))?;
+            a.fprem()
+        })
+        .unwrap();
+        assert_eq!(fsw(&cpu) & C2, C2);
+        // Loop FPREM until complete: the result is the exact remainder.
+        let mut n = 0;
+        while fsw(&cpu) & C2 != 0 {
+            asm(&mut cpu, |a| a.fprem()).unwrap();
+            n += 1;
+            assert!(n < 20);
+        }
+        let mut c = Ctx::new(sf::Rc::Nearest, 64);
+        let r = st(&cpu, 0);
+        assert_eq!(sf::compare(r, sf::from_i64(2), true, &mut c), Some(Ordering::Less));
+        // 3 * 2^(1<<63 whatever) checked via FSCALE: 1.5 * 2^3 = 12.
+        let mut cpu = machine(64);
+        poke(&cpu, DATA, &3.9f64.to_le_bytes());
+        poke(&cpu, DATA + 8, &1.5f64.to_le_bytes());
+        asm(&mut cpu, |a| {
+            a.fld(qword_ptr(rbx))?;
+            a.fld(qword_ptr(rbx + 8))?;
+            a.fscale()
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), sf::from_i64(12));
+        assert_eq!(fsw(&cpu), top(6));
+        // FXTRACT of 12: exponent 3, significand 1.5.
+        asm(&mut cpu, |a| a.fxtract()).unwrap();
+        assert_eq!(st(&cpu, 0), x(0x3fff, 0xc000_0000_0000_0000));
+        assert_eq!(st(&cpu, 1), sf::from_i64(3));
+        assert_eq!(fsw(&cpu), top(5));
+        // FXTRACT of zero: ZE, exponent -inf.
+        let mut cpu = machine(64);
+        asm(&mut cpu, |a| {
+            a.fldz()?;
+            a.fxtract()
+        })
+        .unwrap();
+        assert_eq!((st(&cpu, 0), st(&cpu, 1)), (ZERO, X80::inf(true)));
+        assert_eq!(fsw(&cpu), top(6) | fsw::ZE);
+        // FRNDINT, FABS, FSQRT.
+        let mut cpu = machine(64);
+        poke(&cpu, DATA, &(-2.5f64).to_le_bytes());
+        asm(&mut cpu, |a| {
+            a.fld(qword_ptr(rbx))?;
+            a.frndint()
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), sf::from_i64(-2));
+        assert_eq!(fsw(&cpu), top(7) | fsw::PE);
+        asm(&mut cpu, |a| {
+            a.fabs()?;
+            a.fld1()?;
+            a.faddp(st1, st0)?;
+            a.fsqrt()
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), x(0x3fff, 0xddb3_d742_c265_539e));
+        assert_eq!(fsw(&cpu), top(7) | fsw::PE | C1);
+    }
+
+    #[test]
+    fn transcendental_instructions() {
+        let mut cpu = machine(64);
+        asm(&mut cpu, |a| {
+            a.fld1()?;
+            a.fsincos()
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), x(0x3ffe, 0x8a51_407d_a834_5c92));
+        assert_eq!(st(&cpu, 1), x(0x3ffe, 0xd76a_a478_4867_7021));
+        assert_eq!(fsw(&cpu) & !(C1 | fsw::PE), top(6));
+        let mut cpu = machine(64);
+        asm(&mut cpu, |a| {
+            a.fld1()?;
+            a.fptan()
+        })
+        .unwrap();
+        assert_eq!((st(&cpu, 1), st(&cpu, 0)), (x(0x3fff, 0xc759_22e5_f71d_2dc5), ONE));
+        // FPATAN pops: atan(1 / 1) = pi/4.
+        asm(&mut cpu, |a| {
+            a.fld1()?;
+            a.fpatan()
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), x(0x3ffe, 0xc90f_daa2_2168_c235));
+        assert_eq!(fsw(&cpu) & fsw::TOP, top(6));
+        // FYL2X: 3 * log2(8) = 9, exact.
+        let mut cpu = machine(64);
+        poke(&cpu, DATA, &3i32.to_le_bytes());
+        poke(&cpu, DATA + 4, &8i32.to_le_bytes());
+        asm(&mut cpu, |a| {
+            a.fild(dword_ptr(rbx))?;
+            a.fild(dword_ptr(rbx + 4))?;
+            a.fyl2x()
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), sf::from_i64(9));
+        assert_eq!(fsw(&cpu), top(7));
+        // FYL2X of 0: ZE and -inf.
+        asm(&mut cpu, |a| {
+            a.fldz()?;
+            a.fyl2x()
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), X80::inf(true));
+        assert_eq!(fsw(&cpu), top(7) | fsw::ZE);
+        // FSIN out of range: C2, operand unchanged.
+        let mut cpu = machine(64);
+        poke_x80(&cpu, DATA, x(0x403e, 0x8000_0000_0000_0000));
+        asm(&mut cpu, |a| {
+            a.fld(tword_ptr(rbx))?;
+            a.fsin()
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), x(0x403e, 0x8000_0000_0000_0000));
+        assert_eq!(fsw(&cpu), top(7) | C2);
+        // Just inside the range, with exact reduction: sin(2^62) = -0.70374...
+        poke_x80(&cpu, DATA, x(0x403d, 0x8000_0000_0000_0000));
+        asm(&mut cpu, |a| {
+            a.fstp(st0)?;
+            a.fld(tword_ptr(rbx))?;
+            a.fsin()
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), x(0xbffe, 0xb3f2_b9aa_f80a_3946));
+        assert_eq!(fsw(&cpu) & !C1, top(7) | fsw::PE);
+        // F2XM1(-1) = -0.5 exactly.
+        let mut cpu = machine(64);
+        asm(&mut cpu, |a| {
+            a.fld1()?;
+            a.fchs()?;
+            a.f2xm1()
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), x(0xbffe, 0x8000_0000_0000_0000));
+        assert_eq!(fsw(&cpu), top(7));
+        // FSIN of infinity: IE.
+        asm(&mut cpu, |a| {
+            a.fldz()?;
+            a.fdivr_2(st0, st1)?;
+            a.fnclex()?;
+            a.fsin()
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), INDEFINITE);
+        assert_eq!(fsw(&cpu), top(6) | fsw::IE);
+    }
+
+    #[test]
+    fn environment_layouts() {
+        // 32-bit protected mode, 28-byte image.
+        let mut cpu = machine(32);
+        cpu.state.gpr[3] = DATA;
+        poke(&cpu, DATA + 0x100, &1.0f64.to_le_bytes());
+        asm_bits(&mut cpu, 32, |a| {
+            a.fld(qword_ptr(ebx + 0x100))?;
+            a.fldz()?;
+            a.fnstenv(ptr(ebx))
+        })
+        .unwrap();
+        let img = peek::<28>(&cpu, DATA);
+        let dw = |i: usize| u32::from_le_bytes([img[i], img[i + 1], img[i + 2], img[i + 3]]);
+        assert_eq!(dw(0), 0xffff_037f);
+        assert_eq!(dw(4), 0xffff_0000 | u32::from(top(6)));
+        assert_eq!(dw(8), 0xffff_1fff);
+        // FLDZ (D9 EE) is the last non-control instruction: FIP = its address.
+        assert_eq!(dw(12), CODE as u32 + 6);
+        assert_eq!(dw(16), 0x01ee_0008);
+        assert_eq!(dw(20), DATA as u32 + 0x100);
+        assert_eq!(dw(24), 0xffff_0010);
+        // FLDENV restores it (after FNINIT), recomputing tags from contents.
+        asm_bits(&mut cpu, 32, |a| {
+            a.fninit()?;
+            a.fldenv(ptr(ebx))
+        })
+        .unwrap();
+        assert_eq!(cpu.state.fpu.fcw, 0x037f);
+        assert_eq!(fsw(&cpu), top(6));
+        assert_eq!(cpu.state.fpu.ftw, 0x1fff);
+        assert_eq!(cpu.state.fpu.fip, CODE + 6);
+        assert_eq!(cpu.state.fpu.fop, 0x1ee);
+
+        // Real mode, 16-bit image: linear pointers, FOP beside FIP[19:16].
+        let mut cpu = machine(16);
+        cpu.state.seg[sreg::CS] = Segment::real(0x1234, cpu.state.seg[sreg::CS].attr);
+        cpu.state.fpu.fip = 0xfff0;
+        cpu.state.fpu.fcs = 0x1234;
+        cpu.state.fpu.fop = 0x5e8;
+        asm_bits(&mut cpu, 16, |a| a.fnstenv(ptr(bx))).unwrap();
+        let img = peek::<14>(&cpu, DATA);
+        let w = |i: usize| u16::from_le_bytes([img[i], img[i + 1]]);
+        assert_eq!((w(0), w(2), w(4)), (0x037f, 0, 0xffff));
+        // 0x1234 * 16 + 0xfff0 = 0x22330.
+        assert_eq!((w(6), w(8)), (0x2330, 0x2000 | 0x5e8));
+        asm_bits(&mut cpu, 16, |a| a.fldenv(ptr(bx))).unwrap();
+        assert_eq!((cpu.state.fpu.fip, cpu.state.fpu.fcs, cpu.state.fpu.fop), (0x22330, 0, 0x5e8));
+        // 32-bit operand size in real mode (66 D9 37: fnstenv [bx]).
+        exec(&mut cpu, 16, &[0x66, 0xd9, 0x37]).unwrap();
+        let img = peek::<28>(&cpu, DATA);
+        let dw = |i: usize| u32::from_le_bytes([img[i], img[i + 1], img[i + 2], img[i + 3]]);
+        assert_eq!((dw(12), dw(16)), (0xffff_2330, 0x2000 | 0x5e8));
+    }
+
+    #[test]
+    fn fsave_frstor_round_trip() {
+        let mut cpu = machine(64);
+        poke(&cpu, DATA + 0x200, &7.25f64.to_le_bytes());
+        asm(&mut cpu, |a| {
+            a.fld1()?;
+            a.fldpi()?;
+            a.fld(qword_ptr(rbx + 0x200))?;
+            a.fldz()?;
+            a.fsqrt()
+        })
+        .unwrap();
+        cpu.state.fpu.fcw = 0x0f7f;
+        let saved = cpu.state.fpu;
+        asm(&mut cpu, |a| a.fnsave(ptr(rbx))).unwrap();
+        assert_eq!(cpu.state.fpu.fcw, 0x037f);
+        assert_eq!(cpu.state.fpu.ftw, 0xffff);
+        assert_eq!(fsw(&cpu), 0);
+        let img = peek::<108>(&cpu, DATA);
+        assert_eq!(&img[28..38], &m80_bytes(ZERO));
+        assert_eq!(&img[38..48], &m80_bytes(x(0x4001, 0xe800_0000_0000_0000)));
+        asm(&mut cpu, |a| a.frstor(ptr(rbx))).unwrap();
+        assert_eq!(cpu.state.fpu, saved);
+    }
+
+    #[test]
+    fn fxsave_fxrstor() {
+        let mut cpu = machine(64);
+        poke(&cpu, DATA + 0x400, &(-0.75f32).to_le_bytes());
+        asm(&mut cpu, |a| {
+            a.fld1()?;
+            a.fld(dword_ptr(rbx + 0x400))?;
+            a.fldz()
+        })
+        .unwrap();
+        cpu.state.xmm[0] = 0x0011_2233_4455_6677_8899_aabb_ccdd_eeff;
+        cpu.state.xmm[15] = 0xf0f0;
+        cpu.state.mxcsr = 0x1fc0;
+        let saved = cpu.state;
+        asm(&mut cpu, |a| a.fxsave64(ptr(rbx))).unwrap();
+        let img = peek::<512>(&cpu, DATA);
+        assert_eq!(&img[0..8], &[0x7f, 0x03, 0x00, 0x28, 0xe0, 0x00, 0xee, 0x01]);
+        assert_eq!(u64::from_le_bytes(img[8..16].try_into().unwrap()), CODE + 8);
+        assert_eq!(u64::from_le_bytes(img[16..24].try_into().unwrap()), DATA + 0x400);
+        assert_eq!(&img[24..32], &[0xc0, 0x1f, 0, 0, 0xff, 0xff, 0, 0]);
+        assert_eq!(&img[32..48], &[0u8; 16]);
+        assert_eq!(&img[48..58], &m80_bytes(x(0xbffe, 0xc000_0000_0000_0000)));
+        assert_eq!(u128::from_le_bytes(img[160..176].try_into().unwrap()), saved.xmm[0]);
+        assert_eq!(u128::from_le_bytes(img[400..416].try_into().unwrap()), 0xf0f0);
+        // The 32-bit layout keeps FCS and FDS.
+        asm(&mut cpu, |a| a.fxsave(ptr(rbx + 0x200))).unwrap();
+        let img = peek::<32>(&cpu, DATA + 0x200);
+        assert_eq!(u32::from_le_bytes(img[8..12].try_into().unwrap()), CODE as u32 + 8);
+        assert_eq!(u16::from_le_bytes([img[12], img[13]]), 0x08);
+        assert_eq!(u16::from_le_bytes([img[20], img[21]]), 0x10);
+
+        // Trash the state, restore it (the 64-bit image has no selectors).
+        asm(&mut cpu, |a| {
+            a.fninit()?;
+            a.fld1()
+        })
+        .unwrap();
+        cpu.state.xmm = [0; 16];
+        cpu.state.mxcsr = 0x1f80;
+        asm(&mut cpu, |a| a.fxrstor64(ptr(rbx))).unwrap();
+        let mut want = saved.fpu;
+        want.fcs = 0;
+        want.fds = 0;
+        assert_eq!(cpu.state.fpu, want);
+        assert_eq!(cpu.state.xmm, saved.xmm);
+        assert_eq!(cpu.state.mxcsr, saved.mxcsr);
+        asm(&mut cpu, |a| a.fxrstor(ptr(rbx + 0x200))).unwrap();
+        assert_eq!(cpu.state.fpu, saved.fpu);
+
+        // Misaligned: #GP(0). Reserved MXCSR bits: #GP(0), nothing changed.
+        assert_eq!(asm(&mut cpu, |a| a.fxsave(ptr(rbx + 8))), Err(GP0));
+        poke(&cpu, DATA + 24, &0x0001_1f80u32.to_le_bytes());
+        let before = cpu.state;
+        assert_eq!(asm(&mut cpu, |a| a.fxrstor(ptr(rbx))), Err(GP0));
+        assert_eq!((cpu.state.fpu, cpu.state.mxcsr, cpu.state.xmm), (before.fpu, before.mxcsr, before.xmm));
+        // Outside 64-bit mode only XMM0-7 are written.
+        let mut cpu = machine(32);
+        poke(&cpu, DATA + 288, &[0xaa; 16]);
+        asm_bits(&mut cpu, 32, |a| a.fxsave(ptr(ebx))).unwrap();
+        assert_eq!(peek::<16>(&cpu, DATA + 288), [0xaa; 16]);
+    }
+
+    #[test]
+    fn instruction_and_data_pointers() {
+        let mut cpu = machine(64);
+        poke(&cpu, DATA + 8, &2.0f64.to_le_bytes());
+        // fld1 (2 bytes); fadd qword [rbx+8] (DC 43 08); fnstcw; fwait
+        asm(&mut cpu, |a| {
+            a.fld1()?;
+            a.fadd(qword_ptr(rbx + 8))?;
+            a.fnstcw(word_ptr(rbx + 0x40))?;
+            a.wait()
+        })
+        .unwrap();
+        let f = cpu.state.fpu;
+        assert_eq!((f.fip, f.fcs, f.fop), (CODE + 2, 0x08, 0x443));
+        assert_eq!((f.fdp, f.fds), (DATA + 8, 0x10));
+        // Register forms: FOP includes ST(i); FDP stays.
+        asm(&mut cpu, |a| a.fxch(st0, st5)).unwrap();
+        assert_eq!(cpu.state.fpu.fop, 0x1cd);
+        assert_eq!(cpu.state.fpu.fdp, DATA + 8);
+        // SIB and 16-bit forms of ModR/M.
+        cpu.state.gpr[1] = 0;
+        asm(&mut cpu, |a| a.fld(dword_ptr(rbx + rcx * 4 + 0x100))).unwrap();
+        assert_eq!(cpu.state.fpu.fop, 0x184);
+        let mut cpu = machine(16);
+        cpu.state.gpr[6] = 2;
+        asm_bits(&mut cpu, 16, |a| a.fild(word_ptr(bx + si))).unwrap();
+        assert_eq!(cpu.state.fpu.fop, 0x700);
+        assert_eq!(cpu.state.fpu.fdp, DATA + 2);
+    }
+
+    #[test]
+    fn a_faulting_memory_operand_leaves_the_fpu_alone() {
+        let mut cpu = machine(32);
+        asm_bits(&mut cpu, 32, |a| {
+            a.fld1()?;
+            a.fldpi()
+        })
+        .unwrap();
+        cpu.state.seg[sreg::DS].limit = 0xffff;
+        let before = cpu.state.fpu;
+        cpu.state.gpr[3] = 0xfffc;
+        assert_eq!(asm_bits(&mut cpu, 32, |a| a.fstp(qword_ptr(ebx))), Err(GP0));
+        assert_eq!(asm_bits(&mut cpu, 32, |a| a.fadd(qword_ptr(ebx))), Err(GP0));
+        assert_eq!(asm_bits(&mut cpu, 32, |a| a.fnsave(ptr(ebx))), Err(GP0));
+        assert_eq!(cpu.state.fpu, before);
+    }
+
+    #[test]
+    fn mmx_aliasing_and_emms() {
+        let mut cpu = machine(64);
+        asm(&mut cpu, |a| a.fld1()).unwrap();
+        x87::mmx_write(&mut cpu.state, 3, 0xdead_beef_0000_0001);
+        assert_eq!(x87::mmx_read(&cpu.state, 3), 0xdead_beef_0000_0001);
+        assert_eq!(cpu.state.fpu.ftw, 0);
+        assert_eq!(x87::top(&cpu.state.fpu), 0);
+        assert_eq!(st(&cpu, 3), x(0xffff, 0xdead_beef_0000_0001));
+        asm(&mut cpu, |a| a.emms()).unwrap();
+        assert_eq!(cpu.state.fpu.ftw, 0xffff);
+    }
 }

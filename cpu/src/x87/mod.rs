@@ -9,7 +9,13 @@
 //! - FIP, FCS, FOP, FDP and FDS are kept as offset and selector in every mode;
 //!   the real-mode and virtual-8086 layouts of FSTENV/FSAVE store the 20/32-bit
 //!   linear forms computed from them (selector * 16 + offset). FOP is stored
-//!   for every non-control instruction (the "FOP always" mode).
+//!   for every non-control instruction (the "FOP always" mode); FDP and FDS
+//!   keep their values across instructions without a memory operand.
+//! - FXRSTOR with REX.W clears FCS and FDS, which its image does not carry.
+//! - Loading FCW (FLDCW, FLDENV, FRSTOR, FXRSTOR) forces bit 6 to one and
+//!   bits 15:13 and 7 to zero.
+//! - FPREM/FPREM1 with an exponent difference D >= 64 reduce by 2^(D - N)
+//!   with N = 32 + (D mod 32), and set C2.
 //! - FXSAVE/FXRSTOR always save and restore MXCSR and the XMM registers,
 //!   whatever CR4.OSFXSR says (the SDM leaves that case implementation
 //!   defined); XMM8-15 only in 64-bit mode. MXCSR_MASK is 0xFFFF (DAZ
@@ -20,8 +26,8 @@
 pub mod softfloat;
 pub mod trans;
 
-use crate::exception::{Fault, GP0};
-use crate::state::{CpuState, FpuState, F80};
+use crate::exception::{Exception, Fault, GP0};
+use crate::state::{cr, CpuState, FpuState, F80};
 pub use softfloat::X80;
 
 /// FSW bits.
@@ -223,6 +229,24 @@ pub fn init(f: &mut FpuState) {
 
 // ---- MMX aliasing -------------------------------------------------------------
 
+/// The checks an MMX instruction makes before anything else (SDM Vol. 3
+/// Table 2-2, Vol. 2 MMX pages): #UD when CR0.EM is set, #NM when CR0.TS is
+/// set, #MF when an unmasked x87 exception is pending. The instruction then
+/// performs the [`mmx_enter`] transition (writes through [`mmx_write`] do it
+/// themselves).
+pub fn mmx_check(state: &CpuState) -> Fault<()> {
+    if state.cr0 & cr::CR0_EM != 0 {
+        return Err(Exception::InvalidOpcode);
+    }
+    if state.cr0 & cr::CR0_TS != 0 {
+        return Err(Exception::DeviceNotAvailable);
+    }
+    if state.fpu.fsw & fsw::ES != 0 {
+        return Err(Exception::FpuError);
+    }
+    Ok(())
+}
+
 /// Read MMi: the significand of physical register Ri.
 pub fn mmx_read(state: &CpuState, i: usize) -> u64 {
     state.fpu.regs[i & 7].mantissa
@@ -261,7 +285,8 @@ pub struct EnvLayout {
 }
 
 impl EnvLayout {
-    pub fn len(self) -> usize {
+    /// Image size in bytes.
+    pub fn size(self) -> usize {
         if self.size32 {
             28
         } else {
@@ -458,6 +483,9 @@ pub fn fxrstor(s: &mut CpuState, rex_w: bool, xmm_regs: usize, img: &[u8; 512]) 
         f.fip = u64::from_le_bytes(q);
         q.copy_from_slice(&img[16..24]);
         f.fdp = u64::from_le_bytes(q);
+        // The 64-bit image has no selectors.
+        f.fcs = 0;
+        f.fds = 0;
     } else {
         f.fip = u64::from(get32(img, 8));
         f.fcs = get16(img, 12);
@@ -516,5 +544,12 @@ mod tests {
         assert_eq!(full_tags(&s.fpu) >> 4 & 3, tag::SPECIAL);
         emms(&mut s);
         assert_eq!(s.fpu.ftw, 0xffff);
+        assert_eq!(mmx_check(&s), Ok(()));
+        s.fpu.fsw |= fsw::IE | fsw::ES;
+        assert_eq!(mmx_check(&s), Err(Exception::FpuError));
+        s.cr0 |= cr::CR0_TS;
+        assert_eq!(mmx_check(&s), Err(Exception::DeviceNotAvailable));
+        s.cr0 |= cr::CR0_EM;
+        assert_eq!(mmx_check(&s), Err(Exception::InvalidOpcode));
     }
 }

@@ -113,7 +113,7 @@ impl X80 {
         !self.is_zero() && self.exp() != 0x7fff && !self.is_unsupported()
     }
     #[inline]
-    pub fn neg(self) -> X80 {
+    pub fn negate(self) -> X80 {
         X80 { se: self.se ^ 0x8000, m: self.m }
     }
     #[inline]
@@ -459,7 +459,7 @@ fn addsub(a: X80, b: X80, negate_b: bool, ctx: &mut Ctx) -> X80 {
     if let Some(r) = screen2(a, b, ctx) {
         return r;
     }
-    let b = if negate_b { b.neg() } else { b };
+    let b = if negate_b { b.negate() } else { b };
     match (a.is_inf(), b.is_inf()) {
         (true, true) => {
             if a.sign() != b.sign() {
@@ -940,7 +940,7 @@ mod tests {
         assert_eq!(third(Rc::Up, 53).0, x(0x3ffd, 0xaaaa_aaaa_aaaa_b000));
         // -1/3 rounds the other way under directed rounding.
         let mut c = Ctx::new(Rc::Down, 64);
-        assert_eq!(div(ONE.neg(), THREE, &mut c), x(0xbffd, 0xaaaa_aaaa_aaaa_aaab));
+        assert_eq!(div(ONE.negate(), THREE, &mut c), x(0xbffd, 0xaaaa_aaaa_aaaa_aaab));
         assert!(c.round_up);
     }
 
@@ -951,8 +951,8 @@ mod tests {
         assert_eq!(sub(ONE, ONE, &mut c), ZERO);
         assert_eq!(c.flags, 0);
         let mut c = Ctx::new(Rc::Down, 64);
-        assert_eq!(sub(ONE, ONE, &mut c), ZERO.neg());
-        assert_eq!(add(ZERO, ZERO.neg(), &mut c), ZERO.neg());
+        assert_eq!(sub(ONE, ONE, &mut c), ZERO.negate());
+        assert_eq!(add(ZERO, ZERO.negate(), &mut c), ZERO.negate());
         // 1 + 2^-64 rounds to 1 (tie to even), inexact.
         let mut c = Ctx::new(Rc::Nearest, 64);
         let tiny = x(0x3fff - 64, INT_BIT);
@@ -991,7 +991,7 @@ mod tests {
     #[test]
     fn divide_by_zero_and_sqrt() {
         let mut c = Ctx::new(Rc::Nearest, 64);
-        assert_eq!(div(ONE, ZERO.neg(), &mut c), X80::inf(true));
+        assert_eq!(div(ONE, ZERO.negate(), &mut c), X80::inf(true));
         assert_eq!(c.flags, ZE);
         let mut c = Ctx::new(Rc::Nearest, 64);
         assert_eq!(sqrt(x(0x4001, INT_BIT), &mut c), x(0x4000, INT_BIT));
@@ -1001,9 +1001,9 @@ mod tests {
         let mut c = Ctx::new(Rc::Up, 64);
         assert_eq!(sqrt(x(0x4000, INT_BIT), &mut c), x(0x3fff, 0xb504_f333_f9de_6485));
         let mut c = Ctx::new(Rc::Nearest, 64);
-        assert_eq!(sqrt(ONE.neg(), &mut c), INDEFINITE);
+        assert_eq!(sqrt(ONE.negate(), &mut c), INDEFINITE);
         assert_eq!(c.flags, IE);
-        assert_eq!(sqrt(ZERO.neg(), &mut c), ZERO.neg());
+        assert_eq!(sqrt(ZERO.negate(), &mut c), ZERO.negate());
     }
 
     #[test]
@@ -1054,7 +1054,7 @@ mod tests {
         assert_eq!(from_f32(1, &mut c), x(0x3fff - 149, INT_BIT));
         assert_eq!(c.flags, DE);
         assert_eq!(from_i64(i64::MIN), x(0xc03e, INT_BIT));
-        assert_eq!(from_i64(-3), THREE.neg());
+        assert_eq!(from_i64(-3), THREE.negate());
         let third = x(0x3ffd, 0xaaaa_aaaa_aaaa_aaab);
         let mut c = Ctx::new(Rc::Nearest, 64);
         assert_eq!(to_f64(third, &mut c), 0x3fd5_5555_5555_5555);
@@ -1075,9 +1075,9 @@ mod tests {
         let mut c = Ctx::new(Rc::Up, 64);
         assert_eq!(to_int(two_half, false, &mut c), Some((false, 3)));
         let mut c = Ctx::new(Rc::Down, 64);
-        assert_eq!(to_int(two_half.neg(), false, &mut c), Some((true, 3)));
-        assert_eq!(to_int(two_half.neg(), true, &mut c), Some((true, 2)));
-        assert_eq!(to_int(x(0x3ffe, INT_BIT).neg(), false, &mut c), Some((true, 1)));
+        assert_eq!(to_int(two_half.negate(), false, &mut c), Some((true, 3)));
+        assert_eq!(to_int(two_half.negate(), true, &mut c), Some((true, 2)));
+        assert_eq!(to_int(x(0x3ffe, INT_BIT).negate(), false, &mut c), Some((true, 1)));
         let mut c = Ctx::new(Rc::Nearest, 64);
         assert_eq!(to_int(x(0x3ffe, INT_BIT), false, &mut c), Some((false, 0)));
         assert_eq!(to_int(x(0x3ffe, INT_BIT | 1), false, &mut c), Some((false, 1)));
@@ -1091,7 +1091,7 @@ mod tests {
         let two = from_i64(2);
         let mut c = Ctx::new(Rc::Nearest, 64);
         assert_eq!(rem(seven, two, false, &mut c), (ONE, 3, true));
-        assert_eq!(rem(seven, two, true, &mut c), (ONE.neg(), 4, true));
+        assert_eq!(rem(seven, two, true, &mut c), (ONE.negate(), 4, true));
         assert_eq!(c.flags, 0);
         // A huge exponent difference reduces partially.
         let big = x(0x3fff + 200, INT_BIT | 12345);
@@ -1104,5 +1104,74 @@ mod tests {
         assert_eq!(round_int(x(0x3ffd, INT_BIT), &mut c), ONE);
         let mut c = Ctx::new(Rc::Nearest, 64);
         assert_eq!(round_int(x(0x3fff, u64::MAX), &mut c), two);
+    }
+}
+
+#[cfg(test)]
+mod vectors {
+    use super::*;
+
+    type Case = (u8, u8, u32, u16, u64, u16, u64, u16, u64, u16, u8);
+
+    /// Results checked against an exact evaluation (mpmath): (operation,
+    /// RC, precision, a, b, result, flags, C1). Operations: 0 add, 1 sub,
+    /// 2, 3, 7 mul, 4 to binary32 (in the result's low bits), 5 to binary64,
+    /// 6 FRNDINT.
+    #[rustfmt::skip]
+    const CASES: &[Case] = &[
+        (0, 3, 64, 0xc020, 0xde5c370b67b9bd31, 0x3fed, 0xe874190400000000, 0xc020, 0xde5c370b67b9a022, 0x20, 0),
+        (0, 1, 64, 0x4015, 0x80c8600000000000, 0x3ff2, 0xaf9846526ac84a69, 0x4015, 0x80c8600015f308ca, 0x20, 0),
+        (0, 0, 24, 0xc02f, 0xa9a6bd5e520c3a6b, 0xc023, 0xd572b5acac79e693, 0xc02f, 0xa9b4150000000000, 0x20, 1),
+        (0, 0, 24, 0xbfb8, 0xdf156fc4c1444751, 0x3f82, 0xdf57037e49f3b205, 0xbfb8, 0xdf15700000000000, 0x20, 1),
+        (1, 2, 64, 0xc031, 0xfd24668f7375a599, 0x401e, 0xf98c57747efa7fc9, 0xc031, 0xfd2485c0fe643578, 0x20, 0),
+        (1, 0, 64, 0x402f, 0xd8640419c9a76dc2, 0xc00b, 0xd1df7c7c6d2652c0, 0x402f, 0xd8640419d6c5658a, 0x20, 1),
+        (1, 1, 24, 0x3fc1, 0xc62dba1600000000, 0x3fae, 0xbb935f67982e8000, 0x3fc1, 0xc62da20000000000, 0x20, 0),
+        (1, 1, 53, 0x3fdd, 0xb6d33b2800000000, 0xbfab, 0x9900cb92d318a2a4, 0x3fdd, 0xb6d33b2800002000, 0x20, 0),
+        (2, 1, 24, 0x903e, 0xd4a087ed7766ed45, 0xffda, 0xc72e061c3fa6f6ba, 0x501a, 0xa56f030000000000, 0x20, 0),
+        (2, 0, 53, 0x0f88, 0xbbf6e0f06b549de0, 0xe860, 0xbe8c000000000000, 0xb7ea, 0x8be805f573238000, 0x20, 1),
+        (2, 0, 64, 0xbc7b, 0xe7a30d5ccef3f7de, 0xd00a, 0xd3e79c5be363c7d6, 0x4c87, 0xbfbcf59f0e2bff44, 0x20, 1),
+        (2, 3, 53, 0xecae, 0xb23e7d7ea23c1f8a, 0x5f93, 0xe4e9833904bca6fb, 0xfffe, 0xfffffffffffff800, 0x28, 0),
+        (3, 1, 53, 0x006c, 0xfaf13e57d4372b20, 0xbfff, 0xd01ee41e525823b4, 0x806d, 0xcc024a893f3ae800, 0x20, 1),
+        (3, 1, 24, 0x8013, 0xb33076d68d15e5e1, 0xbfb1, 0x9ba620066227e400, 0x0000, 0x0000000000000000, 0x30, 0),
+        (3, 2, 53, 0x805c, 0xce360456bf6911f6, 0x3ff4, 0x869be743f516fb00, 0x8051, 0xd8dbb68708610000, 0x20, 0),
+        (3, 0, 53, 0x805e, 0xeb103cc991159ba6, 0xbfa6, 0xbb78bd0b19466880, 0x0006, 0xac23b998e93f7000, 0x20, 0),
+        (4, 0, 53, 0x6d46, 0xde777ee03ea7a18d, 0x3fff, 0x8000000000000000, 0x0000, 0x000000007f800000, 0x28, 1),
+        (4, 0, 24, 0xb305, 0xa5fa707fda6a37a6, 0x3fff, 0x8000000000000000, 0x0000, 0x0000000080000000, 0x30, 0),
+        (4, 3, 64, 0x313b, 0xc3c6a97bfd8fc45d, 0x3fff, 0x8000000000000000, 0x0000, 0x0000000000000000, 0x30, 0),
+        (4, 1, 24, 0xec35, 0xcbc21b1747262ab2, 0x3fff, 0x8000000000000000, 0x0000, 0x00000000ff800000, 0x28, 1),
+        (5, 3, 24, 0xbdd4, 0xc822118257303b0f, 0x3fff, 0x8000000000000000, 0x0000, 0x9d490442304ae607, 0x20, 0),
+        (5, 2, 24, 0xbc45, 0x86c68371057f3ae0, 0x3fff, 0x8000000000000000, 0x0000, 0x8450d8d06e20afe7, 0x20, 0),
+        (5, 2, 53, 0xc1d6, 0x871d1c2028420000, 0x3fff, 0x8000000000000000, 0x0000, 0xdd60e3a384050840, 0x0, 0),
+        (5, 3, 64, 0x3eaf, 0xbf5e76c78c85797b, 0x3fff, 0x8000000000000000, 0x0000, 0x2af7ebced8f190af, 0x20, 0),
+        (6, 1, 24, 0xc01c, 0xc6d1263d94a237e1, 0x3fff, 0x8000000000000000, 0xc01c, 0xc6d1264000000000, 0x20, 1),
+        (6, 2, 64, 0x401b, 0xbb7fd85cea3c9a35, 0x3fff, 0x8000000000000000, 0x401b, 0xbb7fd86000000000, 0x20, 1),
+        (6, 3, 24, 0x402d, 0xaa7a851855beb163, 0x3fff, 0x8000000000000000, 0x402d, 0xaa7a851855be0000, 0x20, 0),
+        (6, 0, 64, 0x4041, 0xd6c22a1b88ec69b8, 0x3fff, 0x8000000000000000, 0x4041, 0xd6c22a1b88ec69b8, 0x0, 0),
+        (7, 2, 53, 0x7ffb, 0xfd06d447b4858389, 0x400e, 0xe962c38fc3cd4bbd, 0x7fff, 0x8000000000000000, 0x28, 1),
+        (7, 3, 53, 0x7ff4, 0x9c100e4562bb014b, 0x4003, 0xe7ffa3ba63e1630b, 0x7ff9, 0x8d6e54aeacd83800, 0x20, 0),
+        (7, 2, 64, 0x7ff7, 0xd478e0c000000000, 0x4007, 0xeecb15512aa4d487, 0x7fff, 0x8000000000000000, 0x28, 1),
+        (7, 1, 53, 0xfffb, 0xcc710fd889e72dd0, 0x4000, 0x94e4d1b081e91a36, 0xfffc, 0xedd032a11ffc9000, 0x20, 1),
+    ];
+
+    #[test]
+    fn correctly_rounded_vectors() {
+        let modes = [Rc::Nearest, Rc::Down, Rc::Up, Rc::Zero];
+        for &(kind, rc, prec, ase, am, bse, bm, rse, rm, flags, up) in CASES {
+            let (a, b) = (X80::new(ase, am), X80::new(bse, bm));
+            let mut c = Ctx::new(modes[usize::from(rc)], prec);
+            let r = match kind {
+                0 => add(a, b, &mut c),
+                1 => sub(a, b, &mut c),
+                2 | 3 | 7 => mul(a, b, &mut c),
+                4 => X80::new(0, u64::from(to_f32(a, &mut c))),
+                5 => X80::new(0, to_f64(a, &mut c)),
+                _ => round_int(a, &mut c),
+            };
+            assert_eq!(
+                (r, c.flags, u8::from(c.round_up)),
+                (X80::new(rse, rm), flags, up),
+                "op {kind} rc {rc} pc {prec} {a:?} {b:?}"
+            );
+        }
     }
 }
