@@ -75,6 +75,9 @@ pub fn ioapic_pin_of_isa_irq(irq: usize) -> usize {
     }
 }
 
+/// Where device lines go when a hypervisor models the controllers.
+type Forward = Arc<dyn Fn(u32, bool) + Send + Sync>;
+
 /// The state of the whole interrupt controller, for save and restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterruptControllerState {
@@ -105,7 +108,7 @@ pub struct InterruptController {
     kick: RwLock<Option<Arc<dyn Fn() + Send + Sync>>>,
     /// When set, device lines drive this instead of the emulated controllers
     /// (a hypervisor's in-kernel irqchip takes them by input number).
-    forward: RwLock<Option<Arc<dyn Fn(u32, bool) + Send + Sync>>>,
+    forward: RwLock<Option<Forward>>,
     log: LogOnce,
 }
 

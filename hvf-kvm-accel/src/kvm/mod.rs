@@ -109,6 +109,13 @@ impl Kvm {
     }
 
     /// Create a VM, with the concrete type (the trait method boxes it).
+    ///
+    /// With the in-kernel irqchip, the GSI routing is the PC's: ISA IRQs go
+    /// to the 8259A pair and to the I/O APIC, but IRQ0 (the PIT) to I/O APIC
+    /// pin 2, as the MADT's interrupt source override tells the guest. KVM's
+    /// default routing sends IRQ0 to pin 0, which Linux reports as
+    /// "8254 timer not connected to IO-APIC" and then fails to calibrate the
+    /// TSC against the PIT.
     pub fn create_kvm_vm(&self, mem: Arc<GuestMemory>) -> Result<KvmVm, AccelError> {
         let fd = self
             .kvm
@@ -148,6 +155,7 @@ impl Kvm {
                             false
                         }
                     };
+                    set_pc_gsi_routing(&fd);
                     IrqChip::InKernel { pit }
                 }
                 Err(e) => {
@@ -577,5 +585,44 @@ mod tests {
             api.contains("11") && api.contains("12") && api.contains("--accel interp"),
             "{api}"
         );
+    }
+}
+
+
+/// Install the PC's GSI routing (see [`Kvm::create_kvm_vm`]). A refusal is
+/// logged and KVM's default routing stays.
+fn set_pc_gsi_routing(fd: &kvm_ioctls::VmFd) {
+    use kvm_bindings::{
+        kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_irqchip, KvmIrqRouting,
+        KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
+    };
+    let route = |gsi: u32, irqchip: u32, pin: u32| kvm_irq_routing_entry {
+        gsi,
+        type_: KVM_IRQ_ROUTING_IRQCHIP,
+        u: kvm_irq_routing_entry__bindgen_ty_1 { irqchip: kvm_irq_routing_irqchip { irqchip, pin } },
+        ..Default::default()
+    };
+    let mut entries = Vec::new();
+    // IRQ2 is the cascade: no device drives it.
+    for irq in (0..8).filter(|&i| i != 2) {
+        entries.push(route(irq, KVM_IRQCHIP_PIC_MASTER, irq));
+    }
+    for irq in 8..16 {
+        entries.push(route(irq, KVM_IRQCHIP_PIC_SLAVE, irq - 8));
+    }
+    for gsi in 0..24 {
+        match gsi {
+            0 => entries.push(route(0, KVM_IRQCHIP_IOAPIC, 2)),
+            2 => {}
+            _ => entries.push(route(gsi, KVM_IRQCHIP_IOAPIC, gsi)),
+        }
+    }
+    match KvmIrqRouting::from_entries(&entries) {
+        Ok(routing) => {
+            if let Err(e) = fd.set_gsi_routing(&routing) {
+                tracing::warn!(target: "accel", "KVM_SET_GSI_ROUTING failed ({e}); IRQ0 stays on I/O APIC pin 0");
+            }
+        }
+        Err(e) => tracing::warn!(target: "accel", "cannot build the GSI routing table: {e:?}"),
     }
 }
