@@ -154,7 +154,7 @@ impl Machine {
             }
             Firmware::Bios(image) => {
                 let size = image.len() as u64;
-                if size == 0 || size % 0x1_0000 != 0 || size > (16 << 20) {
+                if size == 0 || !size.is_multiple_of(0x1_0000) || size > (16 << 20) {
                     return Err(Error::Config(format!(
                         "--bios image is {size} bytes: it must be a multiple of 64 KiB and at most 16 MiB"
                     )));
