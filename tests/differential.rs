@@ -69,6 +69,7 @@ struct Config {
     groups: Vec<Group>,
     mode: Option<Mode>,
     replay: Option<u64>,
+    show_known: bool,
 }
 
 fn parse_u64(s: &str) -> Option<u64> {
@@ -84,9 +85,11 @@ impl Config {
     fn from_env(long: bool) -> Config {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let long = long || env("FERROVM_DIFF_LONG").is_some_and(|v| v != "0");
-        let sequences = env("FERROVM_DIFF_SEQS")
-            .and_then(|v| parse_u64(&v))
-            .unwrap_or(if long { LONG_SEQUENCES } else { CI_SEQUENCES });
+        let sequences = env("FERROVM_DIFF_SEQS").and_then(|v| parse_u64(&v)).unwrap_or(if long {
+            LONG_SEQUENCES
+        } else {
+            CI_SEQUENCES
+        });
         let seed = match env("FERROVM_DIFF_SEED") {
             Some(v) if v == "random" => {
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
@@ -97,7 +100,9 @@ impl Config {
         let groups = env("FERROVM_DIFF_GROUPS")
             .map(|v| {
                 v.split(',')
-                    .map(|g| Group::from_name(g.trim()).unwrap_or_else(|| panic!("FERROVM_DIFF_GROUPS: unknown group {g}")))
+                    .map(|g| {
+                        Group::from_name(g.trim()).unwrap_or_else(|| panic!("FERROVM_DIFF_GROUPS: unknown group {g}"))
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -107,7 +112,8 @@ impl Config {
             _ => panic!("FERROVM_DIFF_MODE: 64 or 32"),
         });
         let replay = env("FERROVM_DIFF_REPLAY").map(|v| parse_u64(&v).expect("FERROVM_DIFF_REPLAY: a seed"));
-        Config { sequences, seed, groups, mode, replay }
+        let show_known = env("FERROVM_DIFF_SHOW_KNOWN").is_some();
+        Config { sequences, seed, groups, mode, replay, show_known }
     }
 }
 
@@ -116,6 +122,8 @@ struct Stats {
     runs: BTreeMap<(Group, Mode), u64>,
     ends: BTreeMap<String, u64>,
     tainted: BTreeMap<Group, u64>,
+    no_reference: BTreeMap<Group, u64>,
+    no_reference_by_mnemonic: BTreeMap<String, u64>,
     timeouts: u64,
     not_generated: u64,
     new_mismatches: BTreeMap<Group, u64>,
@@ -138,11 +146,70 @@ struct Harness {
 enum Verdict {
     Equal,
     Tainted,
+    /// The reference could not run an instruction (see `reference_cannot_run`).
+    NoReference(String),
     Mismatch,
 }
 
+/// Where the reference is not the CPU, and cannot run what the interpreter
+/// ran, the sequence is not comparable; it is counted by mnemonic.
+///
+/// - In compatibility mode kvm_pvm does not run ring-3 code on the CPU: KVM's
+///   instruction emulator runs it (measured here: a 1M-iteration loop takes
+///   0.6 ms in 64-bit mode and 2.2 s in compatibility mode). It raises #UD
+///   for every instruction it does not know (x87, most SSE, POPCNT, CRC32,
+///   BMI, ADX, DAA/AAA/AAS...) and never raises #AC.
+/// - In 64-bit mode a #GP or #SS raised by the CPU reaches kvm_pvm, which re-runs
+///   the instruction in KVM's emulator; where the emulator does not know it
+///   (a misaligned SSE operand, for instance), the guest gets #UD instead of
+///   the #GP or #SS.
+///
+/// Only a #UD on a valid, unlocked instruction (not UD0/UD1/UD2) where the
+/// interpreter raised something else, or an #AC in compat32, qualifies. (The
+/// host CPU has every feature the generator uses, so in 64-bit mode such a
+/// #UD can only come from the emulator.)
+fn reference_cannot_run(case: &Case, asm: &gen::Assembled, a: &Outcome, k: &Outcome) -> Option<String> {
+    let rip = match (&a.end, &k.end) {
+        (End::Exception(17), e) if case.mode == Mode::Compat32 && *e != End::Exception(17) => {
+            return Some("#AC (alignment check)".into());
+        }
+        // The host has every feature the generator uses: a #UD on a valid,
+        // unlocked instruction in 64-bit mode comes from kvm_pvm's emulator
+        // re-running an instruction that raised #GP/#SS on the CPU.
+        (e, End::Exception(6)) if case.mode == Mode::Long64 && *e != End::Exception(6) => k.frame_rip(),
+        (e, End::Exception(6))
+            if case.mode == Mode::Compat32 && (*e != End::Exception(6) || a.frame_rip() != k.frame_rip()) =>
+        {
+            k.frame_rip()
+        }
+        (_, End::Other(s)) if case.mode == Mode::Compat32 && s.contains("could not run") => k.state.rip,
+        _ => return None,
+    };
+    // The instruction there: one of the sequence, or the INT3 filler of the
+    // code page (a branch into the page lands on 0xCC).
+    let filler;
+    let insn = match asm.insns.iter().find(|i| i.ip() == rip) {
+        Some(i) => i,
+        None if (machine::CODE..machine::CODE + machine::PAGE).contains(&rip) => {
+            filler = iced_x86::Instruction::with(iced_x86::Code::Int3);
+            &filler
+        }
+        None => return None,
+    };
+    if insn.has_lock_prefix()
+        || matches!(insn.mnemonic(), iced_x86::Mnemonic::Ud0 | iced_x86::Mnemonic::Ud1 | iced_x86::Mnemonic::Ud2)
+    {
+        return None;
+    }
+    let why = if case.mode == Mode::Long64 { "#GP emulated" } else { "compat32" };
+    Some(format!("{} ({why})", format!("{:?}", insn.mnemonic()).to_lowercase()))
+}
+
 impl Harness {
-    fn run_both(&mut self, case: &Case) -> Option<(gen::Assembled, Outcome, Outcome, outcome::Masks, Duration, Duration)> {
+    fn run_both(
+        &mut self,
+        case: &Case,
+    ) -> Option<(gen::Assembled, Outcome, Outcome, outcome::Masks, Duration, Duration)> {
         let asm = case.assemble().ok()?;
         let t = Instant::now();
         let (a, masks) = self.interp.run(case, &asm);
@@ -155,7 +222,11 @@ impl Harness {
     /// Whether `case` still mismatches (for reduction).
     fn mismatches(&mut self, case: &Case) -> bool {
         match self.run_both(case) {
-            Some((_, a, k, m, _, _)) => m.tainted.is_none() && !compare(case.mode, &a, &k, &m).is_empty(),
+            Some((asm, a, k, m, _, _)) => {
+                m.tainted.is_none()
+                    && reference_cannot_run(case, &asm, &a, &k).is_none()
+                    && !compare(case.mode, &a, &k, &m).is_empty()
+            }
             None => false,
         }
     }
@@ -199,13 +270,52 @@ impl Harness {
 fn report_case(title: &str, case: &Case, asm: &gen::Assembled, a: &Outcome, k: &Outcome, diffs: &[String]) -> String {
     let fp = case.group == Group::X87
         || case.group == Group::Mmx
-        || matches!(case.group, Group::Sse | Group::Sse2 | Group::Sse3 | Group::Ssse3 | Group::Sse41 | Group::Sse42 | Group::Pcmpstr | Group::Crypto)
-        || diffs.iter().any(|d| d.starts_with("xmm") || d.starts_with('R') || d.starts_with("fsw") || d.starts_with("mxcsr") || d.starts_with("fcw") || d.starts_with("ftw"));
+        || matches!(
+            case.group,
+            Group::Sse
+                | Group::Sse2
+                | Group::Sse3
+                | Group::Ssse3
+                | Group::Sse41
+                | Group::Sse42
+                | Group::Pcmpstr
+                | Group::Crypto
+        )
+        || diffs.iter().any(|d| {
+            d.starts_with("xmm")
+                || d.starts_with('R')
+                || d.starts_with("fsw")
+                || d.starts_with("mxcsr")
+                || d.starts_with("fcw")
+                || d.starts_with("ftw")
+        });
     let mut o = String::new();
     let _ = writeln!(o, "{title} [group {}, {}, seed {:#x}]", case.group.name(), case.mode.name(), case.seed);
     let _ = writeln!(o, "  bytes: {}", outcome::hex(&asm.bytes));
     let _ = write!(o, "{}", disassemble(asm));
     let _ = writeln!(o, "  before: {}", dump(&case.init, fp));
+    for insn in &asm.insns {
+        for op in 0..insn.op_count() {
+            if !matches!(insn.op_kind(op), iced_x86::OpKind::Memory) || insn.mnemonic() == iced_x86::Mnemonic::Lea {
+                continue;
+            }
+            let regs = |r: iced_x86::Register, _: usize, _: usize| {
+                Some(if r.is_gpr() { cpu::ops::reg_read(&case.init, r) } else { 0 })
+            };
+            if let Some(addr) = insn.virtual_address(op, 0, regs) {
+                let size = insn.memory_size().size().clamp(1, 16) as u64;
+                if (machine::DATA..machine::DATA + machine::PAGE).contains(&addr) {
+                    let off = (addr - machine::DATA) as usize;
+                    let end = (off + size as usize).min(case.data.len());
+                    let _ = writeln!(
+                        o,
+                        "  memory at {addr:#x} (with the entry registers): {}",
+                        outcome::hex(&case.data[off..end])
+                    );
+                }
+            }
+        }
+    }
     let _ = writeln!(o, "  differences:");
     for d in diffs {
         let _ = writeln!(o, "    {d}");
@@ -217,10 +327,12 @@ fn report_case(title: &str, case: &Case, asm: &gen::Assembled, a: &Outcome, k: &
 
 /// A short key for grouping similar mismatches.
 fn signature(case: &Case, asm: &gen::Assembled, diffs: &[String]) -> String {
-    let mut m: Vec<String> = asm.insns[..asm.insns.len() - 1].iter().map(|i| format!("{:?}", i.mnemonic()).to_lowercase()).collect();
+    let mut m: Vec<String> =
+        asm.insns[..asm.insns.len() - 1].iter().map(|i| format!("{:?}", i.mnemonic()).to_lowercase()).collect();
     m.sort();
     m.dedup();
-    let mut f: Vec<&str> = diffs.iter().map(|d| d.split(':').next().unwrap_or("")).map(|s| s.split(' ').next().unwrap_or("")).collect();
+    let mut f: Vec<&str> =
+        diffs.iter().map(|d| d.split(':').next().unwrap_or("")).map(|s| s.split(' ').next().unwrap_or("")).collect();
     f.sort();
     f.dedup();
     format!("{} {}: {} / {}", case.mode.name(), case.group.name(), m.join(","), f.join(","))
@@ -240,6 +352,12 @@ fn catalog_report(cat: &Catalog) -> String {
         let _ = writeln!(o, "  {:<14} {:>4} / {:<4}{extra}", g.name(), a, b);
     }
     let _ = writeln!(o, "not generated, by reason:");
+    let feats: Vec<&str> = cat.other_features.iter().map(String::as_str).collect();
+    let _ = writeln!(
+        o,
+        "  CPUID features outside the generated set (AVX and later, other vendors, or results that depend on the host/time/XSAVE images): {}",
+        feats.join(" ")
+    );
     for (why, ms) in &cat.excluded {
         let names: Vec<String> = ms.iter().map(|m| format!("{m:?}").to_lowercase()).collect();
         let _ = writeln!(o, "  {why}: {}", names.join(" "));
@@ -257,8 +375,6 @@ fn catalog_report(cat: &Catalog) -> String {
 }
 
 fn worker(cfg: Config, watchdog: Arc<Watchdog>) -> Result<(String, u64), String> {
-    vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
-        .map_err(|e| format!("cannot install the watchdog's signal handler: {e}"))?;
     let t0 = Instant::now();
     let cat = Catalog::build();
     let t_catalog = t0.elapsed();
@@ -305,17 +421,20 @@ fn worker(cfg: Config, watchdog: Arc<Watchdog>) -> Result<(String, u64), String>
         st.t_kvm += tk;
         done += 1;
         *st.runs.entry((case.group, case.mode)).or_default() += 1;
-        *st.ends.entry(match &k.end {
-            End::Other(_) => "other".into(),
-            e => e.describe(),
-        })
-        .or_default() += 1;
+        *st.ends
+            .entry(match &k.end {
+                End::Other(_) => "other".into(),
+                e => e.describe(),
+            })
+            .or_default() += 1;
         if a.end == End::Timeout && k.end == End::Timeout {
             st.timeouts += 1;
         }
         let diffs = compare(case.mode, &a, &k, &masks);
         let verdict = if diffs.is_empty() {
             Verdict::Equal
+        } else if let Some(m) = reference_cannot_run(&case, &asm, &a, &k) {
+            Verdict::NoReference(m)
         } else if masks.tainted.is_some() {
             Verdict::Tainted
         } else {
@@ -324,6 +443,10 @@ fn worker(cfg: Config, watchdog: Arc<Watchdog>) -> Result<(String, u64), String>
         match verdict {
             Verdict::Equal => {}
             Verdict::Tainted => *st.tainted.entry(case.group).or_default() += 1,
+            Verdict::NoReference(m) => {
+                *st.no_reference.entry(case.group).or_default() += 1;
+                *st.no_reference_by_mnemonic.entry(m).or_default() += 1;
+            }
             Verdict::Mismatch => {
                 let t = Instant::now();
                 let small = h.reduce(&case);
@@ -332,11 +455,22 @@ fn worker(cfg: Config, watchdog: Arc<Watchdog>) -> Result<(String, u64), String>
                 let sdiffs = compare(small.mode, &sa, &sk, &sm);
                 let (rcase, rasm, ra, rk, rdiffs) =
                     if sdiffs.is_empty() { (&case, &asm, &a, &k, &diffs) } else { (&small, &sasm, &sa, &sk, &sdiffs) };
-                let executed: Vec<iced_x86::Instruction> = rasm.insns[..rasm.insns.len() - 1].to_vec();
-                match skiplist::match_known(rcase.mode, &executed) {
+                let mm = skiplist::Mismatch {
+                    mode: rcase.mode,
+                    insns: &rasm.insns[..rasm.insns.len() - 1],
+                    interp: ra,
+                    kvm: rk,
+                    diffs: rdiffs,
+                };
+                match skiplist::match_known(&mm) {
                     Some(e) => {
                         st.known_hits[e] += 1;
                         *st.known_mismatches.entry(case.group).or_default() += 1;
+                        if cfg.show_known && st.known_hits[e] == 1 {
+                            let title = format!("KNOWN #{e} ({})", skiplist::KNOWN[e].name);
+                            let r = report_case(&title, rcase, rasm, ra, rk, rdiffs);
+                            eprint!("{r}");
+                        }
                     }
                     None => {
                         *st.new_mismatches.entry(case.group).or_default() += 1;
@@ -358,7 +492,7 @@ fn worker(cfg: Config, watchdog: Arc<Watchdog>) -> Result<(String, u64), String>
                 }
             }
         }
-        if done % 20_000 == 0 {
+        if done.is_multiple_of(20_000) {
             eprintln!(
                 "  {done} sequences, {:.0}/s, {} new mismatches",
                 done as f64 / start.elapsed().as_secs_f64(),
@@ -380,7 +514,11 @@ fn worker(cfg: Config, watchdog: Arc<Watchdog>) -> Result<(String, u64), String>
         st.t_reduce.as_secs_f64(),
         cfg.seed
     );
-    let _ = writeln!(out, "{:<14} {:>9} {:>9} {:>9} {:>9} {:>9}", "group", "64-bit", "compat32", "new", "known", "tainted");
+    let _ = writeln!(
+        out,
+        "{:<14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "group", "64-bit", "compat32", "new", "known", "tainted", "no-ref"
+    );
     for g in Group::ALL {
         let a = st.runs.get(&(g, Mode::Long64)).copied().unwrap_or(0);
         let b = st.runs.get(&(g, Mode::Compat32)).copied().unwrap_or(0);
@@ -389,26 +527,41 @@ fn worker(cfg: Config, watchdog: Arc<Watchdog>) -> Result<(String, u64), String>
         }
         let _ = writeln!(
             out,
-            "{:<14} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "{:<14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
             g.name(),
             a,
             b,
             st.new_mismatches.get(&g).copied().unwrap_or(0),
             st.known_mismatches.get(&g).copied().unwrap_or(0),
-            st.tainted.get(&g).copied().unwrap_or(0)
+            st.tainted.get(&g).copied().unwrap_or(0),
+            st.no_reference.get(&g).copied().unwrap_or(0)
         );
     }
     let _ = writeln!(out, "KVM outcomes: {:?}", st.ends);
     let _ = writeln!(out, "both sides timed out: {}", st.timeouts);
+    if !st.no_reference_by_mnemonic.is_empty() {
+        let list: Vec<String> = st.no_reference_by_mnemonic.iter().map(|(m, n)| format!("{m} {n}")).collect();
+        let _ = writeln!(
+            out,
+            "not comparable (the reference, KVM's emulator, could not run it; see reference_cannot_run): {}",
+            list.join(", ")
+        );
+    }
     if !st.signatures.is_empty() {
         let _ = writeln!(out, "new mismatches by signature (mode group: mnemonics / fields):");
         for (sig, n) in &st.signatures {
             let _ = writeln!(out, "  {n:>7}  {sig}");
         }
     }
-    let _ = writeln!(out, "skip-list (known interpreter mismatches):");
+    let _ = writeln!(out, "skip-list (known mismatches, tests/differential/skiplist.rs):");
     for (k, n) in skiplist::KNOWN.iter().zip(&st.known_hits) {
-        let _ = writeln!(out, "  {n:>7}  {:?} {:?}: {}", k.key, k.mode, k.what);
+        let mode = k.mode.map_or("both modes", |m| m.name());
+        let kind = match k.kind {
+            skiplist::Kind::Interpreter => "interpreter bug",
+            skiplist::Kind::Reference => "reference (KVM emulator) bug",
+            skiplist::Kind::Vendor => "vendor difference (the interpreter follows the SDM)",
+        };
+        let _ = writeln!(out, "  {n:>7}  [{kind}, {mode}] {}: {}", k.name, k.what);
     }
     Ok((out, new))
 }
@@ -419,18 +572,19 @@ fn kick_signal() -> libc::c_int {
 
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
-fn run_harness(long: bool) {
+/// Run `work` on a thread of its own while this one watches it: a KVM run
+/// that lasts too long is kicked out of `KVM_RUN` with a signal.
+fn with_watchdog<T: Send + 'static>(work: impl FnOnce(Arc<Watchdog>) -> T + Send + 'static) -> std::thread::Result<T> {
     use vmm_sys_util::signal::Killable;
-    let cfg = Config::from_env(long);
-    if let Err(e) = hvf_kvm_accel::kvm::Kvm::new() {
-        println!("skipping: KVM is not usable here: {e}");
-        return;
-    }
     let watchdog = Arc::new(Watchdog::default());
     let w = watchdog.clone();
     let handle = std::thread::Builder::new()
         .name("differential".into())
-        .spawn(move || worker(cfg, w))
+        .spawn(move || {
+            vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+                .expect("install the watchdog's signal handler");
+            work(w)
+        })
         .expect("spawn the harness thread");
     while !handle.is_finished() {
         std::thread::sleep(Duration::from_millis(25));
@@ -438,7 +592,16 @@ fn run_harness(long: bool) {
             let _ = handle.kill(kick_signal());
         }
     }
-    match handle.join() {
+    handle.join()
+}
+
+fn run_harness(long: bool) {
+    let cfg = Config::from_env(long);
+    if let Err(e) = hvf_kvm_accel::kvm::Kvm::new() {
+        println!("skipping: KVM is not usable here: {e}");
+        return;
+    }
+    match with_watchdog(move |w| worker(cfg, w)) {
         Ok(Ok((report, new))) => {
             println!("{report}");
             assert_eq!(new, 0, "{new} new mismatches between the interpreter and KVM (see the reproducers above)");
@@ -461,26 +624,45 @@ fn interpreter_matches_kvm_long() {
     run_harness(true);
 }
 
+/// A sequence that never ends (`jmp $`) is stopped by the watchdog and
+/// reported as a timeout on both sides.
 #[test]
-#[ignore]
-fn probe_compat() {
-    use hvf_kvm_accel::Vcpu;
-    let wd = Arc::new(Watchdog::default());
-    let mut k = KvmSide::new(wd).unwrap();
-    for mode in [Mode::Long64, Mode::Compat32] {
-        // mov ecx, N; l: add eax, ecx; dec ecx; jnz l; hlt
-        let n: u32 = 1_000_000;
-        let mut code = vec![0xb9];
-        code.extend_from_slice(&n.to_le_bytes());
-        code.extend_from_slice(&[0x01, 0xc8, 0xff, 0xc9, 0x75, 0xfa, 0xf4]);
-        let mut init = machine::base_state(mode);
-        init.rip = machine::CODE;
-        let case = Case { seed: 0, mode, group: Group::Alu, items: vec![], code_addr: machine::CODE, init, data: vec![0; 4096] };
-        let asm = gen::Assembled { bytes: code, insns: vec![] };
-        let t = Instant::now();
-        let o = k.run(&case, &asm);
-        println!("{mode:?}: {:?} in {:?}, rip {:#x} eax {:#x}", o.end, t.elapsed(), o.state.rip, o.state.gpr[0]);
+fn endless_sequences_time_out() {
+    if let Err(e) = hvf_kvm_accel::kvm::Kvm::new() {
+        println!("skipping: KVM is not usable here: {e}");
+        return;
     }
-    let _ = &k.mem;
-    let _: Option<&dyn Vcpu> = None;
+    let result = with_watchdog(|w| {
+        let mut kvm = KvmSide::new(w).map_err(|e| format!("skipping: {e}"))?;
+        let mut interp = InterpSide::new();
+        let mut init = machine::base_state(Mode::Long64);
+        init.rip = machine::CODE;
+        let mut case = Case {
+            seed: 0,
+            mode: Mode::Long64,
+            group: Group::Branch,
+            items: Vec::new(),
+            code_addr: machine::CODE,
+            init,
+            data: vec![0; machine::PAGE as usize],
+        };
+        let jmp = iced_x86::Instruction::with_branch(iced_x86::Code::Jmp_rel8_64, 0).map_err(|e| e.to_string())?;
+        case.items.push(gen::Item { insn: jmp, target: Some(0) });
+        let asm = case.assemble()?;
+        let t = Instant::now();
+        let k = kvm.run(&case, &asm);
+        let elapsed = t.elapsed();
+        let (a, _) = interp.run(&case, &asm);
+        Ok::<_, String>((k.end, a.end, elapsed))
+    });
+    match result {
+        Ok(Ok((k, a, elapsed))) => {
+            println!("jmp $: KVM {k:?} after {elapsed:?}, interpreter {a:?}");
+            assert_eq!(k, End::Timeout);
+            assert_eq!(a, End::Timeout);
+            assert!(elapsed < Duration::from_secs(10));
+        }
+        Ok(Err(e)) => println!("{e}"),
+        Err(p) => std::panic::resume_unwind(p),
+    }
 }

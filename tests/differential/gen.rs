@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use cpu::state::{flags, reg, CpuState, F80};
 use iced_x86::{
-    BlockEncoder, BlockEncoderOptions, Code, CpuidFeature, Decoder, DecoderOptions, Encoder, FlowControl,
-    Instruction, InstructionBlock, MemorySize, Mnemonic, OpKind, Register, RflagsBits,
+    BlockEncoder, BlockEncoderOptions, Code, CpuidFeature, Decoder, DecoderOptions, Encoder, FlowControl, Instruction,
+    InstructionBlock, MemorySize, Mnemonic, OpKind, Register, RflagsBits,
 };
 
 use crate::machine::{self, Mode, CODE, DATA, KDATA, PAGE, RODATA};
@@ -197,10 +197,18 @@ pub fn exclusion(code: Code) -> Option<&'static str> {
         }
         Xgetbv | Xsetbv | Xsave | Xsave64 | Xsaveopt | Xsaveopt64 | Xrstor | Xrstor64 | Xsavec | Xsavec64 | Xsaves
         | Xsaves64 | Xrstors | Xrstors64 => "XSAVE images and XCR0: kvm_pvm runs them with the host's XCR0",
-        Fxsave | Fxsave64 | Fxrstor | Fxrstor64 => "FXSAVE images hold FIP/FDP/FOP, which AMD saves only with an unmasked exception pending",
-        Fnstenv | Fstenv | Fnsave | Fsave => "the stored environment holds FIP/FDP/FOP, saved differently by AMD and Intel",
-        Rdfsbase | Rdgsbase | Wrfsbase | Wrgsbase => "kvm_pvm runs ring 3 with the host's CR4.FSGSBASE, not the guest's",
-        Monitor | Mwait | Monitorx | Mwaitx | Umonitor | Umwait | Tpause => "CPL3 behaviour depends on host MSR settings",
+        Fxsave | Fxsave64 | Fxrstor | Fxrstor64 => {
+            "FXSAVE images hold FIP/FDP/FOP, which AMD saves only with an unmasked exception pending"
+        }
+        Fnstenv | Fstenv | Fnsave | Fsave => {
+            "the stored environment holds FIP/FDP/FOP, saved differently by AMD and Intel"
+        }
+        Rdfsbase | Rdgsbase | Wrfsbase | Wrgsbase => {
+            "kvm_pvm runs ring 3 with the host's CR4.FSGSBASE, not the guest's"
+        }
+        Monitor | Mwait | Monitorx | Mwaitx | Umonitor | Umwait | Tpause => {
+            "CPL3 behaviour depends on host MSR settings"
+        }
         F2xm1 | Fyl2x | Fyl2xp1 | Fptan | Fpatan | Fsin | Fcos | Fsincos => {
             "transcendental results are specified to about 1 ulp: they differ between vendors"
         }
@@ -211,6 +219,41 @@ pub fn exclusion(code: Code) -> Option<&'static str> {
         Salc => "undocumented",
         _ => return None,
     })
+}
+
+/// Codes excluded individually (aliases of a mnemonic we do generate).
+pub fn code_exclusion(code: Code) -> Option<&'static str> {
+    match code {
+        Code::Fcom_st0_sti_DCD0
+        | Code::Fcomp_st0_sti_DCD8
+        | Code::Fcomp_st0_sti_DED0
+        | Code::Ffreep_sti
+        | Code::Fstp_sti_DFD0
+        | Code::Fstp_sti_DFD8
+        | Code::Fstpnce_sti
+        | Code::Fxch_st0_sti_DDC8
+        | Code::Fxch_st0_sti_DFC8 => {
+            Some("undocumented x87 alias opcodes (D9 D8+i, DC D0+i, DD C8+i, ...): vendors differ (D9 D8+i stores without the underflow check on AMD)")
+        }
+        Code::Movsxd_r16_rm16 => Some("MOVSXD with a 16-bit operand size: AMD reads a 32-bit source, Intel 16 bits"),
+        _ => None,
+    }
+}
+
+/// Instructions excluded in one mode only, with the reason.
+pub fn mode_exclusion(code: Code, t: &Instruction, mode: Mode) -> Option<&'static str> {
+    use Mnemonic::*;
+    let m = code.mnemonic();
+    let seg_reg = (0..t.op_count()).any(|i| t.op_kind(i) == OpKind::Register && t.op_register(i).is_segment_register());
+    match mode {
+        Mode::Long64 if seg_reg || matches!(m, Lar | Lsl | Verr | Verw) => Some(
+            "64-bit mode: kvm_pvm runs ring 3 with the host's selectors and GDT (MOV from DS reads 0, LAR reads the host GDT)",
+        ),
+        Mode::Compat32 if matches!(m, Lzcnt | Tzcnt) => {
+            Some("compat32: KVM's emulator (the reference there) runs LZCNT/TZCNT as BSR/BSF")
+        }
+        _ => None,
+    }
 }
 
 /// Which group a code belongs to, if it is generated at all.
@@ -233,7 +276,23 @@ fn classify(code: Code, t: &Instruction) -> Option<Group> {
     if matches!(m, Pcmpestri | Pcmpestri64 | Pcmpestrm | Pcmpestrm64 | Pcmpistri | Pcmpistrm) {
         return Some(Group::Pcmpstr);
     }
-    if matches!(m, Lfence | Mfence | Sfence | Clflush | Clflushopt | Clwb | Prefetchnta | Prefetcht0 | Prefetcht1 | Prefetcht2 | Prefetchw | Prefetch | Pause | Nop) {
+    if matches!(
+        m,
+        Lfence
+            | Mfence
+            | Sfence
+            | Clflush
+            | Clflushopt
+            | Clwb
+            | Prefetchnta
+            | Prefetcht0
+            | Prefetcht1
+            | Prefetcht2
+            | Prefetchw
+            | Prefetch
+            | Pause
+            | Nop
+    ) {
         return Some(Group::Misc);
     }
     if matches!(m, Tzcnt | Lzcnt | Popcnt) {
@@ -314,6 +373,9 @@ pub struct Catalog {
     /// Codes the interpreter has no handler for (not generated; listed).
     pub unimplemented: BTreeSet<Mnemonic>,
     pub unimplemented_codes: usize,
+    /// CPUID features outside [`ALLOWED_FEATURES`] met while enumerating
+    /// (AVX and later, XSAVE, FXSR, TSC, RDRAND, CPUID, SYSCALL, ...).
+    pub other_features: BTreeSet<String>,
 }
 
 fn decode_first(bitness: u32, bytes: &[u8]) -> Option<Instruction> {
@@ -354,7 +416,26 @@ fn enumerate(bitness: u32) -> Vec<Instruction> {
         for rex in rexes {
             for map in maps {
                 for op in 0..=255u8 {
-                    if map.is_empty() && matches!(op, 0x0f | 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3 | 0xc4 | 0xc5 | 0x62 | 0x8f) {
+                    if map.is_empty()
+                        && matches!(
+                            op,
+                            0x0f | 0x26
+                                | 0x2e
+                                | 0x36
+                                | 0x3e
+                                | 0x64
+                                | 0x65
+                                | 0x66
+                                | 0x67
+                                | 0xf0
+                                | 0xf2
+                                | 0xf3
+                                | 0xc4
+                                | 0xc5
+                                | 0x62
+                                | 0x8f
+                        )
+                    {
                         continue;
                     }
                     if bitness == 64 && map.is_empty() && (0x40..0x50).contains(&op) {
@@ -470,20 +551,26 @@ impl Catalog {
         let mut excluded: BTreeMap<&'static str, BTreeSet<Mnemonic>> = BTreeMap::new();
         let mut unimplemented = BTreeSet::new();
         let mut unimplemented_codes = BTreeSet::new();
+        let mut other_features = BTreeSet::new();
         for mode in Mode::ALL {
             let mut branch_codes = BTreeSet::new();
             for t in enumerate(mode.bitness()) {
                 let code = t.code();
-                if !code.cpuid_features().iter().all(|f| ALLOWED_FEATURES.contains(f)) {
+                if let Some(f) = code.cpuid_features().iter().find(|f| !ALLOWED_FEATURES.contains(f)) {
+                    other_features.insert(format!("{f:?}"));
                     continue;
                 }
-                if let Some(why) = exclusion(code) {
+                if let Some(why) =
+                    exclusion(code).or_else(|| code_exclusion(code)).or_else(|| mode_exclusion(code, &t, mode))
+                {
                     excluded.entry(why).or_default().insert(code.mnemonic());
                     continue;
                 }
                 let fc = t.flow_control();
-                let near_rel = (0..t.op_count()).any(|i| matches!(t.op_kind(i), OpKind::NearBranch64 | OpKind::NearBranch32));
-                let far = (0..t.op_count()).any(|i| matches!(t.op_kind(i), OpKind::FarBranch16 | OpKind::FarBranch32 | OpKind::NearBranch16))
+                let near_rel =
+                    (0..t.op_count()).any(|i| matches!(t.op_kind(i), OpKind::NearBranch64 | OpKind::NearBranch32));
+                let far = (0..t.op_count())
+                    .any(|i| matches!(t.op_kind(i), OpKind::FarBranch16 | OpKind::FarBranch32 | OpKind::NearBranch16))
                     || matches!(t.memory_size(), MemorySize::SegPtr16 | MemorySize::SegPtr32 | MemorySize::SegPtr64);
                 if far {
                     excluded
@@ -493,8 +580,16 @@ impl Catalog {
                     continue;
                 }
                 match fc {
-                    FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch | FlowControl::Call if near_rel => {
-                        if t.is_jcc_short_or_near() || t.is_jmp_short_or_near() || t.is_call_near() || t.is_loop() || t.is_loopcc() || t.is_jcx_short() {
+                    FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch | FlowControl::Call
+                        if near_rel =>
+                    {
+                        if t.is_jcc_short_or_near()
+                            || t.is_jmp_short_or_near()
+                            || t.is_call_near()
+                            || t.is_loop()
+                            || t.is_loopcc()
+                            || t.is_jcx_short()
+                        {
                             if !cpu::Cpu::implemented(code) {
                                 unimplemented.insert(code.mnemonic());
                                 unimplemented_codes.insert(code);
@@ -535,7 +630,14 @@ impl Catalog {
             }
             branches.insert(mode, branch_codes.into_iter().collect());
         }
-        Catalog { templates, branches, excluded, unimplemented, unimplemented_codes: unimplemented_codes.len() }
+        Catalog {
+            templates,
+            branches,
+            excluded,
+            unimplemented,
+            unimplemented_codes: unimplemented_codes.len(),
+            other_features,
+        }
     }
 
     pub fn groups(&self, mode: Mode) -> Vec<Group> {
@@ -598,7 +700,9 @@ impl Case {
         let mut insns = Vec::with_capacity(n + 1);
         for (i, it) in self.items.iter().enumerate() {
             let mut insn = match it.target {
-                Some(t) => Instruction::with_branch(it.insn.code(), LABEL_BASE + t as u64).map_err(|e| e.to_string())?,
+                Some(t) => {
+                    Instruction::with_branch(it.insn.code(), LABEL_BASE + t as u64).map_err(|e| e.to_string())?
+                }
                 None => it.insn,
             };
             insn.set_ip(LABEL_BASE + i as u64);
@@ -625,12 +729,6 @@ impl Case {
     }
 }
 
-/// Flags (iced bits) an instruction leaves undefined, for an instruction
-/// whose result we only know statically.
-pub fn static_undefined(insn: &Instruction) -> u32 {
-    insn.rflags_undefined()
-}
-
 /// The iced arithmetic flags as RFLAGS bits.
 pub fn iced_to_rflags(bits: u32) -> u64 {
     let mut f = 0;
@@ -655,7 +753,9 @@ pub fn iced_to_rflags(bits: u32) -> u64 {
 /// The iced x87 condition bits as FSW bits.
 pub fn iced_to_fsw(bits: u32) -> u16 {
     let mut f = 0;
-    for (i, r) in [(RflagsBits::C0, 1u16 << 8), (RflagsBits::C1, 1 << 9), (RflagsBits::C2, 1 << 10), (RflagsBits::C3, 1 << 14)] {
+    for (i, r) in
+        [(RflagsBits::C0, 1u16 << 8), (RflagsBits::C1, 1 << 9), (RflagsBits::C2, 1 << 10), (RflagsBits::C3, 1 << 14)]
+    {
         if bits & i != 0 {
             f |= r;
         }
@@ -663,7 +763,8 @@ pub fn iced_to_fsw(bits: u32) -> u16 {
     f
 }
 
-const ARITH_ICED: u32 = RflagsBits::OF | RflagsBits::SF | RflagsBits::ZF | RflagsBits::AF | RflagsBits::CF | RflagsBits::PF;
+const ARITH_ICED: u32 =
+    RflagsBits::OF | RflagsBits::SF | RflagsBits::ZF | RflagsBits::AF | RflagsBits::CF | RflagsBits::PF;
 const FPU_ICED: u32 = RflagsBits::C0 | RflagsBits::C1 | RflagsBits::C2 | RflagsBits::C3;
 
 /// A generator for one case.
@@ -693,8 +794,22 @@ fn gpr(index: usize, size: u32) -> Register {
 /// Interesting 32-bit float patterns.
 fn f32_pattern(rng: &mut Rng) -> u32 {
     const SPECIAL: [u32; 16] = [
-        0x0000_0000, 0x8000_0000, 0x3f80_0000, 0xbf80_0000, 0x7f80_0000, 0xff80_0000, 0x7fc0_0000, 0xffc0_0000,
-        0x7fa0_0000, 0x0000_0001, 0x807f_ffff, 0x7f7f_ffff, 0x4f00_0000, 0xcf00_0000, 0x3f00_0000, 0x4b00_0000,
+        0x0000_0000,
+        0x8000_0000,
+        0x3f80_0000,
+        0xbf80_0000,
+        0x7f80_0000,
+        0xff80_0000,
+        0x7fc0_0000,
+        0xffc0_0000,
+        0x7fa0_0000,
+        0x0000_0001,
+        0x807f_ffff,
+        0x7f7f_ffff,
+        0x4f00_0000,
+        0xcf00_0000,
+        0x3f00_0000,
+        0x4b00_0000,
     ];
     match rng.below(6) {
         0 => *rng.pick(&SPECIAL),
@@ -901,7 +1016,8 @@ impl Gen<'_> {
             None => {
                 let v = if long && asize == 8 && self.rng.chance(2) {
                     // Non-canonical: #GP (or #SS through RSP/RBP).
-                    0x0000_8000_0000_0000u64.wrapping_add(self.rng.below(1 << 40)) ^ if self.rng.chance(50) { 0xffff_0000_0000_0000 } else { 0 }
+                    0x0000_8000_0000_0000u64.wrapping_add(self.rng.below(1 << 40))
+                        ^ if self.rng.chance(50) { 0xffff_0000_0000_0000 } else { 0 }
                 } else {
                     target.wrapping_sub(index_part).wrapping_sub(disp_choice as u64)
                 };
@@ -929,7 +1045,8 @@ impl Gen<'_> {
         insn.set_memory_displ_size(if disp == 0 { 0 } else { 1 });
         insn.set_memory_displacement64(disp);
         if self.rng.chance(4) {
-            let seg = *self.rng.pick(&[Register::ES, Register::CS, Register::SS, Register::DS, Register::FS, Register::GS]);
+            let seg =
+                *self.rng.pick(&[Register::ES, Register::CS, Register::SS, Register::DS, Register::FS, Register::GS]);
             insn.set_segment_prefix(seg);
         }
     }
@@ -961,17 +1078,15 @@ impl Gen<'_> {
                 .max(8);
             for op in 0..insn.op_count() {
                 match insn.op_kind(op) {
-                    OpKind::Register => {
-                        if attempt < 5 && t.free_regs & (1 << op) != 0 {
-                            let r = insn.op_register(op);
-                            if let Some(class) = register_class(r, self.mode) {
-                                let mut pick = *self.rng.pick(&class);
-                                // Keep the stack pointer mostly intact.
-                                if (pick.is_gpr() && gpr_index(pick) == reg::RSP) && self.rng.chance(85) {
-                                    pick = r;
-                                }
-                                insn.set_op_register(op, pick);
+                    OpKind::Register if attempt < 5 && t.free_regs & (1 << op) != 0 => {
+                        let r = insn.op_register(op);
+                        if let Some(class) = register_class(r, self.mode) {
+                            let mut pick = *self.rng.pick(&class);
+                            // Keep the stack pointer mostly intact.
+                            if (pick.is_gpr() && gpr_index(pick) == reg::RSP) && self.rng.chance(85) {
+                                pick = r;
                             }
+                            insn.set_op_register(op, pick);
                         }
                     }
                     OpKind::Memory => self.memory_operand(&mut insn),
@@ -1001,7 +1116,18 @@ impl Gen<'_> {
                 }
             }
             if insn.is_string_instruction() && self.rng.chance(60) {
-                if matches!(m, Mnemonic::Cmpsb | Mnemonic::Cmpsw | Mnemonic::Cmpsd | Mnemonic::Cmpsq | Mnemonic::Scasb | Mnemonic::Scasw | Mnemonic::Scasd | Mnemonic::Scasq) && self.rng.chance(50) {
+                if matches!(
+                    m,
+                    Mnemonic::Cmpsb
+                        | Mnemonic::Cmpsw
+                        | Mnemonic::Cmpsd
+                        | Mnemonic::Cmpsq
+                        | Mnemonic::Scasb
+                        | Mnemonic::Scasw
+                        | Mnemonic::Scasd
+                        | Mnemonic::Scasq
+                ) && self.rng.chance(50)
+                {
                     insn.set_has_repne_prefix(true);
                 } else {
                     insn.set_has_rep_prefix(true);
@@ -1024,7 +1150,15 @@ impl Gen<'_> {
         let mut mask = 0u16;
         for r in info.used_registers() {
             let reg = r.register();
-            if reg.is_gpr() && !matches!(r.access(), iced_x86::OpAccess::Read | iced_x86::OpAccess::CondRead | iced_x86::OpAccess::NoMemAccess | iced_x86::OpAccess::None) {
+            if reg.is_gpr()
+                && !matches!(
+                    r.access(),
+                    iced_x86::OpAccess::Read
+                        | iced_x86::OpAccess::CondRead
+                        | iced_x86::OpAccess::NoMemAccess
+                        | iced_x86::OpAccess::None
+                )
+            {
                 mask |= 1 << gpr_index(reg);
             }
         }
@@ -1093,7 +1227,8 @@ fn fix_undefined_reads(items: &mut Vec<Item>, mode: Mode, rng: &mut Rng) {
 pub fn generate(cat: &Catalog, seed: u64, mode: Option<Mode>, groups: &[Group]) -> Option<Case> {
     let mut rng = Rng::new(seed);
     let mode = mode.unwrap_or_else(|| *rng.pick(&Mode::ALL));
-    let available: Vec<Group> = cat.groups(mode).into_iter().filter(|g| groups.is_empty() || groups.contains(g)).collect();
+    let available: Vec<Group> =
+        cat.groups(mode).into_iter().filter(|g| groups.is_empty() || groups.contains(g)).collect();
     if available.is_empty() {
         return None;
     }
@@ -1156,7 +1291,9 @@ pub fn generate(cat: &Catalog, seed: u64, mode: Option<Mode>, groups: &[Group]) 
         s.gpr[i] = if long || i >= 8 { v } else { v & 0xffff_ffff };
     }
     let uses = |ms: &[Mnemonic]| items.iter().any(|it| ms.contains(&it.insn.mnemonic()));
-    let rep_or_loop = items.iter().any(|it| it.insn.has_rep_prefix() || it.insn.has_repne_prefix() || it.insn.is_loop() || it.insn.is_loopcc());
+    let rep_or_loop = items
+        .iter()
+        .any(|it| it.insn.has_rep_prefix() || it.insn.has_repne_prefix() || it.insn.is_loop() || it.insn.is_loopcc());
     if rep_or_loop && g.claimed[reg::RCX].is_none() {
         s.gpr[reg::RCX] = g.rng.below(24);
     }
@@ -1182,7 +1319,8 @@ pub fn generate(cat: &Catalog, seed: u64, mode: Option<Mode>, groups: &[Group]) 
     if g.rng.chance(20) {
         s.rflags |= flags::DF;
     }
-    if g.rng.chance(12) {
+    // Alignment checks: CR0.AM is set; KVM's emulator (compat32) has none.
+    if long && g.rng.chance(12) {
         s.rflags |= flags::AC;
     }
     if g.rng.chance(30) {
@@ -1191,7 +1329,10 @@ pub fn generate(cat: &Catalog, seed: u64, mode: Option<Mode>, groups: &[Group]) 
     // SSE state.
     for x in s.xmm.iter_mut() {
         let lanes = match g.rng.below(3) {
-            0 => [f32_pattern(&mut g.rng) as u64 | (u64::from(f32_pattern(&mut g.rng)) << 32), f32_pattern(&mut g.rng) as u64 | (u64::from(f32_pattern(&mut g.rng)) << 32)],
+            0 => [
+                f32_pattern(&mut g.rng) as u64 | (u64::from(f32_pattern(&mut g.rng)) << 32),
+                f32_pattern(&mut g.rng) as u64 | (u64::from(f32_pattern(&mut g.rng)) << 32),
+            ],
             1 => [f64_pattern(&mut g.rng), f64_pattern(&mut g.rng)],
             _ => [g.rng.interesting(), g.rng.next_u64()],
         };

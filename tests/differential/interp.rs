@@ -113,12 +113,22 @@ impl InterpSide {
                         .unwrap_or_default();
                     let state = self.cpu.state;
                     self.reset_cpu();
-                    return (Outcome::read(End::Other(format!("interpreter panicked: {msg}")), state, &self.mem), masks);
+                    return (
+                        Outcome::read(End::Other(format!("interpreter panicked: {msg}")), state, &self.mem),
+                        masks,
+                    );
                 }
             };
             if let Some(i) = idx {
-                if self.cpu.state.cpl == 3 {
-                    masks.after(&asm.insns[i], &before);
+                // Completed: still at CPL3, or an exception whose frame points
+                // past the instruction (a trap).
+                let completed = self.cpu.state.cpl == 3 || {
+                    let rip = self.mem.read_u64(KSTACK + PAGE - 40).unwrap_or(0);
+                    self.cpu.state.cpl == 0 && rip != asm.insns[i].ip()
+                };
+                if completed {
+                    let after = self.cpu.state;
+                    masks.after(&asm.insns[i], &before, &after);
                 }
             }
             match reason {

@@ -51,7 +51,6 @@ pub const RODATA: u64 = 0x23000;
 pub const RODATA_FILL: u8 = 0x5a;
 
 pub const KERNEL_CS: u16 = 0x08;
-pub const KERNEL_DS: u16 = 0x10;
 pub const USER_CS32: u16 = 0x18 | 3;
 pub const USER_DS: u16 = 0x20 | 3;
 pub const USER_CS64: u16 = 0x28 | 3;
@@ -145,13 +144,13 @@ pub fn build_memory() -> GuestMemory {
 
     let gdt = [
         0,
-        gdt_entry(0, 0xfffff, 0x9b, 0xa), // 0x08 kernel code, L=1
-        gdt_entry(0, 0xfffff, 0x93, 0xc), // 0x10 kernel data
-        gdt_entry(0, 0xfffff, 0xfb, 0xc), // 0x18 user code, 32-bit
-        gdt_entry(0, 0xfffff, 0xf3, 0xc), // 0x20 user data
-        gdt_entry(0, 0xfffff, 0xfb, 0xa), // 0x28 user code, 64-bit
+        gdt_entry(0, 0xfffff, 0x9b, 0xa),     // 0x08 kernel code, L=1
+        gdt_entry(0, 0xfffff, 0x93, 0xc),     // 0x10 kernel data
+        gdt_entry(0, 0xfffff, 0xfb, 0xc),     // 0x18 user code, 32-bit
+        gdt_entry(0, 0xfffff, 0xf3, 0xc),     // 0x20 user data
+        gdt_entry(0, 0xfffff, 0xfb, 0xa),     // 0x28 user code, 64-bit
         gdt_entry(TSS as u32, 0x67, 0x89, 0), // 0x30 TSS (64-bit, available)
-        0,                                // TSS base 63:32
+        0,                                    // TSS base 63:32
     ];
     for (i, e) in gdt.iter().enumerate() {
         mem.write_u64(GDT + 8 * i as u64, *e).unwrap();
@@ -162,10 +161,8 @@ pub fn build_memory() -> GuestMemory {
 
     for vector in 0..256u64 {
         let handler = HANDLERS + vector * HANDLER_SIZE;
-        let lo = (handler & 0xffff)
-            | (u64::from(KERNEL_CS) << 16)
-            | (0xee00u64 << 32)
-            | ((handler >> 16) & 0xffff) << 48;
+        let lo =
+            (handler & 0xffff) | (u64::from(KERNEL_CS) << 16) | (0xee00u64 << 32) | ((handler >> 16) & 0xffff) << 48;
         mem.write_u64(IDT + vector * 16, lo).unwrap();
         mem.write_u64(IDT + vector * 16 + 8, handler >> 32).unwrap();
         mem.write(handler, &handler_bytes(vector as u8)).unwrap();
@@ -187,6 +184,13 @@ pub fn base_state(mode: Mode) -> CpuState {
         _pad: [0; 3],
     };
     s.seg = [data; 6];
+    if mode == Mode::Long64 {
+        // As a 64-bit Linux process has them: DS, ES, FS, GS null.
+        let null = Segment { base: 0, limit: 0, attr: UNUSABLE, selector: 0, _pad: [0; 3] };
+        for r in [sreg::DS, sreg::ES, sreg::FS, sreg::GS] {
+            s.seg[r] = null;
+        }
+    }
     s.seg[sreg::CS] = match mode {
         Mode::Long64 => Segment {
             base: 0,

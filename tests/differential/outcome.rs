@@ -109,6 +109,18 @@ pub struct Masks {
     pub tainted: Option<String>,
     /// Items executed at CPL3, in order.
     pub executed: Vec<usize>,
+    /// Flags the running item leaves undefined for its operands (added by
+    /// `after`).
+    pending: u32,
+    /// The running item is a REP string instruction with a zero count: it
+    /// changes no flag.
+    no_flags: bool,
+    /// CR2 after a #PF is implementation-specific (which part of a large
+    /// operand faults first).
+    pub cr2_undefined: bool,
+    /// RF in the exception frame is implementation-specific (a trap between
+    /// iterations of a REP string instruction: Intel sets it, AMD does not).
+    pub frame_rf_undefined: bool,
 }
 
 fn reg_value(s: &CpuState, r: Register) -> u64 {
@@ -117,6 +129,15 @@ fn reg_value(s: &CpuState, r: Register) -> u64 {
     } else {
         0
     }
+}
+
+/// Whether ST(i) holds a normal, finite, non-zero number.
+fn finite_nonzero(s: &CpuState, i: usize) -> bool {
+    let top = usize::from((s.fpu.fsw >> 11) & 7);
+    let phys = (top + i) & 7;
+    let r = &s.fpu.regs[phys];
+    let exp = r.sign_exp & 0x7fff;
+    (s.fpu.ftw >> (2 * phys)) & 3 != 3 && exp != 0 && exp != 0x7fff && r.mantissa >> 63 == 1
 }
 
 fn count_operand(insn: &Instruction, op: u32, s: &CpuState) -> u64 {
@@ -131,9 +152,86 @@ impl Masks {
     /// Before the interpreter runs item `idx`.
     pub fn before(&mut self, idx: usize, insn: &Instruction, s: &CpuState, mem: &GuestMemory) {
         self.executed.push(idx);
+        self.pending = 0;
+        self.no_flags = false;
+        if (insn.has_rep_prefix() || insn.has_repne_prefix()) && insn.is_string_instruction() {
+            let kinds: Vec<OpKind> = (0..insn.op_count()).map(|i| insn.op_kind(i)).collect();
+            let count =
+                if kinds.iter().any(|k| matches!(k, OpKind::MemorySegRSI | OpKind::MemoryESRDI | OpKind::MemorySegRDI))
+                {
+                    s.gpr[1]
+                } else if kinds
+                    .iter()
+                    .any(|k| matches!(k, OpKind::MemorySegESI | OpKind::MemoryESEDI | OpKind::MemorySegEDI))
+                {
+                    s.gpr[1] & 0xffff_ffff
+                } else {
+                    s.gpr[1] & 0xffff
+                };
+            if count == 0 {
+                self.no_flags = true;
+            }
+        }
+        // Which address a fault reports for multi-part accesses (FLDENV,
+        // FRSTOR, the byte-masked MASKMOVQ/MASKMOVDQU) is implementation-specific.
+        if insn.memory_size().size() > 16
+            || matches!(
+                insn.mnemonic(),
+                Mnemonic::Fldenv
+                    | Mnemonic::Frstor
+                    | Mnemonic::Fxrstor
+                    | Mnemonic::Fxrstor64
+                    | Mnemonic::Maskmovq
+                    | Mnemonic::Maskmovdqu
+            )
+        {
+            self.cr2_undefined = true;
+        }
+        if insn.is_string_instruction()
+            && (insn.has_rep_prefix() || insn.has_repne_prefix())
+            && s.rflags & flags::TF != 0
+        {
+            self.frame_rf_undefined = true;
+        }
         let reads = insn.rflags_read() & self.undef;
         if reads != 0 && self.tainted.is_none() {
             self.tainted = Some(format!("{:?} reads flags left undefined ({reads:#x})", insn.mnemonic()));
+        }
+        // Registers and memory an earlier instruction left undefined.
+        if self.tainted.is_none() && (self.gprs != 0 || !self.mem.is_empty()) {
+            use iced_x86::OpAccess;
+            let mut factory = iced_x86::InstructionInfoFactory::new();
+            let info = factory.info(insn);
+            let reads_reg = info.used_registers().iter().any(|u| {
+                u.register().is_gpr()
+                    && matches!(
+                        u.access(),
+                        OpAccess::Read | OpAccess::CondRead | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+                    )
+                    && self.gprs & (1 << (u.register().full_register() as usize - Register::RAX as usize)) != 0
+            });
+            let regs = |r: Register, _: usize, _: usize| Some(if r.is_gpr() { reg_value(s, r) } else { 0 });
+            // A REP string instruction reads up to RCX elements from RSI.
+            let rep_reads = insn.is_string_instruction() && (insn.has_rep_prefix() || insn.has_repne_prefix()) && {
+                let size = insn.memory_size().size().max(1) as u64;
+                let span = (s.gpr[1] & 0xffff_ffff).saturating_add(1).saturating_mul(size);
+                let (lo, hi) = (s.gpr[6].wrapping_sub(span), s.gpr[6].wrapping_add(span));
+                let (dlo, dhi) = (s.gpr[7].wrapping_sub(span), s.gpr[7].wrapping_add(span));
+                self.mem.iter().any(|&(b, l)| (b < hi && lo < b + l) || (b < dhi && dlo < b + l))
+            };
+            let reads_mem = rep_reads
+                || info.used_memory().iter().any(|u| {
+                    matches!(
+                        u.access(),
+                        OpAccess::Read | OpAccess::CondRead | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+                    ) && u.virtual_address(0, regs).is_some_and(|a| {
+                        let len = u.memory_size().size().max(1) as u64;
+                        self.mem.iter().any(|&(b, l)| a < b + l && b < a + len)
+                    })
+                });
+            if reads_reg || reads_mem {
+                self.tainted = Some(format!("{:?} reads a value left undefined", insn.mnemonic()));
+            }
         }
         // Results that depend on the operands.
         match insn.mnemonic() {
@@ -142,7 +240,9 @@ impl Masks {
                 let src = match insn.op1_kind() {
                     OpKind::Register => Some(reg_value(s, insn.op1_register())),
                     OpKind::Memory => insn
-                        .virtual_address(1, 0, |r, _, _| Some(if r.is_segment_register() { 0 } else { reg_value(s, r) }))
+                        .virtual_address(1, 0, |r, _, _| {
+                            Some(if r.is_segment_register() { 0 } else { reg_value(s, r) })
+                        })
                         .and_then(|a| {
                             let mut b = [0u8; 8];
                             mem.read(a, &mut b[..size as usize]).ok().map(|_| u64::from_le_bytes(b))
@@ -161,7 +261,7 @@ impl Masks {
                 };
                 let count = count_operand(insn, 2, s) & if size == 8 { 63 } else { 31 };
                 if size == 2 && count > 16 {
-                    self.undef |= iced_x86::RflagsBits::OF
+                    self.pending |= iced_x86::RflagsBits::OF
                         | iced_x86::RflagsBits::SF
                         | iced_x86::RflagsBits::ZF
                         | iced_x86::RflagsBits::AF
@@ -181,23 +281,89 @@ impl Masks {
                     }
                 }
             }
+            // LDMXCSR of a value with bit 17 set: MXCSR.MM (misaligned SSE
+            // mask) exists on AMD only; Intel raises #GP.
+            Mnemonic::Ldmxcsr => {
+                let v = insn
+                    .virtual_address(0, 0, |r, _, _| Some(if r.is_segment_register() { 0 } else { reg_value(s, r) }))
+                    .and_then(|a| mem.read_u32(a).ok());
+                if v.is_some_and(|v| v & 0xffff_0000 == 0x0002_0000) && self.tainted.is_none() {
+                    self.tainted = Some("LDMXCSR sets bit 17 (MXCSR.MM, AMD-only)".into());
+                }
+            }
+            // PUSH of a segment register with a 32- or 64-bit operand size
+            // writes either the zero-extended selector or only its 16 bits
+            // (SDM PUSH): the upper bytes of the slot are undefined.
+            Mnemonic::Push if insn.op0_kind() == OpKind::Register && insn.op0_register().is_segment_register() => {
+                let size = insn.stack_pointer_increment().unsigned_abs() as u64;
+                if size > 2 {
+                    let rsp = s.gpr[4];
+                    let slot = rsp.wrapping_sub(size) & if s.code64() { u64::MAX } else { 0xffff_ffff };
+                    self.mem.push((slot + 2, size - 2));
+                }
+            }
             _ => {}
         }
     }
 
-    /// After item `idx` completed (the CPU is still at CPL3).
-    pub fn after(&mut self, insn: &Instruction, s_before: &CpuState) {
-        let mut undefined = insn.rflags_undefined();
-        // SHL/SHR by at least the operand width leave CF undefined.
-        if matches!(insn.mnemonic(), Mnemonic::Shl | Mnemonic::Shr | Mnemonic::Sal) {
+    /// After item `idx` completed (it ran to its end, even if a trap such
+    /// as a single-step #DB followed it).
+    pub fn after(&mut self, insn: &Instruction, s_before: &CpuState, s_after: &CpuState) {
+        use iced_x86::RflagsBits as B;
+        use Mnemonic::*;
+        if self.no_flags {
+            return;
+        }
+        let mut undefined = insn.rflags_undefined() | self.pending;
+        let m = insn.mnemonic();
+        match m {
+            // A compare stopped by an unmasked exception: the SDM leaves
+            // C0/C2/C3 unchanged, AMD sets them (to "unordered" or 000).
+            Fcom | Fcomp | Fcompp | Fucom | Fucomp | Fucompp | Ficom | Ficomp | Ftst if s_after.fpu.fsw & 0x80 != 0 => {
+                undefined |= B::C0 | B::C2 | B::C3
+            }
+            // FCOMI and friends stopped by an unmasked exception: the SDM
+            // sets ZF/PF/CF only when IE is masked, AMD sets them anyway
+            // (and clears OF/SF/AF).
+            Fcomi | Fcomip | Fucomi | Fucomip if s_after.fpu.fsw & 0x80 != 0 => {
+                undefined |= B::C1 | B::ZF | B::PF | B::CF | B::OF | B::SF | B::AF
+            }
+            // FCOMI and friends: the SDM clears C1; AMD leaves it unchanged.
+            // FCMOVcc: C1 is "set to 0 if stack underflow occurred"; AMD
+            // leaves it unchanged otherwise.
+            Fcomi | Fcomip | Fucomi | Fucomip | Fcmovb | Fcmove | Fcmovbe | Fcmovu | Fcmovnb | Fcmovne | Fcmovnbe
+            | Fcmovnu => undefined |= B::C1,
+            // FPREM/FPREM1 with an invalid, zero, infinite or denormal
+            // operand: the quotient bits are not specified (AMD leaves C0/C3
+            // unchanged).
+            // An incomplete reduction (C2=1) leaves the quotient bits
+            // unspecified too.
+            Fprem | Fprem1
+                if s_after.fpu.fsw & 0x401 != 0 || !finite_nonzero(s_before, 0) || !finite_nonzero(s_before, 1) =>
+            {
+                undefined |= B::C0 | B::C1 | B::C2 | B::C3
+            }
+            _ => {}
+        }
+        if matches!(m, Shl | Shr | Sal | Sar | Rol | Ror | Rcl | Rcr | Shld | Shrd) {
             let size = if insn.op0_kind() == OpKind::Register {
                 insn.op0_register().size()
             } else {
                 insn.memory_size().size()
             };
-            let count = count_operand(insn, 1, s_before) & if size == 8 { 63 } else { 31 };
-            if size < 4 && count >= (size as u64) * 8 {
-                undefined |= iced_x86::RflagsBits::CF | iced_x86::RflagsBits::OF;
+            let count_op = if matches!(m, Shld | Shrd) { 2 } else { 1 };
+            let count = count_operand(insn, count_op, s_before) & if size == 8 { 63 } else { 31 };
+            // A masked count of 0 leaves every flag as it was.
+            if count == 0 {
+                return;
+            }
+            // OF is defined for 1-bit shifts and rotates only.
+            if count != 1 {
+                undefined |= B::OF;
+            }
+            // SHL/SHR by at least the operand width leave CF undefined.
+            if matches!(m, Shl | Shr | Sal) && size < 4 && count >= (size as u64) * 8 {
+                undefined |= B::CF;
             }
         }
         self.undef = (self.undef & !insn.rflags_modified()) | undefined;
@@ -223,24 +389,32 @@ pub fn compare(mode: Mode, a: &Outcome, k: &Outcome, m: &Masks) -> Vec<String> {
         d.push(format!("end: interp={} kvm={}", a.end.describe(), k.end.describe()));
     }
     let (s, t) = (&a.state, &k.state);
-    for i in 0..16 {
+    for (i, name) in GPR_NAMES.iter().enumerate() {
         if m.gprs & (1 << i) != 0 {
             continue;
         }
         if s.gpr[i] != t.gpr[i] {
-            d.push(format!("{}: interp={:#018x} kvm={:#018x}", GPR_NAMES[i], s.gpr[i], t.gpr[i]));
+            d.push(format!("{name}: interp={:#018x} kvm={:#018x}", s.gpr[i], t.gpr[i]));
         }
     }
     if s.rip != t.rip {
         d.push(format!("rip: interp={:#x} kvm={:#x}", s.rip, t.rip));
     }
     let fmask = !m.rflags();
-    if s.rflags & fmask != t.rflags & fmask {
+    // Both sides end in a ring-0 handler. kvm_pvm's event delivery clears
+    // RFLAGS.AC there (the SDM's does not): the handler's AC is not compared;
+    // the interrupted code's AC is, in the frame.
+    let hmask = if matches!(k.end, End::Normal | End::Exception(_)) { fmask & !flags::AC } else { fmask };
+    // kvm_pvm does not keep RFLAGS.NT that POPF sets at CPL3 (it is clear in
+    // the frames it builds): NT is not compared.
+    let fmask = fmask & !flags::NT;
+    let hmask = hmask & !flags::NT;
+    if s.rflags & hmask != t.rflags & hmask {
         d.push(format!(
             "rflags: interp={:#x} kvm={:#x} (differ {}; undefined {})",
             s.rflags,
             t.rflags,
-            flag_names((s.rflags ^ t.rflags) & fmask),
+            flag_names((s.rflags ^ t.rflags) & hmask),
             flag_names(m.rflags())
         ));
     }
@@ -265,7 +439,7 @@ pub fn compare(mode: Mode, a: &Outcome, k: &Outcome, m: &Masks) -> Vec<String> {
             ));
         }
     }
-    if s.cr2 != t.cr2 {
+    if s.cr2 != t.cr2 && !m.cr2_undefined {
         d.push(format!("cr2: interp={:#x} kvm={:#x}", s.cr2, t.cr2));
     }
     for i in 0..16 {
@@ -281,12 +455,7 @@ pub fn compare(mode: Mode, a: &Outcome, k: &Outcome, m: &Masks) -> Vec<String> {
     }
     let swmask = !m.fsw();
     if s.fpu.fsw & swmask != t.fpu.fsw & swmask {
-        d.push(format!(
-            "fsw: interp={:#06x} kvm={:#06x} (undefined bits {:#06x})",
-            s.fpu.fsw,
-            t.fpu.fsw,
-            m.fsw()
-        ));
+        d.push(format!("fsw: interp={:#06x} kvm={:#06x} (undefined bits {:#06x})", s.fpu.fsw, t.fpu.fsw, m.fsw()));
     }
     if abridged(s.fpu.ftw) != abridged(t.fpu.ftw) {
         d.push(format!("ftw (abridged): interp={:#04x} kvm={:#04x}", abridged(s.fpu.ftw), abridged(t.fpu.ftw)));
@@ -327,7 +496,14 @@ pub fn compare(mode: Mode, a: &Outcome, k: &Outcome, m: &Masks) -> Vec<String> {
         for v in [&mut x, &mut y] {
             let mut q = u64::from_le_bytes(v[rf_off..rf_off + 8].try_into().unwrap());
             q &= fmask;
+            if m.frame_rf_undefined {
+                q &= !flags::RF;
+            }
             v[rf_off..rf_off + 8].copy_from_slice(&q.to_le_bytes());
+            // The saved RSP, when RSP itself is undefined.
+            if m.gprs & (1 << 4) != 0 {
+                v[KSTACK_CMP - 16..KSTACK_CMP - 8].fill(0);
+            }
         }
         if x != y {
             d.push(format!("exception frame: interp=[{}] kvm=[{}]", frame(&a.kstack), frame(&k.kstack)));
@@ -387,8 +563,8 @@ pub fn flag_names(f: u64) -> String {
 /// A readable dump of a state (what the generator varies).
 pub fn dump(s: &CpuState, fp: bool) -> String {
     let mut o = String::new();
-    for i in 0..16 {
-        let _ = write!(o, "{}={:016x}{}", GPR_NAMES[i], s.gpr[i], if i % 4 == 3 { "\n      " } else { " " });
+    for (i, name) in GPR_NAMES.iter().enumerate() {
+        let _ = write!(o, "{name}={:016x}{}", s.gpr[i], if i % 4 == 3 { "\n      " } else { " " });
     }
     let _ = write!(
         o,
@@ -406,7 +582,8 @@ pub fn dump(s: &CpuState, fp: bool) -> String {
             let _ = write!(o, "{}xmm{i}={x:032x}", if i % 2 == 0 { "\n      " } else { " " });
         }
         for (i, r) in s.fpu.regs.iter().enumerate() {
-            let _ = write!(o, "{}R{i}={:04x}:{:016x}", if i % 4 == 0 { "\n      " } else { " " }, r.sign_exp, r.mantissa);
+            let _ =
+                write!(o, "{}R{i}={:04x}:{:016x}", if i % 4 == 0 { "\n      " } else { " " }, r.sign_exp, r.mantissa);
         }
     }
     o
