@@ -438,6 +438,25 @@ impl Cpu {
         })
     }
 
+    /// Read the destination of a read-modify-write instruction: the access is
+    /// checked as a write (segment and page permissions, the W bit of a page
+    /// fault's error code, the dirty bit), as hardware checks it, then read.
+    pub fn read_mem_rmw(&mut self, seg: usize, offset: u64, size: u32) -> Fault<u64> {
+        let lin = self.linear(seg, offset, u64::from(size), true)?;
+        // Alignment check (#AC) and data breakpoints come before paging.
+        self.check_access(lin, size, true)?;
+        let p = self.privilege();
+        self.translate(lin, Access::Write, p)?;
+        let last = lin.wrapping_add(u64::from(size) - 1);
+        if (last ^ lin) & !0xfff != 0 {
+            // The second page faults at its first byte, as hardware reports it.
+            let next = last & !0xfff;
+            let next = if self.state.long_mode() { next } else { next & 0xffff_ffff };
+            self.translate(next, Access::Write, p)?;
+        }
+        self.read_mem(seg, offset, size)
+    }
+
     /// Write the low `size` bytes of `value` at `seg:offset`.
     #[inline]
     pub fn write_mem(&mut self, seg: usize, offset: u64, size: u32, value: u64) -> Fault<()> {

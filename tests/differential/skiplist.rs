@@ -52,27 +52,6 @@ impl Mismatch<'_> {
     fn kvm_faulting(&self) -> Option<&Instruction> {
         self.at(self.kvm.frame_rip())
     }
-    fn error_codes(&self) -> (u64, u64) {
-        let e =
-            |o: &Outcome| u64::from_le_bytes(o.kstack[o.kstack.len() - 48..o.kstack.len() - 40].try_into().unwrap());
-        (e(self.interp), e(self.kvm))
-    }
-}
-
-fn is_shift(m: Mnemonic) -> bool {
-    matches!(
-        m,
-        Mnemonic::Shl
-            | Mnemonic::Shr
-            | Mnemonic::Sal
-            | Mnemonic::Sar
-            | Mnemonic::Rol
-            | Mnemonic::Ror
-            | Mnemonic::Rcl
-            | Mnemonic::Rcr
-            | Mnemonic::Shld
-            | Mnemonic::Shrd
-    )
 }
 
 pub struct Known {
@@ -86,63 +65,6 @@ pub struct Known {
 }
 
 pub const KNOWN: &[Known] = &[
-    Known {
-        name: "read-modify-write memory destinations (ADD/ADC/SUB/SBB/AND/OR/XOR/NEG/NOT/INC/DEC, BTS/BTR/BTC, shifts/rotates, XCHG/XADD/CMPXCHG/CMPXCHG8B)",
-        kind: Kind::Interpreter,
-        mode: None,
-        what: "#PF on a missing or read-only page: the interpreter's error code lacks W (4/5 where the CPU gives 6/7)",
-        matches: |m| {
-            let (i, k) = m.error_codes();
-            // With a read-only first page and a missing second one, the CPU
-            // faults on the first (a write) and the interpreter on the second.
-            m.interp.end == End::Exception(14)
-                && m.kvm.end == End::Exception(14)
-                && k & 2 != 0
-                && i & 2 == 0
-                && m.only(&["exception frame", "cr2"])
-                && m.kvm_faulting().is_some_and(|x| x.op0_kind() == OpKind::Memory && x.mnemonic() != Mnemonic::Mov)
-        },
-    },
-    Known {
-        name: "XADD r, r with the same register (xadd eax,eax)",
-        kind: Kind::Interpreter,
-        mode: None,
-        what: "the register keeps its old value; the CPU leaves the sum in it (TEMP := SRC + DEST; SRC := DEST; DEST := TEMP)",
-        matches: |m| {
-            m.insns.iter().any(|i| {
-                i.mnemonic() == Mnemonic::Xadd
-                    && i.op0_kind() == OpKind::Register
-                    && i.op1_kind() == OpKind::Register
-                    && i.op0_register() == i.op1_register()
-            }) && m.fields().len() == 1
-        },
-    },
-    Known {
-        name: "shifts and rotates of a 32-bit register by a masked count of 0 (shl ecx,cl with cl=0; sal r8d,0A0h)",
-        kind: Kind::Interpreter,
-        mode: Some(Mode::Long64),
-        what: "bits 63:32 of the destination are kept; the CPU writes the 32-bit result, zero-extended",
-        matches: |m| {
-            m.fields().len() == 1
-                && m.insns.iter().any(|i| {
-                    is_shift(i.mnemonic()) && i.op0_kind() == OpKind::Register && i.op0_register().is_gpr32() && {
-                        let r = i.op0_register().full_register() as usize - iced_x86::Register::RAX as usize;
-                        m.interp.state.gpr[r] & 0xffff_ffff == m.kvm.state.gpr[r] && m.kvm.state.gpr[r] >> 32 == 0
-                    }
-                })
-        },
-    },
-    Known {
-        name: "shifts and rotates of a memory operand by a masked count of 0 (rol dword [m],20h; rcl byte [m],9)",
-        kind: Kind::Interpreter,
-        mode: None,
-        what: "the interpreter skips the write: no #PF on a read-only or missing page (no #GP through CS in compat32); the CPU writes (and faults, W=1)",
-        matches: |m| {
-            matches!(m.kvm.end, End::Exception(14) | End::Exception(13))
-                && m.interp.end != m.kvm.end
-                && m.kvm_faulting().is_some_and(|i| is_shift(i.mnemonic()) && i.op0_kind() == OpKind::Memory)
-        },
-    },
     Known {
         name: "x87, MMX and SSE memory operands (FST m32, MOVUPS, MOVDQU, MASKMOVQ, ...)",
         kind: Kind::Interpreter,

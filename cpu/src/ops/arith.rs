@@ -5,7 +5,7 @@
 
 use iced_x86::{Code, Instruction, Mnemonic, OpKind};
 
-use super::{check_lock, mask, read_op, reg_read, reg_write, sext, size0, write_op, Handler};
+use super::{check_lock, mask, read_op, read_op_rmw, reg_read, reg_write, sext, size0, write_op, Handler};
 use crate::cpu::Cpu;
 use crate::exception::{Exception, Fault};
 use crate::flags::{szp, FlagOp};
@@ -53,11 +53,20 @@ fn operands(cpu: &mut Cpu, insn: &Instruction) -> Fault<(u32, u64, u64)> {
     Ok((size, a, b))
 }
 
+/// Operands of an instruction that writes op0: op0 is read as a write.
+#[inline]
+fn operands_rmw(cpu: &mut Cpu, insn: &Instruction) -> Fault<(u32, u64, u64)> {
+    let size = size0(insn);
+    let b = read_op(cpu, insn, 1, size)?;
+    let a = read_op_rmw(cpu, insn, 0, size)?;
+    Ok((size, a, b))
+}
+
 macro_rules! binop {
     ($name:ident, $op:expr, $compute:expr, $store:expr) => {
         fn $name(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
             check_lock(insn)?;
-            let (size, a, b) = operands(cpu, insn)?;
+            let (size, a, b) = if $store { operands_rmw(cpu, insn)? } else { operands(cpu, insn)? };
             let r: u64 = $compute(a, b) & mask(size);
             if $store {
                 write_op(cpu, insn, 0, size, r)?;
@@ -78,7 +87,7 @@ binop!(test, FlagOp::Logic, |a: u64, b: u64| a & b, false);
 
 fn adc(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check_lock(insn)?;
-    let (size, a, b) = operands(cpu, insn)?;
+    let (size, a, b) = operands_rmw(cpu, insn)?;
     let c = u64::from(cpu.state.cf());
     let r = a.wrapping_add(b).wrapping_add(c) & mask(size);
     write_op(cpu, insn, 0, size, r)?;
@@ -88,7 +97,7 @@ fn adc(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
 
 fn sbb(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check_lock(insn)?;
-    let (size, a, b) = operands(cpu, insn)?;
+    let (size, a, b) = operands_rmw(cpu, insn)?;
     let c = u64::from(cpu.state.cf());
     let r = a.wrapping_sub(b).wrapping_sub(c) & mask(size);
     write_op(cpu, insn, 0, size, r)?;
@@ -99,7 +108,7 @@ fn sbb(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
 fn inc(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check_lock(insn)?;
     let size = size0(insn);
-    let a = read_op(cpu, insn, 0, size)?;
+    let a = read_op_rmw(cpu, insn, 0, size)?;
     let r = a.wrapping_add(1) & mask(size);
     write_op(cpu, insn, 0, size, r)?;
     let cf = cpu.state.flags() & CF;
@@ -110,7 +119,7 @@ fn inc(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
 fn dec(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check_lock(insn)?;
     let size = size0(insn);
-    let a = read_op(cpu, insn, 0, size)?;
+    let a = read_op_rmw(cpu, insn, 0, size)?;
     let r = a.wrapping_sub(1) & mask(size);
     write_op(cpu, insn, 0, size, r)?;
     let cf = cpu.state.flags() & CF;
@@ -121,7 +130,7 @@ fn dec(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
 fn neg(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check_lock(insn)?;
     let size = size0(insn);
-    let a = read_op(cpu, insn, 0, size)?;
+    let a = read_op_rmw(cpu, insn, 0, size)?;
     let r = 0u64.wrapping_sub(a) & mask(size);
     write_op(cpu, insn, 0, size, r)?;
     cpu.state.set_lazy(FlagOp::Sub, size, r, 0, a);
@@ -131,7 +140,7 @@ fn neg(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
 fn not(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check_lock(insn)?;
     let size = size0(insn);
-    let a = read_op(cpu, insn, 0, size)?;
+    let a = read_op_rmw(cpu, insn, 0, size)?;
     write_op(cpu, insn, 0, size, !a & mask(size))
 }
 
@@ -313,17 +322,24 @@ fn sahf(cpu: &mut Cpu, _: &Instruction) -> Fault<()> {
 
 fn xadd(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check_lock(insn)?;
-    let (size, a, b) = operands(cpu, insn)?;
+    let (size, a, b) = operands_rmw(cpu, insn)?;
     let r = a.wrapping_add(b) & mask(size);
-    write_op(cpu, insn, 0, size, r)?;
-    write_op(cpu, insn, 1, size, a)?;
+    // The sum goes to the destination last, so XADD r, r leaves the sum; a
+    // memory destination is written first so a fault leaves the source intact.
+    if insn.op0_kind() == OpKind::Memory {
+        write_op(cpu, insn, 0, size, r)?;
+        write_op(cpu, insn, 1, size, a)?;
+    } else {
+        write_op(cpu, insn, 1, size, a)?;
+        write_op(cpu, insn, 0, size, r)?;
+    }
     cpu.state.set_lazy(FlagOp::Add, size, r, a, b);
     Ok(())
 }
 
 fn cmpxchg(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check_lock(insn)?;
-    let (size, dest, src) = operands(cpu, insn)?;
+    let (size, dest, src) = operands_rmw(cpu, insn)?;
     let a = cpu.state.gpr[0] & mask(size);
     let r = a.wrapping_sub(dest) & mask(size);
     if a == dest {
@@ -362,6 +378,9 @@ fn cmpxchg_wide(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     cpu.check_access(lin, 2 * half, true)?;
     let mut buf = [0u8; 16];
     let n = (2 * half) as usize;
+    // The operand is always written: check both halves as a write first.
+    cpu.read_mem_rmw(seg, a, half)?;
+    cpu.read_mem_rmw(seg, a.wrapping_add(u64::from(half)), half)?;
     cpu.read_mem_buf(seg, a, &mut buf[..n])?;
     let m = mask(half);
     let (lo, hi) = if half == 8 {

@@ -109,7 +109,7 @@ fn bit_test(cpu: &mut Cpu, insn: &Instruction, op: BtOp) -> Fault<()> {
         } else {
             (base, u64::from(insn.immediate8()) & (bits - 1))
         };
-        let v = cpu.read_mem(seg, addr, size)?;
+        let v = if op == BtOp::Test { cpu.read_mem(seg, addr, size)? } else { cpu.read_mem_rmw(seg, addr, size)? };
         if op != BtOp::Test {
             cpu.write_mem(seg, addr, size, apply(v, bit))?;
         }

@@ -224,7 +224,7 @@ fn alu_mr<const OP: u8, const S: u32>(cpu: &mut Cpu, insn: &Instruction) -> Faul
     let s = gi::<S>(insn.op1_register());
     let addr = ea(&cpu.state, insn);
     let seg = mem_seg(insn);
-    let a = cpu.read_mem(seg, addr, S)?;
+    let a = if OP == CMP || OP == TEST { cpu.read_mem(seg, addr, S)? } else { cpu.read_mem_rmw(seg, addr, S)? };
     let b = cpu.state.gpr[s];
     // Compute first, store, then commit the flags: a faulting store leaves
     // the flags as they were.
@@ -278,10 +278,12 @@ fn incdec<const INC: bool, const S: u32>(cpu: &mut Cpu, insn: &Instruction) -> F
 fn shift_ri<const OP: u8, const S: u32>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let bits = S * 8;
     let count = u32::from(insn.immediate8()) & if S == 8 { 0x3f } else { 0x1f };
+    let d = gi::<S>(insn.op0_register());
     if count == 0 {
+        // No flags change, but a 32-bit destination is zero-extended.
+        cpu.state.gpr[d] &= mask(S);
         return Ok(());
     }
-    let d = gi::<S>(insn.op0_register());
     let m = mask(S);
     let a = cpu.state.gpr[d] & m;
     let msb = |v: u64| (v >> (bits - 1)) & 1;

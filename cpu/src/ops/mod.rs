@@ -255,6 +255,19 @@ pub fn read_op(cpu: &mut Cpu, insn: &Instruction, i: u32, size: u32) -> Fault<u6
     }
 }
 
+/// Read operand `i` that the instruction will also write: a memory operand
+/// is checked as a write first (see [`Cpu::read_mem_rmw`]).
+#[inline]
+pub fn read_op_rmw(cpu: &mut Cpu, insn: &Instruction, i: u32, size: u32) -> Fault<u64> {
+    match insn.op_kind(i) {
+        OpKind::Memory => {
+            let a = ea(&cpu.state, insn);
+            cpu.read_mem_rmw(mem_seg(insn), a, size)
+        }
+        _ => read_op(cpu, insn, i, size),
+    }
+}
+
 /// Write operand `i` (register or memory) as `size` bytes.
 #[inline]
 pub fn write_op(cpu: &mut Cpu, insn: &Instruction, i: u32, size: u32, v: u64) -> Fault<()> {

@@ -121,7 +121,7 @@ fn lea(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
 
 fn xchg(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let size = size0(insn);
-    let a = read_op(cpu, insn, 0, size)?;
+    let a = super::read_op_rmw(cpu, insn, 0, size)?;
     let b = read_op(cpu, insn, 1, size)?;
     // Memory first, so a fault leaves the register untouched.
     if insn.op0_kind() == OpKind::Memory {

@@ -7,7 +7,7 @@
 
 use iced_x86::{Code, Instruction, Mnemonic};
 
-use super::{check_lock, mask, read_op, size0, write_op, Handler};
+use super::{check_lock, mask, read_op, read_op_rmw, size0, write_op, Handler};
 use crate::cpu::Cpu;
 use crate::exception::Fault;
 use crate::flags::szp;
@@ -44,14 +44,24 @@ fn count_of(cpu: &mut Cpu, insn: &Instruction, size: u32) -> Fault<u32> {
     Ok(raw & if size == 8 { 0x3f } else { 0x1f })
 }
 
+/// A shift by a masked count of zero changes no flags, but a 32-bit register
+/// destination is written back, which zeroes bits 63:32.
+fn zero_count(cpu: &mut Cpu, insn: &Instruction, size: u32, a: u64) -> Fault<()> {
+    if size == 4 && insn.op0_kind() == iced_x86::OpKind::Register {
+        write_op(cpu, insn, 0, size, a)?;
+    }
+    Ok(())
+}
+
 fn shift(cpu: &mut Cpu, insn: &Instruction, kind: Kind) -> Fault<()> {
     check_lock(insn)?;
     let size = size0(insn);
     let bits = size * 8;
     let count = count_of(cpu, insn, size)?;
-    let a = read_op(cpu, insn, 0, size)?;
+    let a = read_op_rmw(cpu, insn, 0, size)?;
     if count == 0 {
-        return Ok(());
+        // A 32-bit register destination is still written (zero-extended).
+        return zero_count(cpu, insn, size, a);
     }
     let m = mask(size);
     let msb = |v: u64| (v >> (bits - 1)) & 1;
@@ -125,10 +135,10 @@ fn double(cpu: &mut Cpu, insn: &Instruction, left: bool) -> Fault<()> {
     let bits = size * 8;
     let raw = read_op(cpu, insn, 2, 1)? as u32;
     let count = raw & if size == 8 { 0x3f } else { 0x1f };
-    let a = read_op(cpu, insn, 0, size)?;
+    let a = read_op_rmw(cpu, insn, 0, size)?;
     let b = read_op(cpu, insn, 1, size)?;
     if count == 0 {
-        return Ok(());
+        return zero_count(cpu, insn, size, a);
     }
     let m = mask(size);
     // For 16-bit operands a count above 16 is undefined; shift the 48-bit

@@ -540,6 +540,44 @@ fn ioeventfd_request(
     })
 }
 
+/// Install the PC's GSI routing (see [`Kvm::create_kvm_vm`]). A refusal is
+/// logged and KVM's default routing stays.
+fn set_pc_gsi_routing(fd: &kvm_ioctls::VmFd) {
+    use kvm_bindings::{
+        kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_irqchip, KvmIrqRouting,
+        KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
+    };
+    let route = |gsi: u32, irqchip: u32, pin: u32| kvm_irq_routing_entry {
+        gsi,
+        type_: KVM_IRQ_ROUTING_IRQCHIP,
+        u: kvm_irq_routing_entry__bindgen_ty_1 { irqchip: kvm_irq_routing_irqchip { irqchip, pin } },
+        ..Default::default()
+    };
+    let mut entries = Vec::new();
+    // IRQ2 is the cascade: no device drives it.
+    for irq in (0..8).filter(|&i| i != 2) {
+        entries.push(route(irq, KVM_IRQCHIP_PIC_MASTER, irq));
+    }
+    for irq in 8..16 {
+        entries.push(route(irq, KVM_IRQCHIP_PIC_SLAVE, irq - 8));
+    }
+    for gsi in 0..24 {
+        match gsi {
+            0 => entries.push(route(0, KVM_IRQCHIP_IOAPIC, 2)),
+            2 => {}
+            _ => entries.push(route(gsi, KVM_IRQCHIP_IOAPIC, gsi)),
+        }
+    }
+    match KvmIrqRouting::from_entries(&entries) {
+        Ok(routing) => {
+            if let Err(e) = fd.set_gsi_routing(&routing) {
+                tracing::warn!(target: "accel", "KVM_SET_GSI_ROUTING failed ({e}); IRQ0 stays on I/O APIC pin 0");
+            }
+        }
+        Err(e) => tracing::warn!(target: "accel", "cannot build the GSI routing table: {e:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,41 +626,3 @@ mod tests {
     }
 }
 
-
-/// Install the PC's GSI routing (see [`Kvm::create_kvm_vm`]). A refusal is
-/// logged and KVM's default routing stays.
-fn set_pc_gsi_routing(fd: &kvm_ioctls::VmFd) {
-    use kvm_bindings::{
-        kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_irqchip, KvmIrqRouting,
-        KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
-    };
-    let route = |gsi: u32, irqchip: u32, pin: u32| kvm_irq_routing_entry {
-        gsi,
-        type_: KVM_IRQ_ROUTING_IRQCHIP,
-        u: kvm_irq_routing_entry__bindgen_ty_1 { irqchip: kvm_irq_routing_irqchip { irqchip, pin } },
-        ..Default::default()
-    };
-    let mut entries = Vec::new();
-    // IRQ2 is the cascade: no device drives it.
-    for irq in (0..8).filter(|&i| i != 2) {
-        entries.push(route(irq, KVM_IRQCHIP_PIC_MASTER, irq));
-    }
-    for irq in 8..16 {
-        entries.push(route(irq, KVM_IRQCHIP_PIC_SLAVE, irq - 8));
-    }
-    for gsi in 0..24 {
-        match gsi {
-            0 => entries.push(route(0, KVM_IRQCHIP_IOAPIC, 2)),
-            2 => {}
-            _ => entries.push(route(gsi, KVM_IRQCHIP_IOAPIC, gsi)),
-        }
-    }
-    match KvmIrqRouting::from_entries(&entries) {
-        Ok(routing) => {
-            if let Err(e) = fd.set_gsi_routing(&routing) {
-                tracing::warn!(target: "accel", "KVM_SET_GSI_ROUTING failed ({e}); IRQ0 stays on I/O APIC pin 0");
-            }
-        }
-        Err(e) => tracing::warn!(target: "accel", "cannot build the GSI routing table: {e:?}"),
-    }
-}
