@@ -5,6 +5,11 @@
 #   vmlinuz-generic       Debian's stock generic kernel (linux-image-*-amd64)
 #   modules-generic/      the generic kernel's /lib/modules/<version> tree
 #   initramfs.cpio.gz     a busybox initramfs (cpio newc, gzip)
+#   initramfs-net.cpio.gz the same, plus the generic kernel's NIC modules in
+#                         /lib/modules (virtio_ring, virtio, virtio_pci_legacy_dev,
+#                         virtio_pci_modern_dev, virtio_pci, failover, net_failover,
+#                         virtio_net, e1000): initramfs.cpio.gz with a second
+#                         gzip'd cpio archive appended, which Linux unpacks too
 #   versions.txt          which packages the files came from
 #
 # The kernel packages are downloaded and unpacked, never installed. Runs as root
@@ -141,6 +146,49 @@ sync
 poweroff -f
 INIT
 
+# The NIC modules of the generic kernel, in the order insmod must load them.
+net_modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net e1000"
+
+# initramfs-net.cpio.gz: initramfs.cpio.gz followed by a gzip'd cpio of
+# /lib/modules/<name>.ko (decompressed: busybox insmod may not read .ko.xz).
+# Rebuilt only when its inputs change (a stamp of their hashes).
+build_net_initramfs() {
+    local modtree="$out/modules-generic" stamp="$out/.initramfs-net.stamp" m ko want
+    want="$(sha256sum "$out/initramfs.cpio.gz" | cut -d' ' -f1) $net_modules"
+    for m in $net_modules; do
+        ko="$(find "$modtree/kernel" \( -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" -o -name "$m.ko.gz" \) -print -quit)"
+        [ -n "$ko" ] || die "module $m not found under $modtree/kernel"
+        want="$want $(sha256sum "$ko" | cut -d' ' -f1)"
+    done
+    if [ -s "$out/initramfs-net.cpio.gz" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        return 0
+    fi
+    say "building initramfs-net.cpio.gz"
+    local root="$work/initramfs-net"
+    rm -rf "$root"
+    mkdir -p "$root/lib/modules"
+    for m in $net_modules; do
+        ko="$(find "$modtree/kernel" \( -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" -o -name "$m.ko.gz" \) -print -quit)"
+        case "$ko" in
+            *.ko.xz) command -v xz >/dev/null || die "xz is needed to decompress $ko"; xz -dc "$ko" > "$root/lib/modules/$m.ko" ;;
+            *.ko.zst) command -v zstd >/dev/null || die "zstd is needed to decompress $ko"; zstd -qdc "$ko" > "$root/lib/modules/$m.ko" ;;
+            *.ko.gz) gzip -dc "$ko" > "$root/lib/modules/$m.ko" ;;
+            *) cp "$ko" "$root/lib/modules/$m.ko" ;;
+        esac
+    done
+    find "$root" -exec touch -h -d @0 {} +
+    local flags=(--quiet -o -H newc -R 0:0)
+    if cpio --help 2>&1 | grep -q -- --reproducible; then
+        flags+=(--reproducible)
+    fi
+    { cat "$out/initramfs.cpio.gz" &&
+        (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio "${flags[@]}") | gzip -9 -n; } \
+        > "$out/initramfs-net.cpio.gz.tmp" || die "cpio/gzip of the net initramfs failed"
+    mv "$out/initramfs-net.cpio.gz.tmp" "$out/initramfs-net.cpio.gz"
+    printf '%s\n' "$want" > "$stamp"
+    rm -rf "$root"
+}
+
 stamp_want="$(printf '%s\n' "cloud=$cloud_pkg $(candidate "$cloud_pkg")" \
     "generic=$generic_pkg $(candidate "$generic_pkg")" \
     "busybox=$busybox_pkg $(candidate "$busybox_pkg")" \
@@ -148,6 +196,7 @@ stamp_want="$(printf '%s\n' "cloud=$cloud_pkg $(candidate "$cloud_pkg")" \
 if [ -f "$out/versions.txt" ] && [ "$(cat "$out/versions.txt")" = "$stamp_want" ] &&
     [ -s "$out/vmlinuz-cloud" ] && [ -s "$out/vmlinuz-generic" ] &&
     [ -d "$out/modules-generic/kernel" ] && [ -s "$out/initramfs.cpio.gz" ]; then
+    build_net_initramfs
     printf 'guest-images: up to date in %s:\n' "$out"
     sed 's/^/  /' "$out/versions.txt"
     exit 0
@@ -215,9 +264,10 @@ fi
 mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
 rm -rf "$root" "$work/busybox"
 
+build_net_initramfs
 printf '%s\n' "$stamp_want" > "$out/versions.txt"
 printf 'guest-images: done in %s:\n' "$out"
-for f in vmlinuz-cloud vmlinuz-generic initramfs.cpio.gz; do
+for f in vmlinuz-cloud vmlinuz-generic initramfs.cpio.gz initramfs-net.cpio.gz; do
     printf '  %-20s %s bytes\n' "$f" "$(stat -c %s "$out/$f")"
 done
 printf '  %-20s %s\n' modules-generic/ "$(du -sh "$out/modules-generic" | cut -f1)"

@@ -114,7 +114,8 @@ pub struct RunArgs {
     /// A disk: PATH[,format=raw|qcow2][,readonly=on]. May be repeated.
     #[arg(long, value_name = "SPEC")]
     pub disk: Vec<String>,
-    /// A network card: user[,model=e1000|virtio][,hostfwd=...]. May be repeated.
+    /// A network card: user|hub[,model=e1000|virtio][,mac=..][,hostfwd=...][,restrict=on][,pcap=PATH].
+    /// May be repeated (PCI slots 3, 4, ...; MACs 52:54:00:12:34:56, :57, ...).
     #[arg(long, value_name = "SPEC")]
     pub nic: Vec<String>,
     /// Where COM1 goes: stdio, file:PATH or none.

@@ -136,10 +136,17 @@ pub struct Machine {
     /// Bytes typed for the guest that the UART has not taken yet.
     input: Arc<Mutex<VecDeque<u8>>>,
     config: MachineConfig,
+    /// The network cards and their I/O thread.
+    nics: Option<crate::nic::Nics>,
 }
 
 impl Machine {
     pub fn new(config: MachineConfig) -> Result<Self, Error> {
+        Self::with_nics(config, &[])
+    }
+
+    /// A machine with the network cards of `nics` (`--nic`) in PCI slots 3, 4, ...
+    pub fn with_nics(config: MachineConfig, nics: &[net::NicSpec]) -> Result<Self, Error> {
         let mut mem = GuestMemory::new(config.mem)?;
         match &config.firmware {
             Firmware::Builtin => {
@@ -187,6 +194,7 @@ impl Machine {
         pio.insert(shared, u64::from(COM1_PORT), SERIAL_PORT_LEN)?;
         let exit: SharedDevice = Arc::new(Mutex::new(DebugExit::new(events.clone())));
         pio.insert(exit, u64::from(DEBUG_EXIT_PORT), DEBUG_EXIT_PORT_LEN)?;
+        let nics = crate::nic::install(nics, &chipset, &mem, &mut pio, &mut mmio)?;
         Ok(Machine {
             mem,
             pio: Arc::new(pio),
@@ -200,7 +208,13 @@ impl Machine {
             first_byte,
             input: Arc::new(Mutex::new(VecDeque::new())),
             config,
+            nics,
         })
+    }
+
+    /// One statistics line per network card.
+    pub fn nic_stats(&self) -> Vec<String> {
+        self.nics.as_ref().map(crate::nic::Nics::stats_lines).unwrap_or_default()
     }
 
     /// Attach host stdin to COM1 (only for the stdio backend).

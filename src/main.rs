@@ -6,6 +6,7 @@ mod cli;
 mod demo;
 mod error;
 mod machine;
+mod nic;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -68,9 +69,11 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     if !args.disk.is_empty() {
         return Err(Error::NotBuilt { option: "--disk" });
     }
-    if !args.nic.is_empty() {
-        return Err(Error::NotBuilt { option: "--nic" });
-    }
+    let nics = args
+        .nic
+        .iter()
+        .map(|s| s.parse::<net::NicSpec>().map_err(|e| Error::Config(format!("--nic {s}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
     if let Some(t) = args.timeout {
         if !(t.is_finite() && t > 0.0) {
             return Err(Error::Config(format!("--timeout {t}: expected a positive number of seconds")));
@@ -94,7 +97,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         no_reboot: args.no_reboot,
         timeout: args.timeout.map(Duration::from_secs_f64),
     };
-    let machine = Machine::new(config)?;
+    let machine = Machine::with_nics(config, &nics)?;
     if let Some(note) = &machine.boot_note {
         tracing::info!(target: "firmware", "{note}");
         if args.stats {
@@ -122,6 +125,9 @@ fn run(args: RunArgs) -> Result<i32, Error> {
                 "ferrovm: {n} guest instructions, {:.1} MIPS",
                 n as f64 / report.total.as_secs_f64() / 1e6
             );
+        }
+        for line in machine.nic_stats() {
+            eprintln!("ferrovm: {line}");
         }
         eprintln!("ferrovm: {} unclaimed port/MMIO accesses ignored", report.unclaimed_io);
     }

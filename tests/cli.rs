@@ -91,7 +91,9 @@ fn too_little_memory_for_the_builtin_guest() {
 #[test]
 fn unbuilt_options_are_refused_not_ignored() {
     assert_clean_error(&ferrovm(&["run", "--disk", "x.img"]), "--disk");
-    assert_clean_error(&ferrovm(&["run", "--nic", "user"]), "--nic");
+    // --nic is built; a bad one is refused with its reason.
+    assert_clean_error(&ferrovm(&["run", "--nic", "tap,ifname=x"]), "unknown");
+    assert_clean_error(&ferrovm(&["run", "--nic", "user,model=rtl8139"]), "model");
     assert_clean_error(&ferrovm(&["run", "--cpus", "2"]), "--cpus");
 }
 

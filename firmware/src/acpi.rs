@@ -18,9 +18,10 @@
 //! | RESET_REG | 0xcf9 | 1 byte | writing 0x06 resets the machine |
 //!
 //! The SCI is ISA IRQ 9, level-triggered active-high (an interrupt source
-//! override says so). PCI INTx is routed by `_PRT` straight to I/O APIC inputs
-//! (default GSIs 16–19, level-triggered active-low): device slot `s`, pin `p`
-//! (INTA = 0) goes to `pci_gsis[(s + p) % 4]`.
+//! override says so). PCI INTx is described by `_PRT` as the PIIX3 wires it
+//! (devices/src/pci/piix.rs): pin `p` (INTA = 0) of slot `s` drives PIRQ
+//! `(s + p + 3) % 4`, and PIRQA-D reach GSIs `gsis` (default 10, 10, 11, 11,
+//! the routes the chipset programs; level-triggered).
 
 use mmu::{GuestMemory, MemError};
 
@@ -116,14 +117,15 @@ pub enum AcpiError {
 pub struct PciHostConfig {
     /// 32-bit MMIO window for BARs: first and last byte.
     pub mmio32: (u32, u32),
-    /// GSIs that INTA..INTD reach, swizzled by slot.
+    /// GSIs that PIRQA..PIRQD reach (the PIIX3 route registers); slot `s`
+    /// pin `p` drives PIRQ `(s + p + 3) % 4`.
     pub gsis: [u32; 4],
 }
 
 impl Default for PciHostConfig {
     fn default() -> Self {
         // From the PCI hole's start up to the I/O APIC.
-        PciHostConfig { mmio32: (0xc000_0000, 0xfebf_ffff), gsis: [16, 17, 18, 19] }
+        PciHostConfig { mmio32: (0xc000_0000, 0xfebf_ffff), gsis: [10, 10, 11, 11] }
     }
 }
 
@@ -304,8 +306,9 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
         let mut prt = Vec::new();
         for slot in 0u32..32 {
             for pin in 0u32..4 {
-                // (slot + pin) % 4 is in 0..4.
-                let gsi = pci.gsis[((slot + pin) % 4) as usize];
+                // The PIIX3 swizzle (piix::pirq_of): INTA of slot 1 is PIRQA.
+                // (slot + pin + 3) % 4 is in 0..4.
+                let gsi = pci.gsis[((slot + pin + 3) % 4) as usize];
                 prt.push(package(&[
                     integer(u64::from(slot << 16 | 0xffff)),
                     integer(u64::from(pin)),

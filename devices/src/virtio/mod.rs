@@ -1,0 +1,150 @@
+//! Virtio 1.x: the split virtqueue ([`queue`]) and the PCI transport
+//! ([`pci`]), shared by every virtio device model (virtio-net today,
+//! virtio-blk next).
+//!
+//! Reference: Virtual I/O Device (VIRTIO) Version 1.1 (OASIS, 2019):
+//! 2.1 device status, 2.2 feature bits, 2.6 split virtqueues, 4.1 virtio
+//! over PCI (including 4.1.4.8, the legacy interface of transitional
+//! devices), 6 reserved feature bits.
+//!
+//! A device model implements [`VirtioDevice`]: its type, features, queue
+//! sizes and configuration space, and what to do when the driver notifies a
+//! queue. The transport owns the queues and the interrupt, and hands the
+//! device a [`Context`] through which it takes and returns buffers and
+//! signals the driver.
+
+use std::time::{Duration, Instant};
+
+use mmu::GuestMemory;
+
+pub mod pci;
+pub mod queue;
+
+pub use pci::VirtioPci;
+pub use queue::{Buffer, DescriptorChain, Queue, QueueError};
+
+/// Device status: the guest noticed the device.
+pub const STATUS_ACKNOWLEDGE: u8 = 1;
+/// Device status: the guest has a driver for it.
+pub const STATUS_DRIVER: u8 = 2;
+/// Device status: the driver is ready; the device may run.
+pub const STATUS_DRIVER_OK: u8 = 4;
+/// Device status: feature negotiation is complete.
+pub const STATUS_FEATURES_OK: u8 = 8;
+/// Device status: the device hit an error and needs a reset.
+pub const STATUS_DEVICE_NEEDS_RESET: u8 = 64;
+/// Device status: the driver gave up on the device.
+pub const STATUS_FAILED: u8 = 128;
+
+/// Feature: descriptors may point at indirect tables.
+pub const VIRTIO_F_INDIRECT_DESC: u64 = 1 << 28;
+/// Feature: `used_event` / `avail_event` notification suppression.
+pub const VIRTIO_F_EVENT_IDX: u64 = 1 << 29;
+/// Feature: the modern (1.x) interface.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// ISR bit: a queue has used buffers.
+pub const ISR_QUEUE: u8 = 1;
+/// ISR bit: the device configuration changed.
+pub const ISR_CONFIG: u8 = 2;
+
+/// Virtio device type of a network card.
+pub const VIRTIO_ID_NET: u16 = 1;
+/// Virtio device type of a block device.
+pub const VIRTIO_ID_BLOCK: u16 = 2;
+
+/// What a device sees of its transport while it works.
+pub struct Context<'a> {
+    /// Guest memory, for the queues and the buffers.
+    pub mem: &'a GuestMemory,
+    /// The device's queues, in the device's numbering.
+    pub queues: &'a mut [Queue],
+    /// The features the driver accepted.
+    pub features: u64,
+    /// Whether the driver set DRIVER_OK and bus mastering is on: only then
+    /// may the device touch the queues.
+    pub running: bool,
+    pub(crate) isr: &'a mut u8,
+    pub(crate) needs_reset: &'a mut bool,
+}
+
+impl Context<'_> {
+    /// Whether the driver accepted `feature` (a `1 << n` mask).
+    pub fn has(&self, feature: u64) -> bool {
+        self.features & feature == feature
+    }
+
+    /// Tells the driver that queue `q` has used buffers, if it wants to hear.
+    pub fn signal_used(&mut self, q: usize) {
+        let Some(queue) = self.queues.get_mut(q) else { return };
+        match queue.needs_notification(self.mem) {
+            Ok(true) => *self.isr |= ISR_QUEUE,
+            Ok(false) => {}
+            Err(e) => {
+                queue.mark_broken();
+                self.fail(&e);
+            }
+        }
+    }
+
+    /// Tells the driver that the configuration space changed.
+    pub fn signal_config(&mut self) {
+        *self.isr |= ISR_CONFIG;
+    }
+
+    /// The driver broke a ring: report DEVICE_NEEDS_RESET (2.1.2) and stop
+    /// trusting it.
+    pub fn fail(&mut self, err: &QueueError) {
+        if !*self.needs_reset {
+            tracing::warn!(target: "devices", "virtio: {err}; the device needs a reset");
+        }
+        *self.needs_reset = true;
+        *self.isr |= ISR_CONFIG;
+    }
+}
+
+/// A virtio device model behind a transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device type ([`VIRTIO_ID_NET`], ...).
+    fn device_type(&self) -> u16;
+
+    /// A short name for logs.
+    fn debug_label(&self) -> String;
+
+    /// The largest size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> Vec<u16>;
+
+    /// The features the device offers, transport features included.
+    fn features(&self) -> u64;
+
+    /// Length of the device-specific configuration space.
+    fn config_len(&self) -> usize;
+
+    /// Reads the device-specific configuration space.
+    fn read_config(&self, offset: usize, data: &mut [u8]);
+
+    /// Writes the device-specific configuration space.
+    fn write_config(&mut self, offset: usize, data: &[u8]) {
+        let _ = (offset, data);
+    }
+
+    /// The driver set DRIVER_OK with these `features`.
+    fn activate(&mut self, ctx: &mut Context<'_>) {
+        let _ = ctx;
+    }
+
+    /// The driver reset the device.
+    fn reset(&mut self);
+
+    /// The driver notified queue `queue`.
+    fn notify(&mut self, queue: usize, ctx: &mut Context<'_>);
+
+    /// Host-side work (a backend's readiness, timers): called by the
+    /// machine's I/O thread, also while the device is not running
+    /// (`ctx.running`), so that host readiness is always consumed. Returns
+    /// when to call again at the latest.
+    fn poll(&mut self, ctx: &mut Context<'_>, now: Instant) -> Option<Duration> {
+        let _ = (ctx, now);
+        None
+    }
+}
