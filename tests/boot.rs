@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "guest/encode.rs"]
+mod encode;
+use encode::base64;
+
 fn images() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-images");
     if dir.join("initramfs.cpio.gz").is_file() && dir.join("vmlinuz-cloud").is_file() {
@@ -15,23 +19,6 @@ fn images() -> Option<PathBuf> {
         eprintln!("skipping: guest-images/ is missing (run scripts/guest-images.sh)");
         None
     }
-}
-
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// The shell script the guest runs, and what the test then checks.
@@ -53,7 +40,12 @@ struct Boot {
     elapsed: Duration,
 }
 
+static GUESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn boot(accel: &str, kernel: &Path, initrd: &Path, extra: &[&str]) -> Boot {
+    // One guest at a time: guests in parallel on a small machine starve
+    // each other's timers and the tests measure the host, not the guest.
+    let _one_at_a_time = GUESTS.lock().unwrap_or_else(|e| e.into_inner());
     let cmdline = format!("console=ttyS0 ferrovm.poweroff=1 ferrovm.cmd={}", base64(SCRIPT.as_bytes()));
     let t = Instant::now();
     let mut args = vec!["run", "--accel", accel, "--mem", "512M", "--serial", "stdio", "--timeout", "900"];
