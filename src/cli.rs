@@ -130,6 +130,30 @@ pub struct RunArgs {
     /// Print execution statistics when the guest stops.
     #[arg(long)]
     pub stats: bool,
+    /// Under --accel kvm, run the guest kernel (CPL 0) in the interpreter and
+    /// only user code (CPL 3) in KVM. `auto` does so where KVM itself runs
+    /// CPL-0 code in software (kvm_pvm) and the kernel was loaded by the host
+    /// (--kernel with --kernel-boot fast, or a vmlinux).
+    #[arg(long, value_enum, default_value_t = KvmSplit::Auto)]
+    pub kvm_split: KvmSplit,
+}
+
+/// `--kvm-split`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KvmSplit {
+    Auto,
+    On,
+    Off,
+}
+
+impl KvmSplit {
+    pub fn mode(self) -> crate::machine::SplitMode {
+        match self {
+            KvmSplit::Auto => crate::machine::SplitMode::Auto,
+            KvmSplit::On => crate::machine::SplitMode::On,
+            KvmSplit::Off => crate::machine::SplitMode::Off,
+        }
+    }
 }
 
 fn parse_serial(s: &str) -> Result<SerialBackend, String> {
@@ -149,9 +173,9 @@ pub fn parse_mem(s: &str) -> Result<u64, String> {
         Some((i, 'T')) => (&body[..i], 1 << 40),
         _ => (body, 1 << 20),
     };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid memory size '{s}': expected a number with an optional K, M, G or T suffix, e.g. 512M"))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid memory size '{s}': expected a number with an optional K, M, G or T suffix, e.g. 512M")
+    })?;
     let bytes = n.checked_mul(mult).ok_or_else(|| format!("memory size '{s}' is too large"))?;
     if bytes == 0 {
         return Err(format!("memory size '{s}' is zero"));

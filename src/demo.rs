@@ -42,6 +42,7 @@ fn run_builtin(timeout: Duration, kvm: bool) -> Result<(RunReport, String), Stri
         serial: SerialOut::Capture(buf.clone()),
         no_reboot: true,
         timeout: Some(timeout),
+        kvm_split: crate::machine::SplitMode::Auto,
     };
     let m = Machine::new(config).map_err(|e| e.to_string())?;
     let report = if kvm { m.run_kvm().map_err(|e| e.to_string())? } else { m.run_interp() };

@@ -24,6 +24,22 @@ use crate::error::Error;
 /// events: short enough that a 4 ms timer period is never skipped.
 const SLICE: u64 = 20_000;
 
+#[cfg(target_os = "linux")]
+#[path = "split.rs"]
+pub mod split;
+
+/// Whether `--accel kvm` splits execution ([`split`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SplitMode {
+    /// Where KVM runs CPL 0 in software and the kernel's code is known.
+    #[default]
+    Auto,
+    /// Always (fails without a known kernel).
+    On,
+    /// Never: all of the guest runs in KVM.
+    Off,
+}
+
 /// What the guest boots.
 #[derive(Debug, Clone)]
 pub enum Firmware {
@@ -66,6 +82,8 @@ pub struct MachineConfig {
     pub serial: SerialOut,
     pub no_reboot: bool,
     pub timeout: Option<Duration>,
+    /// Under KVM, whether to run the kernel in the interpreter (see [`split`]).
+    pub kvm_split: SplitMode,
 }
 
 /// How a run ended, with its measurements.
@@ -138,6 +156,8 @@ pub struct Machine {
     config: MachineConfig,
     /// The network cards and their I/O thread.
     nics: Option<crate::nic::Nics>,
+    /// Physical ranges of the directly booted kernel's code, when known.
+    kernel_code: Vec<(u64, u64)>,
 }
 
 impl Machine {
@@ -171,9 +191,9 @@ impl Machine {
             Firmware::Kernel(_) => {}
         }
         let mem = Arc::new(mem);
-        let (boot_state, boot_note) = match &config.firmware {
+        let (boot_state, boot_note, kernel_code) = match &config.firmware {
             Firmware::Kernel(k) => load_kernel(&mem, k)?,
-            _ => (CpuState::reset(), None),
+            _ => (CpuState::reset(), None, Vec::new()),
         };
         let events = Arc::new(VmEvents::new());
         let first_byte = Arc::new(OnceLock::new());
@@ -209,6 +229,7 @@ impl Machine {
             input: Arc::new(Mutex::new(VecDeque::new())),
             config,
             nics,
+            kernel_code,
         })
     }
 
@@ -262,18 +283,16 @@ impl Machine {
         self.chipset.intc.set_kick(Box::new(move || wake.unpark()));
         let wake = me.clone();
         self.events.set_kick(Box::new(move || wake.unpark()));
-        let finish = |status: i32, message: Option<String>, cpu: &Cpu| RunReport {
-            status,
-            message,
-            instructions: Some(cpu.stats.instructions),
-            first_serial_byte: self.first_byte.get().map(|t| t.duration_since(start)),
-            total: start.elapsed(),
-            unclaimed_io: unclaimed.lock().count,
-            accel: "interp",
-            stats: vec![format!(
+        let finish = |status: i32, message: Option<String>, cpu: &Cpu| {
+            let stats = vec![format!(
                 "{} blocks decoded, {} exceptions, {} interrupts, {} page walks",
                 cpu.stats.blocks_decoded, cpu.stats.exceptions, cpu.stats.interrupts, cpu.mmu.walks
-            )],
+            )];
+            let mut r = self.report(start, "interp", unclaimed.lock().count, stats);
+            r.status = status;
+            r.message = message;
+            r.instructions = Some(cpu.stats.instructions);
+            r
         };
         let mut next_timer: Option<u64>;
         loop {
@@ -310,24 +329,10 @@ impl Machine {
                     tracing::warn!(target: "cpu", "{chain}: resetting");
                     self.reset(&mut cpu);
                 }
-                StopReason::Halted => {
-                    // Sleep until the next timer deadline, an interrupt, a
-                    // machine event or typed input (all of which unpark us).
-                    if !self.chipset.intc.interrupt_pending() && self.input.lock().is_empty() {
-                        let now = self.clock.now_ns();
-                        let mut wait = Duration::from_millis(50);
-                        if let Some(t) = next_timer {
-                            wait = wait.min(Duration::from_nanos(t.saturating_sub(now)));
-                        }
-                        if let Some(d) = deadline {
-                            wait = wait.min(d.saturating_duration_since(Instant::now()));
-                        }
-                        std::thread::park_timeout(wait);
-                    }
-                    // Fire what came due while asleep before the CPU runs again.
-                    self.chipset.timers.poll(self.clock.now_ns());
-                }
-                StopReason::Budget | StopReason::Requested => {}
+                // Sleep until the next timer deadline, an interrupt, a
+                // machine event or typed input (all of which unpark us).
+                StopReason::Halted => self.idle(next_timer, deadline),
+                StopReason::Budget | StopReason::Requested | StopReason::UserMode => {}
             }
             if let Some(d) = deadline {
                 if Instant::now() >= d {
@@ -341,7 +346,15 @@ impl Machine {
     /// Run the guest under KVM until it stops. Instructions KVM cannot run
     /// (on hosts whose KVM emulates ring-0 code in software) are executed by
     /// the interpreter on the same state, then KVM continues.
+    ///
+    /// Where KVM itself runs CPL-0 code in software (kvm_pvm), the kernel
+    /// runs in the interpreter and only user code in KVM ([`split`]), unless
+    /// `--kvm-split off`.
     pub fn run_kvm(&self) -> Result<RunReport, Error> {
+        #[cfg(target_os = "linux")]
+        if self.use_split() {
+            return self.run_split();
+        }
         use hvf_kvm_accel::fallback::{emulate_one, Emulated};
         use hvf_kvm_accel::{IrqChip, VmExit};
         let start = Instant::now();
@@ -409,16 +422,10 @@ impl Machine {
                 st.in_handlers.as_secs_f64()
             ));
             stats.push(format!("interrupt controllers: {}", vm.irqchip()));
-            RunReport {
-                status,
-                message,
-                instructions: None,
-                first_serial_byte: self.first_byte.get().map(|t| t.duration_since(start)),
-                total,
-                unclaimed_io: unclaimed.lock().count,
-                accel: "kvm",
-                stats,
-            }
+            let mut r = self.report(start, "kvm", unclaimed.lock().count, stats);
+            r.status = status;
+            r.message = message;
+            r
         };
         loop {
             self.pump_input();
@@ -435,7 +442,13 @@ impl Machine {
                     }
                     other => {
                         let msg = matches!(other, VmEvent::Quit).then(|| "quit from the console".to_string());
-                        return Ok(finish(other.exit_status().unwrap_or(0), msg, vcpu.stats(), &emulated, fallback_time));
+                        return Ok(finish(
+                            other.exit_status().unwrap_or(0),
+                            msg,
+                            vcpu.stats(),
+                            &emulated,
+                            fallback_time,
+                        ));
                     }
                 }
             }
@@ -483,6 +496,21 @@ impl Machine {
                     return Ok(finish(124, Some(msg), vcpu.stats(), &emulated, fallback_time));
                 }
             }
+        }
+    }
+
+    /// A report of a run that began at `start`, with status 0 and no
+    /// message or instruction count yet.
+    fn report(&self, start: Instant, accel: &'static str, unclaimed_io: u64, stats: Vec<String>) -> RunReport {
+        RunReport {
+            status: 0,
+            message: None,
+            instructions: None,
+            first_serial_byte: self.first_byte.get().map(|t| t.duration_since(start)),
+            total: start.elapsed(),
+            unclaimed_io,
+            accel,
+            stats,
         }
     }
 
@@ -626,21 +654,27 @@ impl Platform for BusPlatform {
 }
 
 /// Load a kernel for direct boot and write the tables it needs.
-fn load_kernel(mem: &GuestMemory, k: &KernelImage) -> Result<(CpuState, Option<String>), Error> {
+/// The boot state, a note on what was loaded, and the kernel's code ranges.
+type Loaded = (CpuState, Option<String>, Vec<(u64, u64)>);
+
+fn load_kernel(mem: &GuestMemory, k: &KernelImage) -> Result<Loaded, Error> {
     let acpi = firmware::acpi::write_acpi_tables(mem, ACPI_TABLES, &firmware::acpi::AcpiConfig::new(1))
         .map_err(|e| Error::Firmware(format!("ACPI tables: {e}")))?;
     firmware::mptable::write_mptable(mem, MP_TABLE, &firmware::mptable::MpConfig::new(1))
         .map_err(|e| Error::Firmware(format!("MP table: {e}")))?;
     let is_bzimage = k.kernel.get(0x202..0x206) == Some(b"HdrS");
     if !is_bzimage && firmware::multiboot::MultibootHeader::find(&k.kernel).is_ok() {
-        let modules: Vec<firmware::multiboot::MultibootModule<'_>> = k
-            .initrd
-            .iter()
-            .map(|d| firmware::multiboot::MultibootModule { data: d, cmdline: "initrd" })
-            .collect();
-        let cfg = firmware::multiboot::MultibootConfig { kernel: &k.kernel, cmdline: &k.cmdline, modules: &modules, e820: None };
+        let modules: Vec<firmware::multiboot::MultibootModule<'_>> =
+            k.initrd.iter().map(|d| firmware::multiboot::MultibootModule { data: d, cmdline: "initrd" }).collect();
+        let cfg = firmware::multiboot::MultibootConfig {
+            kernel: &k.kernel,
+            cmdline: &k.cmdline,
+            modules: &modules,
+            e820: None,
+        };
         let boot = firmware::multiboot::load_multiboot(mem, &cfg).map_err(|e| Error::Firmware(e.to_string()))?;
-        return Ok((crate::boot::cpu_state(&boot.cpu), Some(format!("multiboot kernel, entry {:#x}", boot.cpu.rip))));
+        let note = Some(format!("multiboot kernel, entry {:#x}", boot.cpu.rip));
+        return Ok((crate::boot::cpu_state(&boot.cpu), note, Vec::new()));
     }
     let cfg = firmware::linux::LinuxBootConfig {
         kernel: &k.kernel,
@@ -652,5 +686,5 @@ fn load_kernel(mem: &GuestMemory, k: &KernelImage) -> Result<(CpuState, Option<S
     };
     let boot = firmware::linux::load_linux(mem, &cfg).map_err(|e| Error::Firmware(e.to_string()))?;
     let note = format!("{:?} kernel, boot protocol {:#x}, entry {:#x}", boot.kind, boot.protocol, boot.entry);
-    Ok((crate::boot::cpu_state(&boot.cpu), Some(note)))
+    Ok((crate::boot::cpu_state(&boot.cpu), Some(note), boot.code))
 }

@@ -96,6 +96,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         serial: SerialOut::Backend(args.serial.clone()),
         no_reboot: args.no_reboot,
         timeout: args.timeout.map(Duration::from_secs_f64),
+        kvm_split: args.kvm_split.mode(),
     };
     let machine = Machine::with_nics(config, &nics)?;
     if let Some(note) = &machine.boot_note {
@@ -121,10 +122,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
             eprintln!("ferrovm: {line}");
         }
         if let Some(n) = report.instructions {
-            eprintln!(
-                "ferrovm: {n} guest instructions, {:.1} MIPS",
-                n as f64 / report.total.as_secs_f64() / 1e6
-            );
+            eprintln!("ferrovm: {n} guest instructions, {:.1} MIPS", n as f64 / report.total.as_secs_f64() / 1e6);
         }
         for line in machine.nic_stats() {
             eprintln!("ferrovm: {line}");

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 #[path = "guest/encode.rs"]
 mod encode;
+#[path = "guest/kvm.rs"]
+mod kvm;
 use encode::base64;
 
 fn images() -> Option<PathBuf> {
@@ -43,10 +45,14 @@ struct Boot {
 static GUESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn boot(accel: &str, kernel: &Path, initrd: &Path, extra: &[&str]) -> Boot {
+    boot_script(SCRIPT, accel, kernel, initrd, extra)
+}
+
+fn boot_script(script: &str, accel: &str, kernel: &Path, initrd: &Path, extra: &[&str]) -> Boot {
     // One guest at a time: guests in parallel on a small machine starve
     // each other's timers and the tests measure the host, not the guest.
     let _one_at_a_time = GUESTS.lock().unwrap_or_else(|e| e.into_inner());
-    let cmdline = format!("console=ttyS0 ferrovm.poweroff=1 ferrovm.cmd={}", base64(SCRIPT.as_bytes()));
+    let cmdline = format!("console=ttyS0 ferrovm.poweroff=1 ferrovm.cmd={}", base64(script.as_bytes()));
     let t = Instant::now();
     let mut args = vec!["run", "--accel", accel, "--mem", "512M", "--serial", "stdio", "--timeout", "900"];
     args.extend_from_slice(extra);
@@ -77,7 +83,33 @@ fn host_sha256(cmd: &str) -> String {
 
 /// Linux's names for the CPUID bits the model advertises.
 fn expected_flags() -> Vec<&'static str> {
-    vec!["fpu", "tsc", "msr", "pae", "cx8", "apic", "sep", "pge", "cmov", "pat", "pse36", "mmx", "fxsr", "sse", "sse2", "syscall", "nx", "lm", "pni", "ssse3", "cx16", "sse4_1", "sse4_2", "popcnt", "hypervisor"]
+    vec![
+        "fpu",
+        "tsc",
+        "msr",
+        "pae",
+        "cx8",
+        "apic",
+        "sep",
+        "pge",
+        "cmov",
+        "pat",
+        "pse36",
+        "mmx",
+        "fxsr",
+        "sse",
+        "sse2",
+        "syscall",
+        "nx",
+        "lm",
+        "pni",
+        "ssse3",
+        "cx16",
+        "sse4_1",
+        "sse4_2",
+        "popcnt",
+        "hypervisor",
+    ]
 }
 
 /// Features the model does not implement: Linux must not list them.
@@ -131,5 +163,60 @@ fn classic_boot_path_runs_the_kernels_own_decompressor() {
     let Some(dir) = images() else { return };
     let k = dir.join("vmlinuz-cloud");
     let b = boot("interp", &k, &dir.join("initramfs.cpio.gz"), &["--kernel-boot", "classic"]);
+    check(&b, &k);
+}
+
+/// Under `--accel kvm`, one process at a time. On a host whose KVM runs
+/// CPL-0 code in software (kvm_pvm) the kernel runs in the interpreter and
+/// user space in KVM (split execution); elsewhere all of it runs in KVM.
+/// (Pipelines of concurrent processes are the long test below: on kvm_pvm
+/// they still lose a user store now and then.)
+const SEQUENTIAL_SCRIPT: &str = r#"
+echo "T:uname $(uname -r)"
+seq 1 100000 > /tmp/s
+set -- $(sha256sum /tmp/s); echo "T:seq $1"
+gzip -c /tmp/s > /tmp/s.gz
+gzip -dc /tmp/s.gz > /tmp/s2
+set -- $(sha256sum /tmp/s2); echo "T:gzip $1"
+echo "T:done"
+"#;
+
+fn kvm_boot_sequential(kernel: &str) {
+    let Some(dir) = images() else { return };
+    if !kvm::usable() {
+        return;
+    }
+    let k = dir.join(kernel);
+    let b = boot_script(SEQUENTIAL_SCRIPT, "kvm", &k, &dir.join("initramfs.cpio.gz"), &["--stats"]);
+    let out = &b.stdout;
+    assert!(out.contains("ferrovm-init: start"), "init never started:\n{out}");
+    assert!(out.contains("T:done"), "the script did not finish:\n{out}");
+    let want = host_sha256("seq 1 100000 | sha256sum");
+    assert_eq!(field(out, "seq"), Some(want.as_str()), "seq | sha256sum");
+    assert_eq!(field(out, "gzip"), Some(want.as_str()), "gzip round trip");
+    assert_eq!(b.status, Some(0), "poweroff -f must end the run with status 0");
+    eprintln!("{} booted under kvm and checked in {:.1} s", k.display(), b.elapsed.as_secs_f64());
+}
+
+#[test]
+fn cloud_kernel_boots_to_init_under_kvm() {
+    kvm_boot_sequential("vmlinuz-cloud");
+}
+
+#[test]
+fn generic_kernel_boots_to_init_under_kvm() {
+    kvm_boot_sequential("vmlinuz-generic");
+}
+
+/// The interpreter's full check under KVM: `cargo test --test boot -- --ignored`.
+#[test]
+#[ignore = "long; on kvm_pvm a pipeline of concurrent processes still loses a user store now and then"]
+fn cloud_kernel_full_check_under_kvm() {
+    let Some(dir) = images() else { return };
+    if !kvm::usable() {
+        return;
+    }
+    let k = dir.join("vmlinuz-cloud");
+    let b = boot("kvm", &k, &dir.join("initramfs.cpio.gz"), &["--stats"]);
     check(&b, &k);
 }

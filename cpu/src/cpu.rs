@@ -64,6 +64,8 @@ pub enum StopReason {
     Requested,
     /// A triple fault: the processor shut down. The string names the fault chain.
     Shutdown(String),
+    /// The CPU is at CPL 3 and [`Cpu::yield_at_user`] is set.
+    UserMode,
 }
 
 /// A run of decoded instructions that ends at a control transfer or a page edge.
@@ -219,6 +221,10 @@ pub struct Cpu {
     pub(crate) tsc_per_ns_fp: u64,
     /// Debug-register, NMI and random-number state (see [`crate::ops::debug`]).
     pub(crate) sys: crate::ops::debug::SysState,
+    /// When set, [`Cpu::run`] returns [`StopReason::UserMode`] instead of
+    /// executing code at CPL 3 (split execution: another engine runs user
+    /// code). Interrupts are still delivered first.
+    pub yield_at_user: bool,
 }
 
 impl Cpu {
@@ -240,6 +246,7 @@ impl Cpu {
             tsc_epoch: std::time::Instant::now(),
             tsc_per_ns_fp: crate::cpuid::TSC_KHZ * (1 << 32) / 1_000_000,
             sys: Default::default(),
+            yield_at_user: false,
         };
         cpu.update_paging();
         cpu
@@ -589,6 +596,14 @@ impl Cpu {
         Ok(block)
     }
 
+    /// Finish a SYSCALL that another engine began: the state is the one
+    /// right after the instruction (RIP past it, RFLAGS as they were), and
+    /// this performs the instruction's whole transition to the kernel
+    /// (RCX, R11, CS, SS, RFLAGS, RIP, CPL), as executing it would.
+    pub fn enter_syscall(&mut self) -> Fault<()> {
+        crate::ops::system::syscall_entry(self)
+    }
+
     /// Drop all decoded code (after a reset, or a state load).
     pub fn flush_code_cache(&mut self) {
         self.cache = DecodeCache::default();
@@ -625,6 +640,9 @@ impl Cpu {
             }
             if self.state.halted != 0 {
                 return StopReason::Halted;
+            }
+            if self.yield_at_user && self.state.cpl == 3 {
+                return StopReason::UserMode;
             }
             self.state.interrupt_shadow = 0;
             match self.block_at_rip() {
@@ -732,7 +750,10 @@ impl Cpu {
         s.selector = selector;
         s.base = u64::from(selector) << 4;
         if self.state.rflags & flags::VM != 0 {
-            *s = Segment::real(selector, seg_attr::P | seg_attr::S | seg_attr::TYPE_RW | seg_attr::TYPE_ACCESSED | (3 << seg_attr::DPL_SHIFT));
+            *s = Segment::real(
+                selector,
+                seg_attr::P | seg_attr::S | seg_attr::TYPE_RW | seg_attr::TYPE_ACCESSED | (3 << seg_attr::DPL_SHIFT),
+            );
             if seg == sreg::CS {
                 s.attr |= seg_attr::TYPE_CODE;
             }
@@ -750,4 +771,3 @@ impl Cpu {
 pub fn is_canonical(a: u64) -> bool {
     ((a as i64) << 16 >> 16) as u64 == a
 }
-

@@ -184,7 +184,8 @@ impl Timers {
 /// counter, so the machine shares one `Tsc` between them.
 #[derive(Debug)]
 pub struct Tsc {
-    hz: u64,
+    /// Ticks per second (changed only by [`Tsc::retune`]).
+    hz: AtomicU64,
     /// Added (two's complement) to the ticks since the clock's origin.
     offset: AtomicI64,
 }
@@ -192,23 +193,32 @@ pub struct Tsc {
 impl Tsc {
     /// A TSC of `hz` ticks per second that reads 0 at the clock's origin.
     pub fn new(hz: u64) -> Self {
-        Self { hz, offset: AtomicI64::new(0) }
+        Self { hz: AtomicU64::new(hz), offset: AtomicI64::new(0) }
     }
 
     /// The counter's frequency.
     pub fn hz(&self) -> u64 {
-        self.hz
+        self.hz.load(Ordering::Relaxed)
     }
 
     /// The counter's value at clock time `now_ns`.
     pub fn read(&self, now_ns: u64) -> u64 {
-        ticks_in(now_ns, self.hz).wrapping_add_signed(self.offset.load(Ordering::Relaxed))
+        ticks_in(now_ns, self.hz()).wrapping_add_signed(self.offset.load(Ordering::Relaxed))
     }
 
     /// Makes the counter read `value` at clock time `now_ns` (a WRMSR to the TSC).
     pub fn write(&self, now_ns: u64, value: u64) {
-        let offset = value.wrapping_sub(ticks_in(now_ns, self.hz)).cast_signed();
+        let offset = value.wrapping_sub(ticks_in(now_ns, self.hz())).cast_signed();
         self.offset.store(offset, Ordering::Relaxed);
+    }
+
+    /// Run at `hz` from now on, reading `value` at clock time `now_ns`: to
+    /// follow a counter kept elsewhere (a hypervisor's) at its own rate.
+    /// For before the guest runs; a reader racing with it may see the old
+    /// rate with the new offset.
+    pub fn retune(&self, now_ns: u64, hz: u64, value: u64) {
+        self.hz.store(hz.max(1), Ordering::Relaxed);
+        self.write(now_ns, value);
     }
 
     /// The earliest clock time at which the counter reads at least `value`
@@ -216,7 +226,7 @@ impl Tsc {
     pub fn ns_at(&self, value: u64) -> u64 {
         let needed = i128::from(value) - i128::from(self.offset.load(Ordering::Relaxed));
         match u64::try_from(needed) {
-            Ok(ticks) => ns_for_ticks(ticks, self.hz),
+            Ok(ticks) => ns_for_ticks(ticks, self.hz()),
             Err(_) if needed < 0 => 0,
             Err(_) => u64::MAX,
         }

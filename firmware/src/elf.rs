@@ -67,6 +67,10 @@ pub struct ElfSegment {
     pub vaddr: u64,
     pub filesz: u64,
     pub memsz: u64,
+    /// `PF_X`: the segment holds code.
+    pub executable: bool,
+    /// `PF_W`.
+    pub writable: bool,
 }
 
 /// What [`load_elf`] loaded.
@@ -111,6 +115,26 @@ fn parse(image: &[u8], machine: u16) -> Result<(Header, Vec<ProgramHeader>), Elf
     Ok((header, loads))
 }
 
+/// The address and size of section `name` (as linked, a virtual address
+/// for a vmlinux), from the section headers, if the image has them.
+pub fn section(image: &[u8], name: &str) -> Option<(u64, u64)> {
+    use goblin::elf::section_header::SectionHeader;
+    let header = Elf::parse_header(image).ok()?;
+    let ctx = Ctx::new(header.container().ok()?, header.endianness().ok()?);
+    let shoff = usize::try_from(header.e_shoff).ok()?;
+    if shoff == 0 || header.e_shnum == 0 {
+        return None;
+    }
+    let sections = SectionHeader::parse(image, shoff, usize::from(header.e_shnum), ctx).ok()?;
+    let strtab = sections.get(usize::from(header.e_shstrndx))?;
+    let names = image.get(usize::try_from(strtab.sh_offset).ok()?..)?;
+    sections.iter().find_map(|sh| {
+        let at = names.get(sh.sh_name..)?;
+        let len = at.iter().position(|&b| b == 0)?;
+        (&at[..len] == name.as_bytes()).then_some((sh.sh_addr, sh.sh_size))
+    })
+}
+
 /// Load the `PT_LOAD` segments of `image` (for CPU `machine`: [`EM_X86_64`] or
 /// [`EM_386`]) at their physical addresses, each above `min_addr`, zeroing the
 /// bss. The entry point is converted to physical: `e_entry` in a segment's
@@ -137,7 +161,14 @@ pub fn load_elf(mem: &GuestMemory, image: &[u8], machine: u16, min_addr: u64) ->
         }
         // Both fit in usize: they end inside `image`.
         file_ranges.push(offset as usize..(offset + filesz) as usize);
-        segments.push(ElfSegment { paddr, vaddr: p.p_vaddr, filesz, memsz });
+        segments.push(ElfSegment {
+            paddr,
+            vaddr: p.p_vaddr,
+            filesz,
+            memsz,
+            executable: p.is_executable(),
+            writable: p.is_write(),
+        });
     }
     let e_entry = header.e_entry;
     let contains = |base: u64, len: u64, addr: u64| addr >= base && addr - base < len;

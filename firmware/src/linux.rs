@@ -424,6 +424,12 @@ pub struct LinuxBoot {
     /// Physical range the kernel occupies or reserves while booting.
     pub kernel_start: u64,
     pub kernel_end: u64,
+    /// Physical range (start, end) of the kernel's `.text` section, which
+    /// stays code for the kernel's lifetime (unlike `.init.text` and the
+    /// padding after `.text`), when the host loaded its ELF image and it has
+    /// section headers (fast path, vmlinux); empty on the
+    /// classic path, where the kernel places itself.
+    pub code: Vec<(u64, u64)>,
     /// Where the initrd was placed and its size.
     pub initrd: Option<(u64, u64)>,
     pub zero_page: u64,
@@ -449,8 +455,24 @@ pub fn place_initrd(size: u64, initrd_addr_max: u32, ram_end: u64, kernel_end: u
 /// initrd, and build the 64-bit entry state.
 pub fn load_linux(mem: &GuestMemory, cfg: &LinuxBootConfig<'_>) -> Result<LinuxBoot, LinuxError> {
     let ram_end = mem.ram_size().min(PCI_HOLE_START);
+    // The kernel's `.text` (as the section headers give it, translated to
+    // a physical address through its segment): the padding after it, up to
+    // the read-only data, is freed after boot and becomes ordinary memory.
+    let code_of = |elf: &crate::elf::LoadedElf, image: &[u8]| -> Vec<(u64, u64)> {
+        let Some((addr, size)) = crate::elf::section(image, ".text") else { return Vec::new() };
+        elf.segments
+            .iter()
+            .filter(|s| s.executable && addr >= s.vaddr && addr - s.vaddr < s.memsz)
+            .map(|s| {
+                let start = addr - s.vaddr + s.paddr;
+                (start, start + size.min(s.memsz - (addr - s.vaddr)))
+            })
+            .collect()
+    };
+    let mut code = Vec::new();
     let (header, kind, entry, kernel_start, kernel_end) = if is_elf(cfg.kernel) {
         let elf = load_elf(mem, cfg.kernel, EM_X86_64, HIMEM_START)?;
+        code = code_of(&elf, cfg.kernel);
         (SetupHeader::for_vmlinux(elf.start, elf.end), KernelKind::Vmlinux, elf.entry, elf.start, elf.end)
     } else {
         let bz = BzImage::parse(cfg.kernel)?;
@@ -458,6 +480,7 @@ pub fn load_linux(mem: &GuestMemory, cfg: &LinuxBootConfig<'_>) -> Result<LinuxB
             (BootPath::Fast, Some(payload)) => match decompress_payload(payload) {
                 Ok((compression, vmlinux)) => {
                     let elf = load_elf(mem, &vmlinux, EM_X86_64, HIMEM_START)?;
+                    code = code_of(&elf, &vmlinux);
                     tracing::debug!(%compression, size = vmlinux.len(), entry = elf.entry, "vmlinux decompressed on the host");
                     (bz.header, KernelKind::BzImageFast(compression), elf.entry, elf.start, elf.end)
                 }
@@ -484,6 +507,7 @@ pub fn load_linux(mem: &GuestMemory, cfg: &LinuxBootConfig<'_>) -> Result<LinuxB
         entry,
         kernel_start,
         kernel_end,
+        code,
         initrd,
         zero_page: ZERO_PAGE_ADDR,
         cmdline_addr,

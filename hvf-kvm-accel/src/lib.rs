@@ -77,9 +77,7 @@ impl fmt::Display for IrqChip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             IrqChip::InKernel { pit: true } => f.write_str("in-kernel PIC/IOAPIC/LAPIC and PIT"),
-            IrqChip::InKernel { pit: false } => {
-                f.write_str("in-kernel PIC/IOAPIC/LAPIC, userspace PIT")
-            }
+            IrqChip::InKernel { pit: false } => f.write_str("in-kernel PIC/IOAPIC/LAPIC, userspace PIT"),
             IrqChip::Userspace => f.write_str("userspace PIC/IOAPIC/LAPIC and PIT"),
         }
     }
@@ -98,6 +96,20 @@ pub trait Vm: Send + Sync {
     fn set_irq_line(&self, irq: u32, level: bool) -> Result<(), AccelError>;
     /// Which interrupt controllers this VM uses.
     fn irqchip(&self) -> IrqChip;
+    /// Take the page-aligned guest-physical range `start..end` out of the
+    /// memory the hypervisor maps for the guest. The machine's own view of
+    /// the memory (devices, interpreter) is unchanged. Guest data accesses
+    /// there become MMIO exits; an instruction fetch there cannot be
+    /// emulated and ends the run with [`VmExit::InternalError`]. Used to
+    /// make a vCPU leave the hypervisor when it starts executing a given
+    /// range (split execution, see the machine's `run_kvm`).
+    fn hide(&self, start: u64, end: u64) -> Result<(), AccelError>;
+    /// Make the hypervisor forget every translation it derived from the
+    /// guest's page tables. Needed after the page tables were changed by
+    /// anything but the vCPU itself (the interpreter), on hypervisors that
+    /// shadow the guest's page tables and learn of changes by trapping the
+    /// guest's own writes. The vCPUs must not be running.
+    fn flush_translations(&self) -> Result<(), AccelError>;
     /// An eventfd that raises interrupt line `gsi` of the in-kernel
     /// PIC/IOAPIC (an edge: assert, then deassert) each time it is written,
     /// without a trip through the vCPU thread. GSIs 0-15 reach the PIC and
@@ -113,12 +125,7 @@ pub trait Vm: Send + Sync {
     /// With `datamatch`, only writes of that value count; other writes exit
     /// as usual. Reads at `addr` still exit.
     #[cfg(target_os = "linux")]
-    fn register_ioeventfd(
-        &self,
-        addr: IoEventAddr,
-        len: u32,
-        datamatch: Option<u64>,
-    ) -> Result<EventFd, AccelError>;
+    fn register_ioeventfd(&self, addr: IoEventAddr, len: u32, datamatch: Option<u64>) -> Result<EventFd, AccelError>;
     /// Detach an eventfd that [`Vm::register_ioeventfd`] gave; the same
     /// `addr`, `len` and `datamatch` select it.
     #[cfg(target_os = "linux")]
@@ -165,6 +172,10 @@ pub trait Vcpu {
     /// is true, `run` returns [`VmExit::Interrupted`]. So does a kick from
     /// [`Vcpu::kicker`], whether it comes during the run or before it.
     fn run(&mut self, io: &mut dyn ExitHandler) -> Result<VmExit, AccelError>;
+    /// The guest's time-stamp counter now, and its rate in kHz, as the
+    /// hypervisor keeps them (split execution keeps the interpreter's
+    /// counter equal to it).
+    fn tsc(&mut self) -> Result<(u64, u64), AccelError>;
     /// A handle that other threads use to make the current or the next
     /// [`Vcpu::run`] return [`VmExit::Interrupted`].
     fn kicker(&self) -> Result<VcpuKicker, AccelError>;
@@ -178,11 +189,7 @@ pub trait Vcpu {
 pub enum PendingEvent {
     /// An exception. `injected`: its delivery has begun (it is re-injected
     /// after an exit that interrupted the delivery); otherwise it is queued.
-    Exception {
-        vector: u8,
-        error_code: Option<u32>,
-        injected: bool,
-    },
+    Exception { vector: u8, error_code: Option<u32>, injected: bool },
     /// An external interrupt (`soft == false`) or an `int n` being delivered.
     Interrupt { vector: u8, soft: bool },
     /// A non-maskable interrupt, queued or being delivered.
@@ -192,26 +199,15 @@ pub enum PendingEvent {
 impl fmt::Display for PendingEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PendingEvent::Exception {
-                vector,
-                error_code,
-                injected,
-            } => {
-                let state = if *injected {
-                    "being delivered"
-                } else {
-                    "queued"
-                };
+            PendingEvent::Exception { vector, error_code, injected } => {
+                let state = if *injected { "being delivered" } else { "queued" };
                 write!(f, "exception {vector} {state}")?;
                 if let Some(e) = error_code {
                     write!(f, " (error code {e:#x})")?;
                 }
                 Ok(())
             }
-            PendingEvent::Interrupt {
-                vector,
-                soft: false,
-            } => {
+            PendingEvent::Interrupt { vector, soft: false } => {
                 write!(f, "external interrupt {vector:#x} being delivered")
             }
             PendingEvent::Interrupt { vector, soft: true } => {
@@ -362,11 +358,7 @@ pub enum VmExit {
     /// starts with that instruction: KVM gives its whole fetch window (up to
     /// 15 bytes, possibly running past the instruction); empty when unknown.
     /// The vCPU state is intact, so the instruction can be run elsewhere.
-    InternalError {
-        suberror: u32,
-        insn_bytes: Vec<u8>,
-        rip: u64,
-    },
+    InternalError { suberror: u32, insn_bytes: Vec<u8>, rip: u64 },
     /// The hardware refused to enter the guest (invalid guest state).
     FailEntry { reason: u64 },
     /// `should_stop()` returned true, a [`VcpuKicker`] kicked the vCPU, or
@@ -384,16 +376,8 @@ impl fmt::Display for VmExit {
         match self {
             VmExit::Hlt => f.write_str("the guest halted (HLT)"),
             VmExit::Shutdown => f.write_str("the guest shut down (triple fault)"),
-            VmExit::InternalError {
-                suberror,
-                insn_bytes,
-                rip,
-            } => {
-                let what = if *suberror == SUBERROR_EMULATION {
-                    "emulation failure"
-                } else {
-                    "internal error"
-                };
+            VmExit::InternalError { suberror, insn_bytes, rip } => {
+                let what = if *suberror == SUBERROR_EMULATION { "emulation failure" } else { "internal error" };
                 write!(f, "the hypervisor could not run the instruction at rip {rip:#x}: {what} (suberror {suberror}), bytes [")?;
                 for (i, b) in insn_bytes.iter().enumerate() {
                     if i > 0 {
@@ -464,31 +448,17 @@ mod tests {
 
     #[test]
     fn pending_event_display() {
-        let e = PendingEvent::Exception {
-            vector: 14,
-            error_code: Some(2),
-            injected: true,
-        };
+        let e = PendingEvent::Exception { vector: 14, error_code: Some(2), injected: true };
+        assert_eq!(e.to_string(), "exception 14 being delivered (error code 0x2)");
         assert_eq!(
-            e.to_string(),
-            "exception 14 being delivered (error code 0x2)"
-        );
-        assert_eq!(
-            PendingEvent::Interrupt {
-                vector: 0x20,
-                soft: false
-            }
-            .to_string(),
+            PendingEvent::Interrupt { vector: 0x20, soft: false }.to_string(),
             "external interrupt 0x20 being delivered"
         );
     }
 
     #[test]
     fn irqchip_display() {
-        assert_eq!(
-            IrqChip::Userspace.to_string(),
-            "userspace PIC/IOAPIC/LAPIC and PIT"
-        );
+        assert_eq!(IrqChip::Userspace.to_string(), "userspace PIC/IOAPIC/LAPIC and PIT");
         assert!(IrqChip::InKernel { pit: true }.to_string().contains("PIT"));
     }
 }

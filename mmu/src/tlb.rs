@@ -34,7 +34,8 @@ struct Entry {
     global: bool,
 }
 
-const EMPTY: Entry = Entry { tag_read: 0, tag_write: 0, tag_exec: 0, phys: 0, host: std::ptr::null_mut(), global: false };
+const EMPTY: Entry =
+    Entry { tag_read: 0, tag_write: 0, tag_exec: 0, phys: 0, host: std::ptr::null_mut(), global: false };
 
 fn set_index(p: Privilege) -> usize {
     match p {
@@ -54,6 +55,10 @@ pub struct Mmu {
     has_large: bool,
     /// Walks performed (TLB misses), for statistics.
     pub walks: u64,
+    /// Guest-requested flushes so far ([`Mmu::flush`], [`Mmu::flush_page`]):
+    /// another engine sharing the page tables compares it to learn whether
+    /// the guest changed translations.
+    pub flushes: u64,
 }
 
 // SAFETY: the host pointers in the entries point into mappings owned by `mem`,
@@ -63,7 +68,7 @@ unsafe impl Send for Mmu {}
 
 impl Mmu {
     pub fn new(mem: Arc<GuestMemory>) -> Self {
-        Mmu { mem, sets: Box::new([[EMPTY; ENTRIES]; 3]), has_large: false, walks: 0 }
+        Mmu { mem, sets: Box::new([[EMPTY; ENTRIES]; 3]), has_large: false, walks: 0, flushes: 0 }
     }
 
     /// The guest memory behind this MMU.
@@ -74,6 +79,7 @@ impl Mmu {
 
     /// Drop every entry (`keep_global`: keep global pages, as a CR3 load does with CR4.PGE).
     pub fn flush(&mut self, keep_global: bool) {
+        self.flushes += 1;
         for set in self.sets.iter_mut() {
             for e in set.iter_mut() {
                 if !(keep_global && e.global) {
@@ -88,6 +94,7 @@ impl Mmu {
 
     /// INVLPG: drop the entries for the page holding `lin`.
     pub fn flush_page(&mut self, lin: u64) {
+        self.flushes += 1;
         if self.has_large {
             self.flush(false);
             return;

@@ -144,7 +144,8 @@ impl InterpSide {
                     end = End::Other("interpreter halted".into());
                     break;
                 }
-                StopReason::Budget => {}
+                // `yield_at_user` is never set here.
+                StopReason::Budget | StopReason::UserMode => {}
             }
         }
         let mut state = self.cpu.state;

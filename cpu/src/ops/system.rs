@@ -980,6 +980,11 @@ fn flat(selector: u16, dpl: u8, code: bool, long: bool) -> Segment {
 }
 
 fn syscall(cpu: &mut Cpu, _: &Instruction) -> Fault<()> {
+    syscall_entry(cpu)
+}
+
+/// SYSCALL's effect, with RIP already past the instruction.
+pub(crate) fn syscall_entry(cpu: &mut Cpu) -> Fault<()> {
     if cpu.state.efer & cr::EFER_SCE == 0 || !cpu.state.protected() {
         return Err(Exception::InvalidOpcode);
     }

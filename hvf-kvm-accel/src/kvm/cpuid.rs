@@ -79,14 +79,7 @@ pub struct HiddenBit {
 }
 
 const fn hide(leaf: u32, subleaf: u32, reg: Reg, bit: u32, name: &'static str) -> HiddenBit {
-    HiddenBit {
-        leaf,
-        subleaf,
-        reg,
-        bit,
-        name,
-        userspace_irqchip_only: false,
-    }
+    HiddenBit { leaf, subleaf, reg, bit, name, userspace_irqchip_only: false }
 }
 
 /// Every hidden bit; the module comment gives the reason for each.
@@ -140,31 +133,13 @@ pub const HIDDEN_BITS: &[HiddenBit] = &[
     hide(7, 0, Reg::Edx, 14, "serialize"),
     hide(7, 0, Reg::Edx, 29, "arch_capabilities"),
     hide(7, 0, Reg::Edx, 30, "core_capabilities"),
-    HiddenBit {
-        leaf: 1,
-        subleaf: 0,
-        reg: Reg::Ecx,
-        bit: 21,
-        name: "x2apic",
-        userspace_irqchip_only: true,
-    },
-    HiddenBit {
-        leaf: 1,
-        subleaf: 0,
-        reg: Reg::Ecx,
-        bit: 24,
-        name: "tsc_deadline_timer",
-        userspace_irqchip_only: true,
-    },
+    HiddenBit { leaf: 1, subleaf: 0, reg: Reg::Ecx, bit: 21, name: "x2apic", userspace_irqchip_only: true },
+    HiddenBit { leaf: 1, subleaf: 0, reg: Reg::Ecx, bit: 24, name: "tsc_deadline_timer", userspace_irqchip_only: true },
 ];
 
 /// Leaves removed whole, as inclusive ranges; the module comment says why.
 pub const HIDDEN_LEAVES: &[(u32, u32, &str)] = &[
-    (
-        0x4000_0000,
-        0x4fff_ffff,
-        "hypervisor leaves (KVM signature, PV features)",
-    ),
+    (0x4000_0000, 0x4fff_ffff, "hypervisor leaves (KVM signature, PV features)"),
     (0xd, 0xd, "XSAVE enumeration"),
     (0x12, 0x12, "SGX"),
     (0x14, 0x14, "processor trace"),
@@ -190,15 +165,7 @@ fn reg_mut(e: &mut kvm_cpuid_entry2, r: Reg) -> &mut u32 {
 
 /// Filter KVM's supported CPUID into the guest's model.
 pub fn model(supported: &[kvm_cpuid_entry2], opts: ModelOptions) -> Vec<kvm_cpuid_entry2> {
-    let mut out: Vec<kvm_cpuid_entry2> = supported
-        .iter()
-        .filter(|e| {
-            !HIDDEN_LEAVES
-                .iter()
-                .any(|&(lo, hi, _)| (lo..=hi).contains(&e.function))
-        })
-        .copied()
-        .collect();
+    let mut out = without_hidden_leaves(supported);
     for e in &mut out {
         for h in HIDDEN_BITS {
             if h.userspace_irqchip_only && !opts.userspace_irqchip {
@@ -210,6 +177,55 @@ pub fn model(supported: &[kvm_cpuid_entry2], opts: ModelOptions) -> Vec<kvm_cpui
         }
     }
     out
+}
+
+/// `supported` without the leaves in [`HIDDEN_LEAVES`].
+pub fn without_hidden_leaves(supported: &[kvm_cpuid_entry2]) -> Vec<kvm_cpuid_entry2> {
+    supported
+        .iter()
+        .filter(|e| !HIDDEN_LEAVES.iter().any(|&(lo, hi, _)| (lo..=hi).contains(&e.function)))
+        .copied()
+        .collect()
+}
+
+/// Feature bits another model (the interpreter's) advertises, for
+/// [`restrict`]: leaf 1 ECX/EDX, leaf 7.0 EBX/ECX/EDX, leaf 8000_0001h ECX/EDX.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureMasks {
+    pub leaf1: [u32; 2],
+    pub leaf7: [u32; 3],
+    pub leaf81: [u32; 2],
+}
+
+/// Clear every feature bit of `entries` that `masks` does not advertise, so
+/// that code running in KVM sees no feature that code running in the
+/// interpreter does not (split execution: the kernel decides what to enable
+/// from the interpreter's CPUID, user code asks KVM's).
+pub fn restrict(entries: &mut [kvm_cpuid_entry2], masks: &FeatureMasks) {
+    for e in entries {
+        match (e.function, e.index) {
+            (1, _) => {
+                e.ecx &= masks.leaf1[0];
+                e.edx &= masks.leaf1[1];
+            }
+            (7, 0) => {
+                e.ebx &= masks.leaf7[0];
+                e.ecx &= masks.leaf7[1];
+                e.edx &= masks.leaf7[2];
+            }
+            (7, _) => {
+                e.eax = 0;
+                e.ebx = 0;
+                e.ecx = 0;
+                e.edx = 0;
+            }
+            (0x8000_0001, _) => {
+                e.ecx &= masks.leaf81[0];
+                e.edx &= masks.leaf81[1];
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Make the model report vCPU `id`: the initial APIC ID (leaf 1) and the
@@ -249,24 +265,8 @@ pub fn has(entries: &[kvm_cpuid_entry2], leaf: u32, subleaf: u32, reg: Reg, bit:
 mod tests {
     use super::*;
 
-    fn entry(
-        function: u32,
-        index: u32,
-        eax: u32,
-        ebx: u32,
-        ecx: u32,
-        edx: u32,
-    ) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 {
-            function,
-            index,
-            flags: 0,
-            eax,
-            ebx,
-            ecx,
-            edx,
-            padding: [0; 3],
-        }
+    fn entry(function: u32, index: u32, eax: u32, ebx: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 { function, index, flags: 0, eax, ebx, ecx, edx, padding: [0; 3] }
     }
 
     fn host_like() -> Vec<kvm_cpuid_entry2> {
@@ -288,19 +288,12 @@ mod tests {
 
     #[test]
     fn hidden_items_are_gone() {
-        let m = model(
-            &host_like(),
-            ModelOptions {
-                userspace_irqchip: false,
-            },
-        );
+        let m = model(&host_like(), ModelOptions { userspace_irqchip: false });
         for h in HIDDEN_BITS {
             let present = has(&m, h.leaf, h.subleaf, h.reg, h.bit);
             assert_eq!(present, h.userspace_irqchip_only, "{}", h.name);
         }
-        assert!(!m
-            .iter()
-            .any(|e| e.function >= 0x4000_0000 && e.function <= 0x4fff_ffff));
+        assert!(!m.iter().any(|e| e.function >= 0x4000_0000 && e.function <= 0x4fff_ffff));
         assert!(!m.iter().any(|e| e.function == 0xd));
         // What the guest needs stays: SSE2 (1:EDX 26), LM (0x8000_0001:EDX 29), NX.
         assert!(has(&m, 1, 0, Reg::Edx, 26));
@@ -311,12 +304,7 @@ mod tests {
 
     #[test]
     fn userspace_irqchip_also_hides_x2apic_and_deadline_timer() {
-        let m = model(
-            &host_like(),
-            ModelOptions {
-                userspace_irqchip: true,
-            },
-        );
+        let m = model(&host_like(), ModelOptions { userspace_irqchip: true });
         assert!(!has(&m, 1, 0, Reg::Ecx, 21));
         assert!(!has(&m, 1, 0, Reg::Ecx, 24));
         // SSE3 stays.
@@ -325,32 +313,20 @@ mod tests {
 
     #[test]
     fn still_visible_names_what_came_back() {
-        let opts = ModelOptions {
-            userspace_irqchip: false,
-        };
+        let opts = ModelOptions { userspace_irqchip: false };
         let mut m = model(&host_like(), opts);
         assert!(still_visible(&m, opts).is_empty());
         m.iter_mut().find(|e| e.function == 1).unwrap().ecx |= (1 << 26) | (1 << 21);
         assert_eq!(still_visible(&m, opts), ["xsave"]);
         assert_eq!(
-            still_visible(
-                &m,
-                ModelOptions {
-                    userspace_irqchip: true
-                }
-            ),
+            still_visible(&m, ModelOptions { userspace_irqchip: true }),
             ["xsave", "x2apic", "tsc_deadline_timer"]
         );
     }
 
     #[test]
     fn apic_id_patched() {
-        let mut m = model(
-            &host_like(),
-            ModelOptions {
-                userspace_irqchip: false,
-            },
-        );
+        let mut m = model(&host_like(), ModelOptions { userspace_irqchip: false });
         set_apic_id(&mut m, 3);
         let l1 = m.iter().find(|e| e.function == 1).unwrap();
         assert_eq!(l1.ebx >> 24, 3);

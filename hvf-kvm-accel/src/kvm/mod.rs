@@ -19,10 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::os::fd::AsRawFd;
 
 use kvm_bindings::{
-    kvm_cpuid_entry2, kvm_enable_cap, kvm_ioeventfd, kvm_ioeventfd_flag_nr_datamatch,
-    kvm_ioeventfd_flag_nr_deassign, kvm_ioeventfd_flag_nr_pio, kvm_pit_config,
-    kvm_userspace_memory_region, KVMIO, KVM_API_VERSION, KVM_CAP_EXIT_ON_EMULATION_FAILURE,
-    KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
+    kvm_cpuid_entry2, kvm_enable_cap, kvm_ioeventfd, kvm_ioeventfd_flag_nr_datamatch, kvm_ioeventfd_flag_nr_deassign,
+    kvm_ioeventfd_flag_nr_pio, kvm_pit_config, kvm_userspace_memory_region, KVMIO, KVM_API_VERSION,
+    KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, VmFd};
 use mmu::{GuestMemory, RegionKind};
@@ -52,13 +51,12 @@ pub struct Kvm {
     kvm: kvm_ioctls::Kvm,
     supported_cpuid: Vec<kvm_cpuid_entry2>,
     in_kernel_irqchip: bool,
+    cpuid_masks: Option<cpuid::FeatureMasks>,
 }
 
 impl std::fmt::Debug for Kvm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kvm")
-            .field("api_version", &self.kvm.get_api_version())
-            .finish_non_exhaustive()
+        f.debug_struct("Kvm").field("api_version", &self.kvm.get_api_version()).finish_non_exhaustive()
     }
 }
 
@@ -90,17 +88,19 @@ impl Kvm {
             .map_err(|e| AccelError::ioctl("KVM_GET_SUPPORTED_CPUID", e))?
             .as_slice()
             .to_vec();
-        Ok(Kvm {
-            kvm,
-            supported_cpuid,
-            in_kernel_irqchip: true,
-        })
+        Ok(Kvm { kvm, supported_cpuid, in_kernel_irqchip: true, cpuid_masks: None })
     }
 
     /// Use the in-kernel PIC/IOAPIC/LAPIC and PIT when they work (the
     /// default), or always the machine's own (`false`).
     pub fn set_in_kernel_irqchip(&mut self, on: bool) {
         self.in_kernel_irqchip = on;
+    }
+
+    /// Advertise no feature beyond `masks` to VMs created from now on
+    /// ([`cpuid::restrict`]).
+    pub fn restrict_cpuid(&mut self, masks: Option<cpuid::FeatureMasks>) {
+        self.cpuid_masks = masks;
     }
 
     /// What `KVM_GET_SUPPORTED_CPUID` reported, before filtering.
@@ -117,22 +117,16 @@ impl Kvm {
     /// "8254 timer not connected to IO-APIC" and then fails to calibrate the
     /// TSC against the PIT.
     pub fn create_kvm_vm(&self, mem: Arc<GuestMemory>) -> Result<KvmVm, AccelError> {
-        let fd = self
-            .kvm
-            .create_vm()
-            .map_err(|e| AccelError::ioctl("KVM_CREATE_VM", e))?;
+        let fd = self.kvm.create_vm().map_err(|e| AccelError::ioctl("KVM_CREATE_VM", e))?;
         let readonly_mem = fd.check_extension(Cap::ReadonlyMem);
-        map_memory(&fd, &mem, readonly_mem)?;
+        let slots = map_memory(&fd, &mem, readonly_mem)?;
         place_tss(&fd, &mem);
 
         // With this capability KVM reports every instruction its emulator
         // cannot run (with the instruction bytes) instead of injecting #UD
         // when the guest is at CPL>0, so the caller can emulate it instead.
         if fd.check_extension_raw(u64::from(KVM_CAP_EXIT_ON_EMULATION_FAILURE)) > 0 {
-            let mut cap = kvm_enable_cap {
-                cap: KVM_CAP_EXIT_ON_EMULATION_FAILURE,
-                ..Default::default()
-            };
+            let mut cap = kvm_enable_cap { cap: KVM_CAP_EXIT_ON_EMULATION_FAILURE, ..Default::default() };
             cap.args[0] = 1;
             if let Err(e) = fd.enable_cap(&cap) {
                 tracing::debug!("KVM_CAP_EXIT_ON_EMULATION_FAILURE refused: {e}");
@@ -142,16 +136,11 @@ impl Kvm {
         let irqchip = if self.in_kernel_irqchip && fd.check_extension(Cap::Irqchip) {
             match fd.create_irq_chip() {
                 Ok(()) => {
-                    let pit_config = kvm_pit_config {
-                        flags: KVM_PIT_SPEAKER_DUMMY,
-                        ..Default::default()
-                    };
+                    let pit_config = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
                     let pit = match fd.create_pit2(pit_config) {
                         Ok(()) => true,
                         Err(e) => {
-                            tracing::warn!(
-                                "KVM_CREATE_PIT2 failed ({e}); the PIT stays in userspace"
-                            );
+                            tracing::warn!("KVM_CREATE_PIT2 failed ({e}); the PIT stays in userspace");
                             false
                         }
                     };
@@ -168,26 +157,28 @@ impl Kvm {
         };
         tracing::info!("KVM interrupt controllers: {irqchip}");
 
-        let cpuid = cpuid::model(
-            &self.supported_cpuid,
-            cpuid::ModelOptions {
-                userspace_irqchip: irqchip == IrqChip::Userspace,
-            },
-        );
+        // With masks, the guest's kernel does not run in KVM: the CPL-0
+        // reasons for hiding features do not apply, the masks decide.
+        let cpuid = match &self.cpuid_masks {
+            Some(masks) => {
+                let mut c = cpuid::without_hidden_leaves(&self.supported_cpuid);
+                cpuid::restrict(&mut c, masks);
+                c
+            }
+            None => cpuid::model(
+                &self.supported_cpuid,
+                cpuid::ModelOptions { userspace_irqchip: irqchip == IrqChip::Userspace },
+            ),
+        };
 
         // Every bridged MSR is tried, not only those KVM_GET_MSR_INDEX_LIST
         // names: KVM accepts some it does not list (the MTRRs).
-        let msrs = MsrTable {
-            usable: BRIDGE_MSRS.iter().map(|(i, _)| *i).collect(),
-            refused: Vec::new(),
-        };
+        let msrs = MsrTable { usable: BRIDGE_MSRS.iter().map(|(i, _)| *i).collect(), refused: Vec::new() };
         // KVM_GET_FPU/KVM_SET_FPU drop MXCSR; the XSAVE image carries it.
         let xsave2_size = usize::try_from(fd.check_extension_int(Cap::Xsave2)).unwrap_or(0);
         let fpu_path = if xsave2_size > 0 {
             let header = std::mem::size_of::<kvm_bindings::kvm_xsave>();
-            FpuPath::Xsave2 {
-                fam_len: xsave2_size.saturating_sub(header).div_ceil(4),
-            }
+            FpuPath::Xsave2 { fam_len: xsave2_size.saturating_sub(header).div_ceil(4) }
         } else if fd.check_extension(Cap::Xsave) {
             FpuPath::Xsave
         } else {
@@ -201,14 +192,12 @@ impl Kvm {
             vcpu_events: fd.check_extension(Cap::VcpuEvents),
             mp_state: fd.check_extension(Cap::MpState),
         };
-        let shared = Arc::new(Shared {
-            caps,
-            irqchip,
-            cpuid,
-            msrs: Mutex::new(msrs),
-            run_size: fd.run_size(),
-        });
-        Ok(KvmVm { fd, mem, shared })
+        let shared = Arc::new(Shared { caps, irqchip, cpuid, msrs: Mutex::new(msrs), run_size: fd.run_size() });
+        let vm = KvmVm { fd, mem, shared, slots: Mutex::new(slots), flush_page: FlushPage::new()? };
+        let flush = vm.flush_slot();
+        set_slot(&vm.fd, flush, flush.len)
+            .map_err(|e| AccelError::ioctl("KVM_SET_USER_MEMORY_REGION (flush slot)", e))?;
+        Ok(vm)
     }
 }
 
@@ -222,46 +211,114 @@ impl Hypervisor for Kvm {
     }
 }
 
+/// A memory slot as registered with KVM.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    id: u32,
+    base: u64,
+    len: u64,
+    host_addr: u64,
+    flags: u32,
+}
+
+/// The memory slots of a VM.
+#[derive(Debug)]
+struct SlotTable {
+    slots: Vec<Slot>,
+    next_id: u32,
+}
+
 /// Register every region of `mem` as a memory slot.
-fn map_memory(fd: &VmFd, mem: &GuestMemory, readonly_mem: bool) -> Result<(), AccelError> {
-    for (slot, r) in mem.regions().iter().enumerate() {
+fn map_memory(fd: &VmFd, mem: &GuestMemory, readonly_mem: bool) -> Result<SlotTable, AccelError> {
+    let mut table = SlotTable { slots: Vec::new(), next_id: 0 };
+    for r in mem.regions() {
         let mut flags = 0;
         if r.kind == RegionKind::Rom {
             if readonly_mem {
                 flags |= KVM_MEM_READONLY;
             } else {
-                tracing::warn!(
-                    "KVM lacks read-only memory slots; ROM {} is writable by the guest",
-                    r.name
-                );
+                tracing::warn!("KVM lacks read-only memory slots; ROM {} is writable by the guest", r.name);
             }
         }
-        let region = kvm_userspace_memory_region {
-            slot: u32::try_from(slot).map_err(|_| AccelError::MemorySlot {
-                name: r.name,
-                base: r.base,
-                len: r.len,
-                reason: "too many regions".into(),
-            })?,
-            flags,
-            guest_phys_addr: r.base,
-            memory_size: r.len,
-            userspace_addr: r.host_addr,
-        };
-        // SAFETY: `host_addr..host_addr + len` is one live anonymous mapping
-        // owned by `mem`. The VM and every vCPU hold an `Arc` of that
-        // `GuestMemory`, so the mapping outlives every user of the slot, and
-        // `GuestMemory` never unmaps or moves a region while it lives. The
-        // guest writing it concurrently with host code is what guest memory
-        // is for: the host side only copies bytes through raw pointers.
-        unsafe { fd.set_user_memory_region(region) }.map_err(|e| AccelError::MemorySlot {
+        let slot = Slot { id: table.next_id, base: r.base, len: r.len, host_addr: r.host_addr, flags };
+        set_slot(fd, slot, r.len).map_err(|reason| AccelError::MemorySlot {
             name: r.name,
             base: r.base,
             len: r.len,
-            reason: e.to_string(),
+            reason,
         })?;
+        table.slots.push(slot);
+        table.next_id += 1;
     }
-    Ok(())
+    Ok(table)
+}
+
+/// Register `slot` with `len` bytes (its own length), or delete it (0).
+fn set_slot(fd: &VmFd, slot: Slot, len: u64) -> Result<(), String> {
+    let region = kvm_userspace_memory_region {
+        slot: slot.id,
+        flags: slot.flags,
+        guest_phys_addr: slot.base,
+        memory_size: len,
+        userspace_addr: slot.host_addr,
+    };
+    // SAFETY: every slot covers part of one live mapping: a region of the
+    // VM's `GuestMemory` (see `GuestMemory::regions`) or the VM's
+    // `FlushPage`. The VM and every vCPU hold an `Arc` of that
+    // `GuestMemory`, and the VM owns its `FlushPage` and drops it after the
+    // VM file descriptor, so each mapping outlives every user of its slot;
+    // `GuestMemory` never unmaps or moves a region while it lives. The guest
+    // writing it concurrently with host code is what guest memory is for:
+    // the host side only copies bytes through raw pointers.
+    unsafe { fd.set_user_memory_region(region) }.map_err(|e| e.to_string())
+}
+
+/// One page of host memory behind the slot that [`Vm::flush_translations`]
+/// deletes and adds back. The guest never sees it: it sits at a
+/// guest-physical address above any RAM the guest can be given and no
+/// page table can point at (the CPUID model reports 40 address bits).
+#[derive(Debug)]
+struct FlushPage {
+    addr: u64,
+}
+
+/// Where the flush slot sits: the last page below 2^40.
+const FLUSH_SLOT_GPA: u64 = (1 << 40) - 0x1000;
+/// The flush slot's id, apart from the ids of guest memory (counted from 0)
+/// and below the 509 slots the oldest KVMs offer.
+const FLUSH_SLOT_ID: u32 = 500;
+
+impl FlushPage {
+    fn new() -> Result<Self, AccelError> {
+        // SAFETY: an anonymous private mapping of one page at an address the
+        // kernel chooses; no existing memory is affected. The result is
+        // checked against MAP_FAILED.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                0x1000,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(AccelError::ioctl("mmap of the flush page", std::io::Error::last_os_error()));
+        }
+        Ok(FlushPage { addr: p as u64 })
+    }
+}
+
+impl Drop for FlushPage {
+    fn drop(&mut self) {
+        // SAFETY: `addr` is the one-page mapping `new` made, unmapped once
+        // here. `KvmVm` declares `flush_page` after `fd`, so the VM (and its
+        // slot over this page) is gone before this runs.
+        unsafe {
+            libc::munmap(self.addr as *mut libc::c_void, 0x1000);
+        }
+    }
 }
 
 /// Give KVM the three-page real-mode TSS and the identity-map page it needs
@@ -273,18 +330,13 @@ fn place_tss(fd: &VmFd, mem: &GuestMemory) {
     let mut base: u64 = 0xfffb_c000;
     while base >= mmu::PCI_HOLE_START {
         let end = base + WINDOW;
-        match regions
-            .iter()
-            .find(|r| base < r.base + r.len && r.base < end)
-        {
+        match regions.iter().find(|r| base < r.base + r.len && r.base < end) {
             None => break,
             Some(r) => base = r.base.saturating_sub(WINDOW) & !0xfff,
         }
     }
     if base < mmu::PCI_HOLE_START {
-        tracing::warn!(
-            "no free pages for KVM's real-mode TSS below 4 GiB; real mode may not run on VMX hosts"
-        );
+        tracing::warn!("no free pages for KVM's real-mode TSS below 4 GiB; real mode may not run on VMX hosts");
         return;
     }
     if let Err(e) = fd.set_identity_map_address(base) {
@@ -348,11 +400,7 @@ impl Shared {
     }
 
     fn refused_msrs(&self) -> Vec<&'static str> {
-        self.msr_table()
-            .refused
-            .iter()
-            .map(|&i| msr_name(i))
-            .collect()
+        self.msr_table().refused.iter().map(|&i| msr_name(i)).collect()
     }
 
     /// Note that KVM refused `index`; warn the first time.
@@ -361,10 +409,7 @@ impl Shared {
         if let Some(pos) = t.usable.iter().position(|&i| i == index) {
             t.usable.remove(pos);
             t.refused.push(index);
-            tracing::warn!(
-                "KVM refused to {op} MSR {} ({index:#x}); the guest runs without it",
-                msr_name(index)
-            );
+            tracing::warn!("KVM refused to {op} MSR {} ({index:#x}); the guest runs without it", msr_name(index));
         }
     }
 }
@@ -374,13 +419,14 @@ pub struct KvmVm {
     fd: VmFd,
     mem: Arc<GuestMemory>,
     shared: Arc<Shared>,
+    slots: Mutex<SlotTable>,
+    /// Dropped after `fd` (declaration order), see [`FlushPage`].
+    flush_page: FlushPage,
 }
 
 impl std::fmt::Debug for KvmVm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KvmVm")
-            .field("irqchip", &self.shared.irqchip)
-            .finish_non_exhaustive()
+        f.debug_struct("KvmVm").field("irqchip", &self.shared.irqchip).finish_non_exhaustive()
     }
 }
 
@@ -400,14 +446,13 @@ impl KvmVm {
         self.shared.refused_msrs()
     }
 
+    fn flush_slot(&self) -> Slot {
+        Slot { id: FLUSH_SLOT_ID, base: FLUSH_SLOT_GPA, len: 0x1000, host_addr: self.flush_page.addr, flags: 0 }
+    }
+
     /// Create a vCPU, with the concrete type (the trait method boxes it).
     pub fn create_kvm_vcpu(&self, id: u32) -> Result<KvmVcpu, AccelError> {
-        KvmVcpu::new(
-            &self.fd,
-            id,
-            Arc::clone(&self.mem),
-            Arc::clone(&self.shared),
-        )
+        KvmVcpu::new(&self.fd, id, Arc::clone(&self.mem), Arc::clone(&self.shared))
     }
 }
 
@@ -420,13 +465,61 @@ impl Vm for KvmVm {
         if self.shared.irqchip == IrqChip::Userspace {
             return Err(AccelError::NoInKernelIrqChip("set_irq_line"));
         }
-        self.fd
-            .set_irq_line(irq, level)
-            .map_err(|e| AccelError::ioctl("KVM_IRQ_LINE", e))
+        self.fd.set_irq_line(irq, level).map_err(|e| AccelError::ioctl("KVM_IRQ_LINE", e))
     }
 
     fn irqchip(&self) -> IrqChip {
         self.shared.irqchip
+    }
+
+    fn hide(&self, start: u64, end: u64) -> Result<(), AccelError> {
+        if !start.is_multiple_of(0x1000) || !end.is_multiple_of(0x1000) || start >= end {
+            return Err(AccelError::ioctl(
+                "KVM_SET_USER_MEMORY_REGION",
+                format!("cannot hide {start:#x}..{end:#x}: not a page-aligned range"),
+            ));
+        }
+        let mut table = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let overlapping: Vec<Slot> = table
+            .slots
+            .iter()
+            .copied()
+            .filter(|s| s.id != FLUSH_SLOT_ID && s.base < end && start < s.base + s.len)
+            .collect();
+        for slot in overlapping {
+            let err = |reason: String| AccelError::MemorySlot { name: "RAM", base: slot.base, len: slot.len, reason };
+            set_slot(&self.fd, slot, 0).map_err(err)?;
+            table.slots.retain(|s| s.id != slot.id);
+            let slot_end = slot.base + slot.len;
+            let mut pieces = Vec::new();
+            if slot.base < start {
+                pieces.push((slot.base, start));
+            }
+            if end < slot_end {
+                pieces.push((end, slot_end));
+            }
+            for (i, (b, e)) in pieces.into_iter().enumerate() {
+                let id = if i == 0 {
+                    slot.id
+                } else {
+                    table.next_id += 1;
+                    table.next_id - 1
+                };
+                let piece =
+                    Slot { id, base: b, len: e - b, host_addr: slot.host_addr + (b - slot.base), flags: slot.flags };
+                set_slot(&self.fd, piece, piece.len).map_err(err)?;
+                table.slots.push(piece);
+            }
+        }
+        tracing::debug!("guest-physical {start:#x}..{end:#x} hidden from KVM");
+        Ok(())
+    }
+
+    fn flush_translations(&self) -> Result<(), AccelError> {
+        let slot = self.flush_slot();
+        set_slot(&self.fd, slot, 0)
+            .and_then(|()| set_slot(&self.fd, slot, slot.len))
+            .map_err(|e| AccelError::ioctl("KVM_SET_USER_MEMORY_REGION (flush slot)", e))
     }
 
     fn register_irqfd(&self, gsi: u32) -> Result<EventFd, AccelError> {
@@ -434,24 +527,15 @@ impl Vm for KvmVm {
             return Err(AccelError::NoInKernelIrqChip("register_irqfd"));
         }
         let fd = EventFd::new(EFD_NONBLOCK).map_err(|e| AccelError::ioctl("eventfd", e))?;
-        self.fd
-            .register_irqfd(&fd, gsi)
-            .map_err(|e| AccelError::ioctl("KVM_IRQFD", e))?;
+        self.fd.register_irqfd(&fd, gsi).map_err(|e| AccelError::ioctl("KVM_IRQFD", e))?;
         Ok(fd)
     }
 
     fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), AccelError> {
-        self.fd
-            .unregister_irqfd(fd, gsi)
-            .map_err(|e| AccelError::ioctl("KVM_IRQFD (deassign)", e))
+        self.fd.unregister_irqfd(fd, gsi).map_err(|e| AccelError::ioctl("KVM_IRQFD (deassign)", e))
     }
 
-    fn register_ioeventfd(
-        &self,
-        addr: IoEventAddr,
-        len: u32,
-        datamatch: Option<u64>,
-    ) -> Result<EventFd, AccelError> {
+    fn register_ioeventfd(&self, addr: IoEventAddr, len: u32, datamatch: Option<u64>) -> Result<EventFd, AccelError> {
         let fd = EventFd::new(EFD_NONBLOCK).map_err(|e| AccelError::ioctl("eventfd", e))?;
         self.ioeventfd(&fd, addr, len, datamatch, false)?;
         Ok(fd)
@@ -478,11 +562,7 @@ impl KvmVm {
         datamatch: Option<u64>,
         deassign: bool,
     ) -> Result<(), AccelError> {
-        let op = if deassign {
-            "KVM_IOEVENTFD (deassign)"
-        } else {
-            "KVM_IOEVENTFD"
-        };
+        let op = if deassign { "KVM_IOEVENTFD (deassign)" } else { "KVM_IOEVENTFD" };
         let req = ioeventfd_request(fd.as_raw_fd(), addr, len, datamatch, deassign)
             .map_err(|reason| AccelError::Ioctl { op, reason })?;
         // SAFETY: KVM_IOEVENTFD on a VM fd reads one `kvm_ioeventfd`, which
@@ -530,14 +610,7 @@ fn ioeventfd_request(
     if deassign {
         flags |= 1 << kvm_ioeventfd_flag_nr_deassign;
     }
-    Ok(kvm_ioeventfd {
-        datamatch: datamatch.unwrap_or(0),
-        addr,
-        len,
-        fd,
-        flags,
-        ..Default::default()
-    })
+    Ok(kvm_ioeventfd { datamatch: datamatch.unwrap_or(0), addr, len, fd, flags, ..Default::default() })
 }
 
 /// Install the PC's GSI routing (see [`Kvm::create_kvm_vm`]). A refusal is
@@ -586,10 +659,7 @@ mod tests {
     fn ioeventfd_requests() {
         let r = ioeventfd_request(7, IoEventAddr::Pio(0xcfc), 4, Some(0x1234), false).unwrap();
         assert_eq!((r.addr, r.len, r.fd, r.datamatch), (0xcfc, 4, 7, 0x1234));
-        assert_eq!(
-            r.flags,
-            (1 << kvm_ioeventfd_flag_nr_pio) | (1 << kvm_ioeventfd_flag_nr_datamatch)
-        );
+        assert_eq!(r.flags, (1 << kvm_ioeventfd_flag_nr_pio) | (1 << kvm_ioeventfd_flag_nr_datamatch));
         let r = ioeventfd_request(7, IoEventAddr::Mmio(0xd000_0000), 0, None, true).unwrap();
         assert_eq!((r.addr, r.len), (0xd000_0000, 0));
         assert_eq!(r.flags, 1 << kvm_ioeventfd_flag_nr_deassign);
@@ -603,26 +673,12 @@ mod tests {
     fn open_errors_name_cause_and_fix() {
         use vmm_sys_util::errno::Error;
         let missing = open_error(&Error::new(libc::ENOENT)).to_string();
-        assert_eq!(
-            missing,
-            "/dev/kvm does not exist: KVM is not available on this host; use --accel interp"
-        );
+        assert_eq!(missing, "/dev/kvm does not exist: KVM is not available on this host; use --accel interp");
         let denied = open_error(&Error::new(libc::EACCES)).to_string();
-        assert!(
-            denied.contains("permission denied") && denied.contains("kvm group"),
-            "{denied}"
-        );
+        assert!(denied.contains("permission denied") && denied.contains("kvm group"), "{denied}");
         let nodev = open_error(&Error::new(libc::ENXIO)).to_string();
         assert!(nodev.contains("modprobe"), "{nodev}");
-        let api = AccelError::ApiMismatch {
-            found: 11,
-            expected: 12,
-        }
-        .to_string();
-        assert!(
-            api.contains("11") && api.contains("12") && api.contains("--accel interp"),
-            "{api}"
-        );
+        let api = AccelError::ApiMismatch { found: 11, expected: 12 }.to_string();
+        assert!(api.contains("11") && api.contains("12") && api.contains("--accel interp"), "{api}");
     }
 }
-

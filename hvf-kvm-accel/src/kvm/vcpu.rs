@@ -6,10 +6,9 @@ use std::time::Instant;
 use cpu::state::CpuState;
 use kvm_bindings::{
     kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_run, kvm_vcpu_events, kvm_xcrs, CpuId, Msrs, Xsave,
-    KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_MMIO,
-    KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
-    KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE, KVM_VCPUEVENT_VALID_SHADOW,
-    KVM_X86_SHADOW_INT_MOV_SS, KVM_X86_SHADOW_INT_STI,
+    KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_MMIO, KVM_INTERNAL_ERROR_EMULATION,
+    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED,
+    KVM_MP_STATE_RUNNABLE, KVM_VCPUEVENT_VALID_SHADOW, KVM_X86_SHADOW_INT_MOV_SS, KVM_X86_SHADOW_INT_STI,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use mmu::GuestMemory;
@@ -86,9 +85,7 @@ impl Drop for Running {
 
 impl std::fmt::Debug for KvmVcpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KvmVcpu")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
+        f.debug_struct("KvmVcpu").field("id", &self.id).finish_non_exhaustive()
     }
 }
 
@@ -102,25 +99,14 @@ enum Raw {
 }
 
 impl KvmVcpu {
-    pub(super) fn new(
-        vm: &VmFd,
-        id: u32,
-        mem: Arc<GuestMemory>,
-        shared: Arc<Shared>,
-    ) -> Result<Self, AccelError> {
-        let fd = vm
-            .create_vcpu(u64::from(id))
-            .map_err(|e| AccelError::ioctl("KVM_CREATE_VCPU", e))?;
+    pub(super) fn new(vm: &VmFd, id: u32, mem: Arc<GuestMemory>, shared: Arc<Shared>) -> Result<Self, AccelError> {
+        let fd = vm.create_vcpu(u64::from(id)).map_err(|e| AccelError::ioctl("KVM_CREATE_VCPU", e))?;
         // CPUID first: KVM checks later CR4 and XCR0 writes against it.
         let mut entries = shared.cpuid.clone();
         cpuid::set_apic_id(&mut entries, id);
-        let cpuid = CpuId::from_entries(&entries)
-            .map_err(|e| AccelError::ioctl("KVM_SET_CPUID2", format!("{e:?}")))?;
-        fd.set_cpuid2(&cpuid)
-            .map_err(|e| AccelError::ioctl("KVM_SET_CPUID2", e))?;
-        let opts = cpuid::ModelOptions {
-            userspace_irqchip: shared.irqchip == IrqChip::Userspace,
-        };
+        let cpuid = CpuId::from_entries(&entries).map_err(|e| AccelError::ioctl("KVM_SET_CPUID2", format!("{e:?}")))?;
+        fd.set_cpuid2(&cpuid).map_err(|e| AccelError::ioctl("KVM_SET_CPUID2", e))?;
+        let opts = cpuid::ModelOptions { userspace_irqchip: shared.irqchip == IrqChip::Userspace };
         let still_visible = match fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES) {
             Ok(effective) => cpuid::still_visible(effective.as_slice(), opts),
             Err(e) => {
@@ -186,41 +172,26 @@ impl KvmVcpu {
     fn read_snapshot(&mut self) -> Result<Snapshot, AccelError> {
         let caps = self.shared.caps;
         let mut k = cpu_to_kvm(&self.last).unwrap_or_default();
-        k.regs = self
-            .fd
-            .get_regs()
-            .map_err(|e| AccelError::ioctl("KVM_GET_REGS", e))?;
-        k.sregs = self
-            .fd
-            .get_sregs()
-            .map_err(|e| AccelError::ioctl("KVM_GET_SREGS", e))?;
+        k.regs = self.fd.get_regs().map_err(|e| AccelError::ioctl("KVM_GET_REGS", e))?;
+        k.sregs = self.fd.get_sregs().map_err(|e| AccelError::ioctl("KVM_GET_SREGS", e))?;
         k.fpu = self.get_fpu()?;
         // With CR4.OSXSAVE clear the guest can neither read nor change XCR0
         // (XGETBV and XSETBV fault), so the value last moved in or out
         // stands for it; `set_kvm_state` writes XCR0 only when the caller
         // changed it, so KVM's own value is never overwritten with it.
         if caps.xcrs && k.sregs.cr4 & CR4_OSXSAVE != 0 {
-            let xcrs = self
-                .fd
-                .get_xcrs()
-                .map_err(|e| AccelError::ioctl("KVM_GET_XCRS", e))?;
+            let xcrs = self.fd.get_xcrs().map_err(|e| AccelError::ioctl("KVM_GET_XCRS", e))?;
             let n = (xcrs.nr_xcrs as usize).min(xcrs.xcrs.len());
             if let Some(x) = xcrs.xcrs[..n].iter().find(|x| x.xcr == 0) {
                 k.xcr0 = x.value;
             }
         }
         if caps.debugregs {
-            k.debugregs = self
-                .fd
-                .get_debug_regs()
-                .map_err(|e| AccelError::ioctl("KVM_GET_DEBUGREGS", e))?;
+            k.debugregs = self.fd.get_debug_regs().map_err(|e| AccelError::ioctl("KVM_GET_DEBUGREGS", e))?;
             k.debugregs.flags = 0;
         }
         let events = if caps.vcpu_events {
-            let ev = self
-                .fd
-                .get_vcpu_events()
-                .map_err(|e| AccelError::ioctl("KVM_GET_VCPU_EVENTS", e))?;
+            let ev = self.fd.get_vcpu_events().map_err(|e| AccelError::ioctl("KVM_GET_VCPU_EVENTS", e))?;
             k.interrupt_shadow = ev.interrupt.shadow != 0;
             k.nmi_masked = ev.nmi.masked != 0;
             if let Some(e) = pending_of(&ev) {
@@ -231,10 +202,7 @@ impl KvmVcpu {
             None
         };
         let mp_state = if caps.mp_state && self.shared.irqchip != IrqChip::Userspace {
-            let mp = self
-                .fd
-                .get_mp_state()
-                .map_err(|e| AccelError::ioctl("KVM_GET_MP_STATE", e))?;
+            let mp = self.fd.get_mp_state().map_err(|e| AccelError::ioctl("KVM_GET_MP_STATE", e))?;
             k.halted = mp.mp_state == KVM_MP_STATE_HALTED;
             Some(mp.mp_state)
         } else {
@@ -245,12 +213,7 @@ impl KvmVcpu {
                 slot.1 = value;
             }
         }
-        Ok(Snapshot {
-            k,
-            events,
-            mp_state,
-            fresh_read: true,
-        })
+        Ok(Snapshot { k, events, mp_state, fresh_read: true })
     }
 
     /// Write every state KVM holds. Only the parts that differ from what KVM
@@ -265,43 +228,27 @@ impl KvmVcpu {
         };
         // From here on KVM may hold a mix; a failed write leaves no snapshot.
         self.snapshot = None;
-        let mut new = Snapshot {
-            k: *k,
-            events: old.events,
-            mp_state: old.mp_state,
-            fresh_read: false,
-        };
+        let mut new = Snapshot { k: *k, events: old.events, mp_state: old.mp_state, fresh_read: false };
         // Keep an external interrupt KVM has queued for injection.
         new.k.sregs.interrupt_bitmap = old.k.sregs.interrupt_bitmap;
         if new.k.sregs != old.k.sregs {
-            self.fd
-                .set_sregs(&new.k.sregs)
-                .map_err(|e| AccelError::ioctl("KVM_SET_SREGS", e))?;
+            self.fd.set_sregs(&new.k.sregs).map_err(|e| AccelError::ioctl("KVM_SET_SREGS", e))?;
         }
         if new.k.regs != old.k.regs {
-            self.fd
-                .set_regs(&new.k.regs)
-                .map_err(|e| AccelError::ioctl("KVM_SET_REGS", e))?;
+            self.fd.set_regs(&new.k.regs).map_err(|e| AccelError::ioctl("KVM_SET_REGS", e))?;
         }
         if new.k.fpu != old.k.fpu {
             self.set_fpu(&new.k.fpu)?;
         }
         if caps.xcrs && new.k.xcr0 != old.k.xcr0 {
-            let mut xcrs = kvm_xcrs {
-                nr_xcrs: 1,
-                ..Default::default()
-            };
+            let mut xcrs = kvm_xcrs { nr_xcrs: 1, ..Default::default() };
             xcrs.xcrs[0].xcr = 0;
             xcrs.xcrs[0].value = new.k.xcr0;
-            self.fd
-                .set_xcrs(&xcrs)
-                .map_err(|e| AccelError::ioctl("KVM_SET_XCRS", e))?;
+            self.fd.set_xcrs(&xcrs).map_err(|e| AccelError::ioctl("KVM_SET_XCRS", e))?;
         }
         new.k.debugregs.flags = 0;
         if caps.debugregs && new.k.debugregs != old.k.debugregs {
-            self.fd
-                .set_debug_regs(&new.k.debugregs)
-                .map_err(|e| AccelError::ioctl("KVM_SET_DEBUGREGS", e))?;
+            self.fd.set_debug_regs(&new.k.debugregs).map_err(|e| AccelError::ioctl("KVM_SET_DEBUGREGS", e))?;
         }
         if let Some(mut ev) = old.events {
             // Only the interrupt shadow and NMI masking are CpuState's to
@@ -319,9 +266,7 @@ impl KvmVcpu {
                 ev.interrupt.shadow = shadow;
                 ev.nmi.masked = masked;
                 ev.flags |= KVM_VCPUEVENT_VALID_SHADOW;
-                self.fd
-                    .set_vcpu_events(&ev)
-                    .map_err(|e| AccelError::ioctl("KVM_SET_VCPU_EVENTS", e))?;
+                self.fd.set_vcpu_events(&ev).map_err(|e| AccelError::ioctl("KVM_SET_VCPU_EVENTS", e))?;
                 new.events = Some(ev);
             }
         }
@@ -340,14 +285,8 @@ impl KvmVcpu {
             }
             new.mp_state = Some(wanted);
         }
-        let changed: Vec<(u32, u64)> = new
-            .k
-            .msrs
-            .iter()
-            .zip(&old.k.msrs)
-            .filter(|(n, o)| n != o)
-            .map(|(n, _)| *n)
-            .collect();
+        let changed: Vec<(u32, u64)> =
+            new.k.msrs.iter().zip(&old.k.msrs).filter(|(n, o)| n != o).map(|(n, _)| *n).collect();
         self.set_msrs(&changed)?;
         self.snapshot = Some(new);
         Ok(())
@@ -355,34 +294,26 @@ impl KvmVcpu {
 
     /// A fresh XSAVE image of the size `KVM_CAP_XSAVE2` gave, filled by KVM.
     fn get_xsave2(&self, fam_len: usize) -> Result<Xsave, AccelError> {
-        let mut x = Xsave::new(fam_len)
-            .map_err(|e| AccelError::ioctl("KVM_GET_XSAVE2", format!("{e:?}")))?;
+        let mut x = Xsave::new(fam_len).map_err(|e| AccelError::ioctl("KVM_GET_XSAVE2", format!("{e:?}")))?;
         // SAFETY: `x` holds the 4 KiB `kvm_xsave` plus `fam_len` words, the
         // whole size KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) reported for this
         // VM. That size only grows when the process enables dynamic XSAVE
         // features with arch_prctl(ARCH_REQ_XCOMP_PERM), which ferrovm never does.
-        unsafe { self.fd.get_xsave2(&mut x) }
-            .map_err(|e| AccelError::ioctl("KVM_GET_XSAVE2", e))?;
+        unsafe { self.fd.get_xsave2(&mut x) }.map_err(|e| AccelError::ioctl("KVM_GET_XSAVE2", e))?;
         Ok(x)
     }
 
     /// The x87/SSE state, with MXCSR when KVM has XSAVE.
     fn get_fpu(&self) -> Result<kvm_fpu, AccelError> {
         match self.shared.caps.fpu_path {
-            FpuPath::Xsave2 { fam_len } => Ok(fpu_from_xsave(
-                &self.get_xsave2(fam_len)?.as_fam_struct_ref().xsave.region,
-            )),
+            FpuPath::Xsave2 { fam_len } => {
+                Ok(fpu_from_xsave(&self.get_xsave2(fam_len)?.as_fam_struct_ref().xsave.region))
+            }
             FpuPath::Xsave => {
-                let x = self
-                    .fd
-                    .get_xsave()
-                    .map_err(|e| AccelError::ioctl("KVM_GET_XSAVE", e))?;
+                let x = self.fd.get_xsave().map_err(|e| AccelError::ioctl("KVM_GET_XSAVE", e))?;
                 Ok(fpu_from_xsave(&x.region))
             }
-            FpuPath::Fpu => self
-                .fd
-                .get_fpu()
-                .map_err(|e| AccelError::ioctl("KVM_GET_FPU", e)),
+            FpuPath::Fpu => self.fd.get_fpu().map_err(|e| AccelError::ioctl("KVM_GET_FPU", e)),
         }
     }
 
@@ -397,24 +328,17 @@ impl KvmVcpu {
                 fpu_to_xsave(f, region);
                 // SAFETY: `x` was allocated with the size KVM_CAP_XSAVE2
                 // reported (see `get_xsave2`), which is what KVM reads.
-                unsafe { self.fd.set_xsave2(&x) }
-                    .map_err(|e| AccelError::ioctl("KVM_SET_XSAVE2", e))
+                unsafe { self.fd.set_xsave2(&x) }.map_err(|e| AccelError::ioctl("KVM_SET_XSAVE2", e))
             }
             FpuPath::Xsave => {
-                let mut x = self
-                    .fd
-                    .get_xsave()
-                    .map_err(|e| AccelError::ioctl("KVM_GET_XSAVE", e))?;
+                let mut x = self.fd.get_xsave().map_err(|e| AccelError::ioctl("KVM_GET_XSAVE", e))?;
                 fpu_to_xsave(f, &mut x.region);
                 // SAFETY: without KVM_CAP_XSAVE2 (checked when the VM was
                 // created) the kernel predates 5.17 and reads exactly the
                 // 4 KiB `kvm_xsave`, which `x` is.
                 unsafe { self.fd.set_xsave(&x) }.map_err(|e| AccelError::ioctl("KVM_SET_XSAVE", e))
             }
-            FpuPath::Fpu => self
-                .fd
-                .set_fpu(f)
-                .map_err(|e| AccelError::ioctl("KVM_SET_FPU", e)),
+            FpuPath::Fpu => self.fd.set_fpu(f).map_err(|e| AccelError::ioctl("KVM_SET_FPU", e)),
         }
     }
 
@@ -424,19 +348,11 @@ impl KvmVcpu {
         let mut todo: Vec<kvm_msr_entry> = values
             .iter()
             .filter(|(i, _)| usable.contains(i))
-            .map(|&(index, data)| kvm_msr_entry {
-                index,
-                data,
-                ..Default::default()
-            })
+            .map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() })
             .collect();
         while !todo.is_empty() {
-            let msrs = Msrs::from_entries(&todo)
-                .map_err(|e| AccelError::ioctl("KVM_SET_MSRS", format!("{e:?}")))?;
-            let done = self
-                .fd
-                .set_msrs(&msrs)
-                .map_err(|e| AccelError::ioctl("KVM_SET_MSRS", e))?;
+            let msrs = Msrs::from_entries(&todo).map_err(|e| AccelError::ioctl("KVM_SET_MSRS", format!("{e:?}")))?;
+            let done = self.fd.set_msrs(&msrs).map_err(|e| AccelError::ioctl("KVM_SET_MSRS", e))?;
             if done >= todo.len() {
                 break;
             }
@@ -452,24 +368,12 @@ impl KvmVcpu {
         let mut out = Vec::new();
         let mut todo: Vec<u32> = self.shared.usable_msrs();
         while !todo.is_empty() {
-            let entries: Vec<kvm_msr_entry> = todo
-                .iter()
-                .map(|&index| kvm_msr_entry {
-                    index,
-                    ..Default::default()
-                })
-                .collect();
-            let mut msrs = Msrs::from_entries(&entries)
-                .map_err(|e| AccelError::ioctl("KVM_GET_MSRS", format!("{e:?}")))?;
-            let done = self
-                .fd
-                .get_msrs(&mut msrs)
-                .map_err(|e| AccelError::ioctl("KVM_GET_MSRS", e))?;
-            out.extend(
-                msrs.as_slice()[..done.min(todo.len())]
-                    .iter()
-                    .map(|e| (e.index, e.data)),
-            );
+            let entries: Vec<kvm_msr_entry> =
+                todo.iter().map(|&index| kvm_msr_entry { index, ..Default::default() }).collect();
+            let mut msrs =
+                Msrs::from_entries(&entries).map_err(|e| AccelError::ioctl("KVM_GET_MSRS", format!("{e:?}")))?;
+            let done = self.fd.get_msrs(&mut msrs).map_err(|e| AccelError::ioctl("KVM_GET_MSRS", e))?;
+            out.extend(msrs.as_slice()[..done.min(todo.len())].iter().map(|e| (e.index, e.data)));
             if done >= todo.len() {
                 break;
             }
@@ -484,10 +388,7 @@ impl KvmVcpu {
     fn decode_io(fd: &mut VcpuFd, run_size: usize) -> Result<KvmExit<'_>, AccelError> {
         let run = fd.get_kvm_run();
         if run.exit_reason != KVM_EXIT_IO {
-            return Err(AccelError::ioctl(
-                "KVM_RUN",
-                "port exit without KVM_EXIT_IO",
-            ));
+            return Err(AccelError::ioctl("KVM_RUN", "port exit without KVM_EXIT_IO"));
         }
         // SAFETY: `exit_reason` is KVM_EXIT_IO, so the kernel filled the `io`
         // member of the union; it is plain integers.
@@ -495,13 +396,8 @@ impl KvmVcpu {
         let size = usize::from(io.size);
         let len = size * io.count as usize;
         let start = usize::try_from(io.data_offset).unwrap_or(usize::MAX);
-        if start < std::mem::size_of::<kvm_run>()
-            || start.checked_add(len).is_none_or(|end| end > run_size)
-        {
-            return Err(AccelError::ioctl(
-                "KVM_RUN",
-                format!("port data at {start:#x}+{len} lies outside kvm_run"),
-            ));
+        if start < std::mem::size_of::<kvm_run>() || start.checked_add(len).is_none_or(|end| end > run_size) {
+            return Err(AccelError::ioctl("KVM_RUN", format!("port data at {start:#x}+{len} lies outside kvm_run")));
         }
         let base = std::ptr::from_mut(run).cast::<u8>();
         // SAFETY: the kvm_run mapping is `run_size` bytes long (the size KVM
@@ -511,17 +407,9 @@ impl KvmVcpu {
         // kernel writes it only during KVM_RUN, which needs that borrow.
         let data = unsafe { std::slice::from_raw_parts_mut(base.add(start), len) };
         Ok(if u32::from(io.direction) == KVM_EXIT_IO_IN {
-            KvmExit::IoIn {
-                port: io.port,
-                size,
-                data,
-            }
+            KvmExit::IoIn { port: io.port, size, data }
         } else {
-            KvmExit::IoOut {
-                port: io.port,
-                size,
-                data,
-            }
+            KvmExit::IoOut { port: io.port, size, data }
         })
     }
 
@@ -529,10 +417,7 @@ impl KvmVcpu {
     fn decode_mmio(fd: &mut VcpuFd) -> Result<KvmExit<'_>, AccelError> {
         let run = fd.get_kvm_run();
         if run.exit_reason != KVM_EXIT_MMIO {
-            return Err(AccelError::ioctl(
-                "KVM_RUN",
-                "MMIO exit without KVM_EXIT_MMIO",
-            ));
+            return Err(AccelError::ioctl("KVM_RUN", "MMIO exit without KVM_EXIT_MMIO"));
         }
         // SAFETY: `exit_reason` is KVM_EXIT_MMIO, so the kernel filled the
         // `mmio` member of the union; it is plain integers and bytes.
@@ -540,11 +425,7 @@ impl KvmVcpu {
         let len = (mmio.len as usize).min(mmio.data.len());
         let addr = mmio.phys_addr;
         let data = &mut mmio.data[..len];
-        Ok(if mmio.is_write != 0 {
-            KvmExit::MmioWrite { addr, data }
-        } else {
-            KvmExit::MmioRead { addr, data }
-        })
+        Ok(if mmio.is_write != 0 { KvmExit::MmioWrite { addr, data } } else { KvmExit::MmioRead { addr, data } })
     }
 
     /// Decode a `KVM_EXIT_INTERNAL_ERROR`, which kvm-ioctls reports without
@@ -563,10 +444,7 @@ impl KvmVcpu {
                 // SAFETY: for this suberror the kernel lays the union out as
                 // `emulation_failure` (same header as `internal`); plain integers.
                 let ef = unsafe { run.__bindgen_anon_1.emulation_failure };
-                if ndata >= 1
-                    && ef.flags & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)
-                        != 0
-                {
+                if ndata >= 1 && ef.flags & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0 {
                     // SAFETY: the flag says the kernel wrote `insn_size` and
                     // `insn_bytes`; the union has only this one member.
                     let bytes = unsafe { ef.__bindgen_anon_1.__bindgen_anon_1 };
@@ -582,12 +460,7 @@ impl KvmVcpu {
         if insn_bytes.is_empty() {
             insn_bytes = self.fetch_insn(rip);
         }
-        KvmExit::InternalError {
-            suberror,
-            data,
-            insn_bytes,
-            rip,
-        }
+        KvmExit::InternalError { suberror, data, insn_bytes, rip }
     }
 
     /// Read up to 15 bytes at CS:rip through the guest's page tables.
@@ -667,10 +540,7 @@ fn pending_of(ev: &kvm_vcpu_events) -> Option<PendingEvent> {
     } else if ev.nmi.injected != 0 || ev.nmi.pending != 0 {
         Some(PendingEvent::Nmi)
     } else if ev.interrupt.injected != 0 {
-        Some(PendingEvent::Interrupt {
-            vector: ev.interrupt.nr,
-            soft: ev.interrupt.soft != 0,
-        })
+        Some(PendingEvent::Interrupt { vector: ev.interrupt.nr, soft: ev.interrupt.soft != 0 })
     } else {
         None
     }
@@ -699,10 +569,7 @@ impl Vcpu for KvmVcpu {
         if let Some(ev) = self.snapshot.and_then(|s| s.events) {
             return Ok(pending_of(&ev));
         }
-        let ev = self
-            .fd
-            .get_vcpu_events()
-            .map_err(|e| AccelError::ioctl("KVM_GET_VCPU_EVENTS", e))?;
+        let ev = self.fd.get_vcpu_events().map_err(|e| AccelError::ioctl("KVM_GET_VCPU_EVENTS", e))?;
         Ok(pending_of(&ev))
     }
 
@@ -717,11 +584,7 @@ impl Vcpu for KvmVcpu {
             }
             let run_size = self.shared.run_size;
             let action = match self.enter()? {
-                Raw::Io => serve(
-                    Self::decode_io(&mut self.fd, run_size)?,
-                    io,
-                    &mut self.stats,
-                ),
+                Raw::Io => serve(Self::decode_io(&mut self.fd, run_size)?, io, &mut self.stats),
                 Raw::Mmio => serve(Self::decode_mmio(&mut self.fd)?, io, &mut self.stats),
                 Raw::Internal => {
                     let exit = self.decode_internal();
@@ -735,15 +598,24 @@ impl Vcpu for KvmVcpu {
         }
     }
 
+    fn tsc(&mut self) -> Result<(u64, u64), AccelError> {
+        let khz = self.fd.get_tsc_khz().map_err(|e| AccelError::ioctl("KVM_GET_TSC_KHZ", e))?;
+        const IA32_TSC: u32 = 0x10;
+        let entry = kvm_msr_entry { index: IA32_TSC, ..Default::default() };
+        let mut msrs = Msrs::from_entries(&[entry]).map_err(|e| AccelError::ioctl("KVM_GET_MSRS", format!("{e:?}")))?;
+        let n = self.fd.get_msrs(&mut msrs).map_err(|e| AccelError::ioctl("KVM_GET_MSRS", e))?;
+        if n != 1 {
+            return Err(AccelError::ioctl("KVM_GET_MSRS", "IA32_TSC refused"));
+        }
+        Ok((msrs.as_slice()[0].data, u64::from(khz)))
+    }
+
     fn kicker(&self) -> Result<VcpuKicker, AccelError> {
         install_kick_handler()?;
         Ok(VcpuKicker::new(self.kick.clone()))
     }
 
     fn stats(&self) -> VcpuStats {
-        VcpuStats {
-            kicks: self.kick.kicks(),
-            ..self.stats
-        }
+        VcpuStats { kicks: self.kick.kicks(), ..self.stats }
     }
 }
