@@ -442,6 +442,14 @@ impl Cpu {
     /// checked as a write (segment and page permissions, the W bit of a page
     /// fault's error code, the dirty bit), as hardware checks it, then read.
     pub fn read_mem_rmw(&mut self, seg: usize, offset: u64, size: u32) -> Fault<u64> {
+        self.probe_write(seg, offset, size)?;
+        self.read_mem(seg, offset, size)
+    }
+
+    /// Check a write of `size` bytes at `seg:offset` without writing: the
+    /// segment checks, the alignment check, data breakpoints and the page
+    /// walk of every page it touches, as a write.
+    pub fn probe_write(&mut self, seg: usize, offset: u64, size: u32) -> Fault<()> {
         let lin = self.linear(seg, offset, u64::from(size), true)?;
         // Alignment check (#AC) and data breakpoints come before paging.
         self.check_access(lin, size, true)?;
@@ -454,7 +462,7 @@ impl Cpu {
             let next = if self.state.long_mode() { next } else { next & 0xffff_ffff };
             self.translate(next, Access::Write, p)?;
         }
-        self.read_mem(seg, offset, size)
+        Ok(())
     }
 
     /// Write the low `size` bytes of `value` at `seg:offset`.
@@ -732,7 +740,10 @@ impl Cpu {
         s.selector = selector;
         s.base = u64::from(selector) << 4;
         if self.state.rflags & flags::VM != 0 {
-            *s = Segment::real(selector, seg_attr::P | seg_attr::S | seg_attr::TYPE_RW | seg_attr::TYPE_ACCESSED | (3 << seg_attr::DPL_SHIFT));
+            *s = Segment::real(
+                selector,
+                seg_attr::P | seg_attr::S | seg_attr::TYPE_RW | seg_attr::TYPE_ACCESSED | (3 << seg_attr::DPL_SHIFT),
+            );
             if seg == sreg::CS {
                 s.attr |= seg_attr::TYPE_CODE;
             }
@@ -750,4 +761,3 @@ impl Cpu {
 pub fn is_canonical(a: u64) -> bool {
     ((a as i64) << 16 >> 16) as u64 == a
 }
-

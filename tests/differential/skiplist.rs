@@ -189,17 +189,6 @@ pub const KNOWN: &[Known] = &[
         },
     },
     Known {
-        name: "ENTER (pushes and nested-frame reads) with RFLAGS.AC=1 and a misaligned stack or frame",
-        kind: Kind::Interpreter,
-        mode: Some(Mode::Long64),
-        what: "no #AC; the CPU raises #AC(0) (PUSH of a misaligned RSP does raise it in the interpreter)",
-        matches: |m| {
-            m.kvm.end == End::Exception(17)
-                && m.interp.end != End::Exception(17)
-                && m.kvm_faulting().is_some_and(|i| i.mnemonic() == Mnemonic::Enter)
-        },
-    },
-    Known {
         name: "SSE arithmetic with an unmasked underflow or overflow (MULSS, ...)",
         kind: Kind::Vendor,
         mode: None,
@@ -233,18 +222,6 @@ pub const KNOWN: &[Known] = &[
         },
     },
     Known {
-        name: "64-bit mode: a non-canonical operand with an ES/CS/DS/SS override (crc32 r15d,byte ptr es:[rbp-0Ch])",
-        kind: Kind::Interpreter,
-        mode: Some(Mode::Long64),
-        what: "the interpreter honours the override (#GP for ES:[rbp], #SS for SS:[rax]); in 64-bit mode these overrides are ignored, so the default segment decides (#SS(0) for RBP/RSP bases, else #GP(0))",
-        matches: |m| {
-            matches!((&m.interp.end, &m.kvm.end), (End::Exception(13), End::Exception(12)) | (End::Exception(12), End::Exception(13)))
-                && m.kvm_faulting().is_some_and(|i| {
-                    matches!(i.segment_prefix(), iced_x86::Register::ES | iced_x86::Register::CS | iced_x86::Register::DS | iced_x86::Register::SS)
-                })
-        },
-    },
-    Known {
         name: "FSCALE (and other x87 arithmetic) with an unmasked overflow or underflow",
         kind: Kind::Interpreter,
         mode: None,
@@ -267,18 +244,6 @@ pub const KNOWN: &[Known] = &[
         },
     },
     Known {
-        name: "ENTER whose new stack top (RSP - size) or nested frame lies in a missing page (enter 2Eh,0 with RSP = page start + 10h)",
-        kind: Kind::Interpreter,
-        mode: Some(Mode::Long64),
-        what: "the interpreter probes the new stack top (or reads the frame pointers) as a read: #PF error code 4; the CPU probes with a write: error code 6",
-        matches: |m| {
-            m.interp.end == End::Exception(14)
-                && m.kvm.end == End::Exception(14)
-                && m.only(&["exception frame", "cr2"])
-                && m.kvm_faulting().is_some_and(|x| x.mnemonic() == Mnemonic::Enter)
-        },
-    },
-    Known {
         name: "misaligned MOVAPS (and other 16-byte-aligned SSE operands) at a non-canonical SS-based address ([rbp-64h])",
         kind: Kind::Vendor,
         mode: Some(Mode::Long64),
@@ -298,18 +263,6 @@ pub const KNOWN: &[Known] = &[
             m.kvm.end == End::Exception(14)
                 && m.interp.end != End::Exception(14)
                 && m.kvm_faulting().is_some_and(|i| matches!(i.mnemonic(), Mnemonic::Maskmovq | Mnemonic::Maskmovdqu))
-        },
-    },
-    Known {
-        name: "POPAD from a missing page",
-        kind: Kind::Interpreter,
-        mode: Some(Mode::Compat32),
-        what: "CR2 is ESP+0x1C (the last dword); the first read, and KVM's emulator, fault at ESP",
-        matches: |m| {
-            m.interp.end == End::Exception(14)
-                && m.kvm.end == End::Exception(14)
-                && m.only(&["cr2"])
-                && m.kvm_faulting().is_some_and(|i| matches!(i.mnemonic(), Mnemonic::Popa | Mnemonic::Popad))
         },
     },
     Known {
