@@ -476,7 +476,15 @@ impl Cpu {
 
     /// Read a byte buffer at `seg:offset` (descriptor operands, FXSAVE areas).
     pub fn read_mem_buf(&mut self, seg: usize, offset: u64, buf: &mut [u8]) -> Fault<()> {
+        self.read_mem_buf_aligned(seg, offset, buf, 1)
+    }
+
+    /// [`Cpu::read_mem_buf`] of an operand whose alignment requirement is
+    /// `align` bytes (a power of two): a misaligned one raises #AC(0) when
+    /// alignment checking is on.
+    pub fn read_mem_buf_aligned(&mut self, seg: usize, offset: u64, buf: &mut [u8], align: u32) -> Fault<()> {
         let lin = self.linear(seg, offset, buf.len() as u64, false)?;
+        self.check_alignment(lin, align)?;
         self.check_access_buf(lin, buf.len(), false);
         let p = self.privilege();
         if let Some(b) = self.mmu.read_fast::<1>(p, lin) {
@@ -490,7 +498,14 @@ impl Cpu {
 
     /// Write a byte buffer at `seg:offset`.
     pub fn write_mem_buf(&mut self, seg: usize, offset: u64, data: &[u8]) -> Fault<()> {
+        self.write_mem_buf_aligned(seg, offset, data, 1)
+    }
+
+    /// [`Cpu::write_mem_buf`] of an operand whose alignment requirement is
+    /// `align` bytes (see [`Cpu::read_mem_buf_aligned`]).
+    pub fn write_mem_buf_aligned(&mut self, seg: usize, offset: u64, data: &[u8], align: u32) -> Fault<()> {
         let lin = self.linear(seg, offset, data.len() as u64, true)?;
+        self.check_alignment(lin, align)?;
         self.check_access_buf(lin, data.len(), true);
         let p = self.privilege();
         if data.len() <= 4096 - (lin & 0xfff) as usize || data.len() <= 4096 {
