@@ -14,7 +14,7 @@
 
 use iced_x86::{Instruction, Mnemonic, OpKind};
 
-use crate::machine::Mode;
+use crate::machine::{self, Mode};
 use crate::outcome::{End, Outcome};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,6 +220,19 @@ pub const KNOWN: &[Known] = &[
         what: "KVM's emulator writes the bytes on the first page before the #PF; the CPU (and the interpreter) write nothing",
         matches: |m| {
             m.interp.end == End::Exception(14) && m.kvm.end == End::Exception(14) && m.only(&["memory"])
+        },
+    },
+    Known {
+        name: "read-modify-write destinations (BTC m32, ...) crossing from the read-only page into a missing page",
+        kind: Kind::Reference,
+        mode: Some(Mode::Compat32),
+        what: "KVM's emulator reads the destination first and raises #PF on the missing second page (error code 6); the access is checked as a write, so the read-only first page faults first (error code 7), as on the CPU in 64-bit mode and in the interpreter",
+        matches: |m| {
+            m.interp.end == End::Exception(14)
+                && m.kvm.end == End::Exception(14)
+                && m.only(&["cr2", "exception frame"])
+                && m.interp.state.cr2 >> 12 == machine::RODATA >> 12
+                && m.kvm.state.cr2 == machine::RODATA + machine::PAGE
         },
     },
     Known {
