@@ -449,6 +449,14 @@ impl Cpu {
     /// checked as a write (segment and page permissions, the W bit of a page
     /// fault's error code, the dirty bit), as hardware checks it, then read.
     pub fn read_mem_rmw(&mut self, seg: usize, offset: u64, size: u32) -> Fault<u64> {
+        self.probe_write(seg, offset, size)?;
+        self.read_mem(seg, offset, size)
+    }
+
+    /// Check a write of `size` bytes at `seg:offset` without writing: the
+    /// segment checks, the alignment check, data breakpoints and the page
+    /// walk of every page it touches, as a write.
+    pub fn probe_write(&mut self, seg: usize, offset: u64, size: u32) -> Fault<()> {
         let lin = self.linear(seg, offset, u64::from(size), true)?;
         // Alignment check (#AC) and data breakpoints come before paging.
         self.check_access(lin, size, true)?;
@@ -461,7 +469,7 @@ impl Cpu {
             let next = if self.state.long_mode() { next } else { next & 0xffff_ffff };
             self.translate(next, Access::Write, p)?;
         }
-        self.read_mem(seg, offset, size)
+        Ok(())
     }
 
     /// Write the low `size` bytes of `value` at `seg:offset`.
@@ -475,7 +483,15 @@ impl Cpu {
 
     /// Read a byte buffer at `seg:offset` (descriptor operands, FXSAVE areas).
     pub fn read_mem_buf(&mut self, seg: usize, offset: u64, buf: &mut [u8]) -> Fault<()> {
+        self.read_mem_buf_aligned(seg, offset, buf, 1)
+    }
+
+    /// [`Cpu::read_mem_buf`] of an operand whose alignment requirement is
+    /// `align` bytes (a power of two): a misaligned one raises #AC(0) when
+    /// alignment checking is on.
+    pub fn read_mem_buf_aligned(&mut self, seg: usize, offset: u64, buf: &mut [u8], align: u32) -> Fault<()> {
         let lin = self.linear(seg, offset, buf.len() as u64, false)?;
+        self.check_alignment(lin, align)?;
         self.check_access_buf(lin, buf.len(), false);
         let p = self.privilege();
         if let Some(b) = self.mmu.read_fast::<1>(p, lin) {
@@ -489,7 +505,14 @@ impl Cpu {
 
     /// Write a byte buffer at `seg:offset`.
     pub fn write_mem_buf(&mut self, seg: usize, offset: u64, data: &[u8]) -> Fault<()> {
+        self.write_mem_buf_aligned(seg, offset, data, 1)
+    }
+
+    /// [`Cpu::write_mem_buf`] of an operand whose alignment requirement is
+    /// `align` bytes (see [`Cpu::read_mem_buf_aligned`]).
+    pub fn write_mem_buf_aligned(&mut self, seg: usize, offset: u64, data: &[u8], align: u32) -> Fault<()> {
         let lin = self.linear(seg, offset, data.len() as u64, true)?;
+        self.check_alignment(lin, align)?;
         self.check_access_buf(lin, data.len(), true);
         let p = self.privilege();
         if data.len() <= 4096 - (lin & 0xfff) as usize || data.len() <= 4096 {

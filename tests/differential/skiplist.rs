@@ -14,11 +14,13 @@
 
 use iced_x86::{Instruction, Mnemonic, OpKind};
 
-use crate::machine::Mode;
+use crate::machine::{self, Mode};
 use crate::outcome::{End, Outcome};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// An interpreter bug (none is known at present).
+    #[allow(dead_code)]
     Interpreter,
     /// KVM's instruction emulator, the reference in compatibility mode.
     Reference,
@@ -66,94 +68,6 @@ pub struct Known {
 
 pub const KNOWN: &[Known] = &[
     Known {
-        name: "x87, MMX and SSE memory operands (FST m32, MOVUPS, MOVDQU, MASKMOVQ, ...)",
-        kind: Kind::Interpreter,
-        mode: Some(Mode::Long64),
-        what: "no alignment check: the CPU raises #AC(0) for a misaligned operand with CR0.AM=1, RFLAGS.AC=1 at CPL3 (SDM: #AC(0) in each of these instructions' exception lists)",
-        matches: |m| {
-            m.kvm.end == End::Exception(17)
-                && m.interp.end != End::Exception(17)
-                && m.kvm_faulting().is_some_and(|i| {
-                    i.cpuid_features().iter().any(|f| {
-                        use iced_x86::CpuidFeature::*;
-                        matches!(f, FPU | FPU287 | FPU387 | MMX | SSE | SSE2 | SSE3 | SSSE3 | SSE4_1 | SSE4_2)
-                    })
-                })
-        },
-    },
-    Known {
-        name: "CVTPI2PS/CVTPI2PD xmm, mm (always) and CVT(T)PS2PI/CVT(T)PD2PI (when they raise #XM)",
-        kind: Kind::Interpreter,
-        mode: None,
-        what: "no x87-to-MMX transition: the SDM (and this CPU) set TOP to 0 and every tag valid; the interpreter leaves FSW.TOP and the tags",
-        matches: |m| {
-            m.only(&["fsw", "ftw"])
-                && (m.interp.state.fpu.fsw ^ m.kvm.state.fpu.fsw) & !0x3800 == 0
-                && m.kvm.state.fpu.fsw & 0x3800 == 0
-                && m.insns.iter().any(|i| {
-                    matches!(i.mnemonic(), Mnemonic::Cvtps2pi | Mnemonic::Cvttps2pi | Mnemonic::Cvtpd2pi | Mnemonic::Cvttpd2pi | Mnemonic::Cvtpi2ps | Mnemonic::Cvtpi2pd)
-                })
-        },
-    },
-    Known {
-        name: "FLD ST(i) of an empty register (stack underflow)",
-        kind: Kind::Interpreter,
-        mode: None,
-        what: "C1 is set to 1 as for a stack overflow; the CPU clears it (SDM FLD: C1 = 1 on overflow, else 0)",
-        matches: |m| {
-            let (i, k) = (m.interp.state.fpu.fsw, m.kvm.state.fpu.fsw);
-            m.only(&["fsw"])
-                && (i ^ k) & !0x4500 == 0x200
-                && i & 0x200 != 0
-                && k & 0x41 == 0x41
-                && m.insns.iter().any(|x| x.mnemonic() == Mnemonic::Fld && x.op0_kind() == OpKind::Register)
-        },
-    },
-    Known {
-        name: "FST/FSTP m32/m64 of a denormal or tiny ST(0)",
-        kind: Kind::Interpreter,
-        mode: None,
-        what: "the interpreter raises the denormal-operand exception (DE), which FST does not have (SDM FST: #IS #IA #U #O #P), or adds PE (and C1) to an unmasked underflow/overflow; the CPU stores (masked UE/PE) or reports UE/OE alone",
-        matches: |m| {
-            let (i, k) = (m.interp.state.fpu.fsw, m.kvm.state.fpu.fsw);
-            m.only(&["fsw", "ftw", "R", "memory"])
-                && ((i & 0x2 != 0 && k & 0x2 == 0) || (matches!((i ^ k) & !0x4500, 0x20 | 0x220) && i & 0x20 != 0 && k & 0x18 != 0))
-                && m.insns.iter().any(|x| matches!(x.mnemonic(), Mnemonic::Fst | Mnemonic::Fstp) && x.op0_kind() == OpKind::Memory)
-        },
-    },
-    Known {
-        name: "x87 instructions stopped by an unmasked exception (FCOMP m64 with an SNaN, FIDIV m32 with a denormal, ...)",
-        kind: Kind::Interpreter,
-        mode: None,
-        what: "C1 keeps its old value; the CPU clears it (the SDM: C1 set to 0 unless a stack fault or round-up)",
-        matches: |m| {
-            let (i, k) = (m.interp.state.fpu.fsw, m.kvm.state.fpu.fsw);
-            // C0/C2/C3 are masked after such a stop (see outcome::Masks).
-            m.only(&["fsw"]) && (i ^ k) & !0x4500 == 0x200 && i & 0x200 != 0 && k & 0x80 != 0
-        },
-    },
-    Known {
-        name: "x87 arithmetic with a QNaN in ST(0) and a denormal operand (FSUBR m64 after a masked stack underflow)",
-        kind: Kind::Interpreter,
-        mode: None,
-        what: "DE is set (and ES when DE is unmasked); a QNaN operand takes precedence over the denormal-operand exception (SDM Vol. 1 §4.9.2), the CPU sets neither",
-        matches: |m| {
-            let (i, k) = (m.interp.state.fpu.fsw, m.kvm.state.fpu.fsw);
-            // With DE unmasked the CPU also clears C1 (see the C1 entry).
-            m.only(&["fsw"]) && (i ^ k) & !(0x4500 | 0x8082 | 0x200) == 0 && i & 0x2 != 0 && k & 0x2 == 0
-        },
-    },
-    Known {
-        name: "x87 operations with a denormal operand and an invalid or divide-by-zero condition (FDIVR m64 of a denormal by a zero ST(0), FPREM of an infinity by a denormal)",
-        kind: Kind::Interpreter,
-        mode: None,
-        what: "the interpreter reports DE (and, DE unmasked, stops the instruction); invalid-operation and divide-by-zero have priority over the denormal-operand exception (SDM Vol. 1 §4.9.2): the CPU reports IE or ZE only and delivers the masked result",
-        matches: |m| {
-            let (i, k) = (m.interp.state.fpu.fsw, m.kvm.state.fpu.fsw);
-            m.only(&["fsw", "R", "ftw"]) && i & 0x2 != 0 && k & 0x2 == 0 && k & 0x5 != 0
-        },
-    },
-    Known {
         name: "FLD m32/m64 of a denormal with the denormal exception unmasked",
         kind: Kind::Vendor,
         mode: None,
@@ -186,17 +100,6 @@ pub const KNOWN: &[Known] = &[
                 && m.only(&["fsw"])
                 && (m.interp.state.fpu.fsw ^ m.kvm.state.fpu.fsw) & !0x3800 == 0
                 && m.kvm.state.fpu.fsw & 0x3800 == 0
-        },
-    },
-    Known {
-        name: "ENTER (pushes and nested-frame reads) with RFLAGS.AC=1 and a misaligned stack or frame",
-        kind: Kind::Interpreter,
-        mode: Some(Mode::Long64),
-        what: "no #AC; the CPU raises #AC(0) (PUSH of a misaligned RSP does raise it in the interpreter)",
-        matches: |m| {
-            m.kvm.end == End::Exception(17)
-                && m.interp.end != End::Exception(17)
-                && m.kvm_faulting().is_some_and(|i| i.mnemonic() == Mnemonic::Enter)
         },
     },
     Known {
@@ -233,60 +136,17 @@ pub const KNOWN: &[Known] = &[
         },
     },
     Known {
-        name: "64-bit mode: a non-canonical operand with an ES/CS/DS/SS override (crc32 r15d,byte ptr es:[rbp-0Ch])",
-        kind: Kind::Interpreter,
-        mode: Some(Mode::Long64),
-        what: "the interpreter honours the override (#GP for ES:[rbp], #SS for SS:[rax]); in 64-bit mode these overrides are ignored, so the default segment decides (#SS(0) for RBP/RSP bases, else #GP(0))",
-        matches: |m| {
-            matches!((&m.interp.end, &m.kvm.end), (End::Exception(13), End::Exception(12)) | (End::Exception(12), End::Exception(13)))
-                && m.kvm_faulting().is_some_and(|i| {
-                    matches!(i.segment_prefix(), iced_x86::Register::ES | iced_x86::Register::CS | iced_x86::Register::DS | iced_x86::Register::SS)
-                })
-        },
-    },
-    Known {
-        name: "FSCALE (and other x87 arithmetic) with an unmasked overflow or underflow",
-        kind: Kind::Interpreter,
-        mode: None,
-        what: "the interpreter sets neither PE nor C1 for the bias-adjusted result; the CPU reports the rounding of that result (PE, and C1 when rounded up), SDM Vol. 1 §8.5.4/§8.5.5",
-        matches: |m| {
-            let (i, k) = (m.interp.state.fpu.fsw, m.kvm.state.fpu.fsw);
-            m.only(&["fsw"]) && (i ^ k) & !0x4500 & !0x220 == 0 && k & 0x20 != 0 && i & 0x20 == 0 && k & 0x98 > 0x80
-        },
-    },
-    Known {
-        name: "FPREM/FPREM1 with a remainder too small for the format and the underflow exception unmasked",
-        kind: Kind::Interpreter,
-        mode: None,
-        what: "the interpreter stores the denormal remainder and sets no UE; the CPU sets UE (and ES) and stores the bias-adjusted remainder (SDM FPREM: #U)",
-        matches: |m| {
-            m.insns.iter().any(|x| matches!(x.mnemonic(), Mnemonic::Fprem | Mnemonic::Fprem1))
-                && m.only(&["fsw", "ftw", "R"])
-                && m.kvm.state.fpu.fsw & 0x10 != 0
-                && m.interp.state.fpu.fsw & 0x10 == 0
-        },
-    },
-    Known {
-        name: "ENTER whose new stack top (RSP - size) or nested frame lies in a missing page (enter 2Eh,0 with RSP = page start + 10h)",
-        kind: Kind::Interpreter,
-        mode: Some(Mode::Long64),
-        what: "the interpreter probes the new stack top (or reads the frame pointers) as a read: #PF error code 4; the CPU probes with a write: error code 6",
-        matches: |m| {
-            m.interp.end == End::Exception(14)
-                && m.kvm.end == End::Exception(14)
-                && m.only(&["exception frame", "cr2"])
-                && m.kvm_faulting().is_some_and(|x| x.mnemonic() == Mnemonic::Enter)
-        },
-    },
-    Known {
-        name: "misaligned MOVAPS (and other 16-byte-aligned SSE operands) at a non-canonical SS-based address ([rbp-64h])",
+        name: "misaligned MOVAPS (and other 16-byte-aligned SSE operands) at a non-canonical SS-based address ([rbp-64h], ss:[rdx-3Ch])",
         kind: Kind::Vendor,
         mode: Some(Mode::Long64),
         what: "the interpreter checks alignment first (#GP(0)); this CPU checks the address first (#SS(0)); the SDM gives no order",
         matches: |m| {
             m.interp.end == End::Exception(13)
                 && m.kvm.end == End::Exception(12)
-                && m.kvm_faulting().is_some_and(|x| x.memory_size().size() == 16 && x.segment_prefix() == iced_x86::Register::None)
+                && m.kvm_faulting().is_some_and(|x| {
+                    x.memory_size().size() == 16
+                        && matches!(x.segment_prefix(), iced_x86::Register::None | iced_x86::Register::SS)
+                })
         },
     },
     Known {
@@ -298,18 +158,6 @@ pub const KNOWN: &[Known] = &[
             m.kvm.end == End::Exception(14)
                 && m.interp.end != End::Exception(14)
                 && m.kvm_faulting().is_some_and(|i| matches!(i.mnemonic(), Mnemonic::Maskmovq | Mnemonic::Maskmovdqu))
-        },
-    },
-    Known {
-        name: "POPAD from a missing page",
-        kind: Kind::Interpreter,
-        mode: Some(Mode::Compat32),
-        what: "CR2 is ESP+0x1C (the last dword); the first read, and KVM's emulator, fault at ESP",
-        matches: |m| {
-            m.interp.end == End::Exception(14)
-                && m.kvm.end == End::Exception(14)
-                && m.only(&["cr2"])
-                && m.kvm_faulting().is_some_and(|i| matches!(i.mnemonic(), Mnemonic::Popa | Mnemonic::Popad))
         },
     },
     Known {
@@ -372,6 +220,19 @@ pub const KNOWN: &[Known] = &[
         what: "KVM's emulator writes the bytes on the first page before the #PF; the CPU (and the interpreter) write nothing",
         matches: |m| {
             m.interp.end == End::Exception(14) && m.kvm.end == End::Exception(14) && m.only(&["memory"])
+        },
+    },
+    Known {
+        name: "read-modify-write destinations (BTC m32, ...) crossing from the read-only page into a missing page",
+        kind: Kind::Reference,
+        mode: Some(Mode::Compat32),
+        what: "KVM's emulator reads the destination first and raises #PF on the missing second page (error code 6); the access is checked as a write, so the read-only first page faults first (error code 7), as on the CPU in 64-bit mode and in the interpreter",
+        matches: |m| {
+            m.interp.end == End::Exception(14)
+                && m.kvm.end == End::Exception(14)
+                && m.only(&["cr2", "exception frame"])
+                && m.interp.state.cr2 >> 12 == machine::RODATA >> 12
+                && m.kvm.state.cr2 == machine::RODATA + machine::PAGE
         },
     },
     Known {

@@ -132,17 +132,27 @@ impl Cpu {
 
     #[inline(always)]
     fn check_access_slow(&mut self, lin: u64, size: u32, write: bool) -> Fault<()> {
+        self.check_alignment(lin, size)?;
         let s = &self.state;
-        if s.rflags & flags::AC != 0 && s.cpl == 3 && s.cr0 & cr::CR0_AM != 0 && lin & (u64::from(size) - 1) != 0 {
-            return Err(Exception::AlignmentCheck);
-        }
         if s.dr[7] & dr7::ENABLES != 0 {
             self.data_breakpoints(lin, u64::from(size), write);
         }
         Ok(())
     }
 
-    /// Data breakpoints of a buffer access (no alignment rule applies).
+    /// #AC(0) for an operand at linear address `lin` that is not aligned to
+    /// `align` bytes (a power of two), when CR0.AM, RFLAGS.AC and CPL 3
+    /// enable alignment checking.
+    #[inline]
+    pub(crate) fn check_alignment(&self, lin: u64, align: u32) -> Fault<()> {
+        let s = &self.state;
+        if s.rflags & flags::AC != 0 && s.cpl == 3 && s.cr0 & cr::CR0_AM != 0 && lin & (u64::from(align) - 1) != 0 {
+            return Err(Exception::AlignmentCheck);
+        }
+        Ok(())
+    }
+
+    /// Data breakpoints of a buffer access (its alignment is checked apart).
     #[inline]
     pub(crate) fn check_access_buf(&mut self, lin: u64, n: usize, write: bool) {
         if self.state.dr[7] & dr7::ENABLES != 0 && n != 0 {
@@ -175,7 +185,10 @@ impl Cpu {
             return;
         }
         for i in 0..4 {
-            if enabled(d7, i) && rw(d7, i) == 2 && overlaps(u64::from(port), u64::from(size), self.state.dr[i] & 0xffff, len(d7, i)) {
+            if enabled(d7, i)
+                && rw(d7, i) == 2
+                && overlaps(u64::from(port), u64::from(size), self.state.dr[i] & 0xffff, len(d7, i))
+            {
                 self.sys.hits |= 1 << i;
             }
         }
@@ -328,7 +341,9 @@ impl ChaCha20 {
             for (i, chunk) in key.chunks_mut(8).enumerate() {
                 let mut h = std::collections::hash_map::RandomState::new().build_hasher();
                 h.write_usize(i);
-                h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+                h.write_u128(
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+                );
                 chunk.copy_from_slice(&h.finish().to_le_bytes());
             }
         }

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 
-use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{Code, CodeSize, Instruction, Mnemonic, OpKind, Register};
 
 use crate::cpu::Cpu;
 use crate::exception::{Exception, Fault};
@@ -18,20 +18,20 @@ use crate::state::CpuState;
 
 pub mod arith;
 pub mod bits;
+pub mod branch;
 pub mod debug;
 pub mod desc;
-pub mod misc;
-pub mod task;
-#[cfg(test)]
-pub(crate) mod testutil;
-pub mod branch;
 pub mod fast;
+pub mod misc;
 pub mod mov;
 pub mod shift;
 pub mod sse;
 pub mod stack;
 pub mod string;
 pub mod system;
+pub mod task;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod x87;
 
 /// An instruction handler.
@@ -59,11 +59,7 @@ fn table() -> &'static Table {
         let mut implemented = vec![false; n];
         for (i, slot) in handlers.iter_mut().enumerate() {
             let code: Code = codes[i];
-            let h = if code == Code::INVALID {
-                Some(invalid as Handler)
-            } else {
-                lookup(code)
-            };
+            let h = if code == Code::INVALID { Some(invalid as Handler) } else { lookup(code) };
             if let Some(h) = h {
                 *slot = h;
                 implemented[i] = true;
@@ -224,9 +220,23 @@ pub fn ea(s: &CpuState, insn: &Instruction) -> u64 {
 }
 
 /// Segment register number of the memory operand.
+///
+/// In 64-bit mode the bases of ES, CS, DS and SS are 0 and the segment only
+/// decides between #SS(0) and #GP(0) for a non-canonical address: an SS
+/// override selects #SS(0), an ES, CS or DS override is ignored and the
+/// default segment decides (SS for an RSP or RBP base), as the CPU does.
 #[inline]
 pub fn mem_seg(insn: &Instruction) -> usize {
-    insn.memory_segment() as usize - Register::ES as usize
+    let seg = insn.memory_segment();
+    let seg = if insn.code_size() == CodeSize::Code64 && matches!(seg, Register::ES | Register::CS | Register::DS) {
+        match insn.memory_base() {
+            Register::RSP | Register::RBP | Register::ESP | Register::EBP => Register::SS,
+            _ => Register::DS,
+        }
+    } else {
+        seg
+    };
+    seg as usize - Register::ES as usize
 }
 
 /// Size in bytes of operand `i`.

@@ -17,7 +17,12 @@ pub fn handler(code: Code) -> Option<Handler> {
         Mnemonic::Pusha | Mnemonic::Pushad => pusha,
         Mnemonic::Popa | Mnemonic::Popad => popa,
         Mnemonic::Call => match code {
-            Code::Call_rel16 | Code::Call_rel32_32 | Code::Call_rel32_64 | Code::Call_rm16 | Code::Call_rm32 | Code::Call_rm64 => call,
+            Code::Call_rel16
+            | Code::Call_rel32_32
+            | Code::Call_rel32_64
+            | Code::Call_rm16
+            | Code::Call_rm32
+            | Code::Call_rm64 => call,
             _ => return None,
         },
         Mnemonic::Ret => ret,
@@ -167,12 +172,32 @@ fn pusha(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
 
 fn popa(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let size = if insn.code() == Code::Popaw { 2 } else { 4 };
+    // The image is read from the stack top upward: (E)DI first, (E)AX last,
+    // so a fault is reported at the lowest address that faults.
     let mut vals = [0u64; 8];
-    for (i, v) in vals.iter_mut().enumerate() {
-        *v = cpu.peek(u64::from(size) * (7 - i as u64), size)?;
+    for i in (0..8).rev() {
+        vals[i] = cpu.peek(u64::from(size) * (7 - i as u64), size)?;
     }
-    let regs16 = [Register::AX, Register::CX, Register::DX, Register::BX, Register::SP, Register::BP, Register::SI, Register::DI];
-    let regs32 = [Register::EAX, Register::ECX, Register::EDX, Register::EBX, Register::ESP, Register::EBP, Register::ESI, Register::EDI];
+    let regs16 = [
+        Register::AX,
+        Register::CX,
+        Register::DX,
+        Register::BX,
+        Register::SP,
+        Register::BP,
+        Register::SI,
+        Register::DI,
+    ];
+    let regs32 = [
+        Register::EAX,
+        Register::ECX,
+        Register::EDX,
+        Register::EBX,
+        Register::ESP,
+        Register::EBP,
+        Register::ESI,
+        Register::EDI,
+    ];
     for i in 0..8 {
         if i == 4 {
             continue;
@@ -226,7 +251,7 @@ fn ret(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     cpu.pop(size)?;
     if insn.op_count() == 1 {
         let n = u64::from(insn.immediate16());
-        let m = if cpu.stack_size() == 8 { u64::MAX } else if cpu.stack_size() == 4 { 0xffff_ffff } else { 0xffff };
+        let m = cpu_sp_mask(cpu);
         let sp = cpu.state.gpr[4];
         cpu.state.gpr[4] = (sp & !m) | (sp.wrapping_add(n) & m);
     }
@@ -241,7 +266,7 @@ fn leave(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         Code::Leaved => 4,
         _ => size.max(8),
     };
-    let m = if cpu.stack_size() == 8 { u64::MAX } else if cpu.stack_size() == 4 { 0xffff_ffff } else { 0xffff };
+    let m = cpu_sp_mask(cpu);
     let saved = cpu.state.gpr[4];
     cpu.state.gpr[4] = (saved & !m) | (cpu.state.gpr[5] & m);
     match cpu.pop(size) {
@@ -286,8 +311,8 @@ fn enter(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         let m = cpu_sp_mask(cpu);
         let sp = cpu.state.gpr[4];
         let new_sp = sp.wrapping_sub(alloc) & m;
-        // The final stack top must be writable.
-        cpu.read_mem(sreg::SS, new_sp, 1)?;
+        // The final stack top is checked as a write of one operand.
+        cpu.probe_write(sreg::SS, new_sp, size)?;
         let r = match size {
             2 => Register::BP,
             4 => Register::EBP,
@@ -356,6 +381,66 @@ mod tests {
     }
 
     #[test]
+    fn popa_reads_from_the_stack_top_up() {
+        let mut c = long_mode();
+        to_user(&mut c, SEL_UCODE32);
+        // The whole image in a missing page: the first read, at ESP, faults.
+        c.state.gpr[4] = UNMAPPED + 0x10;
+        assert_eq!(exec_bytes(&mut c, &[0x61]), Err(Exception::PageFault { addr: UNMAPPED + 0x10, error_code: 4 }));
+        // The image runs into the missing page: EDI..EBX are read, EDX faults.
+        c.state.gpr[4] = UNMAPPED - 0x10;
+        for i in 0..8u64 {
+            c.mem().write_u32(UNMAPPED - 0x10 + 4 * i, i as u32).ok();
+        }
+        c.state.gpr[0] = 0xaa;
+        assert_eq!(exec_bytes(&mut c, &[0x61]), Err(Exception::PageFault { addr: UNMAPPED, error_code: 4 }));
+        assert_eq!((c.state.gpr[0], c.state.gpr[4]), (0xaa, UNMAPPED - 0x10));
+        c.state.gpr[4] = USTACK - 0x20;
+        for i in 0..8u64 {
+            c.mem().write_u32(USTACK - 0x20 + 4 * i, 0x100 + i as u32).unwrap();
+        }
+        exec_bytes(&mut c, &[0x61]).unwrap();
+        assert_eq!((c.state.gpr[7], c.state.gpr[0], c.state.gpr[4]), (0x100, 0x107, USTACK));
+    }
+
+    #[test]
+    fn enter_checks_the_final_stack_top_as_a_write() {
+        let mut c = long_mode();
+        c.state.cr0 |= crate::state::cr::CR0_AM;
+        to_user(&mut c, SEL_UCODE64);
+        // enter 20h,0: RBP is pushed on a user page, RSP - 28h is on a
+        // supervisor page: a user write fault (P, W, U).
+        c.state.gpr[4] = SUPERVISOR + 0x1010;
+        c.state.gpr[5] = 0x1234;
+        let enter = [0xc8, 0x20, 0x00, 0x00];
+        assert_eq!(exec_bytes(&mut c, &enter), Err(Exception::PageFault { addr: SUPERVISOR + 0xfe8, error_code: 7 }));
+        assert_eq!((c.state.gpr[4], c.state.gpr[5]), (SUPERVISOR + 0x1010, 0x1234));
+        // With RFLAGS.AC=1 the probe is an aligned-operand access: enter 16h,0
+        // from an aligned RSP leaves a misaligned stack top.
+        c.state.gpr[4] = USTACK;
+        c.state.rflags |= crate::state::flags::AC;
+        assert_eq!(exec_bytes(&mut c, &[0xc8, 0x16, 0x00, 0x00]), Err(Exception::AlignmentCheck));
+        assert_eq!(c.state.gpr[4], USTACK);
+        exec_bytes(&mut c, &[0xc8, 0x18, 0x00, 0x00]).unwrap();
+        assert_eq!((c.state.gpr[4], c.state.gpr[5]), (USTACK - 0x20, USTACK - 8));
+    }
+
+    #[test]
+    fn overrides_do_not_choose_the_fault_in_64_bit_mode() {
+        let mut c = long_mode();
+        c.state.gpr[0] = 0x8000_0000_0000_0000;
+        c.state.gpr[5] = 0x8000_0000_0000_0000;
+        // mov eax,es:[rbp]: the default segment, SS, decides.
+        assert_eq!(exec_bytes(&mut c, &[0x26, 0x8b, 0x45, 0x00]), Err(Exception::StackFault(0)));
+        assert_eq!(exec_bytes(&mut c, &[0x3e, 0x8b, 0x45, 0x00]), Err(Exception::StackFault(0)));
+        assert_eq!(exec_bytes(&mut c, &[0x8b, 0x4d, 0x00]), Err(Exception::StackFault(0)));
+        // An SS override does select #SS(0): mov ecx,ss:[rax].
+        assert_eq!(exec_bytes(&mut c, &[0x36, 0x8b, 0x08]), Err(Exception::StackFault(0)));
+        assert_eq!(exec_bytes(&mut c, &[0x8b, 0x08]), Err(crate::exception::GP0));
+        assert_eq!(exec_bytes(&mut c, &[0x2e, 0x8b, 0x08]), Err(crate::exception::GP0));
+    }
+
+    #[test]
     fn stack_limit_violations_are_ss_faults() {
         let mut c = prot_mode();
         // A 16-bit expand-up stack segment limited to 0x0fff.
@@ -366,7 +451,7 @@ mod tests {
         assert_eq!(c.state.gpr[4], 0x1002);
         c.state.gpr[4] = 0x0ffe;
         assert_eq!(exec_bytes(&mut c, &[0x58]), Err(Exception::StackFault(0))); // pop eax
-        // Delivered with an error code.
+                                                                                // Delivered with an error code.
         step_bytes(&mut c, &[0x58]);
         assert_eq!(c.state.rip, stub(12));
     }

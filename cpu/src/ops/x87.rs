@@ -302,23 +302,43 @@ fn overflow(f: &mut FpuState) -> bool {
     f.fcw & fsw::IE != 0
 }
 
+/// The exceptions an operation reports: invalid operation and divide-by-zero
+/// take priority over the denormal-operand exception (SDM Vol. 1 §8.7 and
+/// §4.9.2), which is then not reported.
+fn prioritized(flags: u16) -> u16 {
+    if flags & (IE | ZE) != 0 {
+        flags & !DE
+    } else {
+        flags
+    }
+}
+
+/// An instruction stopped by an unmasked exception: its flags are recorded
+/// and C1 is cleared.
+fn stop(f: &mut FpuState, flags: u16) {
+    x87::raise(f, flags);
+    x87::set_c1(f, false);
+}
+
 /// Fold an operation's exceptions into FSW. Returns whether the result is to
 /// be written: false when IE, DE or ZE occurred unmasked.
 fn commit(f: &mut FpuState, c: &Ctx) -> bool {
-    let pre = c.flags & (IE | DE | ZE);
+    let flags = prioritized(c.flags);
+    let pre = flags & (IE | DE | ZE);
     if pre & !f.fcw != 0 {
-        x87::raise(f, pre);
+        stop(f, pre);
         return false;
     }
-    x87::raise(f, c.flags);
-    x87::set_c1(f, c.flags & PE != 0 && c.round_up);
+    x87::raise(f, flags);
+    x87::set_c1(f, flags & PE != 0 && c.round_up);
     true
 }
 
-/// Conversion flags (DE from a denormal memory operand) merged with the
-/// operation's: DE is reported only when IE is not.
-fn merge_conv(c: &mut Ctx, conv: u16) {
-    if c.flags & IE == 0 {
+/// Conversion flags (DE from a denormal memory operand) merged with those of
+/// the operation on `a` and that operand: a NaN `a` decides the result
+/// before any denormal is looked at, and IE or ZE take priority over DE.
+fn merge_conv(c: &mut Ctx, conv: u16, a: X80) {
+    if c.flags & (IE | ZE) == 0 && !a.is_nan() {
         c.flags |= conv;
     }
 }
@@ -336,9 +356,23 @@ fn push_checked(f: &mut FpuState, v: X80, c: &Ctx) {
     }
 }
 
+/// Alignment (for #AC) of 80-bit operands: double extended-precision
+/// floats and packed BCD are checked as quadwords (SDM Vol. 3A Table 6-7).
+const M80_ALIGN: u32 = 8;
+
+/// Alignment (for #AC) of the FSTENV/FLDENV/FSAVE/FRSTOR images: 2 with a
+/// 16-bit operand size, else 4 (SDM Vol. 3A Table 6-7).
+fn env_align(layout: EnvLayout) -> u32 {
+    if layout.size32 {
+        4
+    } else {
+        2
+    }
+}
+
 fn read_m80(cpu: &mut Cpu, seg: usize, off: u64) -> Fault<X80> {
     let mut b = [0u8; 10];
-    cpu.read_mem_buf(seg, off, &mut b)?;
+    cpu.read_mem_buf_aligned(seg, off, &mut b, M80_ALIGN)?;
     let mut m = [0u8; 8];
     m.copy_from_slice(&b[..8]);
     Ok(X80 { m: u64::from_le_bytes(m), se: u16::from_le_bytes([b[8], b[9]]) })
@@ -387,12 +421,13 @@ fn fld_st(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let i = sti(insn.op0_register());
     let mut f = cpu.state.fpu;
     note(cpu, insn, &mut f, None);
-    if !x87::is_empty(&f, 7) {
-        if overflow(&mut f) {
+    // An empty source is a stack underflow even when ST(7) is in use too.
+    if x87::is_empty(&f, i) {
+        if underflow(&mut f) {
             x87::push(&mut f, INDEFINITE);
         }
-    } else if x87::is_empty(&f, i) {
-        if underflow(&mut f) {
+    } else if !x87::is_empty(&f, 7) {
+        if overflow(&mut f) {
             x87::push(&mut f, INDEFINITE);
         }
     } else {
@@ -429,11 +464,25 @@ fn fld_const(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     Ok(())
 }
 
+/// The checks a store's destination gets before any x87 exception is looked
+/// at: the segment checks and, on the CPU as well, the alignment check (an
+/// #AC comes before an unmasked exception that suppresses the store).
+fn check_store_dest(cpu: &Cpu, seg: usize, off: u64, len: u32, align: u32) -> Fault<()> {
+    let lin = cpu.linear(seg, off, u64::from(len), true)?;
+    cpu.check_alignment(lin, align)
+}
+
 fn fst_m<const POP: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     enter(cpu)?;
     let (seg, off) = mem_operand(cpu, insn);
-    let mut f = cpu.state.fpu;
     let size = insn.memory_size();
+    let (n, align) = match size {
+        MemorySize::Float32 => (4, 4),
+        MemorySize::Float64 => (8, 8),
+        _ => (10, M80_ALIGN),
+    };
+    check_store_dest(cpu, seg, off, n as u32, align)?;
+    let mut f = cpu.state.fpu;
     let mut store: Option<[u8; 10]> = None;
     let mut do_pop = POP;
     if x87::is_empty(&f, 0) {
@@ -456,12 +505,15 @@ fn fst_m<const POP: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
             MemorySize::Float64 => b[..8].copy_from_slice(&sf::to_f64(v, &mut c).to_le_bytes()),
             _ => b = m80_bytes(v),
         }
-        if c.flags & !f.fcw & (IE | DE | sf::OE | sf::UE) != 0 {
+        // FST has no denormal-operand exception (SDM FST: #IS #IA #U #O #P).
+        c.flags &= !DE;
+        if c.flags & !f.fcw & (IE | sf::OE | sf::UE) != 0 {
             // Unmasked: the destination and the stack are left alone. An
-            // unmasked IE or DE is reported without the later flags.
-            let pre = c.flags & (IE | DE);
-            let flags = if pre & !f.fcw != 0 { pre } else { c.flags };
-            x87::raise(&mut f, flags);
+            // unmasked IE is reported alone; an unmasked overflow or
+            // underflow without the precision exception of a result that is
+            // not stored.
+            let flags = if c.flags & IE & !f.fcw != 0 { IE } else { c.flags & !PE };
+            stop(&mut f, flags);
             do_pop = false;
         } else {
             x87::raise(&mut f, c.flags);
@@ -470,12 +522,7 @@ fn fst_m<const POP: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         }
     }
     if let Some(b) = store {
-        let n = match size {
-            MemorySize::Float32 => 4,
-            MemorySize::Float64 => 8,
-            _ => 10,
-        };
-        cpu.write_mem_buf(seg, off, &b[..n])?;
+        cpu.write_mem_buf_aligned(seg, off, &b[..n], align)?;
     }
     note(cpu, insn, &mut f, Some((seg, off)));
     if do_pop {
@@ -517,6 +564,7 @@ fn fist<const MODE: u8>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         MemorySize::Int32 => 4,
         _ => 8,
     };
+    check_store_dest(cpu, seg, off, size, size)?;
     let indefinite = 1u64 << (size * 8 - 1);
     let mut f = cpu.state.fpu;
     let mut store = None;
@@ -565,7 +613,7 @@ fn fbld(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     enter(cpu)?;
     let (seg, off) = mem_operand(cpu, insn);
     let mut b = [0u8; 10];
-    cpu.read_mem_buf(seg, off, &mut b)?;
+    cpu.read_mem_buf_aligned(seg, off, &mut b, M80_ALIGN)?;
     // 18 packed digits, least significant byte first; bit 7 of byte 9 is the
     // sign. Digits above 9 are undefined; they are taken at face value.
     let mut v: i64 = 0;
@@ -585,6 +633,7 @@ fn fbld(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
 fn fbstp(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     enter(cpu)?;
     let (seg, off) = mem_operand(cpu, insn);
+    check_store_dest(cpu, seg, off, 10, M80_ALIGN)?;
     let indefinite: [u8; 10] = [0, 0, 0, 0, 0, 0, 0, 0xc0, 0xff, 0xff];
     let mut f = cpu.state.fpu;
     let mut store = None;
@@ -623,7 +672,7 @@ fn fbstp(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         }
     }
     if let Some(b) = store {
-        cpu.write_mem_buf(seg, off, &b)?;
+        cpu.write_mem_buf_aligned(seg, off, &b, M80_ALIGN)?;
     }
     note(cpu, insn, &mut f, Some((seg, off)));
     if do_pop {
@@ -701,8 +750,9 @@ fn arith_m<const OP: u8>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         }
     } else {
         let mut c = Ctx { flags: 0, ..conv };
-        let r = apply(OP, x87::st(&f, 0), b, &mut c);
-        merge_conv(&mut c, conv.flags);
+        let a = x87::st(&f, 0);
+        let r = apply(OP, a, b, &mut c);
+        merge_conv(&mut c, conv.flags, a);
         if commit(&mut f, &c) {
             x87::set_st(&mut f, 0, r);
         }
@@ -952,9 +1002,9 @@ fn compare_core(f: &mut FpuState, a: Option<X80>, b: Option<X80>, quiet: bool, c
     };
     let mut c = Ctx::from_fcw(f.fcw, false);
     let ord = sf::compare(a, b, quiet, &mut c);
-    merge_conv(&mut c, conv);
+    merge_conv(&mut c, conv, a);
     if c.flags & (IE | DE) & !f.fcw != 0 {
-        x87::raise(f, c.flags);
+        stop(f, c.flags);
         return None;
     }
     x87::raise(f, c.flags);
@@ -1127,7 +1177,7 @@ fn fnstenv<const WAIT: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let layout = env_layout(cpu, insn);
     let mut img = [0u8; 28];
     x87::store_env(&cpu.state.fpu, layout, &mut img);
-    cpu.write_mem_buf(seg, off, &img[..layout.size()])?;
+    cpu.write_mem_buf_aligned(seg, off, &img[..layout.size()], env_align(layout))?;
     let f = &mut cpu.state.fpu;
     f.fcw |= x87::fcw::MASKS;
     x87::update_es(f);
@@ -1139,7 +1189,7 @@ fn fldenv(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let (seg, off) = mem_operand(cpu, insn);
     let layout = env_layout(cpu, insn);
     let mut img = [0u8; 28];
-    cpu.read_mem_buf(seg, off, &mut img[..layout.size()])?;
+    cpu.read_mem_buf_aligned(seg, off, &mut img[..layout.size()], env_align(layout))?;
     x87::load_env(&mut cpu.state.fpu, layout, &img);
     Ok(())
 }
@@ -1152,7 +1202,7 @@ fn fnsave<const WAIT: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let mut img = [0u8; 108];
     x87::store_env(&cpu.state.fpu, layout, &mut img);
     x87::store_regs(&cpu.state.fpu, &mut img[n..n + 80]);
-    cpu.write_mem_buf(seg, off, &img[..n + 80])?;
+    cpu.write_mem_buf_aligned(seg, off, &img[..n + 80], env_align(layout))?;
     x87::init(&mut cpu.state.fpu);
     Ok(())
 }
@@ -1163,7 +1213,7 @@ fn frstor(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let layout = env_layout(cpu, insn);
     let n = layout.size();
     let mut img = [0u8; 108];
-    cpu.read_mem_buf(seg, off, &mut img[..n + 80])?;
+    cpu.read_mem_buf_aligned(seg, off, &mut img[..n + 80], env_align(layout))?;
     let f = &mut cpu.state.fpu;
     x87::load_env(f, layout, &img);
     x87::load_regs(f, &img[n..n + 80]);
@@ -1389,6 +1439,186 @@ mod tests {
         X80::new(se, m)
     }
 
+    /// [`machine`] at CPL 3 with alignment checking on (CR0.AM, RFLAGS.AC).
+    fn ac_machine() -> Cpu {
+        let mut cpu = machine(64);
+        cpu.state.cr0 |= cr::CR0_AM;
+        cpu.state.rflags |= rf::AC;
+        cpu.state.cpl = 3;
+        cpu
+    }
+
+    #[test]
+    fn misaligned_memory_operands_raise_ac() {
+        let mut cpu = ac_machine();
+        poke_x80(&cpu, DATA, ONE);
+        asm(&mut cpu, |a| a.fld(tword_ptr(rbx))).unwrap();
+        assert_eq!(asm(&mut cpu, |a| a.fst(dword_ptr(rbx + 18))), Err(Exception::AlignmentCheck));
+        assert_eq!(asm(&mut cpu, |a| a.fst(qword_ptr(rbx + 20))), Err(Exception::AlignmentCheck));
+        assert_eq!(asm(&mut cpu, |a| a.fld(tword_ptr(rbx + 4))), Err(Exception::AlignmentCheck));
+        assert_eq!(asm(&mut cpu, |a| a.fstp(tword_ptr(rbx + 36))), Err(Exception::AlignmentCheck));
+        assert_eq!(fsw(&cpu), top(7));
+        asm(&mut cpu, |a| a.fst(qword_ptr(rbx + 24))).unwrap();
+        assert_eq!(peek::<8>(&cpu, DATA + 24), 1.0f64.to_le_bytes());
+        // The #AC comes before an unmasked exception that would suppress the
+        // store: FISTP of an empty ST(0) with IE unmasked.
+        let mut cpu = ac_machine();
+        cpu.state.fpu.fcw = 0x037e;
+        assert_eq!(asm(&mut cpu, |a| a.fistp(dword_ptr(rbx + 2))), Err(Exception::AlignmentCheck));
+        assert_eq!(fsw(&cpu), 0);
+        asm(&mut cpu, |a| a.fistp(dword_ptr(rbx + 4))).unwrap();
+        assert_eq!(fsw(&cpu), fsw::IE | fsw::SF | ES_B);
+    }
+
+    #[test]
+    fn exception_priorities_and_c1() {
+        use iced_x86::code_asm::registers::st::st6;
+        // FLD ST(i) of an empty register with ST(7) in use: a stack
+        // underflow (C1 = 0), not an overflow.
+        let mut cpu = machine(64);
+        asm(&mut cpu, |a| {
+            a.fld1()?;
+            a.fincstp()?;
+            a.fld(st6)
+        })
+        .unwrap();
+        assert_eq!(fsw(&cpu), top(7) | fsw::IE | fsw::SF);
+        assert_eq!(st(&cpu, 0), INDEFINITE);
+
+        // Divide-by-zero takes priority over a denormal operand.
+        let mut cpu = machine(64);
+        poke_x80(&cpu, DATA, x(0, 0x1234));
+        poke(&cpu, DATA + 16, &[0; 8]);
+        asm(&mut cpu, |a| {
+            a.fld(tword_ptr(rbx))?;
+            a.fdiv(qword_ptr(rbx + 16))
+        })
+        .unwrap();
+        assert_eq!(fsw(&cpu), top(7) | fsw::ZE);
+        assert_eq!(st(&cpu, 0), X80::inf(false));
+        // So does an invalid operation: FPREM of an infinity by a denormal.
+        let mut cpu = machine(64);
+        poke_x80(&cpu, DATA + 32, X80::inf(false));
+        asm(&mut cpu, |a| {
+            a.fld(tword_ptr(rbx))?;
+            a.fld(tword_ptr(rbx + 32))?;
+            a.fprem()
+        })
+        .unwrap();
+        assert_eq!(fsw(&cpu) & !C2, top(6) | fsw::IE);
+        assert_eq!(st(&cpu, 0), INDEFINITE);
+        // A QNaN in ST(0) decides the result before a denormal memory operand
+        // is looked at: no DE.
+        let mut cpu = machine(64);
+        poke_x80(&cpu, DATA + 32, x(0x7fff, 0xc000_0000_0000_0001));
+        poke(&cpu, DATA + 16, &1u64.to_le_bytes());
+        asm(&mut cpu, |a| {
+            a.fld(tword_ptr(rbx + 32))?;
+            a.fsub(qword_ptr(rbx + 16))
+        })
+        .unwrap();
+        assert_eq!(fsw(&cpu), top(7));
+        assert_eq!(st(&cpu, 0), x(0x7fff, 0xc000_0000_0000_0001));
+
+        // An instruction stopped by an unmasked exception clears C1.
+        let mut cpu = machine(64);
+        cpu.state.fpu.fcw = 0x037b; // ZE unmasked
+        poke(&cpu, DATA + 16, &[0; 4]);
+        asm(&mut cpu, |a| a.fld1()).unwrap();
+        cpu.state.fpu.fsw |= C1;
+        asm(&mut cpu, |a| a.fdiv(dword_ptr(rbx + 16))).unwrap();
+        assert_eq!(fsw(&cpu), top(7) | fsw::ZE | ES_B);
+        assert_eq!(st(&cpu, 0), ONE);
+    }
+
+    #[test]
+    fn fst_of_tiny_values() {
+        // FST has no denormal-operand exception: a denormal ST(0) stored to
+        // a double underflows (masked: zero, UE and PE).
+        let mut cpu = machine(64);
+        poke_x80(&cpu, DATA, x(0, 0x1234));
+        poke(&cpu, DATA + 16, &[0x55; 8]);
+        asm(&mut cpu, |a| {
+            a.fld(tword_ptr(rbx))?;
+            a.fst(qword_ptr(rbx + 16))
+        })
+        .unwrap();
+        assert_eq!(fsw(&cpu), top(7) | fsw::UE | fsw::PE);
+        assert_eq!(peek::<8>(&cpu, DATA + 16), [0; 8]);
+        // Unmasked, UE is reported alone (no PE, C1 = 0) and nothing is
+        // stored; a tiny exact value also underflows.
+        for m in [0x8000_0000_0000_1234u64, 0x8000_0000_0000_0000] {
+            let mut cpu = machine(64);
+            cpu.state.fpu.fcw = 0x036f;
+            poke_x80(&cpu, DATA, x(0x3c00 - 1, m));
+            poke(&cpu, DATA + 16, &[0x55; 8]);
+            asm(&mut cpu, |a| a.fld(tword_ptr(rbx))).unwrap();
+            cpu.state.fpu.fsw |= C1;
+            asm(&mut cpu, |a| a.fstp(qword_ptr(rbx + 16))).unwrap();
+            assert_eq!(fsw(&cpu), top(7) | fsw::UE | ES_B, "{m:#x}");
+            assert_eq!(peek::<8>(&cpu, DATA + 16), [0x55; 8]);
+        }
+    }
+
+    #[test]
+    fn results_out_of_range_even_bias_adjusted() {
+        // FSCALE by 2^1000000 with OE unmasked: an infinity, reported as
+        // rounded up (PE, C1) even when rounding toward zero.
+        for fcw in [0x0377u16, 0x0f77] {
+            let mut cpu = machine(64);
+            cpu.state.fpu.fcw = fcw;
+            poke(&cpu, DATA, &1e6f64.to_le_bytes());
+            asm(&mut cpu, |a| {
+                a.fld(qword_ptr(rbx))?;
+                a.fld1()?;
+                a.fscale()
+            })
+            .unwrap();
+            assert_eq!(st(&cpu, 0), X80::inf(false));
+            assert_eq!(fsw(&cpu), top(6) | fsw::OE | fsw::PE | C1 | ES_B);
+        }
+        // By 2^-1000000 with UE unmasked: a signed zero, inexact, C1 = 0.
+        let mut cpu = machine(64);
+        cpu.state.fpu.fcw = 0x036f;
+        poke(&cpu, DATA, &(-1e6f64).to_le_bytes());
+        asm(&mut cpu, |a| {
+            a.fld(qword_ptr(rbx))?;
+            a.fld1()?;
+            a.fchs()?;
+            a.fscale()
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), X80::zero(true));
+        assert_eq!(fsw(&cpu), top(6) | fsw::UE | fsw::PE | ES_B);
+    }
+
+    #[test]
+    fn fprem_of_a_value_smaller_than_the_divisor() {
+        // A denormal remainder with UE unmasked: bias-adjusted, UE (and DE
+        // for the denormal operand).
+        let mut cpu = machine(64);
+        cpu.state.fpu.fcw = 0x036f;
+        poke_x80(&cpu, DATA, x(0, 1));
+        asm(&mut cpu, |a| {
+            a.fld1()?;
+            a.fld(tword_ptr(rbx))?;
+            a.fprem()
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), x(24576 - 62, 0x8000_0000_0000_0000));
+        assert_eq!(fsw(&cpu), top(6) | fsw::DE | fsw::UE | ES_B);
+        // A pseudo-denormal remainder is delivered normalized (exponent 1).
+        let mut cpu = machine(64);
+        poke_x80(&cpu, DATA, x(0, 0x8000_0000_0000_0001));
+        asm(&mut cpu, |a| {
+            a.fld1()?;
+            a.fld(tword_ptr(rbx))?;
+            a.fprem1()
+        })
+        .unwrap();
+        assert_eq!(st(&cpu, 0), x(1, 0x8000_0000_0000_0001));
+    }
+
     #[test]
     fn fldpi_and_the_constants() {
         for (rc, m) in [
@@ -1568,7 +1798,8 @@ mod tests {
         })
         .unwrap();
         assert_eq!(peek::<4>(&cpu, DATA + 16), [0x55; 4]);
-        assert_eq!(fsw(&cpu), top(7) | fsw::OE | fsw::PE | ES_B);
+        // Reported alone: no PE for a result that is not stored.
+        assert_eq!(fsw(&cpu), top(7) | fsw::OE | ES_B);
 
         let mut cpu = machine(64);
         cpu.state.fpu.fcw = 0x036f; // UE unmasked

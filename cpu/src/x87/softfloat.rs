@@ -273,12 +273,15 @@ pub fn round_pack(sign: bool, e: i32, m: u128, prec: u32, fmt: Fmt, wrap: bool, 
     if be > fmt.emax {
         if wrap && ctx.wrap_oe {
             ctx.flags |= OE;
-            if rest != 0 {
-                ctx.inexact(inc);
-            }
             be -= fmt.adjust;
             if be > fmt.emax {
+                // Out of range even bias-adjusted: the CPU delivers an
+                // infinity, reported as rounded up (PE, C1) in every mode.
+                ctx.inexact(true);
                 return Rounded { sign, exp: fmt.emax + 1, sig: INT_BIT };
+            }
+            if rest != 0 {
+                ctx.inexact(inc);
             }
             return Rounded { sign, exp: be, sig: (mr >> 64) as u64 };
         }
@@ -305,15 +308,17 @@ pub fn round_pack(sign: bool, e: i32, m: u128, prec: u32, fmt: Fmt, wrap: bool, 
     // Tiny after rounding.
     if wrap && ctx.wrap_ue {
         let adj = be + fmt.adjust;
+        ctx.flags |= UE;
         if adj >= 1 {
-            ctx.flags |= UE;
             if rest != 0 {
                 ctx.inexact(inc);
             }
             return Rounded { sign, exp: adj, sig: (mr >> 64) as u64 };
         }
-        // Still tiny after the adjustment: deliver the denormalized result.
-        ctx.flags |= UE;
+        // Still tiny after the adjustment: the CPU delivers a signed zero,
+        // inexact and not rounded up, in every mode.
+        ctx.inexact(false);
+        return Rounded { sign, exp: 0, sig: 0 };
     }
     let md = shr_jam(m, (1 - e0) as u32);
     let rest = md & mask;
@@ -326,7 +331,9 @@ pub fn round_pack(sign: bool, e: i32, m: u128, prec: u32, fmt: Fmt, wrap: bool, 
     if rest != 0 {
         ctx.flags |= UE;
         ctx.inexact(inc);
-    } else if wrap && ctx.wrap_ue {
+    } else if ctx.wrap_ue {
+        // Unmasked, underflow is signalled on tininess alone, also for a
+        // memory destination (SDM Vol. 1 §4.9.1.5).
         ctx.flags |= UE;
     }
     Rounded { sign, exp, sig: (mr >> 64) as u64 }
@@ -600,8 +607,15 @@ pub fn rem(a: X80, b: X80, nearest: bool, ctx: &mut Ctx) -> (X80, u64, bool) {
         ctx.flags |= IE;
         return (INDEFINITE, 0, true);
     }
-    if a.is_zero() || b.is_inf() {
+    if a.is_zero() {
         return (a, 0, true);
+    }
+    // A remainder equal to `a` is delivered normalized like any other: a
+    // pseudo-denormal gets exponent 1, a denormal with the underflow
+    // exception unmasked is bias-adjusted (UE).
+    let exact = |u: Unpacked, ctx: &mut Ctx| round_x80(u.sign, u.e + 64, u128::from(u.m), ctx);
+    if b.is_inf() {
+        return (exact(unpack(a), ctx), 0, true);
     }
     let (ua, ub) = (unpack(a), unpack(b));
     let d = ua.e - ub.e;
@@ -612,7 +626,7 @@ pub fn rem(a: X80, b: X80, nearest: bool, ctx: &mut Ctx) -> (X80, u64, bool) {
             let r = (bm << 1) - u128::from(ua.m);
             return (round_x80(!ua.sign, ua.e + 64, r, ctx), 1, true);
         }
-        return (a, 0, true);
+        return (exact(ua, ctx), 0, true);
     }
     if d < 64 {
         let n = u128::from(ua.m) << d;

@@ -108,7 +108,11 @@ fn cvt<const FROM: u8, const TO: u8, const N: usize, const TRUNC: bool, const ME
     for i in 0..N {
         r = with_lane(r, tw, i, conv(FROM, TO, lane(s, fw, i), TRUNC, &mut env));
     }
-    commit(cpu, env.flags)?;
+    if let Err(e) = commit(cpu, env.flags) {
+        // An unmasked exception (#XM) finds the MMX transition made.
+        done(cpu, mm)?;
+        return Err(e);
+    }
     if d.is_gpr() {
         reg_write(&mut cpu.state, d, r as u64);
     } else {
@@ -207,5 +211,24 @@ mod tests {
         exec(&mut c, |a| a.cvtpi2ps(xmm0, qword_ptr(rax))).unwrap();
         assert_eq!(c.state.fpu.ftw, 0xffff);
         assert_eq!(c.state.xmm[0], f32x4([1.0, 2.0, 9.0, 9.0]));
+    }
+
+    #[test]
+    fn an_xm_fault_finds_the_mmx_transition_made() {
+        let mut c = cpu();
+        // CVTPS2PI of a NaN with the invalid-operation exception unmasked.
+        c.state.mxcsr = 0x1f00;
+        c.state.xmm[1] = f32x4([f32::NAN, 1.0, 0.0, 0.0]);
+        c.state.fpu.fsw = 3 << 11;
+        c.state.fpu.ftw = 0xffff;
+        assert_eq!(exec(&mut c, |a| a.cvtps2pi(mm0, xmm1)), Err(Exception::SimdFp));
+        assert_eq!((c.state.fpu.fsw, c.state.fpu.ftw), (0, 0));
+        // CVTPI2PS of an inexact integer with the precision exception unmasked.
+        c.state.mxcsr = 0x0f80;
+        c.state.fpu.fsw = 3 << 11;
+        c.state.fpu.ftw = 0xffff;
+        c.state.fpu.regs[1].mantissa = 0x7fff_ffff;
+        assert_eq!(exec(&mut c, |a| a.cvtpi2ps(xmm0, mm1)), Err(Exception::SimdFp));
+        assert_eq!((c.state.fpu.fsw, c.state.fpu.ftw), (0, 0));
     }
 }

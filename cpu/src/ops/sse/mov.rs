@@ -9,7 +9,7 @@
 
 use iced_x86::{Code, Instruction, OpKind};
 
-use super::{check, done, get, lane, load, mem_seg, set, store, trunc, width, with_lane, Uses};
+use super::{check, done, get, lane, lin_addr, load, mem_seg, set, store, trunc, width, with_lane, Uses};
 use crate::cpu::Cpu;
 use crate::exception::{Exception, Fault};
 use crate::ops::{reg_read, reg_write, Handler};
@@ -172,6 +172,12 @@ fn maskmov(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         _ => rdi & 0xffff,
     };
     let seg = mem_seg(insn);
+    // MASKMOVQ makes the MMX transition before it writes: a fault finds it
+    // made, as on the CPU.
+    done(cpu, mm)?;
+    // The operand is alignment-checked whatever the mask, as quadwords (a
+    // MASKMOVDQU operand 8-byte aligned raises no #AC on the CPU).
+    cpu.check_alignment(lin_addr(cpu, seg, addr), n.min(8) as u32)?;
     let bytes = data.to_le_bytes();
     let mut i = 0;
     while i < n {
@@ -185,7 +191,7 @@ fn maskmov(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         }
         cpu.write_mem_buf(seg, addr.wrapping_add(start as u64), &bytes[start..i])?;
     }
-    done(cpu, mm)
+    Ok(())
 }
 
 /// LFENCE/MFENCE/SFENCE: one processor executing in order needs no fence.
@@ -314,5 +320,25 @@ mod tests {
         assert_eq!(exec(&mut c, |a| a.sfence()), Ok(()));
         assert_eq!(exec(&mut c, |a| a.mfence()), Ok(()));
         assert_eq!(exec(&mut c, |a| a.movntq(qword_ptr(rax), mm0)), Err(Exception::InvalidOpcode));
+    }
+
+    #[test]
+    fn maskmov_alignment_and_the_mmx_transition() {
+        let mut c = cpu();
+        check_alignment(&mut c);
+        c.state.fpu.fsw = 5 << 11;
+        c.state.fpu.ftw = 0xffff;
+        c.state.gpr[7] = DATA + 1;
+        c.state.fpu.regs[1].mantissa = 0x80;
+        assert_eq!(exec(&mut c, |a| a.maskmovq(mm0, mm1)), Err(Exception::AlignmentCheck));
+        // MASKMOVQ has made the MMX transition when it faults.
+        assert_eq!((c.state.fpu.fsw, c.state.fpu.ftw), (0, 0));
+        // MASKMOVDQU is checked as quadwords (the pages here are supervisor
+        // pages: a #PF shows the alignment check passed).
+        c.state.xmm[2] = 0x80;
+        c.state.gpr[7] = DATA + 8;
+        assert!(matches!(exec(&mut c, |a| a.maskmovdqu(xmm1, xmm2)), Err(Exception::PageFault { .. })));
+        c.state.gpr[7] = DATA + 4;
+        assert_eq!(exec(&mut c, |a| a.maskmovdqu(xmm1, xmm2)), Err(Exception::AlignmentCheck));
     }
 }
