@@ -36,7 +36,8 @@ pub struct BenchArgs {
     /// (built by scripts/guest-images.sh); Linux boots are skipped without it.
     #[arg(long, default_value = "guest-images")]
     pub images: std::path::PathBuf,
-    /// Also boot Linux under KVM (slow on hosts whose KVM emulates ring 0).
+    /// Boot Linux under KVM even when the built-in guest could not run there
+    /// (it does whenever KVM is usable).
     #[arg(long)]
     pub kvm_linux: bool,
     /// Seconds allowed for one Linux boot to reach init.

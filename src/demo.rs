@@ -169,7 +169,6 @@ pub fn bench(args: &crate::cli::BenchArgs) -> i32 {
         Some(Err(e)) => println!("  qemu tcg               failed: {e}"),
         None => println!("  qemu tcg               not installed (Debian package qemu-system-x86): no comparison"),
     }
-    let _ = kvm_time;
 
     let initrd = args.images.join("initramfs.cpio.gz");
     if !initrd.is_file() {
@@ -187,7 +186,7 @@ pub fn bench(args: &crate::cli::BenchArgs) -> i32 {
             ("interp fast".into(), ferrovm_cmd(&k, &initrd, "interp", "fast")),
             ("interp classic".into(), ferrovm_cmd(&k, &initrd, "interp", "classic")),
         ];
-        if args.kvm_linux {
+        if args.kvm_linux || kvm_time.is_some() {
             cases.push(("kvm fast".into(), ferrovm_cmd(&k, &initrd, "kvm", "fast")));
         }
         if let Some(q) = &qemu {
@@ -218,6 +217,10 @@ pub fn bench(args: &crate::cli::BenchArgs) -> i32 {
                     results.push((name, None));
                 }
             }
+        }
+        let time_of = |which: &str| results.iter().find(|(n, _)| n == which).and_then(|(_, t)| *t);
+        if let (Some(i), Some(k)) = (time_of("interp fast"), time_of("kvm fast")) {
+            println!("    ratio interp fast / kvm fast: {:.2}", i.as_secs_f64() / k.as_secs_f64());
         }
         if let Some((_, Some(q))) = results.iter().find(|(n, _)| n == "qemu tcg") {
             for (name, t) in &results {

@@ -39,7 +39,10 @@ use std::sync::{Arc, Condvar, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use cpu::state::{cr, flags, reg, sreg, CpuState};
-use cpu::{Cpu, StopReason};
+use std::collections::HashMap;
+
+use cpu::{Cpu, FxEvent, StopReason};
+use hvf_kvm_accel::kvm::ExtendedState;
 use hvf_kvm_accel::{Vcpu, VcpuKicker, Vm, VmExit};
 
 use super::{KvmIo, Machine, RunReport, SplitMode, SLICE};
@@ -63,6 +66,8 @@ struct SplitStats {
     kicks: u64,
     user_steps: u64,
     flushes: u64,
+    /// AVX/AVX-512 state put back for a save area the kernel restored.
+    extended_restores: u64,
     in_kvm: Duration,
 }
 
@@ -192,6 +197,7 @@ impl Machine {
         cpu.yield_at_user = true;
         let mut st = SplitStats::default();
         let mut flushes_at_handover = None;
+        let mut extended = HashMap::new();
         let deadline = self.config.timeout.map(|t| start + t);
 
         let finish = |status: i32,
@@ -211,8 +217,8 @@ impl Machine {
                     cpu.stats.instructions, cpu.stats.blocks_decoded, cpu.stats.exceptions, cpu.stats.interrupts
                 ),
                 format!(
-                    "hand-overs to KVM: {}; back to the kernel: {} exceptions/interrupts, {} syscalls, {} int n, {} kicks; {} user instructions run by the interpreter; {} translation flushes",
-                    st.to_kvm, st.kernel_entries, st.syscalls, st.int_n, st.kicks, st.user_steps, st.flushes
+                    "hand-overs to KVM: {}; back to the kernel: {} exceptions/interrupts, {} syscalls, {} int n, {} kicks; {} user instructions run by the interpreter; {} translation flushes; {} extended-state restores",
+                    st.to_kvm, st.kernel_entries, st.syscalls, st.int_n, st.kicks, st.user_steps, st.flushes, st.extended_restores
                 ),
                 format!("KVM exits: {} ({} entries)", v.exits, v.entries),
                 format!(
@@ -263,6 +269,7 @@ impl Machine {
                         &alarm,
                         &mut next_timer,
                         &mut flushes_at_handover,
+                        &mut extended,
                         &mut st,
                     )?;
                     if let Back::Shutdown(chain) = back {
@@ -300,12 +307,14 @@ impl Machine {
         alarm: &Alarm,
         next_timer: &mut Option<u64>,
         flushes_at_handover: &mut Option<u64>,
+        extended: &mut HashMap<u64, ExtendedState>,
         st: &mut SplitStats,
     ) -> Result<Back, Error> {
         if *flushes_at_handover != Some(cpu.mmu.flushes) {
             vm.flush_translations()?;
             st.flushes += 1;
         }
+        sync_extended(cpu, vcpu, extended, st)?;
         let mut entry = cpu.state;
         entry.materialize_flags();
         vcpu.set_state(&for_kvm(&entry)).map_err(|e| {
@@ -503,6 +512,59 @@ fn undo_artifact(cpu: &mut Cpu, entry: &CpuState) -> Option<Artifact> {
     s.cpl = 3;
     cpu.set_state(s);
     Some(artifact)
+}
+
+/// Save areas remembered at most; past that the oldest knowledge is dropped
+/// (a task then gets its AVX state back in the init state).
+const EXTENDED_AREAS: usize = 4096;
+
+/// Keep user code's AVX and AVX-512 state per task. kvm_pvm runs user code
+/// with the host's XCR0 and CPUID, whatever the guest set up, so user code
+/// uses AVX-512 registers even though the interpreter's CPU (and so the
+/// kernel) knows only x87 and SSE. The kernel switches tasks' x87/SSE state
+/// with FXSAVE and FXRSTOR, each task with its own save area: the rest of
+/// the state is saved and restored here alongside, keyed by that area's
+/// address, replaying the interpreter's FXSAVEs and FXRSTORs since the
+/// last hand-over ([`Cpu::fx_log`]).
+fn sync_extended(
+    cpu: &mut Cpu,
+    vcpu: &hvf_kvm_accel::kvm::KvmVcpu,
+    by_area: &mut HashMap<u64, ExtendedState>,
+    st: &mut SplitStats,
+) -> Result<(), Error> {
+    if cpu.fx_log.is_empty() {
+        return Ok(());
+    }
+    // The state in the registers: KVM's until an FXRSTOR replaces it.
+    let mut current: Option<ExtendedState> = None;
+    let mut restored = false;
+    for ev in std::mem::take(&mut cpu.fx_log) {
+        match ev {
+            FxEvent::Save(area) => {
+                let e = match &current {
+                    Some(e) => e.clone(),
+                    None => {
+                        let e = vcpu.extended_state()?.unwrap_or_else(ExtendedState::init);
+                        current = Some(e.clone());
+                        e
+                    }
+                };
+                if by_area.len() >= EXTENDED_AREAS {
+                    by_area.clear();
+                }
+                by_area.insert(area, e);
+            }
+            FxEvent::Restore(area) => {
+                current = Some(by_area.get(&area).cloned().unwrap_or_else(ExtendedState::init));
+                restored = true;
+            }
+        }
+    }
+    if let (true, Some(e)) = (restored, current) {
+        vcpu.set_extended_state(&e)?;
+        st.extended_restores += 1;
+    }
+    Ok(())
 }
 
 /// The state as KVM gets it. kvm_pvm refuses CR4.PCIDE; process-context

@@ -225,6 +225,17 @@ pub struct Cpu {
     /// executing code at CPL 3 (split execution: another engine runs user
     /// code). Interrupts are still delivered first.
     pub yield_at_user: bool,
+    /// With [`Cpu::yield_at_user`] set: each FXSAVE and FXRSTOR, in order,
+    /// with its operand's linear address (the engine running user code
+    /// keeps the state FXSAVE does not cover per save area).
+    pub fx_log: Vec<FxEvent>,
+}
+
+/// An FXSAVE or FXRSTOR and the linear address of its 512-byte area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FxEvent {
+    Save(u64),
+    Restore(u64),
 }
 
 impl Cpu {
@@ -247,6 +258,7 @@ impl Cpu {
             tsc_per_ns_fp: crate::cpuid::TSC_KHZ * (1 << 32) / 1_000_000,
             sys: Default::default(),
             yield_at_user: false,
+            fx_log: Vec::new(),
         };
         cpu.update_paging();
         cpu

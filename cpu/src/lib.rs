@@ -21,6 +21,6 @@ pub mod segment;
 pub mod state;
 pub mod x87;
 
-pub use cpu::{Cpu, CpuStats, Platform, StopReason};
+pub use cpu::{Cpu, CpuStats, FxEvent, Platform, StopReason};
 pub use exception::{Exception, Fault};
 pub use state::CpuState;

@@ -1290,7 +1290,7 @@ fn emms(cpu: &mut Cpu, _insn: &Instruction) -> Fault<()> {
 }
 
 /// FXSAVE/FXRSTOR operand: #NM, then #GP(0) unless 16-byte aligned.
-fn fx_operand(cpu: &Cpu, insn: &Instruction, write: bool) -> Fault<(usize, u64, bool, usize)> {
+fn fx_operand(cpu: &Cpu, insn: &Instruction, write: bool) -> Fault<(usize, u64, bool, usize, u64)> {
     check_nm(cpu)?;
     let (seg, off) = mem_operand(cpu, insn);
     let lin = cpu.linear(seg, off, 512, write)?;
@@ -1299,21 +1299,29 @@ fn fx_operand(cpu: &Cpu, insn: &Instruction, write: bool) -> Fault<(usize, u64, 
     }
     let rex_w = matches!(insn.code(), Code::Fxsave64_m512byte | Code::Fxrstor64_m512byte);
     let xmm = if cpu.state.code64() { 16 } else { 8 };
-    Ok((seg, off, rex_w, xmm))
+    Ok((seg, off, rex_w, xmm, lin))
 }
 
 fn fxsave(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
-    let (seg, off, rex_w, xmm) = fx_operand(cpu, insn, true)?;
+    let (seg, off, rex_w, xmm, lin) = fx_operand(cpu, insn, true)?;
     let mut img = [0u8; 512];
     let n = x87::fxsave(&cpu.state, rex_w, xmm, &mut img);
-    cpu.write_mem_buf(seg, off, &img[..n])
+    cpu.write_mem_buf(seg, off, &img[..n])?;
+    if cpu.yield_at_user {
+        cpu.fx_log.push(crate::cpu::FxEvent::Save(lin));
+    }
+    Ok(())
 }
 
 fn fxrstor(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
-    let (seg, off, rex_w, xmm) = fx_operand(cpu, insn, false)?;
+    let (seg, off, rex_w, xmm, lin) = fx_operand(cpu, insn, false)?;
     let mut img = [0u8; 512];
     cpu.read_mem_buf(seg, off, &mut img)?;
-    x87::fxrstor(&mut cpu.state, rex_w, xmm, &img)
+    x87::fxrstor(&mut cpu.state, rex_w, xmm, &img)?;
+    if cpu.yield_at_user {
+        cpu.fx_log.push(crate::cpu::FxEvent::Restore(lin));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

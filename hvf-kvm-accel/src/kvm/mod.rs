@@ -35,7 +35,7 @@ use crate::{AccelError, Hypervisor, IoEventAddr, IrqChip, Vcpu, Vm};
 vmm_sys_util::ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
 
 pub use kick::kick_signal;
-pub use vcpu::KvmVcpu;
+pub use vcpu::{ExtendedState, KvmVcpu};
 
 /// Capabilities without which the backend cannot run a guest, with names for
 /// the error message.

@@ -42,6 +42,27 @@ struct Snapshot {
     fresh_read: bool,
 }
 
+/// Where XSTATE_BV sits in the `kvm_xsave` region (32-bit words).
+const XSTATE_BV_WORD: usize = 512 / 4;
+/// Where the components past the legacy area and the XSAVE header start.
+const EXTENDED_WORD: usize = 576 / 4;
+
+/// The XSAVE components past x87 and SSE, in KVM's (standard) layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtendedState {
+    /// Their XSTATE_BV bits (bits 0 and 1 clear).
+    pub bv: u64,
+    /// The `kvm_xsave` region from byte 576 on.
+    pub words: Vec<u32>,
+}
+
+impl ExtendedState {
+    /// Every component in its init state.
+    pub fn init() -> Self {
+        ExtendedState { bv: 0, words: Vec::new() }
+    }
+}
+
 /// A KVM vCPU.
 pub struct KvmVcpu {
     fd: VcpuFd,
@@ -301,6 +322,52 @@ impl KvmVcpu {
         // features with arch_prctl(ARCH_REQ_XCOMP_PERM), which ferrovm never does.
         unsafe { self.fd.get_xsave2(&mut x) }.map_err(|e| AccelError::ioctl("KVM_GET_XSAVE2", e))?;
         Ok(x)
+    }
+
+    /// The XSAVE components past x87 and SSE (AVX, AVX-512, ...) as KVM
+    /// holds them; `None` when KVM has no XSAVE interface.
+    pub fn extended_state(&self) -> Result<Option<ExtendedState>, AccelError> {
+        let region: Vec<u32> = match self.shared.caps.fpu_path {
+            FpuPath::Xsave2 { fam_len } => self.get_xsave2(fam_len)?.as_fam_struct_ref().xsave.region.to_vec(),
+            FpuPath::Xsave => self.fd.get_xsave().map_err(|e| AccelError::ioctl("KVM_GET_XSAVE", e))?.region.to_vec(),
+            FpuPath::Fpu => return Ok(None),
+        };
+        let bv = u64::from(region[XSTATE_BV_WORD]) | (u64::from(region[XSTATE_BV_WORD + 1]) << 32);
+        Ok(Some(ExtendedState { bv: bv & !0b11, words: region[EXTENDED_WORD..].to_vec() }))
+    }
+
+    /// Replace the XSAVE components past x87 and SSE with `e` (the init
+    /// state for [`ExtendedState::init`]), keeping x87 and SSE.
+    pub fn set_extended_state(&self, e: &ExtendedState) -> Result<(), AccelError> {
+        let put = |region: &mut [u32]| {
+            let old = u64::from(region[XSTATE_BV_WORD]) | (u64::from(region[XSTATE_BV_WORD + 1]) << 32);
+            let bv = (old & 0b11) | e.bv;
+            region[XSTATE_BV_WORD] = bv as u32;
+            region[XSTATE_BV_WORD + 1] = (bv >> 32) as u32;
+            let tail = &mut region[EXTENDED_WORD..];
+            tail.fill(0);
+            let n = tail.len().min(e.words.len());
+            tail[..n].copy_from_slice(&e.words[..n]);
+        };
+        match self.shared.caps.fpu_path {
+            FpuPath::Xsave2 { fam_len } => {
+                let mut x = self.get_xsave2(fam_len)?;
+                // SAFETY: the reference is used only to write the fixed
+                // `xsave.region` array; the FAM length field is not touched.
+                put(unsafe { &mut x.as_mut_fam_struct().xsave.region });
+                // SAFETY: `x` was allocated with the size KVM_CAP_XSAVE2
+                // reported (see `get_xsave2`), which is what KVM reads.
+                unsafe { self.fd.set_xsave2(&x) }.map_err(|e| AccelError::ioctl("KVM_SET_XSAVE2", e))
+            }
+            FpuPath::Xsave => {
+                let mut x = self.fd.get_xsave().map_err(|e| AccelError::ioctl("KVM_GET_XSAVE", e))?;
+                put(&mut x.region);
+                // SAFETY: without KVM_CAP_XSAVE2 the kernel reads exactly the
+                // 4 KiB `kvm_xsave` this is.
+                unsafe { self.fd.set_xsave(&x) }.map_err(|e| AccelError::ioctl("KVM_SET_XSAVE", e))
+            }
+            FpuPath::Fpu => Ok(()),
+        }
     }
 
     /// The x87/SSE state, with MXCSR when KVM has XSAVE.

@@ -61,11 +61,7 @@ pub struct Io {
 
 impl Io {
     pub fn on(&self, port: u16) -> Vec<u32> {
-        self.writes
-            .iter()
-            .filter(|(p, _)| *p == port)
-            .map(|(_, v)| *v)
-            .collect()
+        self.writes.iter().filter(|(p, _)| *p == port).map(|(_, v)| *v).collect()
     }
 }
 
@@ -122,12 +118,12 @@ pub fn write_system_tables(mem: &GuestMemory) {
     }
     let gdt = [
         0,
-        gdt_entry(0, 0xfffff, 0x9b, 0xa), // 0x08 kernel code, L=1
-        gdt_entry(0, 0xfffff, 0x93, 0xc), // 0x10 kernel data
-        gdt_entry(0, 0xfffff, 0xf3, 0xc), // 0x18 user data
-        gdt_entry(0, 0xfffff, 0xfb, 0xa), // 0x20 user code, L=1
+        gdt_entry(0, 0xfffff, 0x9b, 0xa),     // 0x08 kernel code, L=1
+        gdt_entry(0, 0xfffff, 0x93, 0xc),     // 0x10 kernel data
+        gdt_entry(0, 0xfffff, 0xf3, 0xc),     // 0x18 user data
+        gdt_entry(0, 0xfffff, 0xfb, 0xa),     // 0x20 user code, L=1
         gdt_entry(TSS as u32, 0x67, 0x89, 0), // 0x28 TSS (64-bit, available)
-        0,                                // TSS base 63:32
+        0,                                    // TSS base 63:32
     ];
     for (i, e) in gdt.iter().enumerate() {
         mem.write_u64(GDT + 8 * i as u64, *e).unwrap();
@@ -139,10 +135,8 @@ pub fn write_system_tables(mem: &GuestMemory) {
     // Gates are DPL3 so `int n` from ring 3 is allowed.
     for vec in 0..256u64 {
         let handler = HANDLERS + vec * 32;
-        let lo = (handler & 0xffff)
-            | (u64::from(KERNEL_CS) << 16)
-            | (0xee00u64 << 32)
-            | ((handler >> 16) & 0xffff) << 48;
+        let lo =
+            (handler & 0xffff) | (u64::from(KERNEL_CS) << 16) | (0xee00u64 << 32) | ((handler >> 16) & 0xffff) << 48;
         mem.write_u64(IDT + vec * 16, lo).unwrap();
         mem.write_u64(IDT + vec * 16 + 8, handler >> 32).unwrap();
         let has_error_code = matches!(vec, 8 | 10..=14 | 17);
@@ -172,11 +166,8 @@ pub fn long_mode_state(rip: u64, cpl: u8) -> CpuState {
     use seg_attr::*;
     let mut s = CpuState::reset();
     let dpl = u32::from(cpl) << DPL_SHIFT;
-    let (cs_sel, ds_sel, stack) = if cpl == 3 {
-        (USER_CS, USER_DS, USER_STACK)
-    } else {
-        (KERNEL_CS, KERNEL_DS, KERNEL_STACK)
-    };
+    let (cs_sel, ds_sel, stack) =
+        if cpl == 3 { (USER_CS, USER_DS, USER_STACK) } else { (KERNEL_CS, KERNEL_DS, KERNEL_STACK) };
     let data = Segment {
         base: 0,
         limit: 0xffff_ffff,
@@ -192,30 +183,10 @@ pub fn long_mode_state(rip: u64, cpl: u8) -> CpuState {
         selector: cs_sel,
         _pad: [0; 3],
     };
-    s.tr = Segment {
-        base: TSS,
-        limit: 0x67,
-        attr: P | 11,
-        selector: TSS_SEL,
-        _pad: [0; 3],
-    };
-    s.ldtr = Segment {
-        base: 0,
-        limit: 0,
-        attr: UNUSABLE,
-        selector: 0,
-        _pad: [0; 3],
-    };
-    s.gdtr = DescTable {
-        base: GDT,
-        limit: 7 * 8 - 1,
-        _pad: 0,
-    };
-    s.idtr = DescTable {
-        base: IDT,
-        limit: 256 * 16 - 1,
-        _pad: 0,
-    };
+    s.tr = Segment { base: TSS, limit: 0x67, attr: P | 11, selector: TSS_SEL, _pad: [0; 3] };
+    s.ldtr = Segment { base: 0, limit: 0, attr: UNUSABLE, selector: 0, _pad: [0; 3] };
+    s.gdtr = DescTable { base: GDT, limit: 7 * 8 - 1, _pad: 0 };
+    s.idtr = DescTable { base: IDT, limit: 256 * 16 - 1, _pad: 0 };
     s.cr0 = cr::CR0_PE | cr::CR0_MP | cr::CR0_ET | cr::CR0_NE | cr::CR0_WP | cr::CR0_PG;
     s.cr3 = PML4;
     s.cr4 = cr::CR4_PAE | cr::CR4_OSFXSR | cr::CR4_OSXMMEXCPT;
@@ -253,10 +224,7 @@ pub fn guest_with(kvm: &mut Kvm, code: &[u8], cpl: u8, in_kernel_irqchip: bool) 
     };
     if !in_kernel_irqchip {
         assert_eq!(vm.irqchip(), IrqChip::Userspace);
-        assert!(
-            vm.set_irq_line(4, true).is_err(),
-            "no in-kernel PIC to drive"
-        );
+        assert!(vm.set_irq_line(4, true).is_err(), "no in-kernel PIC to drive");
     }
     let mut vcpu = vm.create_kvm_vcpu(0).unwrap();
     vcpu.set_state(&long_mode_state(CODE, cpl)).unwrap();
