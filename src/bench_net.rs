@@ -16,6 +16,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::cli::BenchArgs;
@@ -63,6 +64,7 @@ enum Vmm {
 struct BenchGuest {
     child: Child,
     lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
 }
 
 impl BenchGuest {
@@ -104,7 +106,7 @@ impl BenchGuest {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
         let out = child.stdout.take().ok_or("no stdout")?;
@@ -117,7 +119,19 @@ impl BenchGuest {
                 }
             }
         });
-        Ok(BenchGuest { child, lines })
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let mut err = child.stderr.take().ok_or("no stderr")?;
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Ok(BenchGuest { child, lines, stderr })
     }
 
     /// The rest of the line `T:{key}`.
@@ -126,7 +140,11 @@ impl BenchGuest {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).map_err(|_| format!("no {prefix} from the guest"))?;
+            let line = self.lines.recv_timeout(left).map_err(|_| {
+                let err = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
+                let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+                format!("no {prefix} from the guest (its last message: {last:?})")
+            })?;
             if let Some(rest) = line.strip_prefix(&prefix) {
                 return Ok(rest.trim().to_string());
             }
