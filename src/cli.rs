@@ -43,6 +43,13 @@ pub struct BenchArgs {
     /// Seconds allowed for one Linux boot to reach init.
     #[arg(long, default_value_t = 600)]
     pub boot_timeout: u64,
+    /// Measure TCP throughput through the user-mode NAT instead, per NIC
+    /// model, both ways (and QEMU's -netdev user when installed).
+    #[arg(long)]
+    pub net: bool,
+    /// MiB moved each way by --net.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub net_mib: usize,
 }
 
 /// Which CPU engine runs the guest.

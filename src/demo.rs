@@ -357,7 +357,7 @@ fn qemu_builtin(runs: usize) -> Option<Result<Duration, String>> {
     Some(Ok(times[runs / 2]))
 }
 
-fn which(name: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn which(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
 }

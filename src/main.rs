@@ -1,6 +1,7 @@
 //! `ferrovm`: the command-line front end. It parses options, assembles the
 //! machine and runs it, and maps how the run ended to the exit status.
 
+mod bench_net;
 mod boot;
 mod cli;
 mod demo;
@@ -145,6 +146,7 @@ fn main() -> ExitCode {
     let result = std::panic::catch_unwind(move || match cli.command {
         Command::Run(args) => run(args),
         Command::Demo => Ok(demo::demo()),
+        Command::Bench(args) if args.net => Ok(bench_net::run(&args)),
         Command::Bench(args) => Ok(demo::bench(&args)),
     });
     devices::console::restore_terminal();

@@ -472,15 +472,14 @@ fn sixty_four_concurrent_connections_complete() {
 
 // ---------------------------------------------------------------- bounds
 
-#[test]
-fn syn_flood_is_held_to_the_flow_bound() {
-    const MAX: usize = 32;
-    // An echo server for the connection that must survive the flood.
+/// A TCP echo server on 127.0.0.1 for `conns` connections; the thread ends
+/// when they all have.
+fn echo_server(conns: usize) -> (u16, thread::JoinHandle<()>) {
     let echo = TcpListener::bind("127.0.0.1:0").unwrap();
-    let echo_port = echo.local_addr().unwrap().port();
-    let echo_srv = thread::spawn(move || {
+    let port = echo.local_addr().unwrap().port();
+    let srv = thread::spawn(move || {
         let mut ts = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..conns {
             let (mut s, _) = echo.accept().unwrap();
             s.set_read_timeout(Some(T)).unwrap();
             ts.push(thread::spawn(move || {
@@ -496,6 +495,14 @@ fn syn_flood_is_held_to_the_flow_bound() {
             t.join().unwrap();
         }
     });
+    (port, srv)
+}
+
+#[test]
+fn syn_flood_is_held_to_the_flow_bound() {
+    const MAX: usize = 32;
+    // An echo server for the connection that must survive the flood.
+    let (echo_port, echo_srv) = echo_server(2);
     // The flood target: listens, never accepts.
     let target = TcpListener::bind("127.0.0.1:0").unwrap();
     let target_port = target.local_addr().unwrap().port();
@@ -645,6 +652,102 @@ fn udp_to_many_ports_is_held_to_the_flow_bound() {
     assert!(nat.stats().flows_evicted > 0);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     srv.join().unwrap();
+}
+
+/// A guest that floods everything at once (SYNs to many ports, UDP to many
+/// ports, DNS queries to a resolver that never answers, while not reading
+/// what comes back) is held to every bound: flows, pending DNS queries and
+/// the queue of frames for the guest. An established connection keeps
+/// being served throughout, and a new one gets in afterwards.
+#[test]
+fn mixed_flood_is_held_to_every_bound_while_a_flow_is_served() {
+    const MAX_FLOWS: usize = 24;
+    const DNS_PENDING: usize = 8;
+    const GUEST_QUEUE: usize = 64;
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (echo_port, echo_srv) = echo_server(2);
+    // The SYN flood's target: listens, never accepts.
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_port = target.local_addr().unwrap().port();
+    let mut nat = UserNet::new(UserNetConfig {
+        dns_upstream: DnsUpstream::Servers(vec![silent.local_addr().unwrap()]),
+        limits: Limits {
+            max_flows: MAX_FLOWS,
+            dns_pending: DNS_PENDING,
+            guest_queue: GUEST_QUEUE,
+            ..Limits::default()
+        },
+        ..config()
+    })
+    .unwrap();
+    let mut g = Guest::new();
+    let a = g.connect(SocketAddrV4::new(GATEWAY, echo_port), 8192);
+    let echo_round = |g: &mut Guest, nat: &mut UserNet, h, msg: &[u8]| {
+        let mut got = Vec::new();
+        let mut sent = false;
+        g.run(nat, Duration::from_secs(5), |g| {
+            let s = g.tcp(h);
+            if s.can_send() && !sent {
+                s.send_slice(msg).unwrap();
+                sent = true;
+            }
+            drain(s, &mut got);
+            got == msg
+        })
+    };
+    assert!(echo_round(&mut g, &mut nat, a, b"before"));
+
+    let flooder = EthernetAddress([0x02, 0, 0, 0, 0, 0x16]);
+    let flooder_ip = Ipv4Addr::new(10, 0, 2, 16);
+    let mut buf = [0u8; 2048];
+    let (mut peak_flows, mut peak_queue, mut served) = (0, 0, 0);
+    for round in 0..10u16 {
+        for i in 0..100u16 {
+            let port = 10000 + round * 100 + i;
+            nat.send(&syn_frame(flooder, SocketAddrV4::new(flooder_ip, port), SocketAddrV4::new(GATEWAY, target_port)));
+            let to = SocketAddrV4::new(GATEWAY, 20000 + round * 100 + i);
+            nat.send(&udp_frame(SocketAddrV4::new(GUEST_IP, 3333), to, GATEWAY_MAC, b"x"));
+            let q = dns_query(round * 100 + i, "flood.test");
+            nat.send(&udp_frame(SocketAddrV4::new(GUEST_IP, 5353), SocketAddrV4::new(DNS, 53), GATEWAY_MAC, &q));
+            let s = nat.stats();
+            peak_flows = peak_flows.max(s.tcp_flows + s.udp_flows);
+        }
+        // The guest is slow: one poll, then it takes what is queued.
+        nat.poll(Instant::now());
+        let mut queued = 0;
+        while nat.recv(&mut buf).is_some() {
+            queued += 1;
+        }
+        peak_queue = peak_queue.max(queued);
+        if round % 5 == 4 {
+            let msg = format!("during {round}");
+            assert!(
+                echo_round(&mut g, &mut nat, a, msg.as_bytes()),
+                "the echo stalled in round {round}: {:?}",
+                nat.stats()
+            );
+            served += 1;
+        }
+    }
+    let s = nat.stats();
+    println!("mixed flood: peak {peak_flows} flows (bound {MAX_FLOWS}), peak {peak_queue} frames queued (bound {GUEST_QUEUE}), {s:?}");
+    assert!(peak_flows <= MAX_FLOWS, "peak {peak_flows} flows");
+    assert!(peak_queue <= GUEST_QUEUE, "peak {peak_queue} queued frames");
+    assert!(s.dropped_guest_queue > 0, "the guest queue filled: {s:?}");
+    assert!(s.flows_evicted > 0, "{s:?}");
+    assert_eq!(s.dns_queries, 1000);
+    // At most DNS_PENDING queries wait upstream: the rest are SERVFAIL at once.
+    assert!(s.dns_servfail >= 1000 - DNS_PENDING as u64, "{s:?}");
+    assert_eq!(served, 2);
+    // A new connection gets in after the flood.
+    let b = g.connect(SocketAddrV4::new(GATEWAY, echo_port), 8192);
+    assert!(echo_round(&mut g, &mut nat, b, b"new"), "{:?}", nat.stats());
+    assert!(nat.stats().tcp_flows + nat.stats().udp_flows <= MAX_FLOWS);
+    g.tcp(a).close();
+    g.tcp(b).close();
+    g.run(&mut nat, Duration::from_secs(2), |_| false);
+    drop(target);
+    echo_srv.join().unwrap();
 }
 
 // ---------------------------------------------------------------- DNS

@@ -17,6 +17,7 @@
 
 use std::time::{Duration, Instant};
 
+pub mod fuzz;
 pub mod io;
 pub mod offload;
 

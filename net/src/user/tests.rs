@@ -302,3 +302,122 @@ fn fuzz_entry_point_over_random_and_mutated_frames() {
         crate::fuzz_frame(&input);
     }
 }
+
+/// An Ethernet/IPv4 frame from the guest to `dst` with IP options
+/// `ip_opts` (a multiple of 4 bytes) around `l4`; the IP checksum is filled.
+fn raw_ipv4(dst: Ipv4Addr, proto: IpProtocol, ip_opts: &[u8], l4: &[u8]) -> Vec<u8> {
+    let ihl = 20 + ip_opts.len();
+    let mut f = vec![0u8; ETH_HEADER_LEN + ihl + l4.len()];
+    f[0..6].copy_from_slice(&GW_MAC.0);
+    f[6..12].copy_from_slice(&GUEST_MAC.0);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut f[ETH_HEADER_LEN..];
+    ip[0] = 0x40 | (ihl / 4) as u8;
+    ip[2..4].copy_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = proto.into();
+    ip[12..16].copy_from_slice(&GUEST.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    ip[20..ihl].copy_from_slice(ip_opts);
+    ip[ihl..].copy_from_slice(l4);
+    Ipv4Packet::new_unchecked(&mut f[ETH_HEADER_LEN..]).fill_checksum();
+    f
+}
+
+/// A TCP SYN header (with `opts`) to GW:80, checksum filled.
+fn syn_l4(opts: &[u8]) -> Vec<u8> {
+    let mut l4 = vec![0u8; 20 + opts.len()];
+    let mut t = TcpPacket::new_unchecked(&mut l4[..]);
+    t.set_src_port(40000);
+    t.set_dst_port(80);
+    t.set_seq_number(TcpSeqNumber(7));
+    t.set_header_len((20 + opts.len()) as u8);
+    t.clear_flags();
+    t.set_syn(true);
+    t.set_window_len(1000);
+    l4[20..].copy_from_slice(opts);
+    TcpPacket::new_unchecked(&mut l4[..]).fill_checksum(&GUEST.into(), &GW.into());
+    l4
+}
+
+/// TCP and UDP headers that lie: truncated, with bad offsets and lengths,
+/// fragmented. Each is counted and dropped before anything answers it; IP
+/// and TCP options in otherwise good frames are accepted.
+#[test]
+fn malformed_tcp_and_udp_headers_are_dropped() {
+    let mut n = nat();
+    let answered = |n: &mut UserNet, f: &[u8]| {
+        n.send(f);
+        out(n).len()
+    };
+    // Good frames, each answered once (restrict=on: an RST; no upstream: SERVFAIL).
+    let good_syn = raw_ipv4(GW, IpProtocol::Tcp, &[], &syn_l4(&[]));
+    assert_eq!(answered(&mut n, &good_syn), 1);
+    let mss = [2, 4, 0x05, 0xb4];
+    assert_eq!(answered(&mut n, &raw_ipv4(GW, IpProtocol::Tcp, &[], &syn_l4(&mss))), 1, "TCP options");
+    let nops = [1, 1, 1, 0];
+    assert_eq!(answered(&mut n, &raw_ipv4(GW, IpProtocol::Tcp, &nops, &syn_l4(&[]))), 1, "IP options");
+    let dns = Ipv4Addr::new(10, 0, 2, 3);
+    let udp = |len_field: u16, payload: &[u8]| {
+        let mut l4 = vec![0u8; 8];
+        l4[0..2].copy_from_slice(&5555u16.to_be_bytes());
+        l4[2..4].copy_from_slice(&53u16.to_be_bytes());
+        l4[4..6].copy_from_slice(&len_field.to_be_bytes());
+        l4.extend_from_slice(payload);
+        l4
+    };
+    let q = dns::tests::query(9, "a.example");
+    assert_eq!(answered(&mut n, &raw_ipv4(dns, IpProtocol::Udp, &[], &udp(8 + q.len() as u16, &q))), 1);
+    let before = n.stats();
+
+    // Truncated TCP headers (the IP header says so too).
+    for len in 0..20 {
+        let l4 = syn_l4(&[]);
+        assert_eq!(answered(&mut n, &raw_ipv4(GW, IpProtocol::Tcp, &[], &l4[..len])), 0, "TCP header of {len}");
+    }
+    // Data offsets below 5 words and past the segment.
+    for words in [0u8, 4, 6, 15] {
+        let mut l4 = syn_l4(&[]);
+        l4[12] = words << 4;
+        assert_eq!(answered(&mut n, &raw_ipv4(GW, IpProtocol::Tcp, &[], &l4)), 0, "data offset {words}");
+    }
+    // Port 0.
+    let mut l4 = syn_l4(&[]);
+    l4[0..2].copy_from_slice(&[0, 0]);
+    TcpPacket::new_unchecked(&mut l4[..]).fill_checksum(&GUEST.into(), &GW.into());
+    assert_eq!(answered(&mut n, &raw_ipv4(GW, IpProtocol::Tcp, &[], &l4)), 0, "source port 0");
+    // Bad TCP checksum.
+    let mut l4 = syn_l4(&[]);
+    l4[16] ^= 0x55;
+    assert_eq!(answered(&mut n, &raw_ipv4(GW, IpProtocol::Tcp, &[], &l4)), 0, "TCP checksum");
+    // UDP: truncated header, length below the header, past the datagram.
+    for l4 in [udp(8, &[])[..4].to_vec(), udp(4, &q), udp(8 + q.len() as u16 + 1, &q), udp(2000, &q)] {
+        assert_eq!(answered(&mut n, &raw_ipv4(dns, IpProtocol::Udp, &[], &l4)), 0, "UDP {l4:02x?}");
+    }
+    // Fragments of a SYN and of a query: first (MF) and later (offset).
+    for (proto, l4) in [(IpProtocol::Tcp, syn_l4(&[])), (IpProtocol::Udp, udp(8 + q.len() as u16, &q))] {
+        let dst = if proto == IpProtocol::Tcp { GW } else { dns };
+        for (more, offset) in [(true, 0u16), (false, 8), (true, 16)] {
+            let mut f = raw_ipv4(dst, proto, &[], &l4);
+            let mut p = Ipv4Packet::new_unchecked(&mut f[ETH_HEADER_LEN..]);
+            p.set_more_frags(more);
+            p.set_frag_offset(offset);
+            p.fill_checksum();
+            assert_eq!(answered(&mut n, &f), 0, "fragment {proto} {more} {offset}");
+        }
+    }
+    // IP options longer than the packet, and an option area cut short.
+    let mut f = raw_ipv4(GW, IpProtocol::Tcp, &[1; 40], &[]);
+    f.truncate(ETH_HEADER_LEN + 30);
+    assert_eq!(answered(&mut n, &f), 0, "options past the frame");
+
+    let s = n.stats();
+    assert_eq!(s.dropped_checksum - before.dropped_checksum, 1, "{s:?}");
+    assert_eq!(s.dropped_fragment - before.dropped_fragment, 6, "{s:?}");
+    // 20 truncations, 4 offsets, port 0, 4 UDP lengths, the cut options.
+    let malformed = 20 + 4 + 1 + 4 + 1;
+    assert_eq!(s.dropped_malformed - before.dropped_malformed, malformed, "{s:?}");
+    assert_eq!(s.tcp_resets, before.tcp_resets, "no RST for a malformed segment");
+    // And good frames are still served.
+    assert_eq!(answered(&mut n, &good_syn), 1);
+}

@@ -1,0 +1,310 @@
+//! `ferrovm bench --net`: TCP throughput through the user-mode NAT, per NIC
+//! model, both ways, with QEMU's `-netdev user` on the same NIC model and the
+//! same guest side by side when `qemu-system-x86_64` is installed.
+//!
+//! The guest is Debian's generic kernel with `initramfs-net.cpio.gz` (built
+//! by `scripts/guest-images.sh`) in the interpreter (QEMU: TCG). It gets an
+//! address by DHCP and listens on two ports that host port forwards reach:
+//! - host -> guest: the host writes N MiB to the first port; the guest's
+//!   `nc` reads it into /dev/null and closes at the end. Timed from the
+//!   host's connect to the guest's close, which comes after the last byte.
+//! - guest -> host: the guest's `nc` sends /dev/zero to the second port;
+//!   timed from the host's connect to its N-th MiB.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::cli::BenchArgs;
+
+#[path = "../tests/guest/encode.rs"]
+mod encode;
+
+/// Guest ports the two forwards reach.
+const PORT_IN: u16 = 5555;
+const PORT_OUT: u16 = 5556;
+/// How long a guest may take to boot and listen.
+const BOOT_LIMIT: Duration = Duration::from_secs(600);
+
+const SCRIPT: &str = r#"
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net e1000; do
+    insmod /lib/modules/$m.ko 2> /dev/null
+done
+cat > /tmp/dhcp.sh <<'END'
+#!/bin/sh
+[ "$1" = bound ] && ifconfig $interface $ip netmask ${subnet:-255.255.255.0} up && route add default gw $router
+END
+chmod +x /tmp/dhcp.sh
+ifconfig eth0 up
+udhcpc -i eth0 -s /tmp/dhcp.sh -n -q -t 10 -T 1 > /dev/null 2>&1
+echo "T:addr $(ifconfig eth0 | grep -o 'inet addr:[0-9.]*' | cut -d: -f2)"
+nc -l -p @IN@ < /dev/null > /dev/null &
+sleep 1
+echo "T:ready-in"
+wait
+nc -l -p @OUT@ < /dev/zero > /dev/null &
+sleep 1
+echo "T:ready-out"
+wait
+echo "T:done"
+"#;
+
+/// Which emulator runs the guest.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Vmm {
+    Ferrovm,
+    Qemu,
+}
+
+/// One guest under one emulator, its serial console read line by line.
+struct BenchGuest {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl BenchGuest {
+    fn start(vmm: Vmm, qemu: Option<&Path>, images: &Path, model: &str, ports: (u16, u16)) -> Result<Self, String> {
+        let script = SCRIPT.replace("@IN@", &PORT_IN.to_string()).replace("@OUT@", &PORT_OUT.to_string());
+        let append = format!("console=ttyS0 ferrovm.poweroff=1 ferrovm.cmd={}", encode::base64(script.as_bytes()));
+        let fwd = format!("hostfwd=tcp:127.0.0.1:{}-:{PORT_IN},hostfwd=tcp:127.0.0.1:{}-:{PORT_OUT}", ports.0, ports.1);
+        let kernel = images.join("vmlinuz-generic");
+        let initrd = images.join("initramfs-net.cpio.gz");
+        let mut cmd = match vmm {
+            Vmm::Ferrovm => {
+                let mut c = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+                c.args(["run", "--accel", "interp", "--mem", "512M", "--serial", "stdio"])
+                    .arg("--nic")
+                    .arg(format!("user,model={model},{fwd}"))
+                    .arg("--kernel")
+                    .arg(&kernel)
+                    .arg("--initrd")
+                    .arg(&initrd)
+                    .arg("--append")
+                    .arg(&append);
+                c
+            }
+            Vmm::Qemu => {
+                let device = if model == "virtio" { "virtio-net-pci" } else { "e1000" };
+                let mut c = Command::new(qemu.ok_or("qemu-system-x86_64 is not installed")?);
+                c.args(["-accel", "tcg", "-m", "512", "-nodefaults", "-display", "none", "-serial", "stdio"])
+                    .args(["-monitor", "none", "-no-reboot"])
+                    .args(["-netdev", &format!("user,id=n0,{fwd}"), "-device", &format!("{device},netdev=n0")])
+                    .arg("-kernel")
+                    .arg(&kernel)
+                    .arg("-initrd")
+                    .arg(&initrd)
+                    .arg("-append")
+                    .arg(&append);
+                c
+            }
+        };
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
+        let out = child.stdout.take().ok_or("no stdout")?;
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).split(b'\n') {
+                let Ok(line) = line else { break };
+                if tx.send(String::from_utf8_lossy(&line).trim_end().to_string()).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let mut err = child.stderr.take().ok_or("no stderr")?;
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Ok(BenchGuest { child, lines, stderr })
+    }
+
+    /// The rest of the line `T:{key}`.
+    fn wait_for(&self, key: &str, limit: Duration) -> Result<String, String> {
+        let prefix = format!("T:{key}");
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).map_err(|_| {
+                let err = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
+                let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+                format!("no {prefix} from the guest (its last message: {last:?})")
+            })?;
+            if let Some(rest) = line.strip_prefix(&prefix) {
+                return Ok(rest.trim().to_string());
+            }
+        }
+    }
+}
+
+impl Drop for BenchGuest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects to a forward once the guest listens (a forward may take the
+/// connection and drop it while the guest's listener is not up yet).
+fn connect(port: u16) -> Result<TcpStream, String> {
+    let mut last = String::new();
+    for _ in 0..40 {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Err(format!("cannot connect to the forward on port {port}: {last}"))
+}
+
+/// Host -> guest: writes `bytes`, then waits for the guest's close.
+fn push(port: u16, bytes: usize, limit: Duration) -> Result<Duration, String> {
+    let chunk = vec![0x5au8; 1 << 16];
+    for _ in 0..3 {
+        let mut s = connect(port)?;
+        s.set_write_timeout(Some(limit)).ok();
+        s.set_read_timeout(Some(limit)).ok();
+        let t = Instant::now();
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if s.write_all(&chunk[..n]).is_err() {
+                break;
+            }
+            left -= n;
+        }
+        if left > 0 {
+            // The forward dropped the connection: the guest was not listening yet.
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        }
+        if s.shutdown(Shutdown::Write).is_err() {
+            continue;
+        }
+        // The guest's nc closes after the last byte: a clean EOF. A reset
+        // means the forward had nobody to give the connection to.
+        let mut b = [0u8; 64];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => return Ok(t.elapsed()),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Err("the guest never took the data".into())
+}
+
+/// Guest -> host: reads `bytes`.
+fn pull(port: u16, bytes: usize, limit: Duration) -> Result<Duration, String> {
+    let mut buf = vec![0u8; 1 << 16];
+    for _ in 0..3 {
+        let mut s = connect(port)?;
+        s.set_read_timeout(Some(limit)).ok();
+        let t = Instant::now();
+        let mut got = 0;
+        while got < bytes {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        if got >= bytes {
+            return Ok(t.elapsed());
+        }
+        if got > 0 {
+            return Err(format!("the guest stopped after {got} of {bytes} bytes"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Err("the guest never sent".into())
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+/// MiB/s host -> guest and guest -> host for one model under one emulator.
+fn measure(vmm: Vmm, qemu: Option<&Path>, images: &Path, model: &str, bytes: usize) -> Result<(f64, f64), String> {
+    let ports = (free_port()?, free_port()?);
+    let g = BenchGuest::start(vmm, qemu, images, model, ports)?;
+    let addr = g.wait_for("addr", BOOT_LIMIT)?;
+    if addr.is_empty() {
+        return Err("the guest got no address".into());
+    }
+    // 1 MiB/s at the least.
+    let limit = Duration::from_secs(60 + (bytes >> 20) as u64);
+    g.wait_for("ready-in", Duration::from_secs(60))?;
+    let t_in = push(ports.0, bytes, limit)?;
+    g.wait_for("ready-out", Duration::from_secs(60))?;
+    let t_out = pull(ports.1, bytes, limit)?;
+    let mib = bytes as f64 / f64::from(1 << 20);
+    Ok((mib / t_in.as_secs_f64(), mib / t_out.as_secs_f64()))
+}
+
+/// `ferrovm bench --net`.
+pub fn run(args: &BenchArgs) -> i32 {
+    let images: PathBuf = args.images.clone();
+    let mib = args.net_mib.max(1);
+    for f in ["vmlinuz-generic", "initramfs-net.cpio.gz"] {
+        if !images.join(f).is_file() {
+            println!(
+                "ferrovm bench --net: skipped, {} is missing (run scripts/guest-images.sh)",
+                images.join(f).display()
+            );
+            return 0;
+        }
+    }
+    let qemu = crate::demo::which("qemu-system-x86_64");
+    println!("ferrovm bench --net: TCP through the user-mode NAT, {mib} MiB each way through host port forwards");
+    println!(
+        "guest: Debian's generic kernel, busybox nc; ferrovm in the interpreter, QEMU with TCG and -netdev user\n"
+    );
+    if qemu.is_none() {
+        println!("QEMU column skipped: qemu-system-x86_64 is not on PATH (Debian package qemu-system-x86)\n");
+    }
+    println!("{:<8} {:<12} {:>14} {:>14} {:>10}", "model", "direction", "ferrovm MiB/s", "qemu MiB/s", "ratio");
+    let mut status = 0;
+    for model in ["e1000", "virtio"] {
+        let ours = measure(Vmm::Ferrovm, None, &images, model, mib << 20);
+        let theirs = qemu.as_deref().map(|q| measure(Vmm::Qemu, Some(q), &images, model, mib << 20));
+        if let Err(e) = &ours {
+            println!("{model:<8} ferrovm failed: {e}");
+            status = 1;
+        }
+        if let Some(Err(e)) = &theirs {
+            println!("{model:<8} qemu failed: {e}");
+        }
+        for (i, dir) in ["host->guest", "guest->host"].into_iter().enumerate() {
+            let pick = |r: &Result<(f64, f64), String>| r.as_ref().ok().map(|&(a, b)| if i == 0 { a } else { b });
+            let f = pick(&ours);
+            let q = theirs.as_ref().and_then(pick);
+            let cell = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+            let ratio = match (f, q) {
+                (Some(f), Some(q)) if q > 0.0 => format!("{:.2}", f / q),
+                _ => "-".into(),
+            };
+            println!("{model:<8} {dir:<12} {:>14} {:>14} {:>10}", cell(f), cell(q), ratio);
+        }
+    }
+    println!("\nratio: ferrovm / QEMU (above 1: ferrovm is faster)");
+    status
+}
