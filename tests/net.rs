@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 
 #[path = "guest/encode.rs"]
 mod encode;
+#[path = "guest/kvm.rs"]
+mod kvm;
 use encode::base64;
 
 /// Tests boot one guest (or one pair) at a time: the host has few cores,
@@ -755,6 +757,20 @@ fn e1000_on_the_nat_in_the_interpreter() {
     nat_guest_test("e1000", INTERP);
 }
 
+#[test]
+fn virtio_net_on_the_nat_under_kvm() {
+    if kvm::usable() {
+        nat_guest_test("virtio", "kvm");
+    }
+}
+
+#[test]
+fn e1000_on_the_nat_under_kvm() {
+    if kvm::usable() {
+        nat_guest_test("e1000", "kvm");
+    }
+}
+
 /// A hub member's script: a static address, ping the peer until it
 /// answers, then send (or receive) a 1 MiB file over TCP.
 const HUB_SCRIPT: &str = r#"
@@ -827,6 +843,13 @@ fn hub_test(accel: &str) {
 #[test]
 fn two_guests_on_a_hub_in_the_interpreter() {
     hub_test(INTERP);
+}
+
+#[test]
+fn two_guests_on_a_hub_under_kvm() {
+    if kvm::usable() {
+        hub_test("kvm");
+    }
 }
 
 #[test]
