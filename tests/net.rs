@@ -17,9 +17,10 @@
 //!   to the NIC) and, as an upper bound, in the guest around `nc`;
 //! - resolves a name with `nslookup` through 10.0.2.3, which forwards to a
 //!   resolver this test runs on the loopback (`dnsupstream=`);
-//! - on a second NIC with `restrict=on` (10.0.3.0/24), fails to reach the
-//!   host's loopback and serves a port forward;
-//! - moves 8 MiB through host port forwards in both directions.
+//! - moves 8 MiB through host port forwards in both directions;
+//! - with eth0 down, on a second NIC whose NAT has `restrict=on` (and the
+//!   same addresses), fails to reach the host's loopback through 10.0.2.2
+//!   and serves a port forward both ways.
 //!
 //! Every hash is compared with the host's. Without the images the tests
 //! say so and pass.
@@ -358,20 +359,22 @@ read t1 x < /proc/uptime
 sed 's/^/T:ns-out /' /tmp/ns
 echo "T:dns $rc $(grep -c '@DNS_ADDR@' /tmp/ns) $t0 $t1"
 
-ifconfig eth1 up
-udhcpc -i eth1 -s /tmp/dhcp.sh -n -q -t 10 -T 1
-echo "T:addr1 $(ifconfig eth1 | grep -o 'inet addr:[0-9.]*' | cut -d: -f2)"
-wget -q -O /tmp/r http://10.0.3.2:@HTTP@/blob > /tmp/rerr 2>&1
-rc=$?
-echo "T:restricted-http $rc $(cat /tmp/r 2>/dev/null | wc -c) $(grep -c 'refused' /tmp/rerr)"
-serve @RPORT@ /tmp/blob /tmp/rin restricted
-echo "T:restricted-fwd $(hashlen /tmp/rin)"
-
 serve @IN@ /dev/null /tmp/in in
 echo "T:in-done"
 echo "T:in $(hashlen /tmp/in)"
 serve @OUT@ /tmp/in /dev/null out
 echo "T:out-done"
+
+# The restricted NAT on eth1 has the same addresses as eth0's: eth0 goes.
+ifconfig eth0 down
+ifconfig eth1 up
+udhcpc -i eth1 -s /tmp/dhcp.sh -n -q -t 10 -T 1
+echo "T:addr1 $(ifconfig eth1 | grep -o 'inet addr:[0-9.]*' | cut -d: -f2)"
+wget -q -O /tmp/r http://10.0.2.2:@HTTP@/blob > /tmp/rerr 2>&1
+rc=$?
+echo "T:restricted-http $rc $(cat /tmp/r 2>/dev/null | wc -c) $(grep -c 'refused' /tmp/rerr)"
+serve @RPORT@ /tmp/blob /tmp/rin restricted
+echo "T:restricted-fwd $(hashlen /tmp/rin)"
 echo "T:done"
 "#;
 
@@ -642,9 +645,7 @@ fn nat_guest_test(model: &str, accel: &str) {
              hostfwd=tcp:127.0.0.1:{fwd_in}-:{GUEST_PORT_IN},hostfwd=tcp:127.0.0.1:{fwd_out}-:{GUEST_PORT_OUT}",
             pcap.display()
         ),
-        format!(
-            "user,model={model},net=10.0.3.0/24,restrict=on,hostfwd=tcp:127.0.0.1:{fwd_r}-:{GUEST_PORT_RESTRICTED}"
-        ),
+        format!("user,model={model},restrict=on,hostfwd=tcp:127.0.0.1:{fwd_r}-:{GUEST_PORT_RESTRICTED}"),
     ];
     let mut g = Guest::boot(model, accel, &dir, &nics, &script);
 
@@ -690,19 +691,6 @@ fn nat_guest_test(model: &str, accel: &str) {
     let queries = dns_seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
     g.check(queries.iter().any(|(n, t)| n == DNS_NAME && *t == 1), &format!("the resolver got {queries:?}"));
 
-    // The restricted NIC: no way to the host's loopback; its forward works.
-    let (addr1, _) = g.wait_for("addr1");
-    g.check(addr1 == "10.0.3.15", "eth1's address is not 10.0.3.15");
-    let (rh, _) = g.wait_for("restricted-http");
-    let v: Vec<&str> = rh.split_whitespace().collect();
-    g.check(v.len() == 3 && v[0] != "0" && v[1] == "0" && v[2] == "1", &format!("restricted HTTP: {rh}"));
-    g.wait_for("ready-restricted");
-    let data = pattern(RESTRICTED_BYTES, 3);
-    let back = exchange_through(fwd_r, &data, blob.len(), &mut g);
-    g.check(back == blob, "the restricted forward's reply");
-    let (rf, _) = g.wait_for("restricted-fwd");
-    g.check(rf == format!("{} {RESTRICTED_BYTES}", sha256(&data)), &format!("restricted forward: {rf}"));
-
     // 8 MiB each way through the forwards.
     let data = pattern(FWD_BYTES, 2);
     let want = sha256(&data);
@@ -716,6 +704,21 @@ fn nat_guest_test(model: &str, accel: &str) {
     let (back, out_time) = receive_through(fwd_out, &mut g);
     g.check(back.len() == FWD_BYTES && sha256(&back) == want, "guest -> host through hostfwd");
     g.wait_for("out-done");
+
+    // The restricted NAT (the same addresses; eth0 is down): no way to the
+    // host's loopback through 10.0.2.2; its forward works both ways.
+    let (addr1, _) = g.wait_for("addr1");
+    g.check(addr1 == "10.0.2.15", "eth1's address is not 10.0.2.15");
+    let (rh, _) = g.wait_for("restricted-http");
+    let v: Vec<&str> = rh.split_whitespace().collect();
+    g.check(v.len() == 3 && v[0] != "0" && v[1] == "0" && v[2] == "1", &format!("restricted HTTP: {rh}"));
+    g.wait_for("ready-restricted");
+    let data = pattern(RESTRICTED_BYTES, 3);
+    let back = exchange_through(fwd_r, &data, blob.len(), &mut g);
+    g.check(back == blob, "the restricted forward's reply");
+    let (rf, _) = g.wait_for("restricted-fwd");
+    g.check(rf == format!("{} {RESTRICTED_BYTES}", sha256(&data)), &format!("restricted forward: {rf}"));
+
     g.finish();
 
     // The RSTs' latency in the NAT, from the capture's timestamps.
