@@ -166,7 +166,7 @@ impl Machine {
     }
 
     /// A machine with the network cards of `nics` (`--nic`) in PCI slots 3, 4, ...
-    pub fn with_nics(config: MachineConfig, nics: &[net::NicSpec]) -> Result<Self, Error> {
+    pub fn with_nics(mut config: MachineConfig, nics: &[net::NicSpec]) -> Result<Self, Error> {
         let mut mem = GuestMemory::new(config.mem)?;
         match &config.firmware {
             Firmware::Builtin => {
@@ -191,8 +191,15 @@ impl Machine {
             Firmware::Kernel(_) => {}
         }
         let mem = Arc::new(mem);
-        let (boot_state, boot_note, kernel_code) = match &config.firmware {
-            Firmware::Kernel(k) => load_kernel(&mem, k)?,
+        let (boot_state, boot_note, kernel_code) = match &mut config.firmware {
+            Firmware::Kernel(k) => {
+                let loaded = load_kernel(&mem, k)?;
+                // Loaded once: a reset restarts from the reset vector, so the
+                // image's bytes (14 MiB for a distribution kernel) go.
+                k.kernel = Vec::new();
+                k.initrd = None;
+                loaded
+            }
             _ => (CpuState::reset(), None, Vec::new()),
         };
         let events = Arc::new(VmEvents::new());

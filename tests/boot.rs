@@ -214,9 +214,8 @@ fn generic_kernel_boots_to_init_under_kvm() {
     kvm_boot("vmlinuz-generic");
 }
 
-/// The interpreter's full check under KVM: `cargo test --test boot -- --ignored`.
+/// The interpreter's full check (CPU flags, dmesg) under KVM.
 #[test]
-#[ignore = "long: a third boot under KVM"]
 fn cloud_kernel_full_check_under_kvm() {
     let Some(dir) = images() else { return };
     if !kvm::usable() {

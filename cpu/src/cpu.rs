@@ -138,11 +138,25 @@ struct DecodeCache {
     /// Blocks that start in each physical page.
     by_page: FastMap<u64, Vec<BlockKey>>,
     jump: Vec<Option<(BlockKey, Rc<Block>)>>,
+    /// Instructions held in `blocks`.
+    insns: usize,
 }
+
+/// Decoded instructions the cache holds at most (about 56 bytes each): when
+/// a new block would pass it, the whole cache is dropped and refills with
+/// the code that runs from then on, as a translation cache is flushed when
+/// its buffer is full. A kernel's boot runs far more distinct code than it
+/// keeps running.
+const MAX_CACHED_INSNS: usize = 128 * 1024;
 
 impl Default for DecodeCache {
     fn default() -> Self {
-        DecodeCache { blocks: FastMap::default(), by_page: FastMap::default(), jump: vec![None; JUMP_CACHE] }
+        DecodeCache {
+            blocks: FastMap::default(),
+            by_page: FastMap::default(),
+            jump: vec![None; JUMP_CACHE],
+            insns: 0,
+        }
     }
 }
 
@@ -166,16 +180,24 @@ impl DecodeCache {
     }
 
     fn insert(&mut self, key: BlockKey, block: Rc<Block>) {
+        if self.insns + block.insns.len() > MAX_CACHED_INSNS {
+            *self = DecodeCache::default();
+        }
+        self.insns += block.insns.len();
         let page = key.phys & !0xfff;
         self.jump[Self::slot(&key)] = Some((key, block.clone()));
-        self.blocks.insert(key, block);
-        self.by_page.entry(page).or_default().push(key);
+        match self.blocks.insert(key, block) {
+            Some(old) => self.insns -= old.insns.len(),
+            None => self.by_page.entry(page).or_default().push(key),
+        }
     }
 
     fn invalidate_page(&mut self, page: u64) {
         if let Some(keys) = self.by_page.remove(&page) {
             for k in keys {
-                self.blocks.remove(&k);
+                if let Some(b) = self.blocks.remove(&k) {
+                    self.insns -= b.insns.len();
+                }
                 let slot = Self::slot(&k);
                 if matches!(&self.jump[slot], Some((jk, _)) if *jk == k) {
                     self.jump[slot] = None;
@@ -805,4 +827,42 @@ impl Cpu {
 #[inline]
 pub fn is_canonical(a: u64) -> bool {
     ((a as i64) << 16 >> 16) as u64 == a
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    fn block(n: usize) -> Rc<Block> {
+        Rc::new(Block { insns: vec![Decoded::new(Instruction::default()); n] })
+    }
+
+    fn key(phys: u64) -> BlockKey {
+        BlockKey { phys, rip_page: phys & !0xfff, bits: 64 }
+    }
+
+    #[test]
+    fn the_decode_cache_is_dropped_when_full_and_counts_invalidations() {
+        let mut c = DecodeCache::default();
+        let per = 1000;
+        let fit = MAX_CACHED_INSNS / per;
+        for i in 0..fit as u64 {
+            c.insert(key(i * 0x1000), block(per));
+        }
+        assert_eq!(c.insns, fit * per);
+        // Invalidating a page gives its instructions back.
+        c.invalidate_page(0);
+        assert_eq!(c.insns, (fit - 1) * per);
+        assert!(c.get(&key(0)).is_none());
+        // Re-inserting a key replaces the block without counting it twice.
+        c.insert(key(0x1000), block(per));
+        assert_eq!(c.insns, (fit - 1) * per);
+        c.insert(key(0), block(per));
+        // Full: the next block drops everything else.
+        c.insert(key(0xfff_f000), block(per));
+        assert_eq!(c.insns, per);
+        assert_eq!(c.blocks.len(), 1);
+        assert!(c.get(&key(0x1000)).is_none());
+        assert!(c.get(&key(0xfff_f000)).is_some());
+    }
 }

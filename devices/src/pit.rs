@@ -32,7 +32,10 @@
 //!   end of the current period (as QEMU does); drivers write the control
 //!   word first, which stops the counter anyway.
 //! - Mode 3 with an odd count counts down by two like an even one.
-//! - Missed IRQ0 periods are coalesced into one edge.
+//! - Late IRQ0 edges of a periodic counter are raised one per poll, up to a
+//!   second's worth (KVM's PIT reinjects lost ticks likewise): Linux counts
+//!   jiffies by them, and its clocksource watchdog marks the TSC unstable
+//!   when jiffies fall behind.
 //! - The speaker is not heard; its enable bits are kept for the guest.
 
 use std::sync::Arc;
@@ -514,7 +517,16 @@ impl Timed for Pit {
             return;
         };
         if edge <= elapsed {
-            ch.s.irq_done_ticks = elapsed;
+            let behind = elapsed - edge;
+            // A periodic counter's late edges are raised one per poll, in
+            // order, so that a guest counting ticks (jiffies) does not fall
+            // behind real time when the host was slow to run it; past a
+            // second's worth of ticks the backlog is dropped.
+            ch.s.irq_done_ticks = if matches!(ch.s.mode, 2 | 3) && behind < PIT_HZ {
+                edge
+            } else {
+                elapsed
+            };
             self.irq.pulse();
         }
     }
@@ -629,9 +641,21 @@ mod tests {
         assert_eq!(r.irq.pulses(), 1);
         r.run_ticks(11932);
         assert_eq!(r.irq.pulses(), 2);
-        // Ten missed periods give one edge.
+        // Ten missed periods give ten edges, one per poll.
         r.run_ticks(11932 * 10);
         assert_eq!(r.irq.pulses(), 3);
+        for _ in 0..9 {
+            r.poll();
+        }
+        assert_eq!(r.irq.pulses(), 12);
+        r.poll();
+        assert_eq!(r.irq.pulses(), 12);
+        assert!(r.pit.lock().next_deadline_ns().unwrap() > r.clock.now_ns());
+        // More than a second behind: the backlog is dropped.
+        r.run_ticks(11932 * 150);
+        r.poll();
+        r.poll();
+        assert_eq!(r.irq.pulses(), 13);
         assert!(r.pit.lock().next_deadline_ns().unwrap() > r.clock.now_ns());
     }
 
