@@ -3,7 +3,8 @@
 //! same guest side by side when `qemu-system-x86_64` is installed.
 //!
 //! The guest is Debian's generic kernel with `initramfs-net.cpio.gz` (built
-//! by `scripts/guest-images.sh`) in the interpreter (QEMU: TCG). It gets an
+//! by `scripts/guest-images.sh`) in the interpreter and, when /dev/kvm is
+//! usable, under KVM (QEMU: TCG). It gets an
 //! address by DHCP and listens on two ports that host port forwards reach:
 //! - host -> guest: the host writes N MiB to the first port; the guest's
 //!   `nc` reads it into /dev/null and closes at the end. Timed from the
@@ -56,7 +57,8 @@ echo "T:done"
 /// Which emulator runs the guest.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Vmm {
-    Ferrovm,
+    /// ferrovm with this `--accel`.
+    Ferrovm(&'static str),
     Qemu,
 }
 
@@ -75,9 +77,9 @@ impl BenchGuest {
         let kernel = images.join("vmlinuz-generic");
         let initrd = images.join("initramfs-net.cpio.gz");
         let mut cmd = match vmm {
-            Vmm::Ferrovm => {
+            Vmm::Ferrovm(accel) => {
                 let mut c = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
-                c.args(["run", "--accel", "interp", "--mem", "512M", "--serial", "stdio"])
+                c.args(["run", "--accel", accel, "--mem", "512M", "--serial", "stdio"])
                     .arg("--nic")
                     .arg(format!("user,model={model},{fwd}"))
                     .arg("--kernel")
@@ -276,35 +278,52 @@ pub fn run(args: &BenchArgs) -> i32 {
     let qemu = crate::demo::which("qemu-system-x86_64");
     println!("ferrovm bench --net: TCP through the user-mode NAT, {mib} MiB each way through host port forwards");
     println!(
-        "guest: Debian's generic kernel, busybox nc; ferrovm in the interpreter, QEMU with TCG and -netdev user\n"
+        "guest: Debian's generic kernel, busybox nc; ferrovm in the interpreter and under KVM, QEMU with TCG and -netdev user\n"
     );
     if qemu.is_none() {
         println!("QEMU column skipped: qemu-system-x86_64 is not on PATH (Debian package qemu-system-x86)\n");
     }
-    println!("{:<8} {:<12} {:>14} {:>14} {:>10}", "model", "direction", "ferrovm MiB/s", "qemu MiB/s", "ratio");
+    let kvm = hvf_kvm_accel::open().is_ok();
+    if !kvm {
+        println!("kvm column skipped: /dev/kvm is not usable here\n");
+    }
+    println!(
+        "{:<8} {:<12} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "model", "direction", "interp MiB/s", "kvm MiB/s", "qemu MiB/s", "interp/qemu", "kvm/qemu"
+    );
     let mut status = 0;
     for model in ["e1000", "virtio"] {
-        let ours = measure(Vmm::Ferrovm, None, &images, model, mib << 20);
+        let interp = measure(Vmm::Ferrovm("interp"), None, &images, model, mib << 20);
+        let on_kvm = kvm.then(|| measure(Vmm::Ferrovm("kvm"), None, &images, model, mib << 20));
         let theirs = qemu.as_deref().map(|q| measure(Vmm::Qemu, Some(q), &images, model, mib << 20));
-        if let Err(e) = &ours {
-            println!("{model:<8} ferrovm failed: {e}");
-            status = 1;
-        }
-        if let Some(Err(e)) = &theirs {
-            println!("{model:<8} qemu failed: {e}");
+        for (name, r) in [("interp", Some(&interp)), ("kvm", on_kvm.as_ref()), ("qemu", theirs.as_ref())] {
+            if let Some(Err(e)) = r {
+                println!("{model:<8} {name} failed: {e}");
+                if name != "qemu" {
+                    status = 1;
+                }
+            }
         }
         for (i, dir) in ["host->guest", "guest->host"].into_iter().enumerate() {
-            let pick = |r: &Result<(f64, f64), String>| r.as_ref().ok().map(|&(a, b)| if i == 0 { a } else { b });
-            let f = pick(&ours);
-            let q = theirs.as_ref().and_then(pick);
+            let pick = |r: Option<&Result<(f64, f64), String>>| {
+                r.and_then(|r| r.as_ref().ok()).map(|&(a, b)| if i == 0 { a } else { b })
+            };
+            let (f, k, q) = (pick(Some(&interp)), pick(on_kvm.as_ref()), pick(theirs.as_ref()));
             let cell = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
-            let ratio = match (f, q) {
-                (Some(f), Some(q)) if q > 0.0 => format!("{:.2}", f / q),
+            let ratio = |a: Option<f64>| match (a, q) {
+                (Some(a), Some(q)) if q > 0.0 => format!("{:.2}", a / q),
                 _ => "-".into(),
             };
-            println!("{model:<8} {dir:<12} {:>14} {:>14} {:>10}", cell(f), cell(q), ratio);
+            println!(
+                "{model:<8} {dir:<12} {:>12} {:>12} {:>12} {:>12} {:>12}",
+                cell(f),
+                cell(k),
+                cell(q),
+                ratio(f),
+                ratio(k)
+            );
         }
     }
-    println!("\nratio: ferrovm / QEMU (above 1: ferrovm is faster)");
+    println!("\nratios: ferrovm / QEMU (above 1: ferrovm is faster)");
     status
 }
