@@ -192,7 +192,14 @@ impl Kvm {
             vcpu_events: fd.check_extension(Cap::VcpuEvents),
             mp_state: fd.check_extension(Cap::MpState),
         };
-        let shared = Arc::new(Shared { caps, irqchip, cpuid, msrs: Mutex::new(msrs), run_size: fd.run_size() });
+        let shared = Arc::new(Shared {
+            caps,
+            irqchip,
+            cpuid,
+            cpuid_restricted: self.cpuid_masks.is_some(),
+            msrs: Mutex::new(msrs),
+            run_size: fd.run_size(),
+        });
         let vm = KvmVm { fd, mem, shared, slots: Mutex::new(slots), flush_page: FlushPage::new()? };
         let flush = vm.flush_slot();
         set_slot(&vm.fd, flush, flush.len)
@@ -376,6 +383,9 @@ struct Shared {
     caps: Caps,
     irqchip: IrqChip,
     cpuid: Vec<kvm_cpuid_entry2>,
+    /// The CPUID follows another model's features ([`Kvm::restrict_cpuid`]):
+    /// the guest's kernel does not run in KVM.
+    cpuid_restricted: bool,
     msrs: Mutex<MsrTable>,
     /// Size of the `kvm_run` mapping.
     run_size: usize,

@@ -135,7 +135,13 @@ impl KvmVcpu {
                 Vec::new()
             }
         };
-        if id == 0 && !still_visible.is_empty() {
+        if id == 0 && !still_visible.is_empty() && shared.cpuid_restricted {
+            // Only user code runs in KVM; its extra state is kept per task.
+            tracing::info!(
+                "KVM shows user code host CPUID features beyond the model: {}",
+                still_visible.join(", ")
+            );
+        } else if id == 0 && !still_visible.is_empty() {
             tracing::warn!(
                 "KVM shows the guest CPUID features the model hides: {}; this KVM adds host features to the \
                  guest's CPUID, so the guest may run instructions KVM cannot emulate",
