@@ -47,6 +47,11 @@ const XSTATE_BV_WORD: usize = 512 / 4;
 /// Where the components past the legacy area and the XSAVE header start.
 const EXTENDED_WORD: usize = 576 / 4;
 
+/// XSTATE_BV of a `kvm_xsave` region.
+fn xstate_bv(region: &[u32]) -> u64 {
+    u64::from(region[XSTATE_BV_WORD]) | (u64::from(region[XSTATE_BV_WORD + 1]) << 32)
+}
+
 /// The XSAVE components past x87 and SSE, in KVM's (standard) layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtendedState {
@@ -330,89 +335,82 @@ impl KvmVcpu {
         Ok(x)
     }
 
+    /// The `kvm_xsave` region as KVM holds it; `None` when KVM has no XSAVE
+    /// interface (`KVM_GET_FPU` only).
+    fn xsave_region(&self) -> Result<Option<Vec<u32>>, AccelError> {
+        Ok(match self.shared.caps.fpu_path {
+            FpuPath::Xsave2 { fam_len } => Some(self.get_xsave2(fam_len)?.as_fam_struct_ref().xsave.region.to_vec()),
+            FpuPath::Xsave => {
+                Some(self.fd.get_xsave().map_err(|e| AccelError::ioctl("KVM_GET_XSAVE", e))?.region.to_vec())
+            }
+            FpuPath::Fpu => None,
+        })
+    }
+
+    /// Read the XSAVE image, let `edit` change its `kvm_xsave` region, and
+    /// write it back. `false` (nothing done) when KVM has no XSAVE interface.
+    fn edit_xsave(&self, edit: impl FnOnce(&mut [u32])) -> Result<bool, AccelError> {
+        match self.shared.caps.fpu_path {
+            FpuPath::Xsave2 { fam_len } => {
+                let mut x = self.get_xsave2(fam_len)?;
+                // SAFETY: the reference is used only to write the fixed
+                // `xsave.region` array; the FAM length field is not touched.
+                edit(unsafe { &mut x.as_mut_fam_struct().xsave.region });
+                // SAFETY: `x` was allocated with the size KVM_CAP_XSAVE2
+                // reported (see `get_xsave2`), which is what KVM reads.
+                unsafe { self.fd.set_xsave2(&x) }.map_err(|e| AccelError::ioctl("KVM_SET_XSAVE2", e))?;
+            }
+            FpuPath::Xsave => {
+                let mut x = self.fd.get_xsave().map_err(|e| AccelError::ioctl("KVM_GET_XSAVE", e))?;
+                edit(&mut x.region);
+                // SAFETY: without KVM_CAP_XSAVE2 (checked when the VM was
+                // created) the kernel predates 5.17 and reads exactly the
+                // 4 KiB `kvm_xsave`, which `x` is.
+                unsafe { self.fd.set_xsave(&x) }.map_err(|e| AccelError::ioctl("KVM_SET_XSAVE", e))?;
+            }
+            FpuPath::Fpu => return Ok(false),
+        }
+        Ok(true)
+    }
+
     /// The XSAVE components past x87 and SSE (AVX, AVX-512, ...) as KVM
     /// holds them; `None` when KVM has no XSAVE interface.
     pub fn extended_state(&self) -> Result<Option<ExtendedState>, AccelError> {
-        let region: Vec<u32> = match self.shared.caps.fpu_path {
-            FpuPath::Xsave2 { fam_len } => self.get_xsave2(fam_len)?.as_fam_struct_ref().xsave.region.to_vec(),
-            FpuPath::Xsave => self.fd.get_xsave().map_err(|e| AccelError::ioctl("KVM_GET_XSAVE", e))?.region.to_vec(),
-            FpuPath::Fpu => return Ok(None),
-        };
-        let bv = u64::from(region[XSTATE_BV_WORD]) | (u64::from(region[XSTATE_BV_WORD + 1]) << 32);
-        Ok(Some(ExtendedState { bv: bv & !0b11, words: region[EXTENDED_WORD..].to_vec() }))
+        Ok(self.xsave_region()?.map(|region| ExtendedState {
+            bv: xstate_bv(&region) & !0b11,
+            words: region[EXTENDED_WORD..].to_vec(),
+        }))
     }
 
     /// Replace the XSAVE components past x87 and SSE with `e` (the init
     /// state for [`ExtendedState::init`]), keeping x87 and SSE.
     pub fn set_extended_state(&self, e: &ExtendedState) -> Result<(), AccelError> {
-        let put = |region: &mut [u32]| {
-            let old = u64::from(region[XSTATE_BV_WORD]) | (u64::from(region[XSTATE_BV_WORD + 1]) << 32);
-            let bv = (old & 0b11) | e.bv;
+        self.edit_xsave(|region| {
+            let bv = (xstate_bv(region) & 0b11) | e.bv;
             region[XSTATE_BV_WORD] = bv as u32;
             region[XSTATE_BV_WORD + 1] = (bv >> 32) as u32;
             let tail = &mut region[EXTENDED_WORD..];
             tail.fill(0);
             let n = tail.len().min(e.words.len());
             tail[..n].copy_from_slice(&e.words[..n]);
-        };
-        match self.shared.caps.fpu_path {
-            FpuPath::Xsave2 { fam_len } => {
-                let mut x = self.get_xsave2(fam_len)?;
-                // SAFETY: the reference is used only to write the fixed
-                // `xsave.region` array; the FAM length field is not touched.
-                put(unsafe { &mut x.as_mut_fam_struct().xsave.region });
-                // SAFETY: `x` was allocated with the size KVM_CAP_XSAVE2
-                // reported (see `get_xsave2`), which is what KVM reads.
-                unsafe { self.fd.set_xsave2(&x) }.map_err(|e| AccelError::ioctl("KVM_SET_XSAVE2", e))
-            }
-            FpuPath::Xsave => {
-                let mut x = self.fd.get_xsave().map_err(|e| AccelError::ioctl("KVM_GET_XSAVE", e))?;
-                put(&mut x.region);
-                // SAFETY: without KVM_CAP_XSAVE2 the kernel reads exactly the
-                // 4 KiB `kvm_xsave` this is.
-                unsafe { self.fd.set_xsave(&x) }.map_err(|e| AccelError::ioctl("KVM_SET_XSAVE", e))
-            }
-            FpuPath::Fpu => Ok(()),
-        }
+        })?;
+        Ok(())
     }
 
     /// The x87/SSE state, with MXCSR when KVM has XSAVE.
     fn get_fpu(&self) -> Result<kvm_fpu, AccelError> {
-        match self.shared.caps.fpu_path {
-            FpuPath::Xsave2 { fam_len } => {
-                Ok(fpu_from_xsave(&self.get_xsave2(fam_len)?.as_fam_struct_ref().xsave.region))
-            }
-            FpuPath::Xsave => {
-                let x = self.fd.get_xsave().map_err(|e| AccelError::ioctl("KVM_GET_XSAVE", e))?;
-                Ok(fpu_from_xsave(&x.region))
-            }
-            FpuPath::Fpu => self.fd.get_fpu().map_err(|e| AccelError::ioctl("KVM_GET_FPU", e)),
+        match self.xsave_region()? {
+            Some(region) => Ok(fpu_from_xsave(&region)),
+            None => self.fd.get_fpu().map_err(|e| AccelError::ioctl("KVM_GET_FPU", e)),
         }
     }
 
     /// Write the x87/SSE state, keeping every other XSAVE component.
     fn set_fpu(&self, f: &kvm_fpu) -> Result<(), AccelError> {
-        match self.shared.caps.fpu_path {
-            FpuPath::Xsave2 { fam_len } => {
-                let mut x = self.get_xsave2(fam_len)?;
-                // SAFETY: the reference is used only to write the fixed
-                // `xsave.region` array; the FAM length field is not touched.
-                let region = unsafe { &mut x.as_mut_fam_struct().xsave.region };
-                fpu_to_xsave(f, region);
-                // SAFETY: `x` was allocated with the size KVM_CAP_XSAVE2
-                // reported (see `get_xsave2`), which is what KVM reads.
-                unsafe { self.fd.set_xsave2(&x) }.map_err(|e| AccelError::ioctl("KVM_SET_XSAVE2", e))
-            }
-            FpuPath::Xsave => {
-                let mut x = self.fd.get_xsave().map_err(|e| AccelError::ioctl("KVM_GET_XSAVE", e))?;
-                fpu_to_xsave(f, &mut x.region);
-                // SAFETY: without KVM_CAP_XSAVE2 (checked when the VM was
-                // created) the kernel predates 5.17 and reads exactly the
-                // 4 KiB `kvm_xsave`, which `x` is.
-                unsafe { self.fd.set_xsave(&x) }.map_err(|e| AccelError::ioctl("KVM_SET_XSAVE", e))
-            }
-            FpuPath::Fpu => self.fd.set_fpu(f).map_err(|e| AccelError::ioctl("KVM_SET_FPU", e)),
+        if !self.edit_xsave(|region| fpu_to_xsave(f, region))? {
+            self.fd.set_fpu(f).map_err(|e| AccelError::ioctl("KVM_SET_FPU", e))?;
         }
+        Ok(())
     }
 
     /// Write the usable MSRs; drop (and name, once) each one KVM refuses.
