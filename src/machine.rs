@@ -655,6 +655,11 @@ impl Platform for BusPlatform {
         Some(self.tsc.read(self.clock.now_ns()))
     }
 
+    fn shift_tsc(&mut self, delta: u64) -> bool {
+        self.tsc.shift(delta);
+        true
+    }
+
     fn stop_requested(&self) -> bool {
         self.events.pending()
     }

@@ -49,6 +49,28 @@ fn boot(accel: &str, kernel: &Path, initrd: &Path, extra: &[&str]) -> Boot {
 }
 
 fn boot_script(script: &str, accel: &str, kernel: &Path, initrd: &Path, extra: &[&str]) -> Boot {
+    boot_with_stalls(script, accel, kernel, initrd, extra, false)
+}
+
+/// Stops the emulator process for 150 ms eight times, from 1 s after its
+/// start: what a loaded host does to it. Early boot keeps time in jiffies,
+/// so these stalls are when the guest's clocks could disagree.
+fn stall(pid: u32) {
+    std::thread::sleep(Duration::from_secs(1));
+    for _ in 0..8 {
+        let signal = |sig: &str| Command::new("kill").args([sig, &pid.to_string()]).status().is_ok_and(|s| s.success());
+        if !signal("-STOP") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+        if !signal("-CONT") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn boot_with_stalls(script: &str, accel: &str, kernel: &Path, initrd: &Path, extra: &[&str], stalls: bool) -> Boot {
     // One guest at a time: guests in parallel on a small machine starve
     // each other's timers and the tests measure the host, not the guest.
     let _one_at_a_time = GUESTS.lock().unwrap_or_else(|e| e.into_inner());
@@ -56,7 +78,7 @@ fn boot_script(script: &str, accel: &str, kernel: &Path, initrd: &Path, extra: &
     let t = Instant::now();
     let mut args = vec!["run", "--accel", accel, "--mem", "512M", "--serial", "stdio", "--timeout", "900"];
     args.extend_from_slice(extra);
-    let out = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
+    let child = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
         .args(&args)
         .arg("--kernel")
         .arg(kernel)
@@ -65,8 +87,16 @@ fn boot_script(script: &str, accel: &str, kernel: &Path, initrd: &Path, extra: &
         .arg("--append")
         .arg(&cmdline)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("ferrovm runs");
+    let pid = child.id();
+    let stopper = stalls.then(|| std::thread::spawn(move || stall(pid)));
+    let out = child.wait_with_output().expect("ferrovm runs");
+    if let Some(s) = stopper {
+        s.join().expect("the stall thread");
+    }
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!("--- {} ({:?}) stderr:\n{}", kernel.display(), t.elapsed(), String::from_utf8_lossy(&out.stderr));
     Boot { stdout, status: out.status.code(), elapsed: t.elapsed() }
@@ -148,14 +178,30 @@ fn cloud_kernel_boots_to_init_in_the_interpreter() {
     let k = dir.join("vmlinuz-cloud");
     let b = boot("interp", &k, &dir.join("initramfs.cpio.gz"), &[]);
     check(&b, &k);
+    check_interp_tsc(&b);
 }
 
+/// Timekeeping flags of the interpreter's model: its TSC follows the host's
+/// monotonic clock, so it is invariant, and IA32_TSC_ADJUST is implemented.
+/// With both, Linux trusts the TSC without a jiffies-based watchdog.
+const INTERP_TSC_FLAGS: &[&str] = &["constant_tsc", "nonstop_tsc", "tsc_adjust"];
+
+fn check_interp_tsc(b: &Boot) {
+    let flags: Vec<&str> = field(&b.stdout, "flags").expect("flags").split_whitespace().collect();
+    for f in INTERP_TSC_FLAGS {
+        assert!(flags.contains(f), "flag {f} missing from /proc/cpuinfo: {flags:?}");
+    }
+}
+
+/// Also stalls the emulator during early boot (see [`stall`]): the guest's
+/// clocks must stay consistent, with no complaint in dmesg.
 #[test]
 fn generic_kernel_boots_to_init_in_the_interpreter() {
     let Some(dir) = images() else { return };
     let k = dir.join("vmlinuz-generic");
-    let b = boot("interp", &k, &dir.join("initramfs.cpio.gz"), &[]);
+    let b = boot_with_stalls(SCRIPT, "interp", &k, &dir.join("initramfs.cpio.gz"), &[], true);
     check(&b, &k);
+    check_interp_tsc(&b);
 }
 
 #[test]

@@ -47,6 +47,12 @@ pub trait Platform {
     fn tsc(&mut self) -> Option<u64> {
         None
     }
+    /// Moves the platform's time-stamp counter by `delta` (two's complement),
+    /// for a WRMSR to the TSC or IA32_TSC_ADJUST; `false` if it keeps none
+    /// (the CPU then keeps the offset itself).
+    fn shift_tsc(&mut self, _delta: u64) -> bool {
+        false
+    }
     /// Checked after every I/O access and between blocks: leave the run loop.
     fn stop_requested(&self) -> bool {
         false

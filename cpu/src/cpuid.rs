@@ -60,6 +60,8 @@ pub mod ecx1 {
 pub mod ebx7 {
     /// RDFSBASE/RDGSBASE/WRFSBASE/WRGSBASE and CR4.FSGSBASE.
     pub const FSGSBASE: u32 = 1 << 0;
+    /// The IA32_TSC_ADJUST MSR.
+    pub const TSC_ADJUST: u32 = 1 << 1;
     pub const BMI1: u32 = 1 << 3;
     pub const SMEP: u32 = 1 << 7;
     pub const BMI2: u32 = 1 << 8;
@@ -76,6 +78,12 @@ pub mod ebx7 {
 /// Leaf 7 subleaf 0 ECX bits.
 pub mod ecx7 {
     pub const RDPID: u32 = 1 << 22;
+}
+
+/// Leaf 8000_0007 EDX bits (advanced power management).
+pub mod edx87 {
+    /// Invariant TSC: the counter runs at a constant rate in every P-, C- and T-state.
+    pub const INVARIANT_TSC: u32 = 1 << 8;
 }
 
 /// Leaf 8000_0001 EDX bits.
@@ -138,6 +146,7 @@ pub const LEAF1_ECX: u32 = ecx1::CX16
     | ecx1::HYPERVISOR;
 /// Structured extended features (leaf 7 subleaf 0).
 pub const LEAF7_EBX: u32 = ebx7::FSGSBASE
+    | ebx7::TSC_ADJUST
     | ebx7::BMI1
     | ebx7::SMEP
     | ebx7::BMI2
@@ -183,6 +192,8 @@ pub fn cpuid(state: &CpuState, leaf: u32, sub: u32) -> [u32; 4] {
             [w(0), w(4), w(8), w(12)]
         }
         // Physical and linear address widths.
+        // The TSC follows the host's monotonic clock at a fixed rate.
+        0x8000_0007 => [0, 0, 0, edx87::INVARIANT_TSC],
         0x8000_0008 => [(48 << 8) | mmu::paging::MAXPHYADDR, 0, 0, 0],
         // Leaves up to the maximum that describe nothing implemented read as zero.
         _ => [0, 0, 0, 0],

@@ -105,6 +105,15 @@ impl Cpu {
         raw.wrapping_add(self.state.msr.tsc_offset)
     }
 
+    /// Moves the TSC by `delta` and IA32_TSC_ADJUST with it (SDM 17.17.3:
+    /// a write to either MSR changes both by the same amount).
+    fn shift_tsc(&mut self, delta: u64) {
+        if !self.platform.shift_tsc(delta) {
+            self.state.msr.tsc_offset = self.state.msr.tsc_offset.wrapping_add(delta);
+        }
+        self.state.msr.tsc_adjust = self.state.msr.tsc_adjust.wrapping_add(delta);
+    }
+
     /// RDMSR.
     pub fn read_msr(&mut self, msr: u32) -> Fault<u64> {
         if let Some(v) = self.platform.msr_read(msr) {
@@ -151,11 +160,11 @@ impl Cpu {
         let canonical = |v: u64| if crate::cpu::is_canonical(v) { Ok(v) } else { Err(GP0) };
         match msr {
             IA32_TSC => {
-                let now = self.tsc().wrapping_sub(self.state.msr.tsc_offset);
-                self.state.msr.tsc_offset = v.wrapping_sub(now);
+                let delta = v.wrapping_sub(self.tsc());
+                self.shift_tsc(delta);
             }
             IA32_APIC_BASE => self.state.msr.apic_base = v,
-            IA32_TSC_ADJUST => self.state.msr.tsc_adjust = v,
+            IA32_TSC_ADJUST => self.shift_tsc(v.wrapping_sub(self.state.msr.tsc_adjust)),
             IA32_SYSENTER_CS => self.state.msr.sysenter_cs = v & 0xffff,
             IA32_SYSENTER_ESP => self.state.msr.sysenter_esp = canonical(v)?,
             IA32_SYSENTER_EIP => self.state.msr.sysenter_eip = canonical(v)?,
@@ -186,5 +195,46 @@ impl Cpu {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testutil::new_cpu;
+
+    /// Half a second of the model's TSC: slack for time passing mid-test.
+    const SLACK: u64 = crate::cpuid::TSC_KHZ * 500;
+
+    #[test]
+    fn tsc_adjust_moves_the_tsc_and_a_tsc_write_moves_tsc_adjust() {
+        let (mut cpu, _) = new_cpu();
+        assert_eq!(cpu.read_msr(IA32_TSC_ADJUST), Ok(0));
+        let t0 = cpu.read_msr(IA32_TSC).unwrap();
+
+        cpu.write_msr(IA32_TSC_ADJUST, 1 << 40).unwrap();
+        let t1 = cpu.read_msr(IA32_TSC).unwrap();
+        assert!((1 << 40..(1 << 40) + SLACK).contains(&(t1 - t0)), "TSC moved by {}", t1 - t0);
+
+        cpu.write_msr(IA32_TSC, 5).unwrap();
+        let t2 = cpu.read_msr(IA32_TSC).unwrap();
+        let adjust = cpu.read_msr(IA32_TSC_ADJUST).unwrap();
+        assert!((5..5 + SLACK).contains(&t2));
+        // The counter without any adjustment keeps running from t0.
+        let unadjusted = t2.wrapping_sub(adjust);
+        assert!((t0..t0 + SLACK).contains(&unadjusted), "TSC_ADJUST {adjust:#x} did not follow the write");
+
+        cpu.write_msr(IA32_TSC_ADJUST, 0).unwrap();
+        let t3 = cpu.read_msr(IA32_TSC).unwrap();
+        assert!((t0..t0 + SLACK).contains(&t3), "clearing TSC_ADJUST restores the unadjusted counter");
+    }
+
+    #[test]
+    fn cpuid_advertises_an_invariant_tsc_and_tsc_adjust() {
+        let (cpu, _) = new_cpu();
+        let [_, ebx, _, _] = crate::cpuid::cpuid(&cpu.state, 7, 0);
+        assert_ne!(ebx & crate::cpuid::ebx7::TSC_ADJUST, 0);
+        let [_, _, _, edx] = crate::cpuid::cpuid(&cpu.state, 0x8000_0007, 0);
+        assert_ne!(edx & crate::cpuid::edx87::INVARIANT_TSC, 0);
     }
 }

@@ -212,6 +212,12 @@ impl Tsc {
         self.offset.store(offset, Ordering::Relaxed);
     }
 
+    /// Moves the counter by `delta` ticks (two's complement): a WRMSR to the
+    /// TSC or IA32_TSC_ADJUST, as a difference from the current value.
+    pub fn shift(&self, delta: u64) {
+        self.offset.fetch_add(delta.cast_signed(), Ordering::Relaxed);
+    }
+
     /// Run at `hz` from now on, reading `value` at clock time `now_ns`: to
     /// follow a counter kept elsewhere (a hypervisor's) at its own rate.
     /// For before the guest runs; a reader racing with it may see the old
@@ -326,5 +332,15 @@ mod tests {
         assert_eq!(tsc.ns_at(5), 0, "passed before the clock's origin");
         tsc.write(0, u64::MAX - 1);
         assert_eq!(tsc.read(1), 0, "the counter wraps");
+    }
+
+    #[test]
+    fn tsc_shifts_by_a_signed_delta() {
+        let tsc = Tsc::new(1_000_000_000);
+        tsc.shift(500);
+        assert_eq!(tsc.read(100), 600);
+        tsc.shift(200u64.wrapping_neg());
+        assert_eq!(tsc.read(100), 400);
+        assert_eq!(tsc.ns_at(400), 100);
     }
 }
