@@ -309,43 +309,21 @@ impl Machine {
             }
             let why = cpu.run(SLICE);
             next_timer = self.chipset.timers.poll(self.clock.now_ns());
-            if let Some(ev) = self.events.take() {
-                match ev {
-                    VmEvent::Reset => {
-                        if self.config.no_reboot {
-                            return finish(0, Some("guest reset (--no-reboot)".into()), &cpu);
-                        }
-                        self.reset(&mut cpu);
-                        continue;
-                    }
-                    other => {
-                        let status = other.exit_status().unwrap_or(0);
-                        let msg = match other {
-                            VmEvent::Quit => Some("quit from the console".to_string()),
-                            _ => None,
-                        };
-                        return finish(status, msg, &cpu);
-                    }
-                }
-            }
-            match why {
-                StopReason::Shutdown(chain) => {
-                    if self.config.no_reboot {
-                        return finish(0, Some(format!("guest shut down: {chain} (--no-reboot)")), &cpu);
-                    }
-                    tracing::warn!(target: "cpu", "{chain}: resetting");
-                    self.reset(&mut cpu);
-                }
+            let next = self.pending_event().or_else(|| match why {
+                StopReason::Shutdown(chain) => self.on_shutdown(&chain),
                 // Sleep until the next timer deadline, an interrupt, a
                 // machine event or typed input (all of which unpark us).
-                StopReason::Halted => self.idle(next_timer, deadline),
-                StopReason::Budget | StopReason::Requested | StopReason::UserMode => {}
-            }
-            if let Some(d) = deadline {
-                if Instant::now() >= d {
-                    let secs = self.config.timeout.unwrap_or_default().as_secs_f64();
-                    return finish(124, Some(format!("timeout: the guest ran for {secs} s (--timeout)")), &cpu);
+                StopReason::Halted => {
+                    self.idle(next_timer, deadline);
+                    Next::Go
                 }
+                StopReason::Budget | StopReason::Requested | StopReason::UserMode => Next::Go,
+            });
+            let next = next.or_else(|| self.past(deadline));
+            match next {
+                Next::Go => {}
+                Next::Reset => self.reset(&mut cpu),
+                Next::Finish(status, msg) => return finish(status, msg, &cpu),
             }
         }
     }
@@ -437,72 +415,87 @@ impl Machine {
         loop {
             self.pump_input();
             let exit = vcpu.run(&mut io)?;
-            if let Some(ev) = self.events.take() {
-                match ev {
-                    VmEvent::Reset if !self.config.no_reboot => {
-                        vcpu.set_state(&CpuState::reset())?;
-                        continue;
+            let mut next = self.pending_event();
+            if next == Next::Go {
+                next = match exit {
+                    VmExit::Hlt => {
+                        std::thread::sleep(Duration::from_millis(1));
+                        Next::Go
                     }
-                    VmEvent::Reset => {
-                        let msg = Some("guest reset (--no-reboot)".into());
-                        return Ok(finish(0, msg, vcpu.stats(), &emulated, fallback_time));
-                    }
-                    other => {
-                        let msg = matches!(other, VmEvent::Quit).then(|| "quit from the console".to_string());
-                        return Ok(finish(
-                            other.exit_status().unwrap_or(0),
-                            msg,
-                            vcpu.stats(),
-                            &emulated,
-                            fallback_time,
-                        ));
-                    }
-                }
-            }
-            match exit {
-                VmExit::Hlt => std::thread::sleep(Duration::from_millis(1)),
-                VmExit::Interrupted => {}
-                VmExit::Shutdown => {
-                    if self.config.no_reboot {
-                        let msg = "guest shut down: triple fault under KVM (--no-reboot)".to_string();
-                        return Ok(finish(0, Some(msg), vcpu.stats(), &emulated, fallback_time));
-                    }
-                    vcpu.set_state(&CpuState::reset())?;
-                }
-                VmExit::InternalError { suberror: 1, .. } => match emulate_one(&mut *vcpu, &mut fallback)? {
-                    Emulated::Ran { mnemonic, stop, took } => {
-                        *emulated.entry(mnemonic).or_default() += 1;
-                        fallback_time += took;
-                        match stop {
-                            StopReason::Shutdown(chain) => {
-                                let msg = format!("guest shut down in the fallback interpreter: {chain}");
-                                if self.config.no_reboot {
-                                    return Ok(finish(0, Some(msg), vcpu.stats(), &emulated, fallback_time));
+                    VmExit::Interrupted => Next::Go,
+                    VmExit::Shutdown => self.on_shutdown("triple fault under KVM"),
+                    VmExit::InternalError { suberror: 1, .. } => match emulate_one(&mut *vcpu, &mut fallback)? {
+                        Emulated::Ran { mnemonic, stop, took } => {
+                            *emulated.entry(mnemonic).or_default() += 1;
+                            fallback_time += took;
+                            match stop {
+                                StopReason::Shutdown(chain) => {
+                                    self.on_shutdown(&format!("{chain} in the fallback interpreter"))
                                 }
-                                tracing::warn!(target: "accel", "{msg}: resetting");
-                                vcpu.set_state(&CpuState::reset())?;
+                                // An emulated HLT: KVM's userspace irqchip mode does not wait by itself.
+                                StopReason::Halted if vm.irqchip() == IrqChip::Userspace => {
+                                    std::thread::sleep(Duration::from_millis(1));
+                                    Next::Go
+                                }
+                                _ => Next::Go,
                             }
-                            // An emulated HLT: KVM's userspace irqchip mode does not wait by itself.
-                            StopReason::Halted if vm.irqchip() == IrqChip::Userspace => {
-                                std::thread::sleep(Duration::from_millis(1))
-                            }
-                            _ => {}
                         }
+                        // KVM delivers the event at the next entry, before the instruction.
+                        Emulated::EventPending(ev) => {
+                            tracing::debug!(target: "accel", "fallback deferred: {ev}");
+                            Next::Go
+                        }
+                    },
+                    other => {
+                        return Err(Error::Accel(format!("{other}")));
                     }
-                    // KVM delivers the event at the next entry, before the instruction.
-                    Emulated::EventPending(ev) => tracing::debug!(target: "accel", "fallback deferred: {ev}"),
-                },
-                other => {
-                    return Err(Error::Accel(format!("{other}")));
-                }
+                };
             }
-            if let Some(d) = deadline {
-                if Instant::now() >= d {
-                    let secs = self.config.timeout.unwrap_or_default().as_secs_f64();
-                    let msg = format!("timeout: the guest ran for {secs} s (--timeout)");
-                    return Ok(finish(124, Some(msg), vcpu.stats(), &emulated, fallback_time));
-                }
+            match next.or_else(|| self.past(deadline)) {
+                Next::Go => {}
+                // KVM's reset: the vCPU restarts at the reset vector.
+                Next::Reset => vcpu.set_state(&CpuState::reset())?,
+                Next::Finish(status, msg) => return Ok(finish(status, msg, vcpu.stats(), &emulated, fallback_time)),
             }
+        }
+    }
+
+    /// The run loops' answer to a machine event: a reset goes on (unless
+    /// `--no-reboot`), anything else ends the run with its exit status.
+    fn on_event(&self, ev: VmEvent) -> Next {
+        match ev {
+            VmEvent::Reset if self.config.no_reboot => Next::Finish(0, Some("guest reset (--no-reboot)".into())),
+            VmEvent::Reset => Next::Reset,
+            other => {
+                let msg = matches!(other, VmEvent::Quit).then(|| "quit from the console".to_string());
+                Next::Finish(other.exit_status().unwrap_or(0), msg)
+            }
+        }
+    }
+
+    /// The run loops' answer to a triple fault (`chain` says which faults,
+    /// and where): reset, as a PC does, or end the run with `--no-reboot`.
+    fn on_shutdown(&self, chain: &str) -> Next {
+        if self.config.no_reboot {
+            return Next::Finish(0, Some(format!("guest shut down: {chain} (--no-reboot)")));
+        }
+        tracing::warn!(target: "cpu", "{chain}: resetting");
+        Next::Reset
+    }
+
+    /// The pending machine event's answer, or [`Next::Go`] without one.
+    fn pending_event(&self) -> Next {
+        self.events.take().map_or(Next::Go, |ev| self.on_event(ev))
+    }
+
+    /// [`Next::Go`] until the `--timeout` deadline has passed.
+    fn past(&self, deadline: Option<Instant>) -> Next {
+        match deadline {
+            Some(d) if Instant::now() >= d => {
+                let secs = self.config.timeout.unwrap_or_default().as_secs_f64();
+                Next::Finish(124, Some(format!("timeout: the guest ran for {secs} s (--timeout)")))
+            }
+            _ => Next::Go,
         }
     }
 
@@ -539,6 +532,27 @@ impl Machine {
         self.chipset.reset();
         cpu.set_state(CpuState::reset());
         cpu.flush_code_cache();
+    }
+}
+
+/// What a run loop does after a machine event, a triple fault or a deadline.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Go on running.
+    Go,
+    /// Reset the machine, then go on.
+    Reset,
+    /// End the run with this exit status and message.
+    Finish(i32, Option<String>),
+}
+
+impl Next {
+    /// This, or what `f` says when this is [`Next::Go`].
+    pub(crate) fn or_else(self, f: impl FnOnce() -> Next) -> Next {
+        match self {
+            Next::Go => f(),
+            other => other,
+        }
     }
 }
 
@@ -699,4 +713,55 @@ fn load_kernel(mem: &GuestMemory, k: &KernelImage) -> Result<Loaded, Error> {
     let boot = firmware::linux::load_linux(mem, &cfg).map_err(|e| Error::Firmware(e.to_string()))?;
     let note = format!("{:?} kernel, boot protocol {:#x}, entry {:#x}", boot.kind, boot.protocol, boot.entry);
     Ok((crate::boot::cpu_state(&boot.cpu), Some(note), boot.code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(no_reboot: bool, timeout: Option<Duration>) -> Machine {
+        Machine::new(MachineConfig {
+            mem: 64 << 20,
+            firmware: Firmware::Builtin,
+            serial: SerialOut::Capture(Arc::new(Mutex::new(Vec::new()))),
+            no_reboot,
+            timeout,
+            kvm_split: SplitMode::Off,
+        })
+        .expect("a machine")
+    }
+
+    #[test]
+    fn events_end_the_run_with_their_status_and_a_reset_goes_on() {
+        let m = machine(false, None);
+        assert_eq!(m.pending_event(), Next::Go);
+        m.events.request(VmEvent::DebugExit(0x10));
+        assert_eq!(m.pending_event(), Next::Finish(0x21, None));
+        assert_eq!(m.pending_event(), Next::Go, "an event is answered once");
+        assert_eq!(m.on_event(VmEvent::PowerOff), Next::Finish(0, None));
+        assert_eq!(m.on_event(VmEvent::Quit), Next::Finish(0, Some("quit from the console".into())));
+        assert_eq!(m.on_event(VmEvent::Reset), Next::Reset);
+        assert_eq!(m.on_shutdown("#GP -> #DF -> #GP"), Next::Reset);
+    }
+
+    #[test]
+    fn no_reboot_turns_resets_and_triple_faults_into_the_end() {
+        let m = machine(true, None);
+        assert_eq!(m.on_event(VmEvent::Reset), Next::Finish(0, Some("guest reset (--no-reboot)".into())));
+        assert_eq!(
+            m.on_shutdown("#GP -> #DF -> #GP"),
+            Next::Finish(0, Some("guest shut down: #GP -> #DF -> #GP (--no-reboot)".into()))
+        );
+    }
+
+    #[test]
+    fn the_deadline_ends_the_run_with_status_124() {
+        let m = machine(false, Some(Duration::from_secs(3)));
+        let now = Instant::now();
+        assert_eq!(m.past(None), Next::Go);
+        assert_eq!(m.past(Some(now + Duration::from_secs(60))), Next::Go);
+        assert_eq!(m.past(Some(now)), Next::Finish(124, Some("timeout: the guest ran for 3 s (--timeout)".into())));
+        assert_eq!(Next::Go.or_else(|| Next::Reset), Next::Reset);
+        assert_eq!(Next::Finish(1, None).or_else(|| Next::Reset), Next::Finish(1, None));
+    }
 }

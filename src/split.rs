@@ -45,9 +45,8 @@ use cpu::{Cpu, FxEvent, StopReason};
 use hvf_kvm_accel::kvm::ExtendedState;
 use hvf_kvm_accel::{Vcpu, VcpuKicker, Vm, VmExit};
 
-use super::{KvmIo, Machine, RunReport, SplitMode, SLICE};
+use super::{KvmIo, Machine, Next, RunReport, SplitMode, SLICE};
 use crate::error::Error;
-use devices::power::VmEvent;
 
 /// Whether this host's KVM runs CPL-0 guest code in software (kvm_pvm).
 pub fn kvm_emulates_cpl0() -> bool {
@@ -241,56 +240,38 @@ impl Machine {
             }
             let why = cpu.run(SLICE);
             let mut next_timer = self.chipset.timers.poll(self.clock.now_ns());
-            if let Some(ev) = self.events.take() {
-                match ev {
-                    VmEvent::Reset if !self.config.no_reboot => {
-                        self.reset(&mut cpu);
-                        continue;
+            let mut next = self.pending_event();
+            if next == Next::Go {
+                next = match why {
+                    StopReason::Shutdown(chain) => self.on_shutdown(&chain),
+                    StopReason::Halted => {
+                        self.idle(next_timer, deadline);
+                        Next::Go
                     }
-                    VmEvent::Reset => {
-                        return Ok(finish(0, Some("guest reset (--no-reboot)".into()), &cpu, &vcpu, &st));
+                    StopReason::UserMode => {
+                        let back = self.user_mode(
+                            &mut cpu,
+                            &vm,
+                            &mut vcpu,
+                            &mut io,
+                            &alarm,
+                            &mut next_timer,
+                            &mut flushes_at_handover,
+                            &mut extended,
+                            &mut st,
+                        )?;
+                        match back {
+                            Back::Shutdown(chain) => self.on_shutdown(&chain),
+                            Back::Continue => Next::Go,
+                        }
                     }
-                    other => {
-                        let msg = matches!(other, VmEvent::Quit).then(|| "quit from the console".to_string());
-                        return Ok(finish(other.exit_status().unwrap_or(0), msg, &cpu, &vcpu, &st));
-                    }
-                }
+                    StopReason::Budget | StopReason::Requested => Next::Go,
+                };
             }
-            let mut shutdown = None;
-            match why {
-                StopReason::Shutdown(chain) => shutdown = Some(chain),
-                StopReason::Halted => self.idle(next_timer, deadline),
-                StopReason::UserMode => {
-                    let back = self.user_mode(
-                        &mut cpu,
-                        &vm,
-                        &mut vcpu,
-                        &mut io,
-                        &alarm,
-                        &mut next_timer,
-                        &mut flushes_at_handover,
-                        &mut extended,
-                        &mut st,
-                    )?;
-                    if let Back::Shutdown(chain) = back {
-                        shutdown = Some(chain);
-                    }
-                }
-                StopReason::Budget | StopReason::Requested => {}
-            }
-            if let Some(chain) = shutdown {
-                if self.config.no_reboot {
-                    return Ok(finish(0, Some(format!("guest shut down: {chain} (--no-reboot)")), &cpu, &vcpu, &st));
-                }
-                tracing::warn!(target: "cpu", "{chain}: resetting");
-                self.reset(&mut cpu);
-            }
-            if let Some(d) = deadline {
-                if Instant::now() >= d {
-                    let secs = self.config.timeout.unwrap_or_default().as_secs_f64();
-                    let msg = format!("timeout: the guest ran for {secs} s (--timeout)");
-                    return Ok(finish(124, Some(msg), &cpu, &vcpu, &st));
-                }
+            match next.or_else(|| self.past(deadline)) {
+                Next::Go => {}
+                Next::Reset => self.reset(&mut cpu),
+                Next::Finish(status, msg) => return Ok(finish(status, msg, &cpu, &vcpu, &st)),
             }
         }
     }
