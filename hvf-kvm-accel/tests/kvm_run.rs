@@ -30,9 +30,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use cpu::state::{sreg, CpuState, DescTable, Segment};
+use cpu::state::CpuState;
 use cpu::{Cpu, Platform, StopReason};
-use firmware::boot::{BootCpuState, BootMode, SegmentDesc};
+use firmware::boot::{BootCpuState, BootMode};
 use hvf_kvm_accel::fallback::{emulate_one, Emulated};
 use hvf_kvm_accel::kvm::{Kvm, KvmVcpu};
 use hvf_kvm_accel::{ExitHandler, IoEventAddr, PendingEvent, Vcpu, Vm, VmExit};
@@ -240,67 +240,11 @@ fn kick_with_stop_request_ends_one_run() {
     assert_eq!(h.io.on(PORT_RESULT), [9], "the second run went on in the guest");
 }
 
-/// `cpu::state` from the loaders' neutral boot state, as the machine builds
-/// it (src/boot.rs).
-fn boot_cpu_state(b: &BootCpuState) -> CpuState {
-    use cpu::state::seg_attr;
-    fn segment(d: &SegmentDesc) -> Segment {
-        let mut attr = u32::from(d.type_ & 0xf)
-            | (u32::from(d.s) << 4)
-            | (u32::from(d.dpl & 3) << seg_attr::DPL_SHIFT)
-            | (u32::from(d.present) << 7)
-            | (u32::from(d.avl) << 12)
-            | (u32::from(d.l) << 13)
-            | (u32::from(d.db) << 14)
-            | (u32::from(d.g) << 15);
-        if !d.present {
-            attr |= seg_attr::UNUSABLE;
-        }
-        Segment {
-            base: d.base,
-            limit: d.limit,
-            attr,
-            selector: d.selector,
-            _pad: [0; 3],
-        }
-    }
-    let mut s = CpuState::reset();
-    s.gpr = [0; 16];
-    s.gpr[0] = b.rax;
-    s.gpr[1] = b.rcx;
-    s.gpr[2] = b.rdx;
-    s.gpr[3] = b.rbx;
-    s.gpr[4] = b.rsp;
-    s.gpr[5] = b.rbp;
-    s.gpr[6] = b.rsi;
-    s.gpr[7] = b.rdi;
-    s.rip = b.rip;
-    s.rflags = b.rflags | cpu::state::flags::FIXED;
-    s.cr0 = b.cr0;
-    s.cr3 = b.cr3;
-    s.cr4 = b.cr4;
-    s.efer = b.efer;
-    s.gdtr = DescTable {
-        base: b.gdt_base,
-        limit: u32::from(b.gdt_limit),
-        _pad: 0,
-    };
-    s.idtr = DescTable {
-        base: b.idt_base,
-        limit: u32::from(b.idt_limit),
-        _pad: 0,
-    };
-    s.seg[sreg::CS] = segment(&b.cs);
-    s.seg[sreg::DS] = segment(&b.ds);
-    s.seg[sreg::ES] = segment(&b.es);
-    s.seg[sreg::FS] = segment(&b.fs);
-    s.seg[sreg::GS] = segment(&b.gs);
-    s.seg[sreg::SS] = segment(&b.ss);
-    s.tr = segment(&b.tr);
-    s.ldtr = segment(&b.ldt);
-    s.cpl = b.cs.dpl;
-    s
-}
+/// `cpu::state` from the loaders' neutral boot state: the machine's own
+/// conversion, so these tests run what `ferrovm` runs.
+#[path = "../../src/boot.rs"]
+mod boot;
+use boot::cpu_state as boot_cpu_state;
 
 /// Loop iterations the boot-mode programs run.
 const BOOT_LOOP: u32 = 50_000;
