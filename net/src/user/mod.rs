@@ -633,5 +633,50 @@ impl NetBackend for UserNet {
     }
 }
 
+/// A host socket a port forward listens on (TCP listener or UDP socket).
+trait ForwardSocket: std::os::fd::AsFd + Sized {
+    const PROTO: &'static str;
+    fn bind(addr: SocketAddrV4) -> std::io::Result<Self>;
+    fn set_nonblocking(&self) -> std::io::Result<()>;
+    fn local_addr(&self) -> std::io::Result<SocketAddr>;
+}
+
+impl ForwardSocket for std::net::TcpListener {
+    const PROTO: &'static str = "tcp";
+    fn bind(addr: SocketAddrV4) -> std::io::Result<Self> {
+        std::net::TcpListener::bind(addr)
+    }
+    fn set_nonblocking(&self) -> std::io::Result<()> {
+        std::net::TcpListener::set_nonblocking(self, true)
+    }
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        std::net::TcpListener::local_addr(self)
+    }
+}
+
+impl ForwardSocket for std::net::UdpSocket {
+    const PROTO: &'static str = "udp";
+    fn bind(addr: SocketAddrV4) -> std::io::Result<Self> {
+        std::net::UdpSocket::bind(addr)
+    }
+    fn set_nonblocking(&self) -> std::io::Result<()> {
+        std::net::UdpSocket::set_nonblocking(self, true)
+    }
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        std::net::UdpSocket::local_addr(self)
+    }
+}
+
+/// Binds a port forward's host socket at `host`, non-blocking and watched by
+/// `poller` as listener `index`; returns it with the address it got.
+fn bind_forward<S: ForwardSocket>(poller: &Poller, host: SocketAddrV4, index: u64) -> Result<(S, SocketAddr), Error> {
+    let bind_err = |source| Error::HostFwdBind { proto: S::PROTO, addr: host.into(), source };
+    let sock = S::bind(host).map_err(bind_err)?;
+    sock.set_nonblocking().map_err(bind_err)?;
+    poller.add(&sock, Token::Listener(index)).map_err(bind_err)?;
+    let addr = sock.local_addr().map_err(bind_err)?;
+    Ok((sock, addr))
+}
+
 #[cfg(test)]
 mod tests;

@@ -81,15 +81,7 @@ impl UdpTable {
         guest: SocketAddrV4,
         index: u64,
     ) -> Result<SocketAddr, Error> {
-        let bind_err = |source| Error::HostFwdBind {
-            proto: "udp",
-            addr: host.into(),
-            source,
-        };
-        let sock = UdpSocket::bind(host).map_err(bind_err)?;
-        sock.set_nonblocking(true).map_err(bind_err)?;
-        poller.add(&sock, Token::Listener(index)).map_err(bind_err)?;
-        let addr = sock.local_addr().map_err(bind_err)?;
+        let (sock, addr) = super::bind_forward::<UdpSocket>(poller, host, index)?;
         self.listeners.push(Listener {
             sock,
             guest,
