@@ -74,10 +74,10 @@ pub enum StopReason {
     UserMode,
 }
 
-/// A run of decoded instructions that ends at a control transfer or a page edge.
-pub struct Block {
-    pub insns: Vec<Decoded>,
-}
+/// A run of decoded instructions that ends at a control transfer or a page
+/// edge. Held as `Rc<Block>`: the instructions sit right after the reference
+/// count, so running a cached block follows one pointer.
+pub type Block = [Decoded];
 
 /// One cached instruction: the decoded form, its handler (chosen once, for the
 /// instruction's operand forms), and the RIP after it (already wrapped to the
@@ -186,14 +186,14 @@ impl DecodeCache {
     }
 
     fn insert(&mut self, key: BlockKey, block: Rc<Block>) {
-        if self.insns + block.insns.len() > MAX_CACHED_INSNS {
+        if self.insns + block.len() > MAX_CACHED_INSNS {
             *self = DecodeCache::default();
         }
-        self.insns += block.insns.len();
+        self.insns += block.len();
         let page = key.phys & !0xfff;
         self.jump[Self::slot(&key)] = Some((key, block.clone()));
         match self.blocks.insert(key, block) {
-            Some(old) => self.insns -= old.insns.len(),
+            Some(old) => self.insns -= old.len(),
             None => self.by_page.entry(page).or_default().push(key),
         }
     }
@@ -202,7 +202,7 @@ impl DecodeCache {
         if let Some(keys) = self.by_page.remove(&page) {
             for k in keys {
                 if let Some(b) = self.blocks.remove(&k) {
-                    self.insns -= b.insns.len();
+                    self.insns -= b.len();
                 }
                 let slot = Self::slot(&k);
                 if matches!(&self.jump[slot], Some((jk, _)) if *jk == k) {
@@ -646,10 +646,10 @@ impl Cpu {
             buf[avail..].copy_from_slice(&rest[..15 - avail]);
             let mut d = Decoder::with_ip(key.bits, &buf, self.state.rip, DecoderOptions::NONE);
             let insn = d.decode();
-            return Ok(Rc::new(Block { insns: vec![Decoded::new(insn)] }));
+            return Ok(Rc::from([Decoded::new(insn)]));
         }
         self.stats.blocks_decoded += 1;
-        let block = Rc::new(Block { insns });
+        let block: Rc<Block> = Rc::from(insns);
         if cacheable {
             self.mem().mark_code_page(page);
             // Write tags for this page must stop bypassing the tracking check.
@@ -727,7 +727,7 @@ impl Cpu {
         self.stop = false;
         match self.block_at_rip() {
             Ok(block) => {
-                let d = block.insns[0];
+                let d = block[0];
                 if self.exec_one(&d) {
                     self.stats.instructions += 1;
                 }
@@ -774,7 +774,7 @@ impl Cpu {
     fn run_block(&mut self, block: &Block) {
         self.block_break = false;
         let mut done = 0u64;
-        for d in &block.insns {
+        for d in block {
             if !self.exec_one(d) {
                 break;
             }
@@ -797,7 +797,7 @@ impl Cpu {
     /// statistics and diagnostics); `None` if it cannot be fetched.
     pub fn mnemonic_at_rip(&mut self) -> Option<String> {
         let block = self.block_at_rip().ok()?;
-        let d = block.insns.first()?;
+        let d = block.first()?;
         Some(format!("{:?}", d.insn.mnemonic()).to_lowercase())
     }
 
@@ -840,7 +840,7 @@ mod cache_tests {
     use super::*;
 
     fn block(n: usize) -> Rc<Block> {
-        Rc::new(Block { insns: vec![Decoded::new(Instruction::default()); n] })
+        Rc::from(vec![Decoded::new(Instruction::default()); n])
     }
 
     fn key(phys: u64) -> BlockKey {
