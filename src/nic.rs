@@ -184,8 +184,13 @@ impl Nics {
                     NicHandle::E1000(d) => d.lock().stats(),
                     NicHandle::Virtio(d) => d.lock().device().stats(),
                 };
+                let merged = if s.rx_gso_packets > 0 {
+                    format!("; {} frames merged into {} GSO packets", s.rx_merged, s.rx_gso_packets)
+                } else {
+                    String::new()
+                };
                 format!(
-                    "nic {addr} {what}: tx {} frames {} bytes ({} dropped), rx {} frames {} bytes ({} dropped)",
+                    "nic {addr} {what}: tx {} frames {} bytes ({} dropped), rx {} packets {} bytes ({} dropped){merged}",
                     s.tx_frames, s.tx_bytes, s.tx_dropped, s.rx_frames, s.rx_bytes, s.rx_dropped
                 )
             })

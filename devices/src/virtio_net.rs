@@ -17,7 +17,9 @@
 //! Offered features: CSUM and HOST_TSO4/6 (the guest sends partial checksums
 //! and 64 KiB TCP sends; [`crate::nic::offload`] completes and cuts them),
 //! GUEST_CSUM (every frame for the guest carries DATA_VALID: backends hand
-//! over complete checksums, so the guest skips verifying them), MAC, STATUS,
+//! over complete checksums, so the guest skips verifying them), GUEST_TSO4
+//! (consecutive segments of a TCP/IPv4 flow reach the guest as one packet
+//! of up to 64 KiB with a GSO header: [`crate::nic::merge`]), MAC, STATUS,
 //! MRG_RXBUF, and the ring features EVENT_IDX and INDIRECT_DESC.
 //!
 //! Model choices:
@@ -26,12 +28,16 @@
 //! - A frame waits in the backend while the guest has too few receive
 //!   buffers, so TCP's flow control reaches the NAT; a frame larger than
 //!   all the buffers the ring can ever hold is dropped.
+//! - Merging takes only frames already waiting: it never holds a segment
+//!   back for a later one, so it adds no latency. The one frame read that
+//!   does not continue a run waits in the device for the next delivery.
 
 use std::time::{Duration, Instant};
 
 use net::NetBackend;
 
-use crate::nic::offload::{self, L4Proto, Segmentation};
+use crate::nic::merge::{Run, MAX_MERGED_IP_LEN};
+use crate::nic::offload::{self, L4Proto, Segmentation, ETH_HLEN};
 use crate::nic::{IoKick, NicPoll, NicStats, RX_SCRATCH};
 use crate::virtio::{
     Context, DescriptorChain, VirtioDevice, VirtioPci, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1,
@@ -44,6 +50,9 @@ pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
 pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
 /// Feature: the configuration space holds the MAC address.
 pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+/// Feature: the driver takes TCP over IPv4 packets longer than the MTU,
+/// with a GSO header (the device merges segments for it).
+pub const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
 /// Feature: the device segments TCP over IPv4 sends.
 pub const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
 /// Feature: the device segments TCP over IPv6 sends.
@@ -85,6 +94,7 @@ const MAX_TX: usize = 65536 + 256;
 /// Offsets in the packet header.
 const HDR_FLAGS: usize = 0;
 const HDR_GSO_TYPE: usize = 1;
+const HDR_HDR_LEN: usize = 2;
 const HDR_GSO_SIZE: usize = 4;
 const HDR_CSUM_START: usize = 6;
 const HDR_CSUM_OFFSET: usize = 8;
@@ -103,6 +113,12 @@ pub struct VirtioNet {
     mac: [u8; 6],
     kick: IoKick,
     rx_frame: Vec<u8>,
+    /// The packet on its way to the guest: a frame that waits for receive
+    /// buffers, or (while delivering) a run of merged segments.
+    rx_packet: Vec<u8>,
+    /// A frame taken from the backend that did not continue a run: the
+    /// next packet, held in `rx_frame`.
+    rx_held: Option<usize>,
     tx_buf: Vec<u8>,
     stats: NicStats,
     warned: bool,
@@ -120,6 +136,8 @@ impl VirtioNet {
             mac,
             kick,
             rx_frame: vec![0; RX_SCRATCH],
+            rx_packet: Vec::new(),
+            rx_held: None,
             tx_buf: Vec::new(),
             stats: NicStats::default(),
             warned: false,
@@ -162,44 +180,87 @@ impl VirtioNet {
         }
     }
 
-    /// Moves waiting frames into the guest's receive buffers.
-    fn deliver(&mut self, ctx: &mut Context<'_>) {
-        let mergeable = ctx.has(VIRTIO_NET_F_MRG_RXBUF);
-        let hdr_len = Self::header_len(ctx.features);
-        let mut delivered = false;
-        while let Some(len) = self.backend.peek_len() {
-            let need = (hdr_len + len) as u64;
-            let mut chains: Vec<DescriptorChain> = Vec::new();
-            let mut room = 0u64;
-            let rxq = &mut ctx.queues[RX_QUEUE];
-            if !rxq.is_usable() {
-                break;
+    /// Takes the frame held back, or the backend's next one, into
+    /// `rx_packet`; false when there is none.
+    fn take_frame(&mut self) -> bool {
+        let n = match self.rx_held.take() {
+            Some(n) => n,
+            None => match self.backend.recv(&mut self.rx_frame) {
+                Some(n) => n,
+                None => return false,
+            },
+        };
+        self.rx_packet.clear();
+        self.rx_packet.extend_from_slice(&self.rx_frame[..n]);
+        true
+    }
+
+    /// Appends to `rx_packet` the backend's frames that continue `run`,
+    /// while they fit `limit`; the first that does not is held back, in
+    /// `rx_frame`, to be the next packet.
+    fn merge_more(&mut self, run: &mut Run, limit: usize) {
+        while let Some(n) = self.backend.recv(&mut self.rx_frame) {
+            if !run.push(&mut self.rx_packet, &self.rx_frame[..n], limit) {
+                self.rx_held = Some(n);
+                return;
             }
-            let size = rxq.size;
-            loop {
-                match rxq.pop(ctx.mem) {
-                    Ok(Some(c)) => {
-                        room += c.writable_len();
-                        chains.push(c);
-                        if room >= need || !mergeable {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        rxq.mark_broken();
-                        ctx.fail(&e);
-                        return;
-                    }
+            self.stats.rx_merged += 1;
+        }
+    }
+
+    /// Pops receive chains until they hold `want` bytes or the ring runs
+    /// out (or, without mergeable buffers, one chain). False if the ring is
+    /// broken (the device then needs a reset).
+    fn pop_room(ctx: &mut Context<'_>, chains: &mut Vec<DescriptorChain>, room: &mut u64, want: u64) -> bool {
+        let mergeable = ctx.has(VIRTIO_NET_F_MRG_RXBUF);
+        let rxq = &mut ctx.queues[RX_QUEUE];
+        while *room < want && (mergeable || chains.is_empty()) {
+            match rxq.pop(ctx.mem) {
+                Ok(Some(c)) => {
+                    *room += c.writable_len();
+                    chains.push(c);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    rxq.mark_broken();
+                    ctx.fail(&e);
+                    return false;
                 }
             }
+        }
+        true
+    }
+
+    /// Moves waiting frames into the guest's receive buffers; with
+    /// GUEST_TSO4, consecutive segments of a TCP flow as one packet.
+    fn deliver(&mut self, ctx: &mut Context<'_>) {
+        let mergeable = ctx.has(VIRTIO_NET_F_MRG_RXBUF);
+        let gso = mergeable && ctx.has(VIRTIO_NET_F_GUEST_TSO4) && ctx.has(VIRTIO_NET_F_GUEST_CSUM);
+        let hdr_len = Self::header_len(ctx.features);
+        let mut delivered = false;
+        // The next frame waits (in the backend, or held back here) until
+        // the guest has buffers for it.
+        while let Some(len) = self.rx_held.or_else(|| self.backend.peek_len()) {
+            let need = (hdr_len + len) as u64;
+            if !ctx.queues[RX_QUEUE].is_usable() {
+                break;
+            }
+            let size = ctx.queues[RX_QUEUE].size;
+            let mut chains: Vec<DescriptorChain> = Vec::new();
+            let mut room = 0u64;
+            if !Self::pop_room(ctx, &mut chains, &mut room, need) {
+                return;
+            }
+            let rxq = &mut ctx.queues[RX_QUEUE];
             if room < need {
                 let popped = chains.len() as u16;
                 let hopeless = if mergeable { popped >= size } else { popped == 1 };
                 rxq.undo_pop(popped);
                 if hopeless {
                     // No set of buffers will ever hold this frame.
-                    let _ = self.backend.recv(&mut self.rx_frame);
+                    if self.rx_held.take().is_none() {
+                        let _ = self.backend.recv(&mut self.rx_frame);
+                    }
                     self.stats.rx_dropped += 1;
                     continue;
                 }
@@ -210,19 +271,47 @@ impl VirtioNet {
                 }
                 break;
             }
-            let Some(n) = self.backend.recv(&mut self.rx_frame) else {
+            if !self.take_frame() {
                 rxq.undo_pop(chains.len() as u16);
                 break;
-            };
+            }
             let mut hdr = [0u8; 12];
             if ctx.has(VIRTIO_NET_F_GUEST_CSUM) {
                 hdr[HDR_FLAGS] = VIRTIO_NET_HDR_F_DATA_VALID;
             }
-            hdr[HDR_NUM_BUFFERS..].copy_from_slice(&(chains.len() as u16).to_le_bytes());
-            // The header and the frame, spread over the chains in order.
-            let mut parts: [&[u8]; 2] = [&hdr[..hdr_len], &self.rx_frame[..n]];
-            let mut result = Ok(());
+            if let Some(mut run) = gso.then(|| Run::start(&self.rx_packet)).flatten() {
+                // Room for as much of the run as the ring holds.
+                let want = (hdr_len + ETH_HLEN + MAX_MERGED_IP_LEN) as u64;
+                if !Self::pop_room(ctx, &mut chains, &mut room, want) {
+                    return;
+                }
+                let limit = usize::try_from(room - hdr_len as u64).unwrap_or(usize::MAX);
+                self.merge_more(&mut run, limit);
+                if let Some((gso_size, headers)) = run.finish(&mut self.rx_packet) {
+                    hdr[HDR_GSO_TYPE] = VIRTIO_NET_HDR_GSO_TCPV4;
+                    hdr[HDR_HDR_LEN..HDR_HDR_LEN + 2].copy_from_slice(&headers.to_le_bytes());
+                    hdr[HDR_GSO_SIZE..HDR_GSO_SIZE + 2].copy_from_slice(&gso_size.to_le_bytes());
+                    self.stats.rx_gso_packets += 1;
+                }
+            }
+            // The chains the header and packet fill; the rest go back.
+            let total = (hdr_len + self.rx_packet.len()) as u64;
+            let mut filled = 0u64;
+            let used_chains = chains
+                .iter()
+                .take_while(|c| {
+                    let more = filled < total;
+                    filled += c.writable_len();
+                    more
+                })
+                .count();
             let rxq = &mut ctx.queues[RX_QUEUE];
+            rxq.undo_pop((chains.len() - used_chains) as u16);
+            chains.truncate(used_chains);
+            hdr[HDR_NUM_BUFFERS..].copy_from_slice(&(chains.len() as u16).to_le_bytes());
+            // The header and the packet, spread over the chains in order.
+            let mut parts: [&[u8]; 2] = [&hdr[..hdr_len], &self.rx_packet];
+            let mut result = Ok(());
             for c in &chains {
                 let cap = c.writable_len();
                 let mut used = 0u64;
@@ -254,7 +343,8 @@ impl VirtioNet {
                 return;
             }
             self.stats.rx_frames += 1;
-            self.stats.rx_bytes += n as u64;
+            self.stats.rx_bytes += self.rx_packet.len() as u64;
+            self.rx_packet.clear();
             delivered = true;
         }
         if delivered {
@@ -376,6 +466,11 @@ impl VirtioNet {
 
     /// Drops whatever waits for a guest that cannot take it.
     fn discard(&mut self) {
+        if !self.rx_packet.is_empty() || self.rx_held.is_some() {
+            self.stats.rx_dropped += u64::from(!self.rx_packet.is_empty()) + u64::from(self.rx_held.is_some());
+            self.rx_packet.clear();
+            self.rx_held = None;
+        }
         while self.backend.recv(&mut self.rx_frame).is_some() {
             self.stats.rx_dropped += 1;
         }
@@ -399,6 +494,7 @@ impl VirtioDevice for VirtioNet {
         VIRTIO_NET_F_CSUM
             | VIRTIO_NET_F_GUEST_CSUM
             | VIRTIO_NET_F_MAC
+            | VIRTIO_NET_F_GUEST_TSO4
             | VIRTIO_NET_F_HOST_TSO4
             | VIRTIO_NET_F_HOST_TSO6
             | VIRTIO_NET_F_MRG_RXBUF
@@ -693,6 +789,87 @@ mod tests {
         hdr[6..8].copy_from_slice(&34u16.to_le_bytes());
         send(&mut r, hdr, &big);
         assert!(r.wire.lock().sent.is_empty());
+    }
+
+    #[test]
+    fn contiguous_segments_reach_the_guest_as_one_gso_packet() {
+        use crate::nic::merge::tests::{segment, TCP_ACK_ONLY, TCP_ACK_PSH};
+        let mut r = rig(all());
+        assert_ne!(r.dev.driver_features() & VIRTIO_NET_F_GUEST_TSO4, 0);
+        let segs = [
+            segment(100, &[1; 1000], TCP_ACK_ONLY, &[]),
+            segment(1100, &[2; 1000], TCP_ACK_ONLY, &[]),
+            segment(2100, &[3; 500], TCP_ACK_PSH, &[]),
+            // Another flow's segment: not merged, delivered next.
+            segment(7, &[4; 100], 0x10, &[1, 1, 1, 1]),
+        ];
+        r.wire.lock().to_guest.extend(segs.iter().cloned());
+        for i in 0..4u64 {
+            r.rx.add_chain(&r.mem, &[(0x50000 + i * 0x1000, 2048, true)]);
+        }
+        w(&mut r.dev, 0x3000, 0, 2);
+        assert!(r.wire.lock().to_guest.is_empty());
+        let used = r.rx.take_used(&r.mem);
+        let headers = ETH_HLEN + 20 + 20;
+        let merged_len = 12 + headers + 2500;
+        assert_eq!(used, vec![(0, 2048), (1, (merged_len - 2048) as u32), (2, (12 + segs[3].len()) as u32)]);
+        let hdr = r.mem.read_bytes::<12>(0x50000).unwrap();
+        assert_eq!(hdr[HDR_FLAGS], VIRTIO_NET_HDR_F_DATA_VALID);
+        assert_eq!(hdr[HDR_GSO_TYPE], VIRTIO_NET_HDR_GSO_TCPV4);
+        assert_eq!(u16::from_le_bytes([hdr[HDR_HDR_LEN], hdr[HDR_HDR_LEN + 1]]), headers as u16);
+        assert_eq!(u16::from_le_bytes([hdr[HDR_GSO_SIZE], hdr[HDR_GSO_SIZE + 1]]), 1000, "the MSS");
+        assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 2, "num_buffers");
+        let mut packet = vec![0u8; 2048 - 12];
+        r.mem.read(0x50000 + 12, &mut packet).unwrap();
+        let mut rest = vec![0u8; merged_len - 2048];
+        r.mem.read(0x51000, &mut rest).unwrap();
+        packet.extend_from_slice(&rest);
+        let payload = &packet[headers..];
+        assert!(payload[..1000].iter().all(|&b| b == 1) && payload[1000..2000].iter().all(|&b| b == 2));
+        assert!(payload[2000..].iter().all(|&b| b == 3) && payload.len() == 2500);
+        assert_eq!(u16::from_be_bytes([packet[16], packet[17]]) as usize, packet.len() - ETH_HLEN);
+        let other = r.mem.read_bytes::<12>(0x52000).unwrap();
+        assert_eq!(other[HDR_GSO_TYPE], VIRTIO_NET_HDR_GSO_NONE, "a packet of one segment has no GSO");
+        let st = r.dev.device().stats();
+        assert_eq!((st.rx_frames, st.rx_merged, st.rx_gso_packets), (2, 2, 1));
+    }
+
+    #[test]
+    fn without_guest_tso4_every_segment_is_its_own_packet() {
+        use crate::nic::merge::tests::{segment, TCP_ACK_ONLY};
+        let mut r = rig(all() & !VIRTIO_NET_F_GUEST_TSO4);
+        for i in 0..3u32 {
+            r.wire.lock().to_guest.push_back(segment(i * 1000, &[1; 1000], TCP_ACK_ONLY, &[]));
+        }
+        for i in 0..3u64 {
+            r.rx.add_chain(&r.mem, &[(0x50000 + i * 0x1000, 2048, true)]);
+        }
+        w(&mut r.dev, 0x3000, 0, 2);
+        assert_eq!(r.rx.take_used(&r.mem).len(), 3);
+        for i in 0..3u64 {
+            assert_eq!(r.mem.read_bytes::<12>(0x50000 + i * 0x1000).unwrap()[HDR_GSO_TYPE], VIRTIO_NET_HDR_GSO_NONE);
+        }
+    }
+
+    #[test]
+    fn a_run_stops_where_the_guest_buffers_end() {
+        use crate::nic::merge::tests::{segment, TCP_ACK_ONLY};
+        let mut r = rig(all());
+        for i in 0..4u32 {
+            r.wire.lock().to_guest.push_back(segment(i * 1000, &[i as u8; 1000], TCP_ACK_ONLY, &[]));
+        }
+        // Room for two segments and their headers, not three.
+        r.rx.add_chain(&r.mem, &[(0x50000, 2100, true)]);
+        w(&mut r.dev, 0x3000, 0, 2);
+        assert_eq!(r.rx.take_used(&r.mem), vec![(0, (12 + 54 + 2000) as u32)]);
+        assert_eq!(r.wire.lock().to_guest.len(), 1, "the third segment is held, the fourth waits");
+        r.rx.add_chain(&r.mem, &[(0x51000, 4096, true)]);
+        w(&mut r.dev, 0x3000, 0, 2);
+        assert_eq!(r.rx.take_used(&r.mem), vec![(1, (12 + 54 + 2000) as u32)], "the held segment heads the next run");
+        assert!(r.wire.lock().to_guest.is_empty());
+        let mut first = [0u8; 1];
+        r.mem.read(0x51000 + 12 + 54, &mut first).unwrap();
+        assert_eq!(first[0], 2, "in order");
     }
 
     #[test]

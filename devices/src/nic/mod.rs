@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 pub mod fuzz;
 pub mod io;
+pub mod merge;
 pub mod offload;
 
 pub use io::{IoKick, NetIoThread};
@@ -44,13 +45,17 @@ pub struct NicStats {
     pub tx_bytes: u64,
     /// Guest sends dropped (malformed, too long, or a failed offload).
     pub tx_dropped: u64,
-    /// Frames delivered to the guest.
+    /// Packets delivered to the guest (a merged run counts once).
     pub rx_frames: u64,
     /// Bytes delivered to the guest.
     pub rx_bytes: u64,
     /// Frames dropped on the way in (filtered, disabled, or larger than
     /// every buffer the guest offers).
     pub rx_dropped: u64,
+    /// Frames merged into the packet before them (virtio-net with GUEST_TSO4).
+    pub rx_merged: u64,
+    /// Merged packets delivered with a GSO header.
+    pub rx_gso_packets: u64,
 }
 
 /// A frame buffer large enough for any frame a backend hands over.
