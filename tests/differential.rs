@@ -27,7 +27,8 @@
 //!   differential -- --ignored`, which runs the long test).
 //! - `FERROVM_DIFF_SEED=N|random`: master seed (default fixed).
 //! - `FERROVM_DIFF_GROUPS=alu,sse2,...`, `FERROVM_DIFF_MODE=64|32`: restrict.
-//! - `FERROVM_DIFF_REPLAY=<seed>`: run one sequence and print it in full.
+//! - `FERROVM_DIFF_REPLAY=<seed>`: run one sequence and print it in full,
+//!   with the skip-list entry it matches, if any.
 
 #![cfg(target_os = "linux")]
 
@@ -390,7 +391,19 @@ fn worker(cfg: Config, watchdog: Arc<Watchdog>) -> Result<(String, u64), String>
         let diffs = compare(case.mode, &a, &k, &m);
         let _ = write!(out, "{}", report_case("REPLAY", &case, &asm, &a, &k, &diffs));
         let _ = writeln!(out, "  masks: {:?}", m);
-        return Ok((out, u64::from(!diffs.is_empty() && m.tainted.is_none())));
+        // The skip-list, applied to the whole (unreduced) case.
+        let mm = skiplist::Mismatch {
+            mode: case.mode,
+            insns: &asm.insns[..asm.insns.len() - 1],
+            interp: &a,
+            kvm: &k,
+            diffs: &diffs,
+        };
+        let known = if diffs.is_empty() { None } else { skiplist::match_known(&mm) };
+        if let Some(e) = known {
+            let _ = writeln!(out, "  known: #{e} ({})", skiplist::KNOWN[e].name);
+        }
+        return Ok((out, u64::from(!diffs.is_empty() && m.tainted.is_none() && known.is_none())));
     }
 
     let mut st = Stats { known_hits: vec![0; skiplist::KNOWN.len()], ..Default::default() };

@@ -78,6 +78,12 @@ impl Outcome {
         Outcome { end, state, data, kstack }
     }
 
+    /// The error code in the exception frame (for an exception that pushes one).
+    pub fn frame_error_code(&self) -> u64 {
+        let off = KSTACK_CMP - 48;
+        u64::from_le_bytes(self.kstack[off..off + 8].try_into().unwrap())
+    }
+
     /// The frame's saved RIP (after an exception; the error code, if any, is
     /// below it).
     pub fn frame_rip(&self) -> u64 {

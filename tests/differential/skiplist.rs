@@ -236,6 +236,23 @@ pub const KNOWN: &[Known] = &[
         },
     },
     Known {
+        name: "user accesses to an unmapped address in the upper half (0xFFFF8000_00000000 and up)",
+        kind: Kind::Reference,
+        mode: Some(Mode::Long64),
+        what: "kvm_pvm keeps part of the upper half for itself: the #PF it reports there sometimes has P and RSVD set (error code 0xD for a user read), and sometimes not, for the same sequence; the guest's tables map nothing there, so the interpreter reports not-present (0x4)",
+        matches: |m| {
+            m.interp.end == End::Exception(14)
+                && m.kvm.end == End::Exception(14)
+                && m.only(&["exception frame"])
+                && m.interp.state.cr2 >= 0xffff_8000_0000_0000
+                && m.interp.state.cr2 == m.kvm.state.cr2
+                && m.interp.frame_error_code() & 0x9 == 0
+                && m.kvm.frame_error_code() & 0x9 == 0x9
+                && m.interp.frame_error_code() | 0x9 == m.kvm.frame_error_code()
+                && m.interp.frame_rip() == m.kvm.frame_rip()
+        },
+    },
+    Known {
         name: "POP/LEAVE/SCAS... reading at an offset such as 0xFFFFFFFF that wraps past 4 GiB",
         kind: Kind::Reference,
         mode: Some(Mode::Compat32),
