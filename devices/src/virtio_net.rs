@@ -113,8 +113,9 @@ pub struct VirtioNet {
     mac: [u8; 6],
     kick: IoKick,
     rx_frame: Vec<u8>,
-    /// The packet on its way to the guest: a frame that waits for receive
-    /// buffers, or (while delivering) a run of merged segments.
+    /// The packet being delivered: a frame, or a run of merged segments
+    /// (a buffer kept between deliveries; empty outside one unless the ring
+    /// broke mid-way).
     rx_packet: Vec<u8>,
     /// A frame taken from the backend that did not continue a run: the
     /// next packet, held in `rx_frame`.
@@ -466,11 +467,8 @@ impl VirtioNet {
 
     /// Drops whatever waits for a guest that cannot take it.
     fn discard(&mut self) {
-        if !self.rx_packet.is_empty() || self.rx_held.is_some() {
-            self.stats.rx_dropped += u64::from(!self.rx_packet.is_empty()) + u64::from(self.rx_held.is_some());
-            self.rx_packet.clear();
-            self.rx_held = None;
-        }
+        self.stats.rx_dropped += u64::from(!self.rx_packet.is_empty()) + u64::from(self.rx_held.take().is_some());
+        self.rx_packet.clear();
         while self.backend.recv(&mut self.rx_frame).is_some() {
             self.stats.rx_dropped += 1;
         }
