@@ -142,6 +142,14 @@ fn expected_flags() -> Vec<&'static str> {
     ]
 }
 
+/// Asserts that /proc/cpuinfo, as the guest printed it, lists every flag in `wanted`.
+fn assert_flags(b: &Boot, wanted: &[&str]) {
+    let flags: Vec<&str> = field(&b.stdout, "flags").expect("flags").split_whitespace().collect();
+    for f in wanted {
+        assert!(flags.contains(f), "flag {f} missing from /proc/cpuinfo: {flags:?}");
+    }
+}
+
 /// Features the model does not implement: Linux must not list them.
 const ABSENT: &[&str] = &["avx", "avx2", "xsave", "aes", "pclmulqdq", "fma", "avx512f"];
 
@@ -157,10 +165,8 @@ fn check(b: &Boot, kernel: &Path) {
         version.ends_with("-amd64") && !version.contains("cloud")
     };
     assert!(ok, "uname -r {version} for the {name} kernel");
+    assert_flags(b, &expected_flags());
     let flags: Vec<&str> = field(out, "flags").expect("flags").split_whitespace().collect();
-    for f in expected_flags() {
-        assert!(flags.contains(&f), "flag {f} missing from /proc/cpuinfo: {flags:?}");
-    }
     for f in ABSENT {
         assert!(!flags.contains(f), "flag {f} listed but not implemented: {flags:?}");
     }
@@ -178,7 +184,7 @@ fn cloud_kernel_boots_to_init_in_the_interpreter() {
     let k = dir.join("vmlinuz-cloud");
     let b = boot("interp", &k, &dir.join("initramfs.cpio.gz"), &[]);
     check(&b, &k);
-    check_interp_tsc(&b);
+    assert_flags(&b, INTERP_TSC_FLAGS);
 }
 
 /// Timekeeping flags of the interpreter's model: its TSC follows the host's
@@ -186,12 +192,6 @@ fn cloud_kernel_boots_to_init_in_the_interpreter() {
 /// With both, Linux trusts the TSC without a jiffies-based watchdog.
 const INTERP_TSC_FLAGS: &[&str] = &["constant_tsc", "nonstop_tsc", "tsc_adjust"];
 
-fn check_interp_tsc(b: &Boot) {
-    let flags: Vec<&str> = field(&b.stdout, "flags").expect("flags").split_whitespace().collect();
-    for f in INTERP_TSC_FLAGS {
-        assert!(flags.contains(f), "flag {f} missing from /proc/cpuinfo: {flags:?}");
-    }
-}
 
 /// Also stalls the emulator during early boot (see [`stall`]): the guest's
 /// clocks must stay consistent, with no complaint in dmesg.
@@ -201,7 +201,7 @@ fn generic_kernel_boots_to_init_in_the_interpreter() {
     let k = dir.join("vmlinuz-generic");
     let b = boot_with_stalls(SCRIPT, "interp", &k, &dir.join("initramfs.cpio.gz"), &[], true);
     check(&b, &k);
-    check_interp_tsc(&b);
+    assert_flags(&b, INTERP_TSC_FLAGS);
 }
 
 #[test]
