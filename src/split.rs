@@ -8,8 +8,15 @@
 //! faster. User code still runs natively. The guest moves between the two:
 //!
 //! - **Interpreter → KVM.** The interpreter runs with
-//!   [`Cpu::yield_at_user`]; when it reaches CPL 3 (an IRET or SYSRET to
-//!   user space) with no interrupt to deliver, the state goes to the vCPU.
+//!   [`Cpu::yield_at_user`]. At CPL 3 it runs user code itself for up to
+//!   [`USER_BUDGET`] instructions, as a hand-over costs about that much: a
+//!   loop of short system calls never leaves the interpreter. Past the
+//!   budget (that address space then goes to KVM at once, until a short
+//!   stint there shows otherwise), or at a user instruction that raises #UD
+//!   in the interpreter (AVX: kvm_pvm runs user code with the host's
+//!   features), the state goes to the vCPU. On the way back the user pages
+//!   whose bytes KVM changed lose their decoded blocks
+//!   ([`Cpu::recheck_user_code`]).
 //!   If the interpreter changed translations since the last hand-over (it
 //!   executed a TLB flush: INVLPG, INVPCID, a CR3 or CR4 load), KVM's
 //!   shadow page tables are dropped first ([`Vm::flush_translations`]):
@@ -22,8 +29,9 @@
 //!     handler's first instruction, with the frame pushed: the interpreter
 //!     goes on from there;
 //!   - after a SYSCALL, at the entry point with RCX/R11 set but the
-//!     segments not yet switched: the interpreter performs the SYSCALL's
-//!     transition itself ([`Cpu::enter_syscall`]) and goes on;
+//!     segments not yet switched (found so by an emulation failure or a
+//!     kick): the interpreter performs the SYSCALL's transition itself
+//!     ([`Cpu::enter_syscall`]) and goes on;
 //!   - an `int n` whose handler is hidden comes back as #UD at that
 //!     instruction: the #UD frame is unwound and the interpreter executes
 //!     the `int n`.
@@ -194,6 +202,7 @@ impl Machine {
         let mut cpu = Cpu::new(self.mem.clone(), Box::new(platform));
         cpu.set_state(self.boot_state);
         cpu.yield_at_user = true;
+        cpu.user_budget = USER_BUDGET;
         let mut st = SplitStats::default();
         let mut flushes_at_handover = None;
         let mut extended = HashMap::new();
@@ -212,11 +221,16 @@ impl Machine {
                     hidden >> 10
                 ),
                 format!(
-                    "interpreter: {} instructions, {} blocks decoded, {} exceptions, {} interrupts",
-                    cpu.stats.instructions, cpu.stats.blocks_decoded, cpu.stats.exceptions, cpu.stats.interrupts
+                    "interpreter: {} instructions ({} of them user code), {} blocks decoded, {} exceptions, {} interrupts; {} user instructions with #UD here handed to KVM",
+                    cpu.stats.instructions,
+                    cpu.stats.user_instructions,
+                    cpu.stats.blocks_decoded,
+                    cpu.stats.exceptions,
+                    cpu.stats.interrupts,
+                    cpu.stats.user_ud_yields
                 ),
                 format!(
-                    "hand-overs to KVM: {}; back to the kernel: {} exceptions/interrupts, {} syscalls, {} int n, {} kicks; {} user instructions run by the interpreter; {} translation flushes; {} extended-state restores",
+                    "hand-overs to KVM: {}; back to the kernel: {} exceptions/interrupts, {} syscalls, {} int n, {} kicks; {} user instructions KVM could not run; {} translation flushes; {} extended-state restores",
                     st.to_kvm, st.kernel_entries, st.syscalls, st.int_n, st.kicks, st.user_steps, st.flushes, st.extended_restores
                 ),
                 format!("KVM exits: {} ({} entries)", v.exits, v.entries),
@@ -310,6 +324,7 @@ impl Machine {
             ))
         })?;
         st.to_kvm += 1;
+        let stint = Instant::now();
         let back = loop {
             let wake = next_timer.map(|t| Instant::now() + Duration::from_nanos(t.saturating_sub(self.clock.now_ns())));
             alarm.set(wake);
@@ -331,6 +346,11 @@ impl Machine {
                     {
                         st.kicks += 1;
                         let s = vcpu.get_state()?;
+                        if half_done_syscall(&s, &entry) {
+                            // Kicked between a SYSCALL's two halves.
+                            finish_syscall(cpu, s, &entry, st);
+                            break Back::Continue;
+                        }
                         let kernel = s.cpl == 0;
                         take_back(cpu, s, &entry);
                         if kernel {
@@ -350,19 +370,12 @@ impl Machine {
                     if s.cpl == 0 {
                         take_back(cpu, s, &entry);
                         kernel_entry(cpu, &entry, st);
+                        cpu.user_stint(stint.elapsed() < SHORT_STINT);
                         break Back::Continue;
                     }
-                    if s.rip == entry.msr.lstar && s.seg[sreg::CS].selector & 3 == 3 {
-                        // A SYSCALL stopped halfway: RIP, RCX and R11 are set,
-                        // the segments and flags are not.
-                        let mut s = s;
-                        s.rip = s.gpr[reg::RCX];
-                        s.rflags = s.gpr[11] | flags::FIXED;
-                        take_back(cpu, s, &entry);
-                        if let Err(e) = cpu.enter_syscall() {
-                            tracing::warn!(target: "accel", "SYSCALL from user mode could not be completed: {e:?}");
-                        }
-                        st.syscalls += 1;
+                    if half_done_syscall(&s, &entry) {
+                        finish_syscall(cpu, s, &entry, st);
+                        cpu.user_stint(stint.elapsed() < SHORT_STINT);
                         break Back::Continue;
                     }
                     // A user instruction KVM could not run: the interpreter runs it.
@@ -396,6 +409,17 @@ impl Machine {
         self.chipset.timers.poll(self.clock.now_ns());
     }
 }
+
+/// User instructions the interpreter runs itself after the kernel returns to
+/// user mode, before it hands the CPU to KVM: code that enters the kernel
+/// again within them (a loop of short system calls) costs no hand-over.
+const USER_BUDGET: u64 = 10_000;
+
+/// A stint of user code in KVM shorter than this, ended by entering the
+/// kernel, cost about what running it in the interpreter would have: that
+/// address space's user code runs in the interpreter first again
+/// ([`Cpu::user_stint`]).
+const SHORT_STINT: Duration = Duration::from_micros(100);
 
 /// The guest entered the kernel in KVM and the interpreter holds the state:
 /// go on from the handler, or first redo what KVM got wrong.
@@ -560,6 +584,25 @@ fn for_kvm(s: &CpuState) -> CpuState {
     k
 }
 
+/// A SYSCALL that kvm_pvm stopped halfway: RIP is LSTAR and RCX and R11
+/// are set, but CS, SS, RFLAGS and the privilege level are still the user's.
+fn half_done_syscall(s: &CpuState, entry: &CpuState) -> bool {
+    s.rip == entry.msr.lstar && s.seg[sreg::CS].selector & 3 == 3
+}
+
+/// Undo the first half of a [`half_done_syscall`] and let the interpreter
+/// perform the whole instruction.
+fn finish_syscall(cpu: &mut Cpu, s: CpuState, entry: &CpuState, st: &mut SplitStats) {
+    let mut s = s;
+    s.rip = s.gpr[reg::RCX];
+    s.rflags = s.gpr[11] | flags::FIXED;
+    take_back(cpu, s, entry);
+    if let Err(e) = cpu.enter_syscall() {
+        tracing::warn!(target: "accel", "SYSCALL from user mode could not be completed: {e:?}");
+    }
+    st.syscalls += 1;
+}
+
 /// Put the vCPU's state into the interpreter. User code cannot change CR3
 /// or CR4, nor can entering the kernel: they are those of the hand-over
 /// (`entry`), which [`for_kvm`] may have changed for KVM.
@@ -568,8 +611,10 @@ fn take_back(cpu: &mut Cpu, s: CpuState, entry: &CpuState) {
     let mut s = s;
     s.cr3 = entry.cr3;
     s.cr4 = entry.cr4;
-    cpu.set_state(s);
+    cpu.resume_state(s);
     cpu.state.interrupt_shadow = shadow;
+    // KVM's writes to guest memory bypassed the tracking of code pages.
+    cpu.recheck_user_code();
 }
 
 /// The feature bits the interpreter's CPUID advertises.
@@ -586,6 +631,22 @@ fn interpreter_features(state: &CpuState) -> hvf_kvm_accel::kvm::cpuid::FeatureM
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_half_done_syscall_is_at_lstar_with_the_user_code_selector() {
+        let mut entry = CpuState::reset();
+        entry.msr.lstar = 0xffff_ffff_81c0_0080;
+        let mut s = entry;
+        s.rip = entry.msr.lstar;
+        s.seg[sreg::CS].selector = 0x33;
+        assert!(half_done_syscall(&s, &entry));
+        // The kernel at its entry point, and user code elsewhere, are not.
+        s.seg[sreg::CS].selector = 0x10;
+        assert!(!half_done_syscall(&s, &entry));
+        s.seg[sreg::CS].selector = 0x33;
+        s.rip = 0x40_1000;
+        assert!(!half_done_syscall(&s, &entry));
+    }
 
     #[test]
     fn the_alarm_kicks_at_its_deadline_and_not_after_a_reset() {

@@ -144,6 +144,9 @@ struct DecodeCache {
     /// Blocks that start in each physical page.
     by_page: FastMap<u64, Vec<BlockKey>>,
     jump: Vec<Option<(BlockKey, Rc<Block>)>>,
+    /// Split execution: the bytes of each page holding blocks decoded at
+    /// CPL 3, as they were decoded (see [`Cpu::recheck_user_code`]).
+    user_pages: FastMap<u64, Box<[u8]>>,
     /// Instructions held in `blocks`.
     insns: usize,
 }
@@ -155,12 +158,17 @@ struct DecodeCache {
 /// keeps running.
 const MAX_CACHED_INSNS: usize = 128 * 1024;
 
+/// User pages whose bytes the cache keeps for split execution (16 MiB): past
+/// it, the user pages' blocks are dropped.
+const MAX_USER_PAGES: usize = 4096;
+
 impl Default for DecodeCache {
     fn default() -> Self {
         DecodeCache {
             blocks: FastMap::default(),
             by_page: FastMap::default(),
             jump: vec![None; JUMP_CACHE],
+            user_pages: FastMap::default(),
             insns: 0,
         }
     }
@@ -185,7 +193,9 @@ impl DecodeCache {
         Some(b)
     }
 
-    fn insert(&mut self, key: BlockKey, block: Rc<Block>) {
+    /// Add a block; `user` holds its page's bytes when it was decoded at
+    /// CPL 3 under split execution (see [`DecodeCache::recheck_user`]).
+    fn insert(&mut self, key: BlockKey, block: Rc<Block>, user: Option<&[u8]>) {
         if self.insns + block.len() > MAX_CACHED_INSNS {
             *self = DecodeCache::default();
         }
@@ -196,19 +206,50 @@ impl DecodeCache {
             Some(old) => self.insns -= old.len(),
             None => self.by_page.entry(page).or_default().push(key),
         }
+        if let Some(bytes) = user {
+            if !self.user_pages.contains_key(&page) {
+                if self.user_pages.len() >= MAX_USER_PAGES {
+                    let pages: Vec<u64> = self.user_pages.keys().copied().filter(|p| *p != page).collect();
+                    for p in pages {
+                        self.invalidate_page(p);
+                    }
+                }
+                self.user_pages.insert(page, bytes.into());
+            }
+        }
     }
 
     fn invalidate_page(&mut self, page: u64) {
+        self.user_pages.remove(&page);
         if let Some(keys) = self.by_page.remove(&page) {
             for k in keys {
-                if let Some(b) = self.blocks.remove(&k) {
-                    self.insns -= b.len();
-                }
-                let slot = Self::slot(&k);
-                if matches!(&self.jump[slot], Some((jk, _)) if *jk == k) {
-                    self.jump[slot] = None;
-                }
+                self.remove(&k);
             }
+        }
+    }
+
+    fn remove(&mut self, k: &BlockKey) {
+        if let Some(b) = self.blocks.remove(k) {
+            self.insns -= b.len();
+        }
+        let slot = Self::slot(k);
+        if matches!(&self.jump[slot], Some((jk, _)) if jk == k) {
+            self.jump[slot] = None;
+        }
+    }
+
+    /// Drop the blocks of each user page whose bytes in `mem` are no longer
+    /// those they were decoded from.
+    fn recheck_user(&mut self, mem: &GuestMemory) {
+        let mut now = [0u8; 4096];
+        let changed: Vec<u64> = self
+            .user_pages
+            .iter()
+            .filter(|(page, was)| mem.read(**page, &mut now).is_err() || now[..] != was[..])
+            .map(|(page, _)| *page)
+            .collect();
+        for page in changed {
+            self.invalidate_page(page);
         }
     }
 }
@@ -220,6 +261,11 @@ pub struct CpuStats {
     pub blocks_decoded: u64,
     pub exceptions: u64,
     pub interrupts: u64,
+    /// Split execution: user instructions that raised #UD here and were
+    /// handed to the engine that runs user code instead.
+    pub user_ud_yields: u64,
+    /// Split execution: instructions run here at CPL 3.
+    pub user_instructions: u64,
 }
 
 /// One x86 processor run by the interpreter.
@@ -251,9 +297,27 @@ pub struct Cpu {
     pub(crate) sys: crate::ops::debug::SysState,
     /// When set, [`Cpu::run`] returns [`StopReason::UserMode`] instead of
     /// executing code at CPL 3 (split execution: another engine runs user
-    /// code). Interrupts are still delivered first.
+    /// code) once [`Cpu::user_budget`] user instructions have run since the
+    /// CPU last entered CPL 3, or at once at an instruction that raises #UD
+    /// at CPL 3 (the other engine may implement it). Interrupts are still
+    /// delivered first.
     pub yield_at_user: bool,
-    /// With [`Cpu::yield_at_user`] set: each FXSAVE and FXRSTOR, in order,
+    /// With [`Cpu::yield_at_user`]: user instructions the interpreter runs
+    /// itself before yielding (0: yield on reaching CPL 3). Code that
+    /// enters the kernel again within the budget never costs a hand-over.
+    pub user_budget: u64,
+    /// The instruction count when the CPU was first seen at CPL 3 since it
+    /// last ran at CPL 0.
+    user_since: Option<u64>,
+    /// Address spaces (CR3 without PCID) whose last user stretch here ran
+    /// out of [`Cpu::user_budget`]: compute-bound code, which yields at once
+    /// on reaching CPL 3 until [`Cpu::user_stint`] reports a short stint.
+    user_eager: FastMap<u64, ()>,
+    /// An instruction at CPL 3 raised #UD under [`Cpu::yield_at_user`]: it
+    /// was not delivered, RIP is at the instruction, and `run` yields.
+    pub(crate) user_ud: bool,
+    /// With [`Cpu::yield_at_user`] set: each FXSAVE and FXRSTOR at CPL 0 (the
+    /// kernel switching tasks' state), in order,
     /// with its operand's linear address (the engine running user code
     /// keeps the state FXSAVE does not cover per save area).
     pub fx_log: Vec<FxEvent>,
@@ -286,6 +350,10 @@ impl Cpu {
             tsc_per_ns_fp: crate::cpuid::TSC_KHZ * (1 << 32) / 1_000_000,
             sys: Default::default(),
             yield_at_user: false,
+            user_budget: 0,
+            user_since: None,
+            user_eager: FastMap::default(),
+            user_ud: false,
             fx_log: Vec::new(),
         };
         cpu.update_paging();
@@ -654,7 +722,8 @@ impl Cpu {
             self.mem().mark_code_page(page);
             // Write tags for this page must stop bypassing the tracking check.
             self.mmu.flush_phys(page);
-            self.cache.insert(key, block.clone());
+            let user = (p == Privilege::User && self.yield_at_user).then_some(&bytes[..]);
+            self.cache.insert(key, block.clone(), user);
         }
         Ok(block)
     }
@@ -670,6 +739,29 @@ impl Cpu {
     /// Drop all decoded code (after a reset, or a state load).
     pub fn flush_code_cache(&mut self) {
         self.cache = DecodeCache::default();
+    }
+
+    /// Split execution, after user code ran in another engine: its writes
+    /// to guest memory bypassed the tracking of code pages, and only user
+    /// code can have made them. Drop the blocks decoded at CPL 3 from each
+    /// page whose bytes changed since (one compare per page).
+    pub fn recheck_user_code(&mut self) {
+        let mem = self.mem().clone();
+        self.cache.recheck_user(&mem);
+    }
+
+    /// Take the state back from an engine that ran user code under the same
+    /// paging (CR0, CR3, CR4 and EFER unchanged): user code cannot change
+    /// page-table entries other than their accessed and dirty bits, so the
+    /// soft TLB stays. Any other change of paging flushes it.
+    pub fn resume_state(&mut self, s: CpuState) {
+        let o = &self.state;
+        let same = (o.cr0, o.cr3, o.cr4, o.efer) == (s.cr0, s.cr3, s.cr4, s.efer);
+        if same {
+            self.state = s;
+        } else {
+            self.set_state(s);
+        }
     }
 
     // ---- execution -----------------------------------------------------------
@@ -704,8 +796,15 @@ impl Cpu {
             if self.state.halted != 0 {
                 return StopReason::Halted;
             }
-            if self.yield_at_user && self.state.cpl == 3 {
-                return StopReason::UserMode;
+            if self.yield_at_user {
+                if self.state.cpl == 3 {
+                    if self.user_yield() {
+                        return StopReason::UserMode;
+                    }
+                } else if let Some(since) = self.user_since.take() {
+                    self.stats.user_instructions += self.stats.instructions - since;
+                    self.user_ud = false;
+                }
             }
             self.state.interrupt_shadow = 0;
             match self.block_at_rip() {
@@ -720,6 +819,52 @@ impl Cpu {
             return StopReason::Shutdown(why);
         }
         StopReason::Budget
+    }
+
+    /// At CPL 3 under [`Cpu::yield_at_user`]: whether to yield now.
+    fn user_yield(&mut self) -> bool {
+        let since = match self.user_since {
+            Some(s) => s,
+            None => {
+                if self.user_eager.contains_key(&self.address_space()) {
+                    return true;
+                }
+                *self.user_since.insert(self.stats.instructions)
+            }
+        };
+        let ran = self.stats.instructions - since;
+        if std::mem::take(&mut self.user_ud) {
+            self.user_since = None;
+            self.stats.user_instructions += ran;
+            return true;
+        }
+        if ran >= self.user_budget {
+            self.user_since = None;
+            self.stats.user_instructions += ran;
+            if self.user_budget > 0 {
+                if self.user_eager.len() >= 4096 {
+                    self.user_eager.clear();
+                }
+                self.user_eager.insert(self.address_space(), ());
+            }
+            return true;
+        }
+        false
+    }
+
+    /// CR3 without the PCID and flag bits.
+    fn address_space(&self) -> u64 {
+        self.state.cr3 & !0xfff
+    }
+
+    /// Split execution: the other engine ran user code of the current
+    /// address space and gave it back after a short stint that ended in the
+    /// kernel (a system call or a fault), which the interpreter could have
+    /// run without a hand-over: its user code runs here again first.
+    pub fn user_stint(&mut self, short: bool) {
+        if short && !self.user_eager.is_empty() {
+            self.user_eager.remove(&self.address_space());
+        }
     }
 
     /// Execute one instruction at RIP (the JIT's and the KVM fallback's entry).
@@ -853,7 +998,7 @@ mod cache_tests {
         let per = 1000;
         let fit = MAX_CACHED_INSNS / per;
         for i in 0..fit as u64 {
-            c.insert(key(i * 0x1000), block(per));
+            c.insert(key(i * 0x1000), block(per), None);
         }
         assert_eq!(c.insns, fit * per);
         // Invalidating a page gives its instructions back.
@@ -861,14 +1006,149 @@ mod cache_tests {
         assert_eq!(c.insns, (fit - 1) * per);
         assert!(c.get(&key(0)).is_none());
         // Re-inserting a key replaces the block without counting it twice.
-        c.insert(key(0x1000), block(per));
+        c.insert(key(0x1000), block(per), None);
         assert_eq!(c.insns, (fit - 1) * per);
-        c.insert(key(0), block(per));
+        c.insert(key(0), block(per), None);
         // Full: the next block drops everything else.
-        c.insert(key(0xfff_f000), block(per));
+        c.insert(key(0xfff_f000), block(per), None);
         assert_eq!(c.insns, per);
         assert_eq!(c.blocks.len(), 1);
         assert!(c.get(&key(0x1000)).is_none());
         assert!(c.get(&key(0xfff_f000)).is_some());
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+    use crate::ops::testutil::*;
+    use iced_x86::code_asm::*;
+
+    /// A CPU at CPL 3 in 64-bit mode, with `code` at RIP.
+    fn user_cpu(code: &[u8]) -> Cpu {
+        let mut c = long_mode();
+        to_user(&mut c, SEL_UCODE64);
+        place(&mut c, code);
+        c.yield_at_user = true;
+        c
+    }
+
+    /// `l: inc rax; jmp l`.
+    fn spin(c: &Cpu) -> Vec<u8> {
+        assemble(c, |a| {
+            let mut l = a.create_label();
+            a.set_label(&mut l)?;
+            a.inc(rax)?;
+            a.jmp(l)
+        })
+    }
+
+    #[test]
+    fn user_code_runs_here_until_the_budget_is_spent() {
+        let mut c = long_mode();
+        to_user(&mut c, SEL_UCODE64);
+        let code = spin(&c);
+        let mut c = user_cpu(&code);
+        // Budget 0: nothing runs at CPL 3.
+        assert_eq!(c.run(1_000_000), StopReason::UserMode);
+        assert_eq!((c.stats.instructions, c.state.gpr[0]), (0, 0));
+        c.user_budget = 100;
+        assert_eq!(c.run(1_000_000), StopReason::UserMode);
+        assert_eq!(c.stats.instructions, 100);
+        assert_eq!(c.state.gpr[0], 50);
+        assert_eq!(c.stats.user_instructions, 100);
+        // The address space ran out of budget: it yields at once now,
+        // after a long stint elsewhere too...
+        assert_eq!(c.run(1_000_000), StopReason::UserMode);
+        assert_eq!(c.stats.instructions, 100);
+        c.user_stint(false);
+        assert_eq!(c.run(1_000_000), StopReason::UserMode);
+        assert_eq!(c.stats.instructions, 100);
+        // ...until a short stint elsewhere ended in the kernel.
+        c.user_stint(true);
+        assert_eq!(c.run(1_000_000), StopReason::UserMode);
+        assert_eq!(c.stats.instructions, 200);
+        assert_eq!(c.stats.exceptions, 0);
+        // Another address space is not affected.
+        c.user_stint(true);
+        c.run(1_000_000);
+        c.state.cr3 += 0x1000;
+        c.user_budget = 1_000_000;
+        assert_eq!(c.run(500), StopReason::Budget);
+        assert_eq!(c.stats.instructions, 800);
+    }
+
+    #[test]
+    fn an_invalid_opcode_at_cpl3_goes_to_the_other_engine_undelivered() {
+        let mut c = long_mode();
+        to_user(&mut c, SEL_UCODE64);
+        let code = assemble(&c, |a| {
+            a.nop()?;
+            a.ud2()
+        });
+        let mut c = user_cpu(&code);
+        c.user_budget = 1_000;
+        let ud2 = c.state.rip + 1;
+        assert_eq!(c.run(1_000_000), StopReason::UserMode);
+        assert_eq!(c.state.rip, ud2);
+        assert_eq!((c.stats.instructions, c.stats.exceptions, c.stats.user_ud_yields), (1, 0, 1));
+        assert_eq!(c.state.cpl, 3);
+        // Without split execution the #UD is delivered.
+        let mut c = user_cpu(&code);
+        c.yield_at_user = false;
+        c.step();
+        c.step();
+        assert_eq!((c.stats.exceptions, c.stats.user_ud_yields, c.state.cpl), (1, 0, 0));
+        assert_eq!(c.state.rip, stub(6));
+    }
+
+    #[test]
+    fn user_blocks_are_dropped_when_their_bytes_changed_behind_the_tracking() {
+        let mut c = long_mode();
+        c.yield_at_user = true;
+        let kernel = c.state.rip;
+        let kcode = assemble(&c, |a| a.nop());
+        place(&mut c, &kcode);
+        c.block_at_rip().unwrap();
+        to_user(&mut c, SEL_UCODE64);
+        let user = kernel + 0x1000;
+        c.state.rip = user;
+        let ucode = spin(&c);
+        c.mem().write(user, &ucode).unwrap();
+        c.block_at_rip().unwrap();
+        assert_eq!(c.cache.blocks.len(), 2);
+        assert_eq!(c.cache.user_pages.len(), 1);
+        // Unchanged bytes: the block stays.
+        c.recheck_user_code();
+        let decoded = c.stats.blocks_decoded;
+        c.block_at_rip().unwrap();
+        assert_eq!(c.stats.blocks_decoded, decoded);
+        // Bytes changed by a write the tracking did not see (as another
+        // engine's): only the user page's block goes.
+        // The same guest memory with one byte of the user page changed.
+        let mut bytes = [0u8; 4096];
+        c.mem().read(user, &mut bytes).unwrap();
+        bytes[0] ^= 0xff;
+        let other = GuestMemory::new(1 << 20).unwrap();
+        other.write(user, &bytes).unwrap();
+        c.cache.recheck_user(&other);
+        assert_eq!(c.cache.blocks.len(), 1);
+        assert!(c.cache.user_pages.is_empty());
+        assert!(c.cache.by_page.contains_key(&(kernel & !0xfff)));
+        assert!(!c.cache.by_page.contains_key(&user));
+    }
+
+    #[test]
+    fn resuming_keeps_the_tlb_only_under_the_same_paging() {
+        let mut c = long_mode();
+        let s = c.state;
+        let flushes = c.mmu.flushes;
+        c.resume_state(s);
+        assert_eq!(c.mmu.flushes, flushes);
+        let mut other = s;
+        other.cr4 |= crate::state::cr::CR4_PGE;
+        c.resume_state(other);
+        assert_eq!(c.mmu.flushes, flushes + 1);
+        assert_eq!(c.state.cr4, other.cr4);
     }
 }
