@@ -139,6 +139,7 @@ fn expected_flags() -> Vec<&'static str> {
         "sse4_2",
         "popcnt",
         "hypervisor",
+        "erms",
     ]
 }
 

@@ -450,7 +450,7 @@ impl Cpu {
 
     // ---- linear memory -------------------------------------------------------
 
-    fn translate(&mut self, lin: u64, access: Access, p: Privilege) -> Fault<u64> {
+    pub(crate) fn translate(&mut self, lin: u64, access: Access, p: Privilege) -> Fault<u64> {
         let ctx = self.paging;
         self.mmu
             .translate(&ctx, p, lin, access)

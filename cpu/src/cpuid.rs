@@ -65,6 +65,9 @@ pub mod ebx7 {
     pub const BMI1: u32 = 1 << 3;
     pub const SMEP: u32 = 1 << 7;
     pub const BMI2: u32 = 1 << 8;
+    /// Enhanced REP MOVSB/STOSB: the byte forms are the fast way to copy and
+    /// fill (the interpreter moves them a page at a time).
+    pub const ERMS: u32 = 1 << 9;
     pub const INVPCID: u32 = 1 << 10;
     pub const RDSEED: u32 = 1 << 18;
     /// ADCX and ADOX.
@@ -150,6 +153,7 @@ pub const LEAF7_EBX: u32 = ebx7::FSGSBASE
     | ebx7::BMI1
     | ebx7::SMEP
     | ebx7::BMI2
+    | ebx7::ERMS
     | ebx7::INVPCID
     | ebx7::RDSEED
     | ebx7::ADX

@@ -1394,7 +1394,7 @@ mod tests {
         }
         let l7 = q(&mut c, 7, 0);
         assert_eq!(l7[0], 0);
-        assert_eq!(l7[1], 0x019c_058b);
+        assert_eq!(l7[1], 0x019c_078b);
         assert_eq!(l7[2], 1 << 22);
         assert_eq!(l7[3], 0);
         assert_eq!(q(&mut c, 7, 1), [0; 4]);
