@@ -32,5 +32,8 @@ fi
 log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+log "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
 log "cargo test"
 cargo test --workspace --all-targets

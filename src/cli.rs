@@ -119,12 +119,16 @@ pub struct RunArgs {
     /// A firmware ROM image, mapped to end at 4 GiB, run from the reset vector.
     #[arg(long, value_name = "PATH")]
     pub bios: Option<PathBuf>,
-    /// A disk: PATH[,format=raw|qcow2][,readonly=on]. May be repeated.
-    #[arg(long, value_name = "SPEC")]
+    // The help text is an attribute, not a doc comment: its brackets are
+    // option syntax, which rustdoc would read as links.
+    #[arg(long, value_name = "SPEC", help = "A disk: PATH[,format=raw|qcow2][,readonly=on]. May be repeated")]
     pub disk: Vec<String>,
-    /// A network card: user|hub[,model=e1000|virtio][,mac=..][,hostfwd=...][,restrict=on][,pcap=PATH].
-    /// May be repeated (PCI slots 3, 4, ...; MACs 52:54:00:12:34:56, :57, ...).
-    #[arg(long, value_name = "SPEC")]
+    #[arg(
+        long,
+        value_name = "SPEC",
+        help = "A network card: user|hub[,model=e1000|virtio][,mac=..][,hostfwd=...][,restrict=on][,pcap=PATH]. \
+                May be repeated (PCI slots 3, 4, ...; MACs 52:54:00:12:34:56, :57, ...)"
+    )]
     pub nic: Vec<String>,
     /// Where COM1 goes: stdio, file:PATH or none.
     #[arg(long, default_value = "stdio", value_parser = parse_serial)]

@@ -29,7 +29,7 @@ pub mod edx1 {
     pub const CMOV: u32 = 1 << 15;
     pub const PAT: u32 = 1 << 16;
     pub const PSE36: u32 = 1 << 17;
-    /// CLFLUSH (the line size is in EBX[15:8]).
+    /// CLFLUSH (the line size is in EBX\[15:8\]).
     pub const CLFSH: u32 = 1 << 19;
     pub const MMX: u32 = 1 << 23;
     pub const FXSR: u32 = 1 << 24;

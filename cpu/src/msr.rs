@@ -1,6 +1,6 @@
 //! Model-specific registers (SDM Vol. 4), kept in one table.
 //!
-//! The MSRs that Linux and common firmware touch are listed in [`KNOWN`]:
+//! The MSRs that Linux and common firmware touch are listed in `KNOWN`:
 //! the architectural ones the CPU acts on live in [`crate::state::MsrState`]
 //! and EFER, the rest are stored by value. The platform (the local APIC) gets
 //! the x2APIC range and the TSC deadline first. Any other MSR raises #GP, as

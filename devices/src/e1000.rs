@@ -1325,7 +1325,7 @@ impl crate::nic::fuzz::FuzzDevice for E1000 {
 /// The fuzzing entry point: an e1000 brought up as Linux does (bus
 /// mastering, 16-descriptor transmit and receive rings with buffers,
 /// interrupts unmasked), then `data` as a hostile guest's and network's
-/// actions (see [`crate::nic::fuzz::drive`]). Panics only if the model does.
+/// actions (see `crate::nic::fuzz::drive`). Panics only if the model does.
 /// Returns the device's counters.
 pub fn fuzz_rings(data: &[u8]) -> NicStats {
     use crate::nic::fuzz::{drive, FuzzBackend, FuzzDevice, Input, FUZZ_RAM};

@@ -2,7 +2,7 @@
 //!
 //! Datasheet: Intel 82093AA "I/O Advanced Programmable Interrupt Controller
 //! (IOAPIC)", order number 290566: section 3.0 "Register Description"
-//! (IOREGSEL, IOWIN, IOAPICID, IOAPICVER, IOAPICARB, IOREDTBL[23:0]).
+//! (IOREGSEL, IOWIN, IOAPICID, IOAPICVER, IOAPICARB, IOREDTBL\[23:0\]).
 //!
 //! ```text
 //! MMIO (base 0xFEC0_0000)      indirect registers (index in IOREGSEL)

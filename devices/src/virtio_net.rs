@@ -604,7 +604,7 @@ impl crate::nic::fuzz::FuzzDevice for VirtioNetPci {
 /// driver does, with the features the first eight bytes of `data` leave
 /// (VERSION_1 always) and both queues (16 entries) enabled, then the rest
 /// of `data` as a hostile guest's and network's actions (see
-/// [`crate::nic::fuzz::drive`]). Panics only if the model does.
+/// `crate::nic::fuzz::drive`). Panics only if the model does.
 /// Returns the device's counters.
 pub fn fuzz_rings(data: &[u8]) -> NicStats {
     use crate::nic::fuzz::{drive, FuzzBackend, Input, FUZZ_RAM};

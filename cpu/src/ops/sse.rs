@@ -3,12 +3,12 @@
 //! §13.1–13.2 and Vol. 3B §22.25.3 for the exception conditions).
 //!
 //! Families, one file each under `sse/`:
-//! - [`mov`]: data movement, non-temporal and masked stores, fences;
-//! - [`float`]: floating-point arithmetic, compares, MXCSR;
-//! - [`convert`]: the CVT* conversions;
-//! - [`int`]: integer SIMD arithmetic, compares, logic and shifts;
-//! - [`shuffle`]: packs, unpacks, shuffles, blends, inserts and extracts;
-//! - [`string`]: PCMPESTRx/PCMPISTRx and CRC32;
+//! - `mov`: data movement, non-temporal and masked stores, fences;
+//! - `float`: floating-point arithmetic, compares, MXCSR;
+//! - `convert`: the CVT* conversions;
+//! - `int`: integer SIMD arithmetic, compares, logic and shifts;
+//! - `shuffle`: packs, unpacks, shuffles, blends, inserts and extracts;
+//! - `string`: PCMPESTRx/PCMPISTRx and CRC32;
 //! - [`softfloat`]: IEEE binary32/binary64 with MXCSR rounding and flags.
 //!
 //! Availability (Vol. 3A Table 13-1, Vol. 3B Tables 22-4..22-8), checked in
@@ -17,7 +17,7 @@
 //! instruction with an MMX register operand raises #MF while FSW.ES is set.
 //! Instructions with an MMX register operand switch the x87 unit to MMX
 //! state when they complete (TOP=0, all tags valid); writing MMi stores
-//! R[i]'s mantissa and sets its exponent field to all ones.
+//! R\[i\]'s mantissa and sets its exponent field to all ones.
 //!
 //! 16-byte memory operands must be 16-byte aligned (#GP(0)) except for
 //! MOVUPS, MOVUPD, MOVDQU, LDDQU and the SSE4.2 string compares.

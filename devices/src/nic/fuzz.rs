@@ -3,7 +3,7 @@
 //! descriptors, buffers), frames arriving from the network and polls.
 //! [`crate::e1000::fuzz_rings`] and [`crate::virtio_net::fuzz_rings`] bring
 //! their device up as a driver would (so the input starts with working
-//! rings) and hand the rest of the input to [`drive`].
+//! rings) and hand the rest of the input to `drive`.
 //!
 //! The cargo-fuzz targets in `fuzz/` call those two functions; so do unit
 //! tests, over pseudo-random inputs ([`pseudo_random_inputs`]).

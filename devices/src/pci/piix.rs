@@ -4,7 +4,7 @@
 //! Datasheet: Intel 82371SB PCI-to-ISA/IDE Xcelerator (PIIX3), order number
 //! 290550, section 2.2 "PCI to ISA Bridge Configuration Registers (Function
 //! 0)": VID 8086h, DID 7000h, class 060100h, header type 80h; IORT (4Ch),
-//! XBCS (4Eh), PIRQRC[A:D] (60h-63h), TOM (69h), MSTAT (6Ah), MBIRQ0 (70h),
+//! XBCS (4Eh), PIRQRC\[A:D\] (60h-63h), TOM (69h), MSTAT (6Ah), MBIRQ0 (70h),
 //! MBDMA (76h-77h), PCSC (78h), APICBASE (80h), SMI registers (A0h-AFh).
 //!
 //! ```text

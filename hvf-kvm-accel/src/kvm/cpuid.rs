@@ -43,7 +43,7 @@
 //! signature and PV feature bits), 0xD (XSAVE enumeration; XSAVE is hidden),
 //! 0x12 (SGX), 0x14 (processor trace), 0x19 (Key Locker), 0x8000_000A (SVM).
 //!
-//! Kept and patched: the initial APIC ID in leaf 1 EBX[31:24] and the x2APIC
+//! Kept and patched: the initial APIC ID in leaf 1 EBX\[31:24\] and the x2APIC
 //! ID in leaves 0xB and 0x1F EDX are the vCPU's number.
 //!
 //! Limits on kvm_pvm hosts (software nested virtualisation), observed:
