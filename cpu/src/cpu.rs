@@ -503,7 +503,7 @@ impl Cpu {
         self.write_phys(second, &data[in_page..])
     }
 
-    fn write_phys(&mut self, phys: u64, data: &[u8]) -> Fault<()> {
+    pub(crate) fn write_phys(&mut self, phys: u64, data: &[u8]) -> Fault<()> {
         match self.mem().write(phys, data) {
             Ok(()) => {}
             // Writes to ROM are dropped, as on a PC.
@@ -833,23 +833,20 @@ impl Cpu {
             }
         };
         let ran = self.stats.instructions - since;
-        if std::mem::take(&mut self.user_ud) {
-            self.user_since = None;
-            self.stats.user_instructions += ran;
-            return true;
+        let ud = std::mem::take(&mut self.user_ud);
+        if !ud && ran < self.user_budget {
+            return false;
         }
-        if ran >= self.user_budget {
-            self.user_since = None;
-            self.stats.user_instructions += ran;
-            if self.user_budget > 0 {
-                if self.user_eager.len() >= 4096 {
-                    self.user_eager.clear();
-                }
-                self.user_eager.insert(self.address_space(), ());
+        self.user_since = None;
+        self.stats.user_instructions += ran;
+        // Out of budget: compute-bound code, which yields at once from now on.
+        if !ud && self.user_budget > 0 {
+            if self.user_eager.len() >= 4096 {
+                self.user_eager.clear();
             }
-            return true;
+            self.user_eager.insert(self.address_space(), ());
         }
-        false
+        true
     }
 
     /// CR3 without the PCID and flag bits.

@@ -18,7 +18,7 @@
 
 use iced_x86::{Code, Instruction, Mnemonic, OpKind};
 
-use mmu::{Access, MemError};
+use mmu::Access;
 
 use super::debug::dr7;
 use super::{mask, Handler};
@@ -111,11 +111,8 @@ fn string_op(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
             // A data breakpoint hit traps after the iteration that hit it.
             if n == chunk || (n > 0 && cpu.sys.hits != 0) {
                 // Come back for the rest after the outer loop has looked at
-                // interrupts. RF is set as between iterations on hardware: an
-                // interrupt taken here saves RF = 1, and the instruction's code
-                // breakpoint does not fire again when it resumes.
-                cpu.state.rip = cpu.insn_start;
-                cpu.state.rflags |= flags::RF;
+                // interrupts.
+                come_back(cpu);
                 cpu.block_break = true;
                 return Ok(());
             }
@@ -124,10 +121,7 @@ fn string_op(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
             if let Some(k) = bulk(cpu, op, size, am, src_seg, chunk - n) {
                 n += k;
                 if cpu.stop {
-                    if cpu.state.gpr[1] & am != 0 {
-                        cpu.state.rip = cpu.insn_start;
-                        cpu.state.rflags |= flags::RF;
-                    }
+                    stop_here(cpu, am);
                     return Ok(());
                 }
                 continue;
@@ -173,28 +167,47 @@ fn string_op(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
             }
         }
         if matches!(op, Op::Movs | Op::Lods | Op::Cmps | Op::Outs) {
-            cpu.state.gpr[6] = (cpu.state.gpr[6] & !am) | (si.wrapping_add(step) & am);
+            bump(&mut cpu.state.gpr[6], step, am);
         }
         if matches!(op, Op::Movs | Op::Stos | Op::Cmps | Op::Scas | Op::Ins) {
-            cpu.state.gpr[7] = (cpu.state.gpr[7] & !am) | (di.wrapping_add(step) & am);
+            bump(&mut cpu.state.gpr[7], step, am);
         }
         if !rep {
             return Ok(());
         }
-        let c = cpu.state.gpr[1];
-        cpu.state.gpr[1] = (c & !am) | (c.wrapping_sub(1) & am);
+        bump(&mut cpu.state.gpr[1], u64::MAX, am);
         n += 1;
         if stop {
             return Ok(());
         }
         if cpu.stop {
-            if cpu.state.gpr[1] & am != 0 {
-                cpu.state.rip = cpu.insn_start;
-                cpu.state.rflags |= flags::RF;
-            }
+            stop_here(cpu, am);
             return Ok(());
         }
     }
+}
+
+/// Leave a REP instruction with elements left: it executes again for them.
+/// RF is set as between iterations on hardware: an interrupt taken here
+/// saves RF = 1, and the instruction's code breakpoint does not fire again
+/// when it resumes.
+fn come_back(cpu: &mut Cpu) {
+    cpu.state.rip = cpu.insn_start;
+    cpu.state.rflags |= flags::RF;
+}
+
+/// The platform asked the CPU to stop (a device access did): a REP
+/// instruction with elements left comes back for them.
+fn stop_here(cpu: &mut Cpu, am: u64) {
+    if cpu.state.gpr[1] & am != 0 {
+        come_back(cpu);
+    }
+}
+
+/// Add `by` (wrapping) to the part of an index or count register that the
+/// address size `am` covers; the bits above it stay.
+fn bump(reg: &mut u64, by: u64, am: u64) {
+    *reg = (*reg & !am) | (reg.wrapping_add(by) & am);
 }
 
 /// Moves (MOVS) or stores (STOS) as many whole elements as lie in the current
@@ -252,22 +265,17 @@ fn bulk(cpu: &mut Cpu, op: Op, size: u64, am: u64, src_seg: usize, left: u64) ->
             }
         }
     }
-    match cpu.mem().write(dst_phys, buf) {
-        // Writes to ROM are dropped, as on a PC.
-        Ok(()) | Err(MemError::ReadOnly { .. }) => {}
-        // MMIO: the device sees each element.
-        Err(_) => return None,
+    // MMIO: the device sees each element.
+    if !cpu.mem().is_backed(dst_phys, bytes as u64) {
+        return None;
     }
-    if cpu.mem().invalidation_pending() {
-        cpu.drain_invalidations();
-    }
-    let b = bytes as u64;
+    cpu.write_phys(dst_phys, buf).ok()?;
     let s = &mut cpu.state;
     if op == Op::Movs {
-        s.gpr[6] = (s.gpr[6] & !am) | (si.wrapping_add(b) & am);
+        bump(&mut s.gpr[6], bytes as u64, am);
     }
-    s.gpr[7] = (s.gpr[7] & !am) | (di.wrapping_add(b) & am);
-    s.gpr[1] = (s.gpr[1] & !am) | (count.wrapping_sub(k) & am);
+    bump(&mut s.gpr[7], bytes as u64, am);
+    bump(&mut s.gpr[1], k.wrapping_neg(), am);
     Some(k)
 }
 
