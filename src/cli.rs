@@ -126,8 +126,8 @@ pub struct RunArgs {
     #[arg(
         long,
         value_name = "SPEC",
-        help = "A network card: user|hub[,model=e1000|virtio][,mac=..][,hostfwd=...][,restrict=on][,pcap=PATH]. \
-                May be repeated (PCI slots 3, 4, ...; MACs 52:54:00:12:34:56, :57, ...)"
+        help = "A network card: user|hub[,model=e1000|virtio][,mac=..][,vectors=N][,hostfwd=...][,restrict=on]\
+                [,pcap=PATH]. May be repeated (PCI slots 3, 4, ...; MACs 52:54:00:12:34:56, :57, ...)"
     )]
     pub nic: Vec<String>,
     /// Where COM1 goes: stdio, file:PATH or none.

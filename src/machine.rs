@@ -353,6 +353,12 @@ impl Machine {
                     tracing::warn!(target: "accel", "KVM refused IRQ {irq}: {e}");
                 }
             }));
+            let v = vm.clone();
+            self.chipset.intc.set_msi_forward(Box::new(move |m| {
+                if let Err(e) = v.signal_msi(m.address, m.data) {
+                    tracing::warn!(target: "accel", "KVM refused MSI {:#x}/{:#x}: {e}", m.address, m.data);
+                }
+            }));
         }
         let mut vcpu = vm.create_vcpu(0)?;
         vcpu.set_state(&self.boot_state)?;

@@ -23,9 +23,11 @@ use std::sync::Arc;
 
 use devices::bus::{Bus, BusDevice, SharedDevice};
 use devices::e1000::E1000;
+use devices::msi::MsiSink;
 use devices::nic::io::SharedNic;
 use devices::nic::{nth_mac, NetIoThread, NicStats};
 use devices::pc::PcChipset;
+use devices::pci::msix::MAX_VECTORS;
 use devices::pci::{BarChange, PciAddress, PciBarKind, PciInterruptPin, SharedPciDevice};
 use devices::virtio::VirtioPci;
 use devices::virtio_net::{VirtioNet, VirtioNetPci};
@@ -222,6 +224,13 @@ pub fn install(
         };
         let mac = spec.mac.map_or_else(|| nth_mac(net::MacAddr::DEFAULT_GUEST.0, i as u32), |m| m.0);
         let backend = net::open(spec).map_err(|e| what(e.to_string()))?;
+        match (model, spec.vectors) {
+            (Model::E1000, Some(_)) => return Err(what("vectors= is for virtio: the e1000 has no MSI-X".into())),
+            (_, Some(n)) if n > MAX_VECTORS => {
+                return Err(what(format!("vectors={n}: a virtio NIC here has 0 (no MSI-X) to {MAX_VECTORS}")))
+            }
+            _ => {}
+        }
         let irq = chipset.pci_intx_line(address.device, PciInterruptPin::IntA);
         let (pci, bars, handle, label): (SharedPciDevice, Vec<(usize, SharedDevice)>, NicHandle, &str) = match model {
             Model::E1000 => {
@@ -234,7 +243,10 @@ pub fn install(
             Model::VirtioNet => {
                 let net = VirtioNet::new(backend, mac, io.kick());
                 let fd = net.backend_wake_fd();
-                let dev = Arc::new(Mutex::new(VirtioPci::new(net, Arc::clone(mem), irq)));
+                let msi: Arc<dyn MsiSink> = chipset.intc.clone();
+                let pci = VirtioPci::new(net, Arc::clone(mem), irq);
+                let vectors = spec.vectors.unwrap_or_else(|| pci.default_vectors());
+                let dev = Arc::new(Mutex::new(pci.with_msix(msi, vectors)));
                 polled.push((dev.clone(), fd));
                 (dev.clone(), VirtioNetPci::bar_devices(&dev), NicHandle::Virtio(dev), "virtio-net")
             }

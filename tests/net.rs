@@ -364,6 +364,7 @@ echo "T:in-done"
 echo "T:in $(hashlen /tmp/in)"
 serve @OUT@ /tmp/in /dev/null out
 echo "T:out-done"
+echo "T:irqs $(grep -E 'virtio0|eth0' /proc/interrupts | tr -s ' ' | tr '\n' ';')"
 
 # The restricted NAT on eth1 has the same addresses as eth0's: eth0 goes.
 ifconfig eth0 down
@@ -704,6 +705,27 @@ fn nat_guest_test(model: &str, accel: &str) {
     let (back, out_time) = receive_through(fwd_out, &mut g);
     g.check(back.len() == FWD_BYTES && sha256(&back) == want, "guest -> host through hostfwd");
     g.wait_for("out-done");
+
+    // How eth0 interrupts: virtio-net by MSI-X, a vector per queue; the
+    // e1000 (82540EM, no MSI) by its INTx line through the I/O APIC.
+    let (irqs, _) = g.wait_for("irqs");
+    let irq_line = |name: &str| {
+        irqs.split(';').map(str::split_whitespace).map(Iterator::collect::<Vec<_>>).find(|f| f.last() == Some(&name))
+    };
+    if model == "virtio" {
+        for queue in ["virtio0-config", "virtio0-input.0", "virtio0-output.0"] {
+            let f = irq_line(queue).unwrap_or_default();
+            g.check(f.len() >= 4 && f[2] == "PCI-MSI", &format!("{queue} is not an MSI-X vector: {irqs}"));
+        }
+        let rx = irq_line("virtio0-input.0").unwrap_or_default();
+        g.check(
+            rx.get(1).and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n > 0),
+            &format!("no RX interrupts: {irqs}"),
+        );
+    } else {
+        let f = irq_line("eth0").unwrap_or_default();
+        g.check(f.len() >= 4 && f[2] == "IO-APIC", &format!("eth0 is not on the I/O APIC: {irqs}"));
+    }
 
     // The restricted NAT (the same addresses; eth0 is down): no way to the
     // host's loopback through 10.0.2.2; its forward works both ways.

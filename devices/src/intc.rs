@@ -13,6 +13,7 @@
 //!  8259A INTR  ──► LINT0 of CPU 0 (ExtINT, virtual wire)
 //!               └─► I/O APIC pin 0           (for an ExtINT redirection entry)
 //!  I/O APIC    ──► local APICs (fixed, lowest priority, NMI, ExtINT messages)
+//!  MSI, MSI-X  ──► local APICs (the same messages, sent by PCI functions)
 //!  local APIC  ──► EOI of a level vector ──► I/O APIC remote IRR
 //! ```
 //!
@@ -49,6 +50,7 @@ use crate::lapic::{
 };
 use crate::log_once::{LogOnce, Misuse};
 use crate::mapping::BusMapping;
+use crate::msi::{MsiMessage, MsiSink};
 use crate::pic::{
     PicChip, PicPair, PicState, CASCADE_IRQ, ELCR_PORT, ELCR_PORT_LEN, PIC_MASTER_PORT, PIC_PORT_LEN, PIC_SLAVE_PORT,
 };
@@ -77,6 +79,8 @@ pub fn ioapic_pin_of_isa_irq(irq: usize) -> usize {
 
 /// Where device lines go when a hypervisor models the controllers.
 type Forward = Arc<dyn Fn(u32, bool) + Send + Sync>;
+/// Where message-signalled interrupts go when a hypervisor models the controllers.
+type MsiForward = Arc<dyn Fn(MsiMessage) + Send + Sync>;
 
 /// The state of the whole interrupt controller, for save and restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +113,8 @@ pub struct InterruptController {
     /// When set, device lines drive this instead of the emulated controllers
     /// (a hypervisor's in-kernel irqchip takes them by input number).
     forward: RwLock<Option<Forward>>,
+    /// The same for message-signalled interrupts.
+    msi_forward: RwLock<Option<MsiForward>>,
     log: LogOnce,
 }
 
@@ -121,7 +127,8 @@ impl std::fmt::Debug for InterruptController {
     }
 }
 
-/// Sends an I/O APIC message to the local APICs; true if one accepted it.
+/// Sends an interrupt message (from the I/O APIC or a device's MSI) to the
+/// local APICs; true if one accepted it.
 fn deliver(lapics: &mut [LocalApic], msg: InterruptMessage, log: &LogOnce) -> bool {
     let dest = |l: &&mut LocalApic| l.matches(msg.destination, msg.logical, 0xff);
     match msg.delivery_mode {
@@ -279,6 +286,7 @@ impl InterruptController {
             nmi_pending: AtomicBool::new(false),
             kick: RwLock::new(None),
             forward: RwLock::new(None),
+            msi_forward: RwLock::new(None),
             log: LogOnce::new(),
         })
     }
@@ -317,6 +325,12 @@ impl InterruptController {
     /// routing numbers them.
     pub fn set_forward(&self, forward: Box<dyn Fn(u32, bool) + Send + Sync>) {
         *self.forward.write() = Some(Arc::from(forward));
+    }
+
+    /// Send message-signalled interrupts to `forward` instead of the emulated
+    /// local APICs: used when KVM's in-kernel irqchip models them.
+    pub fn set_msi_forward(&self, forward: Box<dyn Fn(MsiMessage) + Send + Sync>) {
+        *self.msi_forward.write() = Some(Arc::from(forward));
     }
 
     /// A line driving input `irq`: 0-15 are ISA IRQs (8259A input `irq` and
@@ -489,6 +503,31 @@ impl TimerSource for InterruptController {
                 lapic.tick(now_ns);
             }
         });
+    }
+}
+
+/// A device's MSI or MSI-X message reaches the local APICs (the I/O APIC
+/// and the 8259As play no part). A message outside the APIC window is
+/// dropped and logged once.
+impl MsiSink for InterruptController {
+    fn send(&self, msg: MsiMessage) {
+        let forward = self.msi_forward.read().clone();
+        if let Some(f) = forward {
+            f(msg);
+            return;
+        }
+        let Some(m) = msg.interrupt() else {
+            if self.log.first(Misuse::OutOfWindow) {
+                tracing::warn!(
+                    target: "devices",
+                    address = format_args!("{:#x}", msg.address),
+                    data = format_args!("{:#x}", msg.data),
+                    "MSI: a message outside the local APICs' window 0xfee00000-0xfeefffff; dropped (logged once)"
+                );
+            }
+            return;
+        };
+        self.with(|inner, _, log| deliver(&mut inner.lapics, m, log));
     }
 }
 
@@ -808,6 +847,48 @@ mod tests {
         m.lapic_w(0x310, 0);
         m.lapic_w(0x300, 0x0000_4043);
         assert_eq!(m.intc.ack_interrupt(), Some(0x43));
+    }
+
+    #[test]
+    fn msi_messages_reach_the_local_apic_without_the_ioapic() {
+        let m = Machine::new();
+        m.symmetric_io();
+        let kicks = Arc::new(AtomicU32::new(0));
+        let k = kicks.clone();
+        m.intc.set_kick(Box::new(move || {
+            k.fetch_add(1, Ordering::SeqCst);
+        }));
+        m.intc.send(MsiMessage { address: 0xfee0_0000, data: 0x0061 });
+        assert!(m.intc.interrupt_pending());
+        assert_eq!(kicks.load(Ordering::SeqCst), 1);
+        assert_eq!(m.intc.ack_interrupt(), Some(0x61));
+        m.lapic_w(0xb0, 0);
+        // To another APIC ID: nobody takes it.
+        m.intc.send(MsiMessage { address: 0xfee0_3000, data: 0x0062 });
+        assert!(!m.intc.interrupt_pending());
+        // Outside the window: dropped, logged once.
+        m.intc.send(MsiMessage { address: 0x1000, data: 0x0063 });
+        m.intc.send(MsiMessage { address: 0xfed0_0000, data: 0x0063 });
+        assert!(!m.intc.interrupt_pending());
+        // NMI by message.
+        m.intc.send(MsiMessage { address: 0xfee0_0000, data: 0x0400 });
+        assert!(m.intc.take_nmi());
+        // A software-disabled local APIC takes no fixed interrupt.
+        m.lapic_w(0xf0, 0x0ff);
+        m.intc.send(MsiMessage { address: 0xfee0_0000, data: 0x0064 });
+        assert_eq!(m.intc.ack_interrupt(), None);
+    }
+
+    #[test]
+    fn msi_messages_go_to_the_forward_when_one_is_set() {
+        let m = Machine::new();
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        m.intc.set_msi_forward(Box::new(move |msg| s.lock().push(msg)));
+        let msg = MsiMessage { address: 0xfee0_0000, data: 0x0071 };
+        m.intc.send(msg);
+        assert_eq!(*seen.lock(), [msg]);
+        assert!(!m.intc.interrupt_pending(), "the emulated local APIC saw nothing");
     }
 
     #[test]

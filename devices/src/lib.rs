@@ -18,6 +18,7 @@ pub mod irq;
 pub mod lapic;
 mod log_once;
 pub mod mapping;
+pub mod msi;
 pub mod nic;
 pub mod pc;
 pub mod pci;
@@ -36,5 +37,6 @@ pub use clock::{Clock, HostClock, ManualClock, SharedClock, Timed, TimerSource, 
 pub use intc::InterruptController;
 pub use irq::IrqLine;
 pub use mapping::{AddressSpace, BusAlias, BusMapping};
+pub use msi::{MsiMessage, MsiSink};
 pub use pc::PcChipset;
 pub use power::{VmEvent, VmEvents};

@@ -16,6 +16,8 @@ pub(crate) enum Misuse {
     CrossesEnd,
     /// A host-side write failed (the output went away).
     OutputError,
+    /// A message or DMA address outside the window it must fall in.
+    OutOfWindow,
 }
 
 impl Misuse {
@@ -25,6 +27,7 @@ impl Misuse {
             Misuse::Unimplemented => 1 << 1,
             Misuse::CrossesEnd => 1 << 2,
             Misuse::OutputError => 1 << 3,
+            Misuse::OutOfWindow => 1 << 4,
         }
     }
 }

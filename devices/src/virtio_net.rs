@@ -562,12 +562,14 @@ impl NicPoll for VirtioPci<VirtioNet> {
 
 impl crate::nic::fuzz::FuzzDevice for VirtioNetPci {
     fn bars(&self) -> &'static [(usize, u64)] {
-        &[(crate::virtio::pci::MODERN_BAR, crate::virtio::pci::MODERN_BAR_SIZE), (crate::virtio::pci::LEGACY_BAR, 0x20)]
+        use crate::virtio::pci::{LEGACY_BAR, MODERN_BAR, MODERN_BAR_SIZE, MSIX_BAR};
+        &[(MODERN_BAR, MODERN_BAR_SIZE), (LEGACY_BAR, 0x20), (MSIX_BAR, crate::pci::msix::MSIX_BAR_SIZE)]
     }
     fn hot_regs(&self) -> &'static [(usize, u64)] {
-        use crate::virtio::pci::{LEGACY_BAR, MODERN_BAR};
+        use crate::virtio::pci::{LEGACY_BAR, MODERN_BAR, MSIX_BAR};
         // Notifications of both queues, status, queue select/size/enable,
-        // the ISR; legacy: PFN, notify, status, ISR.
+        // the ISR, the MSI-X vectors; legacy: PFN, notify, status, ISR and
+        // the MSI-X vectors; the MSI-X table's vector controls.
         const R: &[(usize, u64)] = &[
             (MODERN_BAR, 0x3000),
             (MODERN_BAR, 0x3004),
@@ -583,6 +585,12 @@ impl crate::nic::fuzz::FuzzDevice for VirtioNetPci {
             (LEGACY_BAR, 0x10),
             (LEGACY_BAR, 0x12),
             (LEGACY_BAR, 0x13),
+            (MODERN_BAR, 0x10),
+            (MODERN_BAR, 0x1a),
+            (LEGACY_BAR, 0x14),
+            (LEGACY_BAR, 0x16),
+            (MSIX_BAR, 0x0c),
+            (MSIX_BAR, 0x1c),
         ];
         R
     }
@@ -617,9 +625,22 @@ pub fn fuzz_rings(data: &[u8]) -> NicStats {
         VirtioNet::new(backend, [0x52, 0x54, 0, 0x12, 0x34, 0x56], IoKick::none()),
         mem.clone(),
         std::sync::Arc::new(crate::irq::NoIrq),
-    );
+    )
+    .with_msix(std::sync::Arc::new(crate::nic::fuzz::FuzzMsi::default()), 3);
     crate::pci::PciDevice::write_config(&mut dev, crate::pci::config::PCI_COMMAND, &[0x07, 0]);
     let mut input = Input::new(data);
+    // The first byte: odd inputs run with MSI-X on, the table unmasked and
+    // a vector per queue, as Linux sets it up.
+    let msix = input.u8() & 1 != 0;
+    if msix {
+        crate::pci::PciDevice::write_config(&mut dev, crate::virtio::pci::CAP_MSIX_AT + 2, &0x8000u16.to_le_bytes());
+        for v in 0..3u64 {
+            let mut e = [0u8; 16];
+            e[..4].copy_from_slice(&0xfee0_0000u32.to_le_bytes());
+            e[8] = 0x40 + v as u8;
+            dev.bar_write(crate::virtio::pci::MSIX_BAR, 16 * v, &e);
+        }
+    }
     let features =
         (u64::from(input.u32()) | u64::from(input.u32()) << 32 | VIRTIO_F_VERSION_1) & dev.device().features();
     let mut w = |off: u64, v: u64, len: usize| dev.bar_write(MODERN_BAR, off, &v.to_le_bytes()[..len]);
@@ -638,6 +659,9 @@ pub fn fuzz_rings(data: &[u8]) -> NicStats {
         w(0x20, desc, 8);
         w(0x28, desc + 0x400, 8);
         w(0x30, desc + 0x800, 8);
+        if msix {
+            w(0x1a, q, 2);
+        }
         w(0x1c, 1, 2);
         hot.extend([desc, desc + 0x400, desc + 0x800]);
     }

@@ -94,6 +94,10 @@ pub trait Vm: Send + Sync {
     /// Drive interrupt line `irq` of the in-kernel PIC/IOAPIC. Fails when the
     /// interrupt controllers are in userspace ([`IrqChip::Userspace`]).
     fn set_irq_line(&self, irq: u32, level: bool) -> Result<(), AccelError>;
+    /// Send a message-signalled interrupt (a device's MSI or MSI-X write of
+    /// `data` to `address`) to the in-kernel local APICs. Fails when the
+    /// interrupt controllers are in userspace ([`IrqChip::Userspace`]).
+    fn signal_msi(&self, address: u64, data: u32) -> Result<(), AccelError>;
     /// Which interrupt controllers this VM uses.
     fn irqchip(&self) -> IrqChip;
     /// Take the page-aligned guest-physical range `start..end` out of the

@@ -17,8 +17,10 @@
 //! | `flowbuf=BYTES` | buffer per TCP flow and direction | 131072 |
 //! | `tcpidle=SECS`, `udpidle=SECS` | idle flows are closed after this | 7200, 120 |
 //!
-//! `model=`, `mac=` and `pcap=` are for the machine (the NIC model, its MAC
-//! address and a capture file); [`NicSpec`] returns them. A hub takes `id=`
+//! `model=`, `mac=`, `vectors=` and `pcap=` are for the machine (the NIC
+//! model, its MAC address, the MSI-X vectors of a virtio NIC as QEMU's
+//! virtio-net-pci `vectors=` property, 0 for none, and a capture file);
+//! [`NicSpec`] returns them. A hub takes `id=`
 //! and optionally `path=` (the socket directory).
 
 use std::fmt;
@@ -452,6 +454,8 @@ pub struct NicSpec {
     pub model: Option<String>,
     /// `mac=`: the guest NIC's address.
     pub mac: Option<MacAddr>,
+    /// `vectors=`: MSI-X vectors of a virtio NIC (0: INTx only).
+    pub vectors: Option<u16>,
     /// `pcap=`: capture both directions to this file.
     pub pcap: Option<PathBuf>,
 }
@@ -470,7 +474,7 @@ impl FromStr for NicSpec {
         let mut net_given = false;
         let mut hub_id = None;
         let mut hub_dir = None;
-        let (mut model, mut mac, mut pcap) = (None, None, None);
+        let (mut model, mut mac, mut vectors, mut pcap) = (None, None, None, None);
         let is_user = match kind {
             "user" => true,
             "hub" => false,
@@ -485,6 +489,10 @@ impl FromStr for NicSpec {
             match key {
                 "model" => model = Some(value.to_string()),
                 "mac" => mac = Some(value.parse().map_err(|e| bad(part, e))?),
+                "vectors" => {
+                    let n = value.parse::<u16>();
+                    vectors = Some(n.map_err(|_| bad(part, "expected a number of vectors, 0 to 128".into()))?);
+                }
                 "pcap" if !value.is_empty() => pcap = Some(PathBuf::from(value)),
                 "id" if !is_user => hub_id = Some(value.to_string()),
                 "path" if !is_user => hub_dir = Some(PathBuf::from(value)),
@@ -495,7 +503,7 @@ impl FromStr for NicSpec {
                             format!(
                                 "unknown key '{key}'; user takes net, host, dns, dhcpstart, hostname, \
                                  domainname, hostfwd, restrict, dnsupstream, maxflows, flowbuf, \
-                                 tcpidle, udpidle, model, mac, pcap"
+                                 tcpidle, udpidle, model, mac, vectors, pcap"
                             ),
                         ));
                     }
@@ -503,7 +511,7 @@ impl FromStr for NicSpec {
                 _ => {
                     return Err(bad(
                         part,
-                        format!("unknown key '{key}'; hub takes id, path, model, mac, pcap"),
+                        format!("unknown key '{key}'; hub takes id, path, model, mac, vectors, pcap"),
                     ));
                 }
             }
@@ -538,6 +546,7 @@ impl FromStr for NicSpec {
             backend,
             model,
             mac,
+            vectors,
             pcap,
         })
     }
@@ -641,7 +650,12 @@ mod tests {
 
     #[test]
     fn hub_spec() {
+        let spec: NicSpec = "hub,id=lan0,model=virtio,vectors=0".parse().unwrap();
+        assert_eq!(spec.vectors, Some(0));
+        assert!("user,vectors=x".parse::<NicSpec>().unwrap_err().to_string().contains("number of vectors"));
+        assert!("user,vectors=70000".parse::<NicSpec>().is_err());
         let spec: NicSpec = "hub,id=lan0,model=e1000".parse().unwrap();
+        assert_eq!(spec.vectors, None);
         assert_eq!(
             spec.backend,
             BackendSpec::Hub(HubConfig {

@@ -5,6 +5,8 @@
 //!   masks, BARs with sizing, and the [`PciDevice`] trait devices implement.
 //! - [`root`]: bus 0 behind ports 0xCF8/0xCFC ([`PciRoot`]), with a callback
 //!   when the guest programs a BAR so the machine can map it.
+//! - [`msix`]: the MSI-X capability, vector table and pending bits a
+//!   function adds to send message-signalled interrupts.
 //! - [`i440fx`]: the host bridge at 00:00.0 (8086:1237).
 //! - [`piix`]: the ISA bridge at 00:01.0 (8086:7000) with the PIRQ routing
 //!   registers 0x60-0x63, and [`PciIntxRouter`], which turns PCI INTx lines
@@ -12,6 +14,7 @@
 
 pub mod config;
 pub mod i440fx;
+pub mod msix;
 pub mod piix;
 pub mod root;
 

@@ -65,7 +65,19 @@ pub struct Context<'a> {
     /// may the device touch the queues.
     pub running: bool,
     pub(crate) isr: &'a mut u8,
+    /// What to signal since the last delivery: bit q for queue q, and
+    /// [`EVENT_CONFIG`] for the configuration (the transport sends one
+    /// MSI-X message per bit).
+    pub(crate) events: &'a mut u64,
     pub(crate) needs_reset: &'a mut bool,
+}
+
+/// [`Context`] event bit of a configuration change.
+pub(crate) const EVENT_CONFIG: u64 = 1 << 63;
+
+/// [`Context`] event bit of queue `q` (queues from 63 on share the last bit).
+pub(crate) fn event_queue(q: usize) -> u64 {
+    1 << q.min(62)
 }
 
 impl Context<'_> {
@@ -78,7 +90,10 @@ impl Context<'_> {
     pub fn signal_used(&mut self, q: usize) {
         let Some(queue) = self.queues.get_mut(q) else { return };
         match queue.needs_notification(self.mem) {
-            Ok(true) => *self.isr |= ISR_QUEUE,
+            Ok(true) => {
+                *self.isr |= ISR_QUEUE;
+                *self.events |= event_queue(q);
+            }
             Ok(false) => {}
             Err(e) => {
                 queue.mark_broken();
@@ -90,6 +105,7 @@ impl Context<'_> {
     /// Tells the driver that the configuration space changed.
     pub fn signal_config(&mut self) {
         *self.isr |= ISR_CONFIG;
+        *self.events |= EVENT_CONFIG;
     }
 
     /// The driver broke a ring: report DEVICE_NEEDS_RESET (2.1.2) and stop
@@ -100,6 +116,7 @@ impl Context<'_> {
         }
         *self.needs_reset = true;
         *self.isr |= ISR_CONFIG;
+        *self.events |= EVENT_CONFIG;
     }
 }
 

@@ -8,10 +8,12 @@
 //! capability, 4.1.4.8 the legacy interface, 4.1.5.3 INTx.
 //!
 //! ```text
-//! BAR0  I/O, legacy interface (4.1.4.8, no MSI-X so the device config starts at 0x14)
+//! BAR0  I/O, legacy interface (4.1.4.8)
 //!   0x00 le32 host features (bits 0-31)   0x0c le16 queue size (RO)   0x12 u8 status
 //!   0x04 le32 guest features              0x0e le16 queue select      0x13 u8 ISR (read clears)
 //!   0x08 le32 queue PFN (address >> 12)   0x10 le16 queue notify      0x14 device config
+//!   while MSI-X is enabled: 0x14 le16 config vector, 0x16 le16 queue vector, 0x18 device config
+//! BAR1  32-bit memory, 4 KiB, MSI-X (with an MSI sink): the table at 0, the PBA at 0x800
 //! BAR4  64-bit prefetchable memory, 16 KiB, the modern interface
 //!   0x0000 common configuration           0x2000 device configuration
 //!   0x1000 ISR (read clears)              0x3000 notifications, queue n at 4 * n
@@ -25,12 +27,19 @@
 //!   0x12 le16 num_queues             0x1c le16 queue_enable
 //!
 //! capability list at 0x40: common (type 1), ISR (3), device (4), notify (2, with the
-//! offset multiplier), PCI configuration access (5)
+//! offset multiplier), PCI configuration access (5), then MSI-X at 0x98 (with an MSI sink)
 //! ```
 //!
 //! Model choices:
-//! - There is no MSI-X: the driver falls back to INTx, which is asserted
-//!   while the ISR is non-zero (4.1.5.3) and deasserted by reading it.
+//! - With an MSI sink ([`VirtioPci::with_msix`]) the function has one MSI-X
+//!   vector per queue plus one for configuration changes, as QEMU gives it.
+//!   While MSI-X is enabled, each queue event sends the message of the
+//!   queue's vector (`queue_msix_vector`) and each configuration event that
+//!   of `msix_config` (4.1.5.3); NO_VECTOR, or a vector the table lacks, means
+//!   no interrupt, and such a vector reads back as NO_VECTOR so the driver
+//!   sees the mapping fail. The ISR bits are still set, as QEMU sets them.
+//! - Without MSI-X, or while it is disabled, INTx is asserted while the ISR
+//!   is non-zero (4.1.5.4) and deasserted by reading it.
 //! - The device does no DMA unless bus mastering is on in the Command register.
 //! - A ring the driver breaks sets DEVICE_NEEDS_RESET and raises a
 //!   configuration interrupt (2.1.2); that queue is not touched again until
@@ -44,13 +53,15 @@ use parking_lot::Mutex;
 
 use super::queue::{Queue, QueueState};
 use super::{
-    Context, VirtioDevice, ISR_CONFIG, STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_F_EVENT_IDX, VIRTIO_F_VERSION_1,
-    VIRTIO_ID_BLOCK, VIRTIO_ID_NET,
+    event_queue, Context, VirtioDevice, EVENT_CONFIG, ISR_CONFIG, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
+    VIRTIO_F_EVENT_IDX, VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK, VIRTIO_ID_NET,
 };
 use crate::access::fill_le;
 use crate::bus::{BusDevice, SharedDevice};
 use crate::irq::IrqLine;
+use crate::msi::MsiSink;
 use crate::pci::config::{PciBarKind, PciConfigSpace, COMMAND_INTX_DISABLE, COMMAND_MASTER, PCI_STATUS};
+use crate::pci::msix::{Msix, MsixState, MAX_VECTORS, MSIX_BAR_SIZE, MSIX_CAP_LEN};
 use crate::pci::{PciDevice, PciInterruptPin};
 
 /// Red Hat's PCI vendor ID, which virtio uses.
@@ -62,6 +73,8 @@ const REVISION: u8 = 0;
 
 /// The BAR of the legacy I/O interface.
 pub const LEGACY_BAR: usize = 0;
+/// The BAR of the MSI-X table and PBA.
+pub const MSIX_BAR: usize = 1;
 /// The BAR of the modern interface.
 pub const MODERN_BAR: usize = 4;
 /// Size of the modern BAR.
@@ -92,6 +105,9 @@ const PCI_CFG_BAR: usize = CAP_PCI_CFG_AT + 4;
 const PCI_CFG_OFFSET: usize = CAP_PCI_CFG_AT + 8;
 const PCI_CFG_LENGTH: usize = CAP_PCI_CFG_AT + 12;
 const PCI_CFG_DATA: usize = CAP_PCI_CFG_AT + 16;
+/// Where the MSI-X capability sits, after the notification capability.
+pub const CAP_MSIX_AT: usize = 0x98;
+const _: () = assert!(CAP_MSIX_AT + MSIX_CAP_LEN <= 0x100, "the MSI-X capability fits in configuration space");
 
 // Common configuration registers (4.1.4.3).
 const CC_DEVICE_FEATURE_SELECT: u64 = 0x00;
@@ -110,7 +126,7 @@ const CC_QUEUE_NOTIFY_OFF: u64 = 0x1e;
 const CC_QUEUE_DESC: u64 = 0x20;
 const CC_QUEUE_DRIVER: u64 = 0x28;
 const CC_QUEUE_DEVICE: u64 = 0x30;
-/// MSI-X "no vector": there is no MSI-X.
+/// MSI-X "no vector": no interrupt for this source.
 const VIRTIO_MSI_NO_VECTOR: u16 = 0xffff;
 
 // Legacy I/O registers (4.1.4.8).
@@ -123,6 +139,11 @@ const LEG_QUEUE_NOTIFY: u64 = 0x10;
 const LEG_STATUS: u64 = 0x12;
 const LEG_ISR: u64 = 0x13;
 const LEG_CONFIG: u64 = 0x14;
+/// While MSI-X is enabled: the configuration vector, the selected queue's
+/// vector, and the device configuration after them.
+const LEG_MSIX_CONFIG_VECTOR: u64 = 0x14;
+const LEG_MSIX_QUEUE_VECTOR: u64 = 0x16;
+const LEG_CONFIG_MSIX: u64 = 0x18;
 /// Legacy rings are laid out with this alignment (4.1.4.8, 2.6.2).
 const LEGACY_ALIGN: u64 = 4096;
 const LEGACY_PFN_SHIFT: u32 = 12;
@@ -140,6 +161,10 @@ pub struct VirtioPciState {
     pub isr: u8,
     pub config_generation: u8,
     pub needs_reset: bool,
+    /// The MSI-X table and pending bits, when the function has MSI-X.
+    pub msix: Option<MsixState>,
+    pub config_vector: u16,
+    pub queue_vectors: Vec<u16>,
 }
 
 /// A virtio device on the PCI bus.
@@ -156,9 +181,14 @@ pub struct VirtioPci<D: VirtioDevice> {
     driver_features: u64,
     queue_select: u16,
     isr: u8,
+    /// Events not yet sent as MSI-X messages (see [`Context`]).
+    events: u64,
     config_generation: u8,
     needs_reset: bool,
     legacy_bar_size: u64,
+    msix: Option<Msix>,
+    config_vector: u16,
+    queue_vectors: Vec<u16>,
     warned: bool,
 }
 
@@ -195,12 +225,14 @@ impl<D: VirtioDevice> VirtioPci<D> {
         config.set_subsystem(VIRTIO_PCI_VENDOR_ID, ty);
         config.set_interrupt_pin(Some(PciInterruptPin::IntA));
         config.set_u16(PCI_STATUS, STATUS_CAP_LIST);
-        let legacy_bar_size = (LEG_CONFIG + device.config_len() as u64).next_power_of_two().max(32);
+        // Room for the device configuration after the MSI-X vector registers.
+        let legacy_bar_size = (LEG_CONFIG_MSIX + device.config_len() as u64).next_power_of_two().max(32);
         // The sizes are powers of two inside the allowed ranges.
         let _ = config.add_bar(LEGACY_BAR, PciBarKind::Io, legacy_bar_size);
         let _ = config.add_bar(MODERN_BAR, PciBarKind::Memory64 { prefetchable: true }, MODERN_BAR_SIZE);
         Self::write_capabilities(&mut config, device.config_len() as u32);
-        let queues = device.queue_max_sizes().into_iter().map(Queue::new).collect();
+        let queues: Vec<Queue> = device.queue_max_sizes().into_iter().map(Queue::new).collect();
+        let queue_vectors = vec![VIRTIO_MSI_NO_VECTOR; queues.len()];
         Self {
             config,
             device,
@@ -214,13 +246,54 @@ impl<D: VirtioDevice> VirtioPci<D> {
             driver_features: 0,
             queue_select: 0,
             isr: 0,
+            events: 0,
             config_generation: 0,
             needs_reset: false,
             legacy_bar_size,
+            msix: None,
+            config_vector: VIRTIO_MSI_NO_VECTOR,
+            queue_vectors,
             warned: false,
         }
     }
 
+    /// MSI-X vectors by default: one per queue and one for configuration
+    /// changes.
+    pub fn default_vectors(&self) -> u16 {
+        u16::try_from(self.queues.len() + 1).unwrap_or(u16::MAX).min(MAX_VECTORS)
+    }
+
+    /// Gives the function MSI-X (BAR1 and a capability) with `vectors`
+    /// vectors (1 to [`MAX_VECTORS`]; 0 leaves the function without MSI-X),
+    /// sent to `sink`. Linux's driver uses a vector per queue when there
+    /// are enough ([`Self::default_vectors`]), else one for all queues and
+    /// one for the configuration, else INTx.
+    pub fn with_msix(mut self, sink: Arc<dyn MsiSink>, vectors: u16) -> Self {
+        if self.msix.is_some() || vectors == 0 {
+            return self;
+        }
+        // BAR1 is free and 4 KiB is a valid memory BAR size.
+        let _ = self.config.add_bar(MSIX_BAR, PciBarKind::Memory32 { prefetchable: false }, MSIX_BAR_SIZE);
+        let msix = Msix::new(&mut self.config, CAP_MSIX_AT, MSIX_BAR as u8, vectors, sink);
+        // Link it after the last vendor capability.
+        self.config.set_u8(CAP_PCI_CFG_AT + 1, CAP_MSIX_AT as u8);
+        self.msix = Some(msix);
+        self
+    }
+
+    /// Whether MSI-X is there and the driver enabled it.
+    fn msix_enabled(&self) -> bool {
+        self.msix.as_ref().is_some_and(|m| m.enabled(&self.config))
+    }
+
+    /// A vector the driver maps a source to: kept if the table has it,
+    /// else NO_VECTOR (4.1.4.3: a failed mapping reads back as NO_VECTOR).
+    fn map_vector(&self, vector: u16) -> u16 {
+        match &self.msix {
+            Some(m) if vector < m.vectors() => vector,
+            _ => VIRTIO_MSI_NO_VECTOR,
+        }
+    }
     fn write_capabilities(config: &mut PciConfigSpace, device_cfg_len: u32) {
         config.set_u8(PCI_CAPABILITY_LIST, CAP_FIRST as u8);
         // (at, type, region offset, region length, extra bytes)
@@ -281,6 +354,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
             features: self.driver_features,
             running,
             isr: &mut self.isr,
+            events: &mut self.events,
             needs_reset: &mut self.needs_reset,
         };
         let r = f(&mut self.device, &mut ctx);
@@ -288,8 +362,22 @@ impl<D: VirtioDevice> VirtioPci<D> {
         r
     }
 
+    /// Signals the driver: the MSI-X messages of the new events while MSI-X
+    /// is enabled, else INTx from the ISR.
     fn update_irq(&mut self) {
-        let level = self.isr != 0 && self.config.command() & COMMAND_INTX_DISABLE == 0;
+        let events = std::mem::take(&mut self.events);
+        let msix = self.msix_enabled();
+        if let Some(m) = self.msix.as_mut().filter(|_| msix && events != 0) {
+            if events & EVENT_CONFIG != 0 && self.config_vector != VIRTIO_MSI_NO_VECTOR {
+                m.notify(&self.config, self.config_vector);
+            }
+            for (q, &vector) in self.queue_vectors.iter().enumerate() {
+                if events & event_queue(q) != 0 && vector != VIRTIO_MSI_NO_VECTOR {
+                    m.notify(&self.config, vector);
+                }
+            }
+        }
+        let level = self.isr != 0 && self.config.command() & COMMAND_INTX_DISABLE == 0 && !msix;
         if level != self.irq_level {
             self.irq_level = level;
             self.irq.set_level(level);
@@ -319,7 +407,10 @@ impl<D: VirtioDevice> VirtioPci<D> {
         self.driver_features = 0;
         self.queue_select = 0;
         self.isr = 0;
+        self.events = 0;
         self.needs_reset = false;
+        self.config_vector = VIRTIO_MSI_NO_VECTOR;
+        self.queue_vectors.fill(VIRTIO_MSI_NO_VECTOR);
         self.update_irq();
     }
 
@@ -372,6 +463,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
         }
         self.needs_reset = true;
         self.isr |= ISR_CONFIG;
+        self.events |= EVENT_CONFIG;
         self.update_irq();
     }
 
@@ -413,7 +505,10 @@ impl<D: VirtioDevice> VirtioPci<D> {
                 1 => self.driver_features >> 32,
                 _ => 0,
             },
-            (CC_MSIX_CONFIG, 2) | (CC_QUEUE_MSIX_VECTOR, 2) => u64::from(VIRTIO_MSI_NO_VECTOR),
+            (CC_MSIX_CONFIG, 2) => u64::from(self.config_vector),
+            (CC_QUEUE_MSIX_VECTOR, 2) => u64::from(
+                self.queue_vectors.get(usize::from(self.queue_select)).copied().unwrap_or(VIRTIO_MSI_NO_VECTOR),
+            ),
             (CC_NUM_QUEUES, 2) => self.queues.len() as u64,
             (CC_DEVICE_STATUS, 1) => u64::from(self.status()),
             (CC_CONFIG_GENERATION, 1) => u64::from(self.config_generation),
@@ -474,7 +569,8 @@ impl<D: VirtioDevice> VirtioPci<D> {
                     }
                 }
             }
-            (CC_MSIX_CONFIG, 2) | (CC_QUEUE_MSIX_VECTOR, 2) => {} // no MSI-X: reads stay NO_VECTOR
+            (CC_MSIX_CONFIG, 2) => self.config_vector = self.map_vector(v as u16),
+            (CC_QUEUE_MSIX_VECTOR, 2) => self.set_queue_vector(v as u16),
             (CC_DEVICE_STATUS, 1) => self.set_status(v as u8),
             (CC_QUEUE_SELECT, 2) => self.queue_select = v as u16,
             (CC_QUEUE_SIZE, 2) if !queue_locked => {
@@ -509,14 +605,35 @@ impl<D: VirtioDevice> VirtioPci<D> {
 
     // ---- legacy interface ----
 
+    /// Where the device configuration starts in the legacy BAR.
+    fn legacy_config_offset(&self) -> u64 {
+        if self.msix_enabled() {
+            LEG_CONFIG_MSIX
+        } else {
+            LEG_CONFIG
+        }
+    }
+
+    fn set_queue_vector(&mut self, vector: u16) {
+        let vector = self.map_vector(vector);
+        if let Some(slot) = self.queue_vectors.get_mut(usize::from(self.queue_select)) {
+            *slot = vector;
+        }
+    }
+
     fn legacy_read(&mut self, offset: u64, data: &mut [u8]) {
         let len = data.len();
-        if offset >= LEG_CONFIG {
-            self.device.read_config((offset - LEG_CONFIG) as usize, data);
+        let config = self.legacy_config_offset();
+        if offset >= config {
+            self.device.read_config((offset - config) as usize, data);
             return;
         }
         let q = self.queues.get(usize::from(self.queue_select));
         let value: u64 = match (offset, len) {
+            (LEG_MSIX_CONFIG_VECTOR, 2) if config == LEG_CONFIG_MSIX => u64::from(self.config_vector),
+            (LEG_MSIX_QUEUE_VECTOR, 2) if config == LEG_CONFIG_MSIX => u64::from(
+                self.queue_vectors.get(usize::from(self.queue_select)).copied().unwrap_or(VIRTIO_MSI_NO_VECTOR),
+            ),
             (LEG_HOST_FEATURES, 4) => self.device.features() & 0xffff_ffff,
             (LEG_GUEST_FEATURES, 4) => self.driver_features & 0xffff_ffff,
             (LEG_QUEUE_PFN, 4) => q.map_or(0, |q| if q.ready { q.desc_table >> LEGACY_PFN_SHIFT } else { 0 }),
@@ -534,8 +651,9 @@ impl<D: VirtioDevice> VirtioPci<D> {
 
     fn legacy_write(&mut self, offset: u64, data: &[u8]) {
         let len = data.len();
-        if offset >= LEG_CONFIG {
-            self.device.write_config((offset - LEG_CONFIG) as usize, data);
+        let config = self.legacy_config_offset();
+        if offset >= config {
+            self.device.write_config((offset - config) as usize, data);
             return;
         }
         let mut b = [0u8; 4];
@@ -565,6 +683,8 @@ impl<D: VirtioDevice> VirtioPci<D> {
             (LEG_QUEUE_SELECT, 2) => self.queue_select = v as u16,
             (LEG_QUEUE_NOTIFY, 2) => self.notify(usize::from(v as u16)),
             (LEG_STATUS, 1) => self.set_status(v as u8),
+            (LEG_MSIX_CONFIG_VECTOR, 2) if config == LEG_CONFIG_MSIX => self.config_vector = self.map_vector(v as u16),
+            (LEG_MSIX_QUEUE_VECTOR, 2) if config == LEG_CONFIG_MSIX => self.set_queue_vector(v as u16),
             _ => self.warn_once("legacy register write of a read-only or unknown register", offset, len),
         }
     }
@@ -574,13 +694,17 @@ impl<D: VirtioDevice> VirtioPci<D> {
         data.fill(0);
         match bar {
             LEGACY_BAR if offset < self.legacy_bar_size => self.legacy_read(offset, data),
+            MSIX_BAR => {
+                if let Some(m) = self.msix.as_mut() {
+                    m.bar_read(offset, data);
+                }
+            }
             MODERN_BAR => match offset / REGION_LEN {
                 0 => self.common_read(offset - COMMON_OFFSET, data),
-                1
-                    if offset == ISR_OFFSET => {
-                        let v = self.read_isr();
-                        fill_le(data, u64::from(v));
-                    }
+                1 if offset == ISR_OFFSET => {
+                    let v = self.read_isr();
+                    fill_le(data, u64::from(v));
+                }
                 2 => {
                     let o = (offset - DEVICE_OFFSET) as usize;
                     if o < self.device.config_len() {
@@ -597,6 +721,11 @@ impl<D: VirtioDevice> VirtioPci<D> {
     pub fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
         match bar {
             LEGACY_BAR if offset < self.legacy_bar_size => self.legacy_write(offset, data),
+            MSIX_BAR => {
+                if let Some(m) = self.msix.as_mut() {
+                    m.bar_write(&self.config, offset, data);
+                }
+            }
             MODERN_BAR => match offset / REGION_LEN {
                 0 => self.common_write(offset - COMMON_OFFSET, data),
                 1 => {} // the ISR is read-only
@@ -623,6 +752,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
     pub fn config_changed(&mut self) {
         self.config_generation = self.config_generation.wrapping_add(1);
         self.isr |= ISR_CONFIG;
+        self.events |= EVENT_CONFIG;
         self.update_irq();
     }
 
@@ -632,8 +762,10 @@ impl<D: VirtioDevice> VirtioPci<D> {
     where
         D: 'static,
     {
+        let msix = this.lock().msix.is_some();
         [LEGACY_BAR, MODERN_BAR]
             .into_iter()
+            .chain(msix.then_some(MSIX_BAR))
             .map(|bar| {
                 let port: SharedDevice = Arc::new(Mutex::new(VirtioBar { dev: Arc::clone(this), bar }));
                 (bar, port)
@@ -654,6 +786,9 @@ impl<D: VirtioDevice> VirtioPci<D> {
             isr: self.isr,
             config_generation: self.config_generation,
             needs_reset: self.needs_reset,
+            msix: self.msix.as_ref().map(Msix::save),
+            config_vector: self.config_vector,
+            queue_vectors: self.queue_vectors.clone(),
         }
     }
 
@@ -671,6 +806,13 @@ impl<D: VirtioDevice> VirtioPci<D> {
         self.isr = s.isr;
         self.config_generation = s.config_generation;
         self.needs_reset = s.needs_reset;
+        if let (Some(m), Some(ms)) = (self.msix.as_mut(), s.msix.as_ref()) {
+            m.restore(ms);
+        }
+        self.config_vector = s.config_vector;
+        for (slot, &v) in self.queue_vectors.iter_mut().zip(&s.queue_vectors) {
+            *slot = v;
+        }
         self.update_irq();
     }
 
@@ -711,6 +853,7 @@ impl<D: VirtioDevice> PciDevice for VirtioPci<D> {
 
     fn write_config(&mut self, offset: usize, data: &[u8]) {
         let command_before = self.config.command();
+        let msix_before = self.msix_enabled();
         self.config.write(offset, data);
         if (offset..offset + data.len()).contains(&PCI_CFG_DATA) {
             if let Some((bar, off, len)) = self.pci_cfg_access() {
@@ -721,8 +864,12 @@ impl<D: VirtioDevice> PciDevice for VirtioPci<D> {
                 self.bar_write(bar, off, &buf[..len]);
             }
         }
+        if let Some(m) = self.msix.as_mut() {
+            // Enabling MSI-X or clearing its function mask sends what is pending.
+            m.config_written(&self.config, offset, data.len());
+        }
         let command = self.config.command();
-        if (command ^ command_before) & COMMAND_INTX_DISABLE != 0 {
+        if (command ^ command_before) & COMMAND_INTX_DISABLE != 0 || self.msix_enabled() != msix_before {
             self.update_irq();
         }
         // Bus mastering just came on: buffers may be waiting.
@@ -982,6 +1129,156 @@ mod tests {
         assert_eq!(rd(&mut r, 0x3f, 1), 0);
         w(&mut r, 0x3f, 1, 1);
         assert_eq!(rd(&mut r, CC_DEVICE_STATUS, 4), 0);
+    }
+
+    /// Brings the function up through the modern interface with both queues
+    /// enabled at 0x10000 and 0x20000, DRIVER_OK last.
+    fn bring_up(r: &mut Rig, before_driver_ok: impl FnOnce(&mut Rig)) -> Vec<DriverRing> {
+        r.dev.write_config(PCI_COMMAND, &[0x06, 0]);
+        w(r, CC_DEVICE_STATUS, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER), 1);
+        w(r, CC_DRIVER_FEATURE_SELECT, 1, 4);
+        w(r, CC_DRIVER_FEATURE, 1, 4);
+        w(r, CC_DEVICE_STATUS, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK), 1);
+        let mem = r.mem.clone();
+        let mut rings = Vec::new();
+        for (i, base) in [(0u16, 0x10000u64), (1, 0x20000)] {
+            w(r, CC_QUEUE_SELECT, u64::from(i), 2);
+            let ring = DriverRing::new(&mem, base, 16);
+            w(r, CC_QUEUE_DESC, ring.desc, 8);
+            w(r, CC_QUEUE_DRIVER, ring.avail, 8);
+            w(r, CC_QUEUE_DEVICE, ring.used, 8);
+            w(r, CC_QUEUE_ENABLE, 1, 2);
+            rings.push(ring);
+        }
+        before_driver_ok(r);
+        let ok = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
+        w(r, CC_DEVICE_STATUS, u64::from(ok), 1);
+        rings
+    }
+
+    /// One echo: a 4-byte chain on queue 1 comes back on queue 0.
+    fn echo(r: &mut Rig, rings: &mut [DriverRing]) {
+        let mem = r.mem.clone();
+        rings[0].add_chain(&mem, &[(0x30000, 64, true)]);
+        rings[1].add_chain(&mem, &[(0x31000, 4, false)]);
+        w(r, NOTIFY_OFFSET + 4, 1, 2);
+        assert_eq!(rings[0].take_used(&mem).len(), 1);
+    }
+
+    fn msix_rig() -> (Rig, Arc<crate::msi::RecordingMsi>) {
+        let mut r = rig();
+        let sink = Arc::new(crate::msi::RecordingMsi::new());
+        r.dev = VirtioPci::new(Echo { resets: 0, activated: false, cfg: *b"abcdef" }, r.mem.clone(), r.irq.clone())
+            .with_msix(sink.clone(), 3);
+        (r, sink)
+    }
+
+    /// Programs table entry `v` with vector `0x40 + v` and unmasks it.
+    fn msix_entry(r: &mut Rig, v: u64) {
+        let mut e = [0u8; 16];
+        e[..4].copy_from_slice(&0xfee0_0000u32.to_le_bytes());
+        e[8..12].copy_from_slice(&(0x40 + v as u32).to_le_bytes());
+        r.dev.bar_write(MSIX_BAR, 16 * v, &e);
+    }
+
+    fn msix_control(r: &mut Rig, value: u16) {
+        r.dev.write_config(CAP_MSIX_AT + 2, &value.to_le_bytes());
+    }
+
+    fn vectors_sent(sink: &crate::msi::RecordingMsi) -> Vec<u32> {
+        sink.take().iter().map(|m| m.data).collect()
+    }
+
+    #[test]
+    fn msix_capability_and_bar() {
+        let (r, _) = msix_rig();
+        let c = r.dev.config();
+        let mut at = usize::from(c.u8_at(PCI_CAPABILITY_LIST));
+        let mut ids = Vec::new();
+        while at != 0 {
+            ids.push(c.u8_at(at));
+            at = usize::from(c.u8_at(at + 1));
+        }
+        assert_eq!(ids, [CAP_VENDOR, CAP_VENDOR, CAP_VENDOR, CAP_VENDOR, CAP_VENDOR, 0x11]);
+        assert_eq!(c.u16_at(CAP_MSIX_AT + 2), 2, "three vectors: two queues and the configuration");
+        assert_eq!(c.bar(MSIX_BAR).unwrap().size, MSIX_BAR_SIZE);
+        let dev = Arc::new(Mutex::new(r.dev));
+        let bars: Vec<usize> = VirtioPci::bar_devices(&dev).into_iter().map(|(b, _)| b).collect();
+        assert_eq!(bars, [LEGACY_BAR, MODERN_BAR, MSIX_BAR]);
+        let plain = Arc::new(Mutex::new(rig().dev));
+        assert_eq!(VirtioPci::bar_devices(&plain).len(), 2, "no MSI-X BAR without a sink");
+    }
+
+    #[test]
+    fn msix_sends_each_queue_its_vector_and_not_intx() {
+        let (mut r, sink) = msix_rig();
+        msix_control(&mut r, 0x8000);
+        for v in 0..3 {
+            msix_entry(&mut r, v);
+        }
+        let mut rings = bring_up(&mut r, |r| {
+            w(r, CC_MSIX_CONFIG, 2, 2);
+            assert_eq!(rd(r, CC_MSIX_CONFIG, 2), 2);
+            w(r, CC_QUEUE_SELECT, 0, 2);
+            w(r, CC_QUEUE_MSIX_VECTOR, 0, 2);
+            w(r, CC_QUEUE_SELECT, 1, 2);
+            w(r, CC_QUEUE_MSIX_VECTOR, 3, 2);
+            assert_eq!(rd(r, CC_QUEUE_MSIX_VECTOR, 2), 0xffff, "vector 3 is not in the table");
+            w(r, CC_QUEUE_MSIX_VECTOR, 1, 2);
+            assert_eq!(rd(r, CC_QUEUE_MSIX_VECTOR, 2), 1);
+        });
+        echo(&mut r, &mut rings);
+        assert_eq!(vectors_sent(&sink), [0x40], "the used buffer on queue 0");
+        assert!(!r.irq.level(), "INTx stays low while MSI-X is enabled");
+        r.dev.config_changed();
+        assert_eq!(vectors_sent(&sink), [0x42]);
+        // A masked vector pends and is sent on unmask.
+        r.dev.bar_write(MSIX_BAR, 12, &[1, 0, 0, 0]);
+        echo(&mut r, &mut rings);
+        assert!(sink.take().is_empty());
+        r.dev.bar_write(MSIX_BAR, 12, &[0, 0, 0, 0]);
+        assert_eq!(vectors_sent(&sink), [0x40]);
+        // NO_VECTOR: no interrupt for queue 0.
+        w(&mut r, CC_QUEUE_SELECT, 0, 2);
+        w(&mut r, CC_QUEUE_MSIX_VECTOR, 0xffff, 2);
+        echo(&mut r, &mut rings);
+        assert!(sink.take().is_empty());
+        // Disabling MSI-X hands the ISR back to INTx.
+        msix_control(&mut r, 0);
+        assert!(r.irq.level());
+        assert_ne!(rd(&mut r, ISR_OFFSET, 1), 0);
+        assert!(!r.irq.level());
+        // Save and restore keep the table and the mapping; a reset unmaps.
+        let s = r.dev.save();
+        assert!(s.msix.is_some());
+        let (mut other, _) = msix_rig();
+        other.dev.restore(&s);
+        assert_eq!(other.dev.save(), s);
+        w(&mut r, CC_DEVICE_STATUS, 0, 1);
+        assert_eq!(rd(&mut r, CC_MSIX_CONFIG, 2), 0xffff);
+        w(&mut r, CC_QUEUE_SELECT, 1, 2);
+        assert_eq!(rd(&mut r, CC_QUEUE_MSIX_VECTOR, 2), 0xffff);
+    }
+
+    #[test]
+    fn msix_moves_the_legacy_device_configuration() {
+        let (mut r, _) = msix_rig();
+        let lr = |r: &mut Rig, off: u64, len: usize| {
+            let mut b = [0u8; 4];
+            r.dev.bar_read(LEGACY_BAR, off, &mut b[..len]);
+            u32::from_le_bytes(b)
+        };
+        assert_eq!(lr(&mut r, LEG_CONFIG, 1), u32::from(b'a'), "MSI-X off: config at 0x14");
+        msix_control(&mut r, 0x8000);
+        assert_eq!(lr(&mut r, LEG_CONFIG_MSIX, 1), u32::from(b'a'), "MSI-X on: config at 0x18");
+        r.dev.bar_write(LEGACY_BAR, LEG_MSIX_CONFIG_VECTOR, &2u16.to_le_bytes());
+        assert_eq!(lr(&mut r, LEG_MSIX_CONFIG_VECTOR, 2), 2);
+        r.dev.bar_write(LEGACY_BAR, LEG_QUEUE_SELECT, &1u16.to_le_bytes());
+        r.dev.bar_write(LEGACY_BAR, LEG_MSIX_QUEUE_VECTOR, &9u16.to_le_bytes());
+        assert_eq!(lr(&mut r, LEG_MSIX_QUEUE_VECTOR, 2), 0xffff);
+        r.dev.bar_write(LEGACY_BAR, LEG_MSIX_QUEUE_VECTOR, &1u16.to_le_bytes());
+        assert_eq!(lr(&mut r, LEG_MSIX_QUEUE_VECTOR, 2), 1);
+        assert_eq!(rd(&mut r, CC_QUEUE_MSIX_VECTOR, 2), 1, "one mapping behind both interfaces");
     }
 
     #[test]

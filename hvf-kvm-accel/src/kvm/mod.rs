@@ -478,6 +478,20 @@ impl Vm for KvmVm {
         self.fd.set_irq_line(irq, level).map_err(|e| AccelError::ioctl("KVM_IRQ_LINE", e))
     }
 
+    fn signal_msi(&self, address: u64, data: u32) -> Result<(), AccelError> {
+        if self.shared.irqchip == IrqChip::Userspace {
+            return Err(AccelError::NoInKernelIrqChip("signal_msi"));
+        }
+        let msi = kvm_bindings::kvm_msi {
+            address_lo: address as u32,
+            address_hi: (address >> 32) as u32,
+            data,
+            ..Default::default()
+        };
+        // 0: the guest blocked it (masked APIC); > 0: delivered. Either is fine.
+        self.fd.signal_msi(msi).map(|_| ()).map_err(|e| AccelError::ioctl("KVM_SIGNAL_MSI", e))
+    }
+
     fn irqchip(&self) -> IrqChip {
         self.shared.irqchip
     }
