@@ -292,8 +292,13 @@ impl Machine {
         self.events.set_kick(Box::new(move || wake.unpark()));
         let finish = |status: i32, message: Option<String>, cpu: &Cpu| {
             let stats = vec![format!(
-                "{} blocks decoded, {} exceptions, {} interrupts, {} page walks",
-                cpu.stats.blocks_decoded, cpu.stats.exceptions, cpu.stats.interrupts, cpu.mmu.walks
+                "{} blocks decoded ({} full decode-cache flushes), {} exceptions, {} interrupts, {} page walks, {} TLB flushes",
+                cpu.stats.blocks_decoded,
+                cpu.stats.cache_flushes,
+                cpu.stats.exceptions,
+                cpu.stats.interrupts,
+                cpu.mmu.walks,
+                cpu.mmu.flushes
             )];
             let mut r = self.report(start, "interp", unclaimed.lock().count, stats);
             r.status = status;

@@ -221,10 +221,11 @@ impl Machine {
                     hidden >> 10
                 ),
                 format!(
-                    "interpreter: {} instructions ({} of them user code), {} blocks decoded, {} exceptions, {} interrupts; {} user instructions with #UD here handed to KVM",
+                    "interpreter: {} instructions ({} of them user code), {} blocks decoded ({} full decode-cache flushes), {} exceptions, {} interrupts; {} user instructions with #UD here handed to KVM",
                     cpu.stats.instructions,
                     cpu.stats.user_instructions,
                     cpu.stats.blocks_decoded,
+                    cpu.stats.cache_flushes,
                     cpu.stats.exceptions,
                     cpu.stats.interrupts,
                     cpu.stats.user_ud_yields

@@ -195,8 +195,10 @@ impl DecodeCache {
 
     /// Add a block; `user` holds its page's bytes when it was decoded at
     /// CPL 3 under split execution (see [`DecodeCache::recheck_user`]).
-    fn insert(&mut self, key: BlockKey, block: Rc<Block>, user: Option<&[u8]>) {
-        if self.insns + block.len() > MAX_CACHED_INSNS {
+    /// True if the cache was full and dropped everything first.
+    fn insert(&mut self, key: BlockKey, block: Rc<Block>, user: Option<&[u8]>) -> bool {
+        let full = self.insns + block.len() > MAX_CACHED_INSNS;
+        if full {
             *self = DecodeCache::default();
         }
         self.insns += block.len();
@@ -217,6 +219,7 @@ impl DecodeCache {
                 self.user_pages.insert(page, bytes.into());
             }
         }
+        full
     }
 
     fn invalidate_page(&mut self, page: u64) {
@@ -259,6 +262,8 @@ impl DecodeCache {
 pub struct CpuStats {
     pub instructions: u64,
     pub blocks_decoded: u64,
+    /// Times the decode cache filled up and was dropped whole.
+    pub cache_flushes: u64,
     pub exceptions: u64,
     pub interrupts: u64,
     /// Split execution: user instructions that raised #UD here and were
@@ -723,7 +728,9 @@ impl Cpu {
             // Write tags for this page must stop bypassing the tracking check.
             self.mmu.flush_phys(page);
             let user = (p == Privilege::User && self.yield_at_user).then_some(&bytes[..]);
-            self.cache.insert(key, block.clone(), user);
+            if self.cache.insert(key, block.clone(), user) {
+                self.stats.cache_flushes += 1;
+            }
         }
         Ok(block)
     }
@@ -995,7 +1002,7 @@ mod cache_tests {
         let per = 1000;
         let fit = MAX_CACHED_INSNS / per;
         for i in 0..fit as u64 {
-            c.insert(key(i * 0x1000), block(per), None);
+            assert!(!c.insert(key(i * 0x1000), block(per), None));
         }
         assert_eq!(c.insns, fit * per);
         // Invalidating a page gives its instructions back.
@@ -1003,11 +1010,11 @@ mod cache_tests {
         assert_eq!(c.insns, (fit - 1) * per);
         assert!(c.get(&key(0)).is_none());
         // Re-inserting a key replaces the block without counting it twice.
-        c.insert(key(0x1000), block(per), None);
+        assert!(!c.insert(key(0x1000), block(per), None));
         assert_eq!(c.insns, (fit - 1) * per);
-        c.insert(key(0), block(per), None);
-        // Full: the next block drops everything else.
-        c.insert(key(0xfff_f000), block(per), None);
+        assert!(!c.insert(key(0), block(per), None));
+        // Full: the next block drops everything else, and says so.
+        assert!(c.insert(key(0xfff_f000), block(per), None));
         assert_eq!(c.insns, per);
         assert_eq!(c.blocks.len(), 1);
         assert!(c.get(&key(0x1000)).is_none());

@@ -35,11 +35,12 @@
 //!   vector per queue plus one for configuration changes, as QEMU gives it.
 //!   While MSI-X is enabled, each queue event sends the message of the
 //!   queue's vector (`queue_msix_vector`) and each configuration event that
-//!   of `msix_config` (4.1.5.3); NO_VECTOR, or a vector the table lacks, means
-//!   no interrupt, and such a vector reads back as NO_VECTOR so the driver
-//!   sees the mapping fail. The ISR bits are still set, as QEMU sets them.
+//!   of `msix_config` (4.1.5.3, 4.1.5.4). NO_VECTOR, or a vector the table
+//!   lacks, means no interrupt, and such a vector reads back as NO_VECTOR so
+//!   the driver sees the mapping fail (4.1.5.1.2). The ISR bits are still
+//!   set, as QEMU sets them.
 //! - Without MSI-X, or while it is disabled, INTx is asserted while the ISR
-//!   is non-zero (4.1.5.4) and deasserted by reading it.
+//!   is non-zero (4.1.5.3) and deasserted by reading it.
 //! - The device does no DMA unless bus mastering is on in the Command register.
 //! - A ring the driver breaks sets DEVICE_NEEDS_RESET and raises a
 //!   configuration interrupt (2.1.2); that queue is not touched again until
@@ -287,7 +288,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
     }
 
     /// A vector the driver maps a source to: kept if the table has it,
-    /// else NO_VECTOR (4.1.4.3: a failed mapping reads back as NO_VECTOR).
+    /// else NO_VECTOR (4.1.5.1.2: a failed mapping reads back as NO_VECTOR).
     fn map_vector(&self, vector: u16) -> u16 {
         match &self.msix {
             Some(m) if vector < m.vectors() => vector,
