@@ -16,8 +16,8 @@
 //!   round trip (state out, one interpreter step, state in) costs ~45 µs,
 //!   mostly 7-8 vCPU ioctls of ~5.5 µs each. The #BP handler's IRETQ at CPL0
 //!   runs in KVM.
-//! - The in-kernel PIC delivers an irqfd interrupt to a CPL0 guest waiting
-//!   in HLT; ioeventfds take port (datamatch) and MMIO writes at CPL3 and
+//! - The in-kernel PIC delivers an irqfd interrupt, and the in-kernel local
+//!   APIC a KVM_SIGNAL_MSI message, to a CPL0 guest waiting in HLT; ioeventfds take port (datamatch) and MMIO writes at CPL3 and
 //!   CPL0 without exits.
 
 #![cfg(target_os = "linux")]
@@ -714,6 +714,75 @@ fn irqfd_raises_a_pic_interrupt() {
     assert_eq!(io.on(PORT_VECTOR), [0x25]);
     assert_eq!(io.on(PORT_RESULT), [2]);
     g.vm.unregister_irqfd(&irqfd, 5).unwrap();
+}
+
+/// KVM_SIGNAL_MSI: the guest maps and software-enables its in-kernel local
+/// APIC, says it is ready and waits in HLT; the exit handler sends an MSI
+/// for vector 0x45 to APIC ID 0, and the guest's handler reports it.
+#[test]
+fn signal_msi_reaches_the_in_kernel_local_apic() {
+    const PD_HIGH: u64 = 0x40000;
+    const LAPIC: u64 = 0xfee0_0000;
+    let Some(mut kvm) = open_kvm() else { return };
+    let _w = Watchdog::arm("signal_msi", Duration::from_secs(30));
+    let code = asm(|a| {
+        // The fourth GiB through a second page directory: one 2 MiB page at the LAPIC.
+        a.mov(rax, PD_HIGH | 3)?;
+        a.mov(rdi, PDPT + 3 * 8)?;
+        a.mov(qword_ptr(rdi), rax)?;
+        a.mov(rax, LAPIC | 0x83)?;
+        a.mov(rdi, PD_HIGH + ((LAPIC - (3 << 30)) >> 21) * 8)?;
+        a.mov(qword_ptr(rdi), rax)?;
+        a.mov(rax, cr3)?;
+        a.mov(cr3, rax)?;
+        // Spurious-interrupt vector register: APIC software enable.
+        a.mov(rsi, LAPIC + 0xf0)?;
+        a.mov(dword_ptr(rsi), 0x1ffu32)?;
+        a.out(PORT_READY as u32, al)?;
+        a.sti()?;
+        a.hlt()?;
+        a.mov(al, 2u32)?;
+        a.out(PORT_RESULT as u32, al)?;
+        a.out(PORT_STOP as u32, al)
+    });
+    let Some(mut g) = guest_with(&mut kvm, &code, 0, true) else {
+        return;
+    };
+    if g.vm.irqchip() == hvf_kvm_accel::IrqChip::Userspace {
+        eprintln!("skipping: no in-kernel irqchip here");
+        return;
+    }
+    /// Sends the MSI when the guest is ready.
+    struct MsiIo<'a> {
+        io: Io,
+        vm: &'a dyn Vm,
+    }
+    impl ExitHandler for MsiIo<'_> {
+        fn pio_read(&mut self, port: u16, data: &mut [u8]) {
+            self.io.pio_read(port, data);
+        }
+        fn pio_write(&mut self, port: u16, data: &[u8]) {
+            self.io.pio_write(port, data);
+            if port == PORT_READY {
+                self.vm.signal_msi(0xfee0_0000, 0x45).unwrap();
+            }
+        }
+        fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
+            self.io.mmio_read(addr, data);
+        }
+        fn mmio_write(&mut self, addr: u64, data: &[u8]) {
+            self.io.mmio_write(addr, data);
+        }
+        fn should_stop(&self) -> bool {
+            self.io.should_stop()
+        }
+    }
+    let mut io = MsiIo { io: Io::default(), vm: &g.vm };
+    let exit = g.vcpu.run(&mut io).unwrap();
+    eprintln!("signal_msi: {exit}; vectors {:?}, results {:?}", io.io.on(PORT_VECTOR), io.io.on(PORT_RESULT));
+    assert_eq!(exit, VmExit::Interrupted);
+    assert_eq!(io.io.on(PORT_VECTOR), [0x45]);
+    assert_eq!(io.io.on(PORT_RESULT), [2]);
 }
 
 /// ioeventfd: a port with a datamatch and an MMIO address of any size
