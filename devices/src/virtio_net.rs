@@ -621,12 +621,13 @@ pub fn fuzz_rings(data: &[u8]) -> NicStats {
     let Ok(mem) = mmu::GuestMemory::new(FUZZ_RAM) else { return NicStats::default() };
     let mem = std::sync::Arc::new(mem);
     let (backend, inbox) = FuzzBackend::with_inbox();
-    let mut dev = VirtioPci::new(
+    let dev = VirtioPci::new(
         VirtioNet::new(backend, [0x52, 0x54, 0, 0x12, 0x34, 0x56], IoKick::none()),
         mem.clone(),
         std::sync::Arc::new(crate::irq::NoIrq),
-    )
-    .with_msix(std::sync::Arc::new(crate::nic::fuzz::FuzzMsi::default()), 3);
+    );
+    let vectors = dev.default_vectors();
+    let mut dev = dev.with_msix(std::sync::Arc::new(crate::nic::fuzz::FuzzMsi), vectors);
     crate::pci::PciDevice::write_config(&mut dev, crate::pci::config::PCI_COMMAND, &[0x07, 0]);
     let mut input = Input::new(data);
     // The first byte: odd inputs run with MSI-X on, the table unmasked and
@@ -634,7 +635,7 @@ pub fn fuzz_rings(data: &[u8]) -> NicStats {
     let msix = input.u8() & 1 != 0;
     if msix {
         crate::pci::PciDevice::write_config(&mut dev, crate::virtio::pci::CAP_MSIX_AT + 2, &0x8000u16.to_le_bytes());
-        for v in 0..3u64 {
+        for v in 0..u64::from(vectors) {
             let mut e = [0u8; 16];
             e[..4].copy_from_slice(&0xfee0_0000u32.to_le_bytes());
             e[8] = 0x40 + v as u8;

@@ -669,8 +669,33 @@ fn interrupt_shadow_round_trip() {
     }
 }
 
-/// Port for "ready for the interrupt" in the irqfd test.
+/// Port for "ready for the interrupt" in the interrupt tests.
 const PORT_READY: u16 = 0x84;
+
+/// A CPL0 guest with the in-kernel irqchip that runs `setup`, writes
+/// [`PORT_READY`], waits in HLT with interrupts on, then reports 2 on
+/// [`PORT_RESULT`] and stops. `None` (the test skips) without KVM or
+/// without an in-kernel irqchip.
+fn interrupt_waiter(
+    kvm: &mut Kvm,
+    setup: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> Option<Guest> {
+    let code = asm(|a| {
+        setup(a)?;
+        a.out(PORT_READY as u32, al)?;
+        a.sti()?;
+        a.hlt()?;
+        a.mov(al, 2u32)?;
+        a.out(PORT_RESULT as u32, al)?;
+        a.out(PORT_STOP as u32, al)
+    });
+    let g = guest_with(kvm, &code, 0, true)?;
+    if g.vm.irqchip() == hvf_kvm_accel::IrqChip::Userspace {
+        eprintln!("skipping: no in-kernel irqchip here");
+        return None;
+    }
+    Some(g)
+}
 
 /// irqfd: the guest programs the in-kernel PIC (IRQ5 at vector 0x25),
 /// says it is ready, and waits in HLT; the test signals the irqfd from the
@@ -679,27 +704,16 @@ const PORT_READY: u16 = 0x84;
 fn irqfd_raises_a_pic_interrupt() {
     let Some(mut kvm) = open_kvm() else { return };
     let _w = Watchdog::arm("irqfd", Duration::from_secs(30));
-    let code = asm(|a| {
+    let Some(mut g) = interrupt_waiter(&mut kvm, |a| {
         for (port, v) in [(0x20u32, 0x11u32), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01)] {
             a.mov(al, v)?;
             a.out(port, al)?;
         }
         a.mov(al, 0xdfu32)?; // unmask IRQ5 only
-        a.out(0x21u32, al)?;
-        a.out(PORT_READY as u32, al)?;
-        a.sti()?;
-        a.hlt()?;
-        a.mov(al, 2u32)?;
-        a.out(PORT_RESULT as u32, al)?;
-        a.out(PORT_STOP as u32, al)
-    });
-    let Some(mut g) = guest_with(&mut kvm, &code, 0, true) else {
+        a.out(0x21u32, al)
+    }) else {
         return;
     };
-    if g.vm.irqchip() == hvf_kvm_accel::IrqChip::Userspace {
-        eprintln!("skipping: no in-kernel irqchip here");
-        return;
-    }
     let irqfd = g.vm.register_irqfd(5).unwrap();
     let mut io = Io::default();
     io.triggers.push((PORT_READY, irqfd.try_clone().unwrap()));
@@ -717,15 +731,15 @@ fn irqfd_raises_a_pic_interrupt() {
 }
 
 /// KVM_SIGNAL_MSI: the guest maps and software-enables its in-kernel local
-/// APIC, says it is ready and waits in HLT; the exit handler sends an MSI
-/// for vector 0x45 to APIC ID 0, and the guest's handler reports it.
+/// APIC and says it is ready; the run pauses there, the test sends an MSI
+/// for vector 0x45 to APIC ID 0, and the guest, waiting in HLT, reports it.
 #[test]
 fn signal_msi_reaches_the_in_kernel_local_apic() {
     const PD_HIGH: u64 = 0x40000;
     const LAPIC: u64 = 0xfee0_0000;
     let Some(mut kvm) = open_kvm() else { return };
     let _w = Watchdog::arm("signal_msi", Duration::from_secs(30));
-    let code = asm(|a| {
+    let Some(mut g) = interrupt_waiter(&mut kvm, |a| {
         // The fourth GiB through a second page directory: one 2 MiB page at the LAPIC.
         a.mov(rax, PD_HIGH | 3)?;
         a.mov(rdi, PDPT + 3 * 8)?;
@@ -737,52 +751,21 @@ fn signal_msi_reaches_the_in_kernel_local_apic() {
         a.mov(cr3, rax)?;
         // Spurious-interrupt vector register: APIC software enable.
         a.mov(rsi, LAPIC + 0xf0)?;
-        a.mov(dword_ptr(rsi), 0x1ffu32)?;
-        a.out(PORT_READY as u32, al)?;
-        a.sti()?;
-        a.hlt()?;
-        a.mov(al, 2u32)?;
-        a.out(PORT_RESULT as u32, al)?;
-        a.out(PORT_STOP as u32, al)
-    });
-    let Some(mut g) = guest_with(&mut kvm, &code, 0, true) else {
+        a.mov(dword_ptr(rsi), 0x1ffu32)
+    }) else {
         return;
     };
-    if g.vm.irqchip() == hvf_kvm_accel::IrqChip::Userspace {
-        eprintln!("skipping: no in-kernel irqchip here");
-        return;
-    }
-    /// Sends the MSI when the guest is ready.
-    struct MsiIo<'a> {
-        io: Io,
-        vm: &'a dyn Vm,
-    }
-    impl ExitHandler for MsiIo<'_> {
-        fn pio_read(&mut self, port: u16, data: &mut [u8]) {
-            self.io.pio_read(port, data);
-        }
-        fn pio_write(&mut self, port: u16, data: &[u8]) {
-            self.io.pio_write(port, data);
-            if port == PORT_READY {
-                self.vm.signal_msi(0xfee0_0000, 0x45).unwrap();
-            }
-        }
-        fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
-            self.io.mmio_read(addr, data);
-        }
-        fn mmio_write(&mut self, addr: u64, data: &[u8]) {
-            self.io.mmio_write(addr, data);
-        }
-        fn should_stop(&self) -> bool {
-            self.io.should_stop()
-        }
-    }
-    let mut io = MsiIo { io: Io::default(), vm: &g.vm };
+    let mut io = Io { pause_at: Some(PORT_READY), ..Io::default() };
+    assert_eq!(g.vcpu.run(&mut io).unwrap(), VmExit::Interrupted);
+    assert_eq!(io.on(PORT_READY).len(), 1, "paused at the ready port");
+    g.vm.signal_msi(0xfee0_0000, 0x45).unwrap();
+    io.stop = false;
+    io.pause_at = None;
     let exit = g.vcpu.run(&mut io).unwrap();
-    eprintln!("signal_msi: {exit}; vectors {:?}, results {:?}", io.io.on(PORT_VECTOR), io.io.on(PORT_RESULT));
+    eprintln!("signal_msi: {exit}; vectors {:?}, results {:?}", io.on(PORT_VECTOR), io.on(PORT_RESULT));
     assert_eq!(exit, VmExit::Interrupted);
-    assert_eq!(io.io.on(PORT_VECTOR), [0x45]);
-    assert_eq!(io.io.on(PORT_RESULT), [2]);
+    assert_eq!(io.on(PORT_VECTOR), [0x45]);
+    assert_eq!(io.on(PORT_RESULT), [2]);
 }
 
 /// ioeventfd: a port with a datamatch and an MMIO address of any size

@@ -491,7 +491,7 @@ impl FromStr for NicSpec {
                 "mac" => mac = Some(value.parse().map_err(|e| bad(part, e))?),
                 "vectors" => {
                     let n = value.parse::<u16>();
-                    vectors = Some(n.map_err(|_| bad(part, "expected a number of vectors, 0 to 128".into()))?);
+                    vectors = Some(n.map_err(|_| bad(part, "expected a number of vectors (0: no MSI-X)".into()))?);
                 }
                 "pcap" if !value.is_empty() => pcap = Some(PathBuf::from(value)),
                 "id" if !is_user => hub_id = Some(value.to_string()),

@@ -42,6 +42,8 @@ pub const PBA_OFFSET: u64 = 0x800;
 pub const MAX_VECTORS: u16 = (PBA_OFFSET / ENTRY_LEN as u64) as u16;
 
 const ENTRY_LEN: usize = 16;
+/// Offset of the vector control dword in a table entry.
+const VECTOR_CONTROL: usize = 12;
 const CONTROL: usize = 2;
 const TABLE: usize = 4;
 const PBA: usize = 8;
@@ -92,7 +94,7 @@ impl Msix {
         config.set_u32(cap + PBA, PBA_OFFSET as u32 | u32::from(bar & 7));
         let mut table = vec![0u8; usize::from(n) * ENTRY_LEN];
         for entry in table.chunks_exact_mut(ENTRY_LEN) {
-            entry[12] = VECTOR_CONTROL_MASK;
+            entry[VECTOR_CONTROL] = VECTOR_CONTROL_MASK;
         }
         Self { cap, table, pending: vec![0; usize::from(n).div_ceil(64)], sink, warned: false }
     }
@@ -100,11 +102,6 @@ impl Msix {
     /// Number of vectors in the table.
     pub fn vectors(&self) -> u16 {
         (self.table.len() / ENTRY_LEN) as u16
-    }
-
-    /// Where the capability sits in configuration space.
-    pub fn cap_offset(&self) -> usize {
-        self.cap
     }
 
     fn control(&self, config: &PciConfigSpace) -> u16 {
@@ -122,7 +119,8 @@ impl Msix {
     }
 
     fn masked(&self, config: &PciConfigSpace, vector: u16) -> bool {
-        self.control(config) & CONTROL_FUNCTION_MASK != 0 || self.entry(vector)[12] & VECTOR_CONTROL_MASK != 0
+        self.control(config) & CONTROL_FUNCTION_MASK != 0
+            || self.entry(vector)[VECTOR_CONTROL] & VECTOR_CONTROL_MASK != 0
     }
 
     fn is_pending(&self, vector: u16) -> bool {

@@ -115,8 +115,7 @@ impl Context<'_> {
             tracing::warn!(target: "devices", "virtio: {err}; the device needs a reset");
         }
         *self.needs_reset = true;
-        *self.isr |= ISR_CONFIG;
-        *self.events |= EVENT_CONFIG;
+        self.signal_config();
     }
 }
 

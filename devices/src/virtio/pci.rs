@@ -463,6 +463,11 @@ impl<D: VirtioDevice> VirtioPci<D> {
             tracing::warn!(target: "devices", device = %self.device.debug_label(), "virtio: {err}; the device needs a reset");
         }
         self.needs_reset = true;
+        self.signal_config();
+    }
+
+    /// A configuration interrupt: the ISR bit for INTx, the event for MSI-X.
+    fn signal_config(&mut self) {
         self.isr |= ISR_CONFIG;
         self.events |= EVENT_CONFIG;
         self.update_irq();
@@ -507,9 +512,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
                 _ => 0,
             },
             (CC_MSIX_CONFIG, 2) => u64::from(self.config_vector),
-            (CC_QUEUE_MSIX_VECTOR, 2) => u64::from(
-                self.queue_vectors.get(usize::from(self.queue_select)).copied().unwrap_or(VIRTIO_MSI_NO_VECTOR),
-            ),
+            (CC_QUEUE_MSIX_VECTOR, 2) => u64::from(self.selected_queue_vector()),
             (CC_NUM_QUEUES, 2) => self.queues.len() as u64,
             (CC_DEVICE_STATUS, 1) => u64::from(self.status()),
             (CC_CONFIG_GENERATION, 1) => u64::from(self.config_generation),
@@ -570,7 +573,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
                     }
                 }
             }
-            (CC_MSIX_CONFIG, 2) => self.config_vector = self.map_vector(v as u16),
+            (CC_MSIX_CONFIG, 2) => self.set_config_vector(v as u16),
             (CC_QUEUE_MSIX_VECTOR, 2) => self.set_queue_vector(v as u16),
             (CC_DEVICE_STATUS, 1) => self.set_status(v as u8),
             (CC_QUEUE_SELECT, 2) => self.queue_select = v as u16,
@@ -615,11 +618,20 @@ impl<D: VirtioDevice> VirtioPci<D> {
         }
     }
 
+    /// The MSI-X vector of the selected queue (NO_VECTOR past the last queue).
+    fn selected_queue_vector(&self) -> u16 {
+        self.queue_vectors.get(usize::from(self.queue_select)).copied().unwrap_or(VIRTIO_MSI_NO_VECTOR)
+    }
+
     fn set_queue_vector(&mut self, vector: u16) {
         let vector = self.map_vector(vector);
         if let Some(slot) = self.queue_vectors.get_mut(usize::from(self.queue_select)) {
             *slot = vector;
         }
+    }
+
+    fn set_config_vector(&mut self, vector: u16) {
+        self.config_vector = self.map_vector(vector);
     }
 
     fn legacy_read(&mut self, offset: u64, data: &mut [u8]) {
@@ -632,9 +644,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
         let q = self.queues.get(usize::from(self.queue_select));
         let value: u64 = match (offset, len) {
             (LEG_MSIX_CONFIG_VECTOR, 2) if config == LEG_CONFIG_MSIX => u64::from(self.config_vector),
-            (LEG_MSIX_QUEUE_VECTOR, 2) if config == LEG_CONFIG_MSIX => u64::from(
-                self.queue_vectors.get(usize::from(self.queue_select)).copied().unwrap_or(VIRTIO_MSI_NO_VECTOR),
-            ),
+            (LEG_MSIX_QUEUE_VECTOR, 2) if config == LEG_CONFIG_MSIX => u64::from(self.selected_queue_vector()),
             (LEG_HOST_FEATURES, 4) => self.device.features() & 0xffff_ffff,
             (LEG_GUEST_FEATURES, 4) => self.driver_features & 0xffff_ffff,
             (LEG_QUEUE_PFN, 4) => q.map_or(0, |q| if q.ready { q.desc_table >> LEGACY_PFN_SHIFT } else { 0 }),
@@ -684,7 +694,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
             (LEG_QUEUE_SELECT, 2) => self.queue_select = v as u16,
             (LEG_QUEUE_NOTIFY, 2) => self.notify(usize::from(v as u16)),
             (LEG_STATUS, 1) => self.set_status(v as u8),
-            (LEG_MSIX_CONFIG_VECTOR, 2) if config == LEG_CONFIG_MSIX => self.config_vector = self.map_vector(v as u16),
+            (LEG_MSIX_CONFIG_VECTOR, 2) if config == LEG_CONFIG_MSIX => self.set_config_vector(v as u16),
             (LEG_MSIX_QUEUE_VECTOR, 2) if config == LEG_CONFIG_MSIX => self.set_queue_vector(v as u16),
             _ => self.warn_once("legacy register write of a read-only or unknown register", offset, len),
         }
@@ -752,9 +762,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
     /// configuration space changed: link status, capacity).
     pub fn config_changed(&mut self) {
         self.config_generation = self.config_generation.wrapping_add(1);
-        self.isr |= ISR_CONFIG;
-        self.events |= EVENT_CONFIG;
-        self.update_irq();
+        self.signal_config();
     }
 
     /// The bus devices answering for each BAR, to map where the guest

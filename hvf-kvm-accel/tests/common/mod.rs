@@ -48,8 +48,9 @@ pub fn open_kvm() -> Option<Kvm> {
     }
 }
 
-/// Records port and MMIO writes; a write to [`PORT_STOP`] stops the run.
-/// A write to a port in `triggers` also signals its eventfd.
+/// Records port and MMIO writes; a write to [`PORT_STOP`] stops the run,
+/// and so does one to `pause_at` (the test acts, clears `stop` and runs
+/// again). A write to a port in `triggers` also signals its eventfd.
 #[derive(Default)]
 pub struct Io {
     pub writes: Vec<(u16, u32)>,
@@ -57,6 +58,7 @@ pub struct Io {
     pub stop: bool,
     pub exits: u64,
     pub triggers: Vec<(u16, EventFd)>,
+    pub pause_at: Option<u16>,
 }
 
 impl Io {
@@ -80,7 +82,7 @@ impl ExitHandler for Io {
                 fd.write(1).unwrap();
             }
         }
-        if port == PORT_STOP {
+        if port == PORT_STOP || Some(port) == self.pause_at {
             self.stop = true;
         }
     }
