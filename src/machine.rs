@@ -358,13 +358,34 @@ impl Machine {
                     tracing::warn!(target: "accel", "KVM refused IRQ {irq}: {e}");
                 }
             }));
-            let v = vm.clone();
-            self.chipset.intc.set_msi_forward(Box::new(move |m| {
-                if let Err(e) = v.signal_msi(m.address, m.data) {
-                    tracing::warn!(target: "accel", "KVM refused MSI {:#x}/{:#x}: {e}", m.address, m.data);
+        }
+        // Messages (MSI-X) go to the in-kernel local APICs by irqfd.
+        #[cfg(target_os = "linux")]
+        let msi = matches!(vm.irqchip(), hvf_kvm_accel::IrqChip::InKernel { .. }).then(|| {
+            let msi = Arc::new(hvf_kvm_accel::irqfd::MsiIrqfds::new(vm.clone()));
+            let m = msi.clone();
+            self.chipset.intc.set_msi_forward(Box::new(move |message| {
+                if let Err(e) = m.send(message.address, message.data) {
+                    tracing::warn!(target: "accel", "KVM refused MSI {:#x}/{:#x}: {e}", message.address, message.data);
                 }
             }));
-        }
+            msi
+        });
+        // Virtio queue notifications signal the NIC I/O thread's eventfds
+        // instead of exiting to this thread (until the run ends).
+        #[cfg(target_os = "linux")]
+        let doorbells = self.nics.as_ref().map(|n| {
+            let v = vm.clone();
+            n.attach_doorbells(Box::new(move |fd, site, attach| {
+                let addr = if site.pio {
+                    let port = u16::try_from(site.addr).map_err(|_| format!("port {:#x} is past 0xffff", site.addr))?;
+                    hvf_kvm_accel::IoEventAddr::Pio(port)
+                } else {
+                    hvf_kvm_accel::IoEventAddr::Mmio(site.addr)
+                };
+                v.set_ioeventfd(fd, addr, site.len, site.datamatch, attach).map_err(|e| e.to_string())
+            }))
+        });
         let mut vcpu = vm.create_vcpu(0)?;
         vcpu.set_state(&self.boot_state)?;
         // A guest spinning in KVM never exits by itself: machine events filed
@@ -418,6 +439,14 @@ impl Machine {
                 st.in_handlers.as_secs_f64()
             ));
             stats.push(format!("interrupt controllers: {}", vm.irqchip()));
+            #[cfg(target_os = "linux")]
+            if let Some(d) = &doorbells {
+                stats.push(format!("virtio doorbells on ioeventfd: {} attached", d.count()));
+            }
+            #[cfg(target_os = "linux")]
+            if let Some(m) = &msi {
+                stats.push(m.summary());
+            }
             let mut r = self.report(start, "kvm", unclaimed.lock().count, stats);
             r.status = status;
             r.message = message;

@@ -15,9 +15,17 @@
 //! (`PcChipset::pci_intx_line`), which the DSDT's `_PRT` describes. The I/O
 //! thread raises it when it delivers frames; the interrupt controller's
 //! kick wakes a halted CPU.
+//!
+//! Doorbells. Each virtio queue has an eventfd that the I/O thread waits
+//! on ([`devices::nic::Doorbell`]). Under KVM the machine attaches it to the
+//! queue's notification writes (the legacy QUEUE_NOTIFY port with the
+//! queue's index as datamatch, and the queue's address in the modern BAR),
+//! wherever the guest maps those BARs ([`Nics::attach_doorbells`]): KVM
+//! then signals the eventfd instead of exiting, and the I/O thread
+//! transmits while the vCPU runs on.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -25,10 +33,11 @@ use devices::bus::{Bus, BusDevice, SharedDevice};
 use devices::e1000::E1000;
 use devices::msi::MsiSink;
 use devices::nic::io::SharedNic;
-use devices::nic::{nth_mac, NetIoThread, NicStats};
+use devices::nic::{nth_mac, Doorbell, NetIoThread, NicStats};
 use devices::pc::PcChipset;
 use devices::pci::msix::MAX_VECTORS;
 use devices::pci::{BarChange, PciAddress, PciBarKind, PciInterruptPin, SharedPciDevice};
+use devices::virtio::pci::Doorbell as BellSpec;
 use devices::virtio::VirtioPci;
 use devices::virtio_net::{VirtioNet, VirtioNetPci};
 use mmu::GuestMemory;
@@ -56,6 +65,98 @@ impl Model {
             "e1000" | "e1000-82540em" | "82540em" => Ok(Model::E1000),
             "virtio" | "virtio-net" | "virtio-net-pci" => Ok(Model::VirtioNet),
             other => Err(format!("model '{other}' is unknown; use model=e1000 or model=virtio")),
+        }
+    }
+}
+
+/// Whether `size` bytes at `at` lie inside `window` (base, length).
+fn inside(window: (u64, u64), at: u64, size: u64) -> bool {
+    at >= window.0 && at.checked_add(size).is_some_and(|end| end <= window.0 + window.1)
+}
+
+/// Where a doorbell eventfd listens: `len` bytes (0: any size) written to
+/// port or physical address `addr`, of the value `datamatch` if it has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DoorbellSite {
+    pub pio: bool,
+    pub addr: u64,
+    pub len: u32,
+    pub datamatch: Option<u64>,
+}
+
+/// Attaches (`true`) or detaches (`false`) an eventfd at a site: the
+/// hypervisor's ioeventfd.
+pub type AttachFn = Box<dyn FnMut(BorrowedFd<'_>, DoorbellSite, bool) -> Result<(), String> + Send>;
+
+/// One doorbell of one function.
+struct BellSpot {
+    address: PciAddress,
+    spec: BellSpec,
+    bell: Doorbell,
+}
+
+/// The doorbells, where their BARs are, and the hypervisor's hook.
+#[derive(Default)]
+struct Doorbells {
+    spots: Vec<BellSpot>,
+    /// Where each BAR that has doorbells is decoded, inside its window
+    /// (port space or not, base).
+    bases: HashMap<(PciAddress, usize), (bool, u64)>,
+    attach: Option<AttachFn>,
+    /// Doorbells attached now.
+    attached: usize,
+}
+
+impl Doorbells {
+    /// Follows a BAR the guest moved (or turned on or off).
+    fn bar_moved(&mut self, c: &BarChange) {
+        let key = (c.address, c.bar);
+        if !self.spots.iter().any(|s| (s.address, s.spec.bar) == key) {
+            return;
+        }
+        let pio = c.kind == PciBarKind::Io;
+        let window = if pio { PCI_IO_WINDOW } else { PCI_MMIO_WINDOW };
+        let new = c.new.filter(|&at| inside(window, at, c.size)).map(|at| (pio, at));
+        let old = match new {
+            Some(n) => self.bases.insert(key, n),
+            None => self.bases.remove(&key),
+        };
+        if old != new {
+            self.apply(key, old, false);
+            self.apply(key, new, true);
+        }
+    }
+
+    /// Attaches or detaches the doorbells of BAR `key` decoded at `base`.
+    fn apply(&mut self, key: (PciAddress, usize), base: Option<(bool, u64)>, attach: bool) {
+        let (Some(f), Some((pio, base))) = (self.attach.as_mut(), base) else { return };
+        for s in self.spots.iter().filter(|s| (s.address, s.spec.bar) == key) {
+            let site = DoorbellSite { pio, addr: base + s.spec.offset, len: s.spec.len, datamatch: s.spec.datamatch };
+            match f(s.bell.fd.as_fd(), site, attach) {
+                Ok(()) if attach => self.attached += 1,
+                Ok(()) => self.attached = self.attached.saturating_sub(1),
+                // The register write still works, through the vCPU thread.
+                Err(e) => tracing::warn!(
+                    target: "devices",
+                    "PCI {} queue {} doorbell at {}{:#x}: {e}",
+                    s.address,
+                    s.spec.queue,
+                    if pio { "port " } else { "" },
+                    site.addr
+                ),
+            }
+        }
+    }
+
+    /// Replaces the hook: the doorbells leave the old one and join the new.
+    fn set_attach(&mut self, attach: Option<AttachFn>) {
+        let bars: Vec<_> = self.bases.iter().map(|(k, v)| (*k, *v)).collect();
+        for (key, base) in &bars {
+            self.apply(*key, Some(*base), false);
+        }
+        self.attach = attach;
+        for (key, base) in bars {
+            self.apply(key, Some(base), true);
         }
     }
 }
@@ -91,8 +192,7 @@ impl BarWindow {
                 self.bus.remove(old);
             }
             let Some(new) = c.new else { continue };
-            let fits = new >= self.base && new.checked_add(c.size).is_some_and(|end| end <= self.base + self.len);
-            if !fits {
+            if !inside((self.base, self.len), new, c.size) {
                 tracing::warn!(
                     target: "devices",
                     "PCI {} BAR{} at {new:#x} lies outside the {} ({:#x}-{:#x}); not mapped",
@@ -127,10 +227,12 @@ impl BusDevice for BarWindow {
     }
 }
 
-/// The two windows and the PCI root's callback that feeds them.
+/// The two windows and the PCI root's callback that feeds them (and the
+/// doorbells).
 struct BarWindows {
     io: Arc<WindowQueue>,
     mem: Arc<WindowQueue>,
+    doorbells: Arc<Mutex<Doorbells>>,
 }
 
 impl BarWindows {
@@ -146,13 +248,18 @@ impl BarWindows {
             bus.insert(shared, base, len)?;
         }
         let (qi, qm) = (Arc::clone(&io), Arc::clone(&mem));
+        let doorbells = Arc::new(Mutex::new(Doorbells::default()));
+        let bells = Arc::clone(&doorbells);
         chipset.pci.lock().set_bar_callback(Box::new(move |c: &BarChange| {
             // Only queue: the PCI root is locked here (see set_bar_callback).
             let q = if c.kind == PciBarKind::Io { &qi } else { &qm };
             q.pending.lock().push(*c);
             q.has_pending.store(true, Ordering::Release);
+            // Doorbells move at once: KVM matches the guest's next write
+            // before any window sees it.
+            bells.lock().bar_moved(c);
         }));
-        Ok(Self { io, mem })
+        Ok(Self { io, mem, doorbells })
     }
 
     /// Lets the windows map `bars` of the function at `address`.
@@ -170,29 +277,62 @@ enum NicHandle {
     Virtio(Arc<Mutex<VirtioNetPci>>),
 }
 
+/// Doorbells handed to a hypervisor ([`Nics::attach_doorbells`]); dropping
+/// this detaches them.
+pub struct AttachedDoorbells<'a> {
+    doorbells: &'a Mutex<Doorbells>,
+}
+
+impl AttachedDoorbells<'_> {
+    /// How many doorbells are attached now.
+    pub fn count(&self) -> usize {
+        self.doorbells.lock().attached
+    }
+}
+
+impl Drop for AttachedDoorbells<'_> {
+    fn drop(&mut self) {
+        self.doorbells.lock().set_attach(None);
+    }
+}
+
 /// The machine's NICs and their I/O thread (which stops when this is dropped).
 pub struct Nics {
     nics: Vec<(PciAddress, String, NicHandle)>,
+    doorbells: Arc<Mutex<Doorbells>>,
     _io: NetIoThread,
 }
 
 impl Nics {
+    /// Hands the virtio queues' notification writes to `attach` (KVM's
+    /// ioeventfd) until the returned guard is dropped: each doorbell is
+    /// attached where its BAR is now, and follows the BAR when the guest
+    /// moves it.
+    pub fn attach_doorbells(&self, attach: AttachFn) -> AttachedDoorbells<'_> {
+        self.doorbells.lock().set_attach(Some(attach));
+        AttachedDoorbells { doorbells: &self.doorbells }
+    }
+
     /// One line per NIC: its address, model, MAC and traffic.
     pub fn stats_lines(&self) -> Vec<String> {
         self.nics
             .iter()
             .map(|(addr, what, h)| {
-                let s: NicStats = match h {
-                    NicHandle::E1000(d) => d.lock().stats(),
-                    NicHandle::Virtio(d) => d.lock().device().stats(),
+                let (s, rings): (NicStats, u64) = match h {
+                    NicHandle::E1000(d) => (d.lock().stats(), 0),
+                    NicHandle::Virtio(d) => {
+                        let d = d.lock();
+                        (d.device().stats(), d.doorbell_rings())
+                    }
                 };
                 let merged = if s.rx_gso_packets > 0 {
                     format!("; {} frames merged into {} GSO packets", s.rx_merged, s.rx_gso_packets)
                 } else {
                     String::new()
                 };
+                let rings = if rings > 0 { format!("; {rings} queue notifications by ioeventfd") } else { String::new() };
                 format!(
-                    "nic {addr} {what}: tx {} frames {} bytes ({} dropped), rx {} packets {} bytes ({} dropped){merged}",
+                    "nic {addr} {what}: tx {} frames {} bytes ({} dropped), rx {} packets {} bytes ({} dropped){merged}{rings}",
                     s.tx_frames, s.tx_bytes, s.tx_dropped, s.rx_frames, s.rx_bytes, s.rx_dropped
                 )
             })
@@ -214,6 +354,7 @@ pub fn install(
     let windows = BarWindows::install(chipset, pio, mmio)?;
     let mut io = NetIoThread::new().map_err(|e| Error::Config(format!("cannot set up the NIC I/O thread: {e}")))?;
     let mut polled: Vec<(SharedNic, Option<OwnedFd>)> = Vec::new();
+    let mut bells: Vec<Doorbell> = Vec::new();
     let mut nics = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
         let what = |e: String| Error::Config(format!("--nic #{}: {e}", i + 1));
@@ -248,6 +389,22 @@ pub fn install(
                 let vectors = spec.vectors.unwrap_or_else(|| pci.default_vectors());
                 let dev = Arc::new(Mutex::new(pci.with_msix(msi, vectors)));
                 polled.push((dev.clone(), fd));
+                // One eventfd per queue, for both of its notification writes.
+                let specs = dev.lock().doorbells();
+                let mut per_queue: HashMap<u16, Doorbell> = HashMap::new();
+                for spec in specs {
+                    let bell = match per_queue.get(&spec.queue) {
+                        Some(b) => b.clone(),
+                        None => {
+                            let b = Doorbell::new(dev.clone(), spec.queue)
+                                .map_err(|e| what(format!("cannot make a doorbell eventfd: {e}")))?;
+                            bells.push(b.clone());
+                            per_queue.insert(spec.queue, b.clone());
+                            b
+                        }
+                    };
+                    windows.doorbells.lock().spots.push(BellSpot { address, spec, bell });
+                }
                 (dev.clone(), VirtioNetPci::bar_devices(&dev), NicHandle::Virtio(dev), "virtio-net")
             }
         };
@@ -261,8 +418,8 @@ pub fn install(
         tracing::info!(target: "devices", "PCI {address}: {label}, MAC {mac_s}");
         nics.push((address, format!("{label} {mac_s}"), handle));
     }
-    io.start(polled).map_err(|e| Error::Config(format!("cannot start the NIC I/O thread: {e}")))?;
-    Ok(Some(Nics { nics, _io: io }))
+    io.start(polled, bells).map_err(|e| Error::Config(format!("cannot start the NIC I/O thread: {e}")))?;
+    Ok(Some(Nics { nics, doorbells: windows.doorbells, _io: io }))
 }
 
 #[cfg(test)]
@@ -320,6 +477,90 @@ mod tests {
         w.read(0, &mut b);
         assert_eq!(b, [0xff]);
         assert_eq!(w.debug_label(), "test window");
+    }
+
+    /// A model that takes doorbells (none ring here).
+    struct Quiet;
+
+    impl devices::nic::NicPoll for Quiet {
+        fn poll(&mut self, _now: std::time::Instant) -> Option<std::time::Duration> {
+            None
+        }
+        fn nic_label(&self) -> String {
+            "quiet".into()
+        }
+    }
+
+    #[test]
+    fn doorbells_follow_their_bars_into_the_hypervisor() {
+        let addr = PciAddress::new(3, 0).unwrap();
+        let nic: SharedNic = Arc::new(Mutex::new(Quiet));
+        let bell = Doorbell::new(nic, 1).unwrap();
+        let mut d = Doorbells::default();
+        let legacy = BellSpec { bar: 0, offset: 0x10, len: 2, datamatch: Some(1), queue: 1 };
+        let modern = BellSpec { bar: 4, offset: 0x3004, len: 0, datamatch: None, queue: 1 };
+        for spec in [legacy, modern] {
+            d.spots.push(BellSpot { address: addr, spec, bell: bell.clone() });
+        }
+        let io = |old: Option<u64>, new: Option<u64>| BarChange {
+            address: addr,
+            bar: 0,
+            kind: PciBarKind::Io,
+            size: 0x20,
+            old,
+            new,
+        };
+        let mem = |old: Option<u64>, new: Option<u64>| BarChange {
+            address: addr,
+            bar: 4,
+            kind: PciBarKind::Memory64 { prefetchable: true },
+            size: 0x4000,
+            old,
+            new,
+        };
+        // Before the hook: positions are only remembered.
+        d.bar_moved(&io(None, Some(0xc000)));
+        let log: Arc<Mutex<Vec<(DoorbellSite, bool)>>> = Arc::default();
+        let l = log.clone();
+        d.set_attach(Some(Box::new(move |_fd, site, attach| {
+            l.lock().push((site, attach));
+            if site.addr == 0xdead_0000 + 0x3004 {
+                return Err("refused".into());
+            }
+            Ok(())
+        })));
+        let port = |addr: u64| DoorbellSite { pio: true, addr, len: 2, datamatch: Some(1) };
+        let mmio = |addr: u64| DoorbellSite { pio: false, addr, len: 0, datamatch: None };
+        assert_eq!(std::mem::take(&mut *log.lock()), [(port(0xc010), true)]);
+        assert_eq!(d.attached, 1);
+        // Moves: out of the old place, into the new; other functions' BARs
+        // and BARs without doorbells are not its business.
+        d.bar_moved(&io(Some(0xc000), Some(0xc040)));
+        d.bar_moved(&mem(None, Some(0xfe00_0000)));
+        d.bar_moved(&BarChange { bar: 1, ..mem(None, Some(0xfe10_0000)) });
+        d.bar_moved(&BarChange { address: PciAddress::new(4, 0).unwrap(), ..io(None, Some(0xd000)) });
+        assert_eq!(
+            std::mem::take(&mut *log.lock()),
+            [(port(0xc010), false), (port(0xc050), true), (mmio(0xfe00_3004), true)]
+        );
+        assert_eq!(d.attached, 2);
+        // Decoding off, or a place outside the window: detached only. A
+        // refused attach is logged and not counted.
+        d.bar_moved(&io(Some(0xc040), None));
+        d.bar_moved(&mem(Some(0xfe00_0000), Some(0x1_0000_0000)));
+        d.bar_moved(&mem(None, Some(0xdead_0000)));
+        assert_eq!(
+            std::mem::take(&mut *log.lock()),
+            [(port(0xc050), false), (mmio(0xfe00_3004), false), (mmio(0xdead_3004), true)]
+        );
+        assert_eq!(d.attached, 0);
+        // Dropping the hook detaches what is attached.
+        d.bar_moved(&io(None, Some(0xc000)));
+        d.set_attach(None);
+        let l = std::mem::take(&mut *log.lock());
+        assert_eq!(l[0], (port(0xc010), true));
+        assert_eq!(l.len(), 3, "{l:?}");
+        assert!(l.contains(&(port(0xc010), false)) && l.contains(&(mmio(0xdead_3004), false)), "{l:?}");
     }
 
     #[test]

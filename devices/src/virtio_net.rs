@@ -555,6 +555,10 @@ impl NicPoll for VirtioPci<VirtioNet> {
         VirtioPci::poll(self, now)
     }
 
+    fn doorbell(&mut self, queue: u16) {
+        VirtioPci::doorbell(self, queue);
+    }
+
     fn nic_label(&self) -> String {
         self.device().debug_label()
     }

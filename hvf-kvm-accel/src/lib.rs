@@ -21,7 +21,9 @@
 //! - [`Vcpu::stats`] counts exits by kind and the time spent in the guest.
 //! - [`fallback::emulate_one`] runs an instruction the hypervisor could not
 //!   run in the interpreter, on the same state, and hands the state back.
-//! - On Linux, [`Vm::register_irqfd`] and [`Vm::register_ioeventfd`] connect
+//! - On Linux, [`Vm::register_irqfd`] (or [`Vm::register_msi_irqfd`], for a
+//!   message) and [`Vm::register_ioeventfd`] (or
+//!   [`Vm::set_ioeventfd`], with an eventfd the device owns) connect
 //!   eventfds to the in-kernel interrupt controllers and to guest writes, for
 //!   devices served outside the vCPU thread (virtio).
 //!
@@ -44,6 +46,8 @@ pub mod fallback;
 
 #[cfg(target_os = "linux")]
 pub mod bridge;
+#[cfg(target_os = "linux")]
+pub mod irqfd;
 #[cfg(target_os = "linux")]
 pub mod kvm;
 
@@ -123,6 +127,17 @@ pub trait Vm: Send + Sync {
     /// Detach an eventfd that [`Vm::register_irqfd`] gave for `gsi`.
     #[cfg(target_os = "linux")]
     fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), AccelError>;
+    /// An eventfd that sends the message-signalled interrupt `data` to
+    /// `address` to the in-kernel local APICs each time it is written: an
+    /// irqfd on a GSI of its own, routed to that message. A write does what
+    /// [`Vm::signal_msi`] does, from any thread. Returns the eventfd and its
+    /// GSI. Fails with [`IrqChip::Userspace`], and when every GSI for
+    /// messages is taken.
+    #[cfg(target_os = "linux")]
+    fn register_msi_irqfd(&self, address: u64, data: u32) -> Result<(EventFd, u32), AccelError>;
+    /// Detach an eventfd that [`Vm::register_msi_irqfd`] gave, and free its GSI.
+    #[cfg(target_os = "linux")]
+    fn unregister_msi_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), AccelError>;
     /// An eventfd signalled (its counter incremented) by each guest write of
     /// `len` bytes to `addr`, instead of an exit to the vCPU's
     /// [`ExitHandler`]. `len` is 1, 2, 4 or 8, or 0 for any size (MMIO only).
@@ -139,6 +154,19 @@ pub trait Vm: Send + Sync {
         addr: IoEventAddr,
         len: u32,
         datamatch: Option<u64>,
+    ) -> Result<(), AccelError>;
+    /// Attach (`on`) or detach an eventfd the caller owns, as
+    /// [`Vm::register_ioeventfd`] and [`Vm::unregister_ioeventfd`] do with
+    /// theirs: for a device that keeps one eventfd per queue and moves it
+    /// with its BARs.
+    #[cfg(target_os = "linux")]
+    fn set_ioeventfd(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        addr: IoEventAddr,
+        len: u32,
+        datamatch: Option<u64>,
+        on: bool,
     ) -> Result<(), AccelError>;
 }
 

@@ -16,8 +16,10 @@
 //!   round trip (state out, one interpreter step, state in) costs ~45 µs,
 //!   mostly 7-8 vCPU ioctls of ~5.5 µs each. The #BP handler's IRETQ at CPL0
 //!   runs in KVM.
-//! - The in-kernel PIC delivers an irqfd interrupt, and the in-kernel local
-//!   APIC a KVM_SIGNAL_MSI message, to a CPL0 guest waiting in HLT; ioeventfds take port (datamatch) and MMIO writes at CPL3 and
+//! - The in-kernel PIC delivers an irqfd interrupt (also after message
+//!   routes replaced KVM's routing table), and the in-kernel local APIC a
+//!   KVM_SIGNAL_MSI message and an irqfd routed to a message, to a CPL0
+//!   guest waiting in HLT; ioeventfds take port (datamatch) and MMIO writes at CPL3 and
 //!   CPL0 without exits.
 
 #![cfg(target_os = "linux")]
@@ -34,7 +36,7 @@ use cpu::state::CpuState;
 use cpu::{Cpu, Platform, StopReason};
 use firmware::boot::{BootCpuState, BootMode};
 use hvf_kvm_accel::fallback::{emulate_one, Emulated};
-use hvf_kvm_accel::kvm::{Kvm, KvmVcpu};
+use hvf_kvm_accel::kvm::{Kvm, KvmVcpu, KvmVm};
 use hvf_kvm_accel::{ExitHandler, IoEventAddr, PendingEvent, Vcpu, Vm, VmExit};
 use iced_x86::code_asm::*;
 use mmu::GuestMemory;
@@ -697,6 +699,15 @@ fn interrupt_waiter(
     Some(g)
 }
 
+/// Programs the PIC: vectors from 0x20, only IRQ5 unmasked.
+fn pic_irq5(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    for (port, v) in [(0x20u32, 0x11u32), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0x21, 0xdf)] {
+        a.mov(al, v)?;
+        a.out(port, al)?;
+    }
+    Ok(())
+}
+
 /// irqfd: the guest programs the in-kernel PIC (IRQ5 at vector 0x25),
 /// says it is ready, and waits in HLT; the test signals the irqfd from the
 /// exit handler and the guest's handler reports vector 0x25.
@@ -704,14 +715,7 @@ fn interrupt_waiter(
 fn irqfd_raises_a_pic_interrupt() {
     let Some(mut kvm) = open_kvm() else { return };
     let _w = Watchdog::arm("irqfd", Duration::from_secs(30));
-    let Some(mut g) = interrupt_waiter(&mut kvm, |a| {
-        for (port, v) in [(0x20u32, 0x11u32), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01)] {
-            a.mov(al, v)?;
-            a.out(port, al)?;
-        }
-        a.mov(al, 0xdfu32)?; // unmask IRQ5 only
-        a.out(0x21u32, al)
-    }) else {
+    let Some(mut g) = interrupt_waiter(&mut kvm, pic_irq5) else {
         return;
     };
     let irqfd = g.vm.register_irqfd(5).unwrap();
@@ -730,15 +734,57 @@ fn irqfd_raises_a_pic_interrupt() {
     g.vm.unregister_irqfd(&irqfd, 5).unwrap();
 }
 
+/// The same after a message route replaced KVM's routing table: the
+/// PIC's pins must still be routed.
+#[test]
+fn irqfd_raises_a_pic_interrupt_after_msi_routes() {
+    let Some(mut kvm) = open_kvm() else { return };
+    let _w = Watchdog::arm("irqfd after MSI routes", Duration::from_secs(30));
+    let Some(mut g) = interrupt_waiter(&mut kvm, pic_irq5) else {
+        return;
+    };
+    let (msi, gsi) = g.vm.register_msi_irqfd(0xfee0_0000, 0x45).unwrap();
+    assert_eq!(gsi, 24, "the first GSI after the I/O APIC's pins");
+    let irqfd = g.vm.register_irqfd(5).unwrap();
+    let mut io = Io::default();
+    io.triggers.push((PORT_READY, irqfd.try_clone().unwrap()));
+    assert_eq!(g.vcpu.run(&mut io).unwrap(), VmExit::Interrupted);
+    assert_eq!(io.on(PORT_VECTOR), [0x25]);
+    g.vm.unregister_msi_irqfd(&msi, gsi).unwrap();
+    g.vm.unregister_irqfd(&irqfd, 5).unwrap();
+}
+
 /// KVM_SIGNAL_MSI: the guest maps and software-enables its in-kernel local
 /// APIC and says it is ready; the run pauses there, the test sends an MSI
 /// for vector 0x45 to APIC ID 0, and the guest, waiting in HLT, reports it.
 #[test]
 fn signal_msi_reaches_the_in_kernel_local_apic() {
+    msi_reaches_the_local_apic("signal_msi", |vm| vm.signal_msi(0xfee0_0000, 0x45).unwrap());
+}
+
+/// The same message through an irqfd on a GSI routed to it. GSIs are
+/// given out from 24 and taken back.
+#[test]
+fn msi_irqfd_reaches_the_in_kernel_local_apic() {
+    msi_reaches_the_local_apic("msi irqfd", |vm| {
+        let (other, first) = vm.register_msi_irqfd(0xfee0_0000, 0x46).unwrap();
+        let (fd, gsi) = vm.register_msi_irqfd(0xfee0_0000, 0x45).unwrap();
+        assert_eq!((first, gsi), (24, 25));
+        vm.unregister_msi_irqfd(&other, first).unwrap();
+        let (again, reused) = vm.register_msi_irqfd(0xfee0_0000, 0x47).unwrap();
+        assert_eq!(reused, 24);
+        vm.unregister_msi_irqfd(&again, reused).unwrap();
+        fd.write(1).unwrap();
+    });
+}
+
+/// A CPL0 guest with its in-kernel local APIC on waits in HLT for the
+/// message `send` sends (vector 0x45 to APIC ID 0).
+fn msi_reaches_the_local_apic(what: &str, send: impl FnOnce(&KvmVm)) {
     const PD_HIGH: u64 = 0x40000;
     const LAPIC: u64 = 0xfee0_0000;
     let Some(mut kvm) = open_kvm() else { return };
-    let _w = Watchdog::arm("signal_msi", Duration::from_secs(30));
+    let _w = Watchdog::arm("MSI", Duration::from_secs(30));
     let Some(mut g) = interrupt_waiter(&mut kvm, |a| {
         // The fourth GiB through a second page directory: one 2 MiB page at the LAPIC.
         a.mov(rax, PD_HIGH | 3)?;
@@ -758,11 +804,11 @@ fn signal_msi_reaches_the_in_kernel_local_apic() {
     let mut io = Io { pause_at: Some(PORT_READY), ..Io::default() };
     assert_eq!(g.vcpu.run(&mut io).unwrap(), VmExit::Interrupted);
     assert_eq!(io.on(PORT_READY).len(), 1, "paused at the ready port");
-    g.vm.signal_msi(0xfee0_0000, 0x45).unwrap();
+    send(&g.vm);
     io.stop = false;
     io.pause_at = None;
     let exit = g.vcpu.run(&mut io).unwrap();
-    eprintln!("signal_msi: {exit}; vectors {:?}, results {:?}", io.on(PORT_VECTOR), io.on(PORT_RESULT));
+    eprintln!("{what}: {exit}; vectors {:?}, results {:?}", io.on(PORT_VECTOR), io.on(PORT_RESULT));
     assert_eq!(exit, VmExit::Interrupted);
     assert_eq!(io.on(PORT_VECTOR), [0x45]);
     assert_eq!(io.on(PORT_RESULT), [2]);

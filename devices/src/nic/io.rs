@@ -4,7 +4,10 @@
 //! The thread sleeps in `ppoll(2)` on:
 //! - each backend's wake fd (a duplicate, so the model keeps its backend),
 //! - the read end of a socket pair that [`IoKick::kick`] writes one byte
-//!   to (coalesced: at most one byte is in flight), and
+//!   to (coalesced: at most one byte is in flight),
+//! - each doorbell eventfd ([`Doorbell`]): KVM signals one instead of
+//!   exiting when the guest writes a queue notification it is attached to,
+//!   and the thread passes the notification to the model, and
 //! - the nearest deadline any model returned (nanosecond precision, for
 //!   interrupt throttling).
 //!
@@ -21,6 +24,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use nix::poll::{ppoll, PollFd, PollFlags};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::time::TimeSpec;
 use parking_lot::Mutex;
 
@@ -28,6 +32,30 @@ use super::NicPoll;
 
 /// A NIC model shared between its BAR handlers and the I/O thread.
 pub type SharedNic = Arc<Mutex<dyn NicPoll>>;
+
+/// An eventfd that stands for the guest's notifications of one queue of a
+/// NIC: whoever signals it (KVM, for the guest writes it is attached to)
+/// makes the I/O thread call [`NicPoll::doorbell`] of `nic` with `queue`.
+#[derive(Clone)]
+pub struct Doorbell {
+    pub fd: Arc<EventFd>,
+    pub nic: SharedNic,
+    pub queue: u16,
+}
+
+impl std::fmt::Debug for Doorbell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Doorbell").field("nic", &self.nic.lock().nic_label()).field("queue", &self.queue).finish()
+    }
+}
+
+impl Doorbell {
+    /// A doorbell for `queue` of `nic`, with a fresh non-blocking eventfd.
+    pub fn new(nic: SharedNic, queue: u16) -> std::io::Result<Self> {
+        let fd = EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
+        Ok(Self { fd: Arc::new(fd), nic, queue })
+    }
+}
 
 struct KickInner {
     pending: AtomicBool,
@@ -100,13 +128,15 @@ impl NetIoThread {
         IoKick { inner: Some(Arc::clone(&self.inner)) }
     }
 
-    /// Starts the thread over `nics`, each with its backend's wake fd.
-    pub fn start(&mut self, nics: Vec<(SharedNic, Option<OwnedFd>)>) -> std::io::Result<()> {
+    /// Starts the thread over `nics`, each with its backend's wake fd, and
+    /// their `doorbells`.
+    pub fn start(&mut self, nics: Vec<(SharedNic, Option<OwnedFd>)>, doorbells: Vec<Doorbell>) -> std::io::Result<()> {
         let Some(rx) = self.rx.take() else {
             return Err(std::io::Error::new(ErrorKind::AlreadyExists, "the NIC I/O thread is already running"));
         };
         let inner = Arc::clone(&self.inner);
-        let handle = std::thread::Builder::new().name("nic-io".into()).spawn(move || run(inner, rx, nics))?;
+        let handle =
+            std::thread::Builder::new().name("nic-io".into()).spawn(move || run(inner, rx, nics, doorbells))?;
         self.handle = Some(handle);
         Ok(())
     }
@@ -123,17 +153,21 @@ impl Drop for NetIoThread {
     }
 }
 
-fn run(inner: Arc<KickInner>, mut rx: UnixStream, nics: Vec<(SharedNic, Option<OwnedFd>)>) {
+fn run(inner: Arc<KickInner>, mut rx: UnixStream, nics: Vec<(SharedNic, Option<OwnedFd>)>, doorbells: Vec<Doorbell>) {
     // Poll everything once at the start.
     let mut deadline: Option<Instant> = Some(Instant::now());
     let mut drain = [0u8; 64];
+    let mut rung = vec![false; doorbells.len()];
     loop {
         let timeout = deadline.map(|d| {
             let left = d.saturating_duration_since(Instant::now());
             TimeSpec::from_duration(left)
         });
         {
-            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(nics.len() + 1);
+            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(doorbells.len() + nics.len() + 1);
+            for d in &doorbells {
+                fds.push(PollFd::new(d.fd.as_fd(), PollFlags::POLLIN));
+            }
             fds.push(PollFd::new(rx.as_fd(), PollFlags::POLLIN));
             for (_, fd) in &nics {
                 if let Some(fd) = fd {
@@ -147,9 +181,20 @@ fn run(inner: Arc<KickInner>, mut rx: UnixStream, nics: Vec<(SharedNic, Option<O
                     return;
                 }
             }
+            for (r, fd) in rung.iter_mut().zip(&fds) {
+                *r = fd.revents().is_some_and(|e| e.contains(PollFlags::POLLIN));
+            }
         }
         if inner.stop.load(Ordering::Acquire) {
             return;
+        }
+        // Reading an eventfd resets it, so a notification after the read
+        // rings it again; the model sees every queue at least once after
+        // each guest write.
+        for (d, _) in doorbells.iter().zip(&rung).filter(|(_, r)| **r) {
+            if d.fd.read().is_ok() {
+                d.nic.lock().doorbell(d.queue);
+            }
         }
         // Drain the kick bytes, then clear the flag, then poll: a kick
         // before the clear is covered by the polls below, and a kick after
@@ -212,8 +257,8 @@ mod tests {
             Arc::new(Mutex::new(Counter { polls: polls.clone(), again: Some(Duration::from_millis(2)) }));
         let mut io = NetIoThread::new().unwrap();
         let kick = io.kick();
-        io.start(vec![(nic, None)]).unwrap();
-        assert!(io.start(Vec::new()).is_err());
+        io.start(vec![(nic, None)], Vec::new()).unwrap();
+        assert!(io.start(Vec::new(), Vec::new()).is_err());
         // Once at start, once 2 ms later (the returned deadline).
         wait_for(&polls, 2);
         kick.kick();
@@ -224,13 +269,57 @@ mod tests {
         drop(io);
     }
 
+    /// A model that records its doorbells.
+    struct Bells(Arc<Mutex<Vec<u16>>>);
+
+    impl NicPoll for Bells {
+        fn poll(&mut self, _now: Instant) -> Option<Duration> {
+            None
+        }
+        fn doorbell(&mut self, queue: u16) {
+            self.0.lock().push(queue);
+        }
+        fn nic_label(&self) -> String {
+            "bells".into()
+        }
+    }
+
+    #[test]
+    fn doorbells_reach_their_queues() {
+        let rings = Arc::new(Mutex::new(Vec::new()));
+        let nic: SharedNic = Arc::new(Mutex::new(Bells(rings.clone())));
+        let bells = [Doorbell::new(nic.clone(), 0).unwrap(), Doorbell::new(nic.clone(), 1).unwrap()];
+        assert!(format!("{:?}", bells[1]).contains("queue: 1"));
+        let mut io = NetIoThread::new().unwrap();
+        io.start(vec![(nic, None)], bells.to_vec()).unwrap();
+        let wait = |n: usize| {
+            let t = Instant::now();
+            while rings.lock().len() < n {
+                assert!(t.elapsed() < Duration::from_secs(5), "the I/O thread missed a doorbell");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        bells[1].fd.write(1).unwrap();
+        wait(1);
+        bells[0].fd.write(1).unwrap();
+        wait(2);
+        // Rings that pile up before the thread reads the eventfd count once.
+        bells[1].fd.write(1).unwrap();
+        bells[1].fd.write(1).unwrap();
+        wait(3);
+        std::thread::sleep(Duration::from_millis(20));
+        let r = rings.lock().clone();
+        assert!(r == [1, 0, 1] || r == [1, 0, 1, 1], "{r:?}");
+        drop(io);
+    }
+
     #[test]
     fn a_readable_wake_fd_wakes_the_thread() {
         let polls = Arc::new(AtomicU32::new(0));
         let nic: SharedNic = Arc::new(Mutex::new(Counter { polls: polls.clone(), again: None }));
         let (mut a, b) = UnixStream::pair().unwrap();
         let mut io = NetIoThread::new().unwrap();
-        io.start(vec![(nic, Some(OwnedFd::from(b)))]).unwrap();
+        io.start(vec![(nic, Some(OwnedFd::from(b)))], Vec::new()).unwrap();
         wait_for(&polls, 1);
         a.write_all(&[1]).unwrap();
         // The fd stays readable (the counter never reads it): the thread

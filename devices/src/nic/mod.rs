@@ -7,10 +7,14 @@
 //!   the frames off the guest's ring, hands them to the backend
 //!   ([`net::NetBackend::send`]) and kicks the I/O thread.
 //! - The I/O thread ([`io::NetIoThread`]) sleeps in `ppoll` on every
-//!   backend's wake fd, the kick and the nearest timer; when one fires it
-//!   calls each model's [`NicPoll::poll`], which polls the backend and moves
-//!   waiting frames into the guest's receive buffers, raising the
-//!   interrupt. The interrupt line wakes a halted CPU.
+//!   backend's wake fd, the kick, the doorbells and the nearest timer; when
+//!   one fires it calls each model's [`NicPoll::poll`], which polls the
+//!   backend and moves waiting frames into the guest's receive buffers,
+//!   raising the interrupt. The interrupt line wakes a halted CPU.
+//! - Under KVM, a virtio queue notification can skip the vCPU thread: KVM
+//!   signals the queue's doorbell eventfd ([`io::Doorbell`]) instead of
+//!   exiting, and the I/O thread does what the register write would have
+//!   done ([`NicPoll::doorbell`]): transmits, or takes fresh receive buffers.
 //!
 //! A model is behind one mutex, which both threads take; the backend lives
 //! inside the model.
@@ -22,7 +26,7 @@ pub mod io;
 pub mod merge;
 pub mod offload;
 
-pub use io::{IoKick, NetIoThread};
+pub use io::{Doorbell, IoKick, NetIoThread};
 
 /// A NIC model as the I/O thread drives it.
 pub trait NicPoll: Send {
@@ -31,6 +35,13 @@ pub trait NicPoll: Send {
     /// fires due timers (interrupt throttling). Returns when to call again
     /// at the latest.
     fn poll(&mut self, now: Instant) -> Option<Duration>;
+
+    /// The guest notified `queue` through a doorbell eventfd
+    /// ([`io::Doorbell`]) instead of a register write. Only models that
+    /// hand out doorbells (virtio-net) get these.
+    fn doorbell(&mut self, queue: u16) {
+        tracing::warn!(target: "devices", "{}: a doorbell for queue {queue}, which it has none of", self.nic_label());
+    }
 
     /// A short name for logs.
     fn nic_label(&self) -> String;

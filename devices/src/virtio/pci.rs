@@ -149,6 +149,18 @@ const LEG_CONFIG_MSIX: u64 = 0x18;
 const LEGACY_ALIGN: u64 = 4096;
 const LEGACY_PFN_SHIFT: u32 = 12;
 
+/// A guest write that only notifies a queue, and may therefore be served
+/// outside the vCPU thread (KVM's ioeventfd): `len` bytes (0: any size) at
+/// `offset` in BAR `bar`, of the value `datamatch` when it has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Doorbell {
+    pub bar: usize,
+    pub offset: u64,
+    pub len: u32,
+    pub datamatch: Option<u64>,
+    pub queue: u16,
+}
+
 /// The saved state of the transport (the device model saves its own).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VirtioPciState {
@@ -191,6 +203,8 @@ pub struct VirtioPci<D: VirtioDevice> {
     config_vector: u16,
     queue_vectors: Vec<u16>,
     warned: bool,
+    /// Queue notifications that came through [`VirtioPci::doorbell`].
+    doorbell_rings: u64,
 }
 
 impl<D: VirtioDevice> std::fmt::Debug for VirtioPci<D> {
@@ -255,7 +269,48 @@ impl<D: VirtioDevice> VirtioPci<D> {
             config_vector: VIRTIO_MSI_NO_VECTOR,
             queue_vectors,
             warned: false,
+            doorbell_rings: 0,
         }
+    }
+
+    /// The writes that only notify a queue, for each queue: the legacy
+    /// QUEUE_NOTIFY register, a 16-bit write of the queue's index
+    /// (4.1.4.8), and the queue's notification address in the modern BAR,
+    /// a write of any size (4.1.4.4). [`VirtioPci::doorbell`] does what
+    /// each of them does.
+    pub fn doorbells(&self) -> Vec<Doorbell> {
+        (0..self.queues.len() as u16)
+            .flat_map(|queue| {
+                [
+                    Doorbell {
+                        bar: LEGACY_BAR,
+                        offset: LEG_QUEUE_NOTIFY,
+                        len: 2,
+                        datamatch: Some(u64::from(queue)),
+                        queue,
+                    },
+                    Doorbell {
+                        bar: MODERN_BAR,
+                        offset: NOTIFY_OFFSET + u64::from(queue) * u64::from(NOTIFY_OFF_MULTIPLIER),
+                        len: 0,
+                        datamatch: None,
+                        queue,
+                    },
+                ]
+            })
+            .collect()
+    }
+
+    /// A write to one of [`VirtioPci::doorbells`] of `queue`, which reached
+    /// the device another way than through its BAR (an eventfd).
+    pub fn doorbell(&mut self, queue: u16) {
+        self.doorbell_rings += 1;
+        self.notify(usize::from(queue));
+    }
+
+    /// How many notifications came through [`VirtioPci::doorbell`].
+    pub fn doorbell_rings(&self) -> u64 {
+        self.doorbell_rings
     }
 
     /// MSI-X vectors by default: one per queue and one for configuration
@@ -1172,6 +1227,32 @@ mod tests {
         rings[1].add_chain(&mem, &[(0x31000, 4, false)]);
         w(r, NOTIFY_OFFSET + 4, 1, 2);
         assert_eq!(rings[0].take_used(&mem).len(), 1);
+    }
+
+    #[test]
+    fn doorbells_are_the_notify_writes() {
+        let mut r = rig();
+        let bells = r.dev.doorbells();
+        assert_eq!(bells.len(), 4, "two per queue");
+        assert_eq!(bells[0], Doorbell { bar: LEGACY_BAR, offset: 0x10, len: 2, datamatch: Some(0), queue: 0 });
+        assert_eq!(bells[3], Doorbell { bar: MODERN_BAR, offset: 0x3004, len: 0, datamatch: None, queue: 1 });
+        let mut rings = bring_up(&mut r, |_| {});
+        let mem = r.mem.clone();
+        // The write each doorbell stands for notifies its queue: one echo each.
+        for b in bells.iter().filter(|b| b.queue == 1) {
+            rings[0].add_chain(&mem, &[(0x30000, 64, true)]);
+            rings[1].add_chain(&mem, &[(0x31000, 4, false)]);
+            let value = b.datamatch.unwrap_or(0x1234).to_le_bytes();
+            r.dev.bar_write(b.bar, b.offset, &value[..(b.len as usize).max(1)]);
+            assert_eq!(rings[0].take_used(&mem).len(), 1, "{b:?}");
+        }
+        // And so does ringing it; unknown queues are ignored.
+        rings[0].add_chain(&mem, &[(0x30000, 64, true)]);
+        rings[1].add_chain(&mem, &[(0x31000, 4, false)]);
+        r.dev.doorbell(1);
+        assert_eq!(rings[0].take_used(&mem).len(), 1);
+        r.dev.doorbell(7);
+        assert_eq!(r.dev.doorbell_rings(), 2);
     }
 
     fn msix_rig() -> (Rig, Arc<crate::msi::RecordingMsi>) {

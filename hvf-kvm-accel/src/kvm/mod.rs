@@ -14,14 +14,17 @@ pub mod exit;
 mod kick;
 mod vcpu;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_enable_cap, kvm_ioeventfd, kvm_ioeventfd_flag_nr_datamatch, kvm_ioeventfd_flag_nr_deassign,
-    kvm_ioeventfd_flag_nr_pio, kvm_pit_config, kvm_userspace_memory_region, KVMIO, KVM_API_VERSION,
-    KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
+    kvm_ioeventfd_flag_nr_pio, kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_irqchip,
+    kvm_irq_routing_msi, kvm_pit_config, kvm_userspace_memory_region, KvmIrqRouting, KVMIO, KVM_API_VERSION,
+    KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, VmFd};
 use mmu::{GuestMemory, RegionKind};
@@ -200,7 +203,14 @@ impl Kvm {
             msrs: Mutex::new(msrs),
             run_size: fd.run_size(),
         });
-        let vm = KvmVm { fd, mem, shared, slots: Mutex::new(slots), flush_page: FlushPage::new()? };
+        let vm = KvmVm {
+            fd,
+            mem,
+            shared,
+            slots: Mutex::new(slots),
+            msi_routes: Mutex::new(BTreeMap::new()),
+            flush_page: FlushPage::new()?,
+        };
         let flush = vm.flush_slot();
         set_slot(&vm.fd, flush, flush.len)
             .map_err(|e| AccelError::ioctl("KVM_SET_USER_MEMORY_REGION (flush slot)", e))?;
@@ -430,6 +440,8 @@ pub struct KvmVm {
     mem: Arc<GuestMemory>,
     shared: Arc<Shared>,
     slots: Mutex<SlotTable>,
+    /// The messages of [`Vm::register_msi_irqfd`], by GSI.
+    msi_routes: Mutex<BTreeMap<u32, (u64, u32)>>,
     /// Dropped after `fd` (declaration order), see [`FlushPage`].
     flush_page: FlushPage,
 }
@@ -559,9 +571,45 @@ impl Vm for KvmVm {
         self.fd.unregister_irqfd(fd, gsi).map_err(|e| AccelError::ioctl("KVM_IRQFD (deassign)", e))
     }
 
+    fn register_msi_irqfd(&self, address: u64, data: u32) -> Result<(EventFd, u32), AccelError> {
+        if self.shared.irqchip == IrqChip::Userspace {
+            return Err(AccelError::NoInKernelIrqChip("register_msi_irqfd"));
+        }
+        let mut routes = self.msi_routes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(gsi) = (FIRST_MSI_GSI..FIRST_MSI_GSI + MAX_MSI_ROUTES).find(|g| !routes.contains_key(g)) else {
+            return Err(AccelError::Ioctl {
+                op: "KVM_SET_GSI_ROUTING",
+                reason: format!("all {MAX_MSI_ROUTES} GSIs for messages are taken"),
+            });
+        };
+        routes.insert(gsi, (address, data));
+        let fd = EventFd::new(EFD_NONBLOCK).map_err(|e| AccelError::ioctl("eventfd", e));
+        let done = fd.and_then(|fd| {
+            set_routes(&self.fd, &routes)?;
+            self.fd.register_irqfd(&fd, gsi).map_err(|e| AccelError::ioctl("KVM_IRQFD", e))?;
+            Ok(fd)
+        });
+        match done {
+            Ok(fd) => Ok((fd, gsi)),
+            Err(e) => {
+                routes.remove(&gsi);
+                Err(e)
+            }
+        }
+    }
+
+    fn unregister_msi_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), AccelError> {
+        let mut routes = self.msi_routes.lock().unwrap_or_else(|e| e.into_inner());
+        self.fd.unregister_irqfd(fd, gsi).map_err(|e| AccelError::ioctl("KVM_IRQFD (deassign)", e))?;
+        if routes.remove(&gsi).is_some() {
+            set_routes(&self.fd, &routes)?;
+        }
+        Ok(())
+    }
+
     fn register_ioeventfd(&self, addr: IoEventAddr, len: u32, datamatch: Option<u64>) -> Result<EventFd, AccelError> {
         let fd = EventFd::new(EFD_NONBLOCK).map_err(|e| AccelError::ioctl("eventfd", e))?;
-        self.ioeventfd(&fd, addr, len, datamatch, false)?;
+        self.ioeventfd(fd.as_raw_fd(), addr, len, datamatch, false)?;
         Ok(fd)
     }
 
@@ -572,7 +620,18 @@ impl Vm for KvmVm {
         len: u32,
         datamatch: Option<u64>,
     ) -> Result<(), AccelError> {
-        self.ioeventfd(fd, addr, len, datamatch, true)
+        self.ioeventfd(fd.as_raw_fd(), addr, len, datamatch, true)
+    }
+
+    fn set_ioeventfd(
+        &self,
+        fd: BorrowedFd<'_>,
+        addr: IoEventAddr,
+        len: u32,
+        datamatch: Option<u64>,
+        on: bool,
+    ) -> Result<(), AccelError> {
+        self.ioeventfd(fd.as_raw_fd(), addr, len, datamatch, !on)
     }
 }
 
@@ -580,24 +639,80 @@ impl KvmVm {
     /// `KVM_IOEVENTFD`, assigning or deassigning.
     fn ioeventfd(
         &self,
-        fd: &EventFd,
+        fd: RawFd,
         addr: IoEventAddr,
         len: u32,
         datamatch: Option<u64>,
         deassign: bool,
     ) -> Result<(), AccelError> {
         let op = if deassign { "KVM_IOEVENTFD (deassign)" } else { "KVM_IOEVENTFD" };
-        let req = ioeventfd_request(fd.as_raw_fd(), addr, len, datamatch, deassign)
-            .map_err(|reason| AccelError::Ioctl { op, reason })?;
+        let req =
+            ioeventfd_request(fd, addr, len, datamatch, deassign).map_err(|reason| AccelError::Ioctl { op, reason })?;
         // SAFETY: KVM_IOEVENTFD on a VM fd reads one `kvm_ioeventfd`, which
-        // `req` is, and writes nothing; the eventfd it names stays open at
-        // least as long as the call (KVM takes its own reference).
+        // `req` is, and writes nothing; the eventfd it names is borrowed by
+        // every caller, so it stays open at least as long as the call (KVM
+        // takes its own reference, and fails the call for a descriptor that
+        // is not an eventfd).
         let rc = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&self.fd, KVM_IOEVENTFD(), &req) };
         if rc != 0 {
             return Err(AccelError::ioctl(op, std::io::Error::last_os_error()));
         }
         Ok(())
     }
+}
+
+/// GSIs 0-23 are the pins of the PIC and the I/O APIC; message routes
+/// ([`Vm::register_msi_irqfd`]) take the ones after.
+const FIRST_MSI_GSI: u32 = 24;
+/// Message routes a VM holds at most (KVM takes up to 4096 routes in all).
+pub const MAX_MSI_ROUTES: u32 = 1024;
+
+/// The routing table: KVM's default one, which a table replaces (GSIs
+/// 0-15 to the PIC pin, 0-7 on the master and 8-15 on the slave, and to the
+/// I/O APIC pin of the same number; 16-23 to the I/O APIC), then one MSI
+/// route per entry of `msi` (GSI -> address, data).
+fn routing_entries(msi: &BTreeMap<u32, (u64, u32)>) -> Vec<kvm_irq_routing_entry> {
+    let irqchip = |gsi: u32, chip: u32, pin: u32| kvm_irq_routing_entry {
+        gsi,
+        type_: KVM_IRQ_ROUTING_IRQCHIP,
+        u: kvm_irq_routing_entry__bindgen_ty_1 { irqchip: kvm_irq_routing_irqchip { irqchip: chip, pin } },
+        ..Default::default()
+    };
+    let mut entries = Vec::with_capacity(40 + msi.len());
+    for gsi in 0..24 {
+        entries.push(irqchip(gsi, KVM_IRQCHIP_IOAPIC, gsi));
+        if gsi < 16 {
+            let chip = if gsi < 8 { KVM_IRQCHIP_PIC_MASTER } else { KVM_IRQCHIP_PIC_SLAVE };
+            entries.push(irqchip(gsi, chip, gsi % 8));
+        }
+    }
+    for (&gsi, &(address, data)) in msi {
+        entries.push(kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_MSI,
+            u: kvm_irq_routing_entry__bindgen_ty_1 {
+                msi: kvm_irq_routing_msi {
+                    address_lo: address as u32,
+                    address_hi: (address >> 32) as u32,
+                    data,
+                    ..Default::default()
+                },
+            },
+            ..Default::default()
+        });
+    }
+    entries
+}
+
+/// KVM_SET_GSI_ROUTING with [`routing_entries`].
+fn set_routes(vm: &VmFd, msi: &BTreeMap<u32, (u64, u32)>) -> Result<(), AccelError> {
+    let entries = routing_entries(msi);
+    let mut table =
+        KvmIrqRouting::new(0).map_err(|e| AccelError::Ioctl { op: "KVM_SET_GSI_ROUTING", reason: format!("{e:?}") })?;
+    for e in entries {
+        table.push(e).map_err(|e| AccelError::Ioctl { op: "KVM_SET_GSI_ROUTING", reason: format!("{e:?}") })?;
+    }
+    vm.set_gsi_routing(&table).map_err(|e| AccelError::ioctl("KVM_SET_GSI_ROUTING", e))
 }
 
 /// The `kvm_ioeventfd` for a registration, or why it cannot be made.
@@ -678,6 +793,32 @@ fn set_pc_gsi_routing(fd: &kvm_ioctls::VmFd) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routing_keeps_the_default_pins_and_adds_messages() {
+        let mut msi = BTreeMap::new();
+        msi.insert(24, (0xfee0_0000u64, 0x45u32));
+        msi.insert(30, (0x1_fee0_1000u64, 0x4046u32));
+        let e = routing_entries(&msi);
+        assert_eq!(e.len(), 16 * 2 + 8 + 2);
+        let chips: Vec<(u32, u32, u32)> = e
+            .iter()
+            .filter(|e| e.type_ == KVM_IRQ_ROUTING_IRQCHIP)
+            // SAFETY: irqchip entries hold the irqchip member of the union.
+            .map(|e| unsafe { (e.gsi, e.u.irqchip.irqchip, e.u.irqchip.pin) })
+            .collect();
+        assert!(chips.contains(&(0, KVM_IRQCHIP_IOAPIC, 0)) && chips.contains(&(0, KVM_IRQCHIP_PIC_MASTER, 0)));
+        assert!(chips.contains(&(9, KVM_IRQCHIP_PIC_SLAVE, 1)) && chips.contains(&(9, KVM_IRQCHIP_IOAPIC, 9)));
+        assert!(chips.contains(&(23, KVM_IRQCHIP_IOAPIC, 23)));
+        assert!(!chips.iter().any(|c| c.0 >= 16 && c.1 != KVM_IRQCHIP_IOAPIC), "16-23 only on the I/O APIC");
+        let msgs: Vec<(u32, u32, u32, u32)> = e
+            .iter()
+            .filter(|e| e.type_ == KVM_IRQ_ROUTING_MSI)
+            // SAFETY: MSI entries hold the msi member of the union.
+            .map(|e| unsafe { (e.gsi, e.u.msi.address_lo, e.u.msi.address_hi, e.u.msi.data) })
+            .collect();
+        assert_eq!(msgs, [(24, 0xfee0_0000, 0, 0x45), (30, 0xfee0_1000, 1, 0x4046)]);
+    }
 
     #[test]
     fn ioeventfd_requests() {
