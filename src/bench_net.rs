@@ -262,10 +262,39 @@ fn measure(vmm: Vmm, qemu: Option<&Path>, images: &Path, model: &str, bytes: usi
     Ok((mib / t_in.as_secs_f64(), mib / t_out.as_secs_f64()))
 }
 
+/// MiB/s host to guest and guest to host of one model under one emulator,
+/// one pair per run, or why a run failed (which ends its series).
+#[derive(Default)]
+struct Series {
+    runs: Vec<(f64, f64)>,
+    error: Option<String>,
+}
+
+impl Series {
+    /// The median and the range of one direction (0: host to guest).
+    fn summary(&self, dir: usize) -> Option<(f64, f64, f64)> {
+        let mut v: Vec<f64> = self.runs.iter().map(|r| if dir == 0 { r.0 } else { r.1 }).collect();
+        median_range(&mut v)
+    }
+}
+
+/// The median (the mean of the middle two for an even count), the least and
+/// the greatest of `v`.
+fn median_range(v: &mut [f64]) -> Option<(f64, f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    Some((median, v[0], v[n - 1]))
+}
+
 /// `ferrovm bench --net`.
 pub fn run(args: &BenchArgs) -> i32 {
     let images: PathBuf = args.images.clone();
     let mib = args.net_mib.max(1);
+    let runs = args.runs.max(1);
     for f in ["vmlinuz-generic", "initramfs-net.cpio.gz"] {
         if !images.join(f).is_file() {
             println!(
@@ -278,8 +307,9 @@ pub fn run(args: &BenchArgs) -> i32 {
     let qemu = crate::demo::which("qemu-system-x86_64");
     println!("ferrovm bench --net: TCP through the user-mode NAT, {mib} MiB each way through host port forwards");
     println!(
-        "guest: Debian's generic kernel, busybox nc; ferrovm in the interpreter and under KVM, QEMU with TCG and -netdev user\n"
+        "guest: Debian's generic kernel, busybox nc; ferrovm in the interpreter and under KVM, QEMU with TCG and -netdev user"
     );
+    println!("median of {runs} run(s) each, the emulators taking turns; the range in brackets\n");
     if qemu.is_none() {
         println!("QEMU column skipped: qemu-system-x86_64 is not on PATH (Debian package qemu-system-x86)\n");
     }
@@ -287,35 +317,56 @@ pub fn run(args: &BenchArgs) -> i32 {
     if !kvm {
         println!("kvm column skipped: /dev/kvm is not usable here\n");
     }
+    let w = if runs > 1 { 22 } else { 12 };
     println!(
-        "{:<8} {:<12} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "{:<8} {:<12} {:>w$} {:>w$} {:>w$} {:>12} {:>12}",
         "model", "direction", "interp MiB/s", "kvm MiB/s", "qemu MiB/s", "interp/qemu", "kvm/qemu"
     );
+    let engines: Vec<(&str, Vmm)> = [
+        ("interp", Some(Vmm::Ferrovm("interp"))),
+        ("kvm", kvm.then_some(Vmm::Ferrovm("kvm"))),
+        ("qemu", qemu.is_some().then_some(Vmm::Qemu)),
+    ]
+    .into_iter()
+    .filter_map(|(name, v)| Some((name, v?)))
+    .collect();
     let mut status = 0;
     for model in ["e1000", "virtio"] {
-        let interp = measure(Vmm::Ferrovm("interp"), None, &images, model, mib << 20);
-        let on_kvm = kvm.then(|| measure(Vmm::Ferrovm("kvm"), None, &images, model, mib << 20));
-        let theirs = qemu.as_deref().map(|q| measure(Vmm::Qemu, Some(q), &images, model, mib << 20));
-        for (name, r) in [("interp", Some(&interp)), ("kvm", on_kvm.as_ref()), ("qemu", theirs.as_ref())] {
-            if let Some(Err(e)) = r {
+        let mut series: Vec<Series> = engines.iter().map(|_| Series::default()).collect();
+        for _ in 0..runs {
+            for ((_, vmm), s) in engines.iter().zip(&mut series) {
+                if s.error.is_some() {
+                    continue;
+                }
+                match measure(*vmm, qemu.as_deref(), &images, model, mib << 20) {
+                    Ok(r) => s.runs.push(r),
+                    Err(e) => s.error = Some(e),
+                }
+            }
+        }
+        for ((name, _), s) in engines.iter().zip(&series) {
+            if let Some(e) = &s.error {
                 println!("{model:<8} {name} failed: {e}");
-                if name != "qemu" {
+                if *name != "qemu" {
                     status = 1;
                 }
             }
         }
+        let of = |name: &str| engines.iter().position(|e| e.0 == name).map(|i| &series[i]);
         for (i, dir) in ["host->guest", "guest->host"].into_iter().enumerate() {
-            let pick = |r: Option<&Result<(f64, f64), String>>| {
-                r.and_then(|r| r.as_ref().ok()).map(|&(a, b)| if i == 0 { a } else { b })
+            let pick = |name: &str| of(name).filter(|s| s.error.is_none()).and_then(|s| s.summary(i));
+            let (f, k, q) = (pick("interp"), pick("kvm"), pick("qemu"));
+            let cell = |v: Option<(f64, f64, f64)>| match v {
+                Some((m, lo, hi)) if runs > 1 => format!("{m:.2} ({lo:.2}-{hi:.2})"),
+                Some((m, ..)) => format!("{m:.2}"),
+                None => "-".to_string(),
             };
-            let (f, k, q) = (pick(Some(&interp)), pick(on_kvm.as_ref()), pick(theirs.as_ref()));
-            let cell = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
-            let ratio = |a: Option<f64>| match (a, q) {
-                (Some(a), Some(q)) if q > 0.0 => format!("{:.2}", a / q),
+            let ratio = |a: Option<(f64, f64, f64)>| match (a, q) {
+                (Some(a), Some(q)) if q.0 > 0.0 => format!("{:.2}", a.0 / q.0),
                 _ => "-".into(),
             };
             println!(
-                "{model:<8} {dir:<12} {:>12} {:>12} {:>12} {:>12} {:>12}",
+                "{model:<8} {dir:<12} {:>w$} {:>w$} {:>w$} {:>12} {:>12}",
                 cell(f),
                 cell(k),
                 cell(q),
@@ -324,6 +375,22 @@ pub fn run(args: &BenchArgs) -> i32 {
             );
         }
     }
-    println!("\nratios: ferrovm / QEMU (above 1: ferrovm is faster)");
+    println!("\nratios: ferrovm / QEMU medians (above 1: ferrovm is faster)");
     status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_ranges() {
+        assert_eq!(median_range(&mut []), None);
+        assert_eq!(median_range(&mut [4.0]), Some((4.0, 4.0, 4.0)));
+        assert_eq!(median_range(&mut [21.5, 4.0, 6.9]), Some((6.9, 4.0, 21.5)));
+        assert_eq!(median_range(&mut [3.0, 1.0, 2.0, 10.0]), Some((2.5, 1.0, 10.0)));
+        let s = Series { runs: vec![(8.0, 1.1), (7.0, 1.5), (9.0, 1.3)], error: None };
+        assert_eq!(s.summary(0), Some((8.0, 7.0, 9.0)));
+        assert_eq!(s.summary(1), Some((1.3, 1.1, 1.5)));
+    }
 }
