@@ -93,6 +93,17 @@ struct BellSpot {
     address: PciAddress,
     spec: BellSpec,
     bell: Doorbell,
+    /// Where the hypervisor has it attached now.
+    at: Option<DoorbellSite>,
+}
+
+impl BellSpot {
+    /// Reports a refusal: the register write still works, through the vCPU
+    /// thread.
+    fn refused(&self, site: DoorbellSite, e: &str) {
+        let space = if site.pio { "port " } else { "" };
+        tracing::warn!(target: "devices", "PCI {} queue {} doorbell at {space}{:#x}: {e}", self.address, self.spec.queue, site.addr);
+    }
 }
 
 /// The doorbells, where their BARs are, and the hypervisor's hook.
@@ -103,8 +114,6 @@ struct Doorbells {
     /// (port space or not, base).
     bases: HashMap<(PciAddress, usize), (bool, u64)>,
     attach: Option<AttachFn>,
-    /// Doorbells attached now.
-    attached: usize,
 }
 
 impl Doorbells {
@@ -122,41 +131,51 @@ impl Doorbells {
             None => self.bases.remove(&key),
         };
         if old != new {
-            self.apply(key, old, false);
-            self.apply(key, new, true);
+            self.detach_bar(key);
+            if let Some(base) = new {
+                self.attach_bar(key, base);
+            }
         }
     }
 
-    /// Attaches or detaches the doorbells of BAR `key` decoded at `base`.
-    fn apply(&mut self, key: (PciAddress, usize), base: Option<(bool, u64)>, attach: bool) {
-        let (Some(f), Some((pio, base))) = (self.attach.as_mut(), base) else { return };
-        for s in self.spots.iter().filter(|s| (s.address, s.spec.bar) == key) {
+    /// Attaches the doorbells of BAR `key`, decoded at `base`.
+    fn attach_bar(&mut self, key: (PciAddress, usize), (pio, base): (bool, u64)) {
+        let Some(f) = self.attach.as_mut() else { return };
+        for s in self.spots.iter_mut().filter(|s| (s.address, s.spec.bar) == key) {
             let site = DoorbellSite { pio, addr: base + s.spec.offset, len: s.spec.len, datamatch: s.spec.datamatch };
-            match f(s.bell.fd.as_fd(), site, attach) {
-                Ok(()) if attach => self.attached += 1,
-                Ok(()) => self.attached = self.attached.saturating_sub(1),
-                // The register write still works, through the vCPU thread.
-                Err(e) => tracing::warn!(
-                    target: "devices",
-                    "PCI {} queue {} doorbell at {}{:#x}: {e}",
-                    s.address,
-                    s.spec.queue,
-                    if pio { "port " } else { "" },
-                    site.addr
-                ),
+            match f(s.bell.fd.as_fd(), site, true) {
+                Ok(()) => s.at = Some(site),
+                Err(e) => s.refused(site, &e),
             }
         }
+    }
+
+    /// Detaches the attached doorbells of BAR `key`.
+    fn detach_bar(&mut self, key: (PciAddress, usize)) {
+        let Some(f) = self.attach.as_mut() else { return };
+        for s in self.spots.iter_mut().filter(|s| (s.address, s.spec.bar) == key) {
+            if let Some(site) = s.at.take() {
+                if let Err(e) = f(s.bell.fd.as_fd(), site, false) {
+                    s.refused(site, &e);
+                }
+            }
+        }
+    }
+
+    /// How many doorbells are attached.
+    fn attached(&self) -> usize {
+        self.spots.iter().filter(|s| s.at.is_some()).count()
     }
 
     /// Replaces the hook: the doorbells leave the old one and join the new.
     fn set_attach(&mut self, attach: Option<AttachFn>) {
         let bars: Vec<_> = self.bases.iter().map(|(k, v)| (*k, *v)).collect();
-        for (key, base) in &bars {
-            self.apply(*key, Some(*base), false);
+        for (key, _) in &bars {
+            self.detach_bar(*key);
         }
         self.attach = attach;
         for (key, base) in bars {
-            self.apply(key, Some(base), true);
+            self.attach_bar(key, base);
         }
     }
 }
@@ -286,7 +305,7 @@ pub struct AttachedDoorbells<'a> {
 impl AttachedDoorbells<'_> {
     /// How many doorbells are attached now.
     pub fn count(&self) -> usize {
-        self.doorbells.lock().attached
+        self.doorbells.lock().attached()
     }
 }
 
@@ -403,7 +422,7 @@ pub fn install(
                             b
                         }
                     };
-                    windows.doorbells.lock().spots.push(BellSpot { address, spec, bell });
+                    windows.doorbells.lock().spots.push(BellSpot { address, spec, bell, at: None });
                 }
                 (dev.clone(), VirtioNetPci::bar_devices(&dev), NicHandle::Virtio(dev), "virtio-net")
             }
@@ -500,7 +519,7 @@ mod tests {
         let legacy = BellSpec { bar: 0, offset: 0x10, len: 2, datamatch: Some(1), queue: 1 };
         let modern = BellSpec { bar: 4, offset: 0x3004, len: 0, datamatch: None, queue: 1 };
         for spec in [legacy, modern] {
-            d.spots.push(BellSpot { address: addr, spec, bell: bell.clone() });
+            d.spots.push(BellSpot { address: addr, spec, bell: bell.clone(), at: None });
         }
         let io = |old: Option<u64>, new: Option<u64>| BarChange {
             address: addr,
@@ -532,7 +551,7 @@ mod tests {
         let port = |addr: u64| DoorbellSite { pio: true, addr, len: 2, datamatch: Some(1) };
         let mmio = |addr: u64| DoorbellSite { pio: false, addr, len: 0, datamatch: None };
         assert_eq!(std::mem::take(&mut *log.lock()), [(port(0xc010), true)]);
-        assert_eq!(d.attached, 1);
+        assert_eq!(d.attached(), 1);
         // Moves: out of the old place, into the new; other functions' BARs
         // and BARs without doorbells are not its business.
         d.bar_moved(&io(Some(0xc000), Some(0xc040)));
@@ -543,7 +562,7 @@ mod tests {
             std::mem::take(&mut *log.lock()),
             [(port(0xc010), false), (port(0xc050), true), (mmio(0xfe00_3004), true)]
         );
-        assert_eq!(d.attached, 2);
+        assert_eq!(d.attached(), 2);
         // Decoding off, or a place outside the window: detached only. A
         // refused attach is logged and not counted.
         d.bar_moved(&io(Some(0xc040), None));
@@ -553,14 +572,15 @@ mod tests {
             std::mem::take(&mut *log.lock()),
             [(port(0xc050), false), (mmio(0xfe00_3004), false), (mmio(0xdead_3004), true)]
         );
-        assert_eq!(d.attached, 0);
-        // Dropping the hook detaches what is attached.
+        assert_eq!(d.attached(), 0);
+        // A refused doorbell is not detached when its BAR moves on; dropping
+        // the hook detaches what is attached.
+        d.bar_moved(&mem(Some(0xdead_0000), None));
         d.bar_moved(&io(None, Some(0xc000)));
+        assert_eq!(d.attached(), 1);
         d.set_attach(None);
-        let l = std::mem::take(&mut *log.lock());
-        assert_eq!(l[0], (port(0xc010), true));
-        assert_eq!(l.len(), 3, "{l:?}");
-        assert!(l.contains(&(port(0xc010), false)) && l.contains(&(mmio(0xdead_3004), false)), "{l:?}");
+        assert_eq!(std::mem::take(&mut *log.lock()), [(port(0xc010), true), (port(0xc010), false)]);
+        assert_eq!(d.attached(), 0);
     }
 
     #[test]
