@@ -350,7 +350,8 @@ impl Machine {
         let start = Instant::now();
         let hv = hvf_kvm_accel::open()?;
         let vm: Arc<dyn hvf_kvm_accel::Vm> = Arc::from(hv.create_vm(self.mem.clone())?);
-        if matches!(vm.irqchip(), hvf_kvm_accel::IrqChip::InKernel { .. }) {
+        let in_kernel = matches!(vm.irqchip(), hvf_kvm_accel::IrqChip::InKernel { .. });
+        if in_kernel {
             // KVM models the PIC, I/O APIC and local APIC: device lines go there.
             let v = vm.clone();
             self.chipset.intc.set_forward(Box::new(move |irq, level| {
@@ -361,7 +362,7 @@ impl Machine {
         }
         // Messages (MSI-X) go to the in-kernel local APICs by irqfd.
         #[cfg(target_os = "linux")]
-        let msi = matches!(vm.irqchip(), hvf_kvm_accel::IrqChip::InKernel { .. }).then(|| {
+        let msi = in_kernel.then(|| {
             let msi = Arc::new(hvf_kvm_accel::irqfd::MsiIrqfds::new(vm.clone()));
             let m = msi.clone();
             self.chipset.intc.set_msi_forward(Box::new(move |message| {

@@ -713,17 +713,41 @@ fn pic_irq5(a: &mut CodeAssembler) -> Result<(), IcedError> {
 /// exit handler and the guest's handler reports vector 0x25.
 #[test]
 fn irqfd_raises_a_pic_interrupt() {
+    irqfd_raises_irq5("irqfd", |_| (), |_, ()| ());
+}
+
+/// The same after a message route replaced KVM's routing table: the
+/// PIC's pins must still be routed.
+#[test]
+fn irqfd_raises_a_pic_interrupt_after_msi_routes() {
+    irqfd_raises_irq5(
+        "irqfd after MSI routes",
+        |vm| {
+            let (msi, gsi) = vm.register_msi_irqfd(0xfee0_0000, 0x45).unwrap();
+            assert_eq!(gsi, 24, "the first GSI after the I/O APIC's pins");
+            (msi, gsi)
+        },
+        |vm, (msi, gsi)| vm.unregister_msi_irqfd(&msi, gsi).unwrap(),
+    );
+}
+
+/// A CPL0 guest with the in-kernel PIC programmed ([`pic_irq5`]) waits in
+/// HLT; an irqfd on GSI 5, signalled when the guest says it is ready, must
+/// reach its handler as vector 0x25. `before` runs on the VM before the
+/// irqfd is made, and `after` gets what it returned once the run is over.
+fn irqfd_raises_irq5<T>(what: &'static str, before: impl FnOnce(&KvmVm) -> T, after: impl FnOnce(&KvmVm, T)) {
     let Some(mut kvm) = open_kvm() else { return };
-    let _w = Watchdog::arm("irqfd", Duration::from_secs(30));
+    let _w = Watchdog::arm(what, Duration::from_secs(30));
     let Some(mut g) = interrupt_waiter(&mut kvm, pic_irq5) else {
         return;
     };
+    let kept = before(&g.vm);
     let irqfd = g.vm.register_irqfd(5).unwrap();
     let mut io = Io::default();
     io.triggers.push((PORT_READY, irqfd.try_clone().unwrap()));
     let exit = g.vcpu.run(&mut io).unwrap();
     eprintln!(
-        "irqfd: {exit}; vectors {:?}, results {:?}; exits {}",
+        "{what}: {exit}; vectors {:?}, results {:?}; exits {}",
         io.on(PORT_VECTOR),
         io.on(PORT_RESULT),
         g.vcpu.stats().exits
@@ -731,26 +755,7 @@ fn irqfd_raises_a_pic_interrupt() {
     assert_eq!(exit, VmExit::Interrupted);
     assert_eq!(io.on(PORT_VECTOR), [0x25]);
     assert_eq!(io.on(PORT_RESULT), [2]);
-    g.vm.unregister_irqfd(&irqfd, 5).unwrap();
-}
-
-/// The same after a message route replaced KVM's routing table: the
-/// PIC's pins must still be routed.
-#[test]
-fn irqfd_raises_a_pic_interrupt_after_msi_routes() {
-    let Some(mut kvm) = open_kvm() else { return };
-    let _w = Watchdog::arm("irqfd after MSI routes", Duration::from_secs(30));
-    let Some(mut g) = interrupt_waiter(&mut kvm, pic_irq5) else {
-        return;
-    };
-    let (msi, gsi) = g.vm.register_msi_irqfd(0xfee0_0000, 0x45).unwrap();
-    assert_eq!(gsi, 24, "the first GSI after the I/O APIC's pins");
-    let irqfd = g.vm.register_irqfd(5).unwrap();
-    let mut io = Io::default();
-    io.triggers.push((PORT_READY, irqfd.try_clone().unwrap()));
-    assert_eq!(g.vcpu.run(&mut io).unwrap(), VmExit::Interrupted);
-    assert_eq!(io.on(PORT_VECTOR), [0x25]);
-    g.vm.unregister_msi_irqfd(&msi, gsi).unwrap();
+    after(&g.vm, kept);
     g.vm.unregister_irqfd(&irqfd, 5).unwrap();
 }
 
