@@ -6,9 +6,13 @@
 //! by `scripts/guest-images.sh`) in the interpreter and, when /dev/kvm is
 //! usable, under KVM (QEMU: TCG). It gets an
 //! address by DHCP and listens on two ports that host port forwards reach:
-//! - host -> guest: the host writes N MiB to the first port; the guest's
-//!   `nc` reads it into /dev/null and closes at the end. Timed from the
-//!   host's connect to the guest's close, which comes after the last byte.
+//! - host -> guest: the host writes N MiB to the first port and closes its
+//!   side; the guest's `nc` reads it into /dev/null and exits at the EOF,
+//!   which comes after the last byte, and the guest says so on its serial
+//!   console. Timed from the host's connect to that line. (The socket's own
+//!   EOF says nothing about delivery: busybox `nc` half-closes at once when
+//!   its stdin is /dev/null, and the host's last write returns while up to
+//!   several MiB still wait in socket and NAT buffers.)
 //! - guest -> host: the guest's `nc` sends /dev/zero to the second port;
 //!   timed from the host's connect to its N-th MiB.
 
@@ -46,7 +50,8 @@ echo "T:addr $(ifconfig eth0 | grep -o 'inet addr:[0-9.]*' | cut -d: -f2)"
 nc -l -p @IN@ < /dev/null > /dev/null &
 sleep 1
 echo "T:ready-in"
-wait
+wait $!
+echo "T:in-done $?"
 nc -l -p @OUT@ < /dev/zero > /dev/null &
 sleep 1
 echo "T:ready-out"
@@ -175,8 +180,14 @@ fn connect(port: u16) -> Result<TcpStream, String> {
     Err(format!("cannot connect to the forward on port {port}: {last}"))
 }
 
-/// Host -> guest: writes `bytes`, then waits for the guest's close.
-fn push(port: u16, bytes: usize, limit: Duration) -> Result<Duration, String> {
+/// Host -> guest: writes `bytes` and closes, then waits for `delivered`
+/// (the guest's word that its reader got the last byte).
+fn push(
+    port: u16,
+    bytes: usize,
+    limit: Duration,
+    delivered: impl FnOnce() -> Result<(), String>,
+) -> Result<Duration, String> {
     let chunk = vec![0x5au8; 1 << 16];
     for _ in 0..3 {
         let mut s = connect(port)?;
@@ -199,12 +210,15 @@ fn push(port: u16, bytes: usize, limit: Duration) -> Result<Duration, String> {
         if s.shutdown(Shutdown::Write).is_err() {
             continue;
         }
-        // The guest's nc closes after the last byte: a clean EOF. A reset
-        // means the forward had nobody to give the connection to.
+        // The guest's nc half-closed when it took the connection: a clean
+        // EOF. A reset means the forward had nobody to give it to.
         let mut b = [0u8; 64];
         loop {
             match s.read(&mut b) {
-                Ok(0) => return Ok(t.elapsed()),
+                Ok(0) => {
+                    delivered()?;
+                    return Ok(t.elapsed());
+                }
                 Ok(_) => {}
                 Err(_) => break,
             }
@@ -255,7 +269,10 @@ fn measure(vmm: Vmm, qemu: Option<&Path>, images: &Path, model: &str, bytes: usi
     // 1 MiB/s at the least.
     let limit = Duration::from_secs(60 + (bytes >> 20) as u64);
     g.wait_for("ready-in", Duration::from_secs(60))?;
-    let t_in = push(ports.0, bytes, limit)?;
+    let t_in = push(ports.0, bytes, limit, || match g.wait_for("in-done", limit)?.as_str() {
+        "0" => Ok(()),
+        status => Err(format!("the guest's nc exited with status {status} while receiving")),
+    })?;
     g.wait_for("ready-out", Duration::from_secs(60))?;
     let t_out = pull(ports.1, bytes, limit)?;
     let mib = bytes as f64 / f64::from(1 << 20);

@@ -151,6 +151,8 @@ pub struct Machine {
     pub boot_note: Option<String>,
     serial: Arc<Mutex<Serial>>,
     first_byte: Arc<OnceLock<Instant>>,
+    /// Time the CPU spent halted, waiting for work, and how many waits.
+    halted: Mutex<(Duration, u64)>,
     /// Bytes typed for the guest that the UART has not taken yet.
     input: Arc<Mutex<VecDeque<u8>>>,
     config: MachineConfig,
@@ -233,6 +235,7 @@ impl Machine {
             boot_note,
             serial,
             first_byte,
+            halted: Mutex::new((Duration::ZERO, 0)),
             input: Arc::new(Mutex::new(VecDeque::new())),
             config,
             nics,
@@ -291,15 +294,18 @@ impl Machine {
         let wake = me.clone();
         self.events.set_kick(Box::new(move || wake.unpark()));
         let finish = |status: i32, message: Option<String>, cpu: &Cpu| {
-            let stats = vec![format!(
-                "{} blocks decoded ({} full decode-cache flushes), {} exceptions, {} interrupts, {} page walks, {} TLB flushes",
-                cpu.stats.blocks_decoded,
-                cpu.stats.cache_flushes,
-                cpu.stats.exceptions,
-                cpu.stats.interrupts,
-                cpu.mmu.walks,
-                cpu.mmu.flushes
-            )];
+            let stats = vec![
+                format!(
+                    "{} blocks decoded ({} full decode-cache flushes), {} exceptions, {} interrupts, {} page walks, {} TLB flushes",
+                    cpu.stats.blocks_decoded,
+                    cpu.stats.cache_flushes,
+                    cpu.stats.exceptions,
+                    cpu.stats.interrupts,
+                    cpu.mmu.walks,
+                    cpu.mmu.flushes
+                ),
+                self.halted_stat(),
+            ];
             let mut r = self.report(start, "interp", unclaimed.lock().count, stats);
             r.status = status;
             r.message = message;
@@ -538,6 +544,13 @@ impl Machine {
             }
             _ => Next::Go,
         }
+    }
+
+    /// How long the CPU waited halted, for `--stats` (the interpreter's and
+    /// the split mode's; KVM's own halts are not seen here).
+    pub(crate) fn halted_stat(&self) -> String {
+        let (halted, waits) = *self.halted.lock();
+        format!("halted {:.3} s in {waits} waits for an interrupt", halted.as_secs_f64())
     }
 
     /// A report of a run that began at `start`, with status 0 and no

@@ -240,6 +240,7 @@ impl Machine {
                     st.in_kvm.as_secs_f64(),
                     total.saturating_sub(st.in_kvm).as_secs_f64()
                 ),
+                self.halted_stat(),
             ];
             let mut r = self.report(start, "kvm", unclaimed.lock().count, stats);
             r.status = status;
@@ -404,7 +405,11 @@ impl Machine {
             if let Some(d) = deadline {
                 wait = wait.min(d.saturating_duration_since(Instant::now()));
             }
+            let t = Instant::now();
             std::thread::park_timeout(wait);
+            let mut h = self.halted.lock();
+            h.0 += t.elapsed();
+            h.1 += 1;
         }
         // Fire what came due while asleep before the CPU runs again.
         self.chipset.timers.poll(self.clock.now_ns());

@@ -481,16 +481,18 @@ impl Guest {
         }
     }
 
-    /// Waits for the script's end and the power-off.
-    fn finish(mut self) {
+    /// Waits for the script's end and the power-off; returns the
+    /// statistics (stderr).
+    fn finish(mut self) -> String {
         self.wait_for("done");
         let status = self.child.wait().expect("ferrovm exits");
         std::thread::sleep(Duration::from_millis(200));
         let err = self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
         assert_eq!(status.code(), Some(0), "{}: poweroff ends the run; stderr:\n{err}", self.name);
-        for line in err.lines().filter(|l| l.contains("nic ") || l.contains("MIPS")) {
+        for line in err.lines().filter(|l| l.contains("nic ") || l.contains("MIPS") || l.contains("halted")) {
             eprintln!("{}: {line}", self.name);
         }
+        err
     }
 }
 
@@ -499,6 +501,13 @@ impl Drop for Guest {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `--stats`' "halted S s in N waits" line: the seconds and the count.
+fn halted_stat(stats: &str) -> Option<(f64, u64)> {
+    let line = stats.lines().find_map(|l| l.strip_prefix("ferrovm: halted "))?;
+    let v: Vec<&str> = line.split_whitespace().collect();
+    Some((v.first()?.parse().ok()?, v.get(3)?.parse().ok()?))
 }
 
 fn mib_per_s(bytes: usize, d: Duration) -> f64 {
@@ -741,7 +750,13 @@ fn nat_guest_test(model: &str, accel: &str) {
     let (rf, _) = g.wait_for("restricted-fwd");
     g.check(rf == format!("{} {RESTRICTED_BYTES}", sha256(&data)), &format!("restricted forward: {rf}"));
 
-    g.finish();
+    let stats = g.finish();
+    if accel == "interp" {
+        // The guest waited, halted, for the host at every forward (the host
+        // connects after 500 ms), and --stats counts the time.
+        let (halted, waits) = halted_stat(&stats).unwrap_or_else(|| panic!("{model}: no halted line in\n{stats}"));
+        assert!(halted >= 0.5 && waits > 0, "{model}: halted {halted} s in {waits} waits");
+    }
 
     // The RSTs' latency in the NAT, from the capture's timestamps.
     let records = read_pcap(&pcap);
@@ -875,6 +890,13 @@ fn two_guests_on_a_hub_under_kvm() {
     if kvm::usable() {
         hub_test("kvm");
     }
+}
+
+#[test]
+fn halted_stat_reads_the_seconds_and_waits() {
+    let stats = "ferrovm: accel interp, 51.926 s\nferrovm: halted 2.017 s in 120 waits for an interrupt\n";
+    assert_eq!(halted_stat(stats), Some((2.017, 120)));
+    assert_eq!(halted_stat("ferrovm: accel kvm, 1.0 s\n"), None);
 }
 
 #[test]
