@@ -1116,18 +1116,7 @@ impl Gen<'_> {
                 }
             }
             if insn.is_string_instruction() && self.rng.chance(60) {
-                if matches!(
-                    m,
-                    Mnemonic::Cmpsb
-                        | Mnemonic::Cmpsw
-                        | Mnemonic::Cmpsd
-                        | Mnemonic::Cmpsq
-                        | Mnemonic::Scasb
-                        | Mnemonic::Scasw
-                        | Mnemonic::Scasd
-                        | Mnemonic::Scasq
-                ) && self.rng.chance(50)
-                {
+                if is_cmps_scas(m) && self.rng.chance(50) {
                     insn.set_has_repne_prefix(true);
                 } else {
                     insn.set_has_rep_prefix(true);
@@ -1406,4 +1395,20 @@ pub fn tag_of(r: &F80) -> u16 {
     } else {
         0
     }
+}
+
+/// CMPS or SCAS: the string instructions that compare, and so take REPNE
+/// as well as REPE.
+pub fn is_cmps_scas(m: Mnemonic) -> bool {
+    matches!(
+        m,
+        Mnemonic::Cmpsb
+            | Mnemonic::Cmpsw
+            | Mnemonic::Cmpsd
+            | Mnemonic::Cmpsq
+            | Mnemonic::Scasb
+            | Mnemonic::Scasw
+            | Mnemonic::Scasd
+            | Mnemonic::Scasq
+    )
 }
