@@ -7,9 +7,10 @@
 //! RIP already advanced to the next instruction; a fault rewinds it, so faults
 //! are precise.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction};
@@ -75,9 +76,32 @@ pub enum StopReason {
 }
 
 /// A run of decoded instructions that ends at a control transfer or a page
-/// edge. Held as `Rc<Block>`: the instructions sit right after the reference
-/// count, so running a cached block follows one pointer.
-pub type Block = [Decoded];
+/// edge, held as `Rc<Block>`.
+pub struct Block {
+    pub insns: Box<[Decoded]>,
+    /// Still in the decode cache: cleared when the cache drops it (its code
+    /// changed, or the cache was flushed), so a [`Chain`] to it is dead.
+    live: Cell<bool>,
+    /// The block that ran after this one last time, while the TLB and the
+    /// cache had not changed: the next lookup from here tries it first.
+    next: RefCell<Option<Chain>>,
+}
+
+/// A memo of one block lookup: at `rip`, with this code size and privilege,
+/// and the MMU at this generation, the block was `block`.
+struct Chain {
+    rip: u64,
+    bits: u32,
+    user: bool,
+    generation: u64,
+    block: Weak<Block>,
+}
+
+impl Block {
+    fn new(insns: Vec<Decoded>) -> Rc<Block> {
+        Rc::new(Block { insns: insns.into_boxed_slice(), live: Cell::new(false), next: RefCell::new(None) })
+    }
+}
 
 /// One cached instruction: the decoded form, its handler (chosen once, for the
 /// instruction's operand forms), and the RIP after it (already wrapped to the
@@ -174,6 +198,16 @@ impl Default for DecodeCache {
     }
 }
 
+impl Drop for DecodeCache {
+    /// Whatever replaces or drops the cache: no block it held may be chained
+    /// to any more.
+    fn drop(&mut self) {
+        for b in self.blocks.values() {
+            b.live.set(false);
+        }
+    }
+}
+
 impl DecodeCache {
     #[inline]
     fn slot(key: &BlockKey) -> usize {
@@ -197,15 +231,19 @@ impl DecodeCache {
     /// CPL 3 under split execution (see [`DecodeCache::recheck_user`]).
     /// True if the cache was full and dropped everything first.
     fn insert(&mut self, key: BlockKey, block: Rc<Block>, user: Option<&[u8]>) -> bool {
-        let full = self.insns + block.len() > MAX_CACHED_INSNS;
+        let full = self.insns + block.insns.len() > MAX_CACHED_INSNS;
         if full {
             *self = DecodeCache::default();
         }
-        self.insns += block.len();
+        self.insns += block.insns.len();
+        block.live.set(true);
         let page = key.phys & !0xfff;
         self.jump[Self::slot(&key)] = Some((key, block.clone()));
         match self.blocks.insert(key, block) {
-            Some(old) => self.insns -= old.len(),
+            Some(old) => {
+                old.live.set(false);
+                self.insns -= old.insns.len();
+            }
             None => self.by_page.entry(page).or_default().push(key),
         }
         if let Some(bytes) = user {
@@ -233,7 +271,8 @@ impl DecodeCache {
 
     fn remove(&mut self, k: &BlockKey) {
         if let Some(b) = self.blocks.remove(k) {
-            self.insns -= b.len();
+            b.live.set(false);
+            self.insns -= b.insns.len();
         }
         let slot = Self::slot(k);
         if matches!(&self.jump[slot], Some((jk, _)) if jk == k) {
@@ -282,6 +321,8 @@ pub struct Cpu {
     pub stats: CpuStats,
     pub(crate) paging: PagingCtx,
     cache: DecodeCache,
+    /// The block run last, whose [`Block::next`] the next lookup tries.
+    prev_block: Option<Rc<Block>>,
     /// RIP of the instruction being executed (for rewinding on faults).
     pub(crate) insn_start: u64,
     /// Set by handlers that change how code decodes or where it lives (mode
@@ -345,6 +386,7 @@ impl Cpu {
             stats: CpuStats::default(),
             paging: PagingCtx { mode: PagingMode::Off, cr3: 0, wp: false, nxe: false, smep: false, smap: false },
             cache: DecodeCache::default(),
+            prev_block: None,
             insn_start: 0,
             block_break: false,
             stop: false,
@@ -669,6 +711,33 @@ impl Cpu {
     fn block_at_rip(&mut self) -> Fault<Rc<Block>> {
         let bits = self.state.code_bits();
         let rip = self.state.rip;
+        let user = self.state.cpl == 3;
+        // The block that ran last remembers what followed it. In 64-bit
+        // mode (no CS limit; RIP was canonical when remembered), with no
+        // TLB change since, the same RIP finds the same block.
+        if bits == 64 {
+            if let Some(prev) = &self.prev_block {
+                if let Some(c) = &*prev.next.borrow() {
+                    if c.rip == rip && c.bits == bits && c.user == user && c.generation == self.mmu.generation {
+                        if let Some(b) = c.block.upgrade().filter(|b| b.live.get()) {
+                            return Ok(b);
+                        }
+                    }
+                }
+            }
+        }
+        let b = self.lookup_block(bits, rip)?;
+        if bits == 64 && b.live.get() {
+            if let Some(prev) = &self.prev_block {
+                *prev.next.borrow_mut() =
+                    Some(Chain { rip, bits, user, generation: self.mmu.generation, block: Rc::downgrade(&b) });
+            }
+        }
+        Ok(b)
+    }
+
+    /// [`Cpu::block_at_rip`] through the TLB and the decode cache.
+    fn lookup_block(&mut self, bits: u32, rip: u64) -> Fault<Rc<Block>> {
         let lin = self.linear(sreg::CS, rip, 1, false).map_err(|_| GP0)?;
         let p = if self.state.cpl == 3 { Privilege::User } else { Privilege::Supervisor };
         let phys = match self.mmu.lookup(p, lin, Access::Execute) {
@@ -719,10 +788,10 @@ impl Cpu {
             buf[avail..].copy_from_slice(&rest[..15 - avail]);
             let mut d = Decoder::with_ip(key.bits, &buf, self.state.rip, DecoderOptions::NONE);
             let insn = d.decode();
-            return Ok(Rc::from([Decoded::new(insn)]));
+            return Ok(Block::new(vec![Decoded::new(insn)]));
         }
         self.stats.blocks_decoded += 1;
-        let block: Rc<Block> = Rc::from(insns);
+        let block = Block::new(insns);
         if cacheable {
             self.mem().mark_code_page(page);
             // Write tags for this page must stop bypassing the tracking check.
@@ -815,7 +884,10 @@ impl Cpu {
             }
             self.state.interrupt_shadow = 0;
             match self.block_at_rip() {
-                Ok(block) => self.run_block(&block),
+                Ok(block) => {
+                    self.run_block(&block);
+                    self.prev_block = Some(block);
+                }
                 Err(e) => {
                     self.insn_start = self.state.rip;
                     self.raise_fetch_fault(e);
@@ -876,7 +948,7 @@ impl Cpu {
         self.stop = false;
         match self.block_at_rip() {
             Ok(block) => {
-                let d = block[0];
+                let d = block.insns[0];
                 if self.exec_one(&d) {
                     self.stats.instructions += 1;
                 }
@@ -923,7 +995,7 @@ impl Cpu {
     fn run_block(&mut self, block: &Block) {
         self.block_break = false;
         let mut done = 0u64;
-        for d in block {
+        for d in block.insns.iter() {
             if !self.exec_one(d) {
                 break;
             }
@@ -946,7 +1018,7 @@ impl Cpu {
     /// statistics and diagnostics); `None` if it cannot be fetched.
     pub fn mnemonic_at_rip(&mut self) -> Option<String> {
         let block = self.block_at_rip().ok()?;
-        let d = block.first()?;
+        let d = block.insns.first()?;
         Some(format!("{:?}", d.insn.mnemonic()).to_lowercase())
     }
 
@@ -989,7 +1061,7 @@ mod cache_tests {
     use super::*;
 
     fn block(n: usize) -> Rc<Block> {
-        Rc::from(vec![Decoded::new(Instruction::default()); n])
+        Block::new(vec![Decoded::new(Instruction::default()); n])
     }
 
     fn key(phys: u64) -> BlockKey {
@@ -1019,6 +1091,94 @@ mod cache_tests {
         assert_eq!(c.blocks.len(), 1);
         assert!(c.get(&key(0x1000)).is_none());
         assert!(c.get(&key(0xfff_f000)).is_some());
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+    use crate::ops::testutil::*;
+    use iced_x86::code_asm::*;
+
+    #[test]
+    fn blocks_the_cache_drops_are_dead() {
+        let block = || Block::new(vec![Decoded::new(Instruction::default()); 4]);
+        let key = |phys| BlockKey { phys, rip_page: phys, bits: 64 };
+        let mut c = DecodeCache::default();
+        let a = block();
+        c.insert(key(0x1000), a.clone(), None);
+        assert!(a.live.get());
+        c.invalidate_page(0x1000);
+        assert!(!a.live.get(), "invalidated");
+        let (b, b2) = (block(), block());
+        c.insert(key(0x2000), b.clone(), None);
+        c.insert(key(0x2000), b2.clone(), None);
+        assert!(!b.live.get() && b2.live.get(), "replaced");
+        c = DecodeCache::default();
+        assert!(!b2.live.get(), "the cache was dropped");
+        assert!(c.blocks.is_empty());
+    }
+
+    /// A loop calls a function on another page and, halfway, rewrites the
+    /// function's immediate: the calling block remembers the old function,
+    /// but every later call runs the new code.
+    #[test]
+    fn rewritten_code_is_not_reached_through_a_remembered_block() {
+        let mut c = long_mode();
+        let f = (c.state.rip & !0xfff) + 0x1000;
+        let code = assemble(&c, |a| {
+            let mut top = a.create_label();
+            let mut skip = a.create_label();
+            a.mov(ecx, 6)?;
+            a.xor(ebx, ebx)?;
+            a.set_label(&mut top)?;
+            a.call(f)?;
+            a.cmp(ecx, 4)?;
+            a.jne(skip)?;
+            a.mov(rdx, f + 1)?;
+            a.mov(byte_ptr(rdx), 5)?;
+            a.set_label(&mut skip)?;
+            a.dec(ecx)?;
+            a.jnz(top)?;
+            a.hlt()
+        });
+        place(&mut c, &code);
+        // f: mov eax, 1; add ebx, eax; ret
+        c.mem().write(f, &[0xb8, 1, 0, 0, 0, 0x01, 0xc3, 0xc3]).unwrap();
+        let mut runs = 0;
+        while c.run(1000) != StopReason::Halted {
+            runs += 1;
+            assert!(runs < 100, "the loop did not end");
+        }
+        assert_eq!(c.state.gpr[3], 3 + 3 * 5);
+        assert_eq!(c.stats.exceptions, 0);
+    }
+
+    /// A block that loops on itself remembers itself; when a device rewrites
+    /// it, the block the CPU still holds is dead and not run again.
+    #[test]
+    fn a_block_rewritten_under_its_own_loop_is_decoded_again() {
+        let mut c = long_mode();
+        let top = c.state.rip;
+        let code = assemble(&c, |a| {
+            let mut l = a.create_label();
+            a.set_label(&mut l)?;
+            a.add(ebx, 1)?;
+            a.dec(ecx)?;
+            a.jnz(l)?;
+            a.hlt()
+        });
+        place(&mut c, &code);
+        assert_eq!(code[..3], [0x83, 0xc3, 0x01]);
+        c.state.gpr[1] = 1000;
+        assert_eq!(c.run(10), StopReason::Budget);
+        let done = 1000 - c.state.gpr[1];
+        assert!(done > 1 && c.state.rip == top);
+        // add ebx, 16
+        c.mem().write(top + 2, &[0x10]).unwrap();
+        c.drain_invalidations();
+        assert_eq!(c.run(1_000_000), StopReason::Halted);
+        assert_eq!(c.state.gpr[3], done + (1000 - done) * 16);
     }
 }
 

@@ -59,6 +59,10 @@ pub struct Mmu {
     /// another engine sharing the page tables compares it to learn whether
     /// the guest changed translations.
     pub flushes: u64,
+    /// Bumped whenever an entry may have lost its translation (every flush,
+    /// INVLPG and [`Mmu::flush_phys`]): a memo of a translation taken at the
+    /// same generation still holds.
+    pub generation: u64,
 }
 
 // SAFETY: the host pointers in the entries point into mappings owned by `mem`,
@@ -68,7 +72,7 @@ unsafe impl Send for Mmu {}
 
 impl Mmu {
     pub fn new(mem: Arc<GuestMemory>) -> Self {
-        Mmu { mem, sets: Box::new([[EMPTY; ENTRIES]; 3]), has_large: false, walks: 0, flushes: 0 }
+        Mmu { mem, sets: Box::new([[EMPTY; ENTRIES]; 3]), has_large: false, walks: 0, flushes: 0, generation: 0 }
     }
 
     /// The guest memory behind this MMU.
@@ -80,6 +84,7 @@ impl Mmu {
     /// Drop every entry (`keep_global`: keep global pages, as a CR3 load does with CR4.PGE).
     pub fn flush(&mut self, keep_global: bool) {
         self.flushes += 1;
+        self.generation += 1;
         for set in self.sets.iter_mut() {
             for e in set.iter_mut() {
                 if !(keep_global && e.global) {
@@ -95,6 +100,7 @@ impl Mmu {
     /// INVLPG: drop the entries for the page holding `lin`.
     pub fn flush_page(&mut self, lin: u64) {
         self.flushes += 1;
+        self.generation += 1;
         if self.has_large {
             self.flush(false);
             return;
@@ -113,6 +119,7 @@ impl Mmu {
     /// Drop entries whose physical page is `phys_page` (used when a code page is
     /// first cached, so its write tags stop bypassing the tracking check).
     pub fn flush_phys(&mut self, phys_page: u64) {
+        self.generation += 1;
         for set in self.sets.iter_mut() {
             for e in set.iter_mut() {
                 if e.phys == phys_page & PAGE_MASK {
