@@ -156,6 +156,12 @@ struct BlockKey {
     bits: u32,
 }
 
+/// Yields at once of an address space marked compute-bound (see
+/// [`Cpu::user_stint`]) before its user code runs here again, up to the
+/// budget: a wrong mark costs at most this many hand-overs, a right one one
+/// budget's worth of instructions per this many.
+const EAGER_RETRY: u32 = 64;
+
 /// Entries in the direct-mapped block lookup in front of the hash map.
 const JUMP_CACHE: usize = 4096;
 
@@ -357,8 +363,9 @@ pub struct Cpu {
     user_since: Option<u64>,
     /// Address spaces (CR3 without PCID) whose last user stretch here ran
     /// out of [`Cpu::user_budget`]: compute-bound code, which yields at once
-    /// on reaching CPL 3 until [`Cpu::user_stint`] reports a short stint.
-    user_eager: FastMap<u64, ()>,
+    /// on reaching CPL 3 until [`Cpu::user_stint`] reports a short stint or
+    /// [`EAGER_RETRY`] yields have passed. The count of those yields.
+    user_eager: FastMap<u64, u32>,
     /// An instruction at CPL 3 raised #UD under [`Cpu::yield_at_user`]: it
     /// was not delivered, RIP is at the instruction, and `run` yields.
     pub(crate) user_ud: bool,
@@ -905,8 +912,17 @@ impl Cpu {
         let since = match self.user_since {
             Some(s) => s,
             None => {
-                if self.user_eager.contains_key(&self.address_space()) {
-                    return true;
+                let space = self.address_space();
+                if let Some(n) = self.user_eager.get_mut(&space) {
+                    *n += 1;
+                    if *n < EAGER_RETRY {
+                        return true;
+                    }
+                    // Try the interpreter again: the code may have become a
+                    // loop of short system calls, which a stint elsewhere
+                    // cannot always show (where a hand-over alone takes
+                    // longer than a short stint).
+                    self.user_eager.remove(&space);
                 }
                 *self.user_since.insert(self.stats.instructions)
             }
@@ -923,7 +939,7 @@ impl Cpu {
             if self.user_eager.len() >= 4096 {
                 self.user_eager.clear();
             }
-            self.user_eager.insert(self.address_space(), ());
+            self.user_eager.insert(self.address_space(), 0);
         }
         true
     }
@@ -1207,12 +1223,17 @@ mod split_tests {
         })
     }
 
-    #[test]
-    fn user_code_runs_here_until_the_budget_is_spent() {
+    /// [`user_cpu`] running [`spin`].
+    fn spinning_user_cpu() -> Cpu {
         let mut c = long_mode();
         to_user(&mut c, SEL_UCODE64);
         let code = spin(&c);
-        let mut c = user_cpu(&code);
+        user_cpu(&code)
+    }
+
+    #[test]
+    fn user_code_runs_here_until_the_budget_is_spent() {
+        let mut c = spinning_user_cpu();
         // Budget 0: nothing runs at CPL 3.
         assert_eq!(c.run(1_000_000), StopReason::UserMode);
         assert_eq!((c.stats.instructions, c.state.gpr[0]), (0, 0));
@@ -1240,6 +1261,24 @@ mod split_tests {
         c.user_budget = 1_000_000;
         assert_eq!(c.run(500), StopReason::Budget);
         assert_eq!(c.stats.instructions, 800);
+    }
+
+    #[test]
+    fn a_compute_bound_mark_is_retried_after_a_number_of_yields() {
+        let mut c = spinning_user_cpu();
+        c.user_budget = 100;
+        assert_eq!(c.run(1_000_000), StopReason::UserMode);
+        assert_eq!(c.stats.instructions, 100);
+        for _ in 1..EAGER_RETRY {
+            assert_eq!(c.run(1_000_000), StopReason::UserMode);
+        }
+        assert_eq!(c.stats.instructions, 100, "marked: yields at once");
+        // The next time it runs here again, up to the budget, and is
+        // marked again.
+        assert_eq!(c.run(1_000_000), StopReason::UserMode);
+        assert_eq!(c.stats.instructions, 200);
+        assert_eq!(c.run(1_000_000), StopReason::UserMode);
+        assert_eq!(c.stats.instructions, 200);
     }
 
     #[test]
