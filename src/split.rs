@@ -15,8 +15,8 @@
 //!   stint there shows otherwise or 64 hand-overs have passed: on kvm_pvm a
 //!   hand-over alone can take longer than a "short" stint), or at a user
 //!   instruction that raises #UD in the interpreter (AVX: kvm_pvm runs user
-//!   code with the host's features), the state goes to the vCPU. On the way back the user pages
-//!   whose bytes KVM changed lose their decoded blocks
+//!   code with the host's features), the state goes to the vCPU. On the way
+//!   back the user pages whose bytes KVM changed lose their decoded blocks
 //!   ([`Cpu::recheck_user_code`]).
 //!   If the interpreter changed translations since the last hand-over (it
 //!   executed a TLB flush: INVLPG, INVPCID, a CR3 or CR4 load), KVM's

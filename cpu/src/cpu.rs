@@ -87,11 +87,10 @@ pub struct Block {
     next: RefCell<Option<Chain>>,
 }
 
-/// A memo of one block lookup: at `rip`, with this code size and privilege,
+/// A memo of one block lookup in 64-bit mode: at `rip`, with this privilege
 /// and the MMU at this generation, the block was `block`.
 struct Chain {
     rip: u64,
-    bits: u32,
     user: bool,
     generation: u64,
     block: Weak<Block>,
@@ -716,6 +715,10 @@ impl Cpu {
 
     /// Fetch the block at the current RIP, decoding and caching it on a miss.
     fn block_at_rip(&mut self) -> Fault<Rc<Block>> {
+        // A device may have written a code page since (DMA).
+        if self.mem().invalidation_pending() {
+            self.drain_invalidations();
+        }
         let bits = self.state.code_bits();
         let rip = self.state.rip;
         let user = self.state.cpl == 3;
@@ -725,7 +728,7 @@ impl Cpu {
         if bits == 64 {
             if let Some(prev) = &self.prev_block {
                 if let Some(c) = &*prev.next.borrow() {
-                    if c.rip == rip && c.bits == bits && c.user == user && c.generation == self.mmu.generation {
+                    if c.rip == rip && c.user == user && c.generation == self.mmu.generation {
                         if let Some(b) = c.block.upgrade().filter(|b| b.live.get()) {
                             return Ok(b);
                         }
@@ -737,7 +740,7 @@ impl Cpu {
         if bits == 64 && b.live.get() {
             if let Some(prev) = &self.prev_block {
                 *prev.next.borrow_mut() =
-                    Some(Chain { rip, bits, user, generation: self.mmu.generation, block: Rc::downgrade(&b) });
+                    Some(Chain { rip, user, generation: self.mmu.generation, block: Rc::downgrade(&b) });
             }
         }
         Ok(b)
@@ -890,10 +893,6 @@ impl Cpu {
                 }
             }
             self.state.interrupt_shadow = 0;
-            // A device may have written a code page since (DMA).
-            if self.mem().invalidation_pending() {
-                self.drain_invalidations();
-            }
             match self.block_at_rip() {
                 Ok(block) => {
                     self.run_block(&block);
@@ -966,9 +965,6 @@ impl Cpu {
     /// Execute one instruction at RIP (the JIT's and the KVM fallback's entry).
     pub fn step(&mut self) -> StopReason {
         self.stop = false;
-        if self.mem().invalidation_pending() {
-            self.drain_invalidations();
-        }
         match self.block_at_rip() {
             Ok(block) => {
                 let d = block.insns[0];
