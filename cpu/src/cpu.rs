@@ -77,14 +77,24 @@ pub enum StopReason {
 
 /// A run of decoded instructions that ends at a control transfer or a page
 /// edge, held as `Rc<Block>`.
-pub struct Block {
-    pub insns: Box<[Decoded]>,
+///
+/// The instructions sit inline behind the header, in the block's one
+/// allocation: running a block touches one run of cache lines, found with
+/// no pointer to follow. Their count is rounded up to a size class (the
+/// spare slots repeat the last instruction and are never run).
+pub type Block = BlockOf<[Decoded]>;
+
+/// [`Block`] before its instruction array is unsized.
+pub struct BlockOf<T: ?Sized> {
     /// Still in the decode cache: cleared when the cache drops it (its code
     /// changed, or the cache was flushed), so a [`Chain`] to it is dead.
     live: Cell<bool>,
     /// The block that ran after this one last time, while the TLB and the
     /// cache had not changed: the next lookup from here tries it first.
     next: RefCell<Option<Chain>>,
+    /// Instructions in use at the front of `slots`.
+    len: usize,
+    slots: T,
 }
 
 /// A memo of one block lookup in 64-bit mode: at `rip`, with this privilege
@@ -97,30 +107,76 @@ struct Chain {
 }
 
 impl Block {
+    /// A block of `insns` (at least one).
     fn new(insns: Vec<Decoded>) -> Rc<Block> {
-        Rc::new(Block { insns: insns.into_boxed_slice(), live: Cell::new(false), next: RefCell::new(None) })
+        fn sized<const N: usize>(insns: &[Decoded]) -> Rc<Block> {
+            let last = insns.last().copied().unwrap_or_else(|| Decoded::new(Instruction::default()));
+            let slots: [Decoded; N] = std::array::from_fn(|i| insns.get(i).copied().unwrap_or(last));
+            Rc::new(BlockOf { live: Cell::new(false), next: RefCell::new(None), len: insns.len().min(N), slots })
+        }
+        match insns.len() {
+            0..=1 => sized::<1>(&insns),
+            2 => sized::<2>(&insns),
+            3 => sized::<3>(&insns),
+            4 => sized::<4>(&insns),
+            5..=6 => sized::<6>(&insns),
+            7..=8 => sized::<8>(&insns),
+            9..=12 => sized::<12>(&insns),
+            13..=16 => sized::<16>(&insns),
+            17..=24 => sized::<24>(&insns),
+            25..=32 => sized::<32>(&insns),
+            33..=48 => sized::<48>(&insns),
+            _ => sized::<MAX_BLOCK_INSNS>(&insns),
+        }
+    }
+
+    /// The block's instructions.
+    #[inline]
+    pub fn insns(&self) -> &[Decoded] {
+        &self.slots[..self.len]
+    }
+
+    /// Asks the host CPU to fetch the block's first cache lines (header and
+    /// first instructions), so they are there when it runs.
+    #[inline]
+    fn prefetch(this: *const Block) {
+        let p = this.cast::<u8>();
+        mmu::prefetch(p);
+        mmu::prefetch(p.wrapping_add(64));
+        mmu::prefetch(p.wrapping_add(128));
     }
 }
 
-/// One cached instruction: the decoded form, its handler (chosen once, for the
-/// instruction's operand forms), and the RIP after it (already wrapped to the
-/// code size).
+/// Instructions one block holds at most.
+const MAX_BLOCK_INSNS: usize = 64;
+
+/// One cached instruction: the decoded form and its handler (chosen once,
+/// for the instruction's operand forms). The instruction's next IP is
+/// already wrapped to the code size, so it is the RIP after it (and its
+/// `ip()` is not used). 48 bytes: the interpreter's speed on large code
+/// (a kernel's network stack) is bound by fetching these from memory.
 #[derive(Clone, Copy)]
 pub struct Decoded {
     pub insn: Instruction,
     pub handler: Handler,
-    pub next_rip: u64,
 }
 
 impl Decoded {
-    fn new(insn: Instruction) -> Self {
+    fn new(mut insn: Instruction) -> Self {
         let next = insn.next_ip();
         let next_rip = match insn.code_size() {
             iced_x86::CodeSize::Code16 => next & 0xffff,
             iced_x86::CodeSize::Code32 => next & 0xffff_ffff,
             _ => next,
         };
-        Decoded { insn, handler: ops::select(&insn), next_rip }
+        insn.set_next_ip(next_rip);
+        Decoded { insn, handler: ops::select(&insn) }
+    }
+
+    /// RIP after the instruction.
+    #[inline(always)]
+    pub fn next_rip(&self) -> u64 {
+        self.insn.next_ip()
     }
 }
 
@@ -180,10 +236,11 @@ struct DecodeCache {
     insns: usize,
 }
 
-/// Decoded instructions the cache holds at most (about 56 bytes each): when
-/// a new block would pass it, the whole cache is dropped and refills with
-/// the code that runs from then on, as a translation cache is flushed when
-/// its buffer is full. A kernel's boot runs far more distinct code than it
+/// Decoded instructions the cache holds at most (48 bytes each, and up to
+/// half as much again in the spare slots of the size classes): when a new
+/// block would pass it, the whole cache is dropped and refills with the
+/// code that runs from then on, as a translation cache is flushed when its
+/// buffer is full. A kernel's boot runs far more distinct code than it
 /// keeps running.
 const MAX_CACHED_INSNS: usize = 128 * 1024;
 
@@ -236,18 +293,18 @@ impl DecodeCache {
     /// CPL 3 under split execution (see [`DecodeCache::recheck_user`]).
     /// True if the cache was full and dropped everything first.
     fn insert(&mut self, key: BlockKey, block: Rc<Block>, user: Option<&[u8]>) -> bool {
-        let full = self.insns + block.insns.len() > MAX_CACHED_INSNS;
+        let full = self.insns + block.insns().len() > MAX_CACHED_INSNS;
         if full {
             *self = DecodeCache::default();
         }
-        self.insns += block.insns.len();
+        self.insns += block.insns().len();
         block.live.set(true);
         let page = key.phys & !0xfff;
         self.jump[Self::slot(&key)] = Some((key, block.clone()));
         match self.blocks.insert(key, block) {
             Some(old) => {
                 old.live.set(false);
-                self.insns -= old.insns.len();
+                self.insns -= old.insns().len();
             }
             None => self.by_page.entry(page).or_default().push(key),
         }
@@ -277,7 +334,7 @@ impl DecodeCache {
     fn remove(&mut self, k: &BlockKey) {
         if let Some(b) = self.blocks.remove(k) {
             b.live.set(false);
-            self.insns -= b.insns.len();
+            self.insns -= b.insns().len();
         }
         let slot = Self::slot(k);
         if matches!(&self.jump[slot], Some((jk, _)) if jk == k) {
@@ -781,7 +838,7 @@ impl Cpu {
             }
             let ends = insn.flow_control() != iced_x86::FlowControl::Next || ops::ends_block(insn.code());
             insns.push(Decoded::new(insn));
-            if ends || insns.len() >= 64 || (key.bits != 64 && insn.next_ip() > u64::from(limit)) {
+            if ends || insns.len() >= MAX_BLOCK_INSNS || (key.bits != 64 && insn.next_ip() > u64::from(limit)) {
                 break;
             }
         }
@@ -895,6 +952,11 @@ impl Cpu {
             self.state.interrupt_shadow = 0;
             match self.block_at_rip() {
                 Ok(block) => {
+                    // The block that followed this one last time is likely
+                    // next again: its lines arrive while this one runs.
+                    if let Some(c) = &*block.next.borrow() {
+                        Block::prefetch(c.block.as_ptr());
+                    }
                     self.run_block(&block);
                     self.prev_block = Some(block);
                 }
@@ -967,7 +1029,7 @@ impl Cpu {
         self.stop = false;
         match self.block_at_rip() {
             Ok(block) => {
-                let d = block.insns[0];
+                let d = block.insns()[0];
                 if self.exec_one(&d) {
                     self.stats.instructions += 1;
                 }
@@ -996,7 +1058,7 @@ impl Cpu {
             return self.exec_one_debug(d);
         }
         self.insn_start = self.state.rip;
-        self.state.rip = d.next_rip;
+        self.state.rip = d.next_rip();
         match (d.handler)(self, &d.insn) {
             Ok(()) => true,
             Err(e) => {
@@ -1014,7 +1076,7 @@ impl Cpu {
     fn run_block(&mut self, block: &Block) {
         self.block_break = false;
         let mut done = 0u64;
-        for d in block.insns.iter() {
+        for d in block.insns() {
             if !self.exec_one(d) {
                 break;
             }
@@ -1037,7 +1099,7 @@ impl Cpu {
     /// statistics and diagnostics); `None` if it cannot be fetched.
     pub fn mnemonic_at_rip(&mut self) -> Option<String> {
         let block = self.block_at_rip().ok()?;
-        let d = block.insns.first()?;
+        let d = block.insns().first()?;
         Some(format!("{:?}", d.insn.mnemonic()).to_lowercase())
     }
 
@@ -1090,7 +1152,7 @@ mod cache_tests {
     #[test]
     fn the_decode_cache_is_dropped_when_full_and_counts_invalidations() {
         let mut c = DecodeCache::default();
-        let per = 1000;
+        let per = MAX_BLOCK_INSNS;
         let fit = MAX_CACHED_INSNS / per;
         for i in 0..fit as u64 {
             assert!(!c.insert(key(i * 0x1000), block(per), None));

@@ -250,7 +250,7 @@ impl Cpu {
         let tf = self.state.rflags & flags::TF != 0;
         self.sys.hits = 0;
         self.sys.mov_ss = false;
-        self.state.rip = d.next_rip;
+        self.state.rip = d.next_rip();
         match (d.handler)(self, &d.insn) {
             Ok(()) => {
                 let mut bits = std::mem::take(&mut self.sys.hits);
