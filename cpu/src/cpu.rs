@@ -114,6 +114,7 @@ impl Block {
             let slots: [Decoded; N] = std::array::from_fn(|i| insns.get(i).copied().unwrap_or(last));
             Rc::new(BlockOf { live: Cell::new(false), next: RefCell::new(None), len: insns.len().min(N), slots })
         }
+        debug_assert!(!insns.is_empty() && insns.len() <= MAX_BLOCK_INSNS, "a block of {} instructions", insns.len());
         match insns.len() {
             0..=1 => sized::<1>(&insns),
             2 => sized::<2>(&insns),
@@ -1180,6 +1181,23 @@ mod chain_tests {
     use super::*;
     use crate::ops::testutil::*;
     use iced_x86::code_asm::*;
+
+    /// Each size class holds exactly the instructions it was given.
+    #[test]
+    fn blocks_keep_their_instructions_in_every_size_class() {
+        for n in 1..=MAX_BLOCK_INSNS {
+            let insns: Vec<Decoded> = (0..n)
+                .map(|i| {
+                    let mut insn = Instruction::with(Code::Nopd);
+                    insn.set_next_ip(0x1000 + i as u64);
+                    Decoded::new(insn)
+                })
+                .collect();
+            let b = Block::new(insns);
+            let rips: Vec<u64> = b.insns().iter().map(Decoded::next_rip).collect();
+            assert_eq!(rips, (0..n as u64).map(|i| 0x1000 + i).collect::<Vec<_>>(), "{n} instructions");
+        }
+    }
 
     #[test]
     fn blocks_the_cache_drops_are_dead() {
