@@ -193,7 +193,6 @@ fn cloud_kernel_boots_to_init_in_the_interpreter() {
 /// With both, Linux trusts the TSC without a jiffies-based watchdog.
 const INTERP_TSC_FLAGS: &[&str] = &["constant_tsc", "nonstop_tsc", "tsc_adjust"];
 
-
 /// Also stalls the emulator during early boot (see [`stall`]): the guest's
 /// clocks must stay consistent, with no complaint in dmesg.
 #[test]

@@ -107,7 +107,17 @@ fn timeout_exits_124() {
     rom[0xfff1] = 0xfe;
     let path = dir.join("spin.rom");
     std::fs::write(&path, &rom).unwrap();
-    let o = ferrovm(&["run", "--accel", "interp", "--bios", path.to_str().unwrap(), "--serial", "none", "--timeout", "0.3"]);
+    let o = ferrovm(&[
+        "run",
+        "--accel",
+        "interp",
+        "--bios",
+        path.to_str().unwrap(),
+        "--serial",
+        "none",
+        "--timeout",
+        "0.3",
+    ]);
     assert_eq!(o.status.code(), Some(124), "{}", stderr(&o));
     assert!(stderr(&o).contains("timeout"));
     std::fs::remove_dir_all(&dir).unwrap();
@@ -125,7 +135,18 @@ fn triple_fault_with_no_reboot_names_the_chain() {
     rom[0xfff0..0xfff0 + code.len()].copy_from_slice(&code);
     let path = dir.join("tf.rom");
     std::fs::write(&path, &rom).unwrap();
-    let o = ferrovm(&["run", "--accel", "interp", "--bios", path.to_str().unwrap(), "--serial", "none", "--no-reboot", "--timeout", "10"]);
+    let o = ferrovm(&[
+        "run",
+        "--accel",
+        "interp",
+        "--bios",
+        path.to_str().unwrap(),
+        "--serial",
+        "none",
+        "--no-reboot",
+        "--timeout",
+        "10",
+    ]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(err.contains("triple fault"), "{err}");

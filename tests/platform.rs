@@ -83,7 +83,7 @@ fn multiboot_elf(code: &[u8]) -> Vec<u8> {
     f[40..42].copy_from_slice(&52u16.to_le_bytes()); // ehsize
     f[42..44].copy_from_slice(&32u16.to_le_bytes()); // phentsize
     f[44..46].copy_from_slice(&1u16.to_le_bytes()); // phnum
-    // One PT_LOAD covering the whole file at LOAD.
+                                                    // One PT_LOAD covering the whole file at LOAD.
     let ph = 52;
     f[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes());
     f[ph + 4..ph + 8].copy_from_slice(&0u32.to_le_bytes());
@@ -104,7 +104,8 @@ fn multiboot_elf(code: &[u8]) -> Vec<u8> {
 fn run_multiboot(accel: &str) {
     let path = tmp(&format!("multiboot-{accel}.elf"));
     std::fs::write(&path, multiboot_kernel()).unwrap();
-    let o = ferrovm(&["run", "--accel", accel, "--kernel", path.to_str().unwrap(), "--serial", "stdio", "--timeout", "60"]);
+    let o =
+        ferrovm(&["run", "--accel", accel, "--kernel", path.to_str().unwrap(), "--serial", "stdio", "--timeout", "60"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("multiboot: ok"), "stdout: {out}\nstderr: {}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.status.code(), Some(0x43), "debug-exit 0x21 gives status 0x43");
@@ -511,8 +512,17 @@ fn hostile_guest_cannot_crash_the_host() {
     let path = tmp("hostile.rom");
     std::fs::write(&path, hostile_rom()).unwrap();
     let o = ferrovm(&[
-        "run", "--accel", "interp", "--bios", path.to_str().unwrap(), "--serial", "none", "--no-reboot", "--stats",
-        "--timeout", "300",
+        "run",
+        "--accel",
+        "interp",
+        "--bios",
+        path.to_str().unwrap(),
+        "--serial",
+        "none",
+        "--no-reboot",
+        "--stats",
+        "--timeout",
+        "300",
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");

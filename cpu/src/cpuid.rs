@@ -192,7 +192,9 @@ pub fn cpuid(state: &CpuState, leaf: u32, sub: u32) -> [u32; 4] {
         0x8000_0001 => [SIGNATURE, 0, LEAF81_ECX, LEAF81_EDX],
         0x8000_0002..=0x8000_0004 => {
             let off = (leaf - 0x8000_0002) as usize * 16;
-            let w = |i: usize| u32::from_le_bytes([BRAND[off + i], BRAND[off + i + 1], BRAND[off + i + 2], BRAND[off + i + 3]]);
+            let w = |i: usize| {
+                u32::from_le_bytes([BRAND[off + i], BRAND[off + i + 1], BRAND[off + i + 2], BRAND[off + i + 3]])
+            };
             [w(0), w(4), w(8), w(12)]
         }
         // Physical and linear address widths.

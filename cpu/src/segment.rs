@@ -148,10 +148,18 @@ impl Cpu {
                 return Err(Exception::GeneralProtection(0));
             }
             let s = &mut self.state.seg[seg];
-            *s = Segment { selector, attr: seg_attr::UNUSABLE | ((u32::from(rpl)) << seg_attr::DPL_SHIFT), ..Default::default() };
+            *s = Segment {
+                selector,
+                attr: seg_attr::UNUSABLE | ((u32::from(rpl)) << seg_attr::DPL_SHIFT),
+                ..Default::default()
+            };
             if seg == sreg::SS {
                 // A null SS in 64-bit mode stays usable for stack accesses.
-                s.attr = seg_attr::P | seg_attr::S | seg_attr::TYPE_RW | seg_attr::DB | (u32::from(rpl) << seg_attr::DPL_SHIFT);
+                s.attr = seg_attr::P
+                    | seg_attr::S
+                    | seg_attr::TYPE_RW
+                    | seg_attr::DB
+                    | (u32::from(rpl) << seg_attr::DPL_SHIFT);
                 self.state.interrupt_shadow = 1;
                 self.sys.mov_ss = true;
             }
@@ -430,7 +438,12 @@ impl Cpu {
             self.set_cs(cs_sel, cs, new_cpl)?;
             self.state.seg[sreg::SS] = Segment {
                 selector: u16::from(new_cpl),
-                attr: seg_attr::P | seg_attr::S | seg_attr::TYPE_RW | seg_attr::TYPE_ACCESSED | seg_attr::DB | (u32::from(new_cpl) << seg_attr::DPL_SHIFT),
+                attr: seg_attr::P
+                    | seg_attr::S
+                    | seg_attr::TYPE_RW
+                    | seg_attr::TYPE_ACCESSED
+                    | seg_attr::DB
+                    | (u32::from(new_cpl) << seg_attr::DPL_SHIFT),
                 ..Default::default()
             };
             self.state.gpr[4] = rsp;
@@ -445,7 +458,8 @@ impl Cpu {
         if new_ss & !3 == 0 {
             return Err(Exception::InvalidTss(0));
         }
-        let ssd = self.read_descriptor(new_ss).map_err(|e| if let Exception::GeneralProtection(_) = e { ts } else { e })?;
+        let ssd =
+            self.read_descriptor(new_ss).map_err(|e| if let Exception::GeneralProtection(_) = e { ts } else { e })?;
         let writable_data = ssd.is_code_data() && !ssd.is_code() && ssd.typ() & seg_attr::TYPE_RW != 0;
         if (new_ss & 3) as u8 != new_cpl || ssd.dpl() != new_cpl || !writable_data {
             return Err(ts);
@@ -465,7 +479,8 @@ impl Cpu {
         ss.attr |= seg_attr::TYPE_ACCESSED;
         self.state.seg[sreg::SS] = ss;
         self.state.gpr[4] = new_sp;
-        let stack_err = |e: Exception| if let Exception::StackFault(_) = e { Exception::StackFault(sel_err(new_ss)) } else { e };
+        let stack_err =
+            |e: Exception| if let Exception::StackFault(_) = e { Exception::StackFault(sel_err(new_ss)) } else { e };
         self.push(gsize, old_ss).map_err(stack_err)?;
         self.push(gsize, old_sp).map_err(stack_err)?;
         for v in params.iter().rev() {

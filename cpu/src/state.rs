@@ -205,7 +205,18 @@ impl Default for FpuState {
     fn default() -> Self {
         // FNINIT state: control word 0x037F (all exceptions masked, 64-bit
         // precision, round to nearest), every register empty.
-        FpuState { regs: [F80::default(); 8], fcw: 0x037f, fsw: 0, ftw: 0xffff, fop: 0, fip: 0, fdp: 0, fcs: 0, fds: 0, _pad: 0 }
+        FpuState {
+            regs: [F80::default(); 8],
+            fcw: 0x037f,
+            fsw: 0,
+            ftw: 0xffff,
+            fop: 0,
+            fip: 0,
+            fdp: 0,
+            fcs: 0,
+            fds: 0,
+            _pad: 0,
+        }
     }
 }
 

@@ -49,14 +49,7 @@ pub enum BusError {
         "cannot map {device} at {base:#x} (length {len:#x}): it overlaps {existing} at \
          {existing_base:#x} (length {existing_len:#x}); choose a free range or remove the other device first"
     )]
-    Overlap {
-        device: String,
-        base: u64,
-        len: u64,
-        existing: String,
-        existing_base: u64,
-        existing_len: u64,
-    },
+    Overlap { device: String, base: u64, len: u64, existing: String, existing_base: u64, existing_len: u64 },
     /// The range is empty.
     #[error("cannot map {device} at {base:#x} with length 0; a device needs at least one byte")]
     ZeroLength { device: String, base: u64 },
@@ -93,9 +86,7 @@ impl fmt::Debug for Bus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Device labels are not shown: taking device locks inside Debug could
         // deadlock a caller that already holds one.
-        f.debug_list()
-            .entries(self.entries.iter().map(|(base, e)| *base..=e.last))
-            .finish()
+        f.debug_list().entries(self.entries.iter().map(|(base, e)| *base..=e.last)).finish()
     }
 }
 
@@ -108,17 +99,10 @@ impl Bus {
     /// Registers `dev` for the `len` bytes starting at `base`.
     pub fn insert(&mut self, dev: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
         let Some(span) = len.checked_sub(1) else {
-            return Err(BusError::ZeroLength {
-                device: dev.lock().debug_label(),
-                base,
-            });
+            return Err(BusError::ZeroLength { device: dev.lock().debug_label(), base });
         };
         let Some(last) = base.checked_add(span) else {
-            return Err(BusError::Overflow {
-                device: dev.lock().debug_label(),
-                base,
-                len,
-            });
+            return Err(BusError::Overflow { device: dev.lock().debug_label(), base, len });
         };
         // The range with the greatest base not above our last byte is the only
         // one that can overlap: any range starting further down ends before the
@@ -135,14 +119,7 @@ impl Bus {
                 });
             }
         }
-        self.entries.insert(
-            base,
-            Entry {
-                last,
-                device: dev,
-                log: LogOnce::new(),
-            },
-        );
+        self.entries.insert(base, Entry { last, device: dev, log: LogOnce::new() });
         Ok(())
     }
 
@@ -153,8 +130,7 @@ impl Bus {
 
     /// The device whose range holds `addr`, with the base of that range.
     pub fn device_at(&self, addr: u64) -> Option<(u64, SharedDevice)> {
-        self.lookup(addr)
-            .map(|(base, e)| (base, Arc::clone(&e.device)))
+        self.lookup(addr).map(|(base, e)| (base, Arc::clone(&e.device)))
     }
 
     /// Reads `data.len()` bytes at `addr`. True if a device claimed the access.
@@ -271,34 +247,18 @@ mod tests {
         bus.insert(probe("below"), 0xf0, 0x10).unwrap();
         bus.insert(probe("above"), 0x110, 0x10).unwrap();
         // A range spanning over two registered ones is refused too.
-        assert!(matches!(
-            bus.insert(probe("c"), 0x0, 0x1000),
-            Err(BusError::Overlap { .. })
-        ));
+        assert!(matches!(bus.insert(probe("c"), 0x0, 0x1000), Err(BusError::Overlap { .. })));
     }
 
     #[test]
     fn refuses_zero_length_and_wrapping_ranges() {
         let mut bus = Bus::new();
-        assert_eq!(
-            bus.insert(probe("z"), 0x3f8, 0),
-            Err(BusError::ZeroLength {
-                device: "z".into(),
-                base: 0x3f8
-            })
-        );
+        assert_eq!(bus.insert(probe("z"), 0x3f8, 0), Err(BusError::ZeroLength { device: "z".into(), base: 0x3f8 }));
         assert_eq!(
             bus.insert(probe("o"), u64::MAX, 2),
-            Err(BusError::Overflow {
-                device: "o".into(),
-                base: u64::MAX,
-                len: 2
-            })
+            Err(BusError::Overflow { device: "o".into(), base: u64::MAX, len: 2 })
         );
-        assert!(matches!(
-            bus.insert(probe("o"), 2, u64::MAX),
-            Err(BusError::Overflow { .. })
-        ));
+        assert!(matches!(bus.insert(probe("o"), 2, u64::MAX), Err(BusError::Overflow { .. })));
     }
 
     #[test]
@@ -310,10 +270,7 @@ mod tests {
         assert!(bus.read(u64::MAX, &mut b));
         assert_eq!(b, [0x0f]);
         let mut w = [0u8; 2];
-        assert!(
-            !bus.read(u64::MAX, &mut w),
-            "an access wrapping past the top is refused"
-        );
+        assert!(!bus.read(u64::MAX, &mut w), "an access wrapping past the top is refused");
         assert_eq!(w, [0xff, 0xff]);
         // The whole space but its first byte is representable too.
         let mut bus = Bus::new();
@@ -373,10 +330,7 @@ mod tests {
         let mut bus = Bus::new();
         let dev = probe("bar");
         bus.insert(dev.clone(), 0xfebf_0000, 0x1000).unwrap();
-        assert!(
-            bus.remove(0xfebf_0001).is_none(),
-            "only a range's exact base removes it"
-        );
+        assert!(bus.remove(0xfebf_0001).is_none(), "only a range's exact base removes it");
         let removed = bus.remove(0xfebf_0000).unwrap();
         assert!(bus.device_at(0xfebf_0000).is_none());
         bus.insert(removed, 0xfebe_0000, 0x1000).unwrap();

@@ -58,10 +58,7 @@ pub enum ConsoleError {
     Signals(io::Error),
     /// A host I/O thread cannot be started.
     #[error("cannot start the {name} thread: {source}")]
-    Thread {
-        name: &'static str,
-        source: io::Error,
-    },
+    Thread { name: &'static str, source: io::Error },
 }
 
 /// The host end of a serial port.
@@ -123,10 +120,7 @@ pub fn open_output(backend: &SerialBackend) -> Result<Box<dyn Write + Send>, Con
         SerialBackend::Stdio => Ok(Box::new(FlushingStdout)),
         SerialBackend::File(path) => File::create(path)
             .map(|f| Box::new(f) as Box<dyn Write + Send>)
-            .map_err(|source| ConsoleError::CreateFile {
-                path: path.clone(),
-                source,
-            }),
+            .map_err(|source| ConsoleError::CreateFile { path: path.clone(), source }),
         SerialBackend::None => Ok(Box::new(io::sink())),
     }
 }
@@ -191,10 +185,7 @@ pub type InputSink = Box<dyn FnMut(&[u8]) + Send>;
 /// Starts the thread that reads host stdin for the guest. EOF on stdin (a
 /// pipe or /dev/null in CI) just ends the thread; `C-a x` files
 /// [`VmEvent::Quit`] with `events` and ends it too.
-pub fn spawn_stdin_reader(
-    events: Arc<VmEvents>,
-    deliver: InputSink,
-) -> Result<JoinHandle<()>, ConsoleError> {
+pub fn spawn_stdin_reader(events: Arc<VmEvents>, deliver: InputSink) -> Result<JoinHandle<()>, ConsoleError> {
     spawn_input_reader(io::stdin(), events, deliver)
 }
 
@@ -212,12 +203,7 @@ pub fn spawn_input_reader<R: Read + Send + 'static>(
 }
 
 /// Reads `input` until EOF, an error or a quit request.
-fn pump(
-    input: &mut dyn Read,
-    events: &VmEvents,
-    deliver: &mut dyn FnMut(&[u8]),
-    notices: &mut dyn Write,
-) {
+fn pump(input: &mut dyn Read, events: &VmEvents, deliver: &mut dyn FnMut(&[u8]), notices: &mut dyn Write) {
     let mut parser = EscapeParser::new();
     let mut buf = [0u8; 256];
     let mut guest = Vec::with_capacity(buf.len());
@@ -299,8 +285,7 @@ pub fn enter_raw_mode() -> Result<Option<RawModeGuard>, ConsoleError> {
             *saved = Some(original.clone());
         }
     }
-    termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw_settings(&original))
-        .map_err(ConsoleError::SetTermios)?;
+    termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw_settings(&original)).map_err(ConsoleError::SetTermios)?;
     Ok(Some(RawModeGuard { _private: () }))
 }
 
@@ -338,8 +323,7 @@ fn install_restore_hooks() -> Result<(), ConsoleError> {
     if *installed {
         return Ok(());
     }
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGHUP, SIGQUIT])
-        .map_err(ConsoleError::Signals)?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGHUP, SIGQUIT]).map_err(ConsoleError::Signals)?;
     let name = "terminal-signals";
     std::thread::Builder::new()
         .name(name.to_string())
@@ -367,27 +351,15 @@ mod tests {
 
     #[test]
     fn parses_backends() {
-        assert_eq!(
-            "stdio".parse::<SerialBackend>().unwrap(),
-            SerialBackend::Stdio
-        );
-        assert_eq!(
-            "none".parse::<SerialBackend>().unwrap(),
-            SerialBackend::None
-        );
+        assert_eq!("stdio".parse::<SerialBackend>().unwrap(), SerialBackend::Stdio);
+        assert_eq!("none".parse::<SerialBackend>().unwrap(), SerialBackend::None);
         assert_eq!(
             "file:/tmp/a b.log".parse::<SerialBackend>().unwrap(),
             SerialBackend::File(PathBuf::from("/tmp/a b.log"))
         );
-        assert!(matches!(
-            "file:".parse::<SerialBackend>(),
-            Err(ConsoleError::EmptyPath)
-        ));
+        assert!(matches!("file:".parse::<SerialBackend>(), Err(ConsoleError::EmptyPath)));
         let err = "pty".parse::<SerialBackend>().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "unknown serial backend `pty`; use stdio, file:PATH or none"
-        );
+        assert_eq!(err.to_string(), "unknown serial backend `pty`; use stdio, file:PATH or none");
         assert!("Stdio".parse::<SerialBackend>().is_err());
         for s in ["stdio", "none", "file:out.txt"] {
             assert_eq!(s.parse::<SerialBackend>().unwrap().to_string(), s);
@@ -414,10 +386,7 @@ mod tests {
             panic!("creating a file in a missing directory succeeded");
         };
         let msg = err.to_string();
-        assert!(
-            msg.contains("/nonexistent-dir-for-devices-test/serial.log"),
-            "{msg}"
-        );
+        assert!(msg.contains("/nonexistent-dir-for-devices-test/serial.log"), "{msg}");
     }
 
     #[test]
@@ -441,16 +410,8 @@ mod tests {
         assert_eq!(parse_all(b"\x01h\x01?"), [Command(EscapeCommand::Help); 2]);
         assert_eq!(parse_all(b"\x01\x01"), [Guest(ESCAPE_BYTE)]);
         assert_eq!(parse_all(b"\x01\x01x"), [Guest(ESCAPE_BYTE), Guest(b'x')]);
-        assert_eq!(
-            parse_all(b"\x01q"),
-            [],
-            "unknown keys after C-a are consumed"
-        );
-        assert_eq!(
-            parse_all(b"\x03\x1c"),
-            [Guest(0x03), Guest(0x1c)],
-            "Ctrl-C goes to the guest"
-        );
+        assert_eq!(parse_all(b"\x01q"), [], "unknown keys after C-a are consumed");
+        assert_eq!(parse_all(b"\x03\x1c"), [Guest(0x03), Guest(0x1c)], "Ctrl-C goes to the guest");
         // An escape split across reads still works.
         let mut p = EscapeParser::new();
         assert_eq!(p.feed(ESCAPE_BYTE), None);
@@ -463,12 +424,7 @@ mod tests {
         let events = VmEvents::new();
         let mut got = Vec::new();
         let mut notices = Vec::new();
-        pump(
-            &mut io::Cursor::new(input.to_vec()),
-            &events,
-            &mut |b: &[u8]| got.extend_from_slice(b),
-            &mut notices,
-        );
+        pump(&mut io::Cursor::new(input.to_vec()), &events, &mut |b: &[u8]| got.extend_from_slice(b), &mut notices);
         (got, String::from_utf8(notices).unwrap(), events.take())
     }
 
@@ -483,10 +439,7 @@ mod tests {
     #[test]
     fn pump_quits_on_escape_x() {
         let (got, notices, event) = run_pump(b"ab\x01xcd");
-        assert_eq!(
-            got, b"ab",
-            "bytes before the quit arrive, bytes after it do not"
-        );
+        assert_eq!(got, b"ab", "bytes before the quit arrive, bytes after it do not");
         assert!(notices.contains("terminated"));
         assert_eq!(event, Some(VmEvent::Quit));
     }
@@ -521,15 +474,9 @@ mod tests {
         let pty = nix::pty::openpty(None, None).unwrap();
         let original = termios::tcgetattr(&pty.slave).unwrap();
         let raw = raw_settings(&original);
-        assert!(!raw
-            .local_flags
-            .intersects(LocalFlags::ISIG | LocalFlags::ICANON | LocalFlags::ECHO));
-        assert!(!raw
-            .input_flags
-            .intersects(InputFlags::ICRNL | InputFlags::IXON));
-        assert!(raw
-            .output_flags
-            .contains(OutputFlags::OPOST | OutputFlags::ONLCR));
+        assert!(!raw.local_flags.intersects(LocalFlags::ISIG | LocalFlags::ICANON | LocalFlags::ECHO));
+        assert!(!raw.input_flags.intersects(InputFlags::ICRNL | InputFlags::IXON));
+        assert!(raw.output_flags.contains(OutputFlags::OPOST | OutputFlags::ONLCR));
         assert_eq!(raw.control_chars[SpecialCharacterIndices::VMIN as usize], 1);
         // The terminal accepts the settings and takes the original back.
         termios::tcsetattr(&pty.slave, SetArg::TCSANOW, &raw).unwrap();
@@ -543,9 +490,7 @@ mod tests {
     #[test]
     fn raw_mode_only_on_a_terminal() {
         let stdin = io::stdin();
-        let before = stdin
-            .is_terminal()
-            .then(|| termios::tcgetattr(stdin.as_fd()).unwrap());
+        let before = stdin.is_terminal().then(|| termios::tcgetattr(stdin.as_fd()).unwrap());
         let guard = enter_raw_mode().unwrap();
         assert_eq!(guard.is_some(), before.is_some());
         if let Some(before) = &before {

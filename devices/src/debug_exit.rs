@@ -37,10 +37,7 @@ impl std::fmt::Debug for DebugExit {
 impl DebugExit {
     /// A debug-exit port that files its exits with `events`.
     pub fn new(events: Arc<VmEvents>) -> Self {
-        Self {
-            events,
-            log: LogOnce::new(),
-        }
+        Self { events, log: LogOnce::new() }
     }
 
     /// The (empty) state, for a snapshot.
@@ -97,18 +94,15 @@ mod tests {
         let events = Arc::new(VmEvents::new());
         let mut bus = Bus::new();
         let dev = Arc::new(Mutex::new(DebugExit::new(events.clone())));
-        bus.insert(dev, u64::from(DEBUG_EXIT_PORT), DEBUG_EXIT_PORT_LEN)
-            .unwrap();
+        bus.insert(dev, u64::from(DEBUG_EXIT_PORT), DEBUG_EXIT_PORT_LEN).unwrap();
         (bus, events)
     }
 
     #[test]
     fn writes_of_each_size_request_an_exit() {
-        for (data, value) in [
-            (&[0x10][..], 0x10),
-            (&[0x34, 0x12][..], 0x1234),
-            (&[0x78, 0x56, 0x34, 0x12][..], 0x1234_5678),
-        ] {
+        for (data, value) in
+            [(&[0x10][..], 0x10), (&[0x34, 0x12][..], 0x1234), (&[0x78, 0x56, 0x34, 0x12][..], 0x1234_5678)]
+        {
             let (bus, events) = port();
             assert!(bus.write(0xf4, data));
             assert_eq!(events.take(), Some(VmEvent::DebugExit(value)));

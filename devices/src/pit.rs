@@ -522,11 +522,7 @@ impl Timed for Pit {
             // order, so that a guest counting ticks (jiffies) does not fall
             // behind real time when the host was slow to run it; past a
             // second's worth of ticks the backlog is dropped.
-            ch.s.irq_done_ticks = if matches!(ch.s.mode, 2 | 3) && behind < PIT_HZ {
-                edge
-            } else {
-                elapsed
-            };
+            ch.s.irq_done_ticks = if matches!(ch.s.mode, 2 | 3) && behind < PIT_HZ { edge } else { elapsed };
             self.irq.pulse();
         }
     }

@@ -162,11 +162,7 @@ mod tests {
                 std::thread::spawn(move || e.request(VmEvent::DebugExit(i)))
             })
             .collect();
-        let accepted = handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .filter(|&a| a)
-            .count();
+        let accepted = handles.into_iter().map(|h| h.join().unwrap()).filter(|&a| a).count();
         assert_eq!(accepted, 1);
         assert!(matches!(events.take(), Some(VmEvent::DebugExit(_))));
     }

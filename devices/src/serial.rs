@@ -94,12 +94,8 @@ const FCR_RX_TRIGGER_4: u8 = 0b0100_0000;
 const FCR_RX_TRIGGER_8: u8 = 0b1000_0000;
 const FCR_RX_TRIGGER_14: u8 = 0b1100_0000;
 /// RX trigger level codes (FCR bits 7:6) and the FIFO fill they stand for.
-const RX_TRIGGER_LEVELS: [(u8, usize); 4] = [
-    (FCR_RX_TRIGGER_1, 1),
-    (FCR_RX_TRIGGER_4, 4),
-    (FCR_RX_TRIGGER_8, 8),
-    (FCR_RX_TRIGGER_14, 14),
-];
+const RX_TRIGGER_LEVELS: [(u8, usize); 4] =
+    [(FCR_RX_TRIGGER_1, 1), (FCR_RX_TRIGGER_4, 4), (FCR_RX_TRIGGER_8, 8), (FCR_RX_TRIGGER_14, 14)];
 /// The FCR bits that persist; the reset bits clear themselves.
 const FCR_KEPT: u8 = FCR_FIFO_ENABLE | FCR_DMA_MODE | FCR_RX_TRIGGER_MASK;
 
@@ -342,21 +338,13 @@ impl Serial {
                     // Reading IIR acknowledges a THR-empty interrupt it reports.
                     self.thr_empty_pending = false;
                 }
-                let fifos = if self.fifo_enabled() {
-                    IIR_FIFOS_ENABLED
-                } else {
-                    0
-                };
+                let fifos = if self.fifo_enabled() { IIR_FIFOS_ENABLED } else { 0 };
                 fifos | source.map_or(IIR_NO_INT_PENDING, Source::iir_id)
             }
             LCR => self.lcr,
             MCR => self.mcr,
             LSR => {
-                let ready = if self.rx.is_empty() {
-                    0
-                } else {
-                    LSR_DATA_READY
-                };
+                let ready = if self.rx.is_empty() { 0 } else { LSR_DATA_READY };
                 let value = ready | self.lsr_errors | LSR_THR_EMPTY | LSR_TRANSMITTER_EMPTY;
                 self.lsr_errors = 0;
                 value
@@ -440,16 +428,9 @@ impl Serial {
     /// Loads a saved state and drives the IRQ line to match it.
     pub fn restore(&mut self, state: &SerialState) -> Result<(), SerialError> {
         let fcr = state.fcr & FCR_KEPT;
-        let capacity = if fcr & FCR_FIFO_ENABLE != 0 {
-            FIFO_SIZE
-        } else {
-            1
-        };
+        let capacity = if fcr & FCR_FIFO_ENABLE != 0 { FIFO_SIZE } else { 1 };
         if state.rx_fifo.len() > capacity {
-            return Err(SerialError::RxFifoTooLong {
-                len: state.rx_fifo.len(),
-                capacity,
-            });
+            return Err(SerialError::RxFifoTooLong { len: state.rx_fifo.len(), capacity });
         }
         self.dll = state.dll;
         self.dlm = state.dlm;
@@ -503,16 +484,8 @@ impl Serial {
         if !self.loopback() {
             return MSR_HOST_INPUTS;
         }
-        let wires = [
-            (MCR_DTR, MSR_DSR),
-            (MCR_RTS, MSR_CTS),
-            (MCR_OUT1, MSR_RI),
-            (MCR_OUT2, MSR_DCD),
-        ];
-        wires
-            .iter()
-            .filter(|(out, _)| self.mcr & out != 0)
-            .fold(0, |msr, (_, input)| msr | input)
+        let wires = [(MCR_DTR, MSR_DSR), (MCR_RTS, MSR_CTS), (MCR_OUT1, MSR_RI), (MCR_OUT2, MSR_DCD)];
+        wires.iter().filter(|(out, _)| self.mcr & out != 0).fold(0, |msr, (_, input)| msr | input)
     }
 
     fn write_fcr(&mut self, value: u8) {
@@ -718,17 +691,9 @@ mod tests {
         assert_eq!(s.read_register(LCR), 0x00, "LCR");
         assert_eq!(s.read_register(MCR), 0x00, "MCR");
         assert_eq!(s.read_register(LSR), 0x60, "LSR");
-        assert_eq!(
-            s.read_register(MSR),
-            0xb0,
-            "MSR: DCD, DSR and CTS from the host"
-        );
+        assert_eq!(s.read_register(MSR), 0xb0, "MSR: DCD, DSR and CTS from the host");
         assert_eq!(s.read_register(SCR), 0x00, "SCR");
-        assert_eq!(
-            s.read_register(RBR_THR_DLL),
-            0x00,
-            "RBR with nothing received"
-        );
+        assert_eq!(s.read_register(RBR_THR_DLL), 0x00, "RBR with nothing received");
         s.write_register(LCR, LCR_DLAB);
         assert_eq!(s.read_register(RBR_THR_DLL), 12, "DLL: 9600 baud");
         assert_eq!(s.read_register(IER_DLM), 0, "DLM");
@@ -806,11 +771,7 @@ mod tests {
         assert_eq!(s.read_register(LCR), LCR_DLAB | 0x03);
 
         s.write_register(LCR, 0x03);
-        assert_eq!(
-            s.read_register(IER_DLM),
-            IER_ERBFI,
-            "IER is untouched by DLM writes"
-        );
+        assert_eq!(s.read_register(IER_DLM), IER_ERBFI, "IER is untouched by DLM writes");
         assert_eq!(s.read_register(RBR_THR_DLL), b'x', "RBR is back");
         s.write_register(RBR_THR_DLL, b'y');
         assert_eq!(*out.0.lock(), b"y");
@@ -824,15 +785,8 @@ mod tests {
         s.write_register(IIR_FCR, FCR_FIFO_ENABLE);
         let bytes: Vec<u8> = (0..17).collect();
         s.receive(&bytes);
-        assert_eq!(
-            s.read_register(LSR),
-            LSR_DATA_READY | LSR_OVERRUN_ERROR | 0x60
-        );
-        assert_eq!(
-            s.read_register(LSR) & LSR_OVERRUN_ERROR,
-            0,
-            "reading LSR clears OE"
-        );
+        assert_eq!(s.read_register(LSR), LSR_DATA_READY | LSR_OVERRUN_ERROR | 0x60);
+        assert_eq!(s.read_register(LSR) & LSR_OVERRUN_ERROR, 0, "reading LSR clears OE");
         let got: Vec<u8> = (0..16).map(|_| s.read_register(RBR_THR_DLL)).collect();
         assert_eq!(got, bytes[..16], "the 17th byte is dropped");
         assert_eq!(s.read_register(LSR) & LSR_DATA_READY, 0);
@@ -860,11 +814,7 @@ mod tests {
         assert_eq!(s.enqueue_input(&[7; 17]), 16);
         assert_eq!(s.rx_space(), 0);
         assert_eq!(s.enqueue_input(b"z"), 0);
-        assert_eq!(
-            s.read_register(LSR) & LSR_OVERRUN_ERROR,
-            0,
-            "no overrun from the host"
-        );
+        assert_eq!(s.read_register(LSR) & LSR_OVERRUN_ERROR, 0, "no overrun from the host");
         s.read_register(RBR_THR_DLL);
         assert_eq!(s.rx_space(), 1);
     }
@@ -873,44 +823,26 @@ mod tests {
     fn overrun_without_fifo_overwrites_rbr() {
         let (mut s, _, _) = uart();
         s.receive(b"ab");
-        assert_eq!(
-            s.read_register(LSR),
-            LSR_DATA_READY | LSR_OVERRUN_ERROR | 0x60
-        );
+        assert_eq!(s.read_register(LSR), LSR_DATA_READY | LSR_OVERRUN_ERROR | 0x60);
         assert_eq!(s.read_register(RBR_THR_DLL), b'b');
         assert_eq!(s.read_register(LSR), 0x60);
     }
 
     #[test]
     fn rx_trigger_levels() {
-        for (bits, level) in [
-            (FCR_RX_TRIGGER_1, 1),
-            (FCR_RX_TRIGGER_4, 4),
-            (FCR_RX_TRIGGER_8, 8),
-            (FCR_RX_TRIGGER_14, 14),
-        ] {
+        for (bits, level) in
+            [(FCR_RX_TRIGGER_1, 1), (FCR_RX_TRIGGER_4, 4), (FCR_RX_TRIGGER_8, 8), (FCR_RX_TRIGGER_14, 14)]
+        {
             let (mut s, irq, _) = uart();
             s.write_register(IIR_FCR, FCR_FIFO_ENABLE | bits);
             s.write_register(IER_DLM, IER_ERBFI);
             s.write_register(MCR, MCR_OUT2);
             assert_eq!(s.enqueue_input(&vec![0; level - 1]), level - 1);
-            let below = if level == 1 {
-                IIR_NO_INT_PENDING
-            } else {
-                IIR_ID_CHARACTER_TIMEOUT
-            };
-            assert_eq!(
-                iir(&mut s),
-                IIR_FIFOS_ENABLED | below,
-                "trigger {level}, one byte short"
-            );
+            let below = if level == 1 { IIR_NO_INT_PENDING } else { IIR_ID_CHARACTER_TIMEOUT };
+            assert_eq!(iir(&mut s), IIR_FIFOS_ENABLED | below, "trigger {level}, one byte short");
             assert_eq!(irq.level(), level > 1);
             s.enqueue_input(&[0]);
-            assert_eq!(
-                iir(&mut s),
-                IIR_FIFOS_ENABLED | IIR_ID_RECEIVED_DATA,
-                "trigger {level}"
-            );
+            assert_eq!(iir(&mut s), IIR_FIFOS_ENABLED | IIR_ID_RECEIVED_DATA, "trigger {level}");
             assert!(irq.level());
             // Draining the FIFO clears it.
             for _ in 0..level {
@@ -932,16 +864,9 @@ mod tests {
         s.write_register(IIR_FCR, FCR_FIFO_ENABLE | FCR_RX_TRIGGER_8);
         assert_eq!(iir(&mut s), IIR_FIFOS_ENABLED | IIR_NO_INT_PENDING);
         s.enqueue_input(b"abc");
-        s.write_register(
-            IIR_FCR,
-            FCR_FIFO_ENABLE | FCR_RX_TRIGGER_8 | FCR_RX_FIFO_RESET,
-        );
+        s.write_register(IIR_FCR, FCR_FIFO_ENABLE | FCR_RX_TRIGGER_8 | FCR_RX_FIFO_RESET);
         assert_eq!(s.save().rx_fifo, b"");
-        assert_eq!(
-            s.save().fcr,
-            FCR_FIFO_ENABLE | FCR_RX_TRIGGER_8,
-            "reset bits clear themselves"
-        );
+        assert_eq!(s.save().fcr, FCR_FIFO_ENABLE | FCR_RX_TRIGGER_8, "reset bits clear themselves");
 
         // Resetting the transmit FIFO raises THR empty.
         s.write_register(IER_DLM, IER_ETBEI);
@@ -980,20 +905,11 @@ mod tests {
         s.write_register(IER_DLM, IER_ERBFI);
         s.write_register(MCR, MCR_LOOP);
         // Modem inputs now come from the (inactive) outputs: DSR, CTS and DCD fell.
-        assert_eq!(
-            s.read_register(MSR),
-            MSR_DELTA_CTS | MSR_DELTA_DSR | MSR_DELTA_DCD,
-            "inputs low, deltas set"
-        );
+        assert_eq!(s.read_register(MSR), MSR_DELTA_CTS | MSR_DELTA_DSR | MSR_DELTA_DCD, "inputs low, deltas set");
         assert_eq!(s.read_register(MSR), 0, "reading MSR clears the deltas");
 
         // Each output loops to its input.
-        for (out_bit, in_bit) in [
-            (MCR_DTR, MSR_DSR),
-            (MCR_RTS, MSR_CTS),
-            (MCR_OUT1, MSR_RI),
-            (MCR_OUT2, MSR_DCD),
-        ] {
+        for (out_bit, in_bit) in [(MCR_DTR, MSR_DSR), (MCR_RTS, MSR_CTS), (MCR_OUT1, MSR_RI), (MCR_OUT2, MSR_DCD)] {
             s.write_register(MCR, MCR_LOOP | out_bit);
             assert_eq!(s.read_register(MSR) & 0xf0, in_bit);
             s.write_register(MCR, MCR_LOOP);
@@ -1060,20 +976,12 @@ mod tests {
         assert!(irq.level());
 
         assert_eq!(iir(&mut s), IIR_ID_RECEIVER_LINE_STATUS);
-        assert_eq!(
-            iir(&mut s),
-            IIR_ID_RECEIVER_LINE_STATUS,
-            "IIR reads do not clear it"
-        );
+        assert_eq!(iir(&mut s), IIR_ID_RECEIVER_LINE_STATUS, "IIR reads do not clear it");
         s.read_register(LSR);
         assert_eq!(iir(&mut s), IIR_ID_RECEIVED_DATA);
         s.read_register(RBR_THR_DLL);
         assert_eq!(iir(&mut s), IIR_ID_THR_EMPTY);
-        assert_eq!(
-            iir(&mut s),
-            IIR_ID_MODEM_STATUS,
-            "the IIR read acknowledged THR empty"
-        );
+        assert_eq!(iir(&mut s), IIR_ID_MODEM_STATUS, "the IIR read acknowledged THR empty");
         assert!(irq.level());
         s.read_register(MSR);
         assert_eq!(iir(&mut s), IIR_NO_INT_PENDING);
@@ -1087,11 +995,7 @@ mod tests {
         s.enqueue_input(b"d");
         assert_eq!(iir(&mut s), IIR_ID_RECEIVED_DATA);
         s.read_register(RBR_THR_DLL);
-        assert_eq!(
-            iir(&mut s),
-            IIR_ID_THR_EMPTY,
-            "still latched behind received data"
-        );
+        assert_eq!(iir(&mut s), IIR_ID_THR_EMPTY, "still latched behind received data");
     }
 
     #[test]
@@ -1117,13 +1021,7 @@ mod tests {
 
         let mut bad = state.clone();
         bad.fcr = 0;
-        assert_eq!(
-            t.restore(&bad),
-            Err(SerialError::RxFifoTooLong {
-                len: 5,
-                capacity: 1
-            })
-        );
+        assert_eq!(t.restore(&bad), Err(SerialError::RxFifoTooLong { len: 5, capacity: 1 }));
     }
 
     #[test]
@@ -1172,8 +1070,7 @@ mod tests {
         let (s, irq, out) = uart();
         let dev = Arc::new(Mutex::new(s));
         let mut bus = crate::bus::Bus::new();
-        bus.insert(dev.clone(), u64::from(COM1_PORT), SERIAL_PORT_LEN)
-            .unwrap();
+        bus.insert(dev.clone(), u64::from(COM1_PORT), SERIAL_PORT_LEN).unwrap();
         assert!(bus.write(u64::from(COM1_PORT) + 4, &[MCR_OUT2]));
         assert!(bus.write(u64::from(COM1_PORT) + 1, &[IER_ERBFI]));
         assert_eq!(dev.lock().enqueue_input(b"q"), 1);

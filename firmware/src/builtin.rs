@@ -60,10 +60,7 @@
 use std::collections::BTreeSet;
 
 use iced_x86::code_asm::*;
-use iced_x86::{
-    BlockEncoderOptions, Code, Decoder, DecoderOptions, IcedError, Instruction, MemoryOperand,
-    Register,
-};
+use iced_x86::{BlockEncoderOptions, Code, Decoder, DecoderOptions, IcedError, Instruction, MemoryOperand, Register};
 
 /// Linear (and physical) address where the ROM is mapped.
 pub const ROM_BASE: u64 = 0xFFFF_0000;
@@ -321,42 +318,10 @@ fn assemble() -> Result<Image, BuiltinError> {
 
     // ---- 64-bit code first: its label addresses fill the IDT and far pointer.
     let (code64, labels) = assemble64()?;
-    chunks.push(place(
-        &mut rom,
-        "64-bit",
-        64,
-        CODE64_OFF,
-        CODE64_MAX,
-        rom_addr(CODE64_OFF),
-        code64,
-    )?);
-    chunks.push(place(
-        &mut rom,
-        "32-bit",
-        32,
-        CODE32_OFF,
-        CODE32_MAX,
-        rom_addr(CODE32_OFF),
-        assemble32()?,
-    )?);
-    chunks.push(place(
-        &mut rom,
-        "16-bit",
-        16,
-        CODE16_OFF,
-        CODE16_MAX,
-        CODE16_OFF,
-        assemble16()?,
-    )?);
-    chunks.push(place(
-        &mut rom,
-        "reset vector",
-        16,
-        RESET_OFF,
-        16,
-        RESET_OFF,
-        assemble_reset()?,
-    )?);
+    chunks.push(place(&mut rom, "64-bit", 64, CODE64_OFF, CODE64_MAX, rom_addr(CODE64_OFF), code64)?);
+    chunks.push(place(&mut rom, "32-bit", 32, CODE32_OFF, CODE32_MAX, rom_addr(CODE32_OFF), assemble32()?)?);
+    chunks.push(place(&mut rom, "16-bit", 16, CODE16_OFF, CODE16_MAX, CODE16_OFF, assemble16()?)?);
+    chunks.push(place(&mut rom, "reset vector", 16, RESET_OFF, 16, RESET_OFF, assemble_reset()?)?);
 
     // ---- Data.
     let put = |rom: &mut [u8], off: u64, bytes: &[u8]| {
@@ -392,26 +357,11 @@ fn assemble() -> Result<Image, BuiltinError> {
     put(&mut rom, FARPTR_OFF, &farptr);
     // NUL-terminated strings.
     put(&mut rom, STR_BANNER_OFF, format!("{BANNER}\n\0").as_bytes());
-    put(
-        &mut rom,
-        STR_CHECKSUM_OFF,
-        format!("{CHECKSUM_PREFIX}\0").as_bytes(),
-    );
-    put(
-        &mut rom,
-        STR_EXCEPTION_OFF,
-        format!("{EXCEPTION_PREFIX}\0").as_bytes(),
-    );
+    put(&mut rom, STR_CHECKSUM_OFF, format!("{CHECKSUM_PREFIX}\0").as_bytes());
+    put(&mut rom, STR_EXCEPTION_OFF, format!("{EXCEPTION_PREFIX}\0").as_bytes());
     put(&mut rom, STR_AT_OFF, b" at 0x\0");
 
-    Ok(Image {
-        guest: BuiltinGuest {
-            rom,
-            entry32: rom_addr(CODE32_OFF),
-            entry64: rom_addr(CODE64_OFF),
-        },
-        chunks,
-    })
+    Ok(Image { guest: BuiltinGuest { rom, entry32: rom_addr(CODE32_OFF), entry64: rom_addr(CODE64_OFF) }, chunks })
 }
 
 fn place(
@@ -424,22 +374,11 @@ fn place(
     bytes: Vec<u8>,
 ) -> Result<Chunk, BuiltinError> {
     if bytes.len() as u64 > max {
-        return Err(BuiltinError::Layout {
-            what,
-            len: bytes.len(),
-            max,
-            offset,
-        });
+        return Err(BuiltinError::Layout { what, len: bytes.len(), max, offset });
     }
     let start = usize::try_from(offset).expect("ROM offset fits usize");
     rom[start..start + bytes.len()].copy_from_slice(&bytes);
-    tracing::debug!(
-        what,
-        bitness,
-        offset,
-        len = bytes.len(),
-        "built-in guest code placed"
-    );
+    tracing::debug!(what, bitness, offset, len = bytes.len(), "built-in guest code placed");
     Ok(Chunk { bitness, ip, bytes })
 }
 
@@ -487,11 +426,7 @@ fn assemble16() -> Result<Vec<u8>, BuiltinError> {
     a.or(al, 1)?;
     a.mov(cr0, eax)?;
     // o32 jmp far 0x08:entry32
-    a.add_instruction(Instruction::with_far_branch(
-        Code::Jmp_ptr1632,
-        SEL_CODE32,
-        imm32(rom_addr(CODE32_OFF)),
-    )?)?;
+    a.add_instruction(Instruction::with_far_branch(Code::Jmp_ptr1632, SEL_CODE32, imm32(rom_addr(CODE32_OFF)))?)?;
     Ok(a.assemble(CODE16_OFF)?)
 }
 
@@ -640,10 +575,7 @@ fn assemble64() -> Result<(Vec<u8>, Labels64), BuiltinError> {
     a.wrmsr()?;
     a.mov(ecx, MSR_STAR)?;
     a.xor(eax, eax)?;
-    a.mov(
-        edx,
-        (u32::from(SEL_USER_BASE) << 16) | u32::from(SEL_CODE64),
-    )?;
+    a.mov(edx, (u32::from(SEL_USER_BASE) << 16) | u32::from(SEL_CODE64))?;
     a.wrmsr()?;
     a.mov(ecx, MSR_LSTAR)?;
     a.lea(rax, ptr(syscall_entry))?;
@@ -804,16 +736,21 @@ fn assemble64() -> Result<(Vec<u8>, Labels64), BuiltinError> {
     a.out(dx, al)?;
     a.ret()?;
 
-    let result = a.assemble_options(
-        rom_addr(CODE64_OFF),
-        BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
-    )?;
+    let result = a.assemble_options(rom_addr(CODE64_OFF), BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
     let labels = Labels64 {
         reload_cs: result.label_ip(&reload_cs)?,
         vectors: vector_labels
             .iter()
             .enumerate()
-            .map(|(v, l)| if v == usize::from(REPORT_VECTOR) { result.label_ip(&syscall_entry) } else { result.label_ip(l) })
+            .map(
+                |(v, l)| {
+                    if v == usize::from(REPORT_VECTOR) {
+                        result.label_ip(&syscall_entry)
+                    } else {
+                        result.label_ip(l)
+                    }
+                },
+            )
             .collect::<Result<_, _>>()?,
     };
     Ok((result.inner.code_buffer, labels))
@@ -881,10 +818,7 @@ mod tests {
             let out = format!("noise\r\n{BANNER}\r\n{}\r\n", checksum_line(sum));
             assert_eq!(parse_checksum(&out), Some(sum));
         }
-        assert_eq!(
-            checksum_line(0xab),
-            "ferrovm guest: checksum 0x00000000000000ab"
-        );
+        assert_eq!(checksum_line(0xab), "ferrovm guest: checksum 0x00000000000000ab");
         assert_eq!(parse_checksum("ferrovm guest: checksum 0x12"), None);
         assert_eq!(parse_checksum(BANNER), None);
     }
@@ -895,27 +829,13 @@ mod tests {
         assert_eq!(image.chunks.len(), 4);
         for chunk in &image.chunks {
             let start = usize::try_from(chunk.ip & (ROM_SIZE - 1)).unwrap();
-            assert_eq!(
-                &image.guest.rom[start..start + chunk.bytes.len()],
-                &chunk.bytes[..]
-            );
+            assert_eq!(&image.guest.rom[start..start + chunk.bytes.len()], &chunk.bytes[..]);
             let mut len = 0;
             for instr in decode_chunk(chunk) {
-                assert_ne!(
-                    instr.code(),
-                    Code::INVALID,
-                    "{}-bit code at {:#x}",
-                    chunk.bitness,
-                    instr.ip()
-                );
+                assert_ne!(instr.code(), Code::INVALID, "{}-bit code at {:#x}", chunk.bitness, instr.ip());
                 len += instr.len();
             }
-            assert_eq!(
-                len,
-                chunk.bytes.len(),
-                "code at {:#x} decodes to its exact length",
-                chunk.ip
-            );
+            assert_eq!(len, chunk.bytes.len(), "code at {:#x} decodes to its exact length", chunk.ip);
         }
     }
 
@@ -923,17 +843,13 @@ mod tests {
     fn only_allowed_instruction_families_are_used() {
         let used = used_mnemonics().unwrap();
         let allowed = [
-            "Mov", "Movzx", "Lea", "Add", "Sub", "And", "Or", "Xor", "Not", "Neg", "Shl", "Shr",
-            "Sar", "Rol", "Ror", "Imul", "Cmp", "Test", "Inc", "Dec", "J", "Call", "Ret", "Push",
-            "Pop", "Loop", "Cli", "Hlt", "In", "Out", "Lgdt", "Lidt", "Ltr", "Rdmsr", "Wrmsr",
-            "Syscall", "Sysretq", "Iretq", "Pushq", "Retnq", "Callq",
+            "Mov", "Movzx", "Lea", "Add", "Sub", "And", "Or", "Xor", "Not", "Neg", "Shl", "Shr", "Sar", "Rol", "Ror",
+            "Imul", "Cmp", "Test", "Inc", "Dec", "J", "Call", "Ret", "Push", "Pop", "Loop", "Cli", "Hlt", "In", "Out",
+            "Lgdt", "Lidt", "Ltr", "Rdmsr", "Wrmsr", "Syscall", "Sysretq", "Iretq", "Pushq", "Retnq", "Callq",
         ];
         for entry in &used {
             let name = entry.split(':').nth(1).unwrap();
-            assert!(
-                allowed.iter().any(|p| name.starts_with(p)),
-                "unexpected {entry}"
-            );
+            assert!(allowed.iter().any(|p| name.starts_with(p)), "unexpected {entry}");
         }
         println!("{}", used.join("\n"));
     }
@@ -952,8 +868,7 @@ mod tests {
             let target = u64::from(u16::from_le_bytes([gate[0], gate[1]]))
                 | (u64::from(u16::from_le_bytes([gate[6], gate[7]])) << 16);
             assert!((code64.ip..end64).contains(&target));
-            let i =
-                Decoder::with_ip(64, &g.rom[off(target)..], target, DecoderOptions::NONE).decode();
+            let i = Decoder::with_ip(64, &g.rom[off(target)..], target, DecoderOptions::NONE).decode();
             let dpl = (gate[5] >> 5) & 3;
             if v == usize::from(REPORT_VECTOR) {
                 assert_eq!(dpl, 3);
@@ -982,15 +897,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("ferrovm-builtin-{}.rom", std::process::id()));
         std::fs::write(&path, build().unwrap().rom).unwrap();
         let out = std::process::Command::new(qemu)
-            .args([
-                "-nodefaults",
-                "-machine",
-                "pc",
-                "-m",
-                "64",
-                "-display",
-                "none",
-            ])
+            .args(["-nodefaults", "-machine", "pc", "-m", "64", "-display", "none"])
             .args(["-serial", "stdio", "-monitor", "none", "-no-reboot"])
             .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-bios"])
             .arg(&path)

@@ -2,9 +2,9 @@
 //! CPU its first state. The built-in guest, the Linux boot protocol (bzImage and
 //! vmlinux), multiboot v1, the e820 map, and the MP and ACPI tables.
 
-pub mod builtin;
 pub mod acpi;
 pub mod boot;
+pub mod builtin;
 pub mod decompress;
 pub mod e820;
 pub mod elf;

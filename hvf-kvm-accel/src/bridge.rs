@@ -75,10 +75,7 @@ pub const BRIDGE_MSRS: &[(u32, &str)] = &[
 
 /// The name of a bridged MSR, or "MSR" for others.
 pub fn msr_name(index: u32) -> &'static str {
-    BRIDGE_MSRS
-        .iter()
-        .find(|(i, _)| *i == index)
-        .map_or("MSR", |(_, n)| n)
+    BRIDGE_MSRS.iter().find(|(i, _)| *i == index).map_or("MSR", |(_, n)| n)
 }
 
 fn msr_slot(m: &mut cpu::state::MsrState, index: u32) -> Option<&mut u64> {
@@ -154,30 +151,16 @@ pub fn segment_from_kvm(k: &kvm_segment) -> Segment {
         | flag(k.db, seg_attr::DB)
         | flag(k.g, seg_attr::G)
         | flag(k.unusable, seg_attr::UNUSABLE);
-    Segment {
-        base: k.base,
-        limit: k.limit,
-        attr,
-        selector: k.selector,
-        _pad: [0; 3],
-    }
+    Segment { base: k.base, limit: k.limit, attr, selector: k.selector, _pad: [0; 3] }
 }
 
 fn dtable_to_kvm(t: &DescTable) -> kvm_dtable {
     // GDTR and IDTR limits are 16 bits wide architecturally.
-    kvm_dtable {
-        base: t.base,
-        limit: u16::try_from(t.limit).unwrap_or(u16::MAX),
-        padding: [0; 3],
-    }
+    kvm_dtable { base: t.base, limit: u16::try_from(t.limit).unwrap_or(u16::MAX), padding: [0; 3] }
 }
 
 fn dtable_from_kvm(t: &kvm_dtable) -> DescTable {
-    DescTable {
-        base: t.base,
-        limit: u32::from(t.limit),
-        _pad: 0,
-    }
+    DescTable { base: t.base, limit: u32::from(t.limit), _pad: 0 }
 }
 
 /// x87 tag values in the full tag word.
@@ -188,13 +171,7 @@ const TAG_EMPTY: u16 = 3;
 
 /// The full tag word to FXSAVE's abridged one (bit i set: R[i] not empty).
 fn abridged_tags(ftw: u16) -> u8 {
-    (0..8).fold(0u8, |acc, i| {
-        if (ftw >> (2 * i)) & 3 != TAG_EMPTY {
-            acc | (1 << i)
-        } else {
-            acc
-        }
-    })
+    (0..8).fold(0u8, |acc, i| if (ftw >> (2 * i)) & 3 != TAG_EMPTY { acc | (1 << i) } else { acc })
 }
 
 /// The tag FXRSTOR derives for a non-empty register from its contents.
@@ -214,11 +191,7 @@ fn tag_of(r: &F80) -> u16 {
 /// FXSAVE's abridged tag word back to the full one.
 fn full_tags(abridged: u8, regs: &[F80; 8]) -> u16 {
     (0..8).fold(0u16, |acc, i| {
-        let tag = if abridged & (1 << i) != 0 {
-            tag_of(&regs[i])
-        } else {
-            TAG_EMPTY
-        };
+        let tag = if abridged & (1 << i) != 0 { tag_of(&regs[i]) } else { TAG_EMPTY };
         acc | (tag << (2 * i))
     })
 }
@@ -238,11 +211,7 @@ fn f80_to_bytes(r: &F80) -> [u8; 16] {
 fn f80_from_bytes(b: &[u8; 16]) -> F80 {
     let mut m = [0u8; 8];
     m.copy_from_slice(&b[..8]);
-    F80 {
-        mantissa: u64::from_le_bytes(m),
-        sign_exp: u16::from_le_bytes([b[8], b[9]]),
-        _pad: [0; 3],
-    }
+    F80 { mantissa: u64::from_le_bytes(m), sign_exp: u16::from_le_bytes([b[8], b[9]]), _pad: [0; 3] }
 }
 
 /// Byte offsets in the FXSAVE image (64-bit layout), which is also the
@@ -408,12 +377,8 @@ pub fn cpu_to_kvm(s: &CpuState) -> Result<KvmCpuState, AccelError> {
         *dst = x.to_le_bytes();
     }
 
-    let debugregs = kvm_debugregs {
-        db: [s.dr[0], s.dr[1], s.dr[2], s.dr[3]],
-        dr6: s.dr[6],
-        dr7: s.dr[7],
-        ..Default::default()
-    };
+    let debugregs =
+        kvm_debugregs { db: [s.dr[0], s.dr[1], s.dr[2], s.dr[3]], dr6: s.dr[6], dr7: s.dr[7], ..Default::default() };
 
     let mut m = s.msr;
     let mut msrs = [(0u32, 0u64); BRIDGE_MSRS.len()];
@@ -440,10 +405,8 @@ pub fn cpu_to_kvm(s: &CpuState) -> Result<KvmCpuState, AccelError> {
 /// materialised: `lazy` is cleared.
 pub fn kvm_to_cpu(k: &KvmCpuState, s: &mut CpuState) {
     let r = &k.regs;
-    s.gpr = [
-        r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12,
-        r.r13, r.r14, r.r15,
-    ];
+    s.gpr =
+        [r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15];
     s.rip = r.rip;
     s.rflags = r.rflags;
     s.lazy = LazyFlags::default();
@@ -523,76 +486,28 @@ mod tests {
             *g = 0x0101_0101_0101_0101u64.wrapping_mul(i as u64 + 1) ^ 0x8000_0000_0000_0000;
         }
         s.rip = 0x0000_7fff_1234_5678;
-        s.rflags =
-            flags::FIXED | flags::CF | flags::ZF | flags::OF | flags::IF | flags::IOPL | flags::AC;
+        s.rflags = flags::FIXED | flags::CF | flags::ZF | flags::OF | flags::IF | flags::IOPL | flags::AC;
         let code = P | S | TYPE_CODE | TYPE_RW | TYPE_ACCESSED | L | G | (3 << DPL_SHIFT);
         let data = P | S | TYPE_RW | TYPE_ACCESSED | DB | G | (3 << DPL_SHIFT);
-        s.seg = [Segment {
-            base: 0,
-            limit: 0xffff_ffff,
-            attr: data,
-            selector: 0x2b,
-            _pad: [0; 3],
-        }; 6];
-        s.seg[sreg::CS] = Segment {
-            base: 0,
-            limit: 0xffff_ffff,
-            attr: code,
-            selector: 0x33,
-            _pad: [0; 3],
-        };
+        s.seg = [Segment { base: 0, limit: 0xffff_ffff, attr: data, selector: 0x2b, _pad: [0; 3] }; 6];
+        s.seg[sreg::CS] = Segment { base: 0, limit: 0xffff_ffff, attr: code, selector: 0x33, _pad: [0; 3] };
         s.seg[sreg::ES].attr |= UNUSABLE;
         s.seg[sreg::ES].selector = 0;
         s.seg[sreg::FS].base = 0x7f00_dead_b000;
         s.seg[sreg::GS].base = 0xffff_8880_0000_1000;
         s.seg[sreg::GS].attr |= AVL;
-        s.tr = Segment {
-            base: 0xffff_fe00_0000_3000,
-            limit: 0x4087,
-            attr: P | 11,
-            selector: 0x40,
-            _pad: [0; 3],
-        };
-        s.ldtr = Segment {
-            base: 0x1234_0000,
-            limit: 0xfff,
-            attr: P | 2,
-            selector: 0x50,
-            _pad: [0; 3],
-        };
-        s.gdtr = DescTable {
-            base: 0xffff_fe00_0000_1000,
-            limit: 0x7f,
-            _pad: 0,
-        };
-        s.idtr = DescTable {
-            base: 0xffff_fe00_0000_0000,
-            limit: 0xfff,
-            _pad: 0,
-        };
-        s.cr0 = cr::CR0_PE
-            | cr::CR0_MP
-            | cr::CR0_ET
-            | cr::CR0_NE
-            | cr::CR0_WP
-            | cr::CR0_AM
-            | cr::CR0_PG;
+        s.tr = Segment { base: 0xffff_fe00_0000_3000, limit: 0x4087, attr: P | 11, selector: 0x40, _pad: [0; 3] };
+        s.ldtr = Segment { base: 0x1234_0000, limit: 0xfff, attr: P | 2, selector: 0x50, _pad: [0; 3] };
+        s.gdtr = DescTable { base: 0xffff_fe00_0000_1000, limit: 0x7f, _pad: 0 };
+        s.idtr = DescTable { base: 0xffff_fe00_0000_0000, limit: 0xfff, _pad: 0 };
+        s.cr0 = cr::CR0_PE | cr::CR0_MP | cr::CR0_ET | cr::CR0_NE | cr::CR0_WP | cr::CR0_AM | cr::CR0_PG;
         s.cr2 = 0x0dea_dbee_f000;
         s.cr3 = 0x0123_4000;
         s.cr4 = cr::CR4_PAE | cr::CR4_PGE | cr::CR4_OSFXSR | cr::CR4_OSXMMEXCPT;
         s.cr8 = 5;
         s.efer = cr::EFER_SCE | cr::EFER_LME | cr::EFER_LMA | cr::EFER_NXE;
         s.xcr0 = 3;
-        s.dr = [
-            0x1000,
-            0x2000,
-            0x3000,
-            0x4000,
-            0xffff_4ff1,
-            0x0702,
-            0xffff_4ff1,
-            0x0702,
-        ];
+        s.dr = [0x1000, 0x2000, 0x3000, 0x4000, 0xffff_4ff1, 0x0702, 0xffff_4ff1, 0x0702];
         s.msr.star = 0x0023_0010_0000_0000;
         s.msr.lstar = 0xffff_ffff_8160_0000;
         s.msr.cstar = 0xffff_ffff_8160_1000;
@@ -611,17 +526,9 @@ mod tests {
         // x87: TOP = 6, R6 = 1.0, R7 = 0.0, R0 = NaN; the others empty.
         s.fpu.fsw = 6 << 11;
         s.fpu.fcw = 0x027f;
-        s.fpu.regs[6] = F80 {
-            mantissa: 1 << 63,
-            sign_exp: 0x3fff,
-            _pad: [0; 3],
-        };
+        s.fpu.regs[6] = F80 { mantissa: 1 << 63, sign_exp: 0x3fff, _pad: [0; 3] };
         s.fpu.regs[7] = F80::default();
-        s.fpu.regs[0] = F80 {
-            mantissa: 0xc000_0000_0000_0000,
-            sign_exp: 0xffff,
-            _pad: [0; 3],
-        };
+        s.fpu.regs[0] = F80 { mantissa: 0xc000_0000_0000_0000, sign_exp: 0xffff, _pad: [0; 3] };
         // R6 valid (tag 0), R7 zero, R0 special, R1..R5 empty.
         s.fpu.ftw = 0x0ffc | (TAG_ZERO << 14) | TAG_SPECIAL;
         s.fpu.fop = 0x5d9;
@@ -668,20 +575,11 @@ mod tests {
             if (5..7).contains(&bit) || (8..12).contains(&bit) {
                 continue; // DPL handled below; bits 8-11 are reserved.
             }
-            let s = Segment {
-                base: 1,
-                limit: 2,
-                attr: 1 << bit,
-                selector: 3,
-                _pad: [0; 3],
-            };
+            let s = Segment { base: 1, limit: 2, attr: 1 << bit, selector: 3, _pad: [0; 3] };
             assert_eq!(segment_from_kvm(&segment_to_kvm(&s)), s, "attr bit {bit}");
         }
         for dpl in 0..4 {
-            let s = Segment {
-                attr: dpl << seg_attr::DPL_SHIFT,
-                ..Default::default()
-            };
+            let s = Segment { attr: dpl << seg_attr::DPL_SHIFT, ..Default::default() };
             assert_eq!(segment_to_kvm(&s).dpl, dpl as u8);
             assert_eq!(segment_from_kvm(&segment_to_kvm(&s)), s);
         }
@@ -691,10 +589,7 @@ mod tests {
     fn lazy_flags_are_refused() {
         let mut s = busy_state();
         s.lazy.op = 3;
-        assert!(matches!(
-            cpu_to_kvm(&s),
-            Err(AccelError::LazyFlags { op: 3 })
-        ));
+        assert!(matches!(cpu_to_kvm(&s), Err(AccelError::LazyFlags { op: 3 })));
     }
 
     #[test]
@@ -716,16 +611,8 @@ mod tests {
     #[test]
     fn tag_word_conversion() {
         let mut regs = [F80::default(); 8];
-        regs[1] = F80 {
-            mantissa: 1 << 63,
-            sign_exp: 0x4000,
-            _pad: [0; 3],
-        }; // valid
-        regs[2] = F80 {
-            mantissa: 1,
-            sign_exp: 0,
-            _pad: [0; 3],
-        }; // denormal
+        regs[1] = F80 { mantissa: 1 << 63, sign_exp: 0x4000, _pad: [0; 3] }; // valid
+        regs[2] = F80 { mantissa: 1, sign_exp: 0, _pad: [0; 3] }; // denormal
         regs[3] = F80::default(); // zero
         let ftw: u16 = 0xff03 | (TAG_VALID << 2) | (TAG_SPECIAL << 4) | (TAG_ZERO << 6);
         let ab = abridged_tags(ftw);
@@ -749,23 +636,13 @@ mod tests {
         let f = fpu_from_xsave(&region);
         assert_eq!(f.fpr, k.fpu.fpr);
         assert_eq!(f.xmm, k.fpu.xmm);
-        assert_eq!(
-            (f.fcw, f.fsw, f.ftwx, f.last_opcode),
-            (k.fpu.fcw, k.fpu.fsw, k.fpu.ftwx, k.fpu.last_opcode)
-        );
-        assert_eq!(
-            (f.last_ip, f.last_dp, f.mxcsr),
-            (k.fpu.last_ip, k.fpu.last_dp, k.fpu.mxcsr)
-        );
+        assert_eq!((f.fcw, f.fsw, f.ftwx, f.last_opcode), (k.fpu.fcw, k.fpu.fsw, k.fpu.ftwx, k.fpu.last_opcode));
+        assert_eq!((f.last_ip, f.last_dp, f.mxcsr), (k.fpu.last_ip, k.fpu.last_dp, k.fpu.mxcsr));
     }
 
     #[test]
     fn gdt_limit_saturates_to_16_bits() {
-        let t = DescTable {
-            base: 5,
-            limit: 0x1_0000,
-            _pad: 0,
-        };
+        let t = DescTable { base: 5, limit: 0x1_0000, _pad: 0 };
         assert_eq!(dtable_to_kvm(&t).limit, 0xffff);
     }
 }

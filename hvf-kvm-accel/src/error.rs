@@ -5,9 +5,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum AccelError {
     /// No accelerator backend exists for this host operating system.
-    #[error(
-        "no hardware accelerator is available for this host operating system; use --accel interp"
-    )]
+    #[error("no hardware accelerator is available for this host operating system; use --accel interp")]
     NoBackend,
     /// /dev/kvm is absent.
     #[error("/dev/kvm does not exist: KVM is not available on this host; use --accel interp")]
@@ -32,12 +30,7 @@ pub enum AccelError {
     Ioctl { op: &'static str, reason: String },
     /// Guest memory could not be registered with the hypervisor.
     #[error("cannot map guest memory region {name} ({base:#x}+{len:#x}) into the VM: {reason}")]
-    MemorySlot {
-        name: &'static str,
-        base: u64,
-        len: u64,
-        reason: String,
-    },
+    MemorySlot { name: &'static str, base: u64, len: u64, reason: String },
     /// A state was handed over with lazily kept flags.
     #[error("CpuState has lazily kept arithmetic flags (lazy.op = {op}); materialise RFLAGS before handing the state to the hypervisor")]
     LazyFlags { op: u32 },
@@ -50,9 +43,6 @@ impl AccelError {
     /// An ioctl failure, with the OS error text.
     #[cfg(target_os = "linux")]
     pub(crate) fn ioctl(op: &'static str, e: impl std::fmt::Display) -> Self {
-        AccelError::Ioctl {
-            op,
-            reason: e.to_string(),
-        }
+        AccelError::Ioctl { op, reason: e.to_string() }
     }
 }

@@ -63,9 +63,5 @@ pub fn emulate_one(vcpu: &mut dyn Vcpu, cpu: &mut Cpu) -> Result<Emulated, Accel
         back.materialize_flags();
         vcpu.set_state(&back)?;
     }
-    Ok(Emulated::Ran {
-        mnemonic,
-        stop,
-        took: t.elapsed(),
-    })
+    Ok(Emulated::Ran { mnemonic, stop, took: t.elapsed() })
 }

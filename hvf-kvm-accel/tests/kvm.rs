@@ -109,10 +109,7 @@ fn guest_cpuid(kvm: &mut Kvm, cpl: u8) -> Option<([u32; 3], Vec<&'static str>)> 
     let mut io = Io::default();
     assert_eq!(g.vcpu.run(&mut io).unwrap(), VmExit::Interrupted);
     let r = io.on(PORT_RESULT);
-    eprintln!(
-        "CPUID at CPL{cpl}: 1:ECX={:#010x} 80000001h:EDX={:#010x} 40000000h:EBX={:#010x}",
-        r[0], r[1], r[2]
-    );
+    eprintln!("CPUID at CPL{cpl}: 1:ECX={:#010x} 80000001h:EDX={:#010x} 40000000h:EBX={:#010x}", r[0], r[1], r[2]);
     Some(([r[0], r[1], r[2]], g.vcpu.cpuid_still_visible().to_vec()))
 }
 
@@ -182,9 +179,7 @@ fn cpuid_model_reaches_the_guest() {
         return;
     };
     if ecx1 & (1 << 31) != 0 || sig == 0x4b4d_564b {
-        eprintln!(
-            "  ring-3 CPUID is not virtualised here: it shows the host's hypervisor bit/signature"
-        );
+        eprintln!("  ring-3 CPUID is not virtualised here: it shows the host's hypervisor bit/signature");
     }
 }
 
@@ -211,18 +206,12 @@ fn soft_int(kvm: &mut Kvm, cpl: u8, vector: u8) -> Option<(VmExit, Vec<u32>, Vec
         io.on(PORT_RESULT),
         io.on(PORT_VECTOR)
     );
-    if let VmExit::InternalError {
-        rip, insn_bytes, ..
-    } = &exit
-    {
+    if let VmExit::InternalError { rip, insn_bytes, .. } = &exit {
         // RIP and the bytes point at the interrupt instruction (after the
         // 2-byte mov and the 2-byte out), and the state is intact for a
         // fallback to pick up.
         assert_eq!(*rip, CODE + 4);
-        assert_eq!(
-            insn_bytes.first(),
-            Some(if vector == 3 { &0xcc } else { &0xcd })
-        );
+        assert_eq!(insn_bytes.first(), Some(if vector == 3 { &0xcc } else { &0xcd }));
         let s = g.vcpu.get_state().unwrap();
         assert_eq!((s.rip, s.cpl), (CODE + 4, cpl));
     }
@@ -316,11 +305,7 @@ fn reset_vector_real_mode() {
     let mut io = Io::default();
     let exit = vcpu.run(&mut io).unwrap();
     let s = vcpu.get_state().unwrap();
-    eprintln!(
-        "reset vector: exit {exit:?}, port 0x80 got {:x?}, rip now {:#x}",
-        io.on(PORT_RESULT),
-        s.rip
-    );
+    eprintln!("reset vector: exit {exit:?}, port 0x80 got {:x?}, rip now {:#x}", io.on(PORT_RESULT), s.rip);
     match exit {
         VmExit::Hlt => {
             assert_eq!(io.on(PORT_RESULT), [0x42, 0x43]);
@@ -363,11 +348,7 @@ fn state_round_trip_through_vcpu() {
     s.msr.tsc_adjust = 1000;
     s.fpu.fcw = 0x027f;
     s.fpu.fsw = 7 << 11;
-    s.fpu.regs[7] = cpu::state::F80 {
-        mantissa: 0xc000_0000_0000_0000,
-        sign_exp: 0x4000,
-        _pad: [0; 3],
-    };
+    s.fpu.regs[7] = cpu::state::F80 { mantissa: 0xc000_0000_0000_0000, sign_exp: 0x4000, _pad: [0; 3] };
     s.fpu.ftw = 0x3fff; // R7 valid, the rest empty.
     for (i, x) in s.xmm.iter_mut().enumerate() {
         *x = u128::from(i as u64 + 1) * 0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10;
@@ -413,11 +394,7 @@ fn state_round_trip_through_vcpu() {
     for d in &diffs {
         eprintln!("round trip difference: {d}");
     }
-    assert!(
-        diffs.is_empty(),
-        "{} fields changed through the vCPU",
-        diffs.len()
-    );
+    assert!(diffs.is_empty(), "{} fields changed through the vCPU", diffs.len());
 }
 
 /// Diagnostic: what KVM offers here and what the model keeps.
@@ -430,25 +407,15 @@ fn kvm_pvm_capabilities() {
         .filter(|h| cpuid::has(&sup, h.leaf, h.subleaf, h.reg, h.bit))
         .map(|h| h.name)
         .collect();
-    eprintln!(
-        "KVM_GET_SUPPORTED_CPUID: {} entries; hidden items KVM offered: {shown:?}",
-        sup.len()
-    );
+    eprintln!("KVM_GET_SUPPORTED_CPUID: {} entries; hidden items KVM offered: {shown:?}", sup.len());
     let mem = Arc::new(GuestMemory::new(RAM).unwrap());
     kvm.set_in_kernel_irqchip(true);
     match kvm.create_kvm_vm(mem) {
         Ok(vm) => {
             eprintln!("in-kernel irqchip: {}", vm.irqchip());
             let model = vm.cpuid();
-            for h in cpuid::HIDDEN_BITS
-                .iter()
-                .filter(|h| !h.userspace_irqchip_only)
-            {
-                assert!(
-                    !cpuid::has(model, h.leaf, h.subleaf, h.reg, h.bit),
-                    "{} still visible",
-                    h.name
-                );
+            for h in cpuid::HIDDEN_BITS.iter().filter(|h| !h.userspace_irqchip_only) {
+                assert!(!cpuid::has(model, h.leaf, h.subleaf, h.reg, h.bit), "{} still visible", h.name);
             }
             let _vcpu = vm.create_vcpu(0).unwrap();
             if let IrqChip::InKernel { .. } = vm.irqchip() {

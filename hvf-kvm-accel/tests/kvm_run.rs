@@ -135,11 +135,7 @@ fn kick_stops_a_spinning_or_halted_vcpu() {
         }
         let s = g.vcpu.get_state().unwrap();
         assert_eq!(s.cpl, cpl, "{what}");
-        assert!(
-            (CODE..CODE + 4).contains(&s.rip),
-            "{what}: rip {:#x}",
-            s.rip
-        );
+        assert!((CODE..CODE + 4).contains(&s.rip), "{what}: rip {:#x}", s.rip);
         let stats = g.vcpu.stats();
         assert_eq!(stats.kicks, KICKS as u64);
         assert!(stats.exits.interrupted >= KICKS as u64, "{:?}", stats.exits);
@@ -152,10 +148,7 @@ fn kick_stops_a_spinning_or_halted_vcpu() {
             stats.entries,
             stats.in_guest.as_secs_f64() * 1e3
         );
-        assert!(
-            max < Duration::from_millis(100),
-            "{what}: kick took {max:?}"
-        );
+        assert!(max < Duration::from_millis(100), "{what}: kick took {max:?}");
     }
 }
 
@@ -231,10 +224,7 @@ fn kick_with_stop_request_ends_one_run() {
         return;
     };
     let kicker = g.vcpu.kicker().unwrap();
-    let mut h = KickOnStop {
-        io: Io::default(),
-        kicker,
-    };
+    let mut h = KickOnStop { io: Io::default(), kicker };
     assert_eq!(g.vcpu.run(&mut h).unwrap(), VmExit::Interrupted);
     assert!(h.io.on(PORT_RESULT).is_empty());
     h.io.stop = false;
@@ -386,16 +376,7 @@ fn linux_64bit_state_runs_cpl0_code() {
     let Some(io) = run_boot_guest(&mut kvm, "Linux (64-bit long mode)", mem, &state) else {
         return;
     };
-    assert_eq!(
-        io.on(PORT_RESULT),
-        [
-            ZERO_PAGE_ADDR as u32,
-            0xfeed_f00d,
-            0x10,
-            0x1234_5678,
-            loop_result(BOOT_LOOP)
-        ]
-    );
+    assert_eq!(io.on(PORT_RESULT), [ZERO_PAGE_ADDR as u32, 0xfeed_f00d, 0x10, 0x1234_5678, loop_result(BOOT_LOOP)]);
 }
 
 /// The reset vector: real mode, CS F000 base FFFF0000, RIP FFF0, jumping
@@ -449,21 +430,15 @@ fn run_with_fallback(g: &mut Guest, io: &mut Io, cpu: &mut Cpu) -> (Vec<String>,
     loop {
         match g.vcpu.run(io).unwrap() {
             VmExit::Interrupted if io.stop => return (names, took),
-            VmExit::InternalError { suberror: 1, .. } => {
-                match emulate_one(&mut g.vcpu, cpu).unwrap() {
-                    Emulated::Ran {
-                        mnemonic,
-                        stop,
-                        took: t,
-                    } => {
-                        assert_eq!(stop, StopReason::Budget, "{mnemonic}");
-                        names.push(mnemonic);
-                        took.push(t);
-                        assert!(names.len() < 10_000, "fallback loop: {names:?}");
-                    }
-                    Emulated::EventPending(ev) => panic!("unexpected pending event {ev}"),
+            VmExit::InternalError { suberror: 1, .. } => match emulate_one(&mut g.vcpu, cpu).unwrap() {
+                Emulated::Ran { mnemonic, stop, took: t } => {
+                    assert_eq!(stop, StopReason::Budget, "{mnemonic}");
+                    names.push(mnemonic);
+                    took.push(t);
+                    assert!(names.len() < 10_000, "fallback loop: {names:?}");
                 }
-            }
+                Emulated::EventPending(ev) => panic!("unexpected pending event {ev}"),
+            },
             other => panic!("unexpected exit {other}"),
         }
     }
@@ -495,9 +470,7 @@ fn fallback_runs_int3_at_cpl0_through_the_idt() {
     let (names, took) = run_with_fallback(&mut g, &mut io, &mut cpu);
     eprintln!(
         "int3 at CPL0: emulated {names:?}; round trips {:?}",
-        took.iter()
-            .map(|t| format!("{:.1} µs", t.as_secs_f64() * 1e6))
-            .collect::<Vec<_>>()
+        took.iter().map(|t| format!("{:.1} µs", t.as_secs_f64() * 1e6)).collect::<Vec<_>>()
     );
     assert_eq!(io.on(PORT_RESULT), [1, 0x5566_7788, 2]);
     assert_eq!(io.on(PORT_VECTOR), [3], "the #BP handler ran once");
@@ -542,9 +515,7 @@ fn fallback_runs_cmpxchg16b_at_cpl0() {
     let (names, took) = run_with_fallback(&mut g, &mut io, &mut cpu);
     eprintln!(
         "cmpxchg16b at CPL0: emulated {names:?} in {:?}",
-        took.iter()
-            .map(|t| format!("{:.1} µs", t.as_secs_f64() * 1e6))
-            .collect::<Vec<_>>()
+        took.iter().map(|t| format!("{:.1} µs", t.as_secs_f64() * 1e6)).collect::<Vec<_>>()
     );
     assert_eq!(io.on(PORT_RESULT), [1, 3, 0x4444_4444]);
 }
@@ -610,31 +581,17 @@ fn pending_exception_survives_the_round_trip() {
     ev.exception.nr = 6; // #UD
     ev.exception.has_error_code = 0;
     g.vcpu.fd().set_vcpu_events(&ev).unwrap();
-    let want = PendingEvent::Exception {
-        vector: 6,
-        error_code: None,
-        injected: true,
-    };
+    let want = PendingEvent::Exception { vector: 6, error_code: None, injected: true };
     assert_eq!(g.vcpu.pending_event().unwrap(), Some(want));
     let s = g.vcpu.get_state().unwrap();
     g.vcpu.set_state(&s).unwrap();
-    assert_eq!(
-        g.vcpu.pending_event().unwrap(),
-        Some(want),
-        "lost by set_state"
-    );
+    assert_eq!(g.vcpu.pending_event().unwrap(), Some(want), "lost by set_state");
     let mut cpu = Cpu::new(g.vm.memory().clone(), Box::new(Ports::default()));
-    assert_eq!(
-        emulate_one(&mut g.vcpu, &mut cpu).unwrap(),
-        Emulated::EventPending(want)
-    );
+    assert_eq!(emulate_one(&mut g.vcpu, &mut cpu).unwrap(), Emulated::EventPending(want));
     let mut io = Io::default();
     assert_eq!(g.vcpu.run(&mut io).unwrap(), VmExit::Interrupted);
     assert_eq!(io.on(PORT_VECTOR), [6], "#UD delivered");
-    assert!(
-        io.on(PORT_RESULT).is_empty(),
-        "the instruction at RIP ran first"
-    );
+    assert!(io.on(PORT_RESULT).is_empty(), "the instruction at RIP ran first");
     assert_eq!(g.vcpu.pending_event().unwrap(), None);
 }
 
@@ -657,11 +614,7 @@ fn interrupt_shadow_round_trip() {
         let back = g.vcpu.get_state().unwrap();
         assert_eq!((back.interrupt_shadow, back.nmi_blocked), (1, 1));
         let ev = g.vcpu.fd().get_vcpu_events().unwrap();
-        let want = if if_set {
-            kvm_bindings::KVM_X86_SHADOW_INT_STI
-        } else {
-            kvm_bindings::KVM_X86_SHADOW_INT_MOV_SS
-        };
+        let want = if if_set { kvm_bindings::KVM_X86_SHADOW_INT_STI } else { kvm_bindings::KVM_X86_SHADOW_INT_MOV_SS };
         assert_eq!(u32::from(ev.interrupt.shadow), want);
         s.interrupt_shadow = 0;
         s.nmi_blocked = 0;
@@ -678,10 +631,7 @@ const PORT_READY: u16 = 0x84;
 /// [`PORT_READY`], waits in HLT with interrupts on, then reports 2 on
 /// [`PORT_RESULT`] and stops. `None` (the test skips) without KVM or
 /// without an in-kernel irqchip.
-fn interrupt_waiter(
-    kvm: &mut Kvm,
-    setup: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
-) -> Option<Guest> {
+fn interrupt_waiter(kvm: &mut Kvm, setup: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Option<Guest> {
     let code = asm(|a| {
         setup(a)?;
         a.out(PORT_READY as u32, al)?;
@@ -846,12 +796,8 @@ fn ioeventfd_takes_guest_writes() {
         let Some(mut g) = guest_with(&mut kvm, &code, cpl, true) else {
             return;
         };
-        let port =
-            g.vm.register_ioeventfd(IoEventAddr::Pio(NOTIFY_PORT), 1, Some(0x5a))
-                .unwrap();
-        let mmio =
-            g.vm.register_ioeventfd(IoEventAddr::Mmio(NOTIFY_MMIO), 0, None)
-                .unwrap();
+        let port = g.vm.register_ioeventfd(IoEventAddr::Pio(NOTIFY_PORT), 1, Some(0x5a)).unwrap();
+        let mmio = g.vm.register_ioeventfd(IoEventAddr::Mmio(NOTIFY_MMIO), 0, None).unwrap();
         let mut io = Io::default();
         assert_eq!(g.vcpu.run(&mut io).unwrap(), VmExit::Interrupted);
         assert_eq!(io.on(NOTIFY_PORT), [0x11], "CPL{cpl}");
@@ -861,26 +807,14 @@ fn ioeventfd_takes_guest_writes() {
         let exits = g.vcpu.stats().exits;
         assert_eq!((exits.pio_out, exits.mmio_write), (2, 0), "CPL{cpl}");
 
-        g.vm.unregister_ioeventfd(&port, IoEventAddr::Pio(NOTIFY_PORT), 1, Some(0x5a))
-            .unwrap();
-        g.vm.unregister_ioeventfd(&mmio, IoEventAddr::Mmio(NOTIFY_MMIO), 0, None)
-            .unwrap();
+        g.vm.unregister_ioeventfd(&port, IoEventAddr::Pio(NOTIFY_PORT), 1, Some(0x5a)).unwrap();
+        g.vm.unregister_ioeventfd(&mmio, IoEventAddr::Mmio(NOTIFY_MMIO), 0, None).unwrap();
         io.stop = false;
         assert_eq!(g.vcpu.run(&mut io).unwrap(), VmExit::Interrupted);
         assert_eq!(io.on(NOTIFY_PORT), [0x11, 0x5a], "CPL{cpl}");
-        assert_eq!(
-            io.mmio_writes,
-            [(NOTIFY_MMIO, vec![7, 0, 0, 0])],
-            "CPL{cpl}"
-        );
-        assert!(
-            port.read().is_err(),
-            "CPL{cpl}: nothing more on the port eventfd"
-        );
-        assert!(g
-            .vm
-            .register_ioeventfd(IoEventAddr::Pio(NOTIFY_PORT), 3, None)
-            .is_err());
+        assert_eq!(io.mmio_writes, [(NOTIFY_MMIO, vec![7, 0, 0, 0])], "CPL{cpl}");
+        assert!(port.read().is_err(), "CPL{cpl}: nothing more on the port eventfd");
+        assert!(g.vm.register_ioeventfd(IoEventAddr::Pio(NOTIFY_PORT), 3, None).is_err());
     }
 }
 

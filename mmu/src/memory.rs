@@ -126,10 +126,7 @@ impl std::fmt::Debug for GuestMemory {
 
 fn map_anon(len: u64) -> Result<MmapMut, MemError> {
     let size = usize::try_from(len).map_err(|_| MemError::BadSize(len))?;
-    MmapOptions::new()
-        .len(size)
-        .map_anon()
-        .map_err(|e| MemError::Map { len, reason: e.to_string() })
+    MmapOptions::new().len(size).map_anon().map_err(|e| MemError::Map { len, reason: e.to_string() })
 }
 
 impl GuestMemory {
@@ -341,9 +338,7 @@ impl GuestMemory {
     #[inline]
     pub fn is_code_page(&self, addr: u64) -> bool {
         let page = addr / PAGE_SIZE;
-        self.code_bits
-            .get((page / 64) as usize)
-            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (page % 64)) != 0)
+        self.code_bits.get((page / 64) as usize).is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (page % 64)) != 0)
     }
 
     /// Called before every write: queue each written page that holds code.

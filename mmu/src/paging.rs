@@ -231,11 +231,7 @@ impl PagingCtx {
         if pte & PTE_P == 0 {
             return Err(not_present);
         }
-        let r = Rights {
-            user: pde & pte & PTE_US != 0,
-            writable: pde & pte & PTE_RW != 0,
-            nx: false,
-        };
+        let r = Rights { user: pde & pte & PTE_US != 0, writable: pde & pte & PTE_RW != 0, nx: false };
         self.check(r, lin64, access, privilege)?;
         Self::set_bits(mem, pde_addr, pde, PTE_A, false);
         let d = if access == Access::Write { PTE_A | PTE_D } else { PTE_A };

@@ -43,11 +43,7 @@ impl MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
     }
 }
 
@@ -61,8 +57,7 @@ impl FromStr for MacAddr {
             if part.len() != 2 {
                 return Err("expected six hex bytes such as 52:54:00:12:34:56".into());
             }
-            *byte = u8::from_str_radix(part, 16)
-                .map_err(|_| format!("'{part}' is not a hex byte"))?;
+            *byte = u8::from_str_radix(part, 16).map_err(|_| format!("'{part}' is not a hex byte"))?;
         }
         if parts.next().is_some() {
             return Err("expected six hex bytes such as 52:54:00:12:34:56".into());
@@ -114,9 +109,8 @@ impl FromStr for HostFwd {
     /// Parses `[tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT`.
     fn from_str(spec: &str) -> Result<Self, String> {
         const FORM: &str = "expected [tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT";
-        let (host_part, guest_part) = spec
-            .split_once('-')
-            .ok_or_else(|| format!("missing '-' between the host and guest sides; {FORM}"))?;
+        let (host_part, guest_part) =
+            spec.split_once('-').ok_or_else(|| format!("missing '-' between the host and guest sides; {FORM}"))?;
         let mut fields: Vec<&str> = host_part.split(':').collect();
         let proto = match fields.len() {
             3 => match fields.remove(0) {
@@ -129,17 +123,11 @@ impl FromStr for HostFwd {
         };
         let host_addr = parse_opt_addr(fields[0], "HOSTADDR")?.unwrap_or(Ipv4Addr::UNSPECIFIED);
         let host_port = parse_port(fields[1], "HOSTPORT", true)?;
-        let (gaddr, gport) = guest_part
-            .split_once(':')
-            .ok_or_else(|| format!("the guest side needs [GUESTADDR]:GUESTPORT; {FORM}"))?;
+        let (gaddr, gport) =
+            guest_part.split_once(':').ok_or_else(|| format!("the guest side needs [GUESTADDR]:GUESTPORT; {FORM}"))?;
         let guest_addr = parse_opt_addr(gaddr, "GUESTADDR")?;
         let guest_port = parse_port(gport, "GUESTPORT", false)?;
-        Ok(HostFwd {
-            proto,
-            host: SocketAddrV4::new(host_addr, host_port),
-            guest_addr,
-            guest_port,
-        })
+        Ok(HostFwd { proto, host: SocketAddrV4::new(host_addr, host_port), guest_addr, guest_port })
     }
 }
 
@@ -147,15 +135,11 @@ fn parse_opt_addr(s: &str, what: &str) -> Result<Option<Ipv4Addr>, String> {
     if s.is_empty() {
         return Ok(None);
     }
-    s.parse()
-        .map(Some)
-        .map_err(|_| format!("{what} '{s}' is not an IPv4 address"))
+    s.parse().map(Some).map_err(|_| format!("{what} '{s}' is not an IPv4 address"))
 }
 
 fn parse_port(s: &str, what: &str, zero_ok: bool) -> Result<u16, String> {
-    let port: u16 = s
-        .parse()
-        .map_err(|_| format!("{what} '{s}' is not a port number (0-65535)"))?;
+    let port: u16 = s.parse().map_err(|_| format!("{what} '{s}' is not a port number (0-65535)"))?;
     if port == 0 && !zero_ok {
         return Err(format!("{what} must not be 0"));
     }
@@ -288,10 +272,7 @@ impl UserNetConfig {
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |m: String| Err(Error::BadConfig(m));
         if !(8..=30).contains(&self.prefix_len) {
-            return bad(format!(
-                "net prefix /{} is outside /8../30; use e.g. net=10.0.2.0/24",
-                self.prefix_len
-            ));
+            return bad(format!("net prefix /{} is outside /8../30; use e.g. net=10.0.2.0/24", self.prefix_len));
         }
         if u32::from(self.net) & !prefix_mask(self.prefix_len) != 0 {
             return bad(format!(
@@ -302,16 +283,9 @@ impl UserNetConfig {
                 self.prefix_len
             ));
         }
-        for (name, addr) in [
-            ("host", self.host),
-            ("dns", self.dns),
-            ("dhcpstart", self.dhcp_start),
-        ] {
+        for (name, addr) in [("host", self.host), ("dns", self.dns), ("dhcpstart", self.dhcp_start)] {
             if !self.contains(addr) || addr == self.net || addr == self.broadcast() {
-                return bad(format!(
-                    "{name}={addr} is not a host address of {}/{}",
-                    self.net, self.prefix_len
-                ));
+                return bad(format!("{name}={addr} is not a host address of {}/{}", self.net, self.prefix_len));
             }
         }
         if self.host == self.dns {
@@ -332,17 +306,13 @@ impl UserNetConfig {
     /// Applies one `key=value` of the user network. `Ok(false)` for a key it
     /// does not know.
     fn apply(&mut self, key: &str, value: &str, net_given: &mut bool) -> Result<bool, String> {
-        let addr = |v: &str| -> Result<Ipv4Addr, String> {
-            v.parse().map_err(|_| format!("'{v}' is not an IPv4 address"))
-        };
+        let addr =
+            |v: &str| -> Result<Ipv4Addr, String> { v.parse().map_err(|_| format!("'{v}' is not an IPv4 address")) };
         let secs = |v: &str| -> Result<Duration, String> {
-            v.parse::<u64>()
-                .map(Duration::from_secs)
-                .map_err(|_| format!("'{v}' is not a number of seconds"))
+            v.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("'{v}' is not a number of seconds"))
         };
-        let count = |v: &str| -> Result<usize, String> {
-            v.parse::<usize>().map_err(|_| format!("'{v}' is not a number"))
-        };
+        let count =
+            |v: &str| -> Result<usize, String> { v.parse::<usize>().map_err(|_| format!("'{v}' is not a number")) };
         match key {
             "net" => {
                 let (a, m) = match value.split_once('/') {
@@ -466,10 +436,7 @@ impl FromStr for NicSpec {
     fn from_str(s: &str) -> Result<Self, Error> {
         let mut parts = s.split(',');
         let kind = parts.next().unwrap_or("");
-        let bad = |option: &str, reason: String| Error::BadOption {
-            option: option.to_string(),
-            reason,
-        };
+        let bad = |option: &str, reason: String| Error::BadOption { option: option.to_string(), reason };
         let mut user = UserNetConfig::default();
         let mut net_given = false;
         let mut hub_id = None;
@@ -483,9 +450,7 @@ impl FromStr for NicSpec {
             }
         };
         for part in parts.filter(|p| !p.is_empty()) {
-            let (key, value) = part
-                .split_once('=')
-                .ok_or_else(|| bad(part, "expected key=value".into()))?;
+            let (key, value) = part.split_once('=').ok_or_else(|| bad(part, "expected key=value".into()))?;
             match key {
                 "model" => model = Some(value.to_string()),
                 "mac" => mac = Some(value.parse().map_err(|e| bad(part, e))?),
@@ -542,13 +507,7 @@ impl FromStr for NicSpec {
             crate::hub::check_id(&id).map_err(|e| bad(s, e))?;
             BackendSpec::Hub(HubConfig { id, dir: hub_dir })
         };
-        Ok(NicSpec {
-            backend,
-            model,
-            mac,
-            vectors,
-            pcap,
-        })
+        Ok(NicSpec { backend, model, mac, vectors, pcap })
     }
 }
 
@@ -587,19 +546,11 @@ mod tests {
         assert!(c.restrict);
         assert_eq!(c.limits.max_flows, 64);
         assert_eq!(c.hostname.as_deref(), Some("guest"));
-        assert_eq!(
-            c.dns_upstream,
-            DnsUpstream::Servers(vec!["127.0.0.1:5300".parse().unwrap()])
-        );
+        assert_eq!(c.dns_upstream, DnsUpstream::Servers(vec!["127.0.0.1:5300".parse().unwrap()]));
         assert_eq!(
             c.hostfwd,
             vec![
-                HostFwd {
-                    proto: Proto::Tcp,
-                    host: "0.0.0.0:2222".parse().unwrap(),
-                    guest_addr: None,
-                    guest_port: 22
-                },
+                HostFwd { proto: Proto::Tcp, host: "0.0.0.0:2222".parse().unwrap(), guest_addr: None, guest_port: 22 },
                 HostFwd {
                     proto: Proto::Udp,
                     host: "127.0.0.1:5353".parse().unwrap(),
@@ -656,12 +607,6 @@ mod tests {
         assert!("user,vectors=70000".parse::<NicSpec>().is_err());
         let spec: NicSpec = "hub,id=lan0,model=e1000".parse().unwrap();
         assert_eq!(spec.vectors, None);
-        assert_eq!(
-            spec.backend,
-            BackendSpec::Hub(HubConfig {
-                id: "lan0".into(),
-                dir: None
-            })
-        );
+        assert_eq!(spec.backend, BackendSpec::Hub(HubConfig { id: "lan0".into(), dir: None }));
     }
 }

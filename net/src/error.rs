@@ -67,9 +67,6 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn os(what: &'static str, source: impl Into<io::Error>) -> Self {
-        Error::Os {
-            what,
-            source: source.into(),
-        }
+        Error::Os { what, source: source.into() }
     }
 }

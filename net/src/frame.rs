@@ -9,8 +9,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet, Icmpv4Repr,
-    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, UdpPacket, UdpRepr,
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet, Icmpv4Repr, IpAddress, IpProtocol,
+    Ipv4Packet, Ipv4Repr, TcpPacket, UdpPacket, UdpRepr,
 };
 
 pub(crate) const ETH_HEADER_LEN: usize = 14;
@@ -44,12 +44,7 @@ pub(crate) struct Eth<'a> {
 
 pub(crate) fn parse_eth(frame: &[u8]) -> Result<Eth<'_>, Drop> {
     let f = EthernetFrame::new_checked(frame).map_err(|_| Drop::Malformed)?;
-    Ok(Eth {
-        dst: f.dst_addr(),
-        src: f.src_addr(),
-        ethertype: f.ethertype(),
-        payload: &frame[ETH_HEADER_LEN..],
-    })
+    Ok(Eth { dst: f.dst_addr(), src: f.src_addr(), ethertype: f.ethertype(), payload: &frame[ETH_HEADER_LEN..] })
 }
 
 /// An IPv4 packet's fields, options skipped, padding cut off.
@@ -75,12 +70,7 @@ pub(crate) fn parse_ipv4(buf: &[u8]) -> Result<Ip<'_>, Drop> {
     let end = usize::from(p.total_len());
     // new_checked guarantees header_len <= total_len <= buf.len().
     let payload = buf.get(start..end).ok_or(Drop::Malformed)?;
-    Ok(Ip {
-        src: p.src_addr(),
-        dst: p.dst_addr(),
-        proto: p.next_header(),
-        payload,
-    })
+    Ok(Ip { src: p.src_addr(), dst: p.dst_addr(), proto: p.next_header(), payload })
 }
 
 /// A UDP datagram's ports and payload, checksum verified (zero allowed).
@@ -151,19 +141,8 @@ pub(crate) fn build_ipv4(
 ) -> Vec<u8> {
     let mut buf = vec![0u8; ETH_HEADER_LEN + IPV4_HEADER_LEN + l4_len];
     let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
-    EthernetRepr {
-        src_addr: src_mac,
-        dst_addr: dst_mac,
-        ethertype: EthernetProtocol::Ipv4,
-    }
-    .emit(&mut eth);
-    let ip_repr = Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: proto,
-        payload_len: l4_len,
-        hop_limit: 64,
-    };
+    EthernetRepr { src_addr: src_mac, dst_addr: dst_mac, ethertype: EthernetProtocol::Ipv4 }.emit(&mut eth);
+    let ip_repr = Ipv4Repr { src_addr: src, dst_addr: dst, next_header: proto, payload_len: l4_len, hop_limit: 64 };
     let mut ip = Ipv4Packet::new_unchecked(&mut buf[ETH_HEADER_LEN..]);
     ip_repr.emit(&mut ip, &ChecksumCapabilities::default());
     fill(&mut buf[ETH_HEADER_LEN + IPV4_HEADER_LEN..]);
@@ -182,39 +161,22 @@ pub(crate) fn build_udp(
     dst: SocketAddrV4,
     payload: &[u8],
 ) -> Vec<u8> {
-    build_ipv4(
-        src_mac,
-        dst_mac,
-        *src.ip(),
-        *dst.ip(),
-        IpProtocol::Udp,
-        UDP_HEADER_LEN + payload.len(),
-        |l4| {
-            let mut udp = UdpPacket::new_unchecked(l4);
-            UdpRepr {
-                src_port: src.port(),
-                dst_port: dst.port(),
-            }
-            .emit(
-                &mut udp,
-                &IpAddress::Ipv4(*src.ip()),
-                &IpAddress::Ipv4(*dst.ip()),
-                payload.len(),
-                |p| p.copy_from_slice(payload),
-                &ChecksumCapabilities::default(),
-            );
-        },
-    )
+    build_ipv4(src_mac, dst_mac, *src.ip(), *dst.ip(), IpProtocol::Udp, UDP_HEADER_LEN + payload.len(), |l4| {
+        let mut udp = UdpPacket::new_unchecked(l4);
+        UdpRepr { src_port: src.port(), dst_port: dst.port() }.emit(
+            &mut udp,
+            &IpAddress::Ipv4(*src.ip()),
+            &IpAddress::Ipv4(*dst.ip()),
+            payload.len(),
+            |p| p.copy_from_slice(payload),
+            &ChecksumCapabilities::default(),
+        );
+    })
 }
 
 /// The RST that refuses `seg` (RFC 793, "Reset Generation"): from the
 /// segment's destination back to its source.
-pub(crate) fn build_rst_for(
-    src_mac: EthernetAddress,
-    dst_mac: EthernetAddress,
-    ip: &Ip<'_>,
-    seg: &Tcp,
-) -> Vec<u8> {
+pub(crate) fn build_rst_for(src_mac: EthernetAddress, dst_mac: EthernetAddress, ip: &Ip<'_>, seg: &Tcp) -> Vec<u8> {
     const TCP_HEADER_LEN: usize = 20;
     let (seq, ack) = match seg.ack {
         Some(a) => (a, None),
@@ -314,15 +276,7 @@ mod tests {
 
     #[test]
     fn rst_answers_a_syn() {
-        let syn = Tcp {
-            src_port: 40000,
-            dst_port: 80,
-            seq: 1000,
-            ack: None,
-            syn: true,
-            rst: false,
-            seg_len: 1,
-        };
+        let syn = Tcp { src_port: 40000, dst_port: 80, seq: 1000, ack: None, syn: true, rst: false, seg_len: 1 };
         let payload = [0u8; 0];
         let ip = Ip {
             src: Ipv4Addr::new(10, 0, 2, 15),

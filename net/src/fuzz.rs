@@ -12,11 +12,7 @@ use crate::{DnsUpstream, NetBackend, UserNet, UserNetConfig};
 /// Layout: repeated `[len_hi, len_lo, frame...]`; a short tail is one frame.
 /// Panics only if the NAT does.
 pub fn fuzz_frame(data: &[u8]) {
-    let cfg = UserNetConfig {
-        restrict: true,
-        dns_upstream: DnsUpstream::Disabled,
-        ..UserNetConfig::default()
-    };
+    let cfg = UserNetConfig { restrict: true, dns_upstream: DnsUpstream::Disabled, ..UserNetConfig::default() };
     let Ok(mut nat) = UserNet::new(cfg) else { return };
     let mut rest = data;
     let mut t = Instant::now();

@@ -48,9 +48,7 @@ pub(crate) fn check_id(id: &str) -> Result<(), String> {
 fn default_dir(id: &str) -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d).join("ferrovm-hub").join(id),
-        _ => std::env::temp_dir()
-            .join(format!("ferrovm-hub-{}", nix::unistd::getuid()))
-            .join(id),
+        _ => std::env::temp_dir().join(format!("ferrovm-hub-{}", nix::unistd::getuid())).join(id),
     }
 }
 
@@ -74,16 +72,9 @@ pub struct HubNet {
 impl HubNet {
     /// Joins the hub named by `cfg`, creating its directory if needed.
     pub fn open(cfg: &HubConfig) -> Result<Self, Error> {
-        check_id(&cfg.id).map_err(|reason| Error::BadOption {
-            option: format!("id={}", cfg.id),
-            reason,
-        })?;
+        check_id(&cfg.id).map_err(|reason| Error::BadOption { option: format!("id={}", cfg.id), reason })?;
         let dir = cfg.dir.clone().unwrap_or_else(|| default_dir(&cfg.id));
-        let err = |path: &Path, source| Error::Hub {
-            id: cfg.id.clone(),
-            path: path.to_path_buf(),
-            source,
-        };
+        let err = |path: &Path, source| Error::Hub { id: cfg.id.clone(), path: path.to_path_buf(), source };
         std::fs::create_dir_all(&dir).map_err(|e| err(&dir, e))?;
         // Unique per process and per NIC within it.
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -266,11 +257,7 @@ mod tests {
     }
 
     fn member(dir: &Path) -> HubNet {
-        HubNet::open(&HubConfig {
-            id: "t".into(),
-            dir: Some(dir.to_path_buf()),
-        })
-        .unwrap()
+        HubNet::open(&HubConfig { id: "t".into(), dir: Some(dir.to_path_buf()) }).unwrap()
     }
 
     fn recv_all(m: &mut HubNet) -> Vec<Vec<u8>> {

@@ -40,9 +40,7 @@ pub mod pcap;
 mod poller;
 pub mod user;
 
-pub use config::{
-    BackendSpec, DnsUpstream, HostFwd, HubConfig, Limits, MacAddr, NicSpec, Proto, UserNetConfig,
-};
+pub use config::{BackendSpec, DnsUpstream, HostFwd, HubConfig, Limits, MacAddr, NicSpec, Proto, UserNetConfig};
 pub use error::Error;
 pub use fuzz::fuzz_frame;
 pub use hub::HubNet;

@@ -34,10 +34,7 @@ pub struct PcapWriter<B> {
 impl<B: NetBackend> PcapWriter<B> {
     /// Captures to a new file at `path` (truncated if it exists).
     pub fn create(inner: B, path: &Path) -> Result<Self, Error> {
-        let err = |source| Error::Pcap {
-            path: path.to_path_buf(),
-            source,
-        };
+        let err = |source| Error::Pcap { path: path.to_path_buf(), source };
         let file = File::create(path).map_err(err)?;
         Self::new(inner, Box::new(BufWriter::new(file))).map_err(err)
     }
@@ -54,12 +51,7 @@ impl<B: NetBackend> PcapWriter<B> {
         h.extend_from_slice(&LINKTYPE_ETHERNET.to_ne_bytes());
         out.write_all(&h)?;
         let label = format!("pcap({})", inner.debug_label());
-        Ok(PcapWriter {
-            inner,
-            out: Some(out),
-            label,
-            records: 0,
-        })
+        Ok(PcapWriter { inner, out: Some(out), label, records: 0 })
     }
 
     /// The wrapped backend.

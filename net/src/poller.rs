@@ -72,10 +72,7 @@ pub(crate) struct Poller {
 impl Poller {
     pub fn new() -> Result<Self, Error> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| Error::os("epoll_create", e))?;
-        Ok(Poller {
-            epoll,
-            events: vec![EpollEvent::empty(); 256],
-        })
+        Ok(Poller { epoll, events: vec![EpollEvent::empty(); 256] })
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -84,13 +81,8 @@ impl Poller {
 
     /// Watches `fd` for input and output, edge-triggered.
     pub fn add(&self, fd: impl AsFd, token: Token) -> std::io::Result<()> {
-        let flags = EpollFlags::EPOLLIN
-            | EpollFlags::EPOLLOUT
-            | EpollFlags::EPOLLRDHUP
-            | EpollFlags::EPOLLET;
-        self.epoll
-            .add(fd, EpollEvent::new(flags, token.pack()))
-            .map_err(std::io::Error::from)
+        let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET;
+        self.epoll.add(fd, EpollEvent::new(flags, token.pack())).map_err(std::io::Error::from)
     }
 
     /// Stops watching `fd` (closing it does as well; this is for fds that live on).
@@ -133,13 +125,7 @@ mod tests {
 
     #[test]
     fn tokens_round_trip() {
-        for t in [
-            Token::Tcp(0),
-            Token::Udp(ID_MASK),
-            Token::Icmp(7),
-            Token::Dns(1),
-            Token::Listener(3),
-        ] {
+        for t in [Token::Tcp(0), Token::Udp(ID_MASK), Token::Icmp(7), Token::Dns(1), Token::Listener(3)] {
             assert_eq!(Token::unpack(t.pack()), Some(t));
         }
         assert_eq!(Token::unpack(0), None);

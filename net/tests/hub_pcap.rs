@@ -34,18 +34,8 @@ impl Vm {
         let cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress([2, 0, 0, 0, 0, mac])));
         let mut iface = Interface::new(cfg, &mut wire, smoltcp::time::Instant::from_micros(0));
         iface.update_ip_addrs(|a| a.push(IpCidr::new(ip.into(), 24)).unwrap());
-        let hub = HubNet::open(&HubConfig {
-            id: "lan".into(),
-            dir: Some(dir.to_path_buf()),
-        })
-        .unwrap();
-        Vm {
-            iface,
-            wire,
-            sockets: SocketSet::new(Vec::new()),
-            hub,
-            epoch: Instant::now(),
-        }
+        let hub = HubNet::open(&HubConfig { id: "lan".into(), dir: Some(dir.to_path_buf()) }).unwrap();
+        Vm { iface, wire, sockets: SocketSet::new(Vec::new()), hub, epoch: Instant::now() }
     }
 
     fn step(&mut self) {
@@ -76,10 +66,7 @@ fn two_hub_members_copy_a_file_over_tcp() {
     let hb = b.sockets.add(sock());
     b.sockets.get_mut::<tcp::Socket>(hb).listen(5000).unwrap();
     let cx = a.iface.context();
-    a.sockets
-        .get_mut::<tcp::Socket>(ha)
-        .connect(cx, IpEndpoint::new(b_ip.into(), 5000), 41000)
-        .unwrap();
+    a.sockets.get_mut::<tcp::Socket>(ha).connect(cx, IpEndpoint::new(b_ip.into(), 5000), 41000).unwrap();
     let data = pattern(N, 9);
     let mut sent = 0;
     let mut got = Vec::new();
@@ -93,7 +80,13 @@ fn two_hub_members_copy_a_file_over_tcp() {
         a.step();
         b.step();
     }
-    assert_eq!(got.len(), N, "sent {sent}, a {:?}, b {:?}", a.sockets.get::<tcp::Socket>(ha).state(), b.sockets.get::<tcp::Socket>(hb).state());
+    assert_eq!(
+        got.len(),
+        N,
+        "sent {sent}, a {:?}, b {:?}",
+        a.sockets.get::<tcp::Socket>(ha).state(),
+        b.sockets.get::<tcp::Socket>(hb).state()
+    );
     assert_eq!(sha(&got), sha(&data));
     drop(a);
     drop(b);
@@ -105,11 +98,7 @@ fn two_hub_members_copy_a_file_over_tcp() {
 fn pcap_of_a_nat_session_parses() {
     let dir = tempdir("pcap");
     let path = dir.join("nat.pcap");
-    let nat = UserNet::new(UserNetConfig {
-        dns_upstream: DnsUpstream::Disabled,
-        ..UserNetConfig::default()
-    })
-    .unwrap();
+    let nat = UserNet::new(UserNetConfig { dns_upstream: DnsUpstream::Disabled, ..UserNetConfig::default() }).unwrap();
     let mut p = PcapWriter::create(nat, &path).unwrap();
     let mut g = Guest::new();
     // A connection to a closed port: ARP, SYN, RST at least.
@@ -130,12 +119,9 @@ fn pcap_of_a_nat_session_parses() {
 #[test]
 fn nic_option_string_opens_a_backend() {
     let dir = tempdir("open");
-    let spec: NicSpec = format!(
-        "user,model=virtio,restrict=on,dnsupstream=none,pcap={}",
-        dir.join("x.pcap").display()
-    )
-    .parse()
-    .unwrap();
+    let spec: NicSpec = format!("user,model=virtio,restrict=on,dnsupstream=none,pcap={}", dir.join("x.pcap").display())
+        .parse()
+        .unwrap();
     assert_eq!(spec.model.as_deref(), Some("virtio"));
     let mut b = net::open(&spec).unwrap();
     assert!(b.debug_label().starts_with("pcap("));

@@ -14,38 +14,25 @@ use common::*;
 use net::{DnsUpstream, HostFwd, Limits, NetBackend, Proto, UserNet, UserNetConfig};
 use smoltcp::socket::{dhcpv4, tcp, udp};
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr,
-    IpEndpoint, Ipv4Packet, TcpPacket, TcpSeqNumber, UdpPacket,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpEndpoint,
+    Ipv4Packet, TcpPacket, TcpSeqNumber, UdpPacket,
 };
 
 const T: Duration = Duration::from_secs(30);
 
 fn config() -> UserNetConfig {
-    UserNetConfig {
-        dns_upstream: DnsUpstream::Disabled,
-        ..UserNetConfig::default()
-    }
+    UserNetConfig { dns_upstream: DnsUpstream::Disabled, ..UserNetConfig::default() }
 }
 
 fn hostfwd(proto: Proto, guest_port: u16) -> HostFwd {
-    HostFwd {
-        proto,
-        host: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
-        guest_addr: None,
-        guest_port,
-    }
+    HostFwd { proto, host: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), guest_addr: None, guest_port }
 }
 
 // ---------------------------------------------------------------- frames
 
 fn eth(dst: EthernetAddress, src: EthernetAddress, ty: EthernetProtocol, payload_len: usize) -> Vec<u8> {
     let mut f = vec![0u8; 14 + payload_len];
-    EthernetRepr {
-        src_addr: src,
-        dst_addr: dst,
-        ethertype: ty,
-    }
-    .emit(&mut EthernetFrame::new_unchecked(&mut f[..]));
+    EthernetRepr { src_addr: src, dst_addr: dst, ethertype: ty }.emit(&mut EthernetFrame::new_unchecked(&mut f[..]));
     f
 }
 
@@ -189,11 +176,7 @@ fn dhcp_reply(frames: &[Vec<u8>]) -> (Ipv4Addr, Ipv4Addr, Vec<u8>) {
 
 #[test]
 fn dhcp_handshake_gives_dhcpstart_with_options() {
-    let mut nat = UserNet::new(UserNetConfig {
-        hostname: Some("ferroguest".into()),
-        ..config()
-    })
-    .unwrap();
+    let mut nat = UserNet::new(UserNetConfig { hostname: Some("ferroguest".into()), ..config() }).unwrap();
     nat.send(&dhcp_frame(&dhcp_msg(1, 0x11, &[])));
     let (src, dst, offer) = dhcp_reply(&collect(&mut nat));
     assert_eq!((src, dst), (GATEWAY, Ipv4Addr::BROADCAST));
@@ -252,13 +235,7 @@ fn arp_answered_for_gateway_not_for_others() {
     assert_eq!(r.len(), 1);
     let e = EthernetFrame::new_checked(&r[0][..]).unwrap();
     let a = ArpRepr::parse(&ArpPacket::new_checked(e.payload()).unwrap()).unwrap();
-    let ArpRepr::EthernetIpv4 {
-        operation,
-        source_hardware_addr,
-        source_protocol_addr,
-        target_protocol_addr,
-        ..
-    } = a
+    let ArpRepr::EthernetIpv4 { operation, source_hardware_addr, source_protocol_addr, target_protocol_addr, .. } = a
     else {
         panic!()
     };
@@ -507,14 +484,8 @@ fn syn_flood_is_held_to_the_flow_bound() {
     let target = TcpListener::bind("127.0.0.1:0").unwrap();
     let target_port = target.local_addr().unwrap().port();
 
-    let mut nat = UserNet::new(UserNetConfig {
-        limits: Limits {
-            max_flows: MAX,
-            ..Limits::default()
-        },
-        ..config()
-    })
-    .unwrap();
+    let mut nat =
+        UserNet::new(UserNetConfig { limits: Limits { max_flows: MAX, ..Limits::default() }, ..config() }).unwrap();
     let mut g = Guest::new();
     let a = g.connect(SocketAddrV4::new(GATEWAY, echo_port), 8192);
     let mut got = Vec::new();
@@ -536,11 +507,7 @@ fn syn_flood_is_held_to_the_flow_bound() {
     for batch in 0..30u16 {
         for i in 0..100u16 {
             let sport = 10000 + batch * 100 + i;
-            nat.send(&syn_frame(
-                flooder,
-                SocketAddrV4::new(src_ip, sport),
-                SocketAddrV4::new(GATEWAY, target_port),
-            ));
+            nat.send(&syn_frame(flooder, SocketAddrV4::new(src_ip, sport), SocketAddrV4::new(GATEWAY, target_port)));
         }
         g.step(&mut nat);
         peak = peak.max(nat.stats().tcp_flows);
@@ -552,15 +519,21 @@ fn syn_flood_is_held_to_the_flow_bound() {
 
     // The established flow still works, and a new one gets in.
     got.clear();
-    assert!(g.run(&mut nat, Duration::from_secs(3), |g| {
-        let s = g.tcp(a);
-        if s.can_send() && !sent_after {
-            s.send_slice(b"after").unwrap();
-            sent_after = true;
-        }
-        drain(s, &mut got);
-        got == b"after"
-    }), "a: {:?} {:?} {:?}", g.tcp(a).state(), got, nat.stats());
+    assert!(
+        g.run(&mut nat, Duration::from_secs(3), |g| {
+            let s = g.tcp(a);
+            if s.can_send() && !sent_after {
+                s.send_slice(b"after").unwrap();
+                sent_after = true;
+            }
+            drain(s, &mut got);
+            got == b"after"
+        }),
+        "a: {:?} {:?} {:?}",
+        g.tcp(a).state(),
+        got,
+        nat.stats()
+    );
     let b = g.connect(SocketAddrV4::new(GATEWAY, echo_port), 8192);
     let mut got_b = Vec::new();
     assert!(g.run(&mut nat, T, |g| {
@@ -600,14 +573,8 @@ fn udp_to_many_ports_is_held_to_the_flow_bound() {
             }
         }
     });
-    let mut nat = UserNet::new(UserNetConfig {
-        limits: Limits {
-            max_flows: MAX,
-            ..Limits::default()
-        },
-        ..config()
-    })
-    .unwrap();
+    let mut nat =
+        UserNet::new(UserNetConfig { limits: Limits { max_flows: MAX, ..Limits::default() }, ..config() }).unwrap();
     let mut g = Guest::new();
     // 1000 datagrams to 1000 closed loopback ports.
     let mut peak = 0;
@@ -616,12 +583,7 @@ fn udp_to_many_ports_is_held_to_the_flow_bound() {
         if port == echo_port {
             continue;
         }
-        nat.send(&udp_frame(
-            SocketAddrV4::new(GUEST_IP, 3333),
-            SocketAddrV4::new(GATEWAY, port),
-            GATEWAY_MAC,
-            b"x",
-        ));
+        nat.send(&udp_frame(SocketAddrV4::new(GUEST_IP, 3333), SocketAddrV4::new(GATEWAY, port), GATEWAY_MAC, b"x"));
         if i % 50 == 0 {
             g.step(&mut nat);
         }
@@ -769,11 +731,8 @@ fn dns_is_forwarded_to_the_configured_upstream() {
         resolver.send_to(&r, from).unwrap();
         n
     });
-    let mut nat = UserNet::new(UserNetConfig {
-        dns_upstream: DnsUpstream::Servers(vec![upstream]),
-        ..config()
-    })
-    .unwrap();
+    let mut nat =
+        UserNet::new(UserNetConfig { dns_upstream: DnsUpstream::Servers(vec![upstream]), ..config() }).unwrap();
     let mut g = Guest::new();
     let h = g.sockets.add(udp::Socket::new(
         udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 2048]),
@@ -781,10 +740,7 @@ fn dns_is_forwarded_to_the_configured_upstream() {
     ));
     g.sockets.get_mut::<udp::Socket>(h).bind(5353).unwrap();
     let query = dns_query(0x4242, "ferrovm.test");
-    g.sockets
-        .get_mut::<udp::Socket>(h)
-        .send_slice(&query, IpEndpoint::new(DNS.into(), 53))
-        .unwrap();
+    g.sockets.get_mut::<udp::Socket>(h).send_slice(&query, IpEndpoint::new(DNS.into(), 53)).unwrap();
     let mut answer = None;
     assert!(g.run(&mut nat, T, |g| {
         if let Ok((data, meta)) = g.sockets.get_mut::<udp::Socket>(h).recv() {
@@ -856,10 +812,7 @@ fn udp_to_host_loopback() {
         udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]),
     ));
     g.sockets.get_mut::<udp::Socket>(h).bind(6000).unwrap();
-    g.sockets
-        .get_mut::<udp::Socket>(h)
-        .send_slice(&[0xab; 1400], IpEndpoint::new(GATEWAY.into(), port))
-        .unwrap();
+    g.sockets.get_mut::<udp::Socket>(h).send_slice(&[0xab; 1400], IpEndpoint::new(GATEWAY.into(), port)).unwrap();
     let mut got = None;
     assert!(g.run(&mut nat, T, |g| {
         if let Ok((d, meta)) = g.sockets.get_mut::<udp::Socket>(h).recv() {
@@ -919,11 +872,7 @@ fn hostfwd_tcp_8mib_both_ways() {
     const N: usize = 8 << 20;
     let up = pattern(N, 3);
     let down = pattern(N, 4);
-    let mut nat = UserNet::new(UserNetConfig {
-        hostfwd: vec![hostfwd(Proto::Tcp, 8080)],
-        ..config()
-    })
-    .unwrap();
+    let mut nat = UserNet::new(UserNetConfig { hostfwd: vec![hostfwd(Proto::Tcp, 8080)], ..config() }).unwrap();
     let (_, addr) = nat.hostfwd_addrs()[0];
     let up_cli = up.clone();
     let client = thread::spawn(move || {
@@ -960,11 +909,7 @@ fn hostfwd_tcp_8mib_both_ways() {
 
 #[test]
 fn hostfwd_udp() {
-    let mut nat = UserNet::new(UserNetConfig {
-        hostfwd: vec![hostfwd(Proto::Udp, 7777)],
-        ..config()
-    })
-    .unwrap();
+    let mut nat = UserNet::new(UserNetConfig { hostfwd: vec![hostfwd(Proto::Udp, 7777)], ..config() }).unwrap();
     let (_, addr) = nat.hostfwd_addrs()[0];
     let mut g = Guest::new();
     let h = g.sockets.add(udp::Socket::new(
@@ -997,12 +942,8 @@ fn restrict_blocks_loopback_but_hostfwd_works() {
     let open = TcpListener::bind("127.0.0.1:0").unwrap();
     open.set_nonblocking(true).unwrap();
     let open_port = open.local_addr().unwrap().port();
-    let mut nat = UserNet::new(UserNetConfig {
-        restrict: true,
-        hostfwd: vec![hostfwd(Proto::Tcp, 2222)],
-        ..config()
-    })
-    .unwrap();
+    let mut nat =
+        UserNet::new(UserNetConfig { restrict: true, hostfwd: vec![hostfwd(Proto::Tcp, 2222)], ..config() }).unwrap();
     let mut g = Guest::new();
     let h = g.connect(SocketAddrV4::new(GATEWAY, open_port), 4096);
     let t0 = Instant::now();
@@ -1041,11 +982,7 @@ fn restrict_blocks_loopback_but_hostfwd_works() {
 
 #[test]
 fn hostfwd_to_a_closed_guest_port_resets_the_host_client() {
-    let mut nat = UserNet::new(UserNetConfig {
-        hostfwd: vec![hostfwd(Proto::Tcp, 9)],
-        ..config()
-    })
-    .unwrap();
+    let mut nat = UserNet::new(UserNetConfig { hostfwd: vec![hostfwd(Proto::Tcp, 9)], ..config() }).unwrap();
     let (_, addr) = nat.hostfwd_addrs()[0];
     let client = thread::spawn(move || {
         let mut s = TcpStream::connect(addr).unwrap();
@@ -1108,14 +1045,9 @@ fn slow_host_and_slow_guest_lose_nothing() {
         s.shutdown(Shutdown::Write).unwrap();
         got
     });
-    let mut nat = UserNet::new(UserNetConfig {
-        limits: Limits {
-            flow_buffer: 64 * 1024,
-            ..Limits::default()
-        },
-        ..config()
-    })
-    .unwrap();
+    let mut nat =
+        UserNet::new(UserNetConfig { limits: Limits { flow_buffer: 64 * 1024, ..Limits::default() }, ..config() })
+            .unwrap();
     let mut g = Guest::new();
     let h = g.connect(SocketAddrV4::new(GATEWAY, port), 64 * 1024);
     let (mut sent, mut closed) = (0, false);

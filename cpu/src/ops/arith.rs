@@ -384,7 +384,10 @@ fn cmpxchg_wide(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     cpu.read_mem_buf(seg, a, &mut buf[..n])?;
     let m = mask(half);
     let (lo, hi) = if half == 8 {
-        (u64::from_le_bytes(buf[..8].try_into().unwrap_or_default()), u64::from_le_bytes(buf[8..16].try_into().unwrap_or_default()))
+        (
+            u64::from_le_bytes(buf[..8].try_into().unwrap_or_default()),
+            u64::from_le_bytes(buf[8..16].try_into().unwrap_or_default()),
+        )
     } else {
         let v = u64::from_le_bytes(buf[..8].try_into().unwrap_or_default());
         (v & m, v >> 32)

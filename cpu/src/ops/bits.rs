@@ -50,7 +50,10 @@ pub fn handler(code: Code) -> Option<Handler> {
 
 /// Address-size mask of the memory operand.
 pub(crate) fn addr_mask(cpu: &Cpu, insn: &Instruction) -> u64 {
-    let size = if insn.memory_base() != Register::None && insn.memory_base() != Register::RIP && insn.memory_base() != Register::EIP {
+    let size = if insn.memory_base() != Register::None
+        && insn.memory_base() != Register::RIP
+        && insn.memory_base() != Register::EIP
+    {
         insn.memory_base().size()
     } else if insn.memory_base() == Register::EIP {
         4

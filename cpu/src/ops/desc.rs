@@ -98,7 +98,8 @@ fn verify(cpu: &mut Cpu, insn: &Instruction, write: bool) -> Fault<()> {
         None => false,
         Some(d) => {
             let rw = d.typ() & seg_attr::TYPE_RW != 0;
-            let type_ok = if write { d.is_code_data() && !d.is_code() && rw } else { d.is_code_data() && (!d.is_code() || rw) };
+            let type_ok =
+                if write { d.is_code_data() && !d.is_code() && rw } else { d.is_code_data() && (!d.is_code() || rw) };
             type_ok && visible(cpu, &d, sel)
         }
     };
@@ -235,7 +236,8 @@ mod tests {
         assert_eq!(exec_bytes(&mut c, &[0x63, 0xc8]), Err(Exception::InvalidOpcode)); // arpl ax, cx
         let mut c = v86_mode(3);
         assert_eq!(exec_bytes(&mut c, &[0x0f, 0x03, 0xc1]), Err(Exception::InvalidOpcode)); // lsl ax, cx
-        assert_eq!(exec_bytes(&mut c, &[0x0f, 0x00, 0xe9]), Err(Exception::InvalidOpcode)); // verw cx
+        assert_eq!(exec_bytes(&mut c, &[0x0f, 0x00, 0xe9]), Err(Exception::InvalidOpcode));
+        // verw cx
     }
 
     #[test]

@@ -101,7 +101,9 @@ pub fn select(insn: &Instruction) -> Option<Handler> {
         }
         return match (k0, k1) {
             (OpKind::Register, OpKind::Register) if s0.is_some() && s0 == s1 => alu_form!(alu_rr, s0),
-            (OpKind::Register, OpKind::Immediate8to64 | OpKind::Immediate32to64) if s0 == Some(8) => alu_form!(alu_ri, s0),
+            (OpKind::Register, OpKind::Immediate8to64 | OpKind::Immediate32to64) if s0 == Some(8) => {
+                alu_form!(alu_ri, s0)
+            }
             (OpKind::Register, OpKind::Immediate8to32 | OpKind::Immediate32) if s0 == Some(4) => alu_form!(alu_ri, s0),
             (OpKind::Register, OpKind::Memory) if s0.is_some() && s0 == Some(msize) => alu_form!(alu_rm, s0),
             (OpKind::Memory, OpKind::Register) if s1.is_some() && s1 == Some(msize) => alu_form!(alu_mr, s1),
@@ -424,7 +426,13 @@ mod tests {
         let code = seg_attr::P | seg_attr::S | seg_attr::TYPE_CODE | seg_attr::TYPE_RW | seg_attr::L;
         s.seg[sreg::CS] = Segment { base: 0, limit: u32::MAX, attr: code, selector: 8, _pad: [0; 3] };
         for i in [sreg::DS, sreg::ES, sreg::SS] {
-            s.seg[i] = Segment { base: 0, limit: u32::MAX, attr: seg_attr::P | seg_attr::S | seg_attr::TYPE_RW | seg_attr::DB, selector: 16, _pad: [0; 3] };
+            s.seg[i] = Segment {
+                base: 0,
+                limit: u32::MAX,
+                attr: seg_attr::P | seg_attr::S | seg_attr::TYPE_RW | seg_attr::DB,
+                selector: 16,
+                _pad: [0; 3],
+            };
         }
         cpu.set_state(s);
         cpu
@@ -479,7 +487,11 @@ mod tests {
             assert_eq!(c1.state.gpr, c2.state.gpr, "{insn}");
             assert_eq!(c1.state.rip, c2.state.rip, "{insn}");
             assert_eq!(c1.state.flags(), c2.state.flags(), "{insn}");
-            assert_eq!(c1.mem().read_u64(c1.state.gpr[3]).unwrap(), c2.mem().read_u64(c2.state.gpr[3]).unwrap(), "{insn}");
+            assert_eq!(
+                c1.mem().read_u64(c1.state.gpr[3]).unwrap(),
+                c2.mem().read_u64(c2.state.gpr[3]).unwrap(),
+                "{insn}"
+            );
         }
     }
 

@@ -211,7 +211,10 @@ mod tests {
     use crate::state::sreg;
     use iced_x86::code_asm::*;
 
-    fn run32(c: &mut crate::cpu::Cpu, f: impl FnOnce(&mut CodeAssembler) -> Result<(), iced_x86::IcedError>) -> crate::exception::Fault<()> {
+    fn run32(
+        c: &mut crate::cpu::Cpu,
+        f: impl FnOnce(&mut CodeAssembler) -> Result<(), iced_x86::IcedError>,
+    ) -> crate::exception::Fault<()> {
         exec_asm(c, f)
     }
 
@@ -379,7 +382,8 @@ mod tests {
         let mut c = long_mode();
         c.state.gpr[3] = DATA;
         for f in [
-            (|a: &mut CodeAssembler| a.clflush(byte_ptr(rbx))) as fn(&mut CodeAssembler) -> Result<(), iced_x86::IcedError>,
+            (|a: &mut CodeAssembler| a.clflush(byte_ptr(rbx)))
+                as fn(&mut CodeAssembler) -> Result<(), iced_x86::IcedError>,
             |a| a.clflushopt(byte_ptr(rbx)),
             |a| a.clwb(byte_ptr(rbx)),
             |a| a.lfence(),
@@ -390,7 +394,10 @@ mod tests {
             exec_asm(&mut c, f).unwrap();
         }
         c.state.gpr[3] = UNMAPPED + 3;
-        assert_eq!(exec_asm(&mut c, |a| a.clflush(byte_ptr(rbx))), Err(Exception::PageFault { addr: UNMAPPED + 3, error_code: 0 }));
+        assert_eq!(
+            exec_asm(&mut c, |a| a.clflush(byte_ptr(rbx))),
+            Err(Exception::PageFault { addr: UNMAPPED + 3, error_code: 0 })
+        );
         // Prefetches never fault.
         exec_asm(&mut c, |a| a.prefetcht0(byte_ptr(rbx))).unwrap();
         exec_asm(&mut c, |a| a.prefetchw(byte_ptr(rbx))).unwrap();
@@ -400,7 +407,10 @@ mod tests {
         // A supervisor page from CPL 3: #PF with U set.
         to_user(&mut c, SEL_UCODE64);
         c.state.gpr[3] = SUPERVISOR;
-        assert_eq!(exec_asm(&mut c, |a| a.clflush(byte_ptr(rbx))), Err(Exception::PageFault { addr: SUPERVISOR, error_code: 5 }));
+        assert_eq!(
+            exec_asm(&mut c, |a| a.clflush(byte_ptr(rbx))),
+            Err(Exception::PageFault { addr: SUPERVISOR, error_code: 5 })
+        );
     }
 
     #[test]
@@ -480,7 +490,16 @@ mod tests {
             F::WBNOINVD,
         ];
         // General-purpose instructions listed under SSE/SSE2 feature bits.
-        let gp_in_sse = [Mnemonic::Lfence, Mnemonic::Mfence, Mnemonic::Sfence, Mnemonic::Movnti, Mnemonic::Prefetchnta, Mnemonic::Prefetcht0, Mnemonic::Prefetcht1, Mnemonic::Prefetcht2];
+        let gp_in_sse = [
+            Mnemonic::Lfence,
+            Mnemonic::Mfence,
+            Mnemonic::Sfence,
+            Mnemonic::Movnti,
+            Mnemonic::Prefetchnta,
+            Mnemonic::Prefetcht0,
+            Mnemonic::Prefetcht1,
+            Mnemonic::Prefetcht2,
+        ];
         let mut missing = Vec::new();
         let mut checked = 0;
         for code in Code::values() {
@@ -488,8 +507,12 @@ mod tests {
                 continue;
             }
             let feats = code.cpuid_features();
-            let ours = (!feats.is_empty() && feats.iter().all(|f| mine.contains(f))) || gp_in_sse.contains(&code.mnemonic());
-            let excluded = matches!(code.mnemonic(), Mnemonic::Wait | Mnemonic::Db | Mnemonic::Dw | Mnemonic::Dd | Mnemonic::Dq | Mnemonic::Zero_bytes);
+            let ours =
+                (!feats.is_empty() && feats.iter().all(|f| mine.contains(f))) || gp_in_sse.contains(&code.mnemonic());
+            let excluded = matches!(
+                code.mnemonic(),
+                Mnemonic::Wait | Mnemonic::Db | Mnemonic::Dw | Mnemonic::Dd | Mnemonic::Dq | Mnemonic::Zero_bytes
+            );
             if ours && !excluded {
                 checked += 1;
                 if !crate::ops::implemented(code) {

@@ -89,7 +89,9 @@ pub fn handler(code: Code) -> Option<Handler> {
             _ => return None,
         },
         Mnemonic::Call => match code {
-            Code::Call_ptr1616 | Code::Call_ptr1632 | Code::Call_m1616 | Code::Call_m1632 | Code::Call_m1664 => far_call,
+            Code::Call_ptr1616 | Code::Call_ptr1632 | Code::Call_m1616 | Code::Call_m1632 | Code::Call_m1664 => {
+                far_call
+            }
             _ => return None,
         },
         Mnemonic::Retf => retf,
@@ -410,7 +412,10 @@ impl Cpu {
         if self.state.long_mode() && v & cr::CR4_PAE == 0 {
             return Err(GP0);
         }
-        if v & cr::CR4_PCIDE != 0 && self.state.cr4 & cr::CR4_PCIDE == 0 && (!self.state.long_mode() || self.state.cr3 & 0xfff != 0) {
+        if v & cr::CR4_PCIDE != 0
+            && self.state.cr4 & cr::CR4_PCIDE == 0
+            && (!self.state.long_mode() || self.state.cr3 & 0xfff != 0)
+        {
             return Err(GP0);
         }
         self.state.cr4 = v;
@@ -753,13 +758,22 @@ fn check_return_cs(cpu: &mut Cpu, sel: u16) -> Fault<Descriptor> {
 fn load_outer_ss(cpu: &mut Cpu, sel: u16, rpl: u8, to64: bool) -> Fault<Segment> {
     if sel & !3 == 0 {
         if to64 && rpl != 3 {
-            return Ok(Segment { selector: sel, attr: seg_attr::P | seg_attr::S | seg_attr::TYPE_RW | seg_attr::DB | (u32::from(rpl) << seg_attr::DPL_SHIFT), ..Default::default() });
+            return Ok(Segment {
+                selector: sel,
+                attr: seg_attr::P
+                    | seg_attr::S
+                    | seg_attr::TYPE_RW
+                    | seg_attr::DB
+                    | (u32::from(rpl) << seg_attr::DPL_SHIFT),
+                ..Default::default()
+            });
         }
         return Err(GP0);
     }
     let d = cpu.read_descriptor(sel)?;
     let gp = Exception::GeneralProtection(sel_err(sel));
-    if (sel & 3) as u8 != rpl || d.dpl() != rpl || d.is_code() || !d.is_code_data() || d.typ() & seg_attr::TYPE_RW == 0 {
+    if (sel & 3) as u8 != rpl || d.dpl() != rpl || d.is_code() || !d.is_code_data() || d.typ() & seg_attr::TYPE_RW == 0
+    {
         return Err(gp);
     }
     if !d.present() {
@@ -957,7 +971,14 @@ fn iret_to_v86(cpu: &mut Cpu, ip: u64, cs: u16, fl: u64) -> Fault<()> {
     cpu.state.lazy.op = 0;
     cpu.state.rflags = (fl & flags::ALL) | flags::FIXED;
     cpu.state.cpl = 3;
-    for (s, sel) in [(sreg::CS, cs), (sreg::SS, ss as u16), (sreg::ES, es as u16), (sreg::DS, ds as u16), (sreg::FS, fs as u16), (sreg::GS, gs as u16)] {
+    for (s, sel) in [
+        (sreg::CS, cs),
+        (sreg::SS, ss as u16),
+        (sreg::ES, es as u16),
+        (sreg::DS, ds as u16),
+        (sreg::FS, fs as u16),
+        (sreg::GS, gs as u16),
+    ] {
         cpu.load_real_segment(s, sel);
     }
     cpu.state.gpr[4] = esp & 0xffff_ffff;
@@ -969,7 +990,12 @@ fn iret_to_v86(cpu: &mut Cpu, ip: u64, cs: u16, fl: u64) -> Fault<()> {
 // ---- fast system calls -----------------------------------------------------------
 
 fn flat(selector: u16, dpl: u8, code: bool, long: bool) -> Segment {
-    let mut attr = seg_attr::P | seg_attr::S | seg_attr::G | seg_attr::TYPE_ACCESSED | seg_attr::TYPE_RW | (u32::from(dpl) << seg_attr::DPL_SHIFT);
+    let mut attr = seg_attr::P
+        | seg_attr::S
+        | seg_attr::G
+        | seg_attr::TYPE_ACCESSED
+        | seg_attr::TYPE_RW
+        | (u32::from(dpl) << seg_attr::DPL_SHIFT);
     if code {
         attr |= seg_attr::TYPE_CODE;
         attr |= if long { seg_attr::L } else { seg_attr::DB };
@@ -1224,7 +1250,7 @@ mod tests {
         c.state.gpr[2] = 0x3f8;
         assert_eq!(exec_bytes(&mut c, &[0xee]), Err(GP0));
         assert_eq!(exec_bytes(&mut c, &[0x6e]), Err(GP0)); // outsb
-        // IOPL 3 skips the bitmap.
+                                                           // IOPL 3 skips the bitmap.
         c.state.rflags |= flags::IOPL;
         assert!(exec_bytes(&mut c, &[0xee]).is_ok());
         // A TSS limit that cuts the bitmap denies the ports beyond it.
@@ -1254,7 +1280,7 @@ mod tests {
         assert_eq!(c.state.seg[sreg::CS].selector, (SEL_CODE32 + 16) | 3);
         assert_eq!(c.state.seg[sreg::SS].selector, (SEL_CODE32 + 24) | 3);
         assert_eq!(exec_bytes(&mut c, &[0x0f, 0x35]), Err(GP0)); // SYSEXIT from ring 3
-        // Real mode: #GP; long mode (an AMD model): #UD.
+                                                                 // Real mode: #GP; long mode (an AMD model): #UD.
         let mut c = real_mode();
         assert_eq!(exec_bytes(&mut c, &[0x0f, 0x34]), Err(GP0));
         let mut c = long_mode();

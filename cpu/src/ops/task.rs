@@ -91,8 +91,12 @@ impl Cpu {
 
     fn read_task_state(&mut self, base: u64, is32: bool) -> Fault<TaskState> {
         let mut t = TaskState::default();
-        let r16 = |c: &mut Cpu, off: u64| -> Fault<u16> { Ok(u16::from_le_bytes(c.read_sys::<2>(base.wrapping_add(off) & 0xffff_ffff)?)) };
-        let r32 = |c: &mut Cpu, off: u64| -> Fault<u32> { Ok(u32::from_le_bytes(c.read_sys::<4>(base.wrapping_add(off) & 0xffff_ffff)?)) };
+        let r16 = |c: &mut Cpu, off: u64| -> Fault<u16> {
+            Ok(u16::from_le_bytes(c.read_sys::<2>(base.wrapping_add(off) & 0xffff_ffff)?))
+        };
+        let r32 = |c: &mut Cpu, off: u64| -> Fault<u32> {
+            Ok(u32::from_le_bytes(c.read_sys::<4>(base.wrapping_add(off) & 0xffff_ffff)?))
+        };
         if is32 {
             t.cr3 = r32(self, tss32::CR3)?;
             t.eip = r32(self, tss32::EIP)?;
@@ -128,8 +132,10 @@ impl Cpu {
         if clear_nt {
             fl &= !flags::NT;
         }
-        let w16 = |c: &mut Cpu, off: u64, v: u16| c.write_sys(tr.base.wrapping_add(off) & 0xffff_ffff, &v.to_le_bytes());
-        let w32 = |c: &mut Cpu, off: u64, v: u32| c.write_sys(tr.base.wrapping_add(off) & 0xffff_ffff, &v.to_le_bytes());
+        let w16 =
+            |c: &mut Cpu, off: u64, v: u16| c.write_sys(tr.base.wrapping_add(off) & 0xffff_ffff, &v.to_le_bytes());
+        let w32 =
+            |c: &mut Cpu, off: u64, v: u32| c.write_sys(tr.base.wrapping_add(off) & 0xffff_ffff, &v.to_le_bytes());
         if is32 {
             w32(self, tss32::EIP, self.state.rip as u32)?;
             w32(self, tss32::EFLAGS, fl as u32)?;
@@ -229,7 +235,8 @@ impl Cpu {
         self.state.rip = u64::from(if is32 { t.eip } else { t.eip & 0xffff });
         self.insn_start = self.state.rip;
         for i in 0..8 {
-            self.state.gpr[i] = if is32 { u64::from(t.gpr[i]) } else { (self.state.gpr[i] & !0xffff) | u64::from(t.gpr[i]) };
+            self.state.gpr[i] =
+                if is32 { u64::from(t.gpr[i]) } else { (self.state.gpr[i] & !0xffff) | u64::from(t.gpr[i]) };
         }
         self.block_break = true;
         self.load_task_segments(&t, ext)?;
@@ -259,7 +266,13 @@ impl Cpu {
             if t.ldt & 4 != 0 {
                 return Err(ts(t.ldt));
             }
-            let d = self.read_descriptor(t.ldt).map_err(|x| if let Exception::GeneralProtection(_) = x { ts(t.ldt) } else { x })?;
+            let d = self.read_descriptor(t.ldt).map_err(|x| {
+                if let Exception::GeneralProtection(_) = x {
+                    ts(t.ldt)
+                } else {
+                    x
+                }
+            })?;
             if d.is_code_data() || d.typ() != 2 || !d.present() {
                 return Err(ts(t.ldt));
             }

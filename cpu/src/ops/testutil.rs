@@ -108,12 +108,20 @@ pub fn seg_desc(base: u32, limit: u32, access: u8, flags: u8) -> u64 {
 /// A legacy gate (call, interrupt, trap, task): `typ` is the 4-bit type.
 pub fn gate(sel: u16, off: u32, typ: u8, dpl: u8, params: u8) -> u64 {
     let off = u64::from(off);
-    (off & 0xffff) | (u64::from(sel) << 16) | (u64::from(params & 0x1f) << 32) | (u64::from(0x80 | (dpl << 5) | typ) << 40) | ((off >> 16) << 48)
+    (off & 0xffff)
+        | (u64::from(sel) << 16)
+        | (u64::from(params & 0x1f) << 32)
+        | (u64::from(0x80 | (dpl << 5) | typ) << 40)
+        | ((off >> 16) << 48)
 }
 
 /// A 16-byte long-mode gate.
 pub fn gate64(sel: u16, off: u64, typ: u8, dpl: u8, ist: u8) -> (u64, u64) {
-    let lo = (off & 0xffff) | (u64::from(sel) << 16) | (u64::from(ist) << 32) | (u64::from(0x80 | (dpl << 5) | typ) << 40) | (((off >> 16) & 0xffff) << 48);
+    let lo = (off & 0xffff)
+        | (u64::from(sel) << 16)
+        | (u64::from(ist) << 32)
+        | (u64::from(0x80 | (dpl << 5) | typ) << 40)
+        | (((off >> 16) & 0xffff) << 48);
     (lo, off >> 32)
 }
 
@@ -247,7 +255,10 @@ pub fn real_mode() -> Cpu {
     let (mut c, _) = new_cpu();
     let mut s = CpuState::reset();
     s.cr0 = cr::CR0_ET;
-    s.seg[sreg::CS] = Segment::real(0x1000, seg_attr::P | seg_attr::S | seg_attr::TYPE_CODE | seg_attr::TYPE_RW | seg_attr::TYPE_ACCESSED);
+    s.seg[sreg::CS] = Segment::real(
+        0x1000,
+        seg_attr::P | seg_attr::S | seg_attr::TYPE_CODE | seg_attr::TYPE_RW | seg_attr::TYPE_ACCESSED,
+    );
     s.rip = 0;
     s.gpr = [0; 16];
     s.gpr[4] = 0x8000;

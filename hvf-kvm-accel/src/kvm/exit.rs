@@ -116,42 +116,19 @@ pub fn handle_exit(exit: KvmExit<'_>, io: &mut dyn ExitHandler) -> ExitAction {
         KvmExit::Hlt => ExitAction::Stop(VmExit::Hlt),
         KvmExit::Shutdown => ExitAction::Stop(VmExit::Shutdown),
         KvmExit::FailEntry { reason, cpu } => {
-            tracing::error!(
-                reason = format_args!("{reason:#x}"),
-                cpu,
-                "KVM could not enter the guest"
-            );
+            tracing::error!(reason = format_args!("{reason:#x}"), cpu, "KVM could not enter the guest");
             ExitAction::Stop(VmExit::FailEntry { reason })
         }
-        KvmExit::InternalError {
-            suberror,
-            data,
-            insn_bytes,
-            rip,
-        } => {
-            tracing::debug!(
-                suberror,
-                ?data,
-                ?insn_bytes,
-                rip = format_args!("{rip:#x}"),
-                "KVM internal error"
-            );
-            ExitAction::Stop(VmExit::InternalError {
-                suberror,
-                insn_bytes,
-                rip,
-            })
+        KvmExit::InternalError { suberror, data, insn_bytes, rip } => {
+            tracing::debug!(suberror, ?data, ?insn_bytes, rip = format_args!("{rip:#x}"), "KVM internal error");
+            ExitAction::Stop(VmExit::InternalError { suberror, insn_bytes, rip })
         }
         KvmExit::Intr => ExitAction::Stop(VmExit::Interrupted),
-        KvmExit::SystemEvent {
-            kind: SYSTEM_EVENT_SHUTDOWN,
-        } => ExitAction::Stop(VmExit::Shutdown),
-        KvmExit::SystemEvent {
-            kind: SYSTEM_EVENT_RESET,
-        } => ExitAction::Stop(VmExit::Other("system reset requested".into())),
-        KvmExit::SystemEvent { kind } => {
-            ExitAction::Stop(VmExit::Other(format!("system event {kind}")))
+        KvmExit::SystemEvent { kind: SYSTEM_EVENT_SHUTDOWN } => ExitAction::Stop(VmExit::Shutdown),
+        KvmExit::SystemEvent { kind: SYSTEM_EVENT_RESET } => {
+            ExitAction::Stop(VmExit::Other("system reset requested".into()))
         }
+        KvmExit::SystemEvent { kind } => ExitAction::Stop(VmExit::Other(format!("system event {kind}"))),
         KvmExit::Other(what) => ExitAction::Stop(VmExit::Other(what)),
     }
 }
@@ -193,14 +170,7 @@ mod tests {
     #[test]
     fn pio_out_continues() {
         let mut r = Recorder::default();
-        let a = handle_exit(
-            KvmExit::IoOut {
-                port: 0x3f8,
-                size: 1,
-                data: b"A",
-            },
-            &mut r,
-        );
+        let a = handle_exit(KvmExit::IoOut { port: 0x3f8, size: 1, data: b"A" }, &mut r);
         assert_eq!(a, ExitAction::Continue);
         assert_eq!(r.log, ["out 0x3f8 [41]"]);
     }
@@ -209,14 +179,7 @@ mod tests {
     fn pio_in_fills_data() {
         let mut r = Recorder::default();
         let mut buf = [0u8; 4];
-        let a = handle_exit(
-            KvmExit::IoIn {
-                port: 0xcfc,
-                size: 4,
-                data: &mut buf,
-            },
-            &mut r,
-        );
+        let a = handle_exit(KvmExit::IoIn { port: 0xcfc, size: 4, data: &mut buf }, &mut r);
         assert_eq!(a, ExitAction::Continue);
         assert_eq!(buf, [1, 2, 3, 4]);
         assert_eq!(r.log, ["in 0xcfc 4"]);
@@ -226,31 +189,10 @@ mod tests {
     fn string_io_is_split_per_element() {
         let mut r = Recorder::default();
         let data = [1u8, 0, 2, 0, 3, 0];
-        handle_exit(
-            KvmExit::IoOut {
-                port: 0x1f0,
-                size: 2,
-                data: &data,
-            },
-            &mut r,
-        );
-        assert_eq!(
-            r.log,
-            [
-                "out 0x1f0 [01, 00]",
-                "out 0x1f0 [02, 00]",
-                "out 0x1f0 [03, 00]"
-            ]
-        );
+        handle_exit(KvmExit::IoOut { port: 0x1f0, size: 2, data: &data }, &mut r);
+        assert_eq!(r.log, ["out 0x1f0 [01, 00]", "out 0x1f0 [02, 00]", "out 0x1f0 [03, 00]"]);
         let mut buf = [0u8; 3];
-        handle_exit(
-            KvmExit::IoIn {
-                port: 0x60,
-                size: 1,
-                data: &mut buf,
-            },
-            &mut r,
-        );
+        handle_exit(KvmExit::IoIn { port: 0x60, size: 1, data: &mut buf }, &mut r);
         assert_eq!(buf, [1, 2, 3]);
         assert_eq!(r.log.len(), 6);
     }
@@ -259,25 +201,10 @@ mod tests {
     fn mmio_goes_to_handler() {
         let mut r = Recorder::default();
         let mut buf = [0u8; 8];
-        assert_eq!(
-            handle_exit(
-                KvmExit::MmioRead {
-                    addr: 0xfec0_0000,
-                    data: &mut buf
-                },
-                &mut r
-            ),
-            ExitAction::Continue
-        );
+        assert_eq!(handle_exit(KvmExit::MmioRead { addr: 0xfec0_0000, data: &mut buf }, &mut r), ExitAction::Continue);
         assert_eq!(buf, [0xab; 8]);
         assert_eq!(
-            handle_exit(
-                KvmExit::MmioWrite {
-                    addr: 0xfee0_00b0,
-                    data: &[0, 0, 0, 0]
-                },
-                &mut r
-            ),
+            handle_exit(KvmExit::MmioWrite { addr: 0xfee0_00b0, data: &[0, 0, 0, 0] }, &mut r),
             ExitAction::Continue
         );
         assert_eq!(r.log, ["mr 0xfec00000 8", "mw 0xfee000b0 [00, 00, 00, 00]"]);
@@ -286,44 +213,19 @@ mod tests {
     #[test]
     fn stopping_exits() {
         let mut r = Recorder::default();
+        assert_eq!(handle_exit(KvmExit::Hlt, &mut r), ExitAction::Stop(VmExit::Hlt));
+        assert_eq!(handle_exit(KvmExit::Shutdown, &mut r), ExitAction::Stop(VmExit::Shutdown));
+        assert_eq!(handle_exit(KvmExit::Intr, &mut r), ExitAction::Stop(VmExit::Interrupted));
         assert_eq!(
-            handle_exit(KvmExit::Hlt, &mut r),
-            ExitAction::Stop(VmExit::Hlt)
-        );
-        assert_eq!(
-            handle_exit(KvmExit::Shutdown, &mut r),
-            ExitAction::Stop(VmExit::Shutdown)
-        );
-        assert_eq!(
-            handle_exit(KvmExit::Intr, &mut r),
-            ExitAction::Stop(VmExit::Interrupted)
-        );
-        assert_eq!(
-            handle_exit(
-                KvmExit::FailEntry {
-                    reason: 0x21,
-                    cpu: 0
-                },
-                &mut r
-            ),
+            handle_exit(KvmExit::FailEntry { reason: 0x21, cpu: 0 }, &mut r),
             ExitAction::Stop(VmExit::FailEntry { reason: 0x21 })
         );
         assert_eq!(
-            handle_exit(
-                KvmExit::SystemEvent {
-                    kind: SYSTEM_EVENT_SHUTDOWN
-                },
-                &mut r
-            ),
+            handle_exit(KvmExit::SystemEvent { kind: SYSTEM_EVENT_SHUTDOWN }, &mut r),
             ExitAction::Stop(VmExit::Shutdown)
         );
         assert!(matches!(
-            handle_exit(
-                KvmExit::SystemEvent {
-                    kind: SYSTEM_EVENT_RESET
-                },
-                &mut r
-            ),
+            handle_exit(KvmExit::SystemEvent { kind: SYSTEM_EVENT_RESET }, &mut r),
             ExitAction::Stop(VmExit::Other(_))
         ));
         assert_eq!(
@@ -337,53 +239,19 @@ mod tests {
     fn exits_are_counted_by_kind() {
         let mut c = ExitCounts::default();
         let mut buf = [0u8; 4];
-        count_exit(
-            &mut c,
-            &KvmExit::IoOut {
-                port: 0x80,
-                size: 1,
-                data: b"ab",
-            },
-        );
-        count_exit(
-            &mut c,
-            &KvmExit::IoIn {
-                port: 0x60,
-                size: 1,
-                data: &mut buf,
-            },
-        );
-        count_exit(
-            &mut c,
-            &KvmExit::MmioWrite {
-                addr: 0xfee0_00b0,
-                data: &[0; 4],
-            },
-        );
+        count_exit(&mut c, &KvmExit::IoOut { port: 0x80, size: 1, data: b"ab" });
+        count_exit(&mut c, &KvmExit::IoIn { port: 0x60, size: 1, data: &mut buf });
+        count_exit(&mut c, &KvmExit::MmioWrite { addr: 0xfee0_00b0, data: &[0; 4] });
         count_exit(&mut c, &KvmExit::Hlt);
         count_exit(&mut c, &KvmExit::Hlt);
         count_exit(&mut c, &KvmExit::Intr);
-        count_exit(
-            &mut c,
-            &KvmExit::InternalError {
-                suberror: 1,
-                data: vec![],
-                insn_bytes: vec![0xcc],
-                rip: 0,
-            },
-        );
+        count_exit(&mut c, &KvmExit::InternalError { suberror: 1, data: vec![], insn_bytes: vec![0xcc], rip: 0 });
         count_exit(&mut c, &KvmExit::Other("KVM_EXIT_DEBUG".into()));
         assert_eq!(c.pio_out, 1, "a string out is one exit");
         assert_eq!((c.pio_in, c.mmio_write, c.mmio_read), (1, 1, 0));
-        assert_eq!(
-            (c.hlt, c.interrupted, c.internal_error, c.other),
-            (2, 1, 1, 1)
-        );
+        assert_eq!((c.hlt, c.interrupted, c.internal_error, c.other), (2, 1, 1, 1));
         assert_eq!(c.total(), 8);
-        assert_eq!(
-            c.to_string(),
-            "1 pio-in, 1 pio-out, 1 mmio-write, 2 hlt, 1 internal-error, 1 interrupted, 1 other"
-        );
+        assert_eq!(c.to_string(), "1 pio-in, 1 pio-out, 1 mmio-write, 2 hlt, 1 internal-error, 1 interrupted, 1 other");
         assert_eq!(ExitCounts::default().to_string(), "none");
     }
 

@@ -51,9 +51,7 @@ extern "C" fn on_kick_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut li
 pub fn install_kick_handler() -> Result<(), AccelError> {
     static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
     INSTALLED
-        .get_or_init(|| {
-            register_signal_handler(kick_signal(), on_kick_signal).map_err(|e| e.to_string())
-        })
+        .get_or_init(|| register_signal_handler(kick_signal(), on_kick_signal).map_err(|e| e.to_string()))
         .clone()
         .map_err(|e| AccelError::ioctl("sigaction for the vCPU kick signal", e))
 }
@@ -168,10 +166,7 @@ impl Kick for KickState {
             // delivering it only interrupts a system call.
             let rc = unsafe { libc::pthread_kill(thread, kick_signal()) };
             if rc != 0 {
-                tracing::warn!(
-                    "cannot signal the vCPU thread: {}",
-                    std::io::Error::from_raw_os_error(rc)
-                );
+                tracing::warn!("cannot signal the vCPU thread: {}", std::io::Error::from_raw_os_error(rc));
             }
         }
     }

@@ -142,10 +142,7 @@ impl KvmVcpu {
         };
         if id == 0 && !still_visible.is_empty() && shared.cpuid_restricted {
             // Only user code runs in KVM; its extra state is kept per task.
-            tracing::info!(
-                "KVM shows user code host CPUID features beyond the model: {}",
-                still_visible.join(", ")
-            );
+            tracing::info!("KVM shows user code host CPUID features beyond the model: {}", still_visible.join(", "));
         } else if id == 0 && !still_visible.is_empty() {
             tracing::warn!(
                 "KVM shows the guest CPUID features the model hides: {}; this KVM adds host features to the \
@@ -376,10 +373,9 @@ impl KvmVcpu {
     /// The XSAVE components past x87 and SSE (AVX, AVX-512, ...) as KVM
     /// holds them; `None` when KVM has no XSAVE interface.
     pub fn extended_state(&self) -> Result<Option<ExtendedState>, AccelError> {
-        Ok(self.xsave_region()?.map(|region| ExtendedState {
-            bv: xstate_bv(&region) & !0b11,
-            words: region[EXTENDED_WORD..].to_vec(),
-        }))
+        Ok(self
+            .xsave_region()?
+            .map(|region| ExtendedState { bv: xstate_bv(&region) & !0b11, words: region[EXTENDED_WORD..].to_vec() }))
     }
 
     /// Replace the XSAVE components past x87 and SSE with `e` (the init

@@ -21,13 +21,7 @@ pub(crate) struct Queues {
 
 impl Queues {
     pub fn new(guest_limit: usize, mtu: usize) -> Self {
-        Queues {
-            to_stack: VecDeque::new(),
-            to_guest: VecDeque::new(),
-            guest_limit,
-            guest_dropped: 0,
-            mtu,
-        }
+        Queues { to_stack: VecDeque::new(), to_guest: VecDeque::new(), guest_limit, guest_dropped: 0, mtu }
     }
 
     /// Queues a frame for the guest; false (and counted) when full.

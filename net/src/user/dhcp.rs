@@ -160,9 +160,7 @@ impl DhcpServer {
         let start = u32::from(cfg.dhcp_start);
         let pool = (0..MAX_LEASES as u32)
             .filter_map(|i| start.checked_add(i).map(Ipv4Addr::from))
-            .filter(|ip| {
-                cfg.contains(*ip) && *ip != cfg.host && *ip != cfg.dns && *ip != cfg.broadcast()
-            })
+            .filter(|ip| cfg.contains(*ip) && *ip != cfg.host && *ip != cfg.dns && *ip != cfg.broadcast())
             .collect();
         DhcpServer {
             server: cfg.host,
@@ -209,9 +207,7 @@ impl DhcpServer {
                         return None;
                     }
                 }
-                let wanted = m
-                    .option_ip(OPT_REQUESTED_IP)
-                    .or((!m.ciaddr.is_unspecified()).then_some(m.ciaddr));
+                let wanted = m.option_ip(OPT_REQUESTED_IP).or((!m.ciaddr.is_unspecified()).then_some(m.ciaddr));
                 let granted = wanted.and_then(|w| self.bind(m.mac, w, now));
                 match granted {
                     Some(ip) => {
@@ -334,11 +330,7 @@ impl DhcpServer {
         } else {
             (yiaddr, m.mac)
         };
-        DhcpReply {
-            payload: b,
-            dst_ip,
-            dst_mac,
-        }
+        DhcpReply { payload: b, dst_ip, dst_mac }
     }
 }
 
@@ -388,10 +380,7 @@ pub(crate) mod tests {
     const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 
     fn server() -> DhcpServer {
-        let cfg = UserNetConfig {
-            hostname: Some("guest".into()),
-            ..UserNetConfig::default()
-        };
+        let cfg = UserNetConfig { hostname: Some("guest".into()), ..UserNetConfig::default() };
         DhcpServer::new(&cfg)
     }
 
@@ -406,15 +395,8 @@ pub(crate) mod tests {
         assert_eq!(opt(&offer.payload, OPT_MESSAGE_TYPE), Some(vec![OFFER]));
         assert!(offer.payload.len() >= MIN_MESSAGE_LEN);
 
-        let req = client_msg(
-            REQUEST,
-            MAC,
-            8,
-            &[
-                (OPT_REQUESTED_IP, vec![10, 0, 2, 15]),
-                (OPT_SERVER_ID, vec![10, 0, 2, 2]),
-            ],
-        );
+        let req =
+            client_msg(REQUEST, MAC, 8, &[(OPT_REQUESTED_IP, vec![10, 0, 2, 15]), (OPT_SERVER_ID, vec![10, 0, 2, 2])]);
         let ack = s.handle(&req, now).unwrap();
         let p = &ack.payload;
         assert_eq!(opt(p, OPT_MESSAGE_TYPE), Some(vec![ACK]));
@@ -435,9 +417,7 @@ pub(crate) mod tests {
         let mut s = server();
         let now = Instant::now();
         s.handle(&client_msg(DISCOVER, MAC, 1, &[]), now).unwrap();
-        let nak = s
-            .handle(&client_msg(REQUEST, MAC, 2, &[(OPT_REQUESTED_IP, vec![10, 0, 2, 99])]), now)
-            .unwrap();
+        let nak = s.handle(&client_msg(REQUEST, MAC, 2, &[(OPT_REQUESTED_IP, vec![10, 0, 2, 99])]), now).unwrap();
         assert_eq!(opt(&nak.payload, OPT_MESSAGE_TYPE), Some(vec![NAK]));
         assert_eq!(nak.dst_mac, EthernetAddress::BROADCAST);
         // A second client gets the next address.
@@ -448,9 +428,7 @@ pub(crate) mod tests {
         assert!(s.handle(&client_msg(RELEASE, other, 5, &[]), now).is_none());
         assert_eq!(s.mac_of(Ipv4Addr::new(10, 0, 2, 16)), None);
         // Another server's id: the offer is withdrawn silently.
-        assert!(s
-            .handle(&client_msg(REQUEST, MAC, 6, &[(OPT_SERVER_ID, vec![10, 0, 2, 9])]), now)
-            .is_none());
+        assert!(s.handle(&client_msg(REQUEST, MAC, 6, &[(OPT_SERVER_ID, vec![10, 0, 2, 9])]), now).is_none());
     }
 
     #[test]
@@ -462,8 +440,7 @@ pub(crate) mod tests {
             let r = s.handle(&client_msg(DISCOVER, mac, 1, &[]), now);
             if let Some(r) = r {
                 let ip = ip_at(&r.payload, 16);
-                s.handle(&client_msg(REQUEST, mac, 2, &[(OPT_REQUESTED_IP, ip.octets().to_vec())]), now)
-                    .unwrap();
+                s.handle(&client_msg(REQUEST, mac, 2, &[(OPT_REQUESTED_IP, ip.octets().to_vec())]), now).unwrap();
             }
         }
         assert_eq!(s.leases.len(), MAX_LEASES);

@@ -110,9 +110,9 @@ pub(crate) type GuestReply = (SocketAddrV4, Vec<u8>);
 impl DnsForwarder {
     pub fn new(upstream: &DnsUpstream, timeout: Duration, max_pending: usize) -> Self {
         let upstreams = match upstream {
-            DnsUpstream::System => std::fs::read_to_string("/etc/resolv.conf")
-                .map(|t| parse_resolv_conf(&t))
-                .unwrap_or_default(),
+            DnsUpstream::System => {
+                std::fs::read_to_string("/etc/resolv.conf").map(|t| parse_resolv_conf(&t)).unwrap_or_default()
+            }
             DnsUpstream::Servers(list) => list.clone(),
             DnsUpstream::Disabled => Vec::new(),
         };
@@ -196,10 +196,7 @@ impl DnsForwarder {
     fn send_from(&mut self, poller: &Poller, id: u16, mut p: Pending, now: Instant) -> Option<Vec<u8>> {
         while p.upstream < self.upstreams.len() {
             let server = self.upstreams[p.upstream];
-            let sent = self
-                .socket_for(poller, server)
-                .map(|s| s.send_to(&p.query, server).is_ok())
-                .unwrap_or(false);
+            let sent = self.socket_for(poller, server).map(|s| s.send_to(&p.query, server).is_ok()).unwrap_or(false);
             if sent {
                 p.deadline = now + self.timeout;
                 self.pending.insert(id, p);
@@ -287,12 +284,7 @@ impl DnsForwarder {
 
     /// Moves timed-out queries to the next upstream or answers SERVFAIL.
     pub fn expire(&mut self, poller: &Poller, now: Instant, out: &mut Vec<GuestReply>) {
-        let due: Vec<u16> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
+        let due: Vec<u16> = self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| *id).collect();
         for id in due {
             if let Some(mut p) = self.pending.remove(&id) {
                 let guest = p.guest;
@@ -351,10 +343,7 @@ pub(crate) mod tests {
     #[test]
     fn resolv_conf() {
         let t = "# comment\nsearch lan\nnameserver 127.0.0.53\nnameserver ::1\nnameserver bogus\n";
-        assert_eq!(
-            parse_resolv_conf(t),
-            vec!["127.0.0.53:53".parse().unwrap(), "[::1]:53".parse().unwrap()]
-        );
+        assert_eq!(parse_resolv_conf(t), vec!["127.0.0.53:53".parse().unwrap(), "[::1]:53".parse().unwrap()]);
     }
 
     #[test]

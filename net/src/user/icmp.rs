@@ -66,14 +66,7 @@ fn open(dst: Ipv4Addr) -> std::io::Result<UdpSocket> {
 
 impl IcmpProxy {
     pub fn new(max: usize) -> Self {
-        IcmpProxy {
-            allowed: None,
-            socks: HashMap::new(),
-            by_key: HashMap::new(),
-            next_id: 0,
-            max,
-            dropped: 0,
-        }
+        IcmpProxy { allowed: None, socks: HashMap::new(), by_key: HashMap::new(), next_id: 0, max, dropped: 0 }
     }
 
     /// Sends the guest's echo request to `host_dst` (`remote` as the guest sees it).
@@ -124,17 +117,7 @@ impl IcmpProxy {
                 if poller.add(&sock, Token::Icmp(id)).is_err() {
                     return;
                 }
-                self.socks.insert(
-                    id,
-                    Echo {
-                        guest,
-                        ident,
-                        remote,
-                        sock,
-                        last: now,
-                        readable: true,
-                    },
-                );
+                self.socks.insert(id, Echo { guest, ident, remote, sock, last: now, readable: true });
                 self.by_key.insert(key, id);
                 id
             }
@@ -231,16 +214,7 @@ mod tests {
             p.read(&mut out);
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(
-            out,
-            vec![Reply {
-                from: remote,
-                guest,
-                ident: 0x4242,
-                seq_no: 7,
-                data: b"ping!".to_vec()
-            }]
-        );
+        assert_eq!(out, vec![Reply { from: remote, guest, ident: 0x4242, seq_no: 7, data: b"ping!".to_vec() }]);
         p.expire(&poller, now + IDLE);
         assert!(p.socks.is_empty());
     }

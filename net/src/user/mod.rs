@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 use smoltcp::iface::{Config as IfaceConfig, Interface, PollIngressSingleResult, PollResult, SocketSet};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    ArpPacket, ArpRepr, EthernetAddress, EthernetProtocol, HardwareAddress, Icmpv4Packet,
-    Icmpv4Repr, IpCidr, IpProtocol,
+    ArpPacket, ArpRepr, EthernetAddress, EthernetProtocol, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpCidr,
+    IpProtocol,
 };
 
 use crate::frame::{self, Drop, Eth, Ip};
@@ -244,11 +244,7 @@ impl UserNet {
     }
 
     fn guest_mac(&self, ip: Ipv4Addr) -> EthernetAddress {
-        self.guest_macs
-            .get(&ip)
-            .copied()
-            .or_else(|| self.dhcp.mac_of(ip))
-            .unwrap_or(EthernetAddress::BROADCAST)
+        self.guest_macs.get(&ip).copied().or_else(|| self.dhcp.mac_of(ip)).unwrap_or(EthernetAddress::BROADCAST)
     }
 
     fn queue_guest(&mut self, frame: Vec<u8>) {
@@ -308,12 +304,8 @@ impl UserNet {
 
     fn guest_arp(&mut self, f: &[u8], eth: &Eth<'_>) -> Result<(), Drop> {
         let pkt = ArpPacket::new_checked(eth.payload).map_err(|_| Drop::Malformed)?;
-        let ArpRepr::EthernetIpv4 {
-            source_hardware_addr,
-            source_protocol_addr,
-            target_protocol_addr,
-            ..
-        } = ArpRepr::parse(&pkt).map_err(|_| Drop::Malformed)?
+        let ArpRepr::EthernetIpv4 { source_hardware_addr, source_protocol_addr, target_protocol_addr, .. } =
+            ArpRepr::parse(&pkt).map_err(|_| Drop::Malformed)?
         else {
             return Err(Drop::Malformed);
         };
@@ -407,10 +399,7 @@ impl UserNet {
 
     fn guest_tcp(&mut self, f: &[u8], eth: &Eth<'_>, ip: &Ip<'_>, now: Instant) -> Result<(), Drop> {
         let seg = frame::parse_tcp(ip)?;
-        let key = (
-            SocketAddrV4::new(ip.src, seg.src_port),
-            SocketAddrV4::new(ip.dst, seg.dst_port),
-        );
+        let key = (SocketAddrV4::new(ip.src, seg.src_port), SocketAddrV4::new(ip.dst, seg.dst_port));
         if self.tcp.contains(&key) {
             if self.tcp.is_open(&key) {
                 return self.queue_stack(f);
@@ -607,21 +596,14 @@ impl NetBackend for UserNet {
             // smoltcp waits for room; the NIC polls again when the guest takes frames.
             Some(Duration::from_millis(10))
         } else {
-            self.iface
-                .poll_delay(ts, &self.sockets)
-                .map(|d| Duration::from_micros(d.total_micros()))
+            self.iface.poll_delay(ts, &self.sockets).map(|d| Duration::from_micros(d.total_micros()))
         };
-        [
-            self.tcp.next_deadline(),
-            self.udp.next_deadline(),
-            self.dns.next_deadline(),
-            self.icmp.next_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .map(|t| t.saturating_duration_since(now))
-        .chain(stack)
-        .min()
+        [self.tcp.next_deadline(), self.udp.next_deadline(), self.dns.next_deadline(), self.icmp.next_deadline()]
+            .into_iter()
+            .flatten()
+            .map(|t| t.saturating_duration_since(now))
+            .chain(stack)
+            .min()
     }
 
     fn wake_fd(&self) -> Option<BorrowedFd<'_>> {

@@ -93,12 +93,7 @@ pub(crate) struct TcpTable {
 }
 
 fn connect_nonblocking(dst: SocketAddrV4) -> std::io::Result<TcpStream> {
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
     match connect(fd.as_raw_fd(), &SockaddrIn::from(dst)) {
         Ok(()) | Err(Errno::EINPROGRESS) => {}
         Err(e) => return Err(e.into()),
@@ -140,10 +135,7 @@ impl TcpTable {
 
     /// Whether the flow's smoltcp socket exists (its segments go to smoltcp).
     pub fn is_open(&self, key: &Key) -> bool {
-        self.by_key
-            .get(key)
-            .and_then(|id| self.flows.get(id))
-            .is_some_and(|f| matches!(f.phase, Phase::Open(_)))
+        self.by_key.get(key).and_then(|id| self.flows.get(id)).is_some_and(|f| matches!(f.phase, Phase::Open(_)))
     }
 
     /// Binds a host port forward; returns the bound address.
@@ -155,16 +147,19 @@ impl TcpTable {
         index: u64,
     ) -> Result<SocketAddr, Error> {
         let (sock, addr) = super::bind_forward::<TcpListener>(poller, host, index)?;
-        self.listeners.push(Listener {
-            sock,
-            guest,
-            readable: true,
-        });
+        self.listeners.push(Listener { sock, guest, readable: true });
         Ok(addr)
     }
 
     /// Starts a flow for a guest SYN (the caller has checked policy and bounds).
-    pub fn guest_syn(&mut self, poller: &Poller, key: Key, host_dst: SocketAddrV4, syn: &[u8], now: Instant) -> SynOutcome {
+    pub fn guest_syn(
+        &mut self,
+        poller: &Poller,
+        key: Key,
+        host_dst: SocketAddrV4,
+        syn: &[u8],
+        now: Instant,
+    ) -> SynOutcome {
         let host = match connect_nonblocking(host_dst) {
             Ok(s) => s,
             Err(e) => {
@@ -211,10 +206,7 @@ impl TcpTable {
     }
 
     fn new_socket(buffer: usize) -> tcp::Socket<'static> {
-        let mut s = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; buffer]),
-            tcp::SocketBuffer::new(vec![0; buffer]),
-        );
+        let mut s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; buffer]), tcp::SocketBuffer::new(vec![0; buffer]));
         // The host side already coalesces; small writes go out at once.
         s.set_nagle_enabled(false);
         s
@@ -223,13 +215,15 @@ impl TcpTable {
     /// Finishes host connects: a connected flow gets its smoltcp socket and
     /// its held SYN goes to smoltcp (`to_stack`); a refused one is queued in
     /// `refused`.
-    pub fn finish_connects(&mut self, poller: &Poller, sockets: &mut SocketSet<'static>, to_stack: &mut std::collections::VecDeque<Vec<u8>>, now: Instant) {
-        let ids: Vec<u64> = self
-            .flows
-            .iter()
-            .filter(|(_, f)| matches!(f.phase, Phase::Connecting { .. }))
-            .map(|(id, _)| *id)
-            .collect();
+    pub fn finish_connects(
+        &mut self,
+        poller: &Poller,
+        sockets: &mut SocketSet<'static>,
+        to_stack: &mut std::collections::VecDeque<Vec<u8>>,
+        now: Instant,
+    ) {
+        let ids: Vec<u64> =
+            self.flows.iter().filter(|(_, f)| matches!(f.phase, Phase::Connecting { .. })).map(|(id, _)| *id).collect();
         let buffer = self.buffer;
         for id in ids {
             let Some(f) = self.flows.get_mut(&id) else { continue };
@@ -240,7 +234,9 @@ impl TcpTable {
             };
             let connected = !failed && f.writable && f.host.peer_addr().is_ok();
             if failed || (timed_out && !connected) {
-                if let Phase::Connecting { syn } = std::mem::replace(&mut f.phase, Phase::Connecting { syn: Vec::new() }) {
+                if let Phase::Connecting { syn } =
+                    std::mem::replace(&mut f.phase, Phase::Connecting { syn: Vec::new() })
+                {
                     self.refused.push(syn);
                 }
                 self.remove(poller, sockets, id);
@@ -251,13 +247,7 @@ impl TcpTable {
             }
             let mut sock = Self::new_socket(buffer);
             let (_, remote) = f.key;
-            if sock
-                .listen(IpListenEndpoint {
-                    addr: Some((*remote.ip()).into()),
-                    port: remote.port(),
-                })
-                .is_err()
-            {
+            if sock.listen(IpListenEndpoint { addr: Some((*remote.ip()).into()), port: remote.port() }).is_err() {
                 self.remove(poller, sockets, id);
                 continue;
             }
@@ -307,10 +297,7 @@ impl TcpTable {
                 }
                 let _ = stream.set_nodelay(true);
                 let mut sock = Self::new_socket(self.buffer);
-                let local = IpListenEndpoint {
-                    addr: Some(gateway.into()),
-                    port,
-                };
+                let local = IpListenEndpoint { addr: Some(gateway.into()), port };
                 let remote = IpEndpoint::new((*guest.ip()).into(), guest.port());
                 if sock.connect(iface.context(), remote, local).is_err() {
                     continue;

@@ -12,12 +12,8 @@ const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 const GW: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 
 fn nat() -> UserNet {
-    UserNet::new(UserNetConfig {
-        restrict: true,
-        dns_upstream: DnsUpstream::Disabled,
-        ..UserNetConfig::default()
-    })
-    .unwrap()
+    UserNet::new(UserNetConfig { restrict: true, dns_upstream: DnsUpstream::Disabled, ..UserNetConfig::default() })
+        .unwrap()
 }
 
 fn out(n: &mut UserNet) -> Vec<Vec<u8>> {
@@ -40,12 +36,8 @@ fn arp(target: Ipv4Addr) -> Vec<u8> {
     };
     let mut f = vec![0u8; ETH_HEADER_LEN + repr.buffer_len()];
     let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
-    EthernetRepr {
-        src_addr: GUEST_MAC,
-        dst_addr: EthernetAddress::BROADCAST,
-        ethertype: EthernetProtocol::Arp,
-    }
-    .emit(&mut eth);
+    EthernetRepr { src_addr: GUEST_MAC, dst_addr: EthernetAddress::BROADCAST, ethertype: EthernetProtocol::Arp }
+        .emit(&mut eth);
     repr.emit(&mut ArpPacket::new_unchecked(&mut f[ETH_HEADER_LEN..]));
     f
 }
@@ -234,10 +226,7 @@ fn guest_queue_is_bounded() {
     let mut n = UserNet::new(UserNetConfig {
         restrict: true,
         dns_upstream: DnsUpstream::Disabled,
-        limits: crate::Limits {
-            guest_queue: 16,
-            ..Default::default()
-        },
+        limits: crate::Limits { guest_queue: 16, ..Default::default() },
         ..UserNetConfig::default()
     })
     .unwrap();

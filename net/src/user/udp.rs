@@ -82,11 +82,7 @@ impl UdpTable {
         index: u64,
     ) -> Result<SocketAddr, Error> {
         let (sock, addr) = super::bind_forward::<UdpSocket>(poller, host, index)?;
-        self.listeners.push(Listener {
-            sock,
-            guest,
-            readable: true,
-        });
+        self.listeners.push(Listener { sock, guest, readable: true });
         Ok(addr)
     }
 
@@ -152,16 +148,7 @@ impl UdpTable {
                 if poller.add(&sock, Token::Udp(id)).is_err() {
                     return;
                 }
-                self.flows.insert(
-                    id,
-                    Flow {
-                        guest,
-                        remote,
-                        sock,
-                        last: now,
-                        readable: true,
-                    },
-                );
+                self.flows.insert(id, Flow { guest, remote, sock, last: now, readable: true });
                 self.by_key.insert((guest, remote), id);
                 id
             }
@@ -250,15 +237,7 @@ impl UdpTable {
                             continue;
                         }
                         let Some(p) = self.free_gateway_port() else { continue };
-                        self.assocs.insert(
-                            p,
-                            Assoc {
-                                listener: idx,
-                                peer,
-                                guest,
-                                last: now,
-                            },
-                        );
+                        self.assocs.insert(p, Assoc { listener: idx, peer, guest, last: now });
                         self.assoc_by_peer.insert((idx, peer), p);
                         p
                     }
@@ -275,9 +254,7 @@ impl UdpTable {
     fn free_gateway_port(&self) -> Option<u16> {
         // Forward associations live in the upper half of the ephemeral range.
         let start = 57344 + (self.assocs.len() as u16 % 8192);
-        (0..8192u16)
-            .map(|i| 57344 + (start - 57344 + i) % 8192)
-            .find(|p| !self.assocs.contains_key(p))
+        (0..8192u16).map(|i| 57344 + (start - 57344 + i) % 8192).find(|p| !self.assocs.contains_key(p))
     }
 
     /// Closes flows and associations idle for too long.

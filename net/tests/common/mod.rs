@@ -130,7 +130,12 @@ impl Guest {
 
     /// Steps until `done` says so or `timeout` passes; between idle steps it
     /// sleeps on the NAT's wake fd. Returns whether `done` was reached.
-    pub fn run(&mut self, nat: &mut dyn NetBackend, timeout: Duration, mut done: impl FnMut(&mut Guest) -> bool) -> bool {
+    pub fn run(
+        &mut self,
+        nat: &mut dyn NetBackend,
+        timeout: Duration,
+        mut done: impl FnMut(&mut Guest) -> bool,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         for _ in 0..50_000_000u64 {
             if done(self) {
@@ -142,10 +147,8 @@ impl Guest {
             let (moved, delay) = self.step(nat);
             if !moved {
                 let ts = self.ts();
-                let guest_delay = self
-                    .iface
-                    .poll_delay(ts, &self.sockets)
-                    .map(|d| Duration::from_micros(d.total_micros()));
+                let guest_delay =
+                    self.iface.poll_delay(ts, &self.sockets).map(|d| Duration::from_micros(d.total_micros()));
                 let wait = [delay, guest_delay, Some(Duration::from_millis(2))]
                     .into_iter()
                     .flatten()
