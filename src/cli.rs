@@ -148,6 +148,27 @@ pub struct RunArgs {
     /// (--kernel with --kernel-boot fast, or a vmlinux).
     #[arg(long, value_enum, default_value_t = KvmSplit::Auto)]
     pub kvm_split: KvmSplit,
+    /// Under --accel kvm with KVM's interrupt controllers: keep the PIT in
+    /// KVM (`kernel`, the default) or emulate it in ferrovm (`user`), which
+    /// raises IRQ 0 on KVM's PIC and I/O APIC.
+    #[arg(long, value_enum, default_value_t = KvmPitArg::Kernel)]
+    pub kvm_pit: KvmPitArg,
+}
+
+/// `--kvm-pit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KvmPitArg {
+    Kernel,
+    User,
+}
+
+impl KvmPitArg {
+    pub fn pit(self) -> crate::machine::KvmPit {
+        match self {
+            KvmPitArg::Kernel => crate::machine::KvmPit::InKernel,
+            KvmPitArg::User => crate::machine::KvmPit::User,
+        }
+    }
 }
 
 /// `--kvm-split`.

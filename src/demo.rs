@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::machine::{Firmware, Machine, MachineConfig, RunReport, SerialOut};
+use crate::machine::{EngineKind, Firmware, Machine, MachineConfig, RunReport, SerialOut};
 
 /// One accelerator's result on the built-in guest.
 pub struct Row {
@@ -43,9 +43,11 @@ fn run_builtin(timeout: Duration, kvm: bool) -> Result<(RunReport, String), Stri
         no_reboot: true,
         timeout: Some(timeout),
         kvm_split: crate::machine::SplitMode::Auto,
+        kvm_pit: crate::machine::KvmPit::InKernel,
     };
     let m = Machine::new(config).map_err(|e| e.to_string())?;
-    let report = if kvm { m.run_kvm().map_err(|e| e.to_string())? } else { m.run_interp() };
+    let kind = if kvm { EngineKind::Kvm } else { EngineKind::Interp };
+    let report = m.run(kind).map_err(|e| e.to_string())?;
     let out = String::from_utf8_lossy(&buf.lock()).into_owned();
     Ok((report, out))
 }

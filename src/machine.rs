@@ -1,34 +1,54 @@
 //! Machine assembly and the run loop.
 //!
 //! A [`Machine`] owns guest memory, the port-I/O and MMIO buses with their
-//! devices, the machine-event channel and the serial console. The CPU engine
-//! (the interpreter today) runs against it through the [`cpu::Platform`]
-//! trait, so devices never know which engine drives them.
+//! devices, the machine-event channel and the serial console, and the one
+//! run loop ([`Machine::run`]) that drives any CPU engine
+//! ([`crate::engine`]). Engines reach the devices through the machine's
+//! I/O interface ([`MachineIo`]), so devices never know which engine
+//! drives them.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use cpu::{Cpu, CpuState, Platform, StopReason};
+use cpu::CpuState;
 use devices::console::SerialBackend;
 use devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN};
 use devices::serial::{Serial, COM1_PORT, SERIAL_PORT_LEN};
 use devices::{Bus, SharedDevice, VmEvent, VmEvents};
 use mmu::GuestMemory;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
+use crate::engine::{Engine, EngineStats, Exit, MachineIo, Slice};
 use crate::error::Error;
 
 /// Instructions the interpreter runs between looks at timers, devices and
 /// events: short enough that a 4 ms timer period is never skipped.
 const SLICE: u64 = 20_000;
 
-#[cfg(target_os = "linux")]
-#[path = "split.rs"]
-pub mod split;
+/// Which engine runs the guest ([`Machine::run`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    /// The interpreter.
+    Interp,
+    /// KVM: the whole guest, or split execution where KVM runs ring 0 in
+    /// software ([`MachineConfig::kvm_split`]).
+    Kvm,
+}
 
-/// Whether `--accel kvm` splits execution ([`split`]).
+/// Where KVM keeps the PIT when it keeps the interrupt controllers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvmPit {
+    /// In KVM, with the PIC, I/O APIC and local APIC (the default).
+    #[default]
+    InKernel,
+    /// The machine's own, raising IRQ 0 on KVM's PIC and I/O APIC.
+    User,
+}
+
+/// Whether `--accel kvm` splits execution ([`crate::engine::split`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SplitMode {
     /// Where KVM runs CPL 0 in software and the kernel's code is known.
@@ -82,8 +102,11 @@ pub struct MachineConfig {
     pub serial: SerialOut,
     pub no_reboot: bool,
     pub timeout: Option<Duration>,
-    /// Under KVM, whether to run the kernel in the interpreter (see [`split`]).
+    /// Under KVM, whether to run the kernel in the interpreter (see
+    /// [`crate::engine::split`]).
     pub kvm_split: SplitMode,
+    /// Under KVM with its interrupt controllers, where the PIT lives.
+    pub kvm_pit: KvmPit,
 }
 
 /// How a run ended, with its measurements.
@@ -143,10 +166,10 @@ pub struct Machine {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     pub events: Arc<VmEvents>,
-    chipset: devices::pc::PcChipset,
-    clock: devices::clock::SharedClock,
+    pub(crate) chipset: devices::pc::PcChipset,
+    pub(crate) clock: devices::clock::SharedClock,
     /// The CPU state the loaded firmware or kernel starts in.
-    boot_state: CpuState,
+    pub(crate) boot_state: CpuState,
     /// What the loader did, for diagnostics.
     pub boot_note: Option<String>,
     serial: Arc<Mutex<Serial>>,
@@ -155,11 +178,15 @@ pub struct Machine {
     halted: Mutex<(Duration, u64)>,
     /// Bytes typed for the guest that the UART has not taken yet.
     input: Arc<Mutex<VecDeque<u8>>>,
-    config: MachineConfig,
+    pub(crate) config: MachineConfig,
     /// The network cards and their I/O thread.
-    nics: Option<crate::nic::Nics>,
+    pub(crate) nics: Option<crate::nic::Nics>,
     /// Physical ranges of the directly booted kernel's code, when known.
-    kernel_code: Vec<(u64, u64)>,
+    pub(crate) kernel_code: Vec<(u64, u64)>,
+    /// Accesses no device claimed, shared by every engine's I/O.
+    unclaimed: Arc<Mutex<crate::engine::io::Unclaimed>>,
+    /// Pausing and resuming the vCPU from other threads.
+    control: Arc<RunControl>,
 }
 
 impl Machine {
@@ -240,6 +267,8 @@ impl Machine {
             config,
             nics,
             kernel_code,
+            unclaimed: Arc::default(),
+            control: Arc::new(RunControl::default()),
         })
     }
 
@@ -275,236 +304,203 @@ impl Machine {
         q.drain(..n);
     }
 
-    fn platform(&self) -> BusPlatform {
-        self.platform_with(Arc::new(Mutex::new(Unclaimed::default())))
+    /// The machine's I/O interface for an engine.
+    pub(crate) fn io(&self) -> MachineIo {
+        MachineIo {
+            pio: self.pio.clone(),
+            mmio: self.mmio.clone(),
+            events: self.events.clone(),
+            unclaimed: self.unclaimed.clone(),
+            intc: self.chipset.intc.clone(),
+            tsc: self.chipset.tsc.clone(),
+            clock: self.clock.clone(),
+            attention: self.control.attention.clone(),
+            watch: None,
+        }
     }
 
-    /// Run the guest in the interpreter until it stops.
-    pub fn run_interp(&self) -> RunReport {
+    /// The machine's I/O interface for an engine that runs the guest until
+    /// something stops it: device writes that bring a timer deadline before
+    /// the slice's end stop it too.
+    pub(crate) fn io_watching_timers(&self) -> (MachineIo, Arc<crate::engine::io::DeadlineWatch>) {
+        let watch = Arc::new(crate::engine::io::DeadlineWatch::new(self.chipset.timers.clone(), self.clock.clone()));
+        (MachineIo { watch: Some(watch.clone()), ..self.io() }, watch)
+    }
+
+    /// An instant as the clock's nanoseconds.
+    pub(crate) fn clock_ns_at(&self, at: Instant) -> u64 {
+        let now = Instant::now();
+        let ns = self.clock.now_ns();
+        if at >= now {
+            ns.saturating_add(u64::try_from((at - now).as_nanos()).unwrap_or(u64::MAX))
+        } else {
+            ns.saturating_sub(u64::try_from((now - at).as_nanos()).unwrap_or(u64::MAX))
+        }
+    }
+
+    /// Pausing and resuming this machine's vCPU from other threads.
+    #[cfg_attr(not(test), expect(dead_code, reason = "the console monitor (Ctrl-A c) is its first user to come"))]
+    pub fn control(&self) -> Arc<RunControl> {
+        self.control.clone()
+    }
+
+    /// Run the guest under `kind` until it stops.
+    ///
+    /// Under KVM, where KVM itself runs CPL-0 code in software (kvm_pvm),
+    /// the kernel runs in the interpreter and only user code in KVM
+    /// ([`crate::engine::split`]), unless `--kvm-split off`.
+    pub fn run(&self, kind: EngineKind) -> Result<RunReport, Error> {
         let start = Instant::now();
-        let platform = self.platform();
-        let unclaimed = platform.unclaimed.clone();
-        let mut cpu = Cpu::new(self.mem.clone(), Box::new(platform));
-        cpu.set_state(self.boot_state);
-        let deadline = self.config.timeout.map(|t| start + t);
-        // Interrupts, machine events and typed input wake a halted CPU.
-        let me = std::thread::current();
-        let wake = me.clone();
-        self.chipset.intc.set_kick(Box::new(move || wake.unpark()));
-        let wake = me.clone();
-        self.events.set_kick(Box::new(move || wake.unpark()));
-        let finish = |status: i32, message: Option<String>, cpu: &Cpu| {
-            let stats = vec![
-                format!(
-                    "{} blocks decoded ({} full decode-cache flushes), {} exceptions, {} interrupts, {} page walks, {} TLB flushes",
-                    cpu.stats.blocks_decoded,
-                    cpu.stats.cache_flushes,
-                    cpu.stats.exceptions,
-                    cpu.stats.interrupts,
-                    cpu.mmu.walks,
-                    cpu.mmu.flushes
-                ),
-                self.halted_stat(),
-            ];
-            let mut r = self.report(start, "interp", unclaimed.lock().count, stats);
-            r.status = status;
-            r.message = message;
-            r.instructions = Some(cpu.stats.instructions);
-            r
+        let mut engine: Box<dyn Engine + '_> = match kind {
+            EngineKind::Interp => {
+                Box::new(crate::engine::interp::InterpEngine::new(self.mem.clone(), self.io(), &self.boot_state))
+            }
+            #[cfg(target_os = "linux")]
+            EngineKind::Kvm if crate::engine::split::SplitEngine::wanted(self) => {
+                Box::new(crate::engine::split::SplitEngine::new(self)?)
+            }
+            #[cfg(target_os = "linux")]
+            EngineKind::Kvm => Box::new(crate::engine::kvm::KvmEngine::new(self, self.config.kvm_pit)?),
+            #[cfg(not(target_os = "linux"))]
+            EngineKind::Kvm => return Err(Error::Accel("KVM exists on Linux hosts only; use --accel interp".into())),
         };
-        let mut next_timer: Option<u64>;
+        self.run_engine(&mut *engine, start)
+    }
+
+    /// The run loop, the same for every engine: the engine runs slices of
+    /// the guest; between them the machine moves typed input into the
+    /// UART, passes NMIs on, polls its timers, answers machine events,
+    /// idles while the guest waits in HLT, pauses when asked, enforces the
+    /// deadline, and resets or ends the run.
+    fn run_engine(&self, engine: &mut dyn Engine, start: Instant) -> Result<RunReport, Error> {
+        // Machine events, interrupts, typed input and a pause request wake
+        // the loop when it idles, and kick an engine that runs the guest
+        // elsewhere.
+        let me = std::thread::current();
+        let kick = engine.kicker();
+        let wake = {
+            let (k, t) = (kick.clone(), me.clone());
+            move || {
+                if let Some(k) = &k {
+                    k();
+                }
+                t.unpark();
+            }
+        };
+        self.events.set_kick(Box::new(wake.clone()));
+        *self.control.kick.lock() = Some(Box::new(wake.clone()));
+        let irq_kick = if engine.kicks_for_interrupts() { kick } else { None };
+        self.chipset.intc.set_kick(Box::new(move || {
+            if let Some(k) = &irq_kick {
+                k();
+            }
+            me.unpark();
+        }));
+        let deadline = self.config.timeout.map(|t| start + t);
+        let mut next_timer = self.chipset.timers.poll(self.clock.now_ns());
         loop {
             self.pump_input();
+            self.pause_point(engine)?;
             if self.chipset.intc.take_nmi() {
-                cpu.inject_nmi();
+                engine.inject_nmi()?;
             }
-            let why = cpu.run(SLICE);
+            let until = self.instant_of(next_timer).min(deadline.unwrap_or(Instant::now() + Duration::from_secs(3600)));
+            let why = engine.run(&Slice { instructions: SLICE, until: Some(until) })?;
             next_timer = self.chipset.timers.poll(self.clock.now_ns());
             let next = self.pending_event().or_else(|| match why {
-                StopReason::Shutdown(chain) => self.on_shutdown(&chain),
+                Exit::Shutdown(chain) => self.on_shutdown(&chain),
                 // Sleep until the next timer deadline, an interrupt, a
                 // machine event or typed input (all of which unpark us).
-                StopReason::Halted => {
-                    self.idle(next_timer, deadline);
+                Exit::Halted => {
+                    next_timer = self.idle(next_timer, deadline);
                     Next::Go
                 }
-                StopReason::Budget | StopReason::Requested | StopReason::UserMode => Next::Go,
+                Exit::Budget => Next::Go,
             });
-            let next = next.or_else(|| self.past(deadline));
-            match next {
+            match next.or_else(|| self.past(deadline)) {
                 Next::Go => {}
-                Next::Reset => self.reset(&mut cpu),
-                Next::Finish(status, msg) => return finish(status, msg, &cpu),
+                Next::Reset => self.reset(engine)?,
+                Next::Finish(status, message) => {
+                    let total = start.elapsed();
+                    let EngineStats { instructions, mut lines } = engine.stats(total);
+                    lines.push(self.halted_stat());
+                    let mut r = self.report(start, engine.name(), self.unclaimed.lock().count, lines);
+                    r.status = status;
+                    r.message = message;
+                    r.instructions = instructions;
+                    return Ok(r);
+                }
             }
         }
     }
 
-    /// Run the guest under KVM until it stops. Instructions KVM cannot run
-    /// (on hosts whose KVM emulates ring-0 code in software) are executed by
-    /// the interpreter on the same state, then KVM continues.
-    ///
-    /// Where KVM itself runs CPL-0 code in software (kvm_pvm), the kernel
-    /// runs in the interpreter and only user code in KVM ([`split`]), unless
-    /// `--kvm-split off`.
-    pub fn run_kvm(&self) -> Result<RunReport, Error> {
-        #[cfg(target_os = "linux")]
-        if self.use_split() {
-            return self.run_split();
+    /// The instant of a timer deadline in the clock's nanoseconds (far
+    /// ahead without one).
+    fn instant_of(&self, deadline_ns: Option<u64>) -> Instant {
+        let now = Instant::now();
+        match deadline_ns {
+            Some(t) => now + Duration::from_nanos(t.saturating_sub(self.clock.now_ns())),
+            None => now + Duration::from_secs(3600),
         }
-        use hvf_kvm_accel::fallback::{emulate_one, Emulated};
-        use hvf_kvm_accel::{IrqChip, VmExit};
-        let start = Instant::now();
-        let hv = hvf_kvm_accel::open()?;
-        let vm: Arc<dyn hvf_kvm_accel::Vm> = Arc::from(hv.create_vm(self.mem.clone())?);
-        let in_kernel = matches!(vm.irqchip(), hvf_kvm_accel::IrqChip::InKernel { .. });
-        if in_kernel {
-            // KVM models the PIC, I/O APIC and local APIC: device lines go there.
-            let v = vm.clone();
-            self.chipset.intc.set_forward(Box::new(move |irq, level| {
-                if let Err(e) = v.set_irq_line(irq, level) {
-                    tracing::warn!(target: "accel", "KVM refused IRQ {irq}: {e}");
-                }
-            }));
+    }
+
+    /// A machine reset: the chipset and the CPU, whatever the engine. It
+    /// restarts from the reset vector (firmware in ROM), as on a PC; a
+    /// directly booted kernel is not reloaded.
+    fn reset(&self, engine: &mut dyn Engine) -> Result<(), Error> {
+        self.chipset.reset();
+        engine.reset(&CpuState::reset())
+    }
+
+    /// Wait, halted, for an interrupt, a timer, an event or input; the next
+    /// timer deadline after firing what came due while asleep.
+    fn idle(&self, next_timer: Option<u64>, deadline: Option<Instant>) -> Option<u64> {
+        if !self.chipset.intc.interrupt_pending()
+            && self.input.lock().is_empty()
+            && !self.control.attention.load(Ordering::Relaxed)
+        {
+            let now = self.clock.now_ns();
+            let mut wait = Duration::from_millis(50);
+            if let Some(t) = next_timer {
+                wait = wait.min(Duration::from_nanos(t.saturating_sub(now)));
+            }
+            if let Some(d) = deadline {
+                wait = wait.min(d.saturating_duration_since(Instant::now()));
+            }
+            let t = Instant::now();
+            std::thread::park_timeout(wait);
+            let mut h = self.halted.lock();
+            h.0 += t.elapsed();
+            h.1 += 1;
         }
-        // Messages (MSI-X) go to the in-kernel local APICs by irqfd.
-        #[cfg(target_os = "linux")]
-        let msi = in_kernel.then(|| {
-            let msi = Arc::new(hvf_kvm_accel::irqfd::MsiIrqfds::new(vm.clone()));
-            let m = msi.clone();
-            self.chipset.intc.set_msi_forward(Box::new(move |message| {
-                if let Err(e) = m.send(message.address, message.data) {
-                    tracing::warn!(target: "accel", "KVM refused MSI {:#x}/{:#x}: {e}", message.address, message.data);
-                }
-            }));
-            msi
-        });
-        // Virtio queue notifications signal the NIC I/O thread's eventfds
-        // instead of exiting to this thread (until the run ends).
-        #[cfg(target_os = "linux")]
-        let doorbells = self.nics.as_ref().map(|n| {
-            let v = vm.clone();
-            n.attach_doorbells(Box::new(move |fd, site, attach| {
-                let addr = if site.pio {
-                    let port = u16::try_from(site.addr).map_err(|_| format!("port {:#x} is past 0xffff", site.addr))?;
-                    hvf_kvm_accel::IoEventAddr::Pio(port)
-                } else {
-                    hvf_kvm_accel::IoEventAddr::Mmio(site.addr)
-                };
-                v.set_ioeventfd(fd, addr, site.len, site.datamatch, attach).map_err(|e| e.to_string())
-            }))
-        });
-        let mut vcpu = vm.create_vcpu(0)?;
-        vcpu.set_state(&self.boot_state)?;
-        // A guest spinning in KVM never exits by itself: machine events filed
-        // on other threads (console quit key, devices) and the --timeout
-        // watchdog kick the vCPU out of KVM_RUN.
-        let kicker = vcpu.kicker()?;
-        let k = kicker.clone();
-        self.events.set_kick(Box::new(move || k.kick()));
-        // Dropping `_watchdog_stop` (when this function returns) ends the watchdog.
-        let (_watchdog_stop, watchdog_rx) = std::sync::mpsc::channel::<()>();
-        if let Some(t) = self.config.timeout {
-            let k = kicker.clone();
-            std::thread::Builder::new()
-                .name("kvm-timeout".into())
-                .spawn(move || {
-                    let wait = t.saturating_sub(start.elapsed());
-                    if matches!(watchdog_rx.recv_timeout(wait), Err(std::sync::mpsc::RecvTimeoutError::Timeout)) {
-                        k.kick();
-                    }
-                })
-                .map_err(|e| Error::Accel(format!("cannot start the --timeout watchdog: {e}")))?;
+        // Fire what came due while asleep before the CPU runs again.
+        self.chipset.timers.poll(self.clock.now_ns())
+    }
+
+    /// Hold the vCPU while another thread asked for a pause
+    /// ([`RunControl::pause`]): publish its state, wait for the resume, and
+    /// load a state set meanwhile.
+    fn pause_point(&self, engine: &mut dyn Engine) -> Result<(), Error> {
+        if !self.control.attention.load(Ordering::Acquire) {
+            return Ok(());
         }
-        let platform = self.platform();
-        let unclaimed = platform.unclaimed.clone();
-        let mut io = KvmIo { platform: self.platform_with(unclaimed.clone()) };
-        // The fallback interpreter shares the buses.
-        let mut fallback = Cpu::new(self.mem.clone(), Box::new(platform));
-        let mut emulated: std::collections::BTreeMap<String, u64> = Default::default();
-        let mut fallback_time = Duration::ZERO;
-        let deadline = self.config.timeout.map(|t| start + t);
-        let finish = |status: i32,
-                      message: Option<String>,
-                      st: hvf_kvm_accel::VcpuStats,
-                      emulated: &std::collections::BTreeMap<String, u64>,
-                      fallback_time: Duration| {
-            let total = start.elapsed();
-            let mut stats = vec![format!("exits: {} ({} entries into KVM)", st.exits, st.entries)];
-            stats.push(if emulated.is_empty() {
-                "fallback emulations: none".to_string()
-            } else {
-                format!(
-                    "fallback emulations: {} ({:.3} s)",
-                    emulated.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", "),
-                    fallback_time.as_secs_f64()
-                )
-            });
-            stats.push(format!(
-                "time in KVM {:.3} s, in userspace {:.3} s (devices {:.3} s)",
-                st.in_guest.as_secs_f64(),
-                total.saturating_sub(st.in_guest).as_secs_f64(),
-                st.in_handlers.as_secs_f64()
-            ));
-            stats.push(format!("interrupt controllers: {}", vm.irqchip()));
-            #[cfg(target_os = "linux")]
-            if let Some(d) = &doorbells {
-                stats.push(format!("virtio doorbells on ioeventfd: {} attached", d.count()));
-            }
-            #[cfg(target_os = "linux")]
-            if let Some(m) = &msi {
-                stats.push(m.summary());
-            }
-            let mut r = self.report(start, "kvm", unclaimed.lock().count, stats);
-            r.status = status;
-            r.message = message;
-            r
-        };
-        loop {
-            self.pump_input();
-            let exit = vcpu.run(&mut io)?;
-            let mut next = self.pending_event();
-            if next == Next::Go {
-                next = match exit {
-                    VmExit::Hlt => {
-                        std::thread::sleep(Duration::from_millis(1));
-                        Next::Go
-                    }
-                    VmExit::Interrupted => Next::Go,
-                    VmExit::Shutdown => self.on_shutdown("triple fault under KVM"),
-                    VmExit::InternalError { suberror: 1, .. } => match emulate_one(&mut *vcpu, &mut fallback)? {
-                        Emulated::Ran { mnemonic, stop, took } => {
-                            *emulated.entry(mnemonic).or_default() += 1;
-                            fallback_time += took;
-                            match stop {
-                                StopReason::Shutdown(chain) => {
-                                    self.on_shutdown(&format!("{chain} in the fallback interpreter"))
-                                }
-                                // An emulated HLT: KVM's userspace irqchip mode does not wait by itself.
-                                StopReason::Halted if vm.irqchip() == IrqChip::Userspace => {
-                                    std::thread::sleep(Duration::from_millis(1));
-                                    Next::Go
-                                }
-                                _ => Next::Go,
-                            }
-                        }
-                        // KVM delivers the event at the next entry, before the instruction.
-                        Emulated::EventPending(ev) => {
-                            tracing::debug!(target: "accel", "fallback deferred: {ev}");
-                            Next::Go
-                        }
-                    },
-                    other => {
-                        return Err(Error::Accel(format!("{other}")));
-                    }
-                };
-            }
-            match next.or_else(|| self.past(deadline)) {
-                Next::Go => {}
-                // KVM's reset: the vCPU restarts at the reset vector.
-                Next::Reset => vcpu.set_state(&CpuState::reset())?,
-                Next::Finish(status, msg) => return Ok(finish(status, msg, vcpu.stats(), &emulated, fallback_time)),
-            }
+        let state = engine.state()?;
+        let mut c = self.control.inner.lock();
+        if !c.pause {
+            return Ok(());
         }
+        c.paused = Some(state);
+        self.control.cv.notify_all();
+        while c.pause {
+            self.control.cv.wait(&mut c);
+        }
+        c.paused = None;
+        let new = c.new_state.take();
+        drop(c);
+        if let Some(s) = new {
+            engine.set_state(&s)?;
+        }
+        Ok(())
     }
 
     /// The run loops' answer to a machine event: a reset goes on (unless
@@ -567,26 +563,6 @@ impl Machine {
             stats,
         }
     }
-
-    fn platform_with(&self, unclaimed: Arc<Mutex<Unclaimed>>) -> BusPlatform {
-        BusPlatform {
-            pio: self.pio.clone(),
-            mmio: self.mmio.clone(),
-            events: self.events.clone(),
-            unclaimed,
-            intc: self.chipset.intc.clone(),
-            tsc: self.chipset.tsc.clone(),
-            clock: self.clock.clone(),
-        }
-    }
-
-    fn reset(&self, cpu: &mut Cpu) {
-        // A reset restarts from the reset vector (firmware in ROM), as on a PC;
-        // a directly booted kernel is not reloaded.
-        self.chipset.reset();
-        cpu.set_state(CpuState::reset());
-        cpu.flush_code_cache();
-    }
 }
 
 /// What a run loop does after a machine event, a triple fault or a deadline.
@@ -610,126 +586,67 @@ impl Next {
     }
 }
 
-/// KVM's exits to userspace, served by the same buses as the interpreter's.
-/// (The backend counts and times the exits: `Vcpu::stats`.)
-struct KvmIo {
-    platform: BusPlatform,
-}
-
-impl hvf_kvm_accel::ExitHandler for KvmIo {
-    fn pio_read(&mut self, port: u16, data: &mut [u8]) {
-        let v = self.platform.io_read(port, data.len() as u8);
-        let n = data.len().min(4);
-        data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
-    }
-    fn pio_write(&mut self, port: u16, data: &[u8]) {
-        let mut b = [0u8; 4];
-        let n = data.len().min(4);
-        b[..n].copy_from_slice(&data[..n]);
-        self.platform.io_write(port, n as u8, u32::from_le_bytes(b));
-    }
-    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
-        self.platform.mmio_read(addr, data);
-    }
-    fn mmio_write(&mut self, addr: u64, data: &[u8]) {
-        self.platform.mmio_write(addr, data);
-    }
-    fn should_stop(&self) -> bool {
-        self.platform.events.pending()
-    }
+/// Pausing the vCPU at an instruction boundary from another thread, for a
+/// monitor or a test: while paused, the run loop holds the engine, and
+/// the paused state can be read and replaced.
+#[derive(Default)]
+pub struct RunControl {
+    /// Set while a pause is asked for: engines return to the loop.
+    attention: Arc<AtomicBool>,
+    inner: Mutex<Control>,
+    cv: Condvar,
+    /// Wakes the run loop and kicks its engine.
+    kick: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
 
 #[derive(Default)]
-struct Unclaimed {
-    count: u64,
-    seen: HashSet<(bool, u64)>,
+struct Control {
+    pause: bool,
+    /// The vCPU's state while it is paused.
+    paused: Option<CpuState>,
+    /// A state to load on resume.
+    new_state: Option<CpuState>,
 }
 
-/// The interpreter's view of the machine's buses.
-struct BusPlatform {
-    pio: Arc<Bus>,
-    mmio: Arc<Bus>,
-    events: Arc<VmEvents>,
-    unclaimed: Arc<Mutex<Unclaimed>>,
-    intc: Arc<devices::intc::InterruptController>,
-    tsc: Arc<devices::clock::Tsc>,
-    clock: devices::clock::SharedClock,
-}
-
-impl BusPlatform {
-    fn note_unclaimed(&self, mmio: bool, addr: u64, write: bool) {
-        let mut u = self.unclaimed.lock();
-        u.count += 1;
-        if u.seen.insert((mmio, addr)) {
-            let kind = if mmio { "MMIO" } else { "port" };
-            let dir = if write { "write to" } else { "read from" };
-            tracing::info!(target: "devices", "ignored {dir} unclaimed {kind} {addr:#x} (logged once)");
+#[cfg_attr(not(test), expect(dead_code, reason = "the console monitor (Ctrl-A c) is its first user to come"))]
+impl RunControl {
+    /// Pause the vCPU and return its state, or `None` if the run loop did
+    /// not stop within `wait` (it is not running, or the engine is stuck
+    /// in the host); the pause stays asked for until [`RunControl::resume`].
+    pub fn pause(&self, wait: Duration) -> Option<CpuState> {
+        let until = Instant::now() + wait;
+        let mut c = self.inner.lock();
+        c.pause = true;
+        self.attention.store(true, Ordering::Release);
+        if let Some(k) = &*self.kick.lock() {
+            k();
         }
-    }
-}
-
-impl Platform for BusPlatform {
-    fn io_read(&mut self, port: u16, size: u8) -> u32 {
-        let mut buf = [0xffu8; 4];
-        let n = usize::from(size).min(4);
-        if !self.pio.read(u64::from(port), &mut buf[..n]) {
-            self.note_unclaimed(false, u64::from(port), false);
+        while c.paused.is_none() {
+            if self.cv.wait_until(&mut c, until).timed_out() {
+                return c.paused;
+            }
         }
-        u32::from_le_bytes(buf) & (u32::MAX >> (32 - 8 * n as u32))
+        c.paused
     }
 
-    fn io_write(&mut self, port: u16, size: u8, value: u32) {
-        let n = usize::from(size).min(4);
-        if !self.pio.write(u64::from(port), &value.to_le_bytes()[..n]) {
-            self.note_unclaimed(false, u64::from(port), true);
+    /// While paused: load `state` when the vCPU resumes. `false` if it is
+    /// not paused.
+    pub fn set_state(&self, state: CpuState) -> bool {
+        let mut c = self.inner.lock();
+        if c.paused.is_none() {
+            return false;
         }
-    }
-
-    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
-        data.fill(0xff);
-        if !self.mmio.read(addr, data) {
-            self.note_unclaimed(true, addr & !0xfff, false);
-        }
-    }
-
-    fn mmio_write(&mut self, addr: u64, data: &[u8]) {
-        if !self.mmio.write(addr, data) {
-            self.note_unclaimed(true, addr & !0xfff, true);
-        }
-    }
-
-    fn interrupt_pending(&mut self) -> bool {
-        self.intc.interrupt_pending()
-    }
-
-    fn ack_interrupt(&mut self) -> Option<u8> {
-        self.intc.ack_interrupt()
-    }
-
-    fn msr_read(&mut self, msr: u32) -> Option<u64> {
-        if devices::intc::InterruptController::handles_msr(msr) {
-            // `None` from the controller means the MSR faults: report 0 rather
-            // than falling through to the CPU's table for APIC-owned MSRs.
-            return Some(self.intc.msr_read(msr).unwrap_or(0));
-        }
-        None
-    }
-
-    fn msr_write(&mut self, msr: u32, value: u64) -> bool {
-        devices::intc::InterruptController::handles_msr(msr) && self.intc.msr_write(msr, value)
-    }
-
-    fn tsc(&mut self) -> Option<u64> {
-        Some(self.tsc.read(self.clock.now_ns()))
-    }
-
-    fn shift_tsc(&mut self, delta: u64) -> bool {
-        self.tsc.shift(delta);
+        c.new_state = Some(state);
+        c.paused = Some(state);
         true
     }
 
-    fn stop_requested(&self) -> bool {
-        self.events.pending()
+    /// Let the vCPU go on.
+    pub fn resume(&self) {
+        let mut c = self.inner.lock();
+        c.pause = false;
+        self.attention.store(false, Ordering::Release);
+        self.cv.notify_all();
     }
 }
 
@@ -781,8 +698,70 @@ mod tests {
             no_reboot,
             timeout,
             kvm_split: SplitMode::Off,
+            kvm_pit: KvmPit::InKernel,
         })
         .expect("a machine")
+    }
+
+    /// The built-in guest on a thread of its own, with its memory and its
+    /// serial output.
+    #[allow(clippy::type_complexity)]
+    fn spawn_builtin() -> (Arc<RunControl>, Arc<GuestMemory>, Arc<Mutex<Vec<u8>>>, std::thread::JoinHandle<RunReport>) {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let o = out.clone();
+        let runner = std::thread::spawn(move || {
+            let m = Machine::new(MachineConfig {
+                mem: 64 << 20,
+                firmware: Firmware::Builtin,
+                serial: SerialOut::Capture(o),
+                no_reboot: true,
+                timeout: Some(Duration::from_secs(60)),
+                kvm_split: SplitMode::Off,
+                kvm_pit: KvmPit::InKernel,
+            })
+            .expect("a machine");
+            tx.send((m.control(), m.mem.clone())).unwrap();
+            m.run(EngineKind::Interp).expect("the run")
+        });
+        let (control, mem) = rx.recv().unwrap();
+        (control, mem, out, runner)
+    }
+
+    #[test]
+    fn a_paused_guest_stands_still_and_resumes_where_it_was() {
+        let (control, _, out, runner) = spawn_builtin();
+        std::thread::sleep(Duration::from_millis(20));
+        let first = control.pause(Duration::from_secs(20)).expect("the vCPU pauses");
+        let printed = out.lock().len();
+        std::thread::sleep(Duration::from_millis(300));
+        let again = control.pause(Duration::from_secs(1)).expect("still paused");
+        assert_eq!((first.rip, first.gpr, first.rflags), (again.rip, again.gpr, again.rflags), "no instruction ran");
+        assert_eq!(out.lock().len(), printed, "no output while paused");
+        // Writing the state read back changes nothing.
+        assert!(control.set_state(first));
+        control.resume();
+        let report = runner.join().unwrap();
+        let text = String::from_utf8_lossy(&out.lock()).into_owned();
+        assert_eq!(report.status, 1, "the guest's own debug exit with EXIT_OK: {text}");
+        assert_eq!(firmware::builtin::parse_checksum(&text), Some(firmware::builtin::expected_checksum()));
+    }
+
+    #[test]
+    fn a_state_written_while_paused_is_the_one_that_runs_on() {
+        let (control, mem, _, runner) = spawn_builtin();
+        // `mov al, 0x2a; out 0xf4, al` in RAM at 0x7000.
+        mem.write(0x7000, &[0xb0, 0x2a, 0xe6, 0xf4]).unwrap();
+        assert!(!control.set_state(CpuState::reset()), "not paused yet");
+        control.pause(Duration::from_secs(20)).expect("the vCPU pauses");
+        // Real mode at 0700:0000, whatever mode the guest was in.
+        let mut s = CpuState::reset();
+        let cs = &mut s.seg[cpu::state::sreg::CS];
+        (cs.selector, cs.base, s.rip) = (0x700, 0x7000, 0);
+        assert!(control.set_state(s));
+        assert_eq!(control.pause(Duration::from_secs(1)).map(|p| p.rip), Some(0), "the new state is the paused one");
+        control.resume();
+        assert_eq!(runner.join().unwrap().status, (0x2a << 1) | 1, "the written state ran");
     }
 
     #[test]

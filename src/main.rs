@@ -5,6 +5,7 @@ mod bench_net;
 mod boot;
 mod cli;
 mod demo;
+mod engine;
 mod error;
 mod machine;
 mod nic;
@@ -16,7 +17,7 @@ use clap::Parser;
 
 use cli::{Accel, Cli, Command, RunArgs};
 use error::Error;
-use machine::{Firmware, Machine, MachineConfig, SerialOut};
+use machine::{EngineKind, Firmware, Machine, MachineConfig, SerialOut};
 
 fn init_logging(trace: Option<&str>) {
     let mut filter = String::from("warn");
@@ -98,6 +99,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         no_reboot: args.no_reboot,
         timeout: args.timeout.map(Duration::from_secs_f64),
         kvm_split: args.kvm_split.mode(),
+        kvm_pit: args.kvm_pit.pit(),
     };
     let machine = Machine::with_nics(config, &nics)?;
     if let Some(note) = &machine.boot_note {
@@ -112,7 +114,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     } else {
         None
     };
-    let report = if use_kvm { machine.run_kvm()? } else { machine.run_interp() };
+    let report = machine.run(if use_kvm { EngineKind::Kvm } else { EngineKind::Interp })?;
     devices::console::restore_terminal();
     if let Some(m) = &report.message {
         eprintln!("ferrovm: {m}");

@@ -10,7 +10,8 @@
 //! - [`Vcpu`]: one virtual processor. Its state moves in and out as a plain
 //!   [`CpuState`], the interpreter's own type, so a guest can hop between the
 //!   interpreter and the hypervisor. [`Vcpu::run`] runs the guest and serves
-//!   port and MMIO accesses inline through an [`ExitHandler`]; it returns only
+//!   port and MMIO accesses inline through the machine's I/O interface
+//!   ([`Platform`], the interpreter's too); it returns only
 //!   on an exit the machine must decide about ([`VmExit`]).
 //!
 //! Around a run:
@@ -27,7 +28,7 @@
 //!   eventfds to the in-kernel interrupt controllers and to guest writes, for
 //!   devices served outside the vCPU thread (virtio).
 //!
-//! The device side ([`ExitHandler`]) and everything in this file except the
+//! The device side ([`Platform`]) and everything in this file except the
 //! eventfd methods are free of hypervisor types, so a second backend (for
 //! instance macOS Hypervisor.framework) can implement the same traits.
 //!
@@ -104,13 +105,19 @@ pub trait Vm: Send + Sync {
     fn signal_msi(&self, address: u64, data: u32) -> Result<(), AccelError>;
     /// Which interrupt controllers this VM uses.
     fn irqchip(&self) -> IrqChip;
+    /// Put the interrupt controllers and the PIT the hypervisor emulates
+    /// back in their state at creation (a machine reset); nothing to do
+    /// when they are the machine's own ([`IrqChip::Userspace`]).
+    fn reset_devices(&self) -> Result<(), AccelError> {
+        Ok(())
+    }
     /// Take the page-aligned guest-physical range `start..end` out of the
     /// memory the hypervisor maps for the guest. The machine's own view of
     /// the memory (devices, interpreter) is unchanged. Guest data accesses
     /// there become MMIO exits; an instruction fetch there cannot be
     /// emulated and ends the run with [`VmExit::InternalError`]. Used to
     /// make a vCPU leave the hypervisor when it starts executing a given
-    /// range (split execution, see the machine's `run_kvm`).
+    /// range (split execution, see the machine's split engine).
     fn hide(&self, start: u64, end: u64) -> Result<(), AccelError>;
     /// Make the hypervisor forget every translation it derived from the
     /// guest's page tables. Needed after the page tables were changed by
@@ -140,7 +147,7 @@ pub trait Vm: Send + Sync {
     fn unregister_msi_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), AccelError>;
     /// An eventfd signalled (its counter incremented) by each guest write of
     /// `len` bytes to `addr`, instead of an exit to the vCPU's
-    /// [`ExitHandler`]. `len` is 1, 2, 4 or 8, or 0 for any size (MMIO only).
+    /// [`Platform`]. `len` is 1, 2, 4 or 8, or 0 for any size (MMIO only).
     /// With `datamatch`, only writes of that value count; other writes exit
     /// as usual. Reads at `addr` still exit.
     #[cfg(target_os = "linux")]
@@ -200,10 +207,18 @@ pub trait Vcpu {
     /// Run the guest until an exit the caller must handle.
     ///
     /// Port and MMIO accesses are served through `io` and the guest resumes.
-    /// `io.should_stop()` is polled before each entry into the guest; when it
+    /// `io.stop_requested()` is polled before each entry into the guest; when it
     /// is true, `run` returns [`VmExit::Interrupted`]. So does a kick from
     /// [`Vcpu::kicker`], whether it comes during the run or before it.
-    fn run(&mut self, io: &mut dyn ExitHandler) -> Result<VmExit, AccelError>;
+    fn run(&mut self, io: &mut dyn Platform) -> Result<VmExit, AccelError>;
+    /// Bring the vCPU back to its state at creation (its local APIC, where
+    /// the hypervisor keeps it), then load `s`: a machine reset.
+    fn reset(&mut self, s: &CpuState) -> Result<(), AccelError> {
+        self.set_state(s)
+    }
+    /// Queue a non-maskable interrupt for the guest; it is delivered at the
+    /// next entry, as the hypervisor's NMI blocking allows.
+    fn inject_nmi(&mut self) -> Result<(), AccelError>;
     /// The guest's time-stamp counter now, and its rate in kHz, as the
     /// hypervisor keeps them (split execution keeps the interpreter's
     /// counter equal to it).
@@ -297,7 +312,7 @@ pub struct ExitCounts {
     pub internal_error: u64,
     pub fail_entry: u64,
     /// `KVM_RUN` interrupted by a kick or another signal. (A run that ends
-    /// because `should_stop()` was true before an entry is not an exit.)
+    /// because `stop_requested()` was true before an entry is not an exit.)
     pub interrupted: u64,
     pub system_event: u64,
     pub other: u64,
@@ -355,28 +370,19 @@ pub struct VcpuStats {
     /// Wall time inside the hypervisor's run call: guest execution, and on
     /// hosts that emulate guest code in software, that emulation too.
     pub in_guest: Duration,
-    /// Wall time serving exits through the [`ExitHandler`] inside
+    /// Wall time serving exits through the [`Platform`] inside
     /// [`Vcpu::run`] (device emulation).
     pub in_handlers: Duration,
     /// Kicks received from [`VcpuKicker`]s.
     pub kicks: u64,
 }
 
-/// The device side of a vCPU: port I/O and MMIO, with no hypervisor types.
-///
+/// The device side of a vCPU is the machine's one I/O interface,
+/// [`cpu::Platform`], the same the interpreter calls: port I/O and MMIO
+/// exits go to its `io_*` and `mmio_*` methods, and
+/// [`cpu::Platform::stop_requested`] is polled before each guest entry.
 /// A string instruction (`rep outsb`) arrives as one call per element.
-pub trait ExitHandler {
-    /// The guest read `data.len()` bytes from `port`; fill `data`.
-    fn pio_read(&mut self, port: u16, data: &mut [u8]);
-    /// The guest wrote `data` to `port`.
-    fn pio_write(&mut self, port: u16, data: &[u8]);
-    /// The guest read `data.len()` bytes at guest-physical `addr`; fill `data`.
-    fn mmio_read(&mut self, addr: u64, data: &mut [u8]);
-    /// The guest wrote `data` at guest-physical `addr`.
-    fn mmio_write(&mut self, addr: u64, data: &[u8]);
-    /// Whether the run should return to the caller before the next guest entry.
-    fn should_stop(&self) -> bool;
-}
+pub use cpu::Platform;
 
 /// Why [`Vcpu::run`] returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -393,7 +399,7 @@ pub enum VmExit {
     InternalError { suberror: u32, insn_bytes: Vec<u8>, rip: u64 },
     /// The hardware refused to enter the guest (invalid guest state).
     FailEntry { reason: u64 },
-    /// `should_stop()` returned true, a [`VcpuKicker`] kicked the vCPU, or
+    /// `stop_requested()` returned true, a [`VcpuKicker`] kicked the vCPU, or
     /// another signal interrupted the run.
     Interrupted,
     /// Any other exit, described.

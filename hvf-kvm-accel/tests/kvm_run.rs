@@ -37,7 +37,7 @@ use cpu::{Cpu, Platform, StopReason};
 use firmware::boot::{BootCpuState, BootMode};
 use hvf_kvm_accel::fallback::{emulate_one, Emulated};
 use hvf_kvm_accel::kvm::{Kvm, KvmVcpu, KvmVm};
-use hvf_kvm_accel::{ExitHandler, IoEventAddr, PendingEvent, Vcpu, Vm, VmExit};
+use hvf_kvm_accel::{IoEventAddr, PendingEvent, Vcpu, Vm, VmExit};
 use iced_x86::code_asm::*;
 use mmu::GuestMemory;
 
@@ -187,12 +187,12 @@ struct KickOnStop {
     kicker: hvf_kvm_accel::VcpuKicker,
 }
 
-impl ExitHandler for KickOnStop {
-    fn pio_read(&mut self, port: u16, data: &mut [u8]) {
-        self.io.pio_read(port, data);
+impl cpu::Platform for KickOnStop {
+    fn io_read(&mut self, port: u16, size: u8) -> u32 {
+        self.io.io_read(port, size)
     }
-    fn pio_write(&mut self, port: u16, data: &[u8]) {
-        self.io.pio_write(port, data);
+    fn io_write(&mut self, port: u16, size: u8, value: u32) {
+        self.io.io_write(port, size, value);
         if port == PORT_STOP {
             self.kicker.kick();
         }
@@ -203,8 +203,8 @@ impl ExitHandler for KickOnStop {
     fn mmio_write(&mut self, addr: u64, data: &[u8]) {
         self.io.mmio_write(addr, data);
     }
-    fn should_stop(&self) -> bool {
-        self.io.should_stop()
+    fn stop_requested(&self) -> bool {
+        self.io.stop_requested()
     }
 }
 

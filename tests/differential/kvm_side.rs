@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hvf_kvm_accel::kvm::{Kvm, KvmVcpu, KvmVm};
-use hvf_kvm_accel::{ExitHandler, Vcpu, VmExit};
+use hvf_kvm_accel::{Platform, Vcpu, VmExit};
 use mmu::GuestMemory;
 
 use crate::gen::{Assembled, Case};
@@ -69,18 +69,18 @@ struct Io {
     watchdog: Arc<Watchdog>,
 }
 
-impl ExitHandler for Io {
-    fn pio_read(&mut self, _port: u16, data: &mut [u8]) {
-        data.fill(0xff);
+impl Platform for Io {
+    fn io_read(&mut self, _port: u16, size: u8) -> u32 {
+        u32::MAX >> (32 - 8 * u32::from(size.clamp(1, 4)))
     }
-    fn pio_write(&mut self, port: u16, _data: &[u8]) {
+    fn io_write(&mut self, port: u16, _size: u8, _value: u32) {
         self.log.write(port);
     }
     fn mmio_read(&mut self, _addr: u64, data: &mut [u8]) {
         data.fill(0xff);
     }
     fn mmio_write(&mut self, _addr: u64, _data: &[u8]) {}
-    fn should_stop(&self) -> bool {
+    fn stop_requested(&self) -> bool {
         self.log.stop.is_some() || self.watchdog.fired.load(Ordering::SeqCst)
     }
 }

@@ -4,9 +4,9 @@
 //! [`KvmExit`] mirrors kvm-ioctls' `VcpuExit` with the data the decision
 //! needs (the port access size, the internal-error payload, the RIP), and can
 //! be built without a VM. [`handle_exit`] serves port and MMIO accesses
-//! through the [`ExitHandler`] and turns everything else into a [`VmExit`].
+//! through the machine's I/O interface ([`Platform`]) and turns everything else into a [`VmExit`].
 
-use crate::{ExitCounts, ExitHandler, VmExit};
+use crate::{ExitCounts, Platform, VmExit};
 
 /// `KVM_SYSTEM_EVENT_SHUTDOWN`.
 pub const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -89,19 +89,24 @@ pub fn count_exit(c: &mut ExitCounts, exit: &KvmExit<'_>) {
 }
 
 /// Serve `exit` and say what comes next.
-pub fn handle_exit(exit: KvmExit<'_>, io: &mut dyn ExitHandler) -> ExitAction {
+pub fn handle_exit(exit: KvmExit<'_>, io: &mut dyn Platform) -> ExitAction {
     match exit {
         KvmExit::IoIn { port, size, data } => {
             // A string instruction moves `count` elements in one exit; the
             // device sees one access per element, as on hardware.
             for chunk in data.chunks_mut(size.max(1)) {
-                io.pio_read(port, chunk);
+                let n = chunk.len().min(4);
+                let v = io.io_read(port, n as u8);
+                chunk[..n].copy_from_slice(&v.to_le_bytes()[..n]);
             }
             ExitAction::Continue
         }
         KvmExit::IoOut { port, size, data } => {
             for chunk in data.chunks(size.max(1)) {
-                io.pio_write(port, chunk);
+                let n = chunk.len().min(4);
+                let mut v = [0u8; 4];
+                v[..n].copy_from_slice(&chunk[..n]);
+                io.io_write(port, n as u8, u32::from_le_bytes(v));
             }
             ExitAction::Continue
         }
@@ -144,15 +149,18 @@ mod tests {
         next: u8,
     }
 
-    impl ExitHandler for Recorder {
-        fn pio_read(&mut self, port: u16, data: &mut [u8]) {
-            for b in data.iter_mut() {
+    impl Platform for Recorder {
+        fn io_read(&mut self, port: u16, size: u8) -> u32 {
+            let mut data = [0u8; 4];
+            for b in data.iter_mut().take(usize::from(size)) {
                 self.next += 1;
                 *b = self.next;
             }
-            self.log.push(format!("in {port:#x} {}", data.len()));
+            self.log.push(format!("in {port:#x} {size}"));
+            u32::from_le_bytes(data)
         }
-        fn pio_write(&mut self, port: u16, data: &[u8]) {
+        fn io_write(&mut self, port: u16, size: u8, value: u32) {
+            let data = &value.to_le_bytes()[..usize::from(size)];
             self.log.push(format!("out {port:#x} {data:02x?}"));
         }
         fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
@@ -161,9 +169,6 @@ mod tests {
         }
         fn mmio_write(&mut self, addr: u64, data: &[u8]) {
             self.log.push(format!("mw {addr:#x} {data:02x?}"));
-        }
-        fn should_stop(&self) -> bool {
-            false
         }
     }
 

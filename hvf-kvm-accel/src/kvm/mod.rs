@@ -54,6 +54,7 @@ pub struct Kvm {
     kvm: kvm_ioctls::Kvm,
     supported_cpuid: Vec<kvm_cpuid_entry2>,
     in_kernel_irqchip: bool,
+    in_kernel_pit: bool,
     cpuid_masks: Option<cpuid::FeatureMasks>,
 }
 
@@ -91,13 +92,20 @@ impl Kvm {
             .map_err(|e| AccelError::ioctl("KVM_GET_SUPPORTED_CPUID", e))?
             .as_slice()
             .to_vec();
-        Ok(Kvm { kvm, supported_cpuid, in_kernel_irqchip: true, cpuid_masks: None })
+        Ok(Kvm { kvm, supported_cpuid, in_kernel_irqchip: true, in_kernel_pit: true, cpuid_masks: None })
     }
 
     /// Use the in-kernel PIC/IOAPIC/LAPIC and PIT when they work (the
     /// default), or always the machine's own (`false`).
     pub fn set_in_kernel_irqchip(&mut self, on: bool) {
         self.in_kernel_irqchip = on;
+    }
+
+    /// With the in-kernel irqchip: use KVM's PIT too (the default), or keep
+    /// the machine's own (`false`, [`IrqChip::InKernel`] with `pit: false`),
+    /// whose IRQ 0 the machine raises on the in-kernel PIC and I/O APIC.
+    pub fn set_in_kernel_pit(&mut self, on: bool) {
+        self.in_kernel_pit = on;
     }
 
     /// Advertise no feature beyond `masks` to VMs created from now on
@@ -140,13 +148,14 @@ impl Kvm {
             match fd.create_irq_chip() {
                 Ok(()) => {
                     let pit_config = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
-                    let pit = match fd.create_pit2(pit_config) {
-                        Ok(()) => true,
-                        Err(e) => {
-                            tracing::warn!("KVM_CREATE_PIT2 failed ({e}); the PIT stays in userspace");
-                            false
-                        }
-                    };
+                    let pit = self.in_kernel_pit
+                        && match fd.create_pit2(pit_config) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                tracing::warn!("KVM_CREATE_PIT2 failed ({e}); the PIT stays in userspace");
+                                false
+                            }
+                        };
                     set_pc_gsi_routing(&fd);
                     IrqChip::InKernel { pit }
                 }
@@ -195,6 +204,10 @@ impl Kvm {
             vcpu_events: fd.check_extension(Cap::VcpuEvents),
             mp_state: fd.check_extension(Cap::MpState),
         };
+        let initial_devices = match irqchip {
+            IrqChip::InKernel { pit } => Some(InitialDevices::read(&fd, pit)?),
+            IrqChip::Userspace => None,
+        };
         let shared = Arc::new(Shared {
             caps,
             irqchip,
@@ -209,6 +222,7 @@ impl Kvm {
             shared,
             slots: Mutex::new(slots),
             msi_routes: Mutex::new(BTreeMap::new()),
+            initial_devices,
             flush_page: FlushPage::new()?,
         };
         let flush = vm.flush_slot();
@@ -225,6 +239,36 @@ impl Hypervisor for Kvm {
 
     fn name(&self) -> &'static str {
         "kvm"
+    }
+}
+
+/// KVM's PIC pair, I/O APIC and (when it has one) PIT, as read right
+/// after their creation: a machine reset writes them back.
+struct InitialDevices {
+    /// KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC.
+    chips: [kvm_bindings::kvm_irqchip; 3],
+    pit: Option<kvm_bindings::kvm_pit_state2>,
+}
+
+impl InitialDevices {
+    fn read(fd: &VmFd, pit: bool) -> Result<Self, AccelError> {
+        let mut chips = [kvm_bindings::kvm_irqchip::default(); 3];
+        for (id, chip) in chips.iter_mut().enumerate() {
+            chip.chip_id = id as u32;
+            fd.get_irqchip(chip).map_err(|e| AccelError::ioctl("KVM_GET_IRQCHIP", e))?;
+        }
+        let pit = if pit { Some(fd.get_pit2().map_err(|e| AccelError::ioctl("KVM_GET_PIT2", e))?) } else { None };
+        Ok(InitialDevices { chips, pit })
+    }
+
+    fn write(&self, fd: &VmFd) -> Result<(), AccelError> {
+        for chip in &self.chips {
+            fd.set_irqchip(chip).map_err(|e| AccelError::ioctl("KVM_SET_IRQCHIP", e))?;
+        }
+        if let Some(pit) = &self.pit {
+            fd.set_pit2(pit).map_err(|e| AccelError::ioctl("KVM_SET_PIT2", e))?;
+        }
+        Ok(())
     }
 }
 
@@ -442,6 +486,9 @@ pub struct KvmVm {
     slots: Mutex<SlotTable>,
     /// The messages of [`Vm::register_msi_irqfd`], by GSI.
     msi_routes: Mutex<BTreeMap<u32, (u64, u32)>>,
+    /// The in-kernel interrupt controllers and PIT as created, for
+    /// [`Vm::reset_devices`].
+    initial_devices: Option<InitialDevices>,
     /// Dropped after `fd` (declaration order), see [`FlushPage`].
     flush_page: FlushPage,
 }
@@ -506,6 +553,13 @@ impl Vm for KvmVm {
 
     fn irqchip(&self) -> IrqChip {
         self.shared.irqchip
+    }
+
+    fn reset_devices(&self) -> Result<(), AccelError> {
+        match &self.initial_devices {
+            Some(d) => d.write(&self.fd),
+            None => Ok(()),
+        }
     }
 
     fn hide(&self, start: u64, end: u64) -> Result<(), AccelError> {

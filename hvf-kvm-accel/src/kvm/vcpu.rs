@@ -18,7 +18,7 @@ use super::exit::{count_exit, handle_exit, ExitAction, KvmExit};
 use super::kick::{install_kick_handler, KickState};
 use super::{FpuPath, Shared};
 use crate::bridge::{cpu_to_kvm, fpu_from_xsave, fpu_to_xsave, kvm_to_cpu, KvmCpuState};
-use crate::{AccelError, ExitHandler, IrqChip, PendingEvent, Vcpu, VcpuKicker, VcpuStats, VmExit};
+use crate::{AccelError, IrqChip, PendingEvent, Platform, Vcpu, VcpuKicker, VcpuStats, VmExit};
 
 /// The longest x86 instruction.
 const MAX_INSN_LEN: usize = 15;
@@ -84,6 +84,8 @@ pub struct KvmVcpu {
     kick: Arc<KickState>,
     stats: VcpuStats,
     snapshot: Option<Snapshot>,
+    /// The in-kernel local APIC as created, for [`Vcpu::reset`].
+    initial_lapic: Option<kvm_bindings::kvm_lapic_state>,
 }
 
 impl Drop for KvmVcpu {
@@ -155,6 +157,10 @@ impl KvmVcpu {
         // Rust it is only ever accessed atomically through it (`kick`).
         let immediate_exit = std::ptr::from_mut(&mut fd.get_kvm_run().immediate_exit);
         let kick = Arc::new(KickState::new(immediate_exit));
+        let initial_lapic = match shared.irqchip {
+            IrqChip::InKernel { .. } => Some(fd.get_lapic().map_err(|e| AccelError::ioctl("KVM_GET_LAPIC", e))?),
+            IrqChip::Userspace => None,
+        };
         Ok(KvmVcpu {
             fd,
             id,
@@ -165,6 +171,7 @@ impl KvmVcpu {
             kick,
             stats: VcpuStats::default(),
             snapshot: None,
+            initial_lapic,
         })
     }
 
@@ -587,7 +594,7 @@ impl KvmVcpu {
 }
 
 /// Count and serve one decoded exit, timing the device side.
-fn serve(exit: KvmExit<'_>, io: &mut dyn ExitHandler, stats: &mut VcpuStats) -> ExitAction {
+fn serve(exit: KvmExit<'_>, io: &mut dyn Platform, stats: &mut VcpuStats) -> ExitAction {
     count_exit(&mut stats.exits, &exit);
     let t = Instant::now();
     let action = handle_exit(exit, io);
@@ -640,10 +647,21 @@ impl Vcpu for KvmVcpu {
         Ok(pending_of(&ev))
     }
 
-    fn run(&mut self, io: &mut dyn ExitHandler) -> Result<VmExit, AccelError> {
+    fn reset(&mut self, s: &CpuState) -> Result<(), AccelError> {
+        if let Some(lapic) = &self.initial_lapic {
+            self.fd.set_lapic(lapic).map_err(|e| AccelError::ioctl("KVM_SET_LAPIC", e))?;
+        }
+        self.set_state(s)
+    }
+
+    fn inject_nmi(&mut self) -> Result<(), AccelError> {
+        self.fd.nmi().map_err(|e| AccelError::ioctl("KVM_NMI", e))
+    }
+
+    fn run(&mut self, io: &mut dyn Platform) -> Result<VmExit, AccelError> {
         let _running = Running::new(&self.kick);
         loop {
-            if io.should_stop() {
+            if io.stop_requested() {
                 // A kick that came with the stop request (a device filing a
                 // machine event kicks) is answered by this return.
                 self.kick.clear();

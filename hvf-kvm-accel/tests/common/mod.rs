@@ -1,6 +1,6 @@
 //! What the KVM tests share: a 64-bit guest with page tables, a GDT, a TSS
 //! and an IDT whose handlers report their vector, entered directly through
-//! the state bridge, and an [`ExitHandler`] that records port writes.
+//! the state bridge, and an I/O interface ([`cpu::Platform`]) that records port writes.
 
 #![allow(dead_code)]
 
@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use cpu::state::{cr, flags, reg, seg_attr, sreg, CpuState, DescTable, Segment};
 use hvf_kvm_accel::kvm::{Kvm, KvmVcpu, KvmVm};
-use hvf_kvm_accel::{EventFd, ExitHandler, IrqChip, Vcpu, Vm};
+use hvf_kvm_accel::{EventFd, IrqChip, Platform, Vcpu, Vm};
 use iced_x86::code_asm::*;
 use mmu::GuestMemory;
 
@@ -67,16 +67,14 @@ impl Io {
     }
 }
 
-impl ExitHandler for Io {
-    fn pio_read(&mut self, _port: u16, data: &mut [u8]) {
+impl Platform for Io {
+    fn io_read(&mut self, _port: u16, size: u8) -> u32 {
         self.exits += 1;
-        data.fill(0xff);
+        u32::MAX >> (32 - 8 * u32::from(size.clamp(1, 4)))
     }
-    fn pio_write(&mut self, port: u16, data: &[u8]) {
+    fn io_write(&mut self, port: u16, _size: u8, value: u32) {
         self.exits += 1;
-        let mut v = [0u8; 4];
-        v[..data.len().min(4)].copy_from_slice(&data[..data.len().min(4)]);
-        self.writes.push((port, u32::from_le_bytes(v)));
+        self.writes.push((port, value));
         for (p, fd) in &self.triggers {
             if *p == port {
                 fd.write(1).unwrap();
@@ -94,7 +92,7 @@ impl ExitHandler for Io {
         self.exits += 1;
         self.mmio_writes.push((addr, data.to_vec()));
     }
-    fn should_stop(&self) -> bool {
+    fn stop_requested(&self) -> bool {
         self.stop
     }
 }

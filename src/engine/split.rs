@@ -37,25 +37,30 @@
 //!     instruction: the #UD frame is unwound and the interpreter executes
 //!     the `int n`.
 //!
-//!   A device interrupt, a timer deadline or a machine event kicks the vCPU
-//!   out of KVM; the interpreter then delivers the interrupt.
+//!   A device interrupt kicks the vCPU out of KVM, and so do the slice's
+//!   deadline (the next timer) and machine events: the machine's run loop
+//!   gets control back while the vCPU still holds the state, and the next
+//!   [`Engine::run`] goes on in KVM, or, when an interrupt waits, takes the
+//!   state back so that the interpreter delivers it.
 //! - The interrupt controllers and timers are the machine's own (KVM's
 //!   userspace irqchip mode), so one set of devices serves both engines.
 //!   The machine's TSC follows KVM's (its rate and value), so the guest
 //!   reads one counter in both.
 
-use std::sync::{Arc, Condvar, Mutex as StdMutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cpu::state::{cr, flags, reg, sreg, CpuState};
-use std::collections::HashMap;
-
-use cpu::{Cpu, FxEvent, StopReason};
-use hvf_kvm_accel::kvm::ExtendedState;
+use cpu::{Cpu, FxEvent, Platform, StopReason};
+use hvf_kvm_accel::kvm::{ExtendedState, KvmVcpu, KvmVm};
 use hvf_kvm_accel::{Vcpu, VcpuKicker, Vm, VmExit};
 
-use super::{KvmIo, Machine, Next, RunReport, SplitMode, SLICE};
+use super::alarm::Alarm;
+use super::interp::exit_of;
+use super::{Engine, EngineStats, Exit, Kicker, MachineIo, Slice};
 use crate::error::Error;
+use crate::machine::Machine;
 
 /// Whether this host's KVM runs CPL-0 guest code in software (kvm_pvm).
 pub fn kvm_emulates_cpl0() -> bool {
@@ -79,86 +84,43 @@ struct SplitStats {
     in_kvm: Duration,
 }
 
-/// Kicks the vCPU out of KVM at a deadline (the next timer), from a thread.
-struct Alarm {
-    state: Arc<(StdMutex<AlarmState>, Condvar)>,
+/// A stay of user code in KVM: the vCPU holds the guest's state.
+struct Stint {
+    /// The state handed over (the vCPU got [`for_kvm`] of it).
+    entry: CpuState,
+    start: Instant,
 }
 
-#[derive(Default)]
-struct AlarmState {
-    deadline: Option<Instant>,
-    quit: bool,
+/// The kernel in the interpreter, user code in KVM.
+pub struct SplitEngine {
+    cpu: Cpu,
+    vm: KvmVm,
+    vcpu: KvmVcpu,
+    io: MachineIo,
+    kicker: VcpuKicker,
+    alarm: Alarm,
+    stint: Option<Stint>,
+    /// The interpreter's TLB flush count at the last hand-over.
+    flushes_at_handover: Option<u64>,
+    /// User code's extended state, by FXSAVE area.
+    extended: HashMap<u64, ExtendedState>,
+    /// Bytes of kernel code hidden from KVM.
+    hidden: u64,
+    st: SplitStats,
 }
 
-impl Alarm {
-    fn new(kicker: VcpuKicker) -> Result<Self, Error> {
-        let state = Arc::new((StdMutex::new(AlarmState::default()), Condvar::new()));
-        let s = state.clone();
-        std::thread::Builder::new()
-            .name("split-alarm".into())
-            .spawn(move || {
-                let (lock, cv) = &*s;
-                let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
-                loop {
-                    if st.quit {
-                        return;
-                    }
-                    match st.deadline {
-                        None => st = cv.wait(st).unwrap_or_else(|p| p.into_inner()),
-                        Some(d) => {
-                            let now = Instant::now();
-                            if now >= d {
-                                st.deadline = None;
-                                kicker.kick();
-                            } else {
-                                st = cv.wait_timeout(st, d - now).unwrap_or_else(|p| p.into_inner()).0;
-                            }
-                        }
-                    }
-                }
-            })
-            .map_err(|e| Error::Accel(format!("cannot start the timer thread: {e}")))?;
-        Ok(Alarm { state })
-    }
-
-    fn set(&self, deadline: Option<Instant>) {
-        let (lock, cv) = &*self.state;
-        lock.lock().unwrap_or_else(|p| p.into_inner()).deadline = deadline;
-        cv.notify_one();
-    }
-}
-
-impl Drop for Alarm {
-    fn drop(&mut self) {
-        let (lock, cv) = &*self.state;
-        lock.lock().unwrap_or_else(|p| p.into_inner()).quit = true;
-        cv.notify_one();
-    }
-}
-
-/// What a stay in KVM ended with.
-enum Back {
-    /// The interpreter's state is the guest's; go on.
-    Continue,
-    /// The guest triple-faulted (in KVM).
-    Shutdown(String),
-}
-
-impl Machine {
-    /// Whether `run_kvm` should split execution.
-    pub(super) fn use_split(&self) -> bool {
-        match self.config.kvm_split {
-            SplitMode::Off => false,
-            SplitMode::On => true,
-            SplitMode::Auto => !self.kernel_code.is_empty() && kvm_emulates_cpl0(),
+impl SplitEngine {
+    /// Whether `--accel kvm` splits execution on this machine.
+    pub fn wanted(m: &Machine) -> bool {
+        match m.config.kvm_split {
+            crate::machine::SplitMode::Off => false,
+            crate::machine::SplitMode::On => true,
+            crate::machine::SplitMode::Auto => !m.kernel_code.is_empty() && kvm_emulates_cpl0(),
         }
     }
 
-    /// Run the guest with its kernel in the interpreter and its user code in
-    /// KVM (see the module documentation).
-    pub(super) fn run_split(&self) -> Result<RunReport, Error> {
-        let start = Instant::now();
-        if self.kernel_code.is_empty() {
+    pub fn new(m: &Machine) -> Result<Self, Error> {
+        if m.kernel_code.is_empty() {
             return Err(Error::Config(
                 "--kvm-split on needs a kernel whose code the host loaded (a vmlinux, or a bzImage with --kernel-boot fast)"
                     .into(),
@@ -166,10 +128,10 @@ impl Machine {
         }
         let mut kvm = hvf_kvm_accel::kvm::Kvm::new()?;
         kvm.set_in_kernel_irqchip(false);
-        kvm.restrict_cpuid(Some(interpreter_features(&self.boot_state)));
-        let vm = kvm.create_kvm_vm(self.mem.clone())?;
+        kvm.restrict_cpuid(Some(interpreter_features(&m.boot_state)));
+        let vm = kvm.create_kvm_vm(m.mem.clone())?;
         let mut hidden = 0;
-        for &(s, e) in &self.kernel_code {
+        for &(s, e) in &m.kernel_code {
             // Whole pages: Linux frees the pages after `.text` from the first
             // page boundary past its end, never the page `.text` ends in.
             let (s, e) = (s & !0xfff, (e + 0xfff) & !0xfff);
@@ -181,141 +143,40 @@ impl Machine {
         let mut vcpu = vm.create_kvm_vcpu(0)?;
         // One time-stamp counter for both engines: the machine's follows KVM's.
         let (tsc, khz) = vcpu.tsc()?;
-        self.chipset.tsc.retune(self.clock.now_ns(), khz * 1000, tsc);
-
+        m.chipset.tsc.retune(m.clock.now_ns(), khz * 1000, tsc);
         let kicker = vcpu.kicker()?;
-        let me = std::thread::current();
-        let (k, t) = (kicker.clone(), me.clone());
-        self.chipset.intc.set_kick(Box::new(move || {
-            k.kick();
-            t.unpark();
-        }));
-        let (k, t) = (kicker.clone(), me);
-        self.events.set_kick(Box::new(move || {
-            k.kick();
-            t.unpark();
-        }));
-        let alarm = Alarm::new(kicker)?;
-
-        let platform = self.platform();
-        let unclaimed = platform.unclaimed.clone();
-        let mut io = KvmIo { platform: self.platform_with(unclaimed.clone()) };
-        let mut cpu = Cpu::new(self.mem.clone(), Box::new(platform));
-        cpu.set_state(self.boot_state);
+        let k = kicker.clone();
+        let alarm = Alarm::new(Arc::new(move || k.kick()))?;
+        let io = m.io();
+        let mut cpu = Cpu::new(m.mem.clone(), Box::new(io.clone()));
+        cpu.set_state(m.boot_state);
         cpu.yield_at_user = true;
         cpu.user_budget = USER_BUDGET;
-        let mut st = SplitStats::default();
-        let mut flushes_at_handover = None;
-        let mut extended = HashMap::new();
-        let deadline = self.config.timeout.map(|t| start + t);
-
-        let finish = |status: i32,
-                      message: Option<String>,
-                      cpu: &Cpu,
-                      vcpu: &hvf_kvm_accel::kvm::KvmVcpu,
-                      st: &SplitStats| {
-            let total = start.elapsed();
-            let v = vcpu.stats();
-            let stats = vec![
-                format!(
-                    "split execution: kernel (CPL 0) in the interpreter, user code (CPL 3) in KVM; {} KiB of kernel code hidden from KVM",
-                    hidden >> 10
-                ),
-                format!(
-                    "interpreter: {} instructions ({} of them user code), {} blocks decoded ({} full decode-cache flushes), {} exceptions, {} interrupts; {} user instructions with #UD here handed to KVM",
-                    cpu.stats.instructions,
-                    cpu.stats.user_instructions,
-                    cpu.stats.blocks_decoded,
-                    cpu.stats.cache_flushes,
-                    cpu.stats.exceptions,
-                    cpu.stats.interrupts,
-                    cpu.stats.user_ud_yields
-                ),
-                format!(
-                    "hand-overs to KVM: {}; back to the kernel: {} exceptions/interrupts, {} syscalls, {} int n, {} kicks; {} user instructions KVM could not run; {} translation flushes; {} extended-state restores",
-                    st.to_kvm, st.kernel_entries, st.syscalls, st.int_n, st.kicks, st.user_steps, st.flushes, st.extended_restores
-                ),
-                format!("KVM exits: {} ({} entries)", v.exits, v.entries),
-                format!(
-                    "time in KVM {:.3} s, in the interpreter and devices {:.3} s",
-                    st.in_kvm.as_secs_f64(),
-                    total.saturating_sub(st.in_kvm).as_secs_f64()
-                ),
-                self.halted_stat(),
-            ];
-            let mut r = self.report(start, "kvm", unclaimed.lock().count, stats);
-            r.status = status;
-            r.message = message;
-            r.instructions = Some(cpu.stats.instructions);
-            r
-        };
-
-        loop {
-            self.pump_input();
-            if self.chipset.intc.take_nmi() {
-                cpu.inject_nmi();
-            }
-            let why = cpu.run(SLICE);
-            let mut next_timer = self.chipset.timers.poll(self.clock.now_ns());
-            let mut next = self.pending_event();
-            if next == Next::Go {
-                next = match why {
-                    StopReason::Shutdown(chain) => self.on_shutdown(&chain),
-                    StopReason::Halted => {
-                        self.idle(next_timer, deadline);
-                        Next::Go
-                    }
-                    StopReason::UserMode => {
-                        let back = self.user_mode(
-                            &mut cpu,
-                            &vm,
-                            &mut vcpu,
-                            &mut io,
-                            &alarm,
-                            &mut next_timer,
-                            &mut flushes_at_handover,
-                            &mut extended,
-                            &mut st,
-                        )?;
-                        match back {
-                            Back::Shutdown(chain) => self.on_shutdown(&chain),
-                            Back::Continue => Next::Go,
-                        }
-                    }
-                    StopReason::Budget | StopReason::Requested => Next::Go,
-                };
-            }
-            match next.or_else(|| self.past(deadline)) {
-                Next::Go => {}
-                Next::Reset => self.reset(&mut cpu),
-                Next::Finish(status, msg) => return Ok(finish(status, msg, &cpu, &vcpu, &st)),
-            }
-        }
+        Ok(SplitEngine {
+            cpu,
+            vm,
+            vcpu,
+            io,
+            kicker,
+            alarm,
+            stint: None,
+            flushes_at_handover: None,
+            extended: HashMap::new(),
+            hidden,
+            st: SplitStats::default(),
+        })
     }
 
-    /// Run user code in KVM from the interpreter's state until the guest
-    /// enters the kernel or must take an interrupt; leave the state in `cpu`.
-    #[allow(clippy::too_many_arguments)]
-    fn user_mode(
-        &self,
-        cpu: &mut Cpu,
-        vm: &hvf_kvm_accel::kvm::KvmVm,
-        vcpu: &mut hvf_kvm_accel::kvm::KvmVcpu,
-        io: &mut KvmIo,
-        alarm: &Alarm,
-        next_timer: &mut Option<u64>,
-        flushes_at_handover: &mut Option<u64>,
-        extended: &mut HashMap<u64, ExtendedState>,
-        st: &mut SplitStats,
-    ) -> Result<Back, Error> {
-        if *flushes_at_handover != Some(cpu.mmu.flushes) {
-            vm.flush_translations()?;
-            st.flushes += 1;
+    /// Hand the state to the vCPU.
+    fn hand_over(&mut self) -> Result<(), Error> {
+        if self.flushes_at_handover != Some(self.cpu.mmu.flushes) {
+            self.vm.flush_translations()?;
+            self.st.flushes += 1;
         }
-        sync_extended(cpu, vcpu, extended, st)?;
-        let mut entry = cpu.state;
+        sync_extended(&mut self.cpu, &self.vcpu, &mut self.extended, &mut self.st)?;
+        let mut entry = self.cpu.state;
         entry.materialize_flags();
-        vcpu.set_state(&for_kvm(&entry)).map_err(|e| {
+        self.vcpu.set_state(&for_kvm(&entry)).map_err(|e| {
             Error::Accel(format!(
                 "{e} (handing over CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x} CS {:#x} RIP {:#x})",
                 entry.cr0,
@@ -326,94 +187,197 @@ impl Machine {
                 entry.rip
             ))
         })?;
-        st.to_kvm += 1;
-        let stint = Instant::now();
-        let back = loop {
-            let wake = next_timer.map(|t| Instant::now() + Duration::from_nanos(t.saturating_sub(self.clock.now_ns())));
-            alarm.set(wake);
-            let t = Instant::now();
-            let exit = vcpu.run(io)?;
-            st.in_kvm += t.elapsed();
-            alarm.set(None);
-            *next_timer = self.chipset.timers.poll(self.clock.now_ns());
-            match exit {
-                VmExit::Interrupted | VmExit::Hlt => {
-                    if vcpu.pending_event()?.is_some() {
-                        // KVM is delivering an exception: let it finish.
-                        continue;
-                    }
-                    if self.events.pending()
-                        || self.chipset.intc.interrupt_pending()
-                        || !self.input.lock().is_empty()
-                        || exit == VmExit::Hlt
-                    {
-                        st.kicks += 1;
-                        let s = vcpu.get_state()?;
-                        if half_done_syscall(&s, &entry) {
-                            // Kicked between a SYSCALL's two halves.
-                            finish_syscall(cpu, s, &entry, st);
-                            break Back::Continue;
-                        }
-                        let kernel = s.cpl == 0;
-                        take_back(cpu, s, &entry);
-                        if kernel {
-                            // Kicked right after KVM entered the kernel.
-                            kernel_entry(cpu, &entry, st);
-                        }
-                        break Back::Continue;
-                    }
-                }
-                VmExit::Shutdown => break Back::Shutdown("triple fault in user mode under KVM".into()),
-                VmExit::InternalError { suberror: 1, .. } => {
-                    if vcpu.pending_event()?.is_some() {
-                        // Not at an instruction boundary: KVM delivers first.
-                        continue;
-                    }
-                    let s = vcpu.get_state()?;
-                    if s.cpl == 0 {
-                        take_back(cpu, s, &entry);
-                        kernel_entry(cpu, &entry, st);
-                        cpu.user_stint(stint.elapsed() < SHORT_STINT);
-                        break Back::Continue;
-                    }
-                    if half_done_syscall(&s, &entry) {
-                        finish_syscall(cpu, s, &entry, st);
-                        cpu.user_stint(stint.elapsed() < SHORT_STINT);
-                        break Back::Continue;
-                    }
-                    // A user instruction KVM could not run: the interpreter runs it.
-                    take_back(cpu, s, &entry);
-                    cpu.flush_code_cache();
-                    cpu.step();
-                    st.user_steps += 1;
-                    break Back::Continue;
-                }
-                other => return Err(Error::Accel(format!("{other}"))),
-            }
-        };
-        *flushes_at_handover = Some(cpu.mmu.flushes);
-        Ok(back)
+        self.st.to_kvm += 1;
+        self.stint = Some(Stint { entry, start: Instant::now() });
+        Ok(())
     }
 
-    /// Wait, halted, for an interrupt, a timer, an event or input.
-    pub(super) fn idle(&self, next_timer: Option<u64>, deadline: Option<Instant>) {
-        if !self.chipset.intc.interrupt_pending() && self.input.lock().is_empty() {
-            let now = self.clock.now_ns();
-            let mut wait = Duration::from_millis(50);
-            if let Some(t) = next_timer {
-                wait = wait.min(Duration::from_nanos(t.saturating_sub(now)));
+    /// The stint is over; the interpreter holds the state.
+    fn end_stint(&mut self) {
+        self.stint = None;
+        self.flushes_at_handover = Some(self.cpu.mmu.flushes);
+    }
+
+    /// Take the state back from a vCPU stopped between instructions (by a
+    /// kick, or for the machine): go on in the interpreter.
+    fn take_back_now(&mut self) -> Result<(), Error> {
+        let Some(stint) = &self.stint else { return Ok(()) };
+        let entry = stint.entry;
+        let s = self.vcpu.get_state()?;
+        if half_done_syscall(&s, &entry) {
+            // Stopped between a SYSCALL's two halves.
+            finish_syscall(&mut self.cpu, s, &entry, &mut self.st);
+        } else {
+            let kernel = s.cpl == 0;
+            take_back(&mut self.cpu, s, &entry);
+            if kernel {
+                // Stopped right after KVM entered the kernel.
+                kernel_entry(&mut self.cpu, &entry, &mut self.st);
             }
-            if let Some(d) = deadline {
-                wait = wait.min(d.saturating_duration_since(Instant::now()));
-            }
-            let t = Instant::now();
-            std::thread::park_timeout(wait);
-            let mut h = self.halted.lock();
-            h.0 += t.elapsed();
-            h.1 += 1;
         }
-        // Fire what came due while asleep before the CPU runs again.
-        self.chipset.timers.poll(self.clock.now_ns());
+        self.end_stint();
+        Ok(())
+    }
+
+    /// Go on with the stint in KVM.
+    fn in_kvm(&mut self, slice: &Slice) -> Result<Exit, Error> {
+        // An interrupt for the kernel to take: the interpreter delivers it.
+        if self.io.interrupt_pending() && self.vcpu.pending_event()?.is_none() {
+            self.st.kicks += 1;
+            self.take_back_now()?;
+            return Ok(Exit::Budget);
+        }
+        self.alarm.set(slice.until);
+        let t = Instant::now();
+        let exit = self.vcpu.run(&mut self.io);
+        self.st.in_kvm += t.elapsed();
+        self.alarm.set(None);
+        let Some(stint) = &self.stint else { return Ok(Exit::Budget) };
+        let (entry, short) = (stint.entry, stint.start.elapsed() < SHORT_STINT);
+        match exit? {
+            VmExit::Interrupted | VmExit::Hlt if self.vcpu.pending_event()?.is_some() => {
+                // KVM is delivering an exception: the next run lets it finish.
+            }
+            exit @ (VmExit::Interrupted | VmExit::Hlt) => {
+                if exit == VmExit::Hlt || self.io.interrupt_pending() {
+                    self.st.kicks += 1;
+                    self.take_back_now()?;
+                }
+                // Otherwise (the slice's deadline, a machine event) the
+                // vCPU keeps the state: the machine looks at its timers
+                // and events, and the next run goes on in KVM.
+            }
+            VmExit::Shutdown => {
+                self.end_stint();
+                return Ok(Exit::Shutdown("triple fault in user mode under KVM".into()));
+            }
+            VmExit::InternalError { suberror: 1, .. } => {
+                if self.vcpu.pending_event()?.is_some() {
+                    // Not at an instruction boundary: KVM delivers first.
+                    return Ok(Exit::Budget);
+                }
+                let s = self.vcpu.get_state()?;
+                if s.cpl == 0 {
+                    take_back(&mut self.cpu, s, &entry);
+                    kernel_entry(&mut self.cpu, &entry, &mut self.st);
+                    self.cpu.user_stint(short);
+                } else if half_done_syscall(&s, &entry) {
+                    finish_syscall(&mut self.cpu, s, &entry, &mut self.st);
+                    self.cpu.user_stint(short);
+                } else {
+                    // A user instruction KVM could not run: the interpreter runs it.
+                    take_back(&mut self.cpu, s, &entry);
+                    self.cpu.flush_code_cache();
+                    self.cpu.step();
+                    self.st.user_steps += 1;
+                }
+                self.end_stint();
+            }
+            other => return Err(Error::Accel(format!("{other}"))),
+        }
+        Ok(Exit::Budget)
+    }
+}
+
+impl Engine for SplitEngine {
+    fn name(&self) -> &'static str {
+        "kvm"
+    }
+
+    fn run(&mut self, slice: &Slice) -> Result<Exit, Error> {
+        if self.stint.is_some() {
+            return self.in_kvm(slice);
+        }
+        match self.cpu.run(slice.instructions) {
+            StopReason::UserMode => {
+                self.hand_over()?;
+                self.in_kvm(slice)
+            }
+            why => Ok(exit_of(why)),
+        }
+    }
+
+    fn kicker(&self) -> Option<Kicker> {
+        let k = self.kicker.clone();
+        Some(Arc::new(move || k.kick()))
+    }
+
+    fn kicks_for_interrupts(&self) -> bool {
+        // The interpreter delivers every interrupt: user code in KVM must
+        // come back for it.
+        true
+    }
+
+    fn reset(&mut self, state: &CpuState) -> Result<(), Error> {
+        self.stint = None;
+        self.flushes_at_handover = None;
+        self.extended.clear();
+        self.cpu.set_state(*state);
+        self.cpu.flush_code_cache();
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<CpuState, Error> {
+        if let Some(stint) = &self.stint {
+            if self.vcpu.pending_event()?.is_some() {
+                // Mid-delivery in KVM: the vCPU's state as it is, left there.
+                let mut s = self.vcpu.get_state()?;
+                s.cr3 = stint.entry.cr3;
+                s.cr4 = stint.entry.cr4;
+                return Ok(s);
+            }
+            self.take_back_now()?;
+        }
+        Ok(self.cpu.state)
+    }
+
+    fn set_state(&mut self, state: &CpuState) -> Result<(), Error> {
+        // Whatever the vCPU held is replaced.
+        self.stint = None;
+        self.flushes_at_handover = None;
+        self.cpu.set_state(*state);
+        Ok(())
+    }
+
+    fn inject_nmi(&mut self) -> Result<(), Error> {
+        // The interpreter delivers it; user code in KVM comes back first.
+        if self.stint.is_some() && self.vcpu.pending_event()?.is_none() {
+            self.take_back_now()?;
+        }
+        self.cpu.inject_nmi();
+        Ok(())
+    }
+
+    fn stats(&mut self, total: Duration) -> EngineStats {
+        let (cpu, st) = (&self.cpu, &self.st);
+        let v = self.vcpu.stats();
+        let lines = vec![
+            format!(
+                "split execution: kernel (CPL 0) in the interpreter, user code (CPL 3) in KVM; {} KiB of kernel code hidden from KVM",
+                self.hidden >> 10
+            ),
+            format!(
+                "interpreter: {} instructions ({} of them user code), {} blocks decoded ({} full decode-cache flushes), {} exceptions, {} interrupts; {} user instructions with #UD here handed to KVM",
+                cpu.stats.instructions,
+                cpu.stats.user_instructions,
+                cpu.stats.blocks_decoded,
+                cpu.stats.cache_flushes,
+                cpu.stats.exceptions,
+                cpu.stats.interrupts,
+                cpu.stats.user_ud_yields
+            ),
+            format!(
+                "hand-overs to KVM: {}; back to the kernel: {} exceptions/interrupts, {} syscalls, {} int n, {} kicks; {} user instructions KVM could not run; {} translation flushes; {} extended-state restores",
+                st.to_kvm, st.kernel_entries, st.syscalls, st.int_n, st.kicks, st.user_steps, st.flushes, st.extended_restores
+            ),
+            format!("KVM exits: {} ({} entries)", v.exits, v.entries),
+            format!(
+                "time in KVM {:.3} s, in the interpreter and devices {:.3} s",
+                st.in_kvm.as_secs_f64(),
+                total.saturating_sub(st.in_kvm).as_secs_f64()
+            ),
+        ];
+        EngineStats { instructions: Some(cpu.stats.instructions), lines }
     }
 }
 
@@ -653,24 +617,5 @@ mod tests {
         s.seg[sreg::CS].selector = 0x33;
         s.rip = 0x40_1000;
         assert!(!half_done_syscall(&s, &entry));
-    }
-
-    #[test]
-    fn the_alarm_kicks_at_its_deadline_and_not_after_a_reset() {
-        struct Count(std::sync::atomic::AtomicU32);
-        impl hvf_kvm_accel::Kick for Count {
-            fn kick(&self) {
-                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-        let count = Arc::new(Count(Default::default()));
-        let alarm = Alarm::new(VcpuKicker::new(count.clone())).unwrap();
-        alarm.set(Some(Instant::now() + Duration::from_millis(20)));
-        std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 1);
-        alarm.set(Some(Instant::now() + Duration::from_millis(100)));
-        alarm.set(None);
-        std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 1, "a cleared alarm does not kick");
     }
 }

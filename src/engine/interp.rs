@@ -1,0 +1,89 @@
+//! The interpreter as an engine (`--accel interp`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cpu::{Cpu, CpuState, StopReason};
+use mmu::GuestMemory;
+
+use super::{Engine, EngineStats, Exit, Kicker, MachineIo, Slice};
+use crate::error::Error;
+
+/// The guest CPU in the interpreter.
+pub struct InterpEngine {
+    cpu: Cpu,
+}
+
+impl InterpEngine {
+    pub fn new(mem: Arc<GuestMemory>, io: MachineIo, boot: &CpuState) -> Self {
+        let mut cpu = Cpu::new(mem, Box::new(io));
+        cpu.set_state(*boot);
+        InterpEngine { cpu }
+    }
+}
+
+/// The machine's answer to why the interpreter stopped.
+pub(crate) fn exit_of(why: StopReason) -> Exit {
+    match why {
+        StopReason::Halted => Exit::Halted,
+        StopReason::Shutdown(chain) => Exit::Shutdown(chain),
+        StopReason::Budget | StopReason::Requested | StopReason::UserMode => Exit::Budget,
+    }
+}
+
+/// The interpreter's counters as a `--stats` line.
+pub(crate) fn interp_line(cpu: &Cpu) -> String {
+    format!(
+        "{} blocks decoded ({} full decode-cache flushes), {} exceptions, {} interrupts, {} page walks, {} TLB flushes",
+        cpu.stats.blocks_decoded,
+        cpu.stats.cache_flushes,
+        cpu.stats.exceptions,
+        cpu.stats.interrupts,
+        cpu.mmu.walks,
+        cpu.mmu.flushes
+    )
+}
+
+impl Engine for InterpEngine {
+    fn name(&self) -> &'static str {
+        "interp"
+    }
+
+    fn run(&mut self, slice: &Slice) -> Result<Exit, Error> {
+        Ok(exit_of(self.cpu.run(slice.instructions)))
+    }
+
+    fn kicker(&self) -> Option<Kicker> {
+        // The interpreter asks the I/O interface after every access and
+        // block whether to stop, and takes interrupts between blocks.
+        None
+    }
+
+    fn kicks_for_interrupts(&self) -> bool {
+        false
+    }
+
+    fn reset(&mut self, state: &CpuState) -> Result<(), Error> {
+        self.cpu.set_state(*state);
+        self.cpu.flush_code_cache();
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<CpuState, Error> {
+        Ok(self.cpu.state)
+    }
+
+    fn set_state(&mut self, state: &CpuState) -> Result<(), Error> {
+        self.cpu.set_state(*state);
+        Ok(())
+    }
+
+    fn inject_nmi(&mut self) -> Result<(), Error> {
+        self.cpu.inject_nmi();
+        Ok(())
+    }
+
+    fn stats(&mut self, _total: Duration) -> EngineStats {
+        EngineStats { instructions: Some(self.cpu.stats.instructions), lines: vec![interp_line(&self.cpu)] }
+    }
+}

@@ -1,0 +1,207 @@
+//! KVM as an engine (`--accel kvm`, the whole guest in KVM).
+//!
+//! Port and MMIO exits go to the machine's I/O interface. An emulation
+//! failure (an instruction the host's KVM cannot run, on hosts whose KVM
+//! emulates ring-0 code in software) moves the vCPU state into an
+//! interpreter `Cpu`, which executes that one instruction and moves it
+//! back ([`hvf_kvm_accel::fallback::emulate_one`]). With KVM's in-kernel
+//! interrupt controllers, the machine's device lines and messages go to
+//! them (lines by `KVM_IRQ_LINE`, messages by irqfd) and virtio queue
+//! notifications reach the NIC thread by ioeventfd.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cpu::{Cpu, CpuState, StopReason};
+use hvf_kvm_accel::fallback::{emulate_one, Emulated};
+use hvf_kvm_accel::{IrqChip, Vcpu, VcpuKicker, Vm, VmExit};
+
+use super::alarm::Alarm;
+use super::io::DeadlineWatch;
+use super::{Engine, EngineStats, Exit, Kicker, MachineIo, Slice};
+use crate::error::Error;
+use crate::machine::{KvmPit, Machine};
+
+/// The guest in KVM.
+pub struct KvmEngine<'m> {
+    machine: &'m Machine,
+    vm: Arc<dyn Vm>,
+    vcpu: Box<dyn Vcpu>,
+    io: MachineIo,
+    watch: Arc<DeadlineWatch>,
+    /// Runs the instructions KVM cannot, on the same buses.
+    fallback: Cpu,
+    emulated: BTreeMap<String, u64>,
+    fallback_time: Duration,
+    kicker: VcpuKicker,
+    alarm: Alarm,
+    msi: Option<Arc<hvf_kvm_accel::irqfd::MsiIrqfds>>,
+    /// Detaches the virtio doorbells from KVM when the engine goes.
+    doorbells: Option<crate::nic::AttachedDoorbells<'m>>,
+}
+
+impl<'m> KvmEngine<'m> {
+    pub fn new(m: &'m Machine, pit: KvmPit) -> Result<Self, Error> {
+        let mut kvm = hvf_kvm_accel::kvm::Kvm::new()?;
+        kvm.set_in_kernel_pit(pit == KvmPit::InKernel);
+        let vm: Arc<dyn Vm> = Arc::new(kvm.create_kvm_vm(m.mem.clone())?);
+        let in_kernel = matches!(vm.irqchip(), IrqChip::InKernel { .. });
+        let intc = &m.chipset.intc;
+        let mut msi = None;
+        if in_kernel {
+            // KVM models the PIC, I/O APIC and local APIC: device lines go there.
+            let v = vm.clone();
+            intc.set_forward(Box::new(move |irq, level| {
+                if let Err(e) = v.set_irq_line(irq, level) {
+                    tracing::warn!(target: "accel", "KVM refused IRQ {irq}: {e}");
+                }
+            }));
+            // Messages (MSI-X) go to the in-kernel local APICs by irqfd.
+            let irqfds = Arc::new(hvf_kvm_accel::irqfd::MsiIrqfds::new(vm.clone()));
+            let i = irqfds.clone();
+            intc.set_msi_forward(Box::new(move |message| {
+                if let Err(e) = i.send(message.address, message.data) {
+                    tracing::warn!(target: "accel", "KVM refused MSI {:#x}/{:#x}: {e}", message.address, message.data);
+                }
+            }));
+            msi = Some(irqfds);
+        }
+        // Virtio queue notifications signal the NIC I/O thread's eventfds
+        // instead of exiting to this thread (until the engine goes).
+        let doorbells = m.nics.as_ref().map(|n| {
+            let v = vm.clone();
+            n.attach_doorbells(Box::new(move |fd, site, attach| {
+                let addr = if site.pio {
+                    let port = u16::try_from(site.addr).map_err(|_| format!("port {:#x} is past 0xffff", site.addr))?;
+                    hvf_kvm_accel::IoEventAddr::Pio(port)
+                } else {
+                    hvf_kvm_accel::IoEventAddr::Mmio(site.addr)
+                };
+                v.set_ioeventfd(fd, addr, site.len, site.datamatch, attach).map_err(|e| e.to_string())
+            }))
+        });
+        let mut vcpu = vm.create_vcpu(0)?;
+        vcpu.set_state(&m.boot_state)?;
+        let kicker = vcpu.kicker()?;
+        let k = kicker.clone();
+        let alarm = Alarm::new(Arc::new(move || k.kick()))?;
+        let (io, watch) = m.io_watching_timers();
+        let fallback = Cpu::new(m.mem.clone(), Box::new(m.io()));
+        Ok(KvmEngine {
+            machine: m,
+            vm,
+            vcpu,
+            io,
+            watch,
+            fallback,
+            emulated: BTreeMap::new(),
+            fallback_time: Duration::ZERO,
+            kicker,
+            alarm,
+            msi,
+            doorbells,
+        })
+    }
+
+    /// Run the instruction KVM could not in the interpreter.
+    fn emulate(&mut self) -> Result<Exit, Error> {
+        Ok(match emulate_one(&mut *self.vcpu, &mut self.fallback)? {
+            Emulated::Ran { mnemonic, stop, took } => {
+                *self.emulated.entry(mnemonic).or_default() += 1;
+                self.fallback_time += took;
+                match stop {
+                    StopReason::Shutdown(chain) => Exit::Shutdown(format!("{chain} in the fallback interpreter")),
+                    // An emulated HLT: KVM's userspace irqchip mode does not wait by itself.
+                    StopReason::Halted if self.vm.irqchip() == IrqChip::Userspace => Exit::Halted,
+                    _ => Exit::Budget,
+                }
+            }
+            // KVM delivers the event at the next entry, before the instruction.
+            Emulated::EventPending(ev) => {
+                tracing::debug!(target: "accel", "fallback deferred: {ev}");
+                Exit::Budget
+            }
+        })
+    }
+}
+
+impl Engine for KvmEngine<'_> {
+    fn name(&self) -> &'static str {
+        "kvm"
+    }
+
+    fn run(&mut self, slice: &Slice) -> Result<Exit, Error> {
+        self.alarm.set(slice.until);
+        self.watch.arm(slice.until.map_or(u64::MAX, |t| self.machine.clock_ns_at(t)));
+        let exit = self.vcpu.run(&mut self.io);
+        self.alarm.set(None);
+        match exit? {
+            VmExit::Hlt => Ok(Exit::Halted),
+            VmExit::Interrupted => Ok(Exit::Budget),
+            VmExit::Shutdown => Ok(Exit::Shutdown("triple fault under KVM".into())),
+            VmExit::InternalError { suberror: 1, .. } => self.emulate(),
+            other => Err(Error::Accel(format!("{other}"))),
+        }
+    }
+
+    fn kicker(&self) -> Option<Kicker> {
+        let k = self.kicker.clone();
+        Some(Arc::new(move || k.kick()))
+    }
+
+    fn kicks_for_interrupts(&self) -> bool {
+        // In-kernel controllers get their lines directly; with the
+        // machine's own, nothing injects them into KVM's vCPU yet.
+        false
+    }
+
+    fn reset(&mut self, state: &CpuState) -> Result<(), Error> {
+        self.vm.reset_devices()?;
+        self.vcpu.reset(state)?;
+        self.fallback.flush_code_cache();
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<CpuState, Error> {
+        Ok(self.vcpu.get_state()?)
+    }
+
+    fn set_state(&mut self, state: &CpuState) -> Result<(), Error> {
+        let mut s = *state;
+        s.materialize_flags();
+        Ok(self.vcpu.set_state(&s)?)
+    }
+
+    fn inject_nmi(&mut self) -> Result<(), Error> {
+        Ok(self.vcpu.inject_nmi()?)
+    }
+
+    fn stats(&mut self, total: Duration) -> EngineStats {
+        let st = self.vcpu.stats();
+        let mut lines = vec![format!("exits: {} ({} entries into KVM)", st.exits, st.entries)];
+        lines.push(if self.emulated.is_empty() {
+            "fallback emulations: none".to_string()
+        } else {
+            format!(
+                "fallback emulations: {} ({:.3} s)",
+                self.emulated.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", "),
+                self.fallback_time.as_secs_f64()
+            )
+        });
+        lines.push(format!(
+            "time in KVM {:.3} s, in userspace {:.3} s (devices {:.3} s)",
+            st.in_guest.as_secs_f64(),
+            total.saturating_sub(st.in_guest).as_secs_f64(),
+            st.in_handlers.as_secs_f64()
+        ));
+        lines.push(format!("interrupt controllers: {}", self.vm.irqchip()));
+        if let Some(d) = &self.doorbells {
+            lines.push(format!("virtio doorbells on ioeventfd: {} attached", d.count()));
+        }
+        if let Some(m) = &self.msi {
+            lines.push(m.summary());
+        }
+        EngineStats { instructions: None, lines }
+    }
+}

@@ -1,0 +1,117 @@
+//! CPU engines: what runs the guest's instructions.
+//!
+//! The machine ([`crate::machine::Machine::run`]) owns one run loop for
+//! every engine, as QEMU's `AccelOpsClass` and Firecracker's vCPU serve
+//! theirs. An [`Engine`] runs the guest for a [`Slice`] and says why it
+//! stopped ([`Exit`]); everything else is the machine's: console input,
+//! machine events, timers, HLT idling, the `--timeout` deadline, triple
+//! faults, NMIs from the interrupt controller, pausing, and one reset path.
+//!
+//! Every engine reaches the devices through the machine's one I/O
+//! interface, [`MachineIo`] (an implementation of [`cpu::Platform`]): the
+//! interpreter calls it for port I/O, MMIO, interrupts and the platform's
+//! MSRs, and KVM's exits are served through the same object.
+//!
+//! The engines:
+//! - [`interp::InterpEngine`]: the interpreter (`--accel interp`);
+//! - [`kvm::KvmEngine`]: the guest in KVM, with the interpreter running
+//!   the instructions KVM cannot (`--accel kvm`);
+//! - [`split::SplitEngine`]: the kernel in the interpreter and user code in
+//!   KVM, where KVM runs ring 0 in software (`--accel kvm` on kvm_pvm).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cpu::CpuState;
+
+use crate::error::Error;
+
+pub mod alarm;
+pub mod interp;
+pub(crate) mod io;
+#[cfg(target_os = "linux")]
+pub mod kvm;
+#[cfg(target_os = "linux")]
+pub mod split;
+
+pub use io::MachineIo;
+
+/// How long one [`Engine::run`] may go before the machine looks at its
+/// timers, devices and events again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slice {
+    /// Guest instructions, for engines that count them (the interpreter).
+    pub instructions: u64,
+    /// The next timer deadline or the `--timeout` deadline, whichever comes
+    /// first; engines that do not count instructions (KVM) are kicked out
+    /// at this instant.
+    pub until: Option<Instant>,
+}
+
+/// Why [`Engine::run`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// The slice ran out, or the engine has something for the machine to
+    /// look at (an I/O access filed an event, a kick): go on.
+    Budget,
+    /// The guest executed HLT and waits for an interrupt the machine must
+    /// bring (the machine idles until a timer, an interrupt or input).
+    Halted,
+    /// A triple fault: the processor shut down; the string names the chain.
+    Shutdown(String),
+}
+
+/// Makes a running [`Engine::run`] return soon, from any thread.
+pub type Kicker = Arc<dyn Fn() + Send + Sync>;
+
+/// What an engine reports at the end of a run, for `--stats` and benches.
+#[derive(Debug, Clone, Default)]
+pub struct EngineStats {
+    /// Guest instructions executed, where the engine counts them.
+    pub instructions: Option<u64>,
+    /// One line per measure.
+    pub lines: Vec<String>,
+}
+
+/// One way of running the guest CPU.
+///
+/// The machine calls these on its own thread only; other threads reach a
+/// running engine through its [`Engine::kicker`].
+pub trait Engine {
+    /// The engine's name in reports ("interp", "kvm").
+    fn name(&self) -> &'static str;
+
+    /// Run the guest until the slice is used up or the machine is needed.
+    /// An `Err` is an engine failure (the host refused something), not a
+    /// guest fault: guest faults are the guest's business, and a triple
+    /// fault is [`Exit::Shutdown`].
+    fn run(&mut self, slice: &Slice) -> Result<Exit, Error>;
+
+    /// A handle that makes a running [`Engine::run`] return soon. `None`:
+    /// the engine polls [`cpu::Platform::stop_requested`] often enough
+    /// itself (after every I/O access and block).
+    fn kicker(&self) -> Option<Kicker>;
+
+    /// Whether a line raised on the machine's own interrupt controller
+    /// must kick a running [`Engine::run`] (the engine delivers those
+    /// interrupts itself, between stints of the guest elsewhere) rather
+    /// than reaching the guest by itself.
+    fn kicks_for_interrupts(&self) -> bool;
+
+    /// Bring the CPU and what the engine keeps of the platform (interrupt
+    /// controllers in KVM) to their reset state, with `state` loaded.
+    fn reset(&mut self, state: &CpuState) -> Result<(), Error>;
+
+    /// The whole guest-visible CPU state, while the engine is not running.
+    fn state(&mut self) -> Result<CpuState, Error>;
+
+    /// Replace the whole guest-visible CPU state, while the engine is not
+    /// running.
+    fn set_state(&mut self, state: &CpuState) -> Result<(), Error>;
+
+    /// Raise a non-maskable interrupt for the guest.
+    fn inject_nmi(&mut self) -> Result<(), Error>;
+
+    /// Counters and timings for `--stats`; `total` is the run's wall time.
+    fn stats(&mut self, total: Duration) -> EngineStats;
+}
