@@ -29,6 +29,9 @@ if [ -x scripts/guest-images.sh ]; then
     scripts/guest-images.sh
 fi
 
+log "cargo fmt --check"
+cargo fmt --all --check
+
 log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 

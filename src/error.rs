@@ -11,12 +11,24 @@ pub enum Error {
     Memory(#[from] mmu::MemError),
     #[error("device setup: {0}")]
     Bus(#[from] devices::BusError),
+    #[error("the built-in guest: {0}")]
+    Builtin(#[from] firmware::builtin::BuiltinError),
+    #[error("ACPI tables: {0}")]
+    Acpi(#[from] firmware::acpi::AcpiError),
+    #[error("MP table: {0}")]
+    MpTable(#[from] firmware::mptable::MpTableError),
     #[error("firmware: {0}")]
-    Firmware(String),
+    Linux(#[from] firmware::linux::LinuxError),
+    #[error("firmware: {0}")]
+    Multiboot(#[from] firmware::multiboot::MultibootError),
+    #[error("console: {0}")]
+    Console(#[from] devices::console::ConsoleError),
     #[error("{0}")]
     Hypervisor(#[from] hvf_kvm_accel::AccelError),
     #[error("KVM: {0}")]
     Accel(String),
+    #[error("cannot start the {what} thread: {source}")]
+    Thread { what: &'static str, source: std::io::Error },
     #[error("{option} is not available yet in this build of ferrovm")]
     NotBuilt { option: &'static str },
 }

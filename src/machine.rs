@@ -205,7 +205,7 @@ impl Machine {
                         firmware::builtin::MIN_RAM >> 20
                     )));
                 }
-                let g = firmware::builtin::build().map_err(|e| Error::Firmware(e.to_string()))?;
+                let g = firmware::builtin::build()?;
                 mem.add_rom("builtin-rom", firmware::builtin::ROM_BASE, firmware::builtin::ROM_SIZE, &g.rom)?;
             }
             Firmware::Bios(image) => {
@@ -234,7 +234,7 @@ impl Machine {
         let events = Arc::new(VmEvents::new());
         let first_byte = Arc::new(OnceLock::new());
         let out: Box<dyn Write + Send> = match &config.serial {
-            SerialOut::Backend(b) => devices::console::open_output(b).map_err(|e| Error::Config(e.to_string()))?,
+            SerialOut::Backend(b) => devices::console::open_output(b)?,
             SerialOut::Capture(buf) => Box::new(CaptureWriter(buf.clone())),
         };
         let out = Box::new(TimedWriter { inner: out, first: first_byte.clone() });
@@ -287,8 +287,7 @@ impl Machine {
                 input.lock().extend(bytes.iter().copied());
                 me.unpark();
             }),
-        )
-        .map_err(|e| Error::Config(e.to_string()))?;
+        )?;
         Ok(())
     }
 
@@ -655,10 +654,8 @@ impl RunControl {
 type Loaded = (CpuState, Option<String>, Vec<(u64, u64)>);
 
 fn load_kernel(mem: &GuestMemory, k: &KernelImage) -> Result<Loaded, Error> {
-    let acpi = firmware::acpi::write_acpi_tables(mem, ACPI_TABLES, &firmware::acpi::AcpiConfig::new(1))
-        .map_err(|e| Error::Firmware(format!("ACPI tables: {e}")))?;
-    firmware::mptable::write_mptable(mem, MP_TABLE, &firmware::mptable::MpConfig::new(1))
-        .map_err(|e| Error::Firmware(format!("MP table: {e}")))?;
+    let acpi = firmware::acpi::write_acpi_tables(mem, ACPI_TABLES, &firmware::acpi::AcpiConfig::new(1))?;
+    firmware::mptable::write_mptable(mem, MP_TABLE, &firmware::mptable::MpConfig::new(1))?;
     let is_bzimage = k.kernel.get(0x202..0x206) == Some(b"HdrS");
     if !is_bzimage && firmware::multiboot::MultibootHeader::find(&k.kernel).is_ok() {
         let modules: Vec<firmware::multiboot::MultibootModule<'_>> =
@@ -669,7 +666,7 @@ fn load_kernel(mem: &GuestMemory, k: &KernelImage) -> Result<Loaded, Error> {
             modules: &modules,
             e820: None,
         };
-        let boot = firmware::multiboot::load_multiboot(mem, &cfg).map_err(|e| Error::Firmware(e.to_string()))?;
+        let boot = firmware::multiboot::load_multiboot(mem, &cfg)?;
         let note = Some(format!("multiboot kernel, entry {:#x}", boot.cpu.rip));
         return Ok((crate::boot::cpu_state(&boot.cpu), note, Vec::new()));
     }
@@ -681,7 +678,7 @@ fn load_kernel(mem: &GuestMemory, k: &KernelImage) -> Result<Loaded, Error> {
         acpi_rsdp: Some(acpi.rsdp),
         e820: None,
     };
-    let boot = firmware::linux::load_linux(mem, &cfg).map_err(|e| Error::Firmware(e.to_string()))?;
+    let boot = firmware::linux::load_linux(mem, &cfg)?;
     let note = format!("{:?} kernel, boot protocol {:#x}, entry {:#x}", boot.kind, boot.protocol, boot.entry);
     Ok((crate::boot::cpu_state(&boot.cpu), Some(note), boot.code))
 }

@@ -110,7 +110,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     }
     let _raw = if stdio {
         machine.attach_stdin()?;
-        devices::console::enter_raw_mode().map_err(|e| Error::Config(e.to_string()))?
+        devices::console::enter_raw_mode()?
     } else {
         None
     };

@@ -4,6 +4,8 @@
 //! the CPU: they see register offsets, raise interrupt lines and file machine
 //! events, and the machine wires them to the interpreter, the JIT or KVM.
 
+#![forbid(unsafe_code)]
+
 mod access;
 pub mod acpi_pm;
 pub mod bus;

@@ -2,6 +2,8 @@
 //! CPU its first state. The built-in guest, the Linux boot protocol (bzImage and
 //! vmlinux), multiboot v1, the e820 map, and the MP and ACPI tables.
 
+#![forbid(unsafe_code)]
+
 pub mod acpi;
 pub mod boot;
 pub mod builtin;

@@ -27,6 +27,8 @@
 //! has something for the backend; the machine adds it to its own poll set
 //! instead of spinning.
 
+#![forbid(unsafe_code)]
+
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 

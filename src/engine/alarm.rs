@@ -50,7 +50,7 @@ impl Alarm {
                     }
                 }
             })
-            .map_err(|e| Error::Accel(format!("cannot start the timer thread: {e}")))?;
+            .map_err(|source| Error::Thread { what: "timer", source })?;
         Ok(Alarm { state })
     }
 
