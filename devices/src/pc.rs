@@ -386,6 +386,62 @@ mod tests {
         assert_eq!(pc.inb(0x71) & 0xc0, 0xc0);
     }
 
+    /// With the HPET's legacy replacement route on, IRQ0 and IRQ8 come from
+    /// HPET timers 0 and 1 and the 8254's and the RTC's are not delivered.
+    #[test]
+    fn hpet_legacy_replacement_mutes_the_pit_and_the_rtc() {
+        let pc = Pc::new();
+        pc.apic_mode();
+        pc.ioapic_route(2, 0x30);
+        pc.ioapic_route(8, 0x38);
+        let hpet_w = |offset: u64, v: u64| assert!(pc.mmio.write(0xfed0_0000 + offset, &v.to_le_bytes()));
+        let mut d = [0u8; 8];
+        assert!(pc.mmio.read(0xfed0_0000, &mut d), "the HPET answers at 0xfed00000");
+        assert_eq!(u64::from_le_bytes(d) & 0xffff_ffff, 0x8086_a201);
+        // The PIT at 100 Hz and the RTC's periodic interrupt.
+        pc.outb(0x43, 0x34);
+        pc.outb(0x40, 0x9c);
+        pc.outb(0x40, 0x2e);
+        pc.outb(0x70, 0x0b);
+        pc.outb(0x71, 0x42);
+        // LEG_RT_CNF with the counter halted: nothing may reach IRQ0 or IRQ8.
+        hpet_w(0x10, 0b10);
+        for ms in 1..=50 {
+            pc.run_until(ms * 1_000_000);
+        }
+        assert!(!pc.chipset.intc.interrupt_pending(), "the 8254 and the RTC are muted");
+        // HPET timer 0 (one-shot at 1 ms) then drives IRQ0, timer 1 IRQ8.
+        hpet_w(0x100, 1 << 2);
+        hpet_w(0x108, 100_000);
+        hpet_w(0x120, 1 << 2);
+        hpet_w(0x128, 200_000);
+        hpet_w(0x10, 0b11);
+        pc.run_until(51_000_000);
+        assert_eq!(pc.chipset.intc.ack_interrupt(), Some(0x30), "HPET timer 0 on IRQ0");
+        pc.eoi();
+        pc.run_until(52_000_000);
+        assert_eq!(pc.chipset.intc.ack_interrupt(), Some(0x38), "HPET timer 1 on IRQ8");
+        pc.eoi();
+        assert!(!pc.chipset.intc.interrupt_pending());
+        // Legacy replacement off: the 8254 and the RTC are heard again (the
+        // RTC's IRQ8 level held through the mute reaches the I/O APIC).
+        hpet_w(0x10, 0b01);
+        let mut vectors = Vec::new();
+        for ms in 53..=80 {
+            pc.run_until(ms * 1_000_000);
+            while let Some(v) = pc.chipset.intc.ack_interrupt() {
+                vectors.push(v);
+                pc.eoi();
+            }
+        }
+        assert!(vectors.contains(&0x30) && vectors.contains(&0x38), "{vectors:x?}");
+        // A reset turns legacy replacement off with the rest of the HPET.
+        hpet_w(0x10, 0b10);
+        pc.chipset.reset();
+        assert!(pc.mmio.read(0xfed0_0010, &mut d));
+        assert_eq!(u64::from_le_bytes(d), 0);
+    }
+
     struct Nic {
         config: PciConfigSpace,
     }
