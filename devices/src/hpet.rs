@@ -204,6 +204,9 @@ pub type LegacyReplacementHook = Box<dyn Fn(bool) + Send + Sync>;
 /// The HPET.
 pub struct Hpet {
     s: HpetState,
+    /// The clock time of the earliest next match, kept up to date by every
+    /// change, so the run loop's frequent polls cost one load.
+    deadline: Option<u64>,
     clock: SharedClock,
     lines: Vec<TimerLines>,
     legacy_hook: LegacyReplacementHook,
@@ -248,7 +251,7 @@ impl Hpet {
                 asserted: None,
             })
             .collect();
-        Self { s: HpetState::power_on(), clock, lines, legacy_hook, log: LogOnce::new() }
+        Self { s: HpetState::power_on(), deadline: None, clock, lines, legacy_hook, log: LogOnce::new() }
     }
 
     fn enabled(&self) -> bool {
@@ -378,6 +381,11 @@ impl Hpet {
         t.next_match = Some(at + step);
     }
 
+    /// Recomputes [`Hpet::deadline`] after a change of state.
+    fn refresh_deadline(&mut self) {
+        self.deadline = self.s.timers.iter().filter_map(|t| t.next_match.and_then(|m| self.time_of(m))).min();
+    }
+
     /// Reads the 64-bit register at `reg` (8-byte aligned).
     fn read_register(&mut self, reg: u64, now: u64) -> u64 {
         self.tick(now);
@@ -408,6 +416,11 @@ impl Hpet {
     /// Writes the bits `mask` of the 64-bit register at `reg` with `value`'s.
     fn write_register(&mut self, reg: u64, value: u64, mask: u64, now: u64) {
         self.tick(now);
+        self.apply_write(reg, value, mask, now);
+        self.refresh_deadline();
+    }
+
+    fn apply_write(&mut self, reg: u64, value: u64, mask: u64, now: u64) {
         let merge = |old: u64, writable: u64| (old & !(mask & writable)) | (value & mask & writable);
         match reg {
             GCAP_ID => {}
@@ -520,6 +533,7 @@ impl Hpet {
         if self.legacy() != legacy_before {
             (self.legacy_hook)(self.legacy());
         }
+        self.refresh_deadline();
         // Re-drive every line from scratch.
         for lines in &mut self.lines {
             if let Some(line) = lines.asserted.take().and_then(|r| lines.line(r)) {
@@ -584,11 +598,14 @@ impl Hpet {
 
 impl Timed for Hpet {
     fn next_deadline_ns(&self) -> Option<u64> {
-        self.s.timers.iter().filter_map(|t| t.next_match.and_then(|m| self.time_of(m))).min()
+        self.deadline
     }
 
     fn tick(&mut self, now_ns: u64) {
         if !self.enabled() {
+            return;
+        }
+        if self.deadline.is_none_or(|d| d > now_ns) {
             return;
         }
         let counter = self.counter_unwrapped(now_ns);
@@ -599,6 +616,7 @@ impl Timed for Hpet {
             self.advance(n, at, counter);
             self.fire(n);
         }
+        self.refresh_deadline();
     }
 }
 
@@ -657,7 +675,8 @@ mod tests {
     impl Rig {
         fn new() -> Self {
             let clock = Arc::new(ManualClock::new(1_000));
-            let inputs: Arc<Vec<Arc<RecordingIrq>>> = Arc::new((0..24).map(|_| Arc::new(RecordingIrq::new())).collect());
+            let inputs: Arc<Vec<Arc<RecordingIrq>>> =
+                Arc::new((0..24).map(|_| Arc::new(RecordingIrq::new())).collect());
             let legacy_on = Arc::new(AtomicU32::new(0));
             let legacy_off = Arc::new(AtomicU32::new(0));
             let lines = Arc::clone(&inputs);
