@@ -33,6 +33,9 @@ dmesg > /tmp/dmesg
 echo "T:dmesg-lines $(wc -l < /tmp/dmesg)"
 grep -iE 'spurious|unexpected irq|clocksource.*unstable|APIC.*calibrat.*fail|WARNING:' /tmp/dmesg | sed 's/^/T:bad /'
 echo "T:clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+echo "T:clocksources $(cat /sys/devices/system/clocksource/clocksource0/available_clocksource)"
+sed -n 's/^\[[^]]*\] \(hpet0: at MMIO .*\)$/T:hpet \1/p' /tmp/dmesg
+grep -iE 'hpet.*(warn|fail|error|not count|dysfunc|invalid|disabl|agree|must be|increased)' /tmp/dmesg | sed 's/^/T:bad /'
 echo "T:done"
 "#;
 
@@ -175,8 +178,19 @@ fn check(b: &Boot, kernel: &Path) {
     assert_eq!(field(out, "gzip").unwrap(), host_sha256("seq 1 100000 | sha256sum"), "gzip round trip");
     let bad: Vec<&str> = out.lines().filter(|l| l.starts_with("T:bad ")).collect();
     assert!(bad.is_empty(), "dmesg complaints: {bad:#?}");
+    assert_hpet(b);
     assert_eq!(b.status, Some(0), "poweroff -f must end the run with status 0");
     eprintln!("{} booted and checked in {:.1} s", kernel.display(), b.elapsed.as_secs_f64());
+}
+
+/// Linux found the HPET through the ACPI table, took its three timers with
+/// timers 0 and 1 on the legacy replacement route (IRQ 2 on the I/O APIC,
+/// IRQ 8), and offers it as a clocksource.
+fn assert_hpet(b: &Boot) {
+    let out = &b.stdout;
+    assert_eq!(field(out, "hpet"), Some("hpet0: at MMIO 0xfed00000, IRQs 2, 8, 0"), "the HPET in dmesg:\n{out}");
+    let sources: Vec<&str> = field(out, "clocksources").expect("available_clocksource").split_whitespace().collect();
+    assert!(sources.contains(&"hpet"), "hpet missing from the clocksources: {sources:?}");
 }
 
 #[test]

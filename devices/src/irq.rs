@@ -4,6 +4,10 @@
 //! what is behind it (the emulated PIC/IOAPIC, or an in-kernel irqchip). Device
 //! code is the same either way.
 
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
 /// One interrupt request line driven by a device.
 pub trait IrqLine: Send + Sync {
     /// Drives the line to `level` (true = asserted).
@@ -22,6 +26,67 @@ pub struct NoIrq;
 
 impl IrqLine for NoIrq {
     fn set_level(&self, _level: bool) {}
+}
+
+/// A line with a switch between the device and the controller: while the
+/// switch is open nothing the device does reaches the controller, and the
+/// line reads low there. The chipset uses it for the 8254's IRQ0 and the
+/// RTC's IRQ8, which the HPET's legacy replacement route disconnects
+/// (IA-PC HPET specification 1.0a, 2.3.9.1).
+pub struct SwitchedIrq {
+    inner: Arc<dyn IrqLine>,
+    /// The level the device drives, and whether the switch is closed.
+    state: Mutex<(bool, bool)>,
+}
+
+impl std::fmt::Debug for SwitchedIrq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (level, connected) = *self.state.lock();
+        f.debug_struct("SwitchedIrq").field("level", &level).field("connected", &connected).finish()
+    }
+}
+
+impl SwitchedIrq {
+    /// A connected switch in front of `inner`.
+    pub fn new(inner: Arc<dyn IrqLine>) -> Self {
+        Self { inner, state: Mutex::new((false, true)) }
+    }
+
+    /// Closes (`true`) or opens the switch. Closing it passes on the level
+    /// the device drives; opening it lowers the line.
+    pub fn set_connected(&self, connected: bool) {
+        let mut state = self.state.lock();
+        if state.1 == connected {
+            return;
+        }
+        state.1 = connected;
+        if state.0 {
+            self.inner.set_level(connected);
+        }
+    }
+
+    /// Whether the switch is closed.
+    pub fn connected(&self) -> bool {
+        self.state.lock().1
+    }
+}
+
+impl IrqLine for SwitchedIrq {
+    fn set_level(&self, level: bool) {
+        let mut state = self.state.lock();
+        let changed = state.0 != level;
+        state.0 = level;
+        if state.1 && changed {
+            self.inner.set_level(level);
+        }
+    }
+
+    fn pulse(&self) {
+        let state = self.state.lock();
+        if state.1 {
+            self.inner.pulse();
+        }
+    }
 }
 
 #[cfg(any(test, feature = "test-utils"))]
@@ -104,6 +169,31 @@ mod tests {
         irq.pulse();
         assert!(!irq.level());
         assert_eq!((irq.raises(), irq.lowers(), irq.pulses()), (2, 2, 1));
+    }
+
+    #[test]
+    fn switched_irq_holds_the_level_while_open_and_restores_it() {
+        let inner = Arc::new(RecordingIrq::new());
+        let line = SwitchedIrq::new(inner.clone());
+        assert!(line.connected());
+        line.pulse();
+        assert_eq!(inner.pulses(), 1);
+        line.set_level(true);
+        assert!(inner.level());
+        line.set_connected(false);
+        assert!(!line.connected());
+        assert!(!inner.level(), "opening the switch lowers the line");
+        line.pulse();
+        line.set_level(false);
+        line.set_level(true);
+        assert_eq!((inner.pulses(), inner.raises()), (1, 2), "nothing passes while open");
+        line.set_connected(true);
+        assert!(inner.level(), "closing it passes the device's level on");
+        line.set_level(false);
+        line.set_connected(false);
+        line.set_connected(true);
+        assert!(!inner.level());
+        assert!(format!("{line:?}").contains("connected: true"));
     }
 
     #[test]

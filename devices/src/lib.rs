@@ -13,6 +13,7 @@ pub mod clock;
 pub mod console;
 pub mod debug_exit;
 pub mod e1000;
+pub mod hpet;
 pub mod i8042;
 pub mod intc;
 pub mod ioapic;

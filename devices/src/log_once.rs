@@ -18,6 +18,8 @@ pub(crate) enum Misuse {
     OutputError,
     /// A message or DMA address outside the window it must fall in.
     OutOfWindow,
+    /// A register value the device cannot take in its current state.
+    BadValue,
 }
 
 impl Misuse {
@@ -28,6 +30,7 @@ impl Misuse {
             Misuse::CrossesEnd => 1 << 2,
             Misuse::OutputError => 1 << 3,
             Misuse::OutOfWindow => 1 << 4,
+            Misuse::BadValue => 1 << 5,
         }
     }
 }

@@ -14,6 +14,9 @@
 //! PCI config, reset reg.  0xCF8-0xCFF (0xCF9 reset control)   -
 //! I/O APIC                0xFEC00000, 4 KiB                   -
 //! local APIC              0xFEE00000, 4 KiB                   -
+//! HPET                    0xFED00000, 1 KiB                   IRQ0 and IRQ8 in legacy replacement
+//!                                                             mode (then the 8254's and the RTC's
+//!                                                             are disconnected), else GSI 2, 8, 16-23
 //! PCI INTx                via PIRQA-D                         IRQ 10, 10, 11, 11 (level)
 //! ```
 //!
@@ -27,9 +30,10 @@ use parking_lot::Mutex;
 use crate::acpi_pm::{AcpiPm, AcpiPmState, ResetControl, ResetControlState, ACPI_PM_BASE, ACPI_PM_LEN, SCI_IRQ};
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::clock::{SharedClock, Timers, Tsc};
+use crate::hpet::{Hpet, HpetState, HPET_BASE, HPET_MMIO_LEN};
 use crate::i8042::{I8042State, AUX_IRQ, I8042, KEYBOARD_IRQ};
 use crate::intc::InterruptController;
-use crate::irq::IrqLine;
+use crate::irq::{IrqLine, SwitchedIrq};
 use crate::mapping::BusMapping;
 use crate::pci::config::PCI_INTERRUPT_LINE;
 use crate::pci::piix::PIIX_ISA_ADDRESS;
@@ -57,6 +61,7 @@ struct InitialStates {
     port92: Port92State,
     acpi_pm: AcpiPmState,
     reset_control: ResetControlState,
+    hpet: HpetState,
 }
 
 /// The chipset of a one-CPU PC.
@@ -67,6 +72,8 @@ pub struct PcChipset {
     pub pit: Arc<Mutex<Pit>>,
     /// The RTC and CMOS.
     pub rtc: Arc<Mutex<Rtc>>,
+    /// The HPET.
+    pub hpet: Arc<Mutex<Hpet>>,
     /// The keyboard controller.
     pub i8042: Arc<Mutex<I8042>>,
     /// Port 0x92.
@@ -105,8 +112,21 @@ impl PcChipset {
         let intc = InterruptController::new(Arc::clone(&clock), Arc::clone(&tsc));
         let a20 = A20Gate::new(true);
 
-        let pit = Arc::new(Mutex::new(Pit::new(Arc::clone(&clock), intc.irq_line(PIT_IRQ))));
-        let rtc = Arc::new(Mutex::new(Rtc::new(Arc::clone(&clock), intc.irq_line(RTC_IRQ), ram)));
+        // The HPET's legacy replacement route disconnects the 8254's IRQ0
+        // and the RTC's IRQ8 (IA-PC HPET 1.0a, 2.3.9.1).
+        let pit_irq = Arc::new(SwitchedIrq::new(intc.irq_line(PIT_IRQ)));
+        let rtc_irq = Arc::new(SwitchedIrq::new(intc.irq_line(RTC_IRQ)));
+        let pit = Arc::new(Mutex::new(Pit::new(Arc::clone(&clock), pit_irq.clone())));
+        let rtc = Arc::new(Mutex::new(Rtc::new(Arc::clone(&clock), rtc_irq.clone(), ram)));
+        let hpet_intc = Arc::clone(&intc);
+        let hpet = Arc::new(Mutex::new(Hpet::new(
+            Arc::clone(&clock),
+            &move |irq| hpet_intc.irq_line(irq),
+            Box::new(move |legacy| {
+                pit_irq.set_connected(!legacy);
+                rtc_irq.set_connected(!legacy);
+            }),
+        )));
         let i8042 = Arc::new(Mutex::new(I8042::new(
             intc.irq_line(KEYBOARD_IRQ),
             intc.irq_line(AUX_IRQ),
@@ -150,12 +170,14 @@ impl PcChipset {
         mappings.push(BusMapping::pio(u64::from(POST_CODE_PORT), POST_CODE_PORT_LEN, post_code.clone()));
         mappings.push(BusMapping::pio(u64::from(PORT92), PORT92_LEN, port92.clone()));
         mappings.push(BusMapping::pio(u64::from(ACPI_PM_BASE), ACPI_PM_LEN, acpi_pm.clone()));
+        mappings.push(BusMapping::mmio(HPET_BASE, HPET_MMIO_LEN, hpet.clone()));
 
         let mut timers = Timers::new();
         timers.add(intc.clone());
         timers.add(pit.clone());
         timers.add(rtc.clone());
         timers.add(acpi_pm.clone());
+        timers.add(hpet.clone());
 
         let initial = InitialStates {
             pit: pit.lock().save(),
@@ -163,11 +185,13 @@ impl PcChipset {
             port92: port92.lock().save(),
             acpi_pm: acpi_pm.lock().save(),
             reset_control: reset_control.lock().save(),
+            hpet: hpet.lock().save(),
         };
         Self {
             intc,
             pit,
             rtc,
+            hpet,
             i8042,
             port92,
             post_code,
@@ -213,16 +237,17 @@ impl PcChipset {
         Ok(())
     }
 
-    /// A system reset: the interrupt controllers, the PIT, the i8042, port
-    /// 0x92, the ACPI registers and A20 go back to their power-on state. The
-    /// RTC and CMOS keep running (they are battery-backed) and PCI
-    /// configuration is kept.
+    /// A system reset: the interrupt controllers, the PIT, the HPET, the
+    /// i8042, port 0x92, the ACPI registers and A20 go back to their
+    /// power-on state. The RTC and CMOS keep running (they are
+    /// battery-backed) and PCI configuration is kept.
     pub fn reset(&self) {
         self.intc.reset(&self.tsc);
         let [elcr1, elcr2] = ELCR_LEVEL_IRQS.to_le_bytes();
         self.intc.write_elcr(0, elcr1);
         self.intc.write_elcr(1, elcr2);
         self.pit.lock().restore(&self.initial.pit);
+        self.hpet.lock().restore(&self.initial.hpet);
         self.i8042.lock().restore(&self.initial.i8042);
         self.port92.lock().restore(&self.initial.port92);
         self.acpi_pm.lock().restore(&self.initial.acpi_pm);
@@ -359,6 +384,62 @@ mod tests {
         pc.eoi();
         pc.outb(0x70, 0x0c);
         assert_eq!(pc.inb(0x71) & 0xc0, 0xc0);
+    }
+
+    /// With the HPET's legacy replacement route on, IRQ0 and IRQ8 come from
+    /// HPET timers 0 and 1 and the 8254's and the RTC's are not delivered.
+    #[test]
+    fn hpet_legacy_replacement_mutes_the_pit_and_the_rtc() {
+        let pc = Pc::new();
+        pc.apic_mode();
+        pc.ioapic_route(2, 0x30);
+        pc.ioapic_route(8, 0x38);
+        let hpet_w = |offset: u64, v: u64| assert!(pc.mmio.write(0xfed0_0000 + offset, &v.to_le_bytes()));
+        let mut d = [0u8; 8];
+        assert!(pc.mmio.read(0xfed0_0000, &mut d), "the HPET answers at 0xfed00000");
+        assert_eq!(u64::from_le_bytes(d) & 0xffff_ffff, 0x8086_a201);
+        // The PIT at 100 Hz and the RTC's periodic interrupt.
+        pc.outb(0x43, 0x34);
+        pc.outb(0x40, 0x9c);
+        pc.outb(0x40, 0x2e);
+        pc.outb(0x70, 0x0b);
+        pc.outb(0x71, 0x42);
+        // LEG_RT_CNF with the counter halted: nothing may reach IRQ0 or IRQ8.
+        hpet_w(0x10, 0b10);
+        for ms in 1..=50 {
+            pc.run_until(ms * 1_000_000);
+        }
+        assert!(!pc.chipset.intc.interrupt_pending(), "the 8254 and the RTC are muted");
+        // HPET timer 0 (one-shot at 1 ms) then drives IRQ0, timer 1 IRQ8.
+        hpet_w(0x100, 1 << 2);
+        hpet_w(0x108, 100_000);
+        hpet_w(0x120, 1 << 2);
+        hpet_w(0x128, 200_000);
+        hpet_w(0x10, 0b11);
+        pc.run_until(51_000_000);
+        assert_eq!(pc.chipset.intc.ack_interrupt(), Some(0x30), "HPET timer 0 on IRQ0");
+        pc.eoi();
+        pc.run_until(52_000_000);
+        assert_eq!(pc.chipset.intc.ack_interrupt(), Some(0x38), "HPET timer 1 on IRQ8");
+        pc.eoi();
+        assert!(!pc.chipset.intc.interrupt_pending());
+        // Legacy replacement off: the 8254 and the RTC are heard again (the
+        // RTC's IRQ8 level held through the mute reaches the I/O APIC).
+        hpet_w(0x10, 0b01);
+        let mut vectors = Vec::new();
+        for ms in 53..=80 {
+            pc.run_until(ms * 1_000_000);
+            while let Some(v) = pc.chipset.intc.ack_interrupt() {
+                vectors.push(v);
+                pc.eoi();
+            }
+        }
+        assert!(vectors.contains(&0x30) && vectors.contains(&0x38), "{vectors:x?}");
+        // A reset turns legacy replacement off with the rest of the HPET.
+        hpet_w(0x10, 0b10);
+        pc.chipset.reset();
+        assert!(pc.mmio.read(0xfed0_0010, &mut d));
+        assert_eq!(u64::from_le_bytes(d), 0);
     }
 
     struct Nic {

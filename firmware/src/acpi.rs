@@ -1,11 +1,12 @@
-//! ACPI tables (ACPI 6.0): RSDP, XSDT and RSDT, FADT, FACS, MADT and a DSDT
-//! with `\_S5` (so the guest can power off) and the PCI host bridge.
+//! ACPI tables (ACPI 6.0): RSDP, XSDT and RSDT, FADT, FACS, MADT, a DSDT
+//! with `\_S5` (so the guest can power off) and the PCI host bridge, and the
+//! HPET description table (IA-PC HPET specification 1.0a, 3.2.4).
 //!
 //! Layout from the base address (0xe0000 by default, where the kernel scans for
 //! the RSDP), each table 16-byte aligned, the FACS 64-byte aligned:
 //!
 //! ```text
-//!   RSDP (36)  FACS (64)  DSDT  FADT (276)  MADT  XSDT  RSDT
+//!   RSDP (36)  FACS (64)  DSDT  FADT (276)  MADT  HPET (56)  XSDT  RSDT
 //! ```
 //!
 //! The fixed hardware the FADT describes, and what the device model must do:
@@ -48,6 +49,9 @@ const MADT_REVISION: u8 = 4;
 /// DSDT revision 2: integers are 64-bit.
 const DSDT_REVISION: u8 = 2;
 const XSDT_REVISION: u8 = 1;
+/// HPET description table revision (IA-PC HPET 1.0a, table 3).
+const HPET_TABLE_REVISION: u8 = 1;
+const HPET_TABLE_SIZE: usize = 56;
 const RSDT_REVISION: u8 = 1;
 const RSDP_REVISION: u8 = 2;
 const RSDP_SIZE: usize = 36;
@@ -76,6 +80,7 @@ const P_LVL3_LAT_NONE: u16 = 1001;
 const PM_PROFILE_UNSPECIFIED: u8 = 0;
 
 // Generic address structure: address space ids and access sizes.
+const GAS_SYSTEM_MEMORY: u8 = 0;
 const GAS_SYSTEM_IO: u8 = 1;
 const GAS_ACCESS_BYTE: u8 = 1;
 
@@ -98,6 +103,22 @@ const PIT_IRQ: u8 = 0;
 const PIT_GSI: u32 = 2;
 /// LINT1 carries NMI.
 const NMI_LINT: u8 = 1;
+
+// The HPET description table (IA-PC HPET 1.0a, 3.2.4, table 3).
+/// Where the HPET's registers are, as the device model places them.
+pub const HPET_BASE: u64 = 0xfed0_0000;
+/// The device model's General Capabilities and ID register, low 32 bits:
+/// vendor 0x8086, LegacyReplacement capable (bit 15), 64-bit counter (bit
+/// 13), three timers (NUM_TIM_CAP = 2 in bits 12:8), revision 1.
+pub const HPET_EVENT_TIMER_BLOCK_ID: u32 = 0x8086_a201;
+/// Main Counter Minimum Clock_tick in Periodic Mode: 128 ticks (1.28 us at
+/// 100 MHz), the value PC chipsets report.
+pub const HPET_MIN_CLOCK_TICK: u16 = 128;
+/// Page Protection and OEM Attribute, bits 3:0 = 1: the 1 KiB register
+/// block is alone in its 4 KiB page, so the OS may map the whole page.
+const HPET_PAGE_PROTECT_4K: u8 = 1;
+/// The register block's width in the base address GAS: 64-bit registers.
+const HPET_REGISTER_BIT_WIDTH: u8 = 64;
 
 /// Errors writing the tables.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -129,6 +150,27 @@ impl Default for PciHostConfig {
     }
 }
 
+/// The HPET the "HPET" table describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HpetConfig {
+    /// Physical address of the register block.
+    pub base: u64,
+    /// The General Capabilities and ID register's low 32 bits.
+    pub event_timer_block_id: u32,
+    /// Minimum periodic-mode tick count without lost interrupts.
+    pub min_clock_tick: u16,
+}
+
+impl Default for HpetConfig {
+    fn default() -> Self {
+        HpetConfig {
+            base: HPET_BASE,
+            event_timer_block_id: HPET_EVENT_TIMER_BLOCK_ID,
+            min_clock_tick: HPET_MIN_CLOCK_TICK,
+        }
+    }
+}
+
 /// The platform the tables describe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcpiConfig {
@@ -147,6 +189,8 @@ pub struct AcpiConfig {
     pub vga: bool,
     /// The PCI host bridge; `None` for a machine without PCI.
     pub pci: Option<PciHostConfig>,
+    /// The HPET; `None` for a machine without one.
+    pub hpet: Option<HpetConfig>,
 }
 
 impl AcpiConfig {
@@ -164,6 +208,7 @@ impl AcpiConfig {
             ioapic_base: IOAPIC_BASE,
             vga: false,
             pci: Some(PciHostConfig::default()),
+            hpet: Some(HpetConfig::default()),
         }
     }
 
@@ -181,6 +226,8 @@ pub struct AcpiTables {
     pub dsdt: u64,
     pub fadt: u64,
     pub madt: u64,
+    /// The HPET table, when the machine has an HPET.
+    pub hpet: Option<u64>,
     pub xsdt: u64,
     pub rsdt: u64,
     /// End (exclusive) of what was written.
@@ -217,6 +264,17 @@ fn gas_io(port: u16, bit_width: u8, access_size: u8) -> [u8; 12] {
     g[2] = 0; // bit offset
     g[3] = access_size;
     g[4..12].copy_from_slice(&u64::from(port).to_le_bytes());
+    g
+}
+
+/// A generic address structure for a memory-mapped register block.
+fn gas_memory(address: u64, bit_width: u8) -> [u8; 12] {
+    let mut g = [0u8; 12];
+    g[0] = GAS_SYSTEM_MEMORY;
+    g[1] = bit_width;
+    g[2] = 0; // bit offset
+    g[3] = 0; // access size: undefined (the registers take 32- and 64-bit accesses)
+    g[4..12].copy_from_slice(&address.to_le_bytes());
     g
 }
 
@@ -330,6 +388,20 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     sdt(b"DSDT", DSDT_REVISION, &body)
 }
 
+/// The HPET description table (IA-PC HPET 1.0a, 3.2.4, table 3): event
+/// timer block ID, base address, HPET number 0, minimum tick, page protection.
+fn hpet(cfg: &HpetConfig) -> Vec<u8> {
+    let mut b = Vec::with_capacity(HPET_TABLE_SIZE - HEADER_SIZE);
+    b.extend_from_slice(&cfg.event_timer_block_id.to_le_bytes());
+    b.extend_from_slice(&gas_memory(cfg.base, HPET_REGISTER_BIT_WIDTH));
+    b.push(0); // HPET number: the first (and only) block
+    b.extend_from_slice(&cfg.min_clock_tick.to_le_bytes());
+    b.push(HPET_PAGE_PROTECT_4K);
+    let table = sdt(b"HPET", HPET_TABLE_REVISION, &b);
+    debug_assert_eq!(table.len(), HPET_TABLE_SIZE);
+    table
+}
+
 fn facs() -> Vec<u8> {
     let mut f = vec![0u8; FACS_SIZE];
     put(&mut f, 0, b"FACS");
@@ -373,7 +445,9 @@ pub fn write_acpi_tables(mem: &GuestMemory, base: u64, cfg: &AcpiConfig) -> Resu
     let fadt_at = place(fadt_table.len(), 16);
     let madt_table = madt(cfg);
     let madt_at = place(madt_table.len(), 16);
-    let entries = [fadt_at, madt_at];
+    let hpet_table = cfg.hpet.as_ref().map(hpet);
+    let hpet_at = hpet_table.as_ref().map(|t| place(t.len(), 16));
+    let entries: Vec<u64> = [Some(fadt_at), Some(madt_at), hpet_at].into_iter().flatten().collect();
     let xsdt_table = sdt(b"XSDT", XSDT_REVISION, &entries.iter().flat_map(|a| a.to_le_bytes()).collect::<Vec<_>>());
     let xsdt_at = place(xsdt_table.len(), 16);
     // Below 1 MiB: the 32-bit entries are exact.
@@ -389,6 +463,9 @@ pub fn write_acpi_tables(mem: &GuestMemory, base: u64, cfg: &AcpiConfig) -> Resu
     mem.write(dsdt_at, &dsdt_table)?;
     mem.write(fadt_at, &fadt_table)?;
     mem.write(madt_at, &madt_table)?;
+    if let (Some(at), Some(table)) = (hpet_at, &hpet_table) {
+        mem.write(at, table)?;
+    }
     mem.write(xsdt_at, &xsdt_table)?;
     mem.write(rsdt_at, &rsdt_table)?;
     Ok(AcpiTables {
@@ -397,6 +474,7 @@ pub fn write_acpi_tables(mem: &GuestMemory, base: u64, cfg: &AcpiConfig) -> Resu
         dsdt: dsdt_at,
         fadt: fadt_at,
         madt: madt_at,
+        hpet: hpet_at,
         xsdt: xsdt_at,
         rsdt: rsdt_at,
         end,
@@ -671,7 +749,7 @@ mod tests {
             xsdt[HEADER_SIZE..].chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
         let r_entries: Vec<u64> = rsdt[HEADER_SIZE..].chunks(4).map(|c| u64::from(u32_at(c, 0))).collect();
         assert_eq!(x_entries, r_entries);
-        assert_eq!(x_entries, vec![placed.fadt, placed.madt]);
+        assert_eq!(x_entries, vec![placed.fadt, placed.madt, placed.hpet.expect("an HPET table by default")]);
 
         // FADT.
         let fadt = table(&mem, placed.fadt, b"FACP");
@@ -734,6 +812,50 @@ mod tests {
         assert_eq!(ioapics, vec![(2, 0xfec0_0000, 0)]);
         assert_eq!(isos, vec![(0, 0, 2, 0), (0, 9, 9, 0x000d)]);
         assert_eq!(nmis, 1);
+    }
+
+    /// The HPET table, found through the XSDT and the RSDT as Linux finds it.
+    #[test]
+    fn hpet_table_parses_and_is_listed() {
+        let mem = GuestMemory::new(64 << 20).unwrap();
+        let placed = write_acpi_tables(&mem, ACPI_TABLES_START, &AcpiConfig::new(1)).unwrap();
+        let rsdp = read(&mem, placed.rsdp, RSDP_SIZE);
+        let xsdt = table(&mem, u64_at(&rsdp, 24), b"XSDT");
+        let rsdt = table(&mem, u64::from(u32_at(&rsdp, 16)), b"RSDT");
+        let signature_at = |addr: u64| read(&mem, addr, 4);
+        let in_xsdt: Vec<u64> = xsdt[HEADER_SIZE..]
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .filter(|&a| signature_at(a) == b"HPET")
+            .collect();
+        let in_rsdt: Vec<u64> = rsdt[HEADER_SIZE..]
+            .chunks(4)
+            .map(|c| u64::from(u32_at(c, 0)))
+            .filter(|&a| signature_at(a) == b"HPET")
+            .collect();
+        assert_eq!(in_xsdt, vec![placed.hpet.unwrap()], "listed once in the XSDT");
+        assert_eq!(in_rsdt, in_xsdt, "and in the RSDT");
+
+        let t = table(&mem, in_xsdt[0], b"HPET");
+        assert_eq!(t.len(), 56, "IA-PC HPET 1.0a table 3");
+        assert_eq!(t[8], 1, "revision");
+        assert_eq!(&t[10..16], &OEM_ID);
+        assert_eq!(u32_at(&t, 36), 0x8086_a201, "event timer block ID");
+        assert_eq!(&t[40..44], &[GAS_SYSTEM_MEMORY, 64, 0, 0], "a GAS in system memory");
+        assert_eq!(u64_at(&t, 44), 0xfed0_0000, "base address");
+        assert_eq!(t[52], 0, "HPET number");
+        assert_eq!(u16::from_le_bytes([t[53], t[54]]), 128, "minimum clock tick");
+        assert_eq!(t[55] & 0x0f, 1, "4 KiB page protection");
+        assert!(placed.hpet.unwrap() > placed.madt && placed.hpet.unwrap() < placed.xsdt);
+
+        // A machine without an HPET lists none.
+        let none = AcpiConfig { hpet: None, ..AcpiConfig::new(1) };
+        let placed = write_acpi_tables(&mem, ACPI_TABLES_START, &none).unwrap();
+        assert_eq!(placed.hpet, None);
+        let xsdt = table(&mem, placed.xsdt, b"XSDT");
+        assert_eq!(xsdt.len(), HEADER_SIZE + 2 * 8, "the FADT and the MADT only");
+        let rsdt = table(&mem, placed.rsdt, b"RSDT");
+        assert_eq!(rsdt.len(), HEADER_SIZE + 2 * 4);
     }
 
     #[test]
