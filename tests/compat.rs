@@ -199,7 +199,10 @@ fn multiboot_segment_over_the_acpi_tables_is_refused() {
     let o = ferrovm(&["run", "--accel", "interp", "--kernel", path.to_str().unwrap(), "--timeout", "10"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_ne!(o.status.code(), Some(0), "stderr: {err}");
-    assert!(err.contains("ELF segment 0 at 0xe0000..") && err.contains("overlaps the ACPI tables at 0xe0000.."), "{err}");
+    assert!(
+        err.contains("ELF segment 0 at 0xe0000..") && err.contains("overlaps the ACPI tables at 0xe0000.."),
+        "{err}"
+    );
 }
 
 fn images() -> Option<PathBuf> {

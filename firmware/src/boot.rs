@@ -9,13 +9,15 @@
 //! Low memory used by the loaders (guest physical addresses):
 //!
 //! ```text
-//!   0x0500  GDT (6 entries)                     BOOT_GDT_ADDR
-//!   0x0560  IDT (one empty gate)                BOOT_IDT_ADDR
-//!   0x6000  multiboot information + memory map  (multiboot)
+//!   0x0500  GDT (6 entries)                     BOOT_GDT_ADDR (Linux)
+//!   0x0560  IDT (one empty gate)                BOOT_IDT_ADDR (Linux)
+//!   0x6000  multiboot block: information, memory map, modules list,
+//!           strings, GDT, IDT, stack; moved clear of the kernel's
+//!           segments when they are there (multiboot)
 //!   0x7000  zero page, struct boot_params       (Linux)
-//!   0x8ff0  initial stack pointer               BOOT_STACK_POINTER
+//!   0x8ff0  initial stack pointer               BOOT_STACK_POINTER (Linux)
 //!   0x9000  PML4, 0xa000 PDPT, 0xb000.. 4 PDs   identity map of 0..4 GiB (Linux)
-//!   0x20000 kernel command line                 CMDLINE_ADDR
+//!   0x20000 kernel command line                 CMDLINE_ADDR (Linux)
 //!   0x9fc00 EBDA (reserved in e820)
 //!   0xe0000 ACPI tables (RSDP first)
 //!   0xf0000 MP floating pointer + table
@@ -38,7 +40,7 @@ pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
 pub const BOOT_PML4_ADDR: u64 = 0x9000;
 /// How much the boot page tables identity-map (2 MiB pages).
 pub const BOOT_IDENTITY_MAP_SIZE: u64 = 4 << 30;
-/// Where loaders put the kernel command line.
+/// Where the Linux loader puts the kernel command line.
 pub const CMDLINE_ADDR: u64 = 0x20000;
 /// The most the command line area holds, terminating zero included.
 pub const CMDLINE_AREA_SIZE: u64 = 0x10000;

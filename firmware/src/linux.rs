@@ -1029,7 +1029,10 @@ mod tests {
             assert_eq!((boot.kind, boot.entry), (kind, entry), "{name}");
             assert!(load_linux(&mem, &LinuxBootConfig { kernel: &kernel, path: BootPath::Fast, ..Default::default() })
                 .is_err());
-            println!("{name}: {:?}, protocol {:#x}, entry {:#x}, kernel ..{:#x}", boot.kind, boot.protocol, boot.entry, boot.kernel_end);
+            println!(
+                "{name}: {:?}, protocol {:#x}, entry {:#x}, kernel ..{:#x}",
+                boot.kind, boot.protocol, boot.entry, boot.kernel_end
+            );
         }
     }
 

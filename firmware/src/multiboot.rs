@@ -119,7 +119,9 @@ pub enum MultibootError {
     #[error("no {size:#x} bytes of free guest RAM below 4 GiB for the multiboot information, memory map, strings and GDT, clear of the kernel and modules; give the guest more memory")]
     NoRoomForInfo { size: u64 },
     /// A kernel segment lies over a range the caller reserved.
-    #[error("kernel {segment} at {start:#x}..{end:#x} overlaps {what} at {rstart:#x}..{rend:#x}; link the kernel elsewhere")]
+    #[error(
+        "kernel {segment} at {start:#x}..{end:#x} overlaps {what} at {rstart:#x}..{rend:#x}; link the kernel elsewhere"
+    )]
     Overlap { segment: String, start: u64, end: u64, what: &'static str, rstart: u64, rend: u64 },
     /// A kernel segment is not in guest RAM.
     #[error("kernel {segment} at {start:#x}..{end:#x} is not in guest RAM; give the guest more memory or link the kernel lower")]
@@ -683,8 +685,9 @@ mod tests {
         let k = kernel_at(&[(0x4000, 0x1000, 0x1c000)]);
         let m = vec![0x77u8; 3000];
         let mods = [MultibootModule { data: &m, cmdline: "m" }];
-        let boot = load_multiboot(&mem, &MultibootConfig { kernel: &k, cmdline: "hi", modules: &mods, ..Default::default() })
-            .unwrap();
+        let boot =
+            load_multiboot(&mem, &MultibootConfig { kernel: &k, cmdline: "hi", modules: &mods, ..Default::default() })
+                .unwrap();
         assert_eq!((boot.kernel_start, boot.kernel_end), (0x4000, 0x2_0000));
         assert_eq!(boot.modules, vec![(0x2_0000, 0x2_0000 + 3000)]);
         assert!(boot.block.0 >= 0x2_0000 + 3000, "{:x?}", boot.block);
