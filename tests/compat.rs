@@ -285,28 +285,18 @@ fn debian_686_kernel_boots_to_init_in_the_interpreter() {
 }
 
 /// memtest86+ 6.10's bzImage (`memtest86+x64.bin`: boot protocol 2.12, no
-/// payload) with no extra flags: it starts, draws its screen on the serial
-/// console and runs its first tests without finding errors, until the
-/// timeout stops it.
-#[test]
-fn memtest86plus_starts_and_tests_memory() {
+/// payload) with no flags but its console: it starts, draws its screen on
+/// the serial console and runs its first test without finding errors, until
+/// the timeout stops it. `accel` None: the default engine.
+fn memtest(accel: Option<&str>) {
     let Some(dir) = images() else { return };
     let kernel = dir.join("memtest86+x64.bin");
-    let o = ferrovm(&[
-        "run",
-        "--accel",
-        "interp",
-        "--mem",
-        "256M",
-        "--serial",
-        "stdio",
-        "--timeout",
-        "20",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--append",
-        "console=ttyS0,115200",
-    ]);
+    let mut args = vec!["run", "--serial", "stdio", "--timeout", "20", "--mem", "256M"];
+    if let Some(a) = accel {
+        args.extend(["--accel", a]);
+    }
+    args.extend(["--kernel", kernel.to_str().unwrap(), "--append", "console=ttyS0,115200"]);
+    let o = ferrovm(&args);
     let out = String::from_utf8_lossy(&o.stdout);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(124), "memtest runs until the timeout; stderr: {err}\nstdout: {out}");
@@ -315,5 +305,15 @@ fn memtest86plus_starts_and_tests_memory() {
     }
     let errors = out.match_indices("Errors: ").filter(|(i, _)| !out[i + 8..].starts_with('0')).count();
     assert_eq!(errors, 0, "memtest reports memory errors:\n{out}");
-    println!("memtest86+: {} bytes of serial output", out.len());
+    println!("memtest86+ ({}): {} bytes of serial output", accel.unwrap_or("default engine"), out.len());
+}
+
+#[test]
+fn memtest86plus_starts_and_tests_memory_in_the_interpreter() {
+    memtest(Some("interp"));
+}
+
+#[test]
+fn memtest86plus_starts_with_the_default_flags() {
+    memtest(None);
 }

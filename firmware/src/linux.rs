@@ -508,11 +508,13 @@ pub fn load_linux(mem: &GuestMemory, cfg: &LinuxBootConfig<'_>) -> Result<LinuxB
             BootPath::Fast => Some(fast_path_vmlinux(&bz)?),
             BootPath::Auto => match fast_path_vmlinux(&bz) {
                 Ok(v) => Some(v),
-                Err(e) if fast_path_falls_back(&e) => {
-                    tracing::info!("the fast path cannot boot this kernel ({e}); booting it on the classic path");
-                    None
-                }
-                Err(e) => return Err(e),
+                Err(e) => match fast_path_falls_back(&e) {
+                    Some(why) => {
+                        tracing::info!("the fast path cannot boot this kernel, {why}: booting it on the classic path");
+                        None
+                    }
+                    None => return Err(e),
+                },
             },
         };
         match fast {
@@ -569,17 +571,18 @@ fn fast_path_vmlinux<'a>(bz: &BzImage<'a>) -> Result<(Compression, std::borrow::
     Ok((compression, vmlinux))
 }
 
-/// Whether the default path boots a kernel classic when the fast path gives
-/// `e`: yes when the fast path cannot handle the kernel, no when the image is
-/// corrupt (the classic path would fail inside the guest).
-fn fast_path_falls_back(e: &LinuxError) -> bool {
-    matches!(
-        e,
-        LinuxError::FastNeeds64Bit { .. }
-            | LinuxError::NoPayload(_)
-            | LinuxError::PayloadNotVmlinux
-            | LinuxError::Decompress(DecompressError::Unsupported(_) | DecompressError::UnknownFormat(_))
-    )
+/// Why the default path boots a kernel classic when the fast path gives
+/// `e`: a reason when the fast path cannot handle the kernel, `None` when the
+/// image is corrupt (the classic path would fail inside the guest).
+fn fast_path_falls_back(e: &LinuxError) -> Option<String> {
+    match e {
+        LinuxError::FastNeeds64Bit { .. } => Some("a 32-bit kernel (XLF_KERNEL_64 clear)".into()),
+        LinuxError::NoPayload(v) => Some(format!("no compressed payload fields (boot protocol {v:#06x})")),
+        LinuxError::PayloadNotVmlinux => Some("the payload is not an x86-64 ELF vmlinux".into()),
+        LinuxError::Decompress(DecompressError::Unsupported(c)) => Some(format!("a {c}-compressed payload")),
+        LinuxError::Decompress(DecompressError::UnknownFormat(_)) => Some("an unknown payload compression".into()),
+        _ => None,
+    }
 }
 
 /// The classic path: the protected-mode kernel at 1 MiB, entered at +0x200
@@ -1001,9 +1004,18 @@ mod tests {
         assert!(matches!(kind(&corrupt, BootPath::Auto), Err(LinuxError::Decompress(_))));
         assert_eq!(kind(&corrupt, BootPath::Classic), Ok(KernelKind::BzImageClassic));
         // The decision itself.
-        assert!(fast_path_falls_back(&LinuxError::FastNeeds64Bit { version: 0x20f, xloadflags: 4 }));
-        assert!(fast_path_falls_back(&LinuxError::NoPayload(0x206)));
-        assert!(!fast_path_falls_back(&LinuxError::CmdlineNul(0)));
+        let why = |e: LinuxError| fast_path_falls_back(&e);
+        assert_eq!(
+            why(LinuxError::FastNeeds64Bit { version: 0x20f, xloadflags: 4 }).unwrap(),
+            "a 32-bit kernel (XLF_KERNEL_64 clear)"
+        );
+        assert_eq!(why(LinuxError::NoPayload(0x20c)).unwrap(), "no compressed payload fields (boot protocol 0x020c)");
+        assert_eq!(
+            why(LinuxError::Decompress(DecompressError::Unsupported(Compression::Bzip2))).unwrap(),
+            "a bzip2-compressed payload"
+        );
+        assert_eq!(why(LinuxError::CmdlineNul(0)), None);
+        assert_eq!(why(LinuxError::Decompress(DecompressError::TooShort(3))), None);
     }
 
     /// The 32-bit Debian kernel and memtest86+ from scripts/guest-images.sh go
