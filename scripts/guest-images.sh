@@ -10,9 +10,16 @@
 #                         virtio_pci_modern_dev, virtio_pci, failover, net_failover,
 #                         virtio_net, e1000): initramfs.cpio.gz with a second
 #                         gzip'd cpio archive appended, which Linux unpacks too
+#   vmlinuz-686           Debian's stock 32-bit kernel  (linux-image-*-686, i386),
+#                         booted through the 32-bit boot protocol
+#   initramfs-i386.cpio.gz the same initramfs around an i386 busybox
+#                         (busybox-static:i386)
+#   memtest86+x64.bin     memtest86+'s bzImage-format build (package memtest86+)
 #   versions.txt          which packages the files came from
 #
-# The kernel packages are downloaded and unpacked, never installed. Runs as root
+# The i386 packages need the i386 architecture in dpkg; the script adds it
+# (dpkg --add-architecture i386) when it is missing. The kernel packages are
+# downloaded and unpacked, never installed. Runs as root
 # on a Debian machine (no sudo); installs cpio with apt-get when it is missing.
 # Idempotent: a second run with the same package versions does nothing.
 #
@@ -47,7 +54,9 @@ trap 'rm -f "$apt_marker"' EXIT
 apt_update() {
     if [ ! -e "$apt_marker" ]; then
         say "apt-get update"
-        apt-get update -qq >&2 || die "apt-get update failed; check the network and /etc/apt/sources.list"
+        # A partial failure (one index mid-sync on the mirror) leaves the
+        # others updated; a package that is then missing fails in fetch.
+        apt-get update -qq >&2 || say "apt-get update reported errors; going on with the package lists it has"
         : > "$apt_marker"
     fi
 }
@@ -55,6 +64,13 @@ apt_update() {
 # Package lists older than a day (or none, on a fresh machine) may name kernels
 # that the archive no longer has.
 if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mmin -1440 -print -quit 2>/dev/null)" ]; then
+    apt_update
+fi
+
+if ! dpkg --print-foreign-architectures | grep -qx i386; then
+    say "adding the i386 architecture (dpkg --add-architecture i386) for the 32-bit guest"
+    dpkg --add-architecture i386 || die "dpkg --add-architecture i386 failed"
+    rm -f "$apt_marker"
     apt_update
 fi
 
@@ -90,7 +106,10 @@ fetch() {
         ver="$(candidate "$pkg")"
     fi
     [ -n "$ver" ] && [ "$ver" != "(none)" ] || die "package $pkg has no installable version"
-    local pattern="${pkg}_${ver//:/%3a}_*.deb"
+    # The file name has no :arch suffix: busybox-static_1%3a1.35.0-4_i386.deb.
+    local arch="" pattern
+    case "$pkg" in *:*) arch="${pkg##*:}" ;; esac
+    pattern="${pkg%%:*}_${ver//:/%3a}_${arch:-*}.deb"
     deb="$(find "$work/debs" -maxdepth 1 -name "$pattern" -print -quit)"
     if [ -z "$deb" ]; then
         say "downloading $pkg $ver"
@@ -107,6 +126,10 @@ fetch() {
 cloud_pkg="$(resolve linux-image-cloud-amd64)"
 generic_pkg="$(resolve linux-image-amd64)"
 busybox_pkg=busybox-static
+k32_pkg="$(resolve linux-image-686:i386)"
+case "$k32_pkg" in *:*) ;; *) k32_pkg="$k32_pkg:i386" ;; esac
+busybox32_pkg=busybox-static:i386
+memtest_pkg=memtest86+
 
 # The /init of the initramfs. Kept here so its hash is part of the stamp.
 read -r -d '' init_script <<'INIT' || true
@@ -192,10 +215,14 @@ build_net_initramfs() {
 stamp_want="$(printf '%s\n' "cloud=$cloud_pkg $(candidate "$cloud_pkg")" \
     "generic=$generic_pkg $(candidate "$generic_pkg")" \
     "busybox=$busybox_pkg $(candidate "$busybox_pkg")" \
+    "k32=$k32_pkg $(candidate "$k32_pkg")" \
+    "busybox32=$busybox32_pkg $(candidate "$busybox32_pkg")" \
+    "memtest=$memtest_pkg $(candidate "$memtest_pkg")" \
     "init=$(printf '%s' "$init_script" | sha256sum | cut -d' ' -f1)")"
 if [ -f "$out/versions.txt" ] && [ "$(cat "$out/versions.txt")" = "$stamp_want" ] &&
     [ -s "$out/vmlinuz-cloud" ] && [ -s "$out/vmlinuz-generic" ] &&
-    [ -d "$out/modules-generic/kernel" ] && [ -s "$out/initramfs.cpio.gz" ]; then
+    [ -d "$out/modules-generic/kernel" ] && [ -s "$out/initramfs.cpio.gz" ] &&
+    [ -s "$out/vmlinuz-686" ] && [ -s "$out/initramfs-i386.cpio.gz" ] && [ -s "$out/memtest86+x64.bin" ]; then
     build_net_initramfs
     printf 'guest-images: up to date in %s:\n' "$out"
     sed 's/^/  /' "$out/versions.txt"
@@ -205,6 +232,9 @@ fi
 cloud_deb="$(fetch "$cloud_pkg")"
 generic_deb="$(fetch "$generic_pkg")"
 busybox_deb="$(fetch "$busybox_pkg")"
+k32_deb="$(fetch "$k32_pkg")"
+busybox32_deb="$(fetch "$busybox32_pkg")"
+memtest_deb="$(fetch "$memtest_pkg")"
 
 # Unpack a .deb into a fresh folder under $work.
 unpack() {
@@ -232,43 +262,68 @@ rm -rf "$out/modules-generic"
 mv "$moddir" "$out/modules-generic"
 rm -rf "$work/generic"
 
-say "unpacking $(basename "$busybox_deb")"
-unpack "$busybox_deb" "$work/busybox"
-busybox="$work/busybox/bin/busybox"
-[ -x "$busybox" ] || die "$busybox_pkg has no /bin/busybox"
+say "unpacking $(basename "$k32_deb")"
+unpack "$k32_deb" "$work/k32"
+vmlinuz="$(find "$work/k32/boot" -maxdepth 1 -name 'vmlinuz-*' -print -quit)"
+[ -n "$vmlinuz" ] || die "$k32_pkg has no /boot/vmlinuz-*"
+cp "$vmlinuz" "$out/vmlinuz-686.tmp" && mv "$out/vmlinuz-686.tmp" "$out/vmlinuz-686"
+rm -rf "$work/k32"
 
-say "building initramfs.cpio.gz"
-root="$work/initramfs"
-rm -rf "$root"
-mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,root,etc}
-cp "$busybox" "$root/bin/busybox"
-applets="$("$busybox" --list)" || die "cannot list the busybox applets"
-for applet in $applets; do
-    [ "$applet" = busybox ] || ln -sf busybox "$root/bin/$applet"
-done
-printf '%s\n' "$init_script" > "$root/init"
-chmod 0755 "$root/init"
-# The console and null nodes, for before devtmpfs is mounted.
-mknod -m 0600 "$root/dev/console" c 5 1
-mknod -m 0666 "$root/dev/null" c 1 3
-printf 'root:x:0:0:root:/root:/bin/sh\n' > "$root/etc/passwd"
-printf 'root:x:0:\n' > "$root/etc/group"
-# Fixed timestamps and inode numbers: the same inputs give the same bytes.
-find "$root" -exec touch -h -d @0 {} +
-cpio_flags=(--quiet -o -H newc -R 0:0)
-if cpio --help 2>&1 | grep -q -- --reproducible; then
-    cpio_flags+=(--reproducible)
-fi
-(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio "${cpio_flags[@]}") | gzip -9 -n > "$out/initramfs.cpio.gz.tmp" ||
-    die "cpio/gzip of the initramfs failed"
-mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
-rm -rf "$root" "$work/busybox"
+say "unpacking $(basename "$memtest_deb")"
+unpack "$memtest_deb" "$work/memtest"
+[ -s "$work/memtest/boot/memtest86+x64.bin" ] || die "$memtest_pkg has no /boot/memtest86+x64.bin"
+cp "$work/memtest/boot/memtest86+x64.bin" "$out/memtest86+x64.bin.tmp" &&
+    mv "$out/memtest86+x64.bin.tmp" "$out/memtest86+x64.bin"
+rm -rf "$work/memtest"
+
+# build_initramfs BUSYBOX_DEB OUTPUT: the busybox initramfs around the
+# busybox of BUSYBOX_DEB (its applet list read from the amd64 busybox, which
+# has the same applets and runs on any host).
+build_initramfs() {
+    local deb="$1" dest="$2" root="$work/initramfs" busybox
+    say "unpacking $(basename "$deb")"
+    unpack "$deb" "$work/busybox-x"
+    busybox="$work/busybox-x/bin/busybox"
+    [ -x "$busybox" ] || die "$(basename "$deb") has no /bin/busybox"
+    say "building $(basename "$dest")"
+    rm -rf "$root"
+    mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,root,etc}
+    cp "$busybox" "$root/bin/busybox"
+    for applet in $applets; do
+        [ "$applet" = busybox ] || ln -sf busybox "$root/bin/$applet"
+    done
+    printf '%s\n' "$init_script" > "$root/init"
+    chmod 0755 "$root/init"
+    # The console and null nodes, for before devtmpfs is mounted.
+    mknod -m 0600 "$root/dev/console" c 5 1
+    mknod -m 0666 "$root/dev/null" c 1 3
+    printf 'root:x:0:0:root:/root:/bin/sh\n' > "$root/etc/passwd"
+    printf 'root:x:0:\n' > "$root/etc/group"
+    # Fixed timestamps and inode numbers: the same inputs give the same bytes.
+    find "$root" -exec touch -h -d @0 {} +
+    local cpio_flags=(--quiet -o -H newc -R 0:0)
+    if cpio --help 2>&1 | grep -q -- --reproducible; then
+        cpio_flags+=(--reproducible)
+    fi
+    (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio "${cpio_flags[@]}") | gzip -9 -n > "$dest.tmp" ||
+        die "cpio/gzip of $(basename "$dest") failed"
+    mv "$dest.tmp" "$dest"
+    rm -rf "$root" "$work/busybox-x"
+}
+
+unpack "$busybox_deb" "$work/busybox"
+[ -x "$work/busybox/bin/busybox" ] || die "$busybox_pkg has no /bin/busybox"
+applets="$("$work/busybox/bin/busybox" --list)" || die "cannot list the busybox applets"
+rm -rf "$work/busybox"
+build_initramfs "$busybox_deb" "$out/initramfs.cpio.gz"
+build_initramfs "$busybox32_deb" "$out/initramfs-i386.cpio.gz"
 
 build_net_initramfs
 printf '%s\n' "$stamp_want" > "$out/versions.txt"
 printf 'guest-images: done in %s:\n' "$out"
-for f in vmlinuz-cloud vmlinuz-generic initramfs.cpio.gz initramfs-net.cpio.gz; do
-    printf '  %-20s %s bytes\n' "$f" "$(stat -c %s "$out/$f")"
+for f in vmlinuz-cloud vmlinuz-generic initramfs.cpio.gz initramfs-net.cpio.gz vmlinuz-686 \
+    initramfs-i386.cpio.gz memtest86+x64.bin; do
+    printf '  %-22s %s bytes\n' "$f" "$(stat -c %s "$out/$f")"
 done
-printf '  %-20s %s\n' modules-generic/ "$(du -sh "$out/modules-generic" | cut -f1)"
+printf '  %-22s %s\n' modules-generic/ "$(du -sh "$out/modules-generic" | cut -f1)"
 sed 's/^/  /' "$out/versions.txt"

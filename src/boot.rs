@@ -70,4 +70,26 @@ mod tests {
         assert!(!p.long_mode());
         assert_eq!(cpu_state(&BootCpuState::reset()).code_bits(), 16);
     }
+
+    /// The 32-bit boot protocol's state: ESI = zero page, EBP/EDI/EBX zero,
+    /// flat __BOOT_CS/__BOOT_DS, IF and paging off.
+    #[test]
+    fn linux_32bit_entry_state() {
+        let mut b = BootCpuState::protected32(0x10_0000);
+        b.rsi = 0x7000;
+        b.rsp = 0x8ff0;
+        let s = cpu_state(&b);
+        assert_eq!(s.code_bits(), 32);
+        assert!(!s.long_mode());
+        assert_eq!(s.cr0 & (1 << 31), 0, "paging off");
+        assert_eq!(s.cr0 & 1, 1, "protected mode");
+        assert_eq!(s.rflags & cpu::state::flags::IF, 0, "interrupts off");
+        assert_eq!((s.gpr[6], s.gpr[5], s.gpr[7], s.gpr[3], s.gpr[4]), (0x7000, 0, 0, 0, 0x8ff0));
+        assert_eq!((s.rip, s.cpl), (0x10_0000, 0));
+        for (reg, sel) in [(sreg::CS, 0x10), (sreg::DS, 0x18), (sreg::ES, 0x18), (sreg::SS, 0x18)] {
+            let seg = s.seg[reg];
+            assert_eq!((seg.selector, seg.base, seg.limit), (sel, 0, 0xffff_ffff), "segment {reg}");
+            assert_eq!(seg.attr & cpu::state::seg_attr::UNUSABLE, 0, "segment {reg}");
+        }
+    }
 }

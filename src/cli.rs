@@ -79,6 +79,8 @@ impl std::fmt::Display for Accel {
 /// Boot path for a bzImage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum KernelBoot {
+    /// `fast` where the fast path can boot the kernel, otherwise `classic`.
+    Auto,
     Fast,
     Classic,
 }
@@ -86,6 +88,7 @@ pub enum KernelBoot {
 impl KernelBoot {
     pub fn path(self) -> firmware::linux::BootPath {
         match self {
+            KernelBoot::Auto => firmware::linux::BootPath::Auto,
             KernelBoot::Fast => firmware::linux::BootPath::Fast,
             KernelBoot::Classic => firmware::linux::BootPath::Classic,
         }
@@ -113,8 +116,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "STR")]
     pub append: Option<String>,
     /// How a bzImage is booted: `fast` decompresses it on the host and enters
-    /// the kernel proper; `classic` runs the kernel's own decompressor.
-    #[arg(long, value_enum, default_value_t = KernelBoot::Fast)]
+    /// the kernel proper (64-bit kernels with a gzip, xz, lz4, zstd or
+    /// uncompressed payload); `classic` runs the kernel's own decompressor,
+    /// entering a 32-bit kernel through the 32-bit boot protocol; `auto`
+    /// takes the fast path where it can and the classic one otherwise.
+    #[arg(long, value_enum, default_value_t = KernelBoot::Auto)]
     pub kernel_boot: KernelBoot,
     /// A firmware ROM image, mapped to end at 4 GiB, run from the reset vector.
     #[arg(long, value_name = "PATH")]
@@ -145,7 +151,7 @@ pub struct RunArgs {
     /// Under --accel kvm, run the guest kernel (CPL 0) in the interpreter and
     /// only user code (CPL 3) in KVM. `auto` does so where KVM itself runs
     /// CPL-0 code in software (kvm_pvm) and the kernel was loaded by the host
-    /// (--kernel with --kernel-boot fast, or a vmlinux).
+    /// (--kernel on the fast path, or a vmlinux).
     #[arg(long, value_enum, default_value_t = KvmSplit::Auto)]
     pub kvm_split: KvmSplit,
     /// Under --accel kvm with KVM's interrupt controllers: keep the PIT in

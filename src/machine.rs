@@ -655,7 +655,7 @@ type Loaded = (CpuState, Option<String>, Vec<(u64, u64)>);
 
 fn load_kernel(mem: &GuestMemory, k: &KernelImage) -> Result<Loaded, Error> {
     let acpi = firmware::acpi::write_acpi_tables(mem, ACPI_TABLES, &firmware::acpi::AcpiConfig::new(1))?;
-    firmware::mptable::write_mptable(mem, MP_TABLE, &firmware::mptable::MpConfig::new(1))?;
+    let mp = firmware::mptable::write_mptable(mem, MP_TABLE, &firmware::mptable::MpConfig::new(1))?;
     let is_bzimage = k.kernel.get(0x202..0x206) == Some(b"HdrS");
     if !is_bzimage && firmware::multiboot::MultibootHeader::find(&k.kernel).is_ok() {
         let modules: Vec<firmware::multiboot::MultibootModule<'_>> =
@@ -665,6 +665,10 @@ fn load_kernel(mem: &GuestMemory, k: &KernelImage) -> Result<Loaded, Error> {
             cmdline: &k.cmdline,
             modules: &modules,
             e820: None,
+            reserved: vec![
+                firmware::multiboot::Reserved { what: "the ACPI tables", start: ACPI_TABLES, end: acpi.end },
+                firmware::multiboot::Reserved { what: "the MP table", start: MP_TABLE, end: mp.end },
+            ],
         };
         let boot = firmware::multiboot::load_multiboot(mem, &cfg)?;
         let note = Some(format!("multiboot kernel, entry {:#x}", boot.cpu.rip));

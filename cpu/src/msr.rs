@@ -55,6 +55,9 @@ const KNOWN: &[(u32, u64, bool)] = &[
     (0x403, 0, true), // MC0_MISC
     // AMD K7/K8 registers that Linux reads on AuthenticAMD parts.
     (0xc001_0015, 0, true), // HWCR
+    // K7 CLK_CTL: 32-bit Linux's init_amd_k7 (family 6, model > 8) reads it
+    // and rewrites it unless bits 31:20 hold 0x200 (AMD technical note 27212).
+    (0xc001_001b, 0x2000_0000, true),
     (0xc001_0010, 0, true), // SYSCFG
     (0xc001_001f, 0, true), // NB_CFG
     (0xc001_1029, 0, true), // DE_CFG

@@ -9,13 +9,15 @@
 //! Low memory used by the loaders (guest physical addresses):
 //!
 //! ```text
-//!   0x0500  GDT (6 entries)                     BOOT_GDT_ADDR
-//!   0x0560  IDT (one empty gate)                BOOT_IDT_ADDR
-//!   0x6000  multiboot information + memory map  (multiboot)
+//!   0x0500  GDT (6 entries)                     BOOT_GDT_ADDR (Linux)
+//!   0x0560  IDT (one empty gate)                BOOT_IDT_ADDR (Linux)
+//!   0x6000  multiboot block: information, memory map, modules list,
+//!           strings, GDT, IDT, stack; moved clear of the kernel's
+//!           segments when they are there (multiboot)
 //!   0x7000  zero page, struct boot_params       (Linux)
-//!   0x8ff0  initial stack pointer               BOOT_STACK_POINTER
+//!   0x8ff0  initial stack pointer               BOOT_STACK_POINTER (Linux)
 //!   0x9000  PML4, 0xa000 PDPT, 0xb000.. 4 PDs   identity map of 0..4 GiB (Linux)
-//!   0x20000 kernel command line                 CMDLINE_ADDR
+//!   0x20000 kernel command line                 CMDLINE_ADDR (Linux)
 //!   0x9fc00 EBDA (reserved in e820)
 //!   0xe0000 ACPI tables (RSDP first)
 //!   0xf0000 MP floating pointer + table
@@ -29,14 +31,16 @@ pub const BOOT_GDT_ADDR: u64 = 0x500;
 /// Where the (empty) boot IDT lives.
 pub const BOOT_IDT_ADDR: u64 = 0x560;
 /// Bytes of the boot IDT (one 16-byte long-mode gate, all zero).
-const BOOT_IDT_SIZE: u64 = 16;
+pub const BOOT_IDT_SIZE: u64 = 16;
+/// Bytes of the boot GDT (six 8-byte descriptors, see [`boot_gdt`]).
+pub const BOOT_GDT_SIZE: u64 = 48;
 /// Initial stack pointer for the 64-bit Linux entry (the page below the tables).
 pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
 /// The PML4 of the boot identity map; the PDPT and PDs follow it page by page.
 pub const BOOT_PML4_ADDR: u64 = 0x9000;
 /// How much the boot page tables identity-map (2 MiB pages).
 pub const BOOT_IDENTITY_MAP_SIZE: u64 = 4 << 30;
-/// Where loaders put the kernel command line.
+/// Where the Linux loader puts the kernel command line.
 pub const CMDLINE_ADDR: u64 = 0x20000;
 /// The most the command line area holds, terminating zero included.
 pub const CMDLINE_AREA_SIZE: u64 = 0x10000;
@@ -340,17 +344,25 @@ pub fn boot_gdt(mode: BootMode) -> [u64; 6] {
 }
 
 const fn boot_gdt_limit() -> u16 {
-    (6 * 8 - 1) as u16
+    (BOOT_GDT_SIZE - 1) as u16
 }
 
-/// Write the boot GDT for `mode` and the empty IDT.
+/// Write the boot GDT for `mode` and the empty IDT at their usual places,
+/// [`BOOT_GDT_ADDR`] and [`BOOT_IDT_ADDR`].
 pub fn write_boot_gdt(mem: &GuestMemory, mode: BootMode) -> Result<(), MemError> {
-    let mut bytes = Vec::with_capacity(48);
+    write_boot_gdt_at(mem, mode, BOOT_GDT_ADDR, BOOT_IDT_ADDR)
+}
+
+/// Write the boot GDT for `mode` at `gdt` ([`BOOT_GDT_SIZE`] bytes) and the
+/// empty IDT at `idt` ([`BOOT_IDT_SIZE`] bytes), for a loader that places
+/// them itself (the state's `gdt_base` and `idt_base` must then say so).
+pub fn write_boot_gdt_at(mem: &GuestMemory, mode: BootMode, gdt: u64, idt: u64) -> Result<(), MemError> {
+    let mut bytes = Vec::with_capacity(BOOT_GDT_SIZE as usize);
     for d in boot_gdt(mode) {
         bytes.extend_from_slice(&d.to_le_bytes());
     }
-    mem.write(BOOT_GDT_ADDR, &bytes)?;
-    mem.fill(BOOT_IDT_ADDR, BOOT_IDT_SIZE, 0)
+    mem.write(gdt, &bytes)?;
+    mem.fill(idt, BOOT_IDT_SIZE, 0)
 }
 
 /// Write page tables that identity-map `0..BOOT_IDENTITY_MAP_SIZE` with 2 MiB

@@ -1,23 +1,35 @@
 //! Direct Linux boot through the x86 boot protocol
-//! (Documentation/arch/x86/boot.rst), entering the kernel in 64-bit mode.
+//! (Documentation/arch/x86/boot.rst): the 64-bit boot protocol, and the 32-bit
+//! boot protocol for a kernel without a 64-bit entry.
 //!
-//! Three ways in:
+//! The ways in:
 //!
-//! - **fast** (the default) for a bzImage: the payload (the compressed vmlinux,
-//!   found through `payload_offset`/`payload_length`) is decompressed on the
-//!   host, its ELF segments are loaded at their physical addresses, and the CPU
+//! - **fast** for a bzImage: the payload (the compressed vmlinux, found
+//!   through `payload_offset`/`payload_length`) is decompressed on the host,
+//!   its ELF segments are loaded at their physical addresses, and the CPU
 //!   starts at the vmlinux entry (`phys_startup_64`) — the in-guest
-//!   decompressor never runs, as when Firecracker boots a vmlinux.
-//! - **classic** for a bzImage: the protected-mode kernel is loaded at 1 MiB and
-//!   entered at its 64-bit entry (`startup_64`, load address + 0x200), so the
-//!   kernel decompresses itself.
-//! - a plain **vmlinux** ELF: loaded like the fast path's ELF, with a setup
-//!   header made up by the loader.
+//!   decompressor never runs, as when Firecracker boots a vmlinux. 64-bit
+//!   kernels only.
+//! - **classic** for a bzImage: the protected-mode kernel is loaded at 1 MiB,
+//!   so the kernel decompresses itself. A kernel with the 64-bit entry
+//!   (XLF_KERNEL_64) is entered there (`startup_64`, load address + 0x200) in
+//!   long mode; any other through the 32-bit boot protocol: at `code32_start`
+//!   (the load address) in protected mode, paging off, flat 4 GiB segments
+//!   `__BOOT_CS`/`__BOOT_DS`, interrupts off, ESI = zero page, EBP = EDI =
+//!   EBX = 0.
+//! - **auto** (the default) for a bzImage: fast where the fast path can, and
+//!   classic, with one line logged, for a kernel it cannot handle: a 32-bit
+//!   kernel, boot protocol before 2.08 or no payload (memtest86+), a
+//!   compression the host does not decode, a payload that is not an x86-64
+//!   ELF.
+//! - a plain **vmlinux** ELF (x86-64): loaded like the fast path's ELF, with a
+//!   setup header made up by the loader.
 //!
 //! Either way the loader writes the zero page (`struct boot_params`, the setup
 //! header copied in), the command line, the e820 map and the initrd, a GDT with
-//! `__BOOT_CS = 0x10` and `__BOOT_DS = 0x18`, identity page tables over the
-//! first 4 GiB, and returns the 64-bit entry state with `rsi` = zero page.
+//! `__BOOT_CS = 0x10` and `__BOOT_DS = 0x18`, for a 64-bit entry identity page
+//! tables over the first 4 GiB, and returns the entry state with `rsi` = zero
+//! page.
 
 use mmu::{GuestMemory, MemError, PAGE_SIZE, PCI_HOLE_START};
 
@@ -131,14 +143,15 @@ pub enum LinuxError {
     /// A size computed from the header overflows.
     #[error("{field} overflows the address space when computing the kernel layout")]
     Overflow { field: &'static str },
-    /// No 64-bit entry point.
-    #[error("kernel has no 64-bit entry point (boot protocol {version:#06x}, xloadflags {xloadflags:#x}, XLF_KERNEL_64 clear): boot a 64-bit kernel")]
-    No64BitEntry { version: u16, xloadflags: u16 },
+    /// The fast path enters a 64-bit vmlinux; this kernel is 32-bit.
+    #[error("--kernel-boot fast needs a 64-bit kernel, and this one has no 64-bit entry (boot protocol {version:#06x}, xloadflags {xloadflags:#x}, XLF_KERNEL_64 clear): boot it with --kernel-boot classic or auto")]
+    FastNeeds64Bit { version: u16, xloadflags: u16 },
     /// The fast path needs payload_offset/payload_length.
-    #[error(
-        "boot protocol {0:#06x} has no payload_offset/payload_length (2.08+): boot this kernel on the classic path"
-    )]
+    #[error("--kernel-boot fast needs the compressed kernel's payload_offset/payload_length, and this bzImage (boot protocol {0:#06x}) has none: boot it with --kernel-boot classic or auto")]
     NoPayload(u16),
+    /// The fast path decompressed something other than an x86-64 vmlinux.
+    #[error("--kernel-boot fast: the decompressed payload is not an x86-64 ELF vmlinux: boot it with --kernel-boot classic or auto")]
+    PayloadNotVmlinux,
     /// The command line is longer than the kernel accepts.
     #[error("kernel command line is {len} bytes, longer than the kernel's cmdline_size of {max}")]
     CmdlineTooLong { len: usize, max: u64 },
@@ -289,6 +302,14 @@ impl SetupHeader {
         &self.raw
     }
 
+    /// Say the protected-mode kernel was loaded at `addr` (a loader that
+    /// loads it elsewhere than the header says sets `code32_start`).
+    fn set_code32_start(&mut self, addr: u32) {
+        self.code32_start = addr;
+        let at = CODE32_START - HDR_START;
+        self.raw[at..at + 4].copy_from_slice(&addr.to_le_bytes());
+    }
+
     /// A header for a kernel given as a vmlinux ELF, which has none.
     fn for_vmlinux(load_start: u64, load_end: u64) -> Self {
         let mut raw = vec![0u8; HDR_END_2_15 - HDR_START];
@@ -379,11 +400,14 @@ impl<'a> BzImage<'a> {
 /// How a bzImage is booted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BootPath {
-    /// Decompress on the host and enter the vmlinux (falls back to
-    /// [`BootPath::Classic`] for a compression the host cannot decode).
+    /// [`BootPath::Fast`] where it can, otherwise [`BootPath::Classic`].
     #[default]
+    Auto,
+    /// Decompress on the host and enter the vmlinux; refuse a kernel the
+    /// fast path cannot handle.
     Fast,
-    /// Enter the bzImage's own 64-bit entry; the kernel decompresses itself.
+    /// Enter the bzImage's own entry (64-bit, or the 32-bit boot protocol);
+    /// the kernel decompresses itself.
     Classic,
 }
 
@@ -407,8 +431,11 @@ pub struct LinuxBootConfig<'a> {
 pub enum KernelKind {
     /// A bzImage on the fast path: decompressed on the host.
     BzImageFast(Compression),
-    /// A bzImage on the classic path.
+    /// A bzImage on the classic path, entered at its 64-bit entry.
     BzImageClassic,
+    /// A bzImage without a 64-bit entry, entered through the 32-bit boot
+    /// protocol (the classic path: the kernel decompresses itself).
+    BzImage32,
     /// A vmlinux ELF given directly.
     Vmlinux,
 }
@@ -476,29 +503,42 @@ pub fn load_linux(mem: &GuestMemory, cfg: &LinuxBootConfig<'_>) -> Result<LinuxB
         (SetupHeader::for_vmlinux(elf.start, elf.end), KernelKind::Vmlinux, elf.entry, elf.start, elf.end)
     } else {
         let bz = BzImage::parse(cfg.kernel)?;
-        match (cfg.path, bz.payload) {
-            (BootPath::Fast, Some(payload)) => match decompress_payload(payload) {
-                Ok((compression, vmlinux)) => {
-                    let elf = load_elf(mem, &vmlinux, EM_X86_64, HIMEM_START)?;
-                    code = code_of(&elf, &vmlinux);
-                    tracing::debug!(%compression, size = vmlinux.len(), entry = elf.entry, "vmlinux decompressed on the host");
-                    (bz.header, KernelKind::BzImageFast(compression), elf.entry, elf.start, elf.end)
-                }
-                Err(DecompressError::Unsupported(c)) => {
-                    tracing::info!(compression = %c, "kernel payload cannot be decompressed on the host; using the classic path");
-                    load_classic(mem, &bz, ram_end)?
-                }
-                Err(e) => return Err(e.into()),
+        let fast = match cfg.path {
+            BootPath::Classic => None,
+            BootPath::Fast => Some(fast_path_vmlinux(&bz)?),
+            BootPath::Auto => match fast_path_vmlinux(&bz) {
+                Ok(v) => Some(v),
+                Err(e) => match fast_path_falls_back(&e) {
+                    Some(why) => {
+                        tracing::info!("the fast path cannot boot this kernel, {why}: booting it on the classic path");
+                        None
+                    }
+                    None => return Err(e),
+                },
             },
-            (BootPath::Fast, None) => return Err(LinuxError::NoPayload(bz.header.version)),
-            (BootPath::Classic, _) => load_classic(mem, &bz, ram_end)?,
+        };
+        match fast {
+            Some((compression, vmlinux)) => {
+                let elf = load_elf(mem, &vmlinux, EM_X86_64, HIMEM_START)?;
+                code = code_of(&elf, &vmlinux);
+                tracing::debug!(%compression, size = vmlinux.len(), entry = elf.entry, "vmlinux decompressed on the host");
+                (bz.header, KernelKind::BzImageFast(compression), elf.entry, elf.start, elf.end)
+            }
+            None => load_classic(mem, &bz, ram_end)?,
         }
     };
 
     let (initrd, cmdline_addr) = write_zero_page(mem, cfg, &header, kernel_end, ram_end)?;
-    write_boot_gdt(mem, BootMode::Long64)?;
-    let cr3 = write_identity_page_tables(mem)?;
-    let mut cpu = BootCpuState::long64(entry, cr3);
+    let mut cpu = if kind == KernelKind::BzImage32 {
+        // boot.rst, "32-bit BOOT PROTOCOL": flat __BOOT_CS/__BOOT_DS, paging
+        // and interrupts off, ESI = boot_params, EBP = EDI = EBX = 0.
+        write_boot_gdt(mem, BootMode::Protected32)?;
+        BootCpuState::protected32(entry)
+    } else {
+        write_boot_gdt(mem, BootMode::Long64)?;
+        let cr3 = write_identity_page_tables(mem)?;
+        BootCpuState::long64(entry, cr3)
+    };
     cpu.rsi = ZERO_PAGE_ADDR;
     cpu.rsp = BOOT_STACK_POINTER;
     Ok(LinuxBoot {
@@ -515,16 +555,45 @@ pub fn load_linux(mem: &GuestMemory, cfg: &LinuxBootConfig<'_>) -> Result<LinuxB
     })
 }
 
-/// The classic path: the protected-mode kernel at 1 MiB, entered at +0x200.
+/// The fast path's vmlinux: the decompressed payload of a 64-bit bzImage,
+/// or why the fast path cannot boot this kernel.
+fn fast_path_vmlinux<'a>(bz: &BzImage<'a>) -> Result<(Compression, std::borrow::Cow<'a, [u8]>), LinuxError> {
+    let h = &bz.header;
+    if !h.has_64bit_entry() {
+        return Err(LinuxError::FastNeeds64Bit { version: h.version, xloadflags: h.xloadflags });
+    }
+    let payload = bz.payload.ok_or(LinuxError::NoPayload(h.version))?;
+    let (compression, vmlinux) = decompress_payload(payload)?;
+    // e_machine at offset 18 of the ELF header.
+    if !is_elf(&vmlinux) || vmlinux.get(18..20) != Some(&EM_X86_64.to_le_bytes()[..]) {
+        return Err(LinuxError::PayloadNotVmlinux);
+    }
+    Ok((compression, vmlinux))
+}
+
+/// Why the default path boots a kernel classic when the fast path gives
+/// `e`: a reason when the fast path cannot handle the kernel, `None` when the
+/// image is corrupt (the classic path would fail inside the guest).
+fn fast_path_falls_back(e: &LinuxError) -> Option<String> {
+    match e {
+        LinuxError::FastNeeds64Bit { .. } => Some("a 32-bit kernel (XLF_KERNEL_64 clear)".into()),
+        LinuxError::NoPayload(v) => Some(format!("no compressed payload fields (boot protocol {v:#06x})")),
+        LinuxError::PayloadNotVmlinux => Some("the payload is not an x86-64 ELF vmlinux".into()),
+        LinuxError::Decompress(DecompressError::Unsupported(c)) => Some(format!("a {c}-compressed payload")),
+        LinuxError::Decompress(DecompressError::UnknownFormat(_)) => Some("an unknown payload compression".into()),
+        _ => None,
+    }
+}
+
+/// The classic path: the protected-mode kernel at 1 MiB, entered at +0x200
+/// in long mode, or at its start (`code32_start`) through the 32-bit boot
+/// protocol when it has no 64-bit entry.
 fn load_classic(
     mem: &GuestMemory,
     bz: &BzImage<'_>,
     ram_end: u64,
 ) -> Result<(SetupHeader, KernelKind, u64, u64, u64), LinuxError> {
     let h = &bz.header;
-    if !h.has_64bit_entry() {
-        return Err(LinuxError::No64BitEntry { version: h.version, xloadflags: h.xloadflags });
-    }
     let load = BZIMAGE_LOAD_ADDR;
     let image_end = load.checked_add(bz.kernel.len() as u64).ok_or(LinuxError::Overflow { field: "kernel size" })?;
     // The kernel decompresses itself to max(load, pref_address) (aligned) and
@@ -536,7 +605,15 @@ fn load_classic(
         return Err(LinuxError::KernelDoesNotFit { start: load, end, ram_end });
     }
     mem.load(load, bz.kernel)?;
-    Ok((h.clone(), KernelKind::BzImageClassic, load + STARTUP_64_OFFSET, load, end))
+    if h.has_64bit_entry() {
+        Ok((h.clone(), KernelKind::BzImageClassic, load + STARTUP_64_OFFSET, load, end))
+    } else {
+        // code32_start names the load address; the kernel is where it says
+        // (a bzImage's is 1 MiB), or the header is rewritten to say so.
+        let mut h = h.clone();
+        h.set_code32_start(load as u32);
+        Ok((h, KernelKind::BzImage32, load, load, end))
+    }
 }
 
 /// Write the zero page, the command line and the initrd. Returns the initrd
@@ -611,7 +688,7 @@ fn write_zero_page(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::boot::{BOOT_CS, BOOT_DS, CR0_PG, CR4_PAE, EFER_LMA};
+    use crate::boot::{BOOT_CS, BOOT_DS, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA};
     use crate::decompress::tests::{gzip, lz4_legacy_frame, sample, xz_bcj, zstd};
     use crate::elf::tests::{build_elf, TestSeg};
 
@@ -843,20 +920,132 @@ mod tests {
         mem.read(0x10_0000, &mut got).unwrap();
         assert_eq!(&got[..], &img[setup..setup + 64]);
 
-        let no64 = bzimage(&Fake { xloadflags: 0, ..Default::default() });
-        assert_eq!(
-            load_linux(&mem, &cfg(&no64, BootPath::Classic)).unwrap_err(),
-            LinuxError::No64BitEntry { version: 0x020f, xloadflags: 0 }
-        );
-        // A bzip2 payload cannot be decoded on the host: the fast path falls back.
-        let bz2 = bzimage(&Fake { payload: b"BZh91AY&SY-not-really".to_vec(), ..Default::default() });
-        assert_eq!(load_linux(&mem, &cfg(&bz2, BootPath::Fast)).unwrap().kind, KernelKind::BzImageClassic);
         // Too little RAM for init_size.
         let small = GuestMemory::new(16 * MIB).unwrap();
         assert!(matches!(
             load_linux(&small, &cfg(&img, BootPath::Classic)),
             Err(LinuxError::KernelDoesNotFit { end: 0x140_0000, .. })
         ));
+    }
+
+    #[test]
+    fn a_32bit_kernel_enters_through_the_32bit_protocol() {
+        let mem = GuestMemory::new(64 * MIB).unwrap();
+        // No XLF_KERNEL_64: a 32-bit kernel (Debian's 686 has xloadflags 0x4).
+        let img = bzimage(&Fake { xloadflags: 0x4, ..Default::default() });
+        for path in [BootPath::Classic, BootPath::Auto] {
+            let boot = load_linux(&mem, &cfg(&img, path)).unwrap();
+            assert_eq!(boot.kind, KernelKind::BzImage32, "{path:?}");
+            let cpu = &boot.cpu;
+            assert_eq!(cpu.mode, BootMode::Protected32);
+            // Entered at code32_start, the protected-mode kernel at 1 MiB.
+            assert_eq!((boot.entry, cpu.rip, boot.kernel_start), (0x10_0000, 0x10_0000, 0x10_0000));
+            assert_eq!(mem.read_u32(ZERO_PAGE_ADDR + CODE32_START as u64).unwrap(), 0x10_0000);
+            let setup = 3 * 512;
+            assert_eq!(mem.read_u8(0x10_0000).unwrap(), img[setup]);
+            // ESI = boot_params; EBP = EDI = EBX = 0; interrupts and paging off.
+            assert_eq!((cpu.rsi, cpu.rbp, cpu.rdi, cpu.rbx), (ZERO_PAGE_ADDR, 0, 0, 0));
+            assert_eq!(cpu.rflags & (1 << 9), 0);
+            assert_eq!(cpu.cr0 & (CR0_PE | CR0_PG), CR0_PE);
+            assert_eq!((cpu.cr4, cpu.efer), (0, 0));
+            // Flat 4 GiB __BOOT_CS (execute/read, 32-bit) and __BOOT_DS (read/write).
+            assert_eq!((cpu.cs.selector, cpu.ds.selector, cpu.es.selector, cpu.ss.selector), (0x10, 0x18, 0x18, 0x18));
+            assert!(cpu.cs.db && !cpu.cs.l && cpu.cs.base == 0 && cpu.cs.limit == 0xffff_ffff);
+            assert_eq!(cpu.cs.type_ & 0xa, 0xa);
+            assert_eq!(cpu.ds.type_ & 0xa, 0x2);
+            // ... and the GDT in memory says the same.
+            for seg in [cpu.cs, cpu.ds] {
+                let d = mem.read_u64(cpu.gdt_base + u64::from(seg.selector)).unwrap();
+                assert_eq!(crate::boot::SegmentDesc::from_descriptor(seg.selector, d), seg);
+            }
+            assert_eq!(mem.read_u16(ZERO_PAGE_ADDR + BOOT_FLAG as u64).unwrap(), 0xaa55);
+            assert_eq!(mem.read_u32(ZERO_PAGE_ADDR + CMD_LINE_PTR as u64).unwrap(), CMDLINE_ADDR as u32);
+        }
+        // An explicit fast path refuses it, naming the way out.
+        let e = load_linux(&mem, &cfg(&img, BootPath::Fast)).unwrap_err();
+        assert_eq!(e, LinuxError::FastNeeds64Bit { version: 0x020f, xloadflags: 0x4 });
+        assert!(e.to_string().contains("--kernel-boot classic or auto"), "{e}");
+    }
+
+    #[test]
+    fn the_default_path_falls_back_to_classic_by_itself() {
+        let mem = GuestMemory::new(64 * MIB).unwrap();
+        let kind = |img: &[u8], path| load_linux(&mem, &cfg(img, path)).map(|b| b.kind);
+        // A 64-bit kernel the fast path handles: fast.
+        let good = bzimage(&Fake::default());
+        assert_eq!(kind(&good, BootPath::Auto), Ok(KernelKind::BzImageFast(Compression::Gzip)));
+        // A compression the host does not decode (bzip2).
+        let bz2 = bzimage(&Fake { payload: b"BZh91AY&SY-not-really".to_vec(), ..Default::default() });
+        assert_eq!(kind(&bz2, BootPath::Auto), Ok(KernelKind::BzImageClassic));
+        assert!(matches!(kind(&bz2, BootPath::Fast), Err(LinuxError::Decompress(DecompressError::Unsupported(_)))));
+        // A compression nobody knows.
+        let odd = bzimage(&Fake { payload: b"\x12\x34unknown-format".to_vec(), ..Default::default() });
+        assert_eq!(kind(&odd, BootPath::Auto), Ok(KernelKind::BzImageClassic));
+        assert!(matches!(kind(&odd, BootPath::Fast), Err(LinuxError::Decompress(DecompressError::UnknownFormat(_)))));
+        // A payload of length 0 (memtest86+x64.bin: protocol 2.12, XLF_KERNEL_64).
+        let f = Fake { version: 0x020c, payload: Vec::new(), ..Default::default() };
+        let img = bzimage(&f);
+        assert_eq!(kind(&img, BootPath::Auto), Ok(KernelKind::BzImageClassic));
+        assert_eq!(kind(&img, BootPath::Fast), Err(LinuxError::NoPayload(0x020c)));
+        // Protocol 2.06: no payload fields, and no xloadflags (before 2.12), so
+        // no 64-bit entry either: the 32-bit protocol.
+        let img = bzimage(&Fake { version: 0x0206, ..Default::default() });
+        assert_eq!(kind(&img, BootPath::Auto), Ok(KernelKind::BzImage32));
+        assert_eq!(kind(&img, BootPath::Fast), Err(LinuxError::FastNeeds64Bit { version: 0x0206, xloadflags: 0 }));
+        // A payload that decompresses to something other than an x86-64 ELF.
+        let not_elf = bzimage(&Fake { payload: gzip(&sample(4096)), ..Default::default() });
+        assert_eq!(kind(&not_elf, BootPath::Auto), Ok(KernelKind::BzImageClassic));
+        assert_eq!(kind(&not_elf, BootPath::Fast), Err(LinuxError::PayloadNotVmlinux));
+        // A corrupt payload is an error on every path but classic.
+        let mut bad = gzip(&vmlinux());
+        let n = bad.len();
+        bad[n / 2..n - 8].fill(0);
+        let corrupt = bzimage(&Fake { payload: bad, ..Default::default() });
+        assert!(matches!(kind(&corrupt, BootPath::Auto), Err(LinuxError::Decompress(_))));
+        assert_eq!(kind(&corrupt, BootPath::Classic), Ok(KernelKind::BzImageClassic));
+        // The decision itself.
+        let why = |e: LinuxError| fast_path_falls_back(&e);
+        assert_eq!(
+            why(LinuxError::FastNeeds64Bit { version: 0x20f, xloadflags: 4 }).unwrap(),
+            "a 32-bit kernel (XLF_KERNEL_64 clear)"
+        );
+        assert_eq!(why(LinuxError::NoPayload(0x20c)).unwrap(), "no compressed payload fields (boot protocol 0x020c)");
+        assert_eq!(
+            why(LinuxError::Decompress(DecompressError::Unsupported(Compression::Bzip2))).unwrap(),
+            "a bzip2-compressed payload"
+        );
+        assert_eq!(why(LinuxError::CmdlineNul(0)), None);
+        assert_eq!(why(LinuxError::Decompress(DecompressError::TooShort(3))), None);
+    }
+
+    /// The 32-bit Debian kernel and memtest86+ from scripts/guest-images.sh go
+    /// classic on the default path: 32-bit entry for the one, 64-bit for the
+    /// other (memtest86+x64.bin has XLF_KERNEL_64 and no payload).
+    #[test]
+    fn real_kernels_the_fast_path_cannot_take_go_classic() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-images");
+        for (name, kind, entry) in [
+            ("vmlinuz-686", KernelKind::BzImage32, 0x10_0000),
+            ("memtest86+x64.bin", KernelKind::BzImageClassic, 0x10_0200),
+        ] {
+            let Ok(kernel) = std::fs::read(dir.join(name)) else {
+                println!("skipping: guest-images/{name} missing (run scripts/guest-images.sh)");
+                continue;
+            };
+            let mem = GuestMemory::new(512 * MIB).unwrap();
+            let boot = load_linux(
+                &mem,
+                &LinuxBootConfig { kernel: &kernel, cmdline: "console=ttyS0,115200", ..Default::default() },
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!((boot.kind, boot.entry), (kind, entry), "{name}");
+            assert!(load_linux(&mem, &LinuxBootConfig { kernel: &kernel, path: BootPath::Fast, ..Default::default() })
+                .is_err());
+            println!(
+                "{name}: {:?}, protocol {:#x}, entry {:#x}, kernel ..{:#x}",
+                boot.kind, boot.protocol, boot.entry, boot.kernel_end
+            );
+        }
     }
 
     #[test]
@@ -941,7 +1130,7 @@ mod tests {
                         assert_eq!(boot.entry, bz.header.pref_address, "{name}");
                         assert_eq!(boot.kernel_start, 0x100_0000, "{name}");
                     }
-                    BootPath::Classic => {
+                    BootPath::Classic | BootPath::Auto => {
                         assert_eq!(boot.kind, KernelKind::BzImageClassic);
                         assert_eq!(boot.entry, 0x10_0200);
                     }

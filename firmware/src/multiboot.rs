@@ -13,8 +13,17 @@
 //!
 //! The kernel is loaded from its ELF32 program headers, or from the a.out
 //! kludge addresses when flag 16 is set (they take precedence, as the spec
-//! says). The CPU starts in 32-bit protected mode, paging off, flat segments,
-//! EAX = 0x2badb002 and EBX = the physical address of the multiboot information:
+//! says), anywhere in guest RAM, as QEMU's multiboot loader does: below 1 MiB
+//! too (a kernel linked at 0x8000, or one whose first segment holds the ELF
+//! headers in the page below 1 MiB). The loader then places what it writes
+//! itself where no segment is: the information structure, the memory map, the
+//! module list, the strings, its GDT and IDT and a stack go in one block, the
+//! lowest free one from [`MULTIBOOT_INFO_ADDR`] (from 0x1000 when nothing is
+//! free above), and the modules page-aligned after the kernel's end. A segment
+//! over a range the caller reserved (the ACPI and MP tables) is an error that
+//! names both ranges. The CPU starts in 32-bit protected mode, paging off, flat
+//! segments, EAX = 0x2badb002 and EBX = the physical address of the multiboot
+//! information:
 //!
 //! ```text
 //!   0  flags        4 mem_lower   8 mem_upper   12 boot_device   16 cmdline
@@ -25,8 +34,8 @@
 
 use mmu::{GuestMemory, MemError, PAGE_SIZE};
 
-use crate::boot::{write_boot_gdt, BootCpuState, BootMode, BOOT_STACK_POINTER, CMDLINE_ADDR, CMDLINE_AREA_SIZE};
-use crate::e820::{e820_for_memory, lower_upper_kib, E820Entry, E820Error, HIMEM_START};
+use crate::boot::{write_boot_gdt_at, BootCpuState, BootMode, BOOT_GDT_SIZE, BOOT_IDT_SIZE};
+use crate::e820::{e820_for_memory, lower_upper_kib, E820Entry, E820Error, E820Type};
 use crate::elf::{is_elf, load_elf, ElfError, EM_386};
 
 /// Magic in the kernel's multiboot header.
@@ -35,20 +44,24 @@ pub const MULTIBOOT_HEADER_MAGIC: u32 = 0x1bad_b002;
 pub const MULTIBOOT_BOOTLOADER_MAGIC: u32 = 0x2bad_b002;
 /// The header must lie within this many bytes from the image start.
 pub const MULTIBOOT_SEARCH: usize = 8192;
-/// Where the multiboot information structure goes.
+/// Where the loader's block (information structure first) goes when no
+/// segment is in the way: the lowest address it tries.
 pub const MULTIBOOT_INFO_ADDR: u64 = 0x6000;
-/// Memory map entries follow the information structure.
-const MMAP_ADDR: u64 = MULTIBOOT_INFO_ADDR + 0x80;
-/// Module descriptors after the memory map.
-const MODS_ADDR: u64 = MULTIBOOT_INFO_ADDR + 0x800;
-/// End of the area for the information structure, memory map and modules.
-const INFO_AREA_END: u64 = MULTIBOOT_INFO_ADDR + 0x1000;
+/// The lowest address of the block when nothing is free from
+/// [`MULTIBOOT_INFO_ADDR`] on: page 0 (the real-mode IVT and BDA) stays clear.
+const BLOCK_LOWEST: u64 = 0x1000;
+/// Bytes reserved for the information structure at the start of the block.
+const INFO_AREA: u64 = 0x80;
 /// Size of the information structure (up to the framebuffer fields).
 const INFO_SIZE: usize = 116;
 /// Bytes of one memory map entry including its `size` field.
 const MMAP_ENTRY_SIZE: u64 = 24;
 /// Bytes of one module descriptor.
 const MOD_ENTRY_SIZE: u64 = 16;
+/// The most bytes the command line and the module strings may take together.
+pub const STRINGS_MAX: u64 = 0x1_0000;
+/// Bytes of stack at the end of the block (ESP points past them).
+const STACK_SIZE: u64 = 0x1000;
 /// The loader name handed to the kernel.
 const LOADER_NAME: &str = "ferrovm";
 
@@ -99,12 +112,20 @@ pub enum MultibootError {
     /// A string holds a NUL byte.
     #[error("multiboot string {0:?} contains a NUL byte")]
     Nul(String),
-    /// Too many modules or memory map entries for the info area.
-    #[error("{what}: {count} entries, more than the {max} the information area holds")]
-    TooMany { what: &'static str, count: usize, max: u64 },
     /// A module does not fit in RAM.
-    #[error("module {index} ({size} bytes) does not fit in guest RAM after {after:#x}; give the guest more memory")]
+    #[error("module {index} ({size} bytes) does not fit in guest RAM below 4 GiB after {after:#x}; give the guest more memory")]
     ModuleDoesNotFit { index: usize, size: u64, after: u64 },
+    /// The loader's own block finds no free RAM below 4 GiB.
+    #[error("no {size:#x} bytes of free guest RAM below 4 GiB for the multiboot information, memory map, strings and GDT, clear of the kernel and modules; give the guest more memory")]
+    NoRoomForInfo { size: u64 },
+    /// A kernel segment lies over a range the caller reserved.
+    #[error(
+        "kernel {segment} at {start:#x}..{end:#x} overlaps {what} at {rstart:#x}..{rend:#x}; link the kernel elsewhere"
+    )]
+    Overlap { segment: String, start: u64, end: u64, what: &'static str, rstart: u64, rend: u64 },
+    /// A kernel segment is not in guest RAM.
+    #[error("kernel {segment} at {start:#x}..{end:#x} is not in guest RAM; give the guest more memory or link the kernel lower")]
+    OutsideRam { segment: String, start: u64, end: u64 },
     #[error(transparent)]
     E820(#[from] E820Error),
     #[error(transparent)]
@@ -191,6 +212,18 @@ pub struct MultibootConfig<'a> {
     pub modules: &'a [MultibootModule<'a>],
     /// The memory map; `None` for [`e820_for_memory`] of the guest memory.
     pub e820: Option<Vec<E820Entry>>,
+    /// Ranges already in use that no kernel segment may overlap (the ACPI
+    /// and MP tables): what they hold, start, end (exclusive). The loader's
+    /// block and the modules avoid them too.
+    pub reserved: Vec<Reserved>,
+}
+
+/// A range of guest memory the caller already uses: what, start, end (exclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reserved {
+    pub what: &'static str,
+    pub start: u64,
+    pub end: u64,
 }
 
 /// What [`load_multiboot`] did.
@@ -202,9 +235,38 @@ pub struct MultibootBoot {
     pub kernel_start: u64,
     pub kernel_end: u64,
     pub info_addr: u64,
+    /// The loader's block (information, memory map, module list, strings,
+    /// GDT, IDT, stack): start, end exclusive.
+    pub block: (u64, u64),
     /// Where each module went: (start, end exclusive).
     pub modules: Vec<(u64, u64)>,
 }
+
+/// The lowest `align`-aligned address `a >= from`, below 4 GiB, where
+/// `a..a + size` lies in one e820 RAM range and overlaps none of `taken`.
+fn first_fit(e820: &[E820Entry], taken: &[(u64, u64)], size: u64, align: u64, from: u64) -> Option<u64> {
+    let mut ram: Vec<(u64, u64)> =
+        e820.iter().filter(|e| e.kind == E820Type::Ram).filter_map(|e| Some((e.addr, e.end()?))).collect();
+    ram.sort_unstable();
+    for (ram_start, ram_end) in ram {
+        let ram_end = ram_end.min(FOUR_GIB);
+        let mut at = ram_start.max(from).checked_next_multiple_of(align)?;
+        loop {
+            let end = at.checked_add(size)?;
+            if end > ram_end {
+                break;
+            }
+            match taken.iter().filter(|&&(s, e)| s < end && at < e).map(|&(_, e)| e).max() {
+                Some(past) => at = past.checked_next_multiple_of(align)?,
+                None => return Some(at),
+            }
+        }
+    }
+    None
+}
+
+/// Everything below 4 GiB: the information structure holds 32-bit addresses.
+const FOUR_GIB: u64 = 1 << 32;
 
 /// Load the a.out-kludge image; returns (entry, start, end).
 fn load_aout(
@@ -237,9 +299,6 @@ fn load_aout(
         b if u64::from(b) >= load_end => u64::from(b),
         b => return Err(bad(format!("bss_end_addr {b:#x} is below load_end_addr {load_end:#x}"))),
     };
-    if load_addr < HIMEM_START {
-        return Err(bad(format!("load_addr {load_addr:#x} is below 1 MiB, where the loader keeps its tables")));
-    }
     if !mem.is_backed(load_addr, (end - load_addr).max(1)) {
         return Err(bad(format!("{load_addr:#x}..{end:#x} is not in guest RAM; give the guest more memory")));
     }
@@ -260,102 +319,152 @@ pub fn load_multiboot(mem: &GuestMemory, cfg: &MultibootConfig<'_>) -> Result<Mu
     if header.flags & MB_VIDEO_MODE != 0 {
         tracing::warn!("multiboot kernel asks for a video mode; it gets text mode and no video information");
     }
-    let (entry, kernel_start, kernel_end) = match (&header.aout, is_elf(cfg.kernel)) {
-        (Some(k), _) => load_aout(mem, cfg.kernel, &header, k)?,
-        (None, true) => {
-            let elf = load_elf(mem, cfg.kernel, EM_386, HIMEM_START)?;
-            (elf.entry, elf.start, elf.end)
-        }
-        (None, false) => return Err(MultibootError::NotElf),
-    };
-
-    // Strings: the command line, each module's, the loader name, all NUL-terminated.
+    // Strings first: their errors come before anything is written.
+    let strings_of = std::iter::once(cfg.cmdline).chain([LOADER_NAME]).chain(cfg.modules.iter().map(|m| m.cmdline));
     let mut strings: Vec<u8> = Vec::new();
-    let mut add_string = |s: &str| -> Result<u64, MultibootError> {
+    let mut string_offsets = Vec::with_capacity(cfg.modules.len() + 2);
+    for s in strings_of {
         if s.as_bytes().contains(&0) {
             return Err(MultibootError::Nul(s.to_string()));
         }
-        let addr = CMDLINE_ADDR + strings.len() as u64;
+        string_offsets.push(strings.len() as u64);
         strings.extend_from_slice(s.as_bytes());
         strings.push(0);
-        Ok(addr)
-    };
-    let cmdline_addr = add_string(cfg.cmdline)?;
-    let loader_name_addr = add_string(LOADER_NAME)?;
-    let mod_strings = cfg.modules.iter().map(|m| add_string(m.cmdline)).collect::<Result<Vec<_>, _>>()?;
-    if strings.len() as u64 > CMDLINE_AREA_SIZE {
-        return Err(MultibootError::StringsTooLong { need: strings.len() as u64, max: CMDLINE_AREA_SIZE });
     }
-
+    if strings.len() as u64 > STRINGS_MAX {
+        return Err(MultibootError::StringsTooLong { need: strings.len() as u64, max: STRINGS_MAX });
+    }
     let e820 = match &cfg.e820 {
         Some(map) => map.clone(),
         None => e820_for_memory(mem)?,
     };
-    let max_mmap = (MODS_ADDR - MMAP_ADDR) / MMAP_ENTRY_SIZE;
-    if e820.len() as u64 > max_mmap {
-        return Err(MultibootError::TooMany { what: "memory map", count: e820.len(), max: max_mmap });
-    }
-    let max_mods = (INFO_AREA_END - MODS_ADDR) / MOD_ENTRY_SIZE;
-    if cfg.modules.len() as u64 > max_mods {
-        return Err(MultibootError::TooMany { what: "modules", count: cfg.modules.len(), max: max_mods });
-    }
 
-    // Modules: page-aligned, one after the other above the kernel.
+    // The kernel, anywhere in RAM; its segments are what the rest avoids.
+    let (entry, segments): (u64, Vec<(String, u64, u64)>) = match (&header.aout, is_elf(cfg.kernel)) {
+        (Some(k), _) => {
+            let (entry, start, end) = load_aout(mem, cfg.kernel, &header, k)?;
+            (entry, vec![("a.out image".to_string(), start, end)])
+        }
+        (None, true) => {
+            let elf = load_elf(mem, cfg.kernel, EM_386, 0)?;
+            let segs = elf
+                .segments
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("ELF segment {i}"), s.paddr, s.paddr + s.memsz))
+                .collect();
+            (elf.entry, segs)
+        }
+        (None, false) => return Err(MultibootError::NotElf),
+    };
+    for (segment, start, end) in &segments {
+        if *end > FOUR_GIB {
+            return Err(MultibootError::OutsideRam { segment: segment.clone(), start: *start, end: *end });
+        }
+        if let Some(r) = cfg.reserved.iter().find(|r| r.start < *end && *start < r.end) {
+            return Err(MultibootError::Overlap {
+                segment: segment.clone(),
+                start: *start,
+                end: *end,
+                what: r.what,
+                rstart: r.start,
+                rend: r.end,
+            });
+        }
+    }
+    let kernel_start = segments.iter().map(|s| s.1).min().unwrap_or(0);
+    let kernel_end = segments.iter().map(|s| s.2).max().unwrap_or(0);
+    let mut taken: Vec<(u64, u64)> = segments.iter().map(|s| (s.1, s.2)).collect();
+    taken.extend(cfg.reserved.iter().map(|r| (r.start, r.end)));
+
+    // Modules: page-aligned, in order, each the lowest free place after the
+    // kernel's end.
     let mut modules = Vec::with_capacity(cfg.modules.len());
     let mut next = kernel_end;
     for (index, m) in cfg.modules.iter().enumerate() {
         let size = m.data.len() as u64;
-        let start = next.checked_next_multiple_of(PAGE_SIZE);
-        let end = start.and_then(|s| s.checked_add(size));
-        match (start, end) {
-            (Some(start), Some(end)) if end <= u64::from(u32::MAX) && mem.is_backed(start, size.max(1)) => {
-                modules.push((start, end));
-                next = end;
-            }
-            _ => return Err(MultibootError::ModuleDoesNotFit { index, size, after: next }),
-        }
+        let start = first_fit(&e820, &taken, size.max(1), PAGE_SIZE, next)
+            .filter(|&s| mem.is_backed(s, size.max(1)))
+            .ok_or(MultibootError::ModuleDoesNotFit { index, size, after: next })?;
+        modules.push((start, start + size));
+        taken.push((start, start + size));
+        next = start + size;
     }
+
+    // The block: info, memory map, module list, strings, GDT, IDT, stack.
+    let mmap_off = INFO_AREA;
+    let mmap_len = e820.len() as u64 * MMAP_ENTRY_SIZE;
+    let mods_off = mmap_off + mmap_len;
+    let strings_off = mods_off + modules.len() as u64 * MOD_ENTRY_SIZE;
+    let gdt_off = (strings_off + strings.len() as u64).next_multiple_of(16);
+    let idt_off = gdt_off + BOOT_GDT_SIZE;
+    let block_size = (idt_off + BOOT_IDT_SIZE).next_multiple_of(16) + STACK_SIZE;
+    let block = first_fit(&e820, &taken, block_size, 16, MULTIBOOT_INFO_ADDR)
+        .or_else(|| first_fit(&e820, &taken, block_size, 16, BLOCK_LOWEST))
+        .filter(|&b| mem.is_backed(b, block_size))
+        .ok_or(MultibootError::NoRoomForInfo { size: block_size })?;
+    // Everything in the block is below 4 GiB (first_fit), so are the modules:
+    // the u32 casts below are exact.
+    let string_addr = |i: usize| (block + strings_off + string_offsets[i]) as u32;
+
     for (m, &(start, _)) in cfg.modules.iter().zip(&modules) {
         mem.load(start, m.data)?;
     }
-
-    mem.write(CMDLINE_ADDR, &strings)?;
-    let mut mmap = Vec::with_capacity(e820.len() * MMAP_ENTRY_SIZE as usize);
-    for e in &e820 {
-        mmap.extend_from_slice(&((MMAP_ENTRY_SIZE - 4) as u32).to_le_bytes());
-        mmap.extend_from_slice(&e.to_bytes());
+    let mut bytes = vec![0u8; (gdt_off) as usize];
+    let mut put = |at: u64, v: &[u8]| bytes[at as usize..at as usize + v.len()].copy_from_slice(v);
+    for (i, e) in e820.iter().enumerate() {
+        let at = mmap_off + i as u64 * MMAP_ENTRY_SIZE;
+        put(at, &((MMAP_ENTRY_SIZE - 4) as u32).to_le_bytes());
+        put(at + 4, &e.to_bytes());
     }
-    mem.write(MMAP_ADDR, &mmap)?;
-    let mut mods = Vec::with_capacity(modules.len() * MOD_ENTRY_SIZE as usize);
-    for (&(start, end), &string) in modules.iter().zip(&mod_strings) {
-        // All below 4 GiB: checked when placing them; strings sit at 0x20000.
-        for v in [start as u32, end as u32, string as u32, 0] {
-            mods.extend_from_slice(&v.to_le_bytes());
+    for (i, &(start, end)) in modules.iter().enumerate() {
+        let at = mods_off + i as u64 * MOD_ENTRY_SIZE;
+        for (j, v) in [start as u32, end as u32, string_addr(i + 2), 0].into_iter().enumerate() {
+            put(at + 4 * j as u64, &v.to_le_bytes());
         }
     }
-    mem.write(MODS_ADDR, &mods)?;
-
+    put(strings_off, &strings);
     let (mem_lower, mem_upper) = lower_upper_kib(&e820);
     let mut info = [0u8; INFO_SIZE];
-    let mut put = |at: usize, v: u32| info[at..at + 4].copy_from_slice(&v.to_le_bytes());
-    put(0, INFO_MEMORY | INFO_CMDLINE | INFO_MODS | INFO_MEM_MAP | INFO_BOOT_LOADER_NAME);
-    put(4, mem_lower);
-    put(8, mem_upper);
-    // The info area and the strings are below 1 MiB: the casts are exact.
-    put(16, cmdline_addr as u32);
-    put(20, modules.len() as u32);
-    put(24, MODS_ADDR as u32);
-    put(44, mmap.len() as u32);
-    put(48, MMAP_ADDR as u32);
-    put(64, loader_name_addr as u32);
-    mem.write(MULTIBOOT_INFO_ADDR, &info)?;
+    let mut field = |at: usize, v: u32| info[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    field(0, INFO_MEMORY | INFO_CMDLINE | INFO_MODS | INFO_MEM_MAP | INFO_BOOT_LOADER_NAME);
+    field(4, mem_lower);
+    field(8, mem_upper);
+    field(16, string_addr(0));
+    field(20, modules.len() as u32);
+    field(24, (block + mods_off) as u32);
+    field(44, mmap_len as u32);
+    field(48, (block + mmap_off) as u32);
+    field(64, string_addr(1));
+    put(0, &info);
+    mem.write(block, &bytes)?;
+    let (gdt, idt) = (block + gdt_off, block + idt_off);
+    write_boot_gdt_at(mem, BootMode::Protected32, gdt, idt)?;
+    mem.fill(idt + BOOT_IDT_SIZE, block_size - (idt_off + BOOT_IDT_SIZE), 0)?;
 
-    write_boot_gdt(mem, BootMode::Protected32)?;
     let mut cpu = BootCpuState::protected32(entry);
+    cpu.gdt_base = gdt;
+    cpu.idt_base = idt;
     cpu.rax = u64::from(MULTIBOOT_BOOTLOADER_MAGIC);
-    cpu.rbx = MULTIBOOT_INFO_ADDR;
-    cpu.rsp = BOOT_STACK_POINTER;
-    Ok(MultibootBoot { cpu, header, entry, kernel_start, kernel_end, info_addr: MULTIBOOT_INFO_ADDR, modules })
+    cpu.rbx = block;
+    cpu.rsp = block + block_size;
+    tracing::debug!(
+        kernel_start,
+        kernel_end,
+        block,
+        block_size,
+        "multiboot kernel loaded; the information block placed clear of it"
+    );
+    Ok(MultibootBoot {
+        cpu,
+        header,
+        entry,
+        kernel_start,
+        kernel_end,
+        info_addr: block,
+        block: (block, block + block_size),
+        modules,
+    })
 }
 
 #[cfg(test)]
@@ -414,7 +523,7 @@ mod tests {
         let mods = [MultibootModule { data: &m1, cmdline: "mod1 arg" }, MultibootModule { data: &m2, cmdline: "" }];
         let boot = load_multiboot(
             &mem,
-            &MultibootConfig { kernel: &kernel, cmdline: "kernel -v", modules: &mods, e820: None },
+            &MultibootConfig { kernel: &kernel, cmdline: "kernel -v", modules: &mods, ..Default::default() },
         )
         .unwrap();
         assert_eq!(boot.header.offset, 52 + 2 * 32);
@@ -489,7 +598,6 @@ mod tests {
         assert!(matches!(kludge([0x20_0080, 0x20_0000, 0, 0, 0x20_0080]), MultibootError::BadAoutKludge(_)));
         assert!(matches!(kludge([0x20_0040, 0x20_0000, 0x20_1000, 0, 0x20_0080]), MultibootError::BadAoutKludge(_)));
         assert!(matches!(kludge([0x20_0040, 0x20_0000, 0, 0, 0x30_0000]), MultibootError::BadAoutKludge(_)));
-        assert!(matches!(kludge([0x4_0040, 0x4_0000, 0, 0, 0x4_0080]), MultibootError::BadAoutKludge(_)));
         let e = kludge([0x2000_0040, 0x2000_0000, 0, 0, 0x2000_0080]);
         assert!(e.to_string().contains("not in guest RAM"), "{e}");
     }
@@ -530,7 +638,7 @@ mod tests {
         let e = load_multiboot(&mem, &MultibootConfig { kernel: &kernel, cmdline: "a\0b", ..Default::default() })
             .unwrap_err();
         assert!(matches!(e, MultibootError::Nul(_)));
-        let long = "x".repeat(CMDLINE_AREA_SIZE as usize);
+        let long = "x".repeat(STRINGS_MAX as usize);
         let e = load_multiboot(&mem, &MultibootConfig { kernel: &kernel, cmdline: &long, ..Default::default() })
             .unwrap_err();
         assert!(matches!(e, MultibootError::StringsTooLong { .. }));
@@ -539,5 +647,102 @@ mod tests {
         let e = load_multiboot(&mem, &MultibootConfig { kernel: &kernel, modules: &mods, ..Default::default() })
             .unwrap_err();
         assert_eq!(e, MultibootError::ModuleDoesNotFit { index: 0, size: MIB, after: 0x10_3000 });
+    }
+
+    /// An ELF32 kernel with the given (paddr, bytes, memsz) segments, entered
+    /// at the start of the first.
+    fn kernel_at(segs: &[(u64, usize, u64)]) -> Vec<u8> {
+        let mut first = header(MB_MEMORY_INFO, None);
+        first.push(0xf4);
+        let segs: Vec<TestSeg> = segs
+            .iter()
+            .enumerate()
+            .map(|(i, &(paddr, len, memsz))| {
+                let mut data = if i == 0 { first.clone() } else { Vec::new() };
+                data.resize(len, 0x5a);
+                TestSeg { vaddr: paddr, paddr, data, memsz }
+            })
+            .collect();
+        build_elf(false, EM_386, segs[0].paddr + 12, &segs)
+    }
+
+    fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+        a.0 < b.1 && b.0 < a.1
+    }
+
+    #[test]
+    fn segments_load_below_1mib_and_the_block_avoids_them() {
+        let mem = GuestMemory::new(16 * MIB).unwrap();
+        // Headers in the page below 1 MiB, text above: the block stays at 0x6000.
+        let k = kernel_at(&[(0xf_f000, 0x2000, 0x3000)]);
+        let boot = load_multiboot(&mem, &MultibootConfig { kernel: &k, ..Default::default() }).unwrap();
+        assert_eq!((boot.kernel_start, boot.kernel_end), (0xf_f000, 0x10_2000));
+        assert_eq!(boot.info_addr, MULTIBOOT_INFO_ADDR);
+        assert_eq!(mem.read_u32(0xf_f000).unwrap(), MULTIBOOT_HEADER_MAGIC);
+
+        // A kernel at 0x4000..0x20000 covers 0x6000: the block goes after it,
+        // and the module after the kernel's end, clear of both.
+        let k = kernel_at(&[(0x4000, 0x1000, 0x1c000)]);
+        let m = vec![0x77u8; 3000];
+        let mods = [MultibootModule { data: &m, cmdline: "m" }];
+        let boot =
+            load_multiboot(&mem, &MultibootConfig { kernel: &k, cmdline: "hi", modules: &mods, ..Default::default() })
+                .unwrap();
+        assert_eq!((boot.kernel_start, boot.kernel_end), (0x4000, 0x2_0000));
+        assert_eq!(boot.modules, vec![(0x2_0000, 0x2_0000 + 3000)]);
+        assert!(boot.block.0 >= 0x2_0000 + 3000, "{:x?}", boot.block);
+        assert!(!overlaps(boot.block, (0x4000, 0x2_0000)) && !overlaps(boot.block, boot.modules[0]));
+        assert_eq!((boot.cpu.rbx, boot.cpu.rsp), (boot.block.0, boot.block.1));
+        assert!(overlaps((boot.cpu.gdt_base, boot.cpu.gdt_base + 48), boot.block));
+        // The GDT the state points at holds its code segment.
+        let cs = mem.read_u64(boot.cpu.gdt_base + u64::from(BOOT_CS)).unwrap();
+        assert_eq!(crate::boot::SegmentDesc::from_descriptor(BOOT_CS, cs), boot.cpu.cs);
+        assert_eq!(read_str(&mem, u64::from(mem.read_u32(boot.info_addr + 16).unwrap())), "hi");
+        let mods_addr = u64::from(mem.read_u32(boot.info_addr + 24).unwrap());
+        assert_eq!(mem.read_u32(mods_addr).unwrap(), 0x2_0000);
+        assert_eq!(read_str(&mem, u64::from(mem.read_u32(mods_addr + 8).unwrap())), "m");
+        assert_eq!(mem.read_u8(0x4000 + 0x1000).unwrap(), 0, "bss zeroed");
+
+        // A kernel filling all low memory from 0x1000: the block goes above 1 MiB.
+        let k = kernel_at(&[(0x1000, 0x1000, 0x9_e000)]);
+        let boot = load_multiboot(&mem, &MultibootConfig { kernel: &k, ..Default::default() }).unwrap();
+        assert!(boot.block.0 >= 0x10_0000, "{:x?}", boot.block);
+    }
+
+    #[test]
+    fn a_segment_over_reserved_tables_is_named_with_both_ranges() {
+        let mem = GuestMemory::new(16 * MIB).unwrap();
+        let k = kernel_at(&[(0xe_0000, 0x1000, 0x2000)]);
+        let reserved = vec![Reserved { what: "the ACPI tables", start: 0xe_0000, end: 0xe_0400 }];
+        let e = load_multiboot(&mem, &MultibootConfig { kernel: &k, reserved, ..Default::default() }).unwrap_err();
+        assert_eq!(
+            e,
+            MultibootError::Overlap {
+                segment: "ELF segment 0".into(),
+                start: 0xe_0000,
+                end: 0xe_2000,
+                what: "the ACPI tables",
+                rstart: 0xe_0000,
+                rend: 0xe_0400
+            }
+        );
+        let text = e.to_string();
+        assert!(text.contains("0xe0000..0xe2000") && text.contains("the ACPI tables at 0xe0000..0xe0400"), "{text}");
+        // Outside RAM.
+        let k = kernel_at(&[(0x200_0000, 0x1000, 0x1000)]);
+        let e = load_multiboot(&mem, &MultibootConfig { kernel: &k, ..Default::default() }).unwrap_err();
+        assert!(matches!(e, MultibootError::Elf(ElfError::SegmentOutsideRam { .. })), "{e}");
+    }
+
+    #[test]
+    fn first_fit_skips_taken_ranges_and_holes() {
+        let mem = GuestMemory::new(4 * MIB).unwrap();
+        let e820 = e820_for_memory(&mem).unwrap();
+        assert_eq!(first_fit(&e820, &[], 0x100, 16, 0x6000), Some(0x6000));
+        assert_eq!(first_fit(&e820, &[(0x5000, 0x6010)], 0x100, 16, 0x6000), Some(0x6010));
+        assert_eq!(first_fit(&e820, &[(0x6000, 0x7000), (0x7000, 0x8001)], 0x100, 16, 0x6000), Some(0x8010));
+        // Too big for low memory: the next RAM range, above 1 MiB.
+        assert_eq!(first_fit(&e820, &[], 0xa_0000, 0x1000, 0x1000), Some(0x10_0000));
+        assert_eq!(first_fit(&e820, &[], 4 * MIB, 0x1000, 0x1000), None);
     }
 }
