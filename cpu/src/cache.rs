@@ -105,7 +105,11 @@ pub struct Decoded {
 }
 
 impl Decoded {
-    fn new(mut insn: Instruction) -> Self {
+    /// `insn` ready to run: its handler chosen for its operand forms, its
+    /// next IP wrapped to its code size. `insn` must have been decoded at
+    /// the RIP it will run at, with the bitness of the code segment it will
+    /// run in (an iced `Decoder` with that IP and bitness).
+    pub fn new(mut insn: Instruction) -> Self {
         let next = insn.next_ip();
         let next_rip = match insn.code_size() {
             iced_x86::CodeSize::Code16 => next & 0xffff,
@@ -144,6 +148,23 @@ impl Hasher for FxHasher {
 }
 
 pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// A change that cost guest physical code its decoded form, as told to the
+/// listeners of [`Cpu::add_invalidation_listener`]. Another tier that keeps
+/// code translated from guest memory drops what it made from the page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    /// The 4 KiB page at this guest physical address changed: a CPU store
+    /// or a device's DMA into a tracked code page, or (split execution)
+    /// bytes found changed after another engine ran user code.
+    Page(u64),
+    /// All decoded code was dropped ([`Cpu::flush_code_cache`]: a reset or
+    /// a state load).
+    All,
+}
+
+/// A listener for [`Invalidation`]s.
+pub type InvalidationListener = Box<dyn FnMut(Invalidation) + Send>;
 
 /// Block key: physical address of the first byte, RIP's page (branch targets
 /// and RIP-relative operands are decoded as absolute addresses), and bitness.
@@ -280,8 +301,8 @@ impl DecodeCache {
     }
 
     /// Drop the blocks of each user page whose bytes in `mem` are no longer
-    /// those they were decoded from.
-    pub(crate) fn recheck_user(&mut self, mem: &GuestMemory) {
+    /// those they were decoded from; the pages dropped.
+    pub(crate) fn recheck_user(&mut self, mem: &GuestMemory) -> Vec<u64> {
         let mut now = [0u8; 4096];
         let changed: Vec<u64> = self
             .user_pages
@@ -289,17 +310,21 @@ impl DecodeCache {
             .filter(|(page, was)| mem.read(**page, &mut now).is_err() || now[..] != was[..])
             .map(|(page, _)| *page)
             .collect();
-        for page in changed {
-            self.invalidate_page(page);
+        for page in &changed {
+            self.invalidate_page(*page);
         }
+        changed
     }
 }
 
 impl Cpu {
     // ---- decoding ------------------------------------------------------------
 
-    /// Fetch the block at the current RIP, decoding and caching it on a miss.
-    pub(crate) fn block_at_rip(&mut self) -> Fault<Rc<Block>> {
+    /// The block at the current RIP (for the current CS, CPL and paging),
+    /// decoded and cached on a miss. Its instructions run one by one through
+    /// [`Cpu::exec_decoded`]. A fetch fault (a page fault, #GP past the CS
+    /// limit) is returned, not delivered.
+    pub fn block_at_rip(&mut self) -> Fault<Rc<Block>> {
         // A device may have written a code page since (DMA).
         if self.mem().invalidation_pending() {
             self.drain_invalidations();
@@ -402,6 +427,29 @@ impl Cpu {
     /// Drop all decoded code (after a reset, or a state load).
     pub fn flush_code_cache(&mut self) {
         self.cache = DecodeCache::default();
+        self.tell_invalidation(Invalidation::All);
+    }
+
+    /// Call `listener` with every [`Invalidation`] from now on: each guest
+    /// physical page whose decoded code is dropped because its bytes
+    /// changed, and each whole flush. (Blocks the cache drops only to make
+    /// room are not reported: their code is unchanged.) A tier that keeps
+    /// its own code for a page marks the page with
+    /// [`GuestMemory::mark_code_page`] so that writes to it are tracked.
+    pub fn add_invalidation_listener(&mut self, listener: InvalidationListener) {
+        self.invalidation_listeners.push(listener);
+    }
+
+    /// Drop the blocks of a page whose bytes changed, and tell the listeners.
+    pub(crate) fn code_page_changed(&mut self, page: u64) {
+        self.cache.invalidate_page(page);
+        self.tell_invalidation(Invalidation::Page(page));
+    }
+
+    fn tell_invalidation(&mut self, what: Invalidation) {
+        for l in &mut self.invalidation_listeners {
+            l(what);
+        }
     }
 
     /// Split execution, after user code ran in another engine: its writes
@@ -410,7 +458,9 @@ impl Cpu {
     /// page whose bytes changed since (one compare per page).
     pub fn recheck_user_code(&mut self) {
         let mem = self.mem().clone();
-        self.cache.recheck_user(&mem);
+        for page in self.cache.recheck_user(&mem) {
+            self.tell_invalidation(Invalidation::Page(page));
+        }
     }
 }
 
@@ -486,5 +536,97 @@ mod tests {
         c = DecodeCache::default();
         assert!(!b2.live.get(), "the cache was dropped");
         assert!(c.blocks.is_empty());
+    }
+
+    /// Decodes the code at `at` (the page after the test code) into the
+    /// cache, leaving RIP where it was.
+    fn decode_at(c: &mut Cpu, at: u64) {
+        let rip = c.state.rip;
+        c.state.rip = at;
+        c.block_at_rip().unwrap();
+        c.state.rip = rip;
+        assert!(c.cache.by_page.contains_key(&at));
+    }
+
+    fn listened(c: &mut Cpu) -> std::sync::Arc<std::sync::Mutex<Vec<Invalidation>>> {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tell = seen.clone();
+        c.add_invalidation_listener(Box::new(move |i| tell.lock().unwrap().push(i)));
+        seen
+    }
+
+    #[test]
+    fn a_store_into_a_code_page_reaches_the_invalidation_listeners() {
+        use crate::ops::testutil::*;
+        use iced_x86::code_asm::*;
+        let mut c = long_mode();
+        let f = (c.state.rip & !0xfff) + 0x1000;
+        let code = assemble(&c, |a| {
+            a.mov(rdx, f)?;
+            a.mov(byte_ptr(rdx), 0xcc)?;
+            a.hlt()
+        });
+        place(&mut c, &code);
+        c.mem().write(f, &[0x90, 0xf4]).unwrap();
+        decode_at(&mut c, f);
+        let seen = listened(&mut c);
+        assert_eq!(c.run(100), crate::StopReason::Halted);
+        assert_eq!(*seen.lock().unwrap(), [Invalidation::Page(f)]);
+        assert!(!c.cache.by_page.contains_key(&f), "the page's blocks are gone");
+        // A device's write (DMA) is found at the next lookup.
+        decode_at(&mut c, f);
+        c.mem().write(f + 1, &[0x90]).unwrap();
+        c.block_at_rip().unwrap();
+        assert_eq!(*seen.lock().unwrap(), [Invalidation::Page(f); 2]);
+        // A page without decoded code is not reported.
+        c.mem().write(f + 0x1000, &[0x90]).unwrap();
+        c.block_at_rip().unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_whole_cache_flush_reaches_the_invalidation_listeners() {
+        let mut c = crate::ops::testutil::long_mode();
+        let seen = listened(&mut c);
+        c.block_at_rip().unwrap();
+        assert!(!c.cache.blocks.is_empty());
+        c.flush_code_cache();
+        assert!(c.cache.blocks.is_empty());
+        assert_eq!(*seen.lock().unwrap(), [Invalidation::All]);
+    }
+
+    #[test]
+    fn one_decoded_instruction_runs_through_exec_decoded() {
+        use crate::exec::Executed;
+        use crate::ops::testutil::*;
+        use iced_x86::code_asm::*;
+        let mut c = long_mode();
+        let f = (c.state.rip & !0xfff) + 0x1000;
+        let code = assemble(&c, |a| {
+            a.add(eax, 7)?;
+            a.mov(rdx, f)?;
+            a.mov(byte_ptr(rdx), 0xcc)?;
+            a.ud2()
+        });
+        place(&mut c, &code);
+        c.mem().write(f, &[0x90, 0xf4]).unwrap();
+        decode_at(&mut c, f);
+        let start = c.state.rip;
+        let mut decoder = Decoder::with_ip(64, &code, c.state.rip, DecoderOptions::NONE);
+        let insns: Vec<Decoded> = (0..4).map(|_| Decoded::new(decoder.decode())).collect();
+        assert_eq!(c.exec_decoded(&insns[0]), Executed::Done);
+        assert_eq!((c.state.gpr[0], c.state.rip), (7, insns[0].next_rip()));
+        assert_eq!(c.exec_decoded(&insns[1]), Executed::Done);
+        // The store hits decoded code: the caller must look up RIP again.
+        assert_eq!(c.exec_decoded(&insns[2]), Executed::BlockEnd);
+        assert_eq!(c.stats.instructions, 3);
+        assert_eq!(c.exec_decoded(&insns[3]), Executed::Raised);
+        assert_eq!((c.stats.instructions, c.stats.exceptions), (3, 1));
+        assert_eq!(c.state.rip, stub(6), "#UD delivered");
+        // The block at RIP holds the same instructions.
+        c.state.rip = start;
+        let b = c.block_at_rip().unwrap();
+        let codes: Vec<Code> = b.insns().iter().map(|d| d.insn.code()).collect();
+        assert_eq!(codes, insns.iter().map(|d| d.insn.code()).collect::<Vec<_>>());
     }
 }

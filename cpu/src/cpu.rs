@@ -10,12 +10,12 @@ use std::sync::Arc;
 use iced_x86::Code;
 use mmu::{GuestMemory, Mmu, PagingCtx, PagingMode, Privilege};
 
-use crate::cache::{Block, DecodeCache, FastMap};
+use crate::cache::{DecodeCache, FastMap, InvalidationListener};
 use crate::exception::Exception;
 use crate::ops;
 use crate::state::{cr, flags, seg_attr, sreg, CpuState, Segment};
 
-pub use crate::cache::Decoded;
+pub use crate::cache::{Block, Decoded, Invalidation};
 pub use crate::memory::is_canonical;
 pub use crate::platform::{Platform, StopReason};
 
@@ -91,6 +91,9 @@ pub struct Cpu {
     /// with its operand's linear address (the engine running user code
     /// keeps the state FXSAVE does not cover per save area).
     pub fx_log: Vec<FxEvent>,
+    /// Told of every code page that lost its decoded code (see
+    /// [`Cpu::add_invalidation_listener`]).
+    pub(crate) invalidation_listeners: Vec<InvalidationListener>,
 }
 
 /// An FXSAVE or FXRSTOR and the linear address of its 512-byte area.
@@ -126,6 +129,7 @@ impl Cpu {
             user_eager: FastMap::default(),
             user_ud: false,
             fx_log: Vec::new(),
+            invalidation_listeners: Vec::new(),
         };
         cpu.update_paging();
         cpu

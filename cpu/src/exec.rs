@@ -22,6 +22,21 @@ use crate::state::{flags, sreg};
 /// budget's worth of instructions per this many.
 pub(crate) const EAGER_RETRY: u32 = 64;
 
+/// What [`Cpu::exec_decoded`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Executed {
+    /// The instruction completed; RIP is at the next one.
+    Done,
+    /// The instruction completed but code after it may decode or run
+    /// differently (a mode switch, a CS load, a CR or EFER write, a store
+    /// into a code page) or the platform asked to stop: the caller leaves
+    /// its block and looks up the code at RIP again.
+    BlockEnd,
+    /// It raised an exception, already delivered (RIP is at the handler),
+    /// or the processor shut down.
+    Raised,
+}
+
 impl Cpu {
     /// Finish a SYSCALL that another engine began: the state is the one
     /// right after the instruction (RIP past it, RFLAGS as they were), and
@@ -174,10 +189,30 @@ impl Cpu {
         }
     }
 
+    /// Execute one decoded instruction at RIP, as the interpreter does in a
+    /// block (another tier's entry for what it does not translate): `d`
+    /// comes from [`Cpu::block_at_rip`] or [`Decoded::new`] and must be the
+    /// instruction at the current RIP. Debug traps, faults and their
+    /// delivery happen as in [`Cpu::run`]; pending interrupts are not
+    /// looked at (that is the caller's loop's part). Counts the instruction
+    /// in [`CpuStats::instructions`](crate::CpuStats) when it completed.
+    pub fn exec_decoded(&mut self, d: &Decoded) -> Executed {
+        self.block_break = false;
+        if !self.exec_one(d) {
+            return Executed::Raised;
+        }
+        self.stats.instructions += 1;
+        if self.block_break {
+            Executed::BlockEnd
+        } else {
+            Executed::Done
+        }
+    }
+
     /// Execute one decoded instruction; `false` if it raised an exception
     /// (already delivered). Traps count as executed.
     #[inline(always)]
-    fn exec_one(&mut self, d: &Decoded) -> bool {
+    pub(crate) fn exec_one(&mut self, d: &Decoded) -> bool {
         if (self.state.rflags & (flags::TF | flags::RF)) | (self.state.dr[7] & 0xff) | self.sys.deferred != 0 {
             return self.exec_one_debug(d);
         }

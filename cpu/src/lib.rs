@@ -28,7 +28,9 @@ pub mod segment;
 pub mod state;
 pub mod x87;
 
+pub use cache::{Block, Decoded, Invalidation, InvalidationListener};
 pub use cpu::{Cpu, CpuStats, FxEvent};
 pub use exception::{Exception, Fault};
+pub use exec::Executed;
 pub use platform::{Platform, StopReason};
 pub use state::CpuState;

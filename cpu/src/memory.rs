@@ -117,7 +117,7 @@ impl Cpu {
 
     pub(crate) fn drain_invalidations(&mut self) {
         for page in self.mem().take_invalidated() {
-            self.cache.invalidate_page(page);
+            self.code_page_changed(page);
         }
         // The running block may have been overwritten: stop after this instruction.
         self.block_break = true;
