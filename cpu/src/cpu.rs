@@ -56,13 +56,12 @@ pub struct Cpu {
     /// Exception being delivered, for double/triple fault escalation.
     pub(crate) delivering: Option<Exception>,
     pub(crate) shutdown: Option<String>,
-    /// Extra MSRs kept by value (see [`crate::msr`]).
-    pub(crate) msrs: crate::msr::MsrTable,
     /// Host time base of the TSC.
     pub(crate) tsc_epoch: std::time::Instant,
     /// TSC ticks per nanosecond times 2^32 (fixed-point).
     pub(crate) tsc_per_ns_fp: u64,
-    /// Debug-register, NMI and random-number state (see [`crate::ops::debug`]).
+    /// Per-instruction breakpoint hits and the random-number generator (see
+    /// [`crate::ops::debug`]).
     pub(crate) sys: crate::ops::debug::SysState,
     /// When set, [`Cpu::run`] returns [`StopReason::UserMode`] instead of
     /// executing code at CPL 3 (split execution: another engine runs user
@@ -119,7 +118,6 @@ impl Cpu {
             stop: false,
             delivering: None,
             shutdown: None,
-            msrs: crate::msr::MsrTable::default(),
             tsc_epoch: std::time::Instant::now(),
             tsc_per_ns_fp: crate::cpuid::TSC_KHZ * (1 << 32) / 1_000_000,
             sys: Default::default(),
@@ -238,5 +236,21 @@ mod tests {
         c.resume_state(other);
         assert_eq!(c.mmu.flushes, flushes + 1);
         assert_eq!(c.state.cr4, other.cr4);
+    }
+
+    /// A pending NMI is part of the state: a CPU given the state delivers it.
+    #[test]
+    fn a_pending_nmi_travels_with_the_state() {
+        let mut a = long_mode();
+        a.inject_nmi();
+        assert!(a.state.events.nmi_pending);
+        let mut b = long_mode();
+        b.set_state(a.state);
+        assert!(b.nmi_pending());
+        b.state.halted = 1;
+        b.run(1);
+        assert!(!b.nmi_pending());
+        assert_eq!(b.stats.interrupts, 1);
+        assert!((stub(2)..stub(3)).contains(&b.state.rip), "in the NMI handler");
     }
 }

@@ -60,7 +60,7 @@ impl Cpu {
                 self.stop = false;
                 return StopReason::Requested;
             }
-            if self.sys.nmi_pending && self.poll_nmi() {
+            if self.state.events.nmi_pending && self.poll_nmi() {
                 continue;
             }
             // Interrupt window: IF set and no shadow.
@@ -213,7 +213,9 @@ impl Cpu {
     /// (already delivered). Traps count as executed.
     #[inline(always)]
     pub(crate) fn exec_one(&mut self, d: &Decoded) -> bool {
-        if (self.state.rflags & (flags::TF | flags::RF)) | (self.state.dr[7] & 0xff) | self.sys.deferred != 0 {
+        if (self.state.rflags & (flags::TF | flags::RF)) | (self.state.dr[7] & 0xff) | self.state.events.deferred_debug
+            != 0
+        {
             return self.exec_one_debug(d);
         }
         self.insn_start = self.state.rip;

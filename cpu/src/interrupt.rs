@@ -124,7 +124,7 @@ impl Cpu {
             let prev = self.delivering.replace(current);
             let result = self.deliver(current, src);
             self.delivering = prev;
-            if result.is_ok() && std::mem::take(&mut self.sys.task_trap) {
+            if result.is_ok() && std::mem::take(&mut self.state.events.task_trap) {
                 // The task gate switched to a TSS with its T bit: #DB trap.
                 current = Exception::DebugTrap;
                 src = Source::Exception;
@@ -341,7 +341,7 @@ impl Cpu {
                 let ec = if src == Source::Exception { error_code } else { None };
                 self.state.halted = 0;
                 if self.task_switch(gate.gate_selector(), crate::ops::task::TaskSource::Int, ec, ext)? {
-                    self.sys.task_trap = true;
+                    self.state.events.task_trap = true;
                 }
                 return Ok(());
             }
