@@ -13,6 +13,8 @@
 //! - [`interrupt`], [`segment`]: delivery through IVT/IDT and descriptor checks.
 //! - [`msr`], [`cpuid`]: the MSR table and the CPU model.
 
+#![forbid(unsafe_code)]
+
 pub mod cache;
 pub mod cpu;
 pub mod cpuid;
