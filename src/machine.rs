@@ -27,6 +27,8 @@ const SLICE: u64 = 20_000;
 #[cfg(target_os = "linux")]
 #[path = "split.rs"]
 pub mod split;
+#[path = "engine/split_policy.rs"]
+pub mod split_policy;
 
 /// Whether `--accel kvm` splits execution ([`split`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

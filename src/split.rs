@@ -8,7 +8,7 @@
 //! faster. User code still runs natively. The guest moves between the two:
 //!
 //! - **Interpreter → KVM.** The interpreter runs with
-//!   [`Cpu::yield_at_user`]. At CPL 3 it runs user code itself for up to
+//!   [`SplitPolicy`]. At CPL 3 it runs user code itself for up to
 //!   [`USER_BUDGET`] instructions, as a hand-over costs about that much: a
 //!   loop of short system calls never leaves the interpreter. Past the
 //!   budget (that address space then goes to KVM at once, until a short
@@ -51,6 +51,8 @@ use cpu::state::{cr, flags, reg, sreg, CpuState};
 use std::collections::HashMap;
 
 use cpu::{Cpu, FxEvent, StopReason};
+
+use crate::machine::split_policy::SplitPolicy;
 use hvf_kvm_accel::kvm::ExtendedState;
 use hvf_kvm_accel::{Vcpu, VcpuKicker, Vm, VmExit};
 
@@ -202,8 +204,7 @@ impl Machine {
         let mut io = KvmIo { platform: self.platform_with(unclaimed.clone()) };
         let mut cpu = Cpu::new(self.mem.clone(), Box::new(platform));
         cpu.set_state(self.boot_state);
-        cpu.yield_at_user = true;
-        cpu.user_budget = USER_BUDGET;
+        cpu.set_hooks(Some(Box::new(SplitPolicy::new(USER_BUDGET))));
         let mut st = SplitStats::default();
         let mut flushes_at_handover = None;
         let mut extended = HashMap::new();
@@ -215,6 +216,7 @@ impl Machine {
                       vcpu: &hvf_kvm_accel::kvm::KvmVcpu,
                       st: &SplitStats| {
             let total = start.elapsed();
+            let policy = SplitPolicy::of_ref(cpu).map(|p| p.stats).unwrap_or_default();
             let v = vcpu.stats();
             let stats = vec![
                 format!(
@@ -224,12 +226,12 @@ impl Machine {
                 format!(
                     "interpreter: {} instructions ({} of them user code), {} blocks decoded ({} full decode-cache flushes), {} exceptions, {} interrupts; {} user instructions with #UD here handed to KVM",
                     cpu.stats.instructions,
-                    cpu.stats.user_instructions,
+                    policy.user_instructions,
                     cpu.stats.blocks_decoded,
                     cpu.stats.cache_flushes,
                     cpu.stats.exceptions,
                     cpu.stats.interrupts,
-                    cpu.stats.user_ud_yields
+                    policy.user_ud_yields
                 ),
                 format!(
                     "hand-overs to KVM: {}; back to the kernel: {} exceptions/interrupts, {} syscalls, {} int n, {} kicks; {} user instructions KVM could not run; {} translation flushes; {} extended-state restores",
@@ -373,12 +375,12 @@ impl Machine {
                     if s.cpl == 0 {
                         take_back(cpu, s, &entry);
                         kernel_entry(cpu, &entry, st);
-                        cpu.user_stint(stint.elapsed() < SHORT_STINT);
+                        user_stint(cpu, stint.elapsed() < SHORT_STINT);
                         break Back::Continue;
                     }
                     if half_done_syscall(&s, &entry) {
                         finish_syscall(cpu, s, &entry, st);
-                        cpu.user_stint(stint.elapsed() < SHORT_STINT);
+                        user_stint(cpu, stint.elapsed() < SHORT_STINT);
                         break Back::Continue;
                     }
                     // A user instruction KVM could not run: the interpreter runs it.
@@ -425,7 +427,7 @@ const USER_BUDGET: u64 = 10_000;
 /// A stint of user code in KVM shorter than this, ended by entering the
 /// kernel, cost about what running it in the interpreter would have: that
 /// address space's user code runs in the interpreter first again
-/// ([`Cpu::user_stint`]).
+/// ([`SplitPolicy::user_stint`]).
 const SHORT_STINT: Duration = Duration::from_micros(100);
 
 /// The guest entered the kernel in KVM and the interpreter holds the state:
@@ -537,20 +539,21 @@ const EXTENDED_AREAS: usize = 4096;
 /// with FXSAVE and FXRSTOR, each task with its own save area: the rest of
 /// the state is saved and restored here alongside, keyed by that area's
 /// address, replaying the interpreter's FXSAVEs and FXRSTORs since the
-/// last hand-over ([`Cpu::fx_log`]).
+/// last hand-over ([`SplitPolicy::fx_log`]).
 fn sync_extended(
     cpu: &mut Cpu,
     vcpu: &hvf_kvm_accel::kvm::KvmVcpu,
     by_area: &mut HashMap<u64, ExtendedState>,
     st: &mut SplitStats,
 ) -> Result<(), Error> {
-    if cpu.fx_log.is_empty() {
+    let Some(policy) = SplitPolicy::of(cpu) else { return Ok(()) };
+    if policy.fx_log.is_empty() {
         return Ok(());
     }
     // The state in the registers: KVM's until an FXRSTOR replaces it.
     let mut current: Option<ExtendedState> = None;
     let mut restored = false;
-    for ev in std::mem::take(&mut cpu.fx_log) {
+    for ev in std::mem::take(&mut policy.fx_log) {
         match ev {
             FxEvent::Save(area) => {
                 let e = match &current {
@@ -672,5 +675,13 @@ mod tests {
         alarm.set(None);
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 1, "a cleared alarm does not kick");
+    }
+}
+
+/// Tell the split policy installed in `cpu` how the stint in KVM went.
+fn user_stint(cpu: &mut Cpu, short: bool) {
+    let space = cpu.state.cr3 & !0xfff;
+    if let Some(p) = SplitPolicy::of(cpu) {
+        p.user_stint(space, short);
     }
 }

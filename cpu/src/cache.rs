@@ -416,7 +416,7 @@ impl Cpu {
             self.mem().mark_code_page(page);
             // Write tags for this page must stop bypassing the tracking check.
             self.mmu.flush_phys(page);
-            let user = (p == Privilege::User && self.yield_at_user).then_some(&bytes[..]);
+            let user = (p == Privilege::User && self.keep_user_pages).then_some(&bytes[..]);
             if self.cache.insert(key, block.clone(), user) {
                 self.stats.cache_flushes += 1;
             }

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use iced_x86::Code;
 use mmu::{GuestMemory, Mmu, PagingCtx, PagingMode, Privilege};
 
-use crate::cache::{DecodeCache, FastMap, InvalidationListener};
+use crate::cache::{DecodeCache, InvalidationListener};
 use crate::exception::Exception;
+use crate::hooks::ExecHooks;
 use crate::ops;
 use crate::state::{cr, flags, seg_attr, sreg, CpuState, Segment};
 
@@ -28,11 +29,6 @@ pub struct CpuStats {
     pub cache_flushes: u64,
     pub exceptions: u64,
     pub interrupts: u64,
-    /// Split execution: user instructions that raised #UD here and were
-    /// handed to the engine that runs user code instead.
-    pub user_ud_yields: u64,
-    /// Split execution: instructions run here at CPL 3.
-    pub user_instructions: u64,
 }
 
 /// One x86 processor run by the interpreter.
@@ -63,43 +59,13 @@ pub struct Cpu {
     /// Per-instruction breakpoint hits and the random-number generator (see
     /// [`crate::ops::debug`]).
     pub(crate) sys: crate::ops::debug::SysState,
-    /// When set, [`Cpu::run`] returns [`StopReason::UserMode`] instead of
-    /// executing code at CPL 3 (split execution: another engine runs user
-    /// code) once [`Cpu::user_budget`] user instructions have run since the
-    /// CPU last entered CPL 3, or at once at an instruction that raises #UD
-    /// at CPL 3 (the other engine may implement it). Interrupts are still
-    /// delivered first.
-    pub yield_at_user: bool,
-    /// With [`Cpu::yield_at_user`]: user instructions the interpreter runs
-    /// itself before yielding (0: yield on reaching CPL 3). Code that
-    /// enters the kernel again within the budget never costs a hand-over.
-    pub user_budget: u64,
-    /// The instruction count when the CPU was first seen at CPL 3 since it
-    /// last ran at CPL 0.
-    pub(crate) user_since: Option<u64>,
-    /// Address spaces (CR3 without PCID) whose last user stretch here ran
-    /// out of [`Cpu::user_budget`]: compute-bound code, which yields at once
-    /// on reaching CPL 3 until [`Cpu::user_stint`] reports a short stint or
-    /// [`EAGER_RETRY`] yields have passed. The count of those yields.
-    pub(crate) user_eager: FastMap<u64, u32>,
-    /// An instruction at CPL 3 raised #UD under [`Cpu::yield_at_user`]: it
-    /// was not delivered, RIP is at the instruction, and `run` yields.
-    pub(crate) user_ud: bool,
-    /// With [`Cpu::yield_at_user`] set: each FXSAVE and FXRSTOR at CPL 0 (the
-    /// kernel switching tasks' state), in order,
-    /// with its operand's linear address (the engine running user code
-    /// keeps the state FXSAVE does not cover per save area).
-    pub fx_log: Vec<FxEvent>,
+    /// An engine sharing the guest (see [`crate::hooks`]).
+    pub(crate) hooks: Option<Box<dyn ExecHooks>>,
+    /// The decode cache keeps the bytes of user pages ([`ExecHooks::keeps_user_pages`]).
+    pub(crate) keep_user_pages: bool,
     /// Told of every code page that lost its decoded code (see
     /// [`Cpu::add_invalidation_listener`]).
     pub(crate) invalidation_listeners: Vec<InvalidationListener>,
-}
-
-/// An FXSAVE or FXRSTOR and the linear address of its 512-byte area.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FxEvent {
-    Save(u64),
-    Restore(u64),
 }
 
 impl Cpu {
@@ -121,12 +87,8 @@ impl Cpu {
             tsc_epoch: std::time::Instant::now(),
             tsc_per_ns_fp: crate::cpuid::TSC_KHZ * (1 << 32) / 1_000_000,
             sys: Default::default(),
-            yield_at_user: false,
-            user_budget: 0,
-            user_since: None,
-            user_eager: FastMap::default(),
-            user_ud: false,
-            fx_log: Vec::new(),
+            hooks: None,
+            keep_user_pages: false,
             invalidation_listeners: Vec::new(),
         };
         cpu.update_paging();
@@ -138,6 +100,25 @@ impl Cpu {
         self.state = s;
         self.update_paging();
         self.mmu.flush(false);
+    }
+
+    /// Install the hooks of an engine sharing the guest (see
+    /// [`crate::hooks`]); `None` removes them.
+    pub fn set_hooks(&mut self, hooks: Option<Box<dyn ExecHooks>>) {
+        self.keep_user_pages = hooks.as_ref().is_some_and(|h| h.keeps_user_pages());
+        self.hooks = hooks;
+    }
+
+    /// The installed hooks, for their owner to read (downcast through
+    /// [`ExecHooks::as_any`]).
+    pub fn hooks(&self) -> Option<&(dyn ExecHooks + 'static)> {
+        self.hooks.as_deref()
+    }
+
+    /// The installed hooks, for their owner to reach (downcast through
+    /// [`ExecHooks::as_any_mut`]).
+    pub fn hooks_mut(&mut self) -> Option<&mut (dyn ExecHooks + 'static)> {
+        self.hooks.as_deref_mut()
     }
 
     /// Guest memory.

@@ -12,15 +12,10 @@ use iced_x86::Instruction;
 use crate::cache::{Block, Decoded};
 use crate::cpu::Cpu;
 use crate::exception::{Exception, Fault};
+use crate::hooks::HookCtx;
 use crate::ops;
 use crate::platform::StopReason;
 use crate::state::{flags, sreg};
-
-/// Yields at once of an address space marked compute-bound (see
-/// [`Cpu::user_stint`]) before its user code runs here again, up to the
-/// budget: a wrong mark costs at most this many hand-overs, a right one one
-/// budget's worth of instructions per this many.
-pub(crate) const EAGER_RETRY: u32 = 64;
 
 /// What [`Cpu::exec_decoded`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,14 +73,14 @@ impl Cpu {
             if self.state.halted != 0 {
                 return StopReason::Halted;
             }
-            if self.yield_at_user {
+            if let Some(h) = &mut self.hooks {
+                let at = HookCtx { instructions: self.stats.instructions, address_space: self.state.cr3 & !0xfff };
                 if self.state.cpl == 3 {
-                    if self.user_yield() {
+                    if h.before_user_block(at) {
                         return StopReason::UserMode;
                     }
-                } else if let Some(since) = self.user_since.take() {
-                    self.stats.user_instructions += self.stats.instructions - since;
-                    self.user_ud = false;
+                } else {
+                    h.before_kernel_block(at);
                 }
             }
             self.state.interrupt_shadow = 0;
@@ -109,58 +104,6 @@ impl Cpu {
             return StopReason::Shutdown(why);
         }
         StopReason::Budget
-    }
-
-    /// At CPL 3 under [`Cpu::yield_at_user`]: whether to yield now.
-    fn user_yield(&mut self) -> bool {
-        let since = match self.user_since {
-            Some(s) => s,
-            None => {
-                let space = self.address_space();
-                if let Some(n) = self.user_eager.get_mut(&space) {
-                    *n += 1;
-                    if *n < EAGER_RETRY {
-                        return true;
-                    }
-                    // Try the interpreter again: the code may have become a
-                    // loop of short system calls, which a stint elsewhere
-                    // cannot always show (where a hand-over alone takes
-                    // longer than a short stint).
-                    self.user_eager.remove(&space);
-                }
-                *self.user_since.insert(self.stats.instructions)
-            }
-        };
-        let ran = self.stats.instructions - since;
-        let ud = std::mem::take(&mut self.user_ud);
-        if !ud && ran < self.user_budget {
-            return false;
-        }
-        self.user_since = None;
-        self.stats.user_instructions += ran;
-        // Out of budget: compute-bound code, which yields at once from now on.
-        if !ud && self.user_budget > 0 {
-            if self.user_eager.len() >= 4096 {
-                self.user_eager.clear();
-            }
-            self.user_eager.insert(self.address_space(), 0);
-        }
-        true
-    }
-
-    /// CR3 without the PCID and flag bits.
-    fn address_space(&self) -> u64 {
-        self.state.cr3 & !0xfff
-    }
-
-    /// Split execution: the other engine ran user code of the current
-    /// address space and gave it back after a short stint that ended in the
-    /// kernel (a system call or a fault), which the interpreter could have
-    /// run without a hand-over: its user code runs here again first.
-    pub fn user_stint(&mut self, short: bool) {
-        if short && !self.user_eager.is_empty() {
-            self.user_eager.remove(&self.address_space());
-        }
     }
 
     /// Execute one instruction at RIP (the JIT's and the KVM fallback's entry).
@@ -341,18 +284,62 @@ mod tests {
 }
 
 #[cfg(test)]
-mod split_tests {
+mod hook_tests {
     use super::*;
+    use crate::hooks::{ExecHooks, FxEvent, HookCtx};
     use crate::ops::testutil::*;
     use iced_x86::code_asm::*;
     use mmu::GuestMemory;
+    use std::any::Any;
 
-    /// A CPU at CPL 3 in 64-bit mode, with `code` at RIP.
-    fn user_cpu(code: &[u8]) -> Cpu {
+    /// Hooks that yield user code after `budget` instructions and record
+    /// what they were told.
+    #[derive(Default)]
+    struct Probe {
+        budget: u64,
+        since: Option<u64>,
+        ud: bool,
+        kernel_blocks: u64,
+        fx: Vec<FxEvent>,
+    }
+
+    impl ExecHooks for Probe {
+        fn before_user_block(&mut self, at: HookCtx) -> bool {
+            let since = *self.since.get_or_insert(at.instructions);
+            if std::mem::take(&mut self.ud) || at.instructions - since >= self.budget {
+                self.since = None;
+                return true;
+            }
+            false
+        }
+        fn before_kernel_block(&mut self, _at: HookCtx) {
+            self.kernel_blocks += 1;
+        }
+        fn user_invalid_opcode(&mut self) -> bool {
+            self.ud = true;
+            true
+        }
+        fn fx_event(&mut self, ev: FxEvent) {
+            self.fx.push(ev);
+        }
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+        fn as_any_mut(&mut self) -> &mut dyn Any {
+            self
+        }
+    }
+
+    fn probe(c: &mut Cpu) -> &mut Probe {
+        c.hooks_mut().unwrap().as_any_mut().downcast_mut().unwrap()
+    }
+
+    /// A CPU at CPL 3 in 64-bit mode, with `code` at RIP and a [`Probe`].
+    fn user_cpu(code: &[u8], budget: u64) -> Cpu {
         let mut c = long_mode();
         to_user(&mut c, SEL_UCODE64);
         place(&mut c, code);
-        c.yield_at_user = true;
+        c.set_hooks(Some(Box::new(Probe { budget, ..Default::default() })));
         c
     }
 
@@ -366,92 +353,70 @@ mod split_tests {
         })
     }
 
-    /// [`user_cpu`] running [`spin`].
-    fn spinning_user_cpu() -> Cpu {
+    #[test]
+    fn user_code_runs_until_the_hooks_yield() {
         let mut c = long_mode();
         to_user(&mut c, SEL_UCODE64);
         let code = spin(&c);
-        user_cpu(&code)
-    }
-
-    #[test]
-    fn user_code_runs_here_until_the_budget_is_spent() {
-        let mut c = spinning_user_cpu();
+        let mut c = user_cpu(&code, 0);
         // Budget 0: nothing runs at CPL 3.
         assert_eq!(c.run(1_000_000), StopReason::UserMode);
         assert_eq!((c.stats.instructions, c.state.gpr[0]), (0, 0));
-        c.user_budget = 100;
+        probe(&mut c).budget = 100;
         assert_eq!(c.run(1_000_000), StopReason::UserMode);
-        assert_eq!(c.stats.instructions, 100);
-        assert_eq!(c.state.gpr[0], 50);
-        assert_eq!(c.stats.user_instructions, 100);
-        // The address space ran out of budget: it yields at once now,
-        // after a long stint elsewhere too...
-        assert_eq!(c.run(1_000_000), StopReason::UserMode);
-        assert_eq!(c.stats.instructions, 100);
-        c.user_stint(false);
-        assert_eq!(c.run(1_000_000), StopReason::UserMode);
-        assert_eq!(c.stats.instructions, 100);
-        // ...until a short stint elsewhere ended in the kernel.
-        c.user_stint(true);
-        assert_eq!(c.run(1_000_000), StopReason::UserMode);
-        assert_eq!(c.stats.instructions, 200);
-        assert_eq!(c.stats.exceptions, 0);
-        // Another address space is not affected.
-        c.user_stint(true);
-        c.run(1_000_000);
-        c.state.cr3 += 0x1000;
-        c.user_budget = 1_000_000;
+        assert_eq!((c.stats.instructions, c.state.gpr[0]), (100, 50));
+        assert_eq!(probe(&mut c).kernel_blocks, 0);
+        // Without hooks user code runs on.
+        c.set_hooks(None);
         assert_eq!(c.run(500), StopReason::Budget);
-        assert_eq!(c.stats.instructions, 800);
+        assert_eq!(c.stats.instructions, 600);
     }
 
     #[test]
-    fn a_compute_bound_mark_is_retried_after_a_number_of_yields() {
-        let mut c = spinning_user_cpu();
-        c.user_budget = 100;
-        assert_eq!(c.run(1_000_000), StopReason::UserMode);
-        assert_eq!(c.stats.instructions, 100);
-        for _ in 1..EAGER_RETRY {
-            assert_eq!(c.run(1_000_000), StopReason::UserMode);
-        }
-        assert_eq!(c.stats.instructions, 100, "marked: yields at once");
-        // The next time it runs here again, up to the budget, and is
-        // marked again.
-        assert_eq!(c.run(1_000_000), StopReason::UserMode);
-        assert_eq!(c.stats.instructions, 200);
-        assert_eq!(c.run(1_000_000), StopReason::UserMode);
-        assert_eq!(c.stats.instructions, 200);
-    }
-
-    #[test]
-    fn an_invalid_opcode_at_cpl3_goes_to_the_other_engine_undelivered() {
+    fn an_invalid_opcode_at_cpl3_goes_to_the_hooks_undelivered() {
         let mut c = long_mode();
         to_user(&mut c, SEL_UCODE64);
         let code = assemble(&c, |a| {
             a.nop()?;
             a.ud2()
         });
-        let mut c = user_cpu(&code);
-        c.user_budget = 1_000;
+        let mut c = user_cpu(&code, 1_000);
         let ud2 = c.state.rip + 1;
         assert_eq!(c.run(1_000_000), StopReason::UserMode);
         assert_eq!(c.state.rip, ud2);
-        assert_eq!((c.stats.instructions, c.stats.exceptions, c.stats.user_ud_yields), (1, 0, 1));
+        assert_eq!((c.stats.instructions, c.stats.exceptions), (1, 0));
         assert_eq!(c.state.cpl, 3);
-        // Without split execution the #UD is delivered.
-        let mut c = user_cpu(&code);
-        c.yield_at_user = false;
+        // Without hooks the #UD is delivered.
+        let mut c = user_cpu(&code, 1_000);
+        c.set_hooks(None);
         c.step();
         c.step();
-        assert_eq!((c.stats.exceptions, c.stats.user_ud_yields, c.state.cpl), (1, 0, 0));
+        assert_eq!((c.stats.exceptions, c.state.cpl), (1, 0));
         assert_eq!(c.state.rip, stub(6));
+    }
+
+    #[test]
+    fn kernel_blocks_and_fxsave_at_cpl0_reach_the_hooks() {
+        let mut c = long_mode();
+        c.state.cr4 |= crate::state::cr::CR4_OSFXSR;
+        let code = assemble(&c, |a| {
+            a.mov(rdx, DATA)?;
+            a.fxsave64(ptr(rdx))?;
+            a.fxrstor64(ptr(rdx))?;
+            a.hlt()
+        });
+        place(&mut c, &code);
+        c.set_hooks(Some(Box::new(Probe::default())));
+        assert_eq!(c.run(100), StopReason::Halted);
+        let p = probe(&mut c);
+        assert!(p.kernel_blocks >= 1);
+        assert_eq!(p.fx, [FxEvent::Save(DATA), FxEvent::Restore(DATA)]);
     }
 
     #[test]
     fn user_blocks_are_dropped_when_their_bytes_changed_behind_the_tracking() {
         let mut c = long_mode();
-        c.yield_at_user = true;
+        c.set_hooks(Some(Box::new(Probe::default())));
         let kernel = c.state.rip;
         let kcode = assemble(&c, |a| a.nop());
         place(&mut c, &kcode);

@@ -9,6 +9,7 @@
 //! - [`cache`]: the decoded-block cache and decoding.
 //! - [`memory`]: memory access through segmentation and the soft TLB.
 //! - [`exec`]: the run loop, single steps and one instruction's execution.
+//! - [`hooks`]: the run loop's calls to an engine sharing the guest.
 //! - [`ops`]: one handler module per instruction family, keyed by iced `Code`.
 //! - [`interrupt`], [`segment`]: delivery through IVT/IDT and descriptor checks.
 //! - [`msr`], [`cpuid`]: the MSR table and the CPU model.
@@ -21,6 +22,7 @@ pub mod cpuid;
 pub mod exception;
 pub mod exec;
 pub mod flags;
+pub mod hooks;
 pub mod interrupt;
 pub mod memory;
 pub mod msr;
@@ -31,8 +33,9 @@ pub mod state;
 pub mod x87;
 
 pub use cache::{Block, Decoded, Invalidation, InvalidationListener};
-pub use cpu::{Cpu, CpuStats, FxEvent};
+pub use cpu::{Cpu, CpuStats};
 pub use exception::{Exception, Fault};
 pub use exec::Executed;
+pub use hooks::{ExecHooks, FxEvent, HookCtx};
 pub use platform::{Platform, StopReason};
 pub use state::CpuState;
