@@ -289,8 +289,6 @@ pub struct CpuState {
     pub xcr0: u64,
     pub dr: [u64; 8],
     pub msr: MsrState,
-    /// The MSRs kept by value, the MTRRs among them (see [`crate::msr`]).
-    pub msr_table: crate::msr::MsrTable,
     pub fpu: FpuState,
     /// XMM0..XMM15 as little-endian 128-bit values.
     pub xmm: [u128; 16],
@@ -306,6 +304,9 @@ pub struct CpuState {
     /// NMI, deferred debug traps, MOV SS and task-switch traps waiting for
     /// an instruction boundary.
     pub events: PendingEvents,
+    /// The MSRs kept by value, the MTRRs among them (see [`crate::msr`]).
+    /// Last: rarely touched.
+    pub msr_table: crate::msr::MsrTable,
 }
 
 impl Default for CpuState {
@@ -357,7 +358,6 @@ impl CpuState {
                 pat: 0x0007_0406_0007_0406,
                 ..Default::default()
             },
-            msr_table: crate::msr::MsrTable::default(),
             fpu: FpuState::default(),
             xmm: [0; 16],
             mxcsr: 0x1f80,
@@ -366,6 +366,7 @@ impl CpuState {
             interrupt_shadow: 0,
             nmi_blocked: 0,
             events: PendingEvents::default(),
+            msr_table: crate::msr::MsrTable::default(),
         }
     }
 
