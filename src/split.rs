@@ -638,6 +638,14 @@ fn interpreter_features(state: &CpuState) -> hvf_kvm_accel::kvm::cpuid::FeatureM
     }
 }
 
+/// Tell the split policy installed in `cpu` how the stint in KVM went.
+fn user_stint(cpu: &mut Cpu, short: bool) {
+    let space = cpu.state.cr3 & !0xfff;
+    if let Some(p) = SplitPolicy::of(cpu) {
+        p.user_stint(space, short);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -675,13 +683,5 @@ mod tests {
         alarm.set(None);
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 1, "a cleared alarm does not kick");
-    }
-}
-
-/// Tell the split policy installed in `cpu` how the stint in KVM went.
-fn user_stint(cpu: &mut Cpu, short: bool) {
-    let space = cpu.state.cr3 & !0xfff;
-    if let Some(p) = SplitPolicy::of(cpu) {
-        p.user_stint(space, short);
     }
 }

@@ -61,7 +61,8 @@ pub enum StopReason {
     Requested,
     /// A triple fault: the processor shut down. The string names the fault chain.
     Shutdown(String),
-    /// The CPU is at CPL 3 and [`Cpu::yield_at_user`] is set.
+    /// The CPU is at CPL 3 and its hooks asked to yield
+    /// ([`ExecHooks::before_user_block`](crate::ExecHooks::before_user_block)).
     UserMode,
 }
 
