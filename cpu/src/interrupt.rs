@@ -77,13 +77,15 @@ impl Cpu {
     /// Raise an exception from the current instruction (RIP already rewound
     /// for faults): escalate if one is being delivered, else deliver it.
     pub(crate) fn raise(&mut self, e: Exception) {
-        if e == Exception::InvalidOpcode && self.yield_at_user && self.state.cpl == 3 {
+        if e == Exception::InvalidOpcode && self.state.cpl == 3 {
             // Split execution: the engine that runs user code may implement
             // it (KVM runs user code with the host's features); if it does
             // not, that engine raises the #UD.
-            self.user_ud = true;
-            self.stats.user_ud_yields += 1;
-            return;
+            if let Some(h) = &mut self.hooks {
+                if h.user_invalid_opcode() {
+                    return;
+                }
+            }
         }
         self.stats.exceptions += 1;
         let src = match e {
@@ -124,7 +126,7 @@ impl Cpu {
             let prev = self.delivering.replace(current);
             let result = self.deliver(current, src);
             self.delivering = prev;
-            if result.is_ok() && std::mem::take(&mut self.sys.task_trap) {
+            if result.is_ok() && std::mem::take(&mut self.state.events.task_trap) {
                 // The task gate switched to a TSS with its T bit: #DB trap.
                 current = Exception::DebugTrap;
                 src = Source::Exception;
@@ -341,7 +343,7 @@ impl Cpu {
                 let ec = if src == Source::Exception { error_code } else { None };
                 self.state.halted = 0;
                 if self.task_switch(gate.gate_selector(), crate::ops::task::TaskSource::Int, ec, ext)? {
-                    self.sys.task_trap = true;
+                    self.state.events.task_trap = true;
                 }
                 return Ok(());
             }

@@ -4,23 +4,38 @@
 //!
 //! - [`state`]: `CpuState`, `#[repr(C)]` plain data.
 //! - [`flags`]: lazily computed arithmetic flags.
-//! - [`cpu`]: the processor, memory access through segmentation and the MMU,
-//!   the decoded-block cache and the execution loop.
+//! - [`cpu`]: the processor (`struct Cpu`), its constructor and state setters.
+//! - [`platform`]: [`Platform`], the one I/O interface every engine calls.
+//! - [`cache`]: the decoded-block cache and decoding.
+//! - [`memory`]: memory access through segmentation and the soft TLB.
+//! - [`exec`]: the run loop, single steps and one instruction's execution.
+//! - [`hooks`]: the run loop's calls to an engine sharing the guest.
 //! - [`ops`]: one handler module per instruction family, keyed by iced `Code`.
 //! - [`interrupt`], [`segment`]: delivery through IVT/IDT and descriptor checks.
 //! - [`msr`], [`cpuid`]: the MSR table and the CPU model.
 
+#![forbid(unsafe_code)]
+
+pub mod cache;
 pub mod cpu;
 pub mod cpuid;
 pub mod exception;
+pub mod exec;
 pub mod flags;
+pub mod hooks;
 pub mod interrupt;
+pub mod memory;
 pub mod msr;
 pub mod ops;
+pub mod platform;
 pub mod segment;
 pub mod state;
 pub mod x87;
 
-pub use cpu::{Cpu, CpuStats, FxEvent, Platform, StopReason};
+pub use cache::{Block, Decoded, Invalidation, InvalidationListener};
+pub use cpu::{Cpu, CpuStats};
 pub use exception::{Exception, Fault};
+pub use exec::Executed;
+pub use hooks::{ExecHooks, FxEvent, HookCtx};
+pub use platform::{Platform, StopReason};
 pub use state::CpuState;

@@ -6,8 +6,6 @@
 //! the x2APIC range and the TSC deadline first. Any other MSR raises #GP, as
 //! hardware does.
 
-use std::collections::BTreeMap;
-
 use crate::cpu::Cpu;
 use crate::exception::{Fault, GP0};
 use crate::state::sreg;
@@ -38,8 +36,16 @@ pub const IA32_GS_BASE: u32 = 0xc000_0101;
 pub const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
 pub const IA32_TSC_AUX: u32 = 0xc000_0103;
 
-/// MSRs stored by value: (index, reset value, writable).
-const KNOWN: &[(u32, u64, bool)] = &[
+/// The variable-range MTRRs (base/mask pairs, 8 of them).
+const MTRR_PHYS: u32 = 0x200;
+/// The fixed-range MTRRs.
+const MTRR_FIX64K_00000: u32 = 0x250;
+const MTRR_FIX16K_80000: u32 = 0x258;
+const MTRR_FIX16K_A0000: u32 = 0x259;
+const MTRR_FIX4K_C0000: u32 = 0x268;
+
+/// MSRs stored by value in [`MsrTable`]: (index, reset value, writable).
+pub const TABLE: [(u32, u64, bool); MSR_TABLE_LEN] = [
     (IA32_PLATFORM_ID, 0, false),
     // Locked with VMX off: guests must not try to enable VMX.
     (IA32_FEATURE_CONTROL, 1, false),
@@ -65,31 +71,79 @@ const KNOWN: &[(u32, u64, bool)] = &[
     (0xc001_0117, 0, true), // VM_HSAVE_PA
     (0xc001_0140, 0, true), // OSVW_ID_LENGTH
     (0xc001_0141, 0, true), // OSVW_STATUS
+    (MTRR_PHYS, 0, true),
+    (MTRR_PHYS + 1, 0, true),
+    (MTRR_PHYS + 2, 0, true),
+    (MTRR_PHYS + 3, 0, true),
+    (MTRR_PHYS + 4, 0, true),
+    (MTRR_PHYS + 5, 0, true),
+    (MTRR_PHYS + 6, 0, true),
+    (MTRR_PHYS + 7, 0, true),
+    (MTRR_PHYS + 8, 0, true),
+    (MTRR_PHYS + 9, 0, true),
+    (MTRR_PHYS + 10, 0, true),
+    (MTRR_PHYS + 11, 0, true),
+    (MTRR_PHYS + 12, 0, true),
+    (MTRR_PHYS + 13, 0, true),
+    (MTRR_PHYS + 14, 0, true),
+    (MTRR_PHYS + 15, 0, true),
+    (MTRR_FIX64K_00000, 0, true),
+    (MTRR_FIX16K_80000, 0, true),
+    (MTRR_FIX16K_A0000, 0, true),
+    (MTRR_FIX4K_C0000, 0, true),
+    (MTRR_FIX4K_C0000 + 1, 0, true),
+    (MTRR_FIX4K_C0000 + 2, 0, true),
+    (MTRR_FIX4K_C0000 + 3, 0, true),
+    (MTRR_FIX4K_C0000 + 4, 0, true),
+    (MTRR_FIX4K_C0000 + 5, 0, true),
+    (MTRR_FIX4K_C0000 + 6, 0, true),
+    (MTRR_FIX4K_C0000 + 7, 0, true),
 ];
 
-/// Values of the MSRs kept by value, plus the MTRRs.
-#[derive(Debug, Clone)]
+/// Entries of [`TABLE`].
+pub const MSR_TABLE_LEN: usize = 46;
+
+/// Values of the MSRs kept by value (model registers, machine check, the
+/// MTRRs), entry `i` holding `TABLE[i]`: plain data inside
+/// [`CpuState`](crate::CpuState).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MsrTable {
-    values: BTreeMap<u32, u64>,
+    pub values: [u64; MSR_TABLE_LEN],
 }
 
 impl Default for MsrTable {
     fn default() -> Self {
-        let mut values: BTreeMap<u32, u64> = KNOWN.iter().map(|&(i, v, _)| (i, v)).collect();
-        // Variable-range MTRRs (base/mask pairs) and the fixed-range MTRRs.
-        for i in 0x200..0x210 {
-            values.insert(i, 0);
-        }
-        for i in [0x250, 0x258, 0x259, 0x268, 0x269, 0x26a, 0x26b, 0x26c, 0x26d, 0x26e, 0x26f] {
-            values.insert(i, 0);
-        }
-        MsrTable { values }
+        MsrTable { values: TABLE.map(|(_, reset, _)| reset) }
     }
 }
 
 impl MsrTable {
-    fn writable(msr: u32) -> bool {
-        KNOWN.iter().find(|k| k.0 == msr).is_none_or(|k| k.2)
+    /// The entry of `msr` in [`TABLE`].
+    pub fn slot(msr: u32) -> Option<usize> {
+        TABLE.iter().position(|e| e.0 == msr)
+    }
+
+    /// The value of `msr`, if the table holds it.
+    pub fn get(&self, msr: u32) -> Option<u64> {
+        Self::slot(msr).map(|i| self.values[i])
+    }
+
+    /// Store `v` in `msr` whatever its writability (a state load); `false`
+    /// if the table does not hold it.
+    pub fn set(&mut self, msr: u32, v: u64) -> bool {
+        match Self::slot(msr) {
+            Some(i) => {
+                self.values[i] = v;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `(index, value)` of every entry.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        TABLE.iter().zip(&self.values).map(|(e, v)| (e.0, *v))
     }
 }
 
@@ -142,8 +196,8 @@ impl Cpu {
             IA32_GS_BASE => self.state.seg[sreg::GS].base,
             IA32_KERNEL_GS_BASE => m.kernel_gs_base,
             IA32_TSC_AUX => m.tsc_aux,
-            _ => match self.msrs.values.get(&msr) {
-                Some(v) => *v,
+            _ => match self.state.msr_table.get(msr) {
+                Some(v) => v,
                 None => {
                     tracing::debug!(target: "cpu", "rdmsr {msr:#x}: unknown MSR, #GP");
                     return Err(GP0);
@@ -189,13 +243,13 @@ impl Cpu {
             IA32_GS_BASE => self.state.seg[sreg::GS].base = canonical(v)?,
             IA32_KERNEL_GS_BASE => self.state.msr.kernel_gs_base = canonical(v)?,
             IA32_TSC_AUX => self.state.msr.tsc_aux = v & 0xffff_ffff,
-            _ => {
-                if !self.msrs.values.contains_key(&msr) || !MsrTable::writable(msr) {
+            _ => match MsrTable::slot(msr) {
+                Some(i) if TABLE[i].2 => self.state.msr_table.values[i] = v,
+                _ => {
                     tracing::debug!(target: "cpu", "wrmsr {msr:#x} <- {v:#x}: unknown or read-only MSR, #GP");
                     return Err(GP0);
                 }
-                self.msrs.values.insert(msr, v);
-            }
+            },
         }
         Ok(())
     }
@@ -239,5 +293,24 @@ mod tests {
         assert_ne!(ebx & crate::cpuid::ebx7::TSC_ADJUST, 0);
         let [_, _, _, edx] = crate::cpuid::cpuid(&cpu.state, 0x8000_0007, 0);
         assert_ne!(edx & crate::cpuid::edx87::INVARIANT_TSC, 0);
+    }
+
+    #[test]
+    fn the_msr_table_lists_each_msr_once_and_keeps_values_in_the_state() {
+        for (i, e) in TABLE.iter().enumerate() {
+            assert_eq!(MsrTable::slot(e.0), Some(i), "{:#x} listed twice", e.0);
+        }
+        let (mut cpu, _) = new_cpu();
+        assert_eq!(cpu.read_msr(IA32_MTRRCAP), Ok(0x508));
+        assert_eq!(cpu.write_msr(IA32_MTRRCAP, 0), Err(GP0), "read-only");
+        cpu.write_msr(0x20f, 0xfff_f800).unwrap();
+        cpu.write_msr(0x26f, 0x0606_0606_0606_0606).unwrap();
+        assert_eq!(cpu.state.msr_table.get(0x20f), Some(0xfff_f800));
+        assert_eq!(cpu.write_msr(0x210, 1), Err(GP0), "past the variable MTRRs");
+        // The value travels with the state.
+        let s = cpu.state;
+        let (mut other, _) = new_cpu();
+        other.set_state(s);
+        assert_eq!(other.read_msr(0x26f), Ok(0x0606_0606_0606_0606));
     }
 }

@@ -137,7 +137,7 @@ impl Cpu {
             self.load_real_segment(seg, selector);
             if seg == sreg::SS {
                 self.state.interrupt_shadow = 1;
-                self.sys.mov_ss = true;
+                self.state.events.mov_ss = true;
             }
             return Ok(());
         }
@@ -161,7 +161,7 @@ impl Cpu {
                     | seg_attr::DB
                     | (u32::from(rpl) << seg_attr::DPL_SHIFT);
                 self.state.interrupt_shadow = 1;
-                self.sys.mov_ss = true;
+                self.state.events.mov_ss = true;
             }
             return Ok(());
         }
@@ -176,7 +176,7 @@ impl Cpu {
                 return Err(Exception::StackFault(sel_err(selector)));
             }
             self.state.interrupt_shadow = 1;
-            self.sys.mov_ss = true;
+            self.state.events.mov_ss = true;
         } else {
             if !d.is_code_data() || (d.is_code() && d.typ() & seg_attr::TYPE_RW == 0) {
                 return Err(gp);

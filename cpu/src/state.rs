@@ -220,7 +220,8 @@ impl Default for FpuState {
     }
 }
 
-/// Model-specific registers the CPU itself keeps (the rest live in [`crate::msr`]).
+/// Model-specific registers the CPU acts on (the ones kept by value are in
+/// [`crate::msr::MsrTable`]).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MsrState {
@@ -243,7 +244,27 @@ pub struct MsrState {
     pub spec_ctrl: u64,
 }
 
-/// Everything architectural about one logical processor.
+/// Events that wait for an instruction boundary: part of the state an
+/// engine hands over, resets and snapshots carry.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PendingEvents {
+    /// Debug-trap bits (DR6 layout) held back by MOV SS / POP SS, reported
+    /// after the next instruction.
+    pub deferred_debug: u64,
+    /// An NMI waits for delivery.
+    pub nmi_pending: bool,
+    /// The instruction being executed loaded SS with MOV or POP (its debug
+    /// traps are deferred past the next one).
+    pub mov_ss: bool,
+    /// An interrupt went through a task gate to a TSS with the T bit set:
+    /// a debug trap follows its delivery.
+    pub task_trap: bool,
+    pub _pad: [u8; 5],
+}
+
+/// Everything architectural about one logical processor: what a hand-over
+/// between engines, a reset and a snapshot carry.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CpuState {
@@ -280,6 +301,12 @@ pub struct CpuState {
     pub interrupt_shadow: u8,
     /// An NMI is being handled (blocks further NMIs until IRET).
     pub nmi_blocked: u8,
+    /// NMI, deferred debug traps, MOV SS and task-switch traps waiting for
+    /// an instruction boundary.
+    pub events: PendingEvents,
+    /// The MSRs kept by value, the MTRRs among them (see [`crate::msr`]).
+    /// Last: rarely touched.
+    pub msr_table: crate::msr::MsrTable,
 }
 
 impl Default for CpuState {
@@ -338,6 +365,8 @@ impl CpuState {
             halted: 0,
             interrupt_shadow: 0,
             nmi_blocked: 0,
+            events: PendingEvents::default(),
+            msr_table: crate::msr::MsrTable::default(),
         }
     }
 

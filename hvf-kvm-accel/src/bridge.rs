@@ -14,7 +14,9 @@
 //! | xcr0                               | `kvm_xcrs` (XCR0)                          |
 //! | dr                                 | `kvm_debugregs`                            |
 //! | msr.* (see [`BRIDGE_MSRS`])        | `KVM_{GET,SET}_MSRS`                       |
+//! | msr_table: MTRRs, BIOS_SIGN_ID, MCG_STATUS | `KVM_{GET,SET}_MSRS`               |
 //! | interrupt_shadow, nmi_blocked      | `kvm_vcpu_events`                          |
+//! | events.nmi_pending                 | `kvm_vcpu_events.nmi.pending`              |
 //! | halted                             | `kvm_mp_state` (in-kernel LAPIC only)      |
 //!
 //! `KVM_GET_FPU`/`KVM_SET_FPU` do not carry MXCSR, so the vCPU moves the
@@ -26,11 +28,18 @@
 //! - `msr.tsc_offset`: the guest TSC is KVM's own; the interpreter's offset
 //!   has another base.
 //! - Any MSR KVM refused (the vCPU leaves it out of the list).
+//! - The rest of `msr_table`: read-only model constants (PLATFORM_ID,
+//!   FEATURE_CONTROL, MTRRCAP, MCG_CAP), the machine-check bank (KVM has
+//!   none until `KVM_X86_SETUP_MCE`) and AMD model registers.
+//! - `events.deferred_debug`, `events.mov_ss`, `events.task_trap`: the
+//!   interpreter's debug-trap bookkeeping between two instructions, which
+//!   KVM keeps in its own pending debug exceptions.
 //!
 //! Lazy flags: `CpuState.rflags` is stale for the six arithmetic flags while
 //! `lazy.op != 0`. [`cpu_to_kvm`] refuses such a state; the caller
 //! materialises the flags first. [`kvm_to_cpu`] sets `lazy.op = 0`.
 
+use cpu::msr::MsrTable;
 use cpu::state::{reg, seg_attr, sreg, CpuState, DescTable, LazyFlags, Segment, F80};
 use kvm_bindings::{kvm_debugregs, kvm_dtable, kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
 
@@ -52,6 +61,15 @@ pub mod msr_index {
     pub const SFMASK: u32 = 0xc000_0084;
     pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
     pub const TSC_AUX: u32 = 0xc000_0103;
+    pub const BIOS_SIGN_ID: u32 = 0x8b;
+    pub const MCG_STATUS: u32 = 0x17a;
+    /// IA32_MTRR_PHYSBASE0; PHYSMASKn is PHYSBASEn + 1, up to PHYSMASK7.
+    pub const MTRR_PHYSBASE0: u32 = 0x200;
+    pub const MTRR_FIX64K_00000: u32 = 0x250;
+    pub const MTRR_FIX16K_80000: u32 = 0x258;
+    pub const MTRR_FIX16K_A0000: u32 = 0x259;
+    /// IA32_MTRR_FIX4K_C0000; the seven others follow, up to F8000.
+    pub const MTRR_FIX4K_C0000: u32 = 0x268;
 }
 
 /// The MSRs the bridge moves through `KVM_{GET,SET}_MSRS`, with their names
@@ -71,6 +89,35 @@ pub const BRIDGE_MSRS: &[(u32, &str)] = &[
     (msr_index::MTRR_DEF_TYPE, "MTRR_DEF_TYPE"),
     (msr_index::TSC_ADJUST, "TSC_ADJUST"),
     (msr_index::SPEC_CTRL, "SPEC_CTRL"),
+    (msr_index::BIOS_SIGN_ID, "BIOS_SIGN_ID"),
+    (msr_index::MCG_STATUS, "MCG_STATUS"),
+    (msr_index::MTRR_PHYSBASE0, "MTRR_PHYSBASE0"),
+    (msr_index::MTRR_PHYSBASE0 + 1, "MTRR_PHYSMASK0"),
+    (msr_index::MTRR_PHYSBASE0 + 2, "MTRR_PHYSBASE1"),
+    (msr_index::MTRR_PHYSBASE0 + 3, "MTRR_PHYSMASK1"),
+    (msr_index::MTRR_PHYSBASE0 + 4, "MTRR_PHYSBASE2"),
+    (msr_index::MTRR_PHYSBASE0 + 5, "MTRR_PHYSMASK2"),
+    (msr_index::MTRR_PHYSBASE0 + 6, "MTRR_PHYSBASE3"),
+    (msr_index::MTRR_PHYSBASE0 + 7, "MTRR_PHYSMASK3"),
+    (msr_index::MTRR_PHYSBASE0 + 8, "MTRR_PHYSBASE4"),
+    (msr_index::MTRR_PHYSBASE0 + 9, "MTRR_PHYSMASK4"),
+    (msr_index::MTRR_PHYSBASE0 + 10, "MTRR_PHYSBASE5"),
+    (msr_index::MTRR_PHYSBASE0 + 11, "MTRR_PHYSMASK5"),
+    (msr_index::MTRR_PHYSBASE0 + 12, "MTRR_PHYSBASE6"),
+    (msr_index::MTRR_PHYSBASE0 + 13, "MTRR_PHYSMASK6"),
+    (msr_index::MTRR_PHYSBASE0 + 14, "MTRR_PHYSBASE7"),
+    (msr_index::MTRR_PHYSBASE0 + 15, "MTRR_PHYSMASK7"),
+    (msr_index::MTRR_FIX64K_00000, "MTRR_FIX64K_00000"),
+    (msr_index::MTRR_FIX16K_80000, "MTRR_FIX16K_80000"),
+    (msr_index::MTRR_FIX16K_A0000, "MTRR_FIX16K_A0000"),
+    (msr_index::MTRR_FIX4K_C0000, "MTRR_FIX4K_C0000"),
+    (msr_index::MTRR_FIX4K_C0000 + 1, "MTRR_FIX4K_C8000"),
+    (msr_index::MTRR_FIX4K_C0000 + 2, "MTRR_FIX4K_D0000"),
+    (msr_index::MTRR_FIX4K_C0000 + 3, "MTRR_FIX4K_D8000"),
+    (msr_index::MTRR_FIX4K_C0000 + 4, "MTRR_FIX4K_E0000"),
+    (msr_index::MTRR_FIX4K_C0000 + 5, "MTRR_FIX4K_E8000"),
+    (msr_index::MTRR_FIX4K_C0000 + 6, "MTRR_FIX4K_F0000"),
+    (msr_index::MTRR_FIX4K_C0000 + 7, "MTRR_FIX4K_F8000"),
 ];
 
 /// The name of a bridged MSR, or "MSR" for others.
@@ -78,8 +125,11 @@ pub fn msr_name(index: u32) -> &'static str {
     BRIDGE_MSRS.iter().find(|(i, _)| *i == index).map_or("MSR", |(_, n)| n)
 }
 
-fn msr_slot(m: &mut cpu::state::MsrState, index: u32) -> Option<&mut u64> {
+/// Where `CpuState` keeps the bridged MSR `index`: a field of `msr`, or
+/// its entry in `msr_table`.
+fn msr_slot(s: &mut CpuState, index: u32) -> Option<&mut u64> {
     use msr_index::*;
+    let m = &mut s.msr;
     Some(match index {
         STAR => &mut m.star,
         LSTAR => &mut m.lstar,
@@ -95,12 +145,15 @@ fn msr_slot(m: &mut cpu::state::MsrState, index: u32) -> Option<&mut u64> {
         MTRR_DEF_TYPE => &mut m.mtrr_def_type,
         TSC_ADJUST => &mut m.tsc_adjust,
         SPEC_CTRL => &mut m.spec_ctrl,
-        _ => return None,
+        _ => {
+            let i = MsrTable::slot(index)?;
+            &mut s.msr_table.values[i]
+        }
     })
 }
 
 /// A vCPU's state in KVM's terms: what the ioctls read and write.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct KvmCpuState {
     pub regs: kvm_regs,
     pub sregs: kvm_sregs,
@@ -113,8 +166,27 @@ pub struct KvmCpuState {
     pub interrupt_shadow: bool,
     /// NMIs blocked until the next IRET.
     pub nmi_masked: bool,
+    /// An NMI waits for delivery (`kvm_vcpu_events.nmi.pending`).
+    pub nmi_pending: bool,
     /// Waiting in HLT for an interrupt (`KVM_MP_STATE_HALTED`).
     pub halted: bool,
+}
+
+impl Default for KvmCpuState {
+    fn default() -> Self {
+        KvmCpuState {
+            regs: kvm_regs::default(),
+            sregs: kvm_sregs::default(),
+            fpu: kvm_fpu::default(),
+            xcr0: 0,
+            debugregs: kvm_debugregs::default(),
+            msrs: [(0, 0); BRIDGE_MSRS.len()],
+            interrupt_shadow: false,
+            nmi_masked: false,
+            nmi_pending: false,
+            halted: false,
+        }
+    }
 }
 
 /// Segment attributes ([`seg_attr`], the VMX access-rights layout) to KVM's
@@ -380,10 +452,10 @@ pub fn cpu_to_kvm(s: &CpuState) -> Result<KvmCpuState, AccelError> {
     let debugregs =
         kvm_debugregs { db: [s.dr[0], s.dr[1], s.dr[2], s.dr[3]], dr6: s.dr[6], dr7: s.dr[7], ..Default::default() };
 
-    let mut m = s.msr;
+    let mut copy = *s;
     let mut msrs = [(0u32, 0u64); BRIDGE_MSRS.len()];
     for (slot, (index, _)) in msrs.iter_mut().zip(BRIDGE_MSRS) {
-        let v = msr_slot(&mut m, *index).map_or(0, |v| *v);
+        let v = msr_slot(&mut copy, *index).map_or(0, |v| *v);
         *slot = (*index, v);
     }
 
@@ -396,6 +468,7 @@ pub fn cpu_to_kvm(s: &CpuState) -> Result<KvmCpuState, AccelError> {
         msrs,
         interrupt_shadow: s.interrupt_shadow != 0,
         nmi_masked: s.nmi_blocked != 0,
+        nmi_pending: s.events.nmi_pending,
         halted: s.halted != 0,
     })
 }
@@ -463,13 +536,14 @@ pub fn kvm_to_cpu(k: &KvmCpuState, s: &mut CpuState) {
     s.dr[7] = d.dr7;
 
     for &(index, value) in &k.msrs {
-        if let Some(slot) = msr_slot(&mut s.msr, index) {
+        if let Some(slot) = msr_slot(s, index) {
             *slot = value;
         }
     }
 
     s.interrupt_shadow = u8::from(k.interrupt_shadow);
     s.nmi_blocked = u8::from(k.nmi_masked);
+    s.events.nmi_pending = k.nmi_pending;
     s.halted = u8::from(k.halted);
 }
 
@@ -523,6 +597,11 @@ mod tests {
         s.msr.mtrr_def_type = 0xc06;
         s.msr.tsc_adjust = 77;
         s.msr.spec_ctrl = 1;
+        s.msr_table.set(msr_index::MTRR_PHYSBASE0 + 3, 0xf_f000_0800);
+        s.msr_table.set(msr_index::MTRR_FIX4K_C0000 + 7, 0x0505_0505_0505_0505);
+        s.msr_table.set(msr_index::BIOS_SIGN_ID, 0x1_0000_0000);
+        s.msr_table.set(msr_index::MCG_STATUS, 4);
+        s.events.nmi_pending = true;
         // x87: TOP = 6, R6 = 1.0, R7 = 0.0, R0 = NaN; the others empty.
         s.fpu.fsw = 6 << 11;
         s.fpu.fcw = 0x027f;
@@ -567,6 +646,37 @@ mod tests {
         back.msr.tsc_offset = s.msr.tsc_offset;
         kvm_to_cpu(&k, &mut back);
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn table_msrs_and_a_pending_nmi_cross_the_bridge() {
+        let s = busy_state();
+        let k = cpu_to_kvm(&s).unwrap();
+        let msr = |i: u32| k.msrs.iter().find(|e| e.0 == i).map(|e| e.1);
+        assert_eq!(msr(msr_index::MTRR_PHYSBASE0 + 3), Some(0xf_f000_0800));
+        assert_eq!(msr(msr_index::MTRR_FIX4K_C0000 + 7), Some(0x0505_0505_0505_0505));
+        assert_eq!(msr(msr_index::MCG_STATUS), Some(4));
+        assert!(k.nmi_pending);
+        // Every bridged MSR has a home in CpuState, once.
+        let mut t = CpuState::reset();
+        for (i, (index, name)) in BRIDGE_MSRS.iter().enumerate() {
+            assert!(msr_slot(&mut t, *index).is_some(), "{name} has no field");
+            assert!(BRIDGE_MSRS[..i].iter().all(|e| e.0 != *index), "{name} twice");
+        }
+        // The other way: KVM's values land in the table; an MSR KVM refused
+        // (absent from the list) keeps the base state's value.
+        let mut k2 = k;
+        k2.nmi_pending = false;
+        for e in &mut k2.msrs {
+            if e.0 == msr_index::MTRR_PHYSBASE0 + 3 {
+                e.1 = 0x8000_0006;
+            }
+        }
+        let mut back = s;
+        kvm_to_cpu(&k2, &mut back);
+        assert_eq!(back.msr_table.get(msr_index::MTRR_PHYSBASE0 + 3), Some(0x8000_0006));
+        assert!(!back.events.nmi_pending);
+        assert_eq!(back.msr_table.get(0xc001_0015), s.msr_table.get(0xc001_0015));
     }
 
     #[test]

@@ -397,6 +397,63 @@ fn state_round_trip_through_vcpu() {
     assert!(diffs.is_empty(), "{} fields changed through the vCPU", diffs.len());
 }
 
+/// The MSRs kept by value (MTRRs, BIOS_SIGN_ID, MCG_STATUS) and a pending
+/// NMI go into a vCPU and come back. MSRs KVM refuses are named and left
+/// out of the comparison.
+#[test]
+fn table_msrs_and_a_pending_nmi_round_trip_through_vcpu() {
+    use hvf_kvm_accel::bridge::{msr_index, BRIDGE_MSRS};
+    let Some(mut kvm) = open_kvm() else { return };
+    let Some(mut g) = guest(&mut kvm, &[0xf4], 0) else {
+        return;
+    };
+    let mut s = long_mode_state(CODE, 0);
+    let table: Vec<u32> = BRIDGE_MSRS.iter().map(|e| e.0).filter(|i| s.msr_table.get(*i).is_some()).collect();
+    assert!(table.len() >= 29, "bridged table MSRs: {table:x?}");
+    for (n, &i) in table.iter().enumerate() {
+        let v = match i {
+            msr_index::BIOS_SIGN_ID => 0x1_0000_0000,
+            msr_index::MCG_STATUS => 0,
+            // PHYSBASE: WB at n MiB; PHYSMASK: 1 MiB, valid.
+            _ if (0x200..0x210).contains(&i) && i % 2 == 0 => (n as u64) << 20 | 6,
+            _ if (0x200..0x210).contains(&i) => 0xf_fff0_0800,
+            // Fixed ranges: WB and WT alternating.
+            _ => 0x0604_0604_0604_0604 ^ n as u64,
+        };
+        assert!(s.msr_table.set(i, v));
+    }
+    s.events.nmi_pending = true;
+    s.nmi_blocked = 1;
+    g.vcpu.set_state(&s).unwrap();
+    // A fresh read from KVM: set_state leaves no snapshot read from KVM.
+    let back = g.vcpu.get_state().unwrap();
+    let refused = g.vm.refused_msrs();
+    eprintln!("MSRs KVM refused: {refused:?}");
+    let mut diffs = Vec::new();
+    for (index, name) in BRIDGE_MSRS.iter().filter(|e| table.contains(&e.0)) {
+        if refused.contains(name) {
+            continue;
+        }
+        let (set, got) = (s.msr_table.get(*index), back.msr_table.get(*index));
+        if set != got {
+            diffs.push(format!("{name}: set {set:x?}, got {got:x?}"));
+        }
+    }
+    if back.events.nmi_pending != s.events.nmi_pending {
+        diffs.push(format!("nmi_pending: got {}", back.events.nmi_pending));
+    }
+    if back.nmi_blocked != s.nmi_blocked {
+        diffs.push(format!("nmi_blocked: got {}", back.nmi_blocked));
+    }
+    for d in &diffs {
+        eprintln!("round trip difference: {d}");
+    }
+    assert!(diffs.is_empty(), "{} fields changed through the vCPU", diffs.len());
+    let carried = table.iter().filter(|i| !refused.contains(&hvf_kvm_accel::bridge::msr_name(**i))).count();
+    eprintln!("table MSRs carried by KVM: {carried} of {}", table.len());
+    assert!(carried > 0, "KVM took none of the table's MSRs");
+}
+
 /// Diagnostic: what KVM offers here and what the model keeps.
 #[test]
 fn kvm_pvm_capabilities() {

@@ -33,6 +33,8 @@ pub(crate) mod io;
 pub mod kvm;
 #[cfg(target_os = "linux")]
 pub mod split;
+#[cfg(target_os = "linux")]
+pub mod split_policy;
 
 pub use io::MachineIo;
 

@@ -8,7 +8,7 @@
 //! faster. User code still runs natively. The guest moves between the two:
 //!
 //! - **Interpreter → KVM.** The interpreter runs with
-//!   [`Cpu::yield_at_user`]. At CPL 3 it runs user code itself for up to
+//!   [`SplitPolicy`]. At CPL 3 it runs user code itself for up to
 //!   [`USER_BUDGET`] instructions, as a hand-over costs about that much: a
 //!   loop of short system calls never leaves the interpreter. Past the
 //!   budget (that address space then goes to KVM at once, until a short
@@ -53,6 +53,8 @@ use std::time::{Duration, Instant};
 
 use cpu::state::{cr, flags, reg, sreg, CpuState};
 use cpu::{Cpu, FxEvent, Platform, StopReason};
+
+use super::split_policy::SplitPolicy;
 use hvf_kvm_accel::kvm::{ExtendedState, KvmVcpu, KvmVm};
 use hvf_kvm_accel::{Vcpu, VcpuKicker, Vm, VmExit};
 
@@ -150,8 +152,7 @@ impl SplitEngine {
         let io = m.io();
         let mut cpu = Cpu::new(m.mem.clone(), Box::new(io.clone()));
         cpu.set_state(m.boot_state);
-        cpu.yield_at_user = true;
-        cpu.user_budget = USER_BUDGET;
+        cpu.set_hooks(Some(Box::new(SplitPolicy::new(USER_BUDGET))));
         Ok(SplitEngine {
             cpu,
             vm,
@@ -260,10 +261,10 @@ impl SplitEngine {
                 if s.cpl == 0 {
                     take_back(&mut self.cpu, s, &entry);
                     kernel_entry(&mut self.cpu, &entry, &mut self.st);
-                    self.cpu.user_stint(short);
+                    user_stint(&mut self.cpu, short);
                 } else if half_done_syscall(&s, &entry) {
                     finish_syscall(&mut self.cpu, s, &entry, &mut self.st);
-                    self.cpu.user_stint(short);
+                    user_stint(&mut self.cpu, short);
                 } else {
                     // A user instruction KVM could not run: the interpreter runs it.
                     take_back(&mut self.cpu, s, &entry);
@@ -350,6 +351,7 @@ impl Engine for SplitEngine {
 
     fn stats(&mut self, total: Duration) -> EngineStats {
         let (cpu, st) = (&self.cpu, &self.st);
+        let policy = SplitPolicy::of_ref(cpu).map(|p| p.stats).unwrap_or_default();
         let v = self.vcpu.stats();
         let lines = vec![
             format!(
@@ -359,12 +361,12 @@ impl Engine for SplitEngine {
             format!(
                 "interpreter: {} instructions ({} of them user code), {} blocks decoded ({} full decode-cache flushes), {} exceptions, {} interrupts; {} user instructions with #UD here handed to KVM",
                 cpu.stats.instructions,
-                cpu.stats.user_instructions,
+                policy.user_instructions,
                 cpu.stats.blocks_decoded,
                 cpu.stats.cache_flushes,
                 cpu.stats.exceptions,
                 cpu.stats.interrupts,
-                cpu.stats.user_ud_yields
+                policy.user_ud_yields
             ),
             format!(
                 "hand-overs to KVM: {}; back to the kernel: {} exceptions/interrupts, {} syscalls, {} int n, {} kicks; {} user instructions KVM could not run; {} translation flushes; {} extended-state restores",
@@ -389,7 +391,7 @@ const USER_BUDGET: u64 = 10_000;
 /// A stint of user code in KVM shorter than this, ended by entering the
 /// kernel, cost about what running it in the interpreter would have: that
 /// address space's user code runs in the interpreter first again
-/// ([`Cpu::user_stint`]).
+/// ([`SplitPolicy::user_stint`]).
 const SHORT_STINT: Duration = Duration::from_micros(100);
 
 /// The guest entered the kernel in KVM and the interpreter holds the state:
@@ -501,20 +503,21 @@ const EXTENDED_AREAS: usize = 4096;
 /// with FXSAVE and FXRSTOR, each task with its own save area: the rest of
 /// the state is saved and restored here alongside, keyed by that area's
 /// address, replaying the interpreter's FXSAVEs and FXRSTORs since the
-/// last hand-over ([`Cpu::fx_log`]).
+/// last hand-over ([`SplitPolicy::fx_log`]).
 fn sync_extended(
     cpu: &mut Cpu,
     vcpu: &hvf_kvm_accel::kvm::KvmVcpu,
     by_area: &mut HashMap<u64, ExtendedState>,
     st: &mut SplitStats,
 ) -> Result<(), Error> {
-    if cpu.fx_log.is_empty() {
+    let Some(policy) = SplitPolicy::of(cpu) else { return Ok(()) };
+    if policy.fx_log.is_empty() {
         return Ok(());
     }
     // The state in the registers: KVM's until an FXRSTOR replaces it.
     let mut current: Option<ExtendedState> = None;
     let mut restored = false;
-    for ev in std::mem::take(&mut cpu.fx_log) {
+    for ev in std::mem::take(&mut policy.fx_log) {
         match ev {
             FxEvent::Save(area) => {
                 let e = match &current {
@@ -596,6 +599,14 @@ fn interpreter_features(state: &CpuState) -> hvf_kvm_accel::kvm::cpuid::FeatureM
         leaf1: [l1[2], l1[3] | cpu::cpuid::edx1::APIC],
         leaf7: [l7[1], l7[2], l7[3]],
         leaf81: [l81[2], l81[3]],
+    }
+}
+
+/// Tell the split policy installed in `cpu` how the stint in KVM went.
+fn user_stint(cpu: &mut Cpu, short: bool) {
+    let space = cpu.state.cr3 & !0xfff;
+    if let Some(p) = SplitPolicy::of(cpu) {
+        p.user_stint(space, short);
     }
 }
 

@@ -50,23 +50,17 @@ pub mod dr7 {
     pub const GD: u64 = 1 << 13;
 }
 
-/// Extra per-processor state the interpreter keeps outside `CpuState`.
+/// Per-instruction and host-side values the interpreter keeps outside
+/// `CpuState` (the guest-visible pending events live in
+/// [`crate::state::PendingEvents`]).
 #[derive(Default)]
 pub struct SysState {
     /// DR6.B0–B3 bits hit by data and I/O accesses of the current instruction.
     pub(crate) hits: u64,
-    /// Debug-trap bits held back by MOV SS / POP SS, reported after the next instruction.
-    pub(crate) deferred: u64,
-    /// Set when the current instruction loaded SS with MOV or POP.
-    pub(crate) mov_ss: bool,
-    /// An NMI waits for delivery.
-    pub(crate) nmi_pending: bool,
     /// The RDRAND generator, seeded from the host on first use.
     pub(crate) rng: Option<ChaCha20>,
     /// RDSEED draws from `rng` too (a fixed seed was set for reproducible runs).
     pub(crate) deterministic: bool,
-    /// An interrupt went through a task gate to a TSS with the T bit set.
-    pub(crate) task_trap: bool,
 }
 
 #[inline]
@@ -100,12 +94,12 @@ impl Cpu {
     /// Request an NMI; it is delivered at the next instruction boundary where
     /// NMIs are not blocked (by a handler still running, or an interrupt shadow).
     pub fn inject_nmi(&mut self) {
-        self.sys.nmi_pending = true;
+        self.state.events.nmi_pending = true;
     }
 
     /// Whether an NMI is waiting.
     pub fn nmi_pending(&self) -> bool {
-        self.sys.nmi_pending
+        self.state.events.nmi_pending
     }
 
     /// Deliver a pending NMI if the window allows; `true` if one was delivered.
@@ -113,7 +107,7 @@ impl Cpu {
         if self.state.nmi_blocked != 0 || self.state.interrupt_shadow != 0 {
             return false;
         }
-        self.sys.nmi_pending = false;
+        self.state.events.nmi_pending = false;
         self.state.halted = 0;
         self.stats.interrupts += 1;
         self.deliver_nmi();
@@ -226,7 +220,7 @@ impl Cpu {
         if hits == 0 {
             return false;
         }
-        self.state.dr[6] |= hits | std::mem::take(&mut self.sys.deferred);
+        self.state.dr[6] |= hits | std::mem::take(&mut self.state.events.deferred_debug);
         self.raise(Exception::Debug);
         true
     }
@@ -249,7 +243,7 @@ impl Cpu {
         self.state.rflags &= !flags::RF;
         let tf = self.state.rflags & flags::TF != 0;
         self.sys.hits = 0;
-        self.sys.mov_ss = false;
+        self.state.events.mov_ss = false;
         self.state.rip = d.next_rip();
         match (d.handler)(self, &d.insn) {
             Ok(()) => {
@@ -257,11 +251,11 @@ impl Cpu {
                 if tf {
                     bits |= dr6::BS;
                 }
-                if self.sys.mov_ss {
-                    self.sys.deferred |= bits;
+                if self.state.events.mov_ss {
+                    self.state.events.deferred_debug |= bits;
                     return true;
                 }
-                bits |= std::mem::take(&mut self.sys.deferred);
+                bits |= std::mem::take(&mut self.state.events.deferred_debug);
                 if bits == 0 {
                     return true;
                 }
@@ -274,7 +268,8 @@ impl Cpu {
                 if e.is_trap() {
                     self.stats.instructions += 1;
                     if e == Exception::DebugTrap {
-                        self.state.dr[6] |= std::mem::take(&mut self.sys.hits) | std::mem::take(&mut self.sys.deferred);
+                        self.state.dr[6] |=
+                            std::mem::take(&mut self.sys.hits) | std::mem::take(&mut self.state.events.deferred_debug);
                     }
                 } else {
                     self.state.rip = self.insn_start;

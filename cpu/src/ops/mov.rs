@@ -232,7 +232,7 @@ fn load_far_pointer(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     cpu.load_segment(seg, sel)?;
     if seg == sreg::SS {
         cpu.state.interrupt_shadow = shadow;
-        cpu.sys.mov_ss = false;
+        cpu.state.events.mov_ss = false;
         cpu.block_break = true;
     }
     reg_write(&mut cpu.state, r, off);

@@ -1307,8 +1307,10 @@ fn fxsave(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let mut img = [0u8; 512];
     let n = x87::fxsave(&cpu.state, rex_w, xmm, &mut img);
     cpu.write_mem_buf(seg, off, &img[..n])?;
-    if cpu.yield_at_user && cpu.state.cpl == 0 {
-        cpu.fx_log.push(crate::cpu::FxEvent::Save(lin));
+    if cpu.state.cpl == 0 {
+        if let Some(h) = &mut cpu.hooks {
+            h.fx_event(crate::hooks::FxEvent::Save(lin));
+        }
     }
     Ok(())
 }
@@ -1318,8 +1320,10 @@ fn fxrstor(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let mut img = [0u8; 512];
     cpu.read_mem_buf(seg, off, &mut img)?;
     x87::fxrstor(&mut cpu.state, rex_w, xmm, &img)?;
-    if cpu.yield_at_user && cpu.state.cpl == 0 {
-        cpu.fx_log.push(crate::cpu::FxEvent::Restore(lin));
+    if cpu.state.cpl == 0 {
+        if let Some(h) = &mut cpu.hooks {
+            h.fx_event(crate::hooks::FxEvent::Restore(lin));
+        }
     }
     Ok(())
 }

@@ -8,7 +8,8 @@ use kvm_bindings::{
     kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_run, kvm_vcpu_events, kvm_xcrs, CpuId, Msrs, Xsave,
     KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_MMIO, KVM_INTERNAL_ERROR_EMULATION,
     KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED,
-    KVM_MP_STATE_RUNNABLE, KVM_VCPUEVENT_VALID_SHADOW, KVM_X86_SHADOW_INT_MOV_SS, KVM_X86_SHADOW_INT_STI,
+    KVM_MP_STATE_RUNNABLE, KVM_VCPUEVENT_VALID_NMI_PENDING, KVM_VCPUEVENT_VALID_SHADOW, KVM_X86_SHADOW_INT_MOV_SS,
+    KVM_X86_SHADOW_INT_STI,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use mmu::GuestMemory;
@@ -230,6 +231,7 @@ impl KvmVcpu {
             let ev = self.fd.get_vcpu_events().map_err(|e| AccelError::ioctl("KVM_GET_VCPU_EVENTS", e))?;
             k.interrupt_shadow = ev.interrupt.shadow != 0;
             k.nmi_masked = ev.nmi.masked != 0;
+            k.nmi_pending = ev.nmi.pending != 0;
             if let Some(e) = pending_of(&ev) {
                 tracing::debug!("vCPU {} state read with an event pending: {e}", self.id);
             }
@@ -287,9 +289,10 @@ impl KvmVcpu {
             self.fd.set_debug_regs(&new.k.debugregs).map_err(|e| AccelError::ioctl("KVM_SET_DEBUGREGS", e))?;
         }
         if let Some(mut ev) = old.events {
-            // Only the interrupt shadow and NMI masking are CpuState's to
-            // say; a queued or half-delivered exception, interrupt or NMI
-            // stays as KVM holds it (`Vcpu::pending_event`).
+            // Only the interrupt shadow, NMI masking and a pending NMI are
+            // CpuState's to say; a queued or half-delivered exception,
+            // interrupt or injected NMI stays as KVM holds it
+            // (`Vcpu::pending_event`).
             // STI blocking requires IF=1 (VM-entry check), MOV SS blocking
             // does not; CpuState does not say which one it was.
             let shadow = match (new.k.interrupt_shadow, new.k.regs.rflags & RFLAGS_IF != 0) {
@@ -298,10 +301,12 @@ impl KvmVcpu {
                 (true, false) => KVM_X86_SHADOW_INT_MOV_SS as u8,
             };
             let masked = u8::from(new.k.nmi_masked);
-            if ev.interrupt.shadow != shadow || ev.nmi.masked != masked {
+            let nmi_pending = u8::from(new.k.nmi_pending);
+            if ev.interrupt.shadow != shadow || ev.nmi.masked != masked || ev.nmi.pending != nmi_pending {
                 ev.interrupt.shadow = shadow;
                 ev.nmi.masked = masked;
-                ev.flags |= KVM_VCPUEVENT_VALID_SHADOW;
+                ev.nmi.pending = nmi_pending;
+                ev.flags |= KVM_VCPUEVENT_VALID_SHADOW | KVM_VCPUEVENT_VALID_NMI_PENDING;
                 self.fd.set_vcpu_events(&ev).map_err(|e| AccelError::ioctl("KVM_SET_VCPU_EVENTS", e))?;
                 new.events = Some(ev);
             }

@@ -1,0 +1,632 @@
+//! The decoded-block cache: blocks of decoded instructions keyed by the
+//! guest physical address of their first byte, a direct-mapped lookup in
+//! front of the hash map, chains from each block to the one that ran after
+//! it, and decoding on a miss. Code pages are tracked in guest memory, so a
+//! store (by the CPU or a device) into a page drops its blocks.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::{Rc, Weak};
+
+use iced_x86::{Decoder, DecoderOptions, Instruction};
+use mmu::{Access, GuestMemory, Privilege};
+
+use crate::cpu::Cpu;
+use crate::exception::{Fault, GP0};
+use crate::ops::{self, Handler};
+use crate::state::sreg;
+
+/// A run of decoded instructions that ends at a control transfer or a page
+/// edge, held as `Rc<Block>`.
+///
+/// The instructions sit inline behind the header, in the block's one
+/// allocation: running a block touches one run of cache lines, found with
+/// no pointer to follow. Their count is rounded up to a size class (the
+/// spare slots repeat the last instruction and are never run).
+pub type Block = BlockOf<[Decoded]>;
+
+/// [`Block`] before its instruction array is unsized.
+pub struct BlockOf<T: ?Sized> {
+    /// Still in the decode cache: cleared when the cache drops it (its code
+    /// changed, or the cache was flushed), so a [`Chain`] to it is dead.
+    pub(crate) live: Cell<bool>,
+    /// The block that ran after this one last time, while the TLB and the
+    /// cache had not changed: the next lookup from here tries it first.
+    pub(crate) next: RefCell<Option<Chain>>,
+    /// Instructions in use at the front of `slots`.
+    len: usize,
+    slots: T,
+}
+
+/// A memo of one block lookup in 64-bit mode: at `rip`, with this privilege
+/// and the MMU at this generation, the block was `block`.
+pub(crate) struct Chain {
+    pub(crate) rip: u64,
+    pub(crate) user: bool,
+    pub(crate) generation: u64,
+    pub(crate) block: Weak<Block>,
+}
+
+impl Block {
+    /// A block of `insns` (at least one).
+    pub(crate) fn new(insns: Vec<Decoded>) -> Rc<Block> {
+        fn sized<const N: usize>(insns: &[Decoded]) -> Rc<Block> {
+            let last = insns.last().copied().unwrap_or_else(|| Decoded::new(Instruction::default()));
+            let slots: [Decoded; N] = std::array::from_fn(|i| insns.get(i).copied().unwrap_or(last));
+            Rc::new(BlockOf { live: Cell::new(false), next: RefCell::new(None), len: insns.len().min(N), slots })
+        }
+        debug_assert!(!insns.is_empty() && insns.len() <= MAX_BLOCK_INSNS, "a block of {} instructions", insns.len());
+        match insns.len() {
+            0..=1 => sized::<1>(&insns),
+            2 => sized::<2>(&insns),
+            3 => sized::<3>(&insns),
+            4 => sized::<4>(&insns),
+            5..=6 => sized::<6>(&insns),
+            7..=8 => sized::<8>(&insns),
+            9..=12 => sized::<12>(&insns),
+            13..=16 => sized::<16>(&insns),
+            17..=24 => sized::<24>(&insns),
+            25..=32 => sized::<32>(&insns),
+            33..=48 => sized::<48>(&insns),
+            _ => sized::<MAX_BLOCK_INSNS>(&insns),
+        }
+    }
+
+    /// The block's instructions.
+    #[inline]
+    pub fn insns(&self) -> &[Decoded] {
+        &self.slots[..self.len]
+    }
+
+    /// Asks the host CPU to fetch the block's first cache lines (header and
+    /// first instructions), so they are there when it runs.
+    #[inline]
+    pub(crate) fn prefetch(this: *const Block) {
+        let p = this.cast::<u8>();
+        mmu::prefetch(p);
+        mmu::prefetch(p.wrapping_add(64));
+        mmu::prefetch(p.wrapping_add(128));
+    }
+}
+
+/// Instructions one block holds at most.
+pub(crate) const MAX_BLOCK_INSNS: usize = 64;
+
+/// One cached instruction: the decoded form and its handler (chosen once,
+/// for the instruction's operand forms). The instruction's next IP is
+/// already wrapped to the code size, so it is the RIP after it (and its
+/// `ip()` is not used). 48 bytes: the interpreter's speed on large code
+/// (a kernel's network stack) is bound by fetching these from memory.
+#[derive(Clone, Copy)]
+pub struct Decoded {
+    pub insn: Instruction,
+    pub handler: Handler,
+}
+
+impl Decoded {
+    /// `insn` ready to run: its handler chosen for its operand forms, its
+    /// next IP wrapped to its code size. `insn` must have been decoded at
+    /// the RIP it will run at, with the bitness of the code segment it will
+    /// run in (an iced `Decoder` with that IP and bitness).
+    pub fn new(mut insn: Instruction) -> Self {
+        let next = insn.next_ip();
+        let next_rip = match insn.code_size() {
+            iced_x86::CodeSize::Code16 => next & 0xffff,
+            iced_x86::CodeSize::Code32 => next & 0xffff_ffff,
+            _ => next,
+        };
+        insn.set_next_ip(next_rip);
+        Decoded { insn, handler: ops::select(&insn) }
+    }
+
+    /// RIP after the instruction.
+    #[inline(always)]
+    pub fn next_rip(&self) -> u64 {
+        self.insn.next_ip()
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+}
+
+pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// A change that cost guest physical code its decoded form, as told to the
+/// listeners of [`Cpu::add_invalidation_listener`]. Another tier that keeps
+/// code translated from guest memory drops what it made from the page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    /// The 4 KiB page at this guest physical address changed: a CPU store
+    /// or a device's DMA into a tracked code page, or (split execution)
+    /// bytes found changed after another engine ran user code.
+    Page(u64),
+    /// All decoded code was dropped ([`Cpu::flush_code_cache`]: a reset or
+    /// a state load).
+    All,
+}
+
+/// A listener for [`Invalidation`]s.
+pub type InvalidationListener = Box<dyn FnMut(Invalidation) + Send>;
+
+/// Block key: physical address of the first byte, RIP's page (branch targets
+/// and RIP-relative operands are decoded as absolute addresses), and bitness.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct BlockKey {
+    phys: u64,
+    rip_page: u64,
+    bits: u32,
+}
+
+/// Entries in the direct-mapped block lookup in front of the hash map.
+const JUMP_CACHE: usize = 4096;
+
+/// The decoded-instruction cache, per guest physical page.
+///
+/// A small direct-mapped table (as QEMU's `tb_jmp_cache`) answers most
+/// lookups with one compare; the hash map behind it holds every block.
+pub(crate) struct DecodeCache {
+    pub(crate) blocks: FastMap<BlockKey, Rc<Block>>,
+    /// Blocks that start in each physical page.
+    pub(crate) by_page: FastMap<u64, Vec<BlockKey>>,
+    jump: Vec<Option<(BlockKey, Rc<Block>)>>,
+    /// Split execution: the bytes of each page holding blocks decoded at
+    /// CPL 3, as they were decoded (see [`Cpu::recheck_user_code`]).
+    pub(crate) user_pages: FastMap<u64, Box<[u8]>>,
+    /// Instructions held in `blocks`.
+    insns: usize,
+}
+
+/// Decoded instructions the cache holds at most (48 bytes each, and up to
+/// half as much again in the spare slots of the size classes): when a new
+/// block would pass it, the whole cache is dropped and refills with the
+/// code that runs from then on, as a translation cache is flushed when its
+/// buffer is full. A kernel's boot runs far more distinct code than it
+/// keeps running.
+const MAX_CACHED_INSNS: usize = 128 * 1024;
+
+/// User pages whose bytes the cache keeps for split execution (16 MiB): past
+/// it, the user pages' blocks are dropped.
+const MAX_USER_PAGES: usize = 4096;
+
+impl Default for DecodeCache {
+    fn default() -> Self {
+        DecodeCache {
+            blocks: FastMap::default(),
+            by_page: FastMap::default(),
+            jump: vec![None; JUMP_CACHE],
+            user_pages: FastMap::default(),
+            insns: 0,
+        }
+    }
+}
+
+impl Drop for DecodeCache {
+    /// Whatever replaces or drops the cache: no block it held may be chained
+    /// to any more.
+    fn drop(&mut self) {
+        for b in self.blocks.values() {
+            b.live.set(false);
+        }
+    }
+}
+
+impl DecodeCache {
+    #[inline]
+    fn slot(key: &BlockKey) -> usize {
+        ((key.phys ^ (key.phys >> 12) ^ u64::from(key.bits)) as usize) % JUMP_CACHE
+    }
+
+    #[inline]
+    fn get(&mut self, key: &BlockKey) -> Option<Rc<Block>> {
+        let slot = Self::slot(key);
+        if let Some((k, b)) = &self.jump[slot] {
+            if k == key {
+                return Some(b.clone());
+            }
+        }
+        let b = self.blocks.get(key)?.clone();
+        self.jump[slot] = Some((*key, b.clone()));
+        Some(b)
+    }
+
+    /// Add a block; `user` holds its page's bytes when it was decoded at
+    /// CPL 3 under split execution (see [`DecodeCache::recheck_user`]).
+    /// True if the cache was full and dropped everything first.
+    fn insert(&mut self, key: BlockKey, block: Rc<Block>, user: Option<&[u8]>) -> bool {
+        let full = self.insns + block.insns().len() > MAX_CACHED_INSNS;
+        if full {
+            *self = DecodeCache::default();
+        }
+        self.insns += block.insns().len();
+        block.live.set(true);
+        let page = key.phys & !0xfff;
+        self.jump[Self::slot(&key)] = Some((key, block.clone()));
+        match self.blocks.insert(key, block) {
+            Some(old) => {
+                old.live.set(false);
+                self.insns -= old.insns().len();
+            }
+            None => self.by_page.entry(page).or_default().push(key),
+        }
+        if let Some(bytes) = user {
+            if !self.user_pages.contains_key(&page) {
+                if self.user_pages.len() >= MAX_USER_PAGES {
+                    let pages: Vec<u64> = self.user_pages.keys().copied().filter(|p| *p != page).collect();
+                    for p in pages {
+                        self.invalidate_page(p);
+                    }
+                }
+                self.user_pages.insert(page, bytes.into());
+            }
+        }
+        full
+    }
+
+    pub(crate) fn invalidate_page(&mut self, page: u64) {
+        self.user_pages.remove(&page);
+        if let Some(keys) = self.by_page.remove(&page) {
+            for k in keys {
+                self.remove(&k);
+            }
+        }
+    }
+
+    fn remove(&mut self, k: &BlockKey) {
+        if let Some(b) = self.blocks.remove(k) {
+            b.live.set(false);
+            self.insns -= b.insns().len();
+        }
+        let slot = Self::slot(k);
+        if matches!(&self.jump[slot], Some((jk, _)) if jk == k) {
+            self.jump[slot] = None;
+        }
+    }
+
+    /// Drop the blocks of each user page whose bytes in `mem` are no longer
+    /// those they were decoded from; the pages dropped.
+    pub(crate) fn recheck_user(&mut self, mem: &GuestMemory) -> Vec<u64> {
+        let mut now = [0u8; 4096];
+        let changed: Vec<u64> = self
+            .user_pages
+            .iter()
+            .filter(|(page, was)| mem.read(**page, &mut now).is_err() || now[..] != was[..])
+            .map(|(page, _)| *page)
+            .collect();
+        for page in &changed {
+            self.invalidate_page(*page);
+        }
+        changed
+    }
+}
+
+impl Cpu {
+    // ---- decoding ------------------------------------------------------------
+
+    /// The block at the current RIP (for the current CS, CPL and paging),
+    /// decoded and cached on a miss. Its instructions run one by one through
+    /// [`Cpu::exec_decoded`]. A fetch fault (a page fault, #GP past the CS
+    /// limit) is returned, not delivered.
+    pub fn block_at_rip(&mut self) -> Fault<Rc<Block>> {
+        // A device may have written a code page since (DMA).
+        if self.mem().invalidation_pending() {
+            self.drain_invalidations();
+        }
+        let bits = self.state.code_bits();
+        let rip = self.state.rip;
+        let user = self.state.cpl == 3;
+        // The block that ran last remembers what followed it. In 64-bit
+        // mode (no CS limit; RIP was canonical when remembered), with no
+        // TLB change since, the same RIP finds the same block.
+        if bits == 64 {
+            if let Some(prev) = &self.prev_block {
+                if let Some(c) = &*prev.next.borrow() {
+                    if c.rip == rip && c.user == user && c.generation == self.mmu.generation {
+                        if let Some(b) = c.block.upgrade().filter(|b| b.live.get()) {
+                            return Ok(b);
+                        }
+                    }
+                }
+            }
+        }
+        let b = self.lookup_block(bits, rip)?;
+        if bits == 64 && b.live.get() {
+            if let Some(prev) = &self.prev_block {
+                *prev.next.borrow_mut() =
+                    Some(Chain { rip, user, generation: self.mmu.generation, block: Rc::downgrade(&b) });
+            }
+        }
+        Ok(b)
+    }
+
+    /// [`Cpu::block_at_rip`] through the TLB and the decode cache.
+    fn lookup_block(&mut self, bits: u32, rip: u64) -> Fault<Rc<Block>> {
+        let lin = self.linear(sreg::CS, rip, 1, false).map_err(|_| GP0)?;
+        let p = if self.state.cpl == 3 { Privilege::User } else { Privilege::Supervisor };
+        let phys = match self.mmu.lookup(p, lin, Access::Execute) {
+            Some(ph) => ph,
+            None => self.translate(lin, Access::Execute, p)?,
+        };
+        let key = BlockKey { phys, rip_page: rip & !0xfff, bits };
+        if let Some(b) = self.cache.get(&key) {
+            return Ok(b);
+        }
+        self.decode_block(key, lin, p)
+    }
+
+    fn decode_block(&mut self, key: BlockKey, lin: u64, p: Privilege) -> Fault<Rc<Block>> {
+        let page = key.phys & !0xfff;
+        let off = (key.phys & 0xfff) as usize;
+        let mut bytes = [0u8; 4096];
+        let cacheable = self.mem().read(page, &mut bytes).is_ok();
+        if !cacheable {
+            // Code in MMIO space: fetch it through the platform, uncached.
+            self.platform_mmio_read(page, &mut bytes);
+        }
+        let mut decoder = Decoder::with_ip(key.bits, &bytes[off..], self.state.rip, DecoderOptions::NONE);
+        let mut insns = Vec::new();
+        let mut insn = Instruction::default();
+        let limit = self.state.seg[sreg::CS].limit;
+        while decoder.can_decode() {
+            decoder.decode_out(&mut insn);
+            if decoder.last_error() == iced_x86::DecoderError::NoMoreBytes {
+                break;
+            }
+            let ends = insn.flow_control() != iced_x86::FlowControl::Next || ops::ends_block(insn.code());
+            insns.push(Decoded::new(insn));
+            if ends || insns.len() >= MAX_BLOCK_INSNS || (key.bits != 64 && insn.next_ip() > u64::from(limit)) {
+                break;
+            }
+        }
+        if insns.is_empty() {
+            // The instruction crosses into the next page: decode it from a
+            // fetch that spans both pages, and do not cache it.
+            let mut buf = [0u8; 15];
+            let avail = 4096 - off;
+            buf[..avail].copy_from_slice(&bytes[off..]);
+            let next_lin = (lin & !0xfff).wrapping_add(4096);
+            let next_lin = if self.state.long_mode() { next_lin } else { next_lin & 0xffff_ffff };
+            let mut rest = [0u8; 15];
+            self.read_slow(next_lin, &mut rest[..15 - avail], p, Access::Execute)?;
+            buf[avail..].copy_from_slice(&rest[..15 - avail]);
+            let mut d = Decoder::with_ip(key.bits, &buf, self.state.rip, DecoderOptions::NONE);
+            let insn = d.decode();
+            return Ok(Block::new(vec![Decoded::new(insn)]));
+        }
+        self.stats.blocks_decoded += 1;
+        let block = Block::new(insns);
+        if cacheable {
+            self.mem().mark_code_page(page);
+            // Write tags for this page must stop bypassing the tracking check.
+            self.mmu.flush_phys(page);
+            let user = (p == Privilege::User && self.keep_user_pages).then_some(&bytes[..]);
+            if self.cache.insert(key, block.clone(), user) {
+                self.stats.cache_flushes += 1;
+            }
+        }
+        Ok(block)
+    }
+
+    /// Drop all decoded code (after a reset, or a state load).
+    pub fn flush_code_cache(&mut self) {
+        self.cache = DecodeCache::default();
+        self.tell_invalidation(Invalidation::All);
+    }
+
+    /// Call `listener` with every [`Invalidation`] from now on: each guest
+    /// physical page whose decoded code is dropped because its bytes
+    /// changed, and each whole flush. (Blocks the cache drops only to make
+    /// room are not reported: their code is unchanged.) A tier that keeps
+    /// its own code for a page marks the page with
+    /// [`GuestMemory::mark_code_page`] so that writes to it are tracked.
+    pub fn add_invalidation_listener(&mut self, listener: InvalidationListener) {
+        self.invalidation_listeners.push(listener);
+    }
+
+    /// Drop the blocks of a page whose bytes changed, and tell the listeners.
+    pub(crate) fn code_page_changed(&mut self, page: u64) {
+        self.cache.invalidate_page(page);
+        self.tell_invalidation(Invalidation::Page(page));
+    }
+
+    fn tell_invalidation(&mut self, what: Invalidation) {
+        for l in &mut self.invalidation_listeners {
+            l(what);
+        }
+    }
+
+    /// Split execution, after user code ran in another engine: its writes
+    /// to guest memory bypassed the tracking of code pages, and only user
+    /// code can have made them. Drop the blocks decoded at CPL 3 from each
+    /// page whose bytes changed since (one compare per page).
+    pub fn recheck_user_code(&mut self) {
+        let mem = self.mem().clone();
+        for page in self.cache.recheck_user(&mem) {
+            self.tell_invalidation(Invalidation::Page(page));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::Code;
+
+    fn block(n: usize) -> Rc<Block> {
+        Block::new(vec![Decoded::new(Instruction::default()); n])
+    }
+
+    fn key(phys: u64) -> BlockKey {
+        BlockKey { phys, rip_page: phys & !0xfff, bits: 64 }
+    }
+
+    #[test]
+    fn the_decode_cache_is_dropped_when_full_and_counts_invalidations() {
+        let mut c = DecodeCache::default();
+        let per = MAX_BLOCK_INSNS;
+        let fit = MAX_CACHED_INSNS / per;
+        for i in 0..fit as u64 {
+            assert!(!c.insert(key(i * 0x1000), block(per), None));
+        }
+        assert_eq!(c.insns, fit * per);
+        // Invalidating a page gives its instructions back.
+        c.invalidate_page(0);
+        assert_eq!(c.insns, (fit - 1) * per);
+        assert!(c.get(&key(0)).is_none());
+        // Re-inserting a key replaces the block without counting it twice.
+        assert!(!c.insert(key(0x1000), block(per), None));
+        assert_eq!(c.insns, (fit - 1) * per);
+        assert!(!c.insert(key(0), block(per), None));
+        // Full: the next block drops everything else, and says so.
+        assert!(c.insert(key(0xfff_f000), block(per), None));
+        assert_eq!(c.insns, per);
+        assert_eq!(c.blocks.len(), 1);
+        assert!(c.get(&key(0x1000)).is_none());
+        assert!(c.get(&key(0xfff_f000)).is_some());
+    }
+
+    /// Each size class holds exactly the instructions it was given.
+    #[test]
+    fn blocks_keep_their_instructions_in_every_size_class() {
+        for n in 1..=MAX_BLOCK_INSNS {
+            let insns: Vec<Decoded> = (0..n)
+                .map(|i| {
+                    let mut insn = Instruction::with(Code::Nopd);
+                    insn.set_next_ip(0x1000 + i as u64);
+                    Decoded::new(insn)
+                })
+                .collect();
+            let b = Block::new(insns);
+            let rips: Vec<u64> = b.insns().iter().map(Decoded::next_rip).collect();
+            assert_eq!(rips, (0..n as u64).map(|i| 0x1000 + i).collect::<Vec<_>>(), "{n} instructions");
+        }
+    }
+
+    #[test]
+    fn blocks_the_cache_drops_are_dead() {
+        let block = || Block::new(vec![Decoded::new(Instruction::default()); 4]);
+        let key = |phys| BlockKey { phys, rip_page: phys, bits: 64 };
+        let mut c = DecodeCache::default();
+        let a = block();
+        c.insert(key(0x1000), a.clone(), None);
+        assert!(a.live.get());
+        c.invalidate_page(0x1000);
+        assert!(!a.live.get(), "invalidated");
+        let (b, b2) = (block(), block());
+        c.insert(key(0x2000), b.clone(), None);
+        c.insert(key(0x2000), b2.clone(), None);
+        assert!(!b.live.get() && b2.live.get(), "replaced");
+        c = DecodeCache::default();
+        assert!(!b2.live.get(), "the cache was dropped");
+        assert!(c.blocks.is_empty());
+    }
+
+    /// Decodes the code at `at` (the page after the test code) into the
+    /// cache, leaving RIP where it was.
+    fn decode_at(c: &mut Cpu, at: u64) {
+        let rip = c.state.rip;
+        c.state.rip = at;
+        c.block_at_rip().unwrap();
+        c.state.rip = rip;
+        assert!(c.cache.by_page.contains_key(&at));
+    }
+
+    fn listened(c: &mut Cpu) -> std::sync::Arc<std::sync::Mutex<Vec<Invalidation>>> {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tell = seen.clone();
+        c.add_invalidation_listener(Box::new(move |i| tell.lock().unwrap().push(i)));
+        seen
+    }
+
+    #[test]
+    fn a_store_into_a_code_page_reaches_the_invalidation_listeners() {
+        use crate::ops::testutil::*;
+        use iced_x86::code_asm::*;
+        let mut c = long_mode();
+        let f = (c.state.rip & !0xfff) + 0x1000;
+        let code = assemble(&c, |a| {
+            a.mov(rdx, f)?;
+            a.mov(byte_ptr(rdx), 0xcc)?;
+            a.hlt()
+        });
+        place(&mut c, &code);
+        c.mem().write(f, &[0x90, 0xf4]).unwrap();
+        decode_at(&mut c, f);
+        let seen = listened(&mut c);
+        assert_eq!(c.run(100), crate::StopReason::Halted);
+        assert_eq!(*seen.lock().unwrap(), [Invalidation::Page(f)]);
+        assert!(!c.cache.by_page.contains_key(&f), "the page's blocks are gone");
+        // A device's write (DMA) is found at the next lookup.
+        decode_at(&mut c, f);
+        c.mem().write(f + 1, &[0x90]).unwrap();
+        c.block_at_rip().unwrap();
+        assert_eq!(*seen.lock().unwrap(), [Invalidation::Page(f); 2]);
+        // A page without decoded code is not reported.
+        c.mem().write(f + 0x1000, &[0x90]).unwrap();
+        c.block_at_rip().unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_whole_cache_flush_reaches_the_invalidation_listeners() {
+        let mut c = crate::ops::testutil::long_mode();
+        let seen = listened(&mut c);
+        c.block_at_rip().unwrap();
+        assert!(!c.cache.blocks.is_empty());
+        c.flush_code_cache();
+        assert!(c.cache.blocks.is_empty());
+        assert_eq!(*seen.lock().unwrap(), [Invalidation::All]);
+    }
+
+    #[test]
+    fn one_decoded_instruction_runs_through_exec_decoded() {
+        use crate::exec::Executed;
+        use crate::ops::testutil::*;
+        use iced_x86::code_asm::*;
+        let mut c = long_mode();
+        let f = (c.state.rip & !0xfff) + 0x1000;
+        let code = assemble(&c, |a| {
+            a.add(eax, 7)?;
+            a.mov(rdx, f)?;
+            a.mov(byte_ptr(rdx), 0xcc)?;
+            a.ud2()
+        });
+        place(&mut c, &code);
+        c.mem().write(f, &[0x90, 0xf4]).unwrap();
+        decode_at(&mut c, f);
+        let start = c.state.rip;
+        let mut decoder = Decoder::with_ip(64, &code, c.state.rip, DecoderOptions::NONE);
+        let insns: Vec<Decoded> = (0..4).map(|_| Decoded::new(decoder.decode())).collect();
+        assert_eq!(c.exec_decoded(&insns[0]), Executed::Done);
+        assert_eq!((c.state.gpr[0], c.state.rip), (7, insns[0].next_rip()));
+        assert_eq!(c.exec_decoded(&insns[1]), Executed::Done);
+        // The store hits decoded code: the caller must look up RIP again.
+        assert_eq!(c.exec_decoded(&insns[2]), Executed::BlockEnd);
+        assert_eq!(c.stats.instructions, 3);
+        assert_eq!(c.exec_decoded(&insns[3]), Executed::Raised);
+        assert_eq!((c.stats.instructions, c.stats.exceptions), (3, 1));
+        assert_eq!(c.state.rip, stub(6), "#UD delivered");
+        // The block at RIP holds the same instructions.
+        c.state.rip = start;
+        let b = c.block_at_rip().unwrap();
+        let codes: Vec<Code> = b.insns().iter().map(|d| d.insn.code()).collect();
+        assert_eq!(codes, insns.iter().map(|d| d.insn.code()).collect::<Vec<_>>());
+    }
+}
