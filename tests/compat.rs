@@ -5,36 +5,27 @@
 //! without them those tests say so and pass.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use iced_x86::code_asm::*;
+
+#[path = "guest/run.rs"]
+mod run;
+fn tmp(name: &str) -> PathBuf {
+    run::tmp("compat", name)
+}
+use run::ferrovm;
+
+#[path = "guest/multiboot.rs"]
+mod multiboot;
+use multiboot::print32;
 
 #[path = "guest/encode.rs"]
 mod encode;
 #[path = "guest/kvm.rs"]
 mod kvm;
 use encode::base64;
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ferrovm-compat-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-fn ferrovm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferrovm")).args(args).stdin(Stdio::null()).output().expect("ferrovm runs")
-}
-
-/// Print `s` to COM1 (the transmitter is always ready in ferrovm and QEMU).
-fn print32(a: &mut CodeAssembler, s: &str) -> Result<(), IcedError> {
-    a.mov(dx, 0x3f8u32)?;
-    for b in s.bytes() {
-        a.mov(al, u32::from(b))?;
-        a.out(dx, al)?;
-    }
-    Ok(())
-}
 
 /// Where the multiboot header sits in the file (inside the first 8 KiB).
 const HEADER_OFF: usize = 0x80;

@@ -2,33 +2,20 @@
 //! (resets, timers) behaves the same whichever engine runs the guest.
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
 
 use iced_x86::code_asm::*;
+
+#[path = "guest/run.rs"]
+mod run;
+fn tmp(name: &str) -> PathBuf {
+    run::tmp("engine", name)
+}
+use run::ferrovm;
+use run::kvm_usable;
 
 #[path = "guest/multiboot.rs"]
 mod multiboot;
 use multiboot::{multiboot_elf, print32, CODE_OFF, LOAD};
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ferrovm-engine-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-fn ferrovm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferrovm")).args(args).stdin(Stdio::null()).output().expect("ferrovm runs")
-}
-
-fn kvm_usable() -> bool {
-    match hvf_kvm_accel::open() {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("skipping the KVM run: {e}");
-            false
-        }
-    }
-}
 
 /// Where the reset ROM keeps its "second boot" marker (RAM keeps it across
 /// a reset).

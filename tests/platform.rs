@@ -2,34 +2,21 @@
 //! kernel, and a hostile guest that writes garbage to every port and MMIO page.
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
 
 use iced_x86::code_asm::*;
+
+#[path = "guest/run.rs"]
+mod run;
+fn tmp(name: &str) -> PathBuf {
+    run::tmp("platform", name)
+}
 use iced_x86::BlockEncoderOptions;
+use run::ferrovm;
+use run::kvm_usable;
 
 #[path = "guest/multiboot.rs"]
 mod multiboot;
 use multiboot::{multiboot_elf, print32, CODE_OFF, LOAD};
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ferrovm-platform-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-fn ferrovm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferrovm")).args(args).stdin(Stdio::null()).output().expect("ferrovm runs")
-}
-
-fn kvm_usable() -> bool {
-    match hvf_kvm_accel::open() {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("skipping the KVM run: {e}");
-            false
-        }
-    }
-}
 
 /// An ELF32 multiboot kernel: checks the loader's magic and memory info,
 /// prints a line and exits through debug-exit with 0x21 (status 0x43).

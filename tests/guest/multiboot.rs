@@ -1,6 +1,8 @@
 //! Multiboot test kernels: an ELF32 image around code the test assembles,
 //! and serial output from it.
 
+#![allow(dead_code, reason = "each suite uses what it needs")]
+
 use iced_x86::code_asm::*;
 
 /// Print `s` to COM1 (the transmitter is always ready in ferrovm and QEMU).
