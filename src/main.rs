@@ -52,15 +52,16 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     if args.cpus != 1 {
         return Err(Error::Config(format!("--cpus {}: only 1 CPU is supported so far", args.cpus)));
     }
-    let use_kvm = match args.accel {
-        Accel::Jit => return Err(Error::NotBuilt { option: "--accel jit" }),
+    let kind = match args.accel {
+        Accel::Jit => EngineKind::Jit,
         Accel::Kvm => {
             // Say why KVM is unusable before building anything.
             hvf_kvm_accel::open()?;
-            true
+            EngineKind::Kvm
         }
-        Accel::Auto => hvf_kvm_accel::open().is_ok(),
-        Accel::Interp => false,
+        Accel::Auto if hvf_kvm_accel::open().is_ok() => EngineKind::Kvm,
+        Accel::Auto => EngineKind::Jit,
+        Accel::Interp => EngineKind::Interp,
     };
     if args.kernel.is_none() && (args.initrd.is_some() || args.append.is_some()) {
         return Err(Error::Config("--initrd and --append need --kernel".into()));
@@ -114,7 +115,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     } else {
         None
     };
-    let report = machine.run(if use_kvm { EngineKind::Kvm } else { EngineKind::Interp })?;
+    let report = machine.run(kind)?;
     devices::console::restore_terminal();
     if let Some(m) = &report.message {
         eprintln!("ferrovm: {m}");

@@ -86,6 +86,13 @@ impl Cpu {
             self.state.interrupt_shadow = 0;
             match self.block_at_rip() {
                 Ok(block) => {
+                    if self.hot_threshold != 0 {
+                        let heat = block.heat();
+                        if heat == 0 {
+                            return StopReason::Hot;
+                        }
+                        block.set_heat(heat - 1);
+                    }
                     // The block that followed this one last time is likely
                     // next again: its lines arrive while this one runs.
                     if let Some(c) = &*block.next.borrow() {
