@@ -218,6 +218,26 @@ fn generic_kernel_boots_to_init_in_the_interpreter() {
     assert_flags(&b, INTERP_TSC_FLAGS);
 }
 
+/// Under `--accel jit`: the same checks (the same CPU model as the
+/// interpreter's, so the same timekeeping flags).
+#[test]
+fn cloud_kernel_boots_to_init_under_jit() {
+    let Some(dir) = images() else { return };
+    let k = dir.join("vmlinuz-cloud");
+    let b = boot("jit", &k, &dir.join("initramfs.cpio.gz"), &[]);
+    check(&b, &k);
+    assert_flags(&b, INTERP_TSC_FLAGS);
+}
+
+#[test]
+fn generic_kernel_boots_to_init_under_jit() {
+    let Some(dir) = images() else { return };
+    let k = dir.join("vmlinuz-generic");
+    let b = boot("jit", &k, &dir.join("initramfs.cpio.gz"), &[]);
+    check(&b, &k);
+    assert_flags(&b, INTERP_TSC_FLAGS);
+}
+
 #[test]
 fn classic_boot_path_runs_the_kernels_own_decompressor() {
     let Some(dir) = images() else { return };
