@@ -145,6 +145,19 @@ pub fn bench(args: &crate::cli::BenchArgs) -> i32 {
     let interp = median(interp);
     mips.sort_by(f64::total_cmp);
     println!("  {:<22} {:>10}  ({:.1} guest MIPS)", "interp", fmt_dur(Some(interp)), mips[mips.len() / 2]);
+    let mut jit_t = Vec::new();
+    for _ in 0..runs {
+        match run_builtin_jit(Duration::from_secs(120)) {
+            Ok((rep, _)) => jit_t.push(rep.total),
+            Err(e) => {
+                eprintln!("ferrovm bench: jit run failed: {e}");
+                return 1;
+            }
+        }
+    }
+    let jit_time = median(jit_t);
+    println!("  {:<22} {:>10}", "jit", fmt_dur(Some(jit_time)));
+    println!("  ratio interp/jit: {:.2}", interp.as_secs_f64() / jit_time.as_secs_f64());
     let mut kvm_time = None;
     match hvf_kvm_accel::open() {
         Ok(_) => {
@@ -171,6 +184,7 @@ pub fn bench(args: &crate::cli::BenchArgs) -> i32 {
         Some(Ok(q)) => {
             println!("  {:<22} {:>10}  (includes QEMU's start-up)", "qemu tcg", fmt_dur(Some(q)));
             println!("  ratio interp/qemu: {:.2}", interp.as_secs_f64() / q.as_secs_f64());
+            println!("  ratio jit/qemu: {:.2}", jit_time.as_secs_f64() / q.as_secs_f64());
         }
         Some(Err(e)) => println!("  qemu tcg               failed: {e}"),
         None => println!("  qemu tcg               not installed (Debian package qemu-system-x86): no comparison"),
@@ -191,6 +205,7 @@ pub fn bench(args: &crate::cli::BenchArgs) -> i32 {
         let mut cases: Vec<(String, Vec<String>)> = vec![
             ("interp fast".into(), ferrovm_cmd(&k, &initrd, "interp", "fast")),
             ("interp classic".into(), ferrovm_cmd(&k, &initrd, "interp", "classic")),
+            ("jit fast".into(), ferrovm_cmd(&k, &initrd, "jit", "fast")),
         ];
         if args.kvm_linux || kvm_time.is_some() {
             cases.push(("kvm fast".into(), ferrovm_cmd(&k, &initrd, "kvm", "fast")));
@@ -225,6 +240,9 @@ pub fn bench(args: &crate::cli::BenchArgs) -> i32 {
             }
         }
         let time_of = |which: &str| results.iter().find(|(n, _)| n == which).and_then(|(_, t)| *t);
+        if let (Some(i), Some(j)) = (time_of("interp fast"), time_of("jit fast")) {
+            println!("    ratio interp fast / jit fast: {:.2}", i.as_secs_f64() / j.as_secs_f64());
+        }
         if let (Some(i), Some(k)) = (time_of("interp fast"), time_of("kvm fast")) {
             println!("    ratio interp fast / kvm fast: {:.2}", i.as_secs_f64() / k.as_secs_f64());
         }
@@ -271,6 +289,8 @@ fn qemu_cmd(qemu: &std::path::Path, kernel: &std::path::Path, initrd: &std::path
         qemu.display().to_string(),
         "-accel".into(),
         "tcg".into(),
+        "-cpu".into(),
+        "max".into(),
         "-m".into(),
         "512".into(),
         "-nodefaults".into(),

@@ -2,6 +2,7 @@
 //! machine and runs it, and maps how the run ended to the exit status.
 
 mod bench_net;
+mod bench_work;
 mod boot;
 mod cli;
 mod demo;
@@ -150,6 +151,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Demo => Ok(demo::demo()),
         Command::Bench(args) if args.net => Ok(bench_net::run(&args)),
+        Command::Bench(args) if args.work => Ok(bench_work::run(&args)),
         Command::Bench(args) => Ok(demo::bench(&args)),
     });
     devices::console::restore_terminal();
