@@ -105,6 +105,10 @@ pub mod ecx81 {
     pub const ABM: u32 = 1 << 5;
     /// 3DNowPrefetch: PREFETCH and PREFETCHW.
     pub const PREFETCHW: u32 = 1 << 8;
+    /// PerfCtrExtCore: six core counters at C001_0200h-C001_020Bh. Not
+    /// advertised: the model has the four legacy counters only
+    /// (C001_0000h-C001_0007h, which every AMD64 CPU has).
+    pub const PERF_CTR_EXT_CORE: u32 = 1 << 23;
 }
 
 const VENDOR: &[u8; 12] = b"AuthenticAMD";

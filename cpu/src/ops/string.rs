@@ -144,6 +144,13 @@ fn string_op(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
                 super::write_acc(cpu, s, v);
             }
             Op::Cmps => {
+                // Both operands' segment checks and page walks come before
+                // the alignment check of either (a misaligned source with a
+                // not-present destination page is #PF, not #AC).
+                if cpu.state.rflags & flags::AC != 0 && cpu.state.cr0 & cr::CR0_AM != 0 && cpu.state.cpl == 3 {
+                    cpu.probe_read(src_seg, si, s)?;
+                    cpu.probe_read(sreg::ES, di, s)?;
+                }
                 let a = cpu.read_mem(src_seg, si, s)?;
                 let b = cpu.read_mem(sreg::ES, di, s)?;
                 let r = a.wrapping_sub(b) & mask(s);
@@ -283,6 +290,32 @@ fn bulk(cpu: &mut Cpu, op: Op, size: u64, am: u64, src_seg: usize, left: u64) ->
 mod tests {
     use super::super::testutil::*;
     use crate::state::flags::{RF, TF};
+
+    /// Differential seed 0xc524bf49b3e09ad: `cmpsq` with a misaligned
+    /// source and a destination on a not-present page raises #PF on the
+    /// CPU; #AC only once both pages are there.
+    #[test]
+    fn cmps_walks_both_pages_before_the_alignment_check() {
+        use crate::exception::Exception;
+        use crate::state::{cr, flags::AC};
+        let mut c = long_mode();
+        to_user(&mut c, SEL_UCODE64);
+        c.state.cr0 |= cr::CR0_AM;
+        c.state.rflags |= AC;
+        c.state.gpr[6] = DATA + 3;
+        c.state.gpr[7] = UNMAPPED + 8;
+        let cmpsq = [0x48, 0xa7];
+        let pf = Exception::PageFault { addr: UNMAPPED + 8, error_code: 4 };
+        assert_eq!(exec_bytes(&mut c, &cmpsq), Err(pf));
+        // The source's page walk comes first too.
+        c.state.gpr[6] = UNMAPPED + 3;
+        c.state.gpr[7] = DATA + 1;
+        let pf = Exception::PageFault { addr: UNMAPPED + 3, error_code: 4 };
+        assert_eq!(exec_bytes(&mut c, &cmpsq), Err(pf));
+        c.state.gpr[6] = DATA + 3;
+        c.state.gpr[7] = DATA + 0x100;
+        assert_eq!(exec_bytes(&mut c, &cmpsq), Err(Exception::AlignmentCheck));
+    }
 
     #[test]
     fn single_step_traps_after_each_rep_iteration() {
