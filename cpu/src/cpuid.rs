@@ -80,6 +80,9 @@ pub mod ebx7 {
 
 /// Leaf 7 subleaf 0 ECX bits.
 pub mod ecx7 {
+    /// User-mode instruction prevention (CR4.UMIP): SGDT, SIDT, SLDT, SMSW
+    /// and STR are #GP(0) at CPL > 0.
+    pub const UMIP: u32 = 1 << 2;
     pub const RDPID: u32 = 1 << 22;
 }
 
@@ -164,7 +167,7 @@ pub const LEAF7_EBX: u32 = ebx7::FSGSBASE
     | ebx7::SMAP
     | ebx7::CLFLUSHOPT
     | ebx7::CLWB;
-pub const LEAF7_ECX: u32 = ecx7::RDPID;
+pub const LEAF7_ECX: u32 = ecx7::UMIP | ecx7::RDPID;
 /// Extended features (leaf 8000_0001).
 pub const LEAF81_EDX: u32 = edx81::SYSCALL | edx81::NX | edx81::RDTSCP | edx81::LM;
 pub const LEAF81_ECX: u32 = ecx81::LAHF_LM | ecx81::ABM | ecx81::PREFETCHW;

@@ -1,0 +1,193 @@
+//! CPU behaviour that third-party test kernels check and QEMU TCG passes,
+//! each in a small 32-bit kernel of its own (see `guest/pm32.rs`), run by
+//! the `ferrovm` binary under the interpreter and, where /dev/kvm is
+//! usable, under KVM.
+//!
+//! - The AMD legacy performance counters (PerfEvtSel0-3, PerfCtr0-3).
+//! - UMIP: SGDT, SIDT, SLDT, SMSW and STR at CPL 3 raise #GP(0).
+
+use std::path::PathBuf;
+
+use iced_x86::code_asm::*;
+
+#[path = "guest/run.rs"]
+mod run;
+fn tmp(name: &str) -> PathBuf {
+    run::tmp("cpu-compat", name)
+}
+use run::{ferrovm, kvm_usable};
+
+#[path = "guest/multiboot.rs"]
+mod multiboot;
+
+#[path = "guest/pm32.rs"]
+mod pm32;
+use pm32::{var, Kernel, Lbl, SCRATCH};
+
+/// Boot `kernel` under `accel` and expect `name: ok` and debug-exit 0x21.
+fn run_kernel(name: &str, kernel: &[u8], accel: &str) {
+    let path = tmp(&format!("{name}-{accel}.elf"));
+    std::fs::write(&path, kernel).unwrap();
+    let o = ferrovm(&["run", "--accel", accel, "--kernel", path.to_str().unwrap(), "--serial", "stdio", "--timeout", "60"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(out.contains(&format!("{name}: ok")), "{accel}: stdout: {out}\nstderr: {err}");
+    assert_eq!(o.status.code(), Some(0x43), "{accel}: debug-exit 0x21 gives status 0x43; stderr: {err}");
+    println!("{name} under {accel}: {}", out.trim());
+}
+
+/// A #GP handler for expected faults: it counts them in var 0, ORs their
+/// error codes into var 1 and resumes at the address in var 2.
+fn expected_gp(k: &mut Kernel) -> Result<Lbl, IcedError> {
+    let mut handler = k.label();
+    let mut over = k.a.create_label();
+    k.a.jmp(over)?;
+    k.place(&mut handler)?;
+    k.a.push(eax)?;
+    k.a.push(ds)?;
+    k.a.mov(ax, u32::from(pm32::KDATA))?;
+    k.a.mov(ds, ax)?;
+    k.a.inc(var(0))?;
+    k.a.mov(eax, dword_ptr(esp + 8))?;
+    k.a.or(var(1), eax)?;
+    k.a.mov(eax, var(2))?;
+    k.a.mov(dword_ptr(esp + 12), eax)?;
+    k.a.pop(ds)?;
+    k.a.pop(eax)?;
+    k.a.add(esp, 4)?;
+    k.a.iretd()?;
+    k.a.set_label(&mut over)?;
+    k.gate(13, handler, 0xe, 0, pm32::KCODE)?;
+    Ok(handler)
+}
+
+/// Set var 2 to the address of `resume` (where [`expected_gp`] resumes).
+fn resume_at(k: &mut Kernel, resume: Lbl) -> Result<(), IcedError> {
+    k.addr(resume)?;
+    k.a.mov(var(2), eax)
+}
+
+// ---- the AMD performance counters -------------------------------------------
+
+/// WRMSR and RDMSR of PerfEvtSel0-3 (C001_0000h-C001_0003h) and PerfCtr0-3
+/// (C001_0004h-C001_0007h) do not fault. With `exact`, the values read back
+/// are the ones written (PerfCtr 48 bits wide), and with CPUID 8000_0001h
+/// ECX[23] (PerfCtrExtCore) clear, RDMSR of C001_0200h raises #GP(0).
+/// (KVM without a virtual PMU takes the writes and reads back 0.)
+fn perf_counter_kernel(exact: bool) -> Vec<u8> {
+    let mut k = Kernel::new("perfctr");
+    (|| -> Result<(), IcedError> {
+        expected_gp(&mut k)?;
+        for i in 0..8u32 {
+            let (lo, hi) = if i < 4 { (0x3_00c0 | i << 8, 0u32) } else { (0x1234_5670 | i, 0xffff_ffff) };
+            k.a.mov(ecx, 0xc001_0000 + i)?;
+            k.a.mov(eax, lo)?;
+            k.a.mov(edx, hi)?;
+            k.a.wrmsr()?;
+            k.a.xor(eax, eax)?;
+            k.a.xor(edx, edx)?;
+            k.a.rdmsr()?;
+            if exact {
+                k.a.cmp(eax, lo)?;
+                k.fail_ne(&format!("MSR {:#x} low half", 0xc001_0000 + i))?;
+                k.a.mov(eax, edx)?;
+                k.a.cmp(eax, hi & 0xffff)?;
+                k.fail_ne(&format!("MSR {:#x} high half", 0xc001_0000 + i))?;
+            }
+        }
+        k.expect(var(0), 0, "#GP count after the legacy counters")?;
+        if exact {
+            k.a.mov(eax, 0x8000_0001u32)?;
+            k.a.cpuid()?;
+            k.a.mov(eax, ecx)?;
+            k.a.and(eax, 1u32 << 23)?;
+            let mut ext = k.a.create_label();
+            let mut after = k.label();
+            k.a.jnz(ext)?;
+            resume_at(&mut k, after)?;
+            k.a.mov(ecx, 0xc001_0200u32)?;
+            k.a.rdmsr()?;
+            k.place(&mut after)?;
+            k.expect(var(0), 1, "#GP count after RDMSR C001_0200h without PerfCtrExtCore")?;
+            k.expect(var(1), 0, "#GP error code")?;
+            k.a.set_label(&mut ext)?;
+        }
+        k.pass()
+    })()
+    .unwrap();
+    k.build()
+}
+
+#[test]
+fn amd_performance_counters_in_the_interpreter() {
+    run_kernel("perfctr", &perf_counter_kernel(true), "interp");
+}
+
+#[test]
+fn amd_performance_counters_under_kvm() {
+    if kvm_usable() {
+        run_kernel("perfctr", &perf_counter_kernel(false), "kvm");
+    }
+}
+
+// ---- UMIP --------------------------------------------------------------------
+
+/// CPUID 7.0:ECX[2] advertises UMIP; CR4.UMIP can be set; SGDT still works
+/// at CPL 0; at CPL 3 each of SGDT, SIDT, SLDT, SMSW and STR raises #GP(0).
+fn umip_kernel() -> Vec<u8> {
+    let mut k = Kernel::new("umip");
+    (|| -> Result<(), IcedError> {
+        k.a.mov(eax, 7u32)?;
+        k.a.xor(ecx, ecx)?;
+        k.a.cpuid()?;
+        k.a.mov(eax, ecx)?;
+        k.a.and(eax, 4u32)?;
+        k.a.cmp(eax, 4u32)?;
+        k.fail_ne("CPUID 7.0:ECX[2] (UMIP) clear, ECX")?;
+        k.a.mov(eax, cr4)?;
+        k.a.or(eax, 1u32 << 11)?;
+        k.a.mov(cr4, eax)?;
+        k.a.sgdt(dword_ptr(SCRATCH))?;
+        k.expect(dword_ptr(SCRATCH + 2), pm32::GDT, "SGDT at CPL 0 with UMIP")?;
+        expected_gp(&mut k)?;
+        let mut back = k.label();
+        let mut user = k.label();
+        // Back to CPL 0 through #UD (kvm_pvm turns INT n at CPL 3 into #UD).
+        k.gate(6, back, 0xe, 0, pm32::KCODE)?;
+        k.enter_user(user, 0x2)?;
+        k.place(&mut user)?;
+        for i in 0..5 {
+            let mut next = k.label();
+            resume_at(&mut k, next)?;
+            match i {
+                0 => k.a.sgdt(dword_ptr(SCRATCH + 0x10))?,
+                1 => k.a.sidt(dword_ptr(SCRATCH + 0x10))?,
+                2 => k.a.sldt(ax)?,
+                3 => k.a.smsw(ax)?,
+                _ => k.a.str(ax)?,
+            }
+            k.place(&mut next)?;
+        }
+        k.a.ud2()?;
+        k.place(&mut back)?;
+        k.a.add(esp, 20)?;
+        k.kernel_data()?;
+        k.expect(var(0), 5, "#GP count at CPL 3")?;
+        k.expect(var(1), 0, "#GP error codes")?;
+        k.pass()
+    })()
+    .unwrap();
+    k.build()
+}
+
+#[test]
+fn umip_in_the_interpreter() {
+    run_kernel("umip", &umip_kernel(), "interp");
+}
+
+#[test]
+fn umip_under_kvm() {
+    if kvm_usable() {
+        run_kernel("umip", &umip_kernel(), "kvm");
+    }
+}
