@@ -179,11 +179,12 @@ impl Cpu {
         Ok(())
     }
 
-    /// The segment checks and the page walks of a read of `size` bytes at
-    /// `seg:offset`, without the alignment check or reading: CMPS walks
-    /// both operands' pages before it checks either operand's alignment.
+    /// The checks of a read of `size` bytes at `seg:offset` without reading:
+    /// the segment checks, the alignment check, and the page walk of every
+    /// page it touches.
     pub(crate) fn probe_read(&mut self, seg: usize, offset: u64, size: u32) -> Fault<()> {
         let lin = self.linear(seg, offset, u64::from(size), false)?;
+        self.check_alignment(lin, size)?;
         let p = self.privilege();
         self.translate(lin, Access::Read, p)?;
         let last = lin.wrapping_add(u64::from(size) - 1);

@@ -144,11 +144,13 @@ fn string_op(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
                 super::write_acc(cpu, s, v);
             }
             Op::Cmps => {
-                // Both operands' segment checks and page walks come before
-                // the alignment check of either (a misaligned source with a
-                // not-present destination page is #PF, not #AC).
+                // The CPU checks the destination (ES:rDI) first, its
+                // alignment and then its page walk, before the source: a
+                // misaligned source with a not-present destination page is
+                // #PF, a misaligned destination with a not-present source
+                // page #AC (differential seeds 0xc524bf49b3e09ad,
+                // 0x24df01222634a1f9).
                 if cpu.state.rflags & flags::AC != 0 && cpu.state.cr0 & cr::CR0_AM != 0 && cpu.state.cpl == 3 {
-                    cpu.probe_read(src_seg, si, s)?;
                     cpu.probe_read(sreg::ES, di, s)?;
                 }
                 let a = cpu.read_mem(src_seg, si, s)?;
@@ -291,11 +293,11 @@ mod tests {
     use super::super::testutil::*;
     use crate::state::flags::{RF, TF};
 
-    /// Differential seed 0xc524bf49b3e09ad: `cmpsq` with a misaligned
-    /// source and a destination on a not-present page raises #PF on the
-    /// CPU; #AC only once both pages are there.
+    /// Differential seeds 0xc524bf49b3e09ad and 0x24df01222634a1f9: CMPS
+    /// checks its destination (alignment, then page walk) before its
+    /// source.
     #[test]
-    fn cmps_walks_both_pages_before_the_alignment_check() {
+    fn cmps_checks_the_destination_before_the_source() {
         use crate::exception::Exception;
         use crate::state::{cr, flags::AC};
         let mut c = long_mode();
@@ -307,11 +309,11 @@ mod tests {
         let cmpsq = [0x48, 0xa7];
         let pf = Exception::PageFault { addr: UNMAPPED + 8, error_code: 4 };
         assert_eq!(exec_bytes(&mut c, &cmpsq), Err(pf));
-        // The source's page walk comes first too.
-        c.state.gpr[6] = UNMAPPED + 3;
+        // A misaligned destination beats a not-present source page.
+        c.state.gpr[6] = UNMAPPED;
         c.state.gpr[7] = DATA + 1;
-        let pf = Exception::PageFault { addr: UNMAPPED + 3, error_code: 4 };
-        assert_eq!(exec_bytes(&mut c, &cmpsq), Err(pf));
+        assert_eq!(exec_bytes(&mut c, &cmpsq), Err(Exception::AlignmentCheck));
+        // Both pages present: the source's alignment.
         c.state.gpr[6] = DATA + 3;
         c.state.gpr[7] = DATA + 0x100;
         assert_eq!(exec_bytes(&mut c, &cmpsq), Err(Exception::AlignmentCheck));
