@@ -1006,7 +1006,21 @@ fn flat(selector: u16, dpl: u8, code: bool, long: bool) -> Segment {
 }
 
 fn syscall(cpu: &mut Cpu, _: &Instruction) -> Fault<()> {
-    syscall_entry(cpu)
+    syscall_entry(cpu)?;
+    step_trap_at_end(cpu)
+}
+
+/// SYSCALL and SYSRET single-step on the TF they end with, not the one they
+/// start with (APM Vol. 2 "Single-Step"; SDM Vol. 3B §17.3.1.4): a SYSCALL
+/// whose SFMASK clears TF does not trap in the kernel, a SYSRET that loads
+/// TF = 1 from R11 traps at its first user instruction. The debug path of
+/// the run loop leaves these two to this.
+fn step_trap_at_end(cpu: &mut Cpu) -> Fault<()> {
+    if cpu.state.rflags & flags::TF != 0 {
+        cpu.state.dr[6] |= super::debug::dr6::BS;
+        return Err(Exception::DebugTrap);
+    }
+    Ok(())
 }
 
 /// SYSCALL's effect, with RIP already past the instruction.
@@ -1068,7 +1082,7 @@ fn sysret(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     cpu.state.seg[sreg::SS] = flat(base.wrapping_add(8) | 3, 3, false, false);
     cpu.state.cpl = 3;
     cpu.block_break = true;
-    Ok(())
+    step_trap_at_end(cpu)
 }
 
 /// SYSENTER. The model is an AMD one: SYSENTER and SYSEXIT are #UD in
