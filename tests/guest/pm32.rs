@@ -304,3 +304,187 @@ impl Kernel {
         multiboot_elf(&code)
     }
 }
+
+/// Where the 64-bit part of a long-mode kernel starts: the 32-bit part is
+/// padded to this offset from the entry point.
+pub const LONG_PAD: u32 = 0x1000;
+/// The 64-bit part's address.
+pub const LONG_ENTRY: u32 = LOAD + CODE_OFF + LONG_PAD;
+/// The long-mode GDT entries, after the 32-bit ones: kernel code and data
+/// (SYSCALL's CS and SS), then user code32, data, code64 (SYSRET's base).
+pub const KCODE64: u16 = 0x38;
+pub const KDATA64: u16 = 0x40;
+pub const USER32_BASE: u16 = 0x48;
+pub const UCODE64: u16 = 0x58 | 3;
+pub const UDATA64: u16 = 0x50 | 3;
+/// Identity paging for the first 4 MiB (2 MiB pages, user-accessible).
+const PML4: u32 = 0x31_0000;
+
+/// The 64-bit part of a long-mode kernel: its own assembler at
+/// [`LONG_ENTRY`], with failure reports like [`Kernel`]'s.
+pub struct Long {
+    pub a: CodeAssembler,
+    name: String,
+    fails: Vec<(CodeLabel, String)>,
+    unexpected: CodeLabel,
+}
+
+impl Kernel {
+    /// Switch to long mode (PAE paging of the first 4 MiB, EFER.LME and
+    /// SCE) and jump to the 64-bit part, which `body` writes. On entry to
+    /// it the CPU runs at CPL 0 in 64-bit mode with an IDT of 16-byte gates,
+    /// all leading to an unexpected-event report.
+    pub fn long_mode(mut self, body: impl FnOnce(&mut Long) -> Result<(), IcedError>) -> Vec<u8> {
+        (|| -> Result<(), IcedError> {
+            let a = &mut self.a;
+            let extra = [
+                desc(0, 0xfffff, 0x9a, 0xa),
+                desc(0, 0xfffff, 0x92, 0xc),
+                desc(0, 0xfffff, 0xfa, 0xc),
+                desc(0, 0xfffff, 0xf2, 0xc),
+                desc(0, 0xfffff, 0xfa, 0xa),
+            ];
+            for (i, d) in extra.iter().enumerate() {
+                let at = GDT + u32::from(KCODE64) + 8 * i as u32;
+                a.mov(dword_ptr(at), *d as u32)?;
+                a.mov(dword_ptr(at + 4), (*d >> 32) as u32)?;
+            }
+            a.mov(word_ptr(VARS + 0x800), 0x5fu32)?;
+            a.lgdt(dword_ptr(VARS + 0x800))?;
+            // The TSS as a 64-bit one: RSP0 = KSTACK.
+            a.mov(dword_ptr(TSS + 8), 0u32)?;
+            a.mov(dword_ptr(PML4), (PML4 + 0x1000) | 7)?;
+            a.mov(dword_ptr(PML4 + 0x1000), (PML4 + 0x2000) | 7)?;
+            a.mov(dword_ptr(PML4 + 0x2000), 0x87u32)?;
+            a.mov(dword_ptr(PML4 + 0x2008), 0x20_0087u32)?;
+            a.mov(eax, cr4)?;
+            a.or(eax, 0x20u32)?;
+            a.mov(cr4, eax)?;
+            a.mov(eax, PML4)?;
+            a.mov(cr3, eax)?;
+            a.mov(ecx, 0xc000_0080u32)?;
+            a.rdmsr()?;
+            a.or(eax, 0x101u32)?;
+            a.wrmsr()?;
+            a.mov(eax, cr0)?;
+            a.or(eax, 0x8000_0000u32)?;
+            a.mov(cr0, eax)?;
+            a.push(u32::from(KCODE64))?;
+            a.push(LONG_ENTRY)?;
+            a.retf()
+        })()
+        .unwrap();
+        let mut l = Long {
+            a: CodeAssembler::new(64).unwrap(),
+            name: self.name.clone(),
+            fails: Vec::new(),
+            unexpected: CodeLabel::default(),
+        };
+        l.unexpected = l.a.create_label();
+        l.setup().unwrap();
+        body(&mut l).unwrap();
+        let code64 = l.build();
+        let mut image = self.build();
+        let code32_len = image.len() - CODE_OFF as usize;
+        assert!(code32_len <= LONG_PAD as usize, "the 32-bit part outgrew its room");
+        image = image[CODE_OFF as usize..].to_vec();
+        image.resize(LONG_PAD as usize, 0xcc);
+        image.extend_from_slice(&code64);
+        multiboot_elf(&image)
+    }
+}
+
+impl Long {
+    fn setup(&mut self) -> Result<(), IcedError> {
+        let a = &mut self.a;
+        a.mov(ax, u32::from(KDATA64))?;
+        for s in [ds, es, ss] {
+            a.mov(s, ax)?;
+        }
+        a.mov(rsp, u64::from(KSTACK))?;
+        a.lea(rax, qword_ptr(self.unexpected))?;
+        a.xor(ecx, ecx)?;
+        let mut fill = a.create_label();
+        a.set_label(&mut fill)?;
+        a.mov(rdi, rcx)?;
+        a.shl(rdi, 4)?;
+        a.add(rdi, IDT as i32)?;
+        a.mov(word_ptr(rdi), ax)?;
+        a.mov(word_ptr(rdi + 2), u32::from(KCODE64))?;
+        a.mov(word_ptr(rdi + 4), 0x8e00u32)?;
+        a.mov(rdx, rax)?;
+        a.shr(rdx, 16)?;
+        a.mov(word_ptr(rdi + 6), dx)?;
+        a.mov(dword_ptr(rdi + 8), 0u32)?;
+        a.mov(dword_ptr(rdi + 12), 0u32)?;
+        a.inc(ecx)?;
+        a.cmp(ecx, 256u32)?;
+        a.jne(fill)?;
+        a.mov(word_ptr(VARS as u64 + 0x808), 0xfffu32)?;
+        a.lidt(qword_ptr(VARS as u64 + 0x808))
+    }
+
+    /// Point 64-bit IDT entry `vector` at `target`: an interrupt gate of
+    /// `dpl`.
+    pub fn gate(&mut self, vector: u8, target: CodeLabel, dpl: u8) -> Result<(), IcedError> {
+        let a = &mut self.a;
+        let e = u64::from(IDT + 16 * u32::from(vector));
+        a.lea(rax, qword_ptr(target))?;
+        a.mov(word_ptr(e), ax)?;
+        a.mov(word_ptr(e + 4), u32::from(0x8e00u16 | u16::from(dpl) << 13))?;
+        a.shr(rax, 16)?;
+        a.mov(word_ptr(e + 6), ax)
+    }
+
+    /// Jump to a failure report (`why`, then EAX in hex) unless "equal".
+    pub fn fail_ne(&mut self, why: &str) -> Result<(), IcedError> {
+        let l = self.a.create_label();
+        self.a.jne(l)?;
+        self.fails.push((l, why.to_string()));
+        Ok(())
+    }
+
+    /// Compare the 32-bit word at `found` with `value`, failing with `why`.
+    pub fn expect(&mut self, found: AsmMemoryOperand, value: u32, why: &str) -> Result<(), IcedError> {
+        self.a.mov(eax, found)?;
+        self.a.cmp(eax, value)?;
+        self.fail_ne(why)
+    }
+
+    /// Pass: print `name: ok` and leave with debug-exit 0x21.
+    pub fn pass(&mut self) -> Result<(), IcedError> {
+        print32(&mut self.a, &format!("{}: ok\n", self.name))?;
+        self.a.mov(al, 0x21u32)?;
+        self.a.out(0xf4u32, al)?;
+        self.a.hlt()
+    }
+
+    fn build(mut self) -> Vec<u8> {
+        let name = self.name.clone();
+        let a = &mut self.a;
+        a.set_label(&mut self.unexpected).unwrap();
+        a.mov(rsi, rsp).unwrap();
+        print32(a, &format!("{name}: unexpected event (64-bit), stack ")).unwrap();
+        for i in 0..3 {
+            a.mov(eax, dword_ptr(rsi + 8 * i)).unwrap();
+            Kernel::print_hex(a).unwrap();
+            print32(a, " ").unwrap();
+        }
+        print32(a, "\n").unwrap();
+        a.mov(al, 0x33u32).unwrap();
+        a.out(0xf4u32, al).unwrap();
+        a.hlt().unwrap();
+        for (mut l, why) in std::mem::take(&mut self.fails) {
+            a.set_label(&mut l).unwrap();
+            a.mov(esi, eax).unwrap();
+            print32(a, &format!("{name}: {why}: ")).unwrap();
+            a.mov(eax, esi).unwrap();
+            Kernel::print_hex(a).unwrap();
+            print32(a, "\n").unwrap();
+            a.mov(al, 0x33u32).unwrap();
+            a.out(0xf4u32, al).unwrap();
+            a.hlt().unwrap();
+        }
+        a.assemble(u64::from(LONG_ENTRY)).unwrap()
+    }
+}
