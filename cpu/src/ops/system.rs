@@ -853,6 +853,9 @@ fn iret(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         Code::Iretq => 8,
         _ => 4,
     };
+    // IRET unblocks NMIs even when it faults (SDM Vol. 3A §6.7.1): the
+    // handler of that fault already runs with NMIs unblocked.
+    cpu.state.nmi_blocked = 0;
     if !cpu.state.protected() {
         let ip = cpu.peek(0, size)?;
         let cs = cpu.peek(u64::from(size), size)? as u16;
@@ -1435,7 +1438,7 @@ mod tests {
         let l7 = q(&mut c, 7, 0);
         assert_eq!(l7[0], 0);
         assert_eq!(l7[1], 0x019c_078b);
-        assert_eq!(l7[2], 1 << 22);
+        assert_eq!(l7[2], (1 << 22) | (1 << 2));
         assert_eq!(l7[3], 0);
         assert_eq!(q(&mut c, 7, 1), [0; 4]);
         let e1 = q(&mut c, 0x8000_0001, 0);
