@@ -32,7 +32,8 @@ use pm32::{var, Kernel, Lbl, SCRATCH};
 fn run_kernel(name: &str, kernel: &[u8], accel: &str) {
     let path = tmp(&format!("{name}-{accel}.elf"));
     std::fs::write(&path, kernel).unwrap();
-    let o = ferrovm(&["run", "--accel", accel, "--kernel", path.to_str().unwrap(), "--serial", "stdio", "--timeout", "60"]);
+    let o =
+        ferrovm(&["run", "--accel", accel, "--kernel", path.to_str().unwrap(), "--serial", "stdio", "--timeout", "60"]);
     let out = String::from_utf8_lossy(&o.stdout);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(out.contains(&format!("{name}: ok")), "{accel}: stdout: {out}\nstderr: {err}");

@@ -491,14 +491,16 @@ mod tests {
         // instruction, delivered from CPL 3.
         c.step();
         assert_eq!(c.state.rip, stub(1));
-        let (rip, cs) = (c.read_mem(sreg::SS, c.state.gpr[4], 8).unwrap(), c.read_mem(sreg::SS, c.state.gpr[4] + 8, 8).unwrap());
+        let (rip, cs) =
+            (c.read_mem(sreg::SS, c.state.gpr[4], 8).unwrap(), c.read_mem(sreg::SS, c.state.gpr[4] + 8, 8).unwrap());
         assert_eq!((rip, cs), (CODE + 2, u64::from(SEL_UCODE64)));
         assert_ne!(c.state.dr[6] & dr6::BS, 0);
         // TF kept by SFMASK: the trap comes in the kernel, at LSTAR.
         let mut c = syscall_cpu(0, TF);
         c.step();
         assert_eq!(c.state.rip, stub(1));
-        let (rip, cs) = (c.read_mem(sreg::SS, c.state.gpr[4], 8).unwrap(), c.read_mem(sreg::SS, c.state.gpr[4] + 8, 8).unwrap());
+        let (rip, cs) =
+            (c.read_mem(sreg::SS, c.state.gpr[4], 8).unwrap(), c.read_mem(sreg::SS, c.state.gpr[4] + 8, 8).unwrap());
         assert_eq!((rip, cs), (CODE + 0x100, u64::from(SEL_CODE64)));
         // Neither TF: no trap either way.
         let mut c = syscall_cpu(0, 0);
