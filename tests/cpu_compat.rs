@@ -8,7 +8,8 @@
 //! - Single-step across SYSCALL and SYSRET (64-bit).
 //! - Event delivery: #NP for a not-present code segment or gate (with the
 //!   IDT and EXT bits), NMIs blocked until IRET (even one that faults), an
-//!   external interrupt right after the STI and MOV SS shadows.
+//!   external interrupt right after the STI and MOV SS shadows, a fault on
+//!   the new stack delivered from the state before the stack switch.
 
 use std::path::PathBuf;
 
@@ -432,10 +433,72 @@ fn events_kernel(pvm: bool) -> Vec<u8> {
             let shadow = if mov_ss { "STI and MOV SS shadows" } else { "STI shadow" };
             k.expect(var(7), 1, &format!("ECX when the interrupt came after the {shadow}"))?;
         }
+        if !pvm {
+            fault_on_the_new_stack(&mut k)?;
+        }
         k.pass()
     })()
     .unwrap();
     k.build()
+}
+
+/// INT 0x80 at CPL 3 whose ring-0 stack (TSS SS0:ESP0) is a 16-byte
+/// segment with ESP0 = 8: the frame does not fit, and the #SS is delivered
+/// from the state before the stack switch: through a conforming ring-0 code
+/// segment it runs at CPL 3 on the user's stack, with error code SS0 (no
+/// EXT for INT n) and the INT instruction as the saved EIP.
+fn fault_on_the_new_stack(k: &mut Kernel) -> Result<(), IcedError> {
+    // var 9-12: #SS error code, saved EIP, saved CS, the handler's CS;
+    // var 13: the INT's address.
+    let (tiny, conforming) = (0x60u32, 0x68u32);
+    let d = |lo: u32, hi: u32| (lo, hi);
+    for (at, (lo, hi)) in [(tiny, d(0x0000_000f, 0x0040_9300)), (conforming, d(0x0000_ffff, 0x00cf_9f00))] {
+        k.a.mov(dword_ptr(pm32::GDT + at), lo)?;
+        k.a.mov(dword_ptr(pm32::GDT + at + 4), hi)?;
+    }
+    k.a.mov(word_ptr(pm32::VARS + 0x800), 0x6fu32)?;
+    k.a.lgdt(dword_ptr(pm32::VARS + 0x800))?;
+    k.a.mov(dword_ptr(pm32::TSS + 4), 8u32)?;
+    k.a.mov(dword_ptr(pm32::TSS + 8), tiny)?;
+    let mut ss_handler = k.label();
+    let mut back = k.label();
+    let mut user = k.label();
+    let mut the_int = k.label();
+    let mut main = k.a.create_label();
+    k.a.jmp(main)?;
+    // #SS, at CPL 3 through the conforming segment: record, give the TSS
+    // its real ring-0 stack back, and return to CPL 0 through #UD.
+    k.place(&mut ss_handler)?;
+    for (i, off) in [(9, 0), (10, 4), (11, 8)] {
+        k.a.mov(eax, dword_ptr(esp + off))?;
+        k.a.mov(var(i), eax)?;
+    }
+    k.a.xor(eax, eax)?;
+    k.a.mov(ax, cs)?;
+    k.a.mov(var(12), eax)?;
+    k.a.mov(dword_ptr(pm32::TSS + 4), pm32::KSTACK)?;
+    k.a.mov(dword_ptr(pm32::TSS + 8), u32::from(pm32::KDATA))?;
+    k.a.ud2()?;
+    k.place(&mut user)?;
+    k.place(&mut the_int)?;
+    k.a.int(0x80)?;
+    k.a.hlt()?;
+    k.a.set_label(&mut main)?;
+    k.gate(12, ss_handler, 0xe, 0, conforming as u16)?;
+    k.gate(6, back, 0xe, 0, pm32::KCODE)?;
+    k.gate(0x80, back, 0xe, 3, pm32::KCODE)?;
+    k.addr(the_int)?;
+    k.a.mov(var(13), eax)?;
+    k.enter_user(user, 0x2)?;
+    k.place(&mut back)?;
+    k.a.add(esp, 20)?;
+    k.kernel_data()?;
+    k.expect(var(9), tiny, "#SS error code for the ring-0 stack")?;
+    k.a.mov(eax, var(10))?;
+    k.a.cmp(eax, var(13))?;
+    k.fail_ne("saved EIP of the #SS (not the INT instruction)")?;
+    k.expect(var(11), u32::from(pm32::UCODE), "saved CS of the #SS")?;
+    k.expect(var(12), u32::from(conforming as u16 | 3), "CS of the #SS handler (CPL 3, conforming)")
 }
 
 #[test]
