@@ -200,6 +200,8 @@ fn cloud_kernel_boots_to_init_in_the_interpreter() {
     let b = boot("interp", &k, &dir.join("initramfs.cpio.gz"), &[]);
     check(&b, &k);
     assert_flags(&b, INTERP_TSC_FLAGS);
+    // The model advertises UMIP, and Linux turns it on.
+    assert_flags(&b, &["umip"]);
 }
 
 /// Timekeeping flags of the interpreter's model: its TSC follows the host's
