@@ -112,6 +112,15 @@ type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 /// A region entry: RIP, the guest physical address of its code, and the mode.
 type Key = (u64, u64, u8);
 
+/// Entries of the jump cache.
+const JUMP_SLOTS: usize = 4096;
+/// A key no region has (RIP past the canonical range).
+const NO_KEY: Key = (u64::MAX, u64::MAX, 0);
+
+fn jump_slot(rip: u64) -> usize {
+    ((rip ^ (rip >> 12)) as usize) & (JUMP_SLOTS - 1)
+}
+
 /// An installed region.
 struct Region {
     f: RegionFn,
@@ -173,6 +182,8 @@ pub struct Jit {
     ctx: Box<JitCtx>,
     regions: Vec<Region>,
     map: FastMap<Key, (u32, u32)>,
+    /// A direct-mapped cache in front of `map`, by RIP.
+    jump: Vec<(Key, u32, u32)>,
     by_page: FastMap<u64, Vec<u32>>,
     queued: FastMap<Key, u64>,
     pending: FastMap<u64, Pending>,
@@ -212,6 +223,7 @@ impl Jit {
             ctx: Box::default(),
             regions: Vec::new(),
             map: FastMap::default(),
+            jump: vec![(NO_KEY, 0, 0); JUMP_SLOTS],
             by_page: FastMap::default(),
             queued: FastMap::default(),
             pending: FastMap::default(),
@@ -243,6 +255,7 @@ impl Jit {
     pub fn flush(&mut self) {
         self.regions.clear();
         self.map.clear();
+        self.jump.fill((NO_KEY, 0, 0));
         self.by_page.clear();
         self.queued.clear();
         self.gen += 1;
@@ -270,7 +283,12 @@ impl Jit {
                 }
             }
             match cpu.run(budget - used) {
-                StopReason::Hot => match self.lookup(cpu) {
+                // What the interpreter ran may have written code: take
+                // invalidations before any region runs.
+                StopReason::Hot => match {
+                    self.poll(cpu);
+                    self.lookup(cpu)
+                } {
                     Some(at) => self.enter(cpu, at, budget - used),
                     None => self.hot(cpu),
                 },
@@ -280,14 +298,22 @@ impl Jit {
     }
 
     /// The region entry for the code at RIP now, if one is installed.
-    fn lookup(&self, cpu: &mut Cpu) -> Option<(u32, u32)> {
+    fn lookup(&mut self, cpu: &mut Cpu) -> Option<(u32, u32)> {
         let mode = native_mode(&cpu.state);
         if mode == 0 {
             return None;
         }
         let rip = cpu.state.rip;
         let phys = cpu.code_phys_walk(rip)?;
-        self.map.get(&(rip, phys, mode)).copied()
+        let key = (rip, phys, mode);
+        let slot = jump_slot(rip);
+        let j = self.jump[slot];
+        if j.0 == key {
+            return Some((j.1, j.2));
+        }
+        let found = self.map.get(&key).copied()?;
+        self.jump[slot] = (key, found.0, found.1);
+        Some(found)
     }
 
     /// Run a region from one of its entries.
@@ -478,7 +504,7 @@ impl Jit {
     /// before each region it enters).
     pub fn poll(&mut self, cpu: &mut Cpu) {
         cpu.sync_code();
-        if self.inval_flag.swap(false, Ordering::Acquire) {
+        if self.inval_flag.load(Ordering::Relaxed) && self.inval_flag.swap(false, Ordering::Acquire) {
             let list = std::mem::take(&mut *self.inval.lock());
             for i in list {
                 match i {
@@ -513,6 +539,10 @@ impl Jit {
                         if self.map.get(k).is_some_and(|(rid, _)| *rid == id) {
                             self.map.remove(k);
                         }
+                        let slot = jump_slot(k.0);
+                        if self.jump[slot].0 == *k {
+                            self.jump[slot] = (NO_KEY, 0, 0);
+                        }
                     }
                 }
             }
@@ -545,6 +575,7 @@ impl Jit {
             None => {
                 self.regions.clear();
                 self.map.clear();
+                self.jump.fill((NO_KEY, 0, 0));
                 self.by_page.clear();
                 self.cache.flush();
                 self.stats.cache_flushes += 1;

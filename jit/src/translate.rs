@@ -116,6 +116,8 @@ enum Shift {
     Shl,
     Shr,
     Sar,
+    Rol,
+    Ror,
 }
 
 /// A translated instruction form, checked before anything is emitted.
@@ -337,7 +339,7 @@ fn classify(insn: &Instruction, bits: u32) -> Option<Form> {
                 _ => Form::Not { dst, size },
             }
         }
-        Mnemonic::Shl | Mnemonic::Sal | Mnemonic::Shr | Mnemonic::Sar
+        Mnemonic::Shl | Mnemonic::Sal | Mnemonic::Shr | Mnemonic::Sar | Mnemonic::Rol | Mnemonic::Ror
             if n == 2 && insn.op1_kind() == OpKind::Immediate8 =>
         {
             let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
@@ -347,6 +349,8 @@ fn classify(insn: &Instruction, bits: u32) -> Option<Form> {
             let op = match insn.mnemonic() {
                 Mnemonic::Shr => Shift::Shr,
                 Mnemonic::Sar => Shift::Sar,
+                Mnemonic::Rol => Shift::Rol,
+                Mnemonic::Ror => Shift::Ror,
                 _ => Shift::Shl,
             };
             let count = u32::from(insn.immediate8()) & if dst.size == 8 { 0x3f } else { 0x1f };
@@ -1112,6 +1116,62 @@ impl Tx<'_, '_> {
         self.b.inst_results(call)[0]
     }
 
+    /// The six arithmetic flags now (RFLAGS bits), computed from the known
+    /// producer where there is one, else by the helper.
+    fn materialize(&mut self) -> Value {
+        match self.known {
+            Known::Eager(rf) => self.b.ins().band_imm_s(rf, flags::ARITH as i64),
+            Known::Unknown => self.flags_by_helper(),
+            Known::Lazy { op, size, res, a, b: bv, cin } => {
+                let cf = self.cf();
+                let szp = self.szp(res, size);
+                let f = self.b.ins().bor(cf, szp);
+                let (of, af) = match op {
+                    FlagOp::Add | FlagOp::Adc => {
+                        let x = self.b.ins().bxor(a, res);
+                        let y = self.b.ins().bxor(bv, res);
+                        let o = self.b.ins().band(x, y);
+                        (Some(self.sign_bit(o, size)), true)
+                    }
+                    FlagOp::Sub | FlagOp::Sbb => {
+                        let x = self.b.ins().bxor(a, bv);
+                        let y = self.b.ins().bxor(a, res);
+                        let o = self.b.ins().band(x, y);
+                        (Some(self.sign_bit(o, size)), true)
+                    }
+                    FlagOp::Logic | FlagOp::None => (None, false),
+                    FlagOp::Inc | FlagOp::Dec => {
+                        let s = 1u64 << (size * 8 - 1);
+                        let want = if op == FlagOp::Inc { s } else { s - 1 };
+                        let o = self.b.ins().icmp_imm_s(IntCC::Equal, res, want as i64);
+                        let o = self.b.ins().uextend(types::I64, o);
+                        let lo = self.b.ins().band_imm_s(res, 0xf);
+                        let nib = if op == FlagOp::Inc { 0 } else { 0xf };
+                        let afv = self.b.ins().icmp_imm_s(IntCC::Equal, lo, nib);
+                        let afv = self.b.ins().uextend(types::I64, afv);
+                        let afv = self.b.ins().ishl_imm_s(afv, 4);
+                        let _ = cin;
+                        let f2 = self.b.ins().ishl_imm_s(o, 11);
+                        let f2 = self.b.ins().bor(f2, afv);
+                        return self.b.ins().bor(f, f2);
+                    }
+                };
+                let mut f = f;
+                if let Some(o) = of {
+                    let o = self.b.ins().ishl_imm_s(o, 11);
+                    f = self.b.ins().bor(f, o);
+                }
+                if af {
+                    let x = self.b.ins().bxor(a, bv);
+                    let x = self.b.ins().bxor(x, res);
+                    let x = self.b.ins().band_imm_s(x, 0x10);
+                    f = self.b.ins().bor(f, x);
+                }
+                f
+            }
+        }
+    }
+
     fn sign_bit(&mut self, v: Value, size: u32) -> Value {
         let s = self.b.ins().ushr_imm_s(v, i64::from(size * 8 - 1));
         self.b.ins().band_imm_s(s, 1)
@@ -1453,6 +1513,34 @@ impl Tx<'_, '_> {
                         let cf = self.b.ins().sshr_imm_s(sa, c - 1);
                         let cf = self.b.ins().band_imm_s(cf, 1);
                         (r, cf, self.iconst(0))
+                    }
+                    Shift::Rol | Shift::Ror => {
+                        // Rotates change CF and OF only: the other four
+                        // come from the flags as they are.
+                        let t = if size == 8 { types::I64 } else { types::I32 };
+                        let v = if size == 8 { a } else { self.b.ins().ireduce(types::I32, a) };
+                        let amount = self.b.ins().iconst(types::I32, c);
+                        let rv =
+                            if op == Shift::Rol { self.b.ins().rotl(v, amount) } else { self.b.ins().rotr(v, amount) };
+                        let _ = t;
+                        let r = if size == 8 { rv } else { self.b.ins().uextend(types::I64, rv) };
+                        let msb = self.sign_bit(r, size);
+                        let (cf, of) = if op == Shift::Rol {
+                            let cf = self.b.ins().band_imm_s(r, 1);
+                            (cf, self.b.ins().bxor(msb, cf))
+                        } else {
+                            let next = self.b.ins().ushr_imm_s(r, bits - 2);
+                            let next = self.b.ins().band_imm_s(next, 1);
+                            (msb, self.b.ins().bxor(msb, next))
+                        };
+                        self.write_reg(dst, r);
+                        let prev = self.materialize();
+                        let keep = self.b.ins().band_imm_s(prev, (flags::ARITH & !(flags::CF | flags::OF)) as i64);
+                        let ofb = self.b.ins().ishl_imm_s(of, 11);
+                        let f = self.b.ins().bor(cf, ofb);
+                        let f = self.b.ins().bor(f, keep);
+                        self.set_eager(f);
+                        return false;
                     }
                 };
                 self.write_reg(dst, r);
