@@ -8,6 +8,7 @@
 
 mod access;
 pub mod acpi_pm;
+pub mod block;
 pub mod bus;
 pub mod clock;
 pub mod console;
@@ -33,6 +34,7 @@ pub mod power;
 pub mod rtc;
 pub mod serial;
 pub mod virtio;
+pub mod virtio_blk;
 pub mod virtio_net;
 
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};

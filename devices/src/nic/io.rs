@@ -82,6 +82,12 @@ impl IoKick {
         Self { inner: None }
     }
 
+    /// Whether an I/O thread listens (devices that defer work to it run
+    /// the work at once without one).
+    pub fn is_connected(&self) -> bool {
+        self.inner.is_some()
+    }
+
     /// Asks the I/O thread to poll the models soon.
     pub fn kick(&self) {
         let Some(inner) = &self.inner else { return };
