@@ -255,9 +255,9 @@ pub struct Image {
     access: FormatAccess<ImagoFile>,
     files: Vec<fs::File>,
     read_only: bool,
-    /// Whether the top image has qcow2 v3 zero clusters (write_zeroes is
-    /// then metadata only).
     label: String,
+    /// The format library panicked: the image is not touched again.
+    failed: bool,
 }
 
 impl std::fmt::Debug for Image {
@@ -315,11 +315,17 @@ pub fn open(spec: &DiskSpec, snapshot: bool) -> Result<Image, OpenError> {
     let mut files = std::mem::take(&mut gate.state.lock().files);
     let label = format!("{} ({format})", path.display());
     if !snapshot {
-        return Ok(Image { access, files, read_only: !write, label });
+        return Ok(Image { access, files, read_only: !write, label, failed: false });
     }
     let (overlay, overlay_file) = snapshot_overlay(path, access)?;
     files.insert(0, overlay_file);
-    Ok(Image { access: overlay, files, read_only: false, label: format!("{label} under a temporary overlay") })
+    Ok(Image {
+        access: overlay,
+        files,
+        read_only: false,
+        label: format!("{label} under a temporary overlay"),
+        failed: false,
+    })
 }
 
 /// A temporary qcow2 overlay over `base`, already unlinked.
@@ -377,6 +383,33 @@ impl Image {
     }
 }
 
+impl Image {
+    /// Runs one operation of the format library. A panic inside it (a
+    /// corrupt image it did not expect) becomes an I/O error, and the image
+    /// refuses every operation after it: its state may be inconsistent.
+    fn guarded<R>(&mut self, f: impl FnOnce(&mut FormatAccess<ImagoFile>) -> io::Result<R>) -> io::Result<R> {
+        if self.failed {
+            return Err(io::Error::other("the image failed earlier"));
+        }
+        let access = &mut self.access;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(access))) {
+            Ok(r) => r,
+            Err(_) => {
+                self.failed = true;
+                tracing::error!(target: "devices", "{}: the image format library failed; the disk stops", self.label);
+                Err(io::Error::other("the image format library failed on this image"))
+            }
+        }
+    }
+
+    fn writable(&self) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the disk is read-only"));
+        }
+        Ok(())
+    }
+}
+
 impl BlockBackend for Image {
     fn size(&self) -> u64 {
         self.access.size()
@@ -387,47 +420,43 @@ impl BlockBackend for Image {
     }
 
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.access.read(buf, offset)
+        self.guarded(|a| a.read(buf, offset))
     }
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if self.read_only {
-            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the disk is read-only"));
-        }
-        self.access.write(buf, offset)
+        self.writable()?;
+        self.guarded(|a| a.write(buf, offset))
     }
 
     fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
-        if self.read_only {
-            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the disk is read-only"));
-        }
-        let r = if unmap { self.access.discard_to_zero(offset, len) } else { self.access.write_zeroes(offset, len) };
-        match r {
-            Ok(()) => Ok(()),
-            // qcow2 v2 has no zero clusters: write zeroes.
-            Err(e) if e.kind() == io::ErrorKind::Unsupported || e.to_string().contains("version 3") => {
-                let chunk = vec![0u8; 1 << 20];
-                let mut done = 0;
-                while done < len {
-                    let n = (len - done).min(chunk.len() as u64) as usize;
-                    self.access.write(&chunk[..n], offset + done)?;
-                    done += n as u64;
+        self.writable()?;
+        self.guarded(|a| {
+            let r = if unmap { a.discard_to_zero(offset, len) } else { a.write_zeroes(offset, len) };
+            match r {
+                Ok(()) => Ok(()),
+                // qcow2 v2 has no zero clusters: write zeroes.
+                Err(e) if e.kind() == io::ErrorKind::Unsupported || e.to_string().contains("version 3") => {
+                    let chunk = vec![0u8; 1 << 20];
+                    let mut done = 0;
+                    while done < len {
+                        let n = (len - done).min(chunk.len() as u64) as usize;
+                        a.write(&chunk[..n], offset + done)?;
+                        done += n as u64;
+                    }
+                    Ok(())
                 }
-                Ok(())
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
-        }
+        })
     }
 
     fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        if self.read_only {
-            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the disk is read-only"));
-        }
-        self.access.discard_to_any(offset, len)
+        self.writable()?;
+        self.guarded(|a| a.discard_to_any(offset, len))
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.access.flush()?;
+        self.guarded(|a| a.flush())?;
         for f in &self.files {
             f.sync_data()?;
         }
@@ -437,8 +466,8 @@ impl BlockBackend for Image {
 
 impl Drop for Image {
     fn drop(&mut self) {
-        if !self.read_only {
-            if let Err(e) = self.access.flush() {
+        if !self.read_only && !self.failed {
+            if let Err(e) = self.guarded(|a| a.flush()) {
                 tracing::warn!(target: "devices", "{}: flushing at exit failed: {e}", self.label);
             }
         }

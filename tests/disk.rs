@@ -1,0 +1,294 @@
+//! Disks: `--disk` on the command line, and a Linux guest writing to a raw
+//! image and to a qcow2 overlay made by `qemu-img create -b`.
+//!
+//! The guest is Debian's generic kernel with `initramfs-net.cpio.gz` (built
+//! by `scripts/guest-images.sh`) and, appended to it here, the generic
+//! kernel's `virtio_blk.ko` (newer images carry it already). It loads the
+//! virtio modules, builds 64 MiB of data (a random MiB, each copy headed
+//! by its index), writes it to both disks, `sync`s (a FLUSH), drops its
+//! caches, reads both disks back and prints the hashes, and powers off.
+//! The host then checks: the raw image's first 64 MiB have the guest's
+//! hash; `qemu-img check` finds the overlay clean and `qemu-img convert`
+//! of it gives the guest's data over the base's rest; the base is
+//! unchanged, byte for byte. Without the images, qemu-img or cpio, the
+//! tests say so and pass.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[path = "guest/encode.rs"]
+mod encode;
+#[path = "guest/run.rs"]
+mod run;
+use encode::base64;
+use run::{ferrovm, tmp};
+
+/// One guest at a time: the host has few cores.
+static ONE_GUEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The disk sizes: the guest writes the first [`WRITTEN`] bytes of each.
+const DISK_BYTES: u64 = 128 << 20;
+const WRITTEN: u64 = 64 << 20;
+/// The longest a guest run may take.
+const LIMIT_SECS: u64 = 900;
+
+const SCRIPT: &str = r#"
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
+    insmod /lib/modules/$m.ko 2>/dev/null || grep -q "^$m " /proc/modules || echo "T:insmod-failed $m"
+done
+echo "T:sizes $(cat /sys/block/vda/size) $(cat /sys/block/vdb/size)"
+echo "T:features $(cat /sys/block/vda/queue/write_cache) $(cat /sys/block/vda/queue/discard_max_bytes)"
+head -c 1048576 /dev/urandom > /tmp/r
+i=0
+while [ $i -lt 64 ]; do
+    { echo "block $i"; cat /tmp/r; } | head -c 1048576
+    i=$((i + 1))
+done > /tmp/data
+echo "T:data $(wc -c < /tmp/data) $(sha256sum /tmp/data | cut -d' ' -f1)"
+rm /tmp/r
+t0=$(cut -d' ' -f1 /proc/uptime)
+dd if=/tmp/data of=/dev/vda bs=1M conv=fsync 2>/dev/null || echo "T:write-failed vda"
+dd if=/tmp/data of=/dev/vdb bs=1M conv=fsync 2>/dev/null || echo "T:write-failed vdb"
+sync
+t1=$(cut -d' ' -f1 /proc/uptime)
+rm /tmp/data
+echo 3 > /proc/sys/vm/drop_caches
+echo "T:vda $(dd if=/dev/vda bs=1M count=64 2>/dev/null | sha256sum | cut -d' ' -f1)"
+echo "T:vdb $(dd if=/dev/vdb bs=1M count=64 2>/dev/null | sha256sum | cut -d' ' -f1)"
+t2=$(cut -d' ' -f1 /proc/uptime)
+echo "T:times $t0 $t1 $t2"
+dmesg | grep -iE 'virtio_blk|vd[ab]|I/O error|blk_update' | sed 's/^/T:dmesg /'
+echo "T:done"
+"#;
+
+fn images() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-images");
+    let need = ["vmlinuz-generic", "initramfs-net.cpio.gz", "modules-generic/kernel/drivers/block/virtio_blk.ko"];
+    if need.iter().all(|f| dir.join(f).is_file()) {
+        Some(dir)
+    } else {
+        eprintln!("skipping: guest-images/ lacks {need:?} (run scripts/guest-images.sh)");
+        None
+    }
+}
+
+fn have(tool: &str) -> bool {
+    let ok = Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    if !ok {
+        eprintln!("skipping: {tool} is not installed");
+    }
+    ok
+}
+
+fn sh(script: &str) -> String {
+    let o = Command::new("sh").arg("-c").arg(script).output().expect("sh runs");
+    assert!(o.status.success(), "{script}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// sha256 of the first `len` bytes of a file (the host's coreutils).
+fn sha256(path: &Path, len: u64) -> String {
+    sh(&format!("head -c {len} '{}' | sha256sum", path.display())).split_whitespace().next().unwrap().to_string()
+}
+
+/// initramfs-net.cpio.gz with virtio_blk.ko appended as a second archive.
+fn initrd(dir: &Path, work: &Path) -> PathBuf {
+    let root = work.join("blk-root");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("lib/modules")).unwrap();
+    std::fs::copy(dir.join("modules-generic/kernel/drivers/block/virtio_blk.ko"), root.join("lib/modules/virtio_blk.ko"))
+        .unwrap();
+    let out = work.join("initramfs-blk.cpio.gz");
+    sh(&format!(
+        "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > ../extra.cpio.gz && cat '{}' ../extra.cpio.gz > '{}'",
+        root.display(),
+        dir.join("initramfs-net.cpio.gz").display(),
+        out.display()
+    ));
+    out
+}
+
+/// The T: lines of the guest's output by key.
+fn field<'a>(out: &'a str, key: &str) -> Option<&'a str> {
+    let prefix = format!("T:{key} ");
+    out.lines().find_map(|l| l.trim_end_matches('\r').strip_prefix(&prefix))
+}
+
+fn guest_writes_disks(accel: &str) {
+    let Some(dir) = images() else { return };
+    if !have("qemu-img") || !have("cpio") {
+        return;
+    }
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let work = tmp("disk", accel);
+    let initrd = initrd(&dir, &work);
+    // A sparse raw disk, and a raw base with a pattern under a qcow2 overlay.
+    let raw = work.join("disk.raw");
+    std::fs::File::create(&raw).unwrap().set_len(DISK_BYTES).unwrap();
+    let base = work.join("base.raw");
+    let pattern: Vec<u8> = (0..DISK_BYTES).map(|i| (i / 4096 % 251) as u8).collect();
+    std::fs::write(&base, &pattern).unwrap();
+    drop(pattern);
+    let overlay = work.join("overlay.qcow2");
+    let _ = std::fs::remove_file(&overlay);
+    sh(&format!("qemu-img create -q -f qcow2 -b base.raw -F raw '{}'", overlay.display()));
+    let base_hash = sha256(&base, DISK_BYTES);
+
+    let cmdline = format!("console=ttyS0 ferrovm.poweroff=1 ferrovm.cmd={}", base64(SCRIPT.as_bytes()));
+    let t = Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
+        .args(["run", "--accel", accel, "--mem", "512M", "--serial", "stdio", "--stats"])
+        .args(["--timeout", &LIMIT_SECS.to_string()])
+        .arg("--disk")
+        .arg(format!("{},format=raw", raw.display()))
+        .arg("--disk")
+        .arg(overlay.display().to_string())
+        .arg("--kernel")
+        .arg(dir.join("vmlinuz-generic"))
+        .arg("--initrd")
+        .arg(&initrd)
+        .arg("--append")
+        .arg(&cmdline)
+        .stdin(Stdio::null())
+        .output()
+        .expect("ferrovm runs");
+    let took = t.elapsed();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let tail: String = out.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    let ctx = format!("--- serial (tail):\n{tail}\n--- stderr:\n{err}");
+    assert!(field(&out, "done").is_some() || out.contains("T:done"), "{accel}: the script did not finish\n{ctx}");
+    assert_eq!(o.status.code(), Some(0), "{accel}: poweroff ends the run\n{ctx}");
+    assert!(!out.contains("T:insmod-failed") && !out.contains("T:write-failed"), "{accel}\n{ctx}");
+    let sectors = (DISK_BYTES / 512).to_string();
+    assert_eq!(field(&out, "sizes"), Some(format!("{sectors} {sectors}").as_str()), "{accel}\n{ctx}");
+    let data = field(&out, "data").unwrap_or_default();
+    let (len, hash) = data.split_once(' ').unwrap_or_default();
+    assert_eq!(len, WRITTEN.to_string(), "{accel}\n{ctx}");
+    assert_eq!(field(&out, "vda"), Some(hash), "{accel}: the guest reads back what it wrote to vda\n{ctx}");
+    assert_eq!(field(&out, "vdb"), Some(hash), "{accel}: the guest reads back what it wrote to vdb\n{ctx}");
+    // The host's view.
+    assert_eq!(sha256(&raw, WRITTEN), hash, "{accel}: the raw image holds the guest's data");
+    let check = Command::new("qemu-img").arg("check").arg(&overlay).output().unwrap();
+    let check_out = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success() && check_out.contains("No errors"), "{accel}: qemu-img check: {check_out}");
+    let converted = work.join("converted.raw");
+    sh(&format!("qemu-img convert -O raw '{}' '{}'", overlay.display(), converted.display()));
+    assert_eq!(sha256(&converted, WRITTEN), hash, "{accel}: the overlay holds the guest's data");
+    let rest = sh(&format!(
+        "tail -c {} '{}' | sha256sum; tail -c {} '{}' | sha256sum",
+        DISK_BYTES - WRITTEN,
+        converted.display(),
+        DISK_BYTES - WRITTEN,
+        base.display()
+    ));
+    let rest: Vec<&str> = rest.lines().collect();
+    assert_eq!(rest[0], rest[1], "{accel}: past the written part the overlay shows the base");
+    assert_eq!(sha256(&base, DISK_BYTES), base_hash, "{accel}: the base is unchanged");
+    // FLUSH reached the device (the stats line of each disk).
+    let disks: Vec<&str> = err.lines().filter(|l| l.contains("ferrovm: disk ")).collect();
+    assert_eq!(disks.len(), 2, "{accel}: a stats line per disk\n{err}");
+    for l in &disks {
+        let flushes: u64 = l.split(", ").find_map(|p| p.strip_suffix(" flushes")).and_then(|n| n.parse().ok()).unwrap_or(0);
+        assert!(flushes > 0, "{accel}: sync flushed the disk: {l}");
+        assert!(l.contains(" 0 errors"), "{accel}: {l}");
+    }
+    let times: Vec<f64> = field(&out, "times").unwrap_or_default().split(' ').filter_map(|x| x.parse().ok()).collect();
+    if let [t0, t1, t2] = times[..] {
+        let mib = (2 * WRITTEN) as f64 / f64::from(1 << 20);
+        eprintln!(
+            "{accel}: wrote 2 x 64 MiB + sync in {:.2} s guest time ({:.1} MiB/s), read back in {:.2} s ({:.1} MiB/s); run {:.1} s",
+            t1 - t0,
+            mib / (t1 - t0).max(0.001),
+            t2 - t1,
+            mib / (t2 - t1).max(0.001),
+            took.as_secs_f64()
+        );
+    }
+    for l in disks {
+        eprintln!("{accel}: {l}");
+    }
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
+fn guest_writes_raw_and_qcow2_overlay_in_the_interpreter() {
+    guest_writes_disks("interp");
+}
+
+#[test]
+fn guest_writes_raw_and_qcow2_overlay_under_kvm() {
+    if !run::kvm_usable() {
+        return;
+    }
+    guest_writes_disks("kvm");
+}
+
+/// Runs ferrovm; asserts it fails with a message naming `want`.
+fn refused(args: &[&str], want: &str) {
+    let o = ferrovm(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+    assert!(err.contains(want), "{args:?}: wanted '{want}' in: {err}");
+    assert!(!err.contains("panicked") && !err.contains("internal error"), "{args:?}: {err}");
+}
+
+#[test]
+fn bad_disk_options_are_refused_clearly() {
+    let img = tmp("disk-cli", "small.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let p = img.to_str().unwrap();
+    refused(&["run", "--disk", "/nonexistent/x.img"], "/nonexistent/x.img");
+    refused(&["run", "--disk", &format!("{p},format=vmdk")], "format");
+    refused(&["run", "--disk", &format!("{p},if=ide")], "if=virtio");
+    refused(&["run", "--disk", &format!("{p},cache=none")], "cache");
+    refused(&["run", "--disk", ",format=raw"], "path");
+    // A file that claims to be qcow2 but is not.
+    let bad = tmp("disk-cli", "bad.qcow2");
+    let mut b = vec![0u8; 4096];
+    b[..4].copy_from_slice(b"QFI\xfb");
+    b[7] = 3;
+    std::fs::write(&bad, &b).unwrap();
+    refused(&["run", "--disk", bad.to_str().unwrap()], "not a valid qcow2 image");
+    refused(&["run", "--disk", &format!("{p},format=qcow2")], "no qcow2 magic");
+}
+
+#[test]
+fn a_second_writer_is_refused() {
+    // The first process runs a ROM that spins (`jmp $`) with the disk.
+    let rom_path = tmp("disk-lock", "spin.rom");
+    let mut rom = vec![0xf4u8; 0x10000];
+    rom[0xfff0] = 0xeb;
+    rom[0xfff1] = 0xfe;
+    std::fs::write(&rom_path, &rom).unwrap();
+    let img = tmp("disk-lock", "shared.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let disk = format!("{},format=raw", img.display());
+    let mut first = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
+        .args(["run", "--accel", "interp", "--serial", "none", "--timeout", "30", "--bios"])
+        .arg(&rom_path)
+        .args(["--disk", &disk])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the first one holds its lock: a reader is then refused.
+    let t = Instant::now();
+    loop {
+        let o = ferrovm(&["run", "--disk", &format!("{disk},readonly=on"), "--mem", "1M"]);
+        if String::from_utf8_lossy(&o.stderr).contains("being written") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "the first process never locked the image");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    refused(&["run", "--disk", &disk], "in use by another process");
+    // --snapshot only reads the image, but a writer holds it.
+    refused(&["run", "--disk", &disk, "--snapshot"], "being written");
+    let _ = first.kill();
+    let _ = first.wait();
+    // Once it is gone, the image is free again (the lock died with it):
+    // this run fails later, on its memory size, not on the lock.
+    refused(&["run", "--disk", &disk, "--mem", "1M"], "--mem");
+}
