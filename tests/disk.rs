@@ -97,8 +97,11 @@ fn initrd(dir: &Path, work: &Path) -> PathBuf {
     let root = work.join("blk-root");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(root.join("lib/modules")).unwrap();
-    std::fs::copy(dir.join("modules-generic/kernel/drivers/block/virtio_blk.ko"), root.join("lib/modules/virtio_blk.ko"))
-        .unwrap();
+    std::fs::copy(
+        dir.join("modules-generic/kernel/drivers/block/virtio_blk.ko"),
+        root.join("lib/modules/virtio_blk.ko"),
+    )
+    .unwrap();
     let out = work.join("initramfs-blk.cpio.gz");
     sh(&format!(
         "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > ../extra.cpio.gz && cat '{}' ../extra.cpio.gz > '{}'",
@@ -190,7 +193,8 @@ fn guest_writes_disks(accel: &str) {
     let disks: Vec<&str> = err.lines().filter(|l| l.contains("ferrovm: disk ")).collect();
     assert_eq!(disks.len(), 2, "{accel}: a stats line per disk\n{err}");
     for l in &disks {
-        let flushes: u64 = l.split(", ").find_map(|p| p.strip_suffix(" flushes")).and_then(|n| n.parse().ok()).unwrap_or(0);
+        let flushes: u64 =
+            l.split(", ").find_map(|p| p.strip_suffix(" flushes")).and_then(|n| n.parse().ok()).unwrap_or(0);
         assert!(flushes > 0, "{accel}: sync flushed the disk: {l}");
         assert!(l.contains(" 0 errors"), "{accel}: {l}");
     }
@@ -198,7 +202,7 @@ fn guest_writes_disks(accel: &str) {
     if let [t0, t1, t2] = times[..] {
         let mib = (2 * WRITTEN) as f64 / f64::from(1 << 20);
         eprintln!(
-            "{accel}: wrote 2 x 64 MiB + sync in {:.2} s guest time ({:.1} MiB/s), read back in {:.2} s ({:.1} MiB/s); run {:.1} s",
+            "{accel}: wrote 2 x 64 MiB + sync in {:.2} s guest time ({:.1} MiB/s), read back and hashed in {:.2} s ({:.1} MiB/s); run {:.1} s",
             t1 - t0,
             mib / (t1 - t0).max(0.001),
             t2 - t1,

@@ -163,8 +163,7 @@ impl VirtioBlk {
             return;
         }
         let mut used = false;
-        loop {
-            let Some(q) = ctx.queues.get_mut(0).filter(|q| q.is_usable()) else { break };
+        while let Some(q) = ctx.queues.first_mut().filter(|q| q.is_usable()) {
             let chain = match q.pop(ctx.mem) {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
@@ -174,23 +173,20 @@ impl VirtioBlk {
                     break;
                 }
             };
-            let len = match self.request(&chain, ctx) {
-                Ok(len) => len,
-                Err(e) => {
-                    ctx.queues[0].mark_broken();
-                    ctx.fail(&e);
-                    break;
+            let done = self
+                .request(&chain, ctx)
+                .and_then(|len| ctx.queues.first_mut().map_or(Ok(()), |q| q.add_used(ctx.mem, chain.head, len)));
+            if let Err(e) = done {
+                if let Some(q) = ctx.queues.first_mut() {
+                    q.mark_broken();
                 }
-            };
-            if let Err(e) = ctx.queues[0].add_used(ctx.mem, chain.head, len) {
-                ctx.queues[0].mark_broken();
                 ctx.fail(&e);
                 break;
             }
             used = true;
         }
         if used {
-            if let Some(q) = ctx.queues.get(0).filter(|q| q.is_usable()) {
+            if let Some(q) = ctx.queues.first().filter(|q| q.is_usable()) {
                 let _ = q.publish_avail_event(ctx.mem);
             }
             ctx.signal_used(0);
@@ -330,7 +326,8 @@ impl VirtioBlk {
         if self.disk.read_only() {
             return Err(ioerr("a discard or write-zeroes on a read-only disk".into()));
         }
-        if len == 0 || !len.is_multiple_of(SEGMENT_LEN as u64) || len / SEGMENT_LEN as u64 > u64::from(MAX_DISCARD_SEG) {
+        if len == 0 || !len.is_multiple_of(SEGMENT_LEN as u64) || len / SEGMENT_LEN as u64 > u64::from(MAX_DISCARD_SEG)
+        {
             return Err(ioerr(format!("{len} bytes of segments (1 to {MAX_DISCARD_SEG} of 16 bytes)")));
         }
         self.buf.clear();
@@ -349,9 +346,7 @@ impl VirtioBlk {
             if n > MAX_DISCARD_SECTORS {
                 return Err(ioerr(format!("a segment of {n} sectors, more than {MAX_DISCARD_SECTORS}")));
             }
-            if flags & !VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0
-                || (ty == VIRTIO_BLK_T_DISCARD && flags != 0)
-            {
+            if flags & !VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 || (ty == VIRTIO_BLK_T_DISCARD && flags != 0) {
                 return Err(ReqError::Status(VIRTIO_BLK_S_UNSUPP, format!("segment flags {flags:#x}")));
             }
             self.check_range(sector, u64::from(n) * SECTOR_SIZE)?;
@@ -463,6 +458,134 @@ impl NicPoll for VirtioPci<VirtioBlk> {
     fn nic_label(&self) -> String {
         self.device().debug_label()
     }
+}
+
+/// A disk in memory for the fuzzer: every access the device makes must
+/// lie inside it (an access outside is a device bug, and panics).
+struct FuzzDisk {
+    data: Vec<u8>,
+}
+
+impl FuzzDisk {
+    fn range(&self, offset: u64, len: u64) -> std::ops::Range<usize> {
+        let end = offset.checked_add(len).filter(|&e| e <= self.data.len() as u64);
+        assert!(end.is_some(), "virtio-blk accessed {len} bytes at {offset:#x}, past the disk");
+        offset as usize..(offset + len) as usize
+    }
+}
+
+impl BlockBackend for FuzzDisk {
+    fn size(&self) -> u64 {
+        self.data.len() as u64
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let r = self.range(offset, buf.len() as u64);
+        buf.copy_from_slice(&self.data[r]);
+        Ok(())
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        let r = self.range(offset, buf.len() as u64);
+        self.data[r].copy_from_slice(buf);
+        Ok(())
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64, _unmap: bool) -> std::io::Result<()> {
+        let r = self.range(offset, len);
+        self.data[r].fill(0);
+        Ok(())
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.write_zeroes(offset, len, true)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl crate::nic::fuzz::FuzzDevice for VirtioBlkPci {
+    fn bars(&self) -> &'static [(usize, u64)] {
+        use crate::virtio::pci::{LEGACY_BAR, MODERN_BAR, MODERN_BAR_SIZE, MSIX_BAR};
+        &[(MODERN_BAR, MODERN_BAR_SIZE), (LEGACY_BAR, 0x80), (MSIX_BAR, crate::pci::msix::MSIX_BAR_SIZE)]
+    }
+    fn hot_regs(&self) -> &'static [(usize, u64)] {
+        use crate::virtio::pci::{LEGACY_BAR, MODERN_BAR};
+        // The queue's notification (most of all), status, queue fields,
+        // the ISR; legacy: PFN, notify, status, ISR.
+        const R: &[(usize, u64)] = &[
+            (MODERN_BAR, 0x3000),
+            (MODERN_BAR, 0x3000),
+            (MODERN_BAR, 0x3000),
+            (MODERN_BAR, 0x14),
+            (MODERN_BAR, 0x16),
+            (MODERN_BAR, 0x18),
+            (MODERN_BAR, 0x1c),
+            (MODERN_BAR, 0x1000),
+            (LEGACY_BAR, 0x08),
+            (LEGACY_BAR, 0x10),
+            (LEGACY_BAR, 0x12),
+            (LEGACY_BAR, 0x13),
+        ];
+        R
+    }
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        VirtioPci::bar_read(self, bar, offset, data);
+    }
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        VirtioPci::bar_write(self, bar, offset, data);
+    }
+    fn config_write(&mut self, offset: usize, data: &[u8]) {
+        crate::pci::PciDevice::write_config(self, offset, data);
+    }
+    fn poll(&mut self, now: Instant) {
+        NicPoll::poll(self, now);
+    }
+}
+
+/// Sectors of the fuzzed disk (64 KiB).
+const FUZZ_SECTORS: usize = 128;
+
+/// The fuzzing entry point for the request parser: a virtio-blk device
+/// over a 64 KiB disk in memory, brought up as Linux's driver does (the
+/// features the first eight bytes of `data` leave, VERSION_1 always; the
+/// queue of 16 entries at 0x1000), then the rest of `data` as a hostile
+/// guest's actions (`crate::nic::fuzz::drive`: register accesses, writes
+/// to the rings, descriptors and buffers, polls). Panics only if the model
+/// does, or if it touches the disk outside its size. Returns the counters.
+pub fn fuzz_requests(data: &[u8]) -> BlkStats {
+    use crate::nic::fuzz::{drive, FuzzBackend, Input, FUZZ_RAM};
+    use crate::virtio::pci::MODERN_BAR;
+    use crate::virtio::{STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK};
+    let Ok(mem) = mmu::GuestMemory::new(FUZZ_RAM) else { return BlkStats::default() };
+    let mem = std::sync::Arc::new(mem);
+    let disk = FuzzDisk { data: vec![0x5a; FUZZ_SECTORS * SECTOR_SIZE as usize] };
+    let blk = VirtioBlk::new(Box::new(disk), "fuzz", IoKick::none());
+    let mut dev = VirtioPci::new(blk, mem.clone(), std::sync::Arc::new(crate::irq::NoIrq));
+    crate::pci::PciDevice::write_config(&mut dev, crate::pci::config::PCI_COMMAND, &[0x07, 0]);
+    let mut input = Input::new(data);
+    let features =
+        (u64::from(input.u32()) | u64::from(input.u32()) << 32 | VIRTIO_F_VERSION_1) & dev.device().features();
+    let mut w = |off: u64, v: u64, len: usize| dev.bar_write(MODERN_BAR, off, &v.to_le_bytes()[..len]);
+    w(0x14, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER), 1);
+    w(0x08, 0, 4);
+    w(0x0c, features & 0xffff_ffff, 4);
+    w(0x08, 1, 4);
+    w(0x0c, features >> 32, 4);
+    w(0x14, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK), 1);
+    let desc = 0x1000u64;
+    w(0x16, 0, 2);
+    w(0x18, 16, 2);
+    w(0x20, desc, 8);
+    w(0x28, desc + 0x400, 8);
+    w(0x30, desc + 0x800, 8);
+    w(0x1c, 1, 2);
+    w(0x14, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK), 1);
+    // The rings, and the buffers at 0x10000 (request headers and data).
+    let hot = [desc, desc + 0x400, desc + 0x800, 0x10000, 0x10010];
+    let (_, inbox) = FuzzBackend::with_inbox();
+    drive(&mut dev, &mem, &inbox, &hot, input);
+    dev.device().stats()
 }
 
 #[cfg(test)]

@@ -122,7 +122,8 @@ pub fn parse(b: &[u8], file_len: u64) -> Result<Header, String> {
         return Err("encrypted images are not supported".into());
     }
     if v3 {
-        if h.header_length < V3_HEADER_LEN || !h.header_length.is_multiple_of(8) || u64::from(h.header_length) > cluster {
+        if h.header_length < V3_HEADER_LEN || !h.header_length.is_multiple_of(8) || u64::from(h.header_length) > cluster
+        {
             return Err(format!("header_length {}", h.header_length));
         }
         if h.refcount_order > 6 {

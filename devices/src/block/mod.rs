@@ -27,9 +27,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use imago::file::File as ImagoFile;
+use imago::format::gate::ImplicitOpenGate;
 use imago::qcow2::Qcow2;
 use imago::raw::Raw;
-use imago::format::gate::ImplicitOpenGate;
 use imago::{FormatAccess, FormatCreateBuilder, FormatDriverBuilder, StorageOpenOptions};
 
 /// The deepest chain of backing files accepted (QEMU has no fixed limit;
@@ -196,12 +196,8 @@ impl ChainGate {
                 });
             }
         }
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(write)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
-            .map_err(io_err)?;
+        let file =
+            fs::OpenOptions::new().read(true).write(write).custom_flags(libc::O_CLOEXEC).open(path).map_err(io_err)?;
         lock::lock(&file, write).map_err(|what| OpenError::Locked { path: path.to_path_buf(), what })?;
         let dup = file.try_clone().map_err(io_err)?;
         let mut st = self.state.lock();
@@ -305,7 +301,8 @@ pub fn open(spec: &DiskSpec, snapshot: bool) -> Result<Image, OpenError> {
             if let Some(f) = file {
                 gate.check_qcow2(path, &f)?;
                 if write {
-                    header::check_writable(&f).map_err(|what| OpenError::BadQcow2 { path: path.to_path_buf(), what })?;
+                    header::check_writable(&f)
+                        .map_err(|what| OpenError::BadQcow2 { path: path.to_path_buf(), what })?;
                 }
             }
             let q = Qcow2::<ImagoFile>::builder(storage).write(write).open(gate.clone()).map_err(|e| err(&gate, e))?;

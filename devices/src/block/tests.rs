@@ -295,10 +295,13 @@ fn hostile_headers_get_clear_errors() {
         ("corrupt", Box::new(|b| put64(b, 72, 2))),
         ("external data file", Box::new(|b| put64(b, 72, 4))),
         ("unknown incompatible", Box::new(|b| put64(b, 72, 1 << 40))),
-        ("backing file name", Box::new(|b| {
-            put64(b, 8, 65530);
-            put32(b, 16, 100);
-        })),
+        (
+            "backing file name",
+            Box::new(|b| {
+                put64(b, 8, 65530);
+                put32(b, 16, 100);
+            }),
+        ),
         ("header_length", Box::new(|b| put32(b, 100, 12))),
         ("shorter", Box::new(|b| b.truncate(40))),
     ];
@@ -336,7 +339,7 @@ fn mutated_images_never_panic() {
     for _ in 0..300 {
         let mut b = good.clone();
         for _ in 0..1 + xorshift(&mut s) % 3 {
-            let region = if xorshift(&mut s) % 2 == 0 { 112 } else { b.len().min(4 << 16) as u64 };
+            let region = if xorshift(&mut s).is_multiple_of(2) { 112 } else { b.len().min(4 << 16) as u64 };
             let i = (xorshift(&mut s) % region) as usize;
             b[i] = xorshift(&mut s) as u8;
         }

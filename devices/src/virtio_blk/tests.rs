@@ -10,7 +10,9 @@ use crate::pci::config::PCI_COMMAND;
 use crate::pci::PciDevice;
 use crate::virtio::pci::MODERN_BAR;
 use crate::virtio::queue::testing::DriverRing;
-use crate::virtio::{STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK};
+use crate::virtio::{
+    STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
+};
 
 /// A disk in memory that counts flushes.
 #[derive(Default)]
@@ -205,16 +207,42 @@ fn hostile_requests_get_ioerr_and_never_reach_the_disk() {
     let mut r = rig(false);
     let before = r.disk.lock().data.clone();
     let last = (DISK / 512) as u64;
-    let cases: Vec<(&str, u32, u64, Vec<(u64, u32, bool)>)> = vec![
+    type Case = (&'static str, u32, u64, Vec<(u64, u32, bool)>);
+    let cases: Vec<Case> = vec![
         ("read past the end", VIRTIO_BLK_T_IN, last, vec![(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]),
-        ("write straddling the end", VIRTIO_BLK_T_OUT, last - 1, vec![(HDR, 16, false), (DATA, 1024, false), (STATUS, 1, true)]),
-        ("sector overflowing u64", VIRTIO_BLK_T_OUT, u64::MAX, vec![(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)]),
-        ("sector whose bytes overflow", VIRTIO_BLK_T_IN, u64::MAX / 512 + 1, vec![(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]),
+        (
+            "write straddling the end",
+            VIRTIO_BLK_T_OUT,
+            last - 1,
+            vec![(HDR, 16, false), (DATA, 1024, false), (STATUS, 1, true)],
+        ),
+        (
+            "sector overflowing u64",
+            VIRTIO_BLK_T_OUT,
+            u64::MAX,
+            vec![(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)],
+        ),
+        (
+            "sector whose bytes overflow",
+            VIRTIO_BLK_T_IN,
+            u64::MAX / 512 + 1,
+            vec![(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)],
+        ),
         ("partial sector", VIRTIO_BLK_T_OUT, 0, vec![(HDR, 16, false), (DATA, 100, false), (STATUS, 1, true)]),
         ("short header", VIRTIO_BLK_T_OUT, 0, vec![(HDR, 8, false), (STATUS, 1, true)]),
-        ("buffer over size_max", VIRTIO_BLK_T_IN, 0, vec![(HDR, 16, false), (0x100000, SIZE_MAX + 512, true), (STATUS, 1, true)]),
+        (
+            "buffer over size_max",
+            VIRTIO_BLK_T_IN,
+            0,
+            vec![(HDR, 16, false), (0x100000, SIZE_MAX + 512, true), (STATUS, 1, true)],
+        ),
         ("discard with no segment", VIRTIO_BLK_T_DISCARD, 0, vec![(HDR, 16, false), (STATUS, 1, true)]),
-        ("discard with a partial segment", VIRTIO_BLK_T_DISCARD, 0, vec![(HDR, 16, false), (DATA, 15, false), (STATUS, 1, true)]),
+        (
+            "discard with a partial segment",
+            VIRTIO_BLK_T_DISCARD,
+            0,
+            vec![(HDR, 16, false), (DATA, 15, false), (STATUS, 1, true)],
+        ),
     ];
     for (what, ty, sector, bufs) in cases {
         r.mem.fill(DATA, 0x2000, 0).unwrap();
@@ -336,4 +364,64 @@ fn requests_wait_for_the_io_thread_when_there_is_one() {
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(mem.read_u8(STATUS).unwrap(), VIRTIO_BLK_S_OK);
+}
+
+#[test]
+fn fuzz_entry_point_over_pseudo_random_inputs() {
+    let all = [0xff; 8];
+    // A read of sector 1: descriptors 0 (header at 0x10000, 16 bytes),
+    // 1 (data at 0x10100, 512, writable), 2 (status at 0x10400, 1,
+    // writable); the header (type 0, sector 1); avail idx 1; notify.
+    let mut read = all.to_vec();
+    let desc = |i: u8, addr: u32, len: u16, flags: u16, next: u16| {
+        let mut v = vec![4u8, 2 * i, 0, 0, 0, 0, 0, 0, 0, 0];
+        v[2..6].copy_from_slice(&addr.to_le_bytes());
+        let mut w = vec![4u8, 2 * i + 1, 0, 0, 0, 0, 0, 0, 0, 0];
+        w[2..4].copy_from_slice(&len.to_le_bytes());
+        w[6..8].copy_from_slice(&flags.to_le_bytes());
+        w[8..10].copy_from_slice(&next.to_le_bytes());
+        [v, w].concat()
+    };
+    read.extend(desc(0, 0x10000, 16, 1, 1));
+    read.extend(desc(1, 0x10100, 512, 3, 2));
+    read.extend(desc(2, 0x10400, 1, 2, 0));
+    read.extend_from_slice(&[3, 0, 0, 1, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+    read.extend_from_slice(&[4 | (1 << 3), 0, 0, 0, 1, 0, 0, 0, 0, 0]);
+    read.extend_from_slice(&[0, 0x80, 0, 0, 0, 0, 0, 0, 1]);
+    let stats = fuzz_requests(&read);
+    assert_eq!((stats.reads, stats.read_bytes, stats.errors), (1, 512, 0), "the read seed reads");
+    for input in &crate::nic::fuzz::pseudo_random_inputs(0xb10c, 3000, 600, &[&read]) {
+        fuzz_requests(input);
+    }
+}
+
+#[test]
+fn qcow2_header_parser_over_pseudo_random_inputs() {
+    // A minimal valid v3 header: 64 KiB clusters, 1 MiB disk, L1 at
+    // 0x30000, refcount table at 0x10000 (its block at 0x20000).
+    let mut img = vec![0u8; 0x40000];
+    img[0..4].copy_from_slice(b"QFI\xfb");
+    img[4..8].copy_from_slice(&3u32.to_be_bytes());
+    img[20..24].copy_from_slice(&16u32.to_be_bytes());
+    img[24..32].copy_from_slice(&(1u64 << 20).to_be_bytes());
+    img[36..40].copy_from_slice(&1u32.to_be_bytes());
+    img[40..48].copy_from_slice(&0x30000u64.to_be_bytes());
+    img[48..56].copy_from_slice(&0x10000u64.to_be_bytes());
+    img[56..60].copy_from_slice(&1u32.to_be_bytes());
+    img[96..100].copy_from_slice(&4u32.to_be_bytes());
+    img[100..104].copy_from_slice(&104u32.to_be_bytes());
+    img[0x10000..0x10008].copy_from_slice(&0x20000u64.to_be_bytes());
+    crate::block::header::check_bytes(&img).expect("the seed is valid");
+    let head: Vec<u8> = img[..128].to_vec();
+    let mut ok = 0;
+    for mut input in crate::nic::fuzz::pseudo_random_inputs(0x9c0, 5000, 128, &[&head]) {
+        input.resize(128, 0);
+        let mut m = img.clone();
+        m[..128].copy_from_slice(&input);
+        if crate::block::header::check_bytes(&m).is_ok() {
+            ok += 1;
+        }
+        crate::block::header::check_bytes(&input).unwrap_err();
+    }
+    assert!(ok > 0, "some mutations stay valid");
 }
