@@ -654,3 +654,39 @@ fn acknowledged_writes_survive_sigkill_under_kvm() {
 fn acknowledged_writes_survive_sigkill_in_the_interpreter() {
     killed_while_writing("interp");
 }
+
+/// The multiboot driver never sends FLUSH: its writes to a qcow2 image
+/// still reach the file (data and metadata) when ferrovm exits.
+#[test]
+fn unflushed_qcow2_writes_are_written_back_at_exit() {
+    if !have("qemu-img") {
+        return;
+    }
+    let kernel = tmp("disk-mb", "virtio-blk-exit.elf");
+    std::fs::write(&kernel, virtio_blk_kernel()).unwrap();
+    let img = tmp("disk-mb", "virtio-blk-exit.qcow2");
+    let _ = std::fs::remove_file(&img);
+    sh(&format!("qemu-img create -q -f qcow2 '{}' 1M", img.display()));
+    let disk = img.display().to_string();
+    let o = ferrovm(&[
+        "run",
+        "--accel",
+        "interp",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--serial",
+        "stdio",
+        "--disk",
+        &disk,
+    ]);
+    assert_eq!(o.status.code(), Some(0x43), "{}", String::from_utf8_lossy(&o.stderr));
+    let check = Command::new("qemu-img").arg("check").arg(&img).output().unwrap();
+    assert!(String::from_utf8_lossy(&check.stdout).contains("No errors"), "{check:?}");
+    let raw = tmp("disk-mb", "virtio-blk-exit.raw");
+    sh(&format!("qemu-img convert -O raw '{}' '{}'", img.display(), raw.display()));
+    let data = std::fs::read(&raw).unwrap();
+    for i in 0..BLK_REQUESTS as usize {
+        let want = 0x11 * (i as u8 + 1);
+        assert!(data[i * 512..(i + 1) * 512].iter().all(|&b| b == want), "sector {i}");
+    }
+}
