@@ -14,6 +14,7 @@ pub mod clock;
 pub mod console;
 pub mod debug_exit;
 pub mod e1000;
+pub mod fw_cfg;
 pub mod hpet;
 pub mod i8042;
 pub mod intc;
