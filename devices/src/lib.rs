@@ -13,6 +13,7 @@ pub mod bus;
 pub mod clock;
 pub mod console;
 pub mod debug_exit;
+pub mod debugcon;
 pub mod e1000;
 pub mod fw_cfg;
 pub mod hpet;
