@@ -336,11 +336,20 @@ pub fn run(args: &BenchArgs) -> i32 {
     }
     let w = if runs > 1 { 22 } else { 12 };
     println!(
-        "{:<8} {:<12} {:>w$} {:>w$} {:>w$} {:>12} {:>12}",
-        "model", "direction", "interp MiB/s", "kvm MiB/s", "qemu MiB/s", "interp/qemu", "kvm/qemu"
+        "{:<8} {:<12} {:>w$} {:>w$} {:>w$} {:>w$} {:>12} {:>12} {:>12}",
+        "model",
+        "direction",
+        "interp MiB/s",
+        "jit MiB/s",
+        "kvm MiB/s",
+        "qemu MiB/s",
+        "interp/qemu",
+        "jit/qemu",
+        "kvm/qemu"
     );
     let engines: Vec<(&str, Vmm)> = [
         ("interp", Some(Vmm::Ferrovm("interp"))),
+        ("jit", Some(Vmm::Ferrovm("jit"))),
         ("kvm", kvm.then_some(Vmm::Ferrovm("kvm"))),
         ("qemu", qemu.is_some().then_some(Vmm::Qemu)),
     ]
@@ -372,7 +381,7 @@ pub fn run(args: &BenchArgs) -> i32 {
         let of = |name: &str| engines.iter().position(|e| e.0 == name).map(|i| &series[i]);
         for (i, dir) in ["host->guest", "guest->host"].into_iter().enumerate() {
             let pick = |name: &str| of(name).filter(|s| s.error.is_none()).and_then(|s| s.summary(i));
-            let (f, k, q) = (pick("interp"), pick("kvm"), pick("qemu"));
+            let (f, j, k, q) = (pick("interp"), pick("jit"), pick("kvm"), pick("qemu"));
             let cell = |v: Option<(f64, f64, f64)>| match v {
                 Some((m, lo, hi)) if runs > 1 => format!("{m:.2} ({lo:.2}-{hi:.2})"),
                 Some((m, ..)) => format!("{m:.2}"),
@@ -383,11 +392,13 @@ pub fn run(args: &BenchArgs) -> i32 {
                 _ => "-".into(),
             };
             println!(
-                "{model:<8} {dir:<12} {:>w$} {:>w$} {:>w$} {:>12} {:>12}",
+                "{model:<8} {dir:<12} {:>w$} {:>w$} {:>w$} {:>w$} {:>12} {:>12} {:>12}",
                 cell(f),
+                cell(j),
                 cell(k),
                 cell(q),
                 ratio(f),
+                ratio(j),
                 ratio(k)
             );
         }

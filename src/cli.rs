@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// model, both ways (and QEMU's -netdev user when installed).
     #[arg(long)]
     pub net: bool,
+    /// Measure compute-bound work inside a Linux guest instead (a shell
+    /// loop, hashes, gzip), per engine and under QEMU TCG when installed.
+    #[arg(long, conflicts_with = "net")]
+    pub work: bool,
     /// MiB moved each way by --net.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     pub net_mib: usize,

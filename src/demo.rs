@@ -25,16 +25,21 @@ impl Row {
 
 /// Boot the built-in guest in the interpreter with serial output captured.
 pub fn run_builtin_interp(timeout: Duration) -> Result<(RunReport, String), String> {
-    run_builtin(timeout, false)
+    run_builtin(timeout, EngineKind::Interp)
+}
+
+/// Boot the built-in guest under the JIT with serial output captured.
+pub fn run_builtin_jit(timeout: Duration) -> Result<(RunReport, String), String> {
+    run_builtin(timeout, EngineKind::Jit)
 }
 
 /// Boot the built-in guest under KVM with serial output captured.
 pub fn run_builtin_kvm(timeout: Duration) -> Result<(RunReport, String), String> {
     hvf_kvm_accel::open().map_err(|e| format!("not available: {e}"))?;
-    run_builtin(timeout, true)
+    run_builtin(timeout, EngineKind::Kvm)
 }
 
-fn run_builtin(timeout: Duration, kvm: bool) -> Result<(RunReport, String), String> {
+fn run_builtin(timeout: Duration, kind: EngineKind) -> Result<(RunReport, String), String> {
     let buf = Arc::new(Mutex::new(Vec::new()));
     let config = MachineConfig {
         mem: 64 << 20,
@@ -46,7 +51,6 @@ fn run_builtin(timeout: Duration, kvm: bool) -> Result<(RunReport, String), Stri
         kvm_pit: crate::machine::KvmPit::InKernel,
     };
     let m = Machine::new(config).map_err(|e| e.to_string())?;
-    let kind = if kvm { EngineKind::Kvm } else { EngineKind::Interp };
     let report = m.run(kind).map_err(|e| e.to_string())?;
     let out = String::from_utf8_lossy(&buf.lock()).into_owned();
     Ok((report, out))
@@ -64,7 +68,7 @@ fn fmt_dur(d: Option<Duration>) -> String {
 pub fn rows() -> Vec<Row> {
     vec![
         Row { accel: "interp", outcome: run_builtin_interp(Duration::from_secs(60)) },
-        Row { accel: "jit", outcome: Err("not available yet: the Cranelift JIT is not built".into()) },
+        Row { accel: "jit", outcome: run_builtin_jit(Duration::from_secs(60)) },
         Row { accel: "kvm", outcome: run_builtin_kvm(Duration::from_secs(60)) },
     ]
 }
@@ -141,6 +145,19 @@ pub fn bench(args: &crate::cli::BenchArgs) -> i32 {
     let interp = median(interp);
     mips.sort_by(f64::total_cmp);
     println!("  {:<22} {:>10}  ({:.1} guest MIPS)", "interp", fmt_dur(Some(interp)), mips[mips.len() / 2]);
+    let mut jit_t = Vec::new();
+    for _ in 0..runs {
+        match run_builtin_jit(Duration::from_secs(120)) {
+            Ok((rep, _)) => jit_t.push(rep.total),
+            Err(e) => {
+                eprintln!("ferrovm bench: jit run failed: {e}");
+                return 1;
+            }
+        }
+    }
+    let jit_time = median(jit_t);
+    println!("  {:<22} {:>10}", "jit", fmt_dur(Some(jit_time)));
+    println!("  ratio interp/jit: {:.2}", interp.as_secs_f64() / jit_time.as_secs_f64());
     let mut kvm_time = None;
     match hvf_kvm_accel::open() {
         Ok(_) => {
@@ -167,6 +184,7 @@ pub fn bench(args: &crate::cli::BenchArgs) -> i32 {
         Some(Ok(q)) => {
             println!("  {:<22} {:>10}  (includes QEMU's start-up)", "qemu tcg", fmt_dur(Some(q)));
             println!("  ratio interp/qemu: {:.2}", interp.as_secs_f64() / q.as_secs_f64());
+            println!("  ratio jit/qemu: {:.2}", jit_time.as_secs_f64() / q.as_secs_f64());
         }
         Some(Err(e)) => println!("  qemu tcg               failed: {e}"),
         None => println!("  qemu tcg               not installed (Debian package qemu-system-x86): no comparison"),
@@ -187,6 +205,7 @@ pub fn bench(args: &crate::cli::BenchArgs) -> i32 {
         let mut cases: Vec<(String, Vec<String>)> = vec![
             ("interp fast".into(), ferrovm_cmd(&k, &initrd, "interp", "fast")),
             ("interp classic".into(), ferrovm_cmd(&k, &initrd, "interp", "classic")),
+            ("jit fast".into(), ferrovm_cmd(&k, &initrd, "jit", "fast")),
         ];
         if args.kvm_linux || kvm_time.is_some() {
             cases.push(("kvm fast".into(), ferrovm_cmd(&k, &initrd, "kvm", "fast")));
@@ -221,6 +240,9 @@ pub fn bench(args: &crate::cli::BenchArgs) -> i32 {
             }
         }
         let time_of = |which: &str| results.iter().find(|(n, _)| n == which).and_then(|(_, t)| *t);
+        if let (Some(i), Some(j)) = (time_of("interp fast"), time_of("jit fast")) {
+            println!("    ratio interp fast / jit fast: {:.2}", i.as_secs_f64() / j.as_secs_f64());
+        }
         if let (Some(i), Some(k)) = (time_of("interp fast"), time_of("kvm fast")) {
             println!("    ratio interp fast / kvm fast: {:.2}", i.as_secs_f64() / k.as_secs_f64());
         }
@@ -267,6 +289,8 @@ fn qemu_cmd(qemu: &std::path::Path, kernel: &std::path::Path, initrd: &std::path
         qemu.display().to_string(),
         "-accel".into(),
         "tcg".into(),
+        "-cpu".into(),
+        "max".into(),
         "-m".into(),
         "512".into(),
         "-nodefaults".into(),

@@ -33,6 +33,8 @@ const SLICE: u64 = 20_000;
 pub enum EngineKind {
     /// The interpreter.
     Interp,
+    /// The interpreter for cold code, compiled regions for hot code.
+    Jit,
     /// KVM: the whole guest, or split execution where KVM runs ring 0 in
     /// software ([`MachineConfig::kvm_split`]).
     Kvm,
@@ -364,6 +366,12 @@ impl Machine {
             EngineKind::Interp => {
                 Box::new(crate::engine::interp::InterpEngine::new(self.mem.clone(), self.io(), &self.boot_state))
             }
+            EngineKind::Jit => Box::new(crate::engine::jit::JitEngine::new(
+                self.mem.clone(),
+                self.io(),
+                &self.boot_state,
+                crate::engine::jit::config_from_env()?,
+            )?),
             #[cfg(target_os = "linux")]
             EngineKind::Kvm if crate::engine::split::SplitEngine::wanted(self) => {
                 Box::new(crate::engine::split::SplitEngine::new(self)?)

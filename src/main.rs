@@ -2,6 +2,7 @@
 //! machine and runs it, and maps how the run ended to the exit status.
 
 mod bench_net;
+mod bench_work;
 mod boot;
 mod cli;
 mod demo;
@@ -70,15 +71,16 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     if args.cpus != 1 {
         return Err(Error::Config(format!("--cpus {}: only 1 CPU is supported so far", args.cpus)));
     }
-    let use_kvm = match args.accel {
-        Accel::Jit => return Err(Error::NotBuilt { option: "--accel jit" }),
+    let kind = match args.accel {
+        Accel::Jit => EngineKind::Jit,
         Accel::Kvm => {
             // Say why KVM is unusable before building anything.
             hvf_kvm_accel::open()?;
-            true
+            EngineKind::Kvm
         }
-        Accel::Auto => hvf_kvm_accel::open().is_ok(),
-        Accel::Interp => false,
+        Accel::Auto if hvf_kvm_accel::open().is_ok() => EngineKind::Kvm,
+        Accel::Auto => EngineKind::Jit,
+        Accel::Interp => EngineKind::Interp,
     };
     if args.kernel.is_none() && (args.initrd.is_some() || args.append.is_some()) {
         return Err(Error::Config("--initrd and --append need --kernel".into()));
@@ -130,7 +132,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     } else {
         None
     };
-    let report = machine.run(if use_kvm { EngineKind::Kvm } else { EngineKind::Interp })?;
+    let report = machine.run(kind)?;
     devices::console::restore_terminal();
     if let Some(m) = &report.message {
         eprintln!("ferrovm: {m}");
@@ -165,6 +167,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Demo => Ok(demo::demo()),
         Command::Bench(args) if args.net => Ok(bench_net::run(&args)),
+        Command::Bench(args) if args.work => Ok(bench_work::run(&args)),
         Command::Bench(args) => Ok(demo::bench(&args)),
     });
     devices::console::restore_terminal();

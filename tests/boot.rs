@@ -200,6 +200,8 @@ fn cloud_kernel_boots_to_init_in_the_interpreter() {
     let b = boot("interp", &k, &dir.join("initramfs.cpio.gz"), &[]);
     check(&b, &k);
     assert_flags(&b, INTERP_TSC_FLAGS);
+    // The model advertises UMIP, and Linux turns it on.
+    assert_flags(&b, &["umip"]);
 }
 
 /// Timekeeping flags of the interpreter's model: its TSC follows the host's
@@ -214,6 +216,26 @@ fn generic_kernel_boots_to_init_in_the_interpreter() {
     let Some(dir) = images() else { return };
     let k = dir.join("vmlinuz-generic");
     let b = boot_with_stalls(SCRIPT, "interp", &k, &dir.join("initramfs.cpio.gz"), &[], true);
+    check(&b, &k);
+    assert_flags(&b, INTERP_TSC_FLAGS);
+}
+
+/// Under `--accel jit`: the same checks (the same CPU model as the
+/// interpreter's, so the same timekeeping flags).
+#[test]
+fn cloud_kernel_boots_to_init_under_jit() {
+    let Some(dir) = images() else { return };
+    let k = dir.join("vmlinuz-cloud");
+    let b = boot("jit", &k, &dir.join("initramfs.cpio.gz"), &[]);
+    check(&b, &k);
+    assert_flags(&b, INTERP_TSC_FLAGS);
+}
+
+#[test]
+fn generic_kernel_boots_to_init_under_jit() {
+    let Some(dir) = images() else { return };
+    let k = dir.join("vmlinuz-generic");
+    let b = boot("jit", &k, &dir.join("initramfs.cpio.gz"), &[]);
     check(&b, &k);
     assert_flags(&b, INTERP_TSC_FLAGS);
 }

@@ -10,6 +10,9 @@
 //! - [`interp`] runs a sequence in the interpreter, stepping it to learn the
 //!   path and the results the SDM leaves undefined on it ([`outcome::Masks`]).
 //! - [`kvm_side`] runs it in one reused KVM VM.
+//! - [`jit_side`] runs it compiled by the JIT; `jit_matches_interpreter`
+//!   compares that with the interpreter, exactly (the JIT must give the
+//!   interpreter's results, undefined ones included). It needs no KVM.
 //! - [`outcome`] compares general registers, RIP, the defined flags, the
 //!   segment registers, CR2, the data page, the exception frame, XMM/MXCSR and
 //!   the x87 state (FCW, FSW minus undefined C0-C3, abridged FTW, R0-R7).
@@ -23,7 +26,8 @@
 //! prints `skipping: <reason>` and passes.
 //!
 //! Environment:
-//! - `FERROVM_DIFF_SEQS=N`: number of sequences (default 100,000).
+//! - `FERROVM_DIFF_SEQS=N`: number of sequences (default 100,000), for both
+//!   comparisons.
 //! - `FERROVM_DIFF_LONG=1`: 1,000,000 sequences (or `cargo test --test
 //!   differential -- --ignored`, which runs the long test).
 //! - `FERROVM_DIFF_SEED=N|random`: master seed (default fixed).
@@ -37,6 +41,8 @@
 mod gen;
 #[path = "differential/interp.rs"]
 mod interp;
+#[path = "differential/jit_side.rs"]
+mod jit_side;
 #[path = "differential/kvm_side.rs"]
 mod kvm_side;
 #[path = "differential/machine.rs"]
@@ -680,4 +686,75 @@ fn endless_sequences_time_out() {
         Ok(Err(e)) => println!("{e}"),
         Err(p) => std::panic::resume_unwind(p),
     }
+}
+
+/// The JIT against the interpreter: every generated sequence compiled and
+/// run, with the interpreter's results as the reference, exactly (no
+/// masks: the JIT computes what the interpreter computes). Sequences whose
+/// results the interpreter marks as tainted (a time stamp, a random number)
+/// are not compared. Needs no KVM.
+fn run_jit_harness(long: bool) {
+    let cfg = Config::from_env(long);
+    let (sequences, seed) = (cfg.sequences, cfg.seed);
+    let t0 = Instant::now();
+    let cat = Catalog::build();
+    let mut interp = InterpSide::new();
+    let mut jit = match jit_side::JitSide::new() {
+        Ok(j) => j,
+        Err(e) => {
+            println!("skipping: no JIT on this host: {e}");
+            return;
+        }
+    };
+    let (mut done, mut i, mut tainted, mut bad) = (0u64, 0u64, 0u64, 0u64);
+    let mut by_group: BTreeMap<String, u64> = BTreeMap::new();
+    let mut out = String::new();
+    while done < sequences {
+        let mut x = seed.wrapping_add(i);
+        let s = rng::splitmix(&mut x);
+        i += 1;
+        assert!(i < sequences * 4 + 1000, "the generator produces no sequences");
+        let Some(case) = gen::generate(&cat, s, cfg.mode, &cfg.groups) else { continue };
+        let Ok(asm) = case.assemble() else { continue };
+        done += 1;
+        let (a, masks) = interp.run(&case, &asm);
+        let b = jit.run(&case, &asm);
+        if masks.tainted.is_some() {
+            tainted += 1;
+            continue;
+        }
+        let diffs = compare(case.mode, &a, &b, &outcome::Masks::default());
+        if !diffs.is_empty() {
+            bad += 1;
+            *by_group.entry(format!("{:?} {:?}", case.group, case.mode)).or_default() += 1;
+            if bad <= 5 {
+                let _ = write!(out, "{}", report_case("JIT MISMATCH (kvm= is the JIT)", &case, &asm, &a, &b, &diffs));
+            }
+        }
+    }
+    let (native, fallback) = jit.counts();
+    println!(
+        "{done} sequences (seed {seed:#x}) in {:.1} s: {} compiled, {tainted} not compared (tainted), {bad} mismatches; {native} instructions ran translated, {fallback} through interpreter handlers",
+        t0.elapsed().as_secs_f64(),
+        jit.compiled
+    );
+    for (g, n) in &by_group {
+        println!("  mismatches in {g}: {n}");
+    }
+    print!("{out}");
+    assert!(jit.compiled * 2 > done, "most sequences compile");
+    assert_eq!(bad, 0, "{bad} mismatches between the JIT and the interpreter (see above)");
+}
+
+/// CI size: 100,000 sequences (or FERROVM_DIFF_SEQS).
+#[test]
+fn jit_matches_interpreter() {
+    run_jit_harness(false);
+}
+
+/// 1,000,000 sequences: `cargo test --test differential -- --ignored`.
+#[test]
+#[ignore = "long run: 1,000,000 sequences or FERROVM_DIFF_SEQS"]
+fn jit_matches_interpreter_long() {
+    run_jit_harness(true);
 }

@@ -751,7 +751,7 @@ fn nat_guest_test(model: &str, accel: &str) {
     g.check(rf == format!("{} {RESTRICTED_BYTES}", sha256(&data)), &format!("restricted forward: {rf}"));
 
     let stats = g.finish();
-    if accel == "interp" {
+    if accel == "interp" || accel == "jit" {
         // The guest waited, halted, for the host at every forward (the host
         // connects after 500 ms), and --stats counts the time.
         let (halted, waits) = halted_stat(&stats).unwrap_or_else(|| panic!("{model}: no halted line in\n{stats}"));
@@ -795,6 +795,16 @@ fn virtio_net_on_the_nat_in_the_interpreter() {
 #[test]
 fn e1000_on_the_nat_in_the_interpreter() {
     nat_guest_test("e1000", INTERP);
+}
+
+#[test]
+fn virtio_net_on_the_nat_under_jit() {
+    nat_guest_test("virtio", "jit");
+}
+
+#[test]
+fn e1000_on_the_nat_under_jit() {
+    nat_guest_test("e1000", "jit");
 }
 
 #[test]

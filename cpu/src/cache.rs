@@ -34,6 +34,9 @@ pub struct BlockOf<T: ?Sized> {
     /// The block that ran after this one last time, while the TLB and the
     /// cache had not changed: the next lookup from here tries it first.
     pub(crate) next: RefCell<Option<Chain>>,
+    /// Runs left before the block is hot (see [`Cpu::set_hot_threshold`]):
+    /// the run loop counts it down and stops at a block whose count is 0.
+    heat: Cell<u32>,
     /// Instructions in use at the front of `slots`.
     len: usize,
     slots: T,
@@ -49,28 +52,49 @@ pub(crate) struct Chain {
 }
 
 impl Block {
-    /// A block of `insns` (at least one).
-    pub(crate) fn new(insns: Vec<Decoded>) -> Rc<Block> {
-        fn sized<const N: usize>(insns: &[Decoded]) -> Rc<Block> {
+    /// A block of `insns` (at least one), hot after `heat` runs.
+    pub(crate) fn new(insns: Vec<Decoded>, heat: u32) -> Rc<Block> {
+        fn sized<const N: usize>(insns: &[Decoded], heat: u32) -> Rc<Block> {
             let last = insns.last().copied().unwrap_or_else(|| Decoded::new(Instruction::default()));
             let slots: [Decoded; N] = std::array::from_fn(|i| insns.get(i).copied().unwrap_or(last));
-            Rc::new(BlockOf { live: Cell::new(false), next: RefCell::new(None), len: insns.len().min(N), slots })
+            Rc::new(BlockOf {
+                live: Cell::new(false),
+                next: RefCell::new(None),
+                heat: Cell::new(heat),
+                len: insns.len().min(N),
+                slots,
+            })
         }
         debug_assert!(!insns.is_empty() && insns.len() <= MAX_BLOCK_INSNS, "a block of {} instructions", insns.len());
         match insns.len() {
-            0..=1 => sized::<1>(&insns),
-            2 => sized::<2>(&insns),
-            3 => sized::<3>(&insns),
-            4 => sized::<4>(&insns),
-            5..=6 => sized::<6>(&insns),
-            7..=8 => sized::<8>(&insns),
-            9..=12 => sized::<12>(&insns),
-            13..=16 => sized::<16>(&insns),
-            17..=24 => sized::<24>(&insns),
-            25..=32 => sized::<32>(&insns),
-            33..=48 => sized::<48>(&insns),
-            _ => sized::<MAX_BLOCK_INSNS>(&insns),
+            0..=1 => sized::<1>(&insns, heat),
+            2 => sized::<2>(&insns, heat),
+            3 => sized::<3>(&insns, heat),
+            4 => sized::<4>(&insns, heat),
+            5..=6 => sized::<6>(&insns, heat),
+            7..=8 => sized::<8>(&insns, heat),
+            9..=12 => sized::<12>(&insns, heat),
+            13..=16 => sized::<16>(&insns, heat),
+            17..=24 => sized::<24>(&insns, heat),
+            25..=32 => sized::<32>(&insns, heat),
+            33..=48 => sized::<48>(&insns, heat),
+            _ => sized::<MAX_BLOCK_INSNS>(&insns, heat),
         }
+    }
+
+    /// Runs left before the block is hot; 0: the run loop stops before it
+    /// with [`StopReason::Hot`](crate::StopReason::Hot).
+    #[inline]
+    pub fn heat(&self) -> u32 {
+        self.heat.get()
+    }
+
+    /// Set the runs left before the block is hot: 0 makes the run loop stop
+    /// before it every time (another tier runs it), a large count lets it
+    /// run on in the interpreter.
+    #[inline]
+    pub fn set_heat(&self, heat: u32) {
+        self.heat.set(heat);
     }
 
     /// The block's instructions.
@@ -408,10 +432,10 @@ impl Cpu {
             buf[avail..].copy_from_slice(&rest[..15 - avail]);
             let mut d = Decoder::with_ip(key.bits, &buf, self.state.rip, DecoderOptions::NONE);
             let insn = d.decode();
-            return Ok(Block::new(vec![Decoded::new(insn)]));
+            return Ok(Block::new(vec![Decoded::new(insn)], u32::MAX));
         }
         self.stats.blocks_decoded += 1;
-        let block = Block::new(insns);
+        let block = Block::new(insns, if self.hot_threshold == 0 { u32::MAX } else { self.hot_threshold });
         if cacheable {
             self.mem().mark_code_page(page);
             // Write tags for this page must stop bypassing the tracking check.
@@ -470,7 +494,7 @@ mod tests {
     use iced_x86::Code;
 
     fn block(n: usize) -> Rc<Block> {
-        Block::new(vec![Decoded::new(Instruction::default()); n])
+        Block::new(vec![Decoded::new(Instruction::default()); n], u32::MAX)
     }
 
     fn key(phys: u64) -> BlockKey {
@@ -513,7 +537,7 @@ mod tests {
                     Decoded::new(insn)
                 })
                 .collect();
-            let b = Block::new(insns);
+            let b = Block::new(insns, u32::MAX);
             let rips: Vec<u64> = b.insns().iter().map(Decoded::next_rip).collect();
             assert_eq!(rips, (0..n as u64).map(|i| 0x1000 + i).collect::<Vec<_>>(), "{n} instructions");
         }
@@ -521,7 +545,7 @@ mod tests {
 
     #[test]
     fn blocks_the_cache_drops_are_dead() {
-        let block = || Block::new(vec![Decoded::new(Instruction::default()); 4]);
+        let block = || Block::new(vec![Decoded::new(Instruction::default()); 4], u32::MAX);
         let key = |phys| BlockKey { phys, rip_page: phys, bits: 64 };
         let mut c = DecodeCache::default();
         let a = block();

@@ -66,6 +66,9 @@ pub struct Cpu {
     /// Told of every code page that lost its decoded code (see
     /// [`Cpu::add_invalidation_listener`]).
     pub(crate) invalidation_listeners: Vec<InvalidationListener>,
+    /// Runs after which a block is hot (see [`Cpu::set_hot_threshold`]);
+    /// 0: blocks are not counted.
+    pub(crate) hot_threshold: u32,
 }
 
 impl Cpu {
@@ -90,6 +93,7 @@ impl Cpu {
             hooks: None,
             keep_user_pages: false,
             invalidation_listeners: Vec::new(),
+            hot_threshold: 0,
         };
         cpu.update_paging();
         cpu

@@ -80,6 +80,9 @@ pub mod ebx7 {
 
 /// Leaf 7 subleaf 0 ECX bits.
 pub mod ecx7 {
+    /// User-mode instruction prevention (CR4.UMIP): SGDT, SIDT, SLDT, SMSW
+    /// and STR are #GP(0) at CPL > 0.
+    pub const UMIP: u32 = 1 << 2;
     pub const RDPID: u32 = 1 << 22;
 }
 
@@ -105,6 +108,10 @@ pub mod ecx81 {
     pub const ABM: u32 = 1 << 5;
     /// 3DNowPrefetch: PREFETCH and PREFETCHW.
     pub const PREFETCHW: u32 = 1 << 8;
+    /// PerfCtrExtCore: six core counters at C001_0200h-C001_020Bh. Not
+    /// advertised: the model has the four legacy counters only
+    /// (C001_0000h-C001_0007h, which every AMD64 CPU has).
+    pub const PERF_CTR_EXT_CORE: u32 = 1 << 23;
 }
 
 const VENDOR: &[u8; 12] = b"AuthenticAMD";
@@ -160,7 +167,7 @@ pub const LEAF7_EBX: u32 = ebx7::FSGSBASE
     | ebx7::SMAP
     | ebx7::CLFLUSHOPT
     | ebx7::CLWB;
-pub const LEAF7_ECX: u32 = ecx7::RDPID;
+pub const LEAF7_ECX: u32 = ecx7::UMIP | ecx7::RDPID;
 /// Extended features (leaf 8000_0001).
 pub const LEAF81_EDX: u32 = edx81::SYSCALL | edx81::NX | edx81::RDTSCP | edx81::LM;
 pub const LEAF81_ECX: u32 = ecx81::LAHF_LM | ecx81::ABM | ecx81::PREFETCHW;

@@ -83,9 +83,23 @@ impl Cpu {
                     h.before_kernel_block(at);
                 }
             }
-            self.state.interrupt_shadow = 0;
+            // Under an STI or MOV SS shadow only the next instruction runs
+            // before the interrupt window is looked at again.
+            let shadow = std::mem::take(&mut self.state.interrupt_shadow) != 0;
             match self.block_at_rip() {
+                Ok(block) if shadow => {
+                    if self.exec_one(&block.insns()[0]) {
+                        self.stats.instructions += 1;
+                    }
+                }
                 Ok(block) => {
+                    if self.hot_threshold != 0 {
+                        let heat = block.heat();
+                        if heat == 0 {
+                            return StopReason::Hot;
+                        }
+                        block.set_heat(heat - 1);
+                    }
                     // The block that followed this one last time is likely
                     // next again: its lines arrive while this one runs.
                     if let Some(c) = &*block.next.borrow() {

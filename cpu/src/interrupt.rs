@@ -124,8 +124,21 @@ impl Cpu {
         let mut chain = vec![e];
         loop {
             let prev = self.delivering.replace(current);
+            // A fault while delivering leaves the state as it was before
+            // the delivery began (a task switch excepted: its faults come
+            // in the new task, and it handles them itself).
+            let before = self.state;
             let result = self.deliver(current, src);
             self.delivering = prev;
+            if result.is_err() && self.state.tr.selector == before.tr.selector {
+                self.state = before;
+                self.update_paging();
+                if src == Source::Software {
+                    // The fault belongs to INT n / INT3 / INTO itself: its
+                    // handler returns to the instruction (SDM Vol. 3A §6.5).
+                    self.state.rip = self.insn_start;
+                }
+            }
             if result.is_ok() && std::mem::take(&mut self.state.events.task_trap) {
                 // The task gate switched to a TSS with its T bit: #DB trap.
                 current = Exception::DebugTrap;
@@ -150,6 +163,9 @@ impl Cpu {
             let escalate = (first.is_contributory() && second.is_contributory())
                 || (first_pf && (second.is_contributory() || second_pf));
             current = if escalate { Exception::DoubleFault } else { second };
+            if current.sets_rf() {
+                self.state.rflags |= flags::RF;
+            }
             if escalate {
                 chain.push(Exception::DoubleFault);
             }
@@ -195,9 +211,17 @@ impl Cpu {
         Ok(())
     }
 
+    /// The EXT bit of error codes raised while delivering an event from
+    /// `src`: set for every event but INT n, INT3 and INTO (SDM Vol. 3A
+    /// §6.13: "an event external to the program, such as an interrupt or
+    /// an earlier exception").
+    fn ext(src: Source) -> u16 {
+        u16::from(src != Source::Software)
+    }
+
     /// Error code for a fault on an IDT entry.
     fn idt_err(vector: u8, src: Source) -> u16 {
-        (u16::from(vector) << 3) | 2 | u16::from(src == Source::External)
+        (u16::from(vector) << 3) | 2 | Self::ext(src)
     }
 
     fn read_gate(&mut self, vector: u8, size: u64, src: Source) -> Fault<crate::segment::Descriptor> {
@@ -226,7 +250,7 @@ impl Cpu {
             return Err(Exception::SegmentNotPresent(ierr));
         }
         let sel = gate.gate_selector();
-        let ext = u16::from(src == Source::External);
+        let ext = Self::ext(src);
         if sel & !3 == 0 {
             return Err(Exception::GeneralProtection(ext));
         }
@@ -252,8 +276,9 @@ impl Cpu {
             return Err(Exception::GeneralProtection(Self::idt_err(vector, src)));
         }
         let (cs, new_cpl) = self.gate_target(vector, &gate, src)?;
-        if cs.attr() & crate::state::seg_attr::L == 0 {
-            return Err(Exception::GeneralProtection(sel_err(gate.gate_selector())));
+        let attr = cs.attr();
+        if attr & crate::state::seg_attr::L == 0 || attr & crate::state::seg_attr::DB != 0 {
+            return Err(Exception::GeneralProtection(sel_err(gate.gate_selector()) | Self::ext(src)));
         }
         let old_ss = self.state.seg[sreg::SS].selector;
         let old_rsp = self.state.gpr[4];
@@ -282,7 +307,7 @@ impl Cpu {
                 self.state.cpl = saved_cpl;
                 return Err(match e {
                     Exception::PageFault { .. } => e,
-                    _ => Exception::StackFault(0),
+                    _ => Exception::StackFault(Self::ext(src)),
                 });
             }
         }
@@ -307,6 +332,16 @@ impl Cpu {
         }
         self.update_paging();
         Ok(())
+    }
+
+    /// A stack fault while pushing the frame on the stack the TSS gave:
+    /// #SS with that stack's selector and EXT (SDM Vol. 3A, INT n
+    /// pseudocode); other faults (#PF) as they are.
+    fn new_stack_fault(e: Exception, new_ss: u16, src: Source) -> Exception {
+        match e {
+            Exception::StackFault(_) => Exception::StackFault(sel_err(new_ss) | Self::ext(src)),
+            other => other,
+        }
     }
 
     fn tss_read_u64(&mut self, off: u64) -> Fault<u64> {
@@ -412,6 +447,7 @@ impl Cpu {
                 }
             }
             if let Err(e) = res {
+                let e = Self::new_stack_fault(e, new_ss, src);
                 self.state.cpl = saved_cpl;
                 self.state.seg[sreg::SS] = saved_ss;
                 self.state.gpr[4] = old_gpr4;
@@ -426,11 +462,17 @@ impl Cpu {
                 }
             }
         }
-        self.push(size, rfl)?;
-        self.push(size, u64::from(old_cs))?;
-        self.push(size, self.state.rip)?;
-        if let Some(ec) = error_code {
-            self.push(size, u64::from(ec))?;
+        let mut frame = vec![rfl, u64::from(old_cs), self.state.rip];
+        frame.extend(error_code.map(u64::from));
+        for v in frame {
+            // (On a fault the caller restores the state from before delivery.)
+            self.push(size, v).map_err(|e| {
+                if switching {
+                    Self::new_stack_fault(e, self.state.seg[sreg::SS].selector, src)
+                } else {
+                    e
+                }
+            })?;
         }
         self.set_cs(gate.gate_selector(), &cs, new_cpl)?;
         let off = gate.gate_offset(false);
@@ -440,5 +482,110 @@ impl Cpu {
             self.state.rflags &= !flags::IF;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::exception::Exception;
+    use crate::ops::testutil::*;
+    use crate::state::{flags, sreg};
+
+    fn top(c: &mut crate::cpu::Cpu, i: u64, size: u32) -> u64 {
+        c.read_mem(sreg::SS, c.state.gpr[4] + i * u64::from(size), size).unwrap()
+    }
+
+    #[test]
+    fn a_not_present_gate_raises_np_with_ext_for_all_but_software_interrupts() {
+        let mut c = prot_mode();
+        c.mem().write_u8(IDT + 6 * 8 + 5, 0x0e | 0x60).unwrap(); // #UD gate: P = 0
+        step_bytes(&mut c, &[0x0f, 0x0b]); // ud2
+        assert_eq!(c.state.rip, stub(11));
+        assert_eq!(top(&mut c, 0, 4), 6 * 8 + 2 + 1, "IDT bit and EXT");
+        let mut c = prot_mode();
+        c.mem().write_u8(IDT + 0x80 * 8 + 5, 0x0e | 0x60).unwrap();
+        step_bytes(&mut c, &[0xcd, 0x80]);
+        assert_eq!(c.state.rip, stub(11));
+        assert_eq!(top(&mut c, 0, 4), 0x80 * 8 + 2, "INT n: no EXT");
+        assert_eq!(top(&mut c, 1, 4), CODE, "the #NP returns to the INT instruction");
+    }
+
+    #[test]
+    fn a_page_fault_on_the_idt_during_int_n_returns_to_the_int() {
+        let mut c = long_mode();
+        // The IDT straddles a not-present page: entries from 0x80 on are in it.
+        let base = UNMAPPED - 0x800;
+        let mut gates = vec![0u8; 0x800];
+        c.mem().read(IDT, &mut gates).unwrap();
+        c.mem().write(base, &gates).unwrap();
+        c.state.idtr.base = base;
+        step_bytes(&mut c, &[0xcd, 0x80]);
+        assert_eq!(c.state.rip, stub(14));
+        assert_eq!(c.state.cr2, UNMAPPED);
+        assert_eq!(top(&mut c, 0, 8), 0, "supervisor read of a not-present page");
+        assert_eq!(top(&mut c, 1, 8), CODE, "RIP of the INT instruction");
+        assert_ne!(top(&mut c, 3, 8) & flags::RF, 0, "a fault: RF in the image");
+    }
+
+    #[test]
+    fn a_fault_on_the_new_stack_is_delivered_from_the_state_before_the_switch() {
+        let mut c = prot_mode();
+        // Ring-0 stack: a 16-byte data segment, ESP0 = 8: the third push of
+        // the INT frame falls outside it.
+        set_gdt(&c, 10, seg_desc(0, 0xf, 0x93, 0x4));
+        c.mem().write_u32(TSS + 4, 8).unwrap();
+        c.mem().write_u32(TSS + 8, 0x50).unwrap();
+        // #SS goes through a conforming ring-0 code segment: no stack switch.
+        set_gdt(&c, 11, seg_desc(0, 0xfffff, 0x9f, 0xc));
+        c.mem().write_u64(IDT + 12 * 8, gate(0x58, stub(12) as u32, 0xe, 0, 0)).unwrap();
+        to_user(&mut c, SEL_UCODE32);
+        step_bytes(&mut c, &[0xcd, 0x80]);
+        assert_eq!(c.state.rip, stub(12), "{:?}", c.shutdown);
+        assert_eq!(c.state.cpl, 3);
+        assert_eq!(c.state.seg[sreg::SS].selector, SEL_UDATA);
+        assert_eq!(c.state.gpr[4], USTACK - 16);
+        assert_eq!(top(&mut c, 0, 4), 0x50, "#SS(new SS selector), no EXT for INT n");
+        assert_eq!(top(&mut c, 1, 4), CODE);
+        assert_eq!(top(&mut c, 2, 4), u64::from(SEL_UCODE32));
+    }
+
+    #[test]
+    fn iret_unblocks_nmis_even_when_it_faults() {
+        let mut c = prot_mode();
+        c.state.nmi_blocked = 1;
+        c.mem().write_u32(KSTACK - 12, 0x1234).unwrap();
+        c.mem().write_u32(KSTACK - 8, 0).unwrap(); // CS = 0: #GP(0)
+        c.mem().write_u32(KSTACK - 4, 2).unwrap();
+        c.state.gpr[4] = KSTACK - 12;
+        assert_eq!(exec_bytes(&mut c, &[0xcf]), Err(Exception::GeneralProtection(0)));
+        assert_eq!(c.state.nmi_blocked, 0);
+    }
+
+    /// `code` at CODE with IF = 0 and an interrupt (vector 0x20) pending:
+    /// run until the CPU halts in the vector's stub; the EIP it saved.
+    fn interrupted_at(code: &[u8]) -> (crate::cpu::Cpu, u64) {
+        let (mut c, _, irq) = new_cpu_with_irq();
+        prot_setup(&mut c);
+        c.state.gpr[0] = u64::from(SEL_DATA);
+        place(&mut c, code);
+        *irq.lock().unwrap() = Some(0x20);
+        c.run(100);
+        assert_eq!(c.state.rip, stub(0x20) + 1, "halted in the handler");
+        let eip = top(&mut c, 0, 4);
+        (c, eip)
+    }
+
+    #[test]
+    fn an_interrupt_comes_after_the_instruction_under_the_sti_shadow() {
+        // sti; inc ecx; inc ecx; inc ecx; hlt
+        let (c, eip) = interrupted_at(&[0xfb, 0x41, 0x41, 0x41, 0xf4]);
+        assert_eq!((eip, c.state.gpr[1]), (CODE + 2, 1));
+    }
+
+    #[test]
+    fn an_interrupt_comes_after_the_instruction_under_the_mov_ss_shadow() {
+        // sti; mov ss, ax (a shadow again); inc ecx; inc ecx; hlt
+        let (c, eip) = interrupted_at(&[0xfb, 0x8e, 0xd0, 0x41, 0x41, 0xf4]);
+        assert_eq!((eip, c.state.gpr[1]), (CODE + 4, 1));
     }
 }

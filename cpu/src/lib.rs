@@ -13,6 +13,8 @@
 //! - [`ops`]: one handler module per instruction family, keyed by iced `Code`.
 //! - [`interrupt`], [`segment`]: delivery through IVT/IDT and descriptor checks.
 //! - [`msr`], [`cpuid`]: the MSR table and the CPU model.
+//! - [`tier`]: what another tier (the JIT) calls: hot blocks, accesses on
+//!   behalf of one instruction, and when translated code may run.
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +32,7 @@ pub mod ops;
 pub mod platform;
 pub mod segment;
 pub mod state;
+pub mod tier;
 pub mod x87;
 
 pub use cache::{Block, Decoded, Invalidation, InvalidationListener};

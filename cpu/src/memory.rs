@@ -179,6 +179,23 @@ impl Cpu {
         Ok(())
     }
 
+    /// The checks of a read of `size` bytes at `seg:offset` without reading:
+    /// the segment checks, the alignment check, and the page walk of every
+    /// page it touches.
+    pub(crate) fn probe_read(&mut self, seg: usize, offset: u64, size: u32) -> Fault<()> {
+        let lin = self.linear(seg, offset, u64::from(size), false)?;
+        self.check_alignment(lin, size)?;
+        let p = self.privilege();
+        self.translate(lin, Access::Read, p)?;
+        let last = lin.wrapping_add(u64::from(size) - 1);
+        if (last ^ lin) & !0xfff != 0 {
+            let next = last & !0xfff;
+            let next = if self.state.long_mode() { next } else { next & 0xffff_ffff };
+            self.translate(next, Access::Read, p)?;
+        }
+        Ok(())
+    }
+
     /// Write the low `size` bytes of `value` at `seg:offset`.
     #[inline]
     pub fn write_mem(&mut self, seg: usize, offset: u64, size: u32, value: u64) -> Fault<()> {

@@ -36,6 +36,17 @@ pub const IA32_GS_BASE: u32 = 0xc000_0101;
 pub const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
 pub const IA32_TSC_AUX: u32 = 0xc000_0103;
 
+/// PerfEvtSel0 (AMD); PerfEvtSel1-3 follow.
+pub const PERF_EVT_SEL0: u32 = 0xc001_0000;
+/// PerfCtr0 (AMD); PerfCtr1-3 follow.
+pub const PERF_CTR0: u32 = 0xc001_0004;
+/// PerfEvtSel bits that are reserved (APM Vol. 2: bits 63:36 but for the
+/// Host/Guest-only pair at 41:40, and bits 21 and 19): writing one is #GP.
+/// Host/Guest-only are refused too, as on a CPU without SVM.
+const PERF_EVT_SEL_RESERVED: u64 = 0xffff_fff0_0028_0000;
+/// The counters are 48 bits wide.
+const PERF_CTR_MASK: u64 = (1 << 48) - 1;
+
 /// The variable-range MTRRs (base/mask pairs, 8 of them).
 const MTRR_PHYS: u32 = 0x200;
 /// The fixed-range MTRRs.
@@ -71,6 +82,17 @@ pub const TABLE: [(u32, u64, bool); MSR_TABLE_LEN] = [
     (0xc001_0117, 0, true), // VM_HSAVE_PA
     (0xc001_0140, 0, true), // OSVW_ID_LENGTH
     (0xc001_0141, 0, true), // OSVW_STATUS
+    // The legacy performance counters every AMD64 CPU has (APM Vol. 2,
+    // "Performance-Monitoring Counters"): PerfEvtSel0-3 then PerfCtr0-3.
+    // They count nothing; [`Cpu::write_msr`] checks what is written.
+    (PERF_EVT_SEL0, 0, true),
+    (PERF_EVT_SEL0 + 1, 0, true),
+    (PERF_EVT_SEL0 + 2, 0, true),
+    (PERF_EVT_SEL0 + 3, 0, true),
+    (PERF_CTR0, 0, true),
+    (PERF_CTR0 + 1, 0, true),
+    (PERF_CTR0 + 2, 0, true),
+    (PERF_CTR0 + 3, 0, true),
     (MTRR_PHYS, 0, true),
     (MTRR_PHYS + 1, 0, true),
     (MTRR_PHYS + 2, 0, true),
@@ -101,7 +123,7 @@ pub const TABLE: [(u32, u64, bool); MSR_TABLE_LEN] = [
 ];
 
 /// Entries of [`TABLE`].
-pub const MSR_TABLE_LEN: usize = 46;
+pub const MSR_TABLE_LEN: usize = 54;
 
 /// Values of the MSRs kept by value (model registers, machine check, the
 /// MTRRs), entry `i` holding `TABLE[i]`: plain data inside
@@ -243,6 +265,14 @@ impl Cpu {
             IA32_GS_BASE => self.state.seg[sreg::GS].base = canonical(v)?,
             IA32_KERNEL_GS_BASE => self.state.msr.kernel_gs_base = canonical(v)?,
             IA32_TSC_AUX => self.state.msr.tsc_aux = v & 0xffff_ffff,
+            PERF_EVT_SEL0..=0xc001_0003 if v & PERF_EVT_SEL_RESERVED != 0 => {
+                tracing::debug!(target: "cpu", "wrmsr {msr:#x} <- {v:#x}: reserved PerfEvtSel bits, #GP");
+                return Err(GP0);
+            }
+            PERF_CTR0..=0xc001_0007 => {
+                let i = MsrTable::slot(msr).expect("the counters are in the table");
+                self.state.msr_table.values[i] = v & PERF_CTR_MASK;
+            }
             _ => match MsrTable::slot(msr) {
                 Some(i) if TABLE[i].2 => self.state.msr_table.values[i] = v,
                 _ => {
@@ -293,6 +323,31 @@ mod tests {
         assert_ne!(ebx & crate::cpuid::ebx7::TSC_ADJUST, 0);
         let [_, _, _, edx] = crate::cpuid::cpuid(&cpu.state, 0x8000_0007, 0);
         assert_ne!(edx & crate::cpuid::edx87::INVARIANT_TSC, 0);
+    }
+
+    #[test]
+    fn the_legacy_amd_performance_counters_hold_values_and_check_reserved_bits() {
+        let (mut cpu, _) = new_cpu();
+        for i in 0..4 {
+            assert_eq!(cpu.read_msr(PERF_EVT_SEL0 + i), Ok(0));
+            assert_eq!(cpu.read_msr(PERF_CTR0 + i), Ok(0));
+            // Event 0xC0 (retired instructions), USR|OS|EN.
+            cpu.write_msr(PERF_EVT_SEL0 + i, 0x43_00c0 + u64::from(i)).unwrap();
+            assert_eq!(cpu.read_msr(PERF_EVT_SEL0 + i), Ok(0x43_00c0 + u64::from(i)));
+            cpu.write_msr(PERF_CTR0 + i, u64::MAX).unwrap();
+            assert_eq!(cpu.read_msr(PERF_CTR0 + i), Ok(PERF_CTR_MASK), "48-bit counter");
+        }
+        assert_eq!(cpu.write_msr(PERF_EVT_SEL0, 1 << 21), Err(GP0), "reserved bit 21");
+        assert_eq!(cpu.write_msr(PERF_EVT_SEL0 + 3, 1 << 50), Err(GP0), "reserved bit 50");
+        assert_eq!(cpu.read_msr(PERF_EVT_SEL0), Ok(0x43_00c0), "a refused write changes nothing");
+        // Without CPUID 8000_0001h ECX[23] (PerfCtrExtCore) the extended
+        // counters do not exist.
+        let [_, _, ecx, _] = crate::cpuid::cpuid(&cpu.state, 0x8000_0001, 0);
+        assert_eq!(ecx & crate::cpuid::ecx81::PERF_CTR_EXT_CORE, 0);
+        for msr in 0xc001_0200..=0xc001_020b {
+            assert_eq!(cpu.read_msr(msr), Err(GP0), "{msr:#x}");
+            assert_eq!(cpu.write_msr(msr, 0), Err(GP0), "{msr:#x}");
+        }
     }
 
     #[test]

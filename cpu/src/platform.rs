@@ -64,6 +64,10 @@ pub enum StopReason {
     /// The CPU is at CPL 3 and its hooks asked to yield
     /// ([`ExecHooks::before_user_block`](crate::ExecHooks::before_user_block)).
     UserMode,
+    /// The block at RIP is hot, or another tier runs it: its count of runs
+    /// ([`Block::heat`](crate::Block::heat)) reached 0. Nothing of it ran;
+    /// events and interrupts at this boundary were taken.
+    Hot,
 }
 
 // The interpreter's calls into the platform.

@@ -138,6 +138,7 @@ impl Cpu {
             if seg == sreg::SS {
                 self.state.interrupt_shadow = 1;
                 self.state.events.mov_ss = true;
+                self.block_break = true;
             }
             return Ok(());
         }
@@ -162,6 +163,7 @@ impl Cpu {
                     | (u32::from(rpl) << seg_attr::DPL_SHIFT);
                 self.state.interrupt_shadow = 1;
                 self.state.events.mov_ss = true;
+                self.block_break = true;
             }
             return Ok(());
         }
@@ -177,6 +179,7 @@ impl Cpu {
             }
             self.state.interrupt_shadow = 1;
             self.state.events.mov_ss = true;
+            self.block_break = true;
         } else {
             if !d.is_code_data() || (d.is_code() && d.typ() & seg_attr::TYPE_RW == 0) {
                 return Err(gp);

@@ -30,7 +30,10 @@
 //! - Any MSR KVM refused (the vCPU leaves it out of the list).
 //! - The rest of `msr_table`: read-only model constants (PLATFORM_ID,
 //!   FEATURE_CONTROL, MTRRCAP, MCG_CAP), the machine-check bank (KVM has
-//!   none until `KVM_X86_SETUP_MCE`) and AMD model registers.
+//!   none until `KVM_X86_SETUP_MCE`) and AMD model registers, the legacy
+//!   performance counters among them (a KVM without a virtual PMU takes
+//!   writes to PerfEvtSel0-3/PerfCtr0-3 and reads back 0, which would wipe
+//!   the interpreter's values on every round trip).
 //! - `events.deferred_debug`, `events.mov_ss`, `events.task_trap`: the
 //!   interpreter's debug-trap bookkeeping between two instructions, which
 //!   KVM keeps in its own pending debug exceptions.
@@ -677,6 +680,12 @@ mod tests {
         assert_eq!(back.msr_table.get(msr_index::MTRR_PHYSBASE0 + 3), Some(0x8000_0006));
         assert!(!back.events.nmi_pending);
         assert_eq!(back.msr_table.get(0xc001_0015), s.msr_table.get(0xc001_0015));
+        // PerfEvtSel2 is not bridged either: the interpreter's value stays.
+        let mut s2 = s;
+        s2.msr_table.set(0xc001_0002, 0x43_00c0);
+        let mut back2 = s2;
+        kvm_to_cpu(&cpu_to_kvm(&s2).unwrap(), &mut back2);
+        assert_eq!(back2.msr_table.get(0xc001_0002), Some(0x43_00c0));
     }
 
     #[test]

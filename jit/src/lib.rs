@@ -1,4 +1,610 @@
-//! The JIT tier: Cranelift translation of hot guest blocks, the translated-block
-//! cache keyed by guest physical address and mode bits, and the dispatcher that
-//! chains blocks. It stands on the interpreter in `cpu`, whose single-instruction
-//! handlers cover what it does not translate.
+//! The JIT tier: hot guest code compiled by Cranelift.
+//!
+//! The interpreter (`cpu`) runs cold code and counts runs of each decoded
+//! block. When a block has run [`Config::threshold`] times, the run loop
+//! gathers a region around it (the blocks of its code page that direct
+//! branches reach), and a background thread translates the region into one
+//! Cranelift function and compiles it ([`compiler`]) while the interpreter
+//! goes on. The code is copied into the code cache ([`code`]); from then
+//! on the interpreter stops before any block of the region and the region
+//! runs instead, entered at that block.
+//!
+//! - [`translate`]: guest instructions to Cranelift IR; what it does not
+//!   translate calls the interpreter's handler for that one instruction.
+//! - [`ctx`]: the context a region runs with, and the helpers it calls.
+//! - [`Jit::run`]: the run loop shared with the interpreter.
+//!
+//! Regions are keyed by (RIP, guest physical address, mode). A write to a
+//! page that holds translated code (by the CPU or by a device) drops the
+//! page's regions, through the decode cache's code-page tracking.
+
+pub mod code;
+pub mod compiler;
+pub mod ctx;
+pub mod translate;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cpu::state::{cr, flags, seg_attr, sreg, CpuState};
+use cpu::{Block, Cpu, Invalidation, StopReason};
+use iced_x86::FlowControl;
+use parking_lot::Mutex;
+
+use code::{CodeCache, RegionFn};
+use compiler::{Compiler, Done, Job, Settings};
+use ctx::JitCtx;
+use translate::{GuestBlock, RegionSpec};
+
+/// How the JIT is set up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Runs of a block after which its region is compiled.
+    pub threshold: u32,
+    pub settings: Settings,
+    /// Code cache size in bytes.
+    pub cache_bytes: usize,
+    /// Instructions one region holds at most.
+    pub max_region_insns: usize,
+    /// Compile on the caller's thread and install at once (tests).
+    pub synchronous: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            threshold: 1000,
+            settings: Settings::default(),
+            cache_bytes: 64 << 20,
+            max_region_insns: 256,
+            synchronous: false,
+        }
+    }
+}
+
+/// Counters for `--stats` and benchmarks.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct JitStats {
+    pub regions_compiled: u64,
+    pub compile_failures: u64,
+    pub compile_nanos: u64,
+    /// Regions compiled but dropped before installation (their code changed).
+    pub stale: u64,
+    pub code_bytes: u64,
+    pub native_insns: u64,
+    pub fallback_insns: u64,
+    /// Region entries from the run loop.
+    pub entries: u64,
+    pub fault_exits: u64,
+    pub step_exits: u64,
+    pub invalidated_pages: u64,
+    pub invalidated_regions: u64,
+    pub full_flushes: u64,
+    pub cache_flushes: u64,
+}
+
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v));
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// A region entry: RIP, the guest physical address of its code, and the mode.
+type Key = (u64, u64, u8);
+
+/// An installed region.
+struct Region {
+    f: RegionFn,
+    /// Instructions the code runs through the interpreter; it holds their
+    /// addresses, so the table lives as long as the code.
+    _fallbacks: Vec<cpu::Decoded>,
+    keys: Vec<Key>,
+    live: bool,
+}
+
+/// A region being compiled.
+struct Pending {
+    keys: Vec<Key>,
+    page: u64,
+    page_gen: u64,
+    gen: u64,
+    blocks: Vec<Weak<Block>>,
+}
+
+/// The code mode a region is compiled for, or 0 when translated code may
+/// not run now (single-step, breakpoints, alignment checks, real or
+/// virtual-8086 mode, 32-bit code with segments that are not flat).
+pub fn native_mode(s: &CpuState) -> u8 {
+    if s.rflags & (flags::TF | flags::RF) != 0 || s.dr[7] & 0xff != 0 || s.events.deferred_debug != 0 {
+        return 0;
+    }
+    if s.cpl == 3 && s.cr0 & cr::CR0_AM != 0 && s.rflags & flags::AC != 0 {
+        return 0;
+    }
+    if s.code64() {
+        return 64;
+    }
+    if !s.protected() || s.v86() {
+        return 0;
+    }
+    let flat = |seg: &cpu::state::Segment| seg.base == 0 && seg.limit == 0xffff_ffff;
+    let cs = &s.seg[sreg::CS];
+    if !flat(cs) || cs.attr & seg_attr::DB == 0 {
+        return 0;
+    }
+    for i in [sreg::DS, sreg::ES, sreg::SS] {
+        let g = &s.seg[i];
+        let a = g.attr;
+        let data_rw =
+            a & (seg_attr::UNUSABLE | seg_attr::TYPE_CODE | seg_attr::TYPE_DC) == 0 && a & seg_attr::TYPE_RW != 0;
+        if !flat(g) || !data_rw || (i == sreg::SS && a & seg_attr::DB == 0) {
+            return 0;
+        }
+    }
+    32
+}
+
+/// The JIT of one CPU.
+pub struct Jit {
+    cfg: Config,
+    compiler: Option<Compiler>,
+    isa: Option<cranelift_codegen::isa::OwnedTargetIsa>,
+    cache: CodeCache,
+    ctx: Box<JitCtx>,
+    regions: Vec<Region>,
+    map: FastMap<Key, (u32, u32)>,
+    by_page: FastMap<u64, Vec<u32>>,
+    queued: FastMap<Key, u64>,
+    pending: FastMap<u64, Pending>,
+    next_job: u64,
+    page_gen: FastMap<u64, u64>,
+    gen: u64,
+    inval: Arc<Mutex<Vec<Invalidation>>>,
+    inval_flag: Arc<AtomicBool>,
+    pub stats: JitStats,
+}
+
+impl Jit {
+    /// A JIT for `cpu`: starts the compiler thread, reserves the code
+    /// cache, and turns on hot-block counting in the CPU.
+    pub fn new(cpu: &mut Cpu, cfg: Config) -> Result<Self, String> {
+        let (compiler, isa) = if cfg.synchronous {
+            (None, Some(compiler::host_isa(&cfg.settings)?))
+        } else {
+            (Some(Compiler::start(cfg.settings.clone())?), None)
+        };
+        let cache = CodeCache::new(cfg.cache_bytes).map_err(|e| format!("cannot reserve the code cache: {e}"))?;
+        let inval: Arc<Mutex<Vec<Invalidation>>> = Arc::default();
+        let inval_flag = Arc::new(AtomicBool::new(false));
+        {
+            let (q, f) = (inval.clone(), inval_flag.clone());
+            cpu.add_invalidation_listener(Box::new(move |i| {
+                q.lock().push(i);
+                f.store(true, Ordering::Release);
+            }));
+        }
+        cpu.set_hot_threshold(cfg.threshold.max(1));
+        Ok(Jit {
+            cfg,
+            compiler,
+            isa,
+            cache,
+            ctx: Box::default(),
+            regions: Vec::new(),
+            map: FastMap::default(),
+            by_page: FastMap::default(),
+            queued: FastMap::default(),
+            pending: FastMap::default(),
+            next_job: 0,
+            page_gen: FastMap::default(),
+            gen: 0,
+            inval,
+            inval_flag,
+            stats: JitStats::default(),
+        })
+    }
+
+    /// Instructions run so far, by the interpreter and translated code.
+    pub fn instructions(&self, cpu: &Cpu) -> u64 {
+        cpu.stats.instructions + self.ctx.native
+    }
+
+    /// Code cache bytes in use and reserved.
+    pub fn cache_use(&self) -> (usize, usize) {
+        (self.cache.used(), self.cache.capacity())
+    }
+
+    /// Compile time so far.
+    pub fn compile_time(&self) -> Duration {
+        Duration::from_nanos(self.stats.compile_nanos)
+    }
+
+    /// Drop every region (a reset, a state load).
+    pub fn flush(&mut self) {
+        self.regions.clear();
+        self.map.clear();
+        self.by_page.clear();
+        self.queued.clear();
+        self.gen += 1;
+        self.cache.flush();
+        self.stats.full_flushes += 1;
+    }
+
+    /// Run at most about `budget` instructions, in translated code where it
+    /// exists and in the interpreter elsewhere.
+    pub fn run(&mut self, cpu: &mut Cpu, budget: u64) -> StopReason {
+        let start = self.instructions(cpu);
+        loop {
+            self.poll(cpu);
+            let used = self.instructions(cpu) - start;
+            if used >= budget {
+                return StopReason::Budget;
+            }
+            if cpu.take_stop() {
+                return StopReason::Requested;
+            }
+            if !cpu.needs_boundary() {
+                if let Some(at) = self.lookup(cpu) {
+                    self.enter(cpu, at, budget - used);
+                    continue;
+                }
+            }
+            match cpu.run(budget - used) {
+                StopReason::Hot => match self.lookup(cpu) {
+                    Some(at) => self.enter(cpu, at, budget - used),
+                    None => self.hot(cpu),
+                },
+                why => return why,
+            }
+        }
+    }
+
+    /// The region entry for the code at RIP now, if one is installed.
+    fn lookup(&self, cpu: &mut Cpu) -> Option<(u32, u32)> {
+        let mode = native_mode(&cpu.state);
+        if mode == 0 {
+            return None;
+        }
+        let rip = cpu.state.rip;
+        let phys = cpu.code_phys_walk(rip)?;
+        self.map.get(&(rip, phys, mode)).copied()
+    }
+
+    /// Run a region from one of its entries.
+    fn enter(&mut self, cpu: &mut Cpu, (region, entry): (u32, u32), budget: u64) {
+        let f = self.regions[region as usize].f;
+        let cp: *mut Cpu = cpu;
+        let ctx = &mut *self.ctx;
+        // SAFETY: `cp` comes from the `&mut Cpu` this function holds and
+        // does not use while the region runs; both pointers below derive
+        // from it.
+        unsafe {
+            ctx.state = std::ptr::addr_of_mut!((*cp).state);
+            ctx.tlb = (*cp).mmu.tlb_set((*cp).data_privilege());
+            let (bits, words) = (*cp).mem().code_bits();
+            ctx.code_bits = bits;
+            ctx.code_words = words as u64;
+        }
+        ctx.cpu = cp;
+        ctx.budget = budget;
+        ctx.exit = ctx::exit::NORMAL;
+        ctx.fault = None;
+        ctx.status = 0;
+        let native = ctx.native;
+        let fallbacks = ctx.fallbacks;
+        let ctx_ptr: *mut JitCtx = ctx;
+        // SAFETY: `f` is installed code of the signature `RegionFn`, compiled
+        // from this CPU's code for its current mode (the key looked up
+        // matched); the context points at this CPU, which nothing else
+        // touches while the region runs; the region's fallback table is
+        // alive (regions are only dropped between runs).
+        unsafe { f(ctx_ptr, entry) };
+        self.stats.entries += 1;
+        self.stats.native_insns += self.ctx.native - native;
+        self.stats.fallback_insns += self.ctx.fallbacks - fallbacks;
+        // The helpers counted fallbacks in `cpu.stats.instructions` too.
+        if let Some(e) = self.ctx.fault.take() {
+            self.stats.fault_exits += 1;
+            let rip = cpu.state.rip;
+            cpu.raise_at(e, rip);
+        } else if self.ctx.exit == ctx::exit::STEP {
+            self.stats.step_exits += 1;
+            cpu.step();
+        }
+    }
+
+    /// The block at RIP is hot and has no region: compile one.
+    fn hot(&mut self, cpu: &mut Cpu) {
+        let Ok(block) = cpu.block_at_rip() else { return };
+        // Until the region is installed, the block runs on in the
+        // interpreter.
+        block.set_heat(u32::MAX);
+        let mode = native_mode(&cpu.state);
+        let rip = cpu.state.rip;
+        let Some(phys) = cpu.code_phys_walk(rip) else { return };
+        if mode == 0 {
+            return;
+        }
+        let key = (rip, phys, mode);
+        if self.queued.contains_key(&key) {
+            return;
+        }
+        let (spec, weak) = self.gather(cpu, rip, u32::from(mode), false);
+        if spec.blocks.is_empty() {
+            return;
+        }
+        let page = phys & !0xfff;
+        let keys: Vec<Key> = spec.blocks.iter().map(|b| (b.rip, page | (b.rip & 0xfff), mode)).collect();
+        let id = self.next_job;
+        self.next_job += 1;
+        let pend = Pending {
+            keys: keys.clone(),
+            page,
+            page_gen: self.page_gen.get(&page).copied().unwrap_or(0),
+            gen: self.gen,
+            blocks: weak,
+        };
+        for k in &keys {
+            self.queued.insert(*k, id);
+        }
+        self.pending.insert(id, pend);
+        if let Some(c) = &mut self.compiler {
+            if !c.send(Job { id, spec }) {
+                self.pending.remove(&id);
+            }
+        } else if let Some(isa) = &self.isa {
+            let t0 = std::time::Instant::now();
+            let result = compiler::compile(isa, id, &spec);
+            let nanos = t0.elapsed().as_nanos() as u64;
+            self.install(Done { id, result, nanos });
+        }
+    }
+
+    /// Compile the region at RIP now (every block of its page that direct
+    /// branches reach, run or not) and install it before returning, with a
+    /// synchronous JIT ([`Config::synchronous`]). False when the code at RIP
+    /// cannot be translated now (mode, fetch fault) or compiling failed.
+    pub fn compile_now(&mut self, cpu: &mut Cpu) -> bool {
+        let mode = native_mode(&cpu.state);
+        let rip = cpu.state.rip;
+        if mode == 0 || self.isa.is_none() || cpu.block_at_rip().is_err() {
+            return false;
+        }
+        let Some(phys) = cpu.code_phys_walk(rip) else { return false };
+        let (spec, weak) = self.gather(cpu, rip, u32::from(mode), true);
+        if spec.blocks.is_empty() {
+            return false;
+        }
+        let page = phys & !0xfff;
+        let keys: Vec<Key> = spec.blocks.iter().map(|b| (b.rip, page | (b.rip & 0xfff), mode)).collect();
+        let id = self.next_job;
+        self.next_job += 1;
+        let pend = Pending {
+            keys,
+            page,
+            page_gen: self.page_gen.get(&page).copied().unwrap_or(0),
+            gen: self.gen,
+            blocks: weak,
+        };
+        self.pending.insert(id, pend);
+        let compiled = self.stats.regions_compiled;
+        let isa = self.isa.as_ref().expect("checked above");
+        let t0 = std::time::Instant::now();
+        let result = compiler::compile(isa, id, &spec);
+        let nanos = t0.elapsed().as_nanos() as u64;
+        self.install(Done { id, result, nanos });
+        self.stats.regions_compiled > compiled
+    }
+
+    /// The blocks of RIP's page that direct branches reach from RIP (with
+    /// `all` false, only blocks that ran).
+    fn gather(&self, cpu: &mut Cpu, rip: u64, bits: u32, all: bool) -> (RegionSpec, Vec<Weak<Block>>) {
+        let page = rip & !0xfff;
+        let mut work = vec![rip];
+        let mut seen = std::collections::HashSet::new();
+        let mut blocks = Vec::new();
+        let mut weak = Vec::new();
+        let mut insns = 0usize;
+        while let Some(r) = work.pop() {
+            if !seen.insert(r) || insns >= self.cfg.max_region_insns {
+                continue;
+            }
+            let Ok(b): Result<Rc<Block>, _> = cpu.block_at(r) else { continue };
+            // Only code that ran: a block still at the threshold never did
+            // (padding after a HLT or a jump, cold error paths).
+            if !all && r != rip && b.heat() == self.cfg.threshold.max(1) {
+                continue;
+            }
+            let list = b.insns();
+            let Some(last) = list.last() else { continue };
+            // An instruction that crosses into the next page is left to the
+            // interpreter.
+            if last.next_rip().wrapping_sub(page) > 4096 {
+                continue;
+            }
+            insns += list.len();
+            blocks.push(GuestBlock { rip: r, insns: list.to_vec() });
+            weak.push(Rc::downgrade(&b));
+            let mut next = Vec::new();
+            let i = &last.insn;
+            match i.flow_control() {
+                FlowControl::Next => next.push(last.next_rip()),
+                FlowControl::ConditionalBranch => {
+                    if i.is_jcc_short_or_near() {
+                        next.push(i.near_branch_target());
+                    }
+                    next.push(last.next_rip());
+                }
+                FlowControl::UnconditionalBranch if i.is_jmp_short_or_near() => next.push(i.near_branch_target()),
+                FlowControl::Call => {
+                    if i.is_call_near() {
+                        next.push(i.near_branch_target());
+                    }
+                    next.push(last.next_rip());
+                }
+                _ => {}
+            }
+            // Depth first, the fall-through path last pushed first.
+            for t in next.into_iter().rev() {
+                if t & !0xfff == page && !seen.contains(&t) {
+                    work.push(t);
+                }
+            }
+        }
+        (RegionSpec { bits, blocks }, weak)
+    }
+
+    /// Take invalidations and finished compiles (the run loop does this
+    /// before each region it enters).
+    pub fn poll(&mut self, cpu: &mut Cpu) {
+        cpu.sync_code();
+        if self.inval_flag.swap(false, Ordering::Acquire) {
+            let list = std::mem::take(&mut *self.inval.lock());
+            for i in list {
+                match i {
+                    Invalidation::Page(p) => self.invalidate_page(p & !0xfff),
+                    Invalidation::All => self.flush(),
+                }
+            }
+        }
+        if let Some(c) = &mut self.compiler {
+            if c.in_flight > 0 {
+                let mut done = Vec::new();
+                while let Some(d) = c.try_recv() {
+                    done.push(d);
+                }
+                for d in done {
+                    self.install(d);
+                }
+            }
+        }
+    }
+
+    fn invalidate_page(&mut self, page: u64) {
+        self.stats.invalidated_pages += 1;
+        *self.page_gen.entry(page).or_insert(0) += 1;
+        if let Some(ids) = self.by_page.remove(&page) {
+            for id in ids {
+                let r = &mut self.regions[id as usize];
+                if r.live {
+                    r.live = false;
+                    self.stats.invalidated_regions += 1;
+                    for k in &r.keys {
+                        if self.map.get(k).is_some_and(|(rid, _)| *rid == id) {
+                            self.map.remove(k);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Put a compiled region in the cache, unless its code changed since.
+    fn install(&mut self, d: Done) {
+        let Some(p) = self.pending.remove(&d.id) else { return };
+        for k in &p.keys {
+            if self.queued.get(k) == Some(&d.id) {
+                self.queued.remove(k);
+            }
+        }
+        self.stats.compile_nanos += d.nanos;
+        let out = match d.result {
+            Ok(o) => o,
+            Err(e) => {
+                self.stats.compile_failures += 1;
+                tracing::warn!(target: "jit", "region at {:#x} not compiled: {e}", p.keys[0].0);
+                return;
+            }
+        };
+        if p.gen != self.gen || self.page_gen.get(&p.page).copied().unwrap_or(0) != p.page_gen {
+            self.stats.stale += 1;
+            return;
+        }
+        let f = match self.cache.install(&out.code) {
+            Some(f) => f,
+            None => {
+                self.regions.clear();
+                self.map.clear();
+                self.by_page.clear();
+                self.cache.flush();
+                self.stats.cache_flushes += 1;
+                match self.cache.install(&out.code) {
+                    Some(f) => f,
+                    None => {
+                        self.stats.compile_failures += 1;
+                        return;
+                    }
+                }
+            }
+        };
+        self.stats.regions_compiled += 1;
+        self.stats.code_bytes += out.code.len() as u64;
+        let id = self.regions.len() as u32;
+        for (i, k) in p.keys.iter().enumerate() {
+            self.map.entry(*k).or_insert((id, i as u32));
+        }
+        self.by_page.entry(p.page).or_default().push(id);
+        self.regions.push(Region { f, _fallbacks: out.fallbacks, keys: p.keys, live: true });
+        // The interpreter stops before the region's blocks from now on.
+        for b in p.blocks.iter().filter_map(Weak::upgrade) {
+            b.set_heat(0);
+        }
+    }
+
+    /// One line per measure, for `--stats`.
+    pub fn report(&self, total: Duration, instructions: u64) -> Vec<String> {
+        let s = &self.stats;
+        let share = |part: u64, whole: u64| if whole == 0 { 0.0 } else { part as f64 * 100.0 / whole as f64 };
+        let compile = self.compile_time();
+        vec![
+            format!(
+                "jit: {} regions compiled ({} failed, {} stale), compile time {:.3} s ({:.1}% of the run, on the compiler thread)",
+                s.regions_compiled,
+                s.compile_failures,
+                s.stale,
+                compile.as_secs_f64(),
+                share(compile.as_nanos() as u64, total.as_nanos() as u64)
+            ),
+            format!(
+                "jit: {} instructions in compiled code ({:.1}% of all), {} through interpreter handlers from compiled code",
+                s.native_insns,
+                share(s.native_insns, instructions),
+                s.fallback_insns
+            ),
+            format!(
+                "jit: code cache {} KiB of {} MiB, {} flushes when full, {} full flushes",
+                self.cache.used() / 1024,
+                self.cache.capacity() >> 20,
+                s.cache_flushes,
+                s.full_flushes
+            ),
+            format!(
+                "jit: invalidations: {} code pages written ({} regions dropped); exits: {} region entries from the run loop (no chaining), {} for faults, {} to the interpreter for one instruction",
+                s.invalidated_pages, s.invalidated_regions, s.entries, s.fault_exits, s.step_exits
+            ),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -15,7 +15,7 @@ pub mod tlb;
 
 pub use memory::{GuestMemory, MemError, RegionKind, HIGH_RAM_START, PAGE_SIZE, PCI_HOLE_START};
 pub use paging::{Access, PageFault, PagingCtx, PagingMode, Privilege};
-pub use tlb::Mmu;
+pub use tlb::{Mmu, TlbLayout, TLB_LAYOUT};
 
 /// Hints the host CPU to bring the cache line at `addr` into its caches.
 ///

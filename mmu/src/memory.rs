@@ -334,6 +334,14 @@ impl GuestMemory {
         }
     }
 
+    /// The code-page bitmap (bit `p % 64` of word `p / 64` is set while
+    /// guest page `p` holds cached or translated code) and its length in
+    /// words, for translated code that tests it before a store. The words
+    /// are atomics; a plain load of one is a relaxed load.
+    pub fn code_bits(&self) -> (*const u64, usize) {
+        (self.code_bits.as_ptr().cast(), self.code_bits.len())
+    }
+
     /// Whether the page holding `addr` has cached code.
     #[inline]
     pub fn is_code_page(&self, addr: u64) -> bool {

@@ -22,6 +22,7 @@ const PAGE_MASK: u64 = !(PAGE_SIZE - 1);
 /// Set in a tag that is valid; page addresses have this bit clear.
 const VALID: u64 = 1;
 
+#[repr(C)]
 #[derive(Clone, Copy)]
 struct Entry {
     tag_read: u64,
@@ -44,6 +45,32 @@ fn set_index(p: Privilege) -> usize {
         Privilege::SupervisorAc => 2,
     }
 }
+
+/// Where translated code finds the parts of a TLB entry it tests inline
+/// (byte offsets into an entry; see [`Mmu::tlb_set`]). A hit for an access
+/// of `n` bytes at `lin` is `tag == ((lin + n - 1) & !0xfff) | 1` on the
+/// entry at index `(lin >> 12) % entries` (the tag of a page the access
+/// leaves never matches), with a non-null `host`; a write also needs the
+/// page not to hold code ([`GuestMemory::code_bits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlbLayout {
+    pub entries: usize,
+    pub entry_size: usize,
+    pub tag_read: usize,
+    pub tag_write: usize,
+    pub phys: usize,
+    pub host: usize,
+}
+
+/// The layout of this build's TLB entries.
+pub const TLB_LAYOUT: TlbLayout = TlbLayout {
+    entries: ENTRIES,
+    entry_size: std::mem::size_of::<Entry>(),
+    tag_read: std::mem::offset_of!(Entry, tag_read),
+    tag_write: std::mem::offset_of!(Entry, tag_write),
+    phys: std::mem::offset_of!(Entry, phys),
+    host: std::mem::offset_of!(Entry, host),
+};
 
 /// Guest memory as one CPU sees it: translation, the soft TLB and fast accessors.
 pub struct Mmu {
@@ -73,6 +100,14 @@ unsafe impl Send for Mmu {}
 impl Mmu {
     pub fn new(mem: Arc<GuestMemory>) -> Self {
         Mmu { mem, sets: Box::new([[EMPTY; ENTRIES]; 3]), has_large: false, walks: 0, flushes: 0, generation: 0 }
+    }
+
+    /// The first entry of the set for privilege `p`, for translated code that
+    /// tests the TLB inline ([`TLB_LAYOUT`]). The address is stable for the
+    /// life of the `Mmu`; the entries change under it with every fill and
+    /// flush, so code reading them runs only while no `&mut Mmu` is in use.
+    pub fn tlb_set(&self, p: Privilege) -> *const u8 {
+        self.sets[set_index(p)].as_ptr().cast()
     }
 
     /// The guest memory behind this MMU.

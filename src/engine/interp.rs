@@ -27,7 +27,7 @@ pub(crate) fn exit_of(why: StopReason) -> Exit {
     match why {
         StopReason::Halted => Exit::Halted,
         StopReason::Shutdown(chain) => Exit::Shutdown(chain),
-        StopReason::Budget | StopReason::Requested | StopReason::UserMode => Exit::Budget,
+        StopReason::Budget | StopReason::Requested | StopReason::UserMode | StopReason::Hot => Exit::Budget,
     }
 }
 

@@ -14,6 +14,8 @@
 //!
 //! The engines:
 //! - [`interp::InterpEngine`]: the interpreter (`--accel interp`);
+//! - [`jit::JitEngine`]: the interpreter for cold code and Cranelift-compiled
+//!   regions for hot code (`--accel jit`);
 //! - [`kvm::KvmEngine`]: the guest in KVM, with the interpreter running
 //!   the instructions KVM cannot (`--accel kvm`);
 //! - [`split::SplitEngine`]: the kernel in the interpreter and user code in
@@ -29,6 +31,7 @@ use crate::error::Error;
 pub mod alarm;
 pub mod interp;
 pub(crate) mod io;
+pub mod jit;
 #[cfg(target_os = "linux")]
 pub mod kvm;
 #[cfg(target_os = "linux")]

@@ -13,7 +13,7 @@ use crate::machine::{self, vector_of_port, CODE, DATA, KSTACK, PAGE};
 use crate::outcome::{End, Masks, Outcome};
 
 /// Instructions the interpreter may run for one sequence (a REP counts once).
-const BUDGET: usize = 20_000;
+pub const BUDGET: usize = 20_000;
 
 /// Port writes: the first write to a handler port stops.
 #[derive(Default, Debug)]
@@ -40,8 +40,8 @@ impl PortLog {
     }
 }
 
-struct Plat {
-    log: Arc<Mutex<PortLog>>,
+pub struct Plat {
+    pub log: Arc<Mutex<PortLog>>,
 }
 
 impl Platform for Plat {
@@ -145,7 +145,7 @@ impl InterpSide {
                     break;
                 }
                 // `yield_at_user` is never set here.
-                StopReason::Budget | StopReason::UserMode => {}
+                StopReason::Budget | StopReason::UserMode | StopReason::Hot => {}
             }
         }
         let mut state = self.cpu.state;

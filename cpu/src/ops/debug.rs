@@ -9,7 +9,7 @@
 //!   instruction runs and reported in DR6.B0–B3 once it completes. A faulting
 //!   instruction reports none (it will run again).
 //! - Single step: an instruction that starts with TF = 1 traps after it
-//!   completes (DR6.BS). INT n, INT3 and INTO clear TF on the way to their
+//!   completes (DR6.BS); SYSCALL and SYSRET trap when they end with TF = 1. INT n, INT3 and INTO clear TF on the way to their
 //!   handler and do not trap; a faulting instruction does not trap.
 //! - MOV SS and POP SS hold back debug traps (and interrupts) until the next
 //!   instruction has completed; the held-back bits are then reported together.
@@ -23,6 +23,8 @@
 //! The slow path here runs only while TF or RF is set, a breakpoint is enabled
 //! in DR7, or traps are held back: the execution loop tests those bits once
 //! per instruction.
+
+use iced_x86::Mnemonic;
 
 use crate::cpu::{Cpu, Decoded};
 use crate::exception::{Exception, Fault};
@@ -241,7 +243,10 @@ impl Cpu {
         }
         // RF is cleared once the code-breakpoint check has passed.
         self.state.rflags &= !flags::RF;
-        let tf = self.state.rflags & flags::TF != 0;
+        // SYSCALL and SYSRET trap on the TF they end with (they raise the
+        // trap themselves).
+        let tf = self.state.rflags & flags::TF != 0
+            && !matches!(d.insn.mnemonic(), Mnemonic::Syscall | Mnemonic::Sysret | Mnemonic::Sysretq);
         self.sys.hits = 0;
         self.state.events.mov_ss = false;
         self.state.rip = d.next_rip();
@@ -456,6 +461,53 @@ mod tests {
         step_bytes(&mut c, &[0xcd, 0x80]);
         assert_eq!(c.state.rip, stub(0x80));
         assert_eq!(c.state.rflags & TF, 0);
+        assert_eq!(c.state.dr[6] & dr6::BS, 0);
+    }
+
+    /// 64-bit SYSCALL/SYSRET at `CODE` (user) and `CODE + 0x100` (kernel):
+    /// STAR, LSTAR and SFMASK set, the CPU at CPL 3 with `rflags`.
+    fn syscall_cpu(sfmask: u64, rflags: u64) -> Cpu {
+        let mut c = long_mode();
+        c.state.msr.star = (u64::from(SEL_UCODE32 & !3) << 48) | (u64::from(SEL_CODE64) << 32);
+        c.state.msr.lstar = CODE + 0x100;
+        c.state.msr.sfmask = sfmask;
+        c.mem().write(CODE, &[0x0f, 0x05, 0x90]).unwrap(); // syscall; nop
+        c.mem().write(CODE + 0x100, &[0x48, 0x0f, 0x07]).unwrap(); // sysretq
+        to_user(&mut c, SEL_UCODE64);
+        c.state.rflags = flags::FIXED | rflags;
+        c
+    }
+
+    #[test]
+    fn syscall_and_sysret_single_step_on_the_tf_they_end_with() {
+        // TF set, SFMASK clears it: no trap in the kernel.
+        let mut c = syscall_cpu(TF, TF);
+        c.step();
+        assert_eq!(c.state.rip, CODE + 0x100, "no #DB after a SYSCALL that clears TF");
+        assert_eq!(c.state.cpl, 0);
+        assert_eq!(c.state.gpr[11] & TF, TF, "R11 keeps the user's TF");
+        assert_eq!(c.state.dr[6] & dr6::BS, 0);
+        // SYSRETQ loads TF from R11: the trap comes at the user's next
+        // instruction, delivered from CPL 3.
+        c.step();
+        assert_eq!(c.state.rip, stub(1));
+        let (rip, cs) =
+            (c.read_mem(sreg::SS, c.state.gpr[4], 8).unwrap(), c.read_mem(sreg::SS, c.state.gpr[4] + 8, 8).unwrap());
+        assert_eq!((rip, cs), (CODE + 2, u64::from(SEL_UCODE64)));
+        assert_ne!(c.state.dr[6] & dr6::BS, 0);
+        // TF kept by SFMASK: the trap comes in the kernel, at LSTAR.
+        let mut c = syscall_cpu(0, TF);
+        c.step();
+        assert_eq!(c.state.rip, stub(1));
+        let (rip, cs) =
+            (c.read_mem(sreg::SS, c.state.gpr[4], 8).unwrap(), c.read_mem(sreg::SS, c.state.gpr[4] + 8, 8).unwrap());
+        assert_eq!((rip, cs), (CODE + 0x100, u64::from(SEL_CODE64)));
+        // Neither TF: no trap either way.
+        let mut c = syscall_cpu(0, 0);
+        c.step();
+        assert_eq!(c.state.rip, CODE + 0x100);
+        c.step();
+        assert_eq!(c.state.rip, CODE + 2);
         assert_eq!(c.state.dr[6] & dr6::BS, 0);
     }
 

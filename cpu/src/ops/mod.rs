@@ -30,8 +30,10 @@ pub mod stack;
 pub mod string;
 pub mod system;
 pub mod task;
-#[cfg(test)]
-pub(crate) mod testutil;
+/// Test scaffolding, for this crate's tests and (with the `testutil`
+/// feature) other tiers' tests.
+#[cfg(any(test, feature = "testutil"))]
+pub mod testutil;
 pub mod x87;
 
 /// An instruction handler.

@@ -144,6 +144,15 @@ fn string_op(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
                 super::write_acc(cpu, s, v);
             }
             Op::Cmps => {
+                // The CPU checks the destination (ES:rDI) first, its
+                // alignment and then its page walk, before the source: a
+                // misaligned source with a not-present destination page is
+                // #PF, a misaligned destination with a not-present source
+                // page #AC (differential seeds 0xc524bf49b3e09ad,
+                // 0x24df01222634a1f9).
+                if cpu.state.rflags & flags::AC != 0 && cpu.state.cr0 & cr::CR0_AM != 0 && cpu.state.cpl == 3 {
+                    cpu.probe_read(sreg::ES, di, s)?;
+                }
                 let a = cpu.read_mem(src_seg, si, s)?;
                 let b = cpu.read_mem(sreg::ES, di, s)?;
                 let r = a.wrapping_sub(b) & mask(s);
@@ -283,6 +292,32 @@ fn bulk(cpu: &mut Cpu, op: Op, size: u64, am: u64, src_seg: usize, left: u64) ->
 mod tests {
     use super::super::testutil::*;
     use crate::state::flags::{RF, TF};
+
+    /// Differential seeds 0xc524bf49b3e09ad and 0x24df01222634a1f9: CMPS
+    /// checks its destination (alignment, then page walk) before its
+    /// source.
+    #[test]
+    fn cmps_checks_the_destination_before_the_source() {
+        use crate::exception::Exception;
+        use crate::state::{cr, flags::AC};
+        let mut c = long_mode();
+        to_user(&mut c, SEL_UCODE64);
+        c.state.cr0 |= cr::CR0_AM;
+        c.state.rflags |= AC;
+        c.state.gpr[6] = DATA + 3;
+        c.state.gpr[7] = UNMAPPED + 8;
+        let cmpsq = [0x48, 0xa7];
+        let pf = Exception::PageFault { addr: UNMAPPED + 8, error_code: 4 };
+        assert_eq!(exec_bytes(&mut c, &cmpsq), Err(pf));
+        // A misaligned destination beats a not-present source page.
+        c.state.gpr[6] = UNMAPPED;
+        c.state.gpr[7] = DATA + 1;
+        assert_eq!(exec_bytes(&mut c, &cmpsq), Err(Exception::AlignmentCheck));
+        // Both pages present: the source's alignment.
+        c.state.gpr[6] = DATA + 3;
+        c.state.gpr[7] = DATA + 0x100;
+        assert_eq!(exec_bytes(&mut c, &cmpsq), Err(Exception::AlignmentCheck));
+    }
 
     #[test]
     fn single_step_traps_after_each_rep_iteration() {

@@ -853,6 +853,9 @@ fn iret(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         Code::Iretq => 8,
         _ => 4,
     };
+    // IRET unblocks NMIs even when it faults (SDM Vol. 3A §6.7.1): the
+    // handler of that fault already runs with NMIs unblocked.
+    cpu.state.nmi_blocked = 0;
     if !cpu.state.protected() {
         let ip = cpu.peek(0, size)?;
         let cs = cpu.peek(u64::from(size), size)? as u16;
@@ -1006,7 +1009,21 @@ fn flat(selector: u16, dpl: u8, code: bool, long: bool) -> Segment {
 }
 
 fn syscall(cpu: &mut Cpu, _: &Instruction) -> Fault<()> {
-    syscall_entry(cpu)
+    syscall_entry(cpu)?;
+    step_trap_at_end(cpu)
+}
+
+/// SYSCALL and SYSRET single-step on the TF they end with, not the one they
+/// start with (APM Vol. 2 "Single-Step"; SDM Vol. 3B §17.3.1.4): a SYSCALL
+/// whose SFMASK clears TF does not trap in the kernel, a SYSRET that loads
+/// TF = 1 from R11 traps at its first user instruction. The debug path of
+/// the run loop leaves these two to this.
+fn step_trap_at_end(cpu: &mut Cpu) -> Fault<()> {
+    if cpu.state.rflags & flags::TF != 0 {
+        cpu.state.dr[6] |= super::debug::dr6::BS;
+        return Err(Exception::DebugTrap);
+    }
+    Ok(())
 }
 
 /// SYSCALL's effect, with RIP already past the instruction.
@@ -1068,7 +1085,7 @@ fn sysret(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     cpu.state.seg[sreg::SS] = flat(base.wrapping_add(8) | 3, 3, false, false);
     cpu.state.cpl = 3;
     cpu.block_break = true;
-    Ok(())
+    step_trap_at_end(cpu)
 }
 
 /// SYSENTER. The model is an AMD one: SYSENTER and SYSEXIT are #UD in
@@ -1421,7 +1438,7 @@ mod tests {
         let l7 = q(&mut c, 7, 0);
         assert_eq!(l7[0], 0);
         assert_eq!(l7[1], 0x019c_078b);
-        assert_eq!(l7[2], 1 << 22);
+        assert_eq!(l7[2], (1 << 22) | (1 << 2));
         assert_eq!(l7[3], 0);
         assert_eq!(q(&mut c, 7, 1), [0; 4]);
         let e1 = q(&mut c, 0x8000_0001, 0);

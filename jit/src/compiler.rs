@@ -1,0 +1,154 @@
+//! The background compiler: regions go to a thread of their own, which
+//! translates them into Cranelift IR and compiles them to machine code, while
+//! the guest goes on in the interpreter. The code comes back as bytes; the
+//! run loop copies it into its code cache.
+
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use cranelift_codegen::control::ControlPlane;
+use cranelift_codegen::ir::{types, AbiParam, Function, Signature, UserFuncName};
+use cranelift_codegen::isa::OwnedTargetIsa;
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::Context;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+
+use cpu::Decoded;
+
+use crate::translate::{translate, RegionSpec, TxStats};
+
+/// Cranelift settings for the hot tier.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `none`, `speed` or `speed_and_size`.
+    pub opt_level: String,
+    /// `backtracking` or `single_pass`.
+    pub regalloc: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { opt_level: "speed".into(), regalloc: "backtracking".into() }
+    }
+}
+
+/// A region to compile.
+pub struct Job {
+    pub id: u64,
+    pub spec: RegionSpec,
+}
+
+/// A compiled region.
+pub struct Output {
+    pub code: Vec<u8>,
+    /// The instructions its code runs through the interpreter; the code
+    /// holds their addresses.
+    pub fallbacks: Vec<Decoded>,
+    pub stats: TxStats,
+}
+
+/// What came back for a [`Job`].
+pub struct Done {
+    pub id: u64,
+    pub result: Result<Output, String>,
+    /// Time spent on the job, in nanoseconds.
+    pub nanos: u64,
+}
+
+/// The ISA for this host, with `s`.
+pub fn host_isa(s: &Settings) -> Result<OwnedTargetIsa, String> {
+    let mut fb = settings::builder();
+    let set = |fb: &mut settings::Builder, k: &str, v: &str| {
+        fb.set(k, v).map_err(|e| format!("cranelift setting {k}={v}: {e}"))
+    };
+    set(&mut fb, "opt_level", &s.opt_level)?;
+    set(&mut fb, "regalloc_algorithm", &s.regalloc)?;
+    set(&mut fb, "enable_verifier", "false")?;
+    let isa = cranelift_native::builder().map_err(|e| format!("no code generator for this host: {e}"))?;
+    isa.finish(settings::Flags::new(fb)).map_err(|e| format!("cranelift: {e}"))
+}
+
+/// Compile one region with `isa`.
+pub fn compile(isa: &OwnedTargetIsa, id: u64, spec: &RegionSpec) -> Result<Output, String> {
+    let ptr = isa.pointer_type();
+    let cc = isa.default_call_conv();
+    let mut sig = Signature::new(cc);
+    sig.params.push(AbiParam::new(ptr));
+    sig.params.push(AbiParam::new(types::I32));
+    let mut func = Function::with_name_signature(UserFuncName::user(0, id as u32), sig);
+    let mut fctx = FunctionBuilderContext::new();
+    let mut b = FunctionBuilder::new(&mut func, &mut fctx);
+    let t = translate(&mut b, spec, cc, ptr);
+    b.finalize(isa.frontend_config());
+    let mut ctx = Context::for_function(func);
+    let code = ctx.compile(&**isa, &mut ControlPlane::default()).map_err(|e| format!("cranelift: {:?}", e.inner))?;
+    if !code.buffer.relocs().is_empty() {
+        return Err("compiled code needs relocations".into());
+    }
+    Ok(Output { code: code.code_buffer().to_vec(), fallbacks: t.fallbacks, stats: t.stats })
+}
+
+/// The compiler thread and its queues.
+pub struct Compiler {
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Done>,
+    thread: Option<JoinHandle<()>>,
+    /// Jobs sent and not yet received back.
+    pub in_flight: usize,
+}
+
+impl Compiler {
+    /// Start the thread; fails when this host has no code generator.
+    pub fn start(settings: Settings) -> Result<Self, String> {
+        let isa = host_isa(&settings)?;
+        let (jtx, jrx) = channel::<Job>();
+        let (dtx, drx) = channel::<Done>();
+        let thread = std::thread::Builder::new()
+            .name("jit-compiler".into())
+            .spawn(move || {
+                for job in jrx {
+                    let t0 = Instant::now();
+                    let result = compile(&isa, job.id, &job.spec);
+                    let nanos = t0.elapsed().as_nanos() as u64;
+                    if dtx.send(Done { id: job.id, result, nanos }).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the compiler thread: {e}"))?;
+        Ok(Compiler { jobs: Some(jtx), done: drx, thread: Some(thread), in_flight: 0 })
+    }
+
+    /// Queue a region.
+    pub fn send(&mut self, job: Job) -> bool {
+        let ok = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
+        if ok {
+            self.in_flight += 1;
+        }
+        ok
+    }
+
+    /// A finished region, if one is ready.
+    pub fn try_recv(&mut self) -> Option<Done> {
+        let d = self.done.try_recv().ok()?;
+        self.in_flight -= 1;
+        Some(d)
+    }
+
+    /// Wait for a finished region (tests).
+    pub fn recv(&mut self) -> Option<Done> {
+        let d = self.done.recv().ok()?;
+        self.in_flight -= 1;
+        Some(d)
+    }
+}
+
+impl Drop for Compiler {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The context a compiled region runs with, and the helpers it calls.
+//!
+//! A region is `extern "C" fn(ctx: *mut JitCtx, entry: u32)`. It reads the
+//! fields before `cpu` at fixed offsets; the helpers, plain `extern "C"`
+//! functions whose addresses the code holds as constants, reach the CPU
+//! through `cpu`. A helper that meets a fault does not deliver it: it
+//! stores it in `fault` and says so in `status`, the region leaves with the
+//! state as it was before the instruction, and the run loop delivers it.
+
+use cpu::flags::{compute, FlagOp};
+use cpu::state::{flags, LazyFlags};
+use cpu::{Cpu, CpuState, Decoded, Exception, Executed};
+
+/// How a region left, in [`JitCtx::exit`].
+pub mod exit {
+    /// At RIP, with the state written back.
+    pub const NORMAL: u32 = 0;
+    /// At the instruction at RIP, which the interpreter must run (one
+    /// step) before more translated code: a case the region does not
+    /// handle (a branch to a non-canonical address).
+    pub const STEP: u32 = 1;
+}
+
+/// What a helper reports in [`JitCtx::status`] and returns.
+pub mod status {
+    /// Go on.
+    pub const OK: u32 = 0;
+    /// The access completed, but code after the instruction may have
+    /// changed or the platform asked to stop: leave after the instruction.
+    pub const LEAVE: u32 = 1;
+    /// The access faulted ([`super::JitCtx::fault`]): leave at the
+    /// instruction, with the state before it.
+    pub const FAULT: u32 = 2;
+}
+
+/// A compiled region's view of the machine.
+#[repr(C)]
+pub struct JitCtx {
+    /// The CPU's state.
+    pub state: *mut CpuState,
+    /// Entry 0 of the soft-TLB set of the current data privilege.
+    pub tlb: *const u8,
+    /// The code-page bitmap and its length in words.
+    pub code_bits: *const u64,
+    pub code_words: u64,
+    /// Instructions the region may run before it leaves at a back edge.
+    pub budget: u64,
+    /// Instructions the region ran natively (it adds to this).
+    pub native: u64,
+    /// A helper's status ([`status`]).
+    pub status: u32,
+    /// How the region left ([`exit`]).
+    pub exit: u32,
+    // ---- below: the helpers' side only ----
+    pub cpu: *mut Cpu,
+    /// A fault a helper met, for the run loop to deliver.
+    pub fault: Option<Exception>,
+    /// Instructions run through the interpreter's handlers.
+    pub fallbacks: u64,
+}
+
+/// Byte offsets of the fields compiled code reads and writes.
+pub mod off {
+    use super::JitCtx;
+    use std::mem::offset_of;
+    pub const STATE: i32 = offset_of!(JitCtx, state) as i32;
+    pub const TLB: i32 = offset_of!(JitCtx, tlb) as i32;
+    pub const CODE_BITS: i32 = offset_of!(JitCtx, code_bits) as i32;
+    pub const CODE_WORDS: i32 = offset_of!(JitCtx, code_words) as i32;
+    pub const BUDGET: i32 = offset_of!(JitCtx, budget) as i32;
+    pub const NATIVE: i32 = offset_of!(JitCtx, native) as i32;
+    pub const STATUS: i32 = offset_of!(JitCtx, status) as i32;
+    pub const EXIT: i32 = offset_of!(JitCtx, exit) as i32;
+}
+
+impl JitCtx {
+    pub fn new() -> Self {
+        JitCtx {
+            state: std::ptr::null_mut(),
+            tlb: std::ptr::null(),
+            code_bits: std::ptr::null(),
+            code_words: 0,
+            budget: 0,
+            native: 0,
+            status: 0,
+            exit: 0,
+            cpu: std::ptr::null_mut(),
+            fault: None,
+            fallbacks: 0,
+        }
+    }
+}
+
+impl Default for JitCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The CPU behind a context.
+///
+/// # Safety
+/// `ctx` is the context the run loop passed to the running region, with
+/// `cpu` pointing at the CPU the loop lent it; no other reference to that
+/// CPU is in use while the region runs.
+unsafe fn cpu_of<'a>(ctx: *mut JitCtx) -> (&'a mut JitCtx, &'a mut Cpu) {
+    // SAFETY: as the caller guarantees; the context and the CPU are
+    // distinct objects.
+    unsafe { (&mut *ctx, &mut *(*ctx).cpu) }
+}
+
+/// Read `size` bytes at `seg:off` for the instruction at `rip`.
+///
+/// # Safety
+/// Called only by compiled regions, with the context they were given.
+pub unsafe extern "C" fn load(ctx: *mut JitCtx, seg: u32, off: u64, size: u32, rip: u64) -> u64 {
+    // SAFETY: see the function's contract.
+    let (ctx, cpu) = unsafe { cpu_of(ctx) };
+    cpu.begin_access(rip);
+    match cpu.read_mem(seg as usize, off, size) {
+        Ok(v) => {
+            cpu.end_access();
+            ctx.status = status::OK;
+            v
+        }
+        Err(e) => {
+            ctx.fault = Some(e);
+            ctx.status = status::FAULT;
+            0
+        }
+    }
+}
+
+/// Read the destination of a read-modify-write at `seg:off` (checked as
+/// a write) for the instruction at `rip`.
+///
+/// # Safety
+/// Called only by compiled regions, with the context they were given.
+pub unsafe extern "C" fn load_rmw(ctx: *mut JitCtx, seg: u32, off: u64, size: u32, rip: u64) -> u64 {
+    // SAFETY: see the function's contract.
+    let (ctx, cpu) = unsafe { cpu_of(ctx) };
+    cpu.begin_access(rip);
+    match cpu.read_mem_rmw(seg as usize, off, size) {
+        Ok(v) => {
+            cpu.end_access();
+            ctx.status = status::OK;
+            v
+        }
+        Err(e) => {
+            ctx.fault = Some(e);
+            ctx.status = status::FAULT;
+            0
+        }
+    }
+}
+
+/// Write the low `size` bytes of `value` at `seg:off` for the instruction
+/// at `rip`; returns a [`status`].
+///
+/// # Safety
+/// Called only by compiled regions, with the context they were given.
+pub unsafe extern "C" fn store(ctx: *mut JitCtx, seg: u32, off: u64, size: u32, value: u64, rip: u64) -> u32 {
+    // SAFETY: see the function's contract.
+    let (ctx, cpu) = unsafe { cpu_of(ctx) };
+    cpu.begin_access(rip);
+    ctx.status = match cpu.write_mem(seg as usize, off, size, value) {
+        Ok(()) if cpu.end_access() => status::LEAVE,
+        Ok(()) => status::OK,
+        Err(e) => {
+            ctx.fault = Some(e);
+            status::FAULT
+        }
+    };
+    ctx.status
+}
+
+/// The flags bits that decide whether translated code may go on after an
+/// instruction the interpreter ran: all but the arithmetic ones and DF.
+const MODE_FLAGS: u64 = !(flags::ARITH | flags::DF);
+
+/// Run one instruction through the interpreter's handler. The state in
+/// memory is current (the region wrote it back, RIP included). Returns
+/// [`status::OK`] if translated code may go on at the next instruction
+/// with the state reloaded, else [`status::LEAVE`] (the state stands as it
+/// is: a branch, an exception delivered, a mode change, HLT, an interrupt
+/// shadow, a stop request or changed code).
+///
+/// # Safety
+/// Called only by compiled regions, with the context they were given;
+/// `d` points into the region's own table of instructions.
+pub unsafe extern "C" fn fallback(ctx: *mut JitCtx, d: *const Decoded) -> u32 {
+    // SAFETY: see the function's contract.
+    let (ctx, cpu) = unsafe { cpu_of(ctx) };
+    // SAFETY: the region's table lives as long as the region's code.
+    let d = unsafe { &*d };
+    ctx.fallbacks += 1;
+    let mode = crate::native_mode(&cpu.state);
+    let before = cpu.state.rflags & MODE_FLAGS;
+    let next = d.next_rip();
+    let s = match cpu.exec_decoded(d) {
+        Executed::Done => {
+            let st = &cpu.state;
+            if st.rip != next
+                || st.rflags & MODE_FLAGS != before
+                || st.interrupt_shadow != 0
+                || st.halted != 0
+                || crate::native_mode(st) != mode
+            {
+                status::LEAVE
+            } else {
+                status::OK
+            }
+        }
+        Executed::BlockEnd | Executed::Raised => status::LEAVE,
+    };
+    ctx.status = s;
+    s
+}
+
+/// The six arithmetic flags (RFLAGS layout) of the state: from its lazy
+/// record, or from RFLAGS when the record is empty. Reads only.
+///
+/// # Safety
+/// Called only by compiled regions, with their context's state pointer.
+pub unsafe extern "C" fn state_flags(state: *const CpuState) -> u64 {
+    // SAFETY: the region passes the state it runs on, which is alive and
+    // not written while this reads it.
+    let s = unsafe { &*state };
+    let l = &s.lazy;
+    if l.op == FlagOp::None as u32 {
+        return s.rflags & flags::ARITH;
+    }
+    // A record has a valid size; keep `compute` away from a shift by 64
+    // whatever the state holds.
+    let size = match l.size {
+        1 | 2 | 4 | 8 => l.size,
+        _ => 8,
+    };
+    compute(&LazyFlags { size, ..*l })
+}

@@ -1,0 +1,418 @@
+//! The JIT against the interpreter: the same code runs in both, and the
+//! architectural state and memory must come out equal.
+
+use cpu::ops::testutil::*;
+use cpu::state::{flags, sreg};
+use cpu::{Cpu, StopReason};
+use iced_x86::code_asm::*;
+
+use super::*;
+
+fn cfg() -> Config {
+    Config { threshold: 2, synchronous: true, ..Config::default() }
+}
+
+/// Run until HLT (or `limit` instructions) in the interpreter.
+fn run_interp(c: &mut Cpu, limit: u64) -> u64 {
+    let start = c.stats.instructions;
+    while c.stats.instructions - start < limit {
+        if c.run(10_000) == StopReason::Halted {
+            break;
+        }
+    }
+    c.stats.instructions - start
+}
+
+/// Run until HLT (or `limit` instructions) with the JIT.
+fn run_jit(c: &mut Cpu, jit: &mut Jit, limit: u64) -> u64 {
+    let start = jit.instructions(c);
+    while jit.instructions(c) - start < limit {
+        if jit.run(c, 10_000) == StopReason::Halted {
+            break;
+        }
+    }
+    jit.instructions(c) - start
+}
+
+fn same_state(a: &mut Cpu, b: &mut Cpu) {
+    a.state.materialize_flags();
+    b.state.materialize_flags();
+    let (x, y) = (&a.state, &b.state);
+    for i in 0..16 {
+        assert_eq!(x.gpr[i], y.gpr[i], "gpr {i}");
+    }
+    assert_eq!(x.rip, y.rip, "rip");
+    assert_eq!(x.rflags, y.rflags, "rflags");
+    assert_eq!(x.cr2, y.cr2, "cr2");
+    assert_eq!(x.cpl, y.cpl, "cpl");
+    for (lo, len) in [(DATA, 0x2000u64), (KSTACK - 0x1000, 0x1000), (CODE, 0x2000)] {
+        let mut p = vec![0u8; len as usize];
+        let mut q = vec![0u8; len as usize];
+        a.mem().read(lo, &mut p).unwrap();
+        b.mem().read(lo, &mut q).unwrap();
+        assert!(p == q, "memory at {lo:#x} differs");
+    }
+}
+
+/// Run `code` (assembled at CODE for `make`'s mode) in both tiers.
+fn both(
+    make: fn() -> Cpu,
+    prep: impl Fn(&mut Cpu),
+    code: impl Fn(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> (Cpu, Cpu, Jit) {
+    let mut a = make();
+    let bytes = assemble(&a, &code);
+    place(&mut a, &bytes);
+    prep(&mut a);
+    let mut b = make();
+    place(&mut b, &bytes);
+    prep(&mut b);
+    let mut jit = Jit::new(&mut b, cfg()).unwrap();
+    let na = run_interp(&mut a, 5_000_000);
+    let nb = run_jit(&mut b, &mut jit, 5_000_000);
+    same_state(&mut a, &mut b);
+    assert_eq!(na, nb, "instruction counts");
+    (a, b, jit)
+}
+
+/// A loop over an array with calls, memory operands, flags and all
+/// operand sizes.
+fn mixed(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    let mut top = a.create_label();
+    let mut func = a.create_label();
+    let mut skip = a.create_label();
+    let mut done = a.create_label();
+    a.mov(rsi, DATA)?;
+    a.mov(ecx, 300)?;
+    a.xor(eax, eax)?;
+    a.mov(rbx, 0x1234_5678_9abc_def0u64)?;
+    a.set_label(&mut top)?;
+    a.mov(rdx, rcx)?;
+    a.and(edx, 7)?;
+    a.mov(dword_ptr(rsi + rdx * 4), ecx)?;
+    a.add(eax, dword_ptr(rsi + rdx * 4))?;
+    a.adc(rbx, rax)?;
+    a.sbb(bx, cx)?;
+    a.rol(rbx, 3)?; // an instruction the region runs through the interpreter
+    a.imul_3(r8d, eax, 13)?;
+    a.imul_2(r9, rbx)?;
+    a.shl(r9, 5)?;
+    a.sar(r8d, 2)?;
+    a.movzx(r10d, bl)?;
+    a.movsx(r11, byte_ptr(rsi + 1))?;
+    a.movsxd(r12, r8d)?;
+    a.lea(r13, qword_ptr(rax + rbx * 2 + 0x40))?;
+    a.mov(byte_ptr(rsi + 0x100), ah)?;
+    a.inc(byte_ptr(rsi + 0x101))?;
+    a.neg(r10)?;
+    a.not(r11d)?;
+    a.cmp(ecx, 150)?;
+    a.setb(byte_ptr(rsi + 0x102))?;
+    a.cmovae(r14, rbx)?;
+    a.test(cl, 3)?;
+    a.jnz(skip)?;
+    a.call(func)?;
+    a.set_label(&mut skip)?;
+    a.push(rax)?;
+    a.push(0x55)?;
+    a.pop(r15)?;
+    a.pop(rdx)?;
+    a.dec(ecx)?;
+    a.jnz(top)?;
+    a.cdqe()?;
+    a.cqo()?;
+    a.jmp(done)?;
+    a.set_label(&mut func)?;
+    a.push(rbp)?;
+    a.mov(rbp, rsp)?;
+    a.sub(rsp, 16)?;
+    a.mov(qword_ptr(rbp - 8), rcx)?;
+    a.xor(qword_ptr(rbp - 8), rax)?;
+    a.mov(rdi, qword_ptr(rbp - 8))?;
+    a.leave()?;
+    a.ret()?;
+    a.set_label(&mut done)?;
+    a.hlt()
+}
+
+#[test]
+fn a_mixed_loop_gives_the_interpreters_results() {
+    let (_, b, jit) = both(long_mode, |_| {}, mixed);
+    assert!(jit.stats.regions_compiled >= 1, "{:?}", jit.stats);
+    let all = jit.instructions(&b);
+    assert!(jit.stats.native_insns * 100 / all >= 80, "{:?} of {all}", jit.stats);
+}
+
+#[test]
+fn flat_32_bit_code_gives_the_interpreters_results() {
+    let (_, _, jit) = both(
+        prot_mode,
+        |_| {},
+        |a| {
+            let mut top = a.create_label();
+            a.mov(esi, DATA as u32)?;
+            a.mov(ecx, 500)?;
+            a.xor(eax, eax)?;
+            a.set_label(&mut top)?;
+            a.mov(edx, ecx)?;
+            a.and(edx, 15)?;
+            a.add(dword_ptr(esi + edx * 4), ecx)?;
+            a.add(eax, dword_ptr(esi + edx * 4))?;
+            a.push(eax)?;
+            a.pop(ebx)?;
+            a.cmp(ebx, 0x1000)?;
+            a.setg(dl)?;
+            a.movzx(edi, dl)?;
+            a.add(ebp, edi)?;
+            a.loop_(top)?; // through the interpreter
+            a.hlt()
+        },
+    );
+    assert!(jit.stats.regions_compiled >= 1);
+}
+
+/// A load and a store in the middle of a compiled loop fault on their
+/// 200th run (RDI points at the unmapped page): the exception frame, CR2
+/// and every register match the interpreter's.
+#[test]
+fn faults_in_compiled_code_deliver_like_the_interpreter() {
+    let prep = |c: &mut Cpu| c.state.gpr[7] = UNMAPPED;
+    for store in [false, true] {
+        let (a, b, jit) = both(long_mode, prep, |a| {
+            let mut top = a.create_label();
+            a.mov(rsi, DATA)?;
+            a.mov(ecx, 1000)?;
+            a.set_label(&mut top)?;
+            a.add(rax, rcx)?;
+            a.cmp(ecx, 800)?;
+            a.cmove(rsi, rdi)?;
+            if store {
+                a.mov(qword_ptr(rsi + 8), rax)?;
+            } else {
+                a.add(rbx, qword_ptr(rsi + 8))?;
+            }
+            a.inc(r8)?;
+            a.dec(ecx)?;
+            a.jnz(top)?;
+            a.hlt()
+        });
+        assert_eq!(a.state.cr2, UNMAPPED + 8);
+        assert_eq!(b.state.rip, stub(14) + 1, "halted in the #PF handler");
+        assert_eq!(b.state.gpr[1], 800);
+        assert!(jit.stats.fault_exits == 1, "{:?}", jit.stats);
+    }
+}
+
+#[test]
+fn divide_error_and_invalid_opcode_from_compiled_code() {
+    let (_, b, _) = both(
+        long_mode,
+        |_| {},
+        |a| {
+            let mut top = a.create_label();
+            a.mov(ecx, 100)?;
+            a.mov(ebx, 50)?;
+            a.set_label(&mut top)?;
+            a.mov(eax, 1000)?;
+            a.xor(edx, edx)?;
+            a.div(ebx)?; // through the interpreter; #DE when EBX reaches 0
+            a.dec(ebx)?;
+            a.dec(ecx)?;
+            a.jnz(top)?;
+            a.hlt()
+        },
+    );
+    assert_eq!(b.state.rip, stub(0) + 1);
+    let (_, b, _) = both(
+        long_mode,
+        |_| {},
+        |a| {
+            let mut top = a.create_label();
+            let mut skip = a.create_label();
+            a.mov(ecx, 100)?;
+            a.set_label(&mut top)?;
+            a.add(eax, ecx)?;
+            a.cmp(ecx, 10)?;
+            a.jne(skip)?;
+            a.ud2()?;
+            a.set_label(&mut skip)?;
+            a.dec(ecx)?;
+            a.jnz(top)?;
+            a.hlt()
+        },
+    );
+    assert_eq!(b.state.rip, stub(6) + 1);
+}
+
+/// Code that rewrites an instruction of its own loop, on the same page,
+/// while the loop runs compiled: the next run uses the new instruction.
+#[test]
+fn stores_into_running_compiled_code_take_effect() {
+    let (_, b, jit) = both(
+        long_mode,
+        |_| {},
+        |a| {
+            let mut patch = a.create_label();
+            let mut skip = a.create_label();
+            a.mov(ecx, 400)?;
+            a.lea(rdi, ptr(patch))?;
+            a.set_label(&mut patch)?;
+            a.add(ebx, 1)?; // 83 c3 01: its immediate is at patch + 2
+            a.cmp(ecx, 200)?;
+            a.jne(skip)?;
+            a.mov(byte_ptr(rdi + 2), 7)?;
+            a.set_label(&mut skip)?;
+            a.dec(ecx)?;
+            a.jnz(patch)?;
+            a.hlt()
+        },
+    );
+    assert_eq!(b.state.gpr[3], 201 + 199 * 7);
+    assert!(jit.stats.invalidated_regions >= 1, "{:?}", jit.stats);
+}
+
+/// A store from code on another page into a page whose code runs
+/// compiled (the callee of a loop).
+#[test]
+fn stores_into_another_compiled_page_take_effect() {
+    let mut c = long_mode();
+    let f = CODE + 0x1000;
+    let code = assemble(&c, |a| {
+        let mut top = a.create_label();
+        let mut skip = a.create_label();
+        a.mov(ecx, 600)?;
+        a.xor(ebx, ebx)?;
+        a.set_label(&mut top)?;
+        a.call(f)?;
+        a.cmp(ecx, 300)?;
+        a.jne(skip)?;
+        a.mov(rdx, f + 1)?;
+        a.mov(byte_ptr(rdx), 5)?;
+        a.set_label(&mut skip)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    place(&mut c, &code);
+    // f: mov eax, 1; add ebx, eax; ret
+    c.mem().write(f, &[0xb8, 1, 0, 0, 0, 0x01, 0xc3, 0xc3]).unwrap();
+    let mut jit = Jit::new(&mut c, cfg()).unwrap();
+    run_jit(&mut c, &mut jit, 1_000_000);
+    // Calls with ECX from 600 down to 300 ran the old code.
+    assert_eq!(c.state.gpr[3], 301 + 299 * 5);
+    assert!(jit.stats.invalidated_regions >= 1);
+}
+
+/// A device's write (DMA: no CPU store) into a page of compiled code.
+#[test]
+fn dma_into_compiled_code_takes_effect() {
+    let mut c = long_mode();
+    let code = assemble(&c, |a| {
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.add(ebx, 1)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    place(&mut c, &code);
+    c.state.gpr[1] = 100_000;
+    let mut jit = Jit::new(&mut c, cfg()).unwrap();
+    assert_eq!(jit.run(&mut c, 50_000), StopReason::Budget);
+    assert!(jit.stats.native_insns > 0);
+    let done = 100_000 - c.state.gpr[1];
+    c.mem().write(CODE + 2, &[16]).unwrap();
+    run_jit(&mut c, &mut jit, 1_000_000);
+    assert_eq!(c.state.gpr[3], done + (100_000 - done) * 16);
+}
+
+/// An interrupt raised while a compiled loop spins is taken within the
+/// run's budget.
+#[test]
+fn an_interrupt_stops_a_compiled_loop() {
+    let (mut c, _, irq) = new_cpu_with_irq();
+    long_setup(&mut c);
+    let code = assemble(&c, |a| {
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.inc(rax)?;
+        a.jmp(top)
+    });
+    place(&mut c, &code);
+    c.state.rflags |= flags::IF;
+    let mut jit = Jit::new(&mut c, cfg()).unwrap();
+    assert_eq!(jit.run(&mut c, 100_000), StopReason::Budget);
+    assert!(jit.stats.native_insns > 50_000, "{:?}", jit.stats);
+    *irq.lock().unwrap() = Some(0x40);
+    let before = jit.instructions(&c);
+    jit.run(&mut c, 100_000);
+    assert!(c.state.rip == stub(0x40) + 1 || c.state.rip == stub(0x40), "rip {:#x}", c.state.rip);
+    assert!(jit.instructions(&c) - before <= 100_000);
+    assert_eq!(c.state.seg[sreg::CS].selector, SEL_CODE64);
+}
+
+#[test]
+fn the_mode_check_refuses_what_compiled_code_cannot_run() {
+    let mut c = long_mode();
+    assert_eq!(native_mode(&c.state), 64);
+    c.state.rflags |= flags::TF;
+    assert_eq!(native_mode(&c.state), 0);
+    let c = prot_mode();
+    assert_eq!(native_mode(&c.state), 32);
+    let c = real_mode();
+    assert_eq!(native_mode(&c.state), 0);
+}
+
+/// Compile cost of one region (printed; `--ignored --nocapture`).
+#[test]
+#[ignore]
+fn compile_cost() {
+    let mut c = long_mode();
+    let bytes = assemble(&c, mixed);
+    place(&mut c, &bytes);
+    let jit = Jit::new(&mut c, cfg()).unwrap();
+    let (spec, _) = jit.gather(&mut c, CODE, 64, true);
+    let n: usize = spec.blocks.iter().map(|b| b.insns.len()).sum();
+    for (opt, ra) in [("none", "single_pass"), ("none", "backtracking"), ("speed", "backtracking")] {
+        let isa = compiler::host_isa(&Settings { opt_level: opt.into(), regalloc: ra.into() }).unwrap();
+        let t0 = std::time::Instant::now();
+        let mut size = 0;
+        for i in 0..20 {
+            size = compiler::compile(&isa, i, &spec).unwrap().code.len();
+        }
+        println!(
+            "{opt}/{ra}: {} blocks, {n} insns: {:?} per compile, {size} bytes",
+            spec.blocks.len(),
+            t0.elapsed() / 20
+        );
+    }
+}
+
+/// The IR of a small region (printed; `--ignored --nocapture`).
+#[test]
+#[ignore]
+fn show_ir() {
+    let mut c = long_mode();
+    let bytes = assemble(&c, |a| {
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.add(eax, dword_ptr(rsi))?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    place(&mut c, &bytes);
+    let jit = Jit::new(&mut c, cfg()).unwrap();
+    let (spec, _) = jit.gather(&mut c, CODE, 64, true);
+    let isa = compiler::host_isa(&Settings::default()).unwrap();
+    let mut func = cranelift_codegen::ir::Function::new();
+    let mut fctx = cranelift_frontend::FunctionBuilderContext::new();
+    func.signature = cranelift_codegen::ir::Signature::new(isa.default_call_conv());
+    func.signature.params.push(cranelift_codegen::ir::AbiParam::new(isa.pointer_type()));
+    func.signature.params.push(cranelift_codegen::ir::AbiParam::new(cranelift_codegen::ir::types::I32));
+    let mut b = cranelift_frontend::FunctionBuilder::new(&mut func, &mut fctx);
+    translate::translate(&mut b, &spec, isa.default_call_conv(), isa.pointer_type());
+    b.finalize(isa.frontend_config());
+    println!("{}", func.display());
+    println!("{} bytes", compiler::compile(&isa, 0, &spec).unwrap().code.len());
+}

@@ -1,0 +1,1701 @@
+//! Translation of a region (guest blocks of one code page) into one
+//! Cranelift function.
+//!
+//! The function is `extern "C" fn(ctx, entry)`: it loads the guest
+//! registers it uses into SSA variables, jumps to the guest block `entry`,
+//! and runs until a branch leaves the region, the budget runs out at a back
+//! edge, or an instruction asks it to leave. Exits write back the registers
+//! it changed, the lazy flags and RIP.
+//!
+//! - Integer moves, ALU operations, shifts by an immediate, IMUL, stack
+//!   operations, calls, returns and branches are translated. Everything else
+//!   is a call of the interpreter's handler for that one instruction
+//!   ([`crate::ctx::fallback`]), with the state written back before and
+//!   read again after.
+//! - Memory accesses test the soft TLB inline (one compare on the entry's
+//!   tag, then the host address); a miss, MMIO, a store to a code page or a
+//!   segment that is not flat calls a helper, which may fault. A fault leaves
+//!   the region at the instruction with the state from before it, and the run
+//!   loop delivers the exception: faults are precise.
+//! - Flags stay lazy, as the interpreter keeps them (`LazyFlags`): a
+//!   flag-setting instruction defines the record's variables; a condition
+//!   whose producer is known in the same guest block is computed from them
+//!   directly, otherwise by a pure helper.
+
+use std::collections::HashMap;
+
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{types, AbiParam, Block, InstBuilder, JumpTableData, MemFlagsData, Signature, Type, Value};
+use cranelift_codegen::isa::CallConv;
+use cranelift_frontend::{FunctionBuilder, Variable};
+use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
+
+use cpu::flags::FlagOp;
+use cpu::state::{flags, sreg, CpuState};
+use cpu::Decoded;
+
+use crate::ctx::{self, exit, off, status};
+
+/// A guest block of a region.
+#[derive(Clone)]
+pub struct GuestBlock {
+    pub rip: u64,
+    pub insns: Vec<Decoded>,
+}
+
+/// What a region is made of.
+#[derive(Clone)]
+pub struct RegionSpec {
+    /// Code size: 64, or 32 with flat data segments.
+    pub bits: u32,
+    /// The guest blocks; each is an entry.
+    pub blocks: Vec<GuestBlock>,
+}
+
+/// Counts of one translation.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TxStats {
+    pub native: u64,
+    pub fallback: u64,
+}
+
+/// A general-register operand.
+#[derive(Clone, Copy, Debug)]
+struct Reg {
+    idx: usize,
+    size: u32,
+    /// AH, CH, DH, BH.
+    high: bool,
+}
+
+fn reg(r: Register) -> Option<Reg> {
+    let (idx, size, high) = if r.is_gpr64() {
+        (r as usize - Register::RAX as usize, 8, false)
+    } else if r.is_gpr32() {
+        (r as usize - Register::EAX as usize, 4, false)
+    } else if r.is_gpr16() {
+        (r as usize - Register::AX as usize, 2, false)
+    } else if r.is_gpr8() {
+        let v = r as usize;
+        if (Register::AH as usize..=Register::BH as usize).contains(&v) {
+            (v - Register::AH as usize, 1, true)
+        } else if v >= Register::SPL as usize {
+            (v - Register::SPL as usize + 4, 1, false)
+        } else {
+            (v - Register::AL as usize, 1, false)
+        }
+    } else {
+        return None;
+    };
+    Some(Reg { idx, size, high })
+}
+
+/// An operand of a translated instruction.
+#[derive(Clone, Copy, Debug)]
+enum Opnd {
+    Reg(Reg),
+    Mem,
+    Imm(u64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Alu {
+    Add,
+    Or,
+    Adc,
+    Sbb,
+    And,
+    Sub,
+    Xor,
+    Cmp,
+    Test,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shift {
+    Shl,
+    Shr,
+    Sar,
+}
+
+/// A translated instruction form, checked before anything is emitted.
+#[derive(Clone, Copy, Debug)]
+enum Form {
+    Nop,
+    Mov {
+        dst: Opnd,
+        src: Opnd,
+        size: u32,
+    },
+    /// MOVZX, MOVSX, MOVSXD.
+    Movx {
+        dst: Reg,
+        src: Opnd,
+        from: u32,
+        signed: bool,
+    },
+    Lea {
+        dst: Reg,
+    },
+    Alu {
+        op: Alu,
+        dst: Opnd,
+        src: Opnd,
+        size: u32,
+    },
+    IncDec {
+        inc: bool,
+        dst: Opnd,
+        size: u32,
+    },
+    Neg {
+        dst: Opnd,
+        size: u32,
+    },
+    Not {
+        dst: Opnd,
+        size: u32,
+    },
+    Shift {
+        op: Shift,
+        dst: Reg,
+        count: u32,
+    },
+    Imul {
+        dst: Reg,
+        src: Opnd,
+        imm: Option<u64>,
+    },
+    Push {
+        src: Opnd,
+        size: u32,
+    },
+    Pop {
+        dst: Reg,
+    },
+    Leave,
+    CallRel {
+        target: u64,
+    },
+    CallInd {
+        src: Opnd,
+    },
+    Ret {
+        pop: u64,
+    },
+    JmpRel {
+        target: u64,
+    },
+    JmpInd {
+        src: Opnd,
+    },
+    Jcc {
+        cc: u8,
+        target: u64,
+    },
+    Setcc {
+        cc: u8,
+        dst: Opnd,
+    },
+    Cmov {
+        cc: u8,
+        dst: Reg,
+        src: Opnd,
+    },
+    /// CWDE (2 -> 4), CDQE (4 -> 8).
+    WidenAcc {
+        from: u32,
+    },
+    /// CDQ (4), CQO (8).
+    SignAcc {
+        size: u32,
+    },
+}
+
+fn canonical(a: u64) -> bool {
+    ((a as i64) << 16 >> 16) as u64 == a
+}
+
+/// The operand at `i`, if a translated form can take it.
+fn opnd(insn: &Instruction, i: u32, bits: u32) -> Option<Opnd> {
+    match insn.op_kind(i) {
+        OpKind::Register => reg(insn.op_register(i)).map(Opnd::Reg),
+        OpKind::Memory => mem_ok(insn, bits).then_some(Opnd::Mem),
+        OpKind::Immediate8
+        | OpKind::Immediate16
+        | OpKind::Immediate32
+        | OpKind::Immediate64
+        | OpKind::Immediate8to16
+        | OpKind::Immediate8to32
+        | OpKind::Immediate8to64
+        | OpKind::Immediate32to64 => Some(Opnd::Imm(insn.immediate(i))),
+        _ => None,
+    }
+}
+
+/// Whether the memory operand's address can be computed here: 32- or
+/// 64-bit addressing with general registers (or RIP).
+fn mem_ok(insn: &Instruction, bits: u32) -> bool {
+    let base = insn.memory_base();
+    let index = insn.memory_index();
+    let base_ok = base == Register::None
+        || (bits == 64 && (base == Register::RIP || base.is_gpr64()))
+        || base == Register::EIP
+        || base.is_gpr32();
+    let index_ok = index == Register::None || (bits == 64 && index.is_gpr64()) || index.is_gpr32();
+    let size_ok = matches!(insn.memory_size().size(), 1 | 2 | 4 | 8);
+    base_ok && index_ok && size_ok && !insn.is_broadcast()
+}
+
+fn opsize(o: Opnd, insn: &Instruction) -> u32 {
+    match o {
+        Opnd::Reg(r) => r.size,
+        Opnd::Mem => insn.memory_size().size() as u32,
+        Opnd::Imm(_) => 0,
+    }
+}
+
+/// The translated form of `insn`, or `None` for the interpreter's handler.
+fn classify(insn: &Instruction, bits: u32) -> Option<Form> {
+    if insn.has_lock_prefix() || insn.has_rep_prefix() || insn.has_repne_prefix() {
+        return None;
+    }
+    let n = insn.op_count();
+    let stack = if bits == 64 { 8 } else { 4 };
+    let form = match insn.mnemonic() {
+        Mnemonic::Nop => Form::Nop,
+        Mnemonic::Mov if n == 2 => {
+            let dst = opnd(insn, 0, bits)?;
+            let src = opnd(insn, 1, bits)?;
+            let size = opsize(dst, insn);
+            if matches!(dst, Opnd::Imm(_)) || matches!((dst, src), (Opnd::Mem, Opnd::Mem)) {
+                return None;
+            }
+            if let Opnd::Reg(r) = src {
+                if r.size != size {
+                    return None;
+                }
+            }
+            Form::Mov { dst, src, size }
+        }
+        Mnemonic::Movzx | Mnemonic::Movsx | Mnemonic::Movsxd if n == 2 => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            let src = opnd(insn, 1, bits)?;
+            let from = opsize(src, insn);
+            if matches!(src, Opnd::Imm(_)) || from > dst.size {
+                return None;
+            }
+            Form::Movx { dst, src, from, signed: insn.mnemonic() != Mnemonic::Movzx }
+        }
+        Mnemonic::Lea if n == 2 => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            if dst.size < 4 || !mem_ok(insn, bits) {
+                return None;
+            }
+            Form::Lea { dst }
+        }
+        Mnemonic::Add
+        | Mnemonic::Or
+        | Mnemonic::Adc
+        | Mnemonic::Sbb
+        | Mnemonic::And
+        | Mnemonic::Sub
+        | Mnemonic::Xor
+        | Mnemonic::Cmp
+        | Mnemonic::Test
+            if n == 2 =>
+        {
+            let op = match insn.mnemonic() {
+                Mnemonic::Add => Alu::Add,
+                Mnemonic::Or => Alu::Or,
+                Mnemonic::Adc => Alu::Adc,
+                Mnemonic::Sbb => Alu::Sbb,
+                Mnemonic::And => Alu::And,
+                Mnemonic::Sub => Alu::Sub,
+                Mnemonic::Xor => Alu::Xor,
+                Mnemonic::Cmp => Alu::Cmp,
+                _ => Alu::Test,
+            };
+            let dst = opnd(insn, 0, bits)?;
+            let src = opnd(insn, 1, bits)?;
+            let size = opsize(dst, insn);
+            if matches!(dst, Opnd::Imm(_)) || size == 0 {
+                return None;
+            }
+            Form::Alu { op, dst, src, size }
+        }
+        Mnemonic::Inc | Mnemonic::Dec | Mnemonic::Neg | Mnemonic::Not if n == 1 => {
+            let dst = opnd(insn, 0, bits)?;
+            let size = opsize(dst, insn);
+            if matches!(dst, Opnd::Imm(_)) {
+                return None;
+            }
+            match insn.mnemonic() {
+                Mnemonic::Inc => Form::IncDec { inc: true, dst, size },
+                Mnemonic::Dec => Form::IncDec { inc: false, dst, size },
+                Mnemonic::Neg => Form::Neg { dst, size },
+                _ => Form::Not { dst, size },
+            }
+        }
+        Mnemonic::Shl | Mnemonic::Sal | Mnemonic::Shr | Mnemonic::Sar
+            if n == 2 && insn.op1_kind() == OpKind::Immediate8 =>
+        {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            if dst.size < 4 {
+                return None;
+            }
+            let op = match insn.mnemonic() {
+                Mnemonic::Shr => Shift::Shr,
+                Mnemonic::Sar => Shift::Sar,
+                _ => Shift::Shl,
+            };
+            let count = u32::from(insn.immediate8()) & if dst.size == 8 { 0x3f } else { 0x1f };
+            Form::Shift { op, dst, count }
+        }
+        Mnemonic::Imul if n == 2 || n == 3 => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            let src = opnd(insn, 1, bits)?;
+            if dst.size < 4 || matches!(src, Opnd::Imm(_)) || opsize(src, insn) != dst.size {
+                return None;
+            }
+            let imm = if n == 3 {
+                match opnd(insn, 2, bits)? {
+                    Opnd::Imm(v) => Some(v),
+                    _ => return None,
+                }
+            } else {
+                None
+            };
+            Form::Imul { dst, src, imm }
+        }
+        Mnemonic::Push if n == 1 => {
+            let ok = matches!(
+                insn.code(),
+                Code::Push_r64
+                    | Code::Pushq_imm32
+                    | Code::Pushq_imm8
+                    | Code::Push_r32
+                    | Code::Pushd_imm32
+                    | Code::Pushd_imm8
+            );
+            if !ok {
+                return None;
+            }
+            Form::Push { src: opnd(insn, 0, bits)?, size: stack }
+        }
+        Mnemonic::Pop if n == 1 && matches!(insn.code(), Code::Pop_r64 | Code::Pop_r32) => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            Form::Pop { dst }
+        }
+        Mnemonic::Leave if matches!(insn.code(), Code::Leaveq | Code::Leaved) => Form::Leave,
+        Mnemonic::Call if n == 1 => match insn.code() {
+            Code::Call_rel32_64 | Code::Call_rel32_32 => {
+                let t = insn.near_branch_target();
+                if bits == 64 && !canonical(t) {
+                    return None;
+                }
+                Form::CallRel { target: t }
+            }
+            Code::Call_rm64 | Code::Call_rm32 => {
+                let src = opnd(insn, 0, bits)?;
+                if opsize(src, insn) != stack {
+                    return None;
+                }
+                Form::CallInd { src }
+            }
+            _ => return None,
+        },
+        Mnemonic::Ret => match insn.code() {
+            Code::Retnq | Code::Retnd => Form::Ret { pop: 0 },
+            Code::Retnq_imm16 | Code::Retnd_imm16 => Form::Ret { pop: u64::from(insn.immediate16()) },
+            _ => return None,
+        },
+        Mnemonic::Jmp if n == 1 => match insn.code() {
+            Code::Jmp_rel8_64 | Code::Jmp_rel32_64 | Code::Jmp_rel8_32 | Code::Jmp_rel32_32 => {
+                let t = insn.near_branch_target();
+                if bits == 64 && !canonical(t) {
+                    return None;
+                }
+                Form::JmpRel { target: t }
+            }
+            Code::Jmp_rm64 | Code::Jmp_rm32 => {
+                let src = opnd(insn, 0, bits)?;
+                if opsize(src, insn) != stack {
+                    return None;
+                }
+                Form::JmpInd { src }
+            }
+            _ => return None,
+        },
+        _ if insn.is_jcc_short_or_near() => {
+            let t = insn.near_branch_target();
+            let ok_size = matches!(insn.op0_kind(), OpKind::NearBranch64 | OpKind::NearBranch32);
+            if !ok_size || (bits == 64 && !canonical(t)) {
+                return None;
+            }
+            Form::Jcc { cc: cpu::ops::mov::condition(insn), target: t }
+        }
+        m if (Mnemonic::Seta..=Mnemonic::Sets).contains(&m) && n == 1 => {
+            let dst = opnd(insn, 0, bits)?;
+            if opsize(dst, insn) != 1 {
+                return None;
+            }
+            Form::Setcc { cc: cpu::ops::mov::condition(insn), dst }
+        }
+        m if (Mnemonic::Cmova..=Mnemonic::Cmovs).contains(&m) && n == 2 => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            let src = opnd(insn, 1, bits)?;
+            if dst.size < 2 || matches!(src, Opnd::Imm(_)) || opsize(src, insn) != dst.size {
+                return None;
+            }
+            Form::Cmov { cc: cpu::ops::mov::condition(insn), dst, src }
+        }
+        Mnemonic::Cwde => Form::WidenAcc { from: 2 },
+        Mnemonic::Cdqe => Form::WidenAcc { from: 4 },
+        Mnemonic::Cdq => Form::SignAcc { size: 4 },
+        Mnemonic::Cqo => Form::SignAcc { size: 8 },
+        _ => return None,
+    };
+    Some(form)
+}
+
+/// What is statically known about the lazy flags at a point.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Known {
+    Unknown,
+    /// The record's operation, size and values, as SSA values that
+    /// dominate the point.
+    Lazy {
+        op: FlagOp,
+        size: u32,
+        res: Value,
+        a: Value,
+        b: Value,
+        cin: Value,
+    },
+    /// The record is empty and RFLAGS is this value.
+    Eager(Value),
+}
+
+fn mask(size: u32) -> u64 {
+    if size >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (size * 8)) - 1
+    }
+}
+
+/// The planned instructions of a region: each one translated or a fallback.
+struct Planned {
+    rip: u64,
+    form: Option<Form>,
+    /// Index into the fallback table.
+    fallback: usize,
+}
+
+/// A translated region: the function built, its fallback table and counts.
+pub struct Translated {
+    pub fallbacks: Vec<Decoded>,
+    pub stats: TxStats,
+}
+
+/// The region's function under construction.
+struct Tx<'a, 'b> {
+    b: &'a mut FunctionBuilder<'b>,
+    bits: u32,
+    ctx: Value,
+    state: Value,
+    tlb: Value,
+    code_bits: Value,
+    code_words: Value,
+    budget: Value,
+    icount: Variable,
+    exit_rip: Variable,
+    known: Known,
+    /// Native instructions completed since the last update of `icount`.
+    pending: i64,
+    exit_block: Block,
+    leave_block: Block,
+    blocks: HashMap<u64, (Block, usize)>,
+    sig_load: cranelift_codegen::ir::SigRef,
+    sig_store: cranelift_codegen::ir::SigRef,
+    sig_fallback: cranelift_codegen::ir::SigRef,
+    sig_flags: cranelift_codegen::ir::SigRef,
+    ptr: Type,
+}
+
+const GPR_OFF: i32 = std::mem::offset_of!(CpuState, gpr) as i32;
+const RIP_OFF: i32 = std::mem::offset_of!(CpuState, rip) as i32;
+const RFLAGS_OFF: i32 = std::mem::offset_of!(CpuState, rflags) as i32;
+const LAZY_OFF: i32 = std::mem::offset_of!(CpuState, lazy) as i32;
+const SEG_OFF: i32 = std::mem::offset_of!(CpuState, seg) as i32;
+const SEG_SIZE: i32 = std::mem::size_of::<cpu::state::Segment>() as i32;
+const SEG_BASE_OFF: i32 = std::mem::offset_of!(cpu::state::Segment, base) as i32;
+/// Offsets in `LazyFlags` of op (u32), size (u32), res, src1, src2, carry_in.
+const LZ_OFF: [i32; 6] = [
+    LAZY_OFF + std::mem::offset_of!(cpu::state::LazyFlags, op) as i32,
+    LAZY_OFF + std::mem::offset_of!(cpu::state::LazyFlags, size) as i32,
+    LAZY_OFF + std::mem::offset_of!(cpu::state::LazyFlags, res) as i32,
+    LAZY_OFF + std::mem::offset_of!(cpu::state::LazyFlags, src1) as i32,
+    LAZY_OFF + std::mem::offset_of!(cpu::state::LazyFlags, src2) as i32,
+    LAZY_OFF + std::mem::offset_of!(cpu::state::LazyFlags, carry_in) as i32,
+];
+const OP: usize = 0;
+const RES: usize = 2;
+const SRC1: usize = 3;
+const SRC2: usize = 4;
+const CIN: usize = 5;
+
+fn mem_flags() -> MemFlagsData {
+    MemFlagsData::trusted()
+}
+
+/// Guest memory through a host pointer: may be unaligned.
+fn guest_flags() -> MemFlagsData {
+    let mut f = MemFlagsData::new();
+    f.set_notrap();
+    f
+}
+
+/// Build the function of `spec` into `b` (a fresh function with the
+/// signature `(ptr ctx, i32 entry)`).
+pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv, ptr: Type) -> Translated {
+    // Plan: which instructions are translated, which fall back.
+    let total: usize = spec.blocks.iter().map(|g| g.insns.len()).sum();
+    let mut fallbacks: Vec<Decoded> = Vec::with_capacity(total.max(1));
+    let mut plan: Vec<Vec<Planned>> = Vec::new();
+    let mut stats = TxStats::default();
+    for g in &spec.blocks {
+        let mut v = Vec::new();
+        for d in &g.insns {
+            let rip = d.next_rip().wrapping_sub(d.insn.len() as u64);
+            let form = classify(&d.insn, spec.bits);
+            let mut fb = usize::MAX;
+            match &form {
+                Some(_) => stats.native += 1,
+                None => {
+                    fb = fallbacks.len();
+                    fallbacks.push(*d);
+                    stats.fallback += 1;
+                }
+            }
+            v.push(Planned { rip, form, fallback: fb });
+        }
+        plan.push(v);
+    }
+
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    b.seal_block(entry);
+    let ctx_v = b.block_params(entry)[0];
+    let entry_idx = b.block_params(entry)[1];
+
+    let sig = |params: &[Type], ret: Option<Type>| {
+        let mut s = Signature::new(call_conv);
+        for p in params {
+            s.params.push(AbiParam::new(*p));
+        }
+        if let Some(r) = ret {
+            s.returns.push(AbiParam::new(r));
+        }
+        s
+    };
+    let i64t = types::I64;
+    let i32t = types::I32;
+    let s_load = sig(&[ptr, i32t, i64t, i32t, i64t], Some(i64t));
+    let s_store = sig(&[ptr, i32t, i64t, i32t, i64t, i64t], Some(i32t));
+    let s_fb = sig(&[ptr, ptr], Some(i32t));
+    let s_flags = sig(&[ptr], Some(i64t));
+    let sig_load = b.import_signature(s_load);
+    let sig_store = b.import_signature(s_store);
+    let sig_fallback = b.import_signature(s_fb);
+    let sig_flags = b.import_signature(s_flags);
+
+    let state = b.ins().load(ptr, mem_flags(), ctx_v, off::STATE);
+    let tlb = b.ins().load(ptr, mem_flags(), ctx_v, off::TLB);
+    let code_bits = b.ins().load(ptr, mem_flags(), ctx_v, off::CODE_BITS);
+    let code_words = b.ins().load(i64t, mem_flags(), ctx_v, off::CODE_WORDS);
+    let budget = b.ins().load(i64t, mem_flags(), ctx_v, off::BUDGET);
+    let icount = b.declare_var(i64t);
+    let exit_rip = b.declare_var(i64t);
+    let exit_block = b.create_block();
+    let leave_block = b.create_block();
+    let mut tx = Tx {
+        b,
+        bits: spec.bits,
+        ctx: ctx_v,
+        state,
+        tlb,
+        code_bits,
+        code_words,
+        budget,
+        icount,
+        exit_rip,
+        known: Known::Unknown,
+        pending: 0,
+        exit_block,
+        leave_block,
+        blocks: HashMap::new(),
+        sig_load,
+        sig_store,
+        sig_fallback,
+        sig_flags,
+        ptr,
+    };
+    let zero = tx.b.ins().iconst(i64t, 0);
+    tx.b.def_var(icount, zero);
+    tx.b.def_var(exit_rip, zero);
+
+    // The guest blocks, and the entry switch.
+    let mut ir_blocks = Vec::new();
+    for (i, g) in spec.blocks.iter().enumerate() {
+        let blk = tx.b.create_block();
+        tx.blocks.entry(g.rip).or_insert((blk, i));
+        ir_blocks.push(blk);
+    }
+    let calls: Vec<_> = ir_blocks.iter().map(|blk| tx.b.func.dfg.block_call(*blk, &[])).collect();
+    let fallback_call = tx.b.func.dfg.block_call(leave_block, &[]);
+    let jt = tx.b.create_jump_table(JumpTableData::new(fallback_call, &calls));
+    tx.b.ins().br_table(entry_idx, jt);
+
+    let fb_base = fallbacks.as_ptr();
+    for (i, g) in spec.blocks.iter().enumerate() {
+        tx.b.switch_to_block(ir_blocks[i]);
+        tx.known = Known::Unknown;
+        tx.pending = 0;
+        let mut ended = false;
+        for (j, p) in plan[i].iter().enumerate() {
+            let d = &g.insns[j];
+            let next = d.next_rip();
+            match &p.form {
+                Some(f) => {
+                    ended = tx.emit(f, &d.insn, p.rip, next, i);
+                    if !ended {
+                        tx.pending += 1;
+                    }
+                }
+                None => {
+                    // SAFETY (pointer arithmetic only): `fallback < len`; the
+                    // table is never pushed to again, so it does not move.
+                    let dp = fb_base.wrapping_add(p.fallback);
+                    tx.emit_fallback(dp, p.rip);
+                }
+            }
+            if ended {
+                break;
+            }
+        }
+        if !ended {
+            // Fall through to the code after the block.
+            let last = g.insns.last().map(|d| d.next_rip()).unwrap_or(g.rip);
+            tx.goto(last, g.rip);
+        }
+    }
+
+    // The exits.
+    tx.b.switch_to_block(exit_block);
+    let rip = tx.b.use_var(exit_rip);
+    tx.b.ins().store(mem_flags(), rip, tx.state, RIP_OFF);
+    tx.count_out();
+    tx.b.ins().return_(&[]);
+
+    tx.b.switch_to_block(leave_block);
+    tx.count_out();
+    tx.b.ins().return_(&[]);
+
+    tx.b.seal_all_blocks();
+    Translated { fallbacks, stats }
+}
+
+impl Tx<'_, '_> {
+    /// Continue in `blk`, whose predecessors are all emitted: sealing it
+    /// at once keeps SSA construction from adding parameters for every
+    /// variable to every block.
+    fn enter_block(&mut self, blk: Block) {
+        self.b.switch_to_block(blk);
+        self.b.seal_block(blk);
+    }
+
+    fn iconst(&mut self, v: u64) -> Value {
+        self.b.ins().iconst(types::I64, v as i64)
+    }
+
+    /// Add the pending count to `icount`.
+    fn flush_count(&mut self) {
+        if self.pending != 0 {
+            let c = self.b.use_var(self.icount);
+            let c = self.b.ins().iadd_imm_s(c, self.pending);
+            self.b.def_var(self.icount, c);
+            self.pending = 0;
+        }
+    }
+
+    /// `ctx.native += icount`.
+    fn count_out(&mut self) {
+        let c = self.b.use_var(self.icount);
+        let n = self.b.ins().load(types::I64, mem_flags(), self.ctx, off::NATIVE);
+        let n = self.b.ins().iadd(n, c);
+        self.b.ins().store(mem_flags(), n, self.ctx, off::NATIVE);
+    }
+
+    /// Leave the region at `rip` (with `extra` more instructions counted).
+    fn exit_to(&mut self, rip: u64, extra: i64) {
+        let c = self.b.use_var(self.icount);
+        let c = self.b.ins().iadd_imm_s(c, self.pending + extra);
+        self.b.def_var(self.icount, c);
+        let r = self.iconst(rip);
+        self.b.def_var(self.exit_rip, r);
+        self.b.ins().jump(self.exit_block, &[]);
+    }
+
+    /// Leave the region at a computed RIP.
+    fn exit_to_value(&mut self, rip: Value, extra: i64) {
+        let c = self.b.use_var(self.icount);
+        let c = self.b.ins().iadd_imm_s(c, self.pending + extra);
+        self.b.def_var(self.icount, c);
+        self.b.def_var(self.exit_rip, rip);
+        self.b.ins().jump(self.exit_block, &[]);
+    }
+
+    /// Continue at `target`: in the region (with a budget check on edges
+    /// that may close a loop) or out of it. Terminates the current block.
+    fn goto(&mut self, target: u64, from_rip: u64) {
+        self.flush_count();
+        match self.blocks.get(&target).copied() {
+            Some((blk, _)) if target > from_rip => {
+                self.b.ins().jump(blk, &[]);
+            }
+            Some((blk, _)) => {
+                let c = self.b.use_var(self.icount);
+                let over = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, c, self.budget);
+                let out = self.b.create_block();
+                self.b.ins().brif(over, out, &[], blk, &[]);
+                self.enter_block(out);
+                self.exit_to(target, 0);
+            }
+            None => self.exit_to(target, 0),
+        }
+    }
+
+    // ---- registers -------------------------------------------------------
+
+    /// Byte offset of a register's low byte in the state.
+    fn reg_off(r: Reg) -> i32 {
+        GPR_OFF + 8 * r.idx as i32 + i32::from(r.high)
+    }
+
+    /// A register's value, zero-extended from its size.
+    fn read_reg(&mut self, r: Reg) -> Value {
+        let o = Self::reg_off(r);
+        let fl = mem_flags();
+        match r.size {
+            8 => self.b.ins().load(types::I64, fl, self.state, o),
+            4 => self.b.ins().uload32(fl, self.state, o),
+            2 => self.b.ins().uload16(types::I64, fl, self.state, o),
+            _ => self.b.ins().uload8(types::I64, fl, self.state, o),
+        }
+    }
+
+    /// Write with the architectural size rules (8- and 16-bit writes merge,
+    /// 32-bit writes zero the upper half); `v` may hold bits above the size.
+    fn write_reg(&mut self, r: Reg, v: Value) {
+        let o = Self::reg_off(r);
+        let fl = mem_flags();
+        match r.size {
+            8 => {
+                self.b.ins().store(fl, v, self.state, o);
+            }
+            4 => {
+                let z = self.b.ins().band_imm_s(v, 0xffff_ffff);
+                self.b.ins().store(fl, z, self.state, o);
+            }
+            2 => {
+                self.b.ins().istore16(fl, v, self.state, o);
+            }
+            _ => {
+                self.b.ins().istore8(fl, v, self.state, o);
+            }
+        }
+    }
+
+    fn gpr64(&mut self, idx: usize) -> Value {
+        self.b.ins().load(types::I64, mem_flags(), self.state, GPR_OFF + 8 * idx as i32)
+    }
+
+    fn set_gpr64(&mut self, idx: usize, v: Value) {
+        self.b.ins().store(mem_flags(), v, self.state, GPR_OFF + 8 * idx as i32);
+    }
+
+    // ---- memory ------------------------------------------------------------
+
+    /// The effective address (offset in the segment), as `cpu::ops::ea`.
+    fn ea(&mut self, insn: &Instruction) -> Value {
+        let base = insn.memory_base();
+        let index = insn.memory_index();
+        let disp = insn.memory_displacement64();
+        if base == Register::RIP {
+            return self.iconst(disp);
+        }
+        if base == Register::EIP {
+            return self.iconst(disp & 0xffff_ffff);
+        }
+        let mut a = self.iconst(disp);
+        let mut asize = 0;
+        if let Some(r) = reg(base) {
+            let v = self.gpr64(r.idx);
+            let v = if r.size == 4 { self.b.ins().band_imm_s(v, 0xffff_ffff) } else { v };
+            a = self.b.ins().iadd(a, v);
+            asize = r.size;
+        }
+        if let Some(r) = reg(index) {
+            let v = self.gpr64(r.idx);
+            let v = if r.size == 4 { self.b.ins().band_imm_s(v, 0xffff_ffff) } else { v };
+            let scale = insn.memory_index_scale();
+            let v = if scale > 1 { self.b.ins().ishl_imm_s(v, i64::from(scale.trailing_zeros())) } else { v };
+            a = self.b.ins().iadd(a, v);
+            asize = r.size;
+        }
+        if asize == 4 {
+            a = self.b.ins().band_imm_s(a, 0xffff_ffff);
+        }
+        a
+    }
+
+    /// The linear address for the inline TLB test, or `None` when the
+    /// helper must compute it (a segment with a base in 32-bit code).
+    fn linear(&mut self, seg: usize, off_v: Value) -> Option<Value> {
+        if self.bits == 64 {
+            if seg >= sreg::FS {
+                let base = self.b.ins().load(
+                    types::I64,
+                    mem_flags(),
+                    self.state,
+                    SEG_OFF + SEG_SIZE * seg as i32 + SEG_BASE_OFF,
+                );
+                return Some(self.b.ins().iadd(off_v, base));
+            }
+            return Some(off_v);
+        }
+        // Flat DS, ES and SS (the region's mode guarantees them); FS and GS
+        // have bases and limits, and CS is not writable: the helper checks.
+        if seg >= sreg::FS || seg == sreg::CS {
+            return None;
+        }
+        Some(self.b.ins().band_imm_s(off_v, 0xffff_ffff))
+    }
+
+    /// The TLB entry for `lin` and whether its tag for `tag_off` matches an
+    /// access of `size` bytes.
+    fn tlb_hit(&mut self, lin: Value, size: u32, tag_off: usize) -> (Value, Value) {
+        let l = mmu::TLB_LAYOUT;
+        let idx = self.b.ins().ushr_imm_s(lin, 12);
+        let idx = self.b.ins().band_imm_s(idx, (l.entries - 1) as i64);
+        let byte = self.b.ins().imul_imm_s(idx, l.entry_size as i64);
+        let entry = self.b.ins().iadd(self.tlb, byte);
+        let tag = self.b.ins().load(types::I64, mem_flags(), entry, tag_off as i32);
+        let last = self.b.ins().iadd_imm_s(lin, i64::from(size) - 1);
+        let want = self.b.ins().band_imm_s(last, !0xfffi64);
+        let want = self.b.ins().bor_imm_s(want, 1);
+        let hit = self.b.ins().icmp(IntCC::Equal, tag, want);
+        (entry, hit)
+    }
+
+    fn load_host(&mut self, addr: Value, size: u32) -> Value {
+        let t = int_type(size);
+        let v = self.b.ins().load(t, guest_flags(), addr, 0);
+        if size == 8 {
+            v
+        } else {
+            self.b.ins().uextend(types::I64, v)
+        }
+    }
+
+    fn store_host(&mut self, addr: Value, size: u32, v: Value) {
+        let v = if size == 8 { v } else { self.b.ins().ireduce(int_type(size), v) };
+        self.b.ins().store(guest_flags(), v, addr, 0);
+    }
+
+    /// A fault from a helper: leave at the instruction.
+    fn fault_exit(&mut self, rip: u64) {
+        self.exit_to(rip, 0);
+    }
+
+    /// Read `size` bytes of the memory operand (zero-extended).
+    fn load(&mut self, insn: &Instruction, size: u32, rip: u64, rmw: bool) -> (Value, Value) {
+        let seg = cpu::ops::mem_seg(insn);
+        let off_v = self.ea(insn);
+        self.load_at(seg, off_v, size, rip, rmw)
+    }
+
+    /// Read at `seg:off_v`. With `rmw`, the access is checked as a write and
+    /// the second value is the host address for the store (0 when the
+    /// store must go through the helper).
+    fn load_at(&mut self, seg: usize, off_v: Value, size: u32, rip: u64, rmw: bool) -> (Value, Value) {
+        let join = self.b.create_block();
+        let val = self.b.append_block_param(join, types::I64);
+        let haddr = self.b.append_block_param(join, types::I64);
+        let slow = self.b.create_block();
+        if let Some(lin) = self.linear(seg, off_v) {
+            let l = mmu::TLB_LAYOUT;
+            let (entry, hit) = self.tlb_hit(lin, size, if rmw { l.tag_write } else { l.tag_read });
+            let check = self.b.create_block();
+            self.b.ins().brif(hit, check, &[], slow, &[]);
+            self.enter_block(check);
+            let host = self.b.ins().load(types::I64, mem_flags(), entry, l.host as i32);
+            let ok = if rmw { self.not_code_page(entry) } else { self.b.ins().icmp_imm_s(IntCC::NotEqual, host, 0) };
+            let fast = self.b.create_block();
+            self.b.ins().brif(ok, fast, &[], slow, &[]);
+            self.enter_block(fast);
+            let pofs = self.b.ins().band_imm_s(lin, 0xfff);
+            let addr = self.b.ins().iadd(host, pofs);
+            let v = self.load_host(addr, size);
+            let a = if rmw { addr } else { self.iconst(0) };
+            self.b.ins().jump(join, &[v.into(), a.into()]);
+        } else {
+            self.b.ins().jump(slow, &[]);
+        }
+        self.enter_block(slow);
+        let f = if rmw { ctx::load_rmw as *const () as usize } else { ctx::load as *const () as usize };
+        let callee = self.iconst(f as u64);
+        let segv = self.b.ins().iconst(types::I32, seg as i64);
+        let sz = self.b.ins().iconst(types::I32, i64::from(size));
+        let ripv = self.iconst(rip);
+        let call = self.b.ins().call_indirect(self.sig_load, callee, &[self.ctx, segv, off_v, sz, ripv]);
+        let v = self.b.inst_results(call)[0];
+        let st = self.b.ins().load(types::I32, mem_flags(), self.ctx, off::STATUS);
+        let ok = self.b.create_block();
+        let bad = self.b.create_block();
+        self.b.ins().brif(st, bad, &[], ok, &[]);
+        self.enter_block(bad);
+        self.fault_exit(rip);
+        self.enter_block(ok);
+        let z = self.iconst(0);
+        self.b.ins().jump(join, &[v.into(), z.into()]);
+        self.enter_block(join);
+        (val, haddr)
+    }
+
+    /// Whether the page of a TLB entry holds no code (its write tag hit:
+    /// it is RAM).
+    fn not_code_page(&mut self, entry: Value) -> Value {
+        let l = mmu::TLB_LAYOUT;
+        let phys = self.b.ins().load(types::I64, mem_flags(), entry, l.phys as i32);
+        let page = self.b.ins().ushr_imm_s(phys, 12);
+        let word = self.b.ins().ushr_imm_s(page, 6);
+        let inside = self.b.ins().icmp(IntCC::UnsignedLessThan, word, self.code_words);
+        // Outside the bitmap: treat as code (the helper decides).
+        let zero = self.iconst(0);
+        let safe_word = self.b.ins().select(inside, word, zero);
+        let byte = self.b.ins().ishl_imm_s(safe_word, 3);
+        let wp = self.b.ins().iadd(self.code_bits, byte);
+        let w = self.b.ins().load(types::I64, mem_flags(), wp, 0);
+        let sh = self.b.ins().band_imm_s(page, 63);
+        let bit = self.b.ins().ushr(w, sh);
+        let bit = self.b.ins().band_imm_s(bit, 1);
+        let clear = self.b.ins().icmp_imm_s(IntCC::Equal, bit, 0);
+        self.b.ins().band(clear, inside)
+    }
+
+    /// Write `v` at `seg:off_v`; `haddr` from an RMW load (or 0). Returns
+    /// a value that is non-zero when the region must leave after the
+    /// instruction.
+    fn store_at(&mut self, seg: usize, off_v: Value, size: u32, v: Value, rip: u64, haddr: Option<Value>) -> Value {
+        let join = self.b.create_block();
+        let leave = self.b.append_block_param(join, types::I32);
+        let slow = self.b.create_block();
+        let fast = self.b.create_block();
+        let fast_addr = self.b.append_block_param(fast, types::I64);
+        match haddr {
+            Some(a) => {
+                self.b.ins().brif(a, fast, &[a.into()], slow, &[]);
+            }
+            None => match self.linear(seg, off_v) {
+                Some(lin) => {
+                    let l = mmu::TLB_LAYOUT;
+                    let (entry, hit) = self.tlb_hit(lin, size, l.tag_write);
+                    let check = self.b.create_block();
+                    self.b.ins().brif(hit, check, &[], slow, &[]);
+                    self.enter_block(check);
+                    let ok = self.not_code_page(entry);
+                    let host = self.b.ins().load(types::I64, mem_flags(), entry, l.host as i32);
+                    let pofs = self.b.ins().band_imm_s(lin, 0xfff);
+                    let addr = self.b.ins().iadd(host, pofs);
+                    self.b.ins().brif(ok, fast, &[addr.into()], slow, &[]);
+                }
+                None => {
+                    self.b.ins().jump(slow, &[]);
+                }
+            },
+        }
+        self.enter_block(fast);
+        self.store_host(fast_addr, size, v);
+        let z = self.b.ins().iconst(types::I32, 0);
+        self.b.ins().jump(join, &[z.into()]);
+
+        self.enter_block(slow);
+        let callee = self.iconst(ctx::store as *const () as usize as u64);
+        let segv = self.b.ins().iconst(types::I32, seg as i64);
+        let sz = self.b.ins().iconst(types::I32, i64::from(size));
+        let ripv = self.iconst(rip);
+        let call = self.b.ins().call_indirect(self.sig_store, callee, &[self.ctx, segv, off_v, sz, v, ripv]);
+        let st = self.b.inst_results(call)[0];
+        let is_fault = self.b.ins().icmp_imm_s(IntCC::Equal, st, i64::from(status::FAULT));
+        let bad = self.b.create_block();
+        let ok = self.b.create_block();
+        self.b.ins().brif(is_fault, bad, &[], ok, &[]);
+        self.enter_block(bad);
+        self.fault_exit(rip);
+        self.enter_block(ok);
+        self.b.ins().jump(join, &[st.into()]);
+        self.enter_block(join);
+        leave
+    }
+
+    /// After an instruction that stored: leave after it if the store asked.
+    fn after_store(&mut self, leave: Value, next: u64) {
+        let out = self.b.create_block();
+        let cont = self.b.create_block();
+        self.b.ins().brif(leave, out, &[], cont, &[]);
+        self.enter_block(out);
+        self.exit_to(next, 1);
+        self.enter_block(cont);
+    }
+
+    // ---- operands ------------------------------------------------------------
+
+    /// Read operand `o` (masked to `size`).
+    fn read(&mut self, o: Opnd, insn: &Instruction, size: u32, rip: u64) -> Value {
+        match o {
+            Opnd::Reg(r) => self.read_reg(r),
+            Opnd::Imm(v) => self.iconst(v & mask(size)),
+            Opnd::Mem => self.load(insn, size, rip, false).0,
+        }
+    }
+
+    // ---- flags ---------------------------------------------------------------
+
+    fn set_lazy(&mut self, op: FlagOp, size: u32, res: Value, a: Value, b: Value, cin: Option<Value>) {
+        // op (u32) and size (u32) side by side: one 64-bit store.
+        let opsize = self.iconst(u64::from(op as u32) | (u64::from(size) << 32));
+        let fl = mem_flags();
+        self.b.ins().store(fl, opsize, self.state, LZ_OFF[OP]);
+        self.b.ins().store(fl, res, self.state, LZ_OFF[RES]);
+        self.b.ins().store(fl, a, self.state, LZ_OFF[SRC1]);
+        self.b.ins().store(fl, b, self.state, LZ_OFF[SRC2]);
+        let c = match cin {
+            Some(c) => c,
+            None => self.iconst(0),
+        };
+        self.b.ins().store(fl, c, self.state, LZ_OFF[CIN]);
+        self.known = Known::Lazy { op, size, res, a, b, cin: c };
+    }
+
+    /// Set the arithmetic flags eagerly (`f`: the six bits), as
+    /// `set_arith_flags(ARITH, f)` does.
+    fn set_eager(&mut self, f: Value) {
+        let fl = mem_flags();
+        let rf = self.b.ins().load(types::I64, fl, self.state, RFLAGS_OFF);
+        let rf = self.b.ins().band_imm_s(rf, !(flags::ARITH as i64));
+        let rf = self.b.ins().bor(rf, f);
+        self.b.ins().store(fl, rf, self.state, RFLAGS_OFF);
+        let none = self.b.ins().iconst(types::I32, 0);
+        self.b.ins().store(fl, none, self.state, LZ_OFF[OP]);
+        self.known = Known::Eager(rf);
+    }
+
+    /// The six flags now, through the helper (the producer is not known
+    /// here: the state's record or RFLAGS holds them).
+    fn flags_by_helper(&mut self) -> Value {
+        let callee = self.iconst(ctx::state_flags as *const () as usize as u64);
+        let call = self.b.ins().call_indirect(self.sig_flags, callee, &[self.state]);
+        self.b.inst_results(call)[0]
+    }
+
+    fn sign_bit(&mut self, v: Value, size: u32) -> Value {
+        let s = self.b.ins().ushr_imm_s(v, i64::from(size * 8 - 1));
+        self.b.ins().band_imm_s(s, 1)
+    }
+
+    /// CF as 0/1 (i64).
+    fn cf(&mut self) -> Value {
+        match self.known {
+            Known::Lazy { op, res, a, b: bv, cin, .. } => {
+                let c = match op {
+                    FlagOp::Add => self.b.ins().icmp(IntCC::UnsignedLessThan, res, a),
+                    FlagOp::Sub => self.b.ins().icmp(IntCC::UnsignedLessThan, a, bv),
+                    FlagOp::Adc => {
+                        let lt = self.b.ins().icmp(IntCC::UnsignedLessThan, res, a);
+                        let le = self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, res, a);
+                        self.b.ins().select(cin, le, lt)
+                    }
+                    FlagOp::Sbb => {
+                        let lt = self.b.ins().icmp(IntCC::UnsignedLessThan, a, bv);
+                        let le = self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, a, bv);
+                        self.b.ins().select(cin, le, lt)
+                    }
+                    FlagOp::Logic | FlagOp::None => return self.iconst(0),
+                    FlagOp::Inc | FlagOp::Dec => return self.b.ins().band_imm_s(cin, 1),
+                };
+                self.b.ins().uextend(types::I64, c)
+            }
+            Known::Eager(rf) => self.b.ins().band_imm_s(rf, 1),
+            Known::Unknown => {
+                let f = self.flags_by_helper();
+                self.b.ins().band_imm_s(f, 1)
+            }
+        }
+    }
+
+    /// Evaluate condition code `cc` as an i8 (non-zero: true).
+    fn condition(&mut self, cc: u8) -> Value {
+        let neg = cc & 1 != 0;
+        let v = self.condition_pos(cc & !1);
+        if neg {
+            self.b.ins().icmp_imm_s(IntCC::Equal, v, 0)
+        } else {
+            v
+        }
+    }
+
+    fn condition_pos(&mut self, cc: u8) -> Value {
+        if let Known::Lazy { op, size, res, a, b: bv, .. } = self.known {
+            let sx = |tx: &mut Self, v: Value| {
+                if size == 8 {
+                    v
+                } else {
+                    let sh = i64::from(64 - size * 8);
+                    let t = tx.b.ins().ishl_imm_s(v, sh);
+                    tx.b.ins().sshr_imm_s(t, sh)
+                }
+            };
+            match (op, cc) {
+                (_, 4) => return self.b.ins().icmp_imm_s(IntCC::Equal, res, 0),
+                (_, 8) => {
+                    let s = self.sign_bit(res, size);
+                    return self.b.ins().icmp_imm_s(IntCC::NotEqual, s, 0);
+                }
+                (FlagOp::Sub, 2) => return self.b.ins().icmp(IntCC::UnsignedLessThan, a, bv),
+                (FlagOp::Sub, 6) => return self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, a, bv),
+                (FlagOp::Sub, 12) => {
+                    let (x, y) = (sx(self, a), sx(self, bv));
+                    return self.b.ins().icmp(IntCC::SignedLessThan, x, y);
+                }
+                (FlagOp::Sub, 14) => {
+                    let (x, y) = (sx(self, a), sx(self, bv));
+                    return self.b.ins().icmp(IntCC::SignedLessThanOrEqual, x, y);
+                }
+                (FlagOp::Logic, 0 | 2) => return self.b.ins().iconst(types::I8, 0),
+                (FlagOp::Logic, 6) => return self.b.ins().icmp_imm_s(IntCC::Equal, res, 0),
+                (FlagOp::Logic, 12) => {
+                    let s = self.sign_bit(res, size);
+                    return self.b.ins().icmp_imm_s(IntCC::NotEqual, s, 0);
+                }
+                (FlagOp::Logic, 14) => {
+                    let z = self.b.ins().icmp_imm_s(IntCC::Equal, res, 0);
+                    let s = self.sign_bit(res, size);
+                    let s = self.b.ins().icmp_imm_s(IntCC::NotEqual, s, 0);
+                    return self.b.ins().bor(z, s);
+                }
+                (_, 2) => {
+                    let c = self.cf();
+                    return self.b.ins().icmp_imm_s(IntCC::NotEqual, c, 0);
+                }
+                (_, 6) => {
+                    let c = self.cf();
+                    let c = self.b.ins().icmp_imm_s(IntCC::NotEqual, c, 0);
+                    let z = self.b.ins().icmp_imm_s(IntCC::Equal, res, 0);
+                    return self.b.ins().bor(c, z);
+                }
+                _ => {}
+            }
+        }
+        // The general case: the six flags as RFLAGS bits.
+        let f = match self.known {
+            Known::Eager(rf) => rf,
+            _ => self.flags_by_helper(),
+        };
+        let bit = |tx: &mut Self, m: u64| {
+            let t = tx.b.ins().band_imm_s(f, m as i64);
+            tx.b.ins().icmp_imm_s(IntCC::NotEqual, t, 0)
+        };
+        match cc {
+            0 => bit(self, flags::OF),
+            2 => bit(self, flags::CF),
+            4 => bit(self, flags::ZF),
+            6 => bit(self, flags::CF | flags::ZF),
+            8 => bit(self, flags::SF),
+            10 => bit(self, flags::PF),
+            _ => {
+                let s = bit(self, flags::SF);
+                let o = bit(self, flags::OF);
+                let lt = self.b.ins().bxor(s, o);
+                if cc == 12 {
+                    lt
+                } else {
+                    let z = bit(self, flags::ZF);
+                    self.b.ins().bor(lt, z)
+                }
+            }
+        }
+    }
+
+    /// ZF, SF and PF of `r` (masked to `size`) as RFLAGS bits.
+    fn szp(&mut self, r: Value, size: u32) -> Value {
+        let z = self.b.ins().icmp_imm_s(IntCC::Equal, r, 0);
+        let z = self.b.ins().uextend(types::I64, z);
+        let z = self.b.ins().ishl_imm_s(z, 6);
+        let s = self.sign_bit(r, size);
+        let s = self.b.ins().ishl_imm_s(s, 7);
+        let low = self.b.ins().band_imm_s(r, 0xff);
+        let pc = self.b.ins().popcnt(low);
+        let odd = self.b.ins().band_imm_s(pc, 1);
+        let p = self.b.ins().bxor_imm_s(odd, 1);
+        let p = self.b.ins().ishl_imm_s(p, 2);
+        let zs = self.b.ins().bor(z, s);
+        self.b.ins().bor(zs, p)
+    }
+
+    // ---- instructions --------------------------------------------------------
+
+    /// A fallback: the state goes to memory, the interpreter runs the
+    /// instruction, and the state comes back.
+    fn emit_fallback(&mut self, d: *const Decoded, rip: u64) {
+        self.flush_count();
+        let r = self.iconst(rip);
+        self.b.ins().store(mem_flags(), r, self.state, RIP_OFF);
+        let callee = self.iconst(ctx::fallback as *const () as usize as u64);
+        let dv = self.iconst(d as usize as u64);
+        let call = self.b.ins().call_indirect(self.sig_fallback, callee, &[self.ctx, dv]);
+        let st = self.b.inst_results(call)[0];
+        let cont = self.b.create_block();
+        self.b.ins().brif(st, self.leave_block, &[], cont, &[]);
+        self.enter_block(cont);
+        self.known = Known::Unknown;
+    }
+
+    /// Translate one instruction; true if it ended the guest block (a
+    /// terminator was emitted).
+    fn emit(&mut self, f: &Form, insn: &Instruction, rip: u64, next: u64, _blk: usize) -> bool {
+        let stack = if self.bits == 64 { 8u32 } else { 4 };
+        match *f {
+            Form::Nop => {}
+            Form::Mov { dst, src, size } => {
+                let v = self.read(src, insn, size, rip);
+                match dst {
+                    Opnd::Reg(r) => self.write_reg(r, v),
+                    Opnd::Mem => {
+                        let seg = cpu::ops::mem_seg(insn);
+                        let o = self.ea(insn);
+                        let leave = self.store_at(seg, o, size, v, rip, None);
+                        self.after_store(leave, next);
+                    }
+                    Opnd::Imm(_) => {}
+                }
+            }
+            Form::Movx { dst, src, from, signed } => {
+                let v = self.read(src, insn, from, rip);
+                let v = if signed && from < 8 {
+                    let sh = i64::from(64 - from * 8);
+                    let t = self.b.ins().ishl_imm_s(v, sh);
+                    self.b.ins().sshr_imm_s(t, sh)
+                } else {
+                    v
+                };
+                let v = self.b.ins().band_imm_s(v, mask(dst.size) as i64);
+                self.write_reg(dst, v);
+            }
+            Form::Lea { dst } => {
+                let a = self.ea(insn);
+                let a = self.b.ins().band_imm_s(a, mask(dst.size) as i64);
+                self.write_reg(dst, a);
+            }
+            Form::Alu { op, dst, src, size } => {
+                let m = mask(size) as i64;
+                let bv = self.read(src, insn, size, rip);
+                let bv = self.b.ins().band_imm_s(bv, m);
+                let stores = !matches!(op, Alu::Cmp | Alu::Test);
+                let (a, haddr) = match dst {
+                    Opnd::Reg(r) => (self.read_reg(r), None),
+                    Opnd::Mem => {
+                        let (a, h) = self.load(insn, size, rip, stores);
+                        (a, Some(h))
+                    }
+                    Opnd::Imm(_) => unreachable!("classify refuses an immediate destination"),
+                };
+                let cin = if matches!(op, Alu::Adc | Alu::Sbb) { Some(self.cf()) } else { None };
+                let r = match op {
+                    Alu::Add => self.b.ins().iadd(a, bv),
+                    Alu::Adc => {
+                        let t = self.b.ins().iadd(a, bv);
+                        self.b.ins().iadd(t, cin.unwrap_or(a))
+                    }
+                    Alu::Sub | Alu::Cmp => self.b.ins().isub(a, bv),
+                    Alu::Sbb => {
+                        let t = self.b.ins().isub(a, bv);
+                        self.b.ins().isub(t, cin.unwrap_or(a))
+                    }
+                    Alu::And | Alu::Test => self.b.ins().band(a, bv),
+                    Alu::Or => self.b.ins().bor(a, bv),
+                    Alu::Xor => self.b.ins().bxor(a, bv),
+                };
+                let r = self.b.ins().band_imm_s(r, m);
+                if stores {
+                    match dst {
+                        Opnd::Reg(rg) => self.write_reg(rg, r),
+                        Opnd::Mem => {
+                            let seg = cpu::ops::mem_seg(insn);
+                            let o = self.ea(insn);
+                            let leave = self.store_at(seg, o, size, r, rip, haddr);
+                            self.alu_flags(op, size, r, a, bv, cin);
+                            self.after_store(leave, next);
+                            return false;
+                        }
+                        Opnd::Imm(_) => {}
+                    }
+                }
+                self.alu_flags(op, size, r, a, bv, cin);
+            }
+            Form::IncDec { inc, dst, size } => {
+                let (a, haddr) = match dst {
+                    Opnd::Reg(r) => (self.read_reg(r), None),
+                    _ => {
+                        let (a, h) = self.load(insn, size, rip, true);
+                        (a, Some(h))
+                    }
+                };
+                let r = if inc { self.b.ins().iadd_imm_s(a, 1) } else { self.b.ins().iadd_imm_s(a, -1) };
+                let r = self.b.ins().band_imm_s(r, mask(size) as i64);
+                let cf = self.cf();
+                let one = self.iconst(1);
+                let op = if inc { FlagOp::Inc } else { FlagOp::Dec };
+                match dst {
+                    Opnd::Reg(rg) => {
+                        self.write_reg(rg, r);
+                        self.set_lazy(op, size, r, a, one, Some(cf));
+                    }
+                    _ => {
+                        let seg = cpu::ops::mem_seg(insn);
+                        let o = self.ea(insn);
+                        let leave = self.store_at(seg, o, size, r, rip, haddr);
+                        self.set_lazy(op, size, r, a, one, Some(cf));
+                        self.after_store(leave, next);
+                    }
+                }
+            }
+            Form::Neg { dst, size } | Form::Not { dst, size } => {
+                let neg = matches!(f, Form::Neg { .. });
+                let (a, haddr) = match dst {
+                    Opnd::Reg(r) => (self.read_reg(r), None),
+                    _ => {
+                        let (a, h) = self.load(insn, size, rip, true);
+                        (a, Some(h))
+                    }
+                };
+                let r = if neg { self.b.ins().ineg(a) } else { self.b.ins().bnot(a) };
+                let r = self.b.ins().band_imm_s(r, mask(size) as i64);
+                let zero = self.iconst(0);
+                match dst {
+                    Opnd::Reg(rg) => {
+                        self.write_reg(rg, r);
+                        if neg {
+                            self.set_lazy(FlagOp::Sub, size, r, zero, a, None);
+                        }
+                    }
+                    _ => {
+                        let seg = cpu::ops::mem_seg(insn);
+                        let o = self.ea(insn);
+                        let leave = self.store_at(seg, o, size, r, rip, haddr);
+                        if neg {
+                            self.set_lazy(FlagOp::Sub, size, r, zero, a, None);
+                        }
+                        self.after_store(leave, next);
+                    }
+                }
+            }
+            Form::Shift { op, dst, count } => {
+                let size = dst.size;
+                let a = self.read_reg(dst);
+                if count == 0 {
+                    self.write_reg(dst, a);
+                    return false;
+                }
+                let m = mask(size) as i64;
+                let bits = i64::from(size * 8);
+                let c = i64::from(count);
+                let (r, cf, of) = match op {
+                    Shift::Shl => {
+                        let r = self.b.ins().ishl_imm_s(a, c);
+                        let r = self.b.ins().band_imm_s(r, m);
+                        let cf = self.b.ins().ushr_imm_s(a, bits - c);
+                        let cf = self.b.ins().band_imm_s(cf, 1);
+                        let msb = self.sign_bit(r, size);
+                        let of = self.b.ins().bxor(msb, cf);
+                        (r, cf, of)
+                    }
+                    Shift::Shr => {
+                        let r = self.b.ins().ushr_imm_s(a, c);
+                        let cf = self.b.ins().ushr_imm_s(a, c - 1);
+                        let cf = self.b.ins().band_imm_s(cf, 1);
+                        let of = self.sign_bit(a, size);
+                        (r, cf, of)
+                    }
+                    Shift::Sar => {
+                        let sh = 64 - bits;
+                        let sa = if sh > 0 {
+                            let t = self.b.ins().ishl_imm_s(a, sh);
+                            self.b.ins().sshr_imm_s(t, sh)
+                        } else {
+                            a
+                        };
+                        let r = self.b.ins().sshr_imm_s(sa, c);
+                        let r = self.b.ins().band_imm_s(r, m);
+                        let cf = self.b.ins().sshr_imm_s(sa, c - 1);
+                        let cf = self.b.ins().band_imm_s(cf, 1);
+                        (r, cf, self.iconst(0))
+                    }
+                };
+                self.write_reg(dst, r);
+                let ofb = self.b.ins().ishl_imm_s(of, 11);
+                let f = self.b.ins().bor(cf, ofb);
+                let szp = self.szp(r, size);
+                let f = self.b.ins().bor(f, szp);
+                self.set_eager(f);
+            }
+            Form::Imul { dst, src, imm } => {
+                let size = dst.size;
+                let y = self.read(src, insn, size, rip);
+                let x = match imm {
+                    Some(v) => self.iconst(v & mask(size)),
+                    None => self.read_reg(dst),
+                };
+                let (lo, ovf) = if size == 8 {
+                    let lo = self.b.ins().imul(x, y);
+                    let hi = self.b.ins().smulhi(x, y);
+                    let sign = self.b.ins().sshr_imm_s(lo, 63);
+                    (lo, self.b.ins().icmp(IntCC::NotEqual, hi, sign))
+                } else {
+                    let sx = |tx: &mut Self, v: Value| {
+                        let t = tx.b.ins().ishl_imm_s(v, 32);
+                        tx.b.ins().sshr_imm_s(t, 32)
+                    };
+                    let (xs, ys) = (sx(self, x), sx(self, y));
+                    let p = self.b.ins().imul(xs, ys);
+                    let lo = self.b.ins().band_imm_s(p, 0xffff_ffff);
+                    let back = sx(self, lo);
+                    (lo, self.b.ins().icmp(IntCC::NotEqual, back, p))
+                };
+                self.write_reg(dst, lo);
+                let ovf = self.b.ins().uextend(types::I64, ovf);
+                let cfo = self.b.ins().imul_imm_s(ovf, (flags::CF | flags::OF) as i64);
+                let szp = self.szp(lo, size);
+                let fv = self.b.ins().bor(cfo, szp);
+                self.set_eager(fv);
+            }
+            Form::Push { src, size } => {
+                let v = self.read(src, insn, size, rip);
+                let leave = self.push(v, size, rip);
+                self.after_store(leave, next);
+            }
+            Form::Pop { dst } => {
+                let (v, _) = self.stack_read(0, stack, rip);
+                self.sp_add(i64::from(stack));
+                self.write_reg(dst, v);
+            }
+            Form::Leave => {
+                // RSP = RBP, then POP RBP; a fault leaves RSP as it was.
+                let bp = self.gpr64(5);
+                let (v, _) = self.stack_read_from(bp, 0, stack, rip);
+                let sp = self.gpr64(4);
+                let above = self.b.ins().iadd_imm_s(bp, i64::from(stack));
+                let newsp = self.sp_merge(sp, above, i64::from(stack));
+                self.set_gpr64(4, newsp);
+                let r = reg(if stack == 8 { Register::RBP } else { Register::EBP }).expect("a GPR");
+                self.write_reg(r, v);
+            }
+            Form::CallRel { target } => {
+                let ret = self.iconst(next);
+                let leave = self.push(ret, stack, rip);
+                self.after_store(leave, target);
+                self.pending += 1;
+                self.goto(target, rip);
+                return true;
+            }
+            Form::CallInd { src } => {
+                let t = self.read(src, insn, stack, rip);
+                self.check_target(t, rip);
+                let ret = self.iconst(next);
+                let leave = self.push(ret, stack, rip);
+                self.after_store_value(leave, t);
+                self.exit_to_value(t, 1);
+                return true;
+            }
+            Form::Ret { pop } => {
+                let (t, _) = self.stack_read(0, stack, rip);
+                self.check_target(t, rip);
+                self.sp_add(i64::from(stack) + pop as i64);
+                self.exit_to_value(t, 1);
+                return true;
+            }
+            Form::JmpRel { target } => {
+                self.pending += 1;
+                self.goto(target, rip);
+                return true;
+            }
+            Form::JmpInd { src } => {
+                let t = self.read(src, insn, stack, rip);
+                self.check_target(t, rip);
+                self.exit_to_value(t, 1);
+                return true;
+            }
+            Form::Jcc { cc, target } => {
+                let c = self.condition(cc);
+                self.pending += 1;
+                self.flush_count();
+                let taken = self.b.create_block();
+                let not = self.b.create_block();
+                self.b.ins().brif(c, taken, &[], not, &[]);
+                self.enter_block(taken);
+                self.goto(target, rip);
+                self.enter_block(not);
+                self.goto(next, rip);
+                return true;
+            }
+            Form::Setcc { cc, dst } => {
+                let c = self.condition(cc);
+                let v = self.b.ins().uextend(types::I64, c);
+                let v = self.b.ins().band_imm_s(v, 1);
+                match dst {
+                    Opnd::Reg(r) => self.write_reg(r, v),
+                    _ => {
+                        let seg = cpu::ops::mem_seg(insn);
+                        let o = self.ea(insn);
+                        let leave = self.store_at(seg, o, 1, v, rip, None);
+                        self.after_store(leave, next);
+                    }
+                }
+            }
+            Form::Cmov { cc, dst, src } => {
+                let v = self.read(src, insn, dst.size, rip);
+                let c = self.condition(cc);
+                let cur = self.read_reg(dst);
+                let out = self.b.ins().select(c, v, cur);
+                // A 32-bit CMOV zero-extends even when not taken; a 16-bit
+                // one merges (write_reg does both).
+                self.write_reg(dst, out);
+            }
+            Form::WidenAcc { from } => {
+                let a = self.gpr64(0);
+                let sh = i64::from(64 - from * 8);
+                let t = self.b.ins().ishl_imm_s(a, sh);
+                let v = self.b.ins().sshr_imm_s(t, sh);
+                let r = reg(if from == 2 { Register::EAX } else { Register::RAX }).expect("a GPR");
+                self.write_reg(r, v);
+            }
+            Form::SignAcc { size } => {
+                let a = self.gpr64(0);
+                let sh = i64::from(64 - size * 8);
+                let t = self.b.ins().ishl_imm_s(a, sh);
+                let v = self.b.ins().sshr_imm_s(t, 63);
+                let r = reg(if size == 4 { Register::EDX } else { Register::RDX }).expect("a GPR");
+                self.write_reg(r, v);
+            }
+        }
+        false
+    }
+
+    fn alu_flags(&mut self, op: Alu, size: u32, r: Value, a: Value, bv: Value, cin: Option<Value>) {
+        match op {
+            Alu::Add => self.set_lazy(FlagOp::Add, size, r, a, bv, None),
+            Alu::Sub | Alu::Cmp => self.set_lazy(FlagOp::Sub, size, r, a, bv, None),
+            Alu::Adc => self.set_lazy(FlagOp::Adc, size, r, a, bv, cin),
+            Alu::Sbb => self.set_lazy(FlagOp::Sbb, size, r, a, bv, cin),
+            Alu::And | Alu::Or | Alu::Xor | Alu::Test => self.set_lazy(FlagOp::Logic, size, r, a, bv, None),
+        }
+    }
+
+    /// The stack-pointer mask: 64-bit code uses RSP; 32-bit code (SS.B set,
+    /// as the flat check requires) uses ESP.
+    fn sp_merge(&mut self, old: Value, new_low: Value, _size: i64) -> Value {
+        if self.bits == 64 {
+            new_low
+        } else {
+            let hi = self.b.ins().band_imm_s(old, !0xffff_ffffi64);
+            let lo = self.b.ins().band_imm_s(new_low, 0xffff_ffff);
+            self.b.ins().bor(hi, lo)
+        }
+    }
+
+    fn sp_add(&mut self, n: i64) {
+        let sp = self.gpr64(4);
+        let new = self.b.ins().iadd_imm_s(sp, n);
+        let v = self.sp_merge(sp, new, n);
+        self.set_gpr64(4, v);
+    }
+
+    /// Read `size` bytes at SS:RSP+depth.
+    fn stack_read(&mut self, depth: i64, size: u32, rip: u64) -> (Value, Value) {
+        let sp = self.gpr64(4);
+        self.stack_read_from(sp, depth, size, rip)
+    }
+
+    fn stack_read_from(&mut self, sp: Value, depth: i64, size: u32, rip: u64) -> (Value, Value) {
+        let a = self.b.ins().iadd_imm_s(sp, depth);
+        let a = if self.bits == 64 { a } else { self.b.ins().band_imm_s(a, 0xffff_ffff) };
+        self.load_at(sreg::SS, a, size, rip, false)
+    }
+
+    /// PUSH: store at SS:RSP-size, then move RSP (a fault leaves RSP).
+    fn push(&mut self, v: Value, size: u32, rip: u64) -> Value {
+        let sp = self.gpr64(4);
+        let new = self.b.ins().iadd_imm_s(sp, -i64::from(size));
+        let a = if self.bits == 64 { new } else { self.b.ins().band_imm_s(new, 0xffff_ffff) };
+        let leave = self.store_at(sreg::SS, a, size, v, rip, None);
+        let nsp = self.sp_merge(sp, new, -i64::from(size));
+        self.set_gpr64(4, nsp);
+        leave
+    }
+
+    /// A branch target that is not canonical: the interpreter runs the
+    /// instruction (it raises #GP with the state before it).
+    fn check_target(&mut self, t: Value, rip: u64) {
+        if self.bits != 64 {
+            return;
+        }
+        let s = self.b.ins().ishl_imm_s(t, 16);
+        let s = self.b.ins().sshr_imm_s(s, 16);
+        let ok = self.b.ins().icmp(IntCC::Equal, s, t);
+        let good = self.b.create_block();
+        let bad = self.b.create_block();
+        self.b.ins().brif(ok, good, &[], bad, &[]);
+        self.enter_block(bad);
+        let st = self.b.ins().iconst(types::I32, i64::from(exit::STEP));
+        self.b.ins().store(mem_flags(), st, self.ctx, off::EXIT);
+        self.exit_to(rip, 0);
+        self.enter_block(good);
+    }
+
+    /// [`Tx::after_store`] for a branch with a computed target.
+    fn after_store_value(&mut self, leave: Value, target: Value) {
+        let out = self.b.create_block();
+        let cont = self.b.create_block();
+        self.b.ins().brif(leave, out, &[], cont, &[]);
+        self.enter_block(out);
+        self.exit_to_value(target, 1);
+        self.enter_block(cont);
+    }
+
+    #[allow(dead_code)]
+    fn ptr_type(&self) -> Type {
+        self.ptr
+    }
+}
+
+fn int_type(size: u32) -> Type {
+    match size {
+        1 => types::I8,
+        2 => types::I16,
+        4 => types::I32,
+        _ => types::I64,
+    }
+}

@@ -1,0 +1,106 @@
+//! The JIT as an engine (`--accel jit`): the interpreter runs cold code
+//! and counts it, and hot regions run as Cranelift-compiled code
+//! ([`jit::Jit`]). Both work on one `cpu::Cpu`, so the state, the soft
+//! TLB and the decoded-block cache are shared, and every device access
+//! goes through the machine's one I/O interface.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cpu::{Cpu, CpuState};
+use mmu::GuestMemory;
+
+use super::interp::{exit_of, interp_line};
+use super::{Engine, EngineStats, Exit, Kicker, MachineIo, Slice};
+use crate::error::Error;
+
+/// The guest CPU under the JIT.
+pub struct JitEngine {
+    cpu: Cpu,
+    jit: jit::Jit,
+}
+
+/// The JIT's settings: the defaults, or the environment's
+/// `FERROVM_JIT_THRESHOLD` (runs of a block before it is compiled),
+/// `FERROVM_JIT_OPT` (`none`, `speed`) and `FERROVM_JIT_REGALLOC`
+/// (`backtracking`, `single_pass`), for measurements.
+pub fn config_from_env() -> Result<jit::Config, Error> {
+    let mut c = jit::Config::default();
+    if let Ok(v) = std::env::var("FERROVM_JIT_THRESHOLD") {
+        c.threshold = v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| Error::Config(format!("FERROVM_JIT_THRESHOLD={v}: expected a positive count")))?;
+    }
+    if let Ok(v) = std::env::var("FERROVM_JIT_OPT") {
+        if !matches!(v.as_str(), "none" | "speed" | "speed_and_size") {
+            return Err(Error::Config(format!("FERROVM_JIT_OPT={v}: expected none, speed or speed_and_size")));
+        }
+        c.settings.opt_level = v;
+    }
+    if let Ok(v) = std::env::var("FERROVM_JIT_REGALLOC") {
+        if !matches!(v.as_str(), "backtracking" | "single_pass") {
+            return Err(Error::Config(format!("FERROVM_JIT_REGALLOC={v}: expected backtracking or single_pass")));
+        }
+        c.settings.regalloc = v;
+    }
+    Ok(c)
+}
+
+impl JitEngine {
+    pub fn new(mem: Arc<GuestMemory>, io: MachineIo, boot: &CpuState, config: jit::Config) -> Result<Self, Error> {
+        let mut cpu = Cpu::new(mem, Box::new(io));
+        cpu.set_state(*boot);
+        let jit = jit::Jit::new(&mut cpu, config).map_err(|e| Error::Accel(format!("the JIT cannot start: {e}")))?;
+        Ok(JitEngine { cpu, jit })
+    }
+}
+
+impl Engine for JitEngine {
+    fn name(&self) -> &'static str {
+        "jit"
+    }
+
+    fn run(&mut self, slice: &Slice) -> Result<Exit, Error> {
+        Ok(exit_of(self.jit.run(&mut self.cpu, slice.instructions)))
+    }
+
+    fn kicker(&self) -> Option<Kicker> {
+        // Like the interpreter: compiled code leaves at back edges when its
+        // slice is used up, and I/O goes through the interpreter's checks.
+        None
+    }
+
+    fn kicks_for_interrupts(&self) -> bool {
+        false
+    }
+
+    fn reset(&mut self, state: &CpuState) -> Result<(), Error> {
+        self.cpu.set_state(*state);
+        // Tells the JIT too (an invalidation of everything).
+        self.cpu.flush_code_cache();
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<CpuState, Error> {
+        Ok(self.cpu.state)
+    }
+
+    fn set_state(&mut self, state: &CpuState) -> Result<(), Error> {
+        self.cpu.set_state(*state);
+        Ok(())
+    }
+
+    fn inject_nmi(&mut self) -> Result<(), Error> {
+        self.cpu.inject_nmi();
+        Ok(())
+    }
+
+    fn stats(&mut self, total: Duration) -> EngineStats {
+        let instructions = self.jit.instructions(&self.cpu);
+        let mut lines = vec![interp_line(&self.cpu)];
+        lines.extend(self.jit.report(total, instructions));
+        EngineStats { instructions: Some(instructions), lines }
+    }
+}
