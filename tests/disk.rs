@@ -690,3 +690,14 @@ fn unflushed_qcow2_writes_are_written_back_at_exit() {
         assert!(data[i * 512..(i + 1) * 512].iter().all(|&b| b == want), "sector {i}");
     }
 }
+
+#[test]
+fn virtio_blk_driver_writes_through_the_register_under_the_jit() {
+    let err = run_virtio_blk("jit", &["--accel", "jit"]);
+    assert!(!err.contains("by ioeventfd"), "{err}");
+}
+
+#[test]
+fn acknowledged_writes_survive_sigkill_under_the_jit() {
+    killed_while_writing("jit");
+}
