@@ -701,3 +701,8 @@ fn virtio_blk_driver_writes_through_the_register_under_the_jit() {
 fn acknowledged_writes_survive_sigkill_under_the_jit() {
     killed_while_writing("jit");
 }
+
+#[test]
+fn guest_writes_raw_and_qcow2_overlay_under_the_jit() {
+    guest_writes_disks("jit");
+}
