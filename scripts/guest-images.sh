@@ -5,10 +5,10 @@
 #   vmlinuz-generic       Debian's stock generic kernel (linux-image-*-amd64)
 #   modules-generic/      the generic kernel's /lib/modules/<version> tree
 #   initramfs.cpio.gz     a busybox initramfs (cpio newc, gzip)
-#   initramfs-net.cpio.gz the same, plus the generic kernel's NIC modules in
-#                         /lib/modules (virtio_ring, virtio, virtio_pci_legacy_dev,
+#   initramfs-net.cpio.gz the same, plus the generic kernel's NIC and disk modules
+#                         in /lib/modules (virtio_ring, virtio, virtio_pci_legacy_dev,
 #                         virtio_pci_modern_dev, virtio_pci, failover, net_failover,
-#                         virtio_net, e1000): initramfs.cpio.gz with a second
+#                         virtio_net, e1000, virtio_blk): initramfs.cpio.gz with a second
 #                         gzip'd cpio archive appended, which Linux unpacks too
 #   vmlinuz-686           Debian's stock 32-bit kernel  (linux-image-*-686, i386),
 #                         booted through the 32-bit boot protocol
@@ -169,8 +169,8 @@ sync
 poweroff -f
 INIT
 
-# The NIC modules of the generic kernel, in the order insmod must load them.
-net_modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net e1000"
+# The NIC and disk modules of the generic kernel, in the order insmod must load them.
+net_modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net e1000 virtio_blk"
 
 # initramfs-net.cpio.gz: initramfs.cpio.gz followed by a gzip'd cpio of
 # /lib/modules/<name>.ko (decompressed: busybox insmod may not read .ko.xz).

@@ -12,6 +12,8 @@ log() { printf '==> %s\n' "$*"; }
 need_pkgs=()
 command -v cc >/dev/null || need_pkgs+=(gcc)
 command -v cpio >/dev/null || need_pkgs+=(cpio)
+# qemu-img makes and checks the disk tests' images.
+command -v qemu-img >/dev/null || need_pkgs+=(qemu-utils)
 if ((${#need_pkgs[@]})); then
     if [ "$(id -u)" = 0 ]; then
         log "installing Debian packages: ${need_pkgs[*]}"

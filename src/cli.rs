@@ -131,8 +131,17 @@ pub struct RunArgs {
     pub bios: Option<PathBuf>,
     // The help text is an attribute, not a doc comment: its brackets are
     // option syntax, which rustdoc would read as links.
-    #[arg(long, value_name = "SPEC", help = "A disk: PATH[,format=raw|qcow2][,readonly=on]. May be repeated")]
+    #[arg(
+        long,
+        value_name = "SPEC",
+        help = "A virtio-blk disk: PATH[,format=raw|qcow2][,readonly=on][,if=virtio]. May be repeated \
+                (PCI slots after the NICs). Without format=, a qcow2 header is detected, else raw"
+    )]
     pub disk: Vec<String>,
+    /// Disks take writes in temporary overlays that vanish at exit; the
+    /// images themselves are only read.
+    #[arg(long)]
+    pub snapshot: bool,
     #[arg(
         long,
         value_name = "SPEC",

@@ -29,6 +29,4 @@ pub enum Error {
     Accel(String),
     #[error("cannot start the {what} thread: {source}")]
     Thread { what: &'static str, source: std::io::Error },
-    #[error("{option} is not available yet in this build of ferrovm")]
-    NotBuilt { option: &'static str },
 }

@@ -197,7 +197,17 @@ impl Machine {
     }
 
     /// A machine with the network cards of `nics` (`--nic`) in PCI slots 3, 4, ...
-    pub fn with_nics(mut config: MachineConfig, nics: &[net::NicSpec]) -> Result<Self, Error> {
+    pub fn with_nics(config: MachineConfig, nics: &[net::NicSpec]) -> Result<Self, Error> {
+        Self::with_devices(config, nics, Vec::new())
+    }
+
+    /// A machine with the network cards of `nics` (`--nic`) in PCI slots 3,
+    /// 4, ..., and the virtio-blk disks of `disks` (image, label) after them.
+    pub fn with_devices(
+        mut config: MachineConfig,
+        nics: &[net::NicSpec],
+        disks: Vec<(Box<dyn devices::block::BlockBackend>, String)>,
+    ) -> Result<Self, Error> {
         let mut mem = GuestMemory::new(config.mem)?;
         match &config.firmware {
             Firmware::Builtin => {
@@ -252,7 +262,7 @@ impl Machine {
         pio.insert(shared, u64::from(COM1_PORT), SERIAL_PORT_LEN)?;
         let exit: SharedDevice = Arc::new(Mutex::new(DebugExit::new(events.clone())));
         pio.insert(exit, u64::from(DEBUG_EXIT_PORT), DEBUG_EXIT_PORT_LEN)?;
-        let nics = crate::nic::install(nics, &chipset, &mem, &mut pio, &mut mmio)?;
+        let nics = crate::nic::install(nics, disks, &chipset, &mem, &mut pio, &mut mmio)?;
         Ok(Machine {
             mem,
             pio: Arc::new(pio),

@@ -45,6 +45,24 @@ fn read_file(path: &std::path::Path) -> Result<Vec<u8>, Error> {
     std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })
 }
 
+/// Opens the images of `--disk` (with their backing chains, locked).
+type Disks = Vec<(Box<dyn devices::block::BlockBackend>, String)>;
+
+fn open_disks(specs: &[String], snapshot: bool) -> Result<Disks, Error> {
+    if snapshot && specs.is_empty() {
+        tracing::warn!(target: "devices", "--snapshot without --disk does nothing");
+    }
+    specs
+        .iter()
+        .map(|s| {
+            let spec: devices::block::DiskSpec = s.parse().map_err(|e| Error::Config(format!("--disk {s}: {e}")))?;
+            let image = devices::block::open(&spec, snapshot).map_err(|e| Error::Config(format!("--disk {s}: {e}")))?;
+            let label = image.label().to_string();
+            Ok((Box::new(image) as Box<dyn devices::block::BlockBackend>, label))
+        })
+        .collect()
+}
+
 fn run(args: RunArgs) -> Result<i32, Error> {
     // Inputs that name files are checked first, so a typo is reported as such.
     for p in [&args.kernel, &args.initrd, &args.bios].into_iter().flatten() {
@@ -70,9 +88,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     if args.kernel.is_some() && args.bios.is_some() {
         return Err(Error::Config("--kernel and --bios cannot be combined".into()));
     }
-    if !args.disk.is_empty() {
-        return Err(Error::NotBuilt { option: "--disk" });
-    }
+    let disks = open_disks(&args.disk, args.snapshot)?;
     let nics = args
         .nic
         .iter()
@@ -103,7 +119,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         kvm_split: args.kvm_split.mode(),
         kvm_pit: args.kvm_pit.pit(),
     };
-    let machine = Machine::with_nics(config, &nics)?;
+    let machine = Machine::with_devices(config, &nics, disks)?;
     if let Some(note) = &machine.boot_note {
         tracing::info!(target: "firmware", "{note}");
         if args.stats {

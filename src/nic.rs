@@ -1,7 +1,9 @@
-//! The machine's network cards: each `--nic` option becomes a backend
-//! (`net::open`) behind an e1000 or virtio-net PCI function in slots 3, 4,
-//! ..., whose BARs are mapped wherever the guest programs them, and one I/O
-//! thread that polls the backends.
+//! The machine's PCI functions with host-side I/O: each `--nic` option
+//! becomes a backend (`net::open`) behind an e1000 or virtio-net PCI
+//! function in slots 3, 4, ..., and each `--disk` a virtio-blk function in
+//! the slots after them. Their BARs are mapped wherever the guest programs
+//! them, and one I/O thread, shared by NICs and disks, polls the backends
+//! and serves the disk requests.
 //!
 //! BAR mapping. The machine's buses are fixed once it runs, so two windows
 //! are registered on them up front: the PCI I/O ports 0x1000-0xFFFF and the
@@ -39,6 +41,7 @@ use devices::pci::msix::MAX_VECTORS;
 use devices::pci::{BarChange, PciAddress, PciBarKind, PciInterruptPin, SharedPciDevice};
 use devices::virtio::pci::Doorbell as BellSpec;
 use devices::virtio::VirtioPci;
+use devices::virtio_blk::{VirtioBlk, VirtioBlkPci};
 use devices::virtio_net::{VirtioNet, VirtioNetPci};
 use mmu::GuestMemory;
 use parking_lot::Mutex;
@@ -290,10 +293,11 @@ impl BarWindows {
     }
 }
 
-/// One NIC, for statistics.
+/// One NIC or disk, for statistics.
 enum NicHandle {
     E1000(Arc<Mutex<E1000>>),
     Virtio(Arc<Mutex<VirtioNetPci>>),
+    Disk(Arc<Mutex<VirtioBlkPci>>),
 }
 
 /// Doorbells handed to a hypervisor ([`Nics::attach_doorbells`]); dropping
@@ -315,7 +319,8 @@ impl Drop for AttachedDoorbells<'_> {
     }
 }
 
-/// The machine's NICs and their I/O thread (which stops when this is dropped).
+/// The machine's NICs and disks and their I/O thread (which stops when
+/// this is dropped).
 pub struct Nics {
     nics: Vec<(PciAddress, String, NicHandle)>,
     doorbells: Arc<Mutex<Doorbells>>,
@@ -343,6 +348,17 @@ impl Nics {
                         let d = d.lock();
                         (d.device().stats(), d.doorbell_rings())
                     }
+                    NicHandle::Disk(d) => {
+                        let d = d.lock();
+                        let s = d.device().stats();
+                        let rings = d.doorbell_rings();
+                        let rings = if rings > 0 { format!("; {rings} queue notifications by ioeventfd") } else { String::new() };
+                        return format!(
+                            "disk {addr} {what}: {} reads {} bytes, {} writes {} bytes, {} flushes, {} discards, \
+                             {} write-zeroes, {} errors{rings}",
+                            s.reads, s.read_bytes, s.writes, s.write_bytes, s.flushes, s.discards, s.write_zeroes, s.errors
+                        );
+                    }
                 };
                 let merged = if s.rx_gso_packets > 0 {
                     format!("; {} frames merged into {} GSO packets", s.rx_merged, s.rx_gso_packets)
@@ -359,15 +375,43 @@ impl Nics {
     }
 }
 
-/// Builds the NICs `specs` describe and plugs them into `chipset`'s PCI bus.
+/// One eventfd per queue of a virtio function, for both of its
+/// notification writes (registered with the windows, to follow the BARs).
+fn virtio_doorbells(
+    specs: Vec<BellSpec>,
+    nic: SharedNic,
+    address: PciAddress,
+    windows: &BarWindows,
+    bells: &mut Vec<Doorbell>,
+) -> Result<(), String> {
+    let mut per_queue: HashMap<u16, Doorbell> = HashMap::new();
+    for spec in specs {
+        let bell = match per_queue.get(&spec.queue) {
+            Some(b) => b.clone(),
+            None => {
+                let b = Doorbell::new(nic.clone(), spec.queue)
+                    .map_err(|e| format!("cannot make a doorbell eventfd: {e}"))?;
+                bells.push(b.clone());
+                per_queue.insert(spec.queue, b.clone());
+                b
+            }
+        };
+        windows.doorbells.lock().spots.push(BellSpot { address, spec, bell, at: None });
+    }
+    Ok(())
+}
+
+/// Builds the NICs `specs` describe and the virtio-blk functions of
+/// `disks` (image, label), and plugs them into `chipset`'s PCI bus.
 pub fn install(
     specs: &[net::NicSpec],
+    disks: Vec<(Box<dyn devices::block::BlockBackend>, String)>,
     chipset: &PcChipset,
     mem: &Arc<GuestMemory>,
     pio: &mut Bus,
     mmio: &mut Bus,
 ) -> Result<Option<Nics>, Error> {
-    if specs.is_empty() {
+    if specs.is_empty() && disks.is_empty() {
         return Ok(None);
     }
     let windows = BarWindows::install(chipset, pio, mmio)?;
@@ -408,22 +452,8 @@ pub fn install(
                 let vectors = spec.vectors.unwrap_or_else(|| pci.default_vectors());
                 let dev = Arc::new(Mutex::new(pci.with_msix(msi, vectors)));
                 polled.push((dev.clone(), fd));
-                // One eventfd per queue, for both of its notification writes.
                 let specs = dev.lock().doorbells();
-                let mut per_queue: HashMap<u16, Doorbell> = HashMap::new();
-                for spec in specs {
-                    let bell = match per_queue.get(&spec.queue) {
-                        Some(b) => b.clone(),
-                        None => {
-                            let b = Doorbell::new(dev.clone(), spec.queue)
-                                .map_err(|e| what(format!("cannot make a doorbell eventfd: {e}")))?;
-                            bells.push(b.clone());
-                            per_queue.insert(spec.queue, b.clone());
-                            b
-                        }
-                    };
-                    windows.doorbells.lock().spots.push(BellSpot { address, spec, bell, at: None });
-                }
+                virtio_doorbells(specs, dev.clone(), address, &windows, &mut bells).map_err(what)?;
                 (dev.clone(), VirtioNetPci::bar_devices(&dev), NicHandle::Virtio(dev), "virtio-net")
             }
         };
@@ -437,7 +467,33 @@ pub fn install(
         tracing::info!(target: "devices", "PCI {address}: {label}, MAC {mac_s}");
         nics.push((address, format!("{label} {mac_s}"), handle));
     }
-    io.start(polled, bells).map_err(|e| Error::Config(format!("cannot start the NIC I/O thread: {e}")))?;
+    for (i, (disk, label)) in disks.into_iter().enumerate() {
+        let what = |e: String| Error::Config(format!("--disk #{}: {e}", i + 1));
+        let slot = u8::try_from(specs.len() + i).ok().and_then(|i| FIRST_NIC_SLOT.checked_add(i)).filter(|&s| s < 32);
+        let Some(address) = slot.and_then(|s| PciAddress::new(s, 0)) else {
+            return Err(what(format!("too many PCI functions: slots {FIRST_NIC_SLOT}-31 are all taken")));
+        };
+        let irq = chipset.pci_intx_line(address.device, PciInterruptPin::IntA);
+        let blk = VirtioBlk::new(disk, &format!("ferrovm-disk{i}"), io.kick());
+        let msi: Arc<dyn MsiSink> = chipset.intc.clone();
+        let pci = VirtioPci::new(blk, Arc::clone(mem), irq);
+        let vectors = pci.default_vectors();
+        let dev = Arc::new(Mutex::new(pci.with_msix(msi, vectors)));
+        polled.push((dev.clone(), None));
+        let bell_specs = dev.lock().doorbells();
+        virtio_doorbells(bell_specs, dev.clone(), address, &windows, &mut bells).map_err(what)?;
+        let bars = VirtioBlkPci::bar_devices(&dev);
+        let pci: SharedPciDevice = dev.clone();
+        let kinds: Vec<(usize, PciBarKind, SharedDevice)> = {
+            let d = pci.lock();
+            bars.into_iter().filter_map(|(bar, b)| Some((bar, d.config().bar(bar)?.kind, b))).collect()
+        };
+        chipset.add_pci_device(address, pci).map_err(|e| what(e.to_string()))?;
+        windows.register(address, &kinds);
+        tracing::info!(target: "devices", "PCI {address}: virtio-blk, {label}");
+        nics.push((address, format!("virtio-blk {label}"), NicHandle::Disk(dev)));
+    }
+    io.start(polled, bells).map_err(|e| Error::Config(format!("cannot start the I/O thread: {e}")))?;
     Ok(Some(Nics { nics, doorbells: windows.doorbells, _io: io }))
 }
 

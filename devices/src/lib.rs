@@ -8,11 +8,14 @@
 
 mod access;
 pub mod acpi_pm;
+pub mod block;
 pub mod bus;
 pub mod clock;
 pub mod console;
 pub mod debug_exit;
+pub mod debugcon;
 pub mod e1000;
+pub mod fw_cfg;
 pub mod hpet;
 pub mod i8042;
 pub mod intc;
@@ -33,6 +36,7 @@ pub mod power;
 pub mod rtc;
 pub mod serial;
 pub mod virtio;
+pub mod virtio_blk;
 pub mod virtio_net;
 
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};

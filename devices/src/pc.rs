@@ -9,6 +9,7 @@
 //! i8042                   0x60, 0x64                          IRQ1 (IRQ12 unused)
 //! MC146818 RTC/CMOS       0x70-0x71                           IRQ8
 //! POST code               0x80                                -
+//! debug console           0x402 (firmware log, --trace firmware) -
 //! port 0x92 (fast A20)    0x92                                -
 //! ACPI PM1a EVT/CNT, TMR  0x600-0x60B                         SCI, IRQ9 (level)
 //! PCI config, reset reg.  0xCF8-0xCFF (0xCF9 reset control)   -
@@ -30,6 +31,7 @@ use parking_lot::Mutex;
 use crate::acpi_pm::{AcpiPm, AcpiPmState, ResetControl, ResetControlState, ACPI_PM_BASE, ACPI_PM_LEN, SCI_IRQ};
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::clock::{SharedClock, Timers, Tsc};
+use crate::debugcon::{DebugCon, DEBUGCON_PORT, DEBUGCON_PORT_LEN};
 use crate::hpet::{Hpet, HpetState, HPET_BASE, HPET_MMIO_LEN};
 use crate::i8042::{I8042State, AUX_IRQ, I8042, KEYBOARD_IRQ};
 use crate::intc::InterruptController;
@@ -168,6 +170,8 @@ impl PcChipset {
         mappings.extend(PciRoot::bus_mappings(&pci_shared));
         mappings.push(BusMapping::pio(u64::from(RTC_PORT), RTC_PORT_LEN, rtc.clone()));
         mappings.push(BusMapping::pio(u64::from(POST_CODE_PORT), POST_CODE_PORT_LEN, post_code.clone()));
+        let debugcon: SharedDevice = Arc::new(Mutex::new(DebugCon::new()));
+        mappings.push(BusMapping::pio(u64::from(DEBUGCON_PORT), DEBUGCON_PORT_LEN, debugcon));
         mappings.push(BusMapping::pio(u64::from(PORT92), PORT92_LEN, port92.clone()));
         mappings.push(BusMapping::pio(u64::from(ACPI_PM_BASE), ACPI_PM_LEN, acpi_pm.clone()));
         mappings.push(BusMapping::mmio(HPET_BASE, HPET_MMIO_LEN, hpet.clone()));

@@ -1,5 +1,7 @@
-//! The host side of the NICs: one thread that waits for backend readiness,
-//! guest kicks and timers, and polls the NIC models.
+//! The host side of the NICs and disks: one thread that waits for backend
+//! readiness, guest kicks and timers, and polls the device models (NIC
+//! models, and virtio-blk, which serves its requests here; the trait keeps
+//! its first user's name, [`NicPoll`]).
 //!
 //! The thread sleeps in `ppoll(2)` on:
 //! - each backend's wake fd (a duplicate, so the model keeps its backend),
@@ -82,6 +84,12 @@ impl IoKick {
         Self { inner: None }
     }
 
+    /// Whether an I/O thread listens (devices that defer work to it run
+    /// the work at once without one).
+    pub fn is_connected(&self) -> bool {
+        self.inner.is_some()
+    }
+
     /// Asks the I/O thread to poll the models soon.
     pub fn kick(&self) {
         let Some(inner) = &self.inner else { return };
@@ -136,7 +144,7 @@ impl NetIoThread {
         };
         let inner = Arc::clone(&self.inner);
         let handle =
-            std::thread::Builder::new().name("nic-io".into()).spawn(move || run(inner, rx, nics, doorbells))?;
+            std::thread::Builder::new().name("pci-io".into()).spawn(move || run(inner, rx, nics, doorbells))?;
         self.handle = Some(handle);
         Ok(())
     }
@@ -177,7 +185,7 @@ fn run(inner: Arc<KickInner>, mut rx: UnixStream, nics: Vec<(SharedNic, Option<O
             match ppoll(&mut fds, timeout, None) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
-                    tracing::error!(target: "net", "NIC I/O thread: ppoll failed: {e}; networking stops");
+                    tracing::error!(target: "net", "device I/O thread: ppoll failed: {e}; NICs and disks stop");
                     return;
                 }
             }

@@ -75,6 +75,9 @@ pub enum QueueError {
     /// Guest memory refused an access to the rings themselves.
     #[error("the ring at {0:#x} cannot be accessed")]
     RingAccess(u64),
+    /// A request chain has no device-writable byte for its status.
+    #[error("a request has no writable buffer for its status")]
+    NoStatus,
 }
 
 /// One buffer of a chain.

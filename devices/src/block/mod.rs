@@ -1,0 +1,475 @@
+//! Disk images behind the block devices: raw files and qcow2 (versions 2
+//! and 3), with chains of backing files.
+//!
+//! The formats themselves come from the `imago` crate (in its `sync`
+//! mode, without an async runtime): qcow2 reads and writes, backing files
+//! of either format, zero clusters, compressed clusters (read; a write
+//! copies the cluster out), discard and refcounts that `qemu-img check`
+//! finds clean. What ferrovm adds around it:
+//! - [`header`]: a check of the qcow2 header and its tables before imago
+//!   sees the file. A hostile header (tables outside the file, a refcount
+//!   table that covers nothing) could otherwise make imago's allocator
+//!   recurse until the stack overflows.
+//! - [`ChainGate`]: every file of a chain is opened here. Each is checked,
+//!   locked ([`lock`]) and kept for `fdatasync`; a chain that loops or is
+//!   deeper than [`MAX_CHAIN_DEPTH`] is refused.
+//! - [`open`]: the format from `format=`, or detected (a qcow2 header,
+//!   else raw with a one-line warning, as QEMU does), read-only images,
+//!   and `--snapshot` overlays that vanish with the process.
+
+pub mod header;
+pub mod lock;
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use imago::file::File as ImagoFile;
+use imago::format::gate::ImplicitOpenGate;
+use imago::qcow2::Qcow2;
+use imago::raw::Raw;
+use imago::{FormatAccess, FormatCreateBuilder, FormatDriverBuilder, StorageOpenOptions};
+
+/// The deepest chain of backing files accepted (QEMU has no fixed limit;
+/// real chains are a handful deep, and a loop is caught before this).
+pub const MAX_CHAIN_DEPTH: usize = 32;
+
+/// Sector size of the block layer.
+pub const SECTOR_SIZE: u64 = 512;
+
+/// Image formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    Raw,
+    Qcow2,
+}
+
+impl std::str::FromStr for ImageFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "raw" => Ok(ImageFormat::Raw),
+            "qcow2" => Ok(ImageFormat::Qcow2),
+            other => Err(format!("format '{other}' is unknown; use format=raw or format=qcow2")),
+        }
+    }
+}
+
+impl std::fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+        })
+    }
+}
+
+/// What a block device sees of its disk.
+pub trait BlockBackend: Send {
+    /// The disk size in bytes.
+    fn size(&self) -> u64;
+    /// Whether writes are refused.
+    fn read_only(&self) -> bool;
+    /// Reads `buf.len()` bytes at `offset` (inside [`BlockBackend::size`]).
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes `buf` at `offset`.
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes `len` bytes at `offset` read as zeroes; `unmap` lets the
+    /// image free the space.
+    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
+    /// The guest no longer needs `len` bytes at `offset`: they may read as
+    /// anything afterwards (here: zeroes or the backing file's data).
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()>;
+    /// Writes the image's cached metadata and `fdatasync`s every file of
+    /// the chain.
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// A disk to open: `--disk PATH[,format=raw|qcow2][,readonly=on][,if=virtio]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    pub format: Option<ImageFormat>,
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for DiskSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(',');
+        let path = parts.next().unwrap_or_default();
+        let path = path.strip_prefix("file=").unwrap_or(path);
+        if path.is_empty() {
+            return Err("the image path is missing (PATH[,format=raw|qcow2][,readonly=on][,if=virtio])".into());
+        }
+        let mut spec = DiskSpec { path: PathBuf::from(path), format: None, read_only: false };
+        for opt in parts {
+            let (key, value) = opt.split_once('=').ok_or_else(|| format!("'{opt}' is not KEY=VALUE"))?;
+            match key {
+                "format" => spec.format = Some(value.parse()?),
+                "readonly" => {
+                    spec.read_only = match value {
+                        "on" | "true" | "yes" => true,
+                        "off" | "false" | "no" => false,
+                        v => return Err(format!("readonly={v}: use on or off")),
+                    }
+                }
+                "if" => {
+                    if value != "virtio" {
+                        return Err(format!("if={value}: only if=virtio is available"));
+                    }
+                }
+                k => return Err(format!("option '{k}' is unknown (format=, readonly=, if=)")),
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// Why an image cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The file cannot be opened or read.
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    /// Another process holds a conflicting lock.
+    #[error("{path}: {what}")]
+    Locked { path: PathBuf, what: String },
+    /// The qcow2 header or tables are invalid.
+    #[error("{path}: not a valid qcow2 image: {what}")]
+    BadQcow2 { path: PathBuf, what: String },
+    /// The backing chain loops or is too deep.
+    #[error("{path}: {what}")]
+    BadChain { path: PathBuf, what: String },
+    /// The image format library refused the image.
+    #[error("{path}: {source}")]
+    Format { path: PathBuf, source: io::Error },
+}
+
+/// The state every file of one chain shares while it opens.
+#[derive(Default)]
+struct ChainState {
+    /// Canonical paths opened so far, top first.
+    paths: Vec<PathBuf>,
+    /// Duplicates of the open files, for `fdatasync` and the locks.
+    files: Vec<fs::File>,
+    /// The first error with a ferrovm message (imago wraps the rest).
+    error: Option<OpenError>,
+}
+
+/// Opens the files of a chain for imago: checks them, locks them, keeps
+/// them for flushes, and refuses loops and deep chains.
+#[derive(Clone)]
+pub struct ChainGate {
+    state: Arc<parking_lot::Mutex<ChainState>>,
+}
+
+impl ChainGate {
+    fn new() -> Self {
+        Self { state: Arc::default() }
+    }
+
+    fn fail(&self, e: OpenError) -> io::Error {
+        let msg = e.to_string();
+        self.state.lock().error.get_or_insert(e);
+        io::Error::other(msg)
+    }
+
+    /// Opens, checks and locks one file of the chain.
+    fn open_file(&self, path: &Path, write: bool) -> Result<fs::File, OpenError> {
+        let io_err = |source| OpenError::Io { path: path.to_path_buf(), source };
+        let canon = fs::canonicalize(path).map_err(io_err)?;
+        {
+            let st = self.state.lock();
+            if st.paths.contains(&canon) {
+                return Err(OpenError::BadChain {
+                    path: path.to_path_buf(),
+                    what: "the backing chain loops back to this file".into(),
+                });
+            }
+            if st.paths.len() >= MAX_CHAIN_DEPTH {
+                return Err(OpenError::BadChain {
+                    path: path.to_path_buf(),
+                    what: format!("the backing chain is deeper than {MAX_CHAIN_DEPTH} files"),
+                });
+            }
+        }
+        let file =
+            fs::OpenOptions::new().read(true).write(write).custom_flags(libc::O_CLOEXEC).open(path).map_err(io_err)?;
+        lock::lock(&file, write).map_err(|what| OpenError::Locked { path: path.to_path_buf(), what })?;
+        let dup = file.try_clone().map_err(io_err)?;
+        let mut st = self.state.lock();
+        st.paths.push(canon);
+        st.files.push(dup);
+        Ok(file)
+    }
+
+    /// Checks a qcow2 file's header and tables before imago reads them.
+    fn check_qcow2(&self, path: &Path, file: &fs::File) -> Result<(), OpenError> {
+        header::check_file(file).map_err(|what| OpenError::BadQcow2 { path: path.to_path_buf(), what })
+    }
+
+    fn storage(&self, path: &Path, write: bool) -> Result<ImagoFile, OpenError> {
+        let file = self.open_file(path, write)?;
+        let opts = StorageOpenOptions::new().filename(path).write(write);
+        ImagoFile::from_open_file(file, opts).map_err(|source| OpenError::Io { path: path.to_path_buf(), source })
+    }
+}
+
+impl ImplicitOpenGate<ImagoFile> for ChainGate {
+    fn open_format<F: FormatDriverBuilder<ImagoFile>>(&mut self, builder: F) -> io::Result<FormatAccess<ImagoFile>> {
+        // Backing files: the storage was opened (and checked) by
+        // `open_storage`; the qcow2 check needs the file, so it ran there.
+        let inner = builder.open(self.clone())?;
+        Ok(FormatAccess::new(inner))
+    }
+
+    fn open_storage(&mut self, opts: StorageOpenOptions) -> io::Result<ImagoFile> {
+        let Some(path) = opts.get_filename().map(Path::to_path_buf) else {
+            return Err(io::Error::other("a backing file without a name"));
+        };
+        if opts.get_writable() {
+            // Only an external data file is opened writable implicitly.
+            return Err(self.fail(OpenError::BadQcow2 {
+                path,
+                what: "images with an external data file are not supported".into(),
+            }));
+        }
+        let file = self.open_file(&path, false).map_err(|e| self.fail(e))?;
+        if header::is_qcow2(&file) {
+            self.check_qcow2(&path, &file).map_err(|e| self.fail(e))?;
+        }
+        let opts = StorageOpenOptions::new().filename(&path).write(false);
+        ImagoFile::from_open_file(file, opts)
+    }
+}
+
+/// An open disk image and the files of its chain.
+pub struct Image {
+    access: FormatAccess<ImagoFile>,
+    files: Vec<fs::File>,
+    read_only: bool,
+    label: String,
+    /// The format library panicked: the image is not touched again.
+    failed: bool,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Image").field("label", &self.label).field("read_only", &self.read_only).finish()
+    }
+}
+
+/// Detects the format of `file` when `format=` is not given.
+fn detect(path: &Path, file: &fs::File) -> ImageFormat {
+    if header::is_qcow2(file) {
+        ImageFormat::Qcow2
+    } else {
+        tracing::warn!(
+            target: "devices",
+            "{}: no format= given and no qcow2 header: using it as raw (add format=raw to silence this)",
+            path.display()
+        );
+        ImageFormat::Raw
+    }
+}
+
+/// Opens the image of `spec` with its chain. `snapshot` (QEMU's
+/// `-snapshot`) opens it read-only under a temporary qcow2 overlay that
+/// takes the writes and is deleted at once (it lives as long as the
+/// process holds it open).
+pub fn open(spec: &DiskSpec, snapshot: bool) -> Result<Image, OpenError> {
+    let path = spec.path.as_path();
+    let write = !spec.read_only && !snapshot;
+    let gate = ChainGate::new();
+    let err = |gate: &ChainGate, source: io::Error| {
+        gate.state.lock().error.take().unwrap_or(OpenError::Format { path: path.to_path_buf(), source })
+    };
+    let probe = fs::File::open(path).map_err(|source| OpenError::Io { path: path.to_path_buf(), source })?;
+    let format = spec.format.unwrap_or_else(|| detect(path, &probe));
+    drop(probe);
+    let storage = gate.storage(path, write)?;
+    let access = match format {
+        ImageFormat::Raw => {
+            let raw = Raw::builder(storage).write(write).open(gate.clone()).map_err(|e| err(&gate, e))?;
+            FormatAccess::new(raw)
+        }
+        ImageFormat::Qcow2 => {
+            let file = gate.state.lock().files.last().and_then(|f| f.try_clone().ok());
+            if let Some(f) = file {
+                gate.check_qcow2(path, &f)?;
+                if write {
+                    header::check_writable(&f)
+                        .map_err(|what| OpenError::BadQcow2 { path: path.to_path_buf(), what })?;
+                }
+            }
+            let q = Qcow2::<ImagoFile>::builder(storage).write(write).open(gate.clone()).map_err(|e| err(&gate, e))?;
+            FormatAccess::new(q)
+        }
+    };
+    let mut files = std::mem::take(&mut gate.state.lock().files);
+    let label = format!("{} ({format})", path.display());
+    if !snapshot {
+        return Ok(Image { access, files, read_only: !write, label, failed: false });
+    }
+    let (overlay, overlay_file) = snapshot_overlay(path, access)?;
+    files.insert(0, overlay_file);
+    Ok(Image {
+        access: overlay,
+        files,
+        read_only: false,
+        label: format!("{label} under a temporary overlay"),
+        failed: false,
+    })
+}
+
+/// A temporary qcow2 overlay over `base`, already unlinked.
+fn snapshot_overlay(
+    path: &Path,
+    base: FormatAccess<ImagoFile>,
+) -> Result<(FormatAccess<ImagoFile>, fs::File), OpenError> {
+    let io_err = |source| OpenError::Io { path: path.to_path_buf(), source };
+    let dir = std::env::temp_dir();
+    let mut n = 0u32;
+    let (tmp, file) = loop {
+        let name = dir.join(format!("ferrovm-snapshot-{}-{n}.qcow2", std::process::id()));
+        match fs::OpenOptions::new().read(true).write(true).create_new(true).mode_cloexec().open(&name) {
+            Ok(f) => break (name, f),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
+            Err(e) => return Err(io_err(e)),
+        }
+    };
+    let result = (|| {
+        let size = base.size();
+        let dup = file.try_clone()?;
+        let storage = ImagoFile::from_open_file(dup, StorageOpenOptions::new().filename(&tmp).write(true))?;
+        Qcow2::<ImagoFile>::create_builder(storage).size(size).create()?;
+        let storage =
+            ImagoFile::from_open_file(file.try_clone()?, StorageOpenOptions::new().filename(&tmp).write(true))?;
+        let q = Qcow2::<ImagoFile>::builder(storage)
+            .write(true)
+            .backing(Some(base))
+            .open(imago::DenyImplicitOpenGate::default())?;
+        Ok(FormatAccess::new(q))
+    })();
+    let _ = fs::remove_file(&tmp);
+    result.map(|a| (a, file)).map_err(io_err)
+}
+
+trait CloexecExt {
+    fn mode_cloexec(&mut self) -> &mut Self;
+}
+
+impl CloexecExt for fs::OpenOptions {
+    fn mode_cloexec(&mut self) -> &mut Self {
+        self.custom_flags(libc::O_CLOEXEC)
+    }
+}
+
+impl Image {
+    /// A name for logs: the path and format.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// How many files the chain has (the overlay of `--snapshot` included).
+    pub fn chain_len(&self) -> usize {
+        self.files.len()
+    }
+}
+
+impl Image {
+    /// Runs one operation of the format library. A panic inside it (a
+    /// corrupt image it did not expect) becomes an I/O error, and the image
+    /// refuses every operation after it: its state may be inconsistent.
+    fn guarded<R>(&mut self, f: impl FnOnce(&mut FormatAccess<ImagoFile>) -> io::Result<R>) -> io::Result<R> {
+        if self.failed {
+            return Err(io::Error::other("the image failed earlier"));
+        }
+        let access = &mut self.access;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(access))) {
+            Ok(r) => r,
+            Err(_) => {
+                self.failed = true;
+                tracing::error!(target: "devices", "{}: the image format library failed; the disk stops", self.label);
+                Err(io::Error::other("the image format library failed on this image"))
+            }
+        }
+    }
+
+    fn writable(&self) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the disk is read-only"));
+        }
+        Ok(())
+    }
+}
+
+impl BlockBackend for Image {
+    fn size(&self) -> u64 {
+        self.access.size()
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.guarded(|a| a.read(buf, offset))
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.writable()?;
+        self.guarded(|a| a.write(buf, offset))
+    }
+
+    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        self.writable()?;
+        self.guarded(|a| {
+            let r = if unmap { a.discard_to_zero(offset, len) } else { a.write_zeroes(offset, len) };
+            match r {
+                Ok(()) => Ok(()),
+                // qcow2 v2 has no zero clusters: write zeroes.
+                Err(e) if e.kind() == io::ErrorKind::Unsupported || e.to_string().contains("version 3") => {
+                    let chunk = vec![0u8; 1 << 20];
+                    let mut done = 0;
+                    while done < len {
+                        let n = (len - done).min(chunk.len() as u64) as usize;
+                        a.write(&chunk[..n], offset + done)?;
+                        done += n as u64;
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.writable()?;
+        self.guarded(|a| a.discard_to_any(offset, len))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.guarded(|a| a.flush())?;
+        for f in &self.files {
+            f.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        if !self.read_only && !self.failed {
+            if let Err(e) = self.guarded(|a| a.flush()) {
+                tracing::warn!(target: "devices", "{}: flushing at exit failed: {e}", self.label);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

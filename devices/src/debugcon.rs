@@ -1,0 +1,92 @@
+//! QEMU's isa-debugcon on port 0x402: the port SeaBIOS (and other
+//! firmware) writes its debug log to, one byte at a time.
+//!
+//! Reference: QEMU `hw/char/debugcon.c` (a read returns 0xe9, the value
+//! firmware checks to know the port is there); SeaBIOS `src/output.c`
+//! (`DebugOutputPort` 0x402 for QEMU).
+//!
+//! Lines go to the log under the `firmware` category at debug level, so
+//! `--trace firmware` shows them. A line longer than [`MAX_LINE`] bytes is
+//! logged in pieces, so a guest cannot make the host buffer grow.
+
+use crate::bus::BusDevice;
+
+/// The debug console port.
+pub const DEBUGCON_PORT: u16 = 0x402;
+/// One port.
+pub const DEBUGCON_PORT_LEN: u64 = 1;
+/// What a read returns: the port is there.
+const PRESENT: u8 = 0xe9;
+/// The longest line kept before it is logged.
+pub const MAX_LINE: usize = 512;
+
+/// The debug console.
+#[derive(Debug, Default)]
+pub struct DebugCon {
+    line: Vec<u8>,
+    lines: u64,
+}
+
+impl DebugCon {
+    /// A console with nothing written.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lines logged so far.
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+
+    fn emit(&mut self) {
+        let text = String::from_utf8_lossy(&self.line);
+        tracing::debug!(target: "firmware", "debugcon: {}", text.trim_end_matches('\r'));
+        self.line.clear();
+        self.lines += 1;
+    }
+}
+
+impl BusDevice for DebugCon {
+    fn debug_label(&self) -> String {
+        "isa-debugcon".into()
+    }
+
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(PRESENT);
+    }
+
+    fn write(&mut self, _offset: u64, data: &[u8]) {
+        for &b in data {
+            if b == b'\n' {
+                self.emit();
+            } else {
+                self.line.push(b);
+                if self.line.len() >= MAX_LINE {
+                    self.emit();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_logged_and_bounded() {
+        let mut d = DebugCon::new();
+        let mut b = [0u8; 1];
+        d.read(0, &mut b);
+        assert_eq!(b, [0xe9]);
+        for &c in b"SeaBIOS (version 1.16)\nBooting from Hard Disk..." {
+            d.write(0, &[c]);
+        }
+        assert_eq!(d.lines(), 1);
+        d.write(0, b"\n");
+        assert_eq!(d.lines(), 2);
+        d.write(0, &vec![b'x'; 3 * MAX_LINE]);
+        assert_eq!(d.lines(), 5, "a line without end is logged in pieces");
+        assert!(d.line.is_empty());
+    }
+}
