@@ -283,15 +283,15 @@ impl Jit {
                 }
             }
             match cpu.run(budget - used) {
-                // What the interpreter ran may have written code: take
-                // invalidations before any region runs.
-                StopReason::Hot => match {
+                StopReason::Hot => {
+                    // What the interpreter ran may have written code: take
+                    // invalidations before any region runs.
                     self.poll(cpu);
-                    self.lookup(cpu)
-                } {
-                    Some(at) => self.enter(cpu, at, budget - used),
-                    None => self.hot(cpu),
-                },
+                    match self.lookup(cpu) {
+                        Some(at) => self.enter(cpu, at, budget - used),
+                        None => self.hot(cpu),
+                    }
+                }
                 why => return why,
             }
         }
