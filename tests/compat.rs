@@ -173,6 +173,12 @@ fn multiboot_segment_at_0x8000_in_the_interpreter() {
 }
 
 #[test]
+fn multiboot_segments_below_1mib_under_the_jit() {
+    run_multiboot("segment-at-0xff000", &headers_below_1mib(), "jit");
+    run_multiboot("segment-at-0x8000", &loads_at_0x8000(), "jit");
+}
+
+#[test]
 fn multiboot_segments_below_1mib_under_kvm() {
     if !kvm::usable() {
         return;

@@ -130,6 +130,11 @@ fn amd_performance_counters_in_the_interpreter() {
 }
 
 #[test]
+fn amd_performance_counters_under_the_jit() {
+    run_kernel("perfctr", &perf_counter_kernel(true), "jit");
+}
+
+#[test]
 fn amd_performance_counters_under_kvm() {
     if kvm_usable() {
         run_kernel("perfctr", &perf_counter_kernel(false), "kvm");
@@ -189,6 +194,11 @@ fn umip_kernel() -> Vec<u8> {
 #[test]
 fn umip_in_the_interpreter() {
     run_kernel("umip", &umip_kernel(), "interp");
+}
+
+#[test]
+fn umip_under_the_jit() {
+    run_kernel("umip", &umip_kernel(), "jit");
 }
 
 #[test]
@@ -277,6 +287,11 @@ fn syscall_tf_kernel() -> Vec<u8> {
 #[test]
 fn single_step_across_syscall_and_sysret_in_the_interpreter() {
     run_kernel("syscall-tf", &syscall_tf_kernel(), "interp");
+}
+
+#[test]
+fn single_step_across_syscall_and_sysret_under_the_jit() {
+    run_kernel("syscall-tf", &syscall_tf_kernel(), "jit");
 }
 
 #[test]
@@ -504,6 +519,11 @@ fn fault_on_the_new_stack(k: &mut Kernel) -> Result<(), IcedError> {
 #[test]
 fn event_delivery_in_the_interpreter() {
     run_kernel("events", &events_kernel(false), "interp");
+}
+
+#[test]
+fn event_delivery_under_the_jit() {
+    run_kernel("events", &events_kernel(false), "jit");
 }
 
 #[test]
