@@ -151,8 +151,9 @@ impl Decoded {
     }
 }
 
+/// A fast hasher for integer keys (the decode cache's and other tiers' maps).
 #[derive(Default)]
-pub(crate) struct FxHasher(u64);
+pub struct FxHasher(u64);
 
 impl Hasher for FxHasher {
     fn finish(&self) -> u64 {
@@ -171,7 +172,8 @@ impl Hasher for FxHasher {
     }
 }
 
-pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+/// A hash map with [`FxHasher`].
+pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// A change that cost guest physical code its decoded form, as told to the
 /// listeners of [`Cpu::add_invalidation_listener`]. Another tier that keeps

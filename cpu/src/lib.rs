@@ -35,7 +35,7 @@ pub mod state;
 pub mod tier;
 pub mod x87;
 
-pub use cache::{Block, Decoded, Invalidation, InvalidationListener};
+pub use cache::{Block, Decoded, FastMap, FxHasher, Invalidation, InvalidationListener};
 pub use cpu::{Cpu, CpuStats};
 pub use exception::{Exception, Fault};
 pub use exec::Executed;

@@ -23,15 +23,13 @@ pub mod compiler;
 pub mod ctx;
 pub mod translate;
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cpu::state::{cr, flags, seg_attr, sreg, CpuState};
-use cpu::{Block, Cpu, Invalidation, StopReason};
+use cpu::{Block, Cpu, FastMap, Invalidation, StopReason};
 use iced_x86::FlowControl;
 use parking_lot::Mutex;
 
@@ -86,28 +84,6 @@ pub struct JitStats {
     pub full_flushes: u64,
     pub cache_flushes: u64,
 }
-
-#[derive(Default)]
-struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-    fn write_u8(&mut self, v: u8) {
-        self.write_u64(u64::from(v));
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// A region entry: RIP, the guest physical address of its code, and the mode.
 type Key = (u64, u64, u8);
