@@ -355,20 +355,27 @@ impl Jit {
         if spec.blocks.is_empty() {
             return;
         }
+        self.submit(spec, weak, phys, mode);
+    }
+
+    /// Queue a gathered region for the compiler (or, with a synchronous
+    /// JIT, compile and install it now), keyed by its blocks' RIPs in the
+    /// page of `phys`.
+    fn submit(&mut self, spec: RegionSpec, weak: Vec<Weak<Block>>, phys: u64, mode: u8) {
         let page = phys & !0xfff;
         let keys: Vec<Key> = spec.blocks.iter().map(|b| (b.rip, page | (b.rip & 0xfff), mode)).collect();
         let id = self.next_job;
         self.next_job += 1;
+        for k in &keys {
+            self.queued.insert(*k, id);
+        }
         let pend = Pending {
-            keys: keys.clone(),
+            keys,
             page,
             page_gen: self.page_gen.get(&page).copied().unwrap_or(0),
             gen: self.gen,
             blocks: weak,
         };
-        for k in &keys {
-            self.queued.insert(*k, id);
-        }
         self.pending.insert(id, pend);
         if let Some(c) = &mut self.compiler {
             if !c.send(Job { id, spec }) {
@@ -397,24 +404,8 @@ impl Jit {
         if spec.blocks.is_empty() {
             return false;
         }
-        let page = phys & !0xfff;
-        let keys: Vec<Key> = spec.blocks.iter().map(|b| (b.rip, page | (b.rip & 0xfff), mode)).collect();
-        let id = self.next_job;
-        self.next_job += 1;
-        let pend = Pending {
-            keys,
-            page,
-            page_gen: self.page_gen.get(&page).copied().unwrap_or(0),
-            gen: self.gen,
-            blocks: weak,
-        };
-        self.pending.insert(id, pend);
         let compiled = self.stats.regions_compiled;
-        let isa = self.isa.as_ref().expect("checked above");
-        let t0 = std::time::Instant::now();
-        let result = compiler::compile(isa, id, &spec);
-        let nanos = t0.elapsed().as_nanos() as u64;
-        self.install(Done { id, result, nanos });
+        self.submit(spec, weak, phys, mode);
         self.stats.regions_compiled > compiled
     }
 

@@ -525,7 +525,6 @@ struct Tx<'a, 'b> {
     sig_store: cranelift_codegen::ir::SigRef,
     sig_fallback: cranelift_codegen::ir::SigRef,
     sig_flags: cranelift_codegen::ir::SigRef,
-    ptr: Type,
 }
 
 const GPR_OFF: i32 = std::mem::offset_of!(CpuState, gpr) as i32;
@@ -645,7 +644,6 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
         sig_store,
         sig_fallback,
         sig_flags,
-        ptr,
     };
     let zero = tx.b.ins().iconst(i64t, 0);
     tx.b.def_var(icount, zero);
@@ -674,7 +672,7 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
             let next = d.next_rip();
             match &p.form {
                 Some(f) => {
-                    ended = tx.emit(f, &d.insn, p.rip, next, i);
+                    ended = tx.emit(f, &d.insn, p.rip, next);
                     if !ended {
                         tx.pending += 1;
                     }
@@ -1122,7 +1120,7 @@ impl Tx<'_, '_> {
         match self.known {
             Known::Eager(rf) => self.b.ins().band_imm_s(rf, flags::ARITH as i64),
             Known::Unknown => self.flags_by_helper(),
-            Known::Lazy { op, size, res, a, b: bv, cin } => {
+            Known::Lazy { op, size, res, a, b: bv, .. } => {
                 let cf = self.cf();
                 let szp = self.szp(res, size);
                 let f = self.b.ins().bor(cf, szp);
@@ -1150,7 +1148,6 @@ impl Tx<'_, '_> {
                         let afv = self.b.ins().icmp_imm_s(IntCC::Equal, lo, nib);
                         let afv = self.b.ins().uextend(types::I64, afv);
                         let afv = self.b.ins().ishl_imm_s(afv, 4);
-                        let _ = cin;
                         let f2 = self.b.ins().ishl_imm_s(o, 11);
                         let f2 = self.b.ins().bor(f2, afv);
                         return self.b.ins().bor(f, f2);
@@ -1336,7 +1333,7 @@ impl Tx<'_, '_> {
 
     /// Translate one instruction; true if it ended the guest block (a
     /// terminator was emitted).
-    fn emit(&mut self, f: &Form, insn: &Instruction, rip: u64, next: u64, _blk: usize) -> bool {
+    fn emit(&mut self, f: &Form, insn: &Instruction, rip: u64, next: u64) -> bool {
         let stack = if self.bits == 64 { 8u32 } else { 4 };
         match *f {
             Form::Nop => {}
@@ -1384,20 +1381,21 @@ impl Tx<'_, '_> {
                     Opnd::Imm(_) => unreachable!("classify refuses an immediate destination"),
                 };
                 let cin = if matches!(op, Alu::Adc | Alu::Sbb) { Some(self.cf()) } else { None };
-                let r = match op {
-                    Alu::Add => self.b.ins().iadd(a, bv),
-                    Alu::Adc => {
+                let r = match (op, cin) {
+                    (Alu::Add, _) => self.b.ins().iadd(a, bv),
+                    (Alu::Adc, Some(c)) => {
                         let t = self.b.ins().iadd(a, bv);
-                        self.b.ins().iadd(t, cin.unwrap_or(a))
+                        self.b.ins().iadd(t, c)
                     }
-                    Alu::Sub | Alu::Cmp => self.b.ins().isub(a, bv),
-                    Alu::Sbb => {
+                    (Alu::Sub | Alu::Cmp, _) => self.b.ins().isub(a, bv),
+                    (Alu::Sbb, Some(c)) => {
                         let t = self.b.ins().isub(a, bv);
-                        self.b.ins().isub(t, cin.unwrap_or(a))
+                        self.b.ins().isub(t, c)
                     }
-                    Alu::And | Alu::Test => self.b.ins().band(a, bv),
-                    Alu::Or => self.b.ins().bor(a, bv),
-                    Alu::Xor => self.b.ins().bxor(a, bv),
+                    (Alu::Adc | Alu::Sbb, None) => unreachable!("ADC and SBB read CF above"),
+                    (Alu::And | Alu::Test, _) => self.b.ins().band(a, bv),
+                    (Alu::Or, _) => self.b.ins().bor(a, bv),
+                    (Alu::Xor, _) => self.b.ins().bxor(a, bv),
                 };
                 let r = self.b.ins().band_imm_s(r, m);
                 if stores {
@@ -1517,12 +1515,10 @@ impl Tx<'_, '_> {
                     Shift::Rol | Shift::Ror => {
                         // Rotates change CF and OF only: the other four
                         // come from the flags as they are.
-                        let t = if size == 8 { types::I64 } else { types::I32 };
                         let v = if size == 8 { a } else { self.b.ins().ireduce(types::I32, a) };
                         let amount = self.b.ins().iconst(types::I32, c);
                         let rv =
                             if op == Shift::Rol { self.b.ins().rotl(v, amount) } else { self.b.ins().rotr(v, amount) };
-                        let _ = t;
                         let r = if size == 8 { rv } else { self.b.ins().uextend(types::I64, rv) };
                         let msb = self.sign_bit(r, size);
                         let (cf, of) = if op == Shift::Rol {
@@ -1596,7 +1592,7 @@ impl Tx<'_, '_> {
                 let (v, _) = self.stack_read_from(bp, 0, stack, rip);
                 let sp = self.gpr64(4);
                 let above = self.b.ins().iadd_imm_s(bp, i64::from(stack));
-                let newsp = self.sp_merge(sp, above, i64::from(stack));
+                let newsp = self.sp_merge(sp, above);
                 self.set_gpr64(4, newsp);
                 let r = reg(if stack == 8 { Register::RBP } else { Register::EBP }).expect("a GPR");
                 self.write_reg(r, v);
@@ -1704,7 +1700,7 @@ impl Tx<'_, '_> {
 
     /// The stack-pointer mask: 64-bit code uses RSP; 32-bit code (SS.B set,
     /// as the flat check requires) uses ESP.
-    fn sp_merge(&mut self, old: Value, new_low: Value, _size: i64) -> Value {
+    fn sp_merge(&mut self, old: Value, new_low: Value) -> Value {
         if self.bits == 64 {
             new_low
         } else {
@@ -1717,7 +1713,7 @@ impl Tx<'_, '_> {
     fn sp_add(&mut self, n: i64) {
         let sp = self.gpr64(4);
         let new = self.b.ins().iadd_imm_s(sp, n);
-        let v = self.sp_merge(sp, new, n);
+        let v = self.sp_merge(sp, new);
         self.set_gpr64(4, v);
     }
 
@@ -1739,7 +1735,7 @@ impl Tx<'_, '_> {
         let new = self.b.ins().iadd_imm_s(sp, -i64::from(size));
         let a = if self.bits == 64 { new } else { self.b.ins().band_imm_s(new, 0xffff_ffff) };
         let leave = self.store_at(sreg::SS, a, size, v, rip, None);
-        let nsp = self.sp_merge(sp, new, -i64::from(size));
+        let nsp = self.sp_merge(sp, new);
         self.set_gpr64(4, nsp);
         leave
     }
@@ -1771,11 +1767,6 @@ impl Tx<'_, '_> {
         self.enter_block(out);
         self.exit_to_value(target, 1);
         self.enter_block(cont);
-    }
-
-    #[allow(dead_code)]
-    fn ptr_type(&self) -> Type {
-        self.ptr
     }
 }
 
