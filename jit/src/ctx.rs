@@ -57,6 +57,8 @@ pub struct JitCtx {
     pub fault: Option<Exception>,
     /// Instructions run through the interpreter's handlers.
     pub fallbacks: u64,
+    /// Those instructions by mnemonic (`iced_x86::Mnemonic` as index).
+    pub by_mnemonic: Vec<u64>,
 }
 
 /// Byte offsets of the fields compiled code reads and writes.
@@ -87,6 +89,7 @@ impl JitCtx {
             cpu: std::ptr::null_mut(),
             fault: None,
             fallbacks: 0,
+            by_mnemonic: vec![0; iced_x86::Mnemonic::values().len()],
         }
     }
 }
@@ -194,6 +197,9 @@ pub unsafe extern "C" fn fallback(ctx: *mut JitCtx, d: *const Decoded) -> u32 {
     // SAFETY: the region's table lives as long as the region's code.
     let d = unsafe { &*d };
     ctx.fallbacks += 1;
+    if let Some(n) = ctx.by_mnemonic.get_mut(d.insn.mnemonic() as usize) {
+        *n += 1;
+    }
     let mode = crate::native_mode(&cpu.state);
     let before = cpu.state.rflags & MODE_FLAGS;
     let next = d.next_rip();

@@ -77,6 +77,8 @@ pub struct JitStats {
     pub fallback_insns: u64,
     /// Region entries from the run loop.
     pub entries: u64,
+    /// Regions entered from the exit of another, without the run loop.
+    pub chained: u64,
     pub fault_exits: u64,
     pub step_exits: u64,
     pub invalidated_pages: u64,
@@ -292,13 +294,14 @@ impl Jit {
         Some(found)
     }
 
-    /// Run a region from one of its entries.
-    fn enter(&mut self, cpu: &mut Cpu, (region, entry): (u32, u32), budget: u64) {
-        let f = self.regions[region as usize].f;
+    /// Run a region from one of its entries, then the regions its exits
+    /// lead to (chained), for as long as nothing needs the run loop.
+    fn enter(&mut self, cpu: &mut Cpu, (mut region, mut entry): (u32, u32), budget: u64) {
+        let mode = native_mode(&cpu.state);
         let cp: *mut Cpu = cpu;
         let ctx = &mut *self.ctx;
         // SAFETY: `cp` comes from the `&mut Cpu` this function holds and
-        // does not use while the region runs; both pointers below derive
+        // does not use while a region runs; both pointers below derive
         // from it.
         unsafe {
             ctx.state = std::ptr::addr_of_mut!((*cp).state);
@@ -308,30 +311,72 @@ impl Jit {
             ctx.code_words = words as u64;
         }
         ctx.cpu = cp;
-        ctx.budget = budget;
-        ctx.exit = ctx::exit::NORMAL;
-        ctx.fault = None;
-        ctx.status = 0;
-        let native = ctx.native;
-        let fallbacks = ctx.fallbacks;
-        let ctx_ptr: *mut JitCtx = ctx;
-        // SAFETY: `f` is installed code of the signature `RegionFn`, compiled
-        // from this CPU's code for its current mode (the key looked up
-        // matched); the context points at this CPU, which nothing else
-        // touches while the region runs; the region's fallback table is
-        // alive (regions are only dropped between runs).
-        unsafe { f(ctx_ptr, entry) };
-        self.stats.entries += 1;
-        self.stats.native_insns += self.ctx.native - native;
-        self.stats.fallback_insns += self.ctx.fallbacks - fallbacks;
-        // The helpers counted fallbacks in `cpu.stats.instructions` too.
-        if let Some(e) = self.ctx.fault.take() {
-            self.stats.fault_exits += 1;
+        let mut left = budget;
+        let mut first = true;
+        loop {
+            let f = self.regions[region as usize].f;
+            let ctx = &mut *self.ctx;
+            ctx.budget = left;
+            ctx.exit = ctx::exit::NORMAL;
+            ctx.fault = None;
+            ctx.status = 0;
+            let native = ctx.native;
+            let fallbacks = ctx.fallbacks;
+            let ctx_ptr: *mut JitCtx = ctx;
+            // SAFETY: `f` is installed code of the signature `RegionFn`,
+            // compiled from this CPU's code for its current mode (the key
+            // looked up matched); the context points at this CPU, which
+            // nothing else touches while the region runs; the region's
+            // fallback table is alive (regions are only dropped between
+            // runs).
+            unsafe { f(ctx_ptr, entry) };
+            let ran_native = self.ctx.native - native;
+            let ran_fallback = self.ctx.fallbacks - fallbacks;
+            if first {
+                self.stats.entries += 1;
+                first = false;
+            } else {
+                self.stats.chained += 1;
+            }
+            self.stats.native_insns += ran_native;
+            self.stats.fallback_insns += ran_fallback;
+            // The helpers counted fallbacks in `cpu.stats.instructions` too.
+            if let Some(e) = self.ctx.fault.take() {
+                self.stats.fault_exits += 1;
+                let rip = cpu.state.rip;
+                cpu.raise_at(e, rip);
+                return;
+            }
+            if self.ctx.exit == ctx::exit::STEP {
+                self.stats.step_exits += 1;
+                cpu.step();
+                return;
+            }
+            // Go on in the next region only when the mode, the privilege
+            // and the code are as they were (no helper asked to leave),
+            // the slice lasts, and no event, stop or invalidation waits.
+            left = left.saturating_sub(ran_native + ran_fallback);
+            if self.ctx.status != ctx::status::OK
+                || left == 0
+                || self.inval_flag.load(Ordering::Relaxed)
+                || cpu.mem().invalidation_pending()
+                || cpu.needs_boundary()
+            {
+                return;
+            }
             let rip = cpu.state.rip;
-            cpu.raise_at(e, rip);
-        } else if self.ctx.exit == ctx::exit::STEP {
-            self.stats.step_exits += 1;
-            cpu.step();
+            let Some(phys) = cpu.code_phys(rip) else { return };
+            let key = (rip, phys, mode);
+            let slot = jump_slot(rip);
+            let j = self.jump[slot];
+            let next = if j.0 == key {
+                (j.1, j.2)
+            } else {
+                let Some(found) = self.map.get(&key).copied() else { return };
+                self.jump[slot] = (key, found.0, found.1);
+                found
+            };
+            (region, entry) = next;
         }
     }
 
@@ -589,6 +634,20 @@ impl Jit {
                 share(s.native_insns, instructions),
                 s.fallback_insns
             ),
+            {
+                let mut top: Vec<(u64, usize)> =
+                    self.ctx.by_mnemonic.iter().enumerate().filter(|(_, n)| **n > 0).map(|(i, n)| (*n, i)).collect();
+                top.sort_unstable_by(|a, b| b.cmp(a));
+                let names: Vec<String> = top
+                    .iter()
+                    .take(12)
+                    .map(|(n, i)| {
+                        let m = iced_x86::Mnemonic::values().nth(*i).map(|m| format!("{m:?}")).unwrap_or_default();
+                        format!("{} {:.1}%", m.to_lowercase(), share(*n, s.fallback_insns))
+                    })
+                    .collect();
+                format!("jit: interpreter handlers most run from compiled code: {}", names.join(", "))
+            },
             format!(
                 "jit: code cache {} KiB of {} MiB, {} flushes when full, {} full flushes",
                 self.cache.used() / 1024,
@@ -597,8 +656,8 @@ impl Jit {
                 s.full_flushes
             ),
             format!(
-                "jit: invalidations: {} code pages written ({} regions dropped); exits: {} region entries from the run loop (no chaining), {} for faults, {} to the interpreter for one instruction",
-                s.invalidated_pages, s.invalidated_regions, s.entries, s.fault_exits, s.step_exits
+                "jit: invalidations: {} code pages written ({} regions dropped); exits: {} region entries from the run loop, {} chained from another region, {} for faults, {} to the interpreter for one instruction",
+                s.invalidated_pages, s.invalidated_regions, s.entries, s.chained, s.fault_exits, s.step_exits
             ),
         ]
     }

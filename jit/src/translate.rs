@@ -31,7 +31,7 @@ use cranelift_frontend::{FunctionBuilder, Variable};
 use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 
 use cpu::flags::FlagOp;
-use cpu::state::{flags, sreg, CpuState};
+use cpu::state::{cr, flags, sreg, CpuState};
 use cpu::Decoded;
 
 use crate::ctx::{self, exit, off, status};
@@ -212,6 +212,144 @@ enum Form {
     SignAcc {
         size: u32,
     },
+    /// A packed-integer or bitwise SSE operation, `dst = dst op src`.
+    Vec {
+        op: VecOp,
+        dst: u8,
+        src: VecSrc,
+    },
+    /// MOVDQA, MOVDQU, MOVAPS, MOVUPS (load, store or register move).
+    VecMov {
+        dst: VecSrc,
+        src: VecSrc,
+        aligned: bool,
+    },
+    /// PMOVMSKB r32/r64, xmm.
+    Pmovmskb {
+        dst: Reg,
+        src: u8,
+    },
+    /// MOVD/MOVQ xmm, r32/r64 (zero-extended to 128 bits).
+    MovToVec {
+        dst: u8,
+        src: Reg,
+    },
+    /// MOVD/MOVQ r32/r64, xmm.
+    MovFromVec {
+        dst: Reg,
+        src: u8,
+    },
+}
+
+impl Form {
+    /// Whether the form has a slow path that runs the instruction through
+    /// the interpreter (and leaves the region after it).
+    fn may_slow(&self) -> bool {
+        matches!(
+            self,
+            Form::Vec { .. }
+                | Form::VecMov { .. }
+                | Form::Pmovmskb { .. }
+                | Form::MovToVec { .. }
+                | Form::MovFromVec { .. }
+        )
+    }
+}
+
+/// Packed operations on an XMM register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VecOp {
+    /// PCMPEQB/W/D: lanes of this many bytes.
+    CmpEq(u8),
+    Add(u8),
+    Sub(u8),
+    Xor,
+    Or,
+    And,
+    AndNot,
+    MinUb,
+    MaxUb,
+    /// PSHUFB.
+    Shuffle,
+}
+
+/// An XMM operand: a register or the 16-byte memory operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VecSrc {
+    Xmm(u8),
+    Mem,
+}
+
+fn xmm(r: Register) -> Option<u8> {
+    r.is_xmm().then(|| (r.number() & 15) as u8)
+}
+
+/// The SSE forms: legacy encodings on XMM registers, 16-byte memory
+/// operands (aligned unless `MOVDQU`/`MOVUPS`).
+fn classify_vec(insn: &Instruction, bits: u32) -> Option<Form> {
+    use Code as C;
+    if insn.encoding() != iced_x86::EncodingKind::Legacy {
+        return None;
+    }
+    let src = |i: u32| -> Option<VecSrc> {
+        match insn.op_kind(i) {
+            OpKind::Register => xmm(insn.op_register(i)).map(VecSrc::Xmm),
+            OpKind::Memory
+                if addr_ok(insn, bits)
+                    && insn.memory_size().size() == 16
+                    && (bits == 64 || !matches!(cpu::ops::mem_seg(insn), sreg::FS | sreg::GS | sreg::CS)) =>
+            {
+                // (32-bit code: the inline path takes flat DS, ES and SS.)
+                Some(VecSrc::Mem)
+            }
+            _ => None,
+        }
+    };
+    let op = match insn.code() {
+        C::Pcmpeqb_xmm_xmmm128 => VecOp::CmpEq(1),
+        C::Pcmpeqw_xmm_xmmm128 => VecOp::CmpEq(2),
+        C::Pcmpeqd_xmm_xmmm128 => VecOp::CmpEq(4),
+        C::Paddb_xmm_xmmm128 => VecOp::Add(1),
+        C::Paddw_xmm_xmmm128 => VecOp::Add(2),
+        C::Paddd_xmm_xmmm128 => VecOp::Add(4),
+        C::Paddq_xmm_xmmm128 => VecOp::Add(8),
+        C::Psubb_xmm_xmmm128 => VecOp::Sub(1),
+        C::Psubw_xmm_xmmm128 => VecOp::Sub(2),
+        C::Psubd_xmm_xmmm128 => VecOp::Sub(4),
+        C::Psubq_xmm_xmmm128 => VecOp::Sub(8),
+        C::Pxor_xmm_xmmm128 | C::Xorps_xmm_xmmm128 | C::Xorpd_xmm_xmmm128 => VecOp::Xor,
+        C::Por_xmm_xmmm128 | C::Orps_xmm_xmmm128 | C::Orpd_xmm_xmmm128 => VecOp::Or,
+        C::Pand_xmm_xmmm128 | C::Andps_xmm_xmmm128 | C::Andpd_xmm_xmmm128 => VecOp::And,
+        C::Pandn_xmm_xmmm128 | C::Andnps_xmm_xmmm128 | C::Andnpd_xmm_xmmm128 => VecOp::AndNot,
+        C::Pminub_xmm_xmmm128 => VecOp::MinUb,
+        C::Pmaxub_xmm_xmmm128 => VecOp::MaxUb,
+        C::Pshufb_xmm_xmmm128 => VecOp::Shuffle,
+        C::Movdqa_xmm_xmmm128 | C::Movaps_xmm_xmmm128 | C::Movapd_xmm_xmmm128 => {
+            return Some(Form::VecMov { dst: src(0)?, src: src(1)?, aligned: true });
+        }
+        C::Movdqu_xmm_xmmm128 | C::Movups_xmm_xmmm128 | C::Movupd_xmm_xmmm128 => {
+            return Some(Form::VecMov { dst: src(0)?, src: src(1)?, aligned: false });
+        }
+        C::Movdqa_xmmm128_xmm | C::Movaps_xmmm128_xmm | C::Movapd_xmmm128_xmm => {
+            return Some(Form::VecMov { dst: src(0)?, src: src(1)?, aligned: true });
+        }
+        C::Movdqu_xmmm128_xmm | C::Movups_xmmm128_xmm | C::Movupd_xmmm128_xmm => {
+            return Some(Form::VecMov { dst: src(0)?, src: src(1)?, aligned: false });
+        }
+        C::Pmovmskb_r32_xmm | C::Pmovmskb_r64_xmm => {
+            let dst = reg(insn.op0_register())?;
+            return Some(Form::Pmovmskb { dst, src: xmm(insn.op1_register())? });
+        }
+        C::Movd_xmm_rm32 | C::Movq_xmm_rm64 if insn.op1_kind() == OpKind::Register => {
+            return Some(Form::MovToVec { dst: xmm(insn.op0_register())?, src: reg(insn.op1_register())? });
+        }
+        C::Movd_rm32_xmm | C::Movq_rm64_xmm if insn.op0_kind() == OpKind::Register => {
+            return Some(Form::MovFromVec { dst: reg(insn.op0_register())?, src: xmm(insn.op1_register())? });
+        }
+        _ => return None,
+    };
+    let VecSrc::Xmm(dst) = src(0)? else { return None };
+    Some(Form::Vec { op, dst, src: src(1)? })
 }
 
 fn canonical(a: u64) -> bool {
@@ -236,8 +374,15 @@ fn opnd(insn: &Instruction, i: u32, bits: u32) -> Option<Opnd> {
 }
 
 /// Whether the memory operand's address can be computed here: 32- or
-/// 64-bit addressing with general registers (or RIP).
+/// 64-bit addressing with general registers (or RIP), and an access of 1,
+/// 2, 4 or 8 bytes.
 fn mem_ok(insn: &Instruction, bits: u32) -> bool {
+    addr_ok(insn, bits) && matches!(insn.memory_size().size(), 1 | 2 | 4 | 8) && !insn.is_broadcast()
+}
+
+/// Whether the memory operand's address can be computed here (LEA: no
+/// access at all).
+fn addr_ok(insn: &Instruction, bits: u32) -> bool {
     let base = insn.memory_base();
     let index = insn.memory_index();
     let base_ok = base == Register::None
@@ -245,8 +390,7 @@ fn mem_ok(insn: &Instruction, bits: u32) -> bool {
         || base == Register::EIP
         || base.is_gpr32();
     let index_ok = index == Register::None || (bits == 64 && index.is_gpr64()) || index.is_gpr32();
-    let size_ok = matches!(insn.memory_size().size(), 1 | 2 | 4 | 8);
-    base_ok && index_ok && size_ok && !insn.is_broadcast()
+    base_ok && index_ok
 }
 
 fn opsize(o: Opnd, insn: &Instruction) -> u32 {
@@ -259,7 +403,14 @@ fn opsize(o: Opnd, insn: &Instruction) -> u32 {
 
 /// The translated form of `insn`, or `None` for the interpreter's handler.
 fn classify(insn: &Instruction, bits: u32) -> Option<Form> {
-    if insn.has_lock_prefix() || insn.has_rep_prefix() || insn.has_repne_prefix() {
+    if insn.has_lock_prefix() {
+        return None;
+    }
+    // Mandatory F3/F2 prefixes are part of an SSE opcode.
+    if let Some(f) = classify_vec(insn, bits) {
+        return Some(f);
+    }
+    if insn.has_rep_prefix() || insn.has_repne_prefix() {
         return None;
     }
     let n = insn.op_count();
@@ -291,7 +442,7 @@ fn classify(insn: &Instruction, bits: u32) -> Option<Form> {
         }
         Mnemonic::Lea if n == 2 => {
             let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
-            if dst.size < 4 || !mem_ok(insn, bits) {
+            if dst.size < 4 || insn.op1_kind() != OpKind::Memory || !addr_ok(insn, bits) {
                 return None;
             }
             Form::Lea { dst }
@@ -516,6 +667,18 @@ struct Tx<'a, 'b> {
     icount: Variable,
     exit_rip: Variable,
     known: Known,
+    /// The guest block's registers held in SSA values (full 64 bits), and
+    /// which of them differ from the state in memory.
+    regs: [Option<Value>; 16],
+    dirty: u16,
+    /// `known` is a lazy record the state does not hold yet.
+    lazy_dirty: bool,
+    /// SSE instructions may run (CR0 and CR4 were checked) since the last
+    /// code that could change them.
+    sse_ok: bool,
+    /// The current instruction's entry in the fallback table, for a slow
+    /// path that runs it through the interpreter.
+    slow_insn: Option<*const Decoded>,
     /// Native instructions completed since the last update of `icount`.
     pending: i64,
     exit_block: Block,
@@ -531,6 +694,9 @@ const GPR_OFF: i32 = std::mem::offset_of!(CpuState, gpr) as i32;
 const RIP_OFF: i32 = std::mem::offset_of!(CpuState, rip) as i32;
 const RFLAGS_OFF: i32 = std::mem::offset_of!(CpuState, rflags) as i32;
 const LAZY_OFF: i32 = std::mem::offset_of!(CpuState, lazy) as i32;
+const XMM_OFF: i32 = std::mem::offset_of!(CpuState, xmm) as i32;
+const CR0_OFF: i32 = std::mem::offset_of!(CpuState, cr0) as i32;
+const CR4_OFF: i32 = std::mem::offset_of!(CpuState, cr4) as i32;
 const SEG_OFF: i32 = std::mem::offset_of!(CpuState, seg) as i32;
 const SEG_SIZE: i32 = std::mem::size_of::<cpu::state::Segment>() as i32;
 const SEG_BASE_OFF: i32 = std::mem::offset_of!(cpu::state::Segment, base) as i32;
@@ -575,7 +741,14 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
             let form = classify(&d.insn, spec.bits);
             let mut fb = usize::MAX;
             match &form {
-                Some(_) => stats.native += 1,
+                Some(f) => {
+                    stats.native += 1;
+                    if f.may_slow() {
+                        // The slow path runs it through the interpreter.
+                        fb = fallbacks.len();
+                        fallbacks.push(*d);
+                    }
+                }
                 None => {
                     fb = fallbacks.len();
                     fallbacks.push(*d);
@@ -636,6 +809,11 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
         icount,
         exit_rip,
         known: Known::Unknown,
+        regs: [None; 16],
+        dirty: 0,
+        lazy_dirty: false,
+        sse_ok: false,
+        slow_insn: None,
         pending: 0,
         exit_block,
         leave_block,
@@ -665,6 +843,7 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
     for (i, g) in spec.blocks.iter().enumerate() {
         tx.b.switch_to_block(ir_blocks[i]);
         tx.known = Known::Unknown;
+        tx.forget();
         tx.pending = 0;
         let mut ended = false;
         for (j, p) in plan[i].iter().enumerate() {
@@ -672,6 +851,8 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
             let next = d.next_rip();
             match &p.form {
                 Some(f) => {
+                    // SAFETY (pointer arithmetic only): as below.
+                    tx.slow_insn = (p.fallback != usize::MAX).then(|| fb_base.wrapping_add(p.fallback));
                     ended = tx.emit(f, &d.insn, p.rip, next);
                     if !ended {
                         tx.pending += 1;
@@ -743,6 +924,7 @@ impl Tx<'_, '_> {
 
     /// Leave the region at `rip` (with `extra` more instructions counted).
     fn exit_to(&mut self, rip: u64, extra: i64) {
+        self.emit_stores();
         let c = self.b.use_var(self.icount);
         let c = self.b.ins().iadd_imm_s(c, self.pending + extra);
         self.b.def_var(self.icount, c);
@@ -753,6 +935,7 @@ impl Tx<'_, '_> {
 
     /// Leave the region at a computed RIP.
     fn exit_to_value(&mut self, rip: Value, extra: i64) {
+        self.emit_stores();
         let c = self.b.use_var(self.icount);
         let c = self.b.ins().iadd_imm_s(c, self.pending + extra);
         self.b.def_var(self.icount, c);
@@ -764,6 +947,7 @@ impl Tx<'_, '_> {
     /// that may close a loop) or out of it. Terminates the current block.
     fn goto(&mut self, target: u64, from_rip: u64) {
         self.flush_count();
+        self.sync();
         match self.blocks.get(&target).copied() {
             Some((blk, _)) if target > from_rip => {
                 self.b.ins().jump(blk, &[]);
@@ -782,51 +966,103 @@ impl Tx<'_, '_> {
 
     // ---- registers -------------------------------------------------------
 
-    /// Byte offset of a register's low byte in the state.
-    fn reg_off(r: Reg) -> i32 {
-        GPR_OFF + 8 * r.idx as i32 + i32::from(r.high)
+    /// Store what the state in memory lacks (dirty registers, a pending
+    /// lazy record) without forgetting it: for paths that leave while the
+    /// main path goes on with the same values.
+    fn emit_stores(&mut self) {
+        let fl = mem_flags();
+        for i in 0..16 {
+            if self.dirty & (1 << i) != 0 {
+                let v = self.regs[i].expect("a dirty register has a value");
+                self.b.ins().store(fl, v, self.state, GPR_OFF + 8 * i as i32);
+            }
+        }
+        if self.lazy_dirty {
+            if let Known::Lazy { op, size, res, a, b, cin } = self.known {
+                // op (u32) and size (u32) side by side: one 64-bit store.
+                let opsize = self.iconst(u64::from(op as u32) | (u64::from(size) << 32));
+                self.b.ins().store(fl, opsize, self.state, LZ_OFF[OP]);
+                self.b.ins().store(fl, res, self.state, LZ_OFF[RES]);
+                self.b.ins().store(fl, a, self.state, LZ_OFF[SRC1]);
+                self.b.ins().store(fl, b, self.state, LZ_OFF[SRC2]);
+                self.b.ins().store(fl, cin, self.state, LZ_OFF[CIN]);
+            }
+        }
+    }
+
+    /// Bring the state in memory up to date on the main path: the values
+    /// stay held, now clean.
+    fn sync(&mut self) {
+        self.emit_stores();
+        self.dirty = 0;
+        self.lazy_dirty = false;
+    }
+
+    /// Hold nothing (after code that may change any register, and at the
+    /// start of a guest block, which several paths may reach).
+    fn forget(&mut self) {
+        self.regs = [None; 16];
+        self.dirty = 0;
+        self.lazy_dirty = false;
+        self.sse_ok = false;
+    }
+
+    fn zext32(&mut self, v: Value) -> Value {
+        let t = self.b.ins().ireduce(types::I32, v);
+        self.b.ins().uextend(types::I64, t)
     }
 
     /// A register's value, zero-extended from its size.
     fn read_reg(&mut self, r: Reg) -> Value {
-        let o = Self::reg_off(r);
-        let fl = mem_flags();
+        let full = self.gpr64(r.idx);
         match r.size {
-            8 => self.b.ins().load(types::I64, fl, self.state, o),
-            4 => self.b.ins().uload32(fl, self.state, o),
-            2 => self.b.ins().uload16(types::I64, fl, self.state, o),
-            _ => self.b.ins().uload8(types::I64, fl, self.state, o),
+            8 => full,
+            4 => self.zext32(full),
+            2 => self.b.ins().band_imm_s(full, 0xffff),
+            _ if r.high => {
+                let t = self.b.ins().ushr_imm_s(full, 8);
+                self.b.ins().band_imm_s(t, 0xff)
+            }
+            _ => self.b.ins().band_imm_s(full, 0xff),
         }
     }
 
     /// Write with the architectural size rules (8- and 16-bit writes merge,
     /// 32-bit writes zero the upper half); `v` may hold bits above the size.
     fn write_reg(&mut self, r: Reg, v: Value) {
-        let o = Self::reg_off(r);
-        let fl = mem_flags();
-        match r.size {
-            8 => {
-                self.b.ins().store(fl, v, self.state, o);
+        let new = match r.size {
+            8 => v,
+            4 => self.zext32(v),
+            size => {
+                let old = self.gpr64(r.idx);
+                let (m, sh) = if size == 2 {
+                    (0xffffi64, 0)
+                } else if r.high {
+                    (0xff, 8)
+                } else {
+                    (0xff, 0)
+                };
+                let keep = self.b.ins().band_imm_s(old, !(m << sh));
+                let low = self.b.ins().band_imm_s(v, m);
+                let low = if sh != 0 { self.b.ins().ishl_imm_s(low, sh) } else { low };
+                self.b.ins().bor(keep, low)
             }
-            4 => {
-                let z = self.b.ins().band_imm_s(v, 0xffff_ffff);
-                self.b.ins().store(fl, z, self.state, o);
-            }
-            2 => {
-                self.b.ins().istore16(fl, v, self.state, o);
-            }
-            _ => {
-                self.b.ins().istore8(fl, v, self.state, o);
-            }
-        }
+        };
+        self.set_gpr64(r.idx, new);
     }
 
     fn gpr64(&mut self, idx: usize) -> Value {
-        self.b.ins().load(types::I64, mem_flags(), self.state, GPR_OFF + 8 * idx as i32)
+        if let Some(v) = self.regs[idx] {
+            return v;
+        }
+        let v = self.b.ins().load(types::I64, mem_flags(), self.state, GPR_OFF + 8 * idx as i32);
+        self.regs[idx] = Some(v);
+        v
     }
 
     fn set_gpr64(&mut self, idx: usize, v: Value) {
-        self.b.ins().store(mem_flags(), v, self.state, GPR_OFF + 8 * idx as i32);
+        self.regs[idx] = Some(v);
+        self.dirty |= 1 << idx;
     }
 
     // ---- memory ------------------------------------------------------------
@@ -1078,19 +1314,12 @@ impl Tx<'_, '_> {
     // ---- flags ---------------------------------------------------------------
 
     fn set_lazy(&mut self, op: FlagOp, size: u32, res: Value, a: Value, b: Value, cin: Option<Value>) {
-        // op (u32) and size (u32) side by side: one 64-bit store.
-        let opsize = self.iconst(u64::from(op as u32) | (u64::from(size) << 32));
-        let fl = mem_flags();
-        self.b.ins().store(fl, opsize, self.state, LZ_OFF[OP]);
-        self.b.ins().store(fl, res, self.state, LZ_OFF[RES]);
-        self.b.ins().store(fl, a, self.state, LZ_OFF[SRC1]);
-        self.b.ins().store(fl, b, self.state, LZ_OFF[SRC2]);
         let c = match cin {
             Some(c) => c,
             None => self.iconst(0),
         };
-        self.b.ins().store(fl, c, self.state, LZ_OFF[CIN]);
         self.known = Known::Lazy { op, size, res, a, b, cin: c };
+        self.lazy_dirty = true;
     }
 
     /// Set the arithmetic flags eagerly (`f`: the six bits), as
@@ -1104,11 +1333,16 @@ impl Tx<'_, '_> {
         let none = self.b.ins().iconst(types::I32, 0);
         self.b.ins().store(fl, none, self.state, LZ_OFF[OP]);
         self.known = Known::Eager(rf);
+        self.lazy_dirty = false;
     }
 
     /// The six flags now, through the helper (the producer is not known
     /// here: the state's record or RFLAGS holds them).
     fn flags_by_helper(&mut self) -> Value {
+        if self.lazy_dirty {
+            // The helper reads the record from the state.
+            self.sync();
+        }
         let callee = self.iconst(ctx::state_flags as *const () as usize as u64);
         let call = self.b.ins().call_indirect(self.sig_flags, callee, &[self.state]);
         self.b.inst_results(call)[0]
@@ -1319,6 +1553,7 @@ impl Tx<'_, '_> {
     /// instruction, and the state comes back.
     fn emit_fallback(&mut self, d: *const Decoded, rip: u64) {
         self.flush_count();
+        self.sync();
         let r = self.iconst(rip);
         self.b.ins().store(mem_flags(), r, self.state, RIP_OFF);
         let callee = self.iconst(ctx::fallback as *const () as usize as u64);
@@ -1329,6 +1564,7 @@ impl Tx<'_, '_> {
         self.b.ins().brif(st, self.leave_block, &[], cont, &[]);
         self.enter_block(cont);
         self.known = Known::Unknown;
+        self.forget();
     }
 
     /// Translate one instruction; true if it ended the guest block (a
@@ -1636,6 +1872,7 @@ impl Tx<'_, '_> {
                 let c = self.condition(cc);
                 self.pending += 1;
                 self.flush_count();
+                self.sync();
                 let taken = self.b.create_block();
                 let not = self.b.create_block();
                 self.b.ins().brif(c, taken, &[], not, &[]);
@@ -1676,6 +1913,71 @@ impl Tx<'_, '_> {
                 let r = reg(if from == 2 { Register::EAX } else { Register::RAX }).expect("a GPR");
                 self.write_reg(r, v);
             }
+            Form::Vec { op, dst, src } => {
+                self.sse_check(rip);
+                let ty = match op {
+                    VecOp::CmpEq(n) | VecOp::Add(n) | VecOp::Sub(n) => vec_type(n),
+                    _ => types::I8X16,
+                };
+                let b = match src {
+                    VecSrc::Xmm(x) => self.xmm_load(x, ty),
+                    VecSrc::Mem => self.vec_mem_load(insn, ty, true, rip),
+                };
+                let a = self.xmm_load(dst, ty);
+                let r = match op {
+                    VecOp::CmpEq(_) => self.b.ins().icmp(IntCC::Equal, a, b),
+                    VecOp::Add(_) => self.b.ins().iadd(a, b),
+                    VecOp::Sub(_) => self.b.ins().isub(a, b),
+                    VecOp::Xor => self.b.ins().bxor(a, b),
+                    VecOp::Or => self.b.ins().bor(a, b),
+                    VecOp::And => self.b.ins().band(a, b),
+                    // PANDN: dst = !dst & src.
+                    VecOp::AndNot => self.b.ins().band_not(b, a),
+                    VecOp::MinUb => self.b.ins().umin(a, b),
+                    VecOp::MaxUb => self.b.ins().umax(a, b),
+                    VecOp::Shuffle => {
+                        // PSHUFB: an index with bit 7 set gives 0, else its
+                        // low four bits pick the byte; out-of-range indices
+                        // of `swizzle` give 0 too.
+                        let m = self.b.ins().iconst(types::I8, 0x8f);
+                        let m = self.b.ins().splat(types::I8X16, m);
+                        let idx = self.b.ins().band(b, m);
+                        self.b.ins().swizzle(a, idx)
+                    }
+                };
+                self.xmm_store(dst, r);
+            }
+            Form::VecMov { dst, src, aligned } => {
+                self.sse_check(rip);
+                let ty = types::I8X16;
+                let v = match src {
+                    VecSrc::Xmm(x) => self.xmm_load(x, ty),
+                    VecSrc::Mem => self.vec_mem_load(insn, ty, aligned, rip),
+                };
+                match dst {
+                    VecSrc::Xmm(x) => self.xmm_store(x, v),
+                    VecSrc::Mem => self.vec_mem_store(insn, v, aligned, rip),
+                }
+            }
+            Form::Pmovmskb { dst, src } => {
+                self.sse_check(rip);
+                let v = self.xmm_load(src, types::I8X16);
+                let m = self.b.ins().vhigh_bits(types::I64, v);
+                self.write_reg(dst, m);
+            }
+            Form::MovToVec { dst, src } => {
+                self.sse_check(rip);
+                let v = self.read_reg(src);
+                let z = self.iconst(0);
+                let fl = guest_flags();
+                self.b.ins().store(fl, v, self.state, XMM_OFF + 16 * i32::from(dst));
+                self.b.ins().store(fl, z, self.state, XMM_OFF + 16 * i32::from(dst) + 8);
+            }
+            Form::MovFromVec { dst, src } => {
+                self.sse_check(rip);
+                let v = self.b.ins().load(types::I64, guest_flags(), self.state, XMM_OFF + 16 * i32::from(src));
+                self.write_reg(dst, v);
+            }
             Form::SignAcc { size } => {
                 let a = self.gpr64(0);
                 let sh = i64::from(64 - size * 8);
@@ -1686,6 +1988,93 @@ impl Tx<'_, '_> {
             }
         }
         false
+    }
+
+    // ---- SSE ------------------------------------------------------------------
+
+    /// Leave through the interpreter: the current instruction runs there
+    /// (which raises what it must) and the region returns after it. The
+    /// current block ends.
+    fn slow_exit(&mut self, rip: u64) {
+        let d = self.slow_insn.expect("a form with a slow path has a fallback entry");
+        self.emit_stores();
+        let r = self.iconst(rip);
+        self.b.ins().store(mem_flags(), r, self.state, RIP_OFF);
+        let callee = self.iconst(ctx::fallback as *const () as usize as u64);
+        let dv = self.iconst(d as usize as u64);
+        self.b.ins().call_indirect(self.sig_fallback, callee, &[self.ctx, dv]);
+        self.b.ins().jump(self.leave_block, &[]);
+    }
+
+    /// Branch to the slow path unless `ok`.
+    fn slow_unless(&mut self, ok: Value, rip: u64) {
+        let fast = self.b.create_block();
+        let slow = self.b.create_block();
+        self.b.ins().brif(ok, fast, &[], slow, &[]);
+        self.enter_block(slow);
+        self.slow_exit(rip);
+        self.enter_block(fast);
+    }
+
+    /// SSE may run: CR0.EM and CR0.TS clear, CR4.OSFXSR set (else the
+    /// interpreter raises #UD or #NM).
+    fn sse_check(&mut self, rip: u64) {
+        // The instructions before count, in case the slow path leaves.
+        self.flush_count();
+        if self.sse_ok {
+            return;
+        }
+        let fl = mem_flags();
+        let cr0 = self.b.ins().load(types::I64, fl, self.state, CR0_OFF);
+        let cr4 = self.b.ins().load(types::I64, fl, self.state, CR4_OFF);
+        let bad0 = self.b.ins().band_imm_s(cr0, (cr::CR0_EM | cr::CR0_TS) as i64);
+        let ok4 = self.b.ins().band_imm_s(cr4, cr::CR4_OSFXSR as i64);
+        let ok0 = self.b.ins().icmp_imm_s(IntCC::Equal, bad0, 0);
+        let ok4 = self.b.ins().icmp_imm_s(IntCC::NotEqual, ok4, 0);
+        let ok = self.b.ins().band(ok0, ok4);
+        self.slow_unless(ok, rip);
+        self.sse_ok = true;
+    }
+
+    fn xmm_load(&mut self, x: u8, ty: Type) -> Value {
+        self.b.ins().load(ty, guest_flags(), self.state, XMM_OFF + 16 * i32::from(x))
+    }
+
+    fn xmm_store(&mut self, x: u8, v: Value) {
+        self.b.ins().store(guest_flags(), v, self.state, XMM_OFF + 16 * i32::from(x));
+    }
+
+    /// The host address of the 16-byte memory operand, through the inline
+    /// TLB test; anything else (a miss, MMIO, a page crossing, a
+    /// misaligned operand that must be aligned, a code page written) takes
+    /// the slow path.
+    fn vec_host_addr(&mut self, insn: &Instruction, aligned: bool, write: bool, rip: u64) -> Value {
+        let seg = cpu::ops::mem_seg(insn);
+        let off_v = self.ea(insn);
+        let lin = self.linear(seg, off_v).expect("classify_vec takes segments with an inline linear address");
+        if aligned {
+            let low = self.b.ins().band_imm_s(lin, 15);
+            let ok = self.b.ins().icmp_imm_s(IntCC::Equal, low, 0);
+            self.slow_unless(ok, rip);
+        }
+        let l = mmu::TLB_LAYOUT;
+        let (entry, hit) = self.tlb_hit(lin, 16, if write { l.tag_write } else { l.tag_read });
+        self.slow_unless(hit, rip);
+        let host = self.b.ins().load(types::I64, mem_flags(), entry, l.host as i32);
+        let ok = if write { self.not_code_page(entry) } else { self.b.ins().icmp_imm_s(IntCC::NotEqual, host, 0) };
+        self.slow_unless(ok, rip);
+        let pofs = self.b.ins().band_imm_s(lin, 0xfff);
+        self.b.ins().iadd(host, pofs)
+    }
+
+    fn vec_mem_load(&mut self, insn: &Instruction, ty: Type, aligned: bool, rip: u64) -> Value {
+        let a = self.vec_host_addr(insn, aligned, false, rip);
+        self.b.ins().load(ty, guest_flags(), a, 0)
+    }
+
+    fn vec_mem_store(&mut self, insn: &Instruction, v: Value, aligned: bool, rip: u64) {
+        let a = self.vec_host_addr(insn, aligned, true, rip);
+        self.b.ins().store(guest_flags(), v, a, 0);
     }
 
     fn alu_flags(&mut self, op: Alu, size: u32, r: Value, a: Value, bv: Value, cin: Option<Value>) {
@@ -1767,6 +2156,15 @@ impl Tx<'_, '_> {
         self.enter_block(out);
         self.exit_to_value(target, 1);
         self.enter_block(cont);
+    }
+}
+
+fn vec_type(lane_bytes: u8) -> Type {
+    match lane_bytes {
+        1 => types::I8X16,
+        2 => types::I16X8,
+        4 => types::I32X4,
+        _ => types::I64X2,
     }
 }
 
