@@ -1,10 +1,17 @@
 //! The code cache: one reserved mapping that compiled regions are copied
-//! into, bump-allocated a page-aligned run each, and made executable (and
-//! no longer writable) page by page. Nothing is freed singly: when the cache
+//! into, bump-allocated and packed (each on a cache line: spreading them a
+//! page apart would put every region's entry in the same cache sets), and
+//! made executable (and no longer writable) page by page. A page that
+//! already holds code is writable only while a region is copied in, on the
+//! thread that runs the code, so no code runs from it meanwhile. Nothing is freed singly: when the cache
 //! is full, every region goes at once and allocation starts again, as QEMU
 //! flushes its translation buffer.
 
 use std::ptr::NonNull;
+
+/// Each region starts on a cache line (which also meets Cranelift's
+/// function alignment).
+const ALIGN: usize = 64;
 
 /// The cache's mapping.
 pub struct CodeCache {
@@ -62,31 +69,43 @@ impl CodeCache {
 
     /// Whether `len` more bytes fit.
     pub fn fits(&self, len: usize) -> bool {
-        self.used + len.div_ceil(self.page) * self.page <= self.size
+        self.used + len.div_ceil(ALIGN) * ALIGN <= self.size
     }
 
     /// Copy `code` in and make it executable; `None` when it does not fit
-    /// (the caller flushes and tries again) or the host refused the
-    /// protection change.
+    /// or the host refused a protection change: the caller then flushes
+    /// the cache (dropping every region) and tries again.
     pub fn install(&mut self, code: &[u8]) -> Option<RegionFn> {
-        let len = code.len().div_ceil(self.page) * self.page;
         if code.is_empty() || !self.fits(code.len()) {
             return None;
         }
-        // SAFETY: `used + len <= size`, so the range lies in the mapping; its
-        // pages are still writable (nothing was installed there since the
-        // last flush made them writable again), and no code runs from them.
-        let at = unsafe { self.base.as_ptr().add(self.used) };
-        // SAFETY: as above; `code` is a separate allocation of `code.len()`
-        // bytes, and `code.len() <= len`.
-        unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at, code.len()) };
-        // SAFETY: `at` is page-aligned (`used` is a multiple of the page
-        // size) and the `len` bytes from it lie in the mapping.
-        let rc = unsafe { libc::mprotect(at.cast(), len, libc::PROT_READ | libc::PROT_EXEC) };
+        // The pages the region touches: the first may hold code already.
+        let first = self.used / self.page * self.page;
+        let end = (self.used + code.len()).div_ceil(self.page) * self.page;
+        // SAFETY: `used + len <= size`, so `first..end` lies in the mapping
+        // (`size` is a multiple of the page size); no code runs while the
+        // JIT's thread installs.
+        let rc = unsafe {
+            libc::mprotect(self.base.as_ptr().add(first).cast(), end - first, libc::PROT_READ | libc::PROT_WRITE)
+        };
         if rc != 0 {
             return None;
         }
-        self.used += len;
+        // SAFETY: as above; the range is now writable, and `code` is a
+        // separate allocation of `code.len()` bytes.
+        let at = unsafe { self.base.as_ptr().add(self.used) };
+        // SAFETY: as above.
+        unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at, code.len()) };
+        // SAFETY: the same page-aligned range of the mapping.
+        let rc = unsafe {
+            libc::mprotect(self.base.as_ptr().add(first).cast(), end - first, libc::PROT_READ | libc::PROT_EXEC)
+        };
+        if rc != 0 {
+            // Code installed before on the first page cannot run now: the
+            // caller flushes the whole cache on `None`.
+            return None;
+        }
+        self.used += code.len().div_ceil(ALIGN) * ALIGN;
         sync_icache(at, code.len());
         Some(to_fn(at))
     }
@@ -95,9 +114,9 @@ impl CodeCache {
     /// must hold no code pointer from before.
     pub fn flush(&mut self) {
         if self.used > 0 {
-            // SAFETY: the first `used` bytes of the mapping, page-aligned.
-            let rc =
-                unsafe { libc::mprotect(self.base.as_ptr().cast(), self.used, libc::PROT_READ | libc::PROT_WRITE) };
+            let len = self.used.div_ceil(self.page) * self.page;
+            // SAFETY: the pages of the first `used` bytes of the mapping.
+            let rc = unsafe { libc::mprotect(self.base.as_ptr().cast(), len, libc::PROT_READ | libc::PROT_WRITE) };
             if rc != 0 {
                 // The pages stay executable and read-only: leave them
                 // behind and allocate past them.
@@ -151,10 +170,13 @@ mod tests {
         let mut c = CodeCache::new(3 * 4096).unwrap();
         // `ret` on x86-64; other hosts only check the bookkeeping.
         let code = [0xc3u8; 10];
+        let a = c.install(&code).unwrap();
+        let b = c.install(&[0xc3; 5000]).unwrap();
+        // Packed: the second region starts on the next cache line.
+        assert_eq!(b as usize - a as usize, ALIGN);
+        assert_eq!(c.used(), ALIGN + 5000usize.div_ceil(ALIGN) * ALIGN);
+        assert!(c.install(&[0xc3; 8000]).is_none());
         assert!(c.install(&code).is_some());
-        assert!(c.install(&[0xc3; 5000]).is_some());
-        assert_eq!(c.used(), 3 * 4096);
-        assert!(c.install(&code).is_none());
         c.flush();
         assert_eq!((c.used(), c.flushes), (0, 1));
         assert!(c.install(&code).is_some());

@@ -50,6 +50,8 @@ pub struct Config {
     pub max_region_insns: usize,
     /// Compile on the caller's thread and install at once (tests).
     pub synchronous: bool,
+    /// Name each compiled region in `/tmp/perf-PID.map` for `perf`.
+    pub perf_map: bool,
 }
 
 impl Default for Config {
@@ -60,6 +62,7 @@ impl Default for Config {
             cache_bytes: 64 << 20,
             max_region_insns: 256,
             synchronous: false,
+            perf_map: false,
         }
     }
 }
@@ -170,6 +173,8 @@ pub struct Jit {
     gen: u64,
     inval: Arc<Mutex<Vec<Invalidation>>>,
     inval_flag: Arc<AtomicBool>,
+    /// `/tmp/perf-PID.map`, for `perf` to name compiled regions.
+    perf_map: Option<std::io::BufWriter<std::fs::File>>,
     pub stats: JitStats,
 }
 
@@ -193,6 +198,7 @@ impl Jit {
             }));
         }
         cpu.set_hot_threshold(cfg.threshold.max(1));
+        let cfg_perf_map = cfg.perf_map;
         Ok(Jit {
             cfg,
             compiler,
@@ -210,6 +216,18 @@ impl Jit {
             gen: 0,
             inval,
             inval_flag,
+            perf_map: if cfg_perf_map {
+                let path = format!("/tmp/perf-{}.map", std::process::id());
+                match std::fs::File::create(&path) {
+                    Ok(f) => Some(std::io::BufWriter::new(f)),
+                    Err(e) => {
+                        tracing::warn!(target: "jit", "cannot write {path}: {e}");
+                        None
+                    }
+                }
+            } else {
+                None
+            },
             stats: JitStats::default(),
         })
     }
@@ -602,6 +620,11 @@ impl Jit {
         };
         self.stats.regions_compiled += 1;
         self.stats.code_bytes += out.code.len() as u64;
+        if let Some(m) = &mut self.perf_map {
+            use std::io::Write;
+            let _ = writeln!(m, "{:x} {:x} guest_{:x}_{}", f as usize, out.code.len(), p.keys[0].0, p.keys.len());
+            let _ = m.flush();
+        }
         let id = self.regions.len() as u32;
         for (i, k) in p.keys.iter().enumerate() {
             self.map.entry(*k).or_insert((id, i as u32));

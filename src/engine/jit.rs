@@ -23,7 +23,8 @@ pub struct JitEngine {
 /// The JIT's settings: the defaults, or the environment's
 /// `FERROVM_JIT_THRESHOLD` (runs of a block before it is compiled),
 /// `FERROVM_JIT_OPT` (`none`, `speed`) and `FERROVM_JIT_REGALLOC`
-/// (`backtracking`, `single_pass`), for measurements.
+/// (`backtracking`, `single_pass`), for measurements; `FERROVM_JIT_PERFMAP=1`
+/// names compiled regions for `perf` in `/tmp/perf-PID.map`.
 pub fn config_from_env() -> Result<jit::Config, Error> {
     let mut c = jit::Config::default();
     if let Ok(v) = std::env::var("FERROVM_JIT_THRESHOLD") {
@@ -39,6 +40,7 @@ pub fn config_from_env() -> Result<jit::Config, Error> {
         }
         c.settings.opt_level = v;
     }
+    c.perf_map = std::env::var("FERROVM_JIT_PERFMAP").is_ok_and(|v| v == "1");
     if let Ok(v) = std::env::var("FERROVM_JIT_REGALLOC") {
         if !matches!(v.as_str(), "backtracking" | "single_pass") {
             return Err(Error::Config(format!("FERROVM_JIT_REGALLOC={v}: expected backtracking or single_pass")));
