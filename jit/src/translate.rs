@@ -163,6 +163,17 @@ enum Form {
         dst: Reg,
         count: u32,
     },
+    /// SHL, SHR, SAR of a 32- or 64-bit register by CL.
+    ShiftCl {
+        op: Shift,
+        dst: Reg,
+    },
+    /// BSF, BSR (32 and 64 bits).
+    BitScan {
+        reverse: bool,
+        dst: Reg,
+        src: Opnd,
+    },
     Imul {
         dst: Reg,
         src: Opnd,
@@ -506,6 +517,28 @@ fn classify(insn: &Instruction, bits: u32) -> Option<Form> {
             };
             let count = u32::from(insn.immediate8()) & if dst.size == 8 { 0x3f } else { 0x1f };
             Form::Shift { op, dst, count }
+        }
+        Mnemonic::Shl | Mnemonic::Sal | Mnemonic::Shr | Mnemonic::Sar
+            if n == 2 && insn.op1_kind() == OpKind::Register && insn.op1_register() == Register::CL =>
+        {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            if dst.size < 4 {
+                return None;
+            }
+            let op = match insn.mnemonic() {
+                Mnemonic::Shr => Shift::Shr,
+                Mnemonic::Sar => Shift::Sar,
+                _ => Shift::Shl,
+            };
+            Form::ShiftCl { op, dst }
+        }
+        Mnemonic::Bsf | Mnemonic::Bsr if n == 2 => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            let src = opnd(insn, 1, bits)?;
+            if dst.size < 4 || matches!(src, Opnd::Imm(_)) || opsize(src, insn) != dst.size {
+                return None;
+            }
+            Form::BitScan { reverse: insn.mnemonic() == Mnemonic::Bsr, dst, src }
         }
         Mnemonic::Imul if n == 2 || n == 3 => {
             let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
@@ -1501,7 +1534,63 @@ impl Tx<'_, '_> {
                 _ => {}
             }
         }
-        // The general case: the six flags as RFLAGS bits.
+        if self.known == Known::Unknown && matches!(cc, 2 | 4 | 6 | 8 | 12 | 14) {
+            return self.condition_from_state(cc);
+        }
+        self.condition_by_flags(cc)
+    }
+
+    /// Condition `cc` (2, 4, 6, 8, 12 or 14) from the state's lazy record
+    /// without a call when its producer is a SUB/CMP or a logic operation
+    /// (any producer for ZF and SF), else through the helper.
+    fn condition_from_state(&mut self, cc: u8) -> Value {
+        let fl = mem_flags();
+        let op = self.b.ins().load(types::I32, fl, self.state, LZ_OFF[OP]);
+        let size = self.b.ins().uload32(fl, self.state, LZ_OFF[1]);
+        let res = self.b.ins().load(types::I64, fl, self.state, LZ_OFF[RES]);
+        let a = self.b.ins().load(types::I64, fl, self.state, LZ_OFF[SRC1]);
+        let bv = self.b.ins().load(types::I64, fl, self.state, LZ_OFF[SRC2]);
+        // Values moved to the top of the register: comparing them compares
+        // the operands at their size, bits above it ignored.
+        let bits = self.b.ins().ishl_imm_s(size, 3);
+        let sixty_four = self.iconst(64);
+        let sh = self.b.ins().isub(sixty_four, bits);
+        let res = self.b.ins().ishl(res, sh);
+        let a = self.b.ins().ishl(a, sh);
+        let bv = self.b.ins().ishl(bv, sh);
+        let zf = self.b.ins().icmp_imm_s(IntCC::Equal, res, 0);
+        let sf = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, res, 0);
+        let is_sub = self.b.ins().icmp_imm_s(IntCC::Equal, op, FlagOp::Sub as i64);
+        let is_logic = self.b.ins().icmp_imm_s(IntCC::Equal, op, FlagOp::Logic as i64);
+        let (fast, v) = match cc {
+            4 | 8 => {
+                let lazy = self.b.ins().icmp_imm_s(IntCC::NotEqual, op, FlagOp::None as i64);
+                (lazy, if cc == 4 { zf } else { sf })
+            }
+            _ => {
+                let (sub, logic) = match cc {
+                    2 => (self.b.ins().icmp(IntCC::UnsignedLessThan, a, bv), self.b.ins().iconst(types::I8, 0)),
+                    6 => (self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, a, bv), zf),
+                    12 => (self.b.ins().icmp(IntCC::SignedLessThan, a, bv), sf),
+                    _ => (self.b.ins().icmp(IntCC::SignedLessThanOrEqual, a, bv), self.b.ins().bor(zf, sf)),
+                };
+                let fast = self.b.ins().bor(is_sub, is_logic);
+                (fast, self.b.ins().select(is_sub, sub, logic))
+            }
+        };
+        let join = self.b.create_block();
+        let out = self.b.append_block_param(join, types::I8);
+        let slow = self.b.create_block();
+        self.b.ins().brif(fast, join, &[v.into()], slow, &[]);
+        self.enter_block(slow);
+        let c = self.condition_by_flags(cc);
+        self.b.ins().jump(join, &[c.into()]);
+        self.enter_block(join);
+        out
+    }
+
+    /// Condition `cc` (even: the positive form) from the six flags.
+    fn condition_by_flags(&mut self, cc: u8) -> Value {
         let f = match self.known {
             Known::Eager(rf) => rf,
             _ => self.flags_by_helper(),
@@ -1780,6 +1869,94 @@ impl Tx<'_, '_> {
                 let f = self.b.ins().bor(cf, ofb);
                 let szp = self.szp(r, size);
                 let f = self.b.ins().bor(f, szp);
+                self.set_eager(f);
+            }
+            Form::ShiftCl { op, dst } => {
+                let size = dst.size;
+                let bits = i64::from(size * 8);
+                let m = mask(size) as i64;
+                let a = self.read_reg(dst);
+                let cl = self.gpr64(1);
+                let count = self.b.ins().band_imm_s(cl, bits - 1);
+                let sa = if size == 8 {
+                    a
+                } else {
+                    let t = self.b.ins().ishl_imm_s(a, 32);
+                    self.b.ins().sshr_imm_s(t, 32)
+                };
+                // Where the count is 0 these are not used.
+                let before = self.b.ins().iadd_imm_s(count, -1);
+                let (r, cf, of) = match op {
+                    Shift::Shl => {
+                        let r = self.b.ins().ishl(a, count);
+                        let r = self.b.ins().band_imm_s(r, m);
+                        // The last bit out: bit `bits - count` of `a`.
+                        let t = self.b.ins().ishl(a, before);
+                        let cf = self.b.ins().ushr_imm_s(t, bits - 1);
+                        let cf = self.b.ins().band_imm_s(cf, 1);
+                        let msb = self.sign_bit(r, size);
+                        (r, cf, self.b.ins().bxor(msb, cf))
+                    }
+                    Shift::Shr => {
+                        let r = self.b.ins().ushr(a, count);
+                        let t = self.b.ins().ushr(a, before);
+                        let cf = self.b.ins().band_imm_s(t, 1);
+                        (r, cf, self.sign_bit(a, size))
+                    }
+                    _ => {
+                        let r = self.b.ins().sshr(sa, count);
+                        let r = self.b.ins().band_imm_s(r, m);
+                        let t = self.b.ins().sshr(sa, before);
+                        let cf = self.b.ins().band_imm_s(t, 1);
+                        (r, cf, self.iconst(0))
+                    }
+                };
+                let zero = self.b.ins().icmp_imm_s(IntCC::Equal, count, 0);
+                // A count of 0 changes no flag (the register is still
+                // written: a 32-bit one is zero-extended).
+                let out = self.b.ins().select(zero, a, r);
+                self.write_reg(dst, out);
+                self.sync();
+                let set = self.b.create_block();
+                let join = self.b.create_block();
+                self.b.ins().brif(zero, join, &[], set, &[]);
+                self.enter_block(set);
+                let ofb = self.b.ins().ishl_imm_s(of, 11);
+                let f = self.b.ins().bor(cf, ofb);
+                let szp = self.szp(r, size);
+                let f = self.b.ins().bor(f, szp);
+                let fl = mem_flags();
+                let rf = self.b.ins().load(types::I64, fl, self.state, RFLAGS_OFF);
+                let rf = self.b.ins().band_imm_s(rf, !(flags::ARITH as i64));
+                let rf = self.b.ins().bor(rf, f);
+                self.b.ins().store(fl, rf, self.state, RFLAGS_OFF);
+                let none = self.b.ins().iconst(types::I32, 0);
+                self.b.ins().store(fl, none, self.state, LZ_OFF[OP]);
+                self.b.ins().jump(join, &[]);
+                self.enter_block(join);
+                self.known = Known::Unknown;
+            }
+            Form::BitScan { reverse, dst, src } => {
+                let size = dst.size;
+                let v = self.read(src, insn, size, rip);
+                let zero = self.b.ins().icmp_imm_s(IntCC::Equal, v, 0);
+                let idx = if reverse {
+                    let lz = self.b.ins().clz(v);
+                    let top = self.iconst(63);
+                    self.b.ins().isub(top, lz)
+                } else {
+                    self.b.ins().ctz(v)
+                };
+                // A zero source leaves the destination as it is (all 64
+                // bits) and sets ZF; only ZF changes.
+                let old = self.gpr64(dst.idx);
+                let out = self.b.ins().select(zero, old, idx);
+                let prev = self.materialize();
+                self.set_gpr64(dst.idx, out);
+                let keep = self.b.ins().band_imm_s(prev, (flags::ARITH & !flags::ZF) as i64);
+                let zf = self.b.ins().uextend(types::I64, zero);
+                let zf = self.b.ins().ishl_imm_s(zf, 6);
+                let f = self.b.ins().bor(keep, zf);
                 self.set_eager(f);
             }
             Form::Imul { dst, src, imm } => {
