@@ -1464,11 +1464,58 @@ impl Tx<'_, '_> {
                 self.b.ins().uextend(types::I64, c)
             }
             Known::Eager(rf) => self.b.ins().band_imm_s(rf, 1),
-            Known::Unknown => {
-                let f = self.flags_by_helper();
-                self.b.ins().band_imm_s(f, 1)
-            }
+            Known::Unknown => self.cf_from_state(),
         }
+    }
+
+    /// CF (0/1, i64) from the state's lazy record, inline for every
+    /// producer but ADC and SBB (those through the helper).
+    fn cf_from_state(&mut self) -> Value {
+        let fl = mem_flags();
+        let op = self.b.ins().load(types::I32, fl, self.state, LZ_OFF[OP]);
+        let size = self.b.ins().uload32(fl, self.state, LZ_OFF[1]);
+        let res = self.b.ins().load(types::I64, fl, self.state, LZ_OFF[RES]);
+        let a = self.b.ins().load(types::I64, fl, self.state, LZ_OFF[SRC1]);
+        let bv = self.b.ins().load(types::I64, fl, self.state, LZ_OFF[SRC2]);
+        let cin = self.b.ins().load(types::I64, fl, self.state, LZ_OFF[CIN]);
+        let rf = self.b.ins().load(types::I64, fl, self.state, RFLAGS_OFF);
+        let bits = self.b.ins().ishl_imm_s(size, 3);
+        let sixty_four = self.iconst(64);
+        let sh = self.b.ins().isub(sixty_four, bits);
+        let res = self.b.ins().ishl(res, sh);
+        let a = self.b.ins().ishl(a, sh);
+        let bv = self.b.ins().ishl(bv, sh);
+        let sub = self.b.ins().icmp(IntCC::UnsignedLessThan, a, bv);
+        let sub = self.b.ins().uextend(types::I64, sub);
+        let add = self.b.ins().icmp(IntCC::UnsignedLessThan, res, a);
+        let add = self.b.ins().uextend(types::I64, add);
+        let kept = self.b.ins().band_imm_s(cin, 1);
+        let none = self.b.ins().band_imm_s(rf, 1);
+        let zero = self.iconst(0);
+        let is = |tx: &mut Self, o: FlagOp| tx.b.ins().icmp_imm_s(IntCC::Equal, op, o as i64);
+        let is_none = is(self, FlagOp::None);
+        let v = self.b.ins().select(is_none, none, zero);
+        let is_inc = is(self, FlagOp::Inc);
+        let is_dec = is(self, FlagOp::Dec);
+        let incdec = self.b.ins().bor(is_inc, is_dec);
+        let v = self.b.ins().select(incdec, kept, v);
+        let is_add = is(self, FlagOp::Add);
+        let v = self.b.ins().select(is_add, add, v);
+        let is_sub = is(self, FlagOp::Sub);
+        let v = self.b.ins().select(is_sub, sub, v);
+        let is_adc = is(self, FlagOp::Adc);
+        let is_sbb = is(self, FlagOp::Sbb);
+        let slow_op = self.b.ins().bor(is_adc, is_sbb);
+        let join = self.b.create_block();
+        let out = self.b.append_block_param(join, types::I64);
+        let slow = self.b.create_block();
+        self.b.ins().brif(slow_op, slow, &[], join, &[v.into()]);
+        self.enter_block(slow);
+        let f = self.flags_by_helper();
+        let c = self.b.ins().band_imm_s(f, 1);
+        self.b.ins().jump(join, &[c.into()]);
+        self.enter_block(join);
+        out
     }
 
     /// Evaluate condition code `cc` as an i8 (non-zero: true).

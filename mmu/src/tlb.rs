@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::memory::{GuestMemory, PAGE_SIZE};
 use crate::paging::{Access, PageFault, PagingCtx, Privilege, Translation};
 
-const ENTRIES: usize = 256;
+const ENTRIES: usize = 1024;
 const PAGE_MASK: u64 = !(PAGE_SIZE - 1);
 /// Set in a tag that is valid; page addresses have this bit clear.
 const VALID: u64 = 1;
