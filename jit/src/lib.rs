@@ -93,6 +93,9 @@ pub struct JitStats {
 /// A region entry: RIP, the guest physical address of its code, and the mode.
 type Key = (u64, u64, u8);
 
+/// Chained region entries between two looks at the interrupt controller.
+const BOUNDARY_HOPS: u32 = 8;
+
 /// Entries of the jump cache.
 const JUMP_SLOTS: usize = 4096;
 /// A key no region has (RIP past the canonical range).
@@ -331,6 +334,7 @@ impl Jit {
         ctx.cpu = cp;
         let mut left = budget;
         let mut first = true;
+        let mut hops = 0u32;
         loop {
             let f = self.regions[region as usize].f;
             let ctx = &mut *self.ctx;
@@ -374,11 +378,16 @@ impl Jit {
             // and the code are as they were (no helper asked to leave),
             // the slice lasts, and no event, stop or invalidation waits.
             left = left.saturating_sub(ran_native + ran_fallback);
+            hops += 1;
+            // What changes the CPU's own state (HLT, an interrupt shadow,
+            // a stop, a mode change) ends a region with a helper's LEAVE;
+            // an interrupt raised from outside is looked for every few
+            // hops, which delays it by a few dozen instructions at most.
             if self.ctx.status != ctx::status::OK
                 || left == 0
                 || self.inval_flag.load(Ordering::Relaxed)
                 || cpu.mem().invalidation_pending()
-                || cpu.needs_boundary()
+                || (hops % BOUNDARY_HOPS == 0 && cpu.needs_boundary())
             {
                 return;
             }

@@ -18,6 +18,10 @@ use crate::memory::{GuestMemory, PAGE_SIZE};
 use crate::paging::{Access, PageFault, PagingCtx, Privilege, Translation};
 
 const ENTRIES: usize = 1024;
+/// Entries evicted from the direct-mapped sets are kept in a small fully
+/// associative victim buffer per set, looked at before a page walk, so two
+/// pages that share an index do not walk the tables at every switch.
+const VICTIMS: usize = 8;
 const PAGE_MASK: u64 = !(PAGE_SIZE - 1);
 /// Set in a tag that is valid; page addresses have this bit clear.
 const VALID: u64 = 1;
@@ -76,6 +80,9 @@ pub const TLB_LAYOUT: TlbLayout = TlbLayout {
 pub struct Mmu {
     mem: Arc<GuestMemory>,
     sets: Box<[[Entry; ENTRIES]; 3]>,
+    victims: [[Entry; VICTIMS]; 3],
+    /// The victim slot each set fills next (round robin).
+    victim_next: [usize; 3],
     /// A large page was split into TLB entries since the last full flush, so
     /// INVLPG must flush everything (it cannot tell which 4 KiB entries belong
     /// to the large page).
@@ -99,7 +106,16 @@ unsafe impl Send for Mmu {}
 
 impl Mmu {
     pub fn new(mem: Arc<GuestMemory>) -> Self {
-        Mmu { mem, sets: Box::new([[EMPTY; ENTRIES]; 3]), has_large: false, walks: 0, flushes: 0, generation: 0 }
+        Mmu {
+            mem,
+            sets: Box::new([[EMPTY; ENTRIES]; 3]),
+            victims: [[EMPTY; VICTIMS]; 3],
+            victim_next: [0; 3],
+            has_large: false,
+            walks: 0,
+            flushes: 0,
+            generation: 0,
+        }
     }
 
     /// The first entry of the set for privilege `p`, for translated code that
@@ -127,6 +143,13 @@ impl Mmu {
                 }
             }
         }
+        for set in self.victims.iter_mut() {
+            for e in set.iter_mut() {
+                if !(keep_global && e.global) {
+                    *e = EMPTY;
+                }
+            }
+        }
         if !keep_global {
             self.has_large = false;
         }
@@ -141,12 +164,21 @@ impl Mmu {
             return;
         }
         let idx = ((lin >> 12) as usize) % ENTRIES;
+        let holds = |e: &Entry| {
+            e.tag_read | VALID == (lin & PAGE_MASK) | VALID
+                || e.tag_write | VALID == (lin & PAGE_MASK) | VALID
+                || e.tag_exec | VALID == (lin & PAGE_MASK) | VALID
+        };
         for set in self.sets.iter_mut() {
-            if set[idx].tag_read | VALID == (lin & PAGE_MASK) | VALID
-                || set[idx].tag_write | VALID == (lin & PAGE_MASK) | VALID
-                || set[idx].tag_exec | VALID == (lin & PAGE_MASK) | VALID
-            {
+            if holds(&set[idx]) {
                 set[idx] = EMPTY;
+            }
+        }
+        for set in self.victims.iter_mut() {
+            for e in set.iter_mut() {
+                if holds(e) {
+                    *e = EMPTY;
+                }
             }
         }
     }
@@ -155,11 +187,9 @@ impl Mmu {
     /// first cached, so its write tags stop bypassing the tracking check).
     pub fn flush_phys(&mut self, phys_page: u64) {
         self.generation += 1;
-        for set in self.sets.iter_mut() {
-            for e in set.iter_mut() {
-                if e.phys == phys_page & PAGE_MASK {
-                    *e = EMPTY;
-                }
+        for e in self.sets.iter_mut().flat_map(|s| s.iter_mut()).chain(self.victims.iter_mut().flatten()) {
+            if e.phys == phys_page & PAGE_MASK {
+                *e = EMPTY;
             }
         }
     }
@@ -186,6 +216,9 @@ impl Mmu {
         if let Some(phys) = self.lookup(p, lin, access) {
             return Ok(phys);
         }
+        if let Some(phys) = self.from_victim(p, lin, access) {
+            return Ok(phys);
+        }
         self.walks += 1;
         let t = ctx.translate(&self.mem, lin, access, p)?;
         self.insert(ctx, p, lin, &t);
@@ -208,7 +241,41 @@ impl Mmu {
             host: host.map_or(std::ptr::null_mut(), |h| h.ptr),
             global: t.global,
         };
-        self.sets[set_index(p)][((lin >> 12) as usize) % ENTRIES] = e;
+        self.place(p, lin, e);
+    }
+
+    /// Put `e` in its slot; a valid entry there for another page moves to
+    /// the victim buffer.
+    fn place(&mut self, p: Privilege, lin: u64, e: Entry) {
+        let set = set_index(p);
+        let slot = &mut self.sets[set][((lin >> 12) as usize) % ENTRIES];
+        let old = std::mem::replace(slot, e);
+        let page = |x: &Entry| (x.tag_read | x.tag_write | x.tag_exec) & PAGE_MASK;
+        let valid = (old.tag_read | old.tag_write | old.tag_exec) & VALID != 0;
+        if valid && page(&old) != lin & PAGE_MASK {
+            let n = self.victim_next[set];
+            self.victims[set][n] = old;
+            self.victim_next[set] = (n + 1) % VICTIMS;
+        }
+    }
+
+    /// A victim entry that holds `lin` for `access`: swapped back into its
+    /// slot (the entry there becomes the victim).
+    fn from_victim(&mut self, p: Privilege, lin: u64, access: Access) -> Option<u64> {
+        let set = set_index(p);
+        let want = (lin & PAGE_MASK) | VALID;
+        let i = self.victims[set].iter().position(|e| {
+            let tag = match access {
+                Access::Read => e.tag_read,
+                Access::Write => e.tag_write,
+                Access::Execute => e.tag_exec,
+            };
+            tag == want
+        })?;
+        let e = self.victims[set][i];
+        let slot = &mut self.sets[set][((lin >> 12) as usize) % ENTRIES];
+        self.victims[set][i] = std::mem::replace(slot, e);
+        Some(e.phys | (lin & !PAGE_MASK))
     }
 
     /// Read `N` bytes at `lin` if the TLB hits, the access stays in one page and
