@@ -41,6 +41,7 @@ fn same_state(a: &mut Cpu, b: &mut Cpu) {
     for i in 0..16 {
         assert_eq!(x.gpr[i], y.gpr[i], "gpr {i}");
     }
+    assert_eq!(x.xmm, y.xmm, "xmm");
     assert_eq!(x.rip, y.rip, "rip");
     assert_eq!(x.rflags, y.rflags, "rflags");
     assert_eq!(x.cr2, y.cr2, "cr2");
@@ -242,6 +243,112 @@ fn divide_error_and_invalid_opcode_from_compiled_code() {
         },
     );
     assert_eq!(b.state.rip, stub(6) + 1);
+}
+
+fn sse_on(c: &mut Cpu) {
+    c.state.cr4 |= cpu::state::cr::CR4_OSFXSR;
+}
+
+/// A strlen-like scan with the SSE2 forms the JIT translates (aligned and
+/// unaligned loads and stores, compares, logic, PMOVMSKB, PSHUFB, MOVD/MOVQ)
+/// and BSF/BSR and shifts by CL on the results.
+#[test]
+fn sse_scans_give_the_interpreters_results() {
+    let prep = |c: &mut Cpu| {
+        sse_on(c);
+        let bytes: Vec<u8> = (0..0x800u32).map(|i| (i * 7 + 3) as u8 | 1).collect();
+        c.mem().write(DATA, &bytes).unwrap();
+        c.mem().write(DATA + 0x5a3, &[0]).unwrap();
+    };
+    let (_, b, jit) = both(long_mode, prep, |a| {
+        let mut top = a.create_label();
+        let mut found = a.create_label();
+        let mut outer = a.create_label();
+        a.mov(r8d, 40)?;
+        a.set_label(&mut outer)?;
+        a.mov(rsi, DATA)?;
+        a.pxor(xmm0, xmm0)?;
+        a.movq(xmm5, r8)?;
+        a.set_label(&mut top)?;
+        a.movdqa(xmm1, xmmword_ptr(rsi))?;
+        a.movdqu(xmm2, xmmword_ptr(rsi + 3))?;
+        a.pminub(xmm2, xmm1)?;
+        a.pcmpeqb(xmm1, xmm0)?;
+        a.por(xmm3, xmm2)?;
+        a.paddd(xmm4, xmm2)?;
+        a.pshufb(xmm3, xmm5)?;
+        a.pand(xmm4, xmm3)?;
+        a.pandn(xmm6, xmm4)?;
+        a.movdqu(xmmword_ptr(rsi + 0x1001), xmm4)?;
+        a.pmovmskb(eax, xmm1)?;
+        a.add(rsi, 16)?;
+        a.test(eax, eax)?;
+        a.jz(top)?;
+        a.set_label(&mut found)?;
+        a.bsf(ecx, eax)?;
+        a.bsr(edx, eax)?;
+        a.movd(ebx, xmm4)?;
+        a.shl(rbx, cl)?;
+        a.sar(edx, cl)?;
+        a.shr(r9, cl)?;
+        a.add(r10, rbx)?;
+        a.movaps(xmmword_ptr(rsi + 0x1000), xmm6)?;
+        a.dec(r8d)?;
+        a.jnz(outer)?;
+        a.hlt()
+    });
+    assert!(b.state.gpr[1] != 0);
+    assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 80, "{:?}", jit.stats);
+}
+
+/// SSE faults raised from compiled code go through the interpreter's slow
+/// path: a misaligned MOVDQA (#GP) and SSE with CR0.TS set (#NM).
+#[test]
+fn sse_faults_in_compiled_code_deliver_like_the_interpreter() {
+    let (_, b, jit) = both(
+        long_mode,
+        |c| sse_on(c),
+        |a| {
+            let mut top = a.create_label();
+            let mut skip = a.create_label();
+            a.mov(rsi, DATA)?;
+            a.mov(ecx, 300)?;
+            a.set_label(&mut top)?;
+            a.cmp(ecx, 100)?;
+            a.jne(skip)?;
+            a.inc(rsi)?;
+            a.set_label(&mut skip)?;
+            a.movdqa(xmm1, xmmword_ptr(rsi))?;
+            a.paddb(xmm0, xmm1)?;
+            a.dec(ecx)?;
+            a.jnz(top)?;
+            a.hlt()
+        },
+    );
+    assert_eq!(b.state.rip, stub(13) + 1, "#GP");
+    assert!(jit.stats.native_insns > 0);
+    let (_, b, _) = both(
+        long_mode,
+        |c| sse_on(c),
+        |a| {
+            let mut top = a.create_label();
+            let mut skip = a.create_label();
+            a.mov(ecx, 300)?;
+            a.set_label(&mut top)?;
+            a.cmp(ecx, 100)?;
+            a.jne(skip)?;
+            a.mov(rax, cr0)?;
+            a.or(rax, 8)?;
+            a.mov(cr0, rax)?;
+            a.set_label(&mut skip)?;
+            a.pxor(xmm2, xmm3)?;
+            a.dec(ecx)?;
+            a.jnz(top)?;
+            a.hlt()
+        },
+    );
+    assert_eq!(b.state.rip, stub(7) + 1, "#NM");
+    assert_eq!(b.state.gpr[1], 100);
 }
 
 /// Code that rewrites an instruction of its own loop, on the same page,
