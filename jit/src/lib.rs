@@ -107,7 +107,6 @@ fn jump_slot(rip: u64) -> usize {
 
 /// An installed region.
 struct Region {
-    f: RegionFn,
     /// Instructions the code runs through the interpreter; it holds their
     /// addresses, so the table lives as long as the code.
     _fallbacks: Vec<cpu::Decoded>,
@@ -165,6 +164,9 @@ pub struct Jit {
     cache: CodeCache,
     ctx: Box<JitCtx>,
     regions: Vec<Region>,
+    /// Each region's code, by region id (dense: the chaining loop reads it
+    /// at every hop).
+    fns: Vec<RegionFn>,
     map: FastMap<Key, (u32, u32)>,
     /// A direct-mapped cache in front of `map`, by RIP.
     jump: Vec<(Key, u32, u32)>,
@@ -209,6 +211,7 @@ impl Jit {
             cache,
             ctx: Box::default(),
             regions: Vec::new(),
+            fns: Vec::new(),
             map: FastMap::default(),
             jump: vec![(NO_KEY, 0, 0); JUMP_SLOTS],
             by_page: FastMap::default(),
@@ -253,6 +256,7 @@ impl Jit {
     /// Drop every region (a reset, a state load).
     pub fn flush(&mut self) {
         self.regions.clear();
+        self.fns.clear();
         self.map.clear();
         self.jump.fill((NO_KEY, 0, 0));
         self.by_page.clear();
@@ -336,7 +340,7 @@ impl Jit {
         let mut first = true;
         let mut hops = 0u32;
         loop {
-            let f = self.regions[region as usize].f;
+            let f = self.fns[region as usize];
             let ctx = &mut *self.ctx;
             ctx.budget = left;
             ctx.exit = ctx::exit::NORMAL;
@@ -613,6 +617,7 @@ impl Jit {
             Some(f) => f,
             None => {
                 self.regions.clear();
+                self.fns.clear();
                 self.map.clear();
                 self.jump.fill((NO_KEY, 0, 0));
                 self.by_page.clear();
@@ -639,7 +644,8 @@ impl Jit {
             self.map.entry(*k).or_insert((id, i as u32));
         }
         self.by_page.entry(p.page).or_default().push(id);
-        self.regions.push(Region { f, _fallbacks: out.fallbacks, keys: p.keys, live: true });
+        self.regions.push(Region { _fallbacks: out.fallbacks, keys: p.keys, live: true });
+        self.fns.push(f);
         // The interpreter stops before the region's blocks from now on.
         for b in p.blocks.iter().filter_map(Weak::upgrade) {
             b.set_heat(0);
