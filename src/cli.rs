@@ -126,7 +126,9 @@ pub struct RunArgs {
     /// takes the fast path where it can and the classic one otherwise.
     #[arg(long, value_enum, default_value_t = KernelBoot::Auto)]
     pub kernel_boot: KernelBoot,
-    /// A firmware ROM image, mapped to end at 4 GiB, run from the reset vector.
+    /// A BIOS image (SeaBIOS), mapped to end at 4 GiB and run from the reset
+    /// vector. With --disk and no --kernel the default is Debian's
+    /// /usr/share/seabios/bios-256k.bin (package seabios).
     #[arg(long, value_name = "PATH")]
     pub bios: Option<PathBuf>,
     // The help text is an attribute, not a doc comment: its brackets are
