@@ -77,7 +77,7 @@ fn segment(i: usize) -> Segment {
         base: SHADOW_START + i as u64 * 0x4000,
         len: 0x4000,
         reg: 1 + i / 2,
-        shift: if i % 2 == 0 { 0 } else { 4 },
+        shift: if i.is_multiple_of(2) { 0 } else { 4 },
     }
 }
 
