@@ -336,6 +336,7 @@ impl Machine {
             clock: self.clock.clone(),
             attention: self.control.attention.clone(),
             watch: None,
+            shadow: None,
         }
     }
 

@@ -6,8 +6,8 @@
 //!   INT 10h (SeaBIOS's serial console copies it to COM1), checks that the
 //!   ACPI RSDP the table loader placed is in the F segment and that the
 //!   BIOS at 0xFFFF0 is write-protected (the PAM registers as SeaBIOS left
-//!   them; not under KVM, whose memory slot stays writable), and ends the
-//!   run through the debug-exit port. Interpreter, JIT and KVM: seconds
+//!   them; under KVM a read-only memory slot), and ends the run through the
+//!   debug-exit port. Interpreter, JIT and KVM: seconds
 //!   each.
 //! - The test disk of scripts/guest-images.sh (`bios-disk.img`): MBR,
 //!   SYSLINUX on a FAT partition, Debian's generic kernel; the guest mounts
@@ -146,14 +146,8 @@ fn boot_mbr(accel: &str) -> (String, i32) {
 }
 
 fn check_mbr(accel: &str) {
-    let (out, mut status) = boot_mbr(accel);
+    let (out, status) = boot_mbr(accel);
     let code = |v: u8| (i32::from(v) << 1) | 1;
-    if accel == "kvm" && status == code(MBR_BIOS_WRITABLE) {
-        // KVM maps the first megabyte as one writable memory slot: the
-        // PAM registers switch what it holds, not its write protection.
-        eprintln!("under KVM the write-protection of the BIOS shadow is not enforced (the rest was checked)");
-        status = code(MBR_OK);
-    }
     assert!(out.contains("SeaBIOS (version"), "SeaBIOS's banner on COM1: {out}");
     assert!(out.contains("ferrovm-mbr: booted by the BIOS"), "INT 10h text on COM1: {out}");
     assert_ne!(status, code(MBR_BIOS_WRITABLE), "a write to F000:FFF0 went through: the PAM protection failed");

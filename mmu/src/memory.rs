@@ -109,6 +109,8 @@ pub struct GuestMemory {
     /// One bit per page of the first megabyte: set while the chipset maps
     /// the page read-only (BIOS shadowing, [`GuestMemory::set_shadow_read_only`]).
     shadow_ro: [AtomicU64; SHADOW_WORDS],
+    /// Bumped whenever a page's shadow protection changes.
+    shadow_generation: AtomicU64,
 }
 
 /// Pages of the first megabyte, whose writability the chipset switches.
@@ -152,6 +154,7 @@ impl GuestMemory {
             invalidation_pending: AtomicBool::new(false),
             invalidated: SpinQueue::default(),
             shadow_ro: Default::default(),
+            shadow_generation: AtomicU64::new(0),
         };
         let low = ram_size.min(PCI_HOLE_START);
         mem.add_region(0, low, RegionKind::Ram, "low-ram", None)?;
@@ -247,13 +250,24 @@ impl GuestMemory {
         let end = addr.saturating_add(len).div_ceil(PAGE_SIZE).min(SHADOW_PAGES);
         for page in first..end {
             let (w, bit) = (&self.shadow_ro[(page / 64) as usize], 1u64 << (page % 64));
-            if read_only {
-                w.fetch_or(bit, Ordering::AcqRel);
+            let old = if read_only {
                 self.mark_code_page(page * PAGE_SIZE);
+                w.fetch_or(bit, Ordering::AcqRel)
             } else {
-                w.fetch_and(!bit, Ordering::AcqRel);
+                w.fetch_and(!bit, Ordering::AcqRel)
+            };
+            if (old & bit != 0) != read_only {
+                self.shadow_generation.fetch_add(1, Ordering::AcqRel);
             }
         }
+    }
+
+    /// A count that changes whenever [`GuestMemory::set_shadow_read_only`]
+    /// changes a page: a hypervisor that maps the memory itself (KVM)
+    /// compares it to learn when to change its mappings.
+    #[inline]
+    pub fn shadow_generation(&self) -> u64 {
+        self.shadow_generation.load(Ordering::Acquire)
     }
 
     /// Whether the page holding `addr` is shadow RAM made read-only.
@@ -542,7 +556,12 @@ mod tests {
     fn shadow_pages_switch_between_read_only_and_writable() {
         let m = GuestMemory::new(2 * MIB).unwrap();
         m.write_u8(0xf_0000, 1).unwrap();
+        assert_eq!(m.shadow_generation(), 0);
         m.set_shadow_read_only(0xf_0000, 0x1_0000, true);
+        let g = m.shadow_generation();
+        assert_ne!(g, 0);
+        m.set_shadow_read_only(0xf_0000, 0x1_0000, true);
+        assert_eq!(m.shadow_generation(), g, "no change, no new generation");
         assert!(m.is_shadow_read_only(0xf_ffff) && !m.is_shadow_read_only(0xe_ffff));
         assert!(matches!(m.write_u8(0xf_1234, 2), Err(MemError::ReadOnly { addr: 0xf_1234, .. })));
         assert!(matches!(m.write_u32(0xe_fffe, 2), Err(MemError::ReadOnly { addr: 0xf_0000, .. })));
