@@ -31,6 +31,10 @@ use crate::error::Error;
 /// Where Debian's seabios package puts the BIOS QEMU uses.
 pub const SEABIOS_PATH: &str = "/usr/share/seabios/bios-256k.bin";
 
+/// The least RAM a BIOS boot takes: SeaBIOS keeps its tables and buffers
+/// at the top of RAM, above the first megabyte.
+pub const MIN_RAM: u64 = 16 << 20;
+
 /// The most a BIOS image may be (the flash below 4 GiB on a PC).
 const MAX_BIOS: u64 = 16 << 20;
 /// fw_cfg's legacy boot-menu item.

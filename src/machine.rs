@@ -222,6 +222,12 @@ impl Machine {
                 mem.add_rom("builtin-rom", firmware::builtin::ROM_BASE, firmware::builtin::ROM_SIZE, &g.rom)?;
             }
             Firmware::Bios(image) => {
+                if config.mem < crate::bios::MIN_RAM {
+                    return Err(Error::Config(format!(
+                        "booting through the BIOS needs at least {} MiB of RAM (--mem)",
+                        crate::bios::MIN_RAM >> 20
+                    )));
+                }
                 crate::bios::check_image(image, None)?;
                 let size = image.len() as u64;
                 mem.add_rom("bios", (1u64 << 32) - size, size, image)?;

@@ -190,6 +190,11 @@ fn a_missing_or_bad_bios_is_named() {
     std::fs::write(&bad, vec![0u8; 0x1_0000]).unwrap();
     let o = run::ferrovm(&["run", "--accel", "interp", "--disk", &d, "--bios", bad.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("reset vector"));
+    if seabios() {
+        let o = run::ferrovm(&["run", "--accel", "interp", "--disk", &d, "--mem", "4M"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.code() == Some(1) && err.contains("at least 16 MiB") && err.contains("--mem"), "{err}");
+    }
 }
 
 // ---- the test disk: SYSLINUX, Debian's kernel, ext4 ----------------------------
