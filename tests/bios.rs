@@ -176,6 +176,75 @@ fn a_boot_sector_boots_through_seabios_under_kvm() {
     }
 }
 
+/// A boot sector that prints a line, lets SeaBIOS's serial console send
+/// it, and resets the machine through port 0xCF9: every reset must bring
+/// the BIOS back from ROM (the PAM registers go back to 0) and boot again.
+fn rebooting_sector() -> Vec<u8> {
+    let mut a = CodeAssembler::new(16).unwrap();
+    let mut print = a.create_label();
+    let mut done = a.create_label();
+    let mut wait = a.create_label();
+    a.cli().unwrap();
+    a.xor(ax, ax).unwrap();
+    a.mov(ds, ax).unwrap();
+    a.mov(si, 0x7c00 + MSG_AT as u32).unwrap();
+    a.set_label(&mut print).unwrap();
+    a.lodsb().unwrap();
+    a.test(al, al).unwrap();
+    a.jz(done).unwrap();
+    a.mov(ah, 0x0eu32).unwrap();
+    a.mov(bx, 7u32).unwrap();
+    a.int(0x10).unwrap();
+    a.jmp(print).unwrap();
+    a.set_label(&mut done).unwrap();
+    a.sti().unwrap();
+    a.mov(cx, 4u32).unwrap();
+    a.set_label(&mut wait).unwrap();
+    a.hlt().unwrap();
+    a.loop_(wait).unwrap();
+    a.mov(dx, 0xcf9u32).unwrap();
+    a.mov(al, 6u32).unwrap();
+    a.out(dx, al).unwrap();
+    a.hlt().unwrap();
+    let mut code = a.assemble(0x7c00).unwrap();
+    code.resize(MSG_AT, 0);
+    code.extend_from_slice(b"ferrovm-mbr: again\r\n\0");
+    code.resize(510, 0);
+    code.extend_from_slice(&[0x55, 0xaa]);
+    code
+}
+
+#[test]
+fn a_reset_boots_the_bios_again() {
+    if !seabios() {
+        return;
+    }
+    let disk = run::tmp("bios", "reboot.img");
+    let mut img = rebooting_sector();
+    img.resize(1 << 20, 0);
+    std::fs::write(&disk, &img).unwrap();
+    let serial = run::tmp("bios", "reboot.log");
+    let o = run::ferrovm(&[
+        "run",
+        "--accel",
+        "interp",
+        "--mem",
+        "64M",
+        "--disk",
+        &format!("{},format=raw", disk.display()),
+        "--serial",
+        &format!("file:{}", serial.display()),
+        "--timeout",
+        "4",
+    ]);
+    assert_eq!(o.status.code(), Some(124), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&std::fs::read(&serial).unwrap()).into_owned();
+    // About 0.4 s a boot here.
+    let boots = out.matches("ferrovm-mbr: again").count();
+    assert!(boots >= 3, "{boots} boots in 4 s: {out}");
+    assert!(out.matches("SeaBIOS (version").count() >= boots);
+}
+
 #[test]
 fn a_missing_or_bad_bios_is_named() {
     let disk = run::tmp("bios", "tiny.img");
