@@ -24,8 +24,8 @@
 #                         "ferrovm-syslinux: ..." on COM1 and boots the kernel with
 #                         console=ttyS0 and a ferrovm.cmd script that mounts /dev/vda2,
 #                         checks hello.txt, writes 4 MiB to guest.bin, prints its SHA-256
-#                         ("T:sha <hex>"), unmounts and powers off. Needs the syslinux,
-#                         syslinux-common, mtools, dosfstools and e2fsprogs packages.
+#                         ("T:sha <hex>"), unmounts and powers off. Installs syslinux,
+#                         syslinux-common, mtools, dosfstools and e2fsprogs when missing.
 #   versions.txt          which packages the files came from
 #
 # The i386 packages need the i386 architecture in dpkg; the script adds it
@@ -246,12 +246,18 @@ le32() { printf '\\x%02x\\x%02x\\x%02x\\x%02x' $(($1 & 255)) $(($1 >> 8 & 255)) 
 
 # bios-disk.img (see the top of this file). Rebuilt only when its inputs change.
 build_bios_disk() {
-    local stamp="$out/.bios-disk.stamp" want m ko tool
-    for tool in syslinux mcopy mkfs.fat mke2fs; do
-        command -v "$tool" >/dev/null || die "$tool not found: install syslinux, syslinux-common, mtools, dosfstools and e2fsprogs"
-    done
+    local stamp="$out/.bios-disk.stamp" want m ko need=()
     local mbr=/usr/lib/syslinux/mbr/mbr.bin
-    [ -s "$mbr" ] || die "$mbr not found: install syslinux-common"
+    command -v syslinux >/dev/null || need+=(syslinux)
+    [ -s "$mbr" ] || need+=(syslinux-common)
+    command -v mcopy >/dev/null || need+=(mtools)
+    command -v mkfs.fat >/dev/null || need+=(dosfstools)
+    command -v mke2fs >/dev/null || need+=(e2fsprogs)
+    if ((${#need[@]})); then
+        apt_update
+        say "installing ${need[*]} (the BIOS test disk)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null || die "cannot install ${need[*]}"
+    fi
     want="$(cat "$out/vmlinuz-generic" "$out/initramfs.cpio.gz" "$mbr" | sha256sum | cut -d' ' -f1) $disk_modules"
     want="$want $(printf '%s' "$disk_script" | sha256sum | cut -d' ' -f1) $(syslinux --version 2>&1 | head -1)"
     if [ -s "$out/bios-disk.img" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

@@ -51,6 +51,11 @@ pub struct BenchArgs {
     /// loop, hashes, gzip), per engine and under QEMU TCG when installed.
     #[arg(long, conflicts_with = "net")]
     pub work: bool,
+    /// Measure virtio-blk inside a Linux guest instead: sequential write
+    /// and read in MiB/s and 4 KiB random-read IOPS, per engine and under
+    /// QEMU's virtio-blk when installed.
+    #[arg(long, conflicts_with_all = ["net", "work"])]
+    pub disk: bool,
     /// MiB moved each way by --net.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     pub net_mib: usize,

@@ -1,6 +1,7 @@
 //! `ferrovm`: the command-line front end. It parses options, assembles the
 //! machine and runs it, and maps how the run ended to the exit status.
 
+mod bench_disk;
 mod bench_net;
 mod bench_work;
 mod bios;
@@ -175,6 +176,7 @@ fn main() -> ExitCode {
         Command::Demo => Ok(demo::demo()),
         Command::Bench(args) if args.net => Ok(bench_net::run(&args)),
         Command::Bench(args) if args.work => Ok(bench_work::run(&args)),
+        Command::Bench(args) if args.disk => Ok(bench_disk::run(&args)),
         Command::Bench(args) => Ok(demo::bench(&args)),
     });
     devices::console::restore_terminal();
