@@ -15,6 +15,17 @@
 #   initramfs-i386.cpio.gz the same initramfs around an i386 busybox
 #                         (busybox-static:i386)
 #   memtest86+x64.bin     memtest86+'s bzImage-format build (package memtest86+)
+#   bios-disk.img         a raw MBR disk that boots through a BIOS, made without mounting
+#                         anything: SYSLINUX's mbr.bin in sector 0; partition 1 (active,
+#                         FAT16, 24 MiB from 1 MiB) with SYSLINUX (syslinux --install on the
+#                         partition image), syslinux.cfg, vmlinuz-generic and an initrd
+#                         (initramfs.cpio.gz plus the virtio-blk and ext4 modules); partition 2 (ext4,
+#                         16 MiB, mke2fs -d) holding hello.txt. SYSLINUX prints
+#                         "ferrovm-syslinux: ..." on COM1 and boots the kernel with
+#                         console=ttyS0 and a ferrovm.cmd script that mounts /dev/vda2,
+#                         checks hello.txt, writes 4 MiB to guest.bin, prints its SHA-256
+#                         ("T:sha <hex>"), unmounts and powers off. Installs syslinux,
+#                         syslinux-common, mtools, dosfstools and e2fsprogs when missing.
 #   versions.txt          which packages the files came from
 #
 # The i386 packages need the i386 architecture in dpkg; the script adds it
@@ -212,6 +223,107 @@ build_net_initramfs() {
     rm -rf "$root"
 }
 
+# The BIOS disk's modules, in insmod order: the virtio-blk driver, then
+# ext4 and what it needs (crc32c through the crypto API).
+disk_modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk crc16 mbcache jbd2 crc32c_generic ext4"
+
+# The script the BIOS disk's kernel runs (ferrovm.cmd): the disk driver and
+# ext4, then a 4 MiB file written, hashed and synced to the ext4 partition.
+disk_script='for m in '"$disk_modules"'; do
+    insmod /lib/modules/$m.ko || echo "T:insmod $m failed"
+done
+mkdir -p /mnt
+mount -t ext4 /dev/vda2 /mnt || echo "T:mount failed"
+echo "T:hello $(cat /mnt/hello.txt)"
+dd if=/dev/urandom of=/mnt/guest.bin bs=1M count=4 2>/dev/null
+set -- $(sha256sum /mnt/guest.bin); echo "T:sha $1"
+sync
+umount /mnt && echo "T:unmounted"
+poweroff -f'
+
+# A little-endian 32-bit value as printf escapes.
+le32() { printf '\\x%02x\\x%02x\\x%02x\\x%02x' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 & 255)) $(($1 >> 24 & 255)); }
+
+# bios-disk.img (see the top of this file). Rebuilt only when its inputs change.
+build_bios_disk() {
+    local stamp="$out/.bios-disk.stamp" want m ko need=()
+    local mbr=/usr/lib/syslinux/mbr/mbr.bin
+    command -v syslinux >/dev/null || need+=(syslinux)
+    [ -s "$mbr" ] || need+=(syslinux-common)
+    command -v mcopy >/dev/null || need+=(mtools)
+    command -v mkfs.fat >/dev/null || need+=(dosfstools)
+    command -v mke2fs >/dev/null || need+=(e2fsprogs)
+    if ((${#need[@]})); then
+        apt_update
+        say "installing ${need[*]} (the BIOS test disk)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null || die "cannot install ${need[*]}"
+    fi
+    want="$(cat "$out/vmlinuz-generic" "$out/initramfs.cpio.gz" "$mbr" | sha256sum | cut -d' ' -f1) $disk_modules"
+    want="$want $(printf '%s' "$disk_script" | sha256sum | cut -d' ' -f1) $(syslinux --version 2>&1 | head -1)"
+    if [ -s "$out/bios-disk.img" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        return 0
+    fi
+    say "building bios-disk.img"
+    local d="$work/bios-disk"
+    rm -rf "$d"
+    mkdir -p "$d/mods/lib/modules" "$d/data"
+    for m in $disk_modules; do
+        ko="$(find "$out/modules-generic/kernel" \( -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" \) -print -quit)"
+        [ -n "$ko" ] || die "module $m not found under $out/modules-generic/kernel"
+        case "$ko" in
+            *.ko.xz) xz -dc "$ko" > "$d/mods/lib/modules/$m.ko" ;;
+            *.ko.zst) zstd -qdc "$ko" > "$d/mods/lib/modules/$m.ko" ;;
+            *) cp "$ko" "$d/mods/lib/modules/$m.ko" ;;
+        esac
+    done
+    find "$d/mods" -exec touch -h -d @0 {} +
+    { cat "$out/initramfs.cpio.gz" &&
+        (cd "$d/mods" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) | gzip -9 -n; } \
+        > "$d/initrd.gz" || die "cpio/gzip of the disk's initrd failed"
+    local cmd
+    cmd="$(printf '%s' "$disk_script" | base64 -w0)"
+    # SERIAL first: SYSLINUX's own console on COM1 (SeaBIOS also copies
+    # INT 10h text there).
+    cat > "$d/syslinux.cfg" <<CFG
+SERIAL 0 115200
+SAY ferrovm-syslinux: booting vmlinuz from the first partition
+DEFAULT linux
+PROMPT 0
+TIMEOUT 10
+LABEL linux
+  KERNEL vmlinuz
+  INITRD initrd.gz
+  APPEND console=ttyS0 ferrovm.cmd=$cmd
+CFG
+    # Partition 1: FAT16 with SYSLINUX. Partition 2: ext4 from a folder.
+    local mib=$((1 << 20)) boot_mib=24 data_mib=16
+    truncate -s $((boot_mib * mib)) "$d/boot.img"
+    mkfs.fat -F 16 -n FERROBOOT "$d/boot.img" >/dev/null || die "mkfs.fat failed"
+    syslinux --install "$d/boot.img" || die "syslinux --install failed"
+    MTOOLS_SKIP_CHECK=1 mcopy -i "$d/boot.img" "$out/vmlinuz-generic" ::vmlinuz || die "mcopy failed"
+    MTOOLS_SKIP_CHECK=1 mcopy -i "$d/boot.img" "$d/initrd.gz" ::initrd.gz || die "mcopy failed"
+    MTOOLS_SKIP_CHECK=1 mcopy -i "$d/boot.img" "$d/syslinux.cfg" ::syslinux.cfg || die "mcopy failed"
+    printf 'made by mke2fs -d\n' > "$d/data/hello.txt"
+    mke2fs -q -F -t ext4 -d "$d/data" -L ferrodata "$d/data.img" $((data_mib * 1024))k >/dev/null || die "mke2fs failed"
+    # The disk: MBR code, two primary partitions (LBA only: CHS fields
+    # 0xfe 0xff 0xff), the boot signature.
+    local img="$d/disk.img" p1=2048 p1n=$((boot_mib * 2048)) p2 p2n=$((data_mib * 2048))
+    p2=$((p1 + p1n))
+    truncate -s $(((p2 + p2n) * 512)) "$img"
+    dd if="$mbr" of="$img" bs=440 count=1 conv=notrunc status=none
+    {
+        printf "\\x80\\xfe\\xff\\xff\\x06\\xfe\\xff\\xff$(le32 $p1)$(le32 $p1n)"
+        printf "\\x00\\xfe\\xff\\xff\\x83\\xfe\\xff\\xff$(le32 $p2)$(le32 $p2n)"
+        printf '\x00%.0s' $(seq 32)
+        printf '\x55\xaa'
+    } | dd of="$img" bs=1 seek=446 conv=notrunc status=none
+    dd if="$d/boot.img" of="$img" bs=512 seek=$p1 conv=notrunc status=none
+    dd if="$d/data.img" of="$img" bs=512 seek=$p2 conv=notrunc status=none
+    mv "$img" "$out/bios-disk.img"
+    printf '%s\n' "$want" > "$stamp"
+    rm -rf "$d"
+}
+
 stamp_want="$(printf '%s\n' "cloud=$cloud_pkg $(candidate "$cloud_pkg")" \
     "generic=$generic_pkg $(candidate "$generic_pkg")" \
     "busybox=$busybox_pkg $(candidate "$busybox_pkg")" \
@@ -224,6 +336,7 @@ if [ -f "$out/versions.txt" ] && [ "$(cat "$out/versions.txt")" = "$stamp_want" 
     [ -d "$out/modules-generic/kernel" ] && [ -s "$out/initramfs.cpio.gz" ] &&
     [ -s "$out/vmlinuz-686" ] && [ -s "$out/initramfs-i386.cpio.gz" ] && [ -s "$out/memtest86+x64.bin" ]; then
     build_net_initramfs
+    build_bios_disk
     printf 'guest-images: up to date in %s:\n' "$out"
     sed 's/^/  /' "$out/versions.txt"
     exit 0
@@ -319,10 +432,11 @@ build_initramfs "$busybox_deb" "$out/initramfs.cpio.gz"
 build_initramfs "$busybox32_deb" "$out/initramfs-i386.cpio.gz"
 
 build_net_initramfs
+build_bios_disk
 printf '%s\n' "$stamp_want" > "$out/versions.txt"
 printf 'guest-images: done in %s:\n' "$out"
 for f in vmlinuz-cloud vmlinuz-generic initramfs.cpio.gz initramfs-net.cpio.gz vmlinuz-686 \
-    initramfs-i386.cpio.gz memtest86+x64.bin; do
+    initramfs-i386.cpio.gz memtest86+x64.bin bios-disk.img; do
     printf '  %-22s %s bytes\n' "$f" "$(stat -c %s "$out/$f")"
 done
 printf '  %-22s %s\n' modules-generic/ "$(du -sh "$out/modules-generic" | cut -f1)"

@@ -14,6 +14,14 @@ command -v cc >/dev/null || need_pkgs+=(gcc)
 command -v cpio >/dev/null || need_pkgs+=(cpio)
 # qemu-img makes and checks the disk tests' images.
 command -v qemu-img >/dev/null || need_pkgs+=(qemu-utils)
+# SeaBIOS boots disks without --kernel; the BIOS test disk is made with
+# SYSLINUX, mtools, mkfs.fat and mke2fs, and read back with debugfs.
+[ -s /usr/share/seabios/bios-256k.bin ] || need_pkgs+=(seabios)
+command -v syslinux >/dev/null || need_pkgs+=(syslinux)
+[ -s /usr/lib/syslinux/mbr/mbr.bin ] || need_pkgs+=(syslinux-common)
+command -v mcopy >/dev/null || need_pkgs+=(mtools)
+command -v mkfs.fat >/dev/null || need_pkgs+=(dosfstools)
+command -v debugfs >/dev/null || need_pkgs+=(e2fsprogs)
 if ((${#need_pkgs[@]})); then
     if [ "$(id -u)" = 0 ]; then
         log "installing Debian packages: ${need_pkgs[*]}"

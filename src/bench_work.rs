@@ -15,10 +15,10 @@ const WORKLOADS: &[(&str, &str)] = &[
     ("seq 400k | gzip -6 | gunzip | md5sum", "seq 1 400000 | gzip -6 | gunzip | md5sum"),
 ];
 
-const START: &str = "ferrovm-bench: start";
-const DONE: &str = "ferrovm-bench: done";
+pub(crate) const START: &str = "ferrovm-bench: start";
+pub(crate) const DONE: &str = "ferrovm-bench: done";
 
-fn base64(data: &[u8]) -> String {
+pub(crate) fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for c in data.chunks(3) {
@@ -43,7 +43,7 @@ fn append(work: &str) -> String {
 
 /// Start `cmd` and time from the start mark to the done mark; returns the
 /// time and what the guest printed between them.
-fn time_work(cmd: &[String], limit: Duration) -> Result<(Duration, String), String> {
+pub(crate) fn time_work(cmd: &[String], limit: Duration) -> Result<(Duration, String), String> {
     let mut child = std::process::Command::new(&cmd[0])
         .args(&cmd[1..])
         .stdin(std::process::Stdio::null())

@@ -67,7 +67,8 @@ pub enum SplitMode {
 pub enum Firmware {
     /// The built-in guest ROM.
     Builtin,
-    /// A raw firmware image mapped to end at 4 GiB.
+    /// A BIOS image (SeaBIOS) mapped to end at 4 GiB, its last 128 KiB
+    /// also below 1 MiB, with fw_cfg describing the machine (src/bios.rs).
     Bios(Vec<u8>),
     /// A kernel booted directly: Linux (bzImage or vmlinux) or multiboot.
     Kernel(KernelImage),
@@ -221,12 +222,14 @@ impl Machine {
                 mem.add_rom("builtin-rom", firmware::builtin::ROM_BASE, firmware::builtin::ROM_SIZE, &g.rom)?;
             }
             Firmware::Bios(image) => {
-                let size = image.len() as u64;
-                if size == 0 || !size.is_multiple_of(0x1_0000) || size > (16 << 20) {
+                if config.mem < crate::bios::MIN_RAM {
                     return Err(Error::Config(format!(
-                        "--bios image is {size} bytes: it must be a multiple of 64 KiB and at most 16 MiB"
+                        "booting through the BIOS needs at least {} MiB of RAM (--mem)",
+                        crate::bios::MIN_RAM >> 20
                     )));
                 }
+                crate::bios::check_image(image, None)?;
+                let size = image.len() as u64;
                 mem.add_rom("bios", (1u64 << 32) - size, size, image)?;
             }
             Firmware::Kernel(_) => {}
@@ -262,6 +265,18 @@ impl Machine {
         pio.insert(shared, u64::from(COM1_PORT), SERIAL_PORT_LEN)?;
         let exit: SharedDevice = Arc::new(Mutex::new(DebugExit::new(events.clone())));
         pio.insert(exit, u64::from(DEBUG_EXIT_PORT), DEBUG_EXIT_PORT_LEN)?;
+        if let Firmware::Bios(image) = &config.firmware {
+            // The BIOS's last 128 KiB below 1 MiB, under the PAM registers.
+            let shadow = devices::pci::pam::BiosShadow::new(mem.clone(), image)?;
+            chipset.host_bridge.lock().set_shadow(Arc::new(Mutex::new(shadow)));
+            // The disks' slots, after the NICs' (src/nic.rs), in boot order.
+            let slots: Vec<u8> = (nics.len()..nics.len() + disks.len())
+                .filter_map(|i| u8::try_from(i).ok()?.checked_add(crate::nic::FIRST_NIC_SLOT))
+                .filter(|&s| s < 32)
+                .collect();
+            let fw_cfg: SharedDevice = Arc::new(Mutex::new(crate::bios::fw_cfg(&mem, &slots)?));
+            pio.insert(fw_cfg, u64::from(devices::fw_cfg::FW_CFG_PORT), devices::fw_cfg::FW_CFG_PORT_LEN)?;
+        }
         let nics = crate::nic::install(nics, disks, &chipset, &mem, &mut pio, &mut mmio)?;
         Ok(Machine {
             mem,
@@ -327,6 +342,7 @@ impl Machine {
             clock: self.clock.clone(),
             attention: self.control.attention.clone(),
             watch: None,
+            shadow: None,
         }
     }
 

@@ -1,8 +1,10 @@
 //! `ferrovm`: the command-line front end. It parses options, assembles the
 //! machine and runs it, and maps how the run ended to the exit status.
 
+mod bench_disk;
 mod bench_net;
 mod bench_work;
+mod bios;
 mod boot;
 mod cli;
 mod demo;
@@ -100,13 +102,19 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         }
     }
     let firmware = match (&args.bios, &args.kernel) {
-        (Some(p), _) => Firmware::Bios(read_file(p)?),
+        (Some(p), _) => {
+            let image = read_file(p)?;
+            bios::check_image(&image, Some(p))?;
+            Firmware::Bios(image)
+        }
         (None, Some(k)) => Firmware::Kernel(machine::KernelImage {
             kernel: read_file(k)?,
             initrd: args.initrd.as_deref().map(read_file).transpose()?,
             cmdline: args.append.clone().unwrap_or_default(),
             path: args.kernel_boot.path(),
         }),
+        // A disk and no kernel: the disk boots through SeaBIOS.
+        (None, None) if !disks.is_empty() => Firmware::Bios(bios::default_bios()?),
         (None, None) => Firmware::Builtin,
     };
     let stdio = matches!(args.serial, devices::console::SerialBackend::Stdio);
@@ -168,6 +176,7 @@ fn main() -> ExitCode {
         Command::Demo => Ok(demo::demo()),
         Command::Bench(args) if args.net => Ok(bench_net::run(&args)),
         Command::Bench(args) if args.work => Ok(bench_work::run(&args)),
+        Command::Bench(args) if args.disk => Ok(bench_disk::run(&args)),
         Command::Bench(args) => Ok(demo::bench(&args)),
     });
     devices::console::restore_terminal();

@@ -23,8 +23,8 @@
 //! as QEMU does for read-only items); a DMA descriptor or buffer outside
 //! guest RAM sets ERROR and touches nothing; a transfer is cut to what the
 //! item holds past its offset, the rest of a read filled with zeroes.
-//! This is the device alone: the machine does not plug it in yet (the
-//! SeaBIOS boot path will).
+//! The machine plugs it in when it boots through firmware (src/bios.rs
+//! says what it holds).
 
 use std::sync::Arc;
 
@@ -113,6 +113,27 @@ impl FwCfg {
         let mut d = Self { mem, items, files: Vec::new(), dir: Vec::new(), selected: 0, offset: 0, dma_high: 0 };
         d.rebuild_dir();
         d
+    }
+
+    /// Sets the fixed item `key` (below [`FW_CFG_FILE_DIR`]; other keys
+    /// are refused), replacing what it held.
+    pub fn set_item(&mut self, key: u16, data: Vec<u8>) -> bool {
+        if key >= FW_CFG_FILE_DIR {
+            return false;
+        }
+        self.items.retain(|(k, _)| *k != key);
+        self.items.push((key, data));
+        true
+    }
+
+    /// The files' names, in selector order.
+    pub fn file_names(&self) -> Vec<String> {
+        self.files.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// The contents of the file `name`.
+    pub fn file(&self, name: &str) -> Option<&[u8]> {
+        self.files.iter().find(|(n, _)| n == name).map(|(_, d)| d.as_slice())
     }
 
     /// Adds the file `name` (such as `etc/e820`); returns its selector.
@@ -268,6 +289,9 @@ mod tests {
         assert_eq!(read_item(&mut d, FW_CFG_RAM_SIZE, 8), (512u64 << 20).to_le_bytes());
         assert_eq!(read_item(&mut d, FW_CFG_NB_CPUS, 2), [1, 0]);
         assert_eq!(read_item(&mut d, 0x1234, 2), [0, 0], "unknown items read as zeroes");
+        assert!(d.set_item(0x0e, vec![0, 0]) && d.set_item(0x0e, vec![1, 0]));
+        assert_eq!(read_item(&mut d, 0x0e, 2), [1, 0]);
+        assert!(!d.set_item(FW_CFG_FILE_DIR, vec![]), "the directory is the device's");
         let mut probe = [0u8; 8];
         d.read(PORT_DMA_HIGH, &mut probe[..4]);
         d.read(PORT_DMA_LOW, &mut probe[4..]);

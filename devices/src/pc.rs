@@ -88,6 +88,8 @@ pub struct PcChipset {
     pub reset_control: Arc<Mutex<ResetControl>>,
     /// PCI bus 0 with the host and ISA bridges.
     pub pci: Arc<Mutex<PciRoot>>,
+    /// The host bridge (its PAM registers switch BIOS shadowing).
+    pub host_bridge: Arc<Mutex<I440fxHostBridge>>,
     /// PCI INTx to ISA IRQ routing.
     pub pci_irqs: Arc<PciIntxRouter>,
     /// The A20 gate (i8042 output port and port 0x92).
@@ -148,7 +150,8 @@ impl PcChipset {
             isa_bridge.set_pirq_route(pirq, Some(irq));
         }
         let mut root = PciRoot::new();
-        let host: SharedPciDevice = Arc::new(Mutex::new(I440fxHostBridge::new()));
+        let host_bridge = Arc::new(Mutex::new(I440fxHostBridge::new()));
+        let host: SharedPciDevice = host_bridge.clone();
         let isa: SharedPciDevice = Arc::new(Mutex::new(isa_bridge));
         // Two fixed slots on an empty bus: these cannot collide.
         let _ = root.add_device(HOST_BRIDGE_ADDRESS, host);
@@ -202,6 +205,7 @@ impl PcChipset {
             acpi_pm,
             reset_control,
             pci,
+            host_bridge,
             pci_irqs,
             a20,
             tsc,
@@ -242,10 +246,12 @@ impl PcChipset {
     }
 
     /// A system reset: the interrupt controllers, the PIT, the HPET, the
-    /// i8042, port 0x92, the ACPI registers and A20 go back to their
-    /// power-on state. The RTC and CMOS keep running (they are
-    /// battery-backed) and PCI configuration is kept.
+    /// i8042, port 0x92, the ACPI registers, A20 and the PAM registers (the
+    /// BIOS is read from ROM again) go back to their power-on state. The
+    /// RTC and CMOS keep running (they are battery-backed) and the rest of
+    /// PCI configuration is kept.
     pub fn reset(&self) {
+        self.host_bridge.lock().reset();
         self.intc.reset(&self.tsc);
         let [elcr1, elcr2] = ELCR_LEVEL_IRQS.to_le_bytes();
         self.intc.write_elcr(0, elcr1);

@@ -424,64 +424,244 @@ fn rsdp(rsdt: u64, xsdt: u64) -> Vec<u8> {
     r
 }
 
-/// Write all the tables from `base` (16-byte aligned, below 1 MiB); the RSDP
-/// comes first, at `base`.
-pub fn write_acpi_tables(mem: &GuestMemory, base: u64, cfg: &AcpiConfig) -> Result<AcpiTables, AcpiError> {
+/// The tables as firmware hands them over: two blobs whose pointer fields
+/// hold offsets, and the commands of QEMU's BIOS linker/loader that place
+/// them and turn those offsets into addresses (SeaBIOS
+/// src/fw/romfile_loader.c runs them from the fw_cfg file
+/// `etc/table-loader`; [`write_acpi_tables`] runs the same commands on the
+/// host for a directly booted kernel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcpiBlobs {
+    /// The RSDP ([`ACPI_RSDP_FILE`]); its RSDT and XSDT addresses are
+    /// offsets into `tables`.
+    pub rsdp: Vec<u8>,
+    /// FACS, DSDT, FADT, MADT, HPET, XSDT and RSDT ([`ACPI_TABLES_FILE`]),
+    /// from offset 0; pointers between them are offsets into this blob.
+    pub tables: Vec<u8>,
+    /// Where each table is in `tables` (offsets; `rsdp` is 0 and `end` is
+    /// the blob's length).
+    pub offsets: AcpiTables,
+    /// The loader's commands, in order.
+    pub commands: Vec<LoaderCommand>,
+}
+
+/// The fw_cfg file holding the RSDP.
+pub const ACPI_RSDP_FILE: &str = "etc/acpi/rsdp";
+/// The fw_cfg file holding the other tables.
+pub const ACPI_TABLES_FILE: &str = "etc/acpi/tables";
+/// The fw_cfg file holding the loader's commands.
+pub const TABLE_LOADER_FILE: &str = "etc/table-loader";
+/// The alignment of the tables blob: the FACS, its first table, needs 64.
+const TABLES_ALIGN: u32 = 64;
+/// The alignment of the RSDP (the OS scans 16-byte boundaries).
+const RSDP_ALIGN: u32 = 16;
+
+/// Where the loader allocates a file (SeaBIOS's malloc zones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoaderZone {
+    /// High memory, below the top of RAM under 4 GiB.
+    High = 1,
+    /// The BIOS area 0xF0000-0xFFFFF, where the OS looks for the RSDP.
+    FSeg = 2,
+}
+
+/// One command of the BIOS linker/loader (QEMU hw/acpi/bios-linker-loader.c,
+/// SeaBIOS src/fw/romfile_loader.h). Each is a 128-byte little-endian
+/// record: a le32 command, then its fields; file names take 56 bytes,
+/// zero-padded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoaderCommand {
+    /// Allocate room for `file` (aligned to `align`, a power of two) in
+    /// `zone` and copy it in. Comes before any command naming the file.
+    Allocate { file: &'static str, align: u32, zone: LoaderZone },
+    /// Add the address where `src` was allocated to the little-endian
+    /// `size`-byte (1, 2, 4 or 8) value at `offset` in `dest`.
+    AddPointer { dest: &'static str, src: &'static str, offset: u32, size: u8 },
+    /// Subtract the 8-bit sum of `file[start..start + len]` from the byte at
+    /// `offset`, so the range sums to zero (the byte lies in the range).
+    AddChecksum { file: &'static str, offset: u32, start: u32, len: u32 },
+}
+
+/// Bytes of one loader command.
+pub const LOADER_COMMAND_SIZE: usize = 128;
+/// Bytes of a file name in a loader command.
+const LOADER_FILE_NAME: usize = 56;
+
+impl LoaderCommand {
+    /// The 128-byte record.
+    pub fn to_bytes(&self) -> [u8; LOADER_COMMAND_SIZE] {
+        fn name(b: &mut [u8], at: usize, n: &str) {
+            debug_assert!(n.len() < LOADER_FILE_NAME);
+            b[at..at + n.len()].copy_from_slice(n.as_bytes());
+        }
+        let mut b = [0u8; LOADER_COMMAND_SIZE];
+        match self {
+            LoaderCommand::Allocate { file, align, zone } => {
+                b[0..4].copy_from_slice(&1u32.to_le_bytes());
+                name(&mut b, 4, file);
+                b[60..64].copy_from_slice(&align.to_le_bytes());
+                b[64] = *zone as u8;
+            }
+            LoaderCommand::AddPointer { dest, src, offset, size } => {
+                b[0..4].copy_from_slice(&2u32.to_le_bytes());
+                name(&mut b, 4, dest);
+                name(&mut b, 60, src);
+                b[116..120].copy_from_slice(&offset.to_le_bytes());
+                b[120] = *size;
+            }
+            LoaderCommand::AddChecksum { file, offset, start, len } => {
+                b[0..4].copy_from_slice(&3u32.to_le_bytes());
+                name(&mut b, 4, file);
+                b[60..64].copy_from_slice(&offset.to_le_bytes());
+                b[64..68].copy_from_slice(&start.to_le_bytes());
+                b[68..72].copy_from_slice(&len.to_le_bytes());
+            }
+        }
+        b
+    }
+}
+
+impl AcpiBlobs {
+    /// The `etc/table-loader` file: the commands' records, one after another.
+    pub fn table_loader(&self) -> Vec<u8> {
+        self.commands.iter().flat_map(|c| c.to_bytes()).collect()
+    }
+
+    /// Run the loader's pointer and checksum commands on the host, with
+    /// the RSDP at `rsdp_at` and the tables at `tables_at`: the two blobs
+    /// as they must be written there. (Allocation is the caller's: these
+    /// addresses.)
+    pub fn link(&self, rsdp_at: u64, tables_at: u64) -> (Vec<u8>, Vec<u8>) {
+        let mut rsdp = self.rsdp.clone();
+        let mut tables = self.tables.clone();
+        let base = |f: &str| if f == ACPI_RSDP_FILE { rsdp_at } else { tables_at };
+        for c in &self.commands {
+            match c {
+                LoaderCommand::Allocate { .. } => {}
+                LoaderCommand::AddPointer { dest, src, offset, size } => {
+                    let blob = if *dest == ACPI_RSDP_FILE { &mut rsdp } else { &mut tables };
+                    let (at, n) = (*offset as usize, usize::from(*size));
+                    let mut v = [0u8; 8];
+                    v[..n].copy_from_slice(&blob[at..at + n]);
+                    let p = u64::from_le_bytes(v).wrapping_add(base(src));
+                    blob[at..at + n].copy_from_slice(&p.to_le_bytes()[..n]);
+                }
+                LoaderCommand::AddChecksum { file, offset, start, len } => {
+                    let blob = if *file == ACPI_RSDP_FILE { &mut rsdp } else { &mut tables };
+                    let sum =
+                        blob[*start as usize..(*start + *len) as usize].iter().fold(0u8, |a, &b| a.wrapping_add(b));
+                    blob[*offset as usize] = blob[*offset as usize].wrapping_sub(sum);
+                }
+            }
+        }
+        (rsdp, tables)
+    }
+}
+
+/// Build the tables as [`AcpiBlobs`].
+pub fn build_acpi_tables(cfg: &AcpiConfig) -> Result<AcpiBlobs, AcpiError> {
     if cfg.cpus == 0 || cfg.cpus > MAX_CPUS {
         return Err(AcpiError::BadCpuCount(cfg.cpus));
     }
-    let mut cursor = base;
-    let mut place = |len: usize, align: u64| {
-        let at = cursor.next_multiple_of(align);
-        cursor = at + len as u64;
-        at
+    let mut tables: Vec<u8> = Vec::new();
+    let mut place = |t: &[u8], align: usize| {
+        let at = tables.len().next_multiple_of(align);
+        tables.resize(at, 0);
+        tables.extend_from_slice(t);
+        at as u64
     };
-    let rsdp_at = place(RSDP_SIZE, 16);
-    let facs_table = facs();
-    let facs_at = place(facs_table.len(), 64);
+    let facs_at = place(&facs(), 64);
     let dsdt_table = dsdt(cfg);
-    let dsdt_at = place(dsdt_table.len(), 16);
-    let fadt_table = fadt(cfg, facs_at, dsdt_at);
-    let fadt_at = place(fadt_table.len(), 16);
-    let madt_table = madt(cfg);
-    let madt_at = place(madt_table.len(), 16);
-    let hpet_table = cfg.hpet.as_ref().map(hpet);
-    let hpet_at = hpet_table.as_ref().map(|t| place(t.len(), 16));
+    let dsdt_at = place(&dsdt_table, 16);
+    // The FADT's pointers are offsets here; the loader adds the base.
+    let fadt_at = place(&fadt(cfg, 0, 0), 16);
+    let madt_at = place(&madt(cfg), 16);
+    let hpet_at = cfg.hpet.as_ref().map(|h| place(&hpet(h), 16));
     let entries: Vec<u64> = [Some(fadt_at), Some(madt_at), hpet_at].into_iter().flatten().collect();
-    let xsdt_table = sdt(b"XSDT", XSDT_REVISION, &entries.iter().flat_map(|a| a.to_le_bytes()).collect::<Vec<_>>());
-    let xsdt_at = place(xsdt_table.len(), 16);
-    // Below 1 MiB: the 32-bit entries are exact.
-    let rsdt_body: Vec<u8> = entries.iter().flat_map(|&a| (a as u32).to_le_bytes()).collect();
-    let rsdt_table = sdt(b"RSDT", RSDT_REVISION, &rsdt_body);
-    let rsdt_at = place(rsdt_table.len(), 16);
-    let end = cursor;
+    let xsdt_at = place(&sdt(b"XSDT", XSDT_REVISION, &vec![0u8; 8 * entries.len()]), 16);
+    let rsdt_at = place(&sdt(b"RSDT", RSDT_REVISION, &vec![0u8; 4 * entries.len()]), 16);
+    let end = tables.len() as u64;
+
+    const T: &str = ACPI_TABLES_FILE;
+    const R: &str = ACPI_RSDP_FILE;
+    let mut commands = vec![
+        LoaderCommand::Allocate { file: T, align: TABLES_ALIGN, zone: LoaderZone::High },
+        LoaderCommand::Allocate { file: R, align: RSDP_ALIGN, zone: LoaderZone::FSeg },
+    ];
+    // Pointer fields hold offsets in the blob; each gets the blob's base.
+    let mut pointer = |tables: &mut Vec<u8>, field: u64, target: u64, size: u8| {
+        let f = field as usize;
+        let n = usize::from(size);
+        tables[f..f + n].copy_from_slice(&target.to_le_bytes()[..n]);
+        commands.push(LoaderCommand::AddPointer { dest: T, src: T, offset: field as u32, size });
+    };
+    // FADT: FIRMWARE_CTRL, DSDT, X_DSDT.
+    pointer(&mut tables, fadt_at + 36, facs_at, 4);
+    pointer(&mut tables, fadt_at + 40, dsdt_at, 4);
+    pointer(&mut tables, fadt_at + 140, dsdt_at, 8);
+    for (i, &e) in entries.iter().enumerate() {
+        pointer(&mut tables, xsdt_at + HEADER_SIZE as u64 + 8 * i as u64, e, 8);
+        pointer(&mut tables, rsdt_at + HEADER_SIZE as u64 + 4 * i as u64, e, 4);
+    }
+    for at in [fadt_at as usize, xsdt_at as usize, rsdt_at as usize] {
+        // The loader's sum includes the checksum byte: it starts at 0.
+        let len = u32::from_le_bytes([tables[at + 4], tables[at + 5], tables[at + 6], tables[at + 7]]);
+        tables[at + 9] = 0;
+        commands.push(LoaderCommand::AddChecksum { file: T, offset: at as u32 + 9, start: at as u32, len });
+    }
+    let mut rsdp_blob = rsdp(rsdt_at, xsdt_at);
+    commands.push(LoaderCommand::AddPointer { dest: R, src: T, offset: 16, size: 4 });
+    commands.push(LoaderCommand::AddPointer { dest: R, src: T, offset: 24, size: 8 });
+    // The first checksum covers the ACPI 1.0 part, the extended one all of it.
+    rsdp_blob[8] = 0;
+    rsdp_blob[32] = 0;
+    commands.push(LoaderCommand::AddChecksum { file: R, offset: 8, start: 0, len: 20 });
+    commands.push(LoaderCommand::AddChecksum { file: R, offset: 32, start: 0, len: RSDP_SIZE as u32 });
+    Ok(AcpiBlobs {
+        rsdp: rsdp_blob,
+        tables,
+        offsets: AcpiTables {
+            rsdp: 0,
+            facs: facs_at,
+            dsdt: dsdt_at,
+            fadt: fadt_at,
+            madt: madt_at,
+            hpet: hpet_at,
+            xsdt: xsdt_at,
+            rsdt: rsdt_at,
+            end,
+        },
+        commands,
+    })
+}
+
+/// Write the tables for a directly booted kernel at `base` (the RSDP
+/// first, the other tables from the next 64-byte boundary), linked by the
+/// same loader commands SeaBIOS runs.
+pub fn write_acpi_tables(mem: &GuestMemory, base: u64, cfg: &AcpiConfig) -> Result<AcpiTables, AcpiError> {
+    let blobs = build_acpi_tables(cfg)?;
+    let tables_at = (base + RSDP_SIZE as u64).next_multiple_of(u64::from(TABLES_ALIGN));
+    let end = tables_at + blobs.offsets.end;
     if !base.is_multiple_of(16) || end > BIOS_AREA_END {
         return Err(AcpiError::DoesNotFit { start: base, end, limit: BIOS_AREA_END });
     }
-    mem.write(rsdp_at, &rsdp(rsdt_at, xsdt_at))?;
-    mem.write(facs_at, &facs_table)?;
-    mem.write(dsdt_at, &dsdt_table)?;
-    mem.write(fadt_at, &fadt_table)?;
-    mem.write(madt_at, &madt_table)?;
-    if let (Some(at), Some(table)) = (hpet_at, &hpet_table) {
-        mem.write(at, table)?;
-    }
-    mem.write(xsdt_at, &xsdt_table)?;
-    mem.write(rsdt_at, &rsdt_table)?;
+    let (rsdp, tables) = blobs.link(base, tables_at);
+    mem.write(base, &rsdp)?;
+    mem.write(tables_at, &tables)?;
+    let o = blobs.offsets;
     Ok(AcpiTables {
-        rsdp: rsdp_at,
-        facs: facs_at,
-        dsdt: dsdt_at,
-        fadt: fadt_at,
-        madt: madt_at,
-        hpet: hpet_at,
-        xsdt: xsdt_at,
-        rsdt: rsdt_at,
+        rsdp: base,
+        facs: tables_at + o.facs,
+        dsdt: tables_at + o.dsdt,
+        fadt: tables_at + o.fadt,
+        madt: tables_at + o.madt,
+        hpet: o.hpet.map(|h| tables_at + h),
+        xsdt: tables_at + o.xsdt,
+        rsdt: tables_at + o.rsdt,
         end,
     })
 }
 
-/// The few AML encodings the DSDT needs (ACPI 6.0, chapter 20).
 mod aml {
     const ZERO_OP: u8 = 0x00;
     const ONE_OP: u8 = 0x01;
@@ -815,6 +995,68 @@ mod tests {
     }
 
     /// The HPET table, found through the XSDT and the RSDT as Linux finds it.
+    /// The loader's commands, as SeaBIOS runs them, at any two addresses:
+    /// every table sums to zero and every pointer lands on its table.
+    #[test]
+    fn the_loader_links_the_blobs_anywhere() {
+        let blobs = build_acpi_tables(&AcpiConfig::new(1)).unwrap();
+        let (rsdp_at, tables_at) = (0xf_5a30u64, 0x1ffe_0000u64);
+        let (rsdp, tables) = blobs.link(rsdp_at, tables_at);
+        assert_eq!((sum(&rsdp[..20]), sum(&rsdp)), (0, 0));
+        let at = |addr: u64| &tables[(addr - tables_at) as usize..];
+        let table = |addr: u64, sig: &[u8; 4]| {
+            let t = at(addr);
+            assert_eq!(&t[..4], sig);
+            let t = &t[..u32_at(t, 4) as usize];
+            assert_eq!(sum(t), 0, "{} checksum", String::from_utf8_lossy(sig));
+            t.to_vec()
+        };
+        let xsdt = table(u64_at(&rsdp, 24), b"XSDT");
+        let rsdt = table(u64::from(u32_at(&rsdp, 16)), b"RSDT");
+        let o = blobs.offsets;
+        assert_eq!(u64_at(&xsdt, 36), tables_at + o.fadt);
+        assert_eq!(u64::from(u32_at(&rsdt, 40)), tables_at + o.madt);
+        let fadt = table(tables_at + o.fadt, b"FACP");
+        assert_eq!(u64::from(u32_at(&fadt, 36)), tables_at + o.facs);
+        assert_eq!(u64_at(&fadt, 140), tables_at + o.dsdt);
+        table(u64::from(u32_at(&fadt, 40)), b"DSDT");
+        table(tables_at + o.hpet.unwrap(), b"HPET");
+        table(tables_at + o.madt, b"APIC");
+        assert_eq!((tables_at + o.facs) % 64, 0);
+    }
+
+    /// The records as SeaBIOS's `struct romfile_loader_entry_s` reads them.
+    #[test]
+    fn table_loader_records_have_seabios_layout() {
+        let blobs = build_acpi_tables(&AcpiConfig::new(1)).unwrap();
+        let file = blobs.table_loader();
+        assert_eq!(file.len(), blobs.commands.len() * LOADER_COMMAND_SIZE);
+        let rec = |i: usize| &file[i * 128..(i + 1) * 128];
+        let name = |r: &[u8], at: usize| {
+            let n = &r[at..at + 56];
+            String::from_utf8(n[..n.iter().position(|&b| b == 0).unwrap()].to_vec()).unwrap()
+        };
+        // The tables first (high memory, 64-byte aligned), then the RSDP in the F segment.
+        assert_eq!(
+            (u32_at(rec(0), 0), name(rec(0), 4), u32_at(rec(0), 60), rec(0)[64]),
+            (1, ACPI_TABLES_FILE.into(), 64, 1)
+        );
+        assert_eq!(
+            (u32_at(rec(1), 0), name(rec(1), 4), u32_at(rec(1), 60), rec(1)[64]),
+            (1, ACPI_RSDP_FILE.into(), 16, 2)
+        );
+        let p = rec(2);
+        assert_eq!((u32_at(p, 0), name(p, 4), name(p, 60)), (2, ACPI_TABLES_FILE.into(), ACPI_TABLES_FILE.into()));
+        assert_eq!((u32_at(p, 116), p[120]), (blobs.offsets.fadt as u32 + 36, 4));
+        let last = rec(blobs.commands.len() - 1);
+        assert_eq!((u32_at(last, 0), name(last, 4)), (3, ACPI_RSDP_FILE.into()));
+        assert_eq!((u32_at(last, 60), u32_at(last, 64), u32_at(last, 68)), (32, 0, 36));
+        // Every pointer command comes after both allocations, every checksum
+        // of a file after that file's pointers.
+        let kinds: Vec<u32> = (0..blobs.commands.len()).map(|i| u32_at(rec(i), 0)).collect();
+        assert_eq!(&kinds[..2], &[1, 1]);
+    }
+
     #[test]
     fn hpet_table_parses_and_is_listed() {
         let mem = GuestMemory::new(64 << 20).unwrap();

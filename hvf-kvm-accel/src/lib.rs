@@ -119,6 +119,13 @@ pub trait Vm: Send + Sync {
     /// make a vCPU leave the hypervisor when it starts executing a given
     /// range (split execution, see the machine's split engine).
     fn hide(&self, start: u64, end: u64) -> Result<(), AccelError>;
+    /// Make the page-aligned guest-physical range `start..end` of RAM (inside
+    /// one region) read-only to the guest, or writable again: guest writes
+    /// there become MMIO exits, which the machine drops, as a chipset drops
+    /// writes to write-protected shadow RAM (the i440FX's PAM registers).
+    /// Reads and instruction fetches are unchanged. Fails where the
+    /// hypervisor has no read-only memory.
+    fn protect(&self, start: u64, end: u64, read_only: bool) -> Result<(), AccelError>;
     /// Make the hypervisor forget every translation it derived from the
     /// guest's page tables. Needed after the page tables were changed by
     /// anything but the vCPU itself (the interpreter), on hypervisors that

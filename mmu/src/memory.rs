@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use memmap2::{MmapMut, MmapOptions};
 use parking_lot_free::SpinQueue;
 
+/// The name read-only shadow pages give in [`MemError::ReadOnly`].
+const SHADOW_NAME: &str = "shadow RAM (write-protected by PAM)";
+
 /// Size of a guest page.
 pub const PAGE_SIZE: u64 = 4096;
 /// Where low RAM ends and the PCI hole begins (3 GiB).
@@ -103,7 +106,16 @@ pub struct GuestMemory {
     /// Set when `invalidated` has pages in it.
     invalidation_pending: AtomicBool,
     invalidated: SpinQueue,
+    /// One bit per page of the first megabyte: set while the chipset maps
+    /// the page read-only (BIOS shadowing, [`GuestMemory::set_shadow_read_only`]).
+    shadow_ro: [AtomicU64; SHADOW_WORDS],
+    /// Bumped whenever a page's shadow protection changes.
+    shadow_generation: AtomicU64,
 }
+
+/// Pages of the first megabyte, whose writability the chipset switches.
+const SHADOW_PAGES: u64 = (1 << 20) / PAGE_SIZE;
+const SHADOW_WORDS: usize = (SHADOW_PAGES / 64) as usize;
 
 // SAFETY: the raw pointers in `Region` point into mappings owned by the same
 // `GuestMemory`, which live as long as it does. Guest memory is shared memory by
@@ -141,6 +153,8 @@ impl GuestMemory {
             code_bits: Vec::new(),
             invalidation_pending: AtomicBool::new(false),
             invalidated: SpinQueue::default(),
+            shadow_ro: Default::default(),
+            shadow_generation: AtomicU64::new(0),
         };
         let low = ram_size.min(PCI_HOLE_START);
         mem.add_region(0, low, RegionKind::Ram, "low-ram", None)?;
@@ -214,7 +228,66 @@ impl GuestMemory {
         let r = self.find(addr)?;
         let off = addr - r.base;
         // `off < r.len`, so the offset stays inside the mapping.
-        Some(HostRange { ptr: r.ptr.wrapping_add(off as usize), len: r.len - off, writable: r.kind == RegionKind::Ram })
+        let writable = r.kind == RegionKind::Ram && !self.is_shadow_read_only(addr);
+        Some(HostRange { ptr: r.ptr.wrapping_add(off as usize), len: r.len - off, writable })
+    }
+
+    // ---- shadow RAM below 1 MiB ----------------------------------------------
+
+    /// Make the RAM pages of `addr..addr+len` below 1 MiB read-only to the
+    /// guest (`read_only`) or writable again: the chipset's PAM registers
+    /// write-protect the BIOS shadow. Writes to a read-only page fail with
+    /// [`MemError::ReadOnly`] (the CPU drops them, as a PC drops writes to
+    /// ROM); [`GuestMemory::load`] still writes it.
+    ///
+    /// A page made read-only is also marked as a code page, so stores stop
+    /// using the fast paths that bypass this check (soft-TLB write tags
+    /// filled before the switch, and translated code, test the code-page
+    /// bit before every store) and take the checked path. Pages past
+    /// 1 MiB are ignored.
+    pub fn set_shadow_read_only(&self, addr: u64, len: u64, read_only: bool) {
+        let first = addr / PAGE_SIZE;
+        let end = addr.saturating_add(len).div_ceil(PAGE_SIZE).min(SHADOW_PAGES);
+        for page in first..end {
+            let (w, bit) = (&self.shadow_ro[(page / 64) as usize], 1u64 << (page % 64));
+            let old = if read_only {
+                self.mark_code_page(page * PAGE_SIZE);
+                w.fetch_or(bit, Ordering::AcqRel)
+            } else {
+                w.fetch_and(!bit, Ordering::AcqRel)
+            };
+            if (old & bit != 0) != read_only {
+                self.shadow_generation.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// A count that changes whenever [`GuestMemory::set_shadow_read_only`]
+    /// changes a page: a hypervisor that maps the memory itself (KVM)
+    /// compares it to learn when to change its mappings.
+    #[inline]
+    pub fn shadow_generation(&self) -> u64 {
+        self.shadow_generation.load(Ordering::Acquire)
+    }
+
+    /// Whether the page holding `addr` is shadow RAM made read-only.
+    #[inline]
+    pub fn is_shadow_read_only(&self, addr: u64) -> bool {
+        let page = addr / PAGE_SIZE;
+        page < SHADOW_PAGES && self.shadow_ro[(page / 64) as usize].load(Ordering::Acquire) & (1 << (page % 64)) != 0
+    }
+
+    /// The first read-only shadow page `addr..addr+len` touches, if any.
+    #[inline]
+    fn shadow_read_only_in(&self, addr: u64, len: u64) -> Option<u64> {
+        if addr >= SHADOW_PAGES * PAGE_SIZE {
+            return None;
+        }
+        let last = addr.saturating_add(len.max(1) - 1);
+        (addr / PAGE_SIZE..=last / PAGE_SIZE)
+            .map(|p| p * PAGE_SIZE)
+            .find(|&a| self.is_shadow_read_only(a))
+            .map(|a| a.max(addr))
     }
 
     /// Whether RAM or ROM backs the whole of `addr..addr+len`.
@@ -254,6 +327,9 @@ impl GuestMemory {
         if r.kind != RegionKind::Ram {
             return Err(MemError::ReadOnly { addr, name: r.name });
         }
+        if let Some(at) = self.shadow_read_only_in(addr, data.len() as u64) {
+            return Err(MemError::ReadOnly { addr: at, name: SHADOW_NAME });
+        }
         let off = (addr - r.base) as usize;
         self.note_write(addr, data.len() as u64);
         // SAFETY: `check` proved the destination lies inside the live mapping;
@@ -272,6 +348,16 @@ impl GuestMemory {
         self.note_write(addr, data.len() as u64);
         // SAFETY: as in `write`; ROM is host-writable for loading.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), r.ptr.add(off), data.len()) };
+        // `note_write` cleared the code-page bits of read-only shadow pages:
+        // set them again, so stores keep taking the checked path.
+        if self.shadow_read_only_in(addr, data.len() as u64).is_some() {
+            let last = addr + data.len() as u64 - 1;
+            for page in addr / PAGE_SIZE..=last / PAGE_SIZE {
+                if self.is_shadow_read_only(page * PAGE_SIZE) {
+                    self.mark_code_page(page * PAGE_SIZE);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -283,6 +369,9 @@ impl GuestMemory {
         let r = self.check(addr, len)?;
         if r.kind != RegionKind::Ram {
             return Err(MemError::ReadOnly { addr, name: r.name });
+        }
+        if let Some(at) = self.shadow_read_only_in(addr, len) {
+            return Err(MemError::ReadOnly { addr: at, name: SHADOW_NAME });
         }
         let off = (addr - r.base) as usize;
         self.note_write(addr, len);
@@ -461,6 +550,37 @@ mod tests {
         // Loading (firmware setup) may write ROM.
         m.load(0xffff_0002, &[9]).unwrap();
         assert_eq!(m.read_u8(0xffff_0002).unwrap(), 9);
+    }
+
+    #[test]
+    fn shadow_pages_switch_between_read_only_and_writable() {
+        let m = GuestMemory::new(2 * MIB).unwrap();
+        m.write_u8(0xf_0000, 1).unwrap();
+        assert_eq!(m.shadow_generation(), 0);
+        m.set_shadow_read_only(0xf_0000, 0x1_0000, true);
+        let g = m.shadow_generation();
+        assert_ne!(g, 0);
+        m.set_shadow_read_only(0xf_0000, 0x1_0000, true);
+        assert_eq!(m.shadow_generation(), g, "no change, no new generation");
+        assert!(m.is_shadow_read_only(0xf_ffff) && !m.is_shadow_read_only(0xe_ffff));
+        assert!(matches!(m.write_u8(0xf_1234, 2), Err(MemError::ReadOnly { addr: 0xf_1234, .. })));
+        assert!(matches!(m.write_u32(0xe_fffe, 2), Err(MemError::ReadOnly { addr: 0xf_0000, .. })));
+        assert!(m.fill(0xe_f000, 0x2000, 0).is_err());
+        assert_eq!(m.read_u16(0xe_fffe).unwrap(), 0, "a refused write changes nothing");
+        assert!(!m.host_range(0xf_0000).unwrap().writable);
+        assert!(m.host_range(0xe_0000).unwrap().writable);
+        // Stores leave the fast paths: the page counts as a code page, even
+        // after the host loads it.
+        assert!(m.is_code_page(0xf_8000));
+        m.load(0xf_8000, &[9]).unwrap();
+        assert!(m.is_code_page(0xf_8000));
+        assert_eq!(m.read_u8(0xf_8000).unwrap(), 9);
+        m.set_shadow_read_only(0xf_0000, 0x1_0000, false);
+        m.write_u8(0xf_1234, 3).unwrap();
+        assert_eq!(m.read_u8(0xf_1234).unwrap(), 3);
+        // Past 1 MiB nothing changes.
+        m.set_shadow_read_only(0x10_0000, 0x1000, true);
+        m.write_u8(0x10_0000, 1).unwrap();
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub struct MachineIo {
     /// For engines that do not return by themselves: notes a device write
     /// that brought a timer deadline before the slice's end.
     pub(crate) watch: Option<Arc<DeadlineWatch>>,
+    /// For an engine that maps guest memory itself (KVM): the memory and
+    /// the shadow-protection generation its mappings follow; a change
+    /// (a PAM write) stops the run so the engine can remap.
+    pub(crate) shadow: Option<(Arc<mmu::GuestMemory>, Arc<AtomicU64>)>,
 }
 
 /// Watches the machine's timers across the device writes of one slice.
@@ -155,5 +159,6 @@ impl Platform for MachineIo {
         self.events.pending()
             || self.attention.load(Ordering::Relaxed)
             || self.watch.as_ref().is_some_and(|w| w.moved())
+            || self.shadow.as_ref().is_some_and(|(m, seen)| m.shadow_generation() != seen.load(Ordering::Acquire))
     }
 }

@@ -7,9 +7,12 @@
 //! back ([`hvf_kvm_accel::fallback::emulate_one`]). With KVM's in-kernel
 //! interrupt controllers, the machine's device lines and messages go to
 //! them (lines by `KVM_IRQ_LINE`, messages by irqfd) and virtio queue
-//! notifications reach the NIC thread by ioeventfd.
+//! notifications reach the NIC thread by ioeventfd. The BIOS shadow's
+//! write protection (the PAM registers) becomes read-only memory slots
+//! before each run.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +42,16 @@ pub struct KvmEngine<'m> {
     msi: Option<Arc<hvf_kvm_accel::irqfd::MsiIrqfds>>,
     /// Detaches the virtio doorbells from KVM when the engine goes.
     doorbells: Option<crate::nic::AttachedDoorbells<'m>>,
+    /// The shadow-protection generation the memory slots follow.
+    shadow_seen: Arc<AtomicU64>,
+    /// Which 16 KiB chunks of 0xC0000-0xFFFFF are read-only slots.
+    shadow_ro: [bool; SHADOW_CHUNKS],
 }
+
+/// The BIOS shadow area (the i440FX's PAM segments), in 16 KiB chunks.
+const SHADOW_START: u64 = devices::pci::pam::SHADOW_START;
+const SHADOW_CHUNK: u64 = 0x4000;
+const SHADOW_CHUNKS: usize = ((0x10_0000 - SHADOW_START) / SHADOW_CHUNK) as usize;
 
 impl<'m> KvmEngine<'m> {
     pub fn new(m: &'m Machine, pit: KvmPit) -> Result<Self, Error> {
@@ -86,7 +98,9 @@ impl<'m> KvmEngine<'m> {
         let kicker = vcpu.kicker()?;
         let k = kicker.clone();
         let alarm = Alarm::new(Arc::new(move || k.kick()))?;
-        let (io, watch) = m.io_watching_timers();
+        let (mut io, watch) = m.io_watching_timers();
+        let shadow_seen = Arc::new(AtomicU64::new(0));
+        io.shadow = Some((m.mem.clone(), shadow_seen.clone()));
         let fallback = Cpu::new(m.mem.clone(), Box::new(m.io()));
         Ok(KvmEngine {
             machine: m,
@@ -101,7 +115,29 @@ impl<'m> KvmEngine<'m> {
             alarm,
             msi,
             doorbells,
+            shadow_seen,
+            shadow_ro: [false; SHADOW_CHUNKS],
         })
+    }
+
+    /// Follow the BIOS shadow's write protection (the PAM registers) with
+    /// read-only memory slots, 16 KiB at a time, before the vCPU runs again.
+    fn sync_shadow(&mut self) -> Result<(), Error> {
+        let mem = &self.machine.mem;
+        let g = mem.shadow_generation();
+        if g == self.shadow_seen.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.shadow_seen.store(g, Ordering::Release);
+        for (i, was) in self.shadow_ro.iter_mut().enumerate() {
+            let base = SHADOW_START + i as u64 * SHADOW_CHUNK;
+            let ro = mem.is_shadow_read_only(base);
+            if ro != *was {
+                self.vm.protect(base, base + SHADOW_CHUNK, ro)?;
+                *was = ro;
+            }
+        }
+        Ok(())
     }
 
     /// Run the instruction KVM could not in the interpreter.
@@ -132,6 +168,7 @@ impl Engine for KvmEngine<'_> {
     }
 
     fn run(&mut self, slice: &Slice) -> Result<Exit, Error> {
+        self.sync_shadow()?;
         self.alarm.set(slice.until);
         self.watch.arm(slice.until.map_or(u64::MAX, |t| self.machine.clock_ns_at(t)));
         let exit = self.vcpu.run(&mut self.io);

@@ -153,7 +153,18 @@ pub struct PciBar {
 }
 
 impl PciBar {
-    /// The address bits the guest can write.
+    /// The bits of the register the guest can write. An I/O BAR keeps all
+    /// 32 (as QEMU's do), so sizing reads back the upper 16 bits set:
+    /// SeaBIOS computes the size from the whole register. Only the low 16
+    /// decode ports ([`PciBar::address_mask`]).
+    fn register_mask(&self) -> u64 {
+        match self.kind {
+            PciBarKind::Io => !(self.size - 1) & BAR_IO_ADDR_MASK,
+            _ => self.address_mask(),
+        }
+    }
+
+    /// The address bits the BAR decodes.
     fn address_mask(&self) -> u64 {
         let mask = !(self.size - 1);
         match self.kind {
@@ -297,7 +308,7 @@ impl PciConfigSpace {
         }
         let bar = PciBar { kind, size };
         self.bars[index] = Some(bar);
-        let mask = bar.address_mask();
+        let mask = bar.register_mask();
         let offset = PCI_BAR0 + 4 * index;
         self.set_u32(offset, kind.type_bits());
         self.set_writable(offset, &(mask as u32).to_le_bytes());
@@ -441,7 +452,7 @@ mod tests {
         c.write(0x10, &[0xff; 4]);
         assert_eq!(c.read_dword(4), 0xffff_f000);
         c.write(0x14, &[0xff; 4]);
-        assert_eq!(c.read_dword(5), 0x0000_ffe1);
+        assert_eq!(c.read_dword(5), 0xffff_ffe1, "I/O BAR: all 32 bits, as QEMU (SeaBIOS sizes from them)");
         c.write(0x18, &[0xff; 4]);
         c.write(0x1c, &[0xff; 4]);
         assert_eq!(c.read_dword(6), 0xfff0_000c);

@@ -7,10 +7,18 @@
 //! (90h), ERRSTS (91h), TRC (93h).
 //!
 //! The chipset registers past the header are kept as plain storage (the
-//! guest can read back what it wrote) and have no effect: guest memory is
-//! laid out by the machine, and PAM/SMRAM shadowing is not modelled.
+//! guest can read back what it wrote). PAM0-6 switch BIOS shadowing
+//! ([`super::pam`]) when the machine boots firmware
+//! ([`I440fxHostBridge::set_shadow`]); under a directly booted kernel they
+//! are storage too. SMRAM is not modelled. The subsystem IDs are QEMU's
+//! (1AF4h:1100h), which SeaBIOS checks to know it runs on a virtual PC.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use super::config::{PciConfigSpace, PCI_COMMAND, PCI_STATUS};
+use super::pam::{BiosShadow, PAM0, PAM_COUNT};
 use super::PciDevice;
 
 /// PCI vendor ID of Intel.
@@ -33,10 +41,17 @@ const CHIPSET_LAST: usize = 0xff;
 const SMRAM: usize = 0x72;
 const SMRAM_RESET: u8 = 0x02;
 
+/// Subsystem vendor and ID of QEMU's virtual machines (Red Hat, "QEMU
+/// virtual machine").
+const SUBSYSTEM_VENDOR_QEMU: u16 = 0x1af4;
+const SUBSYSTEM_ID_QEMU: u16 = 0x1100;
+
 /// The i440FX host bridge.
 #[derive(Debug, Clone)]
 pub struct I440fxHostBridge {
     config: PciConfigSpace,
+    /// The shadowed BIOS area PAM0-6 switch, when the machine boots firmware.
+    shadow: Option<Arc<Mutex<BiosShadow>>>,
 }
 
 impl Default for I440fxHostBridge {
@@ -53,7 +68,29 @@ impl I440fxHostBridge {
         config.set_u16(PCI_STATUS, STATUS_RESET);
         config.set_writable(CHIPSET_FIRST, &[0xff; CHIPSET_LAST - CHIPSET_FIRST + 1]);
         config.set_u8(SMRAM, SMRAM_RESET);
-        Self { config }
+        config.set_subsystem(SUBSYSTEM_VENDOR_QEMU, SUBSYSTEM_ID_QEMU);
+        Self { config, shadow: None }
+    }
+
+    /// Let PAM0-6 switch `shadow`, from their current values on.
+    pub fn set_shadow(&mut self, shadow: Arc<Mutex<BiosShadow>>) {
+        shadow.lock().apply(&self.pam());
+        self.shadow = Some(shadow);
+    }
+
+    /// PAM0-6 as they read.
+    pub fn pam(&self) -> [u8; PAM_COUNT] {
+        std::array::from_fn(|i| self.config.u8_at(PAM0 + i))
+    }
+
+    /// A system reset: PAM0-6 go back to 0 (the BIOS reads from ROM again).
+    pub fn reset(&mut self) {
+        for i in 0..PAM_COUNT {
+            self.config.set_u8(PAM0 + i, 0);
+        }
+        if let Some(s) = &self.shadow {
+            s.lock().apply(&[0; PAM_COUNT]);
+        }
     }
 }
 
@@ -68,6 +105,14 @@ impl PciDevice for I440fxHostBridge {
 
     fn config_mut(&mut self) -> &mut PciConfigSpace {
         &mut self.config
+    }
+
+    fn write_config(&mut self, offset: usize, data: &[u8]) {
+        self.config.write(offset, data);
+        let touches_pam = offset < PAM0 + PAM_COUNT && offset + data.len() > PAM0;
+        if let (true, Some(s)) = (touches_pam, &self.shadow) {
+            s.lock().apply(&self.pam());
+        }
     }
 }
 
@@ -88,5 +133,28 @@ mod tests {
         b.write_config(0x10, &[0xff; 4]);
         assert_eq!(b.read_config(4), 0, "no BARs");
         assert_eq!(b.debug_label(), "i440FX host bridge");
+        assert_eq!(b.read_config(0x2c / 4), 0x1100_1af4, "QEMU's subsystem IDs");
+    }
+
+    #[test]
+    fn pam_writes_switch_the_shadow_and_a_reset_restores_the_rom() {
+        let mem = Arc::new(mmu::GuestMemory::new(2 << 20).unwrap());
+        let mut bios = vec![0u8; 0x2_0000];
+        bios[0x1_fff0] = 0xea;
+        let shadow = Arc::new(Mutex::new(BiosShadow::new(mem.clone(), &bios).unwrap()));
+        let mut b = I440fxHostBridge::new();
+        b.set_shadow(shadow);
+        assert_eq!(mem.read_u8(0xf_fff0).unwrap(), 0xea);
+        // SeaBIOS writes PAM0-6 as two dwords at 58h and 5Ch.
+        b.write_config(0x58, &[0, 0x30, 0x33, 0x33]);
+        assert_eq!(b.config().u8_at(0x59), 0x30);
+        assert_eq!(mem.read_u8(0xf_fff0).unwrap(), 0, "RAM under the BIOS");
+        mem.write_u8(0xf_fff0, 0x90).unwrap();
+        b.write_config(0x59, &[0x10]);
+        assert!(mem.write_u8(0xf_fff0, 0).is_err(), "write-protected");
+        assert_eq!(mem.read_u8(0xf_fff0).unwrap(), 0x90);
+        b.reset();
+        assert_eq!(b.pam(), [0; PAM_COUNT]);
+        assert_eq!(mem.read_u8(0xf_fff0).unwrap(), 0xea);
     }
 }

@@ -7,7 +7,8 @@
 //!   when the guest programs a BAR so the machine can map it.
 //! - [`msix`]: the MSI-X capability, vector table and pending bits a
 //!   function adds to send message-signalled interrupts.
-//! - [`i440fx`]: the host bridge at 00:00.0 (8086:1237).
+//! - [`i440fx`]: the host bridge at 00:00.0 (8086:1237), whose PAM
+//!   registers switch BIOS shadowing ([`pam`]).
 //! - [`piix`]: the ISA bridge at 00:01.0 (8086:7000) with the PIRQ routing
 //!   registers 0x60-0x63, and [`PciIntxRouter`], which turns PCI INTx lines
 //!   into ISA IRQs as those registers say.
@@ -15,6 +16,7 @@
 pub mod config;
 pub mod i440fx;
 pub mod msix;
+pub mod pam;
 pub mod piix;
 pub mod root;
 

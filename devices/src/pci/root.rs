@@ -428,7 +428,7 @@ mod tests {
         r.cfg_write(3, 0x10, 0xffff_ffff);
         assert_eq!(r.cfg_read(3, 0x10), 0xfffe_0000);
         r.cfg_write(3, 0x14, 0xffff_ffff);
-        assert_eq!(r.cfg_read(3, 0x14), 0x0000_ffc1);
+        assert_eq!(r.cfg_read(3, 0x14), 0xffff_ffc1);
         assert!(r.changes.lock().is_empty(), "decoding is off while sizing");
         r.cfg_write(3, 0x10, 0xfebc_0000);
         r.cfg_write(3, 0x14, 0xc000);

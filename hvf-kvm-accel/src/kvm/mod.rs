@@ -221,6 +221,7 @@ impl Kvm {
             mem,
             shared,
             slots: Mutex::new(slots),
+            readonly_mem,
             msi_routes: Mutex::new(BTreeMap::new()),
             initial_devices,
             flush_page: FlushPage::new()?,
@@ -484,6 +485,8 @@ pub struct KvmVm {
     mem: Arc<GuestMemory>,
     shared: Arc<Shared>,
     slots: Mutex<SlotTable>,
+    /// Whether KVM has read-only memory slots (KVM_CAP_READONLY_MEM).
+    readonly_mem: bool,
     /// The messages of [`Vm::register_msi_irqfd`], by GSI.
     msi_routes: Mutex<BTreeMap<u32, (u64, u32)>>,
     /// The in-kernel interrupt controllers and PIT as created, for
@@ -602,6 +605,35 @@ impl Vm for KvmVm {
             }
         }
         tracing::debug!("guest-physical {start:#x}..{end:#x} hidden from KVM");
+        Ok(())
+    }
+
+    fn protect(&self, start: u64, end: u64, read_only: bool) -> Result<(), AccelError> {
+        let err = |reason: String| AccelError::MemorySlot { name: "RAM", base: start, len: end - start, reason };
+        if read_only && !self.readonly_mem {
+            return Err(err("this KVM has no read-only memory slots (KVM_CAP_READONLY_MEM)".into()));
+        }
+        let host = {
+            let table = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            table
+                .slots
+                .iter()
+                .find(|s| s.id != FLUSH_SLOT_ID && s.base <= start && end <= s.base + s.len)
+                .map(|s| s.host_addr + (start - s.base))
+        }
+        .ok_or_else(|| err(format!("{start:#x}..{end:#x} is not inside one memory slot")))?;
+        self.hide(start, end)?;
+        let mut table = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        // The lowest free slot number: switching protection back and forth
+        // (every reset) does not use up slot numbers.
+        let id = (0..FLUSH_SLOT_ID)
+            .find(|id| table.slots.iter().all(|s| s.id != *id))
+            .ok_or_else(|| err("no free memory slot".into()))?;
+        let flags = if read_only { KVM_MEM_READONLY } else { 0 };
+        let slot = Slot { id, base: start, len: end - start, host_addr: host, flags };
+        set_slot(&self.fd, slot, slot.len).map_err(err)?;
+        table.slots.push(slot);
+        table.next_id = table.next_id.max(id + 1);
         Ok(())
     }
 

@@ -1,0 +1,137 @@
+//! Booting through firmware (SeaBIOS): the BIOS image, and what the
+//! machine tells it through fw_cfg.
+//!
+//! The image is mapped to end at 4 GiB; its last 128 KiB are seen again at
+//! 0xE0000-0xFFFFF under the i440FX's PAM registers
+//! (`devices::pci::pam`), and the CPU starts at the reset vector,
+//! F000:FFF0 in real mode. fw_cfg (ports 0x510, 0x511, DMA at 0x514)
+//! holds:
+//!
+//! | item | contents |
+//! | --- | --- |
+//! | signature, ID, RAM size, CPUs | the legacy items |
+//! | boot menu (0x0e) | 0: no boot menu, so no menu delay |
+//! | `etc/e820` | the memory map a directly booted kernel gets |
+//! | `bootorder` | the disks, in `--disk` order (`/pci@i0cf8/*@SLOT`) |
+//! | `etc/sercon-port` | 0x3f8: SeaBIOS copies INT 10h text to COM1, so the BIOS's and a bootloader's messages reach `--serial` |
+//! | `etc/acpi/tables`, `etc/acpi/rsdp`, `etc/table-loader` | the ACPI tables of direct boot, with QEMU's linker/loader commands that place and link them |
+//! | `etc/boot-fail-wait` | 5 s (SeaBIOS's default is 60) before a reboot when nothing boots |
+//!
+//! SeaBIOS writes its log to port 0x402 (`devices::debugcon`, shown by
+//! `--trace firmware`).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use devices::fw_cfg::FwCfg;
+use mmu::GuestMemory;
+
+use crate::error::Error;
+
+/// Where Debian's seabios package puts the BIOS QEMU uses.
+pub const SEABIOS_PATH: &str = "/usr/share/seabios/bios-256k.bin";
+
+/// The least RAM a BIOS boot takes: SeaBIOS keeps its tables and buffers
+/// at the top of RAM, above the first megabyte.
+pub const MIN_RAM: u64 = 16 << 20;
+
+/// The most a BIOS image may be (the flash below 4 GiB on a PC).
+const MAX_BIOS: u64 = 16 << 20;
+/// fw_cfg's legacy boot-menu item.
+const FW_CFG_BOOT_MENU: u16 = 0x0e;
+/// COM1, where SeaBIOS's serial console goes.
+const SERCON_PORT: u16 = 0x3f8;
+/// Milliseconds SeaBIOS waits before a reboot when no device boots.
+const BOOT_FAIL_WAIT_MS: u32 = 5000;
+
+/// The SeaBIOS image of Debian's seabios package, or an error that says
+/// how to get it.
+pub fn default_bios() -> Result<Vec<u8>, Error> {
+    match std::fs::read(SEABIOS_PATH) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Config(format!(
+            "booting a disk without --kernel needs a BIOS, and {SEABIOS_PATH} is missing: install Debian's \
+             `seabios` package (apt-get install seabios), or name a BIOS image with --bios PATH"
+        ))),
+        Err(source) => Err(Error::Read { path: SEABIOS_PATH.into(), source }),
+    }
+}
+
+/// Whether `image` can be a BIOS: a whole number of 64 KiB blocks, at most
+/// 16 MiB, with code at the reset vector (its last 16 bytes).
+pub fn check_image(image: &[u8], path: Option<&Path>) -> Result<(), Error> {
+    let what = path.map_or_else(|| "the BIOS image".to_string(), |p| format!("--bios {}", p.display()));
+    let size = image.len() as u64;
+    if size == 0 || !size.is_multiple_of(0x1_0000) || size > MAX_BIOS {
+        return Err(Error::Config(format!(
+            "{what} is {size} bytes: a BIOS image must be a multiple of 64 KiB and at most 16 MiB \
+             (SeaBIOS's bios-256k.bin is 262144)"
+        )));
+    }
+    let vector = &image[image.len() - 16..];
+    if vector.iter().all(|&b| b == 0) || vector.iter().all(|&b| b == 0xff) {
+        return Err(Error::Config(format!(
+            "{what} has no code at the reset vector (its last 16 bytes are blank): not a BIOS image"
+        )));
+    }
+    Ok(())
+}
+
+/// The fw_cfg device for a machine with `mem`, whose disks sit in PCI
+/// slots `disk_slots` (boot order).
+pub fn fw_cfg(mem: &Arc<GuestMemory>, disk_slots: &[u8]) -> Result<FwCfg, Error> {
+    let fw = |e: devices::fw_cfg::FwCfgError| Error::Config(format!("fw_cfg: {e}"));
+    let mut d = FwCfg::new(mem.clone(), mem.ram_size(), 1);
+    d.set_item(FW_CFG_BOOT_MENU, 0u16.to_le_bytes().to_vec());
+    let e820 = firmware::e820::e820_for_memory(mem).map_err(|e| Error::Config(format!("e820: {e}")))?;
+    d.add_file("etc/e820", e820.iter().flat_map(|e| e.to_bytes()).collect()).map_err(fw)?;
+    let order: String = disk_slots.iter().map(|s| format!("/pci@i0cf8/*@{s:x}\n")).collect();
+    d.add_file("bootorder", order.into_bytes()).map_err(fw)?;
+    d.add_file("etc/sercon-port", SERCON_PORT.to_le_bytes().to_vec()).map_err(fw)?;
+    d.add_file("etc/boot-fail-wait", BOOT_FAIL_WAIT_MS.to_le_bytes().to_vec()).map_err(fw)?;
+    let acpi = firmware::acpi::build_acpi_tables(&firmware::acpi::AcpiConfig::new(1))?;
+    d.add_file(firmware::acpi::ACPI_TABLES_FILE, acpi.tables.clone()).map_err(fw)?;
+    d.add_file(firmware::acpi::ACPI_RSDP_FILE, acpi.rsdp.clone()).map_err(fw)?;
+    d.add_file(firmware::acpi::TABLE_LOADER_FILE, acpi.table_loader()).map_err(fw)?;
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_images_are_named() {
+        let mut ok = vec![0u8; 0x2_0000];
+        ok[0x1_fff0] = 0xea;
+        check_image(&ok, None).unwrap();
+        let e = check_image(&ok[..1000], Some(Path::new("x.bin"))).unwrap_err().to_string();
+        assert!(e.contains("--bios x.bin is 1000 bytes") && e.contains("64 KiB"), "{e}");
+        assert!(check_image(&[], None).is_err());
+        assert!(check_image(&vec![0u8; 0x1_0000], None).unwrap_err().to_string().contains("reset vector"));
+        assert!(check_image(&vec![0xffu8; 0x1_0000], None).is_err());
+        assert!(check_image(&vec![0x90u8; 32 << 20], None).is_err());
+    }
+
+    #[test]
+    fn fw_cfg_holds_the_files_seabios_reads() {
+        let mem = Arc::new(GuestMemory::new(64 << 20).unwrap());
+        let d = fw_cfg(&mem, &[4, 0x1a]).unwrap();
+        let names = d.file_names();
+        for f in ["etc/e820", "bootorder", "etc/sercon-port", "etc/acpi/tables", "etc/acpi/rsdp", "etc/table-loader"] {
+            assert!(names.iter().any(|n| n == f), "{f} in {names:?}");
+        }
+        assert_eq!(d.file("bootorder").unwrap(), b"/pci@i0cf8/*@4\n/pci@i0cf8/*@1a\n");
+        assert_eq!(d.file("etc/sercon-port").unwrap(), [0xf8, 0x03]);
+        let e820 = d.file("etc/e820").unwrap();
+        assert_eq!(e820.len() % 20, 0);
+        // The last RAM entry ends at the top of RAM.
+        let ram_top = e820
+            .chunks(20)
+            .filter(|e| e[16] == 1)
+            .map(|e| u64::from_le_bytes(e[0..8].try_into().unwrap()) + u64::from_le_bytes(e[8..16].try_into().unwrap()))
+            .max();
+        assert_eq!(ram_top, Some(64 << 20));
+        assert_eq!(d.file("etc/table-loader").unwrap().len() % 128, 0);
+    }
+}
