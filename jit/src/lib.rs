@@ -391,7 +391,7 @@ impl Jit {
                 || left == 0
                 || self.inval_flag.load(Ordering::Relaxed)
                 || cpu.mem().invalidation_pending()
-                || (hops % BOUNDARY_HOPS == 0 && cpu.needs_boundary())
+                || (hops.is_multiple_of(BOUNDARY_HOPS) && cpu.needs_boundary())
             {
                 return;
             }

@@ -305,48 +305,40 @@ fn sse_scans_give_the_interpreters_results() {
 /// path: a misaligned MOVDQA (#GP) and SSE with CR0.TS set (#NM).
 #[test]
 fn sse_faults_in_compiled_code_deliver_like_the_interpreter() {
-    let (_, b, jit) = both(
-        long_mode,
-        |c| sse_on(c),
-        |a| {
-            let mut top = a.create_label();
-            let mut skip = a.create_label();
-            a.mov(rsi, DATA)?;
-            a.mov(ecx, 300)?;
-            a.set_label(&mut top)?;
-            a.cmp(ecx, 100)?;
-            a.jne(skip)?;
-            a.inc(rsi)?;
-            a.set_label(&mut skip)?;
-            a.movdqa(xmm1, xmmword_ptr(rsi))?;
-            a.paddb(xmm0, xmm1)?;
-            a.dec(ecx)?;
-            a.jnz(top)?;
-            a.hlt()
-        },
-    );
+    let (_, b, jit) = both(long_mode, sse_on, |a| {
+        let mut top = a.create_label();
+        let mut skip = a.create_label();
+        a.mov(rsi, DATA)?;
+        a.mov(ecx, 300)?;
+        a.set_label(&mut top)?;
+        a.cmp(ecx, 100)?;
+        a.jne(skip)?;
+        a.inc(rsi)?;
+        a.set_label(&mut skip)?;
+        a.movdqa(xmm1, xmmword_ptr(rsi))?;
+        a.paddb(xmm0, xmm1)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
     assert_eq!(b.state.rip, stub(13) + 1, "#GP");
     assert!(jit.stats.native_insns > 0);
-    let (_, b, _) = both(
-        long_mode,
-        |c| sse_on(c),
-        |a| {
-            let mut top = a.create_label();
-            let mut skip = a.create_label();
-            a.mov(ecx, 300)?;
-            a.set_label(&mut top)?;
-            a.cmp(ecx, 100)?;
-            a.jne(skip)?;
-            a.mov(rax, cr0)?;
-            a.or(rax, 8)?;
-            a.mov(cr0, rax)?;
-            a.set_label(&mut skip)?;
-            a.pxor(xmm2, xmm3)?;
-            a.dec(ecx)?;
-            a.jnz(top)?;
-            a.hlt()
-        },
-    );
+    let (_, b, _) = both(long_mode, sse_on, |a| {
+        let mut top = a.create_label();
+        let mut skip = a.create_label();
+        a.mov(ecx, 300)?;
+        a.set_label(&mut top)?;
+        a.cmp(ecx, 100)?;
+        a.jne(skip)?;
+        a.mov(rax, cr0)?;
+        a.or(rax, 8)?;
+        a.mov(cr0, rax)?;
+        a.set_label(&mut skip)?;
+        a.pxor(xmm2, xmm3)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
     assert_eq!(b.state.rip, stub(7) + 1, "#NM");
     assert_eq!(b.state.gpr[1], 100);
 }

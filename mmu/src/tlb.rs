@@ -216,7 +216,7 @@ impl Mmu {
         if let Some(phys) = self.lookup(p, lin, access) {
             return Ok(phys);
         }
-        if let Some(phys) = self.from_victim(p, lin, access) {
+        if let Some(phys) = self.take_victim(p, lin, access) {
             return Ok(phys);
         }
         self.walks += 1;
@@ -261,7 +261,7 @@ impl Mmu {
 
     /// A victim entry that holds `lin` for `access`: swapped back into its
     /// slot (the entry there becomes the victim).
-    fn from_victim(&mut self, p: Privilege, lin: u64, access: Access) -> Option<u64> {
+    fn take_victim(&mut self, p: Privilege, lin: u64, access: Access) -> Option<u64> {
         let set = set_index(p);
         let want = (lin & PAGE_MASK) | VALID;
         let i = self.victims[set].iter().position(|e| {
