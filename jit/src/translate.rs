@@ -501,9 +501,7 @@ fn classify(insn: &Instruction, bits: u32) -> Option<Form> {
                 _ => Form::Not { dst, size },
             }
         }
-        Mnemonic::Shl | Mnemonic::Sal | Mnemonic::Shr | Mnemonic::Sar | Mnemonic::Rol | Mnemonic::Ror
-            if n == 2 && insn.op1_kind() == OpKind::Immediate8 =>
-        {
+        Mnemonic::Shl | Mnemonic::Sal | Mnemonic::Shr | Mnemonic::Sar | Mnemonic::Rol | Mnemonic::Ror if n == 2 => {
             let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
             if dst.size < 4 {
                 return None;
@@ -515,22 +513,17 @@ fn classify(insn: &Instruction, bits: u32) -> Option<Form> {
                 Mnemonic::Ror => Shift::Ror,
                 _ => Shift::Shl,
             };
-            let count = u32::from(insn.immediate8()) & if dst.size == 8 { 0x3f } else { 0x1f };
-            Form::Shift { op, dst, count }
-        }
-        Mnemonic::Shl | Mnemonic::Sal | Mnemonic::Shr | Mnemonic::Sar
-            if n == 2 && insn.op1_kind() == OpKind::Register && insn.op1_register() == Register::CL =>
-        {
-            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
-            if dst.size < 4 {
-                return None;
+            match insn.op1_kind() {
+                OpKind::Immediate8 => {
+                    let count = u32::from(insn.immediate8()) & if dst.size == 8 { 0x3f } else { 0x1f };
+                    Form::Shift { op, dst, count }
+                }
+                // Rotates by CL go through the interpreter.
+                OpKind::Register if insn.op1_register() == Register::CL && !matches!(op, Shift::Rol | Shift::Ror) => {
+                    Form::ShiftCl { op, dst }
+                }
+                _ => return None,
             }
-            let op = match insn.mnemonic() {
-                Mnemonic::Shr => Shift::Shr,
-                Mnemonic::Sar => Shift::Sar,
-                _ => Shift::Shl,
-            };
-            Form::ShiftCl { op, dst }
         }
         Mnemonic::Bsf | Mnemonic::Bsr if n == 2 => {
             let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
@@ -1358,6 +1351,14 @@ impl Tx<'_, '_> {
     /// Set the arithmetic flags eagerly (`f`: the six bits), as
     /// `set_arith_flags(ARITH, f)` does.
     fn set_eager(&mut self, f: Value) {
+        let rf = self.store_eager(f);
+        self.known = Known::Eager(rf);
+        self.lazy_dirty = false;
+    }
+
+    /// Store the six flags `f` into RFLAGS and empty the lazy record;
+    /// returns the new RFLAGS.
+    fn store_eager(&mut self, f: Value) -> Value {
         let fl = mem_flags();
         let rf = self.b.ins().load(types::I64, fl, self.state, RFLAGS_OFF);
         let rf = self.b.ins().band_imm_s(rf, !(flags::ARITH as i64));
@@ -1365,8 +1366,7 @@ impl Tx<'_, '_> {
         self.b.ins().store(fl, rf, self.state, RFLAGS_OFF);
         let none = self.b.ins().iconst(types::I32, 0);
         self.b.ins().store(fl, none, self.state, LZ_OFF[OP]);
-        self.known = Known::Eager(rf);
-        self.lazy_dirty = false;
+        rf
     }
 
     /// The six flags now, through the helper (the producer is not known
@@ -1471,20 +1471,10 @@ impl Tx<'_, '_> {
     /// CF (0/1, i64) from the state's lazy record, inline for every
     /// producer but ADC and SBB (those through the helper).
     fn cf_from_state(&mut self) -> Value {
+        let (op, res, a, bv) = self.state_record();
         let fl = mem_flags();
-        let op = self.b.ins().load(types::I32, fl, self.state, LZ_OFF[OP]);
-        let size = self.b.ins().uload32(fl, self.state, LZ_OFF[1]);
-        let res = self.b.ins().load(types::I64, fl, self.state, LZ_OFF[RES]);
-        let a = self.b.ins().load(types::I64, fl, self.state, LZ_OFF[SRC1]);
-        let bv = self.b.ins().load(types::I64, fl, self.state, LZ_OFF[SRC2]);
         let cin = self.b.ins().load(types::I64, fl, self.state, LZ_OFF[CIN]);
         let rf = self.b.ins().load(types::I64, fl, self.state, RFLAGS_OFF);
-        let bits = self.b.ins().ishl_imm_s(size, 3);
-        let sixty_four = self.iconst(64);
-        let sh = self.b.ins().isub(sixty_four, bits);
-        let res = self.b.ins().ishl(res, sh);
-        let a = self.b.ins().ishl(a, sh);
-        let bv = self.b.ins().ishl(bv, sh);
         let sub = self.b.ins().icmp(IntCC::UnsignedLessThan, a, bv);
         let sub = self.b.ins().uextend(types::I64, sub);
         let add = self.b.ins().icmp(IntCC::UnsignedLessThan, res, a);
@@ -1587,24 +1577,30 @@ impl Tx<'_, '_> {
         self.condition_by_flags(cc)
     }
 
-    /// Condition `cc` (2, 4, 6, 8, 12 or 14) from the state's lazy record
-    /// without a call when its producer is a SUB/CMP or a logic operation
-    /// (any producer for ZF and SF), else through the helper.
-    fn condition_from_state(&mut self, cc: u8) -> Value {
+    /// The state's lazy record: its operation (i32) and its result and
+    /// operands moved to the top of the register, so that comparing them
+    /// compares the values at their size, bits above it ignored.
+    fn state_record(&mut self) -> (Value, Value, Value, Value) {
         let fl = mem_flags();
         let op = self.b.ins().load(types::I32, fl, self.state, LZ_OFF[OP]);
         let size = self.b.ins().uload32(fl, self.state, LZ_OFF[1]);
         let res = self.b.ins().load(types::I64, fl, self.state, LZ_OFF[RES]);
         let a = self.b.ins().load(types::I64, fl, self.state, LZ_OFF[SRC1]);
         let bv = self.b.ins().load(types::I64, fl, self.state, LZ_OFF[SRC2]);
-        // Values moved to the top of the register: comparing them compares
-        // the operands at their size, bits above it ignored.
         let bits = self.b.ins().ishl_imm_s(size, 3);
         let sixty_four = self.iconst(64);
         let sh = self.b.ins().isub(sixty_four, bits);
         let res = self.b.ins().ishl(res, sh);
         let a = self.b.ins().ishl(a, sh);
         let bv = self.b.ins().ishl(bv, sh);
+        (op, res, a, bv)
+    }
+
+    /// Condition `cc` (2, 4, 6, 8, 12 or 14) from the state's lazy record
+    /// without a call when its producer is a SUB/CMP or a logic operation
+    /// (any producer for ZF and SF), else through the helper.
+    fn condition_from_state(&mut self, cc: u8) -> Value {
+        let (op, res, a, bv) = self.state_record();
         let zf = self.b.ins().icmp_imm_s(IntCC::Equal, res, 0);
         let sf = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, res, 0);
         let is_sub = self.b.ins().icmp_imm_s(IntCC::Equal, op, FlagOp::Sub as i64);
@@ -1972,13 +1968,7 @@ impl Tx<'_, '_> {
                 let f = self.b.ins().bor(cf, ofb);
                 let szp = self.szp(r, size);
                 let f = self.b.ins().bor(f, szp);
-                let fl = mem_flags();
-                let rf = self.b.ins().load(types::I64, fl, self.state, RFLAGS_OFF);
-                let rf = self.b.ins().band_imm_s(rf, !(flags::ARITH as i64));
-                let rf = self.b.ins().bor(rf, f);
-                self.b.ins().store(fl, rf, self.state, RFLAGS_OFF);
-                let none = self.b.ins().iconst(types::I32, 0);
-                self.b.ins().store(fl, none, self.state, LZ_OFF[OP]);
+                self.store_eager(f);
                 self.b.ins().jump(join, &[]);
                 self.enter_block(join);
                 self.known = Known::Unknown;
