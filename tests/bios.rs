@@ -118,29 +118,37 @@ fn boot_sector() -> Vec<u8> {
     code
 }
 
-/// Boot a one-sector disk under `accel`; the serial output and the status.
-fn boot_mbr(accel: &str) -> (String, i32) {
-    let disk = run::tmp("bios", &format!("mbr-{accel}.img"));
-    let mut img = boot_sector();
-    img.resize(1 << 20, 0);
-    std::fs::write(&disk, &img).unwrap();
-    let serial = run::tmp("bios", &format!("mbr-{accel}.log"));
+/// Boot the raw `disk` through SeaBIOS under `accel`: the process's
+/// output, what the guest printed on COM1, and the seconds it took.
+fn boot_disk(accel: &str, disk: &std::path::Path, mem: &str, timeout: &str) -> (std::process::Output, String, f64) {
+    let serial = disk.with_extension("log");
     let t = Instant::now();
     let o = run::ferrovm(&[
         "run",
         "--accel",
         accel,
         "--mem",
-        "128M",
+        mem,
         "--disk",
         &format!("{},format=raw", disk.display()),
         "--serial",
         &format!("file:{}", serial.display()),
         "--timeout",
-        "60",
+        timeout,
     ]);
-    eprintln!("boot sector under {accel}: {:.1} s", t.elapsed().as_secs_f64());
+    let secs = t.elapsed().as_secs_f64();
     let out = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
+    (o, out, secs)
+}
+
+/// Boot a one-sector disk under `accel`; the serial output and the status.
+fn boot_mbr(accel: &str) -> (String, i32) {
+    let disk = run::tmp("bios", &format!("mbr-{accel}.img"));
+    let mut img = boot_sector();
+    img.resize(1 << 20, 0);
+    std::fs::write(&disk, &img).unwrap();
+    let (o, out, secs) = boot_disk(accel, &disk, "128M", "60");
+    eprintln!("boot sector under {accel}: {secs:.1} s");
     eprintln!("{}", String::from_utf8_lossy(&o.stderr));
     (out, o.status.code().unwrap_or(-1))
 }
@@ -297,23 +305,7 @@ fn boot_test_disk(accel: &str) {
     let Some(src) = test_disk() else { return };
     let disk = run::tmp("bios", &format!("disk-{accel}.img"));
     std::fs::copy(&src, &disk).unwrap();
-    let serial = run::tmp("bios", &format!("disk-{accel}.log"));
-    let t = Instant::now();
-    let o = run::ferrovm(&[
-        "run",
-        "--accel",
-        accel,
-        "--mem",
-        "512M",
-        "--disk",
-        &format!("{},format=raw", disk.display()),
-        "--serial",
-        &format!("file:{}", serial.display()),
-        "--timeout",
-        "600",
-    ]);
-    let secs = t.elapsed().as_secs_f64();
-    let out = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
+    let (o, out, secs) = boot_disk(accel, &disk, "512M", "600");
     let tail: String = out.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
     eprintln!("test disk under {accel}: {secs:.1} s to power-off");
     assert_eq!(o.status.code(), Some(0), "status; stderr {}; serial tail:\n{tail}", String::from_utf8_lossy(&o.stderr));
