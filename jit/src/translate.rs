@@ -1686,12 +1686,7 @@ impl Tx<'_, '_> {
     fn emit_fallback(&mut self, d: *const Decoded, rip: u64) {
         self.flush_count();
         self.sync();
-        let r = self.iconst(rip);
-        self.b.ins().store(mem_flags(), r, self.state, RIP_OFF);
-        let callee = self.iconst(ctx::fallback as *const () as usize as u64);
-        let dv = self.iconst(d as usize as u64);
-        let call = self.b.ins().call_indirect(self.sig_fallback, callee, &[self.ctx, dv]);
-        let st = self.b.inst_results(call)[0];
+        let st = self.call_fallback(d, rip);
         let cont = self.b.create_block();
         self.b.ins().brif(st, self.leave_block, &[], cont, &[]);
         self.enter_block(cont);
@@ -2212,12 +2207,19 @@ impl Tx<'_, '_> {
     fn slow_exit(&mut self, rip: u64) {
         let d = self.slow_insn.expect("a form with a slow path has a fallback entry");
         self.emit_stores();
+        self.call_fallback(d, rip);
+        self.b.ins().jump(self.leave_block, &[]);
+    }
+
+    /// Store RIP and run the instruction `d` through the interpreter's
+    /// handler (the state in memory must be current); its status.
+    fn call_fallback(&mut self, d: *const Decoded, rip: u64) -> Value {
         let r = self.iconst(rip);
         self.b.ins().store(mem_flags(), r, self.state, RIP_OFF);
         let callee = self.iconst(ctx::fallback as *const () as usize as u64);
         let dv = self.iconst(d as usize as u64);
-        self.b.ins().call_indirect(self.sig_fallback, callee, &[self.ctx, dv]);
-        self.b.ins().jump(self.leave_block, &[]);
+        let call = self.b.ins().call_indirect(self.sig_fallback, callee, &[self.ctx, dv]);
+        self.b.inst_results(call)[0]
     }
 
     /// Branch to the slow path unless `ok`.
