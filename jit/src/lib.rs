@@ -308,8 +308,14 @@ impl Jit {
         }
         let rip = cpu.state.rip;
         let phys = cpu.code_phys_walk(rip)?;
-        let key = (rip, phys, mode);
-        let slot = jump_slot(rip);
+        self.probe((rip, phys, mode))
+    }
+
+    /// The region entry of `key`: the jump cache, then the map (which
+    /// refills the jump cache's slot).
+    #[inline]
+    fn probe(&mut self, key: Key) -> Option<(u32, u32)> {
+        let slot = jump_slot(key.0);
         let j = self.jump[slot];
         if j.0 == key {
             return Some((j.1, j.2));
@@ -397,16 +403,7 @@ impl Jit {
             }
             let rip = cpu.state.rip;
             let Some(phys) = cpu.code_phys(rip) else { return };
-            let key = (rip, phys, mode);
-            let slot = jump_slot(rip);
-            let j = self.jump[slot];
-            let next = if j.0 == key {
-                (j.1, j.2)
-            } else {
-                let Some(found) = self.map.get(&key).copied() else { return };
-                self.jump[slot] = (key, found.0, found.1);
-                found
-            };
+            let Some(next) = self.probe((rip, phys, mode)) else { return };
             (region, entry) = next;
         }
     }
