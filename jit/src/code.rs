@@ -23,9 +23,17 @@ pub struct CodeCache {
     pub flushes: u64,
 }
 
-/// The entry of a compiled region: `ctx` is the region's [`crate::ctx::JitCtx`],
-/// `entry` the index of the guest block to start at.
-pub type RegionFn = unsafe extern "C" fn(ctx: *mut crate::ctx::JitCtx, entry: u32);
+/// The code of a compiled region. Regions use Cranelift's tail-call
+/// convention (so that one can jump to the next without growing the
+/// stack), which Rust cannot call: the run loop enters them through a
+/// [`Trampoline`].
+pub type RegionFn = *const u8;
+
+/// The host-convention entry into compiled code: calls the region at
+/// `code` with `ctx` (its [`crate::ctx::JitCtx`]) and `entry` (the index of
+/// the guest block to start at), and returns when the last region of the
+/// chain returns.
+pub type Trampoline = unsafe extern "C" fn(ctx: *mut crate::ctx::JitCtx, code: RegionFn, entry: u32);
 
 // SAFETY: the cache owns its mapping; nothing else refers to it except the
 // code pointers it hands out, which are only called on the thread that owns
@@ -107,7 +115,7 @@ impl CodeCache {
         }
         self.used += code.len().div_ceil(ALIGN) * ALIGN;
         sync_icache(at, code.len());
-        Some(to_fn(at))
+        Some(at.cast_const())
     }
 
     /// Drop every region: the pages become writable again. The caller
@@ -138,10 +146,14 @@ impl Drop for CodeCache {
 }
 
 /// The one conversion of code bytes into a callable function.
-fn to_fn(at: *mut u8) -> RegionFn {
-    // SAFETY: `at` holds a function compiled by Cranelift for this host with
-    // the signature `RegionFn` (see `crate::translate`), now executable.
-    unsafe { std::mem::transmute::<*mut u8, RegionFn>(at) }
+///
+/// # Safety
+/// `at` is installed code, compiled by [`crate::compiler::compile_trampoline`]
+/// for this host.
+pub unsafe fn to_trampoline(at: RegionFn) -> Trampoline {
+    // SAFETY: as the caller guarantees: `at` holds an executable function of
+    // the host's C convention with the signature `Trampoline`.
+    unsafe { std::mem::transmute::<RegionFn, Trampoline>(at) }
 }
 
 /// Make freshly written code visible to instruction fetch.

@@ -8,8 +8,8 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use cranelift_codegen::control::ControlPlane;
-use cranelift_codegen::ir::{types, AbiParam, Function, Signature, UserFuncName};
-use cranelift_codegen::isa::OwnedTargetIsa;
+use cranelift_codegen::ir::{types, AbiParam, Function, InstBuilder, Signature, UserFuncName};
+use cranelift_codegen::isa::{CallConv, OwnedTargetIsa};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
@@ -65,17 +65,49 @@ pub fn host_isa(s: &Settings) -> Result<OwnedTargetIsa, String> {
     set(&mut fb, "opt_level", &s.opt_level)?;
     set(&mut fb, "regalloc_algorithm", &s.regalloc)?;
     set(&mut fb, "enable_verifier", "false")?;
+    // Tail calls between regions need frame pointers kept on x86-64.
+    set(&mut fb, "preserve_frame_pointers", "true")?;
     let isa = cranelift_native::builder().map_err(|e| format!("no code generator for this host: {e}"))?;
     isa.finish(settings::Flags::new(fb)).map_err(|e| format!("cranelift: {e}"))
+}
+
+/// The signature of every region: `(ctx, entry)` in the tail-call
+/// convention, so that a region's exit can jump into the next region.
+pub fn region_signature(ptr: types::Type) -> Signature {
+    let mut sig = Signature::new(CallConv::Tail);
+    sig.params.push(AbiParam::new(ptr));
+    sig.params.push(AbiParam::new(types::I32));
+    sig
+}
+
+/// The trampoline from the host's convention into a region: a function
+/// `(ctx, code, entry)` that calls `code(ctx, entry)` and returns.
+pub fn compile_trampoline(isa: &OwnedTargetIsa) -> Result<Vec<u8>, String> {
+    let ptr = isa.pointer_type();
+    let mut sig = Signature::new(isa.default_call_conv());
+    sig.params.extend([AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(types::I32)]);
+    let mut func = Function::with_name_signature(UserFuncName::user(1, 0), sig);
+    let mut fctx = FunctionBuilderContext::new();
+    let mut b = FunctionBuilder::new(&mut func, &mut fctx);
+    let blk = b.create_block();
+    b.append_block_params_for_function_params(blk);
+    b.switch_to_block(blk);
+    b.seal_block(blk);
+    let p = b.block_params(blk).to_vec();
+    let region = b.import_signature(region_signature(ptr));
+    b.ins().call_indirect(region, p[1], &[p[0], p[2]]);
+    b.ins().return_(&[]);
+    b.finalize(isa.frontend_config());
+    let mut ctx = Context::for_function(func);
+    let code = ctx.compile(&**isa, &mut ControlPlane::default()).map_err(|e| format!("cranelift: {:?}", e.inner))?;
+    Ok(code.code_buffer().to_vec())
 }
 
 /// Compile one region with `isa`.
 pub fn compile(isa: &OwnedTargetIsa, id: u64, spec: &RegionSpec) -> Result<Output, String> {
     let ptr = isa.pointer_type();
     let cc = isa.default_call_conv();
-    let mut sig = Signature::new(cc);
-    sig.params.push(AbiParam::new(ptr));
-    sig.params.push(AbiParam::new(types::I32));
+    let sig = region_signature(ptr);
     let mut func = Function::with_name_signature(UserFuncName::user(0, id as u32), sig);
     let mut fctx = FunctionBuilderContext::new();
     let mut b = FunctionBuilder::new(&mut func, &mut fctx);

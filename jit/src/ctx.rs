@@ -51,6 +51,21 @@ pub struct JitCtx {
     pub status: u32,
     /// How the region left ([`exit`]).
     pub exit: u32,
+    /// The jump cache that a region's exit probes to go straight on into
+    /// the next region ([`JumpSlot`]s, [`JUMP_SLOTS`] of them).
+    pub jump: *const JumpSlot,
+    /// What a slot's `tag` must equal to be used now: the TLB generation,
+    /// the CPL and the code mode ([`jump_tag`]).
+    pub tag: u64,
+    /// Exits that may still go straight on before the run loop looks at
+    /// interrupts again.
+    pub hops: u64,
+    /// Exits that went straight on into the next region.
+    pub chained: u64,
+    /// Set when code pages were written (by the CPU or by a device), as
+    /// `AtomicBool`s: an exit does not go on while either is set.
+    pub inval: *const u8,
+    pub mem_inval: *const u8,
     // ---- below: the helpers' side only ----
     pub cpu: *mut Cpu,
     /// A fault a helper met, for the run loop to deliver.
@@ -73,6 +88,55 @@ pub mod off {
     pub const NATIVE: i32 = offset_of!(JitCtx, native) as i32;
     pub const STATUS: i32 = offset_of!(JitCtx, status) as i32;
     pub const EXIT: i32 = offset_of!(JitCtx, exit) as i32;
+    pub const JUMP: i32 = offset_of!(JitCtx, jump) as i32;
+    pub const TAG: i32 = offset_of!(JitCtx, tag) as i32;
+    pub const HOPS: i32 = offset_of!(JitCtx, hops) as i32;
+    pub const CHAINED: i32 = offset_of!(JitCtx, chained) as i32;
+    pub const INVAL: i32 = offset_of!(JitCtx, inval) as i32;
+    pub const MEM_INVAL: i32 = offset_of!(JitCtx, mem_inval) as i32;
+    pub const SLOT_RIP: i32 = offset_of!(super::JumpSlot, rip) as i32;
+    pub const SLOT_TAG: i32 = offset_of!(super::JumpSlot, tag) as i32;
+    pub const SLOT_CODE: i32 = offset_of!(super::JumpSlot, code) as i32;
+    pub const SLOT_ENTRY: i32 = offset_of!(super::JumpSlot, entry) as i32;
+}
+
+/// Entries of the jump cache (a power of two).
+pub const JUMP_SLOTS: usize = 4096;
+/// log2 of `size_of::<JumpSlot>()`.
+pub const JUMP_SLOT_SHIFT: u32 = 5;
+
+/// One entry of the jump cache that compiled exits probe: the region entry
+/// for guest RIP `rip`, valid while the context's tag equals `tag`. It is
+/// keyed by the linear RIP alone: the tag holds the TLB generation, so any
+/// change of translation (a flush, INVLPG, a CR3 load) retires every slot
+/// at once, and the run loop empties the cache when regions are dropped.
+#[repr(C, align(32))]
+#[derive(Clone, Copy, Debug)]
+pub struct JumpSlot {
+    pub rip: u64,
+    pub tag: u64,
+    pub code: *const u8,
+    pub entry: u32,
+}
+
+impl JumpSlot {
+    /// A slot no RIP matches (RIP past any address).
+    pub const EMPTY: JumpSlot = JumpSlot { rip: u64::MAX, tag: 0, code: std::ptr::null(), entry: 0 };
+}
+
+const _: () = assert!(std::mem::size_of::<JumpSlot>() == 1 << JUMP_SLOT_SHIFT);
+
+/// The jump cache's slot for `rip`.
+#[inline]
+pub fn jump_slot(rip: u64) -> usize {
+    ((rip ^ (rip >> 12)) as usize) & (JUMP_SLOTS - 1)
+}
+
+/// The tag of jump-cache slots filled now: TLB generation `gen`, `cpl`
+/// and code mode `mode` (16, 32 or 64).
+#[inline]
+pub fn jump_tag(gen: u64, cpl: u8, mode: u8) -> u64 {
+    (gen << 16) | (u64::from(cpl) << 8) | u64::from(mode)
 }
 
 impl JitCtx {
@@ -86,6 +150,12 @@ impl JitCtx {
             native: 0,
             status: 0,
             exit: 0,
+            jump: std::ptr::null(),
+            tag: 0,
+            hops: 0,
+            chained: 0,
+            inval: std::ptr::null(),
+            mem_inval: std::ptr::null(),
             cpu: std::ptr::null_mut(),
             fault: None,
             fallbacks: 0,
@@ -202,15 +272,21 @@ pub unsafe extern "C" fn fallback(ctx: *mut JitCtx, d: *const Decoded) -> u32 {
     }
     let mode = crate::native_mode(&cpu.state);
     let before = cpu.state.rflags & MODE_FLAGS;
+    let (cpl, tlb_gen) = (cpu.state.cpl, cpu.mmu.generation);
     let next = d.next_rip();
     let s = match cpu.exec_decoded(d) {
         Executed::Done => {
             let st = &cpu.state;
+            // A new privilege or translation (MOV CR3, INVLPG) also
+            // leaves: the jump cache's tag and the TLB set in the context
+            // were taken for the old ones.
             if st.rip != next
                 || st.rflags & MODE_FLAGS != before
                 || st.interrupt_shadow != 0
                 || st.halted != 0
                 || crate::native_mode(st) != mode
+                || st.cpl != cpl
+                || cpu.mmu.generation != tlb_gen
             {
                 status::LEAVE
             } else {

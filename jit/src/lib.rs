@@ -33,9 +33,9 @@ use cpu::{Block, Cpu, FastMap, Invalidation, StopReason};
 use iced_x86::FlowControl;
 use parking_lot::Mutex;
 
-use code::{CodeCache, RegionFn};
+use code::{CodeCache, RegionFn, Trampoline};
 use compiler::{Compiler, Done, Job, Settings};
-use ctx::JitCtx;
+use ctx::{jump_slot, jump_tag, JitCtx, JumpSlot, JUMP_SLOTS};
 use translate::{GuestBlock, RegionSpec};
 
 /// How the JIT is set up.
@@ -52,6 +52,9 @@ pub struct Config {
     pub synchronous: bool,
     /// Name each compiled region in `/tmp/perf-PID.map` for `perf`.
     pub perf_map: bool,
+    /// A region's exit goes straight on into the next region through the
+    /// jump cache (off: every exit returns to the run loop, which chains).
+    pub chain: bool,
 }
 
 impl Default for Config {
@@ -63,6 +66,7 @@ impl Default for Config {
             max_region_insns: 256,
             synchronous: false,
             perf_map: false,
+            chain: true,
         }
     }
 }
@@ -80,8 +84,11 @@ pub struct JitStats {
     pub fallback_insns: u64,
     /// Region entries from the run loop.
     pub entries: u64,
-    /// Regions entered from the exit of another, without the run loop.
+    /// Regions entered by the run loop after the exit of another, without
+    /// going back to the interpreter.
     pub chained: u64,
+    /// Regions entered straight from the exit of another (a tail call).
+    pub linked: u64,
     pub fault_exits: u64,
     pub step_exits: u64,
     pub invalidated_pages: u64,
@@ -94,16 +101,10 @@ pub struct JitStats {
 type Key = (u64, u64, u8);
 
 /// Chained region entries between two looks at the interrupt controller.
-const BOUNDARY_HOPS: u32 = 8;
+const BOUNDARY_HOPS: u32 = 64;
 
-/// Entries of the jump cache.
-const JUMP_SLOTS: usize = 4096;
 /// A key no region has (RIP past the canonical range).
 const NO_KEY: Key = (u64::MAX, u64::MAX, 0);
-
-fn jump_slot(rip: u64) -> usize {
-    ((rip ^ (rip >> 12)) as usize) & (JUMP_SLOTS - 1)
-}
 
 /// An installed region.
 struct Region {
@@ -170,6 +171,12 @@ pub struct Jit {
     map: FastMap<Key, (u32, u32)>,
     /// A direct-mapped cache in front of `map`, by RIP.
     jump: Vec<(Key, u32, u32)>,
+    /// The jump cache that compiled exits probe (by linear RIP and a tag).
+    links: Box<[JumpSlot]>,
+    /// The entry from the run loop into compiled code, and the mapping
+    /// that holds it (never flushed).
+    trampoline: Trampoline,
+    _trampoline_code: CodeCache,
     by_page: FastMap<u64, Vec<u32>>,
     queued: FastMap<Key, u64>,
     pending: FastMap<u64, Pending>,
@@ -193,6 +200,12 @@ impl Jit {
             (Some(Compiler::start(cfg.settings.clone())?), None)
         };
         let cache = CodeCache::new(cfg.cache_bytes).map_err(|e| format!("cannot reserve the code cache: {e}"))?;
+        let mut tcode = CodeCache::new(4096).map_err(|e| format!("cannot reserve the code cache: {e}"))?;
+        let tbytes = compiler::compile_trampoline(&compiler::host_isa(&cfg.settings)?)?;
+        let tptr = tcode.install(&tbytes).ok_or("cannot install the JIT's entry code")?;
+        // SAFETY: `tptr` is the trampoline just compiled for this host and
+        // installed; `tcode` keeps it mapped for the JIT's life.
+        let trampoline = unsafe { code::to_trampoline(tptr) };
         let inval: Arc<Mutex<Vec<Invalidation>>> = Arc::default();
         let inval_flag = Arc::new(AtomicBool::new(false));
         {
@@ -214,6 +227,9 @@ impl Jit {
             fns: Vec::new(),
             map: FastMap::default(),
             jump: vec![(NO_KEY, 0, 0); JUMP_SLOTS],
+            links: vec![JumpSlot::EMPTY; JUMP_SLOTS].into_boxed_slice(),
+            trampoline,
+            _trampoline_code: tcode,
             by_page: FastMap::default(),
             queued: FastMap::default(),
             pending: FastMap::default(),
@@ -259,6 +275,7 @@ impl Jit {
         self.fns.clear();
         self.map.clear();
         self.jump.fill((NO_KEY, 0, 0));
+        self.links.fill(JumpSlot::EMPTY);
         self.by_page.clear();
         self.queued.clear();
         self.gen += 1;
@@ -326,7 +343,10 @@ impl Jit {
     }
 
     /// Run a region from one of its entries, then the regions its exits
-    /// lead to (chained), for as long as nothing needs the run loop.
+    /// lead to, for as long as nothing needs the run loop. A compiled exit
+    /// finds its successor in the jump cache and jumps there itself; when
+    /// the cache misses, or every [`BOUNDARY_HOPS`] exits, the region
+    /// returns here, and this loop looks the successor up and goes on.
     fn enter(&mut self, cpu: &mut Cpu, (mut region, mut entry): (u32, u32), budget: u64) {
         let mode = native_mode(&cpu.state);
         let cp: *mut Cpu = cpu;
@@ -340,28 +360,38 @@ impl Jit {
             let (bits, words) = (*cp).mem().code_bits();
             ctx.code_bits = bits;
             ctx.code_words = words as u64;
+            ctx.mem_inval = (*cp).mem().invalidation_flag().as_ptr().cast_const().cast();
         }
         ctx.cpu = cp;
+        ctx.jump = self.links.as_ptr();
+        ctx.inval = self.inval_flag.as_ptr().cast_const().cast();
         let mut left = budget;
         let mut first = true;
-        let mut hops = 0u32;
         loop {
-            let f = self.fns[region as usize];
+            let code = self.fns[region as usize];
+            // Fill the slot of this entry, for exits that lead here.
+            let tag = jump_tag(cpu.mmu.generation, cpu.state.cpl, mode);
+            self.links[jump_slot(cpu.state.rip)] = JumpSlot { rip: cpu.state.rip, tag, code, entry };
             let ctx = &mut *self.ctx;
+            ctx.tag = tag;
+            ctx.hops = u64::from(BOUNDARY_HOPS);
             ctx.budget = left;
             ctx.exit = ctx::exit::NORMAL;
             ctx.fault = None;
             ctx.status = 0;
             let native = ctx.native;
             let fallbacks = ctx.fallbacks;
+            let linked = ctx.chained;
             let ctx_ptr: *mut JitCtx = ctx;
-            // SAFETY: `f` is installed code of the signature `RegionFn`,
-            // compiled from this CPU's code for its current mode (the key
-            // looked up matched); the context points at this CPU, which
-            // nothing else touches while the region runs; the region's
-            // fallback table is alive (regions are only dropped between
-            // runs).
-            unsafe { f(ctx_ptr, entry) };
+            // SAFETY: `code` is an installed region (of the signature the
+            // trampoline calls), compiled from this CPU's code for its
+            // current mode (the key looked up matched); the context points
+            // at this CPU, which nothing else touches while the code runs;
+            // the regions it links to through the jump cache are installed
+            // too (the cache is emptied whenever a region is dropped), and
+            // their fallback tables are alive (regions are only dropped
+            // between runs).
+            unsafe { (self.trampoline)(ctx_ptr, code, entry) };
             let ran_native = self.ctx.native - native;
             let ran_fallback = self.ctx.fallbacks - fallbacks;
             if first {
@@ -370,6 +400,7 @@ impl Jit {
             } else {
                 self.stats.chained += 1;
             }
+            self.stats.linked += self.ctx.chained - linked;
             self.stats.native_insns += ran_native;
             self.stats.fallback_insns += ran_fallback;
             // The helpers counted fallbacks in `cpu.stats.instructions` too.
@@ -388,16 +419,16 @@ impl Jit {
             // and the code are as they were (no helper asked to leave),
             // the slice lasts, and no event, stop or invalidation waits.
             left = left.saturating_sub(ran_native + ran_fallback);
-            hops += 1;
             // What changes the CPU's own state (HLT, an interrupt shadow,
             // a stop, a mode change) ends a region with a helper's LEAVE;
-            // an interrupt raised from outside is looked for every few
-            // hops, which delays it by a few dozen instructions at most.
+            // an interrupt raised from outside is looked for here, after
+            // at most `BOUNDARY_HOPS` linked exits (a few thousand
+            // instructions at most: each region stops at its budget too).
             if self.ctx.status != ctx::status::OK
                 || left == 0
                 || self.inval_flag.load(Ordering::Relaxed)
                 || cpu.mem().invalidation_pending()
-                || (hops.is_multiple_of(BOUNDARY_HOPS) && cpu.needs_boundary())
+                || cpu.needs_boundary()
             {
                 return;
             }
@@ -537,7 +568,7 @@ impl Jit {
                 }
             }
         }
-        (RegionSpec { bits, blocks }, weak)
+        (RegionSpec { bits, blocks, chain: self.cfg.chain }, weak)
     }
 
     /// Take invalidations and finished compiles (the run loop does this
@@ -570,6 +601,8 @@ impl Jit {
         self.stats.invalidated_pages += 1;
         *self.page_gen.entry(page).or_insert(0) += 1;
         if let Some(ids) = self.by_page.remove(&page) {
+            // Compiled exits may link to these regions: retire every link.
+            self.links.fill(JumpSlot::EMPTY);
             for id in ids {
                 let r = &mut self.regions[id as usize];
                 if r.live {
@@ -617,6 +650,7 @@ impl Jit {
                 self.fns.clear();
                 self.map.clear();
                 self.jump.fill((NO_KEY, 0, 0));
+                self.links.fill(JumpSlot::EMPTY);
                 self.by_page.clear();
                 self.cache.flush();
                 self.stats.cache_flushes += 1;
@@ -691,8 +725,8 @@ impl Jit {
                 s.full_flushes
             ),
             format!(
-                "jit: invalidations: {} code pages written ({} regions dropped); exits: {} region entries from the run loop, {} chained from another region, {} for faults, {} to the interpreter for one instruction",
-                s.invalidated_pages, s.invalidated_regions, s.entries, s.chained, s.fault_exits, s.step_exits
+                "jit: invalidations: {} code pages written ({} regions dropped); exits: {} region entries from the run loop, {} linked in compiled code, {} chained by the run loop, {} for faults, {} to the interpreter for one instruction",
+                s.invalidated_pages, s.invalidated_regions, s.entries, s.linked, s.chained, s.fault_exits, s.step_exits
             ),
         ]
     }

@@ -50,6 +50,9 @@ pub struct RegionSpec {
     pub bits: u32,
     /// The guest blocks; each is an entry.
     pub blocks: Vec<GuestBlock>,
+    /// Plain exits probe the jump cache and go straight on into the next
+    /// region (a tail call) instead of returning to the run loop.
+    pub chain: bool,
 }
 
 /// Counts of one translation.
@@ -907,7 +910,11 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
     let rip = tx.b.use_var(exit_rip);
     tx.b.ins().store(mem_flags(), rip, tx.state, RIP_OFF);
     tx.count_out();
-    tx.b.ins().return_(&[]);
+    if spec.chain {
+        tx.chain_exit(rip, ptr);
+    } else {
+        tx.b.ins().return_(&[]);
+    }
 
     tx.b.switch_to_block(leave_block);
     tx.count_out();
@@ -946,6 +953,70 @@ impl Tx<'_, '_> {
         let n = self.b.ins().load(types::I64, mem_flags(), self.ctx, off::NATIVE);
         let n = self.b.ins().iadd(n, c);
         self.b.ins().store(mem_flags(), n, self.ctx, off::NATIVE);
+    }
+
+    /// The end of a plain exit at `rip` (the state is written back and the
+    /// count added): go straight on into the region of `rip` when the jump
+    /// cache has it for the current tag, nothing asked to leave (a helper's
+    /// status, code pages written), the budget lasts and hops are left;
+    /// otherwise return to the run loop.
+    fn chain_exit(&mut self, rip: Value, ptr: Type) {
+        let fl = mem_flags();
+        let i64t = types::I64;
+        let ret = self.b.create_block();
+        let probe = self.b.create_block();
+        let go = self.b.create_block();
+        let c = self.b.use_var(self.icount);
+        let spent = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, c, self.budget);
+        let st = self.b.ins().load(types::I32, fl, self.ctx, off::STATUS);
+        let ex = self.b.ins().load(types::I32, fl, self.ctx, off::EXIT);
+        let st = self.b.ins().bor(st, ex);
+        let hops = self.b.ins().load(i64t, fl, self.ctx, off::HOPS);
+        // Relaxed reads of the two `AtomicBool`s: a write seen late is
+        // seen by the run loop when the chain ends.
+        let p1 = self.b.ins().load(ptr, fl, self.ctx, off::INVAL);
+        let p2 = self.b.ins().load(ptr, fl, self.ctx, off::MEM_INVAL);
+        let f1 = self.b.ins().load(types::I8, fl, p1, 0);
+        let f2 = self.b.ins().load(types::I8, fl, p2, 0);
+        let f = self.b.ins().bor(f1, f2);
+        let f = self.b.ins().uextend(types::I32, f);
+        let stop = self.b.ins().bor(st, f);
+        let stop = self.b.ins().icmp_imm_s(IntCC::NotEqual, stop, 0);
+        let no_hops = self.b.ins().icmp_imm_s(IntCC::Equal, hops, 0);
+        let stop = self.b.ins().bor(stop, no_hops);
+        let stop = self.b.ins().bor(stop, spent);
+        self.b.ins().brif(stop, ret, &[], probe, &[]);
+
+        self.enter_block(probe);
+        let jump = self.b.ins().load(ptr, fl, self.ctx, off::JUMP);
+        let h = self.b.ins().ushr_imm_s(rip, 12);
+        let h = self.b.ins().bxor(h, rip);
+        let h = self.b.ins().band_imm_s(h, (ctx::JUMP_SLOTS - 1) as i64);
+        let h = self.b.ins().ishl_imm_s(h, i64::from(ctx::JUMP_SLOT_SHIFT));
+        let slot = self.b.ins().iadd(jump, h);
+        let srip = self.b.ins().load(i64t, fl, slot, off::SLOT_RIP);
+        let stag = self.b.ins().load(i64t, fl, slot, off::SLOT_TAG);
+        let tag = self.b.ins().load(i64t, fl, self.ctx, off::TAG);
+        let m1 = self.b.ins().icmp(IntCC::NotEqual, srip, rip);
+        let m2 = self.b.ins().icmp(IntCC::NotEqual, stag, tag);
+        let miss = self.b.ins().bor(m1, m2);
+        self.b.ins().brif(miss, ret, &[], go, &[]);
+
+        self.enter_block(go);
+        let code = self.b.ins().load(ptr, fl, slot, off::SLOT_CODE);
+        let entry = self.b.ins().load(types::I32, fl, slot, off::SLOT_ENTRY);
+        let left = self.b.ins().isub(self.budget, c);
+        self.b.ins().store(fl, left, self.ctx, off::BUDGET);
+        let hops = self.b.ins().iadd_imm_s(hops, -1);
+        self.b.ins().store(fl, hops, self.ctx, off::HOPS);
+        let n = self.b.ins().load(i64t, fl, self.ctx, off::CHAINED);
+        let n = self.b.ins().iadd_imm_s(n, 1);
+        self.b.ins().store(fl, n, self.ctx, off::CHAINED);
+        let sig = self.b.import_signature(crate::compiler::region_signature(ptr));
+        self.b.ins().return_call_indirect(sig, code, &[self.ctx, entry]);
+
+        self.enter_block(ret);
+        self.b.ins().return_(&[]);
     }
 
     /// Leave the region at `rip` (with `extra` more instructions counted).

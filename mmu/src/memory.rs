@@ -459,6 +459,12 @@ impl GuestMemory {
         self.invalidation_pending.load(Ordering::Acquire)
     }
 
+    /// The flag behind [`invalidation_pending`](Self::invalidation_pending),
+    /// for translated code that reads it itself.
+    pub fn invalidation_flag(&self) -> &AtomicBool {
+        &self.invalidation_pending
+    }
+
     /// The physical page addresses of code pages written since the last call.
     pub fn take_invalidated(&self) -> Vec<u64> {
         self.invalidation_pending.store(false, Ordering::Release);

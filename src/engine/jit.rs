@@ -24,7 +24,8 @@ pub struct JitEngine {
 /// `FERROVM_JIT_THRESHOLD` (runs of a block before it is compiled),
 /// `FERROVM_JIT_OPT` (`none`, `speed`) and `FERROVM_JIT_REGALLOC`
 /// (`backtracking`, `single_pass`), for measurements; `FERROVM_JIT_PERFMAP=1`
-/// names compiled regions for `perf` in `/tmp/perf-PID.map`.
+/// names compiled regions for `perf` in `/tmp/perf-PID.map`;
+/// `FERROVM_JIT_LINK=0` makes every region exit return to the run loop.
 pub fn config_from_env() -> Result<jit::Config, Error> {
     let mut c = jit::Config::default();
     if let Ok(v) = std::env::var("FERROVM_JIT_THRESHOLD") {
@@ -41,6 +42,7 @@ pub fn config_from_env() -> Result<jit::Config, Error> {
         c.settings.opt_level = v;
     }
     c.perf_map = std::env::var("FERROVM_JIT_PERFMAP").is_ok_and(|v| v == "1");
+    c.chain = std::env::var("FERROVM_JIT_LINK").map_or(true, |v| v != "0");
     if let Ok(v) = std::env::var("FERROVM_JIT_REGALLOC") {
         if !matches!(v.as_str(), "backtracking" | "single_pass") {
             return Err(Error::Config(format!("FERROVM_JIT_REGALLOC={v}: expected backtracking or single_pass")));
