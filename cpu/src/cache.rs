@@ -439,9 +439,11 @@ impl Cpu {
         self.stats.blocks_decoded += 1;
         let block = Block::new(insns, if self.hot_threshold == 0 { u32::MAX } else { self.hot_threshold });
         if cacheable {
-            self.mem().mark_code_page(page);
-            // Write tags for this page must stop bypassing the tracking check.
-            self.mmu.flush_phys(page);
+            // Write tags for a newly tracked page must stop bypassing the
+            // tracking check (a page tracked already has none since).
+            if self.mem().mark_code_page(page) {
+                self.mmu.flush_phys(page);
+            }
             let user = (p == Privilege::User && self.keep_user_pages).then_some(&bytes[..]);
             if self.cache.insert(key, block.clone(), user) {
                 self.stats.cache_flushes += 1;

@@ -301,6 +301,48 @@ fn sse_scans_give_the_interpreters_results() {
     assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 80, "{:?}", jit.stats);
 }
 
+/// PUNPCKL*/PUNPCKH* and PSHUFD, from registers and memory, in compiled
+/// code give the interpreter's lanes.
+#[test]
+fn sse_unpacks_and_dword_shuffles_give_the_interpreters_results() {
+    let prep = |c: &mut Cpu| {
+        sse_on(c);
+        let bytes: Vec<u8> = (0..0x400u32).map(|i| (i * 13 + 5) as u8).collect();
+        c.mem().write(DATA, &bytes).unwrap();
+    };
+    let (_, b, jit) = both(long_mode, prep, |a| {
+        let mut top = a.create_label();
+        a.mov(rsi, DATA)?;
+        a.mov(ecx, 30)?;
+        a.movdqa(xmm0, xmmword_ptr(rsi + 0x100))?;
+        a.movdqa(xmm7, xmmword_ptr(rsi + 0x200))?;
+        a.set_label(&mut top)?;
+        a.movdqa(xmm1, xmmword_ptr(rsi))?;
+        a.movdqa(xmm2, xmm1)?;
+        a.punpcklbw(xmm1, xmm0)?;
+        a.punpckhbw(xmm2, xmm0)?;
+        a.punpcklwd(xmm3, xmm1)?;
+        a.punpckhwd(xmm4, xmmword_ptr(rsi + 0x10))?;
+        a.punpckldq(xmm5, xmm2)?;
+        a.punpckhdq(xmm6, xmm3)?;
+        a.punpcklqdq(xmm7, xmm4)?;
+        a.punpckhqdq(xmm0, xmm5)?;
+        a.pshufd(xmm1, xmm6, 0x1b)?;
+        a.pshufd(xmm2, xmmword_ptr(rsi + 0x20), 0xe4)?;
+        a.pshufd(xmm3, xmm3, 0x00)?;
+        a.pshufd(xmm4, xmm7, 0x9c)?;
+        a.paddb(xmm0, xmm1)?;
+        a.pxor(xmm7, xmm2)?;
+        a.paddd(xmm6, xmm4)?;
+        a.add(rsi, 16)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    assert!(b.state.xmm.iter().any(|x| *x != Default::default()));
+    assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 80, "{:?}", jit.stats);
+}
+
 /// SSE faults raised from compiled code go through the interpreter's slow
 /// path: a misaligned MOVDQA (#GP) and SSE with CR0.TS set (#NM).
 #[test]

@@ -285,6 +285,12 @@ enum VecOp {
     MaxUb,
     /// PSHUFB.
     Shuffle,
+    /// PUNPCKL*: interleave the low halves' lanes of this many bytes.
+    UnpackLo(u8),
+    /// PUNPCKH*: the high halves.
+    UnpackHi(u8),
+    /// PSHUFD with its immediate (the destination's old value is unused).
+    ShufD(u8),
 }
 
 /// An XMM operand: a register or the 16-byte memory operand.
@@ -338,6 +344,15 @@ fn classify_vec(insn: &Instruction, bits: u32) -> Option<Form> {
         C::Pminub_xmm_xmmm128 => VecOp::MinUb,
         C::Pmaxub_xmm_xmmm128 => VecOp::MaxUb,
         C::Pshufb_xmm_xmmm128 => VecOp::Shuffle,
+        C::Punpcklbw_xmm_xmmm128 => VecOp::UnpackLo(1),
+        C::Punpcklwd_xmm_xmmm128 => VecOp::UnpackLo(2),
+        C::Punpckldq_xmm_xmmm128 => VecOp::UnpackLo(4),
+        C::Punpcklqdq_xmm_xmmm128 => VecOp::UnpackLo(8),
+        C::Punpckhbw_xmm_xmmm128 => VecOp::UnpackHi(1),
+        C::Punpckhwd_xmm_xmmm128 => VecOp::UnpackHi(2),
+        C::Punpckhdq_xmm_xmmm128 => VecOp::UnpackHi(4),
+        C::Punpckhqdq_xmm_xmmm128 => VecOp::UnpackHi(8),
+        C::Pshufd_xmm_xmmm128_imm8 => VecOp::ShufD(insn.immediate8()),
         C::Movdqa_xmm_xmmm128 | C::Movaps_xmm_xmmm128 | C::Movapd_xmm_xmmm128 => {
             return Some(Form::VecMov { dst: src(0)?, src: src(1)?, aligned: true });
         }
@@ -423,6 +438,10 @@ fn classify(insn: &Instruction, bits: u32) -> Option<Form> {
     // Mandatory F3/F2 prefixes are part of an SSE opcode.
     if let Some(f) = classify_vec(insn, bits) {
         return Some(f);
+    }
+    // PAUSE (F3 90) and ENDBR are hints: no architectural effect here.
+    if matches!(insn.mnemonic(), Mnemonic::Pause | Mnemonic::Endbr32 | Mnemonic::Endbr64) {
+        return Some(Form::Nop);
     }
     if insn.has_rep_prefix() || insn.has_repne_prefix() {
         return None;
@@ -2224,6 +2243,29 @@ impl Tx<'_, '_> {
                         let idx = self.b.ins().band(b, m);
                         self.b.ins().swizzle(a, idx)
                     }
+                    VecOp::UnpackLo(n) | VecOp::UnpackHi(n) => {
+                        // Lane i of the half goes to lane 2i, the source's
+                        // lane i to lane 2i + 1 (byte 16 + k of `shuffle`
+                        // is byte k of its second operand).
+                        let (n, half) = (usize::from(n), if matches!(op, VecOp::UnpackHi(_)) { 8 } else { 0 });
+                        let mut mask = [0u8; 16];
+                        for lane in 0..8 / n {
+                            for k in 0..n {
+                                let from = (half + lane * n + k) as u8;
+                                mask[2 * lane * n + k] = from;
+                                mask[2 * lane * n + n + k] = 16 + from;
+                            }
+                        }
+                        self.shuffle(a, b, mask)
+                    }
+                    VecOp::ShufD(imm) => {
+                        let mut mask = [0u8; 16];
+                        for (i, m) in mask.iter_mut().enumerate() {
+                            let dword = (imm >> (2 * (i / 4))) & 3;
+                            *m = dword * 4 + (i % 4) as u8;
+                        }
+                        self.shuffle(b, b, mask)
+                    }
                 };
                 self.xmm_store(dst, r);
             }
@@ -2271,6 +2313,12 @@ impl Tx<'_, '_> {
     }
 
     // ---- SSE ------------------------------------------------------------------
+
+    /// The bytes of `a` (0..16) and `b` (16..32) that `mask` names.
+    fn shuffle(&mut self, a: Value, b: Value, mask: [u8; 16]) -> Value {
+        let imm = self.b.func.dfg.immediates.push(mask.to_vec().into());
+        self.b.ins().shuffle(a, b, imm)
+    }
 
     /// Leave through the interpreter: the current instruction runs there
     /// (which raises what it must) and the region returns after it. The

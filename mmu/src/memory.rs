@@ -415,11 +415,14 @@ impl GuestMemory {
 
     // ---- code-page tracking -------------------------------------------------
 
-    /// Record that code decoded from the page holding `addr` is cached.
-    pub fn mark_code_page(&self, addr: u64) {
+    /// Record that code decoded from the page holding `addr` is cached;
+    /// true if the page was not marked before.
+    pub fn mark_code_page(&self, addr: u64) -> bool {
         let page = addr / PAGE_SIZE;
-        if let Some(w) = self.code_bits.get((page / 64) as usize) {
-            w.fetch_or(1 << (page % 64), Ordering::Relaxed);
+        let bit = 1 << (page % 64);
+        match self.code_bits.get((page / 64) as usize) {
+            Some(w) => w.load(Ordering::Relaxed) & bit == 0 && w.fetch_or(bit, Ordering::Relaxed) & bit == 0,
+            None => false,
         }
     }
 
