@@ -59,22 +59,22 @@ fn script() -> String {
     s
 }
 
-/// ioping's batch line: requests, guest time (µs), IOPS, bytes/s, then
-/// min, avg, max and mdev (ns), then every request and the whole run's time
-/// (µs).
+/// ioping's batch line (ioping 1.3, times in nanoseconds): requests, their
+/// time, IOPS, bytes/s, then min, avg, max and mdev of a request, then every
+/// request (the warm-up too) and the whole run's time.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Batch {
     requests: u64,
     iops: f64,
     bytes_per_sec: f64,
-    total_us: f64,
+    total_ns: f64,
 }
 
 fn parse_batch(out: &str, key: &str) -> Option<Batch> {
     let prefix = format!("T:{key} ");
     let line = out.lines().find_map(|l| l.trim_end_matches('\r').strip_prefix(&prefix))?;
     let f: Vec<f64> = line.split_whitespace().map(str::parse).collect::<Result<_, _>>().ok()?;
-    (f.len() >= 10).then(|| Batch { requests: f[0] as u64, iops: f[2], bytes_per_sec: f[3], total_us: f[9] })
+    (f.len() >= 10).then(|| Batch { requests: f[0] as u64, iops: f[2], bytes_per_sec: f[3], total_ns: f[9] })
 }
 
 /// An uncompressed newc cpio archive of `files` (path, bytes), which Linux
@@ -251,12 +251,12 @@ pub fn run(args: &crate::cli::BenchArgs) -> i32 {
                 }
             };
             let (host, text) = out;
-            let mut guest_us = 0.0;
+            let mut guest_ns = 0.0;
             for (w, (name, key, _)) in work.iter().enumerate() {
                 match parse_batch(&text, key) {
                     Some(b) if b.requests > 0 => {
                         figures[w].push(if w == 2 { b.iops } else { b.bytes_per_sec / f64::from(1 << 20) });
-                        guest_us += b.total_us;
+                        guest_ns += b.total_ns;
                     }
                     _ => {
                         let line = text.lines().find(|l| l.starts_with(&format!("T:{key}"))).unwrap_or("no line");
@@ -265,7 +265,7 @@ pub fn run(args: &crate::cli::BenchArgs) -> i32 {
                     }
                 }
             }
-            ratios.push(guest_us / 1e6 / host.as_secs_f64().max(1e-6));
+            ratios.push(guest_ns / 1e9 / host.as_secs_f64().max(1e-6));
         }
         for (w, f) in figures.into_iter().enumerate() {
             table[w].push((f.len() == runs).then(|| median(f)));
@@ -316,12 +316,13 @@ mod tests {
 
     #[test]
     fn ioping_batch_lines_are_read() {
-        let out = "x\nT:rand 3999 1234567 3240.2 13271859 180000 308000 2100000 40000 4000 1300000\r\nT:seqw oops\n";
+        let out =
+            "x\nT:rand 3999 1234567000 3240.2 13271859 180000 308000 2100000 40000 4000 1300000000\r\nT:seqw oops\n";
         let b = parse_batch(out, "rand").unwrap();
         assert_eq!(b.requests, 3999);
         assert_eq!(b.iops, 3240.2);
         assert_eq!(b.bytes_per_sec, 13271859.0);
-        assert_eq!(b.total_us, 1300000.0);
+        assert_eq!(b.total_ns, 1.3e9);
         assert_eq!(parse_batch(out, "seqw"), None, "a failed ioping prints its error instead");
         assert_eq!(parse_batch(out, "seqr"), None);
     }
