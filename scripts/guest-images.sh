@@ -20,12 +20,17 @@
 #                         FAT16, 24 MiB from 1 MiB) with SYSLINUX (syslinux --install on the
 #                         partition image), syslinux.cfg, vmlinuz-generic and an initrd
 #                         (initramfs.cpio.gz plus the virtio-blk and ext4 modules); partition 2 (ext4,
-#                         16 MiB, mke2fs -d) holding hello.txt. SYSLINUX prints
+#                         96 MiB, mke2fs -d) holding hello.txt. SYSLINUX prints
 #                         "ferrovm-syslinux: ..." on COM1 and boots the kernel with
 #                         console=ttyS0 and a ferrovm.cmd script that mounts /dev/vda2,
-#                         checks hello.txt, writes 4 MiB to guest.bin, prints its SHA-256
-#                         ("T:sha <hex>"), unmounts and powers off. Installs syslinux,
+#                         checks hello.txt, writes 64 MiB (or the MiB count in /mib.txt
+#                         there) to guest.bin, prints its SHA-256 ("T:sha <hex>"),
+#                         unmounts and powers off. Installs syslinux,
 #                         syslinux-common, mtools, dosfstools and e2fsprogs when missing.
+#   ioping.cpio.gz        a gzip'd cpio archive to append to an initramfs: Debian's ioping
+#                         (/usr/bin/ioping) with the glibc libraries it needs (libc6),
+#                         gathered by following readelf's NEEDED entries; the disk
+#                         benchmark's load generator
 #   versions.txt          which packages the files came from
 #
 # The i386 packages need the i386 architecture in dpkg; the script adds it
@@ -180,6 +185,20 @@ sync
 poweroff -f
 INIT
 
+# Stamps remember a generated file's inputs (their hashes) and, on their
+# last line, the hash of the file itself: a file replaced behind its stamp's
+# back (a copied or hard-linked guest-images/ in which another run rebuilt
+# it) is rebuilt. Stamps and outputs are written by rename, never in place,
+# so that a hard-linked copy of guest-images/ is never changed through a link.
+stamp_ok() { # STAMP WANT OUTPUT
+    [ -s "$3" ] && [ -f "$1" ] && [ "$(cat "$1")" = "$2
+out=$(sha256sum "$3" | cut -d' ' -f1)" ]
+}
+put_stamp() { # STAMP WANT OUTPUT
+    printf '%s\nout=%s\n' "$2" "$(sha256sum "$3" | cut -d' ' -f1)" > "$1.tmp" && mv "$1.tmp" "$1" ||
+        die "cannot write $1"
+}
+
 # The NIC and disk modules of the generic kernel, in the order insmod must load them.
 net_modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net e1000 virtio_blk"
 
@@ -194,7 +213,7 @@ build_net_initramfs() {
         [ -n "$ko" ] || die "module $m not found under $modtree/kernel"
         want="$want $(sha256sum "$ko" | cut -d' ' -f1)"
     done
-    if [ -s "$out/initramfs-net.cpio.gz" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    if stamp_ok "$stamp" "$want" "$out/initramfs-net.cpio.gz"; then
         return 0
     fi
     say "building initramfs-net.cpio.gz"
@@ -219,7 +238,7 @@ build_net_initramfs() {
         (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio "${flags[@]}") | gzip -9 -n; } \
         > "$out/initramfs-net.cpio.gz.tmp" || die "cpio/gzip of the net initramfs failed"
     mv "$out/initramfs-net.cpio.gz.tmp" "$out/initramfs-net.cpio.gz"
-    printf '%s\n' "$want" > "$stamp"
+    put_stamp "$stamp" "$want" "$out/initramfs-net.cpio.gz"
     rm -rf "$root"
 }
 
@@ -228,14 +247,26 @@ build_net_initramfs() {
 disk_modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk crc16 mbcache jbd2 crc32c_generic ext4"
 
 # The script the BIOS disk's kernel runs (ferrovm.cmd): the disk driver and
-# ext4, then a 4 MiB file written, hashed and synced to the ext4 partition.
+# ext4, then a file of 64 MiB (or as many MiB as /mib.txt on the ext4
+# partition says: a test may put one there with debugfs) written, hashed and
+# synced to the ext4 partition. The data: a random MiB, each copy headed by
+# its index.
 disk_script='for m in '"$disk_modules"'; do
     insmod /lib/modules/$m.ko || echo "T:insmod $m failed"
 done
 mkdir -p /mnt
 mount -t ext4 /dev/vda2 /mnt || echo "T:mount failed"
 echo "T:hello $(cat /mnt/hello.txt)"
-dd if=/dev/urandom of=/mnt/guest.bin bs=1M count=4 2>/dev/null
+mib=64
+[ -f /mnt/mib.txt ] && mib=$(cat /mnt/mib.txt)
+echo "T:mib $mib"
+head -c 1048576 /dev/urandom > /tmp/r
+i=0
+while [ $i -lt $mib ]; do
+    { echo "block $i"; cat /tmp/r; } | head -c 1048576
+    i=$((i + 1))
+done > /mnt/guest.bin
+rm /tmp/r
 set -- $(sha256sum /mnt/guest.bin); echo "T:sha $1"
 sync
 umount /mnt && echo "T:unmounted"
@@ -260,7 +291,7 @@ build_bios_disk() {
     fi
     want="$(cat "$out/vmlinuz-generic" "$out/initramfs.cpio.gz" "$mbr" | sha256sum | cut -d' ' -f1) $disk_modules"
     want="$want $(printf '%s' "$disk_script" | sha256sum | cut -d' ' -f1) $(syslinux --version 2>&1 | head -1)"
-    if [ -s "$out/bios-disk.img" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    if stamp_ok "$stamp" "$want" "$out/bios-disk.img"; then
         return 0
     fi
     say "building bios-disk.img"
@@ -296,7 +327,7 @@ LABEL linux
   APPEND console=ttyS0 ferrovm.cmd=$cmd
 CFG
     # Partition 1: FAT16 with SYSLINUX. Partition 2: ext4 from a folder.
-    local mib=$((1 << 20)) boot_mib=24 data_mib=16
+    local mib=$((1 << 20)) boot_mib=24 data_mib=96
     truncate -s $((boot_mib * mib)) "$d/boot.img"
     mkfs.fat -F 16 -n FERROBOOT "$d/boot.img" >/dev/null || die "mkfs.fat failed"
     syslinux --install "$d/boot.img" || die "syslinux --install failed"
@@ -320,8 +351,67 @@ CFG
     dd if="$d/boot.img" of="$img" bs=512 seek=$p1 conv=notrunc status=none
     dd if="$d/data.img" of="$img" bs=512 seek=$p2 conv=notrunc status=none
     mv "$img" "$out/bios-disk.img"
-    printf '%s\n' "$want" > "$stamp"
+    put_stamp "$stamp" "$want" "$out/bios-disk.img"
     rm -rf "$d"
+}
+
+# ioping.cpio.gz: a gzip'd cpio archive to append to an initramfs, with
+# Debian's ioping in /usr/bin and the glibc pieces it needs from libc6: the
+# program interpreter and every NEEDED library, followed recursively with
+# readelf. Rebuilt only when the package versions change.
+build_ioping() {
+    local stamp="$out/.ioping.stamp" want ioping_deb libc_deb
+    if ! command -v readelf >/dev/null; then
+        apt_update
+        say "installing binutils (readelf, for ioping's libraries)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binutils >/dev/null || die "cannot install binutils"
+    fi
+    ioping_deb="$(fetch ioping)"
+    libc_deb="$(fetch libc6)"
+    want="$(basename "$ioping_deb") $(basename "$libc_deb")"
+    if stamp_ok "$stamp" "$want" "$out/ioping.cpio.gz"; then
+        return 0
+    fi
+    say "building ioping.cpio.gz"
+    local x="$work/ioping-x" root="$work/ioping-root" f lib interp src
+    rm -rf "$x" "$root"
+    mkdir -p "$x" "$root/usr/bin" "$root/lib/x86_64-linux-gnu"
+    dpkg-deb -x "$ioping_deb" "$x" && dpkg-deb -x "$libc_deb" "$x" || die "dpkg-deb -x of ioping/libc6 failed"
+    cp "$x/usr/bin/ioping" "$root/usr/bin/ioping"
+    interp="$(readelf -l "$x/usr/bin/ioping" | sed -n 's/.*Requesting program interpreter: \(.*\)]$/\1/p')"
+    [ -n "$interp" ] || die "ioping names no program interpreter"
+    # Linux's initramfs has no /lib64: the folder comes first.
+    mkdir -p "$root$(dirname "$interp")"
+    src="$x/lib/x86_64-linux-gnu/$(basename "$interp")"
+    [ -f "$src" ] || die "libc6 has no $(basename "$interp")"
+    cp -L "$src" "$root$interp"
+    local todo=("$root/usr/bin/ioping")
+    while ((${#todo[@]})); do
+        f="${todo[0]}"
+        todo=("${todo[@]:1}")
+        for lib in $(readelf -d "$f" | sed -n 's/.*(NEEDED).*\[\(.*\)\]$/\1/p'); do
+            [ -e "$root/lib/x86_64-linux-gnu/$lib" ] && continue
+            [ "$lib" = "$(basename "$interp")" ] && [ "$interp" != "/lib/x86_64-linux-gnu/$lib" ] &&
+                { cp -L "$root$interp" "$root/lib/x86_64-linux-gnu/$lib"; continue; }
+            src=""
+            for d in lib/x86_64-linux-gnu usr/lib/x86_64-linux-gnu; do
+                [ -f "$x/$d/$lib" ] && { src="$x/$d/$lib"; break; }
+            done
+            [ -n "$src" ] || die "$lib (needed by $(basename "$f")) is not in libc6"
+            cp -L "$src" "$root/lib/x86_64-linux-gnu/$lib"
+            todo+=("$root/lib/x86_64-linux-gnu/$lib")
+        done
+    done
+    find "$root" -exec touch -h -d @0 {} +
+    local flags=(--quiet -o -H newc -R 0:0)
+    if cpio --help 2>&1 | grep -q -- --reproducible; then
+        flags+=(--reproducible)
+    fi
+    (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio "${flags[@]}") | gzip -9 -n > "$out/ioping.cpio.gz.tmp" ||
+        die "cpio/gzip of ioping.cpio.gz failed"
+    mv "$out/ioping.cpio.gz.tmp" "$out/ioping.cpio.gz"
+    put_stamp "$stamp" "$want" "$out/ioping.cpio.gz"
+    rm -rf "$x" "$root"
 }
 
 stamp_want="$(printf '%s\n' "cloud=$cloud_pkg $(candidate "$cloud_pkg")" \
@@ -337,6 +427,7 @@ if [ -f "$out/versions.txt" ] && [ "$(cat "$out/versions.txt")" = "$stamp_want" 
     [ -s "$out/vmlinuz-686" ] && [ -s "$out/initramfs-i386.cpio.gz" ] && [ -s "$out/memtest86+x64.bin" ]; then
     build_net_initramfs
     build_bios_disk
+    build_ioping
     printf 'guest-images: up to date in %s:\n' "$out"
     sed 's/^/  /' "$out/versions.txt"
     exit 0
@@ -433,10 +524,11 @@ build_initramfs "$busybox32_deb" "$out/initramfs-i386.cpio.gz"
 
 build_net_initramfs
 build_bios_disk
-printf '%s\n' "$stamp_want" > "$out/versions.txt"
+build_ioping
+printf '%s\n' "$stamp_want" > "$out/versions.txt.tmp" && mv "$out/versions.txt.tmp" "$out/versions.txt"
 printf 'guest-images: done in %s:\n' "$out"
 for f in vmlinuz-cloud vmlinuz-generic initramfs.cpio.gz initramfs-net.cpio.gz vmlinuz-686 \
-    initramfs-i386.cpio.gz memtest86+x64.bin bios-disk.img; do
+    initramfs-i386.cpio.gz memtest86+x64.bin bios-disk.img ioping.cpio.gz; do
     printf '  %-22s %s bytes\n' "$f" "$(stat -c %s "$out/$f")"
 done
 printf '  %-22s %s\n' modules-generic/ "$(du -sh "$out/modules-generic" | cut -f1)"

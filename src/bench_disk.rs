@@ -1,15 +1,19 @@
-//! `ferrovm bench --disk`: virtio-blk throughput inside a Linux guest
-//! (Debian's generic kernel with its virtio-blk module), under each engine
-//! and under QEMU's virtio-blk on the same kind of raw image, timed by the
-//! host between two lines the guest prints around the work (boot time left
-//! out).
+//! `ferrovm bench --disk`: virtio-blk inside a Linux guest (Debian's
+//! generic kernel with its virtio-blk module), under each engine and under
+//! QEMU's virtio-blk on the same kind of raw image, with Debian's `ioping`
+//! as the load generator (`ioping.cpio.gz` of `scripts/guest-images.sh`,
+//! appended to the initramfs). One boot per engine and run does, on
+//! `/dev/vda` with O_DIRECT and no pause between requests:
 //!
-//! - sequential write: `dd` of 128 MiB in 1 MiB blocks, O_DIRECT, then fsync;
-//! - sequential read: the same 128 MiB back, O_DIRECT;
-//! - 4 KiB random reads: 256 `dd` processes each reading one 4 KiB block
-//!   at a pseudo-random offset with O_DIRECT; the same loop reading
-//!   /dev/zero is timed in another boot and subtracted, so the figure is
-//!   the disk's (queue depth 1), not the cost of starting `dd`.
+//! - sequential write: 128 requests of 1 MiB;
+//! - sequential read: the same 128 MiB back;
+//! - 4 KiB random read: 4,000 requests over those 128 MiB (queue depth 1).
+//!
+//! The figures are ioping's own (`-B`: requests, guest time, IOPS and
+//! bytes/s, its first request left out as a warm-up). The host also times
+//! the three together between two lines the guest prints, and the table
+//! gives ioping's total over that host time, which is near 1 when the
+//! guest's clock keeps time.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,7 +25,7 @@ const MODULES: &[&str] =
     &["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio_blk"];
 const IMAGE_MIB: u64 = 256;
 const SEQ_MIB: u64 = 128;
-const RANDOM_READS: u32 = 256;
+const RANDOM_READS: u32 = 4000;
 
 /// Load the modules and wait for the disk (the driver probes it
 /// asynchronously), before the timed part.
@@ -31,30 +35,46 @@ fn insmods() -> String {
     s
 }
 
-/// What a failed command prints inside the timed part.
-const FAILED: &str = "ferrovm-bench: FAILED";
-
-/// The workloads: name, script (between the marks), and how a duration
-/// becomes the figure.
-fn workloads() -> Vec<(&'static str, String)> {
-    let rand = |src: &str, flag: &str| {
-        format!(
-            "i=0; while [ $i -lt {RANDOM_READS} ]; do dd if={src} of=/dev/null bs=4k count=1 skip=$(( (i * 7919) % {} )) {flag} 2>/dev/null || echo {FAILED}; i=$((i+1)); done",
-            IMAGE_MIB * 256
-        )
-    };
-    vec![
-        (
-            "sequential write, MiB/s",
-            format!("dd if=/dev/zero of=/dev/vda bs=1M count={SEQ_MIB} oflag=direct conv=fsync 2>/dev/null || echo {FAILED}"),
-        ),
-        (
-            "sequential read, MiB/s",
-            format!("dd if=/dev/vda of=/dev/null bs=1M count={SEQ_MIB} iflag=direct 2>/dev/null || echo {FAILED}"),
-        ),
-        ("(dd start-up, reading /dev/zero)", rand("/dev/zero", "")),
-        ("4 KiB random read, IOPS", rand("/dev/vda", "iflag=direct")),
+/// The workloads: name, the key of their line, and the ioping arguments
+/// (each on /dev/vda, direct, with no interval, batch output). ioping
+/// counts its warm-up request in `-c`: one more than measured.
+fn workloads() -> [(&'static str, &'static str, String); 3] {
+    let seq = format!("-L -s 1m -S {SEQ_MIB}m -c {}", SEQ_MIB + 1);
+    [
+        ("sequential write, MiB/s", "seqw", format!("-WWW {seq}")),
+        ("sequential read, MiB/s", "seqr", seq),
+        ("4 KiB random read, IOPS", "rand", format!("-s 4k -S {SEQ_MIB}m -c {}", RANDOM_READS + 1)),
     ]
+}
+
+/// The guest's script: the modules, then the three workloads between the
+/// marks, each printing `T:<key> <ioping -B line>`.
+fn script() -> String {
+    let mut s = insmods();
+    s.push_str(&format!(" echo {START};"));
+    for (_, key, args) in workloads() {
+        s.push_str(&format!(" echo \"T:{key} $(ioping -D -i 0 -q -B {args} /dev/vda 2>&1)\";"));
+    }
+    s.push_str(&format!(" echo {DONE}"));
+    s
+}
+
+/// ioping's batch line (ioping 1.3, times in nanoseconds): requests, their
+/// time, IOPS, bytes/s, then min, avg, max and mdev of a request, then every
+/// request (the warm-up too) and the whole run's time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Batch {
+    requests: u64,
+    iops: f64,
+    bytes_per_sec: f64,
+    total_ns: f64,
+}
+
+fn parse_batch(out: &str, key: &str) -> Option<Batch> {
+    let prefix = format!("T:{key} ");
+    let line = out.lines().find_map(|l| l.trim_end_matches('\r').strip_prefix(&prefix))?;
+    let f: Vec<f64> = line.split_whitespace().map(str::parse).collect::<Result<_, _>>().ok()?;
+    (f.len() >= 10).then(|| Batch { requests: f[0] as u64, iops: f[2], bytes_per_sec: f[3], total_ns: f[9] })
 }
 
 /// An uncompressed newc cpio archive of `files` (path, bytes), which Linux
@@ -112,9 +132,10 @@ fn cpio(files: &[(String, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
-/// initramfs.cpio.gz with the virtio modules appended, in `dir`.
+/// initramfs.cpio.gz, ioping.cpio.gz and the virtio modules, in `dir`.
 fn initrd(images: &Path, dir: &Path) -> Result<PathBuf, String> {
     let mut data = std::fs::read(images.join("initramfs.cpio.gz")).map_err(|e| format!("initramfs.cpio.gz: {e}"))?;
+    data.extend(std::fs::read(images.join("ioping.cpio.gz")).map_err(|e| format!("ioping.cpio.gz: {e}"))?);
     let mut files = Vec::new();
     for m in MODULES {
         let ko = find_module(&images.join("modules-generic/kernel"), m).ok_or(format!("module {m}.ko not found"))?;
@@ -193,22 +214,20 @@ pub fn run(args: &crate::cli::BenchArgs) -> i32 {
         engines.push("qemu");
     }
     println!(
-        "ferrovm bench --disk: virtio-blk on a {IMAGE_MIB} MiB raw image inside Debian's generic kernel, median of \
-         {runs} run(s), timed between two lines the guest prints (QEMU: TCG, virtio-blk, cache=writeback)\n"
+        "ferrovm bench --disk: virtio-blk on a {IMAGE_MIB} MiB raw image inside Debian's generic kernel, ioping \
+         with O_DIRECT at queue depth 1, median of {runs} run(s) (QEMU: TCG, virtio-blk, cache=writeback)\n"
     );
     if q.is_none() {
         println!("QEMU column skipped: qemu-system-x86_64 is not on PATH (Debian package qemu-system-x86)\n");
     }
-    print!("{:<26}", "workload");
-    for e in &engines {
-        print!(" {e:>10}");
-    }
-    println!(" {:>10} {:>11}", "jit/qemu", "interp/qemu");
     let limit = Duration::from_secs(args.boot_timeout);
+    let append = format!("console=ttyS0 quiet ferrovm.poweroff=1 ferrovm.cmd={}", base64(script().as_bytes()));
     let mut status = 0;
+    // Per engine: the median of each workload's figure, and of ioping's
+    // time over the host's.
     let work = workloads();
     let mut table: Vec<Vec<Option<f64>>> = vec![Vec::new(); work.len()];
-    // Seconds of each workload, per engine (the medians).
+    let mut clock: Vec<Option<f64>> = Vec::new();
     for e in &engines {
         // One image per engine: the reads read what its write wrote.
         let disk = dir.join(format!("disk-{e}.img"));
@@ -217,67 +236,71 @@ pub fn run(args: &crate::cli::BenchArgs) -> i32 {
             eprintln!("ferrovm bench --disk: {}: {err}", disk.display());
             return 1;
         }
-        for (w, (name, script)) in work.iter().enumerate() {
-            let body = format!("{} echo {START}; {script}; echo {DONE}", insmods());
-            let append = format!("console=ttyS0 quiet ferrovm.poweroff=1 ferrovm.cmd={}", base64(body.as_bytes()));
-            let cmd = command(e, q.as_deref(), &kernel, &initrd, &disk, &append);
-            let mut figures = Vec::new();
-            for _ in 0..runs {
-                match time_work(&cmd, limit) {
-                    Ok((_, out)) if out.contains(FAILED) => {
-                        eprintln!("ferrovm bench --disk: {name} under {e}: a dd in the guest failed");
+        let cmd = command(e, q.as_deref(), &kernel, &initrd, &disk, &append);
+        let mut figures: Vec<Vec<f64>> = vec![Vec::new(); work.len()];
+        let mut ratios = Vec::new();
+        for _ in 0..runs {
+            let out = match time_work(&cmd, limit) {
+                Ok(v) => v,
+                Err(err) => {
+                    eprintln!("ferrovm bench --disk: under {e}: {err}");
+                    if *e != "qemu" {
                         status = 1;
-                        break;
                     }
-                    Ok((d, _)) => figures.push(Some(d.as_secs_f64())),
-                    Err(err) => {
-                        eprintln!("ferrovm bench --disk: {name} under {e}: {err}");
-                        if *e != "qemu" {
-                            status = 1;
-                        }
-                        break;
+                    break;
+                }
+            };
+            let (host, text) = out;
+            let mut guest_ns = 0.0;
+            for (w, (name, key, _)) in work.iter().enumerate() {
+                match parse_batch(&text, key) {
+                    Some(b) if b.requests > 0 => {
+                        figures[w].push(if w == 2 { b.iops } else { b.bytes_per_sec / f64::from(1 << 20) });
+                        guest_ns += b.total_ns;
+                    }
+                    _ => {
+                        let line = text.lines().find(|l| l.starts_with(&format!("T:{key}"))).unwrap_or("no line");
+                        eprintln!("ferrovm bench --disk: {name} under {e}: ioping failed: {line}");
+                        status = 1;
                     }
                 }
             }
-            let f: Vec<f64> = figures.into_iter().flatten().collect();
+            ratios.push(guest_ns / 1e9 / host.as_secs_f64().max(1e-6));
+        }
+        for (w, f) in figures.into_iter().enumerate() {
             table[w].push((f.len() == runs).then(|| median(f)));
         }
+        clock.push((ratios.len() == runs).then(|| median(ratios)));
     }
-    // Rates from the times: MiB/s, and reads per second over what the
-    // start-up of `dd` alone took.
-    let rates: Vec<Vec<Option<f64>>> = (0..work.len())
-        .map(|w| {
-            (0..engines.len())
-                .map(|i| match w {
-                    0 | 1 => table[w][i].map(|t| SEQ_MIB as f64 / t),
-                    2 => table[w][i],
-                    _ => match (table[w][i], table[2][i]) {
-                        (Some(t), Some(c)) if t > c => Some(f64::from(RANDOM_READS) / (t - c)),
-                        _ => None,
-                    },
-                })
-                .collect()
-        })
-        .collect();
-    for (w, (name, _)) in work.iter().enumerate() {
-        if w == 2 {
-            continue;
-        }
+    print!("{:<26}", "workload");
+    for e in &engines {
+        print!(" {e:>10}");
+    }
+    println!(" {:>10} {:>11}", "jit/qemu", "interp/qemu");
+    let cell = |v: &Option<f64>| match v {
+        Some(x) => format!(" {x:>10.1}"),
+        None => format!(" {:>10}", "-"),
+    };
+    for (w, (name, _, _)) in work.iter().enumerate() {
         print!("{name:<26}");
-        for v in &rates[w] {
-            match v {
-                Some(x) => print!(" {x:>10.1}"),
-                None => print!(" {:>10}", "-"),
-            }
+        for v in &table[w] {
+            print!("{}", cell(v));
         }
-        let of = |e: &str| engines.iter().position(|x| *x == e).and_then(|i| rates[w][i]);
+        let of = |e: &str| engines.iter().position(|x| *x == e).and_then(|i| table[w][i]);
         let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
             _ => "-".into(),
         };
         println!(" {:>10} {:>11}", ratio(of("jit"), of("qemu")), ratio(of("interp"), of("qemu")));
     }
-    println!("\nratios of rates (above 1: ferrovm is faster)");
+    print!("{:<26}", "ioping time / host time");
+    for v in &clock {
+        match v {
+            Some(x) => print!(" {x:>10.2}"),
+            None => print!(" {:>10}", "-"),
+        }
+    }
+    println!("\n\nratios of rates (above 1: ferrovm is faster)");
     let _ = std::fs::remove_dir_all(&dir);
     status
 }
@@ -290,6 +313,29 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ioping_batch_lines_are_read() {
+        let out =
+            "x\nT:rand 3999 1234567000 3240.2 13271859 180000 308000 2100000 40000 4000 1300000000\r\nT:seqw oops\n";
+        let b = parse_batch(out, "rand").unwrap();
+        assert_eq!(b.requests, 3999);
+        assert_eq!(b.iops, 3240.2);
+        assert_eq!(b.bytes_per_sec, 13271859.0);
+        assert_eq!(b.total_ns, 1.3e9);
+        assert_eq!(parse_batch(out, "seqw"), None, "a failed ioping prints its error instead");
+        assert_eq!(parse_batch(out, "seqr"), None);
+    }
+
+    #[test]
+    fn the_script_runs_each_workload_between_the_marks() {
+        let s = script();
+        let (start, done) = (s.find(START).unwrap(), s.find(DONE).unwrap());
+        for (_, key, _) in workloads() {
+            let at = s.find(&format!("T:{key} $(ioping -D -i 0 -q -B")).unwrap();
+            assert!(start < at && at < done, "{key}");
+        }
+    }
 
     #[test]
     fn cpio_entries_are_newc() {
