@@ -251,7 +251,6 @@ struct State {
     accel: Vec<String>,
     machine_accel: Option<Vec<String>>,
     serial: Vec<String>,
-    nographic: bool,
     nodefaults: bool,
     no_reboot: bool,
     snapshot: bool,
@@ -324,7 +323,8 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
             "machine" | "M" => st.machine(&option, v)?,
             "accel" => st.accel(&option, v)?,
             "enable-kvm" => st.accel.push("kvm".into()),
-            "nographic" => st.nographic = true,
+            // COM1 on stdio, which is ferrovm's default already.
+            "nographic" => {}
             "display" => {
                 let o = parse_opts(v, Some("type"))?;
                 if o.get("type") != Some("none") {
@@ -700,9 +700,9 @@ impl State {
                 }
                 first.clone()
             }
-            // Without -serial QEMU shows COM1 on its display, or stdio with
-            // -nographic; -nodefaults leaves it out.
-            None if self.nodefaults && !self.nographic => "none".into(),
+            // Without -serial QEMU shows COM1 on its display, or on stdio
+            // with -nographic; -nodefaults leaves COM1 out.
+            None if self.nodefaults => "none".into(),
             None => "stdio".into(),
         };
         args.extend(["--serial".into(), serial]);
@@ -935,7 +935,8 @@ mod tests {
 
     #[test]
     fn console_options() {
-        assert!(has(&run_args("-nographic -nodefaults -kernel k"), "--serial", "stdio"));
+        assert!(has(&run_args("-nographic -kernel k"), "--serial", "stdio"));
+        assert!(has(&run_args("-nographic -nodefaults -kernel k"), "--serial", "none"), "as QEMU");
         assert!(has(&run_args("-nodefaults -kernel k"), "--serial", "none"));
         assert!(has(&run_args("-kernel k"), "--serial", "stdio"));
         assert!(has(&run_args("-serial mon:stdio -kernel k"), "--serial", "stdio"));
