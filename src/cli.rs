@@ -25,6 +25,18 @@ pub enum Command {
     Demo,
     /// Measure whole guests under each accelerator (and QEMU when installed).
     Bench(BenchArgs),
+    /// Run a qemu-system-x86_64 command line (as ferrovm does when started
+    /// under that name, e.g. through a symlink).
+    #[command(disable_help_flag = true)]
+    Qemu(QemuArgs),
+}
+
+/// `ferrovm qemu`: QEMU's options, read by `src/qemu.rs`.
+#[derive(Debug, Clone, Args)]
+pub struct QemuArgs {
+    /// The options, as qemu-system-x86_64 takes them (`-help` lists them).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -141,8 +153,9 @@ pub struct RunArgs {
     #[arg(
         long,
         value_name = "SPEC",
-        help = "A virtio-blk disk: PATH[,format=raw|qcow2][,readonly=on][,if=virtio]. May be repeated \
-                (PCI slots after the NICs). Without format=, a qcow2 header is detected, else raw"
+        help = "A virtio-blk disk: PATH[,format=raw|qcow2][,readonly=on][,snapshot=on][,if=virtio]. May be \
+                repeated (PCI slots after the NICs). Without format=, a qcow2 header is detected, else raw; \
+                snapshot=on is --snapshot for this disk"
     )]
     pub disk: Vec<String>,
     /// Disks take writes in temporary overlays that vanish at exit; the

@@ -12,6 +12,7 @@ mod engine;
 mod error;
 mod machine;
 mod nic;
+mod qemu;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -162,6 +163,15 @@ fn run(args: RunArgs) -> Result<i32, Error> {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Under QEMU's name, or `ferrovm qemu ...`: QEMU's syntax, which clap
+    // does not read.
+    if argv.first().is_some_and(|a| qemu::invoked_as_qemu(a)) {
+        return run_qemu(&argv[1..], None);
+    }
+    if argv.get(1).is_some_and(|a| a == "qemu") {
+        return run_qemu(&argv[2..], None);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -170,7 +180,16 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
         }
     };
+    if let Command::Qemu(q) = &cli.command {
+        let args: Vec<std::ffi::OsString> = q.args.iter().map(Into::into).collect();
+        return run_qemu(&args, cli.trace.as_deref());
+    }
     init_logging(cli.trace.as_deref());
+    execute(cli)
+}
+
+/// Runs a parsed command and maps how it ended to the exit status.
+fn execute(cli: Cli) -> ExitCode {
     let result = std::panic::catch_unwind(move || match cli.command {
         Command::Run(args) => run(args),
         Command::Demo => Ok(demo::demo()),
@@ -178,6 +197,7 @@ fn main() -> ExitCode {
         Command::Bench(args) if args.work => Ok(bench_work::run(&args)),
         Command::Bench(args) if args.disk => Ok(bench_disk::run(&args)),
         Command::Bench(args) => Ok(demo::bench(&args)),
+        Command::Qemu(_) => Err(Error::Config("`ferrovm qemu` is run before the other commands".into())),
     });
     devices::console::restore_terminal();
     match result {
@@ -191,4 +211,45 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A qemu-system-x86_64 command line (`src/qemu.rs`): translated into
+/// `ferrovm run`'s arguments, then run as they are.
+fn run_qemu(argv: &[std::ffi::OsString], trace: Option<&str>) -> ExitCode {
+    init_logging(trace);
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("ferrovm: {e}");
+        ExitCode::from(1)
+    };
+    let args: Vec<String> = match argv.iter().map(|a| a.clone().into_string()).collect() {
+        Ok(a) => a,
+        Err(a) => return fail(&format!("{}: an argument that is not UTF-8", a.to_string_lossy())),
+    };
+    let t = match qemu::translate(&args) {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
+    if let Some(text) = t.info {
+        print!("{text}");
+        return ExitCode::SUCCESS;
+    }
+    for note in &t.notes {
+        eprintln!("ferrovm: note: {note}");
+    }
+    tracing::info!(target: "firmware", "{}: ferrovm run {}", qemu::PROGRAM, t.args.join(" "));
+    let cli = match Cli::try_parse_from(["ferrovm", "run"].into_iter().map(String::from).chain(t.args)) {
+        Ok(c) => c,
+        Err(e) => return fail(&e.render()),
+    };
+    // QEMU writes the pidfile when the machine is set up and removes it at exit.
+    if let Some(p) = &t.pidfile {
+        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+            return fail(&format!("-pidfile {}: {e}", p.display()));
+        }
+    }
+    let status = execute(cli);
+    if let Some(p) = &t.pidfile {
+        let _ = std::fs::remove_file(p);
+    }
+    status
 }

@@ -23,24 +23,18 @@
 //!   MiB in the interpreter outside CI (about five minutes a run); under
 //!   KVM where KVM runs ring 0 in hardware.
 
+#[path = "guest/bios_disk.rs"]
+mod bios_disk;
 #[path = "guest/run.rs"]
 mod run;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use iced_x86::code_asm::*;
 
-const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
-
-fn seabios() -> bool {
-    let ok = Path::new(SEABIOS).is_file();
-    if !ok {
-        eprintln!("skipping: {SEABIOS} is missing (Debian package seabios)");
-    }
-    ok
-}
+use bios_disk::{check_boot, check_image, seabios, set_mib, sh, sha256_file, test_disk};
 
 /// The value the boot sector writes to the debug-exit port when every
 /// check passed; ferrovm exits with `(v << 1) | 1`.
@@ -281,45 +275,6 @@ fn a_missing_or_bad_bios_is_named() {
 
 // ---- the test disk: SYSLINUX, Debian's kernel, ext4 ----------------------------
 
-fn test_disk() -> Option<PathBuf> {
-    let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-images/bios-disk.img");
-    if !img.is_file() {
-        eprintln!("skipping: guest-images/bios-disk.img is missing (run scripts/guest-images.sh)");
-        return None;
-    }
-    for tool in ["debugfs", "e2fsck"] {
-        if Command::new(tool).arg("-V").output().is_err() {
-            eprintln!("skipping: {tool} is not installed (e2fsprogs)");
-            return None;
-        }
-    }
-    seabios().then_some(img)
-}
-
-/// Byte offset of partition `n` (1-4) from the MBR's table of the image
-/// at `path`.
-fn partition_offset(path: &Path, n: usize) -> u64 {
-    use std::io::Read;
-    let mut mbr = [0u8; 512];
-    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut mbr)).unwrap();
-    let e = 446 + 16 * (n - 1);
-    u64::from(u32::from_le_bytes(mbr[e + 8..e + 12].try_into().unwrap())) * 512
-}
-
-fn field<'a>(out: &'a str, key: &str) -> Option<&'a str> {
-    out.lines().find_map(|l| l.trim_end_matches('\r').strip_prefix(key))
-}
-
-fn sh(script: &str) -> String {
-    let o = Command::new("sh").arg("-c").arg(script).output().expect("sh runs");
-    assert!(o.status.success(), "{script}: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn sha256_file(path: &Path) -> String {
-    sh(&format!("sha256sum '{}'", path.display())).split_whitespace().next().unwrap().to_string()
-}
-
 /// How the guest's disk is given to ferrovm.
 #[derive(Clone, Copy, PartialEq)]
 enum Image {
@@ -346,12 +301,7 @@ fn boot_test_disk(accel: &str, image: Image, mib: u32) {
     let kind = if image == Image::Raw { "raw" } else { "qcow2" };
     let base = run::tmp("bios", &format!("disk-{accel}-{kind}-{mib}.img"));
     std::fs::copy(&src, &base).unwrap();
-    let data_at = partition_offset(&base, 2);
-    if mib != 64 {
-        let count = base.with_extension("mib");
-        std::fs::write(&count, format!("{mib}\n")).unwrap();
-        sh(&format!("debugfs -w -R 'write {} mib.txt' '{}?offset={data_at}'", count.display(), base.display()));
-    }
+    set_mib(&base, mib);
     let (disk, format) = match image {
         Image::Raw => (base.clone(), "raw"),
         Image::Overlay => {
@@ -363,16 +313,8 @@ fn boot_test_disk(accel: &str, image: Image, mib: u32) {
     };
     let base_hash = (image == Image::Overlay).then(|| sha256_file(&base));
     let (o, out, secs) = boot_disk(accel, &disk, format, "512M", "900");
-    let tail: String = out.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
     eprintln!("test disk ({kind}, {mib} MiB written) under {accel}: {secs:.1} s to power-off");
-    assert_eq!(o.status.code(), Some(0), "status; stderr {}; serial tail:\n{tail}", String::from_utf8_lossy(&o.stderr));
-    assert!(out.contains("SeaBIOS (version"), "SeaBIOS's banner: {tail}");
-    assert!(out.contains("ferrovm-syslinux: booting vmlinuz"), "SYSLINUX's SAY line on COM1: {tail}");
-    assert!(out.contains("ferrovm-init: start"), "the kernel reached init: {tail}");
-    assert_eq!(field(&out, "T:hello "), Some("made by mke2fs -d"), "the ext4 partition mounted: {tail}");
-    assert_eq!(field(&out, "T:mib "), Some(mib.to_string().as_str()), "the size the guest wrote: {tail}");
-    assert!(out.contains("T:unmounted"), "{tail}");
-    let guest_sha = field(&out, "T:sha ").expect("the guest's hash").trim().to_string();
+    let guest_sha = check_boot(&o, &out, mib);
     // The image the host reads: the raw disk, or the overlay converted.
     let raw = match image {
         Image::Raw => disk.clone(),
@@ -387,29 +329,7 @@ fn boot_test_disk(accel: &str, image: Image, mib: u32) {
             converted
         }
     };
-    // The host reads the ext4 partition of the image itself: no mount.
-    let part = format!("{}?offset={data_at}", raw.display());
-    let cat = Command::new("debugfs").args(["-R", "cat /guest.bin", &part]).output().unwrap();
-    assert_eq!(cat.stdout.len(), (mib as usize) << 20, "debugfs: {}", String::from_utf8_lossy(&cat.stderr));
-    let host_sha = Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(&cat.stdout)?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    let host_sha = String::from_utf8_lossy(&host_sha.stdout).split_whitespace().next().unwrap_or("").to_string();
-    assert_eq!(host_sha, guest_sha, "the file the guest wrote, read back by debugfs");
-    let fsck = Command::new("e2fsck").args(["-fn", &part]).output().unwrap();
-    assert!(
-        fsck.status.success(),
-        "e2fsck -fn: {}{}",
-        String::from_utf8_lossy(&fsck.stdout),
-        String::from_utf8_lossy(&fsck.stderr)
-    );
+    check_image(&raw, mib, &guest_sha);
     let _ = std::fs::remove_file(&raw);
     let _ = std::fs::remove_file(&base);
 }

@@ -87,12 +87,14 @@ pub trait BlockBackend: Send {
     fn flush(&mut self) -> io::Result<()>;
 }
 
-/// A disk to open: `--disk PATH[,format=raw|qcow2][,readonly=on][,if=virtio]`.
+/// A disk to open: `--disk PATH[,format=raw|qcow2][,readonly=on][,snapshot=on][,if=virtio]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
     pub path: PathBuf,
     pub format: Option<ImageFormat>,
     pub read_only: bool,
+    /// Writes go to a temporary overlay (as `--snapshot`, for this disk).
+    pub snapshot: bool,
 }
 
 impl std::str::FromStr for DiskSpec {
@@ -102,26 +104,28 @@ impl std::str::FromStr for DiskSpec {
         let path = parts.next().unwrap_or_default();
         let path = path.strip_prefix("file=").unwrap_or(path);
         if path.is_empty() {
-            return Err("the image path is missing (PATH[,format=raw|qcow2][,readonly=on][,if=virtio])".into());
+            return Err(
+                "the image path is missing (PATH[,format=raw|qcow2][,readonly=on][,snapshot=on][,if=virtio])".into()
+            );
         }
-        let mut spec = DiskSpec { path: PathBuf::from(path), format: None, read_only: false };
+        let on_off = |key: &str, value: &str| match value {
+            "on" | "true" | "yes" => Ok(true),
+            "off" | "false" | "no" => Ok(false),
+            v => Err(format!("{key}={v}: use on or off")),
+        };
+        let mut spec = DiskSpec { path: PathBuf::from(path), format: None, read_only: false, snapshot: false };
         for opt in parts {
             let (key, value) = opt.split_once('=').ok_or_else(|| format!("'{opt}' is not KEY=VALUE"))?;
             match key {
                 "format" => spec.format = Some(value.parse()?),
-                "readonly" => {
-                    spec.read_only = match value {
-                        "on" | "true" | "yes" => true,
-                        "off" | "false" | "no" => false,
-                        v => return Err(format!("readonly={v}: use on or off")),
-                    }
-                }
+                "readonly" => spec.read_only = on_off(key, value)?,
+                "snapshot" => spec.snapshot = on_off(key, value)?,
                 "if" => {
                     if value != "virtio" {
                         return Err(format!("if={value}: only if=virtio is available"));
                     }
                 }
-                k => return Err(format!("option '{k}' is unknown (format=, readonly=, if=)")),
+                k => return Err(format!("option '{k}' is unknown (format=, readonly=, snapshot=, if=)")),
             }
         }
         Ok(spec)
@@ -277,10 +281,11 @@ fn detect(path: &Path, file: &fs::File) -> ImageFormat {
 }
 
 /// Opens the image of `spec` with its chain. `snapshot` (QEMU's
-/// `-snapshot`) opens it read-only under a temporary qcow2 overlay that
-/// takes the writes and is deleted at once (it lives as long as the
-/// process holds it open).
+/// `-snapshot`) or the spec's own `snapshot=on` opens it read-only under a
+/// temporary qcow2 overlay that takes the writes and is deleted at once
+/// (it lives as long as the process holds it open).
 pub fn open(spec: &DiskSpec, snapshot: bool) -> Result<Image, OpenError> {
+    let snapshot = snapshot || spec.snapshot;
     let path = spec.path.as_path();
     let write = !spec.read_only && !snapshot;
     let gate = ChainGate::new();

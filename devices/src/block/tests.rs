@@ -33,7 +33,7 @@ fn p(path: &Path) -> &str {
 }
 
 fn spec(path: &Path, format: Option<ImageFormat>, read_only: bool) -> DiskSpec {
-    DiskSpec { path: path.to_path_buf(), format, read_only }
+    DiskSpec { path: path.to_path_buf(), format, read_only, snapshot: false }
 }
 
 /// `qemu-img check` finds nothing wrong.
@@ -358,12 +358,17 @@ fn mutated_images_never_panic() {
 #[test]
 fn disk_specs_parse() {
     let s: DiskSpec = "a.img,format=qcow2,readonly=on,if=virtio".parse().unwrap();
-    assert_eq!(s, DiskSpec { path: "a.img".into(), format: Some(ImageFormat::Qcow2), read_only: true });
+    assert_eq!(
+        s,
+        DiskSpec { path: "a.img".into(), format: Some(ImageFormat::Qcow2), read_only: true, snapshot: false }
+    );
+    assert!("a.img,snapshot=on".parse::<DiskSpec>().unwrap().snapshot);
     assert_eq!("file=b.raw".parse::<DiskSpec>().unwrap().path, PathBuf::from("b.raw"));
     for (bad, why) in [
         ("", "missing"),
         ("a,format=vmdk", "unknown"),
         ("a,readonly=maybe", "readonly"),
+        ("a,snapshot=sometimes", "snapshot"),
         ("a,if=ide", "if=virtio"),
         ("a,cache=none", "unknown"),
         ("a,junk", "KEY=VALUE"),

@@ -1,0 +1,1062 @@
+//! QEMU's command line: `qemu-system-x86_64 ...` run by ferrovm.
+//!
+//! ferrovm reads QEMU's options when it is invoked under the name
+//! `qemu-system-x86_64` (a symlink) or as `ferrovm qemu ...`. [`translate`]
+//! turns the options into the arguments of `ferrovm run`, which then
+//! parses and runs them as usual, so both command lines end up in the same
+//! machine. An option ferrovm cannot honour is refused by name (exit
+//! status 1); an option that asks for something ferrovm leaves out anyway
+//! (`-vga none`, `-display none`, `-monitor none`) is accepted; where
+//! ferrovm runs something close but not the same (another CPU model, an
+//! IDE disk) it says so on stderr and goes on.
+//!
+//! Option values follow QEMU's `key=value,...` syntax ([`parse_opts`]): a
+//! comma inside a value is written `,,`, and a first element without `=`
+//! is the option's implied key (`-netdev user,...` is `type=user`, `-m 1G`
+//! is `size=1G`).
+
+use std::path::{Path, PathBuf};
+
+/// The program name that selects QEMU's command line.
+pub const PROGRAM: &str = "qemu-system-x86_64";
+
+/// Where QEMU looks for a firmware name given without a path, after the
+/// folders of `-L`.
+const DATA_DIRS: &[&str] = &["/usr/share/seabios", "/usr/share/qemu"];
+
+/// The BIOS QEMU runs when none is named.
+const DEFAULT_BIOS: &str = "bios-256k.bin";
+
+/// A parsed `key=value,...` list, in order; a key may repeat (`hostfwd=`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Opts {
+    pub pairs: Vec<(String, String)>,
+}
+
+impl Opts {
+    /// The value of `key`: the last one given, as in QEMU.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// An error naming the first key that is not in `known`.
+    fn only(&self, option: &str, known: &[&str]) -> Result<(), String> {
+        match self.pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            Some((k, _)) => {
+                Err(format!("{option}: '{k}=' is not supported by ferrovm (it takes {})", known.join("=, ") + "="))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// Parses QEMU's option syntax: `key=value` elements separated by commas,
+/// `,,` standing for a comma inside a value. A first element without `=`
+/// is the value of `implied` when there is one; any other element without
+/// `=` is a flag, `key` meaning `key=on`.
+pub fn parse_opts(s: &str, implied: Option<&str>) -> Result<Opts, String> {
+    let mut pairs = Vec::new();
+    let mut rest = s;
+    let mut first = true;
+    while !rest.is_empty() {
+        // A key ends at `=` or `,`; a value at a `,` that is not doubled.
+        let key_end = rest.find(['=', ',']).unwrap_or(rest.len());
+        let (key, value);
+        if rest[key_end..].starts_with('=') {
+            key = rest[..key_end].to_string();
+            let (v, after) = value_until_comma(&rest[key_end + 1..]);
+            value = v;
+            rest = after;
+        } else if first && implied.is_some() {
+            let (v, after) = value_until_comma(rest);
+            key = implied.unwrap_or_default().to_string();
+            value = v;
+            rest = after;
+        } else {
+            key = rest[..key_end].to_string();
+            value = "on".to_string();
+            rest = rest[key_end..].strip_prefix(',').unwrap_or(&rest[key_end..]);
+        }
+        if key.is_empty() {
+            return Err(format!("'{s}': an empty key"));
+        }
+        pairs.push((key, value));
+        first = false;
+    }
+    Ok(Opts { pairs })
+}
+
+/// A value up to the first single comma, with `,,` read as `,`; and what
+/// follows that comma.
+fn value_until_comma(s: &str) -> (String, &str) {
+    let mut value = String::new();
+    let mut chars = s.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c == ',' {
+            if let Some((_, ',')) = chars.peek() {
+                chars.next();
+                value.push(',');
+                continue;
+            }
+            return (value, &s[i + 1..]);
+        }
+        value.push(c);
+    }
+    (value, "")
+}
+
+/// QEMU's on/off values.
+fn on_off(option: &str, key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "yes" | "true" | "y" => Ok(true),
+        "off" | "no" | "false" | "n" => Ok(false),
+        _ => Err(format!("{option}: {key}={v}: expected on or off")),
+    }
+}
+
+/// Options that take an argument. Anything else starting with `-` is a
+/// flag or unknown.
+const WITH_ARG: &[&str] = &[
+    "kernel",
+    "initrd",
+    "append",
+    "bios",
+    "L",
+    "m",
+    "smp",
+    "cpu",
+    "machine",
+    "M",
+    "accel",
+    "display",
+    "serial",
+    "monitor",
+    "netdev",
+    "nic",
+    "net",
+    "device",
+    "drive",
+    "hda",
+    "hdb",
+    "hdc",
+    "hdd",
+    "name",
+    "pidfile",
+    "rtc",
+    "vga",
+    "parallel",
+    "action",
+    "boot",
+    "cdrom",
+    "fda",
+    "fdb",
+    "chardev",
+    "qmp",
+    "gdb",
+    "object",
+    "global",
+    "mon",
+    "vnc",
+    "spice",
+    "k",
+    "usbdevice",
+    "audiodev",
+    "D",
+    "d",
+    "trace",
+    "incoming",
+    "loadvm",
+    "icount",
+    "mem-path",
+    "numa",
+    "fw_cfg",
+    "smbios",
+    "tpmdev",
+    "watchdog-action",
+    "sandbox",
+    "msg",
+    "overcommit",
+    "blockdev",
+    "virtfs",
+    "fsdev",
+    "add-fd",
+    "iscsi",
+    "option-rom",
+    "semihosting-config",
+    "runas",
+    "chroot",
+    "set",
+    "readconfig",
+    "writeconfig",
+    "run-with",
+    "compat",
+    "uuid",
+    "plugin",
+    "dtb",
+    "initrd-append",
+    "acpitable",
+    "mtdblock",
+    "sd",
+    "pflash",
+];
+
+/// Options ferrovm refuses with a reason of their own.
+fn refusal(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "s" | "S" | "gdb" => "ferrovm has no gdb stub yet",
+        "cdrom" => "ferrovm has no CD-ROM drive (no IDE/ATAPI controller); use -drive file=...,if=virtio",
+        "fda" | "fdb" => "ferrovm has no floppy controller",
+        "usb" | "usbdevice" => "ferrovm has no USB controller",
+        "vnc" | "spice" | "full-screen" => "ferrovm has no display",
+        "qmp" | "mon" | "chardev" => "ferrovm has no QEMU monitor or character devices; the console is -serial",
+        "daemonize" => "ferrovm runs in the foreground",
+        "no-shutdown" => "ferrovm ends the run when the guest powers off",
+        "loadvm" | "incoming" => "ferrovm cannot load QEMU's saved states",
+        "object" | "global" | "set" | "readconfig" => "ferrovm has no QOM objects or properties to set",
+        "numa" => "ferrovm runs one CPU and one memory node",
+        "mem-path" | "mem-prealloc" => "guest RAM is anonymous memory in ferrovm",
+        "d" | "D" | "trace" => "ferrovm's logging is --trace (or FERROVM_LOG) of `ferrovm run`",
+        "icount" => "ferrovm has no instruction-count clock",
+        "blockdev" => "use -drive file=...,if=virtio (or if=none with -device virtio-blk-pci,drive=)",
+        "virtfs" | "fsdev" => "ferrovm has no 9p file sharing",
+        "hdb" | "hdc" | "hdd" => {
+            "ferrovm has no IDE controller; -hda and -drive map to virtio-blk, give disks with -drive"
+        }
+        _ => return None,
+    })
+}
+
+/// What the QEMU command line asks for, in ferrovm's terms.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Translation {
+    /// The arguments of `ferrovm run` (after `run`).
+    pub args: Vec<String>,
+    /// `-pidfile`: written with ferrovm's process ID for the run.
+    pub pidfile: Option<PathBuf>,
+    /// Where ferrovm differs from what was asked, for stderr.
+    pub notes: Vec<String>,
+    /// `-version` or `-help`: print this and exit 0.
+    pub info: Option<String>,
+}
+
+/// The network interfaces and disks as they are declared.
+#[derive(Default)]
+struct State {
+    kernel: Option<String>,
+    initrd: Option<String>,
+    append: Option<String>,
+    bios: Option<String>,
+    data_dirs: Vec<String>,
+    mem: Option<u64>,
+    accel: Vec<String>,
+    machine_accel: Option<Vec<String>>,
+    serial: Vec<String>,
+    nodefaults: bool,
+    no_reboot: bool,
+    snapshot: bool,
+    /// `-netdev user,id=...`: id and its options.
+    netdevs: Vec<(String, Opts)>,
+    /// NICs in order: (netdev options, model, mac, vectors).
+    nics: Vec<Nic>,
+    /// Whether a network option was given (no default NIC then).
+    net_given: bool,
+    /// `-drive if=none,id=...`: id and the disk.
+    drives_by_id: Vec<(String, Disk)>,
+    disks: Vec<Disk>,
+    pidfile: Option<PathBuf>,
+    notes: Vec<String>,
+}
+
+/// A NIC: its `-netdev` (or `-nic`) options, model and MAC.
+struct Nic {
+    netdev: Option<String>,
+    opts: Opts,
+    model: &'static str,
+    mac: Option<String>,
+    vectors: Option<String>,
+}
+
+#[derive(Clone)]
+struct Disk {
+    file: String,
+    format: Option<String>,
+    readonly: bool,
+    snapshot: bool,
+}
+
+/// Translates a QEMU command line (without the program name).
+pub fn translate(argv: &[String]) -> Result<Translation, String> {
+    let mut st = State::default();
+    let mut i = 0;
+    while i < argv.len() {
+        let a = &argv[i];
+        i += 1;
+        if !a.starts_with('-') || a == "-" {
+            // A bare argument is the first hard disk, as -hda.
+            st.hda(a);
+            continue;
+        }
+        let name = a.strip_prefix("--").unwrap_or(&a[1..]);
+        let option = format!("-{name}");
+        let value = if WITH_ARG.contains(&name) {
+            let v = argv.get(i).ok_or_else(|| format!("{option} requires an argument"))?;
+            i += 1;
+            Some(v.as_str())
+        } else {
+            None
+        };
+        if let Some(why) = refusal(name) {
+            return Err(format!("{option} is not supported: {why}"));
+        }
+        let v = value.unwrap_or_default();
+        match name {
+            "version" => return Ok(info(version())),
+            "h" | "help" => return Ok(info(help())),
+            "kernel" => st.kernel = Some(v.to_string()),
+            "initrd" => st.initrd = Some(v.to_string()),
+            "append" => st.append = Some(v.to_string()),
+            "bios" => st.bios = Some(v.to_string()),
+            "L" => st.data_dirs.push(v.to_string()),
+            "m" => st.mem = Some(memory(&option, v)?),
+            "smp" => smp(&option, v)?,
+            "cpu" => st.cpu(&option, v)?,
+            "machine" | "M" => st.machine(&option, v)?,
+            "accel" => st.accel(&option, v)?,
+            "enable-kvm" => st.accel.push("kvm".into()),
+            // COM1 on stdio, which is ferrovm's default already.
+            "nographic" => {}
+            "display" => {
+                let o = parse_opts(v, Some("type"))?;
+                if o.get("type") != Some("none") {
+                    return Err(format!("{option} {v} is not supported: ferrovm has no display (use -display none)"));
+                }
+            }
+            "vga" if v == "none" => {}
+            "vga" => return Err(format!("{option} {v} is not supported: ferrovm has no display adapter (-vga none)")),
+            "monitor" if v == "none" => {}
+            "monitor" => {
+                return Err(format!("{option} {v} is not supported: ferrovm has no QEMU monitor (-monitor none)"))
+            }
+            "parallel" if v == "none" => {}
+            "parallel" => return Err(format!("{option} {v} is not supported: ferrovm has no parallel port")),
+            "serial" => st.serial.push(serial(&option, v)?),
+            "nodefaults" => st.nodefaults = true,
+            "no-user-config" => {}
+            "no-reboot" => st.no_reboot = true,
+            "action" => st.action(&option, v)?,
+            "netdev" => st.netdev(&option, v)?,
+            "nic" => st.nic(&option, v)?,
+            "net" if v == "none" => st.net_given = true,
+            "net" => return Err(format!("{option} {v} is not supported: use -nic or -netdev with -device")),
+            "device" => st.device(&option, v)?,
+            "drive" => st.drive(&option, v)?,
+            "hda" => st.hda(v),
+            "snapshot" => st.snapshot = true,
+            "name" => {
+                parse_opts(v, Some("guest"))?.only(&option, &["guest", "process", "debug-threads"])?;
+            }
+            "pidfile" => st.pidfile = Some(PathBuf::from(v)),
+            "rtc" => {
+                let o = parse_opts(v, None)?;
+                o.only(&option, &["base", "clock"])?;
+                if let Some(b) = o.get("base").filter(|b| *b != "utc") {
+                    return Err(format!("{option}: base={b} is not supported: ferrovm's RTC keeps UTC (base=utc)"));
+                }
+                if let Some(c) = o.get("clock").filter(|c| *c != "host") {
+                    return Err(format!(
+                        "{option}: clock={c} is not supported: ferrovm's RTC follows the host (clock=host)"
+                    ));
+                }
+            }
+            "boot" => {
+                let o = parse_opts(v, Some("order"))?;
+                o.only(&option, &["order", "menu"])?;
+                if o.get("order").is_some_and(|x| x != "c") || o.get("menu").is_some_and(|m| m != "off") {
+                    return Err(format!("{option} {v} is not supported: ferrovm boots the disks in order (order=c)"));
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "{option} is not supported by ferrovm (see `ferrovm qemu -help` for the options it takes)"
+                ))
+            }
+        }
+    }
+    st.finish()
+}
+
+fn info(text: String) -> Translation {
+    Translation { info: Some(text), ..Translation::default() }
+}
+
+fn version() -> String {
+    format!("ferrovm {}: runs qemu-system-x86_64 command lines\n", env!("CARGO_PKG_VERSION"))
+}
+
+fn help() -> String {
+    "usage: qemu-system-x86_64 [options] [disk_image]\n\
+     ferrovm runs these of QEMU's options (README.md has the table):\n\
+     -kernel -initrd -append -bios -L -m -smp 1 -cpu -machine pc|q35 -accel kvm|tcg -enable-kvm\n\
+     -nographic -display none -vga none -serial stdio|file:PATH|null|mon:stdio|none -monitor none\n\
+     -no-reboot -action -netdev user -nic user|none -device e1000|virtio-net-pci|virtio-blk-pci|isa-debug-exit\n\
+     -drive -hda -snapshot -name -pidfile -rtc base=utc -nodefaults -no-user-config -boot order=c\n\
+     Others are refused by name.\n"
+        .to_string()
+}
+
+/// `-m [size=]N[KMGT]`: bytes.
+fn memory(option: &str, v: &str) -> Result<u64, String> {
+    let o = parse_opts(v, Some("size"))?;
+    o.only(option, &["size"])?;
+    let size = o.get("size").ok_or_else(|| format!("{option} {v}: no size"))?;
+    crate::cli::parse_mem(size).map_err(|e| format!("{option}: {e}"))
+}
+
+/// `-smp`: one CPU, however it is written.
+fn smp(option: &str, v: &str) -> Result<(), String> {
+    let o = parse_opts(v, Some("cpus"))?;
+    o.only(option, &["cpus", "maxcpus", "sockets", "dies", "clusters", "cores", "threads"])?;
+    for (k, n) in &o.pairs {
+        if n != "1" {
+            return Err(format!("{option} {k}={n} is not supported: ferrovm runs 1 CPU so far (-smp 1)"));
+        }
+    }
+    Ok(())
+}
+
+/// `-serial`: ferrovm's `--serial` value.
+fn serial(option: &str, v: &str) -> Result<String, String> {
+    Ok(match v {
+        "stdio" | "mon:stdio" => "stdio".into(),
+        "null" | "none" => "none".into(),
+        _ => match v.strip_prefix("file:") {
+            Some(p) if !p.is_empty() => format!("file:{p}"),
+            _ => {
+                return Err(format!(
+                    "{option} {v} is not supported: ferrovm's serial port goes to stdio, file:PATH, null or none"
+                ))
+            }
+        },
+    })
+}
+
+/// A NIC model of `-device` or `-nic model=`: ferrovm's name.
+fn nic_model(m: &str) -> Option<&'static str> {
+    match m {
+        "e1000" | "e1000-82540em" => Some("e1000"),
+        "virtio-net-pci" | "virtio-net" | "virtio" => Some("virtio"),
+        _ => None,
+    }
+}
+
+/// Keys of `-netdev user` that ferrovm's NAT takes under the same name.
+const USER_KEYS: &[&str] = &["net", "host", "dns", "dhcpstart", "hostname", "domainname", "hostfwd", "restrict"];
+
+impl State {
+    fn note(&mut self, s: String) {
+        if !self.notes.contains(&s) {
+            self.notes.push(s);
+        }
+    }
+
+    fn hda(&mut self, file: &str) {
+        self.note("ferrovm has no IDE controller: the hard disk is a virtio-blk disk (/dev/vda in Linux)".into());
+        self.disks.push(Disk { file: file.to_string(), format: None, readonly: false, snapshot: false });
+    }
+
+    fn cpu(&mut self, option: &str, v: &str) -> Result<(), String> {
+        let mut parts = v.split(',');
+        let model = parts.next().unwrap_or_default();
+        if model == "help" || model == "?" {
+            return Err(format!("{option} help: ferrovm has one CPU model; -cpu max, host and qemu64 name it"));
+        }
+        if !matches!(model, "max" | "host" | "qemu64") {
+            self.note(format!("-cpu {model}: ferrovm has one CPU model (x86-64 with SSE4.2); the guest runs on it"));
+        }
+        if parts.next().is_some() {
+            self.note(format!("-cpu {v}: CPU features are fixed in ferrovm's model; the feature list is not applied"));
+        }
+        Ok(())
+    }
+
+    fn machine(&mut self, option: &str, v: &str) -> Result<(), String> {
+        let o = parse_opts(v, Some("type"))?;
+        o.only(option, &["type", "accel", "usb", "vmport", "graphics", "dump-guest-core", "mem-merge"])?;
+        if let Some(t) = o.get("type") {
+            let q35 = t == "q35" || t.starts_with("pc-q35-");
+            let pc = t == "pc" || t.starts_with("pc-i440fx-");
+            if q35 {
+                self.note(format!("-machine {t}: ferrovm's PC has the i440FX chipset (as -machine pc)"));
+            } else if !pc {
+                return Err(format!("{option} type={t} is not supported: ferrovm's machine is the PC (pc or q35)"));
+            }
+        }
+        if let Some(a) = o.get("accel") {
+            let list: Vec<String> = a.split(':').map(str::to_string).collect();
+            for x in &list {
+                check_accel(option, x)?;
+            }
+            self.machine_accel = Some(list);
+        }
+        if o.get("usb").is_some_and(|u| on_off(option, "usb", u) != Ok(false)) {
+            return Err(format!("{option} usb=on is not supported: ferrovm has no USB controller"));
+        }
+        if o.get("graphics").is_some_and(|g| on_off(option, "graphics", g) != Ok(false)) {
+            return Err(format!("{option} graphics=on is not supported: ferrovm has no display"));
+        }
+        Ok(())
+    }
+
+    fn accel(&mut self, option: &str, v: &str) -> Result<(), String> {
+        let o = parse_opts(v, Some("accel"))?;
+        o.only(option, &["accel", "thread", "tb-size"])?;
+        let a = o.get("accel").ok_or_else(|| format!("{option} {v}: no accelerator"))?;
+        check_accel(option, a)?;
+        self.accel.push(a.to_string());
+        Ok(())
+    }
+
+    fn action(&mut self, option: &str, v: &str) -> Result<(), String> {
+        let o = parse_opts(v, None)?;
+        o.only(option, &["reboot", "shutdown"])?;
+        match o.get("reboot") {
+            Some("shutdown") => self.no_reboot = true,
+            Some("reset") | None => {}
+            Some(r) => return Err(format!("{option} reboot={r} is not supported (reset or shutdown)")),
+        }
+        match o.get("shutdown") {
+            Some("poweroff") | None => Ok(()),
+            Some(s) => Err(format!("{option} shutdown={s} is not supported: ferrovm ends the run (poweroff)")),
+        }
+    }
+
+    fn netdev(&mut self, option: &str, v: &str) -> Result<(), String> {
+        let o = parse_opts(v, Some("type"))?;
+        self.net_given = true;
+        let t = o.get("type").unwrap_or_default();
+        if t != "user" {
+            return Err(format!(
+                "{option} {t} is not supported: ferrovm's network backend is the user-mode NAT (-netdev user)"
+            ));
+        }
+        let mut known = vec!["type", "id", "ipv4", "ipv6"];
+        known.extend_from_slice(USER_KEYS);
+        o.only(option, &known)?;
+        check_ip_versions(option, &o)?;
+        let id = o.get("id").ok_or_else(|| format!("{option} {v}: id= is missing"))?.to_string();
+        self.netdevs.push((id, o));
+        Ok(())
+    }
+
+    fn nic(&mut self, option: &str, v: &str) -> Result<(), String> {
+        let o = parse_opts(v, Some("type"))?;
+        self.net_given = true;
+        match o.get("type").unwrap_or_default() {
+            "none" => return Ok(()),
+            "user" => {}
+            t => {
+                return Err(format!(
+                    "{option} {t} is not supported: ferrovm's network backend is the user-mode NAT (-nic user)"
+                ))
+            }
+        }
+        let mut known = vec!["type", "id", "ipv4", "ipv6", "model", "mac"];
+        known.extend_from_slice(USER_KEYS);
+        o.only(option, &known)?;
+        check_ip_versions(option, &o)?;
+        let m = o.get("model").unwrap_or("e1000");
+        let model = nic_model(m).ok_or_else(|| {
+            format!("{option} model={m} is not supported: ferrovm's NICs are e1000 and virtio-net-pci")
+        })?;
+        let mac = o.get("mac").map(str::to_string);
+        self.nics.push(Nic { netdev: None, opts: o, model, mac, vectors: None });
+        Ok(())
+    }
+
+    fn device(&mut self, option: &str, v: &str) -> Result<(), String> {
+        let o = parse_opts(v, Some("driver"))?;
+        let driver = o.get("driver").unwrap_or_default();
+        if let Some(model) = nic_model(driver) {
+            let mut known = vec!["driver", "netdev", "mac", "id", "romfile"];
+            if model == "virtio" {
+                known.push("vectors");
+            }
+            o.only(&format!("{option} {driver}"), &known)?;
+            let netdev = o
+                .get("netdev")
+                .ok_or_else(|| format!("{option} {driver}: netdev= is missing (ferrovm's NICs need a -netdev user)"))?;
+            self.nics.push(Nic {
+                netdev: Some(netdev.to_string()),
+                opts: Opts::default(),
+                model,
+                mac: o.get("mac").map(str::to_string),
+                vectors: o.get("vectors").map(str::to_string),
+            });
+            return Ok(());
+        }
+        match driver {
+            "virtio-blk-pci" | "virtio-blk" => {
+                o.only(&format!("{option} {driver}"), &["driver", "drive", "id"])?;
+                let id = o.get("drive").ok_or_else(|| format!("{option} {driver}: drive= is missing"))?;
+                let at = self
+                    .drives_by_id
+                    .iter()
+                    .position(|(d, _)| d == id)
+                    .ok_or_else(|| format!("{option} {driver}: drive={id}: no -drive if=none,id={id} before it"))?;
+                let (_, disk) = self.drives_by_id.remove(at);
+                self.disks.push(disk);
+                Ok(())
+            }
+            "isa-debug-exit" => {
+                o.only(&format!("{option} {driver}"), &["driver", "iobase", "iosize", "id"])?;
+                // QEMU's defaults: iobase 0x501, iosize 2.
+                let base = number(option, "iobase", o.get("iobase").unwrap_or("0x501"))?;
+                let size = number(option, "iosize", o.get("iosize").unwrap_or("2"))?;
+                if base != u64::from(devices::debug_exit::DEBUG_EXIT_PORT) {
+                    return Err(format!(
+                        "{option} isa-debug-exit,iobase={base:#x} is not supported: ferrovm's debug-exit port \
+                         is at 0xf4 (iobase=0xf4)"
+                    ));
+                }
+                if !matches!(size, 1 | 2 | 4) {
+                    return Err(format!("{option} isa-debug-exit,iosize={size}: expected 1, 2 or 4"));
+                }
+                // ferrovm's machine always has the port (src/machine.rs).
+                Ok(())
+            }
+            "" => Err(format!("{option} {v}: no device name")),
+            d => Err(format!("{option} {d} is not supported: ferrovm has no such device")),
+        }
+    }
+
+    fn drive(&mut self, option: &str, v: &str) -> Result<(), String> {
+        let o = parse_opts(v, None)?;
+        o.only(option, &["file", "if", "format", "readonly", "snapshot", "cache", "media", "id", "index", "aio"])?;
+        let file =
+            o.get("file").ok_or_else(|| format!("{option} {v}: file= is missing (ferrovm has no empty drives)"))?;
+        if let Some(m) = o.get("media").filter(|m| *m != "disk") {
+            return Err(format!("{option} media={m} is not supported: ferrovm has no CD-ROM drive"));
+        }
+        let format = match o.get("format") {
+            Some(f @ ("raw" | "qcow2")) => Some(f.to_string()),
+            Some(f) => return Err(format!("{option} format={f} is not supported: ferrovm reads raw and qcow2")),
+            None => None,
+        };
+        let flag = |k: &str| o.get(k).map(|x| on_off(option, k, x)).transpose().map(Option::unwrap_or_default);
+        let disk = Disk { file: file.to_string(), format, readonly: flag("readonly")?, snapshot: flag("snapshot")? };
+        match o.get("if").unwrap_or("ide") {
+            "virtio" => self.disks.push(disk),
+            "none" => {
+                let id =
+                    o.get("id").ok_or_else(|| format!("{option} if=none needs id= (for -device virtio-blk-pci)"))?;
+                self.drives_by_id.push((id.to_string(), disk));
+            }
+            "ide" => {
+                self.note(
+                    "ferrovm has no IDE controller: the drive (if=ide, QEMU's default) is a virtio-blk disk \
+                     (/dev/vda in Linux)"
+                        .into(),
+                );
+                self.disks.push(disk);
+            }
+            i => return Err(format!("{option} if={i} is not supported: ferrovm's disks are virtio-blk (if=virtio)")),
+        }
+        Ok(())
+    }
+
+    /// The accelerator: QEMU's list in order of preference (KVM, or TCG,
+    /// QEMU's default, which is ferrovm's JIT).
+    fn accel_arg(&self) -> &'static str {
+        let list =
+            if self.accel.is_empty() { self.machine_accel.clone().unwrap_or_default() } else { self.accel.clone() };
+        match list.first().map(String::as_str) {
+            Some("kvm") if list.iter().any(|a| a == "tcg") => "auto",
+            Some("kvm") => "kvm",
+            _ => "jit",
+        }
+    }
+
+    /// A firmware file as QEMU finds it: the name as given, else in the
+    /// folders of `-L`, else where Debian's packages put them.
+    fn find_firmware(&self, name: &str) -> String {
+        if Path::new(name).exists() {
+            return name.to_string();
+        }
+        let dirs = self.data_dirs.iter().map(String::as_str).chain(DATA_DIRS.iter().copied());
+        dirs.map(|d| Path::new(d).join(name))
+            .find(|p| p.is_file())
+            .map_or_else(|| name.to_string(), |p| p.display().to_string())
+    }
+
+    fn finish(mut self) -> Result<Translation, String> {
+        let mut args: Vec<String> = vec!["--accel".into(), self.accel_arg().into()];
+        // QEMU's default RAM is 128 MiB.
+        args.extend(["--mem".into(), format!("{}K", self.mem.unwrap_or(128 << 20) >> 10)]);
+        // The first -serial is COM1; ferrovm has no other serial port.
+        let serial = match self.serial.split_first() {
+            Some((first, rest)) => {
+                if rest.iter().any(|s| s != "none") {
+                    return Err("-serial: ferrovm has one serial port (COM1); a second -serial is not supported".into());
+                }
+                first.clone()
+            }
+            // Without -serial QEMU shows COM1 on its display, or on stdio
+            // with -nographic; -nodefaults leaves COM1 out.
+            None if self.nodefaults => "none".into(),
+            None => "stdio".into(),
+        };
+        args.extend(["--serial".into(), serial]);
+        if self.kernel.is_some() {
+            if let Some(b) = self.bios.take() {
+                self.note(format!("-bios {b}: ferrovm boots -kernel directly, without the BIOS"));
+            }
+        }
+        if self.kernel.is_none() && (self.initrd.is_some() || self.append.is_some()) {
+            return Err("-initrd and -append need -kernel".into());
+        }
+        for (flag, v) in [("--kernel", &self.kernel), ("--initrd", &self.initrd), ("--append", &self.append)] {
+            if let Some(v) = v {
+                args.extend([flag.into(), v.clone()]);
+            }
+        }
+        if self.kernel.is_none() {
+            // QEMU runs its BIOS (SeaBIOS) whether or not there is a disk.
+            let bios = self.find_firmware(self.bios.as_deref().unwrap_or(DEFAULT_BIOS));
+            args.extend(["--bios".into(), bios]);
+        }
+        for d in &self.disks {
+            if d.file.contains(',') {
+                return Err(format!("-drive file={}: ferrovm cannot open an image whose path has a comma", d.file));
+            }
+            let mut spec = d.file.clone();
+            if let Some(f) = &d.format {
+                spec.push_str(&format!(",format={f}"));
+            }
+            if d.readonly {
+                spec.push_str(",readonly=on");
+            }
+            if d.snapshot {
+                spec.push_str(",snapshot=on");
+            }
+            args.extend(["--disk".into(), spec]);
+        }
+        if self.snapshot {
+            args.push("--snapshot".into());
+        }
+        if !self.net_given && !self.nodefaults {
+            // QEMU's default network: an e1000 on the user-mode NAT.
+            self.nics.push(Nic { netdev: None, opts: Opts::default(), model: "e1000", mac: None, vectors: None });
+        }
+        let mut used = Vec::new();
+        for nic in &self.nics {
+            let opts = match &nic.netdev {
+                Some(id) => {
+                    let (_, o) = self
+                        .netdevs
+                        .iter()
+                        .find(|(n, _)| n == id)
+                        .ok_or_else(|| format!("-device {}: netdev={id}: no -netdev user,id={id}", nic.model))?;
+                    if used.contains(id) {
+                        return Err(format!("-netdev {id} is used by two NICs"));
+                    }
+                    used.push(id.clone());
+                    o
+                }
+                None => &nic.opts,
+            };
+            let mut spec = format!("user,model={}", nic.model);
+            for (k, v) in [("mac", &nic.mac), ("vectors", &nic.vectors)] {
+                if let Some(v) = v {
+                    spec.push_str(&format!(",{k}={v}"));
+                }
+            }
+            for (k, v) in &opts.pairs {
+                if USER_KEYS.contains(&k.as_str()) {
+                    if v.contains(',') {
+                        return Err(format!("-netdev {k}={v}: a comma in this value is not supported"));
+                    }
+                    spec.push_str(&format!(",{k}={v}"));
+                }
+            }
+            args.extend(["--nic".into(), spec]);
+        }
+        for (id, _) in self.netdevs.iter().filter(|(id, _)| !used.contains(id)) {
+            self.notes.push(format!("-netdev {id}: no NIC uses it (QEMU: \"netdev has no peer\")"));
+        }
+        for (id, _) in &self.drives_by_id {
+            self.notes.push(format!("-drive id={id}: no -device virtio-blk-pci,drive={id} uses it"));
+        }
+        if self.no_reboot {
+            args.push("--no-reboot".into());
+        }
+        Ok(Translation { args, pidfile: self.pidfile, notes: self.notes, info: None })
+    }
+}
+
+fn check_accel(option: &str, a: &str) -> Result<(), String> {
+    match a {
+        "kvm" | "tcg" => Ok(()),
+        _ => Err(format!("{option} {a} is not supported: ferrovm's accelerators are kvm and tcg (its JIT)")),
+    }
+}
+
+fn check_ip_versions(option: &str, o: &Opts) -> Result<(), String> {
+    if o.get("ipv4").is_some_and(|v| on_off(option, "ipv4", v) != Ok(true)) {
+        return Err(format!("{option} ipv4=off is not supported: ferrovm's NAT is IPv4"));
+    }
+    if o.get("ipv6").is_some_and(|v| on_off(option, "ipv6", v) != Ok(false)) {
+        return Err(format!("{option} ipv6=on is not supported: ferrovm's NAT is IPv4 only (ipv6=off)"));
+    }
+    Ok(())
+}
+
+/// A number as QEMU writes them: decimal, or hex with 0x.
+fn number(option: &str, key: &str, v: &str) -> Result<u64, String> {
+    let n = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => v.parse(),
+    };
+    n.map_err(|_| format!("{option}: {key}={v} is not a number"))
+}
+
+/// Whether the program was started under QEMU's name.
+pub fn invoked_as_qemu(argv0: &std::ffi::OsStr) -> bool {
+    Path::new(argv0).file_name().is_some_and(|n| n == PROGRAM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(s: &str, implied: Option<&str>) -> Vec<(String, String)> {
+        parse_opts(s, implied).unwrap().pairs
+    }
+
+    fn kv(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn tr(line: &str) -> Result<Translation, String> {
+        translate(&line.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+    }
+
+    /// The arguments of `ferrovm run` for `line`.
+    fn run_args(line: &str) -> Vec<String> {
+        tr(line).unwrap_or_else(|e| panic!("{line}: {e}")).args
+    }
+
+    fn has(args: &[String], flag: &str, value: &str) -> bool {
+        args.windows(2).any(|w| w[0] == flag && w[1] == value)
+    }
+
+    fn refused(line: &str, needle: &str) {
+        let e = tr(line).expect_err(line);
+        assert!(e.contains(needle), "{line}: {e}");
+    }
+
+    #[test]
+    fn key_value_lists_follow_qemu() {
+        assert_eq!(
+            opts("user,id=n0,hostfwd=tcp::1-:2", Some("type")),
+            kv(&[("type", "user"), ("id", "n0"), ("hostfwd", "tcp::1-:2")])
+        );
+        assert_eq!(opts("file=a,,b.img,if=virtio", None), kv(&[("file", "a,b.img"), ("if", "virtio")]));
+        assert_eq!(opts("a,,b,x=1", Some("file")), kv(&[("file", "a,b"), ("x", "1")]));
+        assert_eq!(opts("1G", Some("size")), kv(&[("size", "1G")]));
+        assert_eq!(opts("size=1G", Some("size")), kv(&[("size", "1G")]));
+        // A bare key past the first element is a flag.
+        assert_eq!(opts("pc,usb", Some("type")), kv(&[("type", "pc"), ("usb", "on")]));
+        assert_eq!(opts("snapshot,file=x", None), kv(&[("snapshot", "on"), ("file", "x")]));
+        // Values may hold `=` and `:`; a trailing comma ends nothing.
+        assert_eq!(opts("append=a=b:c,", None), kv(&[("append", "a=b:c")]));
+        assert_eq!(opts("x=,y=2", None), kv(&[("x", ""), ("y", "2")]));
+        assert_eq!(opts("", None), kv(&[]));
+        assert!(parse_opts("=x", None).is_err());
+        let o = parse_opts("user,hostfwd=a,hostfwd=b,id=1,id=2", Some("type")).unwrap();
+        let fwds: Vec<&str> = o.pairs.iter().filter(|(k, _)| k == "hostfwd").map(|(_, v)| v.as_str()).collect();
+        assert_eq!(fwds, ["a", "b"]);
+        assert_eq!(o.get("id"), Some("2"), "the last value wins");
+    }
+
+    #[test]
+    fn the_bench_boot_line_maps_onto_run() {
+        let a = run_args(
+            "-accel tcg -cpu max -m 512 -nodefaults -display none -serial stdio -no-reboot -kernel k -initrd i \
+             -append console=ttyS0",
+        );
+        assert_eq!(
+            a,
+            [
+                "--accel",
+                "jit",
+                "--mem",
+                "524288K",
+                "--serial",
+                "stdio",
+                "--kernel",
+                "k",
+                "--initrd",
+                "i",
+                "--append",
+                "console=ttyS0",
+                "--no-reboot"
+            ]
+        );
+    }
+
+    #[test]
+    fn accelerators() {
+        let accel = |l: &str| run_args(&format!("{l} -nodefaults -kernel k"))[1].clone();
+        assert_eq!(accel(""), "jit", "QEMU's default is TCG");
+        assert_eq!(accel("-accel tcg,thread=single"), "jit");
+        assert_eq!(accel("--enable-kvm"), "kvm");
+        assert_eq!(accel("-accel kvm"), "kvm");
+        assert_eq!(accel("-accel kvm -accel tcg"), "auto");
+        assert_eq!(accel("-machine q35,accel=kvm:tcg"), "auto");
+        assert_eq!(accel("-M pc,accel=tcg"), "jit");
+        refused("-accel hvf", "hvf");
+        refused("-machine microvm", "microvm");
+    }
+
+    #[test]
+    fn memory_and_cpus() {
+        assert!(has(&run_args("-m 1G -nodefaults -kernel k"), "--mem", "1048576K"));
+        assert!(has(&run_args("-m size=256M -nodefaults -kernel k"), "--mem", "262144K"));
+        assert!(has(&run_args("-nodefaults -kernel k"), "--mem", "131072K"), "QEMU's default is 128 MiB");
+        refused("-m 5Q", "-m");
+        refused("-m 1G,slots=2,maxmem=4G", "slots");
+        run_args("-smp 1 -smp cpus=1,sockets=1,cores=1,threads=1 -nodefaults -kernel k");
+        refused("-smp 2", "1 CPU");
+        refused("-smp cpus=1,cores=2", "cores=2");
+        let t = tr("-cpu Skylake-Client,+avx -nodefaults -kernel k").unwrap();
+        assert_eq!(t.notes.len(), 2, "{:?}", t.notes);
+        assert!(tr("-cpu host -nodefaults -kernel k").unwrap().notes.is_empty());
+    }
+
+    #[test]
+    fn console_options() {
+        assert!(has(&run_args("-nographic -kernel k"), "--serial", "stdio"));
+        assert!(has(&run_args("-nographic -nodefaults -kernel k"), "--serial", "none"), "as QEMU");
+        assert!(has(&run_args("-nodefaults -kernel k"), "--serial", "none"));
+        assert!(has(&run_args("-kernel k"), "--serial", "stdio"));
+        assert!(has(&run_args("-serial mon:stdio -kernel k"), "--serial", "stdio"));
+        assert!(has(&run_args("-serial null -kernel k"), "--serial", "none"));
+        assert!(has(&run_args("-serial file:/tmp/x.log -kernel k"), "--serial", "file:/tmp/x.log"));
+        run_args("-display none -vga none -monitor none -parallel none -kernel k -no-user-config");
+        refused("-serial tcp::4444,server -kernel k", "-serial");
+        refused("-serial stdio -serial file:x -kernel k", "one serial port");
+        refused("-display gtk", "display");
+        refused("-vga std", "-vga");
+        refused("-monitor stdio", "monitor");
+        assert!(run_args("-no-reboot -kernel k").contains(&"--no-reboot".to_string()));
+        assert!(run_args("-action reboot=shutdown -kernel k").contains(&"--no-reboot".to_string()));
+    }
+
+    #[test]
+    fn network_options() {
+        let a = run_args(
+            "-netdev user,id=n0,hostfwd=tcp:127.0.0.1:2222-:22,restrict=on,net=10.0.3.0/24,dns=10.0.3.5 \
+             -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:99 -kernel k",
+        );
+        assert!(
+            has(
+                &a,
+                "--nic",
+                "user,model=virtio,mac=52:54:00:12:34:99,hostfwd=tcp:127.0.0.1:2222-:22,restrict=on,\
+                 net=10.0.3.0/24,dns=10.0.3.5"
+            ),
+            "{a:?}"
+        );
+        assert!(has(&run_args("-netdev user,id=x -device e1000,netdev=x -kernel k"), "--nic", "user,model=e1000"));
+        assert!(has(
+            &run_args("-nic user,model=virtio-net-pci,hostfwd=tcp::1-:2 -kernel k"),
+            "--nic",
+            "user,model=virtio,hostfwd=tcp::1-:2"
+        ));
+        assert!(has(&run_args("-nic user -kernel k"), "--nic", "user,model=e1000"));
+        // QEMU's default NIC, and none with -nic none or -nodefaults.
+        assert!(has(&run_args("-kernel k"), "--nic", "user,model=e1000"));
+        assert!(!run_args("-nic none -kernel k").contains(&"--nic".to_string()));
+        assert!(!run_args("-nodefaults -kernel k").contains(&"--nic".to_string()));
+        let t = tr("-netdev user,id=lonely -kernel k").unwrap();
+        assert!(!t.args.contains(&"--nic".to_string()) && t.notes.iter().any(|n| n.contains("lonely")));
+        refused("-netdev tap,id=t0", "tap");
+        refused("-netdev user,id=n0,tftp=/srv", "tftp=");
+        refused("-netdev user,id=n0,ipv6=on", "IPv4");
+        refused("-device e1000,netdev=nope -kernel k", "nope");
+        refused("-device e1000", "netdev=");
+        refused("-device rtl8139,netdev=n0", "rtl8139");
+        refused("-nic user,model=rtl8139", "rtl8139");
+        refused("-net nic -net user", "-nic");
+    }
+
+    #[test]
+    fn disk_options() {
+        let a = run_args("-drive file=disk.img,if=virtio,format=raw,cache=writeback -nodefaults -kernel k");
+        assert!(has(&a, "--disk", "disk.img,format=raw"), "{a:?}");
+        let a = run_args("-drive file=d.qcow2,if=none,id=d0,format=qcow2,readonly=on,snapshot=on -device virtio-blk-pci,drive=d0 -snapshot -nodefaults");
+        assert!(has(&a, "--disk", "d.qcow2,format=qcow2,readonly=on,snapshot=on"), "{a:?}");
+        assert!(a.contains(&"--snapshot".to_string()));
+        // Without -kernel QEMU runs its BIOS.
+        assert!(a.windows(2).any(|w| w[0] == "--bios" && w[1].ends_with("bios-256k.bin")), "{a:?}");
+        let t = tr("-hda a.img -nodefaults").unwrap();
+        assert!(has(&t.args, "--disk", "a.img") && t.notes.iter().any(|n| n.contains("IDE")));
+        assert!(has(&run_args("b.img -nodefaults"), "--disk", "b.img"));
+        refused("-drive file=x,if=scsi", "if=scsi");
+        refused("-drive file=x,format=vmdk", "vmdk");
+        refused("-drive file=x,media=cdrom", "CD-ROM");
+        refused("-drive if=none,id=d0", "file=");
+        refused("-drive file=x,if=virtio,discard=unmap", "discard=");
+        refused("-device virtio-blk-pci,drive=d9", "d9");
+        refused("-drive file=a,,b.img,if=virtio", "comma");
+        refused("-cdrom x.iso", "CD-ROM");
+    }
+
+    #[test]
+    fn firmware_and_misc() {
+        let t = tr("-bios /no/such.bin -kernel k -nodefaults").unwrap();
+        assert!(!t.args.contains(&"--bios".to_string()) && !t.notes.is_empty());
+        let dir = std::env::temp_dir().join(format!("ferrovm-qemu-L-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("mine.bin"), b"x").unwrap();
+        let a = run_args(&format!("-L {} -bios mine.bin -nodefaults", dir.display()));
+        assert!(has(&a, "--bios", &dir.join("mine.bin").display().to_string()), "{a:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let t = tr("-name guest=g1,debug-threads=on -pidfile /tmp/p -rtc base=utc,clock=host -kernel k").unwrap();
+        assert_eq!(t.pidfile, Some(PathBuf::from("/tmp/p")));
+        run_args("-device isa-debug-exit,iobase=0xf4,iosize=0x04 -kernel k");
+        run_args("-device isa-debug-exit,iobase=0xf4,iosize=0x4 -kernel k");
+        refused("-device isa-debug-exit", "0x501");
+        refused("-device isa-debug-exit,iobase=0xf4,iosize=3", "iosize");
+        refused("-rtc base=localtime", "base=localtime");
+        refused("-append x", "-kernel");
+        assert!(tr("-version").unwrap().info.is_some());
+        assert!(tr("--help").unwrap().info.is_some());
+    }
+
+    #[test]
+    fn unsupported_options_are_refused_by_name() {
+        for (line, name) in [
+            ("-s -kernel k", "-s is not supported"),
+            ("-S", "-S is not supported"),
+            ("-gdb tcp::1234", "gdb stub"),
+            ("-usb", "-usb"),
+            ("-frobnicate", "-frobnicate is not supported"),
+            ("--frobnicate", "-frobnicate is not supported"),
+            ("-object memory-backend-ram,id=m", "-object"),
+            ("-device qxl-vga", "qxl-vga"),
+            ("-kernel", "requires an argument"),
+            ("-no-shutdown", "-no-shutdown"),
+            ("-hdb x.img", "-hdb"),
+        ] {
+            refused(line, name);
+        }
+    }
+
+    #[test]
+    fn the_program_name_selects_the_syntax() {
+        assert!(invoked_as_qemu(std::ffi::OsStr::new("/tmp/bin/qemu-system-x86_64")));
+        assert!(invoked_as_qemu(std::ffi::OsStr::new("qemu-system-x86_64")));
+        assert!(!invoked_as_qemu(std::ffi::OsStr::new("/usr/bin/ferrovm")));
+    }
+}
