@@ -297,13 +297,24 @@ fn a_second_writer_is_refused() {
         .spawn()
         .unwrap();
     // Wait until the first one holds its lock: a reader is then refused.
+    // (Starting it can take long while other tests load the host's disk.)
     let t = Instant::now();
     loop {
         let o = ferrovm(&["run", "--disk", &format!("{disk},readonly=on"), "--mem", "1M"]);
         if String::from_utf8_lossy(&o.stderr).contains("being written") {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(20), "the first process never locked the image");
+        if let Ok(Some(status)) = first.try_wait() {
+            let mut err = String::new();
+            use std::io::Read;
+            let _ = first.stderr.take().map(|mut e| e.read_to_string(&mut err));
+            panic!("the first process ended ({status}) before it locked the image: {err}");
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the first process never locked the image; the reader's last answer: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     refused(&["run", "--disk", &disk], "in use by another process");
