@@ -212,6 +212,7 @@ const INTERP_TSC_FLAGS: &[&str] = &["constant_tsc", "nonstop_tsc", "tsc_adjust"]
 /// Also stalls the emulator during early boot (see [`stall`]): the guest's
 /// clocks must stay consistent, with no complaint in dmesg.
 #[test]
+#[ignore = "outside CI for time: the generic kernel boots in CI under the JIT and KVM"]
 fn generic_kernel_boots_to_init_in_the_interpreter() {
     let Some(dir) = images() else { return };
     let k = dir.join("vmlinuz-generic");
@@ -241,6 +242,7 @@ fn generic_kernel_boots_to_init_under_jit() {
 }
 
 #[test]
+#[ignore = "outside CI for time: minutes in the interpreter"]
 fn classic_boot_path_runs_the_kernels_own_decompressor() {
     let Some(dir) = images() else { return };
     let k = dir.join("vmlinuz-cloud");
