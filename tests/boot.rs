@@ -9,18 +9,14 @@ use std::time::{Duration, Instant};
 
 #[path = "guest/encode.rs"]
 mod encode;
+#[path = "guest/images.rs"]
+mod images;
 #[path = "guest/kvm.rs"]
 mod kvm;
 use encode::base64;
 
 fn images() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-images");
-    if dir.join("initramfs.cpio.gz").is_file() && dir.join("vmlinuz-cloud").is_file() {
-        Some(dir)
-    } else {
-        eprintln!("skipping: guest-images/ is missing (run scripts/guest-images.sh)");
-        None
-    }
+    images::images(&["initramfs.cpio.gz", "vmlinuz-cloud"])
 }
 
 /// The shell script the guest runs, and what the test then checks.

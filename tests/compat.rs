@@ -4,12 +4,14 @@
 //! memtest86+. The Debian images come from `scripts/guest-images.sh`;
 //! without them those tests say so and pass.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
 use iced_x86::code_asm::*;
 
+#[path = "guest/images.rs"]
+mod images;
 #[path = "guest/run.rs"]
 mod run;
 fn tmp(name: &str) -> PathBuf {
@@ -203,14 +205,7 @@ fn multiboot_segment_over_the_acpi_tables_is_refused() {
 }
 
 fn images() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-images");
-    let need = ["vmlinuz-686", "initramfs-i386.cpio.gz", "memtest86+x64.bin"];
-    if need.iter().all(|f| dir.join(f).is_file()) {
-        Some(dir)
-    } else {
-        eprintln!("skipping: guest-images/ lacks {need:?} (run scripts/guest-images.sh)");
-        None
-    }
+    images::images(&["vmlinuz-686", "initramfs-i386.cpio.gz", "memtest86+x64.bin"])
 }
 
 /// The shell script the 32-bit guest runs: the boot test's checks.

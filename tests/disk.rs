@@ -30,6 +30,8 @@ use iced_x86::code_asm::*;
 
 #[path = "guest/encode.rs"]
 mod encode;
+#[path = "guest/images.rs"]
+mod images;
 #[path = "guest/multiboot.rs"]
 mod multiboot;
 #[path = "guest/run.rs"]
@@ -77,14 +79,7 @@ echo "T:done"
 "#;
 
 fn images() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-images");
-    let need = ["vmlinuz-generic", "initramfs-net.cpio.gz", "modules-generic/kernel/drivers/block/virtio_blk.ko"];
-    if need.iter().all(|f| dir.join(f).is_file()) {
-        Some(dir)
-    } else {
-        eprintln!("skipping: guest-images/ lacks {need:?} (run scripts/guest-images.sh)");
-        None
-    }
+    images::images(&["vmlinuz-generic", "initramfs-net.cpio.gz", "modules-generic/kernel/drivers/block/virtio_blk.ko"])
 }
 
 fn have(tool: &str) -> bool {

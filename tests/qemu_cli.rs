@@ -17,7 +17,7 @@
 //! Without the guest images the Linux tests say so and pass.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
@@ -28,6 +28,8 @@ use iced_x86::code_asm::*;
 mod bios_disk;
 #[path = "guest/encode.rs"]
 mod encode;
+#[path = "guest/images.rs"]
+mod images;
 #[path = "guest/multiboot.rs"]
 mod multiboot;
 #[path = "guest/nat.rs"]
@@ -74,13 +76,7 @@ fn text(b: &[u8]) -> String {
 }
 
 fn images() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-images");
-    if dir.join("initramfs.cpio.gz").is_file() && dir.join("vmlinuz-cloud").is_file() {
-        Some(dir)
-    } else {
-        eprintln!("skipping: guest-images/ is missing (run scripts/guest-images.sh)");
-        None
-    }
+    images::images(&["initramfs.cpio.gz", "vmlinuz-cloud"])
 }
 
 #[test]
