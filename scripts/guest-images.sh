@@ -205,6 +205,17 @@ net_modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virt
 # initramfs-net.cpio.gz: initramfs.cpio.gz followed by a gzip'd cpio of
 # /lib/modules/<name>.ko (decompressed: busybox insmod may not read .ko.xz).
 # Rebuilt only when its inputs change (a stamp of their hashes).
+# ROOT as a gzip'd newc archive on stdout, with fixed timestamps, owners and
+# order: the same inputs give the same bytes.
+pack_cpio() {
+    find "$1" -exec touch -h -d @0 {} +
+    local flags=(--quiet -o -H newc -R 0:0)
+    if cpio --help 2>&1 | grep -q -- --reproducible; then
+        flags+=(--reproducible)
+    fi
+    (cd "$1" && find . -mindepth 1 | LC_ALL=C sort | cpio "${flags[@]}") | gzip -9 -n
+}
+
 build_net_initramfs() {
     local modtree="$out/modules-generic" stamp="$out/.initramfs-net.stamp" m ko want
     want="$(sha256sum "$out/initramfs.cpio.gz" | cut -d' ' -f1) $net_modules"
@@ -229,14 +240,7 @@ build_net_initramfs() {
             *) cp "$ko" "$root/lib/modules/$m.ko" ;;
         esac
     done
-    find "$root" -exec touch -h -d @0 {} +
-    local flags=(--quiet -o -H newc -R 0:0)
-    if cpio --help 2>&1 | grep -q -- --reproducible; then
-        flags+=(--reproducible)
-    fi
-    { cat "$out/initramfs.cpio.gz" &&
-        (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio "${flags[@]}") | gzip -9 -n; } \
-        > "$out/initramfs-net.cpio.gz.tmp" || die "cpio/gzip of the net initramfs failed"
+    { cat "$out/initramfs.cpio.gz" && pack_cpio "$root"; } > "$out/initramfs-net.cpio.gz.tmp" || die "cpio/gzip of the net initramfs failed"
     mv "$out/initramfs-net.cpio.gz.tmp" "$out/initramfs-net.cpio.gz"
     put_stamp "$stamp" "$want" "$out/initramfs-net.cpio.gz"
     rm -rf "$root"
@@ -402,12 +406,7 @@ build_ioping() {
             todo+=("$root/lib/x86_64-linux-gnu/$lib")
         done
     done
-    find "$root" -exec touch -h -d @0 {} +
-    local flags=(--quiet -o -H newc -R 0:0)
-    if cpio --help 2>&1 | grep -q -- --reproducible; then
-        flags+=(--reproducible)
-    fi
-    (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio "${flags[@]}") | gzip -9 -n > "$out/ioping.cpio.gz.tmp" ||
+    pack_cpio "$root" > "$out/ioping.cpio.gz.tmp" ||
         die "cpio/gzip of ioping.cpio.gz failed"
     mv "$out/ioping.cpio.gz.tmp" "$out/ioping.cpio.gz"
     put_stamp "$stamp" "$want" "$out/ioping.cpio.gz"
@@ -503,13 +502,7 @@ build_initramfs() {
     mknod -m 0666 "$root/dev/null" c 1 3
     printf 'root:x:0:0:root:/root:/bin/sh\n' > "$root/etc/passwd"
     printf 'root:x:0:\n' > "$root/etc/group"
-    # Fixed timestamps and inode numbers: the same inputs give the same bytes.
-    find "$root" -exec touch -h -d @0 {} +
-    local cpio_flags=(--quiet -o -H newc -R 0:0)
-    if cpio --help 2>&1 | grep -q -- --reproducible; then
-        cpio_flags+=(--reproducible)
-    fi
-    (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio "${cpio_flags[@]}") | gzip -9 -n > "$dest.tmp" ||
+    pack_cpio "$root" > "$dest.tmp" ||
         die "cpio/gzip of $(basename "$dest") failed"
     mv "$dest.tmp" "$dest"
     rm -rf "$root" "$work/busybox-x"
