@@ -577,11 +577,17 @@ impl Jit {
         cpu.sync_code();
         if self.inval_flag.load(Ordering::Relaxed) && self.inval_flag.swap(false, Ordering::Acquire) {
             let list = std::mem::take(&mut *self.inval.lock());
+            let mut dropped = false;
             for i in list {
                 match i {
-                    Invalidation::Page(p) => self.invalidate_page(p & !0xfff),
+                    Invalidation::Page(p) => dropped |= self.invalidate_page(p & !0xfff),
                     Invalidation::All => self.flush(),
                 }
+            }
+            if dropped {
+                // Compiled exits may link to the dropped regions: retire
+                // every link, once for the whole batch.
+                self.links.fill(JumpSlot::EMPTY);
             }
         }
         if let Some(c) = &mut self.compiler {
@@ -597,29 +603,29 @@ impl Jit {
         }
     }
 
-    fn invalidate_page(&mut self, page: u64) {
+    /// Drop the regions of `page`; whether it had any (the caller then
+    /// empties the inline jump cache).
+    fn invalidate_page(&mut self, page: u64) -> bool {
         self.stats.invalidated_pages += 1;
         *self.page_gen.entry(page).or_insert(0) += 1;
-        if let Some(ids) = self.by_page.remove(&page) {
-            // Compiled exits may link to these regions: retire every link.
-            self.links.fill(JumpSlot::EMPTY);
-            for id in ids {
-                let r = &mut self.regions[id as usize];
-                if r.live {
-                    r.live = false;
-                    self.stats.invalidated_regions += 1;
-                    for k in &r.keys {
-                        if self.map.get(k).is_some_and(|(rid, _)| *rid == id) {
-                            self.map.remove(k);
-                        }
-                        let slot = jump_slot(k.0);
-                        if self.jump[slot].0 == *k {
-                            self.jump[slot] = (NO_KEY, 0, 0);
-                        }
+        let Some(ids) = self.by_page.remove(&page) else { return false };
+        for id in ids {
+            let r = &mut self.regions[id as usize];
+            if r.live {
+                r.live = false;
+                self.stats.invalidated_regions += 1;
+                for k in &r.keys {
+                    if self.map.get(k).is_some_and(|(rid, _)| *rid == id) {
+                        self.map.remove(k);
+                    }
+                    let slot = jump_slot(k.0);
+                    if self.jump[slot].0 == *k {
+                        self.jump[slot] = (NO_KEY, 0, 0);
                     }
                 }
             }
         }
+        true
     }
 
     /// Put a compiled region in the cache, unless its code changed since.
