@@ -113,12 +113,38 @@ pub fn compile(isa: &OwnedTargetIsa, id: u64, spec: &RegionSpec) -> Result<Outpu
     let mut b = FunctionBuilder::new(&mut func, &mut fctx);
     let t = translate(&mut b, spec, cc, ptr);
     b.finalize(isa.frontend_config());
+    let dump = dump_dir().map(|d| {
+        let mut text = String::new();
+        let mut fmt = iced_x86::FastFormatter::new();
+        for g in &spec.blocks {
+            text.push_str(&format!("; block {:#x}\n", g.rip));
+            for d in &g.insns {
+                let mut s = String::new();
+                fmt.format(&d.insn, &mut s);
+                text.push_str(&format!(";   {:#x} {s}\n", d.insn.ip()));
+            }
+        }
+        text.push_str(&func.display().to_string());
+        (d.join(format!("{:x}_{id}", spec.blocks.first().map_or(0, |g| g.rip))), text)
+    });
     let mut ctx = Context::for_function(func);
     let code = ctx.compile(&**isa, &mut ControlPlane::default()).map_err(|e| format!("cranelift: {:?}", e.inner))?;
+    if let Some((base, ir)) = dump {
+        // Best effort: a debugging aid, not part of the run.
+        let _ = std::fs::write(base.with_extension("clif"), ir);
+        let _ = std::fs::write(base.with_extension("bin"), code.code_buffer());
+    }
     if !code.buffer.relocs().is_empty() {
         return Err("compiled code needs relocations".into());
     }
     Ok(Output { code: code.code_buffer().to_vec(), fallbacks: t.fallbacks, stats: t.stats })
+}
+
+/// `FERROVM_JIT_DUMP=DIR`: each region's IR (`RIP_ID.clif`) and machine
+/// code (`RIP_ID.bin`) are written there, for reading the translation.
+fn dump_dir() -> Option<&'static std::path::Path> {
+    static DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| std::env::var_os("FERROVM_JIT_DUMP").map(Into::into)).as_deref()
 }
 
 /// The compiler thread and its queues.

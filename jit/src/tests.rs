@@ -204,6 +204,127 @@ fn faults_in_compiled_code_deliver_like_the_interpreter() {
     }
 }
 
+/// INC and DEC keep CF; at the start of a block the translation leaves
+/// the CF before them in the state's record and computes it only where it
+/// is read: by ADC, by a fault's pushed RFLAGS, at the block's end.
+#[test]
+fn inc_and_dec_keep_the_carry_from_the_block_before() {
+    let prep = |c: &mut Cpu| c.state.gpr[7] = UNMAPPED;
+    for variant in 0..3 {
+        let (a, b, _) = both(long_mode, prep, |a| {
+            let mut top = a.create_label();
+            let mut next = a.create_label();
+            let mut after = a.create_label();
+            a.mov(rsi, DATA)?;
+            a.mov(ecx, 600)?;
+            a.set_label(&mut top)?;
+            // CF = (ecx < 300) as a SUB leaves it, in the block before.
+            a.cmp(ecx, 300)?;
+            a.jmp(next)?;
+            a.set_label(&mut next)?;
+            a.inc(r8)?;
+            a.dec(r9d)?;
+            match variant {
+                // ADC reads the carry through both.
+                0 => a.adc(r10, 0)?,
+                // A fault pushes RFLAGS with the carry (rsi becomes
+                // unmapped at ecx == 200).
+                1 => {
+                    a.cmp(ecx, 200)?;
+                    a.cmove(rsi, rdi)?;
+                    a.inc(r8)?;
+                    a.mov(rax, qword_ptr(rsi))?;
+                }
+                // The block ends with the INC's record: the next block
+                // reads the carry.
+                _ => {
+                    a.jmp(after)?;
+                    a.set_label(&mut after)?;
+                    a.setb(al)?;
+                    a.add(r11, rax)?;
+                }
+            }
+            a.dec(ecx)?;
+            a.jnz(top)?;
+            a.hlt()
+        });
+        assert_eq!(a.state.gpr[8], b.state.gpr[8]);
+        if variant == 1 {
+            assert_eq!(b.state.rip, stub(14) + 1, "halted in the #PF handler");
+        }
+        if variant == 0 {
+            assert_eq!(b.state.gpr[10], 299, "ADC added the carry of each CMP below 300");
+        }
+    }
+}
+
+/// XCHG, CMPXCHG (both outcomes, register and memory, with LOCK) and
+/// BT/BTS/BTR/BTC run translated and give the interpreter's results; a
+/// LOCK on a register form still raises #UD.
+#[test]
+fn exchanges_and_bit_tests_give_the_interpreters_results() {
+    let (_, b, jit) = both(
+        long_mode,
+        |_| {},
+        |a| {
+            let mut top = a.create_label();
+            a.mov(rsi, DATA)?;
+            a.mov(ecx, 400)?;
+            a.mov(rbx, 0x0123_4567_89ab_cdefu64)?;
+            a.set_label(&mut top)?;
+            a.mov(rdx, rcx)?;
+            a.and(edx, 7)?;
+            a.xchg(qword_ptr(rsi + rdx * 8), rbx)?;
+            a.xchg(rbx, r10)?;
+            a.xchg(al, ah)?;
+            a.xchg(r9d, r10d)?;
+            // Equal on every fourth pass (the slot holds what RAX holds).
+            a.mov(eax, ecx)?;
+            a.and(eax, 3)?;
+            a.mov(r8d, ecx)?;
+            a.lock().cmpxchg(dword_ptr(rsi + 0x100), r8d)?;
+            a.setz(byte_ptr(rsi + 0x104))?;
+            a.cmpxchg(r11d, r8d)?;
+            a.cmpxchg(r12w, cx)?;
+            a.cmpxchg(ah, cl)?;
+            a.bt(ecx, 3)?;
+            a.adc(r13, 0)?;
+            a.bts(r14, rcx)?;
+            a.btr(r14d, 5)?;
+            a.btc(r15w, cx)?;
+            a.lock().bts(dword_ptr(rsi + 0x108), 9)?;
+            a.btc(qword_ptr(rsi + 0x110), 63)?;
+            a.bt(word_ptr(rsi + 0x108), 9)?;
+            a.setc(byte_ptr(rsi + 0x118))?;
+            a.dec(ecx)?;
+            a.jnz(top)?;
+            a.hlt()
+        },
+    );
+    assert!(b.state.rip < stub(0) || b.state.rip > stub(31), "faulted: {:#x}", b.state.rip);
+    assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 95, "{:?}", jit.stats);
+
+    // LOCK with a register destination: #UD from compiled code.
+    let (_, b, _) = both(
+        long_mode,
+        |_| {},
+        |a| {
+            let mut top = a.create_label();
+            let mut skip = a.create_label();
+            a.mov(ecx, 100)?;
+            a.set_label(&mut top)?;
+            a.cmp(ecx, 10)?;
+            a.jne(skip)?;
+            a.lock().xchg(eax, ebx)?;
+            a.set_label(&mut skip)?;
+            a.dec(ecx)?;
+            a.jnz(top)?;
+            a.hlt()
+        },
+    );
+    assert_eq!(b.state.rip, stub(6) + 1, "halted in the #UD handler");
+}
+
 #[test]
 fn divide_error_and_invalid_opcode_from_compiled_code() {
     let (_, b, _) = both(

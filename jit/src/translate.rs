@@ -115,6 +115,14 @@ enum Alu {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BtOp {
+    Test,
+    Set,
+    Reset,
+    Complement,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Shift {
     Shl,
     Shr,
@@ -224,6 +232,26 @@ enum Form {
     },
     /// CDQ (4), CQO (8).
     SignAcc {
+        size: u32,
+    },
+    /// XCHG r/m, reg.
+    Xchg {
+        dst: Opnd,
+        src: Reg,
+        size: u32,
+    },
+    /// CMPXCHG r/m, reg.
+    Cmpxchg {
+        dst: Opnd,
+        src: Reg,
+        size: u32,
+    },
+    /// BT, BTS, BTR, BTC of a register (bit by register or immediate) or
+    /// of memory (bit by immediate).
+    Bt {
+        op: BtOp,
+        dst: Opnd,
+        src: Opnd,
         size: u32,
     },
     /// A packed-integer or bitwise SSE operation, `dst = dst op src`.
@@ -432,9 +460,28 @@ fn opsize(o: Opnd, insn: &Instruction) -> u32 {
 
 /// The translated form of `insn`, or `None` for the interpreter's handler.
 fn classify(insn: &Instruction, bits: u32) -> Option<Form> {
+    let form = classify_any(insn, bits)?;
+    // LOCK: allowed on a read-modify-write of memory, where it changes
+    // nothing for one CPU; elsewhere the interpreter raises #UD.
     if insn.has_lock_prefix() {
-        return None;
+        let rmw = match form {
+            Form::Alu { op, dst: Opnd::Mem, .. } => !matches!(op, Alu::Cmp | Alu::Test),
+            Form::IncDec { dst: Opnd::Mem, .. }
+            | Form::Neg { dst: Opnd::Mem, .. }
+            | Form::Not { dst: Opnd::Mem, .. }
+            | Form::Xchg { dst: Opnd::Mem, .. }
+            | Form::Cmpxchg { dst: Opnd::Mem, .. } => true,
+            Form::Bt { op, dst: Opnd::Mem, .. } => op != BtOp::Test,
+            _ => false,
+        };
+        if !rmw {
+            return None;
+        }
     }
+    Some(form)
+}
+
+fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
     // Mandatory F3/F2 prefixes are part of an SSE opcode.
     if let Some(f) = classify_vec(insn, bits) {
         return Some(f);
@@ -657,6 +704,41 @@ fn classify(insn: &Instruction, bits: u32) -> Option<Form> {
         Mnemonic::Cdqe => Form::WidenAcc { from: 4 },
         Mnemonic::Cdq => Form::SignAcc { size: 4 },
         Mnemonic::Cqo => Form::SignAcc { size: 8 },
+        Mnemonic::Xchg | Mnemonic::Cmpxchg if n == 2 => {
+            let dst = opnd(insn, 0, bits)?;
+            let Opnd::Reg(src) = opnd(insn, 1, bits)? else { return None };
+            let size = opsize(dst, insn);
+            if matches!(dst, Opnd::Imm(_)) || size != src.size {
+                return None;
+            }
+            if insn.mnemonic() == Mnemonic::Xchg {
+                Form::Xchg { dst, src, size }
+            } else {
+                Form::Cmpxchg { dst, src, size }
+            }
+        }
+        Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc if n == 2 => {
+            let op = match insn.mnemonic() {
+                Mnemonic::Bt => BtOp::Test,
+                Mnemonic::Bts => BtOp::Set,
+                Mnemonic::Btr => BtOp::Reset,
+                _ => BtOp::Complement,
+            };
+            let dst = opnd(insn, 0, bits)?;
+            let src = opnd(insn, 1, bits)?;
+            let size = opsize(dst, insn);
+            // A memory operand with a register bit offset addresses
+            // outside the operand: the interpreter runs it.
+            match (dst, src) {
+                (Opnd::Reg(_), Opnd::Reg(r)) if r.size == size => {}
+                (Opnd::Reg(_) | Opnd::Mem, Opnd::Imm(_)) => {}
+                _ => return None,
+            }
+            if size < 2 {
+                return None;
+            }
+            Form::Bt { op, dst, src, size }
+        }
         _ => return None,
     };
     Some(form)
@@ -721,6 +803,10 @@ struct Tx<'a, 'b> {
     dirty: u16,
     /// `known` is a lazy record the state does not hold yet.
     lazy_dirty: bool,
+    /// `known` is an INC/DEC whose carry-in (the CF before it) is still
+    /// the state's record: computed only where something needs it (most
+    /// often nothing does: the next producer replaces the record).
+    cin_deferred: bool,
     /// SSE instructions may run (CR0 and CR4 were checked) since the last
     /// code that could change them.
     sse_ok: bool,
@@ -860,6 +946,7 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
         regs: [None; 16],
         dirty: 0,
         lazy_dirty: false,
+        cin_deferred: false,
         sse_ok: false,
         slow_insn: None,
         pending: 0,
@@ -1095,13 +1182,20 @@ impl Tx<'_, '_> {
         }
         if self.lazy_dirty {
             if let Known::Lazy { op, size, res, a, b, cin } = self.known {
+                // Read the record before it is overwritten.
+                let cin = if self.cin_deferred { self.cf_from_state() } else { cin };
                 // op (u32) and size (u32) side by side: one 64-bit store.
                 let opsize = self.iconst(u64::from(op as u32) | (u64::from(size) << 32));
                 self.b.ins().store(fl, opsize, self.state, LZ_OFF[OP]);
                 self.b.ins().store(fl, res, self.state, LZ_OFF[RES]);
-                self.b.ins().store(fl, a, self.state, LZ_OFF[SRC1]);
-                self.b.ins().store(fl, b, self.state, LZ_OFF[SRC2]);
-                self.b.ins().store(fl, cin, self.state, LZ_OFF[CIN]);
+                // Only what `cpu::flags::compute` reads for the operation.
+                if !matches!(op, FlagOp::Logic | FlagOp::Inc | FlagOp::Dec) {
+                    self.b.ins().store(fl, a, self.state, LZ_OFF[SRC1]);
+                    self.b.ins().store(fl, b, self.state, LZ_OFF[SRC2]);
+                }
+                if matches!(op, FlagOp::Adc | FlagOp::Sbb | FlagOp::Inc | FlagOp::Dec) {
+                    self.b.ins().store(fl, cin, self.state, LZ_OFF[CIN]);
+                }
             }
         }
     }
@@ -1109,6 +1203,13 @@ impl Tx<'_, '_> {
     /// Bring the state in memory up to date on the main path: the values
     /// stay held, now clean.
     fn sync(&mut self) {
+        if self.lazy_dirty && self.cin_deferred {
+            if let Known::Lazy { op, size, res, a, b, .. } = self.known {
+                let cin = self.cf_from_state();
+                self.known = Known::Lazy { op, size, res, a, b, cin };
+            }
+        }
+        self.cin_deferred = false;
         self.emit_stores();
         self.dirty = 0;
         self.lazy_dirty = false;
@@ -1120,6 +1221,7 @@ impl Tx<'_, '_> {
         self.regs = [None; 16];
         self.dirty = 0;
         self.lazy_dirty = false;
+        self.cin_deferred = false;
         self.sse_ok = false;
     }
 
@@ -1146,7 +1248,13 @@ impl Tx<'_, '_> {
     /// Write with the architectural size rules (8- and 16-bit writes merge,
     /// 32-bit writes zero the upper half); `v` may hold bits above the size.
     fn write_reg(&mut self, r: Reg, v: Value) {
-        let new = match r.size {
+        let new = self.merged(r, v);
+        self.set_gpr64(r.idx, new);
+    }
+
+    /// The full register after writing `v` to `r` with the size rules.
+    fn merged(&mut self, r: Reg, v: Value) -> Value {
+        match r.size {
             8 => v,
             4 => self.zext32(v),
             size => {
@@ -1163,8 +1271,7 @@ impl Tx<'_, '_> {
                 let low = if sh != 0 { self.b.ins().ishl_imm_s(low, sh) } else { low };
                 self.b.ins().bor(keep, low)
             }
-        };
-        self.set_gpr64(r.idx, new);
+        }
     }
 
     fn gpr64(&mut self, idx: usize) -> Value {
@@ -1436,6 +1543,7 @@ impl Tx<'_, '_> {
         };
         self.known = Known::Lazy { op, size, res, a, b, cin: c };
         self.lazy_dirty = true;
+        self.cin_deferred = false;
     }
 
     /// Set the arithmetic flags eagerly (`f`: the six bits), as
@@ -1444,6 +1552,7 @@ impl Tx<'_, '_> {
         let rf = self.store_eager(f);
         self.known = Known::Eager(rf);
         self.lazy_dirty = false;
+        self.cin_deferred = false;
     }
 
     /// Store the six flags `f` into RFLAGS and empty the lazy record;
@@ -1466,6 +1575,11 @@ impl Tx<'_, '_> {
             // The helper reads the record from the state.
             self.sync();
         }
+        self.raw_state_flags()
+    }
+
+    /// The six flags of the state's record (or RFLAGS) by the helper.
+    fn raw_state_flags(&mut self) -> Value {
         let callee = self.iconst(ctx::state_flags as *const () as usize as u64);
         let call = self.b.ins().call_indirect(self.sig_flags, callee, &[self.state]);
         self.b.inst_results(call)[0]
@@ -1549,6 +1663,7 @@ impl Tx<'_, '_> {
                         self.b.ins().select(cin, le, lt)
                     }
                     FlagOp::Logic | FlagOp::None => return self.iconst(0),
+                    FlagOp::Inc | FlagOp::Dec if self.cin_deferred => return self.cf_from_state(),
                     FlagOp::Inc | FlagOp::Dec => return self.b.ins().band_imm_s(cin, 1),
                 };
                 self.b.ins().uextend(types::I64, c)
@@ -1591,7 +1706,9 @@ impl Tx<'_, '_> {
         let slow = self.b.create_block();
         self.b.ins().brif(slow_op, slow, &[], join, &[v.into()]);
         self.enter_block(slow);
-        let f = self.flags_by_helper();
+        // The state's record as it stands (not the known producer's, which
+        // may be an INC whose carry-in this computes).
+        let f = self.raw_state_flags();
         let c = self.b.ins().band_imm_s(f, 1);
         self.b.ins().jump(join, &[c.into()]);
         self.enter_block(join);
@@ -1877,19 +1994,24 @@ impl Tx<'_, '_> {
                 };
                 let r = if inc { self.b.ins().iadd_imm_s(a, 1) } else { self.b.ins().iadd_imm_s(a, -1) };
                 let r = self.b.ins().band_imm_s(r, mask(size) as i64);
-                let cf = self.cf();
+                // The CF before: known here, or else left in the state's
+                // record until something reads it.
+                let deferred = self.known == Known::Unknown;
+                let cf = if deferred { self.iconst(0) } else { self.cf() };
                 let one = self.iconst(1);
                 let op = if inc { FlagOp::Inc } else { FlagOp::Dec };
                 match dst {
                     Opnd::Reg(rg) => {
                         self.write_reg(rg, r);
                         self.set_lazy(op, size, r, a, one, Some(cf));
+                        self.cin_deferred = deferred;
                     }
                     _ => {
                         let seg = cpu::ops::mem_seg(insn);
                         let o = self.ea(insn);
                         let leave = self.store_at(seg, o, size, r, rip, haddr);
                         self.set_lazy(op, size, r, a, one, Some(cf));
+                        self.cin_deferred = deferred;
                         self.after_store(leave, next);
                     }
                 }
@@ -2299,6 +2421,120 @@ impl Tx<'_, '_> {
                 self.sse_check(rip);
                 let v = self.b.ins().load(types::I64, guest_flags(), self.state, XMM_OFF + 16 * i32::from(src));
                 self.write_reg(dst, v);
+            }
+            Form::Xchg { dst, src, size } => {
+                let b = self.read_reg(src);
+                match dst {
+                    Opnd::Reg(r) => {
+                        let a = self.read_reg(r);
+                        self.write_reg(src, a);
+                        self.write_reg(r, b);
+                    }
+                    _ => {
+                        // Memory first: a fault leaves the register.
+                        let (a, haddr) = self.load(insn, size, rip, true);
+                        let seg = cpu::ops::mem_seg(insn);
+                        let o = self.ea(insn);
+                        let leave = self.store_at(seg, o, size, b, rip, Some(haddr));
+                        self.write_reg(src, a);
+                        self.after_store(leave, next);
+                    }
+                }
+            }
+            Form::Cmpxchg { dst, src, size } => {
+                let m = mask(size) as i64;
+                let acc = reg(match size {
+                    1 => Register::AL,
+                    2 => Register::AX,
+                    4 => Register::EAX,
+                    _ => Register::RAX,
+                })
+                .expect("a GPR");
+                let a = self.read_reg(acc);
+                let sv = self.read_reg(src);
+                let (d, haddr) = match dst {
+                    Opnd::Reg(r) => (self.read_reg(r), None),
+                    _ => {
+                        let (d, h) = self.load(insn, size, rip, true);
+                        (d, Some(h))
+                    }
+                };
+                let eq = self.b.ins().icmp(IntCC::Equal, a, d);
+                let r = self.b.ins().isub(a, d);
+                let r = self.b.ins().band_imm_s(r, m);
+                let mut leave = None;
+                match dst {
+                    Opnd::Reg(rg) => {
+                        // Equal: the destination takes the source.
+                        let old = self.gpr64(rg.idx);
+                        let new = self.merged(rg, sv);
+                        let v = self.b.ins().select(eq, new, old);
+                        self.set_gpr64(rg.idx, v);
+                    }
+                    _ => {
+                        // Memory is written either way (a locked RMW).
+                        let v = self.b.ins().select(eq, sv, d);
+                        let seg = cpu::ops::mem_seg(insn);
+                        let o = self.ea(insn);
+                        leave = Some(self.store_at(seg, o, size, v, rip, haddr));
+                    }
+                }
+                // Not equal: the accumulator takes the destination.
+                let old = self.gpr64(acc.idx);
+                let new = self.merged(acc, d);
+                let v = self.b.ins().select(eq, old, new);
+                self.set_gpr64(acc.idx, v);
+                self.set_lazy(FlagOp::Sub, size, r, a, d, None);
+                if let Some(l) = leave {
+                    self.after_store(l, next);
+                }
+            }
+            Form::Bt { op, dst, src, size } => {
+                let bits = i64::from(size * 8);
+                let bit = match src {
+                    Opnd::Imm(v) => self.iconst(v & (bits as u64 - 1)),
+                    Opnd::Reg(r) => {
+                        let v = self.read_reg(r);
+                        self.b.ins().band_imm_s(v, bits - 1)
+                    }
+                    Opnd::Mem => unreachable!("classify refuses a memory bit offset"),
+                };
+                let (v, haddr) = match dst {
+                    Opnd::Reg(r) => (self.read_reg(r), None),
+                    _ => {
+                        let (v, h) = self.load(insn, size, rip, op != BtOp::Test);
+                        (v, Some(h))
+                    }
+                };
+                let cf = self.b.ins().ushr(v, bit);
+                let cf = self.b.ins().band_imm_s(cf, 1);
+                let one = self.iconst(1);
+                let m = self.b.ins().ishl(one, bit);
+                let out = match op {
+                    BtOp::Test => None,
+                    BtOp::Set => Some(self.b.ins().bor(v, m)),
+                    BtOp::Reset => Some(self.b.ins().band_not(v, m)),
+                    BtOp::Complement => Some(self.b.ins().bxor(v, m)),
+                };
+                // Only CF changes.
+                let prev = self.materialize();
+                let keep = self.b.ins().band_imm_s(prev, (flags::ARITH & !flags::CF) as i64);
+                let f = self.b.ins().bor(keep, cf);
+                match (dst, out) {
+                    (Opnd::Reg(r), Some(o)) => {
+                        self.write_reg(r, o);
+                        self.set_eager(f);
+                    }
+                    (Opnd::Reg(_), None) => self.set_eager(f),
+                    (_, Some(o)) => {
+                        let seg = cpu::ops::mem_seg(insn);
+                        let ea = self.ea(insn);
+                        let leave = self.store_at(seg, ea, size, o, rip, haddr);
+                        self.set_eager(f);
+                        self.after_store(leave, next);
+                    }
+                    (_, None) => self.set_eager(f),
+                }
             }
             Form::SignAcc { size } => {
                 let a = self.gpr64(0);

@@ -26,7 +26,9 @@ const PAGE_MASK: u64 = !(PAGE_SIZE - 1);
 /// Set in a tag that is valid; page addresses have this bit clear.
 const VALID: u64 = 1;
 
-#[repr(C)]
+/// 64 bytes (a cache line, and a shift rather than a multiply for the
+/// index in translated code).
+#[repr(C, align(64))]
 #[derive(Clone, Copy)]
 struct Entry {
     tag_read: u64,

@@ -93,15 +93,40 @@ pub(super) fn compare(a: u128, b: u128, len1: usize, len2: usize, imm: u8) -> St
         }
     };
     let mut res1 = 0u32;
-    for j in 0..count {
-        let hit = match agg {
-            0 => (0..count).any(|i| boolres(i, j)),
-            1 => (0..count).step_by(2).any(|i| boolres(i, j) && boolres(i + 1, j)),
-            2 => boolres(j, j),
-            _ => (0..count - j).all(|i| boolres(i, j + i)),
-        };
-        if hit {
-            res1 |= 1 << j;
+    if agg == 0 {
+        // Equal any: element j of xmm2 (valid) is one of xmm1's valid
+        // elements; an invalid element of either side never matches.
+        // Equality ignores the sign, so the raw lanes do.
+        if w == 1 {
+            let mut set = [0u64; 4];
+            for i in 0..len1 {
+                let x = lane(a, 1, i) as usize;
+                set[x >> 6] |= 1 << (x & 63);
+            }
+            for j in 0..len2 {
+                let y = lane(b, 1, j) as usize;
+                if set[y >> 6] & (1 << (y & 63)) != 0 {
+                    res1 |= 1 << j;
+                }
+            }
+        } else {
+            for j in 0..len2 {
+                let y = lane(b, 2, j);
+                if (0..len1).any(|i| lane(a, 2, i) == y) {
+                    res1 |= 1 << j;
+                }
+            }
+        }
+    } else {
+        for j in 0..count {
+            let hit = match agg {
+                1 => (0..count).step_by(2).any(|i| boolres(i, j) && boolres(i + 1, j)),
+                2 => boolres(j, j),
+                _ => (0..count - j).all(|i| boolres(i, j + i)),
+            };
+            if hit {
+                res1 |= 1 << j;
+            }
         }
     }
     let all = (1u32 << count) - 1;
