@@ -299,6 +299,21 @@ pub unsafe extern "C" fn fallback(ctx: *mut JitCtx, d: *const Decoded) -> u32 {
     s
 }
 
+/// PCMPISTRI of the 16 bytes at `a` (xmm1, in the state) and at `b` (xmm2
+/// in the state, or the host address of an m128 operand the region's TLB
+/// test found in one RAM page) with control byte `imm`: the index for ECX
+/// in the low 32 bits, the six arithmetic flags above.
+///
+/// # Safety
+/// Called only by compiled regions: `a` and `b` each point to 16 readable
+/// bytes (any alignment).
+pub unsafe extern "C" fn pcmpistri(a: *const u8, b: *const u8, imm: u32) -> u64 {
+    // SAFETY: see the function's contract; the reads are unaligned.
+    let (x, y) = unsafe { (a.cast::<u128>().read_unaligned(), b.cast::<u128>().read_unaligned()) };
+    let (idx, f) = cpu::ops::sse::pcmpistri(x, y, imm as u8);
+    u64::from(idx) | (f << 32)
+}
+
 /// The six arithmetic flags (RFLAGS layout) of the state: from its lazy
 /// record, or from RFLAGS when the record is empty. Reads only.
 ///

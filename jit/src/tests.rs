@@ -258,6 +258,67 @@ fn inc_and_dec_keep_the_carry_from_the_block_before() {
     }
 }
 
+/// MUL and DIV of 32 and 64 bits, from registers and memory; a DIV with a
+/// high half (the 128-bit and overflowing cases) takes the interpreter.
+#[test]
+fn multiplies_and_divides_give_the_interpreters_results() {
+    let (_, b, jit) = both(
+        long_mode,
+        |_| {},
+        |a| {
+            let mut top = a.create_label();
+            a.mov(rsi, DATA)?;
+            a.mov(ecx, 500)?;
+            a.mov(rbx, 0x9e37_79b9_7f4a_7c15u64)?;
+            a.set_label(&mut top)?;
+            a.mov(rax, rbx)?;
+            a.mul(rcx)?;
+            a.add(r8, rdx)?;
+            a.adc(r9, rax)?;
+            a.mov(eax, ebx)?;
+            a.mul(ecx)?;
+            a.seto(r10b)?;
+            a.add(r11, rdx)?;
+            a.mov(qword_ptr(rsi), rcx)?;
+            a.mov(rax, rbx)?;
+            a.mul(qword_ptr(rsi))?;
+            a.sbb(r12, rax)?;
+            // 64-bit: RDX = 0 (fast), then RDX = 3 (128-bit, slow).
+            a.xor(edx, edx)?;
+            a.mov(rax, rbx)?;
+            a.div(rcx)?;
+            a.add(r13, rax)?;
+            a.add(r14, rdx)?;
+            a.mov(edx, 3)?;
+            a.mov(rax, rbx)?;
+            a.div(rcx)?;
+            a.add(r13, rax)?;
+            // 32-bit with a high half below the divisor.
+            a.mov(edx, ecx)?;
+            a.shr(edx, 2)?;
+            a.mov(eax, ebx)?;
+            a.div(ecx)?;
+            a.add(r15, rax)?;
+            a.add(r15, rdx)?;
+            a.mov(dword_ptr(rsi + 8), ecx)?;
+            a.xor(edx, edx)?;
+            a.mov(eax, ebx)?;
+            a.div(dword_ptr(rsi + 8))?;
+            a.add(r15, rax)?;
+            a.rol(rbx, 7)?;
+            a.dec(ecx)?;
+            a.jnz(top)?;
+            // Overflow: #DE from compiled code.
+            a.mov(edx, 10)?;
+            a.mov(ecx, 5)?;
+            a.div(ecx)?;
+            a.hlt()
+        },
+    );
+    assert_eq!(b.state.rip, stub(0) + 1, "halted in the #DE handler");
+    assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 90, "{:?}", jit.stats);
+}
+
 /// XCHG, CMPXCHG (both outcomes, register and memory, with LOCK) and
 /// BT/BTS/BTR/BTC run translated and give the interpreter's results; a
 /// LOCK on a register form still raises #UD.
@@ -368,6 +429,53 @@ fn divide_error_and_invalid_opcode_from_compiled_code() {
 
 fn sse_on(c: &mut Cpu) {
     c.state.cr4 |= cpu::state::cr::CR4_OSFXSR;
+}
+
+/// PCMPISTRI in compiled code (register and unaligned memory operands,
+/// byte and word formats, each aggregation, both index selections): ECX
+/// and the flags as the interpreter gives them.
+#[test]
+fn string_compares_give_the_interpreters_results() {
+    let prep = |c: &mut Cpu| {
+        sse_on(c);
+        let bytes: Vec<u8> = (0..0x400u32).map(|i| (i * 13 + 5) as u8 % 61 + 32).collect();
+        c.mem().write(DATA, &bytes).unwrap();
+        for z in [0x47u64, 0x93, 0x150, 0x1ff, 0x2a1] {
+            c.mem().write(DATA + z, &[0]).unwrap();
+        }
+        c.mem().write(DATA + 0x800, b"aeiou\0..AZaz09\0").unwrap();
+    };
+    let (_, b, jit) = both(long_mode, prep, |a| {
+        let mut top = a.create_label();
+        a.mov(rsi, DATA)?;
+        a.mov(r8d, 0x300)?;
+        a.movdqu(xmm7, xmmword_ptr(rsi + 0x800))?;
+        a.movdqu(xmm6, xmmword_ptr(rsi + 0x806))?;
+        a.set_label(&mut top)?;
+        a.movdqu(xmm1, xmmword_ptr(rsi + r8))?;
+        for (i, imm) in [0x00u32, 0x40, 0x04, 0x08, 0x0c, 0x18, 0x3a, 0x01, 0x4d].into_iter().enumerate() {
+            let set = if imm & 4 != 0 && imm & 8 == 0 { xmm6 } else { xmm7 };
+            if i % 2 == 0 {
+                a.pcmpistri(set, xmm1, imm)?;
+            } else {
+                a.pcmpistri(set, xmmword_ptr(rsi + r8 + 1), imm)?;
+            }
+            a.lea(r9, qword_ptr(rcx + rcx * 2))?;
+            a.adc(r10, r9)?;
+            a.setz(al)?;
+            a.sets(bl)?;
+            a.seto(dl)?;
+            a.add(r11b, al)?;
+            a.add(r12b, bl)?;
+            a.add(r13b, dl)?;
+            a.add(r14, rcx)?;
+        }
+        a.dec(r8d)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    assert!(b.state.halted != 0, "ran to the end");
+    assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 95, "{:?}", jit.stats);
 }
 
 /// A strlen-like scan with the SSE2 forms the JIT translates (aligned and

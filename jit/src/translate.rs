@@ -234,6 +234,12 @@ enum Form {
     SignAcc {
         size: u32,
     },
+    /// MUL (`div` false) or DIV r/m of 32 or 64 bits: rDX:rAX.
+    MulDiv {
+        div: bool,
+        src: Opnd,
+        size: u32,
+    },
     /// XCHG r/m, reg.
     Xchg {
         dst: Opnd,
@@ -281,6 +287,12 @@ enum Form {
         dst: Reg,
         src: u8,
     },
+    /// PCMPISTRI xmm, xmm/m128, imm8 (the compare in a helper).
+    Pcmpistri {
+        a: u8,
+        b: VecSrc,
+        imm: u8,
+    },
 }
 
 impl Form {
@@ -294,6 +306,8 @@ impl Form {
                 | Form::Pmovmskb { .. }
                 | Form::MovToVec { .. }
                 | Form::MovFromVec { .. }
+                | Form::Pcmpistri { .. }
+                | Form::MulDiv { div: true, .. }
         )
     }
 }
@@ -402,6 +416,10 @@ fn classify_vec(insn: &Instruction, bits: u32) -> Option<Form> {
         }
         C::Movd_rm32_xmm | C::Movq_rm64_xmm if insn.op0_kind() == OpKind::Register => {
             return Some(Form::MovFromVec { dst: reg(insn.op0_register())?, src: xmm(insn.op1_register())? });
+        }
+        C::Pcmpistri_xmm_xmmm128_imm8 => {
+            let VecSrc::Xmm(a) = src(0)? else { return None };
+            return Some(Form::Pcmpistri { a, b: src(1)?, imm: insn.immediate8() });
         }
         _ => return None,
     };
@@ -704,6 +722,14 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
         Mnemonic::Cdqe => Form::WidenAcc { from: 4 },
         Mnemonic::Cdq => Form::SignAcc { size: 4 },
         Mnemonic::Cqo => Form::SignAcc { size: 8 },
+        Mnemonic::Mul | Mnemonic::Div if n == 1 => {
+            let src = opnd(insn, 0, bits)?;
+            let size = opsize(src, insn);
+            if matches!(src, Opnd::Imm(_)) || size < 4 {
+                return None;
+            }
+            Form::MulDiv { div: insn.mnemonic() == Mnemonic::Div, src, size }
+        }
         Mnemonic::Xchg | Mnemonic::Cmpxchg if n == 2 => {
             let dst = opnd(insn, 0, bits)?;
             let Opnd::Reg(src) = opnd(insn, 1, bits)? else { return None };
@@ -822,6 +848,7 @@ struct Tx<'a, 'b> {
     sig_store: cranelift_codegen::ir::SigRef,
     sig_fallback: cranelift_codegen::ir::SigRef,
     sig_flags: cranelift_codegen::ir::SigRef,
+    sig_pcmp: cranelift_codegen::ir::SigRef,
 }
 
 const GPR_OFF: i32 = std::mem::offset_of!(CpuState, gpr) as i32;
@@ -921,6 +948,7 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
     let sig_store = b.import_signature(s_store);
     let sig_fallback = b.import_signature(s_fb);
     let sig_flags = b.import_signature(s_flags);
+    let sig_pcmp = b.import_signature(sig(&[ptr, ptr, i32t], Some(i64t)));
 
     let state = b.ins().load(ptr, mem_flags(), ctx_v, off::STATE);
     let tlb = b.ins().load(ptr, mem_flags(), ctx_v, off::TLB);
@@ -957,6 +985,7 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
         sig_store,
         sig_fallback,
         sig_flags,
+        sig_pcmp,
     };
     let zero = tx.b.ins().iconst(i64t, 0);
     tx.b.def_var(icount, zero);
@@ -2422,6 +2451,51 @@ impl Tx<'_, '_> {
                 let v = self.b.ins().load(types::I64, guest_flags(), self.state, XMM_OFF + 16 * i32::from(src));
                 self.write_reg(dst, v);
             }
+            Form::MulDiv { div, src, size } => {
+                let d = self.read(src, insn, size, rip);
+                let (ra, rd) = if size == 8 { (Register::RAX, Register::RDX) } else { (Register::EAX, Register::EDX) };
+                let (ra, rd) = (reg(ra).expect("a GPR"), reg(rd).expect("a GPR"));
+                let a = self.read_reg(ra);
+                let (lo, hi) = if div {
+                    // The instructions before count, in case the slow path
+                    // leaves.
+                    self.flush_count();
+                    // Without overflow (or a zero divisor) at once; else
+                    // the interpreter raises #DE or divides 128 bits.
+                    let hi = self.read_reg(rd);
+                    if size == 8 {
+                        let nz = self.b.ins().icmp_imm_s(IntCC::NotEqual, d, 0);
+                        let small = self.b.ins().icmp_imm_s(IntCC::Equal, hi, 0);
+                        let ok = self.b.ins().band(nz, small);
+                        self.slow_unless(ok, rip);
+                        (self.b.ins().udiv(a, d), self.b.ins().urem(a, d))
+                    } else {
+                        // hi < d: the quotient fits 32 bits (and d != 0).
+                        let ok = self.b.ins().icmp(IntCC::UnsignedLessThan, hi, d);
+                        self.slow_unless(ok, rip);
+                        let h = self.b.ins().ishl_imm_s(hi, 32);
+                        let n = self.b.ins().bor(h, a);
+                        (self.b.ins().udiv(n, d), self.b.ins().urem(n, d))
+                    }
+                } else if size == 8 {
+                    (self.b.ins().imul(a, d), self.b.ins().umulhi(a, d))
+                } else {
+                    let p = self.b.ins().imul(a, d);
+                    (self.b.ins().band_imm_s(p, 0xffff_ffff), self.b.ins().ushr_imm_s(p, 32))
+                };
+                self.write_reg(ra, lo);
+                self.write_reg(rd, hi);
+                if !div {
+                    // CF = OF = a high half; SF, ZF, PF of the low (as the
+                    // interpreter sets them); AF clear.
+                    let ovf = self.b.ins().icmp_imm_s(IntCC::NotEqual, hi, 0);
+                    let ovf = self.b.ins().uextend(types::I64, ovf);
+                    let cfo = self.b.ins().imul_imm_s(ovf, (flags::CF | flags::OF) as i64);
+                    let szp = self.szp(lo, size);
+                    let f = self.b.ins().bor(cfo, szp);
+                    self.set_eager(f);
+                }
+            }
             Form::Xchg { dst, src, size } => {
                 let b = self.read_reg(src);
                 match dst {
@@ -2535,6 +2609,22 @@ impl Tx<'_, '_> {
                     }
                     (_, None) => self.set_eager(f),
                 }
+            }
+            Form::Pcmpistri { a, b, imm } => {
+                self.sse_check(rip);
+                let pa = self.b.ins().iadd_imm_s(self.state, i64::from(XMM_OFF + 16 * i32::from(a)));
+                let pb = match b {
+                    VecSrc::Xmm(x) => self.b.ins().iadd_imm_s(self.state, i64::from(XMM_OFF + 16 * i32::from(x))),
+                    VecSrc::Mem => self.vec_host_addr(insn, false, false, rip),
+                };
+                let callee = self.iconst(ctx::pcmpistri as *const () as usize as u64);
+                let immv = self.b.ins().iconst(types::I32, i64::from(imm));
+                let call = self.b.ins().call_indirect(self.sig_pcmp, callee, &[pa, pb, immv]);
+                let r = self.b.inst_results(call)[0];
+                let ecx = reg(Register::ECX).expect("a GPR");
+                self.write_reg(ecx, r);
+                let f = self.b.ins().ushr_imm_s(r, 32);
+                self.set_eager(f);
             }
             Form::SignAcc { size } => {
                 let a = self.gpr64(0);

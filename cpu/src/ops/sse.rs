@@ -36,6 +36,7 @@ mod mov;
 mod shuffle;
 pub mod softfloat;
 mod string;
+pub use string::pcmpistri;
 
 pub use float::MXCSR_MASK;
 pub use string::crc32c;

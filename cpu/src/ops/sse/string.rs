@@ -153,14 +153,7 @@ fn pcmpstr<const EXPLICIT: bool, const INDEX: bool>(cpu: &mut Cpu, insn: &Instru
     };
     let r = compare(a, b, len1, len2, imm);
     if INDEX {
-        let idx = if r.res == 0 {
-            count as u32
-        } else if imm & 0x40 != 0 {
-            31 - r.res.leading_zeros()
-        } else {
-            r.res.trailing_zeros()
-        };
-        reg_write(&mut cpu.state, Register::ECX, u64::from(idx));
+        reg_write(&mut cpu.state, Register::ECX, u64::from(r.index(imm)));
     } else {
         let m = if imm & 0x40 != 0 {
             let mut m = 0u128;
@@ -175,21 +168,48 @@ fn pcmpstr<const EXPLICIT: bool, const INDEX: bool>(cpu: &mut Cpu, insn: &Instru
         };
         cpu.state.xmm[0] = m;
     }
-    let mut f = 0;
-    if r.res != 0 {
-        f |= CF;
-    }
-    if len2 < count {
-        f |= ZF;
-    }
-    if len1 < count {
-        f |= SF;
-    }
-    if r.res & 1 != 0 {
-        f |= OF;
-    }
-    cpu.state.set_arith_flags(ARITH, f);
+    cpu.state.set_arith_flags(ARITH, r.flags());
     Ok(())
+}
+
+impl StrResult {
+    /// The index an ...STRI instruction writes to ECX.
+    fn index(&self, imm: u8) -> u32 {
+        if self.res == 0 {
+            self.count as u32
+        } else if imm & 0x40 != 0 {
+            31 - self.res.leading_zeros()
+        } else {
+            self.res.trailing_zeros()
+        }
+    }
+
+    /// The six arithmetic flags (RFLAGS bits) the four instructions set.
+    fn flags(&self) -> u64 {
+        let mut f = 0;
+        if self.res != 0 {
+            f |= CF;
+        }
+        if self.len2 < self.count {
+            f |= ZF;
+        }
+        if self.len1 < self.count {
+            f |= SF;
+        }
+        if self.res & 1 != 0 {
+            f |= OF;
+        }
+        f
+    }
+}
+
+/// PCMPISTRI of `a` (xmm1) and `b` (xmm2/m128) with control byte `imm`:
+/// the index for ECX and the six arithmetic flags (for translated code,
+/// which has the operands at hand).
+pub fn pcmpistri(a: u128, b: u128, imm: u8) -> (u32, u64) {
+    let (w, count) = if imm & 1 != 0 { (2, 8) } else { (1, 16) };
+    let r = compare(a, b, implicit_len(a, w, count), implicit_len(b, w, count), imm);
+    (r.index(imm), r.flags())
 }
 
 /// CRC-32C (Castagnoli) lookup table, reflected polynomial 0x82F63B78.
