@@ -193,6 +193,15 @@ impl GuestMemory {
             return Err(MemError::Overlap { name, base, len });
         }
         let mut map = map_anon(len)?;
+        if kind == RegionKind::Ram {
+            // Guest RAM on transparent huge pages where the host allows them
+            // (`madvise` mode): every guest access goes through the host's
+            // TLB too, and 4 KiB pages miss it. Best effort.
+            #[cfg(target_os = "linux")]
+            if let Err(e) = map.advise(memmap2::Advice::HugePage) {
+                tracing::debug!(target: "mmu", "{name}: no transparent huge pages: {e}");
+            }
+        }
         if let Some(d) = data {
             map[..d.len()].copy_from_slice(d);
         }
