@@ -306,6 +306,8 @@ fn multiplies_and_divides_give_the_interpreters_results() {
             a.div(dword_ptr(rsi + 8))?;
             a.add(r15, rax)?;
             a.rol(rbx, 7)?;
+            a.bswap(r8)?;
+            a.bswap(r9d)?;
             a.dec(ecx)?;
             a.jnz(top)?;
             // Overflow: #DE from compiled code.
@@ -317,6 +319,71 @@ fn multiplies_and_divides_give_the_interpreters_results() {
     );
     assert_eq!(b.state.rip, stub(0) + 1, "halted in the #DE handler");
     assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 90, "{:?}", jit.stats);
+}
+
+/// Rotates, BT and BSF change some flags only; after an unknown producer
+/// (the block before) the translation takes the others from the state
+/// only where they are read: by a condition, a fault's pushed RFLAGS, an
+/// exit.
+#[test]
+fn partial_flag_writers_keep_the_other_flags() {
+    let prep = |c: &mut Cpu| c.state.gpr[7] = UNMAPPED;
+    for variant in 0..4 {
+        let (a, b, _) = both(long_mode, prep, |a| {
+            let mut top = a.create_label();
+            let mut next = a.create_label();
+            a.mov(rsi, DATA)?;
+            a.mov(ecx, 500)?;
+            a.mov(rbx, 0x8000_0000_0000_0001u64)?;
+            a.set_label(&mut top)?;
+            // Every flag from a SUB, in the block before.
+            a.mov(eax, ecx)?;
+            a.and(eax, 7)?;
+            a.sub(eax, 3)?;
+            a.jmp(next)?;
+            a.set_label(&mut next)?;
+            match variant {
+                0 => {
+                    a.ror(rbx, 3)?;
+                    a.rol(rbx, 1)?;
+                    a.setz(dl)?;
+                    a.sets(dh)?;
+                    a.seto(r8b)?;
+                    a.add(r9w, dx)?;
+                    a.adc(r10, 0)?;
+                }
+                1 => {
+                    a.bt(ecx, 1)?;
+                    a.adc(r10, 0)?;
+                    a.bts(r11, rcx)?;
+                    a.setbe(dl)?;
+                    a.setl(dh)?;
+                    a.add(r9w, dx)?;
+                }
+                2 => {
+                    a.bsf(r12, rcx)?;
+                    a.sbb(r10, 0)?;
+                    a.seto(dl)?;
+                    a.add(r9b, dl)?;
+                }
+                _ => {
+                    // A fault pushes RFLAGS (rsi unmapped at ecx == 100).
+                    a.ror(rbx, 5)?;
+                    a.cmp(ecx, 100)?;
+                    a.cmove(rsi, rdi)?;
+                    a.bt(ecx, 2)?;
+                    a.mov(rax, qword_ptr(rsi))?;
+                }
+            }
+            a.dec(ecx)?;
+            a.jnz(top)?;
+            a.hlt()
+        });
+        assert_eq!(a.state.gpr[9], b.state.gpr[9]);
+        if variant == 3 {
+            assert_eq!(b.state.rip, stub(14) + 1, "halted in the #PF handler");
+        }
+    }
 }
 
 /// XCHG, CMPXCHG (both outcomes, register and memory, with LOCK) and

@@ -240,6 +240,10 @@ enum Form {
         src: Opnd,
         size: u32,
     },
+    /// BSWAP r32/r64.
+    Bswap {
+        dst: Reg,
+    },
     /// XCHG r/m, reg.
     Xchg {
         dst: Opnd,
@@ -722,6 +726,13 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
         Mnemonic::Cdqe => Form::WidenAcc { from: 4 },
         Mnemonic::Cdq => Form::SignAcc { size: 4 },
         Mnemonic::Cqo => Form::SignAcc { size: 8 },
+        Mnemonic::Bswap if n == 1 => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            if dst.size < 4 {
+                return None;
+            }
+            Form::Bswap { dst }
+        }
         Mnemonic::Mul | Mnemonic::Div if n == 1 => {
             let src = opnd(insn, 0, bits)?;
             let size = opsize(src, insn);
@@ -786,6 +797,15 @@ enum Known {
     },
     /// The record is empty and RFLAGS is this value.
     Eager(Value),
+    /// The state's flags (its record, or RFLAGS) with the bits outside
+    /// `keep` replaced by `bits`: an instruction that changes some flags
+    /// only (a rotate, BT, BSF) after an unknown producer. The old flags
+    /// are computed only where something needs them; most often the next
+    /// producer replaces them all first.
+    Partial {
+        keep: u64,
+        bits: Value,
+    },
 }
 
 fn mask(size: u32) -> u64 {
@@ -1210,6 +1230,12 @@ impl Tx<'_, '_> {
             }
         }
         if self.lazy_dirty {
+            if let Known::Partial { .. } = self.known {
+                // The state's flags with the new bits: into RFLAGS, the
+                // record emptied.
+                let f = self.materialize();
+                self.store_eager(f);
+            }
             if let Known::Lazy { op, size, res, a, b, cin } = self.known {
                 // Read the record before it is overwritten.
                 let cin = if self.cin_deferred { self.cf_from_state() } else { cin };
@@ -1232,6 +1258,12 @@ impl Tx<'_, '_> {
     /// Bring the state in memory up to date on the main path: the values
     /// stay held, now clean.
     fn sync(&mut self) {
+        if self.lazy_dirty && matches!(self.known, Known::Partial { .. }) {
+            let f = self.materialize();
+            let rf = self.store_eager(f);
+            self.known = Known::Eager(rf);
+            self.lazy_dirty = false;
+        }
         if self.lazy_dirty && self.cin_deferred {
             if let Known::Lazy { op, size, res, a, b, .. } = self.known {
                 let cin = self.cf_from_state();
@@ -1584,6 +1616,29 @@ impl Tx<'_, '_> {
         self.cin_deferred = false;
     }
 
+    /// Flags outside `keep` (of the six) become `bits`, the rest stay:
+    /// computed now where the producer is known, else deferred.
+    fn set_partial(&mut self, keep: u64, bits: Value) {
+        match self.known {
+            Known::Unknown => {
+                self.known = Known::Partial { keep, bits };
+                self.lazy_dirty = true;
+                self.cin_deferred = false;
+            }
+            Known::Partial { keep: k0, bits: b0 } => {
+                let old = self.b.ins().band_imm_s(b0, keep as i64);
+                let bits = self.b.ins().bor(old, bits);
+                self.known = Known::Partial { keep: k0 & keep, bits };
+            }
+            _ => {
+                let prev = self.materialize();
+                let kept = self.b.ins().band_imm_s(prev, keep as i64);
+                let f = self.b.ins().bor(kept, bits);
+                self.set_eager(f);
+            }
+        }
+    }
+
     /// Store the six flags `f` into RFLAGS and empty the lazy record;
     /// returns the new RFLAGS.
     fn store_eager(&mut self, f: Value) -> Value {
@@ -1620,6 +1675,12 @@ impl Tx<'_, '_> {
         match self.known {
             Known::Eager(rf) => self.b.ins().band_imm_s(rf, flags::ARITH as i64),
             Known::Unknown => self.flags_by_helper(),
+            Known::Partial { keep, bits } => {
+                // The state's record still holds the old flags.
+                let prev = self.raw_state_flags();
+                let kept = self.b.ins().band_imm_s(prev, keep as i64);
+                self.b.ins().bor(kept, bits)
+            }
             Known::Lazy { op, size, res, a, b: bv, .. } => {
                 let cf = self.cf();
                 let szp = self.szp(res, size);
@@ -1699,6 +1760,11 @@ impl Tx<'_, '_> {
             }
             Known::Eager(rf) => self.b.ins().band_imm_s(rf, 1),
             Known::Unknown => self.cf_from_state(),
+            Known::Partial { keep, bits } if keep & flags::CF == 0 => self.b.ins().band_imm_s(bits, 1),
+            Known::Partial { .. } => {
+                let f = self.materialize();
+                self.b.ins().band_imm_s(f, 1)
+            }
         }
     }
 
@@ -1870,8 +1936,21 @@ impl Tx<'_, '_> {
 
     /// Condition `cc` (even: the positive form) from the six flags.
     fn condition_by_flags(&mut self, cc: u8) -> Value {
+        let need = match cc {
+            0 => flags::OF,
+            2 => flags::CF,
+            4 => flags::ZF,
+            6 => flags::CF | flags::ZF,
+            8 => flags::SF,
+            10 => flags::PF,
+            12 => flags::SF | flags::OF,
+            _ => flags::SF | flags::OF | flags::ZF,
+        };
         let f = match self.known {
             Known::Eager(rf) => rf,
+            // The condition reads only new bits: no old flags needed.
+            Known::Partial { keep, bits } if need & keep == 0 => bits,
+            Known::Partial { .. } => self.materialize(),
             _ => self.flags_by_helper(),
         };
         let bit = |tx: &mut Self, m: u64| {
@@ -2134,12 +2213,9 @@ impl Tx<'_, '_> {
                             (msb, self.b.ins().bxor(msb, next))
                         };
                         self.write_reg(dst, r);
-                        let prev = self.materialize();
-                        let keep = self.b.ins().band_imm_s(prev, (flags::ARITH & !(flags::CF | flags::OF)) as i64);
                         let ofb = self.b.ins().ishl_imm_s(of, 11);
                         let f = self.b.ins().bor(cf, ofb);
-                        let f = self.b.ins().bor(f, keep);
-                        self.set_eager(f);
+                        self.set_partial(flags::ARITH & !(flags::CF | flags::OF), f);
                         return false;
                     }
                 };
@@ -2224,13 +2300,10 @@ impl Tx<'_, '_> {
                 // bits) and sets ZF; only ZF changes.
                 let old = self.gpr64(dst.idx);
                 let out = self.b.ins().select(zero, old, idx);
-                let prev = self.materialize();
                 self.set_gpr64(dst.idx, out);
-                let keep = self.b.ins().band_imm_s(prev, (flags::ARITH & !flags::ZF) as i64);
                 let zf = self.b.ins().uextend(types::I64, zero);
                 let zf = self.b.ins().ishl_imm_s(zf, 6);
-                let f = self.b.ins().bor(keep, zf);
-                self.set_eager(f);
+                self.set_partial(flags::ARITH & !flags::ZF, zf);
             }
             Form::Imul { dst, src, imm } => {
                 let size = dst.size;
@@ -2496,6 +2569,17 @@ impl Tx<'_, '_> {
                     self.set_eager(f);
                 }
             }
+            Form::Bswap { dst } => {
+                let v = self.read_reg(dst);
+                let v = if dst.size == 8 {
+                    self.b.ins().bswap(v)
+                } else {
+                    let t = self.b.ins().ireduce(types::I32, v);
+                    let t = self.b.ins().bswap(t);
+                    self.b.ins().uextend(types::I64, t)
+                };
+                self.write_reg(dst, v);
+            }
             Form::Xchg { dst, src, size } => {
                 let b = self.read_reg(src);
                 match dst {
@@ -2591,23 +2675,20 @@ impl Tx<'_, '_> {
                     BtOp::Complement => Some(self.b.ins().bxor(v, m)),
                 };
                 // Only CF changes.
-                let prev = self.materialize();
-                let keep = self.b.ins().band_imm_s(prev, (flags::ARITH & !flags::CF) as i64);
-                let f = self.b.ins().bor(keep, cf);
+                let keep = flags::ARITH & !flags::CF;
                 match (dst, out) {
                     (Opnd::Reg(r), Some(o)) => {
                         self.write_reg(r, o);
-                        self.set_eager(f);
+                        self.set_partial(keep, cf);
                     }
-                    (Opnd::Reg(_), None) => self.set_eager(f),
                     (_, Some(o)) => {
                         let seg = cpu::ops::mem_seg(insn);
                         let ea = self.ea(insn);
                         let leave = self.store_at(seg, ea, size, o, rip, haddr);
-                        self.set_eager(f);
+                        self.set_partial(keep, cf);
                         self.after_store(leave, next);
                     }
-                    (_, None) => self.set_eager(f),
+                    (_, None) => self.set_partial(keep, cf),
                 }
             }
             Form::Pcmpistri { a, b, imm } => {
