@@ -22,6 +22,9 @@ const ENTRIES: usize = 1024;
 /// associative victim buffer per set, looked at before a page walk, so two
 /// pages that share an index do not walk the tables at every switch.
 const VICTIMS: usize = 8;
+/// Slots filled since the last full flush that a flush visits instead of
+/// scanning every slot; past this many it scans them all.
+const TOUCHED_MAX: usize = 768;
 const PAGE_MASK: u64 = !(PAGE_SIZE - 1);
 /// Set in a tag that is valid; page addresses have this bit clear.
 const VALID: u64 = 1;
@@ -39,6 +42,14 @@ struct Entry {
     /// Host address of the page, or null when neither RAM nor ROM backs it.
     host: *mut u8,
     global: bool,
+}
+
+impl Entry {
+    /// Any of its tags is valid.
+    #[inline]
+    fn live(&self) -> bool {
+        (self.tag_read | self.tag_write | self.tag_exec) & VALID != 0
+    }
 }
 
 const EMPTY: Entry =
@@ -85,6 +96,11 @@ pub struct Mmu {
     victims: [[Entry; VICTIMS]; 3],
     /// The victim slot each set fills next (round robin).
     victim_next: [usize; 3],
+    /// Unless `touched_all`: every live slot (`set * ENTRIES + index`) is
+    /// on this list (and some empty ones), so a flush visits only these.
+    /// Context switches flush often and fill few slots between flushes.
+    touched: Vec<u16>,
+    touched_all: bool,
     /// A large page was split into TLB entries since the last full flush, so
     /// INVLPG must flush everything (it cannot tell which 4 KiB entries belong
     /// to the large page).
@@ -113,6 +129,8 @@ impl Mmu {
             sets: Box::new([[EMPTY; ENTRIES]; 3]),
             victims: [[EMPTY; VICTIMS]; 3],
             victim_next: [0; 3],
+            touched: Vec::with_capacity(TOUCHED_MAX),
+            touched_all: false,
             has_large: false,
             walks: 0,
             flushes: 0,
@@ -138,12 +156,33 @@ impl Mmu {
     pub fn flush(&mut self, keep_global: bool) {
         self.flushes += 1;
         self.generation += 1;
-        for set in self.sets.iter_mut() {
-            for e in set.iter_mut() {
-                if !(keep_global && e.global) {
-                    *e = EMPTY;
+        let drop = |e: &Entry| !(keep_global && e.global);
+        if self.touched_all {
+            // Every slot; the ones kept are the list from now on.
+            self.touched.clear();
+            self.touched_all = false;
+            for (si, set) in self.sets.iter_mut().enumerate() {
+                for (i, e) in set.iter_mut().enumerate() {
+                    if drop(e) {
+                        *e = EMPTY;
+                    } else if e.live() {
+                        Self::touch_into(&mut self.touched, &mut self.touched_all, si, i);
+                    }
                 }
             }
+        } else {
+            let list = std::mem::take(&mut self.touched);
+            let mut kept = Vec::with_capacity(TOUCHED_MAX);
+            for &t in &list {
+                let (si, i) = (usize::from(t) / ENTRIES, usize::from(t) % ENTRIES);
+                let e = &mut self.sets[si][i];
+                if drop(e) {
+                    *e = EMPTY;
+                } else if e.live() {
+                    kept.push(t);
+                }
+            }
+            self.touched = kept;
         }
         for set in self.victims.iter_mut() {
             for e in set.iter_mut() {
@@ -189,11 +228,32 @@ impl Mmu {
     /// first cached, so its write tags stop bypassing the tracking check).
     pub fn flush_phys(&mut self, phys_page: u64) {
         self.generation += 1;
-        for e in self.sets.iter_mut().flat_map(|s| s.iter_mut()).chain(self.victims.iter_mut().flatten()) {
+        let hit = |e: &mut Entry| {
             if e.phys == phys_page & PAGE_MASK {
                 *e = EMPTY;
             }
+        };
+        if self.touched_all {
+            self.sets.iter_mut().flat_map(|s| s.iter_mut()).for_each(hit);
+        } else {
+            for &t in &self.touched {
+                hit(&mut self.sets[usize::from(t) / ENTRIES][usize::from(t) % ENTRIES]);
+            }
         }
+        self.victims.iter_mut().flatten().for_each(hit);
+    }
+
+    /// Note that slot `i` of set `si` was filled.
+    #[inline]
+    fn touch_into(list: &mut Vec<u16>, all: &mut bool, si: usize, i: usize) {
+        if *all {
+            return;
+        }
+        if list.len() >= TOUCHED_MAX {
+            *all = true;
+            return;
+        }
+        list.push((si * ENTRIES + i) as u16);
     }
 
     #[inline]
@@ -250,7 +310,12 @@ impl Mmu {
     /// the victim buffer.
     fn place(&mut self, p: Privilege, lin: u64, e: Entry) {
         let set = set_index(p);
-        let slot = &mut self.sets[set][((lin >> 12) as usize) % ENTRIES];
+        let i = ((lin >> 12) as usize) % ENTRIES;
+        // A live slot is on the list already.
+        if !self.sets[set][i].live() {
+            Self::touch_into(&mut self.touched, &mut self.touched_all, set, i);
+        }
+        let slot = &mut self.sets[set][i];
         let old = std::mem::replace(slot, e);
         let page = |x: &Entry| (x.tag_read | x.tag_write | x.tag_exec) & PAGE_MASK;
         let valid = (old.tag_read | old.tag_write | old.tag_exec) & VALID != 0;
@@ -275,7 +340,11 @@ impl Mmu {
             tag == want
         })?;
         let e = self.victims[set][i];
-        let slot = &mut self.sets[set][((lin >> 12) as usize) % ENTRIES];
+        let si = ((lin >> 12) as usize) % ENTRIES;
+        if !self.sets[set][si].live() {
+            Self::touch_into(&mut self.touched, &mut self.touched_all, set, si);
+        }
+        let slot = &mut self.sets[set][si];
         self.victims[set][i] = std::mem::replace(slot, e);
         Some(e.phys | (lin & !PAGE_MASK))
     }
@@ -349,6 +418,46 @@ mod tests {
         mem.write_u64(0x4008, 0x6000 | 5).unwrap();
         let ctx = PagingCtx { mode: PagingMode::Level4, cr3: 0x1000, wp: true, nxe: true, smep: false, smap: false };
         (Mmu::new(mem), ctx)
+    }
+
+    /// A flush visits the slots filled since the last full scan; past
+    /// `TOUCHED_MAX` of them it scans all. Either way global entries stay
+    /// on a CR3 load and everything else goes.
+    #[test]
+    fn flushes_drop_what_was_filled_and_keep_global_pages() {
+        let mem = Arc::new(GuestMemory::new(1 << 24).unwrap());
+        // Identity map of the first 4 MiB through two page tables (0x7000
+        // for 0..2 MiB, 0x8000 for 2..4 MiB); pages >= 1 MiB are global.
+        mem.write_u64(0x1000, 0x2000 | 7).unwrap();
+        mem.write_u64(0x2000, 0x3000 | 7).unwrap();
+        mem.write_u64(0x3000, 0x7000 | 7).unwrap();
+        mem.write_u64(0x3008, 0x8000 | 7).unwrap();
+        for i in 0..1024u64 {
+            let g = if i >= 256 { 0x100 } else { 0 };
+            let pt = if i < 512 { 0x7000 } else { 0x8000 };
+            mem.write_u64(pt + 8 * (i % 512), (i << 12) | 7 | g).unwrap();
+        }
+        let ctx = PagingCtx { mode: PagingMode::Level4, cr3: 0x1000, wp: true, nxe: true, smep: false, smap: false };
+        let mut m = Mmu::new(mem);
+        for fill in [8u64, 1000] {
+            let pages: Vec<u64> = (0..fill).map(|k| (k * 3 % 1024) << 12).collect();
+            for &lin in &pages {
+                m.translate(&ctx, Privilege::Supervisor, lin, Access::Read).unwrap();
+                m.translate(&ctx, Privilege::User, lin, Access::Read).unwrap();
+            }
+            assert_eq!(m.touched_all, fill > 300, "fill {fill}");
+            m.flush(true);
+            for &lin in &pages {
+                let hit = m.read_fast::<1>(Privilege::Supervisor, lin).is_some();
+                assert_eq!(hit, lin >= 1 << 20, "fill {fill}, page {lin:#x} after a CR3 load");
+            }
+            m.flush(false);
+            assert!(m.touched.is_empty() && !m.touched_all);
+            for &lin in &pages {
+                assert!(m.read_fast::<1>(Privilege::Supervisor, lin).is_none(), "page {lin:#x} after a full flush");
+                assert!(m.read_fast::<1>(Privilege::User, lin).is_none());
+            }
+        }
     }
 
     #[test]
