@@ -60,14 +60,21 @@ pub(super) fn compare(a: u128, b: u128, len1: usize, len2: usize, imm: u8) -> St
     let words = imm & 1 != 0;
     let signed = imm & 2 != 0;
     let (w, count) = if words { (2, 8) } else { (1, 16) };
-    let elem = |v: u128, i: usize| -> i64 {
-        let x = lane(v, w, i);
-        if signed {
-            sx(x, w)
-        } else {
-            x as i64
-        }
+    // The elements, extracted once.
+    let elems = |v: u128| -> [i64; 16] {
+        std::array::from_fn(|i| {
+            if i >= count {
+                return 0;
+            }
+            let x = lane(v, w, i);
+            if signed {
+                sx(x, w)
+            } else {
+                x as i64
+            }
+        })
     };
+    let (ea, eb) = (elems(a), elems(b));
     let agg = (imm >> 2) & 3;
     // BoolRes for xmm1 element i against xmm2 element j, with the overrides
     // for invalid elements (Table 4-7).
@@ -76,7 +83,7 @@ pub(super) fn compare(a: u128, b: u128, len1: usize, len2: usize, imm: u8) -> St
         let v2 = j < len2;
         match (v1, v2) {
             (true, true) => {
-                let (x, y) = (elem(a, i), elem(b, j));
+                let (x, y) = (ea[i], eb[j]);
                 if agg == 1 {
                     if i.is_multiple_of(2) {
                         x <= y
