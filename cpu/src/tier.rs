@@ -19,6 +19,18 @@ use crate::exception::{Exception, Fault};
 use crate::state::{flags, sreg};
 
 impl Cpu {
+    /// Tell the hooks a block at CPL 0 to 2 starts, as the run loop does
+    /// before each block it runs (another tier runs this one).
+    pub fn note_kernel_block(&mut self) {
+        if self.state.cpl == 3 {
+            return;
+        }
+        if let Some(h) = &mut self.hooks {
+            let at = crate::HookCtx { instructions: self.stats.instructions, address_space: self.state.cr3 & !0xfff };
+            h.before_kernel_block(at);
+        }
+    }
+
     /// Count runs of each block decoded from now on, and stop the run loop
     /// before a block that ran `runs` times ([`Block::heat`]); 0 turns the
     /// counting off. Blocks already decoded are dropped, so that every block

@@ -55,6 +55,10 @@ pub struct Config {
     /// A region's exit goes straight on into the next region through the
     /// jump cache (off: every exit returns to the run loop, which chains).
     pub chain: bool,
+    /// Only CPL 0 code is compiled and run compiled (split execution: user
+    /// code goes to another engine); the interpreter's hooks hear of each
+    /// region entry as of a kernel block.
+    pub kernel_only: bool,
 }
 
 impl Default for Config {
@@ -67,6 +71,7 @@ impl Default for Config {
             synchronous: false,
             perf_map: false,
             chain: true,
+            kernel_only: false,
         }
     }
 }
@@ -320,7 +325,7 @@ impl Jit {
     /// The region entry for the code at RIP now, if one is installed.
     fn lookup(&mut self, cpu: &mut Cpu) -> Option<(u32, u32)> {
         let mode = native_mode(&cpu.state);
-        if mode == 0 {
+        if mode == 0 || (self.cfg.kernel_only && cpu.state.cpl != 0) {
             return None;
         }
         let rip = cpu.state.rip;
@@ -348,6 +353,9 @@ impl Jit {
     /// the cache misses, or every [`BOUNDARY_HOPS`] exits, the region
     /// returns here, and this loop looks the successor up and goes on.
     fn enter(&mut self, cpu: &mut Cpu, (mut region, mut entry): (u32, u32), budget: u64) {
+        if self.cfg.kernel_only {
+            cpu.note_kernel_block();
+        }
         let mode = native_mode(&cpu.state);
         let cp: *mut Cpu = cpu;
         let ctx = &mut *self.ctx;
@@ -448,7 +456,7 @@ impl Jit {
         let mode = native_mode(&cpu.state);
         let rip = cpu.state.rip;
         let Some(phys) = cpu.code_phys_walk(rip) else { return };
-        if mode == 0 {
+        if mode == 0 || (self.cfg.kernel_only && cpu.state.cpl != 0) {
             return;
         }
         let key = (rip, phys, mode);

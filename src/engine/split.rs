@@ -93,9 +93,12 @@ struct Stint {
     start: Instant,
 }
 
-/// The kernel in the interpreter, user code in KVM.
+/// The kernel in the JIT (the interpreter for cold code) or, where the JIT
+/// cannot start, the interpreter alone; user code in KVM.
 pub struct SplitEngine {
     cpu: Cpu,
+    /// Compiles and runs CPL 0 code only.
+    jit: Option<jit::Jit>,
     vm: KvmVm,
     vcpu: KvmVcpu,
     io: MachineIo,
@@ -153,8 +156,22 @@ impl SplitEngine {
         let mut cpu = Cpu::new(m.mem.clone(), Box::new(io.clone()));
         cpu.set_state(m.boot_state);
         cpu.set_hooks(Some(Box::new(SplitPolicy::new(USER_BUDGET))));
+        let jit = match crate::engine::jit::config_from_env() {
+            Ok(mut cfg) => {
+                cfg.kernel_only = true;
+                match jit::Jit::new(&mut cpu, cfg) {
+                    Ok(j) => Some(j),
+                    Err(e) => {
+                        tracing::warn!(target: "accel", "split execution: the JIT cannot start ({e}); the kernel runs in the interpreter");
+                        None
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        };
         Ok(SplitEngine {
             cpu,
+            jit,
             vm,
             vcpu,
             io,
@@ -289,7 +306,11 @@ impl Engine for SplitEngine {
         if self.stint.is_some() {
             return self.in_kvm(slice);
         }
-        match self.cpu.run(slice.instructions) {
+        let why = match &mut self.jit {
+            Some(j) => j.run(&mut self.cpu, slice.instructions),
+            None => self.cpu.run(slice.instructions),
+        };
+        match why {
             StopReason::UserMode => {
                 self.hand_over()?;
                 self.in_kvm(slice)
@@ -353,9 +374,10 @@ impl Engine for SplitEngine {
         let (cpu, st) = (&self.cpu, &self.st);
         let policy = SplitPolicy::of_ref(cpu).map(|p| p.stats).unwrap_or_default();
         let v = self.vcpu.stats();
-        let lines = vec![
+        let kernel = if self.jit.is_some() { "the JIT" } else { "the interpreter" };
+        let mut lines = vec![
             format!(
-                "split execution: kernel (CPL 0) in the interpreter, user code (CPL 3) in KVM; {} KiB of kernel code hidden from KVM",
+                "split execution: kernel (CPL 0) in {kernel}, user code (CPL 3) in KVM; {} KiB of kernel code hidden from KVM",
                 self.hidden >> 10
             ),
             format!(
@@ -379,7 +401,15 @@ impl Engine for SplitEngine {
                 total.saturating_sub(st.in_kvm).as_secs_f64()
             ),
         ];
-        EngineStats { instructions: Some(cpu.stats.instructions), lines }
+        let instructions = match &mut self.jit {
+            Some(j) => {
+                let n = j.instructions(&self.cpu);
+                lines.extend(j.report(total, n));
+                n
+            }
+            None => self.cpu.stats.instructions,
+        };
+        EngineStats { instructions: Some(instructions), lines }
     }
 }
 
