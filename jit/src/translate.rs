@@ -797,14 +797,16 @@ enum Known {
     },
     /// The record is empty and RFLAGS is this value.
     Eager(Value),
-    /// The state's flags (its record, or RFLAGS) with the bits outside
-    /// `keep` replaced by `bits`: an instruction that changes some flags
-    /// only (a rotate, BT, BSF) after an unknown producer. The old flags
-    /// are computed only where something needs them; most often the next
-    /// producer replaces them all first.
+    /// The old flags with the bits outside `keep` replaced by `bits`: an
+    /// instruction that changes some flags only (a rotate, BT, BSF). The
+    /// old flags are the producer `base` (a lazy record in SSA values, as
+    /// in `Lazy`: op, size, res, a, b, cin), or without one the state's
+    /// (its record, or RFLAGS). They are computed only where something
+    /// needs them; most often the next producer replaces them all first.
     Partial {
         keep: u64,
         bits: Value,
+        base: Option<(FlagOp, u32, [Value; 4])>,
     },
 }
 
@@ -1621,14 +1623,20 @@ impl Tx<'_, '_> {
     fn set_partial(&mut self, keep: u64, bits: Value) {
         match self.known {
             Known::Unknown => {
-                self.known = Known::Partial { keep, bits };
+                self.known = Known::Partial { keep, bits, base: None };
                 self.lazy_dirty = true;
                 self.cin_deferred = false;
             }
-            Known::Partial { keep: k0, bits: b0 } => {
+            Known::Partial { keep: k0, bits: b0, base } => {
                 let old = self.b.ins().band_imm_s(b0, keep as i64);
                 let bits = self.b.ins().bor(old, bits);
-                self.known = Known::Partial { keep: k0 & keep, bits };
+                self.known = Known::Partial { keep: k0 & keep, bits, base };
+            }
+            Known::Lazy { op, size, res, a, b, cin } => {
+                // An INC/DEC base keeps its deferred carry-in: the state's
+                // record is not written until the flags are.
+                self.known = Known::Partial { keep, bits, base: Some((op, size, [res, a, b, cin])) };
+                self.lazy_dirty = true;
             }
             _ => {
                 let prev = self.materialize();
@@ -1675,9 +1683,18 @@ impl Tx<'_, '_> {
         match self.known {
             Known::Eager(rf) => self.b.ins().band_imm_s(rf, flags::ARITH as i64),
             Known::Unknown => self.flags_by_helper(),
-            Known::Partial { keep, bits } => {
-                // The state's record still holds the old flags.
-                let prev = self.raw_state_flags();
+            Known::Partial { keep, bits, base } => {
+                let prev = match base {
+                    Some((op, size, [res, a, b, cin])) => {
+                        let now = self.known;
+                        self.known = Known::Lazy { op, size, res, a, b, cin };
+                        let f = self.materialize();
+                        self.known = now;
+                        f
+                    }
+                    // The state's record still holds the old flags.
+                    None => self.raw_state_flags(),
+                };
                 let kept = self.b.ins().band_imm_s(prev, keep as i64);
                 self.b.ins().bor(kept, bits)
             }
@@ -1760,7 +1777,7 @@ impl Tx<'_, '_> {
             }
             Known::Eager(rf) => self.b.ins().band_imm_s(rf, 1),
             Known::Unknown => self.cf_from_state(),
-            Known::Partial { keep, bits } if keep & flags::CF == 0 => self.b.ins().band_imm_s(bits, 1),
+            Known::Partial { keep, bits, .. } if keep & flags::CF == 0 => self.b.ins().band_imm_s(bits, 1),
             Known::Partial { .. } => {
                 let f = self.materialize();
                 self.b.ins().band_imm_s(f, 1)
@@ -1949,7 +1966,7 @@ impl Tx<'_, '_> {
         let f = match self.known {
             Known::Eager(rf) => rf,
             // The condition reads only new bits: no old flags needed.
-            Known::Partial { keep, bits } if need & keep == 0 => bits,
+            Known::Partial { keep, bits, .. } if need & keep == 0 => bits,
             Known::Partial { .. } => self.materialize(),
             _ => self.flags_by_helper(),
         };
