@@ -40,9 +40,6 @@ pub struct JitCtx {
     pub state: *mut CpuState,
     /// Entry 0 of the soft-TLB set of the current data privilege.
     pub tlb: *const u8,
-    /// The code-page bitmap and its length in words.
-    pub code_bits: *const u64,
-    pub code_words: u64,
     /// Instructions the region may run before it leaves at a back edge.
     pub budget: u64,
     /// Instructions the region ran natively (it adds to this).
@@ -82,8 +79,6 @@ pub mod off {
     use std::mem::offset_of;
     pub const STATE: i32 = offset_of!(JitCtx, state) as i32;
     pub const TLB: i32 = offset_of!(JitCtx, tlb) as i32;
-    pub const CODE_BITS: i32 = offset_of!(JitCtx, code_bits) as i32;
-    pub const CODE_WORDS: i32 = offset_of!(JitCtx, code_words) as i32;
     pub const BUDGET: i32 = offset_of!(JitCtx, budget) as i32;
     pub const NATIVE: i32 = offset_of!(JitCtx, native) as i32;
     pub const STATUS: i32 = offset_of!(JitCtx, status) as i32;
@@ -144,8 +139,6 @@ impl JitCtx {
         JitCtx {
             state: std::ptr::null_mut(),
             tlb: std::ptr::null(),
-            code_bits: std::ptr::null(),
-            code_words: 0,
             budget: 0,
             native: 0,
             status: 0,

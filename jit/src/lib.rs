@@ -365,9 +365,6 @@ impl Jit {
         unsafe {
             ctx.state = std::ptr::addr_of_mut!((*cp).state);
             ctx.tlb = (*cp).mmu.tlb_set((*cp).data_privilege());
-            let (bits, words) = (*cp).mem().code_bits();
-            ctx.code_bits = bits;
-            ctx.code_words = words as u64;
             ctx.mem_inval = (*cp).mem().invalidation_flag().as_ptr().cast_const().cast();
         }
         ctx.cpu = cp;

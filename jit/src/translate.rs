@@ -839,8 +839,6 @@ struct Tx<'a, 'b> {
     ctx: Value,
     state: Value,
     tlb: Value,
-    code_bits: Value,
-    code_words: Value,
     budget: Value,
     icount: Variable,
     exit_rip: Variable,
@@ -974,8 +972,6 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
 
     let state = b.ins().load(ptr, mem_flags(), ctx_v, off::STATE);
     let tlb = b.ins().load(ptr, mem_flags(), ctx_v, off::TLB);
-    let code_bits = b.ins().load(ptr, mem_flags(), ctx_v, off::CODE_BITS);
-    let code_words = b.ins().load(i64t, mem_flags(), ctx_v, off::CODE_WORDS);
     let budget = b.ins().load(i64t, mem_flags(), ctx_v, off::BUDGET);
     let icount = b.declare_var(i64t);
     let exit_rip = b.declare_var(i64t);
@@ -987,8 +983,6 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
         ctx: ctx_v,
         state,
         tlb,
-        code_bits,
-        code_words,
         budget,
         icount,
         exit_rip,
@@ -1462,15 +1456,11 @@ impl Tx<'_, '_> {
         let slow = self.b.create_block();
         if let Some(lin) = self.linear(seg, off_v) {
             let l = mmu::TLB_LAYOUT;
-            let (entry, hit) = self.tlb_hit(lin, size, if rmw { l.tag_write } else { l.tag_read });
-            let check = self.b.create_block();
-            self.b.ins().brif(hit, check, &[], slow, &[]);
-            self.enter_block(check);
-            let host = self.b.ins().load(types::I64, mem_flags(), entry, l.host as i32);
-            let ok = if rmw { self.not_code_page(entry) } else { self.b.ins().icmp_imm_s(IntCC::NotEqual, host, 0) };
+            let (entry, hit) = self.tlb_hit(lin, size, if rmw { l.jit_write } else { l.jit_read });
             let fast = self.b.create_block();
-            self.b.ins().brif(ok, fast, &[], slow, &[]);
+            self.b.ins().brif(hit, fast, &[], slow, &[]);
             self.enter_block(fast);
+            let host = self.b.ins().load(types::I64, mem_flags(), entry, l.host as i32);
             let pofs = self.b.ins().band_imm_s(lin, 0xfff);
             let addr = self.b.ins().iadd(host, pofs);
             let v = self.load_host(addr, size);
@@ -1500,27 +1490,6 @@ impl Tx<'_, '_> {
         (val, haddr)
     }
 
-    /// Whether the page of a TLB entry holds no code (its write tag hit:
-    /// it is RAM).
-    fn not_code_page(&mut self, entry: Value) -> Value {
-        let l = mmu::TLB_LAYOUT;
-        let phys = self.b.ins().load(types::I64, mem_flags(), entry, l.phys as i32);
-        let page = self.b.ins().ushr_imm_s(phys, 12);
-        let word = self.b.ins().ushr_imm_s(page, 6);
-        let inside = self.b.ins().icmp(IntCC::UnsignedLessThan, word, self.code_words);
-        // Outside the bitmap: treat as code (the helper decides).
-        let zero = self.iconst(0);
-        let safe_word = self.b.ins().select(inside, word, zero);
-        let byte = self.b.ins().ishl_imm_s(safe_word, 3);
-        let wp = self.b.ins().iadd(self.code_bits, byte);
-        let w = self.b.ins().load(types::I64, mem_flags(), wp, 0);
-        let sh = self.b.ins().band_imm_s(page, 63);
-        let bit = self.b.ins().ushr(w, sh);
-        let bit = self.b.ins().band_imm_s(bit, 1);
-        let clear = self.b.ins().icmp_imm_s(IntCC::Equal, bit, 0);
-        self.b.ins().band(clear, inside)
-    }
-
     /// Write `v` at `seg:off_v`; `haddr` from an RMW load (or 0). Returns
     /// a value that is non-zero when the region must leave after the
     /// instruction.
@@ -1537,15 +1506,14 @@ impl Tx<'_, '_> {
             None => match self.linear(seg, off_v) {
                 Some(lin) => {
                     let l = mmu::TLB_LAYOUT;
-                    let (entry, hit) = self.tlb_hit(lin, size, l.tag_write);
+                    let (entry, hit) = self.tlb_hit(lin, size, l.jit_write);
                     let check = self.b.create_block();
                     self.b.ins().brif(hit, check, &[], slow, &[]);
                     self.enter_block(check);
-                    let ok = self.not_code_page(entry);
                     let host = self.b.ins().load(types::I64, mem_flags(), entry, l.host as i32);
                     let pofs = self.b.ins().band_imm_s(lin, 0xfff);
                     let addr = self.b.ins().iadd(host, pofs);
-                    self.b.ins().brif(ok, fast, &[addr.into()], slow, &[]);
+                    self.b.ins().jump(fast, &[addr.into()]);
                 }
                 None => {
                     self.b.ins().jump(slow, &[]);
@@ -2817,11 +2785,9 @@ impl Tx<'_, '_> {
             self.slow_unless(ok, rip);
         }
         let l = mmu::TLB_LAYOUT;
-        let (entry, hit) = self.tlb_hit(lin, 16, if write { l.tag_write } else { l.tag_read });
+        let (entry, hit) = self.tlb_hit(lin, 16, if write { l.jit_write } else { l.jit_read });
         self.slow_unless(hit, rip);
         let host = self.b.ins().load(types::I64, mem_flags(), entry, l.host as i32);
-        let ok = if write { self.not_code_page(entry) } else { self.b.ins().icmp_imm_s(IntCC::NotEqual, host, 0) };
-        self.slow_unless(ok, rip);
         let pofs = self.b.ins().band_imm_s(lin, 0xfff);
         self.b.ins().iadd(host, pofs)
     }

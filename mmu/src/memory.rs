@@ -435,12 +435,12 @@ impl GuestMemory {
         }
     }
 
-    /// The code-page bitmap (bit `p % 64` of word `p / 64` is set while
-    /// guest page `p` holds cached or translated code) and its length in
-    /// words, for translated code that tests it before a store. The words
-    /// are atomics; a plain load of one is a relaxed load.
-    pub fn code_bits(&self) -> (*const u64, usize) {
-        (self.code_bits.as_ptr().cast(), self.code_bits.len())
+    /// Whether the page holding `addr` is tracked and holds no cached code
+    /// (a store there needs no tracking).
+    #[inline]
+    pub fn holds_no_code(&self, addr: u64) -> bool {
+        let page = addr / PAGE_SIZE;
+        self.code_bits.get((page / 64) as usize).is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (page % 64)) == 0)
     }
 
     /// Whether the page holding `addr` has cached code.

@@ -29,6 +29,12 @@ const PAGE_MASK: u64 = !(PAGE_SIZE - 1);
 /// Set in a tag that is valid; page addresses have this bit clear.
 const VALID: u64 = 1;
 
+/// Physical pages translated code never writes straight to: the BIOS
+/// shadow that the PAM registers turn read-only
+/// ([`GuestMemory::set_shadow_read_only`] marks them as code pages without
+/// reaching this TLB).
+const JIT_NO_WRITE: std::ops::Range<u64> = 0xc_0000..0x10_0000;
+
 /// 64 bytes (a cache line, and a shift rather than a multiply for the
 /// index in translated code).
 #[repr(C, align(64))]
@@ -41,6 +47,13 @@ struct Entry {
     phys: u64,
     /// Host address of the page, or null when neither RAM nor ROM backs it.
     host: *mut u8,
+    /// The tags translated code compares, for accesses it may do straight
+    /// through `host`: `tag_read` where `host` is not null, and
+    /// `tag_write` where the page holds no code either (a page that gets
+    /// code loses its entries, [`Mmu::flush_phys`]) and is not BIOS shadow
+    /// (`JIT_NO_WRITE`).
+    jit_read: u64,
+    jit_write: u64,
     global: bool,
 }
 
@@ -52,8 +65,16 @@ impl Entry {
     }
 }
 
-const EMPTY: Entry =
-    Entry { tag_read: 0, tag_write: 0, tag_exec: 0, phys: 0, host: std::ptr::null_mut(), global: false };
+const EMPTY: Entry = Entry {
+    tag_read: 0,
+    tag_write: 0,
+    tag_exec: 0,
+    phys: 0,
+    host: std::ptr::null_mut(),
+    jit_read: 0,
+    jit_write: 0,
+    global: false,
+};
 
 fn set_index(p: Privilege) -> usize {
     match p {
@@ -65,16 +86,20 @@ fn set_index(p: Privilege) -> usize {
 
 /// Where translated code finds the parts of a TLB entry it tests inline
 /// (byte offsets into an entry; see [`Mmu::tlb_set`]). A hit for an access
-/// of `n` bytes at `lin` is `tag == ((lin + n - 1) & !0xfff) | 1` on the
-/// entry at index `(lin >> 12) % entries` (the tag of a page the access
-/// leaves never matches), with a non-null `host`; a write also needs the
-/// page not to hold code ([`GuestMemory::code_bits`]).
+/// of `n` bytes at `lin` is `jit_read` (or `jit_write`) `== ((lin + n - 1)
+/// & !0xfff) | 1` on the entry at index `(lin >> 12) % entries` (the tag of
+/// a page the access leaves never matches); the access then goes straight
+/// to `host + (lin & 0xfff)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TlbLayout {
     pub entries: usize,
     pub entry_size: usize,
     pub tag_read: usize,
     pub tag_write: usize,
+    /// Tags that also promise a host page (reads) and a page without code
+    /// (writes): a hit needs no further test.
+    pub jit_read: usize,
+    pub jit_write: usize,
     pub phys: usize,
     pub host: usize,
 }
@@ -85,6 +110,8 @@ pub const TLB_LAYOUT: TlbLayout = TlbLayout {
     entry_size: std::mem::size_of::<Entry>(),
     tag_read: std::mem::offset_of!(Entry, tag_read),
     tag_write: std::mem::offset_of!(Entry, tag_write),
+    jit_read: std::mem::offset_of!(Entry, jit_read),
+    jit_write: std::mem::offset_of!(Entry, jit_write),
     phys: std::mem::offset_of!(Entry, phys),
     host: std::mem::offset_of!(Entry, host),
 };
@@ -295,12 +322,16 @@ impl Mmu {
         let tag = (lin & PAGE_MASK) | VALID;
         let host = self.mem.host_range(phys);
         let allow = |a| ctx.permits(t, a, p);
+        let tag_read = if allow(Access::Read) { tag } else { 0 };
+        let tag_write = if allow(Access::Write) && t.dirty && host.is_some_and(|h| h.writable) { tag } else { 0 };
         let e = Entry {
-            tag_read: if allow(Access::Read) { tag } else { 0 },
-            tag_write: if allow(Access::Write) && t.dirty && host.is_some_and(|h| h.writable) { tag } else { 0 },
+            tag_read,
+            tag_write,
             tag_exec: if allow(Access::Execute) { tag } else { 0 },
             phys,
             host: host.map_or(std::ptr::null_mut(), |h| h.ptr),
+            jit_read: if host.is_some() { tag_read } else { 0 },
+            jit_write: if !JIT_NO_WRITE.contains(&phys) && self.mem.holds_no_code(phys) { tag_write } else { 0 },
             global: t.global,
         };
         self.place(p, lin, e);
@@ -495,5 +526,33 @@ mod tests {
         m.translate(&ctx, Privilege::User, 0x0, Access::Write).unwrap();
         m.mem().mark_code_page(0x5000);
         assert!(!m.write_fast(Privilege::User, 0x0, &[1]));
+    }
+
+    /// The tags translated code compares: a write tag only for a page
+    /// without code, gone once the page gets code (`flush_phys`), back at
+    /// the next fill once the code is gone; none for BIOS shadow.
+    #[test]
+    fn translated_code_tags_leave_out_code_pages_and_the_bios_shadow() {
+        let (mut m, ctx) = setup();
+        let slot = |m: &Mmu, lin: u64| m.sets[set_index(Privilege::User)][((lin >> 12) as usize) % ENTRIES];
+        m.translate(&ctx, Privilege::User, 0x0, Access::Write).unwrap();
+        let e = slot(&m, 0x0);
+        assert_eq!((e.jit_read, e.jit_write), (VALID, VALID), "RAM without code");
+        assert!(m.mem().mark_code_page(0x5000));
+        m.flush_phys(0x5000);
+        assert_eq!(slot(&m, 0x0).jit_write, 0, "flushed when the page got code");
+        m.translate(&ctx, Privilege::User, 0x0, Access::Write).unwrap();
+        let e = slot(&m, 0x0);
+        assert_eq!((e.jit_read, e.jit_write), (VALID, 0), "a code page: reads only");
+        m.mem().write_u8(0x5000, 1).unwrap();
+        assert!(m.mem().holds_no_code(0x5000), "the write dropped the code");
+        m.flush(false);
+        m.translate(&ctx, Privilege::User, 0x0, Access::Write).unwrap();
+        assert_eq!(slot(&m, 0x0).jit_write, VALID);
+        // Linear 0x3000 maps the shadow page at 0xf0000.
+        m.mem().write_u64(0x4018, 0xf_0000 | 0x67).unwrap();
+        m.translate(&ctx, Privilege::User, 0x3000, Access::Write).unwrap();
+        let e = slot(&m, 0x3000);
+        assert_eq!((e.tag_write, e.jit_write), (0x3000 | VALID, 0), "BIOS shadow: no straight writes");
     }
 }
