@@ -46,6 +46,9 @@ pub(super) struct StrResult {
 
 /// Number of valid elements up to the first null element.
 fn implicit_len(v: u128, w: usize, count: usize) -> usize {
+    if w == 1 {
+        return (zero_bytes(v) | 1 << 16).trailing_zeros() as usize;
+    }
     (0..count).find(|&i| lane(v, w, i) == 0).unwrap_or(count)
 }
 
@@ -55,8 +58,8 @@ fn explicit_len(v: u64, wide: bool, count: usize) -> usize {
     abs.min(count as u64) as usize
 }
 
-/// The compare-and-aggregate core of the four instructions (SDM §4.1.3–4.1.6).
-pub(super) fn compare(a: u128, b: u128, len1: usize, len2: usize, imm: u8) -> StrResult {
+/// IntRes1 element by element, for every format and aggregation.
+fn compare_lanes(a: u128, b: u128, len1: usize, len2: usize, imm: u8) -> u32 {
     let words = imm & 1 != 0;
     let signed = imm & 2 != 0;
     let (w, count) = if words { (2, 8) } else { (1, 16) };
@@ -104,24 +107,10 @@ pub(super) fn compare(a: u128, b: u128, len1: usize, len2: usize, imm: u8) -> St
         // Equal any: element j of xmm2 (valid) is one of xmm1's valid
         // elements; an invalid element of either side never matches.
         // Equality ignores the sign, so the raw lanes do.
-        if w == 1 {
-            let mut set = [0u64; 4];
-            for i in 0..len1 {
-                let x = lane(a, 1, i) as usize;
-                set[x >> 6] |= 1 << (x & 63);
-            }
-            for j in 0..len2 {
-                let y = lane(b, 1, j) as usize;
-                if set[y >> 6] & (1 << (y & 63)) != 0 {
-                    res1 |= 1 << j;
-                }
-            }
-        } else {
-            for j in 0..len2 {
-                let y = lane(b, 2, j);
-                if (0..len1).any(|i| lane(a, 2, i) == y) {
-                    res1 |= 1 << j;
-                }
+        for j in 0..len2 {
+            let y = lane(b, w, j);
+            if (0..len1).any(|i| lane(a, w, i) == y) {
+                res1 |= 1 << j;
             }
         }
     } else {
@@ -136,6 +125,48 @@ pub(super) fn compare(a: u128, b: u128, len1: usize, len2: usize, imm: u8) -> St
             }
         }
     }
+    res1
+}
+
+/// Bit `j` set where byte `j` of `x` is zero.
+fn zero_bytes(x: u128) -> u32 {
+    const LOW7: u128 = 0x7f7f_7f7f_7f7f_7f7f_7f7f_7f7f_7f7f_7f7f;
+    // A byte's top bit, after adding 0x7f to its low seven bits and or-ing
+    // it in, is set unless the byte is zero (no carry crosses a byte).
+    let nonzero = ((x & LOW7) + LOW7) | x;
+    let zero = (!nonzero & !LOW7) >> 7;
+    // The bits at 8j (0 or 1) gathered into bits 56..63 of the product.
+    let gather = |v: u64| (v.wrapping_mul(0x0102_0408_1020_4080) >> 56) as u32;
+    gather(zero as u64) | (gather((zero >> 64) as u64) << 8)
+}
+
+/// IntRes1 for unsigned or signed bytes with equal any, equal each or
+/// equal ordered (equality ignores the sign): sixteen bytes compared at
+/// once per element of `a`.
+fn compare_bytes(a: u128, b: u128, len1: usize, len2: usize, agg: u8) -> u32 {
+    const ONES: u128 = 0x0101_0101_0101_0101_0101_0101_0101_0101;
+    let valid = |n: usize| ((1u32 << n) - 1) & 0xffff;
+    let (valid1, valid2) = (valid(len1), valid(len2));
+    // Bytes of `b` equal to byte `i` of `a`.
+    let eq = |i: usize| zero_bytes(b ^ (((a >> (8 * i)) & 0xff) * ONES));
+    match agg {
+        // Equal any: a valid element of `b` that is one of `a`'s valid ones.
+        0 => (0..len1).fold(0, |r, i| r | eq(i)) & valid2,
+        // Equal each: pairs of valid elements that are equal, and pairs of
+        // invalid ones.
+        2 => (zero_bytes(a ^ b) & valid1 & valid2) | (!valid1 & !valid2 & 0xffff),
+        // Equal ordered: `a`'s valid elements found from position `j` on
+        // (those past the end of `b`'s 16 bytes are not needed).
+        _ => (0..len1).fold(0xffff, |r, i| r & (((eq(i) & valid2) >> i) | !((1u32 << (16 - i)) - 1))) & 0xffff,
+    }
+}
+
+/// The compare-and-aggregate core of the four instructions (SDM §4.1.3–4.1.6).
+pub(super) fn compare(a: u128, b: u128, len1: usize, len2: usize, imm: u8) -> StrResult {
+    let words = imm & 1 != 0;
+    let count = if words { 8 } else { 16 };
+    let agg = (imm >> 2) & 3;
+    let res1 = if !words && agg != 1 { compare_bytes(a, b, len1, len2, agg) } else { compare_lanes(a, b, len1, len2, imm) };
     let all = (1u32 << count) - 1;
     let valid2 = (1u32 << len2) - 1;
     let res = match (imm >> 4) & 3 {
@@ -307,6 +338,42 @@ mod tests {
         exec(&mut c, |a| a.crc32(rax, qword_ptr(rbx))).unwrap();
         exec(&mut c, |a| a.crc32(rax, byte_ptr(rbx + 8))).unwrap();
         assert_eq!(c.state.gpr[0] ^ 0xffff_ffff, 0xe306_9283);
+    }
+
+    /// The byte compares done sixteen at a time give what the element by
+    /// element compare gives, for every control byte they serve.
+    #[test]
+    fn byte_compares_match_the_element_by_element_ones() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // Bytes from a small alphabet (zeros included), so that matches,
+        // runs and terminators are frequent.
+        let mut operand = |next: &mut dyn FnMut() -> u64| {
+            (0..16).fold(0u128, |v, i| v | u128::from(b"\0abcab"[(next() % 6) as usize]) << (8 * i))
+        };
+        for _ in 0..20_000 {
+            let (a, b) = (operand(&mut next), operand(&mut next));
+            for v in [a, b] {
+                let slow = (0..16).find(|&i| lane(v, 1, i) == 0).unwrap_or(16);
+                assert_eq!(implicit_len(v, 1, 16), slow, "{v:#x}");
+            }
+            let (len1, len2) = ((next() % 17) as usize, (next() % 17) as usize);
+            for agg in [0u8, 2, 3] {
+                for signed in [0u8, 2] {
+                    let imm = agg << 2 | signed;
+                    assert_eq!(
+                        compare_bytes(a, b, len1, len2, agg),
+                        compare_lanes(a, b, len1, len2, imm),
+                        "a {a:#x} b {b:#x} len1 {len1} len2 {len2} imm {imm:#x}"
+                    );
+                }
+            }
+        }
     }
 
     /// The SDM's worked cases for each aggregation.
