@@ -41,12 +41,13 @@ pub struct JitCtx {
     /// Entry 0 of the soft-TLB set of the current data privilege.
     pub tlb: *const u8,
     /// Instructions the region may run before it leaves at a back edge.
+    /// Every exit stores what is left (less the instructions it ran
+    /// natively; below zero it wraps), which is what the next region gets
+    /// when the exit goes straight on, and how the run loop counts.
     pub budget: u64,
-    /// Instructions the region ran natively (it adds to this).
-    pub native: u64,
-    /// A helper's status ([`status`]).
+    /// A helper's status ([`status`]), then how the region left
+    /// ([`exit`]): side by side, so that an exit reads both at once.
     pub status: u32,
-    /// How the region left ([`exit`]).
     pub exit: u32,
     /// The jump cache that a region's exit probes to go straight on into
     /// the next region ([`JumpSlot`]s, [`JUMP_SLOTS`] of them).
@@ -57,14 +58,14 @@ pub struct JitCtx {
     /// Exits that may still go straight on before the run loop looks at
     /// interrupts again.
     pub hops: u64,
-    /// Exits that went straight on into the next region.
-    pub chained: u64,
     /// Set when code pages were written (by the CPU or by a device), as
     /// `AtomicBool`s: an exit does not go on while either is set.
     pub inval: *const u8,
     pub mem_inval: *const u8,
     // ---- below: the helpers' side only ----
     pub cpu: *mut Cpu,
+    /// Instructions run natively (the run loop adds what each entry ran).
+    pub native: u64,
     /// A fault a helper met, for the run loop to deliver.
     pub fault: Option<Exception>,
     /// Instructions run through the interpreter's handlers.
@@ -80,13 +81,11 @@ pub mod off {
     pub const STATE: i32 = offset_of!(JitCtx, state) as i32;
     pub const TLB: i32 = offset_of!(JitCtx, tlb) as i32;
     pub const BUDGET: i32 = offset_of!(JitCtx, budget) as i32;
-    pub const NATIVE: i32 = offset_of!(JitCtx, native) as i32;
     pub const STATUS: i32 = offset_of!(JitCtx, status) as i32;
     pub const EXIT: i32 = offset_of!(JitCtx, exit) as i32;
     pub const JUMP: i32 = offset_of!(JitCtx, jump) as i32;
     pub const TAG: i32 = offset_of!(JitCtx, tag) as i32;
     pub const HOPS: i32 = offset_of!(JitCtx, hops) as i32;
-    pub const CHAINED: i32 = offset_of!(JitCtx, chained) as i32;
     pub const INVAL: i32 = offset_of!(JitCtx, inval) as i32;
     pub const MEM_INVAL: i32 = offset_of!(JitCtx, mem_inval) as i32;
     pub const SLOT_RIP: i32 = offset_of!(super::JumpSlot, rip) as i32;
@@ -140,16 +139,15 @@ impl JitCtx {
             state: std::ptr::null_mut(),
             tlb: std::ptr::null(),
             budget: 0,
-            native: 0,
             status: 0,
             exit: 0,
             jump: std::ptr::null(),
             tag: 0,
             hops: 0,
-            chained: 0,
             inval: std::ptr::null(),
             mem_inval: std::ptr::null(),
             cpu: std::ptr::null_mut(),
+            native: 0,
             fault: None,
             fallbacks: 0,
             by_mnemonic: vec![0; iced_x86::Mnemonic::values().len()],

@@ -384,9 +384,7 @@ impl Jit {
             ctx.exit = ctx::exit::NORMAL;
             ctx.fault = None;
             ctx.status = 0;
-            let native = ctx.native;
             let fallbacks = ctx.fallbacks;
-            let linked = ctx.chained;
             let ctx_ptr: *mut JitCtx = ctx;
             // SAFETY: `code` is an installed region (of the signature the
             // trampoline calls), compiled from this CPU's code for its
@@ -397,7 +395,9 @@ impl Jit {
             // their fallback tables are alive (regions are only dropped
             // between runs).
             unsafe { (self.trampoline)(ctx_ptr, code, entry) };
-            let ran_native = self.ctx.native - native;
+            // Each exit leaves the budget less what it ran (wrapping).
+            let ran_native = left.wrapping_sub(self.ctx.budget);
+            self.ctx.native += ran_native;
             let ran_fallback = self.ctx.fallbacks - fallbacks;
             if first {
                 self.stats.entries += 1;
@@ -405,7 +405,7 @@ impl Jit {
             } else {
                 self.stats.chained += 1;
             }
-            self.stats.linked += self.ctx.chained - linked;
+            self.stats.linked += u64::from(BOUNDARY_HOPS) - self.ctx.hops;
             self.stats.native_insns += ran_native;
             self.stats.fallback_insns += ran_fallback;
             // The helpers counted fallbacks in `cpu.stats.instructions` too.

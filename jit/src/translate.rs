@@ -1098,12 +1098,12 @@ impl Tx<'_, '_> {
         }
     }
 
-    /// `ctx.native += icount`.
+    /// `ctx.budget = budget - icount`: what is left for the next region,
+    /// and how the run loop counts the instructions run.
     fn count_out(&mut self) {
         let c = self.b.use_var(self.icount);
-        let n = self.b.ins().load(types::I64, mem_flags(), self.ctx, off::NATIVE);
-        let n = self.b.ins().iadd(n, c);
-        self.b.ins().store(mem_flags(), n, self.ctx, off::NATIVE);
+        let left = self.b.ins().isub(self.budget, c);
+        self.b.ins().store(mem_flags(), left, self.ctx, off::BUDGET);
     }
 
     /// The end of a plain exit at `rip` (the state is written back and the
@@ -1119,9 +1119,8 @@ impl Tx<'_, '_> {
         let go = self.b.create_block();
         let c = self.b.use_var(self.icount);
         let spent = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, c, self.budget);
-        let st = self.b.ins().load(types::I32, fl, self.ctx, off::STATUS);
-        let ex = self.b.ins().load(types::I32, fl, self.ctx, off::EXIT);
-        let st = self.b.ins().bor(st, ex);
+        // The status and the exit kind, side by side.
+        let st = self.b.ins().load(i64t, fl, self.ctx, off::STATUS);
         let hops = self.b.ins().load(i64t, fl, self.ctx, off::HOPS);
         // Relaxed reads of the two `AtomicBool`s: a write seen late is
         // seen by the run loop when the chain ends.
@@ -1130,7 +1129,7 @@ impl Tx<'_, '_> {
         let f1 = self.b.ins().load(types::I8, fl, p1, 0);
         let f2 = self.b.ins().load(types::I8, fl, p2, 0);
         let f = self.b.ins().bor(f1, f2);
-        let f = self.b.ins().uextend(types::I32, f);
+        let f = self.b.ins().uextend(i64t, f);
         let stop = self.b.ins().bor(st, f);
         let stop = self.b.ins().icmp_imm_s(IntCC::NotEqual, stop, 0);
         let no_hops = self.b.ins().icmp_imm_s(IntCC::Equal, hops, 0);
@@ -1156,13 +1155,8 @@ impl Tx<'_, '_> {
         self.enter_block(go);
         let code = self.b.ins().load(ptr, fl, slot, off::SLOT_CODE);
         let entry = self.b.ins().load(types::I32, fl, slot, off::SLOT_ENTRY);
-        let left = self.b.ins().isub(self.budget, c);
-        self.b.ins().store(fl, left, self.ctx, off::BUDGET);
         let hops = self.b.ins().iadd_imm_s(hops, -1);
         self.b.ins().store(fl, hops, self.ctx, off::HOPS);
-        let n = self.b.ins().load(i64t, fl, self.ctx, off::CHAINED);
-        let n = self.b.ins().iadd_imm_s(n, 1);
-        self.b.ins().store(fl, n, self.ctx, off::CHAINED);
         let sig = self.b.import_signature(crate::compiler::region_signature(ptr));
         self.b.ins().return_call_indirect(sig, code, &[self.ctx, entry]);
 

@@ -166,7 +166,8 @@ pub(super) fn compare(a: u128, b: u128, len1: usize, len2: usize, imm: u8) -> St
     let words = imm & 1 != 0;
     let count = if words { 8 } else { 16 };
     let agg = (imm >> 2) & 3;
-    let res1 = if !words && agg != 1 { compare_bytes(a, b, len1, len2, agg) } else { compare_lanes(a, b, len1, len2, imm) };
+    let res1 =
+        if !words && agg != 1 { compare_bytes(a, b, len1, len2, agg) } else { compare_lanes(a, b, len1, len2, imm) };
     let all = (1u32 << count) - 1;
     let valid2 = (1u32 << len2) - 1;
     let res = match (imm >> 4) & 3 {
