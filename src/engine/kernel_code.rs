@@ -166,6 +166,7 @@ pub fn find(s: &CpuState, ctx: PagingCtx, mem: &GuestMemory) -> Result<KernelCod
         let page = lin & !(PAGE - 1);
         let (kind, phys) = if kernel_half(lin) { w.page(page) } else { (PageKind::Other, 0) };
         if kind == PageKind::Other {
+            tracing::debug!(target: "accel", "kernel entry point {lin:#x} does not lead to kernel code");
             found.skipped += 1;
             continue;
         }
