@@ -8,14 +8,18 @@
 //! SYSENTER_EIP). Each is translated through the guest's page tables (the
 //! ones in force; under page-table isolation the user tables, which map
 //! the entry code too). A page is kernel code if it is present,
-//! supervisor-only and executable; around each entry point the run of
-//! such pages that are also read-only (the kernel's text once it is
-//! write-protected: its data is writable or, with EFER.NXE, not
-//! executable) is taken too, up to [`MAX_RUN_PAGES`] each way. Hiding
-//! those physical pages from KVM stops the vCPU at the first kernel
-//! instruction after any entry from user mode. User pages are never
-//! taken. The walk sets accessed bits in the page tables it reads, as the
-//! processor's own walks do.
+//! supervisor-only, executable and read-only: the kernel's text once it is
+//! write-protected (its data is writable or, with EFER.NXE, not
+//! executable). Around each entry point the run of such pages is taken,
+//! up to [`MAX_RUN_PAGES`] each way. Hiding those physical pages from KVM
+//! stops the vCPU at the first kernel instruction after any entry from
+//! user mode. User pages are never taken. An entry point on writable code
+//! fails the scan: the kernel has not finished booting (Linux frees its
+//! init code, which early gates still lead to, and then write-protects its
+//! text, before it starts init; user code before that, such as a module
+//! loader it runs, must not have pages hidden that are then freed and
+//! reused). The walk sets accessed bits in the page tables it reads, as
+//! the processor's own walks do.
 
 use std::collections::BTreeSet;
 
@@ -59,6 +63,9 @@ pub enum NotFound {
     NotLongMode,
     /// No IDT gate or SYSCALL/SYSENTER target leads to kernel code.
     NoEntryPoints,
+    /// An entry point leads to writable code: the kernel's text is not
+    /// write-protected (yet).
+    WritableCode(u64),
 }
 
 impl std::fmt::Display for NotFound {
@@ -66,6 +73,9 @@ impl std::fmt::Display for NotFound {
         match self {
             NotFound::NotLongMode => write!(f, "the guest is not in long mode with paging"),
             NotFound::NoEntryPoints => write!(f, "no IDT gate or SYSCALL/SYSENTER target leads to supervisor code"),
+            NotFound::WritableCode(at) => {
+                write!(f, "entry point {at:#x} is on writable code (the kernel's text is not write-protected yet)")
+            }
         }
     }
 }
@@ -170,12 +180,11 @@ pub fn find(s: &CpuState, ctx: PagingCtx, mem: &GuestMemory) -> Result<KernelCod
             found.skipped += 1;
             continue;
         }
+        if kind == PageKind::WritableCode {
+            return Err(NotFound::WritableCode(lin));
+        }
         found.entries += 1;
         if !found.pages.insert(phys) {
-            continue;
-        }
-        if kind == PageKind::WritableCode {
-            // Text not yet write-protected: its neighbours may be data.
             continue;
         }
         for step in [PAGE.wrapping_neg(), PAGE] {
@@ -257,24 +266,28 @@ mod tests {
     #[test]
     fn the_read_only_executable_run_around_each_entry_point_is_found() {
         let mem = GuestMemory::new(64 << 20).unwrap();
-        // Pages 10-19: text (read-only, executable); 20: data (NX); 21:
-        // a user page; 30: writable code; 40: the IDT.
+        // Pages 10-19 and 30: text (read-only, executable); 20: data
+        // (NX); 21: a user page; 40: the IDT; 50: writable code.
         let ctx = tables(&mem, |i| match i {
-            10..=19 => P,
+            10..=19 | 30 => P,
             21 => P | US,
-            30 => P | RW,
+            50 => P | RW,
             _ => P | RW | NX,
         });
         let mut s = long_mode_state();
-        idt(&mem, &mut s, 40, &[KVA + 12 * PAGE + 0x40, KVA + 30 * PAGE + 8, KVA + 21 * PAGE]);
+        let gates = [KVA + 12 * PAGE + 0x40, KVA + 30 * PAGE + 8, KVA + 21 * PAGE, KVA + 13 * PAGE];
+        idt(&mem, &mut s, 40, &gates);
         s.msr.lstar = KVA + 19 * PAGE + 0x80;
         let found = find(&s, ctx, &mem).unwrap();
-        assert_eq!((found.entries, found.skipped), (3, 1), "the user page's gate is left alone");
+        assert_eq!((found.entries, found.skipped), (4, 1), "the user page's gate is left alone");
         assert_eq!(
             KernelCode::ranges(&found.pages),
             [(KPA + 10 * PAGE, KPA + 20 * PAGE), (KPA + 30 * PAGE, KPA + 31 * PAGE)],
-            "the text, and the writable code's own page only"
+            "the text around each entry point"
         );
+        // Code not yet write-protected: not yet.
+        s.msr.cstar = KVA + 50 * PAGE;
+        assert_eq!(find(&s, ctx, &mem), Err(NotFound::WritableCode(KVA + 50 * PAGE)));
     }
 
     #[test]
