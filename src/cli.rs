@@ -181,10 +181,12 @@ pub struct RunArgs {
     /// Print execution statistics when the guest stops.
     #[arg(long)]
     pub stats: bool,
-    /// Under --accel kvm, run the guest kernel (CPL 0) in the interpreter and
-    /// only user code (CPL 3) in KVM. `auto` does so where KVM itself runs
-    /// CPL-0 code in software (kvm_pvm) and the kernel was loaded by the host
-    /// (--kernel on the fast path, or a vmlinux).
+    /// Under --accel kvm, run the guest kernel (CPL 0) in the JIT and only
+    /// user code (CPL 3) in KVM. `auto` does so where KVM itself runs CPL-0
+    /// code in software (kvm_pvm) and either the host loaded the kernel
+    /// (--kernel on the fast path, or a vmlinux) or the machine boots through
+    /// the BIOS; a kernel the host did not load has its code found in the
+    /// guest once user code runs (everything before runs in the JIT).
     #[arg(long, value_enum, default_value_t = KvmSplit::Auto)]
     pub kvm_split: KvmSplit,
     /// Under --accel kvm with KVM's interrupt controllers: keep the PIT in

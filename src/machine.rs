@@ -53,10 +53,12 @@ pub enum KvmPit {
 /// Whether `--accel kvm` splits execution ([`crate::engine::split`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SplitMode {
-    /// Where KVM runs CPL 0 in software and the kernel's code is known.
+    /// Where KVM runs CPL 0 in software, for a kernel the host loaded
+    /// (its code is known) or a BIOS boot (its code is found in the guest).
     #[default]
     Auto,
-    /// Always (fails without a known kernel).
+    /// Always; the code of a kernel the host did not load is found in the
+    /// guest once user code runs.
     On,
     /// Never: all of the guest runs in KVM.
     Off,

@@ -37,6 +37,7 @@ echo "T:done"
 
 struct Boot {
     stdout: String,
+    stderr: String,
     status: Option<i32>,
     elapsed: Duration,
 }
@@ -97,8 +98,9 @@ fn boot_with_stalls(script: &str, accel: &str, kernel: &Path, initrd: &Path, ext
         s.join().expect("the stall thread");
     }
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!("--- {} ({:?}) stderr:\n{}", kernel.display(), t.elapsed(), String::from_utf8_lossy(&out.stderr));
-    Boot { stdout, status: out.status.code(), elapsed: t.elapsed() }
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("--- {} ({:?}) stderr:\n{stderr}", kernel.display(), t.elapsed());
+    Boot { stdout, stderr, status: out.status.code(), elapsed: t.elapsed() }
 }
 
 fn field<'a>(out: &'a str, key: &str) -> Option<&'a str> {
@@ -264,13 +266,17 @@ done
 echo "T:done"
 "#;
 
-fn kvm_boot(kernel: &str) {
-    let Some(dir) = images() else { return };
+/// Boot `kernel` under KVM with the options `extra` and check
+/// [`KVM_SCRIPT`]'s results; `None` where KVM or the images are missing.
+fn kvm_boot(kernel: &str, extra: &[&str]) -> Option<Boot> {
+    let dir = images()?;
     if !kvm::usable() {
-        return;
+        return None;
     }
     let k = dir.join(kernel);
-    let b = boot_script(KVM_SCRIPT, "kvm", &k, &dir.join("initramfs.cpio.gz"), &["--stats"]);
+    let mut args = vec!["--stats"];
+    args.extend_from_slice(extra);
+    let b = boot_script(KVM_SCRIPT, "kvm", &k, &dir.join("initramfs.cpio.gz"), &args);
     let out = &b.stdout;
     assert!(out.contains("ferrovm-init: start"), "init never started:\n{out}");
     assert!(out.contains("T:done"), "the script did not finish:\n{out}");
@@ -282,16 +288,27 @@ fn kvm_boot(kernel: &str) {
     }
     assert_eq!(b.status, Some(0), "poweroff -f must end the run with status 0");
     eprintln!("{} booted under kvm and checked in {:.1} s", k.display(), b.elapsed.as_secs_f64());
+    Some(b)
 }
 
 #[test]
 fn cloud_kernel_boots_to_init_under_kvm() {
-    kvm_boot("vmlinuz-cloud");
+    kvm_boot("vmlinuz-cloud", &[]);
 }
 
 #[test]
 fn generic_kernel_boots_to_init_under_kvm() {
-    kvm_boot("vmlinuz-generic");
+    kvm_boot("vmlinuz-generic", &[]);
+}
+
+/// A kernel the host did not load (the classic path: the bzImage's own
+/// decompressor) split with `--kvm-split on`: the decompressor and the
+/// kernel's boot run in the JIT, and the kernel's code is found in the
+/// guest when user code first runs, which then runs in KVM.
+#[test]
+fn a_kernel_that_decompresses_itself_runs_split_under_kvm() {
+    let Some(b) = kvm_boot("vmlinuz-cloud", &["--kernel-boot", "classic", "--kvm-split", "on"]) else { return };
+    kvm::check_kernel_code_found(&b.stderr);
 }
 
 /// The interpreter's full check (CPU flags, dmesg) under KVM.

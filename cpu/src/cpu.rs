@@ -131,6 +131,12 @@ impl Cpu {
         self.mmu.mem()
     }
 
+    /// The paging context in force (from CR0, CR3, CR4 and EFER), for
+    /// walking the guest's page tables outside an instruction.
+    pub fn paging(&self) -> PagingCtx {
+        self.paging
+    }
+
     /// Recompute the paging context after CR0, CR3, CR4 or EFER change.
     pub(crate) fn update_paging(&mut self) {
         let s = &self.state;

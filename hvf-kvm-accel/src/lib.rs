@@ -124,7 +124,8 @@ pub trait Vm: Send + Sync {
     /// there become MMIO exits, which the machine drops, as a chipset drops
     /// writes to write-protected shadow RAM (the i440FX's PAM registers).
     /// Reads and instruction fetches are unchanged. Fails where the
-    /// hypervisor has no read-only memory.
+    /// hypervisor has no read-only memory. Writable again also brings back
+    /// a range [`Vm::hide`] took away.
     fn protect(&self, start: u64, end: u64, read_only: bool) -> Result<(), AccelError>;
     /// Make the hypervisor forget every translation it derived from the
     /// guest's page tables. Needed after the page tables were changed by

@@ -64,6 +64,28 @@ fn an_exception_from_cpl3_into_a_hidden_handler_leaves_kvm_at_the_handler() {
     assert!(io.on(PORT_VECTOR).is_empty(), "no handler ran");
 }
 
+#[test]
+fn a_hidden_range_made_writable_again_is_back_in_kvm() {
+    let Some(mut kvm) = open_kvm() else { return };
+    let code = asm(|a| {
+        a.ud2()?;
+        a.out(PORT_STOP as u32, al)
+    });
+    let Some(mut g) = guest(&mut kvm, &code, 3) else { return };
+    hide_handler(&g, 6);
+    // The handler in the hidden page: it reports the vector and stops.
+    let mut a = CodeAssembler::new(64).unwrap();
+    a.mov(al, 6u32).unwrap();
+    a.out(PORT_VECTOR as u32, al).unwrap();
+    a.out(PORT_STOP as u32, al).unwrap();
+    g.vm.memory().write(HIDDEN, &a.assemble(HIDDEN).unwrap()).unwrap();
+    g.vm.protect(HIDDEN, HIDDEN + 0x1000, false).unwrap();
+    let mut io = Io::default();
+    let exit = g.vcpu.run(&mut io).unwrap();
+    assert_eq!(exit, VmExit::Interrupted, "{exit}");
+    assert_eq!(io.on(PORT_VECTOR), [6], "the handler ran in KVM");
+}
+
 /// Hang the test's page table under [`VADDR`] (its entries start empty).
 fn map_table(mem: &mmu::GuestMemory) {
     mem.write_u64(PDPT + 8, PD2 | 7).unwrap();

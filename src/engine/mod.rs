@@ -33,6 +33,8 @@ pub mod interp;
 pub(crate) mod io;
 pub mod jit;
 #[cfg(target_os = "linux")]
+pub mod kernel_code;
+#[cfg(target_os = "linux")]
 pub mod kvm;
 #[cfg(target_os = "linux")]
 pub mod split;

@@ -25,7 +25,14 @@
 //!   the interpreter's writes are not trapped.
 //! - **KVM → interpreter.** The kernel's code pages are hidden from KVM
 //!   ([`Vm::hide`]), so the first instruction the vCPU would run in the
-//!   kernel cannot be fetched and KVM stops with an emulation failure:
+//!   kernel cannot be fetched and KVM stops with an emulation failure.
+//!   They are the `.text` of a kernel the host loaded; a kernel the host
+//!   did not see (a BIOS boot) runs with the firmware and boot loader
+//!   wholly in the JIT and interpreter until user code first runs, when
+//!   its code is found from the entry points the CPU state names
+//!   ([`kernel_code::find`]: the IDT's gates and the SYSCALL/SYSENTER
+//!   targets, through the guest's page tables); it is found again before a
+//!   hand-over when those change, and after a reset. KVM stops:
 //!   - after an exception or interrupt delivered from user mode, at the
 //!     handler's first instruction, with the frame pushed: the interpreter
 //!     goes on from there;
@@ -47,7 +54,7 @@
 //!   The machine's TSC follows KVM's (its rate and value), so the guest
 //!   reads one counter in both.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,6 +67,7 @@ use hvf_kvm_accel::{Vcpu, VcpuKicker, Vm, VmExit};
 
 use super::alarm::Alarm;
 use super::interp::exit_of;
+use super::kernel_code::{self, EntryRegisters, KernelCode, NotFound};
 use super::{Engine, EngineStats, Exit, Kicker, MachineIo, Slice};
 use crate::error::Error;
 use crate::machine::Machine;
@@ -111,26 +119,60 @@ pub struct SplitEngine {
     extended: HashMap<u64, ExtendedState>,
     /// Bytes of kernel code hidden from KVM.
     hidden: u64,
+    /// Where the hidden kernel code comes from.
+    kernel: KernelSource,
     st: SplitStats,
 }
 
+/// How split execution knows the kernel's code.
+enum KernelSource {
+    /// The host loaded the kernel: its `.text`, hidden from the start.
+    Loaded,
+    /// Found in the guest ([`kernel_code::find`]) once user code runs.
+    Found(Found),
+}
+
+/// The kernel's code as found in the guest.
+#[derive(Default)]
+struct Found {
+    /// The entry registers the hidden pages were found from; `None`: not
+    /// found (yet, or since a reset).
+    from: Option<EntryRegisters>,
+    /// The physical pages hidden from KVM.
+    pages: BTreeSet<u64>,
+    /// Entry points that led there, and those that led elsewhere.
+    entries: usize,
+    skipped: usize,
+    /// Scans so far, and the instruction count at the first that found code.
+    scans: u64,
+    found_at: Option<u64>,
+    /// Why the last scan that failed did.
+    missed: Option<NotFound>,
+    /// Kernel entries KVM made outside the hidden pages (they ran in KVM
+    /// until a kick or an instruction it could not run).
+    escapes: u64,
+}
+
+/// Instructions the interpreter runs before looking for the kernel's code
+/// again, after a scan that found none.
+const RESCAN_AFTER: u64 = 10_000_000;
+
 impl SplitEngine {
     /// Whether `--accel kvm` splits execution on this machine.
+    /// `auto`: where KVM runs CPL 0 in software, for a kernel the host
+    /// loaded or a BIOS boot (whose kernel's code is found in the guest).
     pub fn wanted(m: &Machine) -> bool {
         match m.config.kvm_split {
             crate::machine::SplitMode::Off => false,
             crate::machine::SplitMode::On => true,
-            crate::machine::SplitMode::Auto => !m.kernel_code.is_empty() && kvm_emulates_cpl0(),
+            crate::machine::SplitMode::Auto => {
+                (!m.kernel_code.is_empty() || matches!(m.config.firmware, crate::machine::Firmware::Bios(_)))
+                    && kvm_emulates_cpl0()
+            }
         }
     }
 
     pub fn new(m: &Machine) -> Result<Self, Error> {
-        if m.kernel_code.is_empty() {
-            return Err(Error::Config(
-                "--kvm-split on needs a kernel whose code the host loaded (a vmlinux, or a bzImage with --kernel-boot fast)"
-                    .into(),
-            ));
-        }
         let mut kvm = hvf_kvm_accel::kvm::Kvm::new()?;
         kvm.set_in_kernel_irqchip(false);
         kvm.restrict_cpuid(Some(interpreter_features(&m.boot_state)));
@@ -155,7 +197,15 @@ impl SplitEngine {
         let io = m.io();
         let mut cpu = Cpu::new(m.mem.clone(), Box::new(io.clone()));
         cpu.set_state(m.boot_state);
-        cpu.set_hooks(Some(Box::new(SplitPolicy::new(USER_BUDGET))));
+        let mut policy = SplitPolicy::new(USER_BUDGET);
+        let kernel = if m.kernel_code.is_empty() {
+            // Everything stays in the interpreter until user code runs.
+            policy.find_kernel_at = Some(0);
+            KernelSource::Found(Found::default())
+        } else {
+            KernelSource::Loaded
+        };
+        cpu.set_hooks(Some(Box::new(policy)));
         let jit = match crate::engine::jit::config_from_env() {
             Ok(mut cfg) => {
                 cfg.kernel_only = true;
@@ -181,8 +231,74 @@ impl SplitEngine {
             flushes_at_handover: None,
             extended: HashMap::new(),
             hidden,
+            kernel,
             st: SplitStats::default(),
         })
+    }
+
+    /// Whether the hidden pages are the kernel's code as the CPU state now
+    /// names it, looking for it first if the kernel was found in the guest
+    /// and its entry registers changed since (or it was not found yet).
+    /// `false`: not found; user code stays in the interpreter for now.
+    fn kernel_code_current(&mut self) -> Result<bool, Error> {
+        let KernelSource::Found(f) = &mut self.kernel else { return Ok(true) };
+        let now = EntryRegisters::of(&self.cpu.state);
+        if f.from == Some(now) {
+            return Ok(true);
+        }
+        f.scans += 1;
+        let (pages, from) = match kernel_code::find(&self.cpu.state, self.cpu.paging(), self.cpu.mem()) {
+            Ok(code) => {
+                (f.entries, f.skipped, f.missed) = (code.entries, code.skipped, None);
+                f.found_at.get_or_insert(self.cpu.stats.instructions);
+                (code.pages, Some(now))
+            }
+            Err(why) => {
+                tracing::debug!(target: "accel", "split execution: no kernel code found yet: {why}");
+                f.missed = Some(why);
+                (BTreeSet::new(), None)
+            }
+        };
+        self.hide_found(pages, from)?;
+        Ok(from.is_some())
+    }
+
+    /// Hide `pages` (the kernel's code found from `from`) from KVM instead
+    /// of those hidden so far; with `from` `None` (none found) user code
+    /// stays in the interpreter until [`RESCAN_AFTER`] more instructions.
+    fn hide_found(&mut self, pages: BTreeSet<u64>, from: Option<EntryRegisters>) -> Result<(), Error> {
+        let KernelSource::Found(f) = &mut self.kernel else { return Ok(()) };
+        let gone: BTreeSet<u64> = f.pages.difference(&pages).copied().collect();
+        let new: BTreeSet<u64> = pages.difference(&f.pages).copied().collect();
+        for (s, e) in KernelCode::ranges(&gone) {
+            self.vm.protect(s, e, false)?;
+        }
+        for (s, e) in KernelCode::ranges(&new) {
+            self.vm.hide(s, e)?;
+        }
+        if !gone.is_empty() || !new.is_empty() {
+            tracing::debug!(target: "accel", "split execution: {} kernel code pages hidden from KVM ({} ranges)", pages.len(), KernelCode::ranges(&pages).len());
+        }
+        self.hidden = pages.len() as u64 * 0x1000;
+        f.pages = pages;
+        f.from = from;
+        let instructions = self.cpu.stats.instructions;
+        if let Some(p) = SplitPolicy::of(&mut self.cpu) {
+            p.find_kernel_at = if from.is_some() { None } else { Some(instructions + RESCAN_AFTER) };
+        }
+        Ok(())
+    }
+
+    /// After a kernel entry from KVM (the interpreter holds the state at
+    /// the kernel's first instruction): count it if KVM ran it outside the
+    /// hidden pages found in the guest.
+    fn note_escape(&mut self) {
+        let KernelSource::Found(f) = &mut self.kernel else { return };
+        let rip = self.cpu.state.rip;
+        let hidden = self.cpu.code_phys_walk(rip).is_some_and(|p| f.pages.contains(&(p & !0xfff)));
+        if !hidden {
+            f.escapes += 1;
+        }
     }
 
     /// Hand the state to the vCPU.
@@ -230,6 +346,7 @@ impl SplitEngine {
             take_back(&mut self.cpu, s, &entry);
             if kernel {
                 // Stopped right after KVM entered the kernel.
+                self.note_escape();
                 kernel_entry(&mut self.cpu, &entry, &mut self.st);
             }
         }
@@ -277,6 +394,7 @@ impl SplitEngine {
                 let s = self.vcpu.get_state()?;
                 if s.cpl == 0 {
                     take_back(&mut self.cpu, s, &entry);
+                    self.note_escape();
                     kernel_entry(&mut self.cpu, &entry, &mut self.st);
                     user_stint(&mut self.cpu, short);
                 } else if half_done_syscall(&s, &entry) {
@@ -312,6 +430,9 @@ impl Engine for SplitEngine {
         };
         match why {
             StopReason::UserMode => {
+                if !self.kernel_code_current()? {
+                    return Ok(Exit::Budget);
+                }
                 self.hand_over()?;
                 self.in_kvm(slice)
             }
@@ -336,6 +457,14 @@ impl Engine for SplitEngine {
         self.extended.clear();
         self.cpu.set_state(*state);
         self.cpu.flush_code_cache();
+        if matches!(self.kernel, KernelSource::Found(_)) {
+            // The next kernel may sit elsewhere (KASLR): the pages hidden so
+            // far go back to KVM, and its code is looked for again.
+            self.hide_found(BTreeSet::new(), None)?;
+            if let Some(p) = SplitPolicy::of(&mut self.cpu) {
+                p.find_kernel_at = Some(0);
+            }
+        }
         Ok(())
     }
 
@@ -375,9 +504,13 @@ impl Engine for SplitEngine {
         let policy = SplitPolicy::of_ref(cpu).map(|p| p.stats).unwrap_or_default();
         let v = self.vcpu.stats();
         let kernel = if self.jit.is_some() { "the JIT" } else { "the interpreter" };
+        let found = match &self.kernel {
+            KernelSource::Loaded => "the loaded kernel's .text".to_string(),
+            KernelSource::Found(f) => found_report(f),
+        };
         let mut lines = vec![
             format!(
-                "split execution: kernel (CPL 0) in {kernel}, user code (CPL 3) in KVM; {} KiB of kernel code hidden from KVM",
+                "split execution: kernel (CPL 0) in {kernel}, user code (CPL 3) in KVM; {} KiB of kernel code hidden from KVM ({found})",
                 self.hidden >> 10
             ),
             format!(
@@ -410,6 +543,23 @@ impl Engine for SplitEngine {
             None => self.cpu.stats.instructions,
         };
         EngineStats { instructions: Some(instructions), lines }
+    }
+}
+
+/// How the kernel's code was found in the guest, for `--stats`.
+fn found_report(f: &Found) -> String {
+    match (f.from, f.found_at, &f.missed) {
+        (Some(_), Some(at), _) => format!(
+            "found in the guest at instruction {at} ({} scans): {} entry points (IDT gates, SYSCALL/SYSENTER targets) on {} pages in {} ranges, {} entry points elsewhere; {} kernel entries in KVM outside them",
+            f.scans,
+            f.entries,
+            f.pages.len(),
+            KernelCode::ranges(&f.pages).len(),
+            f.skipped,
+            f.escapes
+        ),
+        (_, _, Some(why)) => format!("not found after {} scans: {why}; user code ran in the interpreter", f.scans),
+        _ => "not looked for: no user code ran".to_string(),
     }
 }
 

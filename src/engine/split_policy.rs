@@ -13,7 +13,10 @@
 //! that ran out of budget is compute-bound: it yields at once on reaching
 //! CPL 3 until a short stint in KVM ([`SplitPolicy::user_stint`]) or
 //! [`EAGER_RETRY`] yields have passed. A #UD at CPL 3 yields undelivered
-//! (KVM runs user code with the host's features).
+//! (KVM runs user code with the host's features). Until the engine knows
+//! the kernel's code ([`SplitPolicy::find_kernel_at`]), user code stays in
+//! the interpreter, but for a yield now and then for the engine to look
+//! for it.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -53,6 +56,11 @@ pub struct SplitPolicy {
     user_eager: HashMap<u64, u32>,
     /// A #UD at CPL 3 was left undelivered: the next user block yields.
     user_ud: bool,
+    /// While the kernel's code is not known to the engine (it did not load
+    /// the kernel): user code stays here, #UD included, except that the
+    /// first user block at or past this instruction count yields, for the
+    /// engine to look for the kernel's code. `None`: it is known.
+    pub find_kernel_at: Option<u64>,
     /// Each FXSAVE and FXRSTOR at CPL 0 (the kernel switching tasks'
     /// state) since the log was last taken, in order, with its operand's
     /// linear address.
@@ -89,6 +97,9 @@ impl SplitPolicy {
 
 impl ExecHooks for SplitPolicy {
     fn before_user_block(&mut self, at: HookCtx) -> bool {
+        if let Some(n) = self.find_kernel_at {
+            return at.instructions >= n;
+        }
         let since = match self.user_since {
             Some(s) => s,
             None => {
@@ -131,6 +142,10 @@ impl ExecHooks for SplitPolicy {
     }
 
     fn user_invalid_opcode(&mut self) -> bool {
+        if self.find_kernel_at.is_some() {
+            // Nothing else can run it yet: the kernel gets the #UD.
+            return false;
+        }
         self.user_ud = true;
         self.stats.user_ud_yields += 1;
         true
@@ -221,6 +236,21 @@ mod tests {
         // Back in the kernel: the user stretch is counted and ends.
         p.before_kernel_block(HookCtx { instructions: 11, address_space: SPACE });
         assert_eq!(p.stats.user_instructions, 11);
+    }
+
+    #[test]
+    fn until_the_kernel_is_found_user_code_yields_only_to_look_for_it() {
+        let mut p = SplitPolicy::new(0);
+        p.find_kernel_at = Some(50);
+        let at = |n| HookCtx { instructions: n, address_space: SPACE };
+        assert!(!p.before_user_block(at(10)));
+        assert!(!p.user_invalid_opcode(), "the #UD is delivered");
+        assert!(!p.before_user_block(at(11)));
+        assert!(p.before_user_block(at(50)));
+        // Found: the budget rule (0 here: yield at once).
+        p.find_kernel_at = None;
+        assert!(p.before_user_block(at(60)));
+        assert_eq!(p.stats.user_ud_yields, 0);
     }
 
     #[test]

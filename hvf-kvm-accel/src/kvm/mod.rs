@@ -613,15 +613,14 @@ impl Vm for KvmVm {
         if read_only && !self.readonly_mem {
             return Err(err("this KVM has no read-only memory slots (KVM_CAP_READONLY_MEM)".into()));
         }
-        let host = {
-            let table = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            table
-                .slots
-                .iter()
-                .find(|s| s.id != FLUSH_SLOT_ID && s.base <= start && end <= s.base + s.len)
-                .map(|s| s.host_addr + (start - s.base))
-        }
-        .ok_or_else(|| err(format!("{start:#x}..{end:#x} is not inside one memory slot")))?;
+        // From the region, not the slots: a hidden range has no slot.
+        let host = self
+            .mem
+            .regions()
+            .iter()
+            .find(|r| r.kind == RegionKind::Ram && r.base <= start && end <= r.base + r.len)
+            .map(|r| r.host_addr + (start - r.base))
+            .ok_or_else(|| err(format!("{start:#x}..{end:#x} is not inside one RAM region")))?;
         self.hide(start, end)?;
         let mut table = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         // The lowest free slot number: switching protection back and forth
