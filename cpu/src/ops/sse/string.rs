@@ -354,7 +354,7 @@ mod tests {
         };
         // Bytes from a small alphabet (zeros included), so that matches,
         // runs and terminators are frequent.
-        let mut operand = |next: &mut dyn FnMut() -> u64| {
+        let operand = |next: &mut dyn FnMut() -> u64| {
             (0..16).fold(0u128, |v, i| v | u128::from(b"\0abcab"[(next() % 6) as usize]) << (8 * i))
         };
         for _ in 0..20_000 {
