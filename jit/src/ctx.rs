@@ -55,6 +55,9 @@ pub struct JitCtx {
     /// What a slot's `tag` must equal to be used now: the TLB generation,
     /// the CPL and the code mode ([`jump_tag`]).
     pub tag: u64,
+    /// What a slot filled for kernel code on a global page
+    /// ([`jump_tag_global`]) must equal to be used now.
+    pub tag_global: u64,
     /// Exits that may still go straight on before the run loop looks at
     /// interrupts again.
     pub hops: u64,
@@ -85,6 +88,7 @@ pub mod off {
     pub const EXIT: i32 = offset_of!(JitCtx, exit) as i32;
     pub const JUMP: i32 = offset_of!(JitCtx, jump) as i32;
     pub const TAG: i32 = offset_of!(JitCtx, tag) as i32;
+    pub const TAG_GLOBAL: i32 = offset_of!(JitCtx, tag_global) as i32;
     pub const HOPS: i32 = offset_of!(JitCtx, hops) as i32;
     pub const INVAL: i32 = offset_of!(JitCtx, inval) as i32;
     pub const MEM_INVAL: i32 = offset_of!(JitCtx, mem_inval) as i32;
@@ -133,6 +137,15 @@ pub fn jump_tag(gen: u64, cpl: u8, mode: u8) -> u64 {
     (gen << 16) | (u64::from(cpl) << 8) | u64::from(mode)
 }
 
+/// The tag of a slot filled now for code whose page a global translation
+/// maps ([`mmu::Mmu::exec_global`]): the TLB's global generation instead,
+/// which CR3 loads that keep global pages leave alone, so the slot
+/// outlives an address-space switch. Bit 63 keeps the two kinds apart.
+#[inline]
+pub fn jump_tag_global(global_gen: u64, cpl: u8, mode: u8) -> u64 {
+    jump_tag(global_gen, cpl, mode) | 1 << 63
+}
+
 impl JitCtx {
     pub fn new() -> Self {
         JitCtx {
@@ -143,6 +156,7 @@ impl JitCtx {
             exit: 0,
             jump: std::ptr::null(),
             tag: 0,
+            tag_global: 0,
             hops: 0,
             inval: std::ptr::null(),
             mem_inval: std::ptr::null(),

@@ -35,7 +35,7 @@ use parking_lot::Mutex;
 
 use code::{CodeCache, RegionFn, Trampoline};
 use compiler::{Compiler, Done, Job, Settings};
-use ctx::{jump_slot, jump_tag, JitCtx, JumpSlot, JUMP_SLOTS};
+use ctx::{jump_slot, jump_tag, jump_tag_global, JitCtx, JumpSlot, JUMP_SLOTS};
 use translate::{GuestBlock, RegionSpec};
 
 /// How the JIT is set up.
@@ -374,11 +374,16 @@ impl Jit {
         let mut first = true;
         loop {
             let code = self.fns[region as usize];
-            // Fill the slot of this entry, for exits that lead here.
-            let tag = jump_tag(cpu.mmu.generation, cpu.state.cpl, mode);
-            self.links[jump_slot(cpu.state.rip)] = JumpSlot { rip: cpu.state.rip, tag, code, entry };
+            // Fill the slot of this entry, for exits that lead here: kernel
+            // code on a global page keeps its slot across CR3 loads.
+            let (cpl, rip) = (cpu.state.cpl, cpu.state.rip);
+            let tag = jump_tag(cpu.mmu.generation, cpl, mode);
+            let tag_global = jump_tag_global(cpu.mmu.global_generation, cpl, mode);
+            let global = cpl == 0 && cpu.mmu.exec_global(mmu::Privilege::Supervisor, rip);
+            self.links[jump_slot(rip)] = JumpSlot { rip, tag: if global { tag_global } else { tag }, code, entry };
             let ctx = &mut *self.ctx;
             ctx.tag = tag;
+            ctx.tag_global = tag_global;
             ctx.hops = u64::from(BOUNDARY_HOPS);
             ctx.budget = left;
             ctx.exit = ctx::exit::NORMAL;

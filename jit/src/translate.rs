@@ -1147,9 +1147,12 @@ impl Tx<'_, '_> {
         let srip = self.b.ins().load(i64t, fl, slot, off::SLOT_RIP);
         let stag = self.b.ins().load(i64t, fl, slot, off::SLOT_TAG);
         let tag = self.b.ins().load(i64t, fl, self.ctx, off::TAG);
+        let tag_g = self.b.ins().load(i64t, fl, self.ctx, off::TAG_GLOBAL);
         let m1 = self.b.ins().icmp(IntCC::NotEqual, srip, rip);
         let m2 = self.b.ins().icmp(IntCC::NotEqual, stag, tag);
-        let miss = self.b.ins().bor(m1, m2);
+        let m3 = self.b.ins().icmp(IntCC::NotEqual, stag, tag_g);
+        let m23 = self.b.ins().band(m2, m3);
+        let miss = self.b.ins().bor(m1, m23);
         self.b.ins().brif(miss, ret, &[], go, &[]);
 
         self.enter_block(go);

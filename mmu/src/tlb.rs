@@ -142,6 +142,12 @@ pub struct Mmu {
     /// INVLPG and [`Mmu::flush_phys`]): a memo of a translation taken at the
     /// same generation still holds.
     pub generation: u64,
+    /// Bumped whenever a global entry may have lost its translation (a
+    /// flush of global pages, INVLPG, [`Mmu::flush_phys`]), not at CR3
+    /// loads that keep them: a memo of a global translation
+    /// ([`Mmu::exec_global`]) taken at the same global generation still
+    /// holds.
+    pub global_generation: u64,
 }
 
 // SAFETY: the host pointers in the entries point into mappings owned by `mem`,
@@ -162,6 +168,7 @@ impl Mmu {
             walks: 0,
             flushes: 0,
             generation: 0,
+            global_generation: 0,
         }
     }
 
@@ -183,6 +190,9 @@ impl Mmu {
     pub fn flush(&mut self, keep_global: bool) {
         self.flushes += 1;
         self.generation += 1;
+        if !keep_global {
+            self.global_generation += 1;
+        }
         let drop = |e: &Entry| !(keep_global && e.global);
         if self.touched_all {
             // Every slot; the ones kept are the list from now on.
@@ -227,6 +237,8 @@ impl Mmu {
     pub fn flush_page(&mut self, lin: u64) {
         self.flushes += 1;
         self.generation += 1;
+        // The page may be one that global translations map.
+        self.global_generation += 1;
         if self.has_large {
             self.flush(false);
             return;
@@ -255,6 +267,7 @@ impl Mmu {
     /// first cached, so its write tags stop bypassing the tracking check).
     pub fn flush_phys(&mut self, phys_page: u64) {
         self.generation += 1;
+        self.global_generation += 1;
         let hit = |e: &mut Entry| {
             if e.phys == phys_page & PAGE_MASK {
                 *e = EMPTY;
@@ -290,6 +303,13 @@ impl Mmu {
 
     /// The physical address for `lin` if the TLB holds it for this access.
     #[inline]
+    /// Whether the TLB holds a global translation of `lin` for
+    /// instruction fetches at `p` (one that a CR3 load keeps).
+    pub fn exec_global(&self, p: Privilege, lin: u64) -> bool {
+        let e = self.entry(p, lin);
+        e.global && e.tag_exec == (lin & PAGE_MASK) | VALID
+    }
+
     pub fn lookup(&self, p: Privilege, lin: u64, access: Access) -> Option<u64> {
         let e = self.entry(p, lin);
         let tag = match access {
@@ -526,6 +546,34 @@ mod tests {
         m.translate(&ctx, Privilege::User, 0x0, Access::Write).unwrap();
         m.mem().mark_code_page(0x5000);
         assert!(!m.write_fast(Privilege::User, 0x0, &[1]));
+    }
+
+    /// A global translation outlives a CR3 load and keeps the global
+    /// generation; a flush of global pages, INVLPG and `flush_phys` move
+    /// it on.
+    #[test]
+    fn the_global_generation_survives_cr3_loads_only() {
+        let (mut m, ctx) = setup();
+        // Linear 0x2000 maps 0x7000 as a global supervisor page.
+        m.mem().write_u64(0x4010, 0x7000 | 0x103).unwrap();
+        m.translate(&ctx, Privilege::Supervisor, 0x2000, Access::Execute).unwrap();
+        m.translate(&ctx, Privilege::User, 0x0, Access::Execute).unwrap();
+        assert!(m.exec_global(Privilege::Supervisor, 0x2000));
+        assert!(!m.exec_global(Privilege::User, 0x0), "not global");
+        let (g, gg) = (m.generation, m.global_generation);
+        m.flush(true);
+        assert!(m.generation > g);
+        assert_eq!(m.global_generation, gg, "a CR3 load keeps global pages");
+        assert!(m.exec_global(Privilege::Supervisor, 0x2000));
+        m.flush_page(0x5000);
+        assert!(m.global_generation > gg, "INVLPG may drop a global page");
+        let gg = m.global_generation;
+        m.flush_phys(0x9000);
+        assert!(m.global_generation > gg);
+        let gg = m.global_generation;
+        m.flush(false);
+        assert!(m.global_generation > gg);
+        assert!(!m.exec_global(Privilege::Supervisor, 0x2000), "gone with a global flush");
     }
 
     /// The tags translated code compares: a write tag only for a page
