@@ -216,7 +216,13 @@ pub(crate) struct DecodeCache {
     /// Split execution: the bytes of each page holding blocks decoded at
     /// CPL 3, as they were decoded (see [`Cpu::recheck_user_code`]).
     pub(crate) user_pages: FastMap<u64, Box<[u8]>>,
-    /// Instructions held in `blocks`.
+    /// Single instructions that cross into the next page, with the
+    /// physical page their tail was fetched from (checked at each lookup:
+    /// the two pages map independently).
+    crossing: FastMap<BlockKey, (u64, Rc<Block>)>,
+    /// The keys of `crossing` by each of their two pages.
+    crossing_by_page: FastMap<u64, Vec<BlockKey>>,
+    /// Instructions held in `blocks` and `crossing`.
     insns: usize,
 }
 
@@ -239,6 +245,8 @@ impl Default for DecodeCache {
             by_page: FastMap::default(),
             jump: vec![None; JUMP_CACHE],
             user_pages: FastMap::default(),
+            crossing: FastMap::default(),
+            crossing_by_page: FastMap::default(),
             insns: 0,
         }
     }
@@ -249,6 +257,9 @@ impl Drop for DecodeCache {
     /// to any more.
     fn drop(&mut self) {
         for b in self.blocks.values() {
+            b.live.set(false);
+        }
+        for (_, b) in self.crossing.values() {
             b.live.set(false);
         }
     }
@@ -306,8 +317,47 @@ impl DecodeCache {
         full
     }
 
+    /// The instruction at `key` that crosses into the page at physical
+    /// `next`, when it is cached for that page.
+    fn get_crossing(&self, key: &BlockKey, next: u64) -> Option<Rc<Block>> {
+        match self.crossing.get(key) {
+            Some((n, b)) if *n == next => Some(b.clone()),
+            _ => None,
+        }
+    }
+
+    /// Cache a page-crossing instruction at `key` whose tail lies in the
+    /// physical page `next`; true when the cache was full and emptied.
+    fn insert_crossing(&mut self, key: BlockKey, next: u64, block: Rc<Block>) -> bool {
+        let full = self.insns + 1 > MAX_CACHED_INSNS;
+        if full {
+            *self = DecodeCache::default();
+        }
+        self.insns += 1;
+        block.live.set(true);
+        if let Some((_, old)) = self.crossing.insert(key, (next, block)) {
+            old.live.set(false);
+            self.insns -= 1;
+        }
+        for page in [key.phys & !0xfff, next] {
+            let keys = self.crossing_by_page.entry(page).or_default();
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        full
+    }
+
     pub(crate) fn invalidate_page(&mut self, page: u64) {
         self.user_pages.remove(&page);
+        if let Some(keys) = self.crossing_by_page.remove(&page) {
+            for k in keys {
+                if let Some((_, b)) = self.crossing.remove(&k) {
+                    b.live.set(false);
+                    self.insns -= 1;
+                }
+            }
+        }
         if let Some(keys) = self.by_page.remove(&page) {
             for k in keys {
                 self.remove(&k);
@@ -394,6 +444,20 @@ impl Cpu {
         if let Some(b) = self.cache.get(&key) {
             return Ok(b);
         }
+        if phys & 0xfff > 0x1000 - 15 {
+            // Perhaps an instruction that crosses into the next page: cached
+            // for the page its tail came from, if that is still the one.
+            let next_lin = self.next_page_linear(lin);
+            let next = match self.mmu.lookup(p, next_lin, Access::Execute) {
+                Some(n) => Some(n),
+                None => self.translate(next_lin, Access::Execute, p).ok(),
+            };
+            if let Some(next) = next {
+                if let Some(b) = self.cache.get_crossing(&key, next & !0xfff) {
+                    return Ok(b);
+                }
+            }
+        }
         self.decode_block(key, lin, p)
     }
 
@@ -427,14 +491,29 @@ impl Cpu {
             let mut buf = [0u8; 15];
             let avail = 4096 - off;
             buf[..avail].copy_from_slice(&bytes[off..]);
-            let next_lin = (lin & !0xfff).wrapping_add(4096);
-            let next_lin = if self.state.long_mode() { next_lin } else { next_lin & 0xffff_ffff };
+            let next_lin = self.next_page_linear(lin);
             let mut rest = [0u8; 15];
             self.read_slow(next_lin, &mut rest[..15 - avail], p, Access::Execute)?;
             buf[avail..].copy_from_slice(&rest[..15 - avail]);
             let mut d = Decoder::with_ip(key.bits, &buf, self.state.rip, DecoderOptions::NONE);
             let insn = d.decode();
-            return Ok(Block::new(vec![Decoded::new(insn)], u32::MAX));
+            let block = Block::new(vec![Decoded::new(insn)], u32::MAX);
+            // Cached when both pages are RAM whose writes are tracked (and
+            // not a user page that split execution rechecks by its bytes).
+            let next = self.mmu.lookup(p, next_lin, Access::Execute).map(|n| n & !0xfff);
+            let user_kept = p == Privilege::User && self.keep_user_pages;
+            if let Some(next) = next.filter(|n| cacheable && !user_kept && self.mem().is_backed(*n, 4096)) {
+                for pg in [page, next] {
+                    if self.mem().mark_code_page(pg) {
+                        self.mmu.flush_phys(pg);
+                    }
+                }
+                self.stats.blocks_decoded += 1;
+                if self.cache.insert_crossing(key, next, block.clone()) {
+                    self.stats.cache_flushes += 1;
+                }
+            }
+            return Ok(block);
         }
         self.stats.blocks_decoded += 1;
         let block = Block::new(insns, if self.hot_threshold == 0 { u32::MAX } else { self.hot_threshold });
@@ -450,6 +529,16 @@ impl Cpu {
             }
         }
         Ok(block)
+    }
+
+    /// The linear address of the page after the one of `lin`.
+    fn next_page_linear(&self, lin: u64) -> u64 {
+        let next = (lin & !0xfff).wrapping_add(4096);
+        if self.state.long_mode() {
+            next
+        } else {
+            next & 0xffff_ffff
+        }
     }
 
     /// Drop all decoded code (after a reset, or a state load).
@@ -610,6 +699,43 @@ mod tests {
         c.mem().write(f + 0x1000, &[0x90]).unwrap();
         c.block_at_rip().unwrap();
         assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    /// An instruction that crosses into the next page is decoded once, and
+    /// again when either page is written or the next page maps elsewhere.
+    #[test]
+    fn an_instruction_across_pages_is_cached_for_the_page_of_its_tail() {
+        use crate::ops::testutil::*;
+        let mut c = long_mode();
+        // add ebx, imm32 at the end of a page: its immediate's last three
+        // bytes are in the next page.
+        let at = CODE + 0x1ffd;
+        let next = at + 3;
+        c.mem().write(at, &[0x81, 0xc3, 1, 0, 0, 0]).unwrap();
+        let other = DATA + 0x8000;
+        c.mem().write(other, &[5, 0, 0]).unwrap();
+        c.state.rip = at;
+        let imm = |c: &mut Cpu| {
+            let b = c.block_at_rip().unwrap();
+            assert_eq!(b.insns().len(), 1);
+            b.insns()[0].insn.immediate32()
+        };
+        let decoded = c.stats.blocks_decoded;
+        assert_eq!(imm(&mut c), 1);
+        assert_eq!(imm(&mut c), 1);
+        assert_eq!(c.stats.blocks_decoded, decoded + 1, "decoded once");
+        // A write into the tail's page.
+        c.mem().write(next, &[2]).unwrap();
+        assert_eq!(imm(&mut c), 0x201);
+        assert_eq!(c.stats.blocks_decoded, decoded + 2);
+        // The next page mapped elsewhere (a new translation after a flush).
+        c.mem().write_u64(PT + (next >> 12) * 8, other | 7).unwrap();
+        c.mmu.flush(false);
+        assert_eq!(imm(&mut c), 0x501);
+        // Unmapped: the fetch faults.
+        c.mem().write_u64(PT + (next >> 12) * 8, 0).unwrap();
+        c.mmu.flush(false);
+        assert!(c.block_at_rip().is_err());
     }
 
     #[test]

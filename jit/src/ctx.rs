@@ -271,6 +271,31 @@ pub unsafe extern "C" fn fallback(ctx: *mut JitCtx, d: *const Decoded) -> u32 {
     let (ctx, cpu) = unsafe { cpu_of(ctx) };
     // SAFETY: the region's table lives as long as the region's code.
     let d = unsafe { &*d };
+    run_one(ctx, cpu, d)
+}
+
+/// Run the instruction at RIP, one that crosses into the next page,
+/// through the interpreter, decoded afresh by the CPU's decode cache (which
+/// keeps it for the physical page of its tail, and drops it when either
+/// page is written): the region holds only the bytes of its own page, and
+/// the next page may map elsewhere or change by now. A fetch fault leaves
+/// with RIP at the instruction, for the run loop to raise.
+///
+/// # Safety
+/// Called only by compiled regions, with the context they were given.
+pub unsafe extern "C" fn fallback_fetch(ctx: *mut JitCtx, _d: *const Decoded) -> u32 {
+    // SAFETY: see the function's contract.
+    let (ctx, cpu) = unsafe { cpu_of(ctx) };
+    let Ok(block) = cpu.block_at_rip() else {
+        ctx.status = status::LEAVE;
+        return status::LEAVE;
+    };
+    let d = block.insns()[0];
+    run_one(ctx, cpu, &d)
+}
+
+/// [`fallback`] of the decoded instruction `d`.
+fn run_one(ctx: &mut JitCtx, cpu: &mut Cpu, d: &Decoded) -> u32 {
     ctx.fallbacks += 1;
     if let Some(n) = ctx.by_mnemonic.get_mut(d.insn.mnemonic() as usize) {
         *n += 1;

@@ -544,9 +544,11 @@ impl Jit {
             }
             let list = b.insns();
             let Some(last) = list.last() else { continue };
-            // An instruction that crosses into the next page is left to the
-            // interpreter.
-            if last.next_rip().wrapping_sub(page) > 4096 {
+            // An instruction that crosses into the next page is a block of
+            // its own; the region runs it fetched afresh (see
+            // `ctx::fallback_fetch`). Anything else past the page is not
+            // this region's.
+            if last.next_rip().wrapping_sub(page) > 4096 && list.len() != 1 {
                 continue;
             }
             insns += list.len();

@@ -788,6 +788,39 @@ fn stores_into_another_compiled_page_take_effect() {
     assert!(jit.stats.invalidated_regions >= 1);
 }
 
+/// An instruction that crosses into the next page runs from compiled code
+/// (fetched afresh), and a store into its tail takes effect.
+#[test]
+fn an_instruction_across_a_page_boundary_runs_compiled_and_sees_stores() {
+    // f at CODE + 0xffd: add ebx, 1 (81 c3 imm32, crossing into the next
+    // page after its first immediate byte); ret.
+    let f = CODE + 0xffd;
+    let (_, b, jit) = both(
+        long_mode,
+        |c| c.mem().write(f, &[0x81, 0xc3, 1, 0, 0, 0, 0xc3]).unwrap(),
+        |a| {
+            let mut top = a.create_label();
+            let mut skip = a.create_label();
+            a.mov(ecx, 600)?;
+            a.xor(ebx, ebx)?;
+            a.set_label(&mut top)?;
+            a.call(f)?;
+            a.cmp(ecx, 300)?;
+            a.jne(skip)?;
+            // The immediate's second byte, in the next page: 1 becomes 257.
+            a.mov(rdx, CODE + 0x1000)?;
+            a.mov(byte_ptr(rdx), 1)?;
+            a.set_label(&mut skip)?;
+            a.dec(ecx)?;
+            a.jnz(top)?;
+            a.hlt()
+        },
+    );
+    assert_eq!(b.state.gpr[3], 301 + 299 * 257);
+    // Each call used to leave compiled code for the run loop twice.
+    assert!(jit.stats.entries < 100, "{:?}", jit.stats);
+}
+
 /// A device's write (DMA: no CPU store) into a page of compiled code.
 #[test]
 fn dma_into_compiled_code_takes_effect() {

@@ -431,6 +431,12 @@ fn classify_vec(insn: &Instruction, bits: u32) -> Option<Form> {
     Some(Form::Vec { op, dst, src: src(1)? })
 }
 
+/// Whether the instruction at `rip`, `len` bytes long, has bytes in the
+/// next page.
+fn crosses_page(rip: u64, len: usize) -> bool {
+    (rip & 0xfff) as usize + len > 0x1000
+}
+
 fn canonical(a: u64) -> bool {
     ((a as i64) << 16 >> 16) as u64 == a
 }
@@ -919,7 +925,9 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
         let mut v = Vec::new();
         for d in &g.insns {
             let rip = d.next_rip().wrapping_sub(d.insn.len() as u64);
-            let form = classify(&d.insn, spec.bits);
+            // An instruction that crosses into the next page runs through
+            // the interpreter, fetched afresh each time.
+            let form = if crosses_page(rip, d.insn.len()) { None } else { classify(&d.insn, spec.bits) };
             let mut fb = usize::MAX;
             match &form {
                 Some(f) => {
@@ -1042,7 +1050,7 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
                     // SAFETY (pointer arithmetic only): `fallback < len`; the
                     // table is never pushed to again, so it does not move.
                     let dp = fb_base.wrapping_add(p.fallback);
-                    tx.emit_fallback(dp, p.rip);
+                    tx.emit_fallback(dp, p.rip, crosses_page(p.rip, d.insn.len()));
                 }
             }
             if ended {
@@ -1753,6 +1761,37 @@ impl Tx<'_, '_> {
     /// CF (0/1, i64) from the state's lazy record, inline for every
     /// producer but ADC and SBB (those through the helper).
     fn cf_from_state(&mut self) -> Value {
+        // SUB/CMP and the logic operations first, by branches: at one
+        // place in the code the record's producer is nearly always the
+        // same, so the branches predict, where the select chain below
+        // costs some twenty instructions every time.
+        let fl = mem_flags();
+        let op = self.b.ins().load(types::I32, fl, self.state, LZ_OFF[OP]);
+        let join = self.b.create_block();
+        let out = self.b.append_block_param(join, types::I64);
+        let sub_blk = self.b.create_block();
+        let rest = self.b.create_block();
+        let general = self.b.create_block();
+        let is_sub = self.b.ins().icmp_imm_s(IntCC::Equal, op, FlagOp::Sub as i64);
+        self.b.ins().brif(is_sub, sub_blk, &[], rest, &[]);
+        self.enter_block(sub_blk);
+        let [a, bv] = self.record_values([LZ_OFF[SRC1], LZ_OFF[SRC2]]);
+        let c = self.b.ins().icmp(IntCC::UnsignedLessThan, a, bv);
+        let c = self.b.ins().uextend(types::I64, c);
+        self.b.ins().jump(join, &[c.into()]);
+        self.enter_block(rest);
+        let is_logic = self.b.ins().icmp_imm_s(IntCC::Equal, op, FlagOp::Logic as i64);
+        let zero = self.iconst(0);
+        self.b.ins().brif(is_logic, join, &[zero.into()], general, &[]);
+        self.enter_block(general);
+        let c = self.cf_from_state_general();
+        self.b.ins().jump(join, &[c.into()]);
+        self.enter_block(join);
+        out
+    }
+
+    /// [`Self::cf_from_state`] for any producer.
+    fn cf_from_state_general(&mut self) -> Value {
         let (op, res, a, bv) = self.state_record();
         let fl = mem_flags();
         let cin = self.b.ins().load(types::I64, fl, self.state, LZ_OFF[CIN]);
@@ -1865,19 +1904,23 @@ impl Tx<'_, '_> {
     /// operands moved to the top of the register, so that comparing them
     /// compares the values at their size, bits above it ignored.
     fn state_record(&mut self) -> (Value, Value, Value, Value) {
+        let op = self.b.ins().load(types::I32, mem_flags(), self.state, LZ_OFF[OP]);
+        let [res, a, bv] = self.record_values([LZ_OFF[RES], LZ_OFF[SRC1], LZ_OFF[SRC2]]);
+        (op, res, a, bv)
+    }
+
+    /// The state's lazy-record fields at `offs`, moved to the top of the
+    /// register by the record's size.
+    fn record_values<const N: usize>(&mut self, offs: [i32; N]) -> [Value; N] {
         let fl = mem_flags();
-        let op = self.b.ins().load(types::I32, fl, self.state, LZ_OFF[OP]);
         let size = self.b.ins().uload32(fl, self.state, LZ_OFF[1]);
-        let res = self.b.ins().load(types::I64, fl, self.state, LZ_OFF[RES]);
-        let a = self.b.ins().load(types::I64, fl, self.state, LZ_OFF[SRC1]);
-        let bv = self.b.ins().load(types::I64, fl, self.state, LZ_OFF[SRC2]);
         let bits = self.b.ins().ishl_imm_s(size, 3);
         let sixty_four = self.iconst(64);
         let sh = self.b.ins().isub(sixty_four, bits);
-        let res = self.b.ins().ishl(res, sh);
-        let a = self.b.ins().ishl(a, sh);
-        let bv = self.b.ins().ishl(bv, sh);
-        (op, res, a, bv)
+        offs.map(|o| {
+            let v = self.b.ins().load(types::I64, fl, self.state, o);
+            self.b.ins().ishl(v, sh)
+        })
     }
 
     /// Condition `cc` (2, 4, 6, 8, 12 or 14) from the state's lazy record
@@ -1980,10 +2023,10 @@ impl Tx<'_, '_> {
 
     /// A fallback: the state goes to memory, the interpreter runs the
     /// instruction, and the state comes back.
-    fn emit_fallback(&mut self, d: *const Decoded, rip: u64) {
+    fn emit_fallback(&mut self, d: *const Decoded, rip: u64, fetch: bool) {
         self.flush_count();
         self.sync();
-        let st = self.call_fallback(d, rip);
+        let st = if fetch { self.call_helper_at(ctx::fallback_fetch, d, rip) } else { self.call_fallback(d, rip) };
         let cont = self.b.create_block();
         self.b.ins().brif(st, self.leave_block, &[], cont, &[]);
         self.enter_block(cont);
@@ -2722,9 +2765,20 @@ impl Tx<'_, '_> {
     /// Store RIP and run the instruction `d` through the interpreter's
     /// handler (the state in memory must be current); its status.
     fn call_fallback(&mut self, d: *const Decoded, rip: u64) -> Value {
+        self.call_helper_at(ctx::fallback, d, rip)
+    }
+
+    /// Call `helper` for the instruction `d` at `rip` (stored to the
+    /// state's RIP first): its status.
+    fn call_helper_at(
+        &mut self,
+        helper: unsafe extern "C" fn(*mut ctx::JitCtx, *const Decoded) -> u32,
+        d: *const Decoded,
+        rip: u64,
+    ) -> Value {
         let r = self.iconst(rip);
         self.b.ins().store(mem_flags(), r, self.state, RIP_OFF);
-        let callee = self.iconst(ctx::fallback as *const () as usize as u64);
+        let callee = self.iconst(helper as *const () as usize as u64);
         let dv = self.iconst(d as usize as u64);
         let call = self.b.ins().call_indirect(self.sig_fallback, callee, &[self.ctx, dv]);
         self.b.inst_results(call)[0]
