@@ -788,6 +788,52 @@ fn stores_into_another_compiled_page_take_effect() {
     assert!(jit.stats.invalidated_regions >= 1);
 }
 
+/// MOVSS, MOVSD and MOVQ: loads that zero the rest of the register,
+/// register moves that keep it (MOVSS/MOVSD) or zero it (MOVQ), stores, an
+/// operand across a page boundary (the slow path), and a #PF.
+#[test]
+fn scalar_sse_moves_give_the_interpreters_results() {
+    let prep = |c: &mut Cpu| {
+        sse_on(c);
+        let bytes: Vec<u8> = (0..0x2000u32).map(|i| (i * 29 + 3) as u8).collect();
+        c.mem().write(DATA, &bytes).unwrap();
+    };
+    let (_, b, jit) = both(long_mode, prep, |a| {
+        let mut top = a.create_label();
+        a.mov(rsi, DATA)?;
+        a.mov(ecx, 40)?;
+        a.movdqu(xmm0, xmmword_ptr(rsi + 0x300))?;
+        a.movdqu(xmm1, xmmword_ptr(rsi + 0x310))?;
+        a.set_label(&mut top)?;
+        a.movsd_2(xmm2, qword_ptr(rsi + 3))?;
+        a.movss(xmm3, dword_ptr(rsi + 9))?;
+        a.movq(xmm4, qword_ptr(rsi + 17))?;
+        a.movdqa(xmm5, xmm0)?;
+        a.movsd_2(xmm5, xmm2)?;
+        a.movdqa(xmm6, xmm1)?;
+        a.movss(xmm6, xmm3)?;
+        a.movdqa(xmm7, xmm1)?;
+        a.movq(xmm7, xmm5)?;
+        a.paddq(xmm0, xmm5)?;
+        a.paddd(xmm1, xmm6)?;
+        a.movsd_2(qword_ptr(rsi + 0x1000), xmm5)?;
+        a.movss(dword_ptr(rsi + 0x1008), xmm6)?;
+        a.movq(qword_ptr(rsi + 0x100c), xmm0)?;
+        // Across the page at DATA + 0x1000 on some passes.
+        a.movsd_2(xmm2, qword_ptr(rsi + 0xffc))?;
+        a.movsd_2(qword_ptr(rsi + 0x1ffd), xmm1)?;
+        a.add(rsi, 5)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        // A #PF on a scalar load.
+        a.mov(rdx, UNMAPPED)?;
+        a.movsd_2(xmm3, qword_ptr(rdx + 8))?;
+        a.hlt()
+    });
+    assert_eq!(b.state.cr2, UNMAPPED + 8);
+    assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 80, "{:?}", jit.stats);
+}
+
 /// An instruction that crosses into the next page runs from compiled code
 /// (fetched afresh), and a store into its tail takes effect.
 #[test]

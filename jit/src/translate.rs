@@ -276,6 +276,15 @@ enum Form {
         src: VecSrc,
         aligned: bool,
     },
+    /// MOVSS, MOVSD and MOVQ between XMM registers and memory: the low
+    /// `width` bytes; a load, or MOVQ, zeroes the rest of the destination
+    /// register, a register-to-register MOVSS/MOVSD (`merge`) keeps it.
+    VecScalar {
+        dst: VecSrc,
+        src: VecSrc,
+        width: u8,
+        merge: bool,
+    },
     /// PMOVMSKB r32/r64, xmm.
     Pmovmskb {
         dst: Reg,
@@ -307,6 +316,7 @@ impl Form {
             self,
             Form::Vec { .. }
                 | Form::VecMov { .. }
+                | Form::VecScalar { .. }
                 | Form::Pmovmskb { .. }
                 | Form::MovToVec { .. }
                 | Form::MovFromVec { .. }
@@ -410,6 +420,30 @@ fn classify_vec(insn: &Instruction, bits: u32) -> Option<Form> {
         }
         C::Movdqu_xmmm128_xmm | C::Movups_xmmm128_xmm | C::Movupd_xmmm128_xmm => {
             return Some(Form::VecMov { dst: src(0)?, src: src(1)?, aligned: false });
+        }
+        C::Movss_xmm_xmmm32
+        | C::Movss_xmmm32_xmm
+        | C::Movsd_xmm_xmmm64
+        | C::Movsd_xmmm64_xmm
+        | C::Movq_xmm_xmmm64
+        | C::Movq_xmmm64_xmm => {
+            let scalar = |i: u32| -> Option<VecSrc> {
+                match insn.op_kind(i) {
+                    OpKind::Register => xmm(insn.op_register(i)).map(VecSrc::Xmm),
+                    OpKind::Memory
+                        if addr_ok(insn, bits)
+                            && (bits == 64 || !matches!(cpu::ops::mem_seg(insn), sreg::FS | sreg::GS | sreg::CS)) =>
+                    {
+                        Some(VecSrc::Mem)
+                    }
+                    _ => None,
+                }
+            };
+            let (dst, src) = (scalar(0)?, scalar(1)?);
+            let movq = matches!(insn.code(), C::Movq_xmm_xmmm64 | C::Movq_xmmm64_xmm);
+            let width = if matches!(insn.code(), C::Movss_xmm_xmmm32 | C::Movss_xmmm32_xmm) { 4 } else { 8 };
+            let merge = !movq && matches!((dst, src), (VecSrc::Xmm(_), VecSrc::Xmm(_)));
+            return Some(Form::VecScalar { dst, src, width, merge });
         }
         C::Pmovmskb_r32_xmm | C::Pmovmskb_r64_xmm => {
             let dst = reg(insn.op0_register())?;
@@ -2530,6 +2564,37 @@ impl Tx<'_, '_> {
                     VecSrc::Mem => self.vec_mem_store(insn, v, aligned, rip),
                 }
             }
+            Form::VecScalar { dst, src, width, merge } => {
+                self.sse_check(rip);
+                let ty = if width == 4 { types::I32 } else { types::I64 };
+                let w = u32::from(width);
+                let v = match src {
+                    VecSrc::Xmm(x) => self.xmm_load(x, ty),
+                    VecSrc::Mem => {
+                        let a = self.vec_host_addr(insn, w, false, false, rip);
+                        self.b.ins().load(ty, guest_flags(), a, 0)
+                    }
+                };
+                match dst {
+                    VecSrc::Xmm(x) => {
+                        let fl = guest_flags();
+                        let at = XMM_OFF + 16 * i32::from(x);
+                        self.b.ins().store(fl, v, self.state, at);
+                        if !merge {
+                            if width == 4 {
+                                let z = self.b.ins().iconst(types::I32, 0);
+                                self.b.ins().store(fl, z, self.state, at + 4);
+                            }
+                            let z = self.iconst(0);
+                            self.b.ins().store(fl, z, self.state, at + 8);
+                        }
+                    }
+                    VecSrc::Mem => {
+                        let a = self.vec_host_addr(insn, w, false, true, rip);
+                        self.b.ins().store(guest_flags(), v, a, 0);
+                    }
+                }
+            }
             Form::Pmovmskb { dst, src } => {
                 self.sse_check(rip);
                 let v = self.xmm_load(src, types::I8X16);
@@ -2721,7 +2786,7 @@ impl Tx<'_, '_> {
                 let pa = self.b.ins().iadd_imm_s(self.state, i64::from(XMM_OFF + 16 * i32::from(a)));
                 let pb = match b {
                     VecSrc::Xmm(x) => self.b.ins().iadd_imm_s(self.state, i64::from(XMM_OFF + 16 * i32::from(x))),
-                    VecSrc::Mem => self.vec_host_addr(insn, false, false, rip),
+                    VecSrc::Mem => self.vec_host_addr(insn, 16, false, false, rip),
                 };
                 let callee = self.iconst(ctx::pcmpistri as *const () as usize as u64);
                 let immv = self.b.ins().iconst(types::I32, i64::from(imm));
@@ -2826,7 +2891,7 @@ impl Tx<'_, '_> {
     /// TLB test; anything else (a miss, MMIO, a page crossing, a
     /// misaligned operand that must be aligned, a code page written) takes
     /// the slow path.
-    fn vec_host_addr(&mut self, insn: &Instruction, aligned: bool, write: bool, rip: u64) -> Value {
+    fn vec_host_addr(&mut self, insn: &Instruction, size: u32, aligned: bool, write: bool, rip: u64) -> Value {
         let seg = cpu::ops::mem_seg(insn);
         let off_v = self.ea(insn);
         let lin = self.linear(seg, off_v).expect("classify_vec takes segments with an inline linear address");
@@ -2836,7 +2901,7 @@ impl Tx<'_, '_> {
             self.slow_unless(ok, rip);
         }
         let l = mmu::TLB_LAYOUT;
-        let (entry, hit) = self.tlb_hit(lin, 16, if write { l.jit_write } else { l.jit_read });
+        let (entry, hit) = self.tlb_hit(lin, size, if write { l.jit_write } else { l.jit_read });
         self.slow_unless(hit, rip);
         let host = self.b.ins().load(types::I64, mem_flags(), entry, l.host as i32);
         let pofs = self.b.ins().band_imm_s(lin, 0xfff);
@@ -2844,12 +2909,12 @@ impl Tx<'_, '_> {
     }
 
     fn vec_mem_load(&mut self, insn: &Instruction, ty: Type, aligned: bool, rip: u64) -> Value {
-        let a = self.vec_host_addr(insn, aligned, false, rip);
+        let a = self.vec_host_addr(insn, 16, aligned, false, rip);
         self.b.ins().load(ty, guest_flags(), a, 0)
     }
 
     fn vec_mem_store(&mut self, insn: &Instruction, v: Value, aligned: bool, rip: u64) {
-        let a = self.vec_host_addr(insn, aligned, true, rip);
+        let a = self.vec_host_addr(insn, 16, aligned, true, rip);
         self.b.ins().store(guest_flags(), v, a, 0);
     }
 
