@@ -294,6 +294,27 @@ pub unsafe extern "C" fn fallback_fetch(ctx: *mut JitCtx, _d: *const Decoded) ->
     run_one(ctx, cpu, &d)
 }
 
+/// RDTSC: the counter, or the #GP it raises (in `fault`, with status
+/// FAULT).
+///
+/// # Safety
+/// Called only by compiled regions, with the context they were given.
+pub unsafe extern "C" fn rdtsc(ctx: *mut JitCtx) -> u64 {
+    // SAFETY: see the function's contract.
+    let (ctx, cpu) = unsafe { cpu_of(ctx) };
+    match cpu::ops::system::rdtsc_value(cpu) {
+        Ok(t) => {
+            ctx.status = status::OK;
+            t
+        }
+        Err(e) => {
+            ctx.fault = Some(e);
+            ctx.status = status::FAULT;
+            0
+        }
+    }
+}
+
 /// [`fallback`] of the decoded instruction `d`.
 fn run_one(ctx: &mut JitCtx, cpu: &mut Cpu, d: &Decoded) -> u32 {
     ctx.fallbacks += 1;

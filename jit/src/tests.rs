@@ -788,6 +788,66 @@ fn stores_into_another_compiled_page_take_effect() {
     assert!(jit.stats.invalidated_regions >= 1);
 }
 
+/// RDTSC in compiled code: EDX:EAX rise, the upper halves are clear, and
+/// under CR4.TSD outside ring 0 it raises #GP where the interpreter does.
+#[test]
+fn rdtsc_reads_the_counter_and_faults_under_tsd() {
+    let mut c = long_mode();
+    let code = assemble(&c, |a| {
+        let mut top = a.create_label();
+        let mut ok = a.create_label();
+        a.mov(ecx, 2000)?;
+        a.xor(r8, r8)?;
+        a.xor(r9, r9)?;
+        a.set_label(&mut top)?;
+        a.rdtsc()?;
+        a.mov(r10, rax)?;
+        a.or(r10, rdx)?;
+        a.shr(r10, 32)?;
+        a.add(r9, r10)?; // upper halves, always 0
+        a.shl(rdx, 32)?;
+        a.or(rax, rdx)?;
+        a.cmp(rax, r8)?;
+        a.jae(ok)?;
+        a.inc(r9)?; // the counter went back
+        a.set_label(&mut ok)?;
+        a.mov(r8, rax)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    place(&mut c, &code);
+    let mut jit = Jit::new(&mut c, cfg()).unwrap();
+    run_jit(&mut c, &mut jit, 1_000_000);
+    assert_eq!(c.state.gpr[9], 0);
+    assert_ne!(c.state.gpr[8], 0);
+    assert_eq!(jit.stats.fallback_insns, 0, "{:?}", jit.stats);
+
+    // CR4.TSD set once the loop runs compiled at CPL 3: the next RDTSC
+    // faults with the state as before it.
+    let mut c = long_mode();
+    let code = assemble(&c, |a| {
+        let mut top = a.create_label();
+        a.mov(ecx, 100_000)?;
+        a.set_label(&mut top)?;
+        a.inc(rbx)?;
+        a.rdtsc()?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    place(&mut c, &code);
+    to_user(&mut c, SEL_UCODE64);
+    let mut jit = Jit::new(&mut c, cfg()).unwrap();
+    jit.run(&mut c, 20_000);
+    assert!(jit.stats.native_insns > 10_000, "{:?}", jit.stats);
+    c.state.cr4 |= cpu::state::cr::CR4_TSD;
+    run_jit(&mut c, &mut jit, 1_000_000);
+    assert_eq!(c.state.rip, stub(13) + 1, "halted in the #GP handler");
+    assert_eq!(c.state.gpr[3], 100_000 - (c.state.gpr[1] & 0xffff_ffff) + 1);
+    assert_eq!(jit.stats.fault_exits, 1, "{:?}", jit.stats);
+}
+
 /// MOVSS, MOVSD and MOVQ: loads that zero the rest of the register,
 /// register moves that keep it (MOVSS/MOVSD) or zero it (MOVQ), stores, an
 /// operand across a page boundary (the slow path), and a #PF.

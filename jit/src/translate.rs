@@ -240,6 +240,8 @@ enum Form {
         src: Opnd,
         size: u32,
     },
+    /// RDTSC (the counter from a helper).
+    Rdtsc,
     /// BSWAP r32/r64.
     Bswap {
         dst: Reg,
@@ -762,6 +764,7 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
             }
             Form::Cmov { cc: cpu::ops::mov::condition(insn), dst, src }
         }
+        Mnemonic::Rdtsc => Form::Rdtsc,
         Mnemonic::Cwde => Form::WidenAcc { from: 2 },
         Mnemonic::Cdqe => Form::WidenAcc { from: 4 },
         Mnemonic::Cdq => Form::SignAcc { size: 4 },
@@ -2658,6 +2661,21 @@ impl Tx<'_, '_> {
                     let f = self.b.ins().bor(cfo, szp);
                     self.set_eager(f);
                 }
+            }
+            Form::Rdtsc => {
+                let callee = self.iconst(ctx::rdtsc as *const () as usize as u64);
+                let call = self.b.ins().call_indirect(self.sig_flags, callee, &[self.ctx]);
+                let t = self.b.inst_results(call)[0];
+                let st = self.b.ins().load(types::I32, mem_flags(), self.ctx, off::STATUS);
+                let (ok, bad) = (self.b.create_block(), self.b.create_block());
+                self.b.ins().brif(st, bad, &[], ok, &[]);
+                self.enter_block(bad);
+                self.fault_exit(rip);
+                self.enter_block(ok);
+                let lo = self.b.ins().band_imm_s(t, 0xffff_ffff);
+                let hi = self.b.ins().ushr_imm_s(t, 32);
+                self.write_reg(reg(Register::RAX).expect("a GPR"), lo);
+                self.write_reg(reg(Register::RDX).expect("a GPR"), hi);
             }
             Form::Bswap { dst } => {
                 let v = self.read_reg(dst);

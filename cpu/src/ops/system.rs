@@ -679,13 +679,18 @@ fn invpcid(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
 }
 
 fn rdtsc(cpu: &mut Cpu, _: &Instruction) -> Fault<()> {
-    if cpu.state.cr4 & cr::CR4_TSD != 0 && cpu.state.protected() && cpu.state.cpl != 0 {
-        return Err(GP0);
-    }
-    let t = cpu.tsc();
+    let t = rdtsc_value(cpu)?;
     cpu.state.gpr[0] = t & 0xffff_ffff;
     cpu.state.gpr[2] = t >> 32;
     Ok(())
+}
+
+/// What RDTSC reads now: #GP(0) under CR4.TSD outside ring 0.
+pub fn rdtsc_value(cpu: &mut Cpu) -> Fault<u64> {
+    if cpu.state.cr4 & cr::CR4_TSD != 0 && cpu.state.protected() && cpu.state.cpl != 0 {
+        return Err(GP0);
+    }
+    Ok(cpu.tsc())
 }
 
 // ---- far transfers -------------------------------------------------------------
