@@ -927,6 +927,35 @@ fn an_instruction_across_a_page_boundary_runs_compiled_and_sees_stores() {
     assert!(jit.stats.entries < 100, "{:?}", jit.stats);
 }
 
+/// The page of a compiled page-crossing instruction's tail unmapped: its
+/// next run raises the #PF of the fetch.
+#[test]
+fn a_compiled_instruction_across_pages_faults_when_its_tail_is_unmapped() {
+    let mut c = long_mode();
+    let f = CODE + 0xffd;
+    let code = assemble(&c, |a| {
+        let mut top = a.create_label();
+        a.mov(ecx, 1_000_000)?;
+        a.set_label(&mut top)?;
+        a.call(f)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    place(&mut c, &code);
+    c.mem().write(f, &[0x81, 0xc3, 1, 0, 0, 0, 0xc3]).unwrap();
+    let mut jit = Jit::new(&mut c, cfg()).unwrap();
+    jit.run(&mut c, 50_000);
+    assert!(jit.stats.native_insns > 10_000, "{:?}", jit.stats);
+    let next = CODE + 0x1000;
+    c.mem().write_u64(PT + (next >> 12) * 8, 0).unwrap();
+    c.mmu.flush(false);
+    run_jit(&mut c, &mut jit, 1_000_000);
+    assert_eq!(c.state.rip, stub(14) + 1, "halted in the #PF handler");
+    assert_eq!(c.state.cr2, next);
+    assert!(jit.stats.step_exits >= 1, "{:?}", jit.stats);
+}
+
 /// A device's write (DMA: no CPU store) into a page of compiled code.
 #[test]
 fn dma_into_compiled_code_takes_effect() {
