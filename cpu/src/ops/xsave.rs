@@ -34,7 +34,7 @@ use mmu::Access;
 use super::{ea, mem_seg, Handler};
 use crate::cpu::Cpu;
 use crate::exception::{Exception, Fault, GP0};
-use crate::state::{cr, reg, CpuState, FpuState};
+use crate::state::{cr, reg, sreg, CpuState, FpuState};
 use crate::x87;
 
 /// XCR0 bit of the x87 state component.
@@ -136,10 +136,15 @@ fn area(cpu: &Cpu, insn: &Instruction, write: bool) -> Fault<(usize, u64, u64, b
     }
     let seg = mem_seg(insn);
     let off = ea(&cpu.state, insn);
-    let lin = cpu.linear(seg, off, u64::from(AREA_SIZE), write)?;
-    if lin & 63 != 0 {
+    // Alignment comes before the segment and canonical checks (a
+    // misaligned area at a non-canonical SS-based address is #GP(0), not
+    // #SS(0), on AMD CPUs).
+    let s = &cpu.state;
+    let base = if s.code64() && seg < sreg::FS { 0 } else { s.seg[seg].base };
+    if base.wrapping_add(off) & 63 != 0 {
         return Err(GP0);
     }
+    let lin = cpu.linear(seg, off, u64::from(AREA_SIZE), write)?;
     let rex_w =
         matches!(insn.code(), Code::Xsave64_mem | Code::Xsaveopt64_mem | Code::Xsavec64_mem | Code::Xrstor64_mem);
     Ok((seg, off, lin, rex_w))
@@ -173,7 +178,9 @@ fn save(cpu: &mut Cpu, insn: &Instruction, kind: Kind) -> Fault<()> {
     let last = if cpu.state.long_mode() { last } else { last & 0xffff_ffff };
     cpu.translate(lin, Access::Write, p)?;
     if last >> 12 != lin >> 12 {
-        cpu.translate(last & !0xfff, Access::Write, p)?;
+        // A fault on the second page reports the area's last byte in CR2,
+        // as AMD CPUs do.
+        cpu.translate(last, Access::Write, p)?;
     }
     let mut img = [0u8; AREA_SIZE as usize];
     cpu.read_mem_buf(seg, off, &mut img)?;
@@ -206,9 +213,14 @@ fn save(cpu: &mut Cpu, insn: &Instruction, kind: Kind) -> Fault<()> {
 }
 
 fn xrstor(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
-    let (seg, off, _lin, rex_w) = area(cpu, insn, false)?;
+    let (seg, off, lin, rex_w) = area(cpu, insn, false)?;
     let mut img = [0u8; AREA_SIZE as usize];
-    cpu.read_mem_buf(seg, off, &mut img)?;
+    // The area's first byte is checked, then the header is read before the
+    // legacy region: the address a fault reports is that of AMD CPUs.
+    let p = cpu.privilege();
+    cpu.translate(lin, Access::Read, p)?;
+    cpu.read_mem_buf(seg, off.wrapping_add(HEADER as u64), &mut img[HEADER..])?;
+    cpu.read_mem_buf(seg, off, &mut img[..HEADER])?;
     let s = &cpu.state;
     let rfbm = instruction_mask(s) & s.xcr0;
     let hdr = &img[HEADER..];
@@ -258,8 +270,8 @@ fn xrstor(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
 
 #[cfg(test)]
 mod tests {
-    use iced_x86::code_asm::registers::gpr32::ebx;
-    use iced_x86::code_asm::registers::gpr64::rbx;
+    use iced_x86::code_asm::registers::gpr32::{ebp, ebx};
+    use iced_x86::code_asm::registers::gpr64::{rbp, rbx};
     use iced_x86::code_asm::{ptr, CodeAssembler};
     use iced_x86::IcedError;
 
@@ -436,7 +448,7 @@ mod tests {
         c.state.gpr[reg::RBX] = UNMAPPED - 64;
         c.mem().fill(UNMAPPED - 64, 64, 0xaa).unwrap();
         let r = run(&mut c, 3, |a| a.xsave(ptr(rbx)));
-        assert_eq!(r, Err(Exception::PageFault { addr: UNMAPPED, error_code: 2 }));
+        assert_eq!(r, Err(Exception::PageFault { addr: UNMAPPED - 64 + 575, error_code: 2 }));
         let mut b = [0u8; 64];
         c.mem().read(UNMAPPED - 64, &mut b).unwrap();
         assert!(b.iter().all(|&x| x == 0xaa));
@@ -446,6 +458,27 @@ mod tests {
         assert_eq!(r, Err(Exception::PageFault { addr: READONLY, error_code: 3 }));
         // XRSTOR reads the area only.
         assert_eq!(run(&mut c, 0, |a| a.xrstor(ptr(rbx))), Ok(()));
+        // ... its header first.
+        c.state.gpr[reg::RBX] = UNMAPPED - 0x100;
+        let r = run(&mut c, 3, |a| a.xrstor(ptr(rbx)));
+        assert_eq!(r, Err(Exception::PageFault { addr: UNMAPPED + 0x100, error_code: 0 }));
+        c.state.gpr[reg::RBX] = UNMAPPED + 0x1000 - 0x40;
+        let r = run(&mut c, 3, |a| a.xrstor(ptr(rbx)));
+        // (the header's page is present here: the legacy region faults)
+        assert_eq!(r, Err(Exception::PageFault { addr: UNMAPPED + 0x1000 - 0x40, error_code: 0 }));
+        c.state.gpr[reg::RBX] = UNMAPPED - 0x40;
+        let r = run(&mut c, 3, |a| a.xrstor(ptr(rbx)));
+        assert_eq!(r, Err(Exception::PageFault { addr: UNMAPPED - 0x40 + 512, error_code: 0 }));
+        // An area wholly on a missing page: its first byte.
+        c.state.gpr[reg::RBX] = UNMAPPED + 0x80;
+        let r = run(&mut c, 3, |a| a.xrstor(ptr(rbx)));
+        assert_eq!(r, Err(Exception::PageFault { addr: UNMAPPED + 0x80, error_code: 0 }));
+        // A misaligned area at a non-canonical address through RBP (SS):
+        // #GP(0) for the alignment; aligned, #SS(0).
+        c.state.gpr[reg::RBP] = 0x8000_0000_0000_0008;
+        assert_eq!(run(&mut c, 3, |a| a.xsave(ptr(rbp))), Err(GP0));
+        c.state.gpr[reg::RBP] = 0x8000_0000_0000_0040;
+        assert_eq!(run(&mut c, 3, |a| a.xsave(ptr(rbp))), Err(Exception::StackFault(0)));
     }
 
     #[test]
@@ -715,5 +748,13 @@ mod tests {
         // Aligned offset, misaligned linear address.
         c.state.seg[sreg::DS].base = 0x20;
         assert_eq!(run(&mut c, 3, |a| a.xsavec(ptr(ebx))), Err(GP0));
+        // Misalignment comes before the segment limit.
+        c.state.seg[sreg::DS].limit = 0x100;
+        assert_eq!(run(&mut c, 3, |a| a.xsavec(ptr(ebx))), Err(GP0));
+        c.state.seg[sreg::DS].base = 0x40;
+        assert_eq!(run(&mut c, 3, |a| a.xsavec(ptr(ebx))), Err(GP0));
+        c.state.seg[sreg::SS].limit = 0x100;
+        c.state.gpr[reg::RBP] = AREA - 0x40;
+        assert_eq!(run(&mut c, 3, |a| a.xsavec(ptr(ebp))), Err(Exception::StackFault(0)));
     }
 }
