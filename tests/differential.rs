@@ -288,6 +288,7 @@ fn report_case(title: &str, case: &Case, asm: &gen::Assembled, a: &Outcome, k: &
                 | Group::Sse42
                 | Group::Pcmpstr
                 | Group::Crypto
+                | Group::Xsave
         )
         || diffs.iter().any(|d| {
             d.starts_with("xmm")
