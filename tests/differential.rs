@@ -312,7 +312,12 @@ fn report_case(title: &str, case: &Case, asm: &gen::Assembled, a: &Outcome, k: &
                 Some(if r.is_gpr() { cpu::ops::reg_read(&case.init, r) } else { 0 })
             };
             if let Some(addr) = insn.virtual_address(op, 0, regs) {
-                let size = insn.memory_size().size().clamp(1, 16) as u64;
+                // An XSAVE area whole (576 bytes), other operands up to 16 bytes.
+                let size = if gen::is_xsave_family(insn.mnemonic()) {
+                    576
+                } else {
+                    insn.memory_size().size().clamp(1, 16) as u64
+                };
                 if (machine::DATA..machine::DATA + machine::PAGE).contains(&addr) {
                     let off = (addr - machine::DATA) as usize;
                     let end = (off + size as usize).min(case.data.len());

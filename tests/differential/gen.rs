@@ -1289,7 +1289,10 @@ fn xsave_setup(s: &mut CpuState, data: &mut [u8], areas: &[u64], rng: &mut Rng) 
             }
         }
     };
-    let offsets: Vec<usize> = areas.iter().filter_map(|&a| a.checked_sub(DATA)).map(|o| o as usize).collect();
+    // Only 64-byte aligned areas get a header (the others raise #GP): two
+    // headers are then the same or apart.
+    let offsets: Vec<usize> =
+        areas.iter().filter_map(|&a| a.checked_sub(DATA)).map(|o| o as usize).filter(|o| o % 64 == 0).collect();
     // Headers first, then the legacy fields: where one area's header is
     // another's legacy region, the pointers stay zero.
     for &off in &offsets {
@@ -1303,10 +1306,18 @@ fn xsave_setup(s: &mut CpuState, data: &mut [u8], areas: &[u64], rng: &mut Rng) 
         }
         put(data, off + 512, &hdr);
     }
+    // The legacy fields leave every XSTATE_BV and XCOMP_BV alone: an MXCSR
+    // written over one could name a component only the host's XCR0 has.
+    let in_bitmaps = |o: usize| offsets.iter().any(|&h| (h + 512..h + 528).contains(&o));
     for &off in &offsets {
-        put(data, off + 6, &[0; 18]);
         let mxcsr = if rng.chance(50) { 0x1f80 } else { rng.next_u64() as u32 & 0xffff };
-        put(data, off + 24, &mxcsr.to_le_bytes());
+        let mut fields = [0u8; 22];
+        fields[18..22].copy_from_slice(&mxcsr.to_le_bytes());
+        for (k, &b) in fields.iter().enumerate() {
+            if !in_bitmaps(off + 6 + k) {
+                put(data, off + 6 + k, &[b]);
+            }
+        }
     }
 }
 

@@ -118,6 +118,19 @@ pub struct Known {
 
 pub const KNOWN: &[Known] = &[
     Known {
+        name: "XRSTOR of an MXCSR with bit 17 set",
+        kind: Kind::Vendor,
+        mode: None,
+        host: Some(Host::Amd),
+        what: "this CPU loads it: bit 17 is MM, the exception mask of AMD's misaligned-SSE mode, within its MXCSR_MASK (0x2FFFF); the model's MXCSR_MASK is 0xFFFF and the interpreter raises #GP(0)",
+        matches: |m| {
+            m.interp.end == End::Exception(13)
+                && m.at(m.interp.frame_rip()).is_some_and(|i| matches!(i.mnemonic(), Mnemonic::Xrstor | Mnemonic::Xrstor64))
+                && m.kvm.state.mxcsr & 0x2_0000 != 0
+                && m.kvm.state.mxcsr & !0x2_ffff == 0
+        },
+    },
+    Known {
         name: "XSAVEOPT to the area of the last XRSTOR",
         kind: Kind::Vendor,
         mode: None,
