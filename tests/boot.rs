@@ -31,6 +31,7 @@ grep -iE 'spurious|unexpected irq|clocksource.*unstable|APIC.*calibrat.*fail|WAR
 echo "T:clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
 echo "T:clocksources $(cat /sys/devices/system/clocksource/clocksource0/available_clocksource)"
 sed -n 's/^\[[^]]*\] \(hpet0: at MMIO .*\)$/T:hpet \1/p' /tmp/dmesg
+sed -n 's/^\[[^]]*\] x86\/fpu: \(Enabled xstate .*\)$/T:xstate \1/p' /tmp/dmesg
 grep -iE 'hpet.*(warn|fail|error|not count|dysfunc|invalid|disabl|agree|must be|increased)' /tmp/dmesg | sed 's/^/T:bad /'
 echo "T:done"
 "#;
@@ -153,7 +154,7 @@ fn assert_flags(b: &Boot, wanted: &[&str]) {
 }
 
 /// Features the model does not implement: Linux must not list them.
-const ABSENT: &[&str] = &["avx", "avx2", "xsave", "aes", "pclmulqdq", "fma", "avx512f"];
+const ABSENT: &[&str] = &["avx", "avx2", "xsaves", "aes", "pclmulqdq", "fma", "avx512f"];
 
 fn check(b: &Boot, kernel: &Path) {
     let out = &b.stdout;
@@ -197,15 +198,27 @@ fn cloud_kernel_boots_to_init_in_the_interpreter() {
     let k = dir.join("vmlinuz-cloud");
     let b = boot("interp", &k, &dir.join("initramfs.cpio.gz"), &[]);
     check(&b, &k);
-    assert_flags(&b, INTERP_TSC_FLAGS);
+    assert_flags(&b, INTERP_MODEL_FLAGS);
+    assert_xstate(&b);
     // The model advertises UMIP, and Linux turns it on.
     assert_flags(&b, &["umip"]);
 }
 
-/// Timekeeping flags of the interpreter's model: its TSC follows the host's
+/// Flags of the interpreter's model. Timekeeping: its TSC follows the host's
 /// monotonic clock, so it is invariant, and IA32_TSC_ADJUST is implemented.
-/// With both, Linux trusts the TSC without a jiffies-based watchdog.
-const INTERP_TSC_FLAGS: &[&str] = &["constant_tsc", "nonstop_tsc", "tsc_adjust"];
+/// With both, Linux trusts the TSC without a jiffies-based watchdog. The
+/// model's XSAVE feature set (hidden under split execution, whose user code
+/// runs with the host's XCR0) is listed too: Linux then switches tasks'
+/// x87 and SSE state with it.
+const INTERP_MODEL_FLAGS: &[&str] =
+    &["constant_tsc", "nonstop_tsc", "tsc_adjust", "xsave", "xsaveopt", "xsavec", "movbe", "abm"];
+
+/// Linux enabled the model's XSAVE components (x87 and SSE) with the
+/// area size leaf 0Dh gives.
+fn assert_xstate(b: &Boot) {
+    let x = field(&b.stdout, "xstate").unwrap_or("");
+    assert!(x.starts_with("Enabled xstate features 0x3, context size is 576 bytes"), "xstate in dmesg: {x:?}");
+}
 
 /// Also stalls the emulator during early boot (see [`stall`]): the guest's
 /// clocks must stay consistent, with no complaint in dmesg.
@@ -216,7 +229,8 @@ fn generic_kernel_boots_to_init_in_the_interpreter() {
     let k = dir.join("vmlinuz-generic");
     let b = boot_with_stalls(SCRIPT, "interp", &k, &dir.join("initramfs.cpio.gz"), &[], true);
     check(&b, &k);
-    assert_flags(&b, INTERP_TSC_FLAGS);
+    assert_flags(&b, INTERP_MODEL_FLAGS);
+    assert_xstate(&b);
 }
 
 /// Under `--accel jit`: the same checks (the same CPU model as the
@@ -227,7 +241,8 @@ fn cloud_kernel_boots_to_init_under_jit() {
     let k = dir.join("vmlinuz-cloud");
     let b = boot("jit", &k, &dir.join("initramfs.cpio.gz"), &[]);
     check(&b, &k);
-    assert_flags(&b, INTERP_TSC_FLAGS);
+    assert_flags(&b, INTERP_MODEL_FLAGS);
+    assert_xstate(&b);
 }
 
 #[test]
@@ -236,7 +251,8 @@ fn generic_kernel_boots_to_init_under_jit() {
     let k = dir.join("vmlinuz-generic");
     let b = boot("jit", &k, &dir.join("initramfs.cpio.gz"), &[]);
     check(&b, &k);
-    assert_flags(&b, INTERP_TSC_FLAGS);
+    assert_flags(&b, INTERP_MODEL_FLAGS);
+    assert_xstate(&b);
 }
 
 #[test]

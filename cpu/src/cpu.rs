@@ -69,6 +69,9 @@ pub struct Cpu {
     /// Runs after which a block is hot (see [`Cpu::set_hot_threshold`]);
     /// 0: blocks are not counted.
     pub(crate) hot_threshold: u32,
+    /// The CPUID model advertises XSAVE and CR4.OSXSAVE can be set (see
+    /// [`Cpu::set_xsave`]).
+    pub(crate) xsave: bool,
 }
 
 impl Cpu {
@@ -94,6 +97,7 @@ impl Cpu {
             keep_user_pages: false,
             invalidation_listeners: Vec::new(),
             hot_threshold: 0,
+            xsave: true,
         };
         cpu.update_paging();
         cpu
@@ -104,6 +108,31 @@ impl Cpu {
         self.state = s;
         self.update_paging();
         self.mmu.flush(false);
+    }
+
+    /// Offer the XSAVE feature set (the default) or hide it: without it
+    /// CPUID reports no XSAVE and no leaf 0Dh, and CR4.OSXSAVE is reserved,
+    /// so the XSAVE instructions raise #UD. For an engine that runs the
+    /// guest's user code where the guest's XCR0 does not hold: an XSAVE
+    /// area sized from this model's CPUID would be too small there.
+    pub fn set_xsave(&mut self, on: bool) {
+        self.xsave = on;
+    }
+
+    /// Whether the XSAVE feature set is offered (see [`Cpu::set_xsave`]).
+    pub fn xsave(&self) -> bool {
+        self.xsave
+    }
+
+    /// CPUID as this processor answers it: the model of [`crate::cpuid`],
+    /// less XSAVE when it is hidden.
+    pub fn cpuid(&self, leaf: u32, sub: u32) -> [u32; 4] {
+        let r = crate::cpuid::cpuid(&self.state, leaf, sub);
+        if self.xsave {
+            r
+        } else {
+            crate::cpuid::without_xsave(leaf, r)
+        }
     }
 
     /// Install the hooks of an engine sharing the guest (see

@@ -53,6 +53,10 @@ pub mod ecx1 {
     pub const PCID: u32 = 1 << 17;
     pub const MOVBE: u32 = 1 << 22;
     pub const POPCNT: u32 = 1 << 23;
+    /// XSAVE, XRSTOR, XGETBV, XSETBV and CR4.OSXSAVE.
+    pub const XSAVE: u32 = 1 << 26;
+    /// Mirrors CR4.OSXSAVE.
+    pub const OSXSAVE: u32 = 1 << 27;
     pub const RDRAND: u32 = 1 << 30;
 }
 
@@ -84,6 +88,13 @@ pub mod ecx7 {
     /// and STR are #GP(0) at CPL > 0.
     pub const UMIP: u32 = 1 << 2;
     pub const RDPID: u32 = 1 << 22;
+}
+
+/// Leaf 0Dh subleaf 1 EAX bits.
+pub mod eax_d1 {
+    pub const XSAVEOPT: u32 = 1 << 0;
+    /// XSAVEC and the compacted form of XRSTOR.
+    pub const XSAVEC: u32 = 1 << 1;
 }
 
 /// Leaf 8000_0007 EDX bits (advanced power management).
@@ -148,6 +159,7 @@ pub const LEAF1_ECX: u32 = ecx1::CX16
     | ecx1::PCID
     | ecx1::MOVBE
     | ecx1::POPCNT
+    | ecx1::XSAVE
     | ecx1::RDRAND
     | ecx1::SSE3
     | ecx1::SSSE3
@@ -172,6 +184,16 @@ pub const LEAF7_ECX: u32 = ecx7::UMIP | ecx7::RDPID;
 pub const LEAF81_EDX: u32 = edx81::SYSCALL | edx81::NX | edx81::RDTSCP | edx81::LM;
 pub const LEAF81_ECX: u32 = ecx81::LAHF_LM | ecx81::ABM | ecx81::PREFETCHW;
 
+/// `regs`, CPUID's answer for `leaf`, as a model without the XSAVE feature
+/// set answers it (see [`crate::Cpu::set_xsave`]).
+pub fn without_xsave(leaf: u32, regs: [u32; 4]) -> [u32; 4] {
+    match leaf {
+        1 => [regs[0], regs[1], regs[2] & !(ecx1::XSAVE | ecx1::OSXSAVE), regs[3]],
+        0xd => [0; 4],
+        _ => regs,
+    }
+}
+
 /// Family 6, model 0x0f, stepping 1 (the signature reset leaves in EDX).
 pub const SIGNATURE: u32 = 0x0000_06f1;
 
@@ -188,13 +210,27 @@ pub fn cpuid(state: &CpuState, leaf: u32, sub: u32) -> [u32; 4] {
             if state.msr.apic_base & (1 << 11) == 0 {
                 edx &= !edx1::APIC;
             }
-            // XSAVE is not advertised, so OSXSAVE (which mirrors CR4.OSXSAVE,
-            // a bit the guest cannot set without XSAVE) stays clear.
-            let ecx = LEAF1_ECX;
+            let mut ecx = LEAF1_ECX;
+            if state.cr4 & crate::state::cr::CR4_OSXSAVE != 0 {
+                ecx |= ecx1::OSXSAVE;
+            }
             [SIGNATURE, ebx, ecx, edx]
         }
         // Structured extended features: subleaf 0 only (EAX = the last subleaf).
         7 if sub == 0 => [0, LEAF7_EBX, LEAF7_ECX, 0],
+        // XSAVE enumeration: the supported XCR0 bits and area sizes (x87 and
+        // SSE, both in the legacy region: 576 bytes in either format).
+        0xd => match sub {
+            0 => {
+                let supported = crate::ops::xsave::SUPPORTED;
+                let size = crate::ops::xsave::AREA_SIZE;
+                [supported as u32, size, size, (supported >> 32) as u32]
+            }
+            1 => [eax_d1::XSAVEOPT | eax_d1::XSAVEC, crate::ops::xsave::AREA_SIZE, 0, 0],
+            // Components 0 and 1 live in the legacy region, which has no
+            // subleaf; no other component is supported.
+            _ => [0, 0, 0, 0],
+        },
         0x8000_0000 => [0x8000_0008, b, c, d],
         0x8000_0001 => [SIGNATURE, 0, LEAF81_ECX, LEAF81_EDX],
         0x8000_0002..=0x8000_0004 => {

@@ -483,3 +483,28 @@ fn kvm_pvm_capabilities() {
         Err(e) => eprintln!("skipping: KVM cannot create a VM here: {e}"),
     }
 }
+
+/// XCR0 travels through KVM_SET_XCRS and KVM_GET_XCRS with CR4.OSXSAVE
+/// set (what the guest's XGETBV would read is not checked: kvm_pvm runs
+/// ring 3 with the host's XCR0).
+#[test]
+fn xcr0_round_trips_through_vcpu() {
+    let Some(mut kvm) = open_kvm() else { return };
+    let Some(mut g) = guest(&mut kvm, &[0xf4], 3) else {
+        return;
+    };
+    let mut s = long_mode_state(CODE, 3);
+    s.cr4 |= cpu::state::cr::CR4_OSXSAVE;
+    s.xcr0 = 3;
+    if let Err(e) = g.vcpu.set_state(&s) {
+        eprintln!("skipping: this KVM refuses CR4.OSXSAVE with XCR0 = 3 ({e})");
+        return;
+    }
+    let back = g.vcpu.get_state().unwrap();
+    assert_eq!((back.cr4 & cpu::state::cr::CR4_OSXSAVE, back.xcr0), (cpu::state::cr::CR4_OSXSAVE, 3));
+    // XCR0 = x87 only, changed while CR4.OSXSAVE stays set.
+    let mut s1 = back;
+    s1.xcr0 = 1;
+    g.vcpu.set_state(&s1).unwrap();
+    assert_eq!(g.vcpu.get_state().unwrap().xcr0, 1);
+}

@@ -1069,3 +1069,52 @@ fn show_ir() {
     println!("{}", func.display());
     println!("{} bytes", compiler::compile(&isa, 0, &spec).unwrap().code.len());
 }
+
+/// The XSAVE feature set in compiled code, through the interpreter's
+/// handlers: XSETBV, XGETBV, XSAVE/XSAVEC/XSAVEOPT and XRSTOR in a loop
+/// that changes the SSE and x87 state between them, then a misaligned
+/// XSAVE (#GP) from compiled code.
+#[test]
+fn xsave_instructions_in_compiled_code_give_the_interpreters_results() {
+    let prep = |c: &mut Cpu| {
+        sse_on(c);
+        c.state.cr4 |= cpu::state::cr::CR4_OSXSAVE;
+        c.mem().fill(DATA, 0x1000, 0).unwrap();
+    };
+    let (_, b, jit) = both(long_mode, prep, |a| {
+        let mut top = a.create_label();
+        let mut skip = a.create_label();
+        a.xor(ecx, ecx)?;
+        a.mov(eax, 3)?;
+        a.xor(edx, edx)?;
+        a.xsetbv()?;
+        a.mov(rsi, DATA)?;
+        a.mov(r8d, 200)?;
+        a.set_label(&mut top)?;
+        a.movd(xmm1, r8d)?;
+        a.paddd(xmm0, xmm1)?;
+        a.fild(dword_ptr(rsi + 0x800))?;
+        a.mov(eax, 3)?;
+        a.xsave64(ptr(rsi))?;
+        a.xsavec(ptr(rsi + 0x240))?;
+        a.mov(eax, 2)?;
+        a.xsaveopt64(ptr(rsi + 0x480))?;
+        a.pxor(xmm0, xmm0)?;
+        a.mov(eax, 3)?;
+        a.xrstor64(ptr(rsi))?;
+        a.xor(ecx, ecx)?;
+        a.xgetbv()?;
+        a.add(r9, rax)?;
+        a.cmp(r8d, 7)?;
+        a.jne(skip)?;
+        a.xsave(ptr(rsi + 0x20))?;
+        a.set_label(&mut skip)?;
+        a.dec(r8d)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    assert_eq!(b.state.rip, stub(13) + 1, "#GP for the misaligned area");
+    assert_eq!(b.state.gpr[8], 7);
+    assert_eq!(b.state.gpr[9], 3 * 194);
+    assert!(jit.stats.native_insns > 0, "{:?}", jit.stats);
+}

@@ -196,6 +196,11 @@ impl SplitEngine {
         let alarm = Alarm::new(Arc::new(move || k.kick()))?;
         let io = m.io();
         let mut cpu = Cpu::new(m.mem.clone(), Box::new(io.clone()));
+        // kvm_pvm runs user code with the host's XCR0, whatever the guest
+        // set: an XSAVE area a user program sized from this CPU's CPUID
+        // (glibc's dynamic linker sizes its XSAVEC area so) would be
+        // overrun by the host's AVX-512 state. The guest gets FXSAVE only.
+        cpu.set_xsave(false);
         cpu.set_state(m.boot_state);
         let mut policy = SplitPolicy::new(USER_BUDGET);
         let kernel = if m.kernel_code.is_empty() {
@@ -771,9 +776,10 @@ fn take_back(cpu: &mut Cpu, s: CpuState, entry: &CpuState) {
     cpu.recheck_user_code();
 }
 
-/// The feature bits the interpreter's CPUID advertises.
+/// The feature bits the interpreter's CPUID advertises (without XSAVE, as
+/// the split engine's interpreter has it).
 fn interpreter_features(state: &CpuState) -> hvf_kvm_accel::kvm::cpuid::FeatureMasks {
-    let id = |leaf, sub| cpu::cpuid::cpuid(state, leaf, sub);
+    let id = |leaf, sub| cpu::cpuid::without_xsave(leaf, cpu::cpuid::cpuid(state, leaf, sub));
     let (l1, l7, l81) = (id(1, 0), id(7, 0), id(0x8000_0001, 0));
     hvf_kvm_accel::kvm::cpuid::FeatureMasks {
         leaf1: [l1[2], l1[3] | cpu::cpuid::edx1::APIC],

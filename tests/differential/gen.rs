@@ -55,10 +55,12 @@ pub enum Group {
     Pcmpstr,
     Crc32,
     Crypto,
+    Movbe,
+    Xsave,
 }
 
 impl Group {
-    pub const ALL: [Group; 26] = [
+    pub const ALL: [Group; 28] = [
         Group::Alu,
         Group::Mov,
         Group::Flags,
@@ -85,6 +87,8 @@ impl Group {
         Group::Pcmpstr,
         Group::Crc32,
         Group::Crypto,
+        Group::Movbe,
+        Group::Xsave,
     ];
 
     pub fn name(self) -> &'static str {
@@ -115,6 +119,8 @@ impl Group {
             Group::Pcmpstr => "pcmpxstrx",
             Group::Crc32 => "crc32",
             Group::Crypto => "aes/clmul/sha",
+            Group::Movbe => "movbe",
+            Group::Xsave => "xsave",
         }
     }
 
@@ -136,6 +142,7 @@ impl Group {
                 | Group::Sse42
                 | Group::Pcmpstr
                 | Group::Crypto
+                | Group::Xsave
         )
     }
 }
@@ -180,6 +187,9 @@ const ALLOWED_FEATURES: &[CpuidFeature] = &[
     CpuidFeature::MSR,
     CpuidFeature::INVPCID,
     CpuidFeature::SMAP,
+    CpuidFeature::XSAVE,
+    CpuidFeature::XSAVEOPT,
+    CpuidFeature::XSAVEC,
 ];
 
 /// Instructions CPL3 can execute that the harness does not generate, each
@@ -195,8 +205,8 @@ pub fn exclusion(code: Code) -> Option<&'static str> {
         Cpuid | Rdtsc | Rdtscp | Rdpmc | Rdrand | Rdseed | Rdpid | Rdpru => {
             "result depends on the host model or on time"
         }
-        Xgetbv | Xsetbv | Xsave | Xsave64 | Xsaveopt | Xsaveopt64 | Xrstor | Xrstor64 | Xsavec | Xsavec64 | Xsaves
-        | Xsaves64 | Xrstors | Xrstors64 => "XSAVE images and XCR0: kvm_pvm runs them with the host's XCR0",
+        Xgetbv => "kvm_pvm runs ring 3 with the host's XCR0, which XGETBV reads",
+        Xsaves | Xsaves64 | Xrstors | Xrstors64 => "supervisor state: XSAVES/XRSTORS are not in the model",
         Fxsave | Fxsave64 | Fxrstor | Fxrstor64 => {
             "FXSAVE images hold FIP/FDP/FOP, which AMD saves only with an unmasked exception pending"
         }
@@ -264,6 +274,9 @@ fn classify(code: Code, t: &Instruction) -> Option<Group> {
     let has = |f: CpuidFeature| feats.contains(&f);
     let mm_reg = (0..t.op_count()).any(|i| t.op_kind(i) == OpKind::Register && t.op_register(i).is_mm());
     let seg_reg = (0..t.op_count()).any(|i| t.op_kind(i) == OpKind::Register && t.op_register(i).is_segment_register());
+    if is_xsave_family(m) {
+        return Some(Group::Xsave);
+    }
     if t.is_privileged() {
         return Some(Group::System);
     }
@@ -323,7 +336,7 @@ fn classify(code: Code, t: &Instruction) -> Option<Group> {
         return Some(Group::Alu);
     }
     if has(CpuidFeature::MOVBE) {
-        return Some(Group::Mov);
+        return Some(Group::Movbe);
     }
     if seg_reg || matches!(m, Lar | Lsl | Verr | Verw | Arpl) {
         return Some(Group::Segment);
@@ -351,6 +364,17 @@ fn classify(code: Code, t: &Instruction) -> Option<Group> {
         In | Out | Insb | Insw | Insd | Outsb | Outsw | Outsd => Group::System,
         _ => return None,
     })
+}
+
+/// XSETBV and the instructions that take an XSAVE area.
+pub fn is_xsave_family(m: Mnemonic) -> bool {
+    use Mnemonic::*;
+    matches!(m, Xsetbv | Xsave | Xsave64 | Xsaveopt | Xsaveopt64 | Xsavec | Xsavec64 | Xrstor | Xrstor64)
+}
+
+/// The instructions that take an XSAVE area and EDX:EAX as their mask.
+fn takes_xsave_area(m: Mnemonic) -> bool {
+    is_xsave_family(m) && m != Mnemonic::Xsetbv
 }
 
 /// One template: a decoded instruction, and which of its register operands
@@ -776,6 +800,8 @@ struct Gen<'a> {
     claimed: [Option<u64>; 16],
     /// Registers an earlier item may write (not used as address registers).
     clobbered: u16,
+    /// Where the XSAVE areas of the sequence's XSAVE/XRSTOR forms are.
+    areas: Vec<u64>,
 }
 
 fn gpr_index(r: Register) -> usize {
@@ -926,8 +952,12 @@ impl Gen<'_> {
     /// Make operand `op` of `insn` a memory operand at a chosen address.
     fn memory_operand(&mut self, insn: &mut Instruction) {
         let code = insn.code();
-        let msize = insn.memory_size().size() as u64;
+        let xsave_area = takes_xsave_area(insn.mnemonic());
+        // An XSAVE area of the model's components (the legacy region and
+        // the header), 64-byte aligned.
+        let msize = if xsave_area { 576 } else { insn.memory_size().size() as u64 };
         let align = match msize {
+            576 => 64,
             16 | 32 | 64 | 512 => 16,
             8 | 10 => 8,
             4 => 4,
@@ -935,6 +965,9 @@ impl Gen<'_> {
             _ => 1,
         };
         let target = self.pick_target(msize.max(1), align);
+        if xsave_area {
+            self.areas.push(target);
+        }
         // moffs forms keep their shape: only the address changes.
         if matches!(
             code,
@@ -1212,6 +1245,82 @@ fn fix_undefined_reads(items: &mut Vec<Item>, mode: Mode, rng: &mut Rng) {
     }
 }
 
+/// Put `mov eax, mask` before every XSAVE-area instruction. kvm_pvm runs
+/// ring 3 with the host's XCR0 (x87, SSE, AVX and AVX-512 on the hosts
+/// here), the model's XCR0 is x87|SSE: with a mask of bits 0 and 1 only
+/// the requested-feature bitmap (EDX:EAX & XCR0) is the same on both.
+fn set_xsave_masks(items: &mut Vec<Item>, rng: &mut Rng) {
+    let mut i = 0;
+    while i < items.len() {
+        if !takes_xsave_area(items[i].insn.mnemonic()) {
+            i += 1;
+            continue;
+        }
+        let mask = rng.below(4) as u32;
+        let mov = Instruction::with2(Code::Mov_r32_imm32, Register::EAX, mask).unwrap();
+        for it in items.iter_mut() {
+            if let Some(t) = it.target.as_mut() {
+                if *t > i {
+                    *t += 1;
+                }
+            }
+        }
+        items.insert(i, Item { insn: mov, target: None });
+        i += 2;
+    }
+}
+
+/// The XSAVE group's state and areas: CR4.OSXSAVE with XCR0 = x87|SSE, and
+/// at each area a legacy region and header an XRSTOR may load: MXCSR
+/// within the model's MXCSR_MASK, FOP/FIP/FDP and their selectors zero
+/// (AMD stores them only while an x87 exception is pending), XSTATE_BV
+/// within bits 0-1, in the standard or the compacted format, now and then
+/// with a reserved header byte set (#GP on both sides).
+fn xsave_setup(s: &mut CpuState, data: &mut [u8], areas: &[u64], rng: &mut Rng) {
+    s.cr4 |= cpu::state::cr::CR4_OSXSAVE;
+    s.xcr0 = 3;
+    // The mask in EAX is safe before the first `mov eax` too (the reducer
+    // may remove those).
+    s.gpr[reg::RAX] = (s.gpr[reg::RAX] & !0xffff_ffff) | rng.below(4);
+    let put = |data: &mut [u8], o: usize, b: &[u8]| {
+        for (k, &x) in b.iter().enumerate() {
+            if let Some(d) = data.get_mut(o + k) {
+                *d = x;
+            }
+        }
+    };
+    // Only 64-byte aligned areas get a header (the others raise #GP): two
+    // headers are then the same or apart.
+    let offsets: Vec<usize> =
+        areas.iter().filter_map(|&a| a.checked_sub(DATA)).map(|o| o as usize).filter(|o| o % 64 == 0).collect();
+    // Headers first, then the legacy fields: where one area's header is
+    // another's legacy region, the pointers stay zero.
+    for &off in &offsets {
+        let xstate_bv = rng.below(4);
+        let xcomp_bv = if rng.chance(50) { 0 } else { (1 << 63) | xstate_bv | rng.below(4) };
+        let mut hdr = [0u8; 64];
+        hdr[..8].copy_from_slice(&xstate_bv.to_le_bytes());
+        hdr[8..16].copy_from_slice(&xcomp_bv.to_le_bytes());
+        if rng.chance(5) {
+            hdr[rng.range(16, 63) as usize] = 1 + rng.below(255) as u8;
+        }
+        put(data, off + 512, &hdr);
+    }
+    // The legacy fields leave every XSTATE_BV and XCOMP_BV alone: an MXCSR
+    // written over one could name a component only the host's XCR0 has.
+    let in_bitmaps = |o: usize| offsets.iter().any(|&h| (h + 512..h + 528).contains(&o));
+    for &off in &offsets {
+        let mxcsr = if rng.chance(50) { 0x1f80 } else { rng.next_u64() as u32 & 0xffff };
+        let mut fields = [0u8; 22];
+        fields[18..22].copy_from_slice(&mxcsr.to_le_bytes());
+        for (k, &b) in fields.iter().enumerate() {
+            if !in_bitmaps(off + 6 + k) {
+                put(data, off + 6 + k, &[b]);
+            }
+        }
+    }
+}
+
 /// Generate the case for `seed` (mode and group drawn from it unless given).
 pub fn generate(cat: &Catalog, seed: u64, mode: Option<Mode>, groups: &[Group]) -> Option<Case> {
     let mut rng = Rng::new(seed);
@@ -1222,7 +1331,12 @@ pub fn generate(cat: &Catalog, seed: u64, mode: Option<Mode>, groups: &[Group]) 
         return None;
     }
     let group = *rng.pick(&available);
-    let mut g = Gen { rng, mode, cat, claimed: [None; 16], clobbered: 0 };
+    let mut g = Gen { rng, mode, cat, claimed: [None; 16], clobbered: 0, areas: Vec::new() };
+    if group == Group::Xsave {
+        // EAX is set before each XSAVE-area instruction (below): never an
+        // address register.
+        g.clobbered |= 1 << reg::RAX;
+    }
     let long = mode == Mode::Long64;
 
     // Fixed pointers first: the stack, the string registers, RBX and RBP.
@@ -1255,6 +1369,11 @@ pub fn generate(cat: &Catalog, seed: u64, mode: Option<Mode>, groups: &[Group]) 
         let gr = if g.rng.chance(75) { group } else { g.filler_group(group) };
         let Some(t) = g.template(gr).or_else(|| g.template(group)) else { continue };
         let Some(insn) = g.instantiate(&t) else { continue };
+        // The XSAVE group's mask in EAX stays one of bits 0-1 (see
+        // `set_xsave_masks`): nothing else writes RAX.
+        if group == Group::Xsave && Gen::written_gprs(&insn) & (1 << reg::RAX) != 0 {
+            continue;
+        }
         g.clobbered |= Gen::written_gprs(&insn);
         items.push(Item { insn, target: None });
     }
@@ -1269,6 +1388,9 @@ pub fn generate(cat: &Catalog, seed: u64, mode: Option<Mode>, groups: &[Group]) 
         }
     }
     fix_undefined_reads(&mut items, mode, &mut g.rng);
+    if group == Group::Xsave {
+        set_xsave_masks(&mut items, &mut g.rng);
+    }
 
     // Initial state.
     let mut s = machine::base_state(mode);
@@ -1365,6 +1487,10 @@ pub fn generate(cat: &Catalog, seed: u64, mode: Option<Mode>, groups: &[Group]) 
             _ => continue,
         };
         q.copy_from_slice(&v.to_le_bytes());
+    }
+
+    if group == Group::Xsave {
+        xsave_setup(&mut s, &mut data, &g.areas, &mut g.rng);
     }
 
     let mut case = Case { seed, mode, group, items, code_addr: CODE + g.rng.below(192), init: s, data };

@@ -102,6 +102,21 @@ impl KvmSide {
         Ok(KvmSide { mem, vcpu, _vm: vm, io: Io { log: PortLog::default(), watchdog } })
     }
 
+    /// Whether the vCPU takes the xsave group's state (CR4.OSXSAVE with
+    /// XCR0 = x87|SSE) and gives it back: a KVM whose CPUID model hides
+    /// XSAVE may refuse CR4.OSXSAVE.
+    pub fn takes_xsave_state(&mut self) -> Result<(), String> {
+        let mut s = machine::base_state(machine::Mode::Long64);
+        s.cr4 |= cpu::state::cr::CR4_OSXSAVE;
+        s.xcr0 = 3;
+        self.vcpu.set_state(&s).map_err(|e| format!("KVM refuses CR4.OSXSAVE with XCR0 = 3: {e}"))?;
+        let back = self.vcpu.get_state().map_err(|e| format!("KVM get_state: {e}"))?;
+        if back.cr4 & cpu::state::cr::CR4_OSXSAVE == 0 || back.xcr0 != 3 {
+            return Err(format!("KVM gives back CR4 {:#x} and XCR0 {:#x}", back.cr4, back.xcr0));
+        }
+        Ok(())
+    }
+
     pub fn run(&mut self, case: &Case, asm: &Assembled) -> Outcome {
         load_case(&self.mem, case, asm);
         self.io.log = PortLog::default();

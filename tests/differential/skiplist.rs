@@ -118,6 +118,72 @@ pub struct Known {
 
 pub const KNOWN: &[Known] = &[
     Known {
+        name: "XRSTOR of an MXCSR with bit 17 set",
+        kind: Kind::Vendor,
+        mode: None,
+        host: Some(Host::Amd),
+        what: "this CPU loads it: bit 17 is MM, the exception mask of AMD's misaligned-SSE mode, within its MXCSR_MASK (0x2FFFF); the model's MXCSR_MASK is 0xFFFF and the interpreter raises #GP(0)",
+        matches: |m| {
+            m.interp.end == End::Exception(13)
+                && m.at(m.interp.frame_rip()).is_some_and(|i| matches!(i.mnemonic(), Mnemonic::Xrstor | Mnemonic::Xrstor64))
+                && m.kvm.state.mxcsr & 0x2_0000 != 0
+                && m.kvm.state.mxcsr & !0x2_ffff == 0
+        },
+    },
+    Known {
+        name: "XSAVEOPT to the area of the last XRSTOR",
+        kind: Kind::Vendor,
+        mode: None,
+        host: None,
+        what: "this CPU uses the modified optimization: components not modified since the XRSTOR are not written, and the area keeps what the sequence stored there in between; the interpreter writes them (the SDM allows either)",
+        matches: |m| {
+            let has = |ms: &[Mnemonic]| m.insns.iter().any(|i| ms.contains(&i.mnemonic()));
+            has(&[Mnemonic::Xrstor, Mnemonic::Xrstor64])
+                && has(&[Mnemonic::Xsaveopt, Mnemonic::Xsaveopt64])
+                && m.interp.end == m.kvm.end
+                && m.only(&["memory"])
+        },
+    },
+    Known {
+        name: "XSAVE, XSAVEOPT, XSAVEC of x87 state whose FOP, FIP or FDP are not zero (loaded by XRSTOR), no x87 exception pending",
+        kind: Kind::Vendor,
+        mode: None,
+        host: Some(Host::Amd),
+        what: "this CPU stores zeros for FOP, FIP and FDP unless FSW.ES is set (AMD's APM says so of FXSAVE); the interpreter stores the values, as the SDM describes",
+        matches: |m| {
+            m.insns.iter().any(|i| matches!(i.mnemonic(), Mnemonic::Xrstor | Mnemonic::Xrstor64))
+                && m.interp.state.fpu.fsw & 0x80 == 0
+                && m.only(&["memory"])
+                && m.diffs.iter().all(|d| {
+                    let Some((range, bytes)) = d.strip_prefix("memory 0x").and_then(|r| r.split_once(": interp=")) else {
+                        return false;
+                    };
+                    let Some((a, b)) = range.split_once("..0x") else { return false };
+                    let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else { return false };
+                    let zeros = bytes.split_once("kvm=").is_some_and(|(_, k)| k.split_whitespace().all(|x| x == "00"));
+                    zeros && a / 64 == (b - 1) / 64 && a % 64 >= 6 && (b - 1) % 64 < 24
+                })
+        },
+    },
+    Known {
+        name: "XSAVE, XSAVEOPT, XSAVEC with SSE requested: the MXCSR_MASK field (bytes 28-31 of the area)",
+        kind: Kind::Vendor,
+        mode: None,
+        host: Some(Host::Amd),
+        what: "this CPU stores 0x0002FFFF: bit 17 is MM, the exception mask of AMD's misaligned-SSE mode (CPUID 8000_0001h:ECX.MisAlignSse), which the model lacks; the interpreter stores 0x0000FFFF",
+        matches: |m| {
+            m.insns.iter().any(|i| {
+                matches!(
+                    i.mnemonic(),
+                    Mnemonic::Xsave | Mnemonic::Xsave64 | Mnemonic::Xsaveopt | Mnemonic::Xsaveopt64 | Mnemonic::Xsavec | Mnemonic::Xsavec64
+                )
+            }) && m.only(&["memory"])
+                && m.diffs.iter().all(|d| d.strip_prefix("memory 0x").and_then(|r| r.split_once("..")).is_some_and(|(a, rest)| {
+                    u64::from_str_radix(a, 16).is_ok_and(|a| a % 64 == 30) && rest.ends_with(": interp=00 kvm=02")
+                }))
+        },
+    },
+    Known {
         name: "FLD m32/m64 of a denormal with the denormal exception unmasked",
         kind: Kind::Vendor,
         mode: None,

@@ -354,6 +354,50 @@ mod tests {
     }
 
     #[test]
+    fn movbe_forms_and_faults() {
+        let mut c = long_mode();
+        c.mem().write_u64(DATA, 0x1122_3344_5566_7788).unwrap();
+        c.state.gpr[3] = DATA;
+        // Stores of each size, with the bytes reversed; the register stays.
+        c.state.gpr[0] = 0x0102_0304_0506_0708;
+        exec_asm(&mut c, |a| a.movbe(qword_ptr(rbx), rax)).unwrap();
+        assert_eq!(c.mem().read_u64(DATA).unwrap(), 0x0807_0605_0403_0201);
+        exec_asm(&mut c, |a| a.movbe(dword_ptr(rbx + 8), eax)).unwrap();
+        assert_eq!(c.mem().read_u32(DATA + 8).unwrap(), 0x0807_0605);
+        assert_eq!(c.state.gpr[0], 0x0102_0304_0506_0708);
+        // A 16-bit load keeps the upper 48 bits; a 32-bit load zeroes the upper half.
+        c.state.gpr[2] = u64::MAX;
+        exec_asm(&mut c, |a| a.movbe(dx, word_ptr(rbx))).unwrap();
+        assert_eq!(c.state.gpr[2], 0xffff_ffff_ffff_0102);
+        exec_asm(&mut c, |a| a.movbe(edx, dword_ptr(rbx))).unwrap();
+        assert_eq!(c.state.gpr[2], 0x0102_0304);
+        exec_asm(&mut c, |a| a.movbe(r9, qword_ptr(rbx))).unwrap();
+        assert_eq!(c.state.gpr[9], 0x0102_0304_0506_0708);
+        // LOCK is #UD (MOVBE is not a read-modify-write).
+        assert_eq!(exec_bytes(&mut c, &[0xf0, 0x0f, 0x38, 0xf0, 0x03]), Err(Exception::InvalidOpcode));
+        assert_eq!(exec_bytes(&mut c, &[0xf0, 0x0f, 0x38, 0xf1, 0x03]), Err(Exception::InvalidOpcode));
+        // Faults leave memory and registers alone.
+        c.state.gpr[3] = READONLY;
+        let ro = c.mem().read_u64(READONLY).unwrap();
+        let r = exec_asm(&mut c, |a| a.movbe(qword_ptr(rbx), rax));
+        assert!(matches!(r, Err(Exception::PageFault { addr: READONLY, .. })), "{r:?}");
+        assert_eq!(c.mem().read_u64(READONLY).unwrap(), ro);
+        c.state.gpr[3] = UNMAPPED - 2;
+        c.state.gpr[2] = 0x55;
+        let r = exec_asm(&mut c, |a| a.movbe(edx, dword_ptr(rbx)));
+        assert!(matches!(r, Err(Exception::PageFault { addr: UNMAPPED, .. })), "{r:?}");
+        assert_eq!(c.state.gpr[2], 0x55);
+        // 32-bit protected mode.
+        let mut c = prot_mode();
+        c.mem().write_u32(DATA, 0xa1b2_c3d4).unwrap();
+        c.state.gpr[3] = DATA;
+        exec_asm(&mut c, |a| a.movbe(ecx, dword_ptr(ebx))).unwrap();
+        assert_eq!(c.state.gpr[1], 0xd4c3_b2a1);
+        exec_asm(&mut c, |a| a.movbe(word_ptr(ebx + 4), cx)).unwrap();
+        assert_eq!(c.mem().read_u16(DATA + 4).unwrap(), 0xa1b2);
+    }
+
+    #[test]
     fn rdrand_rdseed_set_cf_and_vary() {
         let mut c = long_mode();
         c.state.set_arith_flags(ARITH, ZF | OF);

@@ -35,6 +35,7 @@ pub mod task;
 #[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
 pub mod x87;
+pub mod xsave;
 
 /// An instruction handler.
 pub type Handler = fn(&mut Cpu, &Instruction) -> Fault<()>;
@@ -85,6 +86,7 @@ fn lookup(code: Code) -> Option<Handler> {
         .or_else(|| desc::handler(code))
         .or_else(|| x87::handler(code))
         .or_else(|| sse::handler(code))
+        .or_else(|| xsave::handler(code))
 }
 
 /// The handler for `code`.

@@ -362,6 +362,7 @@ const CR4_VALID: u64 = cr::CR4_TSD
     | cr::CR4_PCE
     | cr::CR4_OSFXSR
     | cr::CR4_OSXMMEXCPT
+    | cr::CR4_OSXSAVE
     | cr::CR4_UMIP
     | cr::CR4_FSGSBASE
     | cr::CR4_PCIDE
@@ -406,7 +407,7 @@ impl Cpu {
 
     /// Write CR4 with its architectural checks.
     pub fn write_cr4(&mut self, v: u64) -> Fault<()> {
-        if v & !CR4_VALID != 0 {
+        if v & !CR4_VALID != 0 || (!self.xsave && v & cr::CR4_OSXSAVE != 0) {
             return Err(GP0);
         }
         if self.state.long_mode() && v & cr::CR4_PAE == 0 {
@@ -572,7 +573,7 @@ fn wrmsr(cpu: &mut Cpu, _: &Instruction) -> Fault<()> {
 fn cpuid(cpu: &mut Cpu, _: &Instruction) -> Fault<()> {
     let leaf = cpu.state.gpr[0] as u32;
     let sub = cpu.state.gpr[1] as u32;
-    let r = crate::cpuid::cpuid(&cpu.state, leaf, sub);
+    let r = cpu.cpuid(leaf, sub);
     cpu.state.gpr[0] = u64::from(r[0]);
     cpu.state.gpr[3] = u64::from(r[1]);
     cpu.state.gpr[1] = u64::from(r[2]);

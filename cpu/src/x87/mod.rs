@@ -432,7 +432,13 @@ pub fn load_regs(f: &mut FpuState, b: &[u8]) {
 /// instruction writes (the rest of the 512 are reserved or available to
 /// software and left alone).
 pub fn fxsave(s: &CpuState, rex_w: bool, xmm_regs: usize, out: &mut [u8; 512]) -> usize {
-    let f = &s.fpu;
+    save_x87(&s.fpu, rex_w, out);
+    save_mxcsr(s, out);
+    save_xmm(s, xmm_regs, out)
+}
+
+/// The x87 part of an FXSAVE/XSAVE legacy region: bytes 0-23 and 32-159.
+pub fn save_x87(f: &FpuState, rex_w: bool, out: &mut [u8; 512]) {
     put16(out, 0, f.fcw);
     put16(out, 2, f.fsw);
     out[4] = abridged_tags(f);
@@ -449,8 +455,6 @@ pub fn fxsave(s: &CpuState, rex_w: bool, xmm_regs: usize, out: &mut [u8; 512]) -
         put16(out, 20, f.fds);
         put16(out, 22, 0);
     }
-    put32(out, 24, s.mxcsr);
-    put32(out, 28, MXCSR_MASK);
     for i in 0..8 {
         let r = f.regs[phys(f, i)];
         let o = 32 + 16 * i;
@@ -458,6 +462,17 @@ pub fn fxsave(s: &CpuState, rex_w: bool, xmm_regs: usize, out: &mut [u8; 512]) -
         put16(out, o + 8, r.sign_exp);
         out[o + 10..o + 16].fill(0);
     }
+}
+
+/// MXCSR and MXCSR_MASK: bytes 24-31 of the legacy region.
+pub fn save_mxcsr(s: &CpuState, out: &mut [u8; 512]) {
+    put32(out, 24, s.mxcsr);
+    put32(out, 28, MXCSR_MASK);
+}
+
+/// XMM0 up to `xmm_regs` at bytes 160 on; returns the end of what was
+/// written.
+pub fn save_xmm(s: &CpuState, xmm_regs: usize, out: &mut [u8; 512]) -> usize {
     for i in 0..xmm_regs {
         let o = 160 + 16 * i;
         out[o..o + 16].copy_from_slice(&s.xmm[i].to_le_bytes());
@@ -468,12 +483,23 @@ pub fn fxsave(s: &CpuState, rex_w: bool, xmm_regs: usize, out: &mut [u8; 512]) -
 /// FXRSTOR from an image; #GP(0) (with nothing changed) if MXCSR has bits
 /// outside [`MXCSR_MASK`].
 pub fn fxrstor(s: &mut CpuState, rex_w: bool, xmm_regs: usize, img: &[u8; 512]) -> Fault<()> {
+    s.mxcsr = image_mxcsr(img)?;
+    load_x87(&mut s.fpu, rex_w, img);
+    load_xmm(s, xmm_regs, img);
+    Ok(())
+}
+
+/// The MXCSR an image holds; #GP(0) if it has bits outside [`MXCSR_MASK`].
+pub fn image_mxcsr(img: &[u8; 512]) -> Fault<u32> {
     let mxcsr = get32(img, 24);
     if mxcsr & !MXCSR_MASK != 0 {
         return Err(GP0);
     }
-    s.mxcsr = mxcsr;
-    let f = &mut s.fpu;
+    Ok(mxcsr)
+}
+
+/// Load the x87 part of an FXSAVE/XSAVE legacy region (see [`save_x87`]).
+pub fn load_x87(f: &mut FpuState, rex_w: bool, img: &[u8; 512]) {
     f.fcw = (get16(img, 0) & !fcw::RESERVED) | fcw::ALWAYS_ONE;
     f.fsw = get16(img, 2);
     f.fop = get16(img, 6) & 0x7ff;
@@ -501,13 +527,16 @@ pub fn fxrstor(s: &mut CpuState, rex_w: bool, xmm_regs: usize, img: &[u8; 512]) 
     }
     load_tags(f, img[4]);
     update_es(f);
+}
+
+/// Load XMM0 up to `xmm_regs` from bytes 160 on.
+pub fn load_xmm(s: &mut CpuState, xmm_regs: usize, img: &[u8; 512]) {
     for i in 0..xmm_regs {
         let o = 160 + 16 * i;
         let mut x = [0u8; 16];
         x.copy_from_slice(&img[o..o + 16]);
         s.xmm[i] = u128::from_le_bytes(x);
     }
-    Ok(())
 }
 
 #[cfg(test)]
