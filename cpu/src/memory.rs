@@ -115,6 +115,14 @@ impl Cpu {
         Ok(())
     }
 
+    /// Take the code pages that writes to guest memory just changed.
+    #[inline]
+    pub(crate) fn note_code_writes(&mut self) {
+        if self.mem().invalidation_pending() {
+            self.drain_invalidations();
+        }
+    }
+
     pub(crate) fn drain_invalidations(&mut self) {
         for page in self.mem().take_invalidated() {
             self.code_page_changed(page);

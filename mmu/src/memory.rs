@@ -370,6 +370,27 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// Copy `len` bytes from `src` (RAM or ROM) to `dst` in RAM, as
+    /// `memmove` does when the two overlap. ROM refuses the write.
+    pub fn copy(&self, src: u64, dst: u64, len: u64) -> Result<(), MemError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let s = self.check(src, len)?;
+        let d = self.check(dst, len)?;
+        if d.kind != RegionKind::Ram {
+            return Err(MemError::ReadOnly { addr: dst, name: d.name });
+        }
+        if let Some(at) = self.shadow_read_only_in(dst, len) {
+            return Err(MemError::ReadOnly { addr: at, name: SHADOW_NAME });
+        }
+        self.note_write(dst, len);
+        // SAFETY: `check` proved both ranges lie inside live mappings;
+        // `ptr::copy` allows them to overlap.
+        unsafe { std::ptr::copy(s.ptr.add((src - s.base) as usize), d.ptr.add((dst - d.base) as usize), len as usize) };
+        Ok(())
+    }
+
     /// Fill `len` bytes at `addr` with `byte`.
     pub fn fill(&self, addr: u64, len: u64, byte: u8) -> Result<(), MemError> {
         if len == 0 {
@@ -554,6 +575,29 @@ mod tests {
         m.read(u64::MAX, &mut []).unwrap();
         m.write(0xdead_0000_0000, &[]).unwrap();
         m.fill(0, 0, 0).unwrap();
+    }
+
+    #[test]
+    fn copies_move_overlapping_runs_and_refuse_rom() {
+        let mut m = GuestMemory::new(MIB).unwrap();
+        m.add_rom("bios", 0xffff_0000, 0x10000, &[1, 2, 3, 4]).unwrap();
+        m.write(0x1000, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+        // Down onto itself, then up onto itself: as `memmove`.
+        m.copy(0x1002, 0x1000, 6).unwrap();
+        let mut b = [0u8; 8];
+        m.read(0x1000, &mut b).unwrap();
+        assert_eq!(b, [3, 4, 5, 6, 7, 8, 7, 8]);
+        m.copy(0x1000, 0x1002, 6).unwrap();
+        m.read(0x1000, &mut b).unwrap();
+        assert_eq!(b, [3, 4, 3, 4, 5, 6, 7, 8]);
+        // From ROM into RAM, never into ROM, nor past the end of RAM.
+        m.copy(0xffff_0000, 0x2000, 4).unwrap();
+        assert_eq!(m.read_u32(0x2000).unwrap(), 0x0403_0201);
+        assert!(matches!(m.copy(0x2000, 0xffff_0000, 4), Err(MemError::ReadOnly { .. })));
+        assert_eq!(m.read_u8(0xffff_0000).unwrap(), 1);
+        assert!(m.copy(0x2000, MIB - 2, 4).is_err());
+        assert!(m.copy(MIB - 2, 0x2000, 4).is_err());
+        m.copy(u64::MAX, u64::MAX, 0).unwrap();
     }
 
     #[test]

@@ -256,29 +256,47 @@ fn bulk(cpu: &mut Cpu, op: Op, size: u64, am: u64, src_seg: usize, left: u64) ->
         None => None,
     };
     let dst_phys = cpu.translate(dst, Access::Write, p).ok()?;
-    let mut buf = [0u8; 4096];
-    let buf = &mut buf[..bytes];
-    match src_phys {
-        Some(sp) => {
-            // A destination just above the source re-reads bytes the copy has
-            // written: that repeats a pattern, element by element.
-            if dst_phys > sp && dst_phys < sp + bytes as u64 {
-                return None;
-            }
-            cpu.mem().read(sp, buf).ok()?;
-        }
-        None => {
-            let v = cpu.state.gpr[0].to_le_bytes();
-            for (i, b) in buf.iter_mut().enumerate() {
-                *b = v[i % size as usize];
-            }
-        }
-    }
     // MMIO: the device sees each element.
     if !cpu.mem().is_backed(dst_phys, bytes as u64) {
         return None;
     }
-    cpu.write_phys(dst_phys, buf).ok()?;
+    let done = match src_phys {
+        Some(sp) => {
+            // A destination just above the source re-reads bytes the copy has
+            // written: that repeats a pattern, element by element. Below the
+            // source, or apart from it, the run is a plain move.
+            if dst_phys > sp && dst_phys < sp + bytes as u64 {
+                return None;
+            }
+            cpu.mem().copy(sp, dst_phys, bytes as u64)
+        }
+        None => {
+            let v = cpu.state.gpr[0].to_le_bytes();
+            let v = &v[..size as usize];
+            if v.iter().all(|b| *b == v[0]) {
+                cpu.mem().fill(dst_phys, bytes as u64, v[0])
+            } else {
+                // The element repeated over a small buffer, written piece
+                // by piece (the element size divides the piece).
+                let mut piece = [0u8; 256];
+                for c in piece.chunks_exact_mut(size as usize) {
+                    c.copy_from_slice(v);
+                }
+                let mut r = Ok(());
+                for at in (0..bytes).step_by(piece.len()) {
+                    let n = piece.len().min(bytes - at);
+                    r = r.and(cpu.mem().write(dst_phys + at as u64, &piece[..n]));
+                }
+                r
+            }
+        }
+    };
+    match done {
+        // Writes to ROM are dropped, as on a PC.
+        Ok(()) | Err(mmu::MemError::ReadOnly { .. }) => {}
+        Err(_) => return None,
+    }
+    cpu.note_code_writes();
     let s = &mut cpu.state;
     if op == Op::Movs {
         bump(&mut s.gpr[6], bytes as u64, am);

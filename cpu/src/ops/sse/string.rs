@@ -150,8 +150,19 @@ fn compare_bytes(a: u128, b: u128, len1: usize, len2: usize, agg: u8) -> u32 {
     // Bytes of `b` equal to byte `i` of `a`.
     let eq = |i: usize| zero_bytes(b ^ (((a >> (8 * i)) & 0xff) * ONES));
     match agg {
-        // Equal any: a valid element of `b` that is one of `a`'s valid ones.
-        0 => (0..len1).fold(0, |r, i| r | eq(i)) & valid2,
+        // Equal any: a valid element of `b` that is one of `a`'s valid ones
+        // (`a`'s bytes as a set of 256 bits, then `b`'s looked up).
+        0 => {
+            let mut set = [0u64; 4];
+            for i in 0..len1 {
+                let x = (a >> (8 * i)) as u8;
+                set[usize::from(x >> 6)] |= 1 << (x & 63);
+            }
+            (0..len2).fold(0, |r, j| {
+                let y = (b >> (8 * j)) as u8;
+                r | (((set[usize::from(y >> 6)] >> (y & 63)) & 1) as u32) << j
+            })
+        }
         // Equal each: pairs of valid elements that are equal, and pairs of
         // invalid ones.
         2 => (zero_bytes(a ^ b) & valid1 & valid2) | (!valid1 & !valid2 & 0xffff),
