@@ -75,6 +75,8 @@ pub struct JitCtx {
     pub fallbacks: u64,
     /// Those instructions by mnemonic (`iced_x86::Mnemonic` as index).
     pub by_mnemonic: Vec<u64>,
+    /// Where a helper leaves a second result ([`udiv128`]'s remainder).
+    pub scratch: u64,
 }
 
 /// Byte offsets of the fields compiled code reads and writes.
@@ -92,6 +94,7 @@ pub mod off {
     pub const HOPS: i32 = offset_of!(JitCtx, hops) as i32;
     pub const INVAL: i32 = offset_of!(JitCtx, inval) as i32;
     pub const MEM_INVAL: i32 = offset_of!(JitCtx, mem_inval) as i32;
+    pub const SCRATCH: i32 = offset_of!(JitCtx, scratch) as i32;
     pub const SLOT_RIP: i32 = offset_of!(super::JumpSlot, rip) as i32;
     pub const SLOT_TAG: i32 = offset_of!(super::JumpSlot, tag) as i32;
     pub const SLOT_CODE: i32 = offset_of!(super::JumpSlot, code) as i32;
@@ -165,6 +168,7 @@ impl JitCtx {
             fault: None,
             fallbacks: 0,
             by_mnemonic: vec![0; iced_x86::Mnemonic::values().len()],
+            scratch: 0,
         }
     }
 }
@@ -366,6 +370,20 @@ pub unsafe extern "C" fn pcmpistri(a: *const u8, b: *const u8, imm: u32) -> u64 
     let (x, y) = unsafe { (a.cast::<u128>().read_unaligned(), b.cast::<u128>().read_unaligned()) };
     let (idx, f) = cpu::ops::sse::pcmpistri(x, y, imm as u8);
     u64::from(idx) | (f << 32)
+}
+
+/// DIV of 64 bits with a dividend of 128: `hi:lo / d`, the remainder
+/// stored at `rem`.
+///
+/// # Safety
+/// Called only by compiled regions: `d` is not zero and `hi < d` (the
+/// quotient fits 64 bits), and `rem` points to the context's scratch word.
+pub unsafe extern "C" fn udiv128(hi: u64, lo: u64, d: u64, rem: *mut u64) -> u64 {
+    let n = (u128::from(hi) << 64) | u128::from(lo);
+    let d = u128::from(d.max(1));
+    // SAFETY: see the function's contract.
+    unsafe { rem.write(u64::try_from(n % d).unwrap_or(u64::MAX)) };
+    u64::try_from(n / d).unwrap_or(u64::MAX)
 }
 
 /// The six arithmetic flags (RFLAGS layout) of the state: from its lazy

@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 
-use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, AbiParam, Block, InstBuilder, JumpTableData, MemFlagsData, Signature, Type, Value};
 use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, Variable};
@@ -179,6 +179,27 @@ enum Form {
         op: Shift,
         dst: Reg,
     },
+    /// SHLD (`left`) or SHRD of a 32- or 64-bit register with a register,
+    /// by an immediate (`count`) or by CL.
+    DoubleShift {
+        left: bool,
+        dst: Reg,
+        src: Reg,
+        count: Option<u32>,
+    },
+    /// TZCNT, LZCNT, POPCNT (32 and 64 bits).
+    Count {
+        kind: CountKind,
+        dst: Reg,
+        src: Opnd,
+    },
+    /// COMISS/COMISD/UCOMISS/UCOMISD (`double`): ordered operands that are
+    /// neither denormal nor NaN at once (no MXCSR flag), else the slow path.
+    Comis {
+        double: bool,
+        a: u8,
+        b: VecSrc,
+    },
     /// BSF, BSR (32 and 64 bits).
     BitScan {
         reverse: bool,
@@ -324,8 +345,16 @@ impl Form {
                 | Form::MovFromVec { .. }
                 | Form::Pcmpistri { .. }
                 | Form::MulDiv { div: true, .. }
+                | Form::Comis { .. }
         )
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CountKind {
+    Tz,
+    Lz,
+    Pop,
 }
 
 /// Packed operations on an XMM register.
@@ -456,6 +485,21 @@ fn classify_vec(insn: &Instruction, bits: u32) -> Option<Form> {
         }
         C::Movd_rm32_xmm | C::Movq_rm64_xmm if insn.op0_kind() == OpKind::Register => {
             return Some(Form::MovFromVec { dst: reg(insn.op0_register())?, src: xmm(insn.op1_register())? });
+        }
+        C::Comisd_xmm_xmmm64 | C::Ucomisd_xmm_xmmm64 | C::Comiss_xmm_xmmm32 | C::Ucomiss_xmm_xmmm32 => {
+            let a = xmm(insn.op0_register())?;
+            let b = match insn.op1_kind() {
+                OpKind::Register => VecSrc::Xmm(xmm(insn.op1_register())?),
+                OpKind::Memory
+                    if addr_ok(insn, bits)
+                        && (bits == 64 || !matches!(cpu::ops::mem_seg(insn), sreg::FS | sreg::GS | sreg::CS)) =>
+                {
+                    VecSrc::Mem
+                }
+                _ => return None,
+            };
+            let double = matches!(insn.code(), C::Comisd_xmm_xmmm64 | C::Ucomisd_xmm_xmmm64);
+            return Some(Form::Comis { double, a, b });
         }
         C::Pcmpistri_xmm_xmmm128_imm8 => {
             let VecSrc::Xmm(a) = src(0)? else { return None };
@@ -636,9 +680,6 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
         }
         Mnemonic::Shl | Mnemonic::Sal | Mnemonic::Shr | Mnemonic::Sar | Mnemonic::Rol | Mnemonic::Ror if n == 2 => {
             let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
-            if dst.size < 4 {
-                return None;
-            }
             let op = match insn.mnemonic() {
                 Mnemonic::Shr => Shift::Shr,
                 Mnemonic::Sar => Shift::Sar,
@@ -649,14 +690,46 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
             match insn.op1_kind() {
                 OpKind::Immediate8 => {
                     let count = u32::from(insn.immediate8()) & if dst.size == 8 { 0x3f } else { 0x1f };
+                    // 8- and 16-bit registers: shifts (not rotates) by less
+                    // than the width.
+                    if dst.size < 4 && (matches!(op, Shift::Rol | Shift::Ror) || count >= dst.size * 8) {
+                        return None;
+                    }
                     Form::Shift { op, dst, count }
                 }
+                _ if dst.size < 4 => return None,
                 // Rotates by CL go through the interpreter.
                 OpKind::Register if insn.op1_register() == Register::CL && !matches!(op, Shift::Rol | Shift::Ror) => {
                     Form::ShiftCl { op, dst }
                 }
                 _ => return None,
             }
+        }
+        Mnemonic::Shld | Mnemonic::Shrd if n == 3 => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            let Opnd::Reg(src) = opnd(insn, 1, bits)? else { return None };
+            if dst.size < 4 || src.size != dst.size {
+                return None;
+            }
+            let count = match insn.op2_kind() {
+                OpKind::Immediate8 => Some(u32::from(insn.immediate8()) & if dst.size == 8 { 0x3f } else { 0x1f }),
+                OpKind::Register if insn.op2_register() == Register::CL => None,
+                _ => return None,
+            };
+            Form::DoubleShift { left: insn.mnemonic() == Mnemonic::Shld, dst, src, count }
+        }
+        Mnemonic::Tzcnt | Mnemonic::Lzcnt | Mnemonic::Popcnt if n == 2 => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            let src = opnd(insn, 1, bits)?;
+            if dst.size < 4 || matches!(src, Opnd::Imm(_)) || opsize(src, insn) != dst.size {
+                return None;
+            }
+            let kind = match insn.mnemonic() {
+                Mnemonic::Tzcnt => CountKind::Tz,
+                Mnemonic::Lzcnt => CountKind::Lz,
+                _ => CountKind::Pop,
+            };
+            Form::Count { kind, dst, src }
         }
         Mnemonic::Bsf | Mnemonic::Bsr if n == 2 => {
             let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
@@ -912,6 +985,7 @@ struct Tx<'a, 'b> {
     sig_fallback: cranelift_codegen::ir::SigRef,
     sig_flags: cranelift_codegen::ir::SigRef,
     sig_pcmp: cranelift_codegen::ir::SigRef,
+    sig_div: cranelift_codegen::ir::SigRef,
 }
 
 const GPR_OFF: i32 = std::mem::offset_of!(CpuState, gpr) as i32;
@@ -1014,6 +1088,7 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
     let sig_fallback = b.import_signature(s_fb);
     let sig_flags = b.import_signature(s_flags);
     let sig_pcmp = b.import_signature(sig(&[ptr, ptr, i32t], Some(i64t)));
+    let sig_div = b.import_signature(sig(&[i64t, i64t, i64t, ptr], Some(i64t)));
 
     let state = b.ins().load(ptr, mem_flags(), ctx_v, off::STATE);
     let tlb = b.ins().load(ptr, mem_flags(), ctx_v, off::TLB);
@@ -1047,6 +1122,7 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
         sig_fallback,
         sig_flags,
         sig_pcmp,
+        sig_div,
     };
     let zero = tx.b.ins().iconst(i64t, 0);
     tx.b.def_var(icount, zero);
@@ -2328,24 +2404,154 @@ impl Tx<'_, '_> {
                         (r, cf, self.iconst(0))
                     }
                 };
-                let zero = self.b.ins().icmp_imm_s(IntCC::Equal, count, 0);
-                // A count of 0 changes no flag (the register is still
-                // written: a 32-bit one is zero-extended).
-                let out = self.b.ins().select(zero, a, r);
-                self.write_reg(dst, out);
-                self.sync();
-                let set = self.b.create_block();
-                let join = self.b.create_block();
-                self.b.ins().brif(zero, join, &[], set, &[]);
-                self.enter_block(set);
                 let ofb = self.b.ins().ishl_imm_s(of, 11);
                 let f = self.b.ins().bor(cf, ofb);
                 let szp = self.szp(r, size);
                 let f = self.b.ins().bor(f, szp);
-                self.store_eager(f);
-                self.b.ins().jump(join, &[]);
-                self.enter_block(join);
-                self.known = Known::Unknown;
+                self.shifted_by(count, dst, a, r, f);
+            }
+            Form::DoubleShift { left, dst, src, count } => {
+                let size = dst.size;
+                let bits = i64::from(size * 8);
+                let m = mask(size) as i64;
+                let a = self.read_reg(dst);
+                let b = self.read_reg(src);
+                let c = match count {
+                    Some(0) => {
+                        // No flag changes; a 32-bit register is still
+                        // written (zero-extended).
+                        self.write_reg(dst, a);
+                        return false;
+                    }
+                    Some(n) => self.iconst(u64::from(n)),
+                    None => {
+                        let cl = self.gpr64(1);
+                        self.b.ins().band_imm_s(cl, bits - 1)
+                    }
+                };
+                // Where the count is 0 these are not used (the shifts stay
+                // below 64 whatever it is).
+                let c1 = self.b.ins().iadd_imm_s(c, -1);
+                let c1 = self.b.ins().band_imm_s(c1, 63);
+                let (r, cf) = if size == 8 {
+                    let back = self.iconst(64);
+                    let back = self.b.ins().isub(back, c);
+                    let back = self.b.ins().band_imm_s(back, 63);
+                    if left {
+                        let hi = self.b.ins().ishl(a, c);
+                        let lo = self.b.ins().ushr(b, back);
+                        let r = self.b.ins().bor(hi, lo);
+                        let cf = self.b.ins().ushr(a, back);
+                        (r, self.b.ins().band_imm_s(cf, 1))
+                    } else {
+                        let lo = self.b.ins().ushr(a, c);
+                        let hi = self.b.ins().ishl(b, back);
+                        let r = self.b.ins().bor(hi, lo);
+                        let cf = self.b.ins().ushr(a, c1);
+                        (r, self.b.ins().band_imm_s(cf, 1))
+                    }
+                } else if left {
+                    // dst:src as 64 bits, shifted left; the result is its
+                    // high half.
+                    let hi = self.b.ins().ishl_imm_s(a, 32);
+                    let wide = self.b.ins().bor(hi, b);
+                    let sh = self.b.ins().ishl(wide, c);
+                    let r = self.b.ins().ushr_imm_s(sh, 32);
+                    let back = self.iconst(64);
+                    let back = self.b.ins().isub(back, c);
+                    let back = self.b.ins().band_imm_s(back, 63);
+                    let cf = self.b.ins().ushr(wide, back);
+                    (r, self.b.ins().band_imm_s(cf, 1))
+                } else {
+                    // src:dst as 64 bits, shifted right; the result is its
+                    // low half.
+                    let hi = self.b.ins().ishl_imm_s(b, 32);
+                    let wide = self.b.ins().bor(hi, a);
+                    let sh = self.b.ins().ushr(wide, c);
+                    let r = self.b.ins().band_imm_s(sh, m);
+                    let cf = self.b.ins().ushr(wide, c1);
+                    (r, self.b.ins().band_imm_s(cf, 1))
+                };
+                // CF the last bit out, OF where the sign changed, SF, ZF,
+                // PF of the result, AF clear (as the interpreter sets them).
+                let x = self.b.ins().bxor(r, a);
+                let of = self.b.ins().ushr_imm_s(x, bits - 1);
+                let of = self.b.ins().band_imm_s(of, 1);
+                let ofb = self.b.ins().ishl_imm_s(of, 11);
+                let f = self.b.ins().bor(cf, ofb);
+                let szp = self.szp(r, size);
+                let f = self.b.ins().bor(f, szp);
+                match count {
+                    Some(_) => {
+                        self.write_reg(dst, r);
+                        self.set_eager(f);
+                    }
+                    None => self.shifted_by(c, dst, a, r, f),
+                }
+            }
+            Form::Count { kind, dst, src } => {
+                let size = dst.size;
+                let v = self.read(src, insn, size, rip);
+                let ty = if size == 8 { types::I64 } else { types::I32 };
+                let n = if size == 8 { v } else { self.b.ins().ireduce(types::I32, v) };
+                let r = match kind {
+                    CountKind::Tz => self.b.ins().ctz(n),
+                    CountKind::Lz => self.b.ins().clz(n),
+                    CountKind::Pop => self.b.ins().popcnt(n),
+                };
+                let r = if ty == types::I64 { r } else { self.b.ins().uextend(types::I64, r) };
+                self.write_reg(dst, r);
+                // TZCNT, LZCNT: CF for a zero source, ZF for a zero result;
+                // POPCNT: ZF for a zero source; the rest clear.
+                let src_zero = self.b.ins().icmp_imm_s(IntCC::Equal, v, 0);
+                let src_zero = self.b.ins().uextend(types::I64, src_zero);
+                let f = if kind == CountKind::Pop {
+                    self.b.ins().ishl_imm_s(src_zero, 6)
+                } else {
+                    let rz = self.b.ins().icmp_imm_s(IntCC::Equal, r, 0);
+                    let rz = self.b.ins().uextend(types::I64, rz);
+                    let zf = self.b.ins().ishl_imm_s(rz, 6);
+                    self.b.ins().bor(src_zero, zf)
+                };
+                self.set_eager(f);
+            }
+            Form::Comis { double, a, b } => {
+                self.sse_check(rip);
+                let (ity, fty, w) = if double { (types::I64, types::F64, 8) } else { (types::I32, types::F32, 4) };
+                let x = self.xmm_load(a, ity);
+                let y = match b {
+                    VecSrc::Xmm(r) => self.xmm_load(r, ity),
+                    VecSrc::Mem => {
+                        let at = self.vec_host_addr(insn, w, false, false, rip);
+                        self.b.ins().load(ity, guest_flags(), at, 0)
+                    }
+                };
+                // Neither a NaN nor a denormal (which set MXCSR flags): the
+                // exponent neither all ones nor zero, or a zero fraction.
+                let (ebits, fbits) = if double { (11, 52) } else { (8, 23) };
+                let plain = |tx: &mut Self, v: Value| -> Value {
+                    let frac = tx.b.ins().band_imm_s(v, (1i64 << fbits) - 1);
+                    let e = tx.b.ins().ushr_imm_s(v, fbits);
+                    let e = tx.b.ins().band_imm_s(e, (1i64 << ebits) - 1);
+                    let whole = tx.b.ins().icmp_imm_s(IntCC::Equal, frac, 0);
+                    let e_low = tx.b.ins().icmp_imm_s(IntCC::NotEqual, e, 0);
+                    let e_high = tx.b.ins().icmp_imm_s(IntCC::NotEqual, e, (1i64 << ebits) - 1);
+                    let normal = tx.b.ins().band(e_low, e_high);
+                    tx.b.ins().bor(whole, normal)
+                };
+                let px = plain(self, x);
+                let py = plain(self, y);
+                let ok = self.b.ins().band(px, py);
+                self.slow_unless(ok, rip);
+                let fx = self.b.ins().bitcast(fty, MemFlagsData::new(), x);
+                let fy = self.b.ins().bitcast(fty, MemFlagsData::new(), y);
+                let eq = self.b.ins().fcmp(FloatCC::Equal, fx, fy);
+                let lt = self.b.ins().fcmp(FloatCC::LessThan, fx, fy);
+                let eq = self.b.ins().uextend(types::I64, eq);
+                let lt = self.b.ins().uextend(types::I64, lt);
+                let zf = self.b.ins().ishl_imm_s(eq, 6);
+                let f = self.b.ins().bor(zf, lt);
+                self.set_eager(f);
             }
             Form::BitScan { reverse, dst, src } => {
                 let size = dst.size;
@@ -2630,11 +2836,32 @@ impl Tx<'_, '_> {
                     // the interpreter raises #DE or divides 128 bits.
                     let hi = self.read_reg(rd);
                     if size == 8 {
-                        let nz = self.b.ins().icmp_imm_s(IntCC::NotEqual, d, 0);
-                        let small = self.b.ins().icmp_imm_s(IntCC::Equal, hi, 0);
-                        let ok = self.b.ins().band(nz, small);
+                        // hi < d: the quotient fits 64 bits (and d != 0).
+                        // A 64-bit dividend divides inline, a wider one in
+                        // a helper.
+                        let ok = self.b.ins().icmp(IntCC::UnsignedLessThan, hi, d);
                         self.slow_unless(ok, rip);
-                        (self.b.ins().udiv(a, d), self.b.ins().urem(a, d))
+                        let narrow = self.b.create_block();
+                        let wide = self.b.create_block();
+                        let join = self.b.create_block();
+                        let i64t = types::I64;
+                        self.b.append_block_param(join, i64t);
+                        self.b.append_block_param(join, i64t);
+                        self.b.ins().brif(hi, wide, &[], narrow, &[]);
+                        self.enter_block(narrow);
+                        let q = self.b.ins().udiv(a, d);
+                        let r = self.b.ins().urem(a, d);
+                        self.b.ins().jump(join, &[q.into(), r.into()]);
+                        self.enter_block(wide);
+                        let callee = self.iconst(ctx::udiv128 as *const () as usize as u64);
+                        let out = self.b.ins().iadd_imm_s(self.ctx, i64::from(off::SCRATCH));
+                        let call = self.b.ins().call_indirect(self.sig_div, callee, &[hi, a, d, out]);
+                        let q = self.b.inst_results(call)[0];
+                        let r = self.b.ins().load(i64t, mem_flags(), self.ctx, off::SCRATCH);
+                        self.b.ins().jump(join, &[q.into(), r.into()]);
+                        self.enter_block(join);
+                        let p = self.b.block_params(join);
+                        (p[0], p[1])
                     } else {
                         // hi < d: the quotient fits 32 bits (and d != 0).
                         let ok = self.b.ins().icmp(IntCC::UnsignedLessThan, hi, d);
@@ -2986,6 +3213,24 @@ impl Tx<'_, '_> {
         let nsp = self.sp_merge(sp, new);
         self.set_gpr64(4, nsp);
         leave
+    }
+
+    /// The end of a shift by a computed `count`: `dst` becomes `r` with
+    /// flags `f`, except that a count of 0 changes no flag (the register
+    /// is still written: a 32-bit one is zero-extended from `a`).
+    fn shifted_by(&mut self, count: Value, dst: Reg, a: Value, r: Value, f: Value) {
+        let zero = self.b.ins().icmp_imm_s(IntCC::Equal, count, 0);
+        let out = self.b.ins().select(zero, a, r);
+        self.write_reg(dst, out);
+        self.sync();
+        let set = self.b.create_block();
+        let join = self.b.create_block();
+        self.b.ins().brif(zero, join, &[], set, &[]);
+        self.enter_block(set);
+        self.store_eager(f);
+        self.b.ins().jump(join, &[]);
+        self.enter_block(join);
+        self.known = Known::Unknown;
     }
 
     /// A branch target that is not canonical: the interpreter runs the
