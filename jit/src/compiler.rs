@@ -3,7 +3,8 @@
 //! the guest goes on in the interpreter. The code comes back as bytes; the
 //! run loop copies it into its code cache.
 
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -147,9 +148,40 @@ fn dump_dir() -> Option<&'static std::path::Path> {
     DIR.get_or_init(|| std::env::var_os("FERROVM_JIT_DUMP").map(Into::into)).as_deref()
 }
 
+/// Regions waiting for the compiler thread. It takes the newest first: in
+/// a burst (a new program starting, a new phase of one) the code that
+/// became hot last is the likeliest to be running still, while older
+/// requests may be for code that has stopped running.
+#[derive(Default)]
+struct Queue {
+    jobs: parking_lot::Mutex<(Vec<Job>, bool)>,
+    ready: parking_lot::Condvar,
+}
+
+impl Queue {
+    /// The next job, newest first; `None` once closed.
+    fn take(&self) -> Option<Job> {
+        let mut q = self.jobs.lock();
+        loop {
+            if let Some(j) = q.0.pop() {
+                return Some(j);
+            }
+            if q.1 {
+                return None;
+            }
+            self.ready.wait(&mut q);
+        }
+    }
+
+    fn close(&self) {
+        self.jobs.lock().1 = true;
+        self.ready.notify_all();
+    }
+}
+
 /// The compiler thread and its queues.
 pub struct Compiler {
-    jobs: Option<Sender<Job>>,
+    jobs: Arc<Queue>,
     done: Receiver<Done>,
     thread: Option<JoinHandle<()>>,
     /// Jobs sent and not yet received back.
@@ -160,12 +192,13 @@ impl Compiler {
     /// Start the thread; fails when this host has no code generator.
     pub fn start(settings: Settings) -> Result<Self, String> {
         let isa = host_isa(&settings)?;
-        let (jtx, jrx) = channel::<Job>();
+        let jobs = Arc::new(Queue::default());
+        let jrx = jobs.clone();
         let (dtx, drx) = channel::<Done>();
         let thread = std::thread::Builder::new()
             .name("jit-compiler".into())
             .spawn(move || {
-                for job in jrx {
+                while let Some(job) = jrx.take() {
                     let t0 = Instant::now();
                     let result = compile(&isa, job.id, &job.spec);
                     let nanos = t0.elapsed().as_nanos() as u64;
@@ -175,16 +208,21 @@ impl Compiler {
                 }
             })
             .map_err(|e| format!("cannot start the compiler thread: {e}"))?;
-        Ok(Compiler { jobs: Some(jtx), done: drx, thread: Some(thread), in_flight: 0 })
+        Ok(Compiler { jobs, done: drx, thread: Some(thread), in_flight: 0 })
     }
 
     /// Queue a region.
     pub fn send(&mut self, job: Job) -> bool {
-        let ok = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
-        if ok {
-            self.in_flight += 1;
+        {
+            let mut q = self.jobs.jobs.lock();
+            if q.1 {
+                return false;
+            }
+            q.0.push(job);
         }
-        ok
+        self.jobs.ready.notify_one();
+        self.in_flight += 1;
+        true
     }
 
     /// A finished region, if one is ready.
@@ -204,7 +242,7 @@ impl Compiler {
 
 impl Drop for Compiler {
     fn drop(&mut self) {
-        self.jobs = None;
+        self.jobs.close();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
