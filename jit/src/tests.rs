@@ -323,12 +323,41 @@ fn multiplies_and_divides_give_the_interpreters_results() {
     assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 90, "{:?}", jit.stats);
 }
 
+/// A loop of `passes` passes (ECX counting down) that runs `body` in each
+/// and sets CR0.TS when ECX reaches `at`, run in both tiers: the CPU
+/// after it (an x87 or SSE `body` raises #NM from compiled code there).
+fn ts_set_midway(
+    prep: fn(&mut Cpu),
+    passes: u32,
+    at: u32,
+    body: impl Fn(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> Cpu {
+    let (_, b, _) = both(long_mode, prep, |a| {
+        let mut top = a.create_label();
+        let mut skip = a.create_label();
+        a.mov(ecx, passes)?;
+        a.set_label(&mut top)?;
+        a.cmp(ecx, at)?;
+        a.jne(skip)?;
+        a.mov(rax, cr0)?;
+        a.or(rax, 8)?;
+        a.mov(cr0, rax)?;
+        a.set_label(&mut skip)?;
+        body(a)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    b
+}
+
 /// SHLD and SHRD (by CL, zero included, and by immediates), TZCNT,
 /// LZCNT and POPCNT (zero sources included), shifts of 8- and 16-bit
-/// registers, and DIV with a 128-bit dividend: registers and every flag
-/// as the interpreter gives them.
+/// registers and of memory, FNSTCW, and DIV with a 128-bit dividend:
+/// registers, memory and every flag as the interpreter gives them; then
+/// FNSTCW's #NM.
 #[test]
-fn double_shifts_bit_counts_and_narrow_shifts_give_the_interpreters_results() {
+fn double_shifts_bit_counts_and_narrow_and_memory_shifts_give_the_interpreters_results() {
     let (_, b, jit) = both(
         long_mode,
         |_| {},
@@ -378,6 +407,16 @@ fn double_shifts_bit_counts_and_narrow_shifts_give_the_interpreters_results() {
             a.adc(r8, rax)?;
             a.sar(sil, 2)?;
             a.mov(rsi, DATA)?;
+            // Memory destinations, by immediates.
+            a.shl(byte_ptr(rsi + rcx + 0x1800), 1)?;
+            a.adc(r8, 0)?;
+            a.shr(dword_ptr(rsi + rcx * 4 + 0x1000), 5)?;
+            a.seto(byte_ptr(rsi + rcx + 0x1a00))?;
+            a.sar(qword_ptr(rsi + 0x1c00), 63)?;
+            a.sets(byte_ptr(rsi + rcx + 0x1b00))?;
+            a.shl(word_ptr(rsi + rcx * 2 + 0x1400), 15)?;
+            a.setp(byte_ptr(rsi + rcx + 0x1d00))?;
+            a.fnstcw(word_ptr(rsi + rcx + 0x1e00))?;
             // 128 by 64 bits, the high half below the divisor.
             a.mov(rdx, rcx)?;
             a.mov(rax, rbx)?;
@@ -393,6 +432,18 @@ fn double_shifts_bit_counts_and_narrow_shifts_give_the_interpreters_results() {
     );
     assert!(b.state.rip < stub(0) || b.state.rip > stub(31), "faulted: {:#x}", b.state.rip);
     assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 95, "{:?}", jit.stats);
+
+    // FNSTCW under CR0.TS: #NM from compiled code.
+    let b = ts_set_midway(
+        |_| {},
+        100,
+        10,
+        |a| {
+            a.mov(rsi, DATA)?;
+            a.fnstcw(word_ptr(rsi + rcx * 2))
+        },
+    );
+    assert_eq!(b.state.rip, stub(7) + 1, "halted in the #NM handler");
 }
 
 /// COMISD, UCOMISD, COMISS, UCOMISS from registers and memory, over
@@ -835,22 +886,7 @@ fn sse_faults_in_compiled_code_deliver_like_the_interpreter() {
     });
     assert_eq!(b.state.rip, stub(13) + 1, "#GP");
     assert!(jit.stats.native_insns > 0);
-    let (_, b, _) = both(long_mode, sse_on, |a| {
-        let mut top = a.create_label();
-        let mut skip = a.create_label();
-        a.mov(ecx, 300)?;
-        a.set_label(&mut top)?;
-        a.cmp(ecx, 100)?;
-        a.jne(skip)?;
-        a.mov(rax, cr0)?;
-        a.or(rax, 8)?;
-        a.mov(cr0, rax)?;
-        a.set_label(&mut skip)?;
-        a.pxor(xmm2, xmm3)?;
-        a.dec(ecx)?;
-        a.jnz(top)?;
-        a.hlt()
-    });
+    let b = ts_set_midway(sse_on, 300, 100, |a| a.pxor(xmm2, xmm3));
     assert_eq!(b.state.rip, stub(7) + 1, "#NM");
     assert_eq!(b.state.gpr[1], 100);
 }

@@ -174,6 +174,12 @@ enum Form {
         dst: Reg,
         count: u32,
     },
+    /// SHL, SHR, SAR of memory by an immediate from 1 to the width less one.
+    ShiftMem {
+        op: Shift,
+        size: u32,
+        count: u32,
+    },
     /// SHL, SHR, SAR of a 32- or 64-bit register by CL.
     ShiftCl {
         op: Shift,
@@ -263,6 +269,8 @@ enum Form {
     },
     /// RDTSC (the counter from a helper).
     Rdtsc,
+    /// FNSTCW m16 (#NM through the slow path).
+    Fnstcw,
     /// BSWAP r32/r64.
     Bswap {
         dst: Reg,
@@ -346,6 +354,7 @@ impl Form {
                 | Form::Pcmpistri { .. }
                 | Form::MulDiv { div: true, .. }
                 | Form::Comis { .. }
+                | Form::Fnstcw
         )
     }
 }
@@ -678,6 +687,23 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
                 _ => Form::Not { dst, size },
             }
         }
+        Mnemonic::Shl | Mnemonic::Sal | Mnemonic::Shr | Mnemonic::Sar
+            if n == 2 && matches!(opnd(insn, 0, bits)?, Opnd::Mem) && insn.op1_kind() == OpKind::Immediate8 =>
+        {
+            // A memory destination, by an immediate from 1 to the width
+            // less one (a count of 0 still checks the access).
+            let size = opsize(Opnd::Mem, insn);
+            let count = u32::from(insn.immediate8()) & if size == 8 { 0x3f } else { 0x1f };
+            if count == 0 || count >= size * 8 || insn.has_lock_prefix() {
+                return None;
+            }
+            let op = match insn.mnemonic() {
+                Mnemonic::Shr => Shift::Shr,
+                Mnemonic::Sar => Shift::Sar,
+                _ => Shift::Shl,
+            };
+            Form::ShiftMem { op, size, count }
+        }
         Mnemonic::Shl | Mnemonic::Sal | Mnemonic::Shr | Mnemonic::Sar | Mnemonic::Rol | Mnemonic::Ror if n == 2 => {
             let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
             let op = match insn.mnemonic() {
@@ -705,6 +731,7 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
                 _ => return None,
             }
         }
+        Mnemonic::Fnstcw if insn.op0_kind() == OpKind::Memory && mem_ok(insn, bits) => Form::Fnstcw,
         Mnemonic::Shld | Mnemonic::Shrd if n == 3 => {
             let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
             let Opnd::Reg(src) = opnd(insn, 1, bits)? else { return None };
@@ -995,6 +1022,7 @@ const LAZY_OFF: i32 = std::mem::offset_of!(CpuState, lazy) as i32;
 const XMM_OFF: i32 = std::mem::offset_of!(CpuState, xmm) as i32;
 const CR0_OFF: i32 = std::mem::offset_of!(CpuState, cr0) as i32;
 const CR4_OFF: i32 = std::mem::offset_of!(CpuState, cr4) as i32;
+const FCW_OFF: i32 = (std::mem::offset_of!(CpuState, fpu) + std::mem::offset_of!(cpu::state::FpuState, fcw)) as i32;
 const SEG_OFF: i32 = std::mem::offset_of!(CpuState, seg) as i32;
 const SEG_SIZE: i32 = std::mem::size_of::<cpu::state::Segment>() as i32;
 const SEG_BASE_OFF: i32 = std::mem::offset_of!(cpu::state::Segment, base) as i32;
@@ -2299,40 +2327,10 @@ impl Tx<'_, '_> {
                     self.write_reg(dst, a);
                     return false;
                 }
-                let m = mask(size) as i64;
                 let bits = i64::from(size * 8);
                 let c = i64::from(count);
                 let (r, cf, of) = match op {
-                    Shift::Shl => {
-                        let r = self.b.ins().ishl_imm_s(a, c);
-                        let r = self.b.ins().band_imm_s(r, m);
-                        let cf = self.b.ins().ushr_imm_s(a, bits - c);
-                        let cf = self.b.ins().band_imm_s(cf, 1);
-                        let msb = self.sign_bit(r, size);
-                        let of = self.b.ins().bxor(msb, cf);
-                        (r, cf, of)
-                    }
-                    Shift::Shr => {
-                        let r = self.b.ins().ushr_imm_s(a, c);
-                        let cf = self.b.ins().ushr_imm_s(a, c - 1);
-                        let cf = self.b.ins().band_imm_s(cf, 1);
-                        let of = self.sign_bit(a, size);
-                        (r, cf, of)
-                    }
-                    Shift::Sar => {
-                        let sh = 64 - bits;
-                        let sa = if sh > 0 {
-                            let t = self.b.ins().ishl_imm_s(a, sh);
-                            self.b.ins().sshr_imm_s(t, sh)
-                        } else {
-                            a
-                        };
-                        let r = self.b.ins().sshr_imm_s(sa, c);
-                        let r = self.b.ins().band_imm_s(r, m);
-                        let cf = self.b.ins().sshr_imm_s(sa, c - 1);
-                        let cf = self.b.ins().band_imm_s(cf, 1);
-                        (r, cf, self.iconst(0))
-                    }
+                    Shift::Shl | Shift::Shr | Shift::Sar => self.shift_imm(op, a, size, count),
                     Shift::Rol | Shift::Ror => {
                         // Rotates change CF and OF only: the other four
                         // come from the flags as they are.
@@ -2409,6 +2407,34 @@ impl Tx<'_, '_> {
                 let szp = self.szp(r, size);
                 let f = self.b.ins().bor(f, szp);
                 self.shifted_by(count, dst, a, r, f);
+            }
+            Form::Fnstcw => {
+                // The instructions before count, in case the slow path
+                // leaves.
+                self.flush_count();
+                let st = self.state;
+                let cr0 = self.b.ins().load(types::I64, mem_flags(), st, CR0_OFF);
+                let bad = self.b.ins().band_imm_s(cr0, (cr::CR0_EM | cr::CR0_TS) as i64);
+                let ok = self.b.ins().icmp_imm_s(IntCC::Equal, bad, 0);
+                self.slow_unless(ok, rip);
+                let cw = self.b.ins().uload16(types::I64, mem_flags(), st, FCW_OFF);
+                let seg = cpu::ops::mem_seg(insn);
+                let o = self.ea(insn);
+                let leave = self.store_at(seg, o, 2, cw, rip, None);
+                self.after_store(leave, next);
+            }
+            Form::ShiftMem { op, size, count } => {
+                let (a, haddr) = self.load(insn, size, rip, true);
+                let (r, cf, of) = self.shift_imm(op, a, size, count);
+                let seg = cpu::ops::mem_seg(insn);
+                let o = self.ea(insn);
+                let leave = self.store_at(seg, o, size, r, rip, Some(haddr));
+                let ofb = self.b.ins().ishl_imm_s(of, 11);
+                let f = self.b.ins().bor(cf, ofb);
+                let szp = self.szp(r, size);
+                let f = self.b.ins().bor(f, szp);
+                self.set_eager(f);
+                self.after_store(leave, next);
             }
             Form::DoubleShift { left, dst, src, count } => {
                 let size = dst.size;
@@ -3213,6 +3239,47 @@ impl Tx<'_, '_> {
         let nsp = self.sp_merge(sp, new);
         self.set_gpr64(4, nsp);
         leave
+    }
+
+    /// SHL, SHR or SAR of `a` (`size` bytes) by `count` (1 to the width
+    /// less one): the result, CF and OF (0 or 1).
+    fn shift_imm(&mut self, op: Shift, a: Value, size: u32, count: u32) -> (Value, Value, Value) {
+        let m = mask(size) as i64;
+        let bits = i64::from(size * 8);
+        let c = i64::from(count);
+        match op {
+            Shift::Shl => {
+                let r = self.b.ins().ishl_imm_s(a, c);
+                let r = self.b.ins().band_imm_s(r, m);
+                let cf = self.b.ins().ushr_imm_s(a, bits - c);
+                let cf = self.b.ins().band_imm_s(cf, 1);
+                let msb = self.sign_bit(r, size);
+                let of = self.b.ins().bxor(msb, cf);
+                (r, cf, of)
+            }
+            Shift::Shr => {
+                let r = self.b.ins().ushr_imm_s(a, c);
+                let cf = self.b.ins().ushr_imm_s(a, c - 1);
+                let cf = self.b.ins().band_imm_s(cf, 1);
+                let of = self.sign_bit(a, size);
+                (r, cf, of)
+            }
+            Shift::Sar => {
+                let sh = 64 - bits;
+                let sa = if sh > 0 {
+                    let t = self.b.ins().ishl_imm_s(a, sh);
+                    self.b.ins().sshr_imm_s(t, sh)
+                } else {
+                    a
+                };
+                let r = self.b.ins().sshr_imm_s(sa, c);
+                let r = self.b.ins().band_imm_s(r, m);
+                let cf = self.b.ins().sshr_imm_s(sa, c - 1);
+                let cf = self.b.ins().band_imm_s(cf, 1);
+                (r, cf, self.iconst(0))
+            }
+            _ => unreachable!("rotates are not shifts"),
+        }
     }
 
     /// The end of a shift by a computed `count`: `dst` becomes `r` with
