@@ -498,6 +498,85 @@ fn scalar_compares_give_the_interpreters_results() {
     assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 75, "{:?}", jit.stats);
 }
 
+/// ADDSD/SUBSD/MULSD/DIVSD, their single forms and CVTSI2SD/SS over
+/// zeros, normals, infinities, a denormal, a NaN, and values whose
+/// products overflow and underflow, first with PE clear, then set, then
+/// with another rounding mode: results and MXCSR as the interpreter
+/// gives them.
+#[test]
+fn scalar_arithmetic_gives_the_interpreters_results() {
+    let prep = |c: &mut Cpu| {
+        sse_on(c);
+        let d = [0.0f64, -0.0, 1.5, -2.25, 1e300, 1e-300, f64::INFINITY, 5e-320, f64::NAN, 3.0];
+        let f = [0.0f32, -0.0, 1.5, -2.25, 1e30, 1e-30, f32::INFINITY, 1e-40, f32::NAN, 3.0];
+        for i in 0..10 {
+            c.mem().write(DATA + 8 * i as u64, &d[i].to_le_bytes()).unwrap();
+            c.mem().write(DATA + 0x100 + 4 * i as u64, &f[i].to_le_bytes()).unwrap();
+        }
+        // MXCSR images: round down, then round to nearest again.
+        c.mem().write(DATA + 0x180, &0x3fa0u32.to_le_bytes()).unwrap();
+        c.mem().write(DATA + 0x184, &0x1fa0u32.to_le_bytes()).unwrap();
+    };
+    let (_, b, jit) = both(long_mode, prep, |a| {
+        let mut top = a.create_label();
+        let mut keep = a.create_label();
+        let mut keep2 = a.create_label();
+        a.mov(rsi, DATA)?;
+        a.mov(ecx, 300)?;
+        a.set_label(&mut top)?;
+        a.mov(eax, ecx)?;
+        a.xor(edx, edx)?;
+        a.mov(r8d, 10)?;
+        a.div(r8d)?;
+        // rdx = ecx % 10, rax = (ecx / 10) % 10 below.
+        a.xor(edx, edx)?;
+        a.div(r8d)?;
+        a.mov(eax, ecx)?;
+        a.and(eax, 7)?;
+        a.add(eax, 2)?;
+        a.movsd_2(xmm0, qword_ptr(rsi + rdx * 8))?;
+        a.movsd_2(xmm1, qword_ptr(rsi + rax * 8))?;
+        a.movapd(xmm2, xmm0)?;
+        a.addsd(xmm2, xmm1)?;
+        a.movapd(xmm3, xmm0)?;
+        a.subsd(xmm3, qword_ptr(rsi + rax * 8))?;
+        a.movapd(xmm4, xmm0)?;
+        a.mulsd(xmm4, xmm1)?;
+        a.movapd(xmm5, xmm0)?;
+        a.divsd(xmm5, xmm1)?;
+        a.movss(xmm6, dword_ptr(rsi + rdx * 4 + 0x100))?;
+        a.mulss(xmm6, dword_ptr(rsi + rax * 4 + 0x100))?;
+        a.addss(xmm7, xmm6)?;
+        a.divss(xmm6, dword_ptr(rsi + rax * 4 + 0x100))?;
+        a.subss(xmm7, xmm6)?;
+        a.mov(r9, rcx)?;
+        a.imul_2(r9, r9)?;
+        a.shl(r9, 30)?;
+        a.cvtsi2sd(xmm8, r9)?;
+        a.cvtsi2ss(xmm9, r9d)?;
+        a.cvtsi2sd(xmm10, dword_ptr(rsi + rcx * 4))?;
+        a.cvtsi2ss(xmm11, qword_ptr(rsi + rcx * 8))?;
+        a.movsd_2(qword_ptr(rsi + rcx * 8 + 0x800), xmm2)?;
+        a.addsd(xmm12, xmm3)?;
+        a.addsd(xmm13, xmm4)?;
+        a.addsd(xmm14, xmm5)?;
+        a.addsd(xmm15, xmm8)?;
+        a.cmp(ecx, 100)?;
+        a.jne(keep)?;
+        a.ldmxcsr(dword_ptr(rsi + 0x180))?;
+        a.set_label(&mut keep)?;
+        a.cmp(ecx, 50)?;
+        a.jne(keep2)?;
+        a.ldmxcsr(dword_ptr(rsi + 0x184))?;
+        a.set_label(&mut keep2)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    assert!(b.state.rip < stub(0) || b.state.rip > stub(31), "faulted: {:#x}", b.state.rip);
+    assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 60, "{:?}", jit.stats);
+}
+
 /// Rotates, BT and BSF change some flags only; after an unknown producer
 /// (the block before) the translation takes the others from the state
 /// only where they are read: by a condition, a fault's pushed RFLAGS, an

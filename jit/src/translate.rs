@@ -206,6 +206,25 @@ enum Form {
         a: u8,
         b: VecSrc,
     },
+    /// ADDSS/SD, SUBSS/SD, MULSS/SD, DIVSS/SD (`double`): at once where no
+    /// MXCSR flag can change (PE already set and masked, round to nearest,
+    /// operands and result neither NaN, infinite nor denormal, no
+    /// underflow), else the slow path.
+    ScalarFp {
+        op: FpOp,
+        double: bool,
+        dst: u8,
+        src: VecSrc,
+    },
+    /// CVTSI2SS/SD (`double`) from a 32- or 64-bit register or memory: at
+    /// once where it is exact or PE is already set and masked under round
+    /// to nearest, else the slow path.
+    CvtInt {
+        double: bool,
+        dst: u8,
+        src: Opnd,
+        size: u32,
+    },
     /// BSF, BSR (32 and 64 bits).
     BitScan {
         reverse: bool,
@@ -355,8 +374,18 @@ impl Form {
                 | Form::MulDiv { div: true, .. }
                 | Form::Comis { .. }
                 | Form::Fnstcw
+                | Form::ScalarFp { .. }
+                | Form::CvtInt { .. }
         )
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FpOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -496,19 +525,35 @@ fn classify_vec(insn: &Instruction, bits: u32) -> Option<Form> {
             return Some(Form::MovFromVec { dst: reg(insn.op0_register())?, src: xmm(insn.op1_register())? });
         }
         C::Comisd_xmm_xmmm64 | C::Ucomisd_xmm_xmmm64 | C::Comiss_xmm_xmmm32 | C::Ucomiss_xmm_xmmm32 => {
-            let a = xmm(insn.op0_register())?;
-            let b = match insn.op1_kind() {
-                OpKind::Register => VecSrc::Xmm(xmm(insn.op1_register())?),
-                OpKind::Memory
-                    if addr_ok(insn, bits)
-                        && (bits == 64 || !matches!(cpu::ops::mem_seg(insn), sreg::FS | sreg::GS | sreg::CS)) =>
-                {
-                    VecSrc::Mem
-                }
-                _ => return None,
-            };
             let double = matches!(insn.code(), C::Comisd_xmm_xmmm64 | C::Ucomisd_xmm_xmmm64);
-            return Some(Form::Comis { double, a, b });
+            return Some(Form::Comis { double, a: xmm(insn.op0_register())?, b: scalar_src(insn, bits)? });
+        }
+        C::Addsd_xmm_xmmm64
+        | C::Subsd_xmm_xmmm64
+        | C::Mulsd_xmm_xmmm64
+        | C::Divsd_xmm_xmmm64
+        | C::Addss_xmm_xmmm32
+        | C::Subss_xmm_xmmm32
+        | C::Mulss_xmm_xmmm32
+        | C::Divss_xmm_xmmm32 => {
+            let op = match insn.mnemonic() {
+                Mnemonic::Addsd | Mnemonic::Addss => FpOp::Add,
+                Mnemonic::Subsd | Mnemonic::Subss => FpOp::Sub,
+                Mnemonic::Mulsd | Mnemonic::Mulss => FpOp::Mul,
+                _ => FpOp::Div,
+            };
+            let double =
+                matches!(insn.mnemonic(), Mnemonic::Addsd | Mnemonic::Subsd | Mnemonic::Mulsd | Mnemonic::Divsd);
+            return Some(Form::ScalarFp { op, double, dst: xmm(insn.op0_register())?, src: scalar_src(insn, bits)? });
+        }
+        C::Cvtsi2sd_xmm_rm32 | C::Cvtsi2sd_xmm_rm64 | C::Cvtsi2ss_xmm_rm32 | C::Cvtsi2ss_xmm_rm64 => {
+            let src = opnd(insn, 1, bits)?;
+            let size = if matches!(insn.code(), C::Cvtsi2sd_xmm_rm64 | C::Cvtsi2ss_xmm_rm64) { 8 } else { 4 };
+            if matches!(src, Opnd::Imm(_)) {
+                return None;
+            }
+            let double = matches!(insn.code(), C::Cvtsi2sd_xmm_rm32 | C::Cvtsi2sd_xmm_rm64);
+            return Some(Form::CvtInt { double, dst: xmm(insn.op0_register())?, src, size });
         }
         C::Pcmpistri_xmm_xmmm128_imm8 => {
             let VecSrc::Xmm(a) = src(0)? else { return None };
@@ -518,6 +563,21 @@ fn classify_vec(insn: &Instruction, bits: u32) -> Option<Form> {
     };
     let VecSrc::Xmm(dst) = src(0)? else { return None };
     Some(Form::Vec { op, dst, src: src(1)? })
+}
+
+/// The second operand of a scalar SSE instruction: an XMM register, or
+/// memory the inline path can address.
+fn scalar_src(insn: &Instruction, bits: u32) -> Option<VecSrc> {
+    match insn.op1_kind() {
+        OpKind::Register => xmm(insn.op1_register()).map(VecSrc::Xmm),
+        OpKind::Memory
+            if addr_ok(insn, bits)
+                && (bits == 64 || !matches!(cpu::ops::mem_seg(insn), sreg::FS | sreg::GS | sreg::CS)) =>
+        {
+            Some(VecSrc::Mem)
+        }
+        _ => None,
+    }
 }
 
 /// Whether the instruction at `rip`, `len` bytes long, has bytes in the
@@ -1022,6 +1082,7 @@ const LAZY_OFF: i32 = std::mem::offset_of!(CpuState, lazy) as i32;
 const XMM_OFF: i32 = std::mem::offset_of!(CpuState, xmm) as i32;
 const CR0_OFF: i32 = std::mem::offset_of!(CpuState, cr0) as i32;
 const CR4_OFF: i32 = std::mem::offset_of!(CpuState, cr4) as i32;
+const MXCSR_OFF: i32 = std::mem::offset_of!(CpuState, mxcsr) as i32;
 const FCW_OFF: i32 = (std::mem::offset_of!(CpuState, fpu) + std::mem::offset_of!(cpu::state::FpuState, fcw)) as i32;
 const SEG_OFF: i32 = std::mem::offset_of!(CpuState, seg) as i32;
 const SEG_SIZE: i32 = std::mem::size_of::<cpu::state::Segment>() as i32;
@@ -2542,31 +2603,14 @@ impl Tx<'_, '_> {
                 self.set_eager(f);
             }
             Form::Comis { double, a, b } => {
-                self.sse_check(rip);
-                let (ity, fty, w) = if double { (types::I64, types::F64, 8) } else { (types::I32, types::F32, 4) };
-                let x = self.xmm_load(a, ity);
-                let y = match b {
-                    VecSrc::Xmm(r) => self.xmm_load(r, ity),
-                    VecSrc::Mem => {
-                        let at = self.vec_host_addr(insn, w, false, false, rip);
-                        self.b.ins().load(ity, guest_flags(), at, 0)
-                    }
-                };
-                // Neither a NaN nor a denormal (which set MXCSR flags): the
-                // exponent neither all ones nor zero, or a zero fraction.
-                let (ebits, fbits) = if double { (11, 52) } else { (8, 23) };
-                let plain = |tx: &mut Self, v: Value| -> Value {
-                    let frac = tx.b.ins().band_imm_s(v, (1i64 << fbits) - 1);
-                    let e = tx.b.ins().ushr_imm_s(v, fbits);
-                    let e = tx.b.ins().band_imm_s(e, (1i64 << ebits) - 1);
-                    let whole = tx.b.ins().icmp_imm_s(IntCC::Equal, frac, 0);
-                    let e_low = tx.b.ins().icmp_imm_s(IntCC::NotEqual, e, 0);
-                    let e_high = tx.b.ins().icmp_imm_s(IntCC::NotEqual, e, (1i64 << ebits) - 1);
-                    let normal = tx.b.ins().band(e_low, e_high);
-                    tx.b.ins().bor(whole, normal)
-                };
-                let px = plain(self, x);
-                let py = plain(self, y);
+                let (x, y) = self.scalar_operands(double, a, b, insn, rip);
+                let fty = if double { types::F64 } else { types::F32 };
+                // Neither a NaN nor a denormal (which set MXCSR flags): a
+                // zero fraction (zeros, infinities) or a normal number.
+                let (_, xn, xf) = self.fp_class(x, double);
+                let (_, yn, yf) = self.fp_class(y, double);
+                let px = self.b.ins().bor(xf, xn);
+                let py = self.b.ins().bor(yf, yn);
                 let ok = self.b.ins().band(px, py);
                 self.slow_unless(ok, rip);
                 let fx = self.b.ins().bitcast(fty, MemFlagsData::new(), x);
@@ -2578,6 +2622,58 @@ impl Tx<'_, '_> {
                 let zf = self.b.ins().ishl_imm_s(eq, 6);
                 let f = self.b.ins().bor(zf, lt);
                 self.set_eager(f);
+            }
+            Form::ScalarFp { op, double, dst, src } => {
+                let (x, y) = self.scalar_operands(double, dst, src, insn, rip);
+                let (ity, fty) = if double { (types::I64, types::F64) } else { (types::I32, types::F32) };
+                let fx = self.b.ins().bitcast(fty, MemFlagsData::new(), x);
+                let fy = self.b.ins().bitcast(fty, MemFlagsData::new(), y);
+                let fr = match op {
+                    FpOp::Add => self.b.ins().fadd(fx, fy),
+                    FpOp::Sub => self.b.ins().fsub(fx, fy),
+                    FpOp::Mul => self.b.ins().fmul(fx, fy),
+                    FpOp::Div => self.b.ins().fdiv(fx, fy),
+                };
+                let r = self.b.ins().bitcast(ity, MemFlagsData::new(), fr);
+                // Finite operands that are zero or normal (a divisor
+                // normal); a finite result, zero or normal, and zero only
+                // where exact (a sum, or a zero among the factors, or a
+                // zero dividend).
+                let env = self.fp_env_quiet();
+                let (xz, xn, _) = self.fp_class(x, double);
+                let (yz, yn, _) = self.fp_class(y, double);
+                let (rz, rn, _) = self.fp_class(r, double);
+                let x_ok = self.b.ins().bor(xz, xn);
+                let y_ok = if op == FpOp::Div { yn } else { self.b.ins().bor(yz, yn) };
+                let zero_ok = match op {
+                    FpOp::Add | FpOp::Sub => self.b.ins().iconst(types::I8, 1),
+                    FpOp::Mul => self.b.ins().bor(xz, yz),
+                    FpOp::Div => xz,
+                };
+                let r_zero = self.b.ins().band(rz, zero_ok);
+                let r_ok = self.b.ins().bor(rn, r_zero);
+                let ok = self.b.ins().band(x_ok, y_ok);
+                let ok = self.b.ins().band(ok, r_ok);
+                let ok = self.b.ins().band(ok, env);
+                self.slow_unless(ok, rip);
+                let st = self.state;
+                self.b.ins().store(guest_flags(), r, st, XMM_OFF + 16 * i32::from(dst));
+            }
+            Form::CvtInt { double, dst, src, size } => {
+                self.sse_check(rip);
+                let v = self.read(src, insn, size, rip);
+                let v = if size == 8 { v } else { self.b.ins().ireduce(types::I32, v) };
+                let (ity, fty) = if double { (types::I64, types::F64) } else { (types::I32, types::F32) };
+                let f = self.b.ins().fcvt_from_sint(fty, v);
+                // A 32-bit integer is exact in a double; otherwise only a
+                // precision flag can arise, already set and masked.
+                if !(double && size == 4) {
+                    let env = self.fp_env_quiet();
+                    self.slow_unless(env, rip);
+                }
+                let r = self.b.ins().bitcast(ity, MemFlagsData::new(), f);
+                let st = self.state;
+                self.b.ins().store(guest_flags(), r, st, XMM_OFF + 16 * i32::from(dst));
             }
             Form::BitScan { reverse, dst, src } => {
                 let size = dst.size;
@@ -3148,6 +3244,48 @@ impl Tx<'_, '_> {
         let ok = self.b.ins().band(ok0, ok4);
         self.slow_unless(ok, rip);
         self.sse_ok = true;
+    }
+
+    /// The low lanes (32 or 64 bits, as integers) of XMM `a` and of `b`
+    /// for a scalar SSE instruction, after the SSE check.
+    fn scalar_operands(&mut self, double: bool, a: u8, b: VecSrc, insn: &Instruction, rip: u64) -> (Value, Value) {
+        self.sse_check(rip);
+        let (ity, w) = if double { (types::I64, 8) } else { (types::I32, 4) };
+        let x = self.xmm_load(a, ity);
+        let y = match b {
+            VecSrc::Xmm(r) => self.xmm_load(r, ity),
+            VecSrc::Mem => {
+                let at = self.vec_host_addr(insn, w, false, false, rip);
+                self.b.ins().load(ity, guest_flags(), at, 0)
+            }
+        };
+        (x, y)
+    }
+
+    /// Of the float bits `v`: whether it is a zero, whether it is a normal
+    /// number (neither zero, denormal, infinite nor NaN), and whether its
+    /// fraction is zero (zeros and infinities).
+    fn fp_class(&mut self, v: Value, double: bool) -> (Value, Value, Value) {
+        let (ebits, fbits) = if double { (11, 52) } else { (8, 23) };
+        let top = (1i64 << ebits) - 1;
+        let e = self.b.ins().ushr_imm_s(v, fbits);
+        let e = self.b.ins().band_imm_s(e, top);
+        let frac = self.b.ins().band_imm_s(v, (1i64 << fbits) - 1);
+        let e_zero = self.b.ins().icmp_imm_s(IntCC::Equal, e, 0);
+        let f_zero = self.b.ins().icmp_imm_s(IntCC::Equal, frac, 0);
+        let zero = self.b.ins().band(e_zero, f_zero);
+        let e_low = self.b.ins().icmp_imm_s(IntCC::NotEqual, e, 0);
+        let e_high = self.b.ins().icmp_imm_s(IntCC::NotEqual, e, top);
+        (zero, self.b.ins().band(e_low, e_high), f_zero)
+    }
+
+    /// MXCSR has PE set and masked and rounds to nearest: an inexact
+    /// result changes nothing and raises nothing.
+    fn fp_env_quiet(&mut self) -> Value {
+        let st = self.state;
+        let mx = self.b.ins().uload32(mem_flags(), st, MXCSR_OFF);
+        let m = self.b.ins().band_imm_s(mx, 0x7020);
+        self.b.ins().icmp_imm_s(IntCC::Equal, m, 0x1020)
     }
 
     fn xmm_load(&mut self, x: u8, ty: Type) -> Value {
