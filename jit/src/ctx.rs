@@ -386,6 +386,39 @@ pub unsafe extern "C" fn udiv128(hi: u64, lo: u64, d: u64, rem: *mut u64) -> u64
     u64::try_from(n / d).unwrap_or(u64::MAX)
 }
 
+/// REP MOVS through host pointers: `n` bytes from `src` to `dst`, as
+/// `memmove` (the region sent a destination just above the source, which
+/// repeats a pattern, to the interpreter).
+///
+/// # Safety
+/// Called only by compiled regions: `src` and `dst` point to `n` bytes of
+/// guest RAM each, within one page each, found through the TLB (the
+/// destination writable and not a code page).
+pub unsafe extern "C" fn host_copy(dst: *mut u8, src: *const u8, n: u64) {
+    // SAFETY: see the function's contract; the ranges may overlap.
+    unsafe { std::ptr::copy(src, dst, n as usize) };
+}
+
+/// REP STOS through a host pointer: `count` elements of `size` bytes (1
+/// or 8) of `value` at `dst`.
+///
+/// # Safety
+/// Called only by compiled regions: `dst` points to `count * size` bytes
+/// of guest RAM within one page, found through the TLB (writable and not
+/// a code page).
+pub unsafe extern "C" fn host_fill(dst: *mut u8, value: u64, count: u64, size: u64) {
+    let n = (count * size) as usize;
+    // SAFETY: see the function's contract.
+    let out = unsafe { std::slice::from_raw_parts_mut(dst, n) };
+    if size == 1 {
+        out.fill(value as u8);
+    } else {
+        for c in out.chunks_exact_mut(8) {
+            c.copy_from_slice(&value.to_le_bytes());
+        }
+    }
+}
+
 /// The six arithmetic flags (RFLAGS layout) of the state: from its lazy
 /// record, or from RFLAGS when the record is empty. Reads only.
 ///

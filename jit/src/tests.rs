@@ -577,6 +577,64 @@ fn scalar_arithmetic_gives_the_interpreters_results() {
     assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 60, "{:?}", jit.stats);
 }
 
+/// REP STOSB/STOSQ and REP MOVSB/MOVSQ of every length from 0 up, at
+/// offsets that cross a page on some passes, with a destination just
+/// above the source (a repeated pattern), and backwards (DF set): memory,
+/// registers and the instruction count as the interpreter gives them.
+#[test]
+fn rep_stores_and_moves_give_the_interpreters_results() {
+    let prep = |c: &mut Cpu| {
+        let bytes: Vec<u8> = (0..0x2000u32).map(|i| (i * 7 + 1) as u8).collect();
+        c.mem().write(DATA, &bytes).unwrap();
+    };
+    let (_, b, jit) = both(long_mode, prep, |a| {
+        let mut top = a.create_label();
+        let mut fwd = a.create_label();
+        a.mov(r8d, 120)?;
+        a.set_label(&mut top)?;
+        a.mov(eax, r8d)?;
+        a.imul_3(eax, eax, 37)?;
+        a.and(eax, 0xfff)?;
+        a.lea(rdi, qword_ptr(rax + DATA))?;
+        a.mov(ecx, r8d)?;
+        a.mov(rax, 0x1122_3344_5566_7788u64)?;
+        a.add(rax, r8)?;
+        a.rep().stosb()?;
+        a.lea(rdi, qword_ptr(r8 * 8 + DATA + 0x800))?;
+        a.mov(ecx, r8d)?;
+        a.shr(ecx, 2)?;
+        a.rep().stosq()?;
+        a.lea(rsi, qword_ptr(r8 * 4 + DATA))?;
+        a.lea(rdi, qword_ptr(r8 * 4 + DATA + 0x1000 - 600))?;
+        a.mov(ecx, r8d)?;
+        a.imul_3(ecx, ecx, 5)?;
+        a.rep().movsb()?;
+        // Just above the source: a repeated pattern.
+        a.lea(rsi, qword_ptr(r8 + DATA + 0x100))?;
+        a.lea(rdi, qword_ptr(rsi + 3))?;
+        a.mov(ecx, 40)?;
+        a.rep().movsb()?;
+        a.lea(rsi, qword_ptr(r8 * 8 + DATA + 0x400))?;
+        a.lea(rdi, qword_ptr(r8 * 8 + DATA + 0x10))?;
+        a.mov(ecx, r8d)?;
+        a.and(ecx, 15)?;
+        a.rep().movsq()?;
+        a.test(r8d, 7)?;
+        a.jnz(fwd)?;
+        a.std()?;
+        a.lea(rdi, qword_ptr(r8 + DATA + 0x1800))?;
+        a.mov(ecx, 9)?;
+        a.rep().stosb()?;
+        a.cld()?;
+        a.set_label(&mut fwd)?;
+        a.dec(r8d)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    assert!(b.state.rip < stub(0) || b.state.rip > stub(31), "faulted: {:#x}", b.state.rip);
+    assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 80, "{:?}", jit.stats);
+}
+
 /// Rotates, BT and BSF change some flags only; after an unknown producer
 /// (the block before) the translation takes the others from the state
 /// only where they are read: by a condition, a fault's pushed RFLAGS, an

@@ -225,6 +225,14 @@ enum Form {
         src: Opnd,
         size: u32,
     },
+    /// REP STOSB/STOSQ (`movs` false) and REP MOVSB/MOVSQ in 64-bit
+    /// addressing: at once through host pointers for a forward run that
+    /// stays within a page on each side (no overlap that repeats a
+    /// pattern), else through the interpreter's handler, going on after.
+    RepString {
+        movs: bool,
+        size: u32,
+    },
     /// BSF, BSR (32 and 64 bits).
     BitScan {
         reverse: bool,
@@ -376,6 +384,7 @@ impl Form {
                 | Form::Fnstcw
                 | Form::ScalarFp { .. }
                 | Form::CvtInt { .. }
+                | Form::RepString { .. }
         )
     }
 }
@@ -667,7 +676,9 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
     if matches!(insn.mnemonic(), Mnemonic::Pause | Mnemonic::Endbr32 | Mnemonic::Endbr64) {
         return Some(Form::Nop);
     }
-    if insn.has_rep_prefix() || insn.has_repne_prefix() {
+    let rep_string = matches!(insn.mnemonic(), Mnemonic::Stosb | Mnemonic::Stosq | Mnemonic::Movsb | Mnemonic::Movsq)
+        && insn.has_rep_prefix();
+    if (insn.has_rep_prefix() || insn.has_repne_prefix()) && !rep_string {
         return None;
     }
     let n = insn.op_count();
@@ -792,6 +803,19 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
             }
         }
         Mnemonic::Fnstcw if insn.op0_kind() == OpKind::Memory && mem_ok(insn, bits) => Form::Fnstcw,
+        Mnemonic::Stosb | Mnemonic::Stosq | Mnemonic::Movsb | Mnemonic::Movsq
+            if bits == 64
+                && insn.has_rep_prefix()
+                && insn.op0_kind() == OpKind::MemoryESRDI
+                && cpu::ops::mem_seg(insn) < sreg::FS =>
+        {
+            let movs = matches!(insn.mnemonic(), Mnemonic::Movsb | Mnemonic::Movsq);
+            if movs && insn.op1_kind() != OpKind::MemorySegRSI {
+                return None;
+            }
+            let size = if matches!(insn.mnemonic(), Mnemonic::Stosq | Mnemonic::Movsq) { 8 } else { 1 };
+            Form::RepString { movs, size }
+        }
         Mnemonic::Shld | Mnemonic::Shrd if n == 3 => {
             let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
             let Opnd::Reg(src) = opnd(insn, 1, bits)? else { return None };
@@ -1073,6 +1097,8 @@ struct Tx<'a, 'b> {
     sig_flags: cranelift_codegen::ir::SigRef,
     sig_pcmp: cranelift_codegen::ir::SigRef,
     sig_div: cranelift_codegen::ir::SigRef,
+    sig_copy: cranelift_codegen::ir::SigRef,
+    sig_fill: cranelift_codegen::ir::SigRef,
 }
 
 const GPR_OFF: i32 = std::mem::offset_of!(CpuState, gpr) as i32;
@@ -1178,6 +1204,8 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
     let sig_flags = b.import_signature(s_flags);
     let sig_pcmp = b.import_signature(sig(&[ptr, ptr, i32t], Some(i64t)));
     let sig_div = b.import_signature(sig(&[i64t, i64t, i64t, ptr], Some(i64t)));
+    let sig_copy = b.import_signature(sig(&[i64t, i64t, i64t], None));
+    let sig_fill = b.import_signature(sig(&[i64t, i64t, i64t, i64t], None));
 
     let state = b.ins().load(ptr, mem_flags(), ctx_v, off::STATE);
     let tlb = b.ins().load(ptr, mem_flags(), ctx_v, off::TLB);
@@ -1212,6 +1240,8 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
         sig_flags,
         sig_pcmp,
         sig_div,
+        sig_copy,
+        sig_fill,
     };
     let zero = tx.b.ins().iconst(i64t, 0);
     tx.b.def_var(icount, zero);
@@ -2712,6 +2742,106 @@ impl Tx<'_, '_> {
                 let r = self.b.ins().bitcast(ity, MemFlagsData::new(), f);
                 let st = self.state;
                 self.b.ins().store(guest_flags(), r, st, XMM_OFF + 16 * i32::from(dst));
+            }
+            Form::RepString { movs, size } => {
+                self.flush_count();
+                self.sync();
+                let i64t = types::I64;
+                let l = mmu::TLB_LAYOUT;
+                let rcx = self.gpr64(1);
+                let rdi = self.gpr64(7);
+                let st = self.state;
+                let rf = self.b.ins().load(i64t, mem_flags(), st, RFLAGS_OFF);
+                let df = self.b.ins().band_imm_s(rf, flags::DF as i64);
+                let forward = self.b.ins().icmp_imm_s(IntCC::Equal, df, 0);
+                // 1 to a page's worth of elements.
+                let some = self.b.ins().icmp_imm_s(IntCC::NotEqual, rcx, 0);
+                let few = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThanOrEqual, rcx, 4096 / i64::from(size));
+                let bytes = self.b.ins().imul_imm_s(rcx, i64::from(size));
+                let ok = self.b.ins().band(forward, some);
+                let ok = self.b.ins().band(ok, few);
+                // The run stays in its page on each side.
+                let in_page = |tx: &mut Self, at: Value| {
+                    let o = tx.b.ins().band_imm_s(at, 0xfff);
+                    let end = tx.b.ins().iadd(o, bytes);
+                    tx.b.ins().icmp_imm_s(IntCC::UnsignedLessThanOrEqual, end, 4096)
+                };
+                let d_in = in_page(self, rdi);
+                let ok = self.b.ins().band(ok, d_in);
+                let (d_entry, d_hit) = self.tlb_hit(rdi, 1, l.jit_write);
+                let ok = self.b.ins().band(ok, d_hit);
+                let rsi = if movs { Some(self.gpr64(6)) } else { None };
+                let s_check = rsi.map(|rsi| {
+                    let s_in = in_page(self, rsi);
+                    let (e, hit) = self.tlb_hit(rsi, 1, l.jit_read);
+                    (self.b.ins().band(s_in, hit), e)
+                });
+                let ok = match s_check {
+                    Some((c, _)) => self.b.ins().band(ok, c),
+                    None => ok,
+                };
+                let fast = self.b.create_block();
+                let slow = self.b.create_block();
+                let join = self.b.create_block();
+                self.b.ins().brif(ok, fast, &[], slow, &[]);
+
+                self.enter_block(fast);
+                let host = |tx: &mut Self, entry: Value, at: Value| {
+                    let base = tx.b.ins().load(i64t, mem_flags(), entry, l.host as i32);
+                    let o = tx.b.ins().band_imm_s(at, 0xfff);
+                    tx.b.ins().iadd(base, o)
+                };
+                let dst = host(self, d_entry, rdi);
+                let done = self.b.create_block();
+                match (rsi, s_check) {
+                    (Some(rsi), Some((_, s_entry))) => {
+                        let src = host(self, s_entry, rsi);
+                        // A destination just above the source repeats a
+                        // pattern, element by element: the interpreter's.
+                        let gap = self.b.ins().isub(dst, src);
+                        let above = self.b.ins().icmp_imm_s(IntCC::NotEqual, gap, 0);
+                        let near = self.b.ins().icmp(IntCC::UnsignedLessThan, gap, bytes);
+                        let repeats = self.b.ins().band(above, near);
+                        let go = self.b.create_block();
+                        self.b.ins().brif(repeats, slow, &[], go, &[]);
+                        self.enter_block(go);
+                        let callee = self.iconst(ctx::host_copy as *const () as usize as u64);
+                        self.b.ins().call_indirect(self.sig_copy, callee, &[dst, src, bytes]);
+                        let nsi = self.b.ins().iadd(rsi, bytes);
+                        self.b.ins().store(mem_flags(), nsi, st, GPR_OFF + 8 * 6);
+                    }
+                    _ => {
+                        let rax = self.gpr64(0);
+                        let v = if size == 1 { self.b.ins().band_imm_s(rax, 0xff) } else { rax };
+                        let callee = self.iconst(ctx::host_fill as *const () as usize as u64);
+                        let unit = self.iconst(u64::from(size));
+                        self.b.ins().call_indirect(self.sig_fill, callee, &[dst, v, rcx, unit]);
+                    }
+                }
+                let ndi = self.b.ins().iadd(rdi, bytes);
+                self.b.ins().store(mem_flags(), ndi, st, GPR_OFF + 8 * 7);
+                let zero = self.iconst(0);
+                self.b.ins().store(mem_flags(), zero, st, GPR_OFF + 8);
+                self.b.ins().jump(done, &[]);
+
+                // The interpreter's handler, which counts the instruction
+                // itself: take it off the region's count.
+                self.enter_block(slow);
+                let d = self.slow_insn.expect("a form with a slow path has a fallback entry");
+                let status = self.call_fallback(d, rip);
+                let back = self.b.create_block();
+                self.b.ins().brif(status, self.leave_block, &[], back, &[]);
+                self.enter_block(back);
+                let c = self.b.use_var(self.icount);
+                let c = self.b.ins().iadd_imm_s(c, -1);
+                self.b.def_var(self.icount, c);
+                self.b.ins().jump(done, &[]);
+
+                self.enter_block(done);
+                self.b.ins().jump(join, &[]);
+                self.enter_block(join);
+                self.known = Known::Unknown;
+                self.forget();
             }
             Form::BitScan { reverse, dst, src } => {
                 let size = dst.size;
