@@ -278,29 +278,6 @@ pub unsafe extern "C" fn fallback(ctx: *mut JitCtx, d: *const Decoded) -> u32 {
     run_one(ctx, cpu, d)
 }
 
-/// Run the instruction at RIP, one that crosses into the next page,
-/// through the interpreter, decoded afresh by the CPU's decode cache (which
-/// keeps it for the physical page of its tail, and drops it when either
-/// page is written): the region holds only the bytes of its own page, and
-/// the next page may map elsewhere or change by now. A fetch fault (the
-/// next page unmapped by now) leaves with RIP at the instruction and
-/// [`exit::STEP`]: the interpreter fetches it again and raises the fault
-/// as it does for any fetch.
-///
-/// # Safety
-/// Called only by compiled regions, with the context they were given.
-pub unsafe extern "C" fn fallback_fetch(ctx: *mut JitCtx, _d: *const Decoded) -> u32 {
-    // SAFETY: see the function's contract.
-    let (ctx, cpu) = unsafe { cpu_of(ctx) };
-    let Ok(block) = cpu.block_at_rip() else {
-        ctx.exit = exit::STEP;
-        ctx.status = status::LEAVE;
-        return status::LEAVE;
-    };
-    let d = block.insns()[0];
-    run_one(ctx, cpu, &d)
-}
-
 /// RDTSC: the counter, or the #GP it raises (in `fault`, with status
 /// FAULT).
 ///

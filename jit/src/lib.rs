@@ -118,13 +118,29 @@ struct Region {
     _fallbacks: Vec<cpu::Decoded>,
     keys: Vec<Key>,
     live: bool,
+    /// The linear and physical page of each page its code comes from, the
+    /// entry's first: a region of more than one page runs only while each
+    /// of its linear pages still maps to the same physical page.
+    pages: Vec<(u64, u64)>,
+    /// The TLB generation at which that was last found to hold (and
+    /// whether every page was then a global translation).
+    checked: Option<(u64, bool)>,
+}
+
+/// A region's blocks as gathered, with their keys and pages.
+struct Gathered {
+    spec: RegionSpec,
+    weak: Vec<Weak<Block>>,
+    keys: Vec<Key>,
+    pages: Vec<(u64, u64)>,
 }
 
 /// A region being compiled.
 struct Pending {
     keys: Vec<Key>,
-    page: u64,
-    page_gen: u64,
+    pages: Vec<(u64, u64)>,
+    /// Each physical page's write generation when the code was read.
+    page_gens: Vec<u64>,
     gen: u64,
     blocks: Vec<Weak<Block>>,
 }
@@ -330,21 +346,51 @@ impl Jit {
         }
         let rip = cpu.state.rip;
         let phys = cpu.code_phys_walk(rip)?;
-        self.probe((rip, phys, mode))
+        self.probe(cpu, (rip, phys, mode))
     }
 
     /// The region entry of `key`: the jump cache, then the map (which
     /// refills the jump cache's slot).
     #[inline]
-    fn probe(&mut self, key: Key) -> Option<(u32, u32)> {
+    fn probe(&mut self, cpu: &mut Cpu, key: Key) -> Option<(u32, u32)> {
         let slot = jump_slot(key.0);
         let j = self.jump[slot];
-        if j.0 == key {
-            return Some((j.1, j.2));
+        let found = if j.0 == key {
+            (j.1, j.2)
+        } else {
+            let found = self.map.get(&key).copied()?;
+            self.jump[slot] = (key, found.0, found.1);
+            found
+        };
+        self.maps_as_compiled(cpu, found.0).then_some(found)
+    }
+
+    /// Whether each page of region `id` still maps to the physical page
+    /// its code came from (the entry's page always does: its key holds
+    /// it); remembered for the TLB generation.
+    #[inline]
+    fn maps_as_compiled(&mut self, cpu: &mut Cpu, id: u32) -> bool {
+        let r = &self.regions[id as usize];
+        if r.pages.len() <= 1 || r.checked.is_some_and(|(g, _)| g == cpu.mmu.generation) {
+            return true;
         }
-        let found = self.map.get(&key).copied()?;
-        self.jump[slot] = (key, found.0, found.1);
-        Some(found)
+        self.check_pages(cpu, id)
+    }
+
+    #[cold]
+    fn check_pages(&mut self, cpu: &mut Cpu, id: u32) -> bool {
+        let r = &mut self.regions[id as usize];
+        let supervisor = cpu.state.cpl == 0;
+        let mut global = supervisor;
+        for &(lin, phys) in &r.pages {
+            if cpu.code_phys_walk(lin).map(|p| p & !0xfff) != Some(phys) {
+                r.checked = None;
+                return false;
+            }
+            global &= supervisor && cpu.mmu.exec_global(mmu::Privilege::Supervisor, lin);
+        }
+        r.checked = Some((cpu.mmu.generation, global));
+        true
     }
 
     /// Run a region from one of its entries, then the regions its exits
@@ -379,7 +425,13 @@ impl Jit {
             let (cpl, rip) = (cpu.state.cpl, cpu.state.rip);
             let tag = jump_tag(cpu.mmu.generation, cpl, mode);
             let tag_global = jump_tag_global(cpu.mmu.global_generation, cpl, mode);
-            let global = cpl == 0 && cpu.mmu.exec_global(mmu::Privilege::Supervisor, rip);
+            let r = &self.regions[region as usize];
+            let global = if r.pages.len() <= 1 {
+                cpl == 0 && cpu.mmu.exec_global(mmu::Privilege::Supervisor, rip)
+            } else {
+                // Checked at this generation by `probe`.
+                r.checked.is_some_and(|(g, gl)| g == cpu.mmu.generation && gl)
+            };
             self.links[jump_slot(rip)] = JumpSlot { rip, tag: if global { tag_global } else { tag }, code, entry };
             let ctx = &mut *self.ctx;
             ctx.tag = tag;
@@ -444,7 +496,7 @@ impl Jit {
             }
             let rip = cpu.state.rip;
             let Some(phys) = cpu.code_phys(rip) else { return };
-            let Some(next) = self.probe((rip, phys, mode)) else { return };
+            let Some(next) = self.probe(cpu, (rip, phys, mode)) else { return };
             (region, entry) = next;
         }
     }
@@ -465,31 +517,25 @@ impl Jit {
         if self.queued.contains_key(&key) {
             return;
         }
-        let (spec, weak) = self.gather(cpu, rip, u32::from(mode), false);
-        if spec.blocks.is_empty() {
+        let g = self.gather(cpu, rip, mode, false);
+        if g.spec.blocks.is_empty() {
             return;
         }
-        self.submit(spec, weak, phys, mode);
+        self.submit(g);
     }
 
     /// Queue a gathered region for the compiler (or, with a synchronous
-    /// JIT, compile and install it now), keyed by its blocks' RIPs in the
-    /// page of `phys`.
-    fn submit(&mut self, spec: RegionSpec, weak: Vec<Weak<Block>>, phys: u64, mode: u8) {
-        let page = phys & !0xfff;
-        let keys: Vec<Key> = spec.blocks.iter().map(|b| (b.rip, page | (b.rip & 0xfff), mode)).collect();
+    /// JIT, compile and install it now), keyed by its blocks' RIPs and
+    /// physical addresses.
+    fn submit(&mut self, g: Gathered) {
+        let Gathered { spec, weak, keys, pages } = g;
         let id = self.next_job;
         self.next_job += 1;
         for k in &keys {
             self.queued.insert(*k, id);
         }
-        let pend = Pending {
-            keys,
-            page,
-            page_gen: self.page_gen.get(&page).copied().unwrap_or(0),
-            gen: self.gen,
-            blocks: weak,
-        };
+        let page_gens = pages.iter().map(|&(_, p)| self.page_gen.get(&p).copied().unwrap_or(0)).collect();
+        let pend = Pending { keys, pages, page_gens, gen: self.gen, blocks: weak };
         self.pending.insert(id, pend);
         if let Some(c) = &mut self.compiler {
             if !c.send(Job { id, spec }) {
@@ -513,24 +559,35 @@ impl Jit {
         if mode == 0 || self.isa.is_none() || cpu.block_at_rip().is_err() {
             return false;
         }
-        let Some(phys) = cpu.code_phys_walk(rip) else { return false };
-        let (spec, weak) = self.gather(cpu, rip, u32::from(mode), true);
-        if spec.blocks.is_empty() {
+        if cpu.code_phys_walk(rip).is_none() {
+            return false;
+        }
+        let g = self.gather(cpu, rip, mode, true);
+        if g.spec.blocks.is_empty() {
             return false;
         }
         let compiled = self.stats.regions_compiled;
-        self.submit(spec, weak, phys, mode);
+        self.submit(g);
         self.stats.regions_compiled > compiled
     }
 
     /// The blocks of RIP's page that direct branches reach from RIP (with
-    /// `all` false, only blocks that ran).
-    fn gather(&self, cpu: &mut Cpu, rip: u64, bits: u32, all: bool) -> (RegionSpec, Vec<Weak<Block>>) {
+    /// `all` false, only blocks that ran). An instruction that crosses
+    /// into the next page is a block of its own, and that page is one of
+    /// the region's too.
+    fn gather(&self, cpu: &mut Cpu, rip: u64, mode: u8, all: bool) -> Gathered {
+        let threshold = self.cfg.threshold.max(1);
         let page = rip & !0xfff;
         let mut work = vec![rip];
         let mut seen = std::collections::HashSet::new();
-        let mut blocks = Vec::new();
-        let mut weak = Vec::new();
+        let mut g = Gathered {
+            spec: RegionSpec { bits: u32::from(mode), blocks: Vec::new(), chain: self.cfg.chain },
+            weak: Vec::new(),
+            keys: Vec::new(),
+            pages: Vec::new(),
+        };
+        let Some(phys) = cpu.code_phys_walk(rip).map(|p| p & !0xfff) else { return g };
+        g.pages.push((page, phys));
         let mut insns = 0usize;
         while let Some(r) = work.pop() {
             if !seen.insert(r) || insns >= self.cfg.max_region_insns {
@@ -539,21 +596,27 @@ impl Jit {
             let Ok(b): Result<Rc<Block>, _> = cpu.block_at(r) else { continue };
             // Only code that ran: a block still at the threshold never did
             // (padding after a HLT or a jump, cold error paths).
-            if !all && r != rip && b.heat() == self.cfg.threshold.max(1) {
+            if !all && r != rip && b.heat() == threshold {
                 continue;
             }
             let list = b.insns();
             let Some(last) = list.last() else { continue };
-            // An instruction that crosses into the next page is a block of
-            // its own; the region runs it fetched afresh (see
-            // `ctx::fallback_fetch`). Anything else past the page is not
-            // this region's.
-            if last.next_rip().wrapping_sub(page) > 4096 && list.len() != 1 {
-                continue;
+            if last.next_rip().wrapping_sub(page) > 4096 {
+                // Only a lone instruction runs on into the next page,
+                // whose physical page the region then holds too.
+                if list.len() != 1 {
+                    continue;
+                }
+                let next = page.wrapping_add(0x1000);
+                if !g.pages.iter().any(|p| p.0 == next) {
+                    let Some(p) = cpu.code_phys_walk(next) else { continue };
+                    g.pages.push((next, p & !0xfff));
+                }
             }
             insns += list.len();
-            blocks.push(GuestBlock { rip: r, insns: list.to_vec() });
-            weak.push(Rc::downgrade(&b));
+            g.spec.blocks.push(GuestBlock { rip: r, insns: list.to_vec() });
+            g.weak.push(Rc::downgrade(&b));
+            g.keys.push((r, phys | (r & 0xfff), mode));
             let mut next = Vec::new();
             let i = &last.insn;
             match i.flow_control() {
@@ -580,7 +643,7 @@ impl Jit {
                 }
             }
         }
-        (RegionSpec { bits, blocks, chain: self.cfg.chain }, weak)
+        g
     }
 
     /// Take invalidations and finished compiles (the run loop does this
@@ -657,7 +720,9 @@ impl Jit {
                 return;
             }
         };
-        if p.gen != self.gen || self.page_gen.get(&p.page).copied().unwrap_or(0) != p.page_gen {
+        let changed =
+            p.pages.iter().zip(&p.page_gens).any(|(&(_, ph), &g)| self.page_gen.get(&ph).copied().unwrap_or(0) != g);
+        if p.gen != self.gen || changed {
             self.stats.stale += 1;
             return;
         }
@@ -690,10 +755,24 @@ impl Jit {
         }
         let id = self.regions.len() as u32;
         for (i, k) in p.keys.iter().enumerate() {
-            self.map.entry(*k).or_insert((id, i as u32));
+            // The newest region of a key is the one entered (an older one
+            // may span a page that now maps elsewhere).
+            self.map.insert(*k, (id, i as u32));
+            let slot = jump_slot(k.0);
+            if self.jump[slot].0 == *k {
+                self.jump[slot] = (NO_KEY, 0, 0);
+            }
         }
-        self.by_page.entry(p.page).or_default().push(id);
-        self.regions.push(Region { _fallbacks: out.fallbacks, keys: p.keys, live: true });
+        for &(_, ph) in &p.pages {
+            self.by_page.entry(ph).or_default().push(id);
+        }
+        self.regions.push(Region {
+            _fallbacks: out.fallbacks,
+            keys: p.keys,
+            live: true,
+            pages: p.pages,
+            checked: None,
+        });
         self.fns.push(f);
         // The interpreter stops before the region's blocks from now on.
         for b in p.blocks.iter().filter_map(Weak::upgrade) {

@@ -589,12 +589,6 @@ fn scalar_src(insn: &Instruction, bits: u32) -> Option<VecSrc> {
     }
 }
 
-/// Whether the instruction at `rip`, `len` bytes long, has bytes in the
-/// next page.
-fn crosses_page(rip: u64, len: usize) -> bool {
-    (rip & 0xfff) as usize + len > 0x1000
-}
-
 fn canonical(a: u64) -> bool {
     ((a as i64) << 16 >> 16) as u64 == a
 }
@@ -1151,9 +1145,10 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
         let mut v = Vec::new();
         for d in &g.insns {
             let rip = d.next_rip().wrapping_sub(d.insn.len() as u64);
-            // An instruction that crosses into the next page runs through
-            // the interpreter, fetched afresh each time.
-            let form = if crosses_page(rip, d.insn.len()) { None } else { classify(&d.insn, spec.bits) };
+            // (An instruction that crosses into the next page is
+            // translated too: the region holds that page, runs only while
+            // it maps as it did, and is dropped when it is written.)
+            let form = classify(&d.insn, spec.bits);
             let mut fb = usize::MAX;
             match &form {
                 Some(f) => {
@@ -1282,7 +1277,7 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
                     // SAFETY (pointer arithmetic only): `fallback < len`; the
                     // table is never pushed to again, so it does not move.
                     let dp = fb_base.wrapping_add(p.fallback);
-                    tx.emit_fallback(dp, p.rip, crosses_page(p.rip, d.insn.len()));
+                    tx.emit_fallback(dp, p.rip);
                 }
             }
             if ended {
@@ -2255,10 +2250,10 @@ impl Tx<'_, '_> {
 
     /// A fallback: the state goes to memory, the interpreter runs the
     /// instruction, and the state comes back.
-    fn emit_fallback(&mut self, d: *const Decoded, rip: u64, fetch: bool) {
+    fn emit_fallback(&mut self, d: *const Decoded, rip: u64) {
         self.flush_count();
         self.sync();
-        let st = if fetch { self.call_helper_at(ctx::fallback_fetch, d, rip) } else { self.call_fallback(d, rip) };
+        let st = self.call_fallback(d, rip);
         let cont = self.b.create_block();
         self.b.ins().brif(st, self.leave_block, &[], cont, &[]);
         self.enter_block(cont);
