@@ -56,6 +56,32 @@ fn same_state(a: &mut Cpu, b: &mut Cpu) {
     }
 }
 
+/// A loop of 100 passes (ECX counting down) that runs `body` on the pass
+/// where ECX is 10 only, then HLT.
+fn on_pass_ten(
+    a: &mut CodeAssembler,
+    body: impl Fn(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> Result<(), IcedError> {
+    let mut top = a.create_label();
+    let mut skip = a.create_label();
+    a.mov(ecx, 100)?;
+    a.set_label(&mut top)?;
+    a.cmp(ecx, 10)?;
+    a.jne(skip)?;
+    body(a)?;
+    a.set_label(&mut skip)?;
+    a.dec(ecx)?;
+    a.jnz(top)?;
+    a.hlt()
+}
+
+/// `code` placed at CODE and the CPU at CPL 3 in 64-bit code, with a JIT.
+fn at_user(c: &mut Cpu, code: &[u8]) -> Jit {
+    place(c, code);
+    to_user(c, SEL_UCODE64);
+    Jit::new(c, cfg()).unwrap()
+}
+
 /// Run `code` (assembled at CODE for `make`'s mode) in both tiers.
 fn both(
     make: fn() -> Cpu,
@@ -635,6 +661,55 @@ fn rep_stores_and_moves_give_the_interpreters_results() {
     assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 80, "{:?}", jit.stats);
 }
 
+/// PUSHFQ after every kind of flag producer, CLI and SWAPGS at CPL 0
+/// (GS-relative loads see each swap); then CLI and SWAPGS at CPL 3: #GP.
+#[test]
+fn flag_pushes_cli_and_swapgs_give_the_interpreters_results() {
+    let prep = |c: &mut Cpu| {
+        let bytes: Vec<u8> = (0..0x400u32).map(|i| (i * 11 + 7) as u8).collect();
+        c.mem().write(DATA, &bytes).unwrap();
+        c.state.seg[sreg::GS].base = DATA;
+        c.state.msr.kernel_gs_base = DATA + 0x100;
+    };
+    let (_, b, jit) = both(long_mode, prep, |a| {
+        let mut top = a.create_label();
+        a.mov(ecx, 200)?;
+        a.mov(rbx, 0x9e37_79b9_7f4a_7c15u64)?;
+        a.set_label(&mut top)?;
+        a.add(ebx, ecx)?;
+        a.pushfq()?;
+        a.pop(rax)?;
+        a.add(r8, rax)?;
+        a.inc(rbx)?;
+        a.pushfq()?;
+        a.pop(rax)?;
+        a.add(r9, rax)?;
+        a.bt(rbx, 5)?;
+        a.pushfq()?;
+        a.pop(rax)?;
+        a.add(r10, rax)?;
+        a.cli()?;
+        a.swapgs()?;
+        a.add(r11, qword_ptr(rcx * 2).gs())?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.pushfq()?;
+        a.pop(r12)?;
+        a.hlt()
+    });
+    assert!(b.state.rip < stub(0) || b.state.rip > stub(31), "faulted: {:#x}", b.state.rip);
+    assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 95, "{:?}", jit.stats);
+
+    for cli in [true, false] {
+        let mut c = long_mode();
+        let code = assemble(&c, |a| on_pass_ten(a, |a| if cli { a.cli() } else { a.swapgs() }));
+        let mut jit = at_user(&mut c, &code);
+        run_jit(&mut c, &mut jit, 100_000);
+        assert_eq!(c.state.rip, stub(13) + 1, "halted in the #GP handler");
+        assert_eq!(c.state.gpr[1], 10);
+    }
+}
+
 /// Rotates, BT and BSF change some flags only; after an unknown producer
 /// (the block before) the translation takes the others from the state
 /// only where they are read: by a condition, a fault's pushed RFLAGS, an
@@ -795,23 +870,7 @@ fn exchanges_and_bit_tests_give_the_interpreters_results() {
     assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 95, "{:?}", jit.stats);
 
     // LOCK with a register destination: #UD from compiled code.
-    let (_, b, _) = both(
-        long_mode,
-        |_| {},
-        |a| {
-            let mut top = a.create_label();
-            let mut skip = a.create_label();
-            a.mov(ecx, 100)?;
-            a.set_label(&mut top)?;
-            a.cmp(ecx, 10)?;
-            a.jne(skip)?;
-            a.lock().xchg(eax, ebx)?;
-            a.set_label(&mut skip)?;
-            a.dec(ecx)?;
-            a.jnz(top)?;
-            a.hlt()
-        },
-    );
+    let (_, b, _) = both(long_mode, |_| {}, |a| on_pass_ten(a, |a| a.lock().xchg(eax, ebx)));
     assert_eq!(b.state.rip, stub(6) + 1, "halted in the #UD handler");
 }
 
@@ -1135,9 +1194,7 @@ fn rdtsc_reads_the_counter_and_faults_under_tsd() {
         a.jnz(top)?;
         a.hlt()
     });
-    place(&mut c, &code);
-    to_user(&mut c, SEL_UCODE64);
-    let mut jit = Jit::new(&mut c, cfg()).unwrap();
+    let mut jit = at_user(&mut c, &code);
     jit.run(&mut c, 20_000);
     assert!(jit.stats.native_insns > 10_000, "{:?}", jit.stats);
     c.state.cr4 |= cpu::state::cr::CR4_TSD;

@@ -298,6 +298,12 @@ enum Form {
     Rdtsc,
     /// FNSTCW m16 (#NM through the slow path).
     Fnstcw,
+    /// CLI where IOPL allows it (else #GP through the slow path).
+    Cli,
+    /// PUSHF/PUSHFD/PUSHFQ of the stack's width.
+    Pushf,
+    /// SWAPGS at CPL 0 (else #GP through the slow path).
+    Swapgs,
     /// BSWAP r32/r64.
     Bswap {
         dst: Reg,
@@ -385,6 +391,8 @@ impl Form {
                 | Form::ScalarFp { .. }
                 | Form::CvtInt { .. }
                 | Form::RepString { .. }
+                | Form::Cli
+                | Form::Swapgs
         )
     }
 }
@@ -797,6 +805,10 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
             }
         }
         Mnemonic::Fnstcw if insn.op0_kind() == OpKind::Memory && mem_ok(insn, bits) => Form::Fnstcw,
+        Mnemonic::Cli => Form::Cli,
+        Mnemonic::Swapgs if bits == 64 => Form::Swapgs,
+        Mnemonic::Pushfq if bits == 64 => Form::Pushf,
+        Mnemonic::Pushfd if bits == 32 => Form::Pushf,
         Mnemonic::Stosb | Mnemonic::Stosq | Mnemonic::Movsb | Mnemonic::Movsq
             if bits == 64
                 && insn.has_rep_prefix()
@@ -1103,6 +1115,9 @@ const XMM_OFF: i32 = std::mem::offset_of!(CpuState, xmm) as i32;
 const CR0_OFF: i32 = std::mem::offset_of!(CpuState, cr0) as i32;
 const CR4_OFF: i32 = std::mem::offset_of!(CpuState, cr4) as i32;
 const MXCSR_OFF: i32 = std::mem::offset_of!(CpuState, mxcsr) as i32;
+const CPL_OFF: i32 = std::mem::offset_of!(CpuState, cpl) as i32;
+const KERNEL_GS_OFF: i32 =
+    (std::mem::offset_of!(CpuState, msr) + std::mem::offset_of!(cpu::state::MsrState, kernel_gs_base)) as i32;
 const FCW_OFF: i32 = (std::mem::offset_of!(CpuState, fpu) + std::mem::offset_of!(cpu::state::FpuState, fcw)) as i32;
 const SEG_OFF: i32 = std::mem::offset_of!(CpuState, seg) as i32;
 const SEG_SIZE: i32 = std::mem::size_of::<cpu::state::Segment>() as i32;
@@ -2493,6 +2508,45 @@ impl Tx<'_, '_> {
                 let szp = self.szp(r, size);
                 let f = self.b.ins().bor(f, szp);
                 self.shifted_by(count, dst, a, r, f);
+            }
+            Form::Cli => {
+                // IOPL at least the CPL (protected mode, not virtual-8086:
+                // the only modes compiled code runs in).
+                self.flush_count();
+                let st = self.state;
+                let rf = self.b.ins().load(types::I64, mem_flags(), st, RFLAGS_OFF);
+                let cpl = self.b.ins().uload8(types::I64, mem_flags(), st, CPL_OFF);
+                let iopl = self.b.ins().ushr_imm_s(rf, flags::IOPL_SHIFT as i64);
+                let iopl = self.b.ins().band_imm_s(iopl, 3);
+                let ok = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, iopl, cpl);
+                self.slow_unless(ok, rip);
+                // The arithmetic bits stay as they are (the lazy record
+                // may stand for them).
+                let rf = self.b.ins().band_imm_s(rf, !(flags::IF as i64));
+                self.b.ins().store(mem_flags(), rf, st, RFLAGS_OFF);
+            }
+            Form::Swapgs => {
+                self.flush_count();
+                let st = self.state;
+                let cpl = self.b.ins().uload8(types::I64, mem_flags(), st, CPL_OFF);
+                let ok = self.b.ins().icmp_imm_s(IntCC::Equal, cpl, 0);
+                self.slow_unless(ok, rip);
+                let at = SEG_OFF + SEG_SIZE * sreg::GS as i32 + SEG_BASE_OFF;
+                let gs = self.b.ins().load(types::I64, mem_flags(), st, at);
+                let k = self.b.ins().load(types::I64, mem_flags(), st, KERNEL_GS_OFF);
+                self.b.ins().store(mem_flags(), k, st, at);
+                self.b.ins().store(mem_flags(), gs, st, KERNEL_GS_OFF);
+            }
+            Form::Pushf => {
+                // VM and RF are pushed as zero.
+                self.sync();
+                let f = self.materialize();
+                let st = self.state;
+                let rf = self.b.ins().load(types::I64, mem_flags(), st, RFLAGS_OFF);
+                let rest = self.b.ins().band_imm_s(rf, !((flags::ARITH | flags::VM | flags::RF) as i64));
+                let image = self.b.ins().bor(rest, f);
+                let leave = self.push(image, stack, rip);
+                self.after_store(leave, next);
             }
             Form::Fnstcw => {
                 // The instructions before count, in case the slow path
