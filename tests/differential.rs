@@ -395,10 +395,12 @@ fn worker(cfg: Config, watchdog: Arc<Watchdog>) -> Result<(String, u64), String>
     let mut kvm = KvmSide::new(watchdog)?;
     let mut cat = cat;
     let mut out = String::new();
-    // The xsave group needs a vCPU that takes CR4.OSXSAVE and XCR0.
-    if let Err(why) = kvm.takes_xsave_state() {
-        cat.templates.retain(|&(_, g), _| g != Group::Xsave);
-        let _ = writeln!(out, "the xsave group is not generated: {why}");
+    // The xsave and avx groups need a vCPU that takes CR4.OSXSAVE and XCR0.
+    for (group, xcr0) in [(Group::Xsave, 3), (Group::Avx, 7)] {
+        if let Err(why) = kvm.takes_xsave_state(xcr0) {
+            cat.templates.retain(|&(_, g), _| g != group);
+            let _ = writeln!(out, "the {} group is not generated: {why}", group.name());
+        }
     }
     let mut h = Harness { cat, interp: InterpSide::new(), kvm };
     let _ = writeln!(out, "catalog built in {:.2} s", t_catalog.as_secs_f64());

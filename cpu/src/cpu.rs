@@ -72,6 +72,10 @@ pub struct Cpu {
     /// The CPUID model advertises XSAVE and CR4.OSXSAVE can be set (see
     /// [`Cpu::set_xsave`]).
     pub(crate) xsave: bool,
+    /// The CPU model has AVX: CPUID advertises it, XSETBV accepts the YMM
+    /// component and VEX-encoded vector instructions can run (see
+    /// [`Cpu::set_avx`]).
+    pub(crate) avx: bool,
 }
 
 impl Cpu {
@@ -98,6 +102,7 @@ impl Cpu {
             invalidation_listeners: Vec::new(),
             hot_threshold: 0,
             xsave: true,
+            avx: false,
         };
         cpu.update_paging();
         cpu
@@ -124,14 +129,39 @@ impl Cpu {
         self.xsave
     }
 
+    /// Turn the AVX part of the model on or off (off by default). On, and
+    /// with the XSAVE feature set offered, CPUID advertises AVX and the YMM
+    /// state component (leaf 0Dh), XSETBV accepts XCR0 bit 2, and
+    /// VEX-encoded vector instructions run once the OS has enabled the
+    /// state (CR4.OSXSAVE, XCR0 = x87|SSE|YMM).
+    pub fn set_avx(&mut self, on: bool) {
+        self.avx = on;
+    }
+
+    /// Whether the AVX part of the model is on (see [`Cpu::set_avx`]).
+    pub fn avx(&self) -> bool {
+        self.avx && self.xsave
+    }
+
+    /// The XCR0 bits this processor supports.
+    pub fn xcr0_supported(&self) -> u64 {
+        if self.avx() {
+            crate::ops::xsave::SUPPORTED_AVX
+        } else {
+            crate::ops::xsave::SUPPORTED
+        }
+    }
+
     /// CPUID as this processor answers it: the model of [`crate::cpuid`],
-    /// less XSAVE when it is hidden.
+    /// with AVX when it is on, less XSAVE when it is hidden.
     pub fn cpuid(&self, leaf: u32, sub: u32) -> [u32; 4] {
         let r = crate::cpuid::cpuid(&self.state, leaf, sub);
-        if self.xsave {
-            r
-        } else {
+        if !self.xsave {
             crate::cpuid::without_xsave(leaf, r)
+        } else if self.avx {
+            crate::cpuid::with_avx(&self.state, leaf, sub, r)
+        } else {
+            r
         }
     }
 

@@ -57,6 +57,9 @@ pub mod ecx1 {
     pub const XSAVE: u32 = 1 << 26;
     /// Mirrors CR4.OSXSAVE.
     pub const OSXSAVE: u32 = 1 << 27;
+    /// AVX: VEX-encoded 128- and 256-bit vector instructions and the YMM
+    /// state (advertised only with [`crate::Cpu::set_avx`]).
+    pub const AVX: u32 = 1 << 28;
     pub const RDRAND: u32 = 1 << 30;
 }
 
@@ -190,6 +193,26 @@ pub fn without_xsave(leaf: u32, regs: [u32; 4]) -> [u32; 4] {
     match leaf {
         1 => [regs[0], regs[1], regs[2] & !(ecx1::XSAVE | ecx1::OSXSAVE), regs[3]],
         0xd => [0; 4],
+        _ => regs,
+    }
+}
+
+/// `regs`, CPUID's answer for `leaf`/`sub`, as the model with AVX answers
+/// it (see [`crate::Cpu::set_avx`]): CPUID.1:ECX.AVX, and in leaf 0Dh the
+/// YMM component (XCR0 bit 2, 256 bytes at offset 576 in the standard
+/// format), with the area sizes for the XCR0 in `state`.
+pub fn with_avx(state: &CpuState, leaf: u32, sub: u32, regs: [u32; 4]) -> [u32; 4] {
+    use crate::ops::xsave::{area_size, SUPPORTED_AVX, YMM_OFFSET, YMM_SIZE};
+    match (leaf, sub) {
+        (1, _) => [regs[0], regs[1], regs[2] | ecx1::AVX, regs[3]],
+        (0xd, 0) => {
+            let max = area_size(SUPPORTED_AVX);
+            [SUPPORTED_AVX as u32, area_size(state.xcr0), max, (SUPPORTED_AVX >> 32) as u32]
+        }
+        // The compacted size of the components enabled in XCR0.
+        (0xd, 1) => [regs[0], area_size(state.xcr0), regs[2], regs[3]],
+        // Offset 576, user state, no 64-byte alignment in the compacted form.
+        (0xd, 2) => [YMM_SIZE, YMM_OFFSET, 0, 0],
         _ => regs,
     }
 }

@@ -304,6 +304,10 @@ pub struct CpuState {
     /// NMI, deferred debug traps, MOV SS and task-switch traps waiting for
     /// an instruction boundary.
     pub events: PendingEvents,
+    /// Bits 255:128 of YMM0..YMM15 (the AVX state component; bits 127:0 are
+    /// `xmm`). Apart from `xmm` so the SSE paths never touch it: legacy SSE
+    /// instructions leave it alone, VEX.128 instructions zero it.
+    pub ymm_hi: [u128; 16],
     /// The MSRs kept by value, the MTRRs among them (see [`crate::msr`]).
     /// Last: rarely touched.
     pub msr_table: crate::msr::MsrTable,
@@ -366,6 +370,7 @@ impl CpuState {
             interrupt_shadow: 0,
             nmi_blocked: 0,
             events: PendingEvents::default(),
+            ymm_hi: [0; 16],
             msr_table: crate::msr::MsrTable::default(),
         }
     }

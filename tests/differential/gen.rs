@@ -3,7 +3,8 @@
 //!
 //! Templates are found by decoding every opcode of the legacy maps (1-byte,
 //! 0F, 0F38, 0F3A) under each mandatory prefix, with and without REX.W, in
-//! register and memory ModRM forms, plus the VEX 0F38/0F3A maps for BMI1/BMI2.
+//! register and memory ModRM forms, plus the VEX 0F, 0F38 and 0F3A maps
+//! (BMI1/BMI2, and AVX/AVX2 with VEX.L 0 and 1).
 //! That yields one decoded `Instruction` per iced `Code` and operand form. A
 //! sequence instantiates templates: register operands are replaced by random
 //! registers of the same class (where the encoding allows it), immediates by
@@ -57,10 +58,11 @@ pub enum Group {
     Crypto,
     Movbe,
     Xsave,
+    Avx,
 }
 
 impl Group {
-    pub const ALL: [Group; 28] = [
+    pub const ALL: [Group; 29] = [
         Group::Alu,
         Group::Mov,
         Group::Flags,
@@ -89,6 +91,7 @@ impl Group {
         Group::Crypto,
         Group::Movbe,
         Group::Xsave,
+        Group::Avx,
     ];
 
     pub fn name(self) -> &'static str {
@@ -121,6 +124,7 @@ impl Group {
             Group::Crypto => "aes/clmul/sha",
             Group::Movbe => "movbe",
             Group::Xsave => "xsave",
+            Group::Avx => "avx",
         }
     }
 
@@ -143,12 +147,15 @@ impl Group {
                 | Group::Pcmpstr
                 | Group::Crypto
                 | Group::Xsave
+                | Group::Avx
         )
     }
 }
 
 /// Features whose instructions the harness generates (everything else iced
-/// knows is out: AVX and later, other vendors' extensions, SGX/VMX/SVM...).
+/// knows is out: AVX-512 and later, other vendors' extensions,
+/// SGX/VMX/SVM...). AVX and AVX2 codes the interpreter has no handler for
+/// are listed as unimplemented.
 const ALLOWED_FEATURES: &[CpuidFeature] = &[
     CpuidFeature::INTEL8086,
     CpuidFeature::INTEL186,
@@ -190,6 +197,8 @@ const ALLOWED_FEATURES: &[CpuidFeature] = &[
     CpuidFeature::XSAVE,
     CpuidFeature::XSAVEOPT,
     CpuidFeature::XSAVEC,
+    CpuidFeature::AVX,
+    CpuidFeature::AVX2,
 ];
 
 /// Instructions CPL3 can execute that the harness does not generate, each
@@ -276,6 +285,9 @@ fn classify(code: Code, t: &Instruction) -> Option<Group> {
     let seg_reg = (0..t.op_count()).any(|i| t.op_kind(i) == OpKind::Register && t.op_register(i).is_segment_register());
     if is_xsave_family(m) {
         return Some(Group::Xsave);
+    }
+    if has(CpuidFeature::AVX) || has(CpuidFeature::AVX2) {
+        return Some(Group::Avx);
     }
     if t.is_privileged() {
         return Some(Group::System);
@@ -481,14 +493,15 @@ fn enumerate(bitness: u32) -> Vec<Instruction> {
             }
         }
     }
-    // VEX 0F38 / 0F3A (BMI1, BMI2), L=0.
-    for mmmmm in [2u8, 3] {
-        for w in [0u8, 1] {
-            for pp in 0..4u8 {
+    // VEX 0F / 0F38 / 0F3A: BMI1 and BMI2 (L=0, a VEX.vvvv operand), AVX
+    // and AVX2 (L=0 and 1, with and without a VEX.vvvv operand).
+    for mmmmm in [1u8, 2, 3] {
+        for (l, vvvv) in [(0u8, 0xeu8), (0, 0xf), (1, 0xe), (1, 0xf)] {
+            for (w, pp) in (0..2u8).flat_map(|w| (0..4u8).map(move |pp| (w, pp))) {
                 for op in 0..=255u8 {
                     for &modrm in &modrms {
                         buf.clear();
-                        buf.extend_from_slice(&[0xc4, 0xe0 | mmmmm, (w << 7) | (0xe << 3) | pp, op, modrm]);
+                        buf.extend_from_slice(&[0xc4, 0xe0 | mmmmm, (w << 7) | (vvvv << 3) | (l << 2) | pp, op, modrm]);
                         buf.extend_from_slice(&[0; 10]);
                         if let Some(i) = decode_first(bitness, &buf) {
                             add(i);
@@ -523,6 +536,8 @@ fn register_class(r: Register, mode: Mode) -> Option<Vec<Register>> {
         Some(v)
     } else if r.is_xmm() {
         Some(seq(Register::XMM0, n))
+    } else if r.is_ymm() {
+        Some(seq(Register::YMM0, n))
     } else if r.is_mm() {
         Some(seq(Register::MM0, 8))
     } else if r.is_st() {
@@ -1199,6 +1214,10 @@ impl Gen<'_> {
         if main.is_fp() && self.rng.chance(50) {
             return main;
         }
+        // Legacy SSE among VEX code: it must leave the upper halves alone.
+        if main == Group::Avx && self.rng.chance(50) {
+            return Group::Sse2;
+        }
         *self.rng.pick(&[Group::Alu, Group::Mov, Group::Shift, Group::Bit, Group::Flags])
     }
 }
@@ -1448,6 +1467,18 @@ pub fn generate(cat: &Catalog, seed: u64, mode: Option<Mode>, groups: &[Group]) 
             _ => [g.rng.interesting(), g.rng.next_u64()],
         };
         *x = u128::from(lanes[0]) | (u128::from(lanes[1]) << 64);
+    }
+    if group == Group::Avx {
+        // The AVX state enabled (XCR0 = x87|SSE|YMM) and busy upper halves.
+        s.cr4 |= cpu::state::cr::CR4_OSXSAVE;
+        s.xcr0 = 7;
+        for y in s.ymm_hi.iter_mut() {
+            *y = if g.rng.chance(10) {
+                0
+            } else {
+                u128::from(g.rng.interesting()) | (u128::from(g.rng.next_u64()) << 64)
+            };
+        }
     }
     let masks = if g.rng.chance(80) { 0x1f80 } else { (g.rng.next_u64() as u32) & 0x1f80 };
     s.mxcsr = masks

@@ -74,16 +74,24 @@ pub fn load_case(mem: &GuestMemory, case: &Case, asm: &Assembled) {
     mem.fill(KSTACK, PAGE, 0).unwrap();
 }
 
+/// The interpreter's CPU for the harness: the model with AVX on (the host
+/// CPU has it; sequences of other groups never enable the YMM state).
+pub fn new_cpu(mem: Arc<GuestMemory>, log: Arc<Mutex<PortLog>>) -> Cpu {
+    let mut cpu = Cpu::new(mem, Box::new(Plat { log }));
+    cpu.set_avx(true);
+    cpu
+}
+
 impl InterpSide {
     pub fn new() -> Self {
         let mem = Arc::new(machine::build_memory());
         let log = Arc::new(Mutex::new(PortLog::default()));
-        let cpu = Cpu::new(mem.clone(), Box::new(Plat { log: log.clone() }));
+        let cpu = new_cpu(mem.clone(), log.clone());
         InterpSide { mem, cpu, log }
     }
 
     fn reset_cpu(&mut self) {
-        self.cpu = Cpu::new(self.mem.clone(), Box::new(Plat { log: self.log.clone() }));
+        self.cpu = new_cpu(self.mem.clone(), self.log.clone());
     }
 
     pub fn run(&mut self, case: &Case, asm: &Assembled) -> (Outcome, Masks) {

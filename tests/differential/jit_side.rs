@@ -10,7 +10,7 @@ use cpu::{Cpu, StopReason};
 use mmu::GuestMemory;
 
 use crate::gen::{Assembled, Case};
-use crate::interp::{load_case, Plat, PortLog, BUDGET};
+use crate::interp::{load_case, PortLog, BUDGET};
 use crate::machine;
 use crate::outcome::{End, Outcome};
 
@@ -27,7 +27,7 @@ impl JitSide {
     pub fn new() -> Result<Self, String> {
         let mem = Arc::new(machine::build_memory());
         let log = Arc::new(Mutex::new(PortLog::default()));
-        let mut cpu = Cpu::new(mem.clone(), Box::new(Plat { log: log.clone() }));
+        let mut cpu = crate::interp::new_cpu(mem.clone(), log.clone());
         let cfg = jit::Config { synchronous: true, threshold: 1, ..jit::Config::default() };
         let jit = jit::Jit::new(&mut cpu, cfg)?;
         Ok(JitSide { mem, cpu, log, jit, compiled: 0 })

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use hvf_kvm_accel::kvm::{Kvm, KvmVcpu, KvmVm};
+use hvf_kvm_accel::kvm::{ExtendedState, Kvm, KvmVcpu, KvmVm};
 use hvf_kvm_accel::{Platform, Vcpu, VmExit};
 use mmu::GuestMemory;
 
@@ -90,6 +90,10 @@ pub struct KvmSide {
     vcpu: KvmVcpu,
     _vm: KvmVm,
     io: Io,
+    /// The vCPU's XSAVE image holds YMM state from an earlier run: it is put
+    /// back to the init state before a case that does not set it (the
+    /// host's XSAVE family, which kvm_pvm runs ring 3 under, sees it).
+    ymm_dirty: bool,
 }
 
 impl KvmSide {
@@ -99,20 +103,32 @@ impl KvmSide {
         let mem = Arc::new(machine::build_memory());
         let vm = kvm.create_kvm_vm(mem.clone()).map_err(|e| format!("KVM cannot create a VM here: {e}"))?;
         let vcpu = vm.create_kvm_vcpu(0).map_err(|e| format!("KVM cannot create a vCPU here: {e}"))?;
-        Ok(KvmSide { mem, vcpu, _vm: vm, io: Io { log: PortLog::default(), watchdog } })
+        Ok(KvmSide { mem, vcpu, _vm: vm, io: Io { log: PortLog::default(), watchdog }, ymm_dirty: false })
     }
 
-    /// Whether the vCPU takes the xsave group's state (CR4.OSXSAVE with
-    /// XCR0 = x87|SSE) and gives it back: a KVM whose CPUID model hides
-    /// XSAVE may refuse CR4.OSXSAVE.
-    pub fn takes_xsave_state(&mut self) -> Result<(), String> {
+    /// Whether the vCPU takes CR4.OSXSAVE with `xcr0` (x87|SSE for the xsave
+    /// group, x87|SSE|YMM for the avx group) and gives it back: a KVM whose
+    /// CPUID model hides XSAVE may refuse CR4.OSXSAVE. With YMM, the upper
+    /// halves must make the round trip through the XSAVE image too.
+    pub fn takes_xsave_state(&mut self, xcr0: u64) -> Result<(), String> {
         let mut s = machine::base_state(machine::Mode::Long64);
         s.cr4 |= cpu::state::cr::CR4_OSXSAVE;
-        s.xcr0 = 3;
-        self.vcpu.set_state(&s).map_err(|e| format!("KVM refuses CR4.OSXSAVE with XCR0 = 3: {e}"))?;
+        s.xcr0 = xcr0;
+        self.vcpu.set_state(&s).map_err(|e| format!("KVM refuses CR4.OSXSAVE with XCR0 = {xcr0}: {e}"))?;
         let back = self.vcpu.get_state().map_err(|e| format!("KVM get_state: {e}"))?;
-        if back.cr4 & cpu::state::cr::CR4_OSXSAVE == 0 || back.xcr0 != 3 {
+        if back.cr4 & cpu::state::cr::CR4_OSXSAVE == 0 || back.xcr0 != xcr0 {
             return Err(format!("KVM gives back CR4 {:#x} and XCR0 {:#x}", back.cr4, back.xcr0));
+        }
+        if xcr0 & 4 != 0 {
+            self.ymm_dirty = true;
+            let words: Vec<u32> = (0..64).map(|i| 0x0101_0101 * (i + 1)).collect();
+            let e = ExtendedState { bv: 4, words: words.clone() };
+            self.vcpu.set_extended_state(&e).map_err(|e| format!("KVM refuses YMM state: {e}"))?;
+            let back = self.vcpu.extended_state().map_err(|e| format!("KVM extended_state: {e}"))?;
+            match back {
+                Some(b) if b.bv & 4 != 0 && b.words.get(..64) == Some(&words[..]) => {}
+                _ => return Err("KVM does not give the YMM state back".into()),
+            }
         }
         Ok(())
     }
@@ -122,6 +138,22 @@ impl KvmSide {
         self.io.log = PortLog::default();
         if let Err(e) = self.vcpu.set_state(&case.init) {
             return Outcome::read(End::Other(format!("KVM set_state: {e}")), case.init, &self.mem);
+        }
+        // The YMM upper halves travel in the XSAVE image, as component 2 at
+        // its standard offset (word 0 of the extended state).
+        let avx = case.init.xcr0 & 4 != 0;
+        if !avx && self.ymm_dirty {
+            if let Err(e) = self.vcpu.set_extended_state(&ExtendedState::init()) {
+                return Outcome::read(End::Other(format!("KVM set_extended_state: {e}")), case.init, &self.mem);
+            }
+            self.ymm_dirty = false;
+        }
+        if avx {
+            self.ymm_dirty = true;
+            let words = case.init.ymm_hi.iter().flat_map(|y| (0..4).map(move |k| (y >> (32 * k)) as u32)).collect();
+            if let Err(e) = self.vcpu.set_extended_state(&ExtendedState { bv: 4, words }) {
+                return Outcome::read(End::Other(format!("KVM set_extended_state: {e}")), case.init, &self.mem);
+            }
         }
         let end = loop {
             self.io.watchdog.arm();
@@ -147,10 +179,22 @@ impl KvmSide {
             let _ = fd.run();
             fd.set_kvm_immediate_exit(0);
         }
-        let state = match self.vcpu.get_state() {
+        let mut state = match self.vcpu.get_state() {
             Ok(s) => s,
             Err(e) => return Outcome::read(End::Other(format!("KVM get_state: {e}")), case.init, &self.mem),
         };
+        if avx {
+            match self.vcpu.extended_state() {
+                Ok(Some(e)) => {
+                    for (i, y) in state.ymm_hi.iter_mut().enumerate() {
+                        let w = |k: usize| u128::from(e.words.get(4 * i + k).copied().unwrap_or(0)) << (32 * k);
+                        *y = if e.bv & 4 == 0 { 0 } else { w(0) | w(1) | w(2) | w(3) };
+                    }
+                }
+                Ok(None) => return Outcome::read(End::Other("KVM has no XSAVE state".into()), case.init, &self.mem),
+                Err(e) => return Outcome::read(End::Other(format!("KVM extended_state: {e}")), case.init, &self.mem),
+            }
+        }
         Outcome::read(end, state, &self.mem).ended(asm)
     }
 }

@@ -452,6 +452,9 @@ pub fn compare(mode: Mode, a: &Outcome, k: &Outcome, m: &Masks) -> Vec<String> {
         if s.xmm[i] != t.xmm[i] {
             d.push(format!("xmm{i}: interp={:#034x} kvm={:#034x}", s.xmm[i], t.xmm[i]));
         }
+        if s.ymm_hi[i] != t.ymm_hi[i] {
+            d.push(format!("ymm{i}[255:128]: interp={:#034x} kvm={:#034x}", s.ymm_hi[i], t.ymm_hi[i]));
+        }
     }
     if s.mxcsr != t.mxcsr {
         d.push(format!("mxcsr: interp={:#x} kvm={:#x}", s.mxcsr, t.mxcsr));
@@ -586,6 +589,11 @@ pub fn dump(s: &CpuState, fp: bool) -> String {
         let _ = write!(o, "\n      mxcsr={:x} fcw={:x} fsw={:x} ftw={:x}", s.mxcsr, s.fpu.fcw, s.fpu.fsw, s.fpu.ftw);
         for (i, x) in s.xmm.iter().enumerate() {
             let _ = write!(o, "{}xmm{i}={x:032x}", if i % 2 == 0 { "\n      " } else { " " });
+        }
+        if s.ymm_hi.iter().any(|&y| y != 0) {
+            for (i, y) in s.ymm_hi.iter().enumerate() {
+                let _ = write!(o, "{}ymm{i}[255:128]={y:032x}", if i % 2 == 0 { "\n      " } else { " " });
+            }
         }
         for (i, r) in s.fpu.regs.iter().enumerate() {
             let _ =

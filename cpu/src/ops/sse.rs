@@ -9,7 +9,8 @@
 //! - `int`: integer SIMD arithmetic, compares, logic and shifts;
 //! - `shuffle`: packs, unpacks, shuffles, blends, inserts and extracts;
 //! - `string`: PCMPESTRx/PCMPISTRx and CRC32;
-//! - [`softfloat`]: IEEE binary32/binary64 with MXCSR rounding and flags.
+//! - [`softfloat`]: IEEE binary32/binary64 with MXCSR rounding and flags;
+//! - `avx`: the VEX-encoded (AVX, AVX2) forms, on XMM and YMM registers.
 //!
 //! Availability (Vol. 3A Table 13-1, Vol. 3B Tables 22-4..22-8), checked in
 //! this order: a LOCK prefix or CR0.EM=1 is #UD; an instruction with an XMM
@@ -29,6 +30,7 @@ use crate::cpu::Cpu;
 use crate::exception::{Exception, Fault, GP0};
 use crate::state::{cr, sreg};
 
+mod avx;
 mod convert;
 mod float;
 mod int;
@@ -42,8 +44,10 @@ pub use float::MXCSR_MASK;
 pub use string::crc32c;
 
 pub fn handler(code: Code) -> Option<Handler> {
-    if code.encoding() != EncodingKind::Legacy {
-        return None;
+    match code.encoding() {
+        EncodingKind::Legacy => {}
+        EncodingKind::VEX => return avx::handler(code),
+        _ => return None,
     }
     mov::handler(code)
         .or_else(|| float::handler(code))

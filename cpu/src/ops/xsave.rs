@@ -1,8 +1,12 @@
 //! The XSAVE feature set (SDM Vol. 1 chapter 13; Vol. 2 XGETBV, XSETBV,
 //! XSAVE, XSAVEOPT, XSAVEC, XRSTOR): XCR0 and the save and restore of the
-//! state components it enables. The model supports two components, x87
-//! (bit 0) and SSE (bit 1), both in the legacy region, so an XSAVE area is
-//! 576 bytes (the legacy region and the header) in either format.
+//! state components it enables. The model supports x87 (bit 0) and SSE
+//! (bit 1), both in the legacy region, so an XSAVE area is 576 bytes (the
+//! legacy region and the header) in either format; with AVX on
+//! ([`Cpu::set_avx`]) also YMM (bit 2: the upper halves of YMM0-15), 256
+//! bytes at offset 576 in both formats (the first and only component past
+//! the header, so its compacted offset is the standard one), 832 bytes in
+//! all.
 //!
 //! Modelling choices:
 //! - XINUSE (which components are not in their initial configuration) is
@@ -10,7 +14,8 @@
 //!   every tag empty, FOP, FIP, FDP, FCS and FDS zero and every data
 //!   register zero; SSE is in use unless XMM0-XMM15 are all zero (MXCSR is
 //!   saved and restored with SSE but not tracked, as the standard form of
-//!   XRSTOR initialises the XMM registers and loads MXCSR independently).
+//!   XRSTOR initialises the XMM registers and loads MXCSR independently);
+//!   YMM is in use unless the upper halves of YMM0-YMM15 are all zero.
 //! - XSAVEOPT uses the init optimization (components not in use are not
 //!   written) but not the modified optimization: it writes every component
 //!   in use, which the SDM allows.
@@ -41,11 +46,21 @@ use crate::x87;
 pub const X87: u64 = 1 << 0;
 /// XCR0 bit of the SSE state component (XMM registers and MXCSR).
 pub const SSE: u64 = 1 << 1;
+/// XCR0 bit of the AVX state component (bits 255:128 of YMM0-YMM15).
+pub const YMM: u64 = 1 << 2;
 /// The XCR0 bits the model supports (CPUID.(EAX=0DH,ECX=0):EDX:EAX).
 pub const SUPPORTED: u64 = X87 | SSE;
-/// Bytes of an XSAVE area with every supported component, in either format:
-/// the 512-byte legacy region and the 64-byte header.
+/// The XCR0 bits the model with AVX supports.
+pub const SUPPORTED_AVX: u64 = X87 | SSE | YMM;
+/// Bytes of an XSAVE area with the x87 and SSE components, in either
+/// format: the 512-byte legacy region and the 64-byte header.
 pub const AREA_SIZE: u32 = 576;
+/// Where the YMM component sits in the area, in either format.
+pub const YMM_OFFSET: u32 = 576;
+/// Bytes of the YMM component.
+pub const YMM_SIZE: u32 = 256;
+/// The largest area: every component of [`SUPPORTED_AVX`].
+const MAX_AREA: usize = (YMM_OFFSET + YMM_SIZE) as usize;
 /// Offset of the XSAVE header (XSTATE_BV, then XCOMP_BV).
 const HEADER: usize = 512;
 /// XCOMP_BV bit 63: the area is in the compacted format.
@@ -64,6 +79,16 @@ pub fn handler(code: Code) -> Option<Handler> {
     })
 }
 
+/// Bytes of an XSAVE area holding the components of `mask` (in either
+/// format: the only component past the header is YMM).
+pub fn area_size(mask: u64) -> u32 {
+    if mask & YMM != 0 {
+        YMM_OFFSET + YMM_SIZE
+    } else {
+        AREA_SIZE
+    }
+}
+
 /// The components not in their initial configuration (XINUSE), of those
 /// the model supports.
 pub fn in_use(s: &CpuState) -> u64 {
@@ -72,7 +97,8 @@ pub fn in_use(s: &CpuState) -> u64 {
     x87::init(&mut fninit);
     let x87_init = fninit == s.fpu && s.fpu.regs.iter().all(|r| r.mantissa == 0 && r.sign_exp == 0);
     let sse_init = s.xmm.iter().all(|&x| x == 0);
-    (if x87_init { 0 } else { X87 }) | (if sse_init { 0 } else { SSE })
+    let ymm_init = s.ymm_hi.iter().all(|&x| x == 0);
+    (if x87_init { 0 } else { X87 }) | (if sse_init { 0 } else { SSE }) | (if ymm_init { 0 } else { YMM })
 }
 
 /// #UD unless CR4.OSXSAVE is set (and for LOCK).
@@ -96,7 +122,7 @@ fn xgetbv(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
 }
 
 /// XSETBV: XCR[ECX] = EDX:EAX, at CPL 0 only. #GP(0) for another XCR, a
-/// bit the model does not support, or x87 (bit 0) clear.
+/// bit the model does not support, x87 (bit 0) clear, or YMM without SSE.
 fn xsetbv(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check_enabled(cpu, insn)?;
     let s = &cpu.state;
@@ -104,7 +130,7 @@ fn xsetbv(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         return Err(GP0);
     }
     let v = (s.gpr[reg::RDX] << 32) | (s.gpr[reg::RAX] & 0xffff_ffff);
-    if v & !SUPPORTED != 0 || v & X87 == 0 {
+    if v & !cpu.xcr0_supported() != 0 || v & X87 == 0 || v & (YMM | SSE) == YMM {
         return Err(GP0);
     }
     cpu.state.xcr0 = v;
@@ -117,20 +143,22 @@ fn instruction_mask(s: &CpuState) -> u64 {
 }
 
 /// The checks of every XSAVE-area instruction: #UD, #NM on CR0.TS, the
-/// segment checks of the whole area, #GP(0) unless the area is 64-byte
-/// aligned. Returns (segment, offset, linear address, REX.W).
-fn area(cpu: &Cpu, insn: &Instruction, write: bool) -> Fault<(usize, u64, u64, bool)> {
+/// segment checks of the area for the requested components, #GP(0) unless
+/// the area is 64-byte aligned. Returns (segment, offset, linear address,
+/// REX.W, area size).
+fn area(cpu: &Cpu, insn: &Instruction, write: bool) -> Fault<(usize, u64, u64, bool, u32)> {
     check_enabled(cpu, insn)?;
-    if cpu.state.xcr0 & !SUPPORTED != 0 {
+    if cpu.state.xcr0 & !cpu.xcr0_supported() != 0 {
         // A state handed over by an engine whose XCR0 has components this
-        // model lacks (AVX under KVM): saving or restoring only part of it
-        // would lose the rest silently.
+        // model lacks (AVX under KVM with the model's AVX off): saving or
+        // restoring only part of it would lose the rest silently.
         static WARNED: AtomicBool = AtomicBool::new(false);
         if !WARNED.swap(true, Ordering::Relaxed) {
-            tracing::warn!(target: "cpu", "{:?} with XCR0 {:#x}: the model has only x87 and SSE state; raising #UD", insn.mnemonic(), cpu.state.xcr0);
+            tracing::warn!(target: "cpu", "{:?} with XCR0 {:#x}: the model supports XCR0 {:#x}; raising #UD", insn.mnemonic(), cpu.state.xcr0, cpu.xcr0_supported());
         }
         return Err(Exception::InvalidOpcode);
     }
+    let size = area_size(instruction_mask(&cpu.state) & cpu.state.xcr0);
     if cpu.state.cr0 & cr::CR0_TS != 0 {
         return Err(Exception::DeviceNotAvailable);
     }
@@ -144,10 +172,10 @@ fn area(cpu: &Cpu, insn: &Instruction, write: bool) -> Fault<(usize, u64, u64, b
     if base.wrapping_add(off) & 63 != 0 {
         return Err(GP0);
     }
-    let lin = cpu.linear(seg, off, u64::from(AREA_SIZE), write)?;
+    let lin = cpu.linear(seg, off, u64::from(size), write)?;
     let rex_w =
         matches!(insn.code(), Code::Xsave64_mem | Code::Xsaveopt64_mem | Code::Xsavec64_mem | Code::Xrstor64_mem);
-    Ok((seg, off, lin, rex_w))
+    Ok((seg, off, lin, rex_w, size))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -161,7 +189,7 @@ enum Kind {
 }
 
 fn save(cpu: &mut Cpu, insn: &Instruction, kind: Kind) -> Fault<()> {
-    let (seg, off, lin, rex_w) = area(cpu, insn, true)?;
+    let (seg, off, lin, rex_w, size) = area(cpu, insn, true)?;
     let s = &cpu.state;
     let rfbm = instruction_mask(s) & s.xcr0;
     let inuse = in_use(s);
@@ -174,7 +202,7 @@ fn save(cpu: &mut Cpu, insn: &Instruction, kind: Kind) -> Fault<()> {
     // Every page of the area must take the write before anything is stored
     // (the area is read first, so the bytes not written keep their values).
     let p = cpu.privilege();
-    let last = lin.wrapping_add(u64::from(AREA_SIZE) - 1);
+    let last = lin.wrapping_add(u64::from(size) - 1);
     let last = if cpu.state.long_mode() { last } else { last & 0xffff_ffff };
     cpu.translate(lin, Access::Write, p)?;
     if last >> 12 != lin >> 12 {
@@ -182,8 +210,9 @@ fn save(cpu: &mut Cpu, insn: &Instruction, kind: Kind) -> Fault<()> {
         // as AMD CPUs do.
         cpu.translate(last, Access::Write, p)?;
     }
-    let mut img = [0u8; AREA_SIZE as usize];
-    cpu.read_mem_buf(seg, off, &mut img)?;
+    let mut buf = [0u8; MAX_AREA];
+    let img = &mut buf[..size as usize];
+    cpu.read_mem_buf(seg, off, img)?;
     let s = &cpu.state;
     let legacy: &mut [u8; 512] = (&mut img[..512]).try_into().expect("512-byte legacy region");
     if saved & X87 != 0 {
@@ -196,7 +225,13 @@ fn save(cpu: &mut Cpu, insn: &Instruction, kind: Kind) -> Fault<()> {
     if saved & SSE != 0 {
         x87::save_xmm(s, xmm, legacy);
     }
-    let hdr = &mut img[HEADER..];
+    if saved & YMM != 0 {
+        let o = YMM_OFFSET as usize;
+        for (i, v) in s.ymm_hi[..xmm].iter().enumerate() {
+            img[o + 16 * i..o + 16 * i + 16].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    let hdr = &mut img[HEADER..AREA_SIZE as usize];
     let mut xstate_bv = u64::from_le_bytes(hdr[..8].try_into().expect("8 bytes"));
     match kind {
         Kind::Standard | Kind::Opt => {
@@ -209,21 +244,23 @@ fn save(cpu: &mut Cpu, insn: &Instruction, kind: Kind) -> Fault<()> {
         }
     }
     hdr[..8].copy_from_slice(&xstate_bv.to_le_bytes());
-    cpu.write_mem_buf(seg, off, &img)
+    cpu.write_mem_buf(seg, off, img)
 }
 
 fn xrstor(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
-    let (seg, off, lin, rex_w) = area(cpu, insn, false)?;
-    let mut img = [0u8; AREA_SIZE as usize];
+    let (seg, off, lin, rex_w, size) = area(cpu, insn, false)?;
+    let mut buf = [0u8; MAX_AREA];
+    let img = &mut buf[..size as usize];
     // The area's first byte is checked, then the header is read before the
     // legacy region: the address a fault reports is that of AMD CPUs.
     let p = cpu.privilege();
     cpu.translate(lin, Access::Read, p)?;
-    cpu.read_mem_buf(seg, off.wrapping_add(HEADER as u64), &mut img[HEADER..])?;
+    let hdr_end = AREA_SIZE as usize;
+    cpu.read_mem_buf(seg, off.wrapping_add(HEADER as u64), &mut img[HEADER..hdr_end])?;
     cpu.read_mem_buf(seg, off, &mut img[..HEADER])?;
     let s = &cpu.state;
     let rfbm = instruction_mask(s) & s.xcr0;
-    let hdr = &img[HEADER..];
+    let hdr = &img[HEADER..hdr_end];
     let xstate_bv = u64::from_le_bytes(hdr[..8].try_into().expect("8 bytes"));
     let xcomp_bv = u64::from_le_bytes(hdr[8..16].try_into().expect("8 bytes"));
     let compacted = xcomp_bv & COMPACTED != 0;
@@ -238,9 +275,15 @@ fn xrstor(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         // bytes 8-23 (XCOMP_BV among them) are zero.
         return Err(GP0);
     }
-    let legacy: &[u8; 512] = (&img[..512]).try_into().expect("512-byte legacy region");
     let load = rfbm & xstate_bv;
     let init = rfbm & !xstate_bv;
+    let xmm = if s.code64() { 16 } else { 8 };
+    if load & YMM != 0 {
+        // The YMM component is read only when it is loaded.
+        cpu.read_mem_buf(seg, off.wrapping_add(u64::from(YMM_OFFSET)), &mut img[hdr_end..])?;
+    }
+    let img = &*img;
+    let legacy: &[u8; 512] = (&img[..512]).try_into().expect("512-byte legacy region");
     // MXCSR: the standard form loads it whenever SSE is requested; the
     // compacted form loads it with SSE and initialises it with SSE.
     let mxcsr = if rfbm & SSE == 0 {
@@ -250,7 +293,6 @@ fn xrstor(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     } else {
         Some(0x1f80)
     };
-    let xmm = if s.code64() { 16 } else { 8 };
     let s = &mut cpu.state;
     if load & X87 != 0 {
         x87::load_x87(&mut s.fpu, rex_w, legacy);
@@ -261,6 +303,14 @@ fn xrstor(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         x87::load_xmm(s, xmm, legacy);
     } else if init & SSE != 0 {
         s.xmm[..xmm].fill(0);
+    }
+    if load & YMM != 0 {
+        let o = YMM_OFFSET as usize;
+        for (i, v) in s.ymm_hi[..xmm].iter_mut().enumerate() {
+            *v = u128::from_le_bytes(img[o + 16 * i..o + 16 * i + 16].try_into().expect("16 bytes"));
+        }
+    } else if init & YMM != 0 {
+        s.ymm_hi[..xmm].fill(0);
     }
     if let Some(m) = mxcsr {
         s.mxcsr = m;
@@ -732,6 +782,166 @@ mod tests {
         b[26] = 1;
         c.mem().write(AREA, &b).unwrap();
         assert_eq!(run(&mut c, 1, |a| a.xrstor64(ptr(rbx))), Ok(()));
+    }
+
+    /// [`machine`] with the model's AVX on, XCR0 = x87|SSE|YMM and busy
+    /// upper halves.
+    fn avx_machine() -> Cpu {
+        let mut c = machine();
+        c.set_avx(true);
+        c.state.xcr0 = SUPPORTED_AVX;
+        for (i, y) in c.state.ymm_hi.iter_mut().enumerate() {
+            *y = 0xa5a5_0000_0000_0000_0000_0000_0000_0000u128 | ((i as u128 + 1) * 0x1_0001);
+        }
+        c
+    }
+
+    fn ymm_area(c: &Cpu) -> [u8; 832] {
+        let mut b = [0u8; 832];
+        c.mem().read(AREA, &mut b).unwrap();
+        b
+    }
+
+    fn ymm_at(b: &[u8], i: usize) -> u128 {
+        u128::from_le_bytes(b[576 + 16 * i..592 + 16 * i].try_into().unwrap())
+    }
+
+    #[test]
+    fn cpuid_and_xsetbv_with_avx() {
+        // Off (the default): CPUID does not change, XCR0 bit 2 is refused.
+        let mut c = machine();
+        assert!(!c.avx());
+        assert_eq!(c.cpuid(1, 0)[2] & crate::cpuid::ecx1::AVX, 0);
+        assert_eq!(c.cpuid(0xd, 0), [3, 576, 576, 0]);
+        assert_eq!(c.cpuid(0xd, 2), [0; 4]);
+        c.state.gpr[reg::RCX] = 0;
+        c.state.gpr[reg::RDX] = 0;
+        c.state.gpr[reg::RAX] = 7;
+        assert_eq!(exec_asm(&mut c, |a| a.xsetbv()), Err(GP0));
+        // On: AVX in leaf 1, YMM in leaf 0Dh, sizes following XCR0.
+        c.set_avx(true);
+        assert_ne!(c.cpuid(1, 0)[2] & crate::cpuid::ecx1::AVX, 0);
+        assert_eq!(c.cpuid(0xd, 0), [7, 576, 832, 0]);
+        assert_eq!(c.cpuid(0xd, 1), [3, 576, 0, 0]);
+        assert_eq!(c.cpuid(0xd, 2), [256, 576, 0, 0]);
+        assert_eq!(c.cpuid(0xd, 3), [0; 4]);
+        exec_asm(&mut c, |a| a.xsetbv()).unwrap();
+        assert_eq!(c.state.xcr0, 7);
+        assert_eq!(c.cpuid(0xd, 0), [7, 832, 832, 0]);
+        assert_eq!(c.cpuid(0xd, 1), [3, 832, 0, 0]);
+        // YMM needs SSE; nothing past bit 2.
+        for v in [5, 0xf, 0x87] {
+            c.state.gpr[reg::RAX] = v;
+            assert_eq!(exec_asm(&mut c, |a| a.xsetbv()), Err(GP0), "{v:#x}");
+        }
+        assert_eq!(c.state.xcr0, 7);
+        // Hiding XSAVE hides AVX too.
+        c.set_xsave(false);
+        assert!(!c.avx());
+        assert_eq!(c.cpuid(1, 0)[2] & crate::cpuid::ecx1::AVX, 0);
+        assert_eq!(c.cpuid(0xd, 2), [0; 4]);
+    }
+
+    #[test]
+    fn xsave_and_xrstor_carry_the_ymm_component() {
+        let mut c = avx_machine();
+        let saved = c.state;
+        c.mem().fill(AREA, 832, 0x5a).unwrap();
+        c.mem().fill(AREA + 512, 64, 0).unwrap();
+        run(&mut c, 7, |a| a.xsave64(ptr(rbx))).unwrap();
+        let b = ymm_area(&c);
+        for i in 0..16 {
+            assert_eq!(ymm_at(&b, i), saved.ymm_hi[i], "ymm{i}");
+        }
+        assert_eq!(u64_at(&b, 512), 7);
+        // Round trip.
+        c.state.ymm_hi = [3; 16];
+        c.state.xmm = [3; 16];
+        run(&mut c, 7, |a| a.xrstor64(ptr(rbx))).unwrap();
+        assert_eq!((c.state.ymm_hi, c.state.xmm), (saved.ymm_hi, saved.xmm));
+        // Not requested: neither written nor loaded.
+        c.mem().fill(AREA + 576, 256, 0x77).unwrap();
+        run(&mut c, 3, |a| a.xsave64(ptr(rbx))).unwrap();
+        assert!(ymm_area(&c)[576..].iter().all(|&x| x == 0x77));
+        run(&mut c, 3, |a| a.xrstor64(ptr(rbx))).unwrap();
+        assert_eq!(c.state.ymm_hi, saved.ymm_hi);
+        // XSTATE_BV bit 2 clear: the init state, zeros.
+        c.mem().write_u64(AREA + 512, 3).unwrap();
+        run(&mut c, 7, |a| a.xrstor64(ptr(rbx))).unwrap();
+        assert_eq!(c.state.ymm_hi, [0; 16]);
+        assert_eq!(c.state.xmm, saved.xmm);
+        assert_eq!(in_use(&c.state) & YMM, 0);
+        // XSAVE of the init state: zeros written, XSTATE_BV bit 2 clear.
+        c.mem().fill(AREA + 576, 256, 0x77).unwrap();
+        run(&mut c, 7, |a| a.xsave64(ptr(rbx))).unwrap();
+        let b = ymm_area(&c);
+        assert!(b[576..].iter().all(|&x| x == 0));
+        assert_eq!(u64_at(&b, 512), 3);
+        // XSAVEOPT skips it then.
+        c.mem().fill(AREA + 576, 256, 0x77).unwrap();
+        run(&mut c, 7, |a| a.xsaveopt64(ptr(rbx))).unwrap();
+        assert!(ymm_area(&c)[576..].iter().all(|&x| x == 0x77));
+    }
+
+    #[test]
+    fn the_compacted_form_places_ymm_at_576() {
+        let mut c = avx_machine();
+        let saved = c.state;
+        c.mem().fill(AREA, 832, 0).unwrap();
+        run(&mut c, 7, |a| a.xsavec64(ptr(rbx))).unwrap();
+        let b = ymm_area(&c);
+        assert_eq!((u64_at(&b, 512), u64_at(&b, 520)), (7, (1 << 63) | 7));
+        assert_eq!(ymm_at(&b, 15), saved.ymm_hi[15]);
+        c.state.ymm_hi = [0; 16];
+        run(&mut c, 7, |a| a.xrstor64(ptr(rbx))).unwrap();
+        assert_eq!(c.state.ymm_hi, saved.ymm_hi);
+        // Only YMM requested and in use.
+        c.mem().fill(AREA, 832, 0).unwrap();
+        run(&mut c, 4, |a| a.xsavec64(ptr(rbx))).unwrap();
+        let b = ymm_area(&c);
+        assert_eq!((u64_at(&b, 512), u64_at(&b, 520)), (4, (1 << 63) | 4));
+        assert_eq!(ymm_at(&b, 0), saved.ymm_hi[0]);
+        // XCOMP_BV with YMM while XCR0 lacks it: #GP(0).
+        c.state.xcr0 = 3;
+        assert_eq!(run(&mut c, 7, |a| a.xrstor64(ptr(rbx))), Err(GP0));
+    }
+
+    #[test]
+    fn the_ymm_area_is_checked_whole() {
+        let mut c = avx_machine();
+        // 832 bytes that end in an unmapped page: nothing is written.
+        c.state.gpr[reg::RBX] = UNMAPPED - 0x300;
+        c.mem().fill(UNMAPPED - 0x300, 0x300, 0x11).unwrap();
+        assert!(matches!(run(&mut c, 7, |a| a.xsave64(ptr(rbx))), Err(Exception::PageFault { .. })));
+        assert!(c.mem().read_bytes::<0x300>(UNMAPPED - 0x300).unwrap().iter().all(|&x| x == 0x11));
+        // Without YMM requested the 576 bytes fit.
+        assert_eq!(run(&mut c, 3, |a| a.xsave64(ptr(rbx))), Ok(()));
+        // XRSTOR reads the YMM part only when it loads it.
+        c.mem().fill(UNMAPPED - 0x300 + 512, 64, 0).unwrap();
+        c.mem().write_u64(UNMAPPED - 0x300 + 512, 3).unwrap();
+        assert_eq!(run(&mut c, 7, |a| a.xrstor64(ptr(rbx))), Ok(()));
+        assert_eq!(c.state.ymm_hi, [0; 16]);
+        c.mem().write_u64(UNMAPPED - 0x300 + 512, 7).unwrap();
+        assert!(matches!(run(&mut c, 7, |a| a.xrstor64(ptr(rbx))), Err(Exception::PageFault { .. })));
+    }
+
+    #[test]
+    fn outside_64_bit_mode_ymm8_to_15_stay() {
+        let mut c = prot_mode();
+        c.set_avx(true);
+        c.write_cr4(cr::CR4_OSXSAVE | cr::CR4_OSFXSR).unwrap();
+        c.state.xcr0 = 7;
+        c.state.ymm_hi = [0x42; 16];
+        c.state.gpr[reg::RBX] = AREA;
+        c.mem().fill(AREA, 832, 0).unwrap();
+        run(&mut c, 7, |a| a.xsave(ptr(ebx))).unwrap();
+        let b = ymm_area(&c);
+        assert_eq!(ymm_at(&b, 7), 0x42);
+        assert_eq!(ymm_at(&b, 8), 0);
+        c.state.ymm_hi = [9; 16];
+        run(&mut c, 7, |a| a.xrstor(ptr(ebx))).unwrap();
+        assert_eq!(c.state.ymm_hi[..8], [0x42; 8]);
+        assert_eq!(c.state.ymm_hi[8..], [9; 8]);
     }
 
     #[test]

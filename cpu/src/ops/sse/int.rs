@@ -119,7 +119,7 @@ fn smax(x: u64, y: u64, w: usize) -> u64 {
 }
 
 #[inline(always)]
-fn mask_if(c: bool) -> u64 {
+pub(super) fn mask_if(c: bool) -> u64 {
     if c {
         u64::MAX
     } else {
@@ -177,7 +177,7 @@ fn sra(a: u128, c: u64, w: usize, n: usize) -> u128 {
     map1(a, w, n, |x| (sx(x, w) >> c) as u64)
 }
 
-fn pshufb(a: u128, b: u128, n: usize) -> u128 {
+pub(super) fn pshufb(a: u128, b: u128, n: usize) -> u128 {
     let mut r = 0u128;
     for i in 0..n {
         let sel = lane(b, 1, i) as usize;

@@ -110,7 +110,7 @@ fn pack(a: u128, b: u128, w: usize, n: usize, f: impl Fn(i64) -> u64) -> u128 {
 }
 
 /// Interleave the low (or high) halves of `a` and `b`, `a` first.
-fn interleave(a: u128, b: u128, w: usize, n: usize, high: bool) -> u128 {
+pub(super) fn interleave(a: u128, b: u128, w: usize, n: usize, high: bool) -> u128 {
     let k = n / w / 2;
     let base = if high { k } else { 0 };
     let mut r = 0u128;
@@ -122,7 +122,7 @@ fn interleave(a: u128, b: u128, w: usize, n: usize, high: bool) -> u128 {
 }
 
 /// Four `w`-byte lanes of `v` picked by the 2-bit fields of `imm`.
-fn shuf4(v: u128, w: usize, imm: u8) -> u128 {
+pub(super) fn shuf4(v: u128, w: usize, imm: u8) -> u128 {
     let mut r = 0u128;
     for i in 0..4 {
         r = with_lane(r, w, i, lane(v, w, usize::from(imm >> (2 * i)) & 3));
