@@ -124,9 +124,13 @@ pub struct Mmu {
     /// The victim slot each set fills next (round robin).
     victim_next: [usize; 3],
     /// Unless `touched_all`: every live slot (`set * ENTRIES + index`) is
-    /// on this list (and some empty ones), so a flush visits only these.
-    /// Context switches flush often and fill few slots between flushes.
+    /// on one of these lists (and some empty ones), so a flush visits only
+    /// these: slots filled with a global translation on the second, the
+    /// others on the first. Context switches flush often and fill few slots
+    /// between flushes, and a CR3 load keeps global entries: it visits the
+    /// first list only.
     touched: Vec<u16>,
+    touched_global: Vec<u16>,
     touched_all: bool,
     /// A large page was split into TLB entries since the last full flush, so
     /// INVLPG must flush everything (it cannot tell which 4 KiB entries belong
@@ -163,6 +167,7 @@ impl Mmu {
             victims: [[EMPTY; VICTIMS]; 3],
             victim_next: [0; 3],
             touched: Vec::with_capacity(TOUCHED_MAX),
+            touched_global: Vec::with_capacity(TOUCHED_MAX),
             touched_all: false,
             has_large: false,
             walks: 0,
@@ -195,31 +200,35 @@ impl Mmu {
         }
         let drop = |e: &Entry| !(keep_global && e.global);
         if self.touched_all {
-            // Every slot; the ones kept are the list from now on.
+            // Every slot; the ones kept (global) are the list from now on.
             self.touched.clear();
+            self.touched_global.clear();
             self.touched_all = false;
             for (si, set) in self.sets.iter_mut().enumerate() {
                 for (i, e) in set.iter_mut().enumerate() {
                     if drop(e) {
                         *e = EMPTY;
                     } else if e.live() {
-                        Self::touch_into(&mut self.touched, &mut self.touched_all, si, i);
+                        Self::touch_into(&mut self.touched_global, &mut self.touched_all, si, i);
                     }
                 }
             }
         } else {
-            let list = std::mem::take(&mut self.touched);
-            let mut kept = Vec::with_capacity(TOUCHED_MAX);
-            for &t in &list {
-                let (si, i) = (usize::from(t) / ENTRIES, usize::from(t) % ENTRIES);
-                let e = &mut self.sets[si][i];
+            // A slot on the first list that holds a global entry now is on
+            // the second too (it was put there when it became global).
+            for &t in &self.touched {
+                let e = &mut self.sets[usize::from(t) / ENTRIES][usize::from(t) % ENTRIES];
                 if drop(e) {
                     *e = EMPTY;
-                } else if e.live() {
-                    kept.push(t);
                 }
             }
-            self.touched = kept;
+            self.touched.clear();
+            if !keep_global {
+                for &t in &self.touched_global {
+                    self.sets[usize::from(t) / ENTRIES][usize::from(t) % ENTRIES] = EMPTY;
+                }
+                self.touched_global.clear();
+            }
         }
         for set in self.victims.iter_mut() {
             for e in set.iter_mut() {
@@ -276,11 +285,24 @@ impl Mmu {
         if self.touched_all {
             self.sets.iter_mut().flat_map(|s| s.iter_mut()).for_each(hit);
         } else {
-            for &t in &self.touched {
+            for &t in self.touched.iter().chain(&self.touched_global) {
                 hit(&mut self.sets[usize::from(t) / ENTRIES][usize::from(t) % ENTRIES]);
             }
         }
         self.victims.iter_mut().flatten().for_each(hit);
+    }
+
+    /// Slot `i` of set `si` is about to hold an entry (global or not): put
+    /// it on that kind's list unless it is there already (a live entry of
+    /// the same kind holds it).
+    #[inline]
+    fn touch(&mut self, si: usize, i: usize, global: bool) {
+        let old = &self.sets[si][i];
+        if old.live() && old.global == global {
+            return;
+        }
+        let list = if global { &mut self.touched_global } else { &mut self.touched };
+        Self::touch_into(list, &mut self.touched_all, si, i);
     }
 
     /// Note that slot `i` of set `si` was filled.
@@ -362,10 +384,7 @@ impl Mmu {
     fn place(&mut self, p: Privilege, lin: u64, e: Entry) {
         let set = set_index(p);
         let i = ((lin >> 12) as usize) % ENTRIES;
-        // A live slot is on the list already.
-        if !self.sets[set][i].live() {
-            Self::touch_into(&mut self.touched, &mut self.touched_all, set, i);
-        }
+        self.touch(set, i, e.global);
         let slot = &mut self.sets[set][i];
         let old = std::mem::replace(slot, e);
         let page = |x: &Entry| (x.tag_read | x.tag_write | x.tag_exec) & PAGE_MASK;
@@ -392,9 +411,7 @@ impl Mmu {
         })?;
         let e = self.victims[set][i];
         let si = ((lin >> 12) as usize) % ENTRIES;
-        if !self.sets[set][si].live() {
-            Self::touch_into(&mut self.touched, &mut self.touched_all, set, si);
-        }
+        self.touch(set, si, e.global);
         let slot = &mut self.sets[set][si];
         self.victims[set][i] = std::mem::replace(slot, e);
         Some(e.phys | (lin & !PAGE_MASK))
@@ -503,12 +520,43 @@ mod tests {
                 assert_eq!(hit, lin >= 1 << 20, "fill {fill}, page {lin:#x} after a CR3 load");
             }
             m.flush(false);
-            assert!(m.touched.is_empty() && !m.touched_all);
+            assert!(m.touched.is_empty() && m.touched_global.is_empty() && !m.touched_all);
             for &lin in &pages {
                 assert!(m.read_fast::<1>(Privilege::Supervisor, lin).is_none(), "page {lin:#x} after a full flush");
                 assert!(m.read_fast::<1>(Privilege::User, lin).is_none());
             }
         }
+    }
+
+    /// A slot that held a global entry and now holds another page's
+    /// non-global one (or the other way round) goes with a CR3 load (or
+    /// stays).
+    #[test]
+    fn a_slot_that_changes_kind_is_flushed_by_its_new_kind() {
+        let mem = Arc::new(GuestMemory::new(1 << 24).unwrap());
+        // Pages 256..512 global (first page table), pages 1024.. 1536 not
+        // (third): page 256 + 1024 shares page 256's slot.
+        mem.write_u64(0x1000, 0x2000 | 7).unwrap();
+        mem.write_u64(0x2000, 0x3000 | 7).unwrap();
+        mem.write_u64(0x3000, 0x7000 | 7).unwrap();
+        mem.write_u64(0x3010, 0x9000 | 7).unwrap();
+        for i in 0..512u64 {
+            mem.write_u64(0x7000 + 8 * i, (i << 12) | 7 | 0x100).unwrap();
+            mem.write_u64(0x9000 + 8 * i, ((i + 1024) << 12) | 7).unwrap();
+        }
+        let ctx = PagingCtx { mode: PagingMode::Level4, cr3: 0x1000, wp: true, nxe: true, smep: false, smap: false };
+        let (global, local) = (256u64 << 12, (256u64 + 1024) << 12);
+        let mut m = Mmu::new(mem);
+        m.translate(&ctx, Privilege::Supervisor, global, Access::Read).unwrap();
+        m.translate(&ctx, Privilege::Supervisor, local, Access::Read).unwrap();
+        m.flush(true);
+        assert!(m.read_fast::<1>(Privilege::Supervisor, local).is_none(), "the non-global page went");
+        m.translate(&ctx, Privilege::Supervisor, local, Access::Read).unwrap();
+        m.translate(&ctx, Privilege::Supervisor, global, Access::Read).unwrap();
+        m.flush(true);
+        assert!(m.read_fast::<1>(Privilege::Supervisor, global).is_some(), "the global page stayed");
+        m.flush(false);
+        assert!(m.read_fast::<1>(Privilege::Supervisor, global).is_none());
     }
 
     #[test]
