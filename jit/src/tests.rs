@@ -56,6 +56,23 @@ fn same_state(a: &mut Cpu, b: &mut Cpu) {
     }
 }
 
+/// RSI at DATA and a loop of `passes` passes (ECX counting down) over
+/// `body`, then HLT.
+fn data_loop(
+    a: &mut CodeAssembler,
+    passes: u32,
+    body: impl Fn(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> Result<(), IcedError> {
+    let mut top = a.create_label();
+    a.mov(rsi, DATA)?;
+    a.mov(ecx, passes)?;
+    a.set_label(&mut top)?;
+    body(a)?;
+    a.dec(ecx)?;
+    a.jnz(top)?;
+    a.hlt()
+}
+
 /// A loop of 100 passes (ECX counting down) that runs `body` on the pass
 /// where ECX is 10 only, then HLT.
 fn on_pass_ten(
@@ -662,9 +679,10 @@ fn rep_stores_and_moves_give_the_interpreters_results() {
 }
 
 /// PUSHFQ after every kind of flag producer, CLI and SWAPGS at CPL 0
-/// (GS-relative loads see each swap); then CLI and SWAPGS at CPL 3: #GP.
+/// (GS-relative loads see each swap); selector reads, prefetches and
+/// fences; then CLI and SWAPGS at CPL 3: #GP.
 #[test]
-fn flag_pushes_cli_and_swapgs_give_the_interpreters_results() {
+fn flag_pushes_cli_swapgs_and_selector_reads_give_the_interpreters_results() {
     let prep = |c: &mut Cpu| {
         let bytes: Vec<u8> = (0..0x400u32).map(|i| (i * 11 + 7) as u8).collect();
         c.mem().write(DATA, &bytes).unwrap();
@@ -698,6 +716,33 @@ fn flag_pushes_cli_and_swapgs_give_the_interpreters_results() {
         a.hlt()
     });
     assert!(b.state.rip < stub(0) || b.state.rip > stub(31), "faulted: {:#x}", b.state.rip);
+    assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 95, "{:?}", jit.stats);
+
+    // Selector reads into registers of each size and memory, between
+    // prefetches and fences.
+    let (_, b, jit) = both(
+        long_mode,
+        |_| {},
+        |a| {
+            a.mov(rbx, u64::MAX)?;
+            a.mov(rdx, u64::MAX)?;
+            data_loop(a, 100, |a| {
+                a.prefetcht0(byte_ptr(rsi + rcx * 8))?;
+                a.prefetchw(byte_ptr(rsi + 0x40))?;
+                a.mov(eax, ds)?;
+                a.add(r8, rax)?;
+                a.mov(bx, ss)?;
+                a.mov(rdx, cs)?;
+                a.lfence()?;
+                a.mov(word_ptr(rsi + rcx * 2), es)?;
+                a.mfence()?;
+                a.sfence()
+            })
+        },
+    );
+    assert_eq!(b.state.gpr[3] & 0xffff, u64::from(b.state.seg[sreg::SS].selector));
+    assert_eq!(b.state.gpr[3] >> 16, 0xffff_ffff_ffff, "a 16-bit destination merges");
+    assert_eq!(b.state.gpr[2], u64::from(b.state.seg[sreg::CS].selector));
     assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 95, "{:?}", jit.stats);
 
     for cli in [true, false] {

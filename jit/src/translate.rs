@@ -300,6 +300,12 @@ enum Form {
     Fnstcw,
     /// CLI where IOPL allows it (else #GP through the slow path).
     Cli,
+    /// MOV r/m, Sreg: the selector, zero-extended into a register of the
+    /// operand size, or 16 bits to memory.
+    MovFromSreg {
+        seg: usize,
+        dst: Opnd,
+    },
     /// PUSHF/PUSHFD/PUSHFQ of the stack's width.
     Pushf,
     /// SWAPGS at CPL 0 (else #GP through the slow path).
@@ -687,7 +693,9 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
     let stack = if bits == 64 { 8 } else { 4 };
     let form = match insn.mnemonic() {
         Mnemonic::Nop => Form::Nop,
-        Mnemonic::Mov if n == 2 => {
+        Mnemonic::Mov
+            if n == 2 && !(insn.op1_kind() == OpKind::Register && insn.op1_register().is_segment_register()) =>
+        {
             let dst = opnd(insn, 0, bits)?;
             let src = opnd(insn, 1, bits)?;
             let size = opsize(dst, insn);
@@ -805,6 +813,23 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
             }
         }
         Mnemonic::Fnstcw if insn.op0_kind() == OpKind::Memory && mem_ok(insn, bits) => Form::Fnstcw,
+        // Hints and fences: no architectural effect for one CPU.
+        Mnemonic::Prefetchnta
+        | Mnemonic::Prefetcht0
+        | Mnemonic::Prefetcht1
+        | Mnemonic::Prefetcht2
+        | Mnemonic::Prefetchw
+        | Mnemonic::Lfence
+        | Mnemonic::Mfence
+        | Mnemonic::Sfence => Form::Nop,
+        Mnemonic::Mov if n == 2 && insn.op1_kind() == OpKind::Register && insn.op1_register().is_segment_register() => {
+            let seg = insn.op1_register() as usize - Register::ES as usize;
+            let dst = opnd(insn, 0, bits)?;
+            if seg > sreg::GS || matches!(dst, Opnd::Imm(_)) {
+                return None;
+            }
+            Form::MovFromSreg { seg, dst }
+        }
         Mnemonic::Cli => Form::Cli,
         Mnemonic::Swapgs if bits == 64 => Form::Swapgs,
         Mnemonic::Pushfq if bits == 64 => Form::Pushf,
@@ -1122,6 +1147,7 @@ const FCW_OFF: i32 = (std::mem::offset_of!(CpuState, fpu) + std::mem::offset_of!
 const SEG_OFF: i32 = std::mem::offset_of!(CpuState, seg) as i32;
 const SEG_SIZE: i32 = std::mem::size_of::<cpu::state::Segment>() as i32;
 const SEG_BASE_OFF: i32 = std::mem::offset_of!(cpu::state::Segment, base) as i32;
+const SEG_SEL_OFF: i32 = std::mem::offset_of!(cpu::state::Segment, selector) as i32;
 /// Offsets in `LazyFlags` of op (u32), size (u32), res, src1, src2, carry_in.
 const LZ_OFF: [i32; 6] = [
     LAZY_OFF + std::mem::offset_of!(cpu::state::LazyFlags, op) as i32,
@@ -2508,6 +2534,20 @@ impl Tx<'_, '_> {
                 let szp = self.szp(r, size);
                 let f = self.b.ins().bor(f, szp);
                 self.shifted_by(count, dst, a, r, f);
+            }
+            Form::MovFromSreg { seg, dst } => {
+                let st = self.state;
+                let at = SEG_OFF + SEG_SIZE * seg as i32 + SEG_SEL_OFF;
+                let sel = self.b.ins().uload16(types::I64, mem_flags(), st, at);
+                match dst {
+                    Opnd::Reg(r) => self.write_reg(r, sel),
+                    _ => {
+                        let segm = cpu::ops::mem_seg(insn);
+                        let o = self.ea(insn);
+                        let leave = self.store_at(segm, o, 2, sel, rip, None);
+                        self.after_store(leave, next);
+                    }
+                }
             }
             Form::Cli => {
                 // IOPL at least the CPL (protected mode, not virtual-8086:
