@@ -402,9 +402,7 @@ impl Cpu {
     /// limit) is returned, not delivered.
     pub fn block_at_rip(&mut self) -> Fault<Rc<Block>> {
         // A device may have written a code page since (DMA).
-        if self.mem().invalidation_pending() {
-            self.drain_invalidations();
-        }
+        self.note_code_writes();
         let bits = self.state.code_bits();
         let rip = self.state.rip;
         let user = self.state.cpl == 3;

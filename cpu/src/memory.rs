@@ -109,9 +109,7 @@ impl Cpu {
             Err(mmu::MemError::ReadOnly { .. }) => {}
             Err(_) => self.platform_mmio_write(phys, data),
         }
-        if self.mem().invalidation_pending() {
-            self.drain_invalidations();
-        }
+        self.note_code_writes();
         Ok(())
     }
 

@@ -559,9 +559,7 @@ impl Jit {
         if mode == 0 || self.isa.is_none() || cpu.block_at_rip().is_err() {
             return false;
         }
-        if cpu.code_phys_walk(rip).is_none() {
-            return false;
-        }
+        // (Empty when RIP's code does not translate to a physical page.)
         let g = self.gather(cpu, rip, mode, true);
         if g.spec.blocks.is_empty() {
             return false;

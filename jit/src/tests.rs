@@ -92,6 +92,13 @@ fn on_pass_ten(
     a.hlt()
 }
 
+/// The run ended without an exception (not in a handler stub), with at
+/// least `percent` of its instructions run in compiled code.
+fn ran_compiled(b: &Cpu, jit: &Jit, percent: u64) {
+    assert!(b.state.rip < stub(0) || b.state.rip > stub(31), "faulted: {:#x}", b.state.rip);
+    assert!(jit.stats.native_insns * 100 / jit.instructions(b) >= percent, "{:?}", jit.stats);
+}
+
 /// `code` placed at CODE and the CPU at CPL 3 in 64-bit code, with a JIT.
 fn at_user(c: &mut Cpu, code: &[u8]) -> Jit {
     place(c, code);
@@ -473,8 +480,7 @@ fn double_shifts_bit_counts_and_narrow_and_memory_shifts_give_the_interpreters_r
             a.hlt()
         },
     );
-    assert!(b.state.rip < stub(0) || b.state.rip > stub(31), "faulted: {:#x}", b.state.rip);
-    assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 95, "{:?}", jit.stats);
+    ran_compiled(&b, &jit, 95);
 
     // FNSTCW under CR0.TS: #NM from compiled code.
     let b = ts_set_midway(
@@ -535,10 +541,9 @@ fn scalar_compares_give_the_interpreters_results() {
         a.jnz(top)?;
         a.hlt()
     });
-    assert!(b.state.rip < stub(0) || b.state.rip > stub(31), "faulted: {:#x}", b.state.rip);
     assert_ne!(b.state.mxcsr & 0x3f, 0, "the slow path set MXCSR flags");
     // Close to half the pairs hold a NaN or the denormal: slow.
-    assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 75, "{:?}", jit.stats);
+    ran_compiled(&b, &jit, 75);
 }
 
 /// ADDSD/SUBSD/MULSD/DIVSD, their single forms and CVTSI2SD/SS over
@@ -616,8 +621,7 @@ fn scalar_arithmetic_gives_the_interpreters_results() {
         a.jnz(top)?;
         a.hlt()
     });
-    assert!(b.state.rip < stub(0) || b.state.rip > stub(31), "faulted: {:#x}", b.state.rip);
-    assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 60, "{:?}", jit.stats);
+    ran_compiled(&b, &jit, 60);
 }
 
 /// REP STOSB/STOSQ and REP MOVSB/MOVSQ of every length from 0 up, at
@@ -674,8 +678,7 @@ fn rep_stores_and_moves_give_the_interpreters_results() {
         a.jnz(top)?;
         a.hlt()
     });
-    assert!(b.state.rip < stub(0) || b.state.rip > stub(31), "faulted: {:#x}", b.state.rip);
-    assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 80, "{:?}", jit.stats);
+    ran_compiled(&b, &jit, 80);
 }
 
 /// PUSHFQ after every kind of flag producer, CLI and SWAPGS at CPL 0
@@ -715,8 +718,7 @@ fn flag_pushes_cli_swapgs_and_selector_reads_give_the_interpreters_results() {
         a.pop(r12)?;
         a.hlt()
     });
-    assert!(b.state.rip < stub(0) || b.state.rip > stub(31), "faulted: {:#x}", b.state.rip);
-    assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 95, "{:?}", jit.stats);
+    ran_compiled(&b, &jit, 95);
 
     // Selector reads into registers of each size and memory, between
     // prefetches and fences.
@@ -911,8 +913,7 @@ fn exchanges_and_bit_tests_give_the_interpreters_results() {
             a.hlt()
         },
     );
-    assert!(b.state.rip < stub(0) || b.state.rip > stub(31), "faulted: {:#x}", b.state.rip);
-    assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 95, "{:?}", jit.stats);
+    ran_compiled(&b, &jit, 95);
 
     // LOCK with a register destination: #UD from compiled code.
     let (_, b, _) = both(long_mode, |_| {}, |a| on_pass_ten(a, |a| a.lock().xchg(eax, ebx)));

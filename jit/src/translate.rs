@@ -519,19 +519,7 @@ fn classify_vec(insn: &Instruction, bits: u32) -> Option<Form> {
         | C::Movsd_xmmm64_xmm
         | C::Movq_xmm_xmmm64
         | C::Movq_xmmm64_xmm => {
-            let scalar = |i: u32| -> Option<VecSrc> {
-                match insn.op_kind(i) {
-                    OpKind::Register => xmm(insn.op_register(i)).map(VecSrc::Xmm),
-                    OpKind::Memory
-                        if addr_ok(insn, bits)
-                            && (bits == 64 || !matches!(cpu::ops::mem_seg(insn), sreg::FS | sreg::GS | sreg::CS)) =>
-                    {
-                        Some(VecSrc::Mem)
-                    }
-                    _ => None,
-                }
-            };
-            let (dst, src) = (scalar(0)?, scalar(1)?);
+            let (dst, src) = (scalar_operand(insn, 0, bits)?, scalar_operand(insn, 1, bits)?);
             let movq = matches!(insn.code(), C::Movq_xmm_xmmm64 | C::Movq_xmmm64_xmm);
             let width = if matches!(insn.code(), C::Movss_xmm_xmmm32 | C::Movss_xmmm32_xmm) { 4 } else { 8 };
             let merge = !movq && matches!((dst, src), (VecSrc::Xmm(_), VecSrc::Xmm(_)));
@@ -549,7 +537,7 @@ fn classify_vec(insn: &Instruction, bits: u32) -> Option<Form> {
         }
         C::Comisd_xmm_xmmm64 | C::Ucomisd_xmm_xmmm64 | C::Comiss_xmm_xmmm32 | C::Ucomiss_xmm_xmmm32 => {
             let double = matches!(insn.code(), C::Comisd_xmm_xmmm64 | C::Ucomisd_xmm_xmmm64);
-            return Some(Form::Comis { double, a: xmm(insn.op0_register())?, b: scalar_src(insn, bits)? });
+            return Some(Form::Comis { double, a: xmm(insn.op0_register())?, b: scalar_operand(insn, 1, bits)? });
         }
         C::Addsd_xmm_xmmm64
         | C::Subsd_xmm_xmmm64
@@ -567,7 +555,12 @@ fn classify_vec(insn: &Instruction, bits: u32) -> Option<Form> {
             };
             let double =
                 matches!(insn.mnemonic(), Mnemonic::Addsd | Mnemonic::Subsd | Mnemonic::Mulsd | Mnemonic::Divsd);
-            return Some(Form::ScalarFp { op, double, dst: xmm(insn.op0_register())?, src: scalar_src(insn, bits)? });
+            return Some(Form::ScalarFp {
+                op,
+                double,
+                dst: xmm(insn.op0_register())?,
+                src: scalar_operand(insn, 1, bits)?,
+            });
         }
         C::Cvtsi2sd_xmm_rm32 | C::Cvtsi2sd_xmm_rm64 | C::Cvtsi2ss_xmm_rm32 | C::Cvtsi2ss_xmm_rm64 => {
             let src = opnd(insn, 1, bits)?;
@@ -588,11 +581,11 @@ fn classify_vec(insn: &Instruction, bits: u32) -> Option<Form> {
     Some(Form::Vec { op, dst, src: src(1)? })
 }
 
-/// The second operand of a scalar SSE instruction: an XMM register, or
-/// memory the inline path can address.
-fn scalar_src(insn: &Instruction, bits: u32) -> Option<VecSrc> {
-    match insn.op1_kind() {
-        OpKind::Register => xmm(insn.op1_register()).map(VecSrc::Xmm),
+/// Operand `i` of a scalar SSE instruction: an XMM register, or memory the
+/// inline path can address (in 32-bit code: flat DS, ES and SS).
+fn scalar_operand(insn: &Instruction, i: u32, bits: u32) -> Option<VecSrc> {
+    match insn.op_kind(i) {
+        OpKind::Register => xmm(insn.op_register(i)).map(VecSrc::Xmm),
         OpKind::Memory
             if addr_ok(insn, bits)
                 && (bits == 64 || !matches!(cpu::ops::mem_seg(insn), sreg::FS | sreg::GS | sreg::CS)) =>
@@ -1692,6 +1685,13 @@ impl Tx<'_, '_> {
         (entry, hit)
     }
 
+    /// The host address of `lin` from its TLB entry (after a hit).
+    fn host_addr(&mut self, entry: Value, lin: Value) -> Value {
+        let host = self.b.ins().load(types::I64, mem_flags(), entry, mmu::TLB_LAYOUT.host as i32);
+        let pofs = self.b.ins().band_imm_s(lin, 0xfff);
+        self.b.ins().iadd(host, pofs)
+    }
+
     fn load_host(&mut self, addr: Value, size: u32) -> Value {
         let t = int_type(size);
         let v = self.b.ins().load(t, guest_flags(), addr, 0);
@@ -1733,9 +1733,7 @@ impl Tx<'_, '_> {
             let fast = self.b.create_block();
             self.b.ins().brif(hit, fast, &[], slow, &[]);
             self.enter_block(fast);
-            let host = self.b.ins().load(types::I64, mem_flags(), entry, l.host as i32);
-            let pofs = self.b.ins().band_imm_s(lin, 0xfff);
-            let addr = self.b.ins().iadd(host, pofs);
+            let addr = self.host_addr(entry, lin);
             let v = self.load_host(addr, size);
             let a = if rmw { addr } else { self.iconst(0) };
             self.b.ins().jump(join, &[v.into(), a.into()]);
@@ -1783,9 +1781,7 @@ impl Tx<'_, '_> {
                     let check = self.b.create_block();
                     self.b.ins().brif(hit, check, &[], slow, &[]);
                     self.enter_block(check);
-                    let host = self.b.ins().load(types::I64, mem_flags(), entry, l.host as i32);
-                    let pofs = self.b.ins().band_imm_s(lin, 0xfff);
-                    let addr = self.b.ins().iadd(host, pofs);
+                    let addr = self.host_addr(entry, lin);
                     self.b.ins().jump(fast, &[addr.into()]);
                 }
                 None => {
@@ -2871,20 +2867,14 @@ impl Tx<'_, '_> {
                 };
                 let fast = self.b.create_block();
                 let slow = self.b.create_block();
-                let join = self.b.create_block();
                 self.b.ins().brif(ok, fast, &[], slow, &[]);
 
                 self.enter_block(fast);
-                let host = |tx: &mut Self, entry: Value, at: Value| {
-                    let base = tx.b.ins().load(i64t, mem_flags(), entry, l.host as i32);
-                    let o = tx.b.ins().band_imm_s(at, 0xfff);
-                    tx.b.ins().iadd(base, o)
-                };
-                let dst = host(self, d_entry, rdi);
+                let dst = self.host_addr(d_entry, rdi);
                 let done = self.b.create_block();
                 match (rsi, s_check) {
                     (Some(rsi), Some((_, s_entry))) => {
-                        let src = host(self, s_entry, rsi);
+                        let src = self.host_addr(s_entry, rsi);
                         // A destination just above the source repeats a
                         // pattern, element by element: the interpreter's.
                         let gap = self.b.ins().isub(dst, src);
@@ -2927,8 +2917,6 @@ impl Tx<'_, '_> {
                 self.b.ins().jump(done, &[]);
 
                 self.enter_block(done);
-                self.b.ins().jump(join, &[]);
-                self.enter_block(join);
                 self.known = Known::Unknown;
                 self.forget();
             }
@@ -3637,9 +3625,7 @@ impl Tx<'_, '_> {
         let l = mmu::TLB_LAYOUT;
         let (entry, hit) = self.tlb_hit(lin, size, if write { l.jit_write } else { l.jit_read });
         self.slow_unless(hit, rip);
-        let host = self.b.ins().load(types::I64, mem_flags(), entry, l.host as i32);
-        let pofs = self.b.ins().band_imm_s(lin, 0xfff);
-        self.b.ins().iadd(host, pofs)
+        self.host_addr(entry, lin)
     }
 
     fn vec_mem_load(&mut self, insn: &Instruction, ty: Type, aligned: bool, rip: u64) -> Value {
