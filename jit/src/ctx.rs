@@ -50,8 +50,8 @@ pub struct JitCtx {
     pub status: u32,
     pub exit: u32,
     /// The jump cache that a region's exit probes to go straight on into
-    /// the next region ([`JumpSlot`]s, [`JUMP_SLOTS`] of them).
-    pub jump: *const JumpSlot,
+    /// the next region ([`JumpSet`]s, [`JUMP_SETS`] of them).
+    pub jump: *const JumpSet,
     /// What a slot's `tag` must equal to be used now: the TLB generation,
     /// the CPL and the code mode ([`jump_tag`]).
     pub tag: u64,
@@ -101,10 +101,12 @@ pub mod off {
     pub const SLOT_ENTRY: i32 = offset_of!(super::JumpSlot, entry) as i32;
 }
 
-/// Entries of the jump cache (a power of two).
-pub const JUMP_SLOTS: usize = 4096;
+/// Sets of the jump cache (a power of two).
+pub const JUMP_SETS: usize = 2048;
 /// log2 of `size_of::<JumpSlot>()`.
 pub const JUMP_SLOT_SHIFT: u32 = 5;
+/// log2 of `size_of::<JumpSet>()`.
+pub const JUMP_SET_SHIFT: u32 = JUMP_SLOT_SHIFT + 1;
 
 /// One entry of the jump cache that compiled exits probe: the region entry
 /// for guest RIP `rip`, valid while the context's tag equals `tag`. It is
@@ -127,10 +129,40 @@ impl JumpSlot {
 
 const _: () = assert!(std::mem::size_of::<JumpSlot>() == 1 << JUMP_SLOT_SHIFT);
 
-/// The jump cache's slot for `rip`.
+/// A set of the jump cache: two slots in one cache line, the one filled
+/// last first. Hot entries whose RIPs hash alike (a call and the return
+/// after it, a loop and the function it calls) then both stay.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug)]
+pub struct JumpSet(pub [JumpSlot; 2]);
+
+const _: () = assert!(std::mem::size_of::<JumpSet>() == 1 << JUMP_SET_SHIFT);
+
+impl JumpSet {
+    pub const EMPTY: JumpSet = JumpSet([JumpSlot::EMPTY; 2]);
+
+    /// Fill the slot of `s.rip`: it becomes the first, and the other one
+    /// the second (unless that was the same RIP, whose old slot goes).
+    #[inline]
+    pub fn fill(&mut self, s: JumpSlot) {
+        if self.0[0].rip != s.rip {
+            self.0[1] = self.0[0];
+        }
+        self.0[0] = s;
+    }
+}
+
+/// The jump cache's set for `rip`.
+#[inline]
+pub fn jump_set(rip: u64) -> usize {
+    ((rip ^ (rip >> 12)) as usize) & (JUMP_SETS - 1)
+}
+
+/// The slot for `rip` in the run loop's own cache of region entries, which
+/// has [`JUMP_SETS`] × 2 slots.
 #[inline]
 pub fn jump_slot(rip: u64) -> usize {
-    ((rip ^ (rip >> 12)) as usize) & (JUMP_SLOTS - 1)
+    ((rip ^ (rip >> 12)) as usize) & (2 * JUMP_SETS - 1)
 }
 
 /// The tag of jump-cache slots filled now: TLB generation `gen`, `cpl`

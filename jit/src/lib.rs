@@ -35,7 +35,7 @@ use parking_lot::Mutex;
 
 use code::{CodeCache, RegionFn, Trampoline};
 use compiler::{Compiler, Done, Job, Settings};
-use ctx::{jump_slot, jump_tag, jump_tag_global, JitCtx, JumpSlot, JUMP_SLOTS};
+use ctx::{jump_set, jump_slot, jump_tag, jump_tag_global, JitCtx, JumpSet, JumpSlot, JUMP_SETS};
 use translate::{GuestBlock, RegionSpec};
 
 /// How the JIT is set up.
@@ -106,7 +106,7 @@ pub struct JitStats {
 type Key = (u64, u64, u8);
 
 /// Chained region entries between two looks at the interrupt controller.
-const BOUNDARY_HOPS: u32 = 64;
+const BOUNDARY_HOPS: u32 = 256;
 
 /// A key no region has (RIP past the canonical range).
 const NO_KEY: Key = (u64::MAX, u64::MAX, 0);
@@ -193,7 +193,7 @@ pub struct Jit {
     /// A direct-mapped cache in front of `map`, by RIP.
     jump: Vec<(Key, u32, u32)>,
     /// The jump cache that compiled exits probe (by linear RIP and a tag).
-    links: Box<[JumpSlot]>,
+    links: Box<[JumpSet]>,
     /// The entry from the run loop into compiled code, and the mapping
     /// that holds it (never flushed).
     trampoline: Trampoline,
@@ -247,8 +247,8 @@ impl Jit {
             regions: Vec::new(),
             fns: Vec::new(),
             map: FastMap::default(),
-            jump: vec![(NO_KEY, 0, 0); JUMP_SLOTS],
-            links: vec![JumpSlot::EMPTY; JUMP_SLOTS].into_boxed_slice(),
+            jump: vec![(NO_KEY, 0, 0); 2 * JUMP_SETS],
+            links: vec![JumpSet::EMPTY; JUMP_SETS].into_boxed_slice(),
             trampoline,
             _trampoline_code: tcode,
             by_page: FastMap::default(),
@@ -296,7 +296,7 @@ impl Jit {
         self.fns.clear();
         self.map.clear();
         self.jump.fill((NO_KEY, 0, 0));
-        self.links.fill(JumpSlot::EMPTY);
+        self.links.fill(JumpSet::EMPTY);
         self.by_page.clear();
         self.queued.clear();
         self.gen += 1;
@@ -432,7 +432,7 @@ impl Jit {
                 // Checked at this generation by `probe`.
                 r.checked.is_some_and(|(g, gl)| g == cpu.mmu.generation && gl)
             };
-            self.links[jump_slot(rip)] = JumpSlot { rip, tag: if global { tag_global } else { tag }, code, entry };
+            self.links[jump_set(rip)].fill(JumpSlot { rip, tag: if global { tag_global } else { tag }, code, entry });
             let ctx = &mut *self.ctx;
             ctx.tag = tag;
             ctx.tag_global = tag_global;
@@ -660,7 +660,7 @@ impl Jit {
             if dropped {
                 // Compiled exits may link to the dropped regions: retire
                 // every link, once for the whole batch.
-                self.links.fill(JumpSlot::EMPTY);
+                self.links.fill(JumpSet::EMPTY);
             }
         }
         if let Some(c) = &mut self.compiler {
@@ -731,7 +731,7 @@ impl Jit {
                 self.fns.clear();
                 self.map.clear();
                 self.jump.fill((NO_KEY, 0, 0));
-                self.links.fill(JumpSlot::EMPTY);
+                self.links.fill(JumpSet::EMPTY);
                 self.by_page.clear();
                 self.cache.flush();
                 self.stats.cache_flushes += 1;

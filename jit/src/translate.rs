@@ -1410,21 +1410,23 @@ impl Tx<'_, '_> {
         let jump = self.b.ins().load(ptr, fl, self.ctx, off::JUMP);
         let h = self.b.ins().ushr_imm_s(rip, 12);
         let h = self.b.ins().bxor(h, rip);
-        let h = self.b.ins().band_imm_s(h, (ctx::JUMP_SLOTS - 1) as i64);
-        let h = self.b.ins().ishl_imm_s(h, i64::from(ctx::JUMP_SLOT_SHIFT));
-        let slot = self.b.ins().iadd(jump, h);
-        let srip = self.b.ins().load(i64t, fl, slot, off::SLOT_RIP);
-        let stag = self.b.ins().load(i64t, fl, slot, off::SLOT_TAG);
+        let h = self.b.ins().band_imm_s(h, (ctx::JUMP_SETS - 1) as i64);
+        let h = self.b.ins().ishl_imm_s(h, i64::from(ctx::JUMP_SET_SHIFT));
+        let set = self.b.ins().iadd(jump, h);
         let tag = self.b.ins().load(i64t, fl, self.ctx, off::TAG);
         let tag_g = self.b.ins().load(i64t, fl, self.ctx, off::TAG_GLOBAL);
-        let m1 = self.b.ins().icmp(IntCC::NotEqual, srip, rip);
-        let m2 = self.b.ins().icmp(IntCC::NotEqual, stag, tag);
-        let m3 = self.b.ins().icmp(IntCC::NotEqual, stag, tag_g);
-        let m23 = self.b.ins().band(m2, m3);
-        let miss = self.b.ins().bor(m1, m23);
-        self.b.ins().brif(miss, ret, &[], go, &[]);
+        // The set's first slot, then its second.
+        let second = self.b.create_block();
+        let slot_p = self.b.append_block_param(go, ptr);
+        let miss = self.slot_miss(set, rip, tag, tag_g);
+        self.b.ins().brif(miss, second, &[], go, &[set.into()]);
+        self.enter_block(second);
+        let slot2 = self.b.ins().iadd_imm_s(set, 1 << ctx::JUMP_SLOT_SHIFT);
+        let miss = self.slot_miss(slot2, rip, tag, tag_g);
+        self.b.ins().brif(miss, ret, &[], go, &[slot2.into()]);
 
         self.enter_block(go);
+        let slot = slot_p;
         let code = self.b.ins().load(ptr, fl, slot, off::SLOT_CODE);
         let entry = self.b.ins().load(types::I32, fl, slot, off::SLOT_ENTRY);
         let hops = self.b.ins().iadd_imm_s(hops, -1);
@@ -1434,6 +1436,20 @@ impl Tx<'_, '_> {
 
         self.enter_block(ret);
         self.b.ins().return_(&[]);
+    }
+
+    /// Whether the jump-cache slot at `slot` does not hold `rip` for the
+    /// current tag.
+    fn slot_miss(&mut self, slot: Value, rip: Value, tag: Value, tag_g: Value) -> Value {
+        let fl = mem_flags();
+        let i64t = types::I64;
+        let srip = self.b.ins().load(i64t, fl, slot, off::SLOT_RIP);
+        let stag = self.b.ins().load(i64t, fl, slot, off::SLOT_TAG);
+        let m1 = self.b.ins().icmp(IntCC::NotEqual, srip, rip);
+        let m2 = self.b.ins().icmp(IntCC::NotEqual, stag, tag);
+        let m3 = self.b.ins().icmp(IntCC::NotEqual, stag, tag_g);
+        let m23 = self.b.ins().band(m2, m3);
+        self.b.ins().bor(m1, m23)
     }
 
     /// Leave the region at `rip` (with `extra` more instructions counted).
