@@ -1696,16 +1696,14 @@ impl Tx<'_, '_> {
         let tag = self.b.ins().load(types::I64, mem_flags(), entry, tag_off as i32);
         let last = self.b.ins().iadd_imm_s(lin, i64::from(size) - 1);
         let want = self.b.ins().band_imm_s(last, !0xfffi64);
-        let want = self.b.ins().bor_imm_s(want, 1);
         let hit = self.b.ins().icmp(IntCC::Equal, tag, want);
         (entry, hit)
     }
 
     /// The host address of `lin` from its TLB entry (after a hit).
     fn host_addr(&mut self, entry: Value, lin: Value) -> Value {
-        let host = self.b.ins().load(types::I64, mem_flags(), entry, mmu::TLB_LAYOUT.host as i32);
-        let pofs = self.b.ins().band_imm_s(lin, 0xfff);
-        self.b.ins().iadd(host, pofs)
+        let addend = self.b.ins().load(types::I64, mem_flags(), entry, mmu::TLB_LAYOUT.addend as i32);
+        self.b.ins().iadd(lin, addend)
     }
 
     fn load_host(&mut self, addr: Value, size: u32) -> Value {

@@ -43,19 +43,30 @@ struct Entry {
     tag_read: u64,
     tag_write: u64,
     tag_exec: u64,
-    /// Physical address of the 4 KiB page.
-    phys: u64,
+    /// Physical address of the 4 KiB page, with [`GLOBAL`] in bit 0 for a
+    /// global translation (one that a CR3 load keeps).
+    phys_g: u64,
     /// Host address of the page, or null when neither RAM nor ROM backs it.
     host: *mut u8,
+    /// The linear page's distance to `host` (wrapping), for translated
+    /// code: the host address of `lin` is `lin + addend`.
+    addend: u64,
     /// The tags translated code compares, for accesses it may do straight
-    /// through `host`: `tag_read` where `host` is not null, and
-    /// `tag_write` where the page holds no code either (a page that gets
-    /// code loses its entries, [`Mmu::flush_phys`]) and is not BIOS shadow
-    /// (`JIT_NO_WRITE`).
+    /// through `host`: the linear page (without [`VALID`]; [`JIT_NONE`]
+    /// otherwise) where `host` is not null and `tag_read` is valid, and
+    /// where `tag_write` is valid and the page holds no code either (a page
+    /// that gets code loses its entries, [`Mmu::flush_phys`]) and is not
+    /// BIOS shadow (`JIT_NO_WRITE`).
     jit_read: u64,
     jit_write: u64,
-    global: bool,
 }
+
+/// Bit 0 of [`Entry::phys_g`]: the translation is global.
+const GLOBAL: u64 = 1;
+
+/// A `jit_read` or `jit_write` that no access matches (no page address
+/// has bits 11:0 set).
+const JIT_NONE: u64 = 1;
 
 impl Entry {
     /// Any of its tags is valid.
@@ -63,17 +74,29 @@ impl Entry {
     fn live(&self) -> bool {
         (self.tag_read | self.tag_write | self.tag_exec) & VALID != 0
     }
+
+    /// The physical page.
+    #[inline]
+    fn phys(&self) -> u64 {
+        self.phys_g & PAGE_MASK
+    }
+
+    /// Whether the translation is global.
+    #[inline]
+    fn global(&self) -> bool {
+        self.phys_g & GLOBAL != 0
+    }
 }
 
 const EMPTY: Entry = Entry {
     tag_read: 0,
     tag_write: 0,
     tag_exec: 0,
-    phys: 0,
+    phys_g: 0,
     host: std::ptr::null_mut(),
-    jit_read: 0,
-    jit_write: 0,
-    global: false,
+    addend: 0,
+    jit_read: JIT_NONE,
+    jit_write: JIT_NONE,
 };
 
 fn set_index(p: Privilege) -> usize {
@@ -86,10 +109,10 @@ fn set_index(p: Privilege) -> usize {
 
 /// Where translated code finds the parts of a TLB entry it tests inline
 /// (byte offsets into an entry; see [`Mmu::tlb_set`]). A hit for an access
-/// of `n` bytes at `lin` is `jit_read` (or `jit_write`) `== ((lin + n - 1)
-/// & !0xfff) | 1` on the entry at index `(lin >> 12) % entries` (the tag of
-/// a page the access leaves never matches); the access then goes straight
-/// to `host + (lin & 0xfff)`.
+/// of `n` bytes at `lin` is `jit_read` (or `jit_write`) `== (lin + n - 1)
+/// & !0xfff` on the entry at index `(lin >> 12) % entries` (the tag of a
+/// page the access leaves never matches); the access then goes straight to
+/// host address `lin + addend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TlbLayout {
     pub entries: usize,
@@ -100,8 +123,7 @@ pub struct TlbLayout {
     /// (writes): a hit needs no further test.
     pub jit_read: usize,
     pub jit_write: usize,
-    pub phys: usize,
-    pub host: usize,
+    pub addend: usize,
 }
 
 /// The layout of this build's TLB entries.
@@ -112,8 +134,7 @@ pub const TLB_LAYOUT: TlbLayout = TlbLayout {
     tag_write: std::mem::offset_of!(Entry, tag_write),
     jit_read: std::mem::offset_of!(Entry, jit_read),
     jit_write: std::mem::offset_of!(Entry, jit_write),
-    phys: std::mem::offset_of!(Entry, phys),
-    host: std::mem::offset_of!(Entry, host),
+    addend: std::mem::offset_of!(Entry, addend),
 };
 
 /// Guest memory as one CPU sees it: translation, the soft TLB and fast accessors.
@@ -198,7 +219,7 @@ impl Mmu {
         if !keep_global {
             self.global_generation += 1;
         }
-        let drop = |e: &Entry| !(keep_global && e.global);
+        let drop = |e: &Entry| !(keep_global && e.global());
         if self.touched_all {
             // Every slot; the ones kept (global) are the list from now on.
             self.touched.clear();
@@ -232,7 +253,7 @@ impl Mmu {
         }
         for set in self.victims.iter_mut() {
             for e in set.iter_mut() {
-                if !(keep_global && e.global) {
+                if !(keep_global && e.global()) {
                     *e = EMPTY;
                 }
             }
@@ -278,7 +299,7 @@ impl Mmu {
         self.generation += 1;
         self.global_generation += 1;
         let hit = |e: &mut Entry| {
-            if e.phys == phys_page & PAGE_MASK {
+            if e.phys() == phys_page & PAGE_MASK {
                 *e = EMPTY;
             }
         };
@@ -298,7 +319,7 @@ impl Mmu {
     #[inline]
     fn touch(&mut self, si: usize, i: usize, global: bool) {
         let old = &self.sets[si][i];
-        if old.live() && old.global == global {
+        if old.live() && old.global() == global {
             return;
         }
         let list = if global { &mut self.touched_global } else { &mut self.touched };
@@ -329,7 +350,7 @@ impl Mmu {
     /// instruction fetches at `p` (one that a CR3 load keeps).
     pub fn exec_global(&self, p: Privilege, lin: u64) -> bool {
         let e = self.entry(p, lin);
-        e.global && e.tag_exec == (lin & PAGE_MASK) | VALID
+        e.global() && e.tag_exec == (lin & PAGE_MASK) | VALID
     }
 
     pub fn lookup(&self, p: Privilege, lin: u64, access: Access) -> Option<u64> {
@@ -339,7 +360,7 @@ impl Mmu {
             Access::Write => e.tag_write,
             Access::Execute => e.tag_exec,
         };
-        (tag == (lin & PAGE_MASK) | VALID).then_some(e.phys | (lin & !PAGE_MASK))
+        (tag == (lin & PAGE_MASK) | VALID).then_some(e.phys() | (lin & !PAGE_MASK))
     }
 
     /// Translate `lin`, from the TLB or by walking the page tables (filling the TLB).
@@ -366,15 +387,22 @@ impl Mmu {
         let allow = |a| ctx.permits(t, a, p);
         let tag_read = if allow(Access::Read) { tag } else { 0 };
         let tag_write = if allow(Access::Write) && t.dirty && host.is_some_and(|h| h.writable) { tag } else { 0 };
+        let host_ptr = host.map_or(std::ptr::null_mut(), |h| h.ptr);
+        let page = lin & PAGE_MASK;
+        let jit_tag = |t: u64| if t == tag { page } else { JIT_NONE };
         let e = Entry {
             tag_read,
             tag_write,
             tag_exec: if allow(Access::Execute) { tag } else { 0 },
-            phys,
-            host: host.map_or(std::ptr::null_mut(), |h| h.ptr),
-            jit_read: if host.is_some() { tag_read } else { 0 },
-            jit_write: if !JIT_NO_WRITE.contains(&phys) && self.mem.holds_no_code(phys) { tag_write } else { 0 },
-            global: t.global,
+            phys_g: phys | if t.global { GLOBAL } else { 0 },
+            host: host_ptr,
+            addend: (host_ptr as u64).wrapping_sub(page),
+            jit_read: if host.is_some() { jit_tag(tag_read) } else { JIT_NONE },
+            jit_write: if !JIT_NO_WRITE.contains(&phys) && self.mem.holds_no_code(phys) {
+                jit_tag(tag_write)
+            } else {
+                JIT_NONE
+            },
         };
         self.place(p, lin, e);
     }
@@ -384,7 +412,7 @@ impl Mmu {
     fn place(&mut self, p: Privilege, lin: u64, e: Entry) {
         let set = set_index(p);
         let i = ((lin >> 12) as usize) % ENTRIES;
-        self.touch(set, i, e.global);
+        self.touch(set, i, e.global());
         let slot = &mut self.sets[set][i];
         let old = std::mem::replace(slot, e);
         let page = |x: &Entry| (x.tag_read | x.tag_write | x.tag_exec) & PAGE_MASK;
@@ -411,10 +439,10 @@ impl Mmu {
         })?;
         let e = self.victims[set][i];
         let si = ((lin >> 12) as usize) % ENTRIES;
-        self.touch(set, si, e.global);
+        self.touch(set, si, e.global());
         let slot = &mut self.sets[set][si];
         self.victims[set][i] = std::mem::replace(slot, e);
-        Some(e.phys | (lin & !PAGE_MASK))
+        Some(e.phys() | (lin & !PAGE_MASK))
     }
 
     /// Read `N` bytes at `lin` if the TLB hits, the access stays in one page and
@@ -447,7 +475,7 @@ impl Mmu {
             return false;
         }
         let e = self.entry(p, lin);
-        if e.tag_write != (lin & PAGE_MASK) | VALID || e.host.is_null() || self.mem.is_code_page(e.phys) {
+        if e.tag_write != (lin & PAGE_MASK) | VALID || e.host.is_null() || self.mem.is_code_page(e.phys()) {
             return false;
         }
         // SAFETY: as in `read_fast`; write tags are only set for writable RAM.
@@ -633,22 +661,24 @@ mod tests {
         let slot = |m: &Mmu, lin: u64| m.sets[set_index(Privilege::User)][((lin >> 12) as usize) % ENTRIES];
         m.translate(&ctx, Privilege::User, 0x0, Access::Write).unwrap();
         let e = slot(&m, 0x0);
-        assert_eq!((e.jit_read, e.jit_write), (VALID, VALID), "RAM without code");
+        assert_eq!((e.jit_read, e.jit_write), (0, 0), "RAM without code: the linear page");
+        assert_eq!(0x123u64.wrapping_add(e.addend), e.host as u64 + 0x123, "lin + addend is the host address");
         assert!(m.mem().mark_code_page(0x5000));
         m.flush_phys(0x5000);
-        assert_eq!(slot(&m, 0x0).jit_write, 0, "flushed when the page got code");
+        assert_eq!(slot(&m, 0x0).jit_write, JIT_NONE, "flushed when the page got code");
         m.translate(&ctx, Privilege::User, 0x0, Access::Write).unwrap();
         let e = slot(&m, 0x0);
-        assert_eq!((e.jit_read, e.jit_write), (VALID, 0), "a code page: reads only");
+        assert_eq!((e.jit_read, e.jit_write), (0, JIT_NONE), "a code page: reads only");
         m.mem().write_u8(0x5000, 1).unwrap();
         assert!(m.mem().holds_no_code(0x5000), "the write dropped the code");
         m.flush(false);
         m.translate(&ctx, Privilege::User, 0x0, Access::Write).unwrap();
-        assert_eq!(slot(&m, 0x0).jit_write, VALID);
+        assert_eq!(slot(&m, 0x0).jit_write, 0);
         // Linear 0x3000 maps the shadow page at 0xf0000.
         m.mem().write_u64(0x4018, 0xf_0000 | 0x67).unwrap();
         m.translate(&ctx, Privilege::User, 0x3000, Access::Write).unwrap();
         let e = slot(&m, 0x3000);
-        assert_eq!((e.tag_write, e.jit_write), (0x3000 | VALID, 0), "BIOS shadow: no straight writes");
+        assert_eq!((e.tag_write, e.jit_write), (0x3000 | VALID, JIT_NONE), "BIOS shadow: no straight writes");
+        assert_eq!(e.jit_read, 0x3000);
     }
 }
