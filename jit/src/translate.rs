@@ -1689,9 +1689,12 @@ impl Tx<'_, '_> {
     /// access of `size` bytes.
     fn tlb_hit(&mut self, lin: Value, size: u32, tag_off: usize) -> (Value, Value) {
         let l = mmu::TLB_LAYOUT;
-        let idx = self.b.ins().ushr_imm_s(lin, 12);
-        let idx = self.b.ins().band_imm_s(idx, (l.entries - 1) as i64);
-        let byte = self.b.ins().imul_imm_s(idx, l.entry_size as i64);
+        // The entry's byte offset, `((lin >> 12) % entries) * entry_size`,
+        // in two steps (the size is a power of two below 4 KiB).
+        const { assert!(mmu::TLB_LAYOUT.entry_size.is_power_of_two() && mmu::TLB_LAYOUT.entry_size < 4096) };
+        let shift = 12 - l.entry_size.trailing_zeros();
+        let byte = self.b.ins().ushr_imm_s(lin, i64::from(shift));
+        let byte = self.b.ins().band_imm_s(byte, ((l.entries - 1) * l.entry_size) as i64);
         let entry = self.b.ins().iadd(self.tlb, byte);
         let tag = self.b.ins().load(types::I64, mem_flags(), entry, tag_off as i32);
         let last = self.b.ins().iadd_imm_s(lin, i64::from(size) - 1);
@@ -1739,7 +1742,8 @@ impl Tx<'_, '_> {
     fn load_at(&mut self, seg: usize, off_v: Value, size: u32, rip: u64, rmw: bool) -> (Value, Value) {
         let join = self.b.create_block();
         let val = self.b.append_block_param(join, types::I64);
-        let haddr = self.b.append_block_param(join, types::I64);
+        // (Only an RMW load hands on the host address.)
+        let haddr = if rmw { Some(self.b.append_block_param(join, types::I64)) } else { None };
         let slow = self.b.create_block();
         if let Some(lin) = self.linear(seg, off_v) {
             let l = mmu::TLB_LAYOUT;
@@ -1749,8 +1753,11 @@ impl Tx<'_, '_> {
             self.enter_block(fast);
             let addr = self.host_addr(entry, lin);
             let v = self.load_host(addr, size);
-            let a = if rmw { addr } else { self.iconst(0) };
-            self.b.ins().jump(join, &[v.into(), a.into()]);
+            if rmw {
+                self.b.ins().jump(join, &[v.into(), addr.into()]);
+            } else {
+                self.b.ins().jump(join, &[v.into()]);
+            }
         } else {
             self.b.ins().jump(slow, &[]);
         }
@@ -1769,9 +1776,14 @@ impl Tx<'_, '_> {
         self.enter_block(bad);
         self.fault_exit(rip);
         self.enter_block(ok);
-        let z = self.iconst(0);
-        self.b.ins().jump(join, &[v.into(), z.into()]);
+        if rmw {
+            let z = self.iconst(0);
+            self.b.ins().jump(join, &[v.into(), z.into()]);
+        } else {
+            self.b.ins().jump(join, &[v.into()]);
+        }
         self.enter_block(join);
+        let haddr = haddr.unwrap_or_else(|| self.iconst(0));
         (val, haddr)
     }
 
