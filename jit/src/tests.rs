@@ -309,6 +309,56 @@ fn inc_and_dec_keep_the_carry_from_the_block_before() {
     }
 }
 
+/// An edge into a block that sets every flag before anything can read
+/// them leaves the lazy record unstored; the other edges store it, so a
+/// PUSHF, a fault's pushed RFLAGS and a SETcc behind them see the
+/// interpreter's flags.
+#[test]
+fn flags_are_stored_on_the_edges_that_need_them() {
+    let prep = |c: &mut Cpu| c.state.gpr[7] = UNMAPPED;
+    for variant in 0..3 {
+        let (a, b, _) = both(long_mode, prep, |a| {
+            data_loop(a, 600, |a| {
+                let mut kill = a.create_label();
+                let mut join = a.create_label();
+                // RSI becomes unmapped at ECX == 150.
+                a.cmp(ecx, 150)?;
+                a.cmove(rsi, rdi)?;
+                // CF = ECX < 300, for the way below 300.
+                a.cmp(ecx, 300)?;
+                a.jae(kill)?;
+                match variant {
+                    0 => {
+                        a.lea(rax, qword_ptr(rcx + 3))?;
+                        a.pushfq()?;
+                        a.pop(rdx)?;
+                        a.add(r11, rdx)?;
+                    }
+                    1 => a.add(r11, qword_ptr(rsi))?,
+                    _ => {
+                        a.setb(al)?;
+                        a.add(r11, rax)?;
+                    }
+                }
+                a.jmp(join)?;
+                // Flags dead on entry: a move, then an ADD that sets them.
+                a.set_label(&mut kill)?;
+                a.mov(edx, ecx)?;
+                a.add(edx, 7)?;
+                a.add(r10, rdx)?;
+                a.set_label(&mut join)
+            })
+        });
+        assert_eq!(a.state.gpr[11], b.state.gpr[11]);
+        if variant == 1 {
+            assert_eq!(b.state.rip, stub(14) + 1, "halted in the #PF handler");
+            assert_eq!(b.state.gpr[1], 150);
+        } else {
+            assert!(b.state.gpr[10] > 0);
+        }
+    }
+}
+
 /// MUL and DIV of 32 and 64 bits, from registers and memory; a DIV with a
 /// 128-bit dividend divides in a helper, an overflowing one takes the
 /// interpreter (#DE).

@@ -381,6 +381,25 @@ enum Form {
 impl Form {
     /// Whether the form has a slow path that runs the instruction through
     /// the interpreter (and leaves the region after it).
+    /// What the form does with the flags before anything else can see
+    /// them, for [`flags_dead_on_entry`].
+    fn flags_effect(&self) -> FlagsEffect {
+        let plain = |o: &Opnd| matches!(o, Opnd::Reg(_) | Opnd::Imm(_));
+        match self {
+            // Every arithmetic flag from the operands alone, with no memory
+            // access that could fault first.
+            Form::Alu { op, dst: Opnd::Reg(_), src, .. } if plain(src) && !matches!(op, Alu::Adc | Alu::Sbb) => {
+                FlagsEffect::Kills
+            }
+            Form::Neg { dst: Opnd::Reg(_), .. } => FlagsEffect::Kills,
+            // Neither reads nor writes the flags, and cannot fault or leave.
+            Form::Nop | Form::Lea { .. } | Form::Not { dst: Opnd::Reg(_), .. } => FlagsEffect::Ignores,
+            Form::Mov { dst: Opnd::Reg(_), src, .. } if plain(src) => FlagsEffect::Ignores,
+            Form::Movx { src: Opnd::Reg(_), .. } => FlagsEffect::Ignores,
+            _ => FlagsEffect::Other,
+        }
+    }
+
     fn may_slow(&self) -> bool {
         matches!(
             self,
@@ -401,6 +420,32 @@ impl Form {
                 | Form::Swapgs
         )
     }
+}
+
+/// See [`Form::flags_effect`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FlagsEffect {
+    /// Sets all six arithmetic flags, reading none, and cannot fault.
+    Kills,
+    /// Leaves the flags alone and cannot fault or leave the region.
+    Ignores,
+    /// Anything else: may read the flags, fault, leave or run through the
+    /// interpreter.
+    Other,
+}
+
+/// Whether a guest block sets every arithmetic flag before anything can
+/// read them: before a flag reader, a fault, an exit or a fallback. An
+/// edge into such a block need not store the lazy record it leaves.
+fn flags_dead_on_entry(plan: &[Planned]) -> bool {
+    for p in plan {
+        match p.form.as_ref().map_or(FlagsEffect::Other, Form::flags_effect) {
+            FlagsEffect::Kills => return true,
+            FlagsEffect::Ignores => {}
+            FlagsEffect::Other => return false,
+        }
+    }
+    false
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1114,6 +1159,8 @@ struct Tx<'a, 'b> {
     pending: i64,
     exit_block: Block,
     leave_block: Block,
+    /// Per guest block: [`flags_dead_on_entry`].
+    flags_dead: Vec<bool>,
     blocks: HashMap<u64, (Block, usize)>,
     sig_load: cranelift_codegen::ir::SigRef,
     sig_store: cranelift_codegen::ir::SigRef,
@@ -1262,6 +1309,7 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
         pending: 0,
         exit_block,
         leave_block,
+        flags_dead: plan.iter().map(|p| flags_dead_on_entry(p)).collect(),
         blocks: HashMap::new(),
         sig_load,
         sig_store,
@@ -1477,7 +1525,13 @@ impl Tx<'_, '_> {
     /// that may close a loop) or out of it. Terminates the current block.
     fn goto(&mut self, target: u64, from_rip: u64) {
         self.flush_count();
-        self.sync();
+        if self.flags_dead_at(target) {
+            // The record stays unstored on the way in (an exit at the back
+            // edge below stores it).
+            self.sync_regs();
+        } else {
+            self.sync();
+        }
         match self.blocks.get(&target).copied() {
             Some((blk, _)) if target > from_rip => {
                 self.b.ins().jump(blk, &[]);
@@ -1501,12 +1555,7 @@ impl Tx<'_, '_> {
     /// main path goes on with the same values.
     fn emit_stores(&mut self) {
         let fl = mem_flags();
-        for i in 0..16 {
-            if self.dirty & (1 << i) != 0 {
-                let v = self.regs[i].expect("a dirty register has a value");
-                self.b.ins().store(fl, v, self.state, GPR_OFF + 8 * i as i32);
-            }
-        }
+        self.store_regs();
         if self.lazy_dirty {
             if let Known::Partial { .. } = self.known {
                 // The state's flags with the new bits: into RFLAGS, the
@@ -1552,6 +1601,29 @@ impl Tx<'_, '_> {
         self.emit_stores();
         self.dirty = 0;
         self.lazy_dirty = false;
+    }
+
+    /// Store the dirty registers (they stay held, now clean); the lazy
+    /// record stays as it is.
+    fn sync_regs(&mut self) {
+        self.store_regs();
+        self.dirty = 0;
+    }
+
+    /// Store the dirty registers.
+    fn store_regs(&mut self) {
+        for i in 0..16 {
+            if self.dirty & (1 << i) != 0 {
+                let v = self.regs[i].expect("a dirty register has a value");
+                self.b.ins().store(mem_flags(), v, self.state, GPR_OFF + 8 * i as i32);
+            }
+        }
+    }
+
+    /// Whether `target` is a block of the region that sets every flag
+    /// before anything reads them.
+    fn flags_dead_at(&self, target: u64) -> bool {
+        self.blocks.get(&target).is_some_and(|&(_, i)| self.flags_dead[i])
     }
 
     /// Hold nothing (after code that may change any register, and at the
@@ -3056,12 +3128,20 @@ impl Tx<'_, '_> {
                 let c = self.condition(cc);
                 self.pending += 1;
                 self.flush_count();
-                self.sync();
+                // The lazy record is stored once here when both ways need
+                // it, otherwise only on the way that does.
+                if self.flags_dead_at(target) || self.flags_dead_at(next) {
+                    self.sync_regs();
+                } else {
+                    self.sync();
+                }
+                let flags = (self.known, self.lazy_dirty, self.cin_deferred);
                 let taken = self.b.create_block();
                 let not = self.b.create_block();
                 self.b.ins().brif(c, taken, &[], not, &[]);
                 self.enter_block(taken);
                 self.goto(target, rip);
+                (self.known, self.lazy_dirty, self.cin_deferred) = flags;
                 self.enter_block(not);
                 self.goto(next, rip);
                 return true;
