@@ -15,16 +15,16 @@
 //! instruction has no such operand and a VEX.L the instruction does not
 //! take are invalid encodings: iced-x86 decodes them as such, which is #UD.)
 //!
-//! Memory: VMOVDQA, VMOVAPS and VMOVAPD need their 16- or 32-byte operand
-//! aligned to its size (#GP(0)); the other VEX memory operands may be
+//! Memory: VMOVDQA, VMOVAPS, VMOVAPD and the non-temporal moves (VMOVNTDQA,
+//! VMOVNTPS/PD/DQ) need their 16- or 32-byte operand aligned to its size
+//! (#GP(0)); the other VEX memory operands may be
 //! misaligned. A VEX code without a handler here raises #UD and is logged
 //! by name, as every unimplemented instruction is.
 
 use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 
-use super::int::{mask_if, pshufb};
-use super::shuffle::{interleave, shuf4};
-use super::{lane, lin_addr, map2};
+use super::shuffle::{blendv_lanes, insertps_lanes, sign_bits, widen};
+use super::{lane, lin_addr, with_lane};
 use crate::cpu::Cpu;
 use crate::exception::{Exception, Fault, GP0};
 use crate::ops::xsave::{SSE, YMM};
@@ -104,7 +104,8 @@ fn halves(r: Register) -> usize {
 
 /// The instructions whose memory operand must be aligned to its size.
 fn aligned(m: Mnemonic) -> bool {
-    matches!(m, Mnemonic::Vmovdqa | Mnemonic::Vmovaps | Mnemonic::Vmovapd)
+    use Mnemonic as M;
+    matches!(m, M::Vmovdqa | M::Vmovaps | M::Vmovapd | M::Vmovntdqa | M::Vmovntps | M::Vmovntpd | M::Vmovntdq)
 }
 
 /// The memory operand's segment and offset, after the alignment rule.
@@ -166,22 +167,36 @@ fn src(cpu: &mut Cpu, insn: &Instruction, i: u32) -> Fault<Y> {
 
 /// `dest = f(src1, src2)` on each 128-bit half (VEX.vvvv is src1).
 #[inline(always)]
-fn ternary(cpu: &mut Cpu, insn: &Instruction, f: impl Fn(u128, u128) -> u128) -> Fault<()> {
+pub(super) fn ternary(cpu: &mut Cpu, insn: &Instruction, f: impl Fn(u128, u128) -> u128) -> Fault<()> {
+    ternary_imm(cpu, insn, 0, |a, b, _| f(a, b))
+}
+
+/// `dest = f(src1, src2, imm8)` on each 128-bit half; the upper half of a
+/// 256-bit operation sees `imm8 >> k`.
+#[inline(always)]
+pub(super) fn ternary_imm(cpu: &mut Cpu, insn: &Instruction, k: u32, f: impl Fn(u128, u128, u8) -> u128) -> Fault<()> {
     check(cpu, insn)?;
     let b = src(cpu, insn, 2)?;
     let a = get(cpu, insn.op1_register());
     let d = insn.op0_register();
+    let imm = insn.immediate8();
     let mut r = [0u128; 2];
     for h in 0..halves(d) {
-        r[h] = f(a[h], b[h]);
+        r[h] = f(a[h], b[h], imm >> (k * h as u32));
     }
     set(cpu, d, r);
     Ok(())
 }
 
+/// `dest = f(src)` on each 128-bit half.
+#[inline(always)]
+pub(super) fn unary(cpu: &mut Cpu, insn: &Instruction, f: impl Fn(u128) -> u128) -> Fault<()> {
+    unary_imm(cpu, insn, |b, _| f(b))
+}
+
 /// `dest = f(src, imm8)` on each 128-bit half.
 #[inline(always)]
-fn unary_imm(cpu: &mut Cpu, insn: &Instruction, f: impl Fn(u128, u8) -> u128) -> Fault<()> {
+pub(super) fn unary_imm(cpu: &mut Cpu, insn: &Instruction, f: impl Fn(u128, u8) -> u128) -> Fault<()> {
     check(cpu, insn)?;
     let b = src(cpu, insn, 1)?;
     let d = insn.op0_register();
@@ -194,21 +209,21 @@ fn unary_imm(cpu: &mut Cpu, insn: &Instruction, f: impl Fn(u128, u8) -> u128) ->
     Ok(())
 }
 
-/// A handler from a `(src1, src2)` closure applied to each half.
-macro_rules! v3 {
-    ($f:expr) => {{
-        fn h(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
-            ternary(cpu, insn, $f)
-        }
-        h as Handler
-    }};
-}
-
-/// A lane-wise handler: lane width in bytes and `(a, b)` per lane.
-macro_rules! vlanes {
-    ($w:expr, $f:expr) => {
-        v3!(|a, b| map2(a, b, $w, 16, $f))
-    };
+/// Shifts of each half of src1 by one count: imm8, or the low 64 bits of
+/// an XMM register or 128-bit memory operand.
+#[inline(always)]
+pub(super) fn shift(cpu: &mut Cpu, insn: &Instruction, f: impl Fn(u128, u64) -> u128) -> Fault<()> {
+    check(cpu, insn)?;
+    let count =
+        if insn.op2_kind() == OpKind::Immediate8 { u64::from(insn.immediate8()) } else { src(cpu, insn, 2)?[0] as u64 };
+    let a = src(cpu, insn, 1)?;
+    let d = insn.op0_register();
+    let mut r = [0u128; 2];
+    for h in 0..halves(d) {
+        r[h] = f(a[h], count);
+    }
+    set(cpu, d, r);
+    Ok(())
 }
 
 // ---- data movement ------------------------------------------------------------
@@ -309,22 +324,155 @@ fn zero<const ALL: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     Ok(())
 }
 
-// ---- integer ------------------------------------------------------------------
+/// VMOVSS/VMOVSD (`W` = 4, 8): a load zeroes bits 255:`W`*8, a store writes
+/// the low element, and the three-register form takes the low element from
+/// the last operand and bits 127:`W`*8 from VEX.vvvv.
+fn mov_scalar<const W: usize>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    if insn.op_count() == 3 {
+        let a = cpu.state.xmm[index(insn.op1_register())];
+        let b = cpu.state.xmm[index(insn.op2_register())];
+        set(cpu, insn.op0_register(), [with_lane(a, W, 0, lane(b, W, 0)), 0]);
+        Ok(())
+    } else if insn.op0_kind() == OpKind::Register {
+        let v = load(cpu, insn, W)?;
+        set(cpu, insn.op0_register(), v);
+        Ok(())
+    } else {
+        let v = cpu.state.xmm[index(insn.op1_register())];
+        store(cpu, insn, W, [v, 0])
+    }
+}
 
-/// VPMOVMSKB: the top bit of each byte into a general register.
-fn pmovmskb(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+/// VMOVLPS/VMOVLPD (`H` = 0) and VMOVHPS/VMOVHPD (`H` = 1): a load puts the
+/// quadword in element `H` and takes the other from VEX.vvvv; a store
+/// writes element `H`.
+fn mov_half<const H: usize>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    if insn.op0_kind() == OpKind::Register {
+        let v = load(cpu, insn, 8)?[0] as u64;
+        let a = cpu.state.xmm[index(insn.op1_register())];
+        set(cpu, insn.op0_register(), [with_lane(a, 8, H, v), 0]);
+        Ok(())
+    } else {
+        let v = lane(cpu.state.xmm[index(insn.op1_register())], 8, H);
+        store(cpu, insn, 8, [u128::from(v), 0])
+    }
+}
+
+/// VMOVHLPS (`HL` true): src2's high quadword, then src1's high quadword;
+/// VMOVLHPS: src1's low quadword, then src2's low quadword.
+fn mov_hl<const HL: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    let a = cpu.state.xmm[index(insn.op1_register())];
+    let b = cpu.state.xmm[index(insn.op2_register())];
+    let r = if HL { (b >> 64) | (a >> 64 << 64) } else { (a & u128::from(u64::MAX)) | (b << 64) };
+    set(cpu, insn.op0_register(), [r, 0]);
+    Ok(())
+}
+
+/// VMASKMOVDQU: the legacy byte-masked store at DS:rDI.
+fn maskmovdqu(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    super::mov::maskmov_store(cpu, insn, false)
+}
+
+// ---- inserts, extracts, blends, widening -------------------------------------
+
+/// VPEXTRB/W/D/Q and VEXTRACTPS: an element to a general register
+/// (zero-extended) or to memory.
+fn pextr<const W: usize>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    let v = lane(cpu.state.xmm[index(insn.op1_register())], W, usize::from(insn.immediate8()) & (16 / W - 1));
+    if insn.op0_kind() == OpKind::Register {
+        reg_write(&mut cpu.state, insn.op0_register(), v);
+        Ok(())
+    } else {
+        store(cpu, insn, W, [u128::from(v), 0])
+    }
+}
+
+/// VPINSRB/W/D/Q: src1 with one element from a general register or memory.
+fn pinsr<const W: usize>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    let v = if insn.op2_kind() == OpKind::Register {
+        reg_read(&cpu.state, insn.op2_register())
+    } else {
+        load(cpu, insn, W)?[0] as u64
+    };
+    let a = cpu.state.xmm[index(insn.op1_register())];
+    set(cpu, insn.op0_register(), [with_lane(a, W, usize::from(insn.immediate8()) & (16 / W - 1), v), 0]);
+    Ok(())
+}
+
+/// VINSERTPS.
+fn insertps(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    let imm = insn.immediate8();
+    let v = if insn.op2_kind() == OpKind::Register {
+        lane(cpu.state.xmm[index(insn.op2_register())], 4, usize::from(imm >> 6))
+    } else {
+        load(cpu, insn, 4)?[0] as u64
+    };
+    let a = cpu.state.xmm[index(insn.op1_register())];
+    set(cpu, insn.op0_register(), [insertps_lanes(a, v, imm), 0]);
+    Ok(())
+}
+
+/// VBLENDVPS/VBLENDVPD/VPBLENDVB: the mask is the lane sign bits of the
+/// fourth operand (imm8\[7:4\]).
+fn blendv<const W: usize>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    let b = src(cpu, insn, 2)?;
+    let a = get(cpu, insn.op1_register());
+    let m = get(cpu, insn.op3_register());
+    let d = insn.op0_register();
+    let mut r = [0u128; 2];
+    for h in 0..halves(d) {
+        r[h] = blendv_lanes(a[h], b[h], m[h], W);
+    }
+    set(cpu, d, r);
+    Ok(())
+}
+
+/// VPMOVSX/VPMOVZX: the low `F`-byte elements of the source widened to `T`
+/// bytes; the 256-bit form widens twice as many (a 128-bit source).
+fn pmovx<const F: usize, const T: usize, const SIGNED: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    let b = src(cpu, insn, 1)?[0];
+    let d = insn.op0_register();
+    let hi = if d.is_ymm() { widen(b, F, T, SIGNED, 16 / T) } else { 0 };
+    set(cpu, d, [widen(b, F, T, SIGNED, 0), hi]);
+    Ok(())
+}
+
+/// VMOVMSKPS/VMOVMSKPD/VPMOVMSKB: the lane sign bits into a general
+/// register.
+fn movmsk<const W: usize>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check(cpu, insn)?;
     let s = insn.op1_register();
     let v = get(cpu, s);
-    let mut m = 0u64;
-    for (h, half) in v.iter().take(halves(s)).enumerate() {
-        for i in 0..16 {
-            m |= ((half >> (8 * i + 7)) as u64 & 1) << (16 * h + i);
-        }
+    let mut m = sign_bits(v[0], W, 16);
+    if s.is_ymm() {
+        m |= sign_bits(v[1], W, 16) << (16 / W);
     }
     reg_write(&mut cpu.state, insn.op0_register(), m);
     Ok(())
 }
+
+/// VPCMPESTRI/VPCMPESTRM/VPCMPISTRI/VPCMPISTRM: the SSE4.2 operation; the
+/// mask forms zero bits 255:128 of XMM0.
+fn pcmpstr<const EXPLICIT: bool, const INDEX: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    let b = src(cpu, insn, 1)?[0];
+    super::string::pcmpstr_run::<EXPLICIT, INDEX>(cpu, insn, b)?;
+    if !INDEX {
+        cpu.state.ymm_hi[0] = 0;
+    }
+    Ok(())
+}
+
+// ---- integer ------------------------------------------------------------------
 
 /// VPTEST: ZF = (src1 AND src2) == 0, CF = (NOT src1 AND src2) == 0 over
 /// the whole width; AF, OF, PF and SF cleared.
@@ -345,7 +493,8 @@ fn ptest(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
 
 pub fn handler(code: Code) -> Option<Handler> {
     use Mnemonic as M;
-    Some(match code.mnemonic() {
+    let m = code.mnemonic();
+    Some(match m {
         M::Vmovdqa | M::Vmovdqu | M::Vmovaps | M::Vmovups | M::Vmovapd | M::Vmovupd => mov,
         M::Vmovd => movdq::<4>,
         M::Vmovq => movdq::<8>,
@@ -358,52 +507,54 @@ pub fn handler(code: Code) -> Option<Handler> {
         M::Vperm2f128 | M::Vperm2i128 => perm2x128,
         M::Vzeroupper => zero::<false>,
         M::Vzeroall => zero::<true>,
-        M::Vpand | M::Vandps | M::Vandpd => v3!(|a, b| a & b),
-        M::Vpandn | M::Vandnps | M::Vandnpd => v3!(|a, b| !a & b),
-        M::Vpor | M::Vorps | M::Vorpd => v3!(|a, b| a | b),
-        M::Vpxor | M::Vxorps | M::Vxorpd => v3!(|a, b| a ^ b),
-        M::Vpaddb => vlanes!(1, |x, y| x.wrapping_add(y)),
-        M::Vpaddw => vlanes!(2, |x, y| x.wrapping_add(y)),
-        M::Vpaddd => vlanes!(4, |x, y| x.wrapping_add(y)),
-        M::Vpaddq => vlanes!(8, |x, y| x.wrapping_add(y)),
-        M::Vpsubb => vlanes!(1, |x, y| x.wrapping_sub(y)),
-        M::Vpsubw => vlanes!(2, |x, y| x.wrapping_sub(y)),
-        M::Vpsubd => vlanes!(4, |x, y| x.wrapping_sub(y)),
-        M::Vpsubq => vlanes!(8, |x, y| x.wrapping_sub(y)),
-        M::Vpminub => vlanes!(1, |x, y| x.min(y)),
-        M::Vpmaxub => vlanes!(1, |x, y| x.max(y)),
-        M::Vpcmpeqb => vlanes!(1, |x, y| mask_if(x == y)),
-        M::Vpcmpeqw => vlanes!(2, |x, y| mask_if(x == y)),
-        M::Vpcmpeqd => vlanes!(4, |x, y| mask_if(x == y)),
-        M::Vpcmpeqq => vlanes!(8, |x, y| mask_if(x == y)),
-        M::Vpcmpgtb => vlanes!(1, |x, y| mask_if(x as i8 > y as i8)),
-        M::Vpcmpgtw => vlanes!(2, |x, y| mask_if(x as i16 > y as i16)),
-        M::Vpcmpgtd => vlanes!(4, |x, y| mask_if(x as i32 > y as i32)),
-        M::Vpcmpgtq => vlanes!(8, |x, y| mask_if(x as i64 > y as i64)),
-        M::Vpmovmskb => pmovmskb,
         M::Vptest => ptest,
-        M::Vpshufb => v3!(|a, b| pshufb(a, b, 16)),
-        M::Vpshufd => {
-            fn h(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
-                unary_imm(cpu, insn, |b, imm| shuf4(b, 4, imm))
-            }
-            h
-        }
-        M::Vpunpcklbw => v3!(|a, b| interleave(a, b, 1, 16, false)),
-        M::Vpunpcklwd => v3!(|a, b| interleave(a, b, 2, 16, false)),
-        M::Vpunpckldq => v3!(|a, b| interleave(a, b, 4, 16, false)),
-        M::Vpunpcklqdq => v3!(|a, b| interleave(a, b, 8, 16, false)),
-        M::Vpunpckhbw => v3!(|a, b| interleave(a, b, 1, 16, true)),
-        M::Vpunpckhwd => v3!(|a, b| interleave(a, b, 2, 16, true)),
-        M::Vpunpckhdq => v3!(|a, b| interleave(a, b, 4, 16, true)),
-        M::Vpunpckhqdq => v3!(|a, b| interleave(a, b, 8, 16, true)),
-        _ => return None,
+        M::Vmovss => mov_scalar::<4>,
+        M::Vmovsd => mov_scalar::<8>,
+        M::Vmovlps | M::Vmovlpd => mov_half::<0>,
+        M::Vmovhps | M::Vmovhpd => mov_half::<1>,
+        M::Vmovhlps => mov_hl::<true>,
+        M::Vmovlhps => mov_hl::<false>,
+        M::Vlddqu | M::Vmovntdqa | M::Vmovntps | M::Vmovntpd | M::Vmovntdq => mov,
+        M::Vmaskmovdqu => maskmovdqu,
+        M::Vextractps | M::Vpextrd => pextr::<4>,
+        M::Vpextrb => pextr::<1>,
+        M::Vpextrw => pextr::<2>,
+        M::Vpextrq => pextr::<8>,
+        M::Vpinsrb => pinsr::<1>,
+        M::Vpinsrw => pinsr::<2>,
+        M::Vpinsrd => pinsr::<4>,
+        M::Vpinsrq => pinsr::<8>,
+        M::Vinsertps => insertps,
+        M::Vblendvps => blendv::<4>,
+        M::Vblendvpd => blendv::<8>,
+        M::Vpblendvb => blendv::<1>,
+        M::Vpmovsxbw => pmovx::<1, 2, true>,
+        M::Vpmovsxbd => pmovx::<1, 4, true>,
+        M::Vpmovsxbq => pmovx::<1, 8, true>,
+        M::Vpmovsxwd => pmovx::<2, 4, true>,
+        M::Vpmovsxwq => pmovx::<2, 8, true>,
+        M::Vpmovsxdq => pmovx::<4, 8, true>,
+        M::Vpmovzxbw => pmovx::<1, 2, false>,
+        M::Vpmovzxbd => pmovx::<1, 4, false>,
+        M::Vpmovzxbq => pmovx::<1, 8, false>,
+        M::Vpmovzxwd => pmovx::<2, 4, false>,
+        M::Vpmovzxwq => pmovx::<2, 8, false>,
+        M::Vpmovzxdq => pmovx::<4, 8, false>,
+        M::Vmovmskps => movmsk::<4>,
+        M::Vmovmskpd => movmsk::<8>,
+        M::Vpmovmskb => movmsk::<1>,
+        M::Vpcmpestri | M::Vpcmpestri64 => pcmpstr::<true, true>,
+        M::Vpcmpestrm | M::Vpcmpestrm64 => pcmpstr::<true, false>,
+        M::Vpcmpistri => pcmpstr::<false, true>,
+        M::Vpcmpistrm => pcmpstr::<false, false>,
+        _ => return super::int::vex(m).or_else(|| super::shuffle::vex(m)),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use iced_x86::code_asm::*;
+    use iced_x86::{IcedError, Instruction};
 
     use super::super::testing::*;
     use crate::cpu::Cpu;
@@ -613,9 +764,9 @@ mod tests {
         // Each half is the SSE operation on that half.
         let half = |x: [u128; 2], f: fn(u128, u128) -> u128| [f(x[0], b[0]), f(x[1], b[1])];
         exec(&mut c, |x| x.vpaddb(ymm0, ymm1, ymm2)).unwrap();
-        assert_eq!(y(&c, 0), half(a, |p, q| super::map2(p, q, 1, 16, |s, t| s.wrapping_add(t))));
+        assert_eq!(y(&c, 0), half(a, |p, q| super::super::map2(p, q, 1, 16, |s, t| s.wrapping_add(t))));
         exec(&mut c, |x| x.vpsubq(ymm0, ymm1, ymm2)).unwrap();
-        assert_eq!(y(&c, 0), half(a, |p, q| super::map2(p, q, 8, 16, |s, t| s.wrapping_sub(t))));
+        assert_eq!(y(&c, 0), half(a, |p, q| super::super::map2(p, q, 8, 16, |s, t| s.wrapping_sub(t))));
         exec(&mut c, |x| x.vpaddw(ymm0, ymm1, ymm2)).unwrap();
         assert_eq!(y(&c, 0)[1] & 0xffff, u128::from(u16::from_le_bytes([0x08, 0x09]).wrapping_add(0x1514)));
         exec(&mut c, |x| x.vpminub(ymm0, ymm1, ymm2)).unwrap();
@@ -801,5 +952,337 @@ mod tests {
         assert_eq!(c.state.xmm[..8], [0; 8]);
         assert_eq!(c.state.ymm_hi[..8], [0; 8]);
         assert_eq!((c.state.xmm[8], c.state.ymm_hi[8]), (1, 2));
+    }
+
+    type Asm = fn(&mut CodeAssembler) -> Result<(), IcedError>;
+
+    /// A pseudo-random 256-bit value with some lanes at the edges (0, -1,
+    /// the sign bit alone).
+    fn noise(seed: u64) -> [u128; 2] {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut b = [0u8; 32];
+        for (i, v) in b.chunks_mut(8).enumerate() {
+            let r = next();
+            let q = match (r >> 60) & 7 {
+                0 => 0,
+                1 => u64::MAX,
+                2 => 0x8000_8000_8000_8000,
+                3 => 0x7f80_7fff_8080_0080,
+                _ => r,
+            };
+            v.copy_from_slice(&(q ^ i as u64).to_le_bytes());
+        }
+        [u128::from_le_bytes(b[..16].try_into().unwrap()), u128::from_le_bytes(b[16..].try_into().unwrap())]
+    }
+
+    /// The same instruction with VEX.L cleared: its 128-bit form.
+    fn vex128(i: &Instruction) -> Instruction {
+        let mut e = iced_x86::Encoder::new(64);
+        e.encode(i, 0x8000).unwrap();
+        let mut b = e.take_buffer();
+        match b[0] {
+            0xc5 => b[1] &= !4,
+            0xc4 => b[2] &= !4,
+            x => panic!("not VEX: {x:#x}"),
+        }
+        decode(&b)
+    }
+
+    /// Run `vex` (destination YMM0, sources YMM1 and YMM2, or YMM2 alone)
+    /// and `legacy` (XMM1 op= XMM2) on each half: the results must agree,
+    /// and the 128-bit VEX form must give the low half and zero the rest.
+    fn per_half(c: &mut Cpu, legacy: Asm, vex: Asm, seed: u64) {
+        let (a, b) = (noise(seed), noise(seed + 1000));
+        let v = insn(vex);
+        let name = format!("{:?}", v.code());
+        set_y(c, 1, a);
+        set_y(c, 2, b);
+        set_y(c, 0, noise(seed + 2000));
+        exec_insn(c, &v).unwrap();
+        let r = y(c, 0);
+        for h in 0..2 {
+            set_y(c, 1, [a[h], 0x55]);
+            set_y(c, 2, [b[h], 0x66]);
+            exec(c, legacy).unwrap();
+            assert_eq!(c.state.xmm[1], r[h], "{name}, half {h}, a={:#x} b={:#x}", a[h], b[h]);
+        }
+        set_y(c, 1, a);
+        set_y(c, 2, b);
+        set_y(c, 0, noise(seed + 3000));
+        exec_insn(c, &vex128(&v)).unwrap();
+        assert_eq!(y(c, 0), [r[0], 0], "{name} (VEX.128)");
+    }
+
+    #[test]
+    fn vex_integer_forms_are_the_legacy_operation_on_each_half() {
+        let cases: &[(Asm, Asm)] = &[
+            (|a| a.paddb(xmm1, xmm2), |a| a.vpaddb(ymm0, ymm1, ymm2)),
+            (|a| a.paddw(xmm1, xmm2), |a| a.vpaddw(ymm0, ymm1, ymm2)),
+            (|a| a.paddd(xmm1, xmm2), |a| a.vpaddd(ymm0, ymm1, ymm2)),
+            (|a| a.paddq(xmm1, xmm2), |a| a.vpaddq(ymm0, ymm1, ymm2)),
+            (|a| a.psubb(xmm1, xmm2), |a| a.vpsubb(ymm0, ymm1, ymm2)),
+            (|a| a.psubq(xmm1, xmm2), |a| a.vpsubq(ymm0, ymm1, ymm2)),
+            (|a| a.paddsb(xmm1, xmm2), |a| a.vpaddsb(ymm0, ymm1, ymm2)),
+            (|a| a.paddsw(xmm1, xmm2), |a| a.vpaddsw(ymm0, ymm1, ymm2)),
+            (|a| a.psubsb(xmm1, xmm2), |a| a.vpsubsb(ymm0, ymm1, ymm2)),
+            (|a| a.psubsw(xmm1, xmm2), |a| a.vpsubsw(ymm0, ymm1, ymm2)),
+            (|a| a.paddusb(xmm1, xmm2), |a| a.vpaddusb(ymm0, ymm1, ymm2)),
+            (|a| a.paddusw(xmm1, xmm2), |a| a.vpaddusw(ymm0, ymm1, ymm2)),
+            (|a| a.psubusb(xmm1, xmm2), |a| a.vpsubusb(ymm0, ymm1, ymm2)),
+            (|a| a.psubusw(xmm1, xmm2), |a| a.vpsubusw(ymm0, ymm1, ymm2)),
+            (|a| a.pmullw(xmm1, xmm2), |a| a.vpmullw(ymm0, ymm1, ymm2)),
+            (|a| a.pmulhw(xmm1, xmm2), |a| a.vpmulhw(ymm0, ymm1, ymm2)),
+            (|a| a.pmulhuw(xmm1, xmm2), |a| a.vpmulhuw(ymm0, ymm1, ymm2)),
+            (|a| a.pmulld(xmm1, xmm2), |a| a.vpmulld(ymm0, ymm1, ymm2)),
+            (|a| a.pmuludq(xmm1, xmm2), |a| a.vpmuludq(ymm0, ymm1, ymm2)),
+            (|a| a.pmuldq(xmm1, xmm2), |a| a.vpmuldq(ymm0, ymm1, ymm2)),
+            (|a| a.pmaddwd(xmm1, xmm2), |a| a.vpmaddwd(ymm0, ymm1, ymm2)),
+            (|a| a.pmaddubsw(xmm1, xmm2), |a| a.vpmaddubsw(ymm0, ymm1, ymm2)),
+            (|a| a.pmulhrsw(xmm1, xmm2), |a| a.vpmulhrsw(ymm0, ymm1, ymm2)),
+            (|a| a.psadbw(xmm1, xmm2), |a| a.vpsadbw(ymm0, ymm1, ymm2)),
+            (|a| a.pavgb(xmm1, xmm2), |a| a.vpavgb(ymm0, ymm1, ymm2)),
+            (|a| a.pavgw(xmm1, xmm2), |a| a.vpavgw(ymm0, ymm1, ymm2)),
+            (|a| a.pminub(xmm1, xmm2), |a| a.vpminub(ymm0, ymm1, ymm2)),
+            (|a| a.pminuw(xmm1, xmm2), |a| a.vpminuw(ymm0, ymm1, ymm2)),
+            (|a| a.pminud(xmm1, xmm2), |a| a.vpminud(ymm0, ymm1, ymm2)),
+            (|a| a.pminsb(xmm1, xmm2), |a| a.vpminsb(ymm0, ymm1, ymm2)),
+            (|a| a.pminsw(xmm1, xmm2), |a| a.vpminsw(ymm0, ymm1, ymm2)),
+            (|a| a.pminsd(xmm1, xmm2), |a| a.vpminsd(ymm0, ymm1, ymm2)),
+            (|a| a.pmaxub(xmm1, xmm2), |a| a.vpmaxub(ymm0, ymm1, ymm2)),
+            (|a| a.pmaxuw(xmm1, xmm2), |a| a.vpmaxuw(ymm0, ymm1, ymm2)),
+            (|a| a.pmaxud(xmm1, xmm2), |a| a.vpmaxud(ymm0, ymm1, ymm2)),
+            (|a| a.pmaxsb(xmm1, xmm2), |a| a.vpmaxsb(ymm0, ymm1, ymm2)),
+            (|a| a.pmaxsw(xmm1, xmm2), |a| a.vpmaxsw(ymm0, ymm1, ymm2)),
+            (|a| a.pmaxsd(xmm1, xmm2), |a| a.vpmaxsd(ymm0, ymm1, ymm2)),
+            (|a| a.pcmpgtq(xmm1, xmm2), |a| a.vpcmpgtq(ymm0, ymm1, ymm2)),
+            (|a| a.pcmpeqw(xmm1, xmm2), |a| a.vpcmpeqw(ymm0, ymm1, ymm2)),
+            (|a| a.pandn(xmm1, xmm2), |a| a.vpandn(ymm0, ymm1, ymm2)),
+            (|a| a.xorps(xmm1, xmm2), |a| a.vxorps(ymm0, ymm1, ymm2)),
+            (|a| a.psignb(xmm1, xmm2), |a| a.vpsignb(ymm0, ymm1, ymm2)),
+            (|a| a.psignw(xmm1, xmm2), |a| a.vpsignw(ymm0, ymm1, ymm2)),
+            (|a| a.psignd(xmm1, xmm2), |a| a.vpsignd(ymm0, ymm1, ymm2)),
+            (|a| a.pabsb(xmm1, xmm2), |a| a.vpabsb(ymm0, ymm2)),
+            (|a| a.pabsw(xmm1, xmm2), |a| a.vpabsw(ymm0, ymm2)),
+            (|a| a.pabsd(xmm1, xmm2), |a| a.vpabsd(ymm0, ymm2)),
+            (|a| a.phaddw(xmm1, xmm2), |a| a.vphaddw(ymm0, ymm1, ymm2)),
+            (|a| a.phaddd(xmm1, xmm2), |a| a.vphaddd(ymm0, ymm1, ymm2)),
+            (|a| a.phaddsw(xmm1, xmm2), |a| a.vphaddsw(ymm0, ymm1, ymm2)),
+            (|a| a.phsubw(xmm1, xmm2), |a| a.vphsubw(ymm0, ymm1, ymm2)),
+            (|a| a.phsubd(xmm1, xmm2), |a| a.vphsubd(ymm0, ymm1, ymm2)),
+            (|a| a.phsubsw(xmm1, xmm2), |a| a.vphsubsw(ymm0, ymm1, ymm2)),
+            (|a| a.pshufb(xmm1, xmm2), |a| a.vpshufb(ymm0, ymm1, ymm2)),
+            (|a| a.psllw(xmm1, 3), |a| a.vpsllw(ymm0, ymm1, 3)),
+            (|a| a.pslld(xmm1, 31), |a| a.vpslld(ymm0, ymm1, 31)),
+            (|a| a.psllq(xmm1, 64), |a| a.vpsllq(ymm0, ymm1, 64)),
+            (|a| a.psrlw(xmm1, 15), |a| a.vpsrlw(ymm0, ymm1, 15)),
+            (|a| a.psrld(xmm1, 1), |a| a.vpsrld(ymm0, ymm1, 1)),
+            (|a| a.psrlq(xmm1, 33), |a| a.vpsrlq(ymm0, ymm1, 33)),
+            (|a| a.psraw(xmm1, 200), |a| a.vpsraw(ymm0, ymm1, 200)),
+            (|a| a.psrad(xmm1, 7), |a| a.vpsrad(ymm0, ymm1, 7)),
+            (|a| a.pslldq(xmm1, 5), |a| a.vpslldq(ymm0, ymm1, 5)),
+            (|a| a.psrldq(xmm1, 17), |a| a.vpsrldq(ymm0, ymm1, 17)),
+        ];
+        let mut c = avx_cpu();
+        for (k, &(legacy, vex)) in cases.iter().enumerate() {
+            for seed in 0..4 {
+                per_half(&mut c, legacy, vex, (k * 8 + seed) as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn vex_shuffle_forms_are_the_legacy_operation_on_each_half() {
+        let cases: &[(Asm, Asm)] = &[
+            (|a| a.packsswb(xmm1, xmm2), |a| a.vpacksswb(ymm0, ymm1, ymm2)),
+            (|a| a.packssdw(xmm1, xmm2), |a| a.vpackssdw(ymm0, ymm1, ymm2)),
+            (|a| a.packuswb(xmm1, xmm2), |a| a.vpackuswb(ymm0, ymm1, ymm2)),
+            (|a| a.packusdw(xmm1, xmm2), |a| a.vpackusdw(ymm0, ymm1, ymm2)),
+            (|a| a.punpckhwd(xmm1, xmm2), |a| a.vpunpckhwd(ymm0, ymm1, ymm2)),
+            (|a| a.unpcklps(xmm1, xmm2), |a| a.vunpcklps(ymm0, ymm1, ymm2)),
+            (|a| a.unpckhpd(xmm1, xmm2), |a| a.vunpckhpd(ymm0, ymm1, ymm2)),
+            (|a| a.pshufd(xmm1, xmm2, 0x6c), |a| a.vpshufd(ymm0, ymm2, 0x6c)),
+            (|a| a.pshuflw(xmm1, xmm2, 0x1b), |a| a.vpshuflw(ymm0, ymm2, 0x1b)),
+            (|a| a.pshufhw(xmm1, xmm2, 0xe1), |a| a.vpshufhw(ymm0, ymm2, 0xe1)),
+            (|a| a.shufps(xmm1, xmm2, 0x9c), |a| a.vshufps(ymm0, ymm1, ymm2, 0x9c)),
+            (|a| a.palignr(xmm1, xmm2, 7), |a| a.vpalignr(ymm0, ymm1, ymm2, 7)),
+            (|a| a.palignr(xmm1, xmm2, 20), |a| a.vpalignr(ymm0, ymm1, ymm2, 20)),
+            (|a| a.pblendw(xmm1, xmm2, 0xa5), |a| a.vpblendw(ymm0, ymm1, ymm2, 0xa5)),
+            (|a| a.movddup(xmm1, xmm2), |a| a.vmovddup(ymm0, ymm2)),
+            (|a| a.movsldup(xmm1, xmm2), |a| a.vmovsldup(ymm0, ymm2)),
+            (|a| a.movshdup(xmm1, xmm2), |a| a.vmovshdup(ymm0, ymm2)),
+        ];
+        let mut c = avx_cpu();
+        for (k, &(legacy, vex)) in cases.iter().enumerate() {
+            for seed in 0..4 {
+                per_half(&mut c, legacy, vex, (k * 8 + seed + 5000) as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn upper_halves_take_their_own_immediate_bits() {
+        let mut c = avx_cpu();
+        set_y(&mut c, 1, [u32x4([0, 1, 2, 3]), u32x4([4, 5, 6, 7])]);
+        set_y(&mut c, 2, [u32x4([10, 11, 12, 13]), u32x4([14, 15, 16, 17])]);
+        // VBLENDPS: one bit per dword, eight of them.
+        exec(&mut c, |a| a.vblendps(ymm0, ymm1, ymm2, 0b1001_0110)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([0, 11, 12, 3]), u32x4([14, 5, 6, 17])]);
+        // VBLENDPD: one bit per qword.
+        exec(&mut c, |a| a.vblendpd(ymm0, ymm1, ymm2, 0b1001)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([10, 11, 2, 3]), u32x4([4, 5, 16, 17])]);
+        // VSHUFPD: imm8 bits 1:0 for the low half, 3:2 for the upper one.
+        exec(&mut c, |a| a.vshufpd(ymm0, ymm1, ymm2, 0b0110)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([0, 1, 12, 13]), u32x4([6, 7, 14, 15])]);
+        // VMPSADBW: imm8 bits 2:0 for the low half, 5:3 for the upper one.
+        set_y(&mut c, 1, ramp(0));
+        set_y(&mut c, 2, [0, u128::from_le_bytes([1; 16])]);
+        exec(&mut c, |a| a.vmpsadbw(ymm0, ymm1, ymm2, 0b10_0000)).unwrap();
+        // Upper half: bytes 20.. (offset 4 within the half) against four 1s.
+        assert_eq!(y(&c, 0)[1] as u16, (20 + 21 + 22 + 23) - 4);
+        assert_eq!(y(&c, 0)[0] as u16, 1 + 2 + 3);
+    }
+
+    #[test]
+    fn shift_counts_from_a_register_apply_to_both_halves() {
+        let mut c = avx_cpu();
+        set_y(&mut c, 1, [u128::MAX, u128::MAX]);
+        set_y(&mut c, 2, [4, 100]);
+        exec(&mut c, |a| a.vpsrlw(ymm0, ymm1, xmm2)).unwrap();
+        assert_eq!(y(&c, 0), [u128::MAX / 0xffff * 0x0fff; 2]);
+        c.state.gpr[0] = DATA;
+        write(&c, DATA, &[40, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+        exec(&mut c, |a| a.vpsllq(ymm0, ymm1, xmmword_ptr(rax))).unwrap();
+        assert_eq!(y(&c, 0), [u128::MAX / u128::from(u64::MAX) * (u64::MAX << 40) as u128; 2]);
+        // Counts of 2^64 - 1 clear everything; arithmetic shifts fill.
+        write(&c, DATA, &[0xff; 8]);
+        set_y(&mut c, 1, [1 << 127, 1]);
+        exec(&mut c, |a| a.vpsrad(ymm0, ymm1, xmmword_ptr(rax))).unwrap();
+        assert_eq!(y(&c, 0), [u128::MAX << 96, 0]);
+        exec(&mut c, |a| a.vpslld(ymm0, ymm1, xmmword_ptr(rax))).unwrap();
+        assert_eq!(y(&c, 0), [0, 0]);
+    }
+
+    #[test]
+    fn widening_masks_blends_inserts_extracts() {
+        let mut c = avx_cpu();
+        let v = ramp(0xf0);
+        set_y(&mut c, 1, v);
+        // VPMOVSXBW ymm: sixteen bytes to sixteen words.
+        exec(&mut c, |a| a.vpmovsxbw(ymm0, xmm1)).unwrap();
+        let words: Vec<u16> = (0..16u8).map(|i| i8::from_le_bytes([0xf0u8.wrapping_add(i)]) as i16 as u16).collect();
+        assert_eq!(y(&c, 0)[0], u16x8(words[..8].try_into().unwrap()));
+        assert_eq!(y(&c, 0)[1], u16x8(words[8..].try_into().unwrap()));
+        exec(&mut c, |a| a.vpmovzxbq(ymm0, xmm1)).unwrap();
+        assert_eq!(y(&c, 0), [0xf1 << 64 | 0xf0, 0xf3 << 64 | 0xf2]);
+        exec(&mut c, |a| a.vpmovzxdq(xmm0, xmm1)).unwrap();
+        assert_eq!(y(&c, 0), [0xf7f6_f5f4 << 64 | 0xf3f2_f1f0, 0]);
+        c.state.gpr[0] = DATA;
+        write(&c, DATA, &[0x80, 0xff, 0x7f, 0x01]);
+        exec(&mut c, |a| a.vpmovsxbd(ymm0, qword_ptr(rax))).unwrap();
+        assert_eq!(y(&c, 0)[0], u32x4([0xffff_ff80, 0xffff_ffff, 0x7f, 1]));
+        // Masks.
+        set_y(&mut c, 2, [u32x4([0x8000_0000, 0, 0, 0x8000_0000]), u32x4([0, 0xffff_ffff, 0, 0])]);
+        exec(&mut c, |a| a.vmovmskps(eax, ymm2)).unwrap();
+        assert_eq!(c.state.gpr[0], 0b0010_1001);
+        exec(&mut c, |a| a.vmovmskpd(rax, ymm2)).unwrap();
+        assert_eq!(c.state.gpr[0], 0b0110);
+        exec(&mut c, |a| a.vmovmskps(eax, xmm2)).unwrap();
+        assert_eq!(c.state.gpr[0], 0b1001);
+        // Variable blends: the fourth register's sign bits.
+        set_y(&mut c, 3, [0, u128::MAX]);
+        set_y(&mut c, 4, [u32x4([0x8000_0000, 0, 0, 0]), u32x4([0, 0, 0, 0x8000_0000])]);
+        exec(&mut c, |a| a.vblendvps(ymm0, ymm3, ymm2, ymm4)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([0x8000_0000, 0, 0, 0]), u32x4([u32::MAX, u32::MAX, u32::MAX, 0])]);
+        exec(&mut c, |a| a.vpblendvb(xmm0, xmm3, xmm2, xmm4)).unwrap();
+        assert_eq!(y(&c, 0), [0x80 << 24, 0]);
+        exec(&mut c, |a| a.vblendvpd(ymm0, ymm2, ymm3, ymm4)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([0x8000_0000, 0, 0, 0x8000_0000]), u32x4([0, u32::MAX, u32::MAX, u32::MAX])]);
+        // Extracts and inserts (VEX.128 only), from VEX.vvvv.
+        set_y(&mut c, 1, ramp(0));
+        exec(&mut c, |a| a.vpextrb(eax, xmm1, 17)).unwrap();
+        assert_eq!(c.state.gpr[0], 1);
+        exec(&mut c, |a| a.vpextrq(rax, xmm1, 1)).unwrap();
+        assert_eq!(c.state.gpr[0], 0x0f0e_0d0c_0b0a_0908);
+        exec(&mut c, |a| a.vextractps(dword_ptr(rax + 0), xmm1, 3)).unwrap_err();
+        c.state.gpr[0] = DATA;
+        exec(&mut c, |a| a.vpextrw(word_ptr(rax), xmm1, 2)).unwrap();
+        assert_eq!(read::<2>(&c, DATA), [4, 5]);
+        c.state.gpr[3] = 0xabcd;
+        exec(&mut c, |a| a.vpinsrw(xmm0, xmm1, ebx, 7)).unwrap();
+        assert_eq!(y(&c, 0), [(ramp(0)[0] & !(0xffff << 112)) | (0xabcd << 112), 0]);
+        exec(&mut c, |a| a.vpinsrd(xmm0, xmm1, dword_ptr(rax), 0)).unwrap();
+        assert_eq!(y(&c, 0)[0] as u32, 0x017f_0504);
+        set_y(&mut c, 2, [u32x4([1, 2, 3, 4]), 9]);
+        exec(&mut c, |a| a.vinsertps(xmm0, xmm2, xmm1, (2 << 6) | (1 << 4) | 0b1000)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([1, 0x0b0a_0908, 3, 0]), 0]);
+    }
+
+    #[test]
+    fn scalar_half_and_nontemporal_moves() {
+        let mut c = avx_cpu();
+        set_y(&mut c, 1, [u32x4([1, 2, 3, 4]), 5]);
+        set_y(&mut c, 2, [u32x4([6, 7, 8, 9]), 5]);
+        exec(&mut c, |a| a.vmovss_3(xmm0, xmm1, xmm2)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([6, 2, 3, 4]), 0]);
+        exec(&mut c, |a| a.vmovsd_3(xmm0, xmm1, xmm2)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([6, 7, 3, 4]), 0]);
+        // The 0F 11 register form: operands in the other order.
+        exec_insn(&mut c, &decode(&[0xc5, 0xf2, 0x11, 0xd0])).unwrap(); // vmovss xmm0, xmm1, xmm2
+        assert_eq!(y(&c, 0), [u32x4([6, 2, 3, 4]), 0]);
+        c.state.gpr[0] = DATA;
+        write(&c, DATA, &[0x11; 16]);
+        set_y(&mut c, 0, ramp(0));
+        exec(&mut c, |a| a.vmovss(xmm0, dword_ptr(rax))).unwrap();
+        assert_eq!(y(&c, 0), [0x1111_1111, 0]);
+        exec(&mut c, |a| a.vmovsd(qword_ptr(rax + 8), xmm2)).unwrap();
+        assert_eq!(read::<16>(&c, DATA)[8..], [6, 0, 0, 0, 7, 0, 0, 0]);
+        exec(&mut c, |a| a.vmovhps_3(xmm0, xmm1, qword_ptr(rax + 8))).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([1, 2, 6, 7]), 0]);
+        exec(&mut c, |a| a.vmovlpd_3(xmm0, xmm1, qword_ptr(rax + 8))).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([6, 7, 3, 4]), 0]);
+        exec(&mut c, |a| a.vmovhpd(qword_ptr(rax), xmm1)).unwrap();
+        assert_eq!(read::<8>(&c, DATA), [3, 0, 0, 0, 4, 0, 0, 0]);
+        exec(&mut c, |a| a.vmovhlps(xmm0, xmm1, xmm2)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([8, 9, 3, 4]), 0]);
+        exec(&mut c, |a| a.vmovlhps(xmm0, xmm1, xmm2)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([1, 2, 6, 7]), 0]);
+        // Non-temporal moves need alignment; VLDDQU does not.
+        set_y(&mut c, 3, ramp(3));
+        exec(&mut c, |a| a.vmovntdq(ymmword_ptr(rax), ymm3)).unwrap();
+        exec(&mut c, |a| a.vmovntdqa(ymm4, ymmword_ptr(rax))).unwrap();
+        assert_eq!(y(&c, 4), ramp(3));
+        exec(&mut c, |a| a.vlddqu(ymm5, ymmword_ptr(rax + 1))).unwrap();
+        assert_eq!(y(&c, 5)[0] as u8, 4);
+        assert_eq!(exec(&mut c, |a| a.vmovntps(ymmword_ptr(rax + 16), ymm3)), Err(Exception::GeneralProtection(0)));
+        // VMASKMOVDQU: bytes whose mask byte has bit 7 set, at DS:RDI.
+        c.state.gpr[7] = DATA;
+        write(&c, DATA, &[0; 16]);
+        set_y(&mut c, 6, [0x80 << 8 | 0xff, 0]);
+        exec(&mut c, |a| a.vmaskmovdqu(xmm3, xmm6)).unwrap();
+        assert_eq!(read::<3>(&c, DATA), [3, 4, 0]);
+    }
+
+    #[test]
+    fn string_compares_zero_the_upper_half_of_xmm0() {
+        let mut c = avx_cpu();
+        let s = u128::from_le_bytes(*b"hello, world!\0\0\0");
+        set_y(&mut c, 1, [u128::from_le_bytes(*b"o\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0"), 7]);
+        set_y(&mut c, 2, [s, 7]);
+        set_y(&mut c, 0, [0, 7]);
+        exec(&mut c, |a| a.vpcmpistri(xmm1, xmm2, 0)).unwrap();
+        assert_eq!(c.state.gpr[1], 4);
+        assert_eq!(y(&c, 0), [0, 7]);
+        exec(&mut c, |a| a.vpcmpistrm(xmm1, xmm2, 0)).unwrap();
+        assert_eq!(y(&c, 0), [(1 << 4) | (1 << 8), 0]);
+        c.state.gpr[0] = 1;
+        c.state.gpr[2] = 16;
+        exec(&mut c, |a| a.vpcmpestri(xmm1, xmm2, 0x40)).unwrap();
+        assert_eq!(c.state.gpr[1], 8);
     }
 }
