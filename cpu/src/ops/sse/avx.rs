@@ -23,7 +23,7 @@
 
 use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 
-use super::shuffle::{blendv_lanes, insertps_lanes, sign_bits, widen};
+use super::shuffle::{blend, blendv_lanes, insertps_lanes, sign_bits, widen};
 use super::{lane, lin_addr, with_lane};
 use crate::cpu::Cpu;
 use crate::exception::{Exception, Fault, GP0};
@@ -491,6 +491,251 @@ fn ptest(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     Ok(())
 }
 
+// ---- AVX and AVX2 additions --------------------------------------------------
+
+/// A 256-bit value as eight dwords (`W` = 4) or four qwords (`W` = 8).
+#[inline(always)]
+fn elem(v: Y, w: usize, i: usize) -> u64 {
+    let per = 16 / w;
+    lane(v[i / per], w, i % per)
+}
+
+#[inline(always)]
+fn with_elem(v: &mut Y, w: usize, i: usize, x: u64) {
+    let per = 16 / w;
+    v[i / per] = with_lane(v[i / per], w, i % per, x);
+}
+
+/// VPERMD/VPERMPS: each dword of the result is the dword of src2 that the
+/// low three bits of the same dword of src1 (VEX.vvvv) select.
+fn permd(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    let t = src(cpu, insn, 2)?;
+    let idx = get(cpu, insn.op1_register());
+    let mut r = [0u128; 2];
+    for i in 0..8 {
+        with_elem(&mut r, 4, i, elem(t, 4, elem(idx, 4, i) as usize & 7));
+    }
+    set(cpu, insn.op0_register(), r);
+    Ok(())
+}
+
+/// VPERMQ/VPERMPD: each qword of the result is the qword of the source that
+/// a 2-bit field of imm8 selects.
+fn permq(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    let t = src(cpu, insn, 1)?;
+    let imm = insn.immediate8();
+    let mut r = [0u128; 2];
+    for i in 0..4 {
+        with_elem(&mut r, 8, i, elem(t, 8, usize::from(imm >> (2 * i)) & 3));
+    }
+    set(cpu, insn.op0_register(), r);
+    Ok(())
+}
+
+/// VPERMILPS (`W` = 4) and VPERMILPD (`W` = 8), within each 128-bit half:
+/// the selectors come from imm8 (VPERMILPS: the 2-bit fields, the same for
+/// both halves; VPERMILPD: one bit per qword) or from the elements of a
+/// control operand (bits 1:0 of each dword, bit 1 of each qword).
+fn permil<const W: usize>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    let (a, ctl) = if insn.op2_kind() == OpKind::Immediate8 {
+        let imm = u64::from(insn.immediate8());
+        let ctl = if W == 4 {
+            [0, 1, 2, 3].map(|i| (imm >> (2 * i)) & 3)
+        } else {
+            [0, 1, 2, 3].map(|i| ((imm >> i) & 1) << 1)
+        };
+        let mut c = [0u128; 2];
+        for h in 0..2 {
+            for i in 0..16 / W {
+                c[h] = with_lane(c[h], W, i, ctl[h * (16 / W) % 4 + i]);
+            }
+        }
+        (src(cpu, insn, 1)?, c)
+    } else {
+        let c = src(cpu, insn, 2)?;
+        (get(cpu, insn.op1_register()), c)
+    };
+    let d = insn.op0_register();
+    let mut r = [0u128; 2];
+    for h in 0..halves(d) {
+        for i in 0..16 / W {
+            let sel = lane(ctl[h], W, i) as usize;
+            let sel = if W == 4 { sel & 3 } else { (sel >> 1) & 1 };
+            r[h] = with_lane(r[h], W, i, lane(a[h], W, sel));
+        }
+    }
+    set(cpu, d, r);
+    Ok(())
+}
+
+/// VPSLLVD/Q (`K` = 0), VPSRLVD/Q (1), VPSRAVD (2): each `W`-byte element
+/// shifted by the count in the same element of src2; a count past the
+/// element width gives 0 (or the sign, for VPSRAVD).
+fn vshift<const W: usize, const K: u8>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    let bits = (8 * W) as u64;
+    ternary(cpu, insn, |a, b| {
+        super::map2(a, b, W, 16, |x, c| match K {
+            0 if c < bits => x << c,
+            1 if c < bits => x >> c,
+            2 => (super::sx(x, W) >> c.min(bits - 1)) as u64,
+            _ => 0,
+        })
+    })
+}
+
+/// VBROADCASTF128/VBROADCASTI128: 16 bytes of memory into both halves.
+fn broadcast128(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    let v = load(cpu, insn, 16)?[0];
+    set(cpu, insn.op0_register(), [v, v]);
+    Ok(())
+}
+
+/// VTESTPS (`W` = 4) and VTESTPD (`W` = 8): VPTEST on the element sign bits
+/// only.
+fn testp<const W: usize>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    let b = src(cpu, insn, 1)?;
+    let a = get(cpu, insn.op0_register());
+    let signs = u128::from(super::lane_mask(W) ^ (super::lane_mask(W) >> 1));
+    let m = (0..16 / W).fold(0u128, |m, i| m | signs << (8 * W * i));
+    let mut f = 0;
+    if a[0] & b[0] & m == 0 && a[1] & b[1] & m == 0 {
+        f |= ZF;
+    }
+    if !a[0] & b[0] & m == 0 && !a[1] & b[1] & m == 0 {
+        f |= CF;
+    }
+    cpu.state.set_arith_flags(ARITH, f);
+    Ok(())
+}
+
+/// VMASKMOVPS/PD and VPMASKMOVD/Q (`W` = 4, 8): the elements whose mask
+/// element (VEX.vvvv) has its sign bit set are loaded (the others are
+/// zeroed) or stored (the others left alone). Masked-off elements are not
+/// accessed, so they raise no fault; a store checks every selected element
+/// before it writes any. No #AC for misaligned elements.
+fn maskmov<const W: usize>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    let mask = get(cpu, insn.op1_register());
+    let n = 16 * halves(insn.op1_register()) / W;
+    let sel = |i: usize| elem(mask, W, i) >> (8 * W - 1) != 0;
+    let seg = mem_seg(insn);
+    let off = ea(&cpu.state, insn);
+    let addr = |i: usize| off.wrapping_add((i * W) as u64) & addr_mask(insn);
+    if insn.op0_kind() == OpKind::Register {
+        let mut r = [0u128; 2];
+        for i in (0..n).filter(|&i| sel(i)) {
+            with_elem(&mut r, W, i, read_elem(cpu, seg, addr(i), W)?);
+        }
+        set(cpu, insn.op0_register(), r);
+        return Ok(());
+    }
+    let v = get(cpu, insn.op2_register());
+    // Each element's segment checks, then the page walk of its first byte
+    // and, if it crosses into the next page, of that page's first byte.
+    for i in (0..n).filter(|&i| sel(i)) {
+        let a = addr(i);
+        cpu.linear(seg, a, W as u64, true)?;
+        cpu.probe_write(seg, a, 1)?;
+        let to_end = 0x1000 - (lin_addr(cpu, seg, a) & 0xfff);
+        if W as u64 > to_end {
+            cpu.probe_write(seg, a.wrapping_add(to_end) & addr_mask(insn), 1)?;
+        }
+    }
+    for i in (0..n).filter(|&i| sel(i)) {
+        cpu.write_mem_buf(seg, addr(i), &elem(v, W, i).to_le_bytes()[..W])?;
+    }
+    Ok(())
+}
+
+/// Read one `w`-byte element of a masked load or a gather. These raise no
+/// #AC for a misaligned element (as the CPUs the differential harness runs
+/// on do).
+fn read_elem(cpu: &mut Cpu, seg: usize, off: u64, w: usize) -> Fault<u64> {
+    let mut b = [0u8; 8];
+    cpu.read_mem_buf(seg, off, &mut b[..w])?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// The mask of the memory operand's address size.
+fn addr_mask(insn: &Instruction) -> u64 {
+    let base = insn.memory_base();
+    let size = if base != Register::None && !base.is_ip() {
+        base.size()
+    } else if insn.code_size() == iced_x86::CodeSize::Code64 {
+        8
+    } else {
+        4
+    };
+    match size {
+        2 => 0xffff,
+        4 => 0xffff_ffff,
+        _ => u64::MAX,
+    }
+}
+
+/// The gathers (VPGATHERDD/DQ/QD/QQ, VGATHERDPS/DPD/QPS/QPD): `I`-byte
+/// indexes, `W`-byte elements. Element i, if the sign bit of mask element
+/// i (the third operand) is set, is loaded from base + sign-extended
+/// index i × scale + displacement; each element's mask is cleared once it
+/// is loaded, in order from element 0. A fault leaves the elements loaded
+/// before it in the destination with their masks cleared; a completed
+/// gather leaves the mask all zero. #UD when two of the destination, index
+/// and mask registers are the same.
+fn gather<const I: usize, const W: usize>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    let (d, m, x) = (insn.op0_register(), insn.op2_register(), insn.memory_index());
+    let (di, mi, xi) = (index(d), index(m), index(x));
+    if di == mi || di == xi || mi == xi {
+        return Err(Exception::InvalidOpcode);
+    }
+    let n = (16 * halves(x) / I).min(16 * halves(d) / W);
+    let idx = get(cpu, x);
+    let mut dest = get(cpu, d);
+    let mut mask = get(cpu, m);
+    let seg = mem_seg(insn);
+    let base = insn.memory_base();
+    let mut a = insn.memory_displacement64();
+    if base != Register::None {
+        a = a.wrapping_add(reg_read(&cpu.state, base));
+    }
+    let scale = u64::from(insn.memory_index_scale());
+    let amask = addr_mask(insn);
+    let mut fault = None;
+    for i in 0..n {
+        if elem(mask, W, i) >> (8 * W - 1) == 0 {
+            continue;
+        }
+        let off = super::sx(elem(idx, I, i), I) as u64;
+        let addr = a.wrapping_add(off.wrapping_mul(scale)) & amask;
+        match read_elem(cpu, seg, addr, W) {
+            Ok(v) => {
+                with_elem(&mut dest, W, i, v);
+                with_elem(&mut mask, W, i, 0);
+            }
+            Err(e) => {
+                fault = Some(e);
+                break;
+            }
+        }
+    }
+    if fault.is_none() {
+        mask = [0, 0];
+    }
+    // Elements past the `n` the instruction gathers are zeroed.
+    for i in n..32 / W {
+        with_elem(&mut dest, W, i, 0);
+        with_elem(&mut mask, W, i, 0);
+    }
+    set(cpu, d, dest);
+    set(cpu, m, mask);
+    fault.map_or(Ok(()), Err)
+}
+
 pub fn handler(code: Code) -> Option<Handler> {
     use Mnemonic as M;
     let m = code.mnemonic();
@@ -547,6 +792,30 @@ pub fn handler(code: Code) -> Option<Handler> {
         M::Vpcmpestrm | M::Vpcmpestrm64 => pcmpstr::<true, false>,
         M::Vpcmpistri => pcmpstr::<false, true>,
         M::Vpcmpistrm => pcmpstr::<false, false>,
+        M::Vpblendd => {
+            fn h(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+                ternary_imm(cpu, insn, 4, |a, b, imm| blend(a, b, 4, u16::from(imm)))
+            }
+            h
+        }
+        M::Vpermd | M::Vpermps => permd,
+        M::Vpermq | M::Vpermpd => permq,
+        M::Vpermilps => permil::<4>,
+        M::Vpermilpd => permil::<8>,
+        M::Vpsllvd => vshift::<4, 0>,
+        M::Vpsllvq => vshift::<8, 0>,
+        M::Vpsrlvd => vshift::<4, 1>,
+        M::Vpsrlvq => vshift::<8, 1>,
+        M::Vpsravd => vshift::<4, 2>,
+        M::Vbroadcastf128 | M::Vbroadcasti128 => broadcast128,
+        M::Vtestps => testp::<4>,
+        M::Vtestpd => testp::<8>,
+        M::Vmaskmovps | M::Vpmaskmovd => maskmov::<4>,
+        M::Vmaskmovpd | M::Vpmaskmovq => maskmov::<8>,
+        M::Vpgatherdd | M::Vgatherdps => gather::<4, 4>,
+        M::Vpgatherdq | M::Vgatherdpd => gather::<4, 8>,
+        M::Vpgatherqd | M::Vgatherqps => gather::<8, 4>,
+        M::Vpgatherqq | M::Vgatherqpd => gather::<8, 8>,
         _ => return super::int::vex(m).or_else(|| super::shuffle::vex(m)),
     })
 }
@@ -556,6 +825,7 @@ mod tests {
     use iced_x86::code_asm::*;
     use iced_x86::{IcedError, Instruction};
 
+    use super::super::lane;
     use super::super::testing::*;
     use crate::cpu::Cpu;
     use crate::exception::Exception;
@@ -1284,5 +1554,163 @@ mod tests {
         c.state.gpr[2] = 16;
         exec(&mut c, |a| a.vpcmpestri(xmm1, xmm2, 0x40)).unwrap();
         assert_eq!(c.state.gpr[1], 8);
+    }
+
+    #[test]
+    fn avx2_permutes_blends_and_variable_shifts() {
+        let mut c = avx_cpu();
+        let t = [u32x4([10, 11, 12, 13]), u32x4([14, 15, 16, 17])];
+        set_y(&mut c, 2, t);
+        set_y(&mut c, 1, [u32x4([7, 0, 8 + 3, 0xffff_fff9]), u32x4([1, 1, 6, 5])]);
+        exec(&mut c, |a| a.vpermd(ymm0, ymm1, ymm2)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([17, 10, 13, 11]), u32x4([11, 11, 16, 15])]);
+        exec(&mut c, |a| a.vpermps(ymm0, ymm1, ymm2)).unwrap();
+        assert_eq!(y(&c, 0)[0], u32x4([17, 10, 13, 11]));
+        exec(&mut c, |a| a.vpermq(ymm0, ymm2, 0b00_01_10_11)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([16, 17, 14, 15]), u32x4([12, 13, 10, 11])]);
+        exec(&mut c, |a| a.vpblendd(ymm0, ymm1, ymm2, 0b1000_0001)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([10, 0, 11, 0xffff_fff9]), u32x4([1, 1, 6, 17])]);
+        exec(&mut c, |a| a.vpblendd(xmm0, xmm1, xmm2, 0b1111_0010)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([7, 11, 11, 0xffff_fff9]), 0]);
+        // VPERMILPS/PD: within each half.
+        exec(&mut c, |a| a.vpermilps(ymm0, ymm2, 0b00_01_10_11)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([13, 12, 11, 10]), u32x4([17, 16, 15, 14])]);
+        exec(&mut c, |a| a.vpermilps(ymm0, ymm2, ymm1)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([13, 10, 13, 11]), u32x4([15, 15, 16, 15])]);
+        exec(&mut c, |a| a.vpermilpd(ymm0, ymm2, 0b0110)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([10, 11, 12, 13]), u32x4([16, 17, 14, 15])]);
+        set_y(&mut c, 3, [2 << 64, 2]);
+        exec(&mut c, |a| a.vpermilpd(ymm0, ymm2, ymm3)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([10, 11, 12, 13]), u32x4([16, 17, 14, 15])]);
+        // Variable shifts.
+        set_y(&mut c, 1, [u32x4([1, 0x8000_0000, 0x8000_0000, 5]), u32x4([1, 1, 1, 1])]);
+        set_y(&mut c, 2, [u32x4([31, 31, 32, 0]), u32x4([0, 1, 33, u32::MAX])]);
+        exec(&mut c, |a| a.vpsllvd(ymm0, ymm1, ymm2)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([0x8000_0000, 0, 0, 5]), u32x4([1, 2, 0, 0])]);
+        exec(&mut c, |a| a.vpsrlvd(ymm0, ymm1, ymm2)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([0, 1, 0, 5]), u32x4([1, 0, 0, 0])]);
+        exec(&mut c, |a| a.vpsravd(ymm0, ymm1, ymm2)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([0, u32::MAX, u32::MAX, 5]), u32x4([1, 0, 0, 0])]);
+        set_y(&mut c, 2, [63 | (64 << 64), 1]);
+        set_y(&mut c, 1, [u128::MAX, 3]);
+        exec(&mut c, |a| a.vpsrlvq(xmm0, xmm1, xmm2)).unwrap();
+        assert_eq!(y(&c, 0), [1, 0]);
+        exec(&mut c, |a| a.vpsllvq(ymm0, ymm1, ymm2)).unwrap();
+        assert_eq!(y(&c, 0), [1 << 63, 6]);
+        // VBROADCASTI128.
+        c.state.gpr[0] = DATA;
+        write(&c, DATA, &[7; 16]);
+        exec(&mut c, |a| a.vbroadcasti128(ymm0, xmmword_ptr(rax))).unwrap();
+        assert_eq!(y(&c, 0), [u128::from_le_bytes([7; 16]); 2]);
+    }
+
+    #[test]
+    fn vtestps_and_vtestpd_see_sign_bits_only() {
+        use crate::state::flags::{ARITH, CF, ZF};
+        let mut c = avx_cpu();
+        let flags = |c: &mut Cpu| {
+            c.state.materialize_flags();
+            c.state.rflags & ARITH
+        };
+        set_y(&mut c, 1, [u32x4([0x7fff_ffff, 0, 0, 0]), 0]);
+        set_y(&mut c, 2, [u32x4([0x7fff_ffff, 0, 0, 0]), 0]);
+        exec(&mut c, |a| a.vtestps(ymm1, ymm2)).unwrap();
+        assert_eq!(flags(&mut c), ZF | CF);
+        set_y(&mut c, 2, [0, u32x4([0, 0, 0, 0x8000_0000])]);
+        exec(&mut c, |a| a.vtestps(ymm1, ymm2)).unwrap();
+        assert_eq!(flags(&mut c), ZF);
+        exec(&mut c, |a| a.vtestps(xmm1, xmm2)).unwrap();
+        assert_eq!(flags(&mut c), ZF | CF);
+        set_y(&mut c, 1, [0, u32x4([0, 0, 0, 0x8000_0000])]);
+        exec(&mut c, |a| a.vtestpd(ymm1, ymm2)).unwrap();
+        assert_eq!(flags(&mut c), CF);
+        // Bit 31 is not a sign bit of a double.
+        set_y(&mut c, 1, [0x8000_0000, 0]);
+        set_y(&mut c, 2, [0x8000_0000, 0]);
+        exec(&mut c, |a| a.vtestpd(ymm1, ymm2)).unwrap();
+        assert_eq!(flags(&mut c), ZF | CF);
+    }
+
+    #[test]
+    fn masked_moves_touch_only_selected_elements() {
+        let mut c = avx_cpu();
+        c.state.gpr[0] = DATA;
+        write(&c, DATA, &(0..32).collect::<Vec<u8>>());
+        set_y(&mut c, 1, [u32x4([0x8000_0000, 0, 0, 0xffff_ffff]), u32x4([0, 0, 0, 0x8000_0000])]);
+        set_y(&mut c, 0, ramp(0x40));
+        exec(&mut c, |a| a.vpmaskmovd(ymm0, ymm1, ymmword_ptr(rax))).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([0x0302_0100, 0, 0, 0x0f0e_0d0c]), u32x4([0, 0, 0, 0x1f1e_1d1c])]);
+        exec(&mut c, |a| a.vmaskmovpd(xmm0, xmm1, xmmword_ptr(rax))).unwrap();
+        assert_eq!(y(&c, 0), [0x0f0e_0d0c_0b0a_0908 << 64, 0]);
+        // Stores leave the other bytes alone.
+        set_y(&mut c, 2, [u128::MAX, u128::MAX]);
+        exec(&mut c, |a| a.vmaskmovps(ymmword_ptr(rax), ymm1, ymm2)).unwrap();
+        let m = read::<32>(&c, DATA);
+        assert_eq!(m[..4], [0xff; 4]);
+        assert_eq!(m[4..12], (4..12).collect::<Vec<u8>>()[..]);
+        assert_eq!(m[28..], [0xff; 4]);
+        // Masked-off elements on a missing page do not fault; selected ones do,
+        // and a store then writes nothing.
+        c.state.gpr[0] = UNMAPPED - 16;
+        set_y(&mut c, 1, [u128::MAX, 0]);
+        exec(&mut c, |a| a.vpmaskmovq(ymm0, ymm1, ymmword_ptr(rax))).unwrap();
+        assert_eq!(y(&c, 0), [0, 0]);
+        exec(&mut c, |a| a.vpmaskmovq(ymmword_ptr(rax), ymm1, ymm2)).unwrap();
+        assert_eq!(read::<16>(&c, UNMAPPED - 16), [0xff; 16]);
+        write(&c, UNMAPPED - 16, &[0; 16]);
+        set_y(&mut c, 1, [u128::MAX, u128::MAX]);
+        assert!(matches!(
+            exec(&mut c, |a| a.vpmaskmovd(ymmword_ptr(rax), ymm1, ymm2)),
+            Err(Exception::PageFault { .. })
+        ));
+        assert_eq!(read::<16>(&c, UNMAPPED - 16), [0; 16]);
+    }
+
+    #[test]
+    fn gathers_update_the_mask_and_stop_at_a_fault() {
+        let mut c = avx_cpu();
+        let words: Vec<u8> = (0..64u32).flat_map(|i| (i * 3).to_le_bytes()).collect();
+        write(&c, DATA, &words);
+        c.state.gpr[0] = DATA;
+        // VPGATHERDD: dword i at rax + 4 * index i; the mask's sign bits pick.
+        set_y(&mut c, 2, [u32x4([5, 0, 63, 2]), u32x4([1, 1, 0xffff_ffff, 9])]);
+        set_y(&mut c, 3, [u32x4([u32::MAX, 0x8000_0000, 0x7fff_ffff, u32::MAX]), u128::MAX]);
+        set_y(&mut c, 1, ramp(0));
+        exec(&mut c, |a| a.vpgatherdd_3(ymm1, dword_ptr(rax + ymm2 * 4), ymm3)).unwrap();
+        let old = ramp(0);
+        assert_eq!(y(&c, 1)[0], u32x4([15, 0, lane(old[0], 4, 2) as u32, 6]));
+        // Index -1 reads the dword below DATA (zero).
+        assert_eq!(y(&c, 1)[1], u32x4([3, 3, 0, 27]));
+        assert_eq!(y(&c, 3), [0, 0]);
+        // VPGATHERQD with a 128-bit index: two dwords, the rest zeroed.
+        set_y(&mut c, 2, [1 | (2 << 64), 0]);
+        set_y(&mut c, 3, [u128::MAX, u128::MAX]);
+        exec(&mut c, |a| a.vpgatherqd_3(xmm1, dword_ptr(rax + xmm2 * 4), xmm3)).unwrap();
+        assert_eq!(y(&c, 1), [u32x4([3, 6, 0, 0]), 0]);
+        assert_eq!(y(&c, 3), [0, 0]);
+        // VGATHERDPD ymm with a 128-bit index.
+        set_y(&mut c, 2, [u32x4([0, 2, 4, 6]), 0]);
+        set_y(&mut c, 3, [u128::MAX, u128::MAX]);
+        exec(&mut c, |a| a.vgatherdpd_3(ymm1, qword_ptr(rax + xmm2 * 4), ymm3)).unwrap();
+        assert_eq!(y(&c, 1), [u32x4([0, 3, 6, 9]), u32x4([12, 15, 18, 21])]);
+        // A fault at element 2: elements 0 and 1 are done, their masks clear.
+        c.state.gpr[0] = UNMAPPED - 8;
+        set_y(&mut c, 2, [0, 1 | (2 << 64)]);
+        set_y(&mut c, 3, [u128::MAX, u128::MAX]);
+        set_y(&mut c, 1, [0, 0]);
+        write(&c, UNMAPPED - 8, &[1, 0, 0, 0, 0, 0, 0, 0]);
+        let r = exec(&mut c, |a| a.vpgatherqq_3(ymm1, qword_ptr(rax + ymm2 * 8), ymm3));
+        assert!(matches!(r, Err(Exception::PageFault { .. })), "{r:?}");
+        assert_eq!(y(&c, 1), [1 | (1 << 64), 0]);
+        assert_eq!(y(&c, 3), [0, u128::MAX]);
+        // The destination, index and mask must be distinct registers.
+        assert_eq!(
+            exec(&mut c, |a| a.vpgatherdd_3(xmm1, dword_ptr(rax + xmm1 * 4), xmm3)),
+            Err(Exception::InvalidOpcode)
+        );
+        assert_eq!(
+            exec(&mut c, |a| a.vpgatherdq_3(ymm1, qword_ptr(rax + xmm2 * 4), ymm2)),
+            Err(Exception::InvalidOpcode)
+        );
     }
 }

@@ -130,7 +130,7 @@ pub(super) fn shuf4(v: u128, w: usize, imm: u8) -> u128 {
 }
 
 /// Lanes of `b` where `imm`'s bit is set, else of `a`.
-fn blend(a: u128, b: u128, w: usize, imm: u16) -> u128 {
+pub(super) fn blend(a: u128, b: u128, w: usize, imm: u16) -> u128 {
     let mut r = a;
     for i in 0..16 / w {
         if imm & (1 << i) != 0 {
