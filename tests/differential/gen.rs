@@ -499,7 +499,8 @@ fn enumerate(bitness: u32) -> Vec<Instruction> {
         for (l, vvvv) in [(0u8, 0xeu8), (0, 0xf), (1, 0xe), (1, 0xf)] {
             for (w, pp) in (0..2u8).flat_map(|w| (0..4u8).map(move |pp| (w, pp))) {
                 for op in 0..=255u8 {
-                    for &modrm in &modrms {
+                    // With a SIB byte too, for the VSIB forms (the gathers).
+                    for modrm in modrms.iter().copied().chain((0..8u8).map(|reg| (reg << 3) | 4)) {
                         buf.clear();
                         buf.extend_from_slice(&[0xc4, 0xe0 | mmmmm, (w << 7) | (vvvv << 3) | (l << 2) | pp, op, modrm]);
                         buf.extend_from_slice(&[0; 10]);
@@ -964,6 +965,37 @@ impl Gen<'_> {
         None
     }
 
+    /// A VSIB operand (the gathers): a base register that reaches `target`
+    /// with the displacement, and a random vector index register of the
+    /// template's width, whose elements (small in some registers of the
+    /// avx group's initial state) are added scaled.
+    fn vsib_operand(&mut self, insn: &mut Instruction, target: u64) {
+        let n = self.nregs();
+        let first = if insn.memory_index().is_ymm() { Register::YMM0 } else { Register::XMM0 };
+        let index = Register::try_from(first as usize + self.rng.below(n as u64) as usize).unwrap();
+        let asize = if self.mode == Mode::Long64 && self.rng.chance(90) { 8 } else { 4 };
+        insn.set_segment_prefix(Register::None);
+        insn.set_memory_index(index);
+        insn.set_memory_index_scale(*self.rng.pick(&[1u32, 2, 4, 8]));
+        let Some(b) = self.address_register(false) else {
+            insn.set_memory_base(Register::None);
+            insn.set_memory_displ_size(4);
+            insn.set_memory_displacement64(target);
+            return;
+        };
+        let base_val = *self.claimed[b].get_or_insert(target.wrapping_sub(self.rng.below(256)));
+        let disp = target.wrapping_sub(base_val);
+        let disp = if (disp as i64) < i64::from(i32::MIN) || (disp as i64) > i64::from(i32::MAX) {
+            (self.rng.next_u64() as i8) as i64 as u64
+        } else {
+            disp
+        };
+        let disp = if asize == 4 { disp & 0xffff_ffff } else { disp };
+        insn.set_memory_base(gpr(b, asize));
+        insn.set_memory_displ_size(if disp == 0 { 0 } else { 1 });
+        insn.set_memory_displacement64(disp);
+    }
+
     /// Make operand `op` of `insn` a memory operand at a chosen address.
     fn memory_operand(&mut self, insn: &mut Instruction) {
         let code = insn.code();
@@ -1000,6 +1032,10 @@ impl Gen<'_> {
         }
         // XLAT's operand is [rBX + AL]: keep it.
         if insn.mnemonic() == Mnemonic::Xlatb {
+            return;
+        }
+        if insn.is_vsib() {
+            self.vsib_operand(insn, target);
             return;
         }
         let long = self.mode == Mode::Long64;
@@ -1478,6 +1514,15 @@ pub fn generate(cat: &Catalog, seed: u64, mode: Option<Mode>, groups: &[Group]) 
             } else {
                 u128::from(g.rng.interesting()) | (u128::from(g.rng.next_u64()) << 64)
             };
+        }
+        // Some registers hold small qwords (small dwords too, read as
+        // dwords): gather indexes that reach the data page.
+        for i in 0..16 {
+            if g.rng.chance(25) {
+                let mut small = || u128::from(g.rng.below(64)) | (u128::from(g.rng.below(64)) << 64);
+                s.xmm[i] = small();
+                s.ymm_hi[i] = small();
+            }
         }
     }
     let masks = if g.rng.chance(80) { 0x1f80 } else { (g.rng.next_u64() as u32) & 0x1f80 };

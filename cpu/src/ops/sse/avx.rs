@@ -371,9 +371,17 @@ fn mov_hl<const HL: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     Ok(())
 }
 
-/// VMASKMOVDQU: the legacy byte-masked store at DS:rDI.
+/// VMASKMOVDQU: the legacy byte-masked store at DS:rDI, after the checks
+/// of a store of all 16 bytes (a fault is reported at the first byte of the
+/// 16, whatever the mask, as the CPUs the differential harness runs on do).
 fn maskmovdqu(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check(cpu, insn)?;
+    let (off, amask) = match insn.op0_kind() {
+        OpKind::MemorySegRDI => (cpu.state.gpr[crate::state::reg::RDI], u64::MAX),
+        OpKind::MemorySegEDI => (cpu.state.gpr[crate::state::reg::RDI] & 0xffff_ffff, 0xffff_ffff),
+        _ => (cpu.state.gpr[crate::state::reg::RDI] & 0xffff, 0xffff),
+    };
+    probe_store(cpu, mem_seg(insn), off, 16, amask)?;
     super::mov::maskmov_store(cpu, insn, false)
 }
 
@@ -635,19 +643,24 @@ fn maskmov<const W: usize>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         return Ok(());
     }
     let v = get(cpu, insn.op2_register());
-    // Each element's segment checks, then the page walk of its first byte
-    // and, if it crosses into the next page, of that page's first byte.
     for i in (0..n).filter(|&i| sel(i)) {
-        let a = addr(i);
-        cpu.linear(seg, a, W as u64, true)?;
-        cpu.probe_write(seg, a, 1)?;
-        let to_end = 0x1000 - (lin_addr(cpu, seg, a) & 0xfff);
-        if W as u64 > to_end {
-            cpu.probe_write(seg, a.wrapping_add(to_end) & addr_mask(insn), 1)?;
-        }
+        probe_store(cpu, seg, addr(i), W, addr_mask(insn))?;
     }
     for i in (0..n).filter(|&i| sel(i)) {
         cpu.write_mem_buf(seg, addr(i), &elem(v, W, i).to_le_bytes()[..W])?;
+    }
+    Ok(())
+}
+
+/// The checks of an `n`-byte store at `seg:off` without the alignment
+/// check: the segment checks, then the page walk of the first byte and, if
+/// the store crosses into the next page, of that page's first byte.
+fn probe_store(cpu: &mut Cpu, seg: usize, off: u64, n: usize, amask: u64) -> Fault<()> {
+    cpu.linear(seg, off, n as u64, true)?;
+    cpu.probe_write(seg, off, 1)?;
+    let to_end = 0x1000 - (lin_addr(cpu, seg, off) & 0xfff);
+    if n as u64 > to_end {
+        cpu.probe_write(seg, off.wrapping_add(to_end) & amask, 1)?;
     }
     Ok(())
 }
@@ -679,13 +692,15 @@ fn addr_mask(insn: &Instruction) -> u64 {
 }
 
 /// The gathers (VPGATHERDD/DQ/QD/QQ, VGATHERDPS/DPD/QPS/QPD): `I`-byte
-/// indexes, `W`-byte elements. Element i, if the sign bit of mask element
-/// i (the third operand) is set, is loaded from base + sign-extended
-/// index i × scale + displacement; each element's mask is cleared once it
-/// is loaded, in order from element 0. A fault leaves the elements loaded
-/// before it in the destination with their masks cleared; a completed
-/// gather leaves the mask all zero. #UD when two of the destination, index
-/// and mask registers are the same.
+/// indexes, `W`-byte elements. Elements complete in order from element 0:
+/// one whose mask element has its sign bit set is loaded from base +
+/// sign-extended index × scale + displacement, and each completed element
+/// (loaded or not) has its mask element cleared. A fault leaves the
+/// elements completed before it so and the rest of both registers as they
+/// were (upper halves included); a completed gather leaves the mask all
+/// zero and zeroes the destination past the elements it gathers (bits
+/// 255:128 for VEX.128). #UD when two of the destination, index and mask
+/// registers are the same.
 fn gather<const I: usize, const W: usize>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check(cpu, insn)?;
     let (d, m, x) = (insn.op0_register(), insn.op2_register(), insn.memory_index());
@@ -695,8 +710,6 @@ fn gather<const I: usize, const W: usize>(cpu: &mut Cpu, insn: &Instruction) -> 
     }
     let n = (16 * halves(x) / I).min(16 * halves(d) / W);
     let idx = get(cpu, x);
-    let mut dest = get(cpu, d);
-    let mut mask = get(cpu, m);
     let seg = mem_seg(insn);
     let base = insn.memory_base();
     let mut a = insn.memory_displacement64();
@@ -705,35 +718,30 @@ fn gather<const I: usize, const W: usize>(cpu: &mut Cpu, insn: &Instruction) -> 
     }
     let scale = u64::from(insn.memory_index_scale());
     let amask = addr_mask(insn);
-    let mut fault = None;
+    // Both registers whole (256 bits), written back whole at a fault.
+    let mut dest = [cpu.state.xmm[di], cpu.state.ymm_hi[di]];
+    let mut mask = [cpu.state.xmm[mi], cpu.state.ymm_hi[mi]];
     for i in 0..n {
-        if elem(mask, W, i) >> (8 * W - 1) == 0 {
-            continue;
-        }
-        let off = super::sx(elem(idx, I, i), I) as u64;
-        let addr = a.wrapping_add(off.wrapping_mul(scale)) & amask;
-        match read_elem(cpu, seg, addr, W) {
-            Ok(v) => {
-                with_elem(&mut dest, W, i, v);
-                with_elem(&mut mask, W, i, 0);
-            }
-            Err(e) => {
-                fault = Some(e);
-                break;
+        if elem(mask, W, i) >> (8 * W - 1) != 0 {
+            let off = super::sx(elem(idx, I, i), I) as u64;
+            let addr = a.wrapping_add(off.wrapping_mul(scale)) & amask;
+            match read_elem(cpu, seg, addr, W) {
+                Ok(v) => with_elem(&mut dest, W, i, v),
+                Err(e) => {
+                    (cpu.state.xmm[di], cpu.state.ymm_hi[di]) = (dest[0], dest[1]);
+                    (cpu.state.xmm[mi], cpu.state.ymm_hi[mi]) = (mask[0], mask[1]);
+                    return Err(e);
+                }
             }
         }
-    }
-    if fault.is_none() {
-        mask = [0, 0];
-    }
-    // Elements past the `n` the instruction gathers are zeroed.
-    for i in n..32 / W {
-        with_elem(&mut dest, W, i, 0);
         with_elem(&mut mask, W, i, 0);
     }
+    for i in n..32 / W {
+        with_elem(&mut dest, W, i, 0);
+    }
     set(cpu, d, dest);
-    set(cpu, m, mask);
-    fault.map_or(Ok(()), Err)
+    set(cpu, m, [0, 0]);
+    Ok(())
 }
 
 pub fn handler(code: Code) -> Option<Handler> {
@@ -1703,6 +1711,15 @@ mod tests {
         assert!(matches!(r, Err(Exception::PageFault { .. })), "{r:?}");
         assert_eq!(y(&c, 1), [1 | (1 << 64), 0]);
         assert_eq!(y(&c, 3), [0, u128::MAX]);
+        // VEX.128 at a fault: unselected elements before it complete (mask
+        // cleared), and bits 255:128 of both registers are kept.
+        set_y(&mut c, 2, [1 << 32, 0]);
+        set_y(&mut c, 3, [u32x4([5, 0x8000_0000, 0x8000_0000, 0x8000_0000]), 9]);
+        set_y(&mut c, 1, [0, 8]);
+        let r = exec(&mut c, |a| a.vpgatherdd_3(xmm1, dword_ptr(rax + xmm2 * 8), xmm3));
+        assert!(matches!(r, Err(Exception::PageFault { .. })), "{r:?}");
+        assert_eq!(y(&c, 3), [u32x4([0, 0x8000_0000, 0x8000_0000, 0x8000_0000]), 9]);
+        assert_eq!(y(&c, 1), [0, 8]);
         // The destination, index and mask must be distinct registers.
         assert_eq!(
             exec(&mut c, |a| a.vpgatherdd_3(xmm1, dword_ptr(rax + xmm1 * 4), xmm3)),
