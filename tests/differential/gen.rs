@@ -231,7 +231,9 @@ pub fn exclusion(code: Code) -> Option<&'static str> {
         F2xm1 | Fyl2x | Fyl2xp1 | Fptan | Fpatan | Fsin | Fcos | Fsincos => {
             "transcendental results are specified to about 1 ulp: they differ between vendors"
         }
-        Rcpps | Rcpss | Rsqrtps | Rsqrtss => "approximations whose exact bits differ between vendors",
+        Rcpps | Rcpss | Rsqrtps | Rsqrtss | Vrcpps | Vrcpss | Vrsqrtps | Vrsqrtss => {
+            "approximations whose exact bits differ between vendors"
+        }
         Sgdt | Sidt | Sldt | Str | Smsw => "kvm_pvm runs ring 3 with the host's CR4.UMIP, not the guest's",
         Lfs | Lgs | Lss | Lds | Les => "loads a far pointer from memory: random selectors, covered by segment loads",
         Swapgs => "privileged, but kvm_pvm treats it specially",

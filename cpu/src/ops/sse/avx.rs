@@ -23,8 +23,10 @@
 
 use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 
+use super::convert::{conv, elem_size, D, I32, I64, S};
 use super::shuffle::{blend, blendv_lanes, insertps_lanes, sign_bits, widen};
-use super::{lane, lin_addr, with_lane};
+use super::softfloat::Env;
+use super::{commit, lane, lin_addr, with_lane};
 use crate::cpu::Cpu;
 use crate::exception::{Exception, Fault, GP0};
 use crate::ops::xsave::{SSE, YMM};
@@ -499,6 +501,121 @@ fn ptest(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     Ok(())
 }
 
+// ---- floating point -----------------------------------------------------------
+
+/// A floating-point operation: the kernel `(src1, src2, imm8, env)` on each
+/// 128-bit half, src1 being VEX.vvvv (zero for the two-operand forms, whose
+/// kernels ignore it); the flags of every lane are committed (#XM before
+/// any write) and the destination written.
+#[inline(always)]
+pub(super) fn fp(cpu: &mut Cpu, insn: &Instruction, k: impl Fn(u128, u128, u8, &mut Env) -> u128) -> Fault<()> {
+    check(cpu, insn)?;
+    let imm = insn.immediate8();
+    let n = insn.op_count() - u32::from(insn.op_kind(insn.op_count() - 1) == OpKind::Immediate8);
+    let (a, b) = if n == 3 {
+        let b = src(cpu, insn, 2)?;
+        (get(cpu, insn.op1_register()), b)
+    } else {
+        ([0, 0], src(cpu, insn, 1)?)
+    };
+    let d = insn.op0_register();
+    let mut env = Env::from_mxcsr(cpu.state.mxcsr);
+    let mut r = [0u128; 2];
+    for h in 0..halves(d) {
+        r[h] = k(a[h], b[h], imm, &mut env);
+    }
+    commit(cpu, env.flags)?;
+    set(cpu, d, r);
+    Ok(())
+}
+
+/// VCOMISS/VCOMISD/VUCOMISS/VUCOMISD.
+fn comi<const DOUBLE: bool, const SIGNAL: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    let b = src(cpu, insn, 1)?[0];
+    let a = cpu.state.xmm[index(insn.op0_register())];
+    super::float::comi_flags::<DOUBLE, SIGNAL>(cpu, a, b)
+}
+
+fn ldmxcsr(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    super::float::ldmxcsr_body(cpu, insn)
+}
+
+fn stmxcsr(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    super::float::stmxcsr_body(cpu, insn)
+}
+
+/// The conversions: `N` elements of type `FROM` to `TO` in the 128-bit form
+/// of a packed conversion (twice as many when an operand is 256 bits); a
+/// `MERGE` (scalar) form takes the rest of bits 127:0 from VEX.vvvv.
+fn cvt<const FROM: u8, const TO: u8, const N: usize, const TRUNC: bool, const MERGE: bool>(
+    cpu: &mut Cpu,
+    insn: &Instruction,
+) -> Fault<()> {
+    check(cpu, insn)?;
+    let si = if MERGE { 2 } else { 1 };
+    let (s, wide) = match insn.op_kind(si) {
+        OpKind::Register => {
+            let r = insn.op_register(si);
+            if r.is_gpr() {
+                ([u128::from(reg_read(&cpu.state, r)), 0], false)
+            } else {
+                (get(cpu, r), r.is_ymm())
+            }
+        }
+        _ => (load(cpu, insn, insn.memory_size().size())?, insn.memory_size().size() == 32),
+    };
+    let d = insn.op0_register();
+    let n = if N > 1 && (wide || d.is_ymm()) { 2 * N } else { N };
+    let (fw, tw) = (elem_size(FROM), elem_size(TO));
+    let mut env = Env::from_mxcsr(cpu.state.mxcsr);
+    let mut r = if MERGE { [cpu.state.xmm[index(insn.op1_register())], 0] } else { [0, 0] };
+    for i in 0..n {
+        with_elem(&mut r, tw, i, conv(FROM, TO, elem(s, fw, i), TRUNC, &mut env));
+    }
+    commit(cpu, env.flags)?;
+    if d.is_gpr() {
+        reg_write(&mut cpu.state, d, r[0] as u64);
+    } else {
+        set(cpu, d, r);
+    }
+    Ok(())
+}
+
+/// The conversion handlers, by code (the integer width is in the code).
+fn cvt_handler(code: Code) -> Option<Handler> {
+    use Code as C;
+    Some(match code {
+        C::VEX_Vcvtsi2ss_xmm_xmm_rm32 => cvt::<I32, S, 1, false, true>,
+        C::VEX_Vcvtsi2ss_xmm_xmm_rm64 => cvt::<I64, S, 1, false, true>,
+        C::VEX_Vcvtsi2sd_xmm_xmm_rm32 => cvt::<I32, D, 1, false, true>,
+        C::VEX_Vcvtsi2sd_xmm_xmm_rm64 => cvt::<I64, D, 1, false, true>,
+        C::VEX_Vcvtss2si_r32_xmmm32 => cvt::<S, I32, 1, false, false>,
+        C::VEX_Vcvtss2si_r64_xmmm32 => cvt::<S, I64, 1, false, false>,
+        C::VEX_Vcvttss2si_r32_xmmm32 => cvt::<S, I32, 1, true, false>,
+        C::VEX_Vcvttss2si_r64_xmmm32 => cvt::<S, I64, 1, true, false>,
+        C::VEX_Vcvtsd2si_r32_xmmm64 => cvt::<D, I32, 1, false, false>,
+        C::VEX_Vcvtsd2si_r64_xmmm64 => cvt::<D, I64, 1, false, false>,
+        C::VEX_Vcvttsd2si_r32_xmmm64 => cvt::<D, I32, 1, true, false>,
+        C::VEX_Vcvttsd2si_r64_xmmm64 => cvt::<D, I64, 1, true, false>,
+        C::VEX_Vcvtss2sd_xmm_xmm_xmmm32 => cvt::<S, D, 1, false, true>,
+        C::VEX_Vcvtsd2ss_xmm_xmm_xmmm64 => cvt::<D, S, 1, false, true>,
+        _ => match code.mnemonic() {
+            Mnemonic::Vcvtps2pd => cvt::<S, D, 2, false, false>,
+            Mnemonic::Vcvtpd2ps => cvt::<D, S, 2, false, false>,
+            Mnemonic::Vcvtdq2ps => cvt::<I32, S, 4, false, false>,
+            Mnemonic::Vcvtps2dq => cvt::<S, I32, 4, false, false>,
+            Mnemonic::Vcvttps2dq => cvt::<S, I32, 4, true, false>,
+            Mnemonic::Vcvtdq2pd => cvt::<I32, D, 2, false, false>,
+            Mnemonic::Vcvtpd2dq => cvt::<D, I32, 2, false, false>,
+            Mnemonic::Vcvttpd2dq => cvt::<D, I32, 2, true, false>,
+            _ => return None,
+        },
+    })
+}
+
 // ---- AVX and AVX2 additions --------------------------------------------------
 
 /// A 256-bit value as eight dwords (`W` = 4) or four qwords (`W` = 8).
@@ -824,7 +941,18 @@ pub fn handler(code: Code) -> Option<Handler> {
         M::Vpgatherdq | M::Vgatherdpd => gather::<4, 8>,
         M::Vpgatherqd | M::Vgatherqps => gather::<8, 4>,
         M::Vpgatherqq | M::Vgatherqpd => gather::<8, 8>,
-        _ => return super::int::vex(m).or_else(|| super::shuffle::vex(m)),
+        M::Vcomiss => comi::<false, true>,
+        M::Vcomisd => comi::<true, true>,
+        M::Vucomiss => comi::<false, false>,
+        M::Vucomisd => comi::<true, false>,
+        M::Vldmxcsr => ldmxcsr,
+        M::Vstmxcsr => stmxcsr,
+        _ => {
+            return super::int::vex(m)
+                .or_else(|| super::shuffle::vex(m))
+                .or_else(|| super::float::vex(m))
+                .or_else(|| cvt_handler(code))
+        }
     })
 }
 
@@ -932,8 +1060,8 @@ mod tests {
     #[test]
     fn unimplemented_vex_instructions_are_ud() {
         let mut c = avx_cpu();
-        // VADDPS is not implemented yet: no handler, #UD (logged by name).
-        let i = insn(|a| a.vaddps(ymm0, ymm1, ymm2));
+        // VAESENC is not implemented: no handler, #UD (logged by name).
+        let i = insn(|a| a.vaesenc(xmm0, xmm1, xmm2));
         assert!(!crate::ops::implemented(i.code()));
         assert_eq!(crate::ops::handler(i.code())(&mut c, &i), Err(Exception::InvalidOpcode));
         // EVEX forms of implemented mnemonics have no handler either.
@@ -1729,5 +1857,138 @@ mod tests {
             exec(&mut c, |a| a.vpgatherdq_3(ymm1, qword_ptr(rax + xmm2 * 4), ymm2)),
             Err(Exception::InvalidOpcode)
         );
+    }
+
+    #[test]
+    fn vex_float_forms_are_the_legacy_operation_on_each_half() {
+        let cases: &[(Asm, Asm)] = &[
+            (|a| a.addps(xmm1, xmm2), |a| a.vaddps(ymm0, ymm1, ymm2)),
+            (|a| a.subpd(xmm1, xmm2), |a| a.vsubpd(ymm0, ymm1, ymm2)),
+            (|a| a.mulps(xmm1, xmm2), |a| a.vmulps(ymm0, ymm1, ymm2)),
+            (|a| a.divpd(xmm1, xmm2), |a| a.vdivpd(ymm0, ymm1, ymm2)),
+            (|a| a.minps(xmm1, xmm2), |a| a.vminps(ymm0, ymm1, ymm2)),
+            (|a| a.maxpd(xmm1, xmm2), |a| a.vmaxpd(ymm0, ymm1, ymm2)),
+            (|a| a.sqrtps(xmm1, xmm2), |a| a.vsqrtps(ymm0, ymm2)),
+            (|a| a.sqrtpd(xmm1, xmm2), |a| a.vsqrtpd(ymm0, ymm2)),
+            (|a| a.addsubps(xmm1, xmm2), |a| a.vaddsubps(ymm0, ymm1, ymm2)),
+            (|a| a.haddpd(xmm1, xmm2), |a| a.vhaddpd(ymm0, ymm1, ymm2)),
+            (|a| a.hsubps(xmm1, xmm2), |a| a.vhsubps(ymm0, ymm1, ymm2)),
+            (|a| a.roundps(xmm1, xmm2, 1), |a| a.vroundps(ymm0, ymm2, 1)),
+            (|a| a.roundpd(xmm1, xmm2, 4), |a| a.vroundpd(ymm0, ymm2, 4)),
+            (|a| a.dpps(xmm1, xmm2, 0xf3), |a| a.vdpps(ymm0, ymm1, ymm2, 0xf3)),
+            (|a| a.cmpps(xmm1, xmm2, 1), |a| a.vcmpps(ymm0, ymm1, ymm2, 1)),
+            (|a| a.cmppd(xmm1, xmm2, 7), |a| a.vcmppd(ymm0, ymm1, ymm2, 7)),
+            (|a| a.rcpps(xmm1, xmm2), |a| a.vrcpps(ymm0, ymm2)),
+            (|a| a.cvtdq2ps(xmm1, xmm2), |a| a.vcvtdq2ps(ymm0, ymm2)),
+            (|a| a.cvtps2dq(xmm1, xmm2), |a| a.vcvtps2dq(ymm0, ymm2)),
+            (|a| a.cvttps2dq(xmm1, xmm2), |a| a.vcvttps2dq(ymm0, ymm2)),
+        ];
+        let mut c = avx_cpu();
+        for (k, &(legacy, vex)) in cases.iter().enumerate() {
+            for seed in 0..4 {
+                per_half(&mut c, legacy, vex, (k * 8 + seed + 9000) as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn scalar_float_forms_merge_from_vvvv() {
+        let cases: &[(Asm, Asm)] = &[
+            (|a| a.addss(xmm1, xmm2), |a| a.vaddss(xmm0, xmm1, xmm2)),
+            (|a| a.subsd(xmm1, xmm2), |a| a.vsubsd(xmm0, xmm1, xmm2)),
+            (|a| a.mulss(xmm1, xmm2), |a| a.vmulss(xmm0, xmm1, xmm2)),
+            (|a| a.divsd(xmm1, xmm2), |a| a.vdivsd(xmm0, xmm1, xmm2)),
+            (|a| a.minss(xmm1, xmm2), |a| a.vminss(xmm0, xmm1, xmm2)),
+            (|a| a.maxsd(xmm1, xmm2), |a| a.vmaxsd(xmm0, xmm1, xmm2)),
+            (|a| a.sqrtss(xmm1, xmm2), |a| a.vsqrtss(xmm0, xmm1, xmm2)),
+            (|a| a.sqrtsd(xmm1, xmm2), |a| a.vsqrtsd(xmm0, xmm1, xmm2)),
+            (|a| a.roundss(xmm1, xmm2, 2), |a| a.vroundss(xmm0, xmm1, xmm2, 2)),
+            (|a| a.cmpss(xmm1, xmm2, 5), |a| a.vcmpss(xmm0, xmm1, xmm2, 5)),
+            (|a| a.cvtss2sd(xmm1, xmm2), |a| a.vcvtss2sd(xmm0, xmm1, xmm2)),
+            (|a| a.cvtsd2ss(xmm1, xmm2), |a| a.vcvtsd2ss(xmm0, xmm1, xmm2)),
+            (|a| a.cvtpd2ps(xmm1, xmm2), |a| a.vcvtpd2ps(xmm0, xmm2)),
+            (|a| a.cvtps2pd(xmm1, xmm2), |a| a.vcvtps2pd(xmm0, xmm2)),
+            (|a| a.cvtdq2pd(xmm1, xmm2), |a| a.vcvtdq2pd(xmm0, xmm2)),
+            (|a| a.cvttpd2dq(xmm1, xmm2), |a| a.vcvttpd2dq(xmm0, xmm2)),
+        ];
+        let mut c = avx_cpu();
+        for (k, &(legacy, vex)) in cases.iter().enumerate() {
+            for seed in 0..4 {
+                let (a, b) = (noise((k * 8 + seed) as u64), noise((k * 8 + seed + 500) as u64));
+                set_y(&mut c, 1, a);
+                set_y(&mut c, 2, b);
+                set_y(&mut c, 0, ramp(9));
+                c.state.mxcsr = 0x1f80;
+                exec(&mut c, vex).unwrap();
+                let (r, flags) = (y(&c, 0), c.state.mxcsr);
+                c.state.mxcsr = 0x1f80;
+                exec(&mut c, legacy).unwrap();
+                assert_eq!(r, [c.state.xmm[1], 0], "case {k}");
+                assert_eq!(flags, c.state.mxcsr, "case {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn float_predicates_conversions_and_exceptions() {
+        let mut c = avx_cpu();
+        let nan = f32::NAN;
+        set_y(&mut c, 1, [f32x4([1.0, 2.0, nan, 4.0]), f32x4([1.0, 1.0, 1.0, 1.0])]);
+        set_y(&mut c, 2, [f32x4([1.0, 1.0, 1.0, 5.0]), f32x4([2.0, 0.5, nan, 1.0])]);
+        let t = u32::MAX;
+        for (p, lo, hi) in [
+            (8u8, [t, 0, t, 0], [0, 0, t, t]), // EQ_UQ
+            (9, [0, 0, t, t], [t, 0, t, 0]),   // NGE_US
+            (10, [t, 0, t, t], [t, 0, t, t]),  // NGT_US
+            (11, [0; 4], [0; 4]),              // FALSE_OQ
+            (12, [0, t, 0, t], [t, t, 0, 0]),  // NEQ_OQ
+            (13, [t, t, 0, 0], [0, t, 0, t]),  // GE_OS
+            (14, [0, t, 0, 0], [0, t, 0, 0]),  // GT_OS
+            (15, [t; 4], [t; 4]),              // TRUE_UQ
+            (29, [t, t, 0, 0], [0, t, 0, t]),  // GE_OQ
+        ] {
+            c.state.mxcsr = 0x1f80;
+            exec(&mut c, |a| a.vcmpps(ymm0, ymm1, ymm2, p as i32)).unwrap();
+            assert_eq!(y(&c, 0), [u32x4(lo), u32x4(hi)], "predicate {p}");
+            // QNaN operands: IE for the signalling predicates only.
+            assert_eq!(c.state.mxcsr & 1, u32::from(matches!(p, 9 | 10 | 13 | 14)), "predicate {p}");
+        }
+        // Conversions that change width.
+        set_y(&mut c, 3, [f64x2([1.5, -2.5]), f64x2([1e10, 7.0])]);
+        c.state.mxcsr = 0x1f80;
+        exec(&mut c, |a| a.vcvtpd2dq(xmm0, ymm3)).unwrap();
+        assert_eq!(y(&c, 0), [u32x4([2, (-2i32) as u32, 0x8000_0000, 7]), 0]);
+        exec(&mut c, |a| a.vcvtpd2ps(xmm0, ymm3)).unwrap();
+        assert_eq!(y(&c, 0), [f32x4([1.5, -2.5, 1e10, 7.0]), 0]);
+        exec(&mut c, |a| a.vcvtps2pd(ymm4, xmm0)).unwrap();
+        assert_eq!(y(&c, 4), [f64x2([1.5, -2.5]), f64x2([1e10, 7.0])]);
+        set_y(&mut c, 5, [u32x4([1, 2, 3, (-4i32) as u32]), 0]);
+        exec(&mut c, |a| a.vcvtdq2pd(ymm4, xmm5)).unwrap();
+        assert_eq!(y(&c, 4), [f64x2([1.0, 2.0]), f64x2([3.0, -4.0])]);
+        c.state.gpr[0] = (-7i64) as u64;
+        exec(&mut c, |a| a.vcvtsi2sd(xmm0, xmm4, rax)).unwrap();
+        assert_eq!(y(&c, 0), [f64x2([-7.0, 2.0]), 0]);
+        exec(&mut c, |a| a.vcvttsd2si(ebx, xmm3)).unwrap();
+        assert_eq!(c.state.gpr[3], 1);
+        // An unmasked exception: #XM, nothing written.
+        c.state.cr4 |= cr::CR4_OSXMMEXCPT;
+        c.state.mxcsr = 0x1f80 & !(1 << 9); // ZE unmasked
+        set_y(&mut c, 0, [5, 5]);
+        set_y(&mut c, 6, [f32x4([1.0; 4]), f32x4([1.0; 4])]);
+        set_y(&mut c, 7, [f32x4([1.0; 4]), f32x4([1.0, 0.0, 1.0, 1.0])]);
+        assert_eq!(exec(&mut c, |a| a.vdivps(ymm0, ymm6, ymm7)), Err(Exception::SimdFp));
+        assert_eq!(y(&c, 0), [5, 5]);
+        assert_eq!(c.state.mxcsr & 0x3f, 4);
+        // VCOMISS, VLDMXCSR/VSTMXCSR.
+        c.state.mxcsr = 0x1f80;
+        exec(&mut c, |a| a.vucomiss(xmm6, xmm7)).unwrap();
+        c.state.materialize_flags();
+        assert_eq!(c.state.rflags & crate::state::flags::ARITH, crate::state::flags::ZF);
+        c.state.gpr[0] = DATA;
+        write(&c, DATA, &0x3f80u32.to_le_bytes());
+        exec(&mut c, |a| a.vldmxcsr(dword_ptr(rax))).unwrap();
+        assert_eq!(c.state.mxcsr, 0x3f80);
+        exec(&mut c, |a| a.vstmxcsr(dword_ptr(rax + 4))).unwrap();
+        assert_eq!(read::<4>(&c, DATA + 4), 0x3f80u32.to_le_bytes());
     }
 }
