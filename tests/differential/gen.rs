@@ -154,8 +154,8 @@ impl Group {
 
 /// Features whose instructions the harness generates (everything else iced
 /// knows is out: AVX-512 and later, other vendors' extensions,
-/// SGX/VMX/SVM...). AVX and AVX2 codes the interpreter has no handler for
-/// are listed as unimplemented.
+/// SGX/VMX/SVM...). AVX, AVX2, FMA and F16C codes the interpreter has no
+/// handler for are listed as unimplemented.
 const ALLOWED_FEATURES: &[CpuidFeature] = &[
     CpuidFeature::INTEL8086,
     CpuidFeature::INTEL186,
@@ -199,6 +199,8 @@ const ALLOWED_FEATURES: &[CpuidFeature] = &[
     CpuidFeature::XSAVEC,
     CpuidFeature::AVX,
     CpuidFeature::AVX2,
+    CpuidFeature::FMA,
+    CpuidFeature::F16C,
 ];
 
 /// Instructions CPL3 can execute that the harness does not generate, each
@@ -288,7 +290,7 @@ fn classify(code: Code, t: &Instruction) -> Option<Group> {
     if is_xsave_family(m) {
         return Some(Group::Xsave);
     }
-    if has(CpuidFeature::AVX) || has(CpuidFeature::AVX2) {
+    if has(CpuidFeature::AVX) || has(CpuidFeature::AVX2) || has(CpuidFeature::FMA) || has(CpuidFeature::F16C) {
         return Some(Group::Avx);
     }
     if t.is_privileged() {

@@ -24,8 +24,9 @@
 use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 
 use super::convert::{conv, elem_size, D, I32, I64, S};
+use super::float::{PD, PS, SD, SS};
 use super::shuffle::{blend, blendv_lanes, insertps_lanes, sign_bits, widen};
-use super::softfloat::Env;
+use super::softfloat::{Env, F16, F32};
 use super::{commit, lane, lin_addr, with_lane};
 use crate::cpu::Cpu;
 use crate::exception::{Exception, Fault, GP0};
@@ -616,6 +617,93 @@ fn cvt_handler(code: Code) -> Option<Handler> {
     })
 }
 
+// ---- FMA3 and F16C -------------------------------------------------------------
+
+/// FMA3 (VFMADD/VFMSUB/VFNMADD/VFNMSUB/VFMADDSUB/VFMSUBADD 132/213/231,
+/// PS/PD/SS/SD): with src1 the destination, src2 VEX.vvvv and src3 the
+/// r/m operand, `ORD` 132 computes src1 × src3 ± src2, 213 src2 × src1 ±
+/// src3 and 231 src2 × src3 ± src1, each element rounded once. `NEG_P`
+/// negates the product; `C` picks the sign of the addend: 0 added, 1
+/// subtracted, 2 subtracted in even elements and added in odd ones
+/// (FMADDSUB), 3 the other way round (FMSUBADD). The scalar forms keep
+/// bits 127:W*8 of src1. A NaN result is the first NaN of the two factors
+/// and the addend, in that order (as the CPU picks it).
+fn fma<const ORD: u16, const K: u8, const NEG_P: bool, const C: u8>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    let s3 = src(cpu, insn, 2)?;
+    let s1 = get(cpu, insn.op0_register());
+    let s2 = get(cpu, insn.op1_register());
+    let d = insn.op0_register();
+    let (f, w, n) = super::float::shape(K);
+    let scalar = n == 1;
+    let count = if scalar { 1 } else { n * halves(d) };
+    let mut env = Env::from_mxcsr(cpu.state.mxcsr);
+    let mut r = if scalar { [s1[0], 0] } else { [0, 0] };
+    for i in 0..count {
+        let x = [elem(s1, w, i), elem(s2, w, i), elem(s3, w, i)];
+        let (a, b, c) = match ORD {
+            132 => (x[0], x[2], x[1]),
+            213 => (x[1], x[0], x[2]),
+            _ => (x[1], x[2], x[0]),
+        };
+        let neg_c = match C {
+            0 => false,
+            1 => true,
+            2 => i % 2 == 0,
+            _ => i % 2 == 1,
+        };
+        with_elem(&mut r, w, i, super::softfloat::fma(f, a, b, c, NEG_P, neg_c, &mut env));
+    }
+    commit(cpu, env.flags)?;
+    set(cpu, d, r);
+    Ok(())
+}
+
+/// VCVTPH2PS: binary16 to binary32, exact; DAZ does not apply and a
+/// denormal input raises no DE; an SNaN raises IE.
+fn cvtph2ps(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    let s = src(cpu, insn, 1)?[0];
+    let d = insn.op0_register();
+    let mut env = Env { daz: false, ..Env::from_mxcsr(cpu.state.mxcsr) };
+    let mut r = [0u128; 2];
+    for i in 0..4 * halves(d) {
+        with_elem(&mut r, 4, i, super::softfloat::convert(F16, F32, lane(s, 2, i), &mut env));
+    }
+    commit(cpu, env.flags & !super::softfloat::DE)?;
+    set(cpu, d, r);
+    Ok(())
+}
+
+/// VCVTPS2PH: binary32 to binary16, rounded by imm8\[1:0\] (or MXCSR.RC
+/// when imm8\[2\] is set); FTZ does not apply: tiny results are denormals.
+fn cvtps2ph(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    check(cpu, insn)?;
+    let s = get(cpu, insn.op1_register());
+    let imm = u32::from(insn.immediate8());
+    let mut env = Env { ftz: false, ..Env::from_mxcsr(cpu.state.mxcsr) };
+    if imm & 4 == 0 {
+        env.rc = imm & 3;
+    }
+    let n = 4 * halves(insn.op1_register());
+    let mut r = 0u128;
+    for i in 0..n {
+        r = with_lane(r, 2, i, super::softfloat::convert(F32, F16, elem(s, 4, i), &mut env));
+    }
+    // A store that faults leaves MXCSR alone: its checks come first.
+    if insn.op0_kind() == OpKind::Memory {
+        let (seg, off) = operand(cpu, insn, 2 * n)?;
+        cpu.probe_write(seg, off, 2 * n as u32)?;
+    }
+    commit(cpu, env.flags)?;
+    if insn.op0_kind() == OpKind::Register {
+        set(cpu, insn.op0_register(), [r, 0]);
+        Ok(())
+    } else {
+        store(cpu, insn, 2 * n, [r, 0])
+    }
+}
+
 // ---- AVX and AVX2 additions --------------------------------------------------
 
 /// A 256-bit value as eight dwords (`W` = 4) or four qwords (`W` = 8).
@@ -941,6 +1029,68 @@ pub fn handler(code: Code) -> Option<Handler> {
         M::Vpgatherdq | M::Vgatherdpd => gather::<4, 8>,
         M::Vpgatherqd | M::Vgatherqps => gather::<8, 4>,
         M::Vpgatherqq | M::Vgatherqpd => gather::<8, 8>,
+        M::Vfmadd132ps => fma::<132, PS, false, 0>,
+        M::Vfmadd132pd => fma::<132, PD, false, 0>,
+        M::Vfmadd132ss => fma::<132, SS, false, 0>,
+        M::Vfmadd132sd => fma::<132, SD, false, 0>,
+        M::Vfmadd213ps => fma::<213, PS, false, 0>,
+        M::Vfmadd213pd => fma::<213, PD, false, 0>,
+        M::Vfmadd213ss => fma::<213, SS, false, 0>,
+        M::Vfmadd213sd => fma::<213, SD, false, 0>,
+        M::Vfmadd231ps => fma::<231, PS, false, 0>,
+        M::Vfmadd231pd => fma::<231, PD, false, 0>,
+        M::Vfmadd231ss => fma::<231, SS, false, 0>,
+        M::Vfmadd231sd => fma::<231, SD, false, 0>,
+        M::Vfmsub132ps => fma::<132, PS, false, 1>,
+        M::Vfmsub132pd => fma::<132, PD, false, 1>,
+        M::Vfmsub132ss => fma::<132, SS, false, 1>,
+        M::Vfmsub132sd => fma::<132, SD, false, 1>,
+        M::Vfmsub213ps => fma::<213, PS, false, 1>,
+        M::Vfmsub213pd => fma::<213, PD, false, 1>,
+        M::Vfmsub213ss => fma::<213, SS, false, 1>,
+        M::Vfmsub213sd => fma::<213, SD, false, 1>,
+        M::Vfmsub231ps => fma::<231, PS, false, 1>,
+        M::Vfmsub231pd => fma::<231, PD, false, 1>,
+        M::Vfmsub231ss => fma::<231, SS, false, 1>,
+        M::Vfmsub231sd => fma::<231, SD, false, 1>,
+        M::Vfnmadd132ps => fma::<132, PS, true, 0>,
+        M::Vfnmadd132pd => fma::<132, PD, true, 0>,
+        M::Vfnmadd132ss => fma::<132, SS, true, 0>,
+        M::Vfnmadd132sd => fma::<132, SD, true, 0>,
+        M::Vfnmadd213ps => fma::<213, PS, true, 0>,
+        M::Vfnmadd213pd => fma::<213, PD, true, 0>,
+        M::Vfnmadd213ss => fma::<213, SS, true, 0>,
+        M::Vfnmadd213sd => fma::<213, SD, true, 0>,
+        M::Vfnmadd231ps => fma::<231, PS, true, 0>,
+        M::Vfnmadd231pd => fma::<231, PD, true, 0>,
+        M::Vfnmadd231ss => fma::<231, SS, true, 0>,
+        M::Vfnmadd231sd => fma::<231, SD, true, 0>,
+        M::Vfnmsub132ps => fma::<132, PS, true, 1>,
+        M::Vfnmsub132pd => fma::<132, PD, true, 1>,
+        M::Vfnmsub132ss => fma::<132, SS, true, 1>,
+        M::Vfnmsub132sd => fma::<132, SD, true, 1>,
+        M::Vfnmsub213ps => fma::<213, PS, true, 1>,
+        M::Vfnmsub213pd => fma::<213, PD, true, 1>,
+        M::Vfnmsub213ss => fma::<213, SS, true, 1>,
+        M::Vfnmsub213sd => fma::<213, SD, true, 1>,
+        M::Vfnmsub231ps => fma::<231, PS, true, 1>,
+        M::Vfnmsub231pd => fma::<231, PD, true, 1>,
+        M::Vfnmsub231ss => fma::<231, SS, true, 1>,
+        M::Vfnmsub231sd => fma::<231, SD, true, 1>,
+        M::Vfmaddsub132ps => fma::<132, PS, false, 2>,
+        M::Vfmaddsub132pd => fma::<132, PD, false, 2>,
+        M::Vfmaddsub213ps => fma::<213, PS, false, 2>,
+        M::Vfmaddsub213pd => fma::<213, PD, false, 2>,
+        M::Vfmaddsub231ps => fma::<231, PS, false, 2>,
+        M::Vfmaddsub231pd => fma::<231, PD, false, 2>,
+        M::Vfmsubadd132ps => fma::<132, PS, false, 3>,
+        M::Vfmsubadd132pd => fma::<132, PD, false, 3>,
+        M::Vfmsubadd213ps => fma::<213, PS, false, 3>,
+        M::Vfmsubadd213pd => fma::<213, PD, false, 3>,
+        M::Vfmsubadd231ps => fma::<231, PS, false, 3>,
+        M::Vfmsubadd231pd => fma::<231, PD, false, 3>,
+        M::Vcvtph2ps => cvtph2ps,
+        M::Vcvtps2ph => cvtps2ph,
         M::Vcomiss => comi::<false, true>,
         M::Vcomisd => comi::<true, true>,
         M::Vucomiss => comi::<false, false>,
@@ -1990,5 +2140,100 @@ mod tests {
         assert_eq!(c.state.mxcsr, 0x3f80);
         exec(&mut c, |a| a.vstmxcsr(dword_ptr(rax + 4))).unwrap();
         assert_eq!(read::<4>(&c, DATA + 4), 0x3f80u32.to_le_bytes());
+    }
+
+    #[test]
+    fn fma_operand_orders_signs_and_single_rounding() {
+        let mut c = avx_cpu();
+        let f = |v: [f64; 4]| [f64x2([v[0], v[1]]), f64x2([v[2], v[3]])];
+        set_y(&mut c, 0, f([2.0, 3.0, 4.0, 5.0]));
+        set_y(&mut c, 1, f([10.0, 20.0, 30.0, 40.0]));
+        set_y(&mut c, 2, f([0.5, 0.25, 2.0, -1.0]));
+        let (s1, s2, s3) = (y(&c, 0), y(&c, 1), y(&c, 2));
+        let cases: &[(Asm, [f64; 4])] = &[
+            // 132: src1 * src3 + src2.
+            (|a| a.vfmadd132pd(ymm0, ymm1, ymm2), [11.0, 20.75, 38.0, 35.0]),
+            // 213: src2 * src1 + src3.
+            (|a| a.vfmadd213pd(ymm0, ymm1, ymm2), [20.5, 60.25, 122.0, 199.0]),
+            // 231: src2 * src3 + src1.
+            (|a| a.vfmadd231pd(ymm0, ymm1, ymm2), [7.0, 8.0, 64.0, -35.0]),
+            (|a| a.vfmsub231pd(ymm0, ymm1, ymm2), [3.0, 2.0, 56.0, -45.0]),
+            (|a| a.vfnmadd231pd(ymm0, ymm1, ymm2), [-3.0, -2.0, -56.0, 45.0]),
+            (|a| a.vfnmsub231pd(ymm0, ymm1, ymm2), [-7.0, -8.0, -64.0, 35.0]),
+            // FMADDSUB: even elements subtract, odd ones add.
+            (|a| a.vfmaddsub231pd(ymm0, ymm1, ymm2), [3.0, 8.0, 56.0, -35.0]),
+            (|a| a.vfmsubadd231pd(ymm0, ymm1, ymm2), [7.0, 2.0, 64.0, -45.0]),
+        ];
+        for (asm, want) in cases {
+            set_y(&mut c, 0, s1);
+            set_y(&mut c, 1, s2);
+            set_y(&mut c, 2, s3);
+            exec(&mut c, *asm).unwrap();
+            assert_eq!(y(&c, 0), f(*want), "{:?}", insn(*asm).code());
+        }
+        // Scalar: bits 127:64 from src1, 255:128 zeroed.
+        set_y(&mut c, 0, s1);
+        exec(&mut c, |a| a.vfmadd213sd(xmm0, xmm1, xmm2)).unwrap();
+        assert_eq!(y(&c, 0), [f64x2([20.5, 3.0]), 0]);
+        // One rounding: (1 + 2^-52) * (1 - 2^-52) - 1 is -2^-104 exactly,
+        // where a rounded product would give 0.
+        let e = f64::EPSILON;
+        set_y(&mut c, 0, [f64x2([1.0 + e, 0.0]), 0]);
+        set_y(&mut c, 1, [f64x2([1.0 - e, 0.0]), 0]);
+        set_y(&mut c, 2, [f64x2([1.0, 0.0]), 0]);
+        c.state.mxcsr = 0x1f80;
+        exec(&mut c, |a| a.vfmsub132sd(xmm0, xmm2, xmm1)).unwrap();
+        assert_eq!(f64::from_bits(y(&c, 0)[0] as u64), -(e * e));
+        assert_eq!(c.state.mxcsr & 0x3f, 0);
+        // Single precision, and the invalid infinity * zero.
+        set_y(&mut c, 0, [f32x4([f32::INFINITY, 1.0, 2.0, 3.0]), 0]);
+        set_y(&mut c, 1, [f32x4([0.0, 1.0, 1.0, 1.0]), 0]);
+        set_y(&mut c, 2, [f32x4([1.0, 1.0, 1.0, 1.0]), 0]);
+        exec(&mut c, |a| a.vfmadd213ps(xmm0, xmm1, xmm2)).unwrap();
+        assert_eq!(y(&c, 0), [f32x4([f32::from_bits(0xffc0_0000), 2.0, 3.0, 4.0]), 0]);
+        assert_eq!(c.state.mxcsr & 1, 1);
+        // A NaN result is the first NaN of the factors (here src1, src3)
+        // and the addend (src2), quieted.
+        let (q1, q2) = (f32::from_bits(0x7fc0_0001), f32::from_bits(0x7f80_0002));
+        set_y(&mut c, 0, [f32x4([1.0, 1.0, 1.0, 1.0]), 0]);
+        set_y(&mut c, 1, [f32x4([q1, 1.0, 1.0, 1.0]), 0]);
+        set_y(&mut c, 2, [f32x4([q2, 1.0, 1.0, 1.0]), 0]);
+        exec(&mut c, |a| a.vfnmadd132ss(xmm0, xmm1, xmm2)).unwrap();
+        assert_eq!(y(&c, 0)[0] as u32, 0x7fc0_0002);
+        set_y(&mut c, 0, [f32x4([1.0, 1.0, 1.0, 1.0]), 0]);
+        exec(&mut c, |a| a.vfnmadd213ss(xmm0, xmm1, xmm2)).unwrap();
+        assert_eq!(y(&c, 0)[0] as u32, 0x7fc0_0001);
+    }
+
+    #[test]
+    fn half_precision_conversions() {
+        let mut c = avx_cpu();
+        let halves: [u16; 8] = [0x3c00, 0xc000, 0x7bff, 0x0001, 0x7c00, 0x7d00, 0x8000, 0x3555];
+        let v = halves.iter().enumerate().fold(0u128, |r, (i, &h)| r | u128::from(h) << (16 * i));
+        set_y(&mut c, 1, [v, 0]);
+        exec(&mut c, |a| a.vcvtph2ps(ymm0, xmm1)).unwrap();
+        let want = [1.0, -2.0, 65504.0, 2f32.powi(-24)];
+        assert_eq!(y(&c, 0)[0], f32x4(want));
+        assert_eq!(y(&c, 0)[1] as u32, f32::INFINITY.to_bits());
+        // The SNaN comes back quiet, with IE.
+        assert_eq!((y(&c, 0)[1] >> 32) as u32, 0x7fe0_0000);
+        assert_eq!(c.state.mxcsr & 0x3f, 1);
+        c.state.mxcsr = 0x1f80 | (1 << 6); // DAZ does not apply
+        exec(&mut c, |a| a.vcvtph2ps(xmm0, xmm1)).unwrap();
+        assert_eq!(y(&c, 0), [f32x4(want), 0]);
+        // Back, round to nearest by imm8 (and the MXCSR mode with imm8[2]).
+        c.state.mxcsr = 0x1f80;
+        exec(&mut c, |a| a.vcvtph2ps(ymm0, xmm1)).unwrap();
+        exec(&mut c, |a| a.vcvtps2ph(xmm2, ymm0, 0)).unwrap();
+        assert_eq!(y(&c, 2), [v & !(0xffff << 80) | (0x7f00 << 80), 0]);
+        set_y(&mut c, 3, [f32x4([1.0 + 2f32.powi(-12), 70000.0, 1e-8, -0.0]), 0]);
+        exec(&mut c, |a| a.vcvtps2ph(xmm2, xmm3, 2)).unwrap(); // up
+        assert_eq!(y(&c, 2)[0] as u64, 0x8000_0001_7c00_3c01);
+        c.state.mxcsr = 0x1f80 | (1 << 13) | (1 << 15); // RC down, FTZ ignored
+        exec(&mut c, |a| a.vcvtps2ph(xmm2, xmm3, 4)).unwrap();
+        assert_eq!(y(&c, 2)[0] as u64, 0x8000_0000_7bff_3c00);
+        c.state.gpr[0] = DATA;
+        exec(&mut c, |a| a.vcvtps2ph(qword_ptr(rax), xmm3, 0)).unwrap();
+        assert_eq!(read::<8>(&c, DATA), 0x8000_0000_7c00_3c00u64.to_le_bytes());
     }
 }

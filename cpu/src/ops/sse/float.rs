@@ -328,13 +328,18 @@ fn round<const K: u8>(a: u128, b: u128, imm: u8, env: &mut Env) -> u128 {
 
 /// Sum of products for DPPS/DPPD: each product and each sum is rounded, as
 /// the SDM's DP_primitive describes. The sums see the products as computed
-/// (no DAZ, no denormal-operand report on intermediates).
+/// (no DAZ, no denormal-operand report on intermediates). An unmasked
+/// exception of the products stops the operation there: the sums add no
+/// flags (the CPU reports the products' exceptions only).
 fn dot(f: Fmt, w: usize, n: usize, a: u128, b: u128, imm: u8, env: &mut Env) -> u64 {
     let mut p = [0u64; 4];
     for (i, pi) in p.iter_mut().enumerate().take(n) {
         if imm & (0x10 << i) != 0 {
             *pi = sf::mul(f, lane(a, w, i), lane(b, w, i), env);
         }
+    }
+    if env.flags & !env.masks & 0x3f != 0 {
+        return 0;
     }
     let mut inner = Env { daz: false, ..*env };
     let s = if n == 4 {
