@@ -375,8 +375,9 @@ fn mov_hl<const HL: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
 }
 
 /// VMASKMOVDQU: the legacy byte-masked store at DS:rDI, after the checks
-/// of a store of all 16 bytes (a fault is reported at the first byte of the
-/// 16, whatever the mask, as the CPUs the differential harness runs on do).
+/// of a store of all 16 bytes (segment, alignment on 8 bytes, then a page
+/// fault at the first byte of the 16, whatever the mask, as the CPUs the
+/// differential harness runs on do).
 fn maskmovdqu(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check(cpu, insn)?;
     let (off, amask) = match insn.op0_kind() {
@@ -384,7 +385,10 @@ fn maskmovdqu(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         OpKind::MemorySegEDI => (cpu.state.gpr[crate::state::reg::RDI] & 0xffff_ffff, 0xffff_ffff),
         _ => (cpu.state.gpr[crate::state::reg::RDI] & 0xffff, 0xffff),
     };
-    probe_store(cpu, mem_seg(insn), off, 16, amask)?;
+    let seg = mem_seg(insn);
+    let lin = cpu.linear(seg, off, 16, true)?;
+    cpu.check_alignment(lin, 8)?;
+    probe_store(cpu, seg, off, 16, amask)?;
     super::mov::maskmov_store(cpu, insn, false)
 }
 
@@ -926,6 +930,7 @@ fn gather<const I: usize, const W: usize>(cpu: &mut Cpu, insn: &Instruction) -> 
     // Both registers whole (256 bits), written back whole at a fault.
     let mut dest = [cpu.state.xmm[di], cpu.state.ymm_hi[di]];
     let mut mask = [cpu.state.xmm[mi], cpu.state.ymm_hi[mi]];
+    let mut loaded = false;
     for i in 0..n {
         if elem(mask, W, i) >> (8 * W - 1) != 0 {
             let off = super::sx(elem(idx, I, i), I) as u64;
@@ -935,9 +940,17 @@ fn gather<const I: usize, const W: usize>(cpu: &mut Cpu, insn: &Instruction) -> 
                 Err(e) => {
                     (cpu.state.xmm[di], cpu.state.ymm_hi[di]) = (dest[0], dest[1]);
                     (cpu.state.xmm[mi], cpu.state.ymm_hi[mi]) = (mask[0], mask[1]);
+                    // Single-stepping, a fault after some elements were
+                    // gathered is replaced by the #DB of the step, with
+                    // RIP at the gather (so it resumes where it stopped).
+                    if loaded && cpu.state.rflags & crate::state::flags::TF != 0 {
+                        cpu.state.dr[6] |= crate::ops::debug::dr6::BS;
+                        return Err(Exception::Debug);
+                    }
                     return Err(e);
                 }
             }
+            loaded = true;
         }
         with_elem(&mut mask, W, i, 0);
     }
@@ -1998,6 +2011,15 @@ mod tests {
         assert!(matches!(r, Err(Exception::PageFault { .. })), "{r:?}");
         assert_eq!(y(&c, 3), [u32x4([0, 0x8000_0000, 0x8000_0000, 0x8000_0000]), 9]);
         assert_eq!(y(&c, 1), [0, 8]);
+        // Single-stepping: after a gathered element, the fault becomes the
+        // step's #DB (a fault at the gather, DR6.BS set).
+        set_y(&mut c, 2, [0, 1 | (2 << 64)]);
+        set_y(&mut c, 3, [u128::MAX, u128::MAX]);
+        c.state.rflags |= crate::state::flags::TF;
+        assert_eq!(exec(&mut c, |a| a.vpgatherqq_3(ymm1, qword_ptr(rax + ymm2 * 8), ymm3)), Err(Exception::Debug));
+        assert_ne!(c.state.dr[6] & crate::ops::debug::dr6::BS, 0);
+        assert_eq!(y(&c, 3), [0, u128::MAX]);
+        c.state.rflags &= !crate::state::flags::TF;
         // The destination, index and mask must be distinct registers.
         assert_eq!(
             exec(&mut c, |a| a.vpgatherdd_3(xmm1, dword_ptr(rax + xmm1 * 4), xmm3)),
