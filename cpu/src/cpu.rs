@@ -130,8 +130,9 @@ impl Cpu {
     }
 
     /// Turn the AVX part of the model on or off (off by default). On, and
-    /// with the XSAVE feature set offered, CPUID advertises AVX and the YMM
-    /// state component (leaf 0Dh), XSETBV accepts XCR0 bit 2, and
+    /// with the XSAVE feature set offered, CPUID advertises AVX, AVX2, FMA,
+    /// F16C and the YMM state component (leaf 0Dh), XSETBV accepts XCR0
+    /// bit 2, and
     /// VEX-encoded vector instructions run once the OS has enabled the
     /// state (CR4.OSXSAVE, XCR0 = x87|SSE|YMM).
     pub fn set_avx(&mut self, on: bool) {

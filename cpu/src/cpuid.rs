@@ -60,6 +60,10 @@ pub mod ecx1 {
     /// AVX: VEX-encoded 128- and 256-bit vector instructions and the YMM
     /// state (advertised only with [`crate::Cpu::set_avx`]).
     pub const AVX: u32 = 1 << 28;
+    /// FMA3: the fused multiply-adds (advertised with AVX).
+    pub const FMA: u32 = 1 << 12;
+    /// F16C: VCVTPH2PS and VCVTPS2PH (advertised with AVX).
+    pub const F16C: u32 = 1 << 29;
     pub const RDRAND: u32 = 1 << 30;
 }
 
@@ -70,6 +74,9 @@ pub mod ebx7 {
     /// The IA32_TSC_ADJUST MSR.
     pub const TSC_ADJUST: u32 = 1 << 1;
     pub const BMI1: u32 = 1 << 3;
+    /// AVX2: the 256-bit integer forms, permutes, variable shifts and
+    /// gathers (advertised with AVX).
+    pub const AVX2: u32 = 1 << 5;
     pub const SMEP: u32 = 1 << 7;
     pub const BMI2: u32 = 1 << 8;
     /// Enhanced REP MOVSB/STOSB: the byte forms are the fast way to copy and
@@ -198,13 +205,15 @@ pub fn without_xsave(leaf: u32, regs: [u32; 4]) -> [u32; 4] {
 }
 
 /// `regs`, CPUID's answer for `leaf`/`sub`, as the model with AVX answers
-/// it (see [`crate::Cpu::set_avx`]): CPUID.1:ECX.AVX, and in leaf 0Dh the
+/// it (see [`crate::Cpu::set_avx`]): CPUID.1:ECX.AVX, FMA and F16C,
+/// CPUID.(7,0):EBX.AVX2, and in leaf 0Dh the
 /// YMM component (XCR0 bit 2, 256 bytes at offset 576 in the standard
 /// format), with the area sizes for the XCR0 in `state`.
 pub fn with_avx(state: &CpuState, leaf: u32, sub: u32, regs: [u32; 4]) -> [u32; 4] {
     use crate::ops::xsave::{area_size, SUPPORTED_AVX, YMM_OFFSET, YMM_SIZE};
     match (leaf, sub) {
-        (1, _) => [regs[0], regs[1], regs[2] | ecx1::AVX, regs[3]],
+        (1, _) => [regs[0], regs[1], regs[2] | ecx1::AVX | ecx1::FMA | ecx1::F16C, regs[3]],
+        (7, 0) => [regs[0], regs[1] | ebx7::AVX2, regs[2], regs[3]],
         (0xd, 0) => {
             let max = area_size(SUPPORTED_AVX);
             [SUPPORTED_AVX as u32, area_size(state.xcr0), max, (SUPPORTED_AVX >> 32) as u32]

@@ -154,8 +154,8 @@ impl Group {
 
 /// Features whose instructions the harness generates (everything else iced
 /// knows is out: AVX-512 and later, other vendors' extensions,
-/// SGX/VMX/SVM...). AVX and AVX2 codes the interpreter has no handler for
-/// are listed as unimplemented.
+/// SGX/VMX/SVM...). AVX, AVX2, FMA and F16C codes the interpreter has no
+/// handler for are listed as unimplemented.
 const ALLOWED_FEATURES: &[CpuidFeature] = &[
     CpuidFeature::INTEL8086,
     CpuidFeature::INTEL186,
@@ -199,6 +199,8 @@ const ALLOWED_FEATURES: &[CpuidFeature] = &[
     CpuidFeature::XSAVEC,
     CpuidFeature::AVX,
     CpuidFeature::AVX2,
+    CpuidFeature::FMA,
+    CpuidFeature::F16C,
 ];
 
 /// Instructions CPL3 can execute that the harness does not generate, each
@@ -231,7 +233,9 @@ pub fn exclusion(code: Code) -> Option<&'static str> {
         F2xm1 | Fyl2x | Fyl2xp1 | Fptan | Fpatan | Fsin | Fcos | Fsincos => {
             "transcendental results are specified to about 1 ulp: they differ between vendors"
         }
-        Rcpps | Rcpss | Rsqrtps | Rsqrtss => "approximations whose exact bits differ between vendors",
+        Rcpps | Rcpss | Rsqrtps | Rsqrtss | Vrcpps | Vrcpss | Vrsqrtps | Vrsqrtss => {
+            "approximations whose exact bits differ between vendors"
+        }
         Sgdt | Sidt | Sldt | Str | Smsw => "kvm_pvm runs ring 3 with the host's CR4.UMIP, not the guest's",
         Lfs | Lgs | Lss | Lds | Les => "loads a far pointer from memory: random selectors, covered by segment loads",
         Swapgs => "privileged, but kvm_pvm treats it specially",
@@ -286,7 +290,7 @@ fn classify(code: Code, t: &Instruction) -> Option<Group> {
     if is_xsave_family(m) {
         return Some(Group::Xsave);
     }
-    if has(CpuidFeature::AVX) || has(CpuidFeature::AVX2) {
+    if has(CpuidFeature::AVX) || has(CpuidFeature::AVX2) || has(CpuidFeature::FMA) || has(CpuidFeature::F16C) {
         return Some(Group::Avx);
     }
     if t.is_privileged() {
@@ -499,7 +503,8 @@ fn enumerate(bitness: u32) -> Vec<Instruction> {
         for (l, vvvv) in [(0u8, 0xeu8), (0, 0xf), (1, 0xe), (1, 0xf)] {
             for (w, pp) in (0..2u8).flat_map(|w| (0..4u8).map(move |pp| (w, pp))) {
                 for op in 0..=255u8 {
-                    for &modrm in &modrms {
+                    // With a SIB byte too, for the VSIB forms (the gathers).
+                    for modrm in modrms.iter().copied().chain((0..8u8).map(|reg| (reg << 3) | 4)) {
                         buf.clear();
                         buf.extend_from_slice(&[0xc4, 0xe0 | mmmmm, (w << 7) | (vvvv << 3) | (l << 2) | pp, op, modrm]);
                         buf.extend_from_slice(&[0; 10]);
@@ -964,6 +969,37 @@ impl Gen<'_> {
         None
     }
 
+    /// A VSIB operand (the gathers): a base register that reaches `target`
+    /// with the displacement, and a random vector index register of the
+    /// template's width, whose elements (small in some registers of the
+    /// avx group's initial state) are added scaled.
+    fn vsib_operand(&mut self, insn: &mut Instruction, target: u64) {
+        let n = self.nregs();
+        let first = if insn.memory_index().is_ymm() { Register::YMM0 } else { Register::XMM0 };
+        let index = Register::try_from(first as usize + self.rng.below(n as u64) as usize).unwrap();
+        let asize = if self.mode == Mode::Long64 && self.rng.chance(90) { 8 } else { 4 };
+        insn.set_segment_prefix(Register::None);
+        insn.set_memory_index(index);
+        insn.set_memory_index_scale(*self.rng.pick(&[1u32, 2, 4, 8]));
+        let Some(b) = self.address_register(false) else {
+            insn.set_memory_base(Register::None);
+            insn.set_memory_displ_size(4);
+            insn.set_memory_displacement64(target);
+            return;
+        };
+        let base_val = *self.claimed[b].get_or_insert(target.wrapping_sub(self.rng.below(256)));
+        let disp = target.wrapping_sub(base_val);
+        let disp = if (disp as i64) < i64::from(i32::MIN) || (disp as i64) > i64::from(i32::MAX) {
+            (self.rng.next_u64() as i8) as i64 as u64
+        } else {
+            disp
+        };
+        let disp = if asize == 4 { disp & 0xffff_ffff } else { disp };
+        insn.set_memory_base(gpr(b, asize));
+        insn.set_memory_displ_size(if disp == 0 { 0 } else { 1 });
+        insn.set_memory_displacement64(disp);
+    }
+
     /// Make operand `op` of `insn` a memory operand at a chosen address.
     fn memory_operand(&mut self, insn: &mut Instruction) {
         let code = insn.code();
@@ -1000,6 +1036,10 @@ impl Gen<'_> {
         }
         // XLAT's operand is [rBX + AL]: keep it.
         if insn.mnemonic() == Mnemonic::Xlatb {
+            return;
+        }
+        if insn.is_vsib() {
+            self.vsib_operand(insn, target);
             return;
         }
         let long = self.mode == Mode::Long64;
@@ -1478,6 +1518,15 @@ pub fn generate(cat: &Catalog, seed: u64, mode: Option<Mode>, groups: &[Group]) 
             } else {
                 u128::from(g.rng.interesting()) | (u128::from(g.rng.next_u64()) << 64)
             };
+        }
+        // Some registers hold small qwords (small dwords too, read as
+        // dwords): gather indexes that reach the data page.
+        for i in 0..16 {
+            if g.rng.chance(25) {
+                let mut small = || u128::from(g.rng.below(64)) | (u128::from(g.rng.below(64)) << 64);
+                s.xmm[i] = small();
+                s.ymm_hi[i] = small();
+            }
         }
     }
     let masks = if g.rng.chance(80) { 0x1f80 } else { (g.rng.next_u64() as u32) & 0x1f80 };

@@ -289,7 +289,7 @@ impl Masks {
             }
             // LDMXCSR of a value with bit 17 set: MXCSR.MM (misaligned SSE
             // mask) exists on AMD only; Intel raises #GP.
-            Mnemonic::Ldmxcsr => {
+            Mnemonic::Ldmxcsr | Mnemonic::Vldmxcsr => {
                 let v = insn
                     .virtual_address(0, 0, |r, _, _| Some(if r.is_segment_register() { 0 } else { reg_value(s, r) }))
                     .and_then(|a| mem.read_u32(a).ok());

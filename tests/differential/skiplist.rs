@@ -233,14 +233,14 @@ pub const KNOWN: &[Known] = &[
         },
     },
     Known {
-        name: "DPPD/DPPS: a denormal product with MXCSR.DAZ=1, or a denormal input in a lane imm8[7:4] masks out",
+        name: "DPPD/DPPS (and VEX forms): a denormal product with MXCSR.DAZ=1, or a denormal input in a lane imm8[7:4] masks out",
         kind: Kind::Vendor,
         mode: None,
         host: None,
         what: "this CPU treats the denormal intermediate product as zero before the sum, and sets DE (or PE) for lanes imm8 masks out; the interpreter keeps the product and ignores masked-out lanes",
         matches: |m| {
-            m.insns.iter().any(|i| matches!(i.mnemonic(), Mnemonic::Dppd | Mnemonic::Dpps))
-                && ((m.only(&["xmm", "mxcsr"])
+            m.insns.iter().any(|i| matches!(i.mnemonic(), Mnemonic::Dppd | Mnemonic::Dpps | Mnemonic::Vdppd | Mnemonic::Vdpps))
+                && ((m.only(&["xmm", "ymm", "mxcsr"])
                     && (m.interp.state.mxcsr & 0x40 != 0 || matches!(m.interp.state.mxcsr ^ m.kvm.state.mxcsr, 0x2 | 0x20)))
                     || (m.kvm.end == End::Exception(19) && m.interp.end == End::Normal && m.kvm.state.mxcsr & 0x2 != 0))
         },
@@ -458,10 +458,14 @@ pub const KNOWN: &[Known] = &[
         host: Some(Host::Intel),
         what: "this CPU's result is another of the NaNs than the SDM's order of sums ((p0+p1)+(p2+p3), the first NaN operand propagating) gives; the interpreter follows the SDM",
         matches: |m| {
-            let Some(dp) = m.insns.iter().find(|i| matches!(i.mnemonic(), Mnemonic::Dpps | Mnemonic::Dppd)) else {
+            let Some(dp) = m
+                .insns
+                .iter()
+                .find(|i| matches!(i.mnemonic(), Mnemonic::Dpps | Mnemonic::Dppd | Mnemonic::Vdpps | Mnemonic::Vdppd))
+            else {
                 return false;
             };
-            let lane = if dp.mnemonic() == Mnemonic::Dpps { 32 } else { 64 };
+            let lane = if matches!(dp.mnemonic(), Mnemonic::Dpps | Mnemonic::Vdpps) { 32 } else { 64 };
             let nan = |v: u128| {
                 if lane == 32 {
                     f32::from_bits(v as u32).is_nan()

@@ -30,6 +30,134 @@ use crate::cpu::Cpu;
 use crate::exception::{Exception, Fault, GP0};
 use crate::state::{cr, sreg};
 
+/// One list of operations that have a legacy SSE form and a VEX form, each
+/// `shape [args] Legacy Vex kernel;`, made into two handler tables:
+/// `legacy(Mnemonic)` and `vex(Mnemonic)`. The legacy handler runs the
+/// kernel on the MMX or XMM destination (`n` = 8 or 16 bytes); the VEX one
+/// runs it on each 128-bit half of an XMM or YMM destination (`n` = 16),
+/// VEX.vvvv being the first source. Shapes:
+/// - `lanes [w]`: `|x, y|` on each `w`-byte lane of the two sources;
+/// - `bin []`: `|a, b, n|` on the two sources;
+/// - `un []`: `|b, n|` on the last source only;
+/// - `imm [k]`: `|a, b, n, imm|`, where the upper half of a 256-bit
+///   operation sees `imm >> k`;
+/// - `unimm []`: `|b, n, imm|`;
+/// - `sh []`: `|a, count, n|`, the count being imm8 or the low 64 bits of
+///   the count operand.
+macro_rules! sse_ops {
+    ($($shape:ident [$($arg:expr),*] $l:ident $v:ident $f:expr;)*) => {
+        fn legacy(m: iced_x86::Mnemonic) -> Option<$crate::ops::Handler> {
+            Some(match m {
+                $(iced_x86::Mnemonic::$l => sse_op!(legacy $shape [$($arg),*] $f),)*
+                _ => return None,
+            })
+        }
+
+        /// The VEX forms of this family's operations.
+        pub(super) fn vex(m: iced_x86::Mnemonic) -> Option<$crate::ops::Handler> {
+            Some(match m {
+                $(iced_x86::Mnemonic::$v => sse_op!(vex $shape [$($arg),*] $f),)*
+                _ => return None,
+            })
+        }
+    };
+}
+
+/// One handler of [`sse_ops`].
+macro_rules! sse_op {
+    (legacy lanes [$w:expr] $f:expr) => {
+        sse_op!(legacy bin [] |a, b, n| $crate::ops::sse::map2(a, b, $w, n, $f))
+    };
+    (legacy bin [] $f:expr) => {
+        sse_op!(@h |cpu, insn| super::int::binary(cpu, insn, $f))
+    };
+    (legacy un [] $f:expr) => {
+        sse_op!(@h |cpu, insn| {
+            let f = $crate::ops::sse::kernel::un($f);
+            super::int::binary(cpu, insn, |_, b, n| f(b, n))
+        })
+    };
+    (legacy imm [$k:expr] $f:expr) => {
+        sse_op!(@h |cpu, insn| super::int::binary_imm(cpu, insn, $f))
+    };
+    (legacy unimm [] $f:expr) => {
+        sse_op!(@h |cpu, insn| {
+            let f = $crate::ops::sse::kernel::unimm($f);
+            super::int::binary_imm(cpu, insn, |_, b, n, imm| f(b, n, imm))
+        })
+    };
+    (legacy sh [] $f:expr) => {
+        sse_op!(@h |cpu, insn| super::int::shift(cpu, insn, $f))
+    };
+    (vex lanes [$w:expr] $f:expr) => {
+        sse_op!(vex bin [] |a, b, n| $crate::ops::sse::map2(a, b, $w, n, $f))
+    };
+    (vex bin [] $f:expr) => {
+        sse_op!(@h |cpu, insn| {
+            let f = $crate::ops::sse::kernel::bin($f);
+            super::avx::ternary(cpu, insn, |a, b| f(a, b, 16))
+        })
+    };
+    (vex un [] $f:expr) => {
+        sse_op!(@h |cpu, insn| {
+            let f = $crate::ops::sse::kernel::un($f);
+            super::avx::unary(cpu, insn, |b| f(b, 16))
+        })
+    };
+    (vex imm [$k:expr] $f:expr) => {
+        sse_op!(@h |cpu, insn| {
+            let f = $crate::ops::sse::kernel::imm($f);
+            super::avx::ternary_imm(cpu, insn, $k, |a, b, imm| f(a, b, 16, imm))
+        })
+    };
+    (vex unimm [] $f:expr) => {
+        sse_op!(@h |cpu, insn| {
+            let f = $crate::ops::sse::kernel::unimm($f);
+            super::avx::unary_imm(cpu, insn, |b, imm| f(b, 16, imm))
+        })
+    };
+    (vex sh [] $f:expr) => {
+        sse_op!(@h |cpu, insn| {
+            let f = $crate::ops::sse::kernel::sh($f);
+            super::avx::shift(cpu, insn, |a, c| f(a, c, 16))
+        })
+    };
+    (@h |$cpu:ident, $insn:ident| $body:expr) => {{
+        fn h($cpu: &mut $crate::cpu::Cpu, $insn: &iced_x86::Instruction) -> $crate::exception::Fault<()> {
+            $body
+        }
+        h as $crate::ops::Handler
+    }};
+}
+
+/// Identity functions that give the kernels of [`sse_ops`] their types.
+mod kernel {
+    #[inline(always)]
+    pub fn bin(f: impl Fn(u128, u128, usize) -> u128) -> impl Fn(u128, u128, usize) -> u128 {
+        f
+    }
+
+    #[inline(always)]
+    pub fn un(f: impl Fn(u128, usize) -> u128) -> impl Fn(u128, usize) -> u128 {
+        f
+    }
+
+    #[inline(always)]
+    pub fn imm(f: impl Fn(u128, u128, usize, u8) -> u128) -> impl Fn(u128, u128, usize, u8) -> u128 {
+        f
+    }
+
+    #[inline(always)]
+    pub fn unimm(f: impl Fn(u128, usize, u8) -> u128) -> impl Fn(u128, usize, u8) -> u128 {
+        f
+    }
+
+    #[inline(always)]
+    pub fn sh(f: impl Fn(u128, u64, usize) -> u128) -> impl Fn(u128, u64, usize) -> u128 {
+        f
+    }
+}
+
 mod avx;
 mod convert;
 mod float;

@@ -812,6 +812,8 @@ mod tests {
         let mut c = machine();
         assert!(!c.avx());
         assert_eq!(c.cpuid(1, 0)[2] & crate::cpuid::ecx1::AVX, 0);
+        assert_eq!(c.cpuid(1, 0)[2] & (crate::cpuid::ecx1::FMA | crate::cpuid::ecx1::F16C), 0);
+        assert_eq!(c.cpuid(7, 0)[1] & crate::cpuid::ebx7::AVX2, 0);
         assert_eq!(c.cpuid(0xd, 0), [3, 576, 576, 0]);
         assert_eq!(c.cpuid(0xd, 2), [0; 4]);
         c.state.gpr[reg::RCX] = 0;
@@ -821,6 +823,10 @@ mod tests {
         // On: AVX in leaf 1, YMM in leaf 0Dh, sizes following XCR0.
         c.set_avx(true);
         assert_ne!(c.cpuid(1, 0)[2] & crate::cpuid::ecx1::AVX, 0);
+        let fma_f16c = crate::cpuid::ecx1::FMA | crate::cpuid::ecx1::F16C;
+        assert_eq!(c.cpuid(1, 0)[2] & fma_f16c, fma_f16c);
+        assert_ne!(c.cpuid(7, 0)[1] & crate::cpuid::ebx7::AVX2, 0);
+        assert_eq!(c.cpuid(7, 1), crate::cpuid::cpuid(&c.state, 7, 1));
         assert_eq!(c.cpuid(0xd, 0), [7, 576, 832, 0]);
         assert_eq!(c.cpuid(0xd, 1), [3, 576, 0, 0]);
         assert_eq!(c.cpuid(0xd, 2), [256, 576, 0, 0]);

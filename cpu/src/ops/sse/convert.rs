@@ -18,10 +18,10 @@ use crate::exception::Fault;
 use crate::ops::{reg_read, reg_write, Handler};
 
 /// Element types.
-const I32: u8 = 0;
-const I64: u8 = 1;
-const S: u8 = 2;
-const D: u8 = 3;
+pub(super) const I32: u8 = 0;
+pub(super) const I64: u8 = 1;
+pub(super) const S: u8 = 2;
+pub(super) const D: u8 = 3;
 
 pub fn handler(code: Code) -> Option<Handler> {
     use Code as C;
@@ -59,7 +59,7 @@ pub fn handler(code: Code) -> Option<Handler> {
 }
 
 #[inline(always)]
-const fn elem_size(t: u8) -> usize {
+pub(super) const fn elem_size(t: u8) -> usize {
     match t {
         I32 | S => 4,
         _ => 8,
@@ -67,7 +67,7 @@ const fn elem_size(t: u8) -> usize {
 }
 
 #[inline(always)]
-fn conv(from: u8, to: u8, x: u64, trunc: bool, env: &mut Env) -> u64 {
+pub(super) fn conv(from: u8, to: u8, x: u64, trunc: bool, env: &mut Env) -> u64 {
     let rc = if trunc { RZ } else { env.rc };
     match (from, to) {
         (I32, S) => sf::from_int(F32, i64::from(x as u32 as i32), env),

@@ -44,65 +44,118 @@ const MAX: u8 = 5;
 /// MXCSR bits software may set (MXCSR_MASK with DAZ supported).
 pub const MXCSR_MASK: u32 = 0xffff;
 
+/// The operations with a legacy and a VEX form, each a kernel on one
+/// 128-bit half `(a, b, imm8, env)`: the legacy handler runs it on the
+/// destination and the source, the VEX one on VEX.vvvv (or nothing, for the
+/// two-operand forms) and the last source, half by half, then commits the
+/// flags of all lanes once.
+macro_rules! fp_ops {
+    ($($l:ident $v:ident $k:expr;)*) => {
+        fn legacy(m: Mnemonic) -> Option<Handler> {
+            Some(match m {
+                $(Mnemonic::$l => {
+                    fn h(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+                        legacy_fp(cpu, insn, $k)
+                    }
+                    h as Handler
+                })*
+                _ => return None,
+            })
+        }
+
+        /// The VEX forms of this family's operations.
+        pub(super) fn vex(m: Mnemonic) -> Option<Handler> {
+            Some(match m {
+                $(Mnemonic::$v => {
+                    fn h(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+                        super::avx::fp(cpu, insn, $k)
+                    }
+                    h as Handler
+                })*
+                Mnemonic::Vcmpps => vcmp::<PS>,
+                Mnemonic::Vcmppd => vcmp::<PD>,
+                Mnemonic::Vcmpss => vcmp::<SS>,
+                Mnemonic::Vcmpsd => vcmp::<SD>,
+                _ => return None,
+            })
+        }
+    };
+}
+
+fp_ops! {
+    Addps Vaddps arith::<ADD, PS>;
+    Addpd Vaddpd arith::<ADD, PD>;
+    Addss Vaddss arith::<ADD, SS>;
+    Addsd Vaddsd arith::<ADD, SD>;
+    Subps Vsubps arith::<SUB, PS>;
+    Subpd Vsubpd arith::<SUB, PD>;
+    Subss Vsubss arith::<SUB, SS>;
+    Subsd Vsubsd arith::<SUB, SD>;
+    Mulps Vmulps arith::<MUL, PS>;
+    Mulpd Vmulpd arith::<MUL, PD>;
+    Mulss Vmulss arith::<MUL, SS>;
+    Mulsd Vmulsd arith::<MUL, SD>;
+    Divps Vdivps arith::<DIV, PS>;
+    Divpd Vdivpd arith::<DIV, PD>;
+    Divss Vdivss arith::<DIV, SS>;
+    Divsd Vdivsd arith::<DIV, SD>;
+    Minps Vminps arith::<MIN, PS>;
+    Minpd Vminpd arith::<MIN, PD>;
+    Minss Vminss arith::<MIN, SS>;
+    Minsd Vminsd arith::<MIN, SD>;
+    Maxps Vmaxps arith::<MAX, PS>;
+    Maxpd Vmaxpd arith::<MAX, PD>;
+    Maxss Vmaxss arith::<MAX, SS>;
+    Maxsd Vmaxsd arith::<MAX, SD>;
+    Sqrtps Vsqrtps sqrt::<PS>;
+    Sqrtpd Vsqrtpd sqrt::<PD>;
+    Sqrtss Vsqrtss sqrt::<SS>;
+    Sqrtsd Vsqrtsd sqrt::<SD>;
+    Rcpps Vrcpps approx::<false, false>;
+    Rcpss Vrcpss approx::<false, true>;
+    Rsqrtps Vrsqrtps approx::<true, false>;
+    Rsqrtss Vrsqrtss approx::<true, true>;
+    Addsubps Vaddsubps horizontal::<0, PS>;
+    Addsubpd Vaddsubpd horizontal::<0, PD>;
+    Haddps Vhaddps horizontal::<1, PS>;
+    Haddpd Vhaddpd horizontal::<1, PD>;
+    Hsubps Vhsubps horizontal::<2, PS>;
+    Hsubpd Vhsubpd horizontal::<2, PD>;
+    Roundps Vroundps round::<PS>;
+    Roundpd Vroundpd round::<PD>;
+    Roundss Vroundss round::<SS>;
+    Roundsd Vroundsd round::<SD>;
+    Dpps Vdpps dp::<PS>;
+    Dppd Vdppd dp::<PD>;
+}
+
 pub fn handler(code: Code) -> Option<Handler> {
     use Mnemonic as M;
-    Some(match code.mnemonic() {
-        M::Addps => arith::<ADD, PS>,
-        M::Addpd => arith::<ADD, PD>,
-        M::Addss => arith::<ADD, SS>,
-        M::Addsd => arith::<ADD, SD>,
-        M::Subps => arith::<SUB, PS>,
-        M::Subpd => arith::<SUB, PD>,
-        M::Subss => arith::<SUB, SS>,
-        M::Subsd => arith::<SUB, SD>,
-        M::Mulps => arith::<MUL, PS>,
-        M::Mulpd => arith::<MUL, PD>,
-        M::Mulss => arith::<MUL, SS>,
-        M::Mulsd => arith::<MUL, SD>,
-        M::Divps => arith::<DIV, PS>,
-        M::Divpd => arith::<DIV, PD>,
-        M::Divss => arith::<DIV, SS>,
-        M::Divsd => arith::<DIV, SD>,
-        M::Minps => arith::<MIN, PS>,
-        M::Minpd => arith::<MIN, PD>,
-        M::Minss => arith::<MIN, SS>,
-        M::Minsd => arith::<MIN, SD>,
-        M::Maxps => arith::<MAX, PS>,
-        M::Maxpd => arith::<MAX, PD>,
-        M::Maxss => arith::<MAX, SS>,
-        M::Maxsd => arith::<MAX, SD>,
-        M::Sqrtps => sqrt::<PS>,
-        M::Sqrtpd => sqrt::<PD>,
-        M::Sqrtss => sqrt::<SS>,
-        M::Sqrtsd => sqrt::<SD>,
-        M::Rcpps => approx::<false, false>,
-        M::Rcpss => approx::<false, true>,
-        M::Rsqrtps => approx::<true, false>,
-        M::Rsqrtss => approx::<true, true>,
-        M::Cmpps => cmp::<PS>,
-        M::Cmppd => cmp::<PD>,
-        M::Cmpss => cmp::<SS>,
-        M::Cmpsd if code == Code::Cmpsd_xmm_xmmm64_imm8 => cmp::<SD>,
-        M::Comiss => comi::<false, true>,
-        M::Comisd => comi::<true, true>,
-        M::Ucomiss => comi::<false, false>,
-        M::Ucomisd => comi::<true, false>,
-        M::Addsubps => horizontal::<0, PS>,
-        M::Addsubpd => horizontal::<0, PD>,
-        M::Haddps => horizontal::<1, PS>,
-        M::Haddpd => horizontal::<1, PD>,
-        M::Hsubps => horizontal::<2, PS>,
-        M::Hsubpd => horizontal::<2, PD>,
-        M::Roundps => round::<PS>,
-        M::Roundpd => round::<PD>,
-        M::Roundss => round::<SS>,
-        M::Roundsd => round::<SD>,
-        M::Dpps => dpps,
-        M::Dppd => dppd,
-        M::Ldmxcsr => ldmxcsr,
-        M::Stmxcsr => stmxcsr,
-        _ => return None,
+    legacy(code.mnemonic()).or_else(|| {
+        Some(match code.mnemonic() {
+            M::Cmpps => cmp::<PS>,
+            M::Cmppd => cmp::<PD>,
+            M::Cmpss => cmp::<SS>,
+            M::Cmpsd if code == Code::Cmpsd_xmm_xmmm64_imm8 => cmp::<SD>,
+            M::Comiss => comi::<false, true>,
+            M::Comisd => comi::<true, true>,
+            M::Ucomiss => comi::<false, false>,
+            M::Ucomisd => comi::<true, false>,
+            M::Ldmxcsr => ldmxcsr,
+            M::Stmxcsr => stmxcsr,
+            _ => return None,
+        })
     })
+}
+
+/// A legacy SSE floating-point operation: the kernel on the destination and
+/// the source; the flags committed before the destination is written.
+#[inline(always)]
+fn legacy_fp(cpu: &mut Cpu, insn: &Instruction, k: impl Fn(u128, u128, u8, &mut Env) -> u128) -> Fault<()> {
+    let (a, b) = operands(cpu, insn)?;
+    let mut env = Env::from_mxcsr(cpu.state.mxcsr);
+    let r = k(a, b, insn.immediate8(), &mut env);
+    finish(cpu, insn, &env, r)
 }
 
 #[inline(always)]
@@ -144,26 +197,19 @@ fn finish(cpu: &mut Cpu, insn: &Instruction, env: &Env, r: u128) -> Fault<()> {
     Ok(())
 }
 
-fn arith<const OP: u8, const K: u8>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
-    let (a, b) = operands(cpu, insn)?;
-    let mut env = Env::from_mxcsr(cpu.state.mxcsr);
-    let r = lanes(K, a, b, &mut env, |f, x, y, e| binop(OP, f, x, y, e));
-    finish(cpu, insn, &env, r)
+fn arith<const OP: u8, const K: u8>(a: u128, b: u128, _: u8, env: &mut Env) -> u128 {
+    lanes(K, a, b, env, |f, x, y, e| binop(OP, f, x, y, e))
 }
 
-fn sqrt<const K: u8>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
-    let (a, b) = operands(cpu, insn)?;
-    let mut env = Env::from_mxcsr(cpu.state.mxcsr);
+fn sqrt<const K: u8>(a: u128, b: u128, _: u8, env: &mut Env) -> u128 {
     // Scalar: the low lane from the source, the rest from the destination.
     let (_, w, _) = shape(K);
     let base = if K >= SS { with_lane(a, w, 0, 0) } else { 0 };
-    let r = lanes(K, base, b, &mut env, |f, _, y, e| sf::sqrt(f, y, e));
-    finish(cpu, insn, &env, r)
+    lanes(K, base, b, env, |f, _, y, e| sf::sqrt(f, y, e))
 }
 
 /// RCPPS/RCPSS/RSQRTPS/RSQRTSS: no exceptions, MXCSR untouched.
-fn approx<const ROOT: bool, const SCALAR: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
-    let (a, b) = operands(cpu, insn)?;
+fn approx<const ROOT: bool, const SCALAR: bool>(a: u128, b: u128, _: u8, _: &mut Env) -> u128 {
     let n = if SCALAR { 1 } else { 4 };
     let mut r = a;
     for i in 0..n {
@@ -171,14 +217,16 @@ fn approx<const ROOT: bool, const SCALAR: bool>(cpu: &mut Cpu, insn: &Instructio
         let y = if ROOT { sf::rsqrt(x) } else { sf::rcp(x) };
         r = with_lane(r, 4, i, u64::from(y));
     }
-    set(cpu, insn.op0_register(), r);
-    Ok(())
+    r
 }
 
-/// CMPPS predicate (imm8 bits 2:0) on an ordering; the second value says
-/// whether a QNaN operand signals.
+/// CMPPS predicate (imm8 bits 4:0; the legacy forms have bits 2:0 only)
+/// on an ordering; the second value says whether a QNaN operand signals.
+/// Predicates 8-15 are the negations of 0-7 in the other ordering
+/// convention (EQ_UQ, NGE_US, NGT_US, FALSE_OQ, NEQ_OQ, GE_OS, GT_OS,
+/// TRUE_UQ); 16-31 are 0-15 with the QNaN signalling flipped.
 fn predicate(p: u8) -> (fn(Cmp) -> bool, bool) {
-    match p & 7 {
+    let (test, signals): (fn(Cmp) -> bool, bool) = match p & 15 {
         0 => (|c| c == Cmp::Eq, false),
         1 => (|c| c == Cmp::Lt, true),
         2 => (|c| matches!(c, Cmp::Lt | Cmp::Eq), true),
@@ -186,22 +234,45 @@ fn predicate(p: u8) -> (fn(Cmp) -> bool, bool) {
         4 => (|c| c != Cmp::Eq, false),
         5 => (|c| c != Cmp::Lt, true),
         6 => (|c| !matches!(c, Cmp::Lt | Cmp::Eq), true),
-        _ => (|c| c != Cmp::Unordered, false),
-    }
+        7 => (|c| c != Cmp::Unordered, false),
+        8 => (|c| matches!(c, Cmp::Eq | Cmp::Unordered), false),
+        9 => (|c| matches!(c, Cmp::Lt | Cmp::Unordered), true),
+        10 => (|c| c != Cmp::Gt, true),
+        11 => (|_| false, false),
+        12 => (|c| matches!(c, Cmp::Lt | Cmp::Gt), false),
+        13 => (|c| matches!(c, Cmp::Gt | Cmp::Eq), true),
+        14 => (|c| c == Cmp::Gt, true),
+        _ => (|_| true, false),
+    };
+    (test, signals ^ (p & 16 != 0))
+}
+
+fn compare<const K: u8>(a: u128, b: u128, imm: u8, env: &mut Env) -> u128 {
+    let (test, signals) = predicate(imm);
+    lanes(K, a, b, env, |f, x, y, e| if test(sf::compare(f, x, y, signals, e)) { u64::MAX } else { 0 })
 }
 
 fn cmp<const K: u8>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let (a, b) = operands(cpu, insn)?;
-    let (test, signals) = predicate(insn.immediate8());
     let mut env = Env::from_mxcsr(cpu.state.mxcsr);
-    let r = lanes(K, a, b, &mut env, |f, x, y, e| if test(sf::compare(f, x, y, signals, e)) { u64::MAX } else { 0 });
+    let r = compare::<K>(a, b, insn.immediate8() & 7, &mut env);
     finish(cpu, insn, &env, r)
+}
+
+/// VCMPPS/PD/SS/SD: the 32 predicates.
+fn vcmp<const K: u8>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    super::avx::fp(cpu, insn, |a, b, imm, env| compare::<K>(a, b, imm & 31, env))
 }
 
 /// COMISS/COMISD (QNaN signals) and UCOMISS/UCOMISD: ZF, PF, CF from the
 /// comparison; OF, SF and AF cleared.
 fn comi<const DOUBLE: bool, const SIGNAL: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let (a, b) = operands(cpu, insn)?;
+    comi_flags::<DOUBLE, SIGNAL>(cpu, a, b)
+}
+
+/// The flags of (U)COMISS/SD, and their VEX forms, from the low lanes.
+pub(super) fn comi_flags<const DOUBLE: bool, const SIGNAL: bool>(cpu: &mut Cpu, a: u128, b: u128) -> Fault<()> {
     let (f, w) = if DOUBLE { (F64, 8) } else { (F32, 4) };
     let mut env = Env::from_mxcsr(cpu.state.mxcsr);
     let c = sf::compare(f, lane(a, w, 0), lane(b, w, 0), SIGNAL, &mut env);
@@ -217,19 +288,17 @@ fn comi<const DOUBLE: bool, const SIGNAL: bool>(cpu: &mut Cpu, insn: &Instructio
 }
 
 /// ADDSUB (0), HADD (1), HSUB (2).
-fn horizontal<const KIND: u8, const K: u8>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
-    let (a, b) = operands(cpu, insn)?;
+fn horizontal<const KIND: u8, const K: u8>(a: u128, b: u128, _: u8, env: &mut Env) -> u128 {
     let (f, w, n) = shape(K);
-    let mut env = Env::from_mxcsr(cpu.state.mxcsr);
     let mut r = 0u128;
     for i in 0..n {
         let v = match KIND {
             0 => {
                 let (x, y) = (lane(a, w, i), lane(b, w, i));
                 if i % 2 == 0 {
-                    sf::sub(f, x, y, &mut env)
+                    sf::sub(f, x, y, env)
                 } else {
-                    sf::add(f, x, y, &mut env)
+                    sf::add(f, x, y, env)
                 }
             }
             _ => {
@@ -237,38 +306,40 @@ fn horizontal<const KIND: u8, const K: u8>(cpu: &mut Cpu, insn: &Instruction) ->
                 let (s, j) = if i < half { (a, i) } else { (b, i - half) };
                 let (x, y) = (lane(s, w, 2 * j), lane(s, w, 2 * j + 1));
                 if KIND == 1 {
-                    sf::add(f, x, y, &mut env)
+                    sf::add(f, x, y, env)
                 } else {
-                    sf::sub(f, x, y, &mut env)
+                    sf::sub(f, x, y, env)
                 }
             }
         };
         r = with_lane(r, w, i, v);
     }
-    finish(cpu, insn, &env, r)
+    r
 }
 
 /// ROUNDPS/PD/SS/SD: imm8 bits 1:0 rounding, bit 2 use MXCSR.RC instead,
 /// bit 3 suppress the precision exception.
-fn round<const K: u8>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
-    let (a, b) = operands(cpu, insn)?;
-    let imm = u32::from(insn.immediate8());
-    let mut env = Env::from_mxcsr(cpu.state.mxcsr);
+fn round<const K: u8>(a: u128, b: u128, imm: u8, env: &mut Env) -> u128 {
+    let imm = u32::from(imm);
     let rc = if imm & 4 != 0 { env.rc } else { imm & 3 };
     let no_pe = imm & 8 != 0;
-    let r = lanes(K, a, b, &mut env, |f, _, y, e| sf::round_int(f, y, rc, no_pe, e));
-    finish(cpu, insn, &env, r)
+    lanes(K, a, b, env, |f, _, y, e| sf::round_int(f, y, rc, no_pe, e))
 }
 
 /// Sum of products for DPPS/DPPD: each product and each sum is rounded, as
 /// the SDM's DP_primitive describes. The sums see the products as computed
-/// (no DAZ, no denormal-operand report on intermediates).
+/// (no DAZ, no denormal-operand report on intermediates). An unmasked
+/// exception of the products stops the operation there: the sums add no
+/// flags (the CPU reports the products' exceptions only).
 fn dot(f: Fmt, w: usize, n: usize, a: u128, b: u128, imm: u8, env: &mut Env) -> u64 {
     let mut p = [0u64; 4];
     for (i, pi) in p.iter_mut().enumerate().take(n) {
         if imm & (0x10 << i) != 0 {
             *pi = sf::mul(f, lane(a, w, i), lane(b, w, i), env);
         }
+    }
+    if env.flags & !env.masks & 0x3f != 0 {
+        return 0;
     }
     let mut inner = Env { daz: false, ..*env };
     let s = if n == 4 {
@@ -282,30 +353,26 @@ fn dot(f: Fmt, w: usize, n: usize, a: u128, b: u128, imm: u8, env: &mut Env) -> 
     s
 }
 
-fn dpps(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
-    dp(cpu, insn, F32, 4, 4)
-}
-
-fn dppd(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
-    dp(cpu, insn, F64, 8, 2)
-}
-
-fn dp(cpu: &mut Cpu, insn: &Instruction, f: Fmt, w: usize, n: usize) -> Fault<()> {
-    let (a, b) = operands(cpu, insn)?;
-    let imm = insn.immediate8();
-    let mut env = Env::from_mxcsr(cpu.state.mxcsr);
-    let s = dot(f, w, n, a, b, imm, &mut env);
+/// DPPS (`K` = PS) and DPPD (`K` = PD).
+fn dp<const K: u8>(a: u128, b: u128, imm: u8, env: &mut Env) -> u128 {
+    let (f, w, n) = shape(K);
+    let s = dot(f, w, n, a, b, imm, env);
     let mut r = 0u128;
     for i in 0..n {
         if imm & (1 << i) != 0 {
             r = with_lane(r, w, i, s);
         }
     }
-    finish(cpu, insn, &env, r)
+    r
 }
 
 fn ldmxcsr(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check(cpu, insn, Uses::Sse)?;
+    ldmxcsr_body(cpu, insn)
+}
+
+/// LDMXCSR and VLDMXCSR after their availability checks.
+pub(super) fn ldmxcsr_body(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let v = super::load(cpu, insn, 4)? as u32;
     if v & !MXCSR_MASK != 0 {
         return Err(GP0);
@@ -316,6 +383,11 @@ fn ldmxcsr(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
 
 fn stmxcsr(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check(cpu, insn, Uses::Sse)?;
+    stmxcsr_body(cpu, insn)
+}
+
+/// STMXCSR and VSTMXCSR after their availability checks.
+pub(super) fn stmxcsr_body(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let v = cpu.state.mxcsr;
     store(cpu, insn, 4, u128::from(v))
 }

@@ -6,11 +6,13 @@
 //! MPSADBW, PHMINPOSUW, PTEST).
 //!
 //! Each instruction is one lane-wise closure over `(dest, src, width)`; the
-//! same handler serves the MMX (8-byte) and XMM (16-byte) forms.
+//! same handler serves the MMX (8-byte) and XMM (16-byte) forms, and the
+//! VEX form (on each 128-bit half of an XMM or YMM register) comes from the
+//! same list (`sse_ops!`).
 
 use iced_x86::{Code, Instruction, Mnemonic, OpKind};
 
-use super::{check, done, get, lane, map1, map2, set, src, sx, trunc, width, Uses};
+use super::{check, done, get, lane, map1, set, src, sx, trunc, width, Uses};
 use crate::cpu::Cpu;
 use crate::exception::Fault;
 use crate::ops::Handler;
@@ -40,7 +42,7 @@ pub(super) fn binary_imm(cpu: &mut Cpu, insn: &Instruction, f: impl Fn(u128, u12
 
 /// Shifts: the count is imm8, or the low 64 bits of the source operand.
 #[inline(always)]
-fn shift(cpu: &mut Cpu, insn: &Instruction, f: impl Fn(u128, u64, usize) -> u128) -> Fault<()> {
+pub(super) fn shift(cpu: &mut Cpu, insn: &Instruction, f: impl Fn(u128, u64, usize) -> u128) -> Fault<()> {
     let mm = check(cpu, insn, Uses::Operands)?;
     let count =
         if insn.op1_kind() == OpKind::Immediate8 { u64::from(insn.immediate8()) } else { src(cpu, insn, 1)? as u64 };
@@ -48,43 +50,6 @@ fn shift(cpu: &mut Cpu, insn: &Instruction, f: impl Fn(u128, u64, usize) -> u128
     let r = f(get(cpu, d), count, width(d));
     set(cpu, d, r);
     done(cpu, mm)
-}
-
-/// A handler from a `(dest, src, width)` closure.
-macro_rules! bin {
-    ($f:expr) => {{
-        fn h(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
-            binary(cpu, insn, $f)
-        }
-        h as Handler
-    }};
-}
-
-/// A handler from a `(dest, src, width, imm8)` closure.
-macro_rules! bin_imm {
-    ($f:expr) => {{
-        fn h(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
-            binary_imm(cpu, insn, $f)
-        }
-        h as Handler
-    }};
-}
-
-/// A lane-wise handler: lane width in bytes and `(d, s)` per lane.
-macro_rules! lanes {
-    ($w:expr, $f:expr) => {
-        bin!(|a, b, n| map2(a, b, $w, n, $f))
-    };
-}
-
-/// A shift handler from a `(dest, count, width)` closure.
-macro_rules! sh {
-    ($f:expr) => {{
-        fn h(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
-            shift(cpu, insn, $f)
-        }
-        h as Handler
-    }};
 }
 
 /// Signed saturation to `w` bytes.
@@ -232,90 +197,99 @@ fn ptest(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     Ok(())
 }
 
+sse_ops! {
+    lanes [1] Paddb Vpaddb |x, y| x.wrapping_add(y);
+    lanes [2] Paddw Vpaddw |x, y| x.wrapping_add(y);
+    lanes [4] Paddd Vpaddd |x, y| x.wrapping_add(y);
+    lanes [8] Paddq Vpaddq |x, y| x.wrapping_add(y);
+    lanes [1] Psubb Vpsubb |x, y| x.wrapping_sub(y);
+    lanes [2] Psubw Vpsubw |x, y| x.wrapping_sub(y);
+    lanes [4] Psubd Vpsubd |x, y| x.wrapping_sub(y);
+    lanes [8] Psubq Vpsubq |x, y| x.wrapping_sub(y);
+    lanes [1] Paddsb Vpaddsb |x, y| sat_s(sx(x, 1) + sx(y, 1), 1);
+    lanes [2] Paddsw Vpaddsw |x, y| sat_s(sx(x, 2) + sx(y, 2), 2);
+    lanes [1] Psubsb Vpsubsb |x, y| sat_s(sx(x, 1) - sx(y, 1), 1);
+    lanes [2] Psubsw Vpsubsw |x, y| sat_s(sx(x, 2) - sx(y, 2), 2);
+    lanes [1] Paddusb Vpaddusb |x, y| (x + y).min(0xff);
+    lanes [2] Paddusw Vpaddusw |x, y| (x + y).min(0xffff);
+    lanes [1] Psubusb Vpsubusb |x, y| x.saturating_sub(y);
+    lanes [2] Psubusw Vpsubusw |x, y| x.saturating_sub(y);
+    lanes [2] Pmullw Vpmullw |x, y| (sx(x, 2) * sx(y, 2)) as u64;
+    lanes [2] Pmulhw Vpmulhw |x, y| ((sx(x, 2) * sx(y, 2)) >> 16) as u64;
+    lanes [2] Pmulhuw Vpmulhuw |x, y| (x * y) >> 16;
+    lanes [4] Pmulld Vpmulld |x, y| x.wrapping_mul(y);
+    lanes [8] Pmuludq Vpmuludq |x, y| (x & 0xffff_ffff) * (y & 0xffff_ffff);
+    lanes [8] Pmuldq Vpmuldq |x, y| (sx(x, 4) * sx(y, 4)) as u64;
+    lanes [4] Pmaddwd Vpmaddwd |x, y| (sx(x, 2) * sx(y, 2) + sx(x >> 16, 2) * sx(y >> 16, 2)) as u64;
+    lanes [2] Pmaddubsw Vpmaddubsw
+        |x, y| sat_s((x & 0xff) as i64 * sx(y, 1) + ((x >> 8) & 0xff) as i64 * sx(y >> 8, 1), 2);
+    lanes [2] Pmulhrsw Vpmulhrsw |x, y| ((((sx(x, 2) * sx(y, 2)) >> 14) + 1) >> 1) as u64;
+    lanes [8] Psadbw Vpsadbw psadbw;
+    lanes [1] Pavgb Vpavgb |x, y| (x + y + 1) >> 1;
+    lanes [2] Pavgw Vpavgw |x, y| (x + y + 1) >> 1;
+    lanes [1] Pminub Vpminub |x, y| x.min(y);
+    lanes [2] Pminuw Vpminuw |x, y| x.min(y);
+    lanes [4] Pminud Vpminud |x, y| x.min(y);
+    lanes [1] Pminsb Vpminsb |x, y| smin(x, y, 1);
+    lanes [2] Pminsw Vpminsw |x, y| smin(x, y, 2);
+    lanes [4] Pminsd Vpminsd |x, y| smin(x, y, 4);
+    lanes [1] Pmaxub Vpmaxub |x, y| x.max(y);
+    lanes [2] Pmaxuw Vpmaxuw |x, y| x.max(y);
+    lanes [4] Pmaxud Vpmaxud |x, y| x.max(y);
+    lanes [1] Pmaxsb Vpmaxsb |x, y| smax(x, y, 1);
+    lanes [2] Pmaxsw Vpmaxsw |x, y| smax(x, y, 2);
+    lanes [4] Pmaxsd Vpmaxsd |x, y| smax(x, y, 4);
+    lanes [1] Pcmpeqb Vpcmpeqb |x, y| mask_if(x == y);
+    lanes [2] Pcmpeqw Vpcmpeqw |x, y| mask_if(x == y);
+    lanes [4] Pcmpeqd Vpcmpeqd |x, y| mask_if(x == y);
+    lanes [8] Pcmpeqq Vpcmpeqq |x, y| mask_if(x == y);
+    lanes [1] Pcmpgtb Vpcmpgtb |x, y| mask_if(sx(x, 1) > sx(y, 1));
+    lanes [2] Pcmpgtw Vpcmpgtw |x, y| mask_if(sx(x, 2) > sx(y, 2));
+    lanes [4] Pcmpgtd Vpcmpgtd |x, y| mask_if(sx(x, 4) > sx(y, 4));
+    lanes [8] Pcmpgtq Vpcmpgtq |x, y| mask_if(sx(x, 8) > sx(y, 8));
+    bin [] Pand Vpand |a, b, n| trunc(a & b, n);
+    bin [] Andps Vandps |a, b, n| trunc(a & b, n);
+    bin [] Andpd Vandpd |a, b, n| trunc(a & b, n);
+    bin [] Pandn Vpandn |a, b, n| trunc(!a & b, n);
+    bin [] Andnps Vandnps |a, b, n| trunc(!a & b, n);
+    bin [] Andnpd Vandnpd |a, b, n| trunc(!a & b, n);
+    bin [] Por Vpor |a, b, n| trunc(a | b, n);
+    bin [] Orps Vorps |a, b, n| trunc(a | b, n);
+    bin [] Orpd Vorpd |a, b, n| trunc(a | b, n);
+    bin [] Pxor Vpxor |a, b, n| trunc(a ^ b, n);
+    bin [] Xorps Vxorps |a, b, n| trunc(a ^ b, n);
+    bin [] Xorpd Vxorpd |a, b, n| trunc(a ^ b, n);
+    lanes [1] Psignb Vpsignb |x, y| sign(x, y, 1);
+    lanes [2] Psignw Vpsignw |x, y| sign(x, y, 2);
+    lanes [4] Psignd Vpsignd |x, y| sign(x, y, 4);
+    un [] Pabsb Vpabsb |b, n| map1(b, 1, n, |y| sx(y, 1).unsigned_abs());
+    un [] Pabsw Vpabsw |b, n| map1(b, 2, n, |y| sx(y, 2).unsigned_abs());
+    un [] Pabsd Vpabsd |b, n| map1(b, 4, n, |y| sx(y, 4).unsigned_abs());
+    bin [] Phaddw Vphaddw |a, b, n| horiz(a, b, 2, n, |x, y| x.wrapping_add(y));
+    bin [] Phaddd Vphaddd |a, b, n| horiz(a, b, 4, n, |x, y| x.wrapping_add(y));
+    bin [] Phaddsw Vphaddsw |a, b, n| horiz(a, b, 2, n, |x, y| sat_s(sx(x, 2) + sx(y, 2), 2));
+    bin [] Phsubw Vphsubw |a, b, n| horiz(a, b, 2, n, |x, y| x.wrapping_sub(y));
+    bin [] Phsubd Vphsubd |a, b, n| horiz(a, b, 4, n, |x, y| x.wrapping_sub(y));
+    bin [] Phsubsw Vphsubsw |a, b, n| horiz(a, b, 2, n, |x, y| sat_s(sx(x, 2) - sx(y, 2), 2));
+    bin [] Pshufb Vpshufb pshufb;
+    imm [3] Mpsadbw Vmpsadbw |a, b, _, imm| mpsadbw(a, b, imm);
+    un [] Phminposuw Vphminposuw |b, _| phminposuw(b);
+    sh [] Psllw Vpsllw |a, c, n| sll(a, c, 2, n);
+    sh [] Pslld Vpslld |a, c, n| sll(a, c, 4, n);
+    sh [] Psllq Vpsllq |a, c, n| sll(a, c, 8, n);
+    sh [] Psrlw Vpsrlw |a, c, n| srl(a, c, 2, n);
+    sh [] Psrld Vpsrld |a, c, n| srl(a, c, 4, n);
+    sh [] Psrlq Vpsrlq |a, c, n| srl(a, c, 8, n);
+    sh [] Psraw Vpsraw |a, c, n| sra(a, c, 2, n);
+    sh [] Psrad Vpsrad |a, c, n| sra(a, c, 4, n);
+    sh [] Pslldq Vpslldq |a, c, _| if c > 15 { 0 } else { a << (8 * c) };
+    sh [] Psrldq Vpsrldq |a, c, _| if c > 15 { 0 } else { a >> (8 * c) };
+}
+
 pub fn handler(code: Code) -> Option<Handler> {
-    use Mnemonic as M;
-    Some(match code.mnemonic() {
-        M::Paddb => lanes!(1, |x, y| x.wrapping_add(y)),
-        M::Paddw => lanes!(2, |x, y| x.wrapping_add(y)),
-        M::Paddd => lanes!(4, |x, y| x.wrapping_add(y)),
-        M::Paddq => lanes!(8, |x, y| x.wrapping_add(y)),
-        M::Psubb => lanes!(1, |x, y| x.wrapping_sub(y)),
-        M::Psubw => lanes!(2, |x, y| x.wrapping_sub(y)),
-        M::Psubd => lanes!(4, |x, y| x.wrapping_sub(y)),
-        M::Psubq => lanes!(8, |x, y| x.wrapping_sub(y)),
-        M::Paddsb => lanes!(1, |x, y| sat_s(sx(x, 1) + sx(y, 1), 1)),
-        M::Paddsw => lanes!(2, |x, y| sat_s(sx(x, 2) + sx(y, 2), 2)),
-        M::Psubsb => lanes!(1, |x, y| sat_s(sx(x, 1) - sx(y, 1), 1)),
-        M::Psubsw => lanes!(2, |x, y| sat_s(sx(x, 2) - sx(y, 2), 2)),
-        M::Paddusb => lanes!(1, |x, y| (x + y).min(0xff)),
-        M::Paddusw => lanes!(2, |x, y| (x + y).min(0xffff)),
-        M::Psubusb => lanes!(1, |x, y| x.saturating_sub(y)),
-        M::Psubusw => lanes!(2, |x, y| x.saturating_sub(y)),
-        M::Pmullw => lanes!(2, |x, y| (sx(x, 2) * sx(y, 2)) as u64),
-        M::Pmulhw => lanes!(2, |x, y| ((sx(x, 2) * sx(y, 2)) >> 16) as u64),
-        M::Pmulhuw => lanes!(2, |x, y| (x * y) >> 16),
-        M::Pmulld => lanes!(4, |x, y| x.wrapping_mul(y)),
-        M::Pmuludq => lanes!(8, |x, y| (x & 0xffff_ffff) * (y & 0xffff_ffff)),
-        M::Pmuldq => lanes!(8, |x, y| (sx(x, 4) * sx(y, 4)) as u64),
-        M::Pmaddwd => lanes!(4, |x, y| (sx(x, 2) * sx(y, 2) + sx(x >> 16, 2) * sx(y >> 16, 2)) as u64),
-        M::Pmaddubsw => {
-            lanes!(2, |x, y| sat_s((x & 0xff) as i64 * sx(y, 1) + ((x >> 8) & 0xff) as i64 * sx(y >> 8, 1), 2))
-        }
-        M::Pmulhrsw => lanes!(2, |x, y| ((((sx(x, 2) * sx(y, 2)) >> 14) + 1) >> 1) as u64),
-        M::Psadbw => lanes!(8, psadbw),
-        M::Pavgb => lanes!(1, |x, y| (x + y + 1) >> 1),
-        M::Pavgw => lanes!(2, |x, y| (x + y + 1) >> 1),
-        M::Pminub => lanes!(1, |x, y| x.min(y)),
-        M::Pminuw => lanes!(2, |x, y| x.min(y)),
-        M::Pminud => lanes!(4, |x, y| x.min(y)),
-        M::Pminsb => lanes!(1, |x, y| smin(x, y, 1)),
-        M::Pminsw => lanes!(2, |x, y| smin(x, y, 2)),
-        M::Pminsd => lanes!(4, |x, y| smin(x, y, 4)),
-        M::Pmaxub => lanes!(1, |x, y| x.max(y)),
-        M::Pmaxuw => lanes!(2, |x, y| x.max(y)),
-        M::Pmaxud => lanes!(4, |x, y| x.max(y)),
-        M::Pmaxsb => lanes!(1, |x, y| smax(x, y, 1)),
-        M::Pmaxsw => lanes!(2, |x, y| smax(x, y, 2)),
-        M::Pmaxsd => lanes!(4, |x, y| smax(x, y, 4)),
-        M::Pcmpeqb => lanes!(1, |x, y| mask_if(x == y)),
-        M::Pcmpeqw => lanes!(2, |x, y| mask_if(x == y)),
-        M::Pcmpeqd => lanes!(4, |x, y| mask_if(x == y)),
-        M::Pcmpeqq => lanes!(8, |x, y| mask_if(x == y)),
-        M::Pcmpgtb => lanes!(1, |x, y| mask_if(sx(x, 1) > sx(y, 1))),
-        M::Pcmpgtw => lanes!(2, |x, y| mask_if(sx(x, 2) > sx(y, 2))),
-        M::Pcmpgtd => lanes!(4, |x, y| mask_if(sx(x, 4) > sx(y, 4))),
-        M::Pcmpgtq => lanes!(8, |x, y| mask_if(sx(x, 8) > sx(y, 8))),
-        M::Pand | M::Andps | M::Andpd => bin!(|a, b, n| trunc(a & b, n)),
-        M::Pandn | M::Andnps | M::Andnpd => bin!(|a, b, n| trunc(!a & b, n)),
-        M::Por | M::Orps | M::Orpd => bin!(|a, b, n| trunc(a | b, n)),
-        M::Pxor | M::Xorps | M::Xorpd => bin!(|a, b, n| trunc(a ^ b, n)),
-        M::Psignb => lanes!(1, |x, y| sign(x, y, 1)),
-        M::Psignw => lanes!(2, |x, y| sign(x, y, 2)),
-        M::Psignd => lanes!(4, |x, y| sign(x, y, 4)),
-        M::Pabsb => lanes!(1, |_, y| sx(y, 1).unsigned_abs()),
-        M::Pabsw => lanes!(2, |_, y| sx(y, 2).unsigned_abs()),
-        M::Pabsd => lanes!(4, |_, y| sx(y, 4).unsigned_abs()),
-        M::Phaddw => bin!(|a, b, n| horiz(a, b, 2, n, |x, y| x.wrapping_add(y))),
-        M::Phaddd => bin!(|a, b, n| horiz(a, b, 4, n, |x, y| x.wrapping_add(y))),
-        M::Phaddsw => bin!(|a, b, n| horiz(a, b, 2, n, |x, y| sat_s(sx(x, 2) + sx(y, 2), 2))),
-        M::Phsubw => bin!(|a, b, n| horiz(a, b, 2, n, |x, y| x.wrapping_sub(y))),
-        M::Phsubd => bin!(|a, b, n| horiz(a, b, 4, n, |x, y| x.wrapping_sub(y))),
-        M::Phsubsw => bin!(|a, b, n| horiz(a, b, 2, n, |x, y| sat_s(sx(x, 2) - sx(y, 2), 2))),
-        M::Pshufb => bin!(pshufb),
-        M::Mpsadbw => bin_imm!(|a, b, _, imm| mpsadbw(a, b, imm)),
-        M::Phminposuw => bin!(|_, b, _| phminposuw(b)),
-        M::Ptest => ptest,
-        M::Psllw => sh!(|a, c, n| sll(a, c, 2, n)),
-        M::Pslld => sh!(|a, c, n| sll(a, c, 4, n)),
-        M::Psllq => sh!(|a, c, n| sll(a, c, 8, n)),
-        M::Psrlw => sh!(|a, c, n| srl(a, c, 2, n)),
-        M::Psrld => sh!(|a, c, n| srl(a, c, 4, n)),
-        M::Psrlq => sh!(|a, c, n| srl(a, c, 8, n)),
-        M::Psraw => sh!(|a, c, n| sra(a, c, 2, n)),
-        M::Psrad => sh!(|a, c, n| sra(a, c, 4, n)),
-        M::Pslldq => sh!(|a, c, _| if c > 15 { 0 } else { a << (8 * c) }),
-        M::Psrldq => sh!(|a, c, _| if c > 15 { 0 } else { a >> (8 * c) }),
-        _ => return None,
+    legacy(code.mnemonic()).or_else(|| match code.mnemonic() {
+        Mnemonic::Ptest => Some(ptest as Handler),
+        _ => None,
     })
 }
 

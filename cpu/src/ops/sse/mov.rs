@@ -162,6 +162,12 @@ fn movnti<const N: usize>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
 /// overridable). Contiguous selected bytes are written together.
 fn maskmov(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let mm = check(cpu, insn, Uses::Operands)?;
+    maskmov_store(cpu, insn, mm)
+}
+
+/// The stores of MASKMOVQ/MASKMOVDQU/VMASKMOVDQU, after the availability
+/// checks (`mm`: the instruction has MMX operands).
+pub(super) fn maskmov_store(cpu: &mut Cpu, insn: &Instruction, mm: bool) -> Fault<()> {
     let data = get(cpu, insn.op1_register());
     let sel = get(cpu, insn.op2_register());
     let n = width(insn.op1_register());

@@ -7,93 +7,92 @@
 
 use iced_x86::{Code, Instruction, Mnemonic, OpKind};
 
-use super::int::{binary, binary_imm, sat_s, sat_u};
+use super::int::{binary_imm, sat_s, sat_u};
 use super::{check, done, get, lane, load, set, src, store, sx, with_lane, xmm, Uses};
 use crate::cpu::Cpu;
 use crate::exception::Fault;
 use crate::ops::{reg_read, reg_write, Handler};
 
-macro_rules! bin {
-    ($f:expr) => {{
-        fn h(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
-            binary(cpu, insn, $f)
-        }
-        h as Handler
-    }};
-}
-
-macro_rules! bin_imm {
-    ($f:expr) => {{
-        fn h(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
-            binary_imm(cpu, insn, $f)
-        }
-        h as Handler
-    }};
+sse_ops! {
+    bin [] Packsswb Vpacksswb |a, b, n| pack(a, b, 2, n, |v| sat_s(v, 1));
+    bin [] Packssdw Vpackssdw |a, b, n| pack(a, b, 4, n, |v| sat_s(v, 2));
+    bin [] Packuswb Vpackuswb |a, b, n| pack(a, b, 2, n, |v| sat_u(v, 1));
+    bin [] Packusdw Vpackusdw |a, b, n| pack(a, b, 4, n, |v| sat_u(v, 2));
+    bin [] Punpcklbw Vpunpcklbw |a, b, n| interleave(a, b, 1, n, false);
+    bin [] Punpcklwd Vpunpcklwd |a, b, n| interleave(a, b, 2, n, false);
+    bin [] Punpckldq Vpunpckldq |a, b, n| interleave(a, b, 4, n, false);
+    bin [] Unpcklps Vunpcklps |a, b, n| interleave(a, b, 4, n, false);
+    bin [] Punpcklqdq Vpunpcklqdq |a, b, n| interleave(a, b, 8, n, false);
+    bin [] Unpcklpd Vunpcklpd |a, b, n| interleave(a, b, 8, n, false);
+    bin [] Punpckhbw Vpunpckhbw |a, b, n| interleave(a, b, 1, n, true);
+    bin [] Punpckhwd Vpunpckhwd |a, b, n| interleave(a, b, 2, n, true);
+    bin [] Punpckhdq Vpunpckhdq |a, b, n| interleave(a, b, 4, n, true);
+    bin [] Unpckhps Vunpckhps |a, b, n| interleave(a, b, 4, n, true);
+    bin [] Punpckhqdq Vpunpckhqdq |a, b, n| interleave(a, b, 8, n, true);
+    bin [] Unpckhpd Vunpckhpd |a, b, n| interleave(a, b, 8, n, true);
+    unimm [] Pshufd Vpshufd |b, _, imm| shuf4(b, 4, imm);
+    unimm [] Pshuflw Vpshuflw |b, _, imm| (b & !0xffff_ffff_ffff_ffff) | shuf4(b, 2, imm);
+    unimm [] Pshufhw Vpshufhw |b, _, imm| (b & 0xffff_ffff_ffff_ffff) | (shuf4(b >> 64, 2, imm) << 64);
+    imm [0] Shufps Vshufps |a, b, _, imm| shufps(a, b, imm);
+    imm [2] Shufpd Vshufpd |a, b, _, imm| {
+        u128::from(lane(a, 8, usize::from(imm & 1))) | u128::from(lane(b, 8, usize::from((imm >> 1) & 1))) << 64
+    };
+    imm [0] Palignr Vpalignr palignr;
+    imm [0] Pblendw Vpblendw |a, b, _, imm| blend(a, b, 2, u16::from(imm));
+    imm [4] Blendps Vblendps |a, b, _, imm| blend(a, b, 4, u16::from(imm));
+    imm [2] Blendpd Vblendpd |a, b, _, imm| blend(a, b, 8, u16::from(imm));
+    un [] Movddup Vmovddup |b, _| (b & 0xffff_ffff_ffff_ffff) | (b << 64);
+    un [] Movsldup Vmovsldup |b, _| dup(b, 0);
+    un [] Movshdup Vmovshdup |b, _| dup(b, 1);
 }
 
 pub fn handler(code: Code) -> Option<Handler> {
     use Mnemonic as M;
-    Some(match code.mnemonic() {
-        M::Packsswb => bin!(|a, b, n| pack(a, b, 2, n, |v| sat_s(v, 1))),
-        M::Packssdw => bin!(|a, b, n| pack(a, b, 4, n, |v| sat_s(v, 2))),
-        M::Packuswb => bin!(|a, b, n| pack(a, b, 2, n, |v| sat_u(v, 1))),
-        M::Packusdw => bin!(|a, b, n| pack(a, b, 4, n, |v| sat_u(v, 2))),
-        M::Punpcklbw => bin!(|a, b, n| interleave(a, b, 1, n, false)),
-        M::Punpcklwd => bin!(|a, b, n| interleave(a, b, 2, n, false)),
-        M::Punpckldq | M::Unpcklps => bin!(|a, b, n| interleave(a, b, 4, n, false)),
-        M::Punpcklqdq | M::Unpcklpd => bin!(|a, b, n| interleave(a, b, 8, n, false)),
-        M::Punpckhbw => bin!(|a, b, n| interleave(a, b, 1, n, true)),
-        M::Punpckhwd => bin!(|a, b, n| interleave(a, b, 2, n, true)),
-        M::Punpckhdq | M::Unpckhps => bin!(|a, b, n| interleave(a, b, 4, n, true)),
-        M::Punpckhqdq | M::Unpckhpd => bin!(|a, b, n| interleave(a, b, 8, n, true)),
-        M::Pshufw => bin_imm!(|_, b, _, imm| shuf4(b, 2, imm)),
-        M::Pshufd => bin_imm!(|_, b, _, imm| shuf4(b, 4, imm)),
-        M::Pshuflw => bin_imm!(|_, b, _, imm| (b & !0xffff_ffff_ffff_ffff) | shuf4(b, 2, imm)),
-        M::Pshufhw => bin_imm!(|_, b, _, imm| (b & 0xffff_ffff_ffff_ffff) | (shuf4(b >> 64, 2, imm) << 64)),
-        M::Shufps => bin_imm!(|a, b, _, imm| {
-            let s = |v: u128, k: u8| lane(v, 4, usize::from(imm >> k) & 3);
-            u128::from(s(a, 0)) | u128::from(s(a, 2)) << 32 | u128::from(s(b, 4)) << 64 | u128::from(s(b, 6)) << 96
-        }),
-        M::Shufpd => bin_imm!(|a, b, _, imm| {
-            u128::from(lane(a, 8, usize::from(imm & 1))) | u128::from(lane(b, 8, usize::from((imm >> 1) & 1))) << 64
-        }),
-        M::Palignr => bin_imm!(palignr),
-        M::Pblendw => bin_imm!(|a, b, _, imm| blend(a, b, 2, u16::from(imm))),
-        M::Blendps => bin_imm!(|a, b, _, imm| blend(a, b, 4, u16::from(imm))),
-        M::Blendpd => bin_imm!(|a, b, _, imm| blend(a, b, 8, u16::from(imm))),
-        M::Blendvps => blendv::<4>,
-        M::Blendvpd => blendv::<8>,
-        M::Pblendvb => blendv::<1>,
-        M::Insertps => insertps,
-        M::Extractps => pextr::<4>,
-        M::Pextrb => pextr::<1>,
-        M::Pextrw => pextr::<2>,
-        M::Pextrd => pextr::<4>,
-        M::Pextrq => pextr::<8>,
-        M::Pinsrb => pinsr::<1>,
-        M::Pinsrw => pinsr::<2>,
-        M::Pinsrd => pinsr::<4>,
-        M::Pinsrq => pinsr::<8>,
-        M::Pmovsxbw => pmovx::<1, 2, true>,
-        M::Pmovsxbd => pmovx::<1, 4, true>,
-        M::Pmovsxbq => pmovx::<1, 8, true>,
-        M::Pmovsxwd => pmovx::<2, 4, true>,
-        M::Pmovsxwq => pmovx::<2, 8, true>,
-        M::Pmovsxdq => pmovx::<4, 8, true>,
-        M::Pmovzxbw => pmovx::<1, 2, false>,
-        M::Pmovzxbd => pmovx::<1, 4, false>,
-        M::Pmovzxbq => pmovx::<1, 8, false>,
-        M::Pmovzxwd => pmovx::<2, 4, false>,
-        M::Pmovzxwq => pmovx::<2, 8, false>,
-        M::Pmovzxdq => pmovx::<4, 8, false>,
-        M::Movmskps => movmsk::<4>,
-        M::Movmskpd => movmsk::<8>,
-        M::Pmovmskb => movmsk::<1>,
-        M::Movddup => bin!(|_, b, _| (b & 0xffff_ffff_ffff_ffff) | (b << 64)),
-        M::Movsldup => bin!(|_, b, _| dup(b, 0)),
-        M::Movshdup => bin!(|_, b, _| dup(b, 1)),
-        _ => return None,
+    legacy(code.mnemonic()).or_else(|| {
+        Some(match code.mnemonic() {
+            M::Pshufw => {
+                fn h(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+                    binary_imm(cpu, insn, |_, b, _, imm| shuf4(b, 2, imm))
+                }
+                h
+            }
+            M::Blendvps => blendv::<4>,
+            M::Blendvpd => blendv::<8>,
+            M::Pblendvb => blendv::<1>,
+            M::Insertps => insertps,
+            M::Extractps => pextr::<4>,
+            M::Pextrb => pextr::<1>,
+            M::Pextrw => pextr::<2>,
+            M::Pextrd => pextr::<4>,
+            M::Pextrq => pextr::<8>,
+            M::Pinsrb => pinsr::<1>,
+            M::Pinsrw => pinsr::<2>,
+            M::Pinsrd => pinsr::<4>,
+            M::Pinsrq => pinsr::<8>,
+            M::Pmovsxbw => pmovx::<1, 2, true>,
+            M::Pmovsxbd => pmovx::<1, 4, true>,
+            M::Pmovsxbq => pmovx::<1, 8, true>,
+            M::Pmovsxwd => pmovx::<2, 4, true>,
+            M::Pmovsxwq => pmovx::<2, 8, true>,
+            M::Pmovsxdq => pmovx::<4, 8, true>,
+            M::Pmovzxbw => pmovx::<1, 2, false>,
+            M::Pmovzxbd => pmovx::<1, 4, false>,
+            M::Pmovzxbq => pmovx::<1, 8, false>,
+            M::Pmovzxwd => pmovx::<2, 4, false>,
+            M::Pmovzxwq => pmovx::<2, 8, false>,
+            M::Pmovzxdq => pmovx::<4, 8, false>,
+            M::Movmskps => movmsk::<4>,
+            M::Movmskpd => movmsk::<8>,
+            M::Pmovmskb => movmsk::<1>,
+            _ => return None,
+        })
     })
+}
+
+/// SHUFPS: two lanes of `a`, then two of `b`, picked by imm8's 2-bit fields.
+fn shufps(a: u128, b: u128, imm: u8) -> u128 {
+    let s = |v: u128, k: u8| lane(v, 4, usize::from(imm >> k) & 3);
+    u128::from(s(a, 0)) | u128::from(s(a, 2)) << 32 | u128::from(s(b, 4)) << 64 | u128::from(s(b, 6)) << 96
 }
 
 /// Saturating pack of `w`-byte lanes of `a` then `b` into `w/2`-byte lanes.
@@ -131,7 +130,7 @@ pub(super) fn shuf4(v: u128, w: usize, imm: u8) -> u128 {
 }
 
 /// Lanes of `b` where `imm`'s bit is set, else of `a`.
-fn blend(a: u128, b: u128, w: usize, imm: u16) -> u128 {
+pub(super) fn blend(a: u128, b: u128, w: usize, imm: u16) -> u128 {
     let mut r = a;
     for i in 0..16 / w {
         if imm & (1 << i) != 0 {
@@ -168,15 +167,21 @@ fn blendv<const W: usize>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check(cpu, insn, Uses::Operands)?;
     let b = src(cpu, insn, 1)?;
     let d = insn.op0_register();
-    let m = xmm(cpu, 0);
-    let mut r = get(cpu, d);
-    for i in 0..16 / W {
-        if lane(m, W, i) >> (W * 8 - 1) != 0 {
-            r = with_lane(r, W, i, lane(b, W, i));
-        }
-    }
+    let r = blendv_lanes(get(cpu, d), b, xmm(cpu, 0), W);
     set(cpu, d, r);
     Ok(())
+}
+
+/// The `w`-byte lanes of `b` where the lane of `m` has its sign bit set,
+/// else of `a`.
+pub(super) fn blendv_lanes(a: u128, b: u128, m: u128, w: usize) -> u128 {
+    let mut r = a;
+    for i in 0..16 / w {
+        if lane(m, w, i) >> (w * 8 - 1) != 0 {
+            r = with_lane(r, w, i, lane(b, w, i));
+        }
+    }
+    r
 }
 
 fn insertps(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
@@ -188,14 +193,21 @@ fn insertps(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         load(cpu, insn, 4)? as u64
     };
     let d = insn.op0_register();
-    let mut r = with_lane(get(cpu, d), 4, usize::from(imm >> 4) & 3, v);
+    let r = insertps_lanes(get(cpu, d), v, imm);
+    set(cpu, d, r);
+    Ok(())
+}
+
+/// INSERTPS: `v` into lane imm8\[5:4\] of `d`, then the lanes of imm8\[3:0\]
+/// zeroed.
+pub(super) fn insertps_lanes(d: u128, v: u64, imm: u8) -> u128 {
+    let mut r = with_lane(d, 4, usize::from(imm >> 4) & 3, v);
     for i in 0..4 {
         if imm & (1 << i) != 0 {
             r = with_lane(r, 4, i, 0);
         }
     }
-    set(cpu, d, r);
-    Ok(())
+    r
 }
 
 /// PEXTRB/W/D/Q and EXTRACTPS: an element to a general register
@@ -232,26 +244,37 @@ fn pinsr<const W: usize>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
 fn pmovx<const F: usize, const T: usize, const SIGNED: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check(cpu, insn, Uses::Operands)?;
     let b = src(cpu, insn, 1)?;
-    let mut r = 0u128;
-    for i in 0..16 / T {
-        let x = lane(b, F, i);
-        r = with_lane(r, T, i, if SIGNED { sx(x, F) as u64 } else { x });
-    }
-    set(cpu, insn.op0_register(), r);
+    set(cpu, insn.op0_register(), widen(b, F, T, SIGNED, 0));
     Ok(())
+}
+
+/// The `f`-byte elements of `b` from element `first` on, sign- or
+/// zero-extended to `t` bytes: one 16-byte result.
+pub(super) fn widen(b: u128, f: usize, t: usize, signed: bool, first: usize) -> u128 {
+    let mut r = 0u128;
+    for i in 0..16 / t {
+        let x = lane(b, f, first + i);
+        r = with_lane(r, t, i, if signed { sx(x, f) as u64 } else { x });
+    }
+    r
 }
 
 /// MOVMSKPS/MOVMSKPD/PMOVMSKB: lane sign bits to a general register.
 fn movmsk<const W: usize>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let mm = check(cpu, insn, Uses::Operands)?;
     let s = insn.op1_register();
-    let v = get(cpu, s);
-    let mut m = 0u64;
-    for i in 0..super::width(s) / W {
-        m |= (lane(v, W, i) >> (W * 8 - 1)) << i;
-    }
+    let m = sign_bits(get(cpu, s), W, super::width(s));
     reg_write(&mut cpu.state, insn.op0_register(), m);
     done(cpu, mm)
+}
+
+/// The sign bits of the `w`-byte lanes in the low `n` bytes of `v`.
+pub(super) fn sign_bits(v: u128, w: usize, n: usize) -> u64 {
+    let mut m = 0u64;
+    for i in 0..n / w {
+        m |= (lane(v, w, i) >> (w * 8 - 1)) << i;
+    }
+    m
 }
 
 #[cfg(test)]

@@ -44,6 +44,8 @@ pub struct Fmt {
 
 pub const F32: Fmt = Fmt { ebits: 8, mbits: 23 };
 pub const F64: Fmt = Fmt { ebits: 11, mbits: 52 };
+/// IEEE binary16 (the F16C conversions).
+pub const F16: Fmt = Fmt { ebits: 5, mbits: 10 };
 
 impl Fmt {
     #[inline]
@@ -145,11 +147,21 @@ pub struct Env {
     pub um: bool,
     /// Exception flags raised so far ([`IE`] ... [`PE`]).
     pub flags: u32,
+    /// The exception masks (MXCSR bits 12:7, as bits 5:0 like the flags),
+    /// for operations of several steps that stop at an unmasked exception.
+    pub masks: u32,
 }
 
 impl Env {
     pub fn from_mxcsr(m: u32) -> Self {
-        Env { rc: (m >> 13) & 3, ftz: m & (1 << 15) != 0, daz: m & (1 << 6) != 0, um: m & (1 << 11) != 0, flags: 0 }
+        Env {
+            rc: (m >> 13) & 3,
+            ftz: m & (1 << 15) != 0,
+            daz: m & (1 << 6) != 0,
+            um: m & (1 << 11) != 0,
+            flags: 0,
+            masks: (m >> 7) & 0x3f,
+        }
     }
 
     /// Apply DAZ to a source operand; report whether a denormal remains.
@@ -317,22 +329,27 @@ fn addsub(f: Fmt, a: u64, b: u64, negate_b: bool, env: &mut Env) -> u64 {
     }
     let (ma, ea) = f.sig_exp(a);
     let (mb, eb) = f.sig_exp(b);
-    // Align both on the larger exponent with 66 guard bits; the smaller one
-    // keeps a sticky bit for what is shifted out.
-    const G: u32 = 66;
-    let (big_neg, big_m, big_e, small_neg, small_m, small_e) =
-        if ea >= eb { (sa, ma, ea, sb, mb, eb) } else { (sb, mb, eb, sa, ma, ea) };
-    let x = u128::from(big_m) << G;
-    let d = (big_e - small_e) as u32;
-    let ys = u128::from(small_m) << G;
+    sum_exact(f, (sa, u128::from(ma), ea), (sb, u128::from(mb), eb), env)
+}
+
+/// `(-1)^neg * m * 2^e` for both operands (nonzero, `m` below 2^125) added
+/// and rounded once: both with their top bit at bit 124, the smaller one
+/// aligned to the larger with a sticky bit for what is shifted out.
+fn sum_exact(f: Fmt, a: (bool, u128, i32), b: (bool, u128, i32), env: &mut Env) -> u64 {
+    let norm = |(neg, m, e): (bool, u128, i32)| {
+        let sh = m.leading_zeros() as i32 - 3;
+        (neg, m << sh, e - sh)
+    };
+    let (a, b) = (norm(a), norm(b));
+    let ((big_neg, x, exp), (small_neg, ys, small_e)) = if a.2 >= b.2 { (a, b) } else { (b, a) };
+    let d = (exp - small_e) as u32;
     let y = if d == 0 {
         ys
     } else if d >= 127 {
-        u128::from(ys != 0)
+        1
     } else {
         (ys >> d) | u128::from(ys & ((1u128 << d) - 1) != 0)
     };
-    let exp = big_e - G as i32;
     if big_neg == small_neg {
         round_pack(f, big_neg, exp, x + y, env)
     } else if x > y {
@@ -367,6 +384,54 @@ pub fn mul(f: Fmt, a: u64, b: u64, env: &mut Env) -> u64 {
     let (ma, ea) = f.sig_exp(a);
     let (mb, eb) = f.sig_exp(b);
     round_pack(f, neg, ea + eb, u128::from(ma) * u128::from(mb), env)
+}
+
+/// Fused multiply-add: `(-1)^neg_p * a * b + (-1)^neg_c * c` rounded once
+/// (the FMA3 instructions). A NaN result is the first NaN of `a`, `b`, `c`,
+/// quieted (its sign not negated); any SNaN raises IE. Infinity times zero,
+/// and an infinite product plus an infinity of the other sign, are invalid.
+pub fn fma(f: Fmt, a: u64, b: u64, c: u64, neg_p: bool, neg_c: bool, env: &mut Env) -> u64 {
+    let ops = [a, b, c];
+    if let Some(&first) = ops.iter().find(|&&x| f.is_nan(x)) {
+        if ops.iter().any(|&x| f.is_snan(x)) {
+            env.flags |= IE;
+        }
+        return f.quiet(first);
+    }
+    let (a, da) = env.src(f, a);
+    let (b, db) = env.src(f, b);
+    let (c, dc) = env.src(f, c);
+    let sp = (f.is_neg(a) != f.is_neg(b)) != neg_p;
+    let sc = f.is_neg(c) != neg_c;
+    let inf_p = f.is_inf(a) || f.is_inf(b);
+    if (f.is_inf(a) && f.is_zero(b)) || (f.is_zero(a) && f.is_inf(b)) || (inf_p && f.is_inf(c) && sp != sc) {
+        env.flags |= IE;
+        return f.default_nan();
+    }
+    if da || db || dc {
+        env.flags |= DE;
+    }
+    if inf_p {
+        return f.inf(sp);
+    }
+    if f.is_inf(c) {
+        return f.inf(sc);
+    }
+    let zp = f.is_zero(a) || f.is_zero(b);
+    if zp && f.is_zero(c) {
+        return f.zero(if sp == sc { sp } else { env.rc == RD });
+    }
+    if zp {
+        return repack(f, (c & !f.sign_bit()) | f.zero(sc), env);
+    }
+    let (ma, ea) = f.sig_exp(a);
+    let (mb, eb) = f.sig_exp(b);
+    let p = (u128::from(ma) * u128::from(mb), ea + eb);
+    if f.is_zero(c) {
+        return round_pack(f, sp, p.1, p.0, env);
+    }
+    let (mc, ec) = f.sig_exp(c);
+    sum_exact(f, (sp, p.0, p.1), (sc, u128::from(mc), ec), env)
 }
 
 pub fn div(f: Fmt, a: u64, b: u64, env: &mut Env) -> u64 {
@@ -654,7 +719,7 @@ fn approx(a: u32, root: bool) -> u32 {
     if root && neg {
         return f.default_nan() as u32;
     }
-    let mut env = Env { rc: RN, ftz: true, daz: true, um: true, flags: 0 };
+    let mut env = Env { rc: RN, ftz: true, daz: true, um: true, flags: 0, masks: 0x3f };
     let one = 0x3f80_0000;
     let r = if root {
         let s = sqrt(f, x, &mut env);
@@ -673,7 +738,7 @@ mod tests {
     use super::*;
 
     fn env(rc: u32) -> Env {
-        Env { rc, ftz: false, daz: false, um: true, flags: 0 }
+        Env { rc, ftz: false, daz: false, um: true, flags: 0, masks: 0x3f }
     }
 
     /// A small deterministic generator of interesting bit patterns.
@@ -788,22 +853,24 @@ mod tests {
         }
     }
 
+    /// The MXCSR rounding modes and APFloat's.
+    const MODES: [(u32, rustc_apfloat::Round); 4] = [
+        (RN, rustc_apfloat::Round::NearestTiesToEven),
+        (RD, rustc_apfloat::Round::TowardNegative),
+        (RU, rustc_apfloat::Round::TowardPositive),
+        (RZ, rustc_apfloat::Round::TowardZero),
+    ];
+
     /// All four rounding modes against an independent softfloat (LLVM's
     /// APFloat port): values, and the PE, OE, ZE and IE flags.
     #[test]
     fn all_roundings_match_apfloat() {
         use rustc_apfloat::ieee::{Double, Single};
-        use rustc_apfloat::{Float, Round, Status, StatusAnd};
+        use rustc_apfloat::{Float, Status, StatusAnd};
 
         fn check<F: Float>(fmt: Fmt, a: u64, b: u64) {
             let (x, y) = (F::from_bits(u128::from(a)), F::from_bits(u128::from(b)));
-            let modes = [
-                (RN, Round::NearestTiesToEven),
-                (RD, Round::TowardNegative),
-                (RU, Round::TowardPositive),
-                (RZ, Round::TowardZero),
-            ];
-            for (rc, r) in modes {
+            for (rc, r) in MODES {
                 for op in 0..4 {
                     let mut e = env(rc);
                     let f = [add, sub, mul, div][op];
@@ -840,6 +907,53 @@ mod tests {
             let (a, b) = (u64::from(g.f32()), u64::from(g.f32()));
             if !F32.is_nan(a) && !F32.is_nan(b) {
                 check::<Single>(F32, a, b);
+            }
+        }
+    }
+
+    /// The fused multiply-add in all four rounding modes against APFloat's
+    /// `mul_add`: values (one rounding), PE and IE; with the negations.
+    #[test]
+    fn fma_matches_apfloat() {
+        use rustc_apfloat::ieee::{Double, Single};
+        use rustc_apfloat::{Float, Status};
+
+        fn check<F: Float>(fmt: Fmt, a: u64, b: u64, c: u64) {
+            let (x, y, z) = (F::from_bits(u128::from(a)), F::from_bits(u128::from(b)), F::from_bits(u128::from(c)));
+            for (rc, r) in MODES {
+                for (neg_p, neg_c) in [(false, false), (true, false), (false, true), (true, true)] {
+                    let mut e = env(rc);
+                    let mine = fma(fmt, a, b, c, neg_p, neg_c, &mut e);
+                    let xs = if neg_p { -x } else { x };
+                    let zs = if neg_c { -z } else { z };
+                    let want = xs.mul_add_r(y, zs, r);
+                    let ctx = format!("rc {rc} {a:#x} {b:#x} {c:#x} {neg_p} {neg_c}");
+                    if want.value.is_nan() {
+                        assert!(fmt.is_nan(mine), "{ctx}");
+                    } else {
+                        assert_eq!(u128::from(mine), want.value.to_bits(), "{ctx}");
+                    }
+                    assert_eq!(e.flags & PE != 0, want.status.intersects(Status::INEXACT), "PE {ctx}");
+                    assert_eq!(e.flags & IE != 0, want.status.intersects(Status::INVALID_OP), "IE {ctx}");
+                }
+            }
+        }
+        let mut g = Gen(0xf3a);
+        for i in 0..30_000 {
+            let (a, b) = (g.f64(), g.f64());
+            // Addends near the product, for cancellation.
+            let c = if i % 3 == 0 {
+                let p = f64::from_bits(a) * f64::from_bits(b);
+                (-p).to_bits() ^ (g.f64() & 0xff)
+            } else {
+                g.f64()
+            };
+            if ![a, b, c].iter().any(|&v| F64.is_nan(v)) {
+                check::<Double>(F64, a, b, c);
+            }
+            let (a, b, c) = (u64::from(g.f32()), u64::from(g.f32()), u64::from(g.f32()));
+            if ![a, b, c].iter().any(|&v| F32.is_nan(v)) {
+                check::<Single>(F32, a, b, c);
             }
         }
     }

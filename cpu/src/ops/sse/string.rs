@@ -192,11 +192,24 @@ pub(super) fn compare(a: u128, b: u128, len1: usize, len2: usize, imm: u8) -> St
 fn pcmpstr<const EXPLICIT: bool, const INDEX: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check(cpu, insn, Uses::Operands)?;
     let b = src(cpu, insn, 1)?;
+    pcmpstr_run::<EXPLICIT, INDEX>(cpu, insn, b)
+}
+
+/// PCMPxSTRx and their VEX forms once the second operand `b` is read: ECX
+/// or XMM0 (its bits 127:0), and the flags.
+pub(super) fn pcmpstr_run<const EXPLICIT: bool, const INDEX: bool>(
+    cpu: &mut Cpu,
+    insn: &Instruction,
+    b: u128,
+) -> Fault<()> {
     let a = xmm(cpu, insn.op0_register() as usize - Register::XMM0 as usize);
     let imm = insn.immediate8();
     let (w, count) = if imm & 1 != 0 { (2, 8) } else { (1, 16) };
     let (len1, len2) = if EXPLICIT {
-        let wide = matches!(insn.mnemonic(), Mnemonic::Pcmpestri64 | Mnemonic::Pcmpestrm64);
+        let wide = matches!(
+            insn.mnemonic(),
+            Mnemonic::Pcmpestri64 | Mnemonic::Pcmpestrm64 | Mnemonic::Vpcmpestri64 | Mnemonic::Vpcmpestrm64
+        );
         (explicit_len(cpu.state.gpr[0], wide, count), explicit_len(cpu.state.gpr[2], wide, count))
     } else {
         (implicit_len(a, w, count), implicit_len(b, w, count))
