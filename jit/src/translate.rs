@@ -379,8 +379,6 @@ enum Form {
 }
 
 impl Form {
-    /// Whether the form has a slow path that runs the instruction through
-    /// the interpreter (and leaves the region after it).
     /// What the form does with the flags before anything else can see
     /// them, for [`flags_dead_on_entry`].
     fn flags_effect(&self) -> FlagsEffect {
@@ -400,6 +398,8 @@ impl Form {
         }
     }
 
+    /// Whether the form has a slow path that runs the instruction through
+    /// the interpreter (and leaves the region after it).
     fn may_slow(&self) -> bool {
         matches!(
             self,
@@ -1465,7 +1465,7 @@ impl Tx<'_, '_> {
         let tag_g = self.b.ins().load(i64t, fl, self.ctx, off::TAG_GLOBAL);
         // The set's first slot, then its second.
         let second = self.b.create_block();
-        let slot_p = self.b.append_block_param(go, ptr);
+        let slot = self.b.append_block_param(go, ptr);
         let miss = self.slot_miss(set, rip, tag, tag_g);
         self.b.ins().brif(miss, second, &[], go, &[set.into()]);
         self.enter_block(second);
@@ -1474,7 +1474,6 @@ impl Tx<'_, '_> {
         self.b.ins().brif(miss, ret, &[], go, &[slot2.into()]);
 
         self.enter_block(go);
-        let slot = slot_p;
         let code = self.b.ins().load(ptr, fl, slot, off::SLOT_CODE);
         let entry = self.b.ins().load(types::I32, fl, slot, off::SLOT_ENTRY);
         let hops = self.b.ins().iadd_imm_s(hops, -1);
@@ -1825,11 +1824,7 @@ impl Tx<'_, '_> {
             self.enter_block(fast);
             let addr = self.host_addr(entry, lin);
             let v = self.load_host(addr, size);
-            if rmw {
-                self.b.ins().jump(join, &[v.into(), addr.into()]);
-            } else {
-                self.b.ins().jump(join, &[v.into()]);
-            }
+            self.jump_join(join, v, rmw.then_some(addr));
         } else {
             self.b.ins().jump(slow, &[]);
         }
@@ -1848,15 +1843,20 @@ impl Tx<'_, '_> {
         self.enter_block(bad);
         self.fault_exit(rip);
         self.enter_block(ok);
-        if rmw {
-            let z = self.iconst(0);
-            self.b.ins().jump(join, &[v.into(), z.into()]);
-        } else {
-            self.b.ins().jump(join, &[v.into()]);
-        }
+        let z = rmw.then(|| self.iconst(0));
+        self.jump_join(join, v, z);
         self.enter_block(join);
         let haddr = haddr.unwrap_or_else(|| self.iconst(0));
         (val, haddr)
+    }
+
+    /// Jump to a load's `join` with the value and, for an RMW load, the
+    /// host address.
+    fn jump_join(&mut self, join: Block, v: Value, haddr: Option<Value>) {
+        match haddr {
+            Some(a) => self.b.ins().jump(join, &[v.into(), a.into()]),
+            None => self.b.ins().jump(join, &[v.into()]),
+        };
     }
 
     /// Write `v` at `seg:off_v`; `haddr` from an RMW load (or 0). Returns

@@ -1588,6 +1588,16 @@ mod tests {
         assert_eq!(y(c, 0), [r[0], 0], "{name} (VEX.128)");
     }
 
+    /// [`per_half`] of each case, on four seeds from `base` each.
+    fn each_per_half(cases: &[(Asm, Asm)], base: u64) {
+        let mut c = avx_cpu();
+        for (k, &(legacy, vex)) in cases.iter().enumerate() {
+            for seed in 0..4 {
+                per_half(&mut c, legacy, vex, base + (k * 8 + seed) as u64);
+            }
+        }
+    }
+
     #[test]
     fn vex_integer_forms_are_the_legacy_operation_on_each_half() {
         let cases: &[(Asm, Asm)] = &[
@@ -1657,12 +1667,7 @@ mod tests {
             (|a| a.pslldq(xmm1, 5), |a| a.vpslldq(ymm0, ymm1, 5)),
             (|a| a.psrldq(xmm1, 17), |a| a.vpsrldq(ymm0, ymm1, 17)),
         ];
-        let mut c = avx_cpu();
-        for (k, &(legacy, vex)) in cases.iter().enumerate() {
-            for seed in 0..4 {
-                per_half(&mut c, legacy, vex, (k * 8 + seed) as u64);
-            }
-        }
+        each_per_half(cases, 0);
     }
 
     #[test]
@@ -1686,12 +1691,7 @@ mod tests {
             (|a| a.movsldup(xmm1, xmm2), |a| a.vmovsldup(ymm0, ymm2)),
             (|a| a.movshdup(xmm1, xmm2), |a| a.vmovshdup(ymm0, ymm2)),
         ];
-        let mut c = avx_cpu();
-        for (k, &(legacy, vex)) in cases.iter().enumerate() {
-            for seed in 0..4 {
-                per_half(&mut c, legacy, vex, (k * 8 + seed + 5000) as u64);
-            }
-        }
+        each_per_half(cases, 5000);
     }
 
     #[test]
@@ -2055,12 +2055,7 @@ mod tests {
             (|a| a.cvtps2dq(xmm1, xmm2), |a| a.vcvtps2dq(ymm0, ymm2)),
             (|a| a.cvttps2dq(xmm1, xmm2), |a| a.vcvttps2dq(ymm0, ymm2)),
         ];
-        let mut c = avx_cpu();
-        for (k, &(legacy, vex)) in cases.iter().enumerate() {
-            for seed in 0..4 {
-                per_half(&mut c, legacy, vex, (k * 8 + seed + 9000) as u64);
-            }
-        }
+        each_per_half(cases, 9000);
     }
 
     #[test]
