@@ -377,8 +377,103 @@ fn run_one(ctx: &mut JitCtx, cpu: &mut Cpu, d: &Decoded) -> u32 {
 pub unsafe extern "C" fn pcmpistri(a: *const u8, b: *const u8, imm: u32) -> u64 {
     // SAFETY: see the function's contract; the reads are unaligned.
     let (x, y) = unsafe { (a.cast::<u128>().read_unaligned(), b.cast::<u128>().read_unaligned()) };
-    let (idx, f) = cpu::ops::sse::pcmpistri(x, y, imm as u8);
+    let (idx, f) = host_pcmp::pcmpistri(x, y, imm as u8).unwrap_or_else(|| cpu::ops::sse::pcmpistri(x, y, imm as u8));
     u64::from(idx) | (f << 32)
+}
+
+/// PCMPISTRI on the host's own instruction, where the host is x86-64 with
+/// SSE4.2: the same result as the interpreter's
+/// [`cpu::ops::sse::pcmpistri`], which runs its comparison element by
+/// element (a string routine's inner loop calls it once per 16 bytes).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod host_pcmp {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi16, _mm_cmpeq_epi8, _mm_cmpistrm, _mm_cvtsi128_si32, _mm_loadu_si128, _mm_movemask_epi8,
+        _mm_setzero_si128,
+    };
+    use std::sync::OnceLock;
+
+    use cpu::state::flags::{CF, OF, SF, ZF};
+
+    /// IntRes2 of the comparison that control bits 5:0 select (bit 6 only
+    /// picks between the outputs, which the caller derives from the mask).
+    #[target_feature(enable = "sse4.2")]
+    fn int_res2<const I: i32>(a: __m128i, b: __m128i) -> u32 {
+        (_mm_cvtsi128_si32(_mm_cmpistrm::<I>(a, b)) as u32) & 0xffff
+    }
+
+    /// Whether `v` has a zero element (bytes, or words with `words`).
+    #[target_feature(enable = "sse4.2")]
+    fn has_null(v: __m128i, words: bool) -> bool {
+        let z = _mm_setzero_si128();
+        let eq = if words { _mm_cmpeq_epi16(v, z) } else { _mm_cmpeq_epi8(v, z) };
+        _mm_movemask_epi8(eq) != 0
+    }
+
+    macro_rules! int_res2_of {
+        ($ctl:expr, $a:expr, $b:expr; $($i:literal)*) => {
+            match $ctl {
+                $($i => int_res2::<$i>($a, $b),)*
+                _ => unreachable!("control bits 5:0"),
+            }
+        };
+    }
+
+    /// The index and the six arithmetic flags, or `None` when the host
+    /// lacks SSE4.2.
+    pub(crate) fn pcmpistri(a: u128, b: u128, imm: u8) -> Option<(u32, u64)> {
+        static SSE42: OnceLock<bool> = OnceLock::new();
+        if !*SSE42.get_or_init(|| std::arch::is_x86_feature_detected!("sse4.2")) {
+            return None;
+        }
+        // SAFETY: the host has SSE4.2 (checked above), which these
+        // functions and the intrinsics in them need.
+        Some(unsafe { run(a, b, imm) })
+    }
+
+    /// # Safety
+    /// The host has SSE4.2.
+    #[target_feature(enable = "sse4.2")]
+    unsafe fn run(a: u128, b: u128, imm: u8) -> (u32, u64) {
+        let (pa, pb) = (a.to_le_bytes(), b.to_le_bytes());
+        // SAFETY: each pointer is to 16 bytes of a local array; the loads
+        // are unaligned ones.
+        let (va, vb) = unsafe { (_mm_loadu_si128(pa.as_ptr().cast()), _mm_loadu_si128(pb.as_ptr().cast())) };
+        let words = imm & 1 != 0;
+        let count = if words { 8 } else { 16 };
+        let res = int_res2_of!(imm & 0x3f, va, vb;
+            0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
+            32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63);
+        let index = if res == 0 {
+            count
+        } else if imm & 0x40 != 0 {
+            31 - res.leading_zeros()
+        } else {
+            res.trailing_zeros()
+        };
+        let mut f = 0;
+        if res != 0 {
+            f |= CF;
+        }
+        if has_null(vb, words) {
+            f |= ZF;
+        }
+        if has_null(va, words) {
+            f |= SF;
+        }
+        if res & 1 != 0 {
+            f |= OF;
+        }
+        (index, f)
+    }
+}
+
+/// Elsewhere the interpreter's comparison runs.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) mod host_pcmp {
+    pub(crate) fn pcmpistri(_: u128, _: u128, _: u8) -> Option<(u32, u64)> {
+        None
+    }
 }
 
 /// DIV of 64 bits with a dividend of 128: `hi:lo / d`, the remainder

@@ -1583,3 +1583,41 @@ fn xsave_instructions_in_compiled_code_give_the_interpreters_results() {
     assert_eq!(b.state.gpr[9], 3 * 194);
     assert!(jit.stats.native_insns > 0, "{:?}", jit.stats);
 }
+
+/// The host's PCMPISTRI (where it has one) gives the interpreter's index and
+/// flags for every control byte, on strings with nulls at every position,
+/// repeated characters and signed bytes.
+#[test]
+fn host_pcmpistri_matches_the_interpreter() {
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
+    // Few distinct bytes, so that sets and substrings match often.
+    let alphabet = [0u8, b'a', b'b', b'c', 0x7f, 0x80, 0xff, b'a'];
+    let string = |next: &mut dyn FnMut() -> u64| {
+        let mut v = [0u8; 16];
+        for byte in &mut v {
+            *byte = alphabet[(next() % 8) as usize];
+        }
+        // Sometimes no null at all.
+        if next().is_multiple_of(4) {
+            for byte in &mut v {
+                if *byte == 0 {
+                    *byte = b'c';
+                }
+            }
+        }
+        u128::from_le_bytes(v)
+    };
+    let mut checked = 0;
+    for imm in 0..=255u8 {
+        for _ in 0..200 {
+            let (a, b) = (string(&mut next), string(&mut next));
+            let Some(host) = ctx::host_pcmp::pcmpistri(a, b, imm) else {
+                println!("skipped: the host has no PCMPISTRI");
+                return;
+            };
+            assert_eq!(host, cpu::ops::sse::pcmpistri(a, b, imm), "imm {imm:#x} a {a:#034x} b {b:#034x}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 256 * 200);
+}

@@ -357,3 +357,14 @@ pub fn step_bytes(c: &mut Cpu, bytes: &[u8]) -> crate::cpu::StopReason {
 pub fn error_code(c: &mut Cpu, size: u32) -> u64 {
     c.read_mem(sreg::SS, c.state.gpr[4], size).unwrap()
 }
+
+/// A xorshift64 generator for randomised tests: the same sequence from the
+/// same nonzero seed.
+pub fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}

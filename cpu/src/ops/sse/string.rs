@@ -369,13 +369,7 @@ mod tests {
     /// element compare gives, for every control byte they serve.
     #[test]
     fn byte_compares_match_the_element_by_element_ones() {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::ops::testutil::xorshift(0x2545_f491_4f6c_dd1d);
         // Bytes from a small alphabet (zeros included), so that matches,
         // runs and terminators are frequent.
         let operand = |next: &mut dyn FnMut() -> u64| {
