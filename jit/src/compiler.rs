@@ -104,14 +104,33 @@ pub fn compile_trampoline(isa: &OwnedTargetIsa) -> Result<Vec<u8>, String> {
     Ok(code.code_buffer().to_vec())
 }
 
+/// Cranelift's working memory, kept from one compile to the next so that a
+/// region does not allocate its function, analyses and buffers afresh.
+pub struct Workspace {
+    ctx: Context,
+    fctx: FunctionBuilderContext,
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Workspace { ctx: Context::new(), fctx: FunctionBuilderContext::new() }
+    }
+}
+
 /// Compile one region with `isa`.
 pub fn compile(isa: &OwnedTargetIsa, id: u64, spec: &RegionSpec) -> Result<Output, String> {
+    compile_in(&mut Workspace::default(), isa, id, spec)
+}
+
+/// [`compile`] in a workspace that earlier compiles used.
+pub fn compile_in(ws: &mut Workspace, isa: &OwnedTargetIsa, id: u64, spec: &RegionSpec) -> Result<Output, String> {
     let ptr = isa.pointer_type();
     let cc = isa.default_call_conv();
-    let sig = region_signature(ptr);
-    let mut func = Function::with_name_signature(UserFuncName::user(0, id as u32), sig);
-    let mut fctx = FunctionBuilderContext::new();
-    let mut b = FunctionBuilder::new(&mut func, &mut fctx);
+    ws.ctx.clear();
+    let func = &mut ws.ctx.func;
+    func.name = UserFuncName::user(0, id as u32);
+    func.signature = region_signature(ptr);
+    let mut b = FunctionBuilder::new(func, &mut ws.fctx);
     let t = translate(&mut b, spec, cc, ptr);
     b.finalize(isa.frontend_config());
     let dump = dump_dir().map(|d| {
@@ -125,11 +144,10 @@ pub fn compile(isa: &OwnedTargetIsa, id: u64, spec: &RegionSpec) -> Result<Outpu
                 text.push_str(&format!(";   {:#x} {s}\n", d.insn.ip()));
             }
         }
-        text.push_str(&func.display().to_string());
+        text.push_str(&ws.ctx.func.display().to_string());
         (d.join(format!("{:x}_{id}", spec.blocks.first().map_or(0, |g| g.rip))), text)
     });
-    let mut ctx = Context::for_function(func);
-    let code = ctx.compile(&**isa, &mut ControlPlane::default()).map_err(|e| format!("cranelift: {:?}", e.inner))?;
+    let code = ws.ctx.compile(&**isa, &mut ControlPlane::default()).map_err(|e| format!("cranelift: {:?}", e.inner))?;
     if let Some((base, ir)) = dump {
         // Best effort: a debugging aid, not part of the run.
         let _ = std::fs::write(base.with_extension("clif"), ir);
@@ -198,9 +216,10 @@ impl Compiler {
         let thread = std::thread::Builder::new()
             .name("jit-compiler".into())
             .spawn(move || {
+                let mut ws = Workspace::default();
                 while let Some(job) = jrx.take() {
                     let t0 = Instant::now();
-                    let result = compile(&isa, job.id, &job.spec);
+                    let result = compile_in(&mut ws, &isa, job.id, &job.spec);
                     let nanos = t0.elapsed().as_nanos() as u64;
                     if dtx.send(Done { id: job.id, result, nanos }).is_err() {
                         break;

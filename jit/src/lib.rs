@@ -591,6 +591,14 @@ impl Jit {
             if !seen.insert(r) || insns >= self.cfg.max_region_insns {
                 continue;
             }
+            // A block that another region already has (or will have) is
+            // left to it: this region exits there.
+            if !all && r != rip {
+                let key = (r, phys | (r & 0xfff), mode);
+                if self.map.contains_key(&key) || self.queued.contains_key(&key) {
+                    continue;
+                }
+            }
             let Ok(b): Result<Rc<Block>, _> = cpu.block_at(r) else { continue };
             // Only code that ran: a block still at the threshold never did
             // (padding after a HLT or a jump, cold error paths).
