@@ -730,6 +730,12 @@ impl Jit {
             p.pages.iter().zip(&p.page_gens).any(|(&(_, ph), &g)| self.page_gen.get(&ph).copied().unwrap_or(0) != g);
         if p.gen != self.gen || changed {
             self.stats.stale += 1;
+            // Blocks that are still cached count their runs again, and
+            // ask for a region of their current code once hot.
+            let threshold = self.cfg.threshold.max(1);
+            for b in p.blocks.iter().filter_map(Weak::upgrade) {
+                b.set_heat(threshold);
+            }
             return;
         }
         let f = match self.cache.install(&out.code) {
