@@ -331,6 +331,60 @@ pub unsafe extern "C" fn rdtsc(ctx: *mut JitCtx) -> u64 {
     }
 }
 
+/// STI that set IF (the region stored it), when the next instruction runs
+/// in the same region: whether an interrupt, an NMI or anything else wants
+/// the run loop now. Then the one-instruction shadow applies: it is set,
+/// the status says LEAVE, and the run loop runs the next instruction under
+/// it before delivering. Otherwise the shadow has nothing to hold off and
+/// is cleared, and the region goes on into the next instruction (an
+/// interrupt that arrives later is taken at the region's next return, as
+/// any is).
+///
+/// # Safety
+/// Called only by compiled regions, with the context they were given.
+pub unsafe extern "C" fn sti(ctx: *mut JitCtx) -> u64 {
+    // SAFETY: see the function's contract.
+    let (ctx, cpu) = unsafe { cpu_of(ctx) };
+    sti_window(ctx, cpu, false)
+}
+
+/// [`sti`] when the next instruction is outside the region: the shadow
+/// stays set, so that whatever runs the next instruction (a chained
+/// region, or the run loop) runs it before any interrupt. A shadow that
+/// outlives that instruction only delays the next interrupt by one.
+///
+/// # Safety
+/// Called only by compiled regions, with the context they were given.
+pub unsafe extern "C" fn sti_exit(ctx: *mut JitCtx) -> u64 {
+    // SAFETY: see the function's contract.
+    let (ctx, cpu) = unsafe { cpu_of(ctx) };
+    sti_window(ctx, cpu, true)
+}
+
+fn sti_window(ctx: &mut JitCtx, cpu: &mut Cpu, keep: bool) -> u64 {
+    cpu.state.interrupt_shadow = 0;
+    if cpu.needs_boundary() {
+        cpu.state.interrupt_shadow = 1;
+        ctx.status = status::LEAVE;
+        return 1;
+    }
+    cpu.state.interrupt_shadow = u8::from(keep);
+    0
+}
+
+/// STAC or CLAC changed EFLAGS.AC at CPL 0 (the region stored it): data
+/// accesses use the TLB set of the new privilege (SMAP applies with AC
+/// clear) from the next region on. Returns 0.
+///
+/// # Safety
+/// Called only by compiled regions, with the context they were given.
+pub unsafe extern "C" fn data_tlb_changed(ctx: *mut JitCtx) -> u64 {
+    // SAFETY: see the function's contract.
+    let (ctx, cpu) = unsafe { cpu_of(ctx) };
+    ctx.tlb = cpu.mmu.tlb_set(cpu.data_privilege());
+    0
+}
+
 /// [`fallback`] of the decoded instruction `d`.
 fn run_one(ctx: &mut JitCtx, cpu: &mut Cpu, d: &Decoded) -> u32 {
     ctx.fallbacks += 1;

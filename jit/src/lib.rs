@@ -587,6 +587,10 @@ impl Jit {
         let Some(phys) = cpu.code_phys_walk(rip).map(|p| p & !0xfff) else { return g };
         g.pages.push((page, phys));
         let mut insns = 0usize;
+        // Blocks after an STI: the interpreter runs their first instruction
+        // under the shadow, which does not count as a run, yet they run
+        // whenever the STI does.
+        let mut after_sti = Vec::new();
         while let Some(r) = work.pop() {
             if !seen.insert(r) || insns >= self.cfg.max_region_insns {
                 continue;
@@ -602,7 +606,7 @@ impl Jit {
             let Ok(b): Result<Rc<Block>, _> = cpu.block_at(r) else { continue };
             // Only code that ran: a block still at the threshold never did
             // (padding after a HLT or a jump, cold error paths).
-            if !all && r != rip && b.heat() == threshold {
+            if !all && r != rip && b.heat() == threshold && !after_sti.contains(&r) {
                 continue;
             }
             let list = b.insns();
@@ -626,7 +630,12 @@ impl Jit {
             let mut next = Vec::new();
             let i = &last.insn;
             match i.flow_control() {
-                FlowControl::Next => next.push(last.next_rip()),
+                FlowControl::Next => {
+                    if i.mnemonic() == iced_x86::Mnemonic::Sti {
+                        after_sti.push(last.next_rip());
+                    }
+                    next.push(last.next_rip());
+                }
                 FlowControl::ConditionalBranch => {
                     if i.is_jcc_short_or_near() {
                         next.push(i.near_branch_target());

@@ -1300,6 +1300,41 @@ fn rdtsc_reads_the_counter_and_faults_under_tsd() {
     assert_eq!(jit.stats.fault_exits, 1, "{:?}", jit.stats);
 }
 
+/// RDTSCP in compiled code: the counter as RDTSC reads it, and ECX from
+/// IA32_TSC_AUX (its low half, the upper half of RCX cleared).
+#[test]
+fn rdtscp_reads_the_counter_and_tsc_aux() {
+    let mut c = long_mode();
+    c.state.msr.tsc_aux = 0xdead_0000_0000_0017;
+    let code = assemble(&c, |a| {
+        let mut top = a.create_label();
+        let mut ok = a.create_label();
+        a.mov(ebx, 2000)?;
+        a.xor(r8, r8)?;
+        a.xor(r9, r9)?;
+        a.set_label(&mut top)?;
+        a.mov(rcx, -1i64)?;
+        a.rdtscp()?;
+        a.add(r9, rcx)?; // 0x17 each time
+        a.shl(rdx, 32)?;
+        a.or(rax, rdx)?;
+        a.cmp(rax, r8)?;
+        a.jae(ok)?;
+        a.add(r9, 1_000_000)?; // the counter went back
+        a.set_label(&mut ok)?;
+        a.mov(r8, rax)?;
+        a.dec(ebx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    place(&mut c, &code);
+    let mut jit = Jit::new(&mut c, cfg()).unwrap();
+    run_jit(&mut c, &mut jit, 1_000_000);
+    assert_eq!(c.state.gpr[9], 2000 * 0x17);
+    assert_ne!(c.state.gpr[8], 0);
+    assert_eq!(jit.stats.fallback_insns, 0, "{:?}", jit.stats);
+}
+
 /// MOVSS, MOVSD and MOVQ: loads that zero the rest of the register,
 /// register moves that keep it (MOVSS/MOVSD) or zero it (MOVQ), stores, an
 /// operand across a page boundary (the slow path), and a #PF.
@@ -1467,6 +1502,82 @@ fn an_interrupt_stops_a_compiled_loop() {
     assert!(c.state.rip == stub(0x40) + 1 || c.state.rip == stub(0x40), "rip {:#x}", c.state.rip);
     assert!(jit.instructions(&c) - before <= 100_000);
     assert_eq!(c.state.seg[sreg::CS].selector, SEL_CODE64);
+}
+
+/// STI in compiled code: with no interrupt waiting the region goes on
+/// (no fallback, no return to the run loop); with one waiting, the
+/// instruction after STI runs under the shadow and the interrupt is taken
+/// right after it, before the CLI that closes the window.
+#[test]
+fn sti_goes_on_unless_an_interrupt_waits() {
+    let (mut c, _, irq) = new_cpu_with_irq();
+    long_setup(&mut c);
+    let code = assemble(&c, |a| {
+        let mut top = a.create_label();
+        a.mov(edx, 100_000)?; // 5 bytes
+        a.set_label(&mut top)?;
+        a.cli()?; // 1
+        a.inc(rbx)?; // 3
+        a.sti()?; // 1
+        a.inc(rcx)?; // 3: the only instruction that ends with IF set
+        a.cli()?;
+        a.dec(edx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    place(&mut c, &code);
+    let mut jit = Jit::new(&mut c, cfg()).unwrap();
+    jit.run(&mut c, 20_000);
+    let entries = jit.stats.entries;
+    jit.run(&mut c, 50_000);
+    assert_eq!(jit.stats.fallback_insns, 0, "{:?}", jit.stats);
+    assert!(jit.stats.entries - entries <= 2, "STI left the region: {:?}", jit.stats);
+
+    *irq.lock().unwrap() = Some(0x40);
+    jit.run(&mut c, 100_000);
+    assert!(c.state.rip == stub(0x40) + 1 || c.state.rip == stub(0x40), "rip {:#x}", c.state.rip);
+    // The frame's RIP is the second CLI, the one place where the window is
+    // open: INC RCX ran under the shadow.
+    let mut ret = [0u8; 8];
+    c.mem().read(c.state.gpr[4], &mut ret).unwrap();
+    assert_eq!(u64::from_le_bytes(ret), CODE + 5 + 8);
+    assert_eq!(c.state.gpr[3], c.state.gpr[1], "INC RCX after STI ran");
+    assert!(c.state.gpr[3] < 100_000);
+}
+
+/// STAC and CLAC in compiled code, under SMAP with every page a user
+/// page: the loads and the PUSH of a memory operand between them run with
+/// AC set, and the load after the last CLAC faults, as in the interpreter.
+#[test]
+fn stac_clac_and_push_memory_match_the_interpreter() {
+    let prep = |c: &mut Cpu| {
+        c.state.gpr[6] = 0x20_0000;
+        for i in 0..16u64 {
+            c.mem().write_u64(0x20_0000 + i * 8, i * 0x1111).unwrap();
+        }
+    };
+    let (_, b, jit) = both(long_mode, prep, |a| {
+        let mut top = a.create_label();
+        a.mov(rax, cr4)?;
+        a.or(rax, cpu::state::cr::CR4_SMAP as i32)?;
+        a.mov(cr4, rax)?;
+        a.mov(ecx, 3000)?;
+        a.set_label(&mut top)?;
+        a.stac()?;
+        a.mov(rax, qword_ptr(rsi))?;
+        a.add(rbx, rax)?;
+        a.push(qword_ptr(rsi + 8))?;
+        a.pop(rdx)?;
+        a.add(rbx, rdx)?;
+        a.clac()?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    assert_eq!(b.state.gpr[3], 3000 * 0x1111);
+    assert_eq!(b.state.rflags & flags::AC, 0);
+    // Only the CR4 moves ran through the interpreter's handlers.
+    assert!(jit.stats.fallback_insns <= 2, "{:?}", jit.stats);
 }
 
 #[test]

@@ -294,12 +294,20 @@ enum Form {
         src: Opnd,
         size: u32,
     },
-    /// RDTSC (the counter from a helper).
-    Rdtsc,
+    /// RDTSC, and with `aux` RDTSCP (the counter from a helper; RDTSCP
+    /// also loads ECX with IA32_TSC_AUX).
+    Rdtsc {
+        aux: bool,
+    },
     /// FNSTCW m16 (#NM through the slow path).
     Fnstcw,
     /// CLI where IOPL allows it (else #GP through the slow path).
     Cli,
+    /// STI where IOPL allows it (else #GP through the slow path). The
+    /// interrupt shadow matters only when an interrupt waits: the region
+    /// then leaves after STI and the run loop runs the next instruction
+    /// under the shadow; otherwise it goes on.
+    Sti,
     /// MOV r/m, Sreg: the selector, zero-extended into a register of the
     /// operand size, or 16 bits to memory.
     MovFromSreg {
@@ -310,6 +318,12 @@ enum Form {
     Pushf,
     /// SWAPGS at CPL 0 (else #GP through the slow path).
     Swapgs,
+    /// STAC (`set`) or CLAC at CPL 0 (else #UD through the slow path). The
+    /// data TLB set changes with AC, and the region's is fixed, so the
+    /// region leaves after it, into the region of the next instruction.
+    Ac {
+        set: bool,
+    },
     /// BSWAP r32/r64.
     Bswap {
         dst: Reg,
@@ -417,6 +431,8 @@ impl Form {
                 | Form::CvtInt { .. }
                 | Form::RepString { .. }
                 | Form::Cli
+                | Form::Sti
+                | Form::Ac { .. }
                 | Form::Swapgs
         )
     }
@@ -869,7 +885,10 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
             Form::MovFromSreg { seg, dst }
         }
         Mnemonic::Cli => Form::Cli,
+        Mnemonic::Sti => Form::Sti,
         Mnemonic::Swapgs if bits == 64 => Form::Swapgs,
+        Mnemonic::Stac => Form::Ac { set: true },
+        Mnemonic::Clac => Form::Ac { set: false },
         Mnemonic::Pushfq if bits == 64 => Form::Pushf,
         Mnemonic::Pushfd if bits == 32 => Form::Pushf,
         Mnemonic::Stosb | Mnemonic::Stosq | Mnemonic::Movsb | Mnemonic::Movsq
@@ -939,6 +958,8 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
             let ok = matches!(
                 insn.code(),
                 Code::Push_r64
+                    | Code::Push_rm64
+                    | Code::Push_rm32
                     | Code::Pushq_imm32
                     | Code::Pushq_imm8
                     | Code::Push_r32
@@ -1017,7 +1038,8 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
             }
             Form::Cmov { cc: cpu::ops::mov::condition(insn), dst, src }
         }
-        Mnemonic::Rdtsc => Form::Rdtsc,
+        Mnemonic::Rdtsc => Form::Rdtsc { aux: false },
+        Mnemonic::Rdtscp => Form::Rdtsc { aux: true },
         Mnemonic::Cwde => Form::WidenAcc { from: 2 },
         Mnemonic::Cdqe => Form::WidenAcc { from: 4 },
         Mnemonic::Cdq => Form::SignAcc { size: 4 },
@@ -1183,6 +1205,8 @@ const MXCSR_OFF: i32 = std::mem::offset_of!(CpuState, mxcsr) as i32;
 const CPL_OFF: i32 = std::mem::offset_of!(CpuState, cpl) as i32;
 const KERNEL_GS_OFF: i32 =
     (std::mem::offset_of!(CpuState, msr) + std::mem::offset_of!(cpu::state::MsrState, kernel_gs_base)) as i32;
+const TSC_AUX_OFF: i32 =
+    (std::mem::offset_of!(CpuState, msr) + std::mem::offset_of!(cpu::state::MsrState, tsc_aux)) as i32;
 const FCW_OFF: i32 = (std::mem::offset_of!(CpuState, fpu) + std::mem::offset_of!(cpu::state::FpuState, fcw)) as i32;
 const SEG_OFF: i32 = std::mem::offset_of!(CpuState, seg) as i32;
 const SEG_SIZE: i32 = std::mem::size_of::<cpu::state::Segment>() as i32;
@@ -2644,20 +2668,58 @@ impl Tx<'_, '_> {
                 }
             }
             Form::Cli => {
-                // IOPL at least the CPL (protected mode, not virtual-8086:
-                // the only modes compiled code runs in).
-                self.flush_count();
                 let st = self.state;
-                let rf = self.b.ins().load(types::I64, mem_flags(), st, RFLAGS_OFF);
-                let cpl = self.b.ins().uload8(types::I64, mem_flags(), st, CPL_OFF);
-                let iopl = self.b.ins().ushr_imm_s(rf, flags::IOPL_SHIFT as i64);
-                let iopl = self.b.ins().band_imm_s(iopl, 3);
-                let ok = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, iopl, cpl);
-                self.slow_unless(ok, rip);
+                let rf = self.if_allowed(rip);
                 // The arithmetic bits stay as they are (the lazy record
                 // may stand for them).
                 let rf = self.b.ins().band_imm_s(rf, !(flags::IF as i64));
                 self.b.ins().store(mem_flags(), rf, st, RFLAGS_OFF);
+            }
+            Form::Sti => {
+                let st = self.state;
+                let rf = self.if_allowed(rip);
+                let was = self.b.ins().band_imm_s(rf, flags::IF as i64);
+                let rf = self.b.ins().bor_imm_s(rf, flags::IF as i64);
+                self.b.ins().store(mem_flags(), rf, st, RFLAGS_OFF);
+                // IF was clear: ask whether the CPU would take an interrupt
+                // now (which the shadow holds off for one instruction).
+                let check = self.b.create_block();
+                let cont = self.b.create_block();
+                self.b.ins().brif(was, cont, &[], check, &[]);
+                self.enter_block(check);
+                // The next instruction runs in this region only on an
+                // edge into one of its blocks (forward: no budget check).
+                let helper = if self.blocks.contains_key(&next) {
+                    ctx::sti as *const () as usize
+                } else {
+                    ctx::sti_exit as *const () as usize
+                };
+                let callee = self.iconst(helper as u64);
+                let call = self.b.ins().call_indirect(self.sig_flags, callee, &[self.ctx]);
+                let leave = self.b.inst_results(call)[0];
+                let out = self.b.create_block();
+                self.b.ins().brif(leave, out, &[], cont, &[]);
+                self.enter_block(out);
+                self.exit_to(next, 1);
+                self.enter_block(cont);
+            }
+            Form::Ac { set } => {
+                self.flush_count();
+                let st = self.state;
+                let cpl = self.b.ins().uload8(types::I64, mem_flags(), st, CPL_OFF);
+                let ok = self.b.ins().icmp_imm_s(IntCC::Equal, cpl, 0);
+                self.slow_unless(ok, rip);
+                let rf = self.b.ins().load(types::I64, mem_flags(), st, RFLAGS_OFF);
+                let rf = if set {
+                    self.b.ins().bor_imm_s(rf, flags::AC as i64)
+                } else {
+                    self.b.ins().band_imm_s(rf, !(flags::AC as i64))
+                };
+                self.b.ins().store(mem_flags(), rf, st, RFLAGS_OFF);
+                let callee = self.iconst(ctx::data_tlb_changed as *const () as usize as u64);
+                self.b.ins().call_indirect(self.sig_flags, callee, &[self.ctx]);
+                self.exit_to(next, 1);
+                return true;
             }
             Form::Swapgs => {
                 self.flush_count();
@@ -3362,7 +3424,7 @@ impl Tx<'_, '_> {
                     self.set_eager(f);
                 }
             }
-            Form::Rdtsc => {
+            Form::Rdtsc { aux } => {
                 let callee = self.iconst(ctx::rdtsc as *const () as usize as u64);
                 let call = self.b.ins().call_indirect(self.sig_flags, callee, &[self.ctx]);
                 let t = self.b.inst_results(call)[0];
@@ -3376,6 +3438,11 @@ impl Tx<'_, '_> {
                 let hi = self.b.ins().ushr_imm_s(t, 32);
                 self.write_reg(reg(Register::RAX).expect("a GPR"), lo);
                 self.write_reg(reg(Register::RDX).expect("a GPR"), hi);
+                if aux {
+                    let a = self.b.ins().load(types::I64, mem_flags(), self.state, TSC_AUX_OFF);
+                    let a = self.b.ins().band_imm_s(a, 0xffff_ffff);
+                    self.write_reg(reg(Register::RCX).expect("a GPR"), a);
+                }
             }
             Form::Bswap { dst } => {
                 let v = self.read_reg(dst);
@@ -3568,6 +3635,21 @@ impl Tx<'_, '_> {
     }
 
     /// Branch to the slow path unless `ok`.
+    /// CLI and STI: IOPL at least the CPL (protected mode, not
+    /// virtual-8086: the only modes compiled code runs in), else the slow
+    /// path raises #GP. The RFLAGS in memory.
+    fn if_allowed(&mut self, rip: u64) -> Value {
+        self.flush_count();
+        let st = self.state;
+        let rf = self.b.ins().load(types::I64, mem_flags(), st, RFLAGS_OFF);
+        let cpl = self.b.ins().uload8(types::I64, mem_flags(), st, CPL_OFF);
+        let iopl = self.b.ins().ushr_imm_s(rf, flags::IOPL_SHIFT as i64);
+        let iopl = self.b.ins().band_imm_s(iopl, 3);
+        let ok = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, iopl, cpl);
+        self.slow_unless(ok, rip);
+        rf
+    }
+
     fn slow_unless(&mut self, ok: Value, rip: u64) {
         let fast = self.b.create_block();
         let slow = self.b.create_block();

@@ -62,8 +62,19 @@ impl Doorbell {
 struct KickInner {
     pending: AtomicBool,
     stop: AtomicBool,
+    /// The thread is not asleep in `ppoll`: it works, or it watches for
+    /// work for a moment ([`SPIN`]) before it sleeps, and sees `pending`
+    /// without a byte on the socket.
+    awake: AtomicBool,
     tx: Mutex<UnixStream>,
 }
+
+/// How long the thread keeps watching after its last work before it
+/// sleeps. A guest that streams kicks (a transmit, then the receive buffers
+/// its ACKs used) many thousands of times a second then never pays for a
+/// wake-up, which costs the vCPU thread more than the work it hands over
+/// (the kick's write enters the kernel's wake-up path).
+const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// Wakes the I/O thread (after a guest transmit, or when the guest gave the
 /// device fresh receive buffers).
@@ -93,7 +104,10 @@ impl IoKick {
     /// Asks the I/O thread to poll the models soon.
     pub fn kick(&self) {
         let Some(inner) = &self.inner else { return };
-        if !inner.pending.swap(true, Ordering::AcqRel) {
+        // Sequentially consistent with the thread's `awake` store and
+        // `pending` load before it sleeps: either this sees it awake (and
+        // it then sees `pending`), or the byte wakes it.
+        if !inner.pending.swap(true, Ordering::SeqCst) && !inner.awake.load(Ordering::SeqCst) {
             // A full socket buffer means the thread has a wake-up queued anyway.
             let _ = inner.tx.lock().write(&[1]);
         }
@@ -124,6 +138,7 @@ impl NetIoThread {
             inner: Arc::new(KickInner {
                 pending: AtomicBool::new(false),
                 stop: AtomicBool::new(false),
+                awake: AtomicBool::new(true),
                 tx: Mutex::new(tx),
             }),
             rx: Some(rx),
@@ -166,31 +181,38 @@ fn run(inner: Arc<KickInner>, mut rx: UnixStream, nics: Vec<(SharedNic, Option<O
     let mut deadline: Option<Instant> = Some(Instant::now());
     let mut drain = [0u8; 64];
     let mut rung = vec![false; doorbells.len()];
+    // When the last poll round ended (the thread watches for `SPIN` after).
+    let mut worked = Instant::now();
     loop {
-        let timeout = deadline.map(|d| {
-            let left = d.saturating_duration_since(Instant::now());
-            TimeSpec::from_duration(left)
-        });
-        {
-            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(doorbells.len() + nics.len() + 1);
-            for d in &doorbells {
-                fds.push(PollFd::new(d.fd.as_fd(), PollFlags::POLLIN));
-            }
-            fds.push(PollFd::new(rx.as_fd(), PollFlags::POLLIN));
-            for (_, fd) in &nics {
-                if let Some(fd) = fd {
-                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        let now = Instant::now();
+        let spinning = now.saturating_duration_since(worked) < SPIN;
+        if spinning && inner.pending.load(Ordering::Acquire) {
+            // A kick while the thread watched: straight to the polls.
+            rung.fill(false);
+        } else {
+            if !spinning {
+                inner.awake.store(false, Ordering::SeqCst);
+                if inner.pending.load(Ordering::SeqCst) {
+                    // A kick that saw the thread awake: it has no byte.
+                    inner.awake.store(true, Ordering::SeqCst);
+                    worked = Instant::now();
+                    continue;
                 }
             }
-            match ppoll(&mut fds, timeout, None) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => {
-                    tracing::error!(target: "net", "device I/O thread: ppoll failed: {e}; NICs and disks stop");
-                    return;
-                }
-            }
-            for (r, fd) in rung.iter_mut().zip(&fds) {
-                *r = fd.revents().is_some_and(|e| e.contains(PollFlags::POLLIN));
+            // Watching: look at the fds without sleeping, until the spin
+            // ends or the deadline comes.
+            let timeout = if spinning {
+                Some(TimeSpec::from_duration(std::time::Duration::ZERO))
+            } else {
+                deadline.map(|d| TimeSpec::from_duration(d.saturating_duration_since(now)))
+            };
+            let ready = wait(&rx, &nics, &doorbells, &mut rung, timeout);
+            inner.awake.store(true, Ordering::SeqCst);
+            let Some(ready) = ready else { return };
+            let due = deadline.is_some_and(|d| Instant::now() >= d);
+            if spinning && !ready && !due && !inner.pending.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+                continue;
             }
         }
         if inner.stop.load(Ordering::Acquire) {
@@ -226,7 +248,42 @@ fn run(inner: Arc<KickInner>, mut rx: UnixStream, nics: Vec<(SharedNic, Option<O
                 deadline = Some(deadline.map_or(at, |x| x.min(at)));
             }
         }
+        worked = Instant::now();
     }
+}
+
+/// One `ppoll` over the doorbells, the kick socket and the backends' wake
+/// fds; `rung` gets which doorbells are readable. Some(whether anything
+/// is readable), or None when polling failed (the thread then ends).
+fn wait(
+    rx: &UnixStream,
+    nics: &[(SharedNic, Option<OwnedFd>)],
+    doorbells: &[Doorbell],
+    rung: &mut [bool],
+    timeout: Option<TimeSpec>,
+) -> Option<bool> {
+    let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(doorbells.len() + nics.len() + 1);
+    for d in doorbells {
+        fds.push(PollFd::new(d.fd.as_fd(), PollFlags::POLLIN));
+    }
+    fds.push(PollFd::new(rx.as_fd(), PollFlags::POLLIN));
+    for (_, fd) in nics {
+        if let Some(fd) = fd {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        }
+    }
+    let n = match ppoll(&mut fds, timeout, None) {
+        Ok(n) => n,
+        Err(nix::errno::Errno::EINTR) => 0,
+        Err(e) => {
+            tracing::error!(target: "net", "device I/O thread: ppoll failed: {e}; NICs and disks stop");
+            return None;
+        }
+    };
+    for (r, fd) in rung.iter_mut().zip(&fds) {
+        *r = fd.revents().is_some_and(|e| e.contains(PollFlags::POLLIN));
+    }
+    Some(n > 0)
 }
 
 #[cfg(test)]
