@@ -187,7 +187,7 @@ impl SplitEngine {
         cpu.set_state(m.boot_state);
         let missing = missing_v3(&cpu);
         let model_line = format!(
-            "CPU model {} under split execution: x86-64-v3 features missing: {}",
+            "CPU model {} (split execution, one CPUID for kernel and user code): x86-64-v3 features missing: {}",
             m.config.cpu_model,
             if missing.is_empty() { "none".to_string() } else { missing.join(" ") }
         );
