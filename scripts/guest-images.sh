@@ -31,6 +31,11 @@
 #                         (/usr/bin/ioping) with the glibc libraries it needs (libc6),
 #                         gathered by following readelf's NEEDED entries; the disk
 #                         benchmark's load generator
+#   hostprogs.cpio.gz     the same kind of archive with Debian's sort, sha256sum
+#                         (coreutils) and gzip in /opt/host/bin, apart from busybox's
+#                         applets, and the glibc libraries they need (libc6): dynamically
+#                         linked glibc programs, whose string and memory routines glibc
+#                         picks by the CPU's features (the --cpu max boot test)
 #   versions.txt          which packages the files came from
 #
 # The i386 packages need the i386 architecture in dpkg; the script adds it
@@ -359,37 +364,43 @@ CFG
     rm -rf "$d"
 }
 
-# ioping.cpio.gz: a gzip'd cpio archive to append to an initramfs, with
-# Debian's ioping in /usr/bin and the glibc pieces it needs from libc6: the
-# program interpreter and every NEEDED library, followed recursively with
-# readelf. Rebuilt only when the package versions change.
-build_ioping() {
-    local stamp="$out/.ioping.stamp" want ioping_deb libc_deb
-    if ! command -v readelf >/dev/null; then
-        apt_update
-        say "installing binutils (readelf, for ioping's libraries)"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binutils >/dev/null || die "cannot install binutils"
-    fi
-    ioping_deb="$(fetch ioping)"
-    libc_deb="$(fetch libc6)"
-    want="$(basename "$ioping_deb") $(basename "$libc_deb")"
-    if stamp_ok "$stamp" "$want" "$out/ioping.cpio.gz"; then
+# glibc_archive NAME DEST DEB... -- PROGRAM...: NAME (a gzip'd cpio archive to
+# append to an initramfs) with each PROGRAM (its path inside the unpacked
+# DEBs) in DEST, and the glibc pieces they need: the program interpreter and
+# every NEEDED library, followed recursively with readelf, from the DEBs.
+# Rebuilt only when the package versions change.
+glibc_archive() {
+    local name="$1" dest="$2" debs=() progs=() deb want="" stamp
+    shift 2
+    while [ "$1" != "--" ]; do debs+=("$1"); shift; done
+    shift
+    progs=("$@")
+    stamp="$out/.${name%.cpio.gz}.stamp"
+    for deb in "${debs[@]}"; do want="$want${want:+ }$(basename "$deb")"; done
+    if stamp_ok "$stamp" "$want" "$out/$name"; then
         return 0
     fi
-    say "building ioping.cpio.gz"
-    local x="$work/ioping-x" root="$work/ioping-root" f lib interp src
+    say "building $name"
+    local x="$work/$name-x" root="$work/$name-root" f lib interp="" src p
     rm -rf "$x" "$root"
-    mkdir -p "$x" "$root/usr/bin" "$root/lib/x86_64-linux-gnu"
-    dpkg-deb -x "$ioping_deb" "$x" && dpkg-deb -x "$libc_deb" "$x" || die "dpkg-deb -x of ioping/libc6 failed"
-    cp "$x/usr/bin/ioping" "$root/usr/bin/ioping"
-    interp="$(readelf -l "$x/usr/bin/ioping" | sed -n 's/.*Requesting program interpreter: \(.*\)]$/\1/p')"
-    [ -n "$interp" ] || die "ioping names no program interpreter"
+    mkdir -p "$x" "$root$dest" "$root/lib/x86_64-linux-gnu"
+    for deb in "${debs[@]}"; do
+        dpkg-deb -x "$deb" "$x" || die "dpkg-deb -x $(basename "$deb") failed"
+    done
+    local todo=()
+    for p in "${progs[@]}"; do
+        [ -f "$x/$p" ] || die "$p is in none of ${debs[*]##*/}"
+        cp -L "$x/$p" "$root$dest/$(basename "$p")"
+        todo+=("$root$dest/$(basename "$p")")
+        [ -n "$interp" ] ||
+            interp="$(readelf -l "$x/$p" | sed -n 's/.*Requesting program interpreter: \(.*\)]$/\1/p')"
+    done
+    [ -n "$interp" ] || die "${progs[*]} name no program interpreter"
     # Linux's initramfs has no /lib64: the folder comes first.
     mkdir -p "$root$(dirname "$interp")"
     src="$x/lib/x86_64-linux-gnu/$(basename "$interp")"
-    [ -f "$src" ] || die "libc6 has no $(basename "$interp")"
+    [ -f "$src" ] || die "the packages have no $(basename "$interp")"
     cp -L "$src" "$root$interp"
-    local todo=("$root/usr/bin/ioping")
     while ((${#todo[@]})); do
         f="${todo[0]}"
         todo=("${todo[@]:1}")
@@ -401,16 +412,37 @@ build_ioping() {
             for d in lib/x86_64-linux-gnu usr/lib/x86_64-linux-gnu; do
                 [ -f "$x/$d/$lib" ] && { src="$x/$d/$lib"; break; }
             done
-            [ -n "$src" ] || die "$lib (needed by $(basename "$f")) is not in libc6"
+            [ -n "$src" ] || die "$lib (needed by $(basename "$f")) is in none of the packages"
             cp -L "$src" "$root/lib/x86_64-linux-gnu/$lib"
             todo+=("$root/lib/x86_64-linux-gnu/$lib")
         done
     done
-    pack_cpio "$root" > "$out/ioping.cpio.gz.tmp" ||
-        die "cpio/gzip of ioping.cpio.gz failed"
-    mv "$out/ioping.cpio.gz.tmp" "$out/ioping.cpio.gz"
-    put_stamp "$stamp" "$want" "$out/ioping.cpio.gz"
+    pack_cpio "$root" > "$out/$name.tmp" || die "cpio/gzip of $name failed"
+    mv "$out/$name.tmp" "$out/$name"
+    put_stamp "$stamp" "$want" "$out/$name"
     rm -rf "$x" "$root"
+}
+
+need_readelf() {
+    if ! command -v readelf >/dev/null; then
+        apt_update
+        say "installing binutils (readelf, for the programs' libraries)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binutils >/dev/null || die "cannot install binutils"
+    fi
+}
+
+# ioping.cpio.gz: Debian's ioping in /usr/bin with its glibc libraries.
+build_ioping() {
+    need_readelf
+    glibc_archive ioping.cpio.gz /usr/bin "$(fetch ioping)" "$(fetch libc6)" -- usr/bin/ioping
+}
+
+# hostprogs.cpio.gz: Debian's sort and sha256sum (coreutils) and gzip in
+# /opt/host/bin, apart from busybox's applets, with their glibc libraries.
+build_hostprogs() {
+    need_readelf
+    glibc_archive hostprogs.cpio.gz /opt/host/bin "$(fetch coreutils)" "$(fetch gzip)" "$(fetch libc6)" -- \
+        usr/bin/sort usr/bin/sha256sum bin/gzip
 }
 
 stamp_want="$(printf '%s\n' "cloud=$cloud_pkg $(candidate "$cloud_pkg")" \
@@ -427,6 +459,7 @@ if [ -f "$out/versions.txt" ] && [ "$(cat "$out/versions.txt")" = "$stamp_want" 
     build_net_initramfs
     build_bios_disk
     build_ioping
+    build_hostprogs
     printf 'guest-images: up to date in %s:\n' "$out"
     sed 's/^/  /' "$out/versions.txt"
     exit 0
@@ -518,10 +551,11 @@ build_initramfs "$busybox32_deb" "$out/initramfs-i386.cpio.gz"
 build_net_initramfs
 build_bios_disk
 build_ioping
+build_hostprogs
 printf '%s\n' "$stamp_want" > "$out/versions.txt.tmp" && mv "$out/versions.txt.tmp" "$out/versions.txt"
 printf 'guest-images: done in %s:\n' "$out"
 for f in vmlinuz-cloud vmlinuz-generic initramfs.cpio.gz initramfs-net.cpio.gz vmlinuz-686 \
-    initramfs-i386.cpio.gz memtest86+x64.bin bios-disk.img ioping.cpio.gz; do
+    initramfs-i386.cpio.gz memtest86+x64.bin bios-disk.img ioping.cpio.gz hostprogs.cpio.gz; do
     printf '  %-22s %s bytes\n' "$f" "$(stat -c %s "$out/$f")"
 done
 printf '  %-22s %s\n' modules-generic/ "$(du -sh "$out/modules-generic" | cut -f1)"

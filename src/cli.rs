@@ -127,6 +127,15 @@ pub struct RunArgs {
     /// Number of virtual CPUs.
     #[arg(long, default_value_t = 1)]
     pub cpus: u32,
+    /// The CPU model: `v2` (the default; x86-64-v2: SSE4.2, XSAVE for the
+    /// x87/SSE state, MOVBE, LZCNT, BMI1/2, no AVX) or `max` (x86-64-v3:
+    /// v2 plus AVX, AVX2, FMA, F16C and the YMM state, with AES-NI and
+    /// PCLMULQDQ). The default stays the smaller model, as QEMU's does
+    /// (users pass `-cpu max` there too); glibc and other software pick
+    /// their AVX2 paths under `max`. Under --accel kvm the guest gets what
+    /// KVM can give of the model, and the features it lacks are named.
+    #[arg(long, value_name = "MODEL", default_value = "v2", value_parser = parse_cpu_model)]
+    pub cpu: cpu::cpuid::Model,
     /// A Linux kernel (bzImage or vmlinux) or multiboot ELF to boot directly.
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
@@ -230,6 +239,10 @@ impl KvmSplit {
     }
 }
 
+fn parse_cpu_model(s: &str) -> Result<cpu::cpuid::Model, String> {
+    s.parse()
+}
+
 fn parse_serial(s: &str) -> Result<SerialBackend, String> {
     s.parse::<SerialBackend>().map_err(|e| e.to_string())
 }
@@ -279,5 +292,17 @@ mod tests {
         assert!(parse_mem("").is_err());
         assert!(parse_mem("99999999999999T").is_err());
         assert!(parse_mem("100K").is_err());
+    }
+
+    #[test]
+    fn cpu_models() {
+        use cpu::cpuid::Model;
+        assert_eq!(parse_cpu_model("max"), Ok(Model::Max));
+        assert_eq!(parse_cpu_model("v2"), Ok(Model::V2));
+        let e = parse_cpu_model("skylake").unwrap_err();
+        assert!(e.contains("skylake") && e.contains("v2, max"), "{e}");
+        let run = Cli::try_parse_from(["ferrovm", "run"]).unwrap();
+        let Command::Run(args) = run.command else { panic!("not run") };
+        assert_eq!(args.cpu, Model::V2, "the default model");
     }
 }

@@ -49,6 +49,7 @@ fn run_builtin(timeout: Duration, kind: EngineKind) -> Result<(RunReport, String
         timeout: Some(timeout),
         kvm_split: crate::machine::SplitMode::Auto,
         kvm_pit: crate::machine::KvmPit::InKernel,
+        cpu_model: cpu::cpuid::Model::V2,
     };
     let m = Machine::new(config).map_err(|e| e.to_string())?;
     let report = m.run(kind).map_err(|e| e.to_string())?;

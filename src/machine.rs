@@ -112,6 +112,9 @@ pub struct MachineConfig {
     pub kvm_split: SplitMode,
     /// Under KVM with its interrupt controllers, where the PIT lives.
     pub kvm_pit: KvmPit,
+    /// The CPU model the guest is given (under KVM: as much of it as KVM
+    /// can give).
+    pub cpu_model: cpu::cpuid::Model,
 }
 
 /// How a run ended, with its measurements.
@@ -381,13 +384,17 @@ impl Machine {
     pub fn run(&self, kind: EngineKind) -> Result<RunReport, Error> {
         let start = Instant::now();
         let mut engine: Box<dyn Engine + '_> = match kind {
-            EngineKind::Interp => {
-                Box::new(crate::engine::interp::InterpEngine::new(self.mem.clone(), self.io(), &self.boot_state))
-            }
+            EngineKind::Interp => Box::new(crate::engine::interp::InterpEngine::new(
+                self.mem.clone(),
+                self.io(),
+                &self.boot_state,
+                self.config.cpu_model,
+            )),
             EngineKind::Jit => Box::new(crate::engine::jit::JitEngine::new(
                 self.mem.clone(),
                 self.io(),
                 &self.boot_state,
+                self.config.cpu_model,
                 crate::engine::jit::config_from_env()?,
             )?),
             #[cfg(target_os = "linux")]
@@ -736,6 +743,7 @@ mod tests {
             timeout,
             kvm_split: SplitMode::Off,
             kvm_pit: KvmPit::InKernel,
+            cpu_model: cpu::cpuid::Model::V2,
         })
         .expect("a machine")
     }
@@ -756,6 +764,7 @@ mod tests {
                 timeout: Some(Duration::from_secs(60)),
                 kvm_split: SplitMode::Off,
                 kvm_pit: KvmPit::InKernel,
+                cpu_model: cpu::cpuid::Model::V2,
             })
             .expect("a machine");
             tx.send((m.control(), m.mem.clone())).unwrap();

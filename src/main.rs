@@ -127,6 +127,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         timeout: args.timeout.map(Duration::from_secs_f64),
         kvm_split: args.kvm_split.mode(),
         kvm_pit: args.kvm_pit.pit(),
+        cpu_model: args.cpu,
     };
     let machine = Machine::with_devices(config, &nics, disks)?;
     if let Some(note) = &machine.boot_note {

@@ -265,6 +265,8 @@ struct State {
     disks: Vec<Disk>,
     pidfile: Option<PathBuf>,
     notes: Vec<String>,
+    /// `-cpu max` or `host`: ferrovm's full model (`--cpu max`).
+    cpu_max: bool,
 }
 
 /// A NIC: its `-netdev` (or `-nic`) options, model and MAC.
@@ -464,17 +466,28 @@ impl State {
         self.disks.push(Disk { file: file.to_string(), format: None, readonly: false, snapshot: false });
     }
 
+    /// `-cpu`: `max` and `host` are ferrovm's full model (x86-64-v3,
+    /// `--cpu max`); `qemu64` (QEMU's default) and every other name its
+    /// default model (x86-64-v2), with a note for the others, which that
+    /// only approximates. The last `-cpu` wins, as in QEMU.
     fn cpu(&mut self, option: &str, v: &str) -> Result<(), String> {
         let mut parts = v.split(',');
         let model = parts.next().unwrap_or_default();
         if model == "help" || model == "?" {
-            return Err(format!("{option} help: ferrovm has one CPU model; -cpu max, host and qemu64 name it"));
+            return Err(format!(
+                "{option} help: ferrovm has two CPU models: -cpu max (and host) is x86-64-v3 with AVX2, FMA, \
+                 AES-NI and PCLMULQDQ (ferrovm --cpu max); qemu64 and every other name are x86-64-v2 with \
+                 SSE4.2 and no AVX (--cpu v2)"
+            ));
         }
+        self.cpu_max = matches!(model, "max" | "host");
         if !matches!(model, "max" | "host" | "qemu64") {
-            self.note(format!("-cpu {model}: ferrovm has one CPU model (x86-64 with SSE4.2); the guest runs on it"));
+            self.note(format!(
+                "-cpu {model}: ferrovm runs it as its v2 model (x86-64-v2: SSE4.2, no AVX); -cpu max gives x86-64-v3"
+            ));
         }
         if parts.next().is_some() {
-            self.note(format!("-cpu {v}: CPU features are fixed in ferrovm's model; the feature list is not applied"));
+            self.note(format!("-cpu {v}: CPU features are fixed in ferrovm's models; the feature list is not applied"));
         }
         Ok(())
     }
@@ -690,6 +703,9 @@ impl State {
 
     fn finish(mut self) -> Result<Translation, String> {
         let mut args: Vec<String> = vec!["--accel".into(), self.accel_arg().into()];
+        if self.cpu_max {
+            args.extend(["--cpu".into(), "max".into()]);
+        }
         // QEMU's default RAM is 128 MiB.
         args.extend(["--mem".into(), format!("{}K", self.mem.unwrap_or(128 << 20) >> 10)]);
         // The first -serial is COM1; ferrovm has no other serial port.
@@ -889,6 +905,8 @@ mod tests {
             [
                 "--accel",
                 "jit",
+                "--cpu",
+                "max",
                 "--mem",
                 "524288K",
                 "--serial",
@@ -930,7 +948,16 @@ mod tests {
         refused("-smp cpus=1,cores=2", "cores=2");
         let t = tr("-cpu Skylake-Client,+avx -nodefaults -kernel k").unwrap();
         assert_eq!(t.notes.len(), 2, "{:?}", t.notes);
-        assert!(tr("-cpu host -nodefaults -kernel k").unwrap().notes.is_empty());
+        assert!(t.notes[0].contains("v2 model"), "{:?}", t.notes);
+        assert!(!t.args.contains(&"--cpu".to_string()), "other models are the default v2");
+        for (line, max) in [("-cpu host", true), ("-cpu max", true), ("-cpu qemu64", false), ("", false)] {
+            let t = tr(&format!("{line} -nodefaults -kernel k")).unwrap();
+            assert!(t.notes.is_empty(), "{line}: {:?}", t.notes);
+            assert_eq!(has(&t.args, "--cpu", "max"), max, "{line}: {:?}", t.args);
+        }
+        // The last -cpu wins.
+        assert!(!has(&run_args("-cpu max -cpu qemu64 -nodefaults -kernel k"), "--cpu", "max"));
+        refused("-cpu help", "x86-64-v3");
     }
 
     #[test]

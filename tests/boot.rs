@@ -338,3 +338,97 @@ fn cloud_kernel_full_check_under_kvm() {
     let b = boot("kvm", &k, &dir.join("initramfs.cpio.gz"), &["--stats"]);
     check(&b, &k);
 }
+
+/// The full CPU model (`--cpu max`, x86-64-v3): what Linux lists, what
+/// glibc's loader finds supported, and dynamically linked glibc programs
+/// from Debian (hostprogs.cpio.gz: sort, sha256sum, gzip and their
+/// libraries, appended to the initramfs) on 3.4 MB of input, whose results
+/// the host's own programs must give too.
+const V3_SCRIPT: &str = r#"
+H=/opt/host/bin
+echo "T:flags $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2)"
+/lib64/ld-linux-x86-64.so.2 --help | sed -n '/^Subdirectories of glibc-hwcaps/,/^$/p' | sed -n 's/^ *\(x86-64.*\)$/T:hwcaps \1/p'
+seq 1 500000 > /tmp/n
+set -- $($H/sort -r /tmp/n | $H/sha256sum); echo "T:sort $1"
+set -- $($H/sha256sum /tmp/n); echo "T:sha $1"
+$H/gzip -9n < /tmp/n > /tmp/n.gz
+set -- $($H/sha256sum /tmp/n.gz); echo "T:gz $1"
+set -- $($H/gzip -dc /tmp/n.gz | $H/sha256sum); echo "T:gunzip $1"
+echo "T:gzip-version $($H/gzip --version | head -n1)"
+dmesg > /tmp/dmesg
+sed -n 's/^\[[^]]*\] x86\/fpu: \(Enabled xstate .*\)$/T:xstate \1/p' /tmp/dmesg
+grep -iE 'invalid opcode|oops|BUG:|WARNING:|traps:|segfault|general protection|alg: .*(fail|error)' /tmp/dmesg | sed 's/^/T:bad /'
+echo "T:done"
+"#;
+
+/// Linux's names for the x86-64-v3 features (and the XSAVE and crypto
+/// extensions) of the full model.
+const V3_FLAGS: &[&str] =
+    &["avx", "avx2", "fma", "f16c", "movbe", "xsave", "xsaveopt", "xsavec", "bmi1", "bmi2", "abm", "aes", "pclmulqdq"];
+
+/// The initramfs with hostprogs.cpio.gz appended, in a temporary file of
+/// its own (`name`: tests run in parallel in one process).
+fn v3_initrd(dir: &Path, name: &str) -> PathBuf {
+    let mut bytes = std::fs::read(dir.join("initramfs.cpio.gz")).expect("initramfs.cpio.gz");
+    bytes.extend(std::fs::read(dir.join("hostprogs.cpio.gz")).expect("hostprogs.cpio.gz"));
+    let path = std::env::temp_dir().join(format!("ferrovm-v3-{}-{name}.cpio.gz", std::process::id()));
+    std::fs::write(&path, bytes).expect("the temporary initrd");
+    path
+}
+
+/// Boot `kernel` with `--cpu max` under `accel` and check [`V3_SCRIPT`]'s
+/// results against the host's.
+fn v3_boot(accel: &str, kernel: &str) {
+    let Some(dir) = images::images(&["initramfs.cpio.gz", "hostprogs.cpio.gz", kernel]) else { return };
+    let initrd = v3_initrd(&dir, &format!("{accel}-{kernel}"));
+    let b = boot_script(V3_SCRIPT, accel, &dir.join(kernel), &initrd, &["--cpu", "max", "--stats"]);
+    let _ = std::fs::remove_file(&initrd);
+    let out = &b.stdout;
+    assert!(out.contains("ferrovm-init: start"), "init never started:\n{out}");
+    assert!(out.contains("T:done"), "the script did not finish:\n{out}");
+    assert_flags(&b, V3_FLAGS);
+    assert!(b.stderr.contains("CPU model max (x86-64-v3"), "--stats names the model:\n{}", b.stderr);
+    assert!(!b.stderr.contains("unimplemented instruction"), "an instruction without a handler:\n{}", b.stderr);
+    let hwcaps: Vec<&str> = out.lines().filter_map(|l| l.trim_end_matches('\r').strip_prefix("T:hwcaps ")).collect();
+    eprintln!("glibc-hwcaps: {hwcaps:?}");
+    assert!(hwcaps.contains(&"x86-64-v3 (supported, searched)"), "glibc's loader: {hwcaps:?}");
+    assert!(hwcaps.contains(&"x86-64-v4"), "v4 (AVX-512) is not in the model: {hwcaps:?}");
+    let x = field(out, "xstate").unwrap_or("");
+    assert!(x.starts_with("Enabled xstate features 0x7, context size is 832 bytes"), "xstate in dmesg: {x:?}");
+    let bad: Vec<&str> = out.lines().filter(|l| l.starts_with("T:bad ")).collect();
+    assert!(bad.is_empty(), "dmesg complaints: {bad:#?}");
+    let seq = "seq 1 500000";
+    assert_eq!(field(out, "sort"), Some(host_sha256(&format!("{seq} | sort -r | sha256sum")).as_str()), "sort -r");
+    assert_eq!(field(out, "sha"), Some(host_sha256(&format!("{seq} | sha256sum")).as_str()), "sha256sum");
+    assert_eq!(field(out, "gunzip"), Some(host_sha256(&format!("{seq} | sha256sum")).as_str()), "gzip round trip");
+    // The compressed bytes too, where the host's gzip is the same version.
+    let host_gzip =
+        Command::new("gzip").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if host_gzip.is_ok_and(|v| v.lines().next() == field(out, "gzip-version")) {
+        assert_eq!(field(out, "gz"), Some(host_sha256(&format!("{seq} | gzip -9n | sha256sum")).as_str()), "gzip -9n");
+    }
+    assert_eq!(b.status, Some(0), "poweroff -f must end the run with status 0");
+    eprintln!("{kernel} with --cpu max under {accel} checked in {:.1} s", b.elapsed.as_secs_f64());
+}
+
+#[test]
+fn cloud_kernel_runs_x86_64_v3_programs_in_the_interpreter() {
+    v3_boot("interp", "vmlinuz-cloud");
+}
+
+#[test]
+fn generic_kernel_runs_x86_64_v3_programs_under_jit() {
+    v3_boot("jit", "vmlinuz-generic");
+}
+
+/// `--cpu max` under `--accel kvm`: the guest gets what KVM can give of
+/// the model (on a host whose KVM runs the kernel in its instruction
+/// emulator, split execution: one CPU without XSAVE and AVX for kernel and
+/// user code), and the run names the x86-64-v3 features it lacks.
+#[test]
+fn the_full_model_under_kvm_names_what_it_lacks() {
+    let Some(b) = kvm_boot("vmlinuz-cloud", &["--cpu", "max"]) else { return };
+    let line = b.stderr.lines().find(|l| l.contains("x86-64-v3 features missing")).unwrap_or("");
+    eprintln!("{line}");
+    assert!(line.contains("CPU model max"), "--stats names the model and what it lacks:\n{}", b.stderr);
+}

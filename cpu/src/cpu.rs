@@ -76,6 +76,8 @@ pub struct Cpu {
     /// component and VEX-encoded vector instructions can run (see
     /// [`Cpu::set_avx`]).
     pub(crate) avx: bool,
+    /// The CPU model has AES-NI and PCLMULQDQ (see [`Cpu::set_model`]).
+    pub(crate) crypto: bool,
 }
 
 impl Cpu {
@@ -103,6 +105,7 @@ impl Cpu {
             hot_threshold: 0,
             xsave: true,
             avx: false,
+            crypto: false,
         };
         cpu.update_paging();
         cpu
@@ -139,6 +142,29 @@ impl Cpu {
         self.avx = on;
     }
 
+    /// Take on one of the CPU models ([`crate::cpuid::Model`]): its AVX
+    /// part ([`Cpu::set_avx`]) and its AES-NI and PCLMULQDQ (CPUID.1:ECX
+    /// bits 25 and 1; without them those instructions raise #UD).
+    pub fn set_model(&mut self, model: crate::cpuid::Model) {
+        self.avx = model.avx();
+        self.crypto = model.crypto();
+    }
+
+    /// The model this processor presents: [`crate::cpuid::Model::Max`]
+    /// when both its parts are on and XSAVE is offered.
+    pub fn model(&self) -> crate::cpuid::Model {
+        if self.avx() && self.crypto {
+            crate::cpuid::Model::Max
+        } else {
+            crate::cpuid::Model::V2
+        }
+    }
+
+    /// Whether AES-NI and PCLMULQDQ are in the model (see [`Cpu::set_model`]).
+    pub fn crypto(&self) -> bool {
+        self.crypto
+    }
+
     /// Whether the AVX part of the model is on (see [`Cpu::set_avx`]).
     pub fn avx(&self) -> bool {
         self.avx && self.xsave
@@ -154,9 +180,13 @@ impl Cpu {
     }
 
     /// CPUID as this processor answers it: the model of [`crate::cpuid`],
-    /// with AVX when it is on, less XSAVE when it is hidden.
+    /// with AES-NI/PCLMULQDQ and AVX when they are on, less XSAVE (and so
+    /// AVX) when it is hidden.
     pub fn cpuid(&self, leaf: u32, sub: u32) -> [u32; 4] {
-        let r = crate::cpuid::cpuid(&self.state, leaf, sub);
+        let mut r = crate::cpuid::cpuid(&self.state, leaf, sub);
+        if self.crypto {
+            r = crate::cpuid::with_crypto(leaf, r);
+        }
         if !self.xsave {
             crate::cpuid::without_xsave(leaf, r)
         } else if self.avx {

@@ -9,6 +9,68 @@
 
 use crate::state::CpuState;
 
+/// The CPU models a machine can be given (`ferrovm run --cpu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Model {
+    /// x86-64-v2 (SSE4.2, POPCNT, CX16, LAHF) with XSAVE for the x87 and
+    /// SSE state, plus MOVBE, LZCNT, BMI1/BMI2 and the system features
+    /// below; no AVX. The default.
+    #[default]
+    V2,
+    /// Everything the interpreter implements: x86-64-v3 (AVX, AVX2, FMA,
+    /// F16C and the YMM state in XSAVE) on top of [`Model::V2`], and AES-NI
+    /// and PCLMULQDQ.
+    Max,
+}
+
+impl Model {
+    /// Every model, in the order the help text lists them.
+    pub const ALL: [Model; 2] = [Model::V2, Model::Max];
+
+    /// The model's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::V2 => "v2",
+            Model::Max => "max",
+        }
+    }
+
+    /// A one-line description for logs and `--stats`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Model::V2 => "x86-64-v2: SSE4.2, XSAVE (x87/SSE), MOVBE, LZCNT, BMI1/2; no AVX",
+            Model::Max => "x86-64-v3: v2 plus AVX, AVX2, FMA, F16C, XSAVE with YMM; AES-NI, PCLMULQDQ",
+        }
+    }
+
+    /// Whether the model has AVX (and AVX2, FMA, F16C, the YMM state).
+    pub fn avx(self) -> bool {
+        self == Model::Max
+    }
+
+    /// Whether the model has AES-NI and PCLMULQDQ.
+    pub fn crypto(self) -> bool {
+        self == Model::Max
+    }
+}
+
+impl std::fmt::Display for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Model {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Model, String> {
+        Model::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Model::ALL.iter().map(|m| m.name()).collect();
+            format!("unknown CPU model '{s}': the models are {}", names.join(", "))
+        })
+    }
+}
+
 /// TSC frequency of the model, in kHz (2 GHz).
 pub const TSC_KHZ: u64 = 2_000_000;
 
@@ -47,6 +109,10 @@ pub mod ecx1 {
     /// hardware (performance counters, machine-check banks) is virtual, as
     /// QEMU's models tell them too.
     pub const HYPERVISOR: u32 = 1 << 31;
+    /// PCLMULQDQ (the full model only).
+    pub const PCLMULQDQ: u32 = 1 << 1;
+    /// AES-NI (the full model only).
+    pub const AES: u32 = 1 << 25;
     /// CMPXCHG16B.
     pub const CX16: u32 = 1 << 13;
     /// Process-context identifiers (CR4.PCIDE).
@@ -222,6 +288,15 @@ pub fn with_avx(state: &CpuState, leaf: u32, sub: u32, regs: [u32; 4]) -> [u32; 
         (0xd, 1) => [regs[0], area_size(state.xcr0), regs[2], regs[3]],
         // Offset 576, user state, no 64-byte alignment in the compacted form.
         (0xd, 2) => [YMM_SIZE, YMM_OFFSET, 0, 0],
+        _ => regs,
+    }
+}
+
+/// `regs`, CPUID's answer for `leaf`, as the model with AES-NI and
+/// PCLMULQDQ answers it (see [`crate::Cpu::set_model`]).
+pub fn with_crypto(leaf: u32, regs: [u32; 4]) -> [u32; 4] {
+    match leaf {
+        1 => [regs[0], regs[1], regs[2] | ecx1::AES | ecx1::PCLMULQDQ, regs[3]],
         _ => regs,
     }
 }

@@ -40,5 +40,5 @@ pub use cpu::{Cpu, CpuStats};
 pub use exception::{Exception, Fault};
 pub use exec::Executed;
 pub use hooks::{ExecHooks, FxEvent, HookCtx};
-pub use platform::{Platform, StopReason};
+pub use platform::{NoDevices, Platform, StopReason};
 pub use state::CpuState;

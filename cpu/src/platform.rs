@@ -50,6 +50,23 @@ pub trait Platform {
     }
 }
 
+/// A platform with no devices: port and MMIO reads give all ones, writes
+/// are dropped, no interrupt ever comes. For CPUs that run without a
+/// machine around them (unit tests, tools).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoDevices;
+
+impl Platform for NoDevices {
+    fn io_read(&mut self, _port: u16, _size: u8) -> u32 {
+        u32::MAX
+    }
+    fn io_write(&mut self, _port: u16, _size: u8, _value: u32) {}
+    fn mmio_read(&mut self, _addr: u64, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+    fn mmio_write(&mut self, _addr: u64, _data: &[u8]) {}
+}
+
 /// Why [`Cpu::run`] returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {

@@ -11,6 +11,7 @@
 //! | cr0, cr2, cr3, cr4, cr8, efer      | `kvm_sregs`                                |
 //! | msr.apic_base                      | `kvm_sregs.apic_base`                      |
 //! | fpu, xmm, mxcsr                    | XSAVE legacy area ([`fpu_to_xsave`]), or `kvm_fpu` |
+//! | ymm_hi                             | XSAVE component 2 at byte 576 ([`ymm_to_xsave`]), where the guest's CPUID offers it |
 //! | xcr0                               | `kvm_xcrs` (XCR0)                          |
 //! | dr                                 | `kvm_debugregs`                            |
 //! | msr.* (see [`BRIDGE_MSRS`])        | `KVM_{GET,SET}_MSRS`                       |
@@ -23,6 +24,8 @@
 //! `kvm_fpu` through the XSAVE image when KVM has `KVM_CAP_XSAVE`.
 //!
 //! Not carried, and kept from the state the caller passes to [`kvm_to_cpu`]:
+//! - `ymm_hi` where the vCPU's CPUID does not offer the YMM component
+//!   (`KvmCpuState::ymm_hi` is `None` then).
 //! - `fpu.fcs` / `fpu.fds`: KVM keeps the 64-bit FXSAVE image, which has no
 //!   selector fields (and CPUs with "FCS/FDS deprecated" store zero anyway).
 //! - `msr.tsc_offset`: the guest TSC is KVM's own; the interpreter's offset
@@ -161,6 +164,9 @@ pub struct KvmCpuState {
     pub regs: kvm_regs,
     pub sregs: kvm_sregs,
     pub fpu: kvm_fpu,
+    /// The upper halves of YMM0-15 (XSAVE component 2); `None` where KVM
+    /// does not hold them for this guest.
+    pub ymm_hi: Option<[u128; 16]>,
     pub xcr0: u64,
     pub debugregs: kvm_debugregs,
     /// `(index, value)` for every entry of [`BRIDGE_MSRS`], in that order.
@@ -181,6 +187,7 @@ impl Default for KvmCpuState {
             regs: kvm_regs::default(),
             sregs: kvm_sregs::default(),
             fpu: kvm_fpu::default(),
+            ymm_hi: None,
             xcr0: 0,
             debugregs: kvm_debugregs::default(),
             msrs: [(0, 0); BRIDGE_MSRS.len()],
@@ -385,6 +392,50 @@ pub fn fpu_to_xsave(f: &kvm_fpu, region: &mut [u32]) {
     store_region_bytes(&b, region);
 }
 
+/// XSTATE_BV bit of the YMM component.
+const XSTATE_YMM: u64 = 1 << 2;
+/// Where the YMM component sits in the standard-format XSAVE image
+/// (CPUID.(0Dh,2).EBX), and its size.
+const YMM_OFFSET: usize = 576;
+const YMM_SIZE: usize = 256;
+
+/// The upper halves of YMM0-15 in an XSAVE image (`kvm_xsave.region`):
+/// the component at byte 576 when XSTATE_BV bit 2 says it is in use, and
+/// its init state (zeros) otherwise.
+pub fn ymm_from_xsave(region: &[u32]) -> [u128; 16] {
+    let mut y = [0u128; 16];
+    let words = (YMM_OFFSET + YMM_SIZE) / 4;
+    if region.len() < words || le_u64(&region_bytes(region), fxsave::XSTATE_BV) & XSTATE_YMM == 0 {
+        return y;
+    }
+    for (i, v) in y.iter_mut().enumerate() {
+        let w = &region[YMM_OFFSET / 4 + 4 * i..][..4];
+        *v = w.iter().rev().fold(0u128, |acc, &x| (acc << 32) | u128::from(x));
+    }
+    y
+}
+
+/// Write the upper halves of YMM0-15 into an XSAVE image: the component
+/// at byte 576, and XSTATE_BV bit 2 set unless they are all zero (the init
+/// state, which XRSTOR then gives without reading the component). The
+/// other components and the legacy area stay as they are.
+pub fn ymm_to_xsave(y: &[u128; 16], region: &mut [u32]) {
+    let words = (YMM_OFFSET + YMM_SIZE) / 4;
+    if region.len() < words {
+        return;
+    }
+    for (i, v) in y.iter().enumerate() {
+        for k in 0..4 {
+            region[YMM_OFFSET / 4 + 4 * i + k] = (v >> (32 * k)) as u32;
+        }
+    }
+    let bv_word = fxsave::XSTATE_BV / 4;
+    let bv = u64::from(region[bv_word]) | (u64::from(region[bv_word + 1]) << 32);
+    let bv = if y.iter().any(|&v| v != 0) { bv | XSTATE_YMM } else { bv & !XSTATE_YMM };
+    region[bv_word] = bv as u32;
+    region[bv_word + 1] = (bv >> 32) as u32;
+}
+
 /// `CpuState` → KVM. Fails when the arithmetic flags are still lazy.
 pub fn cpu_to_kvm(s: &CpuState) -> Result<KvmCpuState, AccelError> {
     if s.lazy.op != 0 {
@@ -466,6 +517,7 @@ pub fn cpu_to_kvm(s: &CpuState) -> Result<KvmCpuState, AccelError> {
         regs,
         sregs,
         fpu,
+        ymm_hi: Some(s.ymm_hi),
         xcr0: s.xcr0,
         debugregs,
         msrs,
@@ -528,6 +580,9 @@ pub fn kvm_to_cpu(k: &KvmCpuState, s: &mut CpuState) {
         *x = u128::from_le_bytes(*src);
     }
     s.mxcsr = f.mxcsr;
+    if let Some(y) = k.ymm_hi {
+        s.ymm_hi = y;
+    }
     s.xcr0 = k.xcr0;
 
     let d = &k.debugregs;
@@ -757,6 +812,46 @@ mod tests {
         assert_eq!(f.xmm, k.fpu.xmm);
         assert_eq!((f.fcw, f.fsw, f.ftwx, f.last_opcode), (k.fpu.fcw, k.fpu.fsw, k.fpu.ftwx, k.fpu.last_opcode));
         assert_eq!((f.last_ip, f.last_dp, f.mxcsr), (k.fpu.last_ip, k.fpu.last_dp, k.fpu.mxcsr));
+    }
+
+    #[test]
+    fn ymm_upper_halves_through_the_xsave_image() {
+        let mut region = vec![0u32; 1024];
+        // x87 and SSE in use, and a word of another component past YMM.
+        region[128] = 0b11;
+        region[(576 + 256) / 4] = 0xdead_beef;
+        let mut y = [0u128; 16];
+        for (i, v) in y.iter_mut().enumerate() {
+            *v = (u128::from(i as u32 + 1) << 120) | 0x0002_0304_0506_0708_090a_0b0c_0d0e_0f10;
+        }
+        ymm_to_xsave(&y, &mut region);
+        assert_eq!(region[128], 0b111, "XSTATE_BV bit 2 set");
+        // Little-endian: YMM1's upper half starts at byte 592.
+        assert_eq!(region[592 / 4], 0x0d0e_0f10);
+        assert_eq!(region[592 / 4 + 3] >> 24, 2);
+        assert_eq!(ymm_from_xsave(&region), y);
+        assert_eq!(region[(576 + 256) / 4], 0xdead_beef, "other components stay");
+        // XSTATE_BV bit 2 clear: the init state, whatever the bytes hold.
+        region[128] = 0b11;
+        assert_eq!(ymm_from_xsave(&region), [0; 16]);
+        // All zero: the bit is cleared.
+        region[128] = 0b111;
+        ymm_to_xsave(&[0; 16], &mut region);
+        assert_eq!(region[128], 0b11);
+        // Through the whole bridge: CpuState -> KVM -> CpuState.
+        let mut s = busy_state();
+        s.ymm_hi = y;
+        let k = cpu_to_kvm(&s).unwrap();
+        assert_eq!(k.ymm_hi, Some(y));
+        let mut back = CpuState::reset();
+        kvm_to_cpu(&k, &mut back);
+        assert_eq!(back.ymm_hi, y);
+        // Not held by KVM: the caller's values stay.
+        let none = KvmCpuState { ymm_hi: None, ..k };
+        let mut kept = CpuState::reset();
+        kept.ymm_hi[3] = 9;
+        kvm_to_cpu(&none, &mut kept);
+        assert_eq!(kept.ymm_hi[3], 9);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cpu::cpuid::Model;
 use cpu::{Cpu, CpuState, StopReason};
 use mmu::GuestMemory;
 
@@ -15,8 +16,9 @@ pub struct InterpEngine {
 }
 
 impl InterpEngine {
-    pub fn new(mem: Arc<GuestMemory>, io: MachineIo, boot: &CpuState) -> Self {
+    pub fn new(mem: Arc<GuestMemory>, io: MachineIo, boot: &CpuState, model: Model) -> Self {
         let mut cpu = Cpu::new(mem, Box::new(io));
+        cpu.set_model(model);
         cpu.set_state(*boot);
         InterpEngine { cpu }
     }
@@ -29,6 +31,12 @@ pub(crate) fn exit_of(why: StopReason) -> Exit {
         StopReason::Shutdown(chain) => Exit::Shutdown(chain),
         StopReason::Budget | StopReason::Requested | StopReason::UserMode | StopReason::Hot => Exit::Budget,
     }
+}
+
+/// The CPU model the interpreter presents, as a `--stats` line.
+pub(crate) fn model_line(cpu: &Cpu) -> String {
+    let m = cpu.model();
+    format!("CPU model {m} ({})", m.describe())
 }
 
 /// The interpreter's counters as a `--stats` line.
@@ -84,6 +92,9 @@ impl Engine for InterpEngine {
     }
 
     fn stats(&mut self, _total: Duration) -> EngineStats {
-        EngineStats { instructions: Some(self.cpu.stats.instructions), lines: vec![interp_line(&self.cpu)] }
+        EngineStats {
+            instructions: Some(self.cpu.stats.instructions),
+            lines: vec![model_line(&self.cpu), interp_line(&self.cpu)],
+        }
     }
 }

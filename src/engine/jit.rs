@@ -7,10 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cpu::cpuid::Model;
 use cpu::{Cpu, CpuState};
 use mmu::GuestMemory;
 
-use super::interp::{exit_of, interp_line};
+use super::interp::{exit_of, interp_line, model_line};
 use super::{Engine, EngineStats, Exit, Kicker, MachineIo, Slice};
 use crate::error::Error;
 
@@ -53,8 +54,15 @@ pub fn config_from_env() -> Result<jit::Config, Error> {
 }
 
 impl JitEngine {
-    pub fn new(mem: Arc<GuestMemory>, io: MachineIo, boot: &CpuState, config: jit::Config) -> Result<Self, Error> {
+    pub fn new(
+        mem: Arc<GuestMemory>,
+        io: MachineIo,
+        boot: &CpuState,
+        model: Model,
+        config: jit::Config,
+    ) -> Result<Self, Error> {
         let mut cpu = Cpu::new(mem, Box::new(io));
+        cpu.set_model(model);
         cpu.set_state(*boot);
         let jit = jit::Jit::new(&mut cpu, config).map_err(|e| Error::Accel(format!("the JIT cannot start: {e}")))?;
         Ok(JitEngine { cpu, jit })
@@ -103,7 +111,7 @@ impl Engine for JitEngine {
 
     fn stats(&mut self, total: Duration) -> EngineStats {
         let instructions = self.jit.instructions(&self.cpu);
-        let mut lines = vec![interp_line(&self.cpu)];
+        let mut lines = vec![model_line(&self.cpu), interp_line(&self.cpu)];
         lines.extend(self.jit.report(total, instructions));
         EngineStats { instructions: Some(instructions), lines }
     }

@@ -46,6 +46,29 @@ pub struct KvmEngine<'m> {
     shadow_seen: Arc<AtomicU64>,
     /// Which 16 KiB chunks of 0xC0000-0xFFFFF are read-only slots.
     shadow_ro: [bool; SHADOW_CHUNKS],
+    /// The CPU model as KVM gives it, for `--stats`.
+    model_line: String,
+}
+
+/// The CPU model as KVM gives it, as a `--stats` line; `missing` are the
+/// x86-64-v3 features the vCPUs' CPUID lacks. Under `--cpu max` the guest
+/// gets what KVM offers, as under QEMU's `-cpu max`, and what it lacks is
+/// also logged as a warning.
+pub(crate) fn model_under_kvm(model: cpu::cpuid::Model, missing: &[&str], emulated_cpl0: bool) -> String {
+    let list = if missing.is_empty() { "none".to_string() } else { missing.join(" ") };
+    if model != cpu::cpuid::Model::Max {
+        return format!("CPU model {model} under KVM: KVM's CPUID, filtered; x86-64-v3 features missing: {list}");
+    }
+    let why = if emulated_cpl0 && !missing.is_empty() {
+        " (this host's KVM runs the guest kernel in its instruction emulator, which has no XSAVE, AVX or CMPXCHG16B)"
+    } else {
+        ""
+    };
+    let line = format!("CPU model max under KVM: what KVM offers; x86-64-v3 features missing: {list}{why}");
+    if !missing.is_empty() {
+        tracing::warn!(target: "accel", "{line}");
+    }
+    line
 }
 
 /// The BIOS shadow area (the i440FX's PAM segments), in 16 KiB chunks.
@@ -57,7 +80,17 @@ impl<'m> KvmEngine<'m> {
     pub fn new(m: &'m Machine, pit: KvmPit) -> Result<Self, Error> {
         let mut kvm = hvf_kvm_accel::kvm::Kvm::new()?;
         kvm.set_in_kernel_pit(pit == KvmPit::InKernel);
-        let vm: Arc<dyn Vm> = Arc::new(kvm.create_kvm_vm(m.mem.clone())?);
+        let model = m.config.cpu_model;
+        // KVM's instruction emulator, which runs ring 0 on kvm_pvm hosts,
+        // has no XSAVE: the AVX part of the model needs the kernel in
+        // hardware.
+        let emulated_cpl0 = super::split::kvm_emulates_cpl0();
+        let avx = model.avx() && !emulated_cpl0;
+        kvm.set_avx(avx);
+        let kvm_vm = kvm.create_kvm_vm(m.mem.clone())?;
+        let missing = hvf_kvm_accel::kvm::cpuid::missing_v3(kvm_vm.cpuid());
+        let model_line = model_under_kvm(model, &missing, emulated_cpl0);
+        let vm: Arc<dyn Vm> = Arc::new(kvm_vm);
         let in_kernel = matches!(vm.irqchip(), IrqChip::InKernel { .. });
         let intc = &m.chipset.intc;
         let mut msi = None;
@@ -101,7 +134,9 @@ impl<'m> KvmEngine<'m> {
         let (mut io, watch) = m.io_watching_timers();
         let shadow_seen = Arc::new(AtomicU64::new(0));
         io.shadow = Some((m.mem.clone(), shadow_seen.clone()));
-        let fallback = Cpu::new(m.mem.clone(), Box::new(m.io()));
+        let mut fallback = Cpu::new(m.mem.clone(), Box::new(m.io()));
+        fallback.set_model(model);
+        fallback.set_avx(avx);
         Ok(KvmEngine {
             machine: m,
             vm,
@@ -117,6 +152,7 @@ impl<'m> KvmEngine<'m> {
             doorbells,
             shadow_seen,
             shadow_ro: [false; SHADOW_CHUNKS],
+            model_line,
         })
     }
 
@@ -216,7 +252,7 @@ impl Engine for KvmEngine<'_> {
 
     fn stats(&mut self, total: Duration) -> EngineStats {
         let st = self.vcpu.stats();
-        let mut lines = vec![format!("exits: {} ({} entries into KVM)", st.exits, st.entries)];
+        let mut lines = vec![self.model_line.clone(), format!("exits: {} ({} entries into KVM)", st.exits, st.entries)];
         lines.push(if self.emulated.is_empty() {
             "fallback emulations: none".to_string()
         } else {

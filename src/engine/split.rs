@@ -117,6 +117,8 @@ pub struct SplitEngine {
     flushes_at_handover: Option<u64>,
     /// User code's extended state, by FXSAVE area.
     extended: HashMap<u64, ExtendedState>,
+    /// The CPU model the guest gets, for `--stats`.
+    model_line: String,
     /// Bytes of kernel code hidden from KVM.
     hidden: u64,
     /// Where the hidden kernel code comes from.
@@ -173,9 +175,34 @@ impl SplitEngine {
     }
 
     pub fn new(m: &Machine) -> Result<Self, Error> {
+        let io = m.io();
+        let mut cpu = Cpu::new(m.mem.clone(), Box::new(io.clone()));
+        cpu.set_model(m.config.cpu_model);
+        // kvm_pvm runs user code with the host's XCR0, whatever the guest
+        // set: an XSAVE area a user program sized from this CPU's CPUID
+        // (glibc's dynamic linker sizes its XSAVEC area so) would be
+        // overrun by the host's AVX-512 state. The guest gets FXSAVE only,
+        // and so no AVX.
+        cpu.set_xsave(false);
+        cpu.set_state(m.boot_state);
+        let missing = missing_v3(&cpu);
+        let model_line = format!(
+            "CPU model {} (split execution, one CPUID for kernel and user code): x86-64-v3 features missing: {}",
+            m.config.cpu_model,
+            if missing.is_empty() { "none".to_string() } else { missing.join(" ") }
+        );
+        if m.config.cpu_model == cpu::cpuid::Model::Max {
+            tracing::warn!(
+                target: "accel",
+                "--cpu max under split execution: the kernel and user code see one CPU without XSAVE (this host's \
+                 KVM runs user code with the host's XCR0, which the kernel's save areas could not hold), so the \
+                 guest lacks {}; --accel jit runs the whole model",
+                missing.join(" ")
+            );
+        }
         let mut kvm = hvf_kvm_accel::kvm::Kvm::new()?;
         kvm.set_in_kernel_irqchip(false);
-        kvm.restrict_cpuid(Some(interpreter_features(&m.boot_state)));
+        kvm.restrict_cpuid(Some(interpreter_features(&cpu)));
         let vm = kvm.create_kvm_vm(m.mem.clone())?;
         let mut hidden = 0;
         for &(s, e) in &m.kernel_code {
@@ -194,14 +221,6 @@ impl SplitEngine {
         let kicker = vcpu.kicker()?;
         let k = kicker.clone();
         let alarm = Alarm::new(Arc::new(move || k.kick()))?;
-        let io = m.io();
-        let mut cpu = Cpu::new(m.mem.clone(), Box::new(io.clone()));
-        // kvm_pvm runs user code with the host's XCR0, whatever the guest
-        // set: an XSAVE area a user program sized from this CPU's CPUID
-        // (glibc's dynamic linker sizes its XSAVEC area so) would be
-        // overrun by the host's AVX-512 state. The guest gets FXSAVE only.
-        cpu.set_xsave(false);
-        cpu.set_state(m.boot_state);
         let mut policy = SplitPolicy::new(USER_BUDGET);
         let kernel = if m.kernel_code.is_empty() {
             // Everything stays in the interpreter until user code runs.
@@ -235,6 +254,7 @@ impl SplitEngine {
             stint: None,
             flushes_at_handover: None,
             extended: HashMap::new(),
+            model_line,
             hidden,
             kernel,
             st: SplitStats::default(),
@@ -514,6 +534,7 @@ impl Engine for SplitEngine {
             KernelSource::Found(f) => found_report(f),
         };
         let mut lines = vec![
+            self.model_line.clone(),
             format!(
                 "split execution: kernel (CPL 0) in {kernel}, user code (CPL 3) in KVM; {} KiB of kernel code hidden from KVM ({found})",
                 self.hidden >> 10
@@ -777,15 +798,35 @@ fn take_back(cpu: &mut Cpu, s: CpuState, entry: &CpuState) {
 }
 
 /// The feature bits the interpreter's CPUID advertises (without XSAVE, as
-/// the split engine's interpreter has it).
-fn interpreter_features(state: &CpuState) -> hvf_kvm_accel::kvm::cpuid::FeatureMasks {
-    let id = |leaf, sub| cpu::cpuid::without_xsave(leaf, cpu::cpuid::cpuid(state, leaf, sub));
+/// the split engine's interpreter has it; with AES-NI and PCLMULQDQ in the
+/// full model).
+fn interpreter_features(cpu: &Cpu) -> hvf_kvm_accel::kvm::cpuid::FeatureMasks {
+    let id = |leaf, sub| cpu.cpuid(leaf, sub);
     let (l1, l7, l81) = (id(1, 0), id(7, 0), id(0x8000_0001, 0));
     hvf_kvm_accel::kvm::cpuid::FeatureMasks {
         leaf1: [l1[2], l1[3] | cpu::cpuid::edx1::APIC],
         leaf7: [l7[1], l7[2], l7[3]],
         leaf81: [l81[2], l81[3]],
     }
+}
+
+/// The x86-64-v3 features (with v2's) that `cpu`'s CPUID lacks, by name.
+fn missing_v3(cpu: &Cpu) -> Vec<&'static str> {
+    use hvf_kvm_accel::kvm::cpuid::{Reg, X86_64_V3};
+    X86_64_V3
+        .iter()
+        .filter(|&&(leaf, sub, r, bit, _)| {
+            let v = cpu.cpuid(leaf, sub);
+            let x = match r {
+                Reg::Eax => v[0],
+                Reg::Ebx => v[1],
+                Reg::Ecx => v[2],
+                Reg::Edx => v[3],
+            };
+            x & (1 << bit) == 0
+        })
+        .map(|f| f.4)
+        .collect()
 }
 
 /// Tell the split policy installed in `cpu` how the stint in KVM went.
@@ -799,6 +840,21 @@ fn user_stint(cpu: &mut Cpu, short: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_models_against_x86_64_v3() {
+        let mem = std::sync::Arc::new(mmu::GuestMemory::new(1 << 20).unwrap());
+        let mut c = Cpu::new(mem, Box::new(cpu::NoDevices));
+        assert_eq!(missing_v3(&c), ["fma", "avx", "f16c", "avx2"], "v2 has XSAVE, not AVX");
+        c.set_model(cpu::cpuid::Model::Max);
+        assert!(missing_v3(&c).is_empty());
+        // Split execution hides XSAVE, and with it AVX; AES stays.
+        c.set_xsave(false);
+        assert_eq!(missing_v3(&c), ["fma", "xsave", "avx", "f16c", "avx2"]);
+        let masks = interpreter_features(&c);
+        assert_ne!(masks.leaf1[0] & cpu::cpuid::ecx1::AES, 0);
+        assert_eq!(masks.leaf1[0] & cpu::cpuid::ecx1::AVX, 0);
+    }
 
     #[test]
     fn a_half_done_syscall_is_at_lstar_with_the_user_code_selector() {

@@ -74,11 +74,12 @@ pub fn load_case(mem: &GuestMemory, case: &Case, asm: &Assembled) {
     mem.fill(KSTACK, PAGE, 0).unwrap();
 }
 
-/// The interpreter's CPU for the harness: the model with AVX on (the host
-/// CPU has it; sequences of other groups never enable the YMM state).
+/// The interpreter's CPU for the harness: the full model, AVX, AES-NI and
+/// PCLMULQDQ on (the host CPU has them; sequences of other groups never
+/// enable the YMM state).
 pub fn new_cpu(mem: Arc<GuestMemory>, log: Arc<Mutex<PortLog>>) -> Cpu {
     let mut cpu = Cpu::new(mem, Box::new(Plat { log }));
-    cpu.set_avx(true);
+    cpu.set_model(cpu::cpuid::Model::Max);
     cpu
 }
 

@@ -10,7 +10,8 @@
 //! - `shuffle`: packs, unpacks, shuffles, blends, inserts and extracts;
 //! - `string`: PCMPESTRx/PCMPISTRx and CRC32;
 //! - [`softfloat`]: IEEE binary32/binary64 with MXCSR rounding and flags;
-//! - `avx`: the VEX-encoded (AVX, AVX2) forms, on XMM and YMM registers.
+//! - `avx`: the VEX-encoded (AVX, AVX2) forms, on XMM and YMM registers;
+//! - `crypto`: AES-NI and PCLMULQDQ, legacy and VEX.128 forms.
 //!
 //! Availability (Vol. 3A Table 13-1, Vol. 3B Tables 22-4..22-8), checked in
 //! this order: a LOCK prefix or CR0.EM=1 is #UD; an instruction with an XMM
@@ -160,6 +161,7 @@ mod kernel {
 
 mod avx;
 mod convert;
+mod crypto;
 mod float;
 mod int;
 mod mov;
@@ -172,6 +174,9 @@ pub use float::MXCSR_MASK;
 pub use string::crc32c;
 
 pub fn handler(code: Code) -> Option<Handler> {
+    if let Some(h) = crypto::handler(code) {
+        return Some(h);
+    }
     match code.encoding() {
         EncodingKind::Legacy => {}
         EncodingKind::VEX => return avx::handler(code),
@@ -457,21 +462,9 @@ pub(super) mod testing {
     use iced_x86::{Decoder, DecoderOptions, IcedError, Instruction};
     use mmu::GuestMemory;
 
-    use crate::cpu::{Cpu, Platform};
+    use crate::cpu::Cpu;
     use crate::exception::Fault;
     use crate::state::{cr, seg_attr, sreg, CpuState};
-
-    struct Null;
-    impl Platform for Null {
-        fn io_read(&mut self, _: u16, _: u8) -> u32 {
-            u32::MAX
-        }
-        fn io_write(&mut self, _: u16, _: u8, _: u32) {}
-        fn mmio_read(&mut self, _: u64, data: &mut [u8]) {
-            data.fill(0xff);
-        }
-        fn mmio_write(&mut self, _: u64, _: &[u8]) {}
-    }
 
     /// Linear page that is not present (for #PF tests).
     pub const UNMAPPED: u64 = 0x1f_f000;
@@ -489,7 +482,7 @@ pub(super) mod testing {
             let pte = if i * 4096 == UNMAPPED { 0 } else { (i * 4096) | 3 };
             mem.write_u64(0x4000 + i * 8, pte).unwrap();
         }
-        let mut cpu = Cpu::new(mem, Box::new(Null));
+        let mut cpu = Cpu::new(mem, Box::new(crate::platform::NoDevices));
         let mut s = CpuState::reset();
         s.cr0 = cr::CR0_PE | cr::CR0_MP | cr::CR0_ET | cr::CR0_NE | cr::CR0_PG;
         s.cr3 = 0x1000;

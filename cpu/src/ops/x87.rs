@@ -1341,7 +1341,6 @@ mod tests {
     use mmu::GuestMemory;
 
     use super::*;
-    use crate::cpu::Platform;
     use crate::state::{seg_attr, Segment};
     use crate::x87::softfloat::{ONE, ZERO};
 
@@ -1353,24 +1352,11 @@ mod tests {
     const C3: u16 = fsw::C3;
     const ES_B: u16 = fsw::ES | fsw::B;
 
-    struct NoIo;
-
-    impl Platform for NoIo {
-        fn io_read(&mut self, _port: u16, _size: u8) -> u32 {
-            u32::MAX
-        }
-        fn io_write(&mut self, _port: u16, _size: u8, _value: u32) {}
-        fn mmio_read(&mut self, _addr: u64, data: &mut [u8]) {
-            data.fill(0xff);
-        }
-        fn mmio_write(&mut self, _addr: u64, _data: &[u8]) {}
-    }
-
     /// A CPU in 64-bit, 32-bit protected or real mode, flat, RBX = DATA,
     /// CR0.NE and CR0.MP set, FPU in its FNINIT state.
     fn machine(bits: u32) -> Cpu {
         let mem = Arc::new(GuestMemory::new(1 << 20).unwrap());
-        let mut cpu = Cpu::new(mem, Box::new(NoIo));
+        let mut cpu = Cpu::new(mem, Box::new(crate::platform::NoDevices));
         let mut s = cpu.state;
         let data = seg_attr::P | seg_attr::S | seg_attr::TYPE_RW | seg_attr::TYPE_ACCESSED;
         let code = data | seg_attr::TYPE_CODE;

@@ -148,10 +148,52 @@ pub const HIDDEN_LEAVES: &[(u32, u32, &str)] = &[
 ];
 
 /// What the model depends on besides KVM's list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ModelOptions {
     /// The interrupt controllers are the machine's, not KVM's.
     pub userspace_irqchip: bool,
+    /// The guest's kernel runs in hardware (not in KVM's instruction
+    /// emulator) and wants the x86-64-v3 model (`--cpu max`): the bits of
+    /// [`AVX_BITS`] are not hidden, and leaf 0Dh is kept, cut to the x87,
+    /// SSE and YMM components ([`xsave_leaf`]).
+    pub avx: bool,
+}
+
+/// The hidden bits that [`ModelOptions::avx`] shows: XSAVE and the AVX
+/// features whose state it manages (x86-64-v3).
+pub const AVX_BITS: &[&str] = &["xsave", "osxsave", "avx", "fma", "f16c", "avx2"];
+
+/// XCR0 bits of the x87, SSE and YMM state components.
+const XCR0_X87_SSE_YMM: u32 = 0b111;
+
+/// Leaf 0Dh cut to the x87, SSE and YMM components, for the model with
+/// [`ModelOptions::avx`]; `None` for the sub-leaves of other components.
+/// KVM computes the sizes that depend on the guest's XCR0 (sub-leaf 0 and
+/// 1 EBX) when the guest reads them; the maximum (sub-leaf 0 ECX) is that
+/// of the three components. Sub-leaf 1 keeps XSAVEOPT, XSAVEC and XGETBV
+/// with ECX = 1, without XSAVES (no supervisor components).
+pub fn xsave_leaf(e: &kvm_cpuid_entry2) -> Option<kvm_cpuid_entry2> {
+    let mut e = *e;
+    match e.index {
+        0 => {
+            e.eax &= XCR0_X87_SSE_YMM;
+            e.edx = 0;
+            e.ecx = if e.eax & 0b100 != 0 { 576 + 256 } else { 576 };
+        }
+        1 => {
+            e.eax &= 0b111;
+            e.ecx = 0;
+            e.edx = 0;
+        }
+        2 => {}
+        _ => return None,
+    }
+    Some(e)
+}
+
+/// Whether the model hides `h` under `opts`.
+fn hides(h: &HiddenBit, opts: ModelOptions) -> bool {
+    (!h.userspace_irqchip_only || opts.userspace_irqchip) && !(opts.avx && AVX_BITS.contains(&h.name))
 }
 
 fn reg_mut(e: &mut kvm_cpuid_entry2, r: Reg) -> &mut u32 {
@@ -166,9 +208,12 @@ fn reg_mut(e: &mut kvm_cpuid_entry2, r: Reg) -> &mut u32 {
 /// Filter KVM's supported CPUID into the guest's model.
 pub fn model(supported: &[kvm_cpuid_entry2], opts: ModelOptions) -> Vec<kvm_cpuid_entry2> {
     let mut out = without_hidden_leaves(supported);
+    if opts.avx {
+        out.extend(supported.iter().filter(|e| e.function == 0xd).filter_map(xsave_leaf));
+    }
     for e in &mut out {
         for h in HIDDEN_BITS {
-            if h.userspace_irqchip_only && !opts.userspace_irqchip {
+            if !hides(h, opts) {
                 continue;
             }
             if e.function == h.leaf && e.index == h.subleaf {
@@ -247,10 +292,36 @@ pub fn set_apic_id(entries: &mut [kvm_cpuid_entry2], id: u32) {
 pub fn still_visible(effective: &[kvm_cpuid_entry2], opts: ModelOptions) -> Vec<&'static str> {
     HIDDEN_BITS
         .iter()
-        .filter(|h| !h.userspace_irqchip_only || opts.userspace_irqchip)
+        .filter(|h| hides(h, opts))
         .filter(|h| has(effective, h.leaf, h.subleaf, h.reg, h.bit))
         .map(|h| h.name)
         .collect()
+}
+
+/// The features of x86-64-v3 (with those of v2 it includes), as
+/// (leaf, sub-leaf, register, bit, the name Linux shows).
+pub const X86_64_V3: &[(u32, u32, Reg, u32, &str)] = &[
+    (1, 0, Reg::Ecx, 0, "pni"),
+    (1, 0, Reg::Ecx, 9, "ssse3"),
+    (1, 0, Reg::Ecx, 12, "fma"),
+    (1, 0, Reg::Ecx, 13, "cx16"),
+    (1, 0, Reg::Ecx, 19, "sse4_1"),
+    (1, 0, Reg::Ecx, 20, "sse4_2"),
+    (1, 0, Reg::Ecx, 22, "movbe"),
+    (1, 0, Reg::Ecx, 23, "popcnt"),
+    (1, 0, Reg::Ecx, 26, "xsave"),
+    (1, 0, Reg::Ecx, 28, "avx"),
+    (1, 0, Reg::Ecx, 29, "f16c"),
+    (7, 0, Reg::Ebx, 3, "bmi1"),
+    (7, 0, Reg::Ebx, 5, "avx2"),
+    (7, 0, Reg::Ebx, 8, "bmi2"),
+    (0x8000_0001, 0, Reg::Ecx, 0, "lahf_lm"),
+    (0x8000_0001, 0, Reg::Ecx, 5, "abm"),
+];
+
+/// The x86-64-v3 features ([`X86_64_V3`]) that `entries` lack, by name.
+pub fn missing_v3(entries: &[kvm_cpuid_entry2]) -> Vec<&'static str> {
+    X86_64_V3.iter().filter(|&&(l, s, r, b, _)| !has(entries, l, s, r, b)).map(|f| f.4).collect()
 }
 
 /// Whether the model shows a bit (for tests and diagnostics).
@@ -288,7 +359,7 @@ mod tests {
 
     #[test]
     fn hidden_items_are_gone() {
-        let m = model(&host_like(), ModelOptions { userspace_irqchip: false });
+        let m = model(&host_like(), ModelOptions { userspace_irqchip: false, avx: false });
         for h in HIDDEN_BITS {
             let present = has(&m, h.leaf, h.subleaf, h.reg, h.bit);
             assert_eq!(present, h.userspace_irqchip_only, "{}", h.name);
@@ -304,7 +375,7 @@ mod tests {
 
     #[test]
     fn userspace_irqchip_also_hides_x2apic_and_deadline_timer() {
-        let m = model(&host_like(), ModelOptions { userspace_irqchip: true });
+        let m = model(&host_like(), ModelOptions { userspace_irqchip: true, avx: false });
         assert!(!has(&m, 1, 0, Reg::Ecx, 21));
         assert!(!has(&m, 1, 0, Reg::Ecx, 24));
         // SSE3 stays.
@@ -313,20 +384,46 @@ mod tests {
 
     #[test]
     fn still_visible_names_what_came_back() {
-        let opts = ModelOptions { userspace_irqchip: false };
+        let opts = ModelOptions { userspace_irqchip: false, avx: false };
         let mut m = model(&host_like(), opts);
         assert!(still_visible(&m, opts).is_empty());
         m.iter_mut().find(|e| e.function == 1).unwrap().ecx |= (1 << 26) | (1 << 21);
         assert_eq!(still_visible(&m, opts), ["xsave"]);
         assert_eq!(
-            still_visible(&m, ModelOptions { userspace_irqchip: true }),
+            still_visible(&m, ModelOptions { userspace_irqchip: true, avx: false }),
             ["xsave", "x2apic", "tsc_deadline_timer"]
         );
     }
 
     #[test]
+    fn the_avx_model_shows_xsave_and_avx_with_their_components() {
+        let opts = ModelOptions { userspace_irqchip: false, avx: true };
+        let mut host = host_like();
+        // AVX-512 components (5-7) and their sub-leaves, XSAVES in sub-leaf 1.
+        host.iter_mut().find(|e| e.function == 0xd && e.index == 0).unwrap().eax = 0xe7;
+        host.push(entry(0xd, 2, 256, 576, 0, 0));
+        host.push(entry(0xd, 5, 64, 1088, 0, 0));
+        let m = model(&host, opts);
+        for name in AVX_BITS {
+            let h = HIDDEN_BITS.iter().find(|h| h.name == *name).unwrap();
+            assert!(has(&m, h.leaf, h.subleaf, h.reg, h.bit), "{name}");
+        }
+        // AVX-512 and the rest stay hidden.
+        assert!(!has(&m, 7, 0, Reg::Ebx, 16));
+        assert!(!has(&m, 1, 0, Reg::Ecx, 5));
+        let d: Vec<_> = m.iter().filter(|e| e.function == 0xd).map(|e| (e.index, e.eax, e.ecx, e.edx)).collect();
+        assert_eq!(d, [(0, 7, 832, 0), (1, 7, 0, 0), (2, 256, 0, 0)]);
+        assert!(still_visible(&m, opts).is_empty());
+        assert_eq!(missing_v3(&m), ["cx16"], "CX16 stays hidden (KVM's emulator)");
+        // Without it: no leaf 0Dh and the v3 features missing.
+        let m = model(&host, ModelOptions::default());
+        assert!(!m.iter().any(|e| e.function == 0xd));
+        assert_eq!(missing_v3(&m), ["fma", "cx16", "xsave", "avx", "f16c", "avx2"]);
+    }
+
+    #[test]
     fn apic_id_patched() {
-        let mut m = model(&host_like(), ModelOptions { userspace_irqchip: false });
+        let mut m = model(&host_like(), ModelOptions { userspace_irqchip: false, avx: false });
         set_apic_id(&mut m, 3);
         let l1 = m.iter().find(|e| e.function == 1).unwrap();
         assert_eq!(l1.ebx >> 24, 3);

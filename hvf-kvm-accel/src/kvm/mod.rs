@@ -56,6 +56,8 @@ pub struct Kvm {
     in_kernel_irqchip: bool,
     in_kernel_pit: bool,
     cpuid_masks: Option<cpuid::FeatureMasks>,
+    /// Offer the x86-64-v3 part of the model ([`cpuid::ModelOptions::avx`]).
+    avx: bool,
 }
 
 impl std::fmt::Debug for Kvm {
@@ -92,7 +94,7 @@ impl Kvm {
             .map_err(|e| AccelError::ioctl("KVM_GET_SUPPORTED_CPUID", e))?
             .as_slice()
             .to_vec();
-        Ok(Kvm { kvm, supported_cpuid, in_kernel_irqchip: true, in_kernel_pit: true, cpuid_masks: None })
+        Ok(Kvm { kvm, supported_cpuid, in_kernel_irqchip: true, in_kernel_pit: true, cpuid_masks: None, avx: false })
     }
 
     /// Use the in-kernel PIC/IOAPIC/LAPIC and PIT when they work (the
@@ -106,6 +108,14 @@ impl Kvm {
     /// whose IRQ 0 the machine raises on the in-kernel PIC and I/O APIC.
     pub fn set_in_kernel_pit(&mut self, on: bool) {
         self.in_kernel_pit = on;
+    }
+
+    /// Offer the guest XSAVE with the YMM state and the AVX features (AVX,
+    /// AVX2, FMA, F16C) that KVM supports, in VMs created from now on
+    /// ([`cpuid::ModelOptions::avx`]). Only for a guest whose kernel runs
+    /// in hardware: KVM's instruction emulator has no XSAVE.
+    pub fn set_avx(&mut self, on: bool) {
+        self.avx = on;
     }
 
     /// Advertise no feature beyond `masks` to VMs created from now on
@@ -169,6 +179,7 @@ impl Kvm {
         };
         tracing::info!("KVM interrupt controllers: {irqchip}");
 
+        let model_opts = cpuid::ModelOptions { userspace_irqchip: irqchip == IrqChip::Userspace, avx: self.avx };
         // With masks, the guest's kernel does not run in KVM: the CPL-0
         // reasons for hiding features do not apply, the masks decide.
         let cpuid = match &self.cpuid_masks {
@@ -177,10 +188,7 @@ impl Kvm {
                 cpuid::restrict(&mut c, masks);
                 c
             }
-            None => cpuid::model(
-                &self.supported_cpuid,
-                cpuid::ModelOptions { userspace_irqchip: irqchip == IrqChip::Userspace },
-            ),
+            None => cpuid::model(&self.supported_cpuid, model_opts),
         };
 
         // Every bridged MSR is tried, not only those KVM_GET_MSR_INDEX_LIST
@@ -197,8 +205,13 @@ impl Kvm {
             tracing::warn!("KVM lacks KVM_CAP_XSAVE; MXCSR cannot be moved in or out of the vCPU");
             FpuPath::Fpu
         };
+        // The YMM state crosses the bridge where the guest may enable it.
+        let ymm = fpu_path != FpuPath::Fpu
+            && self.cpuid_masks.is_none()
+            && cpuid.iter().any(|e| e.function == 0xd && e.index == 0 && e.eax & 0b100 != 0);
         let caps = Caps {
             fpu_path,
+            ymm,
             xcrs: fd.check_extension(Cap::Xcrs),
             debugregs: fd.check_extension(Cap::Debugregs),
             vcpu_events: fd.check_extension(Cap::VcpuEvents),
@@ -213,6 +226,7 @@ impl Kvm {
             irqchip,
             cpuid,
             cpuid_restricted: self.cpuid_masks.is_some(),
+            model_opts,
             msrs: Mutex::new(msrs),
             run_size: fd.run_size(),
         });
@@ -426,6 +440,9 @@ enum FpuPath {
 #[derive(Debug, Clone, Copy)]
 struct Caps {
     fpu_path: FpuPath,
+    /// The guest's CPUID offers the YMM state (XCR0 bit 2): the bridge
+    /// carries the upper halves of YMM0-15 through the XSAVE image.
+    ymm: bool,
     xcrs: bool,
     debugregs: bool,
     vcpu_events: bool,
@@ -441,6 +458,8 @@ struct Shared {
     /// The CPUID follows another model's features ([`Kvm::restrict_cpuid`]):
     /// the guest's kernel does not run in KVM.
     cpuid_restricted: bool,
+    /// The options the CPUID model was made with.
+    model_opts: cpuid::ModelOptions,
     msrs: Mutex<MsrTable>,
     /// Size of the `kvm_run` mapping.
     run_size: usize,

@@ -18,7 +18,7 @@ use super::cpuid;
 use super::exit::{count_exit, handle_exit, ExitAction, KvmExit};
 use super::kick::{install_kick_handler, KickState};
 use super::{FpuPath, Shared};
-use crate::bridge::{cpu_to_kvm, fpu_from_xsave, fpu_to_xsave, kvm_to_cpu, KvmCpuState};
+use crate::bridge::{cpu_to_kvm, fpu_from_xsave, fpu_to_xsave, kvm_to_cpu, ymm_from_xsave, ymm_to_xsave, KvmCpuState};
 use crate::{AccelError, IrqChip, PendingEvent, Platform, Vcpu, VcpuKicker, VcpuStats, VmExit};
 
 /// The longest x86 instruction.
@@ -135,7 +135,7 @@ impl KvmVcpu {
         cpuid::set_apic_id(&mut entries, id);
         let cpuid = CpuId::from_entries(&entries).map_err(|e| AccelError::ioctl("KVM_SET_CPUID2", format!("{e:?}")))?;
         fd.set_cpuid2(&cpuid).map_err(|e| AccelError::ioctl("KVM_SET_CPUID2", e))?;
-        let opts = cpuid::ModelOptions { userspace_irqchip: shared.irqchip == IrqChip::Userspace };
+        let opts = shared.model_opts;
         let still_visible = match fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES) {
             Ok(effective) => cpuid::still_visible(effective.as_slice(), opts),
             Err(e) => {
@@ -211,7 +211,7 @@ impl KvmVcpu {
         let mut k = cpu_to_kvm(&self.last).unwrap_or_default();
         k.regs = self.fd.get_regs().map_err(|e| AccelError::ioctl("KVM_GET_REGS", e))?;
         k.sregs = self.fd.get_sregs().map_err(|e| AccelError::ioctl("KVM_GET_SREGS", e))?;
-        k.fpu = self.get_fpu()?;
+        (k.fpu, k.ymm_hi) = self.get_fpu()?;
         // With CR4.OSXSAVE clear the guest can neither read nor change XCR0
         // (XGETBV and XSETBV fault), so the value last moved in or out
         // stands for it; `set_kvm_state` writes XCR0 only when the caller
@@ -275,8 +275,12 @@ impl KvmVcpu {
         if new.k.regs != old.k.regs {
             self.fd.set_regs(&new.k.regs).map_err(|e| AccelError::ioctl("KVM_SET_REGS", e))?;
         }
-        if new.k.fpu != old.k.fpu {
-            self.set_fpu(&new.k.fpu)?;
+        if !caps.ymm {
+            new.k.ymm_hi = None;
+        }
+        let ymm = new.k.ymm_hi.filter(|_| new.k.ymm_hi != old.k.ymm_hi);
+        if new.k.fpu != old.k.fpu || ymm.is_some() {
+            self.set_fpu(&new.k.fpu, ymm.as_ref())?;
         }
         if caps.xcrs && new.k.xcr0 != old.k.xcr0 {
             let mut xcrs = kvm_xcrs { nr_xcrs: 1, ..Default::default() };
@@ -405,17 +409,28 @@ impl KvmVcpu {
         Ok(())
     }
 
-    /// The x87/SSE state, with MXCSR when KVM has XSAVE.
-    fn get_fpu(&self) -> Result<kvm_fpu, AccelError> {
+    /// The x87/SSE state, with MXCSR when KVM has XSAVE, and the upper
+    /// halves of the YMM registers where the guest's CPUID offers them.
+    fn get_fpu(&self) -> Result<(kvm_fpu, Option<[u128; 16]>), AccelError> {
         match self.xsave_region()? {
-            Some(region) => Ok(fpu_from_xsave(&region)),
-            None => self.fd.get_fpu().map_err(|e| AccelError::ioctl("KVM_GET_FPU", e)),
+            Some(region) => {
+                let ymm = self.shared.caps.ymm.then(|| ymm_from_xsave(&region));
+                Ok((fpu_from_xsave(&region), ymm))
+            }
+            None => Ok((self.fd.get_fpu().map_err(|e| AccelError::ioctl("KVM_GET_FPU", e))?, None)),
         }
     }
 
-    /// Write the x87/SSE state, keeping every other XSAVE component.
-    fn set_fpu(&self, f: &kvm_fpu) -> Result<(), AccelError> {
-        if !self.edit_xsave(|region| fpu_to_xsave(f, region))? {
+    /// Write the x87/SSE state and, when given, the upper halves of the YMM
+    /// registers, keeping every other XSAVE component.
+    fn set_fpu(&self, f: &kvm_fpu, ymm: Option<&[u128; 16]>) -> Result<(), AccelError> {
+        let edited = self.edit_xsave(|region| {
+            fpu_to_xsave(f, region);
+            if let Some(y) = ymm {
+                ymm_to_xsave(y, region);
+            }
+        })?;
+        if !edited {
             self.fd.set_fpu(f).map_err(|e| AccelError::ioctl("KVM_SET_FPU", e))?;
         }
         Ok(())

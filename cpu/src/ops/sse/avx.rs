@@ -1223,8 +1223,9 @@ mod tests {
     #[test]
     fn unimplemented_vex_instructions_are_ud() {
         let mut c = avx_cpu();
-        // VAESENC is not implemented: no handler, #UD (logged by name).
-        let i = insn(|a| a.vaesenc(xmm0, xmm1, xmm2));
+        // VAES (VAESENC on YMM registers) is not implemented: no handler,
+        // #UD (logged by name).
+        let i = insn(|a| a.vaesenc(ymm0, ymm1, ymm2));
         assert!(!crate::ops::implemented(i.code()));
         assert_eq!(crate::ops::handler(i.code())(&mut c, &i), Err(Exception::InvalidOpcode));
         // EVEX forms of implemented mnemonics have no handler either.
