@@ -534,6 +534,23 @@ pub(super) fn fp(cpu: &mut Cpu, insn: &Instruction, k: impl Fn(u128, u128, u8, &
     Ok(())
 }
 
+/// VDPPS: the 256-bit form multiplies in both halves before it sums in
+/// either ([`super::float::dpps256`]).
+fn vdpps(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    let d = insn.op0_register();
+    if halves(d) == 1 {
+        return fp(cpu, insn, super::float::dp::<PS>);
+    }
+    check(cpu, insn)?;
+    let b = src(cpu, insn, 2)?;
+    let a = get(cpu, insn.op1_register());
+    let mut env = Env::from_mxcsr(cpu.state.mxcsr);
+    let r = super::float::dpps256(a, b, insn.immediate8(), &mut env);
+    commit(cpu, env.flags)?;
+    set(cpu, d, r);
+    Ok(())
+}
+
 /// VCOMISS/VCOMISD/VUCOMISS/VUCOMISD.
 fn comi<const DOUBLE: bool, const SIGNAL: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check(cpu, insn)?;
@@ -1110,6 +1127,7 @@ pub fn handler(code: Code) -> Option<Handler> {
         M::Vucomisd => comi::<true, false>,
         M::Vldmxcsr => ldmxcsr,
         M::Vstmxcsr => stmxcsr,
+        M::Vdpps => vdpps,
         _ => {
             return super::int::vex(m)
                 .or_else(|| super::shuffle::vex(m))
@@ -2147,6 +2165,25 @@ mod tests {
         assert_eq!(exec(&mut c, |a| a.vdivps(ymm0, ymm6, ymm7)), Err(Exception::SimdFp));
         assert_eq!(y(&c, 0), [5, 5]);
         assert_eq!(c.state.mxcsr & 0x3f, 4);
+        // VDPPS ymm: the products of both halves come before any sum. The
+        // high half's product underflows with UE unmasked; the low half's
+        // sum (+inf + -inf) would be invalid, but never runs: no IE.
+        c.state.mxcsr = 0x1f80 & !(1 << 11); // UE unmasked
+        set_y(&mut c, 0, [5, 5]);
+        let inf = f32::INFINITY;
+        set_y(&mut c, 6, [f32x4([inf, -inf, 0.0, 0.0]), f32x4([1e-30, 1.0, 0.0, 0.0])]);
+        set_y(&mut c, 7, [f32x4([1.0, 1.0, 0.0, 0.0]), f32x4([1e-30, 1.0, 0.0, 0.0])]);
+        assert_eq!(exec(&mut c, |a| a.vdpps(ymm0, ymm6, ymm7, 0x31)), Err(Exception::SimdFp));
+        assert_eq!(y(&c, 0), [5, 5]);
+        assert_eq!(c.state.mxcsr & 0x3f, 0x30, "UE and PE, no IE");
+        // Masked, the sums run: IE from the low half, and each half's lane 0.
+        c.state.mxcsr = 0x1f80;
+        exec(&mut c, |a| a.vdpps(ymm0, ymm6, ymm7, 0x31)).unwrap();
+        assert_eq!(c.state.mxcsr & 0x3f, 0x31);
+        assert!(f32::from_bits(y(&c, 0)[0] as u32).is_nan());
+        assert_eq!(y(&c, 0)[1], f32x4([1.0, 0.0, 0.0, 0.0]));
+        set_y(&mut c, 6, [f32x4([1.0; 4]), f32x4([1.0; 4])]);
+        set_y(&mut c, 7, [f32x4([1.0; 4]), f32x4([1.0, 0.0, 1.0, 1.0])]);
         // VCOMISS, VLDMXCSR/VSTMXCSR.
         c.state.mxcsr = 0x1f80;
         exec(&mut c, |a| a.vucomiss(xmm6, xmm7)).unwrap();

@@ -332,15 +332,28 @@ fn round<const K: u8>(a: u128, b: u128, imm: u8, env: &mut Env) -> u128 {
 /// exception of the products stops the operation there: the sums add no
 /// flags (the CPU reports the products' exceptions only).
 fn dot(f: Fmt, w: usize, n: usize, a: u128, b: u128, imm: u8, env: &mut Env) -> u64 {
+    let p = dot_products(f, w, n, a, b, imm, env);
+    if env.flags & !env.masks & 0x3f != 0 {
+        return 0;
+    }
+    dot_sum(f, n, p, env)
+}
+
+/// The first step of DPPS/DPPD: the products of the lanes imm8[7:4]
+/// selects (the others stay +0).
+fn dot_products(f: Fmt, w: usize, n: usize, a: u128, b: u128, imm: u8, env: &mut Env) -> [u64; 4] {
     let mut p = [0u64; 4];
     for (i, pi) in p.iter_mut().enumerate().take(n) {
         if imm & (0x10 << i) != 0 {
             *pi = sf::mul(f, lane(a, w, i), lane(b, w, i), env);
         }
     }
-    if env.flags & !env.masks & 0x3f != 0 {
-        return 0;
-    }
+    p
+}
+
+/// The second step: the sum of the products (pairwise for four), with no
+/// DAZ on the products and no DE from the sums.
+fn dot_sum(f: Fmt, n: usize, p: [u64; 4], env: &mut Env) -> u64 {
     let mut inner = Env { daz: false, ..*env };
     let s = if n == 4 {
         let s1 = sf::add(f, p[0], p[1], &mut inner);
@@ -353,8 +366,24 @@ fn dot(f: Fmt, w: usize, n: usize, a: u128, b: u128, imm: u8, env: &mut Env) -> 
     s
 }
 
+/// VDPPS ymm: each half's dot product, the multiplies of both halves
+/// first. An unmasked exception in any product stops the instruction
+/// before any sum, so the flags the sums would raise in the other half are
+/// not reported (as the CPU does).
+pub(super) fn dpps256(a: [u128; 2], b: [u128; 2], imm: u8, env: &mut Env) -> [u128; 2] {
+    let (f, w, n) = shape(PS);
+    let p = [dot_products(f, w, n, a[0], b[0], imm, env), dot_products(f, w, n, a[1], b[1], imm, env)];
+    if env.flags & !env.masks & 0x3f != 0 {
+        return [0; 2];
+    }
+    p.map(|p| {
+        let s = dot_sum(f, n, p, env);
+        (0..n).filter(|i| imm & (1 << i) != 0).fold(0u128, |r, i| with_lane(r, w, i, s))
+    })
+}
+
 /// DPPS (`K` = PS) and DPPD (`K` = PD).
-fn dp<const K: u8>(a: u128, b: u128, imm: u8, env: &mut Env) -> u128 {
+pub(super) fn dp<const K: u8>(a: u128, b: u128, imm: u8, env: &mut Env) -> u128 {
     let (f, w, n) = shape(K);
     let s = dot(f, w, n, a, b, imm, env);
     let mut r = 0u128;
