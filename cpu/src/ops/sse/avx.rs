@@ -529,7 +529,7 @@ pub(super) fn fp(cpu: &mut Cpu, insn: &Instruction, k: impl Fn(u128, u128, u8, &
     for h in 0..halves(d) {
         r[h] = k(a[h], b[h], imm, &mut env);
     }
-    commit(cpu, env.flags)?;
+    super::commit_env(cpu, &env)?;
     set(cpu, d, r);
     Ok(())
 }
@@ -546,7 +546,7 @@ fn vdpps(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let a = get(cpu, insn.op1_register());
     let mut env = Env::from_mxcsr(cpu.state.mxcsr);
     let r = super::float::dpps256(a, b, insn.immediate8(), &mut env);
-    commit(cpu, env.flags)?;
+    super::commit_env(cpu, &env)?;
     set(cpu, d, r);
     Ok(())
 }

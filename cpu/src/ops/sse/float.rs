@@ -192,7 +192,7 @@ fn operands(cpu: &mut Cpu, insn: &Instruction) -> Fault<(u128, u128)> {
 /// Commit the flags, then write the destination register.
 #[inline(always)]
 fn finish(cpu: &mut Cpu, insn: &Instruction, env: &Env, r: u128) -> Fault<()> {
-    commit(cpu, env.flags)?;
+    super::commit_env(cpu, env)?;
     set(cpu, insn.op0_register(), r);
     Ok(())
 }
@@ -336,6 +336,7 @@ fn dot(f: Fmt, w: usize, n: usize, a: u128, b: u128, imm: u8, env: &mut Env) -> 
     if env.flags & !env.masks & 0x3f != 0 {
         return 0;
     }
+    env.done |= env.flags;
     dot_sum(f, n, p, env)
 }
 
@@ -376,6 +377,7 @@ pub(super) fn dpps256(a: [u128; 2], b: [u128; 2], imm: u8, env: &mut Env) -> [u1
     if env.flags & !env.masks & 0x3f != 0 {
         return [0; 2];
     }
+    env.done |= env.flags;
     p.map(|p| {
         let s = dot_sum(f, n, p, env);
         (0..n).filter(|i| imm & (1 << i) != 0).fold(0u128, |r, i| with_lane(r, w, i, s))
@@ -668,6 +670,15 @@ mod tests {
         c.state.xmm[3] = f64x2([3.0, 4.0]);
         exec(&mut c, |a| a.dppd(xmm2, xmm3, 0x32)).unwrap();
         assert_eq!(c.state.xmm[2], f64x2([0.0, 11.0]));
+        // The products overflow (masked) to +inf and -inf; their sum is
+        // invalid with IE unmasked: #XM, and the products' OE and PE stay
+        // reported beside IE.
+        c.state.mxcsr = 0x1f80 & !(1 << 7);
+        c.state.xmm[2] = f64x2([1e200, -1e200]);
+        c.state.xmm[3] = f64x2([1e200, 1e200]);
+        assert_eq!(exec(&mut c, |a| a.dppd(xmm2, xmm3, 0x33)), Err(Exception::SimdFp));
+        assert_eq!(c.state.xmm[2], f64x2([1e200, -1e200]));
+        assert_eq!(c.state.mxcsr & 0x3f, 0x29, "IE, OE and PE");
     }
 
     #[test]

@@ -150,6 +150,10 @@ pub struct Env {
     /// The exception masks (MXCSR bits 12:7, as bits 5:0 like the flags),
     /// for operations of several steps that stop at an unmasked exception.
     pub masks: u32,
+    /// Flags of the finished steps of such an operation: an unmasked
+    /// exception in a later step does not take them back (DPPS/DPPD: a
+    /// product's masked overflow stays reported when the sum is invalid).
+    pub done: u32,
 }
 
 impl Env {
@@ -161,6 +165,7 @@ impl Env {
             um: m & (1 << 11) != 0,
             flags: 0,
             masks: (m >> 7) & 0x3f,
+            done: 0,
         }
     }
 
@@ -719,7 +724,7 @@ fn approx(a: u32, root: bool) -> u32 {
     if root && neg {
         return f.default_nan() as u32;
     }
-    let mut env = Env { rc: RN, ftz: true, daz: true, um: true, flags: 0, masks: 0x3f };
+    let mut env = Env { rc: RN, ftz: true, daz: true, um: true, flags: 0, masks: 0x3f, done: 0 };
     let one = 0x3f80_0000;
     let r = if root {
         let s = sqrt(f, x, &mut env);
@@ -738,7 +743,7 @@ mod tests {
     use super::*;
 
     fn env(rc: u32) -> Env {
-        Env { rc, ftz: false, daz: false, um: true, flags: 0, masks: 0x3f }
+        Env { rc, ftz: false, daz: false, um: true, flags: 0, masks: 0x3f, done: 0 }
     }
 
     /// A small deterministic generator of interesting bit patterns.
