@@ -152,17 +152,24 @@ impl JumpSet {
     }
 }
 
+/// The hash of `rip` that both caches of region entries index by (and
+/// compiled exits compute the same way).
+#[inline]
+fn rip_hash(rip: u64) -> usize {
+    (rip ^ (rip >> 12)) as usize
+}
+
 /// The jump cache's set for `rip`.
 #[inline]
 pub fn jump_set(rip: u64) -> usize {
-    ((rip ^ (rip >> 12)) as usize) & (JUMP_SETS - 1)
+    rip_hash(rip) & (JUMP_SETS - 1)
 }
 
 /// The slot for `rip` in the run loop's own cache of region entries, which
 /// has [`JUMP_SETS`] × 2 slots.
 #[inline]
 pub fn jump_slot(rip: u64) -> usize {
-    ((rip ^ (rip >> 12)) as usize) & (2 * JUMP_SETS - 1)
+    rip_hash(rip) & (2 * JUMP_SETS - 1)
 }
 
 /// The tag of jump-cache slots filled now: TLB generation `gen`, `cpl`
@@ -447,8 +454,6 @@ pub(crate) mod host_pcmp {
     };
     use std::sync::OnceLock;
 
-    use cpu::state::flags::{CF, OF, SF, ZF};
-
     /// IntRes2 of the comparison that control bits 5:0 select (bit 6 only
     /// picks between the outputs, which the caller derives from the mask).
     #[target_feature(enable = "sse4.2")]
@@ -456,12 +461,18 @@ pub(crate) mod host_pcmp {
         (_mm_cvtsi128_si32(_mm_cmpistrm::<I>(a, b)) as u32) & 0xffff
     }
 
-    /// Whether `v` has a zero element (bytes, or words with `words`).
+    /// The implicit length of `v`: the elements before its first zero one
+    /// (bytes, or words with `words`), or all of them.
     #[target_feature(enable = "sse4.2")]
-    fn has_null(v: __m128i, words: bool) -> bool {
+    fn implicit_len(v: __m128i, words: bool) -> usize {
         let z = _mm_setzero_si128();
         let eq = if words { _mm_cmpeq_epi16(v, z) } else { _mm_cmpeq_epi8(v, z) };
-        _mm_movemask_epi8(eq) != 0
+        let bytes = ((_mm_movemask_epi8(eq) as u32) | 1 << 16).trailing_zeros() as usize;
+        if words {
+            bytes / 2
+        } else {
+            bytes
+        }
     }
 
     macro_rules! int_res2_of {
@@ -494,31 +505,10 @@ pub(crate) mod host_pcmp {
         // are unaligned ones.
         let (va, vb) = unsafe { (_mm_loadu_si128(pa.as_ptr().cast()), _mm_loadu_si128(pb.as_ptr().cast())) };
         let words = imm & 1 != 0;
-        let count = if words { 8 } else { 16 };
         let res = int_res2_of!(imm & 0x3f, va, vb;
             0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
             32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63);
-        let index = if res == 0 {
-            count
-        } else if imm & 0x40 != 0 {
-            31 - res.leading_zeros()
-        } else {
-            res.trailing_zeros()
-        };
-        let mut f = 0;
-        if res != 0 {
-            f |= CF;
-        }
-        if has_null(vb, words) {
-            f |= ZF;
-        }
-        if has_null(va, words) {
-            f |= SF;
-        }
-        if res & 1 != 0 {
-            f |= OF;
-        }
-        (index, f)
+        cpu::ops::sse::pcmpistri_outputs(res, implicit_len(va, words), implicit_len(vb, words), imm)
     }
 }
 

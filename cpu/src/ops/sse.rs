@@ -168,7 +168,7 @@ mod mov;
 mod shuffle;
 pub mod softfloat;
 mod string;
-pub use string::pcmpistri;
+pub use string::{pcmpistri, pcmpistri_outputs};
 
 pub use float::MXCSR_MASK;
 pub use string::crc32c;

@@ -378,23 +378,18 @@ pub(super) fn dpps256(a: [u128; 2], b: [u128; 2], imm: u8, env: &mut Env) -> [u1
         return [0; 2];
     }
     env.done |= env.flags;
-    p.map(|p| {
-        let s = dot_sum(f, n, p, env);
-        (0..n).filter(|i| imm & (1 << i) != 0).fold(0u128, |r, i| with_lane(r, w, i, s))
-    })
+    p.map(|p| dot_lanes(w, n, imm, dot_sum(f, n, p, env)))
+}
+
+/// The dot product `s` in the lanes imm8[3:0] selects, zero elsewhere.
+fn dot_lanes(w: usize, n: usize, imm: u8, s: u64) -> u128 {
+    (0..n).filter(|i| imm & (1 << i) != 0).fold(0u128, |r, i| with_lane(r, w, i, s))
 }
 
 /// DPPS (`K` = PS) and DPPD (`K` = PD).
 pub(super) fn dp<const K: u8>(a: u128, b: u128, imm: u8, env: &mut Env) -> u128 {
     let (f, w, n) = shape(K);
-    let s = dot(f, w, n, a, b, imm, env);
-    let mut r = 0u128;
-    for i in 0..n {
-        if imm & (1 << i) != 0 {
-            r = with_lane(r, w, i, s);
-        }
-    }
-    r
+    dot_lanes(w, n, imm, dot(f, w, n, a, b, imm, env))
 }
 
 fn ldmxcsr(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {

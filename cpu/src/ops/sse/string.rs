@@ -275,6 +275,15 @@ pub fn pcmpistri(a: u128, b: u128, imm: u8) -> (u32, u64) {
     (r.index(imm), r.flags())
 }
 
+/// What PCMPISTRI gives once IntRes2 (`res`) and the implicit lengths of
+/// its operands are known (by a host that computed them with its own
+/// instruction): the index for ECX and the six arithmetic flags.
+pub fn pcmpistri_outputs(res: u32, len1: usize, len2: usize, imm: u8) -> (u32, u64) {
+    let count = if imm & 1 != 0 { 8 } else { 16 };
+    let r = StrResult { res, len1, len2, count };
+    (r.index(imm), r.flags())
+}
+
 /// CRC-32C (Castagnoli) lookup table, reflected polynomial 0x82F63B78.
 const CRC32C: [u32; 256] = {
     let mut t = [0u32; 256];
