@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, AbiParam, Block, InstBuilder, JumpTableData, MemFlagsData, Signature, Type, Value};
+use cranelift_codegen::ir::{types, AbiParam, Block, InstBuilder, MemFlagsData, Signature, Type, Value};
 use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, Variable};
 use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
@@ -1355,10 +1355,20 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
         tx.blocks.entry(g.rip).or_insert((blk, i));
         ir_blocks.push(blk);
     }
-    let calls: Vec<_> = ir_blocks.iter().map(|blk| tx.b.func.dfg.block_call(*blk, &[])).collect();
-    let fallback_call = tx.b.func.dfg.block_call(leave_block, &[]);
-    let jt = tx.b.create_jump_table(JumpTableData::new(fallback_call, &calls));
-    tx.b.ins().br_table(entry_idx, jt);
+    // The entry switch: block 0 (where the region was gathered, the
+    // commonest way in) first, then a binary search of conditional
+    // branches. With a jump table instead, samples gathered at its
+    // indirect jump, and a run of `seq` (glibc's printf: short calls, a
+    // region entry every ~30 instructions) took about 4% longer.
+    if ir_blocks.len() > 2 {
+        let rest = tx.b.create_block();
+        let first = tx.b.ins().icmp_imm_s(IntCC::Equal, entry_idx, 0);
+        tx.b.ins().brif(first, ir_blocks[0], &[], rest, &[]);
+        tx.enter_block(rest);
+        entry_switch(tx.b, entry_idx, &ir_blocks[1..], 1, leave_block);
+    } else {
+        entry_switch(tx.b, entry_idx, &ir_blocks, 0, leave_block);
+    }
 
     let fb_base = fallbacks.as_ptr();
     for (i, g) in spec.blocks.iter().enumerate() {
@@ -1414,6 +1424,33 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
 
     tx.b.seal_all_blocks();
     Translated { fallbacks, stats }
+}
+
+/// Branch on `idx` to `blocks[i]` for `idx == base + i`, and to `other`
+/// for any other value: a binary search of conditional branches.
+fn entry_switch(b: &mut FunctionBuilder, idx: Value, blocks: &[Block], base: usize, other: Block) {
+    match blocks.len() {
+        0 => {
+            b.ins().jump(other, &[]);
+        }
+        1 => {
+            let hit = b.ins().icmp_imm_s(IntCC::Equal, idx, base as i64);
+            b.ins().brif(hit, blocks[0], &[], other, &[]);
+        }
+        n => {
+            let half = n / 2;
+            let lo = b.create_block();
+            let hi = b.create_block();
+            let below = b.ins().icmp_imm_s(IntCC::UnsignedLessThan, idx, (base + half) as i64);
+            b.ins().brif(below, lo, &[], hi, &[]);
+            b.switch_to_block(lo);
+            b.seal_block(lo);
+            entry_switch(b, idx, &blocks[..half], base, other);
+            b.switch_to_block(hi);
+            b.seal_block(hi);
+            entry_switch(b, idx, &blocks[half..], base + half, other);
+        }
+    }
 }
 
 impl Tx<'_, '_> {
