@@ -12,22 +12,28 @@ fn cfg() -> Config {
     Config { threshold: 2, synchronous: true, ..Config::default() }
 }
 
-/// Run until HLT (or `limit` instructions) in the interpreter.
+/// Whether a run that stopped for `r` has ended: a HLT, or a shutdown
+/// (a triple fault), after which no instruction runs again.
+fn ended(r: &StopReason) -> bool {
+    matches!(r, StopReason::Halted | StopReason::Shutdown(_))
+}
+
+/// Run until HLT or a shutdown (or `limit` instructions) in the interpreter.
 fn run_interp(c: &mut Cpu, limit: u64) -> u64 {
     let start = c.stats.instructions;
     while c.stats.instructions - start < limit {
-        if c.run(10_000) == StopReason::Halted {
+        if ended(&c.run(10_000)) {
             break;
         }
     }
     c.stats.instructions - start
 }
 
-/// Run until HLT (or `limit` instructions) with the JIT.
+/// Run until HLT or a shutdown (or `limit` instructions) with the JIT.
 fn run_jit(c: &mut Cpu, jit: &mut Jit, limit: u64) -> u64 {
     let start = jit.instructions(c);
     while jit.instructions(c) - start < limit {
-        if jit.run(c, 10_000) == StopReason::Halted {
+        if ended(&jit.run(c, 10_000)) {
             break;
         }
     }
@@ -185,6 +191,36 @@ fn mixed(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.ret()?;
     a.set_label(&mut done)?;
     a.hlt()
+}
+
+/// A triple fault after a compiled loop: both tiers stop at the shutdown,
+/// after the same instructions (the run helpers once went on calling a
+/// CPU that no longer runs anything).
+#[test]
+fn a_triple_fault_ends_the_run_in_both_tiers() {
+    let program = |c: &Cpu| {
+        assemble(c, |a| {
+            let mut top = a.create_label();
+            a.mov(ecx, 100)?;
+            a.set_label(&mut top)?;
+            a.dec(ecx)?;
+            a.jnz(top)?;
+            a.ud2()
+        })
+    };
+    let mut a = long_mode();
+    let code = program(&a);
+    place(&mut a, &code);
+    // No gate at all: #UD, then #DF, then the shutdown.
+    a.state.idtr.limit = 0;
+    let mut b = long_mode();
+    place(&mut b, &code);
+    b.state.idtr.limit = 0;
+    let mut jit = Jit::new(&mut b, cfg()).unwrap();
+    assert_eq!(run_interp(&mut a, 1_000_000), 201);
+    assert_eq!(run_jit(&mut b, &mut jit, 1_000_000), 201);
+    assert!(jit.stats.native_insns > 0, "{:?}", jit.stats);
+    same_state(&mut a, &mut b);
 }
 
 #[test]
