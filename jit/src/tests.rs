@@ -198,18 +198,15 @@ fn mixed(a: &mut CodeAssembler) -> Result<(), IcedError> {
 /// CPU that no longer runs anything).
 #[test]
 fn a_triple_fault_ends_the_run_in_both_tiers() {
-    let program = |c: &Cpu| {
-        assemble(c, |a| {
-            let mut top = a.create_label();
-            a.mov(ecx, 100)?;
-            a.set_label(&mut top)?;
-            a.dec(ecx)?;
-            a.jnz(top)?;
-            a.ud2()
-        })
-    };
     let mut a = long_mode();
-    let code = program(&a);
+    let code = assemble(&a, |asm| {
+        let mut top = asm.create_label();
+        asm.mov(ecx, 100)?;
+        asm.set_label(&mut top)?;
+        asm.dec(ecx)?;
+        asm.jnz(top)?;
+        asm.ud2()
+    });
     place(&mut a, &code);
     // No gate at all: #UD, then #DF, then the shutdown.
     a.state.idtr.limit = 0;

@@ -2741,11 +2741,8 @@ impl Tx<'_, '_> {
                 self.enter_block(cont);
             }
             Form::Ac { set } => {
-                self.flush_count();
+                self.cpl0_only(rip);
                 let st = self.state;
-                let cpl = self.b.ins().uload8(types::I64, mem_flags(), st, CPL_OFF);
-                let ok = self.b.ins().icmp_imm_s(IntCC::Equal, cpl, 0);
-                self.slow_unless(ok, rip);
                 let rf = self.b.ins().load(types::I64, mem_flags(), st, RFLAGS_OFF);
                 let rf = if set {
                     self.b.ins().bor_imm_s(rf, flags::AC as i64)
@@ -2759,11 +2756,8 @@ impl Tx<'_, '_> {
                 return true;
             }
             Form::Swapgs => {
-                self.flush_count();
+                self.cpl0_only(rip);
                 let st = self.state;
-                let cpl = self.b.ins().uload8(types::I64, mem_flags(), st, CPL_OFF);
-                let ok = self.b.ins().icmp_imm_s(IntCC::Equal, cpl, 0);
-                self.slow_unless(ok, rip);
                 let at = SEG_OFF + SEG_SIZE * sreg::GS as i32 + SEG_BASE_OFF;
                 let gs = self.b.ins().load(types::I64, mem_flags(), st, at);
                 let k = self.b.ins().load(types::I64, mem_flags(), st, KERNEL_GS_OFF);
@@ -3671,7 +3665,6 @@ impl Tx<'_, '_> {
         self.b.inst_results(call)[0]
     }
 
-    /// Branch to the slow path unless `ok`.
     /// CLI and STI: IOPL at least the CPL (protected mode, not
     /// virtual-8086: the only modes compiled code runs in), else the slow
     /// path raises #GP. The RFLAGS in memory.
@@ -3687,6 +3680,16 @@ impl Tx<'_, '_> {
         rf
     }
 
+    /// STAC, CLAC and SWAPGS: CPL 0, else the slow path raises what the
+    /// instruction raises there.
+    fn cpl0_only(&mut self, rip: u64) {
+        self.flush_count();
+        let cpl = self.b.ins().uload8(types::I64, mem_flags(), self.state, CPL_OFF);
+        let ok = self.b.ins().icmp_imm_s(IntCC::Equal, cpl, 0);
+        self.slow_unless(ok, rip);
+    }
+
+    /// Branch to the slow path unless `ok`.
     fn slow_unless(&mut self, ok: Value, rip: u64) {
         let fast = self.b.create_block();
         let slow = self.b.create_block();

@@ -264,13 +264,6 @@ pub(super) fn simd_fault(cpu: &Cpu) -> Exception {
 /// unmasked pre-computation exception only IE/DE/ZE are recorded. Any unmasked
 /// flag faults, and the caller then writes no destination.
 #[inline]
-/// [`commit`] of an operation's flags, with those of its finished steps
-/// ([`softfloat::Env::done`]) set whatever a later step raised.
-pub(super) fn commit_env(cpu: &mut Cpu, env: &softfloat::Env) -> Fault<()> {
-    cpu.state.mxcsr |= env.done;
-    commit(cpu, env.flags)
-}
-
 pub(super) fn commit(cpu: &mut Cpu, flags: u32) -> Fault<()> {
     let unmasked = flags & !(cpu.state.mxcsr >> 7) & 0x3f;
     let set = if unmasked & softfloat::PRE != 0 { flags & softfloat::PRE } else { flags };
@@ -280,6 +273,14 @@ pub(super) fn commit(cpu: &mut Cpu, flags: u32) -> Fault<()> {
     } else {
         Ok(())
     }
+}
+
+/// [`commit`] of an operation's flags, with those of its finished steps
+/// ([`softfloat::Env::done`]) set whatever a later step raised.
+#[inline]
+pub(super) fn commit_env(cpu: &mut Cpu, env: &softfloat::Env) -> Fault<()> {
+    cpu.state.mxcsr |= env.done;
+    commit(cpu, env.flags)
 }
 
 // ---- registers ----------------------------------------------------------------

@@ -2182,6 +2182,7 @@ mod tests {
         assert_eq!(c.state.mxcsr & 0x3f, 0x31);
         assert!(f32::from_bits(y(&c, 0)[0] as u32).is_nan());
         assert_eq!(y(&c, 0)[1], f32x4([1.0, 0.0, 0.0, 0.0]));
+        // YMM6 and YMM7 as the VDIVPS case left them, for the compare below.
         set_y(&mut c, 6, [f32x4([1.0; 4]), f32x4([1.0; 4])]);
         set_y(&mut c, 7, [f32x4([1.0; 4]), f32x4([1.0, 0.0, 1.0, 1.0])]);
         // VCOMISS, VLDMXCSR/VSTMXCSR.
