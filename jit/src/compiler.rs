@@ -87,7 +87,56 @@ pub fn compile_trampoline(isa: &OwnedTargetIsa) -> Result<Vec<u8>, String> {
     let ptr = isa.pointer_type();
     let mut sig = Signature::new(isa.default_call_conv());
     sig.params.extend([AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(types::I32)]);
-    let mut func = Function::with_name_signature(UserFuncName::user(1, 0), sig);
+    compile_small(isa, 1, sig, |b, p| {
+        let region = b.import_signature(region_signature(ptr));
+        b.ins().call_indirect(region, p[1], &[p[0], p[2]]);
+    })
+}
+
+/// A function in the register-preserving convention (`CallConv::PreserveAll`)
+/// that calls the host-convention helper at `target` with its own
+/// arguments (`params`, the first being the [`crate::ctx::JitCtx`]) and
+/// leaves the helper's result, if `ret`, in the context's `result` word.
+///
+/// Compiled code calls a memory access's slow path through it. A call in the
+/// host's convention clobbers every caller-saved register, so each value live
+/// across any load or store of a region (the state and TLB pointers, the
+/// guest registers held) had to sit in one of the few callee-saved registers
+/// or on the stack, on the fast path too. This call clobbers nothing: the
+/// trampoline saves what the helper may overwrite, and only on a miss.
+pub fn compile_saving_call(
+    isa: &OwnedTargetIsa,
+    target: usize,
+    params: &[types::Type],
+    ret: Option<types::Type>,
+) -> Result<Vec<u8>, String> {
+    let ptr = isa.pointer_type();
+    let mut sig = Signature::new(CallConv::PreserveAll);
+    sig.params.extend(params.iter().map(|&t| AbiParam::new(t)));
+    compile_small(isa, 2, sig, |b, args| {
+        let mut hsig = Signature::new(isa.default_call_conv());
+        hsig.params.extend(params.iter().map(|&t| AbiParam::new(t)));
+        hsig.returns.extend(ret.map(AbiParam::new));
+        let hsig = b.import_signature(hsig);
+        let callee = b.ins().iconst(ptr, target as i64);
+        let call = b.ins().call_indirect(hsig, callee, args);
+        if let Some(t) = ret {
+            let v = b.inst_results(call)[0];
+            let v = if t == types::I64 { v } else { b.ins().uextend(types::I64, v) };
+            b.ins().store(cranelift_codegen::ir::MemFlagsData::trusted(), v, args[0], crate::ctx::off::RESULT);
+        }
+    })
+}
+
+/// Compile a one-block function of signature `sig` whose body `body` emits
+/// (given the parameters), followed by a return.
+fn compile_small(
+    isa: &OwnedTargetIsa,
+    name: u32,
+    sig: Signature,
+    body: impl FnOnce(&mut FunctionBuilder, &[cranelift_codegen::ir::Value]),
+) -> Result<Vec<u8>, String> {
+    let mut func = Function::with_name_signature(UserFuncName::user(name, 0), sig);
     let mut fctx = FunctionBuilderContext::new();
     let mut b = FunctionBuilder::new(&mut func, &mut fctx);
     let blk = b.create_block();
@@ -95,8 +144,7 @@ pub fn compile_trampoline(isa: &OwnedTargetIsa) -> Result<Vec<u8>, String> {
     b.switch_to_block(blk);
     b.seal_block(blk);
     let p = b.block_params(blk).to_vec();
-    let region = b.import_signature(region_signature(ptr));
-    b.ins().call_indirect(region, p[1], &[p[0], p[2]]);
+    body(&mut b, &p);
     b.ins().return_(&[]);
     b.finalize(isa.frontend_config());
     let mut ctx = Context::for_function(func);

@@ -77,6 +77,9 @@ pub struct JitCtx {
     pub by_mnemonic: Vec<u64>,
     /// Where a helper leaves a second result ([`udiv128`]'s remainder).
     pub scratch: u64,
+    /// A helper's result when compiled code called it through a
+    /// register-saving trampoline ([`crate::compiler::compile_saving_call`]).
+    pub result: u64,
 }
 
 /// Byte offsets of the fields compiled code reads and writes.
@@ -95,6 +98,7 @@ pub mod off {
     pub const INVAL: i32 = offset_of!(JitCtx, inval) as i32;
     pub const MEM_INVAL: i32 = offset_of!(JitCtx, mem_inval) as i32;
     pub const SCRATCH: i32 = offset_of!(JitCtx, scratch) as i32;
+    pub const RESULT: i32 = offset_of!(JitCtx, result) as i32;
     pub const SLOT_RIP: i32 = offset_of!(super::JumpSlot, rip) as i32;
     pub const SLOT_TAG: i32 = offset_of!(super::JumpSlot, tag) as i32;
     pub const SLOT_CODE: i32 = offset_of!(super::JumpSlot, code) as i32;
@@ -208,6 +212,7 @@ impl JitCtx {
             fallbacks: 0,
             by_mnemonic: vec![0; iced_x86::Mnemonic::values().len()],
             scratch: 0,
+            result: 0,
         }
     }
 }

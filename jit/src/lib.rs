@@ -36,7 +36,7 @@ use parking_lot::Mutex;
 use code::{CodeCache, RegionFn, Trampoline};
 use compiler::{Compiler, Done, Job, Settings};
 use ctx::{jump_set, jump_slot, jump_tag, jump_tag_global, JitCtx, JumpSet, JumpSlot, JUMP_SETS};
-use translate::{GuestBlock, RegionSpec};
+use translate::{AccessCalls, GuestBlock, RegionSpec};
 
 /// How the JIT is set up.
 #[derive(Debug, Clone)]
@@ -145,6 +145,26 @@ struct Pending {
     blocks: Vec<Weak<Block>>,
 }
 
+/// Compile the memory helpers' register-saving entries into `code` (a
+/// mapping that is never flushed).
+fn install_access_calls(
+    isa: &cranelift_codegen::isa::OwnedTargetIsa,
+    code: &mut CodeCache,
+) -> Result<AccessCalls, String> {
+    use cranelift_codegen::ir::types::{I32, I64};
+    let ptr = isa.pointer_type();
+    let mut entry = |target: usize, params: &[cranelift_codegen::ir::Type], ret| -> Result<usize, String> {
+        let bytes = compiler::compile_saving_call(isa, target, params, ret)?;
+        let at = code.install(&bytes).ok_or("cannot install the JIT's helper entries")?;
+        Ok(at as usize)
+    };
+    Ok(AccessCalls {
+        load: entry(ctx::load as *const () as usize, &[ptr, I32, I64, I32, I64], Some(I64))?,
+        load_rmw: entry(ctx::load_rmw as *const () as usize, &[ptr, I32, I64, I32, I64], Some(I64))?,
+        store: entry(ctx::store as *const () as usize, &[ptr, I32, I64, I32, I64, I64], None)?,
+    })
+}
+
 /// The code mode a region is compiled for, or 0 when translated code may
 /// not run now (single-step, breakpoints, alignment checks, real or
 /// virtual-8086 mode, 32-bit code with segments that are not flat).
@@ -197,6 +217,8 @@ pub struct Jit {
     /// The entry from the run loop into compiled code, and the mapping
     /// that holds it (never flushed).
     trampoline: Trampoline,
+    /// The memory helpers' register-saving entries, in the same mapping.
+    access: AccessCalls,
     _trampoline_code: CodeCache,
     by_page: FastMap<u64, Vec<u32>>,
     queued: FastMap<Key, u64>,
@@ -221,9 +243,11 @@ impl Jit {
             (Some(Compiler::start(cfg.settings.clone())?), None)
         };
         let cache = CodeCache::new(cfg.cache_bytes).map_err(|e| format!("cannot reserve the code cache: {e}"))?;
-        let mut tcode = CodeCache::new(4096).map_err(|e| format!("cannot reserve the code cache: {e}"))?;
-        let tbytes = compiler::compile_trampoline(&compiler::host_isa(&cfg.settings)?)?;
+        let mut tcode = CodeCache::new(16384).map_err(|e| format!("cannot reserve the code cache: {e}"))?;
+        let host = compiler::host_isa(&cfg.settings)?;
+        let tbytes = compiler::compile_trampoline(&host)?;
         let tptr = tcode.install(&tbytes).ok_or("cannot install the JIT's entry code")?;
+        let access = install_access_calls(&host, &mut tcode)?;
         // SAFETY: `tptr` is the trampoline just compiled for this host and
         // installed; `tcode` keeps it mapped for the JIT's life.
         let trampoline = unsafe { code::to_trampoline(tptr) };
@@ -250,6 +274,7 @@ impl Jit {
             jump: vec![(NO_KEY, 0, 0); 2 * JUMP_SETS],
             links: vec![JumpSet::EMPTY; JUMP_SETS].into_boxed_slice(),
             trampoline,
+            access,
             _trampoline_code: tcode,
             by_page: FastMap::default(),
             queued: FastMap::default(),
@@ -579,7 +604,7 @@ impl Jit {
         let mut work = vec![rip];
         let mut seen = std::collections::HashSet::new();
         let mut g = Gathered {
-            spec: RegionSpec { bits: u32::from(mode), blocks: Vec::new(), chain: self.cfg.chain },
+            spec: RegionSpec { bits: u32::from(mode), blocks: Vec::new(), chain: self.cfg.chain, access: self.access },
             weak: Vec::new(),
             keys: Vec::new(),
             pages: Vec::new(),

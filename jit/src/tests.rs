@@ -1512,6 +1512,40 @@ fn dma_into_compiled_code_takes_effect() {
     assert_eq!(c.state.gpr[3], done + (100_000 - done) * 16);
 }
 
+/// Loads and stores whose TLB entry the pass before evicted (two pages
+/// 4 MiB apart share one entry), so that each goes through the helper,
+/// while every other general register holds a value computed in the same
+/// guest block: the helper's call must leave them all as they were.
+#[test]
+fn accesses_through_the_helper_keep_every_held_register() {
+    const FAR: i32 = 0x40_0000;
+    let held = [rax, rbx, rdx, rdi, rbp, r8, r9, r10, r11, r12, r13, r14, r15];
+    let (_, _, jit) = both(
+        long_mode,
+        |c| {
+            for (i, r) in [0usize, 2, 3, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15].into_iter().enumerate() {
+                c.state.gpr[r] = 0x1111_1111_1111_1111u64.wrapping_mul(i as u64 + 1);
+            }
+        },
+        |a| {
+            data_loop(a, 200, |a| {
+                for (i, &r) in held.iter().enumerate() {
+                    a.add(r, i as i32 + 1)?;
+                }
+                a.add(qword_ptr(rsi + FAR), rbx)?;
+                a.mov(rax, qword_ptr(rsi + 8))?;
+                a.xor(rax, qword_ptr(rsi + FAR + 8))?;
+                a.mov(qword_ptr(rsi + 16), rax)?;
+                for (i, &r) in held.iter().enumerate() {
+                    a.xor(r, held[(i + 1) % held.len()])?;
+                }
+                Ok(())
+            })
+        },
+    );
+    assert!(jit.stats.native_insns > 0, "{:?}", jit.stats);
+}
+
 /// An interrupt raised while a compiled loop spins is taken within the
 /// run's budget.
 #[test]

@@ -53,6 +53,20 @@ pub struct RegionSpec {
     /// Plain exits probe the jump cache and go straight on into the next
     /// region (a tail call) instead of returning to the run loop.
     pub chain: bool,
+    /// Where a memory access's slow path calls.
+    pub access: AccessCalls,
+}
+
+/// The entry points of the memory helpers ([`ctx::load`],
+/// [`ctx::load_rmw`], [`ctx::store`]) through trampolines that save every
+/// register ([`crate::compiler::compile_saving_call`]): a region calls
+/// them with nothing clobbered, and reads a load's value from the
+/// context's `result` word and the status from its `status` word.
+#[derive(Clone, Copy, Debug)]
+pub struct AccessCalls {
+    pub load: usize,
+    pub load_rmw: usize,
+    pub store: usize,
 }
 
 /// Counts of one translation.
@@ -1184,14 +1198,15 @@ struct Tx<'a, 'b> {
     /// Per guest block: [`flags_dead_on_entry`].
     flags_dead: Vec<bool>,
     blocks: HashMap<u64, (Block, usize)>,
-    sig_load: cranelift_codegen::ir::SigRef,
-    sig_store: cranelift_codegen::ir::SigRef,
     sig_fallback: cranelift_codegen::ir::SigRef,
     sig_flags: cranelift_codegen::ir::SigRef,
     sig_pcmp: cranelift_codegen::ir::SigRef,
     sig_div: cranelift_codegen::ir::SigRef,
     sig_copy: cranelift_codegen::ir::SigRef,
     sig_fill: cranelift_codegen::ir::SigRef,
+    sig_load_saving: cranelift_codegen::ir::SigRef,
+    sig_store_saving: cranelift_codegen::ir::SigRef,
+    access: AccessCalls,
 }
 
 const GPR_OFF: i32 = std::mem::offset_of!(CpuState, gpr) as i32;
@@ -1294,18 +1309,21 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
     };
     let i64t = types::I64;
     let i32t = types::I32;
-    let s_load = sig(&[ptr, i32t, i64t, i32t, i64t], Some(i64t));
-    let s_store = sig(&[ptr, i32t, i64t, i32t, i64t, i64t], Some(i32t));
     let s_fb = sig(&[ptr, ptr], Some(i32t));
     let s_flags = sig(&[ptr], Some(i64t));
-    let sig_load = b.import_signature(s_load);
-    let sig_store = b.import_signature(s_store);
     let sig_fallback = b.import_signature(s_fb);
     let sig_flags = b.import_signature(s_flags);
     let sig_pcmp = b.import_signature(sig(&[ptr, ptr, i32t], Some(i64t)));
     let sig_div = b.import_signature(sig(&[i64t, i64t, i64t, ptr], Some(i64t)));
     let sig_copy = b.import_signature(sig(&[i64t, i64t, i64t], None));
     let sig_fill = b.import_signature(sig(&[i64t, i64t, i64t, i64t], None));
+    let saving = |params: &[Type]| {
+        let mut s = Signature::new(CallConv::PreserveAll);
+        s.params.extend(params.iter().map(|&p| AbiParam::new(p)));
+        s
+    };
+    let sig_load_saving = b.import_signature(saving(&[ptr, i32t, i64t, i32t, i64t]));
+    let sig_store_saving = b.import_signature(saving(&[ptr, i32t, i64t, i32t, i64t, i64t]));
 
     let state = b.ins().load(ptr, mem_flags(), ctx_v, off::STATE);
     let tlb = b.ins().load(ptr, mem_flags(), ctx_v, off::TLB);
@@ -1335,14 +1353,15 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
         leave_block,
         flags_dead: plan.iter().map(|p| flags_dead_on_entry(p)).collect(),
         blocks: HashMap::new(),
-        sig_load,
-        sig_store,
         sig_fallback,
         sig_flags,
         sig_pcmp,
         sig_div,
         sig_copy,
         sig_fill,
+        sig_load_saving,
+        sig_store_saving,
+        access: spec.access,
     };
     let zero = tx.b.ins().iconst(i64t, 0);
     tx.b.def_var(icount, zero);
@@ -1890,13 +1909,13 @@ impl Tx<'_, '_> {
             self.b.ins().jump(slow, &[]);
         }
         self.enter_block(slow);
-        let f = if rmw { ctx::load_rmw as *const () as usize } else { ctx::load as *const () as usize };
+        let f = if rmw { self.access.load_rmw } else { self.access.load };
         let callee = self.iconst(f as u64);
         let segv = self.b.ins().iconst(types::I32, seg as i64);
         let sz = self.b.ins().iconst(types::I32, i64::from(size));
         let ripv = self.iconst(rip);
-        let call = self.b.ins().call_indirect(self.sig_load, callee, &[self.ctx, segv, off_v, sz, ripv]);
-        let v = self.b.inst_results(call)[0];
+        self.b.ins().call_indirect(self.sig_load_saving, callee, &[self.ctx, segv, off_v, sz, ripv]);
+        let v = self.b.ins().load(types::I64, mem_flags(), self.ctx, off::RESULT);
         let st = self.b.ins().load(types::I32, mem_flags(), self.ctx, off::STATUS);
         let ok = self.b.create_block();
         let bad = self.b.create_block();
@@ -1954,12 +1973,12 @@ impl Tx<'_, '_> {
         self.b.ins().jump(join, &[z.into()]);
 
         self.enter_block(slow);
-        let callee = self.iconst(ctx::store as *const () as usize as u64);
+        let callee = self.iconst(self.access.store as u64);
         let segv = self.b.ins().iconst(types::I32, seg as i64);
         let sz = self.b.ins().iconst(types::I32, i64::from(size));
         let ripv = self.iconst(rip);
-        let call = self.b.ins().call_indirect(self.sig_store, callee, &[self.ctx, segv, off_v, sz, v, ripv]);
-        let st = self.b.inst_results(call)[0];
+        self.b.ins().call_indirect(self.sig_store_saving, callee, &[self.ctx, segv, off_v, sz, v, ripv]);
+        let st = self.b.ins().load(types::I32, mem_flags(), self.ctx, off::STATUS);
         let is_fault = self.b.ins().icmp_imm_s(IntCC::Equal, st, i64::from(status::FAULT));
         let bad = self.b.create_block();
         let ok = self.b.create_block();
