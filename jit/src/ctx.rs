@@ -58,13 +58,9 @@ pub struct JitCtx {
     /// What a slot filled for kernel code on a global page
     /// ([`jump_tag_global`]) must equal to be used now.
     pub tag_global: u64,
-    /// Exits that may still go straight on before the run loop looks at
-    /// interrupts again.
+    /// Exits that went straight on into the next region since the run
+    /// loop entered one (for `--stats`).
     pub hops: u64,
-    /// Set when code pages were written (by the CPU or by a device), as
-    /// `AtomicBool`s: an exit does not go on while either is set.
-    pub inval: *const u8,
-    pub mem_inval: *const u8,
     // ---- below: the helpers' side only ----
     pub cpu: *mut Cpu,
     /// Instructions run natively (the run loop adds what each entry ran).
@@ -95,8 +91,6 @@ pub mod off {
     pub const TAG: i32 = offset_of!(JitCtx, tag) as i32;
     pub const TAG_GLOBAL: i32 = offset_of!(JitCtx, tag_global) as i32;
     pub const HOPS: i32 = offset_of!(JitCtx, hops) as i32;
-    pub const INVAL: i32 = offset_of!(JitCtx, inval) as i32;
-    pub const MEM_INVAL: i32 = offset_of!(JitCtx, mem_inval) as i32;
     pub const SCRATCH: i32 = offset_of!(JitCtx, scratch) as i32;
     pub const RESULT: i32 = offset_of!(JitCtx, result) as i32;
     pub const SLOT_RIP: i32 = offset_of!(super::JumpSlot, rip) as i32;
@@ -204,8 +198,6 @@ impl JitCtx {
             tag: 0,
             tag_global: 0,
             hops: 0,
-            inval: std::ptr::null(),
-            mem_inval: std::ptr::null(),
             cpu: std::ptr::null_mut(),
             native: 0,
             fault: None,

@@ -105,9 +105,6 @@ pub struct JitStats {
 /// A region entry: RIP, the guest physical address of its code, and the mode.
 type Key = (u64, u64, u8);
 
-/// Chained region entries between two looks at the interrupt controller.
-const BOUNDARY_HOPS: u32 = 256;
-
 /// A key no region has (RIP past the canonical range).
 const NO_KEY: Key = (u64::MAX, u64::MAX, 0);
 
@@ -421,8 +418,9 @@ impl Jit {
     /// Run a region from one of its entries, then the regions its exits
     /// lead to, for as long as nothing needs the run loop. A compiled exit
     /// finds its successor in the jump cache and jumps there itself; when
-    /// the cache misses, or every [`BOUNDARY_HOPS`] exits, the region
-    /// returns here, and this loop looks the successor up and goes on.
+    /// the cache misses, a helper asked to leave or the budget is spent, the
+    /// region returns here, and this loop looks the successor up and goes
+    /// on.
     fn enter(&mut self, cpu: &mut Cpu, (mut region, mut entry): (u32, u32), budget: u64) {
         if self.cfg.kernel_only {
             cpu.note_kernel_block();
@@ -436,11 +434,9 @@ impl Jit {
         unsafe {
             ctx.state = std::ptr::addr_of_mut!((*cp).state);
             ctx.tlb = (*cp).mmu.tlb_set((*cp).data_privilege());
-            ctx.mem_inval = (*cp).mem().invalidation_flag().as_ptr().cast_const().cast();
         }
         ctx.cpu = cp;
         ctx.jump = self.links.as_ptr();
-        ctx.inval = self.inval_flag.as_ptr().cast_const().cast();
         let mut left = budget;
         let mut first = true;
         loop {
@@ -461,7 +457,7 @@ impl Jit {
             let ctx = &mut *self.ctx;
             ctx.tag = tag;
             ctx.tag_global = tag_global;
-            ctx.hops = u64::from(BOUNDARY_HOPS);
+            ctx.hops = 0;
             ctx.budget = left;
             ctx.exit = ctx::exit::NORMAL;
             ctx.fault = None;
@@ -487,7 +483,7 @@ impl Jit {
             } else {
                 self.stats.chained += 1;
             }
-            self.stats.linked += u64::from(BOUNDARY_HOPS) - self.ctx.hops;
+            self.stats.linked += self.ctx.hops;
             self.stats.native_insns += ran_native;
             self.stats.fallback_insns += ran_fallback;
             // The helpers counted fallbacks in `cpu.stats.instructions` too.
@@ -507,10 +503,10 @@ impl Jit {
             // the slice lasts, and no event, stop or invalidation waits.
             left = left.saturating_sub(ran_native + ran_fallback);
             // What changes the CPU's own state (HLT, an interrupt shadow,
-            // a stop, a mode change) ends a region with a helper's LEAVE;
-            // an interrupt raised from outside is looked for here, after
-            // at most `BOUNDARY_HOPS` linked exits (a few thousand
-            // instructions at most: each region stops at its budget too).
+            // a stop, a mode change, a write to code) ends a region with a
+            // helper's LEAVE; an interrupt raised from outside, or a
+            // device's write to code, is looked for here, once the chain's
+            // budget (the run's slice) is spent.
             if self.ctx.status != ctx::status::OK
                 || left == 0
                 || self.inval_flag.load(Ordering::Relaxed)

@@ -1429,11 +1429,11 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
     // The exits.
     tx.b.switch_to_block(exit_block);
     let rip = tx.b.use_var(exit_rip);
-    tx.b.ins().store(mem_flags(), rip, tx.state, RIP_OFF);
     tx.count_out();
     if spec.chain {
         tx.chain_exit(rip, ptr);
     } else {
+        tx.b.ins().store(mem_flags(), rip, tx.state, RIP_OFF);
         tx.b.ins().return_(&[]);
     }
 
@@ -1518,19 +1518,7 @@ impl Tx<'_, '_> {
         let spent = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, c, self.budget);
         // The status and the exit kind, side by side.
         let st = self.b.ins().load(i64t, fl, self.ctx, off::STATUS);
-        let hops = self.b.ins().load(i64t, fl, self.ctx, off::HOPS);
-        // Relaxed reads of the two `AtomicBool`s: a write seen late is
-        // seen by the run loop when the chain ends.
-        let p1 = self.b.ins().load(ptr, fl, self.ctx, off::INVAL);
-        let p2 = self.b.ins().load(ptr, fl, self.ctx, off::MEM_INVAL);
-        let f1 = self.b.ins().load(types::I8, fl, p1, 0);
-        let f2 = self.b.ins().load(types::I8, fl, p2, 0);
-        let f = self.b.ins().bor(f1, f2);
-        let f = self.b.ins().uextend(i64t, f);
-        let stop = self.b.ins().bor(st, f);
-        let stop = self.b.ins().icmp_imm_s(IntCC::NotEqual, stop, 0);
-        let no_hops = self.b.ins().icmp_imm_s(IntCC::Equal, hops, 0);
-        let stop = self.b.ins().bor(stop, no_hops);
+        let stop = self.b.ins().icmp_imm_s(IntCC::NotEqual, st, 0);
         let stop = self.b.ins().bor(stop, spent);
         self.b.ins().brif(stop, ret, &[], probe, &[]);
 
@@ -1556,12 +1544,14 @@ impl Tx<'_, '_> {
         self.enter_block(go);
         let code = self.b.ins().load(ptr, fl, slot, off::SLOT_CODE);
         let entry = self.b.ins().load(types::I32, fl, slot, off::SLOT_ENTRY);
-        let hops = self.b.ins().iadd_imm_s(hops, -1);
+        let hops = self.b.ins().load(i64t, fl, self.ctx, off::HOPS);
+        let hops = self.b.ins().iadd_imm_s(hops, 1);
         self.b.ins().store(fl, hops, self.ctx, off::HOPS);
         let sig = self.b.import_signature(crate::compiler::region_signature(ptr));
         self.b.ins().return_call_indirect(sig, code, &[self.ctx, entry]);
 
         self.enter_block(ret);
+        self.b.ins().store(fl, rip, self.state, RIP_OFF);
         self.b.ins().return_(&[]);
     }
 
