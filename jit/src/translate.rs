@@ -1191,6 +1191,12 @@ struct Tx<'a, 'b> {
     /// The current instruction's entry in the fallback table, for a slow
     /// path that runs it through the interpreter.
     slow_insn: Option<*const Decoded>,
+    /// The instruction being translated read memory (a helper's read may
+    /// have had effects: its stores keep their own helper).
+    insn_loaded: bool,
+    /// Its read-modify-write load left through the interpreter on a miss,
+    /// so the host address it hands on is always good.
+    rmw_direct: bool,
     /// Native instructions completed since the last update of `icount`.
     pending: i64,
     exit_block: Block,
@@ -1273,8 +1279,9 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
             match &form {
                 Some(f) => {
                     stats.native += 1;
-                    if f.may_slow() {
-                        // The slow path runs it through the interpreter.
+                    if f.may_slow() || writes_memory(&d.insn) {
+                        // The slow path runs it through the interpreter
+                        // (for a store, the path of a TLB miss).
                         fb = fallbacks.len();
                         fallbacks.push(*d);
                     }
@@ -1348,6 +1355,8 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
         cin_deferred: false,
         sse_ok: false,
         slow_insn: None,
+        insn_loaded: false,
+        rmw_direct: false,
         pending: 0,
         exit_block,
         leave_block,
@@ -1403,6 +1412,8 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
                 Some(f) => {
                     // SAFETY (pointer arithmetic only): as below.
                     tx.slow_insn = (p.fallback != usize::MAX).then(|| fb_base.wrapping_add(p.fallback));
+                    tx.insn_loaded = false;
+                    tx.rmw_direct = false;
                     ended = tx.emit(f, &d.insn, p.rip, next);
                     if !ended {
                         tx.pending += 1;
@@ -1881,24 +1892,30 @@ impl Tx<'_, '_> {
     /// the second value is the host address for the store (0 when the
     /// store must go through the helper).
     fn load_at(&mut self, seg: usize, off_v: Value, size: u32, rip: u64, rmw: bool) -> (Value, Value) {
+        self.insn_loaded = true;
         let join = self.b.create_block();
         let val = self.b.append_block_param(join, types::I64);
         // (Only an RMW load hands on the host address.)
         let haddr = if rmw { Some(self.b.append_block_param(join, types::I64)) } else { None };
         let slow = self.b.create_block();
+        // An RMW whose load misses runs whole through the interpreter: its
+        // store then always has the host address.
+        let direct = rmw && self.slow_insn.is_some();
+        self.rmw_direct = direct;
         if let Some(lin) = self.linear(seg, off_v) {
             let l = mmu::TLB_LAYOUT;
-            let (entry, hit) = self.tlb_hit(lin, size, if rmw { l.jit_write } else { l.jit_read });
-            let fast = self.b.create_block();
-            self.b.ins().brif(hit, fast, &[], slow, &[]);
-            self.enter_block(fast);
-            let addr = self.host_addr(entry, lin);
+            let addr = self.tlb_host_addr(lin, size, if rmw { l.jit_write } else { l.jit_read }, slow);
             let v = self.load_host(addr, size);
             self.jump_join(join, v, rmw.then_some(addr));
         } else {
             self.b.ins().jump(slow, &[]);
         }
         self.enter_block(slow);
+        if direct {
+            self.access_slow_exit(rip);
+            self.enter_block(join);
+            return (val, haddr.expect("an RMW load has a host address"));
+        }
         let f = if rmw { self.access.load_rmw } else { self.access.load };
         let callee = self.iconst(f as u64);
         let segv = self.b.ins().iconst(types::I32, seg as i64);
@@ -1920,6 +1937,17 @@ impl Tx<'_, '_> {
         (val, haddr)
     }
 
+    /// The TLB test for `size` bytes at `lin` (the entry's tag at
+    /// `tag_off`): on a hit, in a new block, the host address; on a miss,
+    /// on to `slow`.
+    fn tlb_host_addr(&mut self, lin: Value, size: u32, tag_off: usize, slow: Block) -> Value {
+        let (entry, hit) = self.tlb_hit(lin, size, tag_off);
+        let fast = self.b.create_block();
+        self.b.ins().brif(hit, fast, &[], slow, &[]);
+        self.enter_block(fast);
+        self.host_addr(entry, lin)
+    }
+
     /// Jump to a load's `join` with the value and, for an RMW load, the
     /// host address.
     fn jump_join(&mut self, join: Block, v: Value, haddr: Option<Value>) {
@@ -1932,7 +1960,37 @@ impl Tx<'_, '_> {
     /// Write `v` at `seg:off_v`; `haddr` from an RMW load (or 0). Returns
     /// a value that is non-zero when the region must leave after the
     /// instruction.
-    fn store_at(&mut self, seg: usize, off_v: Value, size: u32, v: Value, rip: u64, haddr: Option<Value>) -> Value {
+    fn store_at(
+        &mut self,
+        seg: usize,
+        off_v: Value,
+        size: u32,
+        v: Value,
+        rip: u64,
+        haddr: Option<Value>,
+    ) -> Option<Value> {
+        if let Some(a) = haddr.filter(|_| self.rmw_direct) {
+            self.store_host(a, size, v);
+            return None;
+        }
+        if haddr.is_none() && !self.insn_loaded && self.slow_insn.is_some() {
+            // A miss runs the instruction through the interpreter, which
+            // stores and leaves: the hit goes on with nothing to check.
+            match self.linear(seg, off_v) {
+                Some(lin) => {
+                    let slow = self.b.create_block();
+                    let addr = self.tlb_host_addr(lin, size, mmu::TLB_LAYOUT.jit_write, slow);
+                    self.store_host(addr, size, v);
+                    let cont = self.b.create_block();
+                    self.b.ins().jump(cont, &[]);
+                    self.enter_block(slow);
+                    self.access_slow_exit(rip);
+                    self.enter_block(cont);
+                }
+                None => self.access_slow_exit_here(rip),
+            }
+            return None;
+        }
         let join = self.b.create_block();
         let leave = self.b.append_block_param(join, types::I32);
         let slow = self.b.create_block();
@@ -1944,12 +2002,7 @@ impl Tx<'_, '_> {
             }
             None => match self.linear(seg, off_v) {
                 Some(lin) => {
-                    let l = mmu::TLB_LAYOUT;
-                    let (entry, hit) = self.tlb_hit(lin, size, l.jit_write);
-                    let check = self.b.create_block();
-                    self.b.ins().brif(hit, check, &[], slow, &[]);
-                    self.enter_block(check);
-                    let addr = self.host_addr(entry, lin);
+                    let addr = self.tlb_host_addr(lin, size, mmu::TLB_LAYOUT.jit_write, slow);
                     self.b.ins().jump(fast, &[addr.into()]);
                 }
                 None => {
@@ -1978,11 +2031,32 @@ impl Tx<'_, '_> {
         self.enter_block(ok);
         self.b.ins().jump(join, &[st.into()]);
         self.enter_block(join);
-        leave
+        Some(leave)
+    }
+
+    /// The slow path of a memory access: the instruction runs through the
+    /// interpreter (which raises its faults) and the region leaves after
+    /// it. The instructions before it count on this path (the main path
+    /// keeps its pending count).
+    fn access_slow_exit(&mut self, rip: u64) {
+        let c = self.b.use_var(self.icount);
+        let c = self.b.ins().iadd_imm_s(c, self.pending);
+        self.b.def_var(self.icount, c);
+        self.slow_exit(rip);
+    }
+
+    /// [`Self::access_slow_exit`] as the only way on (a segment that needs
+    /// the interpreter's checks): the code after it is unreachable, in a
+    /// block of its own.
+    fn access_slow_exit_here(&mut self, rip: u64) {
+        self.access_slow_exit(rip);
+        let dead = self.b.create_block();
+        self.enter_block(dead);
     }
 
     /// After an instruction that stored: leave after it if the store asked.
-    fn after_store(&mut self, leave: Value, next: u64) {
+    fn after_store(&mut self, leave: Option<Value>, next: u64) {
+        let Some(leave) = leave else { return };
         let out = self.b.create_block();
         let cont = self.b.create_block();
         self.b.ins().brif(leave, out, &[], cont, &[]);
@@ -3917,7 +3991,7 @@ impl Tx<'_, '_> {
     }
 
     /// PUSH: store at SS:RSP-size, then move RSP (a fault leaves RSP).
-    fn push(&mut self, v: Value, size: u32, rip: u64) -> Value {
+    fn push(&mut self, v: Value, size: u32, rip: u64) -> Option<Value> {
         let sp = self.gpr64(4);
         let new = self.b.ins().iadd_imm_s(sp, -i64::from(size));
         let a = if self.bits == 64 { new } else { self.b.ins().band_imm_s(new, 0xffff_ffff) };
@@ -4006,7 +4080,8 @@ impl Tx<'_, '_> {
     }
 
     /// [`Tx::after_store`] for a branch with a computed target.
-    fn after_store_value(&mut self, leave: Value, target: Value) {
+    fn after_store_value(&mut self, leave: Option<Value>, target: Value) {
+        let Some(leave) = leave else { return };
         let out = self.b.create_block();
         let cont = self.b.create_block();
         self.b.ins().brif(leave, out, &[], cont, &[]);
@@ -4014,6 +4089,12 @@ impl Tx<'_, '_> {
         self.exit_to_value(target, 1);
         self.enter_block(cont);
     }
+}
+
+/// Whether the instruction may write memory through its first operand or
+/// the stack: its store's slow path runs it through the interpreter.
+fn writes_memory(insn: &Instruction) -> bool {
+    insn.op0_kind() == OpKind::Memory || insn.stack_pointer_increment() < 0
 }
 
 fn vec_type(lane_bytes: u8) -> Type {
