@@ -1892,16 +1892,17 @@ impl Tx<'_, '_> {
     /// the second value is the host address for the store (0 when the
     /// store must go through the helper).
     fn load_at(&mut self, seg: usize, off_v: Value, size: u32, rip: u64, rmw: bool) -> (Value, Value) {
+        // An RMW whose load misses runs whole through the interpreter (unless
+        // the instruction read memory before, which must not happen twice):
+        // its store then always has the host address.
+        let direct = rmw && self.slow_insn.is_some() && !self.insn_loaded;
+        self.rmw_direct = direct;
         self.insn_loaded = true;
         let join = self.b.create_block();
         let val = self.b.append_block_param(join, types::I64);
         // (Only an RMW load hands on the host address.)
         let haddr = if rmw { Some(self.b.append_block_param(join, types::I64)) } else { None };
         let slow = self.b.create_block();
-        // An RMW whose load misses runs whole through the interpreter: its
-        // store then always has the host address.
-        let direct = rmw && self.slow_insn.is_some();
-        self.rmw_direct = direct;
         if let Some(lin) = self.linear(seg, off_v) {
             let l = mmu::TLB_LAYOUT;
             let addr = self.tlb_host_addr(lin, size, if rmw { l.jit_write } else { l.jit_read }, slow);
@@ -1957,9 +1958,11 @@ impl Tx<'_, '_> {
         };
     }
 
-    /// Write `v` at `seg:off_v`; `haddr` from an RMW load (or 0). Returns
-    /// a value that is non-zero when the region must leave after the
-    /// instruction.
+    /// Write `v` at `seg:off_v`; `haddr` from an RMW load (or 0). Where a
+    /// miss goes through the store's helper, returns a value that is
+    /// non-zero when the region must leave after the instruction; `None`
+    /// where a miss runs the instruction through the interpreter and
+    /// leaves (the hit then needs no test).
     fn store_at(
         &mut self,
         seg: usize,
