@@ -17,13 +17,13 @@
 //! | `etc/acpi/tables`, `etc/acpi/rsdp`, `etc/table-loader` | the ACPI tables of direct boot, with QEMU's linker/loader commands that place and link them |
 //! | `etc/boot-fail-wait` | 5 s (SeaBIOS's default is 60) before a reboot when nothing boots |
 //!
-//! SeaBIOS writes its log to port 0x402 (`devices::debugcon`, shown by
+//! SeaBIOS writes its log to port 0x402 (`devices::legacy::debugcon`, shown by
 //! `--trace firmware`).
 
 use std::path::Path;
 use std::sync::Arc;
 
-use devices::fw_cfg::FwCfg;
+use devices::legacy::fw_cfg::FwCfg;
 use mmu::GuestMemory;
 
 use crate::error::Error;
@@ -80,7 +80,7 @@ pub fn check_image(image: &[u8], path: Option<&Path>) -> Result<(), Error> {
 /// The fw_cfg device for a machine with `mem`, whose disks sit in PCI
 /// slots `disk_slots` (boot order).
 pub fn fw_cfg(mem: &Arc<GuestMemory>, disk_slots: &[u8]) -> Result<FwCfg, Error> {
-    let fw = |e: devices::fw_cfg::FwCfgError| Error::Config(format!("fw_cfg: {e}"));
+    let fw = |e: devices::legacy::fw_cfg::FwCfgError| Error::Config(format!("fw_cfg: {e}"));
     let mut d = FwCfg::new(mem.clone(), mem.ram_size(), 1);
     d.set_item(FW_CFG_BOOT_MENU, 0u16.to_le_bytes().to_vec());
     let e820 = firmware::e820::e820_for_memory(mem).map_err(|e| Error::Config(format!("e820: {e}")))?;

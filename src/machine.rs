@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use cpu::CpuState;
 use devices::console::SerialBackend;
-use devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN};
-use devices::serial::{Serial, COM1_PORT, SERIAL_PORT_LEN};
+use devices::legacy::debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN};
+use devices::legacy::serial::{Serial, COM1_PORT, SERIAL_PORT_LEN};
 use devices::{Bus, SharedDevice, VmEvent, VmEvents};
 use mmu::GuestMemory;
 use parking_lot::{Condvar, Mutex};
@@ -260,12 +260,12 @@ impl Machine {
         let out = Box::new(TimedWriter { inner: out, first: first_byte.clone() });
         let clock: devices::clock::SharedClock = Arc::new(devices::clock::HostClock::new());
         let tsc = Arc::new(devices::clock::Tsc::new(cpu::cpuid::TSC_KHZ * 1000));
-        let ram = devices::rtc::RamSize::split(config.mem, mmu::PCI_HOLE_START);
+        let ram = devices::legacy::rtc::RamSize::split(config.mem, mmu::PCI_HOLE_START);
         let chipset = devices::pc::PcChipset::new(clock.clone(), events.clone(), tsc, ram);
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
         chipset.install(&mut pio, &mut mmio)?;
-        let serial = Arc::new(Mutex::new(Serial::new(chipset.irq_line(devices::serial::COM1_IRQ), out)));
+        let serial = Arc::new(Mutex::new(Serial::new(chipset.irq_line(devices::legacy::serial::COM1_IRQ), out)));
         let shared: SharedDevice = serial.clone();
         pio.insert(shared, u64::from(COM1_PORT), SERIAL_PORT_LEN)?;
         let exit: SharedDevice = Arc::new(Mutex::new(DebugExit::new(events.clone())));
@@ -280,7 +280,7 @@ impl Machine {
                 .filter(|&s| s < 32)
                 .collect();
             let fw_cfg: SharedDevice = Arc::new(Mutex::new(crate::bios::fw_cfg(&mem, &slots)?));
-            pio.insert(fw_cfg, u64::from(devices::fw_cfg::FW_CFG_PORT), devices::fw_cfg::FW_CFG_PORT_LEN)?;
+            pio.insert(fw_cfg, u64::from(devices::legacy::fw_cfg::FW_CFG_PORT), devices::legacy::fw_cfg::FW_CFG_PORT_LEN)?;
         }
         let nics = crate::nic::install(nics, disks, &chipset, &mem, &mut pio, &mut mmio)?;
         Ok(Machine {

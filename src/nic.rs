@@ -32,17 +32,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use devices::bus::{Bus, BusDevice, SharedDevice};
-use devices::e1000::E1000;
-use devices::msi::MsiSink;
-use devices::nic::io::SharedNic;
-use devices::nic::{nth_mac, Doorbell, NetIoThread, NicStats};
+use devices::nic::e1000::E1000;
+use devices::intc::msi::MsiSink;
+use devices::io_thread::SharedIoDevice;
+use devices::nic::{nth_mac, Doorbell, IoThread, NicStats};
 use devices::pc::PcChipset;
 use devices::pci::msix::MAX_VECTORS;
 use devices::pci::{BarChange, PciAddress, PciBarKind, PciInterruptPin, SharedPciDevice};
 use devices::virtio::pci::Doorbell as BellSpec;
 use devices::virtio::VirtioPci;
-use devices::virtio_blk::{VirtioBlk, VirtioBlkPci};
-use devices::virtio_net::{VirtioNet, VirtioNetPci};
+use devices::virtio::blk::{VirtioBlk, VirtioBlkPci};
+use devices::virtio::net::{VirtioNet, VirtioNetPci};
 use mmu::GuestMemory;
 use parking_lot::Mutex;
 
@@ -324,7 +324,7 @@ impl Drop for AttachedDoorbells<'_> {
 pub struct Nics {
     nics: Vec<(PciAddress, String, NicHandle)>,
     doorbells: Arc<Mutex<Doorbells>>,
-    _io: NetIoThread,
+    _io: IoThread,
 }
 
 impl Nics {
@@ -379,7 +379,7 @@ impl Nics {
 /// notification writes (registered with the windows, to follow the BARs).
 fn virtio_doorbells(
     specs: Vec<BellSpec>,
-    nic: SharedNic,
+    nic: SharedIoDevice,
     address: PciAddress,
     windows: &BarWindows,
     bells: &mut Vec<Doorbell>,
@@ -415,8 +415,8 @@ pub fn install(
         return Ok(None);
     }
     let windows = BarWindows::install(chipset, pio, mmio)?;
-    let mut io = NetIoThread::new().map_err(|e| Error::Config(format!("cannot set up the NIC I/O thread: {e}")))?;
-    let mut polled: Vec<(SharedNic, Option<OwnedFd>)> = Vec::new();
+    let mut io = IoThread::new().map_err(|e| Error::Config(format!("cannot set up the NIC I/O thread: {e}")))?;
+    let mut polled: Vec<(SharedIoDevice, Option<OwnedFd>)> = Vec::new();
     let mut bells: Vec<Doorbell> = Vec::new();
     let mut nics = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
@@ -557,11 +557,11 @@ mod tests {
     /// A model that takes doorbells (none ring here).
     struct Quiet;
 
-    impl devices::nic::NicPoll for Quiet {
+    impl devices::nic::IoPoll for Quiet {
         fn poll(&mut self, _now: std::time::Instant) -> Option<std::time::Duration> {
             None
         }
-        fn nic_label(&self) -> String {
+        fn io_label(&self) -> String {
             "quiet".into()
         }
     }
@@ -569,7 +569,7 @@ mod tests {
     #[test]
     fn doorbells_follow_their_bars_into_the_hypervisor() {
         let addr = PciAddress::new(3, 0).unwrap();
-        let nic: SharedNic = Arc::new(Mutex::new(Quiet));
+        let nic: SharedIoDevice = Arc::new(Mutex::new(Quiet));
         let bell = Doorbell::new(nic, 1).unwrap();
         let mut d = Doorbells::default();
         let legacy = BellSpec { bar: 0, offset: 0x10, len: 2, datamatch: Some(1), queue: 1 };

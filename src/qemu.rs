@@ -625,7 +625,7 @@ impl State {
                 // QEMU's defaults: iobase 0x501, iosize 2.
                 let base = number(option, "iobase", o.get("iobase").unwrap_or("0x501"))?;
                 let size = number(option, "iosize", o.get("iosize").unwrap_or("2"))?;
-                if base != u64::from(devices::debug_exit::DEBUG_EXIT_PORT) {
+                if base != u64::from(devices::legacy::debug_exit::DEBUG_EXIT_PORT) {
                     return Err(format!(
                         "{option} isa-debug-exit,iobase={base:#x} is not supported: ferrovm's debug-exit port \
                          is at 0xf4 (iobase=0xf4)"

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use devices::clock::ManualClock;
 use devices::pc::PcChipset;
-use devices::rtc::RamSize;
+use devices::legacy::rtc::RamSize;
 use devices::{Bus, Tsc, VmEvents};
 use firmware::acpi::{write_acpi_tables, AcpiConfig, ACPI_TABLES_START};
 use mmu::GuestMemory;

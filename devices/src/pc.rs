@@ -28,14 +28,20 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::acpi_pm::{AcpiPm, AcpiPmState, ResetControl, ResetControlState, ACPI_PM_BASE, ACPI_PM_LEN, SCI_IRQ};
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::clock::{SharedClock, Timers, Tsc};
-use crate::debugcon::{DebugCon, DEBUGCON_PORT, DEBUGCON_PORT_LEN};
-use crate::hpet::{Hpet, HpetState, HPET_BASE, HPET_MMIO_LEN};
-use crate::i8042::{I8042State, AUX_IRQ, I8042, KEYBOARD_IRQ};
 use crate::intc::InterruptController;
 use crate::irq::{IrqLine, SwitchedIrq};
+use crate::legacy::acpi_pm::{
+    AcpiPm, AcpiPmState, ResetControl, ResetControlState, ACPI_PM_BASE, ACPI_PM_LEN, SCI_IRQ,
+};
+use crate::legacy::debugcon::{DebugCon, DEBUGCON_PORT, DEBUGCON_PORT_LEN};
+use crate::legacy::hpet::{Hpet, HpetState, HPET_BASE, HPET_MMIO_LEN};
+use crate::legacy::i8042::{I8042State, AUX_IRQ, I8042, KEYBOARD_IRQ};
+use crate::legacy::pit::{Pit, PitState, PIT_IRQ};
+use crate::legacy::port92::{A20Gate, Port92, Port92State, PORT92, PORT92_LEN};
+use crate::legacy::post_code::{PostCode, POST_CODE_PORT, POST_CODE_PORT_LEN};
+use crate::legacy::rtc::{RamSize, Rtc, RTC_IRQ, RTC_PORT, RTC_PORT_LEN};
 use crate::mapping::BusMapping;
 use crate::pci::config::PCI_INTERRUPT_LINE;
 use crate::pci::piix::PIIX_ISA_ADDRESS;
@@ -43,11 +49,7 @@ use crate::pci::{
     I440fxHostBridge, PciAddress, PciError, PciInterruptPin, PciIntxRouter, PciRoot, PiixIsaBridge, SharedPciDevice,
     DEFAULT_PIRQ_IRQS,
 };
-use crate::pit::{Pit, PitState, PIT_IRQ};
-use crate::port92::{A20Gate, Port92, Port92State, PORT92, PORT92_LEN};
-use crate::post_code::{PostCode, POST_CODE_PORT, POST_CODE_PORT_LEN};
 use crate::power::VmEvents;
-use crate::rtc::{RamSize, Rtc, RTC_IRQ, RTC_PORT, RTC_PORT_LEN};
 
 /// Where the host bridge sits.
 pub const HOST_BRIDGE_ADDRESS: PciAddress = PciAddress { bus: 0, device: 0, function: 0 };

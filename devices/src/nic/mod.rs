@@ -1,51 +1,29 @@
-//! What the NIC models ([`crate::e1000`], [`crate::virtio_net`]) share:
+//! What the NIC models ([`crate::nic::e1000`], [`crate::virtio::net`]) share:
 //! the offloads they perform for the guest ([`offload`]) and the host side
-//! that drives their backends ([`io`]).
+//! that drives their backends ([`crate::io_thread`]).
 //!
 //! Who runs what:
 //! - The vCPU thread runs the guest's register accesses. A transmit takes
 //!   the frames off the guest's ring, hands them to the backend
 //!   ([`net::NetBackend::send`]) and kicks the I/O thread.
-//! - The I/O thread ([`io::NetIoThread`]) sleeps in `ppoll` on every
+//! - The I/O thread ([`IoThread`]) sleeps in `ppoll` on every
 //!   backend's wake fd, the kick, the doorbells and the nearest timer; when
-//!   one fires it calls each model's [`NicPoll::poll`], which polls the
+//!   one fires it calls each model's [`IoPoll::poll`], which polls the
 //!   backend and moves waiting frames into the guest's receive buffers,
 //!   raising the interrupt. The interrupt line wakes a halted CPU.
 //! - Under KVM, a virtio queue notification can skip the vCPU thread: KVM
-//!   signals the queue's doorbell eventfd ([`io::Doorbell`]) instead of
+//!   signals the queue's doorbell eventfd ([`Doorbell`]) instead of
 //!   exiting, and the I/O thread does what the register write would have
-//!   done ([`NicPoll::doorbell`]): transmits, or takes fresh receive buffers.
+//!   done ([`IoPoll::doorbell`]): transmits, or takes fresh receive buffers.
 //!
 //! A model is behind one mutex, which both threads take; the backend lives
 //! inside the model.
 
-use std::time::{Duration, Instant};
-
-pub mod fuzz;
-pub mod io;
+pub mod e1000;
 pub mod merge;
 pub mod offload;
 
-pub use io::{Doorbell, IoKick, NetIoThread};
-
-/// A NIC model as the I/O thread drives it.
-pub trait NicPoll: Send {
-    /// Polls the backend (always, so that its readiness is consumed even
-    /// while the guest has the NIC disabled), delivers waiting frames and
-    /// fires due timers (interrupt throttling). Returns when to call again
-    /// at the latest.
-    fn poll(&mut self, now: Instant) -> Option<Duration>;
-
-    /// The guest notified `queue` through a doorbell eventfd
-    /// ([`io::Doorbell`]) instead of a register write. Only models that
-    /// hand out doorbells (virtio-net) get these.
-    fn doorbell(&mut self, queue: u16) {
-        tracing::warn!(target: "devices", "{}: a doorbell for queue {queue}, which it has none of", self.nic_label());
-    }
-
-    /// A short name for logs.
-    fn nic_label(&self) -> String;
-}
+pub use crate::io_thread::{Doorbell, IoKick, IoPoll, IoThread};
 
 /// Traffic counters of a NIC model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

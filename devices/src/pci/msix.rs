@@ -28,7 +28,7 @@
 use std::sync::Arc;
 
 use super::config::PciConfigSpace;
-use crate::msi::{MsiMessage, MsiSink};
+use crate::intc::msi::{MsiMessage, MsiSink};
 
 /// Capability ID of MSI-X.
 pub const CAP_ID_MSIX: u8 = 0x11;
@@ -242,7 +242,7 @@ impl Msix {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::msi::RecordingMsi;
+    use crate::intc::msi::RecordingMsi;
 
     const CAP: usize = 0x98;
 

@@ -449,7 +449,7 @@ mod tests {
     fn reset_register_shares_the_address_port() {
         let r = Rig::new();
         let events = Arc::new(VmEvents::new());
-        let reset: SharedDevice = Arc::new(Mutex::new(crate::acpi_pm::ResetControl::new(events.clone())));
+        let reset: SharedDevice = Arc::new(Mutex::new(crate::legacy::acpi_pm::ResetControl::new(events.clone())));
         r.root.lock().set_reset_register(reset);
         r.bus.write(0xcf8, &0x8000_1800u32.to_le_bytes());
         r.bus.write(0xcf9, &[0x06]);

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use mmu::GuestMemory;
 
+pub mod blk;
+pub mod net;
 pub mod pci;
 pub mod queue;
 

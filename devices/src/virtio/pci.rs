@@ -59,8 +59,8 @@ use super::{
 };
 use crate::access::fill_le;
 use crate::bus::{BusDevice, SharedDevice};
+use crate::intc::msi::MsiSink;
 use crate::irq::IrqLine;
-use crate::msi::MsiSink;
 use crate::pci::config::{PciBarKind, PciConfigSpace, COMMAND_INTX_DISABLE, COMMAND_MASTER, PCI_STATUS};
 use crate::pci::msix::{Msix, MsixState, MAX_VECTORS, MSIX_BAR_SIZE, MSIX_CAP_LEN};
 use crate::pci::{PciDevice, PciInterruptPin};
@@ -1255,9 +1255,9 @@ mod tests {
         assert_eq!(r.dev.doorbell_rings(), 2);
     }
 
-    fn msix_rig() -> (Rig, Arc<crate::msi::RecordingMsi>) {
+    fn msix_rig() -> (Rig, Arc<crate::intc::msi::RecordingMsi>) {
         let mut r = rig();
-        let sink = Arc::new(crate::msi::RecordingMsi::new());
+        let sink = Arc::new(crate::intc::msi::RecordingMsi::new());
         r.dev = VirtioPci::new(Echo { resets: 0, activated: false, cfg: *b"abcdef" }, r.mem.clone(), r.irq.clone())
             .with_msix(sink.clone(), 3);
         (r, sink)
@@ -1275,7 +1275,7 @@ mod tests {
         r.dev.write_config(CAP_MSIX_AT + 2, &value.to_le_bytes());
     }
 
-    fn vectors_sent(sink: &crate::msi::RecordingMsi) -> Vec<u32> {
+    fn vectors_sent(sink: &crate::intc::msi::RecordingMsi) -> Vec<u32> {
         sink.take().iter().map(|m| m.data).collect()
     }
 

@@ -44,7 +44,7 @@
 use std::sync::Arc;
 
 use crate::clock::{ns_for_ticks, ticks_in, Tsc};
-use crate::ioapic::DeliveryMode;
+use crate::intc::ioapic::DeliveryMode;
 use crate::log_once::{LogOnce, Misuse};
 
 /// Default physical base of the xAPIC MMIO page.

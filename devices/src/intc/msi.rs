@@ -18,7 +18,7 @@
 //! the destinations; the delivery mode field says it too, and only the
 //! delivery mode is used here (one CPU).
 
-use crate::ioapic::{DeliveryMode, InterruptMessage};
+use crate::intc::ioapic::{DeliveryMode, InterruptMessage};
 
 /// Base of the local APICs' message window.
 pub const MSI_ADDRESS_BASE: u64 = 0xfee0_0000;

@@ -339,7 +339,7 @@ fn broken_chains_need_a_reset() {
 fn requests_wait_for_the_io_thread_when_there_is_one() {
     let mem = Arc::new(GuestMemory::new(1 << 20).unwrap());
     let disk = Arc::new(Mutex::new(MemDisk { data: vec![0; 4096], ..MemDisk::default() }));
-    let mut io = crate::nic::NetIoThread::new().unwrap();
+    let mut io = crate::nic::IoThread::new().unwrap();
     let blk = VirtioBlk::new(Box::new(SharedDisk(disk)), "x", io.kick());
     let mut dev = VirtioPci::new(blk, mem.clone(), Arc::new(RecordingIrq::new()));
     dev.write_config(PCI_COMMAND, &[0x06, 0]);
@@ -356,7 +356,7 @@ fn requests_wait_for_the_io_thread_when_there_is_one() {
     w(&mut dev, 0x3000, 0, 2);
     assert!(ring.take_used(&mem).is_empty(), "the vCPU thread did no I/O");
     let dev = Arc::new(Mutex::new(dev));
-    let shared: crate::nic::io::SharedNic = dev.clone();
+    let shared: crate::io_thread::SharedIoDevice = dev.clone();
     io.start(vec![(shared, None)], Vec::new()).unwrap();
     let t = Instant::now();
     while ring.take_used(&mem).is_empty() {
@@ -390,7 +390,7 @@ fn fuzz_entry_point_over_pseudo_random_inputs() {
     read.extend_from_slice(&[0, 0x80, 0, 0, 0, 0, 0, 0, 1]);
     let stats = fuzz_requests(&read);
     assert_eq!((stats.reads, stats.read_bytes, stats.errors), (1, 512, 0), "the read seed reads");
-    for input in &crate::nic::fuzz::pseudo_random_inputs(0xb10c, 3000, 600, &[&read]) {
+    for input in &crate::fuzz::pseudo_random_inputs(0xb10c, 3000, 600, &[&read]) {
         fuzz_requests(input);
     }
 }
@@ -414,7 +414,7 @@ fn qcow2_header_parser_over_pseudo_random_inputs() {
     crate::block::header::check_bytes(&img).expect("the seed is valid");
     let head: Vec<u8> = img[..128].to_vec();
     let mut ok = 0;
-    for mut input in crate::nic::fuzz::pseudo_random_inputs(0x9c0, 5000, 128, &[&head]) {
+    for mut input in crate::fuzz::pseudo_random_inputs(0x9c0, 5000, 128, &[&head]) {
         input.resize(128, 0);
         let mut m = img.clone();
         m[..128].copy_from_slice(&input);

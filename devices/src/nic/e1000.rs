@@ -56,7 +56,7 @@ use crate::access::fill_le;
 use crate::bus::{BusDevice, SharedDevice};
 use crate::irq::IrqLine;
 use crate::nic::offload::{self, L4Proto, Segmentation};
-use crate::nic::{IoKick, NicPoll, NicStats, RX_SCRATCH};
+use crate::nic::{IoKick, IoPoll, NicStats, RX_SCRATCH};
 use crate::pci::config::{PciBarKind, PciConfigSpace, COMMAND_INTX_DISABLE, COMMAND_MASTER};
 use crate::pci::{PciDevice, PciInterruptPin};
 
@@ -1227,7 +1227,7 @@ impl PciDevice for E1000 {
     }
 }
 
-impl NicPoll for E1000 {
+impl IoPoll for E1000 {
     fn poll(&mut self, now: Instant) -> Option<Duration> {
         let next = self.backend.poll(now);
         if self.reg(RCTL) & RCTL_EN != 0 && self.bus_master() {
@@ -1248,7 +1248,7 @@ impl NicPoll for E1000 {
         }
     }
 
-    fn nic_label(&self) -> String {
+    fn io_label(&self) -> String {
         self.debug_label()
     }
 }
@@ -1273,7 +1273,8 @@ impl BusDevice for E1000Bar {
     }
 }
 
-impl crate::nic::fuzz::FuzzDevice for E1000 {
+#[cfg(any(test, feature = "fuzz"))]
+impl crate::fuzz::FuzzDevice for E1000 {
     fn bars(&self) -> &'static [(usize, u64)] {
         &[(MMIO_BAR, MMIO_BAR_SIZE), (IO_BAR, IO_BAR_SIZE)]
     }
@@ -1318,17 +1319,18 @@ impl crate::nic::fuzz::FuzzDevice for E1000 {
         self.write_config(offset, data);
     }
     fn poll(&mut self, now: Instant) {
-        NicPoll::poll(self, now);
+        IoPoll::poll(self, now);
     }
 }
 
 /// The fuzzing entry point: an e1000 brought up as Linux does (bus
 /// mastering, 16-descriptor transmit and receive rings with buffers,
 /// interrupts unmasked), then `data` as a hostile guest's and network's
-/// actions (see `crate::nic::fuzz::drive`). Panics only if the model does.
+/// actions (see `crate::fuzz::drive`). Panics only if the model does.
 /// Returns the device's counters.
+#[cfg(any(test, feature = "fuzz"))]
 pub fn fuzz_rings(data: &[u8]) -> NicStats {
-    use crate::nic::fuzz::{drive, FuzzBackend, FuzzDevice, Input, FUZZ_RAM};
+    use crate::fuzz::{drive, FuzzBackend, FuzzDevice, Input, FUZZ_RAM};
     const TX_RING: u64 = 0x1000;
     const RX_RING: u64 = 0x2000;
     const RX_BUFFERS: u64 = 0x10000;
@@ -1863,7 +1865,7 @@ mod tests {
         let tx: &[u8] =
             &[4, 0, 0x00, 0x30, 0, 0, 0, 0, 0, 0, 4, 1, 60, 0, 0, 0x0b, 0, 0, 0, 0, 0, 0x80, 0, 0, 1, 0, 0, 0, 2];
         let rx: &[u8] = &[5, 60, 0, 0xff, 0x52, 0x54, 0, 0x12, 0x34, 0x56, 7, 5, 200, 5, 0xff, 7];
-        let inputs = crate::nic::fuzz::pseudo_random_inputs(0xe1000, 3000, 600, &[tx, rx]);
+        let inputs = crate::fuzz::pseudo_random_inputs(0xe1000, 3000, 600, &[tx, rx]);
         let (sent, received) = (fuzz_rings(tx), fuzz_rings(rx));
         assert_eq!((sent.tx_frames, sent.rx_frames), (1, 0), "the transmit seed transmits");
         assert_eq!((received.tx_frames, received.rx_frames), (0, 1), "the receive seed receives");
@@ -1904,6 +1906,6 @@ mod tests {
         let s = r.dev.save();
         r.dev.restore(&s);
         assert_eq!(r.dev.save(), s);
-        assert!(r.dev.nic_label().starts_with("e1000"));
+        assert!(r.dev.io_label().starts_with("e1000"));
     }
 }

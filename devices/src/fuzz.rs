@@ -1,7 +1,7 @@
 //! Fuzzing the NIC models as a hostile guest drives them: arbitrary bytes
 //! become register accesses, bytes written anywhere in guest memory (rings,
 //! descriptors, buffers), frames arriving from the network and polls.
-//! [`crate::e1000::fuzz_rings`] and [`crate::virtio_net::fuzz_rings`] bring
+//! [`crate::nic::e1000::fuzz_rings`] and [`crate::virtio::net::fuzz_rings`] bring
 //! their device up as a driver would (so the input starts with working
 //! rings) and hand the rest of the input to `drive`.
 //!
@@ -33,8 +33,8 @@ pub(crate) type Inbox = Arc<Mutex<VecDeque<Vec<u8>>>>;
 #[derive(Debug)]
 pub(crate) struct FuzzMsi;
 
-impl crate::msi::MsiSink for FuzzMsi {
-    fn send(&self, msg: crate::msi::MsiMessage) {
+impl crate::intc::msi::MsiSink for FuzzMsi {
+    fn send(&self, msg: crate::intc::msi::MsiMessage) {
         let _ = msg.interrupt();
     }
 }

@@ -33,9 +33,9 @@ use std::sync::Arc;
 
 use crate::bus::{BusDevice, SharedDevice};
 use crate::irq::IrqLine;
+use crate::legacy::port92::A20Gate;
 use crate::log_once::{LogOnce, Misuse};
 use crate::mapping::{BusAlias, BusMapping};
-use crate::port92::A20Gate;
 use crate::power::{VmEvent, VmEvents};
 
 /// I/O port of the data register.

@@ -38,7 +38,7 @@
 use std::time::{Duration, Instant};
 
 use crate::block::{BlockBackend, SECTOR_SIZE};
-use crate::nic::{IoKick, NicPoll};
+use crate::nic::{IoKick, IoPoll};
 use crate::virtio::{
     Context, DescriptorChain, QueueError, VirtioDevice, VirtioPci, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC,
     VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK,
@@ -444,7 +444,7 @@ impl VirtioDevice for VirtioBlk {
     }
 }
 
-impl NicPoll for VirtioPci<VirtioBlk> {
+impl IoPoll for VirtioPci<VirtioBlk> {
     fn poll(&mut self, now: Instant) -> Option<Duration> {
         VirtioPci::poll(self, now)
     }
@@ -455,7 +455,7 @@ impl NicPoll for VirtioPci<VirtioBlk> {
         VirtioPci::poll(self, Instant::now());
     }
 
-    fn nic_label(&self) -> String {
+    fn io_label(&self) -> String {
         self.device().debug_label()
     }
 }
@@ -504,7 +504,8 @@ impl BlockBackend for FuzzDisk {
     }
 }
 
-impl crate::nic::fuzz::FuzzDevice for VirtioBlkPci {
+#[cfg(any(test, feature = "fuzz"))]
+impl crate::fuzz::FuzzDevice for VirtioBlkPci {
     fn bars(&self) -> &'static [(usize, u64)] {
         use crate::virtio::pci::{LEGACY_BAR, MODERN_BAR, MODERN_BAR_SIZE, MSIX_BAR};
         &[(MODERN_BAR, MODERN_BAR_SIZE), (LEGACY_BAR, 0x80), (MSIX_BAR, crate::pci::msix::MSIX_BAR_SIZE)]
@@ -539,7 +540,7 @@ impl crate::nic::fuzz::FuzzDevice for VirtioBlkPci {
         crate::pci::PciDevice::write_config(self, offset, data);
     }
     fn poll(&mut self, now: Instant) {
-        NicPoll::poll(self, now);
+        IoPoll::poll(self, now);
     }
 }
 
@@ -550,11 +551,12 @@ const FUZZ_SECTORS: usize = 128;
 /// over a 64 KiB disk in memory, brought up as Linux's driver does (the
 /// features the first eight bytes of `data` leave, VERSION_1 always; the
 /// queue of 16 entries at 0x1000), then the rest of `data` as a hostile
-/// guest's actions (`crate::nic::fuzz::drive`: register accesses, writes
+/// guest's actions (`crate::fuzz::drive`: register accesses, writes
 /// to the rings, descriptors and buffers, polls). Panics only if the model
 /// does, or if it touches the disk outside its size. Returns the counters.
+#[cfg(any(test, feature = "fuzz"))]
 pub fn fuzz_requests(data: &[u8]) -> BlkStats {
-    use crate::nic::fuzz::{drive, FuzzBackend, Input, FUZZ_RAM};
+    use crate::fuzz::{drive, FuzzBackend, Input, FUZZ_RAM};
     use crate::virtio::pci::MODERN_BAR;
     use crate::virtio::{STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK};
     let Ok(mem) = mmu::GuestMemory::new(FUZZ_RAM) else { return BlkStats::default() };

@@ -1,7 +1,7 @@
 //! The host side of the NICs and disks: one thread that waits for backend
 //! readiness, guest kicks and timers, and polls the device models (NIC
-//! models, and virtio-blk, which serves its requests here; the trait keeps
-//! its first user's name, [`NicPoll`]).
+//! models, and virtio-blk, which serves its requests here), each through
+//! [`IoPoll`].
 //!
 //! The thread sleeps in `ppoll(2)` on:
 //! - each backend's wake fd (a duplicate, so the model keeps its backend),
@@ -14,7 +14,7 @@
 //!   interrupt throttling).
 //!
 //! The backends' wake fds are edge-triggered epoll sets, readable until the
-//! backend polls them; the models' [`NicPoll::poll`] always polls the
+//! backend polls them; the models' [`IoPoll::poll`] always polls the
 //! backend, so a readable fd never makes the thread spin.
 
 use std::io::{ErrorKind, Read, Write};
@@ -23,37 +23,55 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::poll::{ppoll, PollFd, PollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::time::TimeSpec;
 use parking_lot::Mutex;
 
-use super::NicPoll;
+/// A device model as the I/O thread drives it: a NIC, or a disk that serves
+/// its requests here.
+pub trait IoPoll: Send {
+    /// Polls the backend (always, so that its readiness is consumed even
+    /// while the guest has the NIC disabled), delivers waiting frames and
+    /// fires due timers (interrupt throttling). Returns when to call again
+    /// at the latest.
+    fn poll(&mut self, now: Instant) -> Option<Duration>;
 
-/// A NIC model shared between its BAR handlers and the I/O thread.
-pub type SharedNic = Arc<Mutex<dyn NicPoll>>;
+    /// The guest notified `queue` through a doorbell eventfd
+    /// ([`Doorbell`]) instead of a register write. Only models that
+    /// hand out doorbells (virtio-net) get these.
+    fn doorbell(&mut self, queue: u16) {
+        tracing::warn!(target: "devices", "{}: a doorbell for queue {queue}, which it has none of", self.io_label());
+    }
+
+    /// A short name for logs.
+    fn io_label(&self) -> String;
+}
+
+/// A device model shared between its BAR handlers and the I/O thread.
+pub type SharedIoDevice = Arc<Mutex<dyn IoPoll>>;
 
 /// An eventfd that stands for the guest's notifications of one queue of a
 /// NIC: whoever signals it (KVM, for the guest writes it is attached to)
-/// makes the I/O thread call [`NicPoll::doorbell`] of `nic` with `queue`.
+/// makes the I/O thread call [`IoPoll::doorbell`] of `nic` with `queue`.
 #[derive(Clone)]
 pub struct Doorbell {
     pub fd: Arc<EventFd>,
-    pub nic: SharedNic,
+    pub nic: SharedIoDevice,
     pub queue: u16,
 }
 
 impl std::fmt::Debug for Doorbell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Doorbell").field("nic", &self.nic.lock().nic_label()).field("queue", &self.queue).finish()
+        f.debug_struct("Doorbell").field("nic", &self.nic.lock().io_label()).field("queue", &self.queue).finish()
     }
 }
 
 impl Doorbell {
     /// A doorbell for `queue` of `nic`, with a fresh non-blocking eventfd.
-    pub fn new(nic: SharedNic, queue: u16) -> std::io::Result<Self> {
+    pub fn new(nic: SharedIoDevice, queue: u16) -> std::io::Result<Self> {
         let fd = EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
         Ok(Self { fd: Arc::new(fd), nic, queue })
     }
@@ -116,20 +134,20 @@ impl IoKick {
 
 /// The I/O thread, from creation (so that models can get their kick) to
 /// its end when this value is dropped.
-pub struct NetIoThread {
+pub struct IoThread {
     inner: Arc<KickInner>,
     rx: Option<UnixStream>,
     handle: Option<JoinHandle<()>>,
 }
 
-impl std::fmt::Debug for NetIoThread {
+impl std::fmt::Debug for IoThread {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NetIoThread").field("running", &self.handle.is_some()).finish()
+        f.debug_struct("IoThread").field("running", &self.handle.is_some()).finish()
     }
 }
 
-impl NetIoThread {
-    /// Creates the kick channel; [`NetIoThread::start`] starts the thread.
+impl IoThread {
+    /// Creates the kick channel; [`IoThread::start`] starts the thread.
     pub fn new() -> std::io::Result<Self> {
         let (tx, rx) = UnixStream::pair()?;
         tx.set_nonblocking(true)?;
@@ -153,7 +171,11 @@ impl NetIoThread {
 
     /// Starts the thread over `nics`, each with its backend's wake fd, and
     /// their `doorbells`.
-    pub fn start(&mut self, nics: Vec<(SharedNic, Option<OwnedFd>)>, doorbells: Vec<Doorbell>) -> std::io::Result<()> {
+    pub fn start(
+        &mut self,
+        nics: Vec<(SharedIoDevice, Option<OwnedFd>)>,
+        doorbells: Vec<Doorbell>,
+    ) -> std::io::Result<()> {
         let Some(rx) = self.rx.take() else {
             return Err(std::io::Error::new(ErrorKind::AlreadyExists, "the NIC I/O thread is already running"));
         };
@@ -165,7 +187,7 @@ impl NetIoThread {
     }
 }
 
-impl Drop for NetIoThread {
+impl Drop for IoThread {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::Release);
         self.inner.pending.store(false, Ordering::Release);
@@ -176,7 +198,12 @@ impl Drop for NetIoThread {
     }
 }
 
-fn run(inner: Arc<KickInner>, mut rx: UnixStream, nics: Vec<(SharedNic, Option<OwnedFd>)>, doorbells: Vec<Doorbell>) {
+fn run(
+    inner: Arc<KickInner>,
+    mut rx: UnixStream,
+    nics: Vec<(SharedIoDevice, Option<OwnedFd>)>,
+    doorbells: Vec<Doorbell>,
+) {
     // Poll everything once at the start.
     let mut deadline: Option<Instant> = Some(Instant::now());
     let mut drain = [0u8; 64];
@@ -257,7 +284,7 @@ fn run(inner: Arc<KickInner>, mut rx: UnixStream, nics: Vec<(SharedNic, Option<O
 /// is readable), or None when polling failed (the thread then ends).
 fn wait(
     rx: &UnixStream,
-    nics: &[(SharedNic, Option<OwnedFd>)],
+    nics: &[(SharedIoDevice, Option<OwnedFd>)],
     doorbells: &[Doorbell],
     rung: &mut [bool],
     timeout: Option<TimeSpec>,
@@ -297,12 +324,12 @@ mod tests {
         again: Option<Duration>,
     }
 
-    impl NicPoll for Counter {
+    impl IoPoll for Counter {
         fn poll(&mut self, _now: Instant) -> Option<Duration> {
             self.polls.fetch_add(1, Ordering::SeqCst);
             self.again.take()
         }
-        fn nic_label(&self) -> String {
+        fn io_label(&self) -> String {
             "counter".into()
         }
     }
@@ -318,9 +345,9 @@ mod tests {
     #[test]
     fn polls_at_start_on_kicks_and_at_deadlines() {
         let polls = Arc::new(AtomicU32::new(0));
-        let nic: SharedNic =
+        let nic: SharedIoDevice =
             Arc::new(Mutex::new(Counter { polls: polls.clone(), again: Some(Duration::from_millis(2)) }));
-        let mut io = NetIoThread::new().unwrap();
+        let mut io = IoThread::new().unwrap();
         let kick = io.kick();
         io.start(vec![(nic, None)], Vec::new()).unwrap();
         assert!(io.start(Vec::new(), Vec::new()).is_err());
@@ -337,14 +364,14 @@ mod tests {
     /// A model that records its doorbells.
     struct Bells(Arc<Mutex<Vec<u16>>>);
 
-    impl NicPoll for Bells {
+    impl IoPoll for Bells {
         fn poll(&mut self, _now: Instant) -> Option<Duration> {
             None
         }
         fn doorbell(&mut self, queue: u16) {
             self.0.lock().push(queue);
         }
-        fn nic_label(&self) -> String {
+        fn io_label(&self) -> String {
             "bells".into()
         }
     }
@@ -352,10 +379,10 @@ mod tests {
     #[test]
     fn doorbells_reach_their_queues() {
         let rings = Arc::new(Mutex::new(Vec::new()));
-        let nic: SharedNic = Arc::new(Mutex::new(Bells(rings.clone())));
+        let nic: SharedIoDevice = Arc::new(Mutex::new(Bells(rings.clone())));
         let bells = [Doorbell::new(nic.clone(), 0).unwrap(), Doorbell::new(nic.clone(), 1).unwrap()];
         assert!(format!("{:?}", bells[1]).contains("queue: 1"));
-        let mut io = NetIoThread::new().unwrap();
+        let mut io = IoThread::new().unwrap();
         io.start(vec![(nic, None)], bells.to_vec()).unwrap();
         let wait = |n: usize| {
             let t = Instant::now();
@@ -381,9 +408,9 @@ mod tests {
     #[test]
     fn a_readable_wake_fd_wakes_the_thread() {
         let polls = Arc::new(AtomicU32::new(0));
-        let nic: SharedNic = Arc::new(Mutex::new(Counter { polls: polls.clone(), again: None }));
+        let nic: SharedIoDevice = Arc::new(Mutex::new(Counter { polls: polls.clone(), again: None }));
         let (mut a, b) = UnixStream::pair().unwrap();
-        let mut io = NetIoThread::new().unwrap();
+        let mut io = IoThread::new().unwrap();
         io.start(vec![(nic, Some(OwnedFd::from(b)))], Vec::new()).unwrap();
         wait_for(&polls, 1);
         a.write_all(&[1]).unwrap();

@@ -38,7 +38,7 @@ use net::NetBackend;
 
 use crate::nic::merge::{Run, MAX_MERGED_IP_LEN};
 use crate::nic::offload::{self, L4Proto, Segmentation, ETH_HLEN};
-use crate::nic::{IoKick, NicPoll, NicStats, RX_SCRATCH};
+use crate::nic::{IoKick, IoPoll, NicStats, RX_SCRATCH};
 use crate::virtio::{
     Context, DescriptorChain, VirtioDevice, VirtioPci, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1,
     VIRTIO_ID_NET,
@@ -550,7 +550,7 @@ impl VirtioDevice for VirtioNet {
     }
 }
 
-impl NicPoll for VirtioPci<VirtioNet> {
+impl IoPoll for VirtioPci<VirtioNet> {
     fn poll(&mut self, now: Instant) -> Option<Duration> {
         VirtioPci::poll(self, now)
     }
@@ -559,12 +559,13 @@ impl NicPoll for VirtioPci<VirtioNet> {
         VirtioPci::doorbell(self, queue);
     }
 
-    fn nic_label(&self) -> String {
+    fn io_label(&self) -> String {
         self.device().debug_label()
     }
 }
 
-impl crate::nic::fuzz::FuzzDevice for VirtioNetPci {
+#[cfg(any(test, feature = "fuzz"))]
+impl crate::fuzz::FuzzDevice for VirtioNetPci {
     fn bars(&self) -> &'static [(usize, u64)] {
         use crate::virtio::pci::{LEGACY_BAR, MODERN_BAR, MODERN_BAR_SIZE, MSIX_BAR};
         &[(MODERN_BAR, MODERN_BAR_SIZE), (LEGACY_BAR, 0x20), (MSIX_BAR, crate::pci::msix::MSIX_BAR_SIZE)]
@@ -608,7 +609,7 @@ impl crate::nic::fuzz::FuzzDevice for VirtioNetPci {
         crate::pci::PciDevice::write_config(self, offset, data);
     }
     fn poll(&mut self, now: Instant) {
-        NicPoll::poll(self, now);
+        IoPoll::poll(self, now);
     }
 }
 
@@ -616,10 +617,11 @@ impl crate::nic::fuzz::FuzzDevice for VirtioNetPci {
 /// driver does, with the features the first eight bytes of `data` leave
 /// (VERSION_1 always) and both queues (16 entries) enabled, then the rest
 /// of `data` as a hostile guest's and network's actions (see
-/// `crate::nic::fuzz::drive`). Panics only if the model does.
+/// `crate::fuzz::drive`). Panics only if the model does.
 /// Returns the device's counters.
+#[cfg(any(test, feature = "fuzz"))]
 pub fn fuzz_rings(data: &[u8]) -> NicStats {
-    use crate::nic::fuzz::{drive, FuzzBackend, Input, FUZZ_RAM};
+    use crate::fuzz::{drive, FuzzBackend, Input, FUZZ_RAM};
     use crate::virtio::pci::MODERN_BAR;
     use crate::virtio::{STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK};
     let Ok(mem) = mmu::GuestMemory::new(FUZZ_RAM) else { return NicStats::default() };
@@ -631,7 +633,7 @@ pub fn fuzz_rings(data: &[u8]) -> NicStats {
         std::sync::Arc::new(crate::irq::NoIrq),
     );
     let vectors = dev.default_vectors();
-    let mut dev = dev.with_msix(std::sync::Arc::new(crate::nic::fuzz::FuzzMsi), vectors);
+    let mut dev = dev.with_msix(std::sync::Arc::new(crate::fuzz::FuzzMsi), vectors);
     crate::pci::PciDevice::write_config(&mut dev, crate::pci::config::PCI_COMMAND, &[0x07, 0]);
     let mut input = Input::new(data);
     // The first byte: odd inputs run with MSI-X on, the table unmasked and
@@ -999,7 +1001,7 @@ mod tests {
         rx.extend_from_slice(&[4, 1, 0, 8, 0, 0, 2, 0, 0, 0]);
         rx.extend_from_slice(&[4 | (1 << 3), 0, 0, 0, 1, 0, 0, 0, 0, 0]);
         rx.extend_from_slice(&[5, 100, 0, 0xee, 7]);
-        let inputs = crate::nic::fuzz::pseudo_random_inputs(0x7172, 3000, 600, &[&tx, &rx]);
+        let inputs = crate::fuzz::pseudo_random_inputs(0x7172, 3000, 600, &[&tx, &rx]);
         let (sent, received) = (fuzz_rings(&tx), fuzz_rings(&rx));
         assert_eq!((sent.tx_frames, sent.rx_frames), (1, 0), "the transmit seed transmits");
         assert_eq!((received.tx_frames, received.rx_frames), (0, 1), "the receive seed receives");
@@ -1024,7 +1026,7 @@ mod tests {
         w(&mut r.dev, 0x3004, 1, 2);
         assert_ne!(r.dev.status() & STATUS_DEVICE_NEEDS_RESET, 0);
         assert!(r.wire.lock().sent.is_empty());
-        assert!(r.dev.nic_label().contains("fake"));
+        assert!(r.dev.io_label().contains("fake"));
         let s = r.dev.device().save();
         r.dev.device_mut().restore(&s);
         assert_eq!(r.dev.device().save(), s);

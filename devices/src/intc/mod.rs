@@ -32,6 +32,11 @@
 //! goes through destination matching, so more CPUs mean more entries and a
 //! CPU index on the per-CPU calls.
 
+pub mod ioapic;
+pub mod lapic;
+pub mod msi;
+pub mod pic;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -40,20 +45,20 @@ use parking_lot::{Mutex, RwLock};
 use crate::access::fill_le;
 use crate::bus::{BusDevice, SharedDevice};
 use crate::clock::{SharedClock, TimerSource, Tsc};
-use crate::ioapic::{
+use crate::intc::ioapic::{
     DeliveryMode, InterruptMessage, IoApic, IoApicState, IOAPIC_BASE, IOAPIC_MMIO_LEN, IOAPIC_NUM_PINS,
 };
-use crate::irq::IrqLine;
-use crate::lapic::{
+use crate::intc::lapic::{
     Ipi, LapicEffect, LapicState, LocalApic, Shorthand, LAPIC_BASE, LAPIC_MMIO_LEN, MSR_IA32_APIC_BASE,
     MSR_IA32_TSC_DEADLINE, MSR_X2APIC_FIRST, MSR_X2APIC_LAST,
 };
-use crate::log_once::{LogOnce, Misuse};
-use crate::mapping::BusMapping;
-use crate::msi::{MsiMessage, MsiSink};
-use crate::pic::{
+use crate::intc::msi::{MsiMessage, MsiSink};
+use crate::intc::pic::{
     PicChip, PicPair, PicState, CASCADE_IRQ, ELCR_PORT, ELCR_PORT_LEN, PIC_MASTER_PORT, PIC_PORT_LEN, PIC_SLAVE_PORT,
 };
+use crate::irq::IrqLine;
+use crate::log_once::{LogOnce, Misuse};
+use crate::mapping::BusMapping;
 
 /// Number of interrupt inputs: the 16 ISA IRQs, then I/O APIC pins 16-23.
 pub const NUM_IRQ_INPUTS: usize = IOAPIC_NUM_PINS;
