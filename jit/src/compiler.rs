@@ -17,6 +17,7 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 
 use cpu::Decoded;
 
+use crate::ctx::region_signature;
 use crate::translate::{translate, RegionSpec, TxStats};
 
 /// Cranelift settings for the hot tier.
@@ -70,15 +71,6 @@ pub fn host_isa(s: &Settings) -> Result<OwnedTargetIsa, String> {
     set(&mut fb, "preserve_frame_pointers", "true")?;
     let isa = cranelift_native::builder().map_err(|e| format!("no code generator for this host: {e}"))?;
     isa.finish(settings::Flags::new(fb)).map_err(|e| format!("cranelift: {e}"))
-}
-
-/// The signature of every region: `(ctx, entry)` in the tail-call
-/// convention, so that a region's exit can jump into the next region.
-pub fn region_signature(ptr: types::Type) -> Signature {
-    let mut sig = Signature::new(CallConv::Tail);
-    sig.params.push(AbiParam::new(ptr));
-    sig.params.push(AbiParam::new(types::I32));
-    sig
 }
 
 /// The trampoline from the host's convention into a region: a function

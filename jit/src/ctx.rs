@@ -1,11 +1,16 @@
 //! The context a compiled region runs with, and the helpers it calls.
 //!
-//! A region is `extern "C" fn(ctx: *mut JitCtx, entry: u32)`. It reads the
+//! A region is a function of `(ctx: *mut JitCtx, entry: u32)` in the
+//! tail-call convention ([`region_signature`]), entered from the host's
+//! convention through a trampoline. It reads the
 //! fields before `cpu` at fixed offsets; the helpers, plain `extern "C"`
 //! functions whose addresses the code holds as constants, reach the CPU
 //! through `cpu`. A helper that meets a fault does not deliver it: it
 //! stores it in `fault` and says so in `status`, the region leaves with the
 //! state as it was before the instruction, and the run loop delivers it.
+
+use cranelift_codegen::ir::{types, AbiParam, Signature};
+use cranelift_codegen::isa::CallConv;
 
 use cpu::flags::{compute, FlagOp};
 use cpu::state::{flags, LazyFlags};
@@ -76,6 +81,15 @@ pub struct JitCtx {
     /// A helper's result when compiled code called it through a
     /// register-saving trampoline ([`crate::compiler::compile_saving_call`]).
     pub result: u64,
+}
+
+/// The signature of every region: `(ctx, entry)` in the tail-call
+/// convention, so that a region's exit can jump into the next region.
+pub fn region_signature(ptr: types::Type) -> Signature {
+    let mut sig = Signature::new(CallConv::Tail);
+    sig.params.push(AbiParam::new(ptr));
+    sig.params.push(AbiParam::new(types::I32));
+    sig
 }
 
 /// Byte offsets of the fields compiled code reads and writes.

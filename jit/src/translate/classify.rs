@@ -1,0 +1,1139 @@
+//! The instruction classifier: which instructions a region translates, and
+//! in which form. It decides from the decoded instruction alone, before
+//! anything is emitted, and knows nothing of the code generator.
+
+use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
+
+use cpu::state::sreg;
+
+/// A general-register operand.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Reg {
+    pub(super) idx: usize,
+    pub(super) size: u32,
+    /// AH, CH, DH, BH.
+    pub(super) high: bool,
+}
+
+pub(super) fn reg(r: Register) -> Option<Reg> {
+    let (idx, size, high) = if r.is_gpr64() {
+        (r as usize - Register::RAX as usize, 8, false)
+    } else if r.is_gpr32() {
+        (r as usize - Register::EAX as usize, 4, false)
+    } else if r.is_gpr16() {
+        (r as usize - Register::AX as usize, 2, false)
+    } else if r.is_gpr8() {
+        let v = r as usize;
+        if (Register::AH as usize..=Register::BH as usize).contains(&v) {
+            (v - Register::AH as usize, 1, true)
+        } else if v >= Register::SPL as usize {
+            (v - Register::SPL as usize + 4, 1, false)
+        } else {
+            (v - Register::AL as usize, 1, false)
+        }
+    } else {
+        return None;
+    };
+    Some(Reg { idx, size, high })
+}
+
+/// An operand of a translated instruction.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Opnd {
+    Reg(Reg),
+    Mem,
+    Imm(u64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Alu {
+    Add,
+    Or,
+    Adc,
+    Sbb,
+    And,
+    Sub,
+    Xor,
+    Cmp,
+    Test,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BtOp {
+    Test,
+    Set,
+    Reset,
+    Complement,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Shift {
+    Shl,
+    Shr,
+    Sar,
+    Rol,
+    Ror,
+}
+
+/// A translated instruction form, checked before anything is emitted.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Form {
+    Nop,
+    Mov {
+        dst: Opnd,
+        src: Opnd,
+        size: u32,
+    },
+    /// MOVZX, MOVSX, MOVSXD.
+    Movx {
+        dst: Reg,
+        src: Opnd,
+        from: u32,
+        signed: bool,
+    },
+    Lea {
+        dst: Reg,
+    },
+    Alu {
+        op: Alu,
+        dst: Opnd,
+        src: Opnd,
+        size: u32,
+    },
+    IncDec {
+        inc: bool,
+        dst: Opnd,
+        size: u32,
+    },
+    Neg {
+        dst: Opnd,
+        size: u32,
+    },
+    Not {
+        dst: Opnd,
+        size: u32,
+    },
+    Shift {
+        op: Shift,
+        dst: Reg,
+        count: u32,
+    },
+    /// SHL, SHR, SAR of memory by an immediate from 1 to the width less one.
+    ShiftMem {
+        op: Shift,
+        size: u32,
+        count: u32,
+    },
+    /// SHL, SHR, SAR of a 32- or 64-bit register by CL.
+    ShiftCl {
+        op: Shift,
+        dst: Reg,
+    },
+    /// SHLD (`left`) or SHRD of a 32- or 64-bit register with a register,
+    /// by an immediate (`count`) or by CL.
+    DoubleShift {
+        left: bool,
+        dst: Reg,
+        src: Reg,
+        count: Option<u32>,
+    },
+    /// TZCNT, LZCNT, POPCNT (32 and 64 bits).
+    Count {
+        kind: CountKind,
+        dst: Reg,
+        src: Opnd,
+    },
+    /// COMISS/COMISD/UCOMISS/UCOMISD (`double`): ordered operands that are
+    /// neither denormal nor NaN at once (no MXCSR flag), else the slow path.
+    Comis {
+        double: bool,
+        a: u8,
+        b: VecSrc,
+    },
+    /// ADDSS/SD, SUBSS/SD, MULSS/SD, DIVSS/SD (`double`): at once where no
+    /// MXCSR flag can change (PE already set and masked, round to nearest,
+    /// operands and result neither NaN, infinite nor denormal, no
+    /// underflow), else the slow path.
+    ScalarFp {
+        op: FpOp,
+        double: bool,
+        dst: u8,
+        src: VecSrc,
+    },
+    /// CVTSI2SS/SD (`double`) from a 32- or 64-bit register or memory: at
+    /// once where it is exact or PE is already set and masked under round
+    /// to nearest, else the slow path.
+    CvtInt {
+        double: bool,
+        dst: u8,
+        src: Opnd,
+        size: u32,
+    },
+    /// REP STOSB/STOSQ (`movs` false) and REP MOVSB/MOVSQ in 64-bit
+    /// addressing: at once through host pointers for a forward run that
+    /// stays within a page on each side (no overlap that repeats a
+    /// pattern), else through the interpreter's handler, going on after.
+    RepString {
+        movs: bool,
+        size: u32,
+    },
+    /// BSF, BSR (32 and 64 bits).
+    BitScan {
+        reverse: bool,
+        dst: Reg,
+        src: Opnd,
+    },
+    Imul {
+        dst: Reg,
+        src: Opnd,
+        imm: Option<u64>,
+    },
+    Push {
+        src: Opnd,
+        size: u32,
+    },
+    Pop {
+        dst: Reg,
+    },
+    Leave,
+    CallRel {
+        target: u64,
+    },
+    CallInd {
+        src: Opnd,
+    },
+    Ret {
+        pop: u64,
+    },
+    JmpRel {
+        target: u64,
+    },
+    JmpInd {
+        src: Opnd,
+    },
+    Jcc {
+        cc: u8,
+        target: u64,
+    },
+    Setcc {
+        cc: u8,
+        dst: Opnd,
+    },
+    Cmov {
+        cc: u8,
+        dst: Reg,
+        src: Opnd,
+    },
+    /// CWDE (2 -> 4), CDQE (4 -> 8).
+    WidenAcc {
+        from: u32,
+    },
+    /// CDQ (4), CQO (8).
+    SignAcc {
+        size: u32,
+    },
+    /// MUL (`div` false) or DIV r/m of 32 or 64 bits: rDX:rAX.
+    MulDiv {
+        div: bool,
+        src: Opnd,
+        size: u32,
+    },
+    /// RDTSC, and with `aux` RDTSCP (the counter from a helper; RDTSCP
+    /// also loads ECX with IA32_TSC_AUX).
+    Rdtsc {
+        aux: bool,
+    },
+    /// FNSTCW m16 (#NM through the slow path).
+    Fnstcw,
+    /// CLI where IOPL allows it (else #GP through the slow path).
+    Cli,
+    /// STI where IOPL allows it (else #GP through the slow path). The
+    /// interrupt shadow matters only when an interrupt waits: the region
+    /// then leaves after STI and the run loop runs the next instruction
+    /// under the shadow; otherwise it goes on.
+    Sti,
+    /// MOV r/m, Sreg: the selector, zero-extended into a register of the
+    /// operand size, or 16 bits to memory.
+    MovFromSreg {
+        seg: usize,
+        dst: Opnd,
+    },
+    /// PUSHF/PUSHFD/PUSHFQ of the stack's width.
+    Pushf,
+    /// SWAPGS at CPL 0 (else #GP through the slow path).
+    Swapgs,
+    /// STAC (`set`) or CLAC at CPL 0 (else #UD through the slow path). The
+    /// data TLB set changes with AC, and the region's is fixed, so the
+    /// region leaves after it, into the region of the next instruction.
+    Ac {
+        set: bool,
+    },
+    /// BSWAP r32/r64.
+    Bswap {
+        dst: Reg,
+    },
+    /// XCHG r/m, reg.
+    Xchg {
+        dst: Opnd,
+        src: Reg,
+        size: u32,
+    },
+    /// CMPXCHG r/m, reg.
+    Cmpxchg {
+        dst: Opnd,
+        src: Reg,
+        size: u32,
+    },
+    /// BT, BTS, BTR, BTC of a register (bit by register or immediate) or
+    /// of memory (bit by immediate).
+    Bt {
+        op: BtOp,
+        dst: Opnd,
+        src: Opnd,
+        size: u32,
+    },
+    /// A packed-integer or bitwise SSE operation, `dst = dst op src`.
+    Vec {
+        op: VecOp,
+        dst: u8,
+        src: VecSrc,
+    },
+    /// MOVDQA, MOVDQU, MOVAPS, MOVUPS (load, store or register move).
+    VecMov {
+        dst: VecSrc,
+        src: VecSrc,
+        aligned: bool,
+    },
+    /// MOVSS, MOVSD and MOVQ between XMM registers and memory: the low
+    /// `width` bytes; a load, or MOVQ, zeroes the rest of the destination
+    /// register, a register-to-register MOVSS/MOVSD (`merge`) keeps it.
+    VecScalar {
+        dst: VecSrc,
+        src: VecSrc,
+        width: u8,
+        merge: bool,
+    },
+    /// PMOVMSKB r32/r64, xmm.
+    Pmovmskb {
+        dst: Reg,
+        src: u8,
+    },
+    /// MOVD/MOVQ xmm, r32/r64 (zero-extended to 128 bits).
+    MovToVec {
+        dst: u8,
+        src: Reg,
+    },
+    /// MOVD/MOVQ r32/r64, xmm.
+    MovFromVec {
+        dst: Reg,
+        src: u8,
+    },
+    /// PCMPISTRI xmm, xmm/m128, imm8 (the compare in a helper).
+    Pcmpistri {
+        a: u8,
+        b: VecSrc,
+        imm: u8,
+    },
+}
+
+impl Form {
+    /// What the form does with the flags before anything else can see
+    /// them, for [`super::flags_dead_on_entry`].
+    pub(super) fn flags_effect(&self) -> FlagsEffect {
+        let plain = |o: &Opnd| matches!(o, Opnd::Reg(_) | Opnd::Imm(_));
+        match self {
+            // Every arithmetic flag from the operands alone, with no memory
+            // access that could fault first.
+            Form::Alu { op, dst: Opnd::Reg(_), src, .. } if plain(src) && !matches!(op, Alu::Adc | Alu::Sbb) => {
+                FlagsEffect::Kills
+            }
+            Form::Neg { dst: Opnd::Reg(_), .. } => FlagsEffect::Kills,
+            // Neither reads nor writes the flags, and cannot fault or leave.
+            Form::Nop | Form::Lea { .. } | Form::Not { dst: Opnd::Reg(_), .. } => FlagsEffect::Ignores,
+            Form::Mov { dst: Opnd::Reg(_), src, .. } if plain(src) => FlagsEffect::Ignores,
+            Form::Movx { src: Opnd::Reg(_), .. } => FlagsEffect::Ignores,
+            _ => FlagsEffect::Other,
+        }
+    }
+
+    /// Whether the form has a slow path that runs the instruction through
+    /// the interpreter (and leaves the region after it).
+    pub(super) fn may_slow(&self) -> bool {
+        matches!(
+            self,
+            Form::Vec { .. }
+                | Form::VecMov { .. }
+                | Form::VecScalar { .. }
+                | Form::Pmovmskb { .. }
+                | Form::MovToVec { .. }
+                | Form::MovFromVec { .. }
+                | Form::Pcmpistri { .. }
+                | Form::MulDiv { div: true, .. }
+                | Form::Comis { .. }
+                | Form::Fnstcw
+                | Form::ScalarFp { .. }
+                | Form::CvtInt { .. }
+                | Form::RepString { .. }
+                | Form::Cli
+                | Form::Sti
+                | Form::Ac { .. }
+                | Form::Swapgs
+        )
+    }
+}
+
+/// See [`Form::flags_effect`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum FlagsEffect {
+    /// Sets all six arithmetic flags, reading none, and cannot fault.
+    Kills,
+    /// Leaves the flags alone and cannot fault or leave the region.
+    Ignores,
+    /// Anything else: may read the flags, fault, leave or run through the
+    /// interpreter.
+    Other,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum FpOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum CountKind {
+    Tz,
+    Lz,
+    Pop,
+}
+
+/// Packed operations on an XMM register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum VecOp {
+    /// PCMPEQB/W/D: lanes of this many bytes.
+    CmpEq(u8),
+    Add(u8),
+    Sub(u8),
+    Xor,
+    Or,
+    And,
+    AndNot,
+    MinUb,
+    MaxUb,
+    /// PSHUFB.
+    Shuffle,
+    /// PUNPCKL*: interleave the low halves' lanes of this many bytes.
+    UnpackLo(u8),
+    /// PUNPCKH*: the high halves.
+    UnpackHi(u8),
+    /// PSHUFD with its immediate (the destination's old value is unused).
+    ShufD(u8),
+}
+
+/// An XMM operand: a register or the 16-byte memory operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum VecSrc {
+    Xmm(u8),
+    Mem,
+}
+
+fn xmm(r: Register) -> Option<u8> {
+    r.is_xmm().then(|| (r.number() & 15) as u8)
+}
+
+/// The SSE forms: legacy encodings on XMM registers, 16-byte memory
+/// operands (aligned unless `MOVDQU`/`MOVUPS`).
+fn classify_vec(insn: &Instruction, bits: u32) -> Option<Form> {
+    use Code as C;
+    if insn.encoding() != iced_x86::EncodingKind::Legacy {
+        return None;
+    }
+    let src = |i: u32| -> Option<VecSrc> {
+        match insn.op_kind(i) {
+            OpKind::Register => xmm(insn.op_register(i)).map(VecSrc::Xmm),
+            OpKind::Memory
+                if addr_ok(insn, bits)
+                    && insn.memory_size().size() == 16
+                    && (bits == 64 || !matches!(cpu::ops::mem_seg(insn), sreg::FS | sreg::GS | sreg::CS)) =>
+            {
+                // (32-bit code: the inline path takes flat DS, ES and SS.)
+                Some(VecSrc::Mem)
+            }
+            _ => None,
+        }
+    };
+    let op = match insn.code() {
+        C::Pcmpeqb_xmm_xmmm128 => VecOp::CmpEq(1),
+        C::Pcmpeqw_xmm_xmmm128 => VecOp::CmpEq(2),
+        C::Pcmpeqd_xmm_xmmm128 => VecOp::CmpEq(4),
+        C::Paddb_xmm_xmmm128 => VecOp::Add(1),
+        C::Paddw_xmm_xmmm128 => VecOp::Add(2),
+        C::Paddd_xmm_xmmm128 => VecOp::Add(4),
+        C::Paddq_xmm_xmmm128 => VecOp::Add(8),
+        C::Psubb_xmm_xmmm128 => VecOp::Sub(1),
+        C::Psubw_xmm_xmmm128 => VecOp::Sub(2),
+        C::Psubd_xmm_xmmm128 => VecOp::Sub(4),
+        C::Psubq_xmm_xmmm128 => VecOp::Sub(8),
+        C::Pxor_xmm_xmmm128 | C::Xorps_xmm_xmmm128 | C::Xorpd_xmm_xmmm128 => VecOp::Xor,
+        C::Por_xmm_xmmm128 | C::Orps_xmm_xmmm128 | C::Orpd_xmm_xmmm128 => VecOp::Or,
+        C::Pand_xmm_xmmm128 | C::Andps_xmm_xmmm128 | C::Andpd_xmm_xmmm128 => VecOp::And,
+        C::Pandn_xmm_xmmm128 | C::Andnps_xmm_xmmm128 | C::Andnpd_xmm_xmmm128 => VecOp::AndNot,
+        C::Pminub_xmm_xmmm128 => VecOp::MinUb,
+        C::Pmaxub_xmm_xmmm128 => VecOp::MaxUb,
+        C::Pshufb_xmm_xmmm128 => VecOp::Shuffle,
+        C::Punpcklbw_xmm_xmmm128 => VecOp::UnpackLo(1),
+        C::Punpcklwd_xmm_xmmm128 => VecOp::UnpackLo(2),
+        C::Punpckldq_xmm_xmmm128 => VecOp::UnpackLo(4),
+        C::Punpcklqdq_xmm_xmmm128 => VecOp::UnpackLo(8),
+        C::Punpckhbw_xmm_xmmm128 => VecOp::UnpackHi(1),
+        C::Punpckhwd_xmm_xmmm128 => VecOp::UnpackHi(2),
+        C::Punpckhdq_xmm_xmmm128 => VecOp::UnpackHi(4),
+        C::Punpckhqdq_xmm_xmmm128 => VecOp::UnpackHi(8),
+        C::Pshufd_xmm_xmmm128_imm8 => VecOp::ShufD(insn.immediate8()),
+        C::Movdqa_xmm_xmmm128 | C::Movaps_xmm_xmmm128 | C::Movapd_xmm_xmmm128 => {
+            return Some(Form::VecMov { dst: src(0)?, src: src(1)?, aligned: true });
+        }
+        C::Movdqu_xmm_xmmm128 | C::Movups_xmm_xmmm128 | C::Movupd_xmm_xmmm128 => {
+            return Some(Form::VecMov { dst: src(0)?, src: src(1)?, aligned: false });
+        }
+        C::Movdqa_xmmm128_xmm | C::Movaps_xmmm128_xmm | C::Movapd_xmmm128_xmm => {
+            return Some(Form::VecMov { dst: src(0)?, src: src(1)?, aligned: true });
+        }
+        C::Movdqu_xmmm128_xmm | C::Movups_xmmm128_xmm | C::Movupd_xmmm128_xmm => {
+            return Some(Form::VecMov { dst: src(0)?, src: src(1)?, aligned: false });
+        }
+        C::Movss_xmm_xmmm32
+        | C::Movss_xmmm32_xmm
+        | C::Movsd_xmm_xmmm64
+        | C::Movsd_xmmm64_xmm
+        | C::Movq_xmm_xmmm64
+        | C::Movq_xmmm64_xmm => {
+            let (dst, src) = (scalar_operand(insn, 0, bits)?, scalar_operand(insn, 1, bits)?);
+            let movq = matches!(insn.code(), C::Movq_xmm_xmmm64 | C::Movq_xmmm64_xmm);
+            let width = if matches!(insn.code(), C::Movss_xmm_xmmm32 | C::Movss_xmmm32_xmm) { 4 } else { 8 };
+            let merge = !movq && matches!((dst, src), (VecSrc::Xmm(_), VecSrc::Xmm(_)));
+            return Some(Form::VecScalar { dst, src, width, merge });
+        }
+        C::Pmovmskb_r32_xmm | C::Pmovmskb_r64_xmm => {
+            let dst = reg(insn.op0_register())?;
+            return Some(Form::Pmovmskb { dst, src: xmm(insn.op1_register())? });
+        }
+        C::Movd_xmm_rm32 | C::Movq_xmm_rm64 if insn.op1_kind() == OpKind::Register => {
+            return Some(Form::MovToVec { dst: xmm(insn.op0_register())?, src: reg(insn.op1_register())? });
+        }
+        C::Movd_rm32_xmm | C::Movq_rm64_xmm if insn.op0_kind() == OpKind::Register => {
+            return Some(Form::MovFromVec { dst: reg(insn.op0_register())?, src: xmm(insn.op1_register())? });
+        }
+        C::Comisd_xmm_xmmm64 | C::Ucomisd_xmm_xmmm64 | C::Comiss_xmm_xmmm32 | C::Ucomiss_xmm_xmmm32 => {
+            let double = matches!(insn.code(), C::Comisd_xmm_xmmm64 | C::Ucomisd_xmm_xmmm64);
+            return Some(Form::Comis { double, a: xmm(insn.op0_register())?, b: scalar_operand(insn, 1, bits)? });
+        }
+        C::Addsd_xmm_xmmm64
+        | C::Subsd_xmm_xmmm64
+        | C::Mulsd_xmm_xmmm64
+        | C::Divsd_xmm_xmmm64
+        | C::Addss_xmm_xmmm32
+        | C::Subss_xmm_xmmm32
+        | C::Mulss_xmm_xmmm32
+        | C::Divss_xmm_xmmm32 => {
+            let op = match insn.mnemonic() {
+                Mnemonic::Addsd | Mnemonic::Addss => FpOp::Add,
+                Mnemonic::Subsd | Mnemonic::Subss => FpOp::Sub,
+                Mnemonic::Mulsd | Mnemonic::Mulss => FpOp::Mul,
+                _ => FpOp::Div,
+            };
+            let double =
+                matches!(insn.mnemonic(), Mnemonic::Addsd | Mnemonic::Subsd | Mnemonic::Mulsd | Mnemonic::Divsd);
+            return Some(Form::ScalarFp {
+                op,
+                double,
+                dst: xmm(insn.op0_register())?,
+                src: scalar_operand(insn, 1, bits)?,
+            });
+        }
+        C::Cvtsi2sd_xmm_rm32 | C::Cvtsi2sd_xmm_rm64 | C::Cvtsi2ss_xmm_rm32 | C::Cvtsi2ss_xmm_rm64 => {
+            let src = opnd(insn, 1, bits)?;
+            let size = if matches!(insn.code(), C::Cvtsi2sd_xmm_rm64 | C::Cvtsi2ss_xmm_rm64) { 8 } else { 4 };
+            if matches!(src, Opnd::Imm(_)) {
+                return None;
+            }
+            let double = matches!(insn.code(), C::Cvtsi2sd_xmm_rm32 | C::Cvtsi2sd_xmm_rm64);
+            return Some(Form::CvtInt { double, dst: xmm(insn.op0_register())?, src, size });
+        }
+        C::Pcmpistri_xmm_xmmm128_imm8 => {
+            let VecSrc::Xmm(a) = src(0)? else { return None };
+            return Some(Form::Pcmpistri { a, b: src(1)?, imm: insn.immediate8() });
+        }
+        _ => return None,
+    };
+    let VecSrc::Xmm(dst) = src(0)? else { return None };
+    Some(Form::Vec { op, dst, src: src(1)? })
+}
+
+/// Operand `i` of a scalar SSE instruction: an XMM register, or memory the
+/// inline path can address (in 32-bit code: flat DS, ES and SS).
+fn scalar_operand(insn: &Instruction, i: u32, bits: u32) -> Option<VecSrc> {
+    match insn.op_kind(i) {
+        OpKind::Register => xmm(insn.op_register(i)).map(VecSrc::Xmm),
+        OpKind::Memory
+            if addr_ok(insn, bits)
+                && (bits == 64 || !matches!(cpu::ops::mem_seg(insn), sreg::FS | sreg::GS | sreg::CS)) =>
+        {
+            Some(VecSrc::Mem)
+        }
+        _ => None,
+    }
+}
+
+fn canonical(a: u64) -> bool {
+    ((a as i64) << 16 >> 16) as u64 == a
+}
+
+/// The operand at `i`, if a translated form can take it.
+fn opnd(insn: &Instruction, i: u32, bits: u32) -> Option<Opnd> {
+    match insn.op_kind(i) {
+        OpKind::Register => reg(insn.op_register(i)).map(Opnd::Reg),
+        OpKind::Memory => mem_ok(insn, bits).then_some(Opnd::Mem),
+        OpKind::Immediate8
+        | OpKind::Immediate16
+        | OpKind::Immediate32
+        | OpKind::Immediate64
+        | OpKind::Immediate8to16
+        | OpKind::Immediate8to32
+        | OpKind::Immediate8to64
+        | OpKind::Immediate32to64 => Some(Opnd::Imm(insn.immediate(i))),
+        _ => None,
+    }
+}
+
+/// Whether the memory operand's address can be computed here: 32- or
+/// 64-bit addressing with general registers (or RIP), and an access of 1,
+/// 2, 4 or 8 bytes.
+fn mem_ok(insn: &Instruction, bits: u32) -> bool {
+    addr_ok(insn, bits) && matches!(insn.memory_size().size(), 1 | 2 | 4 | 8) && !insn.is_broadcast()
+}
+
+/// Whether the memory operand's address can be computed here (LEA: no
+/// access at all).
+fn addr_ok(insn: &Instruction, bits: u32) -> bool {
+    let base = insn.memory_base();
+    let index = insn.memory_index();
+    let base_ok = base == Register::None
+        || (bits == 64 && (base == Register::RIP || base.is_gpr64()))
+        || base == Register::EIP
+        || base.is_gpr32();
+    let index_ok = index == Register::None || (bits == 64 && index.is_gpr64()) || index.is_gpr32();
+    base_ok && index_ok
+}
+
+fn opsize(o: Opnd, insn: &Instruction) -> u32 {
+    match o {
+        Opnd::Reg(r) => r.size,
+        Opnd::Mem => insn.memory_size().size() as u32,
+        Opnd::Imm(_) => 0,
+    }
+}
+
+/// The translated form of `insn`, or `None` for the interpreter's handler.
+pub(super) fn classify(insn: &Instruction, bits: u32) -> Option<Form> {
+    let form = classify_any(insn, bits)?;
+    // LOCK: allowed on a read-modify-write of memory, where it changes
+    // nothing for one CPU; elsewhere the interpreter raises #UD.
+    if insn.has_lock_prefix() {
+        let rmw = match form {
+            Form::Alu { op, dst: Opnd::Mem, .. } => !matches!(op, Alu::Cmp | Alu::Test),
+            Form::IncDec { dst: Opnd::Mem, .. }
+            | Form::Neg { dst: Opnd::Mem, .. }
+            | Form::Not { dst: Opnd::Mem, .. }
+            | Form::Xchg { dst: Opnd::Mem, .. }
+            | Form::Cmpxchg { dst: Opnd::Mem, .. } => true,
+            Form::Bt { op, dst: Opnd::Mem, .. } => op != BtOp::Test,
+            _ => false,
+        };
+        if !rmw {
+            return None;
+        }
+    }
+    Some(form)
+}
+
+fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
+    // Mandatory F3/F2 prefixes are part of an SSE opcode.
+    if let Some(f) = classify_vec(insn, bits) {
+        return Some(f);
+    }
+    // PAUSE (F3 90) and ENDBR are hints: no architectural effect here.
+    if matches!(insn.mnemonic(), Mnemonic::Pause | Mnemonic::Endbr32 | Mnemonic::Endbr64) {
+        return Some(Form::Nop);
+    }
+    let rep_string = matches!(insn.mnemonic(), Mnemonic::Stosb | Mnemonic::Stosq | Mnemonic::Movsb | Mnemonic::Movsq)
+        && insn.has_rep_prefix();
+    if (insn.has_rep_prefix() || insn.has_repne_prefix()) && !rep_string {
+        return None;
+    }
+    let n = insn.op_count();
+    let stack = if bits == 64 { 8 } else { 4 };
+    let form = match insn.mnemonic() {
+        Mnemonic::Nop => Form::Nop,
+        Mnemonic::Mov
+            if n == 2 && !(insn.op1_kind() == OpKind::Register && insn.op1_register().is_segment_register()) =>
+        {
+            let dst = opnd(insn, 0, bits)?;
+            let src = opnd(insn, 1, bits)?;
+            let size = opsize(dst, insn);
+            if matches!(dst, Opnd::Imm(_)) || matches!((dst, src), (Opnd::Mem, Opnd::Mem)) {
+                return None;
+            }
+            if let Opnd::Reg(r) = src {
+                if r.size != size {
+                    return None;
+                }
+            }
+            Form::Mov { dst, src, size }
+        }
+        Mnemonic::Movzx | Mnemonic::Movsx | Mnemonic::Movsxd if n == 2 => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            let src = opnd(insn, 1, bits)?;
+            let from = opsize(src, insn);
+            if matches!(src, Opnd::Imm(_)) || from > dst.size {
+                return None;
+            }
+            Form::Movx { dst, src, from, signed: insn.mnemonic() != Mnemonic::Movzx }
+        }
+        Mnemonic::Lea if n == 2 => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            if dst.size < 4 || insn.op1_kind() != OpKind::Memory || !addr_ok(insn, bits) {
+                return None;
+            }
+            Form::Lea { dst }
+        }
+        Mnemonic::Add
+        | Mnemonic::Or
+        | Mnemonic::Adc
+        | Mnemonic::Sbb
+        | Mnemonic::And
+        | Mnemonic::Sub
+        | Mnemonic::Xor
+        | Mnemonic::Cmp
+        | Mnemonic::Test
+            if n == 2 =>
+        {
+            let op = match insn.mnemonic() {
+                Mnemonic::Add => Alu::Add,
+                Mnemonic::Or => Alu::Or,
+                Mnemonic::Adc => Alu::Adc,
+                Mnemonic::Sbb => Alu::Sbb,
+                Mnemonic::And => Alu::And,
+                Mnemonic::Sub => Alu::Sub,
+                Mnemonic::Xor => Alu::Xor,
+                Mnemonic::Cmp => Alu::Cmp,
+                _ => Alu::Test,
+            };
+            let dst = opnd(insn, 0, bits)?;
+            let src = opnd(insn, 1, bits)?;
+            let size = opsize(dst, insn);
+            if matches!(dst, Opnd::Imm(_)) || size == 0 {
+                return None;
+            }
+            Form::Alu { op, dst, src, size }
+        }
+        Mnemonic::Inc | Mnemonic::Dec | Mnemonic::Neg | Mnemonic::Not if n == 1 => {
+            let dst = opnd(insn, 0, bits)?;
+            let size = opsize(dst, insn);
+            if matches!(dst, Opnd::Imm(_)) {
+                return None;
+            }
+            match insn.mnemonic() {
+                Mnemonic::Inc => Form::IncDec { inc: true, dst, size },
+                Mnemonic::Dec => Form::IncDec { inc: false, dst, size },
+                Mnemonic::Neg => Form::Neg { dst, size },
+                _ => Form::Not { dst, size },
+            }
+        }
+        Mnemonic::Shl | Mnemonic::Sal | Mnemonic::Shr | Mnemonic::Sar
+            if n == 2 && matches!(opnd(insn, 0, bits)?, Opnd::Mem) && insn.op1_kind() == OpKind::Immediate8 =>
+        {
+            // A memory destination, by an immediate from 1 to the width
+            // less one (a count of 0 still checks the access).
+            let size = opsize(Opnd::Mem, insn);
+            let count = u32::from(insn.immediate8()) & if size == 8 { 0x3f } else { 0x1f };
+            if count == 0 || count >= size * 8 || insn.has_lock_prefix() {
+                return None;
+            }
+            let op = match insn.mnemonic() {
+                Mnemonic::Shr => Shift::Shr,
+                Mnemonic::Sar => Shift::Sar,
+                _ => Shift::Shl,
+            };
+            Form::ShiftMem { op, size, count }
+        }
+        Mnemonic::Shl | Mnemonic::Sal | Mnemonic::Shr | Mnemonic::Sar | Mnemonic::Rol | Mnemonic::Ror if n == 2 => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            let op = match insn.mnemonic() {
+                Mnemonic::Shr => Shift::Shr,
+                Mnemonic::Sar => Shift::Sar,
+                Mnemonic::Rol => Shift::Rol,
+                Mnemonic::Ror => Shift::Ror,
+                _ => Shift::Shl,
+            };
+            match insn.op1_kind() {
+                OpKind::Immediate8 => {
+                    let count = u32::from(insn.immediate8()) & if dst.size == 8 { 0x3f } else { 0x1f };
+                    // 8- and 16-bit registers: shifts (not rotates) by less
+                    // than the width.
+                    if dst.size < 4 && (matches!(op, Shift::Rol | Shift::Ror) || count >= dst.size * 8) {
+                        return None;
+                    }
+                    Form::Shift { op, dst, count }
+                }
+                _ if dst.size < 4 => return None,
+                // Rotates by CL go through the interpreter.
+                OpKind::Register if insn.op1_register() == Register::CL && !matches!(op, Shift::Rol | Shift::Ror) => {
+                    Form::ShiftCl { op, dst }
+                }
+                _ => return None,
+            }
+        }
+        Mnemonic::Fnstcw if insn.op0_kind() == OpKind::Memory && mem_ok(insn, bits) => Form::Fnstcw,
+        // Hints and fences: no architectural effect for one CPU.
+        Mnemonic::Prefetchnta
+        | Mnemonic::Prefetcht0
+        | Mnemonic::Prefetcht1
+        | Mnemonic::Prefetcht2
+        | Mnemonic::Prefetchw
+        | Mnemonic::Lfence
+        | Mnemonic::Mfence
+        | Mnemonic::Sfence => Form::Nop,
+        Mnemonic::Mov if n == 2 && insn.op1_kind() == OpKind::Register && insn.op1_register().is_segment_register() => {
+            let seg = insn.op1_register() as usize - Register::ES as usize;
+            let dst = opnd(insn, 0, bits)?;
+            if seg > sreg::GS || matches!(dst, Opnd::Imm(_)) {
+                return None;
+            }
+            Form::MovFromSreg { seg, dst }
+        }
+        Mnemonic::Cli => Form::Cli,
+        Mnemonic::Sti => Form::Sti,
+        Mnemonic::Swapgs if bits == 64 => Form::Swapgs,
+        Mnemonic::Stac => Form::Ac { set: true },
+        Mnemonic::Clac => Form::Ac { set: false },
+        Mnemonic::Pushfq if bits == 64 => Form::Pushf,
+        Mnemonic::Pushfd if bits == 32 => Form::Pushf,
+        Mnemonic::Stosb | Mnemonic::Stosq | Mnemonic::Movsb | Mnemonic::Movsq
+            if bits == 64
+                && insn.has_rep_prefix()
+                && insn.op0_kind() == OpKind::MemoryESRDI
+                && cpu::ops::mem_seg(insn) < sreg::FS =>
+        {
+            let movs = matches!(insn.mnemonic(), Mnemonic::Movsb | Mnemonic::Movsq);
+            if movs && insn.op1_kind() != OpKind::MemorySegRSI {
+                return None;
+            }
+            let size = if matches!(insn.mnemonic(), Mnemonic::Stosq | Mnemonic::Movsq) { 8 } else { 1 };
+            Form::RepString { movs, size }
+        }
+        Mnemonic::Shld | Mnemonic::Shrd if n == 3 => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            let Opnd::Reg(src) = opnd(insn, 1, bits)? else { return None };
+            if dst.size < 4 || src.size != dst.size {
+                return None;
+            }
+            let count = match insn.op2_kind() {
+                OpKind::Immediate8 => Some(u32::from(insn.immediate8()) & if dst.size == 8 { 0x3f } else { 0x1f }),
+                OpKind::Register if insn.op2_register() == Register::CL => None,
+                _ => return None,
+            };
+            Form::DoubleShift { left: insn.mnemonic() == Mnemonic::Shld, dst, src, count }
+        }
+        Mnemonic::Tzcnt | Mnemonic::Lzcnt | Mnemonic::Popcnt if n == 2 => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            let src = opnd(insn, 1, bits)?;
+            if dst.size < 4 || matches!(src, Opnd::Imm(_)) || opsize(src, insn) != dst.size {
+                return None;
+            }
+            let kind = match insn.mnemonic() {
+                Mnemonic::Tzcnt => CountKind::Tz,
+                Mnemonic::Lzcnt => CountKind::Lz,
+                _ => CountKind::Pop,
+            };
+            Form::Count { kind, dst, src }
+        }
+        Mnemonic::Bsf | Mnemonic::Bsr if n == 2 => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            let src = opnd(insn, 1, bits)?;
+            if dst.size < 4 || matches!(src, Opnd::Imm(_)) || opsize(src, insn) != dst.size {
+                return None;
+            }
+            Form::BitScan { reverse: insn.mnemonic() == Mnemonic::Bsr, dst, src }
+        }
+        Mnemonic::Imul if n == 2 || n == 3 => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            let src = opnd(insn, 1, bits)?;
+            if dst.size < 4 || matches!(src, Opnd::Imm(_)) || opsize(src, insn) != dst.size {
+                return None;
+            }
+            let imm = if n == 3 {
+                match opnd(insn, 2, bits)? {
+                    Opnd::Imm(v) => Some(v),
+                    _ => return None,
+                }
+            } else {
+                None
+            };
+            Form::Imul { dst, src, imm }
+        }
+        Mnemonic::Push if n == 1 => {
+            let ok = matches!(
+                insn.code(),
+                Code::Push_r64
+                    | Code::Push_rm64
+                    | Code::Push_rm32
+                    | Code::Pushq_imm32
+                    | Code::Pushq_imm8
+                    | Code::Push_r32
+                    | Code::Pushd_imm32
+                    | Code::Pushd_imm8
+            );
+            if !ok {
+                return None;
+            }
+            Form::Push { src: opnd(insn, 0, bits)?, size: stack }
+        }
+        Mnemonic::Pop if n == 1 && matches!(insn.code(), Code::Pop_r64 | Code::Pop_r32) => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            Form::Pop { dst }
+        }
+        Mnemonic::Leave if matches!(insn.code(), Code::Leaveq | Code::Leaved) => Form::Leave,
+        Mnemonic::Call if n == 1 => match insn.code() {
+            Code::Call_rel32_64 | Code::Call_rel32_32 => {
+                let t = insn.near_branch_target();
+                if bits == 64 && !canonical(t) {
+                    return None;
+                }
+                Form::CallRel { target: t }
+            }
+            Code::Call_rm64 | Code::Call_rm32 => {
+                let src = opnd(insn, 0, bits)?;
+                if opsize(src, insn) != stack {
+                    return None;
+                }
+                Form::CallInd { src }
+            }
+            _ => return None,
+        },
+        Mnemonic::Ret => match insn.code() {
+            Code::Retnq | Code::Retnd => Form::Ret { pop: 0 },
+            Code::Retnq_imm16 | Code::Retnd_imm16 => Form::Ret { pop: u64::from(insn.immediate16()) },
+            _ => return None,
+        },
+        Mnemonic::Jmp if n == 1 => match insn.code() {
+            Code::Jmp_rel8_64 | Code::Jmp_rel32_64 | Code::Jmp_rel8_32 | Code::Jmp_rel32_32 => {
+                let t = insn.near_branch_target();
+                if bits == 64 && !canonical(t) {
+                    return None;
+                }
+                Form::JmpRel { target: t }
+            }
+            Code::Jmp_rm64 | Code::Jmp_rm32 => {
+                let src = opnd(insn, 0, bits)?;
+                if opsize(src, insn) != stack {
+                    return None;
+                }
+                Form::JmpInd { src }
+            }
+            _ => return None,
+        },
+        _ if insn.is_jcc_short_or_near() => {
+            let t = insn.near_branch_target();
+            let ok_size = matches!(insn.op0_kind(), OpKind::NearBranch64 | OpKind::NearBranch32);
+            if !ok_size || (bits == 64 && !canonical(t)) {
+                return None;
+            }
+            Form::Jcc { cc: cpu::ops::mov::condition(insn), target: t }
+        }
+        m if (Mnemonic::Seta..=Mnemonic::Sets).contains(&m) && n == 1 => {
+            let dst = opnd(insn, 0, bits)?;
+            if opsize(dst, insn) != 1 {
+                return None;
+            }
+            Form::Setcc { cc: cpu::ops::mov::condition(insn), dst }
+        }
+        m if (Mnemonic::Cmova..=Mnemonic::Cmovs).contains(&m) && n == 2 => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            let src = opnd(insn, 1, bits)?;
+            if dst.size < 2 || matches!(src, Opnd::Imm(_)) || opsize(src, insn) != dst.size {
+                return None;
+            }
+            Form::Cmov { cc: cpu::ops::mov::condition(insn), dst, src }
+        }
+        Mnemonic::Rdtsc => Form::Rdtsc { aux: false },
+        Mnemonic::Rdtscp => Form::Rdtsc { aux: true },
+        Mnemonic::Cwde => Form::WidenAcc { from: 2 },
+        Mnemonic::Cdqe => Form::WidenAcc { from: 4 },
+        Mnemonic::Cdq => Form::SignAcc { size: 4 },
+        Mnemonic::Cqo => Form::SignAcc { size: 8 },
+        Mnemonic::Bswap if n == 1 => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            if dst.size < 4 {
+                return None;
+            }
+            Form::Bswap { dst }
+        }
+        Mnemonic::Mul | Mnemonic::Div if n == 1 => {
+            let src = opnd(insn, 0, bits)?;
+            let size = opsize(src, insn);
+            if matches!(src, Opnd::Imm(_)) || size < 4 {
+                return None;
+            }
+            Form::MulDiv { div: insn.mnemonic() == Mnemonic::Div, src, size }
+        }
+        Mnemonic::Xchg | Mnemonic::Cmpxchg if n == 2 => {
+            let dst = opnd(insn, 0, bits)?;
+            let Opnd::Reg(src) = opnd(insn, 1, bits)? else { return None };
+            let size = opsize(dst, insn);
+            if matches!(dst, Opnd::Imm(_)) || size != src.size {
+                return None;
+            }
+            if insn.mnemonic() == Mnemonic::Xchg {
+                Form::Xchg { dst, src, size }
+            } else {
+                Form::Cmpxchg { dst, src, size }
+            }
+        }
+        Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc if n == 2 => {
+            let op = match insn.mnemonic() {
+                Mnemonic::Bt => BtOp::Test,
+                Mnemonic::Bts => BtOp::Set,
+                Mnemonic::Btr => BtOp::Reset,
+                _ => BtOp::Complement,
+            };
+            let dst = opnd(insn, 0, bits)?;
+            let src = opnd(insn, 1, bits)?;
+            let size = opsize(dst, insn);
+            // A memory operand with a register bit offset addresses
+            // outside the operand: the interpreter runs it.
+            match (dst, src) {
+                (Opnd::Reg(_), Opnd::Reg(r)) if r.size == size => {}
+                (Opnd::Reg(_) | Opnd::Mem, Opnd::Imm(_)) => {}
+                _ => return None,
+            }
+            if size < 2 {
+                return None;
+            }
+            Form::Bt { op, dst, src, size }
+        }
+        _ => return None,
+    };
+    Some(form)
+}
+
+/// Whether the instruction may write memory through its first operand or
+/// the stack: its store's slow path runs it through the interpreter.
+pub(super) fn writes_memory(insn: &Instruction) -> bool {
+    insn.op0_kind() == OpKind::Memory || insn.stack_pointer_increment() < 0
+}
+
+#[cfg(test)]
+mod tests {
+    use iced_x86::{Decoder, DecoderOptions, Instruction};
+
+    use super::*;
+
+    const IP: u64 = 0x40_1000;
+
+    /// The one instruction of `bytes`, decoded as `bits`-bit code at [`IP`].
+    fn decode_with(bits: u32, bytes: &[u8], options: u32) -> Instruction {
+        let insn = Decoder::with_ip(bits, bytes, IP, options).decode();
+        assert!(!insn.is_invalid(), "{bytes:02x?} does not decode");
+        assert_eq!(insn.len(), bytes.len(), "{bytes:02x?} is not one instruction");
+        insn
+    }
+
+    fn decode(bits: u32, bytes: &[u8]) -> Instruction {
+        decode_with(bits, bytes, DecoderOptions::NONE)
+    }
+
+    #[test]
+    fn add_of_two_registers_is_an_alu_form_that_sets_every_flag() {
+        // ADD RAX, RBX
+        let insn = decode(64, &[0x48, 0x01, 0xd8]);
+        let f = classify(&insn, 64).expect("ADD of registers is translated");
+        match f {
+            Form::Alu { op: Alu::Add, dst: Opnd::Reg(d), src: Opnd::Reg(s), size: 8 } => {
+                assert_eq!((d.idx, d.size, d.high), (0, 8, false));
+                assert_eq!((s.idx, s.size, s.high), (3, 8, false));
+            }
+            other => panic!("ADD RAX, RBX: {other:?}"),
+        }
+        assert_eq!(f.flags_effect(), FlagsEffect::Kills);
+        assert!(!f.may_slow());
+        assert!(!writes_memory(&insn));
+    }
+
+    #[test]
+    fn add_to_memory_is_an_alu_form_that_stores() {
+        // ADD DWORD PTR [RSI], 5
+        let insn = decode(64, &[0x83, 0x06, 0x05]);
+        let f = classify(&insn, 64).expect("ADD to memory is translated");
+        assert!(matches!(f, Form::Alu { op: Alu::Add, dst: Opnd::Mem, src: Opnd::Imm(5), size: 4 }), "{f:?}");
+        // The access may fault before the flags are set.
+        assert_eq!(f.flags_effect(), FlagsEffect::Other);
+        assert!(writes_memory(&insn));
+    }
+
+    #[test]
+    fn lock_is_taken_on_a_memory_destination_only() {
+        // LOCK ADD [RSI], EAX
+        let f = classify(&decode(64, &[0xf0, 0x01, 0x06]), 64);
+        assert!(matches!(f, Some(Form::Alu { op: Alu::Add, dst: Opnd::Mem, src: Opnd::Reg(_), size: 4 })), "{f:?}");
+        // LOCK ADD EAX, EBX: #UD, which the interpreter raises.
+        let insn = decode_with(64, &[0xf0, 0x01, 0xd8], DecoderOptions::NO_INVALID_CHECK);
+        assert!(classify(&insn, 64).is_none());
+    }
+
+    #[test]
+    fn a_byte_register_write_to_ah_is_a_high_byte() {
+        // MOV AH, BL
+        let f = classify(&decode(64, &[0x88, 0xdc]), 64);
+        match f {
+            Some(Form::Mov { dst: Opnd::Reg(d), src: Opnd::Reg(s), size: 1 }) => {
+                assert_eq!((d.idx, d.size, d.high), (0, 1, true));
+                assert_eq!((s.idx, s.size, s.high), (3, 1, false));
+            }
+            other => panic!("MOV AH, BL: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_conditional_jump_has_its_condition_and_target() {
+        // JE +5 (short), JNE +0x100 (near)
+        let f = classify(&decode(64, &[0x74, 0x05]), 64);
+        assert!(matches!(f, Some(Form::Jcc { cc: 4, target }) if target == IP + 2 + 5), "{f:?}");
+        let f = classify(&decode(64, &[0x0f, 0x85, 0x00, 0x01, 0x00, 0x00]), 64);
+        assert!(matches!(f, Some(Form::Jcc { cc: 5, target }) if target == IP + 6 + 0x100), "{f:?}");
+        assert!(!writes_memory(&decode(64, &[0x74, 0x05])));
+    }
+
+    #[test]
+    fn cpuid_and_port_input_go_to_the_interpreter() {
+        // CPUID
+        assert!(classify(&decode(64, &[0x0f, 0xa2]), 64).is_none());
+        assert!(classify(&decode(32, &[0x0f, 0xa2]), 32).is_none());
+        // IN AL, DX
+        assert!(classify(&decode(64, &[0xec]), 64).is_none());
+    }
+
+    #[test]
+    fn sse_and_rep_string_forms_have_slow_paths() {
+        // PXOR XMM1, XMM2
+        let f = classify(&decode(64, &[0x66, 0x0f, 0xef, 0xca]), 64);
+        assert!(matches!(f, Some(Form::Vec { op: VecOp::Xor, dst: 1, src: VecSrc::Xmm(2) })), "{f:?}");
+        assert!(f.is_some_and(|f| f.may_slow()));
+        // REP MOVSB: translated in 64-bit code only.
+        let f = classify(&decode(64, &[0xf3, 0xa4]), 64);
+        assert!(matches!(f, Some(Form::RepString { movs: true, size: 1 })), "{f:?}");
+        assert!(classify(&decode(32, &[0xf3, 0xa4]), 32).is_none());
+    }
+}
