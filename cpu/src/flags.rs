@@ -27,6 +27,14 @@ pub enum FlagOp {
     Dec = 7,
 }
 
+impl FlagOp {
+    /// The operation a [`LazyFlags::op`] holds, if it is one.
+    pub fn from_u32(op: u32) -> Option<FlagOp> {
+        use FlagOp::*;
+        [None, Add, Adc, Sub, Sbb, Logic, Inc, Dec].into_iter().find(|&o| o as u32 == op)
+    }
+}
+
 #[inline]
 fn mask(size: u32) -> u64 {
     if size >= 8 {
@@ -219,6 +227,15 @@ mod tests {
             _ => unreachable!(),
         } & m;
         compute(&LazyFlags { op: op as u32, size, res, src1: a, src2: b, carry_in: cin })
+    }
+
+    #[test]
+    fn a_recorded_operation_is_known_and_nothing_past_dec_is() {
+        for op in 0..=FlagOp::Dec as u32 {
+            assert_eq!(FlagOp::from_u32(op).map(|o| o as u32), Some(op));
+        }
+        assert_eq!(FlagOp::from_u32(FlagOp::Dec as u32 + 1), None);
+        assert_eq!(FlagOp::from_u32(u32::MAX), None);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! - [`msr`], [`cpuid`]: the MSR table and the CPU model.
 //! - [`tier`]: what another tier (the JIT) calls: hot blocks, accesses on
 //!   behalf of one instruction, and when translated code may run.
+//! - [`snapshot`]: saved state ([`persist::Persist`] for `CpuState` and `Cpu`).
 
 #![forbid(unsafe_code)]
 
@@ -31,6 +32,7 @@ pub mod msr;
 pub mod ops;
 pub mod platform;
 pub mod segment;
+pub mod snapshot;
 pub mod state;
 pub mod tier;
 pub mod x87;
@@ -41,4 +43,5 @@ pub use exception::{Exception, Fault};
 pub use exec::Executed;
 pub use hooks::{ExecHooks, FxEvent, HookCtx};
 pub use platform::{NoDevices, Platform, StopReason};
+pub use snapshot::CpuSnapshot;
 pub use state::CpuState;

@@ -128,10 +128,62 @@ pub const MSR_TABLE_LEN: usize = 54;
 /// Values of the MSRs kept by value (model registers, machine check, the
 /// MTRRs), entry `i` holding `TABLE[i]`: plain data inside
 /// [`CpuState`](crate::CpuState).
+///
+/// With the `serde` feature it is written as a map from MSR index to value,
+/// and read back only when it lists every MSR of [`TABLE`] once and no
+/// other.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct MsrTable {
+    #[cfg_attr(feature = "serde", serde(with = "by_index"))]
     pub values: [u64; MSR_TABLE_LEN],
+}
+
+/// [`MsrTable::values`] as a map from MSR index to value.
+#[cfg(feature = "serde")]
+mod by_index {
+    use std::fmt;
+
+    use serde::de::{Error, MapAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    use super::{MsrTable, MSR_TABLE_LEN, TABLE};
+
+    pub fn serialize<S: Serializer>(values: &[u64; MSR_TABLE_LEN], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(TABLE.iter().zip(values).map(|(e, v)| (e.0, *v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u64; MSR_TABLE_LEN], D::Error> {
+        d.deserialize_map(Entries)
+    }
+
+    struct Entries;
+
+    impl<'de> Visitor<'de> for Entries {
+        type Value = [u64; MSR_TABLE_LEN];
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            write!(f, "a map of the {MSR_TABLE_LEN} MSRs kept by value, from index to value")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut values = [0; MSR_TABLE_LEN];
+            let mut seen = [false; MSR_TABLE_LEN];
+            while let Some((msr, v)) = map.next_entry::<u32, u64>()? {
+                let i = MsrTable::slot(msr)
+                    .ok_or_else(|| A::Error::custom(format_args!("msr_table: MSR {msr:#x} is not one it keeps")))?;
+                if std::mem::replace(&mut seen[i], true) {
+                    return Err(A::Error::custom(format_args!("msr_table: MSR {msr:#x} is listed twice")));
+                }
+                values[i] = v;
+            }
+            if let Some(i) = seen.iter().position(|&s| !s) {
+                return Err(A::Error::custom(format_args!("msr_table: MSR {:#x} is missing", TABLE[i].0)));
+            }
+            Ok(values)
+        }
+    }
 }
 
 impl Default for MsrTable {
@@ -166,6 +218,28 @@ impl MsrTable {
     /// `(index, value)` of every entry.
     pub fn iter(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
         TABLE.iter().zip(&self.values).map(|(e, v)| (e.0, *v))
+    }
+}
+
+/// The value WRMSR keeps when `v` is written to `msr`, or #GP(0): the
+/// checks and masks of [`Cpu::write_msr`] that depend on the value alone
+/// (canonical addresses, PAT memory types, the widths of SYSENTER_CS,
+/// FMASK, TSC_AUX and the performance counters, PerfEvtSel's reserved
+/// bits). `v` itself for the MSRs without such a check. A value a state
+/// holds for `msr` is one WRMSR can leave there when this returns it
+/// unchanged.
+pub(crate) fn written_value(msr: u32, v: u64) -> Fault<u64> {
+    let canonical = |v: u64| if crate::cpu::is_canonical(v) { Ok(v) } else { Err(GP0) };
+    match msr {
+        IA32_SYSENTER_CS => Ok(v & 0xffff),
+        IA32_SYSENTER_ESP | IA32_SYSENTER_EIP | IA32_LSTAR | IA32_CSTAR | IA32_FS_BASE | IA32_GS_BASE
+        | IA32_KERNEL_GS_BASE => canonical(v),
+        // Each byte must be a valid memory type (0, 1, 4, 5, 6, 7).
+        IA32_PAT if (0..8).any(|i| matches!((v >> (i * 8)) & 0xff, 2 | 3 | 8..=0xff)) => Err(GP0),
+        IA32_FMASK | IA32_TSC_AUX => Ok(v & 0xffff_ffff),
+        PERF_EVT_SEL0..=0xc001_0003 if v & PERF_EVT_SEL_RESERVED != 0 => Err(GP0),
+        PERF_CTR0..=0xc001_0007 => Ok(v & PERF_CTR_MASK),
+        _ => Ok(v),
     }
 }
 
@@ -236,7 +310,13 @@ impl Cpu {
             }
             return Ok(());
         }
-        let canonical = |v: u64| if crate::cpu::is_canonical(v) { Ok(v) } else { Err(GP0) };
+        let v = match written_value(msr, v) {
+            Ok(kept) => kept,
+            Err(e) => {
+                tracing::debug!(target: "cpu", "wrmsr {msr:#x} <- {v:#x}: reserved bits or a non-canonical address, #GP");
+                return Err(e);
+            }
+        };
         match msr {
             IA32_TSC => {
                 let delta = v.wrapping_sub(self.tsc());
@@ -244,34 +324,24 @@ impl Cpu {
             }
             IA32_APIC_BASE => self.state.msr.apic_base = v,
             IA32_TSC_ADJUST => self.shift_tsc(v.wrapping_sub(self.state.msr.tsc_adjust)),
-            IA32_SYSENTER_CS => self.state.msr.sysenter_cs = v & 0xffff,
-            IA32_SYSENTER_ESP => self.state.msr.sysenter_esp = canonical(v)?,
-            IA32_SYSENTER_EIP => self.state.msr.sysenter_eip = canonical(v)?,
+            IA32_SYSENTER_CS => self.state.msr.sysenter_cs = v,
+            IA32_SYSENTER_ESP => self.state.msr.sysenter_esp = v,
+            IA32_SYSENTER_EIP => self.state.msr.sysenter_eip = v,
             IA32_MISC_ENABLE => self.state.msr.misc_enable = v,
-            IA32_PAT => {
-                // Each byte must be a valid memory type (0, 1, 4, 5, 6, 7).
-                if (0..8).any(|i| matches!((v >> (i * 8)) & 0xff, 2 | 3 | 8..=0xff)) {
-                    return Err(GP0);
-                }
-                self.state.msr.pat = v;
-            }
+            IA32_PAT => self.state.msr.pat = v,
             IA32_MTRR_DEF_TYPE => self.state.msr.mtrr_def_type = v,
             IA32_EFER => self.write_efer(v)?,
             IA32_STAR => self.state.msr.star = v,
-            IA32_LSTAR => self.state.msr.lstar = canonical(v)?,
-            IA32_CSTAR => self.state.msr.cstar = canonical(v)?,
-            IA32_FMASK => self.state.msr.sfmask = v & 0xffff_ffff,
-            IA32_FS_BASE => self.state.seg[sreg::FS].base = canonical(v)?,
-            IA32_GS_BASE => self.state.seg[sreg::GS].base = canonical(v)?,
-            IA32_KERNEL_GS_BASE => self.state.msr.kernel_gs_base = canonical(v)?,
-            IA32_TSC_AUX => self.state.msr.tsc_aux = v & 0xffff_ffff,
-            PERF_EVT_SEL0..=0xc001_0003 if v & PERF_EVT_SEL_RESERVED != 0 => {
-                tracing::debug!(target: "cpu", "wrmsr {msr:#x} <- {v:#x}: reserved PerfEvtSel bits, #GP");
-                return Err(GP0);
-            }
+            IA32_LSTAR => self.state.msr.lstar = v,
+            IA32_CSTAR => self.state.msr.cstar = v,
+            IA32_FMASK => self.state.msr.sfmask = v,
+            IA32_FS_BASE => self.state.seg[sreg::FS].base = v,
+            IA32_GS_BASE => self.state.seg[sreg::GS].base = v,
+            IA32_KERNEL_GS_BASE => self.state.msr.kernel_gs_base = v,
+            IA32_TSC_AUX => self.state.msr.tsc_aux = v,
             PERF_CTR0..=0xc001_0007 => {
                 let i = MsrTable::slot(msr).expect("the counters are in the table");
-                self.state.msr_table.values[i] = v & PERF_CTR_MASK;
+                self.state.msr_table.values[i] = v;
             }
             _ => match MsrTable::slot(msr) {
                 Some(i) if TABLE[i].2 => self.state.msr_table.values[i] = v,
@@ -350,6 +420,34 @@ mod tests {
         }
     }
 
+    /// WRMSR refuses what [`written_value`] refuses and keeps what it
+    /// gives: the value checks a state's restore makes are WRMSR's.
+    #[test]
+    fn wrmsr_keeps_the_written_value() {
+        let cases = [
+            (IA32_SYSENTER_CS, 0x1_0010, Ok(0x10)),
+            (IA32_SYSENTER_ESP, 0xffff_8000_0000_0000, Ok(0xffff_8000_0000_0000)),
+            (IA32_SYSENTER_EIP, 0x8000_0000_0000, Err(GP0)),
+            (IA32_LSTAR, 1 << 63, Err(GP0)),
+            (IA32_CSTAR, 0x7fff_ffff_ffff, Ok(0x7fff_ffff_ffff)),
+            (IA32_KERNEL_GS_BASE, 0x0001_0000_0000_0000, Err(GP0)),
+            (IA32_FS_BASE, 0xffff_7fff_ffff_ffff, Err(GP0)),
+            (IA32_GS_BASE, 0x1000, Ok(0x1000)),
+            (IA32_PAT, 0x0007_0406_0007_0406, Ok(0x0007_0406_0007_0406)),
+            (IA32_PAT, 0x0003_0000, Err(GP0)),
+            (IA32_FMASK, 0x1_0004_7700, Ok(0x4_7700)),
+            (IA32_TSC_AUX, u64::MAX, Ok(0xffff_ffff)),
+            (PERF_EVT_SEL0 + 2, 1 << 40, Err(GP0)),
+            (PERF_CTR0 + 1, u64::MAX, Ok(PERF_CTR_MASK)),
+            (IA32_STAR, u64::MAX, Ok(u64::MAX)),
+        ];
+        for (msr, v, kept) in cases {
+            assert_eq!(written_value(msr, v), kept, "{msr:#x} <- {v:#x}");
+            let (mut cpu, _) = new_cpu();
+            assert_eq!(cpu.write_msr(msr, v).and_then(|()| cpu.read_msr(msr)), kept, "{msr:#x} <- {v:#x}");
+        }
+    }
+
     #[test]
     fn the_msr_table_lists_each_msr_once_and_keeps_values_in_the_state() {
         for (i, e) in TABLE.iter().enumerate() {
@@ -367,5 +465,32 @@ mod tests {
         let (mut other, _) = new_cpu();
         other.set_state(s);
         assert_eq!(other.read_msr(0x26f), Ok(0x0606_0606_0606_0606));
+    }
+}
+
+#[cfg(all(test, feature = "serde"))]
+mod serde_tests {
+    use serde::de::value::{Error, MapDeserializer};
+
+    use super::*;
+
+    fn read(entries: &[(u32, u64)]) -> Result<[u64; MSR_TABLE_LEN], String> {
+        by_index::deserialize(MapDeserializer::<_, Error>::new(entries.iter().copied())).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_table_is_read_back_only_whole() {
+        let mut t = MsrTable::default();
+        t.set(0x201, 0xfff_f800);
+        let all: Vec<(u32, u64)> = t.iter().collect();
+        assert_eq!(read(&all), Ok(t.values));
+        // In another order.
+        let reversed: Vec<_> = all.iter().rev().copied().collect();
+        assert_eq!(read(&reversed), Ok(t.values));
+        let unknown = [all.as_slice(), &[(IA32_TSC, 0)]].concat();
+        assert_eq!(read(&unknown), Err("msr_table: MSR 0x10 is not one it keeps".into()));
+        let twice = [all.as_slice(), &[all[3]]].concat();
+        assert_eq!(read(&twice), Err(format!("msr_table: MSR {:#x} is listed twice", all[3].0)));
+        assert_eq!(read(&all[1..]), Err(format!("msr_table: MSR {:#x} is missing", TABLE[0].0)));
     }
 }

@@ -125,6 +125,7 @@ pub mod seg_attr {
 /// A segment register with its hidden descriptor cache.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Segment {
     pub base: u64,
     /// Byte-granular limit (already scaled when G is set).
@@ -132,6 +133,7 @@ pub struct Segment {
     /// Attributes, [`seg_attr`] layout.
     pub attr: u32,
     pub selector: u16,
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub _pad: [u16; 3],
 }
 
@@ -149,9 +151,11 @@ impl Segment {
 /// GDTR or IDTR.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct DescTable {
     pub base: u64,
     pub limit: u32,
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub _pad: u32,
 }
 
@@ -159,6 +163,7 @@ pub struct DescTable {
 /// operands. The six status flags are computed from these only when read.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct LazyFlags {
     /// A [`crate::flags::FlagOp`] as `u32`; 0 means the flags are in `rflags`.
     pub op: u32,
@@ -175,16 +180,19 @@ pub struct LazyFlags {
 /// An x87 register in its 80-bit memory form.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct F80 {
     pub mantissa: u64,
     /// Sign (bit 15) and biased exponent (bits 14:0).
     pub sign_exp: u16,
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub _pad: [u16; 3],
 }
 
 /// x87 FPU state, in the FXSAVE field set.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct FpuState {
     /// Physical registers R0..R7 (ST(i) is R[(TOP + i) & 7]).
     pub regs: [F80; 8],
@@ -198,6 +206,7 @@ pub struct FpuState {
     pub fdp: u64,
     pub fcs: u16,
     pub fds: u16,
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub _pad: u32,
 }
 
@@ -224,6 +233,7 @@ impl Default for FpuState {
 /// [`crate::msr::MsrTable`]).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct MsrState {
     pub star: u64,
     pub lstar: u64,
@@ -248,6 +258,7 @@ pub struct MsrState {
 /// engine hands over, resets and snapshots carry.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PendingEvents {
     /// Debug-trap bits (DR6 layout) held back by MOV SS / POP SS, reported
     /// after the next instruction.
@@ -260,6 +271,7 @@ pub struct PendingEvents {
     /// An interrupt went through a task gate to a TSS with the T bit set:
     /// a debug trap follows its delivery.
     pub task_trap: bool,
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub _pad: [u8; 5],
 }
 
@@ -267,6 +279,7 @@ pub struct PendingEvents {
 /// between engines, a reset and a snapshot carry.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct CpuState {
     /// RAX..R15 in encoding order.
     pub gpr: [u64; 16],

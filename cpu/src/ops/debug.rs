@@ -333,6 +333,27 @@ impl ChaCha20 {
         ChaCha20 { key: k, counter: 0, block: [0; 16], used: 16 }
     }
 
+    /// What the generator's future output follows from: its key, the
+    /// counter of the next block and how many words of the current block
+    /// were used (the block itself is recomputed from key and counter).
+    pub(crate) fn position(&self) -> ([u32; 8], u64, usize) {
+        (self.key, self.counter, self.used)
+    }
+
+    /// The generator at a [`ChaCha20::position`]; `used` is at most 16.
+    pub(crate) fn at(key: [u32; 8], counter: u64, used: usize) -> Self {
+        debug_assert!(used <= 16);
+        let mut c = ChaCha20 { key, counter: counter.wrapping_sub(1), block: [0; 16], used: 16 };
+        if used < 16 {
+            // The current block is the one before `counter`.
+            c.refill();
+            c.used = used;
+        } else {
+            c.counter = counter;
+        }
+        c
+    }
+
     fn from_os() -> Self {
         let mut key = [0u8; 32];
         if !os_random(&mut key) {

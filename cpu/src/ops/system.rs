@@ -369,17 +369,35 @@ const CR4_VALID: u64 = cr::CR4_TSD
     | cr::CR4_SMEP
     | cr::CR4_SMAP;
 
+/// EFER bits the model implements: WRMSR of any other bit is #GP.
+pub(crate) const EFER_VALID: u64 = cr::EFER_SCE | cr::EFER_LME | cr::EFER_LMA | cr::EFER_NXE;
+
+/// The largest value MOV to CR8 takes (the TPR class, bits 3:0).
+pub(crate) const CR8_MAX: u64 = 0xf;
+
+/// Whether MOV to CR0 takes `v` whatever the rest of the state (bits 63:32
+/// clear, no PG without PE, no NW without CD).
+pub(crate) fn cr0_valid(v: u64) -> bool {
+    v >> 32 == 0 && (v & cr::CR0_PG == 0 || v & cr::CR0_PE != 0) && (v & cr::CR0_NW == 0 || v & cr::CR0_CD != 0)
+}
+
+/// Whether MOV to CR4 takes `v` whatever the rest of the state: only bits
+/// the model implements, and OSXSAVE only when XSAVE is offered.
+pub(crate) fn cr4_valid(v: u64, xsave: bool) -> bool {
+    v & !CR4_VALID == 0 && (xsave || v & cr::CR4_OSXSAVE == 0)
+}
+
+/// Whether MOV to CR3 takes `v` (after PCIDE's bit 63 is dropped): in long
+/// mode no bit at or above MAXPHYADDR.
+pub(crate) fn cr3_valid(v: u64, long_mode: bool) -> bool {
+    !long_mode || v >> mmu::paging::MAXPHYADDR == 0
+}
+
 impl Cpu {
     /// Write CR0 with its architectural checks and side effects.
     pub fn write_cr0(&mut self, v: u64) -> Fault<()> {
         let v = v | cr::CR0_ET;
-        if v >> 32 != 0 {
-            return Err(GP0);
-        }
-        if v & cr::CR0_PG != 0 && v & cr::CR0_PE == 0 {
-            return Err(GP0);
-        }
-        if v & cr::CR0_NW != 0 && v & cr::CR0_CD == 0 {
+        if !cr0_valid(v) {
             return Err(GP0);
         }
         let old = self.state.cr0;
@@ -407,7 +425,7 @@ impl Cpu {
 
     /// Write CR4 with its architectural checks.
     pub fn write_cr4(&mut self, v: u64) -> Fault<()> {
-        if v & !CR4_VALID != 0 || (!self.xsave && v & cr::CR4_OSXSAVE != 0) {
+        if !cr4_valid(v, self.xsave) {
             return Err(GP0);
         }
         if self.state.long_mode() && v & cr::CR4_PAE == 0 {
@@ -428,7 +446,7 @@ impl Cpu {
     pub fn write_cr3(&mut self, v: u64) -> Fault<()> {
         let pcide = self.state.cr4 & cr::CR4_PCIDE != 0;
         let v = if pcide { v & !(1 << 63) } else { v };
-        if self.state.long_mode() && v >> mmu::paging::MAXPHYADDR != 0 {
+        if !cr3_valid(v, self.state.long_mode()) {
             return Err(GP0);
         }
         self.state.cr3 = v;
@@ -445,8 +463,7 @@ impl Cpu {
 
     /// Write EFER (MSR C000_0080).
     pub fn write_efer(&mut self, v: u64) -> Fault<()> {
-        let valid = cr::EFER_SCE | cr::EFER_LME | cr::EFER_LMA | cr::EFER_NXE;
-        if v & !valid != 0 {
+        if v & !EFER_VALID != 0 {
             return Err(GP0);
         }
         let lme_changed = (v ^ self.state.efer) & cr::EFER_LME != 0;
@@ -469,7 +486,7 @@ fn mov_to_cr(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         3 => cpu.write_cr3(v)?,
         4 => cpu.write_cr4(v)?,
         8 => {
-            if v >> 4 != 0 {
+            if v > CR8_MAX {
                 return Err(GP0);
             }
             cpu.state.cr8 = v;

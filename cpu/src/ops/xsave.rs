@@ -130,11 +130,17 @@ fn xsetbv(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         return Err(GP0);
     }
     let v = (s.gpr[reg::RDX] << 32) | (s.gpr[reg::RAX] & 0xffff_ffff);
-    if v & !cpu.xcr0_supported() != 0 || v & X87 == 0 || v & (YMM | SSE) == YMM {
+    if !xcr0_valid(v, cpu.xcr0_supported()) {
         return Err(GP0);
     }
     cpu.state.xcr0 = v;
     Ok(())
+}
+
+/// Whether XSETBV takes `v` for XCR0 on a model supporting the components
+/// `supported`: none other than those, x87 set, and YMM only with SSE.
+pub(crate) fn xcr0_valid(v: u64, supported: u64) -> bool {
+    v & !supported == 0 && v & X87 != 0 && v & (YMM | SSE) != YMM
 }
 
 /// The instruction mask EDX:EAX.
