@@ -24,7 +24,7 @@ pub enum Command {
     /// Boot the built-in guest under every available accelerator and compare.
     Demo,
     /// Measure whole guests under each accelerator (and QEMU when installed).
-    Bench(BenchArgs),
+    Bench(ferrovm_bench::BenchArgs),
     /// Run a qemu-system-x86_64 command line (as ferrovm does when started
     /// under that name, e.g. through a symlink).
     #[command(disable_help_flag = true)]
@@ -37,40 +37,6 @@ pub struct QemuArgs {
     /// The options, as qemu-system-x86_64 takes them (`-help` lists them).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
     pub args: Vec<String>,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct BenchArgs {
-    /// Runs per measurement (the median is reported).
-    #[arg(long, default_value_t = 3)]
-    pub runs: usize,
-    /// Folder with vmlinuz-cloud, vmlinuz-generic and initramfs.cpio.gz
-    /// (built by scripts/guest-images.sh); Linux boots are skipped without it.
-    #[arg(long, default_value = "guest-images")]
-    pub images: std::path::PathBuf,
-    /// Boot Linux under KVM even when the built-in guest could not run there
-    /// (it does whenever KVM is usable).
-    #[arg(long)]
-    pub kvm_linux: bool,
-    /// Seconds allowed for one Linux boot to reach init.
-    #[arg(long, default_value_t = 600)]
-    pub boot_timeout: u64,
-    /// Measure TCP throughput through the user-mode NAT instead, per NIC
-    /// model, both ways (and QEMU's -netdev user when installed).
-    #[arg(long)]
-    pub net: bool,
-    /// Measure compute-bound work inside a Linux guest instead (a shell
-    /// loop, hashes, gzip), per engine and under QEMU TCG when installed.
-    #[arg(long, conflicts_with = "net")]
-    pub work: bool,
-    /// Measure virtio-blk inside a Linux guest instead: sequential write
-    /// and read in MiB/s and 4 KiB random-read IOPS, per engine and under
-    /// QEMU's virtio-blk when installed.
-    #[arg(long, conflicts_with_all = ["net", "work"])]
-    pub disk: bool,
-    /// MiB moved each way by --net.
-    #[arg(long, default_value_t = 256, value_name = "MIB")]
-    pub net_mib: usize,
 }
 
 /// Which CPU engine runs the guest.
@@ -213,10 +179,10 @@ pub enum KvmPitArg {
 }
 
 impl KvmPitArg {
-    pub fn pit(self) -> crate::machine::KvmPit {
+    pub fn pit(self) -> vmm::KvmPit {
         match self {
-            KvmPitArg::Kernel => crate::machine::KvmPit::InKernel,
-            KvmPitArg::User => crate::machine::KvmPit::User,
+            KvmPitArg::Kernel => vmm::KvmPit::InKernel,
+            KvmPitArg::User => vmm::KvmPit::User,
         }
     }
 }
@@ -230,11 +196,11 @@ pub enum KvmSplit {
 }
 
 impl KvmSplit {
-    pub fn mode(self) -> crate::machine::SplitMode {
+    pub fn mode(self) -> vmm::SplitMode {
         match self {
-            KvmSplit::Auto => crate::machine::SplitMode::Auto,
-            KvmSplit::On => crate::machine::SplitMode::On,
-            KvmSplit::Off => crate::machine::SplitMode::Off,
+            KvmSplit::Auto => vmm::SplitMode::Auto,
+            KvmSplit::On => vmm::SplitMode::On,
+            KvmSplit::Off => vmm::SplitMode::Off,
         }
     }
 }

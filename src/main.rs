@@ -1,17 +1,7 @@
 //! `ferrovm`: the command-line front end. It parses options, assembles the
 //! machine and runs it, and maps how the run ended to the exit status.
 
-mod bench_disk;
-mod bench_net;
-mod bench_work;
-mod bios;
-mod boot;
 mod cli;
-mod demo;
-mod engine;
-mod error;
-mod machine;
-mod nic;
 mod qemu;
 
 use std::process::ExitCode;
@@ -20,8 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use cli::{Accel, Cli, Command, RunArgs};
-use error::Error;
-use machine::{EngineKind, Firmware, Machine, MachineConfig, SerialOut};
+use vmm::{bios, EngineKind, Error, Firmware, Machine, MachineConfig, SerialOut};
 
 fn init_logging(trace: Option<&str>) {
     let mut filter = String::from("warn");
@@ -108,7 +97,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
             bios::check_image(&image, Some(p))?;
             Firmware::Bios(image)
         }
-        (None, Some(k)) => Firmware::Kernel(machine::KernelImage {
+        (None, Some(k)) => Firmware::Kernel(vmm::KernelImage {
             kernel: read_file(k)?,
             initrd: args.initrd.as_deref().map(read_file).transpose()?,
             cmdline: args.append.clone().unwrap_or_default(),
@@ -193,11 +182,8 @@ fn main() -> ExitCode {
 fn execute(cli: Cli) -> ExitCode {
     let result = std::panic::catch_unwind(move || match cli.command {
         Command::Run(args) => run(args),
-        Command::Demo => Ok(demo::demo()),
-        Command::Bench(args) if args.net => Ok(bench_net::run(&args)),
-        Command::Bench(args) if args.work => Ok(bench_work::run(&args)),
-        Command::Bench(args) if args.disk => Ok(bench_disk::run(&args)),
-        Command::Bench(args) => Ok(demo::bench(&args)),
+        Command::Demo => Ok(ferrovm_bench::demo::demo()),
+        Command::Bench(args) => Ok(ferrovm_bench::run(&args)),
         Command::Qemu(_) => Err(Error::Config("`ferrovm qemu` is run before the other commands".into())),
     });
     devices::console::restore_terminal();

@@ -634,7 +634,7 @@ impl State {
                 if !matches!(size, 1 | 2 | 4) {
                     return Err(format!("{option} isa-debug-exit,iosize={size}: expected 1, 2 or 4"));
                 }
-                // ferrovm's machine always has the port (src/machine.rs).
+                // ferrovm's machine always has the port (vmm/src/machine.rs).
                 Ok(())
             }
             "" => Err(format!("{option} {v}: no device name")),

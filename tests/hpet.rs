@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use devices::clock::ManualClock;
-use devices::pc::PcChipset;
 use devices::legacy::rtc::RamSize;
+use devices::pc::PcChipset;
 use devices::{Bus, Tsc, VmEvents};
 use firmware::acpi::{write_acpi_tables, AcpiConfig, ACPI_TABLES_START};
 use mmu::GuestMemory;

@@ -86,7 +86,7 @@ fn the_name_on_path_is_ferrovm() {
     assert!(text(&o.stdout).starts_with("ferrovm "), "{}", text(&o.stdout));
 }
 
-/// `ferrovm bench`'s QEMU line for the built-in guest (src/demo.rs).
+/// `ferrovm bench`'s QEMU line for the built-in guest (bench/src/demo.rs).
 #[test]
 fn the_bench_line_for_the_builtin_guest() {
     let rom = tmp("builtin.rom");
@@ -107,7 +107,7 @@ fn the_bench_line_for_the_builtin_guest() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
 }
 
-/// `ferrovm bench`'s QEMU line for a Linux boot (src/demo.rs, and the same
+/// `ferrovm bench`'s QEMU line for a Linux boot (bench/src/demo.rs, and the same
 /// in src/bench_work.rs), its kernel command line given a script that
 /// checks the guest and powers it off.
 #[test]
@@ -146,7 +146,7 @@ echo "T:in $(sha256sum < /tmp/in | cut -d' ' -f1) $(wc -c < /tmp/in)"
 echo "T:done"
 "#;
 
-/// `ferrovm bench --net`'s QEMU line (src/bench_net.rs) with `device`.
+/// `ferrovm bench --net`'s QEMU line (bench/src/net.rs) with `device`.
 fn network(device: &str) {
     let Some(dir) = images() else { return };
     if !dir.join("initramfs-net.cpio.gz").is_file() || !dir.join("vmlinuz-generic").is_file() {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::machine::{EngineKind, Firmware, Machine, MachineConfig, RunReport, SerialOut};
+use vmm::{EngineKind, Firmware, Machine, MachineConfig, RunReport, SerialOut};
 
 /// One accelerator's result on the built-in guest.
 pub struct Row {
@@ -47,8 +47,8 @@ fn run_builtin(timeout: Duration, kind: EngineKind) -> Result<(RunReport, String
         serial: SerialOut::Capture(buf.clone()),
         no_reboot: true,
         timeout: Some(timeout),
-        kvm_split: crate::machine::SplitMode::Auto,
-        kvm_pit: crate::machine::KvmPit::InKernel,
+        kvm_split: vmm::SplitMode::Auto,
+        kvm_pit: vmm::KvmPit::InKernel,
         cpu_model: cpu::cpuid::Model::V2,
     };
     let m = Machine::new(config).map_err(|e| e.to_string())?;
@@ -123,7 +123,7 @@ pub fn demo() -> i32 {
 /// `ferrovm bench`: whole guests, median of `runs` runs per engine, with
 /// QEMU TCG on the same guest in the same run when `qemu-system-x86_64` is
 /// installed.
-pub fn bench(args: &crate::cli::BenchArgs) -> i32 {
+pub fn bench(args: &crate::BenchArgs) -> i32 {
     let runs = args.runs.max(1);
     println!("ferrovm bench: median of {runs} run(s) each\n");
     println!("built-in guest (reset vector to debug exit, 7.4 M instructions of ring-3 workload):");
@@ -384,7 +384,7 @@ fn qemu_builtin(runs: usize) -> Option<Result<Duration, String>> {
     Some(Ok(times[runs / 2]))
 }
 
-pub(crate) fn which(name: &str) -> Option<std::path::PathBuf> {
+pub fn which(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
 }

@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::bench_work::{base64, time_work, DONE, START};
+use crate::work::{base64, time_work, DONE, START};
 
 /// The guest's virtio modules, in insmod order.
 const MODULES: &[&str] =
@@ -186,7 +186,7 @@ fn command(engine: &str, q: Option<&Path>, kernel: &Path, initrd: &Path, disk: &
 }
 
 /// `ferrovm bench --disk`.
-pub fn run(args: &crate::cli::BenchArgs) -> i32 {
+pub fn run(args: &crate::BenchArgs) -> i32 {
     let runs = args.runs.max(1);
     let kernel = args.images.join("vmlinuz-generic");
     if !kernel.is_file() {

@@ -24,9 +24,9 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cli::BenchArgs;
+use crate::BenchArgs;
 
-#[path = "../tests/guest/encode.rs"]
+#[path = "../../tests/guest/encode.rs"]
 mod encode;
 
 /// Guest ports the two forwards reach.

@@ -117,7 +117,7 @@ fn qemu(q: &Path, kernel: &Path, initrd: &Path, append: &str) -> Vec<String> {
 }
 
 /// `ferrovm bench --work`.
-pub fn run(args: &crate::cli::BenchArgs) -> i32 {
+pub fn run(args: &crate::BenchArgs) -> i32 {
     let runs = args.runs.max(1);
     let kernel = args.images.join("vmlinuz-cloud");
     let initrd = args.images.join("initramfs.cpio.gz");

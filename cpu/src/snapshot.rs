@@ -309,8 +309,8 @@ mod tests {
 
     use super::*;
     use crate::cache::Invalidation;
-    use crate::ops::testutil::*;
     use crate::msr::MsrTable;
+    use crate::ops::testutil::*;
     use crate::platform::{NoDevices, StopReason};
     use crate::state::{cr, Segment};
 

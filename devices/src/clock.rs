@@ -16,6 +16,14 @@
 //! polls a counter never depends on `tick`. The machine's run loop calls
 //! [`Timers::poll`] between CPU slices and sleeps in HLT until the earliest
 //! deadline it returns, so an idle guest costs nothing.
+//!
+//! Saved state. Device states hold times as nanoseconds of the machine's
+//! clock (guest time), never host instants. The clock itself saves the
+//! guest time it has reached ([`Clock::save_time`]) and, on restore, goes on
+//! from it ([`Clock::resume_at`]): a [`HostClock`] keeps an offset from the
+//! host's monotonic clock for that, so a state saved in one process means
+//! the same in another. Restore the clock before the devices. [`Tsc`] saves
+//! its rate and its offset from the clock.
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -23,26 +31,74 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
+use persist::{Persist, PersistError};
 
 /// Nanoseconds in one second.
 pub const NANOS_PER_SEC: u64 = 1_000_000_000;
 
-/// A monotonic time source in nanoseconds.
-pub trait Clock: Send + Sync {
-    /// Nanoseconds since the clock's origin; never goes backwards.
-    fn now_ns(&self) -> u64;
+/// The latest guest time a saved state may hold: 2^63 - 1 ns (292 years).
+/// Later times are refused as corrupt; they also keep the signed offsets
+/// kept from a clock's time (the TSC's, the host clock's) in range.
+pub const MAX_GUEST_NS: u64 = i64::MAX as u64;
+
+/// What a clock saves: the guest time it had reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ClockState {
+    /// Nanoseconds since the clock's origin, at most [`MAX_GUEST_NS`].
+    pub now_ns: u64,
 }
 
-/// The host's monotonic clock (`std::time::Instant`), counted from its creation.
-#[derive(Debug, Clone, Copy)]
+/// The part name clocks' errors carry.
+const CLOCK_PART: &str = "clock";
+
+/// A monotonic time source in nanoseconds.
+///
+/// A clock is shared (`Arc<dyn Clock>`), so it saves and restores through
+/// `&self`: [`Clock::save_time`] and [`Clock::restore_time`]. The concrete
+/// clocks also implement [`Persist`] with the same meaning.
+pub trait Clock: Send + Sync {
+    /// Nanoseconds since the clock's origin; never goes backwards between
+    /// two calls of [`Clock::resume_at`].
+    fn now_ns(&self) -> u64;
+
+    /// Makes the clock read `ns` now and run on from there. This is what a
+    /// restore does; it may move the clock backwards (to the time of an
+    /// earlier snapshot), which the devices restored with it agree with.
+    fn resume_at(&self, ns: u64);
+
+    /// The guest time reached, for a snapshot.
+    fn save_time(&self) -> ClockState {
+        ClockState { now_ns: self.now_ns() }
+    }
+
+    /// Goes on from the saved guest time. A time past [`MAX_GUEST_NS`] is
+    /// refused and leaves the clock as it was.
+    fn restore_time(&self, state: &ClockState) -> Result<(), PersistError> {
+        PersistError::check_max(CLOCK_PART, "now_ns", state.now_ns, MAX_GUEST_NS)?;
+        self.resume_at(state.now_ns);
+        Ok(())
+    }
+}
+
+/// The host's monotonic clock (`std::time::Instant`), counted from its
+/// creation plus an offset that [`Clock::resume_at`] sets.
+#[derive(Debug)]
 pub struct HostClock {
     origin: Instant,
+    /// Added (signed) to the host nanoseconds since `origin`.
+    offset_ns: AtomicI64,
 }
 
 impl HostClock {
     /// A clock whose origin is now.
     pub fn new() -> Self {
-        Self { origin: Instant::now() }
+        Self { origin: Instant::now(), offset_ns: AtomicI64::new(0) }
+    }
+
+    /// Host nanoseconds since the origin.
+    fn elapsed_ns(&self) -> i128 {
+        i128::try_from(self.origin.elapsed().as_nanos()).unwrap_or(i128::MAX)
     }
 }
 
@@ -54,8 +110,29 @@ impl Default for HostClock {
 
 impl Clock for HostClock {
     fn now_ns(&self) -> u64 {
+        let t = self.elapsed_ns().saturating_add(i128::from(self.offset_ns.load(Ordering::Acquire)));
         // u64 nanoseconds last 584 years; saturate rather than wrap past that.
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        u64::try_from(t.max(0)).unwrap_or(u64::MAX)
+    }
+
+    fn resume_at(&self, ns: u64) {
+        let offset = i128::from(ns) - self.elapsed_ns();
+        let offset = i64::try_from(offset).unwrap_or(if offset < 0 { i64::MIN } else { i64::MAX });
+        self.offset_ns.store(offset, Ordering::Release);
+    }
+}
+
+/// Saves the guest time reached; a restore goes on from it (the host time
+/// between the two does not count).
+impl Persist for HostClock {
+    type State = ClockState;
+
+    fn save(&self) -> ClockState {
+        self.save_time()
+    }
+
+    fn restore(&mut self, state: &ClockState) -> Result<(), PersistError> {
+        self.restore_time(state)
     }
 }
 
@@ -85,6 +162,23 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_ns(&self) -> u64 {
         self.now.load(Ordering::SeqCst)
+    }
+
+    fn resume_at(&self, ns: u64) {
+        self.now.store(ns, Ordering::SeqCst);
+    }
+}
+
+/// Saves the time it reads; a restore sets it there.
+impl Persist for ManualClock {
+    type State = ClockState;
+
+    fn save(&self) -> ClockState {
+        self.save_time()
+    }
+
+    fn restore(&mut self, state: &ClockState) -> Result<(), PersistError> {
+        self.restore_time(state)
     }
 }
 
@@ -239,6 +333,56 @@ impl Tsc {
     }
 }
 
+/// The saved state of a [`Tsc`]: its rate and its offset from the clock,
+/// which mean the same after a restore because the clock resumes from the
+/// saved guest time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct TscState {
+    /// Ticks per second, at least 1.
+    pub hz: u64,
+    /// Added (two's complement) to the ticks since the clock's origin.
+    pub offset: i64,
+}
+
+/// The part name the TSC's errors carry.
+const TSC_PART: &str = "TSC";
+
+impl Tsc {
+    /// [`Persist::restore`] through a shared reference, as the machine holds
+    /// the TSC (`Arc<Tsc>`): a rate of 0 is refused and changes nothing.
+    pub fn restore_shared(&self, state: &TscState) -> Result<(), PersistError> {
+        Self::check_state(state)?;
+        self.load_state(state);
+        Ok(())
+    }
+
+    /// Loads a state [`Tsc::check_state`] passed.
+    pub(crate) fn load_state(&self, state: &TscState) {
+        self.hz.store(state.hz, Ordering::Relaxed);
+        self.offset.store(state.offset, Ordering::Relaxed);
+    }
+}
+
+impl Tsc {
+    /// The checks of a restore, changing nothing.
+    pub(crate) fn check_state(state: &TscState) -> Result<(), PersistError> {
+        PersistError::check(state.hz != 0, TSC_PART, "hz", || "is 0; a counter needs a rate".to_string())
+    }
+}
+
+impl Persist for Tsc {
+    type State = TscState;
+
+    fn save(&self) -> TscState {
+        TscState { hz: self.hz(), offset: self.offset.load(Ordering::Relaxed) }
+    }
+
+    fn restore(&mut self, state: &TscState) -> Result<(), PersistError> {
+        self.restore_shared(state)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,5 +486,79 @@ mod tests {
         tsc.shift(200u64.wrapping_neg());
         assert_eq!(tsc.read(100), 400);
         assert_eq!(tsc.ns_at(400), 100);
+    }
+
+    #[test]
+    fn a_host_clock_resumes_from_the_saved_guest_time() {
+        let old = HostClock::new();
+        old.resume_at(5 * NANOS_PER_SEC);
+        let saved = old.save_time();
+        assert!(saved.now_ns >= 5 * NANOS_PER_SEC);
+        // A new process: a clock whose own origin is now.
+        let mut new = HostClock::new();
+        assert!(new.now_ns() < NANOS_PER_SEC);
+        Persist::restore(&mut new, &saved).unwrap();
+        let now = new.now_ns();
+        assert!(now >= saved.now_ns, "{now} < {}", saved.now_ns);
+        assert!(now - saved.now_ns < NANOS_PER_SEC, "the clock goes on from the saved time: {now}");
+        // It keeps running from there, monotonic.
+        let later = new.now_ns();
+        assert!(later >= now);
+        // A restore may go back to an earlier snapshot's time.
+        new.resume_at(1_000);
+        assert!((1_000..1_000 + NANOS_PER_SEC).contains(&new.now_ns()));
+        assert!(new.save().now_ns >= 1_000);
+    }
+
+    #[test]
+    fn a_host_clock_refuses_a_time_past_the_limit_and_runs_on() {
+        let clock = HostClock::new();
+        clock.resume_at(7 * NANOS_PER_SEC);
+        let e = clock.restore_time(&ClockState { now_ns: MAX_GUEST_NS + 1 }).unwrap_err();
+        assert_eq!((e.part, e.field), ("clock", "now_ns"));
+        let now = clock.now_ns();
+        assert!((7 * NANOS_PER_SEC..8 * NANOS_PER_SEC).contains(&now), "unchanged: {now}");
+        assert!(clock.restore_time(&ClockState { now_ns: MAX_GUEST_NS }).is_ok());
+        assert!(clock.now_ns() >= MAX_GUEST_NS);
+    }
+
+    #[test]
+    fn a_manual_clock_round_trips_and_refuses_a_corrupt_time() {
+        let configured = ManualClock::new(0);
+        configured.advance(123_456_789);
+        let mut fresh = ManualClock::new(5);
+        let state = persist::assert_round_trip(&configured, &mut fresh);
+        assert_eq!(state.now_ns, 123_456_789);
+        fresh.advance(11);
+        configured.advance(11);
+        assert_eq!(fresh.now_ns(), configured.now_ns(), "both go on alike");
+        // Through the shared handle, as the machine holds it.
+        let shared: SharedClock = Arc::new(ManualClock::new(1 << 40));
+        shared.restore_time(&state).unwrap();
+        assert_eq!(shared.now_ns(), 123_456_789, "a restore may move a clock back");
+        let e = persist::assert_refused(&mut fresh, &ClockState { now_ns: u64::MAX });
+        assert_eq!(e.field, "now_ns");
+        assert_eq!(fresh.now_ns(), 123_456_800);
+    }
+
+    #[test]
+    fn a_tsc_round_trips_its_rate_and_offset() {
+        let configured = Tsc::new(2_000_000_000);
+        configured.write(1_000, 10);
+        configured.shift(5);
+        let mut fresh = Tsc::new(1);
+        let state = persist::assert_round_trip(&configured, &mut fresh);
+        assert_eq!(state.hz, 2_000_000_000);
+        for now in [0, 1_000, 2_000, 1 << 40] {
+            assert_eq!(fresh.read(now), configured.read(now), "at {now} ns");
+        }
+        assert_eq!(fresh.ns_at(2_015), 2_000);
+        // A shared TSC restores through `&self`.
+        let shared = Arc::new(Tsc::new(7));
+        shared.restore_shared(&state).unwrap();
+        assert_eq!(shared.read(2_000), 2_015);
+        let e = persist::assert_refused(&mut fresh, &TscState { hz: 0, offset: 0 });
+        assert_eq!(e.field, "hz");
+        assert_eq!(fresh.read(2_000), 2_015, "unchanged");
     }
 }

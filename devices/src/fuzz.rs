@@ -6,7 +6,10 @@
 //! rings) and hand the rest of the input to `drive`.
 //!
 //! The cargo-fuzz targets in `fuzz/` call those two functions; so do unit
-//! tests, over pseudo-random inputs ([`pseudo_random_inputs`]).
+//! tests, over pseudo-random inputs ([`pseudo_random_inputs`]). After the
+//! input, each entry point saves the device and restores the state into it
+//! (`assert_restorable`): whatever state a guest can drive a device into,
+//! a saved copy of it must restore.
 
 use std::collections::VecDeque;
 use std::os::fd::BorrowedFd;
@@ -204,6 +207,19 @@ pub(crate) fn drive(dev: &mut dyn FuzzDevice, mem: &GuestMemory, inbox: &Inbox, 
         }
     }
     dev.poll(now + Duration::from_secs(1));
+}
+
+/// Saves `dev` and restores the state into it: a state the guest reached
+/// must pass every check of the restore, and come back whole.
+///
+/// # Panics
+/// When the restore refuses the state or changes it.
+pub(crate) fn assert_restorable<T: persist::Persist>(dev: &mut T) {
+    let state = dev.save();
+    if let Err(e) = dev.restore(&state) {
+        panic!("a state the guest reached cannot be restored: {e}");
+    }
+    assert_eq!(dev.save(), state, "a restored device saves another state");
 }
 
 /// `count` pseudo-random inputs (xorshift from `seed`) of up to `max_len`

@@ -33,6 +33,10 @@ impl IrqLine for NoIrq {
 /// line reads low there. The chipset uses it for the 8254's IRQ0 and the
 /// RTC's IRQ8, which the HPET's legacy replacement route disconnects
 /// (IA-PC HPET specification 1.0a, 2.3.9.1).
+///
+/// It saves nothing of its own: the level is the device's, which its
+/// restore drives again, and the switch is the HPET's LegacyReplacement
+/// bit, which the HPET's restore sets again.
 pub struct SwitchedIrq {
     inner: Arc<dyn IrqLine>,
     /// The level the device drives, and whether the switch is closed.

@@ -15,9 +15,11 @@
 //! - [`block`]: disk images;
 //! - [`io_thread`]: the host thread that polls backends for NICs and disks;
 //! - [`pc`]: the chipset assembled; [`console`]: the host side of the serial
-//!   console. The device models never know which accelerator runs
-//! the CPU: they see register offsets, raise interrupt lines and file machine
-//! events, and the machine wires them to the interpreter, the JIT or KVM.
+//!   console.
+//!
+//! The device models never know which accelerator runs the CPU: they see
+//! register offsets, raise interrupt lines and file machine events, and the
+//! machine wires them to the interpreter, the JIT or KVM.
 
 #![forbid(unsafe_code)]
 

@@ -42,6 +42,10 @@ impl VmEvent {
 type Kick = Arc<dyn Fn() + Send + Sync>;
 
 /// The one pending machine event, shared between devices, host threads and the CPU loop.
+///
+/// It holds no device state: a pending event is the machine's to act on
+/// (a reset, an exit) before it saves, so it does not implement
+/// [`persist::Persist`].
 #[derive(Default)]
 pub struct VmEvents {
     pending: AtomicBool,

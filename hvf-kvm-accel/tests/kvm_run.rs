@@ -234,7 +234,7 @@ fn kick_with_stop_request_ends_one_run() {
 
 /// `cpu::state` from the loaders' neutral boot state: the machine's own
 /// conversion, so these tests run what `ferrovm` runs.
-#[path = "../../src/boot.rs"]
+#[path = "../../vmm/src/boot.rs"]
 mod boot;
 use boot::cpu_state as boot_cpu_state;
 

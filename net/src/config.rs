@@ -33,6 +33,7 @@ use crate::Error;
 
 /// An Ethernet MAC address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct MacAddr(pub [u8; 6]);
 
 impl MacAddr {
@@ -71,6 +72,7 @@ impl FromStr for MacAddr {
 
 /// A transport protocol of a port forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Proto {
     /// TCP.
     Tcp,
@@ -91,6 +93,7 @@ impl Proto {
 /// A host port forward: connections or datagrams to `host` go to the guest's
 /// `guest_addr:guest_port`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct HostFwd {
     /// TCP or UDP.
     pub proto: Proto,
@@ -148,6 +151,7 @@ fn parse_port(s: &str, what: &str, zero_ok: bool) -> Result<u16, String> {
 
 /// Where the DNS forwarder sends queries.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum DnsUpstream {
     /// The `nameserver` lines of /etc/resolv.conf, read when the NAT starts.
     #[default]
@@ -160,6 +164,7 @@ pub enum DnsUpstream {
 
 /// Bounds on what the guest can make the NAT hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Limits {
     /// TCP and UDP flows (each with one host socket) at once. When full, the
     /// oldest flow still in its handshake is dropped; if none is, the new
@@ -198,6 +203,7 @@ impl Default for Limits {
 
 /// The user-mode NAT's configuration (QEMU `-netdev user`).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct UserNetConfig {
     /// The guest network's address.
     pub net: Ipv4Addr,

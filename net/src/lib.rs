@@ -47,7 +47,7 @@ pub use error::Error;
 pub use fuzz::fuzz_frame;
 pub use hub::HubNet;
 pub use pcap::PcapWriter;
-pub use user::{UserNet, UserNetStats};
+pub use user::{DhcpLease, UserNet, UserNetState, UserNetStats};
 
 /// The largest Ethernet frame a backend produces or accepts: a 1500-byte IP
 /// MTU plus the 14-byte Ethernet header (no FCS, no VLAN tag).

@@ -1,4 +1,5 @@
-//! The machine's PCI functions with host-side I/O: each `--nic` option
+//! The device manager: the machine's PCI functions with host-side I/O, their
+//! BAR windows, their doorbells and the I/O thread. Each `--nic` option
 //! becomes a backend (`net::open`) behind an e1000 or virtio-net PCI
 //! function in slots 3, 4, ..., and each `--disk` a virtio-blk function in
 //! the slots after them. Their BARs are mapped wherever the guest programs
@@ -22,7 +23,7 @@
 //! on ([`devices::nic::Doorbell`]). Under KVM the machine attaches it to the
 //! queue's notification writes (the legacy QUEUE_NOTIFY port with the
 //! queue's index as datamatch, and the queue's address in the modern BAR),
-//! wherever the guest maps those BARs ([`Nics::attach_doorbells`]): KVM
+//! wherever the guest maps those BARs ([`DeviceManager::attach_doorbells`]): KVM
 //! then signals the eventfd instead of exiting, and the I/O thread
 //! transmits while the vCPU runs on.
 
@@ -32,19 +33,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use devices::bus::{Bus, BusDevice, SharedDevice};
-use devices::nic::e1000::E1000;
 use devices::intc::msi::MsiSink;
 use devices::io_thread::SharedIoDevice;
+use devices::nic::e1000::{E1000State, E1000};
 use devices::nic::{nth_mac, Doorbell, IoThread, NicStats};
 use devices::pc::PcChipset;
 use devices::pci::msix::MAX_VECTORS;
 use devices::pci::{BarChange, PciAddress, PciBarKind, PciInterruptPin, SharedPciDevice};
+use devices::virtio::blk::{VirtioBlk, VirtioBlkPci, VirtioBlkState};
+use devices::virtio::net::{VirtioNet, VirtioNetPci, VirtioNetState};
 use devices::virtio::pci::Doorbell as BellSpec;
+use devices::virtio::pci::VirtioPciState;
 use devices::virtio::VirtioPci;
-use devices::virtio::blk::{VirtioBlk, VirtioBlkPci};
-use devices::virtio::net::{VirtioNet, VirtioNetPci};
 use mmu::GuestMemory;
 use parking_lot::Mutex;
+use persist::{Persist, PersistError};
 
 use crate::error::Error;
 
@@ -293,14 +296,14 @@ impl BarWindows {
     }
 }
 
-/// One NIC or disk, for statistics.
+/// One NIC or disk, for statistics and saved state.
 enum NicHandle {
     E1000(Arc<Mutex<E1000>>),
     Virtio(Arc<Mutex<VirtioNetPci>>),
     Disk(Arc<Mutex<VirtioBlkPci>>),
 }
 
-/// Doorbells handed to a hypervisor ([`Nics::attach_doorbells`]); dropping
+/// Doorbells handed to a hypervisor ([`DeviceManager::attach_doorbells`]); dropping
 /// this detaches them.
 pub struct AttachedDoorbells<'a> {
     doorbells: &'a Mutex<Doorbells>,
@@ -319,15 +322,19 @@ impl Drop for AttachedDoorbells<'_> {
     }
 }
 
-/// The machine's NICs and disks and their I/O thread (which stops when
-/// this is dropped).
-pub struct Nics {
+/// The machine's NICs and disks, their BAR windows and doorbells, and their
+/// I/O thread (which stops when this is dropped).
+///
+/// SMP: shared by every vCPU. Doorbells attach once per VM (KVM's
+/// ioeventfds are per VM, not per vCPU); BAR windows apply their queued
+/// changes under their own lock, whichever vCPU's access comes first.
+pub struct DeviceManager {
     nics: Vec<(PciAddress, String, NicHandle)>,
     doorbells: Arc<Mutex<Doorbells>>,
     _io: IoThread,
 }
 
-impl Nics {
+impl DeviceManager {
     /// Hands the virtio queues' notification writes to `attach` (KVM's
     /// ioeventfd) until the returned guard is dropped: each doorbell is
     /// attached where its BAR is now, and follows the BAR when the guest
@@ -375,6 +382,110 @@ impl Nics {
     }
 }
 
+/// The saved state of one PCI function the device manager owns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PciFunctionState {
+    /// An e1000, with its half-gathered packet.
+    E1000(E1000State),
+    /// A virtio-net function: its transport, queues and device.
+    VirtioNet(VirtioPciState<VirtioNetState>),
+    /// A virtio-blk function: its transport, queues and device.
+    VirtioBlk(VirtioPciState<VirtioBlkState>),
+}
+
+impl PciFunctionState {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::E1000(_) => "e1000",
+            Self::VirtioNet(_) => "virtio-net",
+            Self::VirtioBlk(_) => "virtio-blk",
+        }
+    }
+}
+
+/// The saved state of the device manager's functions, in PCI slot order.
+///
+/// The backends behind them are host resources and are not part of it:
+/// a disk's contents are its image's, and a NIC's NAT is rebuilt from the
+/// command line (its live host flows cannot be saved; see
+/// `net::user::UserNetState`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceManagerState {
+    /// Each function's address and state.
+    pub functions: Vec<(PciAddress, PciFunctionState)>,
+}
+
+const DEVICE_MANAGER: &str = "device manager";
+
+impl NicHandle {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::E1000(_) => "e1000",
+            Self::Virtio(_) => "virtio-net",
+            Self::Disk(_) => "virtio-blk",
+        }
+    }
+
+    fn save(&self) -> PciFunctionState {
+        match self {
+            Self::E1000(d) => PciFunctionState::E1000(d.lock().save()),
+            Self::Virtio(d) => PciFunctionState::VirtioNet(d.lock().save()),
+            Self::Disk(d) => PciFunctionState::VirtioBlk(d.lock().save()),
+        }
+    }
+
+    /// Restores `s`, which must be of this function's kind.
+    fn restore(&self, s: &PciFunctionState) -> Result<(), PersistError> {
+        match (self, s) {
+            (Self::E1000(d), PciFunctionState::E1000(s)) => d.lock().restore(s),
+            (Self::Virtio(d), PciFunctionState::VirtioNet(s)) => d.lock().restore(s),
+            (Self::Disk(d), PciFunctionState::VirtioBlk(s)) => d.lock().restore(s),
+            _ => Err(PersistError::new(
+                DEVICE_MANAGER,
+                "functions",
+                format!("hold a {} state for the {} function", s.kind(), self.kind()),
+            )),
+        }
+    }
+}
+
+/// Every function in slot order. A restore checks that the saved functions
+/// are this machine's (same count, addresses and kinds), then restores them
+/// one by one; when one refuses its state, those already restored get their
+/// state from before back, so a refused restore changes nothing.
+impl Persist for DeviceManager {
+    type State = DeviceManagerState;
+
+    fn save(&self) -> DeviceManagerState {
+        DeviceManagerState { functions: self.nics.iter().map(|(addr, _, h)| (*addr, h.save())).collect() }
+    }
+
+    fn restore(&mut self, state: &DeviceManagerState) -> Result<(), PersistError> {
+        PersistError::check_len(DEVICE_MANAGER, "functions", state.functions.len(), self.nics.len())?;
+        for ((addr, _, h), (saved_addr, s)) in self.nics.iter().zip(&state.functions) {
+            PersistError::check(addr == saved_addr, DEVICE_MANAGER, "functions", || {
+                format!("name a function at {saved_addr} where this machine has one at {addr}")
+            })?;
+            PersistError::check(h.kind() == s.kind(), DEVICE_MANAGER, "functions", || {
+                format!("hold a {} state for the {} function at {addr}", s.kind(), h.kind())
+            })?;
+        }
+        let before = self.save();
+        for (i, ((_, _, h), (_, s))) in self.nics.iter().zip(&state.functions).enumerate() {
+            if let Err(e) = h.restore(s) {
+                for ((_, _, h), (_, old)) in self.nics.iter().zip(&before.functions).take(i) {
+                    // A state this function just saved: it takes it back.
+                    if let Err(again) = h.restore(old) {
+                        tracing::error!(target: "devices", "a function refused its own state back: {again}");
+                    }
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One eventfd per queue of a virtio function, for both of its
 /// notification writes (registered with the windows, to follow the BARs).
 fn virtio_doorbells(
@@ -410,7 +521,7 @@ pub fn install(
     mem: &Arc<GuestMemory>,
     pio: &mut Bus,
     mmio: &mut Bus,
-) -> Result<Option<Nics>, Error> {
+) -> Result<Option<DeviceManager>, Error> {
     if specs.is_empty() && disks.is_empty() {
         return Ok(None);
     }
@@ -494,7 +605,7 @@ pub fn install(
         nics.push((address, format!("virtio-blk {label}"), NicHandle::Disk(dev)));
     }
     io.start(polled, bells).map_err(|e| Error::Config(format!("cannot start the I/O thread: {e}")))?;
-    Ok(Some(Nics { nics, doorbells: windows.doorbells, _io: io }))
+    Ok(Some(DeviceManager { nics, doorbells: windows.doorbells, _io: io }))
 }
 
 #[cfg(test)]

@@ -3,9 +3,10 @@
 //! A [`Machine`] owns guest memory, the port-I/O and MMIO buses with their
 //! devices, the machine-event channel and the serial console, and the one
 //! run loop ([`Machine::run`]) that drives any CPU engine
-//! ([`crate::engine`]). Engines reach the devices through the machine's
-//! I/O interface ([`MachineIo`]), so devices never know which engine
-//! drives them.
+//! ([`crate::engine`]). Engines are built from an [`EngineContext`] that
+//! names the parts of the machine they use, and reach the devices through
+//! the machine's I/O interface ([`MachineIo`]), so devices never know which
+//! engine drives them.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -14,108 +15,25 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use cpu::CpuState;
-use devices::console::SerialBackend;
+use devices::clock::ClockState;
 use devices::legacy::debug_exit::{DebugExit, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_LEN};
-use devices::legacy::serial::{Serial, COM1_PORT, SERIAL_PORT_LEN};
+use devices::legacy::fw_cfg::{FwCfg, FwCfgState};
+use devices::legacy::serial::{Serial, SerialState, COM1_PORT, SERIAL_PORT_LEN};
+use devices::pc::PcChipsetState;
 use devices::{Bus, SharedDevice, VmEvent, VmEvents};
 use mmu::GuestMemory;
 use parking_lot::{Condvar, Mutex};
+use persist::{Persist, PersistError};
 
-use crate::engine::{Engine, EngineStats, Exit, MachineIo, Slice};
+use crate::config::{EngineKind, Firmware, KernelImage, MachineConfig, SerialOut};
+use crate::device_manager::DeviceManagerState;
+use crate::engine::{Engine, EngineContext, EngineStats, Exit, MachineIo};
 use crate::error::Error;
-
-/// Instructions the interpreter runs between looks at timers, devices and
-/// events: short enough that a 4 ms timer period is never skipped.
-const SLICE: u64 = 20_000;
-
-/// Which engine runs the guest ([`Machine::run`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EngineKind {
-    /// The interpreter.
-    Interp,
-    /// The interpreter for cold code, compiled regions for hot code.
-    Jit,
-    /// KVM: the whole guest, or split execution where KVM runs ring 0 in
-    /// software ([`MachineConfig::kvm_split`]).
-    Kvm,
-}
-
-/// Where KVM keeps the PIT when it keeps the interrupt controllers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum KvmPit {
-    /// In KVM, with the PIC, I/O APIC and local APIC (the default).
-    #[default]
-    InKernel,
-    /// The machine's own, raising IRQ 0 on KVM's PIC and I/O APIC.
-    User,
-}
-
-/// Whether `--accel kvm` splits execution ([`crate::engine::split`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SplitMode {
-    /// Where KVM runs CPL 0 in software, for a kernel the host loaded
-    /// (its code is known) or a BIOS boot (its code is found in the guest).
-    #[default]
-    Auto,
-    /// Always; the code of a kernel the host did not load is found in the
-    /// guest once user code runs.
-    On,
-    /// Never: all of the guest runs in KVM.
-    Off,
-}
-
-/// What the guest boots.
-#[derive(Debug, Clone)]
-pub enum Firmware {
-    /// The built-in guest ROM.
-    Builtin,
-    /// A BIOS image (SeaBIOS) mapped to end at 4 GiB, its last 128 KiB
-    /// also below 1 MiB, with fw_cfg describing the machine (src/bios.rs).
-    Bios(Vec<u8>),
-    /// A kernel booted directly: Linux (bzImage or vmlinux) or multiboot.
-    Kernel(KernelImage),
-}
-
-/// A kernel for direct boot.
-#[derive(Debug, Clone)]
-pub struct KernelImage {
-    pub kernel: Vec<u8>,
-    pub initrd: Option<Vec<u8>>,
-    pub cmdline: String,
-    /// For a bzImage: decompress on the host (fast) or in the guest (classic).
-    pub path: firmware::linux::BootPath,
-}
+use crate::vcpu::Vcpu;
 
 /// Where the ACPI tables and the MP table go (the BIOS area, ordinary RAM here).
 const ACPI_TABLES: u64 = 0xe_0000;
 const MP_TABLE: u64 = 0xf_0000;
-
-/// Where serial output goes.
-#[derive(Clone)]
-pub enum SerialOut {
-    /// A host backend (stdio, a file, nowhere).
-    Backend(SerialBackend),
-    /// Kept in memory (the demo and tests read it).
-    Capture(Arc<Mutex<Vec<u8>>>),
-}
-
-/// Everything that shapes a machine.
-#[derive(Clone)]
-pub struct MachineConfig {
-    pub mem: u64,
-    pub firmware: Firmware,
-    pub serial: SerialOut,
-    pub no_reboot: bool,
-    pub timeout: Option<Duration>,
-    /// Under KVM, whether to run the kernel in the interpreter (see
-    /// [`crate::engine::split`]).
-    pub kvm_split: SplitMode,
-    /// Under KVM with its interrupt controllers, where the PIT lives.
-    pub kvm_pit: KvmPit,
-    /// The CPU model the guest is given (under KVM: as much of it as KVM
-    /// can give).
-    pub cpu_model: cpu::cpuid::Model,
-}
 
 /// How a run ended, with its measurements.
 #[derive(Debug, Clone)]
@@ -181,14 +99,14 @@ pub struct Machine {
     /// What the loader did, for diagnostics.
     pub boot_note: Option<String>,
     serial: Arc<Mutex<Serial>>,
+    /// The firmware configuration device, on a BIOS boot.
+    fw_cfg: Option<Arc<Mutex<FwCfg>>>,
     first_byte: Arc<OnceLock<Instant>>,
-    /// Time the CPU spent halted, waiting for work, and how many waits.
-    halted: Mutex<(Duration, u64)>,
     /// Bytes typed for the guest that the UART has not taken yet.
     input: Arc<Mutex<VecDeque<u8>>>,
     pub(crate) config: MachineConfig,
-    /// The network cards and their I/O thread.
-    pub(crate) nics: Option<crate::nic::Nics>,
+    /// The PCI devices with host-side I/O (NICs, disks) and their I/O thread.
+    devices: Option<crate::device_manager::DeviceManager>,
     /// Physical ranges of the directly booted kernel's code, when known.
     pub(crate) kernel_code: Vec<(u64, u64)>,
     /// Accesses no device claimed, shared by every engine's I/O.
@@ -270,19 +188,26 @@ impl Machine {
         pio.insert(shared, u64::from(COM1_PORT), SERIAL_PORT_LEN)?;
         let exit: SharedDevice = Arc::new(Mutex::new(DebugExit::new(events.clone())));
         pio.insert(exit, u64::from(DEBUG_EXIT_PORT), DEBUG_EXIT_PORT_LEN)?;
+        let mut fw_cfg = None;
         if let Firmware::Bios(image) = &config.firmware {
             // The BIOS's last 128 KiB below 1 MiB, under the PAM registers.
             let shadow = devices::pci::pam::BiosShadow::new(mem.clone(), image)?;
             chipset.host_bridge.lock().set_shadow(Arc::new(Mutex::new(shadow)));
-            // The disks' slots, after the NICs' (src/nic.rs), in boot order.
+            // The disks' slots, after the NICs' ([`crate::device_manager`]), in boot order.
             let slots: Vec<u8> = (nics.len()..nics.len() + disks.len())
-                .filter_map(|i| u8::try_from(i).ok()?.checked_add(crate::nic::FIRST_NIC_SLOT))
+                .filter_map(|i| u8::try_from(i).ok()?.checked_add(crate::device_manager::FIRST_NIC_SLOT))
                 .filter(|&s| s < 32)
                 .collect();
-            let fw_cfg: SharedDevice = Arc::new(Mutex::new(crate::bios::fw_cfg(&mem, &slots)?));
-            pio.insert(fw_cfg, u64::from(devices::legacy::fw_cfg::FW_CFG_PORT), devices::legacy::fw_cfg::FW_CFG_PORT_LEN)?;
+            let device = Arc::new(Mutex::new(crate::bios::fw_cfg(&mem, &slots)?));
+            let shared: SharedDevice = device.clone();
+            pio.insert(
+                shared,
+                u64::from(devices::legacy::fw_cfg::FW_CFG_PORT),
+                devices::legacy::fw_cfg::FW_CFG_PORT_LEN,
+            )?;
+            fw_cfg = Some(device);
         }
-        let nics = crate::nic::install(nics, disks, &chipset, &mem, &mut pio, &mut mmio)?;
+        let devices = crate::device_manager::install(nics, disks, &chipset, &mem, &mut pio, &mut mmio)?;
         Ok(Machine {
             mem,
             pio: Arc::new(pio),
@@ -293,11 +218,11 @@ impl Machine {
             boot_state,
             boot_note,
             serial,
+            fw_cfg,
             first_byte,
-            halted: Mutex::new((Duration::ZERO, 0)),
             input: Arc::new(Mutex::new(VecDeque::new())),
             config,
-            nics,
+            devices,
             kernel_code,
             unclaimed: Arc::default(),
             control: Arc::new(RunControl::default()),
@@ -306,7 +231,7 @@ impl Machine {
 
     /// One statistics line per network card.
     pub fn nic_stats(&self) -> Vec<String> {
-        self.nics.as_ref().map(crate::nic::Nics::stats_lines).unwrap_or_default()
+        self.devices.as_ref().map(crate::device_manager::DeviceManager::stats_lines).unwrap_or_default()
     }
 
     /// Attach host stdin to COM1 (only for the stdio backend).
@@ -351,27 +276,23 @@ impl Machine {
         }
     }
 
-    /// The machine's I/O interface for an engine that runs the guest until
-    /// something stops it: device writes that bring a timer deadline before
-    /// the slice's end stop it too.
-    pub(crate) fn io_watching_timers(&self) -> (MachineIo, Arc<crate::engine::io::DeadlineWatch>) {
-        let watch = Arc::new(crate::engine::io::DeadlineWatch::new(self.chipset.timers.clone(), self.clock.clone()));
-        (MachineIo { watch: Some(watch.clone()), ..self.io() }, watch)
-    }
-
-    /// An instant as the clock's nanoseconds.
-    pub(crate) fn clock_ns_at(&self, at: Instant) -> u64 {
-        let now = Instant::now();
-        let ns = self.clock.now_ns();
-        if at >= now {
-            ns.saturating_add(u64::try_from((at - now).as_nanos()).unwrap_or(u64::MAX))
-        } else {
-            ns.saturating_sub(u64::try_from((now - at).as_nanos()).unwrap_or(u64::MAX))
+    /// What an engine is built from.
+    fn engine_context(&self) -> EngineContext<'_> {
+        EngineContext {
+            mem: self.mem.clone(),
+            io: self.io(),
+            boot_state: self.boot_state,
+            config: &self.config,
+            kernel_code: &self.kernel_code,
+            intc: self.chipset.intc.clone(),
+            tsc: self.chipset.tsc.clone(),
+            clock: self.clock.clone(),
+            timers: self.chipset.timers.clone(),
+            devices: self.devices.as_ref(),
         }
     }
 
     /// Pausing and resuming this machine's vCPU from other threads.
-    #[cfg_attr(not(test), expect(dead_code, reason = "the console monitor (Ctrl-A c) is its first user to come"))]
     pub fn control(&self) -> Arc<RunControl> {
         self.control.clone()
     }
@@ -383,30 +304,22 @@ impl Machine {
     /// ([`crate::engine::split`]), unless `--kvm-split off`.
     pub fn run(&self, kind: EngineKind) -> Result<RunReport, Error> {
         let start = Instant::now();
-        let mut engine: Box<dyn Engine + '_> = match kind {
-            EngineKind::Interp => Box::new(crate::engine::interp::InterpEngine::new(
-                self.mem.clone(),
-                self.io(),
-                &self.boot_state,
-                self.config.cpu_model,
-            )),
-            EngineKind::Jit => Box::new(crate::engine::jit::JitEngine::new(
-                self.mem.clone(),
-                self.io(),
-                &self.boot_state,
-                self.config.cpu_model,
-                crate::engine::jit::config_from_env()?,
-            )?),
-            #[cfg(target_os = "linux")]
-            EngineKind::Kvm if crate::engine::split::SplitEngine::wanted(self) => {
-                Box::new(crate::engine::split::SplitEngine::new(self)?)
+        let ctx = self.engine_context();
+        let engine: Box<dyn Engine + '_> = match kind {
+            EngineKind::Interp => Box::new(crate::engine::interp::InterpEngine::new(&ctx)),
+            EngineKind::Jit => {
+                Box::new(crate::engine::jit::JitEngine::new(&ctx, crate::engine::jit::config_from_env()?)?)
             }
             #[cfg(target_os = "linux")]
-            EngineKind::Kvm => Box::new(crate::engine::kvm::KvmEngine::new(self, self.config.kvm_pit)?),
+            EngineKind::Kvm if crate::engine::split::SplitEngine::wanted(&ctx) => {
+                Box::new(crate::engine::split::SplitEngine::new(&ctx)?)
+            }
+            #[cfg(target_os = "linux")]
+            EngineKind::Kvm => Box::new(crate::engine::kvm::KvmEngine::new(&ctx)?),
             #[cfg(not(target_os = "linux"))]
             EngineKind::Kvm => return Err(Error::Accel("KVM exists on Linux hosts only; use --accel interp".into())),
         };
-        self.run_engine(&mut *engine, start)
+        self.run_vcpu(&mut Vcpu::new(0, engine), start)
     }
 
     /// The run loop, the same for every engine: the engine runs slices of
@@ -414,12 +327,12 @@ impl Machine {
     /// UART, passes NMIs on, polls its timers, answers machine events,
     /// idles while the guest waits in HLT, pauses when asked, enforces the
     /// deadline, and resets or ends the run.
-    fn run_engine(&self, engine: &mut dyn Engine, start: Instant) -> Result<RunReport, Error> {
+    fn run_vcpu(&self, vcpu: &mut Vcpu<'_>, start: Instant) -> Result<RunReport, Error> {
         // Machine events, interrupts, typed input and a pause request wake
         // the loop when it idles, and kick an engine that runs the guest
         // elsewhere.
         let me = std::thread::current();
-        let kick = engine.kicker();
+        let kick = vcpu.engine().kicker();
         let wake = {
             let (k, t) = (kick.clone(), me.clone());
             move || {
@@ -431,7 +344,7 @@ impl Machine {
         };
         self.events.set_kick(Box::new(wake.clone()));
         *self.control.kick.lock() = Some(Box::new(wake.clone()));
-        let irq_kick = if engine.kicks_for_interrupts() { kick } else { None };
+        let irq_kick = if vcpu.engine().kicks_for_interrupts() { kick } else { None };
         self.chipset.intc.set_kick(Box::new(move || {
             if let Some(k) = &irq_kick {
                 k();
@@ -442,31 +355,31 @@ impl Machine {
         let mut next_timer = self.chipset.timers.poll(self.clock.now_ns());
         loop {
             self.pump_input();
-            self.pause_point(engine)?;
+            self.pause_point(vcpu.engine())?;
             if self.chipset.intc.take_nmi() {
-                engine.inject_nmi()?;
+                vcpu.engine().inject_nmi()?;
             }
             let until = self.instant_of(next_timer).min(deadline.unwrap_or(Instant::now() + Duration::from_secs(3600)));
-            let why = engine.run(&Slice { instructions: SLICE, until: Some(until) })?;
+            let why = vcpu.run_slice(until)?;
             next_timer = self.chipset.timers.poll(self.clock.now_ns());
             let next = self.pending_event().or_else(|| match why {
                 Exit::Shutdown(chain) => self.on_shutdown(&chain),
                 // Sleep until the next timer deadline, an interrupt, a
                 // machine event or typed input (all of which unpark us).
                 Exit::Halted => {
-                    next_timer = self.idle(next_timer, deadline);
+                    next_timer = self.idle(vcpu, next_timer, deadline);
                     Next::Go
                 }
                 Exit::Budget => Next::Go,
             });
             match next.or_else(|| self.past(deadline)) {
                 Next::Go => {}
-                Next::Reset => self.reset(engine)?,
+                Next::Reset => self.reset(vcpu.engine())?,
                 Next::Finish(status, message) => {
                     let total = start.elapsed();
-                    let EngineStats { instructions, mut lines } = engine.stats(total);
-                    lines.push(self.halted_stat());
-                    let mut r = self.report(start, engine.name(), self.unclaimed.lock().count, lines);
+                    let EngineStats { instructions, mut lines } = vcpu.engine().stats(total);
+                    lines.push(vcpu.halted_stat());
+                    let mut r = self.report(start, vcpu.engine().name(), self.unclaimed.lock().count, lines);
                     r.status = status;
                     r.message = message;
                     r.instructions = instructions;
@@ -496,7 +409,7 @@ impl Machine {
 
     /// Wait, halted, for an interrupt, a timer, an event or input; the next
     /// timer deadline after firing what came due while asleep.
-    fn idle(&self, next_timer: Option<u64>, deadline: Option<Instant>) -> Option<u64> {
+    fn idle(&self, vcpu: &mut Vcpu<'_>, next_timer: Option<u64>, deadline: Option<Instant>) -> Option<u64> {
         if !self.chipset.intc.interrupt_pending()
             && self.input.lock().is_empty()
             && !self.control.attention.load(Ordering::Relaxed)
@@ -511,9 +424,7 @@ impl Machine {
             }
             let t = Instant::now();
             std::thread::park_timeout(wait);
-            let mut h = self.halted.lock();
-            h.0 += t.elapsed();
-            h.1 += 1;
+            vcpu.note_halt(t.elapsed());
         }
         // Fire what came due while asleep before the CPU runs again.
         self.chipset.timers.poll(self.clock.now_ns())
@@ -584,13 +495,6 @@ impl Machine {
         }
     }
 
-    /// How long the CPU waited halted, for `--stats` (the interpreter's and
-    /// the split mode's; KVM's own halts are not seen here).
-    pub(crate) fn halted_stat(&self) -> String {
-        let (halted, waits) = *self.halted.lock();
-        format!("halted {:.3} s in {waits} waits for an interrupt", halted.as_secs_f64())
-    }
-
     /// A report of a run that began at `start`, with status 0 and no
     /// message or instruction count yet.
     fn report(&self, start: Instant, accel: &'static str, unclaimed_io: u64, stats: Vec<String>) -> RunReport {
@@ -604,6 +508,91 @@ impl Machine {
             accel,
             stats,
         }
+    }
+}
+
+/// The machine's own saved state: its clock and every device it holds.
+///
+/// Not in it: guest RAM (saved as memory, page by page, beside this) and
+/// the vCPUs' states, which their engines hold while the guest runs (read
+/// them through [`RunControl::pause`]); nor host resources: disk images,
+/// the NAT's live flows, the console.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MachineState {
+    /// The guest time reached.
+    pub clock: ClockState,
+    /// The chipset: interrupt controllers, timers, PCI, the ISA devices.
+    pub chipset: PcChipsetState,
+    /// COM1.
+    pub serial: SerialState,
+    /// fw_cfg's registers, on a BIOS boot.
+    pub fw_cfg: Option<FwCfgState>,
+    /// The NICs and disks, when the machine has any.
+    pub devices: Option<DeviceManagerState>,
+}
+
+const MACHINE: &str = "machine";
+
+/// The machine's devices and clock. A restore checks that the state is of
+/// a machine built alike (fw_cfg and PCI functions present on both sides),
+/// then restores the clock first, since the devices' times are its; when a
+/// part refuses its state, the parts already restored get theirs from
+/// before back, so a refused restore changes nothing. Call it while the
+/// machine does not run.
+impl Persist for Machine {
+    type State = MachineState;
+
+    fn save(&self) -> MachineState {
+        MachineState {
+            clock: self.clock.save_time(),
+            chipset: self.chipset.save(),
+            serial: self.serial.lock().save(),
+            fw_cfg: self.fw_cfg.as_ref().map(|f| f.lock().save()),
+            devices: self.devices.as_ref().map(Persist::save),
+        }
+    }
+
+    fn restore(&mut self, state: &MachineState) -> Result<(), PersistError> {
+        let presence = |ours: bool, theirs: bool, field: &'static str| {
+            PersistError::check(ours == theirs, MACHINE, field, || {
+                format!("is {} in the state and {} in this machine", present(theirs), present(ours))
+            })
+        };
+        presence(self.fw_cfg.is_some(), state.fw_cfg.is_some(), "fw_cfg")?;
+        presence(self.devices.is_some(), state.devices.is_some(), "devices")?;
+        let before = self.save();
+        let result = self.restore_parts(state);
+        if result.is_err() {
+            // What this machine just saved, it takes back.
+            if let Err(e) = self.restore_parts(&before) {
+                tracing::error!(target: "devices", "the machine refused its own state back: {e}");
+            }
+        }
+        result
+    }
+}
+
+fn present(yes: bool) -> &'static str {
+    if yes {
+        "present"
+    } else {
+        "absent"
+    }
+}
+
+impl Machine {
+    /// Restores the parts of `state` in order, stopping at the first refusal.
+    fn restore_parts(&mut self, state: &MachineState) -> Result<(), PersistError> {
+        self.clock.restore_time(&state.clock)?;
+        self.chipset.restore(&state.chipset)?;
+        self.serial.lock().restore(&state.serial)?;
+        if let (Some(f), Some(s)) = (&self.fw_cfg, &state.fw_cfg) {
+            f.lock().restore(s)?;
+        }
+        if let (Some(d), Some(s)) = (&mut self.devices, &state.devices) {
+            d.restore(s)?;
+        }
+        Ok(())
     }
 }
 
@@ -650,7 +639,6 @@ struct Control {
     new_state: Option<CpuState>,
 }
 
-#[cfg_attr(not(test), expect(dead_code, reason = "the console monitor (Ctrl-A c) is its first user to come"))]
 impl RunControl {
     /// Pause the vCPU and return its state, or `None` if the run loop did
     /// not stop within `wait` (it is not running, or the engine is stuck
@@ -731,8 +719,12 @@ fn load_kernel(mem: &GuestMemory, k: &KernelImage) -> Result<Loaded, Error> {
 }
 
 #[cfg(test)]
+mod persist_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{KvmPit, SplitMode};
 
     fn machine(no_reboot: bool, timeout: Option<Duration>) -> Machine {
         Machine::new(MachineConfig {

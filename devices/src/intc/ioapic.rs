@@ -35,6 +35,11 @@
 //!   still asserted when its pin is unmasked is delivered then.
 //! - The remote IRR of a level interrupt is set only when a local APIC took
 //!   the message, so a message to nowhere cannot wedge the pin.
+//! - A redirection entry written with a delivery mode the datasheet
+//!   reserves (011b, 110b) keeps its previous mode (logged once): the table
+//!   only ever holds the six defined modes.
+
+use persist::{Persist, PersistError};
 
 use crate::log_once::{LogOnce, Misuse};
 
@@ -84,6 +89,13 @@ const RTE_WRITABLE: u64 = (0xff << RTE_DEST_SHIFT)
     | RTE_VECTOR;
 /// Every entry starts masked.
 const RTE_RESET: u64 = RTE_MASKED;
+/// The delivery modes the 82093AA reserves.
+const RESERVED_DELIVERY_MODES: [u64; 2] = [0b011, 0b110];
+
+/// Whether `entry`'s delivery mode is one the datasheet defines.
+fn delivery_mode_defined(entry: u64) -> bool {
+    !RESERVED_DELIVERY_MODES.contains(&((entry & RTE_DELIVERY_MODE) >> RTE_DELIVERY_MODE_SHIFT))
+}
 
 /// How a destination handles an interrupt message (APIC delivery modes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +151,7 @@ pub struct InterruptMessage {
 
 /// The guest-visible state of the I/O APIC, for save and restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct IoApicState {
     /// IOAPICID.
     pub id: u32,
@@ -284,6 +297,17 @@ impl IoApic {
                 };
                 let mut entry = (old & keep) | (new & !keep);
                 entry = (entry & RTE_WRITABLE) | (old & RTE_REMOTE_IRR);
+                if !delivery_mode_defined(entry) {
+                    if self.log.first(Misuse::BadValue) {
+                        tracing::warn!(
+                            target: "devices",
+                            pin,
+                            entry = format_args!("{entry:#x}"),
+                            "IOAPIC: reserved delivery mode; the entry keeps its previous mode (logged once)"
+                        );
+                    }
+                    entry = (entry & !RTE_DELIVERY_MODE) | (old & RTE_DELIVERY_MODE);
+                }
                 if entry & RTE_LEVEL == 0 {
                     // Remote IRR means nothing for an edge entry.
                     entry &= !RTE_REMOTE_IRR;
@@ -321,22 +345,6 @@ impl IoApic {
         }
     }
 
-    /// The state, for a snapshot.
-    pub fn save(&self) -> IoApicState {
-        IoApicState { id: self.id, regsel: self.regsel, redirection: self.redirection, lines: self.lines }
-    }
-
-    /// Loads a saved state. Nothing is delivered: pending work resumes with
-    /// the next input change or EOI.
-    pub fn restore(&mut self, state: &IoApicState) {
-        self.id = state.id & ID_MASK;
-        self.regsel = state.regsel;
-        for (dst, src) in self.redirection.iter_mut().zip(state.redirection) {
-            *dst = src & (RTE_WRITABLE | RTE_REMOTE_IRR);
-        }
-        self.lines = state.lines & ((1 << IOAPIC_NUM_PINS) - 1);
-    }
-
     fn log_register(&self, index: u8) {
         if self.log.first(Misuse::Unimplemented) {
             tracing::warn!(target: "devices", index, "IOAPIC: no such register; access ignored (logged once)");
@@ -352,6 +360,56 @@ impl IoApic {
                 "IOAPIC: only IOREGSEL and 32-bit IOWIN accesses are decoded; access ignored (logged once)"
             );
         }
+    }
+}
+
+/// The part name the I/O APIC's errors carry.
+const PART: &str = "I/O APIC";
+
+/// Restore checks the ID's bits, each redirection entry (no reserved or
+/// read-only bits but the remote IRR, and that only on a level entry; a
+/// defined delivery mode) and the input lines (24 pins). Nothing is
+/// delivered: pending work resumes with the next input change or EOI.
+impl Persist for IoApic {
+    type State = IoApicState;
+
+    fn save(&self) -> IoApicState {
+        IoApicState { id: self.id, regsel: self.regsel, redirection: self.redirection, lines: self.lines }
+    }
+
+    fn restore(&mut self, state: &IoApicState) -> Result<(), PersistError> {
+        Self::check_state(state)?;
+        self.load_state(state);
+        Ok(())
+    }
+}
+
+impl IoApic {
+    /// The checks of [`Persist::restore`], changing nothing.
+    pub(crate) fn check_state(state: &IoApicState) -> Result<(), PersistError> {
+        PersistError::check(state.id & !ID_MASK == 0, PART, "id", || {
+            format!("is {:#010x}; the APIC ID is bits 27:24", state.id)
+        })?;
+        for (pin, &entry) in state.redirection.iter().enumerate() {
+            PersistError::check(entry & !(RTE_WRITABLE | RTE_REMOTE_IRR) == 0, PART, "redirection", || {
+                format!("entry {pin} is {entry:#018x}, with reserved or read-only bits set")
+            })?;
+            PersistError::check(entry & RTE_REMOTE_IRR == 0 || entry & RTE_LEVEL != 0, PART, "redirection", || {
+                format!("entry {pin} is {entry:#018x}: an edge entry with its remote IRR set")
+            })?;
+            PersistError::check(delivery_mode_defined(entry), PART, "redirection", || {
+                format!("entry {pin} is {entry:#018x}, with a reserved delivery mode")
+            })?;
+        }
+        PersistError::check_max(PART, "lines", state.lines, (1 << IOAPIC_NUM_PINS) - 1)
+    }
+
+    /// Loads a state [`IoApic::check_state`] passed.
+    pub(crate) fn load_state(&mut self, state: &IoApicState) {
+        self.id = state.id;
+        self.regsel = state.regsel;
+        self.redirection = state.redirection;
+        self.lines = state.lines;
     }
 }
 
@@ -544,9 +602,91 @@ mod tests {
         io.set_irq(8, true, &mut sink.f());
         let state = io.save();
         let mut other = IoApic::new(0);
-        other.restore(&state);
+        other.restore(&state).unwrap();
         assert_eq!(other.save(), state);
         other.end_of_interrupt(0x33, &mut sink.f());
         assert_eq!(sink.msgs.len(), 2);
+    }
+
+    #[test]
+    fn reserved_delivery_modes_are_not_stored() {
+        let mut io = IoApic::new(0);
+        let mut sink = Sink::new();
+        write_reg(&mut io, 0x10 + 2 * 4, 0x0001_0431, &mut sink); // NMI, masked
+        for reserved in [0b011, 0b110] {
+            write_reg(&mut io, 0x10 + 2 * 4, 0x0001_0031 | (reserved << 8), &mut sink);
+            assert_eq!(read_reg(&mut io, 0x10 + 2 * 4), 0x0001_0431, "mode {reserved:03b}: the NMI mode stays");
+        }
+        write_reg(&mut io, 0x10 + 2 * 4, 0x0001_0532, &mut sink);
+        assert_eq!(read_reg(&mut io, 0x10 + 2 * 4), 0x0001_0532, "INIT is a defined mode");
+    }
+
+    /// Pins with every kind of entry: a level pin waiting for its EOI, an
+    /// edge pin, a masked asserted level pin, a logical lowest-priority
+    /// entry, an ExtINT entry; IOREGSEL left pointing at an entry.
+    fn configured() -> (IoApic, Sink) {
+        let mut io = IoApic::new(3);
+        let mut sink = Sink::new();
+        write_reg(&mut io, 0x10 + 2 * 10, 0x0000_a041, &mut sink);
+        write_reg(&mut io, 0x11 + 2 * 10, 0x0100_0000, &mut sink);
+        write_reg(&mut io, 0x10 + 2 * 2, 0x30, &mut sink);
+        write_reg(&mut io, 0x10 + 2 * 9, 0x0001_8039, &mut sink);
+        write_reg(&mut io, 0x10 + 2 * 17, 0x0000_0961, &mut sink);
+        write_reg(&mut io, 0x11 + 2 * 17, 0x0300_0000, &mut sink);
+        write_reg(&mut io, 0x10, 0x0000_0700, &mut sink);
+        io.set_irq(10, true, &mut sink.f());
+        io.set_irq(9, true, &mut sink.f());
+        io.set_irq(2, true, &mut sink.f());
+        io.write(IOREGSEL, &[0x10 + 2 * 17], &mut sink.f());
+        (io, sink)
+    }
+
+    #[test]
+    fn the_persisted_state_round_trips_and_the_copy_behaves_alike() {
+        let (mut io, mut sink) = configured();
+        let mut fresh = IoApic::new(0);
+        let state = persist::assert_round_trip(&io, &mut fresh);
+        assert_ne!(state.redirection[10] & RTE_REMOTE_IRR, 0);
+        assert_eq!(state.lines, (1 << 10) | (1 << 9) | (1 << 2));
+        let mut d = [0u8; 4];
+        fresh.read(IOWIN, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0x0000_0961, "IOREGSEL still selects entry 17");
+        for index in [0x00, 0x01, 0x02, 0x24, 0x25, 0x14, 0x22, 0x32, 0x33, 0x10] {
+            assert_eq!(read_reg(&mut fresh, index), read_reg(&mut io, index), "register {index:#04x}");
+        }
+        // The same EOIs and unmasking deliver the same messages.
+        let mut fresh_sink = Sink::new();
+        sink.msgs.clear();
+        io.end_of_interrupt(0x41, &mut sink.f());
+        fresh.end_of_interrupt(0x41, &mut fresh_sink.f());
+        write_reg(&mut io, 0x10 + 2 * 9, 0x0000_8039, &mut sink);
+        write_reg(&mut fresh, 0x10 + 2 * 9, 0x0000_8039, &mut fresh_sink);
+        assert_eq!(fresh_sink.msgs.len(), 2, "pin 10 again, then pin 9 unmasked");
+        assert_eq!(fresh_sink.msgs, sink.msgs);
+        assert_eq!(fresh.save(), io.save());
+    }
+
+    /// A corruption of a state, and the field whose check must refuse it.
+    type Corruption<S> = (&'static str, fn(&mut S));
+
+    #[test]
+    fn corrupt_states_are_refused_field_by_field() {
+        let (mut io, _) = configured();
+        let good = io.save();
+        let cases: [Corruption<IoApicState>; 7] = [
+            ("id", |s| s.id |= 1),
+            ("redirection", |s| s.redirection[3] |= 1 << 17),
+            ("redirection", |s| s.redirection[5] |= RTE_DELIVERY_STATUS),
+            ("redirection", |s| s.redirection[2] |= RTE_REMOTE_IRR),
+            ("redirection", |s| s.redirection[17] |= 0b011 << RTE_DELIVERY_MODE_SHIFT),
+            ("redirection", |s| s.redirection[23] = (s.redirection[23] & !RTE_DELIVERY_MODE) | (0b110 << 8)),
+            ("lines", |s| s.lines |= 1 << 24),
+        ];
+        for (field, corrupt) in cases {
+            let mut bad = good.clone();
+            corrupt(&mut bad);
+            let e = persist::assert_refused(&mut io, &bad);
+            assert_eq!(e.field, field, "{e}");
+        }
     }
 }

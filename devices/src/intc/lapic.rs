@@ -43,6 +43,8 @@
 
 use std::sync::Arc;
 
+use persist::{Persist, PersistError};
+
 use crate::clock::{ns_for_ticks, ticks_in, Tsc};
 use crate::intc::ioapic::DeliveryMode;
 use crate::log_once::{LogOnce, Misuse};
@@ -243,6 +245,7 @@ pub struct MsrFault;
 /// The guest-visible state of a local APIC, for save and restore. Times are
 /// clock nanoseconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct LapicState {
     /// IA32_APIC_BASE.
     pub apic_base: u64,
@@ -1020,22 +1023,6 @@ impl LocalApic {
         self.write_register((msr - MSR_X2APIC_FIRST) << 4, value, now)
     }
 
-    /// The state, for a snapshot.
-    pub fn save(&self) -> LapicState {
-        self.s.clone()
-    }
-
-    /// Loads a saved state.
-    pub fn restore(&mut self, state: &LapicState) {
-        self.s = state.clone();
-        self.s.apic_base &= APIC_BASE_WRITABLE | APIC_BASE_BSP;
-        for (lvt, mask) in self.s.lvt.iter_mut().zip(LVT_WRITABLE) {
-            *lvt &= mask;
-        }
-        self.s.svr &= SVR_WRITABLE;
-        self.s.timer_divide &= DIVIDE_WRITABLE;
-    }
-
     fn log_access(&self, offset: u64, size: usize) {
         if self.log.first(Misuse::AccessSize) {
             tracing::warn!(
@@ -1048,364 +1035,95 @@ impl LocalApic {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The part name the local APIC's errors carry.
+const PART: &str = "local APIC";
 
-    fn apic() -> LocalApic {
-        let mut a = LocalApic::new(0, true, Arc::new(Tsc::new(1_000_000_000)));
-        a.bios_virtual_wire();
-        a
+/// The ESR bits the model sets.
+const ESR_KNOWN: u32 = ESR_SEND_ILLEGAL_VECTOR | ESR_RECEIVE_ILLEGAL_VECTOR | ESR_ILLEGAL_REGISTER;
+/// The bits of the 64-bit ICR that hold anything.
+const ICR_KEPT: u64 = 0xffff_ffff_0000_0000 | ICR_XAPIC_LOW_WRITABLE as u64;
+
+/// Fails unless `value` sets only bits of `allowed`.
+fn check_bits(field: &'static str, value: u64, allowed: u64) -> Result<(), PersistError> {
+    PersistError::check(value & !allowed == 0, PART, field, || {
+        format!("is {value:#x}, with reserved bits outside {allowed:#x} set")
+    })
+}
+
+/// Restore checks every register's reserved bits (IA32_APIC_BASE, ID, TPR,
+/// LDR, DFR, SVR, ESR, ICR, each LVT entry, the divide configuration), the
+/// APIC mode (x2APIC only when enabled), the vectors in IRR, ISR and TMR
+/// (0-15 are illegal and never set) and the timer's consistency with its
+/// mode (a TSC deadline only in TSC-deadline mode, a count and a
+/// next expiry only in the others, an expiry only with a count).
+impl Persist for LocalApic {
+    type State = LapicState;
+
+    fn save(&self) -> LapicState {
+        self.s.clone()
     }
 
-    fn rd(a: &mut LocalApic, reg: u32, now: u64) -> u32 {
-        let mut d = [0u8; 4];
-        a.mmio_read(u64::from(reg), &mut d, now);
-        u32::from_le_bytes(d)
-    }
-
-    fn wr(a: &mut LocalApic, reg: u32, value: u32, now: u64) -> Option<LapicEffect> {
-        a.mmio_write(u64::from(reg), &value.to_le_bytes(), now)
-    }
-
-    #[test]
-    fn reset_values() {
-        let mut a = LocalApic::new(3, false, Arc::new(Tsc::new(1)));
-        assert_eq!(a.apic_base(), 0xfee0_0800);
-        assert_eq!(rd(&mut a, REG_ID, 0), 0x0300_0000);
-        assert_eq!(rd(&mut a, REG_VERSION, 0), 0x0005_0014);
-        assert_eq!(rd(&mut a, REG_DFR, 0), 0xffff_ffff);
-        assert_eq!(rd(&mut a, REG_SVR, 0), 0xff);
-        for reg in [REG_LVT_TIMER, REG_LVT_LINT0, REG_LVT_LINT1, REG_LVT_ERROR] {
-            assert_eq!(rd(&mut a, reg, 0), 0x0001_0000);
-        }
-        assert!(!a.enabled());
-        assert!(!a.accepts_pic_interrupts(), "LINT0 masked");
-        let b = apic();
-        assert_eq!(b.apic_base(), 0xfee0_0900, "the BSP bit");
-        assert!(b.enabled());
-        assert!(b.accepts_pic_interrupts(), "virtual wire");
-    }
-
-    #[test]
-    fn register_write_masks() {
-        let mut a = apic();
-        wr(&mut a, REG_ID, 0xffff_ffff, 0);
-        assert_eq!(rd(&mut a, REG_ID, 0), 0xff00_0000);
-        wr(&mut a, REG_TPR, 0xffff_ffff, 0);
-        assert_eq!(rd(&mut a, REG_TPR, 0), 0xff);
-        wr(&mut a, REG_LDR, 0xffff_ffff, 0);
-        assert_eq!(rd(&mut a, REG_LDR, 0), 0xff00_0000);
-        wr(&mut a, REG_DFR, 0, 0);
-        assert_eq!(rd(&mut a, REG_DFR, 0), 0x0fff_ffff);
-        wr(&mut a, REG_SVR, 0xffff_ffff, 0);
-        assert_eq!(rd(&mut a, REG_SVR, 0), 0x3ff);
-        wr(&mut a, REG_LVT_TIMER, 0xffff_ffff, 0);
-        assert_eq!(rd(&mut a, REG_LVT_TIMER, 0), 0x0007_00ff);
-        wr(&mut a, REG_LVT_LINT0, 0xffff_ffff, 0);
-        assert_eq!(rd(&mut a, REG_LVT_LINT0, 0), 0x0001_a7ff);
-        wr(&mut a, REG_LVT_ERROR, 0xffff_ffff, 0);
-        assert_eq!(rd(&mut a, REG_LVT_ERROR, 0), 0x0001_00ff);
-        wr(&mut a, REG_LVT_THERMAL, 0xffff_ffff, 0);
-        assert_eq!(rd(&mut a, REG_LVT_THERMAL, 0), 0x0001_07ff);
-        wr(&mut a, REG_TIMER_DIVIDE, 0xffff_ffff, 0);
-        assert_eq!(rd(&mut a, REG_TIMER_DIVIDE, 0), 0b1011);
-        wr(&mut a, REG_VERSION, 0, 0);
-        assert_eq!(rd(&mut a, REG_VERSION, 0), 0x0005_0014, "read-only");
-        let mut b = [0u8; 1];
-        a.mmio_read(u64::from(REG_VERSION) + 2, &mut b, 0);
-        assert_eq!(b, [0x05], "byte reads inside a register");
-    }
-
-    #[test]
-    fn illegal_registers_set_esr_and_bad_sizes_are_ignored() {
-        let mut a = apic();
-        assert_eq!(rd(&mut a, 0x2f0, 0), 0, "no CMCI entry with max LVT 5");
-        assert_eq!(rd(&mut a, REG_SELF_IPI, 0), 0, "SELF IPI is x2APIC only");
-        wr(&mut a, REG_ESR, 0, 0);
-        assert_eq!(rd(&mut a, REG_ESR, 0), ESR_ILLEGAL_REGISTER);
-        wr(&mut a, REG_ESR, 0, 0);
-        assert_eq!(rd(&mut a, REG_ESR, 0), 0);
-        assert_eq!(a.mmio_write(0x80, &[1, 2], 0), None);
-        assert_eq!(a.mmio_write(0x84, &[1, 2, 3, 4], 0), None);
-        assert_eq!(rd(&mut a, REG_TPR, 0), 0);
-        let mut d = [0u8; 8];
-        a.mmio_read(0x80, &mut d, 0);
-        assert_eq!(d, [0xff; 8]);
-    }
-
-    #[test]
-    fn priorities_gate_delivery() {
-        let mut a = apic();
-        assert!(a.accept_fixed(0x51, false));
-        assert_eq!(a.deliverable(), Some(0x51));
-        a.set_tpr(0x50);
-        assert_eq!(a.deliverable(), None, "same class as the TPR");
-        a.set_tpr(0x4f);
-        assert_eq!(a.acknowledge(), Some(0x51));
-        assert_eq!(a.ppr(), 0x50);
-        a.set_tpr(0);
-        a.accept_fixed(0x52, false);
-        assert_eq!(a.deliverable(), None, "same class as the one in service");
-        a.accept_fixed(0x61, false);
-        assert_eq!(a.acknowledge(), Some(0x61));
-        assert_eq!(rd(&mut a, REG_ISR_FIRST + 0x30, 0), 1 << 1);
-        assert_eq!(rd(&mut a, REG_IRR_FIRST + 0x20, 0), 1 << 18);
-        assert_eq!(wr(&mut a, REG_EOI, 0, 0), None);
-        assert_eq!(rd(&mut a, REG_ISR_FIRST + 0x30, 0), 0, "EOI ends the highest");
-        assert_eq!(wr(&mut a, REG_EOI, 0, 0), None);
-        assert_eq!(a.acknowledge(), Some(0x52));
-    }
-
-    #[test]
-    fn level_vectors_broadcast_their_eoi() {
-        let mut a = apic();
-        a.accept_fixed(0x41, true);
-        assert_eq!(rd(&mut a, REG_TMR_FIRST + 0x20, 0), 1 << 1);
-        assert_eq!(a.acknowledge(), Some(0x41));
-        assert_eq!(wr(&mut a, REG_EOI, 0, 0), Some(LapicEffect::EoiBroadcast(0x41)));
-        assert_eq!(wr(&mut a, REG_EOI, 0, 0), None, "nothing in service");
-    }
-
-    #[test]
-    fn illegal_vectors_are_refused_and_reported() {
-        let mut a = apic();
-        wr(&mut a, REG_LVT_ERROR, 0xfe, 0);
-        a.accept_fixed(0x05, false);
-        assert_eq!(a.acknowledge(), Some(0xfe), "the error LVT fires");
-        wr(&mut a, REG_ESR, 0, 0);
-        assert_eq!(rd(&mut a, REG_ESR, 0), ESR_RECEIVE_ILLEGAL_VECTOR);
-        wr(&mut a, REG_ICR_LOW, 0x0000_4003, 0);
-        wr(&mut a, REG_ESR, 0, 0);
-        assert_eq!(rd(&mut a, REG_ESR, 0), ESR_SEND_ILLEGAL_VECTOR);
-    }
-
-    #[test]
-    fn software_disable_masks_the_lvt_and_refuses_interrupts() {
-        let mut a = apic();
-        wr(&mut a, REG_LVT_TIMER, 0x20, 0);
-        wr(&mut a, REG_SVR, 0xff, 0);
-        assert!(!a.enabled());
-        assert_eq!(rd(&mut a, REG_LVT_TIMER, 0), 0x0001_0020);
-        assert!(!a.accept_fixed(0x30, false));
-        wr(&mut a, REG_LVT_LINT0, 0x700, 0);
-        assert_eq!(rd(&mut a, REG_LVT_LINT0, 0), 0x0001_0700, "stays masked");
-        assert!(!a.accepts_pic_interrupts());
-        assert!(a.accept_nmi());
-        assert!(a.take_nmi());
-        assert!(!a.take_nmi());
-    }
-
-    #[test]
-    fn icr_sends_ipis() {
-        let mut a = apic();
-        wr(&mut a, REG_ICR_HIGH, 0x0100_0000, 0);
-        assert_eq!(rd(&mut a, REG_ICR_HIGH, 0), 0x0100_0000);
-        let effect = wr(&mut a, REG_ICR_LOW, 0x0004_0031, 0);
-        assert_eq!(
-            effect,
-            Some(LapicEffect::Ipi(Ipi {
-                vector: 0x31,
-                delivery_mode: DeliveryMode::Fixed,
-                logical: false,
-                destination: 1,
-                shorthand: Shorthand::SelfOnly,
-                level_triggered: false,
-                assert: false,
-            }))
-        );
-        assert_eq!(rd(&mut a, REG_ICR_LOW, 0) & (1 << 12), 0, "delivery status idle");
-        let Some(LapicEffect::Ipi(init)) = wr(&mut a, REG_ICR_LOW, 0x000c_4500, 0) else {
-            panic!("INIT is sent");
-        };
-        assert_eq!(init.delivery_mode, DeliveryMode::Init);
-        assert_eq!(init.shorthand, Shorthand::AllExcludingSelf);
-        assert!(init.assert);
-    }
-
-    #[test]
-    fn destinations_match_physical_flat_and_cluster() {
-        let mut a = apic();
-        wr(&mut a, REG_ID, 0x0200_0000, 0);
-        assert!(a.matches(2, false, 0xff));
-        assert!(!a.matches(3, false, 0xff));
-        assert!(a.matches(0xff, false, 0xff));
-        wr(&mut a, REG_LDR, 0x0400_0000, 0);
-        assert!(a.matches(0x04, true, 0xff));
-        assert!(a.matches(0x06, true, 0xff));
-        assert!(!a.matches(0x08, true, 0xff));
-        wr(&mut a, REG_DFR, 0x0fff_ffff, 0); // cluster model
-        wr(&mut a, REG_LDR, 0x2100_0000, 0);
-        assert!(a.matches(0x21, true, 0xff));
-        assert!(a.matches(0x23, true, 0xff));
-        assert!(!a.matches(0x11, true, 0xff));
-    }
-
-    #[test]
-    fn one_shot_timer_counts_down_and_fires_once() {
-        let mut a = apic();
-        wr(&mut a, REG_TIMER_DIVIDE, 0b0011, 0); // divide by 16
-        wr(&mut a, REG_LVT_TIMER, 0xec, 1_000);
-        wr(&mut a, REG_TIMER_INITIAL, 1_000, 1_000);
-        assert_eq!(a.next_deadline_ns(), Some(1_000 + 16_000));
-        assert_eq!(rd(&mut a, REG_TIMER_CURRENT, 1_000 + 1_600), 900);
-        a.tick(16_999);
-        assert_eq!(a.deliverable(), None);
-        a.tick(17_000);
-        assert_eq!(a.acknowledge(), Some(0xec));
-        assert_eq!(a.next_deadline_ns(), None);
-        assert_eq!(rd(&mut a, REG_TIMER_CURRENT, 20_000), 0);
-        a.tick(100_000);
-        assert_eq!(a.deliverable(), None);
-        wr(&mut a, REG_TIMER_INITIAL, 0, 30_000);
-        assert_eq!(a.next_deadline_ns(), None);
-    }
-
-    #[test]
-    fn periodic_timer_reloads_and_coalesces() {
-        let mut a = apic();
-        wr(&mut a, REG_TIMER_DIVIDE, 0b1011, 0); // divide by 1
-        wr(&mut a, REG_LVT_TIMER, 0x0002_0040, 0);
-        wr(&mut a, REG_TIMER_INITIAL, 1_000_000, 0); // 1 ms
-        assert_eq!(rd(&mut a, REG_TIMER_CURRENT, 250_000), 750_000);
-        assert_eq!(rd(&mut a, REG_TIMER_CURRENT, 1_250_000), 750_000);
-        a.tick(1_000_000);
-        assert_eq!(a.next_deadline_ns(), Some(2_000_000));
-        assert_eq!(a.acknowledge(), Some(0x40));
-        wr(&mut a, REG_EOI, 0, 0);
-        a.tick(5_500_000);
-        assert_eq!(a.acknowledge(), Some(0x40), "missed periods fire once");
-        assert_eq!(a.next_deadline_ns(), Some(6_000_000));
-    }
-
-    #[test]
-    fn periodic_timer_is_rate_limited() {
-        let mut a = apic();
-        wr(&mut a, REG_TIMER_DIVIDE, 0b1011, 0);
-        wr(&mut a, REG_LVT_TIMER, 0x0002_0040, 0);
-        wr(&mut a, REG_TIMER_INITIAL, 1, 0);
-        a.tick(10);
-        assert!(a.next_deadline_ns().unwrap() >= 10 + MIN_PERIODIC_NS);
-    }
-
-    #[test]
-    fn masked_timer_has_no_deadline_and_forgets_expiries() {
-        let mut a = apic();
-        wr(&mut a, REG_TIMER_DIVIDE, 0b1011, 0);
-        wr(&mut a, REG_LVT_TIMER, 0x0001_0040, 0);
-        wr(&mut a, REG_TIMER_INITIAL, 1_000, 0);
-        assert_eq!(a.next_deadline_ns(), None);
-        wr(&mut a, REG_LVT_TIMER, 0x40, 5_000);
-        assert_eq!(a.next_deadline_ns(), None, "the one-shot expired while masked");
-        a.tick(6_000);
-        assert_eq!(a.deliverable(), None);
-    }
-
-    #[test]
-    fn divide_change_keeps_the_count() {
-        let mut a = apic();
-        wr(&mut a, REG_TIMER_DIVIDE, 0b1011, 0);
-        wr(&mut a, REG_LVT_TIMER, 0x40, 0);
-        wr(&mut a, REG_TIMER_INITIAL, 1_000, 0);
-        assert_eq!(rd(&mut a, REG_TIMER_CURRENT, 400), 600);
-        wr(&mut a, REG_TIMER_DIVIDE, 0b0000, 400); // divide by 2
-        assert_eq!(rd(&mut a, REG_TIMER_CURRENT, 400), 600);
-        assert_eq!(rd(&mut a, REG_TIMER_CURRENT, 600), 500);
-        assert_eq!(a.next_deadline_ns(), Some(1_600));
-    }
-
-    #[test]
-    fn tsc_deadline_mode() {
-        let tsc = Arc::new(Tsc::new(2_000_000_000)); // 2 ticks per ns
-        let mut a = LocalApic::new(0, true, tsc);
-        a.bios_virtual_wire();
-        a.set_tsc_deadline(5_000);
-        assert_eq!(a.tsc_deadline(), 0, "ignored outside TSC-deadline mode");
-        wr(&mut a, REG_TIMER_INITIAL, 100, 0);
-        wr(&mut a, REG_LVT_TIMER, 0x0004_00d0, 0);
-        assert_eq!(rd(&mut a, REG_TIMER_INITIAL, 0), 0, "mode switch disarms");
-        wr(&mut a, REG_TIMER_INITIAL, 100, 0);
-        assert_eq!(rd(&mut a, REG_TIMER_INITIAL, 0), 0, "initial count ignored");
-        a.set_tsc_deadline(5_000);
-        assert_eq!(a.tsc_deadline(), 5_000);
-        assert_eq!(a.next_deadline_ns(), Some(2_500));
-        a.tick(2_499);
-        assert_eq!(a.deliverable(), None);
-        a.tick(2_500);
-        assert_eq!(a.acknowledge(), Some(0xd0));
-        assert_eq!(a.tsc_deadline(), 0, "the MSR clears when it fires");
-        assert_eq!(a.next_deadline_ns(), None);
-        a.set_tsc_deadline(9_000);
-        a.set_tsc_deadline(0);
-        assert_eq!(a.next_deadline_ns(), None, "0 disarms");
-    }
-
-    #[test]
-    fn apic_base_transitions() {
-        let mut a = apic();
-        assert_eq!(a.write_apic_base(0xfee0_0400), Err(MsrFault), "x2APIC without enable");
-        assert_eq!(a.write_apic_base(0xfee0_0801), Err(MsrFault), "reserved bit");
-        a.write_apic_base(0xfee0_0c00).unwrap();
-        assert!(a.x2apic());
-        assert_eq!(a.apic_base(), 0xfee0_0d00, "BSP kept");
-        assert_eq!(a.write_apic_base(0xfee0_0800), Err(MsrFault), "x2APIC to xAPIC");
-        a.write_apic_base(0xfee0_0000).unwrap();
-        assert!(!a.hw_enabled());
-        assert!(a.accepts_pic_interrupts(), "a disabled APIC passes INTR through");
-        assert!(!a.accept_nmi());
-        assert_eq!(a.write_apic_base(0xfee0_0c00), Err(MsrFault), "disabled to x2APIC");
-        a.write_apic_base(0xfee0_0800).unwrap();
-        assert!(!a.enabled(), "re-enabled in the reset state");
-        let mut d = [0u8; 4];
-        a.write_apic_base(0xfee0_0000).unwrap();
-        a.mmio_read(0x20, &mut d, 0);
-        assert_eq!(d, [0xff; 4]);
-        a.write_apic_base(0xfed0_0800).unwrap();
-        assert_eq!(a.apic_base() & APIC_BASE_ADDR_MASK, 0xfed0_0000);
-    }
-
-    #[test]
-    fn x2apic_msrs() {
-        let mut a = LocalApic::new(0x23, true, Arc::new(Tsc::new(1)));
-        a.bios_virtual_wire();
-        assert_eq!(a.x2apic_msr_read(0x802, 0), Err(MsrFault), "xAPIC mode");
-        a.write_apic_base(0xfee0_0c00).unwrap();
-        assert_eq!(a.x2apic_msr_read(0x802, 0), Ok(0x23));
-        assert_eq!(a.x2apic_msr_read(0x80d, 0), Ok((2 << 16) | (1 << 3)));
-        assert_eq!(a.x2apic_msr_read(0x80e, 0), Err(MsrFault), "no DFR");
-        assert_eq!(a.x2apic_msr_read(0x80b, 0), Err(MsrFault), "EOI is write-only");
-        assert_eq!(a.x2apic_msr_read(0x831, 0), Err(MsrFault), "no ICR high");
-        assert_eq!(a.x2apic_msr_write(0x802, 1, 0), Err(MsrFault), "ID is read-only");
-        assert_eq!(a.x2apic_msr_write(0x80b, 1, 0), Err(MsrFault), "non-zero EOI");
-        assert_eq!(a.x2apic_msr_write(0x808, 1 << 32, 0), Err(MsrFault));
-        a.x2apic_msr_write(0x808, 0x20, 0).unwrap();
-        assert_eq!(a.x2apic_msr_read(0x808, 0), Ok(0x20));
-        let effect = a.x2apic_msr_write(0x83f, 0x45, 0).unwrap();
-        assert!(matches!(effect, Some(LapicEffect::Ipi(Ipi { vector: 0x45, shorthand: Shorthand::SelfOnly, .. }))));
-        let effect = a.x2apic_msr_write(0x830, (7u64 << 32) | 0x4051, 0).unwrap();
-        let Some(LapicEffect::Ipi(ipi)) = effect else {
-            panic!("ICR sends");
-        };
-        assert_eq!((ipi.destination, ipi.vector), (7, 0x51));
-        assert_eq!(a.x2apic_msr_read(0x830, 0), Ok((7u64 << 32) | 0x4051));
-        assert!(a.matches(0x23, false, u32::MAX));
-        assert!(a.matches(0x0002_0008, true, u32::MAX));
-        assert!(!a.matches(0x0001_0008, true, u32::MAX));
-        let mut d = [0u8; 4];
-        a.mmio_read(0x20, &mut d, 0);
-        assert_eq!(d, [0xff; 4], "no MMIO in x2APIC mode");
-    }
-
-    #[test]
-    fn state_round_trips() {
-        let mut a = apic();
-        wr(&mut a, REG_LVT_TIMER, 0x0002_0040, 0);
-        wr(&mut a, REG_TIMER_INITIAL, 1_000, 0);
-        a.accept_fixed(0x77, true);
-        let state = a.save();
-        let mut b = LocalApic::new(0, true, Arc::new(Tsc::new(1_000_000_000)));
-        b.restore(&state);
-        assert_eq!(b.save(), state);
-        assert_eq!(b.deliverable(), Some(0x77));
+    fn restore(&mut self, state: &LapicState) -> Result<(), PersistError> {
+        Self::check_state(state)?;
+        self.load_state(state);
+        Ok(())
     }
 }
+
+impl LocalApic {
+    /// The checks of [`Persist::restore`], changing nothing.
+    pub(crate) fn check_state(state: &LapicState) -> Result<(), PersistError> {
+        let s = state;
+        check_bits("apic_base", s.apic_base, APIC_BASE_WRITABLE | APIC_BASE_BSP)?;
+        PersistError::check(
+            s.apic_base & APIC_BASE_EXTD == 0 || s.apic_base & APIC_BASE_ENABLE != 0,
+            PART,
+            "apic_base",
+            || format!("is {:#x}: x2APIC mode with the APIC disabled", s.apic_base),
+        )?;
+        check_bits("id", s.id.into(), LDR_XAPIC_MASK.into())?;
+        check_bits("tpr", s.tpr.into(), TPR_MASK.into())?;
+        check_bits("ldr", s.ldr.into(), LDR_XAPIC_MASK.into())?;
+        PersistError::check(s.dfr & DFR_RESERVED_ONES == DFR_RESERVED_ONES, PART, "dfr", || {
+            format!("is {:#010x}; bits 27:0 read as ones", s.dfr)
+        })?;
+        check_bits("svr", s.svr.into(), SVR_WRITABLE.into())?;
+        check_bits("esr", s.esr.into(), ESR_KNOWN.into())?;
+        check_bits("esr_pending", s.esr_pending.into(), ESR_KNOWN.into())?;
+        check_bits("icr", s.icr, ICR_KEPT)?;
+        for (lvt, writable) in s.lvt.iter().zip(LVT_WRITABLE) {
+            check_bits("lvt", (*lvt).into(), writable.into())?;
+        }
+        check_bits("timer_divide", s.timer_divide.into(), DIVIDE_WRITABLE.into())?;
+        for (field, regs) in [("irr", &s.irr), ("isr", &s.isr), ("tmr", &s.tmr)] {
+            PersistError::check(regs[0] & 0xffff == 0, PART, field, || {
+                format!("has vectors 0-15 set ({:#06x}); they are illegal", regs[0] & 0xffff)
+            })?;
+        }
+        let deadline_mode = (s.lvt[LVT_TIMER] & LVT_TIMER_MODE) >> LVT_TIMER_MODE_SHIFT == 0b10;
+        if deadline_mode {
+            PersistError::check(s.timer_initial == 0 && s.timer_next_ns.is_none(), PART, "timer_initial", || {
+                format!(
+                    "is {} (next expiry {:?}) in TSC-deadline mode, which has no count",
+                    s.timer_initial, s.timer_next_ns
+                )
+            })?;
+        } else {
+            PersistError::check(s.tsc_deadline == 0, PART, "tsc_deadline", || {
+                format!("is {:#x} outside TSC-deadline mode", s.tsc_deadline)
+            })?;
+            PersistError::check(s.timer_initial != 0 || s.timer_next_ns.is_none(), PART, "timer_next_ns", || {
+                format!("is {:?} with no initial count", s.timer_next_ns)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Loads a state [`LocalApic::check_state`] passed.
+    pub(crate) fn load_state(&mut self, state: &LapicState) {
+        self.s = state.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests;

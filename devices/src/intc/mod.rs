@@ -41,6 +41,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
+use persist::{Persist, PersistError};
 
 use crate::access::fill_le;
 use crate::bus::{BusDevice, SharedDevice};
@@ -89,6 +90,7 @@ type MsiForward = Arc<dyn Fn(MsiMessage) + Send + Sync>;
 
 /// The state of the whole interrupt controller, for save and restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct InterruptControllerState {
     /// The 8259A pair.
     pub pic: PicState,
@@ -96,7 +98,13 @@ pub struct InterruptControllerState {
     pub ioapic: IoApicState,
     /// The local APICs, by CPU index.
     pub lapics: Vec<LapicState>,
+    /// The asserted sources of each input, bit n for the n-th line handed
+    /// out on it (the devices' line levels the inputs are the OR of).
+    pub sources: [u64; NUM_IRQ_INPUTS],
 }
+
+/// The part name the interrupt controller's errors carry.
+const PART: &str = "interrupt controller";
 
 struct Inner {
     pic: PicPair,
@@ -262,6 +270,64 @@ impl Inner {
     fn intr_pending(&self, cpu: usize) -> bool {
         let lapic = &self.lapics[cpu];
         lapic.deliverable().is_some() || (cpu == 0 && lapic.accepts_pic_interrupts() && self.pic.output())
+    }
+
+    fn save(&self) -> InterruptControllerState {
+        InterruptControllerState {
+            pic: self.pic.save(),
+            ioapic: self.ioapic.save(),
+            lapics: self.lapics.iter().map(LocalApic::save).collect(),
+            sources: self.sources,
+        }
+    }
+
+    /// The checks of a restore, changing nothing: each controller's state,
+    /// the number of local APICs, sources only on lines this machine handed
+    /// out, and the 8259A's and the I/O APIC's input lines as the sources
+    /// (and, for I/O APIC pin 0, the 8259A's INTR) drive them.
+    fn check_state(&self, state: &InterruptControllerState) -> Result<(), PersistError> {
+        self.pic.check_state(&state.pic)?;
+        IoApic::check_state(&state.ioapic)?;
+        PersistError::check_len(PART, "lapics", state.lapics.len(), self.lapics.len())?;
+        for lapic in &state.lapics {
+            LocalApic::check_state(lapic)?;
+        }
+        for (input, (&sources, &allocated)) in state.sources.iter().zip(&self.allocated).enumerate() {
+            let handed_out = if allocated >= u64::BITS { u64::MAX } else { (1u64 << allocated) - 1 };
+            PersistError::check(sources & !handed_out == 0, PART, "sources", || {
+                format!("of input {input} are {sources:#x}, but this machine has {allocated} lines on it")
+            })?;
+        }
+        let mut pic = PicPair::new();
+        pic.load_state(&state.pic);
+        let line = |input: usize| state.sources[input] != 0;
+        for irq in (0..NUM_ISA_IRQS).filter(|&i| i != usize::from(CASCADE_IRQ)) {
+            let lines = if irq < 8 { state.pic.master.lines } else { state.pic.slave.lines };
+            PersistError::check(((lines >> (irq % 8)) & 1 != 0) == line(irq), PART, "pic", || {
+                format!("input line {irq} is not what its sources ({:#x}) drive", state.sources[irq])
+            })?;
+        }
+        for pin in 0..IOAPIC_NUM_PINS {
+            let want = match pin {
+                PIC_INTR_IOAPIC_PIN => pic.output(),
+                IRQ0_IOAPIC_PIN => line(0),
+                _ => line(pin),
+            };
+            PersistError::check(((state.ioapic.lines >> pin) & 1 != 0) == want, PART, "ioapic", || {
+                format!("input line {pin} is not what drives it")
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Loads a state [`Inner::check_state`] passed. Nothing is delivered.
+    fn load_state(&mut self, state: &InterruptControllerState) {
+        self.pic.load_state(&state.pic);
+        self.ioapic.load_state(&state.ioapic);
+        for (lapic, s) in self.lapics.iter_mut().zip(&state.lapics) {
+            lapic.load_state(s);
+        }
+        self.sources = state.sources;
     }
 
     fn acknowledge(&mut self, cpu: usize, log: &LogOnce) -> Option<u8> {
@@ -455,26 +521,24 @@ impl InterruptController {
         });
     }
 
-    /// The state, for a snapshot.
-    pub fn save(&self) -> InterruptControllerState {
-        let inner = self.inner.lock();
-        InterruptControllerState {
-            pic: inner.pic.save(),
-            ioapic: inner.ioapic.save(),
-            lapics: inner.lapics.iter().map(LocalApic::save).collect(),
-        }
+    /// [`Persist::restore`] through a shared reference, as the machine holds
+    /// the controller (`Arc<InterruptController>`).
+    pub fn restore_shared(&self, state: &InterruptControllerState) -> Result<(), PersistError> {
+        self.check_shared(state)?;
+        self.load_shared(state);
+        Ok(())
     }
 
-    /// Loads a saved state. The extra local APICs of a state with more CPUs
-    /// than this machine are ignored.
-    pub fn restore(&self, state: &InterruptControllerState) {
-        self.with(|inner, _, _| {
-            inner.pic.restore(&state.pic);
-            inner.ioapic.restore(&state.ioapic);
-            for (lapic, s) in inner.lapics.iter_mut().zip(&state.lapics) {
-                lapic.restore(s);
-            }
-        });
+    /// Loads a state [`InterruptController::check_shared`] passed and
+    /// recomputes the pending flags. Nothing is delivered.
+    pub(crate) fn load_shared(&self, state: &InterruptControllerState) {
+        self.with(|inner, _, _| inner.load_state(state));
+    }
+
+    /// The checks of a restore, changing nothing (for a machine that checks
+    /// every part before it loads any).
+    pub(crate) fn check_shared(&self, state: &InterruptControllerState) -> Result<(), PersistError> {
+        self.inner.lock().check_state(state)
     }
 
     /// The ranges the controllers answer on: the 8259A ports, the ELCR, the
@@ -494,6 +558,24 @@ impl InterruptController {
         if self.log.first(Misuse::AccessSize) {
             tracing::warn!(target: "devices", ?window, offset, size, "interrupt controller: unsupported access size; ignored (logged once)");
         }
+    }
+}
+
+/// The aggregate of the 8259A pair, the I/O APIC, the local APICs and the
+/// inputs' sources. Restore checks all of it (see each part's checks; the
+/// state must have one local APIC per CPU of this machine, sources only on
+/// lines it handed out, and input lines that agree with their sources)
+/// before it loads any; nothing is delivered on restore, and the pending
+/// flags the CPU polls are recomputed.
+impl Persist for InterruptController {
+    type State = InterruptControllerState;
+
+    fn save(&self) -> InterruptControllerState {
+        self.inner.lock().save()
+    }
+
+    fn restore(&mut self, state: &InterruptControllerState) -> Result<(), PersistError> {
+        self.restore_shared(state)
     }
 }
 
@@ -663,337 +745,4 @@ impl BusDevice for IntcPort {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::bus::Bus;
-    use crate::clock::ManualClock;
-    use std::sync::atomic::AtomicU32;
-
-    struct Machine {
-        intc: Arc<InterruptController>,
-        clock: Arc<ManualClock>,
-        pio: Bus,
-        mmio: Bus,
-    }
-
-    impl Machine {
-        fn new() -> Self {
-            let clock = Arc::new(ManualClock::new(0));
-            let intc = InterruptController::new(clock.clone(), Arc::new(Tsc::new(1_000_000_000)));
-            let mut pio = Bus::new();
-            let mut mmio = Bus::new();
-            for m in intc.bus_mappings() {
-                m.insert_into(&mut pio, &mut mmio).unwrap();
-            }
-            Self { intc, clock, pio, mmio }
-        }
-        fn outb(&self, port: u64, v: u8) {
-            self.pio.write(port, &[v]);
-        }
-        fn inb(&self, port: u64) -> u8 {
-            let mut b = [0u8];
-            self.pio.read(port, &mut b);
-            b[0]
-        }
-        fn lapic_w(&self, reg: u64, v: u32) {
-            self.mmio.write(LAPIC_BASE + reg, &v.to_le_bytes());
-        }
-        fn lapic_r(&self, reg: u64) -> u32 {
-            let mut d = [0u8; 4];
-            self.mmio.read(LAPIC_BASE + reg, &mut d);
-            u32::from_le_bytes(d)
-        }
-        fn ioapic_w(&self, index: u8, v: u32) {
-            self.mmio.write(IOAPIC_BASE, &[index, 0, 0, 0]);
-            self.mmio.write(IOAPIC_BASE + 0x10, &v.to_le_bytes());
-        }
-        fn ioapic_r(&self, index: u8) -> u32 {
-            self.mmio.write(IOAPIC_BASE, &[index, 0, 0, 0]);
-            let mut d = [0u8; 4];
-            self.mmio.read(IOAPIC_BASE + 0x10, &mut d);
-            u32::from_le_bytes(d)
-        }
-        /// Programs the 8259A pair as Linux does, everything unmasked.
-        fn init_pic(&self) {
-            for (cmd, data, base, cascade) in [(0x20, 0x21, 0x30, 0x04), (0xa0, 0xa1, 0x38, 0x02)] {
-                self.outb(cmd, 0x11);
-                self.outb(data, base);
-                self.outb(data, cascade);
-                self.outb(data, 0x01);
-                self.outb(data, 0x00);
-            }
-        }
-        /// Masks the 8259A and masks LINT0, as Linux does in symmetric I/O mode.
-        fn symmetric_io(&self) {
-            self.outb(0x21, 0xff);
-            self.outb(0xa1, 0xff);
-            self.lapic_w(0x350, 0x0001_0700);
-        }
-    }
-
-    #[test]
-    fn pic_interrupts_reach_the_cpu_through_virtual_wire() {
-        let m = Machine::new();
-        m.init_pic();
-        let line = m.intc.irq_line(4);
-        assert!(!m.intc.interrupt_pending());
-        line.set_level(true);
-        assert!(m.intc.interrupt_pending());
-        assert_eq!(m.intc.ack_interrupt(), Some(0x34));
-        assert!(!m.intc.interrupt_pending());
-        assert_eq!(m.intc.ack_interrupt(), None);
-        m.outb(0x20, 0x20);
-        line.set_level(false);
-        // Masking LINT0 cuts the 8259A off.
-        m.lapic_w(0x350, 0x0001_0700);
-        line.set_level(true);
-        assert!(!m.intc.interrupt_pending());
-        m.lapic_w(0x350, 0x0000_0700);
-        assert!(m.intc.interrupt_pending());
-    }
-
-    #[test]
-    fn hardware_disabled_apic_passes_the_pic_through() {
-        let m = Machine::new();
-        m.init_pic();
-        m.lapic_w(0x350, 0x0001_0700);
-        assert!(m.intc.msr_write(MSR_IA32_APIC_BASE, 0xfee0_0100));
-        m.intc.irq_line(1).pulse();
-        assert_eq!(m.intc.ack_interrupt(), Some(0x31));
-    }
-
-    #[test]
-    fn irq0_goes_to_ioapic_pin_2_and_eoi_is_edge_free() {
-        let m = Machine::new();
-        m.init_pic();
-        m.symmetric_io();
-        m.ioapic_w(0x10 + 2 * 2, 0x30);
-        let timer = m.intc.irq_line(0);
-        timer.pulse();
-        assert!(m.intc.interrupt_pending());
-        assert_eq!(m.intc.ack_interrupt(), Some(0x30));
-        assert_eq!(m.lapic_r(0x100 + 0x10), 1 << 16, "ISR bit of 0x30");
-        m.lapic_w(0xb0, 0);
-        assert_eq!(m.lapic_r(0x100 + 0x10), 0);
-        assert!(!m.intc.interrupt_pending());
-    }
-
-    #[test]
-    fn level_interrupts_are_shared_and_wait_for_eoi() {
-        let m = Machine::new();
-        m.symmetric_io();
-        m.ioapic_w(0x10 + 2 * 10, 0x0000_a051); // level, active low, vector 0x51
-        let a = m.intc.irq_line(10);
-        let b = m.intc.irq_line(10);
-        a.set_level(true);
-        b.set_level(true);
-        assert_eq!(m.intc.ack_interrupt(), Some(0x51));
-        assert_ne!(m.ioapic_r(0x10 + 2 * 10) & (1 << 14), 0, "remote IRR");
-        assert_eq!(m.lapic_r(0x180 + 0x20), 1 << 17, "TMR bit of 0x51");
-        a.set_level(false);
-        m.lapic_w(0xb0, 0);
-        assert_eq!(m.intc.ack_interrupt(), Some(0x51), "b still holds the line");
-        b.set_level(false);
-        m.lapic_w(0xb0, 0);
-        assert_eq!(m.ioapic_r(0x10 + 2 * 10) & (1 << 14), 0);
-        assert_eq!(m.intc.ack_interrupt(), None);
-    }
-
-    #[test]
-    fn pci_gsis_reach_only_the_ioapic() {
-        let m = Machine::new();
-        m.init_pic();
-        m.ioapic_w(0x10 + 2 * 17, 0x0000_8061);
-        m.intc.irq_line(17).set_level(true);
-        assert_eq!(m.intc.ack_interrupt(), Some(0x61));
-        let s = m.intc.save();
-        assert_eq!(s.pic.master.irr, 0);
-        assert_eq!(s.pic.slave.irr, 0);
-    }
-
-    #[test]
-    fn local_apic_wins_over_the_pic() {
-        let m = Machine::new();
-        m.init_pic();
-        m.ioapic_w(0x10 + 2 * 5, 0x45);
-        let line = m.intc.irq_line(5);
-        line.set_level(true);
-        assert_eq!(m.intc.ack_interrupt(), Some(0x45), "the APIC's vector first");
-        assert_eq!(m.intc.ack_interrupt(), Some(0x35), "then the 8259A's");
-    }
-
-    #[test]
-    fn extint_through_ioapic_pin_0() {
-        let m = Machine::new();
-        m.init_pic();
-        m.lapic_w(0x350, 0x0001_0700); // LINT0 masked
-        m.ioapic_w(0x10, 0x0000_0700); // pin 0 ExtINT
-        m.intc.irq_line(0).pulse();
-        assert!(m.intc.interrupt_pending());
-        assert_eq!(m.intc.ack_interrupt(), Some(0x30));
-        assert!(!m.intc.interrupt_pending());
-    }
-
-    #[test]
-    fn self_ipi_and_nmi() {
-        let m = Machine::new();
-        m.lapic_w(0x300, 0x0004_0042);
-        assert_eq!(m.intc.ack_interrupt(), Some(0x42));
-        m.lapic_w(0xb0, 0);
-        m.lapic_w(0x300, 0x0004_0400);
-        assert!(m.intc.nmi_pending());
-        assert!(m.intc.take_nmi());
-        assert!(!m.intc.nmi_pending());
-        // INIT to another CPU is dropped.
-        m.lapic_w(0x310, 0x0100_0000);
-        m.lapic_w(0x300, 0x0000_4500);
-        assert!(!m.intc.interrupt_pending());
-        // Fixed to APIC ID 0 by destination.
-        m.lapic_w(0x310, 0);
-        m.lapic_w(0x300, 0x0000_4043);
-        assert_eq!(m.intc.ack_interrupt(), Some(0x43));
-    }
-
-    #[test]
-    fn msi_messages_reach_the_local_apic_without_the_ioapic() {
-        let m = Machine::new();
-        m.symmetric_io();
-        let kicks = Arc::new(AtomicU32::new(0));
-        let k = kicks.clone();
-        m.intc.set_kick(Box::new(move || {
-            k.fetch_add(1, Ordering::SeqCst);
-        }));
-        m.intc.send(MsiMessage { address: 0xfee0_0000, data: 0x0061 });
-        assert!(m.intc.interrupt_pending());
-        assert_eq!(kicks.load(Ordering::SeqCst), 1);
-        assert_eq!(m.intc.ack_interrupt(), Some(0x61));
-        m.lapic_w(0xb0, 0);
-        // To another APIC ID: nobody takes it.
-        m.intc.send(MsiMessage { address: 0xfee0_3000, data: 0x0062 });
-        assert!(!m.intc.interrupt_pending());
-        // Outside the window: dropped, logged once.
-        m.intc.send(MsiMessage { address: 0x1000, data: 0x0063 });
-        m.intc.send(MsiMessage { address: 0xfed0_0000, data: 0x0063 });
-        assert!(!m.intc.interrupt_pending());
-        // NMI by message.
-        m.intc.send(MsiMessage { address: 0xfee0_0000, data: 0x0400 });
-        assert!(m.intc.take_nmi());
-        // A software-disabled local APIC takes no fixed interrupt.
-        m.lapic_w(0xf0, 0x0ff);
-        m.intc.send(MsiMessage { address: 0xfee0_0000, data: 0x0064 });
-        assert_eq!(m.intc.ack_interrupt(), None);
-    }
-
-    #[test]
-    fn msi_messages_go_to_the_forward_when_one_is_set() {
-        let m = Machine::new();
-        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let s = seen.clone();
-        m.intc.set_msi_forward(Box::new(move |msg| s.lock().push(msg)));
-        let msg = MsiMessage { address: 0xfee0_0000, data: 0x0071 };
-        m.intc.send(msg);
-        assert_eq!(*seen.lock(), [msg]);
-        assert!(!m.intc.interrupt_pending(), "the emulated local APIC saw nothing");
-    }
-
-    #[test]
-    fn kick_runs_when_an_interrupt_becomes_pending() {
-        let m = Machine::new();
-        m.init_pic();
-        let kicks = Arc::new(AtomicU32::new(0));
-        let k = kicks.clone();
-        m.intc.set_kick(Box::new(move || {
-            k.fetch_add(1, Ordering::SeqCst);
-        }));
-        let line = m.intc.irq_line(3);
-        line.set_level(true);
-        line.set_level(false);
-        m.intc.irq_line(6).pulse();
-        assert_eq!(kicks.load(Ordering::SeqCst), 1, "only the rising edge of pending kicks");
-        m.intc.ack_interrupt();
-        m.outb(0x20, 0x20);
-        m.intc.ack_interrupt();
-        m.intc.irq_line(7).pulse();
-        assert_eq!(kicks.load(Ordering::SeqCst), 2);
-    }
-
-    #[test]
-    fn apic_timer_is_polled_as_a_timer_source() {
-        let m = Machine::new();
-        m.lapic_w(0x3e0, 0b1011);
-        m.lapic_w(0x320, 0x0002_00ef);
-        m.lapic_w(0x380, 1_000_000);
-        assert_eq!(m.intc.next_deadline_ns(), Some(1_000_000));
-        m.clock.set(1_000_000);
-        m.intc.poll(1_000_000);
-        assert_eq!(m.intc.ack_interrupt(), Some(0xef));
-        assert_eq!(m.lapic_r(0x390), 1_000_000);
-        m.clock.set(1_250_000);
-        assert_eq!(m.lapic_r(0x390), 750_000);
-    }
-
-    #[test]
-    fn msrs_and_cr8() {
-        let m = Machine::new();
-        assert!(InterruptController::handles_msr(0x1b));
-        assert!(InterruptController::handles_msr(0x830));
-        assert!(!InterruptController::handles_msr(0x10));
-        assert_eq!(m.intc.msr_read(0x1b), Some(0xfee0_0900));
-        assert_eq!(m.intc.msr_read(0x802), None, "xAPIC mode: #GP");
-        assert!(m.intc.msr_write(0x1b, 0xfee0_0d00));
-        assert_eq!(m.intc.msr_read(0x802), Some(0));
-        assert!(m.intc.msr_write(0x83f, 0x55));
-        assert_eq!(m.intc.ack_interrupt(), Some(0x55));
-        assert!(m.intc.msr_write(0x80b, 0));
-        assert!(!m.intc.msr_write(0x80b, 1));
-        assert_eq!(m.intc.msr_read(0x6e0), Some(0));
-        m.intc.set_cr8(0x9);
-        assert_eq!(m.intc.cr8(), 9);
-        assert_eq!(m.intc.msr_read(0x808), Some(0x90));
-        assert!(!m.intc.msr_write(0x1b, 0xfee0_0900), "x2APIC to xAPIC");
-    }
-
-    #[test]
-    fn cascade_and_bad_lines() {
-        let m = Machine::new();
-        m.init_pic();
-        m.intc.irq_line(2).set_level(true);
-        m.intc.irq_line(99).pulse();
-        assert!(!m.intc.interrupt_pending());
-        m.intc.irq_line(12).pulse();
-        assert_eq!(m.intc.ack_interrupt(), Some(0x3c));
-    }
-
-    #[test]
-    fn elcr_and_odd_accesses_through_the_bus() {
-        let m = Machine::new();
-        m.outb(0x4d1, 0xff);
-        assert_eq!(m.inb(0x4d1), 0xde);
-        let mut w = [0u8; 2];
-        m.pio.read(0x4d0, &mut w);
-        assert_eq!(w, [0, 0xde]);
-        m.pio.write(0x4d0, &[0xff, 0xff, 0xff, 0xff]);
-        assert_eq!(m.inb(0x4d1), 0xde, "a dword write is refused");
-        m.pio.write(0x20, &[1, 2]);
-        m.pio.read(0x20, &mut w);
-        assert_eq!(w, [0xff, 0xff]);
-        assert_eq!(m.inb(0x21), 0);
-    }
-
-    #[test]
-    fn reset_and_state_round_trip() {
-        let m = Machine::new();
-        m.init_pic();
-        m.ioapic_w(0x10 + 2 * 9, 0x0000_8039);
-        let line = m.intc.irq_line(9);
-        line.set_level(true);
-        let state = m.intc.save();
-        assert_eq!(state.lapics.len(), 1);
-        m.intc.reset(&Arc::new(Tsc::new(1)));
-        assert_eq!(m.ioapic_r(0x10 + 2 * 9), 0x0001_0000);
-        assert_eq!(m.intc.save().pic.slave.lines, 1 << 1, "the line is still held");
-        m.intc.restore(&state);
-        assert_eq!(m.intc.save(), state);
-        assert!(m.intc.interrupt_pending());
-    }
-}
+mod tests;

@@ -34,6 +34,8 @@
 //! - ICW4's microprocessor mode and buffered-mode bits are stored and ignored:
 //!   a PC runs the 8259A in 8086 mode.
 
+use persist::{Persist, PersistError};
+
 use crate::log_once::{LogOnce, Misuse};
 
 /// I/O port of the master's command register.
@@ -101,6 +103,7 @@ pub enum PicChip {
 
 /// Where an initialisation sequence stands: the ICW the odd port expects next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum InitStep {
     /// Initialised: the odd port writes OCW1.
     #[default]
@@ -115,6 +118,7 @@ pub enum InitStep {
 
 /// The guest-visible state of one 8259A, for save and restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PicChipState {
     /// Interrupt request register.
     pub irr: u8,
@@ -156,6 +160,7 @@ pub struct PicChipState {
 
 /// The state of the pair, for save and restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PicState {
     /// The master's state.
     pub master: PicChipState,
@@ -498,22 +503,6 @@ impl PicPair {
         pic.level_mask() & (1 << bit) != 0
     }
 
-    /// The state, for a snapshot.
-    pub fn save(&self) -> PicState {
-        PicState { master: self.master.s, slave: self.slave.s }
-    }
-
-    /// Loads a saved state.
-    pub fn restore(&mut self, state: &PicState) {
-        self.master.s = state.master;
-        self.slave.s = state.slave;
-        self.master.s.elcr &= ELCR1_WRITABLE;
-        self.slave.s.elcr &= ELCR2_WRITABLE;
-        self.master.s.highest_priority &= 7;
-        self.slave.s.highest_priority &= 7;
-        self.update_cascade();
-    }
-
     fn log_unimplemented(&self, offset: u8) {
         if self.log.first(Misuse::Unimplemented) {
             tracing::warn!(target: "devices", offset, "8259A: no such port; access ignored (logged once)");
@@ -521,320 +510,71 @@ impl PicPair {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use PicChip::{Master, Slave};
+/// The part name the 8259A pair's errors carry.
+const PART: &str = "8259A pair";
 
-    /// Programs the pair as Linux does (vectors 0x30 and 0x38, cascade on IR2).
-    fn linux_init(pic: &mut PicPair, master_icw4: u8) {
-        pic.write(Master, 1, 0xff);
-        pic.write(Slave, 1, 0xff);
-        pic.write(Master, 0, 0x11); // ICW1: edge, cascade, ICW4
-        pic.write(Master, 1, 0x30); // ICW2
-        pic.write(Master, 1, 0x04); // ICW3: slave on IR2
-        pic.write(Master, 1, master_icw4);
-        pic.write(Slave, 0, 0x11);
-        pic.write(Slave, 1, 0x38);
-        pic.write(Slave, 1, 0x02); // ICW3: slave ID 2
-        pic.write(Slave, 1, 0x01);
-        pic.write(Master, 1, 0x00);
-        pic.write(Slave, 1, 0x00);
-    }
-
-    fn pair() -> PicPair {
-        let mut pic = PicPair::new();
-        linux_init(&mut pic, 0x01);
-        pic
-    }
-
-    #[test]
-    fn initialisation_sequence_sets_vectors_and_clears_the_mask() {
-        let mut pic = PicPair::new();
-        pic.write(Master, 1, 0xfb);
-        linux_init(&mut pic, 0x01);
-        assert_eq!(pic.read(Master, 1), 0);
-        let s = pic.save();
-        assert_eq!(s.master.vector_base, 0x30);
-        assert_eq!(s.slave.vector_base, 0x38);
-        assert_eq!(s.master.icw3, 0x04);
-        assert_eq!(s.master.init_step, InitStep::Ready);
-        assert!(!s.master.auto_eoi);
-    }
-
-    #[test]
-    fn icw1_without_icw4_and_single_mode_skip_words() {
-        let mut pic = PicPair::new();
-        pic.write(Master, 0, 0x12); // SNGL, no IC4
-        pic.write(Master, 1, 0x08);
-        assert_eq!(pic.save().master.init_step, InitStep::Ready);
-        pic.write(Master, 1, 0xaa);
-        assert_eq!(pic.read(Master, 1), 0xaa, "the next odd write is OCW1");
-        pic.set_irq(2, true); // ignored: cascade input
-        pic.set_irq(1, true);
-        assert_eq!(pic.acknowledge(), 0x08 | 7, "IRQ1 masked: spurious");
-    }
-
-    #[test]
-    fn edge_interrupt_is_delivered_once_and_eoi_clears_isr() {
-        let mut pic = pair();
-        assert!(!pic.output());
-        pic.set_irq(0, true);
-        pic.set_irq(0, false);
-        assert!(pic.output(), "an edge stays latched after the line falls");
-        assert_eq!(pic.acknowledge(), 0x30);
-        assert!(!pic.output());
-        pic.write(Master, 0, 0x0b); // OCW3: read ISR
-        assert_eq!(pic.read(Master, 0), 0x01);
-        pic.write(Master, 0, 0x20); // non-specific EOI
-        assert_eq!(pic.read(Master, 0), 0x00);
-        assert!(!pic.output(), "no new edge, no new interrupt");
-    }
-
-    #[test]
-    fn irr_and_isr_reads_follow_ocw3() {
-        let mut pic = pair();
-        pic.write(Master, 1, 0xff);
-        pic.set_irq(3, true);
-        pic.write(Master, 0, 0x0a); // read IRR
-        assert_eq!(pic.read(Master, 0), 0x08);
-        pic.write(Master, 0, 0x0b); // read ISR
-        assert_eq!(pic.read(Master, 0), 0x00);
-        pic.write(Master, 0, 0x08); // RR = 0: selection unchanged
-        assert_eq!(pic.read(Master, 0), 0x00);
-    }
-
-    #[test]
-    fn mask_holds_requests_back() {
-        let mut pic = pair();
-        pic.write(Master, 1, 0x02);
-        pic.set_irq(1, true);
-        assert!(!pic.output());
-        pic.write(Master, 1, 0x00);
-        assert!(pic.output());
-        assert_eq!(pic.acknowledge(), 0x31);
-    }
-
-    #[test]
-    fn priority_and_nesting() {
-        let mut pic = pair();
-        pic.set_irq(4, true);
-        assert_eq!(pic.acknowledge(), 0x34);
-        pic.set_irq(5, true);
-        assert!(!pic.output(), "IR5 waits while IR4 is in service");
-        pic.set_irq(1, true);
-        assert!(pic.output(), "IR1 preempts IR4");
-        assert_eq!(pic.acknowledge(), 0x31);
-        pic.write(Master, 0, 0x20); // EOI ends IR1, the highest in service
-        assert!(!pic.output());
-        pic.write(Master, 0, 0x20); // EOI ends IR4
-        assert_eq!(pic.acknowledge(), 0x35);
-    }
-
-    #[test]
-    fn specific_eoi_and_rotation() {
-        let mut pic = pair();
-        pic.set_irq(3, true);
-        pic.set_irq(6, true);
-        assert_eq!(pic.acknowledge(), 0x33);
-        pic.write(Master, 0, 0x60 | 3); // specific EOI for IR3
-        pic.write(Master, 0, 0x0b);
-        assert_eq!(pic.read(Master, 0), 0);
-        // Rotate on specific EOI of IR6 makes IR7 the highest priority.
-        assert_eq!(pic.acknowledge(), 0x36);
-        pic.write(Master, 0, 0xe0 | 6);
-        assert_eq!(pic.save().master.highest_priority, 7);
-        pic.set_irq(0, true);
-        pic.set_irq(7, true);
-        assert_eq!(pic.acknowledge(), 0x37, "IR7 now outranks IR0");
-        // Set priority: IR0 lowest, IR1 highest.
-        pic.write(Master, 0, 0x20);
-        pic.write(Master, 0, 0xc0);
-        assert_eq!(pic.save().master.highest_priority, 1);
-        // Rotate on non-specific EOI.
-        assert_eq!(pic.acknowledge(), 0x30);
-        pic.write(Master, 0, 0xa0);
-        assert_eq!(pic.save().master.highest_priority, 1);
-        pic.write(Master, 0, 0x40); // no operation
-        assert_eq!(pic.save().master.isr, 0);
-    }
-
-    #[test]
-    fn cascade_delivers_slave_vectors() {
-        let mut pic = pair();
-        pic.set_irq(8, true);
-        pic.set_irq(8, false);
-        assert!(pic.output());
-        assert_eq!(pic.acknowledge(), 0x38);
-        pic.write(Master, 0, 0x0b);
-        pic.write(Slave, 0, 0x0b);
-        assert_eq!(pic.read(Master, 0), 0x04, "the cascade level is in service");
-        assert_eq!(pic.read(Slave, 0), 0x01);
-        pic.set_irq(12, true);
-        assert!(!pic.output(), "master IR2 in service holds off the slave");
-        pic.write(Slave, 0, 0x20);
-        pic.write(Master, 0, 0x20);
-        assert!(pic.output());
-        assert_eq!(pic.acknowledge(), 0x3c);
-    }
-
-    #[test]
-    fn special_fully_nested_lets_a_higher_slave_request_through() {
-        let mut pic = PicPair::new();
-        linux_init(&mut pic, 0x11); // SFNM on the master
-        pic.set_irq(12, true);
-        assert_eq!(pic.acknowledge(), 0x3c);
-        pic.set_irq(9, true);
-        assert!(pic.output());
-        assert_eq!(pic.acknowledge(), 0x39);
-    }
-
-    #[test]
-    fn level_triggered_lines_retrigger_until_released() {
-        let mut pic = pair();
-        pic.write_elcr(1, 0x02); // IRQ9 level
-        assert!(pic.is_level_triggered(9));
-        pic.set_irq(9, true);
-        assert_eq!(pic.acknowledge(), 0x39);
-        pic.write(Slave, 0, 0x20);
-        pic.write(Master, 0, 0x20);
-        assert!(pic.output(), "still asserted: requests again");
-        assert_eq!(pic.acknowledge(), 0x39);
-        pic.set_irq(9, false);
-        pic.write(Slave, 0, 0x20);
-        pic.write(Master, 0, 0x20);
-        assert!(!pic.output(), "released before the EOI: nothing more");
-        // Released after an EOI re-raised the slave's output: the master has
-        // latched the cascade edge, and the INTA cycle finds nothing there.
-        pic.set_irq(9, true);
-        assert_eq!(pic.acknowledge(), 0x39);
-        pic.write(Slave, 0, 0x20);
-        pic.write(Master, 0, 0x20);
-        pic.set_irq(9, false);
-        assert_eq!(pic.acknowledge(), 0x3f, "spurious IRQ15");
-    }
-
-    #[test]
-    fn a_vanished_level_request_is_spurious() {
-        let mut pic = pair();
-        pic.write_elcr(0, 0x20); // IRQ5 level
-        pic.set_irq(5, true);
-        assert!(pic.output());
-        pic.set_irq(5, false);
-        assert_eq!(pic.acknowledge(), 0x37);
-        pic.write(Master, 0, 0x0b);
-        assert_eq!(pic.read(Master, 0), 0, "no ISR bit for a spurious IRQ7");
-        // The slave's version: IR15 with the master's IR2 in service.
-        pic.write_elcr(1, 0x08); // IRQ11 level
-        pic.set_irq(11, true);
-        pic.set_irq(11, false);
-        pic.set_irq(11, true);
-        let s = pic.save();
-        assert_eq!(s.slave.irr, 0x08);
-        pic.set_irq(11, false);
-        // The master latched the cascade edge; the slave has nothing.
-        assert_eq!(pic.acknowledge(), 0x3f);
-        assert_eq!(pic.save().slave.isr, 0);
-    }
-
-    #[test]
-    fn elcr_keeps_the_fixed_edge_bits() {
-        let mut pic = pair();
-        pic.write_elcr(0, 0xff);
-        pic.write_elcr(1, 0xff);
-        assert_eq!(pic.read_elcr(0), 0xf8);
-        assert_eq!(pic.read_elcr(1), 0xde);
-        assert_eq!(pic.read_elcr(2), 0xff);
-        pic.write_elcr(7, 1);
-        assert!(!pic.is_level_triggered(0));
-        assert!(pic.is_level_triggered(3));
-    }
-
-    #[test]
-    fn ltim_makes_every_input_level_triggered() {
-        let mut pic = PicPair::new();
-        pic.write(Master, 0, 0x19); // ICW1 with LTIM
-        pic.write(Master, 1, 0x20);
-        pic.write(Master, 1, 0x04);
-        pic.write(Master, 1, 0x01);
-        assert!(pic.is_level_triggered(0));
-        pic.set_irq(0, true);
-        pic.set_irq(0, false);
-        assert!(!pic.output());
-    }
-
-    #[test]
-    fn auto_eoi_sets_no_isr_bit_and_may_rotate() {
-        let mut pic = PicPair::new();
-        linux_init(&mut pic, 0x03);
-        pic.set_irq(4, true);
-        assert_eq!(pic.acknowledge(), 0x34);
-        assert_eq!(pic.save().master.isr, 0);
-        pic.write(Master, 0, 0x80); // rotate in AEOI mode
-        pic.set_irq(4, false);
-        pic.set_irq(4, true);
-        assert_eq!(pic.acknowledge(), 0x34);
-        assert_eq!(pic.save().master.highest_priority, 5);
-        pic.write(Master, 0, 0x00);
-        assert!(!pic.save().master.rotate_on_auto_eoi);
-    }
-
-    #[test]
-    fn poll_command_reads_and_acknowledges() {
-        let mut pic = pair();
-        pic.write(Master, 0, 0x0c);
-        assert_eq!(pic.read(Master, 0), 0, "nothing requesting");
-        pic.set_irq(6, true);
-        pic.write(Master, 0, 0x0c);
-        assert_eq!(pic.read(Master, 0), 0x86);
-        assert_eq!(pic.save().master.isr, 0x40);
-        assert!(!pic.save().master.poll, "the poll word is read once");
-    }
-
-    #[test]
-    fn special_mask_mode_lets_lower_levels_in() {
-        let mut pic = pair();
-        pic.set_irq(3, true);
-        assert_eq!(pic.acknowledge(), 0x33);
-        pic.write(Master, 1, 0x08); // mask IR3 (in service)
-        pic.write(Master, 0, 0x68); // set special mask mode
-        pic.set_irq(5, true);
-        assert!(pic.output());
-        assert_eq!(pic.acknowledge(), 0x35);
-        pic.write(Master, 0, 0x48); // reset special mask mode
-        assert!(!pic.save().master.special_mask);
-    }
-
-    #[test]
-    fn reinitialisation_needs_a_new_edge() {
-        let mut pic = pair();
-        pic.set_irq(1, true);
-        linux_init(&mut pic, 0x01);
-        assert!(!pic.output());
-        pic.set_irq(1, false);
-        pic.set_irq(1, true);
-        assert!(pic.output());
-    }
-
-    #[test]
-    fn bad_ports_and_irqs_are_ignored() {
-        let mut pic = pair();
-        assert_eq!(pic.read(Master, 5), 0xff);
-        pic.write(Slave, 9, 0xff);
-        pic.set_irq(200, true);
-        assert!(!pic.output());
-    }
-
-    #[test]
-    fn state_round_trips() {
-        let mut pic = pair();
-        pic.write_elcr(1, 0x0c);
-        pic.set_irq(10, true);
-        let state = pic.save();
-        let mut other = PicPair::new();
-        other.restore(&state);
-        assert_eq!(other.save(), state);
-        assert!(other.output());
-        assert_eq!(other.acknowledge(), 0x3a);
+impl Pic {
+    /// Checks a chip's saved state against what the chip can hold.
+    fn check(&self, s: &PicChipState) -> Result<(), PersistError> {
+        PersistError::check_max(PART, "highest_priority", s.highest_priority, 7)?;
+        PersistError::check(s.vector_base & 0b111 == 0, PART, "vector_base", || {
+            format!("is {:#04x}; ICW2's low three bits are not kept", s.vector_base)
+        })?;
+        PersistError::check(s.elcr & !self.elcr_writable == 0, PART, "elcr", || {
+            format!("is {:#04x}, with fixed edge-triggered inputs set (writable: {:#04x})", s.elcr, self.elcr_writable)
+        })?;
+        let step_ok = match s.init_step {
+            InitStep::Icw3 => !s.single,
+            InitStep::Icw4 => s.icw4_needed,
+            InitStep::Ready | InitStep::Icw2 => true,
+        };
+        PersistError::check(step_ok, PART, "init_step", || {
+            format!("is {:?}, which ICW1 (single {}, ICW4 {}) does not lead to", s.init_step, s.single, s.icw4_needed)
+        })?;
+        let level = if s.level_triggered_mode { 0xff } else { s.elcr };
+        // The master's cascade input follows the slave's output, which the
+        // restore recomputes.
+        let cascade = if self.is_master { 1 << CASCADE_IRQ } else { 0 };
+        PersistError::check((s.irr ^ s.lines) & level & !cascade == 0, PART, "irr", || {
+            format!(
+                "is {:#04x}, but level-triggered requests follow their lines ({:#04x}, level mask {level:#04x})",
+                s.irr, s.lines
+            )
+        })
     }
 }
+
+/// Restore checks both chips (rotation, vector base, ELCR, where an
+/// initialisation sequence stands, level-triggered requests against their
+/// lines); then it recomputes the cascade from the slave's output.
+impl Persist for PicPair {
+    type State = PicState;
+
+    fn save(&self) -> PicState {
+        PicState { master: self.master.s, slave: self.slave.s }
+    }
+
+    fn restore(&mut self, state: &PicState) -> Result<(), PersistError> {
+        self.check_state(state)?;
+        self.load_state(state);
+        Ok(())
+    }
+}
+
+impl PicPair {
+    /// The checks of [`Persist::restore`], changing nothing.
+    pub(crate) fn check_state(&self, state: &PicState) -> Result<(), PersistError> {
+        self.master.check(&state.master)?;
+        self.slave.check(&state.slave)
+    }
+
+    /// Loads a state [`PicPair::check_state`] passed.
+    pub(crate) fn load_state(&mut self, state: &PicState) {
+        self.master.s = state.master;
+        self.slave.s = state.slave;
+        self.update_cascade();
+    }
+}
+
+#[cfg(test)]
+mod tests;

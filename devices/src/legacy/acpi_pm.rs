@@ -29,6 +29,8 @@
 
 use std::sync::Arc;
 
+use persist::{Persist, PersistError};
+
 use crate::bus::BusDevice;
 use crate::clock::{ns_for_ticks, ticks_in, SharedClock, Timed};
 use crate::irq::IrqLine;
@@ -102,6 +104,7 @@ const RC_KEPT: u8 = RC_SYS_RST | RC_FULL_RST;
 
 /// The state of the PM registers, for save and restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct AcpiPmState {
     /// PM1_STS.
     pub status: u16,
@@ -213,24 +216,56 @@ impl AcpiPm {
         (value, mask)
     }
 
-    /// The state, for a snapshot.
-    pub fn save(&self) -> AcpiPmState {
-        self.s
-    }
-
-    /// Loads a saved state and drives the SCI to match.
-    pub fn restore(&mut self, state: &AcpiPmState) {
-        self.s = *state;
-        self.s.control = (self.s.control & CNT_WRITABLE) | SCI_EN;
-        self.s.enable &= EN_WRITABLE;
-        self.sci_level = self.s.status & self.s.enable & SCI_SOURCES != 0;
-        self.sci.set_level(self.sci_level);
-    }
-
     fn log_access(&self, offset: u64, size: usize) {
         if self.log.first(Misuse::AccessSize) {
             tracing::warn!(target: "devices", offset, size, "ACPI PM: accesses are 1, 2 or 4 bytes inside the block; ignored (logged once)");
         }
+    }
+}
+
+/// The part name the PM block's errors carry.
+const PART: &str = "ACPI PM";
+
+/// Fails unless `value` sets only bits of `allowed`.
+fn check_bits(part: &'static str, field: &'static str, value: u16, allowed: u16) -> Result<(), PersistError> {
+    PersistError::check(value & !allowed == 0, part, field, || {
+        format!("is {value:#06x}, with bits outside {allowed:#06x} set")
+    })
+}
+
+/// Restore refuses status, enable and control bits the block does not
+/// have, and a control word without SCI_EN (the hardware is always in ACPI
+/// mode); then it drives the SCI from the status and enable bits.
+impl Persist for AcpiPm {
+    type State = AcpiPmState;
+
+    fn save(&self) -> AcpiPmState {
+        self.s
+    }
+
+    fn restore(&mut self, state: &AcpiPmState) -> Result<(), PersistError> {
+        Self::check_state(state)?;
+        self.load_state(state);
+        Ok(())
+    }
+}
+
+impl AcpiPm {
+    /// The checks of [`Persist::restore`], changing nothing.
+    pub(crate) fn check_state(state: &AcpiPmState) -> Result<(), PersistError> {
+        check_bits(PART, "status", state.status, STS_CLEARABLE)?;
+        check_bits(PART, "enable", state.enable, EN_WRITABLE)?;
+        check_bits(PART, "control", state.control, CNT_WRITABLE | SCI_EN)?;
+        PersistError::check(state.control & SCI_EN != 0, PART, "control", || {
+            format!("is {:#06x}; SCI_EN is hardwired to 1", state.control)
+        })
+    }
+
+    /// Loads a state [`AcpiPm::check_state`] passed and drives the SCI.
+    pub(crate) fn load_state(&mut self, state: &AcpiPmState) {
+        self.s = *state;
+        self.sci_level = self.s.status & self.s.enable & SCI_SOURCES != 0;
+        self.sci.set_level(self.sci_level);
     }
 }
 
@@ -292,6 +327,7 @@ impl BusDevice for AcpiPm {
 
 /// The state of the reset control register, for save and restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ResetControlState {
     /// SYS_RST and FULL_RST as last written.
     pub value: u8,
@@ -316,15 +352,35 @@ impl ResetControl {
     pub fn new(events: Arc<VmEvents>) -> Self {
         Self { value: 0, events, log: LogOnce::new() }
     }
+}
 
-    /// The state, for a snapshot.
-    pub fn save(&self) -> ResetControlState {
+/// Restore refuses bits other than SYS_RST and FULL_RST (RST_CPU reads 0);
+/// it files no reset.
+impl Persist for ResetControl {
+    type State = ResetControlState;
+
+    fn save(&self) -> ResetControlState {
         ResetControlState { value: self.value }
     }
 
-    /// Loads a saved state.
-    pub fn restore(&mut self, state: &ResetControlState) {
-        self.value = state.value & RC_KEPT;
+    fn restore(&mut self, state: &ResetControlState) -> Result<(), PersistError> {
+        Self::check_state(state)?;
+        self.load_state(state);
+        Ok(())
+    }
+}
+
+impl ResetControl {
+    /// The checks of [`Persist::restore`], changing nothing.
+    pub(crate) fn check_state(state: &ResetControlState) -> Result<(), PersistError> {
+        PersistError::check(state.value & !RC_KEPT == 0, "reset control (0xcf9)", "value", || {
+            format!("is {:#04x}; only SYS_RST and FULL_RST are kept", state.value)
+        })
+    }
+
+    /// Loads a state [`ResetControl::check_state`] passed.
+    pub(crate) fn load_state(&mut self, state: &ResetControlState) {
+        self.value = state.value;
     }
 }
 
@@ -496,7 +552,7 @@ mod tests {
         let state = r.pm.save();
         let sci = Arc::new(RecordingIrq::new());
         let mut other = AcpiPm::new(r.clock.clone(), sci.clone(), r.events.clone());
-        other.restore(&state);
+        other.restore(&state).unwrap();
         assert_eq!(other.save(), state);
         assert!(sci.level());
         assert_eq!(other.debug_label(), "ACPI PM");
@@ -525,8 +581,87 @@ mod tests {
         assert_eq!(w, [0xff, 0xff]);
         let s = rc.save();
         let mut other = ResetControl::new(events);
-        other.restore(&s);
+        other.restore(&s).unwrap();
         assert_eq!(other.save(), s);
         assert_eq!(other.debug_label(), "reset control (0xcf9)");
+    }
+
+    /// PM1 with the timer and power button enabled, the power button
+    /// pressed, a sleep type written and time gone by.
+    fn configured() -> Rig {
+        let mut r = Rig::new();
+        r.outw(PM1_EN, TMR_STS | PWRBTN_STS | RTC_STS);
+        r.outw(PM1_CNT, 3 << SLP_TYP_SHIFT | BM_RLD);
+        r.clock.set(ns_for_ticks(3 << 23, PM_TIMER_HZ) + 5);
+        r.pm.tick(r.clock.now_ns());
+        r.pm.power_button();
+        assert!(r.sci.level());
+        r
+    }
+
+    #[test]
+    fn the_persisted_pm_state_round_trips_and_the_copy_behaves_alike() {
+        let mut r = configured();
+        let mut fresh = Rig::new();
+        fresh.clock.set(r.clock.now_ns());
+        let state = persist::assert_round_trip(&r.pm, &mut fresh.pm);
+        assert_eq!(state.status, TMR_STS | PWRBTN_STS);
+        assert!(fresh.sci.level(), "the SCI follows the restored bits");
+        assert_eq!(fresh.pm.next_deadline_ns(), r.pm.next_deadline_ns());
+        for off in [PM1_STS, PM1_EN, PM1_CNT, PM_TMR] {
+            assert_eq!(fresh.inw(off), r.inw(off), "offset {off}");
+        }
+        for rig in [&mut r, &mut fresh] {
+            rig.outw(PM1_STS, PWRBTN_STS | TMR_STS);
+        }
+        assert!(!fresh.sci.level());
+        let next = fresh.pm.next_deadline_ns().unwrap();
+        assert_eq!(Some(next), r.pm.next_deadline_ns());
+        for rig in [&mut r, &mut fresh] {
+            rig.clock.set(next);
+            rig.pm.tick(next);
+        }
+        assert!(fresh.sci.level() && r.sci.level(), "the next timer overflow for both");
+    }
+
+    /// A corruption of a state, and the field whose check must refuse it.
+    type Corruption<S> = (&'static str, fn(&mut S));
+
+    #[test]
+    fn corrupt_pm_states_are_refused_field_by_field() {
+        let mut r = configured();
+        let good = r.pm.save();
+        let cases: [Corruption<AcpiPmState>; 5] = [
+            ("status", |s| s.status |= 1 << 1),
+            ("enable", |s| s.enable |= BM_STS),
+            ("control", |s| s.control |= SLP_EN),
+            ("control", |s| s.control &= !SCI_EN),
+            ("control", |s| s.control |= 1 << 15),
+        ];
+        for (field, corrupt) in cases {
+            let mut bad = good;
+            corrupt(&mut bad);
+            let e = persist::assert_refused(&mut r.pm, &bad);
+            assert_eq!(e.field, field, "{e}");
+        }
+        assert!(r.sci.level(), "a refused restore leaves the SCI alone");
+    }
+
+    #[test]
+    fn the_reset_register_round_trips_and_refuses_rst_cpu() {
+        let events = Arc::new(VmEvents::new());
+        let mut rc = ResetControl::new(events.clone());
+        rc.write(0, &[RC_SYS_RST | RC_FULL_RST]);
+        let mut fresh = ResetControl::new(events.clone());
+        let state = persist::assert_round_trip(&rc, &mut fresh);
+        assert_eq!(state.value, RC_SYS_RST | RC_FULL_RST);
+        let mut b = [0u8];
+        fresh.read(0, &mut b);
+        assert_eq!(b, [RC_SYS_RST | RC_FULL_RST]);
+        assert!(!events.pending(), "a restore files no reset");
+        for bad in [RC_RST_CPU, RC_SYS_RST | 0x10, 0x01] {
+            let e = persist::assert_refused(&mut fresh, &ResetControlState { value: bad });
+            assert_eq!(e.field, "value");
+        }
     }
 }

@@ -21,6 +21,11 @@ const PRESENT: u8 = 0xe9;
 pub const MAX_LINE: usize = 512;
 
 /// The debug console.
+///
+/// It has no guest-visible state: reads always return the presence byte,
+/// and the partial line it holds is the host log's, so it does not
+/// implement [`persist::Persist`] (after a restore, the log's next line
+/// starts afresh).
 #[derive(Debug, Default)]
 pub struct DebugCon {
     line: Vec<u8>,

@@ -22,13 +22,16 @@
 //! Model choices: every item is read-only (writes through DMA set ERROR,
 //! as QEMU does for read-only items); a DMA descriptor or buffer outside
 //! guest RAM sets ERROR and touches nothing; a transfer is cut to what the
-//! item holds past its offset, the rest of a read filled with zeroes.
+//! item holds past its offset, the rest of a read filled with zeroes. The
+//! data offset stops at the item's end (past it everything reads 0 alike),
+//! so a saved offset always lies within its item.
 //! The machine plugs it in when it boots through firmware (src/bios.rs
 //! says what it holds).
 
 use std::sync::Arc;
 
 use mmu::GuestMemory;
+use persist::{Persist, PersistError};
 
 use crate::bus::BusDevice;
 
@@ -78,6 +81,20 @@ pub enum FwCfgError {
     Full,
     #[error("fw_cfg file '{0}' is larger than 4 GiB")]
     TooLarge(String),
+}
+
+/// The saved state of the fw_cfg device: where the guest stands in its
+/// items. The items themselves are the machine's description, which the
+/// machine rebuilds (the same way) before it restores this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct FwCfgState {
+    /// The selected item's key (any key; an unknown one reads as empty).
+    pub selector: u16,
+    /// The data offset in the selected item, at most its length.
+    pub offset: u64,
+    /// The high half of the DMA address, written and not yet used.
+    pub dma_high: u32,
 }
 
 /// The fw_cfg device.
@@ -185,9 +202,15 @@ impl FwCfg {
     }
 
     fn read_byte(&mut self) -> u8 {
-        let b = self.item(self.selected).get(self.offset).copied().unwrap_or(0);
-        self.offset = self.offset.saturating_add(1);
+        let item = self.item(self.selected);
+        let b = item.get(self.offset).copied().unwrap_or(0);
+        self.offset = self.offset.saturating_add(1).min(item.len());
         b
+    }
+
+    /// Moves the data offset `len` bytes on, stopping at the item's end.
+    fn skip(&mut self, len: usize) {
+        self.offset = self.offset.saturating_add(len).min(self.item(self.selected).len());
     }
 
     /// Runs the DMA descriptor at `addr`, then writes its control word back.
@@ -217,17 +240,39 @@ impl FwCfg {
             let mut out = item[start..start + n].to_vec();
             out.resize(len, 0);
             let ok = self.mem.write(buf, &out).is_ok();
-            self.offset = self.offset.saturating_add(len);
+            self.skip(len);
             ok
         } else {
             if control & DMA_CTL_SKIP != 0 {
-                self.offset = self.offset.saturating_add(len);
+                self.skip(len);
             }
             true
         };
         let done = if ok { 0 } else { DMA_CTL_ERROR };
         // The control word is the descriptor's first field.
         let _ = self.mem.write(addr, &done.to_be_bytes());
+    }
+}
+
+/// Restore checks the data offset against the length of the selected item
+/// as this device holds it, so a state saved over other files (another
+/// machine description) is refused rather than read at a wrong place.
+impl Persist for FwCfg {
+    type State = FwCfgState;
+
+    fn save(&self) -> FwCfgState {
+        FwCfgState { selector: self.selected, offset: self.offset as u64, dma_high: self.dma_high }
+    }
+
+    fn restore(&mut self, state: &FwCfgState) -> Result<(), PersistError> {
+        let len = self.item(state.selector).len();
+        PersistError::check(state.offset <= len as u64, "fw_cfg", "offset", || {
+            format!("is {} but item {:#06x} holds {len} bytes here", state.offset, state.selector)
+        })?;
+        self.selected = state.selector;
+        self.offset = state.offset as usize;
+        self.dma_high = state.dma_high;
+        Ok(())
     }
 }
 
@@ -351,5 +396,57 @@ mod tests {
         // A descriptor outside RAM is ignored, with nothing written.
         d.write(PORT_DMA_HIGH, &1u32.to_be_bytes());
         d.write(PORT_DMA_LOW, &0u32.to_be_bytes());
+    }
+
+    /// A device with two files, half-way through the second, with the high
+    /// half of a DMA address written.
+    fn configured() -> (FwCfg, Arc<GuestMemory>) {
+        let (mut d, mem) = dev();
+        d.add_file("etc/e820", vec![1; 40]).unwrap();
+        d.add_file("bootorder", b"/pci@i0cf8/*@3\n".to_vec()).unwrap();
+        assert_eq!(read_item(&mut d, 0x21, 5), b"/pci@");
+        d.write(PORT_DMA_HIGH, &1u32.to_be_bytes());
+        (d, mem)
+    }
+
+    #[test]
+    fn the_persisted_state_round_trips_and_reads_on_where_it_stood() {
+        let (mut d, _) = configured();
+        // The machine rebuilds the same description in the new device.
+        let (mut fresh, _) = dev();
+        fresh.add_file("etc/e820", vec![1; 40]).unwrap();
+        fresh.add_file("bootorder", b"/pci@i0cf8/*@3\n".to_vec()).unwrap();
+        let state = persist::assert_round_trip(&d, &mut fresh);
+        assert_eq!(state, FwCfgState { selector: 0x21, offset: 5, dma_high: 1 });
+        let next = |d: &mut FwCfg| -> Vec<u8> {
+            (0..12)
+                .map(|_| {
+                    let mut b = [0u8];
+                    d.read(PORT_DATA, &mut b);
+                    b[0]
+                })
+                .collect()
+        };
+        assert_eq!(next(&mut fresh), next(&mut d));
+        assert_eq!(fresh.save().offset, 15, "the offset stops at the item's end");
+    }
+
+    #[test]
+    fn an_offset_past_the_selected_item_is_refused() {
+        let (d, _) = configured();
+        let good = d.save();
+        // A machine described with a shorter bootorder file.
+        let (mut other, _) = dev();
+        other.add_file("etc/e820", vec![1; 40]).unwrap();
+        other.add_file("bootorder", b"/p".to_vec()).unwrap();
+        let e = persist::assert_refused(&mut other, &good);
+        assert_eq!(e.field, "offset");
+        // The selected file missing altogether, or an offset past the directory.
+        let (mut bare, _) = dev();
+        assert_eq!(persist::assert_refused(&mut bare, &good).field, "offset");
+        let dir = FwCfgState { selector: FW_CFG_FILE_DIR, offset: 5, ..good };
+        assert_eq!(persist::assert_refused(&mut bare, &dir).field, "offset", "an empty directory holds 4 bytes");
+        bare.restore(&FwCfgState { offset: 4, ..dir }).unwrap();
+        bare.restore(&FwCfgState { selector: 0x1234, offset: 0, dma_high: 7 }).unwrap();
     }
 }

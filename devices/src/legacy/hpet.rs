@@ -52,6 +52,8 @@
 
 use std::sync::Arc;
 
+use persist::{Persist, PersistError};
+
 use crate::access::fill_le;
 use crate::bus::BusDevice;
 use crate::clock::{ns_for_ticks, ticks_in, SharedClock, Timed};
@@ -133,6 +135,7 @@ const LOW_32: u64 = 0xffff_ffff;
 
 /// The state of one timer, for save and restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct HpetTimerState {
     /// Tn_CONF_CAP's writable bits.
     pub config: u64,
@@ -148,6 +151,7 @@ pub struct HpetTimerState {
 
 /// The state of the HPET, for save and restore. Times are clock nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct HpetState {
     /// GEN_CONF.
     pub config: u64,
@@ -502,47 +506,6 @@ impl Hpet {
         self.arm(n, now);
     }
 
-    /// The state, for a snapshot.
-    pub fn save(&self) -> HpetState {
-        self.s
-    }
-
-    /// Loads a saved state: drives the lines and the legacy replacement
-    /// switch to match it. Values no hardware holds are masked off.
-    pub fn restore(&mut self, state: &HpetState) {
-        let legacy_before = self.legacy();
-        self.s = *state;
-        self.s.config &= GEN_CONF_WRITABLE;
-        self.s.status &= (1 << HPET_NUM_TIMERS) - 1;
-        for t in &mut self.s.timers {
-            t.config &= TN_WRITABLE;
-            let route = (t.config & TN_INT_ROUTE_CNF_MASK) >> TN_INT_ROUTE_CNF_SHIFT;
-            if HPET_INT_ROUTE_CAP & (1 << route) == 0 {
-                t.config &= !TN_INT_ROUTE_CNF_MASK;
-            }
-            if t.config & TN_32MODE_CNF != 0 {
-                t.comparator &= LOW_32;
-                t.period &= LOW_32;
-            }
-        }
-        let now = self.clock.now_ns();
-        let counter_valid = |m: Option<u128>| m.is_none_or(|m| m >= u128::from(self.s.counter_base));
-        if !self.enabled() || !self.s.timers.iter().all(|t| counter_valid(t.next_match)) {
-            self.arm_all(now);
-        }
-        if self.legacy() != legacy_before {
-            (self.legacy_hook)(self.legacy());
-        }
-        self.refresh_deadline();
-        // Re-drive every line from scratch.
-        for lines in &mut self.lines {
-            if let Some(line) = lines.asserted.take().and_then(|r| lines.line(r)) {
-                line.set_level(false);
-            }
-        }
-        self.update_lines();
-    }
-
     fn log_access(&self, offset: u64, size: usize) {
         if self.log.first(Misuse::AccessSize) {
             tracing::warn!(
@@ -593,6 +556,94 @@ impl Hpet {
                 "HPET: a timer with interrupts enabled has no route set; interrupt dropped (logged once)"
             );
         }
+    }
+}
+
+/// The part name the HPET's errors carry.
+const PART: &str = "HPET";
+
+/// Fails unless `value` sets only bits of `allowed`.
+fn check_bits(field: &'static str, value: u64, allowed: u64) -> Result<(), PersistError> {
+    PersistError::check(value & !allowed == 0, PART, field, || {
+        format!("is {value:#x}, with bits outside {allowed:#x} set")
+    })
+}
+
+impl HpetTimerState {
+    /// Checks a timer against what its registers can hold: writable
+    /// configuration bits, a route in Tn_INT_ROUTE_CAP (or the power-on
+    /// route 0), 32-bit values in 32-bit mode, and a next match exactly
+    /// while the counter runs, not behind the counter's base.
+    fn check(&self, enabled: bool, counter_base: u64) -> Result<(), PersistError> {
+        check_bits("timers.config", self.config, TN_WRITABLE)?;
+        let route = (self.config & TN_INT_ROUTE_CNF_MASK) >> TN_INT_ROUTE_CNF_SHIFT;
+        PersistError::check(route == 0 || HPET_INT_ROUTE_CAP & (1 << route) != 0, PART, "timers.config", || {
+            format!("routes to I/O APIC input {route}, outside Tn_INT_ROUTE_CAP {HPET_INT_ROUTE_CAP:#x}")
+        })?;
+        if self.config & TN_32MODE_CNF != 0 {
+            PersistError::check_max(PART, "timers.comparator", self.comparator, LOW_32)?;
+            PersistError::check_max(PART, "timers.period", self.period, LOW_32)?;
+        }
+        PersistError::check(self.next_match.is_some() == enabled, PART, "timers.next_match", || {
+            format!("is {:?} while the counter is {}", self.next_match, if enabled { "running" } else { "halted" })
+        })?;
+        PersistError::check(
+            self.next_match.is_none_or(|m| m >= u128::from(counter_base)),
+            PART,
+            "timers.next_match",
+            || format!("{:?} is behind the counter's base {counter_base}", self.next_match),
+        )
+    }
+}
+
+/// Restore checks GEN_CONF's and GINTR_STA's bits and each timer's:
+/// writable configuration bits, a route in Tn_INT_ROUTE_CAP (or the
+/// power-on route 0), 32-bit values in 32-bit mode, and a next match
+/// exactly while the counter runs, not behind the counter's base. Then it
+/// tells the chipset about a change of LegacyReplacement, recomputes the
+/// next deadline and re-drives every level-mode line from the status bits.
+impl Persist for Hpet {
+    type State = HpetState;
+
+    fn save(&self) -> HpetState {
+        self.s
+    }
+
+    fn restore(&mut self, state: &HpetState) -> Result<(), PersistError> {
+        Self::check_state(state)?;
+        self.load_state(state);
+        Ok(())
+    }
+}
+
+impl Hpet {
+    /// The checks of [`Persist::restore`], changing nothing.
+    pub(crate) fn check_state(state: &HpetState) -> Result<(), PersistError> {
+        check_bits("config", state.config, GEN_CONF_WRITABLE)?;
+        check_bits("status", state.status, (1 << HPET_NUM_TIMERS) - 1)?;
+        let enabled = state.config & ENABLE_CNF != 0;
+        for t in &state.timers {
+            t.check(enabled, state.counter_base)?;
+        }
+        Ok(())
+    }
+
+    /// Loads a state [`Hpet::check_state`] passed, with its side effects
+    /// (the legacy switch, the deadline, the lines).
+    pub(crate) fn load_state(&mut self, state: &HpetState) {
+        let legacy_before = self.legacy();
+        self.s = *state;
+        if self.legacy() != legacy_before {
+            (self.legacy_hook)(self.legacy());
+        }
+        self.refresh_deadline();
+        // Re-drive every line from scratch.
+        for lines in &mut self.lines {
+            if let Some(line) = lines.asserted.take().and_then(|r| lines.line(r)) {
+                line.set_level(false);
+            }
+        }
+        self.update_lines();
     }
 }
 
@@ -655,384 +706,4 @@ impl BusDevice for Hpet {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clock::{Clock, ManualClock, NANOS_PER_SEC};
-    use crate::irq::RecordingIrq;
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    /// An HPET on a fake clock whose lines are recorded per controller input.
-    struct Rig {
-        hpet: Hpet,
-        clock: Arc<ManualClock>,
-        inputs: Arc<Vec<Arc<RecordingIrq>>>,
-        legacy_on: Arc<AtomicU32>,
-        legacy_off: Arc<AtomicU32>,
-    }
-
-    const TIMER0_ROUTED_TO_PIN2: u64 = 2 << TN_INT_ROUTE_CNF_SHIFT;
-
-    impl Rig {
-        fn new() -> Self {
-            let clock = Arc::new(ManualClock::new(1_000));
-            let inputs: Arc<Vec<Arc<RecordingIrq>>> =
-                Arc::new((0..24).map(|_| Arc::new(RecordingIrq::new())).collect());
-            let legacy_on = Arc::new(AtomicU32::new(0));
-            let legacy_off = Arc::new(AtomicU32::new(0));
-            let lines = Arc::clone(&inputs);
-            let (on, off) = (Arc::clone(&legacy_on), Arc::clone(&legacy_off));
-            let hpet = Hpet::new(
-                clock.clone(),
-                &move |irq| -> Arc<dyn IrqLine> { lines[irq as usize].clone() },
-                Box::new(move |legacy| {
-                    if legacy {
-                        on.fetch_add(1, Ordering::SeqCst);
-                    } else {
-                        off.fetch_add(1, Ordering::SeqCst);
-                    }
-                }),
-            );
-            Self { hpet, clock, inputs, legacy_on, legacy_off }
-        }
-        fn r64(&mut self, reg: u64) -> u64 {
-            let mut d = [0u8; 8];
-            self.hpet.read(reg, &mut d);
-            u64::from_le_bytes(d)
-        }
-        fn r32(&mut self, reg: u64) -> u32 {
-            let mut d = [0u8; 4];
-            self.hpet.read(reg, &mut d);
-            u32::from_le_bytes(d)
-        }
-        fn w64(&mut self, reg: u64, v: u64) {
-            self.hpet.write(reg, &v.to_le_bytes());
-        }
-        fn w32(&mut self, reg: u64, v: u32) {
-            self.hpet.write(reg, &v.to_le_bytes());
-        }
-        fn conf(n: u64) -> u64 {
-            TIMER_BASE + n * TIMER_STRIDE + TN_CONF_CAP
-        }
-        fn cmp(n: u64) -> u64 {
-            TIMER_BASE + n * TIMER_STRIDE + TN_COMPARATOR
-        }
-        /// The run loop: move the clock to `t` ns after the start and poll.
-        fn run_to(&mut self, t: u64) {
-            let now = 1_000 + t;
-            self.clock.set(now);
-            if self.hpet.next_deadline_ns().is_some_and(|d| d <= now) {
-                self.hpet.tick(now);
-            }
-        }
-        fn pulses(&self, input: usize) -> u32 {
-            self.inputs[input].pulses()
-        }
-        fn level(&self, input: usize) -> bool {
-            self.inputs[input].level()
-        }
-    }
-
-    #[test]
-    fn capabilities_name_a_100_mhz_64_bit_counter_with_three_timers() {
-        let mut h = Rig::new();
-        assert_eq!(h.r64(GCAP_ID), 0x0098_9680_8086_a201);
-        assert_eq!(h.r32(GCAP_ID), 0x8086_a201, "the event timer block ID the ACPI table repeats");
-        assert_eq!(u64::from(h.r32(GCAP_ID + 4)), HPET_PERIOD_FS);
-        assert_eq!(HPET_HZ, 100_000_000);
-        h.w64(GCAP_ID, 0);
-        assert_eq!(h.r64(GCAP_ID), HPET_GCAP_ID, "read-only");
-        for n in 0..3 {
-            let caps = h.r64(Rig::conf(n));
-            assert_eq!(caps & (TN_PER_INT_CAP | TN_SIZE_CAP), TN_PER_INT_CAP | TN_SIZE_CAP);
-            assert_eq!(caps >> 32, u64::from(HPET_INT_ROUTE_CAP));
-            assert_eq!(caps & (1 << 15), 0, "no FSB delivery");
-            assert_eq!(h.r64(Rig::cmp(n)), u64::MAX, "comparators reset to all ones");
-        }
-        assert_eq!(h.r64(GEN_CONF), 0);
-        assert_eq!(h.r64(0x0f8), 0, "reserved space reads as zero");
-        h.w64(0x0f8, u64::MAX);
-        assert_eq!(h.r64(0x0f8), 0);
-    }
-
-    #[test]
-    fn counter_runs_at_the_advertised_period_only_while_enabled() {
-        let mut h = Rig::new();
-        h.run_to(NANOS_PER_SEC);
-        assert_eq!(h.r64(MAIN_CNT), 0, "halted at power-on");
-        h.w64(GEN_CONF, ENABLE_CNF);
-        h.run_to(2 * NANOS_PER_SEC);
-        assert_eq!(h.r64(MAIN_CNT), HPET_HZ, "one second of 10 ns ticks");
-        h.run_to(2 * NANOS_PER_SEC + 25);
-        assert_eq!(h.r64(MAIN_CNT), HPET_HZ + 2);
-        h.w64(MAIN_CNT, 5);
-        assert_eq!(h.r64(MAIN_CNT), HPET_HZ + 2, "not writable while running");
-        h.w64(GEN_CONF, 0);
-        h.run_to(3 * NANOS_PER_SEC);
-        assert_eq!(h.r64(MAIN_CNT), HPET_HZ + 2, "halted");
-        h.w32(MAIN_CNT + 4, 0xffff_ffff);
-        h.w32(MAIN_CNT, 0xffff_fffe);
-        assert_eq!(h.r64(MAIN_CNT), u64::MAX - 1, "writable in halves while halted");
-        assert_eq!(h.r32(MAIN_CNT + 4), 0xffff_ffff);
-        h.w64(GEN_CONF, ENABLE_CNF);
-        h.run_to(3 * NANOS_PER_SEC + 30);
-        assert_eq!(h.r64(MAIN_CNT), 1, "the 64-bit counter wraps");
-    }
-
-    #[test]
-    fn one_shot_fires_once() {
-        let mut h = Rig::new();
-        h.w64(Rig::conf(0), TN_INT_ENB_CNF | TIMER0_ROUTED_TO_PIN2);
-        h.w64(Rig::cmp(0), 1_000);
-        assert_eq!(h.hpet.next_deadline_ns(), None, "the counter is halted");
-        h.w64(GEN_CONF, ENABLE_CNF);
-        assert_eq!(h.hpet.next_deadline_ns(), Some(1_000 + 10_000), "1000 ticks of 10 ns");
-        h.run_to(9_999);
-        assert_eq!(h.pulses(0), 0);
-        h.run_to(10_000);
-        assert_eq!(h.pulses(0), 1, "pin 2 is ISA IRQ0's input");
-        for t in 1..=10 {
-            h.run_to(10_000 + t * NANOS_PER_SEC);
-        }
-        assert_eq!(h.pulses(0), 1, "a 64-bit comparator matches once in 5,800 years");
-        assert_eq!(h.hpet.next_deadline_ns(), None);
-        assert_eq!(h.r64(Rig::cmp(0)), 1_000, "a one-shot comparator stays put");
-        assert_eq!(h.r64(GINTR_STA), 0, "edge mode sets no status");
-        // Rearming: a new comparator value.
-        let now = h.r64(MAIN_CNT);
-        h.w64(Rig::cmp(0), now + 100);
-        h.run_to(10_000 + 10 * NANOS_PER_SEC + 1_000);
-        assert_eq!(h.pulses(0), 2);
-        // Interrupts disabled: the match happens, nothing is raised.
-        h.w64(Rig::conf(0), TIMER0_ROUTED_TO_PIN2);
-        let now = h.r64(MAIN_CNT);
-        h.w64(Rig::cmp(0), now + 100);
-        h.run_to(10_000 + 11 * NANOS_PER_SEC);
-        assert_eq!(h.pulses(0), 2);
-    }
-
-    #[test]
-    fn periodic_reloads_from_the_accumulator() {
-        let mut h = Rig::new();
-        // Linux's sequence: VAL_SET, the first comparator, then the period.
-        h.w64(Rig::conf(2), TN_INT_ENB_CNF | TN_TYPE_CNF | TN_VAL_SET_CNF | (16 << TN_INT_ROUTE_CNF_SHIFT));
-        h.w64(Rig::cmp(2), 1_000);
-        assert_eq!(h.r64(Rig::conf(2)) & TN_VAL_SET_CNF, 0, "VAL_SET clears itself");
-        h.w64(Rig::cmp(2), 500);
-        assert_eq!(h.r64(Rig::cmp(2)), 1_000, "without VAL_SET only the accumulator changes");
-        h.w64(GEN_CONF, ENABLE_CNF);
-        h.run_to(10_000);
-        assert_eq!(h.pulses(16), 1);
-        assert_eq!(h.r64(Rig::cmp(2)), 1_500, "the comparator grew by the period");
-        for (t, n) in [(14_999, 1), (15_000, 2), (20_000, 3), (25_000, 4)] {
-            h.run_to(t);
-            assert_eq!(h.pulses(16), n, "at {t} ns");
-        }
-        assert_eq!(h.hpet.next_deadline_ns(), Some(1_000 + 30_000));
-        // A slow host: late periods come one per poll, in order.
-        h.run_to(42_000);
-        assert_eq!(h.pulses(16), 5);
-        h.run_to(42_000);
-        assert_eq!(h.pulses(16), 6);
-        h.run_to(42_000);
-        assert_eq!(h.pulses(16), 7);
-        h.run_to(42_000);
-        assert_eq!(h.pulses(16), 7, "caught up");
-        // More than a second behind: skip to the next period in the future.
-        h.run_to(5 * NANOS_PER_SEC + 2_000);
-        assert_eq!(h.pulses(16), 8);
-        assert_eq!(h.hpet.next_deadline_ns(), Some(1_000 + 5 * NANOS_PER_SEC + 5_000));
-        assert_eq!(h.r64(Rig::cmp(2)), 500 * 1_000_001);
-        // Back to one-shot: it fires at the comparator once.
-        h.w64(Rig::conf(2), TN_INT_ENB_CNF | (16 << TN_INT_ROUTE_CNF_SHIFT));
-        h.run_to(5 * NANOS_PER_SEC + 5_000);
-        h.run_to(6 * NANOS_PER_SEC);
-        assert_eq!(h.pulses(16), 9);
-    }
-
-    #[test]
-    fn thirty_two_bit_mode_wraps() {
-        let mut h = Rig::new();
-        h.w64(MAIN_CNT, 0xffff_ff00);
-        h.w64(Rig::conf(1), TN_INT_ENB_CNF | TN_32MODE_CNF | (8 << TN_INT_ROUTE_CNF_SHIFT));
-        assert_eq!(h.r64(Rig::cmp(1)), 0xffff_ffff, "the comparator's upper half is cleared");
-        h.w32(Rig::cmp(1) + 4, 0x1234);
-        assert_eq!(h.r32(Rig::cmp(1) + 4), 0, "and stays zero in 32-bit mode");
-        h.w64(Rig::cmp(1), 0xdead_0000_0010);
-        assert_eq!(h.r64(Rig::cmp(1)), 0x10);
-        h.w64(GEN_CONF, ENABLE_CNF);
-        // 0x110 ticks to the low 32 bits' wrap to 0x10.
-        assert_eq!(h.hpet.next_deadline_ns(), Some(1_000 + 0x110 * 10));
-        h.run_to(0x110 * 10);
-        assert_eq!(h.pulses(8), 1);
-        assert_eq!(h.r64(MAIN_CNT), 0x1_0000_0010, "the main counter itself has 64 bits");
-        // One-shot in 32-bit mode matches again when the low half comes round.
-        let again = 1_000 + (0x110 + (1u64 << 32)) * 10;
-        assert_eq!(h.hpet.next_deadline_ns(), Some(again));
-        h.run_to(again - 1_000 - 1);
-        assert_eq!(h.pulses(8), 1);
-        h.run_to(again - 1_000);
-        assert_eq!(h.pulses(8), 2);
-
-        // Periodic in 32-bit mode: the comparator wraps with the counter.
-        let mut h = Rig::new();
-        h.w64(MAIN_CNT, 0xffff_ff00);
-        h.w64(Rig::conf(0), TN_INT_ENB_CNF | TN_TYPE_CNF | TN_VAL_SET_CNF | TN_32MODE_CNF | TIMER0_ROUTED_TO_PIN2);
-        h.w32(Rig::cmp(0), 0xffff_ff80);
-        h.w32(Rig::cmp(0), 0x100);
-        h.w64(GEN_CONF, ENABLE_CNF);
-        h.run_to(0x80 * 10);
-        assert_eq!(h.r64(Rig::cmp(0)), 0x80, "0xffffff80 + 0x100 in 32 bits");
-        h.run_to(0x180 * 10);
-        assert_eq!(h.pulses(0), 2);
-        assert_eq!(h.r64(Rig::cmp(0)), 0x180);
-    }
-
-    #[test]
-    fn legacy_replacement_routes_timers_0_and_1_to_irq0_and_irq8() {
-        let mut h = Rig::new();
-        h.w64(Rig::conf(0), TN_INT_ENB_CNF | (16 << TN_INT_ROUTE_CNF_SHIFT));
-        h.w64(Rig::conf(1), TN_INT_ENB_CNF | (17 << TN_INT_ROUTE_CNF_SHIFT));
-        h.w64(Rig::conf(2), TN_INT_ENB_CNF | (18 << TN_INT_ROUTE_CNF_SHIFT));
-        for n in 0..3 {
-            h.w64(Rig::cmp(n), 100 * (n + 1));
-        }
-        h.w64(GEN_CONF, ENABLE_CNF | LEG_RT_CNF);
-        assert_eq!(h.legacy_on.load(Ordering::SeqCst), 1, "the 8254 and RTC lines are disconnected");
-        assert_eq!(h.r64(GEN_CONF), ENABLE_CNF | LEG_RT_CNF);
-        h.run_to(3_000);
-        assert_eq!((h.pulses(0), h.pulses(8), h.pulses(16), h.pulses(17)), (1, 1, 0, 0));
-        assert_eq!(h.pulses(18), 1, "timer 2 keeps its own route");
-        h.w64(GEN_CONF, ENABLE_CNF);
-        assert_eq!(h.legacy_off.load(Ordering::SeqCst), 1, "reconnected");
-        let now = h.r64(MAIN_CNT);
-        h.w64(Rig::cmp(0), now + 10);
-        h.w64(Rig::cmp(1), now + 10);
-        h.run_to(4_000);
-        assert_eq!((h.pulses(0), h.pulses(8), h.pulses(16), h.pulses(17)), (1, 1, 1, 1));
-        // Level mode: switching the route moves the asserted line.
-        h.w64(Rig::conf(0), TN_INT_ENB_CNF | TN_INT_TYPE_CNF | (16 << TN_INT_ROUTE_CNF_SHIFT));
-        let now = h.r64(MAIN_CNT);
-        h.w64(Rig::cmp(0), now + 10);
-        h.run_to(5_000);
-        assert!(h.level(16));
-        h.w64(GEN_CONF, ENABLE_CNF | LEG_RT_CNF);
-        assert!(!h.level(16) && h.level(0), "the held interrupt follows the legacy route");
-        h.w64(GINTR_STA, 1);
-        assert!(!h.level(0));
-    }
-
-    #[test]
-    fn level_status_is_write_one_to_clear_and_holds_the_line() {
-        let mut h = Rig::new();
-        let route = 20 << TN_INT_ROUTE_CNF_SHIFT;
-        h.w64(Rig::conf(2), TN_INT_TYPE_CNF | route);
-        h.w64(Rig::cmp(2), 100);
-        h.w64(GEN_CONF, ENABLE_CNF);
-        h.run_to(1_000);
-        assert_eq!(h.r64(GINTR_STA), 1 << 2, "the status is set with interrupts disabled");
-        assert!(!h.level(20), "but the line stays low");
-        h.w64(Rig::conf(2), TN_INT_TYPE_CNF | TN_INT_ENB_CNF | route);
-        assert!(h.level(20), "enabling the interrupt asserts it");
-        h.run_to(NANOS_PER_SEC);
-        assert!(h.level(20), "held until cleared");
-        h.w64(GINTR_STA, 0b011);
-        assert!(h.level(20), "writing 0 to its bit leaves it");
-        h.w32(GINTR_STA, 0b100);
-        assert_eq!(h.r64(GINTR_STA), 0);
-        assert!(!h.level(20));
-        assert_eq!(h.inputs[20].raises(), 1);
-        // Disabling the whole block lowers a held line; enabling raises it again.
-        let now = h.r64(MAIN_CNT);
-        h.w64(Rig::cmp(2), now + 1);
-        h.run_to(NANOS_PER_SEC + 100);
-        assert!(h.level(20));
-        h.w64(GEN_CONF, 0);
-        assert!(!h.level(20));
-        assert_eq!(h.r64(GINTR_STA), 1 << 2);
-        h.w64(GEN_CONF, ENABLE_CNF);
-        assert!(h.level(20));
-    }
-
-    #[test]
-    fn routes_outside_the_capabilities_do_not_take() {
-        let mut h = Rig::new();
-        h.w64(Rig::conf(0), TN_INT_ENB_CNF | (16 << TN_INT_ROUTE_CNF_SHIFT));
-        h.w64(Rig::conf(0), TN_INT_ENB_CNF | (5 << TN_INT_ROUTE_CNF_SHIFT));
-        assert_eq!((h.r64(Rig::conf(0)) & TN_INT_ROUTE_CNF_MASK) >> TN_INT_ROUTE_CNF_SHIFT, 16);
-        // FSB enable and the capability bits are read-only.
-        h.w64(Rig::conf(0), u64::MAX);
-        let c = h.r64(Rig::conf(0));
-        assert_eq!(c & (1 << 14), 0);
-        assert_eq!(c >> 32, u64::from(HPET_INT_ROUTE_CAP));
-        // Route 0 (the power-on value) reaches no line: the interrupt is dropped.
-        let mut h = Rig::new();
-        h.w64(Rig::conf(2), TN_INT_ENB_CNF);
-        h.w64(Rig::cmp(2), 1);
-        h.w64(GEN_CONF, ENABLE_CNF);
-        h.run_to(1_000);
-        assert!(h.inputs.iter().all(|l| l.pulses() == 0));
-        // The FSB route register keeps what is written.
-        h.w64(TIMER_BASE + 2 * TIMER_STRIDE + TN_FSB_INT_ROUTE, 0xfee0_0000_0000_0041);
-        assert_eq!(h.r64(TIMER_BASE + 2 * TIMER_STRIDE + TN_FSB_INT_ROUTE), 0xfee0_0000_0000_0041);
-    }
-
-    #[test]
-    fn bad_sizes_and_misaligned_accesses_are_ignored() {
-        let mut h = Rig::new();
-        for size in [1usize, 2, 3, 16] {
-            let mut d = vec![0u8; size];
-            h.hpet.read(GCAP_ID, &mut d);
-            assert!(d.iter().all(|&b| b == 0xff), "{size}-byte read");
-            h.hpet.write(GEN_CONF, &vec![0xffu8; size]);
-        }
-        let mut d = [0u8; 8];
-        h.hpet.read(GCAP_ID + 4, &mut d);
-        assert_eq!(d, [0xff; 8], "a misaligned 8-byte read");
-        h.hpet.write(GEN_CONF + 4, &[0xff; 8]);
-        h.hpet.write(GEN_CONF + 2, &[0xff; 4]);
-        h.hpet.read(HPET_MMIO_LEN, &mut d);
-        assert_eq!(h.r64(GEN_CONF), 0, "none of those writes landed");
-        assert_eq!(h.legacy_on.load(Ordering::SeqCst), 0);
-    }
-
-    #[test]
-    fn state_saves_and_restores() {
-        let mut h = Rig::new();
-        h.w64(Rig::conf(0), TN_INT_ENB_CNF | TN_TYPE_CNF | TN_VAL_SET_CNF | TIMER0_ROUTED_TO_PIN2);
-        h.w64(Rig::cmp(0), 1_000);
-        h.w64(Rig::cmp(0), 1_000);
-        h.w64(Rig::conf(2), TN_INT_ENB_CNF | TN_INT_TYPE_CNF | (21 << TN_INT_ROUTE_CNF_SHIFT));
-        h.w64(Rig::cmp(2), 50);
-        h.w64(GEN_CONF, ENABLE_CNF | LEG_RT_CNF);
-        h.run_to(10_000);
-        let saved = h.hpet.save();
-        assert_eq!(saved.status, 1 << 2);
-        assert!(h.level(21));
-
-        let mut other = Rig::new();
-        other.clock.set(h.clock.now_ns());
-        other.hpet.restore(&saved);
-        assert_eq!(other.hpet.save(), saved);
-        assert!(other.level(21), "the held level interrupt is driven again");
-        assert_eq!(other.legacy_on.load(Ordering::SeqCst), 1, "and the legacy switch");
-        assert_eq!(other.r64(MAIN_CNT), h.r64(MAIN_CNT));
-        assert_eq!(other.hpet.next_deadline_ns(), h.hpet.next_deadline_ns());
-        other.run_to(20_000);
-        assert_eq!(other.pulses(0), 1, "timer 0 goes on with its period on IRQ0");
-
-        // Back to power-on: everything off and the legacy lines reconnected.
-        other.hpet.restore(&HpetState::power_on());
-        assert!(!other.level(21));
-        assert_eq!(other.legacy_off.load(Ordering::SeqCst), 1);
-        // Garbage is masked to what hardware could hold.
-        let mut bad = saved;
-        bad.config = u64::MAX;
-        bad.status = u64::MAX;
-        bad.timers[1].config = u64::MAX;
-        other.hpet.restore(&bad);
-        let s = other.hpet.save();
-        assert_eq!((s.config, s.status), (GEN_CONF_WRITABLE, 0b111));
-        assert_eq!(s.timers[1].config & TN_INT_ROUTE_CNF_MASK, 0, "route 31 is not a capability");
-        assert!(format!("{:?}", other.hpet).contains("Hpet"));
-    }
-}
+mod tests;

@@ -31,6 +31,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use persist::{Persist, PersistError};
+
 use crate::bus::{BusDevice, SharedDevice};
 use crate::irq::IrqLine;
 use crate::legacy::port92::A20Gate;
@@ -141,6 +143,7 @@ const TYPEMATIC_DEFAULT: u8 = 0x2b;
 
 /// Who put a byte in the output buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Source {
     /// The controller or the keyboard (IRQ1).
     Keyboard,
@@ -150,6 +153,7 @@ pub enum Source {
 
 /// What the next byte written to port 0x60 is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum DataTarget {
     /// The keyboard.
     Keyboard,
@@ -169,6 +173,7 @@ pub enum DataTarget {
 
 /// A keyboard command waiting for its parameter byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum KeyboardParam {
     /// Set LEDs (EDh).
     Leds,
@@ -180,10 +185,12 @@ pub enum KeyboardParam {
 
 /// The state of the controller and keyboard, for save and restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct I8042State {
     /// The command byte.
     pub ctr: u8,
-    /// The output port's stored bits.
+    /// The output port's stored bits, bit 1 being the A20 gate's keyboard
+    /// controller input (which commands DDh and DFh change too).
     pub output_port: u8,
     /// The last write went to the command port.
     pub last_was_command: bool,
@@ -515,31 +522,68 @@ impl I8042 {
         }
     }
 
-    /// The state, for a snapshot.
-    pub fn save(&self) -> I8042State {
+    fn log_access(&self, offset: u64, size: usize) {
+        if self.log.first(Misuse::AccessSize) {
+            tracing::warn!(target: "devices", offset, size, "i8042: ports are one byte wide; access ignored (logged once)");
+        }
+    }
+}
+
+/// The part name the controller's errors carry.
+const PART: &str = "i8042";
+
+/// Restore checks the command byte's writable bits, the queue's length
+/// against the output buffer's, the RAM index of a pending write, the
+/// keyboard's scan-code set (1-3), LEDs (3 bits) and typematic byte (7
+/// bits); then it sets the A20 gate's keyboard input from the output port
+/// and drives IRQ1 and IRQ12 from the queue's head.
+impl Persist for I8042 {
+    type State = I8042State;
+
+    fn save(&self) -> I8042State {
         let mut s = self.s.clone();
         s.queue = self.queue.iter().copied().collect();
+        s.output_port = (s.output_port & !OUT_A20) | if self.a20.kbc() { OUT_A20 } else { 0 };
         s
     }
 
-    /// Loads a saved state and drives the IRQs and A20 to match.
-    pub fn restore(&mut self, state: &I8042State) {
+    fn restore(&mut self, state: &I8042State) -> Result<(), PersistError> {
+        Self::check_state(state)?;
+        self.load_state(state);
+        Ok(())
+    }
+}
+
+impl I8042 {
+    /// The checks of [`Persist::restore`], changing nothing.
+    pub(crate) fn check_state(state: &I8042State) -> Result<(), PersistError> {
+        PersistError::check(state.ctr & !CTR_WRITABLE == 0, PART, "ctr", || {
+            format!("is {:#04x}; bit 7 of the command byte is always 0", state.ctr)
+        })?;
+        PersistError::check_max(PART, "queue", state.queue.len(), QUEUE_LEN)?;
+        if let DataTarget::Ram(n) = state.data_target {
+            PersistError::check((1..32).contains(&n), PART, "data_target", || {
+                format!("names RAM byte {n}; commands 61h-7Fh write bytes 1-31")
+            })?;
+        }
+        PersistError::check((1..=3).contains(&state.kbd_scan_set), PART, "kbd_scan_set", || {
+            format!("is {}; the keyboard has scan-code sets 1-3", state.kbd_scan_set)
+        })?;
+        PersistError::check_max(PART, "kbd_leds", state.kbd_leds, 0b111)?;
+        PersistError::check_max(PART, "kbd_typematic", state.kbd_typematic, 0x7f)
+    }
+
+    /// Loads a state [`I8042::check_state`] passed.
+    pub(crate) fn load_state(&mut self, state: &I8042State) {
         self.s = state.clone();
-        self.s.ctr &= CTR_WRITABLE;
-        self.queue = state.queue.iter().copied().take(QUEUE_LEN).collect();
         self.s.queue.clear();
+        self.queue = state.queue.iter().copied().collect();
         self.a20.set_kbc(self.s.output_port & OUT_A20 != 0);
         self.kbd_level = false;
         self.aux_level = false;
         self.kbd_irq.set_level(false);
         self.aux_irq.set_level(false);
         self.update_irqs();
-    }
-
-    fn log_access(&self, offset: u64, size: usize) {
-        if self.log.first(Misuse::AccessSize) {
-            tracing::warn!(target: "devices", offset, size, "i8042: ports are one byte wide; access ignored (logged once)");
-        }
     }
 }
 
@@ -578,251 +622,4 @@ impl BusDevice for I8042 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::irq::RecordingIrq;
-
-    struct Rig {
-        kbc: I8042,
-        irq1: Arc<RecordingIrq>,
-        irq12: Arc<RecordingIrq>,
-        a20: Arc<A20Gate>,
-        events: Arc<VmEvents>,
-    }
-
-    impl Rig {
-        fn new() -> Self {
-            let irq1 = Arc::new(RecordingIrq::new());
-            let irq12 = Arc::new(RecordingIrq::new());
-            let a20 = A20Gate::new(true);
-            let events = Arc::new(VmEvents::new());
-            let kbc = I8042::new(irq1.clone(), irq12.clone(), a20.clone(), events.clone());
-            Self { kbc, irq1, irq12, a20, events }
-        }
-        fn cmd(&mut self, c: u8) {
-            self.kbc.write(COMMAND_OFFSET, &[c]);
-        }
-        fn data(&mut self, d: u8) {
-            self.kbc.write(0, &[d]);
-        }
-        fn status(&mut self) -> u8 {
-            let mut b = [0u8];
-            self.kbc.read(COMMAND_OFFSET, &mut b);
-            b[0]
-        }
-        /// Reads everything in the output buffer.
-        fn drain(&mut self) -> Vec<u8> {
-            let mut out = Vec::new();
-            while self.status() & STATUS_OBF != 0 {
-                let mut b = [0u8];
-                self.kbc.read(0, &mut b);
-                out.push(b[0]);
-            }
-            out
-        }
-        /// Runs a controller command as Linux's i8042_command does.
-        fn command(&mut self, c: u8, params: &[u8]) -> Vec<u8> {
-            self.cmd(c);
-            for &p in params {
-                self.data(p);
-            }
-            self.drain()
-        }
-    }
-
-    #[test]
-    fn linux_probe_sequence() {
-        let mut r = Rig::new();
-        assert!(r.drain().is_empty(), "flush finds nothing");
-        assert_eq!(r.command(CMD_SELF_TEST, &[]), vec![0x55]);
-        // Read the command byte twice (Linux wants two equal reads).
-        let ctr = r.command(CMD_READ_CTR, &[]);
-        assert_eq!(ctr, r.command(CMD_READ_CTR, &[]));
-        assert_eq!(ctr, vec![CTR_BIOS]);
-        let ctr = (ctr[0] & !CTR_KBD_INT) | CTR_KBD_DISABLE;
-        assert!(r.command(CMD_WRITE_CTR, &[ctr]).is_empty());
-        assert_eq!(r.command(CMD_READ_CTR, &[]), vec![ctr]);
-        // The aux checks say "no AUX port" without a timeout.
-        r.cmd(CMD_WRITE_AUX_OUTPUT);
-        r.data(0x5a);
-        let s = r.status();
-        assert_eq!(s & (STATUS_OBF | STATUS_AUXB), STATUS_OBF, "not aux data");
-        r.drain();
-        assert_eq!(r.command(CMD_AUX_TEST, &[]), vec![AUX_INTERFACE_NO_DEVICE]);
-        // The keyboard port.
-        assert_eq!(r.command(CMD_KBD_TEST, &[]), vec![0x00]);
-        let ctr = (ctr & !CTR_KBD_DISABLE) | CTR_KBD_INT;
-        r.command(CMD_WRITE_CTR, &[ctr]);
-        assert_eq!(r.irq12.raises(), 0);
-    }
-
-    #[test]
-    fn keyboard_answers_atkbd_probe() {
-        let mut r = Rig::new();
-        r.data(KBD_RESET);
-        assert_eq!(r.drain(), vec![KBD_ACK, KBD_BAT_OK]);
-        r.data(KBD_IDENTIFY);
-        assert_eq!(r.drain(), vec![KBD_ACK, 0xab, 0x41], "translated ID");
-        r.command(CMD_WRITE_CTR, &[CTR_KBD_INT]);
-        r.data(KBD_IDENTIFY);
-        assert_eq!(r.drain(), vec![KBD_ACK, 0xab, 0x83], "untranslated ID");
-        r.data(KBD_DISABLE);
-        r.data(KBD_SET_LEDS);
-        r.data(0x07);
-        r.data(KBD_SET_TYPEMATIC);
-        r.data(0x20);
-        r.data(KBD_ENABLE);
-        assert_eq!(r.drain(), vec![KBD_ACK; 6]);
-        assert_eq!(r.kbc.save().kbd_leds, 7);
-        r.data(KBD_SCAN_CODE_SET);
-        r.data(3);
-        r.data(KBD_SCAN_CODE_SET);
-        r.data(0);
-        assert_eq!(r.drain(), vec![KBD_ACK, KBD_ACK, KBD_ACK, KBD_ACK, 3]);
-        r.data(KBD_SCAN_CODE_SET);
-        r.data(9);
-        assert_eq!(r.drain(), vec![KBD_ACK, KBD_RESEND]);
-        r.data(KBD_ECHO);
-        r.data(KBD_RESEND);
-        r.data(0x12);
-        r.data(0xf8);
-        r.data(KBD_SET_DEFAULT);
-        assert_eq!(r.drain(), vec![KBD_ECHO, KBD_ECHO, KBD_RESEND, KBD_ACK, KBD_ACK]);
-    }
-
-    #[test]
-    fn each_byte_raises_irq1_anew() {
-        let mut r = Rig::new();
-        r.data(KBD_RESET);
-        assert!(r.irq1.level());
-        assert_eq!(r.irq1.raises(), 1);
-        r.drain();
-        assert_eq!(r.irq1.raises(), 2, "the second byte is a second edge");
-        assert!(!r.irq1.level());
-        r.cmd(CMD_WRITE_CTR);
-        r.data(0);
-        r.data(KBD_ECHO);
-        assert!(!r.irq1.level(), "IRQ1 disabled in the command byte");
-        assert_eq!(r.status() & STATUS_OBF, STATUS_OBF);
-    }
-
-    #[test]
-    fn status_bits() {
-        let mut r = Rig::new();
-        assert_eq!(r.status(), STATUS_NOT_INHIBITED | STATUS_SYS);
-        r.cmd(CMD_READ_CTR);
-        assert_eq!(r.status(), STATUS_NOT_INHIBITED | STATUS_SYS | STATUS_CMD | STATUS_OBF);
-        r.drain();
-        r.command(CMD_WRITE_CTR, &[0]);
-        assert_eq!(r.status(), STATUS_NOT_INHIBITED);
-    }
-
-    #[test]
-    fn port_enables_ram_and_misc_commands() {
-        let mut r = Rig::new();
-        r.cmd(CMD_KBD_DISABLE);
-        r.cmd(CMD_AUX_ENABLE);
-        let ctr = r.command(CMD_READ_CTR, &[])[0];
-        assert_eq!(ctr & (CTR_KBD_DISABLE | CTR_AUX_DISABLE), CTR_KBD_DISABLE);
-        r.cmd(CMD_KBD_ENABLE);
-        r.cmd(CMD_AUX_DISABLE);
-        let ctr = r.command(CMD_READ_CTR, &[])[0];
-        assert_eq!(ctr & (CTR_KBD_DISABLE | CTR_AUX_DISABLE), CTR_AUX_DISABLE);
-        r.command(0x65, &[0x99]);
-        assert_eq!(r.command(0x25, &[]), vec![0x99]);
-        assert_eq!(r.command(CMD_PASSWORD_INSTALLED, &[]), vec![NO_PASSWORD]);
-        assert_eq!(r.command(CMD_READ_INPUT_PORT, &[]), vec![INPUT_PORT]);
-        assert_eq!(r.command(CMD_READ_TEST_INPUTS, &[]), vec![0]);
-        assert_eq!(r.command(CMD_WRITE_KBD_OUTPUT, &[0x1c]), vec![0x1c]);
-        assert!(r.command(CMD_WRITE_AUX_DEVICE, &[0xff]).is_empty());
-        assert!(r.command(0xc8, &[]).is_empty(), "unknown command");
-        // A write to the keyboard re-enables its port.
-        r.cmd(CMD_KBD_DISABLE);
-        r.data(KBD_ECHO);
-        let ctr = r.command(CMD_READ_CTR, &[]);
-        assert_eq!(ctr[0] & CTR_KBD_DISABLE, 0, "{ctr:?}");
-        assert_eq!(r.irq12.raises(), 0);
-    }
-
-    #[test]
-    fn a20_through_the_output_port() {
-        let mut r = Rig::new();
-        let out = r.command(CMD_READ_OUTPUT_PORT, &[])[0];
-        assert_eq!(out & (OUT_A20 | OUT_RESET_HIGH), OUT_A20 | OUT_RESET_HIGH);
-        r.command(CMD_WRITE_OUTPUT_PORT, &[0xdd]);
-        assert!(!r.a20.enabled());
-        r.command(CMD_WRITE_OUTPUT_PORT, &[0xdf]);
-        assert!(r.a20.enabled());
-        r.cmd(CMD_A20_DISABLE);
-        assert!(!r.a20.enabled());
-        r.cmd(CMD_A20_ENABLE);
-        assert!(r.a20.enabled());
-        assert!(!r.events.pending());
-        r.cmd(CMD_READ_OUTPUT_PORT);
-        let mut b = [0u8];
-        r.kbc.read(0, &mut b);
-        assert_eq!(b[0] & OUT_OBF_KBD, 0, "the buffer emptied by this read");
-    }
-
-    #[test]
-    fn reset_lines() {
-        let mut r = Rig::new();
-        r.cmd(0xff); // pulse nothing
-        assert!(!r.events.pending());
-        r.cmd(0xfe);
-        assert_eq!(r.events.take(), Some(VmEvent::Reset));
-        r.command(CMD_WRITE_OUTPUT_PORT, &[0x02]);
-        assert_eq!(r.events.take(), Some(VmEvent::Reset));
-    }
-
-    #[test]
-    fn output_buffer_overflow_drops_bytes() {
-        let mut r = Rig::new();
-        for _ in 0..20 {
-            r.data(KBD_ECHO);
-        }
-        assert_eq!(r.drain().len(), QUEUE_LEN);
-        let mut b = [0u8];
-        r.kbc.read(0, &mut b);
-        assert_eq!(b, [0], "empty buffer");
-    }
-
-    #[test]
-    fn odd_accesses_and_state_round_trip() {
-        let mut r = Rig::new();
-        let mut w = [0u8; 2];
-        r.kbc.read(0, &mut w);
-        assert_eq!(w, [0xff, 0xff]);
-        r.kbc.write(0, &[1, 2]);
-        r.kbc.write(2, &[1]);
-        let mut b = [0u8];
-        r.kbc.read(2, &mut b);
-        assert_eq!(b, [0xff]);
-        r.data(KBD_IDENTIFY);
-        let state = r.kbc.save();
-        assert_eq!(state.queue.len(), 3);
-        let irq = Arc::new(RecordingIrq::new());
-        let mut other = I8042::new(irq.clone(), irq.clone(), A20Gate::new(false), r.events.clone());
-        other.restore(&state);
-        assert_eq!(other.save(), state);
-        assert!(irq.level());
-        assert_eq!(other.debug_label(), "i8042");
-        assert!(format!("{other:?}").contains("I8042"));
-    }
-
-    #[test]
-    fn mappings_cover_both_ports() {
-        let r = Rig::new();
-        let dev: SharedDevice = Arc::new(parking_lot::Mutex::new(r.kbc));
-        let maps = I8042::bus_mappings(&dev);
-        let mut pio = crate::bus::Bus::new();
-        let mut mmio = crate::bus::Bus::new();
-        for m in &maps {
-            m.insert_into(&mut pio, &mut mmio).unwrap();
-        }
-        pio.write(0x64, &[CMD_SELF_TEST]);
-        let mut b = [0u8];
-        pio.read(0x60, &mut b);
-        assert_eq!(b, [SELF_TEST_OK]);
-    }
-}
+mod tests;

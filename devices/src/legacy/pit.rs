@@ -40,6 +40,8 @@
 
 use std::sync::Arc;
 
+use persist::{Persist, PersistError};
+
 use crate::bus::{BusDevice, SharedDevice};
 use crate::clock::{ns_for_ticks, ticks_in, SharedClock, Timed};
 use crate::irq::IrqLine;
@@ -94,6 +96,7 @@ const BCD_MODULUS: u64 = 10_000;
 
 /// The state of one counter, for save and restore. Times are clock nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PitChannelState {
     /// Counter mode, 0-5.
     pub mode: u8,
@@ -127,6 +130,7 @@ pub struct PitChannelState {
 
 /// The state of the PIT and port 0x61, for save and restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PitState {
     /// Counters 0-2.
     pub channels: [PitChannelState; 3],
@@ -468,28 +472,6 @@ impl Pit {
         }
     }
 
-    /// The state, for a snapshot.
-    pub fn save(&self) -> PitState {
-        PitState {
-            channels: [self.channels[0].s, self.channels[1].s, self.channels[2].s],
-            port_b: self.port_b,
-            refresh: self.refresh,
-        }
-    }
-
-    /// Loads a saved state.
-    pub fn restore(&mut self, state: &PitState) {
-        for (ch, s) in self.channels.iter_mut().zip(state.channels) {
-            ch.s = s;
-            ch.s.mode = ch.s.mode.min(5);
-            ch.s.rw = if ch.s.rw == RW_LATCH { RW_WORD } else { ch.s.rw & CW_RW_MASK };
-            let m = ch.modulus();
-            ch.s.reload = ch.s.reload.clamp(1, m);
-        }
-        self.port_b = state.port_b & PORT_B_WRITABLE;
-        self.refresh = state.refresh;
-    }
-
     fn log_unimplemented(&self, offset: u64) {
         if self.log.first(Misuse::Unimplemented) {
             tracing::warn!(target: "devices", offset, "8254: no register there; access ignored (logged once)");
@@ -500,6 +482,84 @@ impl Pit {
         if self.log.first(Misuse::AccessSize) {
             tracing::warn!(target: "devices", offset, size, "8254: registers are one byte wide; access ignored (logged once)");
         }
+    }
+}
+
+/// The part name the PIT's errors carry.
+const PART: &str = "8254 PIT";
+
+impl PitChannelState {
+    /// Checks one counter's state: a mode of 0-5, an RW field of 1-3, a
+    /// reload value of 1-65536, a frozen count only on a
+    /// counter that was started, and byte flip-flops only in LSB-then-MSB
+    /// access.
+    fn check(&self) -> Result<(), PersistError> {
+        PersistError::check_max(PART, "mode", self.mode, 5)?;
+        PersistError::check((RW_LSB..=RW_WORD).contains(&self.rw), PART, "rw", || {
+            format!("is {}; the access mode is 1 (LSB), 2 (MSB) or 3 (LSB then MSB)", self.rw)
+        })?;
+        // A control word may switch to BCD with a binary count loaded, so
+        // the bound is the binary modulus in either mode.
+        PersistError::check((1..=BINARY_MODULUS).contains(&self.reload), PART, "reload", || {
+            format!("is {}, outside 1..={BINARY_MODULUS}", self.reload)
+        })?;
+        PersistError::check(self.paused_ticks.is_none() || self.start_ns.is_some(), PART, "paused_ticks", || {
+            "is set on a counter that never started".to_string()
+        })?;
+        PersistError::check(self.rw == RW_WORD || !(self.read_msb_next || self.write_msb_next), PART, "rw", || {
+            format!("is {} while a byte of a two-byte access is pending", self.rw)
+        })
+    }
+}
+
+/// Restore checks each counter (see [`PitChannelState`]'s fields), the
+/// gates (counters 0 and 1 have theirs tied high, counter 2's is port
+/// 0x61 bit 0) and port 0x61's writable bits. Deadlines and counts are
+/// computed from the restored times; IRQ0 is edge-only, so no line level
+/// is left to drive.
+impl Persist for Pit {
+    type State = PitState;
+
+    fn save(&self) -> PitState {
+        PitState {
+            channels: [self.channels[0].s, self.channels[1].s, self.channels[2].s],
+            port_b: self.port_b,
+            refresh: self.refresh,
+        }
+    }
+
+    fn restore(&mut self, state: &PitState) -> Result<(), PersistError> {
+        Self::check_state(state)?;
+        self.load_state(state);
+        Ok(())
+    }
+}
+
+impl Pit {
+    /// The checks of [`Persist::restore`], changing nothing.
+    pub(crate) fn check_state(state: &PitState) -> Result<(), PersistError> {
+        for ch in &state.channels {
+            ch.check()?;
+        }
+        PersistError::check(state.port_b & !PORT_B_WRITABLE == 0, PART, "port_b", || {
+            format!("is {:#04x}; only bits 3:0 of port 0x61 are kept", state.port_b)
+        })?;
+        let [c0, c1, c2] = &state.channels;
+        PersistError::check(c0.gate && c1.gate, PART, "gate", || {
+            "of counter 0 or 1 is low; both are tied high".into()
+        })?;
+        PersistError::check(c2.gate == (state.port_b & PORT_B_GATE2 != 0), PART, "gate", || {
+            "of counter 2 differs from port 0x61 bit 0".into()
+        })
+    }
+
+    /// Loads a state [`Pit::check_state`] passed.
+    pub(crate) fn load_state(&mut self, state: &PitState) {
+        for (ch, s) in self.channels.iter_mut().zip(state.channels) {
+            ch.s = s;
+        }
+        self.port_b = state.port_b;
+        self.refresh = state.refresh;
     }
 }
 
@@ -566,290 +626,4 @@ impl BusDevice for Pit {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::bus::Bus;
-    use crate::clock::{Clock, ManualClock};
-    use crate::irq::RecordingIrq;
-    use parking_lot::Mutex;
-
-    struct Rig {
-        clock: Arc<ManualClock>,
-        irq: Arc<RecordingIrq>,
-        pit: Arc<Mutex<Pit>>,
-        bus: Bus,
-    }
-
-    impl Rig {
-        fn new() -> Self {
-            let clock = Arc::new(ManualClock::new(1_000_000));
-            let irq = Arc::new(RecordingIrq::new());
-            let pit = Arc::new(Mutex::new(Pit::new(clock.clone(), irq.clone())));
-            let mut bus = Bus::new();
-            let mut mmio = Bus::new();
-            let shared: SharedDevice = pit.clone();
-            for m in Pit::bus_mappings(&shared) {
-                m.insert_into(&mut bus, &mut mmio).unwrap();
-            }
-            Self { clock, irq, pit, bus }
-        }
-        fn outb(&self, port: u64, v: u8) {
-            self.bus.write(port, &[v]);
-        }
-        fn inb(&self, port: u64) -> u8 {
-            let mut b = [0u8];
-            self.bus.read(port, &mut b);
-            b[0]
-        }
-        /// Advances the clock by `ticks` PIT ticks and polls like the run loop.
-        fn run_ticks(&self, ticks: u64) {
-            let now = self.clock.now_ns();
-            let start = self.pit.lock().channels[0].s.start_ns.unwrap_or(now);
-            let target = ticks_in(now - start, PIT_HZ) + ticks;
-            self.clock.set(start + ns_for_ticks(target, PIT_HZ));
-            self.poll();
-        }
-        fn poll(&self) {
-            let now = self.clock.now_ns();
-            let mut pit = self.pit.lock();
-            if pit.next_deadline_ns().is_some_and(|d| d <= now) {
-                pit.tick(now);
-            }
-        }
-        fn read_word(&self, port: u64) -> u16 {
-            let lo = self.inb(port);
-            let hi = self.inb(port);
-            u16::from_le_bytes([lo, hi])
-        }
-    }
-
-    #[test]
-    fn mode_2_rate_generator_fires_periodically() {
-        let r = Rig::new();
-        r.outb(0x43, 0x34); // counter 0, LSB/MSB, mode 2
-        r.outb(0x40, 0x9c); // 1193182 / 100 Hz = 11932 = 0x2e9c
-        r.outb(0x40, 0x2e);
-        let start = r.pit.lock().channels[0].s.start_ns.unwrap();
-        assert_eq!(r.pit.lock().next_deadline_ns(), Some(start + ns_for_ticks(11932, PIT_HZ)));
-        r.run_ticks(11931);
-        assert_eq!(r.irq.pulses(), 0);
-        r.run_ticks(1);
-        assert_eq!(r.irq.pulses(), 1);
-        r.run_ticks(11932);
-        assert_eq!(r.irq.pulses(), 2);
-        // Ten missed periods give ten edges, one per poll.
-        r.run_ticks(11932 * 10);
-        assert_eq!(r.irq.pulses(), 3);
-        for _ in 0..9 {
-            r.poll();
-        }
-        assert_eq!(r.irq.pulses(), 12);
-        r.poll();
-        assert_eq!(r.irq.pulses(), 12);
-        assert!(r.pit.lock().next_deadline_ns().unwrap() > r.clock.now_ns());
-        // More than a second behind: the backlog is dropped.
-        r.run_ticks(11932 * 150);
-        r.poll();
-        r.poll();
-        assert_eq!(r.irq.pulses(), 13);
-        assert!(r.pit.lock().next_deadline_ns().unwrap() > r.clock.now_ns());
-    }
-
-    #[test]
-    fn live_count_reads_follow_time() {
-        let r = Rig::new();
-        r.outb(0x43, 0x34);
-        r.outb(0x40, 0x00);
-        r.outb(0x40, 0x10); // 0x1000
-        r.run_ticks(0x100);
-        assert_eq!(r.read_word(0x40), 0x0f00);
-        r.outb(0x43, 0x00); // latch counter 0
-        r.run_ticks(0x10);
-        assert_eq!(r.read_word(0x40), 0x0f00, "the latch holds");
-        assert_eq!(r.read_word(0x40), 0x0ef0, "then reads go live again");
-    }
-
-    #[test]
-    fn lsb_only_and_msb_only_access() {
-        let r = Rig::new();
-        r.outb(0x43, 0x14); // counter 0, LSB only, mode 2
-        r.outb(0x40, 0x80);
-        assert_eq!(r.inb(0x40), 0x80);
-        r.outb(0x43, 0x24); // MSB only
-        r.outb(0x40, 0x02);
-        r.run_ticks(1);
-        assert_eq!(r.inb(0x40), 0x01, "0x0200 - 1 = 0x01ff: MSB 0x01");
-    }
-
-    #[test]
-    fn mode_0_fires_once_at_terminal_count() {
-        let r = Rig::new();
-        r.outb(0x43, 0x30);
-        assert!(r.pit.lock().next_deadline_ns().is_none(), "no count yet");
-        r.outb(0x40, 100);
-        r.outb(0x40, 0);
-        r.run_ticks(99);
-        assert_eq!(r.irq.pulses(), 0);
-        r.run_ticks(1);
-        assert_eq!(r.irq.pulses(), 1);
-        assert!(r.pit.lock().next_deadline_ns().is_none());
-        r.run_ticks(1000);
-        assert_eq!(r.irq.pulses(), 1);
-        // The count wraps on past zero.
-        assert_eq!(r.read_word(0x40), (0x1_0000u64 - 1000) as u16);
-    }
-
-    #[test]
-    fn mode_4_strobe_fires_one_tick_after_terminal_count() {
-        let r = Rig::new();
-        r.outb(0x43, 0x38);
-        r.outb(0x40, 10);
-        r.outb(0x40, 0);
-        r.run_ticks(10);
-        assert_eq!(r.irq.pulses(), 0);
-        r.run_ticks(1);
-        assert_eq!(r.irq.pulses(), 1);
-        r.run_ticks(100);
-        assert_eq!(r.irq.pulses(), 1);
-    }
-
-    #[test]
-    fn mode_3_square_wave_on_counter_2_and_port_b() {
-        let r = Rig::new();
-        r.outb(0x61, 0x03); // gate on, speaker on
-        r.outb(0x43, 0xb6); // counter 2, LSB/MSB, mode 3
-        r.outb(0x42, 100);
-        r.outb(0x42, 0);
-        let s = r.pit.lock().channels[2].s.start_ns.unwrap();
-        let out = |t: u64| {
-            r.clock.set(s + ns_for_ticks(t, PIT_HZ));
-            r.inb(0x61) & PORT_B_OUT2 != 0
-        };
-        assert!(out(0));
-        assert!(out(49));
-        assert!(!out(50));
-        assert!(!out(99));
-        assert!(out(100));
-        assert_eq!(r.irq.pulses(), 0, "counter 2 has no IRQ");
-        assert_eq!(r.inb(0x61) & 0x0f, 0x03);
-    }
-
-    #[test]
-    fn counter_2_gate_holds_mode_0_as_linux_calibration_expects() {
-        let r = Rig::new();
-        r.outb(0x61, 0x00); // gate off
-        r.outb(0x43, 0xb0); // counter 2, LSB/MSB, mode 0
-        r.outb(0x42, 0xff);
-        r.outb(0x42, 0xff);
-        r.clock.advance(10_000_000);
-        assert_eq!(r.read_word(0x42), 0xffff, "gate low: not counting");
-        assert_eq!(r.inb(0x61) & PORT_B_OUT2, 0);
-        r.outb(0x61, 0x01);
-        r.clock.advance(ns_for_ticks(0x100, PIT_HZ));
-        assert_eq!(r.read_word(0x42), 0xfeff);
-        r.outb(0x61, 0x00);
-        r.clock.advance(50_000_000);
-        assert_eq!(r.read_word(0x42), 0xfeff, "paused");
-        r.outb(0x61, 0x01);
-        r.clock.advance(ns_for_ticks(0xfeff, PIT_HZ));
-        assert_ne!(r.inb(0x61) & PORT_B_OUT2, 0, "terminal count reached");
-    }
-
-    #[test]
-    fn refresh_bit_toggles_on_reads() {
-        let r = Rig::new();
-        let a = r.inb(0x61) & PORT_B_REFRESH;
-        let b = r.inb(0x61) & PORT_B_REFRESH;
-        assert_ne!(a, b);
-        r.outb(0x61, 0xff);
-        assert_eq!(r.inb(0x61) & 0xcf, 0x0f, "bits 7:6 read 0");
-    }
-
-    #[test]
-    fn read_back_latches_status_then_count() {
-        let r = Rig::new();
-        r.outb(0x43, 0x34);
-        assert_eq!(
-            {
-                r.outb(0x43, 0xe2); // read-back status of counter 0
-                r.inb(0x40)
-            },
-            0x80 | 0x40 | 0x34,
-            "OUT high after the control word, null count before a count is written"
-        );
-        r.outb(0x40, 0x00);
-        r.outb(0x40, 0x01);
-        r.run_ticks(0x10);
-        r.outb(0x43, 0xc2); // count and status
-        assert_eq!(r.inb(0x40), 0x80 | 0x34, "OUT high, count loaded");
-        assert_eq!(r.read_word(0x40), 0x00f0);
-        // A second latch before reading is ignored.
-        r.outb(0x43, 0xd2);
-        r.run_ticks(0x10);
-        r.outb(0x43, 0xd2);
-        assert_eq!(r.read_word(0x40), 0x00f0, "the first latch holds");
-        assert_eq!(r.read_word(0x40), 0x00e0, "live again");
-    }
-
-    #[test]
-    fn bcd_counting() {
-        let r = Rig::new();
-        r.outb(0x43, 0x35); // mode 2, BCD
-        r.outb(0x40, 0x00);
-        r.outb(0x40, 0x10); // 1000 decimal
-        r.run_ticks(1);
-        assert_eq!(r.read_word(0x40), 0x0999);
-        assert_eq!(to_bcd(1234), 0x1234);
-        assert_eq!(from_bcd(0x9999), 9999);
-        r.outb(0x43, 0x31); // mode 0, BCD, count 0 = 10000
-        r.outb(0x40, 0);
-        r.outb(0x40, 0);
-        r.run_ticks(1);
-        assert_eq!(r.read_word(0x40), 0x9999);
-    }
-
-    #[test]
-    fn mode_1_waits_for_a_gate_trigger() {
-        let r = Rig::new();
-        r.outb(0x61, 0x00);
-        r.outb(0x43, 0xb2); // counter 2, mode 1
-        r.outb(0x42, 10);
-        r.outb(0x42, 0);
-        assert_ne!(r.inb(0x61) & PORT_B_OUT2, 0, "high while waiting");
-        r.outb(0x61, 0x01);
-        assert_eq!(r.inb(0x61) & PORT_B_OUT2, 0, "low after the trigger");
-        r.clock.advance(ns_for_ticks(10, PIT_HZ));
-        assert_ne!(r.inb(0x61) & PORT_B_OUT2, 0);
-    }
-
-    #[test]
-    fn odd_accesses_are_ignored() {
-        let r = Rig::new();
-        let mut w = [0u8; 2];
-        r.bus.read(0x40, &mut w);
-        assert_eq!(w, [0xff, 0xff]);
-        r.bus.write(0x40, &[1, 2]);
-        assert_eq!(r.inb(0x43), 0xff);
-        let mut pit = r.pit.lock();
-        let mut b = [0u8];
-        pit.read(0x10, &mut b);
-        pit.write(0x10, &[1]);
-        assert_eq!(b, [0xff]);
-        assert_eq!(pit.debug_label(), "8254 PIT");
-    }
-
-    #[test]
-    fn state_round_trips() {
-        let r = Rig::new();
-        r.outb(0x43, 0x34);
-        r.outb(0x40, 0x9c);
-        r.outb(0x40, 0x2e);
-        r.outb(0x61, 0x01);
-        let state = r.pit.lock().save();
-        let clock = Arc::new(ManualClock::new(0));
-        let mut other = Pit::new(clock, Arc::new(RecordingIrq::new()));
-        other.restore(&state);
-        assert_eq!(other.save(), state);
-        assert!(format!("{other:?}").contains("Pit"));
-    }
-}
+mod tests;

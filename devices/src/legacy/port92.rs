@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
+use persist::{Persist, PersistError};
 
 use crate::bus::BusDevice;
 use crate::log_once::{LogOnce, Misuse};
@@ -39,6 +40,9 @@ const P92_KEPT: u8 = 0b1100_1011;
 type A20Notify = Arc<dyn Fn(bool) + Send + Sync>;
 
 /// The A20 gate: enabled when the keyboard controller or port 0x92 says so.
+///
+/// It has no state of its own to save: its inputs are the i8042's output
+/// port and port 0x92's register, whose restores set them.
 #[derive(Default)]
 pub struct A20Gate {
     kbc: AtomicBool,
@@ -108,6 +112,7 @@ impl A20Gate {
 
 /// The state of port 0x92, for save and restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Port92State {
     /// The register's kept bits.
     pub value: u8,
@@ -133,15 +138,36 @@ impl Port92 {
         let value = if a20.fast() { P92_A20 } else { 0 };
         Self { value, a20, events, log: LogOnce::new() }
     }
+}
 
-    /// The state, for a snapshot.
-    pub fn save(&self) -> Port92State {
+/// Restore refuses bits the register does not keep (5:4 and 2) and sets
+/// the A20 gate's port 0x92 input from bit 1. It files no reset: bit 0 as
+/// saved is the level a later write's edge is measured from.
+impl Persist for Port92 {
+    type State = Port92State;
+
+    fn save(&self) -> Port92State {
         Port92State { value: self.value }
     }
 
-    /// Loads a saved state and sets the A20 input to match.
-    pub fn restore(&mut self, state: &Port92State) {
-        self.value = state.value & P92_KEPT;
+    fn restore(&mut self, state: &Port92State) -> Result<(), PersistError> {
+        Self::check_state(state)?;
+        self.load_state(state);
+        Ok(())
+    }
+}
+
+impl Port92 {
+    /// The checks of [`Persist::restore`], changing nothing.
+    pub(crate) fn check_state(state: &Port92State) -> Result<(), PersistError> {
+        PersistError::check(state.value & !P92_KEPT == 0, "port 0x92", "value", || {
+            format!("is {:#04x}, with bits outside {P92_KEPT:#04x} set", state.value)
+        })
+    }
+
+    /// Loads a state [`Port92::check_state`] passed and sets the A20 input.
+    pub(crate) fn load_state(&mut self, state: &Port92State) {
+        self.value = state.value;
         self.a20.set_fast(self.value & P92_A20 != 0);
     }
 }
@@ -226,7 +252,7 @@ mod tests {
         assert_eq!(b, [P92_KEPT]);
         let state = p.save();
         p.write(0, &[0]);
-        p.restore(&state);
+        p.restore(&state).unwrap();
         assert_eq!(p.save(), state);
         assert!(gate.fast());
         let mut w = [0u8; 2];
@@ -235,5 +261,37 @@ mod tests {
         p.write(0, &[0, 0]);
         assert!(gate.fast());
         assert_eq!(p.debug_label(), "port 0x92");
+    }
+
+    #[test]
+    fn the_persisted_state_round_trips_and_drives_a20() {
+        let events = Arc::new(VmEvents::new());
+        let gate = A20Gate::new(false);
+        let mut p = Port92::new(gate.clone(), events.clone());
+        p.write(0, &[0xc0 | P92_A20 | P92_FAST_RESET]);
+        assert_eq!(events.take(), Some(VmEvent::Reset));
+        let fresh_gate = A20Gate::new(false);
+        let mut fresh = Port92::new(fresh_gate.clone(), events.clone());
+        let state = persist::assert_round_trip(&p, &mut fresh);
+        assert_eq!(state.value, 0xc0 | P92_A20 | P92_FAST_RESET);
+        assert!(fresh_gate.fast() && fresh_gate.enabled(), "the restore drives A20");
+        assert!(!events.pending(), "restoring bit 0 set is no reset");
+        let mut b = [0u8];
+        fresh.read(0, &mut b);
+        assert_eq!(b, [0xc0 | P92_A20 | P92_FAST_RESET]);
+        // Bit 0 is already set: writing it again is no new edge, as on the original.
+        fresh.write(0, &[P92_A20 | P92_FAST_RESET]);
+        assert!(!events.pending());
+    }
+
+    #[test]
+    fn reserved_bits_are_refused() {
+        let gate = A20Gate::new(false);
+        let mut p = Port92::new(gate.clone(), Arc::new(VmEvents::new()));
+        for bad in [0x04, 0x10, 0x20, P92_A20 | 0x30] {
+            let e = persist::assert_refused(&mut p, &Port92State { value: bad });
+            assert_eq!(e.field, "value");
+        }
+        assert!(!gate.fast(), "a refused restore leaves A20 alone");
     }
 }

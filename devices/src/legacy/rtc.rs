@@ -44,6 +44,8 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use persist::{Persist, PersistError};
+
 use crate::bus::BusDevice;
 use crate::clock::{ns_for_ticks, ticks_in, SharedClock, Timed, NANOS_PER_SEC};
 use crate::irq::IrqLine;
@@ -226,10 +228,13 @@ fn from_bcd(v: u8) -> u32 {
 
 /// The guest-visible state of the RTC, for save and restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RtcState {
-    /// The CMOS bytes (0x00-0x0D are computed and not taken from here,
-    /// except the alarm bytes and registers A and B).
-    pub cmos: [u8; CMOS_SIZE],
+    /// The [`CMOS_SIZE`] CMOS bytes. The time registers (0x00, 0x02,
+    /// 0x04, 0x06-0x09, the century at 0x32) and registers C and D are
+    /// computed and hold 0 here; the alarm bytes and registers A and B are
+    /// stored.
+    pub cmos: Vec<u8>,
     /// The index port (NMI disable bit included).
     pub index: u8,
     /// RTC seconds (Unix time) at the update boundary `base_epoch`.
@@ -285,7 +290,7 @@ impl Rtc {
         let wall_frac = unix_ns.rem_euclid(nanos) as u64;
         let skew_ns = (wall_frac + NANOS_PER_SEC - now % NANOS_PER_SEC) % NANOS_PER_SEC;
         let base_secs = i64::try_from(unix_ns.div_euclid(nanos)).unwrap_or(0);
-        let mut cmos = [0u8; CMOS_SIZE];
+        let mut cmos = vec![0u8; CMOS_SIZE];
         cmos[usize::from(REG_A)] = A_BIOS;
         cmos[usize::from(REG_B)] = B_BIOS;
         let mut rtc = Self {
@@ -313,7 +318,7 @@ impl Rtc {
     /// Fills the CMOS memory-size bytes for `ram` and the BIOS bytes around them.
     pub fn set_ram_size(&mut self, ram: RamSize) {
         let c = &mut self.s.cmos;
-        let put16 = |c: &mut [u8; CMOS_SIZE], at: usize, v: u16| {
+        let put16 = |c: &mut [u8], at: usize, v: u16| {
             c[at..at + 2].copy_from_slice(&v.to_le_bytes());
         };
         c[CMOS_FLOPPY] = 0;
@@ -590,25 +595,81 @@ impl Rtc {
         }
     }
 
-    /// The state, for a snapshot.
-    pub fn save(&self) -> RtcState {
-        self.s.clone()
-    }
-
-    /// Loads a saved state and drives IRQ8 to match it.
-    pub fn restore(&mut self, state: &RtcState) {
-        self.s = state.clone();
-        self.s.skew_ns %= NANOS_PER_SEC;
-        self.s.weekday_adjust %= 7;
-        self.s.flags &= C_PF | C_AF | C_UF;
-        self.irq_level = self.irqf();
-        self.irq.set_level(self.irq_level);
-    }
-
     fn log_access(&self, offset: u64, size: usize) {
         if self.log.first(Misuse::AccessSize) {
             tracing::warn!(target: "devices", offset, size, "MC146818: ports are one byte wide; access ignored (logged once)");
         }
+    }
+}
+
+/// The part name the RTC's errors carry.
+const PART: &str = "MC146818 RTC";
+
+/// The CMOS bytes the RTC computes instead of storing.
+const COMPUTED_REGISTERS: [u8; 10] = [
+    REG_SECONDS,
+    REG_MINUTES,
+    REG_HOURS,
+    REG_DAY_OF_WEEK,
+    REG_DAY_OF_MONTH,
+    REG_MONTH,
+    REG_YEAR,
+    REG_C,
+    REG_D,
+    CMOS_CENTURY,
+];
+
+/// Restore checks the CMOS size, registers A and B as a write leaves them
+/// (UIP clear, UIE clear under SET), that the computed registers hold 0,
+/// that the clock is halted exactly when SET or the divider says so, and
+/// the ranges of the sub-second skew, the weekday offset and the flags.
+/// Then it drives IRQ8 from the flags.
+impl Persist for Rtc {
+    type State = RtcState;
+
+    fn save(&self) -> RtcState {
+        self.s.clone()
+    }
+
+    fn restore(&mut self, state: &RtcState) -> Result<(), PersistError> {
+        Self::check_state(state)?;
+        self.load_state(state);
+        Ok(())
+    }
+}
+
+impl Rtc {
+    /// The checks of [`Persist::restore`], changing nothing.
+    pub(crate) fn check_state(state: &RtcState) -> Result<(), PersistError> {
+        PersistError::check_len(PART, "cmos", state.cmos.len(), CMOS_SIZE)?;
+        let (a, b) = (state.cmos[usize::from(REG_A)], state.cmos[usize::from(REG_B)]);
+        PersistError::check(a & A_UIP == 0, PART, "cmos", || format!("register A is {a:#04x}; UIP is computed"))?;
+        PersistError::check(b & B_SET == 0 || b & B_UIE == 0, PART, "cmos", || {
+            format!("register B is {b:#04x}; setting SET clears UIE")
+        })?;
+        if let Some(&r) = COMPUTED_REGISTERS.iter().find(|&&r| state.cmos[usize::from(r)] != 0) {
+            return Err(PersistError::new(PART, "cmos", format!("byte {r:#04x} is computed and must hold 0")));
+        }
+        let running = b & B_SET == 0 && a & A_DV_MASK == A_DV_32KHZ;
+        PersistError::check(state.halted_secs.is_none() == running, PART, "halted_secs", || {
+            format!(
+                "is {:?} with register A {a:#04x} and B {b:#04x}; the clock is halted exactly while SET is set or the \
+                 divider is not running",
+                state.halted_secs
+            )
+        })?;
+        PersistError::check_max(PART, "skew_ns", state.skew_ns, NANOS_PER_SEC - 1)?;
+        PersistError::check_max(PART, "weekday_adjust", state.weekday_adjust, 6)?;
+        PersistError::check(state.flags & !(C_PF | C_AF | C_UF) == 0, PART, "flags", || {
+            format!("is {:#04x}; only PF, AF and UF are kept", state.flags)
+        })
+    }
+
+    /// Loads a state [`Rtc::check_state`] passed and drives IRQ8.
+    pub(crate) fn load_state(&mut self, state: &RtcState) {
+        self.s = state.clone();
+        self.irq_level = self.irqf();
+        self.irq.set_level(self.irq_level);
     }
 }
 
@@ -676,248 +737,4 @@ impl BusDevice for Rtc {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clock::{Clock, ManualClock};
-    use crate::irq::RecordingIrq;
-
-    /// 2024-02-29 23:59:58 UTC, a Thursday.
-    const LEAP_DAY: i64 = 1_709_251_198;
-
-    struct Rig {
-        clock: Arc<ManualClock>,
-        irq: Arc<RecordingIrq>,
-        rtc: Rtc,
-    }
-
-    impl Rig {
-        /// An RTC showing `secs` + 0.5 s at clock time 10 s.
-        fn at(secs: i64) -> Self {
-            let clock = Arc::new(ManualClock::new(10 * NANOS_PER_SEC));
-            let irq = Arc::new(RecordingIrq::new());
-            let ram = RamSize::split(3 << 30, 0xc000_0000);
-            let unix_ns = i128::from(secs) * 1_000_000_000 + 500_000_000;
-            let rtc = Rtc::with_wall_clock(clock.clone(), irq.clone(), ram, unix_ns);
-            Self { clock, irq, rtc }
-        }
-        fn get(&mut self, index: u8) -> u8 {
-            self.rtc.write(0, &[index]);
-            let mut b = [0u8];
-            self.rtc.read(1, &mut b);
-            b[0]
-        }
-        fn set(&mut self, index: u8, value: u8) {
-            self.rtc.write(0, &[index]);
-            self.rtc.write(1, &[value]);
-        }
-        fn advance_ms(&mut self, ms: u64) {
-            self.clock.advance(ms * 1_000_000);
-            let now = self.clock.now_ns();
-            if self.rtc.next_deadline_ns().is_some_and(|d| d <= now) {
-                self.rtc.tick(now);
-            }
-        }
-    }
-
-    #[test]
-    fn calendar_conversions() {
-        for secs in [0, LEAP_DAY, 951_782_400 /* 2000-02-29 */, 4_102_444_800, -86_400] {
-            assert_eq!(DateTime::from_unix(secs).to_unix(), secs);
-        }
-        let t = DateTime::from_unix(LEAP_DAY);
-        assert_eq!((t.year, t.month, t.day), (2024, 2, 29));
-        assert_eq!((t.hour, t.minute, t.second), (23, 59, 58));
-        assert_eq!(t.weekday, 4, "Thursday");
-        assert_eq!(DateTime::from_unix(0).weekday, 4, "1970-01-01 was a Thursday");
-    }
-
-    #[test]
-    fn time_reads_in_bcd_24_hour_mode() {
-        let mut r = Rig::at(LEAP_DAY);
-        assert_eq!(r.get(REG_A), 0x26);
-        assert_eq!(r.get(REG_B), 0x02);
-        assert_eq!(r.get(REG_SECONDS), 0x58);
-        assert_eq!(r.get(REG_MINUTES), 0x59);
-        assert_eq!(r.get(REG_HOURS), 0x23);
-        assert_eq!(r.get(REG_DAY_OF_WEEK), 5, "Thursday is day 5 (Sunday = 1)");
-        assert_eq!(r.get(REG_DAY_OF_MONTH), 0x29);
-        assert_eq!(r.get(REG_MONTH), 0x02);
-        assert_eq!(r.get(REG_YEAR), 0x24);
-        assert_eq!(r.get(CMOS_CENTURY), 0x20);
-        assert_eq!(r.get(REG_D), 0x80);
-        // Two seconds later it is March.
-        r.advance_ms(2000);
-        assert_eq!(r.get(REG_SECONDS), 0x00);
-        assert_eq!(r.get(REG_DAY_OF_MONTH), 0x01);
-        assert_eq!(r.get(REG_MONTH), 0x03);
-    }
-
-    #[test]
-    fn binary_and_12_hour_formats() {
-        let mut r = Rig::at(LEAP_DAY);
-        r.set(REG_B, B_DM_BINARY);
-        assert_eq!(r.get(REG_HOURS), 11 | HOURS_PM);
-        assert_eq!(r.get(REG_SECONDS), 58);
-        assert_eq!(r.get(REG_YEAR), 24);
-        r.set(REG_B, 0);
-        assert_eq!(r.get(REG_HOURS), 0x11 | HOURS_PM);
-        r.set(REG_HOURS, 0x12); // 12 AM
-        assert_eq!(r.get(REG_HOURS), 0x12);
-        r.set(REG_B, B_24H);
-        assert_eq!(r.get(REG_HOURS), 0x00, "12 AM is hour 0");
-    }
-
-    #[test]
-    fn setting_the_time_with_set() {
-        let mut r = Rig::at(LEAP_DAY);
-        r.set(REG_B, B_SET | B_24H | B_UIE);
-        assert_eq!(r.get(REG_B), B_SET | B_24H, "SET clears UIE");
-        r.set(REG_YEAR, 0x99);
-        r.set(CMOS_CENTURY, 0x19);
-        r.set(REG_MONTH, 0x12);
-        r.set(REG_DAY_OF_MONTH, 0x31);
-        r.set(REG_HOURS, 0x23);
-        r.set(REG_MINUTES, 0x59);
-        r.set(REG_SECONDS, 0x59);
-        r.advance_ms(5000);
-        assert_eq!(r.get(REG_SECONDS), 0x59, "halted while SET");
-        r.set(REG_B, B_24H);
-        r.advance_ms(999);
-        assert_eq!(r.get(REG_SECONDS), 0x59);
-        r.advance_ms(1);
-        assert_eq!(r.get(REG_SECONDS), 0x00, "the first update is one second after SET clears");
-        assert_eq!(r.get(REG_YEAR), 0x00);
-        assert_eq!(r.get(CMOS_CENTURY), 0x20);
-        r.set(REG_DAY_OF_WEEK, 1);
-        assert_eq!(r.get(REG_DAY_OF_WEEK), 1);
-    }
-
-    #[test]
-    fn uip_rises_before_each_update() {
-        let mut r = Rig::at(LEAP_DAY); // half a second into a second
-        assert_eq!(r.get(REG_A) & A_UIP, 0);
-        r.advance_ms(499);
-        r.clock.advance(800_000);
-        assert_ne!(r.get(REG_A) & A_UIP, 0, "200 us before the update");
-        r.clock.advance(200_000);
-        assert_eq!(r.get(REG_A) & A_UIP, 0, "after the update");
-        r.set(REG_A, 0x76); // divider in reset
-        r.clock.advance(999_900_000);
-        assert_eq!(r.get(REG_A), 0x76, "no UIP while the divider is held");
-    }
-
-    #[test]
-    fn periodic_interrupt_at_the_programmed_rate() {
-        let mut r = Rig::at(LEAP_DAY);
-        assert_eq!(r.rtc.next_deadline_ns(), None, "no interrupt enabled");
-        r.set(REG_A, 0x2f); // 2 Hz
-        r.set(REG_B, B_24H | B_PIE);
-        let deadline = r.rtc.next_deadline_ns().unwrap();
-        assert_eq!(deadline, r.clock.now_ns() + 500_000_000, "the next 500 ms boundary");
-        r.advance_ms(499);
-        assert!(!r.irq.level());
-        r.advance_ms(1);
-        assert!(r.irq.level());
-        assert_eq!(r.rtc.next_deadline_ns(), None, "IRQ8 high: nothing to do");
-        assert_eq!(r.get(REG_C), C_IRQF | C_PF | C_UF, "a second boundary too");
-        assert!(!r.irq.level());
-        assert_eq!(r.get(REG_C), 0);
-        r.advance_ms(499);
-        assert!(!r.irq.level());
-        r.advance_ms(1);
-        assert!(r.irq.level());
-        assert_eq!(r.irq.raises(), 2);
-    }
-
-    #[test]
-    fn periodic_rates_follow_table_4() {
-        let mut r = Rig::at(0);
-        for (rs, ticks) in [(1, 128), (2, 256), (3, 4), (6, 32), (15, 16_384)] {
-            r.set(REG_A, 0x20 | rs);
-            assert_eq!(r.rtc.periodic_ticks(), Some(ticks), "RS {rs}");
-        }
-        r.set(REG_A, 0x20);
-        assert_eq!(r.rtc.periodic_ticks(), None);
-    }
-
-    #[test]
-    fn update_ended_and_alarm_interrupts() {
-        let mut r = Rig::at(LEAP_DAY);
-        r.set(REG_A, A_DV_32KHZ); // no periodic flag
-        r.set(REG_SECONDS_ALARM, 0x00);
-        r.set(REG_MINUTES_ALARM, 0xc0); // any minute
-        r.set(REG_HOURS_ALARM, 0xff); // any hour
-        r.set(REG_B, B_24H | B_AIE);
-        r.advance_ms(500);
-        assert!(!r.irq.level(), "58 -> 59: no alarm");
-        assert_eq!(r.get(REG_C), C_UF, "UF is set without UIE");
-        r.advance_ms(1000);
-        assert!(r.irq.level(), "59 -> 00 matches");
-        assert_eq!(r.get(REG_C), C_IRQF | C_AF | C_UF);
-        r.set(REG_B, B_24H | B_UIE);
-        r.advance_ms(1000);
-        assert_eq!(r.get(REG_C), C_IRQF | C_UF);
-        // An alarm missed while nobody polled is still found.
-        r.set(REG_B, B_24H);
-        r.clock.advance(120 * NANOS_PER_SEC);
-        assert_eq!(r.get(REG_C), C_AF | C_UF);
-    }
-
-    #[test]
-    fn cmos_memory_sizes() {
-        let mut r = Rig::at(0);
-        r.rtc.set_ram_size(RamSize::split(5 << 30, 0xc000_0000));
-        let word = |r: &mut Rig, at: u8| u16::from_le_bytes([r.get(at), r.get(at + 1)]);
-        assert_eq!(word(&mut r, 0x15), 640);
-        assert_eq!(word(&mut r, 0x17), 0xffff, "capped");
-        assert_eq!(word(&mut r, 0x30), 0xffff);
-        assert_eq!(word(&mut r, 0x34), ((0xc000_0000u64 - (16 << 20)) >> 16) as u16);
-        let above = u32::from_le_bytes([r.get(0x5b), r.get(0x5c), r.get(0x5d), 0]);
-        assert_eq!(above, (2u32 << 30) >> 16);
-        r.rtc.set_ram_size(RamSize::split(32 << 20, 0xc000_0000));
-        assert_eq!(word(&mut r, 0x17), 31 * 1024);
-        assert_eq!(word(&mut r, 0x34), 256);
-        assert_eq!(r.get(0x5b), 0);
-        let sum: u16 = (0x10..=0x2du8).map(|i| u16::from(r.get(i))).sum();
-        assert_eq!(u16::from_be_bytes([r.get(0x2e), r.get(0x2f)]), sum);
-        r.set(0x40, 0xab);
-        assert_eq!(r.get(0x40), 0xab, "free CMOS RAM");
-    }
-
-    #[test]
-    fn index_port_and_nmi_mask() {
-        let mut r = Rig::at(0);
-        r.rtc.write(0, &[0x80 | REG_D]);
-        assert!(r.rtc.nmi_masked());
-        let mut b = [0u8];
-        r.rtc.read(1, &mut b);
-        assert_eq!(b, [D_VRT]);
-        r.rtc.read(0, &mut b);
-        assert_eq!(b, [0xff], "the index port is write-only");
-        r.set(REG_C, 0xff);
-        r.set(REG_D, 0);
-        assert_eq!(r.get(REG_D), D_VRT);
-        let mut w = [0u8; 2];
-        r.rtc.read(0, &mut w);
-        assert_eq!(w, [0xff, 0xff]);
-        r.rtc.write(0, &[1, 2]);
-        r.rtc.write(5, &[1]);
-        assert!(!r.rtc.nmi_masked() || r.rtc.s.index == 0x0c);
-    }
-
-    #[test]
-    fn state_round_trips() {
-        let mut r = Rig::at(LEAP_DAY);
-        r.set(REG_B, B_24H | B_PIE);
-        r.advance_ms(600);
-        let state = r.rtc.save();
-        let clock = Arc::new(ManualClock::new(r.clock.now_ns()));
-        let irq = Arc::new(RecordingIrq::new());
-        let mut other = Rtc::new(clock, irq.clone(), RamSize::default());
-        other.restore(&state);
-        assert_eq!(other.save(), state);
-        assert!(irq.level(), "IRQ8 follows the restored flags");
-        assert!(format!("{other:?}").contains("Rtc"));
-        assert_eq!(other.debug_label(), "MC146818 RTC");
-    }
-}
+mod tests;

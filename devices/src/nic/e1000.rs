@@ -51,13 +51,14 @@ use std::time::{Duration, Instant};
 use mmu::GuestMemory;
 use net::NetBackend;
 use parking_lot::Mutex;
+use persist::{Persist, PersistError};
 
 use crate::access::fill_le;
 use crate::bus::{BusDevice, SharedDevice};
 use crate::irq::IrqLine;
 use crate::nic::offload::{self, L4Proto, Segmentation};
 use crate::nic::{IoKick, IoPoll, NicStats, RX_SCRATCH};
-use crate::pci::config::{PciBarKind, PciConfigSpace, COMMAND_INTX_DISABLE, COMMAND_MASTER};
+use crate::pci::config::{PciBarKind, PciConfigSpace, PciConfigState, COMMAND_INTX_DISABLE, COMMAND_MASTER};
 use crate::pci::{PciDevice, PciInterruptPin};
 
 /// Intel's PCI vendor ID.
@@ -352,6 +353,7 @@ fn eeprom_image(mac: [u8; 6]) -> [u16; EEPROM_WORDS] {
 
 /// The Microwire bit-banging state (5.3 "EEPROM Interface").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct EepromWire {
     /// The EECD bits the driver last wrote.
     pub old: u32,
@@ -365,6 +367,7 @@ pub struct EepromWire {
 
 /// A transmit context (3.3.6).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct TxContext {
     pub ipcss: u8,
     pub ipcso: u8,
@@ -394,32 +397,71 @@ impl TxContext {
     }
 }
 
-/// The packet being gathered from transmit descriptors.
+/// The packet being gathered from transmit descriptors: the data of those
+/// processed so far, until the one with EOP sends it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct TxPacket {
-    data: Vec<u8>,
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct TxPacket {
+    /// The bytes gathered (at most 64.5 KiB, a TSO send and its headers).
+    pub data: Vec<u8>,
     /// The first data descriptor's TSE and POPTS.
-    first: Option<(bool, u32)>,
+    pub first: Option<(bool, u32)>,
     /// Some descriptor was legacy with IC set.
-    legacy_ic: bool,
+    pub legacy_ic: bool,
     /// Longer than the engine gathers: dropped at EOP.
-    overflow: bool,
+    pub overflow: bool,
 }
 
-/// The saved state of the device.
+/// The saved state of the device. The EEPROM image follows from the MAC
+/// address; the interrupt line follows from ICR, IMS and the Command
+/// register (an interrupt held back by ITR is raised at once on restore).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct E1000State {
-    pub config: PciConfigSpace,
+    /// The PCI configuration space.
+    pub config: PciConfigState,
+    /// The register file: a dword per register of the memory BAR.
     pub regs: Vec<u32>,
+    /// The PHY's registers.
     pub phy: [u16; 32],
-    pub eeprom: [u16; EEPROM_WORDS],
+    /// Where a Microwire EEPROM read stands.
     pub eecd: EepromWire,
+    /// The I/O BAR's register window.
     pub io_addr: u32,
+    /// The checksum offload context.
     pub ctx_csum: TxContext,
+    /// The TCP segmentation context.
     pub ctx_tso: TxContext,
+    /// The packet gathered from transmit descriptors without EOP so far.
+    pub packet: TxPacket,
+    /// The MAC address (the EEPROM's, and receive address 0 after a reset).
     pub mac: [u8; 6],
+    /// The traffic counters.
     pub stats: NicStats,
 }
+
+/// What a [`PersistError`] of the device names.
+const PART: &str = "e1000";
+
+/// Registers whose bits the device keeps to a mask whatever the guest
+/// writes: (field, offset, the bits that may be set).
+const MASKED_REGS: [(&str, usize, u32); 10] = [
+    ("regs[CTRL]", CTRL, !(CTRL_RST | CTRL_PHY_RST)),
+    ("regs[ITR]", ITR, 0xffff),
+    ("regs[RDBAL]", RDBAL, !0xf),
+    ("regs[RDLEN]", RDLEN, LEN_MASK),
+    ("regs[RDH]", RDH, INDEX_MASK),
+    ("regs[RDT]", RDT, INDEX_MASK),
+    ("regs[TDBAL]", TDBAL, !0xf),
+    ("regs[TDLEN]", TDLEN, LEN_MASK),
+    ("regs[TDH]", TDH, INDEX_MASK),
+    ("regs[TDT]", TDT, INDEX_MASK),
+];
+
+/// The bits of RDLEN and TDLEN: a multiple of 128 bytes below 1 MiB.
+const LEN_MASK: u32 = 0x000f_ff80;
+/// The bits of a ring's head and tail registers.
+const INDEX_MASK: u32 = 0xffff;
 
 /// The 82540EM.
 pub struct E1000 {
@@ -636,7 +678,7 @@ impl E1000 {
         }
         // Rising edge: shift DI in.
         self.eecd.val_in = (self.eecd.val_in << 1) | u32::from(val & EECD_DI != 0);
-        self.eecd.bitnum_in += 1;
+        self.eecd.bitnum_in = self.eecd.bitnum_in.wrapping_add(1);
         if self.eecd.bitnum_in == 3 + EEPROM_ADDR_BITS && !self.eecd.reading {
             let addr = self.eecd.val_in & ((1 << EEPROM_ADDR_BITS) - 1);
             // The bit before the word's first is the dummy 0.
@@ -753,16 +795,16 @@ impl E1000 {
                 self.transmit(now);
             }
             RDBAL | TDBAL => self.set_reg(offset, val & !0xf),
-            RDLEN | TDLEN => self.set_reg(offset, val & 0x000f_ff80),
-            RDH | TDH => self.set_reg(offset, val & 0xffff),
+            RDLEN | TDLEN => self.set_reg(offset, val & LEN_MASK),
+            RDH | TDH => self.set_reg(offset, val & INDEX_MASK),
             RDT => {
-                self.set_reg(RDT, val & 0xffff);
+                self.set_reg(RDT, val & INDEX_MASK);
                 self.deliver(now);
                 // The backend may be holding flows back for want of buffers.
                 self.kick.kick();
             }
             TDT => {
-                self.set_reg(TDT, val & 0xffff);
+                self.set_reg(TDT, val & INDEX_MASK);
                 self.transmit(now);
             }
             _ => self.set_reg(offset, val),
@@ -1164,38 +1206,73 @@ impl E1000 {
             })
             .collect()
     }
+}
 
-    /// The state for a snapshot.
-    pub fn save(&self) -> E1000State {
+impl Persist for E1000 {
+    type State = E1000State;
+
+    fn save(&self) -> E1000State {
         E1000State {
-            config: self.config.clone(),
+            config: self.config.save(),
             regs: self.regs.clone(),
             phy: self.phy,
-            eeprom: self.eeprom,
             eecd: self.eecd,
             io_addr: self.io_addr,
             ctx_csum: self.ctx_csum,
             ctx_tso: self.ctx_tso,
+            packet: self.packet.clone(),
             mac: self.mac,
             stats: self.stats,
         }
     }
 
-    /// Restores a snapshot.
-    pub fn restore(&mut self, s: &E1000State) {
-        self.config = s.config.clone();
-        self.regs = s.regs.clone();
-        self.regs.resize(NUM_REGS, 0);
+    /// Restores the device after checking the configuration space (see
+    /// [`PciConfigSpace::check_state`]), the register file's length and
+    /// the bits each register can hold (ring heads and tails: 16), the
+    /// PHY's IDs, the Microwire and I/O window state, and the length of the
+    /// packet being gathered. A head or tail past the end of its ring is
+    /// taken as it is: a guest can write one, and the engine then refuses
+    /// to run the ring, restored or not, until the guest writes another.
+    fn restore(&mut self, s: &E1000State) -> Result<(), PersistError> {
+        self.config.check_state(&s.config)?;
+        PersistError::check_len(PART, "regs", s.regs.len(), NUM_REGS)?;
+        for (field, offset, mask) in MASKED_REGS {
+            let v = s.regs[offset / 4];
+            PersistError::check(v & !mask == 0, PART, field, || {
+                format!("is {v:#x}, with bits outside {mask:#x} that the register never holds")
+            })?;
+        }
+        PersistError::check(s.phy[2] == PHY_ID1 && s.phy[3] == PHY_ID2, PART, "phy", || {
+            format!("has the ID {:04x}:{:04x}, not this PHY's {PHY_ID1:04x}:{PHY_ID2:04x}", s.phy[2], s.phy[3])
+        })?;
+        let eecd_bits = EECD_SK | EECD_CS | EECD_DI | EECD_FWE_MASK | EECD_REQ;
+        PersistError::check(s.eecd.old & !eecd_bits == 0, PART, "eecd", || {
+            format!("holds EECD bits {:#x}, outside the {eecd_bits:#x} it keeps", s.eecd.old)
+        })?;
+        PersistError::check(
+            u64::from(s.io_addr) < MMIO_BAR_SIZE && s.io_addr.is_multiple_of(4),
+            PART,
+            "io_addr",
+            || format!("is {:#x}, not a register offset of the memory BAR", s.io_addr),
+        )?;
+        PersistError::check(s.packet.data.len() <= MAX_TX_PACKET, PART, "packet", || {
+            format!("holds {} bytes, more than the {MAX_TX_PACKET} the engine gathers", s.packet.data.len())
+        })?;
+        self.config.load_state(&s.config);
+        self.regs.clone_from(&s.regs);
         self.phy = s.phy;
-        self.eeprom = s.eeprom;
+        self.eeprom = eeprom_image(s.mac);
         self.eecd = s.eecd;
         self.io_addr = s.io_addr;
         self.ctx_csum = s.ctx_csum;
         self.ctx_tso = s.ctx_tso;
+        self.packet.clone_from(&s.packet);
         self.mac = s.mac;
         self.stats = s.stats;
-        self.packet = TxPacket::default();
+        self.irq_deferred = false;
+        self.irq_allowed_at = None;
         self.update_irq(Instant::now());
+        Ok(())
     }
 }
 
@@ -1326,7 +1403,8 @@ impl crate::fuzz::FuzzDevice for E1000 {
 /// The fuzzing entry point: an e1000 brought up as Linux does (bus
 /// mastering, 16-descriptor transmit and receive rings with buffers,
 /// interrupts unmasked), then `data` as a hostile guest's and network's
-/// actions (see `crate::fuzz::drive`). Panics only if the model does.
+/// actions (see `crate::fuzz::drive`). Panics only if the model does, or
+/// if the state the input left does not restore.
 /// Returns the device's counters.
 #[cfg(any(test, feature = "fuzz"))]
 pub fn fuzz_rings(data: &[u8]) -> NicStats {
@@ -1359,553 +1437,9 @@ pub fn fuzz_rings(data: &[u8]) -> NicStats {
     w(RCTL, RCTL_EN | RCTL_BAM | RCTL_SECRC);
     w(IMS, !0);
     drive(&mut dev, &mem, &inbox, &[TX_RING, RX_RING, RX_BUFFERS, 0x3000], Input::new(data));
+    crate::fuzz::assert_restorable(&mut dev);
     dev.stats()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::irq::RecordingIrq;
-    use crate::nic::offload::tests::{checksums_ok, tcp4_frame};
-    use crate::nic::testing::{backend, Wire};
-    use crate::pci::config::PCI_COMMAND;
-
-    const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
-    /// Link status change (the link never changes here; Linux raises it through ICS).
-    const ICR_LSC: u32 = 1 << 2;
-    const TX_RING: u64 = 0x10000;
-    const RX_RING: u64 = 0x20000;
-
-    struct Rig {
-        dev: E1000,
-        wire: Arc<Mutex<Wire>>,
-        mem: Arc<GuestMemory>,
-        irq: Arc<RecordingIrq>,
-    }
-
-    fn rig() -> Rig {
-        let mem = Arc::new(GuestMemory::new(4 << 20).unwrap());
-        let irq = Arc::new(RecordingIrq::new());
-        let (be, wire) = backend();
-        let mut dev = E1000::new(be, MAC, mem.clone(), irq.clone(), IoKick::none());
-        dev.write_config(PCI_COMMAND, &[0x07, 0]);
-        Rig { dev, wire, mem, irq }
-    }
-
-    impl Rig {
-        fn w(&mut self, reg: usize, v: u32) {
-            self.dev.bar_write(MMIO_BAR, reg as u64, &v.to_le_bytes());
-        }
-        fn r(&mut self, reg: usize) -> u32 {
-            let mut b = [0u8; 4];
-            self.dev.bar_read(MMIO_BAR, reg as u64, &mut b);
-            u32::from_le_bytes(b)
-        }
-        /// Bit-bangs a Microwire read of EEPROM word `addr`, as Linux does.
-        fn eeprom_word(&mut self, addr: u16) -> u16 {
-            let mut eecd = self.r(EECD) | EECD_REQ;
-            self.w(EECD, eecd);
-            assert_ne!(self.r(EECD) & EECD_GNT, 0);
-            eecd &= !(EECD_DI | EECD_SK);
-            self.w(EECD, eecd);
-            eecd |= EECD_CS;
-            self.w(EECD, eecd);
-            let bits = (u32::from(0b110u16) << 6) | u32::from(addr);
-            for i in (0..9).rev() {
-                let di = if bits >> i & 1 != 0 { EECD_DI } else { 0 };
-                eecd = (eecd & !EECD_DI) | di;
-                self.w(EECD, eecd);
-                self.w(EECD, eecd | EECD_SK);
-                self.w(EECD, eecd);
-            }
-            eecd &= !EECD_DI;
-            let mut word = 0u16;
-            for _ in 0..16 {
-                self.w(EECD, eecd | EECD_SK);
-                word = (word << 1) | u16::from(self.r(EECD) & EECD_DO != 0);
-                self.w(EECD, eecd);
-            }
-            // Standby: CS low.
-            self.w(EECD, eecd & !EECD_CS);
-            word
-        }
-        fn mdic(&mut self, op: u32, reg: u32, data: u16) -> u32 {
-            self.w(
-                MDIC,
-                (op << MDIC_OP_SHIFT) | (PHY_ADDRESS << MDIC_PHY_SHIFT) | (reg << MDIC_REG_SHIFT) | u32::from(data),
-            );
-            self.r(MDIC)
-        }
-        fn tx_ring(&mut self, size: u32) {
-            self.w(TDBAL, TX_RING as u32);
-            self.w(TDBAH, 0);
-            self.w(TDLEN, size * 16);
-            self.w(TDH, 0);
-            self.w(TDT, 0);
-            self.w(TCTL, TCTL_EN);
-        }
-        fn rx_ring(&mut self, size: u32, buffers: u32) {
-            for i in 0..u64::from(size) {
-                self.mem.write_u64(RX_RING + 16 * i, 0x100000 + 0x1000 * i).unwrap();
-            }
-            self.w(RDBAL, RX_RING as u32);
-            self.w(RDLEN, size * 16);
-            self.w(RDH, 0);
-            self.w(RDT, buffers);
-            self.w(RXCSUM, RXCSUM_TUOFL | RXCSUM_IPOFL);
-            self.w(RCTL, RCTL_EN | RCTL_BAM | RCTL_SECRC);
-        }
-        fn put_tx(&mut self, i: u64, desc: [u8; 16]) {
-            self.mem.write(TX_RING + 16 * i, &desc).unwrap();
-        }
-    }
-
-    fn legacy(addr: u64, len: u16, cmd: u32) -> [u8; 16] {
-        let mut d = [0u8; 16];
-        d[..8].copy_from_slice(&addr.to_le_bytes());
-        d[8..12].copy_from_slice(&(u32::from(len) | cmd).to_le_bytes());
-        d
-    }
-
-    fn data(addr: u64, len: u32, cmd: u32, popts: u32) -> [u8; 16] {
-        let mut d = [0u8; 16];
-        d[..8].copy_from_slice(&addr.to_le_bytes());
-        d[8..12].copy_from_slice(&(len | cmd | TXD_CMD_DEXT | (TXD_DTYP_DATA << TXD_DTYP_SHIFT)).to_le_bytes());
-        d[12..16].copy_from_slice(&popts.to_le_bytes());
-        d
-    }
-
-    // One argument per field of the context descriptor, in descriptor order.
-    #[allow(clippy::too_many_arguments)]
-    fn context(ipcss: u8, ipcso: u8, ipcse: u16, tucss: u8, tucso: u8, cmd: u32, hdr_len: u8, mss: u16) -> [u8; 16] {
-        let mut d = [0u8; 16];
-        d[0] = ipcss;
-        d[1] = ipcso;
-        d[2..4].copy_from_slice(&ipcse.to_le_bytes());
-        d[4] = tucss;
-        d[5] = tucso;
-        d[8..12].copy_from_slice(&(cmd | TXD_CMD_DEXT).to_le_bytes());
-        d[13] = hdr_len;
-        d[14..16].copy_from_slice(&mss.to_le_bytes());
-        d
-    }
-
-    #[test]
-    fn pci_identity_and_reset_state() {
-        let mut r = rig();
-        assert_eq!(r.dev.config().read_dword(0), 0x100e_8086);
-        assert_eq!(r.dev.config().read_dword(2) >> 8, CLASS_ETHERNET);
-        assert_eq!(r.dev.config().bar(MMIO_BAR).unwrap().size, MMIO_BAR_SIZE);
-        assert_eq!(r.dev.config().bar(IO_BAR).unwrap().kind, PciBarKind::Io);
-        assert_eq!(r.r(STATUS) & (STATUS_LU | STATUS_FD), STATUS_LU | STATUS_FD);
-        assert_eq!(r.r(RA), u32::from_le_bytes([0x52, 0x54, 0, 0x12]));
-        assert_eq!(r.r(RA + 4), 0x5634 | RAH_AV);
-        // The I/O window reaches the same registers (Linux resets through it).
-        r.dev.bar_write(IO_BAR, 0, &(STATUS as u32).to_le_bytes());
-        let mut b = [0u8; 4];
-        r.dev.bar_read(IO_BAR, 4, &mut b);
-        assert_eq!(u32::from_le_bytes(b), r.r(STATUS));
-        r.w(IMS, 0xff);
-        r.dev.bar_write(IO_BAR, 0, &(CTRL as u32).to_le_bytes());
-        r.dev.bar_write(IO_BAR, 4, &CTRL_RST.to_le_bytes());
-        assert_eq!(r.r(IMS), 0, "CTRL.RST resets the registers");
-        assert_eq!(r.r(CTRL) & CTRL_RST, 0, "RST self-clears");
-        r.dev.bar_read(IO_BAR, 0, &mut b);
-        assert_eq!(u32::from_le_bytes(b), CTRL as u32);
-        // Odd accesses.
-        let mut w = [0u8; 2];
-        r.dev.bar_read(MMIO_BAR, STATUS as u64, &mut w);
-        assert_eq!(u16::from_le_bytes(w), r.r(STATUS) as u16);
-        let mut odd = [0u8; 3];
-        r.dev.bar_read(MMIO_BAR, 1, &mut odd);
-        assert_eq!(odd, [0xff; 3]);
-        r.dev.bar_read(IO_BAR, 8, &mut b);
-        r.dev.bar_write(IO_BAR, 2, &[1, 2]);
-        r.dev.bar_write(MMIO_BAR, 0x30000, &[1, 2, 3, 4]);
-        assert!(format!("{:?}", r.dev).contains("fake"));
-    }
-
-    #[test]
-    fn eeprom_reads_back_the_mac_and_a_valid_checksum() {
-        let mut r = rig();
-        let words: Vec<u16> = (0..64).map(|a| r.eeprom_word(a)).collect();
-        assert_eq!(words[0], 0x5452);
-        assert_eq!(words[1], 0x1200);
-        assert_eq!(words[2], 0x5634);
-        assert_eq!(words[11], E1000_DEVICE_ID);
-        assert_eq!(words.iter().fold(0u16, |a, &w| a.wrapping_add(w)), EEPROM_SUM);
-        // EERD gives the same words.
-        r.w(EERD, (2 << EERD_ADDR_SHIFT) | EERD_START);
-        assert_eq!(r.r(EERD), (0x5634 << EERD_DATA_SHIFT) | (2 << EERD_ADDR_SHIFT) | EERD_DONE);
-        r.w(EERD, (200 << EERD_ADDR_SHIFT) | EERD_START);
-        assert_eq!(r.r(EERD) >> EERD_DATA_SHIFT, 0xffff);
-    }
-
-    #[test]
-    fn phy_registers_through_mdic() {
-        let mut r = rig();
-        let id1 = r.mdic(MDIC_OP_READ, 2, 0);
-        assert_ne!(id1 & MDIC_READY, 0);
-        assert_eq!(id1 & MDIC_DATA_MASK, u32::from(PHY_ID1));
-        assert_eq!(r.mdic(MDIC_OP_READ, 3, 0) & MDIC_DATA_MASK, u32::from(PHY_ID2));
-        let st = r.mdic(MDIC_OP_READ, 1, 0) as u16;
-        assert_ne!(st & MII_SR_LINK_STATUS, 0);
-        r.mdic(MDIC_OP_WRITE, 0, MII_CR_RESET | MII_CR_RESTART_AUTO_NEG | 0x1000);
-        assert_eq!(r.mdic(MDIC_OP_READ, 0, 0) & MDIC_DATA_MASK, 0x1000);
-        r.mdic(MDIC_OP_WRITE, 4, 0x01e1);
-        assert_eq!(r.mdic(MDIC_OP_READ, 4, 0) & MDIC_DATA_MASK, 0x01e1);
-        r.mdic(MDIC_OP_WRITE, 2, 0);
-        assert_eq!(r.mdic(MDIC_OP_READ, 2, 0) & MDIC_DATA_MASK, u32::from(PHY_ID1), "IDs are read-only");
-        // Another PHY address is an error; MDAC interrupts on request.
-        r.w(MDIC, (MDIC_OP_READ << MDIC_OP_SHIFT) | (2 << MDIC_PHY_SHIFT));
-        assert_ne!(r.r(MDIC) & MDIC_ERROR, 0);
-        r.w(IMS, ICR_MDAC);
-        r.w(MDIC, (MDIC_OP_READ << MDIC_OP_SHIFT) | (PHY_ADDRESS << MDIC_PHY_SHIFT) | MDIC_INT_EN);
-        assert!(r.irq.level());
-        assert_eq!(r.r(ICR), ICR_MDAC);
-        assert!(!r.irq.level());
-    }
-
-    #[test]
-    fn interrupt_causes_masks_and_throttling() {
-        let mut r = rig();
-        r.w(ICS, ICR_LSC);
-        assert!(!r.irq.level(), "masked");
-        r.w(IMS, ICR_LSC | ICR_RXT0);
-        assert!(r.irq.level());
-        assert_eq!(r.r(IMS), ICR_LSC | ICR_RXT0);
-        r.w(IMC, ICR_LSC);
-        assert!(!r.irq.level());
-        r.w(IMS, ICR_LSC);
-        assert_eq!(r.r(ICR), ICR_LSC, "reading ICR returns and clears the causes");
-        assert!(!r.irq.level());
-        assert_eq!(r.r(ICR), 0);
-        r.w(ICS, ICR_RXT0 | ICR_TXDW);
-        r.w(ICR, ICR_RXT0);
-        assert_eq!(r.r(ICR), ICR_TXDW, "writing ICR clears the ones written");
-        // ITR: 0x8000 units of 256 ns is 8.4 ms between interrupts.
-        r.w(ITR, 0x8000);
-        r.w(ICS, ICR_RXT0);
-        assert!(r.irq.level());
-        r.r(ICR);
-        r.w(ICS, ICR_RXT0);
-        assert!(!r.irq.level(), "held back by ITR");
-        let next = r.dev.poll(Instant::now()).expect("a deadline for the held interrupt");
-        assert!(next <= Duration::from_nanos(0x8000 * 256));
-        let later = Instant::now() + Duration::from_millis(10);
-        r.dev.poll(later);
-        assert!(r.irq.level(), "raised once the interval passed");
-        // INTx disable masks the line.
-        r.dev.write_config(PCI_COMMAND, &[0x07, 0x04]);
-        assert!(!r.irq.level());
-        r.dev.write_config(PCI_COMMAND, &[0x07, 0x00]);
-        r.dev.poll(later + Duration::from_millis(10));
-        assert!(r.irq.level());
-    }
-
-    #[test]
-    fn transmits_legacy_descriptors() {
-        let mut r = rig();
-        r.tx_ring(8);
-        r.w(IMS, ICR_TXDW);
-        let f = tcp4_frame(b"legacy", 0x18);
-        r.mem.write(0x30000, &f[..20]).unwrap();
-        r.mem.write(0x31000, &f[20..]).unwrap();
-        r.put_tx(0, legacy(0x30000, 20, 0));
-        r.put_tx(1, legacy(0x31000, (f.len() - 20) as u16, TXD_CMD_EOP | TXD_CMD_RS));
-        r.w(TDT, 2);
-        assert_eq!(r.wire.lock().sent, vec![f.clone()]);
-        assert_eq!(r.r(TDH), 2);
-        assert_eq!(r.mem.read_u8(TX_RING + 16 + 12).unwrap() & DESC_STA_DD, DESC_STA_DD);
-        assert_eq!(r.mem.read_u8(TX_RING + 12).unwrap() & DESC_STA_DD, 0, "no RS, no write-back");
-        assert!(r.irq.level());
-        assert_eq!(r.r(ICR), ICR_TXDW | ICR_TXQE);
-        assert_eq!(r.r(GPTC), 1);
-        assert_eq!(r.r(GPTC), 0, "statistics clear on read");
-        assert_eq!(r.r(TOTL), f.len() as u32 + 4);
-        // Legacy checksum insertion (IC, CSS, CSO on the EOP descriptor).
-        let mut g = tcp4_frame(b"ic", 0x18);
-        let pseudo = offload::checksum_add(0, &g[26..34]) + 6 + (g.len() - 34) as u64;
-        g[50..52].copy_from_slice(&(!offload::checksum_finish(pseudo)).to_be_bytes());
-        r.mem.write(0x30000, &g).unwrap();
-        let mut d = legacy(0x30000, g.len() as u16, TXD_CMD_EOP | TXD_CMD_IC);
-        d[10] = 50; // CSO
-        d[13] = 34; // CSS
-        r.put_tx(2, d);
-        r.w(TDT, 3);
-        assert!(checksums_ok(&r.wire.lock().sent[1]));
-        // VLAN insertion with CTRL.VME.
-        r.w(CTRL, CTRL_RESET | CTRL_VME);
-        let mut d = legacy(0x30000, 60, TXD_CMD_EOP | TXD_CMD_VLE);
-        d[14..16].copy_from_slice(&5u16.to_le_bytes());
-        r.put_tx(3, d);
-        r.w(TDT, 4);
-        let tagged = r.wire.lock().sent[2].clone();
-        assert_eq!(&tagged[12..16], &[0x81, 0x00, 0x00, 0x05]);
-        assert_eq!(tagged.len(), 64);
-    }
-
-    #[test]
-    fn transmits_with_context_checksums_and_tso() {
-        let mut r = rig();
-        r.tx_ring(16);
-        // Checksum offload: TXSM with a TCP context.
-        let mut f = tcp4_frame(b"offloaded checksum", 0x18);
-        let pseudo = offload::checksum_add(0, &f[26..34]) + 6 + (f.len() - 34) as u64;
-        f[50..52].copy_from_slice(&(!offload::checksum_finish(pseudo)).to_be_bytes());
-        f[24..26].fill(0);
-        r.mem.write(0x30000, &f).unwrap();
-        r.put_tx(0, context(14, 24, 33, 34, 50, TUCMD_TCP, 0, 0));
-        r.put_tx(1, data(0x30000, f.len() as u32, TXD_CMD_EOP | TXD_CMD_RS, POPTS_TXSM | POPTS_IXSM));
-        r.w(TDT, 2);
-        assert!(checksums_ok(&r.wire.lock().sent[0]));
-        // TSO: 4000 bytes, MSS 1460, header and payload in separate buffers.
-        let big = tcp4_frame(&vec![9u8; 4000], 0x19);
-        r.mem.write(0x40000, &big[..54]).unwrap();
-        r.mem.write(0x41000, &big[54..]).unwrap();
-        r.put_tx(2, context(14, 24, 33, 34, 50, TUCMD_TCP | TXD_CMD_TSE | 4000, 54, 1460));
-        r.put_tx(3, data(0x40000, 54, TXD_CMD_TSE, POPTS_TXSM | POPTS_IXSM));
-        r.put_tx(4, data(0x41000, 4000, TXD_CMD_TSE | TXD_CMD_EOP | TXD_CMD_RS, POPTS_TXSM | POPTS_IXSM));
-        r.w(TDT, 5);
-        let sent = r.wire.lock().sent.clone();
-        assert_eq!(sent.len(), 4);
-        for s in &sent[1..] {
-            assert!(checksums_ok(s));
-        }
-        assert_eq!(sent[1].len(), 54 + 1460);
-        assert_eq!(sent[3].len(), 54 + 4000 - 2 * 1460);
-        // The checksum context survived the TSO one.
-        r.mem.write(0x30000, &f).unwrap();
-        r.put_tx(5, data(0x30000, f.len() as u32, TXD_CMD_EOP, POPTS_TXSM | POPTS_IXSM));
-        r.w(TDT, 6);
-        assert!(checksums_ok(&r.wire.lock().sent[4]));
-        assert_eq!(r.dev.stats().tx_frames, 5);
-    }
-
-    #[test]
-    fn hostile_transmit_rings() {
-        let mut r = rig();
-        r.tx_ring(8);
-        // TDT past the ring.
-        r.w(TDT, 9);
-        assert_eq!(r.r(TDH), 0);
-        // A ring outside RAM.
-        r.w(TDBAL, 0xfff0_0000);
-        r.w(TDT, 1);
-        assert_eq!(r.r(TDH), 0);
-        // A buffer outside RAM, a packet too long, a bad context: dropped.
-        r.w(TDBAL, TX_RING as u32);
-        r.w(TDH, 0);
-        r.put_tx(0, legacy(0xfff0_0000, 100, TXD_CMD_EOP));
-        for i in 1..6 {
-            r.put_tx(i, data(0x30000, 0xfffff, 0, 0));
-        }
-        r.put_tx(6, data(0x30000, 100, TXD_CMD_EOP, 0));
-        r.w(TDT, 7);
-        assert_eq!(r.r(TDH), 7);
-        r.put_tx(7, context(14, 24, 33, 200, 250, TUCMD_TCP | TXD_CMD_TSE, 54, 1460));
-        r.put_tx(0, data(0x30000, 100, TXD_CMD_EOP | TXD_CMD_TSE, 0));
-        r.w(TDT, 1);
-        assert!(r.wire.lock().sent.is_empty());
-        assert_eq!(r.dev.stats().tx_dropped, 3);
-        // An unknown descriptor type is skipped.
-        let mut odd = data(0x30000, 60, TXD_CMD_EOP, 0);
-        odd[10] |= 0xf0;
-        r.put_tx(1, odd);
-        r.w(TDT, 2);
-        assert_eq!(r.r(TDH), 2);
-        // Disabled transmitter or no bus mastering: nothing moves.
-        r.w(TCTL, 0);
-        r.w(TDT, 3);
-        assert_eq!(r.r(TDH), 2);
-    }
-
-    #[test]
-    fn receives_into_the_ring() {
-        let mut r = rig();
-        r.w(IMS, ICR_RXT0);
-        let mut f = tcp4_frame(b"to the guest", 0x18);
-        // From the gateway to us.
-        f.copy_within(0..6, 6);
-        f[..6].copy_from_slice(&MAC);
-        r.wire.lock().to_guest.push_back(f.clone());
-        // Not enabled yet: poll drops.
-        r.dev.poll(Instant::now());
-        assert_eq!(r.dev.stats().rx_dropped, 1);
-        r.rx_ring(8, 0);
-        r.wire.lock().to_guest.push_back(f.clone());
-        r.dev.poll(Instant::now());
-        assert_eq!(r.wire.lock().to_guest.len(), 1, "no buffers: the frame waits");
-        r.w(RDT, 2);
-        assert!(r.wire.lock().to_guest.is_empty());
-        let mut got = vec![0u8; f.len()];
-        r.mem.read(0x100000, &mut got).unwrap();
-        assert_eq!(got, f);
-        let wb = r.mem.read_bytes::<8>(RX_RING + 8).unwrap();
-        assert_eq!(usize::from(u16::from_le_bytes([wb[0], wb[1]])), f.len().max(60));
-        assert_eq!(wb[4], RXD_STAT_DD | RXD_STAT_EOP | RXD_STAT_IPCS | RXD_STAT_TCPCS);
-        assert_eq!(r.r(RDH), 1);
-        assert!(r.irq.level());
-        assert_eq!(r.r(ICR) & ICR_RXT0, ICR_RXT0);
-        // A 3000-byte frame spans two 2 KiB buffers; with FCS kept, 4 bytes more.
-        r.w(RCTL, RCTL_EN | RCTL_BAM);
-        r.w(RDT, 5);
-        let big: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
-        let mut big_frame = MAC.to_vec();
-        big_frame.extend_from_slice(&big[6..]);
-        r.wire.lock().to_guest.push_back(big_frame.clone());
-        r.dev.poll(Instant::now());
-        let wb1 = r.mem.read_bytes::<8>(RX_RING + 16 + 8).unwrap();
-        let wb2 = r.mem.read_bytes::<8>(RX_RING + 32 + 8).unwrap();
-        assert_eq!(u16::from_le_bytes([wb1[0], wb1[1]]), 2048);
-        assert_eq!(wb1[4], RXD_STAT_DD);
-        assert_eq!(u16::from_le_bytes([wb2[0], wb2[1]]), 3000 + 4 - 2048);
-        assert_eq!(wb2[4] & (RXD_STAT_DD | RXD_STAT_EOP | RXD_STAT_IXSM), RXD_STAT_DD | RXD_STAT_EOP | RXD_STAT_IXSM);
-        assert_eq!(r.r(RDH), 3);
-        assert_eq!(r.dev.stats().rx_frames, 2);
-        assert_eq!(r.r(GPRC), 2);
-    }
-
-    #[test]
-    fn receive_filter() {
-        let mut r = rig();
-        r.rx_ring(8, 7);
-        r.w(RCTL, RCTL_EN | RCTL_SECRC);
-        let mut frame = vec![0u8; 60];
-        let mut offer = |r: &mut Rig, dst: [u8; 6]| {
-            frame[..6].copy_from_slice(&dst);
-            r.wire.lock().to_guest.push_back(frame.clone());
-            let before = r.r(RDH);
-            r.dev.poll(Instant::now());
-            r.r(RDH) != before
-        };
-        assert!(offer(&mut r, MAC), "our address");
-        assert!(!offer(&mut r, [0x52, 0x54, 0, 0, 0, 1]), "another unicast");
-        assert!(!offer(&mut r, [0xff; 6]), "broadcast without BAM");
-        let mcast = [0x01, 0x00, 0x5e, 0x00, 0x00, 0xfb];
-        assert!(!offer(&mut r, mcast));
-        // MTA hash (MO = 0: address bits 47:36).
-        let hash = ((u32::from(mcast[5]) << 8 | u32::from(mcast[4])) >> 4) & 0xfff;
-        r.w(MTA + 4 * (hash as usize >> 5), 1 << (hash & 31));
-        assert!(offer(&mut r, mcast));
-        r.w(RCTL, RCTL_EN | RCTL_SECRC | RCTL_BAM | RCTL_UPE);
-        assert!(offer(&mut r, [0xff; 6]));
-        assert!(offer(&mut r, [0x52, 0x54, 0, 0, 0, 1]));
-        r.w(RCTL, RCTL_EN | RCTL_SECRC | RCTL_MPE);
-        assert!(offer(&mut r, [0x01, 2, 3, 4, 5, 6]));
-    }
-
-    /// Random register writes and random bytes in the rings: nothing panics.
-    #[test]
-    fn random_rings_and_registers_never_panic() {
-        let mut r = rig();
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rand = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        let regs = [
-            CTRL,
-            EECD,
-            EERD,
-            MDIC,
-            ICR,
-            ITR,
-            ICS,
-            IMS,
-            IMC,
-            RCTL,
-            TCTL,
-            RDBAL,
-            RDLEN,
-            RDH,
-            RDT,
-            TDBAL,
-            TDLEN,
-            TDH,
-            TDT,
-            RXCSUM,
-            MTA,
-            RA + 4,
-        ];
-        for round in 0..2000 {
-            let mut junk = [0u8; 256];
-            for b in junk.chunks_mut(8) {
-                b.copy_from_slice(&rand().to_le_bytes());
-            }
-            let at = (rand() % (4 << 20)) & !0xff;
-            let _ = r.mem.write(at, &junk);
-            if round % 7 == 0 {
-                r.wire.lock().to_guest.push_back(vec![0xff; (rand() % 2000) as usize]);
-            }
-            let reg = regs[(rand() % regs.len() as u64) as usize];
-            let mut v = rand() as u32;
-            if reg == CTRL {
-                v &= !CTRL_RST;
-            }
-            if matches!(reg, RDBAL | TDBAL) {
-                v %= 5 << 20;
-            }
-            r.w(reg, v);
-            r.dev.bar_write(IO_BAR, rand() % 8, &(rand() as u32).to_le_bytes()[..(1 + rand() % 4) as usize]);
-            let mut b = [0u8; 4];
-            r.dev.bar_read(MMIO_BAR, rand() % MMIO_BAR_SIZE, &mut b[..(1 << (rand() % 3)) as usize]);
-            r.dev.poll(Instant::now());
-        }
-    }
-
-    /// The fuzzing entry point over pseudo-random inputs, some of them
-    /// mutations of a transmit and a receive.
-    #[test]
-    fn fuzz_entry_point_over_pseudo_random_inputs() {
-        // Transmit: a legacy descriptor at TX ring slot 0 (op 4 at the ring),
-        // then TDT = 1 (a hot register). Receive: a frame, then a poll.
-        let tx: &[u8] =
-            &[4, 0, 0x00, 0x30, 0, 0, 0, 0, 0, 0, 4, 1, 60, 0, 0, 0x0b, 0, 0, 0, 0, 0, 0x80, 0, 0, 1, 0, 0, 0, 2];
-        let rx: &[u8] = &[5, 60, 0, 0xff, 0x52, 0x54, 0, 0x12, 0x34, 0x56, 7, 5, 200, 5, 0xff, 7];
-        let inputs = crate::fuzz::pseudo_random_inputs(0xe1000, 3000, 600, &[tx, rx]);
-        let (sent, received) = (fuzz_rings(tx), fuzz_rings(rx));
-        assert_eq!((sent.tx_frames, sent.rx_frames), (1, 0), "the transmit seed transmits");
-        assert_eq!((received.tx_frames, received.rx_frames), (0, 1), "the receive seed receives");
-        for input in &inputs {
-            fuzz_rings(input);
-        }
-    }
-
-    #[test]
-    fn hostile_receive_rings() {
-        let mut r = rig();
-        r.rx_ring(8, 0);
-        r.w(RDT, 100);
-        r.wire.lock().to_guest.push_back(vec![0xff; 60]);
-        r.dev.poll(Instant::now());
-        assert_eq!(r.wire.lock().to_guest.len(), 1, "RDT past the ring: nothing moves");
-        // Buffers outside RAM: the descriptor completes, the data goes nowhere.
-        r.mem.write_u64(RX_RING, 0xffff_0000).unwrap();
-        r.w(RDT, 1);
-        assert!(r.wire.lock().to_guest.is_empty());
-        assert_eq!(r.r(RDH), 1);
-        // A ring base outside RAM.
-        r.w(RDBAL, 0xfff0_0000);
-        r.w(RDH, 0);
-        r.wire.lock().to_guest.push_back(vec![0xff; 60]);
-        r.w(RDT, 2);
-        // A frame no ring of this size can hold: dropped.
-        r.w(RDBAL, RX_RING as u32);
-        r.w(RDLEN, 128); // 8 descriptors of 256 bytes
-        r.w(RCTL, RCTL_EN | RCTL_BAM | (3 << RCTL_BSIZE_SHIFT));
-        r.w(RDH, 0);
-        r.w(RDT, 7);
-        r.wire.lock().to_guest.clear();
-        r.wire.lock().to_guest.push_back(vec![0xff; 2100]);
-        r.dev.poll(Instant::now());
-        assert!(r.wire.lock().to_guest.is_empty());
-        assert_eq!(r.r(MPC), 1);
-        let s = r.dev.save();
-        r.dev.restore(&s);
-        assert_eq!(r.dev.save(), s);
-        assert!(r.dev.io_label().starts_with("e1000"));
-    }
-}
+mod tests;

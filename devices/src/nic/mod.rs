@@ -27,6 +27,7 @@ pub use crate::io_thread::{Doorbell, IoKick, IoPoll, IoThread};
 
 /// Traffic counters of a NIC model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct NicStats {
     /// Frames handed to the backend.
     pub tx_frames: u64,

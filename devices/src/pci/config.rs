@@ -25,6 +25,7 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use persist::{Persist, PersistError};
 
 use super::{PciError, PciInterruptPin};
 
@@ -372,6 +373,82 @@ impl PciConfigSpace {
     }
 }
 
+/// The saved state of a configuration space: its bytes as the guest reads
+/// them. The write masks and the BAR definitions are the function's
+/// construction, not state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct PciConfigState {
+    /// The [`PCI_CONFIG_SIZE`] bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// The bytes that say which function this is: vendor and device ID,
+/// revision and class code, header type, subsystem IDs and the interrupt
+/// pin. A state whose identity differs belongs to another function.
+const IDENTITY: [std::ops::Range<usize>; 5] = [
+    PCI_VENDOR_ID..PCI_COMMAND,
+    PCI_REVISION..PCI_CACHE_LINE_SIZE,
+    PCI_HEADER_TYPE..PCI_HEADER_TYPE + 1,
+    PCI_SUBSYSTEM_VENDOR_ID..PCI_SUBSYSTEM_ID + 2,
+    PCI_INTERRUPT_PIN..PCI_INTERRUPT_PIN + 1,
+];
+
+/// The part name a configuration space's errors carry.
+const PART: &str = "PCI configuration space";
+
+/// Restore checks the size, that the state is this function's (the
+/// identity bytes match) and that the BAR registers' read-only bits (the
+/// type bits, and the address bits below each BAR's size) are this
+/// function's; then it takes the bytes.
+impl Persist for PciConfigSpace {
+    type State = PciConfigState;
+
+    fn save(&self) -> PciConfigState {
+        PciConfigState { bytes: self.bytes.to_vec() }
+    }
+
+    fn restore(&mut self, state: &PciConfigState) -> Result<(), PersistError> {
+        self.check_state(state)?;
+        self.load_state(state);
+        Ok(())
+    }
+}
+
+impl PciConfigSpace {
+    /// The checks of [`Persist::restore`], changing nothing: for a function
+    /// that checks its whole state before it loads any.
+    pub fn check_state(&self, state: &PciConfigState) -> Result<(), PersistError> {
+        PersistError::check_len(PART, "bytes", state.bytes.len(), PCI_CONFIG_SIZE)?;
+        for range in IDENTITY {
+            let (saved, here) = (&state.bytes[range.clone()], &self.bytes[range.clone()]);
+            PersistError::check(saved == here, PART, "bytes", || {
+                format!("{saved:02x?} at {:#04x} are not this function's identity {here:02x?}", range.start)
+            })?;
+        }
+        let bars = PCI_BAR0..PCI_BAR0 + 4 * PCI_NUM_BARS;
+        if let Some(at) = bars.clone().find(|&i| (state.bytes[i] ^ self.bytes[i]) & !self.writable[i] != 0) {
+            return Err(PersistError::new(
+                PART,
+                "bytes",
+                format!(
+                    "BAR byte {at:#04x} is {:#04x}, whose read-only bits differ from this function's",
+                    state.bytes[at]
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Loads a state [`PciConfigSpace::check_state`] passed.
+    ///
+    /// # Panics
+    /// If the state has not [`PCI_CONFIG_SIZE`] bytes (the check refuses that).
+    pub fn load_state(&mut self, state: &PciConfigState) {
+        self.bytes.copy_from_slice(&state.bytes);
+    }
+}
+
 /// A PCI function as the configuration mechanism sees it.
 pub trait PciDevice: Send {
     /// A short name for logs.
@@ -489,5 +566,81 @@ mod tests {
         c.add_bar(2, mem, 0x1000).unwrap();
         assert_eq!(c.add_bar(1, wide, 0x1000), Err(PciError::BarTaken { index: 1 }));
         assert_eq!(c.bar(2).unwrap().size, 0x1000);
+    }
+
+    /// A function with a 32-bit memory BAR, a 64-bit one and an I/O BAR,
+    /// programmed and decoding, its Interrupt Line routed and an error
+    /// status bit set.
+    fn configured() -> PciConfigSpace {
+        let mut c = space();
+        c.set_interrupt_pin(Some(PciInterruptPin::IntA));
+        c.add_bar(0, PciBarKind::Memory32 { prefetchable: false }, 0x1000).unwrap();
+        c.add_bar(1, PciBarKind::Io, 0x20).unwrap();
+        c.add_bar(2, PciBarKind::Memory64 { prefetchable: true }, 0x10_0000).unwrap();
+        c.write(0x10, &0xfebf_0000u32.to_le_bytes());
+        c.write(0x14, &0xc040u32.to_le_bytes());
+        c.write(0x1c, &0x0000_0008u32.to_le_bytes());
+        c.write(PCI_COMMAND, &[0x07, 0x04]);
+        c.write(PCI_INTERRUPT_LINE, &[11]);
+        c.write(PCI_CACHE_LINE_SIZE, &[0x10, 0x40]);
+        c.set_u16(PCI_STATUS, 0x8010);
+        c
+    }
+
+    /// The same function freshly built: its construction, none of its programming.
+    fn fresh() -> PciConfigSpace {
+        let mut c = space();
+        c.set_interrupt_pin(Some(PciInterruptPin::IntA));
+        c.add_bar(0, PciBarKind::Memory32 { prefetchable: false }, 0x1000).unwrap();
+        c.add_bar(1, PciBarKind::Io, 0x20).unwrap();
+        c.add_bar(2, PciBarKind::Memory64 { prefetchable: true }, 0x10_0000).unwrap();
+        c
+    }
+
+    #[test]
+    fn the_persisted_space_round_trips_and_decodes_alike() {
+        let c = configured();
+        let mut f = fresh();
+        let state = persist::assert_round_trip(&c, &mut f);
+        assert_eq!(state.bytes.len(), PCI_CONFIG_SIZE);
+        for i in 0..PCI_NUM_BARS {
+            assert_eq!(f.bar_region(i), c.bar_region(i), "BAR {i}");
+        }
+        assert_eq!(f.bar_region(2).map(|(_, b)| b), Some(0x8_0000_0000));
+        assert_eq!(f.u8_at(PCI_INTERRUPT_LINE), 11);
+        // The write masks came with the function: guest writes behave alike.
+        let mut c = c;
+        for x in [&mut c, &mut f] {
+            x.write(PCI_STATUS, &[0x00, 0x80]);
+            x.write(0x10, &[0xff; 4]);
+        }
+        assert_eq!(f, c);
+        assert_eq!(f.read_dword(4), 0xffff_f000);
+    }
+
+    #[test]
+    fn another_functions_space_is_refused() {
+        let good = configured().save();
+        let mut f = fresh();
+        let cases: [fn(&mut PciConfigState); 7] = [
+            |s| s.bytes.truncate(64),
+            |s| s.bytes[PCI_DEVICE_ID] ^= 1,
+            |s| s.bytes[PCI_REVISION + 3] = 0x03,
+            |s| s.bytes[PCI_HEADER_TYPE] = HEADER_TYPE_MULTIFUNCTION,
+            |s| s.bytes[PCI_INTERRUPT_PIN] = 2,
+            |s| s.bytes[0x10] |= 0x08,  // BAR0 prefetchable
+            |s| s.bytes[0x14] &= !0x01, // BAR1 no longer I/O
+        ];
+        for corrupt in cases {
+            let mut bad = good.clone();
+            corrupt(&mut bad);
+            let e = persist::assert_refused(&mut f, &bad);
+            assert_eq!(e.field, "bytes", "{e}");
+        }
+        // A function without BAR2 cannot take a state with it programmed.
+        let mut bare = space();
+        bare.set_interrupt_pin(Some(PciInterruptPin::IntA));
+        let e = persist::assert_refused(&mut bare, &good);
+        assert!(e.problem.contains("BAR byte 0x12"), "{e}");
     }
 }

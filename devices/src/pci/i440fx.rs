@@ -16,9 +16,10 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use persist::{Persist, PersistError};
 
-use super::config::{PciConfigSpace, PCI_COMMAND, PCI_STATUS};
-use super::pam::{BiosShadow, PAM0, PAM_COUNT};
+use super::config::{PciConfigSpace, PciConfigState, PCI_COMMAND, PCI_STATUS};
+use super::pam::{BiosShadow, BiosShadowState, PAM0, PAM_COUNT};
 use super::PciDevice;
 
 /// PCI vendor ID of Intel.
@@ -94,6 +95,77 @@ impl I440fxHostBridge {
     }
 }
 
+/// The saved state of the host bridge: its configuration space (PAM0-6
+/// included) and, when the machine boots firmware, the shadowed BIOS area
+/// the PAM registers switch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct I440fxState {
+    /// The configuration space.
+    pub config: PciConfigState,
+    /// The shadowed area, present exactly when the bridge has one.
+    pub shadow: Option<BiosShadowState>,
+}
+
+/// The part name the host bridge's errors carry.
+const PART: &str = "i440FX host bridge";
+
+impl I440fxHostBridge {
+    /// The checks of [`Persist::restore`], changing nothing: the
+    /// configuration space's (see [`PciConfigSpace`]'s restore), a shadow
+    /// state exactly when this bridge switches one, the shadow's own checks,
+    /// and its fields agreeing with the saved PAM registers.
+    pub(crate) fn check_state(&self, state: &I440fxState) -> Result<(), PersistError> {
+        self.config.check_state(&state.config)?;
+        PersistError::check(state.shadow.is_some() == self.shadow.is_some(), PART, "shadow", || {
+            format!(
+                "is {} but this bridge {} the BIOS area",
+                if state.shadow.is_some() { "saved" } else { "missing" },
+                if self.shadow.is_some() { "shadows" } else { "does not shadow" }
+            )
+        })?;
+        if let Some(shadow) = &state.shadow {
+            BiosShadow::check_state(shadow)?;
+            let pam: [u8; PAM_COUNT] = std::array::from_fn(|i| state.config.bytes[PAM0 + i]);
+            let fields: Vec<u8> = (1..PAM_COUNT)
+                .flat_map(|r| [pam[r] & 0b11, (pam[r] >> 4) & 0b11])
+                .chain([(pam[0] >> 4) & 0b11])
+                .collect();
+            PersistError::check(fields == shadow.fields, PART, "shadow", || {
+                format!("fields {:?} are not what PAM0-6 {pam:02x?} select", shadow.fields)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Loads a state [`I440fxHostBridge::check_state`] passed.
+    pub(crate) fn load_state(&mut self, state: &I440fxState) {
+        self.config.load_state(&state.config);
+        if let (Some(shadow), Some(s)) = (&self.shadow, &state.shadow) {
+            shadow.lock().load_state(s);
+        }
+    }
+}
+
+/// Restore checks the configuration space (see [`PciConfigSpace`]'s
+/// restore), that a shadow state is there exactly when this bridge
+/// switches one, the shadow's own checks (see [`BiosShadow`]'s restore),
+/// and that its fields are what the saved PAM registers select; then it
+/// loads both.
+impl Persist for I440fxHostBridge {
+    type State = I440fxState;
+
+    fn save(&self) -> I440fxState {
+        I440fxState { config: self.config.save(), shadow: self.shadow.as_ref().map(|s| s.lock().save()) }
+    }
+
+    fn restore(&mut self, state: &I440fxState) -> Result<(), PersistError> {
+        self.check_state(state)?;
+        self.load_state(state);
+        Ok(())
+    }
+}
+
 impl PciDevice for I440fxHostBridge {
     fn debug_label(&self) -> String {
         "i440FX host bridge".to_string()
@@ -156,5 +228,71 @@ mod tests {
         b.reset();
         assert_eq!(b.pam(), [0; PAM_COUNT]);
         assert_eq!(mem.read_u8(0xf_fff0).unwrap(), 0xea);
+    }
+
+    fn firmware_bridge() -> (I440fxHostBridge, Arc<mmu::GuestMemory>) {
+        let mem = Arc::new(mmu::GuestMemory::new(2 << 20).unwrap());
+        let mut bios = vec![0u8; 0x2_0000];
+        bios[0x1_fff0] = 0xea;
+        let shadow = Arc::new(Mutex::new(BiosShadow::new(mem.clone(), &bios).unwrap()));
+        let mut b = I440fxHostBridge::new();
+        b.set_shadow(shadow);
+        (b, mem)
+    }
+
+    #[test]
+    fn the_persisted_bridge_round_trips_with_its_shadow() {
+        let (mut b, mem) = firmware_bridge();
+        b.write_config(0x58, &[0, 0x30, 0x33, 0x33]);
+        mem.write_u8(0xf_fff0, 0x90).unwrap();
+        b.write_config(0x59, &[0x10]);
+        b.write_config(0x5c, &[0x30, 0, 0, 0]);
+        b.write_config(0x72, &[0x0a]);
+        let (mut fresh, fresh_mem) = firmware_bridge();
+        let mut ram = vec![0u8; 0x4_0000];
+        mem.read(0xc_0000, &mut ram).unwrap();
+        fresh_mem.load(0xc_0000, &ram).unwrap();
+        let state = persist::assert_round_trip(&b, &mut fresh);
+        assert_eq!(fresh.pam(), b.pam());
+        assert_eq!(fresh.config().u8_at(SMRAM), 0x0a);
+        assert!(state.shadow.is_some());
+        assert!(fresh_mem.write_u8(0xf_fff0, 0).is_err(), "write-protected as on the original");
+        assert_eq!(fresh_mem.read_u8(0xf_fff0).unwrap(), 0x90);
+        // A reset brings the ROM back on both.
+        b.reset();
+        fresh.reset();
+        assert_eq!(fresh_mem.read_u8(0xf_fff0).unwrap(), 0xea);
+        assert_eq!(fresh.save(), b.save());
+        // Without firmware there is no shadow to save.
+        let mut plain = I440fxHostBridge::new();
+        plain.write_config(0x5a, &[0x11]);
+        let s = persist::assert_round_trip(&plain, &mut I440fxHostBridge::new());
+        assert!(s.shadow.is_none());
+    }
+
+    /// A corruption of a state, and the field whose check must refuse it.
+    type Corruption<S> = (&'static str, fn(&mut S));
+
+    #[test]
+    fn corrupt_states_are_refused_field_by_field() {
+        let (mut b, mem) = firmware_bridge();
+        b.write_config(0x58, &[0, 0x10, 0x33, 0x33]);
+        let good = b.save();
+        let cases: [Corruption<I440fxState>; 5] = [
+            ("bytes", |s| s.config.bytes[2] = 0x38), // another device ID
+            ("shadow", |s| s.shadow = None),
+            ("shadow", |s| s.config.bytes[0x5a] = 0x13),
+            ("fields", |s| s.shadow.as_mut().unwrap().fields.pop().map(drop).unwrap_or(())),
+            ("hidden", |s| s.shadow.as_mut().unwrap().hidden[12] = vec![0; 3]),
+        ];
+        for (field, corrupt) in cases {
+            let mut bad = good.clone();
+            corrupt(&mut bad);
+            let e = persist::assert_refused(&mut b, &bad);
+            assert_eq!(e.field, field, "{e}");
+        }
+        assert!(mem.write_u8(0xf_0000, 0).is_err(), "the protection is as it was");
+        let mut plain = I440fxHostBridge::new();
+        assert_eq!(persist::assert_refused(&mut plain, &good).field, "shadow", "a shadow this bridge does not have");
     }
 }

@@ -27,6 +27,8 @@
 
 use std::sync::Arc;
 
+use persist::{Persist, PersistError};
+
 use super::config::PciConfigSpace;
 use crate::intc::msi::{MsiMessage, MsiSink};
 
@@ -55,8 +57,11 @@ const VECTOR_CONTROL_MASK: u8 = 1;
 const ENTRY_WRITABLE: [u8; ENTRY_LEN] =
     [0xfc, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0];
 
-/// The MSI-X table and PBA, for save and restore.
+/// The MSI-X table and PBA, for save and restore. Whether MSI-X is enabled
+/// and the function mask are in configuration space, which the function
+/// saves with its own state.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct MsixState {
     /// The table, 16 bytes per vector.
     pub table: Vec<u8>,
@@ -225,17 +230,56 @@ impl Msix {
         }
     }
 
-    /// The table and pending bits, for a snapshot.
-    pub fn save(&self) -> MsixState {
+    /// Checks `s` before [`Persist::restore`] takes it: a table of this
+    /// function's vector count, pending bits of that many vectors, and no
+    /// table bit a guest cannot write.
+    pub(crate) fn check(&self, s: &MsixState) -> Result<(), PersistError> {
+        let vectors = usize::from(self.vectors());
+        PersistError::check(s.table.len() == self.table.len(), PART, "table", || {
+            format!("has {} bytes, not the {} of this function's {vectors} vectors", s.table.len(), self.table.len())
+        })?;
+        PersistError::check_len(PART, "pending", s.pending.len(), self.pending.len())?;
+        if let Some((at, b)) = s.table.iter().enumerate().find(|&(at, &b)| b & !ENTRY_WRITABLE[at % ENTRY_LEN] != 0) {
+            return Err(PersistError::new(
+                PART,
+                "table",
+                format!("entry {} byte {} is {b:#04x}, with bits no guest can set", at / ENTRY_LEN, at % ENTRY_LEN),
+            ));
+        }
+        for (w, &word) in s.pending.iter().enumerate() {
+            let valid = vectors.saturating_sub(64 * w).min(64);
+            let mask = if valid == 64 { u64::MAX } else { (1u64 << valid) - 1 };
+            PersistError::check(word & !mask == 0, PART, "pending", || {
+                format!("word {w} is {word:#x}, with bits of vectors past the table's {vectors}")
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Takes a state [`Msix::check`] accepted.
+    pub(crate) fn load(&mut self, s: &MsixState) {
+        self.table.clone_from(&s.table);
+        self.pending.clone_from(&s.pending);
+    }
+}
+
+/// What a [`PersistError`] of MSI-X names.
+const PART: &str = "MSI-X table";
+
+impl Persist for Msix {
+    type State = MsixState;
+
+    fn save(&self) -> MsixState {
         MsixState { table: self.table.clone(), pending: self.pending.clone() }
     }
 
-    /// Restores a snapshot of a function with the same number of vectors.
-    pub fn restore(&mut self, s: &MsixState) {
-        if s.table.len() == self.table.len() && s.pending.len() == self.pending.len() {
-            self.table.clone_from(&s.table);
-            self.pending.clone_from(&s.pending);
-        }
+    /// Restores the table and the pending bits of a function with the same
+    /// number of vectors. A pending vector whose entry the state leaves
+    /// unmasked cannot be, so nothing is sent here.
+    fn restore(&mut self, s: &MsixState) -> Result<(), PersistError> {
+        self.check(s)?;
+        self.load(s);
+        Ok(())
     }
 }
 
@@ -359,17 +403,53 @@ mod tests {
     fn state_round_trip() {
         let (mut config, mut m, sink) = setup(2);
         program(&config, &mut m, 0, 0x33);
+        program(&config, &mut m, 1, 0x34);
         control(&mut config, &mut m, 0x8000);
         m.notify(&config, 0);
-        let s = m.save();
         let (_, mut other, other_sink) = setup(2);
-        other.restore(&s);
-        assert_eq!(other.save(), s);
+        let s = persist::assert_round_trip(&m, &mut other);
+        assert_eq!(s.pending, [1]);
+        // The restored function has the saved one's table: unmasking vector
+        // 0 sends the message pending in it, vector 1 its own.
         other.bar_write(&config, 12, &[0]);
-        assert_eq!(other_sink.take().len(), 1, "the pending bit came along");
+        assert_eq!(other_sink.take(), [MsiMessage { address: 0xfee0_0000, data: 0x33 }], "the pending bit came along");
+        other.bar_write(&config, 16 + 12, &[0]);
+        other.notify(&config, 1);
+        assert_eq!(other_sink.take(), [MsiMessage { address: 0xfee0_0000, data: 0x34 }]);
         assert!(sink.take().is_empty());
+    }
+
+    #[test]
+    fn corrupt_states_are_refused() {
+        let (mut config, mut m, _) = setup(2);
+        program(&config, &mut m, 1, 0x41);
+        control(&mut config, &mut m, 0x8000);
+        m.notify(&config, 1);
+        let good = m.save();
+        // Another vector count.
         let (_, mut small, _) = setup(1);
-        small.restore(&s);
-        assert_ne!(small.save(), s, "a snapshot of another size is refused");
+        let e = persist::assert_refused(&mut small, &good);
+        assert_eq!((e.part, e.field), ("MSI-X table", "table"));
+        assert!(e.problem.contains("has 32 bytes, not the 16 of this function's 1 vectors"), "{e}");
+        let (_, mut big, _) = setup(65);
+        let e = persist::assert_refused(&mut big, &MsixState { table: vec![0; 65 * 16], ..good.clone() });
+        assert_eq!(e.field, "pending", "65 vectors need two words: {e}");
+        // A bit no guest can write: address bits 1:0, the reserved vector control bits.
+        for (at, v) in [(16usize, 0x03u8), (12, 0x02), (31, 0x80)] {
+            let mut table = good.table.clone();
+            table[at] |= v;
+            let e = persist::assert_refused(&mut m, &MsixState { table, ..good.clone() });
+            assert_eq!(e.field, "table", "byte {at}: {e}");
+        }
+        // A pending bit past the table.
+        let e = persist::assert_refused(&mut m, &MsixState { pending: vec![0b110], ..good.clone() });
+        assert_eq!(e.field, "pending");
+        assert!(e.problem.contains("bits of vectors past the table's 2"), "{e}");
+        // 64 vectors fill the first word: bit 63 is valid then.
+        let (_, mut full, _) = setup(64);
+        let mut s = full.save();
+        s.pending = vec![1 << 63];
+        full.restore(&s).unwrap();
+        assert_eq!(full.save(), s);
     }
 }

@@ -36,10 +36,18 @@
 //! translated code of the pages; the write protection is
 //! [`GuestMemory::set_shadow_read_only`]. What ROM mode shows at
 //! 0xC0000-0xDFFFF, where a PC has option ROMs on the bus, is zeroes.
+//!
+//! Saved state ([`BiosShadowState`]): each segment's field and the hidden
+//! RAM of the segments that read from ROM. What the guest reads now in
+//! each segment is guest RAM, which the machine saves and restores with
+//! the rest of it; the ROM is the BIOS image, which the machine loads
+//! again. A restore sets the write protection and keeps the hidden copies;
+//! it writes no guest memory.
 
 use std::sync::Arc;
 
 use mmu::{GuestMemory, MemError};
+use persist::{Persist, PersistError};
 
 /// The first PAM register.
 pub const PAM0: usize = 0x59;
@@ -156,6 +164,77 @@ impl BiosShadow {
     }
 }
 
+/// The saved state of the shadowed area.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct BiosShadowState {
+    /// Each segment's RE and WE bits, from 0xC0000 up (thirteen: twelve of
+    /// 16 KiB and 0xF0000-0xFFFFF).
+    pub fields: Vec<u8>,
+    /// Each segment's hidden RAM: its bytes while the segment reads from
+    /// ROM, empty while it reads from RAM.
+    pub hidden: Vec<Vec<u8>>,
+}
+
+/// The part name the shadow's errors carry.
+const PART: &str = "BIOS shadow (PAM)";
+
+impl BiosShadow {
+    /// The checks of [`Persist::restore`], changing nothing.
+    pub(crate) fn check_state(state: &BiosShadowState) -> Result<(), PersistError> {
+        PersistError::check_len(PART, "fields", state.fields.len(), SEGMENTS)?;
+        PersistError::check_len(PART, "hidden", state.hidden.len(), SEGMENTS)?;
+        for (i, (&field, hidden)) in state.fields.iter().zip(&state.hidden).enumerate() {
+            PersistError::check_max(PART, "fields", field, PAM_RE | PAM_WE)?;
+            let want = if field & PAM_RE == 0 { segment(i).len as usize } else { 0 };
+            PersistError::check(hidden.len() == want, PART, "hidden", || {
+                format!("of segment {:#x} holds {} bytes, not {want}", segment(i).base, hidden.len())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Loads a state [`BiosShadow::check_state`] passed: the fields, the
+    /// hidden copies and the write protection.
+    pub(crate) fn load_state(&mut self, state: &BiosShadowState) {
+        for i in 0..SEGMENTS {
+            let seg = segment(i);
+            let field = state.fields[i];
+            self.fields[i] = field;
+            if field & PAM_RE == 0 {
+                self.hidden[i].copy_from_slice(&state.hidden[i]);
+            } else {
+                self.hidden[i].fill(0);
+            }
+            self.mem.set_shadow_read_only(seg.base, seg.len, field != PAM_RE | PAM_WE);
+        }
+    }
+}
+
+/// Restore checks the number of segments, each field (two bits) and each
+/// hidden copy's size against its segment and mode.
+impl Persist for BiosShadow {
+    type State = BiosShadowState;
+
+    fn save(&self) -> BiosShadowState {
+        BiosShadowState {
+            fields: self.fields.to_vec(),
+            hidden: self
+                .fields
+                .iter()
+                .zip(&self.hidden)
+                .map(|(&field, hidden)| if field & PAM_RE == 0 { hidden.clone() } else { Vec::new() })
+                .collect(),
+        }
+    }
+
+    fn restore(&mut self, state: &BiosShadowState) -> Result<(), PersistError> {
+        Self::check_state(state)?;
+        self.load_state(state);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,5 +304,75 @@ mod tests {
         s.apply(&[0x20, 0, 0, 0, 0, 0, 0]);
         assert_eq!(mem.read_u8(0xf_fff0).unwrap(), 0xea);
         assert!(mem.write_u8(0xf_0000, 0).is_err());
+    }
+
+    /// SeaBIOS's sequence half done, then a reset: every segment but two
+    /// back in ROM mode with RAM hidden under it, 0xC4000 write-protected
+    /// RAM, 0xC8000 RAM.
+    fn configured() -> (BiosShadow, Arc<GuestMemory>) {
+        let (mut s, mem) = shadow();
+        s.apply(&[0x30, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33]);
+        mem.write(0xe_0000, &vec![0xa5; 0x2_0000]).unwrap();
+        mem.write_u8(0xc_1000, 7).unwrap();
+        mem.write_u8(0xc_4000, 8).unwrap();
+        mem.write_u8(0xc_8000, 9).unwrap();
+        s.apply(&[0, 0x10, 0x03, 0, 0, 0, 0]);
+        (s, mem)
+    }
+
+    #[test]
+    fn the_persisted_shadow_round_trips_and_switches_alike() {
+        let (mut s, mem) = configured();
+        // The new machine: its RAM restored (the machine's job), the ROM loaded.
+        let (mut fresh, fresh_mem) = shadow();
+        let mut ram = vec![0u8; 0x4_0000];
+        mem.read(SHADOW_START, &mut ram).unwrap();
+        fresh_mem.load(SHADOW_START, &ram).unwrap();
+        let state = persist::assert_round_trip(&s, &mut fresh);
+        assert_eq!(state.fields[1], PAM_RE, "0xC4000 reads RAM, write-protected");
+        assert!(state.hidden[1].is_empty() && state.hidden[2].is_empty());
+        assert_eq!(state.hidden[0][0x1000], 7, "0xC1000's RAM is hidden under the ROM");
+        assert_eq!(state.hidden[12].len(), 0x1_0000);
+        // Protection as the fields say.
+        assert!(fresh_mem.write_u8(0xc_4000, 0).is_err());
+        fresh_mem.write_u8(0xc_8000, 10).unwrap();
+        mem.write_u8(0xc_8000, 10).unwrap();
+        assert!(fresh_mem.write_u8(0xf_0000, 0).is_err());
+        assert_eq!(fresh_mem.read_u8(0xf_fff0).unwrap(), 0xea, "the ROM, as the RAM image had it");
+        // Switching every segment to RAM shows the same hidden bytes on both.
+        for (x, m) in [(&mut s, &mem), (&mut fresh, &fresh_mem)] {
+            x.apply(&[0x30, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33]);
+            assert_eq!(m.read_u8(0xc_1000).unwrap(), 7);
+            assert_eq!(m.read_u8(0xf_0000).unwrap(), 0xa5);
+        }
+        let (mut a, mut b) = (vec![0u8; 0x4_0000], vec![0u8; 0x4_0000]);
+        mem.read(SHADOW_START, &mut a).unwrap();
+        fresh_mem.read(SHADOW_START, &mut b).unwrap();
+        assert!(a == b, "the shadowed area reads the same");
+    }
+
+    /// A corruption of a state, and the field whose check must refuse it.
+    type Corruption<S> = (&'static str, fn(&mut S));
+
+    #[test]
+    fn corrupt_states_are_refused_field_by_field() {
+        let (mut s, mem) = configured();
+        let good = s.save();
+        let cases: [Corruption<BiosShadowState>; 6] = [
+            ("fields", |b| b.fields.truncate(12)),
+            ("hidden", |b| b.hidden.push(Vec::new())),
+            ("fields", |b| b.fields[3] = 4),
+            ("hidden", |b| b.hidden[0].truncate(10)),
+            ("hidden", |b| b.hidden[1] = vec![0; 0x4000]),
+            ("hidden", |b| b.fields[12] = PAM_RE), // RAM mode with a hidden copy
+        ];
+        for (field, corrupt) in cases {
+            let mut bad = good.clone();
+            corrupt(&mut bad);
+            let e = persist::assert_refused(&mut s, &bad);
+            assert_eq!(e.field, field, "{e}");
+        }
+        assert!(mem.write_u8(0xc_4000, 0).is_err(), "the protection is as it was");
+        mem.write_u8(0xc_8000, 1).unwrap();
     }
 }

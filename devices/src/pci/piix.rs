@@ -23,8 +23,9 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use persist::{Persist, PersistError};
 
-use super::config::{PciConfigSpace, HEADER_TYPE_MULTIFUNCTION, PCI_COMMAND, PCI_STATUS};
+use super::config::{PciConfigSpace, PciConfigState, HEADER_TYPE_MULTIFUNCTION, PCI_COMMAND, PCI_STATUS};
 use super::i440fx::INTEL_VENDOR_ID;
 use super::{PciAddress, PciDevice, PciInterruptPin};
 use crate::irq::IrqLine;
@@ -179,6 +180,53 @@ impl PciIntxRouter {
     }
 }
 
+/// The saved state of a [`PciIntxRouter`]: the level of each INTx line it
+/// handed out, in the order it handed them out. The routes are the PIIX's
+/// PIRQ registers, saved and restored with the bridge.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct PciIntxRouterState {
+    /// Each line's level.
+    pub lines: Vec<bool>,
+}
+
+impl PciIntxRouter {
+    /// [`Persist::restore`] through a shared reference, as the machine holds
+    /// the router (`Arc<PciIntxRouter>`): the state must have one level per
+    /// line this router handed out; the ISA lines are driven to match.
+    pub fn restore_shared(&self, state: &PciIntxRouterState) -> Result<(), PersistError> {
+        self.check_state(state)?;
+        self.load_state(state);
+        Ok(())
+    }
+
+    /// Loads a state [`PciIntxRouter::check_state`] passed and drives the ISA lines.
+    pub(crate) fn load_state(&self, state: &PciIntxRouterState) {
+        let mut s = self.state.lock();
+        for (line, &level) in s.lines.iter_mut().zip(&state.lines) {
+            line.1 = level;
+        }
+        self.update(&mut s);
+    }
+
+    /// The checks of a restore, changing nothing.
+    pub(crate) fn check_state(&self, state: &PciIntxRouterState) -> Result<(), PersistError> {
+        PersistError::check_len("PCI INTx router", "lines", state.lines.len(), self.state.lock().lines.len())
+    }
+}
+
+impl Persist for PciIntxRouter {
+    type State = PciIntxRouterState;
+
+    fn save(&self) -> PciIntxRouterState {
+        PciIntxRouterState { lines: self.state.lock().lines.iter().map(|&(_, level)| level).collect() }
+    }
+
+    fn restore(&mut self, state: &PciIntxRouterState) -> Result<(), PersistError> {
+        self.restore_shared(state)
+    }
+}
+
 /// One function's INTx pin.
 struct IntxLine {
     router: Arc<PciIntxRouter>,
@@ -265,6 +313,62 @@ impl PciDevice for PiixIsaBridge {
     }
 }
 
+/// The saved state of the ISA bridge: its configuration space, the PIRQ
+/// route registers included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct PiixState {
+    /// The configuration space.
+    pub config: PciConfigState,
+}
+
+impl PiixIsaBridge {
+    /// The checks of [`Persist::restore`], changing nothing: the
+    /// configuration space's (see [`PciConfigSpace`]'s restore), the PIRQ
+    /// route registers' reserved bits 6:4, and a fixed Command register.
+    pub(crate) fn check_state(&self, state: &PiixState) -> Result<(), PersistError> {
+        self.config.check_state(&state.config)?;
+        let first = usize::from(PIRQRC_FIRST);
+        for (pirq, &value) in state.config.bytes[first..first + NUM_PIRQS].iter().enumerate() {
+            PersistError::check(value & !PIRQRC_WRITABLE == 0, "PIIX3 ISA bridge", "config", || {
+                format!("PIRQ{} route register is {value:#04x}; bits 6:4 are reserved", (b'A' + pirq as u8) as char)
+            })?;
+        }
+        let command = u16::from_le_bytes([state.config.bytes[PCI_COMMAND], state.config.bytes[PCI_COMMAND + 1]]);
+        PersistError::check(command == COMMAND_RESET, "PIIX3 ISA bridge", "config", || {
+            format!("Command is {command:#06x}; the bridge's is fixed at {COMMAND_RESET:#06x}")
+        })
+    }
+
+    /// Loads a state [`PiixIsaBridge::check_state`] passed and routes the
+    /// PIRQs as it says.
+    pub(crate) fn load_state(&mut self, state: &PiixState) {
+        self.config.load_state(&state.config);
+        let first = usize::from(PIRQRC_FIRST);
+        for pirq in 0..NUM_PIRQS {
+            self.router.set_route(pirq, self.config.u8_at(first + pirq));
+        }
+    }
+}
+
+/// Restore checks the configuration space (see [`PciConfigSpace`]'s
+/// restore), the PIRQ route registers' reserved bits 6:4 and the fixed
+/// Command register, then routes the PIRQs as the registers say; the line
+/// levels are the router's state ([`PciIntxRouter`]).
+impl Persist for PiixIsaBridge {
+    type State = PiixState;
+
+    fn save(&self) -> PiixState {
+        PiixState { config: self.config.save() }
+    }
+
+    fn restore(&mut self, state: &PiixState) -> Result<(), PersistError> {
+        self.check_state(state)?;
+        self.load_state(state);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,5 +443,94 @@ mod tests {
         assert_eq!(lines[10].raises(), 1);
         assert_eq!(r.route(7), None);
         r.set_route(9, 3);
+    }
+
+    const CONFIGURED_LINES: [(u8, PciInterruptPin); 3] =
+        [(1, PciInterruptPin::IntA), (2, PciInterruptPin::IntA), (3, PciInterruptPin::IntA)];
+
+    /// A bridge routing PIRQA to IRQ 5, PIRQB to 11, PIRQC unrouted and
+    /// PIRQD to 10, with chipset registers written, and two devices' lines
+    /// asserted (slot 1 INTA on PIRQA, slot 3 INTA on PIRQC).
+    fn configured() -> (PiixIsaBridge, Arc<PciIntxRouter>, Vec<Arc<dyn IrqLine>>) {
+        let (r, _) = router();
+        let mut bridge = PiixIsaBridge::new(r.clone());
+        bridge.write_config(0x60, &[0x05, 0x0b, 0x80, 0x0a]);
+        bridge.write_config(TOM, &[0x12]);
+        bridge.write_config(0xa0, &[0x0c]);
+        let lines: Vec<_> = CONFIGURED_LINES.iter().map(|&(slot, pin)| r.intx_line(slot, pin)).collect();
+        lines[0].set_level(true);
+        lines[2].set_level(true);
+        (bridge, r, lines)
+    }
+
+    /// A router nobody else holds, with the lines of [`configured`] handed
+    /// out (and dropped), routing as `routes` say.
+    fn owned_router(routes: [u8; NUM_PIRQS]) -> (PciIntxRouter, Vec<Arc<RecordingIrq>>) {
+        let (r, isa) = router();
+        for (slot, pin) in CONFIGURED_LINES {
+            drop(r.intx_line(slot, pin));
+        }
+        for (pirq, value) in routes.into_iter().enumerate() {
+            r.set_route(pirq, value);
+        }
+        (Arc::try_unwrap(r).unwrap(), isa)
+    }
+
+    #[test]
+    fn the_persisted_bridge_round_trips_and_routes_alike() {
+        let (bridge, _r, _lines) = configured();
+        let (fresh_r, isa) = router();
+        let mut fresh = PiixIsaBridge::new(fresh_r.clone());
+        let line = fresh_r.intx_line(4, PciInterruptPin::IntA); // PIRQD
+        let state = persist::assert_round_trip(&bridge, &mut fresh);
+        assert_eq!(&state.config.bytes[0x60..0x64], &[0x05, 0x0b, 0x80, 0x0a]);
+        assert_eq!((0..4).map(|p| fresh_r.route(p)).collect::<Vec<_>>(), [Some(5), Some(11), None, Some(10)]);
+        assert_eq!(fresh.config().u8_at(TOM), 0x12);
+        assert_eq!(fresh.read_config(0x60 / 4), bridge.config().read_dword(0x60 / 4));
+        line.set_level(true);
+        assert!(isa[10].level(), "PIRQD reaches IRQ 10 as restored");
+    }
+
+    #[test]
+    fn the_persisted_router_round_trips_and_drives_the_isa_lines() {
+        let (_bridge, r, _lines) = configured();
+        let (mut fresh, isa) = owned_router([0x05, 0x0b, 0x80, 0x0a]);
+        assert!(!isa[5].level());
+        let state = persist::assert_round_trip(&*r, &mut fresh);
+        assert_eq!(state.lines, [true, false, true]);
+        assert!(isa[5].level(), "slot 1 INTA on PIRQA drives IRQ 5 again");
+        assert!(!isa[11].level() && !isa[10].level(), "slot 3's PIRQC is unrouted");
+        fresh.set_route(2, 0x0e);
+        assert!(isa[14].level(), "the restored level follows a new route");
+    }
+
+    /// A corruption of a state, and the field whose check must refuse it.
+    type Corruption<S> = (&'static str, fn(&mut S));
+
+    #[test]
+    fn corrupt_states_are_refused_field_by_field() {
+        let (mut bridge, r, _lines) = configured();
+        let good = bridge.save();
+        let cases: [Corruption<PiixState>; 4] = [
+            ("config", |s| s.config.bytes[0x61] = 0x1b),
+            ("config", |s| s.config.bytes[0x63] |= 0x40),
+            ("config", |s| s.config.bytes[PCI_COMMAND] = 0x03),
+            ("bytes", |s| s.config.bytes[0x02] = 0x01), // another device ID
+        ];
+        for (field, corrupt) in cases {
+            let mut bad = good.clone();
+            corrupt(&mut bad);
+            let e = persist::assert_refused(&mut bridge, &bad);
+            assert_eq!(e.field, field, "{e}");
+        }
+        assert_eq!(r.route(1), Some(11), "the routes are as they were");
+        // A router that handed out another number of lines.
+        let (mut other, isa) = owned_router([0x05, 0x80, 0x80, 0x80]);
+        let mut levels = r.save();
+        levels.lines.push(true);
+        assert_eq!(persist::assert_refused(&mut other, &levels).field, "lines");
+        levels.lines.truncate(2);
+        assert_eq!(persist::assert_refused(&mut other, &levels).field, "lines");
+        assert!(!isa[5].level());
     }
 }

@@ -22,6 +22,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use persist::{Persist, PersistError};
+
 use super::config::{PciBarKind, PCI_INTERRUPT_LINE, PCI_NUM_BARS};
 use super::piix::{pirq_of, PIIX_ISA_ADDRESS, PIRQRC_FIRST, PIRQ_IRQ_MASK, PIRQ_ROUTE_DISABLED};
 use super::{PciAddress, PciError, SharedPciDevice};
@@ -252,6 +254,45 @@ impl PciRoot {
     }
 }
 
+/// The saved state of the root: the CONFIG_ADDRESS latch. The functions on
+/// the bus save their own states, configuration spaces included; which
+/// functions sit where is the machine's construction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct PciRootState {
+    /// CONFIG_ADDRESS (0xCF8).
+    pub config_address: u32,
+}
+
+/// Restore refuses CONFIG_ADDRESS bits that do not exist (30:24, 1:0).
+impl Persist for PciRoot {
+    type State = PciRootState;
+
+    fn save(&self) -> PciRootState {
+        PciRootState { config_address: self.config_address }
+    }
+
+    fn restore(&mut self, state: &PciRootState) -> Result<(), PersistError> {
+        Self::check_state(state)?;
+        self.load_state(state);
+        Ok(())
+    }
+}
+
+impl PciRoot {
+    /// The checks of [`Persist::restore`], changing nothing.
+    pub(crate) fn check_state(state: &PciRootState) -> Result<(), PersistError> {
+        PersistError::check(state.config_address & !ADDR_WRITABLE == 0, "PCI root", "config_address", || {
+            format!("is {:#010x}; bits 30:24 and 1:0 are reserved", state.config_address)
+        })
+    }
+
+    /// Loads a state [`PciRoot::check_state`] passed.
+    pub(crate) fn load_state(&mut self, state: &PciRootState) {
+        self.config_address = state.config_address;
+    }
+}
+
 impl BusDevice for PciRoot {
     fn debug_label(&self) -> String {
         "PCI host (0xcf8)".to_string()
@@ -473,5 +514,28 @@ mod tests {
         assert_eq!(root.routed_irq(PciAddress::new(3, 0).unwrap()), None, "no router");
         assert!(format!("{root:?}").contains("PciRoot"));
         assert_eq!(root.debug_label(), "PCI host (0xcf8)");
+    }
+
+    #[test]
+    fn the_address_latch_round_trips_and_selects_the_same_register() {
+        let r = Rig::new();
+        r.select(3, 0, 0x08);
+        let fresh = Rig::new();
+        let state = persist::assert_round_trip(&*r.root.lock(), &mut *fresh.root.lock());
+        assert_eq!(state.config_address, 0x8000_1808);
+        assert_eq!(fresh.inl(0xcf8), 0x8000_1808);
+        assert_eq!(fresh.inl(0xcfc), r.inl(0xcfc), "CONFIG_DATA reads the class code of 00:03.0");
+        assert_eq!(fresh.inl(0xcfc), 0x0200_0003);
+    }
+
+    #[test]
+    fn reserved_address_bits_are_refused() {
+        let r = Rig::new();
+        r.select(3, 0, 0x3c);
+        let mut root = r.root.lock();
+        for bad in [0x8100_0000, 0x8000_1801, 0x7f00_0000] {
+            let e = persist::assert_refused(&mut *root, &PciRootState { config_address: bad });
+            assert_eq!(e.field, "config_address");
+        }
     }
 }

@@ -37,6 +37,8 @@
 
 use std::time::{Duration, Instant};
 
+use persist::{Persist, PersistError};
+
 use crate::block::{BlockBackend, SECTOR_SIZE};
 use crate::nic::{IoKick, IoPoll};
 use crate::virtio::{
@@ -94,6 +96,7 @@ const CONFIG_LEN: usize = 60;
 
 /// Counters of the device.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BlkStats {
     pub reads: u64,
     pub read_bytes: u64,
@@ -120,6 +123,29 @@ pub struct VirtioBlk {
 
 /// virtio-blk on PCI: what the machine plugs in.
 pub type VirtioBlkPci = VirtioPci<VirtioBlk>;
+
+/// The saved state of the device model (the transport saves the queue and
+/// the negotiated features). The disk's contents are the image's, not part
+/// of the state; its capacity and whether it is read-only are what the
+/// guest saw of it, and a restore needs the same on the disk behind the
+/// device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct VirtioBlkState {
+    /// The capacity in sectors the configuration space announced.
+    pub capacity: u64,
+    /// Whether the device offered `VIRTIO_BLK_F_RO`.
+    pub read_only: bool,
+    /// The GET_ID answer (the serial, padded with zeros).
+    pub id: [u8; ID_LEN],
+    /// The driver notified the queue and the I/O thread has not served it.
+    pub pending: bool,
+    /// The request counters.
+    pub stats: BlkStats,
+}
+
+/// What a [`PersistError`] of the device model names.
+const PART: &str = "virtio-blk";
 
 /// What went wrong with one request.
 enum ReqError {
@@ -382,6 +408,39 @@ impl VirtioBlk {
     }
 }
 
+impl Persist for VirtioBlk {
+    type State = VirtioBlkState;
+
+    fn save(&self) -> VirtioBlkState {
+        VirtioBlkState {
+            capacity: self.capacity(),
+            read_only: self.disk.read_only(),
+            id: self.id,
+            pending: self.pending,
+            stats: self.stats,
+        }
+    }
+
+    /// Restores the model in front of a disk of the saved capacity and
+    /// access. A notification not yet served is served: the I/O thread is
+    /// kicked.
+    fn restore(&mut self, s: &VirtioBlkState) -> Result<(), PersistError> {
+        PersistError::check(s.capacity == self.capacity(), PART, "capacity", || {
+            format!("is {} sectors, the disk has {}", s.capacity, self.capacity())
+        })?;
+        PersistError::check(s.read_only == self.disk.read_only(), PART, "read_only", || {
+            format!("is {}, the disk is {}", s.read_only, if self.disk.read_only() { "read-only" } else { "writable" })
+        })?;
+        self.id = s.id;
+        self.pending = s.pending;
+        self.stats = s.stats;
+        if self.pending {
+            self.kick.kick();
+        }
+        Ok(())
+    }
+}
+
 impl VirtioDevice for VirtioBlk {
     fn device_type(&self) -> u16 {
         VIRTIO_ID_BLOCK
@@ -462,10 +521,12 @@ impl IoPoll for VirtioPci<VirtioBlk> {
 
 /// A disk in memory for the fuzzer: every access the device makes must
 /// lie inside it (an access outside is a device bug, and panics).
+#[cfg(any(test, feature = "fuzz"))]
 struct FuzzDisk {
     data: Vec<u8>,
 }
 
+#[cfg(any(test, feature = "fuzz"))]
 impl FuzzDisk {
     fn range(&self, offset: u64, len: u64) -> std::ops::Range<usize> {
         let end = offset.checked_add(len).filter(|&e| e <= self.data.len() as u64);
@@ -474,6 +535,7 @@ impl FuzzDisk {
     }
 }
 
+#[cfg(any(test, feature = "fuzz"))]
 impl BlockBackend for FuzzDisk {
     fn size(&self) -> u64 {
         self.data.len() as u64
@@ -545,6 +607,7 @@ impl crate::fuzz::FuzzDevice for VirtioBlkPci {
 }
 
 /// Sectors of the fuzzed disk (64 KiB).
+#[cfg(any(test, feature = "fuzz"))]
 const FUZZ_SECTORS: usize = 128;
 
 /// The fuzzing entry point for the request parser: a virtio-blk device
@@ -553,7 +616,8 @@ const FUZZ_SECTORS: usize = 128;
 /// queue of 16 entries at 0x1000), then the rest of `data` as a hostile
 /// guest's actions (`crate::fuzz::drive`: register accesses, writes
 /// to the rings, descriptors and buffers, polls). Panics only if the model
-/// does, or if it touches the disk outside its size. Returns the counters.
+/// does, if it touches the disk outside its size, or if the state the input
+/// left does not restore. Returns the counters.
 #[cfg(any(test, feature = "fuzz"))]
 pub fn fuzz_requests(data: &[u8]) -> BlkStats {
     use crate::fuzz::{drive, FuzzBackend, Input, FUZZ_RAM};
@@ -587,6 +651,7 @@ pub fn fuzz_requests(data: &[u8]) -> BlkStats {
     let hot = [desc, desc + 0x400, desc + 0x800, 0x10000, 0x10010];
     let (_, inbox) = FuzzBackend::with_inbox();
     drive(&mut dev, &mem, &inbox, &hot, input);
+    crate::fuzz::assert_restorable(&mut dev);
     dev.device().stats()
 }
 

@@ -8,14 +8,17 @@
 //! devices), 6 reserved feature bits.
 //!
 //! A device model implements [`VirtioDevice`]: its type, features, queue
-//! sizes and configuration space, and what to do when the driver notifies a
-//! queue. The transport owns the queues and the interrupt, and hands the
-//! device a [`Context`] through which it takes and returns buffers and
-//! signals the driver.
+//! sizes and configuration space, what to do when the driver notifies a
+//! queue, and its saved state ([`Persist`]). The transport owns the queues
+//! and the interrupt, and hands the device a [`Context`] through which it
+//! takes and returns buffers and signals the driver. The transport's saved
+//! state ([`pci::VirtioPciState`]) holds its own registers, each queue's
+//! state and the device's.
 
 use std::time::{Duration, Instant};
 
 use mmu::GuestMemory;
+use persist::Persist;
 
 pub mod blk;
 pub mod net;
@@ -122,7 +125,16 @@ impl Context<'_> {
 }
 
 /// A virtio device model behind a transport.
-pub trait VirtioDevice: Send {
+///
+/// Its [`Persist`] state is what the model itself holds (a configuration
+/// the driver wrote, work not yet done); the transport saves the queues and
+/// the negotiated features. The transport checks its own part of a state
+/// first, then has the device restore its part, then takes its own, so a
+/// state the device refuses changes nothing. The transport checks the
+/// negotiated features against [`VirtioDevice::features`] before the
+/// device's restore: what a device offers must not depend on what its
+/// restore loads.
+pub trait VirtioDevice: Send + Persist {
     /// The virtio device type ([`VIRTIO_ID_NET`], ...).
     fn device_type(&self) -> u16;
 

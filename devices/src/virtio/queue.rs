@@ -25,6 +25,7 @@ use std::num::Wrapping;
 use std::sync::atomic::{fence, Ordering};
 
 use mmu::GuestMemory;
+use persist::{Persist, PersistError};
 
 /// Descriptor flag: the chain continues at `next`.
 pub const VIRTQ_DESC_F_NEXT: u16 = 1;
@@ -156,18 +157,30 @@ impl DescriptorChain {
     }
 }
 
-/// The saved state of a queue.
+/// The saved state of a queue: what the driver programmed and how far the
+/// device has gone through the rings. The rings themselves are guest memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct QueueState {
+    /// The size the driver chose.
     pub size: u16,
+    /// Whether the driver enabled the queue.
     pub ready: bool,
+    /// Guest address of the descriptor table.
     pub desc_table: u64,
+    /// Guest address of the available ring.
     pub avail_ring: u64,
+    /// Guest address of the used ring.
     pub used_ring: u64,
+    /// The next available entry the device takes.
     pub next_avail: u16,
+    /// The next used entry the device fills.
     pub next_used: u16,
+    /// `VIRTIO_F_EVENT_IDX` was negotiated.
     pub event_idx: bool,
+    /// The used index at the last notification decision.
     pub signalled_used: Option<u16>,
+    /// The driver broke the ring.
     pub broken: bool,
 }
 
@@ -426,8 +439,64 @@ impl Queue {
         }
     }
 
-    /// The state for a snapshot.
-    pub fn save(&self) -> QueueState {
+    /// Checks `s` for this queue before [`Persist::restore`] takes it. A
+    /// queue the device uses (enabled and intact) must have a power-of-two
+    /// size up to the device's maximum, rings aligned as 2.6 asks whose
+    /// areas do not wrap the address space, and at most a queue's worth of
+    /// chains taken and not yet used. A queue the device does not use holds
+    /// whatever the driver wrote; it is checked when the driver enables it.
+    /// Whether the rings lie in guest RAM is the transport's check, which
+    /// knows the memory.
+    pub(crate) fn check(&self, s: &QueueState) -> Result<(), PersistError> {
+        if !s.ready || s.broken {
+            return Ok(());
+        }
+        PersistError::check(s.size.is_power_of_two(), PART, "size", || {
+            format!("is {}, not a power of two, in a queue the device uses", s.size)
+        })?;
+        PersistError::check_max(PART, "size", s.size, self.max_size.min(MAX_QUEUE_SIZE))?;
+        let n = u64::from(s.size);
+        let areas = [
+            ("desc_table", s.desc_table, DESC_SIZE * n, 16),
+            ("avail_ring", s.avail_ring, 6 + 2 * n, 2),
+            ("used_ring", s.used_ring, 6 + 8 * n, 4),
+        ];
+        for (field, addr, len, align) in areas {
+            PersistError::check(addr % align == 0 && addr.checked_add(len).is_some(), PART, field, || {
+                format!("is {addr:#x}: not {align}-byte aligned, or its {len} bytes wrap the address space")
+            })?;
+        }
+        let in_flight = s.next_avail.wrapping_sub(s.next_used);
+        PersistError::check(in_flight <= s.size, PART, "next_avail", || {
+            format!(
+                "is {}, {in_flight} chains ahead of next_used {}: more than the queue size {}",
+                s.next_avail, s.next_used, s.size
+            )
+        })
+    }
+
+    /// Takes a state [`Queue::check`] accepted.
+    pub(crate) fn load(&mut self, s: &QueueState) {
+        self.size = s.size;
+        self.ready = s.ready;
+        self.desc_table = s.desc_table;
+        self.avail_ring = s.avail_ring;
+        self.used_ring = s.used_ring;
+        self.next_avail = Wrapping(s.next_avail);
+        self.next_used = Wrapping(s.next_used);
+        self.event_idx = s.event_idx;
+        self.signalled_used = s.signalled_used.map(Wrapping);
+        self.broken = s.broken;
+    }
+}
+
+/// What a [`PersistError`] of a queue names.
+const PART: &str = "virtio queue";
+
+impl Persist for Queue {
+    type State = QueueState;
+
+    fn save(&self) -> QueueState {
         QueueState {
             size: self.size,
             ready: self.ready,
@@ -442,18 +511,10 @@ impl Queue {
         }
     }
 
-    /// Restores a snapshot.
-    pub fn restore(&mut self, s: &QueueState) {
-        self.size = s.size;
-        self.ready = s.ready;
-        self.desc_table = s.desc_table;
-        self.avail_ring = s.avail_ring;
-        self.used_ring = s.used_ring;
-        self.next_avail = Wrapping(s.next_avail);
-        self.next_used = Wrapping(s.next_used);
-        self.event_idx = s.event_idx;
-        self.signalled_used = s.signalled_used.map(Wrapping);
-        self.broken = s.broken;
+    fn restore(&mut self, s: &QueueState) -> Result<(), PersistError> {
+        self.check(s)?;
+        self.load(s);
+        Ok(())
     }
 }
 
@@ -545,212 +606,4 @@ pub mod testing {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::testing::DriverRing;
-    use super::*;
-
-    fn mem() -> GuestMemory {
-        GuestMemory::new(1 << 20).unwrap()
-    }
-
-    fn queue(mem: &GuestMemory, size: u16) -> (Queue, DriverRing) {
-        let ring = DriverRing::new(mem, 0x1000, size);
-        let mut q = Queue::new(size);
-        ring.attach(&mut q);
-        q.validate(mem).unwrap();
-        (q, ring)
-    }
-
-    #[test]
-    fn pops_chains_and_returns_them() {
-        let m = mem();
-        let (mut q, mut r) = queue(&m, 8);
-        assert_eq!(q.pop(&m).unwrap(), None);
-        m.write(0x8000, b"hello").unwrap();
-        let h = r.add_chain(&m, &[(0x8000, 5, false), (0x9000, 100, true), (0x9100, 50, true)]);
-        let c = q.pop(&m).unwrap().unwrap();
-        assert_eq!(c.head, h);
-        assert_eq!(c.readable, vec![Buffer { addr: 0x8000, len: 5 }]);
-        assert_eq!(c.writable.len(), 2);
-        assert_eq!((c.readable_len(), c.writable_len()), (5, 150));
-        let mut data = Vec::new();
-        assert!(c.read_all(&m, &mut data, 1000).unwrap());
-        assert_eq!(data, b"hello");
-        let mut short = Vec::new();
-        assert!(!c.read_all(&m, &mut short, 3).unwrap());
-        assert_eq!(short, b"hel");
-        assert_eq!(c.write_at(&m, 98, b"abcd").unwrap(), 4);
-        assert_eq!(m.read_bytes::<2>(0x9062).unwrap(), *b"ab");
-        assert_eq!(m.read_bytes::<2>(0x9100).unwrap(), *b"cd");
-        assert_eq!(c.write_at(&m, 149, b"xyz").unwrap(), 1, "only one byte fits");
-        q.add_used(&m, c.head, 4).unwrap();
-        assert_eq!(r.take_used(&m), vec![(u32::from(h), 4)]);
-        assert_eq!(q.pop(&m).unwrap(), None);
-        // Undo puts a chain back.
-        r.add_chain(&m, &[(0x8000, 5, false)]);
-        q.pop(&m).unwrap().unwrap();
-        q.undo_pop(1);
-        assert_eq!(q.pending(&m).unwrap(), 1);
-    }
-
-    #[test]
-    fn indices_wrap_around_u16() {
-        let m = mem();
-        let (mut q, mut r) = queue(&m, 4);
-        for _ in 0..70_000u32 {
-            let h = r.add_chain(&m, &[(0x8000, 16, true)]);
-            let c = q.pop(&m).unwrap().unwrap();
-            assert_eq!(c.head, h);
-            q.add_used(&m, c.head, 16).unwrap();
-            assert_eq!(r.take_used(&m).len(), 1);
-        }
-        assert_eq!(q.next_avail(), (70_000u32 % 65536) as u16);
-    }
-
-    #[test]
-    fn bad_sizes_and_ring_addresses_are_refused() {
-        let m = mem();
-        let mut q = Queue::new(256);
-        let r = DriverRing::new(&m, 0x1000, 256);
-        r.attach(&mut q);
-        q.validate(&m).unwrap();
-        for bad in [0u16, 3, 512] {
-            q.size = bad;
-            assert_eq!(q.validate(&m), Err(QueueError::BadSize(bad)));
-        }
-        q.size = 256;
-        q.desc_table = 0x1008;
-        assert!(matches!(q.validate(&m), Err(QueueError::BadRing { area: "descriptor table", .. })));
-        q.desc_table = (1 << 20) - 16;
-        assert!(matches!(q.validate(&m), Err(QueueError::BadRing { .. })));
-        q.desc_table = 0x1000;
-        q.used_ring = u64::MAX - 3;
-        assert!(matches!(q.validate(&m), Err(QueueError::BadRing { area: "used ring", .. })));
-    }
-
-    #[test]
-    fn hostile_rings_are_errors_not_panics() {
-        let m = mem();
-        // The available index jumps past the queue size.
-        let (mut q, mut r) = queue(&m, 8);
-        r.set_avail_idx(&m, 9);
-        assert!(matches!(q.pop(&m), Err(QueueError::AvailOverrun { .. })));
-        // A head past the table.
-        let (mut q, mut r) = queue(&m, 8);
-        r.publish(&m, 8);
-        assert_eq!(q.pop(&m), Err(QueueError::BadIndex { index: 8, size: 8 }));
-        // A `next` past the table.
-        let (mut q, mut r) = queue(&m, 8);
-        r.write_desc(&m, 0, 0x8000, 4, VIRTQ_DESC_F_NEXT, 200);
-        r.publish(&m, 0);
-        assert_eq!(q.pop(&m), Err(QueueError::BadIndex { index: 200, size: 8 }));
-        // A loop.
-        let (mut q, mut r) = queue(&m, 8);
-        r.write_desc(&m, 0, 0x8000, 4, VIRTQ_DESC_F_NEXT, 1);
-        r.write_desc(&m, 1, 0x8000, 4, VIRTQ_DESC_F_NEXT, 0);
-        r.publish(&m, 0);
-        assert_eq!(q.pop(&m), Err(QueueError::ChainLoop(8)));
-        // A buffer outside RAM, and one wrapping the address space.
-        for addr in [(1 << 20) - 2, u64::MAX - 1] {
-            let (mut q, mut r) = queue(&m, 8);
-            r.add_chain(&m, &[(addr, 4, true)]);
-            assert!(matches!(q.pop(&m), Err(QueueError::BadBuffer { .. })), "{addr:#x}");
-        }
-        // Buffers adding up past 4 GiB.
-        let (mut q, mut r) = queue(&m, 8);
-        let mut ring = Vec::new();
-        for _ in 0..8 {
-            ring.push((0u64, 0u32, true));
-        }
-        r.add_chain(&m, &ring);
-        assert!(q.pop(&m).unwrap().is_some(), "zero-length buffers are fine");
-    }
-
-    #[test]
-    fn indirect_tables_are_followed_and_checked() {
-        let m = mem();
-        let (mut q, mut r) = queue(&m, 8);
-        // A table of two descriptors at 0x6000.
-        let t = 0x6000u64;
-        let put = |i: u64, addr: u64, len: u32, flags: u16, next: u16| {
-            m.write_u64(t + 16 * i, addr).unwrap();
-            m.write_u32(t + 16 * i + 8, len).unwrap();
-            m.write_u16(t + 16 * i + 12, flags).unwrap();
-            m.write_u16(t + 16 * i + 14, next).unwrap();
-        };
-        put(0, 0x8000, 10, VIRTQ_DESC_F_NEXT, 1);
-        put(1, 0x9000, 20, VIRTQ_DESC_F_WRITE, 0);
-        r.write_desc(&m, 0, t, 32, VIRTQ_DESC_F_INDIRECT, 0);
-        r.publish(&m, 0);
-        let c = q.pop(&m).unwrap().unwrap();
-        assert_eq!(c.readable, vec![Buffer { addr: 0x8000, len: 10 }]);
-        assert_eq!(c.writable, vec![Buffer { addr: 0x9000, len: 20 }]);
-        // Bad tables.
-        for (len, flags) in [
-            (0u32, VIRTQ_DESC_F_INDIRECT),
-            (24, VIRTQ_DESC_F_INDIRECT),
-            (32, VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT),
-        ] {
-            let (mut q, mut r) = queue(&m, 8);
-            r.write_desc(&m, 0, t, len, flags, 1);
-            r.publish(&m, 0);
-            assert!(matches!(q.pop(&m), Err(QueueError::BadIndirect { .. })), "{len} {flags}");
-        }
-        // Nested indirect.
-        put(1, t, 32, VIRTQ_DESC_F_INDIRECT, 0);
-        let (mut q, mut r) = queue(&m, 8);
-        r.write_desc(&m, 0, t, 32, VIRTQ_DESC_F_INDIRECT, 0);
-        r.publish(&m, 0);
-        assert!(matches!(q.pop(&m), Err(QueueError::BadIndirect { .. })));
-        // A loop inside the table.
-        put(1, 0x9000, 20, VIRTQ_DESC_F_NEXT, 0);
-        let (mut q, mut r) = queue(&m, 8);
-        r.write_desc(&m, 0, t, 32, VIRTQ_DESC_F_INDIRECT, 0);
-        r.publish(&m, 0);
-        assert_eq!(q.pop(&m), Err(QueueError::ChainLoop(2)));
-        // A `next` past the table.
-        put(1, 0x9000, 20, VIRTQ_DESC_F_NEXT, 5);
-        let (mut q, mut r) = queue(&m, 8);
-        r.write_desc(&m, 0, t, 32, VIRTQ_DESC_F_INDIRECT, 0);
-        r.publish(&m, 0);
-        assert_eq!(q.pop(&m), Err(QueueError::BadIndex { index: 5, size: 2 }));
-    }
-
-    #[test]
-    fn notification_suppression() {
-        let m = mem();
-        let (mut q, mut r) = queue(&m, 8);
-        r.add_chain(&m, &[(0x8000, 4, true)]);
-        let c = q.pop(&m).unwrap().unwrap();
-        q.add_used(&m, c.head, 0).unwrap();
-        assert!(q.needs_notification(&m).unwrap());
-        m.write_u16(r.avail, VIRTQ_AVAIL_F_NO_INTERRUPT).unwrap();
-        assert!(!q.needs_notification(&m).unwrap());
-
-        // EVENT_IDX: notify only when used_event falls in (old, new].
-        let (mut q, mut r) = queue(&m, 8);
-        q.set_event_idx(true);
-        let used_event = r.avail + 4 + 2 * 8;
-        for _ in 0..3 {
-            r.add_chain(&m, &[(0x8000, 4, true)]);
-        }
-        let mut used = || {
-            let c = q.pop(&m).unwrap().unwrap();
-            q.add_used(&m, c.head, 0).unwrap();
-            q.needs_notification(&m).unwrap()
-        };
-        m.write_u16(used_event, 1).unwrap();
-        assert!(used(), "the first decision always notifies");
-        assert!(used(), "used idx went 1 -> 2, event 1 is crossed");
-        assert!(!used(), "2 -> 3 does not cross event 1");
-        // avail_event is published for the driver.
-        q.publish_avail_event(&m).unwrap();
-        assert_eq!(m.read_u16(r.used + 4 + 8 * 8).unwrap(), 3);
-        let s = q.save();
-        let mut q2 = Queue::new(8);
-        q2.restore(&s);
-        assert_eq!(q2.save(), s);
-        q2.reset();
-        assert!(!q2.is_usable());
-    }
-}
+mod tests;

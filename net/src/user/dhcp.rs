@@ -176,6 +176,27 @@ impl DhcpServer {
         }
     }
 
+    /// The leases in force at `now`, in the order they were made: (client,
+    /// address, bound; an unbound one is only offered).
+    pub(crate) fn leases(&self, now: Instant) -> impl Iterator<Item = (EthernetAddress, Ipv4Addr, bool)> + '_ {
+        self.leases
+            .iter()
+            .filter(move |l| l.expires.is_none_or(|t| t > now))
+            .map(|l| (l.mac, l.ip, l.expires.is_some()))
+    }
+
+    /// Whether `ip` is one of the addresses the server hands out.
+    pub(crate) fn in_pool(&self, ip: Ipv4Addr) -> bool {
+        self.pool.contains(&ip)
+    }
+
+    /// Replaces the leases with `leases` (as [`DhcpServer::leases`] gives
+    /// them); a bound one runs for a whole lease time from `now`.
+    pub(crate) fn set_leases(&mut self, leases: impl Iterator<Item = (EthernetAddress, Ipv4Addr, bool)>, now: Instant) {
+        let expires = now + self.lease_time;
+        self.leases = leases.map(|(mac, ip, bound)| Lease { mac, ip, expires: bound.then_some(expires) }).collect();
+    }
+
     /// The client that holds `ip`, if any.
     pub fn mac_of(&self, ip: Ipv4Addr) -> Option<EthernetAddress> {
         self.leases.iter().find(|l| l.ip == ip).map(|l| l.mac)

@@ -20,13 +20,19 @@
 //!
 //! smoltcp runs with any-IP on, so it would answer ARP and ICMP for every
 //! address; it only ever sees what the filter lets through.
+//!
+//! Its saved state ([`UserNetState`]) is its configuration and the guest
+//! addresses it knows; the flows to host sockets cannot be saved.
 
 mod device;
 mod dhcp;
 mod dns;
 mod icmp;
+mod state;
 mod tcp;
 mod udp;
+
+pub use state::{DhcpLease, UserNetState};
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};

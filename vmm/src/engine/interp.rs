@@ -1,13 +1,10 @@
 //! The interpreter as an engine (`--accel interp`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use cpu::cpuid::Model;
 use cpu::{Cpu, CpuState, StopReason};
-use mmu::GuestMemory;
 
-use super::{Engine, EngineStats, Exit, Kicker, MachineIo, Slice};
+use super::{Engine, EngineContext, EngineStats, Exit, Kicker, Slice};
 use crate::error::Error;
 
 /// The guest CPU in the interpreter.
@@ -16,12 +13,18 @@ pub struct InterpEngine {
 }
 
 impl InterpEngine {
-    pub fn new(mem: Arc<GuestMemory>, io: MachineIo, boot: &CpuState, model: Model) -> Self {
-        let mut cpu = Cpu::new(mem, Box::new(io));
-        cpu.set_model(model);
-        cpu.set_state(*boot);
-        InterpEngine { cpu }
+    pub fn new(ctx: &EngineContext<'_>) -> Self {
+        InterpEngine { cpu: boot_cpu(ctx) }
     }
+}
+
+/// An interpreter CPU on the context's memory and I/O, of its CPU model,
+/// in its boot state.
+pub(crate) fn boot_cpu(ctx: &EngineContext<'_>) -> Cpu {
+    let mut cpu = Cpu::new(ctx.mem.clone(), Box::new(ctx.io.clone()));
+    cpu.set_model(ctx.config.cpu_model);
+    cpu.set_state(ctx.boot_state);
+    cpu
 }
 
 /// The machine's answer to why the interpreter stopped.

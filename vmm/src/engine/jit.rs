@@ -4,15 +4,12 @@
 //! TLB and the decoded-block cache are shared, and every device access
 //! goes through the machine's one I/O interface.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use cpu::cpuid::Model;
 use cpu::{Cpu, CpuState};
-use mmu::GuestMemory;
 
 use super::interp::{exit_of, interp_line, model_line};
-use super::{Engine, EngineStats, Exit, Kicker, MachineIo, Slice};
+use super::{Engine, EngineContext, EngineStats, Exit, Kicker, Slice};
 use crate::error::Error;
 
 /// The guest CPU under the JIT.
@@ -54,16 +51,8 @@ pub fn config_from_env() -> Result<jit::Config, Error> {
 }
 
 impl JitEngine {
-    pub fn new(
-        mem: Arc<GuestMemory>,
-        io: MachineIo,
-        boot: &CpuState,
-        model: Model,
-        config: jit::Config,
-    ) -> Result<Self, Error> {
-        let mut cpu = Cpu::new(mem, Box::new(io));
-        cpu.set_model(model);
-        cpu.set_state(*boot);
+    pub fn new(ctx: &EngineContext<'_>, config: jit::Config) -> Result<Self, Error> {
+        let mut cpu = super::interp::boot_cpu(ctx);
         let jit = jit::Jit::new(&mut cpu, config).map_err(|e| Error::Accel(format!("the JIT cannot start: {e}")))?;
         Ok(JitEngine { cpu, jit })
     }

@@ -22,13 +22,14 @@ use hvf_kvm_accel::{IrqChip, Vcpu, VcpuKicker, Vm, VmExit};
 
 use super::alarm::Alarm;
 use super::io::DeadlineWatch;
-use super::{Engine, EngineStats, Exit, Kicker, MachineIo, Slice};
+use super::{clock_ns_at, Engine, EngineContext, EngineStats, Exit, Kicker, MachineIo, Slice};
+use crate::config::KvmPit;
 use crate::error::Error;
-use crate::machine::{KvmPit, Machine};
 
 /// The guest in KVM.
 pub struct KvmEngine<'m> {
-    machine: &'m Machine,
+    mem: Arc<mmu::GuestMemory>,
+    clock: devices::clock::SharedClock,
     vm: Arc<dyn Vm>,
     vcpu: Box<dyn Vcpu>,
     io: MachineIo,
@@ -41,7 +42,7 @@ pub struct KvmEngine<'m> {
     alarm: Alarm,
     msi: Option<Arc<hvf_kvm_accel::irqfd::MsiIrqfds>>,
     /// Detaches the virtio doorbells from KVM when the engine goes.
-    doorbells: Option<crate::nic::AttachedDoorbells<'m>>,
+    doorbells: Option<crate::device_manager::AttachedDoorbells<'m>>,
     /// The shadow-protection generation the memory slots follow.
     shadow_seen: Arc<AtomicU64>,
     /// Which 16 KiB chunks of 0xC0000-0xFFFFF are read-only slots.
@@ -77,9 +78,9 @@ const SHADOW_CHUNK: u64 = 0x4000;
 const SHADOW_CHUNKS: usize = ((0x10_0000 - SHADOW_START) / SHADOW_CHUNK) as usize;
 
 impl<'m> KvmEngine<'m> {
-    pub fn new(m: &'m Machine, pit: KvmPit) -> Result<Self, Error> {
+    pub fn new(m: &EngineContext<'m>) -> Result<Self, Error> {
         let mut kvm = hvf_kvm_accel::kvm::Kvm::new()?;
-        kvm.set_in_kernel_pit(pit == KvmPit::InKernel);
+        kvm.set_in_kernel_pit(m.config.kvm_pit == KvmPit::InKernel);
         let model = m.config.cpu_model;
         // KVM's instruction emulator, which runs ring 0 on kvm_pvm hosts,
         // has no XSAVE: the AVX part of the model needs the kernel in
@@ -92,7 +93,7 @@ impl<'m> KvmEngine<'m> {
         let model_line = model_under_kvm(model, &missing, emulated_cpl0);
         let vm: Arc<dyn Vm> = Arc::new(kvm_vm);
         let in_kernel = matches!(vm.irqchip(), IrqChip::InKernel { .. });
-        let intc = &m.chipset.intc;
+        let intc = &m.intc;
         let mut msi = None;
         if in_kernel {
             // KVM models the PIC, I/O APIC and local APIC: device lines go there.
@@ -114,7 +115,7 @@ impl<'m> KvmEngine<'m> {
         }
         // Virtio queue notifications signal the NIC I/O thread's eventfds
         // instead of exiting to this thread (until the engine goes).
-        let doorbells = m.nics.as_ref().map(|n| {
+        let doorbells = m.devices.map(|n| {
             let v = vm.clone();
             n.attach_doorbells(Box::new(move |fd, site, attach| {
                 let addr = if site.pio {
@@ -134,11 +135,12 @@ impl<'m> KvmEngine<'m> {
         let (mut io, watch) = m.io_watching_timers();
         let shadow_seen = Arc::new(AtomicU64::new(0));
         io.shadow = Some((m.mem.clone(), shadow_seen.clone()));
-        let mut fallback = Cpu::new(m.mem.clone(), Box::new(m.io()));
+        let mut fallback = Cpu::new(m.mem.clone(), Box::new(m.io.clone()));
         fallback.set_model(model);
         fallback.set_avx(avx);
         Ok(KvmEngine {
-            machine: m,
+            mem: m.mem.clone(),
+            clock: m.clock.clone(),
             vm,
             vcpu,
             io,
@@ -159,7 +161,7 @@ impl<'m> KvmEngine<'m> {
     /// Follow the BIOS shadow's write protection (the PAM registers) with
     /// read-only memory slots, 16 KiB at a time, before the vCPU runs again.
     fn sync_shadow(&mut self) -> Result<(), Error> {
-        let mem = &self.machine.mem;
+        let mem = &self.mem;
         let g = mem.shadow_generation();
         if g == self.shadow_seen.load(Ordering::Acquire) {
             return Ok(());
@@ -206,7 +208,7 @@ impl Engine for KvmEngine<'_> {
     fn run(&mut self, slice: &Slice) -> Result<Exit, Error> {
         self.sync_shadow()?;
         self.alarm.set(slice.until);
-        self.watch.arm(slice.until.map_or(u64::MAX, |t| self.machine.clock_ns_at(t)));
+        self.watch.arm(slice.until.map_or(u64::MAX, |t| clock_ns_at(&self.clock, t)));
         let exit = self.vcpu.run(&mut self.io);
         self.alarm.set(None);
         match exit? {

@@ -1,6 +1,6 @@
 //! CPU engines: what runs the guest's instructions.
 //!
-//! The machine ([`crate::machine::Machine::run`]) owns one run loop for
+//! The machine ([`crate::Machine::run`]) owns one run loop for
 //! every engine, as QEMU's `AccelOpsClass` and Firecracker's vCPU serve
 //! theirs. An [`Engine`] runs the guest for a [`Slice`] and says why it
 //! stopped ([`Exit`]); everything else is the machine's: console input,
@@ -18,14 +18,20 @@
 //!   regions for hot code (`--accel jit`);
 //! - [`kvm::KvmEngine`]: the guest in KVM, with the interpreter running
 //!   the instructions KVM cannot (`--accel kvm`);
-//! - [`split::SplitEngine`]: the kernel in the interpreter and user code in
-//!   KVM, where KVM runs ring 0 in software (`--accel kvm` on kvm_pvm).
+//! - [`split::SplitEngine`]: the kernel in the JIT (its interpreter for cold
+//!   code) and user code in KVM, where KVM runs ring 0 in software
+//!   (`--accel kvm` on kvm_pvm).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cpu::CpuState;
+use devices::clock::{SharedClock, Tsc};
+use devices::{InterruptController, Timers};
+use mmu::GuestMemory;
 
+use crate::config::{Firmware, MachineConfig};
+use crate::device_manager::DeviceManager;
 use crate::error::Error;
 
 pub mod alarm;
@@ -42,6 +48,64 @@ pub mod split;
 pub mod split_policy;
 
 pub use io::MachineIo;
+
+/// What an engine is built from: the parts of the machine it uses, named,
+/// so that no engine reaches for the machine itself.
+///
+/// SMP: one context per vCPU, differing in `boot_state` (the bootstrap
+/// processor's, or the wait-for-SIPI state of an application processor)
+/// and in the vCPU's index, which the KVM engines pass to `create_vcpu`.
+pub struct EngineContext<'m> {
+    /// Guest memory, shared by every vCPU.
+    pub mem: Arc<GuestMemory>,
+    /// The machine's I/O interface; each use takes a clone.
+    pub io: MachineIo,
+    /// The state the vCPU starts in.
+    pub boot_state: CpuState,
+    /// The machine's configuration (CPU model, split mode, PIT placement).
+    pub config: &'m MachineConfig,
+    /// Physical ranges of a directly booted kernel's code, when known.
+    pub kernel_code: &'m [(u64, u64)],
+    /// The machine's interrupt controllers, which KVM's in-kernel ones
+    /// replace when it has them.
+    pub intc: Arc<InterruptController>,
+    /// The time-stamp counter the devices and the interpreter read.
+    pub tsc: Arc<Tsc>,
+    /// The machine's clock.
+    pub clock: SharedClock,
+    /// The timer devices, for engines that must stop when a device write
+    /// brings a deadline forward.
+    pub timers: Timers,
+    /// The PCI devices with doorbells an engine may attach to (KVM's
+    /// ioeventfds), when there are any.
+    pub devices: Option<&'m DeviceManager>,
+}
+
+impl EngineContext<'_> {
+    /// Whether the guest boots through a BIOS image.
+    pub fn bios_boot(&self) -> bool {
+        matches!(self.config.firmware, Firmware::Bios(_))
+    }
+
+    /// The I/O interface for an engine that runs the guest until something
+    /// stops it: device writes that bring a timer deadline before the
+    /// slice's end stop it too.
+    pub(crate) fn io_watching_timers(&self) -> (MachineIo, Arc<io::DeadlineWatch>) {
+        let watch = Arc::new(io::DeadlineWatch::new(self.timers.clone(), self.clock.clone()));
+        (MachineIo { watch: Some(watch.clone()), ..self.io.clone() }, watch)
+    }
+}
+
+/// An instant as nanoseconds of `clock`.
+pub fn clock_ns_at(clock: &SharedClock, at: Instant) -> u64 {
+    let now = Instant::now();
+    let ns = clock.now_ns();
+    if at >= now {
+        ns.saturating_add(u64::try_from((at - now).as_nanos()).unwrap_or(u64::MAX))
+    } else {
+        ns.saturating_sub(u64::try_from((now - at).as_nanos()).unwrap_or(u64::MAX))
+    }
+}
 
 /// How long one [`Engine::run`] may go before the machine looks at its
 /// timers, devices and events again.

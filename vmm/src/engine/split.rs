@@ -1,5 +1,5 @@
-//! Split execution: the guest kernel (CPL 0) in the interpreter, user code
-//! (CPL 3) in KVM.
+//! Split execution: the guest kernel (CPL 0) in the JIT (its interpreter for
+//! cold code), user code (CPL 3) in KVM.
 //!
 //! On hosts whose KVM runs CPL-0 guest code in its own software instruction
 //! emulator (kvm_pvm: nested virtualization without VT-x/AMD-V), a kernel
@@ -68,9 +68,9 @@ use hvf_kvm_accel::{Vcpu, VcpuKicker, Vm, VmExit};
 use super::alarm::Alarm;
 use super::interp::exit_of;
 use super::kernel_code::{self, EntryRegisters, KernelCode, NotFound};
-use super::{Engine, EngineStats, Exit, Kicker, MachineIo, Slice};
+use super::{Engine, EngineContext, EngineStats, Exit, Kicker, MachineIo, Slice};
+use crate::config::SplitMode;
 use crate::error::Error;
-use crate::machine::Machine;
 
 /// Whether this host's KVM runs CPL-0 guest code in software (kvm_pvm).
 pub fn kvm_emulates_cpl0() -> bool {
@@ -163,28 +163,23 @@ impl SplitEngine {
     /// Whether `--accel kvm` splits execution on this machine.
     /// `auto`: where KVM runs CPL 0 in software, for a kernel the host
     /// loaded or a BIOS boot (whose kernel's code is found in the guest).
-    pub fn wanted(m: &Machine) -> bool {
+    pub fn wanted(m: &EngineContext<'_>) -> bool {
         match m.config.kvm_split {
-            crate::machine::SplitMode::Off => false,
-            crate::machine::SplitMode::On => true,
-            crate::machine::SplitMode::Auto => {
-                (!m.kernel_code.is_empty() || matches!(m.config.firmware, crate::machine::Firmware::Bios(_)))
-                    && kvm_emulates_cpl0()
-            }
+            SplitMode::Off => false,
+            SplitMode::On => true,
+            SplitMode::Auto => (!m.kernel_code.is_empty() || m.bios_boot()) && kvm_emulates_cpl0(),
         }
     }
 
-    pub fn new(m: &Machine) -> Result<Self, Error> {
-        let io = m.io();
-        let mut cpu = Cpu::new(m.mem.clone(), Box::new(io.clone()));
-        cpu.set_model(m.config.cpu_model);
+    pub fn new(m: &EngineContext<'_>) -> Result<Self, Error> {
+        let io = m.io.clone();
+        let mut cpu = super::interp::boot_cpu(m);
         // kvm_pvm runs user code with the host's XCR0, whatever the guest
         // set: an XSAVE area a user program sized from this CPU's CPUID
         // (glibc's dynamic linker sizes its XSAVEC area so) would be
         // overrun by the host's AVX-512 state. The guest gets FXSAVE only,
         // and so no AVX.
         cpu.set_xsave(false);
-        cpu.set_state(m.boot_state);
         let missing = missing_v3(&cpu);
         let model_line = format!(
             "CPU model {} (split execution, one CPUID for kernel and user code): x86-64-v3 features missing: {}",
@@ -205,7 +200,7 @@ impl SplitEngine {
         kvm.restrict_cpuid(Some(interpreter_features(&cpu)));
         let vm = kvm.create_kvm_vm(m.mem.clone())?;
         let mut hidden = 0;
-        for &(s, e) in &m.kernel_code {
+        for &(s, e) in m.kernel_code {
             // Whole pages: Linux frees the pages after `.text` from the first
             // page boundary past its end, never the page `.text` ends in.
             let (s, e) = (s & !0xfff, (e + 0xfff) & !0xfff);
@@ -217,7 +212,7 @@ impl SplitEngine {
         let mut vcpu = vm.create_kvm_vcpu(0)?;
         // One time-stamp counter for both engines: the machine's follows KVM's.
         let (tsc, khz) = vcpu.tsc()?;
-        m.chipset.tsc.retune(m.clock.now_ns(), khz * 1000, tsc);
+        m.tsc.retune(m.clock.now_ns(), khz * 1000, tsc);
         let kicker = vcpu.kicker()?;
         let k = kicker.clone();
         let alarm = Alarm::new(Arc::new(move || k.kick()))?;
@@ -592,7 +587,7 @@ fn found_report(f: &Found) -> String {
 /// User instructions the interpreter runs itself after the kernel returns to
 /// user mode, before it hands the CPU to KVM: code that enters the kernel
 /// again within them (a loop of short system calls) costs no hand-over.
-const USER_BUDGET: u64 = 10_000;
+pub const USER_BUDGET: u64 = 10_000;
 
 /// A stint of user code in KVM shorter than this, ended by entering the
 /// kernel, cost about what running it in the interpreter would have: that

@@ -425,3 +425,100 @@ fn qcow2_header_parser_over_pseudo_random_inputs() {
     }
     assert!(ok > 0, "some mutations stay valid");
 }
+
+/// A device over `disk` with `serial` and `kick`, brought up with every
+/// feature it offers and its queue of 16 entries at 0x10000.
+fn bring_up(
+    mem: &Arc<GuestMemory>,
+    disk: &Arc<Mutex<MemDisk>>,
+    serial: &str,
+    kick: IoKick,
+) -> (VirtioBlkPci, DriverRing) {
+    let blk = VirtioBlk::new(Box::new(SharedDisk(disk.clone())), serial, kick);
+    let features = blk.features();
+    let mut dev = VirtioPci::new(blk, mem.clone(), Arc::new(RecordingIrq::new()));
+    dev.write_config(PCI_COMMAND, &[0x06, 0]);
+    w(&mut dev, 0x14, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER), 1);
+    w(&mut dev, 0x08, 0, 4);
+    w(&mut dev, 0x0c, features & 0xffff_ffff, 4);
+    w(&mut dev, 0x08, 1, 4);
+    w(&mut dev, 0x0c, features >> 32, 4);
+    w(&mut dev, 0x14, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK), 1);
+    let ring = DriverRing::new(mem, 0x10000, 16);
+    w(&mut dev, 0x16, 0, 2);
+    w(&mut dev, 0x18, 16, 2);
+    w(&mut dev, 0x20, ring.desc, 8);
+    w(&mut dev, 0x28, ring.avail, 8);
+    w(&mut dev, 0x30, ring.used, 8);
+    w(&mut dev, 0x1c, 1, 2);
+    w(&mut dev, 0x14, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK), 1);
+    (dev, ring)
+}
+
+#[test]
+fn a_restored_device_serves_the_request_left_pending() {
+    let mem = Arc::new(GuestMemory::new(4 << 20).unwrap());
+    let data: Vec<u8> = (0..DISK).map(|i| (i / 512) as u8).collect();
+    let disk = Arc::new(Mutex::new(MemDisk { data, read_only: false, flushes: 0 }));
+    // I/O threads that never run: the kicks are connected, so requests wait.
+    let (io, other_io) = (crate::nic::IoThread::new().unwrap(), crate::nic::IoThread::new().unwrap());
+    let (mut dev, mut ring) = bring_up(&mem, &disk, "saved-serial", io.kick());
+    // A read that was served, then a GET_ID left pending.
+    mem.write(HDR, &[0u8; 16]).unwrap();
+    mem.write_u64(HDR + 8, 7).unwrap();
+    ring.add_chain(&mem, &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
+    w(&mut dev, 0x3000, 0, 2);
+    dev.poll(Instant::now());
+    assert_eq!(ring.take_used(&mem), vec![(0, 513)]);
+    mem.write(HDR + 0x100, &[8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    ring.add_chain(&mem, &[(HDR + 0x100, 16, false), (DATA + 0x1000, 20, true), (STATUS + 1, 1, true)]);
+    w(&mut dev, 0x3000, 0, 2);
+    assert!(ring.take_used(&mem).is_empty(), "waits for the I/O thread");
+
+    let blk = VirtioBlk::new(Box::new(SharedDisk(disk.clone())), "other", other_io.kick());
+    let mut other = VirtioPci::new(blk, mem.clone(), Arc::new(RecordingIrq::new()));
+    let s = persist::assert_round_trip(&dev, &mut other);
+    assert!(s.device.pending);
+    assert_eq!(&s.device.id[..12], b"saved-serial");
+    assert_eq!((s.device.capacity, s.device.read_only), ((DISK / 512) as u64, false));
+    // The restored device serves it from its I/O thread's poll, with the
+    // saved serial, in the next used slot.
+    other.poll(Instant::now());
+    assert_eq!(ring.take_used(&mem), vec![(3, 21)]);
+    assert_eq!(mem.read_u8(STATUS + 1).unwrap(), VIRTIO_BLK_S_OK);
+    let mut id = [0u8; 20];
+    mem.read(DATA + 0x1000, &mut id).unwrap();
+    assert_eq!(&id[..13], b"saved-serial\0");
+    let st = other.device().stats();
+    assert_eq!((st.reads, st.read_bytes), (1, 512), "the counters came along");
+    assert!(!other.device().save().pending);
+}
+
+#[test]
+fn corrupt_virtio_blk_states_are_refused() {
+    let mut r = rig(false);
+    let good = r.dev.save();
+    let bigger = VirtioBlkState { capacity: good.device.capacity + 1, ..good.device };
+    let e = persist::assert_refused(r.dev.device_mut(), &bigger);
+    assert_eq!((e.part, e.field), ("virtio-blk", "capacity"));
+    let e = persist::assert_refused(r.dev.device_mut(), &VirtioBlkState { read_only: true, ..good.device });
+    assert_eq!((e.part, e.field), ("virtio-blk", "read_only"));
+    // Through the transport, which is left as it was.
+    let mut bad = good.clone();
+    bad.device.capacity /= 2;
+    let e = persist::assert_refused(&mut r.dev, &bad);
+    assert_eq!((e.part, e.field), ("virtio-blk", "capacity"));
+    // A writable disk's state on a read-only disk: DISCARD and WRITE_ZEROES
+    // were negotiated, which a read-only disk does not offer.
+    assert_ne!(good.driver_features & VIRTIO_BLK_F_DISCARD, 0);
+    let mut ro = rig(true);
+    let e = persist::assert_refused(&mut ro.dev, &good);
+    assert_eq!((e.part, e.field), ("virtio PCI function", "driver_features"));
+    let e = persist::assert_refused(&mut r.dev, &ro.dev.save());
+    assert_eq!(e.field, "driver_features", "VIRTIO_BLK_F_RO is not offered by a writable disk");
+    // Without negotiated features, only the disk's access tells them apart.
+    let mut quiet = ro.dev.save();
+    quiet.driver_features = 0;
+    let e = persist::assert_refused(&mut r.dev, &quiet);
+    assert_eq!((e.part, e.field), ("virtio-blk", "read_only"));
+}

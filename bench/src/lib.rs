@@ -1,0 +1,70 @@
+//! ferrovm's whole-guest measurements: `ferrovm demo` and `ferrovm bench`.
+//!
+//! Each bench boots real guests under every engine ferrovm has here, and
+//! under `qemu-system-x86_64` when it is installed, in the same run, and
+//! prints the times side by side with their ratios:
+//! - [`demo`]: the built-in guest under each engine, and Linux boots to
+//!   init (`ferrovm bench`);
+//! - [`work`]: compute-bound work inside a Linux guest (`--work`);
+//! - [`disk`]: virtio-blk throughput and IOPS inside a Linux guest (`--disk`);
+//! - [`net`]: TCP throughput through the user-mode NAT (`--net`).
+//!
+//! Linux guests and QEMU run as child processes (a Linux guest under the
+//! `ferrovm` binary that calls this crate), so each of those measurements
+//! is a whole process, as a user runs it; the built-in guest of `demo` runs
+//! in this process.
+
+use clap::Args;
+
+pub mod demo;
+pub mod disk;
+pub mod net;
+pub mod work;
+
+/// The options of `ferrovm bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Runs per measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Folder with vmlinuz-cloud, vmlinuz-generic and initramfs.cpio.gz
+    /// (built by scripts/guest-images.sh); Linux boots are skipped without it.
+    #[arg(long, default_value = "guest-images")]
+    pub images: std::path::PathBuf,
+    /// Boot Linux under KVM even when the built-in guest could not run there
+    /// (it does whenever KVM is usable).
+    #[arg(long)]
+    pub kvm_linux: bool,
+    /// Seconds allowed for one Linux boot to reach init.
+    #[arg(long, default_value_t = 600)]
+    pub boot_timeout: u64,
+    /// Measure TCP throughput through the user-mode NAT instead, per NIC
+    /// model, both ways (and QEMU's -netdev user when installed).
+    #[arg(long)]
+    pub net: bool,
+    /// Measure compute-bound work inside a Linux guest instead (a shell
+    /// loop, hashes, gzip), per engine and under QEMU TCG when installed.
+    #[arg(long, conflicts_with = "net")]
+    pub work: bool,
+    /// Measure virtio-blk inside a Linux guest instead: sequential write
+    /// and read in MiB/s and 4 KiB random-read IOPS, per engine and under
+    /// QEMU's virtio-blk when installed.
+    #[arg(long, conflicts_with_all = ["net", "work"])]
+    pub disk: bool,
+    /// MiB moved each way by --net.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub net_mib: usize,
+}
+
+/// Runs the bench `args` ask for; the process exit status.
+pub fn run(args: &BenchArgs) -> i32 {
+    if args.net {
+        net::run(args)
+    } else if args.work {
+        work::run(args)
+    } else if args.disk {
+        disk::run(args)
+    } else {
+        demo::bench(args)
+    }
+}

@@ -1,0 +1,27 @@
+//! ferrovm's virtual machine monitor: the PC assembled from the device
+//! models, its run loop, and the engines that run its CPU.
+//!
+//! - [`config`]: what shapes a machine, as a front end builds it;
+//! - [`machine`]: [`Machine`], its assembly and its run loop;
+//! - [`vcpu`]: one virtual CPU as the run loop drives it;
+//! - [`engine`]: the CPU engines (interpreter, JIT, KVM, split execution),
+//!   built from an [`engine::EngineContext`], never from the machine;
+//! - [`device_manager`]: the PCI devices with host-side I/O (NICs, disks),
+//!   their BAR windows, doorbells and I/O thread;
+//! - [`bios`] and [`boot`]: SeaBIOS's set-up (fw_cfg) and the CPU state a
+//!   directly booted kernel starts in.
+//!
+//! docs/design.md draws the threads and the path of one I/O exit.
+
+pub mod bios;
+pub mod boot;
+pub mod config;
+pub mod device_manager;
+pub mod engine;
+pub mod error;
+pub mod machine;
+pub mod vcpu;
+
+pub use config::{EngineKind, Firmware, KernelImage, KvmPit, MachineConfig, SerialOut, SplitMode};
+pub use error::Error;
+pub use machine::{Machine, RunControl, RunReport};
