@@ -1,6 +1,6 @@
 //! CPU engines: what runs the guest's instructions.
 //!
-//! The machine ([`crate::Machine::run`]) owns one run loop for
+//! The machine ([`crate::machine`]) owns one run loop for
 //! every engine, as QEMU's `AccelOpsClass` and Firecracker's vCPU serve
 //! theirs. An [`Engine`] runs the guest for a [`Slice`] and says why it
 //! stopped ([`Exit`]); everything else is the machine's: console input,
