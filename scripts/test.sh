@@ -44,6 +44,10 @@ cargo fmt --all --check
 
 log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The saved states' serde derives (a feature, off by default) and the fuzz
+# drivers (the cargo-fuzz targets' feature).
+cargo clippy -p vmm -p net --features vmm/serde,net/serde --quiet -- -D warnings
+cargo clippy -p devices --features fuzz --all-targets --quiet -- -D warnings
 
 log "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet

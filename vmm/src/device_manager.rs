@@ -384,6 +384,7 @@ impl DeviceManager {
 
 /// The saved state of one PCI function the device manager owns.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum PciFunctionState {
     /// An e1000, with its half-gathered packet.
     E1000(E1000State),
@@ -410,6 +411,7 @@ impl PciFunctionState {
 /// command line (its live host flows cannot be saved; see
 /// `net::user::UserNetState`).
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct DeviceManagerState {
     /// Each function's address and state.
     pub functions: Vec<(PciAddress, PciFunctionState)>,

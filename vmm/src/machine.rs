@@ -518,6 +518,7 @@ impl Machine {
 /// them through [`RunControl::pause`]); nor host resources: disk images,
 /// the NAT's live flows, the console.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct MachineState {
     /// The guest time reached.
     pub clock: ClockState,

@@ -27,6 +27,7 @@ pub use root::{BarChange, PciRoot};
 
 /// The location of a function on the PCI bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PciAddress {
     /// Bus number.
     pub bus: u8,
