@@ -25,7 +25,9 @@ command -v debugfs >/dev/null || need_pkgs+=(e2fsprogs)
 if ((${#need_pkgs[@]})); then
     if [ "$(id -u)" = 0 ]; then
         log "installing Debian packages: ${need_pkgs[*]}"
-        apt-get update -qq
+        # A mirror caught mid-sync fails the update of some lists; the
+        # install below says whether what it needs could be had.
+        apt-get update -qq || echo "apt-get update reported errors; going on with the package lists it has" >&2
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
     else
         echo "missing packages (${need_pkgs[*]}): install them, or run as root" >&2
