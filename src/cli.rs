@@ -90,9 +90,18 @@ pub struct RunArgs {
     /// Guest RAM: a number with an optional K, M, G or T suffix (no suffix: MiB).
     #[arg(long, default_value = "512M", value_parser = parse_mem)]
     pub mem: u64,
-    /// Number of virtual CPUs.
-    #[arg(long, default_value_t = 1)]
-    pub cpus: u32,
+    /// Virtual CPUs: a count, and optionally their topology as QEMU's
+    /// `-smp` takes it: `N[,sockets=S][,cores=C][,threads=T]` (1 to 255
+    /// CPUs; left-out levels are derived, cores first: `4` is one socket of
+    /// four cores). CPUID, the MADT and the MP table describe it.
+    #[arg(long, value_name = "N[,sockets=S,cores=C,threads=T]", default_value = "1", value_parser = vmm::parse_smp)]
+    pub cpus: cpu::cpuid::Topology,
+    /// How the interpreter and the JIT run more than one vCPU: `single`
+    /// (round-robin on one host thread, a slice each: the same run gives
+    /// the same interleaving) or `multi` (a host thread per vCPU). Under
+    /// KVM every vCPU has its own thread.
+    #[arg(long, value_enum, default_value_t = VcpuThreadsArg::Single)]
+    pub vcpu_threads: VcpuThreadsArg,
     /// The CPU model: `v2` (the default; x86-64-v2: SSE4.2, XSAVE for the
     /// x87/SSE state, MOVBE, LZCNT, BMI1/2, no AVX) or `max` (x86-64-v3:
     /// v2 plus AVX, AVX2, FMA, F16C and the YMM state, with AES-NI and
@@ -169,6 +178,22 @@ pub struct RunArgs {
     /// raises IRQ 0 on KVM's PIC and I/O APIC.
     #[arg(long, value_enum, default_value_t = KvmPitArg::Kernel)]
     pub kvm_pit: KvmPitArg,
+}
+
+/// `--vcpu-threads`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VcpuThreadsArg {
+    Single,
+    Multi,
+}
+
+impl VcpuThreadsArg {
+    pub fn mode(self) -> vmm::VcpuThreads {
+        match self {
+            VcpuThreadsArg::Single => vmm::VcpuThreads::Single,
+            VcpuThreadsArg::Multi => vmm::VcpuThreads::Multi,
+        }
+    }
 }
 
 /// `--kvm-pit`.

@@ -60,9 +60,6 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     for p in [&args.kernel, &args.initrd, &args.bios].into_iter().flatten() {
         std::fs::metadata(p).map_err(|source| Error::Read { path: p.clone(), source })?;
     }
-    if args.cpus != 1 {
-        return Err(Error::Config(format!("--cpus {}: only 1 CPU is supported so far", args.cpus)));
-    }
     let kind = match args.accel {
         Accel::Jit => EngineKind::Jit,
         Accel::Kvm => {
@@ -117,6 +114,8 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         kvm_split: args.kvm_split.mode(),
         kvm_pit: args.kvm_pit.pit(),
         cpu_model: args.cpu,
+        topology: args.cpus,
+        vcpu_threads: args.vcpu_threads.mode(),
     };
     let machine = Machine::with_devices(config, &nics, disks)?;
     if let Some(note) = &machine.boot_note {

@@ -267,6 +267,10 @@ struct State {
     notes: Vec<String>,
     /// `-cpu max` or `host`: ferrovm's full model (`--cpu max`).
     cpu_max: bool,
+    /// `-smp`: the CPUs (the last one given).
+    smp: Option<String>,
+    /// `-accel tcg,thread=`: `single` or `multi`.
+    tcg_thread: Option<String>,
 }
 
 /// A NIC: its `-netdev` (or `-nic`) options, model and MAC.
@@ -320,7 +324,7 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
             "bios" => st.bios = Some(v.to_string()),
             "L" => st.data_dirs.push(v.to_string()),
             "m" => st.mem = Some(memory(&option, v)?),
-            "smp" => smp(&option, v)?,
+            "smp" => st.smp = Some(smp(&option, v)?),
             "cpu" => st.cpu(&option, v)?,
             "machine" | "M" => st.machine(&option, v)?,
             "accel" => st.accel(&option, v)?,
@@ -398,7 +402,7 @@ fn version() -> String {
 fn help() -> String {
     "usage: qemu-system-x86_64 [options] [disk_image]\n\
      ferrovm runs these of QEMU's options (README.md has the table):\n\
-     -kernel -initrd -append -bios -L -m -smp 1 -cpu -machine pc|q35 -accel kvm|tcg -enable-kvm\n\
+     -kernel -initrd -append -bios -L -m -smp -cpu -machine pc|q35 -accel kvm|tcg -enable-kvm\n\
      -nographic -display none -vga none -serial stdio|file:PATH|null|mon:stdio|none -monitor none\n\
      -no-reboot -action -netdev user -nic user|none -device e1000|virtio-net-pci|virtio-blk-pci|isa-debug-exit\n\
      -drive -hda -snapshot -name -pidfile -rtc base=utc -nodefaults -no-user-config -boot order=c\n\
@@ -414,16 +418,12 @@ fn memory(option: &str, v: &str) -> Result<u64, String> {
     crate::cli::parse_mem(size).map_err(|e| format!("{option}: {e}"))
 }
 
-/// `-smp`: one CPU, however it is written.
-fn smp(option: &str, v: &str) -> Result<(), String> {
+/// `-smp`: ferrovm's `--cpus` value, checked as ferrovm parses it.
+fn smp(option: &str, v: &str) -> Result<String, String> {
     let o = parse_opts(v, Some("cpus"))?;
     o.only(option, &["cpus", "maxcpus", "sockets", "dies", "clusters", "cores", "threads"])?;
-    for (k, n) in &o.pairs {
-        if n != "1" {
-            return Err(format!("{option} {k}={n} is not supported: ferrovm runs 1 CPU so far (-smp 1)"));
-        }
-    }
-    Ok(())
+    vmm::parse_smp(v).map_err(|e| format!("{option} {v}: {e}"))?;
+    Ok(v.to_string())
 }
 
 /// `-serial`: ferrovm's `--serial` value.
@@ -525,6 +525,12 @@ impl State {
         o.only(option, &["accel", "thread", "tb-size"])?;
         let a = o.get("accel").ok_or_else(|| format!("{option} {v}: no accelerator"))?;
         check_accel(option, a)?;
+        match o.get("thread") {
+            None => {}
+            Some(t @ ("single" | "multi")) if a == "tcg" => self.tcg_thread = Some(t.to_string()),
+            Some(t) if a == "tcg" => return Err(format!("{option} thread={t}: expected single or multi")),
+            Some(t) => return Err(format!("{option} {a},thread={t}: thread= belongs to tcg")),
+        }
         self.accel.push(a.to_string());
         Ok(())
     }
@@ -705,6 +711,12 @@ impl State {
         let mut args: Vec<String> = vec!["--accel".into(), self.accel_arg().into()];
         if self.cpu_max {
             args.extend(["--cpu".into(), "max".into()]);
+        }
+        if let Some(smp) = &self.smp {
+            args.extend(["--cpus".into(), smp.clone()]);
+        }
+        if let Some(t) = &self.tcg_thread {
+            args.extend(["--vcpu-threads".into(), t.clone()]);
         }
         // QEMU's default RAM is 128 MiB.
         args.extend(["--mem".into(), format!("{}K", self.mem.unwrap_or(128 << 20) >> 10)]);
@@ -944,8 +956,14 @@ mod tests {
         refused("-m 5Q", "-m");
         refused("-m 1G,slots=2,maxmem=4G", "slots");
         run_args("-smp 1 -smp cpus=1,sockets=1,cores=1,threads=1 -nodefaults -kernel k");
-        refused("-smp 2", "1 CPU");
-        refused("-smp cpus=1,cores=2", "cores=2");
+        let a = run_args("-smp 4,sockets=2 -accel tcg,thread=single -nodefaults -kernel k");
+        assert!(a.windows(2).any(|w| w == ["--cpus", "4,sockets=2"]), "{a:?}");
+        assert!(a.windows(2).any(|w| w == ["--vcpu-threads", "single"]), "{a:?}");
+        refused("-smp 4,maxcpus=8", "hotplug");
+        refused("-smp cpus=2,cores=3", "do not divide");
+        refused("-smp 4,sockets=2,cores=2,threads=2", "not the CPU count");
+        refused("-smp 2,books=2", "books");
+        refused("-accel tcg,thread=many", "single or multi");
         let t = tr("-cpu Skylake-Client,+avx -nodefaults -kernel k").unwrap();
         assert_eq!(t.notes.len(), 2, "{:?}", t.notes);
         assert!(t.notes[0].contains("v2 model"), "{:?}", t.notes);

@@ -94,7 +94,23 @@ fn unbuilt_options_are_refused_not_ignored() {
     // --nic is built; a bad one is refused with its reason.
     assert_clean_error(&ferrovm(&["run", "--nic", "tap,ifname=x"]), "unknown");
     assert_clean_error(&ferrovm(&["run", "--nic", "user,model=rtl8139"]), "model");
-    assert_clean_error(&ferrovm(&["run", "--cpus", "2"]), "--cpus");
+    // A topology that does not add up is refused, named.
+    for (spec, why) in [("4,maxcpus=8", "hotplug"), ("0", "positive"), ("3,sockets=2", "divide"), ("300", "255")] {
+        let o = ferrovm(&["run", "--cpus", spec]);
+        assert_clean_error(&o, why);
+        assert!(stderr(&o).contains("--cpus"), "--cpus {spec}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn the_builtin_guest_runs_on_the_first_of_several_vcpus() {
+    // The others wait for a start-up IPI the guest never sends.
+    for threads in ["single", "multi"] {
+        let o = ferrovm(&["run", "--accel", "interp", "--cpus", "2", "--vcpu-threads", threads, "--timeout", "60"]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(firmware::builtin::BANNER), "{threads}: stdout: {out}\nstderr: {}", stderr(&o));
+        assert_eq!(o.status.code(), Some(1), "{threads}: {}", stderr(&o));
+    }
 }
 
 #[test]

@@ -32,6 +32,7 @@ fn the_acpi_table_describes_the_chipsets_hpet() {
         Arc::new(VmEvents::new()),
         Arc::new(Tsc::new(1_000_000_000)),
         RamSize::split(16 << 20, 0xc000_0000),
+        &[0],
     );
     let (mut pio, mut mmio) = (Bus::new(), Bus::new());
     chipset.install(&mut pio, &mut mmio).unwrap();

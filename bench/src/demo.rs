@@ -50,6 +50,8 @@ fn run_builtin(timeout: Duration, kind: EngineKind) -> Result<(RunReport, String
         kvm_split: vmm::SplitMode::Auto,
         kvm_pit: vmm::KvmPit::InKernel,
         cpu_model: cpu::cpuid::Model::V2,
+        topology: Default::default(),
+        vcpu_threads: Default::default(),
     };
     let m = Machine::new(config).map_err(|e| e.to_string())?;
     let report = m.run(kind).map_err(|e| e.to_string())?;

@@ -19,6 +19,7 @@ use clap::Args;
 pub mod demo;
 pub mod disk;
 pub mod net;
+pub mod smp;
 pub mod work;
 
 /// The options of `ferrovm bench`.
@@ -51,6 +52,11 @@ pub struct BenchArgs {
     /// QEMU's virtio-blk when installed.
     #[arg(long, conflicts_with_all = ["net", "work"])]
     pub disk: bool,
+    /// Measure vCPU scaling instead: N parallel CPU-bound jobs in a guest
+    /// with N vCPUs against one job, under the JIT (a thread per vCPU, and
+    /// round-robin on one), KVM and QEMU TCG with the same -smp.
+    #[arg(long, value_name = "N", conflicts_with_all = ["net", "work", "disk"])]
+    pub smp: Option<u32>,
     /// MiB moved each way by --net.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     pub net_mib: usize,
@@ -64,6 +70,8 @@ pub fn run(args: &BenchArgs) -> i32 {
         work::run(args)
     } else if args.disk {
         disk::run(args)
+    } else if let Some(n) = args.smp {
+        smp::run(args, n)
     } else {
         demo::bench(args)
     }

@@ -2,7 +2,14 @@
 //! guest physical address of their first byte, a direct-mapped lookup in
 //! front of the hash map, chains from each block to the one that ran after
 //! it, and decoding on a miss. Code pages are tracked in guest memory, so a
-//! store (by the CPU or a device) into a page drops its blocks.
+//! store (by this CPU, another one, or a device) into a page drops its
+//! blocks: each CPU has its own [`mmu::CodeWatch`], which guest memory feeds
+//! every written code page, and drains it before it looks up a block and
+//! after its own writes.
+//!
+//! A page is marked as a code page before its bytes are read for decoding,
+//! so that a write landing after the read finds the mark and reaches every
+//! CPU's watch (see [`mmu::memory`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -463,8 +470,13 @@ impl Cpu {
         let page = key.phys & !0xfff;
         let off = (key.phys & 0xfff) as usize;
         let mut bytes = [0u8; 4096];
-        let cacheable = self.mem().read(page, &mut bytes).is_ok();
-        if !cacheable {
+        let cacheable = self.mem().is_backed(page, 4096);
+        if cacheable {
+            // Marked before the bytes are read: a write that lands after
+            // the read then finds the mark and drops the block again.
+            self.mark_code(page);
+        }
+        if !cacheable || self.mem().read(page, &mut bytes).is_err() {
             // Code in MMIO space: fetch it through the platform, uncached.
             self.platform_mmio_read(page, &mut bytes);
         }
@@ -490,22 +502,22 @@ impl Cpu {
             let avail = 4096 - off;
             buf[..avail].copy_from_slice(&bytes[off..]);
             let next_lin = self.next_page_linear(lin);
+            // Cached when both pages are RAM whose writes are tracked (and
+            // not a user page that split execution rechecks by its bytes);
+            // the tail's page is marked before its bytes are read.
+            let next = self.translate(next_lin, Access::Execute, p)? & !0xfff;
+            let user_kept = p == Privilege::User && self.keep_user_pages;
+            let cache = cacheable && !user_kept && self.mem().is_backed(next, 4096);
+            if cache {
+                self.mark_code(next);
+            }
             let mut rest = [0u8; 15];
             self.read_slow(next_lin, &mut rest[..15 - avail], p, Access::Execute)?;
             buf[avail..].copy_from_slice(&rest[..15 - avail]);
             let mut d = Decoder::with_ip(key.bits, &buf, self.state.rip, DecoderOptions::NONE);
             let insn = d.decode();
             let block = Block::new(vec![Decoded::new(insn)], u32::MAX);
-            // Cached when both pages are RAM whose writes are tracked (and
-            // not a user page that split execution rechecks by its bytes).
-            let next = self.mmu.lookup(p, next_lin, Access::Execute).map(|n| n & !0xfff);
-            let user_kept = p == Privilege::User && self.keep_user_pages;
-            if let Some(next) = next.filter(|n| cacheable && !user_kept && self.mem().is_backed(*n, 4096)) {
-                for pg in [page, next] {
-                    if self.mem().mark_code_page(pg) {
-                        self.mmu.flush_phys(pg);
-                    }
-                }
+            if cache {
                 self.stats.blocks_decoded += 1;
                 if self.cache.insert_crossing(key, next, block.clone()) {
                     self.stats.cache_flushes += 1;
@@ -516,17 +528,22 @@ impl Cpu {
         self.stats.blocks_decoded += 1;
         let block = Block::new(insns, if self.hot_threshold == 0 { u32::MAX } else { self.hot_threshold });
         if cacheable {
-            // Write tags for a newly tracked page must stop bypassing the
-            // tracking check (a page tracked already has none since).
-            if self.mem().mark_code_page(page) {
-                self.mmu.flush_phys(page);
-            }
             let user = (p == Privilege::User && self.keep_user_pages).then_some(&bytes[..]);
             if self.cache.insert(key, block.clone(), user) {
                 self.stats.cache_flushes += 1;
             }
         }
         Ok(block)
+    }
+
+    /// Mark `page` as holding code, before its bytes are read for decoding.
+    /// Write tags for a newly tracked page must stop bypassing the tracking
+    /// check (a page tracked already has none since): this CPU drops its
+    /// own, other CPUs are told through their watches.
+    fn mark_code(&mut self, page: u64) {
+        if self.mmu.mem().mark_code_page_for(page, &self.code_watch) {
+            self.mmu.flush_phys(page);
+        }
     }
 
     /// The linear address of the page after the one of `lin`.
@@ -539,8 +556,17 @@ impl Cpu {
         }
     }
 
-    /// Drop all decoded code (after a reset, or a state load).
+    /// Drop all decoded code (after a reset, or a state load). Code-page
+    /// writes queued for this CPU so far are taken with it: nothing made
+    /// from those pages is left.
     pub fn flush_code_cache(&mut self) {
+        let changes = self.code_watch.take();
+        self.forget_write_paths(&changes);
+        self.drop_code();
+    }
+
+    /// Drop all decoded code, telling the listeners.
+    pub(crate) fn drop_code(&mut self) {
         self.cache = DecodeCache::default();
         self.tell_invalidation(Invalidation::All);
     }
@@ -550,7 +576,8 @@ impl Cpu {
     /// changed, and each whole flush. (Blocks the cache drops only to make
     /// room are not reported: their code is unchanged.) A tier that keeps
     /// its own code for a page marks the page with
-    /// [`GuestMemory::mark_code_page`] so that writes to it are tracked.
+    /// [`GuestMemory::mark_code_page_for`] (and this CPU's
+    /// [`Cpu::code_watch`]) so that writes to it are tracked.
     pub fn add_invalidation_listener(&mut self, listener: InvalidationListener) {
         self.invalidation_listeners.push(listener);
     }
@@ -744,6 +771,106 @@ mod tests {
         assert!(!c.cache.blocks.is_empty());
         c.flush_code_cache();
         assert!(c.cache.blocks.is_empty());
+        assert_eq!(*seen.lock().unwrap(), [Invalidation::All]);
+    }
+
+    /// A second processor on the same guest memory, in the same state.
+    fn sibling(c: &Cpu) -> Cpu {
+        let mut b = Cpu::new(c.mem().clone(), Box::new(crate::NoDevices));
+        b.set_state(c.state);
+        b
+    }
+
+    /// Run `c` from `at` until it halts.
+    fn run_at(c: &mut Cpu, at: u64) {
+        c.state.rip = at;
+        c.state.halted = 0;
+        assert_eq!(c.run(1000), crate::StopReason::Halted);
+    }
+
+    /// CPU A runs code in a page, CPU B (on the same memory, with its own
+    /// decoded blocks) stores into that page: A then runs the new code, not
+    /// the block it decoded before.
+    #[test]
+    fn a_store_by_another_cpu_reaches_the_decoded_code() {
+        use crate::ops::testutil::*;
+        use iced_x86::code_asm::*;
+        let mut a = long_mode();
+        let f = CODE + 0x1000;
+        // f: mov eax, imm32; hlt.
+        a.mem().write(f, &[0xb8, 1, 0, 0, 0, 0xf4]).unwrap();
+        let mut b = sibling(&a);
+        assert_eq!(a.mem().code_watches(), 2);
+        let code = assemble(&b, |x| {
+            x.mov(rdx, f + 1)?;
+            x.mov(dword_ptr(rdx), 2)?;
+            x.hlt()
+        });
+        place(&mut b, &code);
+        let seen = listened(&mut a);
+        run_at(&mut a, f);
+        assert_eq!(a.state.gpr[0], 1);
+        // B fills its TLB for the page before it stores, then stores.
+        run_at(&mut b, CODE);
+        assert!(a.code_changes_pending(), "A is told");
+        run_at(&mut a, f);
+        assert_eq!(a.state.gpr[0], 2, "A runs the new code");
+        assert_eq!(*seen.lock().unwrap(), [Invalidation::Page(f)]);
+        // And the other way round: B decodes f, A stores into it.
+        run_at(&mut b, f);
+        assert_eq!(b.state.gpr[0], 2);
+        a.mem().write_u32(f + 1, 3).unwrap();
+        for c in [&mut a, &mut b] {
+            run_at(c, f);
+            assert_eq!(c.state.gpr[0], 3, "a device's write reaches both");
+        }
+    }
+
+    /// A page one CPU begins to hold code for loses the other CPUs' write
+    /// paths through their soft TLBs (translated code stores through them
+    /// without looking at the code-page bit).
+    #[test]
+    fn a_new_code_page_drops_the_other_cpus_write_paths() {
+        use crate::ops::testutil::*;
+        let mut a = long_mode();
+        let mut b = sibling(&a);
+        let f = CODE + 0x1000;
+        a.mem().write(f, &[0x90, 0xf4]).unwrap();
+        // B's TLB holds a writable translation of f (its dirty bit set).
+        b.write_mem(sreg::DS, f + 0x800, 1, 0).unwrap();
+        assert!(b.mmu.lookup(Privilege::Supervisor, f, Access::Write).is_some());
+        run_at(&mut a, f);
+        assert!(b.code_changes_pending() && !a.code_changes_pending());
+        b.sync_code();
+        assert!(b.mmu.lookup(Privilege::Supervisor, f, Access::Write).is_none());
+        assert!(!b.code_changes_pending());
+    }
+
+    /// A dropped CPU's watch is not fed, and does not stay registered.
+    #[test]
+    fn a_dropped_cpu_leaves_the_watches() {
+        let a = crate::ops::testutil::long_mode();
+        let b = sibling(&a);
+        let watch = std::sync::Arc::downgrade(b.code_watch());
+        assert_eq!(a.mem().code_watches(), 2);
+        drop(b);
+        assert!(watch.upgrade().is_none());
+        assert_eq!(a.mem().code_watches(), 1);
+    }
+
+    /// A flush of the whole cache takes what the watch queued: nothing is
+    /// left to drop page by page.
+    #[test]
+    fn a_whole_flush_takes_the_queued_pages() {
+        let mut c = crate::ops::testutil::long_mode();
+        c.block_at_rip().unwrap();
+        let at = c.state.rip;
+        c.mem().write_u8(at, 0x90).unwrap();
+        assert!(c.code_changes_pending());
+        let seen = listened(&mut c);
+        c.flush_code_cache();
+        assert!(!c.code_changes_pending());
+        c.sync_code();
         assert_eq!(*seen.lock().unwrap(), [Invalidation::All]);
     }
 

@@ -1,16 +1,18 @@
 //! The interpreter's processor: `struct Cpu`, its constructor and state
 //! setters. Its work lives by concern in sibling modules:
 //! [`crate::platform`] (the I/O interface), [`crate::cache`] (decoded
-//! blocks), [`crate::memory`] (segmentation and the soft TLB) and
-//! [`crate::exec`] (the run loop).
+//! blocks), [`crate::memory`] (segmentation and the soft TLB),
+//! [`crate::atomic`] (locked instructions) and [`crate::exec`] (the run
+//! loop).
 
 use std::rc::Rc;
 use std::sync::Arc;
 
 use iced_x86::Code;
-use mmu::{GuestMemory, Mmu, PagingCtx, PagingMode, Privilege};
+use mmu::{CodeWatch, GuestMemory, Mmu, PagingCtx, PagingMode, Privilege};
 
 use crate::cache::{DecodeCache, InvalidationListener};
+use crate::cpuid::Topology;
 use crate::exception::Exception;
 use crate::hooks::ExecHooks;
 use crate::ops;
@@ -29,6 +31,12 @@ pub struct CpuStats {
     pub cache_flushes: u64,
     pub exceptions: u64,
     pub interrupts: u64,
+    /// Locked instructions run again after another processor changed
+    /// their destination first (see [`crate::atomic`]).
+    pub lock_retries: u64,
+    /// Locked instructions run with the other processors stopped (see
+    /// [`crate::atomic`]).
+    pub lock_exclusive: u64,
 }
 
 /// One x86 processor run by the interpreter.
@@ -40,6 +48,10 @@ pub struct Cpu {
     pub stats: CpuStats,
     pub(crate) paging: PagingCtx,
     pub(crate) cache: DecodeCache,
+    /// This processor's queue of code-page changes in guest memory: writes
+    /// (by any CPU or device) to pages it may hold code for, and pages other
+    /// processors newly hold code for (see [`mmu::memory`]'s code pages).
+    pub(crate) code_watch: Arc<CodeWatch>,
     /// The block run last, whose [`Block::next`] the next lookup tries.
     pub(crate) prev_block: Option<Rc<Block>>,
     /// RIP of the instruction being executed (for rewinding on faults).
@@ -78,11 +90,26 @@ pub struct Cpu {
     pub(crate) avx: bool,
     /// The CPU model has AES-NI and PCLMULQDQ (see [`Cpu::set_model`]).
     pub(crate) crypto: bool,
+    /// The machine's processors, as CPUID describes them (see
+    /// [`Cpu::set_topology`]).
+    pub(crate) topology: Topology,
+    /// This processor's initial APIC ID.
+    pub(crate) apic_id: u32,
+    /// Where the locked instruction being executed stands (see
+    /// [`crate::atomic`]).
+    pub(crate) lock: crate::atomic::LockStep,
+    /// Runs a closure while no other processor runs ([`Cpu::set_exclusive`]).
+    pub(crate) exclusive: Option<crate::atomic::ExclusiveFn>,
 }
 
 impl Cpu {
+    /// A processor in its reset state on `mem`, the only one of its
+    /// machine ([`Cpu::set_topology`] places it in a larger one). It
+    /// registers its own [`CodeWatch`] on `mem`: writes to code pages by
+    /// anyone reach its decoded code, whatever other processors share `mem`.
     pub fn new(mem: Arc<GuestMemory>, platform: Box<dyn Platform + Send>) -> Self {
         let state = CpuState::reset();
+        let code_watch = mem.code_watch();
         let mut cpu = Cpu {
             state,
             mmu: Mmu::new(mem),
@@ -90,6 +117,7 @@ impl Cpu {
             stats: CpuStats::default(),
             paging: PagingCtx { mode: PagingMode::Off, cr3: 0, wp: false, nxe: false, smep: false, smap: false },
             cache: DecodeCache::default(),
+            code_watch,
             prev_block: None,
             insn_start: 0,
             block_break: false,
@@ -106,6 +134,10 @@ impl Cpu {
             xsave: true,
             avx: false,
             crypto: false,
+            topology: Topology::default(),
+            apic_id: 0,
+            lock: Default::default(),
+            exclusive: None,
         };
         cpu.update_paging();
         cpu
@@ -179,11 +211,32 @@ impl Cpu {
         }
     }
 
-    /// CPUID as this processor answers it: the model of [`crate::cpuid`],
-    /// with AES-NI/PCLMULQDQ and AVX when they are on, less XSAVE (and so
-    /// AVX) when it is hidden.
+    /// Place this processor in a machine of `topology`: it is the one
+    /// numbered `cpu_index` (0 is the bootstrap processor; see
+    /// [`Topology::apic_id`]). CPUID then reports its APIC ID and the
+    /// topology (leaves 1, 4, 0Bh, 8000_0001h and 8000_0008h). The default
+    /// is the only processor of a one-CPU machine.
+    pub fn set_topology(&mut self, topology: Topology, cpu_index: u32) {
+        self.topology = topology;
+        self.apic_id = topology.apic_id(cpu_index);
+    }
+
+    /// The topology CPUID reports (see [`Cpu::set_topology`]).
+    pub fn topology(&self) -> Topology {
+        self.topology
+    }
+
+    /// This processor's initial APIC ID, as CPUID reports it.
+    pub fn apic_id(&self) -> u32 {
+        self.apic_id
+    }
+
+    /// CPUID as this processor answers it: the model of [`crate::cpuid`]
+    /// placed in its topology, with AES-NI/PCLMULQDQ and AVX when they are
+    /// on, less XSAVE (and so AVX) when it is hidden.
     pub fn cpuid(&self, leaf: u32, sub: u32) -> [u32; 4] {
-        let mut r = crate::cpuid::cpuid(&self.state, leaf, sub);
+        let r = crate::cpuid::cpuid(&self.state, leaf, sub);
+        let mut r = crate::cpuid::with_topology(&self.topology, self.apic_id, leaf, sub, r);
         if self.crypto {
             r = crate::cpuid::with_crypto(leaf, r);
         }
@@ -219,6 +272,20 @@ impl Cpu {
     #[inline]
     pub fn mem(&self) -> &Arc<GuestMemory> {
         self.mmu.mem()
+    }
+
+    /// This processor's queue of code-page changes (registered on guest
+    /// memory by [`Cpu::new`]). Its flag is what translated code may test
+    /// ([`CodeWatch::flag`]); the CPU itself drains it.
+    pub fn code_watch(&self) -> &Arc<CodeWatch> {
+        &self.code_watch
+    }
+
+    /// Whether guest memory told this processor of code-page changes it has
+    /// not taken yet ([`Cpu::sync_code`] takes them).
+    #[inline]
+    pub fn code_changes_pending(&self) -> bool {
+        self.code_watch.pending()
     }
 
     /// The paging context in force (from CR0, CR3, CR4 and EFER), for

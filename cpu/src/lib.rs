@@ -8,6 +8,8 @@
 //! - [`platform`]: [`Platform`], the one I/O interface every engine calls.
 //! - [`cache`]: the decoded-block cache and decoding.
 //! - [`memory`]: memory access through segmentation and the soft TLB.
+//! - [`atomic`]: locked instructions as host atomics, for processors on
+//!   host threads of their own, and the exclusive fallback.
 //! - [`exec`]: the run loop, single steps and one instruction's execution.
 //! - [`hooks`]: the run loop's calls to an engine sharing the guest.
 //! - [`ops`]: one handler module per instruction family, keyed by iced `Code`.
@@ -19,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod atomic;
 pub mod cache;
 pub mod cpu;
 pub mod cpuid;
@@ -37,6 +40,7 @@ pub mod state;
 pub mod tier;
 pub mod x87;
 
+pub use atomic::ExclusiveFn;
 pub use cache::{Block, Decoded, FastMap, FxHasher, Invalidation, InvalidationListener};
 pub use cpu::{Cpu, CpuStats};
 pub use exception::{Exception, Fault};

@@ -1,7 +1,8 @@
 //! Memory access: segmentation (limits, rights, canonical checks), the
 //! soft TLB's fast paths and page walks, and the CPU's reads and writes of
 //! guest memory and MMIO. A write into a page that holds decoded code drops
-//! its blocks (see [`crate::cache`]).
+//! its blocks (see [`crate::cache`]). The locked accesses of locked
+//! instructions live in [`crate::atomic`].
 
 use mmu::{Access, Privilege};
 
@@ -116,17 +117,41 @@ impl Cpu {
     /// Take the code pages that writes to guest memory just changed.
     #[inline]
     pub(crate) fn note_code_writes(&mut self) {
-        if self.mem().invalidation_pending() {
+        if self.code_watch.pending() {
             self.drain_invalidations();
         }
     }
 
+    /// Take this processor's code-page changes: drop the decoded code of
+    /// written pages (telling the listeners), and the soft-TLB entries of
+    /// pages other processors began to hold code for (their write paths
+    /// skip the code-page check). After a written page the running block
+    /// may be stale: the block loop stops after this instruction.
+    #[cold]
     pub(crate) fn drain_invalidations(&mut self) {
-        for page in self.mem().take_invalidated() {
-            self.code_page_changed(page);
+        let changes = self.code_watch.take();
+        self.forget_write_paths(&changes);
+        if changes.overflowed {
+            self.drop_code();
+            self.block_break = true;
+        } else if !changes.written.is_empty() {
+            for page in changes.written {
+                self.code_page_changed(page);
+            }
+            self.block_break = true;
         }
-        // The running block may have been overwritten: stop after this instruction.
-        self.block_break = true;
+    }
+
+    /// Drop the soft-TLB entries that let stores into pages newly holding
+    /// code skip the check (every entry, if the queue overflowed).
+    pub(crate) fn forget_write_paths(&mut self, changes: &mmu::CodeChanges) {
+        if changes.overflowed {
+            self.mmu.flush(false);
+        } else {
+            for &page in &changes.marked {
+                self.mmu.flush_phys(page);
+            }
+        }
     }
 
     /// Read at a linear address with the current privilege.
@@ -169,20 +194,30 @@ impl Cpu {
     /// Check a write of `size` bytes at `seg:offset` without writing: the
     /// segment checks, the alignment check, data breakpoints and the page
     /// walk of every page it touches, as a write.
+    #[inline]
     pub fn probe_write(&mut self, seg: usize, offset: u64, size: u32) -> Fault<()> {
+        self.probe_write_at(seg, offset, size).map(drop)
+    }
+
+    /// [`Cpu::probe_write`], giving the linear address of the access and,
+    /// when it lies in one page, its guest physical address (`None` when
+    /// it spans two).
+    #[inline]
+    pub(crate) fn probe_write_at(&mut self, seg: usize, offset: u64, size: u32) -> Fault<(u64, Option<u64>)> {
         let lin = self.linear(seg, offset, u64::from(size), true)?;
         // Alignment check (#AC) and data breakpoints come before paging.
         self.check_access(lin, size, true)?;
         let p = self.privilege();
-        self.translate(lin, Access::Write, p)?;
+        let phys = self.translate(lin, Access::Write, p)?;
         let last = lin.wrapping_add(u64::from(size) - 1);
         if (last ^ lin) & !0xfff != 0 {
             // The second page faults at its first byte, as hardware reports it.
             let next = last & !0xfff;
             let next = if self.state.long_mode() { next } else { next & 0xffff_ffff };
             self.translate(next, Access::Write, p)?;
+            return Ok((lin, None));
         }
-        Ok(())
+        Ok((lin, Some(phys)))
     }
 
     /// The checks of a read of `size` bytes at `seg:offset` without reading:

@@ -308,6 +308,13 @@ impl Cpu {
             if msr == IA32_APIC_BASE {
                 self.state.msr.apic_base = v;
             }
+            // A platform MSR can raise an event for this CPU (an x2APIC
+            // self-NMI through the ICR): it is taken before the next
+            // instruction, as after a port or MMIO write.
+            if self.platform.stop_requested() {
+                self.stop = true;
+                self.block_break = true;
+            }
             return Ok(());
         }
         let v = match written_value(msr, v) {

@@ -122,11 +122,13 @@ impl Cpu {
         Ok(Descriptor { raw, raw_hi })
     }
 
-    /// Set the accessed bit of a code/data descriptor, as a segment load does.
+    /// Set the accessed bit of a code/data descriptor, as a segment load
+    /// does: a locked OR of the bit into the descriptor (another processor
+    /// may be updating it too).
     pub(crate) fn set_accessed(&mut self, selector: u16, d: &Descriptor) -> Fault<()> {
         if d.raw & (1 << 40) == 0 {
             let addr = self.descriptor_addr(selector, 8)?;
-            self.write_sys(addr + 5, &[((d.raw >> 40) as u8) | 1])?;
+            self.locked_sys_bits(addr + 5, 1, true)?;
         }
         Ok(())
     }

@@ -130,10 +130,11 @@ impl Cpu {
         std::mem::take(&mut self.stop)
     }
 
-    /// Drop decoded code of pages written by devices since the last look,
-    /// telling the invalidation listeners.
+    /// Take the code-page changes since the last look (see
+    /// [`Cpu::code_changes_pending`]): drop decoded code of pages written
+    /// by devices or other processors, telling the invalidation listeners.
     pub fn sync_code(&mut self) {
-        if self.mem().invalidation_pending() {
+        if self.code_watch.pending() {
             self.drain_invalidations();
             self.block_break = false;
         }

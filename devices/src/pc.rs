@@ -14,7 +14,7 @@
 //! ACPI PM1a EVT/CNT, TMR  0x600-0x60B                         SCI, IRQ9 (level)
 //! PCI config, reset reg.  0xCF8-0xCFF (0xCF9 reset control)   -
 //! I/O APIC                0xFEC00000, 4 KiB                   -
-//! local APIC              0xFEE00000, 4 KiB                   -
+//! local APICs             0xFEE00000, 4 KiB (per CPU)         -
 //! HPET                    0xFED00000, 1 KiB                   IRQ0 and IRQ8 in legacy replacement
 //!                                                             mode (then the 8254's and the RTC's
 //!                                                             are disconnected), else GSI 2, 8, 16-23
@@ -72,9 +72,10 @@ const ELCR_LEVEL_IRQS: u16 = (1 << SCI_IRQ) | (1 << 10) | (1 << 11);
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PcChipsetState {
-    /// The TSC shared with the CPU.
+    /// The TSC shared with the CPUs.
     pub tsc: TscState,
-    /// The 8259A pair, the I/O APIC, the local APIC and their inputs.
+    /// The 8259A pair, the I/O APIC, the local APICs, the CPUs' start-up
+    /// states and the inputs.
     pub intc: InterruptControllerState,
     /// The 8254 and port 0x61.
     pub pit: PitState,
@@ -112,9 +113,9 @@ struct InitialStates {
     hpet: HpetState,
 }
 
-/// The chipset of a one-CPU PC.
+/// The chipset of a PC with one or more CPUs.
 pub struct PcChipset {
-    /// The 8259A pair, the I/O APIC and the local APIC.
+    /// The 8259A pair, the I/O APIC and the CPUs' local APICs.
     pub intc: Arc<InterruptController>,
     /// The 8254 PIT and port 0x61.
     pub pit: Arc<Mutex<Pit>>,
@@ -142,7 +143,7 @@ pub struct PcChipset {
     pub pci_irqs: Arc<PciIntxRouter>,
     /// The A20 gate (i8042 output port and port 0x92).
     pub a20: Arc<A20Gate>,
-    /// The TSC shared by the CPU and the TSC-deadline timer.
+    /// The TSC shared by the CPUs and the TSC-deadline timers.
     pub tsc: Arc<Tsc>,
     /// The timer devices, for the run loop's `poll`.
     pub timers: Timers,
@@ -158,10 +159,14 @@ impl std::fmt::Debug for PcChipset {
 
 impl PcChipset {
     /// Builds and wires the chipset. `ram` fills the CMOS memory bytes;
-    /// `tsc` is the counter the CPU's RDTSC reads. A20 starts enabled, as
+    /// `tsc` is the counter the CPUs' RDTSC reads. `apic_ids` has one entry
+    /// per CPU, by CPU index, the CPU's APIC ID (CPU 0 is the bootstrap
+    /// processor); the interrupt controller gets a local APIC per CPU (see
+    /// [`InterruptController::new`] for how a bad list is mended) and the
+    /// CMOS CPU-count byte the number of CPUs. A20 starts enabled, as
     /// firmware that boots a kernel directly leaves it.
-    pub fn new(clock: SharedClock, events: Arc<VmEvents>, tsc: Arc<Tsc>, ram: RamSize) -> Self {
-        let intc = InterruptController::new(Arc::clone(&clock), Arc::clone(&tsc));
+    pub fn new(clock: SharedClock, events: Arc<VmEvents>, tsc: Arc<Tsc>, ram: RamSize, apic_ids: &[u32]) -> Self {
+        let intc = InterruptController::new(Arc::clone(&clock), Arc::clone(&tsc), apic_ids);
         let a20 = A20Gate::new(true);
 
         // The HPET's legacy replacement route disconnects the 8254's IRQ0
@@ -169,7 +174,9 @@ impl PcChipset {
         let pit_irq = Arc::new(SwitchedIrq::new(intc.irq_line(PIT_IRQ)));
         let rtc_irq = Arc::new(SwitchedIrq::new(intc.irq_line(RTC_IRQ)));
         let pit = Arc::new(Mutex::new(Pit::new(Arc::clone(&clock), pit_irq.clone())));
-        let rtc = Arc::new(Mutex::new(Rtc::new(Arc::clone(&clock), rtc_irq.clone(), ram)));
+        let mut rtc = Rtc::new(Arc::clone(&clock), rtc_irq.clone(), ram);
+        rtc.set_cpu_count(intc.cpus());
+        let rtc = Arc::new(Mutex::new(rtc));
         let hpet_intc = Arc::clone(&intc);
         let hpet = Arc::new(Mutex::new(Hpet::new(
             Arc::clone(&clock),
@@ -295,7 +302,8 @@ impl PcChipset {
         Ok(())
     }
 
-    /// A system reset: the interrupt controllers, the PIT, the HPET, the
+    /// A system reset: the interrupt controllers (the APs back to waiting
+    /// for SIPI, see [`InterruptController::reset`]), the PIT, the HPET, the
     /// i8042, port 0x92, the ACPI registers, A20 and the PAM registers (the
     /// BIOS is read from ROM again) go back to their power-on state. The
     /// RTC and CMOS keep running (they are battery-backed) and the rest of

@@ -124,7 +124,9 @@ const HPET_REGISTER_BIT_WIDTH: u8 = 64;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AcpiError {
     #[error("ACPI supports 1 to {MAX_CPUS} CPUs here, not {0}")]
-    BadCpuCount(u8),
+    BadCpuCount(usize),
+    #[error("the MADT needs distinct local APIC IDs below {MAX_CPUS}, not {0:?}")]
+    BadApicIds(Vec<u8>),
     #[error(
         "the ACPI tables at {start:#x}..{end:#x} do not fit below {limit:#x} (or the base is not 16-byte aligned)"
     )]
@@ -174,7 +176,9 @@ impl Default for HpetConfig {
 /// The platform the tables describe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcpiConfig {
-    pub cpus: u8,
+    /// The CPUs' local APIC IDs, the bootstrap processor's first; the
+    /// MADT's processor UIDs are their indices.
+    pub apic_ids: Vec<u8>,
     pub pm1a_evt_port: u16,
     pub pm1a_cnt_port: u16,
     pub pm_tmr_port: u16,
@@ -194,10 +198,15 @@ pub struct AcpiConfig {
 }
 
 impl AcpiConfig {
-    /// The defaults for `cpus` CPUs.
+    /// The defaults for `cpus` CPUs with APIC IDs 0, 1, ...
     pub fn new(cpus: u8) -> Self {
+        Self::with_apic_ids((0..cpus).collect())
+    }
+
+    /// The defaults for CPUs with these APIC IDs (the bootstrap processor's first).
+    pub fn with_apic_ids(apic_ids: Vec<u8>) -> Self {
         AcpiConfig {
-            cpus,
+            apic_ids,
             pm1a_evt_port: 0x600,
             pm1a_cnt_port: 0x604,
             pm_tmr_port: 0x608,
@@ -212,9 +221,14 @@ impl AcpiConfig {
         }
     }
 
+    /// The number of CPUs.
+    pub fn cpus(&self) -> usize {
+        self.apic_ids.len()
+    }
+
     /// The I/O APIC's id: the first after the CPUs' (as in the MP table).
     pub fn ioapic_id(&self) -> u8 {
-        self.cpus
+        self.apic_ids.iter().max().map_or(0, |m| m.saturating_add(1))
     }
 }
 
@@ -327,8 +341,9 @@ fn madt(cfg: &AcpiConfig) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(&cfg.lapic_base.to_le_bytes());
     b.extend_from_slice(&MADT_PCAT_COMPAT.to_le_bytes());
-    for id in 0..cfg.cpus {
-        b.extend_from_slice(&[MADT_LOCAL_APIC, 8, id, id]);
+    for (uid, &id) in cfg.apic_ids.iter().enumerate() {
+        // Processor UIDs are indices (at most 254 CPUs, checked before).
+        b.extend_from_slice(&[MADT_LOCAL_APIC, 8, uid as u8, id]);
         b.extend_from_slice(&MADT_LAPIC_ENABLED.to_le_bytes());
     }
     b.extend_from_slice(&[MADT_IO_APIC, 12, cfg.ioapic_id(), 0]);
@@ -560,9 +575,10 @@ impl AcpiBlobs {
 
 /// Build the tables as [`AcpiBlobs`].
 pub fn build_acpi_tables(cfg: &AcpiConfig) -> Result<AcpiBlobs, AcpiError> {
-    if cfg.cpus == 0 || cfg.cpus > MAX_CPUS {
-        return Err(AcpiError::BadCpuCount(cfg.cpus));
-    }
+    crate::mptable::check_apic_ids(&cfg.apic_ids).map_err(|e| match e {
+        crate::mptable::MpTableError::BadApicIds(ids) => AcpiError::BadApicIds(ids),
+        _ => AcpiError::BadCpuCount(cfg.cpus()),
+    })?;
     let mut tables: Vec<u8> = Vec::new();
     let mut place = |t: &[u8], align: usize| {
         let at = tables.len().next_multiple_of(align);

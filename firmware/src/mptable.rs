@@ -72,7 +72,9 @@ const CASCADE_IRQ: u8 = 2;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MpTableError {
     #[error("the MP table supports 1 to {MAX_CPUS} CPUs, not {0}")]
-    BadCpuCount(u8),
+    BadCpuCount(usize),
+    #[error("the MP table needs distinct local APIC IDs below {MAX_CPUS}, not {0:?}")]
+    BadApicIds(Vec<u8>),
     #[error("the MP table at {start:#x}..{end:#x} does not fit below 1 MiB (or is not 16-byte aligned)")]
     DoesNotFit { start: u64, end: u64 },
     #[error(transparent)]
@@ -80,23 +82,52 @@ pub enum MpTableError {
 }
 
 /// The platform the table describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MpConfig {
-    pub cpus: u8,
+    /// The CPUs' local APIC IDs, the bootstrap processor's first.
+    pub apic_ids: Vec<u8>,
     pub lapic_base: u32,
     pub ioapic_base: u32,
 }
 
 impl MpConfig {
-    /// `cpus` CPUs with the APICs at their PC addresses.
+    /// `cpus` CPUs with APIC IDs 0, 1, ... and the APICs at their PC addresses.
     pub fn new(cpus: u8) -> Self {
-        MpConfig { cpus, lapic_base: LAPIC_BASE, ioapic_base: IOAPIC_BASE }
+        Self::with_apic_ids((0..cpus).collect())
+    }
+
+    /// CPUs with these APIC IDs (the bootstrap processor's first), as a
+    /// topology with gaps in its IDs numbers them.
+    pub fn with_apic_ids(apic_ids: Vec<u8>) -> Self {
+        MpConfig { apic_ids, lapic_base: LAPIC_BASE, ioapic_base: IOAPIC_BASE }
+    }
+
+    /// The number of CPUs.
+    pub fn cpus(&self) -> usize {
+        self.apic_ids.len()
     }
 
     /// The I/O APIC's id: the first after the CPUs'.
     pub fn ioapic_id(&self) -> u8 {
-        self.cpus
+        self.apic_ids.iter().max().map_or(0, |m| m.saturating_add(1))
     }
+}
+
+/// Checks a list of local APIC IDs: 1 to [`MAX_CPUS`] CPUs, distinct IDs
+/// below [`MAX_CPUS`] (so the I/O APIC's, after them, stays below the
+/// broadcast 0xff). Shared with the ACPI tables.
+pub(crate) fn check_apic_ids(ids: &[u8]) -> Result<(), MpTableError> {
+    if ids.is_empty() || ids.len() > usize::from(MAX_CPUS) {
+        return Err(MpTableError::BadCpuCount(ids.len()));
+    }
+    let mut seen = [false; 256];
+    for &id in ids {
+        if id >= MAX_CPUS || seen[usize::from(id)] {
+            return Err(MpTableError::BadApicIds(ids.to_vec()));
+        }
+        seen[usize::from(id)] = true;
+    }
+    Ok(())
 }
 
 /// Where the table went.
@@ -116,8 +147,8 @@ fn checksum(bytes: &[u8]) -> u8 {
 fn config_table(cfg: &MpConfig) -> Vec<u8> {
     let mut entries = Vec::new();
     let mut count: u16 = 0;
-    for id in 0..cfg.cpus {
-        let flags = CPU_ENABLED | if id == 0 { CPU_BOOTSTRAP } else { 0 };
+    for (i, &id) in cfg.apic_ids.iter().enumerate() {
+        let flags = CPU_ENABLED | if i == 0 { CPU_BOOTSTRAP } else { 0 };
         entries.extend_from_slice(&[ENTRY_PROCESSOR, id, LAPIC_VERSION, flags]);
         entries.extend_from_slice(&CPU_SIGNATURE.to_le_bytes());
         entries.extend_from_slice(&CPU_FEATURES.to_le_bytes());
@@ -175,9 +206,7 @@ fn config_table(cfg: &MpConfig) -> Vec<u8> {
 /// Write the floating pointer at `addr` (16-byte aligned, in the first MiB) and
 /// the configuration table right after it.
 pub fn write_mptable(mem: &GuestMemory, addr: u64, cfg: &MpConfig) -> Result<MpTable, MpTableError> {
-    if cfg.cpus == 0 || cfg.cpus > MAX_CPUS {
-        return Err(MpTableError::BadCpuCount(cfg.cpus));
-    }
+    check_apic_ids(&cfg.apic_ids)?;
     let table = config_table(cfg);
     let config_addr = addr + FLOATING_POINTER_SIZE as u64;
     let end = config_addr + table.len() as u64;
@@ -279,7 +308,15 @@ mod tests {
     fn limits() {
         let mem = GuestMemory::new(16 << 20).unwrap();
         assert_eq!(write_mptable(&mem, MPTABLE_START, &MpConfig::new(0)), Err(MpTableError::BadCpuCount(0)));
+        assert_eq!(
+            write_mptable(&mem, MPTABLE_START, &MpConfig::with_apic_ids(vec![0, 2, 2])),
+            Err(MpTableError::BadApicIds(vec![0, 2, 2]))
+        );
         assert_eq!(write_mptable(&mem, MPTABLE_START, &MpConfig::new(255)), Err(MpTableError::BadCpuCount(255)));
+        assert!(matches!(
+            write_mptable(&mem, MPTABLE_START, &MpConfig::with_apic_ids(vec![0, 254])),
+            Err(MpTableError::BadApicIds(_))
+        ));
         assert!(write_mptable(&mem, MPTABLE_START, &MpConfig::new(MAX_CPUS)).is_ok());
         assert!(matches!(write_mptable(&mem, 0xf_fff0, &MpConfig::new(1)), Err(MpTableError::DoesNotFit { .. })));
         assert!(matches!(write_mptable(&mem, 0xf_0008, &MpConfig::new(1)), Err(MpTableError::DoesNotFit { .. })));

@@ -59,6 +59,11 @@ pub struct Config {
     /// code goes to another engine); the interpreter's hooks hear of each
     /// region entry as of a kernel block.
     pub kernel_only: bool,
+    /// Other host threads run vCPUs on the same guest memory: LOCK
+    /// read-modify-writes, XCHG with memory and MFENCE run through the
+    /// interpreter's handlers, which make them host atomics and fences
+    /// (one thread alone needs neither).
+    pub shared_memory: bool,
 }
 
 impl Default for Config {
@@ -72,6 +77,7 @@ impl Default for Config {
             perf_map: false,
             chain: true,
             kernel_only: false,
+            shared_memory: false,
         }
     }
 }
@@ -510,7 +516,7 @@ impl Jit {
             if self.ctx.status != ctx::status::OK
                 || left == 0
                 || self.inval_flag.load(Ordering::Relaxed)
-                || cpu.mem().invalidation_pending()
+                || cpu.code_changes_pending()
                 || cpu.needs_boundary()
             {
                 return;
@@ -600,7 +606,13 @@ impl Jit {
         let mut work = vec![rip];
         let mut seen = std::collections::HashSet::new();
         let mut g = Gathered {
-            spec: RegionSpec { bits: u32::from(mode), blocks: Vec::new(), chain: self.cfg.chain, access: self.access },
+            spec: RegionSpec {
+                bits: u32::from(mode),
+                blocks: Vec::new(),
+                chain: self.cfg.chain,
+                access: self.access,
+                shared_memory: self.cfg.shared_memory,
+            },
             weak: Vec::new(),
             keys: Vec::new(),
             pages: Vec::new(),

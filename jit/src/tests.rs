@@ -1832,3 +1832,61 @@ fn host_pcmpistri_matches_the_interpreter() {
     }
     assert_eq!(checked, 256 * 200);
 }
+
+/// Two CPUs, each with its own JIT, on one guest memory. CPU B's
+/// translated code stores through its TLB without looking at the
+/// code-page bit where the page held no code when the entry was filled;
+/// once CPU A runs code from that page, B's stores into it reach A, whose
+/// compiled and decoded code then runs the new instruction.
+#[test]
+fn stores_by_another_cpus_compiled_code_reach_this_cpus_code() {
+    let mut b = long_mode();
+    let f = CODE + 0x1000;
+    // B: stores of AL to [RDX], ECX times.
+    let code = assemble(&b, |a| {
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.mov(byte_ptr(rdx), al)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    place(&mut b, &code);
+    // A, at f: 50 passes of mov eax, imm32 (the immediate at f + 6), then HLT.
+    b.mem().write(f, &[0xb9, 50, 0, 0, 0, 0xb8, 1, 0, 0, 0, 0xff, 0xc9, 0x75, 0xf7, 0xf4]).unwrap();
+    let mut a = Cpu::new(b.mem().clone(), Box::new(cpu::NoDevices));
+    a.set_state(b.state);
+    let mut jit_a = Jit::new(&mut a, cfg()).unwrap();
+    let mut jit_b = Jit::new(&mut b, cfg()).unwrap();
+    let run = |c: &mut Cpu, jit: &mut Jit, rip: u64| {
+        c.state.rip = rip;
+        c.state.halted = 0;
+        c.state.gpr[1] = 300;
+        run_jit(c, jit, 1_000_000);
+        let end = if rip == f { f + 15 } else { CODE + code.len() as u64 };
+        assert_eq!(c.state.rip, end, "halted at the end");
+    };
+    // B's stores into f's page, which holds no code yet: compiled, and
+    // straight through B's TLB.
+    b.state.gpr[2] = f + 0x800;
+    run(&mut b, &mut jit_b, CODE);
+    assert!(jit_b.stats.native_insns > 0);
+    // A runs f's code, compiled.
+    run(&mut a, &mut jit_a, f);
+    assert_eq!(a.state.gpr[0], 1);
+    assert!(jit_a.stats.native_insns > 0);
+    // B's stores, now into the immediate A runs, from the first one on in
+    // B's compiled loop.
+    b.state.gpr[2] = f + 6;
+    b.state.gpr[0] = 7;
+    let native = jit_b.stats.native_insns;
+    run(&mut b, &mut jit_b, CODE);
+    assert!(jit_b.stats.native_insns > native);
+    run(&mut a, &mut jit_a, f);
+    assert_eq!(a.state.gpr[0], 7, "A runs the new instruction");
+    assert!(jit_a.stats.invalidated_regions >= 1, "{:?}", jit_a.stats);
+    // A device's write reaches both.
+    a.mem().write_u32(f + 6, 9).unwrap();
+    run(&mut a, &mut jit_a, f);
+    assert_eq!(a.state.gpr[0], 9);
+}

@@ -5,15 +5,23 @@
 //!   bounds-checked and returns a `Result`; raw host pointers leave this crate only
 //!   through the audited accessors that KVM memory slots and the JIT use.
 //! - Code-page tracking: a bit per guest page that holds decoded or translated
-//!   code; a write to such a page queues it for invalidation.
+//!   code; a write to such a page queues it on every consumer's [`CodeWatch`]
+//!   (one per vCPU), each of which drains its own queue.
+//! - [`atomic`]: atomic accesses to guest RAM (compare-exchange of 1 to 16
+//!   bytes, fetch-or/and) for the guest's locked instructions and the
+//!   CPU's own locked updates, and how guest accesses are ordered on the
+//!   host.
 //! - [`paging`]: the x86 page-table walker (32-bit, PAE, 4- and 5-level) with
 //!   permission checks and accessed/dirty updates, and [`tlb`], the soft TLB.
 
+pub mod atomic;
 pub mod memory;
 pub mod paging;
 pub mod tlb;
 
-pub use memory::{GuestMemory, MemError, RegionKind, HIGH_RAM_START, PAGE_SIZE, PCI_HOLE_START};
+pub use memory::{
+    CodeChanges, CodeWatch, GuestMemory, MemError, RegionKind, HIGH_RAM_START, PAGE_SIZE, PCI_HOLE_START,
+};
 pub use paging::{Access, PageFault, PagingCtx, PagingMode, Privilege};
 pub use tlb::{Mmu, TlbLayout, TLB_LAYOUT};
 

@@ -11,11 +11,37 @@
 //! Regions never overlap; that is checked when one is added. Reads and writes
 //! that touch anything but RAM or ROM fail with [`MemError::Unmapped`], so device
 //! models can never reach outside guest memory.
+//!
+//! # Code pages
+//!
+//! Guest memory keeps one bit per page: set while some consumer (a vCPU's
+//! decoded-block cache, its translated code) holds code made from the page.
+//! Each consumer registers its own [`CodeWatch`] ([`GuestMemory::code_watch`]).
+//! A write to a marked page, by a CPU or a device (DMA through
+//! [`GuestMemory::write`], [`load`](GuestMemory::load),
+//! [`copy`](GuestMemory::copy) or [`fill`](GuestMemory::fill); a locked
+//! store through [`crate::atomic`] that changes bytes too), clears the
+//! bit and queues the page on every watch, setting every watch's flag; each
+//! consumer checks its own flag and drains its own queue. A write to a page
+//! without code costs one relaxed load of its bit.
+//!
+//! A page newly marked by one consumer is also queued on the others, as
+//! [`CodeChanges::marked`]: a vCPU whose soft TLB lets translated code store
+//! to the page without looking at the bit drops those entries.
+//!
+//! Ordering: a consumer marks a page (a read-modify-write of its bit) before
+//! it reads the page's bytes to decode them, and the writes of this module
+//! look at the bit only once their bytes are in place. A consumer told of a
+//! page that decodes it again reads the new bytes, and a write that begins
+//! after the mark finds the bit set. What stays open is a store that found
+//! the bit clear just before another vCPU marked the page and whose bytes
+//! reach memory only after that vCPU read them: a store racing with the
+//! decode of its own page (closing it would take a fence on every store).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use memmap2::{MmapMut, MmapOptions};
-use parking_lot_free::SpinQueue;
 
 /// The name read-only shadow pages give in [`MemError::ReadOnly`].
 const SHADOW_NAME: &str = "shadow RAM (write-protected by PAM)";
@@ -47,6 +73,12 @@ pub enum MemError {
     /// The host refused the mapping.
     #[error("cannot map {len:#x} bytes of guest memory: {reason}")]
     Map { len: u64, reason: String },
+    /// An atomic access this host cannot make as one host atomic (a
+    /// misaligned one on a host without split locks, a 16-byte one on a
+    /// host without a 16-byte compare-exchange, or a size other than 1, 2,
+    /// 4, 8 or 16 bytes); see [`crate::atomic`].
+    #[error("guest physical address {addr:#x} (+{len}) cannot be accessed atomically on this host")]
+    NotAtomic { addr: u64, len: u64 },
 }
 
 /// What a region holds.
@@ -103,9 +135,9 @@ pub struct GuestMemory {
     /// One bit per guest page: set while decoded or translated code for the
     /// page is cached somewhere.
     code_bits: Vec<AtomicU64>,
-    /// Set when `invalidated` has pages in it.
-    invalidation_pending: AtomicBool,
-    invalidated: SpinQueue,
+    /// The consumers of code-page changes ([`GuestMemory::code_watch`]);
+    /// dropped ones are skipped, and pruned at the next registration.
+    watches: RwLock<Vec<Weak<CodeWatch>>>,
     /// One bit per page of the first megabyte: set while the chipset maps
     /// the page read-only (BIOS shadowing, [`GuestMemory::set_shadow_read_only`]).
     shadow_ro: [AtomicU64; SHADOW_WORDS],
@@ -120,8 +152,9 @@ const SHADOW_WORDS: usize = (SHADOW_PAGES / 64) as usize;
 // SAFETY: the raw pointers in `Region` point into mappings owned by the same
 // `GuestMemory`, which live as long as it does. Guest memory is shared memory by
 // nature: every access through these pointers copies bytes with
-// `copy_nonoverlapping` (never forms a Rust reference to guest memory), so
-// concurrent access from several threads is no more than racing guest stores.
+// `copy_nonoverlapping` or is a host atomic (`crate::atomic`), never forming a
+// Rust reference to guest memory, so concurrent access from several threads is
+// no more than racing guest accesses.
 unsafe impl Send for GuestMemory {}
 // SAFETY: see the `Send` impl; no method hands out references into guest memory.
 unsafe impl Sync for GuestMemory {}
@@ -151,8 +184,7 @@ impl GuestMemory {
             regions: Vec::new(),
             ram_size,
             code_bits: Vec::new(),
-            invalidation_pending: AtomicBool::new(false),
-            invalidated: SpinQueue::default(),
+            watches: RwLock::new(Vec::new()),
             shadow_ro: Default::default(),
             shadow_generation: AtomicU64::new(0),
         };
@@ -314,6 +346,22 @@ impl GuestMemory {
         Ok(r)
     }
 
+    /// The host address of `addr..addr+len` when guest writes may change
+    /// all of it: RAM (not ROM), in one region, on no read-only shadow page.
+    /// Refused as [`GuestMemory::write`] refuses it. For the atomics.
+    pub(crate) fn writable_ram(&self, addr: u64, len: u64) -> Result<*mut u8, MemError> {
+        let r = self.check(addr, len)?;
+        if r.kind != RegionKind::Ram {
+            return Err(MemError::ReadOnly { addr, name: r.name });
+        }
+        if let Some(at) = self.shadow_read_only_in(addr, len) {
+            return Err(MemError::ReadOnly { addr: at, name: SHADOW_NAME });
+        }
+        // `check` proved `addr - r.base + len <= r.len`: the offset stays
+        // inside the mapping.
+        Ok(r.ptr.wrapping_add((addr - r.base) as usize))
+    }
+
     /// Copy guest memory at `addr` into `buf`. An empty `buf` always succeeds.
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
         if buf.is_empty() {
@@ -324,6 +372,7 @@ impl GuestMemory {
         // SAFETY: `check` proved `off + buf.len() <= r.len`, so the source lies
         // inside the live mapping; `buf` is a distinct Rust buffer.
         unsafe { std::ptr::copy_nonoverlapping(r.ptr.add(off), buf.as_mut_ptr(), buf.len()) };
+        crate::atomic::after_guest_load();
         Ok(())
     }
 
@@ -340,10 +389,11 @@ impl GuestMemory {
             return Err(MemError::ReadOnly { addr: at, name: SHADOW_NAME });
         }
         let off = (addr - r.base) as usize;
-        self.note_write(addr, data.len() as u64);
+        crate::atomic::before_guest_store();
         // SAFETY: `check` proved the destination lies inside the live mapping;
         // `data` is a distinct Rust buffer.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), r.ptr.add(off), data.len()) };
+        self.note_write(addr, data.len() as u64);
         Ok(())
     }
 
@@ -354,9 +404,10 @@ impl GuestMemory {
         }
         let r = self.check(addr, data.len() as u64)?;
         let off = (addr - r.base) as usize;
-        self.note_write(addr, data.len() as u64);
+        crate::atomic::before_guest_store();
         // SAFETY: as in `write`; ROM is host-writable for loading.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), r.ptr.add(off), data.len()) };
+        self.note_write(addr, data.len() as u64);
         // `note_write` cleared the code-page bits of read-only shadow pages:
         // set them again, so stores keep taking the checked path.
         if self.shadow_read_only_in(addr, data.len() as u64).is_some() {
@@ -384,10 +435,11 @@ impl GuestMemory {
         if let Some(at) = self.shadow_read_only_in(dst, len) {
             return Err(MemError::ReadOnly { addr: at, name: SHADOW_NAME });
         }
-        self.note_write(dst, len);
+        crate::atomic::before_guest_store();
         // SAFETY: `check` proved both ranges lie inside live mappings;
         // `ptr::copy` allows them to overlap.
         unsafe { std::ptr::copy(s.ptr.add((src - s.base) as usize), d.ptr.add((dst - d.base) as usize), len as usize) };
+        self.note_write(dst, len);
         Ok(())
     }
 
@@ -404,9 +456,10 @@ impl GuestMemory {
             return Err(MemError::ReadOnly { addr: at, name: SHADOW_NAME });
         }
         let off = (addr - r.base) as usize;
-        self.note_write(addr, len);
+        crate::atomic::before_guest_store();
         // SAFETY: `check` proved the range lies inside the live mapping.
         unsafe { std::ptr::write_bytes(r.ptr.add(off), byte, len as usize) };
+        self.note_write(addr, len);
         Ok(())
     }
 
@@ -445,15 +498,66 @@ impl GuestMemory {
 
     // ---- code-page tracking -------------------------------------------------
 
-    /// Record that code decoded from the page holding `addr` is cached;
-    /// true if the page was not marked before.
+    /// Register a consumer of code-page changes: from now on every write to
+    /// a code page queues the page on the returned watch and sets its flag,
+    /// as it does on every other live watch. Each vCPU (its decoded blocks,
+    /// its translated code, its soft TLB) holds one. Dropping the watch
+    /// unregisters it.
+    pub fn code_watch(&self) -> Arc<CodeWatch> {
+        let watch = Arc::new(CodeWatch::default());
+        let mut all = self.watches.write().unwrap_or_else(|e| e.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&watch));
+        watch
+    }
+
+    /// The live watches ([`GuestMemory::code_watch`]).
+    pub fn code_watches(&self) -> usize {
+        self.watches.read().unwrap_or_else(|e| e.into_inner()).iter().filter(|w| w.strong_count() > 0).count()
+    }
+
+    /// Queue `page` on every live watch but `except`.
+    #[cold]
+    fn tell_watches(&self, page: u64, written: bool, except: Option<&CodeWatch>) {
+        let all = self.watches.read().unwrap_or_else(|e| e.into_inner());
+        for w in all.iter() {
+            let Some(w) = w.upgrade() else { continue };
+            if except.is_some_and(|e| std::ptr::eq(e, &*w)) {
+                continue;
+            }
+            w.push(page, written);
+        }
+    }
+
+    /// Record that code made from the page holding `addr` is cached; true
+    /// if the page was not marked before. Every watch is told of a newly
+    /// marked page ([`CodeChanges::marked`]).
     pub fn mark_code_page(&self, addr: u64) -> bool {
+        self.mark(addr, None)
+    }
+
+    /// [`GuestMemory::mark_code_page`] by the owner of `by`: the other
+    /// watches are told of a newly marked page, `by` is not (its owner
+    /// drops its own soft-TLB entries for the page).
+    ///
+    /// A consumer marks a page before it reads the bytes it decodes, so
+    /// that a write landing after the read finds the bit set.
+    pub fn mark_code_page_for(&self, addr: u64, by: &CodeWatch) -> bool {
+        self.mark(addr, Some(by))
+    }
+
+    fn mark(&self, addr: u64, by: Option<&CodeWatch>) -> bool {
         let page = addr / PAGE_SIZE;
         let bit = 1 << (page % 64);
-        match self.code_bits.get((page / 64) as usize) {
-            Some(w) => w.load(Ordering::Relaxed) & bit == 0 && w.fetch_or(bit, Ordering::Relaxed) & bit == 0,
-            None => false,
+        let Some(w) = self.code_bits.get((page / 64) as usize) else { return false };
+        // A read-modify-write, ordered before the caller's read of the
+        // page's bytes. A bit already set needs none: whoever clears it
+        // queues the page on every watch, the caller's included.
+        let new = w.load(Ordering::Relaxed) & bit == 0 && w.fetch_or(bit, Ordering::SeqCst) & bit == 0;
+        if new {
+            self.tell_watches(page * PAGE_SIZE, false, by);
         }
+        new
     }
 
     /// Whether the page holding `addr` is tracked and holds no cached code
@@ -471,7 +575,8 @@ impl GuestMemory {
         self.code_bits.get((page / 64) as usize).is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (page % 64)) != 0)
     }
 
-    /// Called before every write: queue each written page that holds code.
+    /// Called after every write, once its bytes are in place: queue each
+    /// written page that holds code on every watch.
     #[inline]
     pub(crate) fn note_write(&self, addr: u64, len: u64) {
         let first = addr / PAGE_SIZE;
@@ -480,46 +585,89 @@ impl GuestMemory {
             let Some(w) = self.code_bits.get((page / 64) as usize) else { continue };
             let bit = 1u64 << (page % 64);
             if w.load(Ordering::Relaxed) & bit != 0 && w.fetch_and(!bit, Ordering::AcqRel) & bit != 0 {
-                self.invalidated.push(page * PAGE_SIZE);
-                self.invalidation_pending.store(true, Ordering::Release);
+                self.tell_watches(page * PAGE_SIZE, true, None);
             }
         }
     }
+}
 
-    /// Whether some code page was written since the last [`take_invalidated`](Self::take_invalidated).
-    #[inline]
-    pub fn invalidation_pending(&self) -> bool {
-        self.invalidation_pending.load(Ordering::Acquire)
-    }
+/// Pages a watch queues at most: past it the queue is dropped and the watch
+/// reports [`CodeChanges::overflowed`] (its owner drops all its code), so a
+/// consumer that does not look for a while (a halted vCPU) holds no
+/// unbounded list.
+const WATCH_QUEUE_MAX: usize = 4096;
 
-    /// The flag behind [`invalidation_pending`](Self::invalidation_pending),
-    /// for translated code that reads it itself.
-    pub fn invalidation_flag(&self) -> &AtomicBool {
-        &self.invalidation_pending
-    }
+/// One consumer's queue of code-page changes ([`GuestMemory::code_watch`]).
+///
+/// Its flag is set whenever a page is queued; the owner tests it where it
+/// may run cached code ([`CodeWatch::pending`], or translated code through
+/// [`CodeWatch::flag`]) and takes the queue ([`CodeWatch::take`]).
+#[derive(Debug, Default)]
+pub struct CodeWatch {
+    /// Set, under the lock, while `queue` holds something.
+    pending: AtomicBool,
+    queue: Mutex<CodeChanges>,
+}
 
-    /// The physical page addresses of code pages written since the last call.
-    pub fn take_invalidated(&self) -> Vec<u64> {
-        self.invalidation_pending.store(false, Ordering::Release);
-        self.invalidated.take()
+/// What a [`CodeWatch`] collected since it was last taken.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CodeChanges {
+    /// Guest physical addresses of code pages written: code made from them
+    /// is stale.
+    pub written: Vec<u64>,
+    /// Pages another consumer marked as code: a soft-TLB entry that lets
+    /// stores to them skip the code-page check must go.
+    pub marked: Vec<u64>,
+    /// The queue filled up and was dropped: treat every page as written and
+    /// as marked.
+    pub overflowed: bool,
+}
+
+impl CodeChanges {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.written.is_empty() && self.marked.is_empty() && !self.overflowed
     }
 }
 
-/// A tiny mutex-protected queue, kept separate so `GuestMemory` needs no lock on
-/// its hot paths (the queue is touched only when a code page is written).
-mod parking_lot_free {
-    use std::sync::Mutex;
+impl CodeWatch {
+    fn lock(&self) -> MutexGuard<'_, CodeChanges> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
-    #[derive(Default)]
-    pub struct SpinQueue(Mutex<Vec<u64>>);
+    fn push(&self, page: u64, written: bool) {
+        let mut q = self.lock();
+        if !q.overflowed {
+            if q.written.len() + q.marked.len() >= WATCH_QUEUE_MAX {
+                *q = CodeChanges { overflowed: true, ..Default::default() };
+            } else if written {
+                q.written.push(page);
+            } else {
+                q.marked.push(page);
+            }
+        }
+        self.pending.store(true, Ordering::Release);
+    }
 
-    impl SpinQueue {
-        pub fn push(&self, v: u64) {
-            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(v);
-        }
-        pub fn take(&self) -> Vec<u64> {
-            std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
-        }
+    /// Whether something was queued since the last [`take`](Self::take).
+    #[inline]
+    pub fn pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// The flag behind [`pending`](Self::pending), for translated code that
+    /// reads it itself. It lives as long as the watch.
+    pub fn flag(&self) -> &AtomicBool {
+        &self.pending
+    }
+
+    /// Everything queued since the last call; clears the flag.
+    pub fn take(&self) -> CodeChanges {
+        let mut q = self.lock();
+        // Under the lock, as `push` sets it: a page queued after this take
+        // sets the flag again.
+        self.pending.store(false, Ordering::Release);
+        std::mem::take(&mut *q)
     }
 }
 
@@ -648,15 +796,93 @@ mod tests {
     #[test]
     fn writes_to_code_pages_are_queued_once() {
         let m = GuestMemory::new(MIB).unwrap();
-        m.mark_code_page(0x3000);
+        let w = m.code_watch();
+        assert!(m.mark_code_page_for(0x3000, &w));
+        assert!(!w.pending(), "the marker is not told of its own mark");
         assert!(m.is_code_page(0x3fff));
         m.write_u8(0x2fff, 1).unwrap();
-        assert!(!m.invalidation_pending());
+        assert!(!w.pending());
         m.write_u16(0x2fff, 1).unwrap();
-        assert!(m.invalidation_pending());
+        assert!(w.pending());
         m.write_u8(0x3001, 1).unwrap();
-        assert_eq!(m.take_invalidated(), vec![0x3000]);
-        assert!(!m.invalidation_pending());
+        assert_eq!(w.take(), CodeChanges { written: vec![0x3000], ..Default::default() });
+        assert!(!w.pending());
         assert!(!m.is_code_page(0x3000));
+        assert!(w.take().is_empty());
+    }
+
+    #[test]
+    fn every_watch_sees_a_write_to_a_code_page() {
+        let m = GuestMemory::new(MIB).unwrap();
+        let (a, b) = (m.code_watch(), m.code_watch());
+        assert_eq!(m.code_watches(), 2);
+        // A marks: B is told, so that its TLB drops write paths to the page.
+        assert!(m.mark_code_page_for(0x5000, &a));
+        assert!(!a.pending() && b.pending());
+        assert_eq!(b.take(), CodeChanges { marked: vec![0x5000], ..Default::default() });
+        // Marking a marked page tells nobody.
+        assert!(!m.mark_code_page_for(0x5000, &b));
+        assert!(!a.pending() && !b.pending());
+        // A CPU's store (through `write`) reaches both.
+        m.write_u32(0x5010, 7).unwrap();
+        assert!(a.pending() && b.pending());
+        assert_eq!(a.take().written, [0x5000]);
+        assert_eq!(b.take().written, [0x5000]);
+        // Device writes (DMA) reach both too: each kind of write.
+        let dma: [&dyn Fn(); 4] = [
+            &|| m.write(0x5ff0, &[1; 32]).unwrap(),
+            &|| m.load(0x5008, &[2]).unwrap(),
+            &|| m.copy(0x7000, 0x5100, 64).unwrap(),
+            &|| m.fill(0x4ff0, 0x20, 0).unwrap(),
+        ];
+        for (i, write) in dma.iter().enumerate() {
+            m.mark_code_page(0x5000);
+            m.mark_code_page(0x6000);
+            a.take();
+            b.take();
+            write();
+            for w in [&a, &b] {
+                assert!(w.pending(), "write {i}");
+                let mut written = w.take().written;
+                written.sort_unstable();
+                let want: &[u64] = if i == 0 { &[0x5000, 0x6000] } else { &[0x5000] };
+                assert_eq!(written, want, "write {i}");
+            }
+            m.write_u8(0x6000, 0).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_dropped_watch_is_not_fed() {
+        let m = GuestMemory::new(MIB).unwrap();
+        let a = m.code_watch();
+        let b = m.code_watch();
+        let weak = Arc::downgrade(&b);
+        drop(b);
+        assert!(weak.upgrade().is_none(), "memory keeps no strong reference");
+        assert_eq!(m.code_watches(), 1);
+        m.mark_code_page(0x3000);
+        m.write_u8(0x3000, 1).unwrap();
+        assert_eq!(a.take().written, [0x3000]);
+        // Registering prunes the dead entries: the list stays as long as
+        // the live watches.
+        for _ in 0..100 {
+            drop(m.code_watch());
+        }
+        let _c = m.code_watch();
+        assert!(m.watches.read().unwrap().len() <= 2);
+    }
+
+    #[test]
+    fn a_full_watch_queue_overflows_into_one_flag() {
+        let m = GuestMemory::new(64 * MIB).unwrap();
+        let w = m.code_watch();
+        for i in 0..WATCH_QUEUE_MAX as u64 + 10 {
+            m.mark_code_page_for(i * PAGE_SIZE, &w);
+            m.write_u8(i * PAGE_SIZE, 1).unwrap();
+        }
+        let c = w.take();
+        assert!(c.overflowed && c.written.is_empty() && !c.is_empty());
+        assert!(w.take().is_empty());
     }
 }

@@ -5,6 +5,15 @@
 //! CR0.WP for supervisor writes, NX when EFER.NXE is set, SMEP and SMAP.
 //! Accessed bits are set on every entry used and the dirty bit on the final
 //! entry of a write, as hardware does. A fault carries the exact error code.
+//!
+//! The accessed and dirty updates are locked operations (SDM Vol. 3A
+//! "Automatic Locking"): each is a compare-exchange of the entry as the walk read it
+//! with the same entry plus the bits, so that an update by another
+//! processor or by the guest's own code (an OS clearing accessed bits, or
+//! changing the entry) is never overwritten. When the entry changed since
+//! the walk read it, the walk starts again from the top with what the
+//! tables hold now, as a processor does, and no bit is set in an entry the
+//! translation did not use.
 
 use crate::memory::{GuestMemory, MemError};
 
@@ -118,6 +127,20 @@ struct Rights {
     nx: bool,
 }
 
+/// Why a walk stopped without a translation.
+enum Stop {
+    Fault(PageFault),
+    /// An entry the walk used changed before its accessed or dirty bit
+    /// could be set: walk again.
+    Changed,
+}
+
+impl From<PageFault> for Stop {
+    fn from(f: PageFault) -> Self {
+        Stop::Fault(f)
+    }
+}
+
 impl PagingCtx {
     /// Translate `lin` for `access` at `privilege`, setting A/D bits in guest memory.
     pub fn translate(
@@ -127,6 +150,19 @@ impl PagingCtx {
         access: Access,
         privilege: Privilege,
     ) -> Result<Translation, PageFault> {
+        loop {
+            match self.walk(mem, lin, access, privilege) {
+                Ok(t) => return Ok(t),
+                Err(Stop::Fault(f)) => return Err(f),
+                // Another writer changed an entry between the walk's read
+                // and its locked update: every change is progress made
+                // elsewhere, so the loop ends.
+                Err(Stop::Changed) => continue,
+            }
+        }
+    }
+
+    fn walk(&self, mem: &GuestMemory, lin: u64, access: Access, privilege: Privilege) -> Result<Translation, Stop> {
         match self.mode {
             PagingMode::Off => Ok(Translation {
                 phys: lin,
@@ -183,11 +219,19 @@ impl PagingCtx {
         }
     }
 
-    fn set_bits(mem: &GuestMemory, addr: u64, entry: u64, bits: u64, wide: bool) {
-        if entry & bits != bits {
-            // A failed write means the entry was read from ROM; hardware would
-            // not fault on it either, so the bit simply stays clear.
-            let _ = if wide { mem.write_u64(addr, entry | bits) } else { mem.write_u32(addr, (entry | bits) as u32) };
+    /// Set `bits` in the entry at `addr` that the walk read as `entry`:
+    /// a locked compare-exchange of the whole entry, which fails (walk
+    /// again) when the entry changed since.
+    fn set_bits(mem: &GuestMemory, addr: u64, entry: u64, bits: u64, wide: bool) -> Result<(), Stop> {
+        if entry & bits == bits {
+            return Ok(());
+        }
+        match mem.compare_exchange(addr, if wide { 8 } else { 4 }, entry, entry | bits) {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Stop::Changed),
+            // The entry is in ROM (or on a read-only shadow page): hardware
+            // would not fault on it either, so the bits simply stay clear.
+            Err(_) => Ok(()),
         }
     }
 
@@ -198,23 +242,23 @@ impl PagingCtx {
         access: Access,
         privilege: Privilege,
         pse: bool,
-    ) -> Result<Translation, PageFault> {
+    ) -> Result<Translation, Stop> {
         let lin64 = u64::from(lin);
         let not_present = self.fault(lin64, access, privilege, 0);
         let pde_addr = (self.cr3 & 0xffff_f000) | (u64::from(lin >> 22) << 2);
         let pde = Self::read_entry(mem, pde_addr, false).map_err(|_| not_present)?;
         if pde & PTE_P == 0 {
-            return Err(not_present);
+            return Err(not_present.into());
         }
         if pse && pde & PTE_PS != 0 {
             // 4 MiB page; PSE-36 puts physical bits 39:32 in PDE bits 20:13.
             if pde & (1 << 21) != 0 {
-                return Err(self.fault(lin64, access, privilege, pf::P | pf::RSVD));
+                return Err(self.fault(lin64, access, privilege, pf::P | pf::RSVD).into());
             }
             let r = Rights { user: pde & PTE_US != 0, writable: pde & PTE_RW != 0, nx: false };
             self.check(r, lin64, access, privilege)?;
             let d = if access == Access::Write { PTE_A | PTE_D } else { PTE_A };
-            Self::set_bits(mem, pde_addr, pde, d, false);
+            Self::set_bits(mem, pde_addr, pde, d, false)?;
             let base = (pde & 0xffc0_0000) | (((pde >> 13) & 0xff) << 32);
             return Ok(Translation {
                 phys: base | u64::from(lin & 0x3f_ffff),
@@ -229,13 +273,13 @@ impl PagingCtx {
         let pte_addr = (pde & 0xffff_f000) | (u64::from((lin >> 12) & 0x3ff) << 2);
         let pte = Self::read_entry(mem, pte_addr, false).map_err(|_| not_present)?;
         if pte & PTE_P == 0 {
-            return Err(not_present);
+            return Err(not_present.into());
         }
         let r = Rights { user: pde & pte & PTE_US != 0, writable: pde & pte & PTE_RW != 0, nx: false };
         self.check(r, lin64, access, privilege)?;
-        Self::set_bits(mem, pde_addr, pde, PTE_A, false);
+        Self::set_bits(mem, pde_addr, pde, PTE_A, false)?;
         let d = if access == Access::Write { PTE_A | PTE_D } else { PTE_A };
-        Self::set_bits(mem, pte_addr, pte, d, false);
+        Self::set_bits(mem, pte_addr, pte, d, false)?;
         Ok(Translation {
             phys: (pte & 0xffff_f000) | u64::from(lin & 0xfff),
             page_size: 4096,
@@ -255,7 +299,7 @@ impl PagingCtx {
         access: Access,
         privilege: Privilege,
         levels: u32,
-    ) -> Result<Translation, PageFault> {
+    ) -> Result<Translation, Stop> {
         let not_present = self.fault(lin, access, privilege, 0);
         let rsvd = self.fault(lin, access, privilege, pf::P | pf::RSVD);
         let phys_mask = ((1u64 << MAXPHYADDR) - 1) & !0xfff;
@@ -275,11 +319,11 @@ impl PagingCtx {
             let pdpte_addr = (self.cr3 & 0xffff_ffe0) | (((lin >> 30) & 3) << 3);
             let pdpte = Self::read_entry(mem, pdpte_addr, true).map_err(|_| not_present)?;
             if pdpte & PTE_P == 0 {
-                return Err(not_present);
+                return Err(not_present.into());
             }
             // PAE PDPTEs reserve bits 2:1, 8:5 and everything above MAXPHYADDR (and XD).
             if pdpte & 0x1e6 != 0 || pdpte & (!((1u64 << MAXPHYADDR) - 1) | PTE_XD) != 0 {
-                return Err(rsvd);
+                return Err(rsvd.into());
             }
             (pdpte & phys_mask, 21u32, 2u32)
         } else {
@@ -290,10 +334,10 @@ impl PagingCtx {
             let entry_addr = table | (((lin >> shift) & 0x1ff) << 3);
             let entry = Self::read_entry(mem, entry_addr, true).map_err(|_| not_present)?;
             if entry & PTE_P == 0 {
-                return Err(not_present);
+                return Err(not_present.into());
             }
             if entry & reserved_hi != 0 {
-                return Err(rsvd);
+                return Err(rsvd.into());
             }
             rights.user &= entry & PTE_US != 0;
             rights.writable &= entry & PTE_RW != 0;
@@ -309,15 +353,15 @@ impl PagingCtx {
                     // below the page boundary is reserved.
                     let rsvd_low = (page_size - 1) & !0x1fff;
                     if entry & rsvd_low != 0 {
-                        return Err(rsvd);
+                        return Err(rsvd.into());
                     }
                 }
                 self.check(rights, lin, access, privilege)?;
                 for &(addr, e) in &used[..n_used - 1] {
-                    Self::set_bits(mem, addr, e, PTE_A, true);
+                    Self::set_bits(mem, addr, e, PTE_A, true)?;
                 }
                 let d = if access == Access::Write { PTE_A | PTE_D } else { PTE_A };
-                Self::set_bits(mem, entry_addr, entry, d, true);
+                Self::set_bits(mem, entry_addr, entry, d, true)?;
                 let frame = entry & phys_mask & !(page_size - 1);
                 return Ok(Translation {
                     phys: frame | (lin & (page_size - 1)),
@@ -331,7 +375,7 @@ impl PagingCtx {
             }
             if large {
                 // PS in a PML4E/PML5E is reserved.
-                return Err(rsvd);
+                return Err(rsvd.into());
             }
             table = entry & phys_mask;
             shift -= 9;
@@ -432,5 +476,50 @@ mod tests {
         m.write_u64(0x3000, 0x4000 | PTE_P | PTE_RW).unwrap();
         let f = c.translate(&m, 0x1_2345, Access::Read, Privilege::Supervisor).unwrap_err();
         assert_eq!(f.error_code, pf::P | pf::RSVD);
+    }
+
+    /// The accessed/dirty update is a compare-exchange with the entry as
+    /// the walk read it: a changed entry is left alone and walked again.
+    #[test]
+    fn a_changed_entry_is_not_overwritten() {
+        let m = four_level();
+        let pte = m.read_u64(0x4000).unwrap();
+        let stale = pte | (1 << 9);
+        assert!(matches!(PagingCtx::set_bits(&m, 0x4000, stale, PTE_A, true), Err(Stop::Changed)));
+        assert_eq!(m.read_u64(0x4000).unwrap(), pte);
+        assert!(PagingCtx::set_bits(&m, 0x4000, pte, PTE_A, true).is_ok());
+        assert_eq!(m.read_u64(0x4000).unwrap(), pte | PTE_A);
+        // Legacy entries are four bytes: the next entry stays untouched.
+        m.write_u64(0x5000, 0x1234_5678_0000_7001).unwrap();
+        assert!(PagingCtx::set_bits(&m, 0x5000, 0x7001, PTE_A | PTE_D, false).is_ok());
+        assert_eq!(m.read_u64(0x5000).unwrap(), 0x1234_5678_0000_7061);
+    }
+
+    /// One thread walks with writes and clears the accessed and dirty bits
+    /// after each walk, as an OS scanning for them does; another flips a
+    /// software bit of the same entry. No flip is lost to a walk's update.
+    #[test]
+    fn accessed_and_dirty_updates_race_with_other_writers() {
+        let m = std::sync::Arc::new(four_level());
+        const FLIPS: u64 = 50_001;
+        let flipper = {
+            let m = m.clone();
+            std::thread::spawn(move || {
+                for _ in 0..FLIPS {
+                    let mut cur = m.read_u64(0x4000).unwrap();
+                    while let Err(now) = m.compare_exchange(0x4000, 8, cur, cur ^ (1 << 9)).unwrap() {
+                        cur = now;
+                    }
+                }
+            })
+        };
+        let c = ctx(PagingMode::Level4);
+        for _ in 0..50_000 {
+            let t = c.translate(&m, 0x40_0123, Access::Write, Privilege::User).unwrap();
+            assert_eq!(t.phys, 0x9123);
+            m.fetch_and(0x4000, 8, !(PTE_A | PTE_D)).unwrap();
+        }
+        flipper.join().unwrap();
+        assert_eq!(m.read_u64(0x4000).unwrap() & (1 << 9), 1 << 9, "an odd number of flips");
     }
 }

@@ -462,6 +462,7 @@ impl Mmu {
         // `self.mem` (entries are built from `GuestMemory::host_range`, whose
         // regions are page-aligned), and `off + N <= 4096` was checked above.
         unsafe { std::ptr::copy_nonoverlapping(e.host.add(off), out.as_mut_ptr(), N) };
+        crate::atomic::after_guest_load();
         Some(out)
     }
 
@@ -478,9 +479,82 @@ impl Mmu {
         if e.tag_write != (lin & PAGE_MASK) | VALID || e.host.is_null() || self.mem.is_code_page(e.phys()) {
             return false;
         }
+        crate::atomic::before_guest_store();
         // SAFETY: as in `read_fast`; write tags are only set for writable RAM.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), e.host.add(off), data.len()) };
         true
+    }
+
+    /// The host address of the `n` bytes at `lin` if the TLB holds the
+    /// page for writes at `p`, the bytes stay in the page, and the page is
+    /// RAM without cached code: where [`Mmu::write_fast`] would write.
+    #[inline]
+    fn host_for_write(&self, p: Privilege, lin: u64, n: usize) -> Option<*mut u8> {
+        let off = (lin & !PAGE_MASK) as usize;
+        if off + n > PAGE_SIZE as usize {
+            return None;
+        }
+        let e = self.entry(p, lin);
+        if e.tag_write != (lin & PAGE_MASK) | VALID || e.host.is_null() || self.mem.is_code_page(e.phys()) {
+            return None;
+        }
+        // `off + n <= 4096`: inside the entry's page.
+        Some(e.host.wrapping_add(off))
+    }
+
+    /// [`GuestMemory::atomic_load`] at linear address `lin` through the
+    /// TLB, where [`Mmu::write_fast`] would write; `None` sends the caller
+    /// to the slow path (also for a misaligned `lin` on hosts without split
+    /// locks, and sizes other than 1, 2, 4 and 8).
+    #[inline]
+    pub fn atomic_load_fast(&self, p: Privilege, lin: u64, size: u8) -> Option<u64> {
+        if !matches!(size, 1 | 2 | 4 | 8) {
+            return None;
+        }
+        let host = self.host_for_write(p, lin, usize::from(size))?;
+        let v = if (host as usize).is_multiple_of(usize::from(size)) {
+            // SAFETY: `host_for_write` found the bytes inside a page of a
+            // live RAM mapping owned by `self.mem`; the pointer is aligned.
+            unsafe { crate::atomic::load_aligned(host, size) }
+        } else if cfg!(target_arch = "x86_64") {
+            let mut b = [0u8; 8];
+            // SAFETY: as above; `b` is a distinct buffer of 8 >= `size` bytes.
+            unsafe { std::ptr::copy_nonoverlapping(host, b.as_mut_ptr(), usize::from(size)) };
+            u64::from_le_bytes(b)
+        } else {
+            return None;
+        };
+        crate::atomic::after_guest_load();
+        Some(v)
+    }
+
+    /// [`GuestMemory::compare_exchange`] at linear address `lin` through
+    /// the TLB, where [`Mmu::write_fast`] would write (the page holds no
+    /// code, so nothing is noted for the code-page tracking); `None` sends
+    /// the caller to the slow path, as [`Mmu::atomic_load_fast`].
+    #[inline]
+    pub fn compare_exchange_fast(
+        &self,
+        p: Privilege,
+        lin: u64,
+        size: u8,
+        current: u64,
+        new: u64,
+    ) -> Option<Result<u64, u64>> {
+        if !matches!(size, 1 | 2 | 4 | 8) {
+            return None;
+        }
+        let host = self.host_for_write(p, lin, usize::from(size))?;
+        let m = if size == 8 { u64::MAX } else { (1u64 << (u32::from(size) * 8)) - 1 };
+        let (current, new) = (current & m, new & m);
+        if (host as usize).is_multiple_of(usize::from(size)) {
+            // SAFETY: `host_for_write` found the bytes inside a page of a
+            // live RAM mapping owned by `self.mem`; the pointer is aligned.
+            Some(unsafe { crate::atomic::cas_aligned(host, size, current, new) })
+        } else {
+            // SAFETY: as above.
+            unsafe { crate::atomic::cas_misaligned(host, size, current, new) }
+        }
     }
 }
 
@@ -680,5 +754,33 @@ mod tests {
         let e = slot(&m, 0x3000);
         assert_eq!((e.tag_write, e.jit_write), (0x3000 | VALID, JIT_NONE), "BIOS shadow: no straight writes");
         assert_eq!(e.jit_read, 0x3000);
+    }
+
+    /// The locked accesses take the TLB where a plain store would, and
+    /// leave everything else (read-only pages, code pages, accesses
+    /// across a page) to the slow path.
+    #[test]
+    fn atomics_through_the_tlb() {
+        let (mut m, ctx) = setup();
+        let p = Privilege::User;
+        assert_eq!(m.atomic_load_fast(p, 0x10, 4), None, "nothing translated yet");
+        m.translate(&ctx, p, 0x10, Access::Write).unwrap();
+        m.translate(&ctx, p, 0x1010, Access::Read).unwrap();
+        m.mem().write_u32(0x5010, 7).unwrap();
+        assert_eq!(m.atomic_load_fast(p, 0x10, 4), Some(7));
+        assert_eq!(m.compare_exchange_fast(p, 0x10, 4, 6, 9), Some(Err(7)));
+        assert_eq!(m.compare_exchange_fast(p, 0x10, 4, 7, 9), Some(Ok(7)));
+        assert_eq!(m.mem().read_u32(0x5010).unwrap(), 9);
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(m.compare_exchange_fast(p, 0x13, 2, 0, 0x0101), Some(Ok(0)), "misaligned");
+            assert_eq!(m.mem().read_u32(0x5012).unwrap(), 0x0001_0100);
+        }
+        assert_eq!(m.atomic_load_fast(p, 0xffe, 4), None, "across the page");
+        assert_eq!(m.atomic_load_fast(p, 0x10, 3), None, "no such size");
+        assert_eq!(m.atomic_load_fast(p, 0x1010, 4), None, "read-only");
+        assert_eq!(m.compare_exchange_fast(p, 0x1010, 4, 0, 1), None);
+        m.mem().mark_code_page(0x5000);
+        assert_eq!(m.compare_exchange_fast(p, 0x10, 1, 9, 1), None, "a code page");
+        assert_eq!(m.mem().read_u8(0x5010).unwrap(), 9);
     }
 }

@@ -100,7 +100,6 @@ impl InterpSide {
         *self.log.lock().unwrap() = PortLog::default();
         self.cpu.set_state(case.init);
         self.cpu.flush_code_cache();
-        let _ = self.mem.take_invalidated();
         let mut masks = Masks::default();
         let index_of = |rip: u64| asm.insns[..asm.insns.len() - 1].iter().position(|i| i.ip() == rip);
         let mut end = End::Timeout;

@@ -43,7 +43,6 @@ impl JitSide {
         *self.log.lock().unwrap() = PortLog::default();
         self.cpu.set_state(case.init);
         self.cpu.flush_code_cache();
-        let _ = self.mem.take_invalidated();
         self.jit.poll(&mut self.cpu);
         if self.jit.compile_now(&mut self.cpu) {
             self.compiled += 1;

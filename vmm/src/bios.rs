@@ -78,10 +78,14 @@ pub fn check_image(image: &[u8], path: Option<&Path>) -> Result<(), Error> {
 }
 
 /// The fw_cfg device for a machine with `mem`, whose disks sit in PCI
-/// slots `disk_slots` (boot order).
-pub fn fw_cfg(mem: &Arc<GuestMemory>, disk_slots: &[u8]) -> Result<FwCfg, Error> {
+/// slots `disk_slots` (boot order), and whose CPUs have the local APIC IDs
+/// `apic_ids` (the bootstrap processor's first).
+pub fn fw_cfg(mem: &Arc<GuestMemory>, disk_slots: &[u8], apic_ids: &[u8]) -> Result<FwCfg, Error> {
     let fw = |e: devices::legacy::fw_cfg::FwCfgError| Error::Config(format!("fw_cfg: {e}"));
-    let mut d = FwCfg::new(mem.clone(), mem.ram_size(), 1);
+    let cpus = u16::try_from(apic_ids.len()).map_err(|_| Error::Config(format!("{} CPUs", apic_ids.len())))?;
+    let mut d = FwCfg::new(mem.clone(), mem.ram_size(), cpus);
+    // The CPUs the BIOS waits for after its INIT-SIPI-SIPI.
+    d.add_file("etc/boot-cpus", cpus.to_le_bytes().to_vec()).map_err(fw)?;
     d.set_item(FW_CFG_BOOT_MENU, 0u16.to_le_bytes().to_vec());
     let e820 = firmware::e820::e820_for_memory(mem).map_err(|e| Error::Config(format!("e820: {e}")))?;
     d.add_file("etc/e820", e820.iter().flat_map(|e| e.to_bytes()).collect()).map_err(fw)?;
@@ -89,7 +93,7 @@ pub fn fw_cfg(mem: &Arc<GuestMemory>, disk_slots: &[u8]) -> Result<FwCfg, Error>
     d.add_file("bootorder", order.into_bytes()).map_err(fw)?;
     d.add_file("etc/sercon-port", SERCON_PORT.to_le_bytes().to_vec()).map_err(fw)?;
     d.add_file("etc/boot-fail-wait", BOOT_FAIL_WAIT_MS.to_le_bytes().to_vec()).map_err(fw)?;
-    let acpi = firmware::acpi::build_acpi_tables(&firmware::acpi::AcpiConfig::new(1))?;
+    let acpi = firmware::acpi::build_acpi_tables(&firmware::acpi::AcpiConfig::with_apic_ids(apic_ids.to_vec()))?;
     d.add_file(firmware::acpi::ACPI_TABLES_FILE, acpi.tables.clone()).map_err(fw)?;
     d.add_file(firmware::acpi::ACPI_RSDP_FILE, acpi.rsdp.clone()).map_err(fw)?;
     d.add_file(firmware::acpi::TABLE_LOADER_FILE, acpi.table_loader()).map_err(fw)?;
@@ -116,13 +120,14 @@ mod tests {
     #[test]
     fn fw_cfg_holds_the_files_seabios_reads() {
         let mem = Arc::new(GuestMemory::new(64 << 20).unwrap());
-        let d = fw_cfg(&mem, &[4, 0x1a]).unwrap();
+        let d = fw_cfg(&mem, &[4, 0x1a], &[0, 1]).unwrap();
         let names = d.file_names();
         for f in ["etc/e820", "bootorder", "etc/sercon-port", "etc/acpi/tables", "etc/acpi/rsdp", "etc/table-loader"] {
             assert!(names.iter().any(|n| n == f), "{f} in {names:?}");
         }
         assert_eq!(d.file("bootorder").unwrap(), b"/pci@i0cf8/*@4\n/pci@i0cf8/*@1a\n");
         assert_eq!(d.file("etc/sercon-port").unwrap(), [0xf8, 0x03]);
+        assert_eq!(d.file("etc/boot-cpus").unwrap(), [2, 0], "two CPUs to wait for");
         let e820 = d.file("etc/e820").unwrap();
         assert_eq!(e820.len() % 20, 0);
         // The last RAM entry ends at the top of RAM.

@@ -46,6 +46,18 @@ pub enum SplitMode {
     Off,
 }
 
+/// How the interpreter and the JIT run several vCPUs (QEMU's
+/// `-accel tcg,thread=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VcpuThreads {
+    /// Round-robin on one host thread, a slice each in index order: the
+    /// same guest and input give the same interleaving of instructions.
+    #[default]
+    Single,
+    /// One host thread per vCPU.
+    Multi,
+}
+
 /// What the guest boots.
 #[derive(Debug, Clone)]
 pub enum Firmware {
@@ -93,4 +105,121 @@ pub struct MachineConfig {
     /// The CPU model the guest is given (under KVM: as much of it as KVM
     /// can give).
     pub cpu_model: cpu::cpuid::Model,
+    /// The CPUs: sockets, cores and threads (`--cpus`, `-smp`).
+    pub topology: cpu::cpuid::Topology,
+    /// How the interpreter and the JIT run more than one vCPU.
+    pub vcpu_threads: VcpuThreads,
+}
+
+impl MachineConfig {
+    /// The number of vCPUs.
+    pub fn cpus(&self) -> usize {
+        self.topology.cpus() as usize
+    }
+
+    /// The local APIC IDs of the vCPUs, by index.
+    pub fn apic_ids(&self) -> Vec<u32> {
+        (0..self.topology.cpus()).map(|i| self.topology.apic_id(i)).collect()
+    }
+}
+
+/// Parses a CPU count and topology as QEMU's `-smp` takes it:
+/// `N[,sockets=S][,cores=C][,threads=T][,maxcpus=M]` (also `cpus=N`, and
+/// `dies=1`, `clusters=1`). What is left out is derived as QEMU does for
+/// its current machine types, preferring cores over sockets: `-smp 4` is
+/// one socket of four cores. `maxcpus` above the CPU count (CPU hotplug)
+/// is refused.
+pub fn parse_smp(spec: &str) -> Result<cpu::cpuid::Topology, String> {
+    let mut cpus = None;
+    let (mut sockets, mut cores, mut threads, mut maxcpus) = (None, None, None, None);
+    for (i, part) in spec.split(',').enumerate() {
+        let (key, value) = match part.split_once('=') {
+            Some((k, v)) => (k.trim(), v.trim()),
+            None if i == 0 => ("cpus", part.trim()),
+            None => return Err(format!("'{part}': expected key=value (cpus, sockets, cores, threads, maxcpus)")),
+        };
+        let n: u32 = value
+            .parse()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("{key}={value}: expected a positive number"))?;
+        let slot = match key {
+            "cpus" => &mut cpus,
+            "sockets" => &mut sockets,
+            "cores" => &mut cores,
+            "threads" => &mut threads,
+            "maxcpus" => &mut maxcpus,
+            "dies" | "clusters" if n == 1 => continue,
+            "dies" | "clusters" => {
+                return Err(format!("{key}={n}: the PC has one die and one cluster per socket"));
+            }
+            _ => return Err(format!("{key}: unknown (cpus, sockets, cores, threads, maxcpus)")),
+        };
+        *slot = Some(n);
+    }
+    let given = |x: Option<u32>| x.unwrap_or(1);
+    let product = |s: u32, c: u32, t: u32| s.checked_mul(c).and_then(|x| x.checked_mul(t));
+    let max = match maxcpus.or(cpus) {
+        Some(m) => m,
+        None => product(given(sockets), given(cores), given(threads)).ok_or("the topology is too large")?,
+    };
+    let cpus = cpus.unwrap_or(max);
+    if max != cpus {
+        return Err(format!("maxcpus={max} above cpus={cpus}: CPU hotplug is not supported"));
+    }
+    let share = |a: u32, b: u32| {
+        let per = a.checked_mul(b).filter(|&p| p > 0 && max % p == 0);
+        per.map(|p| max / p)
+            .ok_or_else(|| format!("{max} CPUs do not divide into the given sockets, cores and threads"))
+    };
+    let (s, c, t) = match (sockets, cores, threads) {
+        (s, None, t) => (given(s), share(given(s), given(t))?, given(t)),
+        (None, Some(c), t) => (share(c, given(t))?, c, given(t)),
+        (Some(s), Some(c), None) => (s, c, share(s, c)?),
+        (Some(s), Some(c), Some(t)) => (s, c, t),
+    };
+    if product(s, c, t) != Some(max) {
+        return Err(format!("sockets={s} * cores={c} * threads={t} is not the CPU count {max}"));
+    }
+    cpu::cpuid::Topology::new(s, c, t).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_smp;
+
+    fn sct(spec: &str) -> (u32, u32, u32) {
+        let t = parse_smp(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        (t.sockets, t.cores, t.threads)
+    }
+
+    #[test]
+    fn smp_fills_in_what_is_left_out_as_qemu_does() {
+        assert_eq!(sct("1"), (1, 1, 1));
+        assert_eq!(sct("4"), (1, 4, 1), "cores before sockets");
+        assert_eq!(sct("cpus=4"), (1, 4, 1));
+        assert_eq!(sct("4,sockets=2"), (2, 2, 1));
+        assert_eq!(sct("4,threads=2"), (1, 2, 2));
+        assert_eq!(sct("8,cores=2,threads=2"), (2, 2, 2));
+        assert_eq!(sct("6,sockets=2,cores=3"), (2, 3, 1));
+        assert_eq!(sct("sockets=2,cores=2"), (2, 2, 1), "the count from the topology");
+        assert_eq!(sct("4,maxcpus=4,dies=1,clusters=1"), (1, 4, 1));
+    }
+
+    #[test]
+    fn smp_refuses_what_does_not_add_up() {
+        for (spec, why) in [
+            ("0", "positive"),
+            ("x", "positive"),
+            ("4,maxcpus=8", "hotplug"),
+            ("4,sockets=3", "divide"),
+            ("4,sockets=2,cores=2,threads=2", "not the CPU count"),
+            ("4,dies=2", "one die"),
+            ("4,books=1", "unknown"),
+            ("4,2", "key=value"),
+        ] {
+            let e = parse_smp(spec).expect_err(spec);
+            assert!(e.contains(why), "{spec}: {e}");
+        }
+    }
 }

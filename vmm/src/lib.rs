@@ -22,6 +22,8 @@ pub mod error;
 pub mod machine;
 pub mod vcpu;
 
-pub use config::{EngineKind, Firmware, KernelImage, KvmPit, MachineConfig, SerialOut, SplitMode};
+pub use config::{
+    parse_smp, EngineKind, Firmware, KernelImage, KvmPit, MachineConfig, SerialOut, SplitMode, VcpuThreads,
+};
 pub use error::Error;
 pub use machine::{Machine, RunControl, RunReport};

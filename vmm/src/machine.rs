@@ -27,7 +27,7 @@ use persist::{Persist, PersistError};
 
 use crate::config::{EngineKind, Firmware, KernelImage, MachineConfig, SerialOut};
 use crate::device_manager::DeviceManagerState;
-use crate::engine::{Engine, EngineContext, EngineStats, Exit, MachineIo};
+use crate::engine::{Engine, EngineContext, EngineStats, Exit, Kicker, MachineIo};
 use crate::error::Error;
 use crate::vcpu::Vcpu;
 
@@ -113,6 +113,9 @@ pub struct Machine {
     unclaimed: Arc<Mutex<crate::engine::io::Unclaimed>>,
     /// Pausing and resuming the vCPU from other threads.
     control: Arc<RunControl>,
+    /// Set while a vCPU waits to run alone ([`threads`]): every engine
+    /// stops at its next check.
+    exclusive_request: Arc<AtomicBool>,
 }
 
 impl Machine {
@@ -158,9 +161,12 @@ impl Machine {
             Firmware::Kernel(_) => {}
         }
         let mem = Arc::new(mem);
+        let apic_ids = config.apic_ids();
+        // The tables' IDs are bytes: a topology's IDs stay below 0xff.
+        let table_ids: Vec<u8> = apic_ids.iter().map(|&id| u8::try_from(id).unwrap_or(u8::MAX)).collect();
         let (boot_state, boot_note, kernel_code) = match &mut config.firmware {
             Firmware::Kernel(k) => {
-                let loaded = load_kernel(&mem, k)?;
+                let loaded = load_kernel(&mem, k, &table_ids)?;
                 // Loaded once: a reset restarts from the reset vector, so the
                 // image's bytes (14 MiB for a distribution kernel) go.
                 k.kernel = Vec::new();
@@ -179,7 +185,7 @@ impl Machine {
         let clock: devices::clock::SharedClock = Arc::new(devices::clock::HostClock::new());
         let tsc = Arc::new(devices::clock::Tsc::new(cpu::cpuid::TSC_KHZ * 1000));
         let ram = devices::legacy::rtc::RamSize::split(config.mem, mmu::PCI_HOLE_START);
-        let chipset = devices::pc::PcChipset::new(clock.clone(), events.clone(), tsc, ram);
+        let chipset = devices::pc::PcChipset::new(clock.clone(), events.clone(), tsc, ram, &apic_ids);
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
         chipset.install(&mut pio, &mut mmio)?;
@@ -198,7 +204,7 @@ impl Machine {
                 .filter_map(|i| u8::try_from(i).ok()?.checked_add(crate::device_manager::FIRST_NIC_SLOT))
                 .filter(|&s| s < 32)
                 .collect();
-            let device = Arc::new(Mutex::new(crate::bios::fw_cfg(&mem, &slots)?));
+            let device = Arc::new(Mutex::new(crate::bios::fw_cfg(&mem, &slots, &table_ids)?));
             let shared: SharedDevice = device.clone();
             pio.insert(
                 shared,
@@ -226,6 +232,7 @@ impl Machine {
             kernel_code,
             unclaimed: Arc::default(),
             control: Arc::new(RunControl::default()),
+            exclusive_request: Arc::default(),
         })
     }
 
@@ -260,9 +267,10 @@ impl Machine {
         q.drain(..n);
     }
 
-    /// The machine's I/O interface for an engine.
-    pub(crate) fn io(&self) -> MachineIo {
+    /// The machine's I/O interface for vCPU `cpu`'s engine.
+    pub(crate) fn io(&self, cpu: usize) -> MachineIo {
         MachineIo {
+            cpu,
             pio: self.pio.clone(),
             mmio: self.mmio.clone(),
             events: self.events.clone(),
@@ -271,17 +279,21 @@ impl Machine {
             tsc: self.chipset.tsc.clone(),
             clock: self.clock.clone(),
             attention: self.control.attention.clone(),
+            exclusive_request: self.exclusive_request.clone(),
             watch: None,
             shadow: None,
         }
     }
 
-    /// What an engine is built from.
-    fn engine_context(&self) -> EngineContext<'_> {
+    /// What vCPU `index`'s engine is built from: the bootstrap processor
+    /// starts in the firmware's or the kernel's state, the others in the
+    /// reset state, which they keep until a start-up IPI.
+    fn engine_context(&self, index: u32) -> EngineContext<'_> {
         EngineContext {
+            index,
             mem: self.mem.clone(),
-            io: self.io(),
-            boot_state: self.boot_state,
+            io: self.io(index as usize),
+            boot_state: if index == 0 { self.boot_state } else { ap_reset_state() },
             config: &self.config,
             kernel_code: &self.kernel_code,
             intc: self.chipset.intc.clone(),
@@ -297,89 +309,178 @@ impl Machine {
         self.control.clone()
     }
 
+    /// The engine `kind` for the vCPU of `ctx`.
+    fn engine<'m>(&'m self, kind: EngineKind, ctx: &EngineContext<'m>) -> Result<Box<dyn Engine + 'm>, Error> {
+        Ok(match kind {
+            EngineKind::Interp => Box::new(crate::engine::interp::InterpEngine::new(ctx)),
+            EngineKind::Jit => {
+                Box::new(crate::engine::jit::JitEngine::new(ctx, crate::engine::jit::config_from_env()?)?)
+            }
+            #[cfg(target_os = "linux")]
+            EngineKind::Kvm if crate::engine::split::SplitEngine::wanted(ctx) => {
+                Box::new(crate::engine::split::SplitEngine::new(ctx)?)
+            }
+            #[cfg(target_os = "linux")]
+            EngineKind::Kvm => Box::new(crate::engine::kvm::KvmEngine::new(ctx)?),
+            #[cfg(not(target_os = "linux"))]
+            EngineKind::Kvm => return Err(Error::Accel("KVM exists on Linux hosts only; use --accel interp".into())),
+        })
+    }
+
     /// Run the guest under `kind` until it stops.
     ///
     /// Under KVM, where KVM itself runs CPL-0 code in software (kvm_pvm),
     /// the kernel runs in the interpreter and only user code in KVM
     /// ([`crate::engine::split`]), unless `--kvm-split off`.
+    ///
+    /// With more than one vCPU, the interpreter and the JIT run them
+    /// round-robin on this thread ([`crate::config::VcpuThreads::Single`])
+    /// or a thread each ([`crate::config::VcpuThreads::Multi`]); KVM runs
+    /// each on a thread of its own ([`threads`]).
     pub fn run(&self, kind: EngineKind) -> Result<RunReport, Error> {
         let start = Instant::now();
-        let ctx = self.engine_context();
-        let engine: Box<dyn Engine + '_> = match kind {
-            EngineKind::Interp => Box::new(crate::engine::interp::InterpEngine::new(&ctx)),
-            EngineKind::Jit => {
-                Box::new(crate::engine::jit::JitEngine::new(&ctx, crate::engine::jit::config_from_env()?)?)
-            }
-            #[cfg(target_os = "linux")]
-            EngineKind::Kvm if crate::engine::split::SplitEngine::wanted(&ctx) => {
-                Box::new(crate::engine::split::SplitEngine::new(&ctx)?)
-            }
-            #[cfg(target_os = "linux")]
-            EngineKind::Kvm => Box::new(crate::engine::kvm::KvmEngine::new(&ctx)?),
-            #[cfg(not(target_os = "linux"))]
-            EngineKind::Kvm => return Err(Error::Accel("KVM exists on Linux hosts only; use --accel interp".into())),
+        let cpus = u32::try_from(self.config.cpus()).map_err(|_| Error::Config("too many CPUs".into()))?;
+        #[cfg(target_os = "linux")]
+        let kind = if kind == EngineKind::Kvm
+            && cpus > 1
+            && crate::engine::split::SplitEngine::wanted(&self.engine_context(0))
+        {
+            tracing::warn!(
+                target: "accel",
+                "split execution runs one vCPU: with {cpus} vCPUs the JIT runs the guest \
+                 (--kvm-split off runs all of it in KVM, where KVM runs the kernel in software)"
+            );
+            EngineKind::Jit
+        } else {
+            kind
         };
-        self.run_vcpu(&mut Vcpu::new(0, engine), start)
+        if cpus > 1 && (kind == EngineKind::Kvm || self.config.vcpu_threads == crate::config::VcpuThreads::Multi) {
+            return self.run_threads(kind, cpus, start);
+        }
+        let mut vcpus = Vec::with_capacity(cpus as usize);
+        for index in 0..cpus {
+            let ctx = self.engine_context(index);
+            vcpus.push(Vcpu::new(index, self.engine(kind, &ctx)?));
+        }
+        self.run_vcpus(&mut vcpus, start, None)
     }
 
-    /// The run loop, the same for every engine: the engine runs slices of
-    /// the guest; between them the machine moves typed input into the
-    /// UART, passes NMIs on, polls its timers, answers machine events,
-    /// idles while the guest waits in HLT, pauses when asked, enforces the
-    /// deadline, and resets or ends the run.
-    fn run_vcpu(&self, vcpu: &mut Vcpu<'_>, start: Instant) -> Result<RunReport, Error> {
+    /// The run loop, the same for every engine: the engines run slices of
+    /// the guest, one vCPU after the other; between rounds the machine
+    /// moves typed input into the UART, passes start-up IPIs and NMIs on,
+    /// polls its timers, answers machine events, idles while every vCPU
+    /// waits in HLT (or for its start-up IPI), pauses when asked, enforces
+    /// the deadline, and resets or ends the run.
+    ///
+    /// `others`: the application processors that run on threads of their
+    /// own ([`threads`]), which this loop kicks, resets and hears from.
+    fn run_vcpus(
+        &self,
+        vcpus: &mut [Vcpu<'_>],
+        start: Instant,
+        others: Option<Arc<threads::ThreadCtl>>,
+    ) -> Result<RunReport, Error> {
         // Machine events, interrupts, typed input and a pause request wake
         // the loop when it idles, and kick an engine that runs the guest
         // elsewhere.
         let me = std::thread::current();
-        let kick = vcpu.engine().kicker();
+        let kicks: Vec<Option<Kicker>> = vcpus.iter().map(Vcpu::kicker).collect();
         let wake = {
-            let (k, t) = (kick.clone(), me.clone());
+            let (k, t, o) = (kicks.clone(), me.clone(), others.clone());
             move || {
-                if let Some(k) = &k {
+                for k in k.iter().flatten() {
                     k();
+                }
+                if let Some(o) = &o {
+                    o.kick_all();
                 }
                 t.unpark();
             }
         };
         self.events.set_kick(Box::new(wake.clone()));
         *self.control.kick.lock() = Some(Box::new(wake.clone()));
-        let irq_kick = if vcpu.engine().kicks_for_interrupts() { kick } else { None };
-        self.chipset.intc.set_kick(Box::new(move || {
-            if let Some(k) = &irq_kick {
-                k();
-            }
-            me.unpark();
-        }));
+        for (v, kick) in vcpus.iter().zip(kicks) {
+            let irq_kick = if v.kicks_for_interrupts() { kick } else { None };
+            let t = me.clone();
+            self.chipset.intc.set_kick(
+                v.index() as usize,
+                Box::new(move || {
+                    if let Some(k) = &irq_kick {
+                        k();
+                    }
+                    t.unpark();
+                }),
+            );
+        }
         let deadline = self.config.timeout.map(|t| start + t);
         let mut next_timer = self.chipset.timers.poll(self.clock.now_ns());
         loop {
             self.pump_input();
-            self.pause_point(vcpu.engine())?;
-            if self.chipset.intc.take_nmi() {
-                vcpu.engine().inject_nmi()?;
+            if let Some(bsp) = vcpus.first_mut() {
+                self.pause_point(bsp.engine())?;
             }
             let until = self.instant_of(next_timer).min(deadline.unwrap_or(Instant::now() + Duration::from_secs(3600)));
-            let why = vcpu.run_slice(until)?;
+            let mut halted = true;
+            let mut shutdown = None;
+            for v in vcpus.iter_mut() {
+                let i = v.index() as usize;
+                devices::intc::set_current_cpu(i);
+                self.start_up(v)?;
+                if self.chipset.intc.waiting_for_sipi(i) {
+                    continue;
+                }
+                if self.chipset.intc.take_nmi(i) {
+                    v.engine().inject_nmi()?;
+                }
+                let ran = match &others {
+                    Some(o) => {
+                        o.world.enter();
+                        let r = v.run_slice(until);
+                        o.world.leave();
+                        r
+                    }
+                    None => v.run_slice(until),
+                };
+                match ran? {
+                    Exit::Budget => halted = false,
+                    Exit::Halted => {}
+                    Exit::Shutdown(chain) => {
+                        shutdown = Some(if i == 0 { chain } else { format!("CPU {i}: {chain}") });
+                        break;
+                    }
+                }
+                if self.events.pending() {
+                    // A reset or the end: the round stops here.
+                    halted = false;
+                    break;
+                }
+            }
+            if let Some(o) = &others {
+                if let Some(chain) = o.take_news()? {
+                    shutdown.get_or_insert(chain);
+                }
+            }
             next_timer = self.chipset.timers.poll(self.clock.now_ns());
-            let next = self.pending_event().or_else(|| match why {
-                Exit::Shutdown(chain) => self.on_shutdown(&chain),
+            let next = self.pending_event().or_else(|| match shutdown {
+                Some(chain) => self.on_shutdown(&chain),
                 // Sleep until the next timer deadline, an interrupt, a
                 // machine event or typed input (all of which unpark us).
-                Exit::Halted => {
-                    next_timer = self.idle(vcpu, next_timer, deadline);
+                None if halted => {
+                    next_timer = self.idle(vcpus, next_timer, deadline);
                     Next::Go
                 }
-                Exit::Budget => Next::Go,
+                None => Next::Go,
             });
             match next.or_else(|| self.past(deadline)) {
                 Next::Go => {}
-                Next::Reset => self.reset(vcpu.engine())?,
+                Next::Reset => match &others {
+                    Some(o) => o.reset_all(|| self.reset(vcpus))?,
+                    None => self.reset(vcpus)?,
+                },
                 Next::Finish(status, message) => {
                     let total = start.elapsed();
-                    let EngineStats { instructions, mut lines } = vcpu.engine().stats(total);
-                    lines.push(vcpu.halted_stat());
-                    let mut r = self.report(start, vcpu.engine().name(), self.unclaimed.lock().count, lines);
+                    let (instructions, lines) = self.vcpu_stats(vcpus, total);
+                    let mut r = self.report(start, vcpus[0].engine().name(), self.unclaimed.lock().count, lines);
                     r.status = status;
                     r.message = message;
                     r.instructions = instructions;
@@ -387,6 +488,39 @@ impl Machine {
                 }
             }
         }
+    }
+
+    /// Passes a start-up event of the local APIC on to vCPU `v`: an INIT
+    /// puts it in its reset state (it then waits for a SIPI), a SIPI
+    /// starts it in real mode at the vector's page.
+    fn start_up(&self, v: &mut Vcpu<'_>) -> Result<(), Error> {
+        match self.chipset.intc.take_startup(v.index() as usize) {
+            None => Ok(()),
+            Some(devices::intc::Startup::Init) => v.engine().set_state(&ap_reset_state()),
+            Some(devices::intc::Startup::Sipi(vector)) => v.engine().set_state(&sipi_state(vector)),
+        }
+    }
+
+    /// The statistics of every vCPU: the instructions of all, and the
+    /// lines of each (prefixed by the vCPU's index when there are several),
+    /// with the interrupt controller's IPI counts.
+    fn vcpu_stats(&self, vcpus: &mut [Vcpu<'_>], total: Duration) -> (Option<u64>, Vec<String>) {
+        let several = self.config.cpus() > 1;
+        let mut instructions: Option<u64> = None;
+        let mut lines = Vec::new();
+        for v in vcpus.iter_mut() {
+            let EngineStats { instructions: n, lines: l } = v.engine().stats(total);
+            if let Some(n) = n {
+                instructions = Some(instructions.unwrap_or(0) + n);
+            }
+            let prefix = if several { format!("cpu {}: ", v.index()) } else { String::new() };
+            lines.extend(l.into_iter().map(|l| format!("{prefix}{l}")));
+            lines.push(format!("{prefix}{}", v.halted_stat()));
+        }
+        if several {
+            lines.push(self.chipset.intc.ipi_counts().to_string());
+        }
+        (instructions, lines)
     }
 
     /// The instant of a timer deadline in the clock's nanoseconds (far
@@ -402,18 +536,23 @@ impl Machine {
     /// A machine reset: the chipset and the CPU, whatever the engine. It
     /// restarts from the reset vector (firmware in ROM), as on a PC; a
     /// directly booted kernel is not reloaded.
-    fn reset(&self, engine: &mut dyn Engine) -> Result<(), Error> {
+    fn reset(&self, vcpus: &mut [Vcpu<'_>]) -> Result<(), Error> {
         self.chipset.reset();
-        engine.reset(&CpuState::reset())
+        for v in vcpus.iter_mut() {
+            let state = if v.index() == 0 { CpuState::reset() } else { ap_reset_state() };
+            v.engine().reset(&state)?;
+        }
+        Ok(())
     }
 
     /// Wait, halted, for an interrupt, a timer, an event or input; the next
     /// timer deadline after firing what came due while asleep.
-    fn idle(&self, vcpu: &mut Vcpu<'_>, next_timer: Option<u64>, deadline: Option<Instant>) -> Option<u64> {
-        if !self.chipset.intc.interrupt_pending()
-            && self.input.lock().is_empty()
-            && !self.control.attention.load(Ordering::Relaxed)
-        {
+    fn idle(&self, vcpus: &mut [Vcpu<'_>], next_timer: Option<u64>, deadline: Option<Instant>) -> Option<u64> {
+        let intc = &self.chipset.intc;
+        let work = vcpus.iter().map(|v| v.index() as usize).any(|i| {
+            (intc.interrupt_pending(i) && !intc.waiting_for_sipi(i)) || intc.nmi_pending(i) || intc.startup_pending(i)
+        });
+        if !work && self.input.lock().is_empty() && !self.control.attention.load(Ordering::Relaxed) {
             let now = self.clock.now_ns();
             let mut wait = Duration::from_millis(50);
             if let Some(t) = next_timer {
@@ -424,7 +563,10 @@ impl Machine {
             }
             let t = Instant::now();
             std::thread::park_timeout(wait);
-            vcpu.note_halt(t.elapsed());
+            let waited = t.elapsed();
+            for v in vcpus.iter_mut() {
+                v.note_halt(waited);
+            }
         }
         // Fire what came due while asleep before the CPU runs again.
         self.chipset.timers.poll(self.clock.now_ns())
@@ -681,13 +823,34 @@ impl RunControl {
     }
 }
 
+/// The state an application processor waits for its start-up IPI in:
+/// the reset state, without the bootstrap processor's flag.
+fn ap_reset_state() -> CpuState {
+    let mut s = CpuState::reset();
+    s.msr.apic_base &= !(1 << 8);
+    s
+}
+
+/// The state a start-up IPI with `vector` starts a processor in: real
+/// mode at `vector` << 12 (CS = `vector` << 8, IP = 0).
+fn sipi_state(vector: u8) -> CpuState {
+    let mut s = ap_reset_state();
+    let cs = &mut s.seg[cpu::state::sreg::CS];
+    cs.selector = u16::from(vector) << 8;
+    cs.base = u64::from(vector) << 12;
+    s.rip = 0;
+    s
+}
+
 /// Load a kernel for direct boot and write the tables it needs.
 /// The boot state, a note on what was loaded, and the kernel's code ranges.
 type Loaded = (CpuState, Option<String>, Vec<(u64, u64)>);
 
-fn load_kernel(mem: &GuestMemory, k: &KernelImage) -> Result<Loaded, Error> {
-    let acpi = firmware::acpi::write_acpi_tables(mem, ACPI_TABLES, &firmware::acpi::AcpiConfig::new(1))?;
-    let mp = firmware::mptable::write_mptable(mem, MP_TABLE, &firmware::mptable::MpConfig::new(1))?;
+fn load_kernel(mem: &GuestMemory, k: &KernelImage, apic_ids: &[u8]) -> Result<Loaded, Error> {
+    let acpi = firmware::acpi::AcpiConfig::with_apic_ids(apic_ids.to_vec());
+    let acpi = firmware::acpi::write_acpi_tables(mem, ACPI_TABLES, &acpi)?;
+    let mp = firmware::mptable::MpConfig::with_apic_ids(apic_ids.to_vec());
+    let mp = firmware::mptable::write_mptable(mem, MP_TABLE, &mp)?;
     let is_bzimage = k.kernel.get(0x202..0x206) == Some(b"HdrS");
     if !is_bzimage && firmware::multiboot::MultibootHeader::find(&k.kernel).is_ok() {
         let modules: Vec<firmware::multiboot::MultibootModule<'_>> =
@@ -721,6 +884,7 @@ fn load_kernel(mem: &GuestMemory, k: &KernelImage) -> Result<Loaded, Error> {
 
 #[cfg(test)]
 mod persist_tests;
+mod threads;
 
 #[cfg(test)]
 mod tests {
@@ -737,6 +901,8 @@ mod tests {
             kvm_split: SplitMode::Off,
             kvm_pit: KvmPit::InKernel,
             cpu_model: cpu::cpuid::Model::V2,
+            topology: Default::default(),
+            vcpu_threads: Default::default(),
         })
         .expect("a machine")
     }
@@ -758,6 +924,8 @@ mod tests {
                 kvm_split: SplitMode::Off,
                 kvm_pit: KvmPit::InKernel,
                 cpu_model: cpu::cpuid::Model::V2,
+                topology: Default::default(),
+                vcpu_threads: Default::default(),
             })
             .expect("a machine");
             tx.send((m.control(), m.mem.clone())).unwrap();

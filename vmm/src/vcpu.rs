@@ -4,27 +4,21 @@
 //!
 //! | per vCPU (here) | shared by the machine |
 //! |---|---|
-//! | the engine instance, and in it the CPU state, the soft TLB and the decode state | guest memory |
+//! | the engine instance, and in it the CPU state, the soft TLB, the decoded blocks and the JIT's compiled code | guest memory, and in it the code-page bits whose writes reach every vCPU's code |
 //! | the run slice | the devices and their buses |
-//! | the time spent halted | the code cache of the JIT (compiled regions) |
-//! | its local APIC (today inside the machine's interrupt controller) | the I/O thread, the clock, the timers |
+//! | the time spent halted | the I/O thread, the clock, the timers |
+//! | its local APIC (in the machine's interrupt controller, by index) and its start-up state (running, or waiting for a SIPI) | the routing between the APICs, the I/O APIC and the 8259A pair |
 //!
-//! The machine runs one [`Vcpu`] on its own thread today. What SMP changes:
-//! - [`crate::Machine::run`] builds one `Vcpu` per CPU, each from its own
-//!   [`crate::engine::EngineContext`] (the bootstrap processor's boot state,
-//!   or wait-for-SIPI for the others), and runs each on a thread of its own
-//!   (or round-robin on one thread for the deterministic mode);
-//! - the local APIC moves out of the shared interrupt controller into the
-//!   vCPU, and the interrupt controller keeps only the routing between them;
-//! - the run loop's machine work (timers, events, console input) moves to
-//!   one thread, and each vCPU's loop keeps its engine, its pause point and
-//!   its HLT idling, waking on its own local APIC's interrupts;
-//! - the JIT's code cache is shared, with invalidation reaching every vCPU,
-//!   while each vCPU keeps its own soft TLB, flushed through its own queue.
+//! The machine ([`crate::Machine::run`]) builds one `Vcpu` per CPU, each
+//! from its own [`crate::engine::EngineContext`] (the bootstrap
+//! processor's boot state, or the reset state for the others, which wait
+//! for a start-up IPI). The interpreter and the JIT run them round-robin
+//! on one thread, a slice each in index order; each vCPU's I/O names its
+//! index, so its local APIC answers its accesses.
 
 use std::time::{Duration, Instant};
 
-use crate::engine::{Engine, Exit, Slice};
+use crate::engine::{Engine, Exit, Kicker, Slice};
 use crate::error::Error;
 
 /// Instructions the interpreter runs between looks at timers, devices and
@@ -51,6 +45,18 @@ impl<'m> Vcpu<'m> {
     /// The vCPU's index (its initial APIC ID).
     pub fn index(&self) -> u32 {
         self.index
+    }
+
+    /// A handle that makes the engine's running slice return soon, for
+    /// engines that need one ([`Engine::kicker`]).
+    pub fn kicker(&self) -> Option<Kicker> {
+        self.engine.kicker()
+    }
+
+    /// Whether an interrupt for this vCPU must kick its running engine
+    /// ([`Engine::kicks_for_interrupts`]).
+    pub fn kicks_for_interrupts(&self) -> bool {
+        self.engine.kicks_for_interrupts()
     }
 
     /// The engine that runs this vCPU.

@@ -17,6 +17,8 @@ fn builtin(serial: Arc<Mutex<Vec<u8>>>) -> MachineConfig {
         kvm_split: SplitMode::Off,
         kvm_pit: KvmPit::InKernel,
         cpu_model: cpu::cpuid::Model::V2,
+        topology: Default::default(),
+        vcpu_threads: Default::default(),
     }
 }
 

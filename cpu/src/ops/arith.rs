@@ -5,7 +5,7 @@
 
 use iced_x86::{Code, Instruction, Mnemonic, OpKind};
 
-use super::{check_lock, mask, read_op, read_op_rmw, reg_read, reg_write, sext, size0, write_op, Handler};
+use super::{check_lock, mask, read_dst, read_op, reg_write, sext, size0, write_dst, write_op, Handler};
 use crate::cpu::Cpu;
 use crate::exception::{Exception, Fault};
 use crate::flags::{szp, FlagOp};
@@ -13,19 +13,19 @@ use crate::state::flags::*;
 
 pub fn handler(code: Code) -> Option<Handler> {
     Some(match code.mnemonic() {
-        Mnemonic::Add => add,
-        Mnemonic::Adc => adc,
-        Mnemonic::Sub => sub,
-        Mnemonic::Sbb => sbb,
-        Mnemonic::Cmp => cmp,
-        Mnemonic::And => and,
-        Mnemonic::Or => or,
-        Mnemonic::Xor => xor,
-        Mnemonic::Test => test,
-        Mnemonic::Inc => inc,
-        Mnemonic::Dec => dec,
-        Mnemonic::Neg => neg,
-        Mnemonic::Not => not,
+        Mnemonic::Add => add::<false>,
+        Mnemonic::Adc => adc::<false>,
+        Mnemonic::Sub => sub::<false>,
+        Mnemonic::Sbb => sbb::<false>,
+        Mnemonic::Cmp => cmp::<false>,
+        Mnemonic::And => and::<false>,
+        Mnemonic::Or => or::<false>,
+        Mnemonic::Xor => xor::<false>,
+        Mnemonic::Test => test::<false>,
+        Mnemonic::Inc => inc::<false>,
+        Mnemonic::Dec => dec::<false>,
+        Mnemonic::Neg => neg::<false>,
+        Mnemonic::Not => not::<false>,
         Mnemonic::Mul => mul,
         Mnemonic::Imul => imul,
         Mnemonic::Div => div,
@@ -37,9 +37,31 @@ pub fn handler(code: Code) -> Option<Handler> {
         Mnemonic::Cmc => cmc,
         Mnemonic::Lahf => lahf,
         Mnemonic::Sahf => sahf,
-        Mnemonic::Xadd => xadd,
-        Mnemonic::Cmpxchg => cmpxchg,
-        Mnemonic::Cmpxchg8b | Mnemonic::Cmpxchg16b => cmpxchg_wide,
+        Mnemonic::Xadd => xadd::<false>,
+        Mnemonic::Cmpxchg => cmpxchg::<false>,
+        Mnemonic::Cmpxchg8b | Mnemonic::Cmpxchg16b => cmpxchg_wide::<false>,
+        _ => return None,
+    })
+}
+
+/// The locked forms of the instructions here that a LOCK prefix may
+/// precede (see [`crate::atomic`]).
+pub fn locked_handler(code: Code) -> Option<Handler> {
+    Some(match code.mnemonic() {
+        Mnemonic::Add => add::<true>,
+        Mnemonic::Adc => adc::<true>,
+        Mnemonic::Sub => sub::<true>,
+        Mnemonic::Sbb => sbb::<true>,
+        Mnemonic::And => and::<true>,
+        Mnemonic::Or => or::<true>,
+        Mnemonic::Xor => xor::<true>,
+        Mnemonic::Inc => inc::<true>,
+        Mnemonic::Dec => dec::<true>,
+        Mnemonic::Neg => neg::<true>,
+        Mnemonic::Not => not::<true>,
+        Mnemonic::Xadd => xadd::<true>,
+        Mnemonic::Cmpxchg => cmpxchg::<true>,
+        Mnemonic::Cmpxchg8b | Mnemonic::Cmpxchg16b => cmpxchg_wide::<true>,
         _ => return None,
     })
 }
@@ -53,23 +75,24 @@ fn operands(cpu: &mut Cpu, insn: &Instruction) -> Fault<(u32, u64, u64)> {
     Ok((size, a, b))
 }
 
-/// Operands of an instruction that writes op0: op0 is read as a write.
+/// Operands of an instruction that writes op0: op0 is read as a write
+/// (locked with `L`).
 #[inline]
-fn operands_rmw(cpu: &mut Cpu, insn: &Instruction) -> Fault<(u32, u64, u64)> {
+fn operands_rmw<const L: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<(u32, u64, u64)> {
     let size = size0(insn);
     let b = read_op(cpu, insn, 1, size)?;
-    let a = read_op_rmw(cpu, insn, 0, size)?;
+    let a = read_dst::<L>(cpu, insn, 0, size)?;
     Ok((size, a, b))
 }
 
 macro_rules! binop {
     ($name:ident, $op:expr, $compute:expr, $store:expr) => {
-        fn $name(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+        fn $name<const L: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
             check_lock(insn)?;
-            let (size, a, b) = if $store { operands_rmw(cpu, insn)? } else { operands(cpu, insn)? };
+            let (size, a, b) = if $store { operands_rmw::<L>(cpu, insn)? } else { operands(cpu, insn)? };
             let r: u64 = $compute(a, b) & mask(size);
             if $store {
-                write_op(cpu, insn, 0, size, r)?;
+                write_dst::<L>(cpu, insn, 0, size, r)?;
             }
             cpu.state.set_lazy($op, size, r, a, b);
             Ok(())
@@ -85,63 +108,63 @@ binop!(or, FlagOp::Logic, |a: u64, b: u64| a | b, true);
 binop!(xor, FlagOp::Logic, |a: u64, b: u64| a ^ b, true);
 binop!(test, FlagOp::Logic, |a: u64, b: u64| a & b, false);
 
-fn adc(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+fn adc<const L: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check_lock(insn)?;
-    let (size, a, b) = operands_rmw(cpu, insn)?;
+    let (size, a, b) = operands_rmw::<L>(cpu, insn)?;
     let c = u64::from(cpu.state.cf());
     let r = a.wrapping_add(b).wrapping_add(c) & mask(size);
-    write_op(cpu, insn, 0, size, r)?;
+    write_dst::<L>(cpu, insn, 0, size, r)?;
     cpu.state.set_lazy_carry(FlagOp::Adc, size, r, a, b, c);
     Ok(())
 }
 
-fn sbb(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+fn sbb<const L: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check_lock(insn)?;
-    let (size, a, b) = operands_rmw(cpu, insn)?;
+    let (size, a, b) = operands_rmw::<L>(cpu, insn)?;
     let c = u64::from(cpu.state.cf());
     let r = a.wrapping_sub(b).wrapping_sub(c) & mask(size);
-    write_op(cpu, insn, 0, size, r)?;
+    write_dst::<L>(cpu, insn, 0, size, r)?;
     cpu.state.set_lazy_carry(FlagOp::Sbb, size, r, a, b, c);
     Ok(())
 }
 
-fn inc(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+fn inc<const L: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check_lock(insn)?;
     let size = size0(insn);
-    let a = read_op_rmw(cpu, insn, 0, size)?;
+    let a = read_dst::<L>(cpu, insn, 0, size)?;
     let r = a.wrapping_add(1) & mask(size);
-    write_op(cpu, insn, 0, size, r)?;
+    write_dst::<L>(cpu, insn, 0, size, r)?;
     let cf = cpu.state.flags() & CF;
     cpu.state.set_lazy_carry(FlagOp::Inc, size, r, a, 1, cf);
     Ok(())
 }
 
-fn dec(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+fn dec<const L: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check_lock(insn)?;
     let size = size0(insn);
-    let a = read_op_rmw(cpu, insn, 0, size)?;
+    let a = read_dst::<L>(cpu, insn, 0, size)?;
     let r = a.wrapping_sub(1) & mask(size);
-    write_op(cpu, insn, 0, size, r)?;
+    write_dst::<L>(cpu, insn, 0, size, r)?;
     let cf = cpu.state.flags() & CF;
     cpu.state.set_lazy_carry(FlagOp::Dec, size, r, a, 1, cf);
     Ok(())
 }
 
-fn neg(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+fn neg<const L: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check_lock(insn)?;
     let size = size0(insn);
-    let a = read_op_rmw(cpu, insn, 0, size)?;
+    let a = read_dst::<L>(cpu, insn, 0, size)?;
     let r = 0u64.wrapping_sub(a) & mask(size);
-    write_op(cpu, insn, 0, size, r)?;
+    write_dst::<L>(cpu, insn, 0, size, r)?;
     cpu.state.set_lazy(FlagOp::Sub, size, r, 0, a);
     Ok(())
 }
 
-fn not(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+fn not<const L: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check_lock(insn)?;
     let size = size0(insn);
-    let a = read_op_rmw(cpu, insn, 0, size)?;
-    write_op(cpu, insn, 0, size, !a & mask(size))
+    let a = read_dst::<L>(cpu, insn, 0, size)?;
+    write_dst::<L>(cpu, insn, 0, size, !a & mask(size))
 }
 
 /// The accumulator pair for MUL/DIV of `size`: (low register value, high).
@@ -320,14 +343,14 @@ fn sahf(cpu: &mut Cpu, _: &Instruction) -> Fault<()> {
     Ok(())
 }
 
-fn xadd(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+fn xadd<const L: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check_lock(insn)?;
-    let (size, a, b) = operands_rmw(cpu, insn)?;
+    let (size, a, b) = operands_rmw::<L>(cpu, insn)?;
     let r = a.wrapping_add(b) & mask(size);
     // The sum goes to the destination last, so XADD r, r leaves the sum; a
     // memory destination is written first so a fault leaves the source intact.
     if insn.op0_kind() == OpKind::Memory {
-        write_op(cpu, insn, 0, size, r)?;
+        write_dst::<L>(cpu, insn, 0, size, r)?;
         write_op(cpu, insn, 1, size, a)?;
     } else {
         write_op(cpu, insn, 1, size, a)?;
@@ -337,17 +360,19 @@ fn xadd(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     Ok(())
 }
 
-fn cmpxchg(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+fn cmpxchg<const L: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     check_lock(insn)?;
-    let (size, dest, src) = operands_rmw(cpu, insn)?;
+    let (size, dest, src) = operands_rmw::<L>(cpu, insn)?;
     let a = cpu.state.gpr[0] & mask(size);
     let r = a.wrapping_sub(dest) & mask(size);
     if a == dest {
-        write_op(cpu, insn, 0, size, src)?;
+        write_dst::<L>(cpu, insn, 0, size, src)?;
     } else {
-        // The destination is written back even on failure (a locked RMW).
+        // The destination is written back even on failure (a locked RMW;
+        // locked, an exchange of the value with itself, which confirms
+        // that the value the accumulator gets was current).
         if insn.op0_kind() == OpKind::Memory {
-            write_op(cpu, insn, 0, size, dest)?;
+            write_dst::<L>(cpu, insn, 0, size, dest)?;
         }
         let acc_reg = match size {
             1 => iced_x86::Register::AL,
@@ -358,7 +383,6 @@ fn cmpxchg(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         reg_write(&mut cpu.state, acc_reg, dest);
     }
     cpu.state.set_lazy(FlagOp::Sub, size, r, a, dest);
-    let _ = reg_read;
     Ok(())
 }
 
@@ -367,7 +391,10 @@ fn cmpxchg(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
 /// written in both cases (a locked read-modify-write), so a read-only page
 /// faults even when the comparison fails. CMPXCHG16B needs a 16-byte aligned
 /// operand (#GP(0)).
-fn cmpxchg_wide(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+///
+/// Locked (`L`), the comparison and the store are one compare-exchange of
+/// all 8 or 16 bytes, whose mismatch gives the value rDX:rAX receive.
+fn cmpxchg_wide<const L: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let half: u32 = if insn.mnemonic() == Mnemonic::Cmpxchg16b { 8 } else { 4 };
     let seg = super::mem_seg(insn);
     let a = super::ea(&cpu.state, insn);
@@ -376,6 +403,9 @@ fn cmpxchg_wide(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         return Err(crate::exception::GP0);
     }
     cpu.check_access(lin, 2 * half, true)?;
+    if L {
+        return cmpxchg_wide_locked(cpu, seg, a, half);
+    }
     let mut buf = [0u8; 16];
     let n = (2 * half) as usize;
     // The operand is always written: check both halves as a write first.
@@ -408,6 +438,49 @@ fn cmpxchg_wide(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         cpu.state.gpr[0] = lo;
         cpu.state.gpr[2] = hi;
     }
+    cpu.state.set_arith_flags(ZF, if equal { ZF } else { 0 });
+    Ok(())
+}
+
+/// The locked CMPXCHG8B/16B at `seg:a` (its segment, alignment and
+/// breakpoint checks made): both halves are checked as writes as the
+/// unlocked form checks them, then one compare-exchange of the whole
+/// operand.
+fn cmpxchg_wide_locked(cpu: &mut Cpu, seg: usize, a: u64, half: u32) -> Fault<()> {
+    cpu.probe_write(seg, a, half)?;
+    cpu.probe_write(seg, a.wrapping_add(u64::from(half)), half)?;
+    let (_, Some(phys)) = cpu.probe_write_at(seg, a, 2 * half)? else {
+        // Across a page (CMPXCHG8B only: CMPXCHG16B is aligned).
+        cpu.lock_exclusive();
+        return Ok(());
+    };
+    let m = mask(half);
+    let g = &cpu.state.gpr;
+    let (cur_lo, cur_hi, new_lo, new_hi) = (g[0] & m, g[2] & m, g[3] & m, g[1] & m);
+    let found = if half == 8 {
+        let cur = u128::from(cur_lo) | (u128::from(cur_hi) << 64);
+        let new = u128::from(new_lo) | (u128::from(new_hi) << 64);
+        cpu.mem().compare_exchange_u128(phys, cur, new).map(|r| r.map(drop).map_err(|v| (v as u64, (v >> 64) as u64)))
+    } else {
+        let cur = cur_lo | (cur_hi << 32);
+        cpu.mem()
+            .compare_exchange(phys, 8, cur, new_lo | (new_hi << 32))
+            .map(|r| r.map(drop).map_err(|v| (v & m, v >> 32)))
+    };
+    let equal = match found {
+        Ok(Ok(_)) => true,
+        Ok(Err((lo, hi))) => {
+            // 32-bit register writes zero-extend in 64-bit mode.
+            cpu.state.gpr[0] = lo;
+            cpu.state.gpr[2] = hi;
+            false
+        }
+        Err(_) => {
+            cpu.lock_exclusive();
+            return Ok(());
+        }
+    };
+    cpu.lock_done();
     cpu.state.set_arith_flags(ZF, if equal { ZF } else { 0 });
     Ok(())
 }

@@ -20,10 +20,10 @@ use crate::state::flags::*;
 
 pub fn handler(code: Code) -> Option<Handler> {
     Some(match code.mnemonic() {
-        Mnemonic::Bt => |c, i| bit_test(c, i, BtOp::Test),
-        Mnemonic::Bts => |c, i| bit_test(c, i, BtOp::Set),
-        Mnemonic::Btr => |c, i| bit_test(c, i, BtOp::Reset),
-        Mnemonic::Btc => |c, i| bit_test(c, i, BtOp::Complement),
+        Mnemonic::Bt => |c, i| bit_test::<false>(c, i, BtOp::Test),
+        Mnemonic::Bts => |c, i| bit_test::<false>(c, i, BtOp::Set),
+        Mnemonic::Btr => |c, i| bit_test::<false>(c, i, BtOp::Reset),
+        Mnemonic::Btc => |c, i| bit_test::<false>(c, i, BtOp::Complement),
         Mnemonic::Bsf => |c, i| bit_scan(c, i, false),
         Mnemonic::Bsr => |c, i| bit_scan(c, i, true),
         Mnemonic::Tzcnt => |c, i| count(c, i, Count::Tz),
@@ -44,6 +44,16 @@ pub fn handler(code: Code) -> Option<Handler> {
         Mnemonic::Shrx => |c, i| shiftx(c, i, 2),
         Mnemonic::Adcx => |c, i| adx(c, i, CF),
         Mnemonic::Adox => |c, i| adx(c, i, OF),
+        _ => return None,
+    })
+}
+
+/// The locked forms of BTS, BTR and BTC (see [`crate::atomic`]).
+pub fn locked_handler(code: Code) -> Option<Handler> {
+    Some(match code.mnemonic() {
+        Mnemonic::Bts => |c, i| bit_test::<true>(c, i, BtOp::Set),
+        Mnemonic::Btr => |c, i| bit_test::<true>(c, i, BtOp::Reset),
+        Mnemonic::Btc => |c, i| bit_test::<true>(c, i, BtOp::Complement),
         _ => return None,
     })
 }
@@ -82,7 +92,7 @@ enum BtOp {
     Complement,
 }
 
-fn bit_test(cpu: &mut Cpu, insn: &Instruction, op: BtOp) -> Fault<()> {
+fn bit_test<const L: bool>(cpu: &mut Cpu, insn: &Instruction, op: BtOp) -> Fault<()> {
     let size = size0(insn);
     let bits = u64::from(size * 8);
     let apply = |v: u64, bit: u64| -> u64 {
@@ -112,9 +122,19 @@ fn bit_test(cpu: &mut Cpu, insn: &Instruction, op: BtOp) -> Fault<()> {
         } else {
             (base, u64::from(insn.immediate8()) & (bits - 1))
         };
-        let v = if op == BtOp::Test { cpu.read_mem(seg, addr, size)? } else { cpu.read_mem_rmw(seg, addr, size)? };
+        let v = if op == BtOp::Test {
+            cpu.read_mem(seg, addr, size)?
+        } else if L {
+            cpu.read_mem_locked(seg, addr, size)?
+        } else {
+            cpu.read_mem_rmw(seg, addr, size)?
+        };
         if op != BtOp::Test {
-            cpu.write_mem(seg, addr, size, apply(v, bit))?;
+            if L {
+                cpu.write_mem_locked(seg, addr, size, apply(v, bit))?;
+            } else {
+                cpu.write_mem(seg, addr, size, apply(v, bit))?;
+            }
         }
         (v >> bit) & 1
     };

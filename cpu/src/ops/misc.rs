@@ -31,7 +31,9 @@ pub fn handler(code: Code) -> Option<Handler> {
         Mnemonic::Rdrand => |c, i| random(c, i, false),
         Mnemonic::Rdseed => |c, i| random(c, i, true),
         Mnemonic::Int1 => |_, _| Err(Exception::DebugTrap),
-        Mnemonic::Lfence | Mnemonic::Mfence | Mnemonic::Sfence => nop,
+        Mnemonic::Mfence => mfence,
+        Mnemonic::Lfence => lfence,
+        Mnemonic::Sfence => sfence,
         Mnemonic::Clflush | Mnemonic::Clflushopt | Mnemonic::Clwb => clflush,
         // Hint space: prefetches and reserved NOPs never fault and never access memory.
         Mnemonic::Prefetch
@@ -47,6 +49,38 @@ pub fn handler(code: Code) -> Option<Handler> {
 
 fn nop(_: &mut Cpu, _: &Instruction) -> Fault<()> {
     Ok(())
+}
+
+/// MFENCE: every access before it is visible to every processor before
+/// any access after it: a full host fence (`mfence` on x86_64 hosts; see
+/// [`mmu::atomic`] for how guest accesses are ordered).
+fn mfence(_: &mut Cpu, _: &Instruction) -> Fault<()> {
+    mmu::atomic::full_fence();
+    Ok(())
+}
+
+/// LFENCE: loads before it complete before any access after it: an
+/// acquire fence (free on x86_64 hosts, whose loads are ordered so).
+fn lfence(_: &mut Cpu, _: &Instruction) -> Fault<()> {
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+    Ok(())
+}
+
+/// SFENCE: stores before it are visible before any store after it (what
+/// it adds on x86 concerns non-temporal stores, ordinary stores here): a
+/// release fence (free on x86_64 hosts).
+fn sfence(_: &mut Cpu, _: &Instruction) -> Fault<()> {
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+    Ok(())
+}
+
+/// MFENCE, LFENCE or SFENCE, by mnemonic.
+pub(crate) fn fence(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    match insn.mnemonic() {
+        Mnemonic::Mfence => mfence(cpu, insn),
+        Mnemonic::Lfence => lfence(cpu, insn),
+        _ => sfence(cpu, insn),
+    }
 }
 
 /// DAA and DAS.

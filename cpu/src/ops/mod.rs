@@ -6,6 +6,11 @@
 //! advanced to the next instruction. The JIT calls the same handlers for
 //! instructions it does not translate. Codes without a handler raise #UD and
 //! are logged once by mnemonic.
+//!
+//! The read-modify-write handlers are generic over `const L: bool`: the
+//! `L = true` instance is their locked form ([`locked_handler`]), whose
+//! destination accesses are atomic against other processors (see
+//! [`crate::atomic`]); [`select`] gives locked instructions [`locked`].
 
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
@@ -51,6 +56,8 @@ fn invalid(_cpu: &mut Cpu, _insn: &Instruction) -> Fault<()> {
 struct Table {
     handlers: Vec<Handler>,
     implemented: Vec<bool>,
+    /// The locked forms ([`locked_handler`]).
+    locked: Vec<Option<Handler>>,
 }
 
 fn table() -> &'static Table {
@@ -60,15 +67,17 @@ fn table() -> &'static Table {
         let n = codes.len();
         let mut handlers: Vec<Handler> = vec![undefined; n];
         let mut implemented = vec![false; n];
+        let mut locked = vec![None; n];
         for (i, slot) in handlers.iter_mut().enumerate() {
             let code: Code = codes[i];
             let h = if code == Code::INVALID { Some(invalid as Handler) } else { lookup(code) };
             if let Some(h) = h {
                 *slot = h;
                 implemented[i] = true;
+                locked[i] = lookup_locked(code);
             }
         }
-        Table { handlers, implemented }
+        Table { handlers, implemented, locked }
     })
 }
 
@@ -89,17 +98,55 @@ fn lookup(code: Code) -> Option<Handler> {
         .or_else(|| xsave::handler(code))
 }
 
+/// The locked form of the read-modify-write family handler for a code, if
+/// it has one: the same handler whose destination accesses are a locked
+/// read and a compare-exchange (see [`crate::atomic`]).
+fn lookup_locked(code: Code) -> Option<Handler> {
+    arith::locked_handler(code).or_else(|| bits::locked_handler(code)).or_else(|| mov::locked_handler(code))
+}
+
 /// The handler for `code`.
 #[inline]
 pub fn handler(code: Code) -> Handler {
     table().handlers[code as usize]
 }
 
-/// The handler for one decoded instruction: a specialized fast path for its
+/// The locked form of the handler for `code` (see [`crate::atomic`]):
+/// the instructions a LOCK prefix may precede (ADD, ADC, SUB, SBB, AND,
+/// OR, XOR, INC, DEC, NEG, NOT, BTS, BTR, BTC, XADD, CMPXCHG, CMPXCHG8B,
+/// CMPXCHG16B) and XCHG.
+#[inline]
+pub fn locked_handler(code: Code) -> Option<Handler> {
+    table().locked[code as usize]
+}
+
+/// Whether `insn` is a locked instruction: LOCK-prefixed, or XCHG with a
+/// memory operand (locked with or without the prefix).
+#[inline]
+pub fn is_locked(insn: &Instruction) -> bool {
+    insn.has_lock_prefix()
+        || (insn.mnemonic() == Mnemonic::Xchg && (0..insn.op_count()).any(|i| insn.op_kind(i) == OpKind::Memory))
+}
+
+/// The handler for one decoded instruction: [`locked`] for a locked
+/// instruction with a locked form, else a specialized fast path for its
 /// operand forms when one exists, else the family handler for its code.
 #[inline]
 pub fn select(insn: &Instruction) -> Handler {
+    if is_locked(insn) && locked_handler(insn.code()).is_some() {
+        return locked;
+    }
     fast::select(insn).unwrap_or_else(|| handler(insn.code()))
+}
+
+/// The handler of locked instructions: their locked form, run until its
+/// update of memory is one host atomic, or with the other processors
+/// stopped (see [`crate::atomic`]).
+pub fn locked(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    match locked_handler(insn.code()) {
+        Some(h) => cpu.run_locked(h, insn),
+        None => handler(insn.code())(cpu, insn),
+    }
 }
 
 /// Whether `code` has a real handler.
@@ -280,6 +327,29 @@ pub fn read_op_rmw(cpu: &mut Cpu, insn: &Instruction, i: u32, size: u32) -> Faul
         }
         _ => read_op(cpu, insn, i, size),
     }
+}
+
+/// Read the destination operand `i` of a read-modify-write, locked (`L`,
+/// `Cpu::read_mem_locked`) or as [`read_op_rmw`] reads it.
+#[inline(always)]
+pub fn read_dst<const L: bool>(cpu: &mut Cpu, insn: &Instruction, i: u32, size: u32) -> Fault<u64> {
+    if L && insn.op_kind(i) == OpKind::Memory {
+        let a = ea(&cpu.state, insn);
+        return cpu.read_mem_locked(mem_seg(insn), a, size);
+    }
+    read_op_rmw(cpu, insn, i, size)
+}
+
+/// Write the destination operand `i` of a read-modify-write that
+/// [`read_dst`] read: locked (`L`, a compare-exchange,
+/// `Cpu::write_mem_locked`) or as [`write_op`] writes it.
+#[inline(always)]
+pub fn write_dst<const L: bool>(cpu: &mut Cpu, insn: &Instruction, i: u32, size: u32, v: u64) -> Fault<()> {
+    if L && insn.op_kind(i) == OpKind::Memory {
+        let a = ea(&cpu.state, insn);
+        return cpu.write_mem_locked(mem_seg(insn), a, size, v);
+    }
+    write_op(cpu, insn, i, size, v)
 }
 
 /// Write operand `i` (register or memory) as `size` bytes.

@@ -38,8 +38,9 @@ pub fn handler(code: Code) -> Option<Handler> {
         Mnemonic::Lea => lea,
         Mnemonic::Movnti => mov,
         Mnemonic::Les | Mnemonic::Lds | Mnemonic::Lss | Mnemonic::Lfs | Mnemonic::Lgs => load_far_pointer,
-        Mnemonic::Xchg => xchg,
-        Mnemonic::Nop | Mnemonic::Pause | Mnemonic::Endbr32 | Mnemonic::Endbr64 => nop,
+        Mnemonic::Xchg => xchg::<false>,
+        Mnemonic::Pause => pause,
+        Mnemonic::Nop | Mnemonic::Endbr32 | Mnemonic::Endbr64 => nop,
         Mnemonic::Prefetchnta
         | Mnemonic::Prefetcht0
         | Mnemonic::Prefetcht1
@@ -82,7 +83,19 @@ pub fn handler(code: Code) -> Option<Handler> {
     })
 }
 
+/// The locked form of XCHG (see [`crate::atomic`]).
+pub fn locked_handler(code: Code) -> Option<Handler> {
+    (code.mnemonic() == Mnemonic::Xchg).then_some(xchg::<true> as Handler)
+}
+
 fn nop(_: &mut Cpu, _: &Instruction) -> Fault<()> {
+    Ok(())
+}
+
+/// PAUSE: a spin-wait hint, passed on to the host (another processor's
+/// thread may hold what the guest waits for).
+fn pause(_: &mut Cpu, _: &Instruction) -> Fault<()> {
+    std::hint::spin_loop();
     Ok(())
 }
 
@@ -119,13 +132,15 @@ fn lea(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     Ok(())
 }
 
-fn xchg(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+/// XCHG; with a memory operand it is locked (`L`, which the decoder
+/// gives it whether or not a LOCK prefix is there).
+fn xchg<const L: bool>(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let size = size0(insn);
-    let a = super::read_op_rmw(cpu, insn, 0, size)?;
+    let a = super::read_dst::<L>(cpu, insn, 0, size)?;
     let b = read_op(cpu, insn, 1, size)?;
     // Memory first, so a fault leaves the register untouched.
     if insn.op0_kind() == OpKind::Memory {
-        write_op(cpu, insn, 0, size, b)?;
+        super::write_dst::<L>(cpu, insn, 0, size, b)?;
         write_op(cpu, insn, 1, size, a)
     } else {
         write_op(cpu, insn, 1, size, a)?;

@@ -323,9 +323,9 @@ fn ltr(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     if !d.present() {
         return Err(Exception::SegmentNotPresent(sel_err(sel)));
     }
-    // Mark it busy in the GDT.
+    // Mark it busy in the GDT: a locked update of the descriptor.
     let addr = cpu.state.gdtr.base + u64::from(sel & !7);
-    cpu.write_sys(addr + 5, &[((d.raw >> 40) as u8) | 2])?;
+    cpu.locked_sys_bits(addr + 5, 2, true)?;
     let mut s = d.to_segment(sel);
     s.attr |= 2;
     cpu.state.tr = s;

@@ -79,12 +79,13 @@ pub(crate) fn tss_kind(d: &Descriptor) -> Option<(bool, bool)> {
 }
 
 impl Cpu {
+    /// Set or clear the busy bit of the TSS descriptor of `sel`: a locked
+    /// update of the descriptor when the bit changes.
     fn set_busy(&mut self, sel: u16, busy: bool) -> Fault<()> {
         let addr = self.state.gdtr.base.wrapping_add(u64::from(sel & !7)) + 5;
         let b = self.read_sys::<1>(addr)?[0];
-        let nb = if busy { b | 2 } else { b & !2 };
-        if nb != b {
-            self.write_sys(addr, &[nb])?;
+        if (b & 2 != 0) != busy {
+            self.locked_sys_bits(addr, 2, busy)?;
         }
         Ok(())
     }

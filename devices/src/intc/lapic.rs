@@ -37,7 +37,15 @@
 //!   before the divider, computed from the clock on every read; a periodic
 //!   timer fires at most once per [`MIN_PERIODIC_NS`] and coalesces missed
 //!   periods, so an idle host sees at most one wakeup per period.
-//! - Sending is instant: the ICR's delivery status always reads idle.
+//! - Sending is instant: the ICR's delivery status always reads idle, and
+//!   the interrupt controller has delivered the IPI to every destination
+//!   before the ICR write returns.
+//! - An INIT resets the registers as 10.4.7.3 says ([`LocalApic::init_reset`]:
+//!   the power-up state, the ID register and IA32_APIC_BASE kept). The
+//!   CPU's wait-for-SIPI state and the start-up events are the interrupt
+//!   controller's, not the APIC's.
+//! - Lowest-priority arbitration uses the processor priority (PPR); the
+//!   focus processor check (SVR bit 9) is not modelled.
 //! - The core only keeps registers. The interrupt controller delivers the
 //!   IPIs and EOI broadcasts it returns as [`LapicEffect`]s.
 
@@ -68,7 +76,7 @@ pub const MSR_X2APIC_FIRST: u32 = 0x800;
 pub const MSR_X2APIC_LAST: u32 = 0x8ff;
 
 // IA32_APIC_BASE bits.
-const APIC_BASE_BSP: u64 = 1 << 8;
+pub(crate) const APIC_BASE_BSP: u64 = 1 << 8;
 const APIC_BASE_EXTD: u64 = 1 << 10;
 const APIC_BASE_ENABLE: u64 = 1 << 11;
 /// The page frame, up to a 52-bit physical address.
@@ -381,6 +389,15 @@ impl LocalApic {
         s.extint_pending = false;
     }
 
+    /// The reset an INIT (the INIT# pin or an INIT IPI) makes (10.4.7.3):
+    /// the power-up state of the registers, except that the ID register and
+    /// IA32_APIC_BASE (the global enable, x2APIC mode, the BSP bit) are kept.
+    pub fn init_reset(&mut self) {
+        let id = self.s.id;
+        self.reset_registers();
+        self.s.id = id;
+    }
+
     /// Puts the APIC in the state a PC BIOS leaves the bootstrap processor's
     /// in (MP specification 3.6.2.2, virtual wire mode): software-enabled,
     /// LINT0 as ExtINT for the 8259A, LINT1 as NMI.
@@ -393,6 +410,11 @@ impl LocalApic {
     /// The hardware-assigned APIC ID.
     pub fn initial_id(&self) -> u32 {
         self.initial_id
+    }
+
+    /// The CPU is the bootstrap processor (IA32_APIC_BASE bit 8).
+    pub fn is_bsp(&self) -> bool {
+        self.s.apic_base & APIC_BASE_BSP != 0
     }
 
     /// IA32_APIC_BASE.
@@ -558,6 +580,11 @@ impl LocalApic {
         let lint0 = self.s.lvt[LVT_LINT0];
         let extint = (lint0 & LVT_DELIVERY_MODE) >> LVT_DELIVERY_MODE_SHIFT == 0b111;
         self.s.extint_pending || (extint && lint0 & LVT_MASKED == 0)
+    }
+
+    /// Whether an ExtINT message waits for the CPU's INTA cycle on the 8259A.
+    pub fn extint_pending(&self) -> bool {
+        self.s.extint_pending
     }
 
     /// The CPU ran an INTA cycle on the 8259A.

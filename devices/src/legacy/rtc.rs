@@ -6,7 +6,8 @@
 //! "Update Cycle" (the UIP bit, 244 us before each update) and "Interrupts".
 //! The CMOS byte assignments are those of the IBM PC/AT BIOS as QEMU and
 //! SeaBIOS use them (0x15-0x18 and 0x30-0x31 memory sizes, 0x32 century,
-//! 0x34-0x35 memory above 16 MiB, 0x5B-0x5D memory above 4 GiB).
+//! 0x34-0x35 memory above 16 MiB, 0x5B-0x5D memory above 4 GiB, 0x5F the
+//! number of CPUs minus one, which SeaBIOS reads when fw_cfg does not give it).
 //!
 //! ```text
 //! port 0x70  bit 7 NMI disable, bits 6:0 register index (write only)
@@ -332,10 +333,15 @@ impl Rtc {
         put16(c, CMOS_MEM_ABOVE_16M, above_16m);
         let above_4g = (ram.above_4g >> 16).min(0xff_ffff) as u32;
         c[CMOS_MEM_ABOVE_4G..CMOS_MEM_ABOVE_4G + 3].copy_from_slice(&above_4g.to_le_bytes()[..3]);
-        // One CPU: the count minus one.
-        c[CMOS_CPU_COUNT] = 0;
         let sum: u16 = CHECKSUM_RANGE.map(|i| u16::from(c[i])).sum();
         c[CMOS_CHECKSUM..CMOS_CHECKSUM + 2].copy_from_slice(&sum.to_be_bytes());
+    }
+
+    /// Fills the CMOS CPU-count byte (0x5F) with `cpus` minus one (one CPU
+    /// until this is called; 0 counts as one, more than 256 as 256). The
+    /// byte is outside the checksummed range.
+    pub fn set_cpu_count(&mut self, cpus: usize) {
+        self.s.cmos[CMOS_CPU_COUNT] = u8::try_from(cpus.saturating_sub(1)).unwrap_or(u8::MAX);
     }
 
     /// Whether port 0x70's NMI-disable bit is set.

@@ -16,6 +16,9 @@ struct Pc {
 
 impl Pc {
     fn new() -> Self {
+        Self::with_apic_ids(&[0])
+    }
+    fn with_apic_ids(apic_ids: &[u32]) -> Self {
         let clock = Arc::new(ManualClock::new(0));
         let events = Arc::new(VmEvents::new());
         let chipset = PcChipset::new(
@@ -23,6 +26,7 @@ impl Pc {
             events.clone(),
             Arc::new(Tsc::new(1_000_000_000)),
             RamSize::split(1 << 30, 0xc000_0000),
+            apic_ids,
         );
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
@@ -74,6 +78,22 @@ fn every_device_answers_at_its_ports() {
 }
 
 #[test]
+fn the_cpus_reach_the_interrupt_controller_and_the_cmos() {
+    let cmos = |pc: &Pc| {
+        pc.outb(0x70, 0x5f);
+        pc.inb(0x71)
+    };
+    assert_eq!(cmos(&Pc::new()), 0, "one CPU");
+    let pc = Pc::with_apic_ids(&[0, 1, 2, 4, 5, 6]);
+    assert_eq!(cmos(&pc), 5, "the count minus one");
+    assert_eq!(pc.chipset.intc.cpus(), 6);
+    assert_eq!(pc.chipset.intc.apic_id(3), 4);
+    assert_eq!(pc.chipset.save().intc.lapics.len(), 6);
+    pc.chipset.reset();
+    assert_eq!(cmos(&pc), 5, "battery-backed");
+}
+
+#[test]
 fn pit_timer_interrupt_through_the_ioapic() {
     let pc = Pc::new();
     pc.apic_mode();
@@ -83,15 +103,15 @@ fn pit_timer_interrupt_through_the_ioapic() {
     pc.outb(0x40, 0x2e); // 100 Hz
     let next = pc.run_until(0).unwrap();
     assert!((10_000_000..10_001_000).contains(&next), "{next}");
-    assert!(!pc.chipset.intc.interrupt_pending());
+    assert!(!pc.chipset.intc.interrupt_pending(0));
     let next2 = pc.run_until(next).unwrap();
-    assert!(pc.chipset.intc.interrupt_pending());
-    assert_eq!(pc.chipset.intc.ack_interrupt(), Some(0x30));
+    assert!(pc.chipset.intc.interrupt_pending(0));
+    assert_eq!(pc.chipset.intc.ack_interrupt(0), Some(0x30));
     pc.eoi();
     assert!(next2 > next);
     // An idle guest: nothing is due before the next period.
     pc.run_until(next2 - 1);
-    assert!(!pc.chipset.intc.interrupt_pending());
+    assert!(!pc.chipset.intc.interrupt_pending(0));
 }
 
 #[test]
@@ -109,7 +129,7 @@ fn pit_timer_interrupt_through_the_pic_in_virtual_wire_mode() {
     pc.outb(0x40, 0x2e);
     let next = pc.run_until(0).unwrap();
     pc.run_until(next);
-    assert_eq!(pc.chipset.intc.ack_interrupt(), Some(0x30));
+    assert_eq!(pc.chipset.intc.ack_interrupt(0), Some(0x30));
 }
 
 #[test]
@@ -122,7 +142,7 @@ fn rtc_periodic_interrupt_on_irq8() {
     let next = pc.run_until(0).unwrap();
     assert!(next <= 976_563, "1024 Hz: {next}");
     pc.run_until(next);
-    assert_eq!(pc.chipset.intc.ack_interrupt(), Some(0x38));
+    assert_eq!(pc.chipset.intc.ack_interrupt(0), Some(0x38));
     pc.eoi();
     pc.outb(0x70, 0x0c);
     assert_eq!(pc.inb(0x71) & 0xc0, 0xc0);
@@ -151,7 +171,7 @@ fn hpet_legacy_replacement_mutes_the_pit_and_the_rtc() {
     for ms in 1..=50 {
         pc.run_until(ms * 1_000_000);
     }
-    assert!(!pc.chipset.intc.interrupt_pending(), "the 8254 and the RTC are muted");
+    assert!(!pc.chipset.intc.interrupt_pending(0), "the 8254 and the RTC are muted");
     // HPET timer 0 (one-shot at 1 ms) then drives IRQ0, timer 1 IRQ8.
     hpet_w(0x100, 1 << 2);
     hpet_w(0x108, 100_000);
@@ -159,19 +179,19 @@ fn hpet_legacy_replacement_mutes_the_pit_and_the_rtc() {
     hpet_w(0x128, 200_000);
     hpet_w(0x10, 0b11);
     pc.run_until(51_000_000);
-    assert_eq!(pc.chipset.intc.ack_interrupt(), Some(0x30), "HPET timer 0 on IRQ0");
+    assert_eq!(pc.chipset.intc.ack_interrupt(0), Some(0x30), "HPET timer 0 on IRQ0");
     pc.eoi();
     pc.run_until(52_000_000);
-    assert_eq!(pc.chipset.intc.ack_interrupt(), Some(0x38), "HPET timer 1 on IRQ8");
+    assert_eq!(pc.chipset.intc.ack_interrupt(0), Some(0x38), "HPET timer 1 on IRQ8");
     pc.eoi();
-    assert!(!pc.chipset.intc.interrupt_pending());
+    assert!(!pc.chipset.intc.interrupt_pending(0));
     // Legacy replacement off: the 8254 and the RTC are heard again (the
     // RTC's IRQ8 level held through the mute reaches the I/O APIC).
     hpet_w(0x10, 0b01);
     let mut vectors = Vec::new();
     for ms in 53..=80 {
         pc.run_until(ms * 1_000_000);
-        while let Some(v) = pc.chipset.intc.ack_interrupt() {
+        while let Some(v) = pc.chipset.intc.ack_interrupt(0) {
             vectors.push(v);
             pc.eoi();
         }
@@ -214,10 +234,10 @@ fn pci_intx_reaches_the_ioapic_as_a_level_interrupt() {
     pc.ioapic_route(11, 0x0000_8041);
     let line = pc.chipset.pci_intx_line(3, PciInterruptPin::IntA);
     line.set_level(true);
-    assert_eq!(pc.chipset.intc.ack_interrupt(), Some(0x41));
+    assert_eq!(pc.chipset.intc.ack_interrupt(0), Some(0x41));
     line.set_level(false);
     pc.eoi();
-    assert!(!pc.chipset.intc.interrupt_pending());
+    assert!(!pc.chipset.intc.interrupt_pending(0));
     // The guest sees the bridges through 0xCF8/0xCFC.
     pc.pio.write(0xcf8, &0x8000_0000u32.to_le_bytes());
     let mut d = [0u8; 4];
@@ -276,12 +296,12 @@ fn hostile_guest(pc: &Pc, mut seed: u64, rounds: u64) {
         }
         let msr = [0x1b, 0x6e0, 0x800 + (r >> 48) as u32 % 0x100][(r % 3) as usize];
         if r & (1 << 41) != 0 {
-            pc.chipset.intc.msr_write(msr, next());
+            pc.chipset.intc.msr_write(0, msr, next());
         } else {
-            pc.chipset.intc.msr_read(msr);
+            pc.chipset.intc.msr_read(0, msr);
         }
-        pc.chipset.intc.ack_interrupt();
-        pc.chipset.intc.take_nmi();
+        pc.chipset.intc.ack_interrupt(0);
+        pc.chipset.intc.take_nmi(0);
         if round % 64 == 0 {
             pc.run_until(round * 1_000_000 + (r & 0xffff));
         }
@@ -307,7 +327,7 @@ fn pm_timer_and_sci() {
     pc.ioapic_route(9, 0x0000_8049);
     pc.chipset.acpi_pm.lock().power_button();
     pc.pio.write(0x602, &0x0100u16.to_le_bytes());
-    assert_eq!(pc.chipset.intc.ack_interrupt(), Some(0x49));
+    assert_eq!(pc.chipset.intc.ack_interrupt(0), Some(0x49));
     assert!(pc.chipset.intc.next_deadline_ns().is_none());
 }
 
@@ -323,7 +343,7 @@ impl Pc {
     /// line comes back at each EOI); reads RTC register C after its vector.
     fn ack_all(&self) -> Vec<u8> {
         let mut v = Vec::new();
-        while let Some(vector) = self.chipset.intc.ack_interrupt() {
+        while let Some(vector) = self.chipset.intc.ack_interrupt(0) {
             v.push(vector);
             if vector == 0x38 {
                 self.outb(0x70, 0x0c);

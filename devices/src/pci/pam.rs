@@ -291,11 +291,12 @@ mod tests {
     #[test]
     fn a_switch_drops_cached_code_of_the_pages() {
         let (mut s, mem) = shadow();
-        mem.take_invalidated();
+        let watch = mem.code_watch();
         mem.mark_code_page(0xf_e000);
+        watch.take();
         s.apply(&[0x30, 0, 0, 0, 0, 0, 0]);
-        assert!(mem.invalidation_pending());
-        assert!(mem.take_invalidated().contains(&0xf_e000));
+        assert!(watch.pending());
+        assert!(watch.take().written.contains(&0xf_e000));
     }
 
     #[test]

@@ -55,7 +55,7 @@
 //!   fallback for what remains).
 //! - CPUID at CPL3 is not intercepted: user code sees the host's CPUID.
 
-use kvm_bindings::kvm_cpuid_entry2;
+use kvm_bindings::{kvm_cpuid_entry2, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
 /// A CPUID output register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,6 +273,78 @@ pub fn restrict(entries: &mut [kvm_cpuid_entry2], masks: &FeatureMasks) {
     }
 }
 
+/// The CPU topology the guest sees: threads per core and cores per
+/// package (each package one socket). APIC IDs are laid out as Intel's
+/// and QEMU's are: the thread in the low `smt_bits`, the core above it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Topology {
+    pub threads: u32,
+    pub cores: u32,
+}
+
+impl Topology {
+    fn bits(n: u32) -> u32 {
+        n.max(1).next_power_of_two().trailing_zeros()
+    }
+
+    /// Bits of the APIC ID that number the thread in its core.
+    pub fn smt_bits(&self) -> u32 {
+        Self::bits(self.threads)
+    }
+
+    /// Bits of the APIC ID that number the thread in its package.
+    pub fn package_bits(&self) -> u32 {
+        self.smt_bits() + Self::bits(self.cores)
+    }
+}
+
+/// Make the model describe `t` in the leaves that tell the topology, in
+/// place of the host's: leaf 1's logical-processor count and HTT flag,
+/// leaf 4's core and sharing counts, leaves 0xB and 0x1F (the thread and
+/// core levels; 0x1F only where KVM offers it, with the same two levels),
+/// and leaf 0x8000_0008's core count. The x2APIC IDs in them are set per
+/// vCPU ([`set_apic_id`]).
+pub fn set_topology(entries: &mut Vec<kvm_cpuid_entry2>, t: Topology) {
+    let (smt, pkg) = (t.smt_bits(), t.package_bits());
+    let per_package = 1u32 << pkg;
+    let has_1f = entries.iter().any(|e| e.function == 0x1f);
+    entries.retain(|e| e.function != 0xb && e.function != 0x1f);
+    for e in entries.iter_mut() {
+        match e.function {
+            1 => {
+                e.ebx = (e.ebx & !0x00ff_0000) | ((per_package.min(255)) << 16);
+                if per_package > 1 {
+                    e.edx |= 1 << 28;
+                } else {
+                    e.edx &= !(1 << 28);
+                }
+            }
+            4 if e.eax & 0x1f != 0 => {
+                let level = (e.eax >> 5) & 7;
+                let sharing = if level >= 3 { per_package } else { 1 << smt };
+                let cores = 1u32 << (pkg - smt);
+                e.eax = (e.eax & 0x3fff) | ((sharing - 1) & 0xfff) << 14 | ((cores - 1) & 0x3f) << 26;
+            }
+            0x8000_0008 => e.ecx = (e.ecx & !0xf0ff) | (pkg << 12) | ((t.threads * t.cores).saturating_sub(1) & 0xff),
+            _ => {}
+        }
+    }
+    let leaf = |function: u32, index: u32, eax: u32, ebx: u32, level_type: u32| kvm_cpuid_entry2 {
+        function,
+        index,
+        flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+        eax,
+        ebx,
+        ecx: (level_type << 8) | index,
+        ..Default::default()
+    };
+    for f in std::iter::once(0xb).chain(has_1f.then_some(0x1f)) {
+        entries.push(leaf(f, 0, smt, t.threads, 1));
+        entries.push(leaf(f, 1, pkg, t.threads * t.cores, 2));
+        entries.push(leaf(f, 2, 0, 0, 0));
+    }
+}
+
 /// Make the model report vCPU `id`: the initial APIC ID (leaf 1) and the
 /// x2APIC ID (leaves 0xB and 0x1F).
 pub fn set_apic_id(entries: &mut [kvm_cpuid_entry2], id: u32) {
@@ -355,6 +427,40 @@ mod tests {
             entry(0x8000_0000, 0, 0x8000_0008, 0, 0, 0),
             entry(0x8000_0001, 0, 0, 0, 0xffff_ffff, 0xffff_ffff),
         ]
+    }
+
+    #[test]
+    fn topology_replaces_the_hosts() {
+        let mut m = host_like();
+        m.push(entry(4, 0, 0x1c00_4121, 0, 0, 0)); // L1d, host's counts
+        m.push(entry(4, 1, 0x1c00_4163, 0, 0, 0)); // L3
+        m.push(entry(0x1f, 0, 1, 2, 0x100, 7));
+        m.push(entry(0x8000_0008, 0, 0x3030, 0, 0x7, 0));
+        set_topology(&mut m, Topology { threads: 2, cores: 3 });
+        set_apic_id(&mut m, 5);
+        let get = |f: u32, i: u32| m.iter().find(|e| e.function == f && e.index == i).copied();
+        let l1 = get(1, 0).unwrap();
+        assert_eq!((l1.ebx >> 16) & 0xff, 8, "2 threads x 4 core IDs");
+        assert_eq!(l1.ebx >> 24, 5);
+        assert_ne!(l1.edx & (1 << 28), 0, "HTT");
+        for f in [0xb, 0x1f] {
+            let (smt, core) = (get(f, 0).unwrap(), get(f, 1).unwrap());
+            assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (1, 2, 0x100, 5));
+            assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (3, 6, 0x201, 5));
+            assert_eq!(get(f, 2).unwrap().ecx, 2, "the end: level type 0");
+            assert_eq!(m.iter().filter(|e| e.function == f).count(), 3, "the host's subleaves are gone");
+        }
+        let (l1d, l3) = (get(4, 0).unwrap(), get(4, 1).unwrap());
+        assert_eq!((l1d.eax >> 26, (l1d.eax >> 14) & 0xfff), (3, 1), "4 core IDs; a core's 2 threads share L1");
+        assert_eq!((l3.eax >> 26, (l3.eax >> 14) & 0xfff), (3, 7), "the package shares L3");
+        assert_eq!(l1d.eax & 0x3fff, 0x0121, "the cache's own fields stay");
+        let ext = get(0x8000_0008, 0).unwrap();
+        assert_eq!((ext.ecx & 0xff, (ext.ecx >> 12) & 0xf), (5, 3));
+
+        let mut one = host_like();
+        set_topology(&mut one, Topology { threads: 1, cores: 1 });
+        assert_eq!(one.iter().find(|e| e.function == 1).unwrap().edx & (1 << 28), 0, "no HTT alone");
+        assert!(!one.iter().any(|e| e.function == 0x1f), "no 0x1F where the host had none");
     }
 
     #[test]

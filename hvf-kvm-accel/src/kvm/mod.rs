@@ -58,6 +58,8 @@ pub struct Kvm {
     cpuid_masks: Option<cpuid::FeatureMasks>,
     /// Offer the x86-64-v3 part of the model ([`cpuid::ModelOptions::avx`]).
     avx: bool,
+    /// The topology the CPUID describes ([`Kvm::set_topology`]).
+    topology: Option<cpuid::Topology>,
 }
 
 impl std::fmt::Debug for Kvm {
@@ -94,7 +96,15 @@ impl Kvm {
             .map_err(|e| AccelError::ioctl("KVM_GET_SUPPORTED_CPUID", e))?
             .as_slice()
             .to_vec();
-        Ok(Kvm { kvm, supported_cpuid, in_kernel_irqchip: true, in_kernel_pit: true, cpuid_masks: None, avx: false })
+        Ok(Kvm {
+            kvm,
+            supported_cpuid,
+            in_kernel_irqchip: true,
+            in_kernel_pit: true,
+            cpuid_masks: None,
+            avx: false,
+            topology: None,
+        })
     }
 
     /// Use the in-kernel PIC/IOAPIC/LAPIC and PIT when they work (the
@@ -116,6 +126,12 @@ impl Kvm {
     /// in hardware: KVM's instruction emulator has no XSAVE.
     pub fn set_avx(&mut self, on: bool) {
         self.avx = on;
+    }
+
+    /// Describe `topology` in the CPUID of VMs created from now on
+    /// ([`cpuid::set_topology`]); without it they show the host's leaves.
+    pub fn set_topology(&mut self, topology: cpuid::Topology) {
+        self.topology = Some(topology);
     }
 
     /// Advertise no feature beyond `masks` to VMs created from now on
@@ -190,6 +206,10 @@ impl Kvm {
             }
             None => cpuid::model(&self.supported_cpuid, model_opts),
         };
+        let mut cpuid = cpuid;
+        if let Some(t) = self.topology {
+            cpuid::set_topology(&mut cpuid, t);
+        }
 
         // Every bridged MSR is tried, not only those KVM_GET_MSR_INDEX_LIST
         // names: KVM accepts some it does not list (the MTRRs).

@@ -8,8 +8,8 @@ use kvm_bindings::{
     kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_run, kvm_vcpu_events, kvm_xcrs, CpuId, Msrs, Xsave,
     KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_MMIO, KVM_INTERNAL_ERROR_EMULATION,
     KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED,
-    KVM_MP_STATE_RUNNABLE, KVM_VCPUEVENT_VALID_NMI_PENDING, KVM_VCPUEVENT_VALID_SHADOW, KVM_X86_SHADOW_INT_MOV_SS,
-    KVM_X86_SHADOW_INT_STI,
+    KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED, KVM_VCPUEVENT_VALID_NMI_PENDING, KVM_VCPUEVENT_VALID_SHADOW,
+    KVM_X86_SHADOW_INT_MOV_SS, KVM_X86_SHADOW_INT_STI,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use mmu::GuestMemory;
@@ -671,7 +671,16 @@ impl Vcpu for KvmVcpu {
         if let Some(lapic) = &self.initial_lapic {
             self.fd.set_lapic(lapic).map_err(|e| AccelError::ioctl("KVM_SET_LAPIC", e))?;
         }
-        self.set_state(s)
+        self.set_state(s)?;
+        if self.id != 0 && self.initial_lapic.is_some() {
+            // An application processor waits in KVM for INIT and a
+            // start-up IPI again, as at creation.
+            self.fd
+                .set_mp_state(kvm_mp_state { mp_state: KVM_MP_STATE_UNINITIALIZED })
+                .map_err(|e| AccelError::ioctl("KVM_SET_MP_STATE", e))?;
+            self.snapshot = None;
+        }
+        Ok(())
     }
 
     fn inject_nmi(&mut self) -> Result<(), AccelError> {

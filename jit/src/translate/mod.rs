@@ -70,6 +70,20 @@ pub struct RegionSpec {
     pub chain: bool,
     /// Where a memory access's slow path calls.
     pub access: AccessCalls,
+    /// Other host threads share guest memory ([`crate::Config::shared_memory`]):
+    /// guest atomics and MFENCE are left to the interpreter.
+    pub shared_memory: bool,
+}
+
+/// Whether `insn` is a guest atomic (a LOCK read-modify-write, or XCHG
+/// with memory, locked with or without the prefix) or MFENCE: what must be
+/// a host atomic or fence when vCPUs run on several host threads.
+pub(crate) fn is_guest_atomic(insn: &iced_x86::Instruction) -> bool {
+    use iced_x86::{Mnemonic, OpKind};
+    insn.has_lock_prefix()
+        || insn.mnemonic() == Mnemonic::Mfence
+        || (insn.mnemonic() == Mnemonic::Xchg
+            && (insn.op0_kind() == OpKind::Memory || insn.op1_kind() == OpKind::Memory))
 }
 
 /// The entry points of the memory helpers ([`ctx::load`],
@@ -138,7 +152,7 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
             // (An instruction that crosses into the next page is
             // translated too: the region holds that page, runs only while
             // it maps as it did, and is dropped when it is written.)
-            let form = classify(&d.insn, spec.bits);
+            let form = classify(&d.insn, spec.bits).filter(|_| !(spec.shared_memory && is_guest_atomic(&d.insn)));
             let mut fb = usize::MAX;
             match &form {
                 Some(f) => {

@@ -23,6 +23,7 @@ impl InterpEngine {
 pub(crate) fn boot_cpu(ctx: &EngineContext<'_>) -> Cpu {
     let mut cpu = Cpu::new(ctx.mem.clone(), Box::new(ctx.io.clone()));
     cpu.set_model(ctx.config.cpu_model);
+    cpu.set_topology(ctx.config.topology, ctx.index);
     cpu.set_state(ctx.boot_state);
     cpu
 }
@@ -92,6 +93,10 @@ impl Engine for InterpEngine {
     fn inject_nmi(&mut self) -> Result<(), Error> {
         self.cpu.inject_nmi();
         Ok(())
+    }
+
+    fn set_exclusive(&mut self, run: cpu::ExclusiveFn) {
+        self.cpu.set_exclusive(Some(run));
     }
 
     fn stats(&mut self, _total: Duration) -> EngineStats {

@@ -20,6 +20,8 @@ pub struct Unclaimed {
 /// everything, the count of unclaimed accesses too.
 #[derive(Clone)]
 pub struct MachineIo {
+    /// The vCPU whose accesses these are (its local APIC answers).
+    pub(crate) cpu: usize,
     pub(crate) pio: Arc<Bus>,
     pub(crate) mmio: Arc<Bus>,
     pub(crate) events: Arc<VmEvents>,
@@ -29,6 +31,8 @@ pub struct MachineIo {
     pub(crate) clock: devices::clock::SharedClock,
     /// Set by the machine's control (a pause request): engines return.
     pub(crate) attention: Arc<AtomicBool>,
+    /// Set while a vCPU waits to run alone: engines return.
+    pub(crate) exclusive_request: Arc<AtomicBool>,
     /// For engines that do not return by themselves: notes a device write
     /// that brought a timer deadline before the slice's end.
     pub(crate) watch: Option<Arc<DeadlineWatch>>,
@@ -111,12 +115,15 @@ impl Platform for MachineIo {
 
     fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
         data.fill(0xff);
+        // The local APIC page answers for the vCPU that reads it.
+        devices::intc::set_current_cpu(self.cpu);
         if !self.mmio.read(addr, data) {
             self.note_unclaimed(true, addr & !0xfff, false);
         }
     }
 
     fn mmio_write(&mut self, addr: u64, data: &[u8]) {
+        devices::intc::set_current_cpu(self.cpu);
         if !self.mmio.write(addr, data) {
             self.note_unclaimed(true, addr & !0xfff, true);
         }
@@ -126,24 +133,24 @@ impl Platform for MachineIo {
     }
 
     fn interrupt_pending(&mut self) -> bool {
-        self.intc.interrupt_pending()
+        self.intc.interrupt_pending(self.cpu)
     }
 
     fn ack_interrupt(&mut self) -> Option<u8> {
-        self.intc.ack_interrupt()
+        self.intc.ack_interrupt(self.cpu)
     }
 
     fn msr_read(&mut self, msr: u32) -> Option<u64> {
         if devices::intc::InterruptController::handles_msr(msr) {
             // `None` from the controller means the MSR faults: report 0 rather
             // than falling through to the CPU's table for APIC-owned MSRs.
-            return Some(self.intc.msr_read(msr).unwrap_or(0));
+            return Some(self.intc.msr_read(self.cpu, msr).unwrap_or(0));
         }
         None
     }
 
     fn msr_write(&mut self, msr: u32, value: u64) -> bool {
-        devices::intc::InterruptController::handles_msr(msr) && self.intc.msr_write(msr, value)
+        devices::intc::InterruptController::handles_msr(msr) && self.intc.msr_write(self.cpu, msr, value)
     }
 
     fn tsc(&mut self) -> Option<u64> {
@@ -156,8 +163,13 @@ impl Platform for MachineIo {
     }
 
     fn stop_requested(&self) -> bool {
-        self.events.pending()
+        // An NMI for this vCPU (one it sent itself too) is taken before
+        // its next instruction: the engine returns, and the run loop
+        // passes it on.
+        self.intc.nmi_pending(self.cpu)
+            || self.events.pending()
             || self.attention.load(Ordering::Relaxed)
+            || self.exclusive_request.load(Ordering::Relaxed)
             || self.watch.as_ref().is_some_and(|w| w.moved())
             || self.shadow.as_ref().is_some_and(|(m, seen)| m.shadow_generation() != seen.load(Ordering::Acquire))
     }

@@ -98,6 +98,10 @@ impl Engine for JitEngine {
         Ok(())
     }
 
+    fn set_exclusive(&mut self, run: cpu::ExclusiveFn) {
+        self.cpu.set_exclusive(Some(run));
+    }
+
     fn stats(&mut self, total: Duration) -> EngineStats {
         let instructions = self.jit.instructions(&self.cpu);
         let mut lines = vec![model_line(&self.cpu), interp_line(&self.cpu)];

@@ -26,10 +26,25 @@ use super::{clock_ns_at, Engine, EngineContext, EngineStats, Exit, Kicker, Machi
 use crate::config::KvmPit;
 use crate::error::Error;
 
-/// The guest in KVM.
+/// What the vCPUs of one guest in KVM share: the VM, its message irqfds
+/// and the virtio doorbells attached to it.
+pub struct KvmShared<'m> {
+    vm: Arc<dyn Vm>,
+    msi: Option<Arc<hvf_kvm_accel::irqfd::MsiIrqfds>>,
+    /// Detaches the virtio doorbells from KVM when the VM goes.
+    doorbells: Option<crate::device_manager::AttachedDoorbells<'m>>,
+    /// Whether the vCPUs get the model's AVX part.
+    avx: bool,
+    /// The CPU model as KVM gives it, for `--stats`.
+    model_line: String,
+}
+
+/// One vCPU of the guest in KVM.
 pub struct KvmEngine<'m> {
+    index: u32,
     mem: Arc<mmu::GuestMemory>,
     clock: devices::clock::SharedClock,
+    shared: Arc<KvmShared<'m>>,
     vm: Arc<dyn Vm>,
     vcpu: Box<dyn Vcpu>,
     io: MachineIo,
@@ -40,15 +55,10 @@ pub struct KvmEngine<'m> {
     fallback_time: Duration,
     kicker: VcpuKicker,
     alarm: Alarm,
-    msi: Option<Arc<hvf_kvm_accel::irqfd::MsiIrqfds>>,
-    /// Detaches the virtio doorbells from KVM when the engine goes.
-    doorbells: Option<crate::device_manager::AttachedDoorbells<'m>>,
     /// The shadow-protection generation the memory slots follow.
     shadow_seen: Arc<AtomicU64>,
     /// Which 16 KiB chunks of 0xC0000-0xFFFFF are read-only slots.
     shadow_ro: [bool; SHADOW_CHUNKS],
-    /// The CPU model as KVM gives it, for `--stats`.
-    model_line: String,
 }
 
 /// The CPU model as KVM gives it, as a `--stats` line; `missing` are the
@@ -77,8 +87,9 @@ const SHADOW_START: u64 = devices::pci::pam::SHADOW_START;
 const SHADOW_CHUNK: u64 = 0x4000;
 const SHADOW_CHUNKS: usize = ((0x10_0000 - SHADOW_START) / SHADOW_CHUNK) as usize;
 
-impl<'m> KvmEngine<'m> {
-    pub fn new(m: &EngineContext<'m>) -> Result<Self, Error> {
+impl<'m> KvmShared<'m> {
+    /// The VM of the machine of `m`, with its interrupt routing and doorbells.
+    pub fn new(m: &EngineContext<'m>) -> Result<Arc<Self>, Error> {
         let mut kvm = hvf_kvm_accel::kvm::Kvm::new()?;
         kvm.set_in_kernel_pit(m.config.kvm_pit == KvmPit::InKernel);
         let model = m.config.cpu_model;
@@ -88,6 +99,8 @@ impl<'m> KvmEngine<'m> {
         let emulated_cpl0 = super::split::kvm_emulates_cpl0();
         let avx = model.avx() && !emulated_cpl0;
         kvm.set_avx(avx);
+        let t = m.config.topology;
+        kvm.set_topology(hvf_kvm_accel::kvm::cpuid::Topology { threads: t.threads, cores: t.cores });
         let kvm_vm = kvm.create_kvm_vm(m.mem.clone())?;
         let missing = hvf_kvm_accel::kvm::cpuid::missing_v3(kvm_vm.cpuid());
         let model_line = model_under_kvm(model, &missing, emulated_cpl0);
@@ -127,8 +140,32 @@ impl<'m> KvmEngine<'m> {
                 v.set_ioeventfd(fd, addr, site.len, site.datamatch, attach).map_err(|e| e.to_string())
             }))
         });
-        let mut vcpu = vm.create_vcpu(0)?;
-        vcpu.set_state(&m.boot_state)?;
+        Ok(Arc::new(KvmShared { vm, msi, doorbells, avx, model_line }))
+    }
+}
+
+impl<'m> KvmEngine<'m> {
+    /// A one-vCPU guest in KVM: the VM and its vCPU 0.
+    pub fn new(m: &EngineContext<'m>) -> Result<Self, Error> {
+        Self::on(m, KvmShared::new(m)?)
+    }
+
+    /// vCPU `m.index` of the guest in `shared`, with KVM's vCPU ID its
+    /// local APIC ID. The bootstrap processor starts in `m.boot_state`;
+    /// with KVM's interrupt controllers, the others wait in KVM for their
+    /// INIT and start-up IPIs.
+    pub fn on(m: &EngineContext<'m>, shared: Arc<KvmShared<'m>>) -> Result<Self, Error> {
+        let vm = shared.vm.clone();
+        let in_kernel = matches!(vm.irqchip(), IrqChip::InKernel { .. });
+        if !in_kernel && m.config.cpus() > 1 {
+            return Err(Error::Accel(
+                "several vCPUs under KVM need KVM's interrupt controllers, which this host's KVM does not offer".into(),
+            ));
+        }
+        let mut vcpu = vm.create_vcpu(m.config.topology.apic_id(m.index))?;
+        if m.index == 0 || !in_kernel {
+            vcpu.set_state(&m.boot_state)?;
+        }
         let kicker = vcpu.kicker()?;
         let k = kicker.clone();
         let alarm = Alarm::new(Arc::new(move || k.kick()))?;
@@ -136,11 +173,14 @@ impl<'m> KvmEngine<'m> {
         let shadow_seen = Arc::new(AtomicU64::new(0));
         io.shadow = Some((m.mem.clone(), shadow_seen.clone()));
         let mut fallback = Cpu::new(m.mem.clone(), Box::new(m.io.clone()));
-        fallback.set_model(model);
-        fallback.set_avx(avx);
+        fallback.set_model(m.config.cpu_model);
+        fallback.set_topology(m.config.topology, m.index);
+        fallback.set_avx(shared.avx);
         Ok(KvmEngine {
+            index: m.index,
             mem: m.mem.clone(),
             clock: m.clock.clone(),
+            shared,
             vm,
             vcpu,
             io,
@@ -150,11 +190,8 @@ impl<'m> KvmEngine<'m> {
             fallback_time: Duration::ZERO,
             kicker,
             alarm,
-            msi,
-            doorbells,
             shadow_seen,
             shadow_ro: [false; SHADOW_CHUNKS],
-            model_line,
         })
     }
 
@@ -232,7 +269,11 @@ impl Engine for KvmEngine<'_> {
     }
 
     fn reset(&mut self, state: &CpuState) -> Result<(), Error> {
-        self.vm.reset_devices()?;
+        // The VM's interrupt controllers and PIT once, with the
+        // bootstrap processor; each vCPU resets its own local APIC.
+        if self.index == 0 {
+            self.vm.reset_devices()?;
+        }
         self.vcpu.reset(state)?;
         self.fallback.flush_code_cache();
         Ok(())
@@ -252,9 +293,16 @@ impl Engine for KvmEngine<'_> {
         Ok(self.vcpu.inject_nmi()?)
     }
 
+    fn set_exclusive(&mut self, run: cpu::ExclusiveFn) {
+        self.fallback.set_exclusive(Some(run));
+    }
+
     fn stats(&mut self, total: Duration) -> EngineStats {
         let st = self.vcpu.stats();
-        let mut lines = vec![self.model_line.clone(), format!("exits: {} ({} entries into KVM)", st.exits, st.entries)];
+        let mut lines = vec![format!("exits: {} ({} entries into KVM)", st.exits, st.entries)];
+        if self.index == 0 {
+            lines.insert(0, self.shared.model_line.clone());
+        }
         lines.push(if self.emulated.is_empty() {
             "fallback emulations: none".to_string()
         } else {
@@ -270,12 +318,14 @@ impl Engine for KvmEngine<'_> {
             total.saturating_sub(st.in_guest).as_secs_f64(),
             st.in_handlers.as_secs_f64()
         ));
-        lines.push(format!("interrupt controllers: {}", self.vm.irqchip()));
-        if let Some(d) = &self.doorbells {
-            lines.push(format!("virtio doorbells on ioeventfd: {} attached", d.count()));
-        }
-        if let Some(m) = &self.msi {
-            lines.push(m.summary());
+        if self.index == 0 {
+            lines.push(format!("interrupt controllers: {}", self.vm.irqchip()));
+            if let Some(d) = &self.shared.doorbells {
+                lines.push(format!("virtio doorbells on ioeventfd: {} attached", d.count()));
+            }
+            if let Some(m) = &self.shared.msi {
+                lines.push(m.summary());
+            }
         }
         EngineStats { instructions: None, lines }
     }

@@ -52,10 +52,13 @@ pub use io::MachineIo;
 /// What an engine is built from: the parts of the machine it uses, named,
 /// so that no engine reaches for the machine itself.
 ///
-/// SMP: one context per vCPU, differing in `boot_state` (the bootstrap
-/// processor's, or the wait-for-SIPI state of an application processor)
-/// and in the vCPU's index, which the KVM engines pass to `create_vcpu`.
+/// One context per vCPU: they differ in `index` (the vCPU's; KVM's vCPU
+/// ID), in `boot_state` (the bootstrap processor's, or the reset state an
+/// application processor keeps until its start-up IPI) and in `io`, whose
+/// interrupt-controller calls name the vCPU.
 pub struct EngineContext<'m> {
+    /// The vCPU's index: 0 is the bootstrap processor.
+    pub index: u32,
     /// Guest memory, shared by every vCPU.
     pub mem: Arc<GuestMemory>,
     /// The machine's I/O interface; each use takes a clone.
@@ -182,6 +185,11 @@ pub trait Engine {
 
     /// Raise a non-maskable interrupt for the guest.
     fn inject_nmi(&mut self) -> Result<(), Error>;
+
+    /// How the engine's interpreter runs an instruction with every other
+    /// vCPU stopped (a locked access the host cannot make one atomic),
+    /// when vCPUs run on several threads.
+    fn set_exclusive(&mut self, _run: cpu::ExclusiveFn) {}
 
     /// Counters and timings for `--stats`; `total` is the run's wall time.
     fn stats(&mut self, total: Duration) -> EngineStats;

@@ -20,6 +20,8 @@ fn config(firmware: Firmware) -> MachineConfig {
         kvm_split: SplitMode::Off,
         kvm_pit: KvmPit::InKernel,
         cpu_model: cpu::cpuid::Model::V2,
+        topology: Default::default(),
+        vcpu_threads: Default::default(),
     }
 }
 

@@ -200,9 +200,9 @@ pub(super) fn maskmov_store(cpu: &mut Cpu, insn: &Instruction, mm: bool) -> Faul
     Ok(())
 }
 
-/// LFENCE/MFENCE/SFENCE: one processor executing in order needs no fence.
-fn fence(_: &mut Cpu, _: &Instruction) -> Fault<()> {
-    Ok(())
+/// LFENCE/MFENCE/SFENCE: host fences (see [`crate::ops::misc`]).
+fn fence(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    crate::ops::misc::fence(cpu, insn)
 }
 
 #[cfg(test)]

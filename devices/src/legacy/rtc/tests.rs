@@ -205,6 +205,12 @@ fn cmos_memory_sizes() {
     assert_eq!(u16::from_be_bytes([r.get(0x2e), r.get(0x2f)]), sum);
     r.set(0x40, 0xab);
     assert_eq!(r.get(0x40), 0xab, "free CMOS RAM");
+    assert_eq!(r.get(0x5f), 0, "one CPU");
+    r.rtc.set_cpu_count(6);
+    assert_eq!(r.get(0x5f), 5, "the CPU count minus one");
+    r.rtc.set_cpu_count(1000);
+    assert_eq!(r.get(0x5f), 0xff);
+    assert_eq!(u16::from_be_bytes([r.get(0x2e), r.get(0x2f)]), sum, "outside the checksum");
 }
 
 #[test]
