@@ -336,7 +336,7 @@ impl Machine {
     /// With more than one vCPU, the interpreter and the JIT run them
     /// round-robin on this thread ([`crate::config::VcpuThreads::Single`])
     /// or a thread each ([`crate::config::VcpuThreads::Multi`]); KVM runs
-    /// each on a thread of its own ([`threads`]).
+    /// each on a thread of its own (`vmm/src/machine/threads.rs`).
     pub fn run(&self, kind: EngineKind) -> Result<RunReport, Error> {
         let start = Instant::now();
         let cpus = u32::try_from(self.config.cpus()).map_err(|_| Error::Config("too many CPUs".into()))?;
