@@ -494,11 +494,7 @@ impl Machine {
     /// puts it in its reset state (it then waits for a SIPI), a SIPI
     /// starts it in real mode at the vector's page.
     fn start_up(&self, v: &mut Vcpu<'_>) -> Result<(), Error> {
-        match self.chipset.intc.take_startup(v.index() as usize) {
-            None => Ok(()),
-            Some(devices::intc::Startup::Init) => v.engine().set_state(&ap_reset_state()),
-            Some(devices::intc::Startup::Sipi(vector)) => v.engine().set_state(&sipi_state(vector)),
-        }
+        start_up(&self.chipset.intc, v.index() as usize, v.engine())
     }
 
     /// The statistics of every vCPU: the instructions of all, and the
@@ -829,6 +825,24 @@ fn ap_reset_state() -> CpuState {
     let mut s = CpuState::reset();
     s.msr.apic_base &= !(1 << 8);
     s
+}
+
+/// Passes every start-up event queued for vCPU `cpu` on to its engine,
+/// in order (an INIT and the SIPI after it can both be waiting): an INIT
+/// loads the reset state (the vCPU then waits for a SIPI), a SIPI starts
+/// it in real mode at the vector's page.
+pub(crate) fn start_up(
+    intc: &devices::intc::InterruptController,
+    cpu: usize,
+    engine: &mut dyn Engine,
+) -> Result<(), Error> {
+    while let Some(event) = intc.take_startup(cpu) {
+        match event {
+            devices::intc::Startup::Init => engine.set_state(&ap_reset_state())?,
+            devices::intc::Startup::Sipi(vector) => engine.set_state(&sipi_state(vector))?,
+        }
+    }
+    Ok(())
 }
 
 /// The state a start-up IPI with `vector` starts a processor in: real

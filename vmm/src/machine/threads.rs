@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::{ap_reset_state, sipi_state, Machine, RunReport};
+use super::{ap_reset_state, Machine, RunReport};
 use crate::config::EngineKind;
 use crate::engine::{Engine, EngineContext, Exit, Kicker, Slice};
 use crate::error::Error;
@@ -342,12 +342,7 @@ impl Machine {
                 continue;
             }
             if machine_apic {
-                let started = match intc.take_startup(cpu) {
-                    Some(devices::intc::Startup::Init) => e.set_state(&ap_reset_state()),
-                    Some(devices::intc::Startup::Sipi(v)) => e.set_state(&sipi_state(v)),
-                    None => Ok(()),
-                };
-                if let Err(err) = started {
+                if let Err(err) = super::start_up(intc, cpu, &mut **e) {
                     ctl.fail(err);
                     engine = None;
                     continue;
