@@ -280,7 +280,7 @@ fn unsupported_options_are_refused_by_name() {
         (&["-S"][..], "-S is not supported"),
         (&["-gdb", "tcp::1234"][..], "-gdb is not supported"),
         (&["-frobnicate"][..], "-frobnicate"),
-        (&["-smp", "4"][..], "-smp"),
+        (&["-smp", "4,maxcpus=8"][..], "hotplug"),
         (&["-netdev", "tap,id=t0"][..], "tap"),
         (&["-netdev", "user,id=n0", "-device", "rtl8139,netdev=n0"][..], "rtl8139"),
         (&["-drive", "file=x.img,if=scsi"][..], "if=scsi"),
