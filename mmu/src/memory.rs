@@ -371,7 +371,7 @@ impl GuestMemory {
         let off = (addr - r.base) as usize;
         // SAFETY: `check` proved `off + buf.len() <= r.len`, so the source lies
         // inside the live mapping; `buf` is a distinct Rust buffer.
-        unsafe { std::ptr::copy_nonoverlapping(r.ptr.add(off), buf.as_mut_ptr(), buf.len()) };
+        unsafe { crate::atomic::load_guest(r.ptr.add(off), buf) };
         crate::atomic::after_guest_load();
         Ok(())
     }
@@ -392,7 +392,7 @@ impl GuestMemory {
         crate::atomic::before_guest_store();
         // SAFETY: `check` proved the destination lies inside the live mapping;
         // `data` is a distinct Rust buffer.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), r.ptr.add(off), data.len()) };
+        unsafe { crate::atomic::store_guest(r.ptr.add(off), data) };
         self.note_write(addr, data.len() as u64);
         Ok(())
     }

@@ -461,7 +461,7 @@ impl Mmu {
         // SAFETY: `e.host` points at a 4 KiB page inside a live mapping owned by
         // `self.mem` (entries are built from `GuestMemory::host_range`, whose
         // regions are page-aligned), and `off + N <= 4096` was checked above.
-        unsafe { std::ptr::copy_nonoverlapping(e.host.add(off), out.as_mut_ptr(), N) };
+        unsafe { crate::atomic::load_guest(e.host.add(off), &mut out) };
         crate::atomic::after_guest_load();
         Some(out)
     }
@@ -481,7 +481,7 @@ impl Mmu {
         }
         crate::atomic::before_guest_store();
         // SAFETY: as in `read_fast`; write tags are only set for writable RAM.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), e.host.add(off), data.len()) };
+        unsafe { crate::atomic::store_guest(e.host.add(off), data) };
         true
     }
 
@@ -519,7 +519,7 @@ impl Mmu {
         } else if cfg!(target_arch = "x86_64") {
             let mut b = [0u8; 8];
             // SAFETY: as above; `b` is a distinct buffer of 8 >= `size` bytes.
-            unsafe { std::ptr::copy_nonoverlapping(host, b.as_mut_ptr(), usize::from(size)) };
+            unsafe { crate::atomic::load_guest(host, &mut b[..usize::from(size)]) };
             u64::from_le_bytes(b)
         } else {
             return None;
