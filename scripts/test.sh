@@ -22,6 +22,9 @@ command -v syslinux >/dev/null || need_pkgs+=(syslinux)
 command -v mcopy >/dev/null || need_pkgs+=(mtools)
 command -v mkfs.fat >/dev/null || need_pkgs+=(dosfstools)
 command -v debugfs >/dev/null || need_pkgs+=(e2fsprogs)
+# The CD-ROM tests build an El Torito ISO with ISOLINUX.
+command -v xorriso >/dev/null || need_pkgs+=(xorriso)
+[ -s /usr/lib/ISOLINUX/isolinux.bin ] || need_pkgs+=(isolinux)
 if ((${#need_pkgs[@]})); then
     if [ "$(id -u)" = 0 ]; then
         log "installing Debian packages: ${need_pkgs[*]}"

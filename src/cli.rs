@@ -137,11 +137,24 @@ pub struct RunArgs {
     #[arg(
         long,
         value_name = "SPEC",
-        help = "A virtio-blk disk: PATH[,format=raw|qcow2][,readonly=on][,snapshot=on][,if=virtio]. May be \
-                repeated (PCI slots after the NICs). Without format=, a qcow2 header is detected, else raw; \
+        help = "A disk: PATH[,format=raw|qcow2][,readonly=on][,snapshot=on][,if=virtio|ide][,media=disk|cdrom]\
+                [,index=0-3]. May be repeated. if=virtio (the default) is a virtio-blk function (PCI slots after \
+                the NICs); if=ide a drive on the PIIX3 IDE controller at position index= (0 primary master, 1 \
+                primary slave, 2 secondary master, 3 secondary slave; else the first free one); media=cdrom an \
+                ATAPI CD-ROM on IDE (read-only). Without format=, a qcow2 header is detected, else raw; \
                 snapshot=on is --snapshot for this disk"
     )]
     pub disk: Vec<String>,
+    /// A CD-ROM image (an ISO): an ATAPI drive at IDE position 2, the
+    /// secondary master (QEMU's -cdrom). El Torito images boot through
+    /// SeaBIOS with --boot d.
+    #[arg(long, value_name = "PATH")]
+    pub cdrom: Option<PathBuf>,
+    /// The order SeaBIOS tries the drives in, QEMU's -boot order= letters:
+    /// c (hard disks: IDE, then virtio), d (CD-ROMs), a (floppy). Default
+    /// cad.
+    #[arg(long, value_name = "ORDER", default_value = vmm::storage::DEFAULT_BOOT_ORDER)]
+    pub boot: String,
     /// Disks take writes in temporary overlays that vanish at exit; the
     /// images themselves are only read.
     #[arg(long)]

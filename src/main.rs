@@ -37,22 +37,43 @@ fn read_file(path: &std::path::Path) -> Result<Vec<u8>, Error> {
     std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })
 }
 
-/// Opens the images of `--disk` (with their backing chains, locked).
-type Disks = Vec<(Box<dyn devices::block::BlockBackend>, String)>;
-
-fn open_disks(specs: &[String], snapshot: bool) -> Result<Disks, Error> {
+/// Opens the images of `--disk` and `--cdrom` (with their backing chains,
+/// locked), each where it asked to be attached.
+fn open_disks(specs: &[String], cdrom: Option<&std::path::Path>, snapshot: bool) -> Result<Vec<vmm::Drive>, Error> {
     if snapshot && specs.is_empty() {
         tracing::warn!(target: "devices", "--snapshot without --disk does nothing");
     }
-    specs
-        .iter()
-        .map(|s| {
-            let spec: devices::block::DiskSpec = s.parse().map_err(|e| Error::Config(format!("--disk {s}: {e}")))?;
-            let image = devices::block::open(&spec, snapshot).map_err(|e| Error::Config(format!("--disk {s}: {e}")))?;
-            let label = image.label().to_string();
-            Ok((Box::new(image) as Box<dyn devices::block::BlockBackend>, label))
+    let open = |spec: devices::block::DiskSpec, what: &str| -> Result<vmm::Drive, Error> {
+        // A CD-ROM is read-only: no overlay to take writes.
+        let snapshot = snapshot && spec.media != devices::block::DiskMedia::Cdrom;
+        let image = devices::block::open(&spec, snapshot).map_err(|e| Error::Config(format!("{what}: {e}")))?;
+        let label = image.label().to_string();
+        Ok(vmm::Drive {
+            image: Some(Box::new(image)),
+            label,
+            interface: spec.interface,
+            media: spec.media,
+            index: spec.index,
         })
-        .collect()
+    };
+    let mut drives = Vec::new();
+    for s in specs {
+        let spec: devices::block::DiskSpec = s.parse().map_err(|e| Error::Config(format!("--disk {s}: {e}")))?;
+        drives.push(open(spec, &format!("--disk {s}"))?);
+    }
+    if let Some(p) = cdrom {
+        let spec = devices::block::DiskSpec {
+            path: p.to_path_buf(),
+            format: Some(devices::block::ImageFormat::Raw),
+            read_only: true,
+            interface: devices::block::DiskInterface::Ide,
+            media: devices::block::DiskMedia::Cdrom,
+            index: Some(2),
+            ..Default::default()
+        };
+        drives.push(open(spec, &format!("--cdrom {}", p.display()))?);
+    }
+    Ok(drives)
 }
 
 fn run(args: RunArgs) -> Result<i32, Error> {
@@ -77,7 +98,8 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     if args.kernel.is_some() && args.bios.is_some() {
         return Err(Error::Config("--kernel and --bios cannot be combined".into()));
     }
-    let disks = open_disks(&args.disk, args.snapshot)?;
+    vmm::storage::check_boot_order(&args.boot).map_err(|e| Error::Config(format!("--boot {}: {e}", args.boot)))?;
+    let disks = open_disks(&args.disk, args.cdrom.as_deref(), args.snapshot)?;
     let nics = args
         .nic
         .iter()
@@ -117,7 +139,8 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         topology: args.cpus,
         vcpu_threads: args.vcpu_threads.mode(),
     };
-    let machine = Machine::with_devices(config, &nics, disks)?;
+    let storage = vmm::Storage { drives: disks, boot_order: args.boot.clone() };
+    let machine = Machine::with_devices(config, &nics, storage)?;
     if let Some(note) = &machine.boot_note {
         tracing::info!(target: "firmware", "{note}");
         if args.stats {

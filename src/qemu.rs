@@ -204,7 +204,6 @@ const WITH_ARG: &[&str] = &[
 fn refusal(name: &str) -> Option<&'static str> {
     Some(match name {
         "s" | "S" | "gdb" => "ferrovm has no gdb stub yet",
-        "cdrom" => "ferrovm has no CD-ROM drive (no IDE/ATAPI controller); use -drive file=...,if=virtio",
         "fda" | "fdb" => "ferrovm has no floppy controller",
         "usb" | "usbdevice" => "ferrovm has no USB controller",
         "vnc" | "spice" | "full-screen" => "ferrovm has no display",
@@ -219,9 +218,6 @@ fn refusal(name: &str) -> Option<&'static str> {
         "icount" => "ferrovm has no instruction-count clock",
         "blockdev" => "use -drive file=...,if=virtio (or if=none with -device virtio-blk-pci,drive=)",
         "virtfs" | "fsdev" => "ferrovm has no 9p file sharing",
-        "hdb" | "hdc" | "hdd" => {
-            "ferrovm has no IDE controller; -hda and -drive map to virtio-blk, give disks with -drive"
-        }
         _ => return None,
     })
 }
@@ -271,6 +267,8 @@ struct State {
     smp: Option<String>,
     /// `-accel tcg,thread=`: `single` or `multi`.
     tcg_thread: Option<String>,
+    /// `-boot order=`: the drive letters.
+    boot_order: Option<String>,
 }
 
 /// A NIC: its `-netdev` (or `-nic`) options, model and MAC.
@@ -288,6 +286,26 @@ struct Disk {
     format: Option<String>,
     readonly: bool,
     snapshot: bool,
+    /// On the IDE controller (QEMU's `if=ide`, its default), else virtio.
+    ide: bool,
+    /// A CD-ROM (`media=cdrom`, `-cdrom`).
+    cdrom: bool,
+    /// The IDE position (`index=`, `-hda`..`-hdd`, `-cdrom`).
+    index: Option<u8>,
+}
+
+impl Disk {
+    fn plain(file: &str) -> Disk {
+        Disk {
+            file: file.to_string(),
+            format: None,
+            readonly: false,
+            snapshot: false,
+            ide: false,
+            cdrom: false,
+            index: None,
+        }
+    }
 }
 
 /// Translates a QEMU command line (without the program name).
@@ -299,7 +317,7 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
         i += 1;
         if !a.starts_with('-') || a == "-" {
             // A bare argument is the first hard disk, as -hda.
-            st.hda(a);
+            st.disks.push(Disk { ide: true, index: Some(0), ..Disk::plain(a) });
             continue;
         }
         let name = a.strip_prefix("--").unwrap_or(&a[1..]);
@@ -356,7 +374,11 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
             "net" => return Err(format!("{option} {v} is not supported: use -nic or -netdev with -device")),
             "device" => st.device(&option, v)?,
             "drive" => st.drive(&option, v)?,
-            "hda" => st.hda(v),
+            "hda" | "hdb" | "hdc" | "hdd" => {
+                let index = name.as_bytes()[2] - b'a';
+                st.disks.push(Disk { ide: true, index: Some(index), ..Disk::plain(v) });
+            }
+            "cdrom" => st.disks.push(Disk { ide: true, cdrom: true, readonly: true, index: Some(2), ..Disk::plain(v) }),
             "snapshot" => st.snapshot = true,
             "name" => {
                 parse_opts(v, Some("guest"))?.only(&option, &["guest", "process", "debug-threads"])?;
@@ -376,9 +398,18 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
             }
             "boot" => {
                 let o = parse_opts(v, Some("order"))?;
-                o.only(&option, &["order", "menu"])?;
-                if o.get("order").is_some_and(|x| x != "c") || o.get("menu").is_some_and(|m| m != "off") {
-                    return Err(format!("{option} {v} is not supported: ferrovm boots the disks in order (order=c)"));
+                o.only(&option, &["order", "menu", "once", "strict", "splash", "splash-time", "reboot-timeout"])?;
+                for k in ["once", "strict", "splash", "splash-time", "reboot-timeout"] {
+                    if o.get(k).is_some() {
+                        return Err(format!("{option} {k}= is not supported: ferrovm takes order= only"));
+                    }
+                }
+                if o.get("menu").is_some_and(|m| m != "off") {
+                    return Err(format!("{option} menu=on is not supported: ferrovm's SeaBIOS shows no boot menu"));
+                }
+                if let Some(order) = o.get("order") {
+                    vmm::storage::check_boot_order(order).map_err(|e| format!("{option} {v}: {e}"))?;
+                    st.boot_order = Some(order.to_string());
                 }
             }
             _ => {
@@ -405,7 +436,8 @@ fn help() -> String {
      -kernel -initrd -append -bios -L -m -smp -cpu -machine pc|q35 -accel kvm|tcg -enable-kvm\n\
      -nographic -display none -vga none -serial stdio|file:PATH|null|mon:stdio|none -monitor none\n\
      -no-reboot -action -netdev user -nic user|none -device e1000|virtio-net-pci|virtio-blk-pci|isa-debug-exit\n\
-     -drive -hda -snapshot -name -pidfile -rtc base=utc -nodefaults -no-user-config -boot order=c\n\
+     -drive (if=ide|virtio, media=disk|cdrom) -hda..-hdd -cdrom -snapshot -boot order= -name -pidfile\n\
+     -rtc base=utc -nodefaults -no-user-config\n\
      Others are refused by name.\n"
         .to_string()
 }
@@ -459,11 +491,6 @@ impl State {
         if !self.notes.contains(&s) {
             self.notes.push(s);
         }
-    }
-
-    fn hda(&mut self, file: &str) {
-        self.note("ferrovm has no IDE controller: the hard disk is a virtio-blk disk (/dev/vda in Linux)".into());
-        self.disks.push(Disk { file: file.to_string(), format: None, readonly: false, snapshot: false });
     }
 
     /// `-cpu`: `max` and `host` are ferrovm's full model (x86-64-v3,
@@ -653,32 +680,51 @@ impl State {
         o.only(option, &["file", "if", "format", "readonly", "snapshot", "cache", "media", "id", "index", "aio"])?;
         let file =
             o.get("file").ok_or_else(|| format!("{option} {v}: file= is missing (ferrovm has no empty drives)"))?;
-        if let Some(m) = o.get("media").filter(|m| *m != "disk") {
-            return Err(format!("{option} media={m} is not supported: ferrovm has no CD-ROM drive"));
-        }
+        let cdrom = match o.get("media") {
+            None | Some("disk") => false,
+            Some("cdrom") => true,
+            Some(m) => return Err(format!("{option} media={m}: use media=disk or media=cdrom")),
+        };
+        let index = match o.get("index") {
+            None => None,
+            Some(i) => Some(
+                i.parse::<u8>()
+                    .ok()
+                    .filter(|&i| i < 4)
+                    .ok_or_else(|| format!("{option} index={i}: the IDE positions are 0 to 3"))?,
+            ),
+        };
         let format = match o.get("format") {
             Some(f @ ("raw" | "qcow2")) => Some(f.to_string()),
             Some(f) => return Err(format!("{option} format={f} is not supported: ferrovm reads raw and qcow2")),
             None => None,
         };
         let flag = |k: &str| o.get(k).map(|x| on_off(option, k, x)).transpose().map(Option::unwrap_or_default);
-        let disk = Disk { file: file.to_string(), format, readonly: flag("readonly")?, snapshot: flag("snapshot")? };
-        match o.get("if").unwrap_or("ide") {
+        let disk = Disk {
+            format,
+            readonly: flag("readonly")? || cdrom,
+            snapshot: flag("snapshot")?,
+            cdrom,
+            index,
+            ..Disk::plain(file)
+        };
+        let interface = o.get("if").unwrap_or("ide");
+        if interface != "ide" && (cdrom || index.is_some()) {
+            return Err(format!("{option} if={interface}: media=cdrom and index= are for if=ide"));
+        }
+        match interface {
             "virtio" => self.disks.push(disk),
             "none" => {
                 let id =
                     o.get("id").ok_or_else(|| format!("{option} if=none needs id= (for -device virtio-blk-pci)"))?;
                 self.drives_by_id.push((id.to_string(), disk));
             }
-            "ide" => {
-                self.note(
-                    "ferrovm has no IDE controller: the drive (if=ide, QEMU's default) is a virtio-blk disk \
-                     (/dev/vda in Linux)"
-                        .into(),
-                );
-                self.disks.push(disk);
+            "ide" => self.disks.push(Disk { ide: true, ..disk }),
+            i => {
+                return Err(format!(
+                    "{option} if={i} is not supported: ferrovm's drives are IDE (if=ide) and virtio-blk (if=virtio)"
+                ))
             }
-            i => return Err(format!("{option} if={i} is not supported: ferrovm's disks are virtio-blk (if=virtio)")),
         }
         Ok(())
     }
@@ -766,7 +812,19 @@ impl State {
             if d.snapshot {
                 spec.push_str(",snapshot=on");
             }
+            if d.ide {
+                spec.push_str(",if=ide");
+            }
+            if d.cdrom {
+                spec.push_str(",media=cdrom");
+            }
+            if let Some(i) = d.index {
+                spec.push_str(&format!(",index={i}"));
+            }
             args.extend(["--disk".into(), spec]);
+        }
+        if let Some(order) = &self.boot_order {
+            args.extend(["--boot".into(), order.clone()]);
         }
         if self.snapshot {
             args.push("--snapshot".into());
@@ -1044,17 +1102,29 @@ mod tests {
         assert!(a.contains(&"--snapshot".to_string()));
         // Without -kernel QEMU runs its BIOS.
         assert!(a.windows(2).any(|w| w[0] == "--bios" && w[1].ends_with("bios-256k.bin")), "{a:?}");
-        let t = tr("-hda a.img -nodefaults").unwrap();
-        assert!(has(&t.args, "--disk", "a.img") && t.notes.iter().any(|n| n.contains("IDE")));
-        assert!(has(&run_args("b.img -nodefaults"), "--disk", "b.img"));
+        // IDE: QEMU's default interface, -hda..-hdd, -cdrom, media=cdrom.
+        assert!(has(&run_args("-hda a.img -nodefaults"), "--disk", "a.img,if=ide,index=0"));
+        assert!(has(&run_args("-hdd d.img -nodefaults"), "--disk", "d.img,if=ide,index=3"));
+        assert!(has(&run_args("b.img -nodefaults"), "--disk", "b.img,if=ide,index=0"));
+        assert!(has(&run_args("-drive file=c.img,format=raw -nodefaults"), "--disk", "c.img,format=raw,if=ide"));
+        let a = run_args("-cdrom x.iso -boot d -nodefaults");
+        assert!(has(&a, "--disk", "x.iso,readonly=on,if=ide,media=cdrom,index=2"), "{a:?}");
+        assert!(has(&a, "--boot", "d"), "{a:?}");
+        let a = run_args("-drive file=y.iso,media=cdrom,index=1 -boot order=dc,menu=off -nodefaults");
+        assert!(has(&a, "--disk", "y.iso,readonly=on,if=ide,media=cdrom,index=1"), "{a:?}");
+        assert!(has(&a, "--boot", "dc"), "{a:?}");
+        refused("-drive file=x,if=virtio,media=cdrom", "if=ide");
+        refused("-drive file=x,index=4", "0 to 3");
+        refused("-drive file=x,media=floppy", "media=floppy");
+        refused("-boot order=n", "PXE");
+        refused("-boot once=d", "once=");
+        refused("-boot menu=on", "menu=on");
         refused("-drive file=x,if=scsi", "if=scsi");
         refused("-drive file=x,format=vmdk", "vmdk");
-        refused("-drive file=x,media=cdrom", "CD-ROM");
         refused("-drive if=none,id=d0", "file=");
         refused("-drive file=x,if=virtio,discard=unmap", "discard=");
         refused("-device virtio-blk-pci,drive=d9", "d9");
         refused("-drive file=a,,b.img,if=virtio", "comma");
-        refused("-cdrom x.iso", "CD-ROM");
     }
 
     #[test]
@@ -1092,7 +1162,7 @@ mod tests {
             ("-device qxl-vga", "qxl-vga"),
             ("-kernel", "requires an argument"),
             ("-no-shutdown", "-no-shutdown"),
-            ("-hdb x.img", "-hdb"),
+            ("-fda x.img", "-fda"),
         ] {
             refused(line, name);
         }

@@ -379,12 +379,13 @@ fn the_full_test_disk_boots_through_seabios_and_syslinux_in_the_interpreter() {
 
 /// Where KVM runs ring 0 in software (kvm_pvm), split execution: the
 /// BIOS, SYSLINUX and the kernel in the JIT, user code in KVM once the
-/// kernel's code is found in the guest.
+/// kernel's code is found in the guest. Through a qcow2 overlay with
+/// 16 MiB written (the JIT's runs write 64 MiB to both kinds of image):
+/// on kvm_pvm each boot takes minutes.
 #[test]
 fn the_test_disk_boots_through_seabios_and_syslinux_under_kvm() {
     if !kvm::usable() {
         return;
     }
-    boot_test_disk("kvm", Image::Raw, 64);
-    boot_test_disk("kvm", Image::Overlay, 64);
+    boot_test_disk("kvm", Image::Overlay, 16);
 }

@@ -5,7 +5,12 @@
 //! their device up as a driver would (so the input starts with working
 //! rings) and hand the rest of the input to `drive`.
 //!
-//! The cargo-fuzz targets in `fuzz/` call those two functions; so do unit
+//! The IDE controller has its own drivers, which speak its port protocol
+//! ([`crate::ide::fuzz_atapi_packets`] for the ATAPI packet parser,
+//! [`crate::ide::fuzz_prd_tables`] for the bus master's PRD walker) and use
+//! `Input` and `assert_restorable` from here.
+//!
+//! The cargo-fuzz targets in `fuzz/` call those functions; so do unit
 //! tests, over pseudo-random inputs ([`pseudo_random_inputs`]). After the
 //! input, each entry point saves the device and restores the state into it
 //! (`assert_restorable`): whatever state a guest can drive a device into,

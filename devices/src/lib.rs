@@ -13,6 +13,7 @@
 //! - [`virtio`]: the queue, the PCI transport, and the net and block devices;
 //! - [`nic`]: the e1000 and what NIC models share (offloads, receive merging);
 //! - [`block`]: disk images;
+//! - [`ide`]: the PIIX3 IDE controller with ATA disks and ATAPI CD-ROMs;
 //! - [`io_thread`]: the host thread that polls backends for NICs and disks;
 //! - [`pc`]: the chipset assembled; [`console`]: the host side of the serial
 //!   console.
@@ -30,6 +31,7 @@ pub mod clock;
 pub mod console;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
+pub mod ide;
 pub mod intc;
 pub mod io_thread;
 pub mod irq;

@@ -77,10 +77,11 @@ pub fn check_image(image: &[u8], path: Option<&Path>) -> Result<(), Error> {
     Ok(())
 }
 
-/// The fw_cfg device for a machine with `mem`, whose disks sit in PCI
-/// slots `disk_slots` (boot order), and whose CPUs have the local APIC IDs
+/// The fw_cfg device for a machine with `mem`, whose boot devices are
+/// `boot` (SeaBIOS device paths, first tried first:
+/// [`crate::storage::boot_paths`]), and whose CPUs have the local APIC IDs
 /// `apic_ids` (the bootstrap processor's first).
-pub fn fw_cfg(mem: &Arc<GuestMemory>, disk_slots: &[u8], apic_ids: &[u8]) -> Result<FwCfg, Error> {
+pub fn fw_cfg(mem: &Arc<GuestMemory>, boot: &[String], apic_ids: &[u8]) -> Result<FwCfg, Error> {
     let fw = |e: devices::legacy::fw_cfg::FwCfgError| Error::Config(format!("fw_cfg: {e}"));
     let cpus = u16::try_from(apic_ids.len()).map_err(|_| Error::Config(format!("{} CPUs", apic_ids.len())))?;
     let mut d = FwCfg::new(mem.clone(), mem.ram_size(), cpus);
@@ -89,7 +90,7 @@ pub fn fw_cfg(mem: &Arc<GuestMemory>, disk_slots: &[u8], apic_ids: &[u8]) -> Res
     d.set_item(FW_CFG_BOOT_MENU, 0u16.to_le_bytes().to_vec());
     let e820 = firmware::e820::e820_for_memory(mem).map_err(|e| Error::Config(format!("e820: {e}")))?;
     d.add_file("etc/e820", e820.iter().flat_map(|e| e.to_bytes()).collect()).map_err(fw)?;
-    let order: String = disk_slots.iter().map(|s| format!("/pci@i0cf8/*@{s:x}\n")).collect();
+    let order: String = boot.iter().map(|p| format!("{p}\n")).collect();
     d.add_file("bootorder", order.into_bytes()).map_err(fw)?;
     d.add_file("etc/sercon-port", SERCON_PORT.to_le_bytes().to_vec()).map_err(fw)?;
     d.add_file("etc/boot-fail-wait", BOOT_FAIL_WAIT_MS.to_le_bytes().to_vec()).map_err(fw)?;
@@ -120,7 +121,8 @@ mod tests {
     #[test]
     fn fw_cfg_holds_the_files_seabios_reads() {
         let mem = Arc::new(GuestMemory::new(64 << 20).unwrap());
-        let d = fw_cfg(&mem, &[4, 0x1a], &[0, 1]).unwrap();
+        let boot = crate::storage::boot_paths("dc", &Default::default(), &[4, 0x1a]);
+        let d = fw_cfg(&mem, &boot, &[0, 1]).unwrap();
         let names = d.file_names();
         for f in ["etc/e820", "bootorder", "etc/sercon-port", "etc/acpi/tables", "etc/acpi/rsdp", "etc/table-loader"] {
             assert!(names.iter().any(|n| n == f), "{f} in {names:?}");

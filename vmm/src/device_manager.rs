@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use devices::bus::{Bus, BusDevice, SharedDevice};
+use devices::ide::{IdeController, IdeSlot, IdeState, PIIX_IDE_ADDRESS};
 use devices::intc::msi::MsiSink;
 use devices::io_thread::SharedIoDevice;
 use devices::nic::e1000::{E1000State, E1000};
@@ -296,11 +297,12 @@ impl BarWindows {
     }
 }
 
-/// One NIC or disk, for statistics and saved state.
+/// One NIC, disk or the IDE controller, for statistics and saved state.
 enum NicHandle {
     E1000(Arc<Mutex<E1000>>),
     Virtio(Arc<Mutex<VirtioNetPci>>),
     Disk(Arc<Mutex<VirtioBlkPci>>),
+    Ide(Arc<Mutex<IdeController>>),
 }
 
 /// Doorbells handed to a hypervisor ([`DeviceManager::attach_doorbells`]); dropping
@@ -344,12 +346,40 @@ impl DeviceManager {
         AttachedDoorbells { doorbells: &self.doorbells }
     }
 
+    /// A machine reset: the functions that need one go back to their
+    /// power-on state (the IDE controller; the virtio functions and the
+    /// e1000 are reset by their drivers).
+    pub fn reset(&self) {
+        for (_, _, h) in &self.nics {
+            if let NicHandle::Ide(d) = h {
+                d.lock().reset();
+            }
+        }
+    }
+
     /// One line per NIC: its address, model, MAC and traffic.
     pub fn stats_lines(&self) -> Vec<String> {
         self.nics
             .iter()
             .map(|(addr, what, h)| {
                 let (s, rings): (NicStats, u64) = match h {
+                    NicHandle::Ide(d) => {
+                        let d = d.lock();
+                        let per: Vec<String> = IdeSlot::ALL
+                            .iter()
+                            .filter_map(|&slot| {
+                                let s = d.drive_stats(slot);
+                                let kind = d.kind(slot);
+                                (kind != devices::ide::DriveKind::Empty).then(|| {
+                                    format!(
+                                        "{slot} ({kind:?}): {} reads {} bytes, {} writes {} bytes, {} flushes, {} errors",
+                                        s.reads, s.read_bytes, s.writes, s.write_bytes, s.flushes, s.errors
+                                    )
+                                })
+                            })
+                            .collect();
+                        return format!("disk {addr} {what}: {}", per.join("; "));
+                    }
                     NicHandle::E1000(d) => (d.lock().stats(), 0),
                     NicHandle::Virtio(d) => {
                         let d = d.lock();
@@ -392,6 +422,8 @@ pub enum PciFunctionState {
     VirtioNet(VirtioPciState<VirtioNetState>),
     /// A virtio-blk function: its transport, queues and device.
     VirtioBlk(VirtioPciState<VirtioBlkState>),
+    /// The PIIX3 IDE function: its channels, drives and bus master.
+    Ide(Box<IdeState>),
 }
 
 impl PciFunctionState {
@@ -400,6 +432,7 @@ impl PciFunctionState {
             Self::E1000(_) => "e1000",
             Self::VirtioNet(_) => "virtio-net",
             Self::VirtioBlk(_) => "virtio-blk",
+            Self::Ide(_) => "IDE",
         }
     }
 }
@@ -425,6 +458,7 @@ impl NicHandle {
             Self::E1000(_) => "e1000",
             Self::Virtio(_) => "virtio-net",
             Self::Disk(_) => "virtio-blk",
+            Self::Ide(_) => "IDE",
         }
     }
 
@@ -433,6 +467,7 @@ impl NicHandle {
             Self::E1000(d) => PciFunctionState::E1000(d.lock().save()),
             Self::Virtio(d) => PciFunctionState::VirtioNet(d.lock().save()),
             Self::Disk(d) => PciFunctionState::VirtioBlk(d.lock().save()),
+            Self::Ide(d) => PciFunctionState::Ide(Box::new(d.lock().save())),
         }
     }
 
@@ -442,6 +477,7 @@ impl NicHandle {
             (Self::E1000(d), PciFunctionState::E1000(s)) => d.lock().restore(s),
             (Self::Virtio(d), PciFunctionState::VirtioNet(s)) => d.lock().restore(s),
             (Self::Disk(d), PciFunctionState::VirtioBlk(s)) => d.lock().restore(s),
+            (Self::Ide(d), PciFunctionState::Ide(s)) => d.lock().restore(s),
             _ => Err(PersistError::new(
                 DEVICE_MANAGER,
                 "functions",
@@ -516,15 +552,16 @@ fn virtio_doorbells(
 
 /// Builds the NICs `specs` describe and the virtio-blk functions of
 /// `disks` (image, label), and plugs them into `chipset`'s PCI bus.
-pub fn install(
+pub(crate) fn install(
     specs: &[net::NicSpec],
-    disks: Vec<(Box<dyn devices::block::BlockBackend>, String)>,
+    placed: crate::storage::Placed,
     chipset: &PcChipset,
     mem: &Arc<GuestMemory>,
     pio: &mut Bus,
     mmio: &mut Bus,
 ) -> Result<Option<DeviceManager>, Error> {
-    if specs.is_empty() && disks.is_empty() {
+    let crate::storage::Placed { virtio: disks, ide, ide_kinds } = placed;
+    if specs.is_empty() && disks.is_empty() && ide.is_none() {
         return Ok(None);
     }
     let windows = BarWindows::install(chipset, pio, mmio)?;
@@ -532,6 +569,29 @@ pub fn install(
     let mut polled: Vec<(SharedIoDevice, Option<OwnedFd>)> = Vec::new();
     let mut bells: Vec<Doorbell> = Vec::new();
     let mut nics = Vec::new();
+    if let Some(drives) = ide {
+        let irq = |i: usize| chipset.irq_line(devices::ide::CHANNEL_IRQS[i]);
+        let dev = Arc::new(Mutex::new(IdeController::new(drives, irq(0), irq(1), Arc::clone(mem))));
+        for m in IdeController::bus_mappings(&dev) {
+            m.insert_into(pio, mmio)?;
+        }
+        let bars = IdeController::bar_devices(&dev);
+        let pci: SharedPciDevice = dev.clone();
+        let kinds: Vec<(usize, PciBarKind, SharedDevice)> = {
+            let d = pci.lock();
+            bars.into_iter().filter_map(|(bar, b)| Some((bar, d.config().bar(bar)?.kind, b))).collect()
+        };
+        chipset.add_pci_device(PIIX_IDE_ADDRESS, pci).map_err(|e| Error::Config(format!("IDE: {e}")))?;
+        windows.register(PIIX_IDE_ADDRESS, &kinds);
+        let what: Vec<String> = ide_kinds
+            .iter()
+            .zip(IdeSlot::ALL)
+            .filter_map(|(k, slot)| k.as_ref().map(|(media, label)| format!("{slot} {media:?} {label}")))
+            .collect();
+        let what = format!("PIIX3 IDE ({})", what.join(", "));
+        tracing::info!(target: "devices", "PCI {PIIX_IDE_ADDRESS}: {what}");
+        nics.push((PIIX_IDE_ADDRESS, what, NicHandle::Ide(dev)));
+    }
     for (i, spec) in specs.iter().enumerate() {
         let what = |e: String| Error::Config(format!("--nic #{}: {e}", i + 1));
         let model = Model::parse(spec.model.as_deref()).map_err(what)?;

@@ -6,8 +6,10 @@
 //! - [`vcpu`]: one virtual CPU as the run loop drives it;
 //! - [`engine`]: the CPU engines (interpreter, JIT, KVM, split execution),
 //!   built from an [`engine::EngineContext`], never from the machine;
-//! - [`device_manager`]: the PCI devices with host-side I/O (NICs, disks),
-//!   their BAR windows, doorbells and I/O thread;
+//! - [`device_manager`]: the PCI devices with host-side I/O (NICs, disks,
+//!   the IDE controller), their BAR windows, doorbells and I/O thread;
+//! - [`storage`]: the drives, the controller each hangs on, and the boot
+//!   order;
 //! - [`bios`] and [`boot`]: SeaBIOS's set-up (fw_cfg) and the CPU state a
 //!   directly booted kernel starts in.
 //!
@@ -20,6 +22,7 @@ pub mod device_manager;
 pub mod engine;
 pub mod error;
 pub mod machine;
+pub mod storage;
 pub mod vcpu;
 
 pub use config::{
@@ -27,3 +30,4 @@ pub use config::{
 };
 pub use error::Error;
 pub use machine::{Machine, RunControl, RunReport};
+pub use storage::{Drive, Storage};

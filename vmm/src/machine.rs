@@ -125,16 +125,20 @@ impl Machine {
 
     /// A machine with the network cards of `nics` (`--nic`) in PCI slots 3, 4, ...
     pub fn with_nics(config: MachineConfig, nics: &[net::NicSpec]) -> Result<Self, Error> {
-        Self::with_devices(config, nics, Vec::new())
+        Self::with_devices(config, nics, crate::storage::Storage::default())
     }
 
     /// A machine with the network cards of `nics` (`--nic`) in PCI slots 3,
-    /// 4, ..., and the virtio-blk disks of `disks` (image, label) after them.
+    /// 4, ..., the virtio-blk disks of `storage` after them, and its IDE
+    /// drives on the PIIX3's IDE function (00:01.1), which is there when
+    /// one drive is on it ([`crate::storage`]).
     pub fn with_devices(
         mut config: MachineConfig,
         nics: &[net::NicSpec],
-        disks: Vec<(Box<dyn devices::block::BlockBackend>, String)>,
+        storage: crate::storage::Storage,
     ) -> Result<Self, Error> {
+        crate::storage::check_boot_order(&storage.boot_order).map_err(Error::Config)?;
+        let placed = crate::storage::place(storage.drives)?;
         let mut mem = GuestMemory::new(config.mem)?;
         match &config.firmware {
             Firmware::Builtin => {
@@ -199,12 +203,13 @@ impl Machine {
             // The BIOS's last 128 KiB below 1 MiB, under the PAM registers.
             let shadow = devices::pci::pam::BiosShadow::new(mem.clone(), image)?;
             chipset.host_bridge.lock().set_shadow(Arc::new(Mutex::new(shadow)));
-            // The disks' slots, after the NICs' ([`crate::device_manager`]), in boot order.
-            let slots: Vec<u8> = (nics.len()..nics.len() + disks.len())
+            // The virtio disks' slots, after the NICs' ([`crate::device_manager`]).
+            let slots: Vec<u8> = (nics.len()..nics.len() + placed.virtio.len())
                 .filter_map(|i| u8::try_from(i).ok()?.checked_add(crate::device_manager::FIRST_NIC_SLOT))
                 .filter(|&s| s < 32)
                 .collect();
-            let device = Arc::new(Mutex::new(crate::bios::fw_cfg(&mem, &slots, &table_ids)?));
+            let boot = crate::storage::boot_paths(&storage.boot_order, &placed.ide_kinds, &slots);
+            let device = Arc::new(Mutex::new(crate::bios::fw_cfg(&mem, &boot, &table_ids)?));
             let shared: SharedDevice = device.clone();
             pio.insert(
                 shared,
@@ -213,7 +218,7 @@ impl Machine {
             )?;
             fw_cfg = Some(device);
         }
-        let devices = crate::device_manager::install(nics, disks, &chipset, &mem, &mut pio, &mut mmio)?;
+        let devices = crate::device_manager::install(nics, placed, &chipset, &mem, &mut pio, &mut mmio)?;
         Ok(Machine {
             mem,
             pio: Arc::new(pio),
@@ -534,6 +539,9 @@ impl Machine {
     /// directly booted kernel is not reloaded.
     fn reset(&self, vcpus: &mut [Vcpu<'_>]) -> Result<(), Error> {
         self.chipset.reset();
+        if let Some(d) = &self.devices {
+            d.reset();
+        }
         for v in vcpus.iter_mut() {
             let state = if v.index() == 0 { CpuState::reset() } else { ap_reset_state() };
             v.engine().reset(&state)?;

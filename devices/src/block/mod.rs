@@ -87,14 +87,42 @@ pub trait BlockBackend: Send {
     fn flush(&mut self) -> io::Result<()>;
 }
 
-/// A disk to open: `--disk PATH[,format=raw|qcow2][,readonly=on][,snapshot=on][,if=virtio]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The controller a disk hangs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskInterface {
+    /// A virtio-blk PCI function of its own (`if=virtio`).
+    #[default]
+    Virtio,
+    /// A drive on the PIIX3 IDE controller (`if=ide`).
+    Ide,
+}
+
+/// What a drive holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskMedia {
+    /// A hard disk.
+    #[default]
+    Disk,
+    /// A CD-ROM (read-only, an ATAPI drive on IDE).
+    Cdrom,
+}
+
+/// A disk to open: `--disk PATH[,format=raw|qcow2][,readonly=on][,snapshot=on][,if=virtio|ide][,media=disk|cdrom][,index=N]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DiskSpec {
     pub path: PathBuf,
     pub format: Option<ImageFormat>,
     pub read_only: bool,
     /// Writes go to a temporary overlay (as `--snapshot`, for this disk).
     pub snapshot: bool,
+    /// Where it is attached.
+    pub interface: DiskInterface,
+    /// A hard disk or a CD-ROM (which is read-only and on IDE).
+    pub media: DiskMedia,
+    /// The IDE position, 0-3: primary master, primary slave, secondary
+    /// master, secondary slave (`index=`, as QEMU numbers them). `None`:
+    /// the first free one.
+    pub index: Option<u8>,
 }
 
 impl std::str::FromStr for DiskSpec {
@@ -104,16 +132,17 @@ impl std::str::FromStr for DiskSpec {
         let path = parts.next().unwrap_or_default();
         let path = path.strip_prefix("file=").unwrap_or(path);
         if path.is_empty() {
-            return Err(
-                "the image path is missing (PATH[,format=raw|qcow2][,readonly=on][,snapshot=on][,if=virtio])".into()
-            );
+            return Err("the image path is missing \
+                 (PATH[,format=raw|qcow2][,readonly=on][,snapshot=on][,if=virtio|ide][,media=disk|cdrom][,index=N])"
+                .into());
         }
         let on_off = |key: &str, value: &str| match value {
             "on" | "true" | "yes" => Ok(true),
             "off" | "false" | "no" => Ok(false),
             v => Err(format!("{key}={v}: use on or off")),
         };
-        let mut spec = DiskSpec { path: PathBuf::from(path), format: None, read_only: false, snapshot: false };
+        let mut spec = DiskSpec { path: PathBuf::from(path), ..DiskSpec::default() };
+        let mut interface = None;
         for opt in parts {
             let (key, value) = opt.split_once('=').ok_or_else(|| format!("'{opt}' is not KEY=VALUE"))?;
             match key {
@@ -121,12 +150,40 @@ impl std::str::FromStr for DiskSpec {
                 "readonly" => spec.read_only = on_off(key, value)?,
                 "snapshot" => spec.snapshot = on_off(key, value)?,
                 "if" => {
-                    if value != "virtio" {
-                        return Err(format!("if={value}: only if=virtio is available"));
+                    interface = Some(match value {
+                        "virtio" => DiskInterface::Virtio,
+                        "ide" => DiskInterface::Ide,
+                        v => return Err(format!("if={v}: use if=virtio or if=ide")),
+                    })
+                }
+                "media" => {
+                    spec.media = match value {
+                        "disk" => DiskMedia::Disk,
+                        "cdrom" => DiskMedia::Cdrom,
+                        v => return Err(format!("media={v}: use media=disk or media=cdrom")),
                     }
                 }
-                k => return Err(format!("option '{k}' is unknown (format=, readonly=, snapshot=, if=)")),
+                "index" => {
+                    let i = value.parse::<u8>().ok().filter(|&i| i < 4);
+                    spec.index = Some(i.ok_or_else(|| format!("index={value}: an IDE position is 0 to 3"))?);
+                }
+                k => {
+                    return Err(format!("option '{k}' is unknown (format=, readonly=, snapshot=, if=, media=, index=)"))
+                }
             }
+        }
+        spec.interface = match (interface, spec.media) {
+            (Some(DiskInterface::Virtio), DiskMedia::Cdrom) => {
+                return Err("media=cdrom is an ATAPI drive on IDE: use if=ide (or leave if= out)".into())
+            }
+            (None, DiskMedia::Cdrom) => DiskInterface::Ide,
+            (i, _) => i.unwrap_or_default(),
+        };
+        if spec.index.is_some() && spec.interface != DiskInterface::Ide {
+            return Err("index= places a drive on IDE: add if=ide".into());
+        }
+        if spec.media == DiskMedia::Cdrom {
+            spec.read_only = true;
         }
         Ok(spec)
     }
@@ -267,15 +324,19 @@ impl std::fmt::Debug for Image {
 }
 
 /// Detects the format of `file` when `format=` is not given.
-fn detect(path: &Path, file: &fs::File) -> ImageFormat {
+fn detect(path: &Path, file: &fs::File, write: bool) -> ImageFormat {
     if header::is_qcow2(file) {
         ImageFormat::Qcow2
     } else {
-        tracing::warn!(
+        // Guessing raw is dangerous only for an image the guest may write
+        // (it could write a qcow2 header); a CD's ISO is raw and read-only.
+        if write {
+            tracing::warn!(
             target: "devices",
             "{}: no format= given and no qcow2 header: using it as raw (add format=raw to silence this)",
-            path.display()
-        );
+                path.display()
+            );
+        }
         ImageFormat::Raw
     }
 }
@@ -293,7 +354,7 @@ pub fn open(spec: &DiskSpec, snapshot: bool) -> Result<Image, OpenError> {
         gate.state.lock().error.take().unwrap_or(OpenError::Format { path: path.to_path_buf(), source })
     };
     let probe = fs::File::open(path).map_err(|source| OpenError::Io { path: path.to_path_buf(), source })?;
-    let format = spec.format.unwrap_or_else(|| detect(path, &probe));
+    let format = spec.format.unwrap_or_else(|| detect(path, &probe, write));
     drop(probe);
     let storage = gate.storage(path, write)?;
     let access = match format {

@@ -33,7 +33,7 @@ fn p(path: &Path) -> &str {
 }
 
 fn spec(path: &Path, format: Option<ImageFormat>, read_only: bool) -> DiskSpec {
-    DiskSpec { path: path.to_path_buf(), format, read_only, snapshot: false }
+    DiskSpec { path: path.to_path_buf(), format, read_only, ..DiskSpec::default() }
 }
 
 /// `qemu-img check` finds nothing wrong.
@@ -360,16 +360,24 @@ fn disk_specs_parse() {
     let s: DiskSpec = "a.img,format=qcow2,readonly=on,if=virtio".parse().unwrap();
     assert_eq!(
         s,
-        DiskSpec { path: "a.img".into(), format: Some(ImageFormat::Qcow2), read_only: true, snapshot: false }
+        DiskSpec { path: "a.img".into(), format: Some(ImageFormat::Qcow2), read_only: true, ..DiskSpec::default() }
     );
     assert!("a.img,snapshot=on".parse::<DiskSpec>().unwrap().snapshot);
     assert_eq!("file=b.raw".parse::<DiskSpec>().unwrap().path, PathBuf::from("b.raw"));
+    let cd: DiskSpec = "x.iso,media=cdrom".parse().unwrap();
+    assert_eq!((cd.interface, cd.media, cd.read_only, cd.index), (DiskInterface::Ide, DiskMedia::Cdrom, true, None));
+    let hd: DiskSpec = "y.img,if=ide,index=1".parse().unwrap();
+    assert_eq!((hd.interface, hd.media, hd.read_only, hd.index), (DiskInterface::Ide, DiskMedia::Disk, false, Some(1)));
     for (bad, why) in [
         ("", "missing"),
         ("a,format=vmdk", "unknown"),
         ("a,readonly=maybe", "readonly"),
         ("a,snapshot=sometimes", "snapshot"),
-        ("a,if=ide", "if=virtio"),
+        ("a,if=scsi", "if=virtio or if=ide"),
+        ("a,media=cdrom,if=virtio", "if=ide"),
+        ("a,index=1", "if=ide"),
+        ("a,if=ide,index=4", "0 to 3"),
+        ("a,media=floppy", "media=disk"),
         ("a,cache=none", "unknown"),
         ("a,junk", "KEY=VALUE"),
     ] {

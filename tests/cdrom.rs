@@ -1,0 +1,252 @@
+//! Installer media: an El Torito CD built here (ISOLINUX, Debian's
+//! generic kernel, the test initramfs with the IDE and CD-ROM modules, and
+//! a data file) boots from `-cdrom` with `-boot d` through SeaBIOS. Linux
+//! then drives the PIIX3 IDE controller (ata_piix), finds the ATAPI drive
+//! (sr_mod), mounts the disc (isofs) and reads the data file, whose hash
+//! must be the host's. A broken ISO and bad drive options are refused by
+//! name.
+//!
+//! Building the ISO needs xorriso and ISOLINUX (Debian packages `xorriso`
+//! and `isolinux`, with `syslinux-common`), which scripts/test.sh
+//! installs; without them the tests say so and are skipped.
+
+#[path = "guest/bios_disk.rs"]
+mod bios_disk;
+#[path = "guest/encode.rs"]
+mod encode;
+#[path = "guest/images.rs"]
+mod images;
+#[path = "guest/run.rs"]
+mod run;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+
+use bios_disk::seabios;
+use encode::base64;
+use images::images;
+use run::{ferrovm, tmp};
+
+const ISOLINUX_BIN: &str = "/usr/lib/ISOLINUX/isolinux.bin";
+const LDLINUX_C32: &str = "/usr/lib/syslinux/modules/bios/ldlinux.c32";
+
+/// The generic kernel's modules for an ATAPI CD-ROM on the PIIX3, in
+/// insmod order.
+const MODULES: &[&str] = &["scsi_common", "scsi_mod", "libata", "ata_piix", "cdrom", "sr_mod", "isofs"];
+
+/// What the guest runs: load the drivers, wait for /dev/sr0, mount the
+/// disc and hash the data file.
+const SCRIPT: &str = r#"
+for m in scsi_common scsi_mod libata ata_piix cdrom sr_mod isofs; do
+    insmod /lib/modules/$m.ko || echo "T:insmod $m failed"
+done
+i=0
+while [ ! -b /dev/sr0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+echo "T:model $(cat /sys/block/sr0/device/model 2>/dev/null)"
+echo "T:vendor $(cat /sys/block/sr0/device/vendor 2>/dev/null)"
+mkdir -p /mnt
+mount -t iso9660 -o ro /dev/sr0 /mnt && echo "T:mounted"
+echo "T:sha $(sha256sum /mnt/data/blob.bin | cut -d' ' -f1)"
+echo "T:label $(cat /mnt/data/label.txt)"
+echo "T:size $(cat /sys/block/sr0/size)"
+dmesg | grep -iE 'ata[0-9]|scsi |sr0' | sed 's/^/T:dmesg /'
+dmesg | grep -iE 'Oops|BUG:|WARNING:|I/O error|exception Emask' | sed 's/^/T:bad /'
+echo "T:done"
+"#;
+
+/// The tools an ISO is made with, or why the test is skipped.
+fn tools() -> bool {
+    if Command::new("xorriso").arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+        eprintln!("skipping: xorriso is not installed (Debian package xorriso)");
+        return false;
+    }
+    for f in [ISOLINUX_BIN, LDLINUX_C32] {
+        if !Path::new(f).is_file() {
+            eprintln!("skipping: {f} is missing (Debian packages isolinux and syslinux-common)");
+            return false;
+        }
+    }
+    seabios()
+}
+
+fn sh(script: &str) {
+    let o = Command::new("sh").arg("-c").arg(script).output().expect("sh runs");
+    assert!(
+        o.status.success(),
+        "{script}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn sha256(path: &Path) -> String {
+    let o = Command::new("sha256sum").arg(path).output().expect("sha256sum runs");
+    String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or_default().to_string()
+}
+
+/// Builds the bootable ISO in `dir`: ISOLINUX with the generic kernel,
+/// the initramfs plus the CD-ROM modules, the script on the command line,
+/// and a 3 MiB data file. Returns the ISO and the data file's hash.
+fn build_iso(images: &Path, dir: &Path) -> (PathBuf, String) {
+    let root = dir.join("root");
+    let _ = std::fs::remove_dir_all(&root);
+    for d in ["isolinux", "data", "mods/lib/modules"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    // The modules, decompressed, in a cpio archive appended to the initramfs.
+    let mods = dir.join("mods");
+    let _ = std::fs::remove_dir_all(&mods);
+    std::fs::create_dir_all(mods.join("lib/modules")).unwrap();
+    for m in MODULES {
+        let found = Command::new("find")
+            .arg(images.join("modules-generic/kernel"))
+            .args(["-name", &format!("{m}.ko*")])
+            .output()
+            .unwrap();
+        let ko = String::from_utf8_lossy(&found.stdout).lines().next().unwrap_or_default().to_string();
+        assert!(!ko.is_empty(), "module {m} is not in guest-images/modules-generic");
+        let out = mods.join(format!("lib/modules/{m}.ko"));
+        let cmd = match Path::new(&ko).extension().and_then(|e| e.to_str()) {
+            Some("xz") => format!("xz -dc '{ko}' > '{}'", out.display()),
+            Some("zst") => format!("zstd -qdc '{ko}' > '{}'", out.display()),
+            Some("gz") => format!("gzip -dc '{ko}' > '{}'", out.display()),
+            _ => format!("cp '{ko}' '{}'", out.display()),
+        };
+        sh(&cmd);
+    }
+    let initrd = root.join("isolinux/initrd.gz");
+    sh(&format!(
+        "cat '{}' > '{}' && (cd '{}' && find lib | cpio -o -H newc --quiet | gzip -9) >> '{}'",
+        images.join("initramfs.cpio.gz").display(),
+        initrd.display(),
+        mods.display(),
+        initrd.display()
+    ));
+    std::fs::copy(images.join("vmlinuz-generic"), root.join("isolinux/vmlinuz")).unwrap();
+    std::fs::copy(ISOLINUX_BIN, root.join("isolinux/isolinux.bin")).unwrap();
+    std::fs::copy(LDLINUX_C32, root.join("isolinux/ldlinux.c32")).unwrap();
+    // Data that is not all one byte, for the hash.
+    let blob: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(root.join("data/blob.bin"), &blob).unwrap();
+    std::fs::write(root.join("data/label.txt"), "ferrovm-cdrom-test\n").unwrap();
+    let cmdline = format!("console=ttyS0 ferrovm.poweroff=1 ferrovm.cmd={}", base64(SCRIPT.as_bytes()));
+    std::fs::write(
+        root.join("isolinux/isolinux.cfg"),
+        format!(
+            "SERIAL 0 115200\nSAY ferrovm-isolinux: booting vmlinuz from the CD\nDEFAULT linux\nTIMEOUT 1\n\
+             PROMPT 0\nLABEL linux\n  KERNEL vmlinuz\n  INITRD initrd.gz\n  APPEND {cmdline}\n"
+        ),
+    )
+    .unwrap();
+    let iso = dir.join("boot.iso");
+    let _ = std::fs::remove_file(&iso);
+    sh(&format!(
+        "xorriso -as mkisofs -quiet -o '{}' -V FERROVM_CD -b isolinux/isolinux.bin -c isolinux/boot.cat \
+         -no-emul-boot -boot-load-size 4 -boot-info-table -R -J '{}'",
+        iso.display(),
+        root.display()
+    ));
+    (iso, sha256(&root.join("data/blob.bin")))
+}
+
+fn field<'a>(out: &'a str, key: &str) -> Option<&'a str> {
+    out.lines().find_map(|l| l.trim_end_matches('\r').strip_prefix(key)).map(str::trim)
+}
+
+fn boot(args: &[&str]) -> (Output, String, f64) {
+    let t = Instant::now();
+    let o = ferrovm(args);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    (o, out, t.elapsed().as_secs_f64())
+}
+
+/// Boots `iso` as QEMU's command line asks (`-cdrom ... -boot d`) under
+/// `accel` and checks what the guest read.
+fn boot_iso(accel: &str) {
+    let Some(images) = images(&["vmlinuz-generic", "initramfs.cpio.gz", "modules-generic/modules.order"]) else {
+        return;
+    };
+    if !tools() {
+        return;
+    }
+    let dir = tmp("cdrom", accel);
+    let (iso, want) = build_iso(&images, &dir);
+    let iso_s = iso.display().to_string();
+    let accel_opt = if accel == "kvm" { "kvm" } else { "tcg" };
+    let (o, out, secs) = boot(&[
+        "qemu",
+        "-accel",
+        accel_opt,
+        "-m",
+        "512",
+        "-nodefaults",
+        "-nographic",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-cdrom",
+        &iso_s,
+        "-boot",
+        "d",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    eprintln!("CD-ROM boot under {accel}: {secs:.1} s");
+    let tail: String = out.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    let ctx = format!("stderr:\n{err}\nserial tail:\n{tail}");
+    assert!(out.contains("SeaBIOS (version"), "SeaBIOS ran: {ctx}");
+    assert!(out.contains("Booting from DVD/CD"), "SeaBIOS booted the CD: {ctx}");
+    assert!(out.contains("ferrovm-isolinux: booting vmlinuz from the CD"), "ISOLINUX ran from the CD: {ctx}");
+    assert!(out.contains("ferrovm-init: start"), "the kernel reached init: {ctx}");
+    assert!(out.contains("T:done"), "the script ran to its end: {ctx}");
+    let bad: Vec<&str> = out.lines().filter(|l| l.starts_with("T:insmod") || l.starts_with("T:bad")).collect();
+    assert!(bad.is_empty(), "{bad:?}: {ctx}");
+    assert!(out.contains("T:mounted"), "the disc mounted: {ctx}");
+    assert_eq!(field(&out, "T:sha "), Some(want.as_str()), "the data file read back: {ctx}");
+    assert_eq!(field(&out, "T:label "), Some("ferrovm-cdrom-test"), "{ctx}");
+    let iso_sectors = std::fs::metadata(&iso).unwrap().len() / 512;
+    assert_eq!(field(&out, "T:size ").and_then(|s| s.parse::<u64>().ok()), Some(iso_sectors), "the disc's size: {ctx}");
+    assert!(out.lines().any(|l| l.starts_with("T:dmesg") && l.contains("ATAPI")), "libata found an ATAPI drive: {ctx}");
+    assert_eq!(o.status.code(), Some(0), "{ctx}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_el_torito_cd_boots_and_linux_reads_it_under_the_jit() {
+    boot_iso("jit");
+}
+
+/// Not an ISO, and drives placed twice: named errors before the guest
+/// starts.
+#[test]
+fn bad_media_and_drive_options_are_refused() {
+    let dir = tmp("cdrom", "bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let junk = dir.join("junk.iso");
+    std::fs::write(&junk, vec![0x5au8; 64 * 1024]).unwrap();
+    let missing = dir.join("missing.iso");
+    let junk_s = junk.display().to_string();
+    let missing_s = missing.display().to_string();
+    let o = ferrovm(&["run", "--cdrom", &missing_s, "--timeout", "5"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(err.contains("missing.iso"), "the missing image is named: {err}");
+    let other = dir.join("other.img");
+    std::fs::write(&other, vec![0u8; 1 << 20]).unwrap();
+    let clash = format!("{},format=raw,if=ide,index=2", other.display());
+    let o = ferrovm(&["run", "--cdrom", &junk_s, "--disk", &clash, "--timeout", "5"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("position 2 is given twice"), "{err}");
+    let o = ferrovm(&["run", "--boot", "n", "--cdrom", &junk_s]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("PXE"));
+    // A disc that is no ISO: SeaBIOS finds no boot record on it and says so;
+    // the machine keeps running until the timeout.
+    if seabios() {
+        let (o, out, _) =
+            boot(&["run", "--cdrom", &junk_s, "--boot", "d", "--serial", "stdio", "--timeout", "8", "--mem", "128M"]);
+        assert_eq!(o.status.code(), Some(124), "only the timeout ends the run: {out}");
+        assert!(out.contains("Booting from DVD/CD"), "{out}");
+        assert!(out.contains("Boot failed"), "SeaBIOS names the failed CD boot: {out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

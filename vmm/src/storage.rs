@@ -1,0 +1,277 @@
+//! The machine's drives: which controller each hangs on, and the order
+//! the firmware tries them in.
+//!
+//! A drive is a virtio-blk PCI function of its own, or one of the four
+//! positions of the PIIX3 IDE controller (00:01.1): primary master and
+//! slave, secondary master and slave, numbered 0 to 3 as QEMU's `index=`
+//! numbers them (`-hda` 0, `-hdb` 1, `-cdrom` 2, `-hdd` 3). An IDE drive
+//! is a hard disk or an ATAPI CD-ROM. The IDE controller is part of the
+//! machine when at least one drive is on it.
+//!
+//! The boot order is QEMU's `-boot order=` letters: `c` the hard disks
+//! (IDE, then virtio), `d` the CD-ROMs, `a` the floppy drives. SeaBIOS
+//! reads it as its `bootorder` file of device paths
+//! ([`boot_paths`]); devices that are not listed come after those that are.
+
+use devices::block::{BlockBackend, DiskInterface, DiskMedia};
+use devices::ide::IdeDrive;
+
+use crate::error::Error;
+
+/// QEMU's default boot order: hard disk, floppy, CD-ROM.
+pub const DEFAULT_BOOT_ORDER: &str = "cad";
+
+/// One drive as the front end opened it.
+pub struct Drive {
+    /// The image; `None` only for a CD-ROM drive without a disc.
+    pub image: Option<Box<dyn BlockBackend>>,
+    /// A name for logs and statistics (the image's path).
+    pub label: String,
+    /// The controller it hangs on.
+    pub interface: DiskInterface,
+    /// A hard disk or a CD-ROM.
+    pub media: DiskMedia,
+    /// The IDE position (0-3), or `None` for the first free one.
+    pub index: Option<u8>,
+}
+
+impl std::fmt::Debug for Drive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Drive")
+            .field("label", &self.label)
+            .field("interface", &self.interface)
+            .field("media", &self.media)
+            .field("index", &self.index)
+            .field("medium", &self.image.is_some())
+            .finish()
+    }
+}
+
+/// The drives of a machine and the firmware's boot order.
+#[derive(Debug)]
+pub struct Storage {
+    /// In the order they were given.
+    pub drives: Vec<Drive>,
+    /// `c`, `d` and `a` in the order the firmware tries them.
+    pub boot_order: String,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage { drives: Vec::new(), boot_order: DEFAULT_BOOT_ORDER.to_string() }
+    }
+}
+
+/// Checks a boot order: QEMU's letters `a`, `c`, `d` (and `n`, which is
+/// refused: there is no network boot ROM), each at most once.
+pub fn check_boot_order(order: &str) -> Result<(), String> {
+    if order.is_empty() {
+        return Err("an empty boot order: give drive letters, e.g. order=dc".into());
+    }
+    for (i, c) in order.char_indices() {
+        match c {
+            'a' | 'c' | 'd' => {}
+            'b' => return Err("boot order b: a second floppy drive does not boot; use a".into()),
+            'n' | 'o' | 'p' => return Err(format!("boot order {c}: network boot (PXE) is not available")),
+            other => return Err(format!("boot order '{other}' is not a drive: use a (floppy), c (disk), d (CD-ROM)")),
+        }
+        if order[..i].contains(c) {
+            return Err(format!("boot order {order}: '{c}' is given twice"));
+        }
+    }
+    Ok(())
+}
+
+/// The drives placed: the virtio disks (image, label) in order, and the
+/// IDE positions.
+pub(crate) struct Placed {
+    pub virtio: Vec<(Box<dyn BlockBackend>, String)>,
+    /// `None` when no drive is on IDE (the machine then has no IDE
+    /// function).
+    pub ide: Option<[IdeDrive; 4]>,
+    /// What each IDE position holds, for the boot order and the logs.
+    pub ide_kinds: [Option<(DiskMedia, String)>; 4],
+}
+
+/// Puts each drive where it asked to be: virtio disks in order, IDE
+/// drives at their `index`, then the rest in the first free positions.
+pub(crate) fn place(drives: Vec<Drive>) -> Result<Placed, Error> {
+    let mut virtio = Vec::new();
+    let mut slots: [Option<Drive>; 4] = Default::default();
+    let mut floating = Vec::new();
+    for d in drives {
+        match d.interface {
+            DiskInterface::Virtio => {
+                let Some(image) = d.image else {
+                    return Err(Error::Config(format!("{}: a virtio-blk disk needs an image", d.label)));
+                };
+                if d.media == DiskMedia::Cdrom {
+                    return Err(Error::Config(format!("{}: a CD-ROM is an IDE (ATAPI) drive", d.label)));
+                }
+                virtio.push((image, d.label));
+            }
+            DiskInterface::Ide => match d.index {
+                Some(i) if usize::from(i) < 4 => {
+                    let slot = &mut slots[usize::from(i)];
+                    if let Some(other) = slot {
+                        return Err(Error::Config(format!(
+                            "IDE position {i} is given twice ({} and {})",
+                            other.label, d.label
+                        )));
+                    }
+                    *slot = Some(d);
+                }
+                Some(i) => return Err(Error::Config(format!("{}: IDE position {i}: positions are 0 to 3", d.label))),
+                None => floating.push(d),
+            },
+        }
+    }
+    for d in floating {
+        let Some(free) = slots.iter_mut().find(|s| s.is_none()) else {
+            return Err(Error::Config(format!("{}: the IDE controller's four positions are all taken", d.label)));
+        };
+        *free = Some(d);
+    }
+    if slots.iter().all(Option::is_none) {
+        return Ok(Placed { virtio, ide: None, ide_kinds: Default::default() });
+    }
+    let mut ide_kinds: [Option<(DiskMedia, String)>; 4] = Default::default();
+    let mut ide: [IdeDrive; 4] = std::array::from_fn(|_| IdeDrive::Empty);
+    for (i, slot) in slots.into_iter().enumerate() {
+        let Some(d) = slot else { continue };
+        ide_kinds[i] = Some((d.media, d.label.clone()));
+        ide[i] = match (d.media, d.image) {
+            (DiskMedia::Cdrom, image) => IdeDrive::Cdrom(image),
+            (DiskMedia::Disk, Some(image)) => IdeDrive::Disk(image, format!("FERROVM-HD{i}")),
+            (DiskMedia::Disk, None) => {
+                return Err(Error::Config(format!("{}: an IDE hard disk needs an image", d.label)));
+            }
+        };
+    }
+    Ok(Placed { virtio, ide: Some(ide), ide_kinds })
+}
+
+/// SeaBIOS's device path of IDE position `i` (0-3) on the PIIX3 at
+/// 00:01.1: `/pci@i0cf8/ide@1,1/drive@CHANNEL/disk@UNIT`.
+pub fn ide_path(i: usize) -> String {
+    format!("/pci@i0cf8/ide@1,1/drive@{}/disk@{}", i / 2, i % 2)
+}
+
+/// The `bootorder` lines for `order`: for `c` the IDE hard disks by
+/// position, then the virtio disks (PCI slots `virtio_slots`); for `d` the
+/// CD-ROMs by position. Floppy drives boot from their default priority.
+pub fn boot_paths(order: &str, ide: &[Option<(DiskMedia, String)>; 4], virtio_slots: &[u8]) -> Vec<String> {
+    let mut paths = Vec::new();
+    for c in order.chars() {
+        match c {
+            'c' => {
+                for (i, k) in ide.iter().enumerate() {
+                    if matches!(k, Some((DiskMedia::Disk, _))) {
+                        paths.push(ide_path(i));
+                    }
+                }
+                paths.extend(virtio_slots.iter().map(|s| format!("/pci@i0cf8/*@{s:x}")));
+            }
+            'd' => {
+                for (i, k) in ide.iter().enumerate() {
+                    if matches!(k, Some((DiskMedia::Cdrom, _))) {
+                        paths.push(ide_path(i));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    paths
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Blank;
+
+    impl BlockBackend for Blank {
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn read_at(&mut self, buf: &mut [u8], _offset: u64) -> std::io::Result<()> {
+            buf.fill(0);
+            Ok(())
+        }
+        fn write_at(&mut self, _buf: &[u8], _offset: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_zeroes(&mut self, _offset: u64, _len: u64, _unmap: bool) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn discard(&mut self, _offset: u64, _len: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn drive(label: &str, interface: DiskInterface, media: DiskMedia, index: Option<u8>) -> Drive {
+        Drive { image: Some(Box::new(Blank)), label: label.into(), interface, media, index }
+    }
+
+    #[test]
+    fn drives_take_their_positions_then_the_free_ones() {
+        let p = place(vec![
+            drive("v", DiskInterface::Virtio, DiskMedia::Disk, None),
+            drive("a", DiskInterface::Ide, DiskMedia::Disk, None),
+            drive("cd", DiskInterface::Ide, DiskMedia::Cdrom, Some(2)),
+            drive("b", DiskInterface::Ide, DiskMedia::Disk, None),
+            drive("d", DiskInterface::Ide, DiskMedia::Disk, None),
+        ])
+        .unwrap();
+        assert_eq!(p.virtio.len(), 1);
+        let labels: Vec<Option<&str>> = p.ide_kinds.iter().map(|k| k.as_ref().map(|(_, l)| l.as_str())).collect();
+        assert_eq!(labels, [Some("a"), Some("b"), Some("cd"), Some("d")]);
+        let paths = boot_paths("dc", &p.ide_kinds, &[4]);
+        assert_eq!(
+            paths,
+            [
+                "/pci@i0cf8/ide@1,1/drive@1/disk@0",
+                "/pci@i0cf8/ide@1,1/drive@0/disk@0",
+                "/pci@i0cf8/ide@1,1/drive@0/disk@1",
+                "/pci@i0cf8/ide@1,1/drive@1/disk@1",
+                "/pci@i0cf8/*@4",
+            ]
+        );
+        assert_eq!(boot_paths("c", &p.ide_kinds, &[])[0], "/pci@i0cf8/ide@1,1/drive@0/disk@0");
+    }
+
+    #[test]
+    fn clashes_and_a_full_controller_are_refused() {
+        let e = place(vec![
+            drive("x", DiskInterface::Ide, DiskMedia::Disk, Some(1)),
+            drive("y", DiskInterface::Ide, DiskMedia::Cdrom, Some(1)),
+        ])
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("position 1 is given twice"), "{e}");
+        let five = (0..5).map(|i| drive(&format!("d{i}"), DiskInterface::Ide, DiskMedia::Disk, None)).collect();
+        let e = place(five).err().unwrap();
+        assert!(e.to_string().contains("all taken"), "{e}");
+        let e = place(vec![drive("c", DiskInterface::Virtio, DiskMedia::Cdrom, None)]).err().unwrap();
+        assert!(e.to_string().contains("ATAPI"), "{e}");
+        assert!(place(vec![drive("v", DiskInterface::Virtio, DiskMedia::Disk, None)]).unwrap().ide.is_none());
+    }
+
+    #[test]
+    fn boot_orders_follow_qemu() {
+        for ok in ["c", "d", "dc", "cad", "a"] {
+            assert_eq!(check_boot_order(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [("", "empty"), ("n", "PXE"), ("cc", "twice"), ("x", "not a drive"), ("b", "second floppy")] {
+            let e = check_boot_order(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+}
