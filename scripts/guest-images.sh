@@ -22,7 +22,7 @@
 #                         (initramfs.cpio.gz plus the virtio-blk and ext4 modules); partition 2 (ext4,
 #                         96 MiB, mke2fs -d) holding hello.txt. SYSLINUX prints
 #                         "ferrovm-syslinux: ..." on COM1 and boots the kernel with
-#                         console=ttyS0 and a ferrovm.cmd script that mounts /dev/vda2,
+#                         console=ttyS0 and a ferrovm.cmd script that mounts /dev/vda2 (/dev/sda2 on IDE),
 #                         checks hello.txt, writes 64 MiB (or the MiB count in /mib.txt
 #                         there) to guest.bin, prints its SHA-256 ("T:sha <hex>"),
 #                         unmounts and powers off. Installs syslinux,
@@ -251,9 +251,11 @@ build_net_initramfs() {
     rm -rf "$root"
 }
 
-# The BIOS disk's modules, in insmod order: the virtio-blk driver, then
-# ext4 and what it needs (crc32c through the crypto API).
-disk_modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk crc16 mbcache jbd2 crc32c_generic ext4"
+# The BIOS disk's modules, in insmod order: the virtio-blk driver; the
+# PIIX3 IDE driver and the SCSI disk driver with the T10 checksums it
+# needs (the disk boots from IDE too); then ext4 and what it needs (crc32c
+# through the crypto API).
+disk_modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk scsi_common scsi_mod libata ata_piix crct10dif_common crct10dif_generic crc-t10dif crc64 crc64_rocksoft_generic crc64-rocksoft t10-pi sd_mod crc16 mbcache jbd2 crc32c_generic ext4"
 
 # The script the BIOS disk's kernel runs (ferrovm.cmd): the disk driver and
 # ext4, then a file of 64 MiB (or as many MiB as /mib.txt on the ext4
@@ -263,8 +265,14 @@ disk_modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev vir
 disk_script='for m in '"$disk_modules"'; do
     insmod /lib/modules/$m.ko || echo "T:insmod $m failed"
 done
+# The ext4 partition: on virtio-blk (vda) or on IDE (sda).
+i=0
+while [ ! -b /dev/vda2 ] && [ ! -b /dev/sda2 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+part=/dev/vda2
+[ -b /dev/sda2 ] && part=/dev/sda2
+echo "T:partition $part"
 mkdir -p /mnt
-mount -t ext4 /dev/vda2 /mnt || echo "T:mount failed"
+mount -t ext4 $part /mnt || echo "T:mount failed"
 echo "T:hello $(cat /mnt/hello.txt)"
 mib=64
 [ -f /mnt/mib.txt ] && mib=$(cat /mnt/mib.txt)

@@ -25,6 +25,8 @@ command -v debugfs >/dev/null || need_pkgs+=(e2fsprogs)
 # The CD-ROM tests build an El Torito ISO with ISOLINUX.
 command -v xorriso >/dev/null || need_pkgs+=(xorriso)
 [ -s /usr/lib/ISOLINUX/isolinux.bin ] || need_pkgs+=(isolinux)
+# Debian's GRUB rescue images: a hybrid ISO and a floppy image that boot.
+[ -s /usr/lib/grub-rescue/grub-rescue-floppy.img ] || need_pkgs+=(grub-rescue-pc)
 if ((${#need_pkgs[@]})); then
     if [ "$(id -u)" = 0 ]; then
         log "installing Debian packages: ${need_pkgs[*]}"

@@ -204,7 +204,6 @@ const WITH_ARG: &[&str] = &[
 fn refusal(name: &str) -> Option<&'static str> {
     Some(match name {
         "s" | "S" | "gdb" => "ferrovm has no gdb stub yet",
-        "fda" | "fdb" => "ferrovm has no floppy controller",
         "usb" | "usbdevice" => "ferrovm has no USB controller",
         "vnc" | "spice" | "full-screen" => "ferrovm has no display",
         "qmp" | "mon" | "chardev" => "ferrovm has no QEMU monitor or character devices; the console is -serial",
@@ -290,7 +289,10 @@ struct Disk {
     ide: bool,
     /// A CD-ROM (`media=cdrom`, `-cdrom`).
     cdrom: bool,
-    /// The IDE position (`index=`, `-hda`..`-hdd`, `-cdrom`).
+    /// On the floppy disk controller (`if=floppy`, `-fda`, `-fdb`).
+    floppy: bool,
+    /// The IDE position (`index=`, `-hda`..`-hdd`, `-cdrom`), or the
+    /// floppy drive.
     index: Option<u8>,
 }
 
@@ -303,6 +305,7 @@ impl Disk {
             snapshot: false,
             ide: false,
             cdrom: false,
+            floppy: false,
             index: None,
         }
     }
@@ -379,6 +382,10 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
                 st.disks.push(Disk { ide: true, index: Some(index), ..Disk::plain(v) });
             }
             "cdrom" => st.disks.push(Disk { ide: true, cdrom: true, readonly: true, index: Some(2), ..Disk::plain(v) }),
+            "fda" | "fdb" => {
+                let index = Some(u8::from(name == "fdb"));
+                st.disks.push(Disk { floppy: true, index, ..Disk::plain(v) });
+            }
             "snapshot" => st.snapshot = true,
             "name" => {
                 parse_opts(v, Some("guest"))?.only(&option, &["guest", "process", "debug-threads"])?;
@@ -436,7 +443,8 @@ fn help() -> String {
      -kernel -initrd -append -bios -L -m -smp -cpu -machine pc|q35 -accel kvm|tcg -enable-kvm\n\
      -nographic -display none -vga none -serial stdio|file:PATH|null|mon:stdio|none -monitor none\n\
      -no-reboot -action -netdev user -nic user|none -device e1000|virtio-net-pci|virtio-blk-pci|isa-debug-exit\n\
-     -drive (if=ide|virtio, media=disk|cdrom) -hda..-hdd -cdrom -snapshot -boot order= -name -pidfile\n\
+     -drive (if=ide|virtio|floppy, media=disk|cdrom) -hda..-hdd -cdrom -fda -fdb -snapshot -boot order=\n\
+     -name -pidfile\n\
      -rtc base=utc -nodefaults -no-user-config\n\
      Others are refused by name.\n"
         .to_string()
@@ -709,8 +717,17 @@ impl State {
             ..Disk::plain(file)
         };
         let interface = o.get("if").unwrap_or("ide");
-        if interface != "ide" && (cdrom || index.is_some()) {
-            return Err(format!("{option} if={interface}: media=cdrom and index= are for if=ide"));
+        match interface {
+            "ide" => {}
+            "floppy" if cdrom => return Err(format!("{option} if=floppy: media=cdrom is for if=ide")),
+            "floppy" if index.is_some_and(|i| i > 1) => {
+                return Err(format!("{option} if=floppy: index= is 0 (A:) or 1 (B:)"))
+            }
+            "floppy" => {}
+            _ if cdrom || index.is_some() => {
+                return Err(format!("{option} if={interface}: media=cdrom and index= are for if=ide and if=floppy"))
+            }
+            _ => {}
         }
         match interface {
             "virtio" => self.disks.push(disk),
@@ -720,9 +737,11 @@ impl State {
                 self.drives_by_id.push((id.to_string(), disk));
             }
             "ide" => self.disks.push(Disk { ide: true, ..disk }),
+            "floppy" => self.disks.push(Disk { floppy: true, ..disk }),
             i => {
                 return Err(format!(
-                    "{option} if={i} is not supported: ferrovm's drives are IDE (if=ide) and virtio-blk (if=virtio)"
+                    "{option} if={i} is not supported: ferrovm's drives are IDE (if=ide), virtio-blk (if=virtio) \
+                     and floppy (if=floppy)"
                 ))
             }
         }
@@ -814,6 +833,9 @@ impl State {
             }
             if d.ide {
                 spec.push_str(",if=ide");
+            }
+            if d.floppy {
+                spec.push_str(",if=floppy");
             }
             if d.cdrom {
                 spec.push_str(",media=cdrom");
@@ -1114,6 +1136,10 @@ mod tests {
         assert!(has(&a, "--disk", "y.iso,readonly=on,if=ide,media=cdrom,index=1"), "{a:?}");
         assert!(has(&a, "--boot", "dc"), "{a:?}");
         refused("-drive file=x,if=virtio,media=cdrom", "if=ide");
+        assert!(has(&run_args("-fda f.img -boot a -nodefaults"), "--disk", "f.img,if=floppy,index=0"));
+        assert!(has(&run_args("-fdb g.img -nodefaults"), "--disk", "g.img,if=floppy,index=1"));
+        assert!(has(&run_args("-drive file=h.img,if=floppy -nodefaults"), "--disk", "h.img,if=floppy"));
+        refused("-drive file=x,if=floppy,index=2", "A:");
         refused("-drive file=x,index=4", "0 to 3");
         refused("-drive file=x,media=floppy", "media=floppy");
         refused("-boot order=n", "PXE");
@@ -1162,7 +1188,7 @@ mod tests {
             ("-device qxl-vga", "qxl-vga"),
             ("-kernel", "requires an argument"),
             ("-no-shutdown", "-no-shutdown"),
-            ("-fda x.img", "-fda"),
+            ("-usbdevice tablet", "-usbdevice"),
         ] {
             refused(line, name);
         }

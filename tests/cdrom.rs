@@ -3,7 +3,9 @@
 //! a data file) boots from `-cdrom` with `-boot d` through SeaBIOS. Linux
 //! then drives the PIIX3 IDE controller (ata_piix), finds the ATAPI drive
 //! (sr_mod), mounts the disc (isofs) and reads the data file, whose hash
-//! must be the host's. A broken ISO and bad drive options are refused by
+//! must be the host's. Debian's GRUB rescue images (package
+//! grub-rescue-pc) boot too: its hybrid ISO from `-cdrom`, its floppy
+//! image from `-fda`. A broken ISO and bad drive options are refused by
 //! name.
 //!
 //! Building the ISO needs xorriso and ISOLINUX (Debian packages `xorriso`
@@ -214,6 +216,85 @@ fn boot_iso(accel: &str) {
 #[test]
 fn an_el_torito_cd_boots_and_linux_reads_it_under_the_jit() {
     boot_iso("jit");
+}
+
+/// Debian's GRUB rescue images, when grub-rescue-pc is installed.
+fn grub_rescue(file: &str) -> Option<String> {
+    let p = Path::new("/usr/lib/grub-rescue").join(file);
+    if !p.is_file() {
+        eprintln!("skipping: {} is missing (Debian package grub-rescue-pc)", p.display());
+        return None;
+    }
+    seabios().then(|| p.display().to_string())
+}
+
+/// Boots a GRUB rescue image from the QEMU line `drive` with `-boot
+/// boot` under the JIT until GRUB shows its menu, which SeaBIOS copies
+/// from the screen to COM1; the run is then stopped.
+fn boot_grub(drive: &[&str], boot: &str, booting: &str) {
+    let mut args = vec!["qemu", "-m", "256", "-nodefaults", "-nographic", "-serial", "stdio"];
+    args.extend_from_slice(drive);
+    args.extend(["-boot", boot]);
+    let t = Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ferrovm runs");
+    let out = wait_for(o, "Memtest86+", 120);
+    eprintln!("{booting}: GRUB's menu after {:.1} s", t.elapsed().as_secs_f64());
+    assert!(out.contains(booting), "SeaBIOS booted the drive:\n{out}");
+    assert!(out.contains("Memtest86+"), "GRUB's menu reached COM1:\n{out}");
+}
+
+/// Reads `child`'s standard output until `want` appears (or `secs` pass,
+/// or it ends), then kills it; what it printed.
+fn wait_for(mut child: std::process::Child, want: &str, secs: u64) -> String {
+    use std::io::Read;
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + std::time::Duration::from_secs(secs);
+    let mut out = Vec::new();
+    while Instant::now() < deadline {
+        match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(b) => out.extend(b),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(_) => break,
+        }
+        if String::from_utf8_lossy(&out).contains(want) {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Debian's hybrid GRUB rescue ISO (grub-mkrescue's El Torito image)
+/// from `-cdrom`.
+#[test]
+fn debians_grub_rescue_iso_boots_from_the_cdrom() {
+    let Some(iso) = grub_rescue("grub-rescue-cdrom.iso") else { return };
+    boot_grub(&["-cdrom", &iso], "d", "Booting from DVD/CD");
+}
+
+/// Debian's GRUB rescue floppy image from `-fda` (1,296,384 bytes: a
+/// 1.44 MB disk whose tail reads as zeroes): SeaBIOS's floppy driver
+/// through the 82077AA and the 8237's channel 2.
+#[test]
+fn debians_grub_rescue_floppy_boots_from_fda() {
+    let Some(img) = grub_rescue("grub-rescue-floppy.img") else { return };
+    boot_grub(&["-drive", &format!("file={img},if=floppy,format=raw,readonly=on")], "a", "Booting from Floppy");
 }
 
 /// Not an ISO, and drives placed twice: named errors before the guest

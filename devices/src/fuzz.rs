@@ -34,6 +34,63 @@ const MAX_FRAME: usize = 9000;
 /// Frames waiting in the fuzzed network at most.
 const MAX_QUEUED: usize = 64;
 
+/// A disk image in memory for the fuzz drivers; an access past its end
+/// is a bug of the model under test and panics, naming `model`.
+pub(crate) struct FuzzImage {
+    data: Vec<u8>,
+    read_only: bool,
+    model: &'static str,
+}
+
+impl FuzzImage {
+    /// An image of `len` bytes of `fill`.
+    pub(crate) fn boxed(
+        model: &'static str,
+        len: usize,
+        fill: u8,
+        read_only: bool,
+    ) -> Box<dyn crate::block::BlockBackend> {
+        Box::new(FuzzImage { data: vec![fill; len], read_only, model })
+    }
+
+    fn range(&self, offset: u64, len: usize) -> std::ops::Range<usize> {
+        let end = offset.checked_add(len as u64).filter(|&e| e <= self.data.len() as u64);
+        assert!(end.is_some(), "the {} model accessed {len} bytes at {offset:#x}, past the image", self.model);
+        offset as usize..offset as usize + len
+    }
+}
+
+impl crate::block::BlockBackend for FuzzImage {
+    fn size(&self) -> u64 {
+        self.data.len() as u64
+    }
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let r = self.range(offset, buf.len());
+        buf.copy_from_slice(&self.data[r]);
+        Ok(())
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        assert!(!self.read_only, "the {} model wrote a read-only image", self.model);
+        let r = self.range(offset, buf.len());
+        self.data[r].copy_from_slice(buf);
+        Ok(())
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64, _unmap: bool) -> std::io::Result<()> {
+        let r = self.range(offset, len as usize);
+        self.data[r].fill(0);
+        Ok(())
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.write_zeroes(offset, len, true)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Frames the fuzzed network holds for the guest.
 pub(crate) type Inbox = Arc<Mutex<VecDeque<Vec<u8>>>>;
 

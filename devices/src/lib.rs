@@ -6,7 +6,7 @@
 //! - [`bus`], [`mapping`], [`irq`], [`clock`], [`power`]: what devices plug
 //!   into, and the events they file;
 //! - [`legacy`]: the ISA devices of a PC (UART, PIT, RTC, i8042, HPET,
-//!   fw_cfg, the ACPI PM block, the small ports);
+//!   the 8237 DMA pair, fw_cfg, the ACPI PM block, the small ports);
 //! - [`intc`]: the interrupt controllers (8259 PIC, I/O APIC, local APIC)
 //!   and MSI;
 //! - [`pci`]: the root complex, the i440FX host bridge, PIIX, MSI-X;
@@ -14,6 +14,8 @@
 //! - [`nic`]: the e1000 and what NIC models share (offloads, receive merging);
 //! - [`block`]: disk images;
 //! - [`ide`]: the PIIX3 IDE controller with ATA disks and ATAPI CD-ROMs;
+//! - [`floppy`]: the 82077AA floppy controller with its drives, over the
+//!   8237 DMA pair of [`legacy::dma8237`];
 //! - [`io_thread`]: the host thread that polls backends for NICs and disks;
 //! - [`pc`]: the chipset assembled; [`console`]: the host side of the serial
 //!   console.
@@ -29,6 +31,7 @@ pub mod block;
 pub mod bus;
 pub mod clock;
 pub mod console;
+pub mod floppy;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
 pub mod ide;

@@ -33,9 +33,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use devices::bus::{Bus, BusDevice, SharedDevice};
+use devices::floppy::{FloppyController, FloppyState};
 use devices::ide::{IdeController, IdeSlot, IdeState, PIIX_IDE_ADDRESS};
 use devices::intc::msi::MsiSink;
 use devices::io_thread::SharedIoDevice;
+use devices::legacy::dma8237::{IsaDma, IsaDmaState};
 use devices::nic::e1000::{E1000State, E1000};
 use devices::nic::{nth_mac, Doorbell, IoThread, NicStats};
 use devices::pc::PcChipset;
@@ -305,6 +307,14 @@ enum NicHandle {
     Ide(Arc<Mutex<IdeController>>),
 }
 
+/// The floppy disk controller and its DMA controllers.
+struct Floppy {
+    dma: Arc<Mutex<IsaDma>>,
+    fdc: Arc<Mutex<FloppyController>>,
+    /// The images in A: and B:.
+    labels: String,
+}
+
 /// Doorbells handed to a hypervisor ([`DeviceManager::attach_doorbells`]); dropping
 /// this detaches them.
 pub struct AttachedDoorbells<'a> {
@@ -332,6 +342,9 @@ impl Drop for AttachedDoorbells<'_> {
 /// changes under their own lock, whichever vCPU's access comes first.
 pub struct DeviceManager {
     nics: Vec<(PciAddress, String, NicHandle)>,
+    /// The floppy disk controller and the 8237 pair it transfers through,
+    /// when a floppy drive is given.
+    floppy: Option<Floppy>,
     doorbells: Arc<Mutex<Doorbells>>,
     _io: IoThread,
 }
@@ -355,10 +368,27 @@ impl DeviceManager {
                 d.lock().reset();
             }
         }
+        if let Some(f) = &self.floppy {
+            // The controller's lock before the DMA pair's, as in transfers.
+            f.fdc.lock().reset();
+            f.dma.lock().reset();
+        }
     }
 
     /// One line per NIC: its address, model, MAC and traffic.
     pub fn stats_lines(&self) -> Vec<String> {
+        let floppy = self.floppy.iter().map(|f| {
+            let s = f.fdc.lock().stats();
+            format!(
+                "floppy 0x3f0 ({}): {} reads {} bytes, {} writes {} bytes, {} errors",
+                f.labels, s.reads, s.read_bytes, s.writes, s.write_bytes, s.errors
+            )
+        });
+        let lines: Vec<String> = floppy.collect();
+        lines.into_iter().chain(self.pci_stats_lines()).collect()
+    }
+
+    fn pci_stats_lines(&self) -> Vec<String> {
         self.nics
             .iter()
             .map(|(addr, what, h)| {
@@ -448,6 +478,9 @@ impl PciFunctionState {
 pub struct DeviceManagerState {
     /// Each function's address and state.
     pub functions: Vec<(PciAddress, PciFunctionState)>,
+    /// The floppy disk controller and the 8237 pair, when there are.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub floppy: Option<(Box<FloppyState>, IsaDmaState)>,
 }
 
 const DEVICE_MANAGER: &str = "device manager";
@@ -495,11 +528,21 @@ impl Persist for DeviceManager {
     type State = DeviceManagerState;
 
     fn save(&self) -> DeviceManagerState {
-        DeviceManagerState { functions: self.nics.iter().map(|(addr, _, h)| (*addr, h.save())).collect() }
+        DeviceManagerState {
+            functions: self.nics.iter().map(|(addr, _, h)| (*addr, h.save())).collect(),
+            floppy: self.floppy.as_ref().map(|f| (Box::new(f.fdc.lock().save()), f.dma.lock().save())),
+        }
     }
 
     fn restore(&mut self, state: &DeviceManagerState) -> Result<(), PersistError> {
         PersistError::check_len(DEVICE_MANAGER, "functions", state.functions.len(), self.nics.len())?;
+        PersistError::check(state.floppy.is_some() == self.floppy.is_some(), DEVICE_MANAGER, "floppy", || {
+            "be there in both the state and this machine, or in neither".to_string()
+        })?;
+        if let (Some(f), Some((fdc, dma))) = (&self.floppy, &state.floppy) {
+            f.fdc.lock().check_state(fdc)?;
+            IsaDma::check_state(dma)?;
+        }
         for ((addr, _, h), (saved_addr, s)) in self.nics.iter().zip(&state.functions) {
             PersistError::check(addr == saved_addr, DEVICE_MANAGER, "functions", || {
                 format!("name a function at {saved_addr} where this machine has one at {addr}")
@@ -519,6 +562,11 @@ impl Persist for DeviceManager {
                 }
                 return Err(e);
             }
+        }
+        if let (Some(f), Some((fdc, dma))) = (&self.floppy, &state.floppy) {
+            // Both checked above.
+            f.fdc.lock().load_state(fdc);
+            f.dma.lock().load_state(dma);
         }
         Ok(())
     }
@@ -560,10 +608,30 @@ pub(crate) fn install(
     pio: &mut Bus,
     mmio: &mut Bus,
 ) -> Result<Option<DeviceManager>, Error> {
-    let crate::storage::Placed { virtio: disks, ide, ide_kinds } = placed;
-    if specs.is_empty() && disks.is_empty() && ide.is_none() {
+    let crate::storage::Placed { virtio: disks, ide, ide_kinds, floppy, floppy_labels } = placed;
+    if specs.is_empty() && disks.is_empty() && ide.is_none() && floppy.is_none() {
         return Ok(None);
     }
+    let floppy = match floppy {
+        None => None,
+        Some(drives) => {
+            let dma = Arc::new(Mutex::new(IsaDma::new(Arc::clone(mem))));
+            let irq = chipset.irq_line(devices::floppy::FDC_IRQ);
+            let fdc = FloppyController::new(drives, irq, Arc::clone(&dma)).map_err(|e| Error::Config(e.to_string()))?;
+            chipset.rtc.lock().set_floppies(fdc.cmos_type(), fdc.cmos_equipment());
+            let fdc = Arc::new(Mutex::new(fdc));
+            for m in IsaDma::bus_mappings(&dma).into_iter().chain(FloppyController::bus_mappings(&fdc)) {
+                m.insert_into(pio, mmio)?;
+            }
+            let labels = [("A:", &floppy_labels[0]), ("B:", &floppy_labels[1])]
+                .iter()
+                .filter_map(|(d, l)| l.as_ref().map(|l| format!("{d} {l}")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            tracing::info!(target: "devices", "floppy disk controller at 0x3f0: {labels}");
+            Some(Floppy { dma, fdc, labels })
+        }
+    };
     let windows = BarWindows::install(chipset, pio, mmio)?;
     let mut io = IoThread::new().map_err(|e| Error::Config(format!("cannot set up the NIC I/O thread: {e}")))?;
     let mut polled: Vec<(SharedIoDevice, Option<OwnedFd>)> = Vec::new();
@@ -667,7 +735,7 @@ pub(crate) fn install(
         nics.push((address, format!("virtio-blk {label}"), NicHandle::Disk(dev)));
     }
     io.start(polled, bells).map_err(|e| Error::Config(format!("cannot start the I/O thread: {e}")))?;
-    Ok(Some(DeviceManager { nics, doorbells: windows.doorbells, _io: io }))
+    Ok(Some(DeviceManager { nics, floppy, doorbells: windows.doorbells, _io: io }))
 }
 
 #[cfg(test)]

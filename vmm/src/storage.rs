@@ -6,7 +6,12 @@
 //! slave, secondary master and slave, numbered 0 to 3 as QEMU's `index=`
 //! numbers them (`-hda` 0, `-hdb` 1, `-cdrom` 2, `-hdd` 3). An IDE drive
 //! is a hard disk or an ATAPI CD-ROM. The IDE controller is part of the
-//! machine when at least one drive is on it.
+//! machine when at least one drive is on it. A floppy image goes in drive
+//! A: or B: of the floppy disk controller (`-fda`, `-fdb`), which, with
+//! the 8237 DMA pair it transfers through, is part of the machine when a
+//! floppy drive is given. An image smaller than a standard format is a
+//! disk of the smallest format it fits, its missing tail read as zeroes
+//! (as QEMU takes such images).
 //!
 //! The boot order is QEMU's `-boot order=` letters: `c` the hard disks
 //! (IDE, then virtio), `d` the CD-ROMs, `a` the floppy drives. SeaBIOS
@@ -14,6 +19,7 @@
 //! ([`boot_paths`]); devices that are not listed come after those that are.
 
 use devices::block::{BlockBackend, DiskInterface, DiskMedia};
+use devices::floppy::FloppyDrive;
 use devices::ide::IdeDrive;
 
 use crate::error::Error;
@@ -91,6 +97,11 @@ pub(crate) struct Placed {
     pub ide: Option<[IdeDrive; 4]>,
     /// What each IDE position holds, for the boot order and the logs.
     pub ide_kinds: [Option<(DiskMedia, String)>; 4],
+    /// Drives A: and B:; `None` when no floppy drive is given (the
+    /// machine then has no floppy controller).
+    pub floppy: Option<[FloppyDrive; 2]>,
+    /// The images in A: and B:, for the logs.
+    pub floppy_labels: [Option<String>; 2],
 }
 
 /// Puts each drive where it asked to be: virtio disks in order, IDE
@@ -99,8 +110,27 @@ pub(crate) fn place(drives: Vec<Drive>) -> Result<Placed, Error> {
     let mut virtio = Vec::new();
     let mut slots: [Option<Drive>; 4] = Default::default();
     let mut floating = Vec::new();
+    let mut floppies: [Option<Drive>; 2] = Default::default();
     for d in drives {
         match d.interface {
+            DiskInterface::Floppy => {
+                let i = match d.index {
+                    Some(i) => usize::from(i),
+                    None => floppies.iter().position(Option::is_none).unwrap_or(2),
+                };
+                match floppies.get_mut(i) {
+                    Some(slot @ None) => *slot = Some(d),
+                    Some(Some(other)) => {
+                        return Err(Error::Config(format!(
+                            "floppy drive {} is given twice ({} and {})",
+                            if i == 0 { "A:" } else { "B:" },
+                            other.label,
+                            d.label
+                        )))
+                    }
+                    None => return Err(Error::Config(format!("{}: there are two floppy drives, A: and B:", d.label))),
+                }
+            }
             DiskInterface::Virtio => {
                 let Some(image) = d.image else {
                     return Err(Error::Config(format!("{}: a virtio-blk disk needs an image", d.label)));
@@ -132,8 +162,22 @@ pub(crate) fn place(drives: Vec<Drive>) -> Result<Placed, Error> {
         };
         *free = Some(d);
     }
+    let floppy_labels = [0, 1].map(|i| floppies[i].as_ref().map(|d| d.label.clone()));
+    let floppy = if floppies.iter().all(Option::is_none) {
+        None
+    } else {
+        let mut out: [FloppyDrive; 2] = std::array::from_fn(|_| FloppyDrive::Absent);
+        for (i, d) in floppies.into_iter().enumerate() {
+            let Some(d) = d else { continue };
+            out[i] = match d.image {
+                Some(image) => FloppyDrive::Disk(fit_floppy(image, &d.label)),
+                None => FloppyDrive::Empty(devices::floppy::FloppyFormat::Kb1440),
+            };
+        }
+        Some(out)
+    };
     if slots.iter().all(Option::is_none) {
-        return Ok(Placed { virtio, ide: None, ide_kinds: Default::default() });
+        return Ok(Placed { virtio, ide: None, ide_kinds: Default::default(), floppy, floppy_labels });
     }
     let mut ide_kinds: [Option<(DiskMedia, String)>; 4] = Default::default();
     let mut ide: [IdeDrive; 4] = std::array::from_fn(|_| IdeDrive::Empty);
@@ -148,8 +192,96 @@ pub(crate) fn place(drives: Vec<Drive>) -> Result<Placed, Error> {
             }
         };
     }
-    Ok(Placed { virtio, ide: Some(ide), ide_kinds })
+    Ok(Placed { virtio, ide: Some(ide), ide_kinds, floppy, floppy_labels })
 }
+
+/// The sizes of the floppy formats, smallest first.
+const FLOPPY_SIZES: [u64; 5] = [368_640, 737_280, 1_228_800, 1_474_560, 2_949_120];
+
+/// A floppy image as a disk of a standard format: as it is when its size
+/// is one, else padded with zeroes to the smallest format it fits (the
+/// floppy controller refuses a size that is none, with the sizes it takes).
+fn fit_floppy(image: Box<dyn BlockBackend>, label: &str) -> Box<dyn BlockBackend> {
+    let size = image.size();
+    if FLOPPY_SIZES.contains(&size) {
+        return image;
+    }
+    match FLOPPY_SIZES.iter().find(|&&s| s > size) {
+        Some(&padded) => {
+            tracing::warn!(
+                target: "devices",
+                "{label}: {size} bytes is no floppy format: used as a {padded}-byte disk whose last {} bytes read as zeroes",
+                padded - size
+            );
+            Box::new(Padded { inner: image, padded })
+        }
+        None => image,
+    }
+}
+
+/// An image read as a longer one: the bytes past its end read as zeroes
+/// and refuse writes.
+struct Padded {
+    inner: Box<dyn BlockBackend>,
+    padded: u64,
+}
+
+impl Padded {
+    /// The part of `len` bytes at `offset` inside the image, and whether
+    /// some lie past its end.
+    fn split(&self, offset: u64, len: u64) -> (u64, bool) {
+        let inner = self.inner.size();
+        let end = offset.saturating_add(len);
+        (end.min(inner).saturating_sub(offset), end > inner)
+    }
+
+    fn past_end(&self) -> std::io::Error {
+        std::io::Error::other(format!("a write past the image's end ({} bytes)", self.inner.size()))
+    }
+}
+
+impl BlockBackend for Padded {
+    fn size(&self) -> u64 {
+        self.padded
+    }
+    fn read_only(&self) -> bool {
+        self.inner.read_only()
+    }
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let (n, _) = self.split(offset, buf.len() as u64);
+        let n = n as usize;
+        if n > 0 {
+            self.inner.read_at(&mut buf[..n], offset)?;
+        }
+        buf[n..].fill(0);
+        Ok(())
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        match self.split(offset, buf.len() as u64) {
+            (_, true) => Err(self.past_end()),
+            _ => self.inner.write_at(buf, offset),
+        }
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> std::io::Result<()> {
+        match self.split(offset, len) {
+            (_, true) => Err(self.past_end()),
+            _ => self.inner.write_zeroes(offset, len, unmap),
+        }
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+        match self.split(offset, len) {
+            (_, true) => Err(self.past_end()),
+            _ => self.inner.discard(offset, len),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// SeaBIOS's device path of floppy drive A: (the controller at 0x3F0
+/// behind the ISA bridge at 00:01.0).
+pub const FLOPPY_A_PATH: &str = "/pci@i0cf8/isa@1/fdc@03f0/floppy@0";
 
 /// SeaBIOS's device path of IDE position `i` (0-3) on the PIIX3 at
 /// 00:01.1: `/pci@i0cf8/ide@1,1/drive@CHANNEL/disk@UNIT`.
@@ -159,7 +291,8 @@ pub fn ide_path(i: usize) -> String {
 
 /// The `bootorder` lines for `order`: for `c` the IDE hard disks by
 /// position, then the virtio disks (PCI slots `virtio_slots`); for `d` the
-/// CD-ROMs by position. Floppy drives boot from their default priority.
+/// CD-ROMs by position; for `a` floppy drive A: (a path that matches no
+/// device when there is none).
 pub fn boot_paths(order: &str, ide: &[Option<(DiskMedia, String)>; 4], virtio_slots: &[u8]) -> Vec<String> {
     let mut paths = Vec::new();
     for c in order.chars() {
@@ -179,6 +312,7 @@ pub fn boot_paths(order: &str, ide: &[Option<(DiskMedia, String)>; 4], virtio_sl
                     }
                 }
             }
+            'a' => paths.push(FLOPPY_A_PATH.to_string()),
             _ => {}
         }
     }

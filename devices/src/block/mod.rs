@@ -95,6 +95,8 @@ pub enum DiskInterface {
     Virtio,
     /// A drive on the PIIX3 IDE controller (`if=ide`).
     Ide,
+    /// A drive on the floppy disk controller (`if=floppy`).
+    Floppy,
 }
 
 /// What a drive holds.
@@ -107,7 +109,7 @@ pub enum DiskMedia {
     Cdrom,
 }
 
-/// A disk to open: `--disk PATH[,format=raw|qcow2][,readonly=on][,snapshot=on][,if=virtio|ide][,media=disk|cdrom][,index=N]`.
+/// A disk to open: `--disk PATH[,format=raw|qcow2][,readonly=on][,snapshot=on][,if=virtio|ide|floppy][,media=disk|cdrom][,index=N]`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DiskSpec {
     pub path: PathBuf,
@@ -120,8 +122,8 @@ pub struct DiskSpec {
     /// A hard disk or a CD-ROM (which is read-only and on IDE).
     pub media: DiskMedia,
     /// The IDE position, 0-3: primary master, primary slave, secondary
-    /// master, secondary slave (`index=`, as QEMU numbers them). `None`:
-    /// the first free one.
+    /// master, secondary slave (`index=`, as QEMU numbers them); for a
+    /// floppy, the drive (0 A:, 1 B:). `None`: the first free one.
     pub index: Option<u8>,
 }
 
@@ -133,7 +135,7 @@ impl std::str::FromStr for DiskSpec {
         let path = path.strip_prefix("file=").unwrap_or(path);
         if path.is_empty() {
             return Err("the image path is missing \
-                 (PATH[,format=raw|qcow2][,readonly=on][,snapshot=on][,if=virtio|ide][,media=disk|cdrom][,index=N])"
+                 (PATH[,format=raw|qcow2][,readonly=on][,snapshot=on][,if=virtio|ide|floppy][,media=disk|cdrom][,index=N])"
                 .into());
         }
         let on_off = |key: &str, value: &str| match value {
@@ -153,7 +155,8 @@ impl std::str::FromStr for DiskSpec {
                     interface = Some(match value {
                         "virtio" => DiskInterface::Virtio,
                         "ide" => DiskInterface::Ide,
-                        v => return Err(format!("if={v}: use if=virtio or if=ide")),
+                        "floppy" => DiskInterface::Floppy,
+                        v => return Err(format!("if={v}: use if=virtio, if=ide or if=floppy")),
                     })
                 }
                 "media" => {
@@ -179,8 +182,13 @@ impl std::str::FromStr for DiskSpec {
             (None, DiskMedia::Cdrom) => DiskInterface::Ide,
             (i, _) => i.unwrap_or_default(),
         };
-        if spec.index.is_some() && spec.interface != DiskInterface::Ide {
-            return Err("index= places a drive on IDE: add if=ide".into());
+        match (spec.interface, spec.index, spec.media) {
+            (DiskInterface::Virtio, Some(_), _) => return Err("index= places a drive on IDE: add if=ide".into()),
+            (DiskInterface::Floppy, Some(i), _) if i > 1 => {
+                return Err(format!("index={i}: the floppy drives are 0 (A:) and 1 (B:)"))
+            }
+            (DiskInterface::Floppy, _, DiskMedia::Cdrom) => return Err("media=cdrom is not a floppy disk".into()),
+            _ => {}
         }
         if spec.media == DiskMedia::Cdrom {
             spec.read_only = true;

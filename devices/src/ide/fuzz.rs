@@ -15,8 +15,7 @@ use mmu::GuestMemory;
 
 use super::atapi::op;
 use super::{IdeController, IdeDrive, IdeSlot, IdeStats};
-use crate::block::BlockBackend;
-use crate::fuzz::{assert_restorable, Input, FUZZ_RAM};
+use crate::fuzz::{assert_restorable, FuzzImage, Input, FUZZ_RAM};
 use crate::irq::NoIrq;
 use crate::pci::config::{COMMAND_IO, COMMAND_MASTER, PCI_COMMAND};
 use crate::pci::PciDevice;
@@ -29,64 +28,15 @@ const MAX_DRAIN: usize = 4096;
 /// 64 KiB page (a table that crosses it), and the end of RAM.
 const TABLES: [u64; 3] = [0x1000, 0xfff0, FUZZ_RAM - 0x10];
 
-/// An image in memory; an access past its end is a model bug and panics.
-struct FuzzImage {
-    data: Vec<u8>,
-    read_only: bool,
-}
-
-impl FuzzImage {
-    fn boxed(len: usize, fill: u8, read_only: bool) -> Box<dyn BlockBackend> {
-        Box::new(FuzzImage { data: vec![fill; len], read_only })
-    }
-
-    fn range(&self, offset: u64, len: usize) -> std::ops::Range<usize> {
-        let end = offset.checked_add(len as u64).filter(|&e| e <= self.data.len() as u64);
-        assert!(end.is_some(), "the IDE model accessed {len} bytes at {offset:#x}, past the image");
-        offset as usize..offset as usize + len
-    }
-}
-
-impl BlockBackend for FuzzImage {
-    fn size(&self) -> u64 {
-        self.data.len() as u64
-    }
-    fn read_only(&self) -> bool {
-        self.read_only
-    }
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        let r = self.range(offset, buf.len());
-        buf.copy_from_slice(&self.data[r]);
-        Ok(())
-    }
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        assert!(!self.read_only, "the IDE model wrote a read-only image");
-        let r = self.range(offset, buf.len());
-        self.data[r].copy_from_slice(buf);
-        Ok(())
-    }
-    fn write_zeroes(&mut self, offset: u64, len: u64, _unmap: bool) -> std::io::Result<()> {
-        let r = self.range(offset, len as usize);
-        self.data[r].fill(0);
-        Ok(())
-    }
-    fn discard(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.write_zeroes(offset, len, true)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A controller with PCI I/O and bus mastering on: a CD-ROM drive with a
 /// 32-sector medium as primary master, a 64 KiB disk as primary slave, a
 /// read-only 64 KiB disk as secondary master.
 fn rig() -> Option<(IdeController, Arc<GuestMemory>)> {
     let mem = Arc::new(GuestMemory::new(FUZZ_RAM).ok()?);
     let drives = [
-        IdeDrive::Cdrom(Some(FuzzImage::boxed(32 * 2048, 0xcd, true))),
-        IdeDrive::Disk(FuzzImage::boxed(0x1_0000, 0x5a, false), "fuzz0".into()),
-        IdeDrive::Disk(FuzzImage::boxed(0x1_0000, 0xa5, true), "fuzz1".into()),
+        IdeDrive::Cdrom(Some(FuzzImage::boxed("IDE", 32 * 2048, 0xcd, true))),
+        IdeDrive::Disk(FuzzImage::boxed("IDE", 0x1_0000, 0x5a, false), "fuzz0".into()),
+        IdeDrive::Disk(FuzzImage::boxed("IDE", 0x1_0000, 0xa5, true), "fuzz1".into()),
         IdeDrive::Empty,
     ];
     let mut ide = IdeController::new(drives, Arc::new(NoIrq), Arc::new(NoIrq), mem.clone());
@@ -244,7 +194,7 @@ pub fn fuzz_atapi_packets(data: &[u8]) -> IdeStats {
             5 => {
                 let what = input.u8();
                 let sectors = usize::from(input.u8() % 64);
-                let medium = (what & 1 != 0).then(|| FuzzImage::boxed(sectors * 2048, what, true));
+                let medium = (what & 1 != 0).then(|| FuzzImage::boxed("IDE", sectors * 2048, what, true));
                 let _ = ide.change_medium(IdeSlot::PrimaryMaster, medium, what & 2 != 0);
             }
             6 => {

@@ -4,6 +4,7 @@
 pub mod acpi_pm;
 pub mod debug_exit;
 pub mod debugcon;
+pub mod dma8237;
 pub mod fw_cfg;
 pub mod hpet;
 pub mod i8042;

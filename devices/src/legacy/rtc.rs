@@ -333,6 +333,20 @@ impl Rtc {
         put16(c, CMOS_MEM_ABOVE_16M, above_16m);
         let above_4g = (ram.above_4g >> 16).min(0xff_ffff) as u32;
         c[CMOS_MEM_ABOVE_4G..CMOS_MEM_ABOVE_4G + 3].copy_from_slice(&above_4g.to_le_bytes()[..3]);
+        self.update_checksum();
+    }
+
+    /// Fills the floppy bytes: the drive types (0x10: drive A in the high
+    /// nibble, B in the low one) and the floppy bits of the equipment byte
+    /// (0x14), then the checksum over 0x10-0x2D.
+    pub fn set_floppies(&mut self, types: u8, equipment: u8) {
+        self.s.cmos[CMOS_FLOPPY] = types;
+        self.s.cmos[CMOS_EQUIPMENT] = EQUIPMENT_FPU | equipment;
+        self.update_checksum();
+    }
+
+    fn update_checksum(&mut self) {
+        let c = &mut self.s.cmos;
         let sum: u16 = CHECKSUM_RANGE.map(|i| u16::from(c[i])).sum();
         c[CMOS_CHECKSUM..CMOS_CHECKSUM + 2].copy_from_slice(&sum.to_be_bytes());
     }
