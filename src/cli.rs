@@ -137,12 +137,13 @@ pub struct RunArgs {
     #[arg(
         long,
         value_name = "SPEC",
-        help = "A disk: PATH[,format=raw|qcow2][,readonly=on][,snapshot=on][,if=virtio|ide][,media=disk|cdrom]\
-                [,index=0-3]. May be repeated. if=virtio (the default) is a virtio-blk function (PCI slots after \
-                the NICs); if=ide a drive on the PIIX3 IDE controller at position index= (0 primary master, 1 \
-                primary slave, 2 secondary master, 3 secondary slave; else the first free one); media=cdrom an \
-                ATAPI CD-ROM on IDE (read-only). Without format=, a qcow2 header is detected, else raw; \
-                snapshot=on is --snapshot for this disk"
+        help = "A disk: PATH[,format=raw|qcow2][,readonly=on][,snapshot=on][,if=virtio|ide|floppy]\
+                [,media=disk|cdrom][,index=N]. May be repeated. if=virtio (the default) is a virtio-blk function \
+                (PCI slots after the NICs); if=ide a drive on the PIIX3 IDE controller at position index= (0 \
+                primary master, 1 primary slave, 2 secondary master, 3 secondary slave; else the first free one); \
+                media=cdrom an ATAPI CD-ROM on IDE (read-only); if=floppy a disk in floppy drive A: (index=0) or \
+                B: (index=1). Without format=, a qcow2 header is detected, else raw; snapshot=on is --snapshot for \
+                this disk"
     )]
     pub disk: Vec<String>,
     /// A CD-ROM image (an ISO): an ATAPI drive at IDE position 2, the

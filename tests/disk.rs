@@ -259,7 +259,9 @@ fn bad_disk_options_are_refused_clearly() {
     let p = img.to_str().unwrap();
     refused(&["run", "--disk", "/nonexistent/x.img"], "/nonexistent/x.img");
     refused(&["run", "--disk", &format!("{p},format=vmdk")], "format");
-    refused(&["run", "--disk", &format!("{p},if=ide")], "if=virtio");
+    refused(&["run", "--disk", &format!("{p},if=scsi")], "if=virtio, if=ide or if=floppy");
+    refused(&["run", "--disk", &format!("{p},if=virtio,media=cdrom")], "if=ide");
+    refused(&["run", "--disk", &format!("{p},if=floppy,index=2")], "A:");
     refused(&["run", "--disk", &format!("{p},cache=none")], "cache");
     refused(&["run", "--disk", ",format=raw"], "path");
     // A file that claims to be qcow2 but is not.
