@@ -290,6 +290,24 @@ impl BarWindows {
         Ok(Self { io, mem, doorbells })
     }
 
+    /// Puts `pci` on `chipset`'s bus at `address` and lets the windows map
+    /// its `bars` (BAR index, device) as the kinds its header gives them.
+    fn plug(
+        &self,
+        chipset: &PcChipset,
+        address: PciAddress,
+        pci: SharedPciDevice,
+        bars: Vec<(usize, SharedDevice)>,
+    ) -> Result<(), String> {
+        let kinds: Vec<(usize, PciBarKind, SharedDevice)> = {
+            let d = pci.lock();
+            bars.into_iter().filter_map(|(bar, b)| Some((bar, d.config().bar(bar)?.kind, b))).collect()
+        };
+        chipset.add_pci_device(address, pci).map_err(|e| e.to_string())?;
+        self.register(address, &kinds);
+        Ok(())
+    }
+
     /// Lets the windows map `bars` of the function at `address`.
     fn register(&self, address: PciAddress, kinds: &[(usize, PciBarKind, SharedDevice)]) {
         for (bar, kind, dev) in kinds {
@@ -643,14 +661,9 @@ pub(crate) fn install(
         for m in IdeController::bus_mappings(&dev) {
             m.insert_into(pio, mmio)?;
         }
-        let bars = IdeController::bar_devices(&dev);
-        let pci: SharedPciDevice = dev.clone();
-        let kinds: Vec<(usize, PciBarKind, SharedDevice)> = {
-            let d = pci.lock();
-            bars.into_iter().filter_map(|(bar, b)| Some((bar, d.config().bar(bar)?.kind, b))).collect()
-        };
-        chipset.add_pci_device(PIIX_IDE_ADDRESS, pci).map_err(|e| Error::Config(format!("IDE: {e}")))?;
-        windows.register(PIIX_IDE_ADDRESS, &kinds);
+        windows
+            .plug(chipset, PIIX_IDE_ADDRESS, dev.clone(), IdeController::bar_devices(&dev))
+            .map_err(|e| Error::Config(format!("IDE: {e}")))?;
         let what: Vec<String> = ide_kinds
             .iter()
             .zip(IdeSlot::ALL)
@@ -698,12 +711,7 @@ pub(crate) fn install(
                 (dev.clone(), VirtioNetPci::bar_devices(&dev), NicHandle::Virtio(dev), "virtio-net")
             }
         };
-        let kinds: Vec<(usize, PciBarKind, SharedDevice)> = {
-            let d = pci.lock();
-            bars.into_iter().filter_map(|(bar, dev)| Some((bar, d.config().bar(bar)?.kind, dev))).collect()
-        };
-        chipset.add_pci_device(address, pci).map_err(|e| what(e.to_string()))?;
-        windows.register(address, &kinds);
+        windows.plug(chipset, address, pci, bars).map_err(what)?;
         let mac_s = net::MacAddr(mac).to_string();
         tracing::info!(target: "devices", "PCI {address}: {label}, MAC {mac_s}");
         nics.push((address, format!("{label} {mac_s}"), handle));
@@ -723,14 +731,7 @@ pub(crate) fn install(
         polled.push((dev.clone(), None));
         let bell_specs = dev.lock().doorbells();
         virtio_doorbells(bell_specs, dev.clone(), address, &windows, &mut bells).map_err(what)?;
-        let bars = VirtioBlkPci::bar_devices(&dev);
-        let pci: SharedPciDevice = dev.clone();
-        let kinds: Vec<(usize, PciBarKind, SharedDevice)> = {
-            let d = pci.lock();
-            bars.into_iter().filter_map(|(bar, b)| Some((bar, d.config().bar(bar)?.kind, b))).collect()
-        };
-        chipset.add_pci_device(address, pci).map_err(|e| what(e.to_string()))?;
-        windows.register(address, &kinds);
+        windows.plug(chipset, address, dev.clone(), VirtioBlkPci::bar_devices(&dev)).map_err(what)?;
         tracing::info!(target: "devices", "PCI {address}: virtio-blk, {label}");
         nics.push((address, format!("virtio-blk {label}"), NicHandle::Disk(dev)));
     }
