@@ -274,6 +274,14 @@ echo "T:partition $part"
 mkdir -p /mnt
 mount -t ext4 $part /mnt || echo "T:mount failed"
 echo "T:hello $(cat /mnt/hello.txt)"
+# The VGA console (tty0), when the machine has a VGA: a line to read back
+# from the screen, and with /keyboard.txt a word typed on the PS/2 keyboard.
+echo "ferrovm: this line is on the VGA console" > /dev/tty0 2>/dev/null && echo "T:tty0"
+if [ -f /mnt/keyboard.txt ]; then
+    echo "T:type a word"
+    read -r -t 60 word < /dev/tty0
+    echo "T:typed $word"
+fi
 mib=64
 [ -f /mnt/mib.txt ] && mib=$(cat /mnt/mib.txt)
 echo "T:mib $mib"

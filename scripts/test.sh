@@ -27,6 +27,9 @@ command -v xorriso >/dev/null || need_pkgs+=(xorriso)
 [ -s /usr/lib/ISOLINUX/isolinux.bin ] || need_pkgs+=(isolinux)
 # Debian's GRUB rescue images: a hybrid ISO and a floppy image that boot.
 [ -s /usr/lib/grub-rescue/grub-rescue-floppy.img ] || need_pkgs+=(grub-rescue-pc)
+# The display tests read the guest's screen through a VNC client and OCR.
+command -v vncsnapshot >/dev/null || need_pkgs+=(vncsnapshot)
+command -v tesseract >/dev/null || need_pkgs+=(tesseract-ocr)
 if ((${#need_pkgs[@]})); then
     if [ "$(id -u)" = 0 ]; then
         log "installing Debian packages: ${need_pkgs[*]}"

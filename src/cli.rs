@@ -20,7 +20,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Boot a guest: the built-in one, a Linux kernel, or a firmware image.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Save a running VM's screen to a file, through its QMP socket
+    /// (`--qmp unix:PATH,server=on,wait=off`, or QEMU's -qmp).
+    Screendump(ScreendumpArgs),
     /// Boot the built-in guest under every available accelerator and compare.
     Demo,
     /// Measure whole guests under each accelerator (and QEMU when installed).
@@ -29,6 +32,20 @@ pub enum Command {
     /// under that name, e.g. through a symlink).
     #[command(disable_help_flag = true)]
     Qemu(QemuArgs),
+}
+
+/// `ferrovm screendump`.
+#[derive(Debug, Clone, Args)]
+pub struct ScreendumpArgs {
+    /// The VM's QMP socket: a Unix socket's path, or tcp:HOST:PORT.
+    #[arg(long, value_name = "PATH|tcp:HOST:PORT")]
+    pub qmp: String,
+    /// The file to write (the VM writes it: a path it can reach).
+    pub file: PathBuf,
+    /// png, or ppm (QEMU's default). Default: from the file's extension,
+    /// else ppm.
+    #[arg(long, value_name = "png|ppm")]
+    pub format: Option<String>,
 }
 
 /// `ferrovm qemu`: QEMU's options, read by `src/qemu.rs`.
@@ -167,6 +184,31 @@ pub struct RunArgs {
                 [,pcap=PATH]. May be repeated (PCI slots 3, 4, ...; MACs 52:54:00:12:34:56, :57, ...)"
     )]
     pub nic: Vec<String>,
+    /// The display adapter: std (QEMU's standard VGA at PCI 00:02.0, with
+    /// SeaBIOS's VGA BIOS) or none. Default: std when --vnc is given, else
+    /// none.
+    #[arg(long, value_enum)]
+    pub vga: Option<VgaArg>,
+    /// Show the VGA screen to VNC clients, as QEMU's -vnc takes it:
+    /// HOST:N (TCP port 5900+N; an empty HOST is every interface),
+    /// [,websocket=PORT|on] (the same server over WebSocket, for noVNC in a
+    /// browser), [,password=on] (VNC authentication; set the password with
+    /// the monitor's set_password), [,to=L]; or none (a screen without a
+    /// listener, for screendumps).
+    #[arg(long, value_name = "HOST:N[,websocket=PORT][,password=on]")]
+    pub vnc: Option<String>,
+    /// A QMP monitor (QEMU's -qmp): unix:PATH or tcp:HOST:PORT, with
+    /// ,server=on (QEMU's default here) and ,wait=off (else the machine
+    /// waits for the first client before it starts). May be repeated.
+    #[arg(long, value_name = "unix:PATH|tcp:HOST:PORT[,server=on,wait=off]")]
+    pub qmp: Vec<String>,
+    /// A human monitor (QEMU's -monitor, HMP): stdio, unix:PATH or
+    /// tcp:HOST:PORT with the options of --qmp. May be repeated.
+    #[arg(long, value_name = "stdio|unix:PATH|tcp:HOST:PORT[,server=on,wait=off]")]
+    pub monitor: Vec<String>,
+    /// Start with the vCPUs stopped, until a monitor's `cont` (QEMU's -S).
+    #[arg(long)]
+    pub paused: bool,
     /// Where COM1 goes: stdio, file:PATH or none.
     #[arg(long, default_value = "stdio", value_parser = parse_serial)]
     pub serial: SerialBackend,
@@ -192,6 +234,13 @@ pub struct RunArgs {
     /// raises IRQ 0 on KVM's PIC and I/O APIC.
     #[arg(long, value_enum, default_value_t = KvmPitArg::Kernel)]
     pub kvm_pit: KvmPitArg,
+}
+
+/// `--vga`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VgaArg {
+    Std,
+    None,
 }
 
 /// `--vcpu-threads`.

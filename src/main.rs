@@ -5,6 +5,7 @@ mod cli;
 mod qemu;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -126,6 +127,13 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         (None, None) if !disks.is_empty() => Firmware::Bios(bios::default_bios()?),
         (None, None) => Firmware::Builtin,
     };
+    let vga = match (args.vga, &args.vnc) {
+        (Some(cli::VgaArg::Std), _) | (None, Some(_)) => vmm::Vga::Std,
+        (Some(cli::VgaArg::None), Some(v)) => {
+            return Err(Error::Config(format!("--vnc {v} shows the VGA screen, and --vga none leaves it out")))
+        }
+        (Some(cli::VgaArg::None), None) | (None, None) => vmm::Vga::None,
+    };
     let stdio = matches!(args.serial, devices::console::SerialBackend::Stdio);
     let config = MachineConfig {
         mem: args.mem,
@@ -138,6 +146,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         cpu_model: args.cpu,
         topology: args.cpus,
         vcpu_threads: args.vcpu_threads.mode(),
+        vga,
     };
     let storage = vmm::Storage { drives: disks, boot_order: args.boot.clone() };
     let machine = Machine::with_devices(config, &nics, storage)?;
@@ -147,6 +156,13 @@ fn run(args: RunArgs) -> Result<i32, Error> {
             eprintln!("ferrovm: {note}");
         }
     }
+    let display = match (&args.vnc, machine.vga()) {
+        (Some(spec), Some(vga)) => {
+            Some(Arc::new(vmm::display::start_vnc(spec, vga, machine.i8042()).map_err(Error::Config)?))
+        }
+        _ => None,
+    };
+    let backend = start_monitors(&args, &machine, kind, display.clone())?;
     let _raw = if stdio {
         machine.attach_stdin()?;
         devices::console::enter_raw_mode()?
@@ -155,6 +171,11 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     };
     let report = machine.run(kind)?;
     devices::console::restore_terminal();
+    if let Some(b) = &backend {
+        // No message: the guest powered off (or reset under --no-reboot).
+        let guest = report.message.is_none();
+        b.run_ended(guest, if guest { "guest-shutdown" } else { "host-error" });
+    }
     if let Some(m) = &report.message {
         eprintln!("ferrovm: {m}");
     }
@@ -172,6 +193,93 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         eprintln!("ferrovm: {} unclaimed port/MMIO accesses ignored", report.unclaimed_io);
     }
     Ok(report.status)
+}
+
+/// `ferrovm screendump`: asks a running VM's QMP monitor for its screen.
+fn screendump(args: &cli::ScreendumpArgs) -> Result<(), Error> {
+    use std::io::{BufRead, BufReader, Write};
+    let fail = |e: &dyn std::fmt::Display| Error::Config(format!("screendump through {}: {e}", args.qmp));
+    let format = match &args.format {
+        Some(f) => f.clone(),
+        None if args.file.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) => "png".into(),
+        None => "ppm".into(),
+    };
+    // The VM writes the file: give it an absolute path.
+    let file = std::path::absolute(&args.file).map_err(|e| fail(&e))?;
+    let (reader, mut writer): (Box<dyn std::io::Read>, Box<dyn Write>) = match args.qmp.strip_prefix("tcp:") {
+        Some(addr) => {
+            let s = std::net::TcpStream::connect(addr).map_err(|e| fail(&e))?;
+            (Box::new(s.try_clone().map_err(|e| fail(&e))?), Box::new(s))
+        }
+        None => {
+            let s = std::os::unix::net::UnixStream::connect(&args.qmp).map_err(|e| fail(&e))?;
+            (Box::new(s.try_clone().map_err(|e| fail(&e))?), Box::new(s))
+        }
+    };
+    let mut lines = BufReader::new(reader).lines();
+    let mut next = move || -> Result<String, Error> {
+        loop {
+            let l = lines.next().ok_or_else(|| fail(&"the monitor closed the connection"))?.map_err(|e| fail(&e))?;
+            if !l.starts_with(r#"{"event""#) {
+                return Ok(l);
+            }
+        }
+    };
+    let greeting = next()?;
+    if !greeting.starts_with(r#"{"QMP""#) {
+        return Err(fail(&format!("not a QMP monitor (it said {greeting})")));
+    }
+    let file_json = file.to_string_lossy().replace('\\', "\\\\").replace('"', "\\\"");
+    for cmd in [
+        r#"{"execute":"qmp_capabilities"}"#.to_string(),
+        format!(r#"{{"execute":"screendump","arguments":{{"filename":"{file_json}","format":"{format}"}}}}"#),
+    ] {
+        writeln!(writer, "{cmd}").map_err(|e| fail(&e))?;
+        let reply = next()?;
+        if !reply.starts_with(r#"{"return""#) {
+            return Err(fail(&reply));
+        }
+    }
+    Ok(())
+}
+
+/// Starts the QMP and HMP monitors `args` ask for (`--qmp`, `--monitor`)
+/// and holds the vCPUs with `--paused`; `None` when there is none.
+fn start_monitors(
+    args: &RunArgs,
+    machine: &Machine,
+    kind: EngineKind,
+    display: Option<Arc<vmm::display::Display>>,
+) -> Result<Option<Arc<vmm::monitor::MachineBackend>>, Error> {
+    if args.qmp.is_empty() && args.monitor.is_empty() {
+        if args.paused {
+            return Err(Error::Config("--paused needs a monitor to continue from (--qmp or --monitor)".into()));
+        }
+        return Ok(None);
+    }
+    let accel = if kind == EngineKind::Kvm { "kvm" } else { "tcg" };
+    let backend = vmm::monitor::MachineBackend::new(machine, display, accel, None);
+    if args.paused {
+        backend.hold();
+    }
+    let version = monitor::Version::qemu_7_2(format!("ferrovm {}", env!("CARGO_PKG_VERSION")));
+    let mon = monitor::Monitor::new(backend.clone(), version);
+    backend.set_monitor(mon.clone());
+    let stdio_serial = matches!(args.serial, devices::console::SerialBackend::Stdio);
+    let specs = args
+        .qmp
+        .iter()
+        .map(|s| ("--qmp", s, monitor::Mode::Control { pretty: false }))
+        .chain(args.monitor.iter().map(|s| ("--monitor", s, monitor::Mode::Readline)));
+    for (flag, spec, mode) in specs {
+        let what = |e: &dyn std::fmt::Display| Error::Config(format!("{flag} {spec}: {e}"));
+        let Some(chardev) = monitor::parse_chardev_uri(spec).map_err(|e| what(&e))? else { continue };
+        if matches!(chardev.endpoint, monitor::Endpoint::Stdio) && stdio_serial {
+            return Err(what(&"COM1 is on stdio already (--serial): put the monitor on a socket, or COM1 elsewhere"));
+        }
+        mon.listen(&chardev, mode).map_err(|e| what(&e))?;
+    }
+    Ok(Some(backend))
 }
 
 fn main() -> ExitCode {
@@ -203,7 +311,8 @@ fn main() -> ExitCode {
 /// Runs a parsed command and maps how it ended to the exit status.
 fn execute(cli: Cli) -> ExitCode {
     let result = std::panic::catch_unwind(move || match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
+        Command::Screendump(args) => screendump(&args).map(|()| 0),
         Command::Demo => Ok(ferrovm_bench::demo::demo()),
         Command::Bench(args) => Ok(ferrovm_bench::run(&args)),
         Command::Qemu(_) => Err(Error::Config("`ferrovm qemu` is run before the other commands".into())),

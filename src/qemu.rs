@@ -6,7 +6,7 @@
 //! parses and runs them as usual, so both command lines end up in the same
 //! machine. An option ferrovm cannot honour is refused by name (exit
 //! status 1); an option that asks for something ferrovm leaves out anyway
-//! (`-vga none`, `-display none`, `-monitor none`) is accepted; where
+//! (`-display none`, `-monitor none`) is accepted; where
 //! ferrovm runs something close but not the same (another CPU model, an
 //! IDE disk) it says so on stderr and goes on.
 //!
@@ -203,10 +203,10 @@ const WITH_ARG: &[&str] = &[
 /// Options ferrovm refuses with a reason of their own.
 fn refusal(name: &str) -> Option<&'static str> {
     Some(match name {
-        "s" | "S" | "gdb" => "ferrovm has no gdb stub yet",
+        "s" | "gdb" => "ferrovm has no gdb stub yet",
         "usb" | "usbdevice" => "ferrovm has no USB controller",
-        "vnc" | "spice" | "full-screen" => "ferrovm has no display",
-        "qmp" | "mon" | "chardev" => "ferrovm has no QEMU monitor or character devices; the console is -serial",
+        "spice" => "ferrovm's display is VNC (-vnc)",
+        "full-screen" => "ferrovm has no window; its display is VNC (-vnc)",
         "daemonize" => "ferrovm runs in the foreground",
         "no-shutdown" => "ferrovm ends the run when the guest powers off",
         "loadvm" | "incoming" => "ferrovm cannot load QEMU's saved states",
@@ -268,6 +268,18 @@ struct State {
     tcg_thread: Option<String>,
     /// `-boot order=`: the drive letters.
     boot_order: Option<String>,
+    /// `-vga`: `std` or `none`.
+    vga: Option<String>,
+    /// `-vnc`, `-display vnc=`: the display spec.
+    vnc: Option<String>,
+    /// `-qmp`, `-mon mode=control`: socket specs.
+    qmp: Vec<String>,
+    /// `-monitor`, `-mon mode=readline`: socket specs.
+    monitor: Vec<String>,
+    /// `-chardev`: id and socket spec (as `-qmp` writes it).
+    chardevs: Vec<(String, String)>,
+    /// `-S`.
+    paused: bool,
 }
 
 /// A NIC: its `-netdev` (or `-nic`) options, model and MAC.
@@ -352,18 +364,29 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
             "enable-kvm" => st.accel.push("kvm".into()),
             // COM1 on stdio, which is ferrovm's default already.
             "nographic" => {}
-            "display" => {
-                let o = parse_opts(v, Some("type"))?;
-                if o.get("type") != Some("none") {
-                    return Err(format!("{option} {v} is not supported: ferrovm has no display (use -display none)"));
-                }
+            "display" => st.display(&option, v)?,
+            "vga" if v == "std" || v == "none" => st.vga = Some(v.to_string()),
+            "vga" => {
+                return Err(format!(
+                    "{option} {v} is not supported: ferrovm has the standard VGA (-vga std) or none (-vga none)"
+                ))
             }
-            "vga" if v == "none" => {}
-            "vga" => return Err(format!("{option} {v} is not supported: ferrovm has no display adapter (-vga none)")),
+            "vnc" => {
+                vnc::parse_vnc_spec(v).map_err(|e| format!("{option} {v}: {e}"))?;
+                st.vnc = Some(v.to_string());
+            }
             "monitor" if v == "none" => {}
             "monitor" => {
-                return Err(format!("{option} {v} is not supported: ferrovm has no QEMU monitor (-monitor none)"))
+                monitor::parse_chardev_uri(v).map_err(|e| format!("{option} {v}: {e}"))?;
+                st.monitor.push(v.to_string());
             }
+            "qmp" => {
+                monitor::parse_chardev_uri(v).map_err(|e| format!("{option} {v}: {e}"))?;
+                st.qmp.push(v.to_string());
+            }
+            "chardev" => st.chardev(&option, v)?,
+            "mon" => st.mon(&option, v)?,
+            "S" => st.paused = true,
             "parallel" if v == "none" => {}
             "parallel" => return Err(format!("{option} {v} is not supported: ferrovm has no parallel port")),
             "serial" => st.serial.push(serial(&option, v)?),
@@ -441,7 +464,9 @@ fn help() -> String {
     "usage: qemu-system-x86_64 [options] [disk_image]\n\
      ferrovm runs these of QEMU's options (README.md has the table):\n\
      -kernel -initrd -append -bios -L -m -smp -cpu -machine pc|q35 -accel kvm|tcg -enable-kvm\n\
-     -nographic -display none -vga none -serial stdio|file:PATH|null|mon:stdio|none -monitor none\n\
+     -nographic -display none|vnc=HOST:N -vga std|none -vnc HOST:N[,websocket=PORT][,password=on]\n\
+     -serial stdio|file:PATH|null|mon:stdio|none\n\
+     -qmp|-monitor unix:PATH|tcp:HOST:PORT,server=on[,wait=off] -monitor stdio|none -chardev socket -mon -S\n\
      -no-reboot -action -netdev user -nic user|none -device e1000|virtio-net-pci|virtio-blk-pci|isa-debug-exit\n\
      -drive (if=ide|virtio|floppy, media=disk|cdrom) -hda..-hdd -cdrom -fda -fdb -snapshot -boot order=\n\
      -name -pidfile\n\
@@ -551,6 +576,57 @@ impl State {
         }
         if o.get("graphics").is_some_and(|g| on_off(option, "graphics", g) != Ok(false)) {
             return Err(format!("{option} graphics=on is not supported: ferrovm has no display"));
+        }
+        Ok(())
+    }
+
+    /// `-display`: `none`, or `vnc=SPEC`; ferrovm has no window.
+    fn display(&mut self, option: &str, v: &str) -> Result<(), String> {
+        if let Some(spec) = v.strip_prefix("vnc=") {
+            vnc::parse_vnc_spec(spec).map_err(|e| format!("{option} {v}: {e}"))?;
+            self.vnc = Some(spec.to_string());
+            return Ok(());
+        }
+        let o = parse_opts(v, Some("type"))?;
+        match o.get("type") {
+            Some("none") => Ok(()),
+            Some("vnc") => Err(format!("{option} {v}: name the display, as -display vnc=HOST:N")),
+            _ => Err(format!(
+                "{option} {v} is not supported: ferrovm has no window; show the screen over VNC \
+                 (-display vnc=127.0.0.1:0 or -vnc 127.0.0.1:0), or -display none"
+            )),
+        }
+    }
+
+    /// `-chardev socket,id=ID,...`: kept for a `-mon` that names it.
+    fn chardev(&mut self, option: &str, v: &str) -> Result<(), String> {
+        let (id, spec) = monitor::parse_chardev(v)
+            .map_err(|e| format!("{option} {v}: {e} (ferrovm takes socket and stdio character devices, for -mon)"))?;
+        let mut uri = match &spec.endpoint {
+            monitor::Endpoint::Unix(p) => format!("unix:{}", p.display()),
+            monitor::Endpoint::Tcp(h, port) => format!("tcp:{h}:{port}"),
+            monitor::Endpoint::Stdio => "stdio".to_string(),
+        };
+        if !matches!(spec.endpoint, monitor::Endpoint::Stdio) {
+            uri.push_str(&format!(",server=on,wait={}", if spec.wait { "on" } else { "off" }));
+        }
+        self.chardevs.push((id, uri));
+        Ok(())
+    }
+
+    /// `-mon chardev=ID[,mode=control|readline]`: a monitor on a `-chardev`.
+    fn mon(&mut self, option: &str, v: &str) -> Result<(), String> {
+        let (id, mode) = monitor::parse_mon(v).map_err(|e| format!("{option} {v}: {e}"))?;
+        let uri = self
+            .chardevs
+            .iter()
+            .rev()
+            .find(|(c, _)| *c == id)
+            .map(|(_, u)| u.clone())
+            .ok_or_else(|| format!("{option} {v}: no -chardev with id={id} before it"))?;
+        match mode {
+            monitor::Mode::Control { .. } => self.qmp.push(uri),
+            monitor::Mode::Readline => self.monitor.push(uri),
         }
         Ok(())
     }
@@ -799,6 +875,24 @@ impl State {
             None => "stdio".into(),
         };
         args.extend(["--serial".into(), serial]);
+        if let Some(v) = &self.vga {
+            args.extend(["--vga".into(), v.clone()]);
+        }
+        if let Some(v) = &self.vnc {
+            if self.vga.as_deref() == Some("none") {
+                return Err(format!("-vnc {v} shows the VGA screen, and -vga none leaves the VGA out"));
+            }
+            args.extend(["--vnc".into(), v.clone()]);
+        }
+        for q in &self.qmp {
+            args.extend(["--qmp".into(), q.clone()]);
+        }
+        for m in &self.monitor {
+            args.extend(["--monitor".into(), m.clone()]);
+        }
+        if self.paused {
+            args.push("--paused".into());
+        }
         if self.kernel.is_some() {
             if let Some(b) = self.bios.take() {
                 self.note(format!("-bios {b}: ferrovm boots -kernel directly, without the BIOS"));
@@ -1070,9 +1164,35 @@ mod tests {
         run_args("-display none -vga none -monitor none -parallel none -kernel k -no-user-config");
         refused("-serial tcp::4444,server -kernel k", "-serial");
         refused("-serial stdio -serial file:x -kernel k", "one serial port");
-        refused("-display gtk", "display");
-        refused("-vga std", "-vga");
-        refused("-monitor stdio", "monitor");
+        refused("-display gtk", "VNC");
+        refused("-display curses", "VNC");
+        refused("-vga cirrus", "-vga std");
+        refused("-vga qxl", "-vga std");
+    }
+
+    #[test]
+    fn display_and_monitor_options() {
+        let a = run_args("-vga std -kernel k");
+        assert!(has(&a, "--vga", "std") && !a.contains(&"--vnc".to_string()), "{a:?}");
+        let a = run_args("-vnc 127.0.0.1:3,websocket=5703 -kernel k");
+        assert!(has(&a, "--vnc", "127.0.0.1:3,websocket=5703"), "{a:?}");
+        assert!(has(&run_args("-display vnc=:1 -kernel k"), "--vnc", ":1"));
+        refused("-vga none -vnc :1 -kernel k", "-vga none");
+        refused("-vnc 127.0.0.1 -kernel k", "-vnc");
+        let a =
+            run_args("-qmp unix:/tmp/q.sock,server,nowait -monitor tcp:127.0.0.1:4444,server=on,wait=off -S -kernel k");
+        assert!(has(&a, "--qmp", "unix:/tmp/q.sock,server,nowait"), "{a:?}");
+        assert!(has(&a, "--monitor", "tcp:127.0.0.1:4444,server=on,wait=off"), "{a:?}");
+        assert!(a.contains(&"--paused".to_string()), "{a:?}");
+        let a = run_args(
+            "-chardev socket,id=mon0,path=/tmp/m.sock,server=on,wait=off -mon chardev=mon0,mode=control \
+             -chardev socket,id=h,host=127.0.0.1,port=5555,server=on,wait=off -mon chardev=h,mode=readline -kernel k",
+        );
+        assert!(has(&a, "--qmp", "unix:/tmp/m.sock,server=on,wait=off"), "{a:?}");
+        assert!(has(&a, "--monitor", "tcp:127.0.0.1:5555,server=on,wait=off"), "{a:?}");
+        refused("-mon chardev=nope,mode=control -kernel k", "id=nope");
+        refused("-qmp unix:/tmp/q.sock -kernel k", "-qmp");
+        refused("-qmp tcp:127.0.0.1:4444,server=on,telnet=on -kernel k", "telnet");
         assert!(run_args("-no-reboot -kernel k").contains(&"--no-reboot".to_string()));
         assert!(run_args("-action reboot=shutdown -kernel k").contains(&"--no-reboot".to_string()));
     }
@@ -1179,7 +1299,6 @@ mod tests {
     fn unsupported_options_are_refused_by_name() {
         for (line, name) in [
             ("-s -kernel k", "-s is not supported"),
-            ("-S", "-S is not supported"),
             ("-gdb tcp::1234", "gdb stub"),
             ("-usb", "-usb"),
             ("-frobnicate", "-frobnicate is not supported"),

@@ -277,7 +277,9 @@ fn no_reboot_ends_the_run_at_a_triple_fault_with_status_0() {
 fn unsupported_options_are_refused_by_name() {
     for (args, name) in [
         (&["-s", "-kernel", "k"][..], "-s is not supported"),
-        (&["-S"][..], "-S is not supported"),
+        (&["-S", "-nodefaults"][..], "needs a monitor"),
+        (&["-vga", "cirrus"][..], "-vga std"),
+        (&["-usb", "-device", "usb-tablet"][..], "-usb"),
         (&["-gdb", "tcp::1234"][..], "-gdb is not supported"),
         (&["-frobnicate"][..], "-frobnicate"),
         (&["-smp", "4,maxcpus=8"][..], "hotplug"),

@@ -52,6 +52,7 @@ fn run_builtin(timeout: Duration, kind: EngineKind) -> Result<(RunReport, String
         cpu_model: cpu::cpuid::Model::V2,
         topology: Default::default(),
         vcpu_threads: Default::default(),
+        vga: Default::default(),
     };
     let m = Machine::new(config).map_err(|e| e.to_string())?;
     let report = m.run(kind).map_err(|e| e.to_string())?;

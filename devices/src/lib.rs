@@ -31,6 +31,7 @@ pub mod block;
 pub mod bus;
 pub mod clock;
 pub mod console;
+pub mod display;
 pub mod floppy;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;

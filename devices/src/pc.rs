@@ -6,7 +6,7 @@
 //! device                  ports / MMIO                      interrupt
 //! 8259A pair, ELCR        0x20-0x21, 0xA0-0xA1, 0x4D0-0x4D1  (INTR -> LINT0, I/O APIC pin 0)
 //! 8254 PIT                0x40-0x43, port B 0x61              ISA IRQ0 (I/O APIC pin 2)
-//! i8042                   0x60, 0x64                          IRQ1 (IRQ12 unused)
+//! i8042                   0x60, 0x64                          IRQ1, IRQ12 (PS/2 mouse)
 //! MC146818 RTC/CMOS       0x70-0x71                           IRQ8
 //! POST code               0x80                                -
 //! debug console           0x402 (firmware log, --trace firmware) -

@@ -48,6 +48,9 @@ const SHADOW_NAME: &str = "shadow RAM (write-protected by PAM)";
 
 /// Size of a guest page.
 pub const PAGE_SIZE: u64 = 4096;
+/// The legacy VGA window, which a PC with a VGA adapter decodes on the
+/// adapter ([`GuestMemory::with_vga_window`]).
+pub const VGA_WINDOW: std::ops::Range<u64> = 0xA_0000..0xC_0000;
 /// Where low RAM ends and the PCI hole begins (3 GiB).
 pub const PCI_HOLE_START: u64 = 0xC000_0000;
 /// Where RAM above the PCI hole is mapped.
@@ -177,6 +180,18 @@ fn map_anon(len: u64) -> Result<MmapMut, MemError> {
 impl GuestMemory {
     /// Guest RAM of `ram_size` bytes laid out as a PC lays it out.
     pub fn new(ram_size: u64) -> Result<Self, MemError> {
+        Self::build(ram_size, false)
+    }
+
+    /// Guest RAM as [`GuestMemory::new`] lays it out, less the legacy VGA
+    /// window ([`VGA_WINDOW`]): a PC with a VGA adapter decodes
+    /// 0xA0000..0xC0000 on the adapter, so those addresses are left to the
+    /// MMIO bus, which reaches the adapter's planes.
+    pub fn with_vga_window(ram_size: u64) -> Result<Self, MemError> {
+        Self::build(ram_size, true)
+    }
+
+    fn build(ram_size: u64, vga_window: bool) -> Result<Self, MemError> {
         if !((1 << 20)..=MAX_RAM).contains(&ram_size) || !ram_size.is_multiple_of(PAGE_SIZE) {
             return Err(MemError::BadSize(ram_size));
         }
@@ -189,7 +204,13 @@ impl GuestMemory {
             shadow_generation: AtomicU64::new(0),
         };
         let low = ram_size.min(PCI_HOLE_START);
-        mem.add_region(0, low, RegionKind::Ram, "low-ram", None)?;
+        if vga_window {
+            let (start, end) = (VGA_WINDOW.start, VGA_WINDOW.end);
+            mem.add_region(0, start, RegionKind::Ram, "low-ram", None)?;
+            mem.add_region(end, low - end, RegionKind::Ram, "low-ram-above-vga", None)?;
+        } else {
+            mem.add_region(0, low, RegionKind::Ram, "low-ram", None)?;
+        }
         if ram_size > PCI_HOLE_START {
             mem.add_region(HIGH_RAM_START, ram_size - PCI_HOLE_START, RegionKind::Ram, "high-ram", None)?;
         }
@@ -696,6 +717,21 @@ mod tests {
         assert_eq!(m.read_u32(HIGH_RAM_START + 8).unwrap(), 0xdead_beef);
         assert!(m.read_u8(PCI_HOLE_START).is_err());
         assert!(m.read_u8(HIGH_RAM_START + 16 * MIB).is_err());
+    }
+
+    #[test]
+    fn the_vga_window_is_left_to_the_bus() {
+        let m = GuestMemory::with_vga_window(2 * MIB).unwrap();
+        let r = m.regions();
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].base, r[0].len), (0, VGA_WINDOW.start));
+        assert_eq!((r[1].base, r[1].len), (VGA_WINDOW.end, 2 * MIB - VGA_WINDOW.end));
+        assert!(!m.is_backed(VGA_WINDOW.start, 1) && !m.is_backed(VGA_WINDOW.end - 1, 1));
+        assert!(m.write_u8(0xb_8000, 0x41).is_err(), "text memory is the adapter's");
+        m.write_u8(VGA_WINDOW.start - 1, 1).unwrap();
+        m.write_u8(VGA_WINDOW.end, 2).unwrap();
+        assert_eq!(m.read_u8(VGA_WINDOW.end).unwrap(), 2);
+        assert_eq!(m.ram_size(), 2 * MIB);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! | `bootorder` | the disks, in `--disk` order (`/pci@i0cf8/*@SLOT`) |
 //! | `etc/sercon-port` | 0x3f8: SeaBIOS copies INT 10h text to COM1, so the BIOS's and a bootloader's messages reach `--serial` |
 //! | `etc/acpi/tables`, `etc/acpi/rsdp`, `etc/table-loader` | the ACPI tables of direct boot, with QEMU's linker/loader commands that place and link them |
+//! | `pci1234,1111.rom` | with `-vga std`: SeaBIOS's VGA BIOS (`vgabios-stdvga.bin`), run as the adapter's option ROM |
 //! | `etc/boot-fail-wait` | 5 s (SeaBIOS's default is 60) before a reboot when nothing boots |
 //!
 //! SeaBIOS writes its log to port 0x402 (`devices::legacy::debugcon`, shown by
@@ -30,6 +31,13 @@ use crate::error::Error;
 
 /// Where Debian's seabios package puts the BIOS QEMU uses.
 pub const SEABIOS_PATH: &str = "/usr/share/seabios/bios-256k.bin";
+
+/// Where Debian's seabios package puts the VGA BIOS of the standard VGA.
+pub const VGA_BIOS_PATH: &str = "/usr/share/seabios/vgabios-stdvga.bin";
+
+/// The fw_cfg file SeaBIOS runs as the standard VGA's option ROM (it looks
+/// for `pciVVVV,DDDD.rom` before the function's ROM BAR).
+pub const VGA_ROM_FILE: &str = "pci1234,1111.rom";
 
 /// The least RAM a BIOS boot takes: SeaBIOS keeps its tables and buffers
 /// at the top of RAM, above the first megabyte.
@@ -57,6 +65,23 @@ pub fn default_bios() -> Result<Vec<u8>, Error> {
     }
 }
 
+/// The standard VGA's BIOS from Debian's seabios package (it sets the text
+/// modes and the VBE modes up), or an error that says how to get it.
+pub fn vga_bios() -> Result<Vec<u8>, Error> {
+    match std::fs::read(VGA_BIOS_PATH) {
+        Ok(b) if b.len() >= 512 && b[0] == 0x55 && b[1] == 0xaa => Ok(b),
+        Ok(b) => Err(Error::Config(format!(
+            "{VGA_BIOS_PATH} ({} bytes) is not an option ROM (no 55 AA signature); reinstall Debian's `seabios` package",
+            b.len()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Config(format!(
+            "the standard VGA needs its BIOS, and {VGA_BIOS_PATH} is missing: install Debian's `seabios` \
+             package (apt-get install seabios), or run without a display (-vga none)"
+        ))),
+        Err(source) => Err(Error::Read { path: VGA_BIOS_PATH.into(), source }),
+    }
+}
+
 /// Whether `image` can be a BIOS: a whole number of 64 KiB blocks, at most
 /// 16 MiB, with code at the reset vector (its last 16 bytes).
 pub fn check_image(image: &[u8], path: Option<&Path>) -> Result<(), Error> {
@@ -81,7 +106,12 @@ pub fn check_image(image: &[u8], path: Option<&Path>) -> Result<(), Error> {
 /// `boot` (SeaBIOS device paths, first tried first:
 /// [`crate::storage::boot_paths`]), and whose CPUs have the local APIC IDs
 /// `apic_ids` (the bootstrap processor's first).
-pub fn fw_cfg(mem: &Arc<GuestMemory>, boot: &[String], apic_ids: &[u8]) -> Result<FwCfg, Error> {
+pub fn fw_cfg(
+    mem: &Arc<GuestMemory>,
+    boot: &[String],
+    apic_ids: &[u8],
+    vga_rom: Option<Vec<u8>>,
+) -> Result<FwCfg, Error> {
     let fw = |e: devices::legacy::fw_cfg::FwCfgError| Error::Config(format!("fw_cfg: {e}"));
     let cpus = u16::try_from(apic_ids.len()).map_err(|_| Error::Config(format!("{} CPUs", apic_ids.len())))?;
     let mut d = FwCfg::new(mem.clone(), mem.ram_size(), cpus);
@@ -93,6 +123,9 @@ pub fn fw_cfg(mem: &Arc<GuestMemory>, boot: &[String], apic_ids: &[u8]) -> Resul
     let order: String = boot.iter().map(|p| format!("{p}\n")).collect();
     d.add_file("bootorder", order.into_bytes()).map_err(fw)?;
     d.add_file("etc/sercon-port", SERCON_PORT.to_le_bytes().to_vec()).map_err(fw)?;
+    if let Some(rom) = vga_rom {
+        d.add_file(VGA_ROM_FILE, rom).map_err(fw)?;
+    }
     d.add_file("etc/boot-fail-wait", BOOT_FAIL_WAIT_MS.to_le_bytes().to_vec()).map_err(fw)?;
     let acpi = firmware::acpi::build_acpi_tables(&firmware::acpi::AcpiConfig::with_apic_ids(apic_ids.to_vec()))?;
     d.add_file(firmware::acpi::ACPI_TABLES_FILE, acpi.tables.clone()).map_err(fw)?;
@@ -122,7 +155,7 @@ mod tests {
     fn fw_cfg_holds_the_files_seabios_reads() {
         let mem = Arc::new(GuestMemory::new(64 << 20).unwrap());
         let boot = crate::storage::boot_paths("dc", &Default::default(), &[4, 0x1a]);
-        let d = fw_cfg(&mem, &boot, &[0, 1]).unwrap();
+        let d = fw_cfg(&mem, &boot, &[0, 1], None).unwrap();
         let names = d.file_names();
         for f in ["etc/e820", "bootorder", "etc/sercon-port", "etc/acpi/tables", "etc/acpi/rsdp", "etc/table-loader"] {
             assert!(names.iter().any(|n| n == f), "{f} in {names:?}");

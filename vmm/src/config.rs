@@ -58,6 +58,17 @@ pub enum VcpuThreads {
     Multi,
 }
 
+/// The display adapter (QEMU's `-vga`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Vga {
+    /// None: the guest's face is its serial port.
+    #[default]
+    None,
+    /// The standard VGA (`devices::display::StdVga`) at PCI 00:02.0, with
+    /// SeaBIOS's VGA BIOS when the machine boots through the BIOS.
+    Std,
+}
+
 /// What the guest boots.
 #[derive(Debug, Clone)]
 pub enum Firmware {
@@ -109,6 +120,8 @@ pub struct MachineConfig {
     pub topology: cpu::cpuid::Topology,
     /// How the interpreter and the JIT run more than one vCPU.
     pub vcpu_threads: VcpuThreads,
+    /// The display adapter.
+    pub vga: Vga,
 }
 
 impl MachineConfig {

@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use devices::bus::{Bus, BusDevice, SharedDevice};
+use devices::display::{StdVga, StdVgaState};
 use devices::floppy::{FloppyController, FloppyState};
 use devices::ide::{IdeController, IdeSlot, IdeState, PIIX_IDE_ADDRESS};
 use devices::intc::msi::MsiSink;
@@ -54,6 +55,8 @@ use persist::{Persist, PersistError};
 
 use crate::error::Error;
 
+/// Where the standard VGA sits, as QEMU puts it.
+const VGA_ADDRESS: PciAddress = PciAddress { bus: 0, device: 2, function: 0 };
 /// The slot of the first NIC (QEMU's first free slot on a PC is 3).
 pub const FIRST_NIC_SLOT: u8 = 3;
 /// PCI I/O BARs go here (Linux allocates from 0x1000 up).
@@ -323,6 +326,7 @@ enum NicHandle {
     Virtio(Arc<Mutex<VirtioNetPci>>),
     Disk(Arc<Mutex<VirtioBlkPci>>),
     Ide(Arc<Mutex<IdeController>>),
+    Vga(Arc<Mutex<StdVga>>),
 }
 
 /// The floppy disk controller and its DMA controllers.
@@ -377,13 +381,23 @@ impl DeviceManager {
         AttachedDoorbells { doorbells: &self.doorbells }
     }
 
+    /// The IDE controller, when there is one.
+    pub fn ide(&self) -> Option<Arc<Mutex<IdeController>>> {
+        self.nics.iter().find_map(|(_, _, h)| match h {
+            NicHandle::Ide(d) => Some(d.clone()),
+            _ => None,
+        })
+    }
+
     /// A machine reset: the functions that need one go back to their
     /// power-on state (the IDE controller; the virtio functions and the
     /// e1000 are reset by their drivers).
     pub fn reset(&self) {
         for (_, _, h) in &self.nics {
-            if let NicHandle::Ide(d) = h {
-                d.lock().reset();
+            match h {
+                NicHandle::Ide(d) => d.lock().reset(),
+                NicHandle::Vga(d) => d.lock().reset(),
+                _ => {}
             }
         }
         if let Some(f) = &self.floppy {
@@ -428,6 +442,7 @@ impl DeviceManager {
                             .collect();
                         return format!("disk {addr} {what}: {}", per.join("; "));
                     }
+                    NicHandle::Vga(_) => return format!("display {addr} {what}"),
                     NicHandle::E1000(d) => (d.lock().stats(), 0),
                     NicHandle::Virtio(d) => {
                         let d = d.lock();
@@ -472,6 +487,8 @@ pub enum PciFunctionState {
     VirtioBlk(VirtioPciState<VirtioBlkState>),
     /// The PIIX3 IDE function: its channels, drives and bus master.
     Ide(Box<IdeState>),
+    /// The standard VGA: its registers and VRAM.
+    Vga(Box<StdVgaState>),
 }
 
 impl PciFunctionState {
@@ -481,6 +498,7 @@ impl PciFunctionState {
             Self::VirtioNet(_) => "virtio-net",
             Self::VirtioBlk(_) => "virtio-blk",
             Self::Ide(_) => "IDE",
+            Self::Vga(_) => "VGA",
         }
     }
 }
@@ -510,6 +528,7 @@ impl NicHandle {
             Self::Virtio(_) => "virtio-net",
             Self::Disk(_) => "virtio-blk",
             Self::Ide(_) => "IDE",
+            Self::Vga(_) => "VGA",
         }
     }
 
@@ -519,6 +538,7 @@ impl NicHandle {
             Self::Virtio(d) => PciFunctionState::VirtioNet(d.lock().save()),
             Self::Disk(d) => PciFunctionState::VirtioBlk(d.lock().save()),
             Self::Ide(d) => PciFunctionState::Ide(Box::new(d.lock().save())),
+            Self::Vga(d) => PciFunctionState::Vga(Box::new(d.lock().save())),
         }
     }
 
@@ -529,6 +549,7 @@ impl NicHandle {
             (Self::Virtio(d), PciFunctionState::VirtioNet(s)) => d.lock().restore(s),
             (Self::Disk(d), PciFunctionState::VirtioBlk(s)) => d.lock().restore(s),
             (Self::Ide(d), PciFunctionState::Ide(s)) => d.lock().restore(s),
+            (Self::Vga(d), PciFunctionState::Vga(s)) => d.lock().restore(s),
             _ => Err(PersistError::new(
                 DEVICE_MANAGER,
                 "functions",
@@ -621,13 +642,14 @@ fn virtio_doorbells(
 pub(crate) fn install(
     specs: &[net::NicSpec],
     placed: crate::storage::Placed,
+    vga: Option<Arc<Mutex<StdVga>>>,
     chipset: &PcChipset,
     mem: &Arc<GuestMemory>,
     pio: &mut Bus,
     mmio: &mut Bus,
 ) -> Result<Option<DeviceManager>, Error> {
     let crate::storage::Placed { virtio: disks, ide, ide_kinds, floppy, floppy_labels } = placed;
-    if specs.is_empty() && disks.is_empty() && ide.is_none() && floppy.is_none() {
+    if specs.is_empty() && disks.is_empty() && ide.is_none() && floppy.is_none() && vga.is_none() {
         return Ok(None);
     }
     let floppy = match floppy {
@@ -655,6 +677,17 @@ pub(crate) fn install(
     let mut polled: Vec<(SharedIoDevice, Option<OwnedFd>)> = Vec::new();
     let mut bells: Vec<Doorbell> = Vec::new();
     let mut nics = Vec::new();
+    if let Some(dev) = vga {
+        for m in StdVga::bus_mappings(&dev) {
+            m.insert_into(pio, mmio)?;
+        }
+        windows
+            .plug(chipset, VGA_ADDRESS, dev.clone(), StdVga::bar_devices(&dev))
+            .map_err(|e| Error::Config(format!("standard VGA: {e}")))?;
+        let what = format!("standard VGA, {} MiB VRAM", dev.lock().vram_size() >> 20);
+        tracing::info!(target: "devices", "PCI {VGA_ADDRESS}: {what}");
+        nics.push((VGA_ADDRESS, what, NicHandle::Vga(dev)));
+    }
     if let Some(drives) = ide {
         let irq = |i: usize| chipset.irq_line(devices::ide::CHANNEL_IRQS[i]);
         let dev = Arc::new(Mutex::new(IdeController::new(drives, irq(0), irq(1), Arc::clone(mem))));

@@ -8,6 +8,10 @@
 //!   built from an [`engine::EngineContext`], never from the machine;
 //! - [`device_manager`]: the PCI devices with host-side I/O (NICs, disks,
 //!   the IDE controller), their BAR windows, doorbells and I/O thread;
+//! - [`display`]: the standard VGA's picture for VNC and screendumps, and
+//!   their input for the keyboard and mouse;
+//! - [`monitor`]: the commands of QEMU's monitors (QMP, HMP) carried out
+//!   on the machine;
 //! - [`storage`]: the drives, the controller each hangs on, and the boot
 //!   order;
 //! - [`bios`] and [`boot`]: SeaBIOS's set-up (fw_cfg) and the CPU state a
@@ -19,14 +23,16 @@ pub mod bios;
 pub mod boot;
 pub mod config;
 pub mod device_manager;
+pub mod display;
 pub mod engine;
 pub mod error;
 pub mod machine;
+pub mod monitor;
 pub mod storage;
 pub mod vcpu;
 
 pub use config::{
-    parse_smp, EngineKind, Firmware, KernelImage, KvmPit, MachineConfig, SerialOut, SplitMode, VcpuThreads,
+    parse_smp, EngineKind, Firmware, KernelImage, KvmPit, MachineConfig, SerialOut, SplitMode, VcpuThreads, Vga,
 };
 pub use error::Error;
 pub use machine::{Machine, RunControl, RunReport};

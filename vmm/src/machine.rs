@@ -25,7 +25,7 @@ use mmu::GuestMemory;
 use parking_lot::{Condvar, Mutex};
 use persist::{Persist, PersistError};
 
-use crate::config::{EngineKind, Firmware, KernelImage, MachineConfig, SerialOut};
+use crate::config::{EngineKind, Firmware, KernelImage, MachineConfig, SerialOut, Vga};
 use crate::device_manager::DeviceManagerState;
 use crate::engine::{Engine, EngineContext, EngineStats, Exit, Kicker, MachineIo};
 use crate::error::Error;
@@ -116,6 +116,8 @@ pub struct Machine {
     /// Set while a vCPU waits to run alone ([`threads`]): every engine
     /// stops at its next check.
     exclusive_request: Arc<AtomicBool>,
+    /// The display adapter, with `-vga std`.
+    vga: Option<Arc<Mutex<devices::display::StdVga>>>,
 }
 
 impl Machine {
@@ -139,7 +141,10 @@ impl Machine {
     ) -> Result<Self, Error> {
         crate::storage::check_boot_order(&storage.boot_order).map_err(Error::Config)?;
         let placed = crate::storage::place(storage.drives)?;
-        let mut mem = GuestMemory::new(config.mem)?;
+        let mut mem = match config.vga {
+            Vga::Std => GuestMemory::with_vga_window(config.mem)?,
+            Vga::None => GuestMemory::new(config.mem)?,
+        };
         match &config.firmware {
             Firmware::Builtin => {
                 if config.mem < firmware::builtin::MIN_RAM {
@@ -209,7 +214,11 @@ impl Machine {
                 .filter(|&s| s < 32)
                 .collect();
             let boot = crate::storage::boot_paths(&storage.boot_order, &placed.ide_kinds, &slots);
-            let device = Arc::new(Mutex::new(crate::bios::fw_cfg(&mem, &boot, &table_ids)?));
+            let vga_rom = match config.vga {
+                Vga::Std => Some(crate::bios::vga_bios()?),
+                Vga::None => None,
+            };
+            let device = Arc::new(Mutex::new(crate::bios::fw_cfg(&mem, &boot, &table_ids, vga_rom)?));
             let shared: SharedDevice = device.clone();
             pio.insert(
                 shared,
@@ -218,7 +227,13 @@ impl Machine {
             )?;
             fw_cfg = Some(device);
         }
-        let devices = crate::device_manager::install(nics, placed, &chipset, &mem, &mut pio, &mut mmio)?;
+        let vga = match config.vga {
+            Vga::Std => Some(Arc::new(Mutex::new(
+                devices::display::StdVga::new(devices::display::DEFAULT_VRAM).map_err(Error::Config)?,
+            ))),
+            Vga::None => None,
+        };
+        let devices = crate::device_manager::install(nics, placed, vga.clone(), &chipset, &mem, &mut pio, &mut mmio)?;
         Ok(Machine {
             mem,
             pio: Arc::new(pio),
@@ -238,6 +253,7 @@ impl Machine {
             unclaimed: Arc::default(),
             control: Arc::new(RunControl::default()),
             exclusive_request: Arc::default(),
+            vga,
         })
     }
 
@@ -307,6 +323,22 @@ impl Machine {
             timers: self.chipset.timers.clone(),
             devices: self.devices.as_ref(),
         }
+    }
+
+    /// The display adapter, when the machine has one (`-vga std`): its
+    /// picture for a display ([`crate::display`]).
+    pub fn vga(&self) -> Option<Arc<Mutex<devices::display::StdVga>>> {
+        self.vga.clone()
+    }
+
+    /// The IDE controller, when the machine has IDE drives.
+    pub fn ide(&self) -> Option<Arc<Mutex<devices::ide::IdeController>>> {
+        self.devices.as_ref().and_then(crate::device_manager::DeviceManager::ide)
+    }
+
+    /// The keyboard controller, where typed keys and mouse motion go.
+    pub fn i8042(&self) -> Arc<Mutex<devices::legacy::i8042::I8042>> {
+        self.chipset.i8042.clone()
     }
 
     /// Pausing and resuming this machine's vCPU from other threads.
@@ -818,6 +850,14 @@ impl RunControl {
         true
     }
 
+    /// Asks for a pause without waiting for it: the vCPUs stop at their
+    /// first check, which for a machine not yet running is before its
+    /// first instruction (QEMU's `-S`).
+    pub fn hold(&self) {
+        self.inner.lock().pause = true;
+        self.attention.store(true, Ordering::Release);
+    }
+
     /// Let the vCPU go on.
     pub fn resume(&self) {
         let mut c = self.inner.lock();
@@ -925,6 +965,7 @@ mod tests {
             cpu_model: cpu::cpuid::Model::V2,
             topology: Default::default(),
             vcpu_threads: Default::default(),
+            vga: Default::default(),
         })
         .expect("a machine")
     }
@@ -948,6 +989,7 @@ mod tests {
                 cpu_model: cpu::cpuid::Model::V2,
                 topology: Default::default(),
                 vcpu_threads: Default::default(),
+                vga: Default::default(),
             })
             .expect("a machine");
             tx.send((m.control(), m.mem.clone())).unwrap();

@@ -19,6 +19,7 @@ fn builtin(serial: Arc<Mutex<Vec<u8>>>) -> MachineConfig {
         cpu_model: cpu::cpuid::Model::V2,
         topology: Default::default(),
         vcpu_threads: Default::default(),
+        vga: Default::default(),
     }
 }
 

@@ -1,10 +1,12 @@
-//! The i8042 keyboard controller with a PS/2 keyboard behind it.
+//! The i8042 keyboard controller with a PS/2 keyboard behind it and a
+//! PS/2 mouse on its auxiliary port.
 //!
 //! References: IBM "Personal System/2 Hardware Interface Technical
 //! Reference", "Keyboard/Auxiliary Device Controller" (status register,
-//! command byte, controller commands 20h-FFh, output port) and "Keyboard"
-//! (keyboard commands EDh-FFh, responses FAh/AAh/EEh/FEh); Intel 8042
-//! "Universal Peripheral Interface" for the part itself.
+//! command byte, controller commands 20h-FFh, output port), "Keyboard"
+//! (keyboard commands EDh-FFh, responses FAh/AAh/EEh/FEh, scan-code sets)
+//! and "Pointing Device" (the mouse: see [`mouse`]); Intel 8042 "Universal
+//! Peripheral Interface" for the part itself.
 //!
 //! ```text
 //! port 0x60  read: output buffer        write: data (a command's parameter, else to the keyboard)
@@ -18,13 +20,35 @@
 //! ```
 //!
 //! Model choices:
-//! - There is no auxiliary (mouse) port. The aux loopback command (D3h)
-//!   echoes its byte as keyboard data and the aux interface test (A9h)
-//!   answers 02h ("clock line stuck high"), which drivers (Linux's i8042
-//!   among them) read as "no AUX port" at once instead of timing out.
-//!   Bytes for the aux device (D4h) are dropped.
+//! - The output buffer is a queue: the controller's own answers (and the
+//!   D2h/D3h bytes) join it at once, up to [`QUEUE_LEN`] bytes. The
+//!   keyboard and the mouse hold their bytes themselves and hand the
+//!   controller one only when the queue is empty, the keyboard first,
+//!   then the mouse; a device whose interface is disabled (command byte
+//!   bits 4 and 5, commands ADh/AEh and A7h/A8h) keeps its bytes until
+//!   it is enabled. A write to the keyboard (port 0x60) enables its
+//!   interface, as on real parts; D4h does the same for the aux
+//!   interface. A mouse packet's bytes come in order, with no other mouse
+//!   byte among them; a keyboard byte may come between them, as on
+//!   hardware (the status register's AUXB tells them apart).
 //! - The input buffer is never busy: every write is taken at once.
-//! - Host key input is not wired yet; the keyboard answers commands only.
+//! - Host keys come in as set-1 codes ([`I8042::key_event`],
+//!   [`I8042::pause_key`]); the keyboard sends them in its scan-code set:
+//!   2 by default, or 1 (F0h 01h). Set 3 is refused with FEh and the set
+//!   stays as it was. With the command byte's bit 6 on, the controller
+//!   translates everything the keyboard sends to set 1 (as the part does,
+//!   answers included: the ID reads ABh 41h and set 2 reads 41h), so a
+//!   guest sees set 1; with it off, set 2. A keyboard in set 1 behind the
+//!   translation gets translated twice, as on hardware.
+//! - The keyboard holds [`KBD_BUFFER`] bytes of keys; a key that does not
+//!   fit is dropped and the overrun code (00h in set 2, FFh in set 1) takes
+//!   the 17th place. Answers to commands go before queued keys, but never
+//!   inside a key's sequence. A keyboard disabled by F5h ignores keys;
+//!   F4h, F5h, F6h, F0h (a set change) and FFh empty its key buffer. Key
+//!   repeat is the host's: the keyboard generates no typematic repeats.
+//! - The mouse ([`mouse`]) answers the PS/2 and IntelliMouse commands and
+//!   takes host motion ([`I8042::mouse_event`]). The aux interface test
+//!   (A9h) answers 00h.
 //! - The pulse-output command with bit 0 low (FEh) and an output-port
 //!   write with bit 0 low reset the machine.
 
@@ -40,6 +64,12 @@ use crate::log_once::{LogOnce, Misuse};
 use crate::mapping::{BusAlias, BusMapping};
 use crate::power::{VmEvent, VmEvents};
 
+pub mod mouse;
+
+mod keyboard;
+
+pub use mouse::{MouseMode, MouseMotion, MouseParam, MouseState};
+
 /// I/O port of the data register.
 pub const I8042_DATA_PORT: u16 = 0x60;
 /// I/O port of the status and command register.
@@ -52,7 +82,11 @@ pub const AUX_IRQ: u32 = 12;
 /// Offset of the command port in the device's numbering (0x64 - 0x60).
 const COMMAND_OFFSET: u64 = (I8042_COMMAND_PORT - I8042_DATA_PORT) as u64;
 /// Bytes the output buffer queue holds.
-const QUEUE_LEN: usize = 16;
+pub const QUEUE_LEN: usize = 16;
+/// Key bytes the keyboard buffers (one more for the overrun code).
+pub const KBD_BUFFER: usize = 16;
+/// Answer bytes to commands the keyboard holds.
+pub const KBD_REPLY_LEN: usize = 16;
 
 // Status register.
 const STATUS_OBF: u8 = 0b0000_0001;
@@ -70,7 +104,7 @@ const CTR_AUX_DISABLE: u8 = 0b0010_0000;
 const CTR_XLATE: u8 = 0b0100_0000;
 const CTR_WRITABLE: u8 = 0b0111_1111;
 /// As a PC BIOS leaves it: translation on, system flag set, keyboard IRQ
-/// on, the (absent) aux port disabled.
+/// on, the aux port disabled.
 const CTR_BIOS: u8 = CTR_XLATE | CTR_AUX_DISABLE | CTR_SYS | CTR_KBD_INT;
 
 // Output port.
@@ -110,8 +144,6 @@ const PULSE_RESET_LINE: u8 = 0b0000_0001;
 // Controller answers.
 const SELF_TEST_OK: u8 = 0x55;
 const INTERFACE_OK: u8 = 0x00;
-/// "Clock line stuck high": there is no device on the aux port.
-const AUX_INTERFACE_NO_DEVICE: u8 = 0x02;
 const NO_PASSWORD: u8 = 0xf1;
 /// The input port: keyboard not inhibited.
 const INPUT_PORT: u8 = 0b1000_0000;
@@ -133,11 +165,9 @@ const KBD_ACK: u8 = 0xfa;
 const KBD_BAT_OK: u8 = 0xaa;
 const KBD_ID_FIRST: u8 = 0xab;
 const KBD_ID_SECOND: u8 = 0x83;
-/// The second ID byte as the controller's set-1 translation delivers it.
-const KBD_ID_SECOND_TRANSLATED: u8 = 0x41;
-/// Scan-code set numbers as the translation delivers them (sets 1, 2, 3).
-const SCAN_SET_TRANSLATED: [u8; 3] = [0x43, 0x41, 0x3f];
 const DEFAULT_SCAN_SET: u8 = 2;
+/// The scan-code sets the keyboard takes.
+const SCAN_SETS: std::ops::RangeInclusive<u8> = 1..=2;
 /// Typematic default: 10.9 characters/s, 500 ms delay.
 const TYPEMATIC_DEFAULT: u8 = 0x2b;
 
@@ -202,7 +232,7 @@ pub struct I8042State {
     pub ram: [u8; 32],
     /// The keyboard scans (F4h/F5h).
     pub kbd_scanning: bool,
-    /// The keyboard's scan-code set, 1-3.
+    /// The keyboard's scan-code set, 1 or 2.
     pub kbd_scan_set: u8,
     /// The keyboard's LEDs.
     pub kbd_leds: u8,
@@ -212,6 +242,14 @@ pub struct I8042State {
     pub kbd_param: Option<KeyboardParam>,
     /// The last byte the keyboard sent (for resend).
     pub kbd_last: u8,
+    /// The keyboard's answers to commands, oldest first.
+    pub kbd_reply: Vec<u8>,
+    /// The keyboard's key buffer, oldest first, in its scan-code set.
+    pub kbd_keys: Vec<u8>,
+    /// The translation took an F0h: the next keyboard byte is a release.
+    pub xlate_break: bool,
+    /// The mouse.
+    pub mouse: MouseState,
 }
 
 /// The i8042 and its keyboard.
@@ -252,6 +290,10 @@ impl I8042 {
                 kbd_typematic: TYPEMATIC_DEFAULT,
                 kbd_param: None,
                 kbd_last: 0,
+                kbd_reply: Vec::new(),
+                kbd_keys: Vec::new(),
+                xlate_break: false,
+                mouse: MouseState::new(),
             },
             queue: VecDeque::with_capacity(QUEUE_LEN),
             kbd_irq,
@@ -282,9 +324,128 @@ impl I8042 {
         self.queue.push_back((byte, source));
     }
 
+    /// Queues a keyboard answer.
     fn push_kbd(&mut self, byte: u8) {
+        if self.s.kbd_reply.len() >= KBD_REPLY_LEN {
+            if self.log.first(Misuse::OutputError) {
+                tracing::warn!(target: "devices", "i8042: keyboard answers not read; byte dropped (logged once)");
+            }
+            return;
+        }
+        self.s.kbd_reply.push(byte);
+    }
+
+    /// Empties the keyboard's key buffer.
+    fn clear_keys(&mut self) {
+        self.s.kbd_keys.clear();
+        self.s.xlate_break = false;
+    }
+
+    /// The next byte the keyboard sends: the rest of a key's sequence under
+    /// way, else an answer, else a key.
+    fn kbd_transmit(&mut self) -> Option<u8> {
+        let keys = &mut self.s.kbd_keys;
+        let mid_key = keyboard::is_prefix(self.s.kbd_last) && !keys.is_empty();
+        let byte = if !mid_key && !self.s.kbd_reply.is_empty() {
+            self.s.kbd_reply.remove(0)
+        } else if !keys.is_empty() {
+            keys.remove(0)
+        } else {
+            return None;
+        };
         self.s.kbd_last = byte;
-        self.push(byte, Source::Keyboard);
+        Some(byte)
+    }
+
+    /// Moves a device's byte into the empty output buffer: the keyboard's
+    /// (translated when the command byte says so) first, else the mouse's.
+    fn refill(&mut self) {
+        if !self.queue.is_empty() {
+            return;
+        }
+        if self.s.ctr & CTR_KBD_DISABLE == 0 {
+            while let Some(byte) = self.kbd_transmit() {
+                if !self.translating() {
+                    self.queue.push_back((byte, Source::Keyboard));
+                    return;
+                }
+                if byte == keyboard::PREFIX_BREAK {
+                    self.s.xlate_break = true;
+                    continue;
+                }
+                let mut out = keyboard::translate(byte);
+                if std::mem::take(&mut self.s.xlate_break) {
+                    out |= 0x80;
+                }
+                self.queue.push_back((out, Source::Keyboard));
+                return;
+            }
+        }
+        if self.s.ctr & CTR_AUX_DISABLE == 0 {
+            if let Some(byte) = self.s.mouse.transmit() {
+                self.queue.push_back((byte, Source::Aux));
+            }
+        }
+    }
+
+    /// Refills the output buffer and drives the IRQ lines from it.
+    fn settle(&mut self) {
+        self.refill();
+        self.update_irqs();
+    }
+
+    /// A host key pressed (`down`) or released. `set1` is its scan-code set
+    /// 1 make code: 01h-7Fh, or E001h-E07Fh for an extended key (E01Dh is
+    /// the right Ctrl key). Pause has its own call, [`I8042::pause_key`].
+    /// Other codes are ignored. The keyboard sends the key in its scan-code
+    /// set unless F5h disabled it; a key that does not fit in its buffer
+    /// is lost and leaves the overrun code.
+    pub fn key_event(&mut self, set1: u16, down: bool) {
+        match keyboard::key(self.s.kbd_scan_set, set1, down) {
+            Some(seq) => self.queue_key(seq.as_slice()),
+            None => {
+                if self.log.first(Misuse::BadValue) {
+                    tracing::warn!(target: "devices", set1, "i8042: not a set-1 key code; key ignored (logged once)");
+                }
+            }
+        }
+    }
+
+    /// The host's Pause key: set 1 E1h 1Dh 45h E1h 9Dh C5h, or its set-2
+    /// form. It has no release.
+    pub fn pause_key(&mut self) {
+        let seq = keyboard::pause(self.s.kbd_scan_set);
+        self.queue_key(seq.as_slice());
+    }
+
+    fn queue_key(&mut self, bytes: &[u8]) {
+        if !self.s.kbd_scanning {
+            return;
+        }
+        let keys = &mut self.s.kbd_keys;
+        if keys.len() + bytes.len() <= KBD_BUFFER {
+            keys.extend_from_slice(bytes);
+        } else {
+            let overrun = keyboard::overrun(self.s.kbd_scan_set);
+            if keys.len() <= KBD_BUFFER && keys.last() != Some(&overrun) {
+                keys.push(overrun);
+            }
+        }
+        self.settle();
+    }
+
+    /// Host mouse input: movement since the last call and the buttons held
+    /// now. `dx` is positive to the right, `dy` positive down and `dz`
+    /// (wheel) positive toward the user (scrolling down), as on a screen;
+    /// the packets carry Y the other way up, as PS/2 does. `buttons`: bit 0
+    /// left, bit 1 right, bit 2 middle, bit 3 button 4 (side), bit 4 button
+    /// 5 (extra); the wheel and buttons 4 and 5 reach the guest only once it
+    /// has switched the mouse to ID 3 or 4. Nothing is recorded in stream
+    /// mode while reporting is off.
+    pub fn mouse_event(&mut self, dx: i32, dy: i32, dz: i32, buttons: u8) {
+        let dy = dy.clamp(-mouse::MOTION_MAX, mouse::MOTION_MAX);
+        self.s.mouse.event(dx, -dy, dz, buttons);
+        self.settle();
     }
 
     fn translating(&self) -> bool {
@@ -338,7 +499,7 @@ impl I8042 {
                     self.aux_level = false;
                     self.aux_irq.set_level(false);
                 }
-                self.update_irqs();
+                self.settle();
                 byte
             }
             // An empty buffer repeats the last byte on real parts; 0 is as good.
@@ -387,7 +548,7 @@ impl I8042 {
             CMD_PASSWORD_INSTALLED => self.push(NO_PASSWORD, Source::Keyboard),
             CMD_AUX_DISABLE => self.s.ctr |= CTR_AUX_DISABLE,
             CMD_AUX_ENABLE => self.s.ctr &= !CTR_AUX_DISABLE,
-            CMD_AUX_TEST => self.push(AUX_INTERFACE_NO_DEVICE, Source::Keyboard),
+            CMD_AUX_TEST => self.push(INTERFACE_OK, Source::Keyboard),
             CMD_SELF_TEST => {
                 self.s.ctr |= CTR_SYS;
                 self.push(SELF_TEST_OK, Source::Keyboard);
@@ -418,7 +579,7 @@ impl I8042 {
                 }
             }
         }
-        self.update_irqs();
+        self.settle();
     }
 
     /// Writes the data register (port 0x60).
@@ -434,15 +595,17 @@ impl I8042 {
             DataTarget::CommandByte => self.s.ctr = value & CTR_WRITABLE,
             DataTarget::Ram(n) => self.s.ram[usize::from(n)] = value,
             DataTarget::OutputPort => self.write_output_port(value),
-            // There is no aux port: its loopback comes back as keyboard data.
-            DataTarget::KeyboardOutput | DataTarget::AuxOutput => self.push(value, Source::Keyboard),
+            DataTarget::KeyboardOutput => self.push(value, Source::Keyboard),
+            DataTarget::AuxOutput => self.push(value, Source::Aux),
             DataTarget::AuxDevice => {
-                if self.log.first(Misuse::Unimplemented) {
-                    tracing::debug!(target: "devices", value, "i8042: no aux device; byte dropped (logged once)");
+                // Sending to the mouse enables its interface, as for the keyboard.
+                self.s.ctr &= !CTR_AUX_DISABLE;
+                if !self.s.mouse.write(value) && self.log.first(Misuse::OutputError) {
+                    tracing::warn!(target: "devices", "i8042: mouse answers not read; answer dropped (logged once)");
                 }
             }
         }
-        self.update_irqs();
+        self.settle();
     }
 
     fn keyboard_write(&mut self, value: u8) {
@@ -456,19 +619,16 @@ impl I8042 {
                     self.s.kbd_typematic = value & 0x7f;
                     self.push_kbd(KBD_ACK);
                 }
+                // The controller's translation turns the set number into 43h,
+                // 41h (sets 1, 2) when it is on.
                 KeyboardParam::ScanCodeSet => match value {
                     0 => {
                         self.push_kbd(KBD_ACK);
-                        let set = self.s.kbd_scan_set;
-                        let byte = if self.translating() {
-                            SCAN_SET_TRANSLATED[usize::from(set.clamp(1, 3) - 1)]
-                        } else {
-                            set
-                        };
-                        self.push_kbd(byte);
+                        self.push_kbd(self.s.kbd_scan_set);
                     }
-                    1..=3 => {
+                    _ if SCAN_SETS.contains(&value) => {
                         self.s.kbd_scan_set = value;
+                        self.clear_keys();
                         self.push_kbd(KBD_ACK);
                     }
                     _ => self.push_kbd(KBD_RESEND),
@@ -489,8 +649,7 @@ impl I8042 {
             KBD_IDENTIFY => {
                 self.push_kbd(KBD_ACK);
                 self.push_kbd(KBD_ID_FIRST);
-                let second = if self.translating() { KBD_ID_SECOND_TRANSLATED } else { KBD_ID_SECOND };
-                self.push_kbd(second);
+                self.push_kbd(KBD_ID_SECOND);
             }
             KBD_SET_TYPEMATIC => {
                 self.s.kbd_param = Some(KeyboardParam::Typematic);
@@ -498,11 +657,13 @@ impl I8042 {
             }
             KBD_ENABLE => {
                 self.s.kbd_scanning = true;
+                self.clear_keys();
                 self.push_kbd(KBD_ACK);
             }
             KBD_DISABLE | KBD_SET_DEFAULT => {
                 self.s.kbd_scanning = value == KBD_SET_DEFAULT;
                 self.s.kbd_typematic = TYPEMATIC_DEFAULT;
+                self.clear_keys();
                 self.push_kbd(KBD_ACK);
             }
             KBD_SET3_FIRST..=KBD_SET3_LAST => self.push_kbd(KBD_ACK),
@@ -515,6 +676,9 @@ impl I8042 {
                 self.s.kbd_scan_set = DEFAULT_SCAN_SET;
                 self.s.kbd_leds = 0;
                 self.s.kbd_typematic = TYPEMATIC_DEFAULT;
+                self.s.kbd_param = None;
+                self.clear_keys();
+                self.s.kbd_reply.clear();
                 self.push_kbd(KBD_ACK);
                 self.push_kbd(KBD_BAT_OK);
             }
@@ -534,9 +698,11 @@ const PART: &str = "i8042";
 
 /// Restore checks the command byte's writable bits, the queue's length
 /// against the output buffer's, the RAM index of a pending write, the
-/// keyboard's scan-code set (1-3), LEDs (3 bits) and typematic byte (7
-/// bits); then it sets the A20 gate's keyboard input from the output port
-/// and drives IRQ1 and IRQ12 from the queue's head.
+/// keyboard's scan-code set (1 or 2), LEDs (3 bits), typematic byte (7
+/// bits) and its answer and key buffers' lengths, and the mouse's settings,
+/// ID, knock progress, buttons, pending movements and buffers; then it sets
+/// the A20 gate's keyboard input from the output port and drives IRQ1 and
+/// IRQ12 from the queue's head.
 impl Persist for I8042 {
     type State = I8042State;
 
@@ -566,11 +732,14 @@ impl I8042 {
                 format!("names RAM byte {n}; commands 61h-7Fh write bytes 1-31")
             })?;
         }
-        PersistError::check((1..=3).contains(&state.kbd_scan_set), PART, "kbd_scan_set", || {
-            format!("is {}; the keyboard has scan-code sets 1-3", state.kbd_scan_set)
+        PersistError::check(SCAN_SETS.contains(&state.kbd_scan_set), PART, "kbd_scan_set", || {
+            format!("is {}; the keyboard has scan-code sets 1 and 2", state.kbd_scan_set)
         })?;
         PersistError::check_max(PART, "kbd_leds", state.kbd_leds, 0b111)?;
-        PersistError::check_max(PART, "kbd_typematic", state.kbd_typematic, 0x7f)
+        PersistError::check_max(PART, "kbd_typematic", state.kbd_typematic, 0x7f)?;
+        PersistError::check_max(PART, "kbd_reply", state.kbd_reply.len(), KBD_REPLY_LEN)?;
+        PersistError::check_max(PART, "kbd_keys", state.kbd_keys.len(), KBD_BUFFER + 1)?;
+        state.mouse.check(PART)
     }
 
     /// Loads a state [`I8042::check_state`] passed.

@@ -22,6 +22,7 @@ fn config(firmware: Firmware) -> MachineConfig {
         cpu_model: cpu::cpuid::Model::V2,
         topology: Default::default(),
         vcpu_threads: Default::default(),
+        vga: Default::default(),
     }
 }
 
