@@ -10,6 +10,8 @@ log() { printf '==> %s\n' "$*"; }
 
 # Host packages. Installed only when missing, and only where we may (root).
 need_pkgs=()
+# Installed without their recommended packages (the browser's are many).
+need_lean=()
 command -v cc >/dev/null || need_pkgs+=(gcc)
 command -v cpio >/dev/null || need_pkgs+=(cpio)
 # qemu-img makes and checks the disk tests' images.
@@ -30,15 +32,23 @@ command -v xorriso >/dev/null || need_pkgs+=(xorriso)
 # The display tests read the guest's screen through a VNC client and OCR.
 command -v vncsnapshot >/dev/null || need_pkgs+=(vncsnapshot)
 command -v tesseract >/dev/null || need_pkgs+=(tesseract-ocr)
-if ((${#need_pkgs[@]})); then
+# The browser test: noVNC's page in headless Chromium.
+[ -s /usr/share/novnc/vnc_lite.html ] || need_pkgs+=(novnc)
+command -v chromium >/dev/null || need_lean+=(chromium)
+if ((${#need_pkgs[@]} + ${#need_lean[@]})); then
     if [ "$(id -u)" = 0 ]; then
-        log "installing Debian packages: ${need_pkgs[*]}"
+        log "installing Debian packages: ${need_pkgs[*]} ${need_lean[*]}"
         # A mirror caught mid-sync fails the update of some lists; the
         # install below says whether what it needs could be had.
         apt-get update -qq || echo "apt-get update reported errors; going on with the package lists it has" >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+        if ((${#need_pkgs[@]})); then
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+        fi
+        if ((${#need_lean[@]})); then
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_lean[@]}" >/dev/null
+        fi
     else
-        echo "missing packages (${need_pkgs[*]}): install them, or run as root" >&2
+        echo "missing packages (${need_pkgs[*]} ${need_lean[*]}): install them, or run as root" >&2
         exit 1
     fi
 fi

@@ -1,4 +1,5 @@
-//! The command line: `ferrovm run`, `ferrovm demo` and `ferrovm bench`.
+//! The command line: `ferrovm run`, `ferrovm snapshot`, `ferrovm demo` and
+//! `ferrovm bench`.
 
 use std::path::PathBuf;
 
@@ -24,6 +25,9 @@ pub enum Command {
     /// Save a running VM's screen to a file, through its QMP socket
     /// (`--qmp unix:PATH,server=on,wait=off`, or QEMU's -qmp).
     Screendump(ScreendumpArgs),
+    /// List the snapshots of a --snapshot-dir directory.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Boot the built-in guest under every available accelerator and compare.
     Demo,
     /// Measure whole guests under each accelerator (and QEMU when installed).
@@ -46,6 +50,16 @@ pub struct ScreendumpArgs {
     /// else ppm.
     #[arg(long, value_name = "png|ppm")]
     pub format: Option<String>,
+}
+
+/// `ferrovm snapshot`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum SnapshotCommand {
+    /// The snapshots in DIR: name, size on disk, when saved, guest time.
+    List {
+        /// The directory `--snapshot-dir` named.
+        dir: PathBuf,
+    },
 }
 
 /// `ferrovm qemu`: QEMU's options, read by `src/qemu.rs`.
@@ -197,6 +211,19 @@ pub struct RunArgs {
     /// listener, for screendumps).
     #[arg(long, value_name = "HOST:N[,websocket=PORT][,password=on]")]
     pub vnc: Option<String>,
+    /// `curses`: draw the VGA's text modes on this terminal and type its
+    /// keys into the guest (COM1 must go elsewhere); `none`: no display.
+    #[arg(long, value_enum)]
+    pub display: Option<DisplayArg>,
+    /// The PIIX3's USB controller (UHCI at PCI 00:01.2, QEMU's -usb).
+    #[arg(long)]
+    pub usb: bool,
+    /// A device on the USB controller's root hub (two ports): `tablet`
+    /// (an absolute pointer: VNC's pointer lands where the client's is) or
+    /// `kbd` (a boot keyboard); the VNC client's input goes to them rather
+    /// than to the PS/2 mouse and keyboard. Implies --usb.
+    #[arg(long, value_enum)]
+    pub usb_device: Vec<UsbDeviceArg>,
     /// A QMP monitor (QEMU's -qmp): unix:PATH or tcp:HOST:PORT, with
     /// ,server=on (QEMU's default here) and ,wait=off (else the machine
     /// waits for the first client before it starts). May be repeated.
@@ -209,6 +236,24 @@ pub struct RunArgs {
     /// Start with the vCPUs stopped, until a monitor's `cont` (QEMU's -S).
     #[arg(long)]
     pub paused: bool,
+    /// Where the monitors' `savevm NAME` keeps snapshots and `loadvm NAME`
+    /// and `delvm NAME` find them: DIR/NAME/state and DIR/NAME/memory.
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+    /// Start from a snapshot (DIR/NAME, as `savevm` wrote it) instead of
+    /// booting: the machine is built from this command line, which must
+    /// describe the machine that was saved, its RAM is the snapshot's
+    /// memory file mapped copy-on-write, and the guest goes on as it was
+    /// saved, running or paused.
+    #[arg(long, value_name = "DIR/NAME", conflicts_with = "incoming")]
+    pub restore: Option<PathBuf>,
+    /// Take a migrated guest instead of booting (QEMU's -incoming):
+    /// exec:CMD reads the stream from CMD's stdout, tcp:HOST:PORT and
+    /// unix:PATH wait for one connection. The whole stream is checked
+    /// before the guest runs; it stays paused if it was paused when its
+    /// migration began (and with --paused, until `cont`).
+    #[arg(long, value_name = "exec:CMD|tcp:HOST:PORT|unix:PATH")]
+    pub incoming: Option<String>,
     /// Where COM1 goes: stdio, file:PATH or none.
     #[arg(long, default_value = "stdio", value_parser = parse_serial)]
     pub serial: SerialBackend,
@@ -234,6 +279,20 @@ pub struct RunArgs {
     /// raises IRQ 0 on KVM's PIC and I/O APIC.
     #[arg(long, value_enum, default_value_t = KvmPitArg::Kernel)]
     pub kvm_pit: KvmPitArg,
+}
+
+/// `--display`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DisplayArg {
+    None,
+    Curses,
+}
+
+/// `--usb-device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UsbDeviceArg {
+    Tablet,
+    Kbd,
 }
 
 /// `--vga`.

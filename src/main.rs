@@ -127,7 +127,17 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         (None, None) if !disks.is_empty() => Firmware::Bios(bios::default_bios()?),
         (None, None) => Firmware::Builtin,
     };
+    let curses = args.display == Some(cli::DisplayArg::Curses);
+    if curses && matches!(args.serial, devices::console::SerialBackend::Stdio) {
+        return Err(Error::Config(
+            "--display curses draws on the terminal: put COM1 elsewhere (--serial file:PATH or none)".into(),
+        ));
+    }
     let vga = match (args.vga, &args.vnc) {
+        (Some(cli::VgaArg::None), _) if curses => {
+            return Err(Error::Config("--display curses shows the VGA's text, and --vga none leaves it out".into()))
+        }
+        _ if curses => vmm::Vga::Std,
         (Some(cli::VgaArg::Std), _) | (None, Some(_)) => vmm::Vga::Std,
         (Some(cli::VgaArg::None), Some(v)) => {
             return Err(Error::Config(format!("--vnc {v} shows the VGA screen, and --vga none leaves it out")))
@@ -147,29 +157,61 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         topology: args.cpus,
         vcpu_threads: args.vcpu_threads.mode(),
         vga,
+        usb: usb_config(&args),
     };
     let storage = vmm::Storage { drives: disks, boot_order: args.boot.clone() };
-    let machine = Machine::with_devices(config, &nics, storage)?;
+    let mut machine = Machine::with_devices(config, &nics, storage)?;
     if let Some(note) = &machine.boot_note {
         tracing::info!(target: "firmware", "{note}");
-        if args.stats {
+        if args.stats && args.restore.is_none() && args.incoming.is_none() {
             eprintln!("ferrovm: {note}");
         }
     }
+    let restored = restore_or_receive(&args, &mut machine, kind)?;
+    let paused = args.paused || restored.as_ref().is_some_and(|r| r.run_state == vmm::snapshot::RunState::Paused);
     let display = match (&args.vnc, machine.vga()) {
         (Some(spec), Some(vga)) => {
-            Some(Arc::new(vmm::display::start_vnc(spec, vga, machine.i8042()).map_err(Error::Config)?))
+            Some(Arc::new(vmm::display::start_vnc(spec, vga, machine.i8042(), machine.usb()).map_err(Error::Config)?))
         }
         _ => None,
     };
-    let backend = start_monitors(&args, &machine, kind, display.clone())?;
+    // -display curses: the VGA's text on this terminal, its keys to the guest.
+    let _terminal = match (args.display, machine.vga()) {
+        (Some(cli::DisplayArg::Curses), Some(vga)) => Some(
+            vmm::display::start_terminal(
+                vga,
+                machine.i8042(),
+                machine.usb(),
+                machine.events.clone(),
+                Box::new(std::io::stdout()),
+                Some(Box::new(std::io::stdin())),
+            )
+            .map_err(Error::Config)?,
+        ),
+        _ => None,
+    };
+    let backend = start_monitors(&args, &machine, kind, display.clone(), paused)?;
+    if let Some(b) = &backend {
+        b.set_engine_blocker(machine.snapshot_blocker(kind));
+        if let Some(dir) = &args.snapshot_dir {
+            b.set_snapshot_dir(vmm::snapshot::SnapshotDir::new(dir.clone()));
+        }
+    }
+    if args.stats && restored.is_some() {
+        let since = PROCESS_START.get().map_or(Duration::ZERO, std::time::Instant::elapsed);
+        eprintln!(
+            "ferrovm: the restored guest {} {:.1} ms after the process started",
+            if paused { "waits for cont" } else { "runs" },
+            since.as_secs_f64() * 1e3
+        );
+    }
     let _raw = if stdio {
         machine.attach_stdin()?;
         devices::console::enter_raw_mode()?
     } else {
         None
     };
-    let report = machine.run(kind)?;
+    let report = machine.run_lifecycle(kind, restored.map(|r| r.vcpus))?;
     devices::console::restore_terminal();
     if let Some(b) = &backend {
         // No message: the guest powered off (or reset under --no-reboot).
@@ -193,6 +235,97 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         eprintln!("ferrovm: {} unclaimed port/MMIO accesses ignored", report.unclaimed_io);
     }
     Ok(report.status)
+}
+
+/// When the process started, for `--stats` after a restore.
+static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// `--restore DIR/NAME` or `--incoming URI`: loads the saved or migrated
+/// state into the machine just built, before any of its vCPUs runs. A
+/// state that fails any check ends the process with the error.
+fn restore_or_receive(
+    args: &RunArgs,
+    machine: &mut Machine,
+    kind: EngineKind,
+) -> Result<Option<vmm::snapshot::Restored>, Error> {
+    let what = match (&args.restore, &args.incoming) {
+        (Some(p), _) => format!("--restore {}", p.display()),
+        (None, Some(u)) => format!("--incoming {u}"),
+        (None, None) => return Ok(None),
+    };
+    if let Some(why) = machine.snapshot_blocker(kind) {
+        return Err(Error::Config(format!("{what}: {why}")));
+    }
+    let fail = |e: vmm::snapshot::SnapshotError| Error::Config(format!("{what}: {e}"));
+    if let Some(path) = &args.restore {
+        let r = vmm::snapshot::restore_from(machine, path).map_err(fail)?;
+        if args.stats {
+            eprintln!("ferrovm: restored {} in {:.1} ms (state read, RAM mapped)", path.display(), ms(r.took));
+        }
+        return Ok(Some(r));
+    }
+    let uri: vmm::snapshot::MigrationUri = args
+        .incoming
+        .as_deref()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e: String| Error::Config(format!("{what}: {e}")))?;
+    let (mut input, child) = vmm::snapshot::open_incoming(&uri).map_err(fail)?;
+    // From the connection (or the command's start) on.
+    let t = std::time::Instant::now();
+    let got = vmm::snapshot::receive(machine, &mut *input);
+    drop(input);
+    if let Some(mut c) = child {
+        match c.wait() {
+            Ok(st) if !st.success() && got.is_ok() => {
+                tracing::warn!(target: "vmm", "{what}: the command ended with {st} after a whole stream")
+            }
+            _ => {}
+        }
+    }
+    let (r, ram) = got.map_err(fail)?;
+    if args.stats {
+        eprintln!(
+            "ferrovm: received the migrated guest in {:.1} ms: {} of {} bytes of RAM, {} pages of zeros skipped",
+            ms(t.elapsed()),
+            ram.written,
+            ram.total,
+            ram.zero_pages
+        );
+    }
+    Ok(Some(r))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// `ferrovm snapshot list DIR`.
+fn snapshot(cmd: &cli::SnapshotCommand) -> Result<i32, Error> {
+    match cmd {
+        cli::SnapshotCommand::List { dir } => {
+            let list = vmm::snapshot::SnapshotDir::new(dir.clone())
+                .list()
+                .map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
+            if list.is_empty() {
+                println!("no snapshots in {}", dir.display());
+                return Ok(0);
+            }
+            println!("{:<20} {:>10} {:>10}  {:<19}  {:>12}", "NAME", "RAM", "ON DISK", "SAVED (UTC)", "GUEST TIME");
+            for s in &list {
+                println!(
+                    "{:<20} {:>10} {:>10}  {:<19}  {:>11.3}s{}",
+                    s.name,
+                    vmm::snapshot::human_size(s.ram),
+                    vmm::snapshot::human_size(s.disk_bytes),
+                    vmm::snapshot::date(s.saved_at),
+                    s.guest_ns as f64 / 1e9,
+                    s.problem.as_ref().map(|p| format!("  ({p})")).unwrap_or_default()
+                );
+            }
+            Ok(0)
+        }
+    }
 }
 
 /// `ferrovm screendump`: asks a running VM's QMP monitor for its screen.
@@ -220,7 +353,7 @@ fn screendump(args: &cli::ScreendumpArgs) -> Result<(), Error> {
     let mut next = move || -> Result<String, Error> {
         loop {
             let l = lines.next().ok_or_else(|| fail(&"the monitor closed the connection"))?.map_err(|e| fail(&e))?;
-            if !l.starts_with(r#"{"event""#) {
+            if !l.contains(r#""event":"#) || l.starts_with(r#"{"return""#) || l.starts_with(r#"{"error""#) {
                 return Ok(l);
             }
         }
@@ -243,23 +376,46 @@ fn screendump(args: &cli::ScreendumpArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// The USB controller and its devices `--usb` and `--usb-device` ask for.
+fn usb_config(args: &RunArgs) -> Option<Vec<devices::usb::UsbDeviceKind>> {
+    let kinds: Vec<devices::usb::UsbDeviceKind> = args
+        .usb_device
+        .iter()
+        .map(|d| match d {
+            cli::UsbDeviceArg::Tablet => devices::usb::UsbDeviceKind::Tablet,
+            cli::UsbDeviceArg::Kbd => devices::usb::UsbDeviceKind::Keyboard,
+        })
+        .collect();
+    (args.usb || !kinds.is_empty()).then_some(kinds)
+}
+
 /// Starts the QMP and HMP monitors `args` ask for (`--qmp`, `--monitor`)
-/// and holds the vCPUs with `--paused`; `None` when there is none.
+/// and holds the vCPUs when `paused` (`--paused`, or a guest restored
+/// paused); `None` when there is none.
 fn start_monitors(
     args: &RunArgs,
     machine: &Machine,
     kind: EngineKind,
     display: Option<Arc<vmm::display::Display>>,
+    paused: bool,
 ) -> Result<Option<Arc<vmm::monitor::MachineBackend>>, Error> {
     if args.qmp.is_empty() && args.monitor.is_empty() {
         if args.paused {
             return Err(Error::Config("--paused needs a monitor to continue from (--qmp or --monitor)".into()));
         }
+        if paused {
+            return Err(Error::Config(
+                "the guest was saved paused: give a monitor to continue it from (--qmp or --monitor)".into(),
+            ));
+        }
+        if args.snapshot_dir.is_some() {
+            tracing::warn!(target: "vmm", "--snapshot-dir without a monitor (--qmp or --monitor) does nothing");
+        }
         return Ok(None);
     }
     let accel = if kind == EngineKind::Kvm { "kvm" } else { "tcg" };
     let backend = vmm::monitor::MachineBackend::new(machine, display, accel, None);
-    if args.paused {
+    if paused {
         backend.hold();
     }
     let version = monitor::Version::qemu_7_2(format!("ferrovm {}", env!("CARGO_PKG_VERSION")));
@@ -283,6 +439,7 @@ fn start_monitors(
 }
 
 fn main() -> ExitCode {
+    let _ = PROCESS_START.set(std::time::Instant::now());
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // Under QEMU's name, or `ferrovm qemu ...`: QEMU's syntax, which clap
     // does not read.
@@ -313,6 +470,7 @@ fn execute(cli: Cli) -> ExitCode {
     let result = std::panic::catch_unwind(move || match cli.command {
         Command::Run(args) => run(*args),
         Command::Screendump(args) => screendump(&args).map(|()| 0),
+        Command::Snapshot(cmd) => snapshot(&cmd),
         Command::Demo => Ok(ferrovm_bench::demo::demo()),
         Command::Bench(args) => Ok(ferrovm_bench::run(&args)),
         Command::Qemu(_) => Err(Error::Config("`ferrovm qemu` is run before the other commands".into())),

@@ -204,12 +204,14 @@ const WITH_ARG: &[&str] = &[
 fn refusal(name: &str) -> Option<&'static str> {
     Some(match name {
         "s" | "gdb" => "ferrovm has no gdb stub yet",
-        "usb" | "usbdevice" => "ferrovm has no USB controller",
         "spice" => "ferrovm's display is VNC (-vnc)",
         "full-screen" => "ferrovm has no window; its display is VNC (-vnc)",
         "daemonize" => "ferrovm runs in the foreground",
         "no-shutdown" => "ferrovm ends the run when the guest powers off",
-        "loadvm" | "incoming" => "ferrovm cannot load QEMU's saved states",
+        "loadvm" => {
+            "it loads a snapshot kept inside a qcow2 image, and ferrovm keeps snapshots in a directory: \
+             start from one with `ferrovm run --restore DIR/NAME` (savevm writes them with --snapshot-dir DIR)"
+        }
         "object" | "global" | "set" | "readconfig" => "ferrovm has no QOM objects or properties to set",
         "numa" => "ferrovm runs one CPU and one memory node",
         "mem-path" | "mem-prealloc" => "guest RAM is anonymous memory in ferrovm",
@@ -259,6 +261,8 @@ struct State {
     drives_by_id: Vec<(String, Disk)>,
     disks: Vec<Disk>,
     pidfile: Option<PathBuf>,
+    /// `-incoming URI`.
+    incoming: Option<String>,
     notes: Vec<String>,
     /// `-cpu max` or `host`: ferrovm's full model (`--cpu max`).
     cpu_max: bool,
@@ -280,6 +284,12 @@ struct State {
     chardevs: Vec<(String, String)>,
     /// `-S`.
     paused: bool,
+    /// `-usb`, `-machine usb=on`.
+    usb: bool,
+    /// `-device usb-tablet|usb-kbd`, `-usbdevice`: `tablet` or `kbd`.
+    usb_devices: Vec<&'static str>,
+    /// `-display curses`.
+    curses: bool,
 }
 
 /// A NIC: its `-netdev` (or `-nic`) options, model and MAC.
@@ -387,6 +397,27 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
             "chardev" => st.chardev(&option, v)?,
             "mon" => st.mon(&option, v)?,
             "S" => st.paused = true,
+            "usb" => st.usb = true,
+            "usbdevice" => match v {
+                "tablet" => {
+                    st.usb = true;
+                    st.usb_devices.push("tablet");
+                }
+                "keyboard" => {
+                    st.usb = true;
+                    st.usb_devices.push("kbd");
+                }
+                _ => return Err(format!("{option} {v} is not supported: ferrovm has tablet and keyboard")),
+            },
+            "incoming" if v == "defer" => {
+                return Err(format!(
+                    "{option} defer is not supported: give the URI (exec:CMD, tcp:HOST:PORT, unix:PATH)"
+                ))
+            }
+            "incoming" => {
+                v.parse::<vmm::snapshot::MigrationUri>().map_err(|e| format!("{option} {v}: {e}"))?;
+                st.incoming = Some(v.to_string());
+            }
             "parallel" if v == "none" => {}
             "parallel" => return Err(format!("{option} {v} is not supported: ferrovm has no parallel port")),
             "serial" => st.serial.push(serial(&option, v)?),
@@ -571,8 +602,8 @@ impl State {
             }
             self.machine_accel = Some(list);
         }
-        if o.get("usb").is_some_and(|u| on_off(option, "usb", u) != Ok(false)) {
-            return Err(format!("{option} usb=on is not supported: ferrovm has no USB controller"));
+        if let Some(u) = o.get("usb") {
+            self.usb |= on_off(option, "usb", u)?;
         }
         if o.get("graphics").is_some_and(|g| on_off(option, "graphics", g) != Ok(false)) {
             return Err(format!("{option} graphics=on is not supported: ferrovm has no display"));
@@ -590,6 +621,11 @@ impl State {
         let o = parse_opts(v, Some("type"))?;
         match o.get("type") {
             Some("none") => Ok(()),
+            Some("curses") => {
+                o.only(option, &["type", "charset"])?;
+                self.curses = true;
+                Ok(())
+            }
             Some("vnc") => Err(format!("{option} {v}: name the display, as -display vnc=HOST:N")),
             _ => Err(format!(
                 "{option} {v} is not supported: ferrovm has no window; show the screen over VNC \
@@ -725,6 +761,14 @@ impl State {
             return Ok(());
         }
         match driver {
+            "usb-tablet" | "usb-kbd" => {
+                o.only(&format!("{option} {driver}"), &["driver", "id", "bus", "port"])?;
+                if let Some(b) = o.get("bus").filter(|b| !b.starts_with("usb-bus")) {
+                    return Err(format!("{option} {driver},bus={b}: ferrovm's USB bus is the PIIX3's (usb-bus.0)"));
+                }
+                self.usb_devices.push(if driver == "usb-tablet" { "tablet" } else { "kbd" });
+                Ok(())
+            }
             "virtio-blk-pci" | "virtio-blk" => {
                 o.only(&format!("{option} {driver}"), &["driver", "drive", "id"])?;
                 let id = o.get("drive").ok_or_else(|| format!("{option} {driver}: drive= is missing"))?;
@@ -871,7 +915,8 @@ impl State {
             }
             // Without -serial QEMU shows COM1 on its display, or on stdio
             // with -nographic; -nodefaults leaves COM1 out.
-            None if self.nodefaults => "none".into(),
+            // -display curses shows COM1 on a console of its own.
+            None if self.nodefaults || self.curses => "none".into(),
             None => "stdio".into(),
         };
         args.extend(["--serial".into(), serial]);
@@ -892,6 +937,24 @@ impl State {
         }
         if self.paused {
             args.push("--paused".into());
+        }
+        if self.curses {
+            args.extend(["--display".into(), "curses".into()]);
+        }
+        if !self.usb_devices.is_empty() && !self.usb {
+            return Err(format!(
+                "-device usb-{}: there is no USB bus: add -usb (or -machine usb=on), as QEMU asks",
+                self.usb_devices[0]
+            ));
+        }
+        if self.usb {
+            args.push("--usb".into());
+        }
+        for d in &self.usb_devices {
+            args.extend(["--usb-device".into(), (*d).to_string()]);
+        }
+        if let Some(uri) = &self.incoming {
+            args.extend(["--incoming".into(), uri.clone()]);
         }
         if self.kernel.is_some() {
             if let Some(b) = self.bios.take() {
@@ -1165,9 +1228,31 @@ mod tests {
         refused("-serial tcp::4444,server -kernel k", "-serial");
         refused("-serial stdio -serial file:x -kernel k", "one serial port");
         refused("-display gtk", "VNC");
-        refused("-display curses", "VNC");
+        let a = run_args("-display curses -kernel k");
+        assert!(has(&a, "--display", "curses") && has(&a, "--serial", "none"), "{a:?}");
         refused("-vga cirrus", "-vga std");
         refused("-vga qxl", "-vga std");
+    }
+
+    #[test]
+    fn incoming_passes_on_and_loadvm_points_to_restore() {
+        let a = run_args("-incoming tcp:127.0.0.1:4444 -kernel k");
+        assert!(has(&a, "--incoming", "tcp:127.0.0.1:4444"), "{a:?}");
+        let a = run_args("-incoming unix:/tmp/m.sock -S -kernel k");
+        assert!(has(&a, "--incoming", "unix:/tmp/m.sock") && a.contains(&"--paused".to_string()), "{a:?}");
+        refused("-incoming defer -kernel k", "give the URI");
+        refused("-incoming rdma:host:1 -kernel k", "exec:CMD");
+        refused("-loadvm snap1 -kernel k", "--restore DIR/NAME");
+    }
+
+    #[test]
+    fn usb_options() {
+        let a = run_args("-usb -device usb-tablet -device usb-kbd,id=k -kernel k");
+        assert!(a.contains(&"--usb".to_string()), "{a:?}");
+        assert!(has(&a, "--usb-device", "tablet") && has(&a, "--usb-device", "kbd"), "{a:?}");
+        let a = run_args("-machine pc,usb=on -usbdevice tablet -kernel k");
+        assert!(has(&a, "--usb-device", "tablet"), "{a:?}");
+        assert!(!run_args("-machine usb=off -kernel k").contains(&"--usb".to_string()));
     }
 
     #[test]
@@ -1300,14 +1385,15 @@ mod tests {
         for (line, name) in [
             ("-s -kernel k", "-s is not supported"),
             ("-gdb tcp::1234", "gdb stub"),
-            ("-usb", "-usb"),
+            ("-device usb-tablet", "no USB bus"),
+            ("-usb -device usb-mouse", "usb-mouse"),
             ("-frobnicate", "-frobnicate is not supported"),
             ("--frobnicate", "-frobnicate is not supported"),
             ("-object memory-backend-ram,id=m", "-object"),
             ("-device qxl-vga", "qxl-vga"),
             ("-kernel", "requires an argument"),
             ("-no-shutdown", "-no-shutdown"),
-            ("-usbdevice tablet", "-usbdevice"),
+            ("-usbdevice mouse", "-usbdevice"),
         ] {
             refused(line, name);
         }

@@ -97,34 +97,8 @@ fn build_iso(images: &Path, dir: &Path) -> (PathBuf, String) {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     // The modules, decompressed, in a cpio archive appended to the initramfs.
-    let mods = dir.join("mods");
-    let _ = std::fs::remove_dir_all(&mods);
-    std::fs::create_dir_all(mods.join("lib/modules")).unwrap();
-    for m in MODULES {
-        let found = Command::new("find")
-            .arg(images.join("modules-generic/kernel"))
-            .args(["-name", &format!("{m}.ko*")])
-            .output()
-            .unwrap();
-        let ko = String::from_utf8_lossy(&found.stdout).lines().next().unwrap_or_default().to_string();
-        assert!(!ko.is_empty(), "module {m} is not in guest-images/modules-generic");
-        let out = mods.join(format!("lib/modules/{m}.ko"));
-        let cmd = match Path::new(&ko).extension().and_then(|e| e.to_str()) {
-            Some("xz") => format!("xz -dc '{ko}' > '{}'", out.display()),
-            Some("zst") => format!("zstd -qdc '{ko}' > '{}'", out.display()),
-            Some("gz") => format!("gzip -dc '{ko}' > '{}'", out.display()),
-            _ => format!("cp '{ko}' '{}'", out.display()),
-        };
-        sh(&cmd);
-    }
     let initrd = root.join("isolinux/initrd.gz");
-    sh(&format!(
-        "cat '{}' > '{}' && (cd '{}' && find lib | cpio -o -H newc --quiet | gzip -9) >> '{}'",
-        images.join("initramfs.cpio.gz").display(),
-        initrd.display(),
-        mods.display(),
-        initrd.display()
-    ));
+    images::initrd_with_modules(images, MODULES, &dir.join("mods"), &initrd);
     std::fs::copy(images.join("vmlinuz-generic"), root.join("isolinux/vmlinuz")).unwrap();
     std::fs::copy(ISOLINUX_BIN, root.join("isolinux/isolinux.bin")).unwrap();
     std::fs::copy(LDLINUX_C32, root.join("isolinux/ldlinux.c32")).unwrap();

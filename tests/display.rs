@@ -11,20 +11,31 @@
 //!   the guest writes there; the OCR'd screen must hold it. A word typed
 //!   over VNC (RFB key events) reaches the guest's PS/2 keyboard, and the
 //!   guest prints it on COM1.
+//! - noVNC (Debian's `novnc`) in headless Chromium opens the server's
+//!   WebSocket and shows the screen; OCR of the browser's screenshot must
+//!   hold the BIOS banner.
+//! - A USB tablet (`--usb-device tablet`, QEMU's `-usb -device
+//!   usb-tablet`) reaches Linux's input layer: uhci-hcd enumerates it,
+//!   usbhid makes it an input device, and the pointer a VNC client moves
+//!   comes out of its `/dev/input/event*` as absolute (EV_ABS) events.
 //! - A VNC server with `password=on` refuses every client until a password
 //!   is set over QMP, then refuses a wrong one and takes the right one.
 //!
-//! Without vncsnapshot, tesseract or SeaBIOS the tests say so and are
-//! skipped; scripts/test.sh installs them.
+//! Without vncsnapshot, tesseract, SeaBIOS (or, for the browser test,
+//! novnc and chromium) the tests say so and are skipped; scripts/test.sh
+//! installs them.
 
 #[path = "guest/bios_disk.rs"]
 mod bios_disk;
+#[path = "guest/encode.rs"]
+mod encode;
+#[path = "guest/images.rs"]
+mod images;
 #[path = "guest/run.rs"]
 #[allow(dead_code, reason = "this suite spawns ferrovm itself")]
 mod run;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use bios_disk::{partition_offset, seabios, set_mib, sh, test_disk};
 use run::tmp;
+use vnc::client::{Client, ClientEncoding};
 
 const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
 
@@ -182,69 +194,26 @@ impl Qmp {
     fn cmd(&mut self, json: &str) -> String {
         writeln!(self.w, "{json}").unwrap();
         loop {
+            // Events (with "event" among their keys) come between.
             let l = self.line();
-            if !l.starts_with(r#"{"event""#) {
+            if l.starts_with(r#"{"return""#) || l.starts_with(r#"{"error""#) {
                 return l;
             }
+            assert!(l.contains(r#""event":"#), "a reply or an event: {l}");
         }
     }
 }
 
-/// An RFB client, past the handshake: (stream, width, height).
-fn rfb_connect(display: u16, password: Option<&str>) -> Result<(TcpStream, u16, u16), String> {
-    let mut s = TcpStream::connect(("127.0.0.1", 5900 + display)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut version = [0u8; 12];
-    s.read_exact(&mut version).unwrap();
-    assert_eq!(&version, b"RFB 003.008\n");
-    s.write_all(b"RFB 003.008\n").unwrap();
-    let mut n = [0u8; 1];
-    s.read_exact(&mut n).unwrap();
-    let mut types = vec![0u8; usize::from(n[0])];
-    s.read_exact(&mut types).unwrap();
-    match password {
-        None => {
-            assert!(types.contains(&1), "security None offered: {types:?}");
-            s.write_all(&[1]).unwrap();
-        }
-        Some(p) => {
-            assert!(types.contains(&2), "VNC authentication offered: {types:?}");
-            s.write_all(&[2]).unwrap();
-            let mut challenge = [0u8; 16];
-            s.read_exact(&mut challenge).unwrap();
-            s.write_all(&vnc::vnc_auth_response(p, &challenge)).unwrap();
-        }
-    }
-    let mut result = [0u8; 4];
-    s.read_exact(&mut result).unwrap();
-    if result != [0; 4] {
-        let mut len = [0u8; 4];
-        let reason = match s.read_exact(&mut len) {
-            Ok(()) => {
-                let mut r = vec![0u8; u32::from_be_bytes(len).min(1024) as usize];
-                s.read_exact(&mut r).unwrap();
-                String::from_utf8_lossy(&r).into_owned()
-            }
-            Err(_) => String::new(),
-        };
-        return Err(format!("refused: {reason}"));
-    }
-    s.write_all(&[1]).unwrap();
-    let mut init = [0u8; 24];
-    s.read_exact(&mut init).unwrap();
-    let name_len = u32::from_be_bytes(init[20..24].try_into().unwrap()) as usize;
-    let mut name = vec![0u8; name_len];
-    s.read_exact(&mut name).unwrap();
-    Ok((s, u16::from_be_bytes([init[0], init[1]]), u16::from_be_bytes([init[2], init[3]])))
+/// A VNC client of the VM's display.
+fn rfb_connect(display: u16, password: Option<&str>) -> std::io::Result<Client> {
+    Client::connect(([127, 0, 0, 1], 5900 + display).into(), password, ClientEncoding::Raw)
 }
 
 /// Types `keysyms` (pressed and released) as RFB key events.
-fn type_keys(s: &mut TcpStream, keysyms: &[u32]) {
+fn type_keys(c: &mut Client, keysyms: &[u32]) {
     for &k in keysyms {
-        for down in [1u8, 0] {
-            let mut m = vec![4, down, 0, 0];
-            m.extend(k.to_be_bytes());
-            s.write_all(&m).unwrap();
+        for down in [true, false] {
+            c.key(k, down).unwrap();
             std::thread::sleep(Duration::from_millis(30));
         }
     }
@@ -307,17 +276,80 @@ fn a_vnc_password_is_set_over_qmp_and_a_wrong_one_is_refused() {
         return;
     }
     let vm = Vm::start("password", ",password=on", &["--bios", SEABIOS]);
-    let refused = rfb_connect(vm.display, Some("")).expect_err("no password set yet: every client is refused");
+    let refused = rfb_connect(vm.display, Some("")).err().expect("no password set yet: every client is refused");
     eprintln!("before set_password: {refused}");
     let mut q = Qmp::connect(&vm.qmp);
     let set = r#"{"execute":"set_password","arguments":{"protocol":"vnc","password":"s3cret"}}"#;
     assert_eq!(q.cmd(set), r#"{"return":{}}"#);
-    let wrong = rfb_connect(vm.display, Some("guess")).expect_err("a wrong password is refused");
+    let wrong = rfb_connect(vm.display, Some("guess")).err().expect("a wrong password is refused");
     eprintln!("a wrong password: {wrong}");
-    let (_s, w, h) = rfb_connect(vm.display, Some("s3cret")).expect("the right password is taken");
-    assert!(w > 0 && h > 0, "a screen of {w}x{h}");
+    let mut c = rfb_connect(vm.display, Some("s3cret")).expect("the right password is taken");
+    // The BIOS draws its banner soon; updates come as it does.
+    c.request(false).unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        c.read_update().unwrap();
+        if c.pixels.iter().any(|&p| p != 0) {
+            break;
+        }
+        assert!(Instant::now() < until, "the screen ({:?}) shows something within 60 s", c.size);
+        c.request(true).unwrap();
+    }
     assert_eq!(q.cmd(r#"{"execute":"quit"}"#), r#"{"return":{}}"#);
     vm.wait(20);
+}
+
+/// A TCP port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Debian's noVNC page, and the browser that loads it.
+const NOVNC_PAGE: &str = "/usr/share/novnc/vnc_lite.html";
+
+#[test]
+fn novnc_in_headless_chromium_shows_the_guest_screen_over_websocket() {
+    if !tools() {
+        return;
+    }
+    if !Path::new(NOVNC_PAGE).is_file() {
+        eprintln!("skipping: {NOVNC_PAGE} is missing (Debian package novnc)");
+        return;
+    }
+    if Command::new("chromium").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+        eprintln!("skipping: chromium is not installed (Debian package chromium)");
+        return;
+    }
+    let ws = free_port();
+    let vm = Vm::start("novnc", &format!(",websocket={ws}"), &["--bios", SEABIOS]);
+    vm.wait_screen("novnc-vnc", "SeaBIOS", 60);
+    // The page comes from the disk; noVNC's modules load from file:// with
+    // --allow-file-access-from-files, and the page opens the VNC server's
+    // WebSocket itself: no proxy.
+    let url = format!("file://{NOVNC_PAGE}?host=127.0.0.1&port={ws}");
+    let shot = tmp("display", "novnc.png");
+    let profile = tmp("display", "chromium-profile");
+    let mut seen = String::new();
+    for attempt in 1..=3 {
+        let _ = std::fs::remove_file(&shot);
+        let o = Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files"])
+            .args(["--window-size=900,600", "--virtual-time-budget=5000"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!("--screenshot={}", shot.display()))
+            .arg(&url)
+            .output()
+            .unwrap();
+        assert!(shot.is_file(), "chromium wrote a screenshot: {}", String::from_utf8_lossy(&o.stderr));
+        let o = Command::new("tesseract").arg(&shot).arg("-").output().unwrap();
+        seen = String::from_utf8_lossy(&o.stdout).into_owned();
+        if seen.contains("SeaBIOS") {
+            eprintln!("OCR of the browser's screenshot (attempt {attempt}):\n{seen}");
+            break;
+        }
+    }
+    assert!(seen.contains("SeaBIOS"), "noVNC shows the guest's screen; OCR read:\n{seen}");
+    let _ = std::fs::remove_dir_all(&profile);
 }
 
 /// Puts `/keyboard.txt` on the test disk's ext4 partition: the guest then
@@ -349,14 +381,162 @@ fn linux_shows_its_vga_console_and_takes_keys_typed_over_vnc() {
     let seen = vm.wait_screen("linux", "this line is on the", 30);
     assert!(seen.contains("console"), "OCR read:\n{seen}");
     eprintln!("OCR of Linux's VGA console after {:.1} s:\n{seen}", t.elapsed().as_secs_f64());
-    let (mut s, w, h) = rfb_connect(vm.display, None).expect("a VNC client connects");
-    eprintln!("VNC screen {w}x{h}");
+    let mut c = rfb_connect(vm.display, None).expect("a VNC client connects");
+    eprintln!("VNC screen {:?}", c.size);
     // "ferro42" and Return, as X11 keysyms.
     let word: Vec<u32> = "ferro42".bytes().map(u32::from).chain([0xff0d]).collect();
-    type_keys(&mut s, &word);
+    type_keys(&mut c, &word);
     vm.wait_serial("T:typed ferro42", 60);
     vm.wait_serial("T:unmounted", 120);
     let (status, err) = vm.wait(60);
     assert_eq!(status, Some(0), "the guest powers off: {err}");
     let _ = std::fs::remove_file(&disk);
+}
+
+/// The generic kernel's modules for a USB tablet on the UHCI controller,
+/// in insmod order.
+const USB_MODULES: &[&str] = &["usb-common", "usbcore", "uhci-hcd", "hid", "usbhid", "hid-generic", "evdev"];
+
+/// What the guest runs: load the drivers, wait for the tablet, and dump
+/// the first input events it reports.
+const TABLET_SCRIPT: &str = r#"
+for m in usb-common usbcore uhci-hcd hid usbhid hid-generic evdev; do
+    insmod /lib/modules/$m.ko || echo "T:insmod $m failed"
+done
+i=0
+while ! grep -q "USB Tablet" /proc/bus/input/devices && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+grep -B1 -A8 "USB Tablet" /proc/bus/input/devices | sed 's/^/T:dev /'
+ev=$(grep -A8 "USB Tablet" /proc/bus/input/devices | grep -o 'event[0-9]*' | head -1)
+echo "T:tablet $ev"
+dd if=/dev/input/$ev bs=24 count=6 2>/dev/null | od -An -tx1 -v | tr -s ' \n' '  ' | sed 's/^/T:events /'
+echo
+echo "T:done"
+"#;
+
+/// The initramfs with `modules` appended (decompressed, in lib/modules).
+fn initrd_with(images: &Path, modules: &[&str], name: &str) -> PathBuf {
+    let initrd = tmp("display", &format!("{name}.cpio.gz"));
+    images::initrd_with_modules(images, modules, &tmp("display", &format!("{name}-mods")), &initrd);
+    initrd
+}
+
+#[test]
+fn a_usb_tablet_moved_over_vnc_reaches_linux_input_layer() {
+    if !tools() {
+        return;
+    }
+    let Some(dir) = images::images(&["vmlinuz-generic", "initramfs.cpio.gz", "modules-generic/modules.order"]) else {
+        return;
+    };
+    let initrd = initrd_with(&dir, USB_MODULES, "usb");
+    let append = format!("console=ttyS0 ferrovm.poweroff=1 ferrovm.cmd={}", encode::base64(TABLET_SCRIPT.as_bytes()));
+    let kernel = dir.join("vmlinuz-generic");
+    let vm = Vm::start(
+        "usb",
+        "",
+        &[
+            "--usb-device",
+            "tablet",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--append",
+            &append,
+        ],
+    );
+    vm.wait_serial("T:tablet event", 240);
+    let mut c = rfb_connect(vm.display, None).expect("a VNC client connects");
+    c.request(false).unwrap();
+    let _ = c.read_update();
+    let (w, h) = c.size;
+    eprintln!("screen {w}x{h}");
+    for i in 1..=6u16 {
+        c.pointer(w / 8 * i, h / 8 * i, 0).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    vm.wait_serial("T:done", 60);
+    let out = vm.serial();
+    for l in out.lines().filter(|l| l.starts_with("T:")) {
+        eprintln!("{l}");
+    }
+    assert!(!out.contains("T:insmod"), "the modules load:\n{out}");
+    let events = out.lines().find_map(|l| l.strip_prefix("T:events ")).expect("the guest read events").to_string();
+    // struct input_event on x86-64: 16 bytes of time, then type, code
+    // (16 bits each) and value: EV_ABS (3) with ABS_X (0) and ABS_Y (1).
+    let words: Vec<&str> = events.split_whitespace().collect();
+    let kinds: Vec<(u16, u16)> = words
+        .chunks_exact(24)
+        .map(|e| {
+            let b = |i: usize| u8::from_str_radix(e[i], 16).unwrap();
+            (u16::from_le_bytes([b(16), b(17)]), u16::from_le_bytes([b(18), b(19)]))
+        })
+        .collect();
+    eprintln!("input events (type, code): {kinds:?}");
+    assert!(kinds.contains(&(3, 0)) && kinds.contains(&(3, 1)), "EV_ABS X and Y from the tablet: {kinds:?}\n{out}");
+    let (status, err) = vm.wait(60);
+    assert_eq!(status, Some(0), "the guest powers off: {err}");
+}
+
+#[test]
+fn the_curses_display_draws_the_bios_text_on_the_terminal() {
+    if !seabios() {
+        return;
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
+        .args(["run", "--accel", "jit", "--mem", "64M", "--bios", SEABIOS, "--display", "curses"])
+        .args(["--serial", "none", "--timeout", "6"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(124), "the run ends at the timeout: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("\x1b[2J"), "the terminal is cleared for the text mode: {out:?}");
+    // Light grey on black (VGA attribute 07): ANSI 37 on 40.
+    assert!(out.contains("\x1b[0;37;40mSeaBIOS (version"), "the banner in the BIOS's colours: {out:?}");
+    // COM1 on stdio as well would mix two outputs on one terminal.
+    let o = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
+        .args(["run", "--bios", SEABIOS, "--display", "curses"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("put COM1 elsewhere"));
+}
+
+/// Debian's GRUB rescue CD (grub-rescue-pc).
+const GRUB_ISO: &str = "/usr/lib/grub-rescue/grub-rescue-cdrom.iso";
+
+#[test]
+fn qmp_ejects_and_changes_the_cdrom() {
+    if !tools() {
+        return;
+    }
+    if !Path::new(GRUB_ISO).is_file() {
+        eprintln!("skipping: {GRUB_ISO} is missing (Debian package grub-rescue-pc)");
+        return;
+    }
+    let vm = Vm::start("cdrom", "", &["--cdrom", GRUB_ISO, "--boot", "d"]);
+    let mut q = Qmp::connect(&vm.qmp);
+    let block = q.cmd(r#"{"execute":"query-block"}"#);
+    assert!(block.contains(r#""device":"ide1-cd0""#) && block.contains(r#""inserted""#), "{block}");
+    assert!(q.cmd(r#"{"execute":"eject","arguments":{"device":"ide1-cd9"}}"#).contains("DeviceNotFound"));
+    // The guest may lock the tray; force as QEMU's users do.
+    assert_eq!(q.cmd(r#"{"execute":"eject","arguments":{"device":"ide1-cd0","force":true}}"#), r#"{"return":{}}"#);
+    let block = q.cmd(r#"{"execute":"query-block"}"#);
+    assert!(block.contains(r#""device":"ide1-cd0""#) && !block.contains(r#""inserted""#), "empty: {block}");
+    let change = format!(
+        r#"{{"execute":"blockdev-change-medium","arguments":{{"device":"ide1-cd0","filename":"{GRUB_ISO}","format":"raw"}}}}"#
+    );
+    assert_eq!(q.cmd(&change), r#"{"return":{}}"#);
+    let block = q.cmd(r#"{"execute":"query-block"}"#);
+    assert!(block.contains(r#""inserted""#), "a disc again: {block}");
+    let missing =
+        r#"{"execute":"blockdev-change-medium","arguments":{"device":"ide1-cd0","filename":"/nonexistent.iso"}}"#;
+    assert!(q.cmd(missing).contains("/nonexistent.iso"), "a missing image is named");
+    // The same through HMP.
+    let hmp = q.cmd(r#"{"execute":"human-monitor-command","arguments":{"command-line":"info block"}}"#);
+    assert!(hmp.contains("ide1-cd0"), "{hmp}");
+    assert_eq!(q.cmd(r#"{"execute":"quit"}"#), r#"{"return":{}}"#);
+    vm.wait(20);
 }

@@ -279,7 +279,7 @@ fn unsupported_options_are_refused_by_name() {
         (&["-s", "-kernel", "k"][..], "-s is not supported"),
         (&["-S", "-nodefaults"][..], "needs a monitor"),
         (&["-vga", "cirrus"][..], "-vga std"),
-        (&["-usb", "-device", "usb-tablet"][..], "-usb"),
+        (&["-device", "usb-tablet"][..], "no USB bus"),
         (&["-gdb", "tcp::1234"][..], "-gdb is not supported"),
         (&["-frobnicate"][..], "-frobnicate"),
         (&["-smp", "4,maxcpus=8"][..], "hotplug"),

@@ -53,6 +53,7 @@ fn run_builtin(timeout: Duration, kind: EngineKind) -> Result<(RunReport, String
         topology: Default::default(),
         vcpu_threads: Default::default(),
         vga: Default::default(),
+        usb: None,
     };
     let m = Machine::new(config).map_err(|e| e.to_string())?;
     let report = m.run(kind).map_err(|e| e.to_string())?;

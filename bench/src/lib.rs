@@ -18,6 +18,7 @@ use clap::Args;
 
 pub mod demo;
 pub mod disk;
+pub mod display;
 pub mod net;
 pub mod smp;
 pub mod work;
@@ -57,6 +58,11 @@ pub struct BenchArgs {
     /// round-robin on one), KVM and QEMU TCG with the same -smp.
     #[arg(long, value_name = "N", conflicts_with_all = ["net", "work", "disk"])]
     pub smp: Option<u32>,
+    /// Measure what a VNC viewer costs instead: the emulator's CPU time
+    /// while a Linux guest sleeps with a still screen, without and with
+    /// one viewer, and QEMU's with its -vnc when installed.
+    #[arg(long, conflicts_with_all = ["net", "work", "disk", "smp"])]
+    pub display: bool,
     /// MiB moved each way by --net.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     pub net_mib: usize,
@@ -70,6 +76,8 @@ pub fn run(args: &BenchArgs) -> i32 {
         work::run(args)
     } else if args.disk {
         disk::run(args)
+    } else if args.display {
+        display::run(args)
     } else if let Some(n) = args.smp {
         smp::run(args, n)
     } else {

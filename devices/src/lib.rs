@@ -46,6 +46,7 @@ pub mod nic;
 pub mod pc;
 pub mod pci;
 pub mod power;
+pub mod usb;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};

@@ -59,10 +59,12 @@ pub struct Config {
     /// code goes to another engine); the interpreter's hooks hear of each
     /// region entry as of a kernel block.
     pub kernel_only: bool,
-    /// Other host threads run vCPUs on the same guest memory: LOCK
-    /// read-modify-writes, XCHG with memory and MFENCE run through the
-    /// interpreter's handlers, which make them host atomics and fences
-    /// (one thread alone needs neither).
+    /// Other host threads run vCPUs on the same guest memory: the common
+    /// LOCK read-modify-writes and XCHG with memory on a naturally aligned
+    /// operand in writable RAM without code are host atomics in the
+    /// translated code, others run through the interpreter's locked
+    /// handler, and MFENCE is a host fence (one thread alone needs
+    /// neither).
     pub shared_memory: bool,
 }
 

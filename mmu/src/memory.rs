@@ -1,4 +1,5 @@
-//! Guest physical memory: RAM and ROM regions over anonymous mappings.
+//! Guest physical memory: RAM and ROM regions over anonymous mappings (or,
+//! for RAM restored from a saved state, a private mapping of its image).
 //!
 //! Layout of a PC with `N` bytes of RAM:
 //!
@@ -517,6 +518,113 @@ impl GuestMemory {
         self.write(addr, &v.to_le_bytes())
     }
 
+    // ---- RAM as a whole: saved states ---------------------------------------
+
+    /// Where the RAM byte at guest physical `addr` sits in a RAM image (a
+    /// saved state's memory file): below the PCI hole at `addr` itself,
+    /// above 4 GiB after the low RAM, so an image is [`GuestMemory::ram_size`]
+    /// bytes long. The legacy VGA window ([`VGA_WINDOW`]) keeps its place in
+    /// the image, as a hole.
+    pub fn ram_image_offset(addr: u64) -> u64 {
+        if addr >= HIGH_RAM_START {
+            addr - HIGH_RAM_START + PCI_HOLE_START
+        } else {
+            addr
+        }
+    }
+
+    /// The guest physical address of offset `offset` of a RAM image: the
+    /// inverse of [`GuestMemory::ram_image_offset`].
+    pub fn ram_image_addr(offset: u64) -> u64 {
+        if offset >= PCI_HOLE_START {
+            offset - PCI_HOLE_START + HIGH_RAM_START
+        } else {
+            offset
+        }
+    }
+
+    /// The RAM regions' guest physical ranges, in address order.
+    pub fn ram_ranges(&self) -> Vec<std::ops::Range<u64>> {
+        self.regions.iter().filter(|r| r.kind == RegionKind::Ram).map(|r| r.base..r.end()).collect()
+    }
+
+    /// Replaces all of RAM with a private, copy-on-write mapping of `file`,
+    /// a RAM image ([`GuestMemory::ram_image_offset`]) at least
+    /// [`GuestMemory::ram_size`] bytes long: the guest sees the file's
+    /// bytes, its writes stay in this process, and pages are read from the
+    /// file as they are first touched, so the cost does not grow with the
+    /// RAM's size. The host addresses stay the same.
+    ///
+    /// Nothing may run guest code meanwhile, and the caches made from the
+    /// old bytes (decoded blocks, compiled code, soft TLBs) must go with
+    /// their engines. The file must not change while it is mapped: replace
+    /// it by renaming a new one over it.
+    pub fn map_ram_image(&self, file: &std::fs::File) -> Result<(), MemError> {
+        let size = file.metadata().map_err(|e| MemError::Map { len: self.ram_size, reason: e.to_string() })?.len();
+        if size < self.ram_size {
+            return Err(MemError::Map {
+                len: self.ram_size,
+                reason: format!("the RAM image has {size} bytes, fewer than the RAM's {}", self.ram_size),
+            });
+        }
+        use std::os::fd::AsRawFd;
+        for r in self.regions.iter().filter(|r| r.kind == RegionKind::Ram) {
+            let offset = libc::off_t::try_from(Self::ram_image_offset(r.base))
+                .map_err(|_| MemError::Map { len: r.len, reason: "offset out of range".into() })?;
+            // SAFETY: `r.ptr..r.ptr + r.len` is this region's own mapping,
+            // which `GuestMemory` owns for its lifetime; MAP_FIXED replaces
+            // exactly those pages with a private mapping of the same length
+            // and protection, so the pointer stays valid, and its `MmapMut`
+            // unmaps the same range when dropped. No Rust reference into
+            // guest memory exists (see the `Send` impl).
+            let p = unsafe {
+                libc::mmap(
+                    r.ptr.cast(),
+                    r.len as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_FIXED,
+                    file.as_raw_fd(),
+                    offset,
+                )
+            };
+            if p == libc::MAP_FAILED || p.cast::<u8>() != r.ptr {
+                return Err(MemError::Map { len: r.len, reason: std::io::Error::last_os_error().to_string() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces all of RAM with fresh zero pages (anonymous memory), as
+    /// before a RAM image is loaded into it page by page; the host
+    /// addresses stay the same. As for [`GuestMemory::map_ram_image`],
+    /// nothing may run guest code meanwhile.
+    pub fn zero_ram(&self) -> Result<(), MemError> {
+        for r in self.regions.iter().filter(|r| r.kind == RegionKind::Ram) {
+            // SAFETY: as in `map_ram_image`: the region's own range, replaced
+            // by an anonymous private mapping of the same length.
+            let p = unsafe {
+                libc::mmap(
+                    r.ptr.cast(),
+                    r.len as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED || p.cast::<u8>() != r.ptr {
+                return Err(MemError::Map { len: r.len, reason: std::io::Error::last_os_error().to_string() });
+            }
+            #[cfg(target_os = "linux")]
+            // SAFETY: advice on the region's own, just mapped range; it changes
+            // no contents.
+            unsafe {
+                libc::madvise(r.ptr.cast(), r.len as usize, libc::MADV_HUGEPAGE);
+            }
+        }
+        Ok(())
+    }
+
     // ---- code-page tracking -------------------------------------------------
 
     /// Register a consumer of code-page changes: from now on every write to
@@ -697,6 +805,40 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_ram_image_maps_copy_on_write_and_zero_ram_clears_it() {
+        use std::io::Write;
+        let m = GuestMemory::with_vga_window(PCI_HOLE_START + 2 * MIB).unwrap();
+        let path = std::env::temp_dir().join(format!("mmu-ram-image-{}", std::process::id()));
+        let mut f = std::fs::File::create(&path).unwrap();
+        // Sparse: only the pages that hold something.
+        f.set_len(PCI_HOLE_START + 2 * MIB).unwrap();
+        for (off, byte) in [(0x1000u64, 0x11u8), (VGA_WINDOW.end, 0x22), (PCI_HOLE_START + MIB, 0x33)] {
+            use std::io::Seek;
+            f.seek(std::io::SeekFrom::Start(off)).unwrap();
+            f.write_all(&[byte]).unwrap();
+        }
+        drop(f);
+        m.write_u8(0x2000, 0x99).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        m.map_ram_image(&f).unwrap();
+        assert_eq!(m.read_u8(0x1000).unwrap(), 0x11);
+        assert_eq!(m.read_u8(0x2000).unwrap(), 0, "the old bytes are gone");
+        assert_eq!(m.read_u8(VGA_WINDOW.end).unwrap(), 0x22);
+        assert_eq!(m.read_u8(HIGH_RAM_START + MIB).unwrap(), 0x33, "high RAM follows the low RAM in the image");
+        m.write_u8(0x1000, 0x44).unwrap();
+        let mut byte = [0u8];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut byte, 0x1000).unwrap();
+        assert_eq!(byte[0], 0x11, "guest writes stay in the process");
+        m.zero_ram().unwrap();
+        assert_eq!(m.read_u8(0x1000).unwrap(), 0);
+        assert_eq!(m.read_u8(HIGH_RAM_START + MIB).unwrap(), 0);
+        let short = std::fs::File::create(&path).unwrap();
+        assert!(m.map_ram_image(&short).is_err(), "an image shorter than the RAM");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(GuestMemory::ram_image_addr(GuestMemory::ram_image_offset(HIGH_RAM_START + 5)), HIGH_RAM_START + 5);
+    }
 
     #[test]
     fn sizes_are_checked() {

@@ -14,3 +14,41 @@ pub fn images(need: &[&str]) -> Option<PathBuf> {
         None
     }
 }
+
+/// Writes to `out` the initramfs of `images` with the generic kernel's
+/// `modules` appended (decompressed, as `lib/modules/NAME.ko`, in a cpio
+/// archive of their own that Linux unpacks after the first), using `work`
+/// as scratch space.
+#[allow(dead_code, reason = "not every suite loads modules")]
+pub fn initrd_with_modules(images: &Path, modules: &[&str], work: &Path, out: &Path) {
+    let sh = |script: &str| {
+        let o = std::process::Command::new("sh").arg("-c").arg(script).output().expect("sh runs");
+        assert!(o.status.success(), "{script}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work.join("lib/modules")).unwrap();
+    for m in modules {
+        let found = std::process::Command::new("find")
+            .arg(images.join("modules-generic/kernel"))
+            .args(["-name", &format!("{m}.ko*")])
+            .output()
+            .unwrap();
+        let ko = String::from_utf8_lossy(&found.stdout).lines().next().unwrap_or_default().to_string();
+        assert!(!ko.is_empty(), "module {m} is not in guest-images/modules-generic");
+        let dst = work.join(format!("lib/modules/{m}.ko"));
+        let cmd = match Path::new(&ko).extension().and_then(|e| e.to_str()) {
+            Some("xz") => format!("xz -dc '{ko}' > '{}'", dst.display()),
+            Some("zst") => format!("zstd -qdc '{ko}' > '{}'", dst.display()),
+            Some("gz") => format!("gzip -dc '{ko}' > '{}'", dst.display()),
+            _ => format!("cp '{ko}' '{}'", dst.display()),
+        };
+        sh(&cmd);
+    }
+    sh(&format!(
+        "cat '{}' > '{}' && (cd '{}' && find lib | cpio -o -H newc --quiet | gzip -9) >> '{}'",
+        images.join("initramfs.cpio.gz").display(),
+        out.display(),
+        work.display(),
+        out.display()
+    ));
+}

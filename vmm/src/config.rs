@@ -122,6 +122,9 @@ pub struct MachineConfig {
     pub vcpu_threads: VcpuThreads,
     /// The display adapter.
     pub vga: Vga,
+    /// The PIIX3's USB controller (UHCI, QEMU's `-usb`) and the devices on
+    /// its root hub; `None` leaves the controller out.
+    pub usb: Option<Vec<devices::usb::UsbDeviceKind>>,
 }
 
 impl MachineConfig {

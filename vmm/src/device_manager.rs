@@ -44,6 +44,7 @@ use devices::nic::{nth_mac, Doorbell, IoThread, NicStats};
 use devices::pc::PcChipset;
 use devices::pci::msix::MAX_VECTORS;
 use devices::pci::{BarChange, PciAddress, PciBarKind, PciInterruptPin, SharedPciDevice};
+use devices::usb::{Uhci, UhciState, UsbDeviceKind, UHCI_ADDRESS};
 use devices::virtio::blk::{VirtioBlk, VirtioBlkPci, VirtioBlkState};
 use devices::virtio::net::{VirtioNet, VirtioNetPci, VirtioNetState};
 use devices::virtio::pci::Doorbell as BellSpec;
@@ -327,6 +328,7 @@ enum NicHandle {
     Disk(Arc<Mutex<VirtioBlkPci>>),
     Ide(Arc<Mutex<IdeController>>),
     Vga(Arc<Mutex<StdVga>>),
+    Usb(Arc<Mutex<Uhci>>),
 }
 
 /// The floppy disk controller and its DMA controllers.
@@ -381,6 +383,19 @@ impl DeviceManager {
         AttachedDoorbells { doorbells: &self.doorbells }
     }
 
+    /// The USB controller, when there is one.
+    pub fn usb(&self) -> Option<Arc<Mutex<Uhci>>> {
+        self.nics.iter().find_map(|(_, _, h)| match h {
+            NicHandle::Usb(d) => Some(d.clone()),
+            _ => None,
+        })
+    }
+
+    /// What the machine's timers must poll: the USB controller's frames.
+    pub fn timer_sources(&self) -> Vec<Arc<dyn devices::clock::TimerSource>> {
+        self.usb().into_iter().map(|u| u as Arc<dyn devices::clock::TimerSource>).collect()
+    }
+
     /// The IDE controller, when there is one.
     pub fn ide(&self) -> Option<Arc<Mutex<IdeController>>> {
         self.nics.iter().find_map(|(_, _, h)| match h {
@@ -397,6 +412,7 @@ impl DeviceManager {
             match h {
                 NicHandle::Ide(d) => d.lock().reset(),
                 NicHandle::Vga(d) => d.lock().reset(),
+                NicHandle::Usb(d) => d.lock().reset(),
                 _ => {}
             }
         }
@@ -443,6 +459,7 @@ impl DeviceManager {
                         return format!("disk {addr} {what}: {}", per.join("; "));
                     }
                     NicHandle::Vga(_) => return format!("display {addr} {what}"),
+                    NicHandle::Usb(_) => return format!("usb {addr} {what}"),
                     NicHandle::E1000(d) => (d.lock().stats(), 0),
                     NicHandle::Virtio(d) => {
                         let d = d.lock();
@@ -489,6 +506,8 @@ pub enum PciFunctionState {
     Ide(Box<IdeState>),
     /// The standard VGA: its registers and VRAM.
     Vga(Box<StdVgaState>),
+    /// The UHCI controller and its devices.
+    Usb(Box<UhciState>),
 }
 
 impl PciFunctionState {
@@ -499,6 +518,7 @@ impl PciFunctionState {
             Self::VirtioBlk(_) => "virtio-blk",
             Self::Ide(_) => "IDE",
             Self::Vga(_) => "VGA",
+            Self::Usb(_) => "USB",
         }
     }
 }
@@ -529,6 +549,7 @@ impl NicHandle {
             Self::Disk(_) => "virtio-blk",
             Self::Ide(_) => "IDE",
             Self::Vga(_) => "VGA",
+            Self::Usb(_) => "USB",
         }
     }
 
@@ -539,6 +560,7 @@ impl NicHandle {
             Self::Disk(d) => PciFunctionState::VirtioBlk(d.lock().save()),
             Self::Ide(d) => PciFunctionState::Ide(Box::new(d.lock().save())),
             Self::Vga(d) => PciFunctionState::Vga(Box::new(d.lock().save())),
+            Self::Usb(d) => PciFunctionState::Usb(Box::new(d.lock().save())),
         }
     }
 
@@ -550,6 +572,7 @@ impl NicHandle {
             (Self::Disk(d), PciFunctionState::VirtioBlk(s)) => d.lock().restore(s),
             (Self::Ide(d), PciFunctionState::Ide(s)) => d.lock().restore(s),
             (Self::Vga(d), PciFunctionState::Vga(s)) => d.lock().restore(s),
+            (Self::Usb(d), PciFunctionState::Usb(s)) => d.lock().restore(s),
             _ => Err(PersistError::new(
                 DEVICE_MANAGER,
                 "functions",
@@ -639,17 +662,28 @@ fn virtio_doorbells(
 
 /// Builds the NICs `specs` describe and the virtio-blk functions of
 /// `disks` (image, label), and plugs them into `chipset`'s PCI bus.
+/// The PCI functions of the machine's own besides the NICs and disks.
+pub(crate) struct Extra {
+    /// The standard VGA, with `-vga std`.
+    pub vga: Option<Arc<Mutex<StdVga>>>,
+    /// The UHCI controller's devices, with `-usb`.
+    pub usb: Option<Vec<UsbDeviceKind>>,
+    /// The machine's clock, which the USB controller's frames follow.
+    pub clock: devices::clock::SharedClock,
+}
+
 pub(crate) fn install(
     specs: &[net::NicSpec],
     placed: crate::storage::Placed,
-    vga: Option<Arc<Mutex<StdVga>>>,
+    extra: Extra,
     chipset: &PcChipset,
     mem: &Arc<GuestMemory>,
     pio: &mut Bus,
     mmio: &mut Bus,
 ) -> Result<Option<DeviceManager>, Error> {
     let crate::storage::Placed { virtio: disks, ide, ide_kinds, floppy, floppy_labels } = placed;
-    if specs.is_empty() && disks.is_empty() && ide.is_none() && floppy.is_none() && vga.is_none() {
+    let Extra { vga, usb, clock } = extra;
+    if specs.is_empty() && disks.is_empty() && ide.is_none() && floppy.is_none() && vga.is_none() && usb.is_none() {
         return Ok(None);
     }
     let floppy = match floppy {
@@ -687,6 +721,17 @@ pub(crate) fn install(
         let what = format!("standard VGA, {} MiB VRAM", dev.lock().vram_size() >> 20);
         tracing::info!(target: "devices", "PCI {VGA_ADDRESS}: {what}");
         nics.push((VGA_ADDRESS, what, NicHandle::Vga(dev)));
+    }
+    if let Some(kinds) = usb {
+        let irq = chipset.pci_intx_line(UHCI_ADDRESS.device, PciInterruptPin::IntD);
+        let what = format!("PIIX3 USB (UHCI): {kinds:?}");
+        let dev = Uhci::new(Arc::clone(mem), irq, clock, kinds).map_err(Error::Config)?;
+        let dev = Arc::new(Mutex::new(dev));
+        windows
+            .plug(chipset, UHCI_ADDRESS, dev.clone(), Uhci::bar_devices(&dev))
+            .map_err(|e| Error::Config(format!("USB: {e}")))?;
+        tracing::info!(target: "devices", "PCI {UHCI_ADDRESS}: {what}");
+        nics.push((UHCI_ADDRESS, what, NicHandle::Usb(dev)));
     }
     if let Some(drives) = ide {
         let irq = |i: usize| chipset.irq_line(devices::ide::CHANNEL_IRQS[i]);

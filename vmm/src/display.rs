@@ -16,11 +16,13 @@
 //! so the guest's pointer follows the client's as long as the guest does
 //! not accelerate or clamp it.
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
 use devices::display::StdVga;
 use devices::legacy::i8042::I8042;
+use devices::usb::Uhci;
 use parking_lot::Mutex;
 
 /// The format of a screendump file.
@@ -74,6 +76,12 @@ impl Screen {
             r.resized = true;
         }
         rects.into_iter().map(|d| vnc::Rect { x: d.x, y: d.y, w: d.w, h: d.h }).collect()
+    }
+
+    /// The size of the picture as last rendered.
+    pub fn size(&self) -> (u32, u32) {
+        let r = self.inner.lock();
+        (r.frame.width, r.frame.height)
     }
 
     /// The picture now.
@@ -137,30 +145,53 @@ impl vnc::FrameSource for VgaSource {
     }
 }
 
-/// Keys and pointer from a display client, for the guest.
+/// Keys and pointer from a display client, for the guest: to the USB
+/// keyboard and tablet when the machine has them (as QEMU routes input to
+/// a `usb-kbd` and a `usb-tablet`), else to the PS/2 keyboard and mouse.
 pub struct GuestInput {
     i8042: Arc<Mutex<I8042>>,
+    usb: Option<Arc<Mutex<Uhci>>>,
+    /// The screen whose size the tablet's coordinates scale from.
+    screen: Option<Arc<Screen>>,
     /// The pointer's last position and buttons.
     last: Mutex<Option<(u16, u16, u8)>>,
 }
 
 impl GuestInput {
-    /// Input into `i8042`'s keyboard and mouse.
-    pub fn new(i8042: Arc<Mutex<I8042>>) -> Arc<Self> {
-        Arc::new(Self { i8042, last: Mutex::new(None) })
+    /// Input into `i8042`'s keyboard and mouse, or into `usb`'s keyboard
+    /// and tablet where it has them; the tablet scales positions from the
+    /// size of `screen`.
+    pub fn new(i8042: Arc<Mutex<I8042>>, usb: Option<Arc<Mutex<Uhci>>>, screen: Option<Arc<Screen>>) -> Arc<Self> {
+        Arc::new(Self { i8042, usb, screen, last: Mutex::new(None) })
+    }
+
+    /// The USB controller, when it has a tablet (`tablet`) or a keyboard.
+    fn usb_with(&self, tablet: bool) -> Option<&Arc<Mutex<Uhci>>> {
+        self.usb.as_ref().filter(|u| {
+            let u = u.lock();
+            if tablet {
+                u.has_tablet()
+            } else {
+                u.has_keyboard()
+            }
+        })
     }
 
     /// Types `keysym` (pressed or released).
     pub fn key(&self, keysym: u32, down: bool) {
+        let usb = self.usb_with(false);
         if keysym == vnc::XK_PAUSE {
-            if down {
-                self.i8042.lock().pause_key();
+            match (usb, down) {
+                (Some(u), _) => u.lock().key_event(0xe045, down),
+                (None, true) => self.i8042.lock().pause_key(),
+                (None, false) => {}
             }
             return;
         }
-        match vnc::keysym_to_set1(keysym) {
-            Some(code) => self.i8042.lock().key_event(code, down),
-            None => tracing::debug!(target: "devices", "display input: keysym {keysym:#x} has no PC key; dropped"),
+        match (vnc::keysym_to_set1(keysym), usb) {
+            (Some(code), Some(u)) => u.lock().key_event(code, down),
+            (Some(code), None) => self.i8042.lock().key_event(code, down),
+            (None, _) => tracing::debug!(target: "devices", "display input: keysym {keysym:#x} has no PC key; dropped"),
         }
     }
 }
@@ -185,9 +216,17 @@ impl vnc::InputSink for GuestInput {
             0x10 => 1,
             _ => 0,
         };
-        let ps2 = (buttons & 1) | ((buttons >> 1) & 2) | ((buttons << 1) & 4);
-        if dx != 0 || dy != 0 || dz != 0 || buttons & 7 != old_buttons & 7 {
-            self.i8042.lock().mouse_event(dx, dy, dz, ps2);
+        // Left, right, middle: the order of PS/2's and HID's bits.
+        let lrm = (buttons & 1) | ((buttons >> 1) & 2) | ((buttons << 1) & 4);
+        if dx == 0 && dy == 0 && dz == 0 && buttons & 7 == old_buttons & 7 {
+            return;
+        }
+        if let Some(u) = self.usb_with(true) {
+            let (w, h) = self.screen.as_ref().map_or((0, 0), |s| s.size());
+            // The tablet's wheel turns away from the user for a positive value.
+            u.lock().tablet_event(u32::from(x), u32::from(y), w, h, lrm, -dz);
+        } else {
+            self.i8042.lock().mouse_event(dx, dy, dz, lrm);
         }
     }
 }
@@ -205,12 +244,17 @@ pub struct Display {
 const REFRESH: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Starts a VNC server on `spec` (QEMU's `-vnc` value) showing `vga` and
-/// typing into `i8042`. A listener beyond loopback without a password gets
+/// typing into `i8042` (or `usb`'s keyboard and tablet). A listener beyond loopback without a password gets
 /// a warning on stderr: a VNC client is a keyboard into the guest.
-pub fn start_vnc(spec: &str, vga: Arc<Mutex<StdVga>>, i8042: Arc<Mutex<I8042>>) -> Result<Display, String> {
+pub fn start_vnc(
+    spec: &str,
+    vga: Arc<Mutex<StdVga>>,
+    i8042: Arc<Mutex<I8042>>,
+    usb: Option<Arc<Mutex<Uhci>>>,
+) -> Result<Display, String> {
     let parsed = vnc::parse_vnc_spec(spec).map_err(|e| format!("-vnc {spec}: {e}"))?;
     let screen = Screen::new(vga);
-    let input = GuestInput::new(i8042);
+    let input = GuestInput::new(i8042, usb, Some(Arc::clone(&screen)));
     let websocket = parsed.websocket_addr().map_err(|e| format!("-vnc {spec}: websocket address: {e}"))?;
     let password = parsed.password.then(String::new);
     let displays = match &parsed.listen {
@@ -253,4 +297,276 @@ pub fn start_vnc(spec: &str, vga: Arc<Mutex<StdVga>>, i8042: Arc<Mutex<I8042>>) 
         }
     }
     Err(format!("-vnc {spec}: cannot listen: {}", last_err.unwrap_or_else(|| "no display to try".into())))
+}
+
+/// QEMU's `-display curses`: the VGA's text mode drawn on a terminal with
+/// ANSI escapes, and the terminal's keys typed on the PS/2 (or USB)
+/// keyboard.
+///
+/// A drawing thread reads the text screen every 50 ms and
+/// redraws the rows that changed since the last look (the whole screen
+/// when the mode changed), with the VGA's colours as the 16 ANSI colours,
+/// and moves the terminal's cursor to the VGA's. A graphics mode shows a
+/// line that says so. An input thread turns the terminal's bytes into key
+/// presses: characters of a US keyboard (with Shift where the character
+/// needs it), Return, Backspace, Tab, Escape, the arrow keys and Ctrl with
+/// a letter; `Ctrl-A x` ends the run, as on the serial console.
+pub struct TerminalDisplay {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    draw: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How often the terminal display looks at the screen.
+const TERMINAL_REFRESH: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl Drop for TerminalDisplay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.draw.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The ANSI colour (0-7) of a VGA colour (0-7): the VGA numbers blue as 1,
+/// ANSI as 4.
+const VGA_TO_ANSI: [u8; 8] = [0, 4, 2, 6, 1, 5, 3, 7];
+
+/// The SGR sequence of a text attribute: foreground in bits 0-3,
+/// background in bits 4-6 (bit 7 blinks; drawn steady).
+fn sgr(attr: u8) -> String {
+    let fg = attr & 7;
+    let bright = attr & 8 != 0;
+    let bg = (attr >> 4) & 7;
+    let fg_code = if bright { 90 } else { 30 } + VGA_TO_ANSI[usize::from(fg)];
+    format!("\x1b[0;{fg_code};{}m", 40 + VGA_TO_ANSI[usize::from(bg)])
+}
+
+/// Draws `screen` on `out`, the rows that differ from `last` (all of them
+/// when `last` is another size).
+fn draw_text(
+    out: &mut dyn Write,
+    screen: &devices::display::TextScreen,
+    last: &Option<devices::display::TextScreen>,
+) -> std::io::Result<()> {
+    let whole = last.as_ref().is_none_or(|l| (l.cols, l.rows) != (screen.cols, screen.rows));
+    let mut buf = String::new();
+    if whole {
+        buf.push_str("\x1b[0m\x1b[2J");
+    }
+    let cols = screen.cols as usize;
+    for row in 0..screen.rows as usize {
+        let cells = screen.cells.get(row * cols..(row + 1) * cols).unwrap_or(&[]);
+        if !whole && last.as_ref().and_then(|l| l.cells.get(row * cols..(row + 1) * cols)) == Some(cells) {
+            continue;
+        }
+        buf.push_str(&format!("\x1b[{};1H", row + 1));
+        let text = screen.line(row as u32);
+        let mut attr = None;
+        for (ch, &(_, a)) in text.chars().zip(cells) {
+            if attr != Some(a) {
+                buf.push_str(&sgr(a));
+                attr = Some(a);
+            }
+            buf.push(ch);
+        }
+    }
+    buf.push_str("\x1b[0m");
+    match screen.cursor {
+        Some((x, y)) => buf.push_str(&format!("\x1b[{};{}H\x1b[?25h", y + 1, x + 1)),
+        None => buf.push_str("\x1b[?25l"),
+    }
+    out.write_all(buf.as_bytes())?;
+    out.flush()
+}
+
+/// Starts the terminal display: `vga`'s text drawn on `out`, and with
+/// `input` the keys read from it typed into `i8042`; `events` takes the
+/// `Ctrl-A x` quit.
+pub fn start_terminal(
+    vga: Arc<Mutex<StdVga>>,
+    i8042: Arc<Mutex<I8042>>,
+    usb: Option<Arc<Mutex<Uhci>>>,
+    events: Arc<devices::VmEvents>,
+    mut out: Box<dyn Write + Send>,
+    input: Option<Box<dyn std::io::Read + Send>>,
+) -> Result<TerminalDisplay, String> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let draw = std::thread::Builder::new()
+        .name("terminal-display".into())
+        .spawn(move || {
+            let mut last: Option<devices::display::TextScreen> = None;
+            let mut graphics = false;
+            while !flag.load(std::sync::atomic::Ordering::Acquire) {
+                let screen = vga.lock().text_screen();
+                let result = match screen {
+                    Some(s) => {
+                        graphics = false;
+                        let r = draw_text(&mut *out, &s, &last);
+                        last = Some(s);
+                        r
+                    }
+                    None if !graphics => {
+                        graphics = true;
+                        last = None;
+                        out.write_all(
+                            b"\x1b[0m\x1b[2J\x1b[1;1H[the guest is in a graphics mode: see it over VNC (--vnc)]",
+                        )
+                        .and_then(|()| out.flush())
+                    }
+                    None => Ok(()),
+                };
+                if result.is_err() {
+                    // The terminal is gone; the guest goes on without it.
+                    return;
+                }
+                std::thread::sleep(TERMINAL_REFRESH);
+            }
+            let _ = out.write_all(b"\x1b[0m\x1b[?25h\r\n");
+            let _ = out.flush();
+        })
+        .map_err(|e| format!("cannot start the terminal display: {e}"))?;
+    if let Some(input) = input {
+        let keys = GuestInput::new(i8042, usb, None);
+        std::thread::Builder::new()
+            .name("terminal-keys".into())
+            .spawn(move || terminal_keys(input, &keys, &events))
+            .map_err(|e| format!("cannot start the terminal display's input: {e}"))?;
+    }
+    Ok(TerminalDisplay { stop, draw: Some(draw) })
+}
+
+/// X11 keysyms of the keys the terminal display types.
+mod xk {
+    pub const RETURN: u32 = 0xff0d;
+    pub const BACKSPACE: u32 = 0xff08;
+    pub const TAB: u32 = 0xff09;
+    pub const ESCAPE: u32 = 0xff1b;
+    pub const LEFT: u32 = 0xff51;
+    pub const UP: u32 = 0xff52;
+    pub const RIGHT: u32 = 0xff53;
+    pub const DOWN: u32 = 0xff54;
+    pub const SHIFT: u32 = 0xffe1;
+    pub const CONTROL: u32 = 0xffe3;
+}
+
+/// Whether a US keyboard needs Shift for the character `c`.
+fn needs_shift(c: u8) -> bool {
+    c.is_ascii_uppercase() || b"~!@#$%^&*()_+{}|:\"<>?".contains(&c)
+}
+
+/// Presses and releases `keysym`, inside `modifier` when there is one.
+fn tap(keys: &GuestInput, keysym: u32, modifier: Option<u32>) {
+    if let Some(m) = modifier {
+        keys.key(m, true);
+    }
+    keys.key(keysym, true);
+    keys.key(keysym, false);
+    if let Some(m) = modifier {
+        keys.key(m, false);
+    }
+}
+
+/// Reads the terminal's bytes and types them until the input ends.
+fn terminal_keys(mut input: Box<dyn std::io::Read + Send>, keys: &GuestInput, events: &devices::VmEvents) {
+    let mut buf = [0u8; 64];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        let mut i = 0;
+        while i < pending.len() {
+            let b = pending[i];
+            i += 1;
+            match b {
+                // Ctrl-A x quits; Ctrl-A Ctrl-A types Ctrl-A.
+                0x01 => match pending.get(i) {
+                    Some(b'x') => {
+                        events.request(devices::VmEvent::Quit);
+                        return;
+                    }
+                    Some(0x01) => {
+                        i += 1;
+                        tap(keys, u32::from(b'a'), Some(xk::CONTROL));
+                    }
+                    Some(_) => i += 1,
+                    None => {
+                        // The rest of the escape comes with the next read.
+                        i -= 1;
+                        break;
+                    }
+                },
+                0x1b => match (pending.get(i), pending.get(i + 1)) {
+                    (Some(b'['), Some(&c)) => {
+                        i += 2;
+                        match c {
+                            b'A' => tap(keys, xk::UP, None),
+                            b'B' => tap(keys, xk::DOWN, None),
+                            b'C' => tap(keys, xk::RIGHT, None),
+                            b'D' => tap(keys, xk::LEFT, None),
+                            _ => {}
+                        }
+                    }
+                    (Some(b'['), None) => {
+                        i -= 1;
+                        break;
+                    }
+                    _ => tap(keys, xk::ESCAPE, None),
+                },
+                b'\r' | b'\n' => tap(keys, xk::RETURN, None),
+                0x7f | 0x08 => tap(keys, xk::BACKSPACE, None),
+                b'\t' => tap(keys, xk::TAB, None),
+                0x02..=0x1a => tap(keys, u32::from(b'a' + b - 1), Some(xk::CONTROL)),
+                0x20..=0x7e => tap(keys, u32::from(b), needs_shift(b).then_some(xk::SHIFT)),
+                _ => {}
+            }
+        }
+        pending.drain(..i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devices::display::TextScreen;
+
+    fn screen(rows: &[&str], attr: u8) -> TextScreen {
+        let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0) as u32;
+        let mut cells = Vec::new();
+        for r in rows {
+            let mut line: Vec<(u8, u8)> = r.bytes().map(|b| (b, attr)).collect();
+            line.resize(cols as usize, (b' ', attr));
+            cells.extend(line);
+        }
+        TextScreen { cols, rows: rows.len() as u32, cells, cursor: Some((2, 1)) }
+    }
+
+    #[test]
+    fn the_terminal_gets_the_rows_that_changed_in_their_colours() {
+        let first = screen(&["SeaBIOS", "booting"], 0x1e);
+        let mut out = Vec::new();
+        draw_text(&mut out, &first, &None).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("\x1b[0m\x1b[2J"), "a new screen clears the terminal: {text:?}");
+        assert!(text.contains("\x1b[1;1H") && text.contains("\x1b[2;1H"), "both rows: {text:?}");
+        // Yellow (VGA 14: bright 6) on blue (VGA 1): ANSI bright 3 on 4.
+        assert!(text.contains("\x1b[0;93;44mSeaBIOS"), "{text:?}");
+        assert!(text.ends_with("\x1b[2;3H\x1b[?25h"), "the cursor at column 3 of row 2: {text:?}");
+        let second = screen(&["SeaBIOS", "done   "], 0x1e);
+        let mut out = Vec::new();
+        draw_text(&mut out, &second, &Some(first)).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("SeaBIOS") && !text.contains("\x1b[2J"), "only the changed row: {text:?}");
+        assert!(text.contains("\x1b[2;1H") && text.contains("done"), "{text:?}");
+    }
+
+    #[test]
+    fn shifted_characters_are_typed_with_shift() {
+        assert!(needs_shift(b'A') && needs_shift(b'!') && needs_shift(b'"') && needs_shift(b'?'));
+        assert!(!needs_shift(b'a') && !needs_shift(b'1') && !needs_shift(b'/') && !needs_shift(b' '));
+    }
 }

@@ -12,6 +12,8 @@
 //!   their input for the keyboard and mouse;
 //! - [`monitor`]: the commands of QEMU's monitors (QMP, HMP) carried out
 //!   on the machine;
+//! - `snapshot` (with the default `serde` feature): saved states of the
+//!   whole machine, snapshots in a directory, migration through a stream;
 //! - [`storage`]: the drives, the controller each hangs on, and the boot
 //!   order;
 //! - [`bios`] and [`boot`]: SeaBIOS's set-up (fw_cfg) and the CPU state a
@@ -28,6 +30,8 @@ pub mod engine;
 pub mod error;
 pub mod machine;
 pub mod monitor;
+#[cfg(feature = "serde")]
+pub mod snapshot;
 pub mod storage;
 pub mod vcpu;
 
@@ -35,5 +39,5 @@ pub use config::{
     parse_smp, EngineKind, Firmware, KernelImage, KvmPit, MachineConfig, SerialOut, SplitMode, VcpuThreads, Vga,
 };
 pub use error::Error;
-pub use machine::{Machine, RunControl, RunReport};
+pub use machine::{Machine, MachineOp, RunControl, RunReport, Stopped};
 pub use storage::{Drive, Storage};

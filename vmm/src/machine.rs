@@ -194,7 +194,7 @@ impl Machine {
         let clock: devices::clock::SharedClock = Arc::new(devices::clock::HostClock::new());
         let tsc = Arc::new(devices::clock::Tsc::new(cpu::cpuid::TSC_KHZ * 1000));
         let ram = devices::legacy::rtc::RamSize::split(config.mem, mmu::PCI_HOLE_START);
-        let chipset = devices::pc::PcChipset::new(clock.clone(), events.clone(), tsc, ram, &apic_ids);
+        let mut chipset = devices::pc::PcChipset::new(clock.clone(), events.clone(), tsc, ram, &apic_ids);
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
         chipset.install(&mut pio, &mut mmio)?;
@@ -233,7 +233,12 @@ impl Machine {
             ))),
             Vga::None => None,
         };
-        let devices = crate::device_manager::install(nics, placed, vga.clone(), &chipset, &mem, &mut pio, &mut mmio)?;
+        let extra = crate::device_manager::Extra { vga: vga.clone(), usb: config.usb.clone(), clock: clock.clone() };
+        let devices = crate::device_manager::install(nics, placed, extra, &chipset, &mem, &mut pio, &mut mmio)?;
+        // The USB controller runs its frames from the machine's timers.
+        for t in devices.iter().flat_map(crate::device_manager::DeviceManager::timer_sources) {
+            chipset.timers.add(t);
+        }
         Ok(Machine {
             mem,
             pio: Arc::new(pio),
@@ -331,6 +336,11 @@ impl Machine {
         self.vga.clone()
     }
 
+    /// The USB controller, when the machine has one (`-usb`).
+    pub fn usb(&self) -> Option<Arc<Mutex<devices::usb::Uhci>>> {
+        self.devices.as_ref().and_then(crate::device_manager::DeviceManager::usb)
+    }
+
     /// The IDE controller, when the machine has IDE drives.
     pub fn ide(&self) -> Option<Arc<Mutex<devices::ide::IdeController>>> {
         self.devices.as_ref().and_then(crate::device_manager::DeviceManager::ide)
@@ -375,29 +385,120 @@ impl Machine {
     /// or a thread each ([`crate::config::VcpuThreads::Multi`]); KVM runs
     /// each on a thread of its own (`vmm/src/machine/threads.rs`).
     pub fn run(&self, kind: EngineKind) -> Result<RunReport, Error> {
+        match self.run_once(kind, Instant::now(), None, true)? {
+            Outcome::Done(report) => Ok(report),
+            // Not asked for: only `run_lifecycle` takes requests.
+            Outcome::Stopped(..) => Err(Error::Accel("the run stopped for work on the whole machine".into())),
+        }
+    }
+
+    /// [`Machine::run`], with the vCPUs starting in `states` (index
+    /// order; `None`: the boot states), and stopping for the requests of
+    /// [`RunControl::request`]: for each, every vCPU stops, the run's
+    /// engines go (and with them every cache made from guest memory: soft
+    /// TLBs, decoded blocks, compiled code), the request's work gets the
+    /// machine and the vCPUs' states, and new engines go on from the
+    /// states it leaves, paused or not as it says. Snapshots and
+    /// migration ([`crate::snapshot`]) are done so.
+    pub fn run_lifecycle(&mut self, kind: EngineKind, states: Option<Vec<CpuState>>) -> Result<RunReport, Error> {
         let start = Instant::now();
+        self.control.lifecycle.store(true, Ordering::Release);
+        let mut states = states;
+        let mut first = true;
+        loop {
+            let outcome = self.run_once(kind, start, states.as_deref(), first);
+            first = false;
+            match outcome {
+                Ok(Outcome::Done(report)) => {
+                    self.control.end_lifecycle();
+                    return Ok(report);
+                }
+                Ok(Outcome::Stopped(op, vcpus)) => {
+                    let mut stopped = Stopped {
+                        vcpus,
+                        paused: self.control.inner.lock().pause,
+                        engine_blocker: self.snapshot_blocker(kind),
+                    };
+                    op(self, &mut stopped);
+                    self.control.settle();
+                    states = Some(stopped.vcpus);
+                }
+                Err(e) => {
+                    self.control.end_lifecycle();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Why the vCPUs of a run under `kind` cannot be saved or restored, if
+    /// they cannot: a guest wholly in KVM keeps its interrupt controllers
+    /// (and PIT) in KVM, whose state the saved state does not hold.
+    pub fn snapshot_blocker(&self, kind: EngineKind) -> Option<String> {
+        if kind != EngineKind::Kvm {
+            return None;
+        }
+        #[cfg(target_os = "linux")]
+        if self.config.cpus() == 1 && crate::engine::split::SplitEngine::wanted(&self.engine_context(0)) {
+            // Split execution: the interrupt controllers are the machine's.
+            return None;
+        }
+        #[cfg(target_os = "linux")]
+        if self.config.cpus() > 1 && crate::engine::split::SplitEngine::wanted(&self.engine_context(0)) {
+            // The JIT runs several vCPUs where split execution would run one.
+            return None;
+        }
+        Some(
+            "the guest runs wholly in KVM, whose interrupt controllers and PIT hold state that saved states \
+             do not carry: use --accel jit or --accel interp, or split execution (--kvm-split on)"
+                .into(),
+        )
+    }
+
+    /// One run of the vCPUs, from `states` when given: until the guest's
+    /// end, or until a request of [`RunControl::request`] (taken only
+    /// under [`Machine::run_lifecycle`]) stops every vCPU.
+    fn run_once(
+        &self,
+        kind: EngineKind,
+        start: Instant,
+        states: Option<&[CpuState]>,
+        first: bool,
+    ) -> Result<Outcome, Error> {
         let cpus = u32::try_from(self.config.cpus()).map_err(|_| Error::Config("too many CPUs".into()))?;
+        if let Some(s) = states {
+            if s.len() != cpus as usize {
+                return Err(Error::Config(format!("{} vCPU states for {cpus} vCPUs", s.len())));
+            }
+        }
         #[cfg(target_os = "linux")]
         let kind = if kind == EngineKind::Kvm
             && cpus > 1
             && crate::engine::split::SplitEngine::wanted(&self.engine_context(0))
         {
-            tracing::warn!(
-                target: "accel",
-                "split execution runs one vCPU: with {cpus} vCPUs the JIT runs the guest \
-                 (--kvm-split off runs all of it in KVM, where KVM runs the kernel in software)"
-            );
+            if first {
+                tracing::warn!(
+                    target: "accel",
+                    "split execution runs one vCPU: with {cpus} vCPUs the JIT runs the guest \
+                     (--kvm-split off runs all of it in KVM, where KVM runs the kernel in software)"
+                );
+            }
             EngineKind::Jit
         } else {
             kind
         };
+        let _ = first;
         if cpus > 1 && (kind == EngineKind::Kvm || self.config.vcpu_threads == crate::config::VcpuThreads::Multi) {
-            return self.run_threads(kind, cpus, start);
+            return self.run_threads(kind, cpus, start, states);
         }
         let mut vcpus = Vec::with_capacity(cpus as usize);
         for index in 0..cpus {
             let ctx = self.engine_context(index);
-            vcpus.push(Vcpu::new(index, self.engine(kind, &ctx)?));
+            let mut engine = self.engine(kind, &ctx)?;
+            if let Some(s) = states.and_then(|s| s.get(index as usize)) {
+                engine.set_state(s)?;
+            }
+            vcpus.push(Vcpu::new(index, engine));
         }
         self.run_vcpus(&mut vcpus, start, None)
     }
@@ -416,7 +517,7 @@ impl Machine {
         vcpus: &mut [Vcpu<'_>],
         start: Instant,
         others: Option<Arc<threads::ThreadCtl>>,
-    ) -> Result<RunReport, Error> {
+    ) -> Result<Outcome, Error> {
         // Machine events, interrupts, typed input and a pause request wake
         // the loop when it idles, and kick an engine that runs the guest
         // elsewhere.
@@ -453,8 +554,9 @@ impl Machine {
         let mut next_timer = self.chipset.timers.poll(self.clock.now_ns());
         loop {
             self.pump_input();
-            if let Some(bsp) = vcpus.first_mut() {
-                self.pause_point(bsp.engine())?;
+            if let Some(op) = self.pause_point(vcpus)? {
+                let states = vcpus.iter_mut().map(|v| v.engine().state()).collect::<Result<Vec<_>, _>>()?;
+                return Ok(Outcome::Stopped(op, states));
             }
             let until = self.instant_of(next_timer).min(deadline.unwrap_or(Instant::now() + Duration::from_secs(3600)));
             let mut halted = true;
@@ -521,7 +623,7 @@ impl Machine {
                     r.status = status;
                     r.message = message;
                     r.instructions = instructions;
-                    return Ok(r);
+                    return Ok(Outcome::Done(r));
                 }
             }
         }
@@ -608,30 +710,46 @@ impl Machine {
         self.chipset.timers.poll(self.clock.now_ns())
     }
 
-    /// Hold the vCPU while another thread asked for a pause
-    /// ([`RunControl::pause`]): publish its state, wait for the resume, and
-    /// load a state set meanwhile.
-    fn pause_point(&self, engine: &mut dyn Engine) -> Result<(), Error> {
+    /// Hold the vCPUs while another thread asked for a pause
+    /// ([`RunControl::pause`]): publish the bootstrap processor's state,
+    /// wait for the resume, and load a state set meanwhile. A request for
+    /// work on the whole machine ([`RunControl::request`]), pending or
+    /// made while paused, is returned instead: the run stops for it.
+    fn pause_point(&self, vcpus: &mut [Vcpu<'_>]) -> Result<Option<MachineOp>, Error> {
         if !self.control.attention.load(Ordering::Acquire) {
-            return Ok(());
+            return Ok(None);
         }
-        let state = engine.state()?;
+        let Some(bsp) = vcpus.first_mut() else { return Ok(None) };
+        {
+            let mut c = self.control.inner.lock();
+            if let Some(op) = c.op.take() {
+                return Ok(Some(op));
+            }
+            if !c.pause {
+                return Ok(None);
+            }
+        }
+        let state = bsp.engine().state()?;
         let mut c = self.control.inner.lock();
+        if let Some(op) = c.op.take() {
+            return Ok(Some(op));
+        }
         if !c.pause {
-            return Ok(());
+            return Ok(None);
         }
         c.paused = Some(state);
         self.control.cv.notify_all();
-        while c.pause {
+        while c.pause && c.op.is_none() {
             self.control.cv.wait(&mut c);
         }
         c.paused = None;
         let new = c.new_state.take();
+        let op = c.op.take();
         drop(c);
         if let Some(s) = new {
-            engine.set_state(&s)?;
+            bsp.engine().set_state(&s)?;
         }
-        Ok(())
+        Ok(op)
     }
 
     /// The run loops' answer to a machine event: a reset goes on (unless
@@ -807,6 +925,9 @@ pub struct RunControl {
     cv: Condvar,
     /// Wakes the run loop and kicks its engine.
     kick: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    /// Set while [`Machine::run_lifecycle`] runs the machine: requests
+    /// are taken.
+    lifecycle: AtomicBool,
 }
 
 #[derive(Default)]
@@ -816,6 +937,33 @@ struct Control {
     paused: Option<CpuState>,
     /// A state to load on resume.
     new_state: Option<CpuState>,
+    /// Work on the whole machine the run stops for.
+    op: Option<MachineOp>,
+}
+
+/// Work on the whole machine while no vCPU runs ([`RunControl::request`]):
+/// it gets the machine and the stopped vCPUs, and may change both.
+pub type MachineOp = Box<dyn FnOnce(&mut Machine, &mut Stopped) + Send>;
+
+/// The vCPUs as a [`MachineOp`] finds them, and how they go on.
+#[derive(Debug)]
+pub struct Stopped {
+    /// Every vCPU's state, in index order; the run goes on from these.
+    pub vcpus: Vec<CpuState>,
+    /// Whether the vCPUs were paused when the work was asked for; they
+    /// stay so unless the work says otherwise ([`RunControl::set_pause`]).
+    pub paused: bool,
+    /// Why this run's vCPUs cannot be saved or restored, if they cannot
+    /// ([`Machine::snapshot_blocker`]).
+    pub engine_blocker: Option<String>,
+}
+
+/// How one run of the vCPUs ended.
+enum Outcome {
+    /// The guest's end: the run is over.
+    Done(RunReport),
+    /// Every vCPU stopped, with these states, for this work.
+    Stopped(MachineOp, Vec<CpuState>),
 }
 
 impl RunControl {
@@ -862,7 +1010,61 @@ impl RunControl {
     pub fn resume(&self) {
         let mut c = self.inner.lock();
         c.pause = false;
-        self.attention.store(false, Ordering::Release);
+        self.attention.store(c.op.is_some(), Ordering::Release);
+        self.cv.notify_all();
+    }
+
+    /// Whether a pause is asked for (the vCPUs are stopped or stop soon).
+    pub fn pause_asked(&self) -> bool {
+        self.inner.lock().pause
+    }
+
+    /// Asks for `op` to be done on the whole machine: every vCPU stops
+    /// (a paused machine at once), the run's engines go, `op` runs on the
+    /// thread that runs the machine, and the vCPUs go on as it leaves
+    /// them ([`Machine::run_lifecycle`]). `op` tells its own result (over
+    /// a channel it holds). Refused when the machine does not run under
+    /// [`Machine::run_lifecycle`] or another request waits.
+    pub fn request(&self, op: MachineOp) -> Result<(), String> {
+        if !self.lifecycle.load(Ordering::Acquire) {
+            return Err("the machine is not running, or its run cannot stop for this".into());
+        }
+        let mut c = self.inner.lock();
+        if c.op.is_some() {
+            return Err("another snapshot or migration is in progress".into());
+        }
+        c.op = Some(op);
+        self.attention.store(true, Ordering::Release);
+        self.cv.notify_all();
+        drop(c);
+        if let Some(k) = &*self.kick.lock() {
+            k();
+        }
+        Ok(())
+    }
+
+    /// The run is over: no more requests, and one still waiting is
+    /// dropped (its requester hears of it when its channel closes).
+    fn end_lifecycle(&self) {
+        self.lifecycle.store(false, Ordering::Release);
+        let op = self.inner.lock().op.take();
+        drop(op);
+    }
+
+    /// After a [`MachineOp`]: the engines look at the run control again
+    /// only while a pause or another request waits.
+    fn settle(&self) {
+        let c = self.inner.lock();
+        self.attention.store(c.pause || c.op.is_some(), Ordering::Release);
+    }
+
+    /// From a [`MachineOp`], before it tells its result: the vCPUs go on
+    /// paused or not. (A `stop` or `cont` that follows the result then
+    /// finds the run state the work left.)
+    pub fn set_pause(&self, pause: bool) {
+        let mut c = self.inner.lock();
+        c.pause = pause;
+        self.attention.store(pause || c.op.is_some(), Ordering::Release);
         self.cv.notify_all();
     }
 }
@@ -966,6 +1168,7 @@ mod tests {
             topology: Default::default(),
             vcpu_threads: Default::default(),
             vga: Default::default(),
+            usb: None,
         })
         .expect("a machine")
     }
@@ -990,6 +1193,7 @@ mod tests {
                 topology: Default::default(),
                 vcpu_threads: Default::default(),
                 vga: Default::default(),
+                usb: None,
             })
             .expect("a machine");
             tx.send((m.control(), m.mem.clone())).unwrap();

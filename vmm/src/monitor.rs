@@ -14,10 +14,12 @@
 //! | `screendump` | the VGA screen as PPM or PNG ([`crate::display::Screen`]) |
 //! | `eject`, `blockdev-change-medium` | the IDE CD-ROMs (`ide1-cd0` is `-cdrom`'s drive); `DEVICE_TRAY_MOVED` |
 //! | `set_password vnc` | the VNC server's password |
+//! | `savevm`, `loadvm`, `delvm`, `info snapshots` | snapshots in the `--snapshot-dir` directory (`crate::snapshot`); `loadvm` leaves the guest running or paused as it was saved |
+//! | `migrate`, `query-migrate`, `migrate_cancel`, `migrate-set-capabilities` | a non-live migration to `exec:CMD`, `unix:PATH` or `tcp:HOST:PORT`: the guest stops, its state and RAM go through the stream, and it stays stopped ("postmigrate"); `MIGRATION` events |
 //!
-//! Snapshots (`savevm`, `loadvm`) and migration are refused with an error
-//! that says so: the machine's state can be saved ([`persist::Persist`]),
-//! but no file format or stream carries it yet.
+//! Snapshots and migration stop every vCPU for their work
+//! ([`crate::RunControl::request`]), which needs the machine to run under
+//! [`Machine::run_lifecycle`].
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,10 +33,26 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use crate::display::{Display, DumpFormat};
-use crate::machine::{Machine, RunControl};
+use crate::machine::{Machine, RunControl, Stopped};
 
 /// How long `stop` waits for the vCPUs to reach an instruction boundary.
 const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// How long `savevm` and `loadvm` wait for their work.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(600);
+
+/// The last migration, for `query-migrate`.
+#[derive(Debug, Clone, Default)]
+struct Migration {
+    /// "setup", "active", "completed", "failed"; empty before the first.
+    status: String,
+    started: Option<std::time::Instant>,
+    total_ms: u64,
+    ram: crate::snapshot::RamStats,
+    /// Bytes the stream carried.
+    transferred: u64,
+    error: Option<String>,
+}
 
 /// The machine's side of the monitors.
 pub struct MachineBackend {
@@ -43,15 +61,23 @@ pub struct MachineBackend {
     acpi_pm: Arc<Mutex<devices::legacy::acpi_pm::AcpiPm>>,
     ide: Option<Arc<Mutex<IdeController>>>,
     display: Option<Arc<Display>>,
-    /// Set while the machine is stopped (`stop`, `-S`).
-    paused: AtomicBool,
+    /// Set while the machine is stopped (`stop`, `-S`, a migration's end).
+    paused: Arc<AtomicBool>,
+    /// Set after a migration completed, until `cont` or `loadvm`.
+    postmigrate: Arc<AtomicBool>,
+    /// Where `savevm` and `loadvm` keep snapshots (`--snapshot-dir`).
+    snapshots: Mutex<Option<crate::snapshot::SnapshotDir>>,
+    /// Why this machine's engine cannot take part in snapshots or
+    /// migration, if it cannot ([`Machine::snapshot_blocker`]).
+    engine_blocker: Mutex<Option<String>>,
+    migration: Arc<Mutex<Migration>>,
     /// Set once `quit` asked the run to end.
     quit: AtomicBool,
     cpus: usize,
     accel: &'static str,
     name: Option<String>,
     /// The monitor, for events; set once it exists.
-    monitor: Mutex<Option<Arc<Monitor>>>,
+    monitor: Arc<Mutex<Option<Arc<Monitor>>>>,
 }
 
 impl MachineBackend {
@@ -70,13 +96,23 @@ impl MachineBackend {
             acpi_pm: machine.chipset.acpi_pm.clone(),
             ide: machine.ide(),
             display,
-            paused: AtomicBool::new(false),
+            paused: Arc::new(AtomicBool::new(false)),
+            postmigrate: Arc::default(),
+            snapshots: Mutex::new(None),
+            engine_blocker: Mutex::new(None),
+            migration: Arc::default(),
             quit: AtomicBool::new(false),
             cpus: machine.config.cpus(),
             accel,
             name,
-            monitor: Mutex::new(None),
+            monitor: Arc::default(),
         })
+    }
+
+    /// Where `savevm` keeps snapshots and `loadvm` finds them
+    /// (`--snapshot-dir`).
+    pub fn set_snapshot_dir(&self, dir: crate::snapshot::SnapshotDir) {
+        *self.snapshots.lock() = Some(dir);
     }
 
     /// The monitor events go to.
@@ -92,9 +128,193 @@ impl MachineBackend {
     }
 
     fn emit(&self, event: Event) {
-        if let Some(m) = &*self.monitor.lock() {
-            m.emit(event);
+        emit(&self.monitor, event);
+    }
+
+    /// Tells why the engine the machine runs under cannot take part in
+    /// snapshots or migration ([`Machine::snapshot_blocker`]): those
+    /// commands are refused with it before the machine stops.
+    pub fn set_engine_blocker(&self, why: Option<String>) {
+        *self.engine_blocker.lock() = why;
+    }
+
+    /// Fails when the machine's engine cannot take part in snapshots or
+    /// migration.
+    fn check_engine(&self, what: &str) -> Result<(), QmpError> {
+        match &*self.engine_blocker.lock() {
+            Some(why) => Err(QmpError::generic(format!("{what} is not possible here: {why}"))),
+            None => Ok(()),
         }
+    }
+
+    /// The snapshot directory, or the error that asks for one.
+    fn snapshot_dir(&self, what: &str) -> Result<crate::snapshot::SnapshotDir, QmpError> {
+        self.snapshots.lock().clone().ok_or_else(|| {
+            QmpError::generic(format!(
+                "{what} needs a place for snapshots: start ferrovm with --snapshot-dir DIR \
+                 (ferrovm keeps snapshots in a directory, not inside qcow2 images)"
+            ))
+        })
+    }
+
+    /// Runs `op` with every vCPU stopped and waits for its answer.
+    fn on_stopped_machine<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut Machine, &mut Stopped) -> Result<T, String> + Send + 'static,
+    ) -> Result<T, QmpError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.control
+            .request(Box::new(move |m: &mut Machine, s: &mut Stopped| {
+                let _ = tx.send(op(m, s));
+            }))
+            .map_err(QmpError::generic)?;
+        match rx.recv_timeout(SNAPSHOT_WAIT) {
+            Ok(r) => r.map_err(QmpError::generic),
+            Err(_) => Err(QmpError::generic("the machine stopped running before the work was done")),
+        }
+    }
+
+    fn savevm(&self, name: &str) -> Result<Value, QmpError> {
+        let dir = self.snapshot_dir("savevm")?;
+        self.check_engine("savevm")?;
+        let path = dir.entry(name).map_err(|e| QmpError::generic(e.to_string()))?;
+        let report =
+            self.on_stopped_machine(move |m, s| crate::snapshot::save_to(m, s, &path).map_err(|e| e.to_string()))?;
+        tracing::info!(
+            target: "vmm",
+            "savevm: {} bytes of state, {} of {} bytes of RAM written in {:.3} s",
+            report.state_bytes,
+            report.ram.written,
+            report.ram.total,
+            report.took.as_secs_f64()
+        );
+        Ok(json!({}))
+    }
+
+    fn loadvm(&self, name: &str) -> Result<Value, QmpError> {
+        let dir = self.snapshot_dir("loadvm")?;
+        self.check_engine("loadvm")?;
+        let path = dir.entry(name).map_err(|e| QmpError::generic(e.to_string()))?;
+        if !path.join("state").is_file() {
+            return Err(QmpError::generic(format!("Snapshot '{name}' does not exist in {}", dir.path().display())));
+        }
+        let paused = self.on_stopped_machine(move |m, s| {
+            if let Some(why) = &s.engine_blocker {
+                return Err(format!("cannot restore into this machine: {why}"));
+            }
+            let r = crate::snapshot::restore_from(m, &path).map_err(|e| e.to_string())?;
+            s.vcpus = r.vcpus;
+            let paused = r.run_state == crate::snapshot::RunState::Paused;
+            m.control().set_pause(paused);
+            Ok(paused)
+        })?;
+        self.postmigrate.store(false, Ordering::Release);
+        let was = self.paused.swap(paused, Ordering::AcqRel);
+        match (was, paused) {
+            (false, true) => self.emit(Event::Stop),
+            (true, false) => self.emit(Event::Resume),
+            _ => {}
+        }
+        Ok(json!({}))
+    }
+
+    fn info_snapshots(&self) -> Result<Value, QmpError> {
+        let Some(dir) = self.snapshots.lock().clone() else { return Ok(json!([])) };
+        let list = dir.list().map_err(|e| QmpError::generic(e.to_string()))?;
+        Ok(Value::Array(
+            list.iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    json!({
+                        "id": (i + 1).to_string(),
+                        "name": s.name,
+                        "vm-state-size": s.disk_bytes,
+                        "date-sec": s.saved_at,
+                        "date-nsec": 0,
+                        "vm-clock-sec": s.guest_ns / 1_000_000_000,
+                        "vm-clock-nsec": s.guest_ns % 1_000_000_000,
+                    })
+                })
+                .collect(),
+        ))
+    }
+
+    fn migrate(&self, uri: &str) -> Result<Value, QmpError> {
+        let uri: crate::snapshot::MigrationUri = uri.parse().map_err(QmpError::generic)?;
+        self.check_engine("migration")?;
+        {
+            let mut mig = self.migration.lock();
+            if matches!(mig.status.as_str(), "setup" | "active") {
+                return Err(QmpError::generic("There's a migration process in progress"));
+            }
+            *mig = Migration { status: "setup".into(), started: Some(std::time::Instant::now()), ..Default::default() };
+        }
+        self.emit(Event::Migration { status: "setup".into() });
+        let (migration, monitor, paused, postmigrate) =
+            (self.migration.clone(), self.monitor.clone(), self.paused.clone(), self.postmigrate.clone());
+        let op = Box::new(move |m: &mut Machine, s: &mut Stopped| {
+            migration.lock().status = "active".into();
+            emit(&monitor, Event::Migration { status: "active".into() });
+            let r = crate::snapshot::migrate_to(m, s, &uri);
+            let mut mig = migration.lock();
+            mig.total_ms = mig.started.map_or(0, |t| t.elapsed().as_millis() as u64);
+            match r {
+                Ok((ram, transferred)) => {
+                    (mig.ram, mig.transferred, mig.status) = (ram, transferred, "completed".into());
+                    drop(mig);
+                    m.control().set_pause(true);
+                    postmigrate.store(true, Ordering::Release);
+                    if !paused.swap(true, Ordering::AcqRel) {
+                        emit(&monitor, Event::Stop);
+                    }
+                    emit(&monitor, Event::Migration { status: "completed".into() });
+                }
+                Err(e) => {
+                    tracing::warn!(target: "vmm", "migration failed: {e}");
+                    (mig.status, mig.error) = ("failed".into(), Some(e.to_string()));
+                    drop(mig);
+                    emit(&monitor, Event::Migration { status: "failed".into() });
+                }
+            }
+        });
+        if let Err(e) = self.control.request(op) {
+            let mut mig = self.migration.lock();
+            (mig.status, mig.error) = ("failed".into(), Some(e.clone()));
+            drop(mig);
+            self.emit(Event::Migration { status: "failed".into() });
+            return Err(QmpError::generic(e));
+        }
+        Ok(json!({}))
+    }
+
+    fn query_migrate(&self) -> Value {
+        let mig = self.migration.lock();
+        if mig.status.is_empty() {
+            return json!({});
+        }
+        let mut v = json!({ "status": mig.status });
+        let total_ms = match mig.status.as_str() {
+            "setup" | "active" => mig.started.map_or(0, |t| t.elapsed().as_millis() as u64),
+            _ => mig.total_ms,
+        };
+        v["total-time"] = json!(total_ms);
+        if mig.status == "completed" {
+            let secs = (total_ms as f64 / 1000.0).max(0.001);
+            v["downtime"] = json!(total_ms);
+            v["ram"] = json!({
+                "transferred": mig.transferred,
+                "remaining": 0,
+                "total": mig.ram.total,
+                "duplicate": mig.ram.zero_pages,
+                "normal": mig.ram.written / mmu::PAGE_SIZE,
+                "normal-bytes": mig.ram.written,
+                "mbps": mig.transferred as f64 * 8.0 / 1e6 / secs,
+            });
+        }
+        if let Some(e) = &mig.error {
+            v["error-desc"] = json!(e);
+        }
+        v
     }
 
     /// Tells the monitors how the run ended, unless a `quit` ended it
@@ -116,6 +336,7 @@ impl MachineBackend {
     }
 
     fn cont(&self) -> Result<Value, QmpError> {
+        self.postmigrate.store(false, Ordering::Release);
         if self.paused.swap(false, Ordering::AcqRel) {
             self.control.resume();
             self.emit(Event::Resume);
@@ -240,9 +461,12 @@ impl monitor::Backend for MachineBackend {
         match cmd {
             Command::QueryStatus => {
                 let paused = self.paused.load(Ordering::Acquire);
-                Ok(
-                    json!({ "running": !paused, "singlestep": false, "status": if paused { "paused" } else { "running" } }),
-                )
+                let status = match (paused, self.postmigrate.load(Ordering::Acquire)) {
+                    (false, _) => "running",
+                    (true, true) => "postmigrate",
+                    (true, false) => "paused",
+                };
+                Ok(json!({ "running": !paused, "singlestep": false, "status": status }))
             }
             Command::Stop => self.stop(),
             Command::Cont => self.cont(),
@@ -322,18 +546,39 @@ impl monitor::Backend for MachineBackend {
                     None => Err(QmpError::generic("Could not set password: there is no VNC server (-vnc)")),
                 }
             }
-            Command::SaveVm { .. } | Command::LoadVm { .. } | Command::DelVm { .. } | Command::InfoSnapshots => {
-                Err(QmpError::generic("ferrovm cannot save or load snapshots yet"))
+            Command::SaveVm { name } => self.savevm(&name),
+            Command::LoadVm { name } => self.loadvm(&name),
+            Command::DelVm { name } => {
+                let dir = self.snapshot_dir("delvm")?;
+                dir.delete(&name).map_err(|e| QmpError::generic(e.to_string()))?;
+                Ok(json!({}))
             }
-            Command::Migrate { .. }
-            | Command::QueryMigrate
-            | Command::MigrateCancel
-            | Command::MigrateSetCapabilities { .. } => Err(QmpError::generic("ferrovm cannot migrate a VM yet")),
+            Command::InfoSnapshots => self.info_snapshots(),
+            Command::Migrate { uri } => self.migrate(&uri),
+            Command::QueryMigrate => Ok(self.query_migrate()),
+            // The stream is sent while the guest stands still, in one go:
+            // nothing is left to cancel once `migrate` has answered.
+            Command::MigrateCancel => Ok(json!({})),
+            Command::MigrateSetCapabilities { capabilities } => {
+                match capabilities.iter().find(|(name, on)| *on && name != "events") {
+                    Some((name, _)) => Err(QmpError::generic(format!(
+                        "ferrovm migrates without the capability '{name}' (its migration is non-live, in one pass)"
+                    ))),
+                    None => Ok(json!({})),
+                }
+            }
             other => Err(QmpError::new(
                 ErrorClass::CommandNotFound,
                 format!("The command {} is not supported by ferrovm", command_name(&other)),
             )),
         }
+    }
+}
+
+/// Sends `event` to the monitor in `slot`, once there is one.
+fn emit(slot: &Mutex<Option<Arc<Monitor>>>, event: Event) {
+    if let Some(m) = &*slot.lock() {
+        m.emit(event);
     }
 }
 

@@ -20,6 +20,7 @@ fn builtin(serial: Arc<Mutex<Vec<u8>>>) -> MachineConfig {
         topology: Default::default(),
         vcpu_threads: Default::default(),
         vga: Default::default(),
+        usb: None,
     }
 }
 

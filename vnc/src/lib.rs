@@ -40,6 +40,7 @@
 //! Every length and value a client sends is checked; errors end only that client's threads.
 #![forbid(unsafe_code)]
 
+pub mod client;
 mod encode;
 mod image;
 mod keysym;

@@ -334,6 +334,37 @@ pub(super) enum Form {
         b: VecSrc,
         imm: u8,
     },
+    /// A guest atomic on memory when other host threads share guest memory
+    /// ([`classify_atomic`]): one host atomic through the host address of a
+    /// naturally aligned operand found in the TLB for writing, else the
+    /// slow path (the interpreter's locked handler).
+    Atomic {
+        op: AtomicOp,
+        /// The register or immediate operand (unused by INC, DEC, NOT).
+        src: Opnd,
+        size: u32,
+    },
+    /// MFENCE when other host threads share guest memory: a host fence.
+    Fence,
+}
+
+/// The operation of a [`Form::Atomic`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum AtomicOp {
+    /// LOCK ADD, SUB, AND, OR, XOR.
+    Alu(Alu),
+    /// LOCK INC (`true`) or DEC.
+    IncDec(bool),
+    /// LOCK NOT.
+    Not,
+    /// LOCK XADD m, reg.
+    Xadd,
+    /// XCHG m, reg (locked with or without the prefix).
+    Xchg,
+    /// LOCK CMPXCHG m, reg.
+    Cmpxchg,
+    /// LOCK BTS, BTR, BTC m, imm.
+    Bt(BtOp),
 }
 
 impl Form {
@@ -349,7 +380,7 @@ impl Form {
             }
             Form::Neg { dst: Opnd::Reg(_), .. } => FlagsEffect::Kills,
             // Neither reads nor writes the flags, and cannot fault or leave.
-            Form::Nop | Form::Lea { .. } | Form::Not { dst: Opnd::Reg(_), .. } => FlagsEffect::Ignores,
+            Form::Nop | Form::Fence | Form::Lea { .. } | Form::Not { dst: Opnd::Reg(_), .. } => FlagsEffect::Ignores,
             Form::Mov { dst: Opnd::Reg(_), src, .. } if plain(src) => FlagsEffect::Ignores,
             Form::Movx { src: Opnd::Reg(_), .. } => FlagsEffect::Ignores,
             _ => FlagsEffect::Other,
@@ -378,6 +409,7 @@ impl Form {
                 | Form::Sti
                 | Form::Ac { .. }
                 | Form::Swapgs
+                | Form::Atomic { .. }
         )
     }
 }
@@ -657,6 +689,57 @@ pub(super) fn classify(insn: &Instruction, bits: u32) -> Option<Form> {
         }
     }
     Some(form)
+}
+
+/// The translated form of a guest atomic (see `super::is_guest_atomic`)
+/// when other host threads share guest memory, or `None` for the
+/// interpreter's handler: MFENCE, and LOCK ADD, SUB, AND, OR, XOR, INC,
+/// DEC, NOT, XADD, CMPXCHG, BTS/BTR/BTC by an immediate and XCHG on a
+/// memory operand of 1 to 8 bytes. LOCK ADC, SBB and NEG, CMPXCHG8B/16B,
+/// the bit tests by a register and, in 32-bit code, operands in FS, GS or
+/// CS (whose base and limit only the interpreter checks) stay with the
+/// interpreter.
+pub(super) fn classify_atomic(insn: &Instruction, bits: u32) -> Option<Form> {
+    if insn.mnemonic() == Mnemonic::Mfence {
+        return Some(Form::Fence);
+    }
+    if insn.op0_kind() != OpKind::Memory
+        || (bits == 32 && matches!(cpu::ops::mem_seg(insn), sreg::FS | sreg::GS | sreg::CS))
+    {
+        return None;
+    }
+    if insn.mnemonic() == Mnemonic::Xadd {
+        let Opnd::Mem = opnd(insn, 0, bits)? else { return None };
+        let Opnd::Reg(src) = opnd(insn, 1, bits)? else { return None };
+        let size = opsize(Opnd::Mem, insn);
+        if insn.op_count() != 2 || !insn.has_lock_prefix() || size != src.size {
+            return None;
+        }
+        return Some(Form::Atomic { op: AtomicOp::Xadd, src: Opnd::Reg(src), size });
+    }
+    // (`classify` has refused a LOCK the instruction does not allow.)
+    let (op, src, size) = match classify(insn, bits)? {
+        Form::Alu { op, dst: Opnd::Mem, src, size }
+            if matches!(op, Alu::Add | Alu::Sub | Alu::And | Alu::Or | Alu::Xor) && insn.has_lock_prefix() =>
+        {
+            (AtomicOp::Alu(op), src, size)
+        }
+        Form::IncDec { inc, dst: Opnd::Mem, size } if insn.has_lock_prefix() => {
+            (AtomicOp::IncDec(inc), Opnd::Imm(1), size)
+        }
+        Form::Not { dst: Opnd::Mem, size } if insn.has_lock_prefix() => (AtomicOp::Not, Opnd::Imm(0), size),
+        Form::Xchg { dst: Opnd::Mem, src, size } => (AtomicOp::Xchg, Opnd::Reg(src), size),
+        Form::Cmpxchg { dst: Opnd::Mem, src, size } if insn.has_lock_prefix() => {
+            (AtomicOp::Cmpxchg, Opnd::Reg(src), size)
+        }
+        Form::Bt { op, dst: Opnd::Mem, src: src @ Opnd::Imm(_), size }
+            if op != BtOp::Test && insn.has_lock_prefix() =>
+        {
+            (AtomicOp::Bt(op), src, size)
+        }
+        _ => return None,
+    };
+    Some(Form::Atomic { op, src, size })
 }
 
 fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
@@ -1091,6 +1174,34 @@ mod tests {
         // LOCK ADD EAX, EBX: #UD, which the interpreter raises.
         let insn = decode_with(64, &[0xf0, 0x01, 0xd8], DecoderOptions::NO_INVALID_CHECK);
         assert!(classify(&insn, 64).is_none());
+    }
+
+    #[test]
+    fn guest_atomics_have_atomic_forms_or_go_to_the_interpreter() {
+        // LOCK XADD [RSI], EAX
+        let f = classify_atomic(&decode(64, &[0xf0, 0x0f, 0xc1, 0x06]), 64);
+        assert!(matches!(f, Some(Form::Atomic { op: AtomicOp::Xadd, src: Opnd::Reg(_), size: 4 })), "{f:?}");
+        assert!(f.is_some_and(|f| f.may_slow()));
+        // XCHG [RSI], RAX: locked without the prefix.
+        let f = classify_atomic(&decode(64, &[0x48, 0x87, 0x06]), 64);
+        assert!(matches!(f, Some(Form::Atomic { op: AtomicOp::Xchg, size: 8, .. })), "{f:?}");
+        // LOCK BTS DWORD PTR [RSI], 9
+        let f = classify_atomic(&decode(64, &[0xf0, 0x0f, 0xba, 0x2e, 0x09]), 64);
+        assert!(matches!(f, Some(Form::Atomic { op: AtomicOp::Bt(BtOp::Set), src: Opnd::Imm(9), size: 4 })), "{f:?}");
+        // MFENCE
+        let f = classify_atomic(&decode(64, &[0x0f, 0xae, 0xf0]), 64);
+        assert!(matches!(f, Some(Form::Fence)), "{f:?}");
+        assert_eq!(f.map(|f| f.flags_effect()), Some(FlagsEffect::Ignores));
+        // LOCK ADC [RSI], EAX; LOCK BTS [RSI], EAX (a register bit offset);
+        // LOCK ADD FS:[ESI], EAX in 32-bit code: the interpreter.
+        assert!(classify_atomic(&decode(64, &[0xf0, 0x11, 0x06]), 64).is_none());
+        assert!(classify_atomic(&decode(64, &[0xf0, 0x0f, 0xab, 0x06]), 64).is_none());
+        assert!(classify_atomic(&decode(32, &[0x64, 0xf0, 0x01, 0x06]), 32).is_none());
+        // XADD without LOCK is not a guest atomic, and LOCK XADD EAX, EBX
+        // raises #UD: neither has an atomic form.
+        assert!(classify_atomic(&decode(64, &[0x0f, 0xc1, 0x06]), 64).is_none());
+        let insn = decode_with(64, &[0xf0, 0x0f, 0xc1, 0xd8], DecoderOptions::NO_INVALID_CHECK);
+        assert!(classify_atomic(&insn, 64).is_none());
     }
 
     #[test]

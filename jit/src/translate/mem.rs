@@ -268,6 +268,37 @@ impl Tx<'_, '_> {
         Some(leave)
     }
 
+    /// The host address of a guest atomic's memory operand of `size` bytes,
+    /// on the path where it is one host atomic: the TLB entry for writing
+    /// hits (RAM, no code, not a read-only shadow page, within one page)
+    /// and the host address is naturally aligned. Otherwise the instruction
+    /// runs through the interpreter's locked handler (host atomics, or the
+    /// other processors stopped) and the region leaves after it.
+    pub(super) fn atomic_addr(&mut self, insn: &Instruction, size: u32, rip: u64) -> Value {
+        let seg = cpu::ops::mem_seg(insn);
+        let off_v = self.ea(insn);
+        let Some(lin) = self.linear(seg, off_v) else {
+            self.access_slow_exit_here(rip);
+            return self.iconst(0);
+        };
+        let slow = self.b.create_block();
+        let addr = self.tlb_host_addr(lin, size, mmu::TLB_LAYOUT.jit_write, slow);
+        if size > 1 {
+            // Host atomics need natural alignment on some hosts (and a
+            // misaligned one may be a split lock on x86-64).
+            let low = self.b.ins().band_imm_s(addr, i64::from(size) - 1);
+            let aligned = self.b.create_block();
+            self.b.ins().brif(low, slow, &[], aligned, &[]);
+            self.enter_block(aligned);
+        }
+        let cont = self.b.create_block();
+        self.b.ins().jump(cont, &[]);
+        self.enter_block(slow);
+        self.access_slow_exit(rip);
+        self.enter_block(cont);
+        addr
+    }
+
     /// The slow path of a memory access: the instruction runs through the
     /// interpreter (which raises its faults) and the region leaves after
     /// it. The instructions before it count on this path (the main path
@@ -300,7 +331,7 @@ impl Tx<'_, '_> {
     }
 }
 
-fn int_type(size: u32) -> Type {
+pub(super) fn int_type(size: u32) -> Type {
     match size {
         1 => types::I8,
         2 => types::I16,

@@ -19,6 +19,11 @@
 //!   segment that is not flat calls a helper, which may fault. A fault leaves
 //!   the region at the instruction with the state from before it, and the run
 //!   loop delivers the exception: faults are precise.
+//! - With other host threads on guest memory, guest atomics (LOCK
+//!   read-modify-writes, XCHG with memory) on a naturally aligned operand
+//!   that the TLB finds writable in RAM without code are one host atomic
+//!   (Cranelift's `atomic_rmw` or `atomic_cas`), and MFENCE a host fence;
+//!   any other operand runs through the interpreter's locked handler.
 //! - Flags stay lazy, as the interpreter keeps them (`LazyFlags`): a
 //!   flag-setting instruction defines the record's variables; a condition
 //!   whose producer is known in the same guest block is computed from them
@@ -47,7 +52,7 @@ use cranelift_frontend::FunctionBuilder;
 use cpu::Decoded;
 
 use crate::ctx::off;
-use classify::{classify, writes_memory, FlagsEffect, Form};
+use classify::{classify, classify_atomic, writes_memory, FlagsEffect, Form};
 use flags::Known;
 use state::{mem_flags, Tx, RIP_OFF};
 
@@ -71,7 +76,8 @@ pub struct RegionSpec {
     /// Where a memory access's slow path calls.
     pub access: AccessCalls,
     /// Other host threads share guest memory ([`crate::Config::shared_memory`]):
-    /// guest atomics and MFENCE are left to the interpreter.
+    /// guest atomics become host atomics (or the interpreter's locked
+    /// handler, where they cannot) and MFENCE a host fence.
     pub shared_memory: bool,
 }
 
@@ -152,7 +158,13 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
             // (An instruction that crosses into the next page is
             // translated too: the region holds that page, runs only while
             // it maps as it did, and is dropped when it is written.)
-            let form = classify(&d.insn, spec.bits).filter(|_| !(spec.shared_memory && is_guest_atomic(&d.insn)));
+            // With other threads on guest memory, a guest atomic takes
+            // its atomic form (or the interpreter's locked handler).
+            let form = if spec.shared_memory && is_guest_atomic(&d.insn) {
+                classify_atomic(&d.insn, spec.bits)
+            } else {
+                classify(&d.insn, spec.bits)
+            };
             let mut fb = usize::MAX;
             match &form {
                 Some(f) => {

@@ -23,6 +23,7 @@ fn config(firmware: Firmware) -> MachineConfig {
         topology: Default::default(),
         vcpu_threads: Default::default(),
         vga: Default::default(),
+        usb: None,
     }
 }
 

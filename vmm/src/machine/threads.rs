@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::{ap_reset_state, Machine, RunReport};
+use cpu::CpuState;
+
+use super::{ap_reset_state, Machine, Outcome};
 use crate::config::EngineKind;
 use crate::engine::{Engine, EngineContext, Exit, Kicker, Slice};
 use crate::error::Error;
@@ -189,7 +191,16 @@ impl ThreadCtl {
 
 impl Machine {
     /// Runs the guest under `kind` with `cpus` vCPUs, a thread each.
-    pub(super) fn run_threads<'m>(&'m self, kind: EngineKind, cpus: u32, start: Instant) -> Result<RunReport, Error> {
+    /// With `states`, each vCPU starts in its own; the run stops, every
+    /// thread returning its vCPU's state, for a request of
+    /// [`super::RunControl::request`].
+    pub(super) fn run_threads<'m>(
+        &'m self,
+        kind: EngineKind,
+        cpus: u32,
+        start: Instant,
+        states: Option<&[CpuState]>,
+    ) -> Result<Outcome, Error> {
         #[cfg(target_os = "linux")]
         let kvm = match kind {
             EngineKind::Kvm => Some(crate::engine::kvm::KvmShared::new(&self.engine_context(0))?),
@@ -214,6 +225,9 @@ impl Machine {
         let machine_apic = kind != EngineKind::Kvm;
         let ctx = self.engine_context(0);
         let mut bsp = make(&ctx)?;
+        if let Some(s) = states.and_then(|s| s.first()) {
+            bsp.set_state(s)?;
+        }
         let ctl = Arc::new(ThreadCtl::new(cpus as usize, self.exclusive_request.clone()));
         let c = ctl.clone();
         let exclusive: cpu::ExclusiveFn = Arc::new(move |f: &mut dyn FnMut()| {
@@ -229,9 +243,13 @@ impl Machine {
                 .map(|index| {
                     let (ctl, make, exclusive) = (ctl.clone(), &make, exclusive.clone());
                     std::thread::Builder::new().name(format!("vcpu{index}")).spawn_scoped(scope, move || {
+                        let state = states.and_then(|s| s.get(index as usize)).copied();
                         self.ap_thread(index, start, &ctl, machine_apic, &|ctx| {
                             let mut e = make(ctx)?;
                             e.set_exclusive(exclusive.clone());
+                            if let Some(s) = &state {
+                                e.set_state(s)?;
+                            }
                             Ok(e)
                         })
                     })
@@ -245,25 +263,35 @@ impl Machine {
             ctl.kick_all();
             let mut lines = Vec::new();
             let mut instructions = None;
+            let mut ap_states = Vec::new();
             for t in threads {
                 match t.join() {
-                    Ok((n, l)) => {
+                    Ok((n, l, state)) => {
                         lines.extend(l);
                         if let Some(n) = n {
                             instructions = Some(instructions.unwrap_or(0) + n);
                         }
+                        ap_states.push(state);
                     }
                     Err(_) => return Err(Error::Accel("a vCPU thread panicked".into())),
                 }
             }
-            let mut report = result?;
+            let mut report = match result? {
+                Outcome::Done(r) => r,
+                Outcome::Stopped(op, mut states) => {
+                    for s in ap_states {
+                        states.push(s.ok_or_else(|| Error::Accel("a vCPU failed; its state is lost".into()))?);
+                    }
+                    return Ok(Outcome::Stopped(op, states));
+                }
+            };
             if let (Some(a), Some(b)) = (report.instructions, instructions) {
                 report.instructions = Some(a + b);
             }
             // The application processors' lines go before the machine's last ones.
             let at = report.stats.len().saturating_sub(1);
             report.stats.splice(at..at, lines);
-            Ok(report)
+            Ok(Outcome::Done(report))
         })
     }
 
@@ -271,7 +299,8 @@ impl Machine {
     /// then runs it until the run ends, taking part in resets. With
     /// `machine_apic`, it passes the machine's start-up IPIs and NMIs on
     /// and waits, parked, while its vCPU waits for a SIPI or an interrupt.
-    /// Returns its instruction count and `--stats` lines.
+    /// Returns its instruction count, `--stats` lines and its vCPU's last
+    /// state.
     fn ap_thread<'m>(
         &'m self,
         index: u32,
@@ -279,7 +308,7 @@ impl Machine {
         ctl: &ThreadCtl,
         machine_apic: bool,
         make: &(dyn Fn(&EngineContext<'m>) -> NewEngine<'m> + Sync),
-    ) -> (Option<u64>, Vec<String>) {
+    ) -> (Option<u64>, Vec<String>, Option<CpuState>) {
         let cpu = index as usize;
         devices::intc::set_current_cpu(cpu);
         let ctx = self.engine_context(index);
@@ -391,12 +420,13 @@ impl Machine {
                 }
             }
         }
-        let Some(mut e) = engine else { return (None, vec![format!("cpu {index}: failed")]) };
+        let Some(mut e) = engine else { return (None, vec![format!("cpu {index}: failed")], None) };
+        let state = e.state().ok();
         let st = e.stats(start.elapsed());
         let mut lines: Vec<String> = st.lines.into_iter().map(|l| format!("cpu {index}: {l}")).collect();
         if machine_apic {
             lines.push(format!("cpu {index}: halted {:.3} s", halted.as_secs_f64()));
         }
-        (st.instructions, lines)
+        (st.instructions, lines, state)
     }
 }

@@ -2,6 +2,7 @@
 //! [`Tx::emit`] hands each form to the module of its family.
 
 mod alu;
+mod atomic;
 mod branch;
 mod fp;
 mod mov;
@@ -89,6 +90,7 @@ impl Tx<'_, '_> {
             | Form::MovFromVec { .. }
             | Form::Pcmpistri { .. } => self.emit_sse(f, insn, rip),
             Form::Comis { .. } | Form::ScalarFp { .. } | Form::CvtInt { .. } => self.emit_fp(f, insn, rip),
+            Form::Atomic { .. } | Form::Fence => self.emit_atomic(f, insn, rip),
         }
     }
 
