@@ -367,7 +367,7 @@ fn screendump(args: &cli::ScreendumpArgs) -> Result<(), Error> {
         r#"{"execute":"qmp_capabilities"}"#.to_string(),
         format!(r#"{{"execute":"screendump","arguments":{{"filename":"{file_json}","format":"{format}"}}}}"#),
     ] {
-        writeln!(writer, "{cmd}").map_err(|e| fail(&e))?;
+        writer.write_all(format!("{cmd}\n").as_bytes()).map_err(|e| fail(&e))?;
         let reply = next()?;
         if !reply.starts_with(r#"{"return""#) {
             return Err(fail(&reply));

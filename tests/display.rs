@@ -163,6 +163,14 @@ impl Drop for Vm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failed test shows what the emulator said.
+        if std::thread::panicking() {
+            let mut err = String::new();
+            if let Some(mut e) = self.child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            eprintln!("ferrovm's stderr:\n{err}");
+        }
     }
 }
 
@@ -192,7 +200,10 @@ impl Qmp {
 
     /// Sends `json` and returns the reply, skipping events.
     fn cmd(&mut self, json: &str) -> String {
-        writeln!(self.w, "{json}").unwrap();
+        // One write: the monitor runs a command as soon as its JSON is
+        // whole, so after `quit` a second write for the newline could find
+        // the process gone.
+        self.w.write_all(format!("{json}\n").as_bytes()).unwrap();
         loop {
             // Events (with "event" among their keys) come between.
             let l = self.line();
