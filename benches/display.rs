@@ -88,6 +88,7 @@ fn latency(c: &mut Criterion) {
         let screen = vmm::display::Screen::new(vga);
         let config = vnc::VncConfig {
             listen: vec!["127.0.0.1:0".parse().unwrap()],
+            unix: None,
             websocket: None,
             password: None,
             name: "bench".into(),

@@ -14,7 +14,7 @@ need_pkgs=()
 need_lean=()
 command -v cc >/dev/null || need_pkgs+=(gcc)
 command -v cpio >/dev/null || need_pkgs+=(cpio)
-# qemu-img makes and checks the disk tests' images.
+# qemu-img makes and checks the disk tests' images and the snapshots inside them.
 command -v qemu-img >/dev/null || need_pkgs+=(qemu-utils)
 # SeaBIOS boots disks without --kernel; the BIOS test disk is made with
 # SYSLINUX, mtools, mkfs.fat and mke2fs, and read back with debugfs.

@@ -55,9 +55,11 @@ pub struct ScreendumpArgs {
 /// `ferrovm snapshot`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum SnapshotCommand {
-    /// The snapshots in DIR: name, size on disk, when saved, guest time.
+    /// The snapshots in DIR: name, size on disk, when saved, guest time;
+    /// or, for a qcow2 image, those inside it, as `qemu-img snapshot -l`
+    /// lists them.
     List {
-        /// The directory `--snapshot-dir` named.
+        /// The directory `--snapshot-dir` named, or a qcow2 image.
         dir: PathBuf,
     },
 }
@@ -127,11 +129,12 @@ pub struct RunArgs {
     /// four cores). CPUID, the MADT and the MP table describe it.
     #[arg(long, value_name = "N[,sockets=S,cores=C,threads=T]", default_value = "1", value_parser = vmm::parse_smp)]
     pub cpus: cpu::cpuid::Topology,
-    /// How the interpreter and the JIT run more than one vCPU: `single`
-    /// (round-robin on one host thread, a slice each: the same run gives
-    /// the same interleaving) or `multi` (a host thread per vCPU). Under
-    /// KVM every vCPU has its own thread.
-    #[arg(long, value_enum, default_value_t = VcpuThreadsArg::Single)]
+    /// How the interpreter and the JIT run more than one vCPU: `multi`
+    /// (the default, as QEMU's TCG runs x86 guests: a host thread per
+    /// vCPU) or `single` (round-robin on one host thread, a slice each:
+    /// the same run gives the same interleaving). Under KVM every vCPU has
+    /// its own thread.
+    #[arg(long, value_enum, default_value_t = VcpuThreadsArg::Multi)]
     pub vcpu_threads: VcpuThreadsArg,
     /// The CPU model: `v2` (the default; x86-64-v2: SSE4.2, XSAVE for the
     /// x87/SSE state, MOVBE, LZCNT, BMI1/2, no AVX) or `max` (x86-64-v3:
@@ -184,8 +187,14 @@ pub struct RunArgs {
     pub cdrom: Option<PathBuf>,
     /// The order SeaBIOS tries the drives in, QEMU's -boot order= letters:
     /// c (hard disks: IDE, then virtio), d (CD-ROMs), a (floppy). Default
-    /// cad.
-    #[arg(long, value_name = "ORDER", default_value = vmm::storage::DEFAULT_BOOT_ORDER)]
+    /// cad. Then QEMU's -boot keys: once=ORDER (the first boot's order; a
+    /// reset goes back to ORDER), menu=on (SeaBIOS's boot menu, ESC),
+    /// splash-time=MS (how long SeaBIOS waits for ESC).
+    #[arg(
+        long,
+        value_name = "ORDER[,once=ORDER][,menu=on|off][,splash-time=MS]",
+        default_value = vmm::storage::DEFAULT_BOOT_ORDER
+    )]
     pub boot: String,
     /// Disks take writes in temporary overlays that vanish at exit; the
     /// images themselves are only read.
@@ -219,9 +228,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub usb: bool,
     /// A device on the USB controller's root hub (two ports): `tablet`
-    /// (an absolute pointer: VNC's pointer lands where the client's is) or
-    /// `kbd` (a boot keyboard); the VNC client's input goes to them rather
-    /// than to the PS/2 mouse and keyboard. Implies --usb.
+    /// (an absolute pointer: VNC's pointer lands where the client's is),
+    /// `mouse` (a relative boot mouse; the pointer goes to it when there is
+    /// no tablet) or `kbd` (a boot keyboard); the VNC client's input goes
+    /// to them rather than to the PS/2 mouse and keyboard. Implies --usb.
     #[arg(long, value_enum)]
     pub usb_device: Vec<UsbDeviceArg>,
     /// A QMP monitor (QEMU's -qmp): unix:PATH or tcp:HOST:PORT, with
@@ -237,7 +247,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub paused: bool,
     /// Where the monitors' `savevm NAME` keeps snapshots and `loadvm NAME`
-    /// and `delvm NAME` find them: DIR/NAME/state and DIR/NAME/memory.
+    /// and `delvm NAME` find them, for a machine without a qcow2 disk the
+    /// guest writes (such disks keep them inside, as QEMU does):
+    /// DIR/NAME/state, DIR/NAME/memory and copies of the disks.
     #[arg(long, value_name = "DIR")]
     pub snapshot_dir: Option<PathBuf>,
     /// Start from a snapshot (DIR/NAME, as `savevm` wrote it) instead of
@@ -247,6 +259,22 @@ pub struct RunArgs {
     /// saved, running or paused.
     #[arg(long, value_name = "DIR/NAME", conflicts_with = "incoming")]
     pub restore: Option<PathBuf>,
+    /// With --restore: start a clone of the snapshot. Its disks are new
+    /// qcow2 overlays over the snapshot's copies of the saved machine's
+    /// disks (only ever read), its NICs get fresh MAC addresses, and its
+    /// RAM maps the snapshot's memory file copy-on-write: clones run side
+    /// by side and share the pages none of them writes.
+    #[arg(long, requires = "restore", conflicts_with_all = ["disk", "cdrom"])]
+    pub clone: bool,
+    /// Where --clone puts the clone's disk overlays (default: a new
+    /// directory beside the snapshot, named on stderr).
+    #[arg(long, value_name = "DIR", requires = "clone")]
+    pub clone_dir: Option<PathBuf>,
+    /// Start from snapshot NAME kept inside the machine's qcow2 disks (as
+    /// `savevm NAME` or QEMU wrote it; QEMU's -loadvm): every disk goes
+    /// back to it and the guest goes on as it was saved.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["restore", "incoming"])]
+    pub loadvm: Option<String>,
     /// Take a migrated guest instead of booting (QEMU's -incoming):
     /// exec:CMD reads the stream from CMD's stdout, tcp:HOST:PORT and
     /// unix:PATH wait for one connection. The whole stream is checked
@@ -254,12 +282,30 @@ pub struct RunArgs {
     /// migration began (and with --paused, until `cont`).
     #[arg(long, value_name = "exec:CMD|tcp:HOST:PORT|unix:PATH")]
     pub incoming: Option<String>,
-    /// Where COM1 goes: stdio, file:PATH or none.
+    /// Where COM1 goes: stdio, mon:stdio (stdio shared with a human
+    /// monitor: Ctrl-A c switches between the two), file:PATH or none.
     #[arg(long, default_value = "stdio", value_parser = parse_serial)]
     pub serial: SerialBackend,
     /// Exit instead of rebooting when the guest resets.
     #[arg(long)]
     pub no_reboot: bool,
+    /// When the guest powers off (or, with --no-reboot, resets), stop it
+    /// instead of ending the run (QEMU's -no-shutdown): the monitors say
+    /// "shutdown", `system_reset` then `cont` start it again, and `quit`
+    /// (or Ctrl-A x on the console) ends the run.
+    #[arg(long)]
+    pub no_shutdown: bool,
+    /// Go to the background once the machine is set up (QEMU's
+    /// -daemonize): this command returns 0 while the VM runs on in a
+    /// process of its own (its own session, stdio on /dev/null, in /), or
+    /// the set-up's error and status 1. COM1 and the monitors cannot be on
+    /// stdio then.
+    #[arg(long)]
+    pub daemonize: bool,
+    /// Write the VM's process ID to FILE (QEMU's -pidfile; with
+    /// --daemonize, the background process's), and remove it at the end.
+    #[arg(long, value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
     /// Stop the guest after this many seconds (exit status 124).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
@@ -292,6 +338,7 @@ pub enum DisplayArg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum UsbDeviceArg {
     Tablet,
+    Mouse,
     Kbd,
 }
 

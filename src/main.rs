@@ -2,6 +2,7 @@
 //! machine and runs it, and maps how the run ended to the exit status.
 
 mod cli;
+mod daemon;
 mod qemu;
 
 use std::process::ExitCode;
@@ -77,7 +78,19 @@ fn open_disks(specs: &[String], cdrom: Option<&std::path::Path>, snapshot: bool)
     Ok(drives)
 }
 
-fn run(args: RunArgs) -> Result<i32, Error> {
+fn run(mut args: RunArgs) -> Result<i32, Error> {
+    if args.daemonize {
+        check_daemonize(&args)?;
+        if !daemon::is_child() {
+            return daemon::start_and_wait();
+        }
+        daemon::detach()?;
+        // The background process works in / once set up.
+        if let Some(d) = &mut args.snapshot_dir {
+            *d = std::path::absolute(&*d).map_err(|e| Error::Config(format!("--snapshot-dir: {e}")))?;
+        }
+    }
+    let _pidfile = args.pidfile.as_deref().map(daemon::Pidfile::write).transpose()?;
     // Inputs that name files are checked first, so a typo is reported as such.
     for p in [&args.kernel, &args.initrd, &args.bios].into_iter().flatten() {
         std::fs::metadata(p).map_err(|source| Error::Read { path: p.clone(), source })?;
@@ -99,8 +112,17 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     if args.kernel.is_some() && args.bios.is_some() {
         return Err(Error::Config("--kernel and --bios cannot be combined".into()));
     }
-    vmm::storage::check_boot_order(&args.boot).map_err(|e| Error::Config(format!("--boot {}: {e}", args.boot)))?;
-    let disks = open_disks(&args.disk, args.cdrom.as_deref(), args.snapshot)?;
+    let boot = vmm::storage::parse_boot(&args.boot).map_err(|e| Error::Config(format!("--boot {}: {e}", args.boot)))?;
+    let disks = match (&args.restore, args.clone) {
+        // A clone's drives are the snapshot's, each disk under an overlay of its own.
+        (Some(snap), true) => {
+            let c = vmm::snapshot::clone::clone_disks(snap, args.clone_dir.as_deref())
+                .map_err(|e| Error::Config(format!("--clone {}: {e}", snap.display())))?;
+            eprintln!("ferrovm: clone of {}: its disk overlays are in {}", snap.display(), c.dir.display());
+            c.drives
+        }
+        _ => open_disks(&args.disk, args.cdrom.as_deref(), args.snapshot)?,
+    };
     let nics = args
         .nic
         .iter()
@@ -128,7 +150,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         (None, None) => Firmware::Builtin,
     };
     let curses = args.display == Some(cli::DisplayArg::Curses);
-    if curses && matches!(args.serial, devices::console::SerialBackend::Stdio) {
+    if curses && args.serial.on_stdio() {
         return Err(Error::Config(
             "--display curses draws on the terminal: put COM1 elsewhere (--serial file:PATH or none)".into(),
         ));
@@ -144,7 +166,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         }
         (Some(cli::VgaArg::None), None) | (None, None) => vmm::Vga::None,
     };
-    let stdio = matches!(args.serial, devices::console::SerialBackend::Stdio);
+    let stdio = args.serial.on_stdio();
     let config = MachineConfig {
         mem: args.mem,
         firmware,
@@ -159,8 +181,15 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         vga,
         usb: usb_config(&args),
     };
-    let storage = vmm::Storage { drives: disks, boot_order: args.boot.clone() };
+    let storage = vmm::Storage {
+        drives: disks,
+        boot_order: boot.order,
+        boot_once: boot.once,
+        boot_menu: boot.menu,
+        boot_menu_wait_ms: boot.menu_wait_ms,
+    };
     let mut machine = Machine::with_devices(config, &nics, storage)?;
+    machine.set_no_shutdown(args.no_shutdown);
     if let Some(note) = &machine.boot_note {
         tracing::info!(target: "firmware", "{note}");
         if args.stats && args.restore.is_none() && args.incoming.is_none() {
@@ -190,8 +219,12 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         ),
         _ => None,
     };
-    let backend = start_monitors(&args, &machine, kind, display.clone(), paused)?;
+    let monitors = start_monitors(&args, &machine, kind, display.clone(), paused)?;
+    let backend = monitors.as_ref().map(|(b, _)| b.clone());
     if let Some(b) = &backend {
+        if args.paused && restored.is_none() {
+            b.prelaunch();
+        }
         b.set_engine_blocker(machine.snapshot_blocker(kind));
         if let Some(dir) = &args.snapshot_dir {
             b.set_snapshot_dir(vmm::snapshot::SnapshotDir::new(dir.clone()));
@@ -206,13 +239,33 @@ fn run(args: RunArgs) -> Result<i32, Error> {
         );
     }
     let _raw = if stdio {
-        machine.attach_stdin()?;
+        // `mon:stdio`: Ctrl-A c gives the keys to a human monitor.
+        let mux = match (&args.serial, &monitors) {
+            (devices::console::SerialBackend::MonStdio, Some((_, mon))) => {
+                Some(vmm::monitor::serial_monitor(mon.clone()))
+            }
+            _ => None,
+        };
+        machine.attach_stdin(mux)?;
         devices::console::enter_raw_mode()?
     } else {
         None
     };
+    if args.no_shutdown && backend.is_none() && !stdio {
+        tracing::warn!(
+            target: "vmm",
+            "--no-shutdown without a monitor or a console: after the guest powers off, only a signal ends ferrovm"
+        );
+    }
+    if args.daemonize {
+        daemon::ready()?;
+    }
     let report = machine.run_lifecycle(kind, restored.map(|r| r.vcpus))?;
     devices::console::restore_terminal();
+    // The monitors may keep the display past the return: its Unix socket goes now.
+    if let Some(server) = display.as_ref().and_then(|d| d.server.as_ref()) {
+        server.remove_unix_socket();
+    }
     if let Some(b) = &backend {
         // No message: the guest powered off (or reset under --no-reboot).
         let guest = report.message.is_none();
@@ -237,6 +290,28 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     Ok(report.status)
 }
 
+/// What `--daemonize` cannot go with: the terminal it leaves (QEMU's
+/// "cannot use stdio with -daemonize").
+fn check_daemonize(args: &RunArgs) -> Result<(), Error> {
+    let refuse = |what: &str| {
+        Err(Error::Config(format!("--daemonize: {what}: the background process has no terminal (stdio is /dev/null)")))
+    };
+    if args.serial.on_stdio() {
+        return refuse(&format!("COM1 is on {} (give --serial file:PATH or none)", args.serial));
+    }
+    if args.display == Some(cli::DisplayArg::Curses) {
+        return refuse("--display curses draws on the terminal");
+    }
+    for (flag, spec) in args.qmp.iter().map(|s| ("--qmp", s)).chain(args.monitor.iter().map(|s| ("--monitor", s))) {
+        if let Ok(Some(c)) = monitor::parse_chardev_uri(spec) {
+            if matches!(c.endpoint, monitor::Endpoint::Stdio) {
+                return refuse(&format!("{flag} {spec} is on stdio"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// When the process started, for `--stats` after a restore.
 static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
@@ -249,6 +324,7 @@ fn restore_or_receive(
     kind: EngineKind,
 ) -> Result<Option<vmm::snapshot::Restored>, Error> {
     let what = match (&args.restore, &args.incoming) {
+        _ if args.loadvm.is_some() => format!("--loadvm {}", args.loadvm.as_deref().unwrap_or_default()),
         (Some(p), _) => format!("--restore {}", p.display()),
         (None, Some(u)) => format!("--incoming {u}"),
         (None, None) => return Ok(None),
@@ -257,8 +333,26 @@ fn restore_or_receive(
         return Err(Error::Config(format!("{what}: {why}")));
     }
     let fail = |e: vmm::snapshot::SnapshotError| Error::Config(format!("{what}: {e}"));
+    if let Some(name) = &args.loadvm {
+        let disks = vmm::snapshot::qcow2::snapshot_disks(machine.disks()).map_err(fail)?.ok_or_else(|| {
+            Error::Config(format!("{what}: the machine has no qcow2 disk the guest writes to hold snapshots"))
+        })?;
+        let r = vmm::snapshot::qcow2::load(machine, &disks, name).map_err(fail)?;
+        if args.stats {
+            eprintln!("ferrovm: loaded snapshot {name} in {:.1} ms", ms(r.took));
+        }
+        return Ok(Some(r));
+    }
     if let Some(path) = &args.restore {
-        let r = vmm::snapshot::restore_from(machine, path).map_err(fail)?;
+        let r = if args.clone {
+            let (r, macs) = vmm::snapshot::clone::restore_clone(machine, path).map_err(fail)?;
+            for mac in macs {
+                eprintln!("ferrovm: clone NIC with MAC {}", net::MacAddr(mac));
+            }
+            r
+        } else {
+            vmm::snapshot::restore_from(machine, path).map_err(fail)?
+        };
         if args.stats {
             eprintln!("ferrovm: restored {} in {:.1} ms (state read, RAM mapped)", path.display(), ms(r.took));
         }
@@ -303,6 +397,13 @@ fn ms(d: Duration) -> f64 {
 /// `ferrovm snapshot list DIR`.
 fn snapshot(cmd: &cli::SnapshotCommand) -> Result<i32, Error> {
     match cmd {
+        cli::SnapshotCommand::List { dir } if dir.is_file() => {
+            print!(
+                "{}",
+                vmm::snapshot::qcow2::list_image(dir).map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?
+            );
+            Ok(0)
+        }
         cli::SnapshotCommand::List { dir } => {
             let list = vmm::snapshot::SnapshotDir::new(dir.clone())
                 .list()
@@ -383,29 +484,38 @@ fn usb_config(args: &RunArgs) -> Option<Vec<devices::usb::UsbDeviceKind>> {
         .iter()
         .map(|d| match d {
             cli::UsbDeviceArg::Tablet => devices::usb::UsbDeviceKind::Tablet,
+            cli::UsbDeviceArg::Mouse => devices::usb::UsbDeviceKind::Mouse,
             cli::UsbDeviceArg::Kbd => devices::usb::UsbDeviceKind::Keyboard,
         })
         .collect();
     (args.usb || !kinds.is_empty()).then_some(kinds)
 }
 
-/// Starts the QMP and HMP monitors `args` ask for (`--qmp`, `--monitor`)
-/// and holds the vCPUs when `paused` (`--paused`, or a guest restored
-/// paused); `None` when there is none.
+/// The machine's monitor back end and the monitors on it.
+type Monitors = (Arc<vmm::monitor::MachineBackend>, Arc<monitor::Monitor>);
+
+/// Starts the QMP and HMP monitors `args` ask for (`--qmp`, `--monitor`,
+/// and the one of `--serial mon:stdio`, which the console's input thread
+/// runs) and holds the vCPUs when `paused` (`--paused`, or a guest
+/// restored paused); `None` when there is none.
 fn start_monitors(
     args: &RunArgs,
     machine: &Machine,
     kind: EngineKind,
     display: Option<Arc<vmm::display::Display>>,
     paused: bool,
-) -> Result<Option<Arc<vmm::monitor::MachineBackend>>, Error> {
-    if args.qmp.is_empty() && args.monitor.is_empty() {
+) -> Result<Option<Monitors>, Error> {
+    let mux = args.serial == devices::console::SerialBackend::MonStdio;
+    if args.qmp.is_empty() && args.monitor.is_empty() && !mux {
         if args.paused {
-            return Err(Error::Config("--paused needs a monitor to continue from (--qmp or --monitor)".into()));
+            return Err(Error::Config(
+                "--paused needs a monitor to continue from (--qmp, --monitor or --serial mon:stdio)".into(),
+            ));
         }
         if paused {
             return Err(Error::Config(
-                "the guest was saved paused: give a monitor to continue it from (--qmp or --monitor)".into(),
+                "the guest was saved paused: give a monitor to continue it from (--qmp, --monitor or --serial mon:stdio)"
+                    .into(),
             ));
         }
         if args.snapshot_dir.is_some() {
@@ -421,7 +531,7 @@ fn start_monitors(
     let version = monitor::Version::qemu_7_2(format!("ferrovm {}", env!("CARGO_PKG_VERSION")));
     let mon = monitor::Monitor::new(backend.clone(), version);
     backend.set_monitor(mon.clone());
-    let stdio_serial = matches!(args.serial, devices::console::SerialBackend::Stdio);
+    let stdio_serial = args.serial.on_stdio();
     let specs = args
         .qmp
         .iter()
@@ -431,11 +541,14 @@ fn start_monitors(
         let what = |e: &dyn std::fmt::Display| Error::Config(format!("{flag} {spec}: {e}"));
         let Some(chardev) = monitor::parse_chardev_uri(spec).map_err(|e| what(&e))? else { continue };
         if matches!(chardev.endpoint, monitor::Endpoint::Stdio) && stdio_serial {
-            return Err(what(&"COM1 is on stdio already (--serial): put the monitor on a socket, or COM1 elsewhere"));
+            return Err(what(
+                &"COM1 is on stdio already (--serial): put the monitor on a socket, or COM1 elsewhere \
+                  (--serial mon:stdio shares stdio between COM1 and a human monitor)",
+            ));
         }
         mon.listen(&chardev, mode).map_err(|e| what(&e))?;
     }
-    Ok(Some(backend))
+    Ok(Some((backend, mon)))
 }
 
 fn main() -> ExitCode {
@@ -509,23 +622,16 @@ fn run_qemu(argv: &[std::ffi::OsString], trace: Option<&str>) -> ExitCode {
         print!("{text}");
         return ExitCode::SUCCESS;
     }
-    for note in &t.notes {
-        eprintln!("ferrovm: note: {note}");
+    // The background process of -daemonize says nothing its starter said.
+    if !daemon::is_child() {
+        for note in &t.notes {
+            eprintln!("ferrovm: note: {note}");
+        }
     }
     tracing::info!(target: "firmware", "{}: ferrovm run {}", qemu::PROGRAM, t.args.join(" "));
     let cli = match Cli::try_parse_from(["ferrovm", "run"].into_iter().map(String::from).chain(t.args)) {
         Ok(c) => c,
         Err(e) => return fail(&e.render()),
     };
-    // QEMU writes the pidfile when the machine is set up and removes it at exit.
-    if let Some(p) = &t.pidfile {
-        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
-            return fail(&format!("-pidfile {}: {e}", p.display()));
-        }
-    }
-    let status = execute(cli);
-    if let Some(p) = &t.pidfile {
-        let _ = std::fs::remove_file(p);
-    }
-    status
+    execute(cli)
 }

@@ -206,12 +206,6 @@ fn refusal(name: &str) -> Option<&'static str> {
         "s" | "gdb" => "ferrovm has no gdb stub yet",
         "spice" => "ferrovm's display is VNC (-vnc)",
         "full-screen" => "ferrovm has no window; its display is VNC (-vnc)",
-        "daemonize" => "ferrovm runs in the foreground",
-        "no-shutdown" => "ferrovm ends the run when the guest powers off",
-        "loadvm" => {
-            "it loads a snapshot kept inside a qcow2 image, and ferrovm keeps snapshots in a directory: \
-             start from one with `ferrovm run --restore DIR/NAME` (savevm writes them with --snapshot-dir DIR)"
-        }
         "object" | "global" | "set" | "readconfig" => "ferrovm has no QOM objects or properties to set",
         "numa" => "ferrovm runs one CPU and one memory node",
         "mem-path" | "mem-prealloc" => "guest RAM is anonymous memory in ferrovm",
@@ -228,8 +222,6 @@ fn refusal(name: &str) -> Option<&'static str> {
 pub struct Translation {
     /// The arguments of `ferrovm run` (after `run`).
     pub args: Vec<String>,
-    /// `-pidfile`: written with ferrovm's process ID for the run.
-    pub pidfile: Option<PathBuf>,
     /// Where ferrovm differs from what was asked, for stderr.
     pub notes: Vec<String>,
     /// `-version` or `-help`: print this and exit 0.
@@ -263,6 +255,8 @@ struct State {
     pidfile: Option<PathBuf>,
     /// `-incoming URI`.
     incoming: Option<String>,
+    /// `-loadvm NAME`.
+    loadvm: Option<String>,
     notes: Vec<String>,
     /// `-cpu max` or `host`: ferrovm's full model (`--cpu max`).
     cpu_max: bool,
@@ -270,7 +264,7 @@ struct State {
     smp: Option<String>,
     /// `-accel tcg,thread=`: `single` or `multi`.
     tcg_thread: Option<String>,
-    /// `-boot order=`: the drive letters.
+    /// `-boot`: ferrovm's --boot (the order's letters, then once=, menu=on, splash-time=).
     boot_order: Option<String>,
     /// `-vga`: `std` or `none`.
     vga: Option<String>,
@@ -286,10 +280,20 @@ struct State {
     paused: bool,
     /// `-usb`, `-machine usb=on`.
     usb: bool,
-    /// `-device usb-tablet|usb-kbd`, `-usbdevice`: `tablet` or `kbd`.
+    /// `-device usb-tablet|usb-mouse|usb-kbd`, `-usbdevice`: `tablet`, `mouse` or `kbd`.
     usb_devices: Vec<&'static str>,
     /// `-display curses`.
     curses: bool,
+    /// `-nographic`.
+    nographic: bool,
+    /// `-monitor`, `-qmp` or `-mon` given (no default monitor then).
+    monitor_given: bool,
+    /// `-parallel` given (no default parallel port then).
+    parallel_given: bool,
+    /// `-no-shutdown`, `-action shutdown=pause`.
+    no_shutdown: bool,
+    /// `-daemonize`.
+    daemonize: bool,
 }
 
 /// A NIC: its `-netdev` (or `-nic`) options, model and MAC.
@@ -372,8 +376,8 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
             "machine" | "M" => st.machine(&option, v)?,
             "accel" => st.accel(&option, v)?,
             "enable-kvm" => st.accel.push("kvm".into()),
-            // COM1 on stdio, which is ferrovm's default already.
-            "nographic" => {}
+            // COM1 and the monitor on stdio (see `finish`).
+            "nographic" => st.nographic = true,
             "display" => st.display(&option, v)?,
             "vga" if v == "std" || v == "none" => st.vga = Some(v.to_string()),
             "vga" => {
@@ -385,17 +389,22 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
                 vnc::parse_vnc_spec(v).map_err(|e| format!("{option} {v}: {e}"))?;
                 st.vnc = Some(v.to_string());
             }
-            "monitor" if v == "none" => {}
+            "monitor" if v == "none" => st.monitor_given = true,
             "monitor" => {
+                st.monitor_given = true;
                 monitor::parse_chardev_uri(v).map_err(|e| format!("{option} {v}: {e}"))?;
                 st.monitor.push(v.to_string());
             }
             "qmp" => {
+                st.monitor_given = true;
                 monitor::parse_chardev_uri(v).map_err(|e| format!("{option} {v}: {e}"))?;
                 st.qmp.push(v.to_string());
             }
             "chardev" => st.chardev(&option, v)?,
-            "mon" => st.mon(&option, v)?,
+            "mon" => {
+                st.monitor_given = true;
+                st.mon(&option, v)?;
+            }
             "S" => st.paused = true,
             "usb" => st.usb = true,
             "usbdevice" => match v {
@@ -407,7 +416,11 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
                     st.usb = true;
                     st.usb_devices.push("kbd");
                 }
-                _ => return Err(format!("{option} {v} is not supported: ferrovm has tablet and keyboard")),
+                "mouse" => {
+                    st.usb = true;
+                    st.usb_devices.push("mouse");
+                }
+                _ => return Err(format!("{option} {v} is not supported: ferrovm has tablet, mouse and keyboard")),
             },
             "incoming" if v == "defer" => {
                 return Err(format!(
@@ -418,12 +431,15 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
                 v.parse::<vmm::snapshot::MigrationUri>().map_err(|e| format!("{option} {v}: {e}"))?;
                 st.incoming = Some(v.to_string());
             }
-            "parallel" if v == "none" => {}
+            "loadvm" => st.loadvm = Some(v.to_string()),
+            "parallel" if v == "none" => st.parallel_given = true,
             "parallel" => return Err(format!("{option} {v} is not supported: ferrovm has no parallel port")),
             "serial" => st.serial.push(serial(&option, v)?),
             "nodefaults" => st.nodefaults = true,
             "no-user-config" => {}
             "no-reboot" => st.no_reboot = true,
+            "no-shutdown" => st.no_shutdown = true,
+            "daemonize" => st.daemonize = true,
             "action" => st.action(&option, v)?,
             "netdev" => st.netdev(&option, v)?,
             "nic" => st.nic(&option, v)?,
@@ -460,17 +476,25 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
             "boot" => {
                 let o = parse_opts(v, Some("order"))?;
                 o.only(&option, &["order", "menu", "once", "strict", "splash", "splash-time", "reboot-timeout"])?;
-                for k in ["once", "strict", "splash", "splash-time", "reboot-timeout"] {
+                for k in ["strict", "splash", "reboot-timeout"] {
                     if o.get(k).is_some() {
-                        return Err(format!("{option} {k}= is not supported: ferrovm takes order= only"));
+                        return Err(format!(
+                            "{option} {k}= is not supported: ferrovm takes order=, once=, menu= and splash-time="
+                        ));
                     }
                 }
-                if o.get("menu").is_some_and(|m| m != "off") {
-                    return Err(format!("{option} menu=on is not supported: ferrovm's SeaBIOS shows no boot menu"));
+                // ferrovm's --boot: the order, then the other keys (menu=off is the default).
+                let mut spec = o.get("order").unwrap_or(vmm::storage::DEFAULT_BOOT_ORDER).to_string();
+                for k in ["once", "menu", "splash-time"] {
+                    match o.get(k) {
+                        Some("off") if k == "menu" => {}
+                        Some(x) => spec.push_str(&format!(",{k}={x}")),
+                        None => {}
+                    }
                 }
-                if let Some(order) = o.get("order") {
-                    vmm::storage::check_boot_order(order).map_err(|e| format!("{option} {v}: {e}"))?;
-                    st.boot_order = Some(order.to_string());
+                vmm::storage::parse_boot(&spec).map_err(|e| format!("{option} {v}: {e}"))?;
+                if o.get("order").is_some() || spec.contains(',') {
+                    st.boot_order = Some(spec);
                 }
             }
             _ => {
@@ -495,12 +519,12 @@ fn help() -> String {
     "usage: qemu-system-x86_64 [options] [disk_image]\n\
      ferrovm runs these of QEMU's options (README.md has the table):\n\
      -kernel -initrd -append -bios -L -m -smp -cpu -machine pc|q35 -accel kvm|tcg -enable-kvm\n\
-     -nographic -display none|vnc=HOST:N -vga std|none -vnc HOST:N[,websocket=PORT][,password=on]\n\
-     -serial stdio|file:PATH|null|mon:stdio|none\n\
+     -nographic -display none|vnc=HOST:N -vga std|none -vnc HOST:N|unix:PATH[,websocket=PORT][,password=on]\n\
+     -serial stdio|mon:stdio|file:PATH|null|none\n\
      -qmp|-monitor unix:PATH|tcp:HOST:PORT,server=on[,wait=off] -monitor stdio|none -chardev socket -mon -S\n\
-     -no-reboot -action -netdev user -nic user|none -device e1000|virtio-net-pci|virtio-blk-pci|isa-debug-exit\n\
-     -drive (if=ide|virtio|floppy, media=disk|cdrom) -hda..-hdd -cdrom -fda -fdb -snapshot -boot order=\n\
-     -name -pidfile\n\
+     -no-reboot -no-shutdown -action -netdev user -nic user|none -device e1000|virtio-net-pci|virtio-blk-pci|isa-debug-exit\n\
+     -drive (if=ide|virtio|floppy, media=disk|cdrom) -hda..-hdd -cdrom -fda -fdb -snapshot -boot order=,once=,menu=,splash-time=\n\
+     -name -pidfile -daemonize\n\
      -rtc base=utc -nodefaults -no-user-config\n\
      Others are refused by name.\n"
         .to_string()
@@ -525,13 +549,16 @@ fn smp(option: &str, v: &str) -> Result<String, String> {
 /// `-serial`: ferrovm's `--serial` value.
 fn serial(option: &str, v: &str) -> Result<String, String> {
     Ok(match v {
-        "stdio" | "mon:stdio" => "stdio".into(),
+        "stdio" => "stdio".into(),
+        // COM1 and a human monitor on stdio, Ctrl-A c switching (QEMU's mux).
+        "mon:stdio" => "mon:stdio".into(),
         "null" | "none" => "none".into(),
         _ => match v.strip_prefix("file:") {
             Some(p) if !p.is_empty() => format!("file:{p}"),
             _ => {
                 return Err(format!(
-                    "{option} {v} is not supported: ferrovm's serial port goes to stdio, file:PATH, null or none"
+                    "{option} {v} is not supported: ferrovm's serial port goes to stdio, mon:stdio, file:PATH, \
+                     null or none"
                 ))
             }
         },
@@ -692,7 +719,12 @@ impl State {
         }
         match o.get("shutdown") {
             Some("poweroff") | None => Ok(()),
-            Some(s) => Err(format!("{option} shutdown={s} is not supported: ferrovm ends the run (poweroff)")),
+            // -no-shutdown.
+            Some("pause") => {
+                self.no_shutdown = true;
+                Ok(())
+            }
+            Some(s) => Err(format!("{option} shutdown={s} is not supported (poweroff or pause)")),
         }
     }
 
@@ -761,12 +793,16 @@ impl State {
             return Ok(());
         }
         match driver {
-            "usb-tablet" | "usb-kbd" => {
+            "usb-tablet" | "usb-mouse" | "usb-kbd" => {
                 o.only(&format!("{option} {driver}"), &["driver", "id", "bus", "port"])?;
                 if let Some(b) = o.get("bus").filter(|b| !b.starts_with("usb-bus")) {
                     return Err(format!("{option} {driver},bus={b}: ferrovm's USB bus is the PIIX3's (usb-bus.0)"));
                 }
-                self.usb_devices.push(if driver == "usb-tablet" { "tablet" } else { "kbd" });
+                self.usb_devices.push(match driver {
+                    "usb-tablet" => "tablet",
+                    "usb-mouse" => "mouse",
+                    _ => "kbd",
+                });
                 Ok(())
             }
             "virtio-blk-pci" | "virtio-blk" => {
@@ -905,6 +941,15 @@ impl State {
         }
         // QEMU's default RAM is 128 MiB.
         args.extend(["--mem".into(), format!("{}K", self.mem.unwrap_or(128 << 20) >> 10)]);
+        // QEMU's default devices, which -nodefaults leaves out.
+        let default_monitor = !self.monitor_given && !self.nodefaults;
+        let default_serial = self.serial.is_empty() && !self.nodefaults;
+        let default_parallel = !self.parallel_given && !self.nodefaults;
+        if self.daemonize && self.nographic && (default_monitor || default_serial || default_parallel) {
+            return Err("-nographic cannot be used with -daemonize (its serial port, parallel port and monitor are \
+                        on stdio; give -serial, -parallel and -monitor, or -nodefaults)"
+                .into());
+        }
         // The first -serial is COM1; ferrovm has no other serial port.
         let serial = match self.serial.split_first() {
             Some((first, rest)) => {
@@ -913,12 +958,38 @@ impl State {
                 }
                 first.clone()
             }
-            // Without -serial QEMU shows COM1 on its display, or on stdio
-            // with -nographic; -nodefaults leaves COM1 out.
-            // -display curses shows COM1 on a console of its own.
+            // -nodefaults leaves COM1 out; -display curses shows COM1 on a
+            // console of its own.
             None if self.nodefaults || self.curses => "none".into(),
+            // -nographic: COM1 and the monitor share stdio (`Ctrl-A c`).
+            None if self.nographic && default_monitor => "mon:stdio".into(),
+            None if self.nographic => "stdio".into(),
+            // QEMU shows COM1 on its display; ferrovm has none, and shows
+            // it on stdio, which a background process does not have.
+            None if self.daemonize => "none".into(),
             None => "stdio".into(),
         };
+        // -nographic with a -serial of its own: the monitor alone on stdio.
+        if self.nographic && default_monitor && !self.serial.is_empty() {
+            if serial.ends_with("stdio") {
+                return Err(format!(
+                    "-serial {serial}: cannot use stdio by multiple character devices (-nographic puts the \
+                     monitor on stdio: add -monitor none, or leave -serial out for QEMU's mon:stdio)"
+                ));
+            }
+            self.monitor.push("stdio".into());
+        }
+        if self.daemonize {
+            if serial.ends_with("stdio") {
+                return Err(format!("-serial {serial}: cannot use stdio with -daemonize"));
+            }
+            if let Some(m) = self.monitor.iter().chain(&self.qmp).find(|m| m.starts_with("stdio")) {
+                return Err(format!("-monitor {m}: cannot use stdio with -daemonize"));
+            }
+            if self.curses {
+                return Err("curses display cannot be used with -daemonize".into());
+            }
+        }
         args.extend(["--serial".into(), serial]);
         if let Some(v) = &self.vga {
             args.extend(["--vga".into(), v.clone()]);
@@ -955,6 +1026,9 @@ impl State {
         }
         if let Some(uri) = &self.incoming {
             args.extend(["--incoming".into(), uri.clone()]);
+        }
+        if let Some(name) = &self.loadvm {
+            args.extend(["--loadvm".into(), name.clone()]);
         }
         if self.kernel.is_some() {
             if let Some(b) = self.bios.take() {
@@ -1054,7 +1128,16 @@ impl State {
         if self.no_reboot {
             args.push("--no-reboot".into());
         }
-        Ok(Translation { args, pidfile: self.pidfile, notes: self.notes, info: None })
+        if self.no_shutdown {
+            args.push("--no-shutdown".into());
+        }
+        if self.daemonize {
+            args.push("--daemonize".into());
+        }
+        if let Some(p) = &self.pidfile {
+            args.extend(["--pidfile".into(), p.display().to_string()]);
+        }
+        Ok(Translation { args, notes: self.notes, info: None })
     }
 }
 
@@ -1217,11 +1300,19 @@ mod tests {
 
     #[test]
     fn console_options() {
-        assert!(has(&run_args("-nographic -kernel k"), "--serial", "stdio"));
         assert!(has(&run_args("-nographic -nodefaults -kernel k"), "--serial", "none"), "as QEMU");
         assert!(has(&run_args("-nodefaults -kernel k"), "--serial", "none"));
         assert!(has(&run_args("-kernel k"), "--serial", "stdio"));
-        assert!(has(&run_args("-serial mon:stdio -kernel k"), "--serial", "stdio"));
+        assert!(has(&run_args("-serial mon:stdio -kernel k"), "--serial", "mon:stdio"));
+        // -nographic: COM1 and the monitor share stdio, unless either is given.
+        assert!(has(&run_args("-nographic -kernel k"), "--serial", "mon:stdio"));
+        let a = run_args("-nographic -qmp unix:/tmp/q.sock,server=on,wait=off -kernel k");
+        assert!(has(&a, "--serial", "stdio") && !has(&a, "--monitor", "stdio"), "{a:?}");
+        assert!(has(&run_args("-nographic -monitor none -kernel k"), "--serial", "stdio"));
+        let a = run_args("-nographic -serial file:/tmp/s.log -kernel k");
+        assert!(has(&a, "--serial", "file:/tmp/s.log") && has(&a, "--monitor", "stdio"), "{a:?}");
+        refused("-nographic -serial stdio -kernel k", "multiple character devices");
+        assert!(has(&run_args("-nographic -serial stdio -monitor none -kernel k"), "--serial", "stdio"));
         assert!(has(&run_args("-serial null -kernel k"), "--serial", "none"));
         assert!(has(&run_args("-serial file:/tmp/x.log -kernel k"), "--serial", "file:/tmp/x.log"));
         run_args("-display none -vga none -monitor none -parallel none -kernel k -no-user-config");
@@ -1235,14 +1326,40 @@ mod tests {
     }
 
     #[test]
-    fn incoming_passes_on_and_loadvm_points_to_restore() {
+    fn lifecycle_options() {
+        let a = run_args("-no-shutdown -kernel k");
+        assert!(a.contains(&"--no-shutdown".to_string()), "{a:?}");
+        assert!(run_args("-action shutdown=pause -kernel k").contains(&"--no-shutdown".to_string()));
+        let a = run_args("-action reboot=shutdown,shutdown=pause -kernel k");
+        assert!(a.contains(&"--no-shutdown".to_string()) && a.contains(&"--no-reboot".to_string()), "{a:?}");
+        assert!(!run_args("-action shutdown=poweroff -kernel k").contains(&"--no-shutdown".to_string()));
+        refused("-action shutdown=reset -kernel k", "poweroff or pause");
+        // -daemonize: COM1 goes nowhere by default, and stdio is refused as by QEMU.
+        let a = run_args("-daemonize -pidfile /run/vm.pid -qmp unix:/tmp/q.sock,server=on,wait=off -kernel k");
+        assert!(a.contains(&"--daemonize".to_string()), "{a:?}");
+        assert!(has(&a, "--serial", "none") && has(&a, "--pidfile", "/run/vm.pid"), "{a:?}");
+        assert!(has(&run_args("-daemonize -serial file:/tmp/s -kernel k"), "--serial", "file:/tmp/s"));
+        assert!(has(&run_args("-daemonize -nographic -nodefaults -kernel k"), "--serial", "none"));
+        refused("-daemonize -nographic -kernel k", "-nographic cannot be used with -daemonize");
+        refused("-daemonize -nographic -serial null -monitor none -kernel k", "-nographic cannot be used");
+        run_args("-daemonize -nographic -serial null -monitor none -parallel none -kernel k");
+        refused("-daemonize -serial stdio -kernel k", "cannot use stdio with -daemonize");
+        refused("-daemonize -serial mon:stdio -kernel k", "cannot use stdio with -daemonize");
+        refused("-daemonize -monitor stdio -kernel k", "cannot use stdio with -daemonize");
+        refused("-daemonize -chardev stdio,id=c -mon chardev=c -kernel k", "cannot use stdio with -daemonize");
+        refused("-daemonize -display curses -kernel k", "curses display cannot be used with -daemonize");
+    }
+
+    #[test]
+    fn incoming_and_loadvm_pass_on() {
         let a = run_args("-incoming tcp:127.0.0.1:4444 -kernel k");
         assert!(has(&a, "--incoming", "tcp:127.0.0.1:4444"), "{a:?}");
         let a = run_args("-incoming unix:/tmp/m.sock -S -kernel k");
         assert!(has(&a, "--incoming", "unix:/tmp/m.sock") && a.contains(&"--paused".to_string()), "{a:?}");
         refused("-incoming defer -kernel k", "give the URI");
         refused("-incoming rdma:host:1 -kernel k", "exec:CMD");
-        refused("-loadvm snap1 -kernel k", "--restore DIR/NAME");
+        let a = run_args("-loadvm snap1 -drive file=d.qcow2,if=virtio -kernel k");
+        assert!(has(&a, "--loadvm", "snap1"), "{a:?}");
     }
 
     #[test]
@@ -1252,6 +1369,11 @@ mod tests {
         assert!(has(&a, "--usb-device", "tablet") && has(&a, "--usb-device", "kbd"), "{a:?}");
         let a = run_args("-machine pc,usb=on -usbdevice tablet -kernel k");
         assert!(has(&a, "--usb-device", "tablet"), "{a:?}");
+        let a = run_args("-usb -device usb-mouse,id=m,bus=usb-bus.0 -kernel k");
+        assert!(has(&a, "--usb-device", "mouse"), "{a:?}");
+        assert!(has(&run_args("-usbdevice mouse -kernel k"), "--usb-device", "mouse"));
+        refused("-device usb-mouse -kernel k", "-device usb-mouse: there is no USB bus");
+        refused("-usb -device usb-mouse,serial=1 -kernel k", "serial");
         assert!(!run_args("-machine usb=off -kernel k").contains(&"--usb".to_string()));
     }
 
@@ -1262,6 +1384,11 @@ mod tests {
         let a = run_args("-vnc 127.0.0.1:3,websocket=5703 -kernel k");
         assert!(has(&a, "--vnc", "127.0.0.1:3,websocket=5703"), "{a:?}");
         assert!(has(&run_args("-display vnc=:1 -kernel k"), "--vnc", ":1"));
+        let a = run_args("-vnc unix:/tmp/v.sock,password=on -kernel k");
+        assert!(has(&a, "--vnc", "unix:/tmp/v.sock,password=on"), "{a:?}");
+        assert!(has(&run_args("-display vnc=unix:/tmp/v.sock -kernel k"), "--vnc", "unix:/tmp/v.sock"));
+        refused("-vnc unix:/tmp/v.sock,to=5 -kernel k", "Port range");
+        refused("-vnc unix:/tmp/v.sock,websocket=on -kernel k", "websocket");
         refused("-vga none -vnc :1 -kernel k", "-vga none");
         refused("-vnc 127.0.0.1 -kernel k", "-vnc");
         let a =
@@ -1348,8 +1475,15 @@ mod tests {
         refused("-drive file=x,index=4", "0 to 3");
         refused("-drive file=x,media=floppy", "media=floppy");
         refused("-boot order=n", "PXE");
-        refused("-boot once=d", "once=");
-        refused("-boot menu=on", "menu=on");
+        refused("-boot once=n", "PXE");
+        refused("-boot menu=yes", "menu=yes");
+        refused("-boot splash-time=65536", "65535");
+        refused("-boot strict=on", "strict=");
+        refused("-boot splash=logo.bmp", "splash=");
+        let a = run_args("-cdrom x.iso -hda y.img -boot once=d,order=c,menu=on,splash-time=900 -nodefaults");
+        assert!(has(&a, "--boot", "c,once=d,menu=on,splash-time=900"), "{a:?}");
+        assert!(has(&run_args("-cdrom x.iso -boot once=d -nodefaults"), "--boot", "cad,once=d"));
+        assert!(!run_args("-cdrom x.iso -boot menu=off -nodefaults").contains(&"--boot".to_string()));
         refused("-drive file=x,if=scsi", "if=scsi");
         refused("-drive file=x,format=vmdk", "vmdk");
         refused("-drive if=none,id=d0", "file=");
@@ -1369,7 +1503,7 @@ mod tests {
         assert!(has(&a, "--bios", &dir.join("mine.bin").display().to_string()), "{a:?}");
         std::fs::remove_dir_all(&dir).unwrap();
         let t = tr("-name guest=g1,debug-threads=on -pidfile /tmp/p -rtc base=utc,clock=host -kernel k").unwrap();
-        assert_eq!(t.pidfile, Some(PathBuf::from("/tmp/p")));
+        assert!(has(&t.args, "--pidfile", "/tmp/p"), "{:?}", t.args);
         run_args("-device isa-debug-exit,iobase=0xf4,iosize=0x04 -kernel k");
         run_args("-device isa-debug-exit,iobase=0xf4,iosize=0x4 -kernel k");
         refused("-device isa-debug-exit", "0x501");
@@ -1392,7 +1526,7 @@ mod tests {
             ("-object memory-backend-ram,id=m", "-object"),
             ("-device qxl-vga", "qxl-vga"),
             ("-kernel", "requires an argument"),
-            ("-no-shutdown", "-no-shutdown"),
+            ("-action panic=pause", "panic="),
             ("-usbdevice mouse", "-usbdevice"),
         ] {
             refused(line, name);

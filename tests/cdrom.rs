@@ -8,6 +8,11 @@
 //! image from `-fda`. A broken ISO and bad drive options are refused by
 //! name.
 //!
+//! `-boot`: with a disk and a CD whose boot records only print their name,
+//! `once=d,order=c` boots the CD, and after a QMP `system_reset` the disk;
+//! `menu=on,splash-time=` has SeaBIOS wait for ESC on the serial console,
+//! and the menu it then shows boots the CD picked by its number.
+//!
 //! Building the ISO needs xorriso and ISOLINUX (Debian packages `xorriso`
 //! and `isolinux`, with `syslinux-common`), which scripts/test.sh
 //! installs; without them the tests say so and are skipped.
@@ -183,6 +188,8 @@ fn boot_iso(accel: &str) {
     let iso_sectors = std::fs::metadata(&iso).unwrap().len() / 512;
     assert_eq!(field(&out, "T:size ").and_then(|s| s.parse::<u64>().ok()), Some(iso_sectors), "the disc's size: {ctx}");
     assert!(out.lines().any(|l| l.starts_with("T:dmesg") && l.contains("ATAPI")), "libata found an ATAPI drive: {ctx}");
+    // Every packet command Linux sent (sr_mod's probe, the mount) is answered.
+    assert!(!err.contains("IDE CD-ROM: packet command"), "a packet command is not implemented: {ctx}");
     assert_eq!(o.status.code(), Some(0), "{ctx}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -303,5 +310,287 @@ fn bad_media_and_drive_options_are_refused() {
         assert!(out.contains("Booting from DVD/CD"), "{out}");
         assert!(out.contains("Boot failed"), "SeaBIOS names the failed CD boot: {out}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A boot sector (or El Torito no-emulation image, loaded at 0000:7C00)
+/// that prints `msg` through INT 10h, which SeaBIOS's serial console
+/// copies to COM1, then waits halted.
+fn printing_sector(msg: &str) -> Vec<u8> {
+    use iced_x86::code_asm::*;
+    const MSG_AT: usize = 0x100;
+    let mut a = CodeAssembler::new(16).unwrap();
+    let mut print = a.create_label();
+    let mut done = a.create_label();
+    let mut wait = a.create_label();
+    a.cli().unwrap();
+    a.xor(ax, ax).unwrap();
+    a.mov(ds, ax).unwrap();
+    a.mov(si, 0x7c00 + MSG_AT as u32).unwrap();
+    a.set_label(&mut print).unwrap();
+    a.lodsb().unwrap();
+    a.test(al, al).unwrap();
+    a.jz(done).unwrap();
+    a.mov(ah, 0x0eu32).unwrap();
+    a.mov(bx, 7u32).unwrap();
+    a.int(0x10).unwrap();
+    a.jmp(print).unwrap();
+    a.set_label(&mut done).unwrap();
+    a.sti().unwrap();
+    a.set_label(&mut wait).unwrap();
+    a.hlt().unwrap();
+    a.jmp(wait).unwrap();
+    let mut code = a.assemble(0x7c00).unwrap();
+    assert!(code.len() <= MSG_AT);
+    code.resize(MSG_AT, 0);
+    code.extend_from_slice(msg.as_bytes());
+    code.extend_from_slice(b"\r\n\0");
+    code.resize(510, 0);
+    code.extend_from_slice(&[0x55, 0xaa]);
+    code
+}
+
+/// A bootable disk and a bootable CD whose boot records only print which
+/// they are: `(disk, iso)`.
+fn disk_and_cd(dir: &Path) -> (PathBuf, PathBuf) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir.join("root")).unwrap();
+    let disk = dir.join("disk.img");
+    let mut img = printing_sector("ferrovm-boot: the hard disk");
+    img.resize(1 << 20, 0);
+    std::fs::write(&disk, img).unwrap();
+    let mut boot = printing_sector("ferrovm-boot: the CD");
+    boot.resize(2048, 0);
+    std::fs::write(dir.join("root/boot.bin"), boot).unwrap();
+    let iso = dir.join("cd.iso");
+    sh(&format!(
+        "xorriso -as mkisofs -quiet -o '{}' -V FERROVM_BOOT -b boot.bin -no-emul-boot -boot-load-size 4 '{}'",
+        iso.display(),
+        dir.join("root").display()
+    ));
+    (disk, iso)
+}
+
+/// A running `ferrovm qemu`, its serial console on standard input and
+/// output.
+struct Console {
+    child: std::process::Child,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Console {
+    fn start(args: &[&str]) -> Console {
+        use std::io::Read;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
+            .arg("qemu")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ferrovm runs");
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let o = out.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                o.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Console { child, out }
+    }
+
+    fn text(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// Waits until `want` has been printed `n` times; the output so far.
+    fn wait_for(&mut self, want: &str, n: usize, secs: u64) -> String {
+        let deadline = Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let t = self.text();
+            if t.matches(want).count() >= n {
+                return t;
+            }
+            if Instant::now() > deadline || self.child.try_wait().ok().flatten().is_some() {
+                self.stop();
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                panic!("no '{want}' (x{n}) within {secs} s:\n{t}\nstderr:\n{err}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn type_keys(&mut self, keys: &[u8]) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("piped stdin");
+        stdin.write_all(keys).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sends `system_reset` through the QMP socket at `sock`.
+fn qmp_system_reset(sock: &Path) {
+    use std::io::{BufRead, Write};
+    let until = Instant::now() + std::time::Duration::from_secs(30);
+    while !sock.exists() {
+        assert!(Instant::now() < until, "no QMP socket");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let s = std::os::unix::net::UnixStream::connect(sock).expect("QMP connects");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut reply = |w: &mut std::os::unix::net::UnixStream, json: Option<&str>| -> String {
+        if let Some(j) = json {
+            w.write_all(format!("{j}\n").as_bytes()).unwrap();
+        }
+        loop {
+            let mut l = String::new();
+            r.read_line(&mut l).expect("a QMP line");
+            assert!(!l.is_empty(), "QMP closed");
+            if json.is_none() || l.starts_with(r#"{"return""#) || l.starts_with(r#"{"error""#) {
+                return l.trim().to_string();
+            }
+        }
+    };
+    assert!(reply(&mut w, None).starts_with(r#"{"QMP""#));
+    assert_eq!(reply(&mut w, Some(r#"{"execute":"qmp_capabilities"}"#)), r#"{"return":{}}"#);
+    assert_eq!(reply(&mut w, Some(r#"{"execute":"system_reset"}"#)), r#"{"return":{}}"#);
+}
+
+/// `-boot once=d,order=c`: the CD boots first although the disk comes
+/// first in `order=`; after a `system_reset` (QMP) the disk boots, and
+/// again after a second one.
+#[test]
+fn boot_once_boots_the_cd_then_the_disk_after_a_reset() {
+    if !tools() {
+        return;
+    }
+    let t = Instant::now();
+    let dir = tmp("cdrom", "once");
+    let (disk, iso) = disk_and_cd(&dir);
+    let sock = dir.join("qmp.sock");
+    let hda = format!("file={},format=raw,if=ide,index=0", disk.display());
+    let qmp = format!("unix:{},server=on,wait=off", sock.display());
+    let iso_s = iso.display().to_string();
+    let mut c = Console::start(&[
+        "-accel",
+        "tcg",
+        "-m",
+        "128",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-drive",
+        &hda,
+        "-cdrom",
+        &iso_s,
+        "-boot",
+        "once=d,order=c",
+        "-qmp",
+        &qmp,
+    ]);
+    let out = c.wait_for("ferrovm-boot: the CD", 1, 60);
+    assert!(out.contains("Booting from DVD/CD"), "{out}");
+    assert!(!out.contains("ferrovm-boot: the hard disk"), "the disk booted first:\n{out}");
+    assert!(!out.contains("Press ESC for boot menu"), "no boot menu without menu=on:\n{out}");
+    qmp_system_reset(&sock);
+    let out = c.wait_for("ferrovm-boot: the hard disk", 1, 60);
+    assert_eq!(out.matches("SeaBIOS (version").count(), 2, "{out}");
+    assert!(out.contains("Booting from Hard Disk"), "{out}");
+    qmp_system_reset(&sock);
+    let out = c.wait_for("ferrovm-boot: the hard disk", 2, 60);
+    assert_eq!(out.matches("ferrovm-boot: the CD").count(), 1, "once= is for the first boot only:\n{out}");
+    c.stop();
+    eprintln!("-boot once=d,order=c and two resets: {:.1} s", t.elapsed().as_secs_f64());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `-boot menu=on,splash-time=`: SeaBIOS offers its boot menu on the
+/// serial console and waits; ESC opens it, and the CD's number boots the
+/// CD although `order=c` puts the disk first. Without a key the menu's
+/// wait ends and the disk boots.
+#[test]
+fn the_boot_menu_is_offered_and_boots_the_device_picked() {
+    if !tools() {
+        return;
+    }
+    let dir = tmp("cdrom", "menu");
+    let (disk, iso) = disk_and_cd(&dir);
+    let hda = format!("file={},format=raw,if=ide,index=0", disk.display());
+    let iso_s = iso.display().to_string();
+    let args = |wait: &'static str| -> Vec<String> {
+        [
+            "-accel",
+            "tcg",
+            "-m",
+            "128",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-drive",
+            &hda,
+            "-cdrom",
+            &iso_s,
+            "-boot",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([format!("order=c,menu=on,splash-time={wait}")])
+        .collect()
+    };
+    // No key: the disk boots after the wait.
+    let a = args("1500");
+    let mut c = Console::start(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    c.wait_for("Press ESC for boot menu.", 1, 60);
+    let shown = Instant::now();
+    let out = c.wait_for("ferrovm-boot: the hard disk", 1, 60);
+    let waited = shown.elapsed().as_secs_f64();
+    assert!(waited >= 1.2, "SeaBIOS waited {waited:.2} s for ESC, not splash-time=1500:\n{out}");
+    assert!(!out.contains("ferrovm-boot: the CD"), "{out}");
+    c.stop();
+    // ESC, then the CD's entry.
+    let a = args("20000");
+    let mut c = Console::start(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    c.wait_for("Press ESC for boot menu.", 1, 60);
+    c.type_keys(b"\x1b");
+    let out = c.wait_for("Select boot device:", 1, 30);
+    // The entries are listed once SeaBIOS has printed them all.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = c.text().split_off(out.find("Select boot device:").unwrap());
+    let entry = out
+        .lines()
+        .find(|l| l.contains("DVD/CD"))
+        .and_then(|l| l.trim().split_once('.'))
+        .map(|(n, _)| n.trim().to_string())
+        .unwrap_or_else(|| panic!("no DVD/CD entry in the menu:\n{out}"));
+    assert!(out.lines().any(|l| l.contains("ata0-0")), "the disk is listed too:\n{out}");
+    c.type_keys(entry.as_bytes());
+    let out = c.wait_for("ferrovm-boot: the CD", 1, 60);
+    assert!(!out.contains("ferrovm-boot: the hard disk"), "{out}");
+    c.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }

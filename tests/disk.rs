@@ -20,7 +20,13 @@
 //!
 //! SIGKILL: ferrovm is killed while the guest writes 64 KiB records to a
 //! qcow2 overlay with `conv=fsync`; every record the guest saw acknowledged
-//! is in the image, and `qemu-img check` finds no error.
+//! is in the image, and `qemu-img check` finds no error. The same on an
+//! IDE disk (ata_piix and sd_mod, with the drive's write cache on, so each
+//! fsync is a FLUSH CACHE), raw and qcow2.
+//!
+//! A floppy: Linux's floppy driver reads a 1.44 MB image from `-fda`
+//! through the 82077AA and the 8237's channel 2, its hash the host's, and
+//! copies a cylinder onto another, which the host finds in the image.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -585,42 +591,89 @@ fn virtio_blk_driver_writes_through_ioeventfd_under_kvm() {
 }
 
 /// The guest of the SIGKILL test: 64 KiB records, each headed by its
-/// index, written with `conv=fsync` and reported once acknowledged.
+/// index, written to @DEV@ with `conv=fsync` and reported once
+/// acknowledged.
 const KILL_SCRIPT: &str = r#"
-for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
+for m in @MODULES@; do
     insmod /lib/modules/$m.ko 2>/dev/null
 done
 i=0
+while [ ! -b @DEV@ ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+echo "T:cache $(cat /sys/block/$(basename @DEV@)/queue/write_cache)"
+i=0
 while [ $i -lt 2000 ]; do
     { echo "record $i"; head -c 65536 /dev/urandom; } | head -c 65536 > /tmp/rec
-    dd if=/tmp/rec of=/dev/vda bs=65536 seek=$i conv=fsync 2>/dev/null && echo "T:acked $i"
+    dd if=/tmp/rec of=@DEV@ bs=65536 seek=$i conv=fsync 2>/dev/null && echo "T:acked $i"
     i=$((i + 1))
 done
 "#;
 
+const VIRTIO_MODULES: &str = "virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk";
+/// The generic kernel's modules for an IDE disk on the PIIX3, in insmod
+/// order.
+const IDE_MODULES: &[&str] = &[
+    "scsi_common",
+    "scsi_mod",
+    "libata",
+    "ata_piix",
+    "crct10dif_common",
+    "crct10dif_generic",
+    "crc-t10dif",
+    "crc64",
+    "crc64_rocksoft_generic",
+    "crc64-rocksoft",
+    "t10-pi",
+    "sd_mod",
+];
+
 /// ferrovm is killed (SIGKILL) while the guest writes and fsyncs records
-/// to a qcow2 overlay: every record the guest saw acknowledged is in the
-/// image afterwards, and `qemu-img check` finds no corruption.
+/// to a qcow2 overlay on virtio-blk: every record the guest saw
+/// acknowledged is in the image afterwards, and `qemu-img check` finds no
+/// corruption.
 fn killed_while_writing(accel: &str) {
+    killed_while_writing_to(accel, false, "qcow2");
+}
+
+/// [`killed_while_writing`] on an IDE disk (`ide`) or virtio-blk, the
+/// image `format` raw or a qcow2 overlay.
+fn killed_while_writing_to(accel: &str, ide: bool, format: &str) {
     use std::io::{BufRead, BufReader};
     let Some(dir) = images() else { return };
-    if !have("qemu-img") || !have("cpio") {
+    if !have("qemu-img") || !have("cpio") || (ide && images::images(&["initramfs.cpio.gz"]).is_none()) {
         return;
     }
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
-    let work = tmp("disk", &format!("kill-{accel}"));
-    let initrd = initrd(&dir, &work);
+    let bus = if ide { "ide" } else { "virtio" };
+    let work = tmp("disk", &format!("kill-{accel}-{bus}-{format}"));
+    let (initrd, modules, dev) = if ide {
+        let out = work.join("initrd-ide.gz");
+        images::initrd_with_modules(&dir, IDE_MODULES, &work.join("ide-mods"), &out);
+        (out, IDE_MODULES.join(" "), "/dev/sda")
+    } else {
+        (initrd(&dir, &work), VIRTIO_MODULES.to_string(), "/dev/vda")
+    };
     let base = work.join("base.raw");
+    let _ = std::fs::remove_file(&base);
     std::fs::File::create(&base).unwrap().set_len(DISK_BYTES).unwrap();
-    let overlay = work.join("overlay.qcow2");
-    let _ = std::fs::remove_file(&overlay);
-    sh(&format!("qemu-img create -q -f qcow2 -b base.raw -F raw '{}'", overlay.display()));
-    let cmdline = format!("console=ttyS0 ferrovm.cmd={}", base64(KILL_SCRIPT.as_bytes()));
+    let image = if format == "qcow2" {
+        let overlay = work.join("overlay.qcow2");
+        let _ = std::fs::remove_file(&overlay);
+        sh(&format!("qemu-img create -q -f qcow2 -b base.raw -F raw '{}'", overlay.display()));
+        overlay
+    } else {
+        base.clone()
+    };
+    let script = KILL_SCRIPT.replace("@MODULES@", &modules).replace("@DEV@", dev);
+    let cmdline = format!("console=ttyS0 ferrovm.cmd={}", base64(script.as_bytes()));
+    let disk = match ide {
+        true => format!("{},format={format},if=ide", image.display()),
+        false => format!("{},format={format}", image.display()),
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
         .args(["run", "--accel", accel, "--mem", "512M", "--serial", "stdio"])
         .args(["--timeout", &LIMIT_SECS.to_string()])
         .arg("--disk")
-        .arg(overlay.display().to_string())
+        .arg(&disk)
         .arg("--kernel")
         .arg(dir.join("vmlinuz-generic"))
         .arg("--initrd")
@@ -633,9 +686,13 @@ fn killed_while_writing(accel: &str) {
         .spawn()
         .expect("ferrovm starts");
     let mut acked: Option<u64> = None;
+    let mut cache = None;
     let mut tail = Vec::new();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let Ok(line) = line else { break };
+        if let Some(c) = line.trim_end().strip_prefix("T:cache ") {
+            cache = Some(c.to_string());
+        }
         if let Some(n) = line.trim_end().strip_prefix("T:acked ").and_then(|n| n.parse().ok()) {
             acked = Some(n);
             if n >= 40 {
@@ -648,18 +705,27 @@ fn killed_while_writing(accel: &str) {
         tail.push(line);
     }
     let _ = child.wait();
-    let acked = acked.unwrap_or_else(|| panic!("{accel}: no record acknowledged:\n{}", tail.join("\n")));
-    let check = Command::new("qemu-img").arg("check").arg(&overlay).output().unwrap();
-    let check_out = String::from_utf8_lossy(&check.stdout).into_owned();
-    eprintln!("{accel}: killed after record {acked}; qemu-img check: {}", check_out.trim());
-    assert!(!check_out.contains("ERROR") && !check_out.contains("corrupt"), "{accel}: {check_out}");
-    let converted = work.join("converted.raw");
-    sh(&format!("qemu-img convert -O raw '{}' '{}'", overlay.display(), converted.display()));
-    let data = std::fs::read(&converted).unwrap();
+    let what = format!("{accel}, {bus}, {format}");
+    let acked = acked.unwrap_or_else(|| panic!("{what}: no record acknowledged:\n{}", tail.join("\n")));
+    // A write-back cache: each fsync reached the drive as a flush.
+    assert_eq!(cache.as_deref(), Some("write back"), "{what}: the drive's write cache");
+    let data = if format == "qcow2" {
+        let check = Command::new("qemu-img").arg("check").arg(&image).output().unwrap();
+        let check_out = String::from_utf8_lossy(&check.stdout).into_owned();
+        eprintln!("{what}: killed after record {acked}; qemu-img check: {}", check_out.trim());
+        assert!(!check_out.contains("ERROR") && !check_out.contains("corrupt"), "{what}: {check_out}");
+        assert!(check.status.success(), "{what}: qemu-img check: {check:?}");
+        let converted = work.join("converted.raw");
+        sh(&format!("qemu-img convert -O raw '{}' '{}'", image.display(), converted.display()));
+        std::fs::read(&converted).unwrap()
+    } else {
+        eprintln!("{what}: killed after record {acked}");
+        std::fs::read(&image).unwrap()
+    };
     for i in 0..=acked {
         let want = format!("record {i}\n");
         let at = (i * 65536) as usize;
-        assert_eq!(&data[at..at + want.len()], want.as_bytes(), "{accel}: acknowledged record {i} is in the image");
+        assert_eq!(&data[at..at + want.len()], want.as_bytes(), "{what}: acknowledged record {i} is in the image");
     }
     let _ = std::fs::remove_dir_all(&work);
 }
@@ -723,6 +789,95 @@ fn virtio_blk_driver_writes_through_the_register_under_the_jit() {
 #[test]
 fn acknowledged_writes_survive_sigkill_under_the_jit() {
     killed_while_writing("jit");
+}
+
+#[test]
+fn acknowledged_ide_writes_to_a_raw_image_survive_sigkill_under_the_jit() {
+    killed_while_writing_to("jit", true, "raw");
+}
+
+#[test]
+fn acknowledged_ide_writes_to_a_qcow2_overlay_survive_sigkill_under_the_jit() {
+    killed_while_writing_to("jit", true, "qcow2");
+}
+
+/// What the floppy guest runs: load the driver, read the whole disk,
+/// copy cylinder 0 (both heads: 18 KiB) onto cylinder 40 with an fsync.
+const FLOPPY_SCRIPT: &str = r#"
+insmod /lib/modules/floppy.ko || echo "T:insmod-failed floppy"
+i=0
+while [ ! -b /dev/fd0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+dd if=/dev/fd0 of=/tmp/fd bs=18432 2>/dev/null && echo "T:sha $(sha256sum /tmp/fd | cut -d' ' -f1)"
+echo "T:bytes $(wc -c < /tmp/fd)"
+dd if=/dev/fd0 of=/dev/fd0 bs=18432 count=1 seek=40 conv=fsync 2>/dev/null && echo "T:copied"
+dmesg | grep -iE 'floppy|fd0|I/O error' | sed 's/^/T:dmesg /'
+echo "T:done"
+"#;
+
+/// Linux's floppy driver (floppy.ko) reads a 1.44 MB image from QEMU's
+/// `-fda` and writes a cylinder back.
+#[test]
+fn linux_reads_and_writes_a_floppy_image_from_fda() {
+    let Some(dir) = images::images(&["vmlinuz-generic", "initramfs.cpio.gz", "modules-generic/modules.order"]) else {
+        return;
+    };
+    if !have("cpio") {
+        return;
+    }
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let work = tmp("disk", "floppy");
+    let initrd = work.join("initrd-floppy.gz");
+    images::initrd_with_modules(&dir, &["floppy"], &work.join("floppy-mods"), &initrd);
+    // 2880 sectors, none like another.
+    let image: Vec<u8> =
+        (0..1_474_560u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ (i >> 9) as u8).collect();
+    let img = work.join("floppy.img");
+    std::fs::write(&img, &image).unwrap();
+    let want = sha256(&img, image.len() as u64);
+    let cmdline = format!("console=ttyS0 ferrovm.poweroff=1 ferrovm.cmd={}", base64(FLOPPY_SCRIPT.as_bytes()));
+    let t = Instant::now();
+    let o = ferrovm(&[
+        "qemu",
+        "-accel",
+        "tcg",
+        "-m",
+        "256",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-kernel",
+        dir.join("vmlinuz-generic").to_str().unwrap(),
+        "-initrd",
+        initrd.to_str().unwrap(),
+        "-append",
+        &cmdline,
+        "-fda",
+        img.to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr);
+    eprintln!("floppy: {:.1} s", t.elapsed().as_secs_f64());
+    let ctx = format!("stderr:\n{err}\nserial:\n{out}");
+    assert!(out.contains("T:done"), "{ctx}");
+    assert!(!out.contains("T:insmod-failed"), "{ctx}");
+    assert_eq!(field(&out, "bytes").map(str::trim), Some("1474560"), "{ctx}");
+    assert_eq!(field(&out, "sha"), Some(want.as_str()), "the floppy read back: {ctx}");
+    assert!(out.contains("T:copied"), "{ctx}");
+    assert!(!out.contains("I/O error"), "{ctx}");
+    assert!(!err.contains("82077AA floppy") && !err.contains("8237 DMA"), "nothing unimplemented: {ctx}");
+    assert_eq!(o.status.code(), Some(0), "{ctx}");
+    let after = std::fs::read(&img).unwrap();
+    assert_eq!(after.len(), image.len());
+    let track = 18432;
+    assert_eq!(&after[40 * track..41 * track], &image[..track], "cylinder 0 copied onto cylinder 40");
+    assert!(
+        after[..40 * track] == image[..40 * track] && after[41 * track..] == image[41 * track..],
+        "the rest as it was"
+    );
+    let _ = std::fs::remove_dir_all(&work);
 }
 
 #[test]

@@ -18,6 +18,11 @@
 //!   usb-tablet`) reaches Linux's input layer: uhci-hcd enumerates it,
 //!   usbhid makes it an input device, and the pointer a VNC client moves
 //!   comes out of its `/dev/input/event*` as absolute (EV_ABS) events.
+//! - A USB mouse (`--usb-device mouse`, QEMU's `-device usb-mouse`) the
+//!   same way, its motion coming out as relative (EV_REL) events.
+//! - `-vnc unix:PATH`: the server listens on a Unix socket (replacing a
+//!   stale one), a client reads the screen through it, and the socket is
+//!   gone after `quit`.
 //! - A VNC server with `password=on` refuses every client until a password
 //!   is set over QMP, then refuses a wrong one and takes the right one.
 //!
@@ -76,14 +81,18 @@ struct Vm {
 
 impl Vm {
     fn start(name: &str, vnc_options: &str, args: &[&str]) -> Vm {
+        let display = free_display();
+        Vm::start_on(name, &format!("127.0.0.1:{display}{vnc_options}"), display, args)
+    }
+
+    /// A run with `--vnc vnc`; `display` is its number for TCP clients.
+    fn start_on(name: &str, vnc: &str, display: u16, args: &[&str]) -> Vm {
         let serial = tmp("display", &format!("{name}.serial"));
         let qmp = tmp("display", &format!("{name}.qmp"));
         let _ = std::fs::remove_file(&serial);
-        let display = free_display();
-        let vnc = format!("127.0.0.1:{display}{vnc_options}");
         let serial_arg = format!("file:{}", serial.display());
         let qmp_arg = format!("unix:{},server=on,wait=off", qmp.display());
-        let mut all = vec!["run", "--accel", "jit", "--mem", "256M", "--vnc", &vnc, "--serial", &serial_arg];
+        let mut all = vec!["run", "--accel", "jit", "--mem", "256M", "--vnc", vnc, "--serial", &serial_arg];
         all.extend(["--qmp", &qmp_arg, "--timeout", "300"]);
         all.extend(args);
         let child = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
@@ -294,7 +303,18 @@ fn a_vnc_password_is_set_over_qmp_and_a_wrong_one_is_refused() {
     assert_eq!(q.cmd(set), r#"{"return":{}}"#);
     let wrong = rfb_connect(vm.display, Some("guess")).err().expect("a wrong password is refused");
     eprintln!("a wrong password: {wrong}");
-    let mut c = rfb_connect(vm.display, Some("s3cret")).expect("the right password is taken");
+    // After a failure, every attempt is refused for a second, even the right one.
+    let t = Instant::now();
+    let locked = rfb_connect(vm.display, Some("s3cret")).err().expect("refused right after a failure");
+    assert!(locked.to_string().contains("Too many authentication failures"), "{locked}");
+    let mut c = loop {
+        match rfb_connect(vm.display, Some("s3cret")) {
+            Ok(c) => break c,
+            Err(e) => assert!(t.elapsed() < Duration::from_secs(3), "the lock-out ends: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(t.elapsed() >= Duration::from_millis(800), "taken only after the lock-out: {:?}", t.elapsed());
     // The BIOS draws its banner soon; updates come as it does.
     c.request(false).unwrap();
     let until = Instant::now() + Duration::from_secs(60);
@@ -308,6 +328,54 @@ fn a_vnc_password_is_set_over_qmp_and_a_wrong_one_is_refused() {
     }
     assert_eq!(q.cmd(r#"{"execute":"quit"}"#), r#"{"return":{}}"#);
     vm.wait(20);
+}
+
+#[test]
+fn a_vnc_client_reads_the_screen_over_a_unix_socket() {
+    if !seabios() {
+        return;
+    }
+    let sock = tmp("display", "vnc.sock");
+    let _ = std::fs::remove_file(&sock);
+    // A socket left by a server that is gone is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let vnc = format!("unix:{},password=on", sock.display());
+    let vm = Vm::start_on("unix", &vnc, 0, &["--bios", SEABIOS]);
+    let mut q = Qmp::connect(&vm.qmp);
+    let set = r#"{"execute":"set_password","arguments":{"protocol":"vnc","password":"s0ck"}}"#;
+    assert_eq!(q.cmd(set), r#"{"return":{}}"#);
+    let mut c =
+        Client::connect_unix(&sock, Some("s0ck"), ClientEncoding::Raw).expect("a client connects over the socket");
+    // SeaBIOS's text screen: 720x400, with its banner drawn in white and
+    // grey on black.
+    let until = Instant::now() + Duration::from_secs(60);
+    c.request(false).unwrap();
+    loop {
+        c.read_update().unwrap();
+        let lit = c.pixels.iter().filter(|&&p| p & 0x00ff_ffff != 0).count();
+        if c.size == (720, 400) && lit > 500 {
+            eprintln!("{lit} lit pixels of {:?} over the Unix socket", c.size);
+            break;
+        }
+        assert!(Instant::now() < until, "the text screen ({:?}, {lit} lit) within 60 s", c.size);
+        c.request(true).unwrap();
+    }
+    drop(c);
+    assert_eq!(q.cmd(r#"{"execute":"quit"}"#), r#"{"return":{}}"#);
+    let (status, err) = vm.wait(20);
+    assert_eq!(status, Some(0), "quit ends the run: {err}");
+    assert!(std::fs::symlink_metadata(&sock).is_err(), "the socket is removed at exit");
+    // A path holding another kind of file is refused, and the file stays.
+    std::fs::write(&sock, b"not a socket").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
+        .args(["run", "--mem", "64M", "--bios", SEABIOS, "--vnc", &format!("unix:{}", sock.display())])
+        .args(["--serial", "none", "--timeout", "10"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("is not a socket"), "{err}");
+    assert_eq!(std::fs::read(&sock).unwrap(), b"not a socket");
+    let _ = std::fs::remove_file(&sock);
 }
 
 /// A TCP port that was free a moment ago.
@@ -424,6 +492,24 @@ echo
 echo "T:done"
 "#;
 
+/// The input events (type, code) in the guest's `T:events` line: struct
+/// input_event on x86-64 is 16 bytes of time, then type, code (16 bits
+/// each) and a 32-bit value.
+fn input_events(out: &str) -> Vec<(u16, u16, i32)> {
+    let events = out.lines().find_map(|l| l.strip_prefix("T:events ")).expect("the guest read events");
+    let words: Vec<u8> = events.split_whitespace().map(|w| u8::from_str_radix(w, 16).unwrap()).collect();
+    words
+        .chunks_exact(24)
+        .map(|e| {
+            (
+                u16::from_le_bytes([e[16], e[17]]),
+                u16::from_le_bytes([e[18], e[19]]),
+                i32::from_le_bytes([e[20], e[21], e[22], e[23]]),
+            )
+        })
+        .collect()
+}
+
 /// The initramfs with `modules` appended (decompressed, in lib/modules).
 fn initrd_with(images: &Path, modules: &[&str], name: &str) -> PathBuf {
     let initrd = tmp("display", &format!("{name}.cpio.gz"));
@@ -457,6 +543,7 @@ fn a_usb_tablet_moved_over_vnc_reaches_linux_input_layer() {
         ],
     );
     vm.wait_serial("T:tablet event", 240);
+    assert!(vm.serial().contains("QEMU USB Tablet"), "the tablet's name:\n{}", vm.serial());
     let mut c = rfb_connect(vm.display, None).expect("a VNC client connects");
     c.request(false).unwrap();
     let _ = c.read_update();
@@ -485,6 +572,47 @@ fn a_usb_tablet_moved_over_vnc_reaches_linux_input_layer() {
         .collect();
     eprintln!("input events (type, code): {kinds:?}");
     assert!(kinds.contains(&(3, 0)) && kinds.contains(&(3, 1)), "EV_ABS X and Y from the tablet: {kinds:?}\n{out}");
+    let (status, err) = vm.wait(60);
+    assert_eq!(status, Some(0), "the guest powers off: {err}");
+}
+
+#[test]
+fn a_usb_mouse_moved_over_vnc_reaches_linux_input_layer_as_relative_motion() {
+    if !tools() {
+        return;
+    }
+    let Some(dir) = images::images(&["vmlinuz-generic", "initramfs.cpio.gz", "modules-generic/modules.order"]) else {
+        return;
+    };
+    let initrd = initrd_with(&dir, USB_MODULES, "usb-mouse");
+    let script = TABLET_SCRIPT.replace("USB Tablet", "USB Mouse").replace("T:tablet", "T:mouse");
+    let append = format!("console=ttyS0 ferrovm.poweroff=1 ferrovm.cmd={}", encode::base64(script.as_bytes()));
+    let kernel = dir.join("vmlinuz-generic");
+    let args = ["--usb-device", "mouse", "--kernel", kernel.to_str().unwrap(), "--initrd", initrd.to_str().unwrap()];
+    let vm = Vm::start("usb-mouse", "", &[&args[..], &["--append", &append]].concat());
+    vm.wait_serial("T:mouse event", 240);
+    assert!(vm.serial().contains("QEMU USB Mouse"), "the mouse's name:\n{}", vm.serial());
+    let mut c = rfb_connect(vm.display, None).expect("a VNC client connects");
+    c.request(false).unwrap();
+    let _ = c.read_update();
+    // The first position only sets where the pointer is; each move after
+    // it is 10 right and 5 down.
+    for i in 0..6u16 {
+        c.pointer(100 + 10 * i, 80 + 5 * i, 0).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    vm.wait_serial("T:done", 60);
+    let out = vm.serial();
+    for l in out.lines().filter(|l| l.starts_with("T:")) {
+        eprintln!("{l}");
+    }
+    assert!(!out.contains("T:insmod"), "the modules load:\n{out}");
+    let events = input_events(&out);
+    eprintln!("input events (type, code, value): {events:?}");
+    // EV_REL (2): REL_X (0) right, REL_Y (1) down; no EV_ABS (3).
+    assert!(events.iter().any(|&(t, c, v)| (t, c) == (2, 0) && v > 0), "EV_REL X from the mouse: {events:?}\n{out}");
+    assert!(events.iter().any(|&(t, c, v)| (t, c) == (2, 1) && v > 0), "EV_REL Y from the mouse: {events:?}\n{out}");
+    assert!(events.iter().all(|&(t, _, _)| t != 3), "a mouse reports no absolute axes: {events:?}");
     let (status, err) = vm.wait(60);
     assert_eq!(status, Some(0), "the guest powers off: {err}");
 }

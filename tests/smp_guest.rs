@@ -1,8 +1,8 @@
 //! SMP semantics from small 32-bit test kernels (see `guest/pm32.rs` and
 //! `guest/smp.rs`), each booted with several vCPUs: under the interpreter
 //! and the JIT round-robin (`--vcpu-threads single`) and with a host thread
-//! per vCPU (`--vcpu-threads multi`, skipped with a reason while ferrovm
-//! refuses it), and under KVM where /dev/kvm is usable.
+//! per vCPU (`--vcpu-threads multi`), and under KVM where /dev/kvm is
+//! usable.
 //!
 //! - Start-up: INIT and two start-up IPIs bring every application
 //!   processor up once, each with its own local APIC (APIC ID, SVR), roles
@@ -663,8 +663,8 @@ enum Mode {
 impl Mode {
     fn args(self) -> &'static [&'static str] {
         match self {
-            Mode::Interp => &["--accel", "interp"],
-            Mode::Jit => &["--accel", "jit"],
+            Mode::Interp => &["--accel", "interp", "--vcpu-threads", "single"],
+            Mode::Jit => &["--accel", "jit", "--vcpu-threads", "single"],
             Mode::InterpMulti => &["--accel", "interp", "--vcpu-threads", "multi"],
             Mode::JitMulti => &["--accel", "jit", "--vcpu-threads", "multi"],
             Mode::Kvm => &["--accel", "kvm"],

@@ -58,9 +58,18 @@ fn field<'a>(out: &'a str, key: &str) -> Option<&'a str> {
 fn scratch() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        // One run's files at a time (streams and RAM images of a few tens
-        // of MiB): the last run's go when the next one starts.
-        let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("snapshot-tests");
+        // One folder per run (streams and RAM images of a few tens of
+        // MiB): those of runs that ended go when the next one starts, and
+        // runs at the same time keep theirs.
+        let top = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        for e in std::fs::read_dir(top).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix("snapshot-tests-") else { continue };
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let d = top.join(format!("snapshot-tests-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).expect("a scratch directory");
         d
@@ -459,4 +468,391 @@ fn savevm_without_a_snapshot_dir_says_to_give_one() {
     assert!(r.contains("exec:CMD, unix:PATH or tcp:HOST:PORT"), "{r}");
     assert_eq!(q.cmd(r#"{"execute":"quit"}"#), r#"{"return":{}}"#);
     assert_eq!(vm.wait().status.code(), Some(0));
+}
+
+// ---- snapshots inside qcow2 disks, and clones ------------------------------
+
+/// The generic kernel with the initramfs that carries the virtio disk and
+/// NIC modules.
+fn disk_images() -> Option<PathBuf> {
+    images::images(&["vmlinuz-generic", "initramfs-net.cpio.gz"])
+}
+
+/// Whether `tool` runs here; says why a test is skipped when it does not.
+fn have(tool: &str) -> bool {
+    let ok = Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    if !ok {
+        eprintln!("skipping: {tool} is not installed (Debian: qemu-utils)");
+    }
+    ok
+}
+
+/// Runs `program` with `args`; its stdout, after checking it succeeded.
+fn run_ok(program: &str, args: &[&str]) -> String {
+    let o = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        o.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// sha256 of the first `len` bytes of `path`.
+fn sha256_head(path: &Path, len: u64) -> String {
+    let o =
+        Command::new("sh").arg("-c").arg(format!("head -c {len} '{}' | sha256sum", path.display())).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or_default().to_string()
+}
+
+/// Every value of `T:key` lines, in order.
+fn fields<'a>(out: &'a str, key: &str) -> Vec<&'a str> {
+    let prefix = format!("T:{key} ");
+    out.lines().filter_map(|l| l.trim_end_matches('\r').strip_prefix(prefix.as_str())).map(str::trim).collect()
+}
+
+/// `ferrovm run` on the generic kernel with `script` and `extra`.
+fn disk_guest(images: &Path, script: &str, extra: &[&str]) -> Command {
+    let cmdline = format!("console=ttyS0 quiet ferrovm.poweroff=1 ferrovm.cmd={}", base64(script.as_bytes()));
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ferrovm"));
+    c.args(["run", "--accel", "jit", "--timeout", "600", "--mem", MEM])
+        .args(extra)
+        .arg("--kernel")
+        .arg(images.join("vmlinuz-generic"))
+        .arg("--initrd")
+        .arg(images.join("initramfs-net.cpio.gz"))
+        .arg("--append")
+        .arg(cmdline)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+const LOAD_DISK: &str = r#"
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk failover net_failover virtio_net; do
+    insmod /lib/modules/$m.ko 2>/dev/null || grep -q "^$m " /proc/modules || echo "T:insmod-failed $m"
+done
+i=0
+while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+"#;
+
+/// The guest of the qcow2 test: writes 4 MiB (A), waits for `savevm`,
+/// reads the disk back, writes 2 MiB over its middle (B), waits for
+/// `loadvm`, and reads the disk back once more. Each read drops the page
+/// cache first, so it sees the disk.
+const QCOW2_SCRIPT: &str = r#"
+head -c 4194304 /dev/urandom > /tmp/a
+dd if=/tmp/a of=/dev/vda bs=1M conv=fsync 2>/dev/null || echo "T:write-failed a"
+echo "T:a $(sha256sum < /tmp/a | cut -d' ' -f1)"
+echo "T:saveme now"
+sleep 3
+sync; echo 3 > /proc/sys/vm/drop_caches
+echo "T:before-b $(dd if=/dev/vda bs=1M count=4 2>/dev/null | sha256sum | cut -d' ' -f1)"
+head -c 2097152 /dev/urandom > /tmp/b
+dd if=/tmp/b of=/dev/vda bs=1M seek=1 conv=fsync 2>/dev/null || echo "T:write-failed b"
+echo "T:expect $({ head -c 1048576 /tmp/a; cat /tmp/b; tail -c 1048576 /tmp/a; } | sha256sum | cut -d' ' -f1)"
+echo "T:wrote-b now"
+sleep 3
+sync; echo 3 > /proc/sys/vm/drop_caches
+echo "T:final $(dd if=/dev/vda bs=1M count=4 2>/dev/null | sha256sum | cut -d' ' -f1)"
+"#;
+
+/// `savevm` into a qcow2 disk, as QEMU keeps it: the guest writes its disk,
+/// `savevm s1` (HMP through QMP), writes more, `loadvm s1`: the guest sees
+/// its disk as it was and goes on. Then `qemu-img` lists the snapshot,
+/// reads its disk, and finds the image clean; a snapshot QEMU made is
+/// listed by ferrovm, and deleted through `delvm`.
+#[test]
+fn savevm_and_loadvm_inside_a_qcow2_disk() {
+    let Some(images) = disk_images() else { return };
+    if !have("qemu-img") {
+        return;
+    }
+    let dir = scratch().join("qcow2");
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("disk.qcow2");
+    let _ = std::fs::remove_file(&disk);
+    run_ok("qemu-img", &["create", "-q", "-f", "qcow2", disk.to_str().unwrap(), "64M"]);
+    run_ok("qemu-img", &["snapshot", "-c", "from-qemu", disk.to_str().unwrap()]);
+    // ferrovm lists what QEMU made.
+    let list = Command::new(env!("CARGO_BIN_EXE_ferrovm")).args(["snapshot", "list"]).arg(&disk).output().unwrap();
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert!(list.starts_with("Snapshot list:\nID        TAG") && list.contains("from-qemu"), "{list}");
+
+    let (serial, qmp) = (dir.join("guest.out"), dir.join("guest.qmp"));
+    let script = format!("{LOAD_DISK}{QCOW2_SCRIPT}");
+    let vm = Vm(Some(
+        disk_guest(
+            &images,
+            &script,
+            &[
+                "--serial",
+                &format!("file:{}", serial.display()),
+                "--qmp",
+                &format!("unix:{},server=on,wait=off", qmp.display()),
+                "--disk",
+                &disk.display().to_string(),
+            ],
+        )
+        .spawn()
+        .expect("ferrovm runs"),
+    ));
+    let mut q = Qmp::connect(&qmp);
+    wait_for(&serial, "T:saveme");
+    let t = Instant::now();
+    assert_eq!(q.hmp("savevm s1"), r#"{"return":""}"#);
+    let savevm = t.elapsed();
+    let info = q.hmp("info snapshots");
+    eprintln!("info snapshots: {info}");
+    assert!(info.contains("List of snapshots present on all disks:\\r\\nID        TAG"), "{info}");
+    assert!(info.contains("--        s1 ") && info.contains("--        from-qemu "), "{info}");
+    wait_for(&serial, "T:wrote-b");
+    let t = Instant::now();
+    assert_eq!(q.hmp("loadvm s1"), r#"{"return":""}"#);
+    let loadvm = t.elapsed();
+    assert!(q.cmd(r#"{"execute":"query-status"}"#).contains(r#""status":"running""#));
+    assert_eq!(q.hmp("delvm from-qemu"), r#"{"return":""}"#);
+    let r = q.hmp("loadvm from-qemu");
+    assert!(r.contains("does not have the requested snapshot 'from-qemu'"), "{r}");
+    let out = vm.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let text = std::fs::read_to_string(&serial).unwrap_or_default();
+    let ctx = format!("--- serial:\n{text}\n--- stderr:\n{stderr}");
+    assert!(!text.contains("T:insmod-failed") && !text.contains("T:write-failed"), "{ctx}");
+    let a = fields(&text, "a");
+    assert_eq!(a.len(), 1, "A was written once, before the snapshot\n{ctx}");
+    assert_eq!(fields(&text, "saveme").len(), 1, "{ctx}");
+    assert_eq!(
+        fields(&text, "before-b"),
+        [a[0], a[0]],
+        "the guest read A before writing B, and again after loadvm\n{ctx}"
+    );
+    assert_eq!(fields(&text, "wrote-b").len(), 2, "the loaded guest went on from the snapshot\n{ctx}");
+    let expect = fields(&text, "expect");
+    assert_eq!(expect.len(), 2, "{ctx}");
+    assert_eq!(fields(&text, "final"), [expect[1]], "the guest's second B is on the disk\n{ctx}");
+
+    // QEMU's view of the image.
+    let list = run_ok("qemu-img", &["snapshot", "-l", disk.to_str().unwrap()]);
+    eprintln!("qemu-img snapshot -l:\n{list}");
+    assert!(list.lines().any(|l| l.split_whitespace().nth(1) == Some("s1")), "{list}");
+    assert!(!list.contains("from-qemu"), "{list}");
+    let check = Command::new("qemu-img").arg("check").arg(&disk).output().unwrap();
+    let check_out = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success() && check_out.contains("No errors were found"), "qemu-img check: {check_out}");
+    let snap_raw = dir.join("s1.raw");
+    let _ = std::fs::remove_file(&snap_raw);
+    run_ok(
+        "qemu-img",
+        &["convert", "-O", "raw", "-l", "snapshot.name=s1", disk.to_str().unwrap(), snap_raw.to_str().unwrap()],
+    );
+    assert_eq!(sha256_head(&snap_raw, 4 << 20), a[0], "the snapshot's disk holds A");
+    let vm_size = list.lines().find(|l| l.contains(" s1 ")).unwrap_or_default().to_string();
+    eprintln!(
+        "a {MEM} guest on a qcow2 disk: savevm {:.3} s, loadvm {:.3} s; {vm_size}",
+        savevm.as_secs_f64(),
+        loadvm.as_secs_f64()
+    );
+
+    // A new process starts from the snapshot (QEMU's -loadvm): the guest
+    // goes on from `savevm` without booting, on the disk as it was then.
+    let serial2 = dir.join("loadvm.out");
+    let out = disk_guest(
+        &images,
+        &script,
+        &["--serial", &format!("file:{}", serial2.display()), "--disk", &disk.display().to_string(), "--loadvm", "s1"],
+    )
+    .output()
+    .expect("ferrovm runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let text = std::fs::read_to_string(&serial2).unwrap_or_default();
+    let ctx = format!("--- serial:\n{text}\n--- stderr:\n{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{ctx}");
+    assert!(!text.contains("ferrovm-init: start") && !text.contains("T:saveme"), "it did not boot\n{ctx}");
+    assert_eq!(fields(&text, "before-b"), [a[0]], "{ctx}");
+    let expect = fields(&text, "expect");
+    assert_eq!(fields(&text, "final"), expect, "{ctx}");
+    let check = Command::new("qemu-img").arg("check").arg(&disk).output().unwrap();
+    assert!(String::from_utf8_lossy(&check.stdout).contains("No errors were found"));
+    let r =
+        disk_guest(&images, &script, &["--serial", "none", "--disk", &disk.display().to_string(), "--loadvm", "nope"])
+            .output()
+            .expect("ferrovm runs");
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{e}");
+    assert!(e.contains("--loadvm nope") && e.contains("does not have the requested snapshot 'nope'"), "{e}");
+}
+
+/// The guest of the clone test. Before the snapshot it writes a marker to
+/// its disk, keeps a random token in a shell variable and fills 64 MiB of
+/// tmpfs, then sleeps; the snapshot is taken there. A clone wakes up,
+/// prints the token (from memory), writes 1 MiB of its own to its disk,
+/// re-binds its NIC's driver and prints the address it then reads from
+/// the NIC, waits to be measured, and powers off.
+const CLONE_SCRIPT: &str = r#"
+printf 'base-data' | dd of=/dev/vda bs=512 conv=sync,fsync 2>/dev/null || echo "T:write-failed base"
+token=$(head -c 16 /dev/urandom | sha256sum | cut -d' ' -f1)
+head -c 67108864 /dev/urandom > /tmp/ballast
+echo "T:ready now"
+sleep 5
+echo "T:token $token"
+sync; echo 3 > /proc/sys/vm/drop_caches
+echo "T:base $(dd if=/dev/vda bs=512 count=1 2>/dev/null | head -c 9)"
+head -c 1048576 /dev/urandom > /tmp/mine
+dd if=/tmp/mine of=/dev/vda bs=1M seek=2 conv=fsync 2>/dev/null || echo "T:write-failed mine"
+echo "T:mine $(sha256sum < /tmp/mine | cut -d' ' -f1)"
+d=$(basename $(readlink /sys/class/net/eth0/device))
+echo $d > /sys/bus/virtio/drivers/virtio_net/unbind
+echo $d > /sys/bus/virtio/drivers/virtio_net/bind
+sleep 1
+echo "T:mac $(cat /sys/class/net/eth*/address | head -n 1)"
+echo "T:measure now"
+sleep 4
+"#;
+
+/// A field of /proc/PID/smaps_rollup, in KiB.
+fn smaps_kib(pid: u32, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.trim().strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Three clones of one snapshot run at once: each sees the snapshot's
+/// memory, writes its own overlay, gets its own MAC address, and shares
+/// the snapshot's pages; the snapshot's disk copy is never written.
+#[test]
+fn three_clones_of_one_snapshot_run_side_by_side() {
+    let Some(images) = disk_images() else { return };
+    if !have("qemu-img") {
+        return;
+    }
+    let dir = scratch().join("clones");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("disk.raw");
+    std::fs::File::create(&disk).unwrap().set_len(32 << 20).unwrap();
+    let snapshots = dir.join("snapshots");
+    let script = format!("{LOAD_DISK}{CLONE_SCRIPT}");
+    let nic = "user,model=virtio";
+    let (serial, qmp) = (dir.join("source.out"), dir.join("source.qmp"));
+    let vm = Vm(Some(
+        disk_guest(
+            &images,
+            &script,
+            &[
+                "--serial",
+                &format!("file:{}", serial.display()),
+                "--qmp",
+                &format!("unix:{},server=on,wait=off", qmp.display()),
+                "--snapshot-dir",
+                &snapshots.display().to_string(),
+                "--nic",
+                nic,
+                "--disk",
+                &format!("{},format=raw", disk.display()),
+            ],
+        )
+        .spawn()
+        .expect("ferrovm runs"),
+    ));
+    let mut q = Qmp::connect(&qmp);
+    wait_for(&serial, "T:ready");
+    let source_private = smaps_kib(vm.0.as_ref().unwrap().id(), "Private_Dirty");
+    eprintln!("the booted source (its 64 MiB of tmpfs written): Private_Dirty {source_private} KiB");
+    let t = Instant::now();
+    assert_eq!(q.hmp("savevm snap"), r#"{"return":""}"#);
+    eprintln!("savevm of a {MEM} guest with a 32 MiB raw disk into a directory: {:?}", t.elapsed());
+    assert_eq!(q.cmd(r#"{"execute":"quit"}"#), r#"{"return":{}}"#);
+    let out = vm.wait();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let snap = snapshots.join("snap");
+    let base = snap.join("disk0.raw");
+    assert!(std::fs::metadata(&base).unwrap().permissions().readonly(), "the disk copy is read-only");
+    let base_hash = sha256_head(&base, 32 << 20);
+    assert_eq!(std::fs::read(&base).unwrap()[..9], *b"base-data", "the copy holds what the guest wrote");
+
+    // Three clones at once.
+    let mut clones = Vec::new();
+    for i in 0..3 {
+        let serial = dir.join(format!("clone{i}.out"));
+        let clone_dir = dir.join(format!("clone{i}"));
+        let child = disk_guest(
+            &images,
+            &script,
+            &[
+                "--serial",
+                &format!("file:{}", serial.display()),
+                "--nic",
+                nic,
+                "--restore",
+                &snap.display().to_string(),
+                "--clone",
+                "--clone-dir",
+                &clone_dir.display().to_string(),
+            ],
+        )
+        .spawn()
+        .expect("ferrovm runs");
+        clones.push((Vm(Some(child)), serial, clone_dir));
+    }
+    let mut private = Vec::new();
+    for (vm, serial, _) in &clones {
+        wait_for(serial, "T:measure");
+        let pid = vm.0.as_ref().unwrap().id();
+        let (dirty, rss, pss) = (smaps_kib(pid, "Private_Dirty"), smaps_kib(pid, "Rss"), smaps_kib(pid, "Pss"));
+        private.push(dirty);
+        eprintln!("clone pid {pid}: Private_Dirty {dirty} KiB, Rss {rss} KiB, Pss {pss} KiB ({MEM} of guest RAM)");
+    }
+    let mut tokens = Vec::new();
+    let mut macs = Vec::new();
+    for (vm, serial, clone_dir) in clones {
+        let out = vm.wait();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let text = std::fs::read_to_string(&serial).unwrap_or_default();
+        let ctx = format!("--- serial:\n{text}\n--- stderr:\n{stderr}");
+        assert_eq!(out.status.code(), Some(0), "{ctx}");
+        assert!(stderr.contains(&format!("its disk overlays are in {}", clone_dir.display())), "{ctx}");
+        assert!(!text.contains("T:write-failed") && !text.contains("Linux version"), "a clone does not boot\n{ctx}");
+        assert_eq!(fields(&text, "base"), ["base-data"], "{ctx}");
+        tokens.push(fields(&text, "token").first().copied().unwrap_or_default().to_string());
+        // The MAC the NIC now reports is the one ferrovm gave the clone.
+        let given = stderr.lines().find_map(|l| l.strip_prefix("ferrovm: clone NIC with MAC ")).unwrap_or_default();
+        let seen = fields(&text, "mac").first().copied().unwrap_or_default().to_string();
+        assert_eq!(seen, given, "{ctx}");
+        let first = u8::from_str_radix(&given[..2], 16).unwrap();
+        assert_eq!(first & 3, 2, "a locally administered unicast address: {given}");
+        macs.push(given.to_string());
+        // Its writes are in its own overlay, over the snapshot's copy.
+        let overlay = clone_dir.join("disk0.qcow2");
+        let info = run_ok("qemu-img", &["info", "--output=json", overlay.to_str().unwrap()]);
+        assert!(info.contains(&base.canonicalize().unwrap().display().to_string()), "{info}");
+        let check = run_ok("qemu-img", &["check", overlay.to_str().unwrap()]);
+        assert!(check.contains("No errors were found"), "{check}");
+        let raw = clone_dir.join("converted.raw");
+        run_ok("qemu-img", &["convert", "-O", "raw", overlay.to_str().unwrap(), raw.to_str().unwrap()]);
+        let mine = Command::new("sh")
+            .arg("-c")
+            .arg(format!("tail -c +2097153 '{}' | head -c 1048576 | sha256sum", raw.display()))
+            .output()
+            .unwrap();
+        let mine = String::from_utf8_lossy(&mine.stdout).split_whitespace().next().unwrap_or_default().to_string();
+        assert_eq!(fields(&text, "mine"), [mine.as_str()], "{ctx}");
+    }
+    assert!(
+        tokens.iter().all(|t| t.len() == 64 && *t == tokens[0]),
+        "every clone has the snapshot's memory: {tokens:?}"
+    );
+    macs.sort();
+    macs.dedup();
+    assert_eq!(macs.len(), 3, "each clone has its own MAC: {macs:?}");
+    assert_eq!(sha256_head(&base, 32 << 20), base_hash, "the snapshot's disk copy is unchanged");
+    // The snapshot is in use only while clones run: now it can go.
+    eprintln!(
+        "clones' Private_Dirty: {private:?} KiB, each of a {MEM} guest; the booted source's: {source_private} KiB"
+    );
+    assert!(private.iter().all(|&p| p < source_private), "a clone shares the snapshot's pages: {private:?} KiB");
 }

@@ -1,11 +1,13 @@
 //! The host side of the serial console: where the guest's serial output goes
 //! and where its input comes from.
 //!
-//! - [`SerialBackend`] names the host end (`stdio`, `file:PATH`, `none`) and
-//!   [`open_output`] opens a writer for it.
+//! - [`SerialBackend`] names the host end (`stdio`, `mon:stdio`,
+//!   `file:PATH`, `none`) and [`open_output`] opens a writer for it.
 //! - [`spawn_stdin_reader`] runs a thread that reads host stdin, handles the
 //!   Ctrl-A escapes QEMU users know (`C-a x` quits, `C-a h` helps, `C-a C-a`
-//!   sends one Ctrl-A) and hands every other byte to the machine.
+//!   sends one Ctrl-A, and on `mon:stdio` `C-a c` switches between the
+//!   guest's console and the monitor, a [`MuxMonitor`]) and hands every
+//!   other byte to the machine, or to the monitor while it has the focus.
 //! - [`enter_raw_mode`] puts an interactive terminal into raw mode, so keys
 //!   (Ctrl-C included) go to the guest, and makes sure the terminal comes back
 //!   on every way out: the guard's drop, a panic, SIGTERM/SIGHUP/SIGQUIT, and
@@ -31,7 +33,7 @@ pub const ESCAPE_BYTE: u8 = 0x01;
 const HELP: &str = "\
 C-a h    print this help
 C-a x    exit the emulator
-C-a c    switch to the monitor (not available)
+C-a c    switch between console and monitor
 C-a C-a  send C-a to the guest
 ";
 
@@ -39,7 +41,7 @@ C-a C-a  send C-a to the guest
 #[derive(thiserror::Error, Debug)]
 pub enum ConsoleError {
     /// A `--serial` value that names no backend.
-    #[error("unknown serial backend `{0}`; use stdio, file:PATH or none")]
+    #[error("unknown serial backend `{0}`; use stdio, mon:stdio, file:PATH or none")]
     UnknownBackend(String),
     /// `file:` with nothing after it.
     #[error("serial backend `file:` needs a path, as in file:serial.log")]
@@ -66,6 +68,9 @@ pub enum ConsoleError {
 pub enum SerialBackend {
     /// The emulator's own stdin and stdout.
     Stdio,
+    /// Stdin and stdout shared with a human monitor (QEMU's `mon:stdio`):
+    /// `C-a c` moves the keyboard between the guest and the monitor.
+    MonStdio,
     /// Output written to a file (created or truncated); no input.
     File(PathBuf),
     /// Output dropped; no input.
@@ -78,6 +83,7 @@ impl FromStr for SerialBackend {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "stdio" => Ok(SerialBackend::Stdio),
+            "mon:stdio" => Ok(SerialBackend::MonStdio),
             "none" => Ok(SerialBackend::None),
             _ => match s.strip_prefix("file:") {
                 Some("") => Err(ConsoleError::EmptyPath),
@@ -92,9 +98,17 @@ impl fmt::Display for SerialBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SerialBackend::Stdio => f.write_str("stdio"),
+            SerialBackend::MonStdio => f.write_str("mon:stdio"),
             SerialBackend::File(path) => write!(f, "file:{}", path.display()),
             SerialBackend::None => f.write_str("none"),
         }
+    }
+}
+
+impl SerialBackend {
+    /// Whether the port is on the emulator's stdin and stdout.
+    pub fn on_stdio(&self) -> bool {
+        matches!(self, SerialBackend::Stdio | SerialBackend::MonStdio)
     }
 }
 
@@ -117,7 +131,7 @@ impl Write for FlushingStdout {
 /// Opens the writer that receives what the guest transmits on `backend`.
 pub fn open_output(backend: &SerialBackend) -> Result<Box<dyn Write + Send>, ConsoleError> {
     match backend {
-        SerialBackend::Stdio => Ok(Box::new(FlushingStdout)),
+        SerialBackend::Stdio | SerialBackend::MonStdio => Ok(Box::new(FlushingStdout)),
         SerialBackend::File(path) => File::create(path)
             .map(|f| Box::new(f) as Box<dyn Write + Send>)
             .map_err(|source| ConsoleError::CreateFile { path: path.clone(), source }),
@@ -182,31 +196,68 @@ impl EscapeParser {
 /// the UART cannot take yet (see `Serial::enqueue_input`) it must keep.
 pub type InputSink = Box<dyn FnMut(&[u8]) + Send>;
 
-/// Starts the thread that reads host stdin for the guest. EOF on stdin (a
-/// pipe or /dev/null in CI) just ends the thread; `C-a x` files
-/// [`VmEvent::Quit`] with `events` and ends it too.
-pub fn spawn_stdin_reader(events: Arc<VmEvents>, deliver: InputSink) -> Result<JoinHandle<()>, ConsoleError> {
-    spawn_input_reader(io::stdin(), events, deliver)
+/// The monitor side of a console shared with a monitor (`mon:stdio`):
+/// while it has the focus, the keys go to it rather than to the guest.
+/// What it writes goes to `out`, the console's output (stdout), where the
+/// guest's output goes on appearing as it comes.
+pub trait MuxMonitor: Send {
+    /// The focus comes to the monitor (`C-a c`).
+    fn focus_in(&mut self, out: &mut dyn Write);
+    /// The focus goes back to the guest's console (`C-a c` again).
+    fn focus_out(&mut self, out: &mut dyn Write);
+    /// Keys typed while the monitor has the focus (the escapes taken out).
+    fn input(&mut self, bytes: &[u8], out: &mut dyn Write);
 }
 
-/// [`spawn_stdin_reader`] for any byte source; notices go to stderr.
+/// Starts the thread that reads host stdin for the guest. EOF on stdin (a
+/// pipe or /dev/null in CI) just ends the thread; `C-a x` files
+/// [`VmEvent::Quit`] with `events` and ends it too. With `monitor`
+/// (`mon:stdio`), `C-a c` moves the keys between the guest and it.
+pub fn spawn_stdin_reader(
+    events: Arc<VmEvents>,
+    deliver: InputSink,
+    monitor: Option<Box<dyn MuxMonitor>>,
+) -> Result<JoinHandle<()>, ConsoleError> {
+    spawn_input_reader(io::stdin(), events, deliver, monitor)
+}
+
+/// [`spawn_stdin_reader`] for any byte source; notices go to stderr, and
+/// the monitor writes to stdout.
 pub fn spawn_input_reader<R: Read + Send + 'static>(
     mut input: R,
     events: Arc<VmEvents>,
     mut deliver: InputSink,
+    mut monitor: Option<Box<dyn MuxMonitor>>,
 ) -> Result<JoinHandle<()>, ConsoleError> {
     let name = "serial-input";
     std::thread::Builder::new()
         .name(name.to_string())
-        .spawn(move || pump(&mut input, &events, &mut deliver, &mut io::stderr()))
+        .spawn(move || {
+            let mut out = FlushingStdout;
+            let mon: Option<(&mut dyn MuxMonitor, &mut dyn Write)> = match &mut monitor {
+                Some(m) => Some((&mut **m, &mut out)),
+                None => None,
+            };
+            pump(&mut input, &events, &mut deliver, &mut io::stderr(), mon)
+        })
         .map_err(|source| ConsoleError::Thread { name, source })
 }
 
-/// Reads `input` until EOF, an error or a quit request.
-fn pump(input: &mut dyn Read, events: &VmEvents, deliver: &mut dyn FnMut(&[u8]), notices: &mut dyn Write) {
+/// Reads `input` until EOF, an error or a quit request. With `monitor` (and
+/// the writer its output goes to), `C-a c` switches the keys between the
+/// guest and the monitor; the guest's console has them first.
+fn pump(
+    input: &mut dyn Read,
+    events: &VmEvents,
+    deliver: &mut dyn FnMut(&[u8]),
+    notices: &mut dyn Write,
+    mut monitor: Option<(&mut dyn MuxMonitor, &mut dyn Write)>,
+) {
     let mut parser = EscapeParser::new();
     let mut buf = [0u8; 256];
     let mut guest = Vec::with_capacity(buf.len());
+    // Whether the monitor has the keys.
+    let mut focused = false;
     loop {
         let n = match input.read(&mut buf) {
             Ok(0) => return,
@@ -221,11 +272,8 @@ fn pump(input: &mut dyn Read, events: &VmEvents, deliver: &mut dyn FnMut(&[u8]),
             match parser.feed(byte) {
                 Some(ConsoleInput::Guest(b)) => guest.push(b),
                 Some(ConsoleInput::Command(cmd)) => {
-                    // Bytes typed before the command reach the guest first.
-                    if !guest.is_empty() {
-                        deliver(&guest);
-                        guest.clear();
-                    }
+                    // Bytes typed before the command reach their reader first.
+                    send(&mut guest, focused, deliver, &mut monitor);
                     // Notices are best effort: a closed stderr must not stop input.
                     match cmd {
                         EscapeCommand::Quit => {
@@ -233,9 +281,20 @@ fn pump(input: &mut dyn Read, events: &VmEvents, deliver: &mut dyn FnMut(&[u8]),
                             events.request(VmEvent::Quit);
                             return;
                         }
-                        EscapeCommand::Monitor => {
-                            let _ = notices.write_all(b"\nmonitor not available\n");
-                        }
+                        EscapeCommand::Monitor => match &mut monitor {
+                            Some((m, out)) => {
+                                focused = !focused;
+                                if focused {
+                                    m.focus_in(&mut **out);
+                                } else {
+                                    m.focus_out(&mut **out);
+                                }
+                            }
+                            None => {
+                                let _ =
+                                    notices.write_all(b"\nno monitor on this console (--serial mon:stdio has one)\n");
+                            }
+                        },
                         EscapeCommand::Help => {
                             let _ = notices.write_all(HELP.as_bytes());
                         }
@@ -244,11 +303,25 @@ fn pump(input: &mut dyn Read, events: &VmEvents, deliver: &mut dyn FnMut(&[u8]),
                 None => {}
             }
         }
-        if !guest.is_empty() {
-            deliver(&guest);
-            guest.clear();
-        }
+        send(&mut guest, focused, deliver, &mut monitor);
     }
+}
+
+/// Hands `keys` to the monitor while it has the focus, else to the guest.
+fn send(
+    keys: &mut Vec<u8>,
+    focused: bool,
+    deliver: &mut dyn FnMut(&[u8]),
+    monitor: &mut Option<(&mut dyn MuxMonitor, &mut dyn Write)>,
+) {
+    if keys.is_empty() {
+        return;
+    }
+    match monitor {
+        Some((m, out)) if focused => m.input(keys, &mut **out),
+        _ => deliver(keys),
+    }
+    keys.clear();
 }
 
 /// The terminal settings of stdin from before raw mode, while raw mode is on.
@@ -359,9 +432,12 @@ mod tests {
         );
         assert!(matches!("file:".parse::<SerialBackend>(), Err(ConsoleError::EmptyPath)));
         let err = "pty".parse::<SerialBackend>().unwrap_err();
-        assert_eq!(err.to_string(), "unknown serial backend `pty`; use stdio, file:PATH or none");
+        assert_eq!(err.to_string(), "unknown serial backend `pty`; use stdio, mon:stdio, file:PATH or none");
         assert!("Stdio".parse::<SerialBackend>().is_err());
-        for s in ["stdio", "none", "file:out.txt"] {
+        assert_eq!("mon:stdio".parse::<SerialBackend>().unwrap(), SerialBackend::MonStdio);
+        assert!(SerialBackend::MonStdio.on_stdio() && SerialBackend::Stdio.on_stdio());
+        assert!(!SerialBackend::None.on_stdio());
+        for s in ["stdio", "mon:stdio", "none", "file:out.txt"] {
             assert_eq!(s.parse::<SerialBackend>().unwrap().to_string(), s);
         }
     }
@@ -424,7 +500,13 @@ mod tests {
         let events = VmEvents::new();
         let mut got = Vec::new();
         let mut notices = Vec::new();
-        pump(&mut io::Cursor::new(input.to_vec()), &events, &mut |b: &[u8]| got.extend_from_slice(b), &mut notices);
+        pump(
+            &mut io::Cursor::new(input.to_vec()),
+            &events,
+            &mut |b: &[u8]| got.extend_from_slice(b),
+            &mut notices,
+            None,
+        );
         (got, String::from_utf8(notices).unwrap(), events.take())
     }
 
@@ -448,9 +530,50 @@ mod tests {
     fn pump_reports_monitor_and_help() {
         let (got, notices, event) = run_pump(b"\x01c\x01hz");
         assert_eq!(got, b"z");
-        assert!(notices.contains("monitor not available"));
+        assert!(notices.contains("no monitor on this console"));
         assert!(notices.contains("C-a x    exit the emulator"));
+        assert!(notices.contains("C-a c    switch between console and monitor"));
         assert_eq!(event, None);
+    }
+
+    /// A monitor that records what reaches it.
+    #[derive(Default)]
+    struct Recorder {
+        log: Vec<String>,
+    }
+
+    impl MuxMonitor for Recorder {
+        fn focus_in(&mut self, out: &mut dyn Write) {
+            self.log.push("in".into());
+            let _ = out.write_all(b"(qemu) ");
+        }
+        fn focus_out(&mut self, out: &mut dyn Write) {
+            self.log.push("out".into());
+            let _ = out.write_all(b"\r\n");
+        }
+        fn input(&mut self, bytes: &[u8], out: &mut dyn Write) {
+            self.log.push(format!("keys {}", String::from_utf8_lossy(bytes)));
+            let _ = out.write_all(bytes);
+        }
+    }
+
+    #[test]
+    fn escape_c_moves_the_keys_between_guest_and_monitor() {
+        let events = VmEvents::new();
+        let (mut got, mut notices, mut shown) = (Vec::new(), Vec::new(), Vec::new());
+        let mut mon = Recorder::default();
+        pump(
+            &mut io::Cursor::new(b"ab\x01cinfo status\r\x01\x01\x01ccd\x01cq\x01xzz".to_vec()),
+            &events,
+            &mut |b: &[u8]| got.extend_from_slice(b),
+            &mut notices,
+            Some((&mut mon, &mut shown)),
+        );
+        assert_eq!(got, b"abcd", "the guest gets what was typed while it had the focus");
+        assert_eq!(mon.log, ["in", "keys info status\r\x01", "out", "in", "keys q"]);
+        assert_eq!(String::from_utf8_lossy(&shown), "(qemu) info status\r\x01\r\n(qemu) q");
+        assert_eq!(events.take(), Some(VmEvent::Quit), "C-a x quits from the monitor too");
+        assert!(String::from_utf8_lossy(&notices).contains("terminated"));
     }
 
     #[test]
@@ -462,6 +585,7 @@ mod tests {
             io::Cursor::new(b"hello".to_vec()),
             events.clone(),
             Box::new(move |b| sink.lock().extend_from_slice(b)),
+            None,
         )
         .unwrap();
         handle.join().unwrap();

@@ -18,6 +18,7 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cpu::Decoded;
 
 use crate::ctx::region_signature;
+use crate::shared::Shared;
 use crate::translate::{translate, RegionSpec, TxStats};
 
 /// Cranelift settings for the hot tier.
@@ -38,15 +39,16 @@ impl Default for Settings {
 /// A region to compile.
 pub struct Job {
     pub id: u64,
-    pub spec: RegionSpec,
+    pub spec: Arc<RegionSpec>,
 }
 
 /// A compiled region.
+#[derive(Clone)]
 pub struct Output {
     pub code: Vec<u8>,
     /// The instructions its code runs through the interpreter; the code
-    /// holds their addresses.
-    pub fallbacks: Vec<Decoded>,
+    /// holds their addresses, so every copy of the code shares the table.
+    pub fallbacks: Arc<Vec<Decoded>>,
     pub stats: TxStats,
 }
 
@@ -56,6 +58,8 @@ pub struct Done {
     pub result: Result<Output, String>,
     /// Time spent on the job, in nanoseconds.
     pub nanos: u64,
+    /// The code is another vCPU's compile of the same region.
+    pub shared: bool,
 }
 
 /// The ISA for this host, with `s`.
@@ -196,7 +200,7 @@ pub fn compile_in(ws: &mut Workspace, isa: &OwnedTargetIsa, id: u64, spec: &Regi
     if !code.buffer.relocs().is_empty() {
         return Err("compiled code needs relocations".into());
     }
-    Ok(Output { code: code.code_buffer().to_vec(), fallbacks: t.fallbacks, stats: t.stats })
+    Ok(Output { code: code.code_buffer().to_vec(), fallbacks: Arc::new(t.fallbacks), stats: t.stats })
 }
 
 /// `FERROVM_JIT_DUMP=DIR`: each region's IR (`RIP_ID.clif`) and machine
@@ -247,8 +251,9 @@ pub struct Compiler {
 }
 
 impl Compiler {
-    /// Start the thread; fails when this host has no code generator.
-    pub fn start(settings: Settings) -> Result<Self, String> {
+    /// Start the thread; fails when this host has no code generator. It
+    /// takes the regions that `shared`'s other vCPUs compiled.
+    pub fn start(settings: Settings, shared: Arc<Shared>) -> Result<Self, String> {
         let isa = host_isa(&settings)?;
         let jobs = Arc::new(Queue::default());
         let jrx = jobs.clone();
@@ -259,9 +264,9 @@ impl Compiler {
                 let mut ws = Workspace::default();
                 while let Some(job) = jrx.take() {
                     let t0 = Instant::now();
-                    let result = compile_in(&mut ws, &isa, job.id, &job.spec);
+                    let (result, shared) = shared.compile(&mut ws, &isa, job.id, job.spec);
                     let nanos = t0.elapsed().as_nanos() as u64;
-                    if dtx.send(Done { id: job.id, result, nanos }).is_err() {
+                    if dtx.send(Done { id: job.id, result, nanos, shared }).is_err() {
                         break;
                     }
                 }

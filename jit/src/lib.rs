@@ -21,6 +21,7 @@
 pub mod code;
 pub mod compiler;
 pub mod ctx;
+pub mod shared;
 pub mod translate;
 
 use std::rc::{Rc, Weak};
@@ -36,6 +37,7 @@ use parking_lot::Mutex;
 use code::{CodeCache, RegionFn, Trampoline};
 use compiler::{Compiler, Done, Job, Settings};
 use ctx::{jump_set, jump_slot, jump_tag, jump_tag_global, JitCtx, JumpSet, JumpSlot, JUMP_SETS};
+use shared::Shared;
 use translate::{AccessCalls, GuestBlock, RegionSpec};
 
 /// How the JIT is set up.
@@ -88,6 +90,9 @@ impl Default for Config {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct JitStats {
     pub regions_compiled: u64,
+    /// Regions whose code is a copy of an earlier compile of the same
+    /// code (another vCPU's, or this one's before an invalidation).
+    pub shared_compiles: u64,
     pub compile_failures: u64,
     pub compile_nanos: u64,
     /// Regions compiled but dropped before installation (their code changed).
@@ -111,7 +116,7 @@ pub struct JitStats {
 }
 
 /// A region entry: RIP, the guest physical address of its code, and the mode.
-type Key = (u64, u64, u8);
+pub(crate) type Key = (u64, u64, u8);
 
 /// A key no region has (RIP past the canonical range).
 const NO_KEY: Key = (u64::MAX, u64::MAX, 0);
@@ -120,7 +125,7 @@ const NO_KEY: Key = (u64::MAX, u64::MAX, 0);
 struct Region {
     /// Instructions the code runs through the interpreter; it holds their
     /// addresses, so the table lives as long as the code.
-    _fallbacks: Vec<cpu::Decoded>,
+    _fallbacks: Arc<Vec<cpu::Decoded>>,
     keys: Vec<Key>,
     live: bool,
     /// The linear and physical page of each page its code comes from, the
@@ -152,7 +157,7 @@ struct Pending {
 
 /// Compile the memory helpers' register-saving entries into `code` (a
 /// mapping that is never flushed).
-fn install_access_calls(
+pub(crate) fn install_access_calls(
     isa: &cranelift_codegen::isa::OwnedTargetIsa,
     code: &mut CodeCache,
 ) -> Result<AccessCalls, String> {
@@ -224,7 +229,9 @@ pub struct Jit {
     trampoline: Trampoline,
     /// The memory helpers' register-saving entries, in the same mapping.
     access: AccessCalls,
-    _trampoline_code: CodeCache,
+    /// What this JIT shares with the other vCPUs' (the mapping above, and
+    /// compiled regions).
+    shared: Arc<Shared>,
     by_page: FastMap<u64, Vec<u32>>,
     queued: FastMap<Key, u64>,
     pending: FastMap<u64, Pending>,
@@ -242,20 +249,21 @@ impl Jit {
     /// A JIT for `cpu`: starts the compiler thread, reserves the code
     /// cache, and turns on hot-block counting in the CPU.
     pub fn new(cpu: &mut Cpu, cfg: Config) -> Result<Self, String> {
+        let shared = Shared::new(&cfg.settings)?;
+        Self::with_shared(cpu, cfg, shared)
+    }
+
+    /// A JIT for `cpu` that shares `shared` with the JITs of the other
+    /// vCPUs of its machine (made with the same settings): one vCPU's
+    /// compiled region serves every vCPU that asks for the same one.
+    pub fn with_shared(cpu: &mut Cpu, cfg: Config, shared: Arc<Shared>) -> Result<Self, String> {
         let (compiler, isa) = if cfg.synchronous {
             (None, Some(compiler::host_isa(&cfg.settings)?))
         } else {
-            (Some(Compiler::start(cfg.settings.clone())?), None)
+            (Some(Compiler::start(cfg.settings.clone(), shared.clone())?), None)
         };
         let cache = CodeCache::new(cfg.cache_bytes).map_err(|e| format!("cannot reserve the code cache: {e}"))?;
-        let mut tcode = CodeCache::new(16384).map_err(|e| format!("cannot reserve the code cache: {e}"))?;
-        let host = compiler::host_isa(&cfg.settings)?;
-        let tbytes = compiler::compile_trampoline(&host)?;
-        let tptr = tcode.install(&tbytes).ok_or("cannot install the JIT's entry code")?;
-        let access = install_access_calls(&host, &mut tcode)?;
-        // SAFETY: `tptr` is the trampoline just compiled for this host and
-        // installed; `tcode` keeps it mapped for the JIT's life.
-        let trampoline = unsafe { code::to_trampoline(tptr) };
+        let (trampoline, access) = (shared.trampoline, shared.access);
         let inval: Arc<Mutex<Vec<Invalidation>>> = Arc::default();
         let inval_flag = Arc::new(AtomicBool::new(false));
         {
@@ -280,7 +288,7 @@ impl Jit {
             links: vec![JumpSet::EMPTY; JUMP_SETS].into_boxed_slice(),
             trampoline,
             access,
-            _trampoline_code: tcode,
+            shared,
             by_page: FastMap::default(),
             queued: FastMap::default(),
             pending: FastMap::default(),
@@ -546,6 +554,12 @@ impl Jit {
         if self.queued.contains_key(&key) {
             return;
         }
+        // Another vCPU's region for this block, when this vCPU sees the
+        // same code: its compile serves both.
+        if let Some(g) = self.shared.offered(&key).and_then(|spec| self.regather(cpu, &spec, mode)) {
+            self.submit(g);
+            return;
+        }
         let g = self.gather(cpu, rip, mode, false);
         if g.spec.blocks.is_empty() {
             return;
@@ -558,6 +572,9 @@ impl Jit {
     /// physical addresses.
     fn submit(&mut self, g: Gathered) {
         let Gathered { spec, weak, keys, pages } = g;
+        // One copy of the spec serves the job, the shared table and its
+        // index.
+        let spec = Arc::new(spec);
         let id = self.next_job;
         self.next_job += 1;
         for k in &keys {
@@ -565,6 +582,7 @@ impl Jit {
         }
         let page_gens = pages.iter().map(|&(_, p)| self.page_gen.get(&p).copied().unwrap_or(0)).collect();
         let pend = Pending { keys, pages, page_gens, gen: self.gen, blocks: weak };
+        self.shared.publish(&pend.keys, &spec);
         self.pending.insert(id, pend);
         if let Some(c) = &mut self.compiler {
             if !c.send(Job { id, spec }) {
@@ -572,9 +590,9 @@ impl Jit {
             }
         } else if let Some(isa) = &self.isa {
             let t0 = std::time::Instant::now();
-            let result = compiler::compile(isa, id, &spec);
+            let (result, shared) = self.shared.compile(&mut compiler::Workspace::default(), isa, id, spec);
             let nanos = t0.elapsed().as_nanos() as u64;
-            self.install(Done { id, result, nanos });
+            self.install(Done { id, result, nanos, shared });
         }
     }
 
@@ -602,6 +620,46 @@ impl Jit {
     /// `all` false, only blocks that ran). An instruction that crosses
     /// into the next page is a block of its own, and that page is one of
     /// the region's too.
+    /// `spec` (a region another vCPU gathered) as this vCPU's region:
+    /// `None` unless each of its blocks decodes here to the same
+    /// instructions, bit for bit, and this JIT would compile it the same.
+    fn regather(&self, cpu: &mut Cpu, spec: &RegionSpec, mode: u8) -> Option<Gathered> {
+        if spec.bits != u32::from(mode) || spec.chain != self.cfg.chain || spec.shared_memory != self.cfg.shared_memory
+        {
+            return None;
+        }
+        let first = spec.blocks.first()?;
+        let page = first.rip & !0xfff;
+        let phys = cpu.code_phys_walk(first.rip)? & !0xfff;
+        let mut g = Gathered {
+            spec: RegionSpec { access: self.access, ..spec.clone() },
+            weak: Vec::with_capacity(spec.blocks.len()),
+            keys: Vec::with_capacity(spec.blocks.len()),
+            pages: vec![(page, phys)],
+        };
+        for gb in &spec.blocks {
+            if gb.rip & !0xfff != page {
+                return None;
+            }
+            let b = cpu.block_at(gb.rip).ok()?;
+            let list = b.insns();
+            if list.len() != gb.insns.len() || !list.iter().zip(&gb.insns).all(|(x, y)| x.insn.eq_all_bits(&y.insn)) {
+                return None;
+            }
+            let last = list.last()?;
+            if last.next_rip().wrapping_sub(page) > 4096 {
+                let next = page.wrapping_add(0x1000);
+                if !g.pages.iter().any(|p| p.0 == next) {
+                    let p = cpu.code_phys_walk(next)?;
+                    g.pages.push((next, p & !0xfff));
+                }
+            }
+            g.weak.push(Rc::downgrade(&b));
+            g.keys.push((gb.rip, phys | (gb.rip & 0xfff), mode));
+        }
+        Some(g)
+    }
+
     fn gather(&self, cpu: &mut Cpu, rip: u64, mode: u8, all: bool) -> Gathered {
         let threshold = self.cfg.threshold.max(1);
         let page = rip & !0xfff;
@@ -803,6 +861,7 @@ impl Jit {
             }
         };
         self.stats.regions_compiled += 1;
+        self.stats.shared_compiles += u64::from(d.shared);
         self.stats.code_bytes += out.code.len() as u64;
         if let Some(m) = &mut self.perf_map {
             use std::io::Write;
@@ -843,8 +902,9 @@ impl Jit {
         let compile = self.compile_time();
         vec![
             format!(
-                "jit: {} regions compiled ({} failed, {} stale), compile time {:.3} s ({:.1}% of the run, on the compiler thread)",
+                "jit: {} regions compiled ({} of them copied from an earlier compile of the same code, by any vCPU; {} failed, {} stale), compile time {:.3} s ({:.1}% of the run, on the compiler thread)",
                 s.regions_compiled,
+                s.shared_compiles,
                 s.compile_failures,
                 s.stale,
                 compile.as_secs_f64(),

@@ -2195,16 +2195,17 @@ fn jit_on_threads(n: usize, code: impl Fn(&Cpu) -> Vec<u8>) -> (std::sync::Arc<m
     let state = c0.state;
     drop(c0);
     let w = Arc::new(World::default());
+    let shared = shared::Shared::new(&shared_cfg().settings).unwrap();
     let threads: Vec<_> = (0..n)
         .map(|i| {
-            let (mem, w) = (mem.clone(), w.clone());
+            let (mem, w, shared) = (mem.clone(), w.clone(), shared.clone());
             std::thread::spawn(move || {
                 let mut c = Cpu::new(mem, Box::new(cpu::NoDevices));
                 c.set_state(state);
                 c.state.gpr[15] = i as u64;
                 let hook = w.clone();
                 c.set_exclusive(Some(Arc::new(move |f: &mut dyn FnMut()| hook.exclusive(f))));
-                let mut jit = Jit::new(&mut c, shared_cfg()).unwrap();
+                let mut jit = Jit::with_shared(&mut c, shared_cfg(), shared).unwrap();
                 loop {
                     w.enter();
                     let r = jit.run(&mut c, 20_000);
@@ -2332,4 +2333,73 @@ fn a_page_crossing_lock_in_compiled_code_counts_exactly_across_threads() {
     });
     assert_eq!(mem.read_u32(DATA + 0xffe).unwrap(), 3 * THREADS as u32 * M);
     assert_eq!(mem.read_u64(DATA + 0x1010).unwrap(), u64::from(THREADS as u32 * M));
+}
+
+/// Two processors on one guest memory, each with its own JIT over one
+/// [`shared::Shared`], run `code` at CODE (64-bit, CPL 0) one after the
+/// other, the second after `between` changed memory. Returns both CPUs'
+/// RAX and the second JIT's statistics.
+fn two_vcpus(code: &[u8], between: impl FnOnce(&mmu::GuestMemory)) -> (u64, u64, JitStats) {
+    use std::sync::Arc;
+    let mem = Arc::new(mmu::GuestMemory::new(16 << 20).unwrap());
+    let shared = shared::Shared::new(&cfg().settings).unwrap();
+    let mut a = Cpu::new(mem.clone(), Box::new(cpu::NoDevices));
+    long_setup(&mut a);
+    place(&mut a, code);
+    let state = a.state;
+    let mut ja = Jit::with_shared(&mut a, cfg(), shared.clone()).unwrap();
+    run_jit(&mut a, &mut ja, 1_000_000);
+    assert!(ja.stats.regions_compiled > 0 && ja.stats.shared_compiles == 0, "{:?}", ja.stats);
+    between(&mem);
+    let mut b = Cpu::new(mem, Box::new(cpu::NoDevices));
+    b.set_state(state);
+    let mut jb = Jit::with_shared(&mut b, cfg(), shared).unwrap();
+    run_jit(&mut b, &mut jb, 1_000_000);
+    (a.state.gpr[0], b.state.gpr[0], jb.stats)
+}
+
+/// `passes` passes of ADD EAX, `k` (ECX counting down), then HLT.
+fn adding_loop(c: &Cpu, k: i32) -> Vec<u8> {
+    assemble(c, |a| {
+        let mut top = a.create_label();
+        a.xor(eax, eax)?;
+        a.mov(ecx, 50)?;
+        a.set_label(&mut top)?;
+        a.add(eax, k)?;
+        a.nop()?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    })
+}
+
+/// A second vCPU that reaches the code the first compiled runs the first
+/// one's compile (copied into its own code cache), not a compile of its
+/// own, with the same result.
+#[test]
+fn one_vcpus_compile_serves_another() {
+    let mut c = Cpu::new(std::sync::Arc::new(mmu::GuestMemory::new(16 << 20).unwrap()), Box::new(cpu::NoDevices));
+    long_setup(&mut c);
+    let code = adding_loop(&c, 3);
+    let (a, b, stats) = two_vcpus(&code, |_| {});
+    assert_eq!((a, b), (150, 150));
+    assert!(stats.regions_compiled > 0, "{stats:?}");
+    assert_eq!(stats.shared_compiles, stats.regions_compiled, "{stats:?}");
+    assert!(stats.native_insns > 0, "{stats:?}");
+}
+
+/// Code changed between the two vCPUs at the same addresses (the same
+/// length, another immediate): the second compiles its own region and
+/// runs the new code.
+#[test]
+fn another_vcpus_compile_is_not_taken_for_changed_code() {
+    let mut c = Cpu::new(std::sync::Arc::new(mmu::GuestMemory::new(16 << 20).unwrap()), Box::new(cpu::NoDevices));
+    long_setup(&mut c);
+    let (old, new) = (adding_loop(&c, 3), adding_loop(&c, 5));
+    assert_eq!(old.len(), new.len());
+    let lin = c.state.rip;
+    let (a, b, stats) = two_vcpus(&old, |m| m.write(lin, &new).unwrap());
+    assert_eq!((a, b), (150, 250));
+    assert!(stats.regions_compiled > 0, "{stats:?}");
+    assert_eq!(stats.shared_compiles, 0, "{stats:?}");
 }

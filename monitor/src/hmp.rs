@@ -618,3 +618,164 @@ pub(crate) fn session<R: BufRead, W: Write>(mon: &Monitor, mut r: R, mut w: W) -
         }
     }
 }
+
+/// HMP on a raw terminal that a serial console shares (QEMU's
+/// `-serial mon:stdio`, where `Ctrl-A c` switches between the two). The
+/// terminal echoes nothing in raw mode, so this echoes the keys and edits
+/// the line: Backspace (DEL or BS) and Ctrl-U erase, Enter (CR, LF or
+/// CR LF) runs the line, escape sequences (the arrow keys) and other
+/// control keys are skipped. The banner shows the first time the monitor
+/// has the focus, the prompt each time; `quit` ends it (after the
+/// backend's [`Command::Quit`]), and later keys are ignored.
+pub struct HmpTerminal {
+    mon: std::sync::Arc<Monitor>,
+    line: Vec<u8>,
+    greeted: bool,
+    /// A CR ended the last line: a LF right after it belongs to it.
+    after_cr: bool,
+    escape: Escape,
+    /// The line went past [`MAX_LINE`]: it is refused at Enter.
+    too_long: bool,
+    quit: bool,
+}
+
+/// Where the terminal is in an escape sequence.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Escape {
+    None,
+    /// After ESC.
+    Esc,
+    /// In a control sequence (ESC [ or ESC O), until its final byte.
+    Sequence,
+}
+
+impl HmpTerminal {
+    /// The monitor's side of a shared terminal, for `mon`.
+    pub fn new(mon: std::sync::Arc<Monitor>) -> Self {
+        HmpTerminal {
+            mon,
+            line: Vec::new(),
+            greeted: false,
+            after_cr: false,
+            escape: Escape::None,
+            too_long: false,
+            quit: false,
+        }
+    }
+
+    /// The focus comes to the monitor: what to show (the banner the first
+    /// time, then the prompt, on an empty line).
+    pub fn focus_in(&mut self) -> String {
+        if self.quit {
+            return String::new();
+        }
+        self.line.clear();
+        self.too_long = false;
+        self.escape = Escape::None;
+        let mut out = String::new();
+        if !self.greeted {
+            self.greeted = true;
+            out.push_str(&crlf(BANNER));
+        }
+        out.push_str(PROMPT);
+        out
+    }
+
+    /// The focus goes back to the guest's console: the line ends.
+    pub fn focus_out(&mut self) -> String {
+        if self.quit {
+            String::new()
+        } else {
+            "\r\n".to_string()
+        }
+    }
+
+    /// Typed keys: what to show (their echo, and the output of the lines
+    /// they end).
+    pub fn input(&mut self, bytes: &[u8]) -> String {
+        let mut out = String::new();
+        for &b in bytes {
+            if self.quit {
+                break;
+            }
+            let after_cr = std::mem::take(&mut self.after_cr);
+            match self.escape {
+                Escape::Esc => {
+                    self.escape = if b == b'[' || b == b'O' { Escape::Sequence } else { Escape::None };
+                    continue;
+                }
+                Escape::Sequence => {
+                    if (0x40..=0x7e).contains(&b) {
+                        self.escape = Escape::None;
+                    }
+                    continue;
+                }
+                Escape::None => {}
+            }
+            match b {
+                b'\n' if after_cr => {}
+                b'\r' | b'\n' => {
+                    self.after_cr = b == b'\r';
+                    out.push_str("\r\n");
+                    self.enter(&mut out);
+                }
+                0x7f | 0x08 => {
+                    if self.pop_char() {
+                        out.push_str("\x08 \x08");
+                    }
+                }
+                0x15 => {
+                    while self.pop_char() {
+                        out.push_str("\x08 \x08");
+                    }
+                    self.too_long = false;
+                }
+                0x1b => self.escape = Escape::Esc,
+                0..=0x1f => {}
+                _ if self.line.len() >= MAX_LINE => self.too_long = true,
+                _ => {
+                    self.line.push(b);
+                    // A character shows once its last byte is there.
+                    if b < 0x80 || std::str::from_utf8(self.last_char()).is_ok() {
+                        out.push_str(&String::from_utf8_lossy(self.last_char()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs the line typed so far.
+    fn enter(&mut self, out: &mut String) {
+        let line = String::from_utf8_lossy(&std::mem::take(&mut self.line)).into_owned();
+        if std::mem::take(&mut self.too_long) {
+            out.push_str(&crlf("Error: command line too long\n"));
+        } else {
+            match run_line(&self.mon, &line) {
+                LineResult::Output(s) => out.push_str(&s),
+                LineResult::Quit => {
+                    self.quit = true;
+                    let _ = self.mon.backend.execute(Command::Quit);
+                    return;
+                }
+            }
+        }
+        out.push_str(PROMPT);
+    }
+
+    /// The bytes of the last (maybe partial) UTF-8 character of the line.
+    fn last_char(&self) -> &[u8] {
+        let start = self.line.iter().rposition(|&b| b & 0xc0 != 0x80).unwrap_or(0);
+        &self.line[start..]
+    }
+
+    /// Takes the last character off the line; false when it is empty.
+    fn pop_char(&mut self) -> bool {
+        if self.line.is_empty() {
+            return false;
+        }
+        let start = self.line.iter().rposition(|&b| b & 0xc0 != 0x80).unwrap_or(0);
+        self.line.truncate(start);
+        true
+    }
+}

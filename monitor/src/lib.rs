@@ -26,7 +26,8 @@
 //!
 //! Transports: Unix and TCP listening sockets and standard input/output
 //! ([`Monitor::listen`]); HMP also runs on any stream pair
-//! ([`Monitor::run_hmp`]), e.g. a serial console multiplexer. Each listener
+//! ([`Monitor::run_hmp`]), and on a raw terminal that a serial console
+//! shares ([`HmpTerminal`], `-serial mon:stdio`). Each listener
 //! serves one client at a time, like a QEMU socket chardev: a second
 //! connection waits in the backlog until the first one ends.
 //!
@@ -54,6 +55,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 
 pub use chardev::{parse_chardev, parse_chardev_uri, parse_mon};
+pub use hmp::HmpTerminal;
 
 /// A monitor command, validated; both QMP and HMP produce these.
 #[derive(Debug, Clone, PartialEq, Eq)]

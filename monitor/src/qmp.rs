@@ -381,11 +381,13 @@ pub(crate) fn session<R: BufRead>(mon: &Monitor, r: R, out: &dyn QmpOut) -> io::
                 Ok(v) => {
                     let was = negotiated;
                     let (reply, after) = handle(mon, v, &mut negotiated);
-                    if !out.reply(&reply) {
-                        return Ok(());
-                    }
+                    // Events flow from the moment the client can see the
+                    // reply to qmp_capabilities, never later.
                     if negotiated && !was {
                         out.set_negotiated();
+                    }
+                    if !out.reply(&reply) {
+                        return Ok(());
                     }
                     if let After::Quit = after {
                         out.flush();

@@ -589,6 +589,34 @@ fn run_hmp_in_memory_and_long_lines() {
 }
 
 #[test]
+fn hmp_on_a_shared_raw_terminal() {
+    let (mock, mon) = monitor();
+    let mut t = HmpTerminal::new(mon);
+    assert_eq!(t.focus_in(), "ferrovm monitor - type 'help' for more information\r\n(qemu) ");
+    // Keys echo; Enter (CR LF is one) runs the line.
+    assert_eq!(t.input(b"info st"), "info st");
+    assert_eq!(t.input(b"atus\r\n"), "atus\r\nVM status: running\r\n(qemu) ");
+    // Backspace and Ctrl-U erase; the arrow keys' sequences and Tab do nothing.
+    assert_eq!(t.input(b"stoq\x7fp\x1b[A\x1bOB\t"), "stoq\x08 \x08p");
+    assert_eq!(t.input(b"\r"), "\r\n(qemu) ");
+    assert_eq!(t.input(b"xyz\x15"), "xyz\x08 \x08\x08 \x08\x08 \x08");
+    assert_eq!(t.input(b"info status\n"), "info status\r\nVM status: paused\r\n(qemu) ");
+    // A multi-byte character echoes whole, and goes whole at Backspace.
+    assert_eq!(t.input("\u{e9}".as_bytes()), "\u{e9}");
+    assert_eq!(t.input(b"\x08\r"), "\x08 \x08\r\n(qemu) ");
+    // Back to the guest and here again: the prompt, without the banner.
+    assert_eq!(t.focus_out(), "\r\n");
+    assert_eq!(t.focus_in(), "(qemu) ");
+    let long = vec![b'x'; 5000];
+    assert!(t.input(&long).len() < 4100, "the echo stops at the longest line");
+    assert_eq!(t.input(b"\r"), "\r\nError: command line too long\r\n(qemu) ");
+    assert_eq!(t.input(b"nosuch\r"), "nosuch\r\nunknown command: 'nosuch'\r\n(qemu) ");
+    assert_eq!(t.input(b"quit\rinfo status\r"), "quit\r\n", "quit ends the monitor");
+    assert_eq!(t.focus_in(), "");
+    assert_eq!(mock.log(), vec![Command::QueryStatus, Command::Stop, Command::QueryStatus, Command::Quit]);
+}
+
+#[test]
 fn pretty_mode() {
     let (_mock, mon) = monitor();
     let (tx, rx) = std::sync::mpsc::channel();

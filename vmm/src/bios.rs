@@ -10,9 +10,10 @@
 //! | item | contents |
 //! | --- | --- |
 //! | signature, ID, RAM size, CPUs | the legacy items |
-//! | boot menu (0x0e) | 0: no boot menu, so no menu delay |
+//! | boot menu (0x0e) | 1 with `-boot menu=on` (SeaBIOS's `etc/show-boot-menu`), else 0: no menu delay |
+//! | `etc/boot-menu-wait` | with `-boot splash-time=MS`: how long SeaBIOS waits for ESC |
 //! | `etc/e820` | the memory map a directly booted kernel gets |
-//! | `bootorder` | the disks, in `--disk` order (`/pci@i0cf8/*@SLOT`) |
+//! | `bootorder` | the drives in boot order (`/pci@i0cf8/...` device paths); with `-boot once=`, that order's until the first reset |
 //! | `etc/sercon-port` | 0x3f8: SeaBIOS copies INT 10h text to COM1, so the BIOS's and a bootloader's messages reach `--serial` |
 //! | `etc/acpi/tables`, `etc/acpi/rsdp`, `etc/table-loader` | the ACPI tables of direct boot, with QEMU's linker/loader commands that place and link them |
 //! | `pci1234,1111.rom` | with `-vga std`: SeaBIOS's VGA BIOS (`vgabios-stdvga.bin`), run as the adapter's option ROM |
@@ -102,6 +103,19 @@ pub fn check_image(image: &[u8], path: Option<&Path>) -> Result<(), Error> {
     Ok(())
 }
 
+/// SeaBIOS's boot menu: whether it is offered, and how long SeaBIOS waits
+/// for ESC (in ms; `None`: SeaBIOS's default, 2.5 s).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BootMenu {
+    pub show: bool,
+    pub wait_ms: Option<u16>,
+}
+
+/// The contents of the `bootorder` file of the device paths `boot`.
+pub fn bootorder_file(boot: &[String]) -> Vec<u8> {
+    boot.iter().map(|p| format!("{p}\n")).collect::<String>().into_bytes()
+}
+
 /// The fw_cfg device for a machine with `mem`, whose boot devices are
 /// `boot` (SeaBIOS device paths, first tried first:
 /// [`crate::storage::boot_paths`]), and whose CPUs have the local APIC IDs
@@ -109,6 +123,7 @@ pub fn check_image(image: &[u8], path: Option<&Path>) -> Result<(), Error> {
 pub fn fw_cfg(
     mem: &Arc<GuestMemory>,
     boot: &[String],
+    menu: BootMenu,
     apic_ids: &[u8],
     vga_rom: Option<Vec<u8>>,
 ) -> Result<FwCfg, Error> {
@@ -117,11 +132,13 @@ pub fn fw_cfg(
     let mut d = FwCfg::new(mem.clone(), mem.ram_size(), cpus);
     // The CPUs the BIOS waits for after its INIT-SIPI-SIPI.
     d.add_file("etc/boot-cpus", cpus.to_le_bytes().to_vec()).map_err(fw)?;
-    d.set_item(FW_CFG_BOOT_MENU, 0u16.to_le_bytes().to_vec());
+    d.set_item(FW_CFG_BOOT_MENU, u16::from(menu.show).to_le_bytes().to_vec());
+    if let Some(ms) = menu.wait_ms {
+        d.add_file("etc/boot-menu-wait", ms.to_le_bytes().to_vec()).map_err(fw)?;
+    }
     let e820 = firmware::e820::e820_for_memory(mem).map_err(|e| Error::Config(format!("e820: {e}")))?;
     d.add_file("etc/e820", e820.iter().flat_map(|e| e.to_bytes()).collect()).map_err(fw)?;
-    let order: String = boot.iter().map(|p| format!("{p}\n")).collect();
-    d.add_file("bootorder", order.into_bytes()).map_err(fw)?;
+    d.add_file("bootorder", bootorder_file(boot)).map_err(fw)?;
     d.add_file("etc/sercon-port", SERCON_PORT.to_le_bytes().to_vec()).map_err(fw)?;
     if let Some(rom) = vga_rom {
         d.add_file(VGA_ROM_FILE, rom).map_err(fw)?;
@@ -155,7 +172,7 @@ mod tests {
     fn fw_cfg_holds_the_files_seabios_reads() {
         let mem = Arc::new(GuestMemory::new(64 << 20).unwrap());
         let boot = crate::storage::boot_paths("dc", &Default::default(), &[4, 0x1a]);
-        let d = fw_cfg(&mem, &boot, &[0, 1], None).unwrap();
+        let d = fw_cfg(&mem, &boot, BootMenu::default(), &[0, 1], None).unwrap();
         let names = d.file_names();
         for f in ["etc/e820", "bootorder", "etc/sercon-port", "etc/acpi/tables", "etc/acpi/rsdp", "etc/table-loader"] {
             assert!(names.iter().any(|n| n == f), "{f} in {names:?}");
@@ -173,5 +190,9 @@ mod tests {
             .max();
         assert_eq!(ram_top, Some(64 << 20));
         assert_eq!(d.file("etc/table-loader").unwrap().len() % 128, 0);
+        assert!(d.file("etc/boot-menu-wait").is_none());
+        let menu = BootMenu { show: true, wait_ms: Some(700) };
+        let d = fw_cfg(&mem, &boot, menu, &[0], None).unwrap();
+        assert_eq!(d.file("etc/boot-menu-wait").unwrap(), 700u16.to_le_bytes());
     }
 }

@@ -370,6 +370,9 @@ pub struct DeviceManager {
     /// when a floppy drive is given.
     floppy: Option<Floppy>,
     doorbells: Arc<Mutex<Doorbells>>,
+    /// The windows' queues of BAR moves (I/O, memory): a restore moves the
+    /// BARs to where the saved state has them.
+    bar_queues: [Arc<WindowQueue>; 2],
     _io: IoThread,
 }
 
@@ -542,6 +545,23 @@ pub struct DeviceManagerState {
 const DEVICE_MANAGER: &str = "device manager";
 
 impl NicHandle {
+    /// Where each BAR is decoded now, if it is.
+    fn bar_regions(&self) -> [Option<(devices::pci::PciBar, u64)>; devices::pci::config::PCI_NUM_BARS] {
+        fn of(
+            d: &dyn devices::pci::PciDevice,
+        ) -> [Option<(devices::pci::PciBar, u64)>; devices::pci::config::PCI_NUM_BARS] {
+            std::array::from_fn(|i| d.config().bar_region(i))
+        }
+        match self {
+            Self::E1000(d) => of(&*d.lock()),
+            Self::Virtio(d) => of(&*d.lock()),
+            Self::Disk(d) => of(&*d.lock()),
+            Self::Ide(d) => of(&*d.lock()),
+            Self::Vga(d) => of(&*d.lock()),
+            Self::Usb(d) => of(&*d.lock()),
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Self::E1000(_) => "e1000",
@@ -614,6 +634,7 @@ impl Persist for DeviceManager {
             })?;
         }
         let before = self.save();
+        let bars_before: Vec<_> = self.nics.iter().map(|(_, _, h)| h.bar_regions()).collect();
         for (i, ((_, _, h), (_, s))) in self.nics.iter().zip(&state.functions).enumerate() {
             if let Err(e) = h.restore(s) {
                 for ((_, _, h), (_, old)) in self.nics.iter().zip(&before.functions).take(i) {
@@ -629,6 +650,30 @@ impl Persist for DeviceManager {
             // Both checked above.
             f.fdc.lock().load_state(fdc);
             f.dma.lock().load_state(dma);
+        }
+        // The BARs are where the state has them: the windows (and the
+        // doorbells) follow, as when the guest moves them (in a new
+        // process nothing was mapped yet).
+        for ((addr, _, h), old) in self.nics.iter().zip(bars_before) {
+            let new = h.bar_regions();
+            for (bar, (o, n)) in old.iter().zip(new.iter()).enumerate() {
+                if o == n {
+                    continue;
+                }
+                let Some((def, _)) = o.or(*n) else { continue };
+                let c = BarChange {
+                    address: *addr,
+                    bar,
+                    kind: def.kind,
+                    size: def.size,
+                    old: o.map(|(_, base)| base),
+                    new: n.map(|(_, base)| base),
+                };
+                let q = &self.bar_queues[usize::from(c.kind != PciBarKind::Io)];
+                q.pending.lock().push(c);
+                q.has_pending.store(true, Ordering::Release);
+                self.doorbells.lock().bar_moved(&c);
+            }
         }
         Ok(())
     }
@@ -814,7 +859,13 @@ pub(crate) fn install(
         nics.push((address, format!("virtio-blk {label}"), NicHandle::Disk(dev)));
     }
     io.start(polled, bells).map_err(|e| Error::Config(format!("cannot start the I/O thread: {e}")))?;
-    Ok(Some(DeviceManager { nics, floppy, doorbells: windows.doorbells, _io: io }))
+    Ok(Some(DeviceManager {
+        nics,
+        floppy,
+        doorbells: windows.doorbells,
+        bar_queues: [windows.io, windows.mem],
+        _io: io,
+    }))
 }
 
 #[cfg(test)]

@@ -11,10 +11,11 @@
 //!
 //! Keys arrive as X11 keysyms and go to the keyboard as scancode set 1
 //! make codes (`vnc::keysym_to_set1`); the i8042 presents them in the set
-//! the guest asked for. VNC's pointer is absolute and the PS/2 mouse is
-//! relative: [`GuestInput`] sends the difference from the last position,
-//! so the guest's pointer follows the client's as long as the guest does
-//! not accelerate or clamp it.
+//! the guest asked for. VNC's pointer is absolute; a USB tablet takes it
+//! as it is, and a relative mouse (a USB mouse, else the PS/2 mouse) gets
+//! from [`GuestInput`] the difference from the last position, so the
+//! guest's pointer follows the client's as long as the guest does not
+//! accelerate or clamp it. As in QEMU, the tablet wins when there are both.
 
 use std::io::Write;
 use std::path::Path;
@@ -146,8 +147,9 @@ impl vnc::FrameSource for VgaSource {
 }
 
 /// Keys and pointer from a display client, for the guest: to the USB
-/// keyboard and tablet when the machine has them (as QEMU routes input to
-/// a `usb-kbd` and a `usb-tablet`), else to the PS/2 keyboard and mouse.
+/// keyboard and tablet (or mouse) when the machine has them (as QEMU routes
+/// input to a `usb-kbd`, a `usb-tablet` and a `usb-mouse`, the absolute
+/// tablet before the relative mouse), else to the PS/2 keyboard and mouse.
 pub struct GuestInput {
     i8042: Arc<Mutex<I8042>>,
     usb: Option<Arc<Mutex<Uhci>>>,
@@ -165,21 +167,22 @@ impl GuestInput {
         Arc::new(Self { i8042, usb, screen, last: Mutex::new(None) })
     }
 
-    /// The USB controller, when it has a tablet (`tablet`) or a keyboard.
-    fn usb_with(&self, tablet: bool) -> Option<&Arc<Mutex<Uhci>>> {
+    /// The USB controller, when it has a device of `kind`.
+    fn usb_with(&self, kind: devices::usb::UsbDeviceKind) -> Option<&Arc<Mutex<Uhci>>> {
+        use devices::usb::UsbDeviceKind;
         self.usb.as_ref().filter(|u| {
             let u = u.lock();
-            if tablet {
-                u.has_tablet()
-            } else {
-                u.has_keyboard()
+            match kind {
+                UsbDeviceKind::Tablet => u.has_tablet(),
+                UsbDeviceKind::Mouse => u.has_mouse(),
+                UsbDeviceKind::Keyboard => u.has_keyboard(),
             }
         })
     }
 
     /// Types `keysym` (pressed or released).
     pub fn key(&self, keysym: u32, down: bool) {
-        let usb = self.usb_with(false);
+        let usb = self.usb_with(devices::usb::UsbDeviceKind::Keyboard);
         if keysym == vnc::XK_PAUSE {
             match (usb, down) {
                 (Some(u), _) => u.lock().key_event(0xe045, down),
@@ -221,10 +224,13 @@ impl vnc::InputSink for GuestInput {
         if dx == 0 && dy == 0 && dz == 0 && buttons & 7 == old_buttons & 7 {
             return;
         }
-        if let Some(u) = self.usb_with(true) {
+        if let Some(u) = self.usb_with(devices::usb::UsbDeviceKind::Tablet) {
             let (w, h) = self.screen.as_ref().map_or((0, 0), |s| s.size());
             // The tablet's wheel turns away from the user for a positive value.
             u.lock().tablet_event(u32::from(x), u32::from(y), w, h, lrm, -dz);
+        } else if let Some(u) = self.usb_with(devices::usb::UsbDeviceKind::Mouse) {
+            // So does the USB mouse's.
+            u.lock().mouse_event(dx, dy, -dz, lrm);
         } else {
             self.i8042.lock().mouse_event(dx, dy, dz, lrm);
         }
@@ -243,9 +249,13 @@ pub struct Display {
 /// the picture reaches the clients.
 const REFRESH: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Starts a VNC server on `spec` (QEMU's `-vnc` value) showing `vga` and
-/// typing into `i8042` (or `usb`'s keyboard and tablet). A listener beyond loopback without a password gets
-/// a warning on stderr: a VNC client is a keyboard into the guest.
+/// Starts a VNC server on `spec` (QEMU's `-vnc` value: `HOST:N`,
+/// `unix:PATH` or `none`, with its options) showing `vga` and typing into
+/// `i8042` (or `usb`'s keyboard, tablet and mouse). A listener beyond
+/// loopback without a password gets a warning on stderr: a VNC client is a
+/// keyboard into the guest. A Unix socket is created with the process's
+/// umask and removed when the server goes (a stale socket at the path is
+/// replaced; any other file is an error).
 pub fn start_vnc(
     spec: &str,
     vga: Arc<Mutex<StdVga>>,
@@ -259,11 +269,27 @@ pub fn start_vnc(
     let password = parsed.password.then(String::new);
     let displays = match &parsed.listen {
         vnc::VncListen::None => return Ok(Display { screen, server: None }),
-        vnc::VncListen::Unix(p) => {
-            return Err(format!(
-                "-vnc unix:{}: a VNC server on a Unix socket is not supported (use HOST:N)",
-                p.display()
-            ))
+        vnc::VncListen::Unix(path) => {
+            let config = vnc::VncConfig {
+                listen: Vec::new(),
+                unix: Some(path.clone()),
+                websocket,
+                password: password.clone(),
+                name: "ferrovm".to_string(),
+                refresh: REFRESH,
+            };
+            let server = vnc::VncServer::start(config, Box::new(screen.source()), input)
+                .map_err(|e| format!("-vnc {spec}: cannot listen on the Unix socket: {e}"))?;
+            if let (None, Some(ws)) = (&password, server.websocket_addr()) {
+                if !ws.ip().is_loopback() {
+                    eprintln!(
+                        "ferrovm: warning: the VNC WebSocket on {ws} has no password: anyone who can reach it sees \
+                         the guest's screen and types into it (add password=on)"
+                    );
+                }
+            }
+            tracing::info!(target: "devices", "VNC server on unix:{}", path.display());
+            return Ok(Display { screen, server: Some(server) });
         }
         vnc::VncListen::Tcp { .. } => parsed.displays(),
     };
@@ -272,6 +298,7 @@ pub fn start_vnc(
         let listen = parsed.rfb_addrs(d).map_err(|e| format!("-vnc {spec}: {e}"))?;
         let config = vnc::VncConfig {
             listen: listen.clone(),
+            unix: None,
             websocket,
             password: password.clone(),
             name: "ferrovm".to_string(),
@@ -562,6 +589,49 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(!text.contains("SeaBIOS") && !text.contains("\x1b[2J"), "only the changed row: {text:?}");
         assert!(text.contains("\x1b[2;1H") && text.contains("done"), "{text:?}");
+    }
+
+    #[derive(Debug)]
+    struct NoIrq;
+    impl devices::irq::IrqLine for NoIrq {
+        fn set_level(&self, _level: bool) {}
+    }
+
+    /// Input for a machine with `usb` devices: the sink and the controller.
+    fn input_with(usb: Vec<devices::usb::UsbDeviceKind>) -> (Arc<GuestInput>, Arc<Mutex<Uhci>>) {
+        use devices::legacy::port92::A20Gate;
+        let irq: Arc<dyn devices::irq::IrqLine> = Arc::new(NoIrq);
+        let i8042 = I8042::new(irq.clone(), irq.clone(), A20Gate::new(true), Arc::new(devices::VmEvents::new()));
+        let mem = Arc::new(mmu::GuestMemory::new(1 << 20).unwrap());
+        let clock = Arc::new(devices::clock::ManualClock::new(0));
+        let uhci = Arc::new(Mutex::new(Uhci::new(mem, irq, clock, usb).unwrap()));
+        (GuestInput::new(Arc::new(Mutex::new(i8042)), Some(uhci.clone()), None), uhci)
+    }
+
+    /// The reports queued at each port.
+    fn queued(uhci: &Mutex<Uhci>) -> Vec<Vec<Vec<u8>>> {
+        use persist::Persist;
+        uhci.lock().save().ports.iter().map(|p| p.device.as_ref().map_or(Vec::new(), |d| d.queue.clone())).collect()
+    }
+
+    #[test]
+    fn the_pointer_goes_to_the_tablet_before_the_mouse_and_moves_the_mouse_relatively() {
+        use devices::usb::UsbDeviceKind::{Mouse, Tablet};
+        use vnc::InputSink;
+        let (input, uhci) = input_with(vec![Mouse, Tablet]);
+        input.pointer(10, 10, 0);
+        input.pointer(30, 5, 1);
+        let q = queued(&uhci);
+        assert!(q[0].is_empty(), "the mouse gets nothing while there is a tablet: {q:?}");
+        assert!(!q[1].is_empty(), "the tablet gets the pointer: {q:?}");
+        let (input, uhci) = input_with(vec![Mouse]);
+        input.pointer(10, 10, 0);
+        input.pointer(30, 5, 0);
+        input.pointer(30, 5, 1);
+        // A wheel notch down: RFB button 5 pressed and released.
+        input.pointer(30, 5, 0x11);
+        input.pointer(30, 5, 1);
+        assert_eq!(queued(&uhci)[0], [vec![0, 20, 0xfb, 0], vec![1, 0, 0, 0xff]], "+20, -5, then left and the wheel");
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! - [`monitor`]: the commands of QEMU's monitors (QMP, HMP) carried out
 //!   on the machine;
 //! - `snapshot` (with the default `serde` feature): saved states of the
-//!   whole machine, snapshots in a directory, migration through a stream;
+//!   whole machine, snapshots inside qcow2 disks (as QEMU keeps them) or in
+//!   a directory, clones of a snapshot, migration through a stream;
 //! - [`storage`]: the drives, the controller each hangs on, and the boot
 //!   order;
 //! - [`bios`] and [`boot`]: SeaBIOS's set-up (fw_cfg) and the CPU state a
@@ -40,4 +41,4 @@ pub use config::{
 };
 pub use error::Error;
 pub use machine::{Machine, MachineOp, RunControl, RunReport, Stopped};
-pub use storage::{Drive, Storage};
+pub use storage::{Drive, MachineDisk, Storage, WeakMachineDisk};

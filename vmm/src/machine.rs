@@ -101,6 +101,9 @@ pub struct Machine {
     serial: Arc<Mutex<Serial>>,
     /// The firmware configuration device, on a BIOS boot.
     fw_cfg: Option<Arc<Mutex<FwCfg>>>,
+    /// The `bootorder` file the first reset puts in place when the first
+    /// boot had one of its own (`-boot once=`).
+    bootorder_after_reset: Mutex<Option<Vec<u8>>>,
     first_byte: Arc<OnceLock<Instant>>,
     /// Bytes typed for the guest that the UART has not taken yet.
     input: Arc<Mutex<VecDeque<u8>>>,
@@ -113,11 +116,19 @@ pub struct Machine {
     unclaimed: Arc<Mutex<crate::engine::io::Unclaimed>>,
     /// Pausing and resuming the vCPU from other threads.
     control: Arc<RunControl>,
+    /// `--no-shutdown`: a guest's power-off stops the vCPUs instead of
+    /// ending the run ([`Machine::set_no_shutdown`]).
+    no_shutdown: bool,
     /// Set while a vCPU waits to run alone ([`threads`]): every engine
     /// stops at its next check.
     exclusive_request: Arc<AtomicBool>,
     /// The display adapter, with `-vga std`.
     vga: Option<Arc<Mutex<devices::display::StdVga>>>,
+    /// The drives, their images shared with their device models, for
+    /// snapshots ([`crate::snapshot`]).
+    disks: Vec<crate::storage::MachineDisk>,
+    /// What the vCPUs' JITs share (compiled regions), once a JIT starts.
+    jit_shared: OnceLock<Arc<jit::shared::Shared>>,
 }
 
 impl Machine {
@@ -140,7 +151,11 @@ impl Machine {
         storage: crate::storage::Storage,
     ) -> Result<Self, Error> {
         crate::storage::check_boot_order(&storage.boot_order).map_err(Error::Config)?;
-        let placed = crate::storage::place(storage.drives)?;
+        if let Some(once) = &storage.boot_once {
+            crate::storage::check_boot_order(once).map_err(|e| Error::Config(format!("once={once}: {e}")))?;
+        }
+        let (drives, disks) = crate::storage::share(storage.drives);
+        let placed = crate::storage::place(drives)?;
         let mut mem = match config.vga {
             Vga::Std => GuestMemory::with_vga_window(config.mem)?,
             Vga::None => GuestMemory::new(config.mem)?,
@@ -204,6 +219,7 @@ impl Machine {
         let exit: SharedDevice = Arc::new(Mutex::new(DebugExit::new(events.clone())));
         pio.insert(exit, u64::from(DEBUG_EXIT_PORT), DEBUG_EXIT_PORT_LEN)?;
         let mut fw_cfg = None;
+        let mut bootorder_after_reset = None;
         if let Firmware::Bios(image) = &config.firmware {
             // The BIOS's last 128 KiB below 1 MiB, under the PAM registers.
             let shadow = devices::pci::pam::BiosShadow::new(mem.clone(), image)?;
@@ -213,12 +229,17 @@ impl Machine {
                 .filter_map(|i| u8::try_from(i).ok()?.checked_add(crate::device_manager::FIRST_NIC_SLOT))
                 .filter(|&s| s < 32)
                 .collect();
-            let boot = crate::storage::boot_paths(&storage.boot_order, &placed.ide_kinds, &slots);
+            let mut boot = crate::storage::boot_paths(&storage.boot_order, &placed.ide_kinds, &slots);
+            if let Some(once) = &storage.boot_once {
+                let first = crate::storage::boot_paths(once, &placed.ide_kinds, &slots);
+                bootorder_after_reset = Some(crate::bios::bootorder_file(&std::mem::replace(&mut boot, first)));
+            }
             let vga_rom = match config.vga {
                 Vga::Std => Some(crate::bios::vga_bios()?),
                 Vga::None => None,
             };
-            let device = Arc::new(Mutex::new(crate::bios::fw_cfg(&mem, &boot, &table_ids, vga_rom)?));
+            let menu = crate::bios::BootMenu { show: storage.boot_menu, wait_ms: storage.boot_menu_wait_ms };
+            let device = Arc::new(Mutex::new(crate::bios::fw_cfg(&mem, &boot, menu, &table_ids, vga_rom)?));
             let shared: SharedDevice = device.clone();
             pio.insert(
                 shared,
@@ -250,6 +271,7 @@ impl Machine {
             boot_note,
             serial,
             fw_cfg,
+            bootorder_after_reset: Mutex::new(bootorder_after_reset),
             first_byte,
             input: Arc::new(Mutex::new(VecDeque::new())),
             config,
@@ -257,9 +279,17 @@ impl Machine {
             kernel_code,
             unclaimed: Arc::default(),
             control: Arc::new(RunControl::default()),
+            no_shutdown: false,
             exclusive_request: Arc::default(),
             vga,
+            jit_shared: OnceLock::new(),
+            disks,
         })
+    }
+
+    /// The drives, in the order they were given.
+    pub fn disks(&self) -> &[crate::storage::MachineDisk] {
+        &self.disks
     }
 
     /// One statistics line per network card.
@@ -267,8 +297,10 @@ impl Machine {
         self.devices.as_ref().map(crate::device_manager::DeviceManager::stats_lines).unwrap_or_default()
     }
 
-    /// Attach host stdin to COM1 (only for the stdio backend).
-    pub fn attach_stdin(&self) -> Result<(), Error> {
+    /// Attach host stdin to COM1 (only for the stdio backends); with
+    /// `monitor` (`--serial mon:stdio`), `Ctrl-A c` moves the keys between
+    /// the guest and it.
+    pub fn attach_stdin(&self, monitor: Option<Box<dyn devices::console::MuxMonitor>>) -> Result<(), Error> {
         let input = self.input.clone();
         let me = std::thread::current();
         devices::console::spawn_stdin_reader(
@@ -277,8 +309,19 @@ impl Machine {
                 input.lock().extend(bytes.iter().copied());
                 me.unpark();
             }),
+            monitor,
         )?;
         Ok(())
+    }
+
+    /// QEMU's `-no-shutdown`: when the guest powers off (or, with
+    /// `no_reboot`, resets or triple-faults), its vCPUs stop where they
+    /// are, paused, instead of the run ending, and the listener of
+    /// [`RunControl::set_shutdown_listener`] hears why. While they stand
+    /// still the run loop answers machine events: a `system_reset` resets
+    /// the machine (which runs again on `cont`), a `quit` ends the run.
+    pub fn set_no_shutdown(&mut self, on: bool) {
+        self.no_shutdown = on;
     }
 
     /// Move typed bytes into the UART's receive FIFO as space allows.
@@ -327,6 +370,7 @@ impl Machine {
             clock: self.clock.clone(),
             timers: self.chipset.timers.clone(),
             devices: self.devices.as_ref(),
+            jit_shared: &self.jit_shared,
         }
     }
 
@@ -535,7 +579,13 @@ impl Machine {
                 t.unpark();
             }
         };
-        self.events.set_kick(Box::new(wake.clone()));
+        // An event also wakes a loop that holds its vCPUs paused: it is
+        // answered while they stand still.
+        let (w, control) = (wake.clone(), self.control.clone());
+        self.events.set_kick(Box::new(move || {
+            w();
+            control.wake_paused();
+        }));
         *self.control.kick.lock() = Some(Box::new(wake.clone()));
         for (v, kick) in vcpus.iter().zip(kicks) {
             let irq_kick = if v.kicks_for_interrupts() { kick } else { None };
@@ -558,10 +608,14 @@ impl Machine {
                 let states = vcpus.iter_mut().map(|v| v.engine().state()).collect::<Result<Vec<_>, _>>()?;
                 return Ok(Outcome::Stopped(op, states));
             }
+            // Paused and woken by a machine event (or one is pending): it is
+            // answered before any vCPU runs again.
+            let stopped =
+                self.events.pending() || (self.control.attention.load(Ordering::Acquire) && self.control.pause_asked());
             let until = self.instant_of(next_timer).min(deadline.unwrap_or(Instant::now() + Duration::from_secs(3600)));
             let mut halted = true;
             let mut shutdown = None;
-            for v in vcpus.iter_mut() {
+            for v in vcpus.iter_mut().filter(|_| !stopped) {
                 let i = v.index() as usize;
                 devices::intc::set_current_cpu(i);
                 self.start_up(v)?;
@@ -604,7 +658,7 @@ impl Machine {
                 Some(chain) => self.on_shutdown(&chain),
                 // Sleep until the next timer deadline, an interrupt, a
                 // machine event or typed input (all of which unpark us).
-                None if halted => {
+                None if halted && !stopped => {
                     next_timer = self.idle(vcpus, next_timer, deadline);
                     Next::Go
                 }
@@ -616,6 +670,11 @@ impl Machine {
                     Some(o) => o.reset_all(|| self.reset(vcpus))?,
                     None => self.reset(vcpus)?,
                 },
+                Next::Stop(reason) => {
+                    tracing::info!(target: "vmm", "the guest shut down ({reason}): its vCPUs stop (--no-shutdown)");
+                    self.control.hold();
+                    self.control.guest_shutdown(reason);
+                }
                 Next::Finish(status, message) => {
                     let total = start.elapsed();
                     let (instructions, lines) = self.vcpu_stats(vcpus, total);
@@ -673,6 +732,11 @@ impl Machine {
     /// directly booted kernel is not reloaded.
     fn reset(&self, vcpus: &mut [Vcpu<'_>]) -> Result<(), Error> {
         self.chipset.reset();
+        // `-boot once=`: the first boot's order is used up.
+        if let (Some(f), Some(order)) = (&self.fw_cfg, self.bootorder_after_reset.lock().take()) {
+            f.lock().replace_file("bootorder", order);
+            tracing::info!(target: "firmware", "reset: back to the -boot order= boot order (once= was for the first boot)");
+        }
         if let Some(d) = &self.devices {
             d.reset();
         }
@@ -739,7 +803,9 @@ impl Machine {
         }
         c.paused = Some(state);
         self.control.cv.notify_all();
-        while c.pause && c.op.is_none() {
+        // A machine event wakes the wait too ([`RunControl::wake_paused`]):
+        // the run loop answers it with the vCPUs still paused.
+        while c.pause && c.op.is_none() && !self.events.pending() {
             self.control.cv.wait(&mut c);
         }
         c.paused = None;
@@ -756,6 +822,8 @@ impl Machine {
     /// `--no-reboot`), anything else ends the run with its exit status.
     fn on_event(&self, ev: VmEvent) -> Next {
         match ev {
+            VmEvent::PowerOff if self.no_shutdown => Next::Stop("guest-shutdown"),
+            VmEvent::Reset if self.config.no_reboot && self.no_shutdown => Next::Stop("guest-reset"),
             VmEvent::Reset if self.config.no_reboot => Next::Finish(0, Some("guest reset (--no-reboot)".into())),
             VmEvent::Reset => Next::Reset,
             other => {
@@ -768,6 +836,10 @@ impl Machine {
     /// The run loops' answer to a triple fault (`chain` says which faults,
     /// and where): reset, as a PC does, or end the run with `--no-reboot`.
     fn on_shutdown(&self, chain: &str) -> Next {
+        if self.config.no_reboot && self.no_shutdown {
+            tracing::warn!(target: "cpu", "{chain}: the guest stops (--no-reboot, --no-shutdown)");
+            return Next::Stop("guest-reset");
+        }
         if self.config.no_reboot {
             return Next::Finish(0, Some(format!("guest shut down: {chain} (--no-reboot)")));
         }
@@ -902,6 +974,9 @@ pub(crate) enum Next {
     Reset,
     /// End the run with this exit status and message.
     Finish(i32, Option<String>),
+    /// `--no-shutdown`: the guest shut down (QEMU's `ShutdownCause`):
+    /// stop its vCPUs, and go on answering machine events.
+    Stop(&'static str),
 }
 
 impl Next {
@@ -928,7 +1003,13 @@ pub struct RunControl {
     /// Set while [`Machine::run_lifecycle`] runs the machine: requests
     /// are taken.
     lifecycle: AtomicBool,
+    /// Told why, when the guest shut down under `--no-shutdown`.
+    on_shutdown: Mutex<Option<ShutdownListener>>,
 }
+
+/// Hears QEMU's `ShutdownCause` (`"guest-shutdown"`, `"guest-reset"`) when
+/// a guest under `--no-shutdown` shut down and its vCPUs stopped.
+pub type ShutdownListener = Box<dyn Fn(&str) + Send + Sync>;
 
 #[derive(Default)]
 struct Control {
@@ -1004,6 +1085,28 @@ impl RunControl {
     pub fn hold(&self) {
         self.inner.lock().pause = true;
         self.attention.store(true, Ordering::Release);
+    }
+
+    /// Who hears of a guest's shutdown under `--no-shutdown`
+    /// ([`Machine::set_no_shutdown`]): the monitors, for their `SHUTDOWN`
+    /// event and run state.
+    pub fn set_shutdown_listener(&self, listener: ShutdownListener) {
+        *self.on_shutdown.lock() = Some(listener);
+    }
+
+    /// The guest shut down under `--no-shutdown` (its vCPUs are held).
+    fn guest_shutdown(&self, reason: &str) {
+        if let Some(l) = &*self.on_shutdown.lock() {
+            l(reason);
+        }
+    }
+
+    /// Wakes a run loop that holds its vCPUs paused, to look at the
+    /// machine events. (The lock makes sure a loop about to wait sees the
+    /// event first or is woken.)
+    fn wake_paused(&self) {
+        let _c = self.inner.lock();
+        self.cv.notify_all();
     }
 
     /// Let the vCPU go on.
@@ -1260,6 +1363,80 @@ mod tests {
             m.on_shutdown("#GP -> #DF -> #GP"),
             Next::Finish(0, Some("guest shut down: #GP -> #DF -> #GP (--no-reboot)".into()))
         );
+    }
+
+    #[test]
+    fn no_shutdown_stops_the_guest_at_a_power_off() {
+        let mut m = machine(false, None);
+        m.set_no_shutdown(true);
+        assert_eq!(m.on_event(VmEvent::PowerOff), Next::Stop("guest-shutdown"));
+        assert_eq!(m.on_event(VmEvent::Reset), Next::Reset, "a reset goes on without --no-reboot");
+        assert_eq!(m.on_event(VmEvent::Quit), Next::Finish(0, Some("quit from the console".into())));
+        assert_eq!(m.on_event(VmEvent::DebugExit(1)), Next::Finish(3, None));
+        let mut m = machine(true, None);
+        m.set_no_shutdown(true);
+        assert_eq!(m.on_event(VmEvent::Reset), Next::Stop("guest-reset"));
+        assert_eq!(m.on_shutdown("#GP -> #DF -> #GP"), Next::Stop("guest-reset"));
+    }
+
+    /// Under --no-shutdown, a guest that powers off stands still; a reset
+    /// filed while it does resets it there (it stays paused), and it boots
+    /// again on resume.
+    #[test]
+    fn a_powered_off_guest_waits_for_a_reset_and_boots_again() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let o = out.clone();
+        let runner = std::thread::spawn(move || {
+            let mut m = Machine::new(MachineConfig {
+                mem: 64 << 20,
+                firmware: Firmware::Builtin,
+                serial: SerialOut::Capture(o),
+                no_reboot: false,
+                timeout: Some(Duration::from_secs(60)),
+                kvm_split: SplitMode::Off,
+                kvm_pit: KvmPit::InKernel,
+                cpu_model: cpu::cpuid::Model::V2,
+                topology: Default::default(),
+                vcpu_threads: Default::default(),
+                vga: Default::default(),
+                usb: None,
+            })
+            .expect("a machine");
+            m.set_no_shutdown(true);
+            let (shut_tx, shut_rx) = std::sync::mpsc::channel();
+            m.control().set_shutdown_listener(Box::new(move |r| {
+                let _ = shut_tx.send(r.to_string());
+            }));
+            tx.send((m.control(), m.mem.clone(), m.events.clone(), shut_rx)).unwrap();
+            m.run(EngineKind::Interp).expect("the run")
+        });
+        let (control, mem, events, shut) = rx.recv().unwrap();
+        // `mov dx, 0x604; mov ax, SLP_TYP 5 | SLP_EN; out dx, ax; hlt` at 0x7000.
+        mem.write(0x7000, &[0xba, 0x04, 0x06, 0xb8, 0x00, 0x34, 0xef, 0xf4]).unwrap();
+        control.pause(Duration::from_secs(20)).expect("the vCPU pauses");
+        let mut s = CpuState::reset();
+        let cs = &mut s.seg[cpu::state::sreg::CS];
+        (cs.selector, cs.base, s.rip) = (0x700, 0x7000, 0);
+        assert!(control.set_state(s));
+        let printed = out.lock().len();
+        control.resume();
+        assert_eq!(shut.recv_timeout(Duration::from_secs(20)).as_deref(), Ok("guest-shutdown"));
+        let off = control.pause(Duration::from_secs(5)).expect("held after the power-off");
+        assert!((7..=8).contains(&off.rip), "stopped after the port write, at {:#x}", off.rip);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!runner.is_finished(), "the run goes on");
+        assert!(events.request(VmEvent::Reset));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while control.pause(Duration::from_millis(100)).is_none_or(|p| p.rip != 0xfff0) {
+            assert!(Instant::now() < deadline, "the machine was reset while paused");
+        }
+        assert_eq!(out.lock().len(), printed, "nothing ran while paused");
+        control.resume();
+        let report = runner.join().unwrap();
+        let text = String::from_utf8_lossy(&out.lock()).into_owned();
+        assert_eq!(report.status, 1, "the built-in guest ran again from the reset vector: {text}");
+        assert_eq!(firmware::builtin::parse_checksum(&text), Some(firmware::builtin::expected_checksum()));
     }
 
     #[test]

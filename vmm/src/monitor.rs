@@ -7,14 +7,15 @@
 //! | command | what it does here |
 //! | --- | --- |
 //! | `stop`, `cont` | [`crate::RunControl`]: the vCPUs stop at an instruction boundary and wait; `STOP` and `RESUME` events |
-//! | `system_reset` | a machine reset, as the reset control register files it; `RESET` |
+//! | `system_reset` | a machine reset, as the reset control register files it, done at once even while the vCPUs are stopped (the status is then "prelaunch" until `cont`); `RESET` |
+//! | a guest's power-off under `--no-shutdown` | the vCPUs stop, `SHUTDOWN` and `STOP`, status "shutdown"; `cont` is refused until a `system_reset` |
 //! | `system_powerdown` | the ACPI power button (PM1 status PWRBTN_STS and an SCI); `POWERDOWN` |
 //! | `quit` | the run ends (exit status 0); `SHUTDOWN` |
 //! | `query-status`, `query-cpus-fast`, `query-kvm`, `query-name`, `query-block` | the machine's state |
 //! | `screendump` | the VGA screen as PPM or PNG ([`crate::display::Screen`]) |
 //! | `eject`, `blockdev-change-medium` | the IDE CD-ROMs (`ide1-cd0` is `-cdrom`'s drive); `DEVICE_TRAY_MOVED` |
 //! | `set_password vnc` | the VNC server's password |
-//! | `savevm`, `loadvm`, `delvm`, `info snapshots` | snapshots in the `--snapshot-dir` directory (`crate::snapshot`); `loadvm` leaves the guest running or paused as it was saved |
+//! | `savevm`, `loadvm`, `delvm`, `info snapshots` | snapshots inside the machine's qcow2 disks, as QEMU keeps them (`crate::snapshot::qcow2`), or, for a machine without one, in the `--snapshot-dir` directory (`crate::snapshot`); `loadvm` leaves the guest running or paused as it was saved |
 //! | `migrate`, `query-migrate`, `migrate_cancel`, `migrate-set-capabilities` | a non-live migration to `exec:CMD`, `unix:PATH` or `tcp:HOST:PORT`: the guest stops, its state and RAM go through the stream, and it stays stopped ("postmigrate"); `MIGRATION` events |
 //!
 //! Snapshots and migration stop every vCPU for their work
@@ -65,8 +66,15 @@ pub struct MachineBackend {
     paused: Arc<AtomicBool>,
     /// Set after a migration completed, until `cont` or `loadvm`.
     postmigrate: Arc<AtomicBool>,
+    /// The status while stopped (and not after a migration): "paused",
+    /// "shutdown" (the guest shut down under `--no-shutdown`) or
+    /// "prelaunch" (`-S`, or reset while stopped).
+    stopped_as: Arc<Mutex<&'static str>>,
     /// Where `savevm` and `loadvm` keep snapshots (`--snapshot-dir`).
     snapshots: Mutex<Option<crate::snapshot::SnapshotDir>>,
+    /// The machine's drives: snapshots go inside its qcow2 disks when it
+    /// has any the guest writes ([`crate::snapshot::qcow2`]).
+    disks: Vec<crate::storage::WeakMachineDisk>,
     /// Why this machine's engine cannot take part in snapshots or
     /// migration, if it cannot ([`Machine::snapshot_blocker`]).
     engine_blocker: Mutex<Option<String>>,
@@ -90,7 +98,7 @@ impl MachineBackend {
         accel: &'static str,
         name: Option<String>,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        let backend = Arc::new(Self {
             control: machine.control(),
             events: machine.events.clone(),
             acpi_pm: machine.chipset.acpi_pm.clone(),
@@ -98,7 +106,9 @@ impl MachineBackend {
             display,
             paused: Arc::new(AtomicBool::new(false)),
             postmigrate: Arc::default(),
+            stopped_as: Arc::new(Mutex::new("paused")),
             snapshots: Mutex::new(None),
+            disks: machine.disks().iter().map(crate::storage::MachineDisk::downgrade).collect(),
             engine_blocker: Mutex::new(None),
             migration: Arc::default(),
             quit: AtomicBool::new(false),
@@ -106,7 +116,18 @@ impl MachineBackend {
             accel,
             name,
             monitor: Arc::default(),
-        })
+        });
+        let (paused, stopped_as, postmigrate, monitor) =
+            (backend.paused.clone(), backend.stopped_as.clone(), backend.postmigrate.clone(), backend.monitor.clone());
+        backend.control.set_shutdown_listener(Box::new(move |reason| {
+            *stopped_as.lock() = "shutdown";
+            postmigrate.store(false, Ordering::Release);
+            emit(&monitor, Event::Shutdown { guest: true, reason: reason.to_string() });
+            if !paused.swap(true, Ordering::AcqRel) {
+                emit(&monitor, Event::Stop);
+            }
+        }));
+        backend
     }
 
     /// Where `savevm` keeps snapshots and `loadvm` finds them
@@ -125,6 +146,12 @@ impl MachineBackend {
     pub fn hold(&self) {
         self.control.hold();
         self.paused.store(true, Ordering::Release);
+    }
+
+    /// A machine held by [`MachineBackend::hold`] has not run yet (QEMU's
+    /// `-S` without a saved state): its status is "prelaunch" until `cont`.
+    pub fn prelaunch(&self) {
+        *self.stopped_as.lock() = "prelaunch";
     }
 
     fn emit(&self, event: Event) {
@@ -147,14 +174,20 @@ impl MachineBackend {
         }
     }
 
-    /// The snapshot directory, or the error that asks for one.
-    fn snapshot_dir(&self, what: &str) -> Result<crate::snapshot::SnapshotDir, QmpError> {
-        self.snapshots.lock().clone().ok_or_else(|| {
-            QmpError::generic(format!(
-                "{what} needs a place for snapshots: start ferrovm with --snapshot-dir DIR \
-                 (ferrovm keeps snapshots in a directory, not inside qcow2 images)"
-            ))
-        })
+    /// Where snapshots go: inside the machine's qcow2 disks when the guest
+    /// writes any, else the snapshot directory, or the error that asks for
+    /// one.
+    fn snapshot_place(&self, what: &str) -> Result<SnapshotPlace, QmpError> {
+        match crate::snapshot::qcow2::snapshot_disks(&self.disks()?) {
+            Ok(Some(disks)) => Ok(SnapshotPlace::Disks(disks)),
+            Ok(None) => self.snapshots.lock().clone().map(SnapshotPlace::Dir).ok_or_else(|| {
+                QmpError::generic(format!(
+                    "{what} needs a place for snapshots: the machine has no qcow2 disk the guest writes \
+                     (snapshots go inside one, as QEMU keeps them); start ferrovm with --snapshot-dir DIR"
+                ))
+            }),
+            Err(e) => Err(QmpError::generic(format!("{what}: {e}"))),
+        }
     }
 
     /// Runs `op` with every vCPU stopped and waits for its answer.
@@ -175,11 +208,21 @@ impl MachineBackend {
     }
 
     fn savevm(&self, name: &str) -> Result<Value, QmpError> {
-        let dir = self.snapshot_dir("savevm")?;
+        let place = self.snapshot_place("savevm")?;
         self.check_engine("savevm")?;
-        let path = dir.entry(name).map_err(|e| QmpError::generic(e.to_string()))?;
-        let report =
-            self.on_stopped_machine(move |m, s| crate::snapshot::save_to(m, s, &path).map_err(|e| e.to_string()))?;
+        let report = match place {
+            SnapshotPlace::Disks(_) => {
+                let name = name.to_string();
+                self.on_stopped_machine(move |m, s| {
+                    let disks = machine_snapshot_disks(m)?;
+                    crate::snapshot::qcow2::save(m, s, &disks, &name).map_err(|e| e.to_string())
+                })?
+            }
+            SnapshotPlace::Dir(dir) => {
+                let path = dir.entry(name).map_err(|e| QmpError::generic(e.to_string()))?;
+                self.on_stopped_machine(move |m, s| crate::snapshot::save_to(m, s, &path).map_err(|e| e.to_string()))?
+            }
+        };
         tracing::info!(
             target: "vmm",
             "savevm: {} bytes of state, {} of {} bytes of RAM written in {:.3} s",
@@ -192,23 +235,44 @@ impl MachineBackend {
     }
 
     fn loadvm(&self, name: &str) -> Result<Value, QmpError> {
-        let dir = self.snapshot_dir("loadvm")?;
+        let place = self.snapshot_place("loadvm")?;
         self.check_engine("loadvm")?;
-        let path = dir.entry(name).map_err(|e| QmpError::generic(e.to_string()))?;
-        if !path.join("state").is_file() {
-            return Err(QmpError::generic(format!("Snapshot '{name}' does not exist in {}", dir.path().display())));
-        }
-        let paused = self.on_stopped_machine(move |m, s| {
-            if let Some(why) = &s.engine_blocker {
-                return Err(format!("cannot restore into this machine: {why}"));
+        let name = name.to_string();
+        let paused = match place {
+            SnapshotPlace::Disks(_) => self.on_stopped_machine(move |m, s| {
+                if let Some(why) = &s.engine_blocker {
+                    return Err(format!("cannot restore into this machine: {why}"));
+                }
+                let disks = machine_snapshot_disks(m)?;
+                let r = crate::snapshot::qcow2::load(m, &disks, &name).map_err(|e| e.to_string())?;
+                tracing::info!(target: "vmm", "loadvm {name}: {:.3} s", r.took.as_secs_f64());
+                s.vcpus = r.vcpus;
+                let paused = r.run_state == crate::snapshot::RunState::Paused;
+                m.control().set_pause(paused);
+                Ok(paused)
+            })?,
+            SnapshotPlace::Dir(dir) => {
+                let path = dir.entry(&name).map_err(|e| QmpError::generic(e.to_string()))?;
+                if !path.join("state").is_file() {
+                    return Err(QmpError::generic(format!(
+                        "Snapshot '{name}' does not exist in {}",
+                        dir.path().display()
+                    )));
+                }
+                self.on_stopped_machine(move |m, s| {
+                    if let Some(why) = &s.engine_blocker {
+                        return Err(format!("cannot restore into this machine: {why}"));
+                    }
+                    let r = crate::snapshot::restore_from(m, &path).map_err(|e| e.to_string())?;
+                    s.vcpus = r.vcpus;
+                    let paused = r.run_state == crate::snapshot::RunState::Paused;
+                    m.control().set_pause(paused);
+                    Ok(paused)
+                })?
             }
-            let r = crate::snapshot::restore_from(m, &path).map_err(|e| e.to_string())?;
-            s.vcpus = r.vcpus;
-            let paused = r.run_state == crate::snapshot::RunState::Paused;
-            m.control().set_pause(paused);
-            Ok(paused)
-        })?;
+        };
         self.postmigrate.store(false, Ordering::Release);
+        *self.stopped_as.lock() = "paused";
         let was = self.paused.swap(paused, Ordering::AcqRel);
         match (was, paused) {
             (false, true) => self.emit(Event::Stop),
@@ -218,7 +282,37 @@ impl MachineBackend {
         Ok(json!({}))
     }
 
+    fn delvm(&self, name: &str) -> Result<Value, QmpError> {
+        match self.snapshot_place("delvm")? {
+            // Under the disks' locks, between two of the guest's requests:
+            // the vCPUs go on.
+            SnapshotPlace::Disks(disks) => {
+                crate::snapshot::qcow2::delete(&disks, name).map_err(|e| QmpError::generic(e.to_string()))?
+            }
+            SnapshotPlace::Dir(dir) => dir.delete(name).map_err(|e| QmpError::generic(e.to_string()))?,
+        }
+        Ok(json!({}))
+    }
+
+    /// The machine's drives, while it runs.
+    fn disks(&self) -> Result<Vec<crate::storage::MachineDisk>, QmpError> {
+        self.disks
+            .iter()
+            .map(crate::storage::WeakMachineDisk::upgrade)
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| QmpError::generic("the machine's disks are closed: its run ended"))
+    }
+
     fn info_snapshots(&self) -> Result<Value, QmpError> {
+        match crate::snapshot::qcow2::snapshot_disks(&self.disks()?) {
+            // QEMU's text, as QEMU prints it.
+            Ok(Some(disks)) => {
+                let text = crate::snapshot::qcow2::info_text(&disks).map_err(|e| QmpError::generic(e.to_string()))?;
+                return Ok(Value::String(text));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(QmpError::generic(e.to_string())),
+        }
         let Some(dir) = self.snapshots.lock().clone() else { return Ok(json!([])) };
         let list = dir.list().map_err(|e| QmpError::generic(e.to_string()))?;
         Ok(Value::Array(
@@ -327,6 +421,7 @@ impl MachineBackend {
 
     fn stop(&self) -> Result<Value, QmpError> {
         if !self.paused.swap(true, Ordering::AcqRel) {
+            *self.stopped_as.lock() = "paused";
             if self.control.pause(STOP_WAIT).is_none() {
                 tracing::warn!(target: "vmm", "stop: the vCPUs did not reach a stop within {STOP_WAIT:?}; they stop when they do");
             }
@@ -336,6 +431,9 @@ impl MachineBackend {
     }
 
     fn cont(&self) -> Result<Value, QmpError> {
+        if self.paused.load(Ordering::Acquire) && *self.stopped_as.lock() == "shutdown" {
+            return Err(QmpError::generic("Resetting the Virtual Machine is required"));
+        }
         self.postmigrate.store(false, Ordering::Release);
         if self.paused.swap(false, Ordering::AcqRel) {
             self.control.resume();
@@ -464,7 +562,7 @@ impl monitor::Backend for MachineBackend {
                 let status = match (paused, self.postmigrate.load(Ordering::Acquire)) {
                     (false, _) => "running",
                     (true, true) => "postmigrate",
-                    (true, false) => "paused",
+                    (true, false) => *self.stopped_as.lock(),
                 };
                 Ok(json!({ "running": !paused, "singlestep": false, "status": status }))
             }
@@ -472,6 +570,11 @@ impl monitor::Backend for MachineBackend {
             Command::Cont => self.cont(),
             Command::SystemReset => {
                 self.events.request(VmEvent::Reset);
+                // The machine is reset at once, stopped or not; a stopped
+                // one (shut down, too) waits for `cont`, as before its start.
+                if self.paused.load(Ordering::Acquire) && !self.postmigrate.load(Ordering::Acquire) {
+                    *self.stopped_as.lock() = "prelaunch";
+                }
                 self.emit(Event::Reset { guest: false, reason: "host-qmp-system-reset".into() });
                 Ok(json!({}))
             }
@@ -548,11 +651,7 @@ impl monitor::Backend for MachineBackend {
             }
             Command::SaveVm { name } => self.savevm(&name),
             Command::LoadVm { name } => self.loadvm(&name),
-            Command::DelVm { name } => {
-                let dir = self.snapshot_dir("delvm")?;
-                dir.delete(&name).map_err(|e| QmpError::generic(e.to_string()))?;
-                Ok(json!({}))
-            }
+            Command::DelVm { name } => self.delvm(&name),
             Command::InfoSnapshots => self.info_snapshots(),
             Command::Migrate { uri } => self.migrate(&uri),
             Command::QueryMigrate => Ok(self.query_migrate()),
@@ -573,6 +672,50 @@ impl monitor::Backend for MachineBackend {
             )),
         }
     }
+}
+
+/// The monitor of `--serial mon:stdio` (QEMU's mux): HMP on the
+/// console's terminal, which `Ctrl-A c` gives the keys to.
+pub fn serial_monitor(mon: Arc<Monitor>) -> Box<dyn devices::console::MuxMonitor> {
+    Box::new(SerialMonitor(monitor::HmpTerminal::new(mon)))
+}
+
+struct SerialMonitor(monitor::HmpTerminal);
+
+impl devices::console::MuxMonitor for SerialMonitor {
+    fn focus_in(&mut self, out: &mut dyn std::io::Write) {
+        show(out, &self.0.focus_in());
+    }
+
+    fn focus_out(&mut self, out: &mut dyn std::io::Write) {
+        show(out, &self.0.focus_out());
+    }
+
+    fn input(&mut self, bytes: &[u8], out: &mut dyn std::io::Write) {
+        show(out, &self.0.input(bytes));
+    }
+}
+
+/// Writes the monitor's text to the console; a console gone is no error.
+fn show(out: &mut dyn std::io::Write, text: &str) {
+    if !text.is_empty() {
+        let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    }
+}
+
+/// The disks the stopped machine keeps its snapshots in.
+fn machine_snapshot_disks(m: &Machine) -> Result<crate::snapshot::qcow2::SnapshotDisks, String> {
+    crate::snapshot::qcow2::snapshot_disks(m.disks())
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "the machine has no qcow2 disk the guest writes".to_string())
+}
+
+/// Where a machine's snapshots go.
+enum SnapshotPlace {
+    /// Inside its qcow2 disks.
+    Disks(crate::snapshot::qcow2::SnapshotDisks),
+    /// In the `--snapshot-dir` directory.
+    Dir(crate::snapshot::SnapshotDir),
 }
 
 /// Sends `event` to the monitor in `slot`, once there is one.

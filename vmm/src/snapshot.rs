@@ -35,10 +35,13 @@
 //! # Snapshots in a directory
 //!
 //! `--snapshot-dir DIR` keeps snapshot `NAME` as `DIR/NAME/state` and
-//! `DIR/NAME/memory` ([`SnapshotDir`]). Each file is written beside its
+//! `DIR/NAME/memory` ([`SnapshotDir`]), with a copy of each disk the guest
+//! writes and the list of the drives ([`clone`]), for a machine without a
+//! qcow2 disk the guest writes (such a machine keeps its snapshots inside
+//! its disks, as QEMU does: [`qcow2`]). Each file is written beside its
 //! place and renamed over it, so a machine that maps an older memory file
-//! keeps its bytes. Disk images are not part of a snapshot: a guest
-//! restored from one sees its disks as they are.
+//! keeps its bytes. `--restore` runs on the command line's drives, as they
+//! are; `--restore --clone` on new overlays over the snapshot's copies.
 //!
 //! # Migration
 //!
@@ -462,6 +465,12 @@ pub struct Restored {
 /// `state` and `memory` files), creating it.
 pub fn save_to(m: &Machine, stopped: &Stopped, dir: &Path) -> Result<SaveReport, SnapshotError> {
     let t = Instant::now();
+    if let Some(p) = clone::copies_in_use(dir) {
+        return Err(SnapshotError::Refused(format!(
+            "{} is in use (clones of this snapshot run on it): save under another name",
+            p.display()
+        )));
+    }
     let state = encode(&m.capture(stopped)?)?;
     std::fs::create_dir_all(dir).map_err(|e| io(format!("creating {}", dir.display()), e))?;
     let mut ram = RamStats::default();
@@ -469,6 +478,7 @@ pub fn save_to(m: &Machine, stopped: &Stopped, dir: &Path) -> Result<SaveReport,
         ram = write_ram_image(&m.mem, p)?;
         Ok(())
     })?;
+    clone::save_disks(m.disks(), dir)?;
     write_replacing(&dir.join("state"), |p| {
         let mut f = File::create(p).map_err(|e| io(format!("writing {}", p.display()), e))?;
         f.write_all(&state).and_then(|()| f.sync_all()).map_err(|e| io(format!("writing {}", p.display()), e))
@@ -540,7 +550,16 @@ impl SnapshotDir {
         if !dir.join("state").is_file() {
             return Err(SnapshotError::Refused(format!("there is no snapshot '{name}' in {}", self.path.display())));
         }
-        for f in ["state", "memory"] {
+        if let Some(p) = clone::copies_in_use(&dir) {
+            return Err(SnapshotError::Refused(format!(
+                "{} is in use (clones of snapshot '{name}' run on it)",
+                p.display()
+            )));
+        }
+        let copies: Vec<String> =
+            clone::read_disks(&dir).map(|r| r.into_iter().filter_map(|d| d.copy).collect()).unwrap_or_default();
+        // The state first: without it the rest is no snapshot.
+        for f in ["state", "memory", clone::DISKS_FILE].into_iter().chain(copies.iter().map(String::as_str)) {
             let p = dir.join(f);
             if p.exists() {
                 std::fs::remove_file(&p).map_err(|e| io(format!("deleting {}", p.display()), e))?;
@@ -565,8 +584,11 @@ impl SnapshotDir {
                 continue;
             }
             let name = e.file_name().to_string_lossy().into_owned();
-            let disk_bytes = ["state", "memory"]
-                .iter()
+            let copies: Vec<String> =
+                clone::read_disks(&dir).map(|r| r.into_iter().filter_map(|d| d.copy).collect()).unwrap_or_default();
+            let disk_bytes = ["state", "memory", clone::DISKS_FILE]
+                .into_iter()
+                .chain(copies.iter().map(String::as_str))
                 .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
                 .map(|m| m.blocks() * 512)
                 .sum();
@@ -901,6 +923,9 @@ fn small_machine() -> Option<Machine> {
     })
     .ok()
 }
+
+pub mod clone;
+pub mod qcow2;
 
 #[cfg(test)]
 mod tests;

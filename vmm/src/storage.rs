@@ -17,8 +17,12 @@
 //! (IDE, then virtio), `d` the CD-ROMs, `a` the floppy drives. SeaBIOS
 //! reads it as its `bootorder` file of device paths
 //! ([`boot_paths`]); devices that are not listed come after those that are.
+//! A `once=` order is the file of the first boot only: the machine's first
+//! reset puts the `order=` one in its place, as QEMU's `-boot once=` does.
+//! `menu=on` makes SeaBIOS offer its boot menu (ESC) for `splash-time=`
+//! milliseconds (SeaBIOS's default: 2500).
 
-use devices::block::{BlockBackend, DiskInterface, DiskMedia};
+use devices::block::{BlockBackend, DiskInterface, DiskMedia, SharedDisk};
 use devices::floppy::FloppyDrive;
 use devices::ide::IdeDrive;
 
@@ -53,19 +57,152 @@ impl std::fmt::Debug for Drive {
     }
 }
 
-/// The drives of a machine and the firmware's boot order.
+/// A drive of a running machine, whose image its device model shares
+/// with the machine, which snapshots it between two of the guest's
+/// requests. (A CD-ROM's medium changed through the monitor is not
+/// followed here: snapshots only use the disks the guest writes.)
+#[derive(Clone)]
+pub struct MachineDisk {
+    /// The image; `None` for a CD-ROM drive without a disc.
+    pub disk: Option<SharedDisk>,
+    /// The drive's label (the image's path).
+    pub label: String,
+    /// Where it hangs.
+    pub interface: DiskInterface,
+    pub media: DiskMedia,
+    pub index: Option<u8>,
+}
+
+impl std::fmt::Debug for MachineDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MachineDisk").field("label", &self.label).field("interface", &self.interface).finish()
+    }
+}
+
+impl MachineDisk {
+    /// A handle that does not keep the image open (a monitor holds it: the
+    /// image is flushed and closed with the machine).
+    pub fn downgrade(&self) -> WeakMachineDisk {
+        WeakMachineDisk { disk: self.disk.as_ref().map(SharedDisk::downgrade), drive: self.clone_without_disk() }
+    }
+
+    fn clone_without_disk(&self) -> MachineDisk {
+        MachineDisk {
+            disk: None,
+            label: self.label.clone(),
+            interface: self.interface,
+            media: self.media,
+            index: self.index,
+        }
+    }
+}
+
+/// A [`MachineDisk`] that does not keep its image open.
+#[derive(Clone)]
+pub struct WeakMachineDisk {
+    disk: Option<devices::block::WeakDisk>,
+    drive: MachineDisk,
+}
+
+impl WeakMachineDisk {
+    /// The drive, while its image is open (`None` once the machine is gone).
+    pub fn upgrade(&self) -> Option<MachineDisk> {
+        let disk = match &self.disk {
+            Some(w) => Some(w.upgrade()?),
+            None => None,
+        };
+        Some(MachineDisk { disk, ..self.drive.clone() })
+    }
+}
+
+/// Shares every drive's image between its device model (the drives
+/// returned) and the machine (the list).
+pub(crate) fn share(drives: Vec<Drive>) -> (Vec<Drive>, Vec<MachineDisk>) {
+    let mut shared = Vec::new();
+    let drives = drives
+        .into_iter()
+        .map(|mut d| {
+            let disk = d.image.take().map(SharedDisk::new);
+            d.image = disk.clone().map(|s| Box::new(s) as Box<dyn BlockBackend>);
+            shared.push(MachineDisk {
+                disk,
+                label: d.label.clone(),
+                interface: d.interface,
+                media: d.media,
+                index: d.index,
+            });
+            d
+        })
+        .collect();
+    (drives, shared)
+}
+
+/// The drives of a machine and the firmware's boot options.
 #[derive(Debug)]
 pub struct Storage {
     /// In the order they were given.
     pub drives: Vec<Drive>,
     /// `c`, `d` and `a` in the order the firmware tries them.
     pub boot_order: String,
+    /// The order of the first boot only (QEMU's `-boot once=`); the first
+    /// reset goes back to `boot_order`.
+    pub boot_once: Option<String>,
+    /// SeaBIOS offers its boot menu (QEMU's `-boot menu=on`).
+    pub boot_menu: bool,
+    /// How long SeaBIOS waits for ESC, in milliseconds (QEMU's `-boot
+    /// splash-time=`).
+    pub boot_menu_wait_ms: Option<u16>,
 }
 
 impl Default for Storage {
     fn default() -> Self {
-        Storage { drives: Vec::new(), boot_order: DEFAULT_BOOT_ORDER.to_string() }
+        Storage {
+            drives: Vec::new(),
+            boot_order: DEFAULT_BOOT_ORDER.to_string(),
+            boot_once: None,
+            boot_menu: false,
+            boot_menu_wait_ms: None,
+        }
     }
+}
+
+/// The firmware's boot options of `--boot`: QEMU's `-boot` keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootOptions {
+    pub order: String,
+    pub once: Option<String>,
+    pub menu: bool,
+    pub menu_wait_ms: Option<u16>,
+}
+
+/// Parses `ORDER[,once=ORDER][,menu=on|off][,splash-time=MS]` (the order
+/// may also be given as `order=ORDER`, and left out for the default).
+pub fn parse_boot(spec: &str) -> Result<BootOptions, String> {
+    let mut b = BootOptions { order: DEFAULT_BOOT_ORDER.to_string(), once: None, menu: false, menu_wait_ms: None };
+    for (i, part) in spec.split(',').enumerate() {
+        match part.split_once('=') {
+            None if i == 0 => b.order = part.to_string(),
+            Some(("order", o)) => b.order = o.to_string(),
+            Some(("once", o)) => {
+                check_boot_order(o).map_err(|e| format!("once={o}: {e}"))?;
+                b.once = Some(o.to_string());
+            }
+            Some(("menu", "on")) => b.menu = true,
+            Some(("menu", "off")) => b.menu = false,
+            Some(("menu", m)) => return Err(format!("menu={m}: give on or off")),
+            Some(("splash-time", t)) => {
+                let ms = t.parse::<u16>().map_err(|_| {
+                    format!("splash-time={t}: a time in milliseconds between 0 and 65535 (SeaBIOS's boot menu wait)")
+                })?;
+                b.menu_wait_ms = Some(ms);
+            }
+            _ => {
+                return Err(format!("'{part}' is not a boot option: ORDER[,once=ORDER][,menu=on|off][,splash-time=MS]"))
+            }
+        }
+    }
+    check_boot_order(&b.order)?;
+    Ok(b)
 }
 
 /// Checks a boot order: QEMU's letters `a`, `c`, `d` (and `n`, which is
@@ -396,6 +533,28 @@ mod tests {
         let e = place(vec![drive("c", DiskInterface::Virtio, DiskMedia::Cdrom, None)]).err().unwrap();
         assert!(e.to_string().contains("ATAPI"), "{e}");
         assert!(place(vec![drive("v", DiskInterface::Virtio, DiskMedia::Disk, None)]).unwrap().ide.is_none());
+    }
+
+    #[test]
+    fn boot_options_parse_as_qemus() {
+        let b = parse_boot("c,once=d,menu=on,splash-time=500").unwrap();
+        assert_eq!(b, BootOptions { order: "c".into(), once: Some("d".into()), menu: true, menu_wait_ms: Some(500) });
+        assert_eq!(parse_boot("order=dc").unwrap().order, "dc");
+        let b = parse_boot("once=d").unwrap();
+        assert_eq!((b.order.as_str(), b.once.as_deref(), b.menu), (DEFAULT_BOOT_ORDER, Some("d"), false));
+        assert!(!parse_boot("menu=off").unwrap().menu);
+        for (bad, why) in [
+            ("c,once=n", "PXE"),
+            ("c,menu=maybe", "menu=maybe"),
+            ("c,splash-time=70000", "65535"),
+            ("c,splash-time=-1", "65535"),
+            ("c,strict=on", "'strict=on'"),
+            ("c,d", "'d'"),
+            ("x", "not a drive"),
+        ] {
+            let e = parse_boot(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -78,6 +78,7 @@ fn main() {
     let websocket = args.get(3).map(|s| s.parse().expect("websocket address"));
     let config = VncConfig {
         listen: vec![addr],
+        unix: None,
         websocket,
         password,
         name: "vnc test pattern".into(),

@@ -5,8 +5,11 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::Duration;
 
+use crate::conn::Conn;
 use crate::proto::vnc_auth_response;
 
 /// Encodings the client can ask for.
@@ -20,7 +23,7 @@ pub enum ClientEncoding {
 
 /// A client past the handshake.
 pub struct Client {
-    stream: TcpStream,
+    stream: Conn,
     /// The screen's width and height, as ServerInit (and DesktopSize) said.
     pub size: (u16, u16),
     /// The screen's pixels (XRGB), kept up to date by Raw updates.
@@ -37,9 +40,19 @@ impl Client {
     /// authentication is an error of kind `PermissionDenied` carrying the
     /// server's reason.
     pub fn connect(addr: SocketAddr, password: Option<&str>, encoding: ClientEncoding) -> io::Result<Client> {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        Self::handshake(Conn::Tcp(s), password, encoding)
+    }
+
+    /// [`Client::connect`] over the Unix socket at `path`.
+    pub fn connect_unix(path: &Path, password: Option<&str>, encoding: ClientEncoding) -> io::Result<Client> {
+        let s = UnixStream::connect(path)?;
+        Self::handshake(Conn::Unix(s), password, encoding)
+    }
+
+    fn handshake(mut s: Conn, password: Option<&str>, encoding: ClientEncoding) -> io::Result<Client> {
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        s.set_nodelay(true)?;
+        s.set_nodelay()?;
         let mut version = [0u8; 12];
         s.read_exact(&mut version)?;
         if !version.starts_with(b"RFB 003.") {
@@ -48,6 +61,17 @@ impl Client {
         s.write_all(b"RFB 003.008\n")?;
         let mut n = [0u8; 1];
         s.read_exact(&mut n)?;
+        if n[0] == 0 {
+            // No security type: the server refused the connection.
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len)?;
+            let mut r = vec![0u8; u32::from_be_bytes(len).min(4096) as usize];
+            s.read_exact(&mut r)?;
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("refused: {}", String::from_utf8_lossy(&r)),
+            ));
+        }
         let mut types = vec![0u8; usize::from(n[0])];
         s.read_exact(&mut types)?;
         let wanted = if password.is_some() { 2 } else { 1 };

@@ -6,6 +6,10 @@
 //! - Security: None when no password is set, otherwise VNC Authentication (DES of a random
 //!   16-byte challenge keyed by the bit-reversed first 8 password bytes). A failed attempt
 //!   gets SecurityResult "failed" (with a reason string under 3.8) and the connection is closed.
+//!   After a failure, VNC Authentication from any client is refused (no security type, with a
+//!   reason) for [`AUTH_LOCK_FIRST`], doubling with each failure in a row up to
+//!   [`AUTH_LOCK_MAX`]; a success, or a new password, ends the series. A response that
+//!   arrives while attempts are refused is not checked.
 //! - ServerInit offers 32 bpp, depth 24, little-endian true colour (0x00RRGGBB). SetPixelFormat
 //!   is honoured for any true-colour 8/16/32 bpp format (any maxima, shifts and byte order);
 //!   colour-map formats close the connection.
@@ -24,7 +28,7 @@
 //!
 //! # Threads
 //!
-//! One accept thread per listener; a refresh thread that calls [`FrameSource::update`] every
+//! Listeners: TCP (RFB and WebSocket) and a Unix socket (RFB). One accept thread per listener; a refresh thread that calls [`FrameSource::update`] every
 //! `refresh` period while at least one client is connected (and sleeps on a condition variable
 //! when none is) and merges the changed rectangles into each client's dirty region; and two
 //! threads per client: a reader (handshake, then message parsing and input) and a sender that
@@ -41,6 +45,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+mod conn;
 mod encode;
 mod image;
 mod keysym;
@@ -58,7 +63,8 @@ pub use image::{encode_png, encode_ppm, write_png, write_ppm};
 pub use keysym::{keysym_to_set1, PAUSE_SET1, XK_PAUSE};
 pub use pixel::PixelFormat;
 pub use proto::{
-    parse_version, vnc_auth_response, ClientMsg, MessageParser, ProtoError, Version, MAX_CUT_TEXT, MAX_ENCODINGS,
+    parse_version, vnc_auth_response, ClientMsg, MessageParser, ProtoError, Version, AUTH_LOCK_FIRST, AUTH_LOCK_MAX,
+    MAX_CUT_TEXT, MAX_ENCODINGS,
 };
 pub use server::{VncServer, MAX_CLIENTS};
 pub use spec::{parse_vnc_spec, VncListen, VncSpec, RFB_BASE_PORT, WEBSOCKET_BASE_PORT};
@@ -112,6 +118,8 @@ pub trait InputSink: Send + Sync + 'static {
 pub struct VncConfig {
     /// RFB listeners.
     pub listen: Vec<SocketAddr>,
+    /// An RFB listener on a Unix socket at this path.
+    pub unix: Option<std::path::PathBuf>,
     /// WebSocket listener.
     pub websocket: Option<SocketAddr>,
     /// VNC Authentication password (only the first 8 bytes count); `None` for no
@@ -133,6 +141,8 @@ pub struct VncStats {
     pub connections: u64,
     /// Failed VNC Authentication attempts.
     pub auth_failures: u64,
+    /// Connections refused because of recent failed attempts.
+    pub auth_refused: u64,
     /// FramebufferUpdate messages sent.
     pub updates_sent: u64,
     /// Rectangles sent (excluding pseudo-rectangles).
@@ -182,7 +192,7 @@ pub fn fuzz_client_messages(data: &[u8]) {
     let password = (mode & 1 == 1).then_some("secret");
     if mode & 2 == 2 {
         // Handshake path.
-        if proto::server_handshake(&mut mem, password).is_err() {
+        if proto::server_handshake(&mut mem, password, &proto::AuthLimit::default()).is_err() {
             return;
         }
         if proto::server_init(&mut mem, 37, 23, "fuzz").is_err() {

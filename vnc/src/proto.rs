@@ -269,8 +269,60 @@ pub(crate) enum HandshakeError {
     BadVersion(String),
     #[error("client chose unoffered security type {0}")]
     BadSecurityType(u8),
-    #[error("authentication failed")]
-    AuthFailed,
+    #[error("authentication failed ({failures} in a row); VNC Authentication refused for {locked:?}")]
+    AuthFailed {
+        /// Failures in a row, this one included.
+        failures: u32,
+        /// How long further attempts are refused.
+        locked: std::time::Duration,
+    },
+    #[error("authentication refused for {0:?} more after failed attempts")]
+    Throttled(std::time::Duration),
+}
+
+/// The refusal after the first failed VNC Authentication.
+pub const AUTH_LOCK_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest refusal: the interval doubles with every failure up to this.
+pub const AUTH_LOCK_MAX: std::time::Duration = std::time::Duration::from_secs(64);
+
+/// The limit on failed VNC Authentication, shared by every client of a
+/// server: after a failure, attempts from any client are refused for
+/// [`AUTH_LOCK_FIRST`], doubling with each failure in a row up to
+/// [`AUTH_LOCK_MAX`]; a success ends the series.
+#[derive(Debug, Default)]
+pub(crate) struct AuthLimit {
+    state: parking_lot::Mutex<AuthLimitState>,
+}
+
+#[derive(Debug, Default)]
+struct AuthLimitState {
+    failures: u32,
+    until: Option<std::time::Instant>,
+}
+
+impl AuthLimit {
+    /// `Err` with the time left while attempts are refused at `now`.
+    pub(crate) fn check(&self, now: std::time::Instant) -> Result<(), std::time::Duration> {
+        match self.state.lock().until {
+            Some(t) if t > now => Err(t - now),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a failure at `now`: the failures in a row and the refusal.
+    pub(crate) fn failed(&self, now: std::time::Instant) -> (u32, std::time::Duration) {
+        let mut st = self.state.lock();
+        st.failures = st.failures.saturating_add(1);
+        let shift = (st.failures - 1).min(31);
+        let locked = AUTH_LOCK_FIRST.saturating_mul(1u32 << shift).min(AUTH_LOCK_MAX);
+        st.until = Some(now + locked);
+        (st.failures, locked)
+    }
+
+    /// A success (or a new password): the series ends.
+    pub(crate) fn reset(&self) {
+        *self.state.lock() = AuthLimitState::default();
+    }
 }
 
 const SEC_NONE: u8 = 1;
@@ -282,6 +334,7 @@ const SEC_VNC_AUTH: u8 = 2;
 pub(crate) fn server_handshake<S: Read + Write>(
     s: &mut S,
     password: Option<&str>,
+    limit: &AuthLimit,
 ) -> Result<Handshake, HandshakeError> {
     s.write_all(b"RFB 003.008\n")?;
     s.flush()?;
@@ -289,6 +342,21 @@ pub(crate) fn server_handshake<S: Read + Write>(
     s.read_exact(&mut v)?;
     let version = parse_version(&v).ok_or_else(|| HandshakeError::BadVersion(String::from_utf8_lossy(&v).into()))?;
     let sec = if password.is_some() { SEC_VNC_AUTH } else { SEC_NONE };
+    if password.is_some() {
+        if let Err(left) = limit.check(std::time::Instant::now()) {
+            // No security type: the connection failed, with a reason.
+            let reason = too_many(left);
+            if version == Version::V3_3 {
+                s.write_all(&0u32.to_be_bytes())?;
+            } else {
+                s.write_all(&[0])?;
+            }
+            s.write_all(&(reason.len() as u32).to_be_bytes())?;
+            s.write_all(reason.as_bytes())?;
+            s.flush()?;
+            return Err(HandshakeError::Throttled(left));
+        }
+    }
     match version {
         Version::V3_3 => {
             s.write_all(&(sec as u32).to_be_bytes())?;
@@ -313,23 +381,41 @@ pub(crate) fn server_handshake<S: Read + Write>(
         s.flush()?;
         let mut resp = [0u8; 16];
         s.read_exact(&mut resp)?;
+        let now = std::time::Instant::now();
+        // Another client failed while this one answered: refused unread.
+        let blocked = limit.check(now).err();
         let expected = vnc_auth_response(pw, &challenge);
-        let ok = !pw.is_empty() && resp.iter().zip(expected.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        let ok = blocked.is_none()
+            && !pw.is_empty()
+            && resp.iter().zip(expected.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
         if !ok {
+            let (reason, err) = match blocked {
+                Some(left) => (too_many(left), HandshakeError::Throttled(left)),
+                None => {
+                    let (failures, locked) = limit.failed(now);
+                    ("Authentication failed".to_string(), HandshakeError::AuthFailed { failures, locked })
+                }
+            };
             if version == Version::V3_8 {
-                fail(s, "Authentication failed")?;
+                fail(s, &reason)?;
             } else {
                 s.write_all(&1u32.to_be_bytes())?;
                 s.flush()?;
             }
-            return Err(HandshakeError::AuthFailed);
+            return Err(err);
         }
+        limit.reset();
         s.write_all(&0u32.to_be_bytes())?;
     } else if version == Version::V3_8 {
         s.write_all(&0u32.to_be_bytes())?;
     }
     s.flush()?;
     Ok(Handshake { version })
+}
+
+/// The reason given while attempts are refused.
+fn too_many(left: std::time::Duration) -> String {
+    format!("Too many authentication failures; try again in {} ms", left.as_millis().max(1))
 }
 
 fn fail<W: Write>(s: &mut W, reason: &str) -> io::Result<()> {
@@ -352,4 +438,66 @@ pub(crate) fn server_init<S: Read + Write>(s: &mut S, width: u32, height: u32, n
     out.extend_from_slice(name);
     s.write_all(&out)?;
     s.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_auth_lock_out_doubles_to_its_cap_and_a_success_ends_it() {
+        let limit = AuthLimit::default();
+        let t0 = Instant::now();
+        assert_eq!(limit.check(t0), Ok(()));
+        let mut expected = Vec::new();
+        let mut got = Vec::new();
+        for n in 1..=10u32 {
+            let (count, locked) = limit.failed(t0);
+            assert_eq!(count, n);
+            got.push(locked.as_secs());
+            expected.push((1u64 << (n - 1)).min(64));
+        }
+        assert_eq!(got, expected, "1, 2, 4 ... 64 s");
+        assert_eq!(limit.check(t0 + Duration::from_secs(63)), Err(Duration::from_secs(1)));
+        assert_eq!(limit.check(t0 + Duration::from_secs(64)), Ok(()));
+        limit.reset();
+        assert_eq!(limit.check(t0), Ok(()));
+        assert_eq!(limit.failed(t0), (1, AUTH_LOCK_FIRST));
+        // Failures far beyond the cap neither overflow nor grow it.
+        for _ in 0..100 {
+            limit.failed(t0);
+        }
+        assert_eq!(limit.failed(t0).1, AUTH_LOCK_MAX);
+    }
+
+    #[test]
+    fn a_client_in_the_lock_out_gets_no_security_type_and_a_reason() {
+        struct Mem(std::io::Cursor<Vec<u8>>, Vec<u8>);
+        impl Read for Mem {
+            fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+                self.0.read(b)
+            }
+        }
+        impl Write for Mem {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.1.extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let limit = AuthLimit::default();
+        limit.failed(Instant::now());
+        let mut m = Mem(std::io::Cursor::new(b"RFB 003.008\n".to_vec()), Vec::new());
+        let e = server_handshake(&mut m, Some("pw"), &limit).unwrap_err();
+        assert!(matches!(e, HandshakeError::Throttled(d) if d <= AUTH_LOCK_FIRST), "{e}");
+        assert_eq!(m.1[12], 0, "no security type");
+        let reason = String::from_utf8_lossy(&m.1[17..]);
+        assert!(reason.starts_with("Too many authentication failures"), "{reason}");
+        // Without a password there is nothing to guess: no refusal.
+        let mut m = Mem(std::io::Cursor::new(b"RFB 003.008\n\x01".to_vec()), Vec::new());
+        assert!(server_handshake(&mut m, None, &limit).is_ok());
+    }
 }

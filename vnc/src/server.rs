@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -11,6 +13,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex, RwLock};
 use tracing::{debug, warn};
 
+use crate::conn::{bind_unix, socket_identity, Conn, Listener};
 use crate::encode::{enc, split_rect, Encoder, Encoding};
 use crate::pixel::PixelFormat;
 use crate::proto::{self, ClientMsg, MessageParser};
@@ -283,6 +286,7 @@ pub(crate) struct Client {
 struct Counters {
     connections: AtomicU64,
     auth_failures: AtomicU64,
+    auth_refused: AtomicU64,
     updates: AtomicU64,
     rects: AtomicU64,
     bytes: AtomicU64,
@@ -298,9 +302,11 @@ pub(crate) struct Shared {
     generation: Mutex<u64>,
     frame_cv: Condvar,
     /// Every open socket (for shutting them down on drop), by connection id.
-    sockets: Mutex<HashMap<u64, TcpStream>>,
+    sockets: Mutex<HashMap<u64, Conn>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     password: Mutex<Option<String>>,
+    /// Failed VNC Authentication: the refusals that follow.
+    auth_limit: proto::AuthLimit,
     name: String,
     stop: AtomicBool,
     size: AtomicU64,
@@ -316,29 +322,45 @@ impl Shared {
     }
 }
 
+/// A Unix socket listener's path and the (device, inode) of the file it made.
+type UnixSocket = (PathBuf, Option<(u64, u64)>);
+
 /// A running VNC server. Dropping it stops its threads and closes its sockets.
 pub struct VncServer {
     shared: Arc<Shared>,
     local: Vec<SocketAddr>,
     websocket: Option<SocketAddr>,
+    /// The Unix socket listener's path and the (device, inode) it was
+    /// created with, until it is removed.
+    unix: Mutex<Option<UnixSocket>>,
+    unix_path: Option<PathBuf>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl VncServer {
     /// Binds the listeners (errors such as a port in use are returned here) and starts the
-    /// accept threads and the refresh thread.
+    /// accept threads and the refresh thread. A Unix socket is created with the process's
+    /// umask; a stale one (no server behind it) is replaced, anything else at its path is an
+    /// error. The socket file is removed when the server is dropped.
     pub fn start(config: VncConfig, source: Box<dyn FrameSource>, input: Arc<dyn InputSink>) -> io::Result<VncServer> {
-        let mut listeners = Vec::new();
+        let mut tcp = Vec::new();
         for addr in &config.listen {
             let l = TcpListener::bind(addr)?;
-            listeners.push((l, false));
+            tcp.push((l, false));
         }
         if let Some(addr) = config.websocket {
-            listeners.push((TcpListener::bind(addr)?, true));
+            tcp.push((TcpListener::bind(addr)?, true));
         }
         let local: Vec<SocketAddr> =
-            listeners.iter().filter(|(_, ws)| !ws).map(|(l, _)| l.local_addr()).collect::<io::Result<_>>()?;
-        let websocket = listeners.iter().find(|(_, ws)| *ws).map(|(l, _)| l.local_addr()).transpose()?;
+            tcp.iter().filter(|(_, ws)| !ws).map(|(l, _)| l.local_addr()).collect::<io::Result<_>>()?;
+        let websocket = tcp.iter().find(|(_, ws)| *ws).map(|(l, _)| l.local_addr()).transpose()?;
+        let mut listeners: Vec<(Listener, bool)> = tcp.into_iter().map(|(l, ws)| (Listener::Tcp(l), ws)).collect();
+        let mut unix = None;
+        if let Some(path) = &config.unix {
+            let l = bind_unix(path)?;
+            unix = Some((path.clone(), socket_identity(path)));
+            listeners.push((Listener::Unix(l), false));
+        }
         let shared = Arc::new(Shared {
             frame: RwLock::new(Frame { width: 0, height: 0, pixels: Vec::new() }),
             clients: Mutex::new(Vec::new()),
@@ -348,6 +370,7 @@ impl VncServer {
             sockets: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
             password: Mutex::new(config.password),
+            auth_limit: proto::AuthLimit::default(),
             name: config.name,
             stop: AtomicBool::new(false),
             size: AtomicU64::new(0),
@@ -365,7 +388,25 @@ impl VncServer {
         threads.push(
             std::thread::Builder::new().name("vnc-refresh".into()).spawn(move || refresh_loop(sh, source, refresh))?,
         );
-        Ok(VncServer { shared, local, websocket, threads })
+        let unix_path = config.unix;
+        Ok(VncServer { shared, local, websocket, unix: Mutex::new(unix), unix_path, threads })
+    }
+
+    /// The path of the Unix socket listener, if any.
+    pub fn unix_path(&self) -> Option<&Path> {
+        self.unix_path.as_deref()
+    }
+
+    /// Removes the Unix socket file, if it is still the one the server created (the process
+    /// is about to exit; dropping the server does it too). New clients cannot connect after.
+    pub fn remove_unix_socket(&self) {
+        if let Some((path, identity)) = self.unix.lock().take() {
+            if identity.is_some() && socket_identity(&path) == identity {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    warn!("vnc: cannot remove the socket {}: {e}", path.display());
+                }
+            }
+        }
     }
 
     /// The addresses the RFB listeners are bound to.
@@ -379,9 +420,11 @@ impl VncServer {
     }
 
     /// Changes the password for new connections. `None` disables authentication; `Some("")`
-    /// requires authentication that always fails (no password set yet).
+    /// requires authentication that always fails (no password set yet). Failed attempts
+    /// against the old password no longer hold new ones back.
     pub fn set_password(&self, password: Option<String>) {
         *self.shared.password.lock() = password;
+        self.shared.auth_limit.reset();
     }
 
     /// Clients past the handshake.
@@ -396,6 +439,7 @@ impl VncServer {
             clients: self.clients(),
             connections: c.connections.load(Ordering::Relaxed),
             auth_failures: c.auth_failures.load(Ordering::Relaxed),
+            auth_refused: c.auth_refused.load(Ordering::Relaxed),
             updates_sent: c.updates.load(Ordering::Relaxed),
             rects_sent: c.rects.load(Ordering::Relaxed),
             bytes_sent: c.bytes.load(Ordering::Relaxed),
@@ -428,6 +472,13 @@ impl Drop for VncServer {
             }
             woken &= TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok();
         }
+        // Only through a socket that is still the server's own: once removed, another
+        // process may listen at the path.
+        let own = self.unix.lock().as_ref().is_some_and(|(path, id)| id.is_some() && socket_identity(path) == *id);
+        if let Some(path) = &self.unix_path {
+            woken &= own && UnixStream::connect(path).is_ok();
+        }
+        self.remove_unix_socket();
         for t in self.threads.drain(..) {
             if woken || t.thread().name() != Some("vnc-accept") {
                 let _ = t.join();
@@ -440,8 +491,9 @@ impl Drop for VncServer {
     }
 }
 
-fn accept_loop(sh: Arc<Shared>, listener: TcpListener, ws: bool) {
-    for conn in listener.incoming() {
+fn accept_loop(sh: Arc<Shared>, listener: Listener, ws: bool) {
+    loop {
+        let conn = listener.accept();
         if sh.stop.load(Ordering::SeqCst) {
             break;
         }
@@ -453,16 +505,16 @@ fn accept_loop(sh: Arc<Shared>, listener: TcpListener, ws: bool) {
                 continue;
             }
         };
-        let peer = stream.peer_addr().ok();
+        let peer = stream.peer();
         if sh.sockets.lock().len() >= MAX_CLIENTS {
-            warn!("vnc: refusing connection from {peer:?}: too many clients");
+            warn!("vnc: refusing connection from {peer}: too many clients");
             continue;
         }
         let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
         let Ok(clone) = stream.try_clone() else { continue };
         sh.sockets.lock().insert(id, clone);
         sh.counters.connections.fetch_add(1, Ordering::Relaxed);
-        debug!("vnc: connection {id} from {peer:?}{}", if ws { " (websocket)" } else { "" });
+        debug!("vnc: connection {id} from {peer}{}", if ws { " (websocket)" } else { "" });
         let sh2 = sh.clone();
         let spawned = std::thread::Builder::new().name(format!("vnc-client-{id}")).spawn(move || {
             if let Err(e) = run_client(&sh2, id, stream, ws) {
@@ -540,7 +592,7 @@ fn refresh_loop(sh: Arc<Shared>, mut source: Box<dyn FrameSource>, period: Durat
 
 /// The receiving half of a connection.
 enum In {
-    Tcp(TcpStream),
+    Tcp(Conn),
     Ws(WsReader),
 }
 
@@ -574,8 +626,8 @@ impl Write for Duplex<'_> {
     }
 }
 
-fn run_client(sh: &Arc<Shared>, id: u64, mut stream: TcpStream, ws: bool) -> io::Result<()> {
-    stream.set_nodelay(true)?;
+fn run_client(sh: &Arc<Shared>, id: u64, mut stream: Conn, ws: bool) -> io::Result<()> {
+    stream.set_nodelay()?;
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     if ws {
@@ -586,11 +638,20 @@ fn run_client(sh: &Arc<Shared>, id: u64, mut stream: TcpStream, ws: bool) -> io:
         if ws { In::Ws(WsReader::new(stream.try_clone()?, out.clone())) } else { In::Tcp(stream.try_clone()?) };
     let password = sh.password.lock().clone();
     let mut duplex = Duplex { r: &mut input, w: &out };
-    match proto::server_handshake(&mut duplex, password.as_deref()) {
+    match proto::server_handshake(&mut duplex, password.as_deref(), &sh.auth_limit) {
         Ok(h) => debug!("vnc: connection {id}: {:?} handshake done", h.version),
-        Err(proto::HandshakeError::AuthFailed) => {
+        Err(proto::HandshakeError::AuthFailed { failures, locked }) => {
             sh.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
-            warn!("vnc: connection {id}: authentication failed");
+            warn!(
+                "vnc: connection {id}: authentication failed ({failures} in a row); VNC Authentication from any \
+                 client is refused for the next {} s",
+                locked.as_secs_f64()
+            );
+            return Ok(());
+        }
+        Err(proto::HandshakeError::Throttled(left)) => {
+            sh.counters.auth_refused.fetch_add(1, Ordering::Relaxed);
+            debug!("vnc: connection {id}: refused after failed authentication ({} ms to go)", left.as_millis());
             return Ok(());
         }
         Err(e) => return Err(io::Error::other(e.to_string())),
@@ -619,7 +680,7 @@ fn serve(
     client: &Arc<Client>,
     input: &mut In,
     out: &Arc<Mutex<Out>>,
-    stream: &TcpStream,
+    stream: &Conn,
 ) -> io::Result<()> {
     {
         let mut g = sh.generation.lock();

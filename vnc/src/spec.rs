@@ -115,7 +115,8 @@ fn on_off(name: &str, v: Option<&str>) -> Result<bool, String> {
 
 /// Parses a QEMU-style display spec: `HOST:N`, `:N`, `unix:PATH` or `none`, followed by
 /// comma-separated options `websocket` / `websocket=on|PORT|HOST:PORT` (bare or `on`: port
-/// 5700+N), `password[=on|off]` and `to=L`. Unknown options are an error that names them.
+/// 5700+N), `password[=on|off]` and `to=L`. Unknown options are an error that names them;
+/// as in QEMU, `unix:` takes neither `to=` nor `websocket=on` (a WebSocket port is TCP).
 pub fn parse_vnc_spec(spec: &str) -> Result<VncSpec, String> {
     let mut parts = spec.split(',');
     let head = parts.next().unwrap_or("").trim();
@@ -175,6 +176,9 @@ pub fn parse_vnc_spec(spec: &str) -> Result<VncSpec, String> {
     }
     if !unknown.is_empty() {
         return Err(format!("unsupported VNC option(s): {}", unknown.join(", ")));
+    }
+    if matches!(out.listen, VncListen::Unix(_)) && out.to.is_some() {
+        return Err("Port range not supported with a UNIX socket (to=)".into());
     }
     Ok(out)
 }

@@ -1,8 +1,8 @@
 //! Minimal RFC 6455 WebSocket transport: the HTTP upgrade, a reader that unwraps client frames
 //! into a byte stream, and a writer that wraps bytes into binary frames.
 
+use crate::conn::Conn;
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -29,7 +29,7 @@ pub fn accept_key(key: &str) -> String {
 
 /// Reads the client's HTTP upgrade request and answers it. Anything but a WebSocket upgrade
 /// gets a 400 and an error.
-pub(crate) fn server_upgrade(s: &mut TcpStream) -> io::Result<()> {
+pub(crate) fn server_upgrade(s: &mut Conn) -> io::Result<()> {
     let mut req = Vec::with_capacity(512);
     let mut byte = [0u8];
     while !req.ends_with(b"\r\n\r\n") {
@@ -89,8 +89,8 @@ fn frame_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
 
 /// The sending half of a connection: plain TCP or WebSocket binary frames.
 pub(crate) enum Out {
-    Tcp(TcpStream),
-    Ws(TcpStream),
+    Tcp(Conn),
+    Ws(Conn),
 }
 
 impl Out {
@@ -133,7 +133,7 @@ impl Write for Out {
 
 /// Reads the payload bytes of client frames as one stream, answering pings and closes.
 pub(crate) struct WsReader {
-    s: TcpStream,
+    s: Conn,
     out: Arc<Mutex<Out>>,
     remaining: u64,
     mask: [u8; 4],
@@ -142,7 +142,7 @@ pub(crate) struct WsReader {
 }
 
 impl WsReader {
-    pub(crate) fn new(s: TcpStream, out: Arc<Mutex<Out>>) -> WsReader {
+    pub(crate) fn new(s: Conn, out: Arc<Mutex<Out>>) -> WsReader {
         WsReader { s, out, remaining: 0, mask: [0; 4], pos: 0, closed: false }
     }
 

@@ -88,6 +88,11 @@ fn vnc_specs() {
     let s = parse_vnc_spec(":2,websocket=0.0.0.0:6080").unwrap();
     assert_eq!(s.websocket_addr().unwrap(), Some("0.0.0.0:6080".parse().unwrap()));
     assert_eq!(parse_vnc_spec("unix:/tmp/vnc.sock").unwrap().listen, VncListen::Unix("/tmp/vnc.sock".into()));
+    // QEMU's rules for a Unix socket: a password, a WebSocket on an explicit TCP port, no range.
+    let u = parse_vnc_spec("unix:/tmp/vnc.sock,password=on,websocket=5701").unwrap();
+    assert!(u.password && u.websocket == Some((String::new(), 5701)) && u.displays().is_empty());
+    assert!(parse_vnc_spec("unix:/tmp/vnc.sock,to=3").unwrap_err().contains("Port range"));
+    assert!(parse_vnc_spec("unix:/tmp/vnc.sock,websocket=on").is_err());
     assert_eq!(parse_vnc_spec("none,password").unwrap().listen, VncListen::None);
     let e = parse_vnc_spec(":0,lossy,sasl=on").unwrap_err();
     assert!(e.contains("lossy") && e.contains("sasl"), "{e}");

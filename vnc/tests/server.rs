@@ -114,6 +114,7 @@ fn start(w: u32, h: u32, password: Option<&str>, websocket: bool) -> Harness {
     let sink = Arc::new(TestSink::default());
     let config = VncConfig {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
+        unix: None,
         websocket: websocket.then(|| "127.0.0.1:0".parse().unwrap()),
         password: password.map(str::to_string),
         name: "test vm".into(),
@@ -818,6 +819,7 @@ fn port_in_use_is_an_error() {
     let h = start(16, 16, None, false);
     let config = VncConfig {
         listen: h.server.local_addrs(),
+        unix: None,
         websocket: None,
         password: None,
         name: "x".into(),
@@ -939,4 +941,133 @@ fn websocket_rejects_plain_http() {
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 400"));
+}
+
+// ---------------------------------------------------------------- Unix socket
+
+fn sock_path(name: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("ferrovm-vnc-{}-{name}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+fn start_unix(path: &std::path::Path, password: Option<&str>) -> std::io::Result<(VncServer, TestSource)> {
+    let source = TestSource::default();
+    source.0.lock().frame = pattern(40, 24);
+    let config = VncConfig {
+        listen: Vec::new(),
+        unix: Some(path.to_path_buf()),
+        websocket: None,
+        password: password.map(str::to_string),
+        name: "unix".into(),
+        refresh: Duration::from_millis(10),
+    };
+    VncServer::start(config, Box::new(source.clone()), Arc::new(TestSink::default())).map(|s| (s, source))
+}
+
+#[test]
+fn a_client_reads_the_framebuffer_over_a_unix_socket() {
+    use std::os::unix::fs::FileTypeExt;
+    use vnc::client::{Client as RfbClient, ClientEncoding};
+    let path = sock_path("fb");
+    let (server, source) = start_unix(&path, Some("pw")).unwrap();
+    assert_eq!(server.unix_path(), Some(path.as_path()));
+    assert!(server.local_addrs().is_empty(), "no TCP listener");
+    assert!(std::fs::symlink_metadata(&path).unwrap().file_type().is_socket());
+    let mut c = RfbClient::connect_unix(&path, Some("pw"), ClientEncoding::Raw).unwrap();
+    assert_eq!(c.size, (40, 24));
+    c.request(false).unwrap();
+    assert_eq!(c.read_update().unwrap(), 40 * 24);
+    assert_eq!(c.pixels, source.frame().pixels, "the whole frame, pixel for pixel");
+    // A change comes as an incremental update.
+    source.fill(Rect { x: 2, y: 3, w: 5, h: 4 }, 0x00ab_cdef);
+    c.request(true).unwrap();
+    let mut covered = 0;
+    while c.pixels != source.frame().pixels {
+        covered += c.read_update().unwrap();
+        c.request(true).unwrap();
+    }
+    assert!(covered >= 20, "the changed rectangle came: {covered} pixels");
+    drop(c);
+    drop(server);
+    assert!(std::fs::symlink_metadata(&path).is_err(), "the socket is removed when the server goes");
+}
+
+#[test]
+fn a_unix_socket_replaces_a_stale_socket_but_no_other_file() {
+    // A socket with nobody behind it (its listener closed) is replaced.
+    let path = sock_path("stale");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let (server, _) = start_unix(&path, None).unwrap();
+    let c = vnc::client::Client::connect_unix(&path, None, vnc::client::ClientEncoding::Raw).unwrap();
+    assert_eq!(c.size, (40, 24));
+    // A second server on a live socket fails and leaves it alone.
+    let e = start_unix(&path, None).err().expect("a live socket is in use");
+    assert_eq!(e.kind(), ErrorKind::AddrInUse, "{e}");
+    assert!(vnc::client::Client::connect_unix(&path, None, vnc::client::ClientEncoding::Raw).is_ok());
+    // An explicit removal (at exit) leaves a socket another process made there alone.
+    server.remove_unix_socket();
+    assert!(!path.exists());
+    let other = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    drop(server);
+    assert!(path.exists(), "someone else's socket at the path stays");
+    drop(other);
+    let _ = std::fs::remove_file(&path);
+    // A regular file is never replaced.
+    let file = sock_path("file");
+    std::fs::write(&file, b"keep me").unwrap();
+    let e = start_unix(&file, None).err().expect("a regular file is not replaced");
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    let _ = std::fs::remove_file(&file);
+}
+
+// ---------------------------------------------------------------- failed logins
+
+/// Connects with `password` until the server stops refusing for recent
+/// failures; the time that took.
+fn wait_until_taken(addr: std::net::SocketAddr, password: &str) -> Duration {
+    let t = std::time::Instant::now();
+    loop {
+        match vnc::client::Client::connect(addr, Some(password), vnc::client::ClientEncoding::Raw) {
+            Ok(_) => return t.elapsed(),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+                assert!(e.to_string().contains("Too many authentication failures"), "{e}");
+            }
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "the refusal ends");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn failed_logins_lock_out_every_client_for_a_doubling_interval() {
+    use vnc::client::{Client as RfbClient, ClientEncoding};
+    let h = start(16, 16, Some("right"), false);
+    let addr = h.server.local_addrs()[0];
+    let attempt = |pw: &str| RfbClient::connect(addr, Some(pw), ClientEncoding::Raw).err().map(|e| e.to_string());
+    assert_eq!(vnc::AUTH_LOCK_FIRST, Duration::from_secs(1));
+    // One failure: even the right password is refused for about a second.
+    let e = attempt("wrong").expect("a wrong password fails");
+    assert!(e.contains("Authentication failed"), "{e}");
+    let e = attempt("right").expect("refused during the lock-out");
+    assert!(e.contains("Too many authentication failures; try again in"), "{e}");
+    let took = wait_until_taken(addr, "right");
+    assert!(took >= Duration::from_millis(850) && took < Duration::from_millis(1600), "1 s lock-out: {took:?}");
+    // The success reset the series: a failure locks for 1 s, the next for 2 s.
+    attempt("wrong").expect("fails");
+    std::thread::sleep(Duration::from_millis(1100));
+    let e = attempt("wrong").expect("fails");
+    assert!(e.contains("Authentication failed"), "after the lock-out, a password is checked again: {e}");
+    let took = wait_until_taken(addr, "right");
+    assert!(took >= Duration::from_millis(1850) && took < Duration::from_millis(2700), "2 s lock-out: {took:?}");
+    let s = h.server.stats();
+    assert_eq!(s.auth_failures, 3);
+    assert!(s.auth_refused >= 3, "{s:?}");
+    // A new password ends a lock-out.
+    attempt("wrong").expect("fails");
+    h.server.set_password(Some("new".into()));
+    assert!(attempt("new").is_none(), "set_password lifts the lock-out");
 }

@@ -196,7 +196,7 @@ pub fn parse(b: &[u8], file_len: u64) -> Result<Header, String> {
 
 /// Checks the entries of a table of big-endian u64 host offsets: each is 0
 /// or a cluster-aligned offset inside the file.
-fn check_entries(what: &str, table: &[u8], cluster: u64, file_len: u64) -> Result<(), String> {
+pub(crate) fn check_entries(what: &str, table: &[u8], cluster: u64, file_len: u64) -> Result<(), String> {
     for (i, e) in table.chunks_exact(8).enumerate() {
         let off = be64(e, 0) & OFFSET_MASK;
         if off != 0 && (!off.is_multiple_of(cluster) || off.checked_add(cluster).is_none_or(|end| end > file_len)) {

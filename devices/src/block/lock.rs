@@ -46,3 +46,13 @@ pub fn lock(file: &File, write: bool) -> Result<(), String> {
         Err(e) => Err(format!("cannot lock the image: {e}")),
     }
 }
+
+/// Whether some open file (of any process, this one's included) holds a
+/// lock on `file`'s image: a reader or a writer uses it.
+pub fn in_use(file: &File) -> bool {
+    let mut probe = flock(true);
+    match fcntl(file, FcntlArg::F_OFD_GETLK(&mut probe)) {
+        Ok(_) => probe.l_type != libc::F_UNLCK as libc::c_short,
+        Err(_) => false,
+    }
+}

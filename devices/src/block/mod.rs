@@ -16,13 +16,19 @@
 //! - [`open`]: the format from `format=`, or detected (a qcow2 header,
 //!   else raw with a one-line warning, as QEMU does), read-only images,
 //!   and `--snapshot` overlays that vanish with the process.
+//! - [`internal`]: qcow2 internal snapshots, as QEMU keeps them, which
+//!   [`Image`] takes, applies and deletes with imago closed around the
+//!   change; [`SharedDisk`], a disk its device model and the machine
+//!   share; [`Image::copy_to_raw`] and [`create_overlay`] for snapshot
+//!   directories and their clones.
 
 pub mod header;
+pub mod internal;
 pub mod lock;
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -85,6 +91,78 @@ pub trait BlockBackend: Send {
     /// Writes the image's cached metadata and `fdatasync`s every file of
     /// the chain.
     fn flush(&mut self) -> io::Result<()>;
+    /// The image file behind this disk, when it is one (snapshots use it).
+    fn image(&self) -> Option<&Image> {
+        None
+    }
+    /// The image file behind this disk, to change, when it is one.
+    fn image_mut(&mut self) -> Option<&mut Image> {
+        None
+    }
+}
+
+/// A disk shared by its device model and the machine, which takes and
+/// loads snapshots of it between two requests of the guest.
+#[derive(Clone)]
+pub struct SharedDisk(Arc<parking_lot::Mutex<Box<dyn BlockBackend>>>);
+
+impl std::fmt::Debug for SharedDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedDisk")
+    }
+}
+
+impl SharedDisk {
+    /// Shares `disk`.
+    pub fn new(disk: Box<dyn BlockBackend>) -> Self {
+        Self(Arc::new(parking_lot::Mutex::new(disk)))
+    }
+
+    /// The disk, while the guest's requests wait.
+    pub fn lock(&self) -> parking_lot::MutexGuard<'_, Box<dyn BlockBackend>> {
+        self.0.lock()
+    }
+
+    /// A handle that does not keep the disk open: the image is flushed
+    /// and closed with its device model.
+    pub fn downgrade(&self) -> WeakDisk {
+        WeakDisk(Arc::downgrade(&self.0))
+    }
+}
+
+/// A [`SharedDisk`] that does not keep the disk open.
+#[derive(Clone)]
+pub struct WeakDisk(std::sync::Weak<parking_lot::Mutex<Box<dyn BlockBackend>>>);
+
+impl WeakDisk {
+    /// The disk, while it is open.
+    pub fn upgrade(&self) -> Option<SharedDisk> {
+        self.0.upgrade().map(SharedDisk)
+    }
+}
+
+impl BlockBackend for SharedDisk {
+    fn size(&self) -> u64 {
+        self.0.lock().size()
+    }
+    fn read_only(&self) -> bool {
+        self.0.lock().read_only()
+    }
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.0.lock().read_at(buf, offset)
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.0.lock().write_at(buf, offset)
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        self.0.lock().write_zeroes(offset, len, unmap)
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.0.lock().discard(offset, len)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.lock().flush()
+    }
 }
 
 /// The controller a disk hangs on.
@@ -317,10 +395,17 @@ impl ImplicitOpenGate<ImagoFile> for ChainGate {
 
 /// An open disk image and the files of its chain.
 pub struct Image {
-    access: FormatAccess<ImagoFile>,
+    /// `None` only while an internal snapshot changes the file's metadata.
+    access: Option<FormatAccess<ImagoFile>>,
+    /// The top file first (the temporary overlay, under `--snapshot`).
     files: Vec<fs::File>,
     read_only: bool,
     label: String,
+    /// The image as given (made absolute), its format, and whether a
+    /// temporary overlay takes the writes (`--snapshot`).
+    path: PathBuf,
+    format: ImageFormat,
+    temporary: bool,
     /// The format library panicked: the image is not touched again.
     failed: bool,
 }
@@ -385,16 +470,31 @@ pub fn open(spec: &DiskSpec, snapshot: bool) -> Result<Image, OpenError> {
     };
     let mut files = std::mem::take(&mut gate.state.lock().files);
     let label = format!("{} ({format})", path.display());
+    // Absolute, for opening it again after the working directory changed
+    // (`-daemonize`) and for the drives a snapshot directory lists.
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     if !snapshot {
-        return Ok(Image { access, files, read_only: !write, label, failed: false });
+        return Ok(Image {
+            access: Some(access),
+            files,
+            read_only: !write,
+            label,
+            path,
+            format,
+            temporary: false,
+            failed: false,
+        });
     }
-    let (overlay, overlay_file) = snapshot_overlay(path, access)?;
+    let (overlay, overlay_file) = snapshot_overlay(&path, access)?;
     files.insert(0, overlay_file);
     Ok(Image {
-        access: overlay,
+        access: Some(overlay),
         files,
         read_only: false,
         label: format!("{label} under a temporary overlay"),
+        path,
+        format,
+        temporary: true,
         failed: false,
     })
 }
@@ -462,7 +562,9 @@ impl Image {
         if self.failed {
             return Err(io::Error::other("the image failed earlier"));
         }
-        let access = &mut self.access;
+        let Some(access) = self.access.as_mut() else {
+            return Err(io::Error::other("the image is closed"));
+        };
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(access))) {
             Ok(r) => r,
             Err(_) => {
@@ -483,7 +585,15 @@ impl Image {
 
 impl BlockBackend for Image {
     fn size(&self) -> u64 {
-        self.access.size()
+        self.access.as_ref().map_or(0, FormatAccess::size)
+    }
+
+    fn image(&self) -> Option<&Image> {
+        Some(self)
+    }
+
+    fn image_mut(&mut self) -> Option<&mut Image> {
+        Some(self)
     }
 
     fn read_only(&self) -> bool {
@@ -533,6 +643,253 @@ impl BlockBackend for Image {
         }
         Ok(())
     }
+}
+
+/// Snapshots (`savevm`, `loadvm`, `delvm`, `info snapshots`, clones).
+impl Image {
+    /// The image as it was given, made absolute (under `--snapshot`: the
+    /// base).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The image's format.
+    pub fn format(&self) -> ImageFormat {
+        self.format
+    }
+
+    /// Whether a temporary overlay takes the writes (`--snapshot`).
+    pub fn is_temporary(&self) -> bool {
+        self.temporary
+    }
+
+    /// Whether snapshots are kept inside this image: a qcow2 image the
+    /// guest writes, not under a temporary overlay.
+    pub fn keeps_snapshots(&self) -> bool {
+        self.format == ImageFormat::Qcow2 && !self.read_only && !self.temporary
+    }
+
+    fn top_file(&self) -> Result<fs::File, String> {
+        let f = self.files.first().ok_or("the image has no file")?;
+        f.try_clone().map_err(|e| format!("cannot open the image again: {e}"))
+    }
+
+    fn meta(&self) -> Result<internal::Qcow2Meta, String> {
+        if self.format != ImageFormat::Qcow2 || self.temporary {
+            return Err("only qcow2 images hold snapshots".into());
+        }
+        internal::Qcow2Meta::open(self.top_file()?, false)
+    }
+
+    /// The image's internal snapshots (none for a raw image).
+    pub fn snapshots(&self) -> Result<Vec<internal::Snapshot>, String> {
+        if self.format != ImageFormat::Qcow2 || self.temporary {
+            return Ok(Vec::new());
+        }
+        Ok(self.meta()?.snapshots().to_vec())
+    }
+
+    /// Snapshot `key` (ID or name) and its VM state.
+    pub fn snapshot_vmstate(&self, key: &str) -> Result<(internal::Snapshot, internal::VmState), String> {
+        let meta = self.meta()?;
+        let sn = meta.find(key).cloned().ok_or_else(|| format!("there is no snapshot '{key}'"))?;
+        let vm = meta.vmstate(&sn)?;
+        Ok((sn, vm))
+    }
+
+    /// Checks that snapshot `key` can be applied, changing nothing (the
+    /// image's cached metadata is written first: the check reads the file).
+    pub fn check_snapshot(&mut self, key: &str) -> Result<internal::Snapshot, String> {
+        self.guarded(|a| a.flush()).map_err(|e| format!("cannot write the image's cached metadata: {e}"))?;
+        self.meta()?.check_apply(key)
+    }
+
+    /// Takes snapshot `new` of the disk, with the VM state `vmstate`
+    /// writes, if any.
+    pub fn create_snapshot(
+        &mut self,
+        new: &internal::NewSnapshot,
+        vmstate: Option<&mut internal::WriteVmState<'_>>,
+    ) -> Result<internal::Snapshot, String> {
+        self.with_meta(|m| m.create(new, vmstate))
+    }
+
+    /// Reverts the disk to snapshot `key`.
+    pub fn apply_snapshot(&mut self, key: &str) -> Result<internal::Snapshot, String> {
+        self.with_meta(|m| m.apply(key))
+    }
+
+    /// Deletes snapshot `key`.
+    pub fn delete_snapshot(&mut self, key: &str) -> Result<internal::Snapshot, String> {
+        self.with_meta(|m| m.delete(key))
+    }
+
+    /// Runs `f` on the image's metadata with the format library closed
+    /// around it: its cached metadata is written first, and it reads the
+    /// file anew afterwards (the L1 table, the refcounts and the snapshot
+    /// table may all have changed).
+    fn with_meta<R>(&mut self, f: impl FnOnce(&mut internal::Qcow2Meta) -> Result<R, String>) -> Result<R, String> {
+        if !self.keeps_snapshots() {
+            return Err(if self.temporary {
+                "it is under a temporary overlay (--snapshot), which does not keep snapshots".into()
+            } else if self.read_only {
+                "it is read-only".into()
+            } else {
+                format!("a {} image does not keep snapshots (qcow2 does)", self.format)
+            });
+        }
+        self.guarded(|a| a.flush()).map_err(|e| format!("cannot write the image's cached metadata: {e}"))?;
+        let access = self.access.take();
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(access)));
+        let result = match dropped {
+            Ok(()) => self.top_file().and_then(|file| {
+                let mut meta = internal::Qcow2Meta::open(file, true)?;
+                f(&mut meta)
+            }),
+            Err(_) => Err("the image format library failed closing the image".into()),
+        };
+        if let Err(e) = self.reopen() {
+            self.failed = true;
+            tracing::error!(target: "devices", "{}: cannot open the image again: {e}; the disk stops", self.label);
+            return Err(match result {
+                Ok(_) => format!("cannot open the image again: {e}"),
+                Err(first) => format!("{first}; and then cannot open the image again: {e}"),
+            });
+        }
+        result
+    }
+
+    /// Opens the format library on the top file again, with its backing
+    /// chain (each backing file opened, checked and locked anew).
+    fn reopen(&mut self) -> Result<(), String> {
+        let top = self.top_file()?;
+        header::check_file(&top)?;
+        let gate = ChainGate::new();
+        if let Ok(canon) = fs::canonicalize(&self.path) {
+            gate.state.lock().paths.push(canon);
+        }
+        let storage = ImagoFile::from_open_file(top, StorageOpenOptions::new().filename(&self.path).write(true))
+            .map_err(|e| e.to_string())?;
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Qcow2::<ImagoFile>::builder(storage).write(true).open(gate.clone())
+        }))
+        .map_err(|_| "the image format library failed opening the image".to_string())?;
+        let q = opened.map_err(|e| gate.state.lock().error.take().map_or_else(|| e.to_string(), |e| e.to_string()))?;
+        let backing = std::mem::take(&mut gate.state.lock().files);
+        self.files.truncate(1);
+        self.files.extend(backing);
+        self.access = Some(FormatAccess::new(q));
+        Ok(())
+    }
+
+    /// Writes what the guest sees of this disk to `dest`, a new sparse
+    /// raw file: runs of zeros become holes. A raw image is copied by its
+    /// data extents (`copy_file_range`, which shares the blocks where the
+    /// file system can); otherwise the image is read through the format
+    /// library. Returns the bytes of data copied.
+    pub fn copy_to_raw(&mut self, dest: &Path) -> io::Result<u64> {
+        let size = self.size();
+        let out = fs::OpenOptions::new().write(true).create_new(true).mode_cloexec().open(dest)?;
+        out.set_len(size)?;
+        let mut copied = 0;
+        if self.format == ImageFormat::Raw && !self.temporary {
+            let src = self.files.first().ok_or_else(|| io::Error::other("the image has no file"))?;
+            for (start, end) in data_extents(src, size)? {
+                copied += copy_range(src, &out, start, end)?;
+            }
+        } else {
+            const CHUNK: usize = 1 << 20;
+            const BLOCK: usize = 4096;
+            let mut buf = vec![0u8; CHUNK];
+            let mut off = 0;
+            while off < size {
+                let n = (size - off).min(CHUNK as u64) as usize;
+                self.read_at(&mut buf[..n], off)?;
+                for (i, block) in buf[..n].chunks(BLOCK).enumerate() {
+                    if block.iter().any(|&b| b != 0) {
+                        out.write_all_at(block, off + (i * BLOCK) as u64)?;
+                        copied += block.len() as u64;
+                    }
+                }
+                off += n as u64;
+            }
+        }
+        out.sync_all()?;
+        Ok(copied)
+    }
+}
+
+/// The data extents of `file`'s first `size` bytes (`SEEK_DATA`,
+/// `SEEK_HOLE`); the whole range where the file system cannot say.
+fn data_extents(file: &fs::File, size: u64) -> io::Result<Vec<(u64, u64)>> {
+    use nix::unistd::{lseek, Whence};
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let start = match lseek(file, pos as i64, Whence::SeekData) {
+            Ok(s) => s as u64,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(_) => return Ok(vec![(0, size)]),
+        };
+        if start >= size {
+            break;
+        }
+        let end = match lseek(file, start as i64, Whence::SeekHole) {
+            Ok(e) => (e as u64).min(size),
+            Err(_) => size,
+        };
+        out.push((start, end));
+        pos = end;
+    }
+    Ok(out)
+}
+
+/// Copies `start..end` of `src` to the same offsets of `dst`, in the
+/// kernel where it can; returns the bytes copied.
+fn copy_range(src: &fs::File, dst: &fs::File, start: u64, end: u64) -> io::Result<u64> {
+    let mut pos = start;
+    while pos < end {
+        let mut off_in = pos as i64;
+        let mut off_out = pos as i64;
+        let want = ((end - pos) as usize).min(1 << 30);
+        match nix::fcntl::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the image ended early")),
+            Ok(n) => pos += n as u64,
+            Err(_) => {
+                // Another file system, or no support: copy by hand.
+                let mut buf = vec![0u8; (end - pos).min(1 << 20) as usize];
+                while pos < end {
+                    let n = ((end - pos) as usize).min(buf.len());
+                    src.read_exact_at(&mut buf[..n], pos)?;
+                    if buf[..n].iter().any(|&b| b != 0) {
+                        dst.write_all_at(&buf[..n], pos)?;
+                    }
+                    pos += n as u64;
+                }
+            }
+        }
+    }
+    Ok(end - start)
+}
+
+/// Creates `path`, a new qcow2 image of `size` bytes over the backing file
+/// `backing` (of `format`), recorded by its absolute path. The backing file
+/// is only read through it.
+pub fn create_overlay(path: &Path, backing: &Path, format: ImageFormat, size: u64) -> Result<(), OpenError> {
+    let io_err = |source| OpenError::Io { path: path.to_path_buf(), source };
+    let backing = fs::canonicalize(backing).map_err(|source| OpenError::Io { path: backing.to_path_buf(), source })?;
+    let name = backing
+        .to_str()
+        .ok_or_else(|| OpenError::BadChain {
+            path: path.to_path_buf(),
+            what: "the backing file's path is not UTF-8".into(),
+        })?
+        .to_string();
+    let file =
+        fs::OpenOptions::new().read(true).write(true).create_new(true).mode_cloexec().open(path).map_err(io_err)?;
+    let storage =
+        ImagoFile::from_open_file(file, StorageOpenOptions::new().filename(path).write(true)).map_err(io_err)?;
+    Qcow2::<ImagoFile>::create_builder(storage).size(size).backing(name, format.to_string()).create().map_err(io_err)
 }
 
 impl Drop for Image {

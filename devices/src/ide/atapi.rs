@@ -3,9 +3,9 @@
 //! References: ATA/ATAPI-6 (T13/1410D): PACKET, IDENTIFY PACKET DEVICE and
 //! the PACKET protocols; SFF-8020i (the ATAPI CD-ROM commands); MMC-5
 //! (T10/1675-D): the features and profiles of GET CONFIGURATION, GET EVENT
-//! STATUS NOTIFICATION, READ DISC INFORMATION, READ TOC/PMA/ATIP,
-//! MECHANISM STATUS and the mode pages; SPC-3: INQUIRY and fixed-format
-//! sense data.
+//! STATUS NOTIFICATION, READ DISC INFORMATION, READ TRACK INFORMATION,
+//! READ TOC/PMA/ATIP, MECHANISM STATUS and the mode pages; SPC-3: INQUIRY
+//! and fixed-format sense data.
 //!
 //! ```text
 //! PACKET            Features: 0 DMA, 1 OVL; LBA mid/high: byte count limit per DRQ chunk
@@ -76,6 +76,7 @@ pub(crate) mod op {
     pub(crate) const GET_CONFIGURATION: u8 = 0x46;
     pub(crate) const GET_EVENT_STATUS_NOTIFICATION: u8 = 0x4a;
     pub(crate) const READ_DISC_INFORMATION: u8 = 0x51;
+    pub(crate) const READ_TRACK_INFORMATION: u8 = 0x52;
     pub(crate) const MODE_SENSE_10: u8 = 0x5a;
     pub(crate) const READ_12: u8 = 0xa8;
     pub(crate) const SET_CD_SPEED: u8 = 0xbb;
@@ -114,7 +115,7 @@ pub(crate) fn command_name(code: u8) -> &'static str {
         0x4b => "PAUSE/RESUME",
         0x4e => "STOP PLAY/SCAN",
         op::READ_DISC_INFORMATION => "READ DISC INFORMATION",
-        0x52 => "READ TRACK INFORMATION",
+        op::READ_TRACK_INFORMATION => "READ TRACK INFORMATION",
         0x53 => "RESERVE TRACK",
         0x54 => "SEND OPC INFORMATION",
         0x55 => "MODE SELECT(10)",
@@ -488,6 +489,7 @@ impl Drive {
             op::GET_CONFIGURATION => self.get_configuration(cdb),
             op::GET_EVENT_STATUS_NOTIFICATION => self.get_event_status_notification(cdb),
             op::READ_DISC_INFORMATION => self.read_disc_information(cdb),
+            op::READ_TRACK_INFORMATION => self.read_track_information(cdb),
             op::MECHANISM_STATUS => {
                 let mut v = vec![0u8; 8];
                 if self.atapi.tray_open {
@@ -767,6 +769,38 @@ impl Drive {
         v[5] = 1; // first track of the last session
         v[6] = 1; // last track of the last session
         v[16..24].fill(0xff); // lead-in and last lead-out: none
+        reply(v, usize::from(be16(cdb, 7)))
+    }
+
+    /// READ TRACK INFORMATION (MMC-5 6.27) of the one data track: asked
+    /// for by an address in it (type 0), as track 1 (type 1) or as the
+    /// first track of session 1 (type 2). The track is complete, so there
+    /// is no open track to report (the Open bit is refused) and no
+    /// writable address.
+    fn read_track_information(&self, cdb: &[u8; CDB_LEN]) -> Result<Reply, Sense> {
+        let sectors = self.medium_sectors()?;
+        const OPEN: u8 = 0x04;
+        if cdb[1] & OPEN != 0 {
+            return Err(INVALID_FIELD);
+        }
+        let number = be32(cdb, 2);
+        match cdb[1] & 0x03 {
+            0 if u64::from(number) < sectors => {}
+            0 => return Err(LBA_OUT_OF_RANGE),
+            1 | 2 if number == 1 => {}
+            _ => return Err(INVALID_FIELD),
+        }
+        let size = sectors.min(u64::from(u32::MAX)) as u32;
+        let mut v = vec![0u8; 48];
+        v[1] = 46; // length of what follows
+        v[2] = 1; // track number
+        v[3] = 1; // session number
+        v[5] = 0x04; // track mode: data, recorded uninterrupted
+        v[6] = 0x01; // data mode 1; not blank, not packet, no reserved track
+                     // Byte 7: neither the last recorded nor the next writable address
+                     // is valid; track start (8..12), next writable address (12..16),
+                     // free blocks (16..20) and packet size (20..24) are 0.
+        v[24..28].copy_from_slice(&size.to_be_bytes());
         reply(v, usize::from(be16(cdb, 7)))
     }
 

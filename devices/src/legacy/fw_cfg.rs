@@ -172,6 +172,21 @@ impl FwCfg {
         Ok(FW_CFG_FILE_FIRST + (self.files.len() - 1) as u16)
     }
 
+    /// Replaces the contents of the file `name` (its selector stays);
+    /// false when there is no such file or `data` is larger than 4 GiB.
+    /// The guest's position in the file stops at its new end.
+    pub fn replace_file(&mut self, name: &str, data: Vec<u8>) -> bool {
+        let Some(i) = self.files.iter().position(|(n, _)| n == name) else { return false };
+        if u32::try_from(data.len()).is_err() {
+            return false;
+        }
+        self.files[i].1 = data;
+        self.rebuild_dir();
+        let len = self.item(self.selected).len();
+        self.offset = self.offset.min(len);
+        true
+    }
+
     fn rebuild_dir(&mut self) {
         let mut d = (self.files.len() as u32).to_be_bytes().to_vec();
         for (i, (name, data)) in self.files.iter().enumerate() {
@@ -360,6 +375,23 @@ mod tests {
         assert_eq!(e[17], 0);
         assert_eq!(read_item(&mut d, 0x20, 4), [1, 2, 3, 0]);
         assert_eq!(read_item(&mut d, 0x22, 1), [0], "past the last file");
+    }
+
+    #[test]
+    fn a_file_replaced_keeps_its_selector_and_lists_its_new_size() {
+        let (mut d, _) = dev();
+        d.add_file("etc/e820", vec![1, 2, 3]).unwrap();
+        d.add_file("bootorder", b"/pci@i0cf8/*@3\n/pci@i0cf8/*@4\n".to_vec()).unwrap();
+        // The guest stands half-way through the longer file.
+        assert_eq!(read_item(&mut d, 0x21, 20).len(), 20);
+        assert!(d.replace_file("bootorder", b"/x\n".to_vec()));
+        assert_eq!(d.save().offset, 3, "the position stops at the new end");
+        assert!(!d.replace_file("etc/missing", vec![]));
+        let dir = read_item(&mut d, FW_CFG_FILE_DIR, 4 + 2 * 64);
+        let e = &dir[4 + 64..4 + 128];
+        assert_eq!((&e[..4], &e[4..6]), (&3u32.to_be_bytes()[..], &0x21u16.to_be_bytes()[..]));
+        assert_eq!(read_item(&mut d, 0x21, 4), b"/x\n\0");
+        assert_eq!(d.file("etc/e820").unwrap(), [1, 2, 3]);
     }
 
     /// Writes a DMA descriptor at `at` and starts it.

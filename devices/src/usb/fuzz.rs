@@ -56,8 +56,8 @@ fn seed_schedule(mem: &GuestMemory) {
     }
 }
 
-/// The fuzzing entry point for the UHCI controller: a tablet and a
-/// keyboard on its ports and a seeded schedule, then `data` as a hostile
+/// The fuzzing entry point for the UHCI controller: a tablet (a mouse
+/// when `data` has an odd length) and a keyboard on its ports and a seeded schedule, then `data` as a hostile
 /// guest's actions. Each operation starts with a selector byte:
 ///
 /// | selector % 8 | operation | operands |
@@ -75,7 +75,8 @@ pub fn fuzz_uhci(data: &[u8]) -> u16 {
     let Ok(mem) = GuestMemory::new(FUZZ_RAM) else { return 0 };
     let mem = Arc::new(mem);
     let clock = Arc::new(ManualClock::new(0));
-    let devices = vec![UsbDeviceKind::Tablet, UsbDeviceKind::Keyboard];
+    let pointer = if data.len().is_multiple_of(2) { UsbDeviceKind::Tablet } else { UsbDeviceKind::Mouse };
+    let devices = vec![pointer, UsbDeviceKind::Keyboard];
     let Ok(mut uhci) = Uhci::new(mem.clone(), Arc::new(NoIrq), clock.clone(), devices) else { return 0 };
     uhci.write_config(PCI_COMMAND, &[(COMMAND_IO | COMMAND_MASTER) as u8, 0]);
     seed_schedule(&mem);
@@ -135,6 +136,7 @@ pub fn fuzz_uhci(data: &[u8]) -> u16 {
                 let code = input.u16();
                 if kind & 1 == 0 {
                     uhci.tablet_event(x, y, 1 + u32::from(kind), 768, buttons, i32::from(buttons as i8));
+                    uhci.mouse_event(x as i16 as i32 * 1000, y as i16 as i32, i32::from(kind), buttons);
                 } else {
                     uhci.key_event(code, kind & 2 != 0);
                 }

@@ -1,5 +1,5 @@
-//! The USB HID devices behind the root hub: QEMU's `usb-tablet` and
-//! `usb-kbd`, as a full-speed device each with a control endpoint 0 and an
+//! The USB HID devices behind the root hub: QEMU's `usb-tablet`,
+//! `usb-mouse` and `usb-kbd`, as a full-speed device each with a control endpoint 0 and an
 //! interrupt IN endpoint 1.
 //!
 //! References: USB 1.1 specification chapter 9 (the standard requests, 9.4;
@@ -11,12 +11,14 @@
 //!
 //! ```text
 //! device        vendor 0627h, product 0001h, USB 1.0, ep0 max packet 8
-//! strings       1 "QEMU", 2 "QEMU USB Tablet" / "QEMU USB Keyboard",
-//!               3 "42", 4 "HID Tablet" / "HID Keyboard"
+//! strings       1 "QEMU", 2 "QEMU USB Tablet" / "QEMU USB Mouse" / "QEMU USB Keyboard",
+//!               3 "42", 4 "HID Tablet" / "HID Mouse" / "HID Keyboard"
 //! configuration 1, bus powered, remote wakeup, 100 mA
-//! interface 0   HID; tablet: subclass 0, protocol 2; keyboard: boot (1), 1
-//! endpoint 81h  interrupt IN, 8 bytes, interval 10 ms
+//! interface 0   HID; tablet: subclass 0, protocol 2; mouse: boot (1), 2;
+//!               keyboard: boot (1), 1
+//! endpoint 81h  interrupt IN, 8 bytes (the mouse: 4), interval 10 ms
 //! tablet report   buttons (3 bits) | X (16, 0..7FFFh) | Y (16) | wheel (8, signed)
+//! mouse report    buttons (5 bits) | dX (8, signed) | dY (8) | wheel (8)
 //! keyboard report modifiers | reserved | 6 key usages; output: 5 LED bits
 //! ```
 //!
@@ -26,6 +28,11 @@
 //!   buttons coalesces into the last queued report. An empty queue NAKs
 //!   the interrupt endpoint unless an idle rate (SET_IDLE) asks for a
 //!   repeat of the current report.
+//! - The mouse's motion is relative: a move adds into the last queued
+//!   report while its buttons are the same and each count stays within
+//!   -127..127 (HID's range for the report), else it goes on in new
+//!   reports; motion beyond what [`MAX_QUEUED`] reports hold is dropped.
+//!   Its boot and report protocols share the report layout, as QEMU's do.
 //! - The keyboard's boot and report protocols share one report layout (the
 //!   report descriptor is the boot layout), so GET/SET_PROTOCOL only
 //!   record the value.
@@ -53,6 +60,8 @@ pub enum UsbDeviceKind {
     Tablet,
     /// QEMU's `usb-kbd`: boot keyboard.
     Keyboard,
+    /// QEMU's `usb-mouse`: boot mouse, relative.
+    Mouse,
 }
 
 /// A token's packet identifier.
@@ -233,6 +242,49 @@ impl HidDevice {
         let total_dz = if coalesce { back_dz.saturating_add(dz) } else { dz };
         let wheel = total_dz.clamp(-127, 127) as i8 as u8;
         self.push_report(vec![buttons, xl, xh, yl, yh, wheel], coalesce);
+    }
+
+    /// Relative motion (mouse): `dx` right, `dy` down, `dz` > 0 turns the
+    /// wheel away from the user; buttons bit 0 left, 1 right, 2 middle,
+    /// 3 side, 4 extra.
+    pub(crate) fn motion(&mut self, dx: i32, dy: i32, dz: i32, buttons: u8) {
+        if self.kind != UsbDeviceKind::Mouse {
+            return;
+        }
+        let buttons = buttons & 0x1f;
+        if self.queue.back().map_or(self.current[0], |b| b[0]) != buttons {
+            let full = self.queue.len() >= MAX_QUEUED;
+            match self.queue.back_mut() {
+                // A full queue: the change of buttons still reaches the
+                // guest, with the motion of the last report.
+                Some(back) if full => back[0] = buttons,
+                _ => self.queue.push_back(vec![buttons, 0, 0, 0]),
+            }
+        }
+        self.current[0] = buttons;
+        let mut want = [dx, dy, dz];
+        let room = |have: u8, want: i32| {
+            let have = have as i8;
+            want == 0 || (want > 0 && have < 127) || (want < 0 && have > -127)
+        };
+        while want != [0; 3] {
+            let mergeable =
+                self.queue.back().is_some_and(|b| b[0] == buttons && (0..3).all(|i| room(b[i + 1], want[i])));
+            if !mergeable {
+                if self.queue.len() >= MAX_QUEUED {
+                    // The rest of the motion does not fit: dropped.
+                    break;
+                }
+                self.queue.push_back(vec![buttons, 0, 0, 0]);
+            }
+            let Some(back) = self.queue.back_mut() else { break };
+            for (i, w) in want.iter_mut().enumerate() {
+                let have = i32::from(back[i + 1] as i8);
+                let total = have.saturating_add(*w).clamp(-127, 127);
+                *w -= total - have;
+                back[i + 1] = total as i8 as u8;
+            }
+        }
     }
 
     /// A key event (keyboard) as a HID usage: a modifier (E0h-E7h) or a key.
@@ -559,10 +611,15 @@ impl HidDevice {
         if self.kind == UsbDeviceKind::Tablet && (s.current[0] & !7 != 0 || s.current[5] != 0) {
             return fail("current", format!("tablet report {:02x?}", s.current));
         }
+        if self.kind == UsbDeviceKind::Mouse
+            && (s.current[0] & !0x1f != 0 || s.current[1..] != [0, 0, 0] || s.queue.iter().any(|r| r[0] & !0x1f != 0))
+        {
+            return fail("current", format!("mouse report {:02x?}", s.current));
+        }
         let held_ok = s.held.len() <= MAX_HELD_KEYS
             && s.held.iter().all(|&k| k != 0 && !(0xe0..=0xe7).contains(&k))
             && s.held.iter().enumerate().all(|(i, k)| !s.held[..i].contains(k));
-        if !held_ok || (self.kind == UsbDeviceKind::Tablet && !s.held.is_empty()) || s.leds & !0x1f != 0 {
+        if !held_ok || (self.kind != UsbDeviceKind::Keyboard && !s.held.is_empty()) || s.leds & !0x1f != 0 {
             return fail("held", format!("held keys {:02x?}, LEDs {:#04x}", s.held, s.leds));
         }
         let control_ok = match &s.control {
@@ -602,6 +659,7 @@ pub(crate) fn kind_name(kind: UsbDeviceKind) -> &'static str {
     match kind {
         UsbDeviceKind::Tablet => "QEMU USB Tablet",
         UsbDeviceKind::Keyboard => "QEMU USB Keyboard",
+        UsbDeviceKind::Mouse => "QEMU USB Mouse",
     }
 }
 
@@ -610,6 +668,7 @@ pub(crate) fn report_len(kind: UsbDeviceKind) -> usize {
     match kind {
         UsbDeviceKind::Tablet => 6,
         UsbDeviceKind::Keyboard => 8,
+        UsbDeviceKind::Mouse => 4,
     }
 }
 
@@ -640,9 +699,10 @@ pub(crate) fn device_descriptor(_kind: UsbDeviceKind) -> [u8; 18] {
 /// The configuration descriptor with its interface, HID and endpoint
 /// descriptors (USB 1.1 9.6.2-9.6.4, HID 1.11 6.2.1): 34 bytes.
 pub(crate) fn config_descriptor(kind: UsbDeviceKind) -> Vec<u8> {
-    let (subclass, protocol, bcd_hid) = match kind {
-        UsbDeviceKind::Tablet => (0x00, 0x02, [0x01, 0x00]),
-        UsbDeviceKind::Keyboard => (0x01, 0x01, [0x11, 0x01]),
+    let (subclass, protocol, bcd_hid, max_packet) = match kind {
+        UsbDeviceKind::Tablet => (0x00, 0x02, [0x01, 0x00], 8),
+        UsbDeviceKind::Keyboard => (0x01, 0x01, [0x11, 0x01], 8),
+        UsbDeviceKind::Mouse => (0x01, 0x02, [0x01, 0x00], 4),
     };
     let report = report_descriptor(kind).len() as u16;
     let [rl, rh] = report.to_le_bytes();
@@ -653,8 +713,8 @@ pub(crate) fn config_descriptor(kind: UsbDeviceKind) -> Vec<u8> {
         9, 0x04, 0, 0, 1, 0x03, subclass, protocol, 0, //
         // HID descriptor
         9, 0x21, bcd_hid[0], bcd_hid[1], 0x00, 1, 0x22, rl, rh, //
-        // endpoint 81h: interrupt, 8 bytes, 10 ms
-        7, 0x05, 0x81, 0x03, 8, 0, 10,
+        // endpoint 81h: interrupt, 8 bytes (the mouse: 4), 10 ms
+        7, 0x05, 0x81, 0x03, max_packet, 0, 10,
     ]
 }
 
@@ -669,6 +729,7 @@ pub(crate) fn string_descriptor(kind: UsbDeviceKind, index: u8) -> Option<Vec<u8
         4 => match kind {
             UsbDeviceKind::Tablet => "HID Tablet",
             UsbDeviceKind::Keyboard => "HID Keyboard",
+            UsbDeviceKind::Mouse => "HID Mouse",
         },
         _ => return None,
     };
@@ -683,8 +744,40 @@ pub(crate) fn report_descriptor(kind: UsbDeviceKind) -> &'static [u8] {
     match kind {
         UsbDeviceKind::Tablet => &TABLET_REPORT_DESCRIPTOR,
         UsbDeviceKind::Keyboard => &KEYBOARD_REPORT_DESCRIPTOR,
+        UsbDeviceKind::Mouse => &MOUSE_REPORT_DESCRIPTOR,
     }
 }
+
+/// The mouse: 5 buttons, relative X, Y and wheel (QEMU's, 52 bytes).
+const MOUSE_REPORT_DESCRIPTOR: [u8; 52] = [
+    0x05, 0x01, // Usage Page (Generic Desktop)
+    0x09, 0x02, // Usage (Mouse)
+    0xa1, 0x01, // Collection (Application)
+    0x09, 0x01, //   Usage (Pointer)
+    0xa1, 0x00, //   Collection (Physical)
+    0x05, 0x09, //     Usage Page (Button)
+    0x19, 0x01, //     Usage Minimum (1)
+    0x29, 0x05, //     Usage Maximum (5)
+    0x15, 0x00, //     Logical Minimum (0)
+    0x25, 0x01, //     Logical Maximum (1)
+    0x95, 0x05, //     Report Count (5)
+    0x75, 0x01, //     Report Size (1)
+    0x81, 0x02, //     Input (Data, Variable, Absolute)
+    0x95, 0x01, //     Report Count (1)
+    0x75, 0x03, //     Report Size (3)
+    0x81, 0x01, //     Input (Constant)
+    0x05, 0x01, //     Usage Page (Generic Desktop)
+    0x09, 0x30, //     Usage (X)
+    0x09, 0x31, //     Usage (Y)
+    0x09, 0x38, //     Usage (Wheel)
+    0x15, 0x81, //     Logical Minimum (-127)
+    0x25, 0x7f, //     Logical Maximum (127)
+    0x75, 0x08, //     Report Size (8)
+    0x95, 0x03, //     Report Count (3)
+    0x81, 0x06, //     Input (Data, Variable, Relative)
+    0xc0, //   End Collection
+    0xc0, // End Collection
+];
 
 /// The tablet: 3 buttons, absolute X and Y (0..7FFFh), a relative wheel.
 const TABLET_REPORT_DESCRIPTOR: [u8; 74] = [

@@ -1,6 +1,6 @@
 //! USB: the PIIX3's USB function, a UHCI host controller (PCI 00:01.2,
 //! 8086:7020) with its two-port root hub, and the HID devices that plug
-//! into it (QEMU's `usb-tablet` and `usb-kbd`, in `hid.rs`).
+//! into it (QEMU's `usb-tablet`, `usb-mouse` and `usb-kbd`, in `hid.rs`).
 //!
 //! References: Intel "Universal Host Controller Interface (UHCI) Design
 //! Guide" rev 1.1 (2.1 the I/O registers, 3 the data structures, 4 the
@@ -379,6 +379,11 @@ impl Uhci {
         self.device_index(UsbDeviceKind::Tablet).is_some()
     }
 
+    /// Whether a mouse is plugged in.
+    pub fn has_mouse(&self) -> bool {
+        self.device_index(UsbDeviceKind::Mouse).is_some()
+    }
+
     /// Whether a keyboard is plugged in.
     pub fn has_keyboard(&self) -> bool {
         self.device_index(UsbDeviceKind::Keyboard).is_some()
@@ -405,6 +410,20 @@ impl Uhci {
             self.catch_up(self.clock.now_ns());
             if let Some(d) = self.ports[i].device.as_mut() {
                 d.pointer(sx, sy, buttons, dz);
+            }
+            self.input_arrived(i);
+        }
+    }
+
+    /// A relative pointer event for the mouse: `dx` right, `dy` down, in
+    /// the counts of the guest's mouse; `buttons` bit 0 left, 1 right, 2
+    /// middle; `dz` > 0 turns the wheel away from the user. Ignored without
+    /// a mouse.
+    pub fn mouse_event(&mut self, dx: i32, dy: i32, dz: i32, buttons: u8) {
+        if let Some(i) = self.device_index(UsbDeviceKind::Mouse) {
+            self.catch_up(self.clock.now_ns());
+            if let Some(d) = self.ports[i].device.as_mut() {
+                d.motion(dx, dy, dz, buttons);
             }
             self.input_arrived(i);
         }

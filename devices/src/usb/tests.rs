@@ -879,3 +879,139 @@ fn a_frame_carries_a_frames_worth_of_data() {
     rig.run(1);
     assert_eq!(rig.td_ctrl(tds[2]) & ACTIVE, 0, "the next frame runs it");
 }
+
+#[test]
+fn a_mouse_enumerates_with_qemus_descriptors() {
+    let mut rig = Rig::new(vec![UsbDeviceKind::Mouse]);
+    rig.start();
+    assert!(rig.uhci.has_mouse() && !rig.uhci.has_tablet() && !rig.uhci.has_keyboard());
+    rig.reset_port(0);
+    let dev = rig.get_descriptor(0, 0x80, 1, 0, 18).unwrap();
+    assert_eq!(&dev[7..12], &[8, 0x27, 0x06, 0x01, 0x00], "ep0 8 bytes, vendor 0627h product 0001h");
+    rig.set(0, 0x00, 0x05, 4).unwrap();
+    let config = rig.get_descriptor(4, 0x80, 2, 0, 255).unwrap();
+    assert_eq!(config.len(), 34);
+    assert_eq!(&config[..9], &[9, 2, 34, 0, 1, 1, 4, 0xa0, 50]);
+    assert_eq!(&config[9..18], &[9, 4, 0, 0, 1, 3, 1, 2, 0], "HID interface, boot mouse");
+    assert_eq!(&config[18..27], &[9, 0x21, 1, 0, 0, 1, 0x22, 52, 0], "HID 1.00, a 52-byte report descriptor");
+    assert_eq!(&config[27..], &[7, 5, 0x81, 3, 4, 0, 10], "interrupt IN, 4 bytes, 10 ms");
+    let hid = rig.get_descriptor(4, 0x81, 0x21, 0, 9).unwrap();
+    assert_eq!(hid, &config[18..27]);
+    let string = |rig: &mut Rig, i: u8| {
+        let d = rig.get_descriptor(4, 0x80, 3, i, 255).unwrap();
+        assert_eq!(usize::from(d[0]), d.len());
+        let text: Vec<u16> = d[2..].chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        String::from_utf16(&text).unwrap()
+    };
+    assert_eq!(string(&mut rig, 1), "QEMU");
+    assert_eq!(string(&mut rig, 2), "QEMU USB Mouse");
+    assert_eq!(string(&mut rig, 3), "42");
+    assert_eq!(string(&mut rig, 4), "HID Mouse");
+    let report = rig.get_descriptor(4, 0x81, 0x22, 0, 255).unwrap();
+    assert_eq!(report.len(), 52);
+    assert_eq!(&report[..4], &[0x05, 0x01, 0x09, 0x02], "Generic Desktop, Mouse");
+    assert!(report.windows(2).any(|w| w == [0x29, 0x05]), "5 buttons");
+    assert_eq!(
+        &report[40..],
+        &[0x15, 0x81, 0x25, 0x7f, 0x75, 0x08, 0x95, 0x03, 0x81, 0x06, 0xc0, 0xc0],
+        "X, Y, wheel: 3 relative bytes"
+    );
+    rig.set(4, 0x00, 0x09, 1).unwrap();
+    // Boot protocol, as a BIOS selects it: the same 4-byte report.
+    rig.set(4, 0x21, 0x0b, 0).unwrap();
+    assert_eq!(rig.control(4, [0xa1, 0x03, 0, 0, 0, 0, 1, 0], &[], 1).unwrap(), [0]);
+    assert_eq!(rig.control(4, [0xa1, 0x01, 0, 1, 0, 0, 4, 0], &[], 4).unwrap(), [0, 0, 0, 0]);
+}
+
+#[test]
+fn a_mouse_reports_relative_motion_split_and_coalesced() {
+    let mut rig = Rig::new(vec![UsbDeviceKind::Mouse]);
+    rig.start();
+    rig.enumerate(0, 5);
+    rig.queue_interrupt_in(5);
+    rig.run(10);
+    assert_eq!(rig.interrupt_report(), None, "NAK while the mouse is still");
+    // Two moves between polls add up.
+    rig.uhci.mouse_event(3, -4, 0, 0);
+    rig.uhci.mouse_event(10, 1, 0, 0);
+    rig.run(1);
+    assert_eq!(rig.interrupt_report().unwrap(), [0, 13, 0xfd, 0]);
+    // A long move goes out in reports of at most 127 counts.
+    rig.uhci.mouse_event(300, -200, 0, 0);
+    let mut reports = Vec::new();
+    for _ in 0..4 {
+        rig.queue_interrupt_in(5);
+        rig.run(1);
+        if let Some(r) = rig.interrupt_report() {
+            reports.push(r);
+        }
+    }
+    assert_eq!(reports, [vec![0, 127, 0x81, 0], vec![0, 127, 0xb7, 0], vec![0, 46, 0, 0]]);
+    // A press, motion while held, a release and a wheel notch: each
+    // change of buttons is a report of its own.
+    rig.uhci.mouse_event(0, 0, 0, 0b001);
+    rig.uhci.mouse_event(-5, 2, 0, 0b001);
+    rig.uhci.mouse_event(0, 0, 0, 0);
+    rig.uhci.mouse_event(0, 0, 1, 0);
+    let mut reports = Vec::new();
+    for _ in 0..4 {
+        rig.queue_interrupt_in(5);
+        rig.run(1);
+        if let Some(r) = rig.interrupt_report() {
+            reports.push(r);
+        }
+    }
+    assert_eq!(reports, [vec![1, 0xfb, 2, 0], vec![0, 0, 0, 1]]);
+    // GET_REPORT: the buttons now, no motion.
+    rig.uhci.mouse_event(0, 0, 0, 0b100);
+    assert_eq!(rig.control(5, [0xa1, 0x01, 0, 1, 0, 0, 4, 0], &[], 4).unwrap(), [4, 0, 0, 0]);
+    // The interrupt TD still queued took the press in the same frame.
+    assert_eq!(rig.interrupt_report().unwrap(), [4, 0, 0, 0]);
+    // Tablet and keyboard input does not reach a mouse, nor the mouse's
+    // the others.
+    rig.uhci.tablet_event(1, 1, 10, 10, 1, 0);
+    rig.uhci.key_event(0x1e, true);
+    rig.queue_interrupt_in(5);
+    rig.run(3);
+    assert_eq!(rig.interrupt_report(), None);
+    let mut tablet = tablet_rig();
+    tablet.enumerate(0, 2);
+    tablet.uhci.mouse_event(5, 5, 0, 1);
+    tablet.queue_interrupt_in(2);
+    tablet.run(3);
+    assert_eq!(tablet.interrupt_report(), None, "a tablet ignores relative motion");
+}
+
+#[test]
+fn a_mouse_flooded_with_motion_keeps_its_queue_bounded_and_its_buttons() {
+    let mut rig = Rig::new(vec![UsbDeviceKind::Mouse]);
+    rig.start();
+    rig.enumerate(0, 6);
+    rig.uhci.mouse_event(i32::MAX, i32::MIN, i32::MAX, 0);
+    rig.uhci.mouse_event(i32::MIN, 7, 0, 0b10);
+    let mut n = 0;
+    let mut last = Vec::new();
+    loop {
+        rig.queue_interrupt_in(6);
+        rig.run(1);
+        match rig.interrupt_report() {
+            Some(r) => {
+                n += 1;
+                last = r;
+            }
+            None => break,
+        }
+        assert!(n <= hid::MAX_QUEUED, "at most {} reports queue", hid::MAX_QUEUED);
+    }
+    assert_eq!(n, hid::MAX_QUEUED);
+    assert_eq!(last[0], 0b10, "the press got through a full queue");
+    // The saved state restores into a mouse and is refused by a tablet.
+    let state = rig.uhci.save();
+    let mut other = Rig::new(vec![UsbDeviceKind::Mouse]);
+    other.uhci.restore(&state).unwrap();
+    let mut tablet = Rig::new(vec![UsbDeviceKind::Tablet]);
+    assert!(tablet.uhci.restore(&state).is_err());
+    let mut bad = state.clone();
+    bad.ports[0].device.as_mut().unwrap().current = vec![0, 1, 0, 0];
+    assert!(other.uhci.restore(&bad).is_err(), "motion in the current report");
+}

@@ -23,7 +23,8 @@ pub struct JitEngine {
 /// `FERROVM_JIT_OPT` (`none`, `speed`) and `FERROVM_JIT_REGALLOC`
 /// (`backtracking`, `single_pass`), for measurements; `FERROVM_JIT_PERFMAP=1`
 /// names compiled regions for `perf` in `/tmp/perf-PID.map`;
-/// `FERROVM_JIT_LINK=0` makes every region exit return to the run loop.
+/// `FERROVM_JIT_LINK=0` makes every region exit return to the run loop;
+/// `FERROVM_JIT_SHARE=0` gives each vCPU's JIT its own compiled regions.
 pub fn config_from_env() -> Result<jit::Config, Error> {
     let mut c = jit::Config::default();
     if let Ok(v) = std::env::var("FERROVM_JIT_THRESHOLD") {
@@ -53,7 +54,19 @@ pub fn config_from_env() -> Result<jit::Config, Error> {
 impl JitEngine {
     pub fn new(ctx: &EngineContext<'_>, config: jit::Config) -> Result<Self, Error> {
         let mut cpu = super::interp::boot_cpu(ctx);
-        let jit = jit::Jit::new(&mut cpu, config).map_err(|e| Error::Accel(format!("the JIT cannot start: {e}")))?;
+        let fail = |e: String| Error::Accel(format!("the JIT cannot start: {e}"));
+        // Every vCPU's JIT shares one table of compiled regions (unless
+        // FERROVM_JIT_SHARE=0, for measurements).
+        let private = std::env::var("FERROVM_JIT_SHARE").is_ok_and(|v| v == "0");
+        let shared = match ctx.jit_shared.get() {
+            Some(s) if !private => s.clone(),
+            _ if private => jit::shared::Shared::new(&config.settings).map_err(fail)?,
+            _ => {
+                let s = jit::shared::Shared::new(&config.settings).map_err(fail)?;
+                ctx.jit_shared.get_or_init(|| s).clone()
+            }
+        };
+        let jit = jit::Jit::with_shared(&mut cpu, config, shared).map_err(fail)?;
         Ok(JitEngine { cpu, jit })
     }
 }

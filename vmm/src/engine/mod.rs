@@ -82,6 +82,8 @@ pub struct EngineContext<'m> {
     /// The PCI devices with doorbells an engine may attach to (KVM's
     /// ioeventfds), when there are any.
     pub devices: Option<&'m DeviceManager>,
+    /// What the machine's JITs share, made by the first JIT to start.
+    pub jit_shared: &'m std::sync::OnceLock<Arc<::jit::shared::Shared>>,
 }
 
 impl EngineContext<'_> {

@@ -247,3 +247,318 @@ fn a_running_guest_saved_and_restored_mid_run_ends_as_an_unbroken_run_does() {
     assert_eq!(firmware::builtin::parse_checksum(&tail), Some(firmware::builtin::expected_checksum()), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---- snapshots inside qcow2 disks; disks of snapshot directories; clones ----
+
+/// Runs qemu-img; `None` (with a note) when it is not installed.
+fn qemu_img(args: &[&str]) -> Option<String> {
+    match std::process::Command::new("qemu-img").args(args).output() {
+        Ok(o) => {
+            assert!(o.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+            Some(String::from_utf8_lossy(&o.stdout).into_owned())
+        }
+        Err(_) => {
+            eprintln!("skipping: qemu-img is not installed (Debian: qemu-utils)");
+            None
+        }
+    }
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ferrovm-vmm-snapshot-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn drive(path: &std::path::Path, format: devices::block::ImageFormat) -> crate::storage::Drive {
+    let spec = devices::block::DiskSpec { path: path.to_path_buf(), format: Some(format), ..Default::default() };
+    let image = devices::block::open(&spec, false).unwrap();
+    crate::storage::Drive {
+        label: image.label().to_string(),
+        image: Some(Box::new(image)),
+        interface: devices::block::DiskInterface::Virtio,
+        media: devices::block::DiskMedia::Disk,
+        index: None,
+    }
+}
+
+/// The built-in guest, run to its end, with `drives`.
+fn machine_with(drives: Vec<crate::storage::Drive>) -> Machine {
+    let storage = crate::storage::Storage { drives, ..Default::default() };
+    let m = Machine::with_devices(config(Arc::default()), &[], storage).expect("a machine");
+    m.run(EngineKind::Interp).expect("the run");
+    m
+}
+
+fn disk_write(m: &Machine, data: &[u8], offset: u64) {
+    let disk = m.disks()[0].disk.clone().unwrap();
+    let mut d = disk.lock();
+    d.write_at(data, offset).unwrap();
+    d.flush().unwrap();
+}
+
+fn disk_read(m: &Machine, len: usize, offset: u64) -> Vec<u8> {
+    let disk = m.disks()[0].disk.clone().unwrap();
+    let mut b = vec![0u8; len];
+    disk.lock().read_at(&mut b, offset).unwrap();
+    b
+}
+
+fn stopped() -> Stopped {
+    Stopped { vcpus: vec![CpuState::reset()], paused: false, engine_blocker: None }
+}
+
+#[test]
+fn a_machine_snapshot_lives_inside_its_qcow2_disk() {
+    let d = scratch("qcow2");
+    let path = d.join("disk.qcow2");
+    if qemu_img(&["create", "-q", "-f", "qcow2", path.to_str().unwrap(), "16M"]).is_none() {
+        return;
+    }
+    let mut m = machine_with(vec![drive(&path, devices::block::ImageFormat::Qcow2)]);
+    let disks = qcow2::snapshot_disks(m.disks()).unwrap().expect("a qcow2 disk the guest writes");
+    m.mem.write(0x30_0000, b"memory A").unwrap();
+    disk_write(&m, &[0xa1; 200_000], 4096);
+    let report = qcow2::save(&m, &stopped(), &disks, "one").unwrap();
+    assert_eq!(report.ram.total, 64 << 20);
+    assert!(report.ram.written < 8 << 20, "pages of zeros are left out: {:?}", report.ram);
+    m.mem.write(0x30_0000, b"memory B").unwrap();
+    disk_write(&m, &[0xb2; 100_000], 8192);
+
+    // Damaged or foreign VM states are refused before anything changes.
+    {
+        let disk = m.disks()[0].disk.clone().unwrap();
+        let mut guard = disk.lock();
+        let img = guard.image_mut().unwrap();
+        let new = |name: &str| devices::block::internal::NewSnapshot {
+            name: name.into(),
+            date_sec: 0,
+            date_nsec: 0,
+            vm_clock_nsec: 0,
+            icount: u64::MAX,
+        };
+        img.create_snapshot(&new("disk-only"), None).unwrap();
+        let mut qemu = |w: &mut devices::block::internal::VmStateWriter<'_>| w.write(0, b"QEVM\0\0\0\x03 not ours");
+        img.create_snapshot(&new("qemu-state"), Some(&mut qemu)).unwrap();
+        let mut bad = |w: &mut devices::block::internal::VmStateWriter<'_>| {
+            let mut h = qcow2::tests_header(100, 1 << 20, 64 << 20);
+            h[60] ^= 1;
+            w.write(0, &h)
+        };
+        img.create_snapshot(&new("bad-header"), Some(&mut bad)).unwrap();
+        let mut garbage = |w: &mut devices::block::internal::VmStateWriter<'_>| {
+            w.write(0, &qcow2::tests_header(100, 1 << 20, 64 << 20))?;
+            w.write(qcow2::STATE_AT, &[7; 100])?;
+            w.set_size((1 << 20) + (64 << 20));
+            Ok(())
+        };
+        img.create_snapshot(&new("garbage"), Some(&mut garbage)).unwrap();
+    }
+    for (name, want) in [
+        ("disk-only", "disk-only snapshot"),
+        ("qemu-state", "did not write"),
+        ("bad-header", "checksum"),
+        ("garbage", "not a ferrovm state file"),
+        ("nope", "does not have the requested snapshot 'nope'"),
+    ] {
+        let e = qcow2::load(&mut m, &disks, name).unwrap_err().to_string();
+        assert!(e.contains(want), "{name}: {e}");
+        let mut b = [0u8; 8];
+        m.mem.read(0x30_0000, &mut b).unwrap();
+        assert_eq!(&b, b"memory B", "{name}: the machine is as it was");
+        assert_eq!(disk_read(&m, 4, 8192), [0xb2; 4], "{name}: the disk is as it was");
+    }
+
+    let info = qcow2::info_text(&disks).unwrap();
+    assert!(info.starts_with("List of snapshots present on all disks:\nID        TAG               VM SIZE"), "{info}");
+    assert!(info.lines().any(|l| l.starts_with("--        one              ")), "{info}");
+    let restored = qcow2::load(&mut m, &disks, "one").unwrap();
+    assert_eq!(restored.run_state, RunState::Running);
+    let mut b = [0u8; 8];
+    m.mem.read(0x30_0000, &mut b).unwrap();
+    assert_eq!(&b, b"memory A");
+    assert_eq!(disk_read(&m, 200_000, 4096), vec![0xa1; 200_000], "the disk went back");
+    // savevm of a name that exists replaces it, as QEMU's HMP does.
+    qcow2::save(&m, &stopped(), &disks, "one").unwrap();
+    for name in ["one", "disk-only", "qemu-state", "bad-header", "garbage"] {
+        qcow2::delete(&disks, name).unwrap();
+    }
+    assert!(qcow2::delete(&disks, "one").unwrap_err().to_string().contains("not found"));
+    assert_eq!(qcow2::info_text(&disks).unwrap(), "There is no snapshot available.\n");
+    drop(disks);
+    drop(m);
+    let check = qemu_img(&["check", path.to_str().unwrap()]).unwrap();
+    assert!(check.contains("No errors were found"), "{check}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn qemu_sizes_and_mixed_disks() {
+    assert_eq!(qcow2::qemu_size(0), "0 B");
+    assert_eq!(qcow2::qemu_size(999), "999 B");
+    assert_eq!(qcow2::qemu_size(1000), "0.977 KiB");
+    assert_eq!(qcow2::qemu_size(1024), "1 KiB");
+    assert_eq!(qcow2::qemu_size(1000 * 1024), "0.977 MiB");
+    assert_eq!(qcow2::qemu_size(256 << 20), "256 MiB");
+    assert_eq!(qcow2::qemu_size(1536 << 20), "1.5 GiB");
+    assert_eq!(qcow2::qemu_size(12_345_678), "11.8 MiB");
+
+    let d = scratch("mixed");
+    let q = d.join("a.qcow2");
+    if qemu_img(&["create", "-q", "-f", "qcow2", q.to_str().unwrap(), "1M"]).is_none() {
+        return;
+    }
+    let raw = d.join("b.raw");
+    std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+    let m = Machine::with_devices(
+        config(Arc::default()),
+        &[],
+        crate::storage::Storage {
+            drives: vec![drive(&q, devices::block::ImageFormat::Qcow2), drive(&raw, devices::block::ImageFormat::Raw)],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let e = qcow2::snapshot_disks(m.disks()).unwrap_err().to_string();
+    assert!(e.contains("disk #2") && e.contains("raw image"), "{e}");
+    drop(m);
+    // A raw disk alone: the snapshots go to the directory.
+    let m = machine_with(vec![drive(&raw, devices::block::ImageFormat::Raw)]);
+    assert!(qcow2::snapshot_disks(m.disks()).unwrap().is_none());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_snapshot_directory_keeps_its_disks_and_clones_run_on_overlays() {
+    let d = scratch("clone");
+    let raw = d.join("disk.raw");
+    std::fs::write(&raw, vec![0u8; 4 << 20]).unwrap();
+    let m = machine_with(vec![drive(&raw, devices::block::ImageFormat::Raw)]);
+    disk_write(&m, b"saved data", 1 << 20);
+    m.mem.write(0x30_0000, b"the page").unwrap();
+    let snap = d.join("snaps").join("one");
+    save_to(&m, &stopped(), &snap).unwrap();
+    // The machine goes on writing its disk; the snapshot keeps its copy.
+    disk_write(&m, b"later data", 1 << 20);
+    let records = clone::read_disks(&snap).unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        (records[0].copy.as_deref(), records[0].read_only, records[0].size),
+        (Some("disk0.raw"), false, 4 << 20)
+    );
+    let copy = snap.join("disk0.raw");
+    assert!(std::fs::metadata(&copy).unwrap().permissions().readonly());
+    let copied = std::fs::read(&copy).unwrap();
+    assert_eq!(&copied[1 << 20..(1 << 20) + 10], b"saved data");
+    drop(m);
+
+    if qemu_img(&["--version"]).is_none() {
+        return;
+    }
+    let c = clone::clone_disks(&snap, Some(&d.join("c1"))).unwrap();
+    assert_eq!(c.dir, d.join("c1"));
+    let mut clone = Machine::with_devices(
+        config(Arc::default()),
+        &[],
+        crate::storage::Storage { drives: c.drives, ..Default::default() },
+    )
+    .unwrap();
+    let (restored, macs) = clone::restore_clone(&mut clone, &snap).unwrap();
+    assert!(macs.is_empty(), "the built-in guest has no NIC");
+    assert_eq!(restored.vcpus.len(), 1);
+    let mut b = [0u8; 8];
+    clone.mem.read(0x30_0000, &mut b).unwrap();
+    assert_eq!(&b, b"the page");
+    assert_eq!(disk_read(&clone, 10, 1 << 20), b"saved data");
+    disk_write(&clone, b"clone data", 1 << 20);
+    assert_eq!(disk_read(&clone, 10, 1 << 20), b"clone data");
+    // While a clone reads the copy, the snapshot is neither replaced nor deleted.
+    let e = SnapshotDir::new(d.join("snaps")).delete("one").unwrap_err().to_string();
+    assert!(e.contains("in use"), "{e}");
+    let e = clone::clone_disks(&snap, Some(&d.join("c1"))).err().unwrap().to_string();
+    assert!(e.contains("exists already"), "{e}");
+    drop(clone);
+    assert!(std::fs::read(&copy).unwrap() == copied, "the copy is unchanged");
+    let check = qemu_img(&["check", d.join("c1/disk0.qcow2").to_str().unwrap()]).unwrap();
+    assert!(check.contains("No errors were found"), "{check}");
+    // Without --clone-dir: a new directory beside the snapshot.
+    let c2 = clone::clone_disks(&snap, None).unwrap();
+    assert_eq!(c2.dir, d.join("snaps").join("one.clone-1"));
+    drop(c2);
+    SnapshotDir::new(d.join("snaps")).delete("one").unwrap();
+    assert!(!copy.exists() && !snap.exists());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn every_disk_the_guest_writes_takes_the_snapshot_and_the_first_holds_the_state() {
+    let d = scratch("two-disks");
+    let (a, b) = (d.join("a.qcow2"), d.join("b.qcow2"));
+    for p in [&a, &b] {
+        if qemu_img(&["create", "-q", "-f", "qcow2", p.to_str().unwrap(), "4M"]).is_none() {
+            return;
+        }
+    }
+    let mut m = machine_with(vec![
+        drive(&a, devices::block::ImageFormat::Qcow2),
+        drive(&b, devices::block::ImageFormat::Qcow2),
+    ]);
+    let disks = qcow2::snapshot_disks(m.disks()).unwrap().unwrap();
+    assert_eq!(disks.disks.len(), 2);
+    let write = |m: &Machine, i: usize, byte: u8| {
+        let disk = m.disks()[i].disk.clone().unwrap();
+        let mut g = disk.lock();
+        g.write_at(&[byte; 4096], 0).unwrap();
+    };
+    let read = |m: &Machine, i: usize| {
+        let disk = m.disks()[i].disk.clone().unwrap();
+        let mut buf = [0u8; 1];
+        disk.lock().read_at(&mut buf, 0).unwrap();
+        buf[0]
+    };
+    write(&m, 0, 1);
+    write(&m, 1, 2);
+    qcow2::save(&m, &stopped(), &disks, "both").unwrap();
+    let sizes: Vec<u64> = m
+        .disks()
+        .iter()
+        .map(|d| d.disk.as_ref().unwrap().lock().image().unwrap().snapshots().unwrap()[0].vm_state_size)
+        .collect();
+    assert!(sizes[0] > 64 << 20 && sizes[1] == 0, "the VM state is on the first disk: {sizes:?}");
+    write(&m, 0, 3);
+    write(&m, 1, 4);
+    // A snapshot only the second disk has cannot be loaded; nothing changes.
+    {
+        let disk = m.disks()[1].disk.clone().unwrap();
+        let mut g = disk.lock();
+        let new = devices::block::internal::NewSnapshot {
+            name: "partial".into(),
+            date_sec: 0,
+            date_nsec: 0,
+            vm_clock_nsec: 0,
+            icount: u64::MAX,
+        };
+        g.image_mut().unwrap().create_snapshot(&new, None).unwrap();
+    }
+    let e = qcow2::load(&mut m, &disks, "partial").unwrap_err().to_string();
+    assert!(e.contains("disk #1") && e.contains("does not have the requested snapshot 'partial'"), "{e}");
+    assert_eq!((read(&m, 0), read(&m, 1)), (3, 4));
+    let info = qcow2::info_text(&disks).unwrap();
+    assert!(
+        info.contains("--        both ") && info.contains("List of partial (non-loadable) snapshots on 'disk #2"),
+        "{info}"
+    );
+    qcow2::load(&mut m, &disks, "both").unwrap();
+    assert_eq!((read(&m, 0), read(&m, 1)), (1, 2), "both disks went back");
+    qcow2::delete(&disks, "both").unwrap();
+    qcow2::delete(&disks, "partial").unwrap();
+    drop(disks);
+    drop(m);
+    for p in [&a, &b] {
+        let check = qemu_img(&["check", p.to_str().unwrap()]).unwrap();
+        assert!(check.contains("No errors were found"), "{check}");
+        assert!(qemu_img(&["snapshot", "-l", p.to_str().unwrap()]).unwrap().is_empty());
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -366,3 +366,62 @@ fn a_media_change_fails_a_read_under_way() {
     assert_eq!(rig.bm_status(1), 0x01, "nothing to move");
     crate::fuzz::assert_restorable(&mut rig.ide);
 }
+
+/// READ TRACK INFORMATION: the one data track, by address, track or
+/// session; anything else (garbage included) is an ILLEGAL REQUEST.
+#[test]
+fn read_track_information_of_the_data_track() {
+    let (mut rig, _) = rig();
+    let mut want = vec![0u8; 48];
+    want[..8].copy_from_slice(&[0, 46, 1, 1, 0, 0x04, 0x01, 0]);
+    want[24..28].copy_from_slice(&(SECTORS as u32).to_be_bytes());
+    // By track number, as Linux's cdrom_get_last_written asks: first the
+    // header, then the whole block.
+    let r = rig.packet(1, 0, &cdb(0x52, &[(1, 1), (5, 1), (8, 8)]), 0xfffe);
+    good(&r);
+    assert_eq!(r.data, want[..8]);
+    for fields in [&[(1, 1), (5, 1)][..], &[(1, 0), (5, 99)], &[(1, 0)], &[(1, 2), (5, 1)]] {
+        let mut f = fields.to_vec();
+        f.extend([(7, 0), (8, 0xff)]);
+        let r = rig.packet(1, 0, &cdb(0x52, &f), 0xfffe);
+        good(&r);
+        assert_eq!(r.data, want, "{fields:?}");
+    }
+    let r = rig.packet(1, 0, &cdb(0x52, &[(1, 1), (5, 1)]), 0xfffe);
+    good(&r);
+    assert!(r.data.is_empty(), "an allocation length of 0");
+    // Past the last block, other tracks and sessions, the lead-out (0xff),
+    // a reserved type, the Open bit, and garbage everywhere.
+    type Case = (&'static [(usize, u8)], (u8, u8, u8));
+    let refused: [Case; 8] = [
+        (&[(1, 0), (5, 100)], (5, 0x21, 0)),
+        (&[(1, 0), (2, 0xff), (3, 0xff), (4, 0xff), (5, 0xff)], (5, 0x21, 0)),
+        (&[(1, 1), (5, 2)], (5, 0x24, 0)),
+        (&[(1, 1), (5, 0)], (5, 0x24, 0)),
+        (&[(1, 1), (5, 0xff)], (5, 0x24, 0)),
+        (&[(1, 2), (2, 1), (5, 1)], (5, 0x24, 0)),
+        (&[(1, 3), (5, 1)], (5, 0x24, 0)),
+        (&[(1, 0x05), (5, 1)], (5, 0x24, 0)),
+    ];
+    for (fields, sense) in refused {
+        let mut f = fields.to_vec();
+        f.push((8, 0xff));
+        let r = rig.packet(1, 0, &cdb(0x52, &f), 0xfffe);
+        check_condition(&mut rig, &r, sense);
+    }
+    for seed in 0..64u8 {
+        let mut c = [0u8; 12];
+        for (i, b) in c.iter_mut().enumerate().skip(1) {
+            *b = seed.wrapping_mul(37).wrapping_add((i as u8).wrapping_mul(91)) ^ 0xa5;
+        }
+        c[0] = 0x52;
+        let r = rig.packet(1, 0, &c, 0xfffe);
+        assert!(r.status & 0x88 == 0 && r.reason == 0x03, "the command ends: {r:?}");
+        assert!(r.data.len() <= 48);
+    }
+    // Without a medium: NOT READY.
+    assert!(rig.ide.eject(IdeSlot::SecondaryMaster, false).is_ok());
+    let r = rig.packet(1, 0, &cdb(0x52, &[(1, 1), (5, 1), (8, 0xff)]), 0xfffe);
+    check_condition(&mut rig, &r, (2, 0x3a, 0));
+    crate::fuzz::assert_restorable(&mut rig.ide);
+}

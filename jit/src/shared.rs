@@ -1,0 +1,223 @@
+//! What the JITs of one machine's vCPUs share: the entry code and the
+//! memory helpers' entries, and the compiled regions.
+//!
+//! Each vCPU keeps its own code cache, region map, jump caches and soft
+//! TLB (what changes as it runs), as QEMU's MTTCG keeps a jump cache per
+//! vCPU. What does not change is shared: a region's machine code is a
+//! function of its [`RegionSpec`] alone (the guest instructions, the code
+//! size, the configuration and the helper entries, which are the same for
+//! every vCPU once they are compiled once, here). So when one vCPU's
+//! compiler has compiled a region, another vCPU that asks for the same
+//! region (the same blocks of the same instructions, compared bit for
+//! bit) gets a copy of that code instead of compiling it again; a request
+//! for a region being compiled waits for it. On a machine with as many
+//! host cores as vCPUs this takes the duplicate compiles off the cores
+//! the vCPUs run on: the guest's hot code is mostly the same on every
+//! vCPU (the kernel, the C library, a parallel job's program).
+//!
+//! The compiled code refers to its table of interpreter fallbacks by
+//! address, so the table is shared too ([`Output::fallbacks`]): it lives
+//! while any vCPU's region uses it. Whether the code is still current is
+//! each vCPU's own check (its page generations at installation), as
+//! before: a shared result never skips it.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cranelift_codegen::isa::OwnedTargetIsa;
+use parking_lot::{Condvar, Mutex};
+
+use cpu::{FastMap, FxHasher};
+
+use crate::code::{self, CodeCache, Trampoline};
+use crate::compiler::{self, Output, Settings, Workspace};
+use crate::translate::{AccessCalls, RegionSpec};
+use crate::Key;
+
+/// Compiled regions kept for other vCPUs, in bytes of code; past it, the
+/// table starts again (the regions already installed keep their code).
+const KEEP_BYTES: usize = 32 << 20;
+
+/// How long a compile waits for another vCPU's compile of the same region
+/// before it compiles the region itself.
+const WAIT: Duration = Duration::from_secs(2);
+
+/// A region's compile: under way on some vCPU's compiler, or done.
+enum Slot {
+    Compiling,
+    Done(Output),
+}
+
+struct Entry {
+    spec: Arc<RegionSpec>,
+    slot: Slot,
+}
+
+#[derive(Default)]
+struct Table {
+    by_hash: FastMap<u64, Vec<Entry>>,
+    bytes: usize,
+    /// The region each vCPU asked for last at each of its blocks' keys.
+    by_key: FastMap<Key, Arc<RegionSpec>>,
+}
+
+/// Region entries kept in [`Table::by_key`]; past it, the index starts
+/// again.
+const KEEP_KEYS: usize = 1 << 18;
+
+impl Table {
+    fn find(&mut self, hash: u64, spec: &RegionSpec) -> Option<&mut Entry> {
+        self.by_hash.get_mut(&hash)?.iter_mut().find(|e| same_spec(&e.spec, spec))
+    }
+
+    fn remove(&mut self, hash: u64, spec: &RegionSpec) {
+        if let Some(v) = self.by_hash.get_mut(&hash) {
+            v.retain(|e| !same_spec(&e.spec, spec));
+            if v.is_empty() {
+                self.by_hash.remove(&hash);
+            }
+        }
+    }
+}
+
+/// The part of the JIT every vCPU of a machine shares.
+pub struct Shared {
+    pub(crate) trampoline: Trampoline,
+    pub(crate) access: AccessCalls,
+    /// The mapping that holds the trampoline and the helper entries; never
+    /// written after [`Shared::new`].
+    _code: Mutex<CodeCache>,
+    table: Mutex<Table>,
+    ready: Condvar,
+}
+
+impl Shared {
+    /// Compiles the entry trampoline and the memory helpers' entries for
+    /// this host with `settings`.
+    pub fn new(settings: &Settings) -> Result<Arc<Self>, String> {
+        let mut tcode = CodeCache::new(16384).map_err(|e| format!("cannot reserve the code cache: {e}"))?;
+        let host = compiler::host_isa(settings)?;
+        let tbytes = compiler::compile_trampoline(&host)?;
+        let tptr = tcode.install(&tbytes).ok_or("cannot install the JIT's entry code")?;
+        let access = crate::install_access_calls(&host, &mut tcode)?;
+        // SAFETY: `tptr` is the trampoline just compiled for this host and
+        // installed; `tcode` keeps it mapped as long as this value lives,
+        // and every JIT that enters through it holds this value.
+        let trampoline = unsafe { code::to_trampoline(tptr) };
+        Ok(Arc::new(Shared {
+            trampoline,
+            access,
+            _code: Mutex::new(tcode),
+            table: Mutex::new(Table::default()),
+            ready: Condvar::new(),
+        }))
+    }
+
+    /// Compiles `spec` in `ws`, or takes the code another vCPU compiled
+    /// for the same region (true with it).
+    pub(crate) fn compile(
+        &self,
+        ws: &mut Workspace,
+        isa: &OwnedTargetIsa,
+        id: u64,
+        spec: Arc<RegionSpec>,
+    ) -> (Result<Output, String>, bool) {
+        let hash = spec_hash(&spec);
+        let mut claimed = false;
+        {
+            let mut t = self.table.lock();
+            let deadline = Instant::now() + WAIT;
+            loop {
+                match t.find(hash, &spec).map(|e| &e.slot) {
+                    Some(Slot::Done(out)) => return (Ok(out.clone()), true),
+                    Some(Slot::Compiling) => {
+                        if self.ready.wait_until(&mut t, deadline).timed_out() {
+                            break;
+                        }
+                    }
+                    None => {
+                        t.by_hash.entry(hash).or_default().push(Entry { spec: spec.clone(), slot: Slot::Compiling });
+                        claimed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        let result = compiler::compile_in(ws, isa, id, &spec);
+        if claimed {
+            let mut t = self.table.lock();
+            match &result {
+                Ok(out) if t.bytes + out.code.len() <= KEEP_BYTES => {
+                    t.bytes += out.code.len();
+                    if let Some(e) = t.find(hash, &spec) {
+                        e.slot = Slot::Done(out.clone());
+                    }
+                }
+                Ok(_) => {
+                    // Full: start again (waiters compile for themselves).
+                    t.by_hash.clear();
+                    t.by_key.clear();
+                    t.bytes = 0;
+                }
+                Err(_) => t.remove(hash, &spec),
+            }
+            self.ready.notify_all();
+        }
+        (result, false)
+    }
+
+    /// Makes `spec`, which a vCPU is about to compile, the region other
+    /// vCPUs are offered at `keys` (its blocks' entries).
+    pub(crate) fn publish(&self, keys: &[Key], spec: &Arc<RegionSpec>) {
+        let mut t = self.table.lock();
+        if t.by_key.len() + keys.len() > KEEP_KEYS {
+            t.by_key.clear();
+        }
+        for k in keys {
+            t.by_key.insert(*k, spec.clone());
+        }
+    }
+
+    /// The region some vCPU compiled (or compiles) with a block at `key`.
+    /// The caller checks that its own view of the code is the same.
+    pub(crate) fn offered(&self, key: &Key) -> Option<Arc<RegionSpec>> {
+        self.table.lock().by_key.get(key).cloned()
+    }
+
+    /// Compiled regions kept for sharing, and their code's bytes.
+    pub fn kept(&self) -> (usize, usize) {
+        let t = self.table.lock();
+        let n = t.by_hash.values().flatten().filter(|e| matches!(e.slot, Slot::Done(_))).count();
+        (n, t.bytes)
+    }
+}
+
+/// A hash of what a region's code is made from.
+fn spec_hash(spec: &RegionSpec) -> u64 {
+    let mut h = FxHasher::default();
+    (spec.bits, spec.chain, spec.shared_memory, spec.blocks.len()).hash(&mut h);
+    for b in &spec.blocks {
+        (b.rip, b.insns.len()).hash(&mut h);
+        for d in &b.insns {
+            (d.insn.ip(), d.insn.code(), d.insn.len(), d.insn.immediate64(), d.insn.memory_displacement64())
+                .hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
+/// Whether two specs make the same code: the same configuration and
+/// helper entries, and the same blocks of instructions equal in every bit.
+fn same_spec(a: &RegionSpec, b: &RegionSpec) -> bool {
+    a.bits == b.bits
+        && a.chain == b.chain
+        && a.shared_memory == b.shared_memory
+        && (a.access.load, a.access.load_rmw, a.access.store) == (b.access.load, b.access.load_rmw, b.access.store)
+        && a.blocks.len() == b.blocks.len()
+        && a.blocks.iter().zip(&b.blocks).all(|(x, y)| {
+            x.rip == y.rip
+                && x.insns.len() == y.insns.len()
+                && x.insns.iter().zip(&y.insns).all(|(i, j)| i.insn.eq_all_bits(&j.insn))
+        })
+}
