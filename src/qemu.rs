@@ -1520,14 +1520,14 @@ mod tests {
             ("-s -kernel k", "-s is not supported"),
             ("-gdb tcp::1234", "gdb stub"),
             ("-device usb-tablet", "no USB bus"),
-            ("-usb -device usb-mouse", "usb-mouse"),
+            ("-usb -device qemu-xhci", "qemu-xhci"),
             ("-frobnicate", "-frobnicate is not supported"),
             ("--frobnicate", "-frobnicate is not supported"),
             ("-object memory-backend-ram,id=m", "-object"),
             ("-device qxl-vga", "qxl-vga"),
             ("-kernel", "requires an argument"),
             ("-action panic=pause", "panic="),
-            ("-usbdevice mouse", "-usbdevice"),
+            ("-usbdevice disk:f.img", "-usbdevice disk:f.img is not supported"),
         ] {
             refused(line, name);
         }
