@@ -81,7 +81,7 @@ pub fn set_mib(disk: &Path, mib: u32) {
 /// on the next line), so one copy can land in the middle of the other.
 /// The characters of `line` in order, within a stretch of `out` three
 /// times its length.
-fn interleaved(out: &str, line: &str) -> bool {
+pub fn interleaved(out: &str, line: &str) -> bool {
     let out = out.as_bytes();
     let line = line.as_bytes();
     let Some(&first) = line.first() else { return true };
