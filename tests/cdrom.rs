@@ -33,7 +33,7 @@ use std::time::Instant;
 use bios_disk::{interleaved, seabios};
 use encode::base64;
 use images::images;
-use run::{ferrovm, tmp};
+use run::{ferrovm, run_until, tmp};
 
 const ISOLINUX_BIN: &str = "/usr/lib/ISOLINUX/isolinux.bin";
 const LDLINUX_C32: &str = "/usr/lib/syslinux/modules/bios/ldlinux.c32";
@@ -226,43 +226,12 @@ fn boot_grub(drive: &[&str], boot: &str, booting: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("ferrovm runs");
-    let out = wait_for(o, "Memtest86+", 120);
+    let (out, _) = run_until(o, |out| interleaved(out, "Memtest86+"), 120);
     eprintln!("{booting}: GRUB's menu after {:.1} s", t.elapsed().as_secs_f64());
     assert!(out.contains(booting), "SeaBIOS booted the drive:\n{out}");
     // GRUB writes a character, then moves the cursor: SeaBIOS's serial
     // console may copy the two with a cursor escape between them.
     assert!(interleaved(&out, "Memtest86+"), "GRUB's menu reached COM1:\n{out}");
-}
-
-/// Reads `child`'s standard output until `want` appears (or `secs` pass,
-/// or it ends), then kills it; what it printed.
-fn wait_for(mut child: std::process::Child, want: &str, secs: u64) -> String {
-    use std::io::Read;
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + std::time::Duration::from_secs(secs);
-    let mut out = Vec::new();
-    while Instant::now() < deadline {
-        match rx.recv_timeout(std::time::Duration::from_millis(200)) {
-            Ok(b) => out.extend(b),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(_) => break,
-        }
-        if interleaved(&String::from_utf8_lossy(&out), want) {
-            break;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Debian's hybrid GRUB rescue ISO (grub-mkrescue's El Torito image)

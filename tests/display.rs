@@ -36,17 +36,19 @@ mod bios_disk;
 mod encode;
 #[path = "guest/images.rs"]
 mod images;
+#[path = "guest/qmp.rs"]
+mod qmp;
 #[path = "guest/run.rs"]
 #[allow(dead_code, reason = "this suite spawns ferrovm itself")]
 mod run;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bios_disk::{partition_offset, seabios, set_mib, sh, test_disk};
+use qmp::Qmp;
 use run::tmp;
 use vnc::client::{Client, ClientEncoding};
 
@@ -183,47 +185,6 @@ impl Drop for Vm {
     }
 }
 
-/// A QMP client.
-struct Qmp {
-    r: BufReader<UnixStream>,
-    w: UnixStream,
-}
-
-impl Qmp {
-    /// Connects and negotiates capabilities; checks the greeting.
-    fn connect(path: &Path) -> Qmp {
-        let s = UnixStream::connect(path).expect("QMP connects");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut q = Qmp { r: BufReader::new(s.try_clone().unwrap()), w: s };
-        let greeting = q.line();
-        assert!(greeting.starts_with(r#"{"QMP":"#) && greeting.contains(r#""qemu":{"#), "greeting: {greeting}");
-        assert_eq!(q.cmd(r#"{"execute":"qmp_capabilities"}"#), r#"{"return":{}}"#);
-        q
-    }
-
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.r.read_line(&mut l).expect("a QMP line");
-        l.trim().to_string()
-    }
-
-    /// Sends `json` and returns the reply, skipping events.
-    fn cmd(&mut self, json: &str) -> String {
-        // One write: the monitor runs a command as soon as its JSON is
-        // whole, so after `quit` a second write for the newline could find
-        // the process gone.
-        self.w.write_all(format!("{json}\n").as_bytes()).unwrap();
-        loop {
-            // Events (with "event" among their keys) come between.
-            let l = self.line();
-            if l.starts_with(r#"{"return""#) || l.starts_with(r#"{"error""#) {
-                return l;
-            }
-            assert!(l.contains(r#""event":"#), "a reply or an event: {l}");
-        }
-    }
-}
-
 /// A VNC client of the VM's display.
 fn rfb_connect(display: u16, password: Option<&str>) -> std::io::Result<Client> {
     Client::connect(([127, 0, 0, 1], 5900 + display).into(), password, ClientEncoding::Raw)
@@ -259,6 +220,7 @@ fn the_bios_banner_reaches_a_vnc_client_and_qmp_drives_the_run() {
     assert!(o.status.success(), "ferrovm screendump: {}", String::from_utf8_lossy(&o.stderr));
     assert!(std::fs::read(&cli_png).unwrap().starts_with(b"\x89PNG"), "a PNG from the file's extension");
     let mut q = Qmp::connect(&vm.qmp);
+    assert!(q.greeting.contains(r#""qemu":{"#), "greeting: {}", q.greeting);
     assert!(q.cmd(r#"{"execute":"query-status"}"#).contains(r#""status":"running""#));
     // The screen as a PNG file: a 720x400 text mode.
     let png = tmp("display", "banner.png");

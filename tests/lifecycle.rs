@@ -20,14 +20,17 @@
 //! a line to COM1, then powers off through the ACPI PM1a control register,
 //! waits halted, or echoes what COM1 receives.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use iced_x86::code_asm::*;
+
+#[path = "guest/qmp.rs"]
+mod qmp;
+use qmp::Qmp;
 
 /// A folder of this test's own.
 fn tmp(test: &str) -> PathBuf {
@@ -152,61 +155,6 @@ impl Drop for Proc {
         let _ = self.0.wait();
         if std::thread::panicking() {
             eprintln!("ferrovm's stderr:\n{}", self.stderr());
-        }
-    }
-}
-
-/// A QMP client that keeps the events it reads.
-struct Qmp {
-    r: BufReader<UnixStream>,
-    w: UnixStream,
-    events: Vec<String>,
-}
-
-impl Qmp {
-    /// Connects (waiting for the socket) and negotiates capabilities.
-    fn connect(path: &Path) -> Qmp {
-        wait_until("the QMP socket", 30, || path.exists());
-        let s = UnixStream::connect(path).expect("QMP connects");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut q = Qmp { r: BufReader::new(s.try_clone().unwrap()), w: s, events: Vec::new() };
-        let greeting = q.line();
-        assert!(greeting.starts_with(r#"{"QMP":"#), "greeting: {greeting}");
-        assert_eq!(q.cmd(r#"{"execute":"qmp_capabilities"}"#), r#"{"return":{}}"#);
-        q
-    }
-
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.r.read_line(&mut l).expect("a QMP line");
-        assert!(!l.is_empty(), "the monitor closed the connection");
-        l.trim().to_string()
-    }
-
-    /// Sends `json` (in one write) and returns the reply; events between
-    /// are kept.
-    fn cmd(&mut self, json: &str) -> String {
-        self.w.write_all(format!("{json}\n").as_bytes()).unwrap();
-        loop {
-            let l = self.line();
-            if l.starts_with(r#"{"return""#) || l.starts_with(r#"{"error""#) {
-                return l;
-            }
-            assert!(l.contains(r#""event":"#), "a reply or an event: {l}");
-            self.events.push(l);
-        }
-    }
-
-    /// The first event named `name` not taken yet, waiting for it.
-    fn event(&mut self, name: &str) -> String {
-        let tag = format!(r#""event":"{name}""#);
-        loop {
-            if let Some(i) = self.events.iter().position(|e| e.contains(&tag)) {
-                return self.events.remove(i);
-            }
-            let l = self.line();
-            assert!(l.contains(r#""event":"#), "an event: {l}");
-            self.events.push(l);
         }
     }
 }

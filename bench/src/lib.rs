@@ -7,7 +7,9 @@
 //!   init (`ferrovm bench`);
 //! - [`work`]: compute-bound work inside a Linux guest (`--work`);
 //! - [`disk`]: virtio-blk throughput and IOPS inside a Linux guest (`--disk`);
-//! - [`net`]: TCP throughput through the user-mode NAT (`--net`).
+//! - [`net`]: TCP throughput through the user-mode NAT (`--net`);
+//! - [`migration`]: live migration's downtime and total time over
+//!   loopback (`--migration`).
 //!
 //! Linux guests and QEMU run as child processes (a Linux guest under the
 //! `ferrovm` binary that calls this crate), so each of those measurements
@@ -19,6 +21,7 @@ use clap::Args;
 pub mod demo;
 pub mod disk;
 pub mod display;
+pub mod migration;
 pub mod net;
 pub mod smp;
 pub mod work;
@@ -63,6 +66,11 @@ pub struct BenchArgs {
     /// one viewer, and QEMU's with its -vnc when installed.
     #[arg(long, conflicts_with_all = ["net", "work", "disk", "smp"])]
     pub display: bool,
+    /// Measure live migration instead: downtime and total time of a
+    /// 512 MiB guest writing its memory in a loop, migrated over TCP on
+    /// loopback between two processes, and QEMU's on the same guest.
+    #[arg(long, conflicts_with_all = ["net", "work", "disk", "smp", "display"])]
+    pub migration: bool,
     /// MiB moved each way by --net.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     pub net_mib: usize,
@@ -78,6 +86,8 @@ pub fn run(args: &BenchArgs) -> i32 {
         disk::run(args)
     } else if args.display {
         display::run(args)
+    } else if args.migration {
+        migration::run(args)
     } else if let Some(n) = args.smp {
         smp::run(args, n)
     } else {

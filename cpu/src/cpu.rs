@@ -110,9 +110,11 @@ impl Cpu {
     pub fn new(mem: Arc<GuestMemory>, platform: Box<dyn Platform + Send>) -> Self {
         let state = CpuState::reset();
         let code_watch = mem.code_watch();
+        let mut mmu = Mmu::new(mem);
+        mmu.set_watch(code_watch.clone());
         let mut cpu = Cpu {
             state,
-            mmu: Mmu::new(mem),
+            mmu,
             platform,
             stats: CpuStats::default(),
             paging: PagingCtx { mode: PagingMode::Off, cr3: 0, wp: false, nxe: false, smep: false, smap: false },

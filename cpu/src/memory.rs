@@ -89,6 +89,7 @@ impl Cpu {
     /// translated before any byte is written, so a fault leaves memory untouched.
     pub(crate) fn write_lin_p(&mut self, lin: u64, data: &[u8], p: Privilege) -> Fault<()> {
         if self.mmu.write_fast(p, lin, data) {
+            self.mmu.grant_fast_write(p, lin);
             return Ok(());
         }
         let first = self.translate(lin, Access::Write, p)?;
@@ -143,8 +144,12 @@ impl Cpu {
     }
 
     /// Drop the soft-TLB entries that let stores into pages newly holding
-    /// code skip the check (every entry, if the queue overflowed).
+    /// code skip the check (every entry, if the queue overflowed), and,
+    /// for a write sync of dirty logging, every entry translated stores use.
     pub(crate) fn forget_write_paths(&mut self, changes: &mmu::CodeChanges) {
+        if changes.drop_fast_writes {
+            self.mmu.drop_fast_writes();
+        }
         if changes.overflowed {
             self.mmu.flush(false);
         } else {

@@ -1901,6 +1901,19 @@ fn stores_by_another_cpus_compiled_code_reach_this_cpus_code() {
     assert_eq!(a.state.gpr[0], 9);
 }
 
+/// Whether the host has the 128-bit compare-and-swap compiled CMPXCHG16B
+/// needs (as `translate::classify::cas128`).
+fn host_cas128() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("cmpxchg16b")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The JIT's configuration when other host threads share guest memory.
 fn shared_cfg() -> Config {
     Config { shared_memory: true, ..cfg() }
@@ -1908,8 +1921,11 @@ fn shared_cfg() -> Config {
 
 /// Every guest atomic translated inline under `shared_memory` (LOCK ADD,
 /// SUB, AND, OR, XOR with a register and an immediate, INC and DEC with
-/// the carry known and not, NOT, XADD, XCHG, CMPXCHG both ways, BTS, BTR,
-/// BTC, MFENCE) in all four sizes gives the interpreter's memory, registers
+/// the carry known and not, NEG, NOT, ADC and SBB with the carry known and
+/// not, XADD, XCHG, CMPXCHG both ways, BTS, BTR, BTC by an immediate and by
+/// a register (a bit string reaching 1 KiB either side, in 64- and 32-bit
+/// addressing), CMPXCHG8B and CMPXCHG16B both ways with and without LOCK,
+/// MFENCE) in all their sizes gives the interpreter's memory, registers
 /// and flags, on edge values that set and clear carry, overflow, zero and
 /// sign: the flags after each one are folded into R13.
 #[test]
@@ -1920,8 +1936,45 @@ fn inline_atomics_give_the_interpreters_results_and_flags() {
         for (i, v) in VALUES.iter().enumerate() {
             c.mem().write_u64(DATA + 0x800 + 8 * i as u64, *v).unwrap();
         }
+        // The bit strings around DATA + 0x1000.
+        for i in 0..0x100u64 {
+            c.mem().write_u64(DATA + 0xc00 + 8 * i, i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).unwrap();
+        }
     };
     type Op = fn(&mut CodeAssembler) -> Result<(), IcedError>;
+    // A bit offset in R9 from -7808 to 7747 (RBX's low byte times 61).
+    fn bit_offset(a: &mut CodeAssembler) -> Result<(), IcedError> {
+        a.movsx(r9, bl)?;
+        a.imul_3(r9, r9, 61)
+    }
+    // CF from bit `n` of the pass count.
+    fn carry(a: &mut CodeAssembler, n: u32) -> Result<(), IcedError> {
+        a.bt(ecx, n)
+    }
+    // RDX:RAX equal to the 16 bytes at RSI + 0x100 on every fourth pass
+    // (RAX is the low half on odd passes; the high half is RBX, which RDX
+    // holds when bit 1 of the pass count is set), RCX:RBX the new value;
+    // RCX kept in R10.
+    fn wide_operands(a: &mut CodeAssembler) -> Result<(), IcedError> {
+        a.mov(r10, rcx)?;
+        a.mov(qword_ptr(rsi + 0x108), rbx)?;
+        a.mov(edx, ecx)?;
+        a.and(edx, 2)?;
+        a.shr(edx, 1)?;
+        a.xor(edx, 1)?;
+        a.add(rdx, rbx)?;
+        a.mov(rcx, rdi)?;
+        a.not(rcx)
+    }
+    // The same for CMPXCHG8B: EDX:EAX equal to the qword at RSI + 0x100 on
+    // odd passes.
+    fn wide_operands8(a: &mut CodeAssembler) -> Result<(), IcedError> {
+        a.mov(r10, rcx)?;
+        a.mov(rdx, rax)?;
+        a.shr(rdx, 32)?;
+        a.mov(rcx, rbx)?;
+        a.not(rcx)
+    }
     // Memory at RSI + 0x100 (a qword, RDI from the table), RBX the operand.
     let ops: Vec<Op> = vec![
         |a| a.lock().add(byte_ptr(rsi + 0x100), bl),
@@ -1978,6 +2031,107 @@ fn inline_atomics_give_the_interpreters_results_and_flags() {
             a.lock().add(qword_ptr(rsi + 0x100), rdx)
         },
         |a| a.lock().sub(qword_ptr(rsi + 0x100), rdx),
+        |a| a.lock().neg(byte_ptr(rsi + 0x100)),
+        |a| a.lock().neg(word_ptr(rsi + 0x100)),
+        |a| a.lock().neg(dword_ptr(rsi + 0x100)),
+        |a| a.lock().neg(qword_ptr(rsi + 0x100)),
+        |a| {
+            carry(a, 1)?;
+            a.lock().adc(byte_ptr(rsi + 0x100), bl)
+        },
+        |a| {
+            carry(a, 2)?;
+            a.lock().adc(word_ptr(rsi + 0x100), 0x7fff)
+        },
+        |a| {
+            carry(a, 1)?;
+            a.lock().adc(dword_ptr(rsi + 0x100), ebx)
+        },
+        |a| {
+            carry(a, 2)?;
+            a.lock().adc(qword_ptr(rsi + 0x100), rbx)
+        },
+        |a| {
+            // The carry from the state, at the start of a guest block.
+            let mut next = a.create_label();
+            carry(a, 1)?;
+            a.jmp(next)?;
+            a.set_label(&mut next)?;
+            a.lock().adc(qword_ptr(rsi + 0x100), -1)
+        },
+        |a| {
+            carry(a, 1)?;
+            a.lock().sbb(byte_ptr(rsi + 0x100), bl)
+        },
+        |a| {
+            carry(a, 2)?;
+            a.lock().sbb(word_ptr(rsi + 0x100), bx)
+        },
+        |a| {
+            carry(a, 1)?;
+            a.lock().sbb(dword_ptr(rsi + 0x100), -1)
+        },
+        |a| {
+            let mut next = a.create_label();
+            carry(a, 2)?;
+            a.jmp(next)?;
+            a.set_label(&mut next)?;
+            a.lock().sbb(qword_ptr(rsi + 0x100), rbx)
+        },
+        |a| {
+            bit_offset(a)?;
+            a.lock().bts(word_ptr(rsi + 0x1000), r9w)
+        },
+        |a| {
+            bit_offset(a)?;
+            a.lock().btr(word_ptr(rsi + 0x1000), r9w)
+        },
+        |a| {
+            bit_offset(a)?;
+            a.lock().btc(dword_ptr(rsi + 0x1000), r9d)
+        },
+        |a| {
+            bit_offset(a)?;
+            a.lock().bts(dword_ptr(rsi + 0x1000), r9d)
+        },
+        |a| {
+            bit_offset(a)?;
+            a.lock().btr(qword_ptr(rsi + 0x1000), r9)
+        },
+        |a| {
+            bit_offset(a)?;
+            a.lock().btc(qword_ptr(rsi + 0x1000), r9)
+        },
+        |a| {
+            // 32-bit addressing (67h).
+            bit_offset(a)?;
+            a.lock().bts(dword_ptr(esi + 0x1000), r9d)
+        },
+        |a| {
+            // Bits 0 to 511 of the string at RSI + 0x100, by the pass count.
+            a.lea(r9, qword_ptr(rdx * 8 - 1))?;
+            a.lock().bts(qword_ptr(rsi + 0x100), r9)
+        },
+        |a| {
+            wide_operands8(a)?;
+            a.lock().cmpxchg8b(qword_ptr(rsi + 0x100))?;
+            a.mov(rcx, r10)
+        },
+        |a| {
+            wide_operands8(a)?;
+            a.cmpxchg8b(qword_ptr(rsi + 0x100))?;
+            a.mov(rcx, r10)
+        },
+        |a| {
+            wide_operands(a)?;
+            a.lock().cmpxchg16b(xmmword_ptr(rsi + 0x100))?;
+            a.mov(rcx, r10)
+        },
+        |a| {
+            wide_operands(a)?;
+            a.cmpxchg16b(xmmword_ptr(rsi + 0x100))?;
+            a.mov(rcx, r10)
+        },
     ];
     for (k, op) in ops.iter().enumerate() {
         let (_, b, jit) = both_with(shared_cfg(), long_mode, prep, |a| {
@@ -2016,15 +2170,19 @@ fn inline_atomics_give_the_interpreters_results_and_flags() {
             a.hlt()
         });
         ran_compiled(&b, &jit, 90);
-        // Only the PUSHF may fall back, never the atomic.
-        assert!(jit.stats.fallback_insns <= 64 * 2, "op {k}: {:?}", jit.stats);
+        // Nothing falls back (CMPXCHG16B does where the host has no
+        // 128-bit compare-and-swap).
+        let limit = if k >= ops.len() - 2 && !host_cas128() { 64 } else { 0 };
+        assert!(jit.stats.fallback_insns <= limit, "op {k}: {:?}", jit.stats);
     }
 }
 
 /// Under `shared_memory`, what the inline path cannot take goes through
 /// the interpreter's locked handler and the results stay the
-/// interpreter's: a LOCK across a page boundary, a misaligned one within
-/// a page, LOCK ADC/SBB/NEG, CMPXCHG8B, and a LOCK BTS by a register.
+/// interpreter's: LOCKs across a page boundary and misaligned ones within
+/// a page, of every form (ADC, SBB, NEG, XADD, CMPXCHG, CMPXCHG8B, the bit
+/// strings by a register), and plain XADD and BT by a register across a
+/// page.
 #[test]
 fn atomics_the_inline_path_refuses_give_the_interpreters_results() {
     let (_, b, jit) = both_with(
@@ -2039,18 +2197,176 @@ fn atomics_the_inline_path_refuses_give_the_interpreters_results() {
                 a.lock().xadd(word_ptr(rsi + 0x21), r8w)?;
                 a.mov(eax, dword_ptr(rsi + 0x40))?;
                 a.lock().cmpxchg(dword_ptr(rsi + 0x40), ecx)?;
-                a.lock().adc(dword_ptr(rsi + 0x44), ecx)?;
-                a.lock().sbb(word_ptr(rsi + 0x48), cx)?;
-                a.lock().neg(qword_ptr(rsi + 0x50))?;
-                a.lock().cmpxchg8b(qword_ptr(rsi + 0x58))?;
+                a.bt(ecx, 0)?;
+                a.lock().adc(dword_ptr(rsi + 0x45), ecx)?;
+                a.lock().adc(qword_ptr(rsi + 0xffc), rcx)?;
+                a.lock().sbb(word_ptr(rsi + 0x49), cx)?;
+                a.lock().sbb(dword_ptr(rsi + 0xfff), ecx)?;
+                a.lock().neg(qword_ptr(rsi + 0x51))?;
+                a.lock().neg(word_ptr(rsi + 0xfff))?;
+                a.mov(eax, dword_ptr(rsi + 0x5c))?;
+                a.mov(edx, dword_ptr(rsi + 0x60))?;
+                a.lock().cmpxchg8b(qword_ptr(rsi + 0x5c))?;
+                a.lock().cmpxchg8b(qword_ptr(rsi + 0xffc))?;
                 a.mov(r9, rcx)?;
                 a.and(r9, 127)?;
-                a.lock().bts(qword_ptr(rsi + 0x60), r9)
+                a.lock().bts(qword_ptr(rsi + 0x64), r9)?;
+                // The first unit crosses the page, the others are
+                // misaligned.
+                a.lock().btc(word_ptr(rsi + 0xfff), r9w)?;
+                a.lock().btr(dword_ptr(rsi + 0xffe), r9d)?;
+                a.xadd(dword_ptr(rsi + 0xffd), r8d)?;
+                a.bt(qword_ptr(rsi + 0xffc), r9)?;
+                a.adc(r10, 0)
             })
         },
     );
     assert!(b.state.rip < stub(0) || b.state.rip > stub(31), "faulted: {:#x}", b.state.rip);
     assert!(jit.stats.native_insns > 0, "{:?}", jit.stats);
+}
+
+/// CMPXCHG16B of a misaligned operand raises #GP(0) from compiled code as
+/// the interpreter does, with LOCK under `shared_memory` and without on one
+/// thread (the inline path's alignment test sends it to the interpreter).
+#[test]
+fn a_misaligned_cmpxchg16b_in_compiled_code_raises_gp() {
+    for shared in [false, true] {
+        let jit_cfg = if shared { shared_cfg() } else { cfg() };
+        let (_, b, _) = both_with(
+            jit_cfg,
+            long_mode,
+            |_| {},
+            |a| {
+                a.mov(rsi, DATA + 0x100)?;
+                on_pass_ten(a, |a| {
+                    a.add(rsi, 8)?;
+                    if shared {
+                        a.lock().cmpxchg16b(xmmword_ptr(rsi))
+                    } else {
+                        a.cmpxchg16b(xmmword_ptr(rsi))
+                    }
+                })
+            },
+        );
+        assert_eq!(b.state.rip, stub(13) + 1, "halted in the #GP handler");
+    }
+}
+
+/// On one thread XADD (with and without LOCK), BT, BTS, BTR and BTC of a
+/// bit string by a register (16, 32 and 64 bits, offsets either side, in
+/// 64-bit and flat 32-bit code) and CMPXCHG8B/16B run compiled, with the
+/// interpreter's results and flags, and nothing falls back.
+#[test]
+fn plain_xadd_bit_strings_and_wide_compare_exchanges_give_the_interpreters_results() {
+    let prep = |c: &mut Cpu| {
+        for i in 0..0x200u64 {
+            c.mem().write_u64(DATA + 8 * i, i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).unwrap();
+        }
+    };
+    let (_, b, jit) = both(long_mode, prep, |a| {
+        let mut top = a.create_label();
+        a.mov(rsi, DATA + 0x800)?;
+        a.mov(ecx, 300)?;
+        a.mov(rbx, 0x0123_4567_89ab_cdefu64)?;
+        a.set_label(&mut top)?;
+        // XADD of registers, the same register twice, high bytes, memory.
+        a.xadd(rbx, r13)?;
+        a.add(r13, rcx)?;
+        a.xadd(r8d, r8d)?;
+        a.xadd(ah, bl)?;
+        a.xadd(dx, r9w)?;
+        a.xadd(qword_ptr(rsi + 0x100), rbx)?;
+        a.lock().xadd(byte_ptr(rsi + 0x108), r13b)?;
+        a.xadd(word_ptr(rsi + 0x10a), r8w)?;
+        a.pushfq()?;
+        a.pop(r11)?;
+        a.add(r12, r11)?;
+        // A bit offset from -2400 to 2384 bits.
+        a.mov(r9, rcx)?;
+        a.imul_3(r9, r9, 16)?;
+        a.sub(r9, 2400)?;
+        a.bt(qword_ptr(rsi), r9)?;
+        a.adc(r12, 0)?;
+        a.bts(dword_ptr(rsi + 4), r9d)?;
+        a.adc(r12, 0)?;
+        a.btr(word_ptr(rsi + 2), r9w)?;
+        a.adc(r12, 0)?;
+        a.btc(qword_ptr(rsi + 8), r9)?;
+        a.adc(r12, 0)?;
+        a.lock().btc(dword_ptr(rsi + rcx * 4), r9d)?;
+        a.adc(r12, 0)?;
+        a.bt(word_ptr(rsi + 6), cx)?;
+        a.adc(r12, 0)?;
+        // CMPXCHG8B/16B: equal on every other pass.
+        a.mov(r10, rcx)?;
+        a.mov(rax, qword_ptr(rsi + 0x200))?;
+        a.mov(rdx, qword_ptr(rsi + 0x208))?;
+        a.mov(r11d, ecx)?;
+        a.and(r11d, 1)?;
+        a.add(rax, r11)?;
+        a.lea(rbx, qword_ptr(rax + 3))?;
+        a.mov(rcx, rdx)?;
+        a.not(rcx)?;
+        a.cmpxchg16b(xmmword_ptr(rsi + 0x200))?;
+        a.adc(r12, rax)?;
+        a.lock().cmpxchg16b(xmmword_ptr(rsi + 0x210))?;
+        a.adc(r12, rdx)?;
+        a.mov(eax, dword_ptr(rsi + 0x220))?;
+        a.add(eax, r11d)?;
+        a.mov(edx, dword_ptr(rsi + 0x224))?;
+        a.cmpxchg8b(qword_ptr(rsi + 0x220))?;
+        a.setz(r11b)?;
+        a.add(r12, r11)?;
+        a.lock().cmpxchg8b(qword_ptr(rsi + 0x228))?;
+        a.add(r12, rax)?;
+        a.mov(rcx, r10)?;
+        a.mov(rbx, r12)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    ran_compiled(&b, &jit, 95);
+    // (CMPXCHG16B falls back where the host has no 128-bit CAS.)
+    let limit = if host_cas128() { 0 } else { 2 * 300 };
+    assert!(jit.stats.fallback_insns <= limit, "{:?}", jit.stats);
+
+    let (_, b, jit) = both(prot_mode, prep, |a| {
+        let mut top = a.create_label();
+        a.mov(esi, (DATA + 0x800) as u32)?;
+        a.mov(ecx, 300)?;
+        a.set_label(&mut top)?;
+        a.lea(eax, dword_ptr(ecx + ebx))?;
+        a.xadd(dword_ptr(esi + 0x100), eax)?;
+        a.xadd(ebx, eax)?;
+        a.mov(edi, ecx)?;
+        a.imul_3(edi, edi, 16)?;
+        a.sub(edi, 2400)?;
+        a.btc(dword_ptr(esi + 4), edi)?;
+        a.adc(ebp, 0)?;
+        a.lock().bts(word_ptr(esi), di)?;
+        a.adc(ebp, 0)?;
+        a.bt(dword_ptr(esi + ecx), edi)?;
+        a.adc(ebp, 0)?;
+        a.push(ecx)?;
+        a.push(ebx)?;
+        a.mov(eax, dword_ptr(esi + 0x200))?;
+        a.mov(edx, ecx)?;
+        a.and(edx, 1)?;
+        a.add(eax, edx)?;
+        a.mov(edx, dword_ptr(esi + 0x204))?;
+        a.lea(ebx, dword_ptr(eax + 5))?;
+        a.mov(ecx, edx)?;
+        a.not(ecx)?;
+        a.lock().cmpxchg8b(qword_ptr(esi + 0x200))?;
+        a.adc(ebp, eax)?;
+        a.pop(ebx)?;
+        a.pop(ecx)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    ran_compiled(&b, &jit, 95);
+    assert_eq!(jit.stats.fallback_insns, 0, "{:?}", jit.stats);
 }
 
 /// A LOCK ADD into the running region's own code, translated inline under
@@ -2134,6 +2450,68 @@ fn a_lock_on_mmio_in_compiled_code_reaches_the_device_once_per_pass() {
     assert!(jit.stats.native_insns > 0, "{:?}", jit.stats);
 }
 
+/// The new inline forms on MMIO in a compiled loop under `shared_memory`
+/// (LOCK BTS and BTR by a register, NEG, ADC, SBB, CMPXCHG8B; plain XADD
+/// and BT by a register) go through the interpreter's handlers: the device
+/// sees the accesses, and the last value written, that the interpreter
+/// alone gives it.
+#[test]
+fn new_inline_forms_on_mmio_reach_the_device_as_the_interpreters_do() {
+    let code = |c: &Cpu| {
+        assemble(c, |a| {
+            let mut top = a.create_label();
+            a.mov(ebx, 0xfee0_0000u32)?;
+            a.mov(ecx, 300)?;
+            a.set_label(&mut top)?;
+            a.mov(edx, ecx)?;
+            a.and(edx, 63)?;
+            a.lock().bts(dword_ptr(ebx), edx)?;
+            a.lock().btr(word_ptr(ebx + 0x10), dx)?;
+            a.lock().neg(dword_ptr(ebx))?;
+            a.bt(ecx, 0)?;
+            a.lock().adc(dword_ptr(ebx + 4), ecx)?;
+            a.lock().sbb(byte_ptr(ebx + 8), cl)?;
+            a.mov(eax, ecx)?;
+            a.lock().cmpxchg8b(qword_ptr(ebx + 0x18))?;
+            a.xadd(dword_ptr(ebx + 0x20), edx)?;
+            a.bt(dword_ptr(ebx), ecx)?;
+            a.adc(esi, 0)?;
+            a.dec(ecx)?;
+            a.jnz(top)?;
+            a.hlt()
+        })
+    };
+    let run = |jit_cfg: Option<Config>| {
+        let mmio = Mmio::default();
+        let mem = std::sync::Arc::new(mmu::GuestMemory::new(16 << 20).unwrap());
+        let mut c = Cpu::new(mem, Box::new(mmio.clone()));
+        prot_setup(&mut c);
+        let bytes = code(&c);
+        place(&mut c, &bytes);
+        let native = match jit_cfg {
+            Some(cfg) => {
+                let mut jit = Jit::new(&mut c, cfg).unwrap();
+                run_jit(&mut c, &mut jit, 1_000_000);
+                jit.stats.native_insns
+            }
+            None => {
+                run_interp(&mut c, 1_000_000);
+                0
+            }
+        };
+        assert_eq!(c.state.rip, CODE + bytes.len() as u64, "halted at the end");
+        c.state.materialize_flags();
+        let g = mmio.0.lock().unwrap().clone();
+        ((g.0, g.1, g.2), c.state.gpr, c.state.rflags, native)
+    };
+    let (dev_a, gpr_a, fl_a, _) = run(None);
+    let (dev_b, gpr_b, fl_b, native) = run(Some(shared_cfg()));
+    assert_eq!(dev_a, dev_b, "device accesses (reads, writes, last data)");
+    assert_eq!((gpr_a, fl_a), (gpr_b, fl_b));
+    assert!(dev_a.0 >= 300 * 9, "{dev_a:?}");
+    assert!(native > 0);
+}
+
 /// Stops the world for the threads' processors (as the machine's run loop
 /// does): each runs slices between [`World::enter`] and [`World::leave`];
 /// an exclusive request waits until every other processor is out of its
@@ -2211,7 +2589,8 @@ fn jit_on_threads(n: usize, code: impl Fn(&Cpu) -> Vec<u8>) -> (std::sync::Arc<m
                     let r = jit.run(&mut c, 20_000);
                     w.leave();
                     match r {
-                        StopReason::Budget => {}
+                        // A spin-wait's PAUSEs end a slice now and then.
+                        StopReason::Budget | StopReason::Requested => {}
                         StopReason::Halted => break,
                         other => panic!("processor {i} stopped: {other:?}"),
                     }
@@ -2333,6 +2712,78 @@ fn a_page_crossing_lock_in_compiled_code_counts_exactly_across_threads() {
     });
     assert_eq!(mem.read_u32(DATA + 0xffe).unwrap(), 3 * THREADS as u32 * M);
     assert_eq!(mem.read_u64(DATA + 0x1010).unwrap(), u64::from(THREADS as u32 * M));
+}
+
+/// A spinlock taken with LOCK BTS of a bit string by a register and
+/// released with LOCK BTR protects a plain increment on four threads, and
+/// counters updated by LOCK ADC and SBB (with CF set) and CMPXCHG8B and
+/// CMPXCHG16B loops count exactly; everything runs inline.
+#[test]
+fn bit_string_locks_and_wide_compare_exchange_counters_count_exactly_across_threads() {
+    const N: u32 = 50_000;
+    let (mem, stats) = jit_on_threads(THREADS, |c| {
+        assemble(c, |a| {
+            let mut spin = a.create_label();
+            let mut wait = a.create_label();
+            let mut retry8 = a.create_label();
+            let mut retry16 = a.create_label();
+            a.mov(rbx, DATA)?;
+            a.mov(ecx, N)?;
+            // Bit 100 of the string at RBX: bit 36 of the qword at RBX + 8.
+            a.mov(r8d, 100)?;
+            a.set_label(&mut spin)?;
+            a.lock().bts(qword_ptr(rbx), r8)?;
+            a.jc(wait)?;
+            a.mov(esi, dword_ptr(rbx + 64))?;
+            a.add(esi, 1)?;
+            a.mov(dword_ptr(rbx + 64), esi)?;
+            a.lock().btr(qword_ptr(rbx), r8)?;
+            a.stc()?;
+            a.lock().adc(qword_ptr(rbx + 0x80), 0)?;
+            a.stc()?;
+            a.lock().sbb(dword_ptr(rbx + 0x88), 1)?;
+            // CMPXCHG8B: the low half counts by 1, the high half by 3.
+            a.mov(r9, rcx)?;
+            a.mov(eax, dword_ptr(rbx + 0xc0))?;
+            a.mov(edx, dword_ptr(rbx + 0xc4))?;
+            a.set_label(&mut retry8)?;
+            a.lea(ebx, dword_ptr(eax + 1))?;
+            a.lea(ecx, dword_ptr(edx + 3))?;
+            a.mov(r10, DATA + 0xc0)?;
+            a.lock().cmpxchg8b(qword_ptr(r10))?;
+            a.mov(rbx, DATA)?;
+            a.jnz(retry8)?;
+            // CMPXCHG16B: the low half by 1, the high half by 5.
+            a.mov(rax, qword_ptr(rbx + 0x100))?;
+            a.mov(rdx, qword_ptr(rbx + 0x108))?;
+            a.set_label(&mut retry16)?;
+            a.lea(rbx, qword_ptr(rax + 1))?;
+            a.lea(rcx, qword_ptr(rdx + 5))?;
+            a.mov(r10, DATA + 0x100)?;
+            a.lock().cmpxchg16b(xmmword_ptr(r10))?;
+            a.mov(rbx, DATA)?;
+            a.jnz(retry16)?;
+            a.mov(rcx, r9)?;
+            a.dec(ecx)?;
+            a.jnz(spin)?;
+            a.hlt()?;
+            a.set_label(&mut wait)?;
+            a.pause()?;
+            a.bt(qword_ptr(rbx), r8)?;
+            a.jc(wait)?;
+            a.jmp(spin)
+        })
+    });
+    let total = THREADS as u64 * u64::from(N);
+    assert_eq!(u64::from(mem.read_u32(DATA + 64).unwrap()), total);
+    assert_eq!(mem.read_u64(DATA).unwrap() | mem.read_u64(DATA + 8).unwrap(), 0, "the lock is free");
+    assert_eq!(mem.read_u64(DATA + 0x80).unwrap(), total);
+    assert_eq!(mem.read_u32(DATA + 0x88).unwrap(), (2 * total as u32).wrapping_neg());
+    assert_eq!(mem.read_u64(DATA + 0xc0).unwrap(), total | (3 * total) << 32);
+    assert_eq!((mem.read_u64(DATA + 0x100).unwrap(), mem.read_u64(DATA + 0x108).unwrap()), (total, 5 * total));
+    for s in &stats {
+        assert!(s.native_insns > 10 * s.fallback_insns.max(1), "{s:?}");
+    }
 }
 
 /// Two processors on one guest memory, each with its own JIT over one

@@ -30,6 +30,27 @@
 //! [`CodeChanges::marked`]: a vCPU whose soft TLB lets translated code store
 //! to the page without looking at the bit drops those entries.
 //!
+//! # Dirty logging
+//!
+//! For live migration, guest memory also keeps one dirty bit per page
+//! while logging is on ([`GuestMemory::start_dirty_log`]): every write
+//! through this module (CPU stores on their checked paths, DMA, the
+//! atomics) sets the bits of the pages it wrote once its bytes are in
+//! place, with a read-modify-write that orders the bytes before the bit.
+//! [`GuestMemory::take_dirty`] swaps the bitmap out, word by word, for
+//! zeros, so a page written after the swap is dirty again.
+//!
+//! Translated code stores through a soft-TLB entry without calling here,
+//! so while logging is on a TLB gives a page a write entry for translated
+//! code only when the page is dirty already, and a vCPU that holds such
+//! entries says so on its watch ([`CodeWatch::note_fast_writes`]) before it
+//! looks at the dirty bit. After a swap, [`GuestMemory::request_write_sync`]
+//! asks every watch's owner to drop those entries; once
+//! [`GuestMemory::write_sync_done`] says each did (or held none), every
+//! store through an entry made before the swap is in memory, its page is
+//! among the pages the swap returned, and later stores go through the
+//! checked path and set the bit again.
+//!
 //! Ordering: a consumer marks a page (a read-modify-write of its bit) before
 //! it reads the page's bytes to decode them, and the writes of this module
 //! look at the bit only once their bytes are in place. A consumer told of a
@@ -147,6 +168,13 @@ pub struct GuestMemory {
     shadow_ro: [AtomicU64; SHADOW_WORDS],
     /// Bumped whenever a page's shadow protection changes.
     shadow_generation: AtomicU64,
+    /// One bit per guest page: written since the last
+    /// [`GuestMemory::take_dirty`], while `dirty_logging` is set.
+    dirty_bits: Vec<AtomicU64>,
+    /// Set while writes are logged ([`GuestMemory::start_dirty_log`]).
+    dirty_logging: AtomicBool,
+    /// The last write sync asked ([`GuestMemory::request_write_sync`]).
+    write_sync: AtomicU64,
 }
 
 /// Pages of the first megabyte, whose writability the chipset switches.
@@ -203,6 +231,9 @@ impl GuestMemory {
             watches: RwLock::new(Vec::new()),
             shadow_ro: Default::default(),
             shadow_generation: AtomicU64::new(0),
+            dirty_bits: Vec::new(),
+            dirty_logging: AtomicBool::new(false),
+            write_sync: AtomicU64::new(0),
         };
         let low = ram_size.min(PCI_HOLE_START);
         if vga_window {
@@ -265,6 +296,7 @@ impl GuestMemory {
         let pages = self.regions.iter().map(|r| r.end()).max().unwrap_or(0) / PAGE_SIZE;
         let words = pages.div_ceil(64) as usize;
         self.code_bits.resize_with(words, || AtomicU64::new(0));
+        self.dirty_bits.resize_with(words, || AtomicU64::new(0));
         Ok(())
     }
 
@@ -704,10 +736,92 @@ impl GuestMemory {
         self.code_bits.get((page / 64) as usize).is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (page % 64)) != 0)
     }
 
+    // ---- dirty logging --------------------------------------------------------
+
+    /// Starts logging writes to guest RAM: from now on each write sets its
+    /// pages' dirty bits, and soft TLBs give translated code write entries
+    /// only for dirty pages. The bitmap starts empty. The caller then
+    /// drops the write entries made before ([`GuestMemory::request_write_sync`]).
+    pub fn start_dirty_log(&self) {
+        for w in &self.dirty_bits {
+            w.store(0, Ordering::Relaxed);
+        }
+        self.dirty_logging.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops logging writes; the bitmap is cleared.
+    pub fn stop_dirty_log(&self) {
+        self.dirty_logging.store(false, Ordering::SeqCst);
+        for w in &self.dirty_bits {
+            w.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether writes are logged.
+    #[inline]
+    pub fn dirty_logging(&self) -> bool {
+        self.dirty_logging.load(Ordering::Relaxed)
+    }
+
+    /// Sets the dirty bits of the pages of `addr..addr+len` while logging
+    /// is on, after the bytes are in place (the read-modify-write orders
+    /// them before the bit for [`GuestMemory::take_dirty`]'s reader). For
+    /// writers that reach RAM by other ways than this module's (a
+    /// hypervisor's own dirty log).
+    #[inline]
+    pub fn mark_dirty(&self, addr: u64, len: u64) {
+        if !self.dirty_logging.load(Ordering::SeqCst) {
+            return;
+        }
+        let first = addr / PAGE_SIZE;
+        let last = addr.saturating_add(len.max(1) - 1) / PAGE_SIZE;
+        for page in first..=last {
+            let Some(w) = self.dirty_bits.get((page / 64) as usize) else { break };
+            w.fetch_or(1 << (page % 64), Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the page holding `addr` was written since the last
+    /// [`GuestMemory::take_dirty`] (false while logging is off).
+    #[inline]
+    pub fn is_dirty(&self, addr: u64) -> bool {
+        let page = addr / PAGE_SIZE;
+        self.dirty_bits.get((page / 64) as usize).is_some_and(|w| w.load(Ordering::SeqCst) & (1 << (page % 64)) != 0)
+    }
+
+    /// The dirty bitmap since the last call (bit `n` of word `w`: the page
+    /// at guest physical `(64 * w + n) * PAGE_SIZE`), cleared for the next
+    /// round. Pages outside RAM never appear.
+    pub fn take_dirty(&self) -> DirtyBitmap {
+        let words = self.dirty_bits.iter().map(|w| w.swap(0, Ordering::SeqCst)).collect();
+        DirtyBitmap { words }
+    }
+
+    /// Asks every watch's owner to drop the soft-TLB entries through which
+    /// translated code stores without setting dirty bits (after a
+    /// [`GuestMemory::take_dirty`], and when logging starts); returns the
+    /// request's number for [`GuestMemory::write_sync_done`].
+    pub fn request_write_sync(&self) -> u64 {
+        let n = self.write_sync.fetch_add(1, Ordering::SeqCst) + 1;
+        let all = self.watches.read().unwrap_or_else(|e| e.into_inner());
+        for w in all.iter().filter_map(Weak::upgrade) {
+            w.ask_sync(n);
+        }
+        n
+    }
+
+    /// Whether every live watch's owner answered write sync `n` (took its
+    /// queue since), or holds no such entries.
+    pub fn write_sync_done(&self, n: u64) -> bool {
+        let all = self.watches.read().unwrap_or_else(|e| e.into_inner());
+        all.iter().filter_map(Weak::upgrade).all(|w| w.synced(n))
+    }
+
     /// Called after every write, once its bytes are in place: queue each
-    /// written page that holds code on every watch.
+    /// written page that holds code on every watch, and log it.
     #[inline]
     pub(crate) fn note_write(&self, addr: u64, len: u64) {
+        self.mark_dirty(addr, len);
         let first = addr / PAGE_SIZE;
         let last = (addr + len.max(1) - 1) / PAGE_SIZE;
         for page in first..=last {
@@ -717,6 +831,56 @@ impl GuestMemory {
                 self.tell_watches(page * PAGE_SIZE, true, None);
             }
         }
+    }
+}
+
+/// The pages written in one round of dirty logging
+/// ([`GuestMemory::take_dirty`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirtyBitmap {
+    words: Vec<u64>,
+}
+
+impl DirtyBitmap {
+    /// How many pages are dirty.
+    pub fn count(&self) -> u64 {
+        self.words.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    /// Whether no page is dirty.
+    pub fn is_empty(&self) -> bool {
+        self.words.iter().all(|&w| w == 0)
+    }
+
+    /// Whether the page holding `addr` is dirty.
+    pub fn contains(&self, addr: u64) -> bool {
+        let page = addr / PAGE_SIZE;
+        self.words.get((page / 64) as usize).is_some_and(|w| w & (1 << (page % 64)) != 0)
+    }
+
+    /// Adds the dirty pages of `other`.
+    pub fn merge(&mut self, other: &DirtyBitmap) {
+        if self.words.len() < other.words.len() {
+            self.words.resize(other.words.len(), 0);
+        }
+        for (a, b) in self.words.iter_mut().zip(&other.words) {
+            *a |= b;
+        }
+    }
+
+    /// The guest physical addresses of the dirty pages, in order.
+    pub fn pages(&self) -> impl Iterator<Item = u64> + '_ {
+        self.words.iter().enumerate().flat_map(|(i, &w)| {
+            let mut w = w;
+            std::iter::from_fn(move || {
+                if w == 0 {
+                    return None;
+                }
+                let bit = u64::from(w.trailing_zeros());
+                w &= w - 1;
+                Some((i as u64 * 64 + bit) * PAGE_SIZE)
+            })
+        })
     }
 }
 
@@ -736,6 +900,13 @@ pub struct CodeWatch {
     /// Set, under the lock, while `queue` holds something.
     pending: AtomicBool,
     queue: Mutex<CodeChanges>,
+    /// The last write sync asked of this watch, and the last its owner
+    /// answered by taking the queue ([`GuestMemory::request_write_sync`]).
+    sync_asked: AtomicU64,
+    sync_done: AtomicU64,
+    /// Set by the owner before its soft TLB gives translated code a write
+    /// entry while logging is on; cleared when it drops them all.
+    fast_writes: AtomicBool,
 }
 
 /// What a [`CodeWatch`] collected since it was last taken.
@@ -750,12 +921,16 @@ pub struct CodeChanges {
     /// The queue filled up and was dropped: treat every page as written and
     /// as marked.
     pub overflowed: bool,
+    /// Dirty logging asks for a write sync: every soft-TLB entry through
+    /// which translated code stores must go
+    /// ([`GuestMemory::request_write_sync`]).
+    pub drop_fast_writes: bool,
 }
 
 impl CodeChanges {
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.written.is_empty() && self.marked.is_empty() && !self.overflowed
+        self.written.is_empty() && self.marked.is_empty() && !self.overflowed && !self.drop_fast_writes
     }
 }
 
@@ -768,7 +943,8 @@ impl CodeWatch {
         let mut q = self.lock();
         if !q.overflowed {
             if q.written.len() + q.marked.len() >= WATCH_QUEUE_MAX {
-                *q = CodeChanges { overflowed: true, ..Default::default() };
+                let drop_fast_writes = q.drop_fast_writes;
+                *q = CodeChanges { overflowed: true, drop_fast_writes, ..Default::default() };
             } else if written {
                 q.written.push(page);
             } else {
@@ -790,13 +966,42 @@ impl CodeWatch {
         &self.pending
     }
 
-    /// Everything queued since the last call; clears the flag.
+    /// Everything queued since the last call; clears the flag. The owner
+    /// acts on all of it before it runs guest code again (a write sync
+    /// counts as answered here).
     pub fn take(&self) -> CodeChanges {
         let mut q = self.lock();
         // Under the lock, as `push` sets it: a page queued after this take
         // sets the flag again.
         self.pending.store(false, Ordering::Release);
+        if q.drop_fast_writes {
+            self.fast_writes.store(false, Ordering::SeqCst);
+            self.sync_done.store(self.sync_asked.load(Ordering::Acquire), Ordering::Release);
+        }
         std::mem::take(&mut *q)
+    }
+
+    /// Queues a write sync ([`GuestMemory::request_write_sync`]).
+    fn ask_sync(&self, n: u64) {
+        let mut q = self.lock();
+        self.sync_asked.store(n, Ordering::Release);
+        q.drop_fast_writes = true;
+        self.pending.store(true, Ordering::Release);
+    }
+
+    /// Whether write sync `n` needs nothing more from this watch's owner.
+    fn synced(&self, n: u64) -> bool {
+        self.sync_done.load(Ordering::Acquire) >= n || !self.fast_writes.load(Ordering::SeqCst)
+    }
+
+    /// Said by the owner before its soft TLB gives translated code a write
+    /// entry while dirty logging is on, and before it reads the page's
+    /// dirty bit: a write sync then waits for it.
+    #[inline]
+    pub fn note_fast_writes(&self) {
+        if !self.fast_writes.load(Ordering::Relaxed) {
+            self.fast_writes.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -838,6 +1043,80 @@ mod tests {
         assert!(m.map_ram_image(&short).is_err(), "an image shorter than the RAM");
         let _ = std::fs::remove_file(&path);
         assert_eq!(GuestMemory::ram_image_addr(GuestMemory::ram_image_offset(HIGH_RAM_START + 5)), HIGH_RAM_START + 5);
+    }
+
+    /// Every kind of write sets the dirty bits of the pages it touched,
+    /// only while logging is on; a round takes and clears them.
+    #[test]
+    fn every_write_path_logs_its_pages() {
+        let mut m = GuestMemory::new(4 * MIB).unwrap();
+        m.add_rom("bios", 0xffff_0000, 0x10000, &[]).unwrap();
+        m.write_u8(0x1000, 1).unwrap();
+        assert!(!m.is_dirty(0x1000), "nothing is logged while logging is off");
+        m.start_dirty_log();
+        assert!(m.dirty_logging());
+        type Write<'a> = (&'a str, &'a dyn Fn(), &'a [u64]);
+        let writes: [Write; 9] = [
+            ("write", &|| m.write(0x1ff0, &[1; 32]).unwrap(), &[0x1000, 0x2000]),
+            ("load", &|| m.load(0x5008, &[2]).unwrap(), &[0x5000]),
+            ("copy", &|| m.copy(0x7000, 0x8100, 64).unwrap(), &[0x8000]),
+            ("fill", &|| m.fill(0x9ff0, 0x2020, 7).unwrap(), &[0x9000, 0xa000, 0xb000, 0xc000]),
+            ("compare_exchange", &|| assert_eq!(m.compare_exchange(0xd000, 4, 0, 9).unwrap(), Ok(0)), &[0xd000]),
+            ("fetch_or", &|| assert_eq!(m.fetch_or(0xe000, 8, 0x60).unwrap(), 0), &[0xe000]),
+            (
+                "compare_exchange_u128",
+                &|| {
+                    // A host without a 16-byte exchange refuses it (see below).
+                    let _ = m.compare_exchange_u128(0xf000, 0, 1);
+                },
+                &[0xf000],
+            ),
+            ("a failed exchange", &|| assert!(m.compare_exchange(0xd000, 4, 0, 1).unwrap().is_err()), &[]),
+            ("a refused write", &|| assert!(m.write(0xffff_0000, &[1]).is_err()), &[]),
+        ];
+        for (what, write, pages) in writes {
+            write();
+            let got: Vec<u64> = m.take_dirty().pages().collect();
+            if what == "compare_exchange_u128" && got.is_empty() {
+                continue; // a host without a 16-byte exchange
+            }
+            assert_eq!(got, pages, "{what}");
+        }
+        m.write_u8(0x3000, 1).unwrap();
+        m.write_u8(0x3fff, 1).unwrap();
+        let round = m.take_dirty();
+        assert_eq!((round.count(), round.contains(0x3000), round.contains(0x4000)), (1, true, false));
+        assert!(m.take_dirty().is_empty(), "a round clears the bitmap");
+        let mut merged = round.clone();
+        m.write_u8(0x20_0000, 1).unwrap();
+        merged.merge(&m.take_dirty());
+        assert_eq!(merged.pages().collect::<Vec<_>>(), [0x3000, 0x20_0000]);
+        m.stop_dirty_log();
+        m.write_u8(0x3000, 1).unwrap();
+        assert!(m.take_dirty().is_empty());
+    }
+
+    /// A write sync is answered by each live watch's take, or needs
+    /// nothing from a watch whose owner holds no translated write entry.
+    #[test]
+    fn write_syncs_wait_for_watches_with_fast_writes() {
+        let m = GuestMemory::new(MIB).unwrap();
+        let (a, b) = (m.code_watch(), m.code_watch());
+        m.start_dirty_log();
+        let n = m.request_write_sync();
+        assert!(a.pending() && b.pending());
+        assert!(m.write_sync_done(n), "neither holds a translated write entry");
+        a.note_fast_writes();
+        let n = m.request_write_sync();
+        assert!(!m.write_sync_done(n));
+        assert!(b.take().drop_fast_writes);
+        assert!(!m.write_sync_done(n), "a has not answered");
+        let c = a.take();
+        assert!(c.drop_fast_writes && !c.is_empty());
+        assert!(m.write_sync_done(n));
+        a.note_fast_writes();
+        drop(a);
+        assert!(m.write_sync_done(m.request_write_sync()), "a dropped watch is not waited for");
     }
 
     #[test]

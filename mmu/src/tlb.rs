@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use crate::memory::{GuestMemory, PAGE_SIZE};
+use crate::memory::{CodeWatch, GuestMemory, PAGE_SIZE};
 use crate::paging::{Access, PageFault, PagingCtx, Privilege, Translation};
 
 const ENTRIES: usize = 1024;
@@ -173,6 +173,10 @@ pub struct Mmu {
     /// ([`Mmu::exec_global`]) taken at the same global generation still
     /// holds.
     pub global_generation: u64,
+    /// The owner's code watch ([`Mmu::set_watch`]): while dirty logging is
+    /// on, translated code gets write entries only through an `Mmu` that
+    /// has one, which it tells first ([`CodeWatch::note_fast_writes`]).
+    watch: Option<Arc<CodeWatch>>,
 }
 
 // SAFETY: the host pointers in the entries point into mappings owned by `mem`,
@@ -195,7 +199,70 @@ impl Mmu {
             flushes: 0,
             generation: 0,
             global_generation: 0,
+            watch: None,
         }
+    }
+
+    /// The code watch of the CPU that owns this TLB, which answers the
+    /// write syncs of dirty logging ([`GuestMemory::request_write_sync`])
+    /// by dropping its entries for translated stores
+    /// ([`Mmu::drop_fast_writes`]).
+    pub fn set_watch(&mut self, watch: Arc<CodeWatch>) {
+        self.watch = Some(watch);
+    }
+
+    /// Whether translated code may store to physical page `phys` straight
+    /// through an entry, as far as dirty logging goes: always while it is
+    /// off; while it is on, only to a page dirty already (its first store
+    /// of a round takes the checked path, which logs it), and only after
+    /// the watch was told (which it is of every such entry).
+    #[inline]
+    fn fast_write_logged(&self, phys: u64) -> bool {
+        match &self.watch {
+            Some(w) => {
+                // Also while logging is off (the entry may outlive its
+                // start), and before the dirty bit is read: a write sync
+                // that swapped the bit out then waits for this TLB.
+                w.note_fast_writes();
+                !self.mem.dirty_logging() || self.mem.is_dirty(phys)
+            }
+            None => !self.mem.dirty_logging(),
+        }
+    }
+
+    /// Drops every entry's tag for translated stores (a write sync of
+    /// dirty logging): the next translated store to each page takes the
+    /// checked path. The other tags stay.
+    pub fn drop_fast_writes(&mut self) {
+        let clear = |e: &mut Entry| e.jit_write = JIT_NONE;
+        if self.touched_all {
+            self.sets.iter_mut().flat_map(|s| s.iter_mut()).for_each(clear);
+        } else {
+            for &t in self.touched.iter().chain(&self.touched_global) {
+                clear(&mut self.sets[usize::from(t) / ENTRIES][usize::from(t) % ENTRIES]);
+            }
+        }
+        self.victims.iter_mut().flatten().for_each(clear);
+    }
+
+    /// After a store through [`Mmu::write_fast`] at `lin`: gives the entry
+    /// its tag for translated stores where it lacks one that it may have
+    /// now (dirty logging withholds it until the page is dirty, and drops
+    /// it at each round), so compiled stores to the page stop leaving
+    /// their region.
+    #[inline]
+    pub fn grant_fast_write(&mut self, p: Privilege, lin: u64) {
+        let set = set_index(p);
+        let i = ((lin >> 12) as usize) % ENTRIES;
+        let e = &self.sets[set][i];
+        if e.jit_write != JIT_NONE || e.tag_write != (lin & PAGE_MASK) | VALID || e.host.is_null() {
+            return;
+        }
+        let phys = e.phys();
+        if JIT_NO_WRITE.contains(&phys) || !self.mem.holds_no_code(phys) || !self.fast_write_logged(phys) {
+            return;
+        }
+        self.sets[set][i].jit_write = lin & PAGE_MASK;
     }
 
     /// The first entry of the set for privilege `p`, for translated code that
@@ -398,7 +465,11 @@ impl Mmu {
             host: host_ptr,
             addend: (host_ptr as u64).wrapping_sub(page),
             jit_read: if host.is_some() { jit_tag(tag_read) } else { JIT_NONE },
-            jit_write: if !JIT_NO_WRITE.contains(&phys) && self.mem.holds_no_code(phys) {
+            jit_write: if tag_write == tag
+                && !JIT_NO_WRITE.contains(&phys)
+                && self.mem.holds_no_code(phys)
+                && self.fast_write_logged(phys)
+            {
                 jit_tag(tag_write)
             } else {
                 JIT_NONE
@@ -482,6 +553,7 @@ impl Mmu {
         crate::atomic::before_guest_store();
         // SAFETY: as in `read_fast`; write tags are only set for writable RAM.
         unsafe { crate::atomic::store_guest(e.host.add(off), data) };
+        self.mem.mark_dirty(e.phys(), PAGE_SIZE);
         true
     }
 
@@ -547,14 +619,18 @@ impl Mmu {
         let host = self.host_for_write(p, lin, usize::from(size))?;
         let m = if size == 8 { u64::MAX } else { (1u64 << (u32::from(size) * 8)) - 1 };
         let (current, new) = (current & m, new & m);
-        if (host as usize).is_multiple_of(usize::from(size)) {
+        let r = if (host as usize).is_multiple_of(usize::from(size)) {
             // SAFETY: `host_for_write` found the bytes inside a page of a
             // live RAM mapping owned by `self.mem`; the pointer is aligned.
             Some(unsafe { crate::atomic::cas_aligned(host, size, current, new) })
         } else {
             // SAFETY: as above.
             unsafe { crate::atomic::cas_misaligned(host, size, current, new) }
+        };
+        if matches!(r, Some(Ok(_))) && new != current {
+            self.mem.mark_dirty(self.entry(p, lin).phys(), PAGE_SIZE);
         }
+        r
     }
 }
 
@@ -588,6 +664,76 @@ mod tests {
         mem.write_u64(0x4008, 0x6000 | 5).unwrap();
         let ctx = PagingCtx { mode: PagingMode::Level4, cr3: 0x1000, wp: true, nxe: true, smep: false, smap: false };
         (Mmu::new(mem), ctx)
+    }
+
+    /// The `jit_write` tag of the entry for `lin`.
+    fn jit_write_of(m: &Mmu, p: Privilege, lin: u64) -> u64 {
+        m.entry(p, lin).jit_write
+    }
+
+    /// While dirty logging is on, translated code gets a write entry only
+    /// for a page dirty already; the interpreter's fast store logs its
+    /// page and grants the entry; a write sync drops every such entry and
+    /// is answered by the owner's take of its watch.
+    #[test]
+    fn dirty_logging_withholds_and_drops_translated_write_entries() {
+        let mem = Arc::new(GuestMemory::new(1 << 22).unwrap());
+        let ctx = PagingCtx { mode: PagingMode::Off, cr3: 0, wp: false, nxe: false, smep: false, smap: false };
+        let watch = mem.code_watch();
+        let mut m = Mmu::new(mem.clone());
+        m.set_watch(watch.clone());
+        let s = Privilege::Supervisor;
+        // Logging off: a fill gives the tag at once.
+        m.translate(&ctx, s, 0x10_0000, Access::Write).unwrap();
+        assert_eq!(jit_write_of(&m, s, 0x10_0000), 0x10_0000);
+        mem.start_dirty_log();
+        let sync = mem.request_write_sync();
+        assert!(!mem.write_sync_done(sync), "the TLB held a write entry when logging began");
+        let changes = watch.take();
+        assert!(changes.drop_fast_writes);
+        m.drop_fast_writes();
+        assert!(mem.write_sync_done(sync));
+        assert_eq!(jit_write_of(&m, s, 0x10_0000), JIT_NONE);
+        // A fill of a clean page gives no tag; the interpreter's store logs
+        // the page and then grants it.
+        m.translate(&ctx, s, 0x20_0000, Access::Write).unwrap();
+        assert_eq!(jit_write_of(&m, s, 0x20_0000), JIT_NONE);
+        assert!(m.write_fast(s, 0x20_0010, &[1, 2, 3]));
+        assert!(mem.is_dirty(0x20_0000));
+        m.grant_fast_write(s, 0x20_0010);
+        assert_eq!(jit_write_of(&m, s, 0x20_0000), 0x20_0000);
+        // A fill of a page dirty already gives the tag.
+        mem.write_u8(0x30_0000, 1).unwrap();
+        m.translate(&ctx, s, 0x30_0000, Access::Write).unwrap();
+        assert_eq!(jit_write_of(&m, s, 0x30_0000), 0x30_0000);
+        // A new round: the pages come back once, and the sync waits for
+        // this TLB until its owner takes the watch's queue.
+        let round = mem.take_dirty();
+        assert_eq!(round.pages().collect::<Vec<_>>(), [0x20_0000, 0x30_0000]);
+        assert!(mem.take_dirty().is_empty());
+        let sync = mem.request_write_sync();
+        assert!(!mem.write_sync_done(sync));
+        assert!(watch.take().drop_fast_writes);
+        m.drop_fast_writes();
+        assert!(mem.write_sync_done(sync));
+        assert_eq!(jit_write_of(&m, s, 0x20_0000), JIT_NONE);
+        assert_eq!(jit_write_of(&m, s, 0x30_0000), JIT_NONE);
+        // The compare-exchange fast path logs its page; a failed one does not.
+        m.translate(&ctx, s, 0x40_0000 - 0x1000, Access::Write).unwrap();
+        assert_eq!(m.compare_exchange_fast(s, 0x3f_f000, 4, 5, 6), Some(Err(0)));
+        assert!(!mem.is_dirty(0x3f_f000));
+        assert_eq!(m.compare_exchange_fast(s, 0x3f_f000, 4, 0, 6), Some(Ok(0)));
+        assert!(mem.is_dirty(0x3f_f000));
+        // Without a watch an `Mmu` gives translated code no write entry
+        // while logging is on.
+        let mut bare = Mmu::new(mem.clone());
+        bare.translate(&ctx, s, 0x3f_f000, Access::Write).unwrap();
+        assert_eq!(jit_write_of(&bare, s, 0x3f_f000), JIT_NONE);
+        // Logging off again: tags as before.
+        mem.stop_dirty_log();
+        m.grant_fast_write(s, 0x20_0000);
+        assert_eq!(jit_write_of(&m, s, 0x20_0000), 0x20_0000);
+        assert!(!mem.is_dirty(0x20_0000));
     }
 
     /// A flush visits the slots filled since the last full scan; past

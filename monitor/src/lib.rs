@@ -135,6 +135,14 @@ pub enum Command {
         /// (capability name, state) pairs.
         capabilities: Vec<(String, bool)>,
     },
+    /// `migrate-set-parameters`: the parameters given (QEMU's names), each
+    /// a non-negative integer.
+    MigrateSetParameters {
+        /// (parameter name, value) pairs: `downtime-limit` (ms),
+        /// `max-bandwidth` (bytes per second), `cpu-throttle-initial`,
+        /// `cpu-throttle-increment` (percent).
+        parameters: Vec<(String, u64)>,
+    },
     /// HMP `savevm NAME` (a generated name when none is given).
     SaveVm {
         /// Snapshot tag.

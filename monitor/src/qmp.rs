@@ -31,6 +31,7 @@ pub(crate) const COMMANDS: &[&str] = &[
     "migrate",
     "migrate_cancel",
     "migrate-set-capabilities",
+    "migrate-set-parameters",
     "set_password",
     "expire_password",
     "human-monitor-command",
@@ -239,6 +240,17 @@ fn parse_command(name: &str, args: Map<String, Value>) -> Result<Option<Action>,
                 capabilities.push((cap, state));
             }
             Action::Run(Command::MigrateSetCapabilities { capabilities })
+        }
+        "migrate-set-parameters" => {
+            let mut parameters = Vec::new();
+            for k in ["downtime-limit", "max-bandwidth", "cpu-throttle-initial", "cpu-throttle-increment"] {
+                if let Some(v) = a.opt_int(k)? {
+                    let v = u64::try_from(v)
+                        .map_err(|_| QmpError::generic(format!("Parameter '{k}' expects a non-negative integer")))?;
+                    parameters.push((k.to_string(), v));
+                }
+            }
+            Action::Run(Command::MigrateSetParameters { parameters })
         }
         "set_password" | "expire_password" => {
             let protocol = a.req_enum("protocol", &["vnc", "spice"])?;

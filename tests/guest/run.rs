@@ -1,7 +1,8 @@
 //! Running the `ferrovm` binary from a test.
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// A path for `name` in this test process's own temporary folder.
 pub fn tmp(suite: &str, name: &str) -> PathBuf {
@@ -25,4 +26,38 @@ pub fn kvm_usable() -> bool {
             false
         }
     }
+}
+
+/// Reads `child`'s standard output until `done` says what it printed is
+/// enough, it ends, or `secs` pass; then kills it. What it printed, and
+/// whether it was still running when it was stopped.
+#[allow(dead_code, reason = "not every suite watches a run")]
+pub fn run_until(mut child: Child, done: impl Fn(&str) -> bool, secs: u64) -> (String, bool) {
+    use std::io::Read;
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut out = Vec::new();
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(b) => out.extend(b),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(_) => break,
+        }
+        if done(&String::from_utf8_lossy(&out)) {
+            break;
+        }
+    }
+    let running = matches!(child.try_wait(), Ok(None));
+    let _ = child.kill();
+    let _ = child.wait();
+    (String::from_utf8_lossy(&out).into_owned(), running)
 }

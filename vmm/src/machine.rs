@@ -625,6 +625,7 @@ impl Machine {
                 if self.chipset.intc.take_nmi(i) {
                     v.engine().inject_nmi()?;
                 }
+                let t = Instant::now();
                 let ran = match &others {
                     Some(o) => {
                         o.world.enter();
@@ -634,6 +635,8 @@ impl Machine {
                     }
                     None => v.run_slice(until),
                 };
+                v.ran_since_throttle += t.elapsed();
+                self.control.throttle_point(&mut v.ran_since_throttle);
                 match ran? {
                     Exit::Budget => halted = false,
                     Exit::Halted => {}
@@ -755,6 +758,11 @@ impl Machine {
             (intc.interrupt_pending(i) && !intc.waiting_for_sipi(i)) || intc.nmi_pending(i) || intc.startup_pending(i)
         });
         if !work && self.input.lock().is_empty() && !self.control.attention.load(Ordering::Relaxed) {
+            // Halted vCPUs answer dirty logging's write syncs before they
+            // sleep.
+            for v in vcpus.iter_mut() {
+                v.engine().sync_memory();
+            }
             let now = self.clock.now_ns();
             let mut wait = Duration::from_millis(50);
             if let Some(t) = next_timer {
@@ -783,6 +791,10 @@ impl Machine {
         if !self.control.attention.load(Ordering::Acquire) {
             return Ok(None);
         }
+        // Stopped vCPUs answer dirty logging's write syncs.
+        for v in vcpus.iter_mut() {
+            v.engine().sync_memory();
+        }
         let Some(bsp) = vcpus.first_mut() else { return Ok(None) };
         {
             let mut c = self.control.inner.lock();
@@ -803,6 +815,8 @@ impl Machine {
         }
         c.paused = Some(state);
         self.control.cv.notify_all();
+        drop(c);
+        let mut c = self.control.inner.lock();
         // A machine event wakes the wait too ([`RunControl::wake_paused`]):
         // the run loop answers it with the vCPUs still paused.
         while c.pause && c.op.is_none() && !self.events.pending() {
@@ -989,6 +1003,10 @@ impl Next {
     }
 }
 
+/// How long a throttled vCPU runs between two sleeps
+/// ([`RunControl::set_throttle`]), as QEMU's CPU throttling.
+pub const THROTTLE_PERIOD: Duration = Duration::from_millis(10);
+
 /// Pausing the vCPU at an instruction boundary from another thread, for a
 /// monitor or a test: while paused, the run loop holds the engine, and
 /// the paused state can be read and replaced.
@@ -1005,6 +1023,9 @@ pub struct RunControl {
     lifecycle: AtomicBool,
     /// Told why, when the guest shut down under `--no-shutdown`.
     on_shutdown: Mutex<Option<ShutdownListener>>,
+    /// The share of time the vCPUs sleep, in percent (auto-converge of a
+    /// live migration); 0: they run freely.
+    throttle: std::sync::atomic::AtomicU32,
 }
 
 /// Hears QEMU's `ShutdownCause` (`"guest-shutdown"`, `"guest-reset"`) when
@@ -1152,6 +1173,42 @@ impl RunControl {
         self.lifecycle.store(false, Ordering::Release);
         let op = self.inner.lock().op.take();
         drop(op);
+    }
+
+    /// Makes every vCPU sleep `percent` (0 to 99) of its time, in periods
+    /// of [`THROTTLE_PERIOD`] of running (QEMU's CPU throttling, for
+    /// auto-converge); 0 lets them run freely.
+    pub fn set_throttle(&self, percent: u32) {
+        self.throttle.store(percent.min(99), Ordering::Release);
+    }
+
+    /// The share of time the vCPUs sleep, in percent.
+    pub fn throttle(&self) -> u32 {
+        self.throttle.load(Ordering::Acquire)
+    }
+
+    /// After a vCPU ran for `ran` since its last sleep: under a throttle,
+    /// once a period is used up, sleeps its share of the time (sooner
+    /// awake when a pause or work on the machine is asked) and restarts
+    /// the count.
+    pub(crate) fn throttle_point(&self, ran: &mut Duration) {
+        let percent = self.throttle();
+        if percent == 0 {
+            *ran = Duration::ZERO;
+            return;
+        }
+        if *ran < THROTTLE_PERIOD {
+            return;
+        }
+        let until = Instant::now() + ran.mul_f64(f64::from(percent) / f64::from(100 - percent));
+        *ran = Duration::ZERO;
+        loop {
+            let now = Instant::now();
+            if now >= until || self.attention.load(Ordering::Acquire) || self.throttle() == 0 {
+                return;
+            }
+            std::thread::park_timeout((until - now).min(Duration::from_millis(5)));
+        }
     }
 
     /// After a [`MachineOp`]: the engines look at the run control again

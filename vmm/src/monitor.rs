@@ -16,7 +16,7 @@
 //! | `eject`, `blockdev-change-medium` | the IDE CD-ROMs (`ide1-cd0` is `-cdrom`'s drive); `DEVICE_TRAY_MOVED` |
 //! | `set_password vnc` | the VNC server's password |
 //! | `savevm`, `loadvm`, `delvm`, `info snapshots` | snapshots inside the machine's qcow2 disks, as QEMU keeps them (`crate::snapshot::qcow2`), or, for a machine without one, in the `--snapshot-dir` directory (`crate::snapshot`); `loadvm` leaves the guest running or paused as it was saved |
-//! | `migrate`, `query-migrate`, `migrate_cancel`, `migrate-set-capabilities` | a non-live migration to `exec:CMD`, `unix:PATH` or `tcp:HOST:PORT`: the guest stops, its state and RAM go through the stream, and it stays stopped ("postmigrate"); `MIGRATION` events |
+//! | `migrate`, `query-migrate`, `migrate_cancel`, `migrate-set-capabilities` (`auto-converge`), `migrate-set-parameters` (`downtime-limit`, `max-bandwidth`, `cpu-throttle-initial`, `cpu-throttle-increment`) | a live migration to `exec:CMD`, `unix:PATH` or `tcp:HOST:PORT` ([`crate::snapshot::live`]): RAM goes while the guest runs, then the pages it dirtied, round after round, then the guest stops for the last pages and its state, and stays stopped ("postmigrate"); `migrate_cancel` lets it run on; `MIGRATION` events |
 //!
 //! Snapshots and migration stop every vCPU for their work
 //! ([`crate::RunControl::request`]), which needs the machine to run under
@@ -42,19 +42,6 @@ const STOP_WAIT: Duration = Duration::from_secs(5);
 /// How long `savevm` and `loadvm` wait for their work.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(600);
 
-/// The last migration, for `query-migrate`.
-#[derive(Debug, Clone, Default)]
-struct Migration {
-    /// "setup", "active", "completed", "failed"; empty before the first.
-    status: String,
-    started: Option<std::time::Instant>,
-    total_ms: u64,
-    ram: crate::snapshot::RamStats,
-    /// Bytes the stream carried.
-    transferred: u64,
-    error: Option<String>,
-}
-
 /// The machine's side of the monitors.
 pub struct MachineBackend {
     control: Arc<RunControl>,
@@ -78,7 +65,15 @@ pub struct MachineBackend {
     /// Why this machine's engine cannot take part in snapshots or
     /// migration, if it cannot ([`Machine::snapshot_blocker`]).
     engine_blocker: Mutex<Option<String>>,
-    migration: Arc<Mutex<Migration>>,
+    /// The last migration, for `query-migrate`.
+    migration: Arc<Mutex<crate::snapshot::live::Progress>>,
+    /// How the next migration goes (`migrate-set-parameters`,
+    /// `migrate-set-capabilities`).
+    migration_params: Mutex<crate::snapshot::live::Params>,
+    /// Set by `migrate_cancel` while a migration runs.
+    migration_cancel: Arc<AtomicBool>,
+    /// Guest memory, whose writes a live migration logs.
+    mem: Arc<mmu::GuestMemory>,
     /// Set once `quit` asked the run to end.
     quit: AtomicBool,
     cpus: usize,
@@ -111,6 +106,9 @@ impl MachineBackend {
             disks: machine.disks().iter().map(crate::storage::MachineDisk::downgrade).collect(),
             engine_blocker: Mutex::new(None),
             migration: Arc::default(),
+            migration_params: Mutex::new(crate::snapshot::live::Params::default()),
+            migration_cancel: Arc::default(),
+            mem: machine.mem.clone(),
             quit: AtomicBool::new(false),
             cpus: machine.config.cpus(),
             accel,
@@ -333,30 +331,71 @@ impl MachineBackend {
         ))
     }
 
+    /// `migrate`: a live migration (pre-copy while the guest runs, then
+    /// the last pages and the state with the guest stopped) on a thread
+    /// of its own; under KVM, whose writes are not logged, the guest
+    /// stops first and everything goes at once.
     fn migrate(&self, uri: &str) -> Result<Value, QmpError> {
+        use crate::snapshot::live::{self, Progress};
         let uri: crate::snapshot::MigrationUri = uri.parse().map_err(QmpError::generic)?;
         self.check_engine("migration")?;
         {
             let mut mig = self.migration.lock();
-            if matches!(mig.status.as_str(), "setup" | "active") {
+            if matches!(mig.status.as_str(), "setup" | "active" | "cancelling") {
                 return Err(QmpError::generic("There's a migration process in progress"));
             }
-            *mig = Migration { status: "setup".into(), started: Some(std::time::Instant::now()), ..Default::default() };
+            *mig = Progress { status: "setup".into(), started: Some(std::time::Instant::now()), ..Default::default() };
         }
+        self.migration_cancel.store(false, Ordering::Release);
         self.emit(Event::Migration { status: "setup".into() });
-        let (migration, monitor, paused, postmigrate) =
-            (self.migration.clone(), self.monitor.clone(), self.paused.clone(), self.postmigrate.clone());
-        let op = Box::new(move |m: &mut Machine, s: &mut Stopped| {
-            migration.lock().status = "active".into();
-            emit(&monitor, Event::Migration { status: "active".into() });
-            let r = crate::snapshot::migrate_to(m, s, &uri);
+        let out = match live::connect(&uri) {
+            Ok(o) => o,
+            Err(e) => {
+                let mut mig = self.migration.lock();
+                (mig.status, mig.error) = ("failed".into(), Some(e.to_string()));
+                drop(mig);
+                self.emit(Event::Migration { status: "failed".into() });
+                return Err(QmpError::generic(e.to_string()));
+            }
+        };
+        let was_paused = self.paused.load(Ordering::Acquire);
+        let live = self.accel != "kvm";
+        let sender = live::LiveSender::new(
+            self.mem.clone(),
+            self.control.clone(),
+            *self.migration_params.lock(),
+            self.migration.clone(),
+            self.migration_cancel.clone(),
+            out.writer,
+        );
+        let (migration, monitor, paused, postmigrate, control) = (
+            self.migration.clone(),
+            self.monitor.clone(),
+            self.paused.clone(),
+            self.postmigrate.clone(),
+            self.control.clone(),
+        );
+        let mut child = out.child;
+        let reply = out.reply;
+        emit(&monitor, Event::Migration { status: "active".into() });
+        let spawned = std::thread::Builder::new().name("migration".into()).spawn(move || {
+            let mut r = sender.run(live, reply);
+            if let Some(c) = child.as_mut() {
+                match c.wait() {
+                    Ok(st) if !st.success() && r.is_ok() => {
+                        r = Err(crate::snapshot::SnapshotError::Io(format!("the migration command failed ({st})")))
+                    }
+                    _ => {}
+                }
+            }
             let mut mig = migration.lock();
             mig.total_ms = mig.started.map_or(0, |t| t.elapsed().as_millis() as u64);
             match r {
-                Ok((ram, transferred)) => {
-                    (mig.ram, mig.transferred, mig.status) = (ram, transferred, "completed".into());
+                Ok(()) => {
+                    mig.status = "completed".into();
                     drop(mig);
-                    m.control().set_pause(true);
+                    // The guest stays stopped, as QEMU's does ("postmigrate"):
+                    // the stopped phase left it paused.
                     postmigrate.store(true, Ordering::Release);
                     if !paused.swap(true, Ordering::AcqRel) {
                         emit(&monitor, Event::Stop);
@@ -364,19 +403,25 @@ impl MachineBackend {
                     emit(&monitor, Event::Migration { status: "completed".into() });
                 }
                 Err(e) => {
-                    tracing::warn!(target: "vmm", "migration failed: {e}");
-                    (mig.status, mig.error) = ("failed".into(), Some(e.to_string()));
+                    let cancelled = mig.status == "cancelling";
+                    tracing::warn!(target: "vmm", "migration {}: {e}", if cancelled { "cancelled" } else { "failed" });
+                    mig.status = if cancelled { "cancelled" } else { "failed" }.into();
+                    if !cancelled {
+                        mig.error = Some(e.to_string());
+                    }
                     drop(mig);
-                    emit(&monitor, Event::Migration { status: "failed".into() });
+                    // The guest runs on where it was (unless it was paused).
+                    if !was_paused && !paused.load(Ordering::Acquire) {
+                        control.resume();
+                    }
+                    emit(&monitor, Event::Migration { status: if cancelled { "cancelled" } else { "failed" }.into() });
                 }
             }
         });
-        if let Err(e) = self.control.request(op) {
+        if let Err(e) = spawned {
             let mut mig = self.migration.lock();
-            (mig.status, mig.error) = ("failed".into(), Some(e.clone()));
-            drop(mig);
-            self.emit(Event::Migration { status: "failed".into() });
-            return Err(QmpError::generic(e));
+            (mig.status, mig.error) = ("failed".into(), Some(e.to_string()));
+            return Err(QmpError::generic(e.to_string()));
         }
         Ok(json!({}))
     }
@@ -387,28 +432,84 @@ impl MachineBackend {
             return json!({});
         }
         let mut v = json!({ "status": mig.status });
-        let total_ms = match mig.status.as_str() {
-            "setup" | "active" => mig.started.map_or(0, |t| t.elapsed().as_millis() as u64),
-            _ => mig.total_ms,
-        };
+        let running = matches!(mig.status.as_str(), "setup" | "active" | "cancelling");
+        let total_ms = if running { mig.started.map_or(0, |t| t.elapsed().as_millis() as u64) } else { mig.total_ms };
         v["total-time"] = json!(total_ms);
-        if mig.status == "completed" {
-            let secs = (total_ms as f64 / 1000.0).max(0.001);
-            v["downtime"] = json!(total_ms);
+        if mig.status != "setup" {
+            v["setup-time"] = json!(mig.setup_ms);
+            let remaining = if mig.status == "completed" { 0 } else { mig.remaining };
             v["ram"] = json!({
                 "transferred": mig.transferred,
-                "remaining": 0,
-                "total": mig.ram.total,
-                "duplicate": mig.ram.zero_pages,
-                "normal": mig.ram.written / mmu::PAGE_SIZE,
-                "normal-bytes": mig.ram.written,
-                "mbps": mig.transferred as f64 * 8.0 / 1e6 / secs,
+                "remaining": remaining,
+                "total": mig.total,
+                "duplicate": mig.duplicate,
+                "normal": mig.normal,
+                "normal-bytes": mig.normal * mmu::PAGE_SIZE,
+                "dirty-pages-rate": mig.dirty_pages_rate,
+                "dirty-sync-count": mig.dirty_sync_count,
+                "page-size": mmu::PAGE_SIZE,
+                "mbps": if mig.mbps > 0.0 || running {
+                    mig.mbps
+                } else {
+                    mig.transferred as f64 * 8.0 / 1e6 / (total_ms as f64 / 1000.0).max(0.001)
+                },
             });
+            if running {
+                v["expected-downtime"] = json!(self.migration_params.lock().downtime_limit.as_millis() as u64);
+            }
+        }
+        if let Some(d) = mig.downtime_ms {
+            v["downtime"] = json!(d);
+        }
+        if self.migration_params.lock().auto_converge && (running || mig.throttle > 0) {
+            v["cpu-throttle-percentage"] = json!(if running { self.control.throttle() } else { mig.throttle });
         }
         if let Some(e) = &mig.error {
             v["error-desc"] = json!(e);
         }
         v
+    }
+
+    /// `migrate_cancel`: a migration in its rounds stops, dirty logging
+    /// ends, and the guest runs on.
+    fn migrate_cancel(&self) -> Value {
+        let mut mig = self.migration.lock();
+        if matches!(mig.status.as_str(), "setup" | "active") {
+            mig.status = "cancelling".into();
+            self.migration_cancel.store(true, Ordering::Release);
+        }
+        json!({})
+    }
+
+    fn set_capabilities(&self, capabilities: &[(String, bool)]) -> Result<Value, QmpError> {
+        if let Some((name, _)) =
+            capabilities.iter().find(|(name, on)| *on && name != "events" && name != "auto-converge")
+        {
+            return Err(QmpError::generic(format!(
+                "ferrovm migrates without the capability '{name}' (it has events and auto-converge)"
+            )));
+        }
+        if let Some((_, on)) = capabilities.iter().rev().find(|(name, _)| name == "auto-converge") {
+            self.migration_params.lock().auto_converge = *on;
+        }
+        Ok(json!({}))
+    }
+
+    fn set_parameters(&self, parameters: &[(String, u64)]) -> Result<Value, QmpError> {
+        let mut p = *self.migration_params.lock();
+        for (name, v) in parameters {
+            match name.as_str() {
+                "downtime-limit" if *v <= 2_000_000 => p.downtime_limit = Duration::from_millis(*v),
+                "max-bandwidth" => p.max_bandwidth = *v,
+                "cpu-throttle-initial" if (1..=99).contains(v) => p.throttle_initial = *v as u32,
+                "cpu-throttle-increment" if (1..=99).contains(v) => p.throttle_increment = *v as u32,
+                _ => {
+                    return Err(QmpError::generic(format!("Parameter '{name}' expects a value in its range, not {v}")))
+                }
+            }
+        }
+        *self.migration_params.lock() = p;
+        Ok(json!({}))
     }
 
     /// Tells the monitors how the run ended, unless a `quit` ended it
@@ -655,17 +756,9 @@ impl monitor::Backend for MachineBackend {
             Command::InfoSnapshots => self.info_snapshots(),
             Command::Migrate { uri } => self.migrate(&uri),
             Command::QueryMigrate => Ok(self.query_migrate()),
-            // The stream is sent while the guest stands still, in one go:
-            // nothing is left to cancel once `migrate` has answered.
-            Command::MigrateCancel => Ok(json!({})),
-            Command::MigrateSetCapabilities { capabilities } => {
-                match capabilities.iter().find(|(name, on)| *on && name != "events") {
-                    Some((name, _)) => Err(QmpError::generic(format!(
-                        "ferrovm migrates without the capability '{name}' (its migration is non-live, in one pass)"
-                    ))),
-                    None => Ok(json!({})),
-                }
-            }
+            Command::MigrateCancel => Ok(self.migrate_cancel()),
+            Command::MigrateSetCapabilities { capabilities } => self.set_capabilities(&capabilities),
+            Command::MigrateSetParameters { parameters } => self.set_parameters(&parameters),
             other => Err(QmpError::new(
                 ErrorClass::CommandNotFound,
                 format!("The command {} is not supported by ferrovm", command_name(&other)),

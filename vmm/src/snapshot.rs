@@ -79,6 +79,8 @@ pub const MAX_BODY: u64 = 256 << 20;
 pub const MAX_RECORD: u64 = 1 << 20;
 
 const CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_XZ);
+/// The same checksum, sixteen bytes at a time, for the RAM of a stream.
+const CRC64_FAST: crc::Crc<u64, crc::Table<16>> = crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_XZ);
 
 /// What a machine must be built alike to take a saved state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -729,7 +731,9 @@ impl<W: Write + ?Sized> Summing<'_, W> {
 }
 
 /// Sends the stopped machine through `out`: its state file, then its RAM
-/// (pages of zeros skipped). Returns the RAM carried and the stream's size.
+/// (pages of zeros skipped), in the stop-and-copy stream of earlier builds,
+/// which [`receive`] still reads (`migrate` now writes [`live`]'s). Returns
+/// the RAM carried and the stream's size.
 pub fn send(m: &Machine, stopped: &Stopped, out: &mut dyn Write) -> Result<(RamStats, u64), SnapshotError> {
     let state = encode(&m.capture(stopped)?)?;
     let fail = |e: std::io::Error| io("sending the migration stream", e);
@@ -765,19 +769,39 @@ fn read_exact(r: &mut dyn Read, buf: &mut [u8], what: &str) -> Result<(), Snapsh
 /// the devices take their states. On an error the guest must not run:
 /// its RAM may be half loaded.
 pub fn receive(m: &mut Machine, input: &mut dyn Read) -> Result<(Restored, RamStats), SnapshotError> {
-    let t = Instant::now();
-    let mut header = [0u8; HEADER_LEN];
+    receive_stream(m, input).map(|(r, stats, _)| (r, stats))
+}
+
+/// Reads into `buf` until it is full or the input ends; how many bytes came.
+fn read_full(input: &mut dyn Read, buf: &mut [u8]) -> Result<usize, SnapshotError> {
     let mut got = 0;
-    while got < HEADER_LEN {
-        match input.read(&mut header[got..]) {
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(io("reading the migration stream", e)),
         }
     }
+    Ok(got)
+}
+
+/// [`receive`], for a stream of either kind: a stopped machine's ([`send`])
+/// or a live migration's ([`live`]). Also says whether it was live (its
+/// sender then waits for [`live::READY`] over a socket).
+pub fn receive_stream(m: &mut Machine, input: &mut dyn Read) -> Result<(Restored, RamStats, bool), SnapshotError> {
+    let t = Instant::now();
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = read_full(input, &mut header[..MAGIC.len()])?;
     if got == 0 {
         return Err(SnapshotError::Truncated("the migration stream is empty".into()));
+    }
+    if got == MAGIC.len() && header[..MAGIC.len()] == live::LIVE_MAGIC {
+        let (r, stats) = receive_live(m, input, t)?;
+        return Ok((r, stats, true));
+    }
+    if got == MAGIC.len() {
+        got += read_full(input, &mut header[MAGIC.len()..])?;
     }
     let (len, crc) = parse_header(&header[..got], got)?;
     let mut body = vec![0u8; len as usize];
@@ -820,6 +844,83 @@ pub fn receive(m: &mut Machine, input: &mut dyn Read) -> Result<(Restored, RamSt
     }
     stats.zero_pages = (ram_size - stats.written) / PAGE_SIZE;
     let vcpus = m.load_saved(&saved, |_| Ok(()))?;
+    Ok((Restored { vcpus, run_state: saved.run_state, took: t.elapsed() }, stats, false))
+}
+
+/// The rest of a live migration's stream, after its magic: every RAM
+/// record checked (inside the RAM, page aligned, bounded) and loaded as it
+/// comes, later records over earlier ones; the records' checksum; then
+/// the state file, checked against this machine and loaded. On an error
+/// the guest must not run: its RAM may be half loaded.
+fn receive_live(m: &mut Machine, input: &mut dyn Read, t: Instant) -> Result<(Restored, RamStats), SnapshotError> {
+    let mut digest = CRC64_FAST.digest();
+    digest.update(&live::LIVE_MAGIC);
+    let mut rest = [0u8; 16];
+    read_exact(input, &mut rest, "the header")?;
+    digest.update(&rest);
+    let version = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+    if version != live::LIVE_VERSION {
+        return Err(SnapshotError::Corrupt(format!(
+            "a live migration stream of version {version}; this ferrovm reads version {}",
+            live::LIVE_VERSION
+        )));
+    }
+    let ram_size = u64::from_le_bytes(rest[8..16].try_into().unwrap_or_default());
+    let mem = m.mem.clone();
+    if ram_size != mem.ram_size() {
+        return Err(SnapshotError::Mismatch(format!(
+            "the stream carries {ram_size} bytes of RAM, this machine has {}",
+            mem.ram_size()
+        )));
+    }
+    mem.zero_ram().map_err(|e| io("clearing guest RAM", e))?;
+    let mut stats = RamStats { total: ram_size, ..Default::default() };
+    let mut buf = vec![0u8; MAX_RECORD as usize];
+    let zeros = vec![0u8; MAX_RECORD as usize];
+    loop {
+        let mut rec = [0u8; 16];
+        read_exact(input, &mut rec, "the RAM")?;
+        digest.update(&rec);
+        let offset = u64::from_le_bytes(rec[..8].try_into().unwrap_or_default());
+        let raw = u64::from_le_bytes(rec[8..].try_into().unwrap_or_default());
+        if offset == u64::MAX && raw == 0 {
+            break;
+        }
+        let zero = raw & live::ZERO_RECORD != 0;
+        let len = raw & !live::ZERO_RECORD;
+        let fits = offset.checked_add(len).is_some_and(|end| end <= ram_size);
+        if !fits || len == 0 || len > MAX_RECORD || !offset.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE)
+        {
+            return Err(SnapshotError::Corrupt(format!(
+                "a RAM record of {len} bytes at {offset:#x} does not fit {ram_size} bytes of RAM"
+            )));
+        }
+        let data = if zero {
+            &zeros[..len as usize]
+        } else {
+            let data = &mut buf[..len as usize];
+            read_exact(input, data, "the RAM")?;
+            digest.update(data);
+            stats.written += len;
+            &*data
+        };
+        mem.load(GuestMemory::ram_image_addr(offset), data)
+            .map_err(|e| SnapshotError::Corrupt(format!("a RAM record at {offset:#x}: {e}")))?;
+    }
+    let mut sum = [0u8; 8];
+    read_exact(input, &mut sum, "the RAM's checksum")?;
+    if u64::from_le_bytes(sum) != digest.finalize() {
+        return Err(SnapshotError::Checksum);
+    }
+    let mut header = [0u8; HEADER_LEN];
+    read_exact(input, &mut header, "the state's header")?;
+    let (len, crc) = parse_header(&header, HEADER_LEN)?;
+    let mut body = vec![0u8; len as usize];
+    read_exact(input, &mut body, "the state")?;
+    let saved = decode_body(&body, crc)?;
+    m.check_saved(&saved)?;
+    let vcpus = m.load_saved(&saved, |_| Ok(()))?;
+    stats.zero_pages = ram_size.saturating_sub(stats.written) / PAGE_SIZE;
     Ok((Restored { vcpus, run_state: saved.run_state, took: t.elapsed() }, stats))
 }
 
@@ -827,6 +928,15 @@ pub fn receive(m: &mut Machine, input: &mut dyn Read) -> Result<(Restored, RamSt
 /// and reads their stdout; listens on `tcp:` and `unix:` for one
 /// connection.
 pub fn open_incoming(uri: &MigrationUri) -> Result<(Box<dyn Read>, Option<std::process::Child>), SnapshotError> {
+    open_incoming_with_reply(uri).map(|(r, _, c)| (r, c))
+}
+
+/// [`open_incoming`], with the way back to the sender over a socket, for
+/// [`live::READY`].
+#[allow(clippy::type_complexity, reason = "the three ends of one connection")]
+pub fn open_incoming_with_reply(
+    uri: &MigrationUri,
+) -> Result<(Box<dyn Read>, Option<Box<dyn Write + Send>>, Option<std::process::Child>), SnapshotError> {
     match uri {
         MigrationUri::Exec(cmd) => {
             let mut child = std::process::Command::new("sh")
@@ -837,59 +947,22 @@ pub fn open_incoming(uri: &MigrationUri) -> Result<(Box<dyn Read>, Option<std::p
                 .spawn()
                 .map_err(|e| io(format!("exec:{cmd}"), e))?;
             let out = child.stdout.take().ok_or_else(|| SnapshotError::Io(format!("exec:{cmd}: no stdout")))?;
-            Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, out)), Some(child)))
+            Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, out)), None, Some(child)))
         }
         MigrationUri::Unix(path) => {
+            let what = || format!("unix:{}", path.display());
             let _ = std::fs::remove_file(path);
-            let l =
-                std::os::unix::net::UnixListener::bind(path).map_err(|e| io(format!("unix:{}", path.display()), e))?;
-            let (s, _) = l.accept().map_err(|e| io(format!("unix:{}", path.display()), e))?;
+            let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| io(what(), e))?;
+            let (s, _) = l.accept().map_err(|e| io(what(), e))?;
             let _ = std::fs::remove_file(path);
-            Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, s)), None))
+            let w = s.try_clone().map_err(|e| io(what(), e))?;
+            Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, s)), Some(Box::new(w)), None))
         }
         MigrationUri::Tcp(addr) => {
             let l = std::net::TcpListener::bind(addr).map_err(|e| io(format!("tcp:{addr}"), e))?;
             let (s, _) = l.accept().map_err(|e| io(format!("tcp:{addr}"), e))?;
-            Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, s)), None))
-        }
-    }
-}
-
-/// Sends the stopped machine to `uri` (QMP `migrate`): `exec:` runs the
-/// command with the stream on its stdin and waits for it to succeed.
-pub fn migrate_to(m: &Machine, stopped: &Stopped, uri: &MigrationUri) -> Result<(RamStats, u64), SnapshotError> {
-    match uri {
-        MigrationUri::Exec(cmd) => {
-            let mut child = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(cmd)
-                .stdin(std::process::Stdio::piped())
-                .spawn()
-                .map_err(|e| io(format!("exec:{cmd}"), e))?;
-            let r = match child.stdin.take() {
-                Some(stdin) => {
-                    let mut w = std::io::BufWriter::with_capacity(1 << 20, stdin);
-                    send(m, stopped, &mut w)
-                }
-                None => Err(SnapshotError::Io(format!("exec:{cmd}: no stdin"))),
-            };
-            let status = child.wait().map_err(|e| io(format!("exec:{cmd}"), e))?;
-            let r = r?;
-            if !status.success() {
-                return Err(SnapshotError::Io(format!("exec:{cmd} failed ({status})")));
-            }
-            Ok(r)
-        }
-        MigrationUri::Unix(path) => {
-            let s =
-                std::os::unix::net::UnixStream::connect(path).map_err(|e| io(format!("unix:{}", path.display()), e))?;
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, s);
-            send(m, stopped, &mut w)
-        }
-        MigrationUri::Tcp(addr) => {
-            let s = std::net::TcpStream::connect(addr).map_err(|e| io(format!("tcp:{addr}"), e))?;
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, s);
-            send(m, stopped, &mut w)
+            let w = s.try_clone().map_err(|e| io(format!("tcp:{addr}"), e))?;
+            Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, s)), Some(Box::new(w)), None))
         }
     }
 }
@@ -925,6 +998,7 @@ fn small_machine() -> Option<Machine> {
 }
 
 pub mod clone;
+pub mod live;
 pub mod qcow2;
 
 #[cfg(test)]

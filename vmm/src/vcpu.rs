@@ -34,12 +34,15 @@ pub struct Vcpu<'m> {
     /// Time spent halted waiting for work, and how many waits.
     halted: Duration,
     halts: u64,
+    /// Time run since the last throttle sleep
+    /// ([`crate::RunControl::set_throttle`]).
+    pub(crate) ran_since_throttle: Duration,
 }
 
 impl<'m> Vcpu<'m> {
     /// vCPU `index` (0: the bootstrap processor), run by `engine`.
     pub fn new(index: u32, engine: Box<dyn Engine + 'm>) -> Self {
-        Self { index, engine, slice: SLICE, halted: Duration::ZERO, halts: 0 }
+        Self { index, engine, slice: SLICE, halted: Duration::ZERO, halts: 0, ran_since_throttle: Duration::ZERO }
     }
 
     /// The vCPU's index (its initial APIC ID).

@@ -92,10 +92,33 @@ fn nop(_: &mut Cpu, _: &Instruction) -> Fault<()> {
     Ok(())
 }
 
-/// PAUSE: a spin-wait hint, passed on to the host (another processor's
-/// thread may hold what the guest waits for).
-fn pause(_: &mut Cpu, _: &Instruction) -> Fault<()> {
+/// Pauses a host thread runs before it gives its core away.
+const PAUSES_PER_YIELD: u32 = 64;
+
+thread_local! {
+    /// PAUSEs run on this host thread, for [`pause`].
+    static PAUSES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// PAUSE: a spin-wait hint, passed on to the host. The processor the guest
+/// waits for may be another vCPU whose host thread is not running now
+/// (more vCPUs than host cores, or several vCPUs on one thread), so every
+/// [`PAUSES_PER_YIELD`]th pause on a thread yields the host core and ends
+/// the run slice (the run loop's next vCPU, or the other threads, run the
+/// holder), as a processor's pause-loop exiting hands a spinning vCPU's
+/// time back to its hypervisor.
+fn pause(cpu: &mut Cpu, _: &Instruction) -> Fault<()> {
     std::hint::spin_loop();
+    let n = PAUSES.with(|p| {
+        let n = p.get().wrapping_add(1);
+        p.set(n);
+        n
+    });
+    if n.is_multiple_of(PAUSES_PER_YIELD) {
+        std::thread::yield_now();
+        cpu.stop = true;
+        cpu.block_break = true;
+    }
     Ok(())
 }
 

@@ -284,8 +284,16 @@ pub(super) enum Form {
         src: Reg,
         size: u32,
     },
-    /// BT, BTS, BTR, BTC of a register (bit by register or immediate) or
-    /// of memory (bit by immediate).
+    /// XADD r/m, reg.
+    Xadd {
+        dst: Opnd,
+        src: Reg,
+        size: u32,
+    },
+    /// BT, BTS, BTR, BTC of a register or of memory, the bit by a register
+    /// or an immediate. With memory and a register the bit offset is signed
+    /// and selects the operand-sized unit of a bit string
+    /// ([`bit_string_mask`]).
     Bt {
         op: BtOp,
         dst: Opnd,
@@ -335,13 +343,16 @@ pub(super) enum Form {
         imm: u8,
     },
     /// A guest atomic on memory when other host threads share guest memory
-    /// ([`classify_atomic`]): one host atomic through the host address of a
-    /// naturally aligned operand found in the TLB for writing, else the
-    /// slow path (the interpreter's locked handler).
+    /// ([`classify_atomic`]), and CMPXCHG8B/16B always: one host atomic
+    /// through the host address of a naturally aligned operand found in the
+    /// TLB for writing, else the slow path (the interpreter's handler, the
+    /// locked one for a LOCK).
     Atomic {
         op: AtomicOp,
-        /// The register or immediate operand (unused by INC, DEC, NOT).
+        /// The register or immediate operand (unused by INC, DEC, NEG, NOT
+        /// and CMPXCHG8B/16B).
         src: Opnd,
+        /// The operand's bytes: 1 to 8, 16 for CMPXCHG16B.
         size: u32,
     },
     /// MFENCE when other host threads share guest memory: a host fence.
@@ -351,10 +362,12 @@ pub(super) enum Form {
 /// The operation of a [`Form::Atomic`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum AtomicOp {
-    /// LOCK ADD, SUB, AND, OR, XOR.
+    /// LOCK ADD, SUB, AND, OR, XOR, ADC, SBB.
     Alu(Alu),
     /// LOCK INC (`true`) or DEC.
     IncDec(bool),
+    /// LOCK NEG.
+    Neg,
     /// LOCK NOT.
     Not,
     /// LOCK XADD m, reg.
@@ -363,7 +376,10 @@ pub(super) enum AtomicOp {
     Xchg,
     /// LOCK CMPXCHG m, reg.
     Cmpxchg,
-    /// LOCK BTS, BTR, BTC m, imm.
+    /// CMPXCHG8B m64 (`size` 8) and CMPXCHG16B m128 (`size` 16), with or
+    /// without LOCK.
+    CmpxchgWide,
+    /// LOCK BTS, BTR, BTC m, imm or m, reg (a bit string).
     Bt(BtOp),
 }
 
@@ -680,7 +696,9 @@ pub(super) fn classify(insn: &Instruction, bits: u32) -> Option<Form> {
             | Form::Neg { dst: Opnd::Mem, .. }
             | Form::Not { dst: Opnd::Mem, .. }
             | Form::Xchg { dst: Opnd::Mem, .. }
-            | Form::Cmpxchg { dst: Opnd::Mem, .. } => true,
+            | Form::Cmpxchg { dst: Opnd::Mem, .. }
+            | Form::Xadd { dst: Opnd::Mem, .. }
+            | Form::Atomic { op: AtomicOp::CmpxchgWide, .. } => true,
             Form::Bt { op, dst: Opnd::Mem, .. } => op != BtOp::Test,
             _ => false,
         };
@@ -693,12 +711,12 @@ pub(super) fn classify(insn: &Instruction, bits: u32) -> Option<Form> {
 
 /// The translated form of a guest atomic (see `super::is_guest_atomic`)
 /// when other host threads share guest memory, or `None` for the
-/// interpreter's handler: MFENCE, and LOCK ADD, SUB, AND, OR, XOR, INC,
-/// DEC, NOT, XADD, CMPXCHG, BTS/BTR/BTC by an immediate and XCHG on a
-/// memory operand of 1 to 8 bytes. LOCK ADC, SBB and NEG, CMPXCHG8B/16B,
-/// the bit tests by a register and, in 32-bit code, operands in FS, GS or
-/// CS (whose base and limit only the interpreter checks) stay with the
-/// interpreter.
+/// interpreter's handler: MFENCE, and LOCK ADD, ADC, SUB, SBB, AND, OR,
+/// XOR, INC, DEC, NEG, NOT, XADD, CMPXCHG, BTS/BTR/BTC (by an immediate or
+/// a register) and XCHG on a memory operand of 1 to 8 bytes, and LOCK
+/// CMPXCHG8B/16B (16B where the host has a 128-bit compare-and-swap,
+/// [`cas128`]). In 32-bit code, operands in FS, GS or CS (whose base and
+/// limit only the interpreter checks) stay with the interpreter.
 pub(super) fn classify_atomic(insn: &Instruction, bits: u32) -> Option<Form> {
     if insn.mnemonic() == Mnemonic::Mfence {
         return Some(Form::Fence);
@@ -708,38 +726,62 @@ pub(super) fn classify_atomic(insn: &Instruction, bits: u32) -> Option<Form> {
     {
         return None;
     }
-    if insn.mnemonic() == Mnemonic::Xadd {
-        let Opnd::Mem = opnd(insn, 0, bits)? else { return None };
-        let Opnd::Reg(src) = opnd(insn, 1, bits)? else { return None };
-        let size = opsize(Opnd::Mem, insn);
-        if insn.op_count() != 2 || !insn.has_lock_prefix() || size != src.size {
-            return None;
-        }
-        return Some(Form::Atomic { op: AtomicOp::Xadd, src: Opnd::Reg(src), size });
-    }
     // (`classify` has refused a LOCK the instruction does not allow.)
+    let locked = insn.has_lock_prefix();
     let (op, src, size) = match classify(insn, bits)? {
-        Form::Alu { op, dst: Opnd::Mem, src, size }
-            if matches!(op, Alu::Add | Alu::Sub | Alu::And | Alu::Or | Alu::Xor) && insn.has_lock_prefix() =>
-        {
+        Form::Alu { op, dst: Opnd::Mem, src, size } if !matches!(op, Alu::Cmp | Alu::Test) && locked => {
             (AtomicOp::Alu(op), src, size)
         }
-        Form::IncDec { inc, dst: Opnd::Mem, size } if insn.has_lock_prefix() => {
-            (AtomicOp::IncDec(inc), Opnd::Imm(1), size)
-        }
-        Form::Not { dst: Opnd::Mem, size } if insn.has_lock_prefix() => (AtomicOp::Not, Opnd::Imm(0), size),
+        Form::IncDec { inc, dst: Opnd::Mem, size } if locked => (AtomicOp::IncDec(inc), Opnd::Imm(1), size),
+        Form::Neg { dst: Opnd::Mem, size } if locked => (AtomicOp::Neg, Opnd::Imm(0), size),
+        Form::Not { dst: Opnd::Mem, size } if locked => (AtomicOp::Not, Opnd::Imm(0), size),
+        Form::Xadd { dst: Opnd::Mem, src, size } if locked => (AtomicOp::Xadd, Opnd::Reg(src), size),
         Form::Xchg { dst: Opnd::Mem, src, size } => (AtomicOp::Xchg, Opnd::Reg(src), size),
-        Form::Cmpxchg { dst: Opnd::Mem, src, size } if insn.has_lock_prefix() => {
-            (AtomicOp::Cmpxchg, Opnd::Reg(src), size)
-        }
-        Form::Bt { op, dst: Opnd::Mem, src: src @ Opnd::Imm(_), size }
-            if op != BtOp::Test && insn.has_lock_prefix() =>
-        {
-            (AtomicOp::Bt(op), src, size)
-        }
+        Form::Cmpxchg { dst: Opnd::Mem, src, size } if locked => (AtomicOp::Cmpxchg, Opnd::Reg(src), size),
+        f @ Form::Atomic { op: AtomicOp::CmpxchgWide, .. } => return Some(f),
+        Form::Bt { op, dst: Opnd::Mem, src, size } if op != BtOp::Test && locked => (AtomicOp::Bt(op), src, size),
         _ => return None,
     };
     Some(Form::Atomic { op, src, size })
+}
+
+/// Whether CMPXCHG16B can be one host compare-and-swap of 128 bits in
+/// compiled code: Cranelift lowers `atomic_cas` of I128 on x86-64 hosts
+/// with CMPXCHG16B only (its AArch64 back end takes 8 to 64 bits), and the
+/// code generator is configured for the host it runs on.
+pub(super) fn cas128() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("cmpxchg16b")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The mask of the memory operand's address size, where the address of a
+/// bit string's unit wraps (as the interpreter's `cpu::ops::bits::addr_mask`,
+/// in code of `bits` bits).
+pub(super) fn bit_string_mask(insn: &Instruction, bits: u32) -> u64 {
+    let base = insn.memory_base();
+    let size = if base != Register::None && base != Register::RIP && base != Register::EIP {
+        base.size()
+    } else if base == Register::EIP {
+        4
+    } else if insn.memory_index() != Register::None {
+        insn.memory_index().size()
+    } else {
+        match insn.memory_displ_size() {
+            s @ (2 | 4 | 8) => s as usize,
+            _ => bits as usize / 8,
+        }
+    };
+    match size {
+        2 => 0xffff,
+        4 => 0xffff_ffff,
+        _ => u64::MAX,
+    }
 }
 
 fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
@@ -747,8 +789,9 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
     if let Some(f) = classify_vec(insn, bits) {
         return Some(f);
     }
-    // PAUSE (F3 90) and ENDBR are hints: no architectural effect here.
-    if matches!(insn.mnemonic(), Mnemonic::Pause | Mnemonic::Endbr32 | Mnemonic::Endbr64) {
+    // ENDBR is a hint: no architectural effect here. PAUSE goes to the
+    // interpreter's handler, which gives the host core away now and then.
+    if matches!(insn.mnemonic(), Mnemonic::Endbr32 | Mnemonic::Endbr64) {
         return Some(Form::Nop);
     }
     let rep_string = matches!(insn.mnemonic(), Mnemonic::Stosb | Mnemonic::Stosq | Mnemonic::Movsb | Mnemonic::Movsq)
@@ -1072,18 +1115,33 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
             }
             Form::MulDiv { div: insn.mnemonic() == Mnemonic::Div, src, size }
         }
-        Mnemonic::Xchg | Mnemonic::Cmpxchg if n == 2 => {
+        Mnemonic::Xchg | Mnemonic::Cmpxchg | Mnemonic::Xadd if n == 2 => {
             let dst = opnd(insn, 0, bits)?;
             let Opnd::Reg(src) = opnd(insn, 1, bits)? else { return None };
             let size = opsize(dst, insn);
             if matches!(dst, Opnd::Imm(_)) || size != src.size {
                 return None;
             }
-            if insn.mnemonic() == Mnemonic::Xchg {
-                Form::Xchg { dst, src, size }
-            } else {
-                Form::Cmpxchg { dst, src, size }
+            match insn.mnemonic() {
+                Mnemonic::Xchg => Form::Xchg { dst, src, size },
+                Mnemonic::Cmpxchg => Form::Cmpxchg { dst, src, size },
+                _ => Form::Xadd { dst, src, size },
             }
+        }
+        Mnemonic::Cmpxchg8b | Mnemonic::Cmpxchg16b if n == 1 => {
+            // One compare-and-swap of the whole operand, locked or not (an
+            // unlocked one is atomic too, which no processor can tell). In
+            // 32-bit code an FS or GS operand (per-CPU data) stays a plain
+            // fallback: the inline path could only take its slow path.
+            let size = if insn.mnemonic() == Mnemonic::Cmpxchg16b { 16 } else { 8 };
+            if insn.op0_kind() != OpKind::Memory
+                || !addr_ok(insn, bits)
+                || (bits == 32 && matches!(cpu::ops::mem_seg(insn), sreg::FS | sreg::GS | sreg::CS))
+                || (size == 16 && !cas128())
+            {
+                return None;
+            }
+            Form::Atomic { op: AtomicOp::CmpxchgWide, src: Opnd::Imm(0), size }
         }
         Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc if n == 2 => {
             let op = match insn.mnemonic() {
@@ -1095,10 +1153,8 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
             let dst = opnd(insn, 0, bits)?;
             let src = opnd(insn, 1, bits)?;
             let size = opsize(dst, insn);
-            // A memory operand with a register bit offset addresses
-            // outside the operand: the interpreter runs it.
             match (dst, src) {
-                (Opnd::Reg(_), Opnd::Reg(r)) if r.size == size => {}
+                (Opnd::Reg(_) | Opnd::Mem, Opnd::Reg(r)) if r.size == size => {}
                 (Opnd::Reg(_) | Opnd::Mem, Opnd::Imm(_)) => {}
                 _ => return None,
             }
@@ -1192,16 +1248,46 @@ mod tests {
         let f = classify_atomic(&decode(64, &[0x0f, 0xae, 0xf0]), 64);
         assert!(matches!(f, Some(Form::Fence)), "{f:?}");
         assert_eq!(f.map(|f| f.flags_effect()), Some(FlagsEffect::Ignores));
-        // LOCK ADC [RSI], EAX; LOCK BTS [RSI], EAX (a register bit offset);
-        // LOCK ADD FS:[ESI], EAX in 32-bit code: the interpreter.
-        assert!(classify_atomic(&decode(64, &[0xf0, 0x11, 0x06]), 64).is_none());
-        assert!(classify_atomic(&decode(64, &[0xf0, 0x0f, 0xab, 0x06]), 64).is_none());
+        // LOCK ADC [RSI], EAX; LOCK NEG QWORD PTR [RSI]; LOCK BTS [RSI],
+        // EAX (a bit string): CAS loops and a bit string's unit.
+        let f = classify_atomic(&decode(64, &[0xf0, 0x11, 0x06]), 64);
+        assert!(matches!(f, Some(Form::Atomic { op: AtomicOp::Alu(Alu::Adc), size: 4, .. })), "{f:?}");
+        let f = classify_atomic(&decode(64, &[0xf0, 0x48, 0xf7, 0x1e]), 64);
+        assert!(matches!(f, Some(Form::Atomic { op: AtomicOp::Neg, size: 8, .. })), "{f:?}");
+        let f = classify_atomic(&decode(64, &[0xf0, 0x0f, 0xab, 0x06]), 64);
+        assert!(matches!(f, Some(Form::Atomic { op: AtomicOp::Bt(BtOp::Set), src: Opnd::Reg(_), size: 4 })), "{f:?}");
+        // LOCK CMPXCHG8B [RSI], and CMPXCHG16B [RSI] with or without LOCK
+        // where the host has a 128-bit compare-and-swap.
+        let f = classify_atomic(&decode(64, &[0xf0, 0x0f, 0xc7, 0x0e]), 64);
+        assert!(matches!(f, Some(Form::Atomic { op: AtomicOp::CmpxchgWide, size: 8, .. })), "{f:?}");
+        for bytes in [&[0xf0, 0x48, 0x0f, 0xc7, 0x0e][..], &[0x48, 0x0f, 0xc7, 0x0e]] {
+            let f = classify(&decode(64, bytes), 64);
+            assert_eq!(matches!(f, Some(Form::Atomic { op: AtomicOp::CmpxchgWide, size: 16, .. })), cas128(), "{f:?}");
+        }
+        // LOCK ADD FS:[ESI], EAX and CMPXCHG8B FS:[ESI] in 32-bit code:
+        // the interpreter.
         assert!(classify_atomic(&decode(32, &[0x64, 0xf0, 0x01, 0x06]), 32).is_none());
-        // XADD without LOCK is not a guest atomic, and LOCK XADD EAX, EBX
-        // raises #UD: neither has an atomic form.
+        assert!(classify(&decode(32, &[0x64, 0x0f, 0xc7, 0x0e]), 32).is_none());
+        // XADD without LOCK is not a guest atomic: its plain form; LOCK
+        // XADD EAX, EBX raises #UD: no form.
         assert!(classify_atomic(&decode(64, &[0x0f, 0xc1, 0x06]), 64).is_none());
+        let f = classify(&decode(64, &[0x0f, 0xc1, 0x06]), 64);
+        assert!(matches!(f, Some(Form::Xadd { dst: Opnd::Mem, size: 4, .. })), "{f:?}");
         let insn = decode_with(64, &[0xf0, 0x0f, 0xc1, 0xd8], DecoderOptions::NO_INVALID_CHECK);
         assert!(classify_atomic(&insn, 64).is_none());
+        assert!(classify(&insn, 64).is_none());
+    }
+
+    #[test]
+    fn a_bit_strings_address_wraps_in_the_address_size() {
+        // BT [RSI], RAX; BT [ESI], EAX (67h); BT [RIP+0], EAX; BT [EDI] in
+        // 32-bit code.
+        assert_eq!(bit_string_mask(&decode(64, &[0x48, 0x0f, 0xa3, 0x06]), 64), u64::MAX);
+        assert_eq!(bit_string_mask(&decode(64, &[0x67, 0x0f, 0xa3, 0x06]), 64), 0xffff_ffff);
+        assert_eq!(bit_string_mask(&decode(64, &[0x0f, 0xa3, 0x05, 0, 0, 0, 0]), 64), u64::MAX);
+        assert_eq!(bit_string_mask(&decode(32, &[0x0f, 0xa3, 0x07]), 32), 0xffff_ffff);
+        let f = classify(&decode(64, &[0x48, 0x0f, 0xa3, 0x06]), 64);
+        assert!(matches!(f, Some(Form::Bt { op: BtOp::Test, dst: Opnd::Mem, src: Opnd::Reg(_), size: 8 })), "{f:?}");
     }
 
     #[test]

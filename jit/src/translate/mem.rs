@@ -277,6 +277,11 @@ impl Tx<'_, '_> {
     pub(super) fn atomic_addr(&mut self, insn: &Instruction, size: u32, rip: u64) -> Value {
         let seg = cpu::ops::mem_seg(insn);
         let off_v = self.ea(insn);
+        self.atomic_addr_at(seg, off_v, size, rip)
+    }
+
+    /// [`Self::atomic_addr`] of the operand at `seg:off_v`.
+    pub(super) fn atomic_addr_at(&mut self, seg: usize, off_v: Value, size: u32, rip: u64) -> Value {
         let Some(lin) = self.linear(seg, off_v) else {
             self.access_slow_exit_here(rip);
             return self.iconst(0);

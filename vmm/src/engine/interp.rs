@@ -99,6 +99,10 @@ impl Engine for InterpEngine {
         self.cpu.set_exclusive(Some(run));
     }
 
+    fn sync_memory(&mut self) {
+        self.cpu.sync_code();
+    }
+
     fn stats(&mut self, _total: Duration) -> EngineStats {
         EngineStats {
             instructions: Some(self.cpu.stats.instructions),

@@ -115,6 +115,10 @@ impl Engine for JitEngine {
         self.cpu.set_exclusive(Some(run));
     }
 
+    fn sync_memory(&mut self) {
+        self.cpu.sync_code();
+    }
+
     fn stats(&mut self, total: Duration) -> EngineStats {
         let instructions = self.jit.instructions(&self.cpu);
         let mut lines = vec![model_line(&self.cpu), interp_line(&self.cpu)];

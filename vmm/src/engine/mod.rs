@@ -195,4 +195,10 @@ pub trait Engine {
 
     /// Counters and timings for `--stats`; `total` is the run's wall time.
     fn stats(&mut self, total: Duration) -> EngineStats;
+
+    /// Takes the changes other threads queued on guest memory for this
+    /// vCPU (code pages written, a write sync of dirty logging) while it
+    /// does not run: a halted or paused vCPU answers a live migration's
+    /// rounds. Engines without a soft TLB have nothing to do.
+    fn sync_memory(&mut self) {}
 }

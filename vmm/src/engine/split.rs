@@ -519,6 +519,10 @@ impl Engine for SplitEngine {
         Ok(())
     }
 
+    fn sync_memory(&mut self) {
+        self.cpu.sync_code();
+    }
+
     fn stats(&mut self, total: Duration) -> EngineStats {
         let (cpu, st) = (&self.cpu, &self.st);
         let policy = SplitPolicy::of_ref(cpu).map(|p| p.stats).unwrap_or_default();

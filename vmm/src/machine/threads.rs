@@ -344,6 +344,7 @@ impl Machine {
         ctl.barrier.wait();
         let mut seen_reset = 0;
         let mut halted = Duration::ZERO;
+        let mut ran_since_throttle = Duration::ZERO;
         loop {
             if ctl.finish.load(Ordering::Acquire) {
                 break;
@@ -367,6 +368,7 @@ impl Machine {
             };
             // The bootstrap processor's thread answers events and pauses.
             if self.events.pending() || self.control.attention.load(Ordering::Acquire) {
+                e.sync_memory();
                 std::thread::park_timeout(Duration::from_millis(1));
                 continue;
             }
@@ -377,6 +379,7 @@ impl Machine {
                     continue;
                 }
                 if intc.waiting_for_sipi(cpu) {
+                    e.sync_memory();
                     let t = Instant::now();
                     std::thread::park_timeout(Duration::from_millis(50));
                     halted += t.elapsed();
@@ -390,10 +393,13 @@ impl Machine {
                     continue;
                 }
             }
-            let slice = Slice { instructions: SLICE, until: Some(Instant::now() + AP_SLICE) };
+            let t = Instant::now();
+            let slice = Slice { instructions: SLICE, until: Some(t + AP_SLICE) };
             ctl.world.enter();
             let ran = e.run(&slice);
             ctl.world.leave();
+            ran_since_throttle += t.elapsed();
+            self.control.throttle_point(&mut ran_since_throttle);
             match ran {
                 Ok(Exit::Budget) => {}
                 Ok(Exit::Halted) => {
@@ -401,6 +407,7 @@ impl Machine {
                     if work {
                         std::thread::yield_now();
                     } else {
+                        e.sync_memory();
                         let t = Instant::now();
                         std::thread::park_timeout(Duration::from_millis(50));
                         halted += t.elapsed();

@@ -10,7 +10,7 @@ use cpu::state::flags;
 
 use super::mask;
 use crate::ctx::{self, off};
-use crate::translate::classify::{reg, Alu, BtOp, CountKind, Form, Opnd};
+use crate::translate::classify::{bit_string_mask, reg, Alu, BtOp, CountKind, Form, Opnd};
 use crate::translate::flags::Known;
 use crate::translate::state::{mem_flags, Tx};
 
@@ -273,18 +273,30 @@ impl Tx<'_, '_> {
             }
             Form::Bt { op, dst, src, size } => {
                 let bits = i64::from(size * 8);
+                // A memory operand with a register bit offset: the unit of
+                // the bit string the offset selects.
+                let mut at = None;
                 let bit = match src {
                     Opnd::Imm(v) => self.iconst(v & (bits as u64 - 1)),
                     Opnd::Reg(r) => {
                         let v = self.read_reg(r);
+                        if matches!(dst, Opnd::Mem) {
+                            at = Some(self.bit_string_offset(insn, v, size));
+                        }
                         self.b.ins().band_imm_s(v, bits - 1)
                     }
                     Opnd::Mem => unreachable!("classify refuses a memory bit offset"),
                 };
+                let seg = cpu::ops::mem_seg(insn);
                 let (v, haddr) = match dst {
                     Opnd::Reg(r) => (self.read_reg(r), None),
                     _ => {
-                        let (v, h) = self.load(insn, size, rip, op != BtOp::Test);
+                        let o = match at {
+                            Some(o) => o,
+                            None => self.ea(insn),
+                        };
+                        at = Some(o);
+                        let (v, h) = self.load_at(seg, o, size, rip, op != BtOp::Test);
                         (v, Some(h))
                     }
                 };
@@ -300,24 +312,40 @@ impl Tx<'_, '_> {
                 };
                 // Only CF changes.
                 let keep = flags::ARITH & !flags::CF;
-                match (dst, out) {
-                    (Opnd::Reg(r), Some(o)) => {
+                match (dst, out, at) {
+                    (Opnd::Reg(r), Some(o), _) => {
                         self.write_reg(r, o);
                         self.set_partial(keep, cf);
                     }
-                    (_, Some(o)) => {
-                        let seg = cpu::ops::mem_seg(insn);
-                        let ea = self.ea(insn);
+                    (_, Some(o), Some(ea)) => {
                         let leave = self.store_at(seg, ea, size, o, rip, haddr);
                         self.set_partial(keep, cf);
                         self.after_store(leave, next);
                     }
-                    (_, None) => self.set_partial(keep, cf),
+                    _ => self.set_partial(keep, cf),
                 }
             }
             _ => unreachable!("not an arithmetic form: {f:?}"),
         }
         false
+    }
+
+    /// The offset in its segment of the unit of a bit string that BT, BTS,
+    /// BTR or BTC with a memory operand and the bit offset `v` (a register
+    /// of `size` bytes, zero-extended) address: the offset is signed, and
+    /// `EA + (offset >> log2(size * 8)) * size` wraps in the address size.
+    pub(super) fn bit_string_offset(&mut self, insn: &Instruction, v: Value, size: u32) -> Value {
+        let ext = i64::from(64 - size * 8);
+        let t = self.b.ins().ishl_imm_s(v, ext);
+        let off = self.b.ins().sshr_imm_s(t, ext);
+        let unit = self.b.ins().sshr_imm_s(off, i64::from((size * 8).trailing_zeros()));
+        let disp = self.b.ins().ishl_imm_s(unit, i64::from(size.trailing_zeros()));
+        let ea = self.ea(insn);
+        let a = self.b.ins().iadd(ea, disp);
+        match bit_string_mask(insn, self.bits) {
+            u64::MAX => a,
+            m => self.b.ins().band_imm_s(a, m as i64),
+        }
     }
 
     fn alu_flags(&mut self, op: Alu, size: u32, r: Value, a: Value, bv: Value, cin: Option<Value>) {

@@ -58,6 +58,7 @@ impl Tx<'_, '_> {
             | Form::Bswap { .. }
             | Form::Xchg { .. }
             | Form::Cmpxchg { .. }
+            | Form::Xadd { .. }
             | Form::SignAcc { .. } => self.emit_mov(f, insn, rip, next),
             Form::Alu { .. }
             | Form::IncDec { .. }

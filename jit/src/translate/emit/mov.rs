@@ -1,5 +1,5 @@
 //! Data movement: MOV and its extending forms, LEA, selector reads, SETcc,
-//! CMOVcc, the accumulator's sign extensions, BSWAP, XCHG and CMPXCHG.
+//! CMOVcc, the accumulator's sign extensions, BSWAP, XCHG, CMPXCHG and XADD.
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder};
@@ -118,6 +118,36 @@ impl Tx<'_, '_> {
                         let o = self.ea(insn);
                         let leave = self.store_at(seg, o, size, b, rip, Some(haddr));
                         self.write_reg(src, a);
+                        self.after_store(leave, next);
+                    }
+                }
+            }
+            Form::Xadd { dst, src, size } => {
+                // TEMP = DEST + SRC; SRC = DEST; DEST = TEMP (the sum wins
+                // when both are one register).
+                let b = self.read_reg(src);
+                let (a, haddr) = match dst {
+                    Opnd::Reg(r) => (self.read_reg(r), None),
+                    _ => {
+                        // Memory first: a fault leaves the register.
+                        let (a, h) = self.load(insn, size, rip, true);
+                        (a, Some(h))
+                    }
+                };
+                let r = self.b.ins().iadd(a, b);
+                let r = self.b.ins().band_imm_s(r, mask(size) as i64);
+                match dst {
+                    Opnd::Reg(rg) => {
+                        self.write_reg(src, a);
+                        self.write_reg(rg, r);
+                        self.set_lazy(FlagOp::Add, size, r, a, b, None);
+                    }
+                    _ => {
+                        let seg = cpu::ops::mem_seg(insn);
+                        let o = self.ea(insn);
+                        let leave = self.store_at(seg, o, size, r, rip, haddr);
+                        self.write_reg(src, a);
+                        self.set_lazy(FlagOp::Add, size, r, a, b, None);
                         self.after_store(leave, next);
                     }
                 }
