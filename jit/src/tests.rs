@@ -2589,8 +2589,7 @@ fn jit_on_threads(n: usize, code: impl Fn(&Cpu) -> Vec<u8>) -> (std::sync::Arc<m
                     let r = jit.run(&mut c, 20_000);
                     w.leave();
                     match r {
-                        // A spin-wait's PAUSEs end a slice now and then.
-                        StopReason::Budget | StopReason::Requested => {}
+                        StopReason::Budget => {}
                         StopReason::Halted => break,
                         other => panic!("processor {i} stopped: {other:?}"),
                     }

@@ -251,8 +251,7 @@ fn run_on_threads(n: usize, code: impl Fn(&Cpu) -> Vec<u8>) -> (Arc<GuestMemory>
                     let r = c.run(2_000);
                     w.leave();
                     match r {
-                        // A spin-wait's PAUSEs end a slice now and then.
-                        StopReason::Budget | StopReason::Requested => {}
+                        StopReason::Budget => {}
                         StopReason::Halted => break,
                         other => panic!("processor {i} stopped: {other:?}"),
                     }

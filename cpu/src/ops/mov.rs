@@ -102,12 +102,11 @@ thread_local! {
 
 /// PAUSE: a spin-wait hint, passed on to the host. The processor the guest
 /// waits for may be another vCPU whose host thread is not running now
-/// (more vCPUs than host cores, or several vCPUs on one thread), so every
-/// [`PAUSES_PER_YIELD`]th pause on a thread yields the host core and ends
-/// the run slice (the run loop's next vCPU, or the other threads, run the
-/// holder), as a processor's pause-loop exiting hands a spinning vCPU's
-/// time back to its hypervisor.
-fn pause(cpu: &mut Cpu, _: &Instruction) -> Fault<()> {
+/// (more vCPUs than host cores), so every [`PAUSES_PER_YIELD`]th pause on a
+/// thread yields the host core to the other threads, as a processor's
+/// pause-loop exiting hands a spinning vCPU's time back to its hypervisor.
+/// Nothing the guest or the run loop sees changes.
+fn pause(_: &mut Cpu, _: &Instruction) -> Fault<()> {
     std::hint::spin_loop();
     let n = PAUSES.with(|p| {
         let n = p.get().wrapping_add(1);
@@ -116,8 +115,6 @@ fn pause(cpu: &mut Cpu, _: &Instruction) -> Fault<()> {
     });
     if n.is_multiple_of(PAUSES_PER_YIELD) {
         std::thread::yield_now();
-        cpu.stop = true;
-        cpu.block_break = true;
     }
     Ok(())
 }
