@@ -127,6 +127,29 @@ pub struct MachineConfig {
     pub usb: Option<Vec<devices::usb::UsbDeviceKind>>,
 }
 
+#[cfg(test)]
+impl MachineConfig {
+    /// The machine the library's tests start from: 64 MiB, the built-in
+    /// firmware, COM1 captured into `out`, no reboot, a 60 s deadline,
+    /// split execution off and CPU model V2.
+    pub(crate) fn for_test(out: Arc<Mutex<Vec<u8>>>) -> Self {
+        MachineConfig {
+            mem: 64 << 20,
+            firmware: Firmware::Builtin,
+            serial: SerialOut::Capture(out),
+            no_reboot: true,
+            timeout: Some(Duration::from_secs(60)),
+            kvm_split: SplitMode::Off,
+            kvm_pit: KvmPit::InKernel,
+            cpu_model: cpu::cpuid::Model::V2,
+            topology: Default::default(),
+            vcpu_threads: Default::default(),
+            vga: Default::default(),
+            usb: None,
+        }
+    }
+}
+
 impl MachineConfig {
     /// The number of vCPUs.
     pub fn cpus(&self) -> usize {

@@ -1313,24 +1313,10 @@ mod threads;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{KvmPit, SplitMode};
 
     fn machine(no_reboot: bool, timeout: Option<Duration>) -> Machine {
-        Machine::new(MachineConfig {
-            mem: 64 << 20,
-            firmware: Firmware::Builtin,
-            serial: SerialOut::Capture(Arc::new(Mutex::new(Vec::new()))),
-            no_reboot,
-            timeout,
-            kvm_split: SplitMode::Off,
-            kvm_pit: KvmPit::InKernel,
-            cpu_model: cpu::cpuid::Model::V2,
-            topology: Default::default(),
-            vcpu_threads: Default::default(),
-            vga: Default::default(),
-            usb: None,
-        })
-        .expect("a machine")
+        Machine::new(MachineConfig { no_reboot, timeout, ..MachineConfig::for_test(Arc::default()) })
+            .expect("a machine")
     }
 
     /// The built-in guest on a thread of its own, with its memory and its
@@ -1341,21 +1327,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let o = out.clone();
         let runner = std::thread::spawn(move || {
-            let m = Machine::new(MachineConfig {
-                mem: 64 << 20,
-                firmware: Firmware::Builtin,
-                serial: SerialOut::Capture(o),
-                no_reboot: true,
-                timeout: Some(Duration::from_secs(60)),
-                kvm_split: SplitMode::Off,
-                kvm_pit: KvmPit::InKernel,
-                cpu_model: cpu::cpuid::Model::V2,
-                topology: Default::default(),
-                vcpu_threads: Default::default(),
-                vga: Default::default(),
-                usb: None,
-            })
-            .expect("a machine");
+            let m = Machine::new(MachineConfig::for_test(o)).expect("a machine");
             tx.send((m.control(), m.mem.clone())).unwrap();
             m.run(EngineKind::Interp).expect("the run")
         });
@@ -1445,21 +1417,8 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let o = out.clone();
         let runner = std::thread::spawn(move || {
-            let mut m = Machine::new(MachineConfig {
-                mem: 64 << 20,
-                firmware: Firmware::Builtin,
-                serial: SerialOut::Capture(o),
-                no_reboot: false,
-                timeout: Some(Duration::from_secs(60)),
-                kvm_split: SplitMode::Off,
-                kvm_pit: KvmPit::InKernel,
-                cpu_model: cpu::cpuid::Model::V2,
-                topology: Default::default(),
-                vcpu_threads: Default::default(),
-                vga: Default::default(),
-                usb: None,
-            })
-            .expect("a machine");
+            let mut m =
+                Machine::new(MachineConfig { no_reboot: false, ..MachineConfig::for_test(o) }).expect("a machine");
             m.set_no_shutdown(true);
             let (shut_tx, shut_rx) = std::sync::mpsc::channel();
             m.control().set_shutdown_listener(Box::new(move |r| {

@@ -2,29 +2,14 @@
 //! the states it refuses.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use parking_lot::Mutex;
 use persist::Persist;
 
 use super::{Machine, MachineState};
-use crate::config::{EngineKind, Firmware, KvmPit, MachineConfig, SerialOut, SplitMode};
+use crate::config::{EngineKind, Firmware, MachineConfig};
 
 fn config(firmware: Firmware) -> MachineConfig {
-    MachineConfig {
-        mem: 64 << 20,
-        firmware,
-        serial: SerialOut::Capture(Arc::new(Mutex::new(Vec::new()))),
-        no_reboot: true,
-        timeout: Some(Duration::from_secs(60)),
-        kvm_split: SplitMode::Off,
-        kvm_pit: KvmPit::InKernel,
-        cpu_model: cpu::cpuid::Model::V2,
-        topology: Default::default(),
-        vcpu_threads: Default::default(),
-        vga: Default::default(),
-        usb: None,
-    }
+    MachineConfig { firmware, ..MachineConfig::for_test(Arc::default()) }
 }
 
 /// A BIOS image that only halts: enough to give a machine its fw_cfg.

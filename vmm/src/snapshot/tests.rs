@@ -7,23 +7,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::*;
-use crate::config::{EngineKind, KvmPit, SerialOut, SplitMode};
+use crate::config::EngineKind;
 
 fn config(out: Arc<Mutex<Vec<u8>>>) -> MachineConfig {
-    MachineConfig {
-        mem: 64 << 20,
-        firmware: Firmware::Builtin,
-        serial: SerialOut::Capture(out),
-        no_reboot: true,
-        timeout: Some(Duration::from_secs(60)),
-        kvm_split: SplitMode::Off,
-        kvm_pit: KvmPit::InKernel,
-        cpu_model: cpu::cpuid::Model::V2,
-        topology: Default::default(),
-        vcpu_threads: Default::default(),
-        vga: Default::default(),
-        usb: None,
-    }
+    MachineConfig::for_test(out)
 }
 
 fn machine() -> Machine {
