@@ -511,8 +511,13 @@ fn a_usb_tablet_moved_over_vnc_reaches_linux_input_layer() {
     let _ = c.read_update();
     let (w, h) = c.size;
     eprintln!("screen {w}x{h}");
+    // The guest reads six events (two moves) and powers off, which may
+    // close the connection before the last moves are sent.
     for i in 1..=6u16 {
-        c.pointer(w / 8 * i, h / 8 * i, 0).unwrap();
+        if c.pointer(w / 8 * i, h / 8 * i, 0).is_err() {
+            assert!(i > 2, "the connection closed after {} moves", i - 1);
+            break;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     vm.wait_serial("T:done", 60);
@@ -559,8 +564,13 @@ fn a_usb_mouse_moved_over_vnc_reaches_linux_input_layer_as_relative_motion() {
     let _ = c.read_update();
     // The first position only sets where the pointer is; each move after
     // it is 10 right and 5 down.
+    // The guest reads six events (two moves) and powers off, which may
+    // close the connection before the last moves are sent.
     for i in 0..6u16 {
-        c.pointer(100 + 10 * i, 80 + 5 * i, 0).unwrap();
+        if c.pointer(100 + 10 * i, 80 + 5 * i, 0).is_err() {
+            assert!(i > 2, "the connection closed after {i} moves");
+            break;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     vm.wait_serial("T:done", 60);
