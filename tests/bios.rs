@@ -38,7 +38,7 @@ use std::time::Instant;
 
 use iced_x86::code_asm::*;
 
-use bios_disk::{check_boot, check_image, seabios, set_mib, sh, sha256_file, test_disk};
+use bios_disk::{check_boot, check_image, printing_sector, seabios, set_mib, sh, sha256_file, test_disk, wait_ticks};
 
 /// The value the boot sector writes to the debug-exit port when every
 /// check passed; ferrovm exits with `(v << 1) | 1`.
@@ -46,79 +46,45 @@ const MBR_OK: u8 = 0x10;
 const MBR_BIOS_WRITABLE: u8 = 0x11;
 const MBR_NO_RSDP: u8 = 0x12;
 
-/// Where the boot sector keeps its message.
-const MSG_AT: usize = 0x180;
-
-/// A 512-byte MBR boot sector (loaded at 0000:7C00 in real mode).
+/// A 512-byte MBR boot sector: it prints a line, lets SeaBIOS's serial
+/// console send it, then checks the BIOS's tables and shadow RAM and
+/// reports through port 0xF4 (`MBR_*`).
 fn boot_sector() -> Vec<u8> {
-    let mut a = CodeAssembler::new(16).unwrap();
-    let mut print = a.create_label();
-    let mut done_print = a.create_label();
-    let mut scan = a.create_label();
-    let mut next = a.create_label();
-    let mut found = a.create_label();
-    let mut fail_rsdp = a.create_label();
-    let mut exit = a.create_label();
-    a.cli().unwrap();
-    a.xor(ax, ax).unwrap();
-    a.mov(ds, ax).unwrap();
-    a.mov(ss, ax).unwrap();
-    a.mov(sp, 0x7c00u32).unwrap();
-    a.sti().unwrap();
-    // The message through INT 10h, AH=0Eh (teletype).
-    a.mov(si, 0x7c00 + MSG_AT as u32).unwrap();
-    a.set_label(&mut print).unwrap();
-    a.lodsb().unwrap();
-    a.test(al, al).unwrap();
-    a.jz(done_print).unwrap();
-    a.mov(ah, 0x0eu32).unwrap();
-    a.mov(bx, 7u32).unwrap();
-    a.int(0x10).unwrap();
-    a.jmp(print).unwrap();
-    a.set_label(&mut done_print).unwrap();
-    // SeaBIOS's serial console sends its buffer from the timer interrupt:
-    // a few ticks (55 ms each) let it out.
-    let mut wait = a.create_label();
-    a.mov(cx, 4u32).unwrap();
-    a.set_label(&mut wait).unwrap();
-    a.hlt().unwrap();
-    a.loop_(wait).unwrap();
-    // "RSD PTR " on a 16-byte boundary of F000:0000-FFFF.
-    a.mov(ax, 0xf000u32).unwrap();
-    a.mov(es, ax).unwrap();
-    a.xor(di, di).unwrap();
-    a.set_label(&mut scan).unwrap();
-    a.cmp(dword_ptr(di).es(), u32::from_le_bytes(*b"RSD ")).unwrap();
-    a.jne(next).unwrap();
-    a.cmp(dword_ptr(di + 4).es(), u32::from_le_bytes(*b"PTR ")).unwrap();
-    a.je(found).unwrap();
-    a.set_label(&mut next).unwrap();
-    a.add(di, 16u32).unwrap();
-    a.jnz(scan).unwrap();
-    a.set_label(&mut fail_rsdp).unwrap();
-    a.mov(al, MBR_NO_RSDP as u32).unwrap();
-    a.jmp(exit).unwrap();
-    a.set_label(&mut found).unwrap();
-    // The BIOS segment is read-only shadow RAM: a write there is dropped.
-    a.mov(al, byte_ptr(0xfff0).es()).unwrap();
-    a.mov(bl, al).unwrap();
-    a.not(al).unwrap();
-    a.mov(byte_ptr(0xfff0).es(), al).unwrap();
-    a.mov(al, byte_ptr(0xfff0).es()).unwrap();
-    a.cmp(al, bl).unwrap();
-    a.mov(al, MBR_BIOS_WRITABLE as u32).unwrap();
-    a.jne(exit).unwrap();
-    a.mov(al, MBR_OK as u32).unwrap();
-    a.set_label(&mut exit).unwrap();
-    a.out(0xf4, al).unwrap();
-    a.hlt().unwrap();
-    let mut code = a.assemble(0x7c00).unwrap();
-    assert!(code.len() <= MSG_AT, "the boot sector's code fits before its message");
-    code.resize(MSG_AT, 0);
-    code.extend_from_slice(b"ferrovm-mbr: booted by the BIOS\r\n\0");
-    code.resize(510, 0);
-    code.extend_from_slice(&[0x55, 0xaa]);
-    code
+    printing_sector("ferrovm-mbr: booted by the BIOS", |a| {
+        let mut scan = a.create_label();
+        let mut next = a.create_label();
+        let mut found = a.create_label();
+        let mut exit = a.create_label();
+        wait_ticks(a, 4)?;
+        // "RSD PTR " on a 16-byte boundary of F000:0000-FFFF.
+        a.mov(ax, 0xf000u32)?;
+        a.mov(es, ax)?;
+        a.xor(di, di)?;
+        a.set_label(&mut scan)?;
+        a.cmp(dword_ptr(di).es(), u32::from_le_bytes(*b"RSD "))?;
+        a.jne(next)?;
+        a.cmp(dword_ptr(di + 4).es(), u32::from_le_bytes(*b"PTR "))?;
+        a.je(found)?;
+        a.set_label(&mut next)?;
+        a.add(di, 16u32)?;
+        a.jnz(scan)?;
+        a.mov(al, MBR_NO_RSDP as u32)?;
+        a.jmp(exit)?;
+        a.set_label(&mut found)?;
+        // The BIOS segment is read-only shadow RAM: a write there is dropped.
+        a.mov(al, byte_ptr(0xfff0).es())?;
+        a.mov(bl, al)?;
+        a.not(al)?;
+        a.mov(byte_ptr(0xfff0).es(), al)?;
+        a.mov(al, byte_ptr(0xfff0).es())?;
+        a.cmp(al, bl)?;
+        a.mov(al, MBR_BIOS_WRITABLE as u32)?;
+        a.jne(exit)?;
+        a.mov(al, MBR_OK as u32)?;
+        a.set_label(&mut exit)?;
+        a.out(0xf4, al)?;
+        a.hlt()
+    })
 }
 
 /// Boot the raw `disk` through SeaBIOS under `accel` (with the options
@@ -196,38 +162,13 @@ fn a_boot_sector_boots_through_seabios_under_kvm() {
 /// it, and resets the machine through port 0xCF9: every reset must bring
 /// the BIOS back from ROM (the PAM registers go back to 0) and boot again.
 fn rebooting_sector() -> Vec<u8> {
-    let mut a = CodeAssembler::new(16).unwrap();
-    let mut print = a.create_label();
-    let mut done = a.create_label();
-    let mut wait = a.create_label();
-    a.cli().unwrap();
-    a.xor(ax, ax).unwrap();
-    a.mov(ds, ax).unwrap();
-    a.mov(si, 0x7c00 + MSG_AT as u32).unwrap();
-    a.set_label(&mut print).unwrap();
-    a.lodsb().unwrap();
-    a.test(al, al).unwrap();
-    a.jz(done).unwrap();
-    a.mov(ah, 0x0eu32).unwrap();
-    a.mov(bx, 7u32).unwrap();
-    a.int(0x10).unwrap();
-    a.jmp(print).unwrap();
-    a.set_label(&mut done).unwrap();
-    a.sti().unwrap();
-    a.mov(cx, 4u32).unwrap();
-    a.set_label(&mut wait).unwrap();
-    a.hlt().unwrap();
-    a.loop_(wait).unwrap();
-    a.mov(dx, 0xcf9u32).unwrap();
-    a.mov(al, 6u32).unwrap();
-    a.out(dx, al).unwrap();
-    a.hlt().unwrap();
-    let mut code = a.assemble(0x7c00).unwrap();
-    code.resize(MSG_AT, 0);
-    code.extend_from_slice(b"ferrovm-mbr: again\r\n\0");
-    code.resize(510, 0);
-    code.extend_from_slice(&[0x55, 0xaa]);
-    code
+    printing_sector("ferrovm-mbr: again", |a| {
+        wait_ticks(a, 4)?;
+        a.mov(dx, 0xcf9u32)?;
+        a.mov(al, 6u32)?;
+        a.out(dx, al)?;
+        a.hlt()
+    })
 }
 
 #[test]

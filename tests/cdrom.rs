@@ -23,6 +23,8 @@ mod bios_disk;
 mod encode;
 #[path = "guest/images.rs"]
 mod images;
+#[path = "guest/qmp.rs"]
+mod qmp;
 #[path = "guest/run.rs"]
 mod run;
 
@@ -30,9 +32,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
-use bios_disk::{interleaved, seabios};
+use bios_disk::{halt_forever, interleaved, printing_sector, seabios};
 use encode::base64;
 use images::images;
+use qmp::Qmp;
 use run::{ferrovm, run_until, tmp};
 
 const ISOLINUX_BIN: &str = "/usr/lib/ISOLINUX/isolinux.bin";
@@ -286,53 +289,16 @@ fn bad_media_and_drive_options_are_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A boot sector (or El Torito no-emulation image, loaded at 0000:7C00)
-/// that prints `msg` through INT 10h, which SeaBIOS's serial console
-/// copies to COM1, then waits halted.
-fn printing_sector(msg: &str) -> Vec<u8> {
-    use iced_x86::code_asm::*;
-    const MSG_AT: usize = 0x100;
-    let mut a = CodeAssembler::new(16).unwrap();
-    let mut print = a.create_label();
-    let mut done = a.create_label();
-    let mut wait = a.create_label();
-    a.cli().unwrap();
-    a.xor(ax, ax).unwrap();
-    a.mov(ds, ax).unwrap();
-    a.mov(si, 0x7c00 + MSG_AT as u32).unwrap();
-    a.set_label(&mut print).unwrap();
-    a.lodsb().unwrap();
-    a.test(al, al).unwrap();
-    a.jz(done).unwrap();
-    a.mov(ah, 0x0eu32).unwrap();
-    a.mov(bx, 7u32).unwrap();
-    a.int(0x10).unwrap();
-    a.jmp(print).unwrap();
-    a.set_label(&mut done).unwrap();
-    a.sti().unwrap();
-    a.set_label(&mut wait).unwrap();
-    a.hlt().unwrap();
-    a.jmp(wait).unwrap();
-    let mut code = a.assemble(0x7c00).unwrap();
-    assert!(code.len() <= MSG_AT);
-    code.resize(MSG_AT, 0);
-    code.extend_from_slice(msg.as_bytes());
-    code.extend_from_slice(b"\r\n\0");
-    code.resize(510, 0);
-    code.extend_from_slice(&[0x55, 0xaa]);
-    code
-}
-
 /// A bootable disk and a bootable CD whose boot records only print which
 /// they are: `(disk, iso)`.
 fn disk_and_cd(dir: &Path) -> (PathBuf, PathBuf) {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir.join("root")).unwrap();
     let disk = dir.join("disk.img");
-    let mut img = printing_sector("ferrovm-boot: the hard disk");
+    let mut img = printing_sector("ferrovm-boot: the hard disk", halt_forever);
     img.resize(1 << 20, 0);
     std::fs::write(&disk, img).unwrap();
-    let mut boot = printing_sector("ferrovm-boot: the CD");
+    let mut boot = printing_sector("ferrovm-boot: the CD", halt_forever);
     boot.resize(2048, 0);
     std::fs::write(dir.join("root/boot.bin"), boot).unwrap();
     let iso = dir.join("cd.iso");
@@ -422,32 +388,19 @@ impl Drop for Console {
 
 /// Sends `system_reset` through the QMP socket at `sock`.
 fn qmp_system_reset(sock: &Path) {
-    use std::io::{BufRead, Write};
-    let until = Instant::now() + std::time::Duration::from_secs(30);
-    while !sock.exists() {
-        assert!(Instant::now() < until, "no QMP socket");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let s = std::os::unix::net::UnixStream::connect(sock).expect("QMP connects");
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
-    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
-    let mut w = s;
-    let mut reply = |w: &mut std::os::unix::net::UnixStream, json: Option<&str>| -> String {
-        if let Some(j) = json {
-            w.write_all(format!("{j}\n").as_bytes()).unwrap();
-        }
-        loop {
-            let mut l = String::new();
-            r.read_line(&mut l).expect("a QMP line");
-            assert!(!l.is_empty(), "QMP closed");
-            if json.is_none() || l.starts_with(r#"{"return""#) || l.starts_with(r#"{"error""#) {
-                return l.trim().to_string();
-            }
-        }
-    };
-    assert!(reply(&mut w, None).starts_with(r#"{"QMP""#));
-    assert_eq!(reply(&mut w, Some(r#"{"execute":"qmp_capabilities"}"#)), r#"{"return":{}}"#);
-    assert_eq!(reply(&mut w, Some(r#"{"execute":"system_reset"}"#)), r#"{"return":{}}"#);
+    let mut q = Qmp::connect(sock);
+    assert_eq!(q.cmd(r#"{"execute":"system_reset"}"#), r#"{"return":{}}"#);
+}
+
+/// `ferrovm qemu` arguments for the printing disk (IDE, first) and CD of
+/// [`disk_and_cd`], in TCG with COM1 on standard input and output, and
+/// then `boot` as the `-boot` option.
+fn disk_and_cd_args(disk: &Path, iso: &Path, boot: &str) -> Vec<String> {
+    let hda = format!("file={},format=raw,if=ide,index=0", disk.display());
+    let fixed = ["-accel", "tcg", "-m", "128", "-nodefaults", "-display", "none", "-serial", "stdio", "-drive"];
+    let mut args: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
+    args.extend([hda, "-cdrom".into(), iso.display().to_string(), "-boot".into(), boot.into()]);
+    args
 }
 
 /// `-boot once=d,order=c`: the CD boots first although the disk comes
@@ -462,28 +415,9 @@ fn boot_once_boots_the_cd_then_the_disk_after_a_reset() {
     let dir = tmp("cdrom", "once");
     let (disk, iso) = disk_and_cd(&dir);
     let sock = dir.join("qmp.sock");
-    let hda = format!("file={},format=raw,if=ide,index=0", disk.display());
-    let qmp = format!("unix:{},server=on,wait=off", sock.display());
-    let iso_s = iso.display().to_string();
-    let mut c = Console::start(&[
-        "-accel",
-        "tcg",
-        "-m",
-        "128",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-drive",
-        &hda,
-        "-cdrom",
-        &iso_s,
-        "-boot",
-        "once=d,order=c",
-        "-qmp",
-        &qmp,
-    ]);
+    let mut args = disk_and_cd_args(&disk, &iso, "once=d,order=c");
+    args.extend(["-qmp".into(), format!("unix:{},server=on,wait=off", sock.display())]);
+    let mut c = Console::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let out = c.wait_for("ferrovm-boot: the CD", 1, 60);
     assert!(out.contains("Booting from DVD/CD"), "{out}");
     assert!(!out.contains("ferrovm-boot: the hard disk"), "the disk booted first:\n{out}");
@@ -511,30 +445,7 @@ fn the_boot_menu_is_offered_and_boots_the_device_picked() {
     }
     let dir = tmp("cdrom", "menu");
     let (disk, iso) = disk_and_cd(&dir);
-    let hda = format!("file={},format=raw,if=ide,index=0", disk.display());
-    let iso_s = iso.display().to_string();
-    let args = |wait: &'static str| -> Vec<String> {
-        [
-            "-accel",
-            "tcg",
-            "-m",
-            "128",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-            "-drive",
-            &hda,
-            "-cdrom",
-            &iso_s,
-            "-boot",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([format!("order=c,menu=on,splash-time={wait}")])
-        .collect()
-    };
+    let args = |wait: &str| disk_and_cd_args(&disk, &iso, &format!("order=c,menu=on,splash-time={wait}"));
     // No key: the disk boots after the wait.
     let a = args("1500");
     let mut c = Console::start(&a.iter().map(String::as_str).collect::<Vec<_>>());

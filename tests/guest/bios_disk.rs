@@ -9,6 +9,68 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use iced_x86::code_asm::*;
+
+/// Where [`printing_sector`] keeps its message, after its code.
+pub const SECTOR_MSG_AT: usize = 0x180;
+
+/// A 512-byte boot sector (loaded at 0000:7C00 in real mode) that sets its
+/// stack below itself, enables interrupts, prints `msg` and a line end
+/// through INT 10h AH=0Eh (teletype; SeaBIOS's serial console copies it
+/// to COM1 from its timer interrupt), and then runs the code `then`
+/// assembles, which must not return.
+pub fn printing_sector(msg: &str, then: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+    let mut a = CodeAssembler::new(16).unwrap();
+    let mut print = a.create_label();
+    let mut next = a.create_label();
+    a.cli().unwrap();
+    a.cld().unwrap();
+    a.xor(ax, ax).unwrap();
+    a.mov(ds, ax).unwrap();
+    a.mov(ss, ax).unwrap();
+    a.mov(sp, 0x7c00u32).unwrap();
+    a.sti().unwrap();
+    a.mov(si, 0x7c00 + SECTOR_MSG_AT as u32).unwrap();
+    a.jmp(next).unwrap();
+    a.set_label(&mut print).unwrap();
+    a.mov(ah, 0x0eu32).unwrap();
+    a.mov(bx, 7u32).unwrap();
+    a.int(0x10).unwrap();
+    a.set_label(&mut next).unwrap();
+    a.lodsb().unwrap();
+    a.test(al, al).unwrap();
+    a.jnz(print).unwrap();
+    // `then` may start with a label of its own: no label here.
+    then(&mut a).unwrap();
+    let mut code = a.assemble(0x7c00).unwrap();
+    assert!(code.len() <= SECTOR_MSG_AT, "the boot sector's code fits before its message");
+    code.resize(SECTOR_MSG_AT, 0);
+    code.extend_from_slice(msg.as_bytes());
+    code.extend_from_slice(b"\r\n\0");
+    assert!(code.len() <= 510, "the message fits in the sector");
+    code.resize(510, 0);
+    code.extend_from_slice(&[0x55, 0xaa]);
+    code
+}
+
+/// A [`printing_sector`] tail: wait `ticks` timer interrupts (55 ms each)
+/// with HLT, which lets SeaBIOS's serial console send what was printed.
+pub fn wait_ticks(a: &mut CodeAssembler, ticks: u16) -> Result<(), IcedError> {
+    let mut wait = a.create_label();
+    a.mov(cx, u32::from(ticks))?;
+    a.set_label(&mut wait)?;
+    a.hlt()?;
+    a.loop_(wait)
+}
+
+/// A [`printing_sector`] tail: halt for good, taking interrupts.
+pub fn halt_forever(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    let mut wait = a.create_label();
+    a.set_label(&mut wait)?;
+    a.hlt()?;
+    a.jmp(wait)
+}
+
 /// Debian's SeaBIOS, which boots the disk.
 pub const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
 
