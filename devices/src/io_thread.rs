@@ -40,10 +40,16 @@ pub trait IoPoll: Send {
     fn poll(&mut self, now: Instant) -> Option<Duration>;
 
     /// The guest notified `queue` through a doorbell eventfd
-    /// ([`Doorbell`]) instead of a register write. Only models that
-    /// hand out doorbells (virtio-net) get these.
-    fn doorbell(&mut self, queue: u16) {
-        tracing::warn!(target: "devices", "{}: a doorbell for queue {queue}, which it has none of", self.io_label());
+    /// ([`Doorbell`]) instead of a register write, `rings` times since the
+    /// last call (the eventfd's count: writes that came before the I/O
+    /// thread read it arrive together). Only models that hand out
+    /// doorbells (virtio-net, virtio-blk) get these.
+    fn doorbell(&mut self, queue: u16, rings: u64) {
+        tracing::warn!(
+            target: "devices",
+            "{}: {rings} doorbell rings for queue {queue}, which it has none of",
+            self.io_label()
+        );
     }
 
     /// A short name for logs.
@@ -249,8 +255,8 @@ fn run(
         // rings it again; the model sees every queue at least once after
         // each guest write.
         for (d, _) in doorbells.iter().zip(&rung).filter(|(_, r)| **r) {
-            if d.fd.read().is_ok() {
-                d.nic.lock().doorbell(d.queue);
+            if let Ok(rings) = d.fd.read() {
+                d.nic.lock().doorbell(d.queue, rings);
             }
         }
         // Drain the kick bytes, then clear the flag, then poll: a kick
@@ -368,7 +374,7 @@ mod tests {
         fn poll(&mut self, _now: Instant) -> Option<Duration> {
             None
         }
-        fn doorbell(&mut self, queue: u16) {
+        fn doorbell(&mut self, queue: u16, _rings: u64) {
             self.0.lock().push(queue);
         }
         fn io_label(&self) -> String {

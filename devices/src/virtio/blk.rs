@@ -508,9 +508,9 @@ impl IoPoll for VirtioPci<VirtioBlk> {
         VirtioPci::poll(self, now)
     }
 
-    fn doorbell(&mut self, queue: u16) {
+    fn doorbell(&mut self, queue: u16, rings: u64) {
         // On the I/O thread already: serve at once.
-        VirtioPci::doorbell(self, queue);
+        VirtioPci::doorbell(self, queue, rings);
         VirtioPci::poll(self, Instant::now());
     }
 

@@ -582,8 +582,8 @@ impl IoPoll for VirtioPci<VirtioNet> {
         VirtioPci::poll(self, now)
     }
 
-    fn doorbell(&mut self, queue: u16) {
-        VirtioPci::doorbell(self, queue);
+    fn doorbell(&mut self, queue: u16, rings: u64) {
+        VirtioPci::doorbell(self, queue, rings);
     }
 
     fn io_label(&self) -> String {

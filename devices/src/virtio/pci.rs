@@ -319,10 +319,12 @@ impl<D: VirtioDevice> VirtioPci<D> {
             .collect()
     }
 
-    /// A write to one of [`VirtioPci::doorbells`] of `queue`, which reached
-    /// the device another way than through its BAR (an eventfd).
-    pub fn doorbell(&mut self, queue: u16) {
-        self.doorbell_rings += 1;
+    /// `rings` writes to the [`VirtioPci::doorbells`] of `queue`, which
+    /// reached the device another way than through its BAR (an eventfd,
+    /// whose count gathers the writes made before it was read). The queue
+    /// is served once for all of them.
+    pub fn doorbell(&mut self, queue: u16, rings: u64) {
+        self.doorbell_rings = self.doorbell_rings.saturating_add(rings);
         self.notify(usize::from(queue));
     }
 

@@ -303,10 +303,16 @@ fn doorbells_are_the_notify_writes() {
     // And so does ringing it; unknown queues are ignored.
     rings[0].add_chain(&mem, &[(0x30000, 64, true)]);
     rings[1].add_chain(&mem, &[(0x31000, 4, false)]);
-    r.dev.doorbell(1);
+    r.dev.doorbell(1, 1);
     assert_eq!(rings[0].take_used(&mem).len(), 1);
-    r.dev.doorbell(7);
+    r.dev.doorbell(7, 1);
     assert_eq!(r.dev.doorbell_rings(), 2);
+    // Two writes gathered in one eventfd count: both counted, one service.
+    rings[0].add_chain(&mem, &[(0x30000, 64, true)]);
+    rings[1].add_chain(&mem, &[(0x31000, 4, false)]);
+    r.dev.doorbell(1, 2);
+    assert_eq!(rings[0].take_used(&mem).len(), 1);
+    assert_eq!(r.dev.doorbell_rings(), 4);
 }
 
 fn msix_rig() -> (Rig, Arc<RecordingMsi>) {
