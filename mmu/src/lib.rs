@@ -20,8 +20,8 @@ pub mod paging;
 pub mod tlb;
 
 pub use memory::{
-    CodeChanges, CodeWatch, DirtyBitmap, GuestMemory, MemError, RegionKind, HIGH_RAM_START, PAGE_SIZE, PCI_HOLE_START,
-    VGA_WINDOW,
+    CodeChanges, CodeWatch, DirtyBitmap, DirtyLogSource, GuestMemory, MemError, RegionKind, HIGH_RAM_START, PAGE_SIZE,
+    PCI_HOLE_START, VGA_WINDOW,
 };
 pub use paging::{Access, PageFault, PagingCtx, PagingMode, Privilege};
 pub use tlb::{Mmu, TlbLayout, TLB_LAYOUT};

@@ -40,6 +40,11 @@
 //! [`GuestMemory::take_dirty`] swaps the bitmap out, word by word, for
 //! zeros, so a page written after the swap is dirty again.
 //!
+//! A writer whose stores bypass this module and that logs them itself (a
+//! hypervisor's VM) registers as a [`DirtyLogSource`]: it starts and stops
+//! logging with the bitmap, and [`GuestMemory::take_dirty`] first merges
+//! its log into the bitmap.
+//!
 //! Translated code stores through a soft-TLB entry without calling here,
 //! so while logging is on a TLB gives a page a write entry for translated
 //! code only when the page is dirty already, and a vCPU that holds such
@@ -175,6 +180,28 @@ pub struct GuestMemory {
     dirty_logging: AtomicBool,
     /// The last write sync asked ([`GuestMemory::request_write_sync`]).
     write_sync: AtomicU64,
+    /// Writers of RAM that keep their own dirty log
+    /// ([`GuestMemory::add_dirty_source`]); dropped ones are skipped, and
+    /// pruned at the next registration. The lock also orders a source's
+    /// registration against logging being turned on or off.
+    dirty_sources: Mutex<Vec<Weak<dyn DirtyLogSource>>>,
+    /// Why a source's log failed while logging was on, since logging began
+    /// ([`GuestMemory::dirty_log_error`]).
+    dirty_log_error: Mutex<Option<String>>,
+}
+
+/// A writer of guest RAM whose stores bypass this module and that keeps
+/// its own log of the pages it writes: a hypervisor's VM (KVM's
+/// `KVM_MEM_LOG_DIRTY_PAGES`). While dirty logging is on, its log is
+/// merged into the bitmap at each [`GuestMemory::take_dirty`].
+pub trait DirtyLogSource: Send + Sync {
+    /// Starts (`true`) or stops (`false`) logging its writes. Starting
+    /// fails when the source cannot log them.
+    fn set_dirty_logging(&self, on: bool) -> Result<(), String>;
+    /// Marks every page it wrote since the last call (or since logging
+    /// began) with [`GuestMemory::mark_dirty`] on `mem`, and clears its
+    /// log.
+    fn collect_dirty(&self, mem: &GuestMemory) -> Result<(), String>;
 }
 
 /// Pages of the first megabyte, whose writability the chipset switches.
@@ -234,6 +261,8 @@ impl GuestMemory {
             dirty_bits: Vec::new(),
             dirty_logging: AtomicBool::new(false),
             write_sync: AtomicU64::new(0),
+            dirty_sources: Mutex::new(Vec::new()),
+            dirty_log_error: Mutex::new(None),
         };
         let low = ram_size.min(PCI_HOLE_START);
         if vga_window {
@@ -740,21 +769,80 @@ impl GuestMemory {
 
     /// Starts logging writes to guest RAM: from now on each write sets its
     /// pages' dirty bits, and soft TLBs give translated code write entries
-    /// only for dirty pages. The bitmap starts empty. The caller then
-    /// drops the write entries made before ([`GuestMemory::request_write_sync`]).
-    pub fn start_dirty_log(&self) {
+    /// only for dirty pages; every [`DirtyLogSource`] starts its own log.
+    /// The bitmap starts empty. The caller then drops the write entries
+    /// made before ([`GuestMemory::request_write_sync`]). Fails, with
+    /// logging left off, when a source cannot log its writes.
+    pub fn start_dirty_log(&self) -> Result<(), String> {
+        let sources = self.sources();
+        *self.dirty_log_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
         for w in &self.dirty_bits {
             w.store(0, Ordering::Relaxed);
         }
         self.dirty_logging.store(true, Ordering::SeqCst);
+        let live: Vec<_> = sources.iter().filter_map(Weak::upgrade).collect();
+        for (i, s) in live.iter().enumerate() {
+            if let Err(e) = s.set_dirty_logging(true) {
+                for done in &live[..i] {
+                    let _ = done.set_dirty_logging(false);
+                }
+                self.dirty_logging.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
-    /// Stops logging writes; the bitmap is cleared.
+    /// Stops logging writes (every [`DirtyLogSource`] too); the bitmap is
+    /// cleared.
     pub fn stop_dirty_log(&self) {
+        let sources = self.sources();
         self.dirty_logging.store(false, Ordering::SeqCst);
+        for s in sources.iter().filter_map(Weak::upgrade) {
+            if let Err(e) = s.set_dirty_logging(false) {
+                tracing::warn!(target: "mmu", "dirty logging could not be turned off: {e}");
+            }
+        }
         for w in &self.dirty_bits {
             w.store(0, Ordering::Relaxed);
         }
+    }
+
+    fn sources(&self) -> MutexGuard<'_, Vec<Weak<dyn DirtyLogSource>>> {
+        self.dirty_sources.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a writer of RAM that keeps its own dirty log (a
+    /// hypervisor's VM); it stays registered while it lives. When logging
+    /// is on already, the source starts logging now; if it cannot,
+    /// [`GuestMemory::dirty_log_error`] says why from then on.
+    pub fn add_dirty_source(&self, source: Weak<dyn DirtyLogSource>) {
+        let mut sources = self.sources();
+        sources.retain(|w| w.strong_count() > 0);
+        if self.dirty_logging.load(Ordering::SeqCst) {
+            if let Some(s) = source.upgrade() {
+                if let Err(e) = s.set_dirty_logging(true) {
+                    self.note_dirty_log_error(e);
+                }
+            }
+        }
+        sources.push(source);
+    }
+
+    /// Says that a [`DirtyLogSource`]'s log failed while logging was on
+    /// (some of its writes may be missing from the bitmaps): the first
+    /// failure since logging began is kept for
+    /// [`GuestMemory::dirty_log_error`].
+    pub fn note_dirty_log_error(&self, e: String) {
+        if self.dirty_logging.load(Ordering::SeqCst) {
+            self.dirty_log_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+        }
+    }
+
+    /// Why the log of some [`DirtyLogSource`] failed since logging began
+    /// (its writes may then be missing from the bitmaps), if one did.
+    pub fn dirty_log_error(&self) -> Option<String> {
+        self.dirty_log_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Whether writes are logged.
@@ -791,8 +879,17 @@ impl GuestMemory {
 
     /// The dirty bitmap since the last call (bit `n` of word `w`: the page
     /// at guest physical `(64 * w + n) * PAGE_SIZE`), cleared for the next
-    /// round. Pages outside RAM never appear.
+    /// round. Pages outside RAM never appear. The logs of the
+    /// [`DirtyLogSource`]s are merged in first.
     pub fn take_dirty(&self) -> DirtyBitmap {
+        if self.dirty_logging.load(Ordering::SeqCst) {
+            let sources = self.sources();
+            for s in sources.iter().filter_map(Weak::upgrade) {
+                if let Err(e) = s.collect_dirty(self) {
+                    self.note_dirty_log_error(e);
+                }
+            }
+        }
         let words = self.dirty_bits.iter().map(|w| w.swap(0, Ordering::SeqCst)).collect();
         DirtyBitmap { words }
     }
@@ -1053,7 +1150,7 @@ mod tests {
         m.add_rom("bios", 0xffff_0000, 0x10000, &[]).unwrap();
         m.write_u8(0x1000, 1).unwrap();
         assert!(!m.is_dirty(0x1000), "nothing is logged while logging is off");
-        m.start_dirty_log();
+        m.start_dirty_log().unwrap();
         assert!(m.dirty_logging());
         type Write<'a> = (&'a str, &'a dyn Fn(), &'a [u64]);
         let writes: [Write; 9] = [
@@ -1096,13 +1193,79 @@ mod tests {
         assert!(m.take_dirty().is_empty());
     }
 
+    /// A source's own log: started and stopped with the bitmap's, merged
+    /// in at each round; one that cannot log keeps logging off, and one
+    /// that fails later is reported.
+    #[test]
+    fn dirty_log_sources_join_the_rounds() {
+        #[derive(Default)]
+        struct Source {
+            on: Mutex<bool>,
+            refuse: bool,
+            fail_collect: bool,
+            written: Mutex<Vec<u64>>,
+        }
+        impl DirtyLogSource for Source {
+            fn set_dirty_logging(&self, on: bool) -> Result<(), String> {
+                if on && self.refuse {
+                    return Err("no dirty log here".into());
+                }
+                *self.on.lock().unwrap() = on;
+                Ok(())
+            }
+            fn collect_dirty(&self, mem: &GuestMemory) -> Result<(), String> {
+                if self.fail_collect {
+                    return Err("the log is gone".into());
+                }
+                for a in std::mem::take(&mut *self.written.lock().unwrap()) {
+                    mem.mark_dirty(a, 1);
+                }
+                Ok(())
+            }
+        }
+        let m = GuestMemory::new(4 * MIB).unwrap();
+        let s = Arc::new(Source::default());
+        m.add_dirty_source(Arc::downgrade(&s) as Weak<dyn DirtyLogSource>);
+        m.start_dirty_log().unwrap();
+        assert!(*s.on.lock().unwrap());
+        s.written.lock().unwrap().extend([0x5000, 0x20_0010]);
+        m.write_u8(0x1000, 1).unwrap();
+        assert_eq!(m.take_dirty().pages().collect::<Vec<_>>(), [0x1000, 0x5000, 0x20_0000]);
+        assert!(m.take_dirty().is_empty());
+        // Registered while logging is on: it starts at once.
+        let late = Arc::new(Source::default());
+        m.add_dirty_source(Arc::downgrade(&late) as Weak<dyn DirtyLogSource>);
+        assert!(*late.on.lock().unwrap());
+        late.written.lock().unwrap().push(0x9000);
+        assert_eq!(m.take_dirty().pages().collect::<Vec<_>>(), [0x9000]);
+        m.stop_dirty_log();
+        assert!(!*s.on.lock().unwrap() && !*late.on.lock().unwrap());
+        assert_eq!(m.dirty_log_error(), None);
+        // One that cannot log: logging stays off, the others stop again.
+        let refusing = Arc::new(Source { refuse: true, ..Default::default() });
+        m.add_dirty_source(Arc::downgrade(&refusing) as Weak<dyn DirtyLogSource>);
+        assert_eq!(m.start_dirty_log(), Err("no dirty log here".to_string()));
+        assert!(!m.dirty_logging() && !*s.on.lock().unwrap());
+        drop(refusing);
+        // One whose log fails during the rounds is reported.
+        let failing = Arc::new(Source { fail_collect: true, ..Default::default() });
+        m.add_dirty_source(Arc::downgrade(&failing) as Weak<dyn DirtyLogSource>);
+        m.start_dirty_log().unwrap();
+        let _ = m.take_dirty();
+        assert_eq!(m.dirty_log_error().as_deref(), Some("the log is gone"));
+        m.stop_dirty_log();
+        m.start_dirty_log().unwrap_or_default();
+        assert_eq!(m.dirty_log_error(), None, "a new start forgets the old failure");
+        m.stop_dirty_log();
+    }
+
     /// A write sync is answered by each live watch's take, or needs
     /// nothing from a watch whose owner holds no translated write entry.
     #[test]
     fn write_syncs_wait_for_watches_with_fast_writes() {
         let m = GuestMemory::new(MIB).unwrap();
         let (a, b) = (m.code_watch(), m.code_watch());
-        m.start_dirty_log();
+        m.start_dirty_log().unwrap();
         let n = m.request_write_sync();
         assert!(a.pending() && b.pending());
         assert!(m.write_sync_done(n), "neither holds a translated write entry");

@@ -686,7 +686,7 @@ mod tests {
         // Logging off: a fill gives the tag at once.
         m.translate(&ctx, s, 0x10_0000, Access::Write).unwrap();
         assert_eq!(jit_write_of(&m, s, 0x10_0000), 0x10_0000);
-        mem.start_dirty_log();
+        mem.start_dirty_log().unwrap();
         let sync = mem.request_write_sync();
         assert!(!mem.write_sync_done(sync), "the TLB held a write entry when logging began");
         let changes = watch.take();

@@ -319,6 +319,9 @@ pub const UCODE64: u16 = 0x58 | 3;
 pub const UDATA64: u16 = 0x50 | 3;
 /// Identity paging for the first 4 MiB (2 MiB pages, user-accessible).
 const PML4: u32 = 0x31_0000;
+/// The page directory of that paging: entry `n` maps 2 MiB at `n << 21`
+/// (entries 0 and 1 are set).
+pub const PD: u32 = PML4 + 0x2000;
 
 /// The 64-bit part of a long-mode kernel: its own assembler at
 /// [`LONG_ENTRY`], with failure reports like [`Kernel`]'s.

@@ -626,6 +626,7 @@ impl Machine {
                     v.engine().inject_nmi()?;
                 }
                 let t = Instant::now();
+                let until = self.control.throttle_until(until, v.ran_since_throttle);
                 let ran = match &others {
                     Some(o) => {
                         o.world.enter();
@@ -1185,6 +1186,19 @@ impl RunControl {
     /// The share of time the vCPUs sleep, in percent.
     pub fn throttle(&self) -> u32 {
         self.throttle.load(Ordering::Acquire)
+    }
+
+    /// The end of a vCPU's next run, `until` at the latest: under a
+    /// throttle, no later than the end of the running period, so that an
+    /// engine that runs until its deadline (user code in KVM, which
+    /// returns only for an exit or a kick) comes back to sleep its share
+    /// ([`RunControl::throttle_point`]) between two entries.
+    pub(crate) fn throttle_until(&self, until: Instant, ran: Duration) -> Instant {
+        if self.throttle() == 0 {
+            return until;
+        }
+        let left = THROTTLE_PERIOD.saturating_sub(ran).max(Duration::from_millis(1));
+        until.min(Instant::now() + left)
     }
 
     /// After a vCPU ran for `ran` since its last sleep: under a throttle,

@@ -333,7 +333,8 @@ impl MachineBackend {
 
     /// `migrate`: a live migration (pre-copy while the guest runs, then
     /// the last pages and the state with the guest stopped) on a thread
-    /// of its own; under KVM, whose writes are not logged, the guest
+    /// of its own. Writes made in KVM (split execution's user code) are
+    /// logged by KVM's dirty log; where it cannot log them, the guest
     /// stops first and everything goes at once.
     fn migrate(&self, uri: &str) -> Result<Value, QmpError> {
         use crate::snapshot::live::{self, Progress};
@@ -359,7 +360,6 @@ impl MachineBackend {
             }
         };
         let was_paused = self.paused.load(Ordering::Acquire);
-        let live = self.accel != "kvm";
         let sender = live::LiveSender::new(
             self.mem.clone(),
             self.control.clone(),
@@ -379,7 +379,7 @@ impl MachineBackend {
         let reply = out.reply;
         emit(&monitor, Event::Migration { status: "active".into() });
         let spawned = std::thread::Builder::new().name("migration".into()).spawn(move || {
-            let mut r = sender.run(live, reply);
+            let mut r = sender.run(reply);
             if let Some(c) = child.as_mut() {
                 match c.wait() {
                     Ok(st) if !st.success() && r.is_ok() => {
@@ -445,6 +445,8 @@ impl MachineBackend {
                 "duplicate": mig.duplicate,
                 "normal": mig.normal,
                 "normal-bytes": mig.normal * mmu::PAGE_SIZE,
+                "precopy-bytes": mig.precopy_bytes,
+                "downtime-bytes": mig.downtime_bytes,
                 "dirty-pages-rate": mig.dirty_pages_rate,
                 "dirty-sync-count": mig.dirty_sync_count,
                 "page-size": mmu::PAGE_SIZE,

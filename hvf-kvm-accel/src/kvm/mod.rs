@@ -8,6 +8,14 @@
 //! ([`cpuid`]). Each vCPU gets that model before anything else (KVM checks
 //! CR4 and XCR0 against it), and its MSRs are moved from a fixed list: an MSR
 //! KVM refuses is named once in a warning and left out from then on.
+//!
+//! Each VM registers its memory slots with its guest memory as a
+//! [`DirtyLogSource`]: while a live migration logs writes
+//! ([`GuestMemory::start_dirty_log`]), the RAM slots carry
+//! `KVM_MEM_LOG_DIRTY_PAGES`, and every round ([`GuestMemory::take_dirty`])
+//! fetches and clears KVM's bitmap of each (`KVM_GET_DIRTY_LOG`) into the
+//! guest memory's own. A slot deleted or split meanwhile ([`Vm::hide`],
+//! [`Vm::protect`]) and the VM as it goes hand their bitmaps over first.
 
 pub mod cpuid;
 pub mod exit;
@@ -15,7 +23,7 @@ mod kick;
 mod vcpu;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
@@ -24,10 +32,11 @@ use kvm_bindings::{
     kvm_ioeventfd_flag_nr_pio, kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_irqchip,
     kvm_irq_routing_msi, kvm_pit_config, kvm_userspace_memory_region, KvmIrqRouting, KVMIO, KVM_API_VERSION,
     KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
-    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
+    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_MAX_CPUID_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, VmFd};
-use mmu::{GuestMemory, RegionKind};
+use mmu::{DirtyLogSource, GuestMemory, RegionKind, PAGE_SIZE};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::bridge::{msr_name, BRIDGE_MSRS};
@@ -250,19 +259,16 @@ impl Kvm {
             msrs: Mutex::new(msrs),
             run_size: fd.run_size(),
         });
-        let vm = KvmVm {
-            fd,
-            mem,
-            shared,
-            slots: Mutex::new(slots),
-            readonly_mem,
-            msi_routes: Mutex::new(BTreeMap::new()),
-            initial_devices,
-            flush_page: FlushPage::new()?,
-        };
+        let core =
+            Arc::new(VmCore { fd, mem: Arc::clone(&mem), slots: Mutex::new(slots), flush_page: FlushPage::new()? });
+        let vm = KvmVm { core, mem, shared, readonly_mem, msi_routes: Mutex::new(BTreeMap::new()), initial_devices };
         let flush = vm.flush_slot();
-        set_slot(&vm.fd, flush, flush.len)
+        set_slot(&vm.core.fd, flush, flush.len)
             .map_err(|e| AccelError::ioctl("KVM_SET_USER_MEMORY_REGION (flush slot)", e))?;
+        // Writes in KVM join a live migration's dirty log (at once when
+        // one runs).
+        let source: Weak<dyn DirtyLogSource> = Arc::downgrade(&vm.core) as Weak<dyn DirtyLogSource>;
+        vm.mem.add_dirty_source(source);
         Ok(vm)
     }
 }
@@ -315,6 +321,27 @@ struct Slot {
     len: u64,
     host_addr: u64,
     flags: u32,
+    /// Guest RAM the guest may write: logged while dirty logging is on.
+    ram: bool,
+}
+
+impl Slot {
+    /// Whether the guest's writes to the slot are logged while dirty
+    /// logging is on: RAM, not read-only.
+    fn logs(&self) -> bool {
+        self.ram && self.flags & KVM_MEM_READONLY == 0
+    }
+
+    /// The slot with `KVM_MEM_LOG_DIRTY_PAGES` set (`on`, for a slot that
+    /// [`logs`](Slot::logs)) or clear.
+    fn logging(self, on: bool) -> Slot {
+        let flags = if on && self.logs() {
+            self.flags | KVM_MEM_LOG_DIRTY_PAGES
+        } else {
+            self.flags & !KVM_MEM_LOG_DIRTY_PAGES
+        };
+        Slot { flags, ..self }
+    }
 }
 
 /// The memory slots of a VM.
@@ -322,11 +349,13 @@ struct Slot {
 struct SlotTable {
     slots: Vec<Slot>,
     next_id: u32,
+    /// Set while the RAM slots log the guest's writes.
+    logging: bool,
 }
 
 /// Register every region of `mem` as a memory slot.
 fn map_memory(fd: &VmFd, mem: &GuestMemory, readonly_mem: bool) -> Result<SlotTable, AccelError> {
-    let mut table = SlotTable { slots: Vec::new(), next_id: 0 };
+    let mut table = SlotTable { slots: Vec::new(), next_id: 0, logging: false };
     for r in mem.regions() {
         let mut flags = 0;
         if r.kind == RegionKind::Rom {
@@ -336,7 +365,8 @@ fn map_memory(fd: &VmFd, mem: &GuestMemory, readonly_mem: bool) -> Result<SlotTa
                 tracing::warn!("KVM lacks read-only memory slots; ROM {} is writable by the guest", r.name);
             }
         }
-        let slot = Slot { id: table.next_id, base: r.base, len: r.len, host_addr: r.host_addr, flags };
+        let ram = r.kind == RegionKind::Ram;
+        let slot = Slot { id: table.next_id, base: r.base, len: r.len, host_addr: r.host_addr, flags, ram };
         set_slot(fd, slot, r.len).map_err(|reason| AccelError::MemorySlot {
             name: r.name,
             base: r.base,
@@ -409,8 +439,8 @@ impl FlushPage {
 impl Drop for FlushPage {
     fn drop(&mut self) {
         // SAFETY: `addr` is the one-page mapping `new` made, unmapped once
-        // here. `KvmVm` declares `flush_page` after `fd`, so the VM (and its
-        // slot over this page) is gone before this runs.
+        // here. `VmCore` declares `flush_page` after `fd`, so the VM (and
+        // its slot over this page) is gone before this runs.
         unsafe {
             libc::munmap(self.addr as *mut libc::c_void, 0x1000);
         }
@@ -520,10 +550,11 @@ impl Shared {
 
 /// One KVM guest.
 pub struct KvmVm {
-    fd: VmFd,
+    /// The VM file descriptor and its memory slots, shared with the guest
+    /// memory's dirty logging.
+    core: Arc<VmCore>,
     mem: Arc<GuestMemory>,
     shared: Arc<Shared>,
-    slots: Mutex<SlotTable>,
     /// Whether KVM has read-only memory slots (KVM_CAP_READONLY_MEM).
     readonly_mem: bool,
     /// The messages of [`Vm::register_msi_irqfd`], by GSI.
@@ -531,8 +562,106 @@ pub struct KvmVm {
     /// The in-kernel interrupt controllers and PIT as created, for
     /// [`Vm::reset_devices`].
     initial_devices: Option<InitialDevices>,
+}
+
+/// The VM file descriptor and its memory slots. The [`KvmVm`] holds it;
+/// its guest memory knows it as a [`DirtyLogSource`] (weakly, so a round
+/// of dirty logging may hold it a moment longer than the `KvmVm`).
+struct VmCore {
+    fd: VmFd,
+    mem: Arc<GuestMemory>,
+    slots: Mutex<SlotTable>,
     /// Dropped after `fd` (declaration order), see [`FlushPage`].
     flush_page: FlushPage,
+}
+
+impl VmCore {
+    fn table(&self) -> std::sync::MutexGuard<'_, SlotTable> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the pages of `slot` that KVM logged as written since the last
+    /// fetch dirty in guest memory (`KVM_GET_DIRTY_LOG`, which also clears
+    /// KVM's bitmap and write-protects the pages again).
+    fn collect_slot(&self, slot: &Slot) -> Result<(), String> {
+        let len = usize::try_from(slot.len).map_err(|_| format!("slot {} is too large", slot.id))?;
+        let bitmap = self
+            .fd
+            .get_dirty_log(slot.id, len)
+            .map_err(|e| format!("KVM_GET_DIRTY_LOG of the memory slot at {:#x}: {e}", slot.base))?;
+        for (i, &word) in bitmap.iter().enumerate() {
+            let mut w = word;
+            while w != 0 {
+                let page = i as u64 * 64 + u64::from(w.trailing_zeros());
+                w &= w - 1;
+                let offset = page * PAGE_SIZE;
+                if offset < slot.len {
+                    self.mem.mark_dirty(slot.base + offset, PAGE_SIZE);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DirtyLogSource for VmCore {
+    fn set_dirty_logging(&self, on: bool) -> Result<(), String> {
+        let mut table = self.table();
+        if table.logging == on {
+            return Ok(());
+        }
+        let what = if on { "turning on" } else { "turning off" };
+        let logged: Vec<Slot> = table.slots.iter().copied().filter(|s| s.id != FLUSH_SLOT_ID && s.logs()).collect();
+        for (n, slot) in logged.iter().enumerate() {
+            let changed = slot.logging(on);
+            let done = set_slot(&self.fd, changed, changed.len).and_then(|()| {
+                // A first fetch shows that KVM keeps the log (and starts
+                // it empty).
+                if on {
+                    let len = usize::try_from(changed.len).map_err(|e| e.to_string())?;
+                    self.fd.get_dirty_log(slot.id, len).map(|_| ()).map_err(|e| e.to_string())
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = done {
+                // Back as they were.
+                for s in &logged[..=n] {
+                    let _ = set_slot(&self.fd, *s, s.len);
+                }
+                return Err(format!(
+                    "KVM cannot log the guest's writes ({what} KVM_MEM_LOG_DIRTY_PAGES on the memory slot at {:#x}: {e})",
+                    slot.base
+                ));
+            }
+        }
+        for s in table.slots.iter_mut().filter(|s| s.id != FLUSH_SLOT_ID) {
+            *s = s.logging(on);
+        }
+        table.logging = on;
+        Ok(())
+    }
+
+    fn collect_dirty(&self, _mem: &GuestMemory) -> Result<(), String> {
+        let table = self.table();
+        if !table.logging {
+            return Ok(());
+        }
+        for slot in table.slots.iter().filter(|s| s.id != FLUSH_SLOT_ID && s.logs()) {
+            self.collect_slot(slot)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for VmCore {
+    fn drop(&mut self) {
+        // The VM goes while a migration logs writes: what KVM logged since
+        // the last round goes to guest memory's own log.
+        if let Err(e) = self.collect_dirty(&self.mem) {
+            self.mem.note_dirty_log_error(format!("the dirty log of a KVM VM that went was lost: {e}"));
+        }
+    }
 }
 
 impl std::fmt::Debug for KvmVm {
@@ -558,12 +687,19 @@ impl KvmVm {
     }
 
     fn flush_slot(&self) -> Slot {
-        Slot { id: FLUSH_SLOT_ID, base: FLUSH_SLOT_GPA, len: 0x1000, host_addr: self.flush_page.addr, flags: 0 }
+        Slot {
+            id: FLUSH_SLOT_ID,
+            base: FLUSH_SLOT_GPA,
+            len: 0x1000,
+            host_addr: self.core.flush_page.addr,
+            flags: 0,
+            ram: false,
+        }
     }
 
     /// Create a vCPU, with the concrete type (the trait method boxes it).
     pub fn create_kvm_vcpu(&self, id: u32) -> Result<KvmVcpu, AccelError> {
-        KvmVcpu::new(&self.fd, id, Arc::clone(&self.mem), Arc::clone(&self.shared))
+        KvmVcpu::new(&self.core.fd, id, Arc::clone(&self.mem), Arc::clone(&self.shared))
     }
 }
 
@@ -576,7 +712,7 @@ impl Vm for KvmVm {
         if self.shared.irqchip == IrqChip::Userspace {
             return Err(AccelError::NoInKernelIrqChip("set_irq_line"));
         }
-        self.fd.set_irq_line(irq, level).map_err(|e| AccelError::ioctl("KVM_IRQ_LINE", e))
+        self.core.fd.set_irq_line(irq, level).map_err(|e| AccelError::ioctl("KVM_IRQ_LINE", e))
     }
 
     fn signal_msi(&self, address: u64, data: u32) -> Result<(), AccelError> {
@@ -590,7 +726,7 @@ impl Vm for KvmVm {
             ..Default::default()
         };
         // 0: the guest blocked it (masked APIC); > 0: delivered. Either is fine.
-        self.fd.signal_msi(msi).map(|_| ()).map_err(|e| AccelError::ioctl("KVM_SIGNAL_MSI", e))
+        self.core.fd.signal_msi(msi).map(|_| ()).map_err(|e| AccelError::ioctl("KVM_SIGNAL_MSI", e))
     }
 
     fn irqchip(&self) -> IrqChip {
@@ -599,7 +735,7 @@ impl Vm for KvmVm {
 
     fn reset_devices(&self) -> Result<(), AccelError> {
         match &self.initial_devices {
-            Some(d) => d.write(&self.fd),
+            Some(d) => d.write(&self.core.fd),
             None => Ok(()),
         }
     }
@@ -611,7 +747,7 @@ impl Vm for KvmVm {
                 format!("cannot hide {start:#x}..{end:#x}: not a page-aligned range"),
             ));
         }
-        let mut table = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = self.core.table();
         let overlapping: Vec<Slot> = table
             .slots
             .iter()
@@ -620,7 +756,14 @@ impl Vm for KvmVm {
             .collect();
         for slot in overlapping {
             let err = |reason: String| AccelError::MemorySlot { name: "RAM", base: slot.base, len: slot.len, reason };
-            set_slot(&self.fd, slot, 0).map_err(err)?;
+            if table.logging && slot.logs() {
+                // Deleting the slot drops KVM's log of it: the pages it
+                // logged go to guest memory's own first.
+                if let Err(e) = self.core.collect_slot(&slot) {
+                    self.mem.note_dirty_log_error(e);
+                }
+            }
+            set_slot(&self.core.fd, slot, 0).map_err(err)?;
             table.slots.retain(|s| s.id != slot.id);
             let slot_end = slot.base + slot.len;
             let mut pieces = Vec::new();
@@ -637,9 +780,8 @@ impl Vm for KvmVm {
                     table.next_id += 1;
                     table.next_id - 1
                 };
-                let piece =
-                    Slot { id, base: b, len: e - b, host_addr: slot.host_addr + (b - slot.base), flags: slot.flags };
-                set_slot(&self.fd, piece, piece.len).map_err(err)?;
+                let piece = Slot { id, base: b, len: e - b, host_addr: slot.host_addr + (b - slot.base), ..slot };
+                set_slot(&self.core.fd, piece, piece.len).map_err(err)?;
                 table.slots.push(piece);
             }
         }
@@ -661,15 +803,15 @@ impl Vm for KvmVm {
             .map(|r| r.host_addr + (start - r.base))
             .ok_or_else(|| err(format!("{start:#x}..{end:#x} is not inside one RAM region")))?;
         self.hide(start, end)?;
-        let mut table = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = self.core.table();
         // The lowest free slot number: switching protection back and forth
         // (every reset) does not use up slot numbers.
         let id = (0..FLUSH_SLOT_ID)
             .find(|id| table.slots.iter().all(|s| s.id != *id))
             .ok_or_else(|| err("no free memory slot".into()))?;
         let flags = if read_only { KVM_MEM_READONLY } else { 0 };
-        let slot = Slot { id, base: start, len: end - start, host_addr: host, flags };
-        set_slot(&self.fd, slot, slot.len).map_err(err)?;
+        let slot = Slot { id, base: start, len: end - start, host_addr: host, flags, ram: true }.logging(table.logging);
+        set_slot(&self.core.fd, slot, slot.len).map_err(err)?;
         table.slots.push(slot);
         table.next_id = table.next_id.max(id + 1);
         Ok(())
@@ -677,8 +819,8 @@ impl Vm for KvmVm {
 
     fn flush_translations(&self) -> Result<(), AccelError> {
         let slot = self.flush_slot();
-        set_slot(&self.fd, slot, 0)
-            .and_then(|()| set_slot(&self.fd, slot, slot.len))
+        set_slot(&self.core.fd, slot, 0)
+            .and_then(|()| set_slot(&self.core.fd, slot, slot.len))
             .map_err(|e| AccelError::ioctl("KVM_SET_USER_MEMORY_REGION (flush slot)", e))
     }
 
@@ -687,12 +829,12 @@ impl Vm for KvmVm {
             return Err(AccelError::NoInKernelIrqChip("register_irqfd"));
         }
         let fd = EventFd::new(EFD_NONBLOCK).map_err(|e| AccelError::ioctl("eventfd", e))?;
-        self.fd.register_irqfd(&fd, gsi).map_err(|e| AccelError::ioctl("KVM_IRQFD", e))?;
+        self.core.fd.register_irqfd(&fd, gsi).map_err(|e| AccelError::ioctl("KVM_IRQFD", e))?;
         Ok(fd)
     }
 
     fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), AccelError> {
-        self.fd.unregister_irqfd(fd, gsi).map_err(|e| AccelError::ioctl("KVM_IRQFD (deassign)", e))
+        self.core.fd.unregister_irqfd(fd, gsi).map_err(|e| AccelError::ioctl("KVM_IRQFD (deassign)", e))
     }
 
     fn register_msi_irqfd(&self, address: u64, data: u32) -> Result<(EventFd, u32), AccelError> {
@@ -709,8 +851,8 @@ impl Vm for KvmVm {
         routes.insert(gsi, (address, data));
         let fd = EventFd::new(EFD_NONBLOCK).map_err(|e| AccelError::ioctl("eventfd", e));
         let done = fd.and_then(|fd| {
-            set_routes(&self.fd, &routes)?;
-            self.fd.register_irqfd(&fd, gsi).map_err(|e| AccelError::ioctl("KVM_IRQFD", e))?;
+            set_routes(&self.core.fd, &routes)?;
+            self.core.fd.register_irqfd(&fd, gsi).map_err(|e| AccelError::ioctl("KVM_IRQFD", e))?;
             Ok(fd)
         });
         match done {
@@ -724,9 +866,9 @@ impl Vm for KvmVm {
 
     fn unregister_msi_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), AccelError> {
         let mut routes = self.msi_routes.lock().unwrap_or_else(|e| e.into_inner());
-        self.fd.unregister_irqfd(fd, gsi).map_err(|e| AccelError::ioctl("KVM_IRQFD (deassign)", e))?;
+        self.core.fd.unregister_irqfd(fd, gsi).map_err(|e| AccelError::ioctl("KVM_IRQFD (deassign)", e))?;
         if routes.remove(&gsi).is_some() {
-            set_routes(&self.fd, &routes)?;
+            set_routes(&self.core.fd, &routes)?;
         }
         Ok(())
     }
@@ -777,7 +919,7 @@ impl KvmVm {
         // every caller, so it stays open at least as long as the call (KVM
         // takes its own reference, and fails the call for a descriptor that
         // is not an eventfd).
-        let rc = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&self.fd, KVM_IOEVENTFD(), &req) };
+        let rc = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&self.core.fd, KVM_IOEVENTFD(), &req) };
         if rc != 0 {
             return Err(AccelError::ioctl(op, std::io::Error::last_os_error()));
         }

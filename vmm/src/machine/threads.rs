@@ -394,7 +394,10 @@ impl Machine {
                 }
             }
             let t = Instant::now();
-            let slice = Slice { instructions: SLICE, until: Some(t + AP_SLICE) };
+            let slice = Slice {
+                instructions: SLICE,
+                until: Some(self.control.throttle_until(t + AP_SLICE, ran_since_throttle)),
+            };
             ctl.world.enter();
             let ran = e.run(&slice);
             ctl.world.leave();

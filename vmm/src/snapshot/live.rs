@@ -27,17 +27,21 @@
 //!
 //! # The rounds
 //!
-//! [`LiveSender`] turns dirty logging on ([`GuestMemory::start_dirty_log`]),
-//! sends every page that is not all zeros, then, round after round, the
-//! pages written since the round before ([`GuestMemory::take_dirty`], after
-//! which every vCPU drops the soft-TLB entries through which compiled code
-//! stores without logging: [`GuestMemory::request_write_sync`]), until the
+//! [`LiveSender`] turns dirty logging on ([`GuestMemory::start_dirty_log`],
+//! which also has a KVM VM over the memory log its RAM slots), sends every
+//! page that is not all zeros, then, round after round, the pages written
+//! since the round before ([`GuestMemory::take_dirty`], with KVM's log
+//! merged in; after which every vCPU drops the soft-TLB entries through
+//! which compiled code stores without logging:
+//! [`GuestMemory::request_write_sync`]), until the
 //! pages left would take less than the downtime limit at the bandwidth
 //! measured. It then asks for the machine to stop ([`crate::RunControl::request`])
 //! and, on the machine's thread, sends the last dirty pages and the state.
 //! Under auto-converge, a round that finds more bytes dirtied than half of
 //! those sent meanwhile (twice) throttles the vCPUs
 //! ([`crate::RunControl::set_throttle`]) by 20 %, then 10 % more each time.
+//! Where logging cannot start (a KVM that keeps no dirty log), the guest
+//! stops first and all of its RAM goes in the stopped phase.
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -115,6 +119,11 @@ pub struct Progress {
     pub duplicate: u64,
     /// Pages sent with their bytes.
     pub normal: u64,
+    /// Bytes of pages sent while the guest ran (the first pass and the
+    /// rounds), and while it stood still (the pages dirtied since the last
+    /// round, or all of RAM when the guest stopped first).
+    pub precopy_bytes: u64,
+    pub downtime_bytes: u64,
     /// Pages dirtied per second in the last round.
     pub dirty_pages_rate: u64,
     /// Rounds of dirty logging so far.
@@ -123,8 +132,9 @@ pub struct Progress {
     pub mbps: f64,
     /// The vCPU throttle in percent (auto-converge).
     pub throttle: u32,
-    /// Whether this was a live migration (a guest under KVM is stopped
-    /// first: its writes are not logged).
+    /// Whether this was a live migration (false: the guest stopped first
+    /// and all of its RAM went at once, as where a hypervisor cannot log
+    /// the guest's writes).
     pub live: bool,
     pub error: Option<String>,
 }
@@ -170,6 +180,8 @@ pub struct LiveSender<W: Write + Send + 'static> {
     buf: Vec<u8>,
     /// Bytes sent in the current period, for the link's speed.
     period_bytes: u64,
+    /// Set once the guest stood still (the stopped phase).
+    stopped: bool,
 }
 
 /// The result of the stopped phase: the stream's writer back, when the
@@ -195,6 +207,7 @@ impl<W: Write + Send + 'static> LiveSender<W> {
             suspect: DirtyBitmap::default(),
             buf: vec![0u8; MAX_RECORD as usize],
             period_bytes: 0,
+            stopped: false,
         }
     }
 
@@ -205,10 +218,14 @@ impl<W: Write + Send + 'static> LiveSender<W> {
         Ok(())
     }
 
-    /// Takes the pages dirtied since the last round, and waits for every
-    /// vCPU to drop its unlogged write paths.
-    fn sync(&mut self) -> DirtyBitmap {
+    /// Takes the pages dirtied since the last round (KVM's log too), and
+    /// waits for every vCPU to drop its unlogged write paths. Fails when a
+    /// hypervisor's log failed: its writes could be missing.
+    fn sync(&mut self) -> Result<DirtyBitmap, SnapshotError> {
         let mut dirty = self.mem.take_dirty();
+        if let Some(e) = self.mem.dirty_log_error() {
+            return Err(SnapshotError::Refused(format!("dirty logging failed: {e}")));
+        }
         dirty.merge(&std::mem::take(&mut self.suspect));
         let n = self.mem.request_write_sync();
         let until = Instant::now() + SYNC_WAIT;
@@ -220,8 +237,7 @@ impl<W: Write + Send + 'static> LiveSender<W> {
             }
             std::thread::sleep(Duration::from_micros(200));
         }
-        self.progress.lock().dirty_sync_count += 1;
-        dirty
+        Ok(dirty)
     }
 
     /// Keeps to `max-bandwidth`: sleeps while the period's bytes are ahead
@@ -310,6 +326,9 @@ impl<W: Write + Send + 'static> LiveSender<W> {
         p.transferred = self.records.bytes;
         p.normal = stats.written / PAGE_SIZE;
         p.duplicate = stats.zero_pages;
+        if !self.stopped {
+            p.precopy_bytes = stats.written;
+        }
         Ok(())
     }
 
@@ -318,17 +337,18 @@ impl<W: Write + Send + 'static> LiveSender<W> {
         mem.ram_ranges()
     }
 
-    /// Runs the migration: the rounds while the guest runs (when `live`),
-    /// then the stopped phase on the machine's thread. Returns when the
-    /// stream is whole and, with `reply`, the receiver said it is ready.
-    pub fn run(mut self, live: bool, reply: Option<Box<dyn Read + Send>>) -> Result<(), SnapshotError> {
+    /// Runs the migration: the rounds while the guest runs (when dirty
+    /// logging can start; otherwise the guest stops first), then the
+    /// stopped phase on the machine's thread. Returns when the stream is
+    /// whole and, with `reply`, the receiver said it is ready.
+    pub fn run(mut self, reply: Option<Box<dyn Read + Send>>) -> Result<(), SnapshotError> {
         let start = Instant::now();
         let total = self.mem.ram_size();
         {
             let mut p = self.progress.lock();
             p.total = total;
             p.remaining = total;
-            p.live = live;
+            p.live = true;
         }
         let mut header = Vec::with_capacity(32);
         header.extend_from_slice(&LIVE_MAGIC);
@@ -338,10 +358,21 @@ impl<W: Write + Send + 'static> LiveSender<W> {
         self.records.put(&header)?;
         let mut stats = RamStats { total, ..Default::default() };
         let mut sent_all = false;
+        let live = match self.mem.start_dirty_log() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(target: "vmm", "migration: {e}; the guest stops first and all of its RAM goes at once");
+                self.progress.lock().live = false;
+                false
+            }
+        };
         if live {
-            self.mem.start_dirty_log();
             // Write paths made before logging began go first.
-            let _ = self.sync();
+            if let Err(e) = self.sync() {
+                self.mem.stop_dirty_log();
+                return Err(e);
+            }
+            self.progress.lock().dirty_sync_count += 1;
             {
                 let mut p = self.progress.lock();
                 p.setup_ms = start.elapsed().as_millis() as u64;
@@ -359,6 +390,7 @@ impl<W: Write + Send + 'static> LiveSender<W> {
             p.setup_ms = start.elapsed().as_millis() as u64;
             p.status = "active".into();
         }
+        let precopy_bytes = stats.written;
         // The stopped phase, on the machine's thread.
         let (mem, control, progress) = (self.mem.clone(), self.control.clone(), self.progress.clone());
         let (tx, rx) = std::sync::mpsc::channel::<Finish<W>>();
@@ -399,6 +431,7 @@ impl<W: Write + Send + 'static> LiveSender<W> {
         p.remaining = 0;
         p.normal = stats.written / PAGE_SIZE;
         p.duplicate = stats.zero_pages;
+        p.downtime_bytes = stats.written - precopy_bytes;
         p.total_ms = start.elapsed().as_millis() as u64;
         Ok(())
     }
@@ -407,11 +440,17 @@ impl<W: Write + Send + 'static> LiveSender<W> {
     /// rounds did not run), the end of the records and their checksum,
     /// then the machine's state.
     fn finish(&mut self, m: &Machine, s: &Stopped, sent_all: bool, stats: &mut RamStats) -> Result<(), SnapshotError> {
+        self.stopped = true;
         if sent_all {
-            // Every engine is gone: no write path is left unlogged.
+            // Every engine is gone (a KVM VM handed its log over as it
+            // went): no write path is left unlogged.
             let mut dirty = self.mem.take_dirty();
+            let failed = self.mem.dirty_log_error();
             dirty.merge(&std::mem::take(&mut self.suspect));
             self.mem.stop_dirty_log();
+            if let Some(e) = failed {
+                return Err(SnapshotError::Refused(format!("dirty logging failed: {e}")));
+            }
             self.send_pages(&mut dirty.pages(), false, stats, None)?;
         } else {
             let ranges = Self::all_pages(&self.mem);
@@ -442,10 +481,11 @@ impl<W: Write + Send + 'static> LiveSender<W> {
             self.cancelled()?;
             let elapsed = period.elapsed().as_secs_f64().max(1e-6);
             let bandwidth = self.period_bytes as f64 / elapsed; // bytes per second
-            let dirty = self.sync();
+            let dirty = self.sync()?;
             let dirty_bytes = dirty.count() * PAGE_SIZE;
             {
                 let mut p = self.progress.lock();
+                p.dirty_sync_count += 1;
                 p.remaining = dirty_bytes;
                 p.dirty_pages_rate = (dirty.count() as f64 / elapsed) as u64;
                 p.mbps = bandwidth * 8.0 / 1e6;
