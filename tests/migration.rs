@@ -24,18 +24,14 @@ use qmp::Qmp;
 mod kvm;
 #[path = "guest/multiboot.rs"]
 mod multiboot;
-use multiboot::{multiboot_elf, print32, CODE_OFF, LOAD};
+use ferrovm_bench::migration::{writer_loop, BUF};
+use multiboot::{multiboot_elf, CODE_OFF, LOAD};
 #[path = "guest/pm32.rs"]
 mod pm32;
 
-/// Where the guest's buffer begins (16 MiB).
-const BUF: u32 = 0x100_0000;
-/// Where it keeps the checksum of the last pass's values.
-const CHECKSUM: u32 = BUF - 4;
-
 /// The guest: pass after pass, it writes every 32-bit word of a buffer of
 /// `mib` MiB with a value of the word's index and the pass, folding each
-/// into a checksum (kept in memory, at [`CHECKSUM`]); reads the buffer
+/// into a checksum (kept in memory, at [`CHECKSUM`](ferrovm_bench::migration::CHECKSUM)); reads the buffer
 /// back into a second checksum; and prints `M:pass N` (N in hex) when they
 /// agree, `M:BAD N` and stops when they do not. Each pass first checks the
 /// buffer against the last pass's checksum too, so a page a migration
@@ -44,98 +40,6 @@ fn writer_kernel(mib: u32) -> Vec<u8> {
     let mut a = CodeAssembler::new(32).unwrap();
     writer_loop(&mut a, mib).unwrap();
     multiboot_elf(&a.assemble(u64::from(LOAD + CODE_OFF)).unwrap())
-}
-
-/// The writer's loop (see [`writer_kernel`]): position independent, with
-/// 32-bit addresses, so that it runs in 32-bit code or, copied anywhere,
-/// in 64-bit code.
-fn writer_loop(a: &mut CodeAssembler, mib: u32) -> Result<(), IcedError> {
-    let words = mib * (1 << 20) / 4;
-    print32(a, "M:start\n")?;
-    a.mov(ebp, 1u32)?;
-    let mut pass = a.create_label();
-    let mut write = a.create_label();
-    let mut verify = a.create_label();
-    let mut bad = a.create_label();
-    let mut hex = a.create_label();
-    let mut digit = a.create_label();
-    a.set_label(&mut pass)?;
-    a.mov(edi, BUF)?;
-    // The buffer still holds what the last pass wrote: checked before
-    // it is written again, wherever in the last pass the guest moved.
-    let mut fresh = a.create_label();
-    let mut recheck = a.create_label();
-    a.cmp(ebp, 1u32)?;
-    a.je(fresh)?;
-    a.xor(edx, edx)?;
-    a.xor(ecx, ecx)?;
-    a.set_label(&mut recheck)?;
-    a.mov(eax, dword_ptr(edi + ecx * 4))?;
-    a.rol(edx, 5)?;
-    a.xor(edx, eax)?;
-    a.inc(ecx)?;
-    a.cmp(ecx, words)?;
-    a.jb(recheck)?;
-    a.cmp(edx, dword_ptr(CHECKSUM))?;
-    a.jne(bad)?;
-    a.set_label(&mut fresh)?;
-    a.xor(esi, esi)?;
-    a.xor(ecx, ecx)?;
-    a.imul_3(ebx, ebp, 0x85eb_ca77u32 as i32)?;
-    a.set_label(&mut write)?;
-    a.imul_3(eax, ecx, 0x9e37_79b1u32 as i32)?;
-    a.add(eax, ebx)?;
-    a.mov(dword_ptr(edi + ecx * 4), eax)?;
-    a.rol(esi, 5)?;
-    a.xor(esi, eax)?;
-    a.inc(ecx)?;
-    a.cmp(ecx, words)?;
-    a.jb(write)?;
-    a.mov(dword_ptr(CHECKSUM), esi)?;
-    a.xor(edx, edx)?;
-    a.xor(ecx, ecx)?;
-    a.set_label(&mut verify)?;
-    a.mov(eax, dword_ptr(edi + ecx * 4))?;
-    a.rol(edx, 5)?;
-    a.xor(edx, eax)?;
-    a.inc(ecx)?;
-    a.cmp(ecx, words)?;
-    a.jb(verify)?;
-    a.cmp(edx, esi)?;
-    a.jne(bad)?;
-    print32(a, "M:pass ")?;
-    a.call(hex)?;
-    a.inc(ebp)?;
-    a.jmp(pass)?;
-    a.set_label(&mut bad)?;
-    print32(a, "M:BAD ")?;
-    a.call(hex)?;
-    let mut stop = a.create_label();
-    a.set_label(&mut stop)?;
-    a.cli()?;
-    a.hlt()?;
-    a.jmp(stop)?;
-    // EBP in hex and a newline.
-    a.set_label(&mut hex)?;
-    a.mov(ebx, ebp)?;
-    a.mov(ecx, 8u32)?;
-    a.mov(edx, 0x3f8u32)?;
-    let mut each = a.create_label();
-    a.set_label(&mut each)?;
-    a.rol(ebx, 4)?;
-    a.mov(eax, ebx)?;
-    a.and(eax, 0xfu32)?;
-    a.cmp(eax, 10u32)?;
-    a.jb(digit)?;
-    a.add(eax, u32::from(b'a' - 10 - b'0'))?;
-    a.set_label(&mut digit)?;
-    a.add(eax, u32::from(b'0'))?;
-    a.out(dx, al)?;
-    a.dec(ecx)?;
-    a.jnz(each)?;
-    a.mov(al, u32::from(b'\n'))?;
-    a.out(dx, al)?;
-    a.ret()
 }
 
 /// Where [`user_writer_kernel`] copies the loop it runs at CPL 3: apart
@@ -324,11 +228,13 @@ fn tail(s: &str) -> String {
     s.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
-/// The guest's passes that checked out: their numbers.
+/// The guest's passes that checked out: their numbers, from whole lines
+/// only (a run can stop in the middle of one).
 fn passes(out: &str) -> Vec<u64> {
     out.lines()
         .filter_map(|l| l.strip_prefix("M:pass "))
-        .filter_map(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .filter(|h| h.len() == 8)
+        .filter_map(|h| u64::from_str_radix(h, 16).ok())
         .collect()
 }
 
@@ -371,7 +277,7 @@ fn live_migration(name: &str, dest_accel: &str, mem: &str, mib: u32, setup: &[&s
     migrate_live(name, &writer_kernel(mib), "jit", dest_accel, mem, mib, setup)
 }
 
-/// Migrates the guest `image` (a writer of `mib` MiB, [`writer_loop`])
+/// Migrates the guest `image` (a writer of `mib` MiB, [`writer_loop`](ferrovm_bench::migration::writer_loop))
 /// from a `src_accel` source to a `dest_accel` receiver over TCP on
 /// loopback, with `setup` QMP commands first; checks its passes go on
 /// there and all check out.
@@ -399,13 +305,31 @@ fn migrate_live(
     src_args.extend(accel_args(src_accel));
     let src = Vm::start(&dir, "src", &kernel, src_accel, mem, &src_args);
     src.wait_for("M:pass 00000002", 120);
-    // The guest's pace at the source: passes per second over a while.
-    let (first, t0) = (passes(&src.out()).last().copied().unwrap_or(0), Instant::now());
-    std::thread::sleep(Duration::from_millis(500));
-    let pace = (passes(&src.out()).last().copied().unwrap_or(0) - first) as f64 / t0.elapsed().as_secs_f64();
+    // The guest's pace at the source: passes per second, over half a
+    // second and at least two passes.
+    let last_pass = || passes(&src.out()).last().copied().unwrap_or(0);
+    let (first, t0) = (last_pass(), Instant::now());
+    while (last_pass() < first + 2 || t0.elapsed() < Duration::from_millis(500)) && t0.elapsed().as_secs() < 30 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pace = (last_pass() - first) as f64 / t0.elapsed().as_secs_f64();
+    // `@half-rate-up-to-N@` in a command: half the bytes per second the
+    // guest dirties at this pace, N at most, so that the link is slower
+    // than the guest however fast this host runs it.
+    let dirty_rate = pace * f64::from(mib) * f64::from(1u32 << 20);
     let mut q = Qmp::connect(&src_qmp);
     for cmd in setup {
-        assert_eq!(q.cmd(cmd), r#"{"return":{}}"#, "{cmd}");
+        let cmd = match cmd.split_once("@half-rate-up-to-") {
+            Some((before, after)) => {
+                let (max, after) = after.split_once('@').expect("@half-rate-up-to-N@");
+                let max: f64 = max.parse().expect("N is a number");
+                let rate = (dirty_rate / 2.0).clamp(1e6, max) as u64;
+                eprintln!("{name}: the guest dirties {:.0} MB/s; the link gets {rate} bytes/s", dirty_rate / 1e6);
+                format!("{before}{rate}{after}")
+            }
+            None => cmd.to_string(),
+        };
+        assert_eq!(q.cmd(&cmd), r#"{"return":{}}"#, "{cmd}");
     }
     let t = Instant::now();
     let reply = q.cmd(&format!(r#"{{"execute":"migrate","arguments":{{"uri":"{uri}"}}}}"#));
@@ -485,7 +409,7 @@ fn auto_converge_throttles_a_guest_that_dirties_faster_than_the_link() {
         96,
         &[
             r#"{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"auto-converge","state":true}]}}"#,
-            r#"{"execute":"migrate-set-parameters","arguments":{"downtime-limit":5,"max-bandwidth":200000000}}"#,
+            r#"{"execute":"migrate-set-parameters","arguments":{"downtime-limit":5,"max-bandwidth":@half-rate-up-to-200000000@}}"#,
         ],
     );
     assert!(f.throttle.is_some_and(|t| t >= 20.0), "the vCPUs were throttled: {:?}", f.throttle);
@@ -540,7 +464,7 @@ fn auto_converge_throttles_a_guest_writing_in_kvm() {
         "jit",
         &[
             r#"{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"auto-converge","state":true}]}}"#,
-            r#"{"execute":"migrate-set-parameters","arguments":{"downtime-limit":50,"max-bandwidth":100000000,"cpu-throttle-initial":50,"cpu-throttle-increment":25}}"#,
+            r#"{"execute":"migrate-set-parameters","arguments":{"downtime-limit":50,"max-bandwidth":@half-rate-up-to-100000000@,"cpu-throttle-initial":50,"cpu-throttle-increment":25}}"#,
         ],
     );
     if let Some(f) = f {

@@ -19,8 +19,6 @@ use iced_x86::code_asm::*;
 const MEM: &str = "512M";
 /// MiB the guest writes in its loop.
 const LOOP_MIB: u32 = 64;
-/// Where its buffer begins (16 MiB).
-const BUF: u32 = 0x100_0000;
 const LOAD: u32 = 0x10_0000;
 const CODE_OFF: u32 = 0x80;
 
@@ -33,18 +31,59 @@ fn print(a: &mut CodeAssembler, s: &str) -> Result<(), IcedError> {
     Ok(())
 }
 
-/// The guest's code: passes that write every word of the buffer from its
-/// index and the pass number, folding them into a checksum, read it back
-/// into another, and print `M:pass` or `M:BAD`.
+/// Where the writer's buffer begins (16 MiB).
+pub const BUF: u32 = 0x100_0000;
+/// Where it keeps the checksum of the last pass's values.
+pub const CHECKSUM: u32 = BUF - 4;
+
+/// The guest: pass after pass, it writes every 32-bit word of a buffer of
+/// `mib` MiB with a value of the word's index and the pass, folding each
+/// into a checksum (kept in memory, at [`CHECKSUM`]); reads the buffer
+/// back into a second checksum; and prints `M:pass N` (N in hex) when they
+/// agree, `M:BAD N` and stops when they do not. Each pass first checks the
+/// buffer against the last pass's checksum too, so a page a migration
+/// left stale shows wherever in a pass the guest moved.
 fn writer(mib: u32) -> Result<Vec<u8>, IcedError> {
-    let words = mib * (1 << 20) / 4;
     let mut a = CodeAssembler::new(32)?;
-    print(&mut a, "M:start\n")?;
+    // Multiboot leaves ESP undefined; the loop calls a routine.
+    a.mov(esp, 0x9_0000u32)?;
+    writer_loop(&mut a, mib)?;
+    a.assemble(u64::from(LOAD + CODE_OFF))
+}
+
+/// The writer's loop (the guest of this benchmark and of the migration tests):
+/// position independent, with 32-bit addresses, so that it runs in 32-bit
+/// code or, copied anywhere, in 64-bit code.
+pub fn writer_loop(a: &mut CodeAssembler, mib: u32) -> Result<(), IcedError> {
+    let words = mib * (1 << 20) / 4;
+    print(a, "M:start\n")?;
     a.mov(ebp, 1u32)?;
-    let (mut pass, mut write, mut verify, mut bad) =
-        (a.create_label(), a.create_label(), a.create_label(), a.create_label());
+    let mut pass = a.create_label();
+    let mut write = a.create_label();
+    let mut verify = a.create_label();
+    let mut bad = a.create_label();
+    let mut hex = a.create_label();
+    let mut digit = a.create_label();
     a.set_label(&mut pass)?;
     a.mov(edi, BUF)?;
+    // The buffer still holds what the last pass wrote: checked before
+    // it is written again, wherever in the last pass the guest moved.
+    let mut fresh = a.create_label();
+    let mut recheck = a.create_label();
+    a.cmp(ebp, 1u32)?;
+    a.je(fresh)?;
+    a.xor(edx, edx)?;
+    a.xor(ecx, ecx)?;
+    a.set_label(&mut recheck)?;
+    a.mov(eax, dword_ptr(edi + ecx * 4))?;
+    a.rol(edx, 5)?;
+    a.xor(edx, eax)?;
+    a.inc(ecx)?;
+    a.cmp(ecx, words)?;
+    a.jb(recheck)?;
+    a.cmp(edx, dword_ptr(CHECKSUM))?;
+    a.jne(bad)?;
+    a.set_label(&mut fresh)?;
     a.xor(esi, esi)?;
     a.xor(ecx, ecx)?;
     a.imul_3(ebx, ebp, 0x85eb_ca77u32 as i32)?;
@@ -57,6 +96,7 @@ fn writer(mib: u32) -> Result<Vec<u8>, IcedError> {
     a.inc(ecx)?;
     a.cmp(ecx, words)?;
     a.jb(write)?;
+    a.mov(dword_ptr(CHECKSUM), esi)?;
     a.xor(edx, edx)?;
     a.xor(ecx, ecx)?;
     a.set_label(&mut verify)?;
@@ -68,17 +108,39 @@ fn writer(mib: u32) -> Result<Vec<u8>, IcedError> {
     a.jb(verify)?;
     a.cmp(edx, esi)?;
     a.jne(bad)?;
-    print(&mut a, "M:pass\n")?;
+    print(a, "M:pass ")?;
+    a.call(hex)?;
     a.inc(ebp)?;
     a.jmp(pass)?;
     a.set_label(&mut bad)?;
-    print(&mut a, "M:BAD\n")?;
+    print(a, "M:BAD ")?;
+    a.call(hex)?;
     let mut stop = a.create_label();
     a.set_label(&mut stop)?;
     a.cli()?;
     a.hlt()?;
     a.jmp(stop)?;
-    a.assemble(u64::from(LOAD + CODE_OFF))
+    // EBP in hex and a newline.
+    a.set_label(&mut hex)?;
+    a.mov(ebx, ebp)?;
+    a.mov(ecx, 8u32)?;
+    a.mov(edx, 0x3f8u32)?;
+    let mut each = a.create_label();
+    a.set_label(&mut each)?;
+    a.rol(ebx, 4)?;
+    a.mov(eax, ebx)?;
+    a.and(eax, 0xfu32)?;
+    a.cmp(eax, 10u32)?;
+    a.jb(digit)?;
+    a.add(eax, u32::from(b'a' - 10 - b'0'))?;
+    a.set_label(&mut digit)?;
+    a.add(eax, u32::from(b'0'))?;
+    a.out(dx, al)?;
+    a.dec(ecx)?;
+    a.jnz(each)?;
+    a.mov(al, u32::from(b'\n'))?;
+    a.out(dx, al)?;
+    a.ret()
 }
 
 /// An ELF32 multiboot kernel around `code` (loaded at `LOAD + CODE_OFF`).
