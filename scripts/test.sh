@@ -59,6 +59,11 @@ if [ -x scripts/guest-images.sh ]; then
     scripts/guest-images.sh
 fi
 
+# A fresh checkout builds everything once: incremental compilation's
+# bookkeeping would only slow that build down. Set CARGO_INCREMENTAL=1
+# to keep it for repeated local runs.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 log "cargo fmt --check"
 cargo fmt --all --check
 
