@@ -29,7 +29,7 @@ pub enum Command {
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
     /// Boot the built-in guest under every available accelerator and compare.
-    Demo,
+    Demo(DemoArgs),
     /// Measure whole guests under each accelerator (and QEMU when installed).
     Bench(ferrovm_bench::BenchArgs),
     /// Run a qemu-system-x86_64 command line (as ferrovm does when started
@@ -207,23 +207,8 @@ pub struct RunArgs {
                 [,pcap=PATH]. May be repeated (PCI slots 3, 4, ...; MACs 52:54:00:12:34:56, :57, ...)"
     )]
     pub nic: Vec<String>,
-    /// The display adapter: std (QEMU's standard VGA at PCI 00:02.0, with
-    /// SeaBIOS's VGA BIOS) or none. Default: std when --vnc is given, else
-    /// none.
-    #[arg(long, value_enum)]
-    pub vga: Option<VgaArg>,
-    /// Show the VGA screen to VNC clients, as QEMU's -vnc takes it:
-    /// HOST:N (TCP port 5900+N; an empty HOST is every interface),
-    /// [,websocket=PORT|on] (the same server over WebSocket, for noVNC in a
-    /// browser), [,password=on] (VNC authentication; set the password with
-    /// the monitor's set_password), [,to=L]; or none (a screen without a
-    /// listener, for screendumps).
-    #[arg(long, value_name = "HOST:N[,websocket=PORT][,password=on]")]
-    pub vnc: Option<String>,
-    /// `curses`: draw the VGA's text modes on this terminal and type its
-    /// keys into the guest (COM1 must go elsewhere); `none`: no display.
-    #[arg(long, value_enum)]
-    pub display: Option<DisplayArg>,
+    #[command(flatten)]
+    pub screen: ScreenArgs,
     /// The PIIX3's USB controller (UHCI at PCI 00:01.2, QEMU's -usb).
     #[arg(long)]
     pub usb: bool,
@@ -325,6 +310,47 @@ pub struct RunArgs {
     /// raises IRQ 0 on KVM's PIC and I/O APIC.
     #[arg(long, value_enum, default_value_t = KvmPitArg::Kernel)]
     pub kvm_pit: KvmPitArg,
+}
+
+/// The display adapter and what shows it: the options `ferrovm run` and
+/// `ferrovm demo` share.
+#[derive(Debug, Clone, Args)]
+pub struct ScreenArgs {
+    /// The display adapter: std (QEMU's standard VGA at PCI 00:02.0; on a
+    /// BIOS boot SeaBIOS's VGA BIOS sets it up, the built-in guest sets
+    /// text mode 3 itself) or none. Default: std when --vnc or --display
+    /// curses is given, else none.
+    #[arg(long, value_enum)]
+    pub vga: Option<VgaArg>,
+    /// Show the VGA screen to VNC clients, as QEMU's -vnc takes it:
+    /// HOST:N (TCP port 5900+N; an empty HOST is every interface),
+    /// [,websocket=PORT|on] (the same server over WebSocket, for noVNC in a
+    /// browser), [,password=on] (VNC authentication; set the password with
+    /// the monitor's set_password), [,to=L]; or none (a screen without a
+    /// listener, for screendumps).
+    #[arg(long, value_name = "HOST:N[,websocket=PORT][,password=on]")]
+    pub vnc: Option<String>,
+    /// `curses`: draw the VGA's text modes on this terminal and type its
+    /// keys into the guest (COM1 must go elsewhere); `none`: no display.
+    #[arg(long, value_enum)]
+    pub display: Option<DisplayArg>,
+}
+
+impl ScreenArgs {
+    /// Whether the VGA's text is drawn on this terminal.
+    pub fn curses(&self) -> bool {
+        self.display == Some(DisplayArg::Curses)
+    }
+}
+
+/// `ferrovm demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// With a display (--vnc, --display curses), every machine gets the
+    /// VGA and the built-in guest's lines show on it as well as on COM1;
+    /// after the table, a VNC display stays up until Enter.
+    #[command(flatten)]
+    pub screen: ScreenArgs,
 }
 
 /// `--display`.

@@ -149,23 +149,12 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         (None, None) if !disks.is_empty() => Firmware::Bios(bios::default_bios()?),
         (None, None) => Firmware::Builtin,
     };
-    let curses = args.display == Some(cli::DisplayArg::Curses);
-    if curses && args.serial.on_stdio() {
+    if args.screen.curses() && args.serial.on_stdio() {
         return Err(Error::Config(
             "--display curses draws on the terminal: put COM1 elsewhere (--serial file:PATH or none)".into(),
         ));
     }
-    let vga = match (args.vga, &args.vnc) {
-        (Some(cli::VgaArg::None), _) if curses => {
-            return Err(Error::Config("--display curses shows the VGA's text, and --vga none leaves it out".into()))
-        }
-        _ if curses => vmm::Vga::Std,
-        (Some(cli::VgaArg::Std), _) | (None, Some(_)) => vmm::Vga::Std,
-        (Some(cli::VgaArg::None), Some(v)) => {
-            return Err(Error::Config(format!("--vnc {v} shows the VGA screen, and --vga none leaves it out")))
-        }
-        (Some(cli::VgaArg::None), None) | (None, None) => vmm::Vga::None,
-    };
+    let vga = vga_for(&args.screen)?;
     let stdio = args.serial.on_stdio();
     let config = MachineConfig {
         mem: args.mem,
@@ -198,27 +187,9 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
     }
     let restored = restore_or_receive(&args, &mut machine, kind)?;
     let paused = args.paused || restored.as_ref().is_some_and(|r| r.run_state == vmm::snapshot::RunState::Paused);
-    let display = match (&args.vnc, machine.vga()) {
-        (Some(spec), Some(vga)) => {
-            Some(Arc::new(vmm::display::start_vnc(spec, vga, machine.i8042(), machine.usb()).map_err(Error::Config)?))
-        }
-        _ => None,
-    };
+    let display = open_vnc(&args.screen, &machine)?;
     // -display curses: the VGA's text on this terminal, its keys to the guest.
-    let _terminal = match (args.display, machine.vga()) {
-        (Some(cli::DisplayArg::Curses), Some(vga)) => Some(
-            vmm::display::start_terminal(
-                vga,
-                machine.i8042(),
-                machine.usb(),
-                machine.events.clone(),
-                Box::new(std::io::stdout()),
-                Some(Box::new(std::io::stdin())),
-            )
-            .map_err(Error::Config)?,
-        ),
-        _ => None,
-    };
+    let _terminal = open_terminal(&args.screen, &machine, Some(Box::new(std::io::stdin())))?;
     let monitors = start_monitors(&args, &machine, kind, display.clone(), paused)?;
     let backend = monitors.as_ref().map(|(b, _)| b.clone());
     if let Some(b) = &backend {
@@ -290,6 +261,84 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
     Ok(report.status)
 }
 
+/// The display adapter `screen` asks for: the standard VGA with `--vga
+/// std`, `--vnc` or `--display curses`, else none.
+fn vga_for(screen: &cli::ScreenArgs) -> Result<vmm::Vga, Error> {
+    let curses = screen.curses();
+    Ok(match (screen.vga, &screen.vnc) {
+        (Some(cli::VgaArg::None), _) if curses => {
+            return Err(Error::Config("--display curses shows the VGA's text, and --vga none leaves it out".into()))
+        }
+        _ if curses => vmm::Vga::Std,
+        (Some(cli::VgaArg::Std), _) | (None, Some(_)) => vmm::Vga::Std,
+        (Some(cli::VgaArg::None), Some(v)) => {
+            return Err(Error::Config(format!("--vnc {v} shows the VGA screen, and --vga none leaves it out")))
+        }
+        (Some(cli::VgaArg::None), None) | (None, None) => vmm::Vga::None,
+    })
+}
+
+/// The VNC server `--vnc` asks for, showing `machine`'s VGA.
+fn open_vnc(screen: &cli::ScreenArgs, machine: &Machine) -> Result<Option<Arc<vmm::display::Display>>, Error> {
+    match (&screen.vnc, machine.vga()) {
+        (Some(spec), Some(vga)) => Ok(Some(Arc::new(
+            vmm::display::start_vnc(spec, vga, machine.i8042(), machine.usb()).map_err(Error::Config)?,
+        ))),
+        _ => Ok(None),
+    }
+}
+
+/// The terminal display `--display curses` asks for: `machine`'s VGA text
+/// on stdout, and the keys read from `input` typed into the guest.
+fn open_terminal(
+    screen: &cli::ScreenArgs,
+    machine: &Machine,
+    input: Option<Box<dyn std::io::Read + Send>>,
+) -> Result<Option<vmm::display::TerminalDisplay>, Error> {
+    match machine.vga() {
+        Some(vga) if screen.curses() => Ok(Some(
+            vmm::display::start_terminal(
+                vga,
+                machine.i8042(),
+                machine.usb(),
+                machine.events.clone(),
+                Box::new(std::io::stdout()),
+                input,
+            )
+            .map_err(Error::Config)?,
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// `ferrovm demo`: the built-in guest under each engine, on the display
+/// `args` asks for. One VNC server shows each machine in turn and, after
+/// the table, the last one's screen until Enter (or the end of stdin); a
+/// terminal display draws each run's text, and the table follows it.
+fn demo(args: &cli::DemoArgs) -> Result<i32, Error> {
+    let vga = vga_for(&args.screen)?;
+    let mut vnc: Option<Arc<vmm::display::Display>> = None;
+    let mut show = |m: &Machine| -> Result<Box<dyn std::any::Any>, String> {
+        match (vnc.as_ref(), m.vga()) {
+            (Some(d), Some(adapter)) => d.screen.show(adapter),
+            (Some(_), None) => {}
+            (None, _) => vnc = open_vnc(&args.screen, m).map_err(|e| e.to_string())?,
+        }
+        // The built-in guest reads no keys.
+        let terminal = open_terminal(&args.screen, m, None).map_err(|e| e.to_string())?;
+        Ok(Box::new(terminal))
+    };
+    let status = ferrovm_bench::demo::demo_on(&mut ferrovm_bench::demo::Screen { vga, show: Some(&mut show) });
+    if let Some(server) = vnc.as_ref().and_then(|d| d.server.as_ref()) {
+        let at = server.local_addrs().iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        let at = if at.is_empty() { args.screen.vnc.clone().unwrap_or_default() } else { at };
+        eprintln!("\nferrovm demo: the VNC server on {at} shows the last guest's screen; press Enter to end");
+        let _ = std::io::stdin().read_line(&mut String::new());
+        server.remove_unix_socket();
+    }
+    Ok(status)
+}
+
 /// What `--daemonize` cannot go with: the terminal it leaves (QEMU's
 /// "cannot use stdio with -daemonize").
 fn check_daemonize(args: &RunArgs) -> Result<(), Error> {
@@ -299,7 +348,7 @@ fn check_daemonize(args: &RunArgs) -> Result<(), Error> {
     if args.serial.on_stdio() {
         return refuse(&format!("COM1 is on {} (give --serial file:PATH or none)", args.serial));
     }
-    if args.display == Some(cli::DisplayArg::Curses) {
+    if args.screen.curses() {
         return refuse("--display curses draws on the terminal");
     }
     for (flag, spec) in args.qmp.iter().map(|s| ("--qmp", s)).chain(args.monitor.iter().map(|s| ("--monitor", s))) {
@@ -593,7 +642,7 @@ fn execute(cli: Cli) -> ExitCode {
         Command::Run(args) => run(*args),
         Command::Screendump(args) => screendump(&args).map(|()| 0),
         Command::Snapshot(cmd) => snapshot(&cmd),
-        Command::Demo => Ok(ferrovm_bench::demo::demo()),
+        Command::Demo(args) => demo(&args),
         Command::Bench(args) => Ok(ferrovm_bench::run(&args)),
         Command::Qemu(_) => Err(Error::Config("`ferrovm qemu` is run before the other commands".into())),
     });

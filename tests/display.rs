@@ -25,6 +25,11 @@
 //!   gone after `quit`.
 //! - A VNC server with `password=on` refuses every client until a password
 //!   is set over QMP, then refuses a wrong one and takes the right one.
+//! - Linux's bochs DRM driver (the generic kernel's modules) drives the
+//!   standard VGA: fbcon comes up at the EDID's preferred 1024x768, the
+//!   VNC client is told that size, and OCR reads a line written to tty0.
+//! - `ferrovm demo --vnc`: the built-in guest sets text mode 3 itself and
+//!   its lines show on the VGA; OCR reads them on the last run's screen.
 //!
 //! Without vncsnapshot, tesseract, SeaBIOS (or, for the browser test,
 //! novnc and chromium) the tests say so and are skipped; scripts/test.sh
@@ -128,18 +133,7 @@ impl Vm {
 
     /// The screen as a VNC client sees it, read by OCR.
     fn screen_text(&self, name: &str) -> String {
-        let jpg = tmp("display", &format!("{name}.jpg"));
-        let _ = std::fs::remove_file(&jpg);
-        let o = Command::new("vncsnapshot")
-            .args(["-quiet", "-allowblank", "-quality", "100"])
-            .arg(format!("127.0.0.1:{}", self.display))
-            .arg(&jpg)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "vncsnapshot: {}", String::from_utf8_lossy(&o.stderr));
-        let o = Command::new("tesseract").arg(&jpg).arg("-").output().unwrap();
-        assert!(o.status.success(), "tesseract: {}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        screen_text(self.display, name)
     }
 
     /// Waits until the OCR'd screen holds `text`; the screen's text.
@@ -183,6 +177,49 @@ impl Drop for Vm {
             eprintln!("ferrovm's stderr:\n{err}");
         }
     }
+}
+
+/// The screen of VNC display `display` as a VNC client (vncsnapshot) sees
+/// it, read by OCR (tesseract); `name` names the snapshot's file.
+fn screen_text(display: u16, name: &str) -> String {
+    let jpg = tmp("display", &format!("{name}.jpg"));
+    let _ = std::fs::remove_file(&jpg);
+    let o = Command::new("vncsnapshot")
+        .args(["-quiet", "-allowblank", "-quality", "100"])
+        .arg(format!("127.0.0.1:{display}"))
+        .arg(&jpg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "vncsnapshot: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("tesseract").arg(&jpg).arg("-").output().unwrap();
+    assert!(o.status.success(), "tesseract: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The screen a VNC client holds, read by OCR (tesseract) as dark text on
+/// white, three times its size and with a margin: the built-in guest's
+/// small font at the screen's edge is read far better so.
+fn ocr_scaled(c: &Client, name: &str) -> String {
+    const SCALE: usize = 3;
+    const MARGIN: usize = 24;
+    let (w, h) = (usize::from(c.size.0), usize::from(c.size.1));
+    let (sw, sh) = (w * SCALE + 2 * MARGIN, h * SCALE + 2 * MARGIN);
+    let mut img = format!("P5\n{sw} {sh}\n255\n").into_bytes();
+    let start = img.len();
+    img.resize(start + sw * sh, 255);
+    for y in 0..h * SCALE {
+        for x in 0..w * SCALE {
+            let p = c.pixels[(y / SCALE) * w + x / SCALE];
+            let luma = (((p >> 16) & 0xff) * 3 + ((p >> 8) & 0xff) * 6 + (p & 0xff)) / 10;
+            img[start + (y + MARGIN) * sw + x + MARGIN] = 255 - luma as u8;
+        }
+    }
+    let pgm = tmp("display", &format!("{name}.pgm"));
+    std::fs::write(&pgm, img).unwrap();
+    // One column of lines of one size (--psm 4).
+    let o = Command::new("tesseract").arg(&pgm).arg("-").args(["--psm", "4"]).output().unwrap();
+    assert!(o.status.success(), "tesseract: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// A VNC client of the VM's display.
@@ -650,4 +687,120 @@ fn qmp_ejects_and_changes_the_cdrom() {
     assert!(hmp.contains("ide1-cd0"), "{hmp}");
     assert_eq!(q.cmd(r#"{"execute":"quit"}"#), r#"{"return":{}}"#);
     vm.wait(20);
+}
+
+/// The generic kernel's modules for the bochs DRM driver, in insmod order
+/// (each after the modules its `depends=` names: bochs needs
+/// drm_vram_helper, which needs drm_ttm_helper, ttm, drm_kms_helper and
+/// drm).
+const BOCHS_MODULES: &[&str] = &["drm", "drm_kms_helper", "ttm", "drm_ttm_helper", "drm_vram_helper", "bochs"];
+
+/// The line the guest writes on its framebuffer console.
+const BOCHS_LINE: &str = "ferrovm draws this line through the bochs drm framebuffer";
+
+/// What the guest runs: load the DRM stack and bochs, wait for its
+/// framebuffer, and write a line on the console (tty0) fbcon draws there.
+/// bochs's own fallback mode (`defx`/`defy`, used when the adapter has no
+/// EDID) is set to 800x600, so a 1024x768 screen is the EDID's preferred
+/// mode. The guest then waits; the test ends the run over QMP.
+fn bochs_script() -> String {
+    format!(
+        r#"
+for m in drm drm_kms_helper ttm drm_ttm_helper drm_vram_helper; do
+    insmod /lib/modules/$m.ko || echo "T:insmod $m failed"
+done
+insmod /lib/modules/bochs.ko defx=800 defy=600 || echo "T:insmod bochs failed"
+i=0
+while [ ! -e /sys/class/graphics/fb0 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+echo "T:fb0 $(cat /sys/class/graphics/fb0/name) $(cat /sys/class/graphics/fb0/virtual_size)"
+printf '\033[2J\033[H\n\n{BOCHS_LINE}\n' > /dev/tty0
+echo "T:written"
+sleep 600
+"#
+    )
+}
+
+#[test]
+fn linux_bochs_drm_framebuffer_console_at_1024x768_reaches_a_vnc_client() {
+    if !tools() {
+        return;
+    }
+    let Some(dir) = images::images(&["vmlinuz-generic", "initramfs.cpio.gz", "modules-generic/modules.order"]) else {
+        return;
+    };
+    let initrd = initrd_with(&dir, BOCHS_MODULES, "bochs");
+    let append = format!("console=ttyS0 ferrovm.poweroff=1 ferrovm.cmd={}", encode::base64(bochs_script().as_bytes()));
+    let kernel = dir.join("vmlinuz-generic");
+    let args = ["--kernel", kernel.to_str().unwrap(), "--initrd", initrd.to_str().unwrap(), "--append", &append];
+    let vm = Vm::start("bochs", "", &args);
+    let t = Instant::now();
+    vm.wait_serial("T:written", 240);
+    for l in vm.serial().lines().filter(|l| l.starts_with("T:")) {
+        eprintln!("{l}");
+    }
+    // The words of the line; OCR of fbcon's 8x16 font reads "m" as "n" at
+    // times, and "v" as "u".
+    let seen = vm.wait_screen("bochs", "this line through the bochs drm", 60);
+    assert!(seen.contains("buffer"), "OCR read:\n{seen}");
+    eprintln!("OCR of the bochs framebuffer console after {:.1} s:\n{seen}", t.elapsed().as_secs_f64());
+    // A client that connects now is told the picture's size, and gets
+    // lit pixels of the console's text in it.
+    let mut c = rfb_connect(vm.display, None).expect("a VNC client connects");
+    assert_eq!(c.size, (1024, 768), "the EDID's preferred mode, not bochs's 800x600 fallback");
+    c.request(false).unwrap();
+    c.read_update().unwrap();
+    let lit = c.pixels.iter().filter(|&&p| p & 0x00ff_ffff != 0).count();
+    eprintln!("VNC screen {:?}, {lit} lit pixels", c.size);
+    assert!(lit > 1000, "the console's text is drawn: {lit} lit pixels");
+    drop(c);
+    let mut q = Qmp::connect(&vm.qmp);
+    assert_eq!(q.cmd(r#"{"execute":"quit"}"#), r#"{"return":{}}"#);
+    let (status, err) = vm.wait(20);
+    assert_eq!(status, Some(0), "quit ends the run: {err}");
+}
+
+/// `ferrovm demo --vnc`: the built-in guest, which has no VGA BIOS, sets
+/// text mode 3 on the standard VGA itself and writes its lines there as
+/// well as on COM1; one VNC server shows each run in turn, and after the
+/// table the last guest's screen stays up until Enter.
+#[test]
+fn the_demo_shows_the_builtin_guest_text_to_a_vnc_client() {
+    use std::io::{BufRead, Write};
+    if !tools() {
+        return;
+    }
+    let display = free_display();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
+        .args(["demo", "--vnc", &format!("127.0.0.1:{display}")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ferrovm starts");
+    let t = Instant::now();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("press Enter") {
+        assert!(err.read_line(&mut said).unwrap() > 0, "the demo waits with its screen up; it said:\n{said}");
+    }
+    let mut c = rfb_connect(display, None).expect("a VNC client connects");
+    assert_eq!(c.size, (720, 400), "text mode 3 at 9x16 cells");
+    c.request(false).unwrap();
+    c.read_update().unwrap();
+    let seen = ocr_scaled(&c, "demo");
+    eprintln!("OCR of the demo's last screen after {:.1} s:\n{seen}", t.elapsed().as_secs_f64());
+    // OCR of the 8x8 font reads "r" as "p" and "v" as "y" at times: the
+    // words without them.
+    for words in ["guest: ", "protected -", "mode ok", "guest: checksum"] {
+        assert!(seen.contains(words), "the screen shows {words:?}; OCR read:\n{seen}");
+    }
+    drop(c);
+    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "Enter ends the demo, every checksum ok:\n{out}");
+    for accel in ["interp", "jit"] {
+        let row = out.lines().find(|l| l.starts_with(accel)).unwrap_or_else(|| panic!("a {accel} row:\n{out}"));
+        assert!(row.trim_end().ends_with("ok"), "{row}");
+    }
 }

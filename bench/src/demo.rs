@@ -35,11 +35,43 @@ pub fn run_builtin_jit(timeout: Duration) -> Result<(RunReport, String), String>
 
 /// Boot the built-in guest under KVM with serial output captured.
 pub fn run_builtin_kvm(timeout: Duration) -> Result<(RunReport, String), String> {
-    hvf_kvm_accel::open().map_err(|e| format!("not available: {e}"))?;
     run_builtin(timeout, EngineKind::Kvm)
 }
 
 fn run_builtin(timeout: Duration, kind: EngineKind) -> Result<(RunReport, String), String> {
+    run_builtin_shown(timeout, kind, &mut Screen::none())
+}
+
+/// What the demo's machines are shown on besides COM1.
+pub struct Screen<'a> {
+    /// The display adapter each machine gets (with [`vmm::Vga::Std`] the
+    /// built-in guest writes its lines into the VGA's text mode too).
+    pub vga: vmm::Vga,
+    /// Called with each machine before it runs, to open a display of its
+    /// VGA; what it returns is kept until the run ends, then dropped.
+    pub show: Option<&'a mut Show<'a>>,
+}
+
+/// What opens a display of a machine ([`Screen::show`]).
+pub type Show<'a> = dyn FnMut(&Machine) -> Result<Box<dyn std::any::Any>, String> + 'a;
+
+impl Screen<'_> {
+    /// No display adapter and nothing to show: COM1 only.
+    pub fn none() -> Self {
+        Screen { vga: vmm::Vga::None, show: None }
+    }
+}
+
+/// Boot the built-in guest under `kind` with serial output captured, on
+/// `screen`'s display adapter and shown as it says.
+pub fn run_builtin_shown(
+    timeout: Duration,
+    kind: EngineKind,
+    screen: &mut Screen<'_>,
+) -> Result<(RunReport, String), String> {
+    if kind == EngineKind::Kvm {
+        hvf_kvm_accel::open().map_err(|e| format!("not available: {e}"))?;
+    }
     let buf = Arc::new(Mutex::new(Vec::new()));
     let config = MachineConfig {
         mem: 64 << 20,
@@ -52,11 +84,16 @@ fn run_builtin(timeout: Duration, kind: EngineKind) -> Result<(RunReport, String
         cpu_model: cpu::cpuid::Model::V2,
         topology: Default::default(),
         vcpu_threads: Default::default(),
-        vga: Default::default(),
+        vga: screen.vga,
         usb: None,
     };
     let m = Machine::new(config).map_err(|e| e.to_string())?;
+    let shown = match screen.show.as_mut() {
+        Some(show) => Some(show(&m)?),
+        None => None,
+    };
     let report = m.run(kind).map_err(|e| e.to_string())?;
+    drop(shown);
     let out = String::from_utf8_lossy(&buf.lock()).into_owned();
     Ok((report, out))
 }
@@ -69,19 +106,26 @@ fn fmt_dur(d: Option<Duration>) -> String {
     }
 }
 
-/// Collect one row per accelerator.
-pub fn rows() -> Vec<Row> {
-    vec![
-        Row { accel: "interp", outcome: run_builtin_interp(Duration::from_secs(60)) },
-        Row { accel: "jit", outcome: run_builtin_jit(Duration::from_secs(60)) },
-        Row { accel: "kvm", outcome: run_builtin_kvm(Duration::from_secs(60)) },
-    ]
+/// Collect one row per accelerator, each machine shown on `screen`.
+pub fn rows(screen: &mut Screen<'_>) -> Vec<Row> {
+    let t = Duration::from_secs(60);
+    [("interp", EngineKind::Interp), ("jit", EngineKind::Jit), ("kvm", EngineKind::Kvm)]
+        .into_iter()
+        .map(|(accel, kind)| Row { accel, outcome: run_builtin_shown(t, kind, screen) })
+        .collect()
 }
 
-/// `ferrovm demo`.
+/// `ferrovm demo`: COM1 only.
 pub fn demo() -> i32 {
+    demo_on(&mut Screen::none())
+}
+
+/// `ferrovm demo` with its machines shown on `screen` (`--vnc`,
+/// `--display`): the table comes after the runs, below what a terminal
+/// display drew.
+pub fn demo_on(screen: &mut Screen<'_>) -> i32 {
+    let rows = rows(screen);
     println!("ferrovm demo: the built-in guest (real -> protected -> long mode, ring-3 checksum over 4 MiB)\n");
-    let rows = rows();
     let mut banner = None;
     // The guest is deterministic: every engine runs the instructions the
     // interpreter counted, so engines that cannot count are rated by that count.

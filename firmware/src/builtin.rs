@@ -18,6 +18,17 @@
 //!   `EXIT_EXCEPTION_BASE + vector` (status `0x21 + 2 * vector`) from an
 //!   exception handler. If no debug-exit device is present it halts with
 //!   interrupts disabled.
+//! * Optionally, a VGA-compatible display controller on PCI bus 0 (class
+//!   0300, as QEMU's standard VGA): found by PCI configuration mechanism #1
+//!   (ports 0xCF8/0xCFC). The guest has no VGA BIOS; it is the machine's
+//!   firmware, so it does what a PC's VGA BIOS does at power-on: it turns on
+//!   the function's I/O and memory decoding, sets text mode 3 through the
+//!   VGA's registers (80x25, 9x16 cells, the EGA palette in the DAC), loads
+//!   the VGA's 8x16 font into plane 2 and clears the screen. Then every character it
+//!   prints on COM1 also goes into the text memory at [`VGA_TEXT_BASE`] in
+//!   attribute [`VGA_ATTRIBUTE`] (light grey on black), and each newline
+//!   moves the hardware cursor. Without one, it prints on COM1 only; the
+//!   serial output is the same either way.
 //!
 //! # Boot path
 //!
@@ -36,7 +47,8 @@
 //!    it and reloads CS (`jmp far m16:32`) and the data segments, sets up a
 //!    TSS in RAM ([`TSS_RAM`], RSP0 = [`KERNEL_STACK_TOP`]) and `ltr`, loads an
 //!    IDT (vectors 0..31, in ROM) whose handlers print
-//!    `ferrovm guest: exception N at 0x<rip>` and exit, prints [`BANNER`],
+//!    `ferrovm guest: exception N at 0x<rip>` and exit, sets up the VGA if
+//!    there is one (see above; [`VGA_CURSOR`] keeps where text goes), prints [`BANNER`],
 //!    sets EFER.SCE, STAR, LSTAR and SFMASK and enters ring 3 with `sysretq`
 //!    (RFLAGS = 0x2, interrupts stay disabled; user stack at
 //!    [`USER_STACK_TOP`]).
@@ -52,7 +64,9 @@
 //!
 //! The workload runs about 7.34 million instructions (9 per qword to fill,
 //! 5 per qword to checksum); everything else adds about 22 thousand, most of
-//! it the page-table loops.
+//! it the page-table loops. The PCI scan and the cursor checks of `putc`
+//! add about 900; with a VGA, setting it up and writing the text add about
+//! 11 thousand more (its registers, font and screen).
 //!
 //! Only common integer instructions are used (see [`used_mnemonics`]): no
 //! SSE, no string instructions, no `cpuid`.
@@ -131,6 +145,12 @@ const STR_CHECKSUM_OFF: u64 = 0x2140;
 const STR_EXCEPTION_OFF: u64 = 0x2180;
 const STR_AT_OFF: u64 = 0x21C0;
 const IDT_OFF: u64 = 0x2200;
+const VGA_MODE3_OFF: u64 = 0x2400;
+const VGA_MODE3_MAX: u64 = 0x0400;
+const VGA_FONT_ON_OFF: u64 = 0x2800;
+const VGA_FONT_OFF_OFF: u64 = 0x2840;
+const VGA_FONT_TOGGLE_MAX: u64 = 0x0040;
+const VGA_FONT_OFF: u64 = 0x3000;
 const CODE16_OFF: u64 = 0xFF00;
 const CODE16_MAX: u64 = 0x00F0;
 const RESET_OFF: u64 = 0xFFF0;
@@ -156,6 +176,164 @@ const MSR_LSTAR: u32 = 0xC000_0082;
 const MSR_SFMASK: u32 = 0xC000_0084;
 /// RFLAGS bits cleared on `syscall`: TF, IF, DF, IOPL, NT, AC.
 const SFMASK: u32 = 0x4_7700;
+
+// ---- The VGA (IBM VGA Technical Reference; QEMU's standard VGA).
+/// Where the text mode's characters and attributes are (mode 3: 80x25 cells
+/// of two bytes, character then attribute).
+pub const VGA_TEXT_BASE: u64 = 0xB_8000;
+/// The attribute of the guest's text: light grey on black.
+pub const VGA_ATTRIBUTE: u8 = 0x07;
+/// Columns of text mode 3.
+pub const VGA_COLS: u32 = 80;
+/// Rows of text mode 3.
+pub const VGA_ROWS: u32 = 25;
+/// Physical address of the VGA cursor: the byte offset from
+/// [`VGA_TEXT_BASE`] where the next character goes (a dword), `u32::MAX`
+/// when the machine has no VGA.
+pub const VGA_CURSOR: u64 = 0x1_6100;
+/// [`VGA_CURSOR`]'s value on a machine without a VGA: past every screen, so
+/// `putc` writes to COM1 only.
+const NO_VGA: u32 = u32::MAX;
+/// Bytes of the text screen.
+const VGA_SCREEN_BYTES: u32 = VGA_COLS * VGA_ROWS * 2;
+/// Bytes of one text row.
+const VGA_ROW_BYTES: u32 = VGA_COLS * 2;
+/// The VGA memory window, where plane 2 (the font) is written.
+const VGA_WINDOW: u64 = 0xA_0000;
+/// Glyphs in the font, and the lines of each (text mode 3's 16).
+const FONT_GLYPHS: u32 = 256;
+const FONT_LINES: usize = crate::vga_font::LINES;
+/// Bytes between glyphs in plane 2.
+const FONT_SLOT: i32 = 32;
+/// PCI configuration mechanism #1 (PCI Local Bus 3.0, 3.2.2.3.2), bus 0.
+const PCI_CONFIG_ADDRESS: u16 = 0xCF8;
+const PCI_CONFIG_DATA: u16 = 0xCFC;
+/// CONFIG_ADDRESS of bus 0, device 0, function 0, register 8 (class code
+/// and revision), and the step to the next device.
+const PCI_BUS0_CLASS: u32 = 0x8000_0008;
+const PCI_DEVICE_STEP: u32 = 0x800;
+/// Class code and subclass (register 8 bits 31:16) of a VGA-compatible
+/// display controller.
+const PCI_CLASS_VGA: u32 = 0x0300;
+/// Command register bits: I/O space and memory space decode.
+const PCI_COMMAND_IO_MEM: u32 = 0x3;
+/// Register 4 (command) is 4 bytes below register 8 (class).
+const PCI_COMMAND_FROM_CLASS: i32 = 4;
+
+/// The VGA ports the guest's register tables name, by their low byte (the
+/// high byte is 0x03: colour addressing, as MISC selects).
+mod vga_port {
+    /// Attribute controller index and data (a flip-flop picks which).
+    pub const AR: u8 = 0xC0;
+    /// Miscellaneous output (write).
+    pub const MISC: u8 = 0xC2;
+    /// Sequencer index and data.
+    pub const SR_INDEX: u8 = 0xC4;
+    pub const SR_DATA: u8 = 0xC5;
+    /// DAC write index and data (three 6-bit components an entry).
+    pub const DAC_INDEX: u8 = 0xC8;
+    pub const DAC_DATA: u8 = 0xC9;
+    /// Graphics controller index and data.
+    pub const GR_INDEX: u8 = 0xCE;
+    pub const GR_DATA: u8 = 0xCF;
+    /// CRT controller index and data.
+    pub const CR_INDEX: u8 = 0xD4;
+    pub const CR_DATA: u8 = 0xD5;
+    /// Input status 1: in a table, a read, which resets the attribute
+    /// controller's flip-flop to "index".
+    pub const ST1: u8 = 0xDA;
+}
+
+/// Text mode 3 (IBM VGA Technical Reference, the BIOS's video parameter
+/// table for modes 2+ and 3+; SeaVGABIOS's `vgamodes` has the same bytes):
+/// 80x25 characters of 9x16 dots, 720x400 pixels, colour.
+const MODE3_MISC: u8 = 0x67;
+/// SR1-SR4: 9-dot characters, planes 0 and 1 written, font map 0, odd/even.
+const MODE3_SR: [u8; 4] = [0x00, 0x03, 0x00, 0x02];
+const MODE3_CR: [u8; 25] = [
+    0x5F, 0x4F, 0x50, 0x82, 0x55, 0x81, 0xBF, 0x1F, 0x00, 0x4F, 0x0D, 0x0E, 0x00, 0x00, 0x00, 0x00, 0x9C, 0x8E, 0x8F,
+    0x28, 0x1F, 0x96, 0xB9, 0xA3, 0xFF,
+];
+/// AR0-AR14: the EGA palette, line graphics and blink, all planes, no
+/// panning, colour select 0.
+const MODE3_AR: [u8; 21] = [
+    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x14, 0x07, 0x38, 0x39, 0x3A, 0x3B, 0x3C, 0x3D, 0x3E, 0x3F, 0x0C, 0x00, 0x0F,
+    0x08, 0x00,
+];
+/// GR0-GR8: odd/even, the window at 0xB8000 for 32 KiB, text.
+const MODE3_GR: [u8; 9] = [0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x0E, 0x0F, 0xFF];
+/// AR index bit 5: the palette address source is the display (the screen on).
+const AR_PAS: u8 = 0x20;
+
+/// The port writes (and the [`vga_port::ST1`] reads) that set text mode 3:
+/// the sequencer held in reset while MISC changes the clock, the CRTC
+/// unlocked (CR11 bit 7) before CR0-CR7, the attribute controller after a
+/// flip-flop reset and then on, and the DAC's first 64 entries as the EGA
+/// palette (6-bit components: 2/3 for the low bit of a colour, 1/3 for the
+/// high one).
+fn vga_mode3_table() -> Vec<(u8, u8)> {
+    use vga_port::*;
+    let mut t = vec![(SR_INDEX, 0), (SR_DATA, 0x01), (MISC, MODE3_MISC)];
+    for (i, &v) in (1u8..).zip(&MODE3_SR) {
+        t.extend([(SR_INDEX, i), (SR_DATA, v)]);
+    }
+    t.extend([(SR_INDEX, 0), (SR_DATA, 0x03), (CR_INDEX, 0x11), (CR_DATA, MODE3_CR[0x11] & 0x7F)]);
+    for (i, &v) in (0u8..).zip(&MODE3_CR) {
+        t.extend([(CR_INDEX, i), (CR_DATA, v)]);
+    }
+    t.push((ST1, 0));
+    for (i, &v) in (0u8..).zip(&MODE3_AR) {
+        t.extend([(AR, i), (AR, v)]);
+    }
+    t.push((AR, AR_PAS));
+    for (i, &v) in (0u8..).zip(&MODE3_GR) {
+        t.extend([(GR_INDEX, i), (GR_DATA, v)]);
+    }
+    t.push((DAC_INDEX, 0));
+    for i in 0u8..64 {
+        let level = |low: u8, high: u8| 42 * ((i >> low) & 1) + 21 * ((i >> high) & 1);
+        t.extend([(DAC_DATA, level(2, 5)), (DAC_DATA, level(1, 4)), (DAC_DATA, level(0, 3))]);
+    }
+    t
+}
+
+/// The port writes that open plane 2 (the font) at 0xA0000 for plain
+/// byte writes (`on`), or give the text mode its odd/even window back.
+fn vga_font_access(on: bool) -> Vec<(u8, u8)> {
+    use vga_port::*;
+    let (map_mask, memory_mode, read_map, gr_mode, gr_misc) = if on {
+        (0x04, 0x06, 0x02, 0x00, 0x04)
+    } else {
+        (MODE3_SR[1], MODE3_SR[3], MODE3_GR[4], MODE3_GR[5], MODE3_GR[6])
+    };
+    vec![
+        (SR_INDEX, 0),
+        (SR_DATA, 0x01),
+        (SR_INDEX, 2),
+        (SR_DATA, map_mask),
+        (SR_INDEX, 4),
+        (SR_DATA, memory_mode),
+        (SR_INDEX, 0),
+        (SR_DATA, 0x03),
+        (GR_INDEX, 4),
+        (GR_DATA, read_map),
+        (GR_INDEX, 5),
+        (GR_DATA, gr_mode),
+        (GR_INDEX, 6),
+        (GR_DATA, gr_misc),
+    ]
+}
+
+/// The font, as the ROM keeps it: [`crate::vga_font`]'s glyphs one after
+/// another.
+fn vga_font() -> Vec<u8> {
+    crate::vga_font::font_8x16()
+}
+
+/// A table of port writes as the ROM keeps it: two bytes each.
+fn table_bytes(t: &[(u8, u8)]) -> Vec<u8> {
+    t.iter().flat_map(|&(port, value)| [port, value]).collect()
+}
 
 /// The flat segment descriptors, all with the accessed bit preset so the CPU
 /// never writes the ROM copy. Index 7..8 is the 64-bit TSS descriptor.
@@ -360,6 +538,18 @@ fn assemble() -> Result<Image, BuiltinError> {
     put(&mut rom, STR_CHECKSUM_OFF, format!("{CHECKSUM_PREFIX}\0").as_bytes());
     put(&mut rom, STR_EXCEPTION_OFF, format!("{EXCEPTION_PREFIX}\0").as_bytes());
     put(&mut rom, STR_AT_OFF, b" at 0x\0");
+    // The VGA's register tables and font.
+    for (what, off, max, bytes) in [
+        ("VGA mode 3 table", VGA_MODE3_OFF, VGA_MODE3_MAX, table_bytes(&vga_mode3_table())),
+        ("VGA font access table", VGA_FONT_ON_OFF, VGA_FONT_TOGGLE_MAX, table_bytes(&vga_font_access(true))),
+        ("VGA font release table", VGA_FONT_OFF_OFF, VGA_FONT_TOGGLE_MAX, table_bytes(&vga_font_access(false))),
+    ] {
+        if bytes.len() as u64 > max {
+            return Err(BuiltinError::Layout { what, len: bytes.len(), max, offset: off });
+        }
+        put(&mut rom, off, &bytes);
+    }
+    put(&mut rom, VGA_FONT_OFF, &vga_font());
 
     Ok(Image { guest: BuiltinGuest { rom, entry32: rom_addr(CODE32_OFF), entry64: rom_addr(CODE64_OFF) }, chunks })
 }
@@ -519,6 +709,7 @@ fn assemble64() -> Result<(Vec<u8>, Labels64), BuiltinError> {
     let mut putdec = a.create_label();
     let mut halt = a.create_label();
     let mut common = a.create_label();
+    let mut out_table = a.create_label();
 
     // ---- entry64: GDT to RAM, reload segments.
     a.cli()?;
@@ -564,6 +755,75 @@ fn assemble64() -> Result<(Vec<u8>, Labels64), BuiltinError> {
     a.ltr(ax)?;
     a.mov(eax, imm32(rom_addr(IDTR_OFF)))?;
     a.lidt(ptr(rax))?;
+
+    // ---- The VGA, as a VGA BIOS would set it up: find a VGA-compatible
+    // function on PCI bus 0, turn on its decoding, set text mode 3, load
+    // the font into plane 2 and clear the screen. Without one, the cursor
+    // stays past the screen and only COM1 gets text.
+    let mut scan = a.create_label();
+    let mut found = a.create_label();
+    let mut no_vga = a.create_label();
+    let mut glyph = a.create_label();
+    let mut clear = a.create_label();
+    a.mov(edi, imm32(VGA_CURSOR))?;
+    a.mov(dword_ptr(rdi), NO_VGA)?;
+    a.mov(ecx, PCI_BUS0_CLASS)?;
+    a.set_label(&mut scan)?;
+    a.mov(eax, ecx)?;
+    a.mov(edx, u32::from(PCI_CONFIG_ADDRESS))?;
+    a.out(dx, eax)?;
+    a.mov(edx, u32::from(PCI_CONFIG_DATA))?;
+    a.in_(eax, dx)?;
+    a.shr(eax, 16)?;
+    a.cmp(eax, PCI_CLASS_VGA as i32)?;
+    a.je(found)?;
+    a.add(ecx, PCI_DEVICE_STEP as i32)?;
+    a.cmp(ecx, (PCI_BUS0_CLASS + 32 * PCI_DEVICE_STEP) as i32)?;
+    a.jb(scan)?;
+    a.jmp(no_vga)?;
+    a.set_label(&mut found)?;
+    a.lea(eax, ptr(rcx - PCI_COMMAND_FROM_CLASS))?;
+    a.mov(edx, u32::from(PCI_CONFIG_ADDRESS))?;
+    a.out(dx, eax)?;
+    a.mov(edx, u32::from(PCI_CONFIG_DATA))?;
+    a.in_(ax, dx)?;
+    a.or(eax, PCI_COMMAND_IO_MEM as i32)?;
+    a.out(dx, ax)?;
+    let tables = [(VGA_MODE3_OFF, vga_mode3_table().len()), (VGA_FONT_ON_OFF, vga_font_access(true).len())];
+    for (off, entries) in tables {
+        a.mov(esi, imm32(rom_addr(off)))?;
+        a.mov(ecx, u32::try_from(entries).expect("small"))?;
+        a.call(out_table)?;
+    }
+    // The font: 16 lines a glyph from the ROM, 32 bytes apart in plane 2.
+    a.mov(esi, imm32(rom_addr(VGA_FONT_OFF)))?;
+    a.mov(edi, imm32(VGA_WINDOW))?;
+    a.mov(ecx, FONT_GLYPHS)?;
+    a.set_label(&mut glyph)?;
+    for line in (0..FONT_LINES as i32).step_by(4) {
+        a.mov(eax, dword_ptr(rsi + line))?;
+        a.mov(dword_ptr(rdi + line), eax)?;
+    }
+    a.add(rsi, FONT_LINES as i32)?;
+    a.add(rdi, FONT_SLOT)?;
+    a.dec(ecx)?;
+    a.jnz(glyph)?;
+    a.mov(esi, imm32(rom_addr(VGA_FONT_OFF_OFF)))?;
+    a.mov(ecx, u32::try_from(vga_font_access(false).len()).expect("small"))?;
+    a.call(out_table)?;
+    // Spaces in the guest's attribute, two cells a store.
+    let blank = u32::from(VGA_ATTRIBUTE) << 8 | u32::from(b' ');
+    a.mov(edi, imm32(VGA_TEXT_BASE))?;
+    a.mov(eax, blank << 16 | blank)?;
+    a.mov(ecx, VGA_SCREEN_BYTES / 4)?;
+    a.set_label(&mut clear)?;
+    a.mov(dword_ptr(rdi), eax)?;
+    a.add(rdi, 4)?;
+    a.dec(ecx)?;
+    a.jnz(clear)?;
+    a.mov(edi, imm32(VGA_CURSOR))?;
+    a.mov(dword_ptr(rdi), 0u32)?;
+    a.set_label(&mut no_vga)?;
 
     a.mov(esi, imm32(rom_addr(STR_BANNER_OFF)))?;
     a.call(puts)?;
@@ -723,8 +983,14 @@ fn assemble64() -> Result<(Vec<u8>, Labels64), BuiltinError> {
     a.call(putc)?;
     a.ret()?;
 
-    // ---- putc: BL -> UART once THR is empty. Clobbers RAX, RDX.
+    // ---- putc: BL -> UART once THR is empty, and to the VGA's text at
+    // the cursor. A newline moves the cursor to the next row and the
+    // VGA's hardware cursor (CR0E/CR0F) with it; past the last row, text
+    // goes to COM1 only. Clobbers RAX, RDX.
     let mut wait = a.create_label();
+    let mut newline = a.create_label();
+    let mut column = a.create_label();
+    let mut vga_done = a.create_label();
     a.set_label(&mut putc)?;
     a.mov(edx, u32::from(UART_BASE + 5))?;
     a.set_label(&mut wait)?;
@@ -734,6 +1000,67 @@ fn assemble64() -> Result<(Vec<u8>, Labels64), BuiltinError> {
     a.mov(edx, u32::from(UART_BASE))?;
     a.mov(eax, ebx)?;
     a.out(dx, al)?;
+    a.push(rcx)?;
+    a.mov(ecx, imm32(VGA_CURSOR))?;
+    a.mov(eax, dword_ptr(rcx))?;
+    a.cmp(eax, VGA_SCREEN_BYTES as i32)?;
+    a.jae(vga_done)?;
+    a.cmp(bl, i32::from(b'\n'))?;
+    a.je(newline)?;
+    a.movzx(edx, bl)?;
+    a.or(edx, i32::from(VGA_ATTRIBUTE) << 8)?;
+    a.mov(word_ptr(rax + imm32(VGA_TEXT_BASE) as i32), dx)?;
+    a.add(eax, 2)?;
+    a.mov(dword_ptr(rcx), eax)?;
+    a.jmp(vga_done)?;
+    a.set_label(&mut newline)?;
+    // EDX = the column's bytes (no DIV: at most VGA_ROWS subtractions).
+    a.mov(edx, eax)?;
+    a.set_label(&mut column)?;
+    a.sub(edx, VGA_ROW_BYTES as i32)?;
+    a.jae(column)?;
+    a.add(edx, VGA_ROW_BYTES as i32)?;
+    a.sub(eax, edx)?;
+    a.add(eax, VGA_ROW_BYTES as i32)?;
+    a.mov(dword_ptr(rcx), eax)?;
+    // The hardware cursor: the cell index, high byte in CR0E, low in CR0F.
+    a.shr(eax, 1)?;
+    a.mov(ecx, eax)?;
+    a.mov(edx, 0x300 | u32::from(vga_port::CR_INDEX))?;
+    a.mov(al, 0x0E)?;
+    a.out(dx, al)?;
+    a.inc(edx)?;
+    a.mov(al, ch)?;
+    a.out(dx, al)?;
+    a.dec(edx)?;
+    a.mov(al, 0x0F)?;
+    a.out(dx, al)?;
+    a.inc(edx)?;
+    a.mov(al, cl)?;
+    a.out(dx, al)?;
+    a.set_label(&mut vga_done)?;
+    a.pop(rcx)?;
+    a.ret()?;
+
+    // ---- out_table: ECX entries of (port low byte, value) at RSI: each
+    // writes the value to port 0x300 + the byte, but for input status 1,
+    // which is read. Clobbers RAX, RCX, RDX, RSI.
+    let mut write = a.create_label();
+    let mut next = a.create_label();
+    a.set_label(&mut out_table)?;
+    a.movzx(edx, byte_ptr(rsi))?;
+    a.or(edx, 0x300)?;
+    a.cmp(dl, i32::from(vga_port::ST1))?;
+    a.jne(write)?;
+    a.in_(al, dx)?;
+    a.jmp(next)?;
+    a.set_label(&mut write)?;
+    a.mov(al, byte_ptr(rsi + 1))?;
+    a.out(dx, al)?;
+    a.set_label(&mut next)?;
+    a.add(rsi, 2)?;
+    a.dec(ecx)?;
+    a.jnz(out_table)?;
     a.ret()?;
 
     let result = a.assemble_options(rom_addr(CODE64_OFF), BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
@@ -883,6 +1210,42 @@ mod tests {
         let tss = GDT[usize::from(SEL_TSS / 8)];
         assert_eq!((tss >> 16) & 0xFF_FFFF | ((tss >> 56) << 24), TSS_RAM);
         assert_eq!(GDT.len() * 8, usize::from(SEL_TSS) + 16);
+    }
+
+    #[test]
+    fn the_rom_holds_the_vga_tables_and_font() {
+        let g = build().unwrap();
+        let at = |off: u64, len: usize| &g.rom[usize::try_from(off).unwrap()..][..len];
+        let mode3 = vga_mode3_table();
+        assert_eq!(at(VGA_MODE3_OFF, mode3.len() * 2), &table_bytes(&mode3)[..]);
+        for on in [true, false] {
+            let t = vga_font_access(on);
+            let off = if on { VGA_FONT_ON_OFF } else { VGA_FONT_OFF_OFF };
+            assert_eq!(at(off, t.len() * 2), &table_bytes(&t)[..]);
+        }
+        let pos = |want: &dyn Fn(&(u8, u8)) -> bool| mode3.iter().position(want).unwrap();
+        // MISC selects colour addressing (0x3D4) before the first CRTC
+        // write, and CR11 unlocks CR0-CR7 before they are written.
+        assert!(pos(&|&e| e == (vga_port::MISC, MODE3_MISC)) < pos(&|&(p, _)| p == vga_port::CR_INDEX));
+        assert_eq!(mode3[pos(&|&(p, _)| p == vga_port::CR_INDEX) + 1], (vga_port::CR_DATA, 0x0E));
+        // The attribute controller: a flip-flop reset, index/value pairs,
+        // then the screen on (the palette address source).
+        let flip = pos(&|&(p, _)| p == vga_port::ST1);
+        let ar: Vec<u8> = mode3[flip + 1..].iter().take_while(|&&(p, _)| p == vga_port::AR).map(|&(_, v)| v).collect();
+        assert_eq!(ar.len(), 2 * MODE3_AR.len() + 1);
+        assert_eq!(ar[2 * 7..2 * 7 + 2], [7, 0x07], "colour 7 is palette entry 7");
+        assert_eq!(ar.last(), Some(&AR_PAS));
+        // The DAC: the EGA palette's 64 entries.
+        let dac: Vec<u8> = mode3.iter().filter(|&&(p, _)| p == vga_port::DAC_DATA).map(|&(_, v)| v).collect();
+        assert_eq!(dac.len(), 64 * 3);
+        assert_eq!(dac[7 * 3..8 * 3], [42, 42, 42], "light grey");
+        assert_eq!(dac[0x14 * 3..0x15 * 3], [42, 21, 0], "brown");
+        assert_eq!(dac[0x3f * 3..], [63, 63, 63], "white");
+        // The font: 16 lines a glyph; 'A' has its crossbar at lines 8-9.
+        let a = at(VGA_FONT_OFF + 0x41 * 16, 16);
+        assert_eq!(a, &crate::vga_font::glyph(0x41));
+        assert_eq!(a[8..10], [0xfc, 0xfc]);
+        assert!(at(VGA_FONT_OFF + 0x20 * 16, 16).iter().all(|&l| l == 0), "the space is blank");
     }
 
     /// Boots the ROM in QEMU when `FERROVM_QEMU` names a qemu-system-x86_64

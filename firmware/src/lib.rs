@@ -13,3 +13,4 @@ pub mod elf;
 pub mod linux;
 pub mod mptable;
 pub mod multiboot;
+mod vga_font;

@@ -48,7 +48,8 @@ impl DumpFormat {
 
 /// The adapter's picture, rendered for every reader.
 pub struct Screen {
-    vga: Arc<Mutex<StdVga>>,
+    /// The adapter shown; [`Screen::show`] puts another in its place.
+    vga: Mutex<Arc<Mutex<StdVga>>>,
     inner: Mutex<Rendered>,
 }
 
@@ -65,12 +66,23 @@ struct Rendered {
 impl Screen {
     /// The screen of `vga`.
     pub fn new(vga: Arc<Mutex<StdVga>>) -> Arc<Self> {
-        Arc::new(Self { vga, inner: Mutex::new(Rendered::default()) })
+        Arc::new(Self { vga: Mutex::new(vga), inner: Mutex::new(Rendered::default()) })
+    }
+
+    /// Shows `vga` from now on, in place of the adapter shown so far (the
+    /// demo's machines, one after another, on one VNC server): its whole
+    /// picture goes to the clients with the next update.
+    pub fn show(&self, vga: Arc<Mutex<StdVga>>) {
+        let mut r = self.inner.lock();
+        vga.lock().mark_all_dirty();
+        *self.vga.lock() = vga;
+        r.resized = true;
     }
 
     /// Renders the adapter's changes into the screen's frame.
     fn refresh(&self, r: &mut Rendered) -> Vec<vnc::Rect> {
-        let (w, h, rects) = self.vga.lock().render(&mut r.frame.pixels);
+        let vga = Arc::clone(&self.vga.lock());
+        let (w, h, rects) = vga.lock().render(&mut r.frame.pixels);
         if (w, h) != (r.frame.width, r.frame.height) {
             r.frame.width = w;
             r.frame.height = h;
@@ -330,8 +342,9 @@ pub fn start_vnc(
 /// ANSI escapes, and the terminal's keys typed on the PS/2 (or USB)
 /// keyboard.
 ///
-/// A drawing thread reads the text screen every 50 ms and
-/// redraws the rows that changed since the last look (the whole screen
+/// A drawing thread reads the text screen every 50 ms, and once more when
+/// the display is dropped (so the terminal keeps the screen the run left),
+/// and redraws the rows that changed since the last look (the whole screen
 /// when the mode changed), with the VGA's colours as the 16 ANSI colours,
 /// and moves the terminal's cursor to the VGA's. A graphics mode shows a
 /// line that says so. An input thread turns the terminal's bytes into key
@@ -425,7 +438,9 @@ pub fn start_terminal(
         .spawn(move || {
             let mut last: Option<devices::display::TextScreen> = None;
             let mut graphics = false;
-            while !flag.load(std::sync::atomic::Ordering::Acquire) {
+            loop {
+                // One last look once told to stop: the screen as the run left it.
+                let stopping = flag.load(std::sync::atomic::Ordering::Acquire);
                 let screen = vga.lock().text_screen();
                 let result = match screen {
                     Some(s) => {
@@ -447,6 +462,9 @@ pub fn start_terminal(
                 if result.is_err() {
                     // The terminal is gone; the guest goes on without it.
                     return;
+                }
+                if stopping {
+                    break;
                 }
                 std::thread::sleep(TERMINAL_REFRESH);
             }
@@ -632,6 +650,29 @@ mod tests {
         input.pointer(30, 5, 0x11);
         input.pointer(30, 5, 1);
         assert_eq!(queued(&uhci)[0], [vec![0, 20, 0xfb, 0], vec![1, 0, 0, 0xff]], "+20, -5, then left and the wheel");
+    }
+
+    #[test]
+    fn a_screen_shown_another_adapter_sends_its_whole_picture() {
+        use vnc::FrameSource;
+        let vga = || Arc::new(Mutex::new(StdVga::new(devices::display::DEFAULT_VRAM).unwrap()));
+        let (first, second) = (vga(), vga());
+        // The second adapter in a Bochs VBE mode: 320x200 at 32 bits a pixel.
+        let vbe = StdVga::bus_devices(&second).vbe_ports;
+        for (index, value) in [(1u16, 320u16), (2, 200), (3, 32), (4, 1)] {
+            vbe.lock().write(0, &index.to_le_bytes());
+            vbe.lock().write(1, &value.to_le_bytes());
+        }
+        let screen = Screen::new(first);
+        let mut source = screen.source();
+        let mut frame = vnc::Frame::default();
+        source.update(&mut frame);
+        assert_eq!((frame.width, frame.height), (640, 480), "the first adapter, in no mode");
+        assert!(source.update(&mut frame).is_empty(), "nothing changed");
+        screen.show(second);
+        assert_eq!(source.update(&mut frame), [vnc::Rect { x: 0, y: 0, w: 320, h: 200 }]);
+        assert_eq!((frame.width, frame.height), (320, 200));
+        assert!(source.update(&mut frame).is_empty());
     }
 
     #[test]

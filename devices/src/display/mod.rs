@@ -307,8 +307,9 @@ impl StdVga {
         self.mark_all_dirty();
     }
 
-    /// Marks the whole picture as changed.
-    pub(crate) fn mark_all_dirty(&mut self) {
+    /// Marks the whole picture as changed: the next [`StdVga::render`]
+    /// draws all of it (for a display that starts showing this adapter).
+    pub fn mark_all_dirty(&mut self) {
         self.dirty.fill(u64::MAX);
         self.any_dirty = true;
         self.font_dirty = true;
