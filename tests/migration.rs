@@ -453,25 +453,6 @@ fn a_guest_writing_memory_migrates_live_from_kvm_to_the_jit() {
     from_kvm("kvm-jit", "jit", &[]);
 }
 
-/// A guest in KVM that dirties its buffer far faster than a 100 MB/s
-/// link: auto-converge throttles its vCPU (kicked out of KVM every
-/// throttle period to sleep its share), from 50 % by 25 % steps, until the
-/// rest fits 50 ms.
-#[test]
-fn auto_converge_throttles_a_guest_writing_in_kvm() {
-    let f = from_kvm(
-        "kvm-converge",
-        "jit",
-        &[
-            r#"{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"auto-converge","state":true}]}}"#,
-            r#"{"execute":"migrate-set-parameters","arguments":{"downtime-limit":50,"max-bandwidth":@half-rate-up-to-100000000@,"cpu-throttle-initial":50,"cpu-throttle-increment":25}}"#,
-        ],
-    );
-    if let Some(f) = f {
-        assert!(f.throttle.is_some_and(|t| t >= 50.0), "the vCPU was throttled: {:?}", f.throttle);
-    }
-}
-
 #[test]
 fn a_guest_writing_memory_migrates_live_from_kvm_to_kvm() {
     from_kvm("kvm-kvm", "kvm", &[]);
