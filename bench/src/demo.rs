@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use vmm::{EngineKind, Firmware, Machine, MachineConfig, RunReport, SerialOut};
+use vmm::{EngineKind, Machine, MachineConfig, RunReport, SerialOut};
 
 /// One accelerator's result on the built-in guest.
 pub struct Row {
@@ -74,18 +74,9 @@ pub fn run_builtin_shown(
     }
     let buf = Arc::new(Mutex::new(Vec::new()));
     let config = MachineConfig {
-        mem: 64 << 20,
-        firmware: Firmware::Builtin,
-        serial: SerialOut::Capture(buf.clone()),
-        no_reboot: true,
         timeout: Some(timeout),
-        kvm_split: vmm::SplitMode::Auto,
-        kvm_pit: vmm::KvmPit::InKernel,
-        cpu_model: cpu::cpuid::Model::V2,
-        topology: Default::default(),
-        vcpu_threads: Default::default(),
         vga: screen.vga,
-        usb: None,
+        ..MachineConfig::builtin(SerialOut::Capture(buf.clone()))
     };
     let m = Machine::new(config).map_err(|e| e.to_string())?;
     let shown = match screen.show.as_mut() {

@@ -129,28 +129,40 @@ pub struct MachineConfig {
 
 #[cfg(test)]
 impl MachineConfig {
-    /// The machine the library's tests start from: 64 MiB, the built-in
-    /// firmware, COM1 captured into `out`, no reboot, a 60 s deadline,
-    /// split execution off and CPU model V2.
+    /// The machine the library's tests start from: [`MachineConfig::builtin`]
+    /// with COM1 captured into `out`, a 60 s deadline and split execution
+    /// off.
     pub(crate) fn for_test(out: Arc<Mutex<Vec<u8>>>) -> Self {
         MachineConfig {
-            mem: 64 << 20,
-            firmware: Firmware::Builtin,
-            serial: SerialOut::Capture(out),
-            no_reboot: true,
             timeout: Some(Duration::from_secs(60)),
             kvm_split: SplitMode::Off,
-            kvm_pit: KvmPit::InKernel,
-            cpu_model: cpu::cpuid::Model::V2,
-            topology: Default::default(),
-            vcpu_threads: Default::default(),
-            vga: Default::default(),
-            usb: None,
+            ..MachineConfig::builtin(SerialOut::Capture(out))
         }
     }
 }
 
 impl MachineConfig {
+    /// The built-in guest's machine, COM1 going to `serial`: 64 MiB, the
+    /// built-in firmware, no reboot, no deadline, split execution where
+    /// KVM needs it, KVM's in-kernel PIT, CPU model V2, one vCPU, no
+    /// display adapter and no USB.
+    pub fn builtin(serial: SerialOut) -> Self {
+        MachineConfig {
+            mem: 64 << 20,
+            firmware: Firmware::Builtin,
+            serial,
+            no_reboot: true,
+            timeout: None,
+            kvm_split: SplitMode::Auto,
+            kvm_pit: KvmPit::InKernel,
+            cpu_model: cpu::cpuid::Model::V2,
+            topology: Default::default(),
+            vcpu_threads: Default::default(),
+            vga: Vga::None,
+            usb: None,
+        }
+    }
+
     /// The number of vCPUs.
     pub fn cpus(&self) -> usize {
         self.topology.cpus() as usize

@@ -982,17 +982,8 @@ pub fn fuzz_state_decoder(data: &[u8]) {
 fn small_machine() -> Option<Machine> {
     Machine::new(MachineConfig {
         mem: firmware::builtin::MIN_RAM,
-        firmware: Firmware::Builtin,
-        serial: crate::config::SerialOut::Capture(std::sync::Arc::default()),
-        no_reboot: true,
-        timeout: None,
         kvm_split: crate::config::SplitMode::Off,
-        kvm_pit: crate::config::KvmPit::InKernel,
-        cpu_model: cpu::cpuid::Model::V2,
-        topology: Default::default(),
-        vcpu_threads: Default::default(),
-        vga: Default::default(),
-        usb: None,
+        ..MachineConfig::builtin(crate::config::SerialOut::Capture(std::sync::Arc::default()))
     })
     .ok()
 }

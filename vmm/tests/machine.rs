@@ -5,22 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use vmm::{EngineKind, Firmware, KvmPit, Machine, MachineConfig, SerialOut, SplitMode};
+use vmm::{EngineKind, Machine, MachineConfig, SerialOut, SplitMode};
 
 fn builtin(serial: Arc<Mutex<Vec<u8>>>) -> MachineConfig {
     MachineConfig {
-        mem: 64 << 20,
-        firmware: Firmware::Builtin,
-        serial: SerialOut::Capture(serial),
-        no_reboot: true,
         timeout: Some(Duration::from_secs(120)),
         kvm_split: SplitMode::Off,
-        kvm_pit: KvmPit::InKernel,
-        cpu_model: cpu::cpuid::Model::V2,
-        topology: Default::default(),
-        vcpu_threads: Default::default(),
-        vga: Default::default(),
-        usb: None,
+        ..MachineConfig::builtin(SerialOut::Capture(serial))
     }
 }
 
