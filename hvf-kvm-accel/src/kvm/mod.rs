@@ -259,16 +259,15 @@ impl Kvm {
             msrs: Mutex::new(msrs),
             run_size: fd.run_size(),
         });
-        let core =
-            Arc::new(VmCore { fd, mem: Arc::clone(&mem), slots: Mutex::new(slots), flush_page: FlushPage::new()? });
-        let vm = KvmVm { core, mem, shared, readonly_mem, msi_routes: Mutex::new(BTreeMap::new()), initial_devices };
+        let core = Arc::new(VmCore { fd, mem, slots: Mutex::new(slots), flush_page: FlushPage::new()? });
+        let vm = KvmVm { core, shared, readonly_mem, msi_routes: Mutex::new(BTreeMap::new()), initial_devices };
         let flush = vm.flush_slot();
         set_slot(&vm.core.fd, flush, flush.len)
             .map_err(|e| AccelError::ioctl("KVM_SET_USER_MEMORY_REGION (flush slot)", e))?;
         // Writes in KVM join a live migration's dirty log (at once when
         // one runs).
         let source: Weak<dyn DirtyLogSource> = Arc::downgrade(&vm.core) as Weak<dyn DirtyLogSource>;
-        vm.mem.add_dirty_source(source);
+        vm.core.mem.add_dirty_source(source);
         Ok(vm)
     }
 }
@@ -550,10 +549,9 @@ impl Shared {
 
 /// One KVM guest.
 pub struct KvmVm {
-    /// The VM file descriptor and its memory slots, shared with the guest
-    /// memory's dirty logging.
+    /// The VM file descriptor, its guest memory and memory slots, shared
+    /// with the guest memory's dirty logging.
     core: Arc<VmCore>,
-    mem: Arc<GuestMemory>,
     shared: Arc<Shared>,
     /// Whether KVM has read-only memory slots (KVM_CAP_READONLY_MEM).
     readonly_mem: bool,
@@ -581,9 +579,9 @@ impl VmCore {
     }
 
     /// Marks the pages of `slot` that KVM logged as written since the last
-    /// fetch dirty in guest memory (`KVM_GET_DIRTY_LOG`, which also clears
-    /// KVM's bitmap and write-protects the pages again).
-    fn collect_slot(&self, slot: &Slot) -> Result<(), String> {
+    /// fetch dirty in `mem` (`KVM_GET_DIRTY_LOG`, which also clears KVM's
+    /// bitmap and write-protects the pages again).
+    fn collect_slot(&self, slot: &Slot, mem: &GuestMemory) -> Result<(), String> {
         let len = usize::try_from(slot.len).map_err(|_| format!("slot {} is too large", slot.id))?;
         let bitmap = self
             .fd
@@ -596,7 +594,7 @@ impl VmCore {
                 w &= w - 1;
                 let offset = page * PAGE_SIZE;
                 if offset < slot.len {
-                    self.mem.mark_dirty(slot.base + offset, PAGE_SIZE);
+                    mem.mark_dirty(slot.base + offset, PAGE_SIZE);
                 }
             }
         }
@@ -642,13 +640,13 @@ impl DirtyLogSource for VmCore {
         Ok(())
     }
 
-    fn collect_dirty(&self, _mem: &GuestMemory) -> Result<(), String> {
+    fn collect_dirty(&self, mem: &GuestMemory) -> Result<(), String> {
         let table = self.table();
         if !table.logging {
             return Ok(());
         }
         for slot in table.slots.iter().filter(|s| s.id != FLUSH_SLOT_ID && s.logs()) {
-            self.collect_slot(slot)?;
+            self.collect_slot(slot, mem)?;
         }
         Ok(())
     }
@@ -678,7 +676,7 @@ impl KvmVm {
 
     /// The guest memory behind the VM's slots.
     pub fn memory(&self) -> &Arc<GuestMemory> {
-        &self.mem
+        &self.core.mem
     }
 
     /// The bridged MSRs KVM has refused so far, by name.
@@ -699,7 +697,7 @@ impl KvmVm {
 
     /// Create a vCPU, with the concrete type (the trait method boxes it).
     pub fn create_kvm_vcpu(&self, id: u32) -> Result<KvmVcpu, AccelError> {
-        KvmVcpu::new(&self.core.fd, id, Arc::clone(&self.mem), Arc::clone(&self.shared))
+        KvmVcpu::new(&self.core.fd, id, Arc::clone(&self.core.mem), Arc::clone(&self.shared))
     }
 }
 
@@ -759,8 +757,8 @@ impl Vm for KvmVm {
             if table.logging && slot.logs() {
                 // Deleting the slot drops KVM's log of it: the pages it
                 // logged go to guest memory's own first.
-                if let Err(e) = self.core.collect_slot(&slot) {
-                    self.mem.note_dirty_log_error(e);
+                if let Err(e) = self.core.collect_slot(&slot, &self.core.mem) {
+                    self.core.mem.note_dirty_log_error(e);
                 }
             }
             set_slot(&self.core.fd, slot, 0).map_err(err)?;
@@ -796,6 +794,7 @@ impl Vm for KvmVm {
         }
         // From the region, not the slots: a hidden range has no slot.
         let host = self
+            .core
             .mem
             .regions()
             .iter()
