@@ -151,6 +151,7 @@ const VGA_FONT_ON_OFF: u64 = 0x2800;
 const VGA_FONT_OFF_OFF: u64 = 0x2840;
 const VGA_FONT_TOGGLE_MAX: u64 = 0x0040;
 const VGA_FONT_OFF: u64 = 0x3000;
+const VGA_FONT_MAX: u64 = 0x1000;
 const CODE16_OFF: u64 = 0xFF00;
 const CODE16_MAX: u64 = 0x00F0;
 const RESET_OFF: u64 = 0xFFF0;
@@ -322,12 +323,6 @@ fn vga_font_access(on: bool) -> Vec<(u8, u8)> {
         (GR_INDEX, 6),
         (GR_DATA, gr_misc),
     ]
-}
-
-/// The font, as the ROM keeps it: [`crate::vga_font`]'s glyphs one after
-/// another.
-fn vga_font() -> Vec<u8> {
-    crate::vga_font::font_8x16()
 }
 
 /// A table of port writes as the ROM keeps it: two bytes each.
@@ -538,18 +533,18 @@ fn assemble() -> Result<Image, BuiltinError> {
     put(&mut rom, STR_CHECKSUM_OFF, format!("{CHECKSUM_PREFIX}\0").as_bytes());
     put(&mut rom, STR_EXCEPTION_OFF, format!("{EXCEPTION_PREFIX}\0").as_bytes());
     put(&mut rom, STR_AT_OFF, b" at 0x\0");
-    // The VGA's register tables and font.
+    // The VGA's register tables and font, each checked against its room.
     for (what, off, max, bytes) in [
         ("VGA mode 3 table", VGA_MODE3_OFF, VGA_MODE3_MAX, table_bytes(&vga_mode3_table())),
         ("VGA font access table", VGA_FONT_ON_OFF, VGA_FONT_TOGGLE_MAX, table_bytes(&vga_font_access(true))),
         ("VGA font release table", VGA_FONT_OFF_OFF, VGA_FONT_TOGGLE_MAX, table_bytes(&vga_font_access(false))),
+        ("VGA font", VGA_FONT_OFF, VGA_FONT_MAX, crate::vga_font::font_8x16()),
     ] {
         if bytes.len() as u64 > max {
             return Err(BuiltinError::Layout { what, len: bytes.len(), max, offset: off });
         }
         put(&mut rom, off, &bytes);
     }
-    put(&mut rom, VGA_FONT_OFF, &vga_font());
 
     Ok(Image { guest: BuiltinGuest { rom, entry32: rom_addr(CODE32_OFF), entry64: rom_addr(CODE64_OFF) }, chunks })
 }
