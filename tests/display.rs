@@ -133,7 +133,16 @@ impl Vm {
 
     /// The screen as a VNC client sees it, read by OCR.
     fn screen_text(&self, name: &str) -> String {
-        screen_text(self.display, name)
+        let jpg = tmp("display", &format!("{name}.jpg"));
+        let _ = std::fs::remove_file(&jpg);
+        let o = Command::new("vncsnapshot")
+            .args(["-quiet", "-allowblank", "-quality", "100"])
+            .arg(format!("127.0.0.1:{}", self.display))
+            .arg(&jpg)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "vncsnapshot: {}", String::from_utf8_lossy(&o.stderr));
+        ocr(&jpg, &[])
     }
 
     /// Waits until the OCR'd screen holds `text`; the screen's text.
@@ -179,19 +188,9 @@ impl Drop for Vm {
     }
 }
 
-/// The screen of VNC display `display` as a VNC client (vncsnapshot) sees
-/// it, read by OCR (tesseract); `name` names the snapshot's file.
-fn screen_text(display: u16, name: &str) -> String {
-    let jpg = tmp("display", &format!("{name}.jpg"));
-    let _ = std::fs::remove_file(&jpg);
-    let o = Command::new("vncsnapshot")
-        .args(["-quiet", "-allowblank", "-quality", "100"])
-        .arg(format!("127.0.0.1:{display}"))
-        .arg(&jpg)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "vncsnapshot: {}", String::from_utf8_lossy(&o.stderr));
-    let o = Command::new("tesseract").arg(&jpg).arg("-").output().unwrap();
+/// The text OCR (tesseract, with `args`) reads in the picture at `image`.
+fn ocr(image: &Path, args: &[&str]) -> String {
+    let o = Command::new("tesseract").arg(image).arg("-").args(args).output().unwrap();
     assert!(o.status.success(), "tesseract: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -217,9 +216,7 @@ fn ocr_scaled(c: &Client, name: &str) -> String {
     let pgm = tmp("display", &format!("{name}.pgm"));
     std::fs::write(&pgm, img).unwrap();
     // One column of lines of one size (--psm 4).
-    let o = Command::new("tesseract").arg(&pgm).arg("-").args(["--psm", "4"]).output().unwrap();
-    assert!(o.status.success(), "tesseract: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    ocr(&pgm, &["--psm", "4"])
 }
 
 /// A VNC client of the VM's display.
@@ -419,8 +416,7 @@ fn novnc_in_headless_chromium_shows_the_guest_screen_over_websocket() {
             .output()
             .unwrap();
         assert!(shot.is_file(), "chromium wrote a screenshot: {}", String::from_utf8_lossy(&o.stderr));
-        let o = Command::new("tesseract").arg(&shot).arg("-").output().unwrap();
-        seen = String::from_utf8_lossy(&o.stdout).into_owned();
+        seen = ocr(&shot, &[]);
         if seen.contains("SeaBIOS") {
             eprintln!("OCR of the browser's screenshot (attempt {attempt}):\n{seen}");
             break;
@@ -491,10 +487,13 @@ echo
 echo "T:done"
 "#;
 
+/// An input event as the guest read it: type, code and value.
+type InputEvent = (u16, u16, i32);
+
 /// The input events (type, code) in the guest's `T:events` line: struct
 /// input_event on x86-64 is 16 bytes of time, then type, code (16 bits
 /// each) and a 32-bit value.
-fn input_events(out: &str) -> Vec<(u16, u16, i32)> {
+fn input_events(out: &str) -> Vec<InputEvent> {
     let events = out.lines().find_map(|l| l.strip_prefix("T:events ")).expect("the guest read events");
     let words: Vec<u8> = events.split_whitespace().map(|w| u8::from_str_radix(w, 16).unwrap()).collect();
     words
@@ -516,96 +515,39 @@ fn initrd_with(images: &Path, modules: &[&str], name: &str) -> PathBuf {
     initrd
 }
 
-#[test]
-fn a_usb_tablet_moved_over_vnc_reaches_linux_input_layer() {
+/// Boots the generic kernel with the USB HID pointer `device` (`tablet`
+/// or `mouse`, which Linux lists as `USB {name}`), moves the pointer over
+/// VNC to `at(i, screen size)` for moves `i` = 0..6, and returns the input
+/// events the guest read (type, code, value) and its serial output. The
+/// guest reads six events and powers off, which may close the connection
+/// before the last moves are sent: at least `min_moves` must get through.
+fn usb_pointer_events(
+    device: &str,
+    name: &str,
+    min_moves: u16,
+    at: impl Fn(u16, (u16, u16)) -> (u16, u16),
+) -> Option<(Vec<InputEvent>, String)> {
     if !tools() {
-        return;
+        return None;
     }
-    let Some(dir) = images::images(&["vmlinuz-generic", "initramfs.cpio.gz", "modules-generic/modules.order"]) else {
-        return;
-    };
-    let initrd = initrd_with(&dir, USB_MODULES, "usb");
-    let append = format!("console=ttyS0 ferrovm.poweroff=1 ferrovm.cmd={}", encode::base64(TABLET_SCRIPT.as_bytes()));
-    let kernel = dir.join("vmlinuz-generic");
-    let vm = Vm::start(
-        "usb",
-        "",
-        &[
-            "--usb-device",
-            "tablet",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--initrd",
-            initrd.to_str().unwrap(),
-            "--append",
-            &append,
-        ],
-    );
-    vm.wait_serial("T:tablet event", 240);
-    assert!(vm.serial().contains("QEMU USB Tablet"), "the tablet's name:\n{}", vm.serial());
-    let mut c = rfb_connect(vm.display, None).expect("a VNC client connects");
-    c.request(false).unwrap();
-    let _ = c.read_update();
-    let (w, h) = c.size;
-    eprintln!("screen {w}x{h}");
-    // The guest reads six events (two moves) and powers off, which may
-    // close the connection before the last moves are sent.
-    for i in 1..=6u16 {
-        if c.pointer(w / 8 * i, h / 8 * i, 0).is_err() {
-            assert!(i > 2, "the connection closed after {} moves", i - 1);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    vm.wait_serial("T:done", 60);
-    let out = vm.serial();
-    for l in out.lines().filter(|l| l.starts_with("T:")) {
-        eprintln!("{l}");
-    }
-    assert!(!out.contains("T:insmod"), "the modules load:\n{out}");
-    let events = out.lines().find_map(|l| l.strip_prefix("T:events ")).expect("the guest read events").to_string();
-    // struct input_event on x86-64: 16 bytes of time, then type, code
-    // (16 bits each) and value: EV_ABS (3) with ABS_X (0) and ABS_Y (1).
-    let words: Vec<&str> = events.split_whitespace().collect();
-    let kinds: Vec<(u16, u16)> = words
-        .chunks_exact(24)
-        .map(|e| {
-            let b = |i: usize| u8::from_str_radix(e[i], 16).unwrap();
-            (u16::from_le_bytes([b(16), b(17)]), u16::from_le_bytes([b(18), b(19)]))
-        })
-        .collect();
-    eprintln!("input events (type, code): {kinds:?}");
-    assert!(kinds.contains(&(3, 0)) && kinds.contains(&(3, 1)), "EV_ABS X and Y from the tablet: {kinds:?}\n{out}");
-    let (status, err) = vm.wait(60);
-    assert_eq!(status, Some(0), "the guest powers off: {err}");
-}
-
-#[test]
-fn a_usb_mouse_moved_over_vnc_reaches_linux_input_layer_as_relative_motion() {
-    if !tools() {
-        return;
-    }
-    let Some(dir) = images::images(&["vmlinuz-generic", "initramfs.cpio.gz", "modules-generic/modules.order"]) else {
-        return;
-    };
-    let initrd = initrd_with(&dir, USB_MODULES, "usb-mouse");
-    let script = TABLET_SCRIPT.replace("USB Tablet", "USB Mouse").replace("T:tablet", "T:mouse");
+    let dir = images::images(&["vmlinuz-generic", "initramfs.cpio.gz", "modules-generic/modules.order"])?;
+    let initrd = initrd_with(&dir, USB_MODULES, &format!("usb-{device}"));
+    let script =
+        TABLET_SCRIPT.replace("USB Tablet", &format!("USB {name}")).replace("T:tablet", &format!("T:{device}"));
     let append = format!("console=ttyS0 ferrovm.poweroff=1 ferrovm.cmd={}", encode::base64(script.as_bytes()));
     let kernel = dir.join("vmlinuz-generic");
-    let args = ["--usb-device", "mouse", "--kernel", kernel.to_str().unwrap(), "--initrd", initrd.to_str().unwrap()];
-    let vm = Vm::start("usb-mouse", "", &[&args[..], &["--append", &append]].concat());
-    vm.wait_serial("T:mouse event", 240);
-    assert!(vm.serial().contains("QEMU USB Mouse"), "the mouse's name:\n{}", vm.serial());
+    let args = ["--usb-device", device, "--kernel", kernel.to_str().unwrap(), "--initrd", initrd.to_str().unwrap()];
+    let vm = Vm::start(&format!("usb-{device}"), "", &[&args[..], &["--append", &append]].concat());
+    vm.wait_serial(&format!("T:{device} event"), 240);
+    assert!(vm.serial().contains(&format!("QEMU USB {name}")), "the {device}'s name:\n{}", vm.serial());
     let mut c = rfb_connect(vm.display, None).expect("a VNC client connects");
     c.request(false).unwrap();
     let _ = c.read_update();
-    // The first position only sets where the pointer is; each move after
-    // it is 10 right and 5 down.
-    // The guest reads six events (two moves) and powers off, which may
-    // close the connection before the last moves are sent.
+    eprintln!("screen {}x{}", c.size.0, c.size.1);
     for i in 0..6u16 {
-        if c.pointer(100 + 10 * i, 80 + 5 * i, 0).is_err() {
-            assert!(i > 2, "the connection closed after {i} moves");
+        let (x, y) = at(i, c.size);
+        if c.pointer(x, y, 0).is_err() {
+            assert!(i >= min_moves, "the connection closed after {i} moves");
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -618,12 +560,33 @@ fn a_usb_mouse_moved_over_vnc_reaches_linux_input_layer_as_relative_motion() {
     assert!(!out.contains("T:insmod"), "the modules load:\n{out}");
     let events = input_events(&out);
     eprintln!("input events (type, code, value): {events:?}");
+    let (status, err) = vm.wait(60);
+    assert_eq!(status, Some(0), "the guest powers off: {err}");
+    Some((events, out))
+}
+
+#[test]
+fn a_usb_tablet_moved_over_vnc_reaches_linux_input_layer() {
+    let Some((events, out)) = usb_pointer_events("tablet", "Tablet", 2, |i, (w, h)| (w / 8 * (i + 1), h / 8 * (i + 1)))
+    else {
+        return;
+    };
+    // EV_ABS (3) with ABS_X (0) and ABS_Y (1).
+    let has = |code| events.iter().any(|&(t, c, _)| (t, c) == (3, code));
+    assert!(has(0) && has(1), "EV_ABS X and Y from the tablet: {events:?}\n{out}");
+}
+
+#[test]
+fn a_usb_mouse_moved_over_vnc_reaches_linux_input_layer_as_relative_motion() {
+    // The first position only sets where the pointer is; each move after
+    // it is 10 right and 5 down.
+    let Some((events, out)) = usb_pointer_events("mouse", "Mouse", 3, |i, _| (100 + 10 * i, 80 + 5 * i)) else {
+        return;
+    };
     // EV_REL (2): REL_X (0) right, REL_Y (1) down; no EV_ABS (3).
     assert!(events.iter().any(|&(t, c, v)| (t, c) == (2, 0) && v > 0), "EV_REL X from the mouse: {events:?}\n{out}");
     assert!(events.iter().any(|&(t, c, v)| (t, c) == (2, 1) && v > 0), "EV_REL Y from the mouse: {events:?}\n{out}");
     assert!(events.iter().all(|&(t, _, _)| t != 3), "a mouse reports no absolute axes: {events:?}");
-    let (status, err) = vm.wait(60);
-    assert_eq!(status, Some(0), "the guest powers off: {err}");
 }
 
 #[test]
