@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ferrovm_bench::disk::{IDE_MODULES, VIRTIO_MODULES};
 use iced_x86::code_asm::*;
 
 #[path = "guest/encode.rs"]
@@ -608,24 +609,6 @@ while [ $i -lt 2000 ]; do
 done
 "#;
 
-const VIRTIO_MODULES: &str = "virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk";
-/// The generic kernel's modules for an IDE disk on the PIIX3, in insmod
-/// order.
-const IDE_MODULES: &[&str] = &[
-    "scsi_common",
-    "scsi_mod",
-    "libata",
-    "ata_piix",
-    "crct10dif_common",
-    "crct10dif_generic",
-    "crc-t10dif",
-    "crc64",
-    "crc64_rocksoft_generic",
-    "crc64-rocksoft",
-    "t10-pi",
-    "sd_mod",
-];
-
 /// ferrovm is killed (SIGKILL) while the guest writes and fsyncs records
 /// to a qcow2 overlay on virtio-blk: every record the guest saw
 /// acknowledged is in the image afterwards, and `qemu-img check` finds no
@@ -650,7 +633,7 @@ fn killed_while_writing_to(accel: &str, ide: bool, format: &str) {
         images::initrd_with_modules(&dir, IDE_MODULES, &work.join("ide-mods"), &out);
         (out, IDE_MODULES.join(" "), "/dev/sda")
     } else {
-        (initrd(&dir, &work), VIRTIO_MODULES.to_string(), "/dev/vda")
+        (initrd(&dir, &work), VIRTIO_MODULES.join(" "), "/dev/vda")
     };
     let base = work.join("base.raw");
     let _ = std::fs::remove_file(&base);

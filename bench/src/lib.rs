@@ -51,9 +51,9 @@ pub struct BenchArgs {
     /// loop, hashes, gzip), per engine and under QEMU TCG when installed.
     #[arg(long, conflicts_with = "net")]
     pub work: bool,
-    /// Measure virtio-blk inside a Linux guest instead: sequential write
-    /// and read in MiB/s and 4 KiB random-read IOPS, per engine and under
-    /// QEMU's virtio-blk when installed.
+    /// Measure disks inside a Linux guest instead, on virtio-blk and on
+    /// IDE: sequential write and read in MiB/s and 4 KiB random-read IOPS,
+    /// per engine and under QEMU's same bus when installed.
     #[arg(long, conflicts_with_all = ["net", "work"])]
     pub disk: bool,
     /// Measure vCPU scaling instead: N parallel CPU-bound jobs in a guest

@@ -978,7 +978,18 @@ pub fn fuzz_state_decoder(data: &[u8]) {
     let _ = m.load_saved(&saved, |_| Ok(()));
 }
 
-/// The machine [`fuzz_state_decoder`] restores into.
+/// Feeds `data` to the receiving end of a migration (`-incoming`), in
+/// either of its forms (a live stream: RAM records, their checksum, then
+/// the state; or a state file followed by the RAM), restoring into a fresh
+/// small machine: for a fuzz target. Never panics on any input (a panic is
+/// a bug).
+pub fn fuzz_migration_stream(data: &[u8]) {
+    let Some(mut m) = small_machine() else { return };
+    let _ = receive_stream(&mut m, &mut &data[..]);
+}
+
+/// The machine [`fuzz_state_decoder`] and [`fuzz_migration_stream`]
+/// restore into.
 fn small_machine() -> Option<Machine> {
     Machine::new(MachineConfig {
         mem: firmware::builtin::MIN_RAM,

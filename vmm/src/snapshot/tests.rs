@@ -26,6 +26,18 @@ fn ran_state() -> (Machine, SavedState) {
     (m, s)
 }
 
+/// Pseudo-random numbers (xorshift) from `seed`: the same inputs on every
+/// run.
+fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
 /// `data` with its header's checksum made right for its body.
 fn fix_crc(data: &mut [u8]) {
     let crc = CRC64.checksum(&data[HEADER_LEN..]);
@@ -96,14 +108,7 @@ fn a_state_of_another_machine_is_refused_and_changes_nothing() {
 fn the_fuzz_entry_takes_random_and_mutated_inputs_without_panicking() {
     let (_, state) = ran_state();
     let file = encode(&state).unwrap();
-    // xorshift: the same inputs on every run.
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
     for i in 0..200 {
         let len = (next() % 200) as usize;
         let mut data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
@@ -124,6 +129,68 @@ fn the_fuzz_entry_takes_random_and_mutated_inputs_without_panicking() {
         }
         fix_crc(&mut data);
         fuzz_state_decoder(&data);
+    }
+}
+
+/// A live migration stream for [`small_machine`], as `LiveSender` writes
+/// one: the header, a page of data, a zero record, the end, the RAM's
+/// checksum, then the state file.
+fn live_stream(state: &SavedState, ram_size: u64) -> Vec<u8> {
+    let mut s = Vec::new();
+    s.extend_from_slice(&live::LIVE_MAGIC);
+    s.extend_from_slice(&live::LIVE_VERSION.to_le_bytes());
+    s.extend_from_slice(&0u32.to_le_bytes());
+    s.extend_from_slice(&ram_size.to_le_bytes());
+    s.extend_from_slice(&0x2000u64.to_le_bytes());
+    s.extend_from_slice(&4096u64.to_le_bytes());
+    s.extend((0..4096u32).map(|i| (i % 251) as u8));
+    s.extend_from_slice(&0x4000u64.to_le_bytes());
+    s.extend_from_slice(&(8192 | live::ZERO_RECORD).to_le_bytes());
+    s.extend_from_slice(&u64::MAX.to_le_bytes());
+    s.extend_from_slice(&0u64.to_le_bytes());
+    let sum = CRC64_FAST.checksum(&s);
+    s.extend_from_slice(&sum.to_le_bytes());
+    s.extend(encode(state).unwrap());
+    s
+}
+
+/// The migration stream's fuzz entry: a good live stream restores, and
+/// every damaged, cut or random stream is an error, never a panic.
+#[test]
+fn the_migration_stream_fuzz_entry_refuses_damage_without_panicking() {
+    let mut src = small_machine().unwrap();
+    let stopped = Stopped { vcpus: vec![CpuState::reset()], paused: true, engine_blocker: None };
+    let state = src.capture(&stopped).unwrap();
+    let ram = src.mem.ram_size();
+    let good = live_stream(&state, ram);
+    src.mem.write(0x4000, &[0xee; 16]).unwrap();
+    let (restored, stats, live) = receive_stream(&mut src, &mut &good[..]).unwrap();
+    assert!(live);
+    assert_eq!((restored.vcpus.len(), stats.written), (1, 4096));
+    assert_eq!(src.mem.read_u8(0x2000 + 252).unwrap(), 1);
+    assert_eq!(src.mem.read_u8(0x4000).unwrap(), 0, "a zero record clears its pages");
+    fuzz_migration_stream(&good);
+
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+    for _ in 0..120 {
+        let mut bad = good.clone();
+        let at = (next() as usize) % bad.len();
+        bad[at] ^= 1 + (next() % 255) as u8;
+        assert!(receive_stream(&mut small_machine().unwrap(), &mut &bad[..]).is_err(), "byte {at} changed");
+        fuzz_migration_stream(&bad);
+        let cut = (next() as usize) % good.len();
+        assert!(receive_stream(&mut small_machine().unwrap(), &mut &good[..cut]).is_err(), "cut at {cut}");
+    }
+    for i in 0..60 {
+        let len = (next() % 300) as usize;
+        let mut data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if i % 2 == 0 && len >= 32 {
+            // A good header over random records.
+            data[..16].copy_from_slice(&live::LIVE_MAGIC);
+            data[16..20].copy_from_slice(&live::LIVE_VERSION.to_le_bytes());
+            data[24..32].copy_from_slice(&ram.to_le_bytes());
+        }
+        fuzz_migration_stream(&data);
     }
 }
 
