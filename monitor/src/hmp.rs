@@ -25,6 +25,8 @@ const HELP: &[(&str, &str)] = &[
     ("loadvm tag", "restore a VM snapshot from its tag"),
     ("migrate [-d] uri", "migrate to URI"),
     ("migrate_cancel", "cancel the current VM migration"),
+    ("migrate_set_capability capability state", "enable/disable a migration capability (on|off)"),
+    ("migrate_set_parameter parameter value", "set a migration parameter"),
     ("nmi", "inject an NMI"),
     ("quit|q", "quit the emulator"),
     ("savevm [tag]", "save a VM snapshot (a tag is generated if none is given)"),
@@ -431,6 +433,39 @@ fn info(mon: &Monitor, line_words: &[String]) -> String {
     }
 }
 
+/// The value of HMP's `migrate_set_parameter NAME VALUE` for the
+/// parameters ferrovm takes: `downtime-limit` in milliseconds, the
+/// throttle's percentages, and `max-bandwidth` as a size in bytes per
+/// second whose unit is MiB when none is given (`100`, `100M`, `1G`,
+/// `512K`, `800000B`), as QEMU reads it.
+fn migration_parameter(name: &str, value: &str) -> Result<u64, String> {
+    let int = || value.parse::<u64>().map_err(|_| format!("Error: Parameter '{name}' expects a non-negative integer"));
+    match name {
+        "downtime-limit" | "cpu-throttle-initial" | "cpu-throttle-increment" => int(),
+        "max-bandwidth" => {
+            let (digits, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len()));
+            let shift = match unit.to_ascii_uppercase().as_str() {
+                "B" => 0,
+                "K" => 10,
+                "" | "M" => 20,
+                "G" => 30,
+                "T" => 40,
+                _ => return Err(format!("Error: Parameter '{name}' expects a size, such as 100M")),
+            };
+            digits
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| n.checked_mul(1 << shift))
+                .filter(|n| i64::try_from(*n).is_ok())
+                .ok_or_else(|| format!("Error: Parameter '{name}' expects a size, such as 100M"))
+        }
+        _ => Err(format!(
+            "Error: migrate_set_parameter: '{name}' is not a parameter ferrovm takes (downtime-limit, max-bandwidth, \
+             cpu-throttle-initial, cpu-throttle-increment)"
+        )),
+    }
+}
+
 fn default_snapshot_name() -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (y, mo, d, h, mi, se) = utc(i64::try_from(now).unwrap_or(0));
@@ -492,6 +527,22 @@ fn run_line_inner(mon: &Monitor, line: &str) -> Result<Option<String>, String> {
             let w = simple("d", "")?;
             w.count(1, 1, "string")?;
             exec(mon, Command::Migrate { uri: w.pos[0].clone() })
+        }
+        "migrate_set_capability" => {
+            let w = simple("", "")?;
+            w.count(2, 2, "capability")?;
+            let state = match w.pos[1].as_str() {
+                "on" | "true" | "yes" => true,
+                "off" | "false" | "no" => false,
+                v => return Err(format!("Error: Parameter 'state' expects 'on' or 'off', not '{v}'")),
+            };
+            exec(mon, Command::MigrateSetCapabilities { capabilities: vec![(w.pos[0].clone(), state)] })
+        }
+        "migrate_set_parameter" => {
+            let w = simple("", "")?;
+            w.count(2, 2, "parameter")?;
+            let value = migration_parameter(&w.pos[0], &w.pos[1])?;
+            exec(mon, Command::MigrateSetParameters { parameters: vec![(w.pos[0].clone(), value)] })
         }
         "screendump" => {
             let w = simple("", "f")?;

@@ -520,6 +520,11 @@ fn hmp_commands_map_to_commands() {
         "set_password vnc \"two words\"",
         "system_reset",
         "system_powerdown",
+        "migrate_set_capability auto-converge on",
+        "migrate_set_parameter downtime-limit 50",
+        "migrate_set_parameter max-bandwidth 100",
+        "migrate_set_parameter max-bandwidth 512K",
+        "migrate_set_parameter cpu-throttle-increment 5",
     ] {
         assert_eq!(mon.hmp_command(line), "", "{line}");
     }
@@ -545,8 +550,25 @@ fn hmp_commands_map_to_commands() {
             Command::SetPassword { protocol: "vnc".into(), password: "two words".into() },
             Command::SystemReset,
             Command::SystemPowerdown,
+            Command::MigrateSetCapabilities { capabilities: vec![("auto-converge".into(), true)] },
+            Command::MigrateSetParameters { parameters: vec![("downtime-limit".into(), 50)] },
+            Command::MigrateSetParameters { parameters: vec![("max-bandwidth".into(), 100 << 20)] },
+            Command::MigrateSetParameters { parameters: vec![("max-bandwidth".into(), 512 << 10)] },
+            Command::MigrateSetParameters { parameters: vec![("cpu-throttle-increment".into(), 5)] },
         ]
     );
+    mock.log.lock().clear();
+    for (line, error) in [
+        ("migrate_set_capability auto-converge maybe", "Parameter 'state' expects 'on' or 'off', not 'maybe'"),
+        ("migrate_set_parameter downtime-limit 1.5", "Parameter 'downtime-limit' expects a non-negative integer"),
+        ("migrate_set_parameter max-bandwidth 10X", "Parameter 'max-bandwidth' expects a size, such as 100M"),
+        ("migrate_set_parameter max-bandwidth 99999999999T", "Parameter 'max-bandwidth' expects a size, such as 100M"),
+        ("migrate_set_parameter multifd-channels 4", "'multifd-channels' is not a parameter ferrovm takes"),
+    ] {
+        let out = mon.hmp_command(line);
+        assert!(out.starts_with("Error: ") && out.contains(error), "{line}: {out}");
+    }
+    assert!(mock.log().is_empty(), "a refused line runs nothing");
     mock.log.lock().clear();
     assert_eq!(mon.hmp_command("savevm"), "");
     assert!(matches!(&mock.log()[0], Command::SaveVm { name } if name.starts_with("vm-2") && name.len() == 17));

@@ -16,7 +16,7 @@
 //! | `eject`, `blockdev-change-medium` | the IDE CD-ROMs (`ide1-cd0` is `-cdrom`'s drive); `DEVICE_TRAY_MOVED` |
 //! | `set_password vnc` | the VNC server's password |
 //! | `savevm`, `loadvm`, `delvm`, `info snapshots` | snapshots inside the machine's qcow2 disks, as QEMU keeps them (`crate::snapshot::qcow2`), or, for a machine without one, in the `--snapshot-dir` directory (`crate::snapshot`); `loadvm` leaves the guest running or paused as it was saved |
-//! | `migrate`, `query-migrate`, `migrate_cancel`, `migrate-set-capabilities` (`auto-converge`), `migrate-set-parameters` (`downtime-limit`, `max-bandwidth`, `cpu-throttle-initial`, `cpu-throttle-increment`) | a live migration to `exec:CMD`, `unix:PATH` or `tcp:HOST:PORT` ([`crate::snapshot::live`]): RAM goes while the guest runs, then the pages it dirtied, round after round, then the guest stops for the last pages and its state, and stays stopped ("postmigrate"); `migrate_cancel` lets it run on; `MIGRATION` events |
+//! | `migrate`, `query-migrate`, `migrate_cancel`, `migrate-set-capabilities` (`auto-converge`; HMP `migrate_set_capability`), `migrate-set-parameters` (`downtime-limit`, `max-bandwidth`, `cpu-throttle-initial`, `cpu-throttle-increment`; HMP `migrate_set_parameter`) | a live migration to `exec:CMD`, `unix:PATH` or `tcp:HOST:PORT` ([`crate::snapshot::live`]): RAM goes while the guest runs, then the pages it dirtied, round after round, then the guest stops for the last pages and its state, and stays stopped ("postmigrate"); `migrate_cancel` lets it run on; `MIGRATION` events |
 //!
 //! Snapshots and migration stop every vCPU for their work
 //! ([`crate::RunControl::request`]), which needs the machine to run under
