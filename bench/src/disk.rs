@@ -23,13 +23,14 @@ use std::time::Duration;
 use crate::work::{base64, time_work, DONE, START};
 
 /// A disk bus of the benchmark: the guest's modules for it (in insmod
-/// order), the disk's device, and the `-drive` interface that puts the
-/// disk on it.
+/// order), the disk's device, the `-drive` interface that puts the disk
+/// on it, and whether its table has the interpreter's row.
 struct Bus {
     name: &'static str,
     modules: &'static [&'static str],
     dev: &'static str,
     interface: &'static str,
+    interp: bool,
 }
 
 /// The generic kernel's modules for a virtio-blk disk, in insmod order.
@@ -53,9 +54,13 @@ pub const IDE_MODULES: &[&str] = &[
     "sd_mod",
 ];
 
-const VIRTIO: Bus = Bus { name: "virtio-blk", modules: VIRTIO_MODULES, dev: "/dev/vda", interface: "virtio" };
+const VIRTIO: Bus =
+    Bus { name: "virtio-blk", modules: VIRTIO_MODULES, dev: "/dev/vda", interface: "virtio", interp: true };
 
-const IDE: Bus = Bus { name: "IDE (PIIX3, bus-master DMA)", modules: IDE_MODULES, dev: "/dev/sda", interface: "ide" };
+/// The interpreter's figures are a property of the interpreter, not of
+/// the bus: the IDE table leaves its minutes-long boot out.
+const IDE: Bus =
+    Bus { name: "IDE (PIIX3, bus-master DMA)", modules: IDE_MODULES, dev: "/dev/sda", interface: "ide", interp: false };
 
 const IMAGE_MIB: u64 = 256;
 const SEQ_MIB: u64 = 128;
@@ -176,7 +181,7 @@ fn initrd(images: &Path, dir: &Path) -> Result<PathBuf, String> {
     let mut data = std::fs::read(images.join("initramfs.cpio.gz")).map_err(|e| format!("initramfs.cpio.gz: {e}"))?;
     data.extend(std::fs::read(images.join("ioping.cpio.gz")).map_err(|e| format!("ioping.cpio.gz: {e}"))?);
     let mut files = Vec::new();
-    for m in VIRTIO.modules.iter().chain(IDE.modules) {
+    for m in VIRTIO_MODULES.iter().chain(IDE_MODULES) {
         let ko = find_module(&images.join("modules-generic/kernel"), m).ok_or(format!("module {m}.ko not found"))?;
         files.push((format!("lib/modules/{m}.ko"), std::fs::read(&ko).map_err(|e| format!("{}: {e}", ko.display()))?));
     }
@@ -262,17 +267,16 @@ pub fn run(args: &crate::BenchArgs) -> i32 {
         println!("QEMU column skipped: qemu-system-x86_64 is not on PATH (Debian package qemu-system-x86)\n");
     }
     let mut status = 0;
+    let limit = Duration::from_secs(args.boot_timeout);
+    let ctx = Ctx { q: q.as_deref(), kernel: &kernel, initrd: &initrd, dir: &dir, runs, limit };
     for bus in [&VIRTIO, &IDE] {
-        // The interpreter's figures are a property of the interpreter, not
-        // of the bus: the IDE table leaves its minutes-long boot out.
-        let mut engines: Vec<&str> = if std::ptr::eq(bus, &VIRTIO) { vec!["interp", "jit"] } else { vec!["jit"] };
+        let mut engines: Vec<&str> = if bus.interp { vec!["interp", "jit"] } else { vec!["jit"] };
         if kvm {
             engines.push("kvm");
         }
         if q.is_some() {
             engines.push("qemu");
         }
-        let ctx = Ctx { q: q.as_deref(), kernel: &kernel, initrd: &initrd, dir: &dir, runs, args };
         status |= table(&ctx, bus, &engines);
     }
     println!("ratios of rates (above 1: ferrovm is faster)");
@@ -287,13 +291,13 @@ struct Ctx<'a> {
     initrd: &'a Path,
     dir: &'a Path,
     runs: usize,
-    args: &'a crate::BenchArgs,
+    /// How long one boot may take to print its results.
+    limit: Duration,
 }
 
 /// Measure and print one bus's table; its exit status.
 fn table(c: &Ctx<'_>, bus: &Bus, engines: &[&str]) -> i32 {
     println!("{}, {}:", bus.name, bus.dev);
-    let limit = Duration::from_secs(c.args.boot_timeout);
     let append = format!("console=ttyS0 quiet ferrovm.poweroff=1 ferrovm.cmd={}", base64(script(bus).as_bytes()));
     let mut status = 0;
     // Per engine: the median of each workload's figure, and of ioping's
@@ -313,7 +317,7 @@ fn table(c: &Ctx<'_>, bus: &Bus, engines: &[&str]) -> i32 {
         let mut figures: Vec<Vec<f64>> = vec![Vec::new(); work.len()];
         let mut ratios = Vec::new();
         for _ in 0..c.runs {
-            let out = match time_work(&cmd, limit) {
+            let out = match time_work(&cmd, c.limit) {
                 Ok(v) => v,
                 Err(err) => {
                     eprintln!("ferrovm bench --disk: {} under {e}: {err}", bus.name);

@@ -439,31 +439,31 @@ fn info(mon: &Monitor, line_words: &[String]) -> String {
 /// second whose unit is MiB when none is given (`100`, `100M`, `1G`,
 /// `512K`, `800000B`), as QEMU reads it.
 fn migration_parameter(name: &str, value: &str) -> Result<u64, String> {
-    let int = || value.parse::<u64>().map_err(|_| format!("Error: Parameter '{name}' expects a non-negative integer"));
-    match name {
-        "downtime-limit" | "cpu-throttle-initial" | "cpu-throttle-increment" => int(),
-        "max-bandwidth" => {
-            let (digits, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len()));
-            let shift = match unit.to_ascii_uppercase().as_str() {
-                "B" => 0,
-                "K" => 10,
-                "" | "M" => 20,
-                "G" => 30,
-                "T" => 40,
-                _ => return Err(format!("Error: Parameter '{name}' expects a size, such as 100M")),
-            };
-            digits
-                .parse::<u64>()
-                .ok()
-                .and_then(|n| n.checked_mul(1 << shift))
-                .filter(|n| i64::try_from(*n).is_ok())
-                .ok_or_else(|| format!("Error: Parameter '{name}' expects a size, such as 100M"))
-        }
-        _ => Err(format!(
-            "Error: migrate_set_parameter: '{name}' is not a parameter ferrovm takes (downtime-limit, max-bandwidth, \
-             cpu-throttle-initial, cpu-throttle-increment)"
-        )),
+    if !crate::MIGRATION_PARAMETERS.contains(&name) {
+        return Err(format!(
+            "Error: migrate_set_parameter: '{name}' is not a parameter ferrovm takes ({})",
+            crate::MIGRATION_PARAMETERS.join(", ")
+        ));
     }
+    if name != "max-bandwidth" {
+        return value.parse::<u64>().map_err(|_| format!("Error: Parameter '{name}' expects a non-negative integer"));
+    }
+    let bad_size = || format!("Error: Parameter '{name}' expects a size, such as 100M");
+    let (digits, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len()));
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "B" => 0,
+        "K" => 10,
+        "" | "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(bad_size()),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|n| i64::try_from(*n).is_ok())
+        .ok_or_else(bad_size)
 }
 
 fn default_snapshot_name() -> String {

@@ -394,6 +394,12 @@ pub const MAX_QMP_MESSAGE: usize = 1 << 20;
 /// Events queued for a slow QMP client before further events to it are dropped.
 const EVENT_QUEUE: usize = 1024;
 
+/// The migration parameters the monitors take (QMP's
+/// `migrate-set-parameters`, HMP's `migrate_set_parameter`), QEMU's names,
+/// each a non-negative integer ([`Command::MigrateSetParameters`]).
+const MIGRATION_PARAMETERS: [&str; 4] =
+    ["downtime-limit", "max-bandwidth", "cpu-throttle-initial", "cpu-throttle-increment"];
+
 /// Output queue of one QMP client, shared with [`Monitor::emit`].
 struct QmpClient {
     id: u64,

@@ -243,7 +243,7 @@ fn parse_command(name: &str, args: Map<String, Value>) -> Result<Option<Action>,
         }
         "migrate-set-parameters" => {
             let mut parameters = Vec::new();
-            for k in ["downtime-limit", "max-bandwidth", "cpu-throttle-initial", "cpu-throttle-increment"] {
+            for k in crate::MIGRATION_PARAMETERS {
                 if let Some(v) = a.opt_int(k)? {
                     let v = u64::try_from(v)
                         .map_err(|_| QmpError::generic(format!("Parameter '{k}' expects a non-negative integer")))?;

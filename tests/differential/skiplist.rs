@@ -91,25 +91,16 @@ impl Mismatch<'_> {
     /// KVM's bytes as a run of `bytes`.
     fn kvm_wrote_only(&self, bytes: &[u8]) -> bool {
         self.diffs.iter().filter(|d| d.starts_with("memory")).all(|d| {
-            let kvm: Option<Vec<u8>> = d
-                .split("kvm=")
-                .nth(1)
-                .map(|b| b.split_whitespace().filter_map(|x| u8::from_str_radix(x, 16).ok()).collect());
-            kvm.is_some_and(|b| !b.is_empty() && bytes.windows(b.len()).any(|w| w == b.as_slice()))
+            let kvm = side_bytes(d, "kvm=");
+            !kvm.is_empty() && bytes.windows(kvm.len()).any(|w| w == kvm.as_slice())
         })
     }
     /// Every memory difference ("memory A..B: interp=.. kvm=..") is in
     /// the bits of `mask` alone, byte by byte, and at least one is.
     fn memory_differs_in_bits(&self, mask: u8) -> bool {
-        let bytes = |d: &str, side: &str| -> Vec<u8> {
-            d.split(side)
-                .nth(1)
-                .map(|b| b.split_whitespace().map_while(|x| u8::from_str_radix(x, 16).ok()).collect())
-                .unwrap_or_default()
-        };
         let mut any = false;
         let all = self.diffs.iter().filter(|d| d.starts_with("memory")).all(|d| {
-            let (i, k) = (bytes(d, "interp="), bytes(d, "kvm="));
+            let (i, k) = (side_bytes(d, "interp="), side_bytes(d, "kvm="));
             any |= i.iter().zip(&k).any(|(a, b)| a != b);
             !i.is_empty() && i.len() == k.len() && i.iter().zip(&k).all(|(a, b)| (a ^ b) & !mask == 0)
         });
@@ -635,6 +626,16 @@ pub const KNOWN: &[Known] = &[
         },
     },
 ];
+
+/// The bytes one side (`interp=` or `kvm=`) shows in a memory difference
+/// ("memory A..B: interp=4a 0b kvm=0a 0b"), up to the next word that is
+/// not a hex byte.
+fn side_bytes(diff: &str, side: &str) -> Vec<u8> {
+    diff.split(side)
+        .nth(1)
+        .map(|b| b.split_whitespace().map_while(|x| u8::from_str_radix(x, 16).ok()).collect())
+        .unwrap_or_default()
+}
 
 fn is_rep_cmps_scas(i: &Instruction) -> bool {
     (i.has_repe_prefix() || i.has_repne_prefix()) && crate::gen::is_cmps_scas(i.mnemonic())
