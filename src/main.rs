@@ -39,6 +39,11 @@ fn read_file(path: &std::path::Path) -> Result<Vec<u8>, Error> {
     std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })
 }
 
+/// That `path` opens for reading, without reading it.
+fn check_readable(path: &std::path::Path) -> Result<(), Error> {
+    std::fs::File::open(path).map(drop).map_err(|source| Error::Read { path: path.to_path_buf(), source })
+}
+
 /// Opens the images of `--disk` and `--cdrom` (with their backing chains,
 /// locked), each where it asked to be attached.
 fn open_disks(specs: &[String], cdrom: Option<&std::path::Path>, snapshot: bool) -> Result<Vec<vmm::Drive>, Error> {
@@ -133,17 +138,33 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
             return Err(Error::Config(format!("--timeout {t}: expected a positive number of seconds")));
         }
     }
+    let from_saved_state = args.restore.is_some() || args.incoming.is_some() || args.loadvm.is_some();
     let firmware = match (&args.bios, &args.kernel) {
         (Some(p), _) => {
             let image = read_file(p)?;
             bios::check_image(&image, Some(p))?;
             Firmware::Bios(image)
         }
+        // RAM from saved state: the kernel is not loaded, and its files are
+        // only checked (a restore does not wait for 14 MiB to be read and
+        // decompressed into RAM that the snapshot then replaces).
+        (None, Some(k)) if from_saved_state => {
+            check_readable(k)?;
+            args.initrd.as_deref().map(check_readable).transpose()?;
+            Firmware::Kernel(vmm::KernelImage {
+                kernel: Vec::new(),
+                initrd: None,
+                cmdline: args.append.clone().unwrap_or_default(),
+                path: args.kernel_boot.path(),
+                load: false,
+            })
+        }
         (None, Some(k)) => Firmware::Kernel(vmm::KernelImage {
             kernel: read_file(k)?,
             initrd: args.initrd.as_deref().map(read_file).transpose()?,
             cmdline: args.append.clone().unwrap_or_default(),
             path: args.kernel_boot.path(),
+            load: true,
         }),
         // A disk and no kernel: the disk boots through SeaBIOS.
         (None, None) if !disks.is_empty() => Firmware::Bios(bios::default_bios()?),
@@ -205,7 +226,7 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         let since = PROCESS_START.get().map_or(Duration::ZERO, std::time::Instant::elapsed);
         eprintln!(
             "ferrovm: the restored guest {} {:.1} ms after the process started",
-            if paused { "waits for cont" } else { "runs" },
+            if paused { "waits for cont" } else { "is ready" },
             since.as_secs_f64() * 1e3
         );
     }
@@ -231,6 +252,8 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
     if args.daemonize {
         daemon::ready()?;
     }
+    quit_on_signals(machine.events.clone(), backend.clone())?;
+    let restored_running = restored.is_some() && !paused;
     let report = machine.run_lifecycle(kind, restored.map(|r| r.vcpus))?;
     devices::console::restore_terminal();
     // The monitors may keep the display past the return: its Unix socket goes now.
@@ -238,14 +261,21 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         server.remove_unix_socket();
     }
     if let Some(b) = &backend {
-        // No message: the guest powered off (or reset under --no-reboot).
-        let guest = report.message.is_none();
-        b.run_ended(guest, if guest { "guest-shutdown" } else { "host-error" });
+        // The guest powered off (or reset under --no-reboot), or a
+        // monitor's reset ended it; else a timeout or an error.
+        let reason = report.shutdown.unwrap_or("host-error");
+        b.run_ended(reason.starts_with("guest-"), reason);
     }
     if let Some(m) = &report.message {
         eprintln!("ferrovm: {m}");
     }
     if args.stats {
+        if let (true, Some(first), Some(start)) = (restored_running, machine.first_run(), PROCESS_START.get()) {
+            eprintln!(
+                "ferrovm: the restored guest runs: its first instruction {:.1} ms after the process started",
+                first.saturating_duration_since(*start).as_secs_f64() * 1e3
+            );
+        }
         eprintln!("ferrovm: accel {}, {:.3} s", report.accel, report.total.as_secs_f64());
         for line in &report.stats {
             eprintln!("ferrovm: {line}");
@@ -551,6 +581,42 @@ fn usb_config(args: &RunArgs) -> Option<Vec<devices::usb::UsbDeviceKind>> {
 
 /// The machine's monitor back end and the monitors on it.
 type Monitors = (Arc<vmm::monitor::MachineBackend>, Arc<monitor::Monitor>);
+
+/// SIGTERM, SIGINT and SIGHUP end the run as they end QEMU's: the first
+/// one quits cleanly, as QMP's `quit` does (the disks flushed, the
+/// monitors told `SHUTDOWN` with reason `host-signal`, the terminal, the
+/// sockets and the pidfile put back or removed, exit status 0), even when
+/// the guest is stopped; a second one ends the process at once.
+fn quit_on_signals(
+    events: Arc<devices::power::VmEvents>,
+    backend: Option<Arc<vmm::monitor::MachineBackend>>,
+) -> Result<(), Error> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+    let what = "host-signals";
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|source| Error::Thread { what, source })?;
+    std::thread::Builder::new()
+        .name(what.into())
+        .spawn(move || {
+            let mut each = signals.forever();
+            if let Some(first) = each.next() {
+                eprintln!("ferrovm: terminating on signal {first}");
+                match &backend {
+                    Some(b) => b.quit("host-signal"),
+                    None => {
+                        events.request(devices::power::VmEvent::Quit);
+                    }
+                }
+            }
+            if let Some(again) = each.next() {
+                devices::console::restore_terminal();
+                std::process::exit(128 + again);
+            }
+        })
+        .map(drop)
+        .map_err(|source| Error::Thread { what, source })
+}
 
 /// Starts the QMP and HMP monitors `args` ask for (`--qmp`, `--monitor`,
 /// and the one of `--serial mon:stdio`, which the console's input thread

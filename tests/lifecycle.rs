@@ -11,6 +11,10 @@
 //!   QMP client finds it running and quits it, and the pidfile goes with
 //!   it; a set-up error (a missing disk) makes the command fail with the
 //!   error instead, and stdio with -daemonize is refused.
+//! - SIGTERM and SIGINT quit cleanly (`SHUTDOWN`, cause host-signal,
+//!   status 0, the pidfile removed), running or stopped; under
+//!   `-no-reboot` `system_reset` is a shutdown (host-qmp-system-reset),
+//!   a stop with `-no-shutdown`.
 //! - `-serial mon:stdio` (and `-nographic`, which means it): `Ctrl-A c`
 //!   gives the keys to the human monitor (`info status`, `stop`, `cont`)
 //!   and back to the guest, `Ctrl-A Ctrl-A` sends one Ctrl-A, and
@@ -159,6 +163,24 @@ impl Drop for Proc {
     }
 }
 
+/// `ferrovm qemu -nodefaults -bios ROM` with `extra`, COM1 into `serial`
+/// and QMP on `sock`, connected.
+fn with_qmp(rom: &Path, serial: &Path, sock: &Path, extra: &[&str]) -> (Proc, Qmp) {
+    let vm = Proc(
+        qemu(&["-nodefaults", "-bios", rom.to_str().unwrap()])
+            .args(extra)
+            .args(["-serial", &format!("file:{}", serial.display())])
+            .args(["-qmp", &format!("unix:{},server=on,wait=off", sock.display())])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ferrovm starts"),
+    );
+    let q = Qmp::connect(sock);
+    (vm, q)
+}
+
 fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
 }
@@ -169,17 +191,7 @@ fn no_shutdown_keeps_a_powered_off_guest_until_reset_and_quit() {
     let dir = tmp("no-shutdown");
     let rom = firmware(&dir, "lifecycle: boot\n", Then::PowerOff);
     let (serial, sock) = (dir.join("serial.log"), dir.join("qmp.sock"));
-    let mut vm = Proc(
-        qemu(&["-nodefaults", "-no-shutdown", "-S", "-bios", rom.to_str().unwrap()])
-            .args(["-serial", &format!("file:{}", serial.display())])
-            .args(["-qmp", &format!("unix:{},server=on,wait=off", sock.display())])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ferrovm starts"),
-    );
-    let mut q = Qmp::connect(&sock);
+    let (mut vm, mut q) = with_qmp(&rom, &serial, &sock, &["-no-shutdown", "-S"]);
     let status = |q: &mut Qmp| q.cmd(r#"{"execute":"query-status"}"#);
     assert_eq!(status(&mut q), r#"{"return":{"running":false,"singlestep":false,"status":"prelaunch"}}"#);
     assert_eq!(q.cmd(r#"{"execute":"cont"}"#), r#"{"return":{}}"#);
@@ -215,6 +227,80 @@ fn no_shutdown_keeps_a_powered_off_guest_until_reset_and_quit() {
     assert_eq!(q.cmd(r#"{"execute":"quit"}"#), r#"{"return":{}}"#);
     assert_eq!(vm.wait(20), Some(0), "quit ends the run with status 0");
     eprintln!("-no-shutdown: {:.1} s", t.elapsed().as_secs_f64());
+}
+
+/// Sends `signal` (a name `kill` takes) to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let st = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("kill runs");
+    assert!(st.success(), "kill -{signal} {pid}");
+}
+
+/// SIGTERM and SIGINT end the run as QMP's `quit` does, with QEMU's words
+/// and cause (`host-signal`), a running guest's and a stopped one's, and
+/// the pidfile goes. Under `-no-reboot` a monitor's `system_reset` is a
+/// shutdown (cause `host-qmp-system-reset`, no `RESET`): the run ends, or
+/// with `-no-shutdown` stops.
+#[test]
+fn signals_quit_cleanly_and_system_reset_under_no_reboot_shuts_down() {
+    let t = Instant::now();
+    let dir = tmp("signals");
+    let rom = firmware(&dir, "lifecycle: boot\n", Then::Halt);
+    let (serial, sock, pidfile) = (dir.join("serial.log"), dir.join("qmp.sock"), dir.join("vm.pid"));
+    let start = |extra: &[&str]| {
+        let _ = std::fs::remove_file(&serial);
+        with_qmp(&rom, &serial, &sock, extra)
+    };
+    let booted = || std::fs::read(&serial).map(|b| text(&b).contains("lifecycle: boot")).unwrap_or(false);
+
+    // A running guest, SIGTERM.
+    let (mut vm, mut q) = start(&["-pidfile", pidfile.to_str().unwrap()]);
+    wait_until("the guest's line", 30, booted);
+    assert!(pidfile.exists());
+    signal(vm.0.id(), "TERM");
+    let shutdown = q.event("SHUTDOWN");
+    assert!(shutdown.contains(r#""guest":false"#) && shutdown.contains(r#""reason":"host-signal""#), "{shutdown}");
+    assert_eq!(vm.wait(20), Some(0), "SIGTERM ends the run with status 0");
+    let err = vm.stderr();
+    assert!(err.contains("terminating on signal 15"), "{err}");
+    assert!(!pidfile.exists(), "the pidfile goes with the process");
+
+    // A guest stopped before it ran (-S), SIGINT.
+    let (mut vm, mut q) = start(&["-S"]);
+    assert!(q.cmd(r#"{"execute":"query-status"}"#).contains(r#""status":"prelaunch""#));
+    signal(vm.0.id(), "INT");
+    assert!(q.event("SHUTDOWN").contains(r#""reason":"host-signal""#));
+    assert_eq!(vm.wait(20), Some(0), "SIGINT ends a stopped run with status 0");
+    assert!(vm.stderr().contains("terminating on signal 2"));
+    assert!(!booted(), "the stopped guest never ran");
+
+    // -no-reboot: system_reset ends the run.
+    let (mut vm, mut q) = start(&["-no-reboot"]);
+    wait_until("the guest's line", 30, booted);
+    assert_eq!(q.cmd(r#"{"execute":"system_reset"}"#), r#"{"return":{}}"#);
+    let shutdown = q.event("SHUTDOWN");
+    assert!(
+        shutdown.contains(r#""guest":false"#) && shutdown.contains(r#""reason":"host-qmp-system-reset""#),
+        "{shutdown}"
+    );
+    assert_eq!(vm.wait(20), Some(0));
+    assert!(!q.events.iter().any(|e| e.contains(r#""event":"RESET""#)), "no RESET under -no-reboot: {:?}", q.events);
+
+    // -no-reboot -no-shutdown: system_reset stops it.
+    let (mut vm, mut q) = start(&["-no-reboot", "-no-shutdown"]);
+    wait_until("the guest's line", 30, booted);
+    assert_eq!(q.cmd(r#"{"execute":"system_reset"}"#), r#"{"return":{}}"#);
+    let shutdown = q.event("SHUTDOWN");
+    assert!(
+        shutdown.contains(r#""guest":false"#) && shutdown.contains(r#""reason":"host-qmp-system-reset""#),
+        "{shutdown}"
+    );
+    q.event("STOP");
+    assert!(q.cmd(r#"{"execute":"query-status"}"#).contains(r#""status":"shutdown""#));
+    assert_eq!(vm.wait(0), None, "-no-shutdown keeps the process");
+    assert_eq!(count(&text(&std::fs::read(&serial).unwrap()), "lifecycle: boot"), 1, "no reboot");
+    assert_eq!(q.cmd(r#"{"execute":"quit"}"#), r#"{"return":{}}"#);
+    assert_eq!(vm.wait(20), Some(0));
+    eprintln!("signals and system_reset under -no-reboot: {:.1} s", t.elapsed().as_secs_f64());
 }
 
 /// The state field of /proc/PID/stat, and the session ID.

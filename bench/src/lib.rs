@@ -9,7 +9,9 @@
 //! - [`disk`]: virtio-blk throughput and IOPS inside a Linux guest (`--disk`);
 //! - [`net`]: TCP throughput through the user-mode NAT (`--net`);
 //! - [`migration`]: live migration's downtime and total time over
-//!   loopback (`--migration`).
+//!   loopback (`--migration`);
+//! - [`restore`]: a saved guest's time to run again, and the memory of
+//!   its clones (`--restore`).
 //!
 //! Linux guests and QEMU run as child processes (a Linux guest under the
 //! `ferrovm` binary that calls this crate), so each of those measurements
@@ -23,6 +25,7 @@ pub mod disk;
 pub mod display;
 pub mod migration;
 pub mod net;
+pub mod restore;
 pub mod smp;
 pub mod work;
 
@@ -71,6 +74,11 @@ pub struct BenchArgs {
     /// loopback between two processes, and QEMU's on the same guest.
     #[arg(long, conflicts_with_all = ["net", "work", "disk", "smp", "display"])]
     pub migration: bool,
+    /// Measure restores instead: a 512 MiB guest's time from `--restore`
+    /// to its first instruction, `-incoming exec:` against QEMU's, and the
+    /// memory ten clones of one snapshot take.
+    #[arg(long, conflicts_with_all = ["net", "work", "disk", "smp", "display", "migration"])]
+    pub restore: bool,
     /// MiB moved each way by --net.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     pub net_mib: usize,
@@ -88,6 +96,8 @@ pub fn run(args: &BenchArgs) -> i32 {
         display::run(args)
     } else if args.migration {
         migration::run(args)
+    } else if args.restore {
+        restore::run(args)
     } else if let Some(n) = args.smp {
         smp::run(args, n)
     } else {

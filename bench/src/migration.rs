@@ -169,7 +169,7 @@ fn multiboot_elf(code: &[u8]) -> Vec<u8> {
 }
 
 /// A child killed when dropped.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -178,7 +178,7 @@ impl Drop for Proc {
     }
 }
 
-fn qmp_connect(path: &Path) -> Result<(BufReader<UnixStream>, UnixStream), String> {
+pub(crate) fn qmp_connect(path: &Path) -> Result<(BufReader<UnixStream>, UnixStream), String> {
     let until = Instant::now() + Duration::from_secs(30);
     let s = loop {
         match UnixStream::connect(path) {
@@ -197,7 +197,7 @@ fn qmp_connect(path: &Path) -> Result<(BufReader<UnixStream>, UnixStream), Strin
 }
 
 /// The reply to `cmd` (events skipped); an error reply is an `Err`.
-fn qmp(q: &mut (BufReader<UnixStream>, UnixStream), cmd: &str) -> Result<String, String> {
+pub(crate) fn qmp(q: &mut (BufReader<UnixStream>, UnixStream), cmd: &str) -> Result<String, String> {
     q.1.write_all(format!("{cmd}\n").as_bytes()).map_err(|e| e.to_string())?;
     loop {
         let mut l = String::new();
@@ -214,7 +214,7 @@ fn qmp(q: &mut (BufReader<UnixStream>, UnixStream), cmd: &str) -> Result<String,
 }
 
 /// A number field of a JSON text, by key.
-fn num(json: &str, key: &str) -> Option<f64> {
+pub(crate) fn num(json: &str, key: &str) -> Option<f64> {
     let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
     let rest = &json[at..];
     let end = rest.find([',', '}']).unwrap_or(rest.len());
@@ -298,12 +298,12 @@ fn once(dir: &Path, tag: &str, vm: VmLine) -> Result<(Duration, Duration), Strin
     Ok((downtime, total))
 }
 
-fn median(mut v: Vec<Duration>) -> Option<Duration> {
+pub(crate) fn median(mut v: Vec<Duration>) -> Option<Duration> {
     v.sort();
     v.get(v.len() / 2).copied()
 }
 
-fn ms(d: Option<Duration>) -> String {
+pub(crate) fn ms(d: Option<Duration>) -> String {
     d.map_or("-".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3))
 }
 

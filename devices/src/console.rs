@@ -10,8 +10,9 @@
 //!   other byte to the machine, or to the monitor while it has the focus.
 //! - [`enter_raw_mode`] puts an interactive terminal into raw mode, so keys
 //!   (Ctrl-C included) go to the guest, and makes sure the terminal comes back
-//!   on every way out: the guard's drop, a panic, SIGTERM/SIGHUP/SIGQUIT, and
-//!   [`restore_terminal`] before `std::process::exit`.
+//!   on every way out: the guard's drop, a panic, SIGQUIT, and
+//!   [`restore_terminal`] before `std::process::exit` (the binary ends the
+//!   run on SIGTERM, SIGINT and SIGHUP, and restores it then).
 
 use std::fmt;
 use std::fs::File;
@@ -56,7 +57,7 @@ pub enum ConsoleError {
     #[error("cannot put the terminal into raw mode: {0}; use --serial file:PATH or none")]
     SetTermios(nix::Error),
     /// The signal handlers that restore the terminal cannot be installed.
-    #[error("cannot install the SIGTERM/SIGHUP/SIGQUIT handlers that restore the terminal: {0}")]
+    #[error("cannot install the SIGQUIT handler that restores the terminal: {0}")]
     Signals(io::Error),
     /// A host I/O thread cannot be started.
     #[error("cannot start the {name} thread: {source}")]
@@ -390,13 +391,15 @@ fn raw_settings(original: &Termios) -> Termios {
 
 /// Installs, once, the panic hook and the signal thread that restore the terminal.
 fn install_restore_hooks() -> Result<(), ConsoleError> {
-    use signal_hook::consts::{SIGHUP, SIGQUIT, SIGTERM};
+    use signal_hook::consts::SIGQUIT;
 
     let mut installed = HOOKS_INSTALLED.lock();
     if *installed {
         return Ok(());
     }
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGHUP, SIGQUIT]).map_err(ConsoleError::Signals)?;
+    // SIGTERM, SIGINT and SIGHUP end the run cleanly (the binary's
+    // handler), which restores the terminal on its way out.
+    let mut signals = signal_hook::iterator::Signals::new([SIGQUIT]).map_err(ConsoleError::Signals)?;
     let name = "terminal-signals";
     std::thread::Builder::new()
         .name(name.to_string())

@@ -16,6 +16,11 @@
 //! The backends' wake fds are edge-triggered epoll sets, readable until the
 //! backend polls them; the models' [`IoPoll::poll`] always polls the
 //! backend, so a readable fd never makes the thread spin.
+//!
+//! [`IoThread::hold`] stands the thread still between two rounds of work,
+//! for as long as the returned [`IoHold`] lives: while the machine saves
+//! or loads its state, no frame or disk request moves guest memory or a
+//! model's state behind it.
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -28,7 +33,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{ppoll, PollFd, PollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::time::TimeSpec;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 /// A device model as the I/O thread drives it: a NIC, or a disk that serves
 /// its requests here.
@@ -91,6 +96,57 @@ struct KickInner {
     /// without a byte on the socket.
     awake: AtomicBool,
     tx: Mutex<UnixStream>,
+    /// [`IoThread::hold`]'s gate.
+    gate: Mutex<Gate>,
+    gate_cv: Condvar,
+}
+
+/// Holders of the I/O thread, and whether it is in a round of work.
+#[derive(Default)]
+struct Gate {
+    holders: u32,
+    working: bool,
+}
+
+impl KickInner {
+    /// Enters a round of work once no one holds the thread (or it stops).
+    fn enter_round(&self) {
+        let mut g = self.gate.lock();
+        while g.holders > 0 && !self.stop.load(Ordering::Acquire) {
+            self.gate_cv.wait(&mut g);
+        }
+        g.working = true;
+    }
+
+    fn leave_round(&self) {
+        self.gate.lock().working = false;
+        self.gate_cv.notify_all();
+    }
+}
+
+/// The I/O thread held still ([`IoThread::hold`]) until this is dropped.
+pub struct IoHold {
+    inner: Arc<KickInner>,
+}
+
+impl std::fmt::Debug for IoHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IoHold")
+    }
+}
+
+impl Drop for IoHold {
+    fn drop(&mut self) {
+        let mut g = self.inner.gate.lock();
+        g.holders -= 1;
+        let last = g.holders == 0;
+        drop(g);
+        if last {
+            self.inner.gate_cv.notify_all();
+            // What came meanwhile (a frame, a doorbell) is looked at now.
+            IoKick { inner: Some(Arc::clone(&self.inner)) }.kick();
+        }
+    }
 }
 
 /// How long the thread keeps watching after its last work before it
@@ -164,10 +220,25 @@ impl IoThread {
                 stop: AtomicBool::new(false),
                 awake: AtomicBool::new(true),
                 tx: Mutex::new(tx),
+                gate: Mutex::new(Gate::default()),
+                gate_cv: Condvar::new(),
             }),
             rx: Some(rx),
             handle: None,
         })
+    }
+
+    /// Holds the thread still once its round of work (if it is in one)
+    /// ends, and until the returned value is dropped: it then polls no
+    /// model and passes on no doorbell. Holds nest.
+    pub fn hold(&self) -> IoHold {
+        let mut g = self.inner.gate.lock();
+        g.holders += 1;
+        while g.working {
+            self.inner.gate_cv.wait(&mut g);
+        }
+        drop(g);
+        IoHold { inner: Arc::clone(&self.inner) }
     }
 
     /// A kick for a model.
@@ -196,6 +267,7 @@ impl IoThread {
 impl Drop for IoThread {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::Release);
+        self.inner.gate_cv.notify_all();
         self.inner.pending.store(false, Ordering::Release);
         IoKick { inner: Some(Arc::clone(&self.inner)) }.kick();
         if let Some(h) = self.handle.take() {
@@ -248,7 +320,9 @@ fn run(
                 continue;
             }
         }
+        inner.enter_round();
         if inner.stop.load(Ordering::Acquire) {
+            inner.leave_round();
             return;
         }
         // Reading an eventfd resets it, so a notification after the read
@@ -266,7 +340,10 @@ fn run(
         // set, and no kick would wake the thread again.)
         loop {
             match rx.read(&mut drain) {
-                Ok(0) => return,
+                Ok(0) => {
+                    inner.leave_round();
+                    return;
+                }
                 Ok(_) => continue,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => break,
@@ -281,6 +358,7 @@ fn run(
                 deadline = Some(deadline.map_or(at, |x| x.min(at)));
             }
         }
+        inner.leave_round();
         worked = Instant::now();
     }
 }
@@ -364,6 +442,31 @@ mod tests {
         wait_for(&polls, 3);
         IoKick::none().kick();
         assert!(format!("{io:?} {kick:?}").contains("running"));
+        drop(io);
+    }
+
+    #[test]
+    fn a_held_thread_polls_nothing_until_the_hold_ends() {
+        let polls = Arc::new(AtomicU32::new(0));
+        let nic: SharedIoDevice = Arc::new(Mutex::new(Counter { polls: polls.clone(), again: None }));
+        let mut io = IoThread::new().unwrap();
+        let kick = io.kick();
+        io.start(vec![(nic, None)], Vec::new()).unwrap();
+        wait_for(&polls, 1);
+        let hold = io.hold();
+        let inner = io.hold();
+        let held_at = polls.load(Ordering::SeqCst);
+        kick.kick();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(polls.load(Ordering::SeqCst), held_at, "a kick got through a hold");
+        drop(hold);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(polls.load(Ordering::SeqCst), held_at, "a kick got through the hold still held");
+        drop(inner);
+        // The kick that came while held is answered once the hold ends.
+        wait_for(&polls, held_at + 1);
+        // A thread that stops while held ends all the same.
+        let _held = io.hold();
         drop(io);
     }
 

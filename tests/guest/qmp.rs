@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 pub struct Qmp {
     r: BufReader<UnixStream>,
     w: UnixStream,
-    events: Vec<String>,
+    /// Events read and not taken yet.
+    pub events: Vec<String>,
     /// The server's greeting line.
     pub greeting: String,
 }

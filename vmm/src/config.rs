@@ -89,6 +89,11 @@ pub struct KernelImage {
     pub cmdline: String,
     /// For a bzImage: decompress on the host (fast) or in the guest (classic).
     pub path: firmware::linux::BootPath,
+    /// Whether the machine loads it into RAM. Not when RAM and the CPUs
+    /// come from saved state (`--restore`, `--incoming`, `--loadvm`): the
+    /// files were only checked, and split execution finds the kernel's
+    /// code in the guest as after a BIOS boot.
+    pub load: bool,
 }
 
 /// Where serial output goes.

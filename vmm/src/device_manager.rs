@@ -373,10 +373,16 @@ pub struct DeviceManager {
     /// The windows' queues of BAR moves (I/O, memory): a restore moves the
     /// BARs to where the saved state has them.
     bar_queues: [Arc<WindowQueue>; 2],
-    _io: IoThread,
+    io: IoThread,
 }
 
 impl DeviceManager {
+    /// Holds the device I/O thread still (between two rounds of its
+    /// work) until the returned value is dropped.
+    pub fn hold_io(&self) -> devices::io_thread::IoHold {
+        self.io.hold()
+    }
+
     /// Hands the virtio queues' notification writes to `attach` (KVM's
     /// ioeventfd) until the returned guard is dropped: each doorbell is
     /// attached where its BAR is now, and follows the BAR when the guest
@@ -859,13 +865,7 @@ pub(crate) fn install(
         nics.push((address, format!("virtio-blk {label}"), NicHandle::Disk(dev)));
     }
     io.start(polled, bells).map_err(|e| Error::Config(format!("cannot start the I/O thread: {e}")))?;
-    Ok(Some(DeviceManager {
-        nics,
-        floppy,
-        doorbells: windows.doorbells,
-        bar_queues: [windows.io, windows.mem],
-        _io: io,
-    }))
+    Ok(Some(DeviceManager { nics, floppy, doorbells: windows.doorbells, bar_queues: [windows.io, windows.mem], io }))
 }
 
 #[cfg(test)]

@@ -54,6 +54,10 @@ pub struct RunReport {
     pub accel: &'static str,
     /// Engine-specific statistics lines for `--stats`.
     pub stats: Vec<String>,
+    /// QEMU's `ShutdownCause` when the guest or a monitor's reset ended
+    /// the run (`guest-shutdown`, `guest-reset`, `host-qmp-system-reset`);
+    /// `None` for a quit, a timeout or an error.
+    pub shutdown: Option<&'static str>,
 }
 
 /// A serial sink that notes when the first byte arrives.
@@ -129,6 +133,10 @@ pub struct Machine {
     disks: Vec<crate::storage::MachineDisk>,
     /// What the vCPUs' JITs share (compiled regions), once a JIT starts.
     jit_shared: OnceLock<Arc<jit::shared::Shared>>,
+    /// When a vCPU first ran guest code ([`Machine::first_run`]).
+    first_run: OnceLock<Instant>,
+    /// What ended the run, in QEMU's terms ([`RunReport::shutdown`]).
+    ended_by: Mutex<Option<&'static str>>,
 }
 
 impl Machine {
@@ -189,6 +197,9 @@ impl Machine {
         // The tables' IDs are bytes: a topology's IDs stay below 0xff.
         let table_ids: Vec<u8> = apic_ids.iter().map(|&id| u8::try_from(id).unwrap_or(u8::MAX)).collect();
         let (boot_state, boot_note, kernel_code) = match &mut config.firmware {
+            Firmware::Kernel(k) if !k.load => {
+                (CpuState::reset(), Some("kernel not loaded: RAM and CPUs come from saved state".into()), Vec::new())
+            }
             Firmware::Kernel(k) => {
                 let loaded = load_kernel(&mem, k, &table_ids)?;
                 // Loaded once: a reset restarts from the reset vector, so the
@@ -283,8 +294,16 @@ impl Machine {
             exclusive_request: Arc::default(),
             vga,
             jit_shared: OnceLock::new(),
+            first_run: OnceLock::new(),
+            ended_by: Mutex::new(None),
             disks,
         })
+    }
+
+    /// When a vCPU first ran guest code (its engine built, its state set),
+    /// if one has: for the latency of a restore.
+    pub fn first_run(&self) -> Option<Instant> {
+        self.first_run.get().copied()
     }
 
     /// The drives, in the order they were given.
@@ -458,12 +477,17 @@ impl Machine {
                     return Ok(report);
                 }
                 Ok(Outcome::Stopped(op, vcpus)) => {
+                    // The device thread stands still too: no frame or disk
+                    // request moves guest memory or a device's state while
+                    // the work saves or loads them.
+                    let hold = self.devices.as_ref().map(crate::device_manager::DeviceManager::hold_io);
                     let mut stopped = Stopped {
                         vcpus,
                         paused: self.control.inner.lock().pause,
                         engine_blocker: self.snapshot_blocker(kind),
                     };
                     op(self, &mut stopped);
+                    drop(hold);
                     self.control.settle();
                     states = Some(stopped.vcpus);
                 }
@@ -626,6 +650,7 @@ impl Machine {
                     v.engine().inject_nmi()?;
                 }
                 let t = Instant::now();
+                self.first_run.get_or_init(|| t);
                 let until = self.control.throttle_until(until, v.ran_since_throttle);
                 let ran = match &others {
                     Some(o) => {
@@ -836,16 +861,30 @@ impl Machine {
     /// The run loops' answer to a machine event: a reset goes on (unless
     /// `--no-reboot`), anything else ends the run with its exit status.
     fn on_event(&self, ev: VmEvent) -> Next {
+        let host = ev == VmEvent::Reset && self.control.host_reset.swap(false, Ordering::AcqRel);
+        let reset_cause = if host { "host-qmp-system-reset" } else { "guest-reset" };
         match ev {
             VmEvent::PowerOff if self.no_shutdown => Next::Stop("guest-shutdown"),
-            VmEvent::Reset if self.config.no_reboot && self.no_shutdown => Next::Stop("guest-reset"),
-            VmEvent::Reset if self.config.no_reboot => Next::Finish(0, Some("guest reset (--no-reboot)".into())),
+            VmEvent::Reset if self.config.no_reboot && self.no_shutdown => Next::Stop(reset_cause),
+            VmEvent::Reset if self.config.no_reboot => {
+                self.set_ended_by(reset_cause);
+                let who = if host { "a monitor's system_reset" } else { "guest reset" };
+                Next::Finish(0, Some(format!("{who} (--no-reboot)")))
+            }
             VmEvent::Reset => Next::Reset,
             other => {
-                let msg = matches!(other, VmEvent::Quit).then(|| "quit from the console".to_string());
+                if other != VmEvent::Quit {
+                    self.set_ended_by("guest-shutdown");
+                }
+                let msg = matches!(other, VmEvent::Quit).then(|| "quit".to_string());
                 Next::Finish(other.exit_status().unwrap_or(0), msg)
             }
         }
+    }
+
+    /// Notes QEMU's `ShutdownCause` of the run's end ([`RunReport::shutdown`]).
+    fn set_ended_by(&self, cause: &'static str) {
+        *self.ended_by.lock() = Some(cause);
     }
 
     /// The run loops' answer to a triple fault (`chain` says which faults,
@@ -856,6 +895,7 @@ impl Machine {
             return Next::Stop("guest-reset");
         }
         if self.config.no_reboot {
+            self.set_ended_by("guest-reset");
             return Next::Finish(0, Some(format!("guest shut down: {chain} (--no-reboot)")));
         }
         tracing::warn!(target: "cpu", "{chain}: resetting");
@@ -890,6 +930,7 @@ impl Machine {
             unclaimed_io,
             accel,
             stats,
+            shutdown: *self.ended_by.lock(),
         }
     }
 }
@@ -1027,10 +1068,14 @@ pub struct RunControl {
     /// The share of time the vCPUs sleep, in percent (auto-converge of a
     /// live migration); 0: they run freely.
     throttle: std::sync::atomic::AtomicU32,
+    /// The pending reset is a monitor's `system_reset`
+    /// ([`RunControl::host_reset`]).
+    host_reset: AtomicBool,
 }
 
-/// Hears QEMU's `ShutdownCause` (`"guest-shutdown"`, `"guest-reset"`) when
-/// a guest under `--no-shutdown` shut down and its vCPUs stopped.
+/// Hears QEMU's `ShutdownCause` (`"guest-shutdown"`, `"guest-reset"`,
+/// `"host-qmp-system-reset"`) when a guest under `--no-shutdown` shut down
+/// (or a monitor reset it under `--no-reboot`) and its vCPUs stopped.
 pub type ShutdownListener = Box<dyn Fn(&str) + Send + Sync>;
 
 #[derive(Default)]
@@ -1117,6 +1162,19 @@ impl RunControl {
     }
 
     /// The guest shut down under `--no-shutdown` (its vCPUs are held).
+    /// Files a reset for a monitor's `system_reset`; under `--no-reboot`
+    /// it ends (or, with `--no-shutdown`, stops) the run with QEMU's
+    /// cause `host-qmp-system-reset`. Whether it was taken (another event
+    /// may be pending).
+    pub fn host_reset(&self, events: &VmEvents) -> bool {
+        self.host_reset.store(true, Ordering::Release);
+        let taken = events.request(VmEvent::Reset);
+        if !taken {
+            self.host_reset.store(false, Ordering::Release);
+        }
+        taken
+    }
+
     fn guest_shutdown(&self, reason: &str) {
         if let Some(l) = &*self.on_shutdown.lock() {
             l(reason);
@@ -1393,7 +1451,7 @@ mod tests {
         assert_eq!(m.pending_event(), Next::Finish(0x21, None));
         assert_eq!(m.pending_event(), Next::Go, "an event is answered once");
         assert_eq!(m.on_event(VmEvent::PowerOff), Next::Finish(0, None));
-        assert_eq!(m.on_event(VmEvent::Quit), Next::Finish(0, Some("quit from the console".into())));
+        assert_eq!(m.on_event(VmEvent::Quit), Next::Finish(0, Some("quit".into())));
         assert_eq!(m.on_event(VmEvent::Reset), Next::Reset);
         assert_eq!(m.on_shutdown("#GP -> #DF -> #GP"), Next::Reset);
     }
@@ -1414,7 +1472,7 @@ mod tests {
         m.set_no_shutdown(true);
         assert_eq!(m.on_event(VmEvent::PowerOff), Next::Stop("guest-shutdown"));
         assert_eq!(m.on_event(VmEvent::Reset), Next::Reset, "a reset goes on without --no-reboot");
-        assert_eq!(m.on_event(VmEvent::Quit), Next::Finish(0, Some("quit from the console".into())));
+        assert_eq!(m.on_event(VmEvent::Quit), Next::Finish(0, Some("quit".into())));
         assert_eq!(m.on_event(VmEvent::DebugExit(1)), Next::Finish(3, None));
         let mut m = machine(true, None);
         m.set_no_shutdown(true);

@@ -76,6 +76,8 @@ pub struct MachineBackend {
     mem: Arc<mmu::GuestMemory>,
     /// Set once `quit` asked the run to end.
     quit: AtomicBool,
+    /// `--no-reboot`: `system_reset` ends (or stops) the run.
+    no_reboot: bool,
     cpus: usize,
     accel: &'static str,
     name: Option<String>,
@@ -110,6 +112,7 @@ impl MachineBackend {
             migration_cancel: Arc::default(),
             mem: machine.mem.clone(),
             quit: AtomicBool::new(false),
+            no_reboot: machine.config.no_reboot,
             cpus: machine.config.cpus(),
             accel,
             name,
@@ -120,7 +123,7 @@ impl MachineBackend {
         backend.control.set_shutdown_listener(Box::new(move |reason| {
             *stopped_as.lock() = "shutdown";
             postmigrate.store(false, Ordering::Release);
-            emit(&monitor, Event::Shutdown { guest: true, reason: reason.to_string() });
+            emit(&monitor, Event::Shutdown { guest: reason.starts_with("guest-"), reason: reason.to_string() });
             if !paused.swap(true, Ordering::AcqRel) {
                 emit(&monitor, Event::Stop);
             }
@@ -514,6 +517,18 @@ impl MachineBackend {
         Ok(json!({}))
     }
 
+    /// Ends the run as QMP's `quit` does, stopped or not; the monitors
+    /// hear `SHUTDOWN` with `reason` (`host-qmp-quit`, `host-signal`).
+    pub fn quit(&self, reason: &str) {
+        self.quit.store(true, Ordering::Release);
+        self.events.request(VmEvent::Quit);
+        self.emit(Event::Shutdown { guest: false, reason: reason.to_string() });
+        // A stopped machine goes on to see the request.
+        if self.paused.swap(false, Ordering::AcqRel) {
+            self.control.resume();
+        }
+    }
+
     /// Tells the monitors how the run ended, unless a `quit` ended it
     /// (which told them already).
     pub fn run_ended(&self, guest: bool, reason: &str) {
@@ -672,7 +687,13 @@ impl monitor::Backend for MachineBackend {
             Command::Stop => self.stop(),
             Command::Cont => self.cont(),
             Command::SystemReset => {
-                self.events.request(VmEvent::Reset);
+                self.control.host_reset(&self.events);
+                if self.no_reboot {
+                    // As QEMU: under -no-reboot a reset is a shutdown, whose
+                    // SHUTDOWN (reason host-qmp-system-reset) comes when the
+                    // run ends or, with -no-shutdown, stops.
+                    return Ok(json!({}));
+                }
                 // The machine is reset at once, stopped or not; a stopped
                 // one (shut down, too) waits for `cont`, as before its start.
                 if self.paused.load(Ordering::Acquire) && !self.postmigrate.load(Ordering::Acquire) {
@@ -687,13 +708,7 @@ impl monitor::Backend for MachineBackend {
                 Ok(json!({}))
             }
             Command::Quit => {
-                self.quit.store(true, Ordering::Release);
-                self.events.request(VmEvent::Quit);
-                self.emit(Event::Shutdown { guest: false, reason: "host-qmp-quit".into() });
-                // A stopped machine goes on to see the request.
-                if self.paused.swap(false, Ordering::AcqRel) {
-                    self.control.resume();
-                }
+                self.quit("host-qmp-quit");
                 Ok(json!({}))
             }
             Command::QueryCpusFast => Ok(Value::Array(

@@ -87,9 +87,14 @@ pub struct EngineContext<'m> {
 }
 
 impl EngineContext<'_> {
-    /// Whether the guest boots through a BIOS image.
-    pub fn bios_boot(&self) -> bool {
-        matches!(self.config.firmware, Firmware::Bios(_))
+    /// Whether the kernel's code is to be found in the guest: the guest
+    /// boots through a BIOS image, or its RAM comes from saved state.
+    pub fn kernel_in_guest(&self) -> bool {
+        match &self.config.firmware {
+            Firmware::Bios(_) => true,
+            Firmware::Kernel(k) => !k.load,
+            Firmware::Builtin => false,
+        }
     }
 
     /// The I/O interface for an engine that runs the guest until something

@@ -162,12 +162,13 @@ const RESCAN_AFTER: u64 = 10_000_000;
 impl SplitEngine {
     /// Whether `--accel kvm` splits execution on this machine.
     /// `auto`: where KVM runs CPL 0 in software, for a kernel the host
-    /// loaded or a BIOS boot (whose kernel's code is found in the guest).
+    /// loaded, a BIOS boot or a restored guest (whose kernel's code is
+    /// found in the guest).
     pub fn wanted(m: &EngineContext<'_>) -> bool {
         match m.config.kvm_split {
             SplitMode::Off => false,
             SplitMode::On => true,
-            SplitMode::Auto => (!m.kernel_code.is_empty() || m.bios_boot()) && kvm_emulates_cpl0(),
+            SplitMode::Auto => (!m.kernel_code.is_empty() || m.kernel_in_guest()) && kvm_emulates_cpl0(),
         }
     }
 
