@@ -32,7 +32,7 @@ const SCRIPT: &str = r#"h=start
 i=1
 while [ $i -le 5 ]; do
   h=$(seq 1 4000 | sed "s/^/$h$i/" | sha256sum | cut -d' ' -f1)
-  echo "T:step $i $h"
+  echo "T:step $i $h $(cut -d' ' -f1 /proc/uptime)"
   i=$((i+1))
 done
 echo "T:final $h"
@@ -191,6 +191,20 @@ struct Source {
     expected: String,
     /// The engine it ran under.
     from: String,
+    /// The guest's uptime (from its clock) at its first step, before the
+    /// state it was migrated in.
+    uptime: f64,
+}
+
+/// The uptime each `T:step` line of `text` carries, in order.
+fn step_uptimes(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.trim_end_matches('\r').split_once("T:step ")?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((format!("step {}", f.first()?), f.get(2)?.parse().ok()?))
+        })
+        .collect()
 }
 
 /// The guest booted under the JIT once ([`boot_source`]).
@@ -262,7 +276,10 @@ fn boot_source(accel: &str) -> Option<Source> {
             assert_eq!(step2, 2, "the loaded snapshot ran the second step again: {text}");
             assert_eq!(text.matches("T:step 1 ").count(), 1, "{text}");
             eprintln!("stream: {} bytes", std::fs::metadata(&stream).map(|m| m.len()).unwrap_or(0));
-            Some(Source { images, stream, snapshots, expected, from: accel.to_string() })
+            // The loaded snapshot, and so the migrated guest, is from
+            // after the first step.
+            let uptime = step_uptimes(&text).iter().find(|(s, _)| s == "step 1").map_or(0.0, |&(_, u)| u);
+            Some(Source { images, stream, snapshots, expected, from: accel.to_string(), uptime })
         }
     }
 }
@@ -337,6 +354,15 @@ fn receive(src: Option<&Source>, accel: &str, how: Transport) {
     assert_eq!(field(&text, "final"), Some(src.expected.as_str()), "{text}");
     assert!(!text.contains("T:step 1 "), "the first step ran before the migration: {text}");
     assert!(text.contains("T:step 5 "), "{text}");
+    // The guest's clock goes on from where it stopped (no jump of its
+    // time-stamp counter when another engine takes it).
+    for (step, up) in step_uptimes(&text) {
+        assert!(
+            up >= src.uptime && up < src.uptime + 300.0,
+            "{step} at uptime {up} s, the source's step 1 at {} s: the guest's clock jumped",
+            src.uptime
+        );
+    }
     for boot in ["Linux version", "Run /init", "ferrovm-init: start"] {
         assert!(!text.contains(boot), "the receiver booted ({boot:?}): {text}");
     }

@@ -139,4 +139,20 @@ impl Cpu {
             self.block_break = false;
         }
     }
+
+    /// [`Cpu::sync_code`] for a vCPU that does not run again before it is
+    /// back in its run loop (halted, stopped): while dirty logging is on,
+    /// or always when it is `stopped` (it waits for a resume, and a
+    /// logging may begin meanwhile), it also drops every soft-TLB entry
+    /// through which translated code stores, so that the write syncs of a
+    /// live migration's rounds need nothing more from it until it runs
+    /// (its pages are then not sent again each round for want of an
+    /// answer).
+    pub fn sync_code_parked(&mut self, stopped: bool) {
+        self.sync_code();
+        if stopped || self.mem().dirty_logging() {
+            self.mmu.drop_fast_writes();
+            self.code_watch.fast_writes_dropped();
+        }
+    }
 }

@@ -231,6 +231,9 @@ pub trait Vcpu {
     /// hypervisor keeps them (split execution keeps the interpreter's
     /// counter equal to it).
     fn tsc(&mut self) -> Result<(u64, u64), AccelError>;
+    /// Sets the guest's time-stamp counter to `value` (a restored guest's
+    /// goes on from where it was saved).
+    fn set_tsc(&mut self, value: u64) -> Result<(), AccelError>;
     /// A handle that other threads use to make the current or the next
     /// [`Vcpu::run`] return [`VmExit::Interrupted`].
     fn kicker(&self) -> Result<VcpuKicker, AccelError>;

@@ -1091,6 +1091,13 @@ impl CodeWatch {
         self.sync_done.load(Ordering::Acquire) >= n || !self.fast_writes.load(Ordering::SeqCst)
     }
 
+    /// Said by the owner, while it does not run, once its soft TLB holds
+    /// no entry for translated stores: write syncs need nothing from it
+    /// until it gives one out again ([`CodeWatch::note_fast_writes`]).
+    pub fn fast_writes_dropped(&self) {
+        self.fast_writes.store(false, Ordering::SeqCst);
+    }
+
     /// Said by the owner before its soft TLB gives translated code a write
     /// entry while dirty logging is on, and before it reads the page's
     /// dirty bit: a write sync then waits for it.

@@ -671,17 +671,24 @@ mod tests {
         m.entry(p, lin).jit_write
     }
 
+    /// 4 MiB of RAM, flat paging, and a TLB that answers to the memory's
+    /// write syncs through its watch.
+    fn watched_tlb() -> (Arc<GuestMemory>, PagingCtx, Arc<CodeWatch>, Mmu) {
+        let mem = Arc::new(GuestMemory::new(1 << 22).unwrap());
+        let ctx = PagingCtx { mode: PagingMode::Off, cr3: 0, wp: false, nxe: false, smep: false, smap: false };
+        let watch = mem.code_watch();
+        let mut m = Mmu::new(mem.clone());
+        m.set_watch(watch.clone());
+        (mem, ctx, watch, m)
+    }
+
     /// While dirty logging is on, translated code gets a write entry only
     /// for a page dirty already; the interpreter's fast store logs its
     /// page and grants the entry; a write sync drops every such entry and
     /// is answered by the owner's take of its watch.
     #[test]
     fn dirty_logging_withholds_and_drops_translated_write_entries() {
-        let mem = Arc::new(GuestMemory::new(1 << 22).unwrap());
-        let ctx = PagingCtx { mode: PagingMode::Off, cr3: 0, wp: false, nxe: false, smep: false, smap: false };
-        let watch = mem.code_watch();
-        let mut m = Mmu::new(mem.clone());
-        m.set_watch(watch.clone());
+        let (mem, ctx, watch, mut m) = watched_tlb();
         let s = Privilege::Supervisor;
         // Logging off: a fill gives the tag at once.
         m.translate(&ctx, s, 0x10_0000, Access::Write).unwrap();
@@ -734,6 +741,34 @@ mod tests {
         m.grant_fast_write(s, 0x20_0000);
         assert_eq!(jit_write_of(&m, s, 0x20_0000), 0x20_0000);
         assert!(!mem.is_dirty(0x20_0000));
+    }
+
+    /// A TLB whose owner stopped running drops its translated stores'
+    /// entries once and says so: every later write sync is answered
+    /// without it, until it gives out an entry again.
+    #[test]
+    fn a_parked_owner_answers_every_later_write_sync() {
+        let (mem, ctx, watch, mut m) = watched_tlb();
+        let s = Privilege::Supervisor;
+        mem.start_dirty_log().unwrap();
+        mem.write_u8(0x10_0000, 1).unwrap();
+        m.translate(&ctx, s, 0x10_0000, Access::Write).unwrap();
+        assert_eq!(jit_write_of(&m, s, 0x10_0000), 0x10_0000);
+        // Parked: nothing was asked yet, so the queue says nothing.
+        assert!(!watch.take().drop_fast_writes);
+        m.drop_fast_writes();
+        watch.fast_writes_dropped();
+        assert_eq!(jit_write_of(&m, s, 0x10_0000), JIT_NONE);
+        for _ in 0..3 {
+            let sync = mem.request_write_sync();
+            assert!(mem.write_sync_done(sync), "a round waits for a parked TLB");
+        }
+        // Running again: an entry given out makes the next sync wait.
+        mem.write_u8(0x20_0000, 1).unwrap();
+        m.translate(&ctx, s, 0x20_0000, Access::Write).unwrap();
+        assert_eq!(jit_write_of(&m, s, 0x20_0000), 0x20_0000);
+        let sync = mem.request_write_sync();
+        assert!(!mem.write_sync_done(sync));
     }
 
     /// A flush visits the slots filled since the last full scan; past

@@ -817,9 +817,10 @@ impl Machine {
         if !self.control.attention.load(Ordering::Acquire) {
             return Ok(None);
         }
-        // Stopped vCPUs answer dirty logging's write syncs.
+        // Stopped vCPUs answer dirty logging's write syncs, of a logging
+        // that begins while they stand too.
         for v in vcpus.iter_mut() {
-            v.engine().sync_memory();
+            v.engine().park_memory();
         }
         let Some(bsp) = vcpus.first_mut() else { return Ok(None) };
         {

@@ -640,6 +640,9 @@ fn pending_of(ev: &kvm_vcpu_events) -> Option<PendingEvent> {
     }
 }
 
+/// The time-stamp counter's MSR.
+const IA32_TSC: u32 = 0x10;
+
 impl Vcpu for KvmVcpu {
     fn set_state(&mut self, s: &CpuState) -> Result<(), AccelError> {
         let k = cpu_to_kvm(s)?;
@@ -714,7 +717,6 @@ impl Vcpu for KvmVcpu {
 
     fn tsc(&mut self) -> Result<(u64, u64), AccelError> {
         let khz = self.fd.get_tsc_khz().map_err(|e| AccelError::ioctl("KVM_GET_TSC_KHZ", e))?;
-        const IA32_TSC: u32 = 0x10;
         let entry = kvm_msr_entry { index: IA32_TSC, ..Default::default() };
         let mut msrs = Msrs::from_entries(&[entry]).map_err(|e| AccelError::ioctl("KVM_GET_MSRS", format!("{e:?}")))?;
         let n = self.fd.get_msrs(&mut msrs).map_err(|e| AccelError::ioctl("KVM_GET_MSRS", e))?;
@@ -722,6 +724,16 @@ impl Vcpu for KvmVcpu {
             return Err(AccelError::ioctl("KVM_GET_MSRS", "IA32_TSC refused"));
         }
         Ok((msrs.as_slice()[0].data, u64::from(khz)))
+    }
+
+    fn set_tsc(&mut self, value: u64) -> Result<(), AccelError> {
+        let entry = kvm_msr_entry { index: IA32_TSC, data: value, ..Default::default() };
+        let msrs = Msrs::from_entries(&[entry]).map_err(|e| AccelError::ioctl("KVM_SET_MSRS", format!("{e:?}")))?;
+        let n = self.fd.set_msrs(&msrs).map_err(|e| AccelError::ioctl("KVM_SET_MSRS", e))?;
+        if n != 1 {
+            return Err(AccelError::ioctl("KVM_SET_MSRS", "IA32_TSC refused"));
+        }
+        Ok(())
     }
 
     fn kicker(&self) -> Result<VcpuKicker, AccelError> {

@@ -100,7 +100,11 @@ impl Engine for InterpEngine {
     }
 
     fn sync_memory(&mut self) {
-        self.cpu.sync_code();
+        self.cpu.sync_code_parked(false);
+    }
+
+    fn park_memory(&mut self) {
+        self.cpu.sync_code_parked(true);
     }
 
     fn stats(&mut self, _total: Duration) -> EngineStats {

@@ -116,7 +116,11 @@ impl Engine for JitEngine {
     }
 
     fn sync_memory(&mut self) {
-        self.cpu.sync_code();
+        self.cpu.sync_code_parked(false);
+    }
+
+    fn park_memory(&mut self) {
+        self.cpu.sync_code_parked(true);
     }
 
     fn stats(&mut self, total: Duration) -> EngineStats {

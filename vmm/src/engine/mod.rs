@@ -204,6 +204,14 @@ pub trait Engine {
     /// Takes the changes other threads queued on guest memory for this
     /// vCPU (code pages written, a write sync of dirty logging) while it
     /// does not run: a halted or paused vCPU answers a live migration's
-    /// rounds. Engines without a soft TLB have nothing to do.
+    /// rounds, this one and (its translated stores' entries dropped) the
+    /// next ones until it runs again. Engines without a soft TLB have
+    /// nothing to do.
     fn sync_memory(&mut self) {}
+
+    /// [`Engine::sync_memory`] for a vCPU stopped until a resume: it also
+    /// answers the rounds of a logging that begins while it stands.
+    fn park_memory(&mut self) {
+        self.sync_memory();
+    }
 }

@@ -211,9 +211,13 @@ impl SplitEngine {
             }
         }
         let mut vcpu = vm.create_kvm_vcpu(0)?;
-        // One time-stamp counter for both engines: the machine's follows KVM's.
-        let (tsc, khz) = vcpu.tsc()?;
-        m.tsc.retune(m.clock.now_ns(), khz * 1000, tsc);
+        // One time-stamp counter for both engines, at KVM's rate, going on
+        // from the machine's (a restored guest's from where it was saved).
+        let (_, khz) = vcpu.tsc()?;
+        let now = m.clock.now_ns();
+        let tsc = m.tsc.read(now);
+        m.tsc.retune(now, khz * 1000, tsc);
+        vcpu.set_tsc(tsc)?;
         let kicker = vcpu.kicker()?;
         let k = kicker.clone();
         let alarm = Alarm::new(Arc::new(move || k.kick()))?;
@@ -521,7 +525,11 @@ impl Engine for SplitEngine {
     }
 
     fn sync_memory(&mut self) {
-        self.cpu.sync_code();
+        self.cpu.sync_code_parked(false);
+    }
+
+    fn park_memory(&mut self) {
+        self.cpu.sync_code_parked(true);
     }
 
     fn stats(&mut self, total: Duration) -> EngineStats {
