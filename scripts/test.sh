@@ -35,6 +35,8 @@ command -v tesseract >/dev/null || need_pkgs+=(tesseract-ocr)
 # The browser test: noVNC's page in headless Chromium.
 [ -s /usr/share/novnc/vnc_lite.html ] || need_pkgs+=(novnc)
 command -v chromium >/dev/null || need_lean+=(chromium)
+# The gdb stub's test drives Debian's gdb.
+command -v gdb >/dev/null || need_pkgs+=(gdb)
 if ((${#need_pkgs[@]} + ${#need_lean[@]})); then
     if [ "$(id -u)" = 0 ]; then
         log "installing Debian packages: ${need_pkgs[*]} ${need_lean[*]}"

@@ -228,9 +228,16 @@ pub struct RunArgs {
     /// tcp:HOST:PORT with the options of --qmp. May be repeated.
     #[arg(long, value_name = "stdio|unix:PATH|tcp:HOST:PORT[,server=on,wait=off]")]
     pub monitor: Vec<String>,
-    /// Start with the vCPUs stopped, until a monitor's `cont` (QEMU's -S).
+    /// Start with the vCPUs stopped, until a monitor's `cont` or gdb's
+    /// `continue` (QEMU's -S).
     #[arg(long)]
     pub paused: bool,
+    /// A gdb stub (QEMU's -gdb; -s is tcp::1234): gdb's `target remote`
+    /// finds it at tcp::PORT, tcp:HOST:PORT or unix:PATH. Each vCPU is a
+    /// thread; breakpoints, hardware breakpoints and steps run the guest in
+    /// the interpreter while they are set.
+    #[arg(long, value_name = "tcp::PORT|tcp:HOST:PORT|unix:PATH")]
+    pub gdb: Option<String>,
     /// Where the monitors' `savevm NAME` keeps snapshots and `loadvm NAME`
     /// and `delvm NAME` find them, for a machine without a qcow2 disk the
     /// guest writes (such disks keep them inside, as QEMU does):

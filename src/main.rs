@@ -211,7 +211,8 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
     let display = open_vnc(&args.screen, &machine)?;
     // -display curses: the VGA's text on this terminal, its keys to the guest.
     let _terminal = open_terminal(&args.screen, &machine, Some(Box::new(std::io::stdin())))?;
-    let monitors = start_monitors(&args, &machine, kind, display.clone(), paused)?;
+    let gdb = start_gdb(&args, &machine, kind, paused)?;
+    let monitors = start_monitors(&args, &machine, kind, display.clone(), paused, gdb.is_some())?;
     let backend = monitors.as_ref().map(|(b, _)| b.clone());
     if let Some(b) = &backend {
         if args.paused && restored.is_none() {
@@ -255,6 +256,7 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
     quit_on_signals(machine.events.clone(), backend.clone())?;
     let restored_running = restored.is_some() && !paused;
     let report = machine.run_lifecycle(kind, restored.map(|r| r.vcpus))?;
+    drop(gdb);
     devices::console::restore_terminal();
     // The monitors may keep the display past the return: its Unix socket goes now.
     if let Some(server) = display.as_ref().and_then(|d| d.server.as_ref()) {
@@ -618,6 +620,30 @@ fn quit_on_signals(
         .map_err(|source| Error::Thread { what, source })
 }
 
+/// Starts the gdb stub of `--gdb`, and holds the vCPUs for it when
+/// `paused` (`--paused`, QEMU's -S).
+fn start_gdb(
+    args: &RunArgs,
+    machine: &Machine,
+    kind: EngineKind,
+    paused: bool,
+) -> Result<Option<vmm::gdb::GdbServer>, Error> {
+    let Some(spec) = &args.gdb else { return Ok(None) };
+    let Some(at) = vmm::gdb::parse_gdb_dev(spec).map_err(Error::Config)? else { return Ok(None) };
+    if let Some(why) = machine.snapshot_blocker(kind) {
+        // The stub stops the machine as a snapshot does.
+        return Err(Error::Config(format!("--gdb cannot stop this guest: {why}")));
+    }
+    let server = vmm::gdb::GdbServer::start(machine, &at)?;
+    if paused {
+        machine.control().hold();
+    }
+    if let Some(a) = server.local_addr {
+        tracing::info!(target: "gdb", "gdb stub listening on {a}");
+    }
+    Ok(Some(server))
+}
+
 /// Starts the QMP and HMP monitors `args` ask for (`--qmp`, `--monitor`,
 /// and the one of `--serial mon:stdio`, which the console's input thread
 /// runs) and holds the vCPUs when `paused` (`--paused`, or a guest
@@ -628,9 +654,14 @@ fn start_monitors(
     kind: EngineKind,
     display: Option<Arc<vmm::display::Display>>,
     paused: bool,
+    gdb: bool,
 ) -> Result<Option<Monitors>, Error> {
     let mux = args.serial == devices::console::SerialBackend::MonStdio;
     if args.qmp.is_empty() && args.monitor.is_empty() && !mux {
+        if args.paused && gdb {
+            // gdb's `continue` starts it.
+            return Ok(None);
+        }
         if args.paused {
             return Err(Error::Config(
                 "--paused needs a monitor to continue from (--qmp, --monitor or --serial mon:stdio)".into(),

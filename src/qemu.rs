@@ -203,7 +203,6 @@ const WITH_ARG: &[&str] = &[
 /// Options ferrovm refuses with a reason of their own.
 fn refusal(name: &str) -> Option<&'static str> {
     Some(match name {
-        "s" | "gdb" => "ferrovm has no gdb stub yet",
         "spice" => "ferrovm's display is VNC (-vnc)",
         "full-screen" => "ferrovm has no window; its display is VNC (-vnc)",
         "object" | "global" | "set" | "readconfig" => "ferrovm has no QOM objects or properties to set",
@@ -278,6 +277,8 @@ struct State {
     chardevs: Vec<(String, String)>,
     /// `-S`.
     paused: bool,
+    /// `-s`, `-gdb DEV`: the gdb stub's device (the last one given).
+    gdb: Option<String>,
     /// `-usb`, `-machine usb=on`.
     usb: bool,
     /// `-device usb-tablet|usb-mouse|usb-kbd`, `-usbdevice`: `tablet`, `mouse` or `kbd`.
@@ -406,6 +407,8 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
                 st.mon(&option, v)?;
             }
             "S" => st.paused = true,
+            "s" => st.gdb = Some("tcp::1234".into()),
+            "gdb" => st.gdb = Some(v.to_string()),
             "usb" => st.usb = true,
             "usbdevice" => match v {
                 "tablet" => {
@@ -521,7 +524,7 @@ fn help() -> String {
      -kernel -initrd -append -bios -L -m -smp -cpu -machine pc|q35 -accel kvm|tcg -enable-kvm\n\
      -nographic -display none|vnc=HOST:N -vga std|none -vnc HOST:N|unix:PATH[,websocket=PORT][,password=on]\n\
      -serial stdio|mon:stdio|file:PATH|null|none\n\
-     -qmp|-monitor unix:PATH|tcp:HOST:PORT,server=on[,wait=off] -monitor stdio|none -chardev socket -mon -S\n\
+     -qmp|-monitor unix:PATH|tcp:HOST:PORT,server=on[,wait=off] -monitor stdio|none -chardev socket -mon -S -s -gdb tcp::PORT|unix:PATH\n\
      -no-reboot -no-shutdown -action -netdev user -nic user|none -device e1000|virtio-net-pci|virtio-blk-pci|isa-debug-exit\n\
      -drive (if=ide|virtio|floppy, media=disk|cdrom) -hda..-hdd -cdrom -fda -fdb -snapshot -boot order=,once=,menu=,splash-time=\n\
      -name -pidfile -daemonize\n\
@@ -1008,6 +1011,9 @@ impl State {
         }
         if self.paused {
             args.push("--paused".into());
+        }
+        if let Some(g) = &self.gdb {
+            args.extend(["--gdb".into(), g.clone()]);
         }
         if self.curses {
             args.extend(["--display".into(), "curses".into()]);
@@ -1510,6 +1516,10 @@ mod tests {
         refused("-device isa-debug-exit,iobase=0xf4,iosize=3", "iosize");
         refused("-rtc base=localtime", "base=localtime");
         refused("-append x", "-kernel");
+        let a = run_args("-s -S -kernel k");
+        assert!(has(&a, "--gdb", "tcp::1234") && a.contains(&"--paused".to_string()), "{a:?}");
+        let a = run_args("-gdb unix:/tmp/g.sock,server,nowait -kernel k");
+        assert!(has(&a, "--gdb", "unix:/tmp/g.sock,server,nowait"), "{a:?}");
         assert!(tr("-version").unwrap().info.is_some());
         assert!(tr("--help").unwrap().info.is_some());
     }
@@ -1517,8 +1527,6 @@ mod tests {
     #[test]
     fn unsupported_options_are_refused_by_name() {
         for (line, name) in [
-            ("-s -kernel k", "-s is not supported"),
-            ("-gdb tcp::1234", "gdb stub"),
             ("-device usb-tablet", "no USB bus"),
             ("-usb -device qemu-xhci", "qemu-xhci"),
             ("-frobnicate", "-frobnicate is not supported"),

@@ -73,6 +73,11 @@ pub struct Cpu {
     pub(crate) sys: crate::ops::debug::SysState,
     /// An engine sharing the guest (see [`crate::hooks`]).
     pub(crate) hooks: Option<Box<dyn ExecHooks>>,
+    /// A debugger's breakpoints and single step ([`Cpu::set_debug_stops`]).
+    pub(crate) debug_stops: Option<crate::exec::DebugStops>,
+    /// The linear RIP a resume under those stops starts from, whose
+    /// breakpoint does not stop its first instruction.
+    pub(crate) debug_resume: Option<u64>,
     /// The decode cache keeps the bytes of user pages ([`ExecHooks::keeps_user_pages`]).
     pub(crate) keep_user_pages: bool,
     /// Told of every code page that lost its decoded code (see
@@ -130,6 +135,8 @@ impl Cpu {
             tsc_per_ns_fp: crate::cpuid::TSC_KHZ * (1 << 32) / 1_000_000,
             sys: Default::default(),
             hooks: None,
+            debug_stops: None,
+            debug_resume: None,
             keep_user_pages: false,
             invalidation_listeners: Vec::new(),
             hot_threshold: 0,
@@ -298,28 +305,7 @@ impl Cpu {
 
     /// Recompute the paging context after CR0, CR3, CR4 or EFER change.
     pub(crate) fn update_paging(&mut self) {
-        let s = &self.state;
-        let mode = if s.cr0 & cr::CR0_PG == 0 {
-            PagingMode::Off
-        } else if s.efer & cr::EFER_LMA != 0 {
-            if s.cr4 & cr::CR4_LA57 != 0 {
-                PagingMode::Level5
-            } else {
-                PagingMode::Level4
-            }
-        } else if s.cr4 & cr::CR4_PAE != 0 {
-            PagingMode::Pae
-        } else {
-            PagingMode::Legacy { pse: s.cr4 & cr::CR4_PSE != 0 }
-        };
-        self.paging = PagingCtx {
-            mode,
-            cr3: s.cr3,
-            wp: s.cr0 & cr::CR0_WP != 0,
-            nxe: s.efer & cr::EFER_NXE != 0,
-            smep: s.cr4 & cr::CR4_SMEP != 0,
-            smap: s.cr4 & cr::CR4_SMAP != 0,
-        };
+        self.paging = paging_of(&self.state);
     }
 
     /// The privilege of explicit data accesses at the current CPL.
@@ -367,6 +353,32 @@ impl Cpu {
     /// Whether a `Code` has a handler (for coverage reports).
     pub fn implemented(code: Code) -> bool {
         ops::implemented(code)
+    }
+}
+
+/// The paging context of `s` (from its CR0, CR3, CR4 and EFER), for
+/// walking its page tables, as a debugger does, outside any [`Cpu`].
+pub fn paging_of(s: &CpuState) -> PagingCtx {
+    let mode = if s.cr0 & cr::CR0_PG == 0 {
+        PagingMode::Off
+    } else if s.efer & cr::EFER_LMA != 0 {
+        if s.cr4 & cr::CR4_LA57 != 0 {
+            PagingMode::Level5
+        } else {
+            PagingMode::Level4
+        }
+    } else if s.cr4 & cr::CR4_PAE != 0 {
+        PagingMode::Pae
+    } else {
+        PagingMode::Legacy { pse: s.cr4 & cr::CR4_PSE != 0 }
+    };
+    PagingCtx {
+        mode,
+        cr3: s.cr3,
+        wp: s.cr0 & cr::CR0_WP != 0,
+        nxe: s.efer & cr::EFER_NXE != 0,
+        smep: s.cr4 & cr::CR4_SMEP != 0,
+        smap: s.cr4 & cr::CR4_SMAP != 0,
     }
 }
 

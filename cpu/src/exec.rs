@@ -32,7 +32,151 @@ pub enum Executed {
     Raised,
 }
 
+/// What a debugger attached to the machine (the gdb stub) stops a CPU
+/// for: [`Cpu::run`] then runs one instruction at a time and returns
+/// [`StopReason::Debug`] before the instruction at a breakpoint, or after
+/// one instruction when stepping. The guest sees none of it: its own debug
+/// registers and trap flag work as before.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DebugStops {
+    /// Linear addresses (CS base plus RIP) the CPU stops before.
+    pub breakpoints: Vec<u64>,
+    /// Stop after one instruction (no interrupt is taken before it unless
+    /// the CPU is halted, as QEMU steps).
+    pub step: bool,
+    /// Data watchpoints: the CPU stops after an instruction that accessed
+    /// one of them.
+    pub watchpoints: Vec<Watchpoint>,
+}
+
+/// A debugger's data watchpoint: `len` bytes at linear `addr`, watched for
+/// reads, writes or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watchpoint {
+    pub addr: u64,
+    pub len: u64,
+    pub read: bool,
+    pub write: bool,
+}
+
+/// The watchpoint an instruction hit ([`Cpu::take_watch_hit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchHit {
+    /// The watchpoint's address.
+    pub addr: u64,
+    /// The access that hit it was a write.
+    pub write: bool,
+}
+
 impl Cpu {
+    /// Arm (or, with `None`, disarm) a debugger's stops. The instruction
+    /// at the current RIP runs even when a breakpoint is there: a resume
+    /// from a breakpoint goes past it.
+    pub fn set_debug_stops(&mut self, stops: Option<DebugStops>) {
+        self.debug_resume = stops.as_ref().map(|_| self.state.seg[sreg::CS].base.wrapping_add(self.state.rip));
+        self.sys.watching = stops.as_ref().is_some_and(|d| !d.watchpoints.is_empty());
+        self.sys.watch_hit = None;
+        self.debug_stops = stops;
+    }
+
+    /// The watchpoint the last instruction hit, when [`Cpu::run`] returned
+    /// [`StopReason::Debug`] for one.
+    pub fn take_watch_hit(&mut self) -> Option<WatchHit> {
+        self.sys.watch_hit.take()
+    }
+
+    /// A data access of `n` bytes at `lin` against the debugger's watchpoints.
+    #[cold]
+    pub(crate) fn watch_access(&mut self, lin: u64, n: u64, write: bool) {
+        let Some(d) = &self.debug_stops else { return };
+        let end = lin.wrapping_add(n);
+        for w in &d.watchpoints {
+            let kind = if write { w.write } else { w.read };
+            if kind && lin < w.addr.wrapping_add(w.len) && w.addr < end && self.sys.watch_hit.is_none() {
+                self.sys.watch_hit = Some(WatchHit { addr: w.addr, write });
+            }
+        }
+    }
+
+    /// Whether a debugger's stops are armed ([`Cpu::set_debug_stops`]).
+    pub fn debugged(&self) -> bool {
+        self.debug_stops.is_some()
+    }
+
+    /// What an instruction boundary takes: a pending NMI, then an external
+    /// interrupt in the interrupt window (IF set and no shadow). `true`
+    /// when one was delivered: the loop looks again.
+    #[inline(always)]
+    fn take_boundary_events(&mut self) -> bool {
+        if self.state.events.nmi_pending && self.poll_nmi() {
+            return true;
+        }
+        if self.state.interrupt_shadow == 0 && self.state.rflags & flags::IF != 0 && self.platform.interrupt_pending() {
+            if let Some(vector) = self.platform.ack_interrupt() {
+                self.state.halted = 0;
+                self.stats.interrupts += 1;
+                self.deliver_external(vector);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// [`Cpu::run`] under a debugger's stops: one instruction at a time.
+    fn run_debugged(&mut self, budget: u64) -> StopReason {
+        let start = self.stats.instructions;
+        let step = self.debug_stops.as_ref().is_some_and(|d| d.step);
+        let mut ran = false;
+        while self.stats.instructions - start < budget {
+            if let Some(why) = self.shutdown.take() {
+                return StopReason::Shutdown(why);
+            }
+            if self.stop {
+                self.stop = false;
+                return StopReason::Requested;
+            }
+            if ran && step {
+                return StopReason::Debug;
+            }
+            let quiet = step && self.state.halted == 0;
+            if !quiet && self.take_boundary_events() {
+                continue;
+            }
+            if self.state.halted != 0 {
+                return StopReason::Halted;
+            }
+            let at = self.state.seg[sreg::CS].base.wrapping_add(self.state.rip);
+            let resume = self.debug_resume.take();
+            if resume != Some(at) && self.debug_stops.as_ref().is_some_and(|d| d.breakpoints.contains(&at)) {
+                return StopReason::Debug;
+            }
+            self.state.interrupt_shadow = 0;
+            match self.block_at_rip() {
+                Ok(block) => {
+                    if self.exec_one(&block.insns()[0]) {
+                        self.stats.instructions += 1;
+                    }
+                }
+                Err(e) => {
+                    self.insn_start = self.state.rip;
+                    self.raise_fetch_fault(e);
+                }
+            }
+            ran = true;
+            if self.sys.watch_hit.is_some() {
+                // Data watchpoints trap after the access's instruction.
+                return StopReason::Debug;
+            }
+        }
+        if let Some(why) = self.shutdown.take() {
+            return StopReason::Shutdown(why);
+        }
+        if ran && step {
+            return StopReason::Debug;
+        }
+        StopReason::Budget
+    }
+
     /// Finish a SYSCALL that another engine began: the state is the one
     /// right after the instruction (RIP past it, RFLAGS as they were), and
     /// this performs the instruction's whole transition to the kernel
@@ -46,6 +190,9 @@ impl Cpu {
     /// Run at most `budget` instructions.
     pub fn run(&mut self, budget: u64) -> StopReason {
         self.stop = false;
+        if self.debug_stops.is_some() {
+            return self.run_debugged(budget);
+        }
         let start = self.stats.instructions;
         while self.stats.instructions - start < budget {
             if let Some(why) = self.shutdown.take() {
@@ -55,20 +202,8 @@ impl Cpu {
                 self.stop = false;
                 return StopReason::Requested;
             }
-            if self.state.events.nmi_pending && self.poll_nmi() {
+            if self.take_boundary_events() {
                 continue;
-            }
-            // Interrupt window: IF set and no shadow.
-            if self.state.interrupt_shadow == 0
-                && self.state.rflags & flags::IF != 0
-                && self.platform.interrupt_pending()
-            {
-                if let Some(vector) = self.platform.ack_interrupt() {
-                    self.state.halted = 0;
-                    self.stats.interrupts += 1;
-                    self.deliver_external(vector);
-                    continue;
-                }
             }
             if self.state.halted != 0 {
                 return StopReason::Halted;
@@ -461,5 +596,87 @@ mod hook_tests {
         assert!(c.cache.user_pages.is_empty());
         assert!(c.cache.by_page.contains_key(&(kernel & !0xfff)));
         assert!(!c.cache.by_page.contains_key(&user));
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use iced_x86::code_asm::*;
+
+    use super::{DebugStops, WatchHit, Watchpoint};
+    use crate::ops::testutil::*;
+    use crate::platform::StopReason;
+
+    /// Four instructions at CODE: two moves, a store to DATA, a jump back;
+    /// and the jump's address.
+    fn looping() -> (crate::Cpu, u64) {
+        let mut c = long_mode();
+        let code = assemble(&c, |a| {
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            a.mov(rax, 1u64)?;
+            a.mov(rbx, 2u64)?;
+            a.mov(qword_ptr(DATA), rax)?;
+            a.jmp(top)
+        });
+        place(&mut c, &code);
+        assert_eq!(code[code.len() - 2], 0xeb, "a short jump back ends it");
+        (c, CODE + code.len() as u64 - 2)
+    }
+
+    #[test]
+    fn a_debugger_stops_before_a_breakpoint_and_a_resume_goes_past_it() {
+        let (mut c, _) = looping();
+        let second = CODE + 10;
+        c.set_debug_stops(Some(DebugStops { breakpoints: vec![second], ..Default::default() }));
+        assert_eq!(c.run(1000), StopReason::Debug);
+        assert_eq!(c.state.rip, second, "stopped before the instruction");
+        assert_eq!(c.state.gpr[3], 0, "it did not run");
+        // Resumed from the breakpoint: the loop comes round to it again.
+        c.set_debug_stops(Some(DebugStops { breakpoints: vec![second], ..Default::default() }));
+        let n = c.stats.instructions;
+        assert_eq!(c.run(1000), StopReason::Debug);
+        assert_eq!((c.state.rip, c.stats.instructions - n), (second, 4));
+        assert_eq!(c.state.gpr[3], 2);
+        // Without stops the budget ends the run.
+        c.set_debug_stops(None);
+        assert_eq!(c.run(1000), StopReason::Budget);
+    }
+
+    #[test]
+    fn a_step_runs_one_instruction_and_takes_no_interrupt() {
+        let (mut c, _, irq) = new_cpu_with_irq();
+        long_setup(&mut c);
+        let code = assemble(&c, |a| {
+            a.mov(rax, 1u64)?;
+            a.mov(rbx, 2u64)?;
+            a.hlt()
+        });
+        place(&mut c, &code);
+        c.state.rflags |= crate::state::flags::IF;
+        *irq.lock().unwrap() = Some(0x40);
+        c.set_debug_stops(Some(DebugStops { step: true, ..Default::default() }));
+        assert_eq!(c.run(1000), StopReason::Debug);
+        assert_eq!((c.state.rip, c.state.gpr[0], c.state.gpr[3]), (CODE + 10, 1, 0));
+        assert_eq!(c.stats.interrupts, 0, "no interrupt during a step");
+        c.set_debug_stops(None);
+        c.run(1);
+        assert_eq!(c.stats.interrupts, 1, "taken once the debugger lets go");
+    }
+
+    #[test]
+    fn a_watchpoint_stops_after_the_access() {
+        let (mut c, jump) = looping();
+        let w = Watchpoint { addr: DATA + 4, len: 1, read: false, write: true };
+        c.set_debug_stops(Some(DebugStops { watchpoints: vec![w], ..Default::default() }));
+        assert_eq!(c.run(1000), StopReason::Debug);
+        assert_eq!(c.take_watch_hit(), Some(WatchHit { addr: DATA + 4, write: true }));
+        assert_eq!(c.state.rip, jump, "after the store");
+        assert_eq!(c.mem().read_u64(DATA).unwrap(), 1);
+        // A read watchpoint on the same bytes does not see the store.
+        let r = Watchpoint { write: false, read: true, ..w };
+        c.set_debug_stops(Some(DebugStops { watchpoints: vec![r], ..Default::default() }));
+        assert_eq!(c.run(100), StopReason::Budget);
+        assert_eq!(c.take_watch_hit(), None);
     }
 }

@@ -42,9 +42,9 @@ pub mod x87;
 
 pub use atomic::ExclusiveFn;
 pub use cache::{Block, Decoded, FastMap, FxHasher, Invalidation, InvalidationListener};
-pub use cpu::{Cpu, CpuStats};
+pub use cpu::{paging_of, Cpu, CpuStats};
 pub use exception::{Exception, Fault};
-pub use exec::Executed;
+pub use exec::{DebugStops, Executed, WatchHit, Watchpoint};
 pub use hooks::{ExecHooks, FxEvent, HookCtx};
 pub use platform::{NoDevices, Platform, StopReason};
 pub use snapshot::CpuSnapshot;

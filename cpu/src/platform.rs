@@ -85,6 +85,9 @@ pub enum StopReason {
     /// ([`Block::heat`](crate::Block::heat)) reached 0. Nothing of it ran;
     /// events and interrupts at this boundary were taken.
     Hot,
+    /// A debugger's stop ([`DebugStops`](crate::DebugStops)): RIP is at a
+    /// breakpoint (not run yet), or one instruction was stepped.
+    Debug,
 }
 
 // The interpreter's calls into the platform.

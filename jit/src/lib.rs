@@ -345,6 +345,10 @@ impl Jit {
     /// Run at most about `budget` instructions, in translated code where it
     /// exists and in the interpreter elsewhere.
     pub fn run(&mut self, cpu: &mut Cpu, budget: u64) -> StopReason {
+        if cpu.debugged() {
+            // A debugger's breakpoints and steps are the interpreter's.
+            return cpu.run(budget);
+        }
         let start = self.instructions(cpu);
         loop {
             self.poll(cpu);

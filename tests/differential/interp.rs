@@ -153,7 +153,7 @@ impl InterpSide {
                     break;
                 }
                 // `yield_at_user` is never set here.
-                StopReason::Budget | StopReason::UserMode | StopReason::Hot => {}
+                StopReason::Budget | StopReason::UserMode | StopReason::Hot | StopReason::Debug => {}
             }
         }
         let mut state = self.cpu.state;

@@ -29,6 +29,7 @@ pub mod device_manager;
 pub mod display;
 pub mod engine;
 pub mod error;
+pub mod gdb;
 pub mod machine;
 pub mod monitor;
 #[cfg(feature = "serde")]

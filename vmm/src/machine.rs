@@ -137,6 +137,8 @@ pub struct Machine {
     first_run: OnceLock<Instant>,
     /// What ended the run, in QEMU's terms ([`RunReport::shutdown`]).
     ended_by: Mutex<Option<&'static str>>,
+    /// A debugger's breakpoints and stops ([`crate::gdb`]).
+    pub debug: Arc<crate::gdb::GuestDebug>,
 }
 
 impl Machine {
@@ -290,6 +292,7 @@ impl Machine {
             kernel_code,
             unclaimed: Arc::default(),
             control: Arc::new(RunControl::default()),
+            debug: Arc::default(),
             no_shutdown: false,
             exclusive_request: Arc::default(),
             vga,
@@ -474,6 +477,7 @@ impl Machine {
             match outcome {
                 Ok(Outcome::Done(report)) => {
                     self.control.end_lifecycle();
+                    self.debug.end();
                     return Ok(report);
                 }
                 Ok(Outcome::Stopped(op, vcpus)) => {
@@ -493,6 +497,7 @@ impl Machine {
                 }
                 Err(e) => {
                     self.control.end_lifecycle();
+                    self.debug.end();
                     return Err(e);
                 }
             }
@@ -565,6 +570,9 @@ impl Machine {
             let mut engine = self.engine(kind, &ctx)?;
             if let Some(s) = states.and_then(|s| s.get(index as usize)) {
                 engine.set_state(s)?;
+            }
+            if let Some(stops) = self.debug.stops_for(index) {
+                engine.set_debug(Some(stops))?;
             }
             vcpus.push(Vcpu::new(index, engine));
         }
@@ -641,6 +649,9 @@ impl Machine {
             let mut shutdown = None;
             for v in vcpus.iter_mut().filter(|_| !stopped) {
                 let i = v.index() as usize;
+                if !self.debug.may_run(v.index()) {
+                    continue;
+                }
                 devices::intc::set_current_cpu(i);
                 self.start_up(v)?;
                 if self.chipset.intc.waiting_for_sipi(i) {
@@ -666,6 +677,13 @@ impl Machine {
                 match ran? {
                     Exit::Budget => halted = false,
                     Exit::Halted => {}
+                    Exit::Debug => {
+                        // Held here until the debugger has looked.
+                        let watch = v.engine().take_watch_hit();
+                        self.debug.hit(v.index(), watch, &self.control);
+                        halted = false;
+                        break;
+                    }
                     Exit::Shutdown(chain) => {
                         shutdown = Some(if i == 0 { chain } else { format!("CPU {i}: {chain}") });
                         break;

@@ -63,6 +63,10 @@ pub struct SysState {
     pub(crate) rng: Option<ChaCha20>,
     /// RDSEED draws from `rng` too (a fixed seed was set for reproducible runs).
     pub(crate) deterministic: bool,
+    /// A debugger watches data ([`crate::DebugStops::watchpoints`]).
+    pub(crate) watching: bool,
+    /// The watchpoint an access hit, for the debugger.
+    pub(crate) watch_hit: Option<crate::exec::WatchHit>,
 }
 
 #[inline]
@@ -120,7 +124,7 @@ impl Cpu {
     #[inline(always)]
     pub(crate) fn check_access(&mut self, lin: u64, size: u32, write: bool) -> Fault<()> {
         let s = &self.state;
-        if (s.cr0 & cr::CR0_AM) | (s.dr[7] & dr7::ENABLES) != 0 {
+        if (s.cr0 & cr::CR0_AM) | (s.dr[7] & dr7::ENABLES) | u64::from(self.sys.watching) != 0 {
             self.check_access_slow(lin, size, write)?;
         }
         Ok(())
@@ -132,6 +136,9 @@ impl Cpu {
         let s = &self.state;
         if s.dr[7] & dr7::ENABLES != 0 {
             self.data_breakpoints(lin, u64::from(size), write);
+        }
+        if self.sys.watching {
+            self.watch_access(lin, u64::from(size), write);
         }
         Ok(())
     }
@@ -153,6 +160,9 @@ impl Cpu {
     pub(crate) fn check_access_buf(&mut self, lin: u64, n: usize, write: bool) {
         if self.state.dr[7] & dr7::ENABLES != 0 && n != 0 {
             self.data_breakpoints(lin, n as u64, write);
+        }
+        if self.sys.watching && n != 0 {
+            self.watch_access(lin, n as u64, write);
         }
     }
 

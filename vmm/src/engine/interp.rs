@@ -33,6 +33,7 @@ pub(crate) fn exit_of(why: StopReason) -> Exit {
     match why {
         StopReason::Halted => Exit::Halted,
         StopReason::Shutdown(chain) => Exit::Shutdown(chain),
+        StopReason::Debug => Exit::Debug,
         StopReason::Budget | StopReason::Requested | StopReason::UserMode | StopReason::Hot => Exit::Budget,
     }
 }
@@ -93,6 +94,15 @@ impl Engine for InterpEngine {
     fn inject_nmi(&mut self) -> Result<(), Error> {
         self.cpu.inject_nmi();
         Ok(())
+    }
+
+    fn set_debug(&mut self, stops: Option<cpu::DebugStops>) -> Result<(), Error> {
+        self.cpu.set_debug_stops(stops);
+        Ok(())
+    }
+
+    fn take_watch_hit(&mut self) -> Option<cpu::WatchHit> {
+        self.cpu.take_watch_hit()
     }
 
     fn set_exclusive(&mut self, run: cpu::ExclusiveFn) {

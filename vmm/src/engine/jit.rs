@@ -111,6 +111,15 @@ impl Engine for JitEngine {
         Ok(())
     }
 
+    fn set_debug(&mut self, stops: Option<cpu::DebugStops>) -> Result<(), Error> {
+        self.cpu.set_debug_stops(stops);
+        Ok(())
+    }
+
+    fn take_watch_hit(&mut self) -> Option<cpu::WatchHit> {
+        self.cpu.take_watch_hit()
+    }
+
     fn set_exclusive(&mut self, run: cpu::ExclusiveFn) {
         self.cpu.set_exclusive(Some(run));
     }

@@ -140,6 +140,9 @@ pub enum Exit {
     Halted,
     /// A triple fault: the processor shut down; the string names the chain.
     Shutdown(String),
+    /// A debugger's stop ([`Engine::set_debug`]): the vCPU is at a
+    /// breakpoint, or stepped one instruction.
+    Debug,
 }
 
 /// Makes a running [`Engine::run`] return soon, from any thread.
@@ -192,6 +195,19 @@ pub trait Engine {
 
     /// Raise a non-maskable interrupt for the guest.
     fn inject_nmi(&mut self) -> Result<(), Error>;
+
+    /// Arm (with `None`, disarm) a debugger's breakpoints and single step
+    /// ([`crate::gdb`]), after the state is set: the run then returns
+    /// [`Exit::Debug`] at them. Engines that cannot stop there refuse.
+    fn set_debug(&mut self, _stops: Option<cpu::DebugStops>) -> Result<(), Error> {
+        Err(Error::Config(format!("the {} engine cannot stop for a debugger", self.name())))
+    }
+
+    /// After [`Exit::Debug`]: the watchpoint the vCPU's last instruction
+    /// hit, if that was why it stopped.
+    fn take_watch_hit(&mut self) -> Option<cpu::WatchHit> {
+        None
+    }
 
     /// How the engine's interpreter runs an instruction with every other
     /// vCPU stopped (a locked access the host cannot make one atomic),

@@ -515,6 +515,17 @@ impl Engine for SplitEngine {
         Ok(())
     }
 
+    fn set_debug(&mut self, stops: Option<cpu::DebugStops>) -> Result<(), Error> {
+        // Under a debugger the interpreter runs user code too (its stops
+        // take no hooks), so nothing goes to KVM.
+        self.cpu.set_debug_stops(stops);
+        Ok(())
+    }
+
+    fn take_watch_hit(&mut self) -> Option<cpu::WatchHit> {
+        self.cpu.take_watch_hit()
+    }
+
     fn inject_nmi(&mut self) -> Result<(), Error> {
         // The interpreter delivers it; user code in KVM comes back first.
         if self.stint.is_some() && self.vcpu.pending_event()?.is_none() {

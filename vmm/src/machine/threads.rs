@@ -228,6 +228,9 @@ impl Machine {
         if let Some(s) = states.and_then(|s| s.first()) {
             bsp.set_state(s)?;
         }
+        if let Some(stops) = self.debug.stops_for(0) {
+            bsp.set_debug(Some(stops))?;
+        }
         let ctl = Arc::new(ThreadCtl::new(cpus as usize, self.exclusive_request.clone()));
         let c = ctl.clone();
         let exclusive: cpu::ExclusiveFn = Arc::new(move |f: &mut dyn FnMut()| {
@@ -249,6 +252,9 @@ impl Machine {
                             e.set_exclusive(exclusive.clone());
                             if let Some(s) = &state {
                                 e.set_state(s)?;
+                            }
+                            if let Some(stops) = self.debug.stops_for(index) {
+                                e.set_debug(Some(stops))?;
                             }
                             Ok(e)
                         })
@@ -372,6 +378,11 @@ impl Machine {
                 std::thread::park_timeout(Duration::from_millis(1));
                 continue;
             }
+            if !self.debug.may_run(index) {
+                // Another vCPU steps for the debugger.
+                std::thread::park_timeout(Duration::from_millis(1));
+                continue;
+            }
             if machine_apic {
                 if let Err(err) = super::start_up(intc, cpu, &mut **e) {
                     ctl.fail(err);
@@ -405,6 +416,10 @@ impl Machine {
             self.control.throttle_point(&mut ran_since_throttle);
             match ran {
                 Ok(Exit::Budget) => {}
+                Ok(Exit::Debug) => {
+                    let watch = e.take_watch_hit();
+                    self.debug.hit(index, watch, &self.control);
+                }
                 Ok(Exit::Halted) => {
                     let work = intc.interrupt_pending(cpu) || intc.nmi_pending(cpu) || intc.startup_pending(cpu);
                     if work {
