@@ -219,6 +219,12 @@ pub struct RunArgs {
     /// to them rather than to the PS/2 mouse and keyboard. Implies --usb.
     #[arg(long, value_enum)]
     pub usb_device: Vec<UsbDeviceArg>,
+    /// What the RTC counts from (QEMU's -rtc base=): utc (the host's time
+    /// in UTC, the default), localtime (the host's local time, as Windows
+    /// and DOS keep it), or a date, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS, at
+    /// which the RTC starts and runs on from.
+    #[arg(long, value_name = "utc|localtime|DATE", default_value = "utc", value_parser = parse_rtc_base)]
+    pub rtc_base: RtcBase,
     /// A QMP monitor (QEMU's -qmp): unix:PATH or tcp:HOST:PORT, with
     /// ,server=on (QEMU's default here) and ,wait=off (else the machine
     /// waits for the first client before it starts). May be repeated.
@@ -498,4 +504,49 @@ mod tests {
         let Command::Run(args) = run.command else { panic!("not run") };
         assert_eq!(args.cpu, Model::V2, "the default model");
     }
+}
+
+/// `--rtc-base`: what the guest's RTC counts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RtcBase {
+    /// The host's time in UTC.
+    Utc,
+    /// The host's local time.
+    LocalTime,
+    /// A date and time (seconds since 1970 as the RTC's calendar counts
+    /// them) the RTC starts at.
+    Date(i64),
+}
+
+impl RtcBase {
+    /// What the RTC shows at power-on, for the machine's configuration
+    /// (`None`: the host's UTC time).
+    pub fn start_ns(self) -> Option<i128> {
+        match self {
+            RtcBase::Utc => None,
+            RtcBase::LocalTime => {
+                let now = chrono::Local::now();
+                let offset = i128::from(now.offset().local_minus_utc());
+                Some(
+                    i128::from(now.timestamp()) * 1_000_000_000
+                        + i128::from(now.timestamp_subsec_nanos())
+                        + offset * 1_000_000_000,
+                )
+            }
+            RtcBase::Date(secs) => Some(i128::from(secs) * 1_000_000_000),
+        }
+    }
+}
+
+/// Parses `--rtc-base` (QEMU's `base=` values).
+pub fn parse_rtc_base(s: &str) -> Result<RtcBase, String> {
+    match s {
+        "utc" => return Ok(RtcBase::Utc),
+        "localtime" => return Ok(RtcBase::LocalTime),
+        _ => {}
+    }
+    let t = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S")
+        .or_else(|_| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map(|d| d.and_time(chrono::NaiveTime::MIN)))
+        .map_err(|_| format!("'{s}': expected utc, localtime, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS"))?;
+    Ok(RtcBase::Date(t.and_utc().timestamp()))
 }

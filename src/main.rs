@@ -190,6 +190,7 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         vcpu_threads: args.vcpu_threads.mode(),
         vga,
         usb: usb_config(&args),
+        rtc_start_ns: args.rtc_base.start_ns(),
     };
     let storage = vmm::Storage {
         drives: disks,
@@ -790,3 +791,6 @@ fn run_qemu(argv: &[std::ffi::OsString], trace: Option<&str>) -> ExitCode {
     };
     execute(cli)
 }
+
+#[cfg(test)]
+mod qemu_corpus;

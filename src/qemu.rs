@@ -248,6 +248,8 @@ struct State {
     nics: Vec<Nic>,
     /// Whether a network option was given (no default NIC then).
     net_given: bool,
+    /// `-net nic` and `-net user`, joined by hub at the end.
+    legacy_nets: Vec<LegacyNet>,
     /// `-drive if=none,id=...`: id and the disk.
     drives_by_id: Vec<(String, Disk)>,
     disks: Vec<Disk>,
@@ -277,6 +279,8 @@ struct State {
     chardevs: Vec<(String, String)>,
     /// `-S`.
     paused: bool,
+    /// `-rtc base=`, `-localtime`: what the RTC counts from.
+    rtc_base: Option<String>,
     /// `-s`, `-gdb DEV`: the gdb stub's device (the last one given).
     gdb: Option<String>,
     /// `-usb`, `-machine usb=on`.
@@ -304,6 +308,15 @@ struct Nic {
     model: &'static str,
     mac: Option<String>,
     vectors: Option<String>,
+    /// On an internal hub of this name instead of the NAT (a `-net nic`
+    /// with no `-net user` beside it).
+    hub: Option<String>,
+}
+
+/// One `-net` of the legacy syntax, on its hub (`vlan=`, default 0).
+enum LegacyNet {
+    Nic { vlan: u32, model: &'static str, mac: Option<String>, vectors: Option<String> },
+    User { vlan: u32, opts: Opts },
 }
 
 #[derive(Clone)]
@@ -390,7 +403,8 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
                 vnc::parse_vnc_spec(v).map_err(|e| format!("{option} {v}: {e}"))?;
                 st.vnc = Some(v.to_string());
             }
-            "monitor" if v == "none" => st.monitor_given = true,
+            // A monitor on /dev/null reads nothing and says nothing: none.
+            "monitor" if v == "none" || v == "/dev/null" => st.monitor_given = true,
             "monitor" => {
                 st.monitor_given = true;
                 monitor::parse_chardev_uri(v).map_err(|e| format!("{option} {v}: {e}"))?;
@@ -437,17 +451,25 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
             "loadvm" => st.loadvm = Some(v.to_string()),
             "parallel" if v == "none" => st.parallel_given = true,
             "parallel" => return Err(format!("{option} {v} is not supported: ferrovm has no parallel port")),
-            "serial" => st.serial.push(serial(&option, v)?),
+            "serial" => {
+                // As in QEMU, a serial port that carries a monitor (mon:)
+                // replaces the default monitor.
+                if v.starts_with("mon:") {
+                    st.monitor_given = true;
+                }
+                st.serial.push(serial(&option, v)?);
+            }
             "nodefaults" => st.nodefaults = true,
-            "no-user-config" => {}
+            // -nodefconfig is QEMU's older name of -no-user-config.
+            "no-user-config" | "nodefconfig" => {}
+            "curses" => st.display(&option, "curses")?,
             "no-reboot" => st.no_reboot = true,
             "no-shutdown" => st.no_shutdown = true,
             "daemonize" => st.daemonize = true,
             "action" => st.action(&option, v)?,
             "netdev" => st.netdev(&option, v)?,
             "nic" => st.nic(&option, v)?,
-            "net" if v == "none" => st.net_given = true,
-            "net" => return Err(format!("{option} {v} is not supported: use -nic or -netdev with -device")),
+            "net" => st.legacy_net(&option, v)?,
             "device" => st.device(&option, v)?,
             "drive" => st.drive(&option, v)?,
             "hda" | "hdb" | "hdc" | "hdd" => {
@@ -464,11 +486,18 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
                 parse_opts(v, Some("guest"))?.only(&option, &["guest", "process", "debug-threads"])?;
             }
             "pidfile" => st.pidfile = Some(PathBuf::from(v)),
+            "localtime" => st.rtc_base = Some("localtime".into()),
             "rtc" => {
                 let o = parse_opts(v, None)?;
-                o.only(&option, &["base", "clock"])?;
-                if let Some(b) = o.get("base").filter(|b| *b != "utc") {
-                    return Err(format!("{option}: base={b} is not supported: ferrovm's RTC keeps UTC (base=utc)"));
+                o.only(&option, &["base", "clock", "driftfix"])?;
+                if let Some(b) = o.get("base") {
+                    crate::cli::parse_rtc_base(b).map_err(|e| format!("{option}: base={e}"))?;
+                    st.rtc_base = Some(b.to_string());
+                }
+                if let Some(d) = o.get("driftfix").filter(|d| *d != "none") {
+                    return Err(format!(
+                        "{option}: driftfix={d} is not supported: ferrovm does not reinject lost RTC ticks (driftfix=none)"
+                    ));
                 }
                 if let Some(c) = o.get("clock").filter(|c| *c != "host") {
                     return Err(format!(
@@ -770,7 +799,111 @@ impl State {
             format!("{option} model={m} is not supported: ferrovm's NICs are e1000 and virtio-net-pci")
         })?;
         let mac = o.get("mac").map(str::to_string);
-        self.nics.push(Nic { netdev: None, opts: o, model, mac, vectors: None });
+        self.nics.push(Nic { netdev: None, opts: o, model, mac, vectors: None, hub: None });
+        Ok(())
+    }
+
+    /// QEMU's legacy `-net`: `nic[,model=][,macaddr=][,vectors=][,vlan=]`,
+    /// `user[,vlan=][,name=][,...]` with `-netdev user`'s keys, and `none`.
+    /// Each NIC and NAT sits on a hub (`vlan=`, default 0, as QEMU before
+    /// 3.0 numbered them; 7.2 puts every `-net` on hub 0).
+    fn legacy_net(&mut self, option: &str, v: &str) -> Result<(), String> {
+        let o = parse_opts(v, Some("type"))?;
+        self.net_given = true;
+        let vlan = match o.get("vlan") {
+            Some(n) => n.parse::<u32>().map_err(|_| format!("{option} vlan={n}: expected a hub number"))?,
+            None => 0,
+        };
+        match o.get("type").unwrap_or_default() {
+            "none" => o.only(option, &["type"]),
+            "nic" => {
+                o.only(option, &["type", "vlan", "model", "macaddr", "name", "vectors"])?;
+                let m = o.get("model").unwrap_or("e1000");
+                let model = nic_model(m).ok_or_else(|| {
+                    format!("{option} model={m} is not supported: ferrovm's NICs are e1000 and virtio-net-pci")
+                })?;
+                let (mac, vectors) = (o.get("macaddr").map(str::to_string), o.get("vectors").map(str::to_string));
+                self.legacy_nets.push(LegacyNet::Nic { vlan, model, mac, vectors });
+                Ok(())
+            }
+            "user" => {
+                let mut known = vec!["type", "vlan", "name", "id", "ipv4", "ipv6"];
+                known.extend_from_slice(USER_KEYS);
+                o.only(option, &known)?;
+                check_ip_versions(option, &o)?;
+                self.legacy_nets.push(LegacyNet::User { vlan, opts: o });
+                Ok(())
+            }
+            t => Err(format!(
+                "{option} {t} is not supported: ferrovm's network backend is the user-mode NAT (-net user)"
+            )),
+        }
+    }
+
+    /// The NICs of the legacy `-net` options, hub by hub: a NIC with a
+    /// `-net user` on its hub is on that NAT; NICs without one share an
+    /// internal hub of their own (they reach each other and nothing else,
+    /// as on QEMU's hub).
+    fn legacy_nics(&mut self) -> Result<(), String> {
+        let mut vlans: Vec<u32> = self
+            .legacy_nets
+            .iter()
+            .map(|n| match n {
+                LegacyNet::Nic { vlan, .. } | LegacyNet::User { vlan, .. } => *vlan,
+            })
+            .collect();
+        vlans.sort_unstable();
+        vlans.dedup();
+        for vlan in vlans {
+            let nics: Vec<_> = self
+                .legacy_nets
+                .iter()
+                .filter_map(|n| match n {
+                    LegacyNet::Nic { vlan: v, model, mac, vectors } if *v == vlan => {
+                        Some((*model, mac.clone(), vectors.clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let users: Vec<&Opts> = self
+                .legacy_nets
+                .iter()
+                .filter_map(|n| match n {
+                    LegacyNet::User { vlan: v, opts } if *v == vlan => Some(opts),
+                    _ => None,
+                })
+                .collect();
+            if users.len() > 1 {
+                return Err(format!("-net user: two on hub {vlan}: ferrovm puts one NAT on a hub"));
+            }
+            match (nics.len(), users.first()) {
+                (0, _) => self.notes.push(format!("-net user (hub {vlan}): no -net nic on it, so no NIC uses it")),
+                (1, Some(u)) => {
+                    let (model, mac, vectors) = nics[0].clone();
+                    let opts = (*u).clone();
+                    self.nics.push(Nic { netdev: None, opts, model, mac, vectors, hub: None });
+                }
+                (_, Some(_)) => {
+                    return Err(format!(
+                    "-net nic: {} NICs on hub {vlan} with -net user: ferrovm's NAT serves one NIC (-nic user for each)",
+                    nics.len()
+                ))
+                }
+                (_, None) => {
+                    let hub = format!("qemu-net{vlan}-{}", std::process::id());
+                    for (model, mac, vectors) in nics {
+                        self.nics.push(Nic {
+                            netdev: None,
+                            opts: Opts::default(),
+                            model,
+                            mac,
+                            vectors,
+                            hub: Some(hub.clone()),
+                        });
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -792,6 +925,7 @@ impl State {
                 model,
                 mac: o.get("mac").map(str::to_string),
                 vectors: o.get("vectors").map(str::to_string),
+                hub: None,
             });
             return Ok(());
         }
@@ -844,7 +978,24 @@ impl State {
 
     fn drive(&mut self, option: &str, v: &str) -> Result<(), String> {
         let o = parse_opts(v, None)?;
-        o.only(option, &["file", "if", "format", "readonly", "snapshot", "cache", "media", "id", "index", "aio"])?;
+        o.only(
+            option,
+            &[
+                "file",
+                "if",
+                "format",
+                "readonly",
+                "read-only",
+                "snapshot",
+                "cache",
+                "media",
+                "id",
+                "index",
+                "aio",
+                "bus",
+                "unit",
+            ],
+        )?;
         let file =
             o.get("file").ok_or_else(|| format!("{option} {v}: file= is missing (ferrovm has no empty drives)"))?;
         let cdrom = match o.get("media") {
@@ -852,14 +1003,32 @@ impl State {
             Some("cdrom") => true,
             Some(m) => return Err(format!("{option} media={m}: use media=disk or media=cdrom")),
         };
-        let index = match o.get("index") {
-            None => None,
-            Some(i) => Some(
+        let index = match (o.get("index"), o.get("bus"), o.get("unit")) {
+            (None, None, None) => None,
+            (Some(i), None, None) => Some(
                 i.parse::<u8>()
                     .ok()
                     .filter(|&i| i < 4)
                     .ok_or_else(|| format!("{option} index={i}: the IDE positions are 0 to 3"))?,
             ),
+            // QEMU's bus= and unit=: the IDE channel and the drive on it
+            // (index = bus * 2 + unit), or the floppy drive (unit=).
+            (None, bus, unit) => {
+                let floppy = o.get("if") == Some("floppy");
+                let n = |k: &str, v: Option<&str>, max: u8| -> Result<u8, String> {
+                    match v {
+                        None => Ok(0),
+                        Some(x) => x
+                            .parse::<u8>()
+                            .ok()
+                            .filter(|&n| n <= max)
+                            .ok_or_else(|| format!("{option} {k}={x}: expected 0 to {max}")),
+                    }
+                };
+                let (b, u) = (n("bus", bus, if floppy { 0 } else { 1 })?, n("unit", unit, 1)?);
+                Some(b * 2 + u)
+            }
+            (Some(_), _, _) => return Err(format!("{option}: index= and bus=/unit= name the same thing; give one")),
         };
         let format = match o.get("format") {
             Some(f @ ("raw" | "qcow2")) => Some(f.to_string()),
@@ -869,7 +1038,7 @@ impl State {
         let flag = |k: &str| o.get(k).map(|x| on_off(option, k, x)).transpose().map(Option::unwrap_or_default);
         let disk = Disk {
             format,
-            readonly: flag("readonly")? || cdrom,
+            readonly: flag("readonly")? || flag("read-only")? || cdrom,
             snapshot: flag("snapshot")?,
             cdrom,
             index,
@@ -1015,6 +1184,9 @@ impl State {
         if let Some(g) = &self.gdb {
             args.extend(["--gdb".into(), g.clone()]);
         }
+        if let Some(b) = &self.rtc_base {
+            args.extend(["--rtc-base".into(), b.clone()]);
+        }
         if self.curses {
             args.extend(["--display".into(), "curses".into()]);
         }
@@ -1054,6 +1226,14 @@ impl State {
             let bios = self.find_firmware(self.bios.as_deref().unwrap_or(DEFAULT_BIOS));
             args.extend(["--bios".into(), bios]);
         }
+        for d in self.disks.iter().chain(self.drives_by_id.iter().map(|(_, d)| d)) {
+            if d.file.starts_with("fat:") {
+                return Err(format!(
+                    "-drive file={}: QEMU's virtual FAT folder (fat:) is not supported: give a disk image",
+                    d.file
+                ));
+            }
+        }
         for d in &self.disks {
             if d.file.contains(',') {
                 return Err(format!("-drive file={}: ferrovm cannot open an image whose path has a comma", d.file));
@@ -1088,9 +1268,17 @@ impl State {
         if self.snapshot {
             args.push("--snapshot".into());
         }
+        self.legacy_nics()?;
         if !self.net_given && !self.nodefaults {
             // QEMU's default network: an e1000 on the user-mode NAT.
-            self.nics.push(Nic { netdev: None, opts: Opts::default(), model: "e1000", mac: None, vectors: None });
+            self.nics.push(Nic {
+                netdev: None,
+                opts: Opts::default(),
+                model: "e1000",
+                mac: None,
+                vectors: None,
+                hub: None,
+            });
         }
         let mut used = Vec::new();
         for nic in &self.nics {
@@ -1100,7 +1288,7 @@ impl State {
                         .netdevs
                         .iter()
                         .find(|(n, _)| n == id)
-                        .ok_or_else(|| format!("-device {}: netdev={id}: no -netdev user,id={id}", nic.model))?;
+                        .ok_or_else(|| format!("-netdev {id} is missing: a NIC names it (netdev={id}) and there is no -netdev user,id={id}"))?;
                     if used.contains(id) {
                         return Err(format!("-netdev {id} is used by two NICs"));
                     }
@@ -1109,7 +1297,10 @@ impl State {
                 }
                 None => &nic.opts,
             };
-            let mut spec = format!("user,model={}", nic.model);
+            let mut spec = match &nic.hub {
+                Some(id) => format!("hub,id={id},model={}", nic.model),
+                None => format!("user,model={}", nic.model),
+            };
             for (k, v) in [("mac", &nic.mac), ("vectors", &nic.vectors)] {
                 if let Some(v) = v {
                     spec.push_str(&format!(",{k}={v}"));
@@ -1450,7 +1641,34 @@ mod tests {
         refused("-device e1000", "netdev=");
         refused("-device rtl8139,netdev=n0", "rtl8139");
         refused("-nic user,model=rtl8139", "rtl8139");
-        refused("-net nic -net user", "-nic");
+        let a = run_args("-net nic,model=virtio,macaddr=52:54:00:12:34:56 -net user,hostfwd=tcp::2222-:22 -kernel k");
+        assert!(has(&a, "--nic", "user,model=virtio,mac=52:54:00:12:34:56,hostfwd=tcp::2222-:22"), "{a:?}");
+        let a = run_args("-net user -net nic -kernel k");
+        assert!(has(&a, "--nic", "user,model=e1000"), "{a:?}");
+        // Two hubs: one NAT each; a NIC alone on a hub of its own.
+        let a = run_args("-net nic,vlan=1 -net user,vlan=1 -net nic,vlan=2,model=virtio -kernel k");
+        assert!(has(&a, "--nic", "user,model=e1000"), "{a:?}");
+        let hub = a.iter().find(|x| x.starts_with("hub,id=qemu-net2-")).unwrap_or_else(|| panic!("{a:?}"));
+        assert!(hub.ends_with(",model=virtio"), "{hub}");
+        assert!(!a.iter().any(|x| x.starts_with("user,") && x.contains("virtio")), "{a:?}");
+        assert!(!has(&run_args("-net none -kernel k"), "--nic", "user,model=e1000"));
+        refused("-net nic,model=rtl8139 -net user", "model=rtl8139");
+        refused("-net nic -net nic -net user", "2 NICs");
+        refused("-net tap,ifname=tap0", "tap");
+        refused("-net nic,addr=5", "addr=");
+        // -monitor /dev/null is no monitor; -serial mon: replaces the default one.
+        let a = run_args("-nographic -monitor /dev/null -kernel k");
+        assert!(has(&a, "--serial", "stdio") && !a.contains(&"--monitor".to_string()), "{a:?}");
+        let a = run_args("-nographic -serial mon:stdio -kernel k");
+        assert!(has(&a, "--serial", "mon:stdio") && !a.contains(&"--monitor".to_string()), "{a:?}");
+        assert!(has(&run_args("-curses -kernel k"), "--display", "curses"));
+        run_args("-nodefconfig -kernel k");
+        // bus= and unit= place IDE drives; read-only= is readonly=.
+        let a = run_args("-drive file=d.img,if=ide,bus=1,unit=1,read-only=on -nodefaults");
+        assert!(has(&a, "--disk", "d.img,readonly=on,if=ide,index=3"), "{a:?}");
+        refused("-drive file=d.img,index=1,unit=1", "index=");
+        refused("-drive file=fat:rw:esp,format=raw", "fat:");
+        refused("-hda fat:rw:./dir", "fat:");
     }
 
     #[test]
@@ -1514,7 +1732,15 @@ mod tests {
         run_args("-device isa-debug-exit,iobase=0xf4,iosize=0x4 -kernel k");
         refused("-device isa-debug-exit", "0x501");
         refused("-device isa-debug-exit,iobase=0xf4,iosize=3", "iosize");
-        refused("-rtc base=localtime", "base=localtime");
+        assert!(has(&run_args("-rtc base=localtime -kernel k"), "--rtc-base", "localtime"));
+        assert!(has(&run_args("-localtime -kernel k"), "--rtc-base", "localtime"));
+        assert!(has(
+            &run_args("-rtc base=2006-06-17T16:01:21,clock=host -kernel k"),
+            "--rtc-base",
+            "2006-06-17T16:01:21"
+        ));
+        refused("-rtc base=yesterday", "base='yesterday'");
+        refused("-rtc clock=vm", "clock=vm");
         refused("-append x", "-kernel");
         let a = run_args("-s -S -kernel k");
         assert!(has(&a, "--gdb", "tcp::1234") && a.contains(&"--paused".to_string()), "{a:?}");

@@ -130,6 +130,10 @@ pub struct MachineConfig {
     /// The PIIX3's USB controller (UHCI, QEMU's `-usb`) and the devices on
     /// its root hub; `None` leaves the controller out.
     pub usb: Option<Vec<devices::usb::UsbDeviceKind>>,
+    /// What the RTC shows at power-on, in nanoseconds since 1970 as its
+    /// calendar counts them (QEMU's `-rtc base=localtime|DATE`); `None`:
+    /// the host's time in UTC.
+    pub rtc_start_ns: Option<i128>,
 }
 
 #[cfg(test)]
@@ -165,6 +169,7 @@ impl MachineConfig {
             vcpu_threads: Default::default(),
             vga: Vga::None,
             usb: None,
+            rtc_start_ns: None,
         }
     }
 

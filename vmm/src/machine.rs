@@ -223,6 +223,9 @@ impl Machine {
         let tsc = Arc::new(devices::clock::Tsc::new(cpu::cpuid::TSC_KHZ * 1000));
         let ram = devices::legacy::rtc::RamSize::split(config.mem, mmu::PCI_HOLE_START);
         let mut chipset = devices::pc::PcChipset::new(clock.clone(), events.clone(), tsc, ram, &apic_ids);
+        if let Some(ns) = config.rtc_start_ns {
+            chipset.rtc.lock().set_wall_clock(ns);
+        }
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
         chipset.install(&mut pio, &mut mmio)?;

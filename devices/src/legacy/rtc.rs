@@ -284,6 +284,15 @@ impl Rtc {
         Self::with_wall_clock(clock, irq, ram, host_wall_clock_ns())
     }
 
+    /// Sets the time the RTC shows now to `unix_ns` (nanoseconds since 1970
+    /// as its calendar counts them: UTC, or local time for a guest that
+    /// keeps its RTC so), as a power-on does; the CMOS memory stays.
+    pub fn set_wall_clock(&mut self, unix_ns: i128) {
+        let cmos = std::mem::take(&mut self.s.cmos);
+        let fresh = Self::with_wall_clock(self.clock.clone(), self.irq.clone(), RamSize::default(), unix_ns);
+        self.s = RtcState { cmos, ..fresh.s };
+    }
+
     /// An RTC that shows `unix_ns` (nanoseconds since 1970, UTC) now.
     pub fn with_wall_clock(clock: SharedClock, irq: Arc<dyn IrqLine>, ram: RamSize, unix_ns: i128) -> Self {
         let now = clock.now_ns();

@@ -348,3 +348,18 @@ fn corrupt_states_are_refused_field_by_field() {
     stopped.halted_secs = Some(0);
     target.restore(&stopped).unwrap();
 }
+
+#[test]
+fn a_wall_clock_set_at_power_on_keeps_the_cmos_memory() {
+    let mut r = Rig::at(LEAP_DAY);
+    r.set(0x40, 0x5a);
+    let ext = r.get(CMOS_EXT_MEM as u8);
+    // 2000-01-01 12:00:00, as -rtc base=2000-01-01T12:00:00 starts it.
+    r.rtc.set_wall_clock(946_728_000 * 1_000_000_000);
+    assert_eq!((r.get(REG_YEAR), r.get(REG_MONTH), r.get(REG_DAY_OF_MONTH)), (0x00, 0x01, 0x01));
+    assert_eq!((r.get(REG_HOURS), r.get(REG_MINUTES), r.get(REG_SECONDS)), (0x12, 0x00, 0x00));
+    assert_eq!(r.get(0x40), 0x5a, "the CMOS memory stays");
+    assert_eq!(r.get(CMOS_EXT_MEM as u8), ext);
+    r.advance_ms(1000);
+    assert_eq!(r.get(REG_SECONDS), 0x01, "and the clock runs on from there");
+}
