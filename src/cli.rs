@@ -307,6 +307,16 @@ pub struct RunArgs {
     /// Stop the guest after this many seconds (exit status 124).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
+    /// QEMU's -d logs of the guest CPU, in QEMU's formats, under the
+    /// interpreter and the JIT: int (each interrupt and exception
+    /// delivered in protected mode, with the registers), in_asm (each
+    /// block of guest code as it is decoded), cpu_reset; to stderr or
+    /// --log-file.
+    #[arg(long, value_name = "int,in_asm,cpu_reset")]
+    pub log: Option<String>,
+    /// Where --log writes (QEMU's -D); the file is truncated.
+    #[arg(long, value_name = "FILE", requires = "log")]
+    pub log_file: Option<PathBuf>,
     /// Print execution statistics when the guest stops.
     #[arg(long)]
     pub stats: bool,

@@ -191,6 +191,7 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         vga,
         usb: usb_config(&args),
         rtc_start_ns: args.rtc_base.start_ns(),
+        guest_log: guest_log(&args, kind)?,
     };
     let storage = vmm::Storage {
         drives: disks,
@@ -619,6 +620,26 @@ fn quit_on_signals(
         })
         .map(drop)
         .map_err(|source| Error::Thread { what, source })
+}
+
+/// The guest CPU log of `--log` (QEMU's `-d`), into `--log-file` or stderr.
+fn guest_log(args: &RunArgs, kind: EngineKind) -> Result<Option<Arc<cpu::GuestLog>>, Error> {
+    let Some(items) = &args.log else { return Ok(None) };
+    let out: Box<dyn std::io::Write + Send> = match &args.log_file {
+        Some(p) => Box::new(std::io::LineWriter::new(
+            std::fs::File::create(p).map_err(|e| Error::Config(format!("--log-file {}: {e}", p.display())))?,
+        )),
+        None => Box::new(std::io::stderr()),
+    };
+    let items: Vec<&str> = items.split(',').filter(|i| !i.is_empty()).collect();
+    let log = cpu::GuestLog::new(&items, out).map_err(|e| Error::Config(format!("--log: {e}")))?;
+    if kind == EngineKind::Kvm {
+        tracing::warn!(
+            target: "vmm",
+            "--log: under KVM only what the interpreter runs is logged (with split execution, the kernel's side)"
+        );
+    }
+    Ok(Some(Arc::new(log)))
 }
 
 /// Starts the gdb stub of `--gdb`, and holds the vCPUs for it when

@@ -208,7 +208,7 @@ fn refusal(name: &str) -> Option<&'static str> {
         "object" | "global" | "set" | "readconfig" => "ferrovm has no QOM objects or properties to set",
         "numa" => "ferrovm runs one CPU and one memory node",
         "mem-path" | "mem-prealloc" => "guest RAM is anonymous memory in ferrovm",
-        "d" | "D" | "trace" => "ferrovm's logging is --trace (or FERROVM_LOG) of `ferrovm run`",
+        "trace" => "ferrovm's logging is --trace (or FERROVM_LOG) of `ferrovm run`",
         "icount" => "ferrovm has no instruction-count clock",
         "blockdev" => "use -drive file=...,if=virtio (or if=none with -device virtio-blk-pci,drive=)",
         "virtfs" | "fsdev" => "ferrovm has no 9p file sharing",
@@ -281,6 +281,9 @@ struct State {
     paused: bool,
     /// `-rtc base=`, `-localtime`: what the RTC counts from.
     rtc_base: Option<String>,
+    /// `-d`, `-D`: the guest CPU log and its file.
+    log: Option<String>,
+    log_file: Option<String>,
     /// `-s`, `-gdb DEV`: the gdb stub's device (the last one given).
     gdb: Option<String>,
     /// `-usb`, `-machine usb=on`.
@@ -487,6 +490,17 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
             }
             "pidfile" => st.pidfile = Some(PathBuf::from(v)),
             "localtime" => st.rtc_base = Some("localtime".into()),
+            "d" => {
+                let items: Vec<&str> = v.split(',').collect();
+                if let Some(bad) = items.iter().find(|i| !cpu::guestlog::ITEMS.contains(i)) {
+                    return Err(format!(
+                        "{option} {bad} is not supported: ferrovm logs {} (in QEMU's formats)",
+                        cpu::guestlog::ITEMS.join(", ")
+                    ));
+                }
+                st.log = Some(v.to_string());
+            }
+            "D" => st.log_file = Some(v.to_string()),
             "rtc" => {
                 let o = parse_opts(v, None)?;
                 o.only(&option, &["base", "clock", "driftfix"])?;
@@ -1187,6 +1201,17 @@ impl State {
         if let Some(b) = &self.rtc_base {
             args.extend(["--rtc-base".into(), b.clone()]);
         }
+        match (&self.log, &self.log_file) {
+            (Some(l), f) => {
+                args.extend(["--log".into(), l.clone()]);
+                if let Some(f) = f {
+                    args.extend(["--log-file".into(), f.clone()]);
+                }
+            }
+            // QEMU opens the file even with nothing to log; ferrovm has nothing to write.
+            (None, Some(f)) => self.notes.push(format!("-D {f}: no -d items, so nothing is logged")),
+            (None, None) => {}
+        }
         if self.curses {
             args.extend(["--display".into(), "curses".into()]);
         }
@@ -1656,6 +1681,9 @@ mod tests {
         refused("-net nic -net nic -net user", "2 NICs");
         refused("-net tap,ifname=tap0", "tap");
         refused("-net nic,addr=5", "addr=");
+        let a = run_args("-d int,cpu_reset -D /tmp/q.log -no-reboot -kernel k");
+        assert!(has(&a, "--log", "int,cpu_reset") && has(&a, "--log-file", "/tmp/q.log"), "{a:?}");
+        refused("-d int,exec -kernel k", "-d exec");
         // -monitor /dev/null is no monitor; -serial mon: replaces the default one.
         let a = run_args("-nographic -monitor /dev/null -kernel k");
         assert!(has(&a, "--serial", "stdio") && !a.contains(&"--monitor".to_string()), "{a:?}");

@@ -169,3 +169,35 @@ fn triple_fault_with_no_reboot_names_the_chain() {
     assert!(err.contains("#DF"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--log int,in_asm` (QEMU's `-d`) with `--log-file` (`-D`): the built-in
+/// guest's INT3 at CPL 3 is logged as QEMU logs it, with the register
+/// dump, and its first block is the reset vector's jump.
+#[test]
+fn the_guest_log_reads_as_qemus() {
+    let log = std::env::temp_dir().join(format!("ferrovm-log-{}.txt", std::process::id()));
+    let path = log.to_str().unwrap();
+    let o = ferrovm(&[
+        "run",
+        "--accel",
+        "interp",
+        "--serial",
+        "none",
+        "--timeout",
+        "60",
+        "--log",
+        "int,in_asm",
+        "--log-file",
+        path,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(text.starts_with("----------------\nIN: \n0x00000000fffffff0:  "), "{}", &text[..text.len().min(300)]);
+    let int = text.lines().position(|l| l.contains(": v=03 e=0000 i=1 cpl=3 IP=0033:")).expect("the INT3 line");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[int].trim_start().starts_with("0: v=03"), "{}", lines[int]);
+    assert!(lines[int + 1].starts_with("RAX=") && lines[int + 5].starts_with("RIP="), "{}", lines[int + 1]);
+    let bad = ferrovm(&["run", "--log", "int,exec"]);
+    assert_clean_error(&bad, "'exec' is not a log item");
+}

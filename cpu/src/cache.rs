@@ -526,6 +526,20 @@ impl Cpu {
             return Ok(block);
         }
         self.stats.blocks_decoded += 1;
+        if let Some(log) = self.guest_log.as_ref().filter(|l| l.in_asm) {
+            let mut fmt = iced_x86::FastFormatter::new();
+            let listing: Vec<(u64, Vec<u8>, String)> = insns
+                .iter()
+                .map(|d| {
+                    let at = off + (d.insn.ip().wrapping_sub(self.state.rip) as usize);
+                    let raw = bytes.get(at..at + d.insn.len()).unwrap_or_default().to_vec();
+                    let mut text = String::new();
+                    fmt.format(&d.insn, &mut text);
+                    (self.state.seg[crate::state::sreg::CS].base.wrapping_add(d.insn.ip()), raw, text)
+                })
+                .collect();
+            log.block(&listing);
+        }
         let block = Block::new(insns, if self.hot_threshold == 0 { u32::MAX } else { self.hot_threshold });
         if cacheable {
             let user = (p == Privilege::User && self.keep_user_pages).then_some(&bytes[..]);

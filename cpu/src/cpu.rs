@@ -73,6 +73,8 @@ pub struct Cpu {
     pub(crate) sys: crate::ops::debug::SysState,
     /// An engine sharing the guest (see [`crate::hooks`]).
     pub(crate) hooks: Option<Box<dyn ExecHooks>>,
+    /// QEMU's `-d` logs ([`Cpu::set_guest_log`]).
+    pub(crate) guest_log: Option<Arc<crate::guestlog::GuestLog>>,
     /// A debugger's breakpoints and single step ([`Cpu::set_debug_stops`]).
     pub(crate) debug_stops: Option<crate::exec::DebugStops>,
     /// The linear RIP a resume under those stops starts from, whose
@@ -136,6 +138,7 @@ impl Cpu {
             sys: Default::default(),
             hooks: None,
             debug_stops: None,
+            guest_log: None,
             debug_resume: None,
             keep_user_pages: false,
             invalidation_listeners: Vec::new(),
@@ -256,6 +259,12 @@ impl Cpu {
         } else {
             r
         }
+    }
+
+    /// Log interrupts, decoded code or resets as QEMU's `-d` does
+    /// ([`crate::GuestLog`]); `None` stops.
+    pub fn set_guest_log(&mut self, log: Option<Arc<crate::guestlog::GuestLog>>) {
+        self.guest_log = log;
     }
 
     /// Install the hooks of an engine sharing the guest (see

@@ -92,6 +92,9 @@ impl Cpu {
             Exception::SoftInt(_) | Exception::Breakpoint | Exception::Overflow => Source::Software,
             _ => Source::Exception,
         };
+        if let Some(log) = self.guest_log.as_ref().filter(|l| l.int && src == Source::Exception) {
+            log.check_exception(self.delivering.map(|d| d.vector()), e.vector());
+        }
         if e.sets_rf() {
             // The handler returns to the faulting instruction without
             // re-triggering its code breakpoint (SDM Vol. 3B §17.3.1.1).
@@ -182,6 +185,11 @@ impl Cpu {
         let vector = e.vector();
         // Software interrupts and external interrupts push no error code.
         let error_code = if src == Source::Exception { e.error_code() } else { None };
+        if let Some(log) = self.guest_log.as_ref().filter(|l| l.int && self.state.protected()) {
+            // QEMU's line names the INT n instruction itself.
+            let rip = if src == Source::Software { self.insn_start } else { self.state.rip };
+            log.interrupt(&self.state, vector, error_code.unwrap_or(0), src == Source::Software, rip);
+        }
         self.state.halted = 0;
         self.block_break = true;
         if !self.state.protected() {

@@ -28,6 +28,7 @@ pub mod cpuid;
 pub mod exception;
 pub mod exec;
 pub mod flags;
+pub mod guestlog;
 pub mod hooks;
 pub mod interrupt;
 pub mod memory;
@@ -45,6 +46,7 @@ pub use cache::{Block, Decoded, FastMap, FxHasher, Invalidation, InvalidationLis
 pub use cpu::{paging_of, Cpu, CpuStats};
 pub use exception::{Exception, Fault};
 pub use exec::{DebugStops, Executed, WatchHit, Watchpoint};
+pub use guestlog::GuestLog;
 pub use hooks::{ExecHooks, FxEvent, HookCtx};
 pub use platform::{NoDevices, Platform, StopReason};
 pub use snapshot::CpuSnapshot;

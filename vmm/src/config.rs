@@ -134,6 +134,9 @@ pub struct MachineConfig {
     /// calendar counts them (QEMU's `-rtc base=localtime|DATE`); `None`:
     /// the host's time in UTC.
     pub rtc_start_ns: Option<i128>,
+    /// QEMU's `-d int,in_asm,cpu_reset` logs, under the interpreter and
+    /// the JIT (and split execution's kernel side).
+    pub guest_log: Option<Arc<cpu::GuestLog>>,
 }
 
 #[cfg(test)]
@@ -170,6 +173,7 @@ impl MachineConfig {
             vga: Vga::None,
             usb: None,
             rtc_start_ns: None,
+            guest_log: None,
         }
     }
 

@@ -791,6 +791,9 @@ impl Machine {
             d.reset();
         }
         for v in vcpus.iter_mut() {
+            if let Some(log) = self.config.guest_log.as_ref().filter(|l| l.cpu_reset) {
+                log.reset(v.index(), &v.engine().state()?);
+            }
             let state = if v.index() == 0 { CpuState::reset() } else { ap_reset_state() };
             v.engine().reset(&state)?;
         }

@@ -25,6 +25,7 @@ pub(crate) fn boot_cpu(ctx: &EngineContext<'_>) -> Cpu {
     cpu.set_model(ctx.config.cpu_model);
     cpu.set_topology(ctx.config.topology, ctx.index);
     cpu.set_state(ctx.boot_state);
+    cpu.set_guest_log(ctx.config.guest_log.clone());
     cpu
 }
 

@@ -359,6 +359,9 @@ impl Machine {
             if g != seen_reset {
                 seen_reset = g;
                 if let Some(e) = engine.as_mut() {
+                    if let (Some(log), Ok(s)) = (self.config.guest_log.as_ref().filter(|l| l.cpu_reset), e.state()) {
+                        log.reset(index, &s);
+                    }
                     if let Err(err) = e.reset(&ap_reset_state()) {
                         ctl.fail(err);
                         engine = None;
