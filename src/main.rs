@@ -504,7 +504,7 @@ fn snapshot(cmd: &cli::SnapshotCommand) -> Result<i32, Error> {
                 println!("no snapshots in {}", dir.display());
                 return Ok(0);
             }
-            println!("{:<20} {:>10} {:>10}  {:<19}  {:>12}", "NAME", "RAM", "ON DISK", "SAVED (UTC)", "GUEST TIME");
+            println!("{:<20} {:>10} {:>10}  {:<19}  {:>12}", "NAME", "RAM", "ON DISK", "SAVED", "GUEST TIME");
             for s in &list {
                 println!(
                     "{:<20} {:>10} {:>10}  {:<19}  {:>11.3}s{}",

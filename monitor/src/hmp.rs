@@ -336,25 +336,14 @@ fn size_to_str(bytes: i64) -> String {
     format!("{t} {}", UNITS[i])
 }
 
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-/// UTC date and time of a UNIX timestamp: (y, mo, d, h, mi, s).
-fn utc(secs: i64) -> (i64, u32, u32, i64, i64, i64) {
-    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
-    let t = secs.rem_euclid(86_400);
-    (y, mo, d, t / 3600, t / 60 % 60, t % 60)
+/// Seconds since 1970 in the host's local time, in `fmt` (chrono's
+/// strftime syntax), as QEMU's `localtime_r` dates are.
+pub fn local_time(secs: i64, fmt: &str) -> String {
+    use chrono::TimeZone;
+    match chrono::Local.timestamp_opt(secs, 0) {
+        chrono::LocalResult::Single(t) | chrono::LocalResult::Ambiguous(t, _) => t.format(fmt).to_string(),
+        chrono::LocalResult::None => format!("@{secs}"),
+    }
 }
 
 fn fmt_snapshots(v: &Value) -> String {
@@ -369,8 +358,7 @@ fn fmt_snapshots(v: &Value) -> String {
     let _ =
         writeln!(out, "{:<7} {:<16} {:>8} {:>19} {:>15} {:>10}", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
     for sn in list {
-        let (y, mo, d, h, mi, se) = utc(n(sn, "date-sec").unwrap_or(0));
-        let date = format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{se:02}");
+        let date = local_time(n(sn, "date-sec").unwrap_or(0), "%Y-%m-%d %H:%M:%S");
         let clk = n(sn, "vm-clock-sec").unwrap_or(0);
         let ms = n(sn, "vm-clock-nsec").unwrap_or(0) / 1_000_000;
         let clock = format!("{:04}:{:02}:{:02}.{:03}", clk / 3600, clk / 60 % 60, clk % 60, ms);
@@ -468,8 +456,7 @@ fn migration_parameter(name: &str, value: &str) -> Result<u64, String> {
 
 fn default_snapshot_name() -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let (y, mo, d, h, mi, se) = utc(i64::try_from(now).unwrap_or(0));
-    format!("vm-{y:04}{mo:02}{d:02}{h:02}{mi:02}{se:02}")
+    local_time(i64::try_from(now).unwrap_or(0), "vm-%Y%m%d%H%M%S")
 }
 
 /// Parses and runs one command line; output lines end in `\r\n`.

@@ -55,7 +55,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 
 pub use chardev::{parse_chardev, parse_chardev_uri, parse_mon};
-pub use hmp::HmpTerminal;
+pub use hmp::{local_time, HmpTerminal};
 
 /// A monitor command, validated; both QMP and HMP produce these.
 #[derive(Debug, Clone, PartialEq, Eq)]

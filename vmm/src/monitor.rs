@@ -687,7 +687,11 @@ impl monitor::Backend for MachineBackend {
             Command::Stop => self.stop(),
             Command::Cont => self.cont(),
             Command::SystemReset => {
-                self.control.host_reset(&self.events);
+                if !self.control.host_reset(&self.events) {
+                    // Another machine event (a power-off, a quit) is
+                    // under way and ends the run first: nothing to reset.
+                    return Ok(json!({}));
+                }
                 if self.no_reboot {
                     // As QEMU: under -no-reboot a reset is a shutdown, whose
                     // SHUTDOWN (reason host-qmp-system-reset) comes when the

@@ -651,21 +651,10 @@ pub fn human_size(bytes: u64) -> String {
     }
 }
 
-/// Seconds since 1970 as "YYYY-MM-DD hh:mm:ss" (UTC).
+/// Seconds since 1970 as "YYYY-MM-DD hh:mm:ss" in the host's local time,
+/// as QEMU dates its snapshots.
 pub fn date(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem / 60 % 60, rem % 60)
+    monitor::local_time(i64::try_from(secs).unwrap_or(i64::MAX), "%Y-%m-%d %H:%M:%S")
 }
 
 fn vm_clock(ns: u64) -> String {
