@@ -277,8 +277,10 @@ pub struct RunArgs {
     /// exec:CMD reads the stream from CMD's stdout, tcp:HOST:PORT and
     /// unix:PATH wait for one connection. The whole stream is checked
     /// before the guest runs; it stays paused if it was paused when its
-    /// migration began (and with --paused, until `cont`).
-    #[arg(long, value_name = "exec:CMD|tcp:HOST:PORT|unix:PATH")]
+    /// migration began (and with --paused, until `cont`). `defer` waits,
+    /// stopped ("inmigrate"), for a monitor's migrate-incoming URI, as
+    /// libvirt drives QEMU.
+    #[arg(long, value_name = "exec:CMD|tcp:HOST:PORT|unix:PATH|defer")]
     pub incoming: Option<String>,
     /// Where COM1 goes: stdio, mon:stdio (stdio shared with a human
     /// monitor: Ctrl-A c switches between the two), file:PATH or none.

@@ -209,7 +209,12 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         }
     }
     let restored = restore_or_receive(&args, &mut machine, kind)?;
-    let paused = args.paused || restored.as_ref().is_some_and(|r| r.run_state == vmm::snapshot::RunState::Paused);
+    let deferred = args.incoming.as_deref() == Some("defer");
+    if let (true, Some(why)) = (deferred, machine.snapshot_blocker(kind)) {
+        return Err(Error::Config(format!("--incoming defer: {why}")));
+    }
+    let paused =
+        args.paused || deferred || restored.as_ref().is_some_and(|r| r.run_state == vmm::snapshot::RunState::Paused);
     let display = open_vnc(&args.screen, &machine)?;
     // -display curses: the VGA's text on this terminal, its keys to the guest.
     let _terminal = open_terminal(&args.screen, &machine, Some(Box::new(std::io::stdin())))?;
@@ -217,7 +222,9 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
     let monitors = start_monitors(&args, &machine, kind, display.clone(), paused, gdb.is_some())?;
     let backend = monitors.as_ref().map(|(b, _)| b.clone());
     if let Some(b) = &backend {
-        if args.paused && restored.is_none() {
+        if deferred {
+            b.defer_incoming(!args.paused);
+        } else if args.paused && restored.is_none() {
             b.prelaunch();
         }
         b.set_engine_blocker(machine.snapshot_blocker(kind));
@@ -408,6 +415,8 @@ fn restore_or_receive(
 ) -> Result<Option<vmm::snapshot::Restored>, Error> {
     let what = match (&args.restore, &args.incoming) {
         _ if args.loadvm.is_some() => format!("--loadvm {}", args.loadvm.as_deref().unwrap_or_default()),
+        // The monitor's migrate-incoming takes it.
+        (None, Some(u)) if u == "defer" => return Ok(None),
         (Some(p), _) => format!("--restore {}", p.display()),
         (None, Some(u)) => format!("--incoming {u}"),
         (None, None) => return Ok(None),
@@ -687,6 +696,12 @@ fn start_monitors(
         if args.paused {
             return Err(Error::Config(
                 "--paused needs a monitor to continue from (--qmp, --monitor or --serial mon:stdio)".into(),
+            ));
+        }
+        if args.incoming.as_deref() == Some("defer") {
+            return Err(Error::Config(
+                "--incoming defer waits for a monitor's migrate-incoming: give one (--qmp, --monitor or --serial mon:stdio)"
+                    .into(),
             ));
         }
         if paused {

@@ -442,13 +442,11 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
                 }
                 _ => return Err(format!("{option} {v} is not supported: ferrovm has tablet, mouse and keyboard")),
             },
-            "incoming" if v == "defer" => {
-                return Err(format!(
-                    "{option} defer is not supported: give the URI (exec:CMD, tcp:HOST:PORT, unix:PATH)"
-                ))
-            }
             "incoming" => {
-                v.parse::<vmm::snapshot::MigrationUri>().map_err(|e| format!("{option} {v}: {e}"))?;
+                // `defer`: the monitor's migrate-incoming gives the URI.
+                if v != "defer" {
+                    v.parse::<vmm::snapshot::MigrationUri>().map_err(|e| format!("{option} {v}: {e}"))?;
+                }
                 st.incoming = Some(v.to_string());
             }
             "loadvm" => st.loadvm = Some(v.to_string()),
@@ -1578,7 +1576,7 @@ mod tests {
         assert!(has(&a, "--incoming", "tcp:127.0.0.1:4444"), "{a:?}");
         let a = run_args("-incoming unix:/tmp/m.sock -S -kernel k");
         assert!(has(&a, "--incoming", "unix:/tmp/m.sock") && a.contains(&"--paused".to_string()), "{a:?}");
-        refused("-incoming defer -kernel k", "give the URI");
+        assert!(has(&run_args("-incoming defer -qmp unix:/tmp/q,server=on,wait=off -kernel k"), "--incoming", "defer"));
         refused("-incoming rdma:host:1 -kernel k", "exec:CMD");
         let a = run_args("-loadvm snap1 -drive file=d.qcow2,if=virtio -kernel k");
         assert!(has(&a, "--loadvm", "snap1"), "{a:?}");

@@ -283,6 +283,19 @@ struct Pair {
 
 impl Pair {
     fn start(name: &str, image: &[u8], src_accel: &str, dest_accel: &str, mem: &str) -> Pair {
+        Pair::start_with(name, image, src_accel, dest_accel, mem, None)
+    }
+
+    /// [`Pair::start`], the receiver started with `--incoming incoming`
+    /// instead of the pair's URI when given.
+    fn start_with(
+        name: &str,
+        image: &[u8],
+        src_accel: &str,
+        dest_accel: &str,
+        mem: &str,
+        incoming: Option<&str>,
+    ) -> Pair {
         let dir = scratch(name);
         let kernel = dir.join("writer.elf");
         std::fs::write(&kernel, image).unwrap();
@@ -290,7 +303,7 @@ impl Pair {
         let (src_qmp, dst_qmp) = (dir.join("src.qmp"), dir.join("dst.qmp"));
         let qmp_arg = |p: &Path| vec!["--qmp".to_string(), format!("unix:{},server=on,wait=off", p.display())];
         let mut dst_args = qmp_arg(&dst_qmp);
-        dst_args.extend(["--incoming".to_string(), uri.clone()]);
+        dst_args.extend(["--incoming".to_string(), incoming.unwrap_or(&uri).to_string()]);
         dst_args.extend(accel_args(dest_accel));
         let dst = Vm::start(&dir, "dst", &kernel, dest_accel, mem, &dst_args);
         let mut src_args = qmp_arg(&src_qmp);
@@ -512,5 +525,46 @@ fn a_cancelled_migration_leaves_the_guest_running() {
     assert_eq!(st.code(), Some(1), "{}", dst.stderr());
     assert!(dst.stderr().contains("migration stream ended"), "{}", dst.stderr());
     assert!(dst.out().is_empty(), "the receiver's guest never ran: {}", dst.out());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// libvirt's way: the receiver starts with `--incoming defer` (QEMU's
+/// `-incoming defer`) and waits, stopped ("inmigrate"), until QMP's
+/// `migrate-incoming` names the URI; a `cont` before that only marks it
+/// to run once the guest has arrived. The guest then goes on there.
+#[test]
+fn a_deferred_receiver_takes_the_guest_at_migrate_incoming() {
+    let Pair { dir, uri, src_qmp, dst, src } =
+        Pair::start_with("defer", &writer_kernel(32), "jit", "jit", "256M", Some("defer"));
+    let mut d = Qmp::connect(&dir.join("dst.qmp"));
+    let status = d.cmd(r#"{"execute":"query-status"}"#);
+    assert!(status.contains(r#""status":"inmigrate""#), "{status}");
+    let early = d.cmd(r#"{"execute":"migrate","arguments":{"uri":"exec:cat > /dev/null"}}"#);
+    assert!(early.contains("error"), "nothing to send yet: {early}");
+    assert_eq!(d.cmd(r#"{"execute":"cont"}"#), r#"{"return":{}}"#);
+    assert!(d.cmd(r#"{"execute":"query-status"}"#).contains("inmigrate"), "cont does not start it");
+    let incoming = format!(r#"{{"execute":"migrate-incoming","arguments":{{"uri":"{uri}"}}}}"#);
+    assert_eq!(d.cmd(&incoming), r#"{"return":{}}"#);
+    let again = d.cmd(&incoming);
+    assert!(again.contains("error"), "one incoming migration: {again}");
+    let mut q = Qmp::connect(&src_qmp);
+    assert_eq!(q.cmd(&format!(r#"{{"execute":"migrate","arguments":{{"uri":"{uri}"}}}}"#)), r#"{"return":{}}"#);
+    let t = Instant::now();
+    loop {
+        let r = q.cmd(r#"{"execute":"query-migrate"}"#);
+        if r.contains(r#""status":"completed""#) {
+            break;
+        }
+        assert!(!r.contains(r#""status":"failed""#), "{r}\nreceiver: {}", dst.stderr());
+        assert!(t.elapsed() < Duration::from_secs(60), "the migration did not end: {r}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let last_src = passes(&src.out()).last().copied().unwrap_or(0);
+    dst.wait_for(&format!("M:pass {:08x}", last_src + 2), 120);
+    assert!(!dst.out().contains("M:start"), "the receiver did not boot the guest: {}", tail(&dst.out()));
+    let status = d.cmd(r#"{"execute":"query-status"}"#);
+    assert!(status.contains(r#""status":"running""#), "{status}");
+    let mig = d.cmd(r#"{"execute":"query-migrate"}"#);
+    assert!(mig.contains(r#""status":"completed""#), "{mig}");
     let _ = std::fs::remove_dir_all(&dir);
 }

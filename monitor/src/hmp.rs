@@ -25,6 +25,7 @@ const HELP: &[(&str, &str)] = &[
     ("loadvm tag", "restore a VM snapshot from its tag"),
     ("migrate [-d] uri", "migrate to URI"),
     ("migrate_cancel", "cancel the current VM migration"),
+    ("migrate_incoming uri", "continue an incoming migration from an -incoming defer"),
     ("migrate_set_capability capability state", "enable/disable a migration capability (on|off)"),
     ("migrate_set_parameter parameter value", "set a migration parameter"),
     ("nmi", "inject an NMI"),
@@ -514,6 +515,11 @@ fn run_line_inner(mon: &Monitor, line: &str) -> Result<Option<String>, String> {
             let w = simple("d", "")?;
             w.count(1, 1, "string")?;
             exec(mon, Command::Migrate { uri: w.pos[0].clone() })
+        }
+        "migrate_incoming" => {
+            let w = simple("", "")?;
+            w.count(1, 1, "uri")?;
+            exec(mon, Command::MigrateIncoming { uri: w.pos[0].clone() })
         }
         "migrate_set_capability" => {
             let w = simple("", "")?;

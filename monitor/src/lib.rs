@@ -126,6 +126,12 @@ pub enum Command {
         /// Destination, e.g. `exec:cat > file` or `tcp:host:port`.
         uri: String,
     },
+    /// `migrate-incoming`: take the migration `-incoming defer` waits for
+    /// from `uri`.
+    MigrateIncoming {
+        /// Where it comes from, e.g. `tcp:0:4444` or `exec:cat file`.
+        uri: String,
+    },
     /// `query-migrate` / `info migrate`: return QEMU's `MigrationInfo` (`status`, `total-time`, `ram`, ...).
     QueryMigrate,
     /// `migrate_cancel`.

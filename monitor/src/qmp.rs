@@ -29,6 +29,7 @@ pub(crate) const COMMANDS: &[&str] = &[
     "eject",
     "blockdev-change-medium",
     "migrate",
+    "migrate-incoming",
     "migrate_cancel",
     "migrate-set-capabilities",
     "migrate-set-parameters",
@@ -225,6 +226,7 @@ fn parse_command(name: &str, args: Map<String, Value>) -> Result<Option<Action>,
             }
             Action::Run(Command::Migrate { uri })
         }
+        "migrate-incoming" => Action::Run(Command::MigrateIncoming { uri: a.req_str("uri")? }),
         "migrate-set-capabilities" => {
             let list = a.opt_array("capabilities")?.ok_or_else(|| missing("capabilities"))?;
             let mut capabilities = Vec::new();

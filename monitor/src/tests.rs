@@ -296,6 +296,7 @@ fn envelope_and_argument_validation_tcp() {
         r#"{"execute": "blockdev-change-medium", "arguments": {"device": "ide1-cd0", "filename": "a.iso", "format": "raw", "read-only-mode": "read-only"}}"#,
         r#"{"execute": "migrate", "arguments": {"uri": "exec:cat > /dev/null"}}"#,
         r#"{"execute": "migrate_cancel"}"#,
+        r#"{"execute": "migrate-incoming", "arguments": {"uri": "tcp:0:4444"}}"#,
         r#"{"execute": "migrate-set-capabilities", "arguments": {"capabilities": [{"capability": "xbzrle", "state": true}]}}"#,
         r#"{"execute": "set_password", "arguments": {"protocol": "vnc", "password": "secret"}}"#,
     ];
@@ -320,6 +321,7 @@ fn envelope_and_argument_validation_tcp() {
             },
             Command::Migrate { uri: "exec:cat > /dev/null".into() },
             Command::MigrateCancel,
+            Command::MigrateIncoming { uri: "tcp:0:4444".into() },
             Command::MigrateSetCapabilities { capabilities: vec![("xbzrle".into(), true)] },
             Command::SetPassword { protocol: "vnc".into(), password: "secret".into() },
         ]

@@ -16,6 +16,7 @@
 //! | `eject`, `blockdev-change-medium` | the IDE CD-ROMs (`ide1-cd0` is `-cdrom`'s drive); `DEVICE_TRAY_MOVED` |
 //! | `set_password vnc` | the VNC server's password |
 //! | `savevm`, `loadvm`, `delvm`, `info snapshots` | snapshots inside the machine's qcow2 disks, as QEMU keeps them (`crate::snapshot::qcow2`), or, for a machine without one, in the `--snapshot-dir` directory (`crate::snapshot`); `loadvm` leaves the guest running or paused as it was saved |
+//! | `migrate-incoming` (HMP `migrate_incoming`) | with `--incoming defer` (status "inmigrate"): listens on the URI (or starts its command) before it answers, then the stopped machine takes the stream; the guest runs if it ran when it was sent (no `--paused`, or a `cont` while it waited); a failed one can be tried again |
 //! | `migrate`, `query-migrate`, `migrate_cancel`, `migrate-set-capabilities` (`auto-converge`; HMP `migrate_set_capability`), `migrate-set-parameters` (`downtime-limit`, `max-bandwidth`, `cpu-throttle-initial`, `cpu-throttle-increment`; HMP `migrate_set_parameter`) | a live migration to `exec:CMD`, `unix:PATH` or `tcp:HOST:PORT` ([`crate::snapshot::live`]): RAM goes while the guest runs, then the pages it dirtied, round after round, then the guest stops for the last pages and its state, and stays stopped ("postmigrate"); `migrate_cancel` lets it run on; `MIGRATION` events |
 //!
 //! Snapshots and migration stop every vCPU for their work
@@ -83,6 +84,12 @@ pub struct MachineBackend {
     name: Option<String>,
     /// The monitor, for events; set once it exists.
     monitor: Arc<Mutex<Option<Arc<Monitor>>>>,
+    /// `--incoming defer`: set until `migrate-incoming` takes the
+    /// migration (or again after one failed).
+    deferred_incoming: Arc<AtomicBool>,
+    /// The guest runs once its incoming migration arrived, if it ran when
+    /// it was sent (no `--paused`, or a `cont` while it waited).
+    incoming_autostart: Arc<AtomicBool>,
 }
 
 impl MachineBackend {
@@ -117,6 +124,8 @@ impl MachineBackend {
             accel,
             name,
             monitor: Arc::default(),
+            deferred_incoming: Arc::default(),
+            incoming_autostart: Arc::default(),
         });
         let (paused, stopped_as, postmigrate, monitor) =
             (backend.paused.clone(), backend.stopped_as.clone(), backend.postmigrate.clone(), backend.monitor.clone());
@@ -147,6 +156,96 @@ impl MachineBackend {
     pub fn hold(&self) {
         self.control.hold();
         self.paused.store(true, Ordering::Release);
+    }
+
+    /// `--incoming defer` (QEMU's `-incoming defer`): the machine waits,
+    /// stopped ("inmigrate"), for `migrate-incoming`; `autostart`: it
+    /// runs after the migration if the guest ran when it was sent.
+    pub fn defer_incoming(&self, autostart: bool) {
+        self.hold();
+        *self.stopped_as.lock() = "inmigrate";
+        self.incoming_autostart.store(autostart, Ordering::Release);
+        self.deferred_incoming.store(true, Ordering::Release);
+    }
+
+    /// Fails while the machine waits for its incoming migration (there is
+    /// no guest yet to save or send).
+    fn check_not_incoming(&self) -> Result<(), QmpError> {
+        let waiting = *self.stopped_as.lock() == "inmigrate";
+        if waiting {
+            return Err(QmpError::generic("Guest is waiting for an incoming migration"));
+        }
+        Ok(())
+    }
+
+    /// `migrate-incoming URI`: listens (or starts the command) now, and
+    /// the stopped machine takes the stream, restores it and, if the guest
+    /// ran when it was sent (and no `--paused`), lets it run.
+    fn migrate_incoming(&self, uri: &str) -> Result<Value, QmpError> {
+        if !self.deferred_incoming.load(Ordering::Acquire) {
+            return Err(QmpError::generic(if *self.stopped_as.lock() == "inmigrate" {
+                "The incoming migration has already been started"
+            } else {
+                "'-incoming' was not specified on the command line"
+            }));
+        }
+        let parsed: crate::snapshot::MigrationUri = uri.parse().map_err(QmpError::generic)?;
+        self.check_engine("migration")?;
+        {
+            let mut mig = self.migration.lock();
+            if mig.status == "active" {
+                return Err(QmpError::generic("The incoming migration has already been started"));
+            }
+            *mig = crate::snapshot::live::Progress {
+                status: "active".into(),
+                started: Some(std::time::Instant::now()),
+                ..Default::default()
+            };
+        }
+        let listening = crate::snapshot::Incoming::listen(&parsed).map_err(|e| {
+            self.migration.lock().status = "failed".into();
+            QmpError::generic(e.to_string())
+        })?;
+        self.deferred_incoming.store(false, Ordering::Release);
+        let (migration, monitor, paused, stopped_as, deferred, autostart) = (
+            self.migration.clone(),
+            self.monitor.clone(),
+            self.paused.clone(),
+            self.stopped_as.clone(),
+            self.deferred_incoming.clone(),
+            self.incoming_autostart.clone(),
+        );
+        let what = format!("migrate-incoming {uri}");
+        self.control
+            .request(Box::new(move |m, s| {
+                let got = receive_incoming(m, listening);
+                let mut mig = migration.lock();
+                match got {
+                    Ok(r) => {
+                        tracing::info!(target: "vmm", "{what}: the guest arrived in {:.1} ms", r.took.as_secs_f64() * 1e3);
+                        s.vcpus = r.vcpus;
+                        mig.status = "completed".into();
+                        drop(mig);
+                        let run = autostart.load(Ordering::Acquire) && r.run_state == crate::snapshot::RunState::Running;
+                        *stopped_as.lock() = "paused";
+                        m.control().set_pause(!run);
+                        if run && paused.swap(false, Ordering::AcqRel) {
+                            emit(&monitor, Event::Resume);
+                        }
+                    }
+                    Err(e) => {
+                        // The machine waits on for another migrate-incoming.
+                        tracing::error!(target: "vmm", "{what}: {e}");
+                        (mig.status, mig.error) = ("failed".into(), Some(e));
+                        deferred.store(true, Ordering::Release);
+                    }
+                }
+            }))
+            .map_err(|e| {
+                self.deferred_incoming.store(true, Ordering::Release);
+                QmpError::generic(e)
+            })?;
+        Ok(json!({}))
     }
 
     /// A machine held by [`MachineBackend::hold`] has not run yet (QEMU's
@@ -211,6 +310,7 @@ impl MachineBackend {
     fn savevm(&self, name: &str) -> Result<Value, QmpError> {
         let place = self.snapshot_place("savevm")?;
         self.check_engine("savevm")?;
+        self.check_not_incoming()?;
         let report = match place {
             SnapshotPlace::Disks(_) => {
                 let name = name.to_string();
@@ -343,6 +443,7 @@ impl MachineBackend {
         use crate::snapshot::live::{self, Progress};
         let uri: crate::snapshot::MigrationUri = uri.parse().map_err(QmpError::generic)?;
         self.check_engine("migration")?;
+        self.check_not_incoming()?;
         {
             let mut mig = self.migration.lock();
             if matches!(mig.status.as_str(), "setup" | "active" | "cancelling") {
@@ -549,6 +650,12 @@ impl MachineBackend {
     }
 
     fn cont(&self) -> Result<Value, QmpError> {
+        if *self.stopped_as.lock() == "inmigrate" {
+            // As QEMU: waiting for its migration, the guest starts once
+            // it has arrived.
+            self.incoming_autostart.store(true, Ordering::Release);
+            return Ok(json!({}));
+        }
         if self.paused.load(Ordering::Acquire) && *self.stopped_as.lock() == "shutdown" {
             return Err(QmpError::generic("Resetting the Virtual Machine is required"));
         }
@@ -776,6 +883,7 @@ impl monitor::Backend for MachineBackend {
             Command::DelVm { name } => self.delvm(&name),
             Command::InfoSnapshots => self.info_snapshots(),
             Command::Migrate { uri } => self.migrate(&uri),
+            Command::MigrateIncoming { uri } => self.migrate_incoming(&uri),
             Command::QueryMigrate => Ok(self.query_migrate()),
             Command::MigrateCancel => Ok(self.migrate_cancel()),
             Command::MigrateSetCapabilities { capabilities } => self.set_capabilities(&capabilities),
@@ -843,4 +951,26 @@ fn emit(slot: &Mutex<Option<Arc<Monitor>>>, event: Event) {
 fn command_name(cmd: &Command) -> String {
     let debug = format!("{cmd:?}");
     debug.split([' ', '{', '(']).next().unwrap_or_default().to_string()
+}
+
+/// Takes an incoming migration into the stopped machine `m`: the sender's
+/// connection, the stream, and the word back to a live sender that the
+/// guest was taken.
+fn receive_incoming(
+    m: &mut Machine,
+    listening: crate::snapshot::Incoming,
+) -> Result<crate::snapshot::Restored, String> {
+    let (mut input, reply, child) = listening.accept().map_err(|e| e.to_string())?;
+    let got = crate::snapshot::receive_stream(m, &mut *input);
+    if let (Ok((_, _, true)), Some(mut w)) = (&got, reply) {
+        use std::io::Write;
+        if let Err(e) = w.write_all(&crate::snapshot::live::READY).and_then(|()| w.flush()) {
+            tracing::warn!(target: "vmm", "cannot tell the sender the guest was taken: {e}");
+        }
+    }
+    drop(input);
+    if let Some(mut c) = child {
+        let _ = c.wait();
+    }
+    got.map(|(r, _, _)| r).map_err(|e| e.to_string())
 }

@@ -917,41 +917,79 @@ fn receive_live(m: &mut Machine, input: &mut dyn Read, t: Instant) -> Result<(Re
 /// and reads their stdout; listens on `tcp:` and `unix:` for one
 /// connection.
 pub fn open_incoming(uri: &MigrationUri) -> Result<(Box<dyn Read>, Option<std::process::Child>), SnapshotError> {
-    open_incoming_with_reply(uri).map(|(r, _, c)| (r, c))
+    open_incoming_with_reply(uri).map(|(r, _, c)| (r as Box<dyn Read>, c))
 }
+
+/// The three ends of an incoming migration's connection: the stream, the
+/// way back to a live sender (for [`live::READY`]), and the command of an
+/// `exec:` URI.
+pub type IncomingEnds = (Box<dyn Read + Send>, Option<Box<dyn Write + Send>>, Option<std::process::Child>);
 
 /// [`open_incoming`], with the way back to the sender over a socket, for
 /// [`live::READY`].
-#[allow(clippy::type_complexity, reason = "the three ends of one connection")]
-pub fn open_incoming_with_reply(
-    uri: &MigrationUri,
-) -> Result<(Box<dyn Read>, Option<Box<dyn Write + Send>>, Option<std::process::Child>), SnapshotError> {
-    match uri {
-        MigrationUri::Exec(cmd) => {
-            let mut child = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(cmd)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .map_err(|e| io(format!("exec:{cmd}"), e))?;
-            let out = child.stdout.take().ok_or_else(|| SnapshotError::Io(format!("exec:{cmd}: no stdout")))?;
-            Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, out)), None, Some(child)))
-        }
-        MigrationUri::Unix(path) => {
-            let what = || format!("unix:{}", path.display());
-            let _ = std::fs::remove_file(path);
-            let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| io(what(), e))?;
-            let (s, _) = l.accept().map_err(|e| io(what(), e))?;
-            let _ = std::fs::remove_file(path);
-            let w = s.try_clone().map_err(|e| io(what(), e))?;
-            Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, s)), Some(Box::new(w)), None))
-        }
-        MigrationUri::Tcp(addr) => {
-            let l = std::net::TcpListener::bind(addr).map_err(|e| io(format!("tcp:{addr}"), e))?;
-            let (s, _) = l.accept().map_err(|e| io(format!("tcp:{addr}"), e))?;
-            let w = s.try_clone().map_err(|e| io(format!("tcp:{addr}"), e))?;
-            Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, s)), Some(Box::new(w)), None))
+pub fn open_incoming_with_reply(uri: &MigrationUri) -> Result<IncomingEnds, SnapshotError> {
+    Incoming::listen(uri)?.accept()
+}
+
+/// An incoming migration that listens (or whose command runs) and has not
+/// taken its connection yet: QMP's `migrate-incoming` listens before it
+/// answers, so a sender may connect at once, and the stopped machine
+/// accepts.
+pub enum Incoming {
+    /// `exec:`: the command's output.
+    Exec(std::process::Child, String),
+    /// `unix:`: the listener and its path.
+    Unix(std::os::unix::net::UnixListener, std::path::PathBuf),
+    /// `tcp:`: the listener and its address.
+    Tcp(std::net::TcpListener, String),
+}
+
+impl Incoming {
+    /// Binds `uri`'s socket, or starts its command.
+    pub fn listen(uri: &MigrationUri) -> Result<Incoming, SnapshotError> {
+        Ok(match uri {
+            MigrationUri::Exec(cmd) => {
+                let child = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(cmd)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .map_err(|e| io(format!("exec:{cmd}"), e))?;
+                Incoming::Exec(child, cmd.clone())
+            }
+            MigrationUri::Unix(path) => {
+                let _ = std::fs::remove_file(path);
+                let l = std::os::unix::net::UnixListener::bind(path)
+                    .map_err(|e| io(format!("unix:{}", path.display()), e))?;
+                Incoming::Unix(l, path.clone())
+            }
+            MigrationUri::Tcp(addr) => {
+                let l = std::net::TcpListener::bind(addr).map_err(|e| io(format!("tcp:{addr}"), e))?;
+                Incoming::Tcp(l, addr.clone())
+            }
+        })
+    }
+
+    /// Waits for the sender's connection (a socket's first client).
+    pub fn accept(self) -> Result<IncomingEnds, SnapshotError> {
+        match self {
+            Incoming::Exec(mut child, cmd) => {
+                let out = child.stdout.take().ok_or_else(|| SnapshotError::Io(format!("exec:{cmd}: no stdout")))?;
+                Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, out)), None, Some(child)))
+            }
+            Incoming::Unix(l, path) => {
+                let what = || format!("unix:{}", path.display());
+                let (s, _) = l.accept().map_err(|e| io(what(), e))?;
+                let _ = std::fs::remove_file(&path);
+                let w = s.try_clone().map_err(|e| io(what(), e))?;
+                Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, s)), Some(Box::new(w)), None))
+            }
+            Incoming::Tcp(l, addr) => {
+                let (s, _) = l.accept().map_err(|e| io(format!("tcp:{addr}"), e))?;
+                let w = s.try_clone().map_err(|e| io(format!("tcp:{addr}"), e))?;
+                Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, s)), Some(Box::new(w)), None))
+            }
         }
     }
 }
