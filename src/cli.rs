@@ -242,7 +242,7 @@ pub struct RunArgs {
     /// finds it at tcp::PORT, tcp:HOST:PORT or unix:PATH. Each vCPU is a
     /// thread; breakpoints, hardware breakpoints and steps run the guest in
     /// the interpreter while they are set.
-    #[arg(long, value_name = "tcp::PORT|tcp:HOST:PORT|unix:PATH")]
+    #[arg(long, value_name = "tcp::PORT|tcp:HOST:PORT|unix:PATH", value_parser = parse_gdb)]
     pub gdb: Option<String>,
     /// Where the monitors' `savevm NAME` keeps snapshots and `loadvm NAME`
     /// and `delvm NAME` find them, for a machine without a qcow2 disk the
@@ -561,4 +561,9 @@ pub fn parse_rtc_base(s: &str) -> Result<RtcBase, String> {
         .or_else(|_| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map(|d| d.and_time(chrono::NaiveTime::MIN)))
         .map_err(|_| format!("'{s}': expected utc, localtime, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS"))?;
     Ok(RtcBase::Date(t.and_utc().timestamp()))
+}
+
+/// Checks `--gdb`'s device as the stub will read it.
+fn parse_gdb(s: &str) -> Result<String, String> {
+    vmm::gdb::parse_gdb_dev(s).map(|_| s.to_string())
 }

@@ -425,7 +425,10 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
             }
             "S" => st.paused = true,
             "s" => st.gdb = Some("tcp::1234".into()),
-            "gdb" => st.gdb = Some(v.to_string()),
+            "gdb" => {
+                vmm::gdb::parse_gdb_dev(v)?;
+                st.gdb = Some(v.to_string());
+            }
             "usb" => st.usb = true,
             "usbdevice" => match v {
                 "tablet" => {
