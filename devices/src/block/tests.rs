@@ -7,11 +7,30 @@ use std::process::Command;
 use super::*;
 
 /// A fresh folder for one test.
-fn dir(name: &str) -> PathBuf {
+/// A test's own folder, held with the tests' lock: these tests spawn
+/// qemu-img, and a child forked while another test holds an image open
+/// keeps that open file, and its OFD lock, until it execs, so a test that
+/// reopens an image it has just closed could find it still locked.
+struct Dir {
+    path: PathBuf,
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Dir {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.path
+    }
+}
+
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn dir(name: &str) -> Dir {
+    let one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let d = std::env::temp_dir().join(format!("ferrovm-block-{}-{name}", std::process::id()));
     let _ = fs::remove_dir_all(&d);
     fs::create_dir_all(&d).unwrap();
-    d
+    Dir { path: d, _one: one }
 }
 
 /// Runs qemu-img; None (with a note) when it is not installed.
