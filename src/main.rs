@@ -456,33 +456,11 @@ fn restore_or_receive(
         .unwrap_or_default()
         .parse()
         .map_err(|e: String| Error::Config(format!("{what}: {e}")))?;
-    let (mut input, reply, child) = vmm::snapshot::open_incoming_with_reply(&uri).map_err(fail)?;
-    // From the connection (or the command's start) on.
-    let t = std::time::Instant::now();
-    let got = vmm::snapshot::receive_stream(machine, &mut *input);
-    // A live migration's sender waits, stopped, for the word that this
-    // side took the guest.
-    if let (Ok((_, _, true)), Some(mut w)) = (&got, reply) {
-        use std::io::Write;
-        if let Err(e) = w.write_all(&vmm::snapshot::live::READY).and_then(|()| w.flush()) {
-            tracing::warn!(target: "vmm", "{what}: cannot tell the sender the guest was taken: {e}");
-        }
-    }
-    drop(input);
-    let got = got.map(|(r, ram, _)| (r, ram));
-    if let Some(mut c) = child {
-        match c.wait() {
-            Ok(st) if !st.success() && got.is_ok() => {
-                tracing::warn!(target: "vmm", "{what}: the command ended with {st} after a whole stream")
-            }
-            _ => {}
-        }
-    }
-    let (r, ram) = got.map_err(fail)?;
+    let (r, ram) = vmm::snapshot::Incoming::listen(&uri).and_then(|l| l.receive(machine)).map_err(fail)?;
     if args.stats {
         eprintln!(
             "ferrovm: received the migrated guest in {:.1} ms: {} of {} bytes of RAM, {} pages of zeros skipped",
-            ms(t.elapsed()),
+            ms(r.took),
             ram.written,
             ram.total,
             ram.zero_pages

@@ -218,7 +218,7 @@ impl MachineBackend {
         let what = format!("migrate-incoming {uri}");
         self.control
             .request(Box::new(move |m, s| {
-                let got = receive_incoming(m, listening);
+                let got = listening.receive(m).map(|(r, _)| r).map_err(|e| e.to_string());
                 let mut mig = migration.lock();
                 match got {
                     Ok(r) => {
@@ -951,26 +951,4 @@ fn emit(slot: &Mutex<Option<Arc<Monitor>>>, event: Event) {
 fn command_name(cmd: &Command) -> String {
     let debug = format!("{cmd:?}");
     debug.split([' ', '{', '(']).next().unwrap_or_default().to_string()
-}
-
-/// Takes an incoming migration into the stopped machine `m`: the sender's
-/// connection, the stream, and the word back to a live sender that the
-/// guest was taken.
-fn receive_incoming(
-    m: &mut Machine,
-    listening: crate::snapshot::Incoming,
-) -> Result<crate::snapshot::Restored, String> {
-    let (mut input, reply, child) = listening.accept().map_err(|e| e.to_string())?;
-    let got = crate::snapshot::receive_stream(m, &mut *input);
-    if let (Ok((_, _, true)), Some(mut w)) = (&got, reply) {
-        use std::io::Write;
-        if let Err(e) = w.write_all(&crate::snapshot::live::READY).and_then(|()| w.flush()) {
-            tracing::warn!(target: "vmm", "cannot tell the sender the guest was taken: {e}");
-        }
-    }
-    drop(input);
-    if let Some(mut c) = child {
-        let _ = c.wait();
-    }
-    got.map(|(r, _, _)| r).map_err(|e| e.to_string())
 }

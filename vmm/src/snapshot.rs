@@ -913,28 +913,16 @@ fn receive_live(m: &mut Machine, input: &mut dyn Read, t: Instant) -> Result<(Re
     Ok((Restored { vcpus, run_state: saved.run_state, took: t.elapsed() }, stats))
 }
 
-/// Opens the receiving end of `uri` (`--incoming`): runs `exec:` commands
-/// and reads their stdout; listens on `tcp:` and `unix:` for one
-/// connection.
-pub fn open_incoming(uri: &MigrationUri) -> Result<(Box<dyn Read>, Option<std::process::Child>), SnapshotError> {
-    open_incoming_with_reply(uri).map(|(r, _, c)| (r as Box<dyn Read>, c))
-}
-
 /// The three ends of an incoming migration's connection: the stream, the
 /// way back to a live sender (for [`live::READY`]), and the command of an
 /// `exec:` URI.
-pub type IncomingEnds = (Box<dyn Read + Send>, Option<Box<dyn Write + Send>>, Option<std::process::Child>);
+type IncomingEnds = (Box<dyn Read + Send>, Option<Box<dyn Write + Send>>, Option<std::process::Child>);
 
-/// [`open_incoming`], with the way back to the sender over a socket, for
-/// [`live::READY`].
-pub fn open_incoming_with_reply(uri: &MigrationUri) -> Result<IncomingEnds, SnapshotError> {
-    Incoming::listen(uri)?.accept()
-}
-
-/// An incoming migration that listens (or whose command runs) and has not
-/// taken its connection yet: QMP's `migrate-incoming` listens before it
-/// answers, so a sender may connect at once, and the stopped machine
-/// accepts.
+/// The receiving end of a migration (`--incoming`, QMP's
+/// `migrate-incoming`) that listens on `tcp:` or `unix:` (or whose `exec:`
+/// command runs) and has not taken its connection yet: `migrate-incoming`
+/// listens before it answers, so a sender may connect at once, and the
+/// stopped machine accepts.
 pub enum Incoming {
     /// `exec:`: the command's output.
     Exec(std::process::Child, String),
@@ -971,8 +959,35 @@ impl Incoming {
         })
     }
 
+    /// Takes the migration into `m`: waits for the sender's connection (or
+    /// reads the command's output), restores the stream, tells a live
+    /// sender that the guest was taken ([`live::READY`]) and waits for an
+    /// `exec:` command to end. The restored vCPUs (their `took` counts
+    /// from the connection on) and the RAM figures.
+    pub fn receive(self, m: &mut Machine) -> Result<(Restored, RamStats), SnapshotError> {
+        let (mut input, reply, child) = self.accept()?;
+        let got = receive_stream(m, &mut *input);
+        // A live migration's sender waits, stopped, for the word that this
+        // side took the guest.
+        if let (Ok((_, _, true)), Some(mut w)) = (&got, reply) {
+            if let Err(e) = w.write_all(&live::READY).and_then(|()| w.flush()) {
+                tracing::warn!(target: "vmm", "incoming migration: cannot tell the sender the guest was taken: {e}");
+            }
+        }
+        drop(input);
+        if let Some(mut c) = child {
+            match c.wait() {
+                Ok(st) if !st.success() && got.is_ok() => {
+                    tracing::warn!(target: "vmm", "incoming migration: the command ended with {st} after a whole stream")
+                }
+                _ => {}
+            }
+        }
+        got.map(|(r, ram, _)| (r, ram))
+    }
+
     /// Waits for the sender's connection (a socket's first client).
-    pub fn accept(self) -> Result<IncomingEnds, SnapshotError> {
+    fn accept(self) -> Result<IncomingEnds, SnapshotError> {
         match self {
             Incoming::Exec(mut child, cmd) => {
                 let out = child.stdout.take().ok_or_else(|| SnapshotError::Io(format!("exec:{cmd}: no stdout")))?;
