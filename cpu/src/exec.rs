@@ -122,18 +122,44 @@ impl Cpu {
         false
     }
 
+    /// Why the run loop must return before the next instruction: a triple
+    /// fault, or the platform asked to stop (the request is taken).
+    #[inline(always)]
+    fn stop_asked(&mut self) -> Option<StopReason> {
+        if let Some(why) = self.shutdown.take() {
+            return Some(StopReason::Shutdown(why));
+        }
+        if self.stop {
+            self.stop = false;
+            return Some(StopReason::Requested);
+        }
+        None
+    }
+
+    /// Executes the one instruction at RIP (decoded, or from the decode
+    /// cache); a fetch fault is raised and delivered instead.
+    fn exec_at_rip(&mut self) {
+        match self.block_at_rip() {
+            Ok(block) => {
+                if self.exec_one(&block.insns()[0]) {
+                    self.stats.instructions += 1;
+                }
+            }
+            Err(e) => {
+                self.insn_start = self.state.rip;
+                self.raise_fetch_fault(e);
+            }
+        }
+    }
+
     /// [`Cpu::run`] under a debugger's stops: one instruction at a time.
     fn run_debugged(&mut self, budget: u64) -> StopReason {
         let start = self.stats.instructions;
         let step = self.debug_stops.as_ref().is_some_and(|d| d.step);
         let mut ran = false;
         while self.stats.instructions - start < budget {
-            if let Some(why) = self.shutdown.take() {
-                return StopReason::Shutdown(why);
-            }
-            if self.stop {
-                self.stop = false;
-                return StopReason::Requested;
+            if let Some(why) = self.stop_asked() {
+                return why;
             }
             if ran && step {
                 return StopReason::Debug;
@@ -151,17 +177,7 @@ impl Cpu {
                 return StopReason::Debug;
             }
             self.state.interrupt_shadow = 0;
-            match self.block_at_rip() {
-                Ok(block) => {
-                    if self.exec_one(&block.insns()[0]) {
-                        self.stats.instructions += 1;
-                    }
-                }
-                Err(e) => {
-                    self.insn_start = self.state.rip;
-                    self.raise_fetch_fault(e);
-                }
-            }
+            self.exec_at_rip();
             ran = true;
             if self.sys.watch_hit.is_some() {
                 // Data watchpoints trap after the access's instruction.
@@ -195,12 +211,8 @@ impl Cpu {
         }
         let start = self.stats.instructions;
         while self.stats.instructions - start < budget {
-            if let Some(why) = self.shutdown.take() {
-                return StopReason::Shutdown(why);
-            }
-            if self.stop {
-                self.stop = false;
-                return StopReason::Requested;
+            if let Some(why) = self.stop_asked() {
+                return why;
             }
             if self.take_boundary_events() {
                 continue;
@@ -258,18 +270,7 @@ impl Cpu {
     /// Execute one instruction at RIP (the JIT's and the KVM fallback's entry).
     pub fn step(&mut self) -> StopReason {
         self.stop = false;
-        match self.block_at_rip() {
-            Ok(block) => {
-                let d = block.insns()[0];
-                if self.exec_one(&d) {
-                    self.stats.instructions += 1;
-                }
-            }
-            Err(e) => {
-                self.insn_start = self.state.rip;
-                self.raise_fetch_fault(e);
-            }
-        }
+        self.exec_at_rip();
         if let Some(why) = self.shutdown.take() {
             StopReason::Shutdown(why)
         } else if self.stop {
