@@ -817,34 +817,13 @@ impl MonitorCmd for Stub {
     }
 }
 
-/// `monitor info registers`: what gdb's register description leaves out.
+/// `monitor info registers`: what gdb's register description leaves out
+/// (the control and debug registers, EFER, the segments' bases and
+/// limits, the descriptor tables), in the dump of QEMU's `info registers`.
 fn describe(i: usize, s: &mut CpuState) -> String {
-    use std::fmt::Write;
     let rflags = s.flags();
     let halted = if s.halted != 0 { " HLT" } else { "" };
-    let mut t = format!("CPU#{i}: RIP={:016x} RFL={rflags:08x} CPL={}{halted}\n", s.rip, s.cpl);
-    for (name, i) in
-        [("ES", sreg::ES), ("CS", sreg::CS), ("SS", sreg::SS), ("DS", sreg::DS), ("FS", sreg::FS), ("GS", sreg::GS)]
-    {
-        let g = &s.seg[i];
-        let _ = writeln!(t, "{name} ={:04x} {:016x} {:08x} {:08x}", g.selector, g.base, g.limit, g.attr);
-    }
-    let _ = writeln!(t, "LDT={:04x} {:016x} {:08x}", s.ldtr.selector, s.ldtr.base, s.ldtr.limit);
-    let _ = writeln!(t, "TR ={:04x} {:016x} {:08x}", s.tr.selector, s.tr.base, s.tr.limit);
-    let _ = writeln!(t, "GDT=     {:016x} {:08x}", s.gdtr.base, s.gdtr.limit);
-    let _ = writeln!(t, "IDT=     {:016x} {:08x}", s.idtr.base, s.idtr.limit);
-    let _ = writeln!(t, "CR0={:08x} CR2={:016x} CR3={:016x} CR4={:08x} CR8={:x}", s.cr0, s.cr2, s.cr3, s.cr4, s.cr8);
-    let _ = writeln!(
-        t,
-        "EFER={:016x} FS_BASE={:016x} GS_BASE={:016x} KERNEL_GS_BASE={:016x}",
-        s.efer,
-        s.seg[sreg::FS].base,
-        s.seg[sreg::GS].base,
-        s.msr.kernel_gs_base
-    );
-    let _ =
-        write!(t, "DR0-3={:x} {:x} {:x} {:x} DR6={:x} DR7={:x}", s.dr[0], s.dr[1], s.dr[2], s.dr[3], s.dr[6], s.dr[7]);
-    t
+    format!("CPU#{i}: RIP={:016x} RFL={rflags:08x} CPL={}{halted}\n{}", s.rip, s.cpl, cpu::guestlog::dump_state(s))
 }
 
 /// The connection to gdb, with the byte a look ahead read.
