@@ -24,8 +24,9 @@
 //!   buffers hold the data of IN and GET_ID, and their last byte is the
 //!   status. Where the driver splits them into descriptors does not matter.
 //! - Every sector, length and segment is checked against the capacity and
-//!   the limits the configuration announces (SEG_MAX, SIZE_MAX, the
-//!   discard and write-zeroes limits); a request that breaks one completes
+//!   the limits the configuration announces (SEG_MAX and SIZE_MAX when the
+//!   driver accepted them, the discard and write-zeroes limits, a request's
+//!   total of SEG_MAX * SIZE_MAX bytes); a request that breaks one completes
 //!   with IOERR, and the backend never sees it. A chain without a writable
 //!   status byte cannot be answered: the device sets DEVICE_NEEDS_RESET.
 //! - The disk I/O runs on the machine's I/O thread: a queue notification
@@ -258,7 +259,7 @@ impl VirtioBlk {
         match ty {
             VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
                 let len = if ty == VIRTIO_BLK_T_IN { in_len } else { out_len };
-                self.check_segments(chain, ty == VIRTIO_BLK_T_IN)?;
+                self.check_segments(chain, ty == VIRTIO_BLK_T_IN, ctx.features)?;
                 let offset = self.check_range(sector, len)?;
                 if ty == VIRTIO_BLK_T_IN {
                     self.read(chain, ctx, offset, len)
@@ -281,17 +282,21 @@ impl VirtioBlk {
         }
     }
 
-    /// Checks the data buffers against SEG_MAX and SIZE_MAX.
-    fn check_segments(&self, chain: &DescriptorChain, read: bool) -> Result<(), ReqError> {
+    /// Checks the data buffers against SEG_MAX and SIZE_MAX, each when the
+    /// driver accepted it: a driver that did not (OVMF's asks for neither)
+    /// may send buffers of any size and number, and only the request's
+    /// total ([`MAX_REQUEST`]) is bounded.
+    fn check_segments(&self, chain: &DescriptorChain, read: bool, features: u64) -> Result<(), ReqError> {
         // The header is readable and the status writable: they are no data.
         let bufs = if read { &chain.writable } else { &chain.readable };
-        if bufs.len() > SEG_MAX as usize + 1 {
+        if features & VIRTIO_BLK_F_SEG_MAX != 0 && bufs.len() > SEG_MAX as usize + 1 {
             return Err(ReqError::Status(
                 VIRTIO_BLK_S_IOERR,
                 format!("{} data buffers, more than seg_max {SEG_MAX}", bufs.len() - 1),
             ));
         }
-        if let Some(b) = bufs.iter().find(|b| b.len > SIZE_MAX + HEADER_LEN as u32) {
+        let size_max = features & VIRTIO_BLK_F_SIZE_MAX != 0;
+        if let Some(b) = bufs.iter().find(|b| size_max && b.len > SIZE_MAX + HEADER_LEN as u32) {
             return Err(ReqError::Status(
                 VIRTIO_BLK_S_IOERR,
                 format!("a buffer of {} bytes, more than size_max {SIZE_MAX}", b.len),

@@ -74,11 +74,16 @@ fn w(dev: &mut VirtioBlkPci, off: u64, v: u64, len: usize) {
 }
 
 fn rig(read_only: bool) -> Rig {
+    rig_with(read_only, DISK, 0)
+}
+
+/// A rig with a disk of `disk_len` bytes whose driver declines the features `decline`.
+fn rig_with(read_only: bool, disk_len: usize, decline: u64) -> Rig {
     let mem = Arc::new(GuestMemory::new(4 << 20).unwrap());
-    let data: Vec<u8> = (0..DISK).map(|i| (i / 512) as u8).collect();
+    let data: Vec<u8> = (0..disk_len).map(|i| (i / 512) as u8).collect();
     let disk = Arc::new(Mutex::new(MemDisk { data, read_only, flushes: 0 }));
     let blk = VirtioBlk::new(Box::new(SharedDisk(disk.clone())), "ferrovm-disk-serial-number", IoKick::none());
-    let features = blk.features();
+    let features = blk.features() & !decline;
     let mut dev = VirtioPci::new(blk, mem.clone(), Arc::new(RecordingIrq::new()));
     dev.write_config(PCI_COMMAND, &[0x06, 0]);
     w(&mut dev, 0x14, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER), 1);
@@ -293,6 +298,20 @@ fn hostile_requests_get_ioerr_and_never_reach_the_disk() {
     assert_eq!(r.disk.lock().data, before, "no hostile request changed the disk");
     assert_eq!(r.dev.status() & STATUS_DEVICE_NEEDS_RESET, 0, "bad requests are answered, not fatal");
     assert!(r.dev.device().stats().errors >= 13);
+}
+
+/// A driver that accepts neither SIZE_MAX nor SEG_MAX (OVMF's) may send a
+/// data buffer larger than size_max: it is served.
+#[test]
+fn size_max_binds_only_a_driver_that_accepted_it() {
+    let mut r = rig_with(false, 3 << 20, VIRTIO_BLK_F_SIZE_MAX | VIRTIO_BLK_F_SEG_MAX);
+    let len = 2 << 20;
+    r.header(VIRTIO_BLK_T_IN, 0);
+    let (s, used) = r.send(&[(HDR, 16, false), (0x100000, len, true), (STATUS, 1, true)]);
+    assert_eq!((s, used), (VIRTIO_BLK_S_OK, len + 1));
+    let mut got = vec![0u8; len as usize];
+    r.mem.read(0x100000, &mut got).unwrap();
+    assert!(got.iter().enumerate().all(|(i, &b)| b == (i / 512) as u8), "the disk's first 2 MiB");
 }
 
 #[test]
