@@ -11,7 +11,8 @@
 //! - [`migration`]: live migration's downtime and total time over
 //!   loopback (`--migration`);
 //! - [`restore`]: a saved guest's time to run again, and the memory of
-//!   its clones (`--restore`).
+//!   its clones (`--restore`);
+//! - [`uefi`]: OVMF from the reset vector to its shell (`--uefi`).
 //!
 //! Linux guests and QEMU run as child processes (a Linux guest under the
 //! `ferrovm` binary that calls this crate), so each of those measurements
@@ -27,6 +28,7 @@ pub mod migration;
 pub mod net;
 pub mod restore;
 pub mod smp;
+pub mod uefi;
 pub mod work;
 
 /// The options of `ferrovm bench`.
@@ -79,6 +81,10 @@ pub struct BenchArgs {
     /// memory ten clones of one snapshot take.
     #[arg(long, conflicts_with_all = ["net", "work", "disk", "smp", "display", "migration"])]
     pub restore: bool,
+    /// Measure UEFI instead: Debian's OVMF from the reset vector to its
+    /// shell's banner and prompt, per engine and under QEMU TCG.
+    #[arg(long, conflicts_with_all = ["net", "work", "disk", "smp", "display", "migration", "restore"])]
+    pub uefi: bool,
     /// MiB moved each way by --net.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     pub net_mib: usize,
@@ -98,6 +104,8 @@ pub fn run(args: &BenchArgs) -> i32 {
         migration::run(args)
     } else if args.restore {
         restore::run(args)
+    } else if args.uefi {
+        uefi::run(args)
     } else if let Some(n) = args.smp {
         smp::run(args, n)
     } else {
