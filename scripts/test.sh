@@ -37,6 +37,9 @@ command -v tesseract >/dev/null || need_pkgs+=(tesseract-ocr)
 command -v chromium >/dev/null || need_lean+=(chromium)
 # The gdb stub's test drives Debian's gdb.
 command -v gdb >/dev/null || need_pkgs+=(gdb)
+# UEFI: OVMF, and GRUB's x86_64-efi loader for the disk the test builds.
+[ -s /usr/share/ovmf/OVMF.fd ] || need_pkgs+=(ovmf)
+[ -s /usr/lib/grub/x86_64-efi/linux.mod ] || need_pkgs+=(grub-efi-amd64-bin)
 if ((${#need_pkgs[@]} + ${#need_lean[@]})); then
     if [ "$(id -u)" = 0 ]; then
         log "installing Debian packages: ${need_pkgs[*]} ${need_lean[*]}"

@@ -164,8 +164,17 @@ pub struct RunArgs {
     /// A BIOS image (SeaBIOS), mapped to end at 4 GiB and run from the reset
     /// vector. With --disk and no --kernel the default is Debian's
     /// /usr/share/seabios/bios-256k.bin (package seabios).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "pflash")]
     pub bios: Option<PathBuf>,
+    #[arg(
+        long,
+        value_name = "PATH[,readonly=on][,snapshot=on]",
+        help = "A flash drive, QEMU's -drive if=pflash; may be repeated, the first one mapped highest below 4 GiB. \
+                The first holds the firmware's code (UEFI: OVMF_CODE.fd with readonly=on, or the whole OVMF.fd, whose \
+                variable store then stays writable); the next ones are CFI flash the firmware programs (OVMF_VARS.fd: \
+                UEFI variables, written back to the file). readonly=on refuses writes; snapshot=on keeps them in memory"
+    )]
+    pub pflash: Vec<String>,
     // The help text is an attribute, not a doc comment: its brackets are
     // option syntax, which rustdoc would read as links.
     #[arg(

@@ -39,6 +39,76 @@ fn read_file(path: &std::path::Path) -> Result<Vec<u8>, Error> {
     std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })
 }
 
+/// The firmware's code and the flash drives below it, from `--pflash`
+/// (QEMU's `-drive if=pflash` units, in order). The first drive is the
+/// firmware: read-only, or a whole UEFI image (OVMF.fd) whose variable
+/// store, at its start, becomes a writable flash drive of its own at the
+/// same addresses. The others are CFI flash.
+fn flash_drives(specs: &[String]) -> Result<(Option<Vec<u8>>, Vec<vmm::FlashDrive>), Error> {
+    let mut code = None;
+    let mut drives = Vec::new();
+    for (unit, spec) in specs.iter().enumerate() {
+        let mut parts = spec.split(',');
+        let path = std::path::PathBuf::from(parts.next().unwrap_or_default());
+        let (mut read_only, mut snapshot) = (false, false);
+        for p in parts {
+            match p.split_once('=') {
+                Some(("readonly", v)) => read_only = on_off("--pflash", "readonly", v)?,
+                Some(("snapshot", v)) => snapshot = on_off("--pflash", "snapshot", v)?,
+                _ => {
+                    return Err(Error::Config(format!(
+                        "--pflash {spec}: unknown option {p} (PATH[,readonly=on][,snapshot=on])"
+                    )))
+                }
+            }
+        }
+        let contents = read_file(&path)?;
+        let name = path.display().to_string();
+        let write_path = (!snapshot && !read_only).then(|| path.clone());
+        if unit == 0 {
+            bios::check_flash_image(&contents, &format!("--pflash {name}"))?;
+            match bios::uefi_vars_len(&contents).filter(|_| !read_only) {
+                Some(n) => {
+                    drives.push(vmm::FlashDrive {
+                        name: format!("{name} (variable store)"),
+                        contents: contents[..n].to_vec(),
+                        path: write_path,
+                        read_only,
+                    });
+                    code = Some(contents[n..].to_vec());
+                }
+                None => {
+                    if !read_only {
+                        tracing::info!(
+                            target: "firmware",
+                            "--pflash {name}: no UEFI variable store at its start; the firmware's code is read-only"
+                        );
+                    }
+                    code = Some(contents);
+                }
+            }
+        } else {
+            if contents.is_empty() || contents.len() % 4096 != 0 {
+                return Err(Error::Config(format!(
+                    "--pflash {name} is {} bytes: a flash drive is whole 4 KiB sectors",
+                    contents.len()
+                )));
+            }
+            drives.push(vmm::FlashDrive { name, contents, path: write_path, read_only });
+        }
+    }
+    Ok((code, drives))
+}
+
+/// `on`/`off` (and QEMU's other spellings) of `key` in `option`.
+fn on_off(option: &str, key: &str, v: &str) -> Result<bool, Error> {
+    match v {
+        "on" | "yes" | "true" => Ok(true),
+        "off" | "no" | "false" => Ok(false),
+        _ => Err(Error::Config(format!("{option} {key}={v}: expected on or off"))),
+    }
+}
+
 /// That `path` opens for reading, without reading it.
 fn check_readable(path: &std::path::Path) -> Result<(), Error> {
     std::fs::File::open(path).map(drop).map_err(|source| Error::Read { path: path.to_path_buf(), source })
@@ -139,8 +209,13 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         }
     }
     let from_saved_state = args.restore.is_some() || args.incoming.is_some() || args.loadvm.is_some();
-    let firmware = match (&args.bios, &args.kernel) {
-        (Some(p), _) => {
+    let (flash_code, flash) = flash_drives(&args.pflash)?;
+    if flash_code.is_some() && args.kernel.is_some() {
+        return Err(Error::Config("--pflash holds firmware: give it or --kernel, not both".into()));
+    }
+    let firmware = match (flash_code, &args.bios, &args.kernel) {
+        (Some(code), _, _) => Firmware::Bios(code),
+        (None, Some(p), _) => {
             let image = read_file(p)?;
             bios::check_image(&image, Some(p))?;
             Firmware::Bios(image)
@@ -148,7 +223,7 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         // RAM from saved state: the kernel is not loaded, and its files are
         // only checked (a restore does not wait for 14 MiB to be read and
         // decompressed into RAM that the snapshot then replaces).
-        (None, Some(k)) if from_saved_state => {
+        (None, None, Some(k)) if from_saved_state => {
             check_readable(k)?;
             args.initrd.as_deref().map(check_readable).transpose()?;
             Firmware::Kernel(vmm::KernelImage {
@@ -159,7 +234,7 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
                 load: false,
             })
         }
-        (None, Some(k)) => Firmware::Kernel(vmm::KernelImage {
+        (None, None, Some(k)) => Firmware::Kernel(vmm::KernelImage {
             kernel: read_file(k)?,
             initrd: args.initrd.as_deref().map(read_file).transpose()?,
             cmdline: args.append.clone().unwrap_or_default(),
@@ -167,8 +242,8 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
             load: true,
         }),
         // A disk and no kernel: the disk boots through SeaBIOS.
-        (None, None) if !disks.is_empty() => Firmware::Bios(bios::default_bios()?),
-        (None, None) => Firmware::Builtin,
+        (None, None, None) if !disks.is_empty() => Firmware::Bios(bios::default_bios()?),
+        (None, None, None) => Firmware::Builtin,
     };
     if args.screen.curses() && args.serial.on_stdio() {
         return Err(Error::Config(
@@ -192,6 +267,7 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         usb: usb_config(&args),
         rtc_start_ns: args.rtc_base.start_ns(),
         guest_log: guest_log(&args, kind)?,
+        flash,
     };
     let storage = vmm::Storage {
         drives: disks,

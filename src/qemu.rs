@@ -121,6 +121,7 @@ const WITH_ARG: &[&str] = &[
     "initrd",
     "append",
     "bios",
+    "pflash",
     "L",
     "m",
     "smp",
@@ -197,7 +198,6 @@ const WITH_ARG: &[&str] = &[
     "acpitable",
     "mtdblock",
     "sd",
-    "pflash",
 ];
 
 /// Options ferrovm refuses with a reason of their own.
@@ -252,6 +252,8 @@ struct State {
     legacy_nets: Vec<LegacyNet>,
     /// `-drive if=none,id=...`: id and the disk.
     drives_by_id: Vec<(String, Disk)>,
+    /// `-drive if=pflash`: unit (given or in order) and `--pflash`'s spec.
+    pflash: Vec<(Option<u8>, String)>,
     disks: Vec<Disk>,
     pidfile: Option<PathBuf>,
     /// `-incoming URI`.
@@ -476,6 +478,8 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
             "net" => st.legacy_net(&option, v)?,
             "device" => st.device(&option, v)?,
             "drive" => st.drive(&option, v)?,
+            // QEMU's shorthand for -drive if=pflash,format=raw,file=FILE.
+            "pflash" => st.pflash_drive(&option, v, &Opts { pairs: Vec::new() })?,
             "hda" | "hdb" | "hdc" | "hdd" => {
                 let index = name.as_bytes()[2] - b'a';
                 st.disks.push(Disk { ide: true, index: Some(index), ..Disk::plain(v) });
@@ -1013,6 +1017,9 @@ impl State {
         )?;
         let file =
             o.get("file").ok_or_else(|| format!("{option} {v}: file= is missing (ferrovm has no empty drives)"))?;
+        if o.get("if") == Some("pflash") {
+            return self.pflash_drive(option, file, &o);
+        }
         let cdrom = match o.get("media") {
             None | Some("disk") => false,
             Some("cdrom") => true,
@@ -1089,6 +1096,55 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// `-drive if=pflash`: a flash drive (`--pflash`), unit 0 the firmware.
+    fn pflash_drive(&mut self, option: &str, file: &str, o: &Opts) -> Result<(), String> {
+        match o.get("format") {
+            None | Some("raw") => {}
+            Some(f) => return Err(format!("{option} if=pflash,format={f}: ferrovm's flash drives are raw images")),
+        }
+        for k in ["media", "index", "bus", "cdrom"] {
+            if o.get(k).is_some() {
+                return Err(format!("{option} if=pflash: {k}= is not a flash drive's option"));
+            }
+        }
+        let unit = o
+            .get("unit")
+            .map(|u| {
+                u.parse::<u8>().ok().filter(|&u| u < 4).ok_or_else(|| format!("{option} unit={u}: expected 0 to 3"))
+            })
+            .transpose()?;
+        let flag = |k: &str| o.get(k).map(|x| on_off(option, k, x)).transpose().map(Option::unwrap_or_default);
+        let mut spec = file.to_string();
+        if flag("readonly")? || flag("read-only")? {
+            spec.push_str(",readonly=on");
+        }
+        if flag("snapshot")? || self.snapshot {
+            spec.push_str(",snapshot=on");
+        }
+        self.pflash.push((unit, spec));
+        Ok(())
+    }
+
+    /// The `--pflash` arguments in unit order: units given or counted in
+    /// order, from 0 without a gap, as QEMU stacks them.
+    fn pflash_args(&self) -> Result<Vec<String>, String> {
+        let mut units: Vec<(u8, &String)> = Vec::new();
+        for (i, (unit, spec)) in self.pflash.iter().enumerate() {
+            let u = unit.unwrap_or(u8::try_from(i).unwrap_or(u8::MAX));
+            if units.iter().any(|(v, _)| *v == u) {
+                return Err(format!("-drive if=pflash: unit {u} is given twice"));
+            }
+            units.push((u, spec));
+        }
+        units.sort_by_key(|(u, _)| *u);
+        if let Some((i, (u, _))) = units.iter().enumerate().find(|(i, (u, _))| usize::from(*u) != *i) {
+            return Err(format!(
+                "-drive if=pflash: unit {u} without unit {i}: the flash units start at 0, without a gap"
+            ));
+        }
+        Ok(units.into_iter().flat_map(|(_, s)| ["--pflash".to_string(), s.clone()]).collect())
     }
 
     /// The accelerator: QEMU's list in order of preference (KVM, or TCG,
@@ -1247,7 +1303,15 @@ impl State {
                 args.extend([flag.into(), v.clone()]);
             }
         }
-        if self.kernel.is_none() {
+        if !self.pflash.is_empty() {
+            if self.kernel.is_some() {
+                return Err("-drive if=pflash with -kernel: ferrovm boots -kernel directly, without firmware".into());
+            }
+            if let Some(b) = self.bios.take() {
+                self.note(format!("-bios {b}: the firmware is the first -drive if=pflash, as QEMU takes it"));
+            }
+            args.extend(self.pflash_args()?);
+        } else if self.kernel.is_none() {
             // QEMU runs its BIOS (SeaBIOS) whether or not there is a disk.
             let bios = self.find_firmware(self.bios.as_deref().unwrap_or(DEFAULT_BIOS));
             args.extend(["--bios".into(), bios]);

@@ -19,6 +19,8 @@
 
 #[path = "guest/bios_disk.rs"]
 mod bios_disk;
+#[path = "guest/console.rs"]
+mod console;
 #[path = "guest/encode.rs"]
 mod encode;
 #[path = "guest/images.rs"]
@@ -33,6 +35,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
 use bios_disk::{halt_forever, interleaved, printing_sector, seabios};
+use console::Console;
 use encode::base64;
 use images::images;
 use qmp::Qmp;
@@ -310,80 +313,11 @@ fn disk_and_cd(dir: &Path) -> (PathBuf, PathBuf) {
     (disk, iso)
 }
 
-/// A running `ferrovm qemu`, its serial console on standard input and
-/// output.
-struct Console {
-    child: std::process::Child,
-    out: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Console {
-    fn start(args: &[&str]) -> Console {
-        use std::io::Read;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
-            .arg("qemu")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ferrovm runs");
-        let mut stdout = child.stdout.take().expect("piped stdout");
-        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let o = out.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                o.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Console { child, out }
-    }
-
-    fn text(&self) -> String {
-        self.out.lock().unwrap().clone()
-    }
-
-    /// Waits until `want` has been printed `n` times; the output so far.
-    fn wait_for(&mut self, want: &str, n: usize, secs: u64) -> String {
-        let deadline = Instant::now() + std::time::Duration::from_secs(secs);
-        loop {
-            let t = self.text();
-            if t.matches(want).count() >= n {
-                return t;
-            }
-            if Instant::now() > deadline || self.child.try_wait().ok().flatten().is_some() {
-                self.stop();
-                let mut err = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                }
-                panic!("no '{want}' (x{n}) within {secs} s:\n{t}\nstderr:\n{err}");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    }
-
-    fn type_keys(&mut self, keys: &[u8]) {
-        use std::io::Write;
-        let stdin = self.child.stdin.as_mut().expect("piped stdin");
-        stdin.write_all(keys).unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Console {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// `ferrovm qemu ARGS`, its serial console on standard input and output.
+fn qemu_console(args: &[String]) -> Console {
+    let mut a = vec!["qemu"];
+    a.extend(args.iter().map(String::as_str));
+    Console::start(&a)
 }
 
 /// Sends `system_reset` through the QMP socket at `sock`.
@@ -417,7 +351,7 @@ fn boot_once_boots_the_cd_then_the_disk_after_a_reset() {
     let sock = dir.join("qmp.sock");
     let mut args = disk_and_cd_args(&disk, &iso, "once=d,order=c");
     args.extend(["-qmp".into(), format!("unix:{},server=on,wait=off", sock.display())]);
-    let mut c = Console::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut c = qemu_console(&args);
     let out = c.wait_for("ferrovm-boot: the CD", 1, 60);
     assert!(out.contains("Booting from DVD/CD"), "{out}");
     assert!(!out.contains("ferrovm-boot: the hard disk"), "the disk booted first:\n{out}");
@@ -448,7 +382,7 @@ fn the_boot_menu_is_offered_and_boots_the_device_picked() {
     let args = |wait: &str| disk_and_cd_args(&disk, &iso, &format!("order=c,menu=on,splash-time={wait}"));
     // No key: the disk boots after the wait.
     let a = args("1500");
-    let mut c = Console::start(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut c = qemu_console(&a);
     c.wait_for("Press ESC for boot menu.", 1, 60);
     let shown = Instant::now();
     let out = c.wait_for("ferrovm-boot: the hard disk", 1, 60);
@@ -458,7 +392,7 @@ fn the_boot_menu_is_offered_and_boots_the_device_picked() {
     c.stop();
     // ESC, then the CD's entry.
     let a = args("20000");
-    let mut c = Console::start(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut c = qemu_console(&a);
     c.wait_for("Press ESC for boot menu.", 1, 60);
     c.type_keys(b"\x1b");
     let out = c.wait_for("Select boot device:", 1, 30);

@@ -47,7 +47,8 @@ fn tmp(test: &str) -> PathBuf {
 /// What a test firmware does after its line.
 #[derive(Clone, Copy)]
 enum Then {
-    /// Writes S5 and SLP_EN to PM1a_CNT (0x604): the machine powers off.
+    /// Places the ACPI PM block at 0xB000 and writes S5 and SLP_EN to
+    /// PM1a_CNT (0xB004): the machine powers off.
     PowerOff,
     /// Waits halted with interrupts off.
     Halt,
@@ -70,8 +71,19 @@ fn firmware(dir: &Path, line: &str, then: Then) -> PathBuf {
     let mut top = a.create_label();
     match then {
         Then::PowerOff => {
-            a.mov(dx, 0x604u32).unwrap();
-            a.mov(ax, (5u32 << 10) | (1 << 13)).unwrap();
+            // Place the ACPI PM block as firmware does (PMBA of the PIIX4 PM
+            // function at 00:01.3, then PMIOSE), then PM1a_CNT at 0xB004.
+            for (reg, value) in [(0x40u32, 0xb001u32), (0x80, 1)] {
+                a.mov(dx, 0xcf8u32).unwrap();
+                a.mov(eax, 0x8000_0b00 | reg).unwrap();
+                a.out(dx, eax).unwrap();
+                a.mov(dx, 0xcfcu32).unwrap();
+                a.mov(eax, value).unwrap();
+                a.out(dx, eax).unwrap();
+            }
+            a.mov(dx, 0xb004u32).unwrap();
+            // SLP_TYP 0 (soft off, the DSDT's \_S5) with SLP_EN.
+            a.mov(ax, 1u32 << 13).unwrap();
             a.out(dx, ax).unwrap();
             a.set_label(&mut top).unwrap();
             a.hlt().unwrap();

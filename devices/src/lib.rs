@@ -10,6 +10,7 @@
 //! - [`intc`]: the interrupt controllers (8259 PIC, I/O APIC, local APIC)
 //!   and MSI;
 //! - [`pci`]: the root complex, the i440FX host bridge, PIIX, MSI-X;
+//! - [`pflash`]: the CFI parallel flash OVMF keeps its variable store in;
 //! - [`virtio`]: the queue, the PCI transport, and the net and block devices;
 //! - [`nic`]: the e1000 and what NIC models share (offloads, receive merging);
 //! - [`block`]: disk images;
@@ -45,6 +46,7 @@ pub mod mapping;
 pub mod nic;
 pub mod pc;
 pub mod pci;
+pub mod pflash;
 pub mod power;
 pub mod usb;
 pub mod virtio;

@@ -11,7 +11,7 @@
 //! POST code               0x80                                -
 //! debug console           0x402 (firmware log, --trace firmware) -
 //! port 0x92 (fast A20)    0x92                                -
-//! ACPI PM1a EVT/CNT, TMR  0x600-0x60B                         SCI, IRQ9 (level)
+//! ACPI PM1a EVT/CNT, TMR  PMBA of 00:01.3 (SeaBIOS: 0x600)   SCI, IRQ9 (level)
 //! PCI config, reset reg.  0xCF8-0xCFF (0xCF9 reset control)   -
 //! I/O APIC                0xFEC00000, 4 KiB                   -
 //! local APICs             0xFEE00000, 4 KiB (per CPU)         -
@@ -40,9 +40,7 @@ use crate::bus::{Bus, BusError, SharedDevice};
 use crate::clock::{SharedClock, Timers, Tsc, TscState};
 use crate::intc::{InterruptController, InterruptControllerState};
 use crate::irq::{IrqLine, SwitchedIrq};
-use crate::legacy::acpi_pm::{
-    AcpiPm, AcpiPmState, ResetControl, ResetControlState, ACPI_PM_BASE, ACPI_PM_LEN, SCI_IRQ,
-};
+use crate::legacy::acpi_pm::{AcpiPm, AcpiPmState, ResetControl, ResetControlState, SCI_IRQ};
 use crate::legacy::debugcon::{DebugCon, DEBUGCON_PORT, DEBUGCON_PORT_LEN};
 use crate::legacy::hpet::{Hpet, HpetState, HPET_BASE, HPET_MMIO_LEN};
 use crate::legacy::i8042::{I8042State, AUX_IRQ, I8042, KEYBOARD_IRQ};
@@ -54,6 +52,7 @@ use crate::mapping::BusMapping;
 use crate::pci::config::PCI_INTERRUPT_LINE;
 use crate::pci::i440fx::I440fxState;
 use crate::pci::piix::{PciIntxRouterState, PiixState, PIIX_ISA_ADDRESS};
+use crate::pci::piix4_pm::{Piix4Pm, Piix4PmState, PmDecode, PIIX4_PM_ADDRESS, PM_IO_BASE};
 use crate::pci::root::PciRootState;
 use crate::pci::{
     I440fxHostBridge, PciAddress, PciError, PciInterruptPin, PciIntxRouter, PciRoot, PiixIsaBridge, SharedPciDevice,
@@ -67,6 +66,42 @@ pub const HOST_BRIDGE_ADDRESS: PciAddress = PciAddress { bus: 0, device: 0, func
 /// ELCR bits a BIOS sets for the level-triggered ISA IRQs: the SCI (9) and
 /// the PCI IRQs (10, 11). ELCR1 covers IRQ0-7, ELCR2 IRQ8-15.
 const ELCR_LEVEL_IRQS: u16 = (1 << SCI_IRQ) | (1 << 10) | (1 << 11);
+
+/// The ACPI PM block's ports: wherever the PIIX4 PM function's PMBA
+/// places it (SeaBIOS at 0x600, OVMF at 0xB000), so not a fixed range of
+/// the port bus. The machine's port I/O asks it first; one atomic load
+/// when the block is elsewhere.
+#[derive(Clone)]
+pub struct PmPorts {
+    decode: Arc<PmDecode>,
+    pm: Arc<Mutex<AcpiPm>>,
+}
+
+impl PmPorts {
+    /// Reads port `port` when the block holds it; false otherwise.
+    #[inline]
+    pub fn read(&self, port: u64, data: &mut [u8]) -> bool {
+        match self.decode.offset_of(port) {
+            Some(off) => {
+                crate::bus::BusDevice::read(&mut *self.pm.lock(), off, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Writes port `port` when the block holds it; false otherwise.
+    #[inline]
+    pub fn write(&self, port: u64, data: &[u8]) -> bool {
+        match self.decode.offset_of(port) {
+            Some(off) => {
+                crate::bus::BusDevice::write(&mut *self.pm.lock(), off, data);
+                true
+            }
+            None => false,
+        }
+    }
+}
 
 /// The saved state of the chipset: every device it owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +134,8 @@ pub struct PcChipsetState {
     pub host_bridge: I440fxState,
     /// The ISA bridge (the PIRQ routes).
     pub isa_bridge: PiixState,
+    /// The power-management function (where the ACPI block is decoded).
+    pub pm_function: Piix4PmState,
     /// The PCI INTx lines' levels.
     pub pci_irqs: PciIntxRouterState,
 }
@@ -129,8 +166,13 @@ pub struct PcChipset {
     pub port92: Arc<Mutex<Port92>>,
     /// Port 0x80.
     pub post_code: Arc<Mutex<PostCode>>,
-    /// The ACPI PM registers.
+    /// The ACPI PM registers, decoded where the PIIX4 PM function's PMBA
+    /// says ([`PcChipset::pm_ports`]).
     pub acpi_pm: Arc<Mutex<AcpiPm>>,
+    /// The PIIX4 power-management function at 00:01.3.
+    pub pm_function: Arc<Mutex<Piix4Pm>>,
+    /// Where the ACPI PM block is decoded.
+    pub pm_decode: Arc<PmDecode>,
     /// The reset control register (reached through the PCI root at 0xCF9).
     pub reset_control: Arc<Mutex<ResetControl>>,
     /// PCI bus 0 with the host and ISA bridges.
@@ -209,9 +251,14 @@ impl PcChipset {
         let host: SharedPciDevice = host_bridge.clone();
         let isa_bridge = Arc::new(Mutex::new(isa_bridge));
         let isa: SharedPciDevice = isa_bridge.clone();
-        // Two fixed slots on an empty bus: these cannot collide.
+        let pm_function = Piix4Pm::new();
+        let pm_decode = pm_function.decode();
+        let pm_function = Arc::new(Mutex::new(pm_function));
+        let pm: SharedPciDevice = pm_function.clone();
+        // Three fixed slots on an empty bus: these cannot collide.
         let _ = root.add_device(HOST_BRIDGE_ADDRESS, host);
         let _ = root.add_device(PIIX_ISA_ADDRESS, isa);
+        let _ = root.add_device(PIIX4_PM_ADDRESS, pm);
         let reset_shared: SharedDevice = reset_control.clone();
         root.set_reset_register(reset_shared);
         let pci = Arc::new(Mutex::new(root));
@@ -232,7 +279,6 @@ impl PcChipset {
         let debugcon: SharedDevice = Arc::new(Mutex::new(DebugCon::new()));
         mappings.push(BusMapping::pio(u64::from(DEBUGCON_PORT), DEBUGCON_PORT_LEN, debugcon));
         mappings.push(BusMapping::pio(u64::from(PORT92), PORT92_LEN, port92.clone()));
-        mappings.push(BusMapping::pio(u64::from(ACPI_PM_BASE), ACPI_PM_LEN, acpi_pm.clone()));
         mappings.push(BusMapping::mmio(HPET_BASE, HPET_MMIO_LEN, hpet.clone()));
 
         let mut timers = Timers::new();
@@ -259,6 +305,8 @@ impl PcChipset {
             port92,
             post_code,
             acpi_pm,
+            pm_function,
+            pm_decode,
             reset_control,
             pci,
             host_bridge,
@@ -275,6 +323,18 @@ impl PcChipset {
     /// Every range the chipset answers on.
     pub fn bus_mappings(&self) -> &[BusMapping] {
         &self.mappings
+    }
+
+    /// Programs the ACPI PM block at [`PM_IO_BASE`] and turns it on, as
+    /// SeaBIOS does: for a machine that boots a kernel without firmware.
+    pub fn program_pm_block(&self) {
+        self.pm_function.lock().set_programmed(PM_IO_BASE);
+    }
+
+    /// The ACPI PM block where the PIIX4 PM function decodes it, for the
+    /// machine's port I/O to ask before its bus ([`PmPorts`]).
+    pub fn pm_ports(&self) -> PmPorts {
+        PmPorts { decode: Arc::clone(&self.pm_decode), pm: self.acpi_pm.clone() }
     }
 
     /// Registers every range on the machine's port I/O and MMIO buses.
@@ -340,6 +400,7 @@ impl PcChipset {
         PciRoot::check_state(&state.pci)?;
         self.host_bridge.lock().check_state(&state.host_bridge)?;
         self.isa_bridge.lock().check_state(&state.isa_bridge)?;
+        self.pm_function.lock().check_state(&state.pm_function)?;
         self.pci_irqs.check_state(&state.pci_irqs)
     }
 }
@@ -368,6 +429,7 @@ impl Persist for PcChipset {
             pci: self.pci.lock().save(),
             host_bridge: self.host_bridge.lock().save(),
             isa_bridge: self.isa_bridge.lock().save(),
+            pm_function: self.pm_function.lock().save(),
             pci_irqs: self.pci_irqs.save(),
         }
     }
@@ -378,6 +440,7 @@ impl Persist for PcChipset {
         self.pci.lock().load_state(&state.pci);
         self.host_bridge.lock().load_state(&state.host_bridge);
         self.isa_bridge.lock().load_state(&state.isa_bridge);
+        self.pm_function.lock().load_state(&state.pm_function);
         self.pci_irqs.load_state(&state.pci_irqs);
         self.pit.lock().load_state(&state.pit);
         self.rtc.lock().load_state(&state.rtc);

@@ -14,7 +14,7 @@
 //! | block | default port | width | meaning |
 //! | --- | --- | --- | --- |
 //! | PM1a_EVT_BLK | 0x600 | 4 bytes | PM1 status (2) + enable (2) |
-//! | PM1a_CNT_BLK | 0x604 | 2 bytes | SCI_EN (bit 0) must read 1: there is no SMI_CMD, so the OS assumes ACPI mode is on; writing SLP_EN (bit 13) with SLP_TYP (bits 10-12) = 5 powers off |
+//! | PM1a_CNT_BLK | 0x604 | 2 bytes | SCI_EN (bit 0) must read 1: there is no SMI_CMD, so the OS assumes ACPI mode is on; writing SLP_EN (bit 13) with SLP_TYP (bits 10-12) = 0, the PIIX4's soft off, powers off |
 //! | PM_TMR_BLK | 0x608 | 4 bytes | 24-bit 3.579545 MHz counter |
 //! | RESET_REG | 0xcf9 | 1 byte | writing 0x06 resets the machine |
 //!
@@ -27,6 +27,11 @@
 use mmu::{GuestMemory, MemError};
 
 use crate::mptable::{IOAPIC_BASE, LAPIC_BASE, MAX_CPUS};
+
+/// Where the PM1a event block starts by default: the PIIX4 PM function's
+/// block where SeaBIOS programs it and a machine without firmware starts
+/// with it ([`AcpiConfig::with_pm_block`] for another place: OVMF's 0xB000).
+pub const PM_BLOCK: u16 = 0x600;
 
 /// Default base of the ACPI tables.
 pub const ACPI_TABLES_START: u64 = 0xe_0000;
@@ -207,9 +212,9 @@ impl AcpiConfig {
     pub fn with_apic_ids(apic_ids: Vec<u8>) -> Self {
         AcpiConfig {
             apic_ids,
-            pm1a_evt_port: 0x600,
-            pm1a_cnt_port: 0x604,
-            pm_tmr_port: 0x608,
+            pm1a_evt_port: PM_BLOCK,
+            pm1a_cnt_port: PM_BLOCK + 4,
+            pm_tmr_port: PM_BLOCK + 8,
             sci_irq: 9,
             reset_port: 0xcf9,
             reset_value: 0x06,
@@ -218,6 +223,17 @@ impl AcpiConfig {
             vga: false,
             pci: Some(PciHostConfig::default()),
             hpet: Some(HpetConfig::default()),
+        }
+    }
+
+    /// These tables with the PM1a event block at `base`, its control
+    /// block and PM timer after it as the PIIX4 lays them out (+4, +8).
+    pub fn with_pm_block(self, base: u16) -> Self {
+        AcpiConfig {
+            pm1a_evt_port: base,
+            pm1a_cnt_port: base.wrapping_add(4),
+            pm_tmr_port: base.wrapping_add(8),
+            ..self
         }
     }
 
@@ -365,8 +381,9 @@ fn madt(cfg: &AcpiConfig) -> Vec<u8> {
 /// The DSDT: `\_S5` and, with PCI, `\_SB.PCI0` with its resources and routing.
 fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     use aml::*;
-    // Name(\_S5, Package() {5, 5, 0, 0}): SLP_TYPa = SLP_TYPb = 5.
-    let mut body = name("\\_S5", &package(&[integer(5), integer(5), integer(0), integer(0)]));
+    // Name(\_S5, Package() {0, 0, 0, 0}): SLP_TYPa = SLP_TYPb = 0, the
+    // PIIX4's soft off (82371AB datasheet, PMCNTRL SUS_TYP 000b).
+    let mut body = name("\\_S5", &package(&[integer(0), integer(0), integer(0), integer(0)]));
     if let Some(pci) = &cfg.pci {
         let mut crs = Vec::new();
         crs.extend(word_bus_number(0, 0xff));
@@ -974,8 +991,8 @@ mod tests {
         assert_eq!((&facs[0..4], u32_at(&facs, 4)), (&b"FACS"[..], 64));
         assert_eq!(u64_at(&fadt, 140), u64::from(u32_at(&fadt, 40)));
         let dsdt = table(&mem, u64_at(&fadt, 140), b"DSDT");
-        // Name(\_S5, Package(4) {5, 5, 0, 0})
-        assert!(contains(&dsdt, &[0x08, b'\\', b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0a, 5, 0x0a, 5, 0, 0]));
+        // Name(\_S5, Package(4) {0, 0, 0, 0})
+        assert!(contains(&dsdt, &[0x08, b'\\', b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0, 0, 0, 0]));
         // Device(PCI0) under \_SB with _HID EISAID("PNP0A03") and a _PRT.
         assert!(contains(&dsdt, b"PCI0"));
         assert!(contains(&dsdt, &[b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0a, 0x03]));
@@ -1119,15 +1136,7 @@ mod tests {
     #[test]
     fn ports_are_parameters_and_pci_is_optional() {
         let mem = GuestMemory::new(64 << 20).unwrap();
-        let cfg = AcpiConfig {
-            pm1a_evt_port: 0xb000,
-            pm1a_cnt_port: 0xb004,
-            pm_tmr_port: 0xb008,
-            sci_irq: 10,
-            pci: None,
-            vga: true,
-            ..AcpiConfig::new(1)
-        };
+        let cfg = AcpiConfig { sci_irq: 10, pci: None, vga: true, ..AcpiConfig::new(1).with_pm_block(0xb000) };
         let placed = write_acpi_tables(&mem, 0xe_1000, &cfg).unwrap();
         assert_eq!(placed.rsdp, 0xe_1000);
         let fadt = table(&mem, placed.fadt, b"FACP");

@@ -103,6 +103,59 @@ pub fn check_image(image: &[u8], path: Option<&Path>) -> Result<(), Error> {
     Ok(())
 }
 
+/// The granule of a flash image (QEMU's pflash sector).
+const FLASH_GRANULE: u64 = 0x1000;
+
+/// Checks firmware code in flash (`-drive if=pflash`, unit 0; `what`
+/// names it): whole 4 KiB sectors, at most 16 MiB, code at the reset
+/// vector. The machine maps any firmware so; `--bios` images are also
+/// held to QEMU's 64 KiB ([`check_image`]).
+pub fn check_flash_image(image: &[u8], what: &str) -> Result<(), Error> {
+    let size = image.len() as u64;
+    if size < 16 || !size.is_multiple_of(FLASH_GRANULE) || size > MAX_BIOS {
+        return Err(Error::Config(format!(
+            "{what} is {size} bytes: firmware flash must be whole 4 KiB sectors, at most 16 MiB"
+        )));
+    }
+    let vector = &image[image.len() - 16..];
+    if vector.iter().all(|&b| b == 0) || vector.iter().all(|&b| b == 0xff) {
+        return Err(Error::Config(format!(
+            "{what} has no code at the reset vector (its last 16 bytes are blank): not firmware"
+        )));
+    }
+    Ok(())
+}
+
+/// The GUID of a UEFI variable store's firmware volume
+/// (EFI_SYSTEM_NV_DATA_FV_GUID, fff12b8d-7696-4c8b-a985-2747075b4f50), as
+/// its header stores it.
+const NV_DATA_FV_GUID: [u8; 16] =
+    [0x8d, 0x2b, 0xf1, 0xff, 0x96, 0x76, 0x8b, 0x4c, 0xa9, 0x85, 0x27, 0x47, 0x07, 0x5b, 0x4f, 0x50];
+/// A firmware volume header's signature and where it lies (PI 1.8, vol. 3,
+/// 3.2.1 EFI_FIRMWARE_VOLUME_HEADER: FileSystemGuid at 0x10, FvLength at
+/// 0x20, Signature at 0x28).
+const FVH_SIGNATURE: &[u8; 4] = b"_FVH";
+const FVH_GUID_AT: usize = 0x10;
+const FVH_LENGTH_AT: usize = 0x20;
+const FVH_SIGNATURE_AT: usize = 0x28;
+
+/// For a UEFI image whose variable store comes first (OVMF.fd: the store's
+/// firmware volume, then the code's), the bytes of the store: up to the
+/// next firmware volume, on a 4 KiB boundary. `None` when the image does not
+/// begin with a variable store, or has no code after it.
+pub fn uefi_vars_len(image: &[u8]) -> Option<usize> {
+    let header = |at: usize| image.get(at..at.checked_add(FVH_SIGNATURE_AT + 4)?);
+    let h = header(0)?;
+    if &h[FVH_SIGNATURE_AT..] != FVH_SIGNATURE || h[FVH_GUID_AT..FVH_GUID_AT + 16] != NV_DATA_FV_GUID {
+        return None;
+    }
+    let len = u64::from_le_bytes(h[FVH_LENGTH_AT..FVH_LENGTH_AT + 8].try_into().ok()?);
+    let first = usize::try_from(len.checked_next_multiple_of(FLASH_GRANULE)?).ok()?.max(FLASH_GRANULE as usize);
+    (first..image.len())
+        .step_by(FLASH_GRANULE as usize)
+        .find(|&at| header(at).is_some_and(|h| &h[FVH_SIGNATURE_AT..] == FVH_SIGNATURE))
+}
+
 /// SeaBIOS's boot menu: whether it is offered, and how long SeaBIOS waits
 /// for ESC (in ms; `None`: SeaBIOS's default, 2.5 s).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -119,13 +172,17 @@ pub fn bootorder_file(boot: &[String]) -> Vec<u8> {
 /// The fw_cfg device for a machine with `mem`, whose boot devices are
 /// `boot` (SeaBIOS device paths, first tried first:
 /// [`crate::storage::boot_paths`]), and whose CPUs have the local APIC IDs
-/// `apic_ids` (the bootstrap processor's first).
+/// `apic_ids` (the bootstrap processor's first). The ACPI tables are built
+/// again each time the firmware selects them, with the PM block where `pm`
+/// says the firmware placed it (SeaBIOS 0x600, OVMF 0xB000), as QEMU
+/// builds them when they are read.
 pub fn fw_cfg(
     mem: &Arc<GuestMemory>,
     boot: &[String],
     menu: BootMenu,
     apic_ids: &[u8],
     vga_rom: Option<Vec<u8>>,
+    pm: Arc<devices::pci::piix4_pm::PmDecode>,
 ) -> Result<FwCfg, Error> {
     let fw = |e: devices::legacy::fw_cfg::FwCfgError| Error::Config(format!("fw_cfg: {e}"));
     let cpus = u16::try_from(apic_ids.len()).map_err(|_| Error::Config(format!("{} CPUs", apic_ids.len())))?;
@@ -148,6 +205,20 @@ pub fn fw_cfg(
     d.add_file(firmware::acpi::ACPI_TABLES_FILE, acpi.tables.clone()).map_err(fw)?;
     d.add_file(firmware::acpi::ACPI_RSDP_FILE, acpi.rsdp.clone()).map_err(fw)?;
     d.add_file(firmware::acpi::TABLE_LOADER_FILE, acpi.table_loader()).map_err(fw)?;
+    let ids = apic_ids.to_vec();
+    d.set_refresh(Box::new(move |name| {
+        if name != firmware::acpi::ACPI_TABLES_FILE {
+            return None;
+        }
+        let cfg = firmware::acpi::AcpiConfig::with_apic_ids(ids.clone()).with_pm_block(pm.base()?);
+        match firmware::acpi::build_acpi_tables(&cfg) {
+            Ok(t) => Some(t.tables),
+            Err(e) => {
+                tracing::error!(target: "firmware", "the ACPI tables for the PM block at {:#x}: {e}", cfg.pm1a_evt_port);
+                None
+            }
+        }
+    }));
     Ok(d)
 }
 
@@ -168,11 +239,45 @@ mod tests {
         assert!(check_image(&vec![0x90u8; 32 << 20], None).is_err());
     }
 
+    /// A firmware volume header at `at`: `guid`, `len` bytes.
+    fn fvh(image: &mut [u8], at: usize, guid: [u8; 16], len: u64) {
+        image[at + FVH_GUID_AT..][..16].copy_from_slice(&guid);
+        image[at + FVH_LENGTH_AT..][..8].copy_from_slice(&len.to_le_bytes());
+        image[at + FVH_SIGNATURE_AT..][..4].copy_from_slice(FVH_SIGNATURE);
+    }
+
+    #[test]
+    fn a_uefi_images_variable_store_is_found_before_its_code() {
+        let mut img = vec![0u8; 0x8000];
+        assert_eq!(uefi_vars_len(&img), None, "no volume");
+        fvh(&mut img, 0, NV_DATA_FV_GUID, 0x1800);
+        assert_eq!(uefi_vars_len(&img), None, "a store with no code after it");
+        fvh(&mut img, 0x3000, [7; 16], 0x5000);
+        assert_eq!(uefi_vars_len(&img), Some(0x3000), "up to the next volume, past the store's length");
+        fvh(&mut img, 0x2000, [7; 16], 0x5000);
+        assert_eq!(uefi_vars_len(&img), Some(0x2000));
+        let mut code_first = vec![0u8; 0x8000];
+        fvh(&mut code_first, 0, [7; 16], 0x8000);
+        assert_eq!(uefi_vars_len(&code_first), None, "code first: no store to split off");
+        // A length that overflows, and an image shorter than a header.
+        fvh(&mut img, 0, NV_DATA_FV_GUID, u64::MAX);
+        assert_eq!(uefi_vars_len(&img), None);
+        assert_eq!(uefi_vars_len(&[0u8; 8]), None);
+
+        let mut code = vec![0u8; 0x3000];
+        check_flash_image(&code, "c.fd").unwrap_err();
+        code[0x2ff0] = 0xea;
+        check_flash_image(&code, "c.fd").unwrap();
+        let e = check_flash_image(&code[..0x2800], "c.fd").unwrap_err().to_string();
+        assert!(e.contains("4 KiB"), "{e}");
+    }
+
     #[test]
     fn fw_cfg_holds_the_files_seabios_reads() {
         let mem = Arc::new(GuestMemory::new(64 << 20).unwrap());
         let boot = crate::storage::boot_paths("dc", &Default::default(), &[4, 0x1a]);
-        let d = fw_cfg(&mem, &boot, BootMenu::default(), &[0, 1], None).unwrap();
+        let pm = Arc::new(devices::pci::piix4_pm::Piix4Pm::new());
+        let d = fw_cfg(&mem, &boot, BootMenu::default(), &[0, 1], None, pm.decode()).unwrap();
         let names = d.file_names();
         for f in ["etc/e820", "bootorder", "etc/sercon-port", "etc/acpi/tables", "etc/acpi/rsdp", "etc/table-loader"] {
             assert!(names.iter().any(|n| n == f), "{f} in {names:?}");
@@ -192,7 +297,38 @@ mod tests {
         assert_eq!(d.file("etc/table-loader").unwrap().len() % 128, 0);
         assert!(d.file("etc/boot-menu-wait").is_none());
         let menu = BootMenu { show: true, wait_ms: Some(700) };
-        let d = fw_cfg(&mem, &boot, menu, &[0], None).unwrap();
+        let d = fw_cfg(&mem, &boot, menu, &[0], None, pm.decode()).unwrap();
         assert_eq!(d.file("etc/boot-menu-wait").unwrap(), 700u16.to_le_bytes());
+    }
+
+    /// The FADT the firmware reads says where it placed the PM block.
+    #[test]
+    fn the_acpi_tables_follow_the_pm_block() {
+        use devices::bus::BusDevice;
+        use devices::pci::PciDevice;
+        let mem = Arc::new(GuestMemory::new(64 << 20).unwrap());
+        let mut pm = devices::pci::piix4_pm::Piix4Pm::new();
+        let mut d = fw_cfg(&mem, &[], BootMenu::default(), &[0], None, pm.decode()).unwrap();
+        let at = d.file_names().iter().position(|n| n == firmware::acpi::ACPI_TABLES_FILE).unwrap();
+        let key = devices::legacy::fw_cfg::FW_CFG_FILE_FIRST + at as u16;
+        let built = |base: u16| {
+            let cfg = firmware::acpi::AcpiConfig::with_apic_ids(vec![0]).with_pm_block(base);
+            firmware::acpi::build_acpi_tables(&cfg).unwrap().tables
+        };
+        let read = |d: &mut FwCfg| {
+            d.write(0, &key.to_le_bytes());
+            let mut b = [0u8];
+            (0..built(0).len())
+                .map(|_| {
+                    d.read(1, &mut b);
+                    b[0]
+                })
+                .collect::<Vec<u8>>()
+        };
+        assert_eq!(read(&mut d), built(0x600), "not placed yet: the tables as built");
+        pm.write_config(0x40, &0xb001u32.to_le_bytes());
+        pm.write_config(0x80, &[1]);
+        assert_eq!(read(&mut d), built(0xb000), "OVMF's place");
+        assert_ne!(built(0xb000), built(0x600));
     }
 }

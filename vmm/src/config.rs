@@ -4,6 +4,7 @@
 //! engines ([`crate::engine`]), which read the parts they need from an
 //! [`crate::engine::EngineContext`] and never from the machine itself.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,6 +82,22 @@ pub enum Firmware {
     Kernel(KernelImage),
 }
 
+/// A flash drive below the firmware's image: QEMU's `-drive if=pflash`
+/// units past the firmware's code (UEFI's variables), a CFI flash
+/// ([`devices::pflash`]) the firmware programs.
+#[derive(Debug, Clone)]
+pub struct FlashDrive {
+    /// For logs and errors: the file's name.
+    pub name: String,
+    /// The flash's bytes at start-up.
+    pub contents: Vec<u8>,
+    /// The file its programs and erases go to, at the offsets of
+    /// `contents`; `None`: they stay in memory (QEMU's `snapshot=on`).
+    pub path: Option<PathBuf>,
+    /// Program and erase fail (QEMU's `readonly=on`).
+    pub read_only: bool,
+}
+
 /// A kernel for direct boot.
 #[derive(Debug, Clone)]
 pub struct KernelImage {
@@ -137,6 +154,9 @@ pub struct MachineConfig {
     /// QEMU's `-d int,in_asm,cpu_reset` logs, under the interpreter and
     /// the JIT (and split execution's kernel side).
     pub guest_log: Option<Arc<cpu::GuestLog>>,
+    /// Flash drives mapped below the firmware's image, the first one
+    /// highest (with [`Firmware::Bios`] only).
+    pub flash: Vec<FlashDrive>,
 }
 
 #[cfg(test)]
@@ -174,6 +194,7 @@ impl MachineConfig {
             usb: None,
             rtc_start_ns: None,
             guest_log: None,
+            flash: Vec::new(),
         }
     }
 

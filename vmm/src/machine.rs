@@ -103,6 +103,8 @@ pub struct Machine {
     /// What the loader did, for diagnostics.
     pub boot_note: Option<String>,
     serial: Arc<Mutex<Serial>>,
+    /// The flash drives below the firmware ([`MachineConfig::flash`]).
+    flash: Vec<Arc<Mutex<devices::pflash::Pflash>>>,
     /// The firmware configuration device, on a BIOS boot.
     fw_cfg: Option<Arc<Mutex<FwCfg>>>,
     /// The `bootorder` file the first reset puts in place when the first
@@ -188,7 +190,7 @@ impl Machine {
                         crate::bios::MIN_RAM >> 20
                     )));
                 }
-                crate::bios::check_image(image, None)?;
+                crate::bios::check_flash_image(image, "the firmware image")?;
                 let size = image.len() as u64;
                 mem.add_rom("bios", (1u64 << 32) - size, size, image)?;
             }
@@ -226,6 +228,11 @@ impl Machine {
         if let Some(ns) = config.rtc_start_ns {
             chipset.rtc.lock().set_wall_clock(ns);
         }
+        if !matches!(config.firmware, Firmware::Bios(_)) {
+            // No third-party firmware to place the ACPI PM block: it starts
+            // where the ACPI tables say, as a BIOS would have left it.
+            chipset.program_pm_block();
+        }
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
         chipset.install(&mut pio, &mut mmio)?;
@@ -236,6 +243,13 @@ impl Machine {
         pio.insert(exit, u64::from(DEBUG_EXIT_PORT), DEBUG_EXIT_PORT_LEN)?;
         let mut fw_cfg = None;
         let mut bootorder_after_reset = None;
+        let flash = match &config.firmware {
+            Firmware::Bios(image) => map_flash(&config.flash, image.len() as u64, &mut mmio)?,
+            _ if !config.flash.is_empty() => {
+                return Err(Error::Config("flash drives (-drive if=pflash) go with firmware, not with --kernel".into()))
+            }
+            _ => Vec::new(),
+        };
         if let Firmware::Bios(image) = &config.firmware {
             // The BIOS's last 128 KiB below 1 MiB, under the PAM registers.
             let shadow = devices::pci::pam::BiosShadow::new(mem.clone(), image)?;
@@ -255,7 +269,8 @@ impl Machine {
                 Vga::None => None,
             };
             let menu = crate::bios::BootMenu { show: storage.boot_menu, wait_ms: storage.boot_menu_wait_ms };
-            let device = Arc::new(Mutex::new(crate::bios::fw_cfg(&mem, &boot, menu, &table_ids, vga_rom)?));
+            let pm = chipset.pm_decode.clone();
+            let device = Arc::new(Mutex::new(crate::bios::fw_cfg(&mem, &boot, menu, &table_ids, vga_rom, pm)?));
             let shared: SharedDevice = device.clone();
             pio.insert(
                 shared,
@@ -287,6 +302,7 @@ impl Machine {
             boot_note,
             serial,
             fw_cfg,
+            flash,
             bootorder_after_reset: Mutex::new(bootorder_after_reset),
             first_byte,
             input: Arc::new(Mutex::new(VecDeque::new())),
@@ -366,6 +382,7 @@ impl Machine {
         MachineIo {
             cpu,
             pio: self.pio.clone(),
+            pm: self.chipset.pm_ports(),
             mmio: self.mmio.clone(),
             events: self.events.clone(),
             unclaimed: self.unclaimed.clone(),
@@ -782,6 +799,9 @@ impl Machine {
     /// directly booted kernel is not reloaded.
     fn reset(&self, vcpus: &mut [Vcpu<'_>]) -> Result<(), Error> {
         self.chipset.reset();
+        for f in &self.flash {
+            f.lock().reset();
+        }
         // `-boot once=`: the first boot's order is used up.
         if let (Some(f), Some(order)) = (&self.fw_cfg, self.bootorder_after_reset.lock().take()) {
             f.lock().replace_file("bootorder", order);
@@ -979,6 +999,8 @@ pub struct MachineState {
     pub fw_cfg: Option<FwCfgState>,
     /// The NICs and disks, when the machine has any.
     pub devices: Option<DeviceManagerState>,
+    /// The flash drives below the firmware, their contents included.
+    pub flash: Vec<devices::pflash::PflashState>,
 }
 
 const MACHINE: &str = "machine";
@@ -999,6 +1021,7 @@ impl Persist for Machine {
             serial: self.serial.lock().save(),
             fw_cfg: self.fw_cfg.as_ref().map(|f| f.lock().save()),
             devices: self.devices.as_ref().map(Persist::save),
+            flash: self.flash.iter().map(|f| f.lock().save()).collect(),
         }
     }
 
@@ -1010,6 +1033,7 @@ impl Persist for Machine {
         };
         presence(self.fw_cfg.is_some(), state.fw_cfg.is_some(), "fw_cfg")?;
         presence(self.devices.is_some(), state.devices.is_some(), "devices")?;
+        PersistError::check_len(MACHINE, "flash", state.flash.len(), self.flash.len())?;
         let before = self.save();
         let result = self.restore_parts(state);
         if result.is_err() {
@@ -1042,8 +1066,46 @@ impl Machine {
         if let (Some(d), Some(s)) = (&mut self.devices, &state.devices) {
             d.restore(s)?;
         }
+        for (f, s) in self.flash.iter().zip(&state.flash) {
+            f.lock().restore(s)?;
+        }
         Ok(())
     }
+}
+
+/// Maps the flash drives below the firmware's `bios_len` bytes at the top
+/// of 4 GiB, the first one highest, as QEMU stacks its pflash units.
+fn map_flash(
+    drives: &[crate::config::FlashDrive],
+    bios_len: u64,
+    mmio: &mut Bus,
+) -> Result<Vec<Arc<Mutex<devices::pflash::Pflash>>>, Error> {
+    let mut top = (1u64 << 32) - bios_len;
+    let mut out = Vec::new();
+    for d in drives {
+        let backing = match (&d.path, d.read_only) {
+            (Some(p), false) => Some(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(p)
+                    .map_err(|source| Error::Read { path: p.clone(), source })?,
+            ),
+            _ => None,
+        };
+        let size = d.contents.len() as u64;
+        let flash = devices::pflash::Pflash::new(d.name.clone(), d.contents.clone(), backing, d.read_only)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let base = top.checked_sub(size).filter(|&b| b >= mmu::PCI_HOLE_START).ok_or_else(|| {
+            Error::Config(format!("the flash drive {} ({size} bytes) does not fit below the firmware", d.name))
+        })?;
+        let flash = Arc::new(Mutex::new(flash));
+        let shared: SharedDevice = flash.clone();
+        mmio.insert(shared, base, size)?;
+        tracing::info!(target: "firmware", "flash {} at {base:#x}-{:#x}{}", d.name, top - 1, if d.read_only { " (read-only)" } else { "" });
+        top = base;
+        out.push(flash);
+    }
+    Ok(out)
 }
 
 /// What a run loop does after a machine event, a triple fault or a deadline.
@@ -1525,8 +1587,8 @@ mod tests {
             m.run(EngineKind::Interp).expect("the run")
         });
         let (control, mem, events, shut) = rx.recv().unwrap();
-        // `mov dx, 0x604; mov ax, SLP_TYP 5 | SLP_EN; out dx, ax; hlt` at 0x7000.
-        mem.write(0x7000, &[0xba, 0x04, 0x06, 0xb8, 0x00, 0x34, 0xef, 0xf4]).unwrap();
+        // `mov dx, 0x604 (PM1a_CNT); mov ax, SLP_TYP 0 | SLP_EN; out dx, ax; hlt` at 0x7000.
+        mem.write(0x7000, &[0xba, 0x04, 0x06, 0xb8, 0x00, 0x20, 0xef, 0xf4]).unwrap();
         control.pause(Duration::from_secs(20)).expect("the vCPU pauses");
         let mut s = CpuState::reset();
         let cs = &mut s.seg[cpu::state::sreg::CS];

@@ -9,13 +9,17 @@
 //! the PIIX3/PIIX4 "Reset Control Register" at 0xCF9 (82371SB datasheet
 //! 290550, RC: SYS_RST bit 1, RST_CPU bit 2, FULL_RST bit 3).
 //!
+//! The block sits where the PIIX4 PM function's PMBA puts it
+//! ([`crate::pci::piix4_pm`]; 0xB000 as firmware programs it):
+//!
 //! ```text
-//! port   width  register        the FADT names it
-//! 0x600  16     PM1a_STS        PM1a_EVT_BLK (length 4)
-//! 0x602  16     PM1a_EN
-//! 0x604  16     PM1a_CNT        PM1a_CNT_BLK (length 2)
-//! 0x608  32     PM_TMR          PM_TMR_BLK (length 4), 24-bit value
-//! 0xCF9   8     reset control   RESET_REG, RESET_VALUE 0x06
+//! offset  width  register        the FADT names it
+//! 0x00    16     PM1a_STS        PM1a_EVT_BLK (length 4)
+//! 0x02    16     PM1a_EN
+//! 0x04    16     PM1a_CNT        PM1a_CNT_BLK (length 2)
+//! 0x08    32     PM_TMR          PM_TMR_BLK (length 4), 24-bit value
+//! 0x0C-0x3F      the PIIX4's general-purpose and device registers: read 0
+//! port 0xCF9  8  reset control   RESET_REG, RESET_VALUE 0x06
 //!
 //! PM1_STS  15 WAK | 10 RTC | 9 SLPBTN | 8 PWRBTN | 5 GBL | 4 BM | 0 TMR  (write 1 to clear)
 //! PM1_EN        10 RTC | 9 SLPBTN | 8 PWRBTN | 5 GBL | 0 TMR
@@ -37,28 +41,30 @@ use crate::irq::IrqLine;
 use crate::log_once::{LogOnce, Misuse};
 use crate::power::{VmEvent, VmEvents};
 
-/// First port of the ACPI PM registers (the PM1a event block).
-pub const ACPI_PM_BASE: u16 = 0x600;
-/// The ports from PM1a_EVT_BLK to the end of PM_TMR_BLK.
+/// The registers this model has, from PM1a_EVT_BLK to the end of
+/// PM_TMR_BLK; the rest of the 64-byte block
+/// ([`crate::pci::piix4_pm::PM_IO_LEN`]) reads 0.
 pub const ACPI_PM_LEN: u64 = 0x0c;
-/// PM1a_EVT_BLK for the FADT.
-pub const PM1A_EVT_BLK: u16 = 0x600;
+/// PM1a_EVT_BLK's offset in the block, for the FADT.
+pub const PM1A_EVT_OFFSET: u16 = 0x0;
 /// PM1_EVT_LEN for the FADT.
 pub const PM1_EVT_LEN: u8 = 4;
-/// PM1a_CNT_BLK for the FADT.
-pub const PM1A_CNT_BLK: u16 = 0x604;
+/// PM1a_CNT_BLK's offset in the block, for the FADT.
+pub const PM1A_CNT_OFFSET: u16 = 0x4;
 /// PM1_CNT_LEN for the FADT.
 pub const PM1_CNT_LEN: u8 = 2;
-/// PM_TMR_BLK for the FADT.
-pub const PM_TMR_BLK: u16 = 0x608;
+/// PM_TMR_BLK's offset in the block, for the FADT.
+pub const PM_TMR_OFFSET: u16 = 0x8;
 /// PM_TMR_LEN for the FADT.
 pub const PM_TMR_LEN: u8 = 4;
 /// SCI_INT for the FADT (an ISA IRQ, level-triggered, active high in the MADT).
 pub const SCI_IRQ: u32 = 9;
 /// The PM timer's frequency.
 pub const PM_TIMER_HZ: u64 = 3_579_545;
-/// The SLP_TYP value of S5 (soft off), as the DSDT's `\_S5` package gives it.
-pub const SLP_TYP_S5: u16 = 5;
+/// The SLP_TYP value of S5, the PIIX4's soft off (82371AB datasheet,
+/// PMCNTRL SUS_TYP 000b), as the DSDT's `\_S5` package gives it and as
+/// OVMF writes it on this chipset.
+pub const SLP_TYP_S5: u16 = 0;
 /// The reset register's port (FADT RESET_REG, system I/O space, 8 bits).
 pub const RESET_REG_PORT: u16 = 0xcf9;
 /// The value the FADT tells the OS to write (RESET_VALUE): SYS_RST | RST_CPU.
@@ -182,8 +188,8 @@ impl AcpiPm {
         if slp_typ == SLP_TYP_S5 {
             tracing::info!(target: "devices", "guest entered ACPI S5 (soft off)");
             self.events.request(VmEvent::PowerOff);
-        } else if self.log.first(Misuse::Unimplemented) {
-            tracing::warn!(target: "devices", slp_typ, "ACPI: only S5 (SLP_TYP 5) is supported; sleep request ignored (logged once)");
+        } else if self.log.first(Misuse::BadValue) {
+            tracing::warn!(target: "devices", slp_typ, "ACPI: only S5 (SLP_TYP 0, soft off) is supported; sleep request ignored (logged once)");
         }
     }
 
@@ -214,6 +220,12 @@ impl AcpiPm {
             }
         }
         (value, mask)
+    }
+
+    fn log_unimplemented(&self, offset: u64) {
+        if self.log.first(Misuse::Unimplemented) {
+            tracing::warn!(target: "devices", offset, "ACPI PM: the block's registers past PM_TMR are not modelled; they read 0 and ignore writes (logged once)");
+        }
     }
 
     fn log_access(&self, offset: u64, size: usize) {
@@ -290,6 +302,11 @@ impl BusDevice for AcpiPm {
 
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let fits = offset.checked_add(data.len() as u64).is_some_and(|end| end <= ACPI_PM_LEN);
+        if matches!(data.len(), 1 | 2 | 4) && offset >= ACPI_PM_LEN {
+            self.log_unimplemented(offset);
+            data.fill(0);
+            return;
+        }
         if !matches!(data.len(), 1 | 2 | 4) || !fits {
             self.log_access(offset, data.len());
             data.fill(0xff);
@@ -304,6 +321,10 @@ impl BusDevice for AcpiPm {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let fits = offset.checked_add(data.len() as u64).is_some_and(|end| end <= ACPI_PM_LEN);
+        if matches!(data.len(), 1 | 2 | 4) && offset >= ACPI_PM_LEN {
+            self.log_unimplemented(offset);
+            return;
+        }
         if !matches!(data.len(), 1 | 2 | 4) || !fits {
             self.log_access(offset, data.len());
             return;
@@ -541,6 +562,10 @@ mod tests {
         r.pm.write(10, &[0xff; 4]);
         r.pm.write(0, &[0xff; 3]);
         assert_eq!(r.inw(6), 0, "the gap reads 0");
+        let mut past = [0xaau8; 4];
+        r.pm.read(0x0c, &mut past);
+        assert_eq!(past, [0; 4], "the block's registers past PM_TMR read 0");
+        r.pm.write(0x3c, &[0xff; 4]);
         assert!(format!("{:?}", r.pm).contains("AcpiPm"));
     }
 

@@ -108,7 +108,13 @@ pub struct FwCfg {
     selected: u16,
     offset: usize,
     dma_high: u32,
+    /// Asked for a file's current bytes each time the guest selects it.
+    refresh: Option<Refresh>,
 }
+
+/// Gives a file's bytes as the machine is now (`None`: as they are): the
+/// ACPI tables, whose FADT says where the firmware placed the PM block.
+pub type Refresh = Box<dyn FnMut(&str) -> Option<Vec<u8>> + Send>;
 
 impl std::fmt::Debug for FwCfg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -127,7 +133,8 @@ impl FwCfg {
             (FW_CFG_NB_CPUS, cpus.to_le_bytes().to_vec()),
             (FW_CFG_MAX_CPUS, cpus.to_le_bytes().to_vec()),
         ];
-        let mut d = Self { mem, items, files: Vec::new(), dir: Vec::new(), selected: 0, offset: 0, dma_high: 0 };
+        let mut d =
+            Self { mem, items, files: Vec::new(), dir: Vec::new(), selected: 0, offset: 0, dma_high: 0, refresh: None };
         d.rebuild_dir();
         d
     }
@@ -211,9 +218,26 @@ impl FwCfg {
         self.items.iter().find(|(k, _)| *k == key).map_or(&[], |(_, d)| d)
     }
 
+    /// From now on, selecting a file asks `refresh` for its bytes, as
+    /// QEMU builds its ACPI tables when the firmware reads them. New bytes
+    /// of another length than the file's are refused (the directory the
+    /// firmware read gave the length) and logged.
+    pub fn set_refresh(&mut self, refresh: Refresh) {
+        self.refresh = Some(refresh);
+    }
+
     fn select(&mut self, key: u16) {
         self.selected = key;
         self.offset = 0;
+        let Some(i) = key.checked_sub(FW_CFG_FILE_FIRST).map(usize::from) else { return };
+        let (Some(refresh), Some((name, data))) = (self.refresh.as_mut(), self.files.get_mut(i)) else { return };
+        if let Some(new) = refresh(name) {
+            if new.len() == data.len() {
+                *data = new;
+            } else {
+                tracing::error!(target: "devices", "fw_cfg: {name} would change length ({} to {} bytes); kept", data.len(), new.len());
+            }
+        }
     }
 
     fn read_byte(&mut self) -> u8 {
@@ -356,6 +380,27 @@ mod tests {
         d.read(PORT_DMA_HIGH, &mut probe[..4]);
         d.read(PORT_DMA_LOW, &mut probe[4..]);
         assert_eq!(&probe, b"QEMU CFG");
+    }
+
+    #[test]
+    fn a_refreshed_file_is_read_as_the_machine_is_when_selected() {
+        let (mut d, _) = dev();
+        d.add_file("etc/acpi/tables", vec![1, 2]).unwrap();
+        d.add_file("other", vec![9]).unwrap();
+        let n = Arc::new(std::sync::atomic::AtomicU8::new(5));
+        let m = n.clone();
+        d.set_refresh(Box::new(move |name| {
+            let v = m.load(std::sync::atomic::Ordering::Relaxed);
+            match name {
+                "etc/acpi/tables" => Some(vec![v, v]),
+                "other" => Some(vec![v, v, v]),
+                _ => None,
+            }
+        }));
+        assert_eq!(read_item(&mut d, 0x20, 2), [5, 5]);
+        n.store(7, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(read_item(&mut d, 0x20, 2), [7, 7], "built again at the next selection");
+        assert_eq!(read_item(&mut d, 0x21, 1), [9], "bytes of another length are refused");
     }
 
     #[test]

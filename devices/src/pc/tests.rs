@@ -31,7 +31,16 @@ impl Pc {
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
         chipset.install(&mut pio, &mut mmio).unwrap();
+        chipset.program_pm_block();
         Self { chipset, clock, events, pio, mmio }
+    }
+    /// A port read as the machine's port I/O makes it: the ACPI PM block
+    /// where PMBA puts it, then the bus.
+    fn io_read(&self, port: u64, data: &mut [u8]) -> bool {
+        self.chipset.pm_ports().read(port, data) || self.pio.read(port, data)
+    }
+    fn io_write(&self, port: u64, data: &[u8]) -> bool {
+        self.chipset.pm_ports().write(port, data) || self.pio.write(port, data)
     }
     fn outb(&self, port: u64, v: u8) {
         assert!(self.pio.write(port, &[v]), "port {port:#x} is claimed");
@@ -68,7 +77,7 @@ fn every_device_answers_at_its_ports() {
         pc.inb(port);
     }
     let mut d = [0u8; 4];
-    assert!(pc.pio.read(0x608, &mut d));
+    assert!(pc.io_read(0x608, &mut d));
     assert!(pc.pio.read(0xcf8, &mut d));
     assert!(pc.mmio.read(0xfec0_0000, &mut d));
     assert!(pc.mmio.read(0xfee0_0030, &mut d));
@@ -248,10 +257,37 @@ fn pci_intx_reaches_the_ioapic_as_a_level_interrupt() {
     assert_eq!(d, [10, 10, 11, 11], "PIRQA-D as routed");
 }
 
+/// Firmware moves the ACPI PM block with PMBA and PMREGMISC of 00:01.3,
+/// through configuration mechanism #1; its registers follow.
+#[test]
+fn the_pm_block_is_where_pmba_puts_it() {
+    let pc = Pc::new();
+    pc.clock.set(NANOS_PER_SEC);
+    let mut d = [0u8; 4];
+    pc.pio.write(0xcf8, &0x8000_0b00u32.to_le_bytes());
+    pc.pio.read(0xcfc, &mut d);
+    assert_eq!(u32::from_le_bytes(d), 0x7113_8086, "the PIIX4 PM function at 00:01.3");
+    pc.pio.write(0xcf8, &0x8000_0b40u32.to_le_bytes());
+    pc.pio.write(0xcfc, &0xb001u32.to_le_bytes());
+    assert!(!pc.io_read(0x608, &mut d), "no longer at 0x600");
+    assert!(pc.io_read(0xb008, &mut d));
+    assert_eq!(u32::from_le_bytes(d), 3_579_545, "the PM timer at OVMF's base");
+    pc.pio.write(0xcf8, &0x8000_0b80u32.to_le_bytes());
+    pc.pio.write(0xcfc, &[0]);
+    assert!(!pc.io_read(0xb008, &mut d), "PMIOSE off: not decoded");
+    // The state carries where the block is.
+    let saved = pc.chipset.save();
+    let fresh = Pc::new();
+    fresh.chipset.pm_function.lock().load_state(&saved.pm_function);
+    assert_eq!(fresh.chipset.pm_decode.base(), None);
+}
+
 #[test]
 fn acpi_s5_and_every_reset_path() {
     let pc = Pc::new();
-    pc.pio.write(0x604, &((5u16 << 10) | (1 << 13)).to_le_bytes());
+    pc.io_write(0x604, &((5u16 << 10) | (1 << 13)).to_le_bytes());
+    assert_eq!(pc.events.take(), None, "SLP_TYP 5 is no sleep state of the PIIX4");
+    pc.io_write(0x604, &(1u16 << 13).to_le_bytes());
     assert_eq!(pc.events.take(), Some(VmEvent::PowerOff));
     pc.outb(0xcf9, 0x06);
     assert_eq!(pc.events.take(), Some(VmEvent::Reset));
@@ -321,12 +357,12 @@ fn pm_timer_and_sci() {
     let pc = Pc::new();
     pc.clock.set(NANOS_PER_SEC);
     let mut d = [0u8; 4];
-    pc.pio.read(0x608, &mut d);
+    pc.io_read(0x608, &mut d);
     assert_eq!(u32::from_le_bytes(d), 3_579_545);
     pc.apic_mode();
     pc.ioapic_route(9, 0x0000_8049);
     pc.chipset.acpi_pm.lock().power_button();
-    pc.pio.write(0x602, &0x0100u16.to_le_bytes());
+    pc.io_write(0x602, &0x0100u16.to_le_bytes());
     assert_eq!(pc.chipset.intc.ack_interrupt(0), Some(0x49));
     assert!(pc.chipset.intc.next_deadline_ns().is_none());
 }
@@ -445,8 +481,8 @@ fn the_persisted_chipset_round_trips_and_the_copy_behaves_alike() {
     let mut a = [0u8; 4];
     let mut b = [0u8; 4];
     for port in [0x600, 0x602, 0xcf8, 0xcfc] {
-        pc.pio.read(port, &mut a);
-        fresh.pio.read(port, &mut b);
+        pc.io_read(port, &mut a);
+        fresh.io_read(port, &mut b);
         assert_eq!(a, b, "port {port:#x}");
     }
     // A second of guest time later both have taken the same interrupts.

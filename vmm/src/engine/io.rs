@@ -23,6 +23,9 @@ pub struct MachineIo {
     /// The vCPU whose accesses these are (its local APIC answers).
     pub(crate) cpu: usize,
     pub(crate) pio: Arc<Bus>,
+    /// The ACPI PM block, wherever the PIIX4 PM function placed it: asked
+    /// before the port bus.
+    pub(crate) pm: devices::pc::PmPorts,
     pub(crate) mmio: Arc<Bus>,
     pub(crate) events: Arc<VmEvents>,
     pub(crate) unclaimed: Arc<Mutex<Unclaimed>>,
@@ -97,7 +100,7 @@ impl Platform for MachineIo {
     fn io_read(&mut self, port: u16, size: u8) -> u32 {
         let mut buf = [0xffu8; 4];
         let n = usize::from(size).clamp(1, 4);
-        if !self.pio.read(u64::from(port), &mut buf[..n]) {
+        if !self.pm.read(u64::from(port), &mut buf[..n]) && !self.pio.read(u64::from(port), &mut buf[..n]) {
             self.note_unclaimed(false, u64::from(port), false);
         }
         u32::from_le_bytes(buf) & (u32::MAX >> (32 - 8 * n as u32))
@@ -105,7 +108,8 @@ impl Platform for MachineIo {
 
     fn io_write(&mut self, port: u16, size: u8, value: u32) {
         let n = usize::from(size).clamp(1, 4);
-        if !self.pio.write(u64::from(port), &value.to_le_bytes()[..n]) {
+        let bytes = &value.to_le_bytes()[..n];
+        if !self.pm.write(u64::from(port), bytes) && !self.pio.write(u64::from(port), bytes) {
             self.note_unclaimed(false, u64::from(port), true);
         }
         if let Some(w) = &self.watch {
