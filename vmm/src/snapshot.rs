@@ -192,6 +192,10 @@ fn parse_header(h: &[u8], have: usize) -> Result<(u64, u64), SnapshotError> {
     if version != VERSION {
         return Err(SnapshotError::Version(version));
     }
+    // Outside the checksum, so checked here: a flipped bit is damage.
+    if h.get(20..24).is_some_and(|z| z != [0; 4]) {
+        return Err(SnapshotError::Corrupt("header bytes 20..24 are not zero".into()));
+    }
     let len = u64::from_le_bytes(len);
     if len > MAX_BODY {
         return Err(SnapshotError::Corrupt(format!("a body of {len} bytes, more than the {MAX_BODY} allowed")));

@@ -64,6 +64,9 @@ fn a_state_file_round_trips_and_every_kind_of_damage_is_named() {
     v3[16] = 3;
     let e = decode(&v3).unwrap_err();
     assert_eq!(e.to_string(), "the state file has format version 3; this ferrovm reads version 2");
+    let mut reserved = file.clone();
+    reserved[21] = 1;
+    assert!(matches!(decode(&reserved), Err(SnapshotError::Corrupt(_))), "the header's zero bytes are checked");
     let mut flipped = file.clone();
     let mid = HEADER_LEN + (file.len() - HEADER_LEN) / 2;
     flipped[mid] ^= 0x40;
