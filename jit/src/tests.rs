@@ -408,6 +408,63 @@ fn flags_are_stored_on_the_edges_that_need_them() {
     }
 }
 
+/// Shifts by an immediate, IMUL and MUL set every flag, kept as SSA values
+/// until something needs them: a PUSHF, a fault's pushed RFLAGS, a SETcc
+/// after a rotate (which keeps SF, ZF and PF of the shift), or nothing, when
+/// the next producer replaces them. Each way gives the interpreter's flags.
+#[test]
+fn deferred_shift_and_multiply_flags_give_the_interpreters_flags() {
+    let prep = |c: &mut Cpu| c.state.gpr[7] = UNMAPPED;
+    for producer in 0..4 {
+        for reader in 0..4 {
+            let (a, b, _) = both(long_mode, prep, |a| {
+                data_loop(a, 400, |a| {
+                    // RSI becomes unmapped at ECX == 120.
+                    a.cmp(ecx, 120)?;
+                    a.cmove(rsi, rdi)?;
+                    a.lea(edx, qword_ptr(rcx * 8 + 0x7f))?;
+                    match producer {
+                        0 => a.shr(edx, 3)?,
+                        1 => a.shl(rdx, 61)?,
+                        2 => a.imul_3(edx, edx, 0x0100_0001)?,
+                        _ => {
+                            a.mov(eax, edx)?;
+                            a.mul(ecx)?;
+                        }
+                    }
+                    a.rol(r8d, 5)?;
+                    match reader {
+                        0 => {
+                            a.pushfq()?;
+                            a.pop(rax)?;
+                            a.add(r11, rax)?;
+                        }
+                        1 => a.add(r11, qword_ptr(rsi))?,
+                        2 => {
+                            a.sete(al)?;
+                            a.setp(bl)?;
+                            a.sets(r9b)?;
+                            a.add(r11b, al)?;
+                            a.add(r12b, bl)?;
+                            a.add(r13b, r9b)?;
+                        }
+                        _ => {
+                            a.xor(eax, edx)?;
+                            a.add(r11, rax)?;
+                        }
+                    }
+                    Ok(())
+                })
+            });
+            assert_eq!(a.state.gpr[11], b.state.gpr[11], "producer {producer}, reader {reader}");
+            if reader == 1 {
+                assert_eq!(b.state.rip, stub(14) + 1, "halted in the #PF handler");
+                assert_eq!(b.state.gpr[1], 120);
+            }
+        }
+    }
+}
+
 /// MUL and DIV of 32 and 64 bits, from registers and memory; a DIV with a
 /// 128-bit dividend divides in a helper, an overflowing one takes the
 /// interpreter (#DE).

@@ -59,9 +59,23 @@ impl Tx<'_, '_> {
         self.cin_deferred = false;
     }
 
+    /// All six arithmetic flags become `f` (RFLAGS bits), as with
+    /// [`Self::set_eager`], but they reach the state only where something
+    /// needs them (an exit, a helper, a condition). Until then `f` is only
+    /// an SSA value, and where the next producer replaces the flags first,
+    /// which is most often, nothing computes it.
+    pub(super) fn set_all(&mut self, f: Value) {
+        self.known = Known::Partial { keep: 0, bits: f, base: None };
+        self.lazy_dirty = true;
+        self.cin_deferred = false;
+    }
+
     /// Flags outside `keep` (of the six) become `bits`, the rest stay:
     /// computed now where the producer is known, else deferred.
     pub(super) fn set_partial(&mut self, keep: u64, bits: Value) {
+        if keep == 0 {
+            return self.set_all(bits);
+        }
         match self.known {
             Known::Unknown => {
                 self.known = Known::Partial { keep, bits, base: None };
@@ -124,6 +138,8 @@ impl Tx<'_, '_> {
         match self.known {
             Known::Eager(rf) => self.b.ins().band_imm_s(rf, flags::ARITH as i64),
             Known::Unknown => self.flags_by_helper(),
+            // Every flag new: the old ones are not read.
+            Known::Partial { keep: 0, bits, .. } => bits,
             Known::Partial { keep, bits, base } => {
                 let prev = match base {
                     Some((op, size, [res, a, b, cin])) => {

@@ -153,7 +153,7 @@ impl Tx<'_, '_> {
                     let zf = self.b.ins().ishl_imm_s(rz, 6);
                     self.b.ins().bor(src_zero, zf)
                 };
-                self.set_eager(f);
+                self.set_all(f);
             }
             Form::BitScan { reverse, dst, src } => {
                 let size = dst.size;
@@ -203,7 +203,7 @@ impl Tx<'_, '_> {
                 let cfo = self.b.ins().imul_imm_s(ovf, (flags::CF | flags::OF) as i64);
                 let szp = self.szp(lo, size);
                 let fv = self.b.ins().bor(cfo, szp);
-                self.set_eager(fv);
+                self.set_all(fv);
             }
             Form::MulDiv { div, src, size } => {
                 let d = self.read(src, insn, size, rip);
@@ -268,7 +268,7 @@ impl Tx<'_, '_> {
                     let cfo = self.b.ins().imul_imm_s(ovf, (flags::CF | flags::OF) as i64);
                     let szp = self.szp(lo, size);
                     let f = self.b.ins().bor(cfo, szp);
-                    self.set_eager(f);
+                    self.set_all(f);
                 }
             }
             Form::Bt { op, dst, src, size } => {

@@ -57,7 +57,7 @@ impl Tx<'_, '_> {
                 let f = self.b.ins().bor(cf, ofb);
                 let szp = self.szp(r, size);
                 let f = self.b.ins().bor(f, szp);
-                self.set_eager(f);
+                self.set_all(f);
             }
             Form::ShiftCl { op, dst } => {
                 let size = dst.size;
@@ -115,7 +115,7 @@ impl Tx<'_, '_> {
                 let f = self.b.ins().bor(cf, ofb);
                 let szp = self.szp(r, size);
                 let f = self.b.ins().bor(f, szp);
-                self.set_eager(f);
+                self.set_all(f);
                 self.after_store(leave, next);
             }
             Form::DoubleShift { left, dst, src, count } => {
@@ -192,7 +192,7 @@ impl Tx<'_, '_> {
                 match count {
                     Some(_) => {
                         self.write_reg(dst, r);
-                        self.set_eager(f);
+                        self.set_all(f);
                     }
                     None => self.shifted_by(c, dst, a, r, f),
                 }
