@@ -44,6 +44,28 @@ fn append(work: &str) -> String {
 /// Start `cmd` and time from the start mark to the done mark; returns the
 /// time and what the guest printed between them.
 pub(crate) fn time_work(cmd: &[String], limit: Duration) -> Result<(Duration, String), String> {
+    time_marks(cmd, limit).map(|m| (m.work, m.out))
+}
+
+/// Printed by a guest script once it runs, before anything it prepares
+/// for the timed work: what comes before it is the boot.
+pub(crate) const BOOTED: &str = "ferrovm-bench: booted";
+
+/// What [`time_marks`] measured.
+pub(crate) struct Marks {
+    /// From the process's start to the [`BOOTED`] mark, if the guest
+    /// printed one.
+    pub booted: Option<Duration>,
+    /// From the start mark to the done mark.
+    pub work: Duration,
+    /// What the guest printed between them.
+    pub out: String,
+}
+
+/// Start `cmd` and time the boot (to the [`BOOTED`] mark, when printed) and
+/// the work (from the start mark to the done mark).
+pub(crate) fn time_marks(cmd: &[String], limit: Duration) -> Result<Marks, String> {
+    let spawned = Instant::now();
     let mut child = std::process::Command::new(&cmd[0])
         .args(&cmd[1..])
         .stdin(std::process::Stdio::null())
@@ -54,15 +76,17 @@ pub(crate) fn time_work(cmd: &[String], limit: Duration) -> Result<(Duration, St
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut start = None;
+        let (mut booted, mut start) = (None, None);
         let mut out = String::new();
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if line.contains(START) && !line.contains("echo") {
+            if line.contains(BOOTED) && !line.contains("echo") {
+                booted.get_or_insert(spawned.elapsed());
+            } else if line.contains(START) && !line.contains("echo") {
                 start = Some(Instant::now());
             } else if line.contains(DONE) && !line.contains("echo") {
                 if let Some(s) = start {
-                    let _ = tx.send((s.elapsed(), out.trim().to_string()));
+                    let _ = tx.send(Marks { booted, work: s.elapsed(), out: out.trim().to_string() });
                 }
                 return;
             } else if start.is_some() {
