@@ -53,8 +53,8 @@ fn flash_drives(specs: &[String]) -> Result<(Option<Vec<u8>>, Vec<vmm::FlashDriv
         let (mut read_only, mut snapshot) = (false, false);
         for p in parts {
             match p.split_once('=') {
-                Some(("readonly", v)) => read_only = on_off("--pflash", "readonly", v)?,
-                Some(("snapshot", v)) => snapshot = on_off("--pflash", "snapshot", v)?,
+                Some(("readonly", v)) => read_only = qemu::on_off("--pflash", "readonly", v).map_err(Error::Config)?,
+                Some(("snapshot", v)) => snapshot = qemu::on_off("--pflash", "snapshot", v).map_err(Error::Config)?,
                 _ => {
                     return Err(Error::Config(format!(
                         "--pflash {spec}: unknown option {p} (PATH[,readonly=on][,snapshot=on])"
@@ -98,15 +98,6 @@ fn flash_drives(specs: &[String]) -> Result<(Option<Vec<u8>>, Vec<vmm::FlashDriv
         }
     }
     Ok((code, drives))
-}
-
-/// `on`/`off` (and QEMU's other spellings) of `key` in `option`.
-fn on_off(option: &str, key: &str, v: &str) -> Result<bool, Error> {
-    match v {
-        "on" | "yes" | "true" => Ok(true),
-        "off" | "no" | "false" => Ok(false),
-        _ => Err(Error::Config(format!("{option} {key}={v}: expected on or off"))),
-    }
 }
 
 /// That `path` opens for reading, without reading it.

@@ -106,7 +106,7 @@ fn value_until_comma(s: &str) -> (String, &str) {
 }
 
 /// QEMU's on/off values.
-fn on_off(option: &str, key: &str, v: &str) -> Result<bool, String> {
+pub(crate) fn on_off(option: &str, key: &str, v: &str) -> Result<bool, String> {
     match v {
         "on" | "yes" | "true" | "y" => Ok(true),
         "off" | "no" | "false" | "n" => Ok(false),
