@@ -24,16 +24,19 @@
 //! a line to COM1, then powers off through the ACPI PM1a control register,
 //! waits halted, or echoes what COM1 receives.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use iced_x86::code_asm::*;
 
+#[path = "guest/console.rs"]
+mod console;
 #[path = "guest/qmp.rs"]
 mod qmp;
+use console::Console;
 use qmp::Qmp;
 
 /// A folder of this test's own.
@@ -428,57 +431,12 @@ fn daemonize_reports_a_set_up_error_and_refuses_stdio() {
     assert!(err.contains("--daemonize: COM1 is on stdio"), "{err}");
 }
 
-/// A VM whose COM1 is on this test's pipes.
-struct Console {
-    vm: Proc,
-    stdin: ChildStdin,
-    out: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Console {
-    fn start(args: &[&str]) -> Console {
-        let mut child = qemu(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ferrovm starts");
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = child.stdout.take().unwrap();
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let o = out.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                o.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        Console { vm: Proc(child), stdin, out }
-    }
-
-    fn out(&self) -> String {
-        text(&self.out.lock().unwrap())
-    }
-
-    /// Types `keys`, then waits until the output holds `want` after what
-    /// it held before.
-    fn typed(&mut self, keys: &[u8], want: &str) -> String {
-        let before = self.out.lock().unwrap().len();
-        self.stdin.write_all(keys).unwrap();
-        self.stdin.flush().unwrap();
-        let until = Instant::now() + Duration::from_secs(20);
-        loop {
-            let now = text(&self.out.lock().unwrap()[before..]);
-            if now.contains(want) {
-                return now;
-            }
-            assert!(Instant::now() < until, "after {keys:?}: {want:?} did not come; output since: {now:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// `ferrovm qemu args` (as [`qemu`] gives it) with COM1 on this test's
+/// pipes.
+fn qemu_console(args: &[&str]) -> Console {
+    let mut a = vec!["qemu", "-accel", "tcg", "-m", "128"];
+    a.extend_from_slice(args);
+    Console::start(&a)
 }
 
 #[test]
@@ -486,8 +444,8 @@ fn mon_stdio_switches_the_console_between_guest_and_monitor() {
     let t = Instant::now();
     let dir = tmp("mon-stdio");
     let rom = firmware(&dir, "lifecycle: echo\n", Then::Echo);
-    let mut c = Console::start(&["-nodefaults", "-serial", "mon:stdio", "-bios", rom.to_str().unwrap()]);
-    wait_until("the guest's line", 20, || c.out().contains("lifecycle: echo\n"));
+    let mut c = qemu_console(&["-nodefaults", "-serial", "mon:stdio", "-bios", rom.to_str().unwrap()]);
+    wait_until("the guest's line", 20, || c.text().contains("lifecycle: echo\n"));
     // The guest has the keys first: it echoes them.
     c.typed(b"ab", "ab");
     let shown = c.typed(b"\x01c", "(qemu) ");
@@ -504,13 +462,12 @@ fn mon_stdio_switches_the_console_between_guest_and_monitor() {
     // Again to the monitor: the prompt, without the banner.
     assert_eq!(c.typed(b"\x01c", "(qemu) "), "(qemu) ");
     c.typed(b"\x01c", "\r\n");
-    let out = c.out();
+    let out = c.text();
     assert_eq!(count(&out, "info status"), 2, "the monitor's echo only; the guest got none of it: {out:?}");
     assert_eq!(count(&out, "ferrovm monitor"), 1, "{out:?}");
-    c.stdin.write_all(b"\x01h\x01x").unwrap();
-    c.stdin.flush().unwrap();
-    assert_eq!(c.vm.wait(20), Some(0), "Ctrl-A x ends the run with status 0");
-    let err = c.vm.stderr();
+    c.type_keys(b"\x01h\x01x");
+    let (status, err) = c.wait_end(20);
+    assert_eq!(status, Some(0), "Ctrl-A x ends the run with status 0: {err}");
     assert!(err.contains("C-a c    switch between console and monitor"), "the help: {err}");
     eprintln!("-serial mon:stdio: {:.1} s", t.elapsed().as_secs_f64());
 }
@@ -519,12 +476,12 @@ fn mon_stdio_switches_the_console_between_guest_and_monitor() {
 fn nographic_shares_stdio_between_the_guest_and_the_monitor() {
     let dir = tmp("nographic");
     let rom = firmware(&dir, "lifecycle: echo\n", Then::Echo);
-    let mut c = Console::start(&["-nographic", "-nic", "none", "-bios", rom.to_str().unwrap()]);
-    wait_until("the guest's line", 20, || c.out().contains("lifecycle: echo\n"));
+    let mut c = qemu_console(&["-nographic", "-nic", "none", "-bios", rom.to_str().unwrap()]);
+    wait_until("the guest's line", 20, || c.text().contains("lifecycle: echo\n"));
     c.typed(b"\x01c", "(qemu) ");
     assert_eq!(c.typed(b"info status\r", "(qemu) "), "info status\r\nVM status: running\r\n(qemu) ");
     // `quit` in the monitor ends the run as Ctrl-A x does.
-    c.stdin.write_all(b"quit\r").unwrap();
-    c.stdin.flush().unwrap();
-    assert_eq!(c.vm.wait(20), Some(0), "quit ends the run with status 0");
+    c.type_keys(b"quit\r");
+    let (status, err) = c.wait_end(20);
+    assert_eq!(status, Some(0), "quit ends the run with status 0: {err}");
 }

@@ -42,6 +42,7 @@ impl Console {
 
     /// Waits until `want` has been printed `n` times, or the run ends, or
     /// `secs` pass (then it fails with what was printed).
+    #[allow(dead_code, reason = "not every suite waits for a count of lines")]
     pub fn wait_for(&mut self, want: &str, n: usize, secs: u64) -> String {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
@@ -67,6 +68,23 @@ impl Console {
         let stdin = self.child.stdin.as_mut().expect("piped stdin");
         stdin.write_all(keys).unwrap();
         stdin.flush().unwrap();
+    }
+
+    /// Types `keys`, then waits until the output holds `want` after what
+    /// it held before (20 s at most); returns what came since.
+    #[allow(dead_code, reason = "not every suite answers what it reads")]
+    pub fn typed(&mut self, keys: &[u8], want: &str) -> String {
+        let before = self.out.lock().unwrap().len();
+        self.type_keys(keys);
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = String::from_utf8_lossy(&self.out.lock().unwrap()[before..]).into_owned();
+            if now.contains(want) {
+                return now;
+            }
+            assert!(Instant::now() < until, "after {keys:?}: {want:?} did not come; output since: {now:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits for the run to end by itself; its exit status and standard error.
