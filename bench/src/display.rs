@@ -8,9 +8,8 @@
 //! it is installed. The latency of a full-screen change is the criterion
 //! bench `benches/display.rs`.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,32 +46,12 @@ fn free_display() -> Option<u16> {
 
 /// Starts `cmd` and waits for the guest's start mark on its stdout.
 fn start(cmd: &[String]) -> Result<Child, String> {
-    let mut child = Command::new(&cmd[0])
-        .args(&cmd[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", cmd[0]))?;
-    let out = child.stdout.take().ok_or("no stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(out).lines();
-        for line in lines.by_ref() {
-            let Ok(line) = line else { return };
-            if line.contains(START) && !line.contains("echo") {
-                let _ = tx.send(());
-                break;
-            }
-        }
-        // Keep reading so the guest never blocks on a full pipe.
-        for _ in lines {}
-    });
-    match rx.recv_timeout(Duration::from_secs(600)) {
-        Ok(()) => Ok(child),
+    let mut w = crate::watch(cmd, &[START])?;
+    match w.marks.recv_timeout(Duration::from_secs(600)) {
+        Ok(_) => Ok(w.child),
         Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = w.child.kill();
+            let _ = w.child.wait();
             Err("the guest did not reach its start mark".into())
         }
     }

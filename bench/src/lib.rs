@@ -112,3 +112,76 @@ pub fn run(args: &BenchArgs) -> i32 {
         demo::bench(args)
     }
 }
+
+/// A guest process whose console output is watched for marks.
+pub(crate) struct Watched {
+    pub child: std::process::Child,
+    /// When the process was started.
+    pub started: std::time::Instant,
+    /// The index of each mark in turn, with its time since `started`.
+    pub marks: std::sync::mpsc::Receiver<(usize, std::time::Duration)>,
+}
+
+/// Starts `cmd` with its standard output read by a thread that sends each
+/// of `marks`, in order, when it is first printed (by the guest: not within
+/// an `echo` of it on the same line), and then keeps reading, so the guest
+/// never blocks on a full pipe. A mark need not end a line (a shell's
+/// prompt does not).
+pub(crate) fn watch(cmd: &[String], marks: &[&str]) -> Result<Watched, String> {
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", cmd[0]))?;
+    let mut out = child.stdout.take().ok_or("no stdout")?;
+    let marks: Vec<String> = marks.iter().map(|m| m.to_string()).collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut seen = String::new();
+        // Where the search for the next mark starts.
+        let mut from = 0;
+        let mut next = 0;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if next == marks.len() {
+                continue;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            while let Some(at) = marks.get(next).and_then(|m| seen[from..].find(m.as_str()).map(|i| from + i)) {
+                let line = &seen[seen[..at].rfind('\n').map_or(0, |i| i + 1)..at];
+                from = at + marks[next].len();
+                if line.contains("echo") {
+                    continue;
+                }
+                let _ = tx.send((next, started.elapsed()));
+                next += 1;
+            }
+        }
+    });
+    Ok(Watched { child, started, marks: rx })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Marks come in order, a mark within an `echo` of it is passed over,
+    /// and a mark without a line end (a prompt) is found.
+    #[test]
+    fn watch_finds_the_marks_in_order_past_their_echo() {
+        let cmd: Vec<String> =
+            ["sh", "-c", "printf 'x echo mark-a\\nShell> mark-a\\nShell> '"].iter().map(|s| s.to_string()).collect();
+        let mut w = super::watch(&cmd, &["mark-a", "Shell>"]).unwrap();
+        let limit = std::time::Duration::from_secs(10);
+        assert_eq!(w.marks.recv_timeout(limit).map(|m| m.0), Ok(0));
+        assert_eq!(w.marks.recv_timeout(limit).map(|m| m.0), Ok(1));
+        let _ = w.child.wait();
+        // The thread ends with the output: nothing more is sent.
+        assert!(w.marks.recv_timeout(limit).is_err());
+    }
+}

@@ -8,9 +8,7 @@
 //! with 256 MiB and no network (QEMU's default NIC would have OVMF try
 //! PXE and HTTP boot first).
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::migration::median;
 
@@ -23,35 +21,11 @@ const LIMIT: Duration = Duration::from_secs(300);
 
 /// One run of `cmd`: the time to each of [`MARKS`], or why it failed.
 fn one_run(cmd: &[String]) -> Result<[Duration; 2], String> {
-    let start = Instant::now();
-    let mut child = Command::new(&cmd[0])
-        .args(&cmd[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", cmd[0]))?;
-    let mut out = child.stdout.take().ok_or("no stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut seen = String::new();
-        let mut buf = [0u8; 4096];
-        let mut next = 0;
-        while let Ok(n) = out.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-            while next < MARKS.len() && seen.contains(MARKS[next]) {
-                let _ = tx.send((next, start.elapsed()));
-                next += 1;
-            }
-        }
-    });
+    let mut w = crate::watch(cmd, &MARKS)?;
     let mut times = [Duration::ZERO; 2];
     let mut got = 0;
     while got < MARKS.len() {
-        match rx.recv_timeout(LIMIT.saturating_sub(start.elapsed())) {
+        match w.marks.recv_timeout(LIMIT.saturating_sub(w.started.elapsed())) {
             Ok((i, t)) => {
                 times[i] = t;
                 got += 1;
@@ -59,8 +33,8 @@ fn one_run(cmd: &[String]) -> Result<[Duration; 2], String> {
             Err(_) => break,
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    let _ = w.child.kill();
+    let _ = w.child.wait();
     if got < MARKS.len() {
         return Err(format!("no '{}' within {} s", MARKS[got], LIMIT.as_secs()));
     }
