@@ -234,12 +234,16 @@ pub(crate) struct DecodeCache {
 }
 
 /// Decoded instructions the cache holds at most (48 bytes each, and up to
-/// half as much again in the spare slots of the size classes): when a new
-/// block would pass it, the whole cache is dropped and refills with the
-/// code that runs from then on, as a translation cache is flushed when its
-/// buffer is full. A kernel's boot runs far more distinct code than it
-/// keeps running.
-const MAX_CACHED_INSNS: usize = 128 * 1024;
+/// half as much again in the spare slots of the size classes: 48 to 72 MiB
+/// when full): when a new block would pass it, the whole cache is dropped
+/// and refills with the code that runs from then on, as a translation cache
+/// is flushed when its buffer is full. A kernel's boot runs far more
+/// distinct code than it keeps running. A drop also forgets how often each
+/// block ran, so code that runs often but less than the JIT's threshold
+/// between two drops is never compiled: a guest that starts many processes
+/// (each maps its libraries at other addresses, so their code is decoded
+/// anew) filled a cache of an eighth of this size every few processes.
+const MAX_CACHED_INSNS: usize = 1024 * 1024;
 
 /// User pages whose bytes the cache keeps for split execution (16 MiB): past
 /// it, the user pages' blocks are dropped.
