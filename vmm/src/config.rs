@@ -89,7 +89,8 @@ pub enum Firmware {
 pub struct FlashDrive {
     /// For logs and errors: the file's name.
     pub name: String,
-    /// The flash's bytes at start-up.
+    /// The flash's bytes at start-up; the machine's flash device takes
+    /// them (the machine's copy of its configuration keeps none).
     pub contents: Vec<u8>,
     /// The file its programs and erases go to, at the offsets of
     /// `contents`; `None`: they stay in memory (QEMU's `snapshot=on`).

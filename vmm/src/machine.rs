@@ -244,7 +244,7 @@ impl Machine {
         let mut fw_cfg = None;
         let mut bootorder_after_reset = None;
         let flash = match &config.firmware {
-            Firmware::Bios(image) => map_flash(&config.flash, image.len() as u64, &mut mmio)?,
+            Firmware::Bios(image) => map_flash(&mut config.flash, image.len() as u64, &mut mmio)?,
             _ if !config.flash.is_empty() => {
                 return Err(Error::Config("flash drives (-drive if=pflash) go with firmware, not with --kernel".into()))
             }
@@ -1076,7 +1076,7 @@ impl Machine {
 /// Maps the flash drives below the firmware's `bios_len` bytes at the top
 /// of 4 GiB, the first one highest, as QEMU stacks its pflash units.
 fn map_flash(
-    drives: &[crate::config::FlashDrive],
+    drives: &mut [crate::config::FlashDrive],
     bios_len: u64,
     mmio: &mut Bus,
 ) -> Result<Vec<Arc<Mutex<devices::pflash::Pflash>>>, Error> {
@@ -1093,7 +1093,8 @@ fn map_flash(
             _ => None,
         };
         let size = d.contents.len() as u64;
-        let flash = devices::pflash::Pflash::new(d.name.clone(), d.contents.clone(), backing, d.read_only)
+        // The device holds the bytes from here on.
+        let flash = devices::pflash::Pflash::new(d.name.clone(), std::mem::take(&mut d.contents), backing, d.read_only)
             .map_err(|e| Error::Config(e.to_string()))?;
         let base = top.checked_sub(size).filter(|&b| b >= mmu::PCI_HOLE_START).ok_or_else(|| {
             Error::Config(format!("the flash drive {} ({size} bytes) does not fit below the firmware", d.name))
