@@ -295,6 +295,10 @@ pub struct RunArgs {
     /// monitor: Ctrl-A c switches between the two), file:PATH or none.
     #[arg(long, default_value = "stdio", value_parser = parse_serial)]
     pub serial: SerialBackend,
+    /// A debug console at port 0xE9 (QEMU's -debugcon), the port kernels
+    /// write debug text to a byte at a time: stdio, file:PATH or none.
+    #[arg(long, value_name = "stdio|file:PATH|none", value_parser = parse_debugcon)]
+    pub debugcon: Option<SerialBackend>,
     /// Exit instead of rebooting when the guest resets.
     #[arg(long)]
     pub no_reboot: bool,
@@ -465,6 +469,13 @@ fn parse_cpu_model(s: &str) -> Result<cpu::cpuid::Model, String> {
 
 fn parse_serial(s: &str) -> Result<SerialBackend, String> {
     s.parse::<SerialBackend>().map_err(|e| e.to_string())
+}
+
+fn parse_debugcon(s: &str) -> Result<SerialBackend, String> {
+    match s.parse::<SerialBackend>().map_err(|e| e.to_string())? {
+        SerialBackend::MonStdio => Err("mon:stdio is COM1's: the debug console takes stdio, file:PATH or none".into()),
+        b => Ok(b),
+    }
 }
 
 /// Parse a RAM size as QEMU's `-m` does: a plain number is MiB; K, M, G and T

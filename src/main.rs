@@ -259,6 +259,7 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         rtc_start_ns: args.rtc_base.start_ns(),
         guest_log: guest_log(&args, kind)?,
         flash,
+        debugcon: args.debugcon.clone(),
     };
     let storage = vmm::Storage {
         drives: disks,

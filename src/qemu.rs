@@ -131,6 +131,7 @@ const WITH_ARG: &[&str] = &[
     "accel",
     "display",
     "serial",
+    "debugcon",
     "monitor",
     "netdev",
     "nic",
@@ -260,6 +261,8 @@ struct State {
     incoming: Option<String>,
     /// `-loadvm NAME`.
     loadvm: Option<String>,
+    /// `-debugcon`: `--debugcon`'s value.
+    debugcon: Option<String>,
     notes: Vec<String>,
     /// `-cpu max` or `host`: ferrovm's full model (`--cpu max`).
     cpu_max: bool,
@@ -464,6 +467,13 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
                     st.monitor_given = true;
                 }
                 st.serial.push(serial(&option, v)?);
+            }
+            "debugcon" => {
+                let b = serial(&option, v)?;
+                if b == "mon:stdio" {
+                    return Err(format!("{option} {v}: ferrovm's debug console takes stdio, file:PATH, null or none"));
+                }
+                st.debugcon = Some(b);
             }
             "nodefaults" => st.nodefaults = true,
             // -nodefconfig is QEMU's older name of -no-user-config.
@@ -1210,8 +1220,24 @@ impl State {
             // QEMU shows COM1 on its display; ferrovm has none, and shows
             // it on stdio, which a background process does not have.
             None if self.daemonize => "none".into(),
+            // The debug console has stdio; QEMU shows COM1 on its display.
+            None if self.debugcon.as_deref() == Some("stdio") && !self.nographic => {
+                self.note("-debugcon stdio: COM1 goes nowhere (QEMU shows it on its display; ferrovm has none)".into());
+                "none".into()
+            }
             None => "stdio".into(),
         };
+        if let Some(d) = self.debugcon.clone() {
+            if d == "stdio" && serial.ends_with("stdio") {
+                return Err(format!(
+                    "-debugcon stdio: cannot use stdio by multiple character devices (COM1 is on {serial})"
+                ));
+            }
+            if d == "stdio" && self.daemonize {
+                return Err("-debugcon stdio: cannot use stdio with -daemonize".into());
+            }
+            args.extend(["--debugcon".into(), d]);
+        }
         // -nographic with a -serial of its own: the monitor alone on stdio.
         if self.nographic && default_monitor && !self.serial.is_empty() {
             if serial.ends_with("stdio") {
@@ -1858,6 +1884,25 @@ mod tests {
         ] {
             refused(line, name);
         }
+    }
+
+    /// `-debugcon` becomes `--debugcon` (port 0xE9); on stdio it leaves COM1
+    /// nowhere unless COM1 was put on stdio, which is refused as QEMU
+    /// refuses it.
+    #[test]
+    fn debugcon_takes_the_port_0xe9_console() {
+        let a = run_args("-debugcon file:/tmp/k.log -kernel k");
+        assert!(has(&a, "--debugcon", "file:/tmp/k.log") && has(&a, "--serial", "stdio"), "{a:?}");
+        let t = tr("-debugcon stdio -kernel k").unwrap();
+        assert!(has(&t.args, "--debugcon", "stdio") && has(&t.args, "--serial", "none"), "{:?}", t.args);
+        assert!(t.notes.iter().any(|n| n.contains("COM1 goes nowhere")), "{:?}", t.notes);
+        assert!(has(&run_args("-debugcon null -kernel k"), "--debugcon", "none"));
+        assert!(has(&run_args("-debugcon stdio -serial file:/tmp/s -kernel k"), "--serial", "file:/tmp/s"));
+        refused("-debugcon stdio -serial stdio -kernel k", "cannot use stdio by multiple character devices");
+        refused("-nographic -debugcon stdio -kernel k", "cannot use stdio by multiple character devices");
+        refused("-daemonize -debugcon stdio -kernel k", "cannot use stdio with -daemonize");
+        refused("-debugcon pty -kernel k", "-debugcon pty is not supported");
+        refused("-debugcon mon:stdio -kernel k", "debug console takes stdio");
     }
 
     #[test]

@@ -63,10 +63,15 @@ enum Then {
 /// which the reset vector (offset 0xfff0) jumps to. It writes `line` to
 /// COM1, then does `then`.
 fn firmware(dir: &Path, line: &str, then: Then) -> PathBuf {
+    firmware_on(dir, 0x3f8, line, then)
+}
+
+/// [`firmware`] writing its line to I/O port `port` instead of COM1.
+fn firmware_on(dir: &Path, port: u16, line: &str, then: Then) -> PathBuf {
     const CODE: usize = 0xe000;
     let mut a = CodeAssembler::new(16).unwrap();
     a.cli().unwrap();
-    a.mov(dx, 0x3f8u32).unwrap();
+    a.mov(dx, u32::from(port)).unwrap();
     for b in line.bytes() {
         a.mov(al, u32::from(b)).unwrap();
         a.out(dx, al).unwrap();
@@ -484,4 +489,21 @@ fn nographic_shares_stdio_between_the_guest_and_the_monitor() {
     c.type_keys(b"quit\r");
     let (status, err) = c.wait_end(20);
     assert_eq!(status, Some(0), "quit ends the run with status 0: {err}");
+}
+
+/// `-debugcon` puts a console at port 0xE9: what the guest writes there
+/// reaches the file or stdio it names, byte for byte; on stdio it takes
+/// COM1's place.
+#[test]
+fn debugcon_writes_what_the_guest_sends_to_port_0xe9() {
+    let dir = tmp("debugcon");
+    let rom = firmware_on(&dir, 0xe9, "lifecycle: to 0xe9\n", Then::PowerOff);
+    let log = dir.join("debugcon.log");
+    let c = qemu(&["-nodefaults", "-debugcon", &format!("file:{}", log.display()), "-bios", rom.to_str().unwrap()]);
+    let out = finish(c);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "lifecycle: to 0xe9\n");
+    let out = finish(qemu(&["-debugcon", "stdio", "-bios", rom.to_str().unwrap()]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "lifecycle: to 0xe9\n");
 }

@@ -158,6 +158,9 @@ pub struct MachineConfig {
     /// Flash drives mapped below the firmware's image, the first one
     /// highest (with [`Firmware::Bios`] only).
     pub flash: Vec<FlashDrive>,
+    /// QEMU's `-debugcon`: a debug console at port 0xE9 whose bytes go to
+    /// this output (stdio, a file or nowhere).
+    pub debugcon: Option<devices::console::SerialBackend>,
 }
 
 #[cfg(test)]
@@ -196,6 +199,7 @@ impl MachineConfig {
             rtc_start_ns: None,
             guest_log: None,
             flash: Vec::new(),
+            debugcon: None,
         }
     }
 

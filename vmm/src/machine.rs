@@ -241,6 +241,16 @@ impl Machine {
         pio.insert(shared, u64::from(COM1_PORT), SERIAL_PORT_LEN)?;
         let exit: SharedDevice = Arc::new(Mutex::new(DebugExit::new(events.clone())));
         pio.insert(exit, u64::from(DEBUG_EXIT_PORT), DEBUG_EXIT_PORT_LEN)?;
+        if let Some(b) = &config.debugcon {
+            use devices::legacy::debugcon::{DebugCon, DEBUGCON_E9_PORT, DEBUGCON_PORT_LEN};
+            if b.on_stdio() && matches!(&config.serial, SerialOut::Backend(s) if s.on_stdio()) {
+                return Err(Error::Config(format!(
+                    "-debugcon {b}: COM1 is on stdio already (QEMU: cannot use stdio by multiple character devices)"
+                )));
+            }
+            let con: SharedDevice = Arc::new(Mutex::new(DebugCon::with_output(devices::console::open_output(b)?)));
+            pio.insert(con, u64::from(DEBUGCON_E9_PORT), DEBUGCON_PORT_LEN)?;
+        }
         let mut fw_cfg = None;
         let mut bootorder_after_reset = None;
         let flash = match &config.firmware {

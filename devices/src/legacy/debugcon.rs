@@ -8,11 +8,19 @@
 //! Lines go to the log under the `firmware` category at debug level, so
 //! `--trace firmware` shows them. A line longer than [`MAX_LINE`] bytes is
 //! logged in pieces, so a guest cannot make the host buffer grow.
+//!
+//! QEMU's `-debugcon CHARDEV` adds a second one at port 0xE9 (Bochs' debug
+//! port, [`DEBUGCON_E9_PORT`], which hobby kernels write to) whose bytes go
+//! to a host output as they come ([`DebugCon::with_output`]).
+
+use std::io::Write;
 
 use crate::bus::BusDevice;
 
 /// The debug console port.
 pub const DEBUGCON_PORT: u16 = 0x402;
+/// The port of `-debugcon`'s console (QEMU's isa-debugcon default).
+pub const DEBUGCON_E9_PORT: u16 = 0xe9;
 /// One port.
 pub const DEBUGCON_PORT_LEN: u64 = 1;
 /// What a read returns: the port is there.
@@ -26,16 +34,32 @@ pub const MAX_LINE: usize = 512;
 /// and the partial line it holds is the host log's, so it does not
 /// implement [`persist::Persist`] (after a restore, the log's next line
 /// starts afresh).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct DebugCon {
     line: Vec<u8>,
     lines: u64,
+    /// Where the bytes go instead of the log.
+    out: Option<Box<dyn Write + Send>>,
+    /// The output failed once (logged); the bytes are dropped since.
+    out_failed: bool,
+}
+
+impl std::fmt::Debug for DebugCon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DebugCon").field("lines", &self.lines).field("output", &self.out.is_some()).finish()
+    }
 }
 
 impl DebugCon {
-    /// A console with nothing written.
+    /// A console with nothing written, logging its lines.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A console whose bytes go to `out` as they are written (flushed at
+    /// each write), not to the log.
+    pub fn with_output(out: Box<dyn Write + Send>) -> Self {
+        DebugCon { out: Some(out), ..Self::default() }
     }
 
     /// Lines logged so far.
@@ -61,6 +85,15 @@ impl BusDevice for DebugCon {
     }
 
     fn write(&mut self, _offset: u64, data: &[u8]) {
+        if let Some(out) = &mut self.out {
+            if !self.out_failed {
+                if let Err(e) = out.write_all(data).and_then(|()| out.flush()) {
+                    tracing::warn!(target: "devices", "debugcon: its output failed ({e}); what the guest writes is dropped");
+                    self.out_failed = true;
+                }
+            }
+            return;
+        }
         for &b in data {
             if b == b'\n' {
                 self.emit();
@@ -93,5 +126,22 @@ mod tests {
         d.write(0, &vec![b'x'; 3 * MAX_LINE]);
         assert_eq!(d.lines(), 5, "a line without end is logged in pieces");
         assert!(d.line.is_empty());
+    }
+
+    /// A console with an output passes the bytes on as they come, and
+    /// logs nothing.
+    #[test]
+    fn bytes_go_to_the_output_as_written() {
+        let path = std::env::temp_dir().join(format!("ferrovm-debugcon-{}.log", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        let mut d = DebugCon::with_output(Box::new(file));
+        d.write(0, b"kernel: ");
+        d.write(0, b"hello\n");
+        let mut b = [0u8; 1];
+        d.read(0, &mut b);
+        assert_eq!(b, [0xe9]);
+        assert_eq!(std::fs::read(&path).unwrap(), b"kernel: hello\n", "written at each write");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(d.lines(), 0, "nothing logged");
     }
 }
