@@ -353,14 +353,7 @@ fn qemu_cmd(qemu: &std::path::Path, kernel: &std::path::Path, initrd: &std::path
 fn time_to_line(cmd: &[String], needle: &str, limit: Duration) -> Result<Duration, String> {
     use std::io::{BufRead, BufReader};
     let t = Instant::now();
-    let mut child = std::process::Command::new(&cmd[0])
-        .args(&cmd[1..])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", cmd[0]))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (mut child, stdout) = crate::spawn_piped(cmd)?;
     let (tx, rx) = std::sync::mpsc::channel();
     let needle = needle.to_string();
     std::thread::spawn(move || {

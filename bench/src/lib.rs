@@ -113,6 +113,21 @@ pub fn run(args: &BenchArgs) -> i32 {
     }
 }
 
+/// Starts `cmd` (program and arguments) with stdin and stderr on
+/// /dev/null and its standard output piped: the child, and its output.
+pub(crate) fn spawn_piped(cmd: &[String]) -> Result<(std::process::Child, std::process::ChildStdout), String> {
+    let program = cmd.first().ok_or("no command")?;
+    let mut child = std::process::Command::new(program)
+        .args(&cmd[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
+    let out = child.stdout.take().ok_or("no stdout")?;
+    Ok((child, out))
+}
+
 /// A guest process whose console output is watched for marks.
 pub(crate) struct Watched {
     pub child: std::process::Child,
@@ -129,14 +144,7 @@ pub(crate) struct Watched {
 /// prompt does not).
 pub(crate) fn watch(cmd: &[String], marks: &[&str]) -> Result<Watched, String> {
     let started = std::time::Instant::now();
-    let mut child = std::process::Command::new(&cmd[0])
-        .args(&cmd[1..])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", cmd[0]))?;
-    let mut out = child.stdout.take().ok_or("no stdout")?;
+    let (child, mut out) = spawn_piped(cmd)?;
     let marks: Vec<String> = marks.iter().map(|m| m.to_string()).collect();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -66,14 +66,7 @@ pub(crate) struct Marks {
 /// the work (from the start mark to the done mark).
 pub(crate) fn time_marks(cmd: &[String], limit: Duration) -> Result<Marks, String> {
     let spawned = Instant::now();
-    let mut child = std::process::Command::new(&cmd[0])
-        .args(&cmd[1..])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", cmd[0]))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (mut child, stdout) = crate::spawn_piped(cmd)?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let (mut booted, mut start) = (None, None);
