@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '==> %s\n' "$*"; }
+# Each step says how far into the run it starts, to show where the time goes.
+log() { printf '==> [%ds] %s\n' "$SECONDS" "$*"; }
 
 # Host packages. Installed only when missing, and only where we may (root).
 need_pkgs=()
@@ -84,3 +85,4 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 log "cargo test"
 cargo test --workspace --all-targets
+log "done"

@@ -358,7 +358,7 @@ set -- $($H/gzip -dc /tmp/n.gz | $H/sha256sum); echo "T:gunzip $1"
 echo "T:gzip-version $($H/gzip --version | head -n1)"
 dmesg > /tmp/dmesg
 sed -n 's/^\[[^]]*\] x86\/fpu: \(Enabled xstate .*\)$/T:xstate \1/p' /tmp/dmesg
-grep -iE 'invalid opcode|oops|BUG:|WARNING:|traps:|segfault|general protection|alg: .*(fail|error)' /tmp/dmesg | sed 's/^/T:bad /'
+grep -E 'invalid opcode|Oops|BUG:|WARNING:|traps:|segfault|general protection|alg: .*(fail|error)' /tmp/dmesg | sed 's/^/T:bad /'
 echo "T:done"
 "#;
 

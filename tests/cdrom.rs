@@ -49,7 +49,10 @@ const LDLINUX_C32: &str = "/usr/lib/syslinux/modules/bios/ldlinux.c32";
 const MODULES: &[&str] = &["scsi_common", "scsi_mod", "libata", "ata_piix", "cdrom", "sr_mod", "isofs"];
 
 /// What the guest runs: load the drivers, wait for /dev/sr0, mount the
-/// disc and hash the data file.
+/// disc and hash the data file. The kernel's own markers are matched case
+/// for case: "MP-BIOS bug: 8254 timer not connected" is Linux falling back
+/// to another timer route when its timer check (five ticks within 160 M TSC
+/// cycles) lost the race on a host starved of CPU; the boot goes on.
 const SCRIPT: &str = r#"
 for m in scsi_common scsi_mod libata ata_piix cdrom sr_mod isofs; do
     insmod /lib/modules/$m.ko || echo "T:insmod $m failed"
@@ -64,7 +67,7 @@ echo "T:sha $(sha256sum /mnt/data/blob.bin | cut -d' ' -f1)"
 echo "T:label $(cat /mnt/data/label.txt)"
 echo "T:size $(cat /sys/block/sr0/size)"
 dmesg | grep -iE 'ata[0-9]|scsi |sr0' | sed 's/^/T:dmesg /'
-dmesg | grep -iE 'Oops|BUG:|WARNING:|I/O error|exception Emask' | sed 's/^/T:bad /'
+dmesg | grep -E 'Oops|BUG:|WARNING:|I/O error|exception Emask' | sed 's/^/T:bad /'
 echo "T:done"
 "#;
 
