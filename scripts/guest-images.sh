@@ -261,21 +261,26 @@ disk_modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev vir
 # ext4, then a file of 64 MiB (or as many MiB as /mib.txt on the ext4
 # partition says: a test may put one there with debugfs) written, hashed and
 # synced to the ext4 partition. The data: a random MiB, each copy headed by
-# its index.
+# its index. On the way it reports the ext4 partition (vda2 on virtio-blk,
+# sda2 on IDE), what the SMBIOS tables say as the firmware passed them on,
+# and, when the machine has a VGA, writes a line to the VGA console (tty0)
+# to read back from the screen, with /keyboard.txt also reading a word typed
+# on the PS/2 keyboard. The script travels on the kernel command line, which
+# SYSLINUX limits to 2047 bytes: it carries no comments.
 disk_script='for m in '"$disk_modules"'; do
     insmod /lib/modules/$m.ko || echo "T:insmod $m failed"
 done
-# The ext4 partition: on virtio-blk (vda) or on IDE (sda).
 i=0
 while [ ! -b /dev/vda2 ] && [ ! -b /dev/sda2 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 part=/dev/vda2
 [ -b /dev/sda2 ] && part=/dev/sda2
 echo "T:partition $part"
+cd /sys/class/dmi/id
+echo "T:dmi $(cat sys_vendor)|$(cat product_serial)|$(cat bios_vendor)"
+cd /
 mkdir -p /mnt
 mount -t ext4 $part /mnt || echo "T:mount failed"
 echo "T:hello $(cat /mnt/hello.txt)"
-# The VGA console (tty0), when the machine has a VGA: a line to read back
-# from the screen, and with /keyboard.txt a word typed on the PS/2 keyboard.
 echo "ferrovm: this line is on the VGA console" > /dev/tty0 2>/dev/null && echo "T:tty0"
 if [ -f /mnt/keyboard.txt ]; then
     echo "T:type a word"
@@ -338,6 +343,8 @@ build_bios_disk() {
         > "$d/initrd.gz" || die "cpio/gzip of the disk's initrd failed"
     local cmd
     cmd="$(printf '%s' "$disk_script" | base64 -w0)"
+    # SYSLINUX refuses a command line past 2047 bytes ("cmdline too long").
+    ((${#cmd} + 26 <= 2047)) || die "the disk script makes a kernel command line of $((${#cmd} + 26)) bytes; SYSLINUX takes 2047"
     # SERIAL first: SYSLINUX's own console on COM1 (SeaBIOS also copies
     # INT 10h text there).
     cat > "$d/syslinux.cfg" <<CFG

@@ -299,6 +299,17 @@ pub struct RunArgs {
     /// write debug text to a byte at a time: stdio, file:PATH or none.
     #[arg(long, value_name = "stdio|file:PATH|none", value_parser = parse_debugcon)]
     pub debugcon: Option<SerialBackend>,
+    /// An SMBIOS field set, in QEMU's -smbios syntax: type=0 (vendor,
+    /// version, date, release, uefi), type=1 (manufacturer, product,
+    /// version, serial, uuid, sku, family), type=2 (manufacturer, product,
+    /// version, serial, asset, location), type=3 (manufacturer, version,
+    /// serial, asset, sku), type=4 (manufacturer, version) or type=11
+    /// (value=STRING or path=FILE, repeatable). May be repeated.
+    #[arg(long, value_name = "type=N,KEY=VALUE,...")]
+    pub smbios: Vec<String>,
+    /// The machine's UUID (QEMU's -uuid): SMBIOS type 1 and fw_cfg.
+    #[arg(long, value_name = "UUID", value_parser = firmware::smbios::parse_uuid)]
+    pub uuid: Option<[u8; 16]>,
     /// Exit instead of rebooting when the guest resets.
     #[arg(long)]
     pub no_reboot: bool,
@@ -478,6 +489,129 @@ fn parse_debugcon(s: &str) -> Result<SerialBackend, String> {
     }
 }
 
+/// Reads `--smbios` field sets (QEMU's `-smbios` syntax) and `--uuid`
+/// into what the SMBIOS tables say. A key QEMU has that ferrovm does not
+/// carry into the tables is refused by name.
+pub fn parse_smbios(sets: &[String], uuid: Option<[u8; 16]>) -> Result<firmware::smbios::SmbiosConfig, String> {
+    use firmware::smbios::{Baseboard, BiosInfo};
+    let mut c = firmware::smbios::SmbiosConfig::default();
+    c.system.uuid = uuid;
+    for set in sets {
+        let o = crate::qemu::parse_opts(set, None)?;
+        let e = |msg: String| format!("-smbios {set}: {msg}");
+        if o.get("file").is_some() {
+            return Err(
+                e("file= (binary tables) is not supported: ferrovm builds its tables from type= fields".into()),
+            );
+        }
+        let kind = o.get("type").ok_or_else(|| e("type= is missing".into()))?;
+        let keys = |known: &[&str]| -> Result<(), String> {
+            match o.pairs.iter().find(|(k, _)| k != "type" && !known.contains(&k.as_str())) {
+                Some((k, _)) => Err(e(format!(
+                    "'{k}=' is not supported for type {kind} (ferrovm takes {})",
+                    known.iter().map(|k| format!("{k}=")).collect::<Vec<_>>().join(", ")
+                ))),
+                None => Ok(()),
+            }
+        };
+        // The string fields of a type, by key; `keys` takes them all.
+        let strings = |fields: Vec<(&str, &mut Option<String>)>, extra: &[&str]| -> Result<(), String> {
+            let known: Vec<&str> = fields.iter().map(|(k, _)| *k).chain(extra.iter().copied()).collect();
+            keys(&known)?;
+            for (k, field) in fields {
+                if let Some(v) = o.get(k) {
+                    *field = Some(v.to_string());
+                }
+            }
+            Ok(())
+        };
+        match kind {
+            "0" => {
+                let b = c.bios.get_or_insert_with(BiosInfo::default);
+                strings(
+                    vec![("vendor", &mut b.vendor), ("version", &mut b.version), ("date", &mut b.date)],
+                    &["release", "uefi"],
+                )?;
+                if let Some(r) = o.get("release") {
+                    let parsed =
+                        r.split_once('.').and_then(|(a, b)| Some((a.parse::<u8>().ok()?, b.parse::<u8>().ok()?)));
+                    b.release = Some(parsed.ok_or_else(|| e(format!("release={r}: give MAJOR.MINOR, each 0-255")))?);
+                }
+                if let Some(u) = o.get("uefi") {
+                    b.uefi = crate::qemu::on_off("-smbios", "uefi", u)?;
+                }
+            }
+            "1" => {
+                let y = &mut c.system;
+                strings(
+                    vec![
+                        ("manufacturer", &mut y.manufacturer),
+                        ("product", &mut y.product),
+                        ("version", &mut y.version),
+                        ("serial", &mut y.serial),
+                        ("sku", &mut y.sku),
+                        ("family", &mut y.family),
+                    ],
+                    &["uuid"],
+                )?;
+                if let Some(u) = o.get("uuid") {
+                    y.uuid = Some(firmware::smbios::parse_uuid(u).map_err(e)?);
+                }
+            }
+            "2" => {
+                let b = c.baseboard.get_or_insert_with(Baseboard::default);
+                strings(
+                    vec![
+                        ("manufacturer", &mut b.manufacturer),
+                        ("product", &mut b.product),
+                        ("version", &mut b.version),
+                        ("serial", &mut b.serial),
+                        ("asset", &mut b.asset),
+                        ("location", &mut b.location),
+                    ],
+                    &[],
+                )?;
+            }
+            "3" => {
+                let h = &mut c.chassis;
+                strings(
+                    vec![
+                        ("manufacturer", &mut h.manufacturer),
+                        ("version", &mut h.version),
+                        ("serial", &mut h.serial),
+                        ("asset", &mut h.asset),
+                        ("sku", &mut h.sku),
+                    ],
+                    &[],
+                )?;
+            }
+            "4" => {
+                let p = &mut c.processor;
+                strings(vec![("manufacturer", &mut p.manufacturer), ("version", &mut p.version)], &[])?;
+            }
+            "11" => {
+                keys(&["value", "path"])?;
+                for (k, v) in &o.pairs {
+                    match k.as_str() {
+                        "value" => c.oem_strings.push(v.clone()),
+                        "path" => {
+                            let text = std::fs::read(v).map_err(|err| e(format!("path={v}: {err}")))?;
+                            c.oem_strings.push(String::from_utf8_lossy(&text).into_owned());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {
+                return Err(e(format!(
+                "type={kind} is not supported: ferrovm takes types 0, 1, 2, 3, 4 and 11 (and describes memory itself)"
+            )))
+            }
+        }
+    }
+    Ok(c)
+}
+
 /// Parse a RAM size as QEMU's `-m` does: a plain number is MiB; K, M, G and T
 /// suffixes (optionally followed by B or iB) scale it.
 pub fn parse_mem(s: &str) -> Result<u64, String> {
@@ -510,6 +644,35 @@ pub fn parse_mem(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn smbios_field_sets_fill_the_tables_config() {
+        let sets: Vec<String> = [
+            "type=0,vendor=V,release=2.7,uefi=on",
+            "type=1,manufacturer=M,serial=ds=nocloud;s=http://h/,uuid=00112233-4455-6677-8899-aabbccddeeff",
+            "type=2",
+            "type=3,asset=A",
+            "type=4,version=P",
+            "type=11,value=one,value=tw,,o",
+        ]
+        .map(String::from)
+        .to_vec();
+        let c = parse_smbios(&sets, None).unwrap();
+        let b = c.bios.unwrap();
+        assert_eq!((b.vendor.as_deref(), b.release, b.uefi), (Some("V"), Some((2, 7)), true));
+        assert_eq!(c.system.manufacturer.as_deref(), Some("M"));
+        assert_eq!(c.system.serial.as_deref(), Some("ds=nocloud;s=http://h/"));
+        assert_eq!(c.system.uuid.unwrap()[..4], [0x00, 0x11, 0x22, 0x33]);
+        assert_eq!(c.baseboard, Some(Default::default()));
+        assert_eq!(c.chassis.asset.as_deref(), Some("A"));
+        assert_eq!(c.processor.version.as_deref(), Some("P"));
+        assert_eq!(c.oem_strings, ["one", "tw,o"]);
+        // -uuid is overridden by type=1,uuid= given later, as QEMU does.
+        let u = firmware::smbios::parse_uuid("6ba7b810-9dad-11d1-80b4-00c04fd430c8").unwrap();
+        assert_eq!(parse_smbios(&[], Some(u)).unwrap().system.uuid, Some(u));
+        let e = parse_smbios(&["type=11,path=/nonexistent/oem".into()], None).unwrap_err();
+        assert!(e.contains("/nonexistent/oem"), "{e}");
+    }
 
     #[test]
     fn memory_sizes() {

@@ -260,6 +260,7 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         guest_log: guest_log(&args, kind)?,
         flash,
         debugcon: args.debugcon.clone(),
+        smbios: crate::cli::parse_smbios(&args.smbios, args.uuid).map_err(Error::Config)?,
     };
     let storage = vmm::Storage {
         drives: disks,

@@ -263,6 +263,10 @@ struct State {
     loadvm: Option<String>,
     /// `-debugcon`: `--debugcon`'s value.
     debugcon: Option<String>,
+    /// `-smbios`: the field sets, as given.
+    smbios: Vec<String>,
+    /// `-uuid`.
+    uuid: Option<String>,
     notes: Vec<String>,
     /// `-cpu max` or `host`: ferrovm's full model (`--cpu max`).
     cpu_max: bool,
@@ -474,6 +478,14 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
                     return Err(format!("{option} {v}: ferrovm's debug console takes stdio, file:PATH, null or none"));
                 }
                 st.debugcon = Some(b);
+            }
+            "smbios" => {
+                crate::cli::parse_smbios(&[v.to_string()], None)?;
+                st.smbios.push(v.to_string());
+            }
+            "uuid" => {
+                firmware::smbios::parse_uuid(v).map_err(|e| format!("{option}: {e}"))?;
+                st.uuid = Some(v.to_string());
             }
             "nodefaults" => st.nodefaults = true,
             // -nodefconfig is QEMU's older name of -no-user-config.
@@ -1284,6 +1296,12 @@ impl State {
         if let Some(b) = &self.rtc_base {
             args.extend(["--rtc-base".into(), b.clone()]);
         }
+        for set in &self.smbios {
+            args.extend(["--smbios".into(), set.clone()]);
+        }
+        if let Some(u) = &self.uuid {
+            args.extend(["--uuid".into(), u.clone()]);
+        }
         match (&self.log, &self.log_file) {
             (Some(l), f) => {
                 args.extend(["--log".into(), l.clone()]);
@@ -1859,6 +1877,18 @@ mod tests {
             "2006-06-17T16:01:21"
         ));
         refused("-rtc base=yesterday", "base='yesterday'");
+        let a =
+            run_args("-smbios type=1,serial=ds=nocloud;s=http://10.0.2.2:8000/ -smbios type=11,value=a,,b -kernel k");
+        assert!(has(&a, "--smbios", "type=1,serial=ds=nocloud;s=http://10.0.2.2:8000/"), "{a:?}");
+        assert!(has(&a, "--smbios", "type=11,value=a,,b"), "{a:?}");
+        let u = "6ba7b810-9dad-11d1-80b4-00c04fd430c8";
+        assert!(has(&run_args(&format!("-uuid {u} -kernel k")), "--uuid", u));
+        refused("-uuid 6ba7b810 -kernel k", "not a UUID");
+        refused("-smbios type=17,speed=3200 -kernel k", "type=17 is not supported");
+        refused("-smbios file=t.bin -kernel k", "file=");
+        refused("-smbios type=1,color=red -kernel k", "'color=' is not supported for type 1");
+        refused("-smbios type=0,release=1.x -kernel k", "MAJOR.MINOR");
+        refused("-smbios serial=x -kernel k", "type= is missing");
         refused("-rtc clock=vm", "clock=vm");
         refused("-append x", "-kernel");
         let a = run_args("-s -S -kernel k");

@@ -271,11 +271,15 @@ fn boot_test_disk_on(accel: &str, image: Image, mib: u32, ide: bool) {
     };
     let base_hash = (image == Image::Overlay).then(|| sha256_file(&base));
     let format = if ide { format!("{format},if=ide") } else { format.to_string() };
-    let (o, out, secs) = boot_disk(accel, &disk, &format, "512M", "900", &["--stats"]);
+    let serial = "ds=nocloud;s=http://10.0.2.2:8000/";
+    let smbios = format!("type=1,serial={serial}");
+    let (o, out, secs) = boot_disk(accel, &disk, &format, "512M", "900", &["--stats", "--smbios", &smbios]);
     eprintln!("test disk ({kind} on {bus}, {mib} MiB written) under {accel}: {secs:.1} s to power-off");
     let guest_sha = check_boot(&o, &out, mib);
     let partition = if ide { "/dev/sda2" } else { "/dev/vda2" };
     assert!(out.contains(&format!("T:partition {partition}")), "the ext4 partition is {partition}:\n{out}");
+    // ferrovm's SMBIOS tables, placed by SeaBIOS with its own BIOS entry.
+    assert!(out.contains(&format!("T:dmi ferrovm|{serial}|SeaBIOS")), "the guest reads the SMBIOS tables:\n{out}");
     if ide {
         let stats = String::from_utf8_lossy(&o.stderr);
         assert!(stats.contains("PIIX3 IDE"), "--stats has the IDE controller's line:\n{stats}");

@@ -33,8 +33,15 @@ echo "T:clocksources $(cat /sys/devices/system/clocksource/clocksource0/availabl
 sed -n 's/^\[[^]]*\] \(hpet0: at MMIO .*\)$/T:hpet \1/p' /tmp/dmesg
 sed -n 's/^\[[^]]*\] x86\/fpu: \(Enabled xstate .*\)$/T:xstate \1/p' /tmp/dmesg
 grep -iE 'hpet.*(warn|fail|error|not count|dysfunc|invalid|disabl|agree|must be|increased)' /tmp/dmesg | sed 's/^/T:bad /'
+d=/sys/class/dmi/id
+echo "T:dmi $(cat $d/sys_vendor)|$(cat $d/product_name)|$(cat $d/product_serial)|$(cat $d/product_uuid)"
+grep -q io.systemd.credential /sys/firmware/dmi/entries/11-0/raw 2>/dev/null && echo "T:oem-strings"
 echo "T:done"
 "#;
+
+/// The SMBIOS fields the JIT boot gives (`-smbios`, `-uuid`).
+const SMBIOS_SERIAL: &str = "ds=nocloud;s=http://10.0.2.2:8000/";
+const SMBIOS_UUID: &str = "6ba7b810-9dad-11d1-80b4-00c04fd430c8";
 
 struct Boot {
     stdout: String,
@@ -178,6 +185,9 @@ fn check(b: &Boot, kernel: &Path) {
     let bad: Vec<&str> = out.lines().filter(|l| l.starts_with("T:bad ")).collect();
     assert!(bad.is_empty(), "dmesg complaints: {bad:#?}");
     assert_hpet(b);
+    // The machine's SMBIOS tables, found without firmware.
+    let dmi = field(out, "dmi").unwrap_or("");
+    assert!(dmi.starts_with("ferrovm|Standard PC (i440FX + PIIX, 1996)|"), "/sys/class/dmi/id: {dmi:?}");
     assert_eq!(b.status, Some(0), "poweroff -f must end the run with status 0");
     eprintln!("{} booted and checked in {:.1} s", kernel.display(), b.elapsed.as_secs_f64());
 }
@@ -239,8 +249,13 @@ fn generic_kernel_boots_to_init_in_the_interpreter() {
 fn cloud_kernel_boots_to_init_under_jit() {
     let Some(dir) = images() else { return };
     let k = dir.join("vmlinuz-cloud");
-    let b = boot("jit", &k, &dir.join("initramfs.cpio.gz"), &[]);
+    let serial = format!("type=1,serial={SMBIOS_SERIAL}");
+    let smbios = ["--smbios", &serial, "--smbios", "type=11,value=io.systemd.credential:x=1", "--uuid", SMBIOS_UUID];
+    let b = boot("jit", &k, &dir.join("initramfs.cpio.gz"), &smbios);
     check(&b, &k);
+    let want = format!("ferrovm|Standard PC (i440FX + PIIX, 1996)|{SMBIOS_SERIAL}|{SMBIOS_UUID}");
+    assert_eq!(field(&b.stdout, "dmi"), Some(want.as_str()), "-smbios type=1 and -uuid reach the guest");
+    assert!(b.stdout.contains("T:oem-strings"), "-smbios type=11 reaches the guest:\n{}", b.stdout);
     assert_flags(&b, INTERP_MODEL_FLAGS);
     assert_xstate(&b);
 }

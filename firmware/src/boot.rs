@@ -20,7 +20,7 @@
 //!   0x20000 kernel command line                 CMDLINE_ADDR (Linux)
 //!   0x9fc00 EBDA (reserved in e820)
 //!   0xe0000 ACPI tables (RSDP first)
-//!   0xf0000 MP floating pointer + table
+//!   0xf0000 MP floating pointer + table, then the SMBIOS entry point and structures
 //!   0x100000 kernel
 //! ```
 

@@ -48,6 +48,8 @@ pub const MIN_RAM: u64 = 16 << 20;
 const MAX_BIOS: u64 = 16 << 20;
 /// fw_cfg's legacy boot-menu item.
 const FW_CFG_BOOT_MENU: u16 = 0x0e;
+/// fw_cfg item: the machine's UUID (16 bytes, zero when none is given).
+const FW_CFG_UUID: u16 = 0x02;
 /// COM1, where SeaBIOS's serial console goes.
 const SERCON_PORT: u16 = 0x3f8;
 /// Milliseconds SeaBIOS waits before a reboot when no device boots.
@@ -169,6 +171,54 @@ pub fn bootorder_file(boot: &[String]) -> Vec<u8> {
     boot.iter().map(|p| format!("{p}\n")).collect::<String>().into_bytes()
 }
 
+/// The machine's SMBIOS tables, and the UUID they carry.
+#[derive(Debug, Clone)]
+pub struct Smbios {
+    pub blobs: firmware::smbios::SmbiosBlobs,
+    pub uuid: Option<[u8; 16]>,
+}
+
+/// What the machine says about itself where the user said nothing, as
+/// QEMU's PC does: the maker, the board it models and the version.
+const SMBIOS_MANUFACTURER: &str = "ferrovm";
+const SMBIOS_PRODUCT: &str = "Standard PC (i440FX + PIIX, 1996)";
+const SMBIOS_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Builds the SMBIOS tables of the machine `config` describes: the user's
+/// fields ([`MachineConfig::smbios`](crate::config::MachineConfig)) over
+/// the machine's own, its sockets, cores and threads, and its RAM below
+/// and above the PCI hole.
+pub fn smbios(config: &crate::config::MachineConfig) -> Result<Smbios, Error> {
+    let mut c = config.smbios.clone();
+    let fill = |f: &mut Option<String>, v: &str| {
+        f.get_or_insert_with(|| v.to_string());
+    };
+    fill(&mut c.system.manufacturer, SMBIOS_MANUFACTURER);
+    fill(&mut c.system.product, SMBIOS_PRODUCT);
+    fill(&mut c.system.version, SMBIOS_VERSION);
+    fill(&mut c.chassis.manufacturer, SMBIOS_MANUFACTURER);
+    fill(&mut c.chassis.version, SMBIOS_VERSION);
+    fill(&mut c.processor.manufacturer, SMBIOS_MANUFACTURER);
+    fill(&mut c.processor.version, SMBIOS_VERSION);
+    let below = config.mem.min(mmu::PCI_HOLE_START);
+    let mut ram = vec![(0, below)];
+    if config.mem > below {
+        ram.push((1 << 32, config.mem - below));
+    }
+    let [eax, _, _, edx] = cpu::cpuid::cpuid(&cpu::CpuState::reset(), 1, 0);
+    let t = &config.topology;
+    let machine = firmware::smbios::SmbiosMachine {
+        sockets: t.sockets,
+        cores: t.cores,
+        threads: t.threads,
+        processor_id: u64::from(eax) | (u64::from(edx) << 32),
+        mhz: u16::try_from(cpu::cpuid::TSC_KHZ / 1000).unwrap_or(u16::MAX),
+        ram,
+    };
+    let blobs = firmware::smbios::build_smbios(&c, &machine).map_err(|e| Error::Config(format!("-smbios: {e}")))?;
+    Ok(Smbios { blobs, uuid: c.system.uuid })
+}
+
 /// The fw_cfg device for a machine with `mem`, whose boot devices are
 /// `boot` (SeaBIOS device paths, first tried first:
 /// [`crate::storage::boot_paths`]), and whose CPUs have the local APIC IDs
@@ -183,6 +233,7 @@ pub fn fw_cfg(
     apic_ids: &[u8],
     vga_rom: Option<Vec<u8>>,
     pm: Arc<devices::pci::piix4_pm::PmDecode>,
+    smbios: &Smbios,
 ) -> Result<FwCfg, Error> {
     let fw = |e: devices::legacy::fw_cfg::FwCfgError| Error::Config(format!("fw_cfg: {e}"));
     let cpus = u16::try_from(apic_ids.len()).map_err(|_| Error::Config(format!("{} CPUs", apic_ids.len())))?;
@@ -201,6 +252,12 @@ pub fn fw_cfg(
         d.add_file(VGA_ROM_FILE, rom).map_err(fw)?;
     }
     d.add_file("etc/boot-fail-wait", BOOT_FAIL_WAIT_MS.to_le_bytes().to_vec()).map_err(fw)?;
+    // The firmware places the SMBIOS structures and fills in the entry
+    // point's table address (SeaBIOS adds its own type 0 when there is
+    // none); QEMU hands over the UUID on its own as well.
+    d.add_file(firmware::smbios::SMBIOS_TABLES_FILE, smbios.blobs.tables.clone()).map_err(fw)?;
+    d.add_file(firmware::smbios::SMBIOS_ANCHOR_FILE, smbios.blobs.anchor.clone()).map_err(fw)?;
+    d.set_item(FW_CFG_UUID, smbios.uuid.unwrap_or_default().to_vec());
     let acpi = firmware::acpi::build_acpi_tables(&firmware::acpi::AcpiConfig::with_apic_ids(apic_ids.to_vec()))?;
     d.add_file(firmware::acpi::ACPI_TABLES_FILE, acpi.tables.clone()).map_err(fw)?;
     d.add_file(firmware::acpi::ACPI_RSDP_FILE, acpi.rsdp.clone()).map_err(fw)?;
@@ -277,14 +334,48 @@ mod tests {
         let mem = Arc::new(GuestMemory::new(64 << 20).unwrap());
         let boot = crate::storage::boot_paths("dc", &Default::default(), &[4, 0x1a]);
         let pm = Arc::new(devices::pci::piix4_pm::Piix4Pm::new());
-        let d = fw_cfg(&mem, &boot, BootMenu::default(), &[0, 1], None, pm.decode()).unwrap();
+        let cfg = crate::config::MachineConfig::for_test(Default::default());
+        let smbios = smbios(&crate::config::MachineConfig {
+            smbios: firmware::smbios::SmbiosConfig {
+                system: firmware::smbios::SystemInfo { uuid: Some([7; 16]), ..Default::default() },
+                ..Default::default()
+            },
+            ..cfg
+        })
+        .unwrap();
+        let d = fw_cfg(&mem, &boot, BootMenu::default(), &[0, 1], None, pm.decode(), &smbios).unwrap();
         let names = d.file_names();
-        for f in ["etc/e820", "bootorder", "etc/sercon-port", "etc/acpi/tables", "etc/acpi/rsdp", "etc/table-loader"] {
+        for f in [
+            "etc/e820",
+            "bootorder",
+            "etc/sercon-port",
+            "etc/acpi/tables",
+            "etc/acpi/rsdp",
+            "etc/table-loader",
+            "etc/smbios/smbios-tables",
+            "etc/smbios/smbios-anchor",
+        ] {
             assert!(names.iter().any(|n| n == f), "{f} in {names:?}");
         }
         assert_eq!(d.file("bootorder").unwrap(), b"/pci@i0cf8/*@4\n/pci@i0cf8/*@1a\n");
         assert_eq!(d.file("etc/sercon-port").unwrap(), [0xf8, 0x03]);
         assert_eq!(d.file("etc/boot-cpus").unwrap(), [2, 0], "two CPUs to wait for");
+        // SeaBIOS takes the tables only when the entry point's length is the file's.
+        let anchor = d.file("etc/smbios/smbios-anchor").unwrap();
+        let tables = d.file("etc/smbios/smbios-tables").unwrap();
+        assert_eq!(anchor.len(), 31);
+        assert_eq!(usize::from(u16::from_le_bytes([anchor[0x16], anchor[0x17]])), tables.len());
+        assert!(tables.windows(7).any(|w| w == b"ferrovm"), "the machine's maker is in the tables");
+        let mut d = d;
+        devices::bus::BusDevice::write(&mut d, 0, &FW_CFG_UUID.to_le_bytes());
+        let uuid: Vec<u8> = (0..16)
+            .map(|_| {
+                let mut b = [0u8];
+                devices::bus::BusDevice::read(&mut d, 1, &mut b);
+                b[0]
+            })
+            .collect();
+        assert_eq!(uuid, [7; 16], "-uuid in fw_cfg");
         let e820 = d.file("etc/e820").unwrap();
         assert_eq!(e820.len() % 20, 0);
         // The last RAM entry ends at the top of RAM.
@@ -297,7 +388,7 @@ mod tests {
         assert_eq!(d.file("etc/table-loader").unwrap().len() % 128, 0);
         assert!(d.file("etc/boot-menu-wait").is_none());
         let menu = BootMenu { show: true, wait_ms: Some(700) };
-        let d = fw_cfg(&mem, &boot, menu, &[0], None, pm.decode()).unwrap();
+        let d = fw_cfg(&mem, &boot, menu, &[0], None, pm.decode(), &smbios).unwrap();
         assert_eq!(d.file("etc/boot-menu-wait").unwrap(), 700u16.to_le_bytes());
     }
 
@@ -308,7 +399,8 @@ mod tests {
         use devices::pci::PciDevice;
         let mem = Arc::new(GuestMemory::new(64 << 20).unwrap());
         let mut pm = devices::pci::piix4_pm::Piix4Pm::new();
-        let mut d = fw_cfg(&mem, &[], BootMenu::default(), &[0], None, pm.decode()).unwrap();
+        let smbios = smbios(&crate::config::MachineConfig::for_test(Default::default())).unwrap();
+        let mut d = fw_cfg(&mem, &[], BootMenu::default(), &[0], None, pm.decode(), &smbios).unwrap();
         let at = d.file_names().iter().position(|n| n == firmware::acpi::ACPI_TABLES_FILE).unwrap();
         let key = devices::legacy::fw_cfg::FW_CFG_FILE_FIRST + at as u16;
         let built = |base: u16| {

@@ -161,6 +161,9 @@ pub struct MachineConfig {
     /// QEMU's `-debugcon`: a debug console at port 0xE9 whose bytes go to
     /// this output (stdio, a file or nowhere).
     pub debugcon: Option<devices::console::SerialBackend>,
+    /// What the SMBIOS tables say beyond the machine's own description
+    /// (QEMU's `-smbios` and `-uuid`); see [`crate::bios::smbios`].
+    pub smbios: firmware::smbios::SmbiosConfig,
 }
 
 #[cfg(test)]
@@ -200,6 +203,7 @@ impl MachineConfig {
             guest_log: None,
             flash: Vec::new(),
             debugcon: None,
+            smbios: Default::default(),
         }
     }
 

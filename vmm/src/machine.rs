@@ -200,12 +200,13 @@ impl Machine {
         let apic_ids = config.apic_ids();
         // The tables' IDs are bytes: a topology's IDs stay below 0xff.
         let table_ids: Vec<u8> = apic_ids.iter().map(|&id| u8::try_from(id).unwrap_or(u8::MAX)).collect();
+        let smbios = crate::bios::smbios(&config)?;
         let (boot_state, boot_note, kernel_code) = match &mut config.firmware {
             Firmware::Kernel(k) if !k.load => {
                 (CpuState::reset(), Some("kernel not loaded: RAM and CPUs come from saved state".into()), Vec::new())
             }
             Firmware::Kernel(k) => {
-                let loaded = load_kernel(&mem, k, &table_ids)?;
+                let loaded = load_kernel(&mem, k, &table_ids, &smbios.blobs)?;
                 // Loaded once: a reset restarts from the reset vector, so the
                 // image's bytes (14 MiB for a distribution kernel) go.
                 k.kernel = Vec::new();
@@ -280,7 +281,8 @@ impl Machine {
             };
             let menu = crate::bios::BootMenu { show: storage.boot_menu, wait_ms: storage.boot_menu_wait_ms };
             let pm = chipset.pm_decode.clone();
-            let device = Arc::new(Mutex::new(crate::bios::fw_cfg(&mem, &boot, menu, &table_ids, vga_rom, pm)?));
+            let device =
+                Arc::new(Mutex::new(crate::bios::fw_cfg(&mem, &boot, menu, &table_ids, vga_rom, pm, &smbios)?));
             let shared: SharedDevice = device.clone();
             pio.insert(
                 shared,
@@ -1440,11 +1442,19 @@ fn sipi_state(vector: u8) -> CpuState {
 /// The boot state, a note on what was loaded, and the kernel's code ranges.
 type Loaded = (CpuState, Option<String>, Vec<(u64, u64)>);
 
-fn load_kernel(mem: &GuestMemory, k: &KernelImage, apic_ids: &[u8]) -> Result<Loaded, Error> {
+fn load_kernel(
+    mem: &GuestMemory,
+    k: &KernelImage,
+    apic_ids: &[u8],
+    smbios: &firmware::smbios::SmbiosBlobs,
+) -> Result<Loaded, Error> {
     let acpi = firmware::acpi::AcpiConfig::with_apic_ids(apic_ids.to_vec());
     let acpi = firmware::acpi::write_acpi_tables(mem, ACPI_TABLES, &acpi)?;
     let mp = firmware::mptable::MpConfig::with_apic_ids(apic_ids.to_vec());
     let mp = firmware::mptable::write_mptable(mem, MP_TABLE, &mp)?;
+    // The SMBIOS entry point after the MP table, in the area the OS scans.
+    let smbios = firmware::smbios::write_smbios(mem, mp.end.next_multiple_of(16), smbios)
+        .map_err(|e| Error::Config(format!("SMBIOS tables: {e}")))?;
     let is_bzimage = k.kernel.get(0x202..0x206) == Some(b"HdrS");
     if !is_bzimage && firmware::multiboot::MultibootHeader::find(&k.kernel).is_ok() {
         let modules: Vec<firmware::multiboot::MultibootModule<'_>> =
@@ -1457,6 +1467,7 @@ fn load_kernel(mem: &GuestMemory, k: &KernelImage, apic_ids: &[u8]) -> Result<Lo
             reserved: vec![
                 firmware::multiboot::Reserved { what: "the ACPI tables", start: ACPI_TABLES, end: acpi.end },
                 firmware::multiboot::Reserved { what: "the MP table", start: MP_TABLE, end: mp.end },
+                firmware::multiboot::Reserved { what: "the SMBIOS tables", start: smbios.anchor, end: smbios.end },
             ],
         };
         let boot = firmware::multiboot::load_multiboot(mem, &cfg)?;
