@@ -307,6 +307,11 @@ pub struct RunArgs {
     /// (value=STRING or path=FILE, repeatable). May be repeated.
     #[arg(long, value_name = "type=N,KEY=VALUE,...")]
     pub smbios: Vec<String>,
+    /// A virtio entropy device (QEMU's -device virtio-rng-pci): the host
+    /// file it reads, such as /dev/urandom, and with max-bytes= per
+    /// period= milliseconds (default 1000) how fast. May be repeated.
+    #[arg(long, value_name = "[filename=]PATH[,max-bytes=N][,period=MS]", value_parser = parse_rng)]
+    pub rng: Vec<vmm::RngConfig>,
     /// The machine's UUID (QEMU's -uuid): SMBIOS type 1 and fw_cfg.
     #[arg(long, value_name = "UUID", value_parser = firmware::smbios::parse_uuid)]
     pub uuid: Option<[u8; 16]>,
@@ -487,6 +492,22 @@ fn parse_debugcon(s: &str) -> Result<SerialBackend, String> {
         SerialBackend::MonStdio => Err("mon:stdio is COM1's: the debug console takes stdio, file:PATH or none".into()),
         b => Ok(b),
     }
+}
+
+/// Parses `--rng`: the source file, and QEMU's `max-bytes=` and `period=`.
+pub fn parse_rng(s: &str) -> Result<vmm::RngConfig, String> {
+    let o = crate::qemu::parse_opts(s, Some("filename"))?;
+    if let Some((k, _)) = o.pairs.iter().find(|(k, _)| !["filename", "max-bytes", "period"].contains(&k.as_str())) {
+        return Err(format!("'{k}=' is not supported (it takes filename=, max-bytes= and period=)"));
+    }
+    let source = o.get("filename").filter(|f| !f.is_empty()).ok_or("the source file is missing")?;
+    let num = |k: &str| -> Result<Option<u64>, String> {
+        o.get(k).map(|v| v.parse::<u64>().map_err(|_| format!("{k}={v}: expected a number"))).transpose()
+    };
+    let (max, period) = (num("max-bytes")?, num("period")?);
+    // QEMU's defaults: no byte limit, a period of one second.
+    let limit = max.map(|m| (m, period.unwrap_or(1000)));
+    Ok(vmm::RngConfig { source: source.into(), limit })
 }
 
 /// Reads `--smbios` field sets (QEMU's `-smbios` syntax) and `--uuid`
@@ -670,6 +691,12 @@ mod tests {
         // -uuid is overridden by type=1,uuid= given later, as QEMU does.
         let u = firmware::smbios::parse_uuid("6ba7b810-9dad-11d1-80b4-00c04fd430c8").unwrap();
         assert_eq!(parse_smbios(&[], Some(u)).unwrap().system.uuid, Some(u));
+        let r = parse_rng("/dev/random,max-bytes=1024,period=500").unwrap();
+        assert_eq!((r.source, r.limit), ("/dev/random".into(), Some((1024, 500))));
+        assert_eq!(parse_rng("filename=/dev/urandom").unwrap().limit, None);
+        assert_eq!(parse_rng("/dev/urandom,max-bytes=9").unwrap().limit, Some((9, 1000)));
+        assert!(parse_rng("/dev/urandom,rate=9").unwrap_err().contains("rate="));
+        assert!(parse_rng("/dev/urandom,period=x").unwrap_err().contains("period=x"));
         let e = parse_smbios(&["type=11,path=/nonexistent/oem".into()], None).unwrap_err();
         assert!(e.contains("/nonexistent/oem"), "{e}");
     }

@@ -261,6 +261,7 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         flash,
         debugcon: args.debugcon.clone(),
         smbios: crate::cli::parse_smbios(&args.smbios, args.uuid).map_err(Error::Config)?,
+        rng: args.rng.clone(),
     };
     let storage = vmm::Storage {
         drives: disks,

@@ -206,7 +206,7 @@ fn refusal(name: &str) -> Option<&'static str> {
     Some(match name {
         "spice" => "ferrovm's display is VNC (-vnc)",
         "full-screen" => "ferrovm has no window; its display is VNC (-vnc)",
-        "object" | "global" | "set" | "readconfig" => "ferrovm has no QOM objects or properties to set",
+        "global" | "set" | "readconfig" => "ferrovm has no QOM objects or properties to set",
         "numa" => "ferrovm runs one CPU and one memory node",
         "mem-path" | "mem-prealloc" => "guest RAM is anonymous memory in ferrovm",
         "trace" => "ferrovm's logging is --trace (or FERROVM_LOG) of `ferrovm run`",
@@ -267,6 +267,10 @@ struct State {
     smbios: Vec<String>,
     /// `-uuid`.
     uuid: Option<String>,
+    /// `-object rng-random|rng-builtin`: id and the file it reads.
+    rng_objects: Vec<(String, String)>,
+    /// `-device virtio-rng-pci`: `--rng`'s values.
+    rngs: Vec<String>,
     notes: Vec<String>,
     /// `-cpu max` or `host`: ferrovm's full model (`--cpu max`).
     cpu_max: bool,
@@ -483,6 +487,7 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
                 crate::cli::parse_smbios(&[v.to_string()], None)?;
                 st.smbios.push(v.to_string());
             }
+            "object" => st.object(&option, v)?,
             "uuid" => {
                 firmware::smbios::parse_uuid(v).map_err(|e| format!("{option}: {e}"))?;
                 st.uuid = Some(v.to_string());
@@ -948,6 +953,33 @@ impl State {
         Ok(())
     }
 
+    /// `-object`: the entropy sources a virtio-rng reads. Other objects
+    /// are refused by their type.
+    fn object(&mut self, option: &str, v: &str) -> Result<(), String> {
+        let o = parse_opts(v, Some("qom-type"))?;
+        let kind = o.get("qom-type").unwrap_or_default();
+        let id = || o.get("id").map(str::to_string).ok_or_else(|| format!("{option} {kind}: id= is missing"));
+        match kind {
+            "rng-random" => {
+                o.only(&format!("{option} {kind}"), &["qom-type", "id", "filename"])?;
+                // QEMU's rng-random reads /dev/urandom unless told otherwise.
+                let file = o.get("filename").unwrap_or(devices::virtio::rng::DEFAULT_SOURCE).to_string();
+                self.rng_objects.push((id()?, file));
+            }
+            "rng-builtin" => {
+                o.only(&format!("{option} {kind}"), &["qom-type", "id"])?;
+                self.rng_objects.push((id()?, devices::virtio::rng::DEFAULT_SOURCE.to_string()));
+            }
+            _ => {
+                return Err(format!(
+                    "{option} {kind} is not supported: ferrovm's objects are the entropy sources of a virtio-rng \
+                     (rng-random, rng-builtin)"
+                ))
+            }
+        }
+        Ok(())
+    }
+
     fn device(&mut self, option: &str, v: &str) -> Result<(), String> {
         let o = parse_opts(v, Some("driver"))?;
         let driver = o.get("driver").unwrap_or_default();
@@ -971,6 +1003,25 @@ impl State {
             return Ok(());
         }
         match driver {
+            "virtio-rng-pci" | "virtio-rng" => {
+                o.only(&format!("{option} {driver}"), &["driver", "rng", "max-bytes", "period", "id"])?;
+                // Without rng=, QEMU reads its built-in source: the host's urandom.
+                let source = match o.get("rng") {
+                    None => devices::virtio::rng::DEFAULT_SOURCE.to_string(),
+                    Some(id) => self.rng_objects.iter().find(|(i, _)| i == id).map(|(_, f)| f.clone()).ok_or_else(
+                        || format!("{option} {driver}: rng={id}: no -object rng-random or rng-builtin with id={id} before it"),
+                    )?,
+                };
+                let mut spec = format!("filename={}", source.replace(',', ",,"));
+                for k in ["max-bytes", "period"] {
+                    if let Some(x) = o.get(k) {
+                        spec.push_str(&format!(",{k}={x}"));
+                    }
+                }
+                crate::cli::parse_rng(&spec).map_err(|e| format!("{option} {v}: {e}"))?;
+                self.rngs.push(spec);
+                Ok(())
+            }
             "usb-tablet" | "usb-mouse" | "usb-kbd" => {
                 o.only(&format!("{option} {driver}"), &["driver", "id", "bus", "port"])?;
                 if let Some(b) = o.get("bus").filter(|b| !b.starts_with("usb-bus")) {
@@ -1295,6 +1346,9 @@ impl State {
         }
         if let Some(b) = &self.rtc_base {
             args.extend(["--rtc-base".into(), b.clone()]);
+        }
+        for r in &self.rngs {
+            args.extend(["--rng".into(), r.clone()]);
         }
         for set in &self.smbios {
             args.extend(["--smbios".into(), set.clone()]);
@@ -1889,6 +1943,14 @@ mod tests {
         refused("-smbios type=1,color=red -kernel k", "'color=' is not supported for type 1");
         refused("-smbios type=0,release=1.x -kernel k", "MAJOR.MINOR");
         refused("-smbios serial=x -kernel k", "type= is missing");
+        let a = run_args("-object rng-random,filename=/dev/random,id=r0 -device virtio-rng-pci,rng=r0,max-bytes=1024,period=500 -kernel k");
+        assert!(has(&a, "--rng", "filename=/dev/random,max-bytes=1024,period=500"), "{a:?}");
+        let a = run_args("-object rng-builtin,id=b -device virtio-rng-pci,rng=b -device virtio-rng -kernel k");
+        assert_eq!(a.iter().filter(|x| *x == "--rng").count(), 2, "{a:?}");
+        assert!(has(&a, "--rng", "filename=/dev/urandom"), "{a:?}");
+        refused("-device virtio-rng-pci,rng=nope -kernel k", "no -object rng-random");
+        refused("-object memory-backend-ram,id=m,size=1G -kernel k", "memory-backend-ram is not supported");
+        refused("-device virtio-rng-pci,max-bytes=x -kernel k", "max-bytes=x");
         refused("-rtc clock=vm", "clock=vm");
         refused("-append x", "-kernel");
         let a = run_args("-s -S -kernel k");

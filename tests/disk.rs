@@ -819,27 +819,8 @@ fn linux_reads_and_writes_a_floppy_image_from_fda() {
     let want = sha256(&img, image.len() as u64);
     let cmdline = format!("console=ttyS0 ferrovm.poweroff=1 ferrovm.cmd={}", base64(FLOPPY_SCRIPT.as_bytes()));
     let t = Instant::now();
-    let o = ferrovm(&[
-        "qemu",
-        "-accel",
-        "tcg",
-        "-m",
-        "256",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-        "-kernel",
-        dir.join("vmlinuz-generic").to_str().unwrap(),
-        "-initrd",
-        initrd.to_str().unwrap(),
-        "-append",
-        &cmdline,
-        "-fda",
-        img.to_str().unwrap(),
-    ]);
+    let args = images::generic_linux(&dir, &initrd, &cmdline, &["-fda", img.to_str().unwrap()]);
+    let o = ferrovm(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     let err = String::from_utf8_lossy(&o.stderr);
     eprintln!("floppy: {:.1} s", t.elapsed().as_secs_f64());

@@ -1,5 +1,6 @@
 //! The PC platform under guests the tests build themselves: a multiboot
-//! kernel, and a hostile guest that writes garbage to every port and MMIO page.
+//! kernel, and a hostile guest that writes garbage to every port and MMIO
+//! page; and Debian's kernel driving a virtio entropy device.
 
 use std::path::PathBuf;
 
@@ -14,6 +15,10 @@ use iced_x86::BlockEncoderOptions;
 use run::ferrovm;
 use run::kvm_usable;
 
+#[path = "guest/encode.rs"]
+mod encode;
+#[path = "guest/images.rs"]
+mod images;
 #[path = "guest/multiboot.rs"]
 mod multiboot;
 use multiboot::{multiboot_elf, print32, CODE_OFF, LOAD};
@@ -472,4 +477,52 @@ fn hostile_guest_cannot_crash_the_host() {
         .find_map(|l| l.strip_prefix("ferrovm: ")?.strip_suffix(" unclaimed port/MMIO accesses ignored")?.parse().ok())
         .expect("--stats reports ignored accesses");
     assert!(ignored > 100_000, "{ignored} accesses reported as ignored");
+}
+
+/// What the guest runs with a virtio-rng: load virtio-pci and the driver,
+/// then read the hardware RNG through the kernel's /dev/hwrng.
+const RNG_SCRIPT: &str = r#"
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio-rng; do
+    insmod /lib/modules/$m.ko || echo "T:insmod $m failed"
+done
+echo "T:ids $(cat /sys/bus/pci/devices/*/vendor /sys/bus/pci/devices/*/device | tr '\n' ' ')"
+echo "T:available $(cat /sys/devices/virtual/misc/hw_random/rng_available)"
+echo "T:current $(cat /sys/devices/virtual/misc/hw_random/rng_current)"
+echo "T:bytes $(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | od -An -tu1 -v | tr -s ' \n' ' ')"
+"#;
+
+/// Linux's virtio-rng driver finds QEMU's `-device virtio-rng-pci` (ID
+/// 1af4:1005) and reads what the host file of `-object rng-random` holds:
+/// here a file of the bytes 0, 1, .. 255 over and over, so each byte the
+/// guest reads is one more than the byte before it.
+#[test]
+fn linux_reads_the_host_file_through_virtio_rng() {
+    let Some(dir) = images::images(&["vmlinuz-generic", "initramfs.cpio.gz", "modules-generic/modules.order"]) else {
+        return;
+    };
+    let work = tmp("rng");
+    let _ = std::fs::create_dir_all(&work);
+    let initrd = work.join("initrd-rng.gz");
+    let modules =
+        ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio-rng"];
+    images::initrd_with_modules(&dir, &modules, &work.join("rng-mods"), &initrd);
+    let source = work.join("counting.bin");
+    std::fs::write(&source, (0..1u32 << 20).map(|i| i as u8).collect::<Vec<u8>>()).unwrap();
+    let cmdline = format!("console=ttyS0 ferrovm.poweroff=1 ferrovm.cmd={}", encode::base64(RNG_SCRIPT.as_bytes()));
+    let object = format!("rng-random,filename={},id=rng0", source.display());
+    let extra = ["-object", &object, "-device", "virtio-rng-pci,rng=rng0"];
+    let args = images::generic_linux(&dir, &initrd, &cmdline, &extra);
+    let o = ferrovm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    let field = |k: &str| out.lines().find_map(|l| l.trim_end().strip_prefix(&format!("T:{k} "))).unwrap_or("");
+    assert!(!out.contains("T:insmod"), "a module did not load:\n{out}");
+    assert!(field("ids").contains("0x1005"), "the transitional device ID: {:?}\n{out}", field("ids"));
+    assert!(field("available").contains("virtio_rng"), "hw_random lists the device:\n{out}");
+    assert!(field("current").starts_with("virtio_rng"), "and uses it:\n{out}");
+    let bytes: Vec<u8> = field("bytes").split_whitespace().filter_map(|b| b.parse().ok()).collect();
+    assert_eq!(bytes.len(), 64, "64 bytes read from /dev/hwrng:\n{out}");
+    assert!(bytes.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "the host file's bytes, in order: {bytes:?}");
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let _ = std::fs::remove_dir_all(&work);
 }

@@ -11,7 +11,7 @@
 //!   and MSI;
 //! - [`pci`]: the root complex, the i440FX host bridge, PIIX, MSI-X;
 //! - [`pflash`]: the CFI parallel flash OVMF keeps its variable store in;
-//! - [`virtio`]: the queue, the PCI transport, and the net and block devices;
+//! - [`virtio`]: the queue, the PCI transport, and the net, block and entropy devices;
 //! - [`nic`]: the e1000 and what NIC models share (offloads, receive merging);
 //! - [`block`]: disk images;
 //! - [`ide`]: the PIIX3 IDE controller with ATA disks and ATAPI CD-ROMs;

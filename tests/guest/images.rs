@@ -52,3 +52,20 @@ pub fn initrd_with_modules(images: &Path, modules: &[&str], work: &Path, out: &P
         out.display()
     ));
 }
+
+/// The `ferrovm qemu` arguments that boot Debian's generic kernel of
+/// `images` with `initrd` and the command line `cmdline` under the JIT:
+/// 256 MiB, no default devices, COM1 on stdio, no reboot; `extra` after.
+#[allow(dead_code, reason = "not every suite boots the generic kernel")]
+pub fn generic_linux(images: &Path, initrd: &Path, cmdline: &str, extra: &[&str]) -> Vec<String> {
+    let kernel = images.join("vmlinuz-generic");
+    let mut args: Vec<String> = ["qemu", "-accel", "tcg", "-m", "256", "-nodefaults", "-display", "none"]
+        .into_iter()
+        .chain(["-serial", "stdio", "-no-reboot", "-kernel"])
+        .map(str::to_string)
+        .collect();
+    args.push(kernel.display().to_string());
+    args.extend(["-initrd".to_string(), initrd.display().to_string(), "-append".to_string(), cmdline.to_string()]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}

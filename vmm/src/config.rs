@@ -164,6 +164,20 @@ pub struct MachineConfig {
     /// What the SMBIOS tables say beyond the machine's own description
     /// (QEMU's `-smbios` and `-uuid`); see [`crate::bios::smbios`].
     pub smbios: firmware::smbios::SmbiosConfig,
+    /// Virtio entropy devices (QEMU's `-device virtio-rng-pci`), in PCI
+    /// slots after the disks'.
+    pub rng: Vec<RngConfig>,
+}
+
+/// A virtio entropy device: where its bytes come from and how fast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RngConfig {
+    /// The host file it reads (QEMU's `rng-random,filename=`;
+    /// `/dev/urandom` for `rng-builtin` and by default).
+    pub source: PathBuf,
+    /// At most `.0` bytes per `.1` milliseconds (QEMU's `max-bytes=` and
+    /// `period=`); `None`: as fast as the guest asks.
+    pub limit: Option<(u64, u64)>,
 }
 
 #[cfg(test)]
@@ -204,6 +218,7 @@ impl MachineConfig {
             flash: Vec::new(),
             debugcon: None,
             smbios: Default::default(),
+            rng: Vec::new(),
         }
     }
 

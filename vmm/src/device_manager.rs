@@ -49,6 +49,7 @@ use devices::virtio::blk::{VirtioBlk, VirtioBlkPci, VirtioBlkState};
 use devices::virtio::net::{VirtioNet, VirtioNetPci, VirtioNetState};
 use devices::virtio::pci::Doorbell as BellSpec;
 use devices::virtio::pci::VirtioPciState;
+use devices::virtio::rng::{FileSource, RateLimit, VirtioRng, VirtioRngPci, VirtioRngState};
 use devices::virtio::VirtioPci;
 use mmu::GuestMemory;
 use parking_lot::Mutex;
@@ -326,6 +327,7 @@ enum NicHandle {
     E1000(Arc<Mutex<E1000>>),
     Virtio(Arc<Mutex<VirtioNetPci>>),
     Disk(Arc<Mutex<VirtioBlkPci>>),
+    Rng(Arc<Mutex<VirtioRngPci>>),
     Ide(Arc<Mutex<IdeController>>),
     Vga(Arc<Mutex<StdVga>>),
     Usb(Arc<Mutex<Uhci>>),
@@ -469,6 +471,7 @@ impl DeviceManager {
                     }
                     NicHandle::Vga(_) => return format!("display {addr} {what}"),
                     NicHandle::Usb(_) => return format!("usb {addr} {what}"),
+                    NicHandle::Rng(_) => return format!("entropy {addr} {what}"),
                     NicHandle::E1000(d) => (d.lock().stats(), 0),
                     NicHandle::Virtio(d) => {
                         let d = d.lock();
@@ -511,6 +514,8 @@ pub enum PciFunctionState {
     VirtioNet(VirtioPciState<VirtioNetState>),
     /// A virtio-blk function: its transport, queues and device.
     VirtioBlk(VirtioPciState<VirtioBlkState>),
+    /// A virtio entropy function: its transport and queue.
+    VirtioRng(VirtioPciState<VirtioRngState>),
     /// The PIIX3 IDE function: its channels, drives and bus master.
     Ide(Box<IdeState>),
     /// The standard VGA: its registers and VRAM.
@@ -520,11 +525,13 @@ pub enum PciFunctionState {
 }
 
 impl PciFunctionState {
-    fn kind(&self) -> &'static str {
+    /// The function's model, as saved states and their errors name it.
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Self::E1000(_) => "e1000",
             Self::VirtioNet(_) => "virtio-net",
             Self::VirtioBlk(_) => "virtio-blk",
+            Self::VirtioRng(_) => "virtio-rng",
             Self::Ide(_) => "IDE",
             Self::Vga(_) => "VGA",
             Self::Usb(_) => "USB",
@@ -562,6 +569,7 @@ impl NicHandle {
             Self::E1000(d) => of(&*d.lock()),
             Self::Virtio(d) => of(&*d.lock()),
             Self::Disk(d) => of(&*d.lock()),
+            Self::Rng(d) => of(&*d.lock()),
             Self::Ide(d) => of(&*d.lock()),
             Self::Vga(d) => of(&*d.lock()),
             Self::Usb(d) => of(&*d.lock()),
@@ -573,6 +581,7 @@ impl NicHandle {
             Self::E1000(_) => "e1000",
             Self::Virtio(_) => "virtio-net",
             Self::Disk(_) => "virtio-blk",
+            Self::Rng(_) => "virtio-rng",
             Self::Ide(_) => "IDE",
             Self::Vga(_) => "VGA",
             Self::Usb(_) => "USB",
@@ -584,6 +593,7 @@ impl NicHandle {
             Self::E1000(d) => PciFunctionState::E1000(d.lock().save()),
             Self::Virtio(d) => PciFunctionState::VirtioNet(d.lock().save()),
             Self::Disk(d) => PciFunctionState::VirtioBlk(d.lock().save()),
+            Self::Rng(d) => PciFunctionState::VirtioRng(d.lock().save()),
             Self::Ide(d) => PciFunctionState::Ide(Box::new(d.lock().save())),
             Self::Vga(d) => PciFunctionState::Vga(Box::new(d.lock().save())),
             Self::Usb(d) => PciFunctionState::Usb(Box::new(d.lock().save())),
@@ -596,6 +606,7 @@ impl NicHandle {
             (Self::E1000(d), PciFunctionState::E1000(s)) => d.lock().restore(s),
             (Self::Virtio(d), PciFunctionState::VirtioNet(s)) => d.lock().restore(s),
             (Self::Disk(d), PciFunctionState::VirtioBlk(s)) => d.lock().restore(s),
+            (Self::Rng(d), PciFunctionState::VirtioRng(s)) => d.lock().restore(s),
             (Self::Ide(d), PciFunctionState::Ide(s)) => d.lock().restore(s),
             (Self::Vga(d), PciFunctionState::Vga(s)) => d.lock().restore(s),
             (Self::Usb(d), PciFunctionState::Usb(s)) => d.lock().restore(s),
@@ -721,6 +732,8 @@ pub(crate) struct Extra {
     pub usb: Option<Vec<UsbDeviceKind>>,
     /// The machine's clock, which the USB controller's frames follow.
     pub clock: devices::clock::SharedClock,
+    /// Virtio entropy devices, after the disks.
+    pub rng: Vec<crate::config::RngConfig>,
 }
 
 pub(crate) fn install(
@@ -733,8 +746,15 @@ pub(crate) fn install(
     mmio: &mut Bus,
 ) -> Result<Option<DeviceManager>, Error> {
     let crate::storage::Placed { virtio: disks, ide, ide_kinds, floppy, floppy_labels } = placed;
-    let Extra { vga, usb, clock } = extra;
-    if specs.is_empty() && disks.is_empty() && ide.is_none() && floppy.is_none() && vga.is_none() && usb.is_none() {
+    let Extra { vga, usb, clock, rng } = extra;
+    if specs.is_empty()
+        && disks.is_empty()
+        && ide.is_none()
+        && floppy.is_none()
+        && vga.is_none()
+        && usb.is_none()
+        && rng.is_empty()
+    {
         return Ok(None);
     }
     let floppy = match floppy {
@@ -863,6 +883,31 @@ pub(crate) fn install(
         windows.plug(chipset, address, dev.clone(), VirtioBlkPci::bar_devices(&dev)).map_err(what)?;
         tracing::info!(target: "devices", "PCI {address}: virtio-blk, {label}");
         nics.push((address, format!("virtio-blk {label}"), NicHandle::Disk(dev)));
+    }
+    let first_rng_slot = specs.len() + nics.iter().filter(|(_, _, h)| matches!(h, NicHandle::Disk(_))).count();
+    for (i, r) in rng.iter().enumerate() {
+        let what = |e: String| Error::Config(format!("virtio-rng #{}: {e}", i + 1));
+        let slot =
+            u8::try_from(first_rng_slot + i).ok().and_then(|i| FIRST_NIC_SLOT.checked_add(i)).filter(|&s| s < 32);
+        let Some(address) = slot.and_then(|s| PciAddress::new(s, 0)) else {
+            return Err(what(format!("too many PCI functions: slots {FIRST_NIC_SLOT}-31 are all taken")));
+        };
+        let source = FileSource::open(&r.source).map_err(|e| what(e.to_string()))?;
+        let mut model = VirtioRng::new(Box::new(source), io.kick());
+        if let Some((max_bytes, period_ms)) = r.limit {
+            let limit = RateLimit { max_bytes, period: std::time::Duration::from_millis(period_ms) };
+            model = model.with_rate_limit(limit).map_err(|e| what(e.to_string()))?;
+        }
+        let irq = chipset.pci_intx_line(address.device, PciInterruptPin::IntA);
+        let msi: Arc<dyn MsiSink> = chipset.intc.clone();
+        let pci = VirtioPci::new(model, Arc::clone(mem), irq);
+        let vectors = pci.default_vectors();
+        let dev = Arc::new(Mutex::new(pci.with_msix(msi, vectors)));
+        polled.push((dev.clone(), None));
+        windows.plug(chipset, address, dev.clone(), VirtioRngPci::bar_devices(&dev)).map_err(what)?;
+        let label = format!("virtio-rng {}", r.source.display());
+        tracing::info!(target: "devices", "PCI {address}: {label}");
+        nics.push((address, label, NicHandle::Rng(dev)));
     }
     io.start(polled, bells).map_err(|e| Error::Config(format!("cannot start the I/O thread: {e}")))?;
     Ok(Some(DeviceManager { nics, floppy, doorbells: windows.doorbells, bar_queues: [windows.io, windows.mem], io }))

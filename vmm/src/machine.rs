@@ -297,7 +297,12 @@ impl Machine {
             ))),
             Vga::None => None,
         };
-        let extra = crate::device_manager::Extra { vga: vga.clone(), usb: config.usb.clone(), clock: clock.clone() };
+        let extra = crate::device_manager::Extra {
+            vga: vga.clone(),
+            usb: config.usb.clone(),
+            clock: clock.clone(),
+            rng: config.rng.clone(),
+        };
         let devices = crate::device_manager::install(nics, placed, extra, &chipset, &mem, &mut pio, &mut mmio)?;
         // The USB controller runs its frames from the machine's timers.
         for t in devices.iter().flat_map(crate::device_manager::DeviceManager::timer_sources) {

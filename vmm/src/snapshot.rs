@@ -64,7 +64,6 @@ use persist::{Persist, PersistError};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Firmware, MachineConfig, Vga};
-use crate::device_manager::PciFunctionState;
 use crate::machine::{Machine, MachineState, Stopped};
 
 /// The first bytes of every state file and stream.
@@ -235,22 +234,8 @@ pub fn decode(data: &[u8]) -> Result<SavedState, SnapshotError> {
 /// The shape of the machine `config` builds, whose state is `state`.
 fn shape_of(config: &MachineConfig, state: &MachineState) -> MachineShape {
     let t = config.topology;
-    let functions = state
-        .devices
-        .iter()
-        .flat_map(|d| &d.functions)
-        .map(|(addr, f)| {
-            let kind = match f {
-                PciFunctionState::E1000(_) => "e1000",
-                PciFunctionState::VirtioNet(_) => "virtio-net",
-                PciFunctionState::VirtioBlk(_) => "virtio-blk",
-                PciFunctionState::Ide(_) => "IDE",
-                PciFunctionState::Vga(_) => "VGA",
-                PciFunctionState::Usb(_) => "USB",
-            };
-            format!("{addr} {kind}")
-        })
-        .collect();
+    let functions =
+        state.devices.iter().flat_map(|d| &d.functions).map(|(addr, f)| format!("{addr} {}", f.kind())).collect();
     MachineShape {
         ram: config.mem,
         topology: (t.sockets, t.cores, t.threads),

@@ -1,6 +1,6 @@
 //! Virtio 1.x: the split virtqueue ([`queue`]) and the PCI transport
-//! ([`pci`]), shared by every virtio device model (virtio-net today,
-//! virtio-blk next).
+//! ([`pci`]), shared by every virtio device model: virtio-net ([`net`]),
+//! virtio-blk ([`blk`]) and the virtio-rng entropy device ([`rng`]).
 //!
 //! Reference: Virtual I/O Device (VIRTIO) Version 1.1 (OASIS, 2019):
 //! 2.1 device status, 2.2 feature bits, 2.6 split virtqueues, 4.1 virtio
@@ -24,6 +24,7 @@ pub mod blk;
 pub mod net;
 pub mod pci;
 pub mod queue;
+pub mod rng;
 
 pub use pci::VirtioPci;
 pub use queue::{Buffer, DescriptorChain, Queue, QueueError};
@@ -57,6 +58,8 @@ pub const ISR_CONFIG: u8 = 2;
 pub const VIRTIO_ID_NET: u16 = 1;
 /// Virtio device type of a block device.
 pub const VIRTIO_ID_BLOCK: u16 = 2;
+/// Virtio device type of an entropy source.
+pub const VIRTIO_ID_RNG: u16 = 4;
 
 /// What a device sees of its transport while it works.
 pub struct Context<'a> {

@@ -72,6 +72,24 @@ use crate::pci::{PciDevice, PciInterruptPin};
 pub const VIRTIO_PCI_VENDOR_ID: u16 = 0x1af4;
 /// Transitional device IDs start here (device type 1 is 1000h).
 pub const VIRTIO_PCI_TRANSITIONAL_BASE: u16 = 0x1000;
+
+/// The transitional PCI device ID of virtio device type `ty` (4.1.2.3):
+/// the legacy IDs do not follow the type numbers past the block device
+/// (the entropy device, type 4, is 1005h). `None` for a type with no
+/// transitional ID.
+pub fn transitional_device_id(ty: u16) -> Option<u16> {
+    let off = match ty {
+        1 => 0, // network
+        2 => 1, // block
+        5 => 2, // memory balloon
+        3 => 3, // console
+        8 => 4, // SCSI host
+        4 => 5, // entropy source
+        9 => 9, // 9P transport
+        _ => return None,
+    };
+    Some(VIRTIO_PCI_TRANSITIONAL_BASE + off)
+}
 /// Transitional devices have revision 0 (4.1.2.3).
 const REVISION: u8 = 0;
 
@@ -251,7 +269,8 @@ impl<D: VirtioDevice> VirtioPci<D> {
         let ty = device.device_type();
         let mut config = PciConfigSpace::new(
             VIRTIO_PCI_VENDOR_ID,
-            VIRTIO_PCI_TRANSITIONAL_BASE + ty.saturating_sub(1),
+            // A type without a legacy ID gets the modern one (1040h + type).
+            transitional_device_id(ty).unwrap_or(0x1040 + ty),
             class_code(ty),
             REVISION,
         );
