@@ -415,16 +415,19 @@ impl DeviceManager {
         })
     }
 
-    /// A machine reset: the functions that need one go back to their
-    /// power-on state (the IDE controller; the virtio functions and the
-    /// e1000 are reset by their drivers).
+    /// A machine reset: every function goes back to its power-on state
+    /// (the NICs and virtio functions stop their DMA: the firmware that
+    /// runs next owns the memory), keeping its PCI header.
     pub fn reset(&self) {
         for (_, _, h) in &self.nics {
             match h {
+                NicHandle::E1000(d) => d.lock().system_reset(),
+                NicHandle::Virtio(d) => d.lock().system_reset(),
+                NicHandle::Disk(d) => d.lock().system_reset(),
+                NicHandle::Rng(d) => d.lock().system_reset(),
                 NicHandle::Ide(d) => d.lock().reset(),
                 NicHandle::Vga(d) => d.lock().reset(),
                 NicHandle::Usb(d) => d.lock().reset(),
-                _ => {}
             }
         }
         if let Some(f) = &self.floppy {

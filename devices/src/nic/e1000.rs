@@ -559,6 +559,14 @@ impl E1000 {
         self.backend.wake_fd().and_then(|fd| fd.try_clone_to_owned().ok())
     }
 
+    /// A system reset (PCI RST#): the MAC's power-on state, receive and
+    /// transmit off, so that it stops using guest memory before the
+    /// firmware runs again. The PCI header is kept, as the chipset keeps
+    /// the rest of PCI configuration across a reset.
+    pub fn system_reset(&mut self) {
+        self.reset();
+    }
+
     /// The software reset (CTRL.RST) and power-on state of the MAC.
     fn reset(&mut self) {
         self.regs.fill(0);

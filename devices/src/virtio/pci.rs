@@ -491,6 +491,14 @@ impl<D: VirtioDevice> VirtioPci<D> {
         self.with_ctx(|d, ctx| d.notify(queue, ctx));
     }
 
+    /// A system reset (PCI RST#): the device as a driver's reset leaves it
+    /// (status 0, queues off, no interrupt pending), so that it stops using
+    /// guest memory before the firmware runs again. The PCI header is kept,
+    /// as the chipset keeps the rest of PCI configuration across a reset.
+    pub fn system_reset(&mut self) {
+        self.reset();
+    }
+
     fn reset(&mut self) {
         self.device.reset();
         for q in &mut self.queues {

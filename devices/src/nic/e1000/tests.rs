@@ -128,6 +128,22 @@ fn context(ipcss: u8, ipcso: u8, ipcse: u16, tucss: u8, tucso: u8, cmd: u32, hdr
     d
 }
 
+/// A system reset turns receive and transmit off and clears the
+/// descriptor rings' registers, as at power-on; the PCI header stays.
+#[test]
+fn a_system_reset_stops_receive_and_transmit() {
+    let mut r = rig();
+    r.w(RCTL, RCTL_EN);
+    r.w(TCTL, TCTL_EN);
+    r.w(RDBAL, 0x10000);
+    r.w(IMS, 0xff);
+    let command = r.dev.config().command();
+    r.dev.system_reset();
+    assert_eq!((r.r(RCTL), r.r(TCTL), r.r(RDBAL), r.r(IMS)), (0, 0, 0, 0));
+    assert_eq!(r.r(RA + 4), 0x5634 | RAH_AV, "the MAC address from the EEPROM again");
+    assert_eq!(r.dev.config().command(), command);
+}
+
 #[test]
 fn pci_identity_and_reset_state() {
     let mut r = rig();

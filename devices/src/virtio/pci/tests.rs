@@ -283,6 +283,27 @@ fn echo(r: &mut Rig, rings: &mut [DriverRing]) {
     assert_eq!(rings[0].take_used(&mem).len(), 1);
 }
 
+/// A system reset stops the device the way a driver's reset does: no
+/// queue is served until a driver brings it up again; the PCI header stays.
+#[test]
+fn a_system_reset_stops_the_device_and_keeps_the_header() {
+    let mut r = rig();
+    let mut rings = bring_up(&mut r, |_| {});
+    echo(&mut r, &mut rings);
+    r.dev.system_reset();
+    assert_eq!(r.dev.status(), 0);
+    w(&mut r, CC_QUEUE_SELECT, 1, 2);
+    assert_eq!(rd(&mut r, CC_QUEUE_ENABLE, 2), 0, "the queues are off");
+    assert_eq!(rd(&mut r, CC_QUEUE_DESC, 8), 0);
+    let mem = r.mem.clone();
+    rings[0].add_chain(&mem, &[(0x30000, 64, true)]);
+    rings[1].add_chain(&mem, &[(0x31000, 4, false)]);
+    w(&mut r, NOTIFY_OFFSET + 4, 1, 2);
+    assert!(rings[0].take_used(&mem).is_empty(), "nothing is served after the reset");
+    assert!(!r.irq.level());
+    assert_eq!(r.dev.config().command() & 0x06, 0x06, "the PCI command register is kept");
+}
+
 #[test]
 fn doorbells_are_the_notify_writes() {
     let mut r = rig();
