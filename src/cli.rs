@@ -312,6 +312,10 @@ pub struct RunArgs {
     /// period= milliseconds (default 1000) how fast. May be repeated.
     #[arg(long, value_name = "[filename=]PATH[,max-bytes=N][,period=MS]", value_parser = parse_rng)]
     pub rng: Vec<vmm::RngConfig>,
+    /// A PC without its HPET (QEMU's -no-hpet): neither the device nor its
+    /// ACPI table.
+    #[arg(long)]
+    pub no_hpet: bool,
     /// The machine's UUID (QEMU's -uuid): SMBIOS type 1 and fw_cfg.
     #[arg(long, value_name = "UUID", value_parser = firmware::smbios::parse_uuid)]
     pub uuid: Option<[u8; 16]>,

@@ -262,6 +262,7 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         debugcon: args.debugcon.clone(),
         smbios: crate::cli::parse_smbios(&args.smbios, args.uuid).map_err(Error::Config)?,
         rng: args.rng.clone(),
+        hpet: !args.no_hpet,
     };
     let storage = vmm::Storage {
         drives: disks,

@@ -267,6 +267,8 @@ struct State {
     smbios: Vec<String>,
     /// `-uuid`.
     uuid: Option<String>,
+    /// `-no-hpet`, `-machine hpet=off`.
+    no_hpet: bool,
     /// `-object rng-random|rng-builtin`: id and the file it reads.
     rng_objects: Vec<(String, String)>,
     /// `-device virtio-rng-pci`: `--rng`'s values.
@@ -488,6 +490,7 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
                 st.smbios.push(v.to_string());
             }
             "object" => st.object(&option, v)?,
+            "no-hpet" => st.no_hpet = true,
             "uuid" => {
                 firmware::smbios::parse_uuid(v).map_err(|e| format!("{option}: {e}"))?;
                 st.uuid = Some(v.to_string());
@@ -690,7 +693,10 @@ impl State {
 
     fn machine(&mut self, option: &str, v: &str) -> Result<(), String> {
         let o = parse_opts(v, Some("type"))?;
-        o.only(option, &["type", "accel", "usb", "vmport", "graphics", "dump-guest-core", "mem-merge"])?;
+        o.only(option, &["type", "accel", "usb", "vmport", "graphics", "dump-guest-core", "mem-merge", "hpet"])?;
+        if let Some(h) = o.get("hpet") {
+            self.no_hpet = !on_off(option, "hpet", h)?;
+        }
         if let Some(t) = o.get("type") {
             let q35 = t == "q35" || t.starts_with("pc-q35-");
             let pc = t == "pc" || t.starts_with("pc-i440fx-");
@@ -1347,6 +1353,9 @@ impl State {
         if let Some(b) = &self.rtc_base {
             args.extend(["--rtc-base".into(), b.clone()]);
         }
+        if self.no_hpet {
+            args.push("--no-hpet".into());
+        }
         for r in &self.rngs {
             args.extend(["--rng".into(), r.clone()]);
         }
@@ -1951,6 +1960,10 @@ mod tests {
         refused("-device virtio-rng-pci,rng=nope -kernel k", "no -object rng-random");
         refused("-object memory-backend-ram,id=m,size=1G -kernel k", "memory-backend-ram is not supported");
         refused("-device virtio-rng-pci,max-bytes=x -kernel k", "max-bytes=x");
+        assert!(run_args("-no-hpet -kernel k").contains(&"--no-hpet".to_string()));
+        assert!(run_args("-machine pc,hpet=off -kernel k").contains(&"--no-hpet".to_string()));
+        assert!(!run_args("-machine pc,hpet=on -kernel k").contains(&"--no-hpet".to_string()));
+        refused("-machine hpet=maybe -kernel k", "hpet");
         refused("-rtc clock=vm", "clock=vm");
         refused("-append x", "-kernel");
         let a = run_args("-s -S -kernel k");

@@ -489,14 +489,18 @@ echo "T:ids $(cat /sys/bus/pci/devices/*/vendor /sys/bus/pci/devices/*/device | 
 echo "T:available $(cat /sys/devices/virtual/misc/hw_random/rng_available)"
 echo "T:current $(cat /sys/devices/virtual/misc/hw_random/rng_current)"
 echo "T:bytes $(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | od -An -tu1 -v | tr -s ' \n' ' ')"
+echo "T:clocksources $(cat /sys/devices/system/clocksource/clocksource0/available_clocksource)"
+[ -e /sys/firmware/acpi/tables/HPET ] && echo "T:hpet-table"
+[ -e /sys/firmware/acpi/tables/APIC ] && echo "T:madt"
 "#;
 
 /// Linux's virtio-rng driver finds QEMU's `-device virtio-rng-pci` (ID
 /// 1af4:1005) and reads what the host file of `-object rng-random` holds:
 /// here a file of the bytes 0, 1, .. 255 over and over, so each byte the
-/// guest reads is one more than the byte before it.
+/// guest reads is one more than the byte before it. The machine has
+/// `-no-hpet`: Linux finds neither the HPET's ACPI table nor the device.
 #[test]
-fn linux_reads_the_host_file_through_virtio_rng() {
+fn linux_reads_the_host_file_through_virtio_rng_without_an_hpet() {
     let Some(dir) = images::images(&["vmlinuz-generic", "initramfs.cpio.gz", "modules-generic/modules.order"]) else {
         return;
     };
@@ -510,7 +514,7 @@ fn linux_reads_the_host_file_through_virtio_rng() {
     std::fs::write(&source, (0..1u32 << 20).map(|i| i as u8).collect::<Vec<u8>>()).unwrap();
     let cmdline = format!("console=ttyS0 ferrovm.poweroff=1 ferrovm.cmd={}", encode::base64(RNG_SCRIPT.as_bytes()));
     let object = format!("rng-random,filename={},id=rng0", source.display());
-    let extra = ["-object", &object, "-device", "virtio-rng-pci,rng=rng0"];
+    let extra = ["-object", &object, "-device", "virtio-rng-pci,rng=rng0", "-no-hpet"];
     let args = images::generic_linux(&dir, &initrd, &cmdline, &extra);
     let o = ferrovm(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let out = String::from_utf8_lossy(&o.stdout);
@@ -523,6 +527,9 @@ fn linux_reads_the_host_file_through_virtio_rng() {
     let bytes: Vec<u8> = field("bytes").split_whitespace().filter_map(|b| b.parse().ok()).collect();
     assert_eq!(bytes.len(), 64, "64 bytes read from /dev/hwrng:\n{out}");
     assert!(bytes.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "the host file's bytes, in order: {bytes:?}");
+    let sources = field("clocksources");
+    assert!(sources.contains("tsc") && !sources.contains("hpet"), "no HPET clocksource: {sources:?}\n{out}");
+    assert!(out.contains("T:madt") && !out.contains("T:hpet-table"), "the ACPI tables without HPET:\n{out}");
     assert_eq!(o.status.code(), Some(0), "{err}");
     let _ = std::fs::remove_dir_all(&work);
 }

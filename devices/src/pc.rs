@@ -48,7 +48,7 @@ use crate::legacy::pit::{Pit, PitState, PIT_IRQ};
 use crate::legacy::port92::{A20Gate, Port92, Port92State, PORT92, PORT92_LEN};
 use crate::legacy::post_code::{PostCode, PostCodeState, POST_CODE_PORT, POST_CODE_PORT_LEN};
 use crate::legacy::rtc::{RamSize, Rtc, RtcState, RTC_IRQ, RTC_PORT, RTC_PORT_LEN};
-use crate::mapping::BusMapping;
+use crate::mapping::{AddressSpace, BusMapping};
 use crate::pci::config::PCI_INTERRUPT_LINE;
 use crate::pci::i440fx::I440fxState;
 use crate::pci::piix::{PciIntxRouterState, PiixState, PIIX_ISA_ADDRESS};
@@ -318,6 +318,13 @@ impl PcChipset {
             mappings,
             initial,
         }
+    }
+
+    /// A PC without an HPET (QEMU's `-no-hpet`): its registers are not
+    /// mapped, so it is never enabled and never interrupts. Call it before
+    /// [`PcChipset::install`].
+    pub fn unmap_hpet(&mut self) {
+        self.mappings.retain(|m| !(m.space == AddressSpace::Mmio && m.base == HPET_BASE));
     }
 
     /// Every range the chipset answers on.

@@ -230,13 +230,13 @@ pub fn fw_cfg(
     mem: &Arc<GuestMemory>,
     boot: &[String],
     menu: BootMenu,
-    apic_ids: &[u8],
+    acpi: &firmware::acpi::AcpiConfig,
     vga_rom: Option<Vec<u8>>,
     pm: Arc<devices::pci::piix4_pm::PmDecode>,
     smbios: &Smbios,
 ) -> Result<FwCfg, Error> {
     let fw = |e: devices::legacy::fw_cfg::FwCfgError| Error::Config(format!("fw_cfg: {e}"));
-    let cpus = u16::try_from(apic_ids.len()).map_err(|_| Error::Config(format!("{} CPUs", apic_ids.len())))?;
+    let cpus = u16::try_from(acpi.cpus()).map_err(|_| Error::Config(format!("{} CPUs", acpi.cpus())))?;
     let mut d = FwCfg::new(mem.clone(), mem.ram_size(), cpus);
     // The CPUs the BIOS waits for after its INIT-SIPI-SIPI.
     d.add_file("etc/boot-cpus", cpus.to_le_bytes().to_vec()).map_err(fw)?;
@@ -258,16 +258,16 @@ pub fn fw_cfg(
     d.add_file(firmware::smbios::SMBIOS_TABLES_FILE, smbios.blobs.tables.clone()).map_err(fw)?;
     d.add_file(firmware::smbios::SMBIOS_ANCHOR_FILE, smbios.blobs.anchor.clone()).map_err(fw)?;
     d.set_item(FW_CFG_UUID, smbios.uuid.unwrap_or_default().to_vec());
-    let acpi = firmware::acpi::build_acpi_tables(&firmware::acpi::AcpiConfig::with_apic_ids(apic_ids.to_vec()))?;
-    d.add_file(firmware::acpi::ACPI_TABLES_FILE, acpi.tables.clone()).map_err(fw)?;
-    d.add_file(firmware::acpi::ACPI_RSDP_FILE, acpi.rsdp.clone()).map_err(fw)?;
-    d.add_file(firmware::acpi::TABLE_LOADER_FILE, acpi.table_loader()).map_err(fw)?;
-    let ids = apic_ids.to_vec();
+    let built = firmware::acpi::build_acpi_tables(acpi)?;
+    d.add_file(firmware::acpi::ACPI_TABLES_FILE, built.tables.clone()).map_err(fw)?;
+    d.add_file(firmware::acpi::ACPI_RSDP_FILE, built.rsdp.clone()).map_err(fw)?;
+    d.add_file(firmware::acpi::TABLE_LOADER_FILE, built.table_loader()).map_err(fw)?;
+    let acpi = acpi.clone();
     d.set_refresh(Box::new(move |name| {
         if name != firmware::acpi::ACPI_TABLES_FILE {
             return None;
         }
-        let cfg = firmware::acpi::AcpiConfig::with_apic_ids(ids.clone()).with_pm_block(pm.base()?);
+        let cfg = acpi.clone().with_pm_block(pm.base()?);
         match firmware::acpi::build_acpi_tables(&cfg) {
             Ok(t) => Some(t.tables),
             Err(e) => {
@@ -282,6 +282,10 @@ pub fn fw_cfg(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn acpi_for(ids: &[u8]) -> firmware::acpi::AcpiConfig {
+        firmware::acpi::AcpiConfig::with_apic_ids(ids.to_vec())
+    }
 
     #[test]
     fn bad_images_are_named() {
@@ -343,7 +347,7 @@ mod tests {
             ..cfg
         })
         .unwrap();
-        let d = fw_cfg(&mem, &boot, BootMenu::default(), &[0, 1], None, pm.decode(), &smbios).unwrap();
+        let d = fw_cfg(&mem, &boot, BootMenu::default(), &acpi_for(&[0, 1]), None, pm.decode(), &smbios).unwrap();
         let names = d.file_names();
         for f in [
             "etc/e820",
@@ -388,7 +392,7 @@ mod tests {
         assert_eq!(d.file("etc/table-loader").unwrap().len() % 128, 0);
         assert!(d.file("etc/boot-menu-wait").is_none());
         let menu = BootMenu { show: true, wait_ms: Some(700) };
-        let d = fw_cfg(&mem, &boot, menu, &[0], None, pm.decode(), &smbios).unwrap();
+        let d = fw_cfg(&mem, &boot, menu, &acpi_for(&[0]), None, pm.decode(), &smbios).unwrap();
         assert_eq!(d.file("etc/boot-menu-wait").unwrap(), 700u16.to_le_bytes());
     }
 
@@ -400,7 +404,7 @@ mod tests {
         let mem = Arc::new(GuestMemory::new(64 << 20).unwrap());
         let mut pm = devices::pci::piix4_pm::Piix4Pm::new();
         let smbios = smbios(&crate::config::MachineConfig::for_test(Default::default())).unwrap();
-        let mut d = fw_cfg(&mem, &[], BootMenu::default(), &[0], None, pm.decode(), &smbios).unwrap();
+        let mut d = fw_cfg(&mem, &[], BootMenu::default(), &acpi_for(&[0]), None, pm.decode(), &smbios).unwrap();
         let at = d.file_names().iter().position(|n| n == firmware::acpi::ACPI_TABLES_FILE).unwrap();
         let key = devices::legacy::fw_cfg::FW_CFG_FILE_FIRST + at as u16;
         let built = |base: u16| {

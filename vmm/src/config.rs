@@ -167,6 +167,9 @@ pub struct MachineConfig {
     /// Virtio entropy devices (QEMU's `-device virtio-rng-pci`), in PCI
     /// slots after the disks'.
     pub rng: Vec<RngConfig>,
+    /// Whether the PC has its HPET (QEMU's `-no-hpet` takes it away, from
+    /// the MMIO space and from the ACPI tables).
+    pub hpet: bool,
 }
 
 /// A virtio entropy device: where its bytes come from and how fast.
@@ -219,6 +222,7 @@ impl MachineConfig {
             debugcon: None,
             smbios: Default::default(),
             rng: Vec::new(),
+            hpet: true,
         }
     }
 

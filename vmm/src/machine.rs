@@ -200,13 +200,18 @@ impl Machine {
         let apic_ids = config.apic_ids();
         // The tables' IDs are bytes: a topology's IDs stay below 0xff.
         let table_ids: Vec<u8> = apic_ids.iter().map(|&id| u8::try_from(id).unwrap_or(u8::MAX)).collect();
+        // The ACPI tables' machine: its CPUs, and the HPET unless -no-hpet.
+        let mut acpi = firmware::acpi::AcpiConfig::with_apic_ids(table_ids.clone());
+        if !config.hpet {
+            acpi.hpet = None;
+        }
         let smbios = crate::bios::smbios(&config)?;
         let (boot_state, boot_note, kernel_code) = match &mut config.firmware {
             Firmware::Kernel(k) if !k.load => {
                 (CpuState::reset(), Some("kernel not loaded: RAM and CPUs come from saved state".into()), Vec::new())
             }
             Firmware::Kernel(k) => {
-                let loaded = load_kernel(&mem, k, &table_ids, &smbios.blobs)?;
+                let loaded = load_kernel(&mem, k, &acpi, &smbios.blobs)?;
                 // Loaded once: a reset restarts from the reset vector, so the
                 // image's bytes (14 MiB for a distribution kernel) go.
                 k.kernel = Vec::new();
@@ -236,6 +241,9 @@ impl Machine {
         }
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
+        if !config.hpet {
+            chipset.unmap_hpet();
+        }
         chipset.install(&mut pio, &mut mmio)?;
         let serial = Arc::new(Mutex::new(Serial::new(chipset.irq_line(devices::legacy::serial::COM1_IRQ), out)));
         let shared: SharedDevice = serial.clone();
@@ -281,8 +289,7 @@ impl Machine {
             };
             let menu = crate::bios::BootMenu { show: storage.boot_menu, wait_ms: storage.boot_menu_wait_ms };
             let pm = chipset.pm_decode.clone();
-            let device =
-                Arc::new(Mutex::new(crate::bios::fw_cfg(&mem, &boot, menu, &table_ids, vga_rom, pm, &smbios)?));
+            let device = Arc::new(Mutex::new(crate::bios::fw_cfg(&mem, &boot, menu, &acpi, vga_rom, pm, &smbios)?));
             let shared: SharedDevice = device.clone();
             pio.insert(
                 shared,
@@ -1450,12 +1457,11 @@ type Loaded = (CpuState, Option<String>, Vec<(u64, u64)>);
 fn load_kernel(
     mem: &GuestMemory,
     k: &KernelImage,
-    apic_ids: &[u8],
+    acpi: &firmware::acpi::AcpiConfig,
     smbios: &firmware::smbios::SmbiosBlobs,
 ) -> Result<Loaded, Error> {
-    let acpi = firmware::acpi::AcpiConfig::with_apic_ids(apic_ids.to_vec());
-    let acpi = firmware::acpi::write_acpi_tables(mem, ACPI_TABLES, &acpi)?;
-    let mp = firmware::mptable::MpConfig::with_apic_ids(apic_ids.to_vec());
+    let mp = firmware::mptable::MpConfig::with_apic_ids(acpi.apic_ids.clone());
+    let acpi = firmware::acpi::write_acpi_tables(mem, ACPI_TABLES, acpi)?;
     let mp = firmware::mptable::write_mptable(mem, MP_TABLE, &mp)?;
     // The SMBIOS entry point after the MP table, in the area the OS scans.
     let smbios = firmware::smbios::write_smbios(mem, mp.end.next_multiple_of(16), smbios)
