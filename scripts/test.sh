@@ -38,6 +38,8 @@ command -v tesseract >/dev/null || need_pkgs+=(tesseract-ocr)
 command -v chromium >/dev/null || need_lean+=(chromium)
 # The gdb stub's test drives Debian's gdb.
 command -v gdb >/dev/null || need_pkgs+=(gdb)
+# QEMU's linuxboot option ROM, with which SeaBIOS boots a --kernel.
+[ -s /usr/share/qemu/linuxboot_dma.bin ] || need_pkgs+=(qemu-system-data)
 # UEFI: OVMF, and GRUB's x86_64-efi loader for the disk the test builds.
 [ -s /usr/share/ovmf/OVMF.fd ] || need_pkgs+=(ovmf)
 [ -s /usr/lib/grub/x86_64-efi/linux.mod ] || need_pkgs+=(grub-efi-amd64-bin)

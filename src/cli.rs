@@ -103,12 +103,15 @@ pub enum KernelBoot {
     Auto,
     Fast,
     Classic,
+    /// SeaBIOS boots it, as QEMU's -kernel does: the kernel, initrd and
+    /// command line go over fw_cfg to the linuxboot option ROM.
+    Bios,
 }
 
 impl KernelBoot {
     pub fn path(self) -> firmware::linux::BootPath {
         match self {
-            KernelBoot::Auto => firmware::linux::BootPath::Auto,
+            KernelBoot::Auto | KernelBoot::Bios => firmware::linux::BootPath::Auto,
             KernelBoot::Fast => firmware::linux::BootPath::Fast,
             KernelBoot::Classic => firmware::linux::BootPath::Classic,
         }
@@ -158,7 +161,10 @@ pub struct RunArgs {
     /// the kernel proper (64-bit kernels with a gzip, xz, lz4, zstd or
     /// uncompressed payload); `classic` runs the kernel's own decompressor,
     /// entering a 32-bit kernel through the 32-bit boot protocol; `auto`
-    /// takes the fast path where it can and the classic one otherwise.
+    /// takes the fast path where it can and the classic one otherwise;
+    /// `bios` has SeaBIOS (or --bios) boot it through QEMU's linuxboot
+    /// option ROM, as QEMU's -kernel does, so that the kernel finds the
+    /// BIOS's state. With --bios, a --kernel always boots that way.
     #[arg(long, value_enum, default_value_t = KernelBoot::Auto)]
     pub kernel_boot: KernelBoot,
     /// A BIOS image (SeaBIOS), mapped to end at 4 GiB and run from the reset

@@ -204,8 +204,32 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
     if flash_code.is_some() && args.kernel.is_some() {
         return Err(Error::Config("--pflash holds firmware: give it or --kernel, not both".into()));
     }
+    // A kernel the BIOS boots (--kernel-boot bios, or --kernel with --bios).
+    let via_bios = args.kernel.is_some() && (args.bios.is_some() || args.kernel_boot == cli::KernelBoot::Bios);
+    let mut bios_kernel = None;
     let firmware = match (flash_code, &args.bios, &args.kernel) {
         (Some(code), _, _) => Firmware::Bios(code),
+        (None, bios, Some(k)) if via_bios => {
+            let image = match bios {
+                Some(p) => {
+                    let image = read_file(p)?;
+                    bios::check_image(&image, Some(p))?;
+                    image
+                }
+                None => bios::default_bios()?,
+            };
+            if from_saved_state {
+                check_readable(k)?;
+                args.initrd.as_deref().map(check_readable).transpose()?;
+            } else {
+                bios_kernel = Some(vmm::BiosKernel {
+                    kernel: read_file(k)?,
+                    initrd: args.initrd.as_deref().map(read_file).transpose()?,
+                    cmdline: args.append.clone().unwrap_or_default(),
+                });
+            }
+            Firmware::Bios(image)
+        }
         (None, Some(p), _) => {
             let image = read_file(p)?;
             bios::check_image(&image, Some(p))?;
@@ -263,6 +287,7 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         smbios: crate::cli::parse_smbios(&args.smbios, args.uuid).map_err(Error::Config)?,
         rng: args.rng.clone(),
         hpet: !args.no_hpet,
+        bios_kernel,
     };
     let storage = vmm::Storage {
         drives: disks,

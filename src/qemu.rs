@@ -1397,11 +1397,6 @@ impl State {
         if let Some(name) = &self.loadvm {
             args.extend(["--loadvm".into(), name.clone()]);
         }
-        if self.kernel.is_some() {
-            if let Some(b) = self.bios.take() {
-                self.note(format!("-bios {b}: ferrovm boots -kernel directly, without the BIOS"));
-            }
-        }
         if self.kernel.is_none() && (self.initrd.is_some() || self.append.is_some()) {
             return Err("-initrd and -append need -kernel".into());
         }
@@ -1418,8 +1413,11 @@ impl State {
                 self.note(format!("-bios {b}: the firmware is the first -drive if=pflash, as QEMU takes it"));
             }
             args.extend(self.pflash_args()?);
-        } else if self.kernel.is_none() {
+        } else if self.kernel.is_none() || self.bios.is_some() {
             // QEMU runs its BIOS (SeaBIOS) whether or not there is a disk.
+            // With -kernel, a BIOS named with -bios boots the kernel through
+            // the linuxboot option ROM, as QEMU's does; without -bios the
+            // kernel boots directly, which is faster.
             let bios = self.find_firmware(self.bios.as_deref().unwrap_or(DEFAULT_BIOS));
             args.extend(["--bios".into(), bios]);
         }
@@ -1918,8 +1916,13 @@ mod tests {
 
     #[test]
     fn firmware_and_misc() {
+        // -bios with -kernel: the BIOS boots the kernel.
         let t = tr("-bios /no/such.bin -kernel k -nodefaults").unwrap();
-        assert!(!t.args.contains(&"--bios".to_string()) && !t.notes.is_empty());
+        assert!(has(&t.args, "--bios", "/no/such.bin") && has(&t.args, "--kernel", "k"), "{:?}", t.args);
+        assert!(
+            !tr("-kernel k -nodefaults").unwrap().args.contains(&"--bios".to_string()),
+            "-kernel alone boots directly"
+        );
         let dir = std::env::temp_dir().join(format!("ferrovm-qemu-L-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("mine.bin"), b"x").unwrap();

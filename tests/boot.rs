@@ -260,6 +260,28 @@ fn cloud_kernel_boots_to_init_under_jit() {
     assert_xstate(&b);
 }
 
+/// `--kernel-boot bios`: SeaBIOS boots the kernel through QEMU's linuxboot
+/// option ROM, as QEMU's -kernel does. The kernel enters at its real-mode
+/// setup code, which calls the BIOS (its EDD probe says so), and then
+/// passes the same checks as a direct boot.
+#[test]
+fn cloud_kernel_boots_through_seabios_under_jit() {
+    let Some(dir) = images() else { return };
+    for need in ["/usr/share/qemu/linuxboot_dma.bin", "/usr/share/seabios/bios-256k.bin"] {
+        if !Path::new(need).is_file() {
+            eprintln!("skipping: {need} is missing (Debian packages qemu-system-data and seabios)");
+            return;
+        }
+    }
+    let k = dir.join("vmlinuz-cloud");
+    let b = boot("jit", &k, &dir.join("initramfs.cpio.gz"), &["--kernel-boot", "bios"]);
+    let out = &b.stdout;
+    assert!(out.contains("SeaBIOS (version"), "SeaBIOS ran:\n{out}");
+    assert!(out.contains("Booting from ROM"), "SeaBIOS booted the linuxboot ROM:\n{out}");
+    assert!(out.contains("Probing EDD"), "the kernel's real-mode setup code ran on the BIOS:\n{out}");
+    check(&b, &k);
+}
+
 #[test]
 fn generic_kernel_boots_to_init_under_jit() {
     let Some(dir) = images() else { return };

@@ -11,6 +11,7 @@ pub mod decompress;
 pub mod e820;
 pub mod elf;
 pub mod linux;
+pub mod linuxboot;
 pub mod mptable;
 pub mod multiboot;
 pub mod smbios;

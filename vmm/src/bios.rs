@@ -85,6 +85,42 @@ pub fn vga_bios() -> Result<Vec<u8>, Error> {
     }
 }
 
+/// QEMU's option ROM that boots a kernel handed over fw_cfg (Debian's
+/// qemu-system-data package).
+pub const LINUXBOOT_ROM_PATH: &str = "/usr/share/qemu/linuxboot_dma.bin";
+/// Its fw_cfg name: SeaBIOS runs the option ROMs under `genroms/`.
+pub const LINUXBOOT_ROM_FILE: &str = "genroms/linuxboot_dma.bin";
+
+/// The linuxboot option ROM, or an error that says how to get it.
+pub fn linuxboot_rom() -> Result<Vec<u8>, Error> {
+    match std::fs::read(LINUXBOOT_ROM_PATH) {
+        Ok(b) if b.len() >= 512 && b[0] == 0x55 && b[1] == 0xaa => Ok(b),
+        Ok(b) => Err(Error::Config(format!(
+            "{LINUXBOOT_ROM_PATH} ({} bytes) is not an option ROM (no 55 AA signature); reinstall Debian's \
+             `qemu-system-data` package",
+            b.len()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Config(format!(
+            "booting a kernel through the BIOS needs QEMU's linuxboot ROM, and {LINUXBOOT_ROM_PATH} is missing: \
+             install Debian's `qemu-system-data` package, or boot the kernel directly (--kernel-boot auto)"
+        ))),
+        Err(source) => Err(Error::Read { path: LINUXBOOT_ROM_PATH.into(), source }),
+    }
+}
+
+/// Hands `kernel` to the firmware as QEMU's `-kernel` does: its parts in
+/// fw_cfg's kernel, initrd, command line and setup items, and the
+/// linuxboot option ROM that loads and enters it.
+pub fn add_linux_boot(d: &mut FwCfg, kernel: &crate::config::BiosKernel, ram_below_4g: u64) -> Result<(), Error> {
+    let laid = firmware::linuxboot::bios_boot(&kernel.kernel, kernel.initrd.as_deref(), &kernel.cmdline, ram_below_4g)
+        .map_err(|e| Error::Config(format!("--kernel through the BIOS: {e}")))?;
+    for (key, data) in laid.fw_cfg_items() {
+        d.set_item(key, data);
+    }
+    d.add_file(LINUXBOOT_ROM_FILE, linuxboot_rom()?).map_err(|e| Error::Config(format!("fw_cfg: {e}")))?;
+    Ok(())
+}
+
 /// Whether `image` can be a BIOS: a whole number of 64 KiB blocks, at most
 /// 16 MiB, with code at the reset vector (its last 16 bytes).
 pub fn check_image(image: &[u8], path: Option<&Path>) -> Result<(), Error> {

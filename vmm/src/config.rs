@@ -170,6 +170,18 @@ pub struct MachineConfig {
     /// Whether the PC has its HPET (QEMU's `-no-hpet` takes it away, from
     /// the MMIO space and from the ACPI tables).
     pub hpet: bool,
+    /// A kernel for the BIOS to boot (with [`Firmware::Bios`] only): the
+    /// linuxboot option ROM comes first in the boot order.
+    pub bios_kernel: Option<BiosKernel>,
+}
+
+/// A kernel the BIOS boots (QEMU's `-kernel` with its firmware): the
+/// bzImage, its initrd and command line, handed over fw_cfg.
+#[derive(Debug, Clone, Default)]
+pub struct BiosKernel {
+    pub kernel: Vec<u8>,
+    pub initrd: Option<Vec<u8>>,
+    pub cmdline: String,
 }
 
 /// A virtio entropy device: where its bytes come from and how fast.
@@ -223,6 +235,7 @@ impl MachineConfig {
             smbios: Default::default(),
             rng: Vec::new(),
             hpet: true,
+            bios_kernel: None,
         }
     }
 

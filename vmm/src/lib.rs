@@ -38,8 +38,8 @@ pub mod storage;
 pub mod vcpu;
 
 pub use config::{
-    parse_smp, EngineKind, Firmware, FlashDrive, KernelImage, KvmPit, MachineConfig, RngConfig, SerialOut, SplitMode,
-    VcpuThreads, Vga,
+    parse_smp, BiosKernel, EngineKind, Firmware, FlashDrive, KernelImage, KvmPit, MachineConfig, RngConfig, SerialOut,
+    SplitMode, VcpuThreads, Vga,
 };
 pub use error::Error;
 pub use machine::{Machine, MachineOp, RunControl, RunReport, Stopped};

@@ -264,6 +264,9 @@ impl Machine {
         let mut bootorder_after_reset = None;
         let flash = match &config.firmware {
             Firmware::Bios(image) => map_flash(&mut config.flash, image.len() as u64, &mut mmio)?,
+            _ if config.bios_kernel.is_some() => {
+                return Err(Error::Config("a kernel for the BIOS to boot needs a BIOS (Firmware::Bios)".into()))
+            }
             _ if !config.flash.is_empty() => {
                 return Err(Error::Config("flash drives (-drive if=pflash) go with firmware, not with --kernel".into()))
             }
@@ -289,7 +292,11 @@ impl Machine {
             };
             let menu = crate::bios::BootMenu { show: storage.boot_menu, wait_ms: storage.boot_menu_wait_ms };
             let pm = chipset.pm_decode.clone();
-            let device = Arc::new(Mutex::new(crate::bios::fw_cfg(&mem, &boot, menu, &acpi, vga_rom, pm, &smbios)?));
+            let mut fw = crate::bios::fw_cfg(&mem, &boot, menu, &acpi, vga_rom, pm, &smbios)?;
+            if let Some(k) = &config.bios_kernel {
+                crate::bios::add_linux_boot(&mut fw, k, config.mem.min(mmu::PCI_HOLE_START))?;
+            }
+            let device = Arc::new(Mutex::new(fw));
             let shared: SharedDevice = device.clone();
             pio.insert(
                 shared,
