@@ -26,8 +26,8 @@
 //! prints `skipping: <reason>` and passes.
 //!
 //! Environment:
-//! - `FERROVM_DIFF_SEQS=N`: number of sequences (default 100,000), for both
-//!   comparisons.
+//! - `FERROVM_DIFF_SEQS=N`: number of sequences for both comparisons (default
+//!   100,000 against KVM, 50,000 for the JIT).
 //! - `FERROVM_DIFF_LONG=1`: 1,000,000 sequences (or `cargo test --test
 //!   differential -- --ignored`, which runs the long test).
 //! - `FERROVM_DIFF_SEED=N|random`: master seed (default fixed).
@@ -66,6 +66,9 @@ use machine::Mode;
 use outcome::{compare, disassemble, dump, End, Outcome};
 
 const CI_SEQUENCES: u64 = 100_000;
+/// The JIT harness's CI size: each sequence is compiled as well as run, so
+/// it is the suite's longest test; the long run takes the million.
+const JIT_CI_SEQUENCES: u64 = 50_000;
 const LONG_SEQUENCES: u64 = 1_000_000;
 const DEFAULT_SEED: u64 = 0x00fe_44a0_5eed_0001;
 /// Reproducers printed in full per distinct mismatch signature.
@@ -90,14 +93,13 @@ fn parse_u64(s: &str) -> Option<u64> {
 }
 
 impl Config {
-    fn from_env(long: bool) -> Config {
+    /// The run's configuration: `ci` sequences unless the run is long or
+    /// the environment says otherwise.
+    fn from_env(long: bool, ci: u64) -> Config {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let long = long || env("FERROVM_DIFF_LONG").is_some_and(|v| v != "0");
-        let sequences = env("FERROVM_DIFF_SEQS").and_then(|v| parse_u64(&v)).unwrap_or(if long {
-            LONG_SEQUENCES
-        } else {
-            CI_SEQUENCES
-        });
+        let sequences =
+            env("FERROVM_DIFF_SEQS").and_then(|v| parse_u64(&v)).unwrap_or(if long { LONG_SEQUENCES } else { ci });
         let seed = match env("FERROVM_DIFF_SEED") {
             Some(v) if v == "random" => {
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
@@ -631,7 +633,7 @@ fn with_watchdog<T: Send + 'static>(work: impl FnOnce(Arc<Watchdog>) -> T + Send
 }
 
 fn run_harness(long: bool) {
-    let cfg = Config::from_env(long);
+    let cfg = Config::from_env(long, CI_SEQUENCES);
     if let Err(e) = hvf_kvm_accel::kvm::Kvm::new() {
         println!("skipping: KVM is not usable here: {e}");
         return;
@@ -708,7 +710,7 @@ fn endless_sequences_time_out() {
 /// results the interpreter marks as tainted (a time stamp, a random number)
 /// are not compared. Needs no KVM.
 fn run_jit_harness(long: bool) {
-    let cfg = Config::from_env(long);
+    let cfg = Config::from_env(long, JIT_CI_SEQUENCES);
     let (sequences, seed) = (cfg.sequences, cfg.seed);
     let t0 = Instant::now();
     let cat = Catalog::build();
@@ -760,7 +762,7 @@ fn run_jit_harness(long: bool) {
     assert_eq!(bad, 0, "{bad} mismatches between the JIT and the interpreter (see above)");
 }
 
-/// CI size: 100,000 sequences (or FERROVM_DIFF_SEQS).
+/// CI size: 50,000 sequences (or FERROVM_DIFF_SEQS).
 #[test]
 fn jit_matches_interpreter() {
     run_jit_harness(false);
