@@ -507,9 +507,7 @@ fn parse_debugcon(s: &str) -> Result<SerialBackend, String> {
 /// Parses `--rng`: the source file, and QEMU's `max-bytes=` and `period=`.
 pub fn parse_rng(s: &str) -> Result<vmm::RngConfig, String> {
     let o = crate::qemu::parse_opts(s, Some("filename"))?;
-    if let Some((k, _)) = o.pairs.iter().find(|(k, _)| !["filename", "max-bytes", "period"].contains(&k.as_str())) {
-        return Err(format!("'{k}=' is not supported (it takes filename=, max-bytes= and period=)"));
-    }
+    o.only("--rng", &["filename", "max-bytes", "period"])?;
     let source = o.get("filename").filter(|f| !f.is_empty()).ok_or("the source file is missing")?;
     let num = |k: &str| -> Result<Option<u64>, String> {
         o.get(k).map(|v| v.parse::<u64>().map_err(|_| format!("{k}={v}: expected a number"))).transpose()

@@ -40,7 +40,7 @@ impl Opts {
     }
 
     /// An error naming the first key that is not in `known`.
-    fn only(&self, option: &str, known: &[&str]) -> Result<(), String> {
+    pub(crate) fn only(&self, option: &str, known: &[&str]) -> Result<(), String> {
         match self.pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
             Some((k, _)) => {
                 Err(format!("{option}: '{k}=' is not supported by ferrovm (it takes {})", known.join("=, ") + "="))

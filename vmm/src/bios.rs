@@ -71,17 +71,27 @@ pub fn default_bios() -> Result<Vec<u8>, Error> {
 /// The standard VGA's BIOS from Debian's seabios package (it sets the text
 /// modes and the VBE modes up), or an error that says how to get it.
 pub fn vga_bios() -> Result<Vec<u8>, Error> {
-    match std::fs::read(VGA_BIOS_PATH) {
-        Ok(b) if b.len() >= 512 && b[0] == 0x55 && b[1] == 0xaa => Ok(b),
-        Ok(b) => Err(Error::Config(format!(
-            "{VGA_BIOS_PATH} ({} bytes) is not an option ROM (no 55 AA signature); reinstall Debian's `seabios` package",
-            b.len()
-        ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Config(format!(
+    option_rom(
+        VGA_BIOS_PATH,
+        "seabios",
+        format!(
             "the standard VGA needs its BIOS, and {VGA_BIOS_PATH} is missing: install Debian's `seabios` \
              package (apt-get install seabios), or run without a display (-vga none)"
+        ),
+    )
+}
+
+/// The option ROM at `path` from Debian's `package`: an error for a file
+/// without the 55 AA signature, and `missing` when there is no file.
+fn option_rom(path: &str, package: &str, missing: String) -> Result<Vec<u8>, Error> {
+    match std::fs::read(path) {
+        Ok(b) if b.len() >= 512 && b[0] == 0x55 && b[1] == 0xaa => Ok(b),
+        Ok(b) => Err(Error::Config(format!(
+            "{path} ({} bytes) is not an option ROM (no 55 AA signature); reinstall Debian's `{package}` package",
+            b.len()
         ))),
-        Err(source) => Err(Error::Read { path: VGA_BIOS_PATH.into(), source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Config(missing)),
+        Err(source) => Err(Error::Read { path: path.into(), source }),
     }
 }
 
@@ -93,19 +103,14 @@ pub const LINUXBOOT_ROM_FILE: &str = "genroms/linuxboot_dma.bin";
 
 /// The linuxboot option ROM, or an error that says how to get it.
 pub fn linuxboot_rom() -> Result<Vec<u8>, Error> {
-    match std::fs::read(LINUXBOOT_ROM_PATH) {
-        Ok(b) if b.len() >= 512 && b[0] == 0x55 && b[1] == 0xaa => Ok(b),
-        Ok(b) => Err(Error::Config(format!(
-            "{LINUXBOOT_ROM_PATH} ({} bytes) is not an option ROM (no 55 AA signature); reinstall Debian's \
-             `qemu-system-data` package",
-            b.len()
-        ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Config(format!(
+    option_rom(
+        LINUXBOOT_ROM_PATH,
+        "qemu-system-data",
+        format!(
             "booting a kernel through the BIOS needs QEMU's linuxboot ROM, and {LINUXBOOT_ROM_PATH} is missing: \
              install Debian's `qemu-system-data` package, or boot the kernel directly (--kernel-boot auto)"
-        ))),
-        Err(source) => Err(Error::Read { path: LINUXBOOT_ROM_PATH.into(), source }),
-    }
+        ),
+    )
 }
 
 /// Hands `kernel` to the firmware as QEMU's `-kernel` does: its parts in
