@@ -1421,14 +1421,6 @@ impl State {
             let bios = self.find_firmware(self.bios.as_deref().unwrap_or(DEFAULT_BIOS));
             args.extend(["--bios".into(), bios]);
         }
-        for d in self.disks.iter().chain(self.drives_by_id.iter().map(|(_, d)| d)) {
-            if d.file.starts_with("fat:") {
-                return Err(format!(
-                    "-drive file={}: QEMU's virtual FAT folder (fat:) is not supported: give a disk image",
-                    d.file
-                ));
-            }
-        }
         for d in &self.disks {
             if d.file.contains(',') {
                 return Err(format!("-drive file={}: ferrovm cannot open an image whose path has a comma", d.file));
@@ -1865,8 +1857,10 @@ mod tests {
         let a = run_args("-drive file=d.img,if=ide,bus=1,unit=1,read-only=on -nodefaults");
         assert!(has(&a, "--disk", "d.img,readonly=on,if=ide,index=3"), "{a:?}");
         refused("-drive file=d.img,index=1,unit=1", "index=");
-        refused("-drive file=fat:rw:esp,format=raw", "fat:");
-        refused("-hda fat:rw:./dir", "fat:");
+        // A folder as a FAT disk goes to the block layer as given.
+        let a = run_args("-drive file=fat:rw:esp,format=raw -nodefaults");
+        assert!(a.iter().any(|x| x.starts_with("fat:rw:esp,format=raw")), "{a:?}");
+        assert!(run_args("-hda fat:rw:./dir -nodefaults").iter().any(|x| x.starts_with("fat:rw:./dir")));
     }
 
     #[test]

@@ -113,12 +113,8 @@ fn boot_disk(
     (o, out, secs)
 }
 
-/// Boot a one-sector disk under `accel`; the serial output and the status.
-fn boot_mbr(accel: &str) -> (String, i32) {
-    boot_mbr_on(accel, "virtio")
-}
-
-/// [`boot_mbr`] with the disk on `bus` (`virtio` or `ide`).
+/// Boot a one-sector disk on `bus` (`virtio` or `ide`) under `accel`; the
+/// serial output and the status.
 fn boot_mbr_on(accel: &str, bus: &str) -> (String, i32) {
     let disk = run::tmp("bios", &format!("mbr-{accel}-{bus}.img"));
     let mut img = boot_sector();

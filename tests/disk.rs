@@ -27,6 +27,9 @@
 //! A floppy: Linux's floppy driver reads a 1.44 MB image from `-fda`
 //! through the 82077AA and the 8237's channel 2, its hash the host's, and
 //! copies a cylinder onto another, which the host finds in the image.
+//!
+//! A folder as a FAT disk (QEMU's `fat:rw:`): Linux's vfat reads it and
+//! changes it, and the folder holds the changes after power-off.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -847,4 +850,76 @@ fn linux_reads_and_writes_a_floppy_image_from_fda() {
 #[test]
 fn guest_writes_raw_and_qcow2_overlay_under_the_jit() {
     guest_writes_disks("jit");
+}
+
+/// The guest's side of [`a_folder_is_a_fat_disk_that_linux_reads_and_writes_back`].
+const FAT_SCRIPT: &str = r#"
+for m in $MODULES; do
+    insmod /lib/modules/$m.ko 2>/dev/null || grep -q "^$m " /proc/modules || echo "T:insmod-failed $m"
+done
+mkdir -p /mnt
+mount -t vfat /dev/vda1 /mnt || echo "T:mount-failed"
+echo "T:data $(sha256sum /mnt/sub/dir/data.bin | cut -d' ' -f1)"
+echo "T:long $(cat '/mnt/A long file name.txt')"
+echo "changed in the guest" > '/mnt/A long file name.txt'
+echo "made in the guest" > /mnt/new.txt
+rm /mnt/gone.txt
+mkdir /mnt/newdir
+head -c 300000 /dev/urandom > /mnt/newdir/rand.bin
+echo "T:rand $(sha256sum /mnt/newdir/rand.bin | cut -d' ' -f1)"
+umount /mnt && echo "T:umounted"
+dmesg | grep -iE 'FAT-fs|I/O error' | sed 's/^/T:dmesg /'
+echo "T:done"
+"#;
+
+/// QEMU's `-drive file=fat:rw:DIR`: a host folder as a FAT16 disk on
+/// virtio-blk. Linux mounts it, reads a file in a subfolder (hash compared
+/// with the host's) and one with a long name, then changes a file, makes
+/// a file and a folder, and deletes a file; after power-off the folder
+/// holds what the guest left, and the file it did not touch is as it was.
+#[test]
+fn a_folder_is_a_fat_disk_that_linux_reads_and_writes_back() {
+    let Some(dir) = images::images(&["vmlinuz-generic", "initramfs.cpio.gz", "modules-generic/modules.order"]) else {
+        return;
+    };
+    if !have("cpio") {
+        return;
+    }
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let work = tmp("disk", "fat");
+    let modules: Vec<&str> = VIRTIO_MODULES.iter().copied().chain(["fat", "vfat", "nls_cp437", "nls_ascii"]).collect();
+    let initrd = work.join("initrd-fat.gz");
+    images::initrd_with_modules(&dir, &modules, &work.join("fat-mods"), &initrd);
+    let folder = work.join("shared");
+    std::fs::create_dir_all(folder.join("sub/dir")).unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(folder.join("sub/dir/data.bin"), &data).unwrap();
+    std::fs::write(folder.join("A long file name.txt"), "from the host\n").unwrap();
+    std::fs::write(folder.join("gone.txt"), "to be deleted\n").unwrap();
+    let want = sha256(&folder.join("sub/dir/data.bin"), data.len() as u64);
+    let script = FAT_SCRIPT.replace("$MODULES", &modules.join(" "));
+    let cmdline = format!("console=ttyS0 ferrovm.poweroff=1 ferrovm.cmd={}", base64(script.as_bytes()));
+    let drive = format!("file=fat:rw:{},format=raw,if=virtio", folder.display());
+    let t = Instant::now();
+    let args = images::generic_linux(&dir, &initrd, &cmdline, &["-drive", &drive]);
+    let o = ferrovm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr);
+    eprintln!("fat folder: {:.1} s", t.elapsed().as_secs_f64());
+    let ctx = format!("stderr:\n{err}\nserial:\n{out}");
+    assert!(out.contains("T:done") && out.contains("T:umounted"), "{ctx}");
+    assert!(!out.contains("T:insmod-failed") && !out.contains("T:mount-failed"), "{ctx}");
+    assert_eq!(field(&out, "data"), Some(want.as_str()), "the host's file read in the guest: {ctx}");
+    assert_eq!(field(&out, "long"), Some("from the host"), "{ctx}");
+    assert!(!out.contains("I/O error") && !err.contains("not all written back"), "{ctx}");
+    assert_eq!(o.status.code(), Some(0), "{ctx}");
+    // What the guest left, in the folder.
+    let read = |p: &str| std::fs::read(folder.join(p)).unwrap_or_else(|e| panic!("{p}: {e}\n{ctx}"));
+    assert_eq!(read("A long file name.txt"), b"changed in the guest\n");
+    assert_eq!(read("new.txt"), b"made in the guest\n");
+    assert!(!folder.join("gone.txt").exists(), "the file the guest deleted is gone: {ctx}");
+    let rand = folder.join("newdir/rand.bin");
+    assert_eq!(field(&out, "rand"), Some(sha256(&rand, 300_000).as_str()), "the guest's new file: {ctx}");
+    assert_eq!(read("sub/dir/data.bin"), data, "the file the guest only read is unchanged");
+    let _ = std::fs::remove_dir_all(&work);
 }

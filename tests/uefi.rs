@@ -5,8 +5,9 @@
 //!   PM timer through the PIIX4 PM function (00:01.3), which it programs
 //!   at 0xB000.
 //! - OVMF boots a GRUB x86_64-efi disk built here from Debian's
-//!   grub-efi-amd64-bin (a standalone GRUB on a FAT disk, reached through
-//!   OVMF's virtio-blk driver) into the cloud kernel, which finds the EFI
+//!   grub-efi-amd64-bin (a standalone GRUB in a folder that ferrovm shows
+//!   as a FAT disk, QEMU's `fat:rw:`, reached through OVMF's IDE driver)
+//!   into the cloud kernel, which finds the EFI
 //!   runtime services and powers off through ACPI: under the JIT and KVM;
 //!   under the interpreter outside CI for time (`-- --ignored`, about 50 s).
 //! - The firmware from QEMU's two flash drives (`-drive if=pflash`): the
@@ -85,12 +86,13 @@ fn ovmf_reaches_its_shell_and_runs_a_command() {
     }
 }
 
-/// A FAT disk with a standalone GRUB for x86_64-efi as `EFI/BOOT/BOOTX64.EFI`
-/// (its grub.cfg inside: serial console, then the kernel and initramfs
-/// from the same disk), the kernel and the initramfs; `None` (said why)
-/// when the tools or images are missing.
-fn grub_efi_disk(dir: &Path, cmdline: &str) -> Option<PathBuf> {
-    for (tool, pkg) in [("grub-mkstandalone", "grub-common"), ("mkfs.fat", "dosfstools"), ("mcopy", "mtools")] {
+/// A folder for QEMU's `fat:` (an EFI system partition as UEFI developers
+/// keep one) with a standalone GRUB for x86_64-efi as
+/// `EFI/BOOT/BOOTX64.EFI` (its grub.cfg inside: serial console, then the
+/// kernel and initramfs from the same disk), the kernel and the initramfs;
+/// `None` (said why) when the tools or images are missing.
+fn grub_efi_folder(dir: &Path, cmdline: &str) -> Option<PathBuf> {
+    for (tool, pkg) in [("grub-mkstandalone", "grub-common")] {
         if Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map_or(true, |o| !o.status.success())
         {
             eprintln!("skipping: {tool} is missing (Debian package {pkg})");
@@ -113,27 +115,23 @@ fn grub_efi_disk(dir: &Path, cmdline: &str) -> Option<PathBuf> {
         ),
     )
     .unwrap();
-    let efi = dir.join("BOOTX64.EFI");
-    let disk = dir.join("esp.img");
-    let _ = std::fs::remove_file(&disk);
+    let esp = dir.join("esp");
+    let _ = std::fs::remove_dir_all(&esp);
+    std::fs::create_dir_all(esp.join("EFI/BOOT")).unwrap();
     let script = format!(
-        "set -e; export MTOOLS_SKIP_CHECK=1; \
+        "set -e; \
          grub-mkstandalone -O x86_64-efi -o '{efi}' --locales= --fonts= --themes= \
            --modules='part_msdos part_gpt fat linux serial terminal echo search search_fs_file' 'boot/grub/grub.cfg={cfg}'; \
-         mkfs.fat -C -F 32 -n ESP '{disk}' 65536 >/dev/null; \
-         mmd -i '{disk}' ::EFI ::EFI/BOOT; \
-         mcopy -i '{disk}' '{efi}' ::EFI/BOOT/BOOTX64.EFI; \
-         mcopy -i '{disk}' '{kernel}' ::vmlinuz; \
-         mcopy -i '{disk}' '{initrd}' ::initramfs.cpio.gz",
-        efi = efi.display(),
+         cp '{kernel}' '{esp}/vmlinuz'; cp '{initrd}' '{esp}/initramfs.cpio.gz'",
+        efi = esp.join("EFI/BOOT/BOOTX64.EFI").display(),
         cfg = cfg.display(),
-        disk = disk.display(),
+        esp = esp.display(),
         kernel = images.join("vmlinuz-cloud").display(),
         initrd = images.join("initramfs.cpio.gz").display(),
     );
     let o = Command::new("sh").arg("-c").arg(&script).output().expect("sh runs");
-    assert!(o.status.success(), "building the GRUB disk: {}", String::from_utf8_lossy(&o.stderr));
-    Some(disk)
+    assert!(o.status.success(), "building the GRUB folder: {}", String::from_utf8_lossy(&o.stderr));
+    Some(esp)
 }
 
 /// The initramfs's command (base64 on the kernel command line): whether
@@ -148,8 +146,9 @@ fn grub_into_linux(accels: &[&str]) {
     let dir = run::tmp("uefi", "grub");
     let cmd = encode::base64(EFI_CHECK.as_bytes());
     let cmdline = format!("console=ttyS0 panic=-1 ferrovm.cmd={cmd} ferrovm.poweroff=1");
-    let Some(disk) = grub_efi_disk(&dir, &cmdline) else { return };
-    let drive = format!("{},format=raw", disk.display());
+    let Some(esp) = grub_efi_folder(&dir, &cmdline) else { return };
+    // QEMU's `-drive format=raw,file=fat:rw:esp`: an IDE disk by default.
+    let drive = format!("fat:rw:{},format=raw,if=ide", esp.display());
     for &accel in accels {
         let start = Instant::now();
         let mut c = Console::start(&[

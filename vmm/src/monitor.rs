@@ -444,6 +444,18 @@ impl MachineBackend {
         let uri: crate::snapshot::MigrationUri = uri.parse().map_err(QmpError::generic)?;
         self.check_engine("migration")?;
         self.check_not_incoming()?;
+        for d in self.disks()? {
+            let Some(shared) = &d.disk else { continue };
+            if let Some(dir) = shared.lock().image().and_then(|i| i.written_back_folder()) {
+                // The destination builds its own disk from the folder, which
+                // the guest's view of this one need not match (QEMU refuses
+                // the same).
+                return Err(QmpError::generic(format!(
+                    "migration is not possible here: {} is a fat:rw: folder, whose disk does not migrate",
+                    dir.display()
+                )));
+            }
+        }
         {
             let mut mig = self.migration.lock();
             if matches!(mig.status.as_str(), "setup" | "active" | "cancelling") {

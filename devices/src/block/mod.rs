@@ -21,10 +21,13 @@
 //!   change; [`SharedDisk`], a disk its device model and the machine
 //!   share; [`Image::copy_to_raw`] and [`create_overlay`] for snapshot
 //!   directories and their clones.
+//! - [`vfat`]: a host folder as a FAT disk (QEMU's `fat:[rw:]DIR`), whose
+//!   guest writes go back to the folder at each flush and at the end.
 
 pub mod header;
 pub mod internal;
 pub mod lock;
+pub mod vfat;
 
 use std::fs;
 use std::io;
@@ -408,6 +411,8 @@ pub struct Image {
     temporary: bool,
     /// The format library panicked: the image is not touched again.
     failed: bool,
+    /// The folder a `fat:` disk was built from.
+    folder: Option<vfat::FatFolder>,
 }
 
 impl std::fmt::Debug for Image {
@@ -440,6 +445,9 @@ fn detect(path: &Path, file: &fs::File, write: bool) -> ImageFormat {
 /// (it lives as long as the process holds it open).
 pub fn open(spec: &DiskSpec, snapshot: bool) -> Result<Image, OpenError> {
     let snapshot = snapshot || spec.snapshot;
+    if let Some(fat) = spec.path.to_str().and_then(vfat::FatSpec::parse) {
+        return open_fat(spec, fat, snapshot);
+    }
     let path = spec.path.as_path();
     let write = !spec.read_only && !snapshot;
     let gate = ChainGate::new();
@@ -483,6 +491,7 @@ pub fn open(spec: &DiskSpec, snapshot: bool) -> Result<Image, OpenError> {
             format,
             temporary: false,
             failed: false,
+            folder: None,
         });
     }
     let (overlay, overlay_file) = snapshot_overlay(&path, access)?;
@@ -496,6 +505,50 @@ pub fn open(spec: &DiskSpec, snapshot: bool) -> Result<Image, OpenError> {
         format,
         temporary: true,
         failed: false,
+        folder: None,
+    })
+}
+
+/// A `fat:` drive: the folder's disk, built in a temporary file and opened
+/// as a raw image. Without `rw:` it is read-only; under `snapshot` the
+/// guest may write it, and nothing goes back to the folder.
+fn open_fat(spec: &DiskSpec, fat: Result<vfat::FatSpec, String>, snapshot: bool) -> Result<Image, OpenError> {
+    let given = spec.path.clone();
+    let bad = |what: String| OpenError::BadChain { path: given.clone(), what };
+    let mut fat = fat.map_err(bad)?;
+    if spec.format == Some(ImageFormat::Qcow2) {
+        return Err(bad("a fat: folder is a raw disk: use format=raw or no format=".into()));
+    }
+    let write = !spec.read_only && (fat.rw || snapshot);
+    fat.rw &= write && !snapshot;
+    let (folder, file) = vfat::FatFolder::build(&fat).map_err(bad)?;
+    let io_err = |source| OpenError::Io { path: given.clone(), source };
+    let storage = ImagoFile::from_open_file(
+        file.try_clone().map_err(io_err)?,
+        StorageOpenOptions::new().filename(&fat.dir).write(write),
+    )
+    .map_err(io_err)?;
+    let raw = Raw::builder(storage)
+        .write(write)
+        .open(imago::DenyImplicitOpenGate::default())
+        .map_err(|source| OpenError::Format { path: given.clone(), source })?;
+    let how = if fat.rw {
+        "written back"
+    } else if write {
+        "writes dropped at exit"
+    } else {
+        "read-only"
+    };
+    Ok(Image {
+        access: Some(FormatAccess::new(raw)),
+        files: vec![file],
+        read_only: !write,
+        label: format!("{} (a FAT disk of the folder, {how})", fat.dir.display()),
+        path: std::path::absolute(&fat.dir).unwrap_or_else(|_| fat.dir.clone()),
+        format: ImageFormat::Raw,
+        temporary: snapshot,
+        failed: false,
+        folder: Some(folder),
     })
 }
 
@@ -575,9 +628,13 @@ impl Image {
         }
     }
 
-    fn writable(&self) -> io::Result<()> {
+    /// Refuses a write to a read-only disk; notes one to a folder's.
+    fn writable(&mut self) -> io::Result<()> {
         if self.read_only {
             return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the disk is read-only"));
+        }
+        if let Some(f) = &mut self.folder {
+            f.note_write();
         }
         Ok(())
     }
@@ -641,6 +698,9 @@ impl BlockBackend for Image {
         for f in &self.files {
             f.sync_data()?;
         }
+        if let Some(f) = &mut self.folder {
+            f.write_back();
+        }
         Ok(())
     }
 }
@@ -656,6 +716,12 @@ impl Image {
     /// The image's format.
     pub fn format(&self) -> ImageFormat {
         self.format
+    }
+
+    /// The folder whose FAT disk this is, when the guest's writes go back
+    /// to it (`fat:rw:`).
+    pub fn written_back_folder(&self) -> Option<&Path> {
+        self.folder.as_ref().filter(|f| f.writes_back()).map(|f| f.dir())
     }
 
     /// Whether a temporary overlay takes the writes (`--snapshot`).
