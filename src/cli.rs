@@ -298,7 +298,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "exec:CMD|tcp:HOST:PORT|unix:PATH|defer")]
     pub incoming: Option<String>,
     /// Where COM1 goes: stdio, mon:stdio (stdio shared with a human
-    /// monitor: Ctrl-A c switches between the two), file:PATH or none.
+    /// monitor: Ctrl-A c switches between the two), file:PATH, pty (a new
+    /// pseudo-terminal, named on stderr) or none.
     #[arg(long, default_value = "stdio", value_parser = parse_serial)]
     pub serial: SerialBackend,
     /// A debug console at port 0xE9 (QEMU's -debugcon), the port kernels
@@ -499,7 +500,9 @@ fn parse_serial(s: &str) -> Result<SerialBackend, String> {
 
 fn parse_debugcon(s: &str) -> Result<SerialBackend, String> {
     match s.parse::<SerialBackend>().map_err(|e| e.to_string())? {
-        SerialBackend::MonStdio => Err("mon:stdio is COM1's: the debug console takes stdio, file:PATH or none".into()),
+        SerialBackend::MonStdio | SerialBackend::Pty => {
+            Err(format!("{s} is COM1's: the debug console takes stdio, file:PATH or none"))
+        }
         b => Ok(b),
     }
 }

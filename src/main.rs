@@ -336,6 +336,11 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
             since.as_secs_f64() * 1e3
         );
     }
+    if let Some(path) = machine.serial_pty() {
+        // QEMU's words, which scripts look for.
+        eprintln!("char device redirected to {} (label serial0)", path.display());
+        machine.attach_pty()?;
+    }
     let _raw = if stdio {
         // `mon:stdio`: Ctrl-A c gives the keys to a human monitor.
         let mux = match (&args.serial, &monitors) {

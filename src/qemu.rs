@@ -290,8 +290,16 @@ struct State {
     qmp: Vec<String>,
     /// `-monitor`, `-mon mode=readline`: socket specs.
     monitor: Vec<String>,
-    /// `-chardev`: id and socket spec (as `-qmp` writes it).
-    chardevs: Vec<(String, String)>,
+    /// `-chardev`s, in order.
+    chardevs: Vec<Chardev>,
+    /// `-mon` on a `stdio,mux=on` chardev: its id and whether QMP.
+    mux_monitors: Vec<(String, bool)>,
+    /// The chardev id behind each `-serial chardev:ID` (by index in
+    /// `serial`).
+    serial_chardevs: Vec<(usize, String)>,
+    /// `-device isa-serial`: their backends and chardev ids (serial ports
+    /// after the `-serial` ones).
+    isa_serials: Vec<(String, String)>,
     /// `-S`.
     paused: bool,
     /// `-rtc base=`, `-localtime`: what the RTC counts from.
@@ -476,11 +484,18 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
                 if v.starts_with("mon:") {
                     st.monitor_given = true;
                 }
-                st.serial.push(serial(&option, v)?);
+                match v.strip_prefix("chardev:") {
+                    Some(id) => {
+                        let b = st.chardev_serial(&option, v, id)?;
+                        st.serial_chardevs.push((st.serial.len(), id.to_string()));
+                        st.serial.push(b);
+                    }
+                    None => st.serial.push(serial(&option, v)?),
+                }
             }
             "debugcon" => {
                 let b = serial(&option, v)?;
-                if b == "mon:stdio" {
+                if b == "mon:stdio" || b == "pty" {
                     return Err(format!("{option} {v}: ferrovm's debug console takes stdio, file:PATH, null or none"));
                 }
                 st.debugcon = Some(b);
@@ -634,16 +649,32 @@ fn serial(option: &str, v: &str) -> Result<String, String> {
         // COM1 and a human monitor on stdio, Ctrl-A c switching (QEMU's mux).
         "mon:stdio" => "mon:stdio".into(),
         "null" | "none" => "none".into(),
+        "pty" => "pty".into(),
         _ => match v.strip_prefix("file:") {
             Some(p) if !p.is_empty() => format!("file:{p}"),
             _ => {
                 return Err(format!(
                     "{option} {v} is not supported: ferrovm's serial port goes to stdio, mon:stdio, file:PATH, \
-                     null or none"
+                     pty, chardev:ID, null or none"
                 ))
             }
         },
     })
+}
+
+/// A `-chardev`: what a monitor (`-mon`) and what a serial port
+/// (`-serial chardev:`, `-device isa-serial`) make of it.
+#[derive(Default)]
+struct Chardev {
+    id: String,
+    /// The monitor's socket spec (as `-qmp` writes it), where one can be.
+    monitor: Option<String>,
+    /// The serial port's `--serial` value, where one can be.
+    serial: Option<String>,
+    /// `stdio,mux=on`: a monitor and a serial port share it.
+    mux: bool,
+    /// The backend, for messages.
+    backend: String,
 }
 
 /// A NIC model of `-device` or `-nic model=`: ferrovm's name.
@@ -745,36 +776,163 @@ impl State {
         }
     }
 
-    /// `-chardev socket,id=ID,...`: kept for a `-mon` that names it.
+    /// `-chardev BACKEND,id=ID,...`: kept for a `-mon`, `-serial chardev:`
+    /// or `-device isa-serial` that names it. Sockets and stdio serve
+    /// monitors; stdio, file, pty and null serve the serial port; stdio
+    /// with `mux=on` serves both at once (QEMU's `mon:stdio`).
     fn chardev(&mut self, option: &str, v: &str) -> Result<(), String> {
-        let (id, spec) = monitor::parse_chardev(v)
-            .map_err(|e| format!("{option} {v}: {e} (ferrovm takes socket and stdio character devices, for -mon)"))?;
-        let mut uri = match &spec.endpoint {
-            monitor::Endpoint::Unix(p) => format!("unix:{}", p.display()),
-            monitor::Endpoint::Tcp(h, port) => format!("tcp:{h}:{port}"),
-            monitor::Endpoint::Stdio => "stdio".to_string(),
-        };
-        if !matches!(spec.endpoint, monitor::Endpoint::Stdio) {
-            uri.push_str(&format!(",server=on,wait={}", if spec.wait { "on" } else { "off" }));
+        let o = parse_opts(v, Some("backend"))?;
+        let backend = o.get("backend").unwrap_or_default().to_string();
+        let id = o.get("id").filter(|i| !i.is_empty()).ok_or_else(|| format!("{option} {v}: id= is missing"))?;
+        let mut dev = Chardev { id: id.to_string(), backend: backend.clone(), ..Default::default() };
+        let what = format!("{option} {backend}");
+        match backend.as_str() {
+            "file" => {
+                o.only(&what, &["backend", "id", "path"])?;
+                let path =
+                    o.get("path").filter(|p| !p.is_empty()).ok_or_else(|| format!("{what}: path= is missing"))?;
+                dev.serial = Some(format!("file:{path}"));
+            }
+            "null" => {
+                o.only(&what, &["backend", "id"])?;
+                dev.serial = Some("none".into());
+            }
+            "pty" => {
+                o.only(&what, &["backend", "id"])?;
+                dev.serial = Some("pty".into());
+            }
+            "stdio" | "socket" => {
+                let mux = match o.get("mux") {
+                    Some(m) => on_off(option, "mux", m)?,
+                    None => false,
+                };
+                if mux && backend != "stdio" {
+                    return Err(format!("{what},mux=on is not supported: ferrovm shares stdio (stdio,mux=on) only"));
+                }
+                // The monitor's parser knows the rest; mux= is this one's.
+                let rest: Vec<String> = o
+                    .pairs
+                    .iter()
+                    .filter(|(k, _)| k != "mux")
+                    .map(|(k, val)| if k == "backend" { val.clone() } else { format!("{k}={val}") })
+                    .collect();
+                let (_, spec) = monitor::parse_chardev(&rest.join(",")).map_err(|e| {
+                    format!("{option} {v}: {e} (ferrovm takes socket and stdio character devices for monitors)")
+                })?;
+                let mut uri = match &spec.endpoint {
+                    monitor::Endpoint::Unix(p) => format!("unix:{}", p.display()),
+                    monitor::Endpoint::Tcp(h, port) => format!("tcp:{h}:{port}"),
+                    monitor::Endpoint::Stdio => "stdio".to_string(),
+                };
+                if !matches!(spec.endpoint, monitor::Endpoint::Stdio) {
+                    uri.push_str(&format!(",server=on,wait={}", if spec.wait { "on" } else { "off" }));
+                } else {
+                    dev.serial = Some("stdio".into());
+                }
+                dev.monitor = Some(uri);
+                dev.mux = mux;
+            }
+            _ => {
+                return Err(format!(
+                    "{option} {backend} is not supported: ferrovm's character devices are stdio, file, pty, null \
+                     and socket (for monitors)"
+                ))
+            }
         }
-        self.chardevs.push((id, uri));
+        self.chardevs.push(dev);
         Ok(())
+    }
+
+    /// The chardev `id`, given before `option`.
+    fn find_chardev(&self, option: &str, v: &str, id: &str) -> Result<&Chardev, String> {
+        self.chardevs
+            .iter()
+            .rev()
+            .find(|c| c.id == id)
+            .ok_or_else(|| format!("{option} {v}: no -chardev with id={id} before it"))
+    }
+
+    /// What COM1 becomes on the chardev `id` (`-serial chardev:ID`,
+    /// `-device isa-serial,chardev=ID`).
+    fn chardev_serial(&self, option: &str, v: &str, id: &str) -> Result<String, String> {
+        let c = self.find_chardev(option, v, id)?;
+        c.serial.clone().ok_or_else(|| {
+            format!(
+                "{option} {v}: a serial port on a {} chardev is not supported (stdio, file, pty or null)",
+                c.backend
+            )
+        })
     }
 
     /// `-mon chardev=ID[,mode=control|readline]`: a monitor on a `-chardev`.
     fn mon(&mut self, option: &str, v: &str) -> Result<(), String> {
         let (id, mode) = monitor::parse_mon(v).map_err(|e| format!("{option} {v}: {e}"))?;
-        let uri = self
-            .chardevs
-            .iter()
-            .rev()
-            .find(|(c, _)| *c == id)
-            .map(|(_, u)| u.clone())
-            .ok_or_else(|| format!("{option} {v}: no -chardev with id={id} before it"))?;
-        match mode {
-            monitor::Mode::Control { .. } => self.qmp.push(uri),
-            monitor::Mode::Readline => self.monitor.push(uri),
+        let c = self.find_chardev(option, v, &id)?;
+        let control = matches!(mode, monitor::Mode::Control { .. });
+        if c.mux {
+            // Resolved with the serial ports: COM1 on the same chardev
+            // makes it mon:stdio.
+            self.mux_monitors.push((id, control));
+            return Ok(());
         }
+        let uri = match (&c.monitor, c.backend.as_str()) {
+            (Some(u), _) => u.clone(),
+            // A monitor on null hears nothing and says nothing: none.
+            (None, "null") => return Ok(()),
+            (None, b) => {
+                return Err(format!("{option} {v}: a monitor on a {b} chardev is not supported (socket or stdio)"))
+            }
+        };
+        if control {
+            self.qmp.push(uri);
+        } else {
+            self.monitor.push(uri);
+        }
+        Ok(())
+    }
+
+    /// Places `-device isa-serial` and the monitors of `stdio,mux=on`
+    /// chardevs: an ISA serial port is COM1 only where neither `-serial`
+    /// nor QEMU's default takes COM1, and a mux monitor on COM1's chardev
+    /// makes COM1 `mon:stdio`.
+    fn chardev_ports(&mut self) -> Result<(), String> {
+        let mut com1_chardev = self.serial_chardevs.iter().find(|(i, _)| *i == 0).map(|(_, id)| id.clone());
+        if let Some((first, id)) = self.isa_serials.first().cloned() {
+            let default_com1 = self.serial.is_empty() && !self.nodefaults;
+            let taken = self.serial.iter().any(|s| s != "none");
+            if default_com1 || taken || self.isa_serials.len() > 1 {
+                return Err("-device isa-serial: ferrovm has one serial port (COM1), and here it would be a second \
+                            one (-serial or QEMU's default serial port has COM1: give -serial none or -nodefaults)"
+                    .into());
+            }
+            self.serial = vec![first];
+            com1_chardev = Some(id);
+        }
+        for (id, control) in std::mem::take(&mut self.mux_monitors) {
+            if control {
+                return Err(format!(
+                    "-mon chardev={id},mode=control: QMP on a mux=on chardev is not supported (give QMP a socket)"
+                ));
+            }
+            if com1_chardev.as_deref() == Some(id.as_str()) {
+                self.serial[0] = "mon:stdio".into();
+            } else {
+                self.monitor.push("stdio".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// `-device isa-serial,chardev=ID`: a serial port after those of
+    /// `-serial` (and QEMU's default one).
+    fn isa_serial(&mut self, option: &str, v: &str, o: &Opts) -> Result<(), String> {
+        o.only(&format!("{option} isa-serial"), &["driver", "chardev", "id", "index"])?;
+        let id = o.get("chardev").ok_or_else(|| format!("{option} {v}: chardev= is missing"))?;
+        if o.get("index").is_some_and(|i| i != "0") {
+            return Err(format!("{option} {v}: ferrovm has one serial port (COM1, index=0)"));
+        }
+        let b = self.chardev_serial(option, v, id)?;
+        self.isa_serials.push((b, id.to_string()));
         Ok(())
     }
 
@@ -989,6 +1147,9 @@ impl State {
     fn device(&mut self, option: &str, v: &str) -> Result<(), String> {
         let o = parse_opts(v, Some("driver"))?;
         let driver = o.get("driver").unwrap_or_default();
+        if driver == "isa-serial" {
+            return self.isa_serial(option, v, &o);
+        }
         if let Some(model) = nic_model(driver) {
             let mut known = vec!["driver", "netdev", "mac", "id", "romfile"];
             if model == "virtio" {
@@ -1263,6 +1424,7 @@ impl State {
         }
         // QEMU's default RAM is 128 MiB.
         args.extend(["--mem".into(), format!("{}K", self.mem.unwrap_or(128 << 20) >> 10)]);
+        self.chardev_ports()?;
         // QEMU's default devices, which -nodefaults leaves out.
         let default_monitor = !self.monitor_given && !self.nodefaults;
         let default_serial = self.serial.is_empty() && !self.nodefaults;
@@ -1787,6 +1949,31 @@ mod tests {
         assert!(has(&a, "--qmp", "unix:/tmp/m.sock,server=on,wait=off"), "{a:?}");
         assert!(has(&a, "--monitor", "tcp:127.0.0.1:5555,server=on,wait=off"), "{a:?}");
         refused("-mon chardev=nope,mode=control -kernel k", "id=nope");
+        // Character devices for COM1.
+        let a = run_args(
+            "-nodefaults -chardev stdio,id=s1,signal=off -serial none -device isa-serial,chardev=s1 -kernel k",
+        );
+        assert!(has(&a, "--serial", "stdio"), "{a:?}");
+        let a = run_args("-chardev stdio,mux=on,id=c -serial chardev:c -mon chardev=c,mode=readline -kernel k");
+        assert!(has(&a, "--serial", "mon:stdio") && !a.contains(&"--monitor".to_string()), "{a:?}");
+        let a = run_args("-chardev stdio,id=char0,signal=off -serial chardev:char0 -kernel k");
+        assert!(has(&a, "--serial", "stdio"), "{a:?}");
+        let a = run_args("-chardev file,id=f,path=/tmp/com1.log -serial chardev:f -kernel k");
+        assert!(has(&a, "--serial", "file:/tmp/com1.log"), "{a:?}");
+        assert!(has(&run_args("-chardev pty,id=p -serial chardev:p -kernel k"), "--serial", "pty"));
+        assert!(has(&run_args("-serial pty -kernel k"), "--serial", "pty"));
+        assert!(has(&run_args("-chardev null,id=n -serial chardev:n -kernel k"), "--serial", "none"));
+        // A mux monitor with COM1 elsewhere has stdio to itself.
+        let a = run_args("-chardev stdio,mux=on,id=c -mon chardev=c -serial file:/tmp/s -kernel k");
+        assert!(has(&a, "--monitor", "stdio") && has(&a, "--serial", "file:/tmp/s"), "{a:?}");
+        refused("-chardev stdio,mux=on,id=c -mon chardev=c -device isa-serial,chardev=c -kernel k", "one serial port");
+        refused("-serial stdio -chardev pty,id=p -device isa-serial,chardev=p -kernel k", "one serial port");
+        refused("-chardev socket,id=m,path=/tmp/m,server=on,wait=off -serial chardev:m -kernel k", "socket chardev");
+        refused("-chardev vc,id=v -kernel k", "vc is not supported");
+        refused("-chardev file,id=f -kernel k", "path=");
+        refused("-serial chardev:nope -kernel k", "id=nope");
+        refused("-chardev stdio,mux=on,id=c -mon chardev=c,mode=control -serial chardev:c -kernel k", "QMP on a mux");
+        refused("-chardev socket,id=s,path=/tmp/x,server=on,mux=on -kernel k", "mux=on");
         refused("-qmp unix:/tmp/q.sock -kernel k", "-qmp");
         refused("-qmp tcp:127.0.0.1:4444,server=on,telnet=on -kernel k", "telnet");
         assert!(run_args("-no-reboot -kernel k").contains(&"--no-reboot".to_string()));
@@ -2003,7 +2190,7 @@ mod tests {
         refused("-debugcon stdio -serial stdio -kernel k", "cannot use stdio by multiple character devices");
         refused("-nographic -debugcon stdio -kernel k", "cannot use stdio by multiple character devices");
         refused("-daemonize -debugcon stdio -kernel k", "cannot use stdio with -daemonize");
-        refused("-debugcon pty -kernel k", "-debugcon pty is not supported");
+        refused("-debugcon pty -kernel k", "debug console takes stdio");
         refused("-debugcon mon:stdio -kernel k", "debug console takes stdio");
     }
 

@@ -19,6 +19,8 @@
 //!   gives the keys to the human monitor (`info status`, `stop`, `cont`)
 //!   and back to the guest, `Ctrl-A Ctrl-A` sends one Ctrl-A, and
 //!   `Ctrl-A x` ends the process.
+//! - `-chardev pty` under `-serial chardev:`: the pseudo-terminal named on
+//!   stderr carries COM1 both ways, Ctrl-A included.
 //!
 //! The guests are 64 KiB firmware images the tests assemble: each writes
 //! a line to COM1, then powers off through the ACPI PM1a control register,
@@ -506,4 +508,61 @@ fn debugcon_writes_what_the_guest_sends_to_port_0xe9() {
     let out = finish(qemu(&["-debugcon", "stdio", "-bios", rom.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "lifecycle: to 0xe9\n");
+}
+
+/// QEMU's `-chardev pty` under `-serial chardev:`: ferrovm names the new
+/// pseudo-terminal on stderr in QEMU's words, the guest's line comes out
+/// of it, what is typed on it reaches the guest (which echoes it), and a
+/// Ctrl-A there is the guest's byte, not an escape.
+#[test]
+fn serial_pty_carries_com1_both_ways() {
+    use std::io::{BufRead, Write};
+    let t = Instant::now();
+    let dir = tmp("pty");
+    let rom = firmware(&dir, "lifecycle: pty\n", Then::Echo);
+    let mut vm = Proc(
+        qemu(&["-nodefaults", "-chardev", "pty,id=p0", "-serial", "chardev:p0", "-bios", rom.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ferrovm starts"),
+    );
+    let mut err = std::io::BufReader::new(vm.0.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let path = line
+        .strip_prefix("char device redirected to ")
+        .and_then(|l| l.trim_end().strip_suffix(" (label serial0)"))
+        .unwrap_or_else(|| panic!("QEMU's line naming the pty: {line:?}"));
+    assert!(path.starts_with("/dev/pts/"), "{path}");
+    let mut pty = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut reader = pty.try_clone().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let wait_for = |want: &[u8], seen: &mut Vec<u8>| {
+        let until = Instant::now() + Duration::from_secs(20);
+        while !seen.windows(want.len()).any(|w| w == want) {
+            let left = until.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(b) => seen.extend(b),
+                Err(_) => panic!("waited for {:?} on the pty; got {:?}", text(want), text(seen)),
+            }
+        }
+    };
+    wait_for(b"lifecycle: pty\n", &mut seen);
+    pty.write_all(b"hello").unwrap();
+    wait_for(b"hello", &mut seen);
+    pty.write_all(b"\x01x!").unwrap();
+    wait_for(b"\x01x!", &mut seen);
+    assert_eq!(vm.wait(0), None, "Ctrl-A x on a pty does not end the run");
+    eprintln!("-chardev pty: {:.1} s", t.elapsed().as_secs_f64());
 }

@@ -2,7 +2,8 @@
 //! and where its input comes from.
 //!
 //! - [`SerialBackend`] names the host end (`stdio`, `mon:stdio`,
-//!   `file:PATH`, `none`) and [`open_output`] opens a writer for it.
+//!   `file:PATH`, `pty`, `none`) and [`open_output`] opens a writer for it;
+//!   [`Pty::open`] makes the pseudo-terminal of `pty`.
 //! - [`spawn_stdin_reader`] runs a thread that reads host stdin, handles the
 //!   Ctrl-A escapes QEMU users know (`C-a x` quits, `C-a h` helps, `C-a C-a`
 //!   sends one Ctrl-A, and on `mon:stdio` `C-a c` switches between the
@@ -42,8 +43,14 @@ C-a C-a  send C-a to the guest
 #[derive(thiserror::Error, Debug)]
 pub enum ConsoleError {
     /// A `--serial` value that names no backend.
-    #[error("unknown serial backend `{0}`; use stdio, mon:stdio, file:PATH or none")]
+    #[error("unknown serial backend `{0}`; use stdio, mon:stdio, file:PATH, pty or none")]
     UnknownBackend(String),
+    /// A pseudo-terminal cannot be made.
+    #[error("cannot open a pseudo-terminal: {0}")]
+    Pty(io::Error),
+    /// `pty` where only COM1 takes it.
+    #[error("a pseudo-terminal (pty) is for COM1 (--serial pty)")]
+    PtyElsewhere,
     /// `file:` with nothing after it.
     #[error("serial backend `file:` needs a path, as in file:serial.log")]
     EmptyPath,
@@ -74,6 +81,9 @@ pub enum SerialBackend {
     MonStdio,
     /// Output written to a file (created or truncated); no input.
     File(PathBuf),
+    /// A new pseudo-terminal (QEMU's `pty`): the guest's output goes to it
+    /// and what is typed there to the guest; its name is printed on stderr.
+    Pty,
     /// Output dropped; no input.
     None,
 }
@@ -86,6 +96,7 @@ impl FromStr for SerialBackend {
             "stdio" => Ok(SerialBackend::Stdio),
             "mon:stdio" => Ok(SerialBackend::MonStdio),
             "none" => Ok(SerialBackend::None),
+            "pty" => Ok(SerialBackend::Pty),
             _ => match s.strip_prefix("file:") {
                 Some("") => Err(ConsoleError::EmptyPath),
                 Some(path) => Ok(SerialBackend::File(PathBuf::from(path))),
@@ -102,6 +113,7 @@ impl fmt::Display for SerialBackend {
             SerialBackend::MonStdio => f.write_str("mon:stdio"),
             SerialBackend::File(path) => write!(f, "file:{}", path.display()),
             SerialBackend::None => f.write_str("none"),
+            SerialBackend::Pty => f.write_str("pty"),
         }
     }
 }
@@ -137,6 +149,87 @@ pub fn open_output(backend: &SerialBackend) -> Result<Box<dyn Write + Send>, Con
             .map(|f| Box::new(f) as Box<dyn Write + Send>)
             .map_err(|source| ConsoleError::CreateFile { path: path.clone(), source }),
         SerialBackend::None => Ok(Box::new(io::sink())),
+        SerialBackend::Pty => Err(ConsoleError::PtyElsewhere),
+    }
+}
+
+/// A pseudo-terminal for a serial port, in raw mode, as QEMU's `pty`
+/// character device makes one: a terminal program opens [`Pty::path`].
+/// The slave side stays open here, so that reads wait for input instead of
+/// failing while no program has it open; output nobody reads is dropped
+/// once the terminal's buffer is full, rather than stopping the guest.
+pub struct Pty {
+    master: File,
+    _slave: std::os::fd::OwnedFd,
+    path: PathBuf,
+}
+
+impl Pty {
+    /// Opens a new pseudo-terminal.
+    pub fn open() -> Result<Pty, ConsoleError> {
+        let err = |e: nix::Error| ConsoleError::Pty(io::Error::from(e));
+        let pty = nix::pty::openpty(None, None).map_err(err)?;
+        let mut t = termios::tcgetattr(&pty.slave).map_err(err)?;
+        termios::cfmakeraw(&mut t);
+        termios::tcsetattr(&pty.slave, SetArg::TCSANOW, &t).map_err(err)?;
+        let path = nix::unistd::ttyname(&pty.slave).map_err(err)?;
+        let flags = nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_GETFL).map_err(err)?;
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(err)?;
+        Ok(Pty { master: File::from(pty.master), _slave: pty.slave, path })
+    }
+
+    /// The terminal's device, `/dev/pts/N`.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The guest's output into the terminal.
+    pub fn writer(&self) -> Result<Box<dyn Write + Send>, ConsoleError> {
+        let master = self.master.try_clone().map_err(ConsoleError::Pty)?;
+        Ok(Box::new(PtyWriter(master)))
+    }
+
+    /// What is typed on the terminal; a read waits for it. The reader keeps
+    /// the terminal open.
+    pub fn into_reader(self) -> impl Read + Send {
+        PtyReader(self)
+    }
+}
+
+struct PtyWriter(File);
+
+impl Write for PtyWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.0.write(buf) {
+            // Nobody reads the terminal and its buffer is full: dropped.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(buf.len()),
+            r => r,
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct PtyReader(Pty);
+
+impl Read for PtyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        loop {
+            match self.0.master.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut fds = [PollFd::new(self.0.master.as_fd(), PollFlags::POLLIN)];
+                    match poll(&mut fds, PollTimeout::NONE) {
+                        Ok(_) | Err(nix::Error::EINTR) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                r => return r,
+            }
+        }
     }
 }
 

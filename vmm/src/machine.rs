@@ -113,6 +113,10 @@ pub struct Machine {
     first_byte: Arc<OnceLock<Instant>>,
     /// Bytes typed for the guest that the UART has not taken yet.
     input: Arc<Mutex<VecDeque<u8>>>,
+    /// COM1's pseudo-terminal (`--serial pty`), until its input is attached.
+    pty: Mutex<Option<devices::console::Pty>>,
+    /// Its device path.
+    pty_path: Option<std::path::PathBuf>,
     pub(crate) config: MachineConfig,
     /// The PCI devices with host-side I/O (NICs, disks) and their I/O thread.
     devices: Option<crate::device_manager::DeviceManager>,
@@ -222,7 +226,14 @@ impl Machine {
         };
         let events = Arc::new(VmEvents::new());
         let first_byte = Arc::new(OnceLock::new());
+        let mut pty = None;
         let out: Box<dyn Write + Send> = match &config.serial {
+            SerialOut::Backend(devices::console::SerialBackend::Pty) => {
+                let p = devices::console::Pty::open()?;
+                let w = p.writer()?;
+                pty = Some(p);
+                w
+            }
             SerialOut::Backend(b) => devices::console::open_output(b)?,
             SerialOut::Capture(buf) => Box::new(CaptureWriter(buf.clone())),
         };
@@ -337,6 +348,8 @@ impl Machine {
             bootorder_after_reset: Mutex::new(bootorder_after_reset),
             first_byte,
             input: Arc::new(Mutex::new(VecDeque::new())),
+            pty_path: pty.as_ref().map(|p| p.path().to_path_buf()),
+            pty: Mutex::new(pty),
             config,
             devices,
             kernel_code,
@@ -383,6 +396,34 @@ impl Machine {
             }),
             monitor,
         )?;
+        Ok(())
+    }
+
+    /// COM1's pseudo-terminal (`--serial pty`), `/dev/pts/N`.
+    pub fn serial_pty(&self) -> Option<&std::path::Path> {
+        self.pty_path.as_deref()
+    }
+
+    /// Starts the thread that gives what is typed on COM1's pseudo-terminal
+    /// to the guest (`--serial pty`; nothing otherwise).
+    pub fn attach_pty(&self) -> Result<(), Error> {
+        let Some(pty) = self.pty.lock().take() else { return Ok(()) };
+        let input = self.input.clone();
+        let me = std::thread::current();
+        // Every byte to the guest: a pty has no escape keys (QEMU's has
+        // them only under mux=on).
+        std::thread::Builder::new()
+            .name("serial-pty".into())
+            .spawn(move || {
+                use std::io::Read;
+                let mut reader = pty.into_reader();
+                let mut buf = [0u8; 256];
+                while let Ok(n @ 1..) = reader.read(&mut buf) {
+                    input.lock().extend(buf[..n].iter().copied());
+                    me.unpark();
+                }
+            })
+            .map_err(|e| Error::Config(format!("cannot start the serial-pty thread: {e}")))?;
         Ok(())
     }
 
