@@ -323,6 +323,11 @@ pub struct RunArgs {
     /// ACPI table.
     #[arg(long)]
     pub no_hpet: bool,
+    /// A PC without ACPI (QEMU's -no-acpi): no ACPI tables and no PIIX4
+    /// PM function, so the guest cannot power off through ACPI (a reset
+    /// under --no-reboot ends the run).
+    #[arg(long)]
+    pub no_acpi: bool,
     /// The machine's UUID (QEMU's -uuid): SMBIOS type 1 and fw_cfg.
     #[arg(long, value_name = "UUID", value_parser = firmware::smbios::parse_uuid)]
     pub uuid: Option<[u8; 16]>,

@@ -287,6 +287,7 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         smbios: crate::cli::parse_smbios(&args.smbios, args.uuid).map_err(Error::Config)?,
         rng: args.rng.clone(),
         hpet: !args.no_hpet,
+        acpi: !args.no_acpi,
         bios_kernel,
     };
     let storage = vmm::Storage {

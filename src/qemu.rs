@@ -269,6 +269,8 @@ struct State {
     uuid: Option<String>,
     /// `-no-hpet`, `-machine hpet=off`.
     no_hpet: bool,
+    /// `-no-acpi`, `-machine acpi=off`.
+    no_acpi: bool,
     /// `-object rng-random|rng-builtin`: id and the file it reads.
     rng_objects: Vec<(String, String)>,
     /// `-device virtio-rng-pci`: `--rng`'s values.
@@ -506,6 +508,7 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
             }
             "object" => st.object(&option, v)?,
             "no-hpet" => st.no_hpet = true,
+            "no-acpi" => st.no_acpi = true,
             "uuid" => {
                 firmware::smbios::parse_uuid(v).map_err(|e| format!("{option}: {e}"))?;
                 st.uuid = Some(v.to_string());
@@ -724,9 +727,17 @@ impl State {
 
     fn machine(&mut self, option: &str, v: &str) -> Result<(), String> {
         let o = parse_opts(v, Some("type"))?;
-        o.only(option, &["type", "accel", "usb", "vmport", "graphics", "dump-guest-core", "mem-merge", "hpet"])?;
+        o.only(
+            option,
+            &["type", "accel", "usb", "vmport", "graphics", "dump-guest-core", "mem-merge", "hpet", "acpi"],
+        )?;
         if let Some(h) = o.get("hpet") {
             self.no_hpet = !on_off(option, "hpet", h)?;
+        }
+        // acpi=auto is on for a PC.
+        match o.get("acpi") {
+            Some("auto") | None => {}
+            Some(a) => self.no_acpi = !on_off(option, "acpi", a)?,
         }
         if let Some(t) = o.get("type") {
             let q35 = t == "q35" || t.starts_with("pc-q35-");
@@ -1518,6 +1529,9 @@ impl State {
         if self.no_hpet {
             args.push("--no-hpet".into());
         }
+        if self.no_acpi {
+            args.push("--no-acpi".into());
+        }
         for r in &self.rngs {
             args.extend(["--rng".into(), r.clone()]);
         }
@@ -2148,6 +2162,9 @@ mod tests {
         assert!(run_args("-machine pc,hpet=off -kernel k").contains(&"--no-hpet".to_string()));
         assert!(!run_args("-machine pc,hpet=on -kernel k").contains(&"--no-hpet".to_string()));
         refused("-machine hpet=maybe -kernel k", "hpet");
+        assert!(run_args("-no-acpi -kernel k").contains(&"--no-acpi".to_string()));
+        assert!(run_args("-machine pc,acpi=off -kernel k").contains(&"--no-acpi".to_string()));
+        assert!(!run_args("-machine acpi=auto -kernel k").contains(&"--no-acpi".to_string()));
         refused("-rtc clock=vm", "clock=vm");
         refused("-append x", "-kernel");
         let a = run_args("-s -S -kernel k");

@@ -116,15 +116,22 @@ fn boot_disk(
 /// Boot a one-sector disk on `bus` (`virtio` or `ide`) under `accel`; the
 /// serial output and the status.
 fn boot_mbr_on(accel: &str, bus: &str) -> (String, i32) {
-    let disk = run::tmp("bios", &format!("mbr-{accel}-{bus}.img"));
+    boot_mbr_with(accel, bus, &[])
+}
+
+/// [`boot_mbr_on`] with `args` added to ferrovm's.
+fn boot_mbr_with(accel: &str, bus: &str, args: &[&str]) -> (String, i32) {
+    let tag: String = args.concat().chars().filter(char::is_ascii_alphanumeric).collect();
+    let disk = run::tmp("bios", &format!("mbr-{accel}-{bus}{tag}.img"));
     let mut img = boot_sector();
     img.resize(1 << 20, 0);
     std::fs::write(&disk, &img).unwrap();
     // Under KVM the whole guest in KVM, even where split execution would
     // run it all in the JIT (no user code): the BIOS shadow's protection
     // is then KVM's read-only memory slots.
-    let extra: &[&str] = if accel == "kvm" { &["--kvm-split", "off"] } else { &[] };
-    let (o, out, secs) = boot_disk(accel, &disk, &format!("raw,if={bus}"), "128M", "60", extra);
+    let mut extra: Vec<&str> = if accel == "kvm" { vec!["--kvm-split", "off"] } else { vec![] };
+    extra.extend_from_slice(args);
+    let (o, out, secs) = boot_disk(accel, &disk, &format!("raw,if={bus}"), "128M", "60", &extra);
     eprintln!("boot sector on {bus} under {accel}: {secs:.1} s");
     eprintln!("{}", String::from_utf8_lossy(&o.stderr));
     (out, o.status.code().unwrap_or(-1))
@@ -159,6 +166,18 @@ fn a_boot_sector_boots_from_ide_through_seabios_in_the_interpreter() {
     if seabios() {
         check_mbr_on("interp", "ide");
     }
+}
+
+/// A PC without ACPI (QEMU's `-no-acpi`): SeaBIOS gets no tables to
+/// load, so the boot sector finds no RSDP, and the rest is as before.
+#[test]
+fn without_acpi_the_bios_places_no_rsdp() {
+    if !seabios() {
+        return;
+    }
+    let (out, status) = boot_mbr_with("jit", "virtio", &["--no-acpi"]);
+    assert!(out.contains("ferrovm-mbr: booted by the BIOS"), "INT 10h text on COM1: {out}");
+    assert_eq!(status, (i32::from(MBR_NO_RSDP) << 1) | 1, "the boot sector found an RSDP; serial: {out}");
 }
 
 #[test]

@@ -533,3 +533,36 @@ fn linux_reads_the_host_file_through_virtio_rng_without_an_hpet() {
     assert_eq!(o.status.code(), Some(0), "{err}");
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// The guest's side of [`linux_boots_without_acpi_on_the_mp_table`]: no
+/// ACPI tables, no PIIX4 PM function (00:01.3, `000b` in
+/// /proc/bus/pci/devices), the CPUs it counts, then a reset, which
+/// `-no-reboot` makes the end of the run (there is no ACPI power-off).
+const NO_ACPI_SCRIPT: &str = r#"
+[ -d /sys/firmware/acpi/tables ] && echo "T:acpi-tables" || echo "T:no-acpi-tables"
+echo "T:functions $(cut -f1 /proc/bus/pci/devices | tr '\n' ' ')"
+echo "T:nproc $(nproc)"
+reboot -f
+"#;
+
+/// QEMU's `-no-acpi`: Linux finds no RSDP, runs without ACPI, and counts
+/// both CPUs of `-smp 2` from the MP table.
+#[test]
+fn linux_boots_without_acpi_on_the_mp_table() {
+    let Some(dir) = images::images(&["vmlinuz-generic", "initramfs.cpio.gz"]) else {
+        return;
+    };
+    let initrd = dir.join("initramfs.cpio.gz");
+    let cmdline = format!("console=ttyS0 ferrovm.cmd={}", encode::base64(NO_ACPI_SCRIPT.as_bytes()));
+    let args = images::generic_linux(&dir, &initrd, &cmdline, &["-no-acpi", "-smp", "2"]);
+    let o = ferrovm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    let field = |k: &str| out.lines().find_map(|l| l.trim_end().strip_prefix(&format!("T:{k} "))).unwrap_or("");
+    assert!(out.contains("T:no-acpi-tables") && out.contains("A valid RSDP was not found"), "no ACPI:\n{out}");
+    assert!(out.contains("found SMP MP-table"), "the MP table:\n{out}");
+    assert_eq!(field("nproc"), "2", "both CPUs from the MP table:\n{out}");
+    let functions = field("functions");
+    assert!(functions.contains("0008") && !functions.contains("000b"), "no PM function at 00:01.3: {functions:?}");
+    assert_eq!(o.status.code(), Some(0), "the reset ends the run under -no-reboot: {err}\n{out}");
+}

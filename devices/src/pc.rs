@@ -327,6 +327,13 @@ impl PcChipset {
         self.mappings.retain(|m| !(m.space == AddressSpace::Mmio && m.base == HPET_BASE));
     }
 
+    /// A PC without ACPI (QEMU's `-no-acpi`): no PIIX4 PM function at
+    /// 00:01.3, so its PM block (and the power button and sleep states
+    /// behind it) never decodes.
+    pub fn remove_acpi_pm(&mut self) {
+        self.pci.lock().remove_device(PIIX4_PM_ADDRESS);
+    }
+
     /// Every range the chipset answers on.
     pub fn bus_mappings(&self) -> &[BusMapping] {
         &self.mappings

@@ -266,14 +266,15 @@ pub fn smbios(config: &crate::config::MachineConfig) -> Result<Smbios, Error> {
 /// `apic_ids` (the bootstrap processor's first). The ACPI tables are built
 /// again each time the firmware selects them, with the PM block where `pm`
 /// says the firmware placed it (SeaBIOS 0x600, OVMF 0xB000), as QEMU
-/// builds them when they are read.
+/// builds them when they are read. Without `pm` (a PC without ACPI, QEMU's
+/// `-no-acpi`) there are no ACPI tables.
 pub fn fw_cfg(
     mem: &Arc<GuestMemory>,
     boot: &[String],
     menu: BootMenu,
     acpi: &firmware::acpi::AcpiConfig,
     vga_rom: Option<Vec<u8>>,
-    pm: Arc<devices::pci::piix4_pm::PmDecode>,
+    pm: Option<Arc<devices::pci::piix4_pm::PmDecode>>,
     smbios: &Smbios,
 ) -> Result<FwCfg, Error> {
     let fw = |e: devices::legacy::fw_cfg::FwCfgError| Error::Config(format!("fw_cfg: {e}"));
@@ -299,6 +300,7 @@ pub fn fw_cfg(
     d.add_file(firmware::smbios::SMBIOS_TABLES_FILE, smbios.blobs.tables.clone()).map_err(fw)?;
     d.add_file(firmware::smbios::SMBIOS_ANCHOR_FILE, smbios.blobs.anchor.clone()).map_err(fw)?;
     d.set_item(FW_CFG_UUID, smbios.uuid.unwrap_or_default().to_vec());
+    let Some(pm) = pm else { return Ok(d) };
     let built = firmware::acpi::build_acpi_tables(acpi)?;
     d.add_file(firmware::acpi::ACPI_TABLES_FILE, built.tables.clone()).map_err(fw)?;
     d.add_file(firmware::acpi::ACPI_RSDP_FILE, built.rsdp.clone()).map_err(fw)?;
@@ -388,7 +390,7 @@ mod tests {
             ..cfg
         })
         .unwrap();
-        let d = fw_cfg(&mem, &boot, BootMenu::default(), &acpi_for(&[0, 1]), None, pm.decode(), &smbios).unwrap();
+        let d = fw_cfg(&mem, &boot, BootMenu::default(), &acpi_for(&[0, 1]), None, Some(pm.decode()), &smbios).unwrap();
         let names = d.file_names();
         for f in [
             "etc/e820",
@@ -433,7 +435,7 @@ mod tests {
         assert_eq!(d.file("etc/table-loader").unwrap().len() % 128, 0);
         assert!(d.file("etc/boot-menu-wait").is_none());
         let menu = BootMenu { show: true, wait_ms: Some(700) };
-        let d = fw_cfg(&mem, &boot, menu, &acpi_for(&[0]), None, pm.decode(), &smbios).unwrap();
+        let d = fw_cfg(&mem, &boot, menu, &acpi_for(&[0]), None, Some(pm.decode()), &smbios).unwrap();
         assert_eq!(d.file("etc/boot-menu-wait").unwrap(), 700u16.to_le_bytes());
     }
 
@@ -445,7 +447,7 @@ mod tests {
         let mem = Arc::new(GuestMemory::new(64 << 20).unwrap());
         let mut pm = devices::pci::piix4_pm::Piix4Pm::new();
         let smbios = smbios(&crate::config::MachineConfig::for_test(Default::default())).unwrap();
-        let mut d = fw_cfg(&mem, &[], BootMenu::default(), &acpi_for(&[0]), None, pm.decode(), &smbios).unwrap();
+        let mut d = fw_cfg(&mem, &[], BootMenu::default(), &acpi_for(&[0]), None, Some(pm.decode()), &smbios).unwrap();
         let at = d.file_names().iter().position(|n| n == firmware::acpi::ACPI_TABLES_FILE).unwrap();
         let key = devices::legacy::fw_cfg::FW_CFG_FILE_FIRST + at as u16;
         let built = |base: u16| {

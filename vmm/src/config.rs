@@ -170,6 +170,9 @@ pub struct MachineConfig {
     /// Whether the PC has its HPET (QEMU's `-no-hpet` takes it away, from
     /// the MMIO space and from the ACPI tables).
     pub hpet: bool,
+    /// Whether the PC has ACPI (QEMU's `-no-acpi` takes it away: no ACPI
+    /// tables and no PIIX4 PM function).
+    pub acpi: bool,
     /// A kernel for the BIOS to boot (with [`Firmware::Bios`] only): the
     /// linuxboot option ROM comes first in the boot order.
     pub bios_kernel: Option<BiosKernel>,
@@ -235,6 +238,7 @@ impl MachineConfig {
             smbios: Default::default(),
             rng: Vec::new(),
             hpet: true,
+            acpi: true,
             bios_kernel: None,
         }
     }

@@ -215,7 +215,7 @@ impl Machine {
                 (CpuState::reset(), Some("kernel not loaded: RAM and CPUs come from saved state".into()), Vec::new())
             }
             Firmware::Kernel(k) => {
-                let loaded = load_kernel(&mem, k, &acpi, &smbios.blobs)?;
+                let loaded = load_kernel(&mem, k, &acpi, config.acpi, &smbios.blobs)?;
                 // Loaded once: a reset restarts from the reset vector, so the
                 // image's bytes (14 MiB for a distribution kernel) go.
                 k.kernel = Vec::new();
@@ -245,7 +245,9 @@ impl Machine {
         if let Some(ns) = config.rtc_start_ns {
             chipset.rtc.lock().set_wall_clock(ns);
         }
-        if !matches!(config.firmware, Firmware::Bios(_)) {
+        if !config.acpi {
+            chipset.remove_acpi_pm();
+        } else if !matches!(config.firmware, Firmware::Bios(_)) {
             // No third-party firmware to place the ACPI PM block: it starts
             // where the ACPI tables say, as a BIOS would have left it.
             chipset.program_pm_block();
@@ -302,7 +304,7 @@ impl Machine {
                 Vga::None => None,
             };
             let menu = crate::bios::BootMenu { show: storage.boot_menu, wait_ms: storage.boot_menu_wait_ms };
-            let pm = chipset.pm_decode.clone();
+            let pm = config.acpi.then(|| chipset.pm_decode.clone());
             let mut fw = crate::bios::fw_cfg(&mem, &boot, menu, &acpi, vga_rom, pm, &smbios)?;
             if let Some(k) = &config.bios_kernel {
                 crate::bios::add_linux_boot(&mut fw, k, config.mem.min(mmu::PCI_HOLE_START))?;
@@ -1502,14 +1504,18 @@ fn sipi_state(vector: u8) -> CpuState {
 /// The boot state, a note on what was loaded, and the kernel's code ranges.
 type Loaded = (CpuState, Option<String>, Vec<(u64, u64)>);
 
+/// Loads a kernel for a direct boot, with the tables a BIOS would leave:
+/// the ACPI tables (unless `with_acpi` is off, QEMU's `-no-acpi`), the MP
+/// table and SMBIOS.
 fn load_kernel(
     mem: &GuestMemory,
     k: &KernelImage,
     acpi: &firmware::acpi::AcpiConfig,
+    with_acpi: bool,
     smbios: &firmware::smbios::SmbiosBlobs,
 ) -> Result<Loaded, Error> {
     let mp = firmware::mptable::MpConfig::with_apic_ids(acpi.apic_ids.clone());
-    let acpi = firmware::acpi::write_acpi_tables(mem, ACPI_TABLES, acpi)?;
+    let acpi = with_acpi.then(|| firmware::acpi::write_acpi_tables(mem, ACPI_TABLES, acpi)).transpose()?;
     let mp = firmware::mptable::write_mptable(mem, MP_TABLE, &mp)?;
     // The SMBIOS entry point after the MP table, in the area the OS scans.
     let smbios = firmware::smbios::write_smbios(mem, mp.end.next_multiple_of(16), smbios)
@@ -1523,11 +1529,14 @@ fn load_kernel(
             cmdline: &k.cmdline,
             modules: &modules,
             e820: None,
-            reserved: vec![
-                firmware::multiboot::Reserved { what: "the ACPI tables", start: ACPI_TABLES, end: acpi.end },
-                firmware::multiboot::Reserved { what: "the MP table", start: MP_TABLE, end: mp.end },
-                firmware::multiboot::Reserved { what: "the SMBIOS tables", start: smbios.anchor, end: smbios.end },
-            ],
+            reserved: acpi
+                .iter()
+                .map(|a| firmware::multiboot::Reserved { what: "the ACPI tables", start: ACPI_TABLES, end: a.end })
+                .chain([
+                    firmware::multiboot::Reserved { what: "the MP table", start: MP_TABLE, end: mp.end },
+                    firmware::multiboot::Reserved { what: "the SMBIOS tables", start: smbios.anchor, end: smbios.end },
+                ])
+                .collect(),
         };
         let boot = firmware::multiboot::load_multiboot(mem, &cfg)?;
         let note = Some(format!("multiboot kernel, entry {:#x}", boot.cpu.rip));
@@ -1538,7 +1547,7 @@ fn load_kernel(
         initrd: k.initrd.as_deref(),
         cmdline: &k.cmdline,
         path: k.path,
-        acpi_rsdp: Some(acpi.rsdp),
+        acpi_rsdp: acpi.map(|a| a.rsdp),
         e820: None,
     };
     let boot = firmware::linux::load_linux(mem, &cfg)?;

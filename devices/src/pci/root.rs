@@ -124,6 +124,14 @@ impl PciRoot {
         Ok(())
     }
 
+    /// Unplugs the function at `address`, if there is one.
+    pub fn remove_device(&mut self, address: PciAddress) -> Option<SharedPciDevice> {
+        if address.bus != 0 {
+            return None;
+        }
+        self.devices.remove(&address.devfn()).map(|(_, d)| d)
+    }
+
     /// The function at `address`.
     pub fn device(&self, address: PciAddress) -> Option<SharedPciDevice> {
         if address.bus != 0 {
