@@ -461,6 +461,83 @@ fn generic_kernel_runs_x86_64_v3_programs_under_jit() {
     v3_boot("jit", "vmlinuz-generic", 500_000);
 }
 
+/// A static program for the guest: it spins long enough in user mode for
+/// split execution to give it to KVM, then reads CLOCK_MONOTONIC through
+/// the vDSO (from the TSC, in user mode) and through the system call (the
+/// kernel), forty times, and prints the largest gap in microseconds.
+const CLOCK_PROGRAM: &str = r#"
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+int main(void) {
+    long worst = 0;
+    for (int i = 0; i < 40; i++) {
+        volatile long x = 0;
+        for (long j = 0; j < 20000000; j++) x += j;
+        struct timespec v, k;
+        clock_gettime(CLOCK_MONOTONIC, &v);
+        syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &k);
+        long d = (v.tv_sec - k.tv_sec) * 1000000L + (v.tv_nsec - k.tv_nsec) / 1000;
+        if (d < 0) d = -d;
+        if (d > worst) worst = d;
+    }
+    printf("T:clock-gap-us %ld\n", worst);
+    return 0;
+}
+"#;
+
+/// Under KVM, where split execution runs user code in KVM and the kernel
+/// in the JIT, both read one TSC: the vDSO's time (KVM's TSC with the
+/// kernel's timekeeping) is the kernel's time. On kvm_pvm, KVM keeps its
+/// own TSC whatever it is told, so the machine's follows KVM's. While they
+/// differed, user time ran minutes ahead of the kernel's, and a program
+/// timing its requests (ioping) slept for minutes.
+#[test]
+fn user_code_in_kvm_reads_the_kernels_time() {
+    let Some(dir) = images::images(&["initramfs.cpio.gz", "vmlinuz-generic"]) else { return };
+    if !kvm::usable() {
+        return;
+    }
+    let work = std::env::temp_dir().join(format!("ferrovm-boot-clock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("root/bin")).unwrap();
+    std::fs::write(work.join("clock.c"), CLOCK_PROGRAM).unwrap();
+    let cc = Command::new("cc")
+        .args(["-O2", "-static", "-o"])
+        .arg(work.join("root/bin/clockgap"))
+        .arg(work.join("clock.c"))
+        .output();
+    match cc {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            eprintln!("skipping: cc -static failed (gcc and libc6-dev): {}", String::from_utf8_lossy(&o.stderr));
+            return;
+        }
+        Err(e) => {
+            eprintln!("skipping: no C compiler (cc: {e})");
+            return;
+        }
+    }
+    let initrd = work.join("initrd.gz");
+    let script = format!(
+        "cat '{}' > '{i}' && (cd '{}' && find bin | cpio -o -H newc --quiet | gzip) >> '{i}'",
+        dir.join("initramfs.cpio.gz").display(),
+        work.join("root").display(),
+        i = initrd.display()
+    );
+    let o = Command::new("sh").arg("-c").arg(&script).output().expect("sh runs");
+    assert!(o.status.success(), "the initrd: {}", String::from_utf8_lossy(&o.stderr));
+    let b = boot_script("/bin/clockgap\necho T:done\n", "kvm", &dir.join("vmlinuz-generic"), &initrd, &["--stats"]);
+    let _ = std::fs::remove_dir_all(&work);
+    let out = &b.stdout;
+    assert!(out.contains("T:done"), "the script did not finish:\n{out}");
+    let gap: i64 = field(out, "clock-gap-us").and_then(|v| v.parse().ok()).unwrap_or(-1);
+    assert!((0..50_000).contains(&gap), "the vDSO's clock against the kernel's: {gap} us apart\n{}", b.stderr);
+    assert_eq!(b.status, Some(0), "{}", b.stderr);
+    eprintln!("user and kernel clocks under kvm: at most {gap} us apart ({:.1} s)", b.elapsed.as_secs_f64());
+}
+
 /// `--cpu max` under `--accel kvm`: the guest gets what KVM can give of
 /// the model (on a host whose KVM runs the kernel in its instruction
 /// emulator, split execution: one CPU without XSAVE and AVX for kernel and

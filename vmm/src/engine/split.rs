@@ -72,6 +72,10 @@ use super::{Engine, EngineContext, EngineStats, Exit, Kicker, MachineIo, Slice};
 use crate::config::SplitMode;
 use crate::error::Error;
 
+/// How far (in milliseconds of the counter) KVM's TSC may lie from the
+/// value it was given before the machine takes KVM's instead.
+const TSC_SLACK_MS: u64 = 10;
+
 /// Whether this host's KVM runs CPL-0 guest code in software (kvm_pvm).
 pub fn kvm_emulates_cpl0() -> bool {
     std::path::Path::new("/sys/module/kvm_pvm").exists()
@@ -218,6 +222,22 @@ impl SplitEngine {
         let tsc = m.tsc.read(now);
         m.tsc.retune(now, khz * 1000, tsc);
         vcpu.set_tsc(tsc)?;
+        // Where KVM keeps its own counter whatever it is told (kvm_pvm:
+        // the host's), the machine's follows KVM's instead: otherwise user
+        // code in KVM reads a TSC far from the kernel's, and the vDSO's
+        // clock jumps by minutes between the two engines.
+        let (kvm_tsc, _) = vcpu.tsc()?;
+        let now = m.clock.now_ns();
+        if kvm_tsc.abs_diff(m.tsc.read(now)) > khz * TSC_SLACK_MS {
+            if m.tsc.read(now) > khz * 1000 {
+                tracing::warn!(
+                    target: "vmm",
+                    "KVM does not take the guest's TSC here: it goes on from KVM's own counter (a jump for a guest \
+                     that ran before)"
+                );
+            }
+            m.tsc.retune(now, khz * 1000, kvm_tsc);
+        }
         let kicker = vcpu.kicker()?;
         let k = kicker.clone();
         let alarm = Alarm::new(Arc::new(move || k.kick()))?;
