@@ -193,7 +193,19 @@ impl VirtioBlk {
         while let Some(q) = ctx.queues.first_mut().filter(|q| q.is_usable()) {
             let chain = match q.pop(ctx.mem) {
                 Ok(Some(c)) => c,
-                Ok(None) => break,
+                // With EVENT_IDX, a chain the driver makes available before
+                // it sees the new avail_event brings no notification (it
+                // takes the device for busy): look at the ring once more
+                // after publishing it, or that request waits forever.
+                Ok(None) => match q.publish_avail_event(ctx.mem).and_then(|()| q.pending(ctx.mem)) {
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        q.mark_broken();
+                        ctx.fail(&e);
+                        break;
+                    }
+                },
                 Err(e) => {
                     q.mark_broken();
                     ctx.fail(&e);
@@ -213,9 +225,6 @@ impl VirtioBlk {
             used = true;
         }
         if used {
-            if let Some(q) = ctx.queues.first().filter(|q| q.is_usable()) {
-                let _ = q.publish_avail_event(ctx.mem);
-            }
             ctx.signal_used(0);
         }
     }

@@ -267,10 +267,15 @@ impl VirtioNet {
                     self.stats.rx_dropped += 1;
                     continue;
                 }
-                // Wait for the driver to add buffers (it notifies: avail_event).
-                if let Err(e) = rxq.publish_avail_event(ctx.mem) {
-                    rxq.mark_broken();
-                    ctx.fail(&e);
+                // Wait for the driver to add buffers (it notifies: avail_event),
+                // unless it added some before it could see the event.
+                match rxq.publish_avail_event(ctx.mem).and_then(|()| rxq.pending(ctx.mem)) {
+                    Ok(n) if n > popped => continue,
+                    Ok(_) => {}
+                    Err(e) => {
+                        rxq.mark_broken();
+                        ctx.fail(&e);
+                    }
                 }
                 break;
             }
@@ -369,7 +374,17 @@ impl VirtioNet {
             let txq = &mut ctx.queues[TX_QUEUE];
             let chain = match txq.pop(ctx.mem) {
                 Ok(Some(c)) => c,
-                Ok(None) => break,
+                // A chain made available before the driver sees the new
+                // avail_event brings no notification: look once more.
+                Ok(None) => match txq.publish_avail_event(ctx.mem).and_then(|()| txq.pending(ctx.mem)) {
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        txq.mark_broken();
+                        ctx.fail(&e);
+                        return;
+                    }
+                },
                 Err(e) => {
                     txq.mark_broken();
                     ctx.fail(&e);
@@ -402,17 +417,8 @@ impl VirtioNet {
             self.tx_buf = buf;
         }
         if used_any {
-            let txq = &mut ctx.queues[TX_QUEUE];
-            if let Err(e) = txq.publish_avail_event(ctx.mem) {
-                txq.mark_broken();
-                ctx.fail(&e);
-                return;
-            }
             ctx.signal_used(TX_QUEUE);
             self.kick.kick();
-        } else {
-            let txq = &mut ctx.queues[TX_QUEUE];
-            let _ = txq.publish_avail_event(ctx.mem);
         }
     }
 
