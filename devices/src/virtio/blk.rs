@@ -193,11 +193,9 @@ impl VirtioBlk {
         while let Some(q) = ctx.queues.first_mut().filter(|q| q.is_usable()) {
             let chain = match q.pop(ctx.mem) {
                 Ok(Some(c)) => c,
-                // With EVENT_IDX, a chain the driver makes available before
-                // it sees the new avail_event brings no notification (it
-                // takes the device for busy): look at the ring once more
-                // after publishing it, or that request waits forever.
-                Ok(None) => match q.publish_avail_event(ctx.mem).and_then(|()| q.pending(ctx.mem)) {
+                // Empty: wait for a notification, unless chains came in
+                // before the driver could see that the device waits.
+                Ok(None) => match q.rearm(ctx.mem) {
                     Ok(0) => break,
                     Ok(_) => continue,
                     Err(e) => {

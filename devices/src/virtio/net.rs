@@ -269,7 +269,7 @@ impl VirtioNet {
                 }
                 // Wait for the driver to add buffers (it notifies: avail_event),
                 // unless it added some before it could see the event.
-                match rxq.publish_avail_event(ctx.mem).and_then(|()| rxq.pending(ctx.mem)) {
+                match rxq.rearm(ctx.mem) {
                     Ok(n) if n > popped => continue,
                     Ok(_) => {}
                     Err(e) => {
@@ -374,9 +374,9 @@ impl VirtioNet {
             let txq = &mut ctx.queues[TX_QUEUE];
             let chain = match txq.pop(ctx.mem) {
                 Ok(Some(c)) => c,
-                // A chain made available before the driver sees the new
-                // avail_event brings no notification: look once more.
-                Ok(None) => match txq.publish_avail_event(ctx.mem).and_then(|()| txq.pending(ctx.mem)) {
+                // Empty: wait for a notification, unless chains came in
+                // before the driver could see that the device waits.
+                Ok(None) => match txq.rearm(ctx.mem) {
                     Ok(0) => break,
                     Ok(_) => continue,
                     Err(e) => {

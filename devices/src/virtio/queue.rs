@@ -421,6 +421,17 @@ impl Queue {
         Ok(())
     }
 
+    /// Before the device waits for a notification: publishes avail_event
+    /// ([`Queue::publish_avail_event`]), then returns how many chains wait
+    /// now. With `VIRTIO_F_EVENT_IDX` a chain the driver made available
+    /// before it saw the new event brings no notification (the driver took
+    /// the device for busy), so a device that finds any must serve them
+    /// instead of waiting.
+    pub fn rearm(&self, mem: &GuestMemory) -> Result<u16, QueueError> {
+        self.publish_avail_event(mem)?;
+        self.pending(mem)
+    }
+
     /// Whether the driver wants a notification for the buffers used since
     /// the last decision (2.6.7.2).
     pub fn needs_notification(&mut self, mem: &GuestMemory) -> Result<bool, QueueError> {

@@ -300,7 +300,7 @@ impl VirtioRng {
                     // With EVENT_IDX, a chain made available before the
                     // driver sees the new avail_event brings no
                     // notification: look at the ring once more after it.
-                    match q.publish_avail_event(ctx.mem).and_then(|()| q.pending(ctx.mem)) {
+                    match q.rearm(ctx.mem) {
                         Ok(0) => break,
                         Ok(_) => {}
                         Err(e) => {

@@ -270,3 +270,38 @@ fn corrupt_queue_states_are_refused() {
         assert_eq!(other.pending(&m), Ok(0), "and the device takes nothing from it");
     }
 }
+
+/// The driver's side of EVENT_IDX (vring_need_event): whether making
+/// entries `old..new` available notifies the device, given the
+/// avail_event the device published.
+fn driver_notifies(m: &GuestMemory, q: &Queue, used: u64, old: u16, new: u16) -> bool {
+    let avail_event = m.read_u16(used + 4 + 8 * u64::from(q.size)).unwrap();
+    new.wrapping_sub(avail_event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+/// A chain the driver adds between the device's last pop (the ring
+/// empty) and its new avail_event brings no notification: the device's
+/// `rearm` finds it, where waiting for a notification would wait forever.
+#[test]
+fn rearm_finds_what_came_in_before_the_driver_saw_the_event() {
+    let m = mem();
+    let (mut q, mut r) = queue(&m, 8);
+    q.set_event_idx(true);
+    // Two requests served, the device's event published after the first.
+    r.add_chain(&m, &[(0x8000, 4, true)]);
+    q.pop(&m).unwrap().unwrap();
+    assert_eq!(q.rearm(&m).unwrap(), 0);
+    r.add_chain(&m, &[(0x8000, 4, true)]);
+    assert!(driver_notifies(&m, &q, r.used, 1, 2), "the device asked for entry 1");
+    q.pop(&m).unwrap().unwrap();
+    assert!(q.pop(&m).unwrap().is_none(), "the ring is empty");
+    // Now the driver adds entry 2 while avail_event still says 1: no
+    // notification.
+    r.add_chain(&m, &[(0x8000, 4, true)]);
+    assert!(!driver_notifies(&m, &q, r.used, 2, 3), "the driver takes the device for busy");
+    assert_eq!(q.rearm(&m).unwrap(), 1, "the device finds entry 2 after publishing its event");
+    assert!(q.pop(&m).unwrap().is_some());
+    assert_eq!(q.rearm(&m).unwrap(), 0);
+    r.add_chain(&m, &[(0x8000, 4, true)]);
+    assert!(driver_notifies(&m, &q, r.used, 3, 4), "and asks for entry 3");
+}
