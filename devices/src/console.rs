@@ -527,13 +527,14 @@ mod tests {
             SerialBackend::File(PathBuf::from("/tmp/a b.log"))
         );
         assert!(matches!("file:".parse::<SerialBackend>(), Err(ConsoleError::EmptyPath)));
-        let err = "pty".parse::<SerialBackend>().unwrap_err();
-        assert_eq!(err.to_string(), "unknown serial backend `pty`; use stdio, mon:stdio, file:PATH or none");
+        assert_eq!("pty".parse::<SerialBackend>().unwrap(), SerialBackend::Pty);
+        let err = "tty".parse::<SerialBackend>().unwrap_err();
+        assert_eq!(err.to_string(), "unknown serial backend `tty`; use stdio, mon:stdio, file:PATH, pty or none");
         assert!("Stdio".parse::<SerialBackend>().is_err());
         assert_eq!("mon:stdio".parse::<SerialBackend>().unwrap(), SerialBackend::MonStdio);
         assert!(SerialBackend::MonStdio.on_stdio() && SerialBackend::Stdio.on_stdio());
         assert!(!SerialBackend::None.on_stdio());
-        for s in ["stdio", "mon:stdio", "none", "file:out.txt"] {
+        for s in ["stdio", "mon:stdio", "none", "file:out.txt", "pty"] {
             assert_eq!(s.parse::<SerialBackend>().unwrap().to_string(), s);
         }
     }
