@@ -298,8 +298,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "exec:CMD|tcp:HOST:PORT|unix:PATH|defer")]
     pub incoming: Option<String>,
     /// Where COM1 goes: stdio, mon:stdio (stdio shared with a human
-    /// monitor: Ctrl-A c switches between the two), file:PATH, pty (a new
-    /// pseudo-terminal, named on stderr) or none.
+    /// monitor: Ctrl-A c switches between the two), file:PATH, pty[,id=LABEL]
+    /// (a new pseudo-terminal, named on stderr under LABEL, serial0 by
+    /// default) or none.
     #[arg(long, default_value = "stdio", value_parser = parse_serial)]
     pub serial: SerialBackend,
     /// A debug console at port 0xE9 (QEMU's -debugcon), the port kernels
@@ -505,7 +506,7 @@ fn parse_serial(s: &str) -> Result<SerialBackend, String> {
 
 fn parse_debugcon(s: &str) -> Result<SerialBackend, String> {
     match s.parse::<SerialBackend>().map_err(|e| e.to_string())? {
-        SerialBackend::MonStdio | SerialBackend::Pty => {
+        SerialBackend::MonStdio | SerialBackend::Pty(_) => {
             Err(format!("{s} is COM1's: the debug console takes stdio, file:PATH or none"))
         }
         b => Ok(b),

@@ -337,9 +337,9 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
             since.as_secs_f64() * 1e3
         );
     }
-    if let Some(path) = machine.serial_pty() {
+    if let Some((path, label)) = machine.serial_pty() {
         // QEMU's words, which scripts look for.
-        eprintln!("char device redirected to {} (label serial0)", path.display());
+        eprintln!("char device redirected to {} (label {label})", path.display());
         machine.attach_pty()?;
     }
     let _raw = if stdio {

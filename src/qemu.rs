@@ -497,7 +497,7 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
             }
             "debugcon" => {
                 let b = serial(&option, v)?;
-                if b == "mon:stdio" || b == "pty" {
+                if b == "mon:stdio" || b.starts_with("pty") {
                     return Err(format!("{option} {v}: ferrovm's debug console takes stdio, file:PATH, null or none"));
                 }
                 st.debugcon = Some(b);
@@ -810,7 +810,8 @@ impl State {
             }
             "pty" => {
                 o.only(&what, &["backend", "id"])?;
-                dev.serial = Some("pty".into());
+                // QEMU names the terminal by the chardev's id.
+                dev.serial = Some(format!("pty,id={id}"));
             }
             "stdio" | "socket" => {
                 let mux = match o.get("mux") {
@@ -1974,7 +1975,7 @@ mod tests {
         assert!(has(&a, "--serial", "stdio"), "{a:?}");
         let a = run_args("-chardev file,id=f,path=/tmp/com1.log -serial chardev:f -kernel k");
         assert!(has(&a, "--serial", "file:/tmp/com1.log"), "{a:?}");
-        assert!(has(&run_args("-chardev pty,id=p -serial chardev:p -kernel k"), "--serial", "pty"));
+        assert!(has(&run_args("-chardev pty,id=p -serial chardev:p -kernel k"), "--serial", "pty,id=p"));
         assert!(has(&run_args("-serial pty -kernel k"), "--serial", "pty"));
         assert!(has(&run_args("-chardev null,id=n -serial chardev:n -kernel k"), "--serial", "none"));
         // A mux monitor with COM1 elsewhere has stdio to itself.

@@ -533,7 +533,7 @@ fn serial_pty_carries_com1_both_ways() {
     err.read_line(&mut line).unwrap();
     let path = line
         .strip_prefix("char device redirected to ")
-        .and_then(|l| l.trim_end().strip_suffix(" (label serial0)"))
+        .and_then(|l| l.trim_end().strip_suffix(" (label p0)"))
         .unwrap_or_else(|| panic!("QEMU's line naming the pty: {line:?}"));
     assert!(path.starts_with("/dev/pts/"), "{path}");
     let mut pty = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();

@@ -29,6 +29,9 @@ use parking_lot::Mutex;
 
 use crate::power::{VmEvent, VmEvents};
 
+/// The label of COM1's pseudo-terminal, as QEMU names `-serial pty`'s.
+pub const PTY_LABEL: &str = "serial0";
+
 /// The escape byte, Ctrl-A, as in QEMU.
 pub const ESCAPE_BYTE: u8 = 0x01;
 
@@ -82,8 +85,9 @@ pub enum SerialBackend {
     /// Output written to a file (created or truncated); no input.
     File(PathBuf),
     /// A new pseudo-terminal (QEMU's `pty`): the guest's output goes to it
-    /// and what is typed there to the guest; its name is printed on stderr.
-    Pty,
+    /// and what is typed there to the guest; its name is printed on stderr
+    /// under this label (QEMU's: `serial0`, or the `-chardev`'s id).
+    Pty(String),
     /// Output dropped; no input.
     None,
 }
@@ -96,7 +100,11 @@ impl FromStr for SerialBackend {
             "stdio" => Ok(SerialBackend::Stdio),
             "mon:stdio" => Ok(SerialBackend::MonStdio),
             "none" => Ok(SerialBackend::None),
-            "pty" => Ok(SerialBackend::Pty),
+            "pty" => Ok(SerialBackend::Pty(PTY_LABEL.into())),
+            _ if s.starts_with("pty,id=") => match &s["pty,id=".len()..] {
+                "" => Err(ConsoleError::UnknownBackend(s.to_string())),
+                id => Ok(SerialBackend::Pty(id.to_string())),
+            },
             _ => match s.strip_prefix("file:") {
                 Some("") => Err(ConsoleError::EmptyPath),
                 Some(path) => Ok(SerialBackend::File(PathBuf::from(path))),
@@ -113,7 +121,8 @@ impl fmt::Display for SerialBackend {
             SerialBackend::MonStdio => f.write_str("mon:stdio"),
             SerialBackend::File(path) => write!(f, "file:{}", path.display()),
             SerialBackend::None => f.write_str("none"),
-            SerialBackend::Pty => f.write_str("pty"),
+            SerialBackend::Pty(label) if label == PTY_LABEL => f.write_str("pty"),
+            SerialBackend::Pty(label) => write!(f, "pty,id={label}"),
         }
     }
 }
@@ -149,7 +158,7 @@ pub fn open_output(backend: &SerialBackend) -> Result<Box<dyn Write + Send>, Con
             .map(|f| Box::new(f) as Box<dyn Write + Send>)
             .map_err(|source| ConsoleError::CreateFile { path: path.clone(), source }),
         SerialBackend::None => Ok(Box::new(io::sink())),
-        SerialBackend::Pty => Err(ConsoleError::PtyElsewhere),
+        SerialBackend::Pty(_) => Err(ConsoleError::PtyElsewhere),
     }
 }
 
@@ -527,14 +536,16 @@ mod tests {
             SerialBackend::File(PathBuf::from("/tmp/a b.log"))
         );
         assert!(matches!("file:".parse::<SerialBackend>(), Err(ConsoleError::EmptyPath)));
-        assert_eq!("pty".parse::<SerialBackend>().unwrap(), SerialBackend::Pty);
+        assert_eq!("pty".parse::<SerialBackend>().unwrap(), SerialBackend::Pty("serial0".into()));
+        assert_eq!("pty,id=p0".parse::<SerialBackend>().unwrap(), SerialBackend::Pty("p0".into()));
+        assert!("pty,id=".parse::<SerialBackend>().is_err());
         let err = "tty".parse::<SerialBackend>().unwrap_err();
         assert_eq!(err.to_string(), "unknown serial backend `tty`; use stdio, mon:stdio, file:PATH, pty or none");
         assert!("Stdio".parse::<SerialBackend>().is_err());
         assert_eq!("mon:stdio".parse::<SerialBackend>().unwrap(), SerialBackend::MonStdio);
         assert!(SerialBackend::MonStdio.on_stdio() && SerialBackend::Stdio.on_stdio());
         assert!(!SerialBackend::None.on_stdio());
-        for s in ["stdio", "mon:stdio", "none", "file:out.txt", "pty"] {
+        for s in ["stdio", "mon:stdio", "none", "file:out.txt", "pty", "pty,id=p0"] {
             assert_eq!(s.parse::<SerialBackend>().unwrap().to_string(), s);
         }
     }

@@ -225,12 +225,6 @@ pub fn parse_mon(spec: &str) -> Result<(String, Mode), String> {
             ("pretty", Some(v)) => pretty = parse_bool("pretty", &v)?,
             ("pretty", None) => pretty = true,
             ("id", Some(_)) => {}
-            // QEMU takes `default` and does nothing with it (a remnant of
-            // its old default-monitor flag).
-            ("default", Some(v)) => {
-                parse_bool("default", &v)?;
-            }
-            ("default", None) => {}
             (k, _) => return Err(format!("Invalid parameter '{k}'")),
         }
     }

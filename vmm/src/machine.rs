@@ -115,8 +115,8 @@ pub struct Machine {
     input: Arc<Mutex<VecDeque<u8>>>,
     /// COM1's pseudo-terminal (`--serial pty`), until its input is attached.
     pty: Mutex<Option<devices::console::Pty>>,
-    /// Its device path.
-    pty_path: Option<std::path::PathBuf>,
+    /// Its device path and label.
+    pty_path: Option<(std::path::PathBuf, String)>,
     pub(crate) config: MachineConfig,
     /// The PCI devices with host-side I/O (NICs, disks) and their I/O thread.
     devices: Option<crate::device_manager::DeviceManager>,
@@ -228,10 +228,10 @@ impl Machine {
         let first_byte = Arc::new(OnceLock::new());
         let mut pty = None;
         let out: Box<dyn Write + Send> = match &config.serial {
-            SerialOut::Backend(devices::console::SerialBackend::Pty) => {
+            SerialOut::Backend(devices::console::SerialBackend::Pty(label)) => {
                 let p = devices::console::Pty::open()?;
                 let w = p.writer()?;
-                pty = Some(p);
+                pty = Some((p, label.clone()));
                 w
             }
             SerialOut::Backend(b) => devices::console::open_output(b)?,
@@ -350,8 +350,8 @@ impl Machine {
             bootorder_after_reset: Mutex::new(bootorder_after_reset),
             first_byte,
             input: Arc::new(Mutex::new(VecDeque::new())),
-            pty_path: pty.as_ref().map(|p| p.path().to_path_buf()),
-            pty: Mutex::new(pty),
+            pty_path: pty.as_ref().map(|(p, label)| (p.path().to_path_buf(), label.clone())),
+            pty: Mutex::new(pty.map(|(p, _)| p)),
             config,
             devices,
             kernel_code,
@@ -401,9 +401,10 @@ impl Machine {
         Ok(())
     }
 
-    /// COM1's pseudo-terminal (`--serial pty`), `/dev/pts/N`.
-    pub fn serial_pty(&self) -> Option<&std::path::Path> {
-        self.pty_path.as_deref()
+    /// COM1's pseudo-terminal (`--serial pty`): `/dev/pts/N`, and the
+    /// label QEMU would name it by.
+    pub fn serial_pty(&self) -> Option<(&std::path::Path, &str)> {
+        self.pty_path.as_ref().map(|(p, l)| (p.as_path(), l.as_str()))
     }
 
     /// Starts the thread that gives what is typed on COM1's pseudo-terminal
