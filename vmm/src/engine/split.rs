@@ -230,13 +230,16 @@ impl SplitEngine {
         let now = m.clock.now_ns();
         if kvm_tsc.abs_diff(m.tsc.read(now)) > khz * TSC_SLACK_MS {
             if m.tsc.read(now) > khz * 1000 {
+                // A guest that ran before (restored, or migrated in) keeps
+                // its own clock: a jump would break its timekeeping.
                 tracing::warn!(
                     target: "vmm",
-                    "KVM does not take the guest's TSC here: it goes on from KVM's own counter (a jump for a guest \
-                     that ran before)"
+                    "KVM does not take the guest's TSC here: user code in KVM reads KVM's own counter, not the \
+                     guest's, and clocks read through the vDSO there are off"
                 );
+            } else {
+                m.tsc.retune(now, khz * 1000, kvm_tsc);
             }
-            m.tsc.retune(now, khz * 1000, kvm_tsc);
         }
         let kicker = vcpu.kicker()?;
         let k = kicker.clone();
