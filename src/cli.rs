@@ -218,8 +218,9 @@ pub struct RunArgs {
     #[arg(
         long,
         value_name = "SPEC",
-        help = "A network card: user|hub[,model=e1000|virtio][,mac=..][,vectors=N][,hostfwd=...][,restrict=on]\
-                [,pcap=PATH]. May be repeated (PCI slots 3, 4, ...; MACs 52:54:00:12:34:56, :57, ...)"
+        help = "A network card: user|hub|tap|bridge[,model=e1000|virtio][,mac=..][,vectors=N][,hostfwd=...]\
+                [,restrict=on][,pcap=PATH]; tap takes ifname=, script=, downscript=; bridge takes br= \
+                (default br0). May be repeated (PCI slots 3, 4, ...; MACs 52:54:00:12:34:56, :57, ...)"
     )]
     pub nic: Vec<String>,
     #[command(flatten)]

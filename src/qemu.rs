@@ -985,16 +985,21 @@ impl State {
     fn netdev(&mut self, option: &str, v: &str) -> Result<(), String> {
         let o = parse_opts(v, Some("type"))?;
         self.net_given = true;
-        let t = o.get("type").unwrap_or_default();
-        if t != "user" {
-            return Err(format!(
-                "{option} {t} is not supported: ferrovm's network backend is the user-mode NAT (-netdev user)"
-            ));
+        match o.get("type").unwrap_or_default() {
+            "user" => {
+                let mut known = vec!["type", "id", "ipv4", "ipv6"];
+                known.extend_from_slice(USER_KEYS);
+                o.only(option, &known)?;
+                check_ip_versions(option, &o)?;
+            }
+            "tap" | "bridge" => check_tap(option, &o, &["id"])?,
+            t => {
+                return Err(format!(
+                    "{option} {t} is not supported: ferrovm's network backends are the user-mode NAT \
+                     (-netdev user) and host TAP interfaces (-netdev tap, -netdev bridge)"
+                ))
+            }
         }
-        let mut known = vec!["type", "id", "ipv4", "ipv6"];
-        known.extend_from_slice(USER_KEYS);
-        o.only(option, &known)?;
-        check_ip_versions(option, &o)?;
         let id = o.get("id").ok_or_else(|| format!("{option} {v}: id= is missing"))?.to_string();
         self.netdevs.push((id, o));
         Ok(())
@@ -1005,17 +1010,20 @@ impl State {
         self.net_given = true;
         match o.get("type").unwrap_or_default() {
             "none" => return Ok(()),
-            "user" => {}
+            "user" => {
+                let mut known = vec!["type", "id", "ipv4", "ipv6", "model", "mac"];
+                known.extend_from_slice(USER_KEYS);
+                o.only(option, &known)?;
+                check_ip_versions(option, &o)?;
+            }
+            "tap" | "bridge" => check_tap(option, &o, &["id", "model", "mac"])?,
             t => {
                 return Err(format!(
-                    "{option} {t} is not supported: ferrovm's network backend is the user-mode NAT (-nic user)"
+                    "{option} {t} is not supported: ferrovm's network backends are the user-mode NAT \
+                     (-nic user) and host TAP interfaces (-nic tap, -nic bridge)"
                 ))
             }
         }
-        let mut known = vec!["type", "id", "ipv4", "ipv6", "model", "mac"];
-        known.extend_from_slice(USER_KEYS);
-        o.only(option, &known)?;
-        check_ip_versions(option, &o)?;
         let m = o.get("model").unwrap_or("e1000");
         let model = nic_model(m).ok_or_else(|| {
             format!("{option} model={m} is not supported: ferrovm's NICs are e1000 and virtio-net-pci")
@@ -1056,8 +1064,14 @@ impl State {
                 self.legacy_nets.push(LegacyNet::User { vlan, opts: o });
                 Ok(())
             }
+            "tap" | "bridge" => {
+                check_tap(option, &o, &["vlan", "name", "id"])?;
+                self.legacy_nets.push(LegacyNet::User { vlan, opts: o });
+                Ok(())
+            }
             t => Err(format!(
-                "{option} {t} is not supported: ferrovm's network backend is the user-mode NAT (-net user)"
+                "{option} {t} is not supported: ferrovm's network backends are the user-mode NAT (-net user) \
+                 and host TAP interfaces (-net tap, -net bridge)"
             )),
         }
     }
@@ -1096,20 +1110,29 @@ impl State {
                 })
                 .collect();
             if users.len() > 1 {
-                return Err(format!("-net user: two on hub {vlan}: ferrovm puts one NAT on a hub"));
+                return Err(format!(
+                    "-net {}: two backends on hub {vlan}: ferrovm puts one NAT or TAP on a hub",
+                    users[1].get("type").unwrap_or("user")
+                ));
             }
             match (nics.len(), users.first()) {
-                (0, _) => self.notes.push(format!("-net user (hub {vlan}): no -net nic on it, so no NIC uses it")),
+                (0, Some(u)) => self.notes.push(format!(
+                    "-net {} (hub {vlan}): no -net nic on it, so no NIC uses it",
+                    u.get("type").unwrap_or("user")
+                )),
+                (0, None) => {}
                 (1, Some(u)) => {
                     let (model, mac, vectors) = nics[0].clone();
                     let opts = (*u).clone();
                     self.nics.push(Nic { netdev: None, opts, model, mac, vectors, hub: None });
                 }
-                (_, Some(_)) => {
+                (_, Some(u)) => {
+                    let t = u.get("type").unwrap_or("user");
                     return Err(format!(
-                    "-net nic: {} NICs on hub {vlan} with -net user: ferrovm's NAT serves one NIC (-nic user for each)",
-                    nics.len()
-                ))
+                        "-net nic: {} NICs on hub {vlan} with -net {t}: ferrovm's NAT or TAP serves one NIC \
+                         (-nic {t} for each)",
+                        nics.len()
+                    ));
                 }
                 (_, None) => {
                     let hub = format!("qemu-net{vlan}-{}", std::process::id());
@@ -1652,7 +1675,7 @@ impl State {
                         .netdevs
                         .iter()
                         .find(|(n, _)| n == id)
-                        .ok_or_else(|| format!("-netdev {id} is missing: a NIC names it (netdev={id}) and there is no -netdev user,id={id}"))?;
+                        .ok_or_else(|| format!("-netdev {id} is missing: a NIC names it (netdev={id}) and there is no -netdev user,id={id} (or tap, bridge)"))?;
                     if used.contains(id) {
                         return Err(format!("-netdev {id} is used by two NICs"));
                     }
@@ -1661,9 +1684,10 @@ impl State {
                 }
                 None => &nic.opts,
             };
-            let mut spec = match &nic.hub {
-                Some(id) => format!("hub,id={id},model={}", nic.model),
-                None => format!("user,model={}", nic.model),
+            let mut spec = match (&nic.hub, opts.get("type")) {
+                (Some(id), _) => format!("hub,id={id},model={}", nic.model),
+                (None, Some(t @ ("tap" | "bridge"))) => format!("{},model={}", tap_spec(t, opts)?, nic.model),
+                (None, _) => format!("user,model={}", nic.model),
             };
             for (k, v) in [("mac", &nic.mac), ("vectors", &nic.vectors)] {
                 if let Some(v) = v {
@@ -1707,6 +1731,65 @@ fn check_accel(option: &str, a: &str) -> Result<(), String> {
         "kvm" | "tcg" => Ok(()),
         _ => Err(format!("{option} {a} is not supported: ferrovm's accelerators are kvm and tcg (its JIT)")),
     }
+}
+
+/// The keys a `tap` or `bridge` backend takes besides `extra` (the
+/// option's own), with the values ferrovm honours: one queue, no vhost-net,
+/// no virtio-net header on the interface (frames go whole), no file
+/// descriptors handed in, and QEMU's own bridge helper only.
+fn check_tap(option: &str, o: &Opts, extra: &[&str]) -> Result<(), String> {
+    let t = o.get("type").unwrap_or_default();
+    let mut known = vec!["type", "vhost", "vnet_hdr", "queues"];
+    known.extend_from_slice(if t == "tap" { &["ifname", "script", "downscript"] } else { &["br"] });
+    known.extend_from_slice(extra);
+    if t == "tap" && (o.get("fd").is_some() || o.get("fds").is_some()) {
+        return Err(format!("{option} tap,fd=: handing in a TAP file descriptor is not supported (use ifname=)"));
+    }
+    if o.get("helper").is_some() {
+        return Err(format!("{option} {t},helper=: ferrovm joins the bridge itself (br=), with no helper"));
+    }
+    o.only(option, &known)?;
+    if o.get("vhost").is_some_and(|v| on_off(option, "vhost", v) != Ok(false)) {
+        return Err(format!("{option} {t},vhost=on is not supported: ferrovm moves the frames itself (vhost=off)"));
+    }
+    if o.get("vnet_hdr").is_some_and(|v| on_off(option, "vnet_hdr", v) != Ok(false)) {
+        return Err(format!(
+            "{option} {t},vnet_hdr=on is not supported: ferrovm's TAP carries whole frames (vnet_hdr=off)"
+        ));
+    }
+    if o.get("queues").is_some_and(|q| q != "1") {
+        return Err(format!("{option} {t},queues=: ferrovm's TAP has one queue (queues=1)"));
+    }
+    for k in ["ifname", "br"] {
+        if let Some(v) = o.get(k) {
+            if v.is_empty() || v.len() > 15 || v.contains([',', '/', ' ', ':']) {
+                return Err(format!("{option} {k}={v}: not an interface name"));
+            }
+        }
+    }
+    for k in ["script", "downscript"] {
+        if o.get(k).is_some_and(|v| v.contains(',')) {
+            return Err(format!("{option} {k}=: a comma in the path is not supported"));
+        }
+    }
+    Ok(())
+}
+
+/// `--nic`'s backend for a `tap` or `bridge` (`t`) with QEMU's defaults:
+/// a tap runs /etc/qemu-ifup and /etc/qemu-ifdown unless told otherwise
+/// (`script=no`), and a bridge is br0.
+fn tap_spec(t: &str, o: &Opts) -> Result<String, String> {
+    if t == "bridge" {
+        return Ok(format!("bridge,br={}", o.get("br").unwrap_or("br0")));
+    }
+    let mut spec = "tap".to_string();
+    if let Some(n) = o.get("ifname") {
+        spec.push_str(&format!(",ifname={n}"));
+    }
+    let script = o.get("script").unwrap_or("/etc/qemu-ifup");
+    let downscript = o.get("downscript").unwrap_or("/etc/qemu-ifdown");
+    spec.push_str(&format!(",script={script},downscript={downscript}"));
+    Ok(spec)
 }
 
 fn check_ip_versions(option: &str, o: &Opts) -> Result<(), String> {
@@ -2023,7 +2106,14 @@ mod tests {
         assert!(!run_args("-nodefaults -kernel k").contains(&"--nic".to_string()));
         let t = tr("-netdev user,id=lonely -kernel k").unwrap();
         assert!(!t.args.contains(&"--nic".to_string()) && t.notes.iter().any(|n| n.contains("lonely")));
-        refused("-netdev tap,id=t0", "tap");
+        refused("-netdev vde,id=t0", "TAP interfaces");
+        refused("-netdev tap,id=t0,fd=3 -device e1000,netdev=t0", "file descriptor");
+        refused("-netdev tap,id=t0,vhost=on -device e1000,netdev=t0", "vhost=on");
+        refused("-netdev tap,id=t0,queues=4 -device e1000,netdev=t0", "one queue");
+        refused("-netdev tap,id=t0,vnet_hdr=on -device e1000,netdev=t0", "vnet_hdr=on");
+        refused("-netdev bridge,id=b,helper=/x -device e1000,netdev=b", "helper");
+        refused("-netdev tap,id=t0,br=br0 -device e1000,netdev=t0", "br");
+        refused("-netdev tap,id=t0,ifname=a/b -device e1000,netdev=t0", "interface name");
         refused("-netdev user,id=n0,tftp=/srv", "tftp=");
         refused("-netdev user,id=n0,ipv6=on", "IPv4");
         refused("-device e1000,netdev=nope -kernel k", "nope");
@@ -2043,7 +2133,8 @@ mod tests {
         assert!(!has(&run_args("-net none -kernel k"), "--nic", "user,model=e1000"));
         refused("-net nic,model=rtl8139 -net user", "model=rtl8139");
         refused("-net nic -net nic -net user", "2 NICs");
-        refused("-net tap,ifname=tap0", "tap");
+        refused("-net vde", "TAP interfaces");
+        refused("-net nic -net nic -net tap", "2 NICs");
         refused("-net nic,addr=5", "addr=");
         let a = run_args("-d int,cpu_reset -D /tmp/q.log -no-reboot -kernel k");
         assert!(has(&a, "--log", "int,cpu_reset") && has(&a, "--log-file", "/tmp/q.log"), "{a:?}");
@@ -2063,6 +2154,32 @@ mod tests {
         let a = run_args("-drive file=fat:rw:esp,format=raw -nodefaults");
         assert!(a.iter().any(|x| x.starts_with("fat:rw:esp,format=raw")), "{a:?}");
         assert!(run_args("-hda fat:rw:./dir -nodefaults").iter().any(|x| x.starts_with("fat:rw:./dir")));
+    }
+
+    #[test]
+    fn tap_and_bridge_backends() {
+        let a = run_args(
+            "-netdev tap,id=t0,ifname=tap0,script=no,downscript=no -device virtio-net-pci,netdev=t0 -kernel k",
+        );
+        assert!(has(&a, "--nic", "tap,ifname=tap0,script=no,downscript=no,model=virtio"), "{a:?}");
+        // QEMU's default scripts.
+        let a = run_args("-netdev tap,id=t0 -device e1000,netdev=t0,mac=52:54:00:00:00:07 -kernel k");
+        assert!(
+            has(&a, "--nic", "tap,script=/etc/qemu-ifup,downscript=/etc/qemu-ifdown,model=e1000,mac=52:54:00:00:00:07"),
+            "{a:?}"
+        );
+        let a = run_args("-nic tap,ifname=t1,script=/s/up,model=virtio-net-pci -kernel k");
+        assert!(has(&a, "--nic", "tap,ifname=t1,script=/s/up,downscript=/etc/qemu-ifdown,model=virtio"), "{a:?}");
+        let a = run_args("-netdev bridge,id=b -device e1000,netdev=b -kernel k");
+        assert!(has(&a, "--nic", "bridge,br=br0,model=e1000"), "{a:?}");
+        let a = run_args("-nic bridge,br=virbr0 -kernel k");
+        assert!(has(&a, "--nic", "bridge,br=virbr0,model=e1000"), "{a:?}");
+        // The legacy syntax: a NIC and a TAP on hub 0.
+        let a = run_args("-net nic,model=virtio -net tap,ifname=tap0,script=no,downscript=no -kernel k");
+        assert!(has(&a, "--nic", "tap,ifname=tap0,script=no,downscript=no,model=virtio"), "{a:?}");
+        let a =
+            run_args("-netdev tap,id=t0,vhost=off,vnet_hdr=off,queues=1,script=no -device e1000,netdev=t0 -kernel k");
+        assert!(has(&a, "--nic", "tap,script=no,downscript=/etc/qemu-ifdown,model=e1000"), "{a:?}");
     }
 
     #[test]

@@ -28,6 +28,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -567,6 +568,101 @@ fn hub_test(accel: &str) {
         "hub: an e1000 guest and a virtio guest pinged each other and copied 1 MiB; whole test {:.1} s",
         t.elapsed().as_secs_f64()
     );
+}
+
+/// The guest's side of the TAP test: an address on each NIC, then three
+/// pings of each host end, the last ones near the MTU.
+const TAP_SCRIPT: &str = r#"
+ifconfig eth0 192.168.76.2 netmask 255.255.255.0 up
+ifconfig eth1 192.168.75.2 netmask 255.255.255.0 up
+for peer in 192.168.76.1 192.168.75.1; do
+    n=0
+    until ping -c 1 -W 1 $peer > /dev/null 2>&1; do
+        n=$((n+1)); [ $n -ge 60 ] && break
+    done
+    ping -c 3 -s 1400 -W 2 $peer > /tmp/p 2>&1
+    echo "T:ping-$peer $? $(grep -o '[0-9]* packets received' /tmp/p | cut -d' ' -f1)"
+done
+echo "T:done"
+"#;
+
+/// Why this host cannot run the TAP test, if it cannot: it needs
+/// unshare(1) to make a network namespace, /dev/net/tun, and ip(8).
+fn tap_unavailable() -> Option<String> {
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("/dev/net/tun is missing".into());
+    }
+    let ok = |cmd: &mut Command| cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !ok(Command::new("unshare").args(["--net", "--", "ip", "link", "add", "t0", "type", "bridge"])) {
+        return Some("cannot make a network namespace with a bridge in it (unshare --net; ip link)".into());
+    }
+    None
+}
+
+/// A guest with a virtio NIC on a TAP interface that QEMU's ifup script
+/// sets up, and an e1000 on a TAP interface that joins a bridge, in a
+/// network namespace of the test's own (the host's network is not
+/// touched). The guest pings the host's end of each; the downscript runs
+/// at exit.
+fn tap_test(accel: &str) {
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(dir) = images() else { return };
+    if let Some(why) = tap_unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let t = Instant::now();
+    let work = std::env::temp_dir().join(format!("ferrovm-net-tap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let (up, down) = (work.join("ifup"), work.join("ifdown"));
+    let marks = work.display();
+    std::fs::write(
+        &up,
+        format!(
+            "#!/bin/sh\nip addr add 192.168.76.1/24 dev \"$1\" && ip link set \"$1\" up && echo \"$1\" > {marks}/up\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(&down, format!("#!/bin/sh\necho \"$1\" > {marks}/down\n")).unwrap();
+    for f in [&up, &down] {
+        std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let ferrovm = env!("CARGO_BIN_EXE_ferrovm");
+    let setup = "ip link set lo up && ip link add fvbr0 type bridge && ip addr add 192.168.75.1/24 dev fvbr0 \
+                 && ip link set fvbr0 up && exec \"$0\" \"$@\"";
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--net", "--", "sh", "-c", setup, ferrovm])
+        .args(["run", "--accel", accel, "--mem", "512M", "--serial", "stdio", "--stats"])
+        .args(["--timeout", &TEST_LIMIT.as_secs().to_string()])
+        .arg("--nic")
+        .arg(format!("tap,ifname=fvtap0,script={},downscript={},model=virtio", up.display(), down.display()))
+        .args(["--nic", "bridge,br=fvbr0,model=e1000"])
+        .arg("--kernel")
+        .arg(dir.join("vmlinuz-generic"))
+        .arg("--initrd")
+        .arg(dir.join("initramfs-net.cpio.gz"))
+        .arg("--append")
+        .arg(net_cmdline(&format!("{MODULES_AND_DHCP}{TAP_SCRIPT}")));
+    let mut g = Guest::start("tap", cmd);
+    for peer in ["192.168.76.1", "192.168.75.1"] {
+        let (ping, _) = g.wait_for(&format!("ping-{peer}"));
+        g.check(ping == "0 3", &format!("ping {peer} through the TAP interface: {ping}"));
+    }
+    let err = g.finish();
+    let read = |name: &str| std::fs::read_to_string(work.join(name)).unwrap_or_default();
+    assert_eq!(read("up").trim(), "fvtap0", "the ifup script ran with the interface's name; stderr:\n{err}");
+    assert_eq!(read("down").trim(), "fvtap0", "the ifdown script ran at exit; stderr:\n{err}");
+    let _ = std::fs::remove_dir_all(&work);
+    eprintln!(
+        "tap: a virtio NIC on a scripted TAP and an e1000 on a bridge pinged the host's ends; whole test {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn virtio_net_and_e1000_on_host_tap_interfaces_under_jit() {
+    tap_test("jit");
 }
 
 #[test]

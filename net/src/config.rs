@@ -418,6 +418,8 @@ pub enum BackendSpec {
     User(UserNetConfig),
     /// `hub`: an internal network between VMs.
     Hub(HubConfig),
+    /// `tap` or `bridge`: a host TAP interface, alone or on a bridge.
+    Tap(crate::TapConfig),
 }
 
 /// A parsed `--nic TYPE,key=value,...` option: the backend plus the keys
@@ -447,14 +449,16 @@ impl FromStr for NicSpec {
         let mut net_given = false;
         let mut hub_id = None;
         let mut hub_dir = None;
+        let mut tap = crate::TapConfig::default();
         let (mut model, mut mac, mut vectors, mut pcap) = (None, None, None, None);
         let is_user = match kind {
             "user" => true,
-            "hub" => false,
+            "hub" | "tap" | "bridge" => false,
             other => {
-                return Err(bad(s, format!("backend '{other}' is unknown; use user or hub")));
+                return Err(bad(s, format!("backend '{other}' is unknown; use user, hub, tap or bridge")));
             }
         };
+        let script = |v: &str| (v != "no" && !v.is_empty()).then(|| PathBuf::from(v));
         for part in parts.filter(|p| !p.is_empty()) {
             let (key, value) = part.split_once('=').ok_or_else(|| bad(part, "expected key=value".into()))?;
             match key {
@@ -465,8 +469,18 @@ impl FromStr for NicSpec {
                     vectors = Some(n.map_err(|_| bad(part, "expected a number of vectors (0: no MSI-X)".into()))?);
                 }
                 "pcap" if !value.is_empty() => pcap = Some(PathBuf::from(value)),
-                "id" if !is_user => hub_id = Some(value.to_string()),
-                "path" if !is_user => hub_dir = Some(PathBuf::from(value)),
+                "id" if kind == "hub" => hub_id = Some(value.to_string()),
+                "path" if kind == "hub" => hub_dir = Some(PathBuf::from(value)),
+                "ifname" if kind == "tap" => {
+                    crate::tap::check_ifname(value).map_err(|e| bad(part, e))?;
+                    tap.ifname = Some(value.to_string());
+                }
+                "script" if kind == "tap" => tap.script = script(value),
+                "downscript" if kind == "tap" => tap.downscript = script(value),
+                "br" if kind == "bridge" => {
+                    crate::tap::check_ifname(value).map_err(|e| bad(part, e))?;
+                    tap.bridge = Some(value.to_string());
+                }
                 _ if is_user => {
                     if !user.apply(key, value, &mut net_given).map_err(|e| bad(part, e))? {
                         return Err(bad(
@@ -480,9 +494,14 @@ impl FromStr for NicSpec {
                     }
                 }
                 _ => {
+                    let keys = match kind {
+                        "hub" => "id, path",
+                        "tap" => "ifname, script, downscript",
+                        _ => "br",
+                    };
                     return Err(bad(
                         part,
-                        format!("unknown key '{key}'; hub takes id, path, model, mac, vectors, pcap"),
+                        format!("unknown key '{key}'; {kind} takes {keys}, model, mac, vectors, pcap"),
                     ));
                 }
             }
@@ -508,6 +527,12 @@ impl FromStr for NicSpec {
             }
             user.validate()?;
             BackendSpec::User(user)
+        } else if kind == "tap" {
+            BackendSpec::Tap(tap)
+        } else if kind == "bridge" {
+            // QEMU's bridge helper's default bridge.
+            tap.bridge.get_or_insert_with(|| "br0".to_string());
+            BackendSpec::Tap(tap)
         } else {
             let id = hub_id.ok_or_else(|| bad(s, "a hub needs id=NAME".into()))?;
             crate::hub::check_id(&id).map_err(|e| bad(s, e))?;
@@ -595,7 +620,10 @@ mod tests {
             ("user,mac=01:00:00:00:00:01", "multicast"),
             ("user,mac=zz", "hex byte"),
             ("user,mac=52:54:00", "six hex bytes"),
-            ("tap,ifname=x", "unknown"),
+            ("vde,sock=x", "unknown"),
+            ("tap,ifname=a/b", "interface name"),
+            ("tap,br=br0", "unknown key 'br'; tap takes ifname"),
+            ("bridge,ifname=t0", "unknown key 'ifname'; bridge takes br"),
             ("hub", "needs id"),
             ("hub,id=../x", "id"),
             ("user,dnsupstream=nowhere", "ADDR:PORT"),
@@ -614,5 +642,26 @@ mod tests {
         let spec: NicSpec = "hub,id=lan0,model=e1000".parse().unwrap();
         assert_eq!(spec.vectors, None);
         assert_eq!(spec.backend, BackendSpec::Hub(HubConfig { id: "lan0".into(), dir: None }));
+    }
+
+    #[test]
+    fn tap_and_bridge_specs() {
+        let spec: NicSpec = "tap,ifname=tap7,script=/etc/up,downscript=no,model=virtio".parse().unwrap();
+        let want = crate::TapConfig {
+            ifname: Some("tap7".into()),
+            script: Some(PathBuf::from("/etc/up")),
+            downscript: None,
+            bridge: None,
+        };
+        assert_eq!(spec.backend, BackendSpec::Tap(want));
+        assert_eq!(spec.model.as_deref(), Some("virtio"));
+        let spec: NicSpec = "tap".parse().unwrap();
+        assert_eq!(spec.backend, BackendSpec::Tap(crate::TapConfig::default()));
+        let spec: NicSpec = "bridge".parse().unwrap();
+        let want = crate::TapConfig { bridge: Some("br0".into()), ..Default::default() };
+        assert_eq!(spec.backend, BackendSpec::Tap(want));
+        let spec: NicSpec = "bridge,br=virbr1,mac=52:54:00:00:00:09".parse().unwrap();
+        let want = crate::TapConfig { bridge: Some("virbr1".into()), ..Default::default() };
+        assert_eq!(spec.backend, BackendSpec::Tap(want));
     }
 }

@@ -44,6 +44,15 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A host interface backend (TAP or bridge) could not be set up.
+    #[error("{backend}: {reason}")]
+    Backend {
+        /// "tap" or "bridge".
+        backend: String,
+        /// What failed, and what would fix it.
+        reason: String,
+    },
+
     /// The pcap file could not be created or written.
     #[error("pcap {path}: {source}; check that the directory exists and is writable")]
     Pcap {

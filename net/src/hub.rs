@@ -218,10 +218,7 @@ impl NetBackend for HubNet {
         if self.rx.is_empty() {
             self.read();
         }
-        let f = self.rx.pop_front()?;
-        let n = f.len().min(buf.len());
-        buf[..n].copy_from_slice(&f[..n]);
-        Some(n)
+        crate::pop_frame(&mut self.rx, buf)
     }
 
     fn peek_len(&self) -> Option<usize> {

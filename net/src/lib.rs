@@ -1,6 +1,7 @@
 //! Networking: the `NetBackend` trait that NIC models move whole Ethernet frames
 //! through, the user-mode NAT (ARP, DHCP, DNS forwarding, TCP/UDP/ICMP to host
-//! sockets, port forwards), the hub between VMs and the pcap writer.
+//! sockets, port forwards), the hub between VMs, host TAP interfaces (alone or
+//! on a bridge) and the pcap writer.
 //!
 //! A NIC model owns a `Box<dyn NetBackend>` and drives it like this:
 //!
@@ -40,6 +41,7 @@ pub mod hub;
 pub mod offload;
 pub mod pcap;
 mod poller;
+pub mod tap;
 pub mod user;
 
 pub use config::{BackendSpec, DnsUpstream, HostFwd, HubConfig, Limits, MacAddr, NicSpec, Proto, UserNetConfig};
@@ -47,6 +49,7 @@ pub use error::Error;
 pub use fuzz::fuzz_frame;
 pub use hub::HubNet;
 pub use pcap::PcapWriter;
+pub use tap::{TapConfig, TapNet};
 pub use user::{DhcpLease, UserNet, UserNetState, UserNetStats};
 
 /// The largest Ethernet frame a backend produces or accepts: a 1500-byte IP
@@ -106,12 +109,23 @@ impl<B: NetBackend + ?Sized> NetBackend for Box<B> {
     }
 }
 
+/// Moves the first frame of a backend's queue for the guest into `buf`
+/// (truncated to it), for [`NetBackend::recv`]; its length, or `None` when
+/// the queue is empty.
+pub(crate) fn pop_frame(rx: &mut std::collections::VecDeque<Vec<u8>>, buf: &mut [u8]) -> Option<usize> {
+    let f = rx.pop_front()?;
+    let n = f.len().min(buf.len());
+    buf[..n].copy_from_slice(&f[..n]);
+    Some(n)
+}
+
 /// Opens the backend that a parsed `--nic` option names, wrapped in a
 /// [`PcapWriter`] when `pcap=` was given.
 pub fn open(spec: &NicSpec) -> Result<Box<dyn NetBackend>, Error> {
     let backend: Box<dyn NetBackend> = match &spec.backend {
         BackendSpec::User(cfg) => Box::new(UserNet::new(cfg.clone())?),
         BackendSpec::Hub(cfg) => Box::new(HubNet::open(cfg)?),
+        BackendSpec::Tap(cfg) => Box::new(TapNet::open(cfg)?),
     };
     Ok(match &spec.pcap {
         Some(path) => Box::new(PcapWriter::create(backend, path)?),
