@@ -543,6 +543,15 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
             }
             "pidfile" => st.pidfile = Some(PathBuf::from(v)),
             "localtime" => st.rtc_base = Some("localtime".into()),
+            // The VNC server turns keysyms into the keys of a US keyboard;
+            // clients with QEMU's extended key events send key positions.
+            "k" if v == "en-us" => {}
+            "k" => {
+                return Err(format!(
+                    "{option} {v} is not supported: ferrovm's VNC server maps keysyms as the US layout does \
+                     (-k en-us); a client that sends QEMU's extended key events (noVNC, TigerVNC) needs no -k"
+                ))
+            }
             "d" => {
                 let items: Vec<&str> = v.split(',').collect();
                 if let Some(bad) = items.iter().find(|i| !cpu::guestlog::ITEMS.contains(i)) {
@@ -690,7 +699,8 @@ fn nic_model(m: &str) -> Option<&'static str> {
 }
 
 /// Keys of `-netdev user` that ferrovm's NAT takes under the same name.
-const USER_KEYS: &[&str] = &["net", "host", "dns", "dhcpstart", "hostname", "domainname", "hostfwd", "restrict"];
+const USER_KEYS: &[&str] =
+    &["net", "host", "dns", "dhcpstart", "hostname", "domainname", "hostfwd", "restrict", "tftp", "bootfile"];
 
 impl State {
     fn note(&mut self, s: String) {
@@ -729,8 +739,14 @@ impl State {
         let o = parse_opts(v, Some("type"))?;
         o.only(
             option,
-            &["type", "accel", "usb", "vmport", "graphics", "dump-guest-core", "mem-merge", "hpet", "acpi"],
+            &["type", "accel", "usb", "vmport", "graphics", "dump-guest-core", "mem-merge", "hpet", "acpi", "smm"],
         )?;
+        // ferrovm's CPU has no System Management Mode: QEMU's smm=off.
+        if let Some(v) = o.get("smm").filter(|v| on_off(option, "smm", v) != Ok(false)) {
+            return Err(format!(
+                "{option} smm={v} is not supported: ferrovm's CPU has no System Management Mode (smm=off)"
+            ));
+        }
         if let Some(h) = o.get("hpet") {
             self.no_hpet = !on_off(option, "hpet", h)?;
         }
@@ -2106,6 +2122,11 @@ mod tests {
         assert!(!run_args("-nodefaults -kernel k").contains(&"--nic".to_string()));
         let t = tr("-netdev user,id=lonely -kernel k").unwrap();
         assert!(!t.args.contains(&"--nic".to_string()) && t.notes.iter().any(|n| n.contains("lonely")));
+        refused("-machine pc,smm=on -kernel k", "System Management Mode");
+        refused("-machine smm=auto -kernel k", "smm=auto");
+        run_args("-machine pc,smm=off -kernel k");
+        run_args("-k en-us -vnc 127.0.0.1:1 -kernel k");
+        refused("-k de -vnc 127.0.0.1:1 -kernel k", "US layout");
         refused("-netdev vde,id=t0", "TAP interfaces");
         refused("-netdev tap,id=t0,fd=3 -device e1000,netdev=t0", "file descriptor");
         refused("-netdev tap,id=t0,vhost=on -device e1000,netdev=t0", "vhost=on");
@@ -2114,7 +2135,9 @@ mod tests {
         refused("-netdev bridge,id=b,helper=/x -device e1000,netdev=b", "helper");
         refused("-netdev tap,id=t0,br=br0 -device e1000,netdev=t0", "br");
         refused("-netdev tap,id=t0,ifname=a/b -device e1000,netdev=t0", "interface name");
-        refused("-netdev user,id=n0,tftp=/srv", "tftp=");
+        refused("-netdev user,id=n0,tftp-server-name=x", "tftp-server-name");
+        let a = run_args("-netdev user,id=n0,tftp=/srv/tftp,bootfile=pxelinux.0 -device e1000,netdev=n0 -kernel k");
+        assert!(has(&a, "--nic", "user,model=e1000,tftp=/srv/tftp,bootfile=pxelinux.0"), "{a:?}");
         refused("-netdev user,id=n0,ipv6=on", "IPv4");
         refused("-device e1000,netdev=nope -kernel k", "nope");
         refused("-device e1000", "netdev=");

@@ -92,7 +92,9 @@ fn too_little_memory_for_the_builtin_guest() {
 fn unbuilt_options_are_refused_not_ignored() {
     assert_clean_error(&ferrovm(&["run", "--disk", "x.img"]), "--disk");
     // --nic is built; a bad one is refused with its reason.
-    assert_clean_error(&ferrovm(&["run", "--nic", "tap,ifname=x"]), "unknown");
+    assert_clean_error(&ferrovm(&["run", "--nic", "vde,sock=x"]), "unknown");
+    assert_clean_error(&ferrovm(&["run", "--nic", "tap,ifname=a/b"]), "interface name");
+    assert_clean_error(&ferrovm(&["run", "--nic", "user,tftp=/nonexistent/tftp"]), "/nonexistent/tftp");
     assert_clean_error(&ferrovm(&["run", "--nic", "user,model=rtl8139"]), "model");
     // A topology that does not add up is refused, named.
     for (spec, why) in [("4,maxcpus=8", "hotplug"), ("0", "positive"), ("3,sockets=2", "divide"), ("300", "255")] {

@@ -212,6 +212,16 @@ read t1 x < /proc/uptime
 sed 's/^/T:ns-out /' /tmp/ns
 echo "T:dns $rc $(grep -c '@DNS_ADDR@' /tmp/ns) $t0 $t1"
 
+read t0 x < /proc/uptime
+tftp -g -b 1468 -r blob -l /tmp/tb 10.0.2.2 2> /tmp/terr
+rc=$?
+read t1 x < /proc/uptime
+echo "T:tftp $rc $(hashlen /tmp/tb) $t0 $t1"
+tftp -g -r /sub/small -l /tmp/ts 10.0.2.2 2>> /tmp/terr
+echo "T:tftp-small $? $(hashlen /tmp/ts)"
+tftp -g -r ../outside -l /tmp/tx 10.0.2.2 2> /tmp/terr
+echo "T:tftp-escape $? $(grep -c 'Access violation' /tmp/terr)"
+
 serve @IN@ /dev/null /tmp/in in
 echo "T:in-done"
 echo "T:in $(hashlen /tmp/in)"
@@ -328,11 +338,21 @@ fn nat_guest_test(model: &str, accel: &str) {
     let script = format!("{MODULES_AND_DHCP}{}", STAGE1.replace("@HTTP@", &http.to_string()));
     let (fwd_in, fwd_out, fwd_r) = (free_port(), free_port(), free_port());
     let pcap = std::env::temp_dir().join(format!("ferrovm-net-{model}-{}.pcap", std::process::id()));
+    // The TFTP folder: the blob, a small file in a subfolder, and a file
+    // beside the folder that the guest must not reach.
+    let tftp_work = std::env::temp_dir().join(format!("ferrovm-net-tftp-{model}-{}", std::process::id()));
+    let tftp_root = tftp_work.join("root");
+    std::fs::create_dir_all(tftp_root.join("sub")).unwrap();
+    std::fs::write(tftp_root.join("blob"), &blob).unwrap();
+    let small = pattern(1000, 3);
+    std::fs::write(tftp_root.join("sub/small"), &small).unwrap();
+    std::fs::write(tftp_work.join("outside"), b"not for the guest").unwrap();
     let nics = [
         format!(
-            "user,model={model},dnsupstream=127.0.0.1:{dns_port},pcap={},\
+            "user,model={model},dnsupstream=127.0.0.1:{dns_port},pcap={},tftp={},bootfile=sub/small,\
              hostfwd=tcp:127.0.0.1:{fwd_in}-:{GUEST_PORT_IN},hostfwd=tcp:127.0.0.1:{fwd_out}-:{GUEST_PORT_OUT}",
-            pcap.display()
+            pcap.display(),
+            tftp_root.display()
         ),
         format!("user,model={model},restrict=on,hostfwd=tcp:127.0.0.1:{fwd_r}-:{GUEST_PORT_RESTRICTED}"),
     ];
@@ -344,6 +364,9 @@ fn nat_guest_test(model: &str, accel: &str) {
     let (d0, d1) = uptimes(&dhcp);
     let (addr, _) = g.wait_for("addr");
     g.check(addr == "10.0.2.15", "udhcpc's address is not 10.0.2.15");
+    // The boot file and server DHCP named: BOOTP's file field, option 67, siaddr.
+    let boot = g.seen_with("boot").into_iter().find(|b| b.starts_with("eth0 ")).unwrap_or_default();
+    g.check(boot == "eth0 sub/small sub/small 10.0.2.2", &format!("DHCP's boot file and server: {boot}"));
 
     // 1 MiB over HTTP.
     let (wget, _) = g.wait_for("wget");
@@ -379,6 +402,22 @@ fn nat_guest_test(model: &str, accel: &str) {
     let (n0, n1) = uptimes(&dns);
     let queries = dns_seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
     g.check(queries.iter().any(|(n, t)| n == DNS_NAME && *t == 1), &format!("the resolver got {queries:?}"));
+
+    // TFTP from the gateway: 1 MiB with 1468-byte blocks, a file by an
+    // absolute name, and a name that leaves the folder, refused.
+    let (tftp, _) = g.wait_for("tftp");
+    let v: Vec<&str> = tftp.split_whitespace().collect();
+    g.check(
+        v.len() == 5 && v[0] == "0" && v[1] == sha256(&blob) && v[2] == HTTP_BYTES.to_string(),
+        &format!("the blob over TFTP: {tftp}"),
+    );
+    let (t0, t1) = uptimes(&tftp);
+    let (small_line, _) = g.wait_for("tftp-small");
+    g.check(small_line == format!("0 {} {}", sha256(&small), small.len()), &format!("sub/small: {small_line}"));
+    let (escape, _) = g.wait_for("tftp-escape");
+    g.check(escape == "1 1", &format!("../outside was not refused as an access violation: {escape}"));
+    let _ = std::fs::remove_dir_all(&tftp_work);
+    eprintln!("{model}: 1 MiB over TFTP in {:.2} s in the guest", t1 - t0);
 
     // 8 MiB each way through the forwards.
     let data = pattern(FWD_BYTES, 2);

@@ -282,7 +282,7 @@ fn unsupported_options_are_refused_by_name() {
         (&["-gdb", "udp::1234", "-kernel", "k"][..], "expected tcp::PORT"),
         (&["-frobnicate"][..], "-frobnicate"),
         (&["-smp", "4,maxcpus=8"][..], "hotplug"),
-        (&["-netdev", "tap,id=t0"][..], "tap"),
+        (&["-netdev", "vde,id=t0"][..], "vde"),
         (&["-netdev", "user,id=n0", "-device", "rtl8139,netdev=n0"][..], "rtl8139"),
         (&["-drive", "file=x.img,if=scsi"][..], "if=scsi"),
         (&["-display", "gtk"][..], "-display"),

@@ -233,6 +233,11 @@ pub struct UserNetConfig {
     pub hostfwd: Vec<HostFwd>,
     /// Resource bounds.
     pub limits: Limits,
+    /// `tftp=`: the folder the TFTP server on the gateway serves (read only).
+    pub tftp: Option<PathBuf>,
+    /// `bootfile=`: the boot file DHCP names (BOOTP `file` and option 67),
+    /// for a PXE loader to fetch over TFTP.
+    pub bootfile: Option<String>,
 }
 
 impl Default for UserNetConfig {
@@ -253,6 +258,8 @@ impl Default for UserNetConfig {
             restrict: false,
             hostfwd: Vec::new(),
             limits: Limits::default(),
+            tftp: None,
+            bootfile: None,
         }
     }
 }
@@ -348,6 +355,14 @@ impl UserNetConfig {
             "domainname" => self.domain = Some(check_name(value)?),
             "hostfwd" => self.hostfwd.push(value.parse()?),
             "restrict" => self.restrict = parse_bool(value)?,
+            "tftp" if !value.is_empty() => self.tftp = Some(PathBuf::from(value)),
+            "bootfile" => {
+                // It goes in BOOTP's 128-byte `file` field, NUL-terminated.
+                if value.is_empty() || value.len() > 127 || value.bytes().any(|b| b.is_ascii_control()) {
+                    return Err(format!("'{value}' is not a boot file name (1-127 printable characters)"));
+                }
+                self.bootfile = Some(value.to_string());
+            }
             "dnsupstream" => {
                 if value == "none" {
                     self.dns_upstream = DnsUpstream::Disabled;
@@ -487,8 +502,8 @@ impl FromStr for NicSpec {
                             part,
                             format!(
                                 "unknown key '{key}'; user takes net, host, dns, dhcpstart, hostname, \
-                                 domainname, hostfwd, restrict, dnsupstream, maxflows, flowbuf, \
-                                 tcpidle, udpidle, model, mac, vectors, pcap"
+                                 domainname, hostfwd, restrict, tftp, bootfile, dnsupstream, maxflows, \
+                                 flowbuf, tcpidle, udpidle, model, mac, vectors, pcap"
                             ),
                         ));
                     }

@@ -154,7 +154,8 @@ case "$1" in
 bound|renew)
     ifconfig $interface $ip netmask ${subnet:-255.255.255.0} up
     [ "$interface" = eth0 ] && route add default gw $router dev $interface
-    echo "T:lease $interface $ip $router" ;;
+    echo "T:lease $interface $ip $router"
+    echo "T:boot $interface ${boot_file:-none} ${bootfile:-none} ${siaddr:-none}" ;;
 esac
 END
 chmod +x /tmp/dhcp.sh

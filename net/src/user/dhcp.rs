@@ -47,6 +47,7 @@ const OPT_REQUESTED_IP: u8 = 50;
 const OPT_LEASE_TIME: u8 = 51;
 const OPT_MESSAGE_TYPE: u8 = 53;
 const OPT_SERVER_ID: u8 = 54;
+const OPT_BOOTFILE: u8 = 67;
 const OPT_RENEWAL_T1: u8 = 58;
 const OPT_REBINDING_T2: u8 = 59;
 const OPT_END: u8 = 255;
@@ -85,6 +86,7 @@ pub(crate) struct DhcpServer {
     pool: Vec<Ipv4Addr>,
     hostname: Option<String>,
     domain: Option<String>,
+    bootfile: Option<String>,
     lease_time: Duration,
     mtu: u16,
     leases: Vec<Lease>,
@@ -170,6 +172,7 @@ impl DhcpServer {
             pool,
             hostname: cfg.hostname.clone(),
             domain: cfg.domain.clone(),
+            bootfile: cfg.bootfile.clone(),
             lease_time: cfg.lease_time,
             mtu: cfg.mtu,
             leases: Vec::new(),
@@ -309,6 +312,11 @@ impl DhcpServer {
             b[20..24].copy_from_slice(&self.server.octets());
         }
         b[28..44].copy_from_slice(&m.chaddr);
+        if let (Some(f), true) = (&self.bootfile, kind != NAK) {
+            // BOOTP's `file`: 128 bytes, NUL-terminated (the name is at most 127).
+            let n = f.len().min(127);
+            b[108..108 + n].copy_from_slice(&f.as_bytes()[..n]);
+        }
         b[236..240].copy_from_slice(&MAGIC_COOKIE);
 
         let mut opt = |code: u8, data: &[u8]| {
@@ -335,6 +343,9 @@ impl DhcpServer {
             }
             if let Some(d) = &self.domain {
                 opt(OPT_DOMAIN, &d.as_bytes()[..d.len().min(255)]);
+            }
+            if let Some(f) = &self.bootfile {
+                opt(OPT_BOOTFILE, &f.as_bytes()[..f.len().min(127)]);
             }
         }
         b.push(OPT_END);

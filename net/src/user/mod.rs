@@ -11,6 +11,7 @@
 //! | other ARP | dropped (the NAT does not own other addresses) |
 //! | UDP to port 67 | the DHCP server (`dhcp.rs`) |
 //! | UDP to DNS:53 | the DNS forwarder (`dns.rs`) |
+//! | UDP to gateway:69, or to a transfer's port, with `tftp=` | the TFTP server (`tftp.rs`) |
 //! | other UDP | a UDP flow (`udp.rs`) |
 //! | TCP of a known flow | smoltcp |
 //! | TCP SYN of a new 4-tuple | a new flow (`tcp.rs`) |
@@ -30,6 +31,7 @@ mod dns;
 mod icmp;
 mod state;
 mod tcp;
+mod tftp;
 mod udp;
 
 pub use state::{DhcpLease, UserNetState};
@@ -96,6 +98,10 @@ pub struct UserNetStats {
     pub dns_servfail: u64,
     /// ICMP echo requests that could not be sent out.
     pub icmp_dropped: u64,
+    /// TFTP reads completed.
+    pub tftp_completed: u64,
+    /// TFTP requests refused and transfers given up.
+    pub tftp_errors: u64,
 }
 
 /// The user-mode NAT backend. See the module documentation.
@@ -112,6 +118,8 @@ pub struct UserNet {
     dns: dns::DnsForwarder,
     dhcp: dhcp::DhcpServer,
     icmp: icmp::IcmpProxy,
+    /// With `tftp=`.
+    tftp: Option<tftp::TftpServer>,
     gw_mac: EthernetAddress,
     guest_macs: HashMap<Ipv4Addr, EthernetAddress>,
     /// Forward listeners by token index: protocol and index in its table.
@@ -169,6 +177,7 @@ impl UserNet {
         let dns = dns::DnsForwarder::new(&cfg.dns_upstream, limits.dns_timeout, limits.dns_pending);
         let dhcp = dhcp::DhcpServer::new(&cfg);
         let icmp = icmp::IcmpProxy::new(limits.max_flows.min(64));
+        let tftp = cfg.tftp.as_deref().map(tftp::TftpServer::new).transpose().map_err(Error::BadConfig)?;
         Ok(UserNet {
             epoch,
             iface,
@@ -181,6 +190,7 @@ impl UserNet {
             dns,
             dhcp,
             icmp,
+            tftp,
             gw_mac,
             guest_macs: HashMap::new(),
             fwd_kinds,
@@ -212,6 +222,10 @@ impl UserNet {
         s.dns_queries = self.dns.queries;
         s.dns_servfail = self.dns.servfails;
         s.icmp_dropped = self.icmp.dropped;
+        if let Some(t) = &self.tftp {
+            s.tftp_completed = t.completed;
+            s.tftp_errors = t.errors;
+        }
         s
     }
 
@@ -384,6 +398,12 @@ impl UserNet {
             }
             if let Some(reply) = self.dns.query(&self.poller, guest, udp.payload, now) {
                 self.udp_to_guest(SocketAddrV4::new(self.cfg.dns, dns::DNS_PORT), guest, &reply);
+            }
+            return Ok(());
+        }
+        if let Some(t) = self.tftp.as_mut().filter(|t| ip.dst == self.cfg.host && t.claims(guest, udp.dst_port)) {
+            if let Some(r) = t.handle(guest, udp.dst_port, udp.payload, now) {
+                self.udp_to_guest(SocketAddrV4::new(self.cfg.host, r.src_port), r.dst, &r.payload);
             }
             return Ok(());
         }
@@ -591,6 +611,10 @@ impl NetBackend for UserNet {
         self.read_datagrams(now);
         self.udp.expire(&self.poller, now);
         self.icmp.expire(&self.poller, now);
+        let resend = self.tftp.as_mut().map(|t| t.expire(now)).unwrap_or_default();
+        for r in resend {
+            self.udp_to_guest(SocketAddrV4::new(self.cfg.host, r.src_port), r.dst, &r.payload);
+        }
 
         if !self.q.to_stack.is_empty() && !self.q.guest_full() {
             return Some(Duration::ZERO);
@@ -604,7 +628,8 @@ impl NetBackend for UserNet {
         } else {
             self.iface.poll_delay(ts, &self.sockets).map(|d| Duration::from_micros(d.total_micros()))
         };
-        [self.tcp.next_deadline(), self.udp.next_deadline(), self.dns.next_deadline(), self.icmp.next_deadline()]
+        let tftp = self.tftp.as_ref().and_then(tftp::TftpServer::next_deadline);
+        [self.tcp.next_deadline(), self.udp.next_deadline(), self.dns.next_deadline(), self.icmp.next_deadline(), tftp]
             .into_iter()
             .flatten()
             .map(|t| t.saturating_duration_since(now))
