@@ -1207,6 +1207,13 @@ impl State {
                 known.push("vectors");
             }
             o.only(&format!("{option} {driver}"), &known)?;
+            // QEMU's NICs boot from an option ROM (iPXE); ferrovm's have none,
+            // which is QEMU's `romfile=` with no file.
+            if let Some(rom) = o.get("romfile").filter(|r| !r.is_empty()) {
+                return Err(format!(
+                    "{option} {driver},romfile={rom} is not supported: ferrovm's NICs have no option ROM (romfile=)"
+                ));
+            }
             let netdev = o
                 .get("netdev")
                 .ok_or_else(|| format!("{option} {driver}: netdev= is missing (ferrovm's NICs need a -netdev user)"))?;
@@ -2125,6 +2132,8 @@ mod tests {
         refused("-machine pc,smm=on -kernel k", "System Management Mode");
         refused("-machine smm=auto -kernel k", "smm=auto");
         run_args("-machine pc,smm=off -kernel k");
+        run_args("-netdev user,id=n -device e1000,netdev=n,romfile= -kernel k");
+        refused("-netdev user,id=n -device e1000,netdev=n,romfile=/x/pxe.rom -kernel k", "no option ROM");
         run_args("-k en-us -vnc 127.0.0.1:1 -kernel k");
         refused("-k de -vnc 127.0.0.1:1 -kernel k", "US layout");
         refused("-netdev vde,id=t0", "TAP interfaces");

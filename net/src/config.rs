@@ -12,6 +12,7 @@
 //! | `domainname=NAME` | DHCP option 15 | none |
 //! | `hostfwd=[tcp\|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT` | a port forward (repeatable) | none |
 //! | `restrict=on\|off` | the guest reaches only the NAT's services and forwarded ports | off |
+//! | `allow=[tcp:\|udp:]ADDR[/PREFIX][:PORT]` | with `restrict` (which it turns on), the guest may also reach these (repeatable) | none |
 //! | `dnsupstream=ADDR[:PORT]\|none` | where DNS queries go (repeatable) | /etc/resolv.conf |
 //! | `maxflows=N` | TCP + UDP flows at once | 256 |
 //! | `flowbuf=BYTES` | buffer per TCP flow and direction | 131072 |
@@ -87,6 +88,70 @@ impl Proto {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
         }
+    }
+}
+
+/// A destination the guest may reach past `restrict` (`allow=`):
+/// `[tcp:|udp:]ADDR[/PREFIX][:PORT]`. Without a port every protocol
+/// (TCP, UDP, ICMP echo) may reach the addresses; with one, TCP and UDP
+/// (or the one named) to that port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Allow {
+    /// The protocol, when one is named.
+    pub proto: Option<Proto>,
+    /// The network's address.
+    pub net: Ipv4Addr,
+    /// Its prefix length (32: one address).
+    pub prefix_len: u8,
+    /// The port, when one is named.
+    pub port: Option<u16>,
+}
+
+impl Allow {
+    /// Whether the entry lets traffic to `addr` through: `port` is the
+    /// protocol and port of TCP or UDP, `None` for an ICMP echo.
+    pub fn permits(&self, addr: Ipv4Addr, port: Option<(Proto, u16)>) -> bool {
+        let mask = prefix_mask(self.prefix_len);
+        if u32::from(addr) & mask != u32::from(self.net) & mask {
+            return false;
+        }
+        match (port, self.proto, self.port) {
+            (None, None, None) => true,
+            (None, _, _) => false,
+            (Some((p, n)), proto, want) => proto.is_none_or(|q| q == p) && want.is_none_or(|w| w == n),
+        }
+    }
+}
+
+impl FromStr for Allow {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (proto, rest) = match s.split_once(':') {
+            Some(("tcp", r)) => (Some(Proto::Tcp), r),
+            Some(("udp", r)) => (Some(Proto::Udp), r),
+            _ => (None, s),
+        };
+        let (addr, port) = match rest.split_once(':') {
+            Some((a, p)) => (a, Some(parse_port(p, "allow port", false)?)),
+            None => (rest, None),
+        };
+        if proto.is_some() && port.is_none() {
+            return Err(format!("allow={s}: a protocol needs a port (tcp:ADDR:PORT)"));
+        }
+        let (a, prefix_len) = match addr.split_once('/') {
+            Some((a, p)) => match p.parse::<u8>() {
+                Ok(p) if p <= 32 => (a, p),
+                _ => return Err(format!("allow={s}: '/{p}' is not a prefix length (0-32)")),
+            },
+            None => (addr, 32),
+        };
+        let net: Ipv4Addr = a.parse().map_err(|_| format!("allow={s}: '{a}' is not an IPv4 address"))?;
+        if u32::from(net) & !prefix_mask(prefix_len) != 0 {
+            return Err(format!("allow={s}: the address has bits past /{prefix_len}"));
+        }
+        Ok(Allow { proto, net, prefix_len, port })
     }
 }
 
@@ -229,6 +294,9 @@ pub struct UserNetConfig {
     pub dns_upstream: DnsUpstream,
     /// Only the NAT's own services and the port forwards are reachable.
     pub restrict: bool,
+    /// `allow=`: destinations reachable past `restrict`, which any entry
+    /// turns on.
+    pub allow: Vec<Allow>,
     /// Host port forwards.
     pub hostfwd: Vec<HostFwd>,
     /// Resource bounds.
@@ -256,6 +324,7 @@ impl Default for UserNetConfig {
             mtu: 1500,
             dns_upstream: DnsUpstream::System,
             restrict: false,
+            allow: Vec::new(),
             hostfwd: Vec::new(),
             limits: Limits::default(),
             tftp: None,
@@ -276,6 +345,14 @@ impl UserNetConfig {
     }
 
     /// Whether `addr` lies in the guest network.
+    /// Whether the guest may reach `addr` outside the NAT (TCP or UDP to
+    /// `port`, or an ICMP echo with `None`): always without `restrict`,
+    /// else where an `allow=` entry lets it.
+    pub fn permits(&self, addr: Ipv4Addr, port: Option<(Proto, u16)>) -> bool {
+        !self.restrict || self.allow.iter().any(|a| a.permits(addr, port))
+    }
+
+    /// Whether `addr` is on the guest network.
     pub fn contains(&self, addr: Ipv4Addr) -> bool {
         let mask = prefix_mask(self.prefix_len);
         u32::from(addr) & mask == u32::from(self.net) & mask
@@ -355,6 +432,10 @@ impl UserNetConfig {
             "domainname" => self.domain = Some(check_name(value)?),
             "hostfwd" => self.hostfwd.push(value.parse()?),
             "restrict" => self.restrict = parse_bool(value)?,
+            "allow" => {
+                self.allow.push(value.parse()?);
+                self.restrict = true;
+            }
             "tftp" if !value.is_empty() => self.tftp = Some(PathBuf::from(value)),
             "bootfile" => {
                 // It goes in BOOTP's 128-byte `file` field, NUL-terminated.
@@ -430,7 +511,7 @@ pub struct HubConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BackendSpec {
     /// `user`: the user-mode NAT.
-    User(UserNetConfig),
+    User(Box<UserNetConfig>),
     /// `hub`: an internal network between VMs.
     Hub(HubConfig),
     /// `tap` or `bridge`: a host TAP interface, alone or on a bridge.
@@ -502,7 +583,7 @@ impl FromStr for NicSpec {
                             part,
                             format!(
                                 "unknown key '{key}'; user takes net, host, dns, dhcpstart, hostname, \
-                                 domainname, hostfwd, restrict, tftp, bootfile, dnsupstream, maxflows, \
+                                 domainname, hostfwd, restrict, allow, tftp, bootfile, dnsupstream, maxflows, \
                                  flowbuf, tcpidle, udpidle, model, mac, vectors, pcap"
                             ),
                         ));
@@ -541,7 +622,7 @@ impl FromStr for NicSpec {
                 }
             }
             user.validate()?;
-            BackendSpec::User(user)
+            BackendSpec::User(Box::new(user))
         } else if kind == "tap" {
             BackendSpec::Tap(tap)
         } else if kind == "bridge" {
@@ -563,7 +644,7 @@ mod tests {
 
     fn user(s: &str) -> UserNetConfig {
         match s.parse::<NicSpec>().unwrap().backend {
-            BackendSpec::User(c) => c,
+            BackendSpec::User(c) => *c,
             other => panic!("not user: {other:?}"),
         }
     }
@@ -678,5 +759,33 @@ mod tests {
         let spec: NicSpec = "bridge,br=virbr1,mac=52:54:00:00:00:09".parse().unwrap();
         let want = crate::TapConfig { bridge: Some("virbr1".into()), ..Default::default() };
         assert_eq!(spec.backend, BackendSpec::Tap(want));
+    }
+
+    #[test]
+    fn allow_entries() {
+        let c = user("user,allow=10.1.0.0/16,allow=tcp:10.0.2.2:8080,allow=192.0.2.7:53");
+        assert!(c.restrict, "allow= turns restrict on");
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert!(c.permits(ip("10.1.200.3"), None));
+        assert!(c.permits(ip("10.1.200.3"), Some((Proto::Udp, 9))));
+        assert!(!c.permits(ip("10.2.0.1"), None));
+        assert!(c.permits(ip("10.0.2.2"), Some((Proto::Tcp, 8080))));
+        assert!(!c.permits(ip("10.0.2.2"), Some((Proto::Udp, 8080))));
+        assert!(!c.permits(ip("10.0.2.2"), Some((Proto::Tcp, 8081))));
+        assert!(!c.permits(ip("10.0.2.2"), None), "no ping to a port entry");
+        assert!(
+            c.permits(ip("192.0.2.7"), Some((Proto::Tcp, 53))) && c.permits(ip("192.0.2.7"), Some((Proto::Udp, 53)))
+        );
+        assert!(user("user").permits(ip("8.8.8.8"), None));
+        for (s, needle) in [
+            ("user,allow=10.0.0.1/33", "prefix length"),
+            ("user,allow=10.0.0.1/8", "bits past"),
+            ("user,allow=tcp:10.0.0.1", "needs a port"),
+            ("user,allow=example.com", "not an IPv4"),
+            ("user,allow=10.0.0.1:0", "must not be 0"),
+        ] {
+            let err = s.parse::<NicSpec>().unwrap_err().to_string();
+            assert!(err.contains(needle), "{s}: {err}");
+        }
     }
 }

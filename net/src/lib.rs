@@ -44,7 +44,7 @@ mod poller;
 pub mod tap;
 pub mod user;
 
-pub use config::{BackendSpec, DnsUpstream, HostFwd, HubConfig, Limits, MacAddr, NicSpec, Proto, UserNetConfig};
+pub use config::{Allow, BackendSpec, DnsUpstream, HostFwd, HubConfig, Limits, MacAddr, NicSpec, Proto, UserNetConfig};
 pub use error::Error;
 pub use fuzz::fuzz_frame;
 pub use hub::HubNet;
@@ -123,7 +123,7 @@ pub(crate) fn pop_frame(rx: &mut std::collections::VecDeque<Vec<u8>>, buf: &mut 
 /// [`PcapWriter`] when `pcap=` was given.
 pub fn open(spec: &NicSpec) -> Result<Box<dyn NetBackend>, Error> {
     let backend: Box<dyn NetBackend> = match &spec.backend {
-        BackendSpec::User(cfg) => Box::new(UserNet::new(cfg.clone())?),
+        BackendSpec::User(cfg) => Box::new(UserNet::new((**cfg).clone())?),
         BackendSpec::Hub(cfg) => Box::new(HubNet::open(cfg)?),
         BackendSpec::Tap(cfg) => Box::new(TapNet::open(cfg)?),
     };

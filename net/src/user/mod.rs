@@ -410,7 +410,7 @@ impl UserNet {
         if ip.dst == self.cfg.host && self.udp.forward_to_peer(guest, udp.dst_port, udp.payload, now) {
             return Ok(());
         }
-        if self.cfg.restrict {
+        if !self.cfg.permits(ip.dst, Some((Proto::Udp, udp.dst_port))) {
             return Err(Drop::Policy);
         }
         let host_ip = self.host_side(ip.dst).ok_or(Drop::NotForUs)?;
@@ -441,7 +441,7 @@ impl UserNet {
             self.rst_to_guest(eth, ip, &seg);
             return Err(Drop::NotForUs);
         }
-        if self.cfg.restrict || ip.dst == self.cfg.dns {
+        if !self.cfg.permits(ip.dst, Some((Proto::Tcp, seg.dst_port))) || ip.dst == self.cfg.dns {
             self.rst_to_guest(eth, ip, &seg);
             return Err(Drop::Policy);
         }
@@ -473,7 +473,7 @@ impl UserNet {
             self.queue_guest(f);
             return Ok(());
         }
-        if self.cfg.restrict {
+        if !self.cfg.permits(ip.dst, None) {
             return Err(Drop::Policy);
         }
         let host_ip = self.host_side(ip.dst).ok_or(Drop::NotForUs)?;

@@ -410,3 +410,30 @@ fn malformed_tcp_and_udp_headers_are_dropped() {
     // And good frames are still served.
     assert_eq!(answered(&mut n, &good_syn), 1);
 }
+
+#[test]
+fn allow_lets_a_listed_port_past_restrict() {
+    // A host service on the loopback, reached through the gateway.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let cfg = format!("user,allow=tcp:10.0.2.2:{port}").parse::<crate::NicSpec>().unwrap();
+    let crate::BackendSpec::User(mut cfg) = cfg.backend else { panic!("not user") };
+    cfg.dns_upstream = DnsUpstream::Disabled;
+    let mut n = UserNet::new(*cfg).unwrap();
+    // Another port of the same address: refused as under restrict.
+    n.send(&syn(GW, port.wrapping_add(1).max(1), 40001));
+    let r = out(&mut n);
+    assert_eq!(r.len(), 1);
+    let eth = frame::parse_eth(&r[0]).unwrap();
+    let ip = frame::parse_ipv4(eth.payload).unwrap();
+    assert!(frame::parse_tcp(&ip).unwrap().rst, "a port not listed gets an RST");
+    // The listed one: a flow, and the host service sees the connection.
+    n.send(&syn(GW, port, 40000));
+    let _ = out(&mut n);
+    assert_eq!(n.stats().tcp_flows, 1);
+    l.set_nonblocking(false).unwrap();
+    let (_conn, _) = l.accept().unwrap();
+    // An ICMP echo to an address no entry lists is dropped.
+    n.send(&ping(Ipv4Addr::new(192, 0, 2, 1)));
+    assert!(out(&mut n).is_empty());
+}
