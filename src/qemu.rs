@@ -343,8 +343,17 @@ struct Nic {
 
 /// One `-net` of the legacy syntax, on its hub (`vlan=`, default 0).
 enum LegacyNet {
-    Nic { vlan: u32, model: &'static str, mac: Option<String>, vectors: Option<String> },
-    User { vlan: u32, opts: Opts },
+    Nic {
+        vlan: u32,
+        model: &'static str,
+        mac: Option<String>,
+        vectors: Option<String>,
+    },
+    /// `-net user`, `-net tap` or `-net bridge` (the type is in `opts`).
+    Backend {
+        vlan: u32,
+        opts: Opts,
+    },
 }
 
 #[derive(Clone)]
@@ -1077,12 +1086,12 @@ impl State {
                 known.extend_from_slice(USER_KEYS);
                 o.only(option, &known)?;
                 check_ip_versions(option, &o)?;
-                self.legacy_nets.push(LegacyNet::User { vlan, opts: o });
+                self.legacy_nets.push(LegacyNet::Backend { vlan, opts: o });
                 Ok(())
             }
             "tap" | "bridge" => {
                 check_tap(option, &o, &["vlan", "name", "id"])?;
-                self.legacy_nets.push(LegacyNet::User { vlan, opts: o });
+                self.legacy_nets.push(LegacyNet::Backend { vlan, opts: o });
                 Ok(())
             }
             t => Err(format!(
@@ -1101,7 +1110,7 @@ impl State {
             .legacy_nets
             .iter()
             .map(|n| match n {
-                LegacyNet::Nic { vlan, .. } | LegacyNet::User { vlan, .. } => *vlan,
+                LegacyNet::Nic { vlan, .. } | LegacyNet::Backend { vlan, .. } => *vlan,
             })
             .collect();
         vlans.sort_unstable();
@@ -1121,7 +1130,7 @@ impl State {
                 .legacy_nets
                 .iter()
                 .filter_map(|n| match n {
-                    LegacyNet::User { vlan: v, opts } if *v == vlan => Some(opts),
+                    LegacyNet::Backend { vlan: v, opts } if *v == vlan => Some(opts),
                     _ => None,
                 })
                 .collect();

@@ -388,17 +388,19 @@ impl Machine {
     /// `monitor` (`--serial mon:stdio`), `Ctrl-A c` moves the keys between
     /// the guest and it.
     pub fn attach_stdin(&self, monitor: Option<Box<dyn devices::console::MuxMonitor>>) -> Result<(), Error> {
+        devices::console::spawn_stdin_reader(self.events.clone(), Box::new(self.input_sink()), monitor)?;
+        Ok(())
+    }
+
+    /// What a reader thread hands typed bytes to: COM1's input queue, then
+    /// a wake-up of the calling (run loop's) thread.
+    fn input_sink(&self) -> impl Fn(&[u8]) + Send + 'static {
         let input = self.input.clone();
         let me = std::thread::current();
-        devices::console::spawn_stdin_reader(
-            self.events.clone(),
-            Box::new(move |bytes: &[u8]| {
-                input.lock().extend(bytes.iter().copied());
-                me.unpark();
-            }),
-            monitor,
-        )?;
-        Ok(())
+        move |bytes: &[u8]| {
+            input.lock().extend(bytes.iter().copied());
+            me.unpark();
+        }
     }
 
     /// COM1's pseudo-terminal (`--serial pty`): `/dev/pts/N`, and the
@@ -411,8 +413,7 @@ impl Machine {
     /// to the guest (`--serial pty`; nothing otherwise).
     pub fn attach_pty(&self) -> Result<(), Error> {
         let Some(pty) = self.pty.lock().take() else { return Ok(()) };
-        let input = self.input.clone();
-        let me = std::thread::current();
+        let deliver = self.input_sink();
         // Every byte to the guest: a pty has no escape keys (QEMU's has
         // them only under mux=on).
         std::thread::Builder::new()
@@ -422,8 +423,7 @@ impl Machine {
                 let mut reader = pty.into_reader();
                 let mut buf = [0u8; 256];
                 while let Ok(n @ 1..) = reader.read(&mut buf) {
-                    input.lock().extend(buf[..n].iter().copied());
-                    me.unpark();
+                    deliver(&buf[..n]);
                 }
             })
             .map_err(|e| Error::Config(format!("cannot start the serial-pty thread: {e}")))?;
