@@ -112,8 +112,7 @@ impl Allow {
     /// Whether the entry lets traffic to `addr` through: `port` is the
     /// protocol and port of TCP or UDP, `None` for an ICMP echo.
     pub fn permits(&self, addr: Ipv4Addr, port: Option<(Proto, u16)>) -> bool {
-        let mask = prefix_mask(self.prefix_len);
-        if u32::from(addr) & mask != u32::from(self.net) & mask {
+        if !in_net(addr, self.net, self.prefix_len) {
             return false;
         }
         match (port, self.proto, self.port) {
@@ -344,7 +343,6 @@ impl UserNetConfig {
         Ipv4Addr::from(u32::from(self.net) | !prefix_mask(self.prefix_len))
     }
 
-    /// Whether `addr` lies in the guest network.
     /// Whether the guest may reach `addr` outside the NAT (TCP or UDP to
     /// `port`, or an ICMP echo with `None`): always without `restrict`,
     /// else where an `allow=` entry lets it.
@@ -352,10 +350,9 @@ impl UserNetConfig {
         !self.restrict || self.allow.iter().any(|a| a.permits(addr, port))
     }
 
-    /// Whether `addr` is on the guest network.
+    /// Whether `addr` lies in the guest network.
     pub fn contains(&self, addr: Ipv4Addr) -> bool {
-        let mask = prefix_mask(self.prefix_len);
-        u32::from(addr) & mask == u32::from(self.net) & mask
+        in_net(addr, self.net, self.prefix_len)
     }
 
     /// Checks that the addresses fit together.
@@ -463,6 +460,12 @@ impl UserNetConfig {
         }
         Ok(true)
     }
+}
+
+/// Whether `addr` lies in the network `net`/`prefix_len`.
+fn in_net(addr: Ipv4Addr, net: Ipv4Addr, prefix_len: u8) -> bool {
+    let mask = prefix_mask(prefix_len);
+    u32::from(addr) & mask == u32::from(net) & mask
 }
 
 fn prefix_mask(prefix_len: u8) -> u32 {

@@ -48,7 +48,7 @@ pub struct TapConfig {
 
 /// Checks an interface name as the kernel takes one (at most 15 bytes, no
 /// '/', blanks or ':').
-pub(crate) fn check_ifname(name: &str) -> Result<(), String> {
+pub fn check_ifname(name: &str) -> Result<(), String> {
     if name.is_empty()
         || name.len() > 15
         || name == "."

@@ -276,6 +276,11 @@ impl UserNet {
         self.queue_guest(f);
     }
 
+    /// A TFTP packet, from the gateway's port of its transfer.
+    fn tftp_to_guest(&mut self, r: &tftp::Reply) {
+        self.udp_to_guest(SocketAddrV4::new(self.cfg.host, r.src_port), r.dst, &r.payload);
+    }
+
     fn rst_to_guest(&mut self, eth: &Eth<'_>, ip: &Ip<'_>, seg: &frame::Tcp) {
         let f = frame::build_rst_for(self.gw_mac, eth.src, ip, seg);
         self.stats.tcp_resets += 1;
@@ -403,7 +408,7 @@ impl UserNet {
         }
         if let Some(t) = self.tftp.as_mut().filter(|t| ip.dst == self.cfg.host && t.claims(guest, udp.dst_port)) {
             if let Some(r) = t.handle(guest, udp.dst_port, udp.payload, now) {
-                self.udp_to_guest(SocketAddrV4::new(self.cfg.host, r.src_port), r.dst, &r.payload);
+                self.tftp_to_guest(&r);
             }
             return Ok(());
         }
@@ -612,8 +617,8 @@ impl NetBackend for UserNet {
         self.udp.expire(&self.poller, now);
         self.icmp.expire(&self.poller, now);
         let resend = self.tftp.as_mut().map(|t| t.expire(now)).unwrap_or_default();
-        for r in resend {
-            self.udp_to_guest(SocketAddrV4::new(self.cfg.host, r.src_port), r.dst, &r.payload);
+        for r in &resend {
+            self.tftp_to_guest(r);
         }
 
         if !self.q.to_stack.is_empty() && !self.q.guest_full() {
