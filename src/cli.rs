@@ -201,8 +201,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub cdrom: Option<PathBuf>,
     /// The order SeaBIOS tries the drives in, QEMU's -boot order= letters:
-    /// c (hard disks: IDE, then virtio), d (CD-ROMs), a (floppy). Default
-    /// cad. Then QEMU's -boot keys: once=ORDER (the first boot's order; a
+    /// c (hard disks: IDE, then virtio), d (CD-ROMs), a (floppy), n to p
+    /// (network: the first to third NIC's iPXE boot ROM). Default cad. Then QEMU's -boot keys: once=ORDER (the first boot's order; a
     /// reset goes back to ORDER), menu=on (SeaBIOS's boot menu, ESC),
     /// splash-time=MS (how long SeaBIOS waits for ESC).
     #[arg(
@@ -219,8 +219,9 @@ pub struct RunArgs {
         long,
         value_name = "SPEC",
         help = "A network card: user|hub|tap|bridge[,model=e1000|virtio][,mac=..][,vectors=N][,hostfwd=...]\
-                [,restrict=on][,pcap=PATH]; tap takes ifname=, script=, downscript=; bridge takes br= \
-                (default br0). May be repeated (PCI slots 3, 4, ...; MACs 52:54:00:12:34:56, :57, ...)"
+                [,restrict=on][,pcap=PATH][,romfile=FILE]; tap takes ifname=, script=, downscript=; bridge takes br= \
+                (default br0). romfile= is the NIC's boot ROM (empty: none; default with --boot n: the model's \
+                iPXE ROM, efi-e1000.rom or efi-virtio.rom). May be repeated (PCI slots 3, 4, ...; MACs 52:54:00:12:34:56, :57, ...)"
     )]
     pub nic: Vec<String>,
     #[command(flatten)]

@@ -179,6 +179,8 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         return Err(Error::Config("--kernel and --bios cannot be combined".into()));
     }
     let boot = vmm::storage::parse_boot(&args.boot).map_err(|e| Error::Config(format!("--boot {}: {e}", args.boot)))?;
+    // n, o, p: a NIC's boot ROM, which the BIOS runs.
+    let net_boot = std::iter::once(&boot.order).chain(&boot.once).any(|o| o.contains(['n', 'o', 'p']));
     let disks = match (&args.restore, args.clone) {
         // A clone's drives are the snapshot's, each disk under an overlay of its own.
         (Some(snap), true) => {
@@ -256,8 +258,8 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
             path: args.kernel_boot.path(),
             load: true,
         }),
-        // A disk and no kernel: the disk boots through SeaBIOS.
-        (None, None, None) if !disks.is_empty() => Firmware::Bios(bios::default_bios()?),
+        // A disk and no kernel, or a network boot: SeaBIOS boots it.
+        (None, None, None) if !disks.is_empty() || net_boot => Firmware::Bios(bios::default_bios()?),
         (None, None, None) => Firmware::Builtin,
     };
     if args.screen.curses() && args.serial.on_stdio() {

@@ -22,7 +22,7 @@ pub const PROGRAM: &str = "qemu-system-x86_64";
 
 /// Where QEMU looks for a firmware name given without a path, after the
 /// folders of `-L`.
-const DATA_DIRS: &[&str] = &["/usr/share/seabios", "/usr/share/qemu"];
+const DATA_DIRS: &[&str] = &["/usr/share/seabios", "/usr/share/qemu", "/usr/lib/ipxe/qemu"];
 
 /// The BIOS QEMU runs when none is named.
 const DEFAULT_BIOS: &str = "bios-256k.bin";
@@ -339,6 +339,8 @@ struct Nic {
     /// On an internal hub of this name instead of the NAT (a `-net nic`
     /// with no `-net user` beside it).
     hub: Option<String>,
+    /// `romfile=`: the boot ROM found as QEMU finds it ("" for none).
+    romfile: Option<String>,
 }
 
 /// One `-net` of the legacy syntax, on its hub (`vlan=`, default 0).
@@ -1054,7 +1056,7 @@ impl State {
             format!("{option} model={m} is not supported: ferrovm's NICs are e1000 and virtio-net-pci")
         })?;
         let mac = o.get("mac").map(str::to_string);
-        self.nics.push(Nic { netdev: None, opts: o, model, mac, vectors: None, hub: None });
+        self.nics.push(Nic { netdev: None, opts: o, model, mac, vectors: None, hub: None, romfile: None });
         Ok(())
     }
 
@@ -1149,7 +1151,7 @@ impl State {
                 (1, Some(u)) => {
                     let (model, mac, vectors) = nics[0].clone();
                     let opts = (*u).clone();
-                    self.nics.push(Nic { netdev: None, opts, model, mac, vectors, hub: None });
+                    self.nics.push(Nic { netdev: None, opts, model, mac, vectors, hub: None, romfile: None });
                 }
                 (_, Some(u)) => {
                     let t = u.get("type").unwrap_or("user");
@@ -1169,6 +1171,7 @@ impl State {
                             mac,
                             vectors,
                             hub: Some(hub.clone()),
+                            romfile: None,
                         });
                     }
                 }
@@ -1216,12 +1219,10 @@ impl State {
                 known.push("vectors");
             }
             o.only(&format!("{option} {driver}"), &known)?;
-            // QEMU's NICs boot from an option ROM (iPXE); ferrovm's have none,
-            // which is QEMU's `romfile=` with no file.
-            if let Some(rom) = o.get("romfile").filter(|r| !r.is_empty()) {
-                return Err(format!(
-                    "{option} {driver},romfile={rom} is not supported: ferrovm's NICs have no option ROM (romfile=)"
-                ));
+            // The boot ROM, found as QEMU finds firmware; empty for none.
+            let romfile = o.get("romfile").map(|r| if r.is_empty() { String::new() } else { self.find_firmware(r) });
+            if let Some(r) = romfile.as_deref().filter(|r| r.contains(',')) {
+                return Err(format!("{option} {driver},romfile={r}: a comma in the path is not supported"));
             }
             let netdev = o
                 .get("netdev")
@@ -1233,6 +1234,7 @@ impl State {
                 mac: o.get("mac").map(str::to_string),
                 vectors: o.get("vectors").map(str::to_string),
                 hub: None,
+                romfile,
             });
             return Ok(());
         }
@@ -1697,6 +1699,7 @@ impl State {
                 mac: None,
                 vectors: None,
                 hub: None,
+                romfile: None,
             });
         }
         let mut used = Vec::new();
@@ -1721,7 +1724,7 @@ impl State {
                 (None, Some(t @ ("tap" | "bridge"))) => format!("{},model={}", tap_spec(t, opts), nic.model),
                 (None, _) => format!("user,model={}", nic.model),
             };
-            for (k, v) in [("mac", &nic.mac), ("vectors", &nic.vectors)] {
+            for (k, v) in [("mac", &nic.mac), ("vectors", &nic.vectors), ("romfile", &nic.romfile)] {
                 if let Some(v) = v {
                     spec.push_str(&format!(",{k}={v}"));
                 }
@@ -2142,7 +2145,19 @@ mod tests {
         refused("-machine smm=auto -kernel k", "smm=auto");
         run_args("-machine pc,smm=off -kernel k");
         run_args("-netdev user,id=n -device e1000,netdev=n,romfile= -kernel k");
-        refused("-netdev user,id=n -device e1000,netdev=n,romfile=/x/pxe.rom -kernel k", "no option ROM");
+        let a = run_args("-netdev user,id=n -device virtio-net-pci,netdev=n,romfile=pxe-virtio.rom -boot n");
+        let rom = if Path::new("/usr/lib/ipxe/qemu/pxe-virtio.rom").is_file() {
+            "/usr/lib/ipxe/qemu/pxe-virtio.rom"
+        } else {
+            "pxe-virtio.rom"
+        };
+        assert!(has(&a, "--nic", &format!("user,model=virtio,romfile={rom}")), "{a:?}");
+        assert!(has(
+            &run_args("-netdev user,id=n -device e1000,netdev=n,romfile= -boot n"),
+            "--nic",
+            "user,model=e1000,romfile="
+        ));
+        refused("-netdev user,id=n -device e1000,netdev=n,romfile=/x,,y.rom -kernel k", "comma");
         run_args("-k en-us -vnc 127.0.0.1:1 -kernel k");
         refused("-k de -vnc 127.0.0.1:1 -kernel k", "US layout");
         refused("-netdev vde,id=t0", "TAP interfaces");
@@ -2250,8 +2265,7 @@ mod tests {
         refused("-drive file=x,if=floppy,index=2", "A:");
         refused("-drive file=x,index=4", "0 to 3");
         refused("-drive file=x,media=floppy", "media=floppy");
-        refused("-boot order=n", "PXE");
-        refused("-boot once=n", "PXE");
+        assert!(has(&run_args("-boot order=nc"), "--boot", "nc"));
         refused("-boot menu=yes", "menu=yes");
         refused("-boot splash-time=65536", "65535");
         refused("-boot strict=on", "strict=");

@@ -40,7 +40,10 @@ use std::time::Instant;
 
 use iced_x86::code_asm::*;
 
-use bios_disk::{check_boot, check_image, printing_sector, seabios, set_mib, sh, sha256_file, test_disk, wait_ticks};
+use bios_disk::{
+    check_boot, check_image, halt_forever, printing_sector, printing_sector_after, seabios, set_mib, sh, sha256_file,
+    test_disk, wait_ticks,
+};
 
 /// The value the boot sector writes to the debug-exit port when every
 /// check passed; ferrovm exits with `(v << 1) | 1`.
@@ -410,4 +413,98 @@ fn the_test_disk_boots_through_seabios_and_syslinux_under_kvm() {
         return;
     }
     boot_test_disk("kvm", Image::Overlay, 16);
+}
+
+/// The values the network boot program writes to the debug-exit port.
+const NBP_OK: u8 = 0x20;
+const NBP_NO_PXENV: u8 = 0x21;
+const NBP_NO_BANG_PXE: u8 = 0x22;
+
+/// Where Debian's ipxe-qemu puts the NICs' boot ROMs.
+const IPXE_ROMS: &str = "/usr/lib/ipxe/qemu";
+
+/// A PXE network boot program (loaded at 0000:7C00 by the NIC's boot ROM):
+/// it checks what the PXE specification (4.4.5) hands it, ES:BX at the
+/// PXENV+ structure and the far pointer at SS:SP+4 at the !PXE one, then
+/// prints a line and reports through the debug-exit port (`NBP_*`).
+fn network_boot_program() -> Vec<u8> {
+    printing_sector_after(
+        |a| {
+            let mut done = a.create_label();
+            a.mov(dl, u32::from(NBP_NO_PXENV))?;
+            a.cmp(dword_ptr(bx).es(), u32::from_le_bytes(*b"PXEN"))?;
+            a.jne(done)?;
+            a.cmp(word_ptr(bx + 4).es(), u32::from(u16::from_le_bytes(*b"V+")))?;
+            a.jne(done)?;
+            a.mov(dl, u32::from(NBP_NO_BANG_PXE))?;
+            a.mov(bp, sp)?;
+            a.les(di, dword_ptr(bp + 4))?;
+            a.cmp(dword_ptr(di).es(), u32::from_le_bytes(*b"!PXE"))?;
+            a.jne(done)?;
+            a.mov(dl, u32::from(NBP_OK))?;
+            a.set_label(&mut done)
+        },
+        "ferrovm-nbp: started by the boot ROM",
+        |a| {
+            wait_ticks(a, 4)?;
+            a.mov(al, dl)?;
+            a.out(0xf4, al)?;
+            halt_forever(a)
+        },
+    )
+}
+
+/// Whether the NICs' iPXE ROMs are installed; says so when not.
+fn ipxe_roms() -> bool {
+    let ok = Path::new(IPXE_ROMS).join("efi-e1000.rom").is_file();
+    if !ok {
+        eprintln!("skipping: {IPXE_ROMS}/efi-e1000.rom is missing (Debian package ipxe-qemu)");
+    }
+    ok
+}
+
+/// Boots from the network (`--boot n`) with `model`'s iPXE ROM under
+/// `accel`: SeaBIOS runs the ROM from the NIC's ROM BAR, iPXE configures
+/// the NIC from the NAT's DHCP and router advertisements, fetches the boot
+/// program named by `bootfile=` over TFTP and starts it. The seconds from
+/// iPXE's "Configuring" to its addresses, and from start to the program.
+fn network_boot(accel: &str, model: &str) -> (f64, f64) {
+    let tftp = run::tmp("bios", &format!("tftp-{accel}-{model}"));
+    std::fs::create_dir_all(&tftp).unwrap();
+    std::fs::write(tftp.join("ferrovm.nbp"), network_boot_program()).unwrap();
+    let nic = format!("user,model={model},tftp={},bootfile=ferrovm.nbp", tftp.display());
+    let child = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
+        .args(["run", "--accel", accel, "--mem", "128M", "--boot", "n", "--nic", &nic, "--serial", "stdio"])
+        .args(["--timeout", "90"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ferrovm runs");
+    let (out, status, marks) = run::watch_markers(child, &["Configuring", "net0: 10.0.2.15", "ferrovm-nbp"], 120);
+    let code = |v: u8| (i32::from(v) << 1) | 1;
+    assert!(out.contains("iPXE"), "iPXE's banner on COM1: {out}");
+    assert!(out.contains("net0: 10.0.2.15/255.255.255.0 gw 10.0.2.2"), "iPXE's IPv4 address from the NAT: {out}");
+    assert!(out.contains("Next server: 10.0.2.2") && out.contains("Filename: ferrovm.nbp"), "DHCP's boot file: {out}");
+    assert!(out.contains("ferrovm-nbp: started by the boot ROM"), "the boot program's line: {out}");
+    assert_ne!(status, Some(code(NBP_NO_PXENV)), "ES:BX did not point at PXENV+");
+    assert_ne!(status, Some(code(NBP_NO_BANG_PXE)), "SS:SP+4 did not point at !PXE");
+    assert_eq!(status, Some(code(NBP_OK)), "exit status; serial: {out}");
+    let (Some(conf), Some(addr), Some(nbp)) = (marks[0], marks[1], marks[2]) else {
+        panic!("iPXE's lines came out of order: {marks:?}; serial: {out}");
+    };
+    let configured = (addr - conf).as_secs_f64();
+    eprintln!(
+        "network boot, {model} under {accel}: iPXE configured the NIC in {configured:.2} s; the boot program ran {:.2} s \
+         after start",
+        nbp.as_secs_f64()
+    );
+    (configured, nbp.as_secs_f64())
+}
+
+#[test]
+fn e1000_and_virtio_net_boot_from_the_network_through_ipxe_under_the_jit() {
+    if seabios() && ipxe_roms() {
+        network_boot("jit", "e1000");
+        network_boot("jit", "virtio");
+    }
 }

@@ -105,6 +105,25 @@ fn unbuilt_options_are_refused_not_ignored() {
 }
 
 #[test]
+fn network_boot_refuses_what_it_cannot_boot() {
+    // n is the first NIC's boot ROM: there must be a NIC.
+    assert_clean_error(&ferrovm(&["run", "--boot", "n"]), "--nic");
+    assert_clean_error(&ferrovm(&["run", "--boot", "cp", "--nic", "user", "--nic", "user"]), "NIC 3");
+    // A ROM file that is missing, or is not a ROM.
+    assert_clean_error(
+        &ferrovm(&["run", "--boot", "n", "--nic", "user,romfile=/nonexistent/boot.rom"]),
+        "/nonexistent/boot.rom",
+    );
+    let dir = std::env::temp_dir().join(format!("ferrovm-rom-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let not_rom = dir.join("not.rom");
+    std::fs::write(&not_rom, b"MZ this is not an option ROM").unwrap();
+    let nic = format!("user,romfile={}", not_rom.display());
+    assert_clean_error(&ferrovm(&["run", "--boot", "n", "--nic", &nic]), "55 AA");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn the_builtin_guest_runs_on_the_first_of_several_vcpus() {
     // The others wait for a start-up IPI the guest never sends.
     for threads in ["single", "multi"] {

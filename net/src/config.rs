@@ -535,6 +535,21 @@ pub struct NicSpec {
     pub vectors: Option<u16>,
     /// `pcap=`: capture both directions to this file.
     pub pcap: Option<PathBuf>,
+    /// `romfile=`: the NIC's boot ROM.
+    pub rom: NicRom,
+}
+
+/// A NIC's boot ROM (QEMU's `romfile=`), which the BIOS runs to boot from
+/// the network.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NicRom {
+    /// The model's iPXE ROM, loaded when the boot order has `n`.
+    #[default]
+    Default,
+    /// `romfile=` with no file: none.
+    Off,
+    /// `romfile=FILE`.
+    File(PathBuf),
 }
 
 impl FromStr for NicSpec {
@@ -550,6 +565,7 @@ impl FromStr for NicSpec {
         let mut hub_dir = None;
         let mut tap = crate::TapConfig::default();
         let (mut model, mut mac, mut vectors, mut pcap) = (None, None, None, None);
+        let mut rom = NicRom::Default;
         let is_user = match kind {
             "user" => true,
             "hub" | "tap" | "bridge" => false,
@@ -568,6 +584,8 @@ impl FromStr for NicSpec {
                     vectors = Some(n.map_err(|_| bad(part, "expected a number of vectors (0: no MSI-X)".into()))?);
                 }
                 "pcap" if !value.is_empty() => pcap = Some(PathBuf::from(value)),
+                "romfile" if value.is_empty() => rom = NicRom::Off,
+                "romfile" => rom = NicRom::File(PathBuf::from(value)),
                 "id" if kind == "hub" => hub_id = Some(value.to_string()),
                 "path" if kind == "hub" => hub_dir = Some(PathBuf::from(value)),
                 "ifname" if kind == "tap" => {
@@ -587,7 +605,7 @@ impl FromStr for NicSpec {
                             format!(
                                 "unknown key '{key}'; user takes net, host, dns, dhcpstart, hostname, \
                                  domainname, hostfwd, restrict, allow, tftp, bootfile, dnsupstream, maxflows, \
-                                 flowbuf, tcpidle, udpidle, model, mac, vectors, pcap"
+                                 flowbuf, tcpidle, udpidle, model, mac, vectors, pcap, romfile"
                             ),
                         ));
                     }
@@ -600,7 +618,7 @@ impl FromStr for NicSpec {
                     };
                     return Err(bad(
                         part,
-                        format!("unknown key '{key}'; {kind} takes {keys}, model, mac, vectors, pcap"),
+                        format!("unknown key '{key}'; {kind} takes {keys}, model, mac, vectors, pcap, romfile"),
                     ));
                 }
             }
@@ -637,7 +655,7 @@ impl FromStr for NicSpec {
             crate::hub::check_id(&id).map_err(|e| bad(s, e))?;
             BackendSpec::Hub(HubConfig { id, dir: hub_dir })
         };
-        Ok(NicSpec { backend, model, mac, vectors, pcap })
+        Ok(NicSpec { backend, model, mac, vectors, pcap, rom })
     }
 }
 

@@ -44,7 +44,9 @@ mod poller;
 pub mod tap;
 pub mod user;
 
-pub use config::{Allow, BackendSpec, DnsUpstream, HostFwd, HubConfig, Limits, MacAddr, NicSpec, Proto, UserNetConfig};
+pub use config::{
+    Allow, BackendSpec, DnsUpstream, HostFwd, HubConfig, Limits, MacAddr, NicRom, NicSpec, Proto, UserNetConfig,
+};
 pub use error::Error;
 pub use fuzz::fuzz_frame;
 pub use hub::HubNet;

@@ -20,9 +20,21 @@ pub const SECTOR_MSG_AT: usize = 0x180;
 /// to COM1 from its timer interrupt), and then runs the code `then`
 /// assembles, which must not return.
 pub fn printing_sector(msg: &str, then: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+    printing_sector_after(|_| Ok(()), msg, then)
+}
+
+/// A [`printing_sector`] that first runs the code `first` assembles (with
+/// the registers and stack as the loader left them), which must fall
+/// through; it may leave a result in DL, which the printing keeps.
+pub fn printing_sector_after(
+    first: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+    msg: &str,
+    then: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> Vec<u8> {
     let mut a = CodeAssembler::new(16).unwrap();
     let mut print = a.create_label();
     let mut next = a.create_label();
+    first(&mut a).unwrap();
     a.cli().unwrap();
     a.cld().unwrap();
     a.xor(ax, ax).unwrap();

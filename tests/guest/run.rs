@@ -33,17 +33,7 @@ pub fn kvm_usable() -> bool {
 /// whether it was still running when it was stopped.
 #[allow(dead_code, reason = "not every suite watches a run")]
 pub fn run_until(mut child: Child, done: impl Fn(&str) -> bool, secs: u64) -> (String, bool) {
-    use std::io::Read;
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = read_in_chunks(child.stdout.take().expect("piped stdout"));
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut out = Vec::new();
     while Instant::now() < deadline {
@@ -60,4 +50,50 @@ pub fn run_until(mut child: Child, done: impl Fn(&str) -> bool, secs: u64) -> (S
     let _ = child.kill();
     let _ = child.wait();
     (String::from_utf8_lossy(&out).into_owned(), running)
+}
+
+/// Reads `child`'s standard output until it exits (or `secs` pass, when
+/// it is killed): what it printed, its exit status, and when (after this
+/// call) each of `markers` first appeared in the output.
+#[allow(dead_code, reason = "not every suite times a run")]
+pub fn watch_markers(mut child: Child, markers: &[&str], secs: u64) -> (String, Option<i32>, Vec<Option<Duration>>) {
+    let start = Instant::now();
+    let rx = read_in_chunks(child.stdout.take().expect("piped stdout"));
+    let deadline = start + Duration::from_secs(secs);
+    let mut out = Vec::new();
+    let mut marks = vec![None; markers.len()];
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(b) => out.extend(b),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(_) => break,
+        }
+        let text = String::from_utf8_lossy(&out);
+        for (m, at) in markers.iter().zip(marks.iter_mut()) {
+            if at.is_none() && text.contains(m) {
+                *at = Some(start.elapsed());
+            }
+        }
+    }
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = child.kill();
+    }
+    let status = child.wait().ok().and_then(|s| s.code());
+    (String::from_utf8_lossy(&out).into_owned(), status, marks)
+}
+
+/// What `stdout` gives, chunk by chunk, from a thread of its own.
+#[allow(dead_code, reason = "not every suite watches a run")]
+fn read_in_chunks(mut stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    use std::io::Read;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }

@@ -95,6 +95,48 @@ fn option_rom(path: &str, package: &str, missing: String) -> Result<Vec<u8>, Err
     }
 }
 
+/// Where a boot ROM named without a folder is looked for, as Debian's QEMU
+/// looks: its data folder, then the ipxe-qemu package's.
+pub const NIC_ROM_DIRS: &[&str] = &["/usr/share/qemu", "/usr/lib/ipxe/qemu"];
+
+/// A NIC's boot ROM: the file `romfile=` names, or (`NicRom::Default`) the
+/// model's iPXE ROM `default_name` when `net_boot` asks for one. The bool
+/// says the ROM is the default one, whose IDs the machine fits to the
+/// function (as QEMU patches its default ROMs).
+pub fn nic_rom(rom: &net::NicRom, default_name: &str, net_boot: bool) -> Result<Option<(Vec<u8>, bool)>, Error> {
+    let find = |name: &str| -> Option<std::path::PathBuf> {
+        let p = std::path::Path::new(name);
+        if p.is_file() || p.components().count() > 1 {
+            return Some(p.to_path_buf());
+        }
+        NIC_ROM_DIRS.iter().map(|d| std::path::Path::new(d).join(name)).find(|p| p.is_file())
+    };
+    let (path, default) = match rom {
+        net::NicRom::Off => return Ok(None),
+        net::NicRom::Default if !net_boot => return Ok(None),
+        net::NicRom::Default => match find(default_name) {
+            Some(p) => (p, true),
+            None => {
+                return Err(Error::Config(format!(
+                    "booting from the network (boot order n) needs the NIC's boot ROM {default_name}, which is not \
+                     in {}: install Debian's `ipxe-qemu` package, or name a ROM with romfile=FILE",
+                    NIC_ROM_DIRS.join(" or ")
+                )))
+            }
+        },
+        net::NicRom::File(f) => {
+            let name = f.to_string_lossy();
+            (find(&name).unwrap_or_else(|| f.clone()), false)
+        }
+    };
+    match std::fs::read(&path) {
+        Ok(b) => devices::pci::rom::OptionRom::new("NIC", &b)
+            .map(|_| Some((b, default)))
+            .map_err(|e| Error::Config(format!("romfile={}: {e}", path.display()))),
+        Err(source) => Err(Error::Read { path, source }),
+    }
+}
+
 /// QEMU's option ROM that boots a kernel handed over fw_cfg (Debian's
 /// qemu-system-data package).
 pub const LINUXBOOT_ROM_PATH: &str = "/usr/share/qemu/linuxboot_dma.bin";
@@ -379,7 +421,7 @@ mod tests {
     #[test]
     fn fw_cfg_holds_the_files_seabios_reads() {
         let mem = Arc::new(GuestMemory::new(64 << 20).unwrap());
-        let boot = crate::storage::boot_paths("dc", &Default::default(), &[4, 0x1a]);
+        let boot = crate::storage::boot_paths("dc", &Default::default(), &[4, 0x1a], &[]);
         let pm = Arc::new(devices::pci::piix4_pm::Piix4Pm::new());
         let cfg = crate::config::MachineConfig::for_test(Default::default());
         let smbios = smbios(&crate::config::MachineConfig {

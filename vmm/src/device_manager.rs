@@ -42,7 +42,9 @@ use devices::legacy::dma8237::{IsaDma, IsaDmaState};
 use devices::nic::e1000::{E1000State, E1000};
 use devices::nic::{nth_mac, Doorbell, IoThread, NicStats};
 use devices::pc::PcChipset;
+use devices::pci::config::{PCI_DEVICE_ID, PCI_ROM_SLOT, PCI_VENDOR_ID};
 use devices::pci::msix::MAX_VECTORS;
+use devices::pci::rom::OptionRom;
 use devices::pci::{BarChange, PciAddress, PciBarKind, PciInterruptPin, SharedPciDevice};
 use devices::usb::{Uhci, UhciState, UsbDeviceKind, UHCI_ADDRESS};
 use devices::virtio::blk::{VirtioBlk, VirtioBlkPci, VirtioBlkState};
@@ -74,6 +76,14 @@ enum Model {
 }
 
 impl Model {
+    /// The iPXE ROM QEMU gives the model by default.
+    fn default_rom(self) -> &'static str {
+        match self {
+            Model::E1000 => "efi-e1000.rom",
+            Model::VirtioNet => "efi-virtio.rom",
+        }
+    }
+
     fn parse(name: Option<&str>) -> Result<Self, String> {
         match name.unwrap_or("e1000") {
             "e1000" | "e1000-82540em" | "82540em" => Ok(Model::E1000),
@@ -212,14 +222,23 @@ struct BarWindow {
 }
 
 impl BarWindow {
-    /// Applies the queued BAR moves.
+    /// Applies the queued BAR moves. The moves of one BAR since the last
+    /// access fold into one, from where it was mapped to where it ends:
+    /// sizing a 64-bit BAR passes through addresses (all ones in one half)
+    /// that nothing could reach.
     fn sync(&mut self) {
         if !self.queue.has_pending.swap(false, Ordering::AcqRel) {
             return;
         }
-        let changes = std::mem::take(&mut *self.queue.pending.lock());
+        let mut changes: Vec<BarChange> = Vec::new();
+        for c in std::mem::take(&mut *self.queue.pending.lock()) {
+            match changes.iter_mut().find(|f| (f.address, f.bar) == (c.address, c.bar)) {
+                Some(f) => f.new = c.new,
+                None => changes.push(c),
+            }
+        }
         let targets = self.queue.targets.lock();
-        for c in changes {
+        for c in changes.into_iter().filter(|c| c.old != c.new) {
             let Some(dev) = targets.get(&(c.address, c.bar)) else { continue };
             if let Some(old) = c.old {
                 self.bus.remove(old);
@@ -562,10 +581,10 @@ const DEVICE_MANAGER: &str = "device manager";
 
 impl NicHandle {
     /// Where each BAR is decoded now, if it is.
-    fn bar_regions(&self) -> [Option<(devices::pci::PciBar, u64)>; devices::pci::config::PCI_NUM_BARS] {
+    fn bar_regions(&self) -> [Option<(devices::pci::PciBar, u64)>; devices::pci::config::PCI_NUM_REGIONS] {
         fn of(
             d: &dyn devices::pci::PciDevice,
-        ) -> [Option<(devices::pci::PciBar, u64)>; devices::pci::config::PCI_NUM_BARS] {
+        ) -> [Option<(devices::pci::PciBar, u64)>; devices::pci::config::PCI_NUM_REGIONS] {
             std::array::from_fn(|i| d.config().bar_region(i))
         }
         match self {
@@ -699,6 +718,19 @@ impl Persist for DeviceManager {
     }
 }
 
+/// Gives `pci` the expansion ROM `image` and returns the device its ROM
+/// BAR maps. A `default` ROM gets the function's IDs.
+fn add_rom(pci: &SharedPciDevice, label: &str, image: &[u8], default: bool) -> Result<SharedDevice, String> {
+    let mut rom = OptionRom::new(label, image).map_err(|e| format!("romfile: {e}"))?;
+    let mut d = pci.lock();
+    if default {
+        let c = d.config();
+        rom.patch_ids(c.u16_at(PCI_VENDOR_ID), c.u16_at(PCI_DEVICE_ID));
+    }
+    d.config_mut().add_rom(rom.size()).map_err(|e| format!("romfile: {e}"))?;
+    Ok(Arc::new(Mutex::new(rom)))
+}
+
 /// One eventfd per queue of a virtio function, for both of its
 /// notification writes (registered with the windows, to follow the BARs).
 fn virtio_doorbells(
@@ -737,6 +769,9 @@ pub(crate) struct Extra {
     pub clock: devices::clock::SharedClock,
     /// Virtio entropy devices, after the disks.
     pub rng: Vec<crate::config::RngConfig>,
+    /// The boot order asks for a NIC's boot ROM (`n`): NICs without
+    /// `romfile=` get their model's.
+    pub net_boot: bool,
 }
 
 pub(crate) fn install(
@@ -749,7 +784,7 @@ pub(crate) fn install(
     mmio: &mut Bus,
 ) -> Result<Option<DeviceManager>, Error> {
     let crate::storage::Placed { virtio: disks, ide, ide_kinds, floppy, floppy_labels } = placed;
-    let Extra { vga, usb, clock, rng } = extra;
+    let Extra { vga, usb, clock, rng, net_boot } = extra;
     if specs.is_empty()
         && disks.is_empty()
         && ide.is_none()
@@ -842,7 +877,9 @@ pub(crate) fn install(
             _ => {}
         }
         let irq = chipset.pci_intx_line(address.device, PciInterruptPin::IntA);
-        let (pci, bars, handle, label): (SharedPciDevice, Vec<(usize, SharedDevice)>, NicHandle, &str) = match model {
+        let rom = crate::bios::nic_rom(&spec.rom, model.default_rom(), net_boot).map_err(|e| what(e.to_string()))?;
+        let (pci, mut bars, handle, label): (SharedPciDevice, Vec<(usize, SharedDevice)>, NicHandle, &str) = match model
+        {
             Model::E1000 => {
                 let dev = E1000::new(backend, mac, Arc::clone(mem), irq, io.kick());
                 let fd = dev.backend_wake_fd();
@@ -863,6 +900,9 @@ pub(crate) fn install(
                 (dev.clone(), VirtioNetPci::bar_devices(&dev), NicHandle::Virtio(dev), "virtio-net")
             }
         };
+        if let Some((image, default)) = rom {
+            bars.push((PCI_ROM_SLOT, add_rom(&pci, label, &image, default).map_err(what)?));
+        }
         windows.plug(chipset, address, pci, bars).map_err(what)?;
         let mac_s = net::MacAddr(mac).to_string();
         tracing::info!(target: "devices", "PCI {address}: {label}, MAC {mac_s}");

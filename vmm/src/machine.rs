@@ -170,6 +170,19 @@ impl Machine {
         if let Some(once) = &storage.boot_once {
             crate::storage::check_boot_order(once).map_err(|e| Error::Config(format!("once={once}: {e}")))?;
         }
+        // The NICs the boot order names (n, o, p: the first three).
+        let orders = || std::iter::once(&storage.boot_order).chain(storage.boot_once.as_ref());
+        let net_boot = orders().any(|o| o.contains(['n', 'o', 'p']));
+        if let Some(c) = orders()
+            .flat_map(|o| o.chars())
+            .find(|&c| matches!(c, 'n'..='p') && usize::from(c as u8 - b'n') >= nics.len())
+        {
+            return Err(Error::Config(format!(
+                "boot order {c}: network boot from NIC {} needs that many NICs (--nic); there are {}",
+                usize::from(c as u8 - b'n') + 1,
+                nics.len()
+            )));
+        }
         let (drives, disks) = crate::storage::share(storage.drives);
         let placed = crate::storage::place(drives)?;
         let mut mem = match config.vga {
@@ -294,9 +307,12 @@ impl Machine {
                 .filter_map(|i| u8::try_from(i).ok()?.checked_add(crate::device_manager::FIRST_NIC_SLOT))
                 .filter(|&s| s < 32)
                 .collect();
-            let mut boot = crate::storage::boot_paths(&storage.boot_order, &placed.ide_kinds, &slots);
+            let nic_slots: Vec<u8> = (0..nics.len())
+                .filter_map(|i| u8::try_from(i).ok()?.checked_add(crate::device_manager::FIRST_NIC_SLOT))
+                .collect();
+            let mut boot = crate::storage::boot_paths(&storage.boot_order, &placed.ide_kinds, &slots, &nic_slots);
             if let Some(once) = &storage.boot_once {
-                let first = crate::storage::boot_paths(once, &placed.ide_kinds, &slots);
+                let first = crate::storage::boot_paths(once, &placed.ide_kinds, &slots, &nic_slots);
                 bootorder_after_reset = Some(crate::bios::bootorder_file(&std::mem::replace(&mut boot, first)));
             }
             let vga_rom = match config.vga {
@@ -329,6 +345,7 @@ impl Machine {
             usb: config.usb.clone(),
             clock: clock.clone(),
             rng: config.rng.clone(),
+            net_boot: matches!(config.firmware, Firmware::Bios(_)) && net_boot,
         };
         let devices = crate::device_manager::install(nics, placed, extra, &chipset, &mem, &mut pio, &mut mmio)?;
         // The USB controller runs its frames from the machine's timers.

@@ -14,7 +14,8 @@
 //! (as QEMU takes such images).
 //!
 //! The boot order is QEMU's `-boot order=` letters: `c` the hard disks
-//! (IDE, then virtio), `d` the CD-ROMs, `a` the floppy drives. SeaBIOS
+//! (IDE, then virtio), `d` the CD-ROMs, `a` the floppy drives, `n` to `p`
+//! the boot ROMs of the first three NICs (PXE through iPXE). SeaBIOS
 //! reads it as its `bootorder` file of device paths
 //! ([`boot_paths`]); devices that are not listed come after those that are.
 //! A `once=` order is the file of the first boot only: the machine's first
@@ -205,18 +206,21 @@ pub fn parse_boot(spec: &str) -> Result<BootOptions, String> {
     Ok(b)
 }
 
-/// Checks a boot order: QEMU's letters `a`, `c`, `d` (and `n`, which is
-/// refused: there is no network boot ROM), each at most once.
+/// Checks a boot order: QEMU's letters `a`, `c`, `d`, and `n` to `p` for
+/// the first to third NIC's boot ROM (PXE), each at most once.
 pub fn check_boot_order(order: &str) -> Result<(), String> {
     if order.is_empty() {
         return Err("an empty boot order: give drive letters, e.g. order=dc".into());
     }
     for (i, c) in order.char_indices() {
         match c {
-            'a' | 'c' | 'd' => {}
+            'a' | 'c' | 'd' | 'n' | 'o' | 'p' => {}
             'b' => return Err("boot order b: a second floppy drive does not boot; use a".into()),
-            'n' | 'o' | 'p' => return Err(format!("boot order {c}: network boot (PXE) is not available")),
-            other => return Err(format!("boot order '{other}' is not a drive: use a (floppy), c (disk), d (CD-ROM)")),
+            other => {
+                return Err(format!(
+                    "boot order '{other}' is not a drive: use a (floppy), c (disk), d (CD-ROM), n-p (network, NIC 1-3)"
+                ))
+            }
         }
         if order[..i].contains(c) {
             return Err(format!("boot order {order}: '{c}' is given twice"));
@@ -430,7 +434,12 @@ pub fn ide_path(i: usize) -> String {
 /// position, then the virtio disks (PCI slots `virtio_slots`); for `d` the
 /// CD-ROMs by position; for `a` floppy drive A: (a path that matches no
 /// device when there is none).
-pub fn boot_paths(order: &str, ide: &[Option<(DiskMedia, String)>; 4], virtio_slots: &[u8]) -> Vec<String> {
+pub fn boot_paths(
+    order: &str,
+    ide: &[Option<(DiskMedia, String)>; 4],
+    virtio_slots: &[u8],
+    nic_slots: &[u8],
+) -> Vec<String> {
     let mut paths = Vec::new();
     for c in order.chars() {
         match c {
@@ -450,6 +459,13 @@ pub fn boot_paths(order: &str, ide: &[Option<(DiskMedia, String)>; 4], virtio_sl
                 }
             }
             'a' => paths.push(FLOPPY_A_PATH.to_string()),
+            // A NIC's boot ROM: SeaBIOS names its first boot entry by the
+            // function's path.
+            'n' | 'o' | 'p' => {
+                if let Some(s) = nic_slots.get(usize::from(c as u8 - b'n')) {
+                    paths.push(format!("/pci@i0cf8/*@{s:x}"));
+                }
+            }
             _ => {}
         }
     }
@@ -504,18 +520,20 @@ mod tests {
         assert_eq!(p.virtio.len(), 1);
         let labels: Vec<Option<&str>> = p.ide_kinds.iter().map(|k| k.as_ref().map(|(_, l)| l.as_str())).collect();
         assert_eq!(labels, [Some("a"), Some("b"), Some("cd"), Some("d")]);
-        let paths = boot_paths("dc", &p.ide_kinds, &[4]);
+        let paths = boot_paths("dnc", &p.ide_kinds, &[4], &[3]);
         assert_eq!(
             paths,
             [
                 "/pci@i0cf8/ide@1,1/drive@1/disk@0",
                 "/pci@i0cf8/ide@1,1/drive@0/disk@0",
                 "/pci@i0cf8/ide@1,1/drive@0/disk@1",
+                "/pci@i0cf8/*@3",
                 "/pci@i0cf8/ide@1,1/drive@1/disk@1",
                 "/pci@i0cf8/*@4",
             ]
         );
-        assert_eq!(boot_paths("c", &p.ide_kinds, &[])[0], "/pci@i0cf8/ide@1,1/drive@0/disk@0");
+        assert_eq!(boot_paths("c", &p.ide_kinds, &[], &[])[0], "/pci@i0cf8/ide@1,1/drive@0/disk@0");
+        assert_eq!(boot_paths("pon", &p.ide_kinds, &[], &[3, 4]), ["/pci@i0cf8/*@4", "/pci@i0cf8/*@3"]);
     }
 
     #[test]
@@ -544,7 +562,7 @@ mod tests {
         assert_eq!((b.order.as_str(), b.once.as_deref(), b.menu), (DEFAULT_BOOT_ORDER, Some("d"), false));
         assert!(!parse_boot("menu=off").unwrap().menu);
         for (bad, why) in [
-            ("c,once=n", "PXE"),
+            ("c,once=q", "not a drive"),
             ("c,menu=maybe", "menu=maybe"),
             ("c,splash-time=70000", "65535"),
             ("c,splash-time=-1", "65535"),
@@ -559,10 +577,12 @@ mod tests {
 
     #[test]
     fn boot_orders_follow_qemu() {
-        for ok in ["c", "d", "dc", "cad", "a"] {
+        for ok in ["c", "d", "dc", "cad", "a", "n", "cn", "nop"] {
             assert_eq!(check_boot_order(ok), Ok(()), "{ok}");
         }
-        for (bad, why) in [("", "empty"), ("n", "PXE"), ("cc", "twice"), ("x", "not a drive"), ("b", "second floppy")] {
+        for (bad, why) in
+            [("", "empty"), ("nn", "twice"), ("cc", "twice"), ("x", "not a drive"), ("b", "second floppy")]
+        {
             let e = check_boot_order(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }

@@ -11,11 +11,17 @@
 //! 0x04 status | command               0x2C subsystem ID | subsystem vendor ID
 //! 0x08 class | subclass | prog IF | revision
 //! 0x0C BIST | header type | latency timer | cache line size
+//! 0x30 expansion ROM base address
 //! 0x3C max lat | min gnt | interrupt pin | interrupt line
 //!
 //! BAR  memory: 31:4 base | 3 prefetchable | 2:1 type (00 32-bit, 10 64-bit) | 0 = 0
 //!      I/O:    31:2 base | 1 reserved | 0 = 1
+//! ROM:         31:11 base | 10:1 reserved | 0 decode enable
 //! ```
+//!
+//! The expansion ROM (6.2.5.2) is region [`PCI_ROM_SLOT`] beside the six
+//! BARs: it is decoded while its enable bit and the Command register's
+//! memory bit are both set.
 //!
 //! Every byte has a write mask (and status bits a write-1-to-clear mask), so
 //! a device model states what the guest may change once, at construction,
@@ -49,6 +55,8 @@ pub const PCI_LATENCY_TIMER: usize = 0x0d;
 pub const PCI_HEADER_TYPE: usize = 0x0e;
 /// Offset of BAR0.
 pub const PCI_BAR0: usize = 0x10;
+/// Offset of the expansion ROM base address register.
+pub const PCI_ROM_ADDRESS: usize = 0x30;
 /// Offset of the subsystem vendor ID.
 pub const PCI_SUBSYSTEM_VENDOR_ID: usize = 0x2c;
 /// Offset of the subsystem ID.
@@ -61,6 +69,14 @@ pub const PCI_INTERRUPT_PIN: usize = 0x3d;
 pub const PCI_CONFIG_SIZE: usize = 256;
 /// Number of BARs in a type 0 header.
 pub const PCI_NUM_BARS: usize = 6;
+/// The region index of the expansion ROM, after the BARs.
+pub const PCI_ROM_SLOT: usize = PCI_NUM_BARS;
+/// The regions a function decodes: six BARs and the expansion ROM.
+pub const PCI_NUM_REGIONS: usize = PCI_NUM_BARS + 1;
+/// The expansion ROM register's decode enable bit.
+const ROM_ENABLE: u32 = 1;
+/// The smallest expansion ROM: bits 10:1 of its register are reserved.
+const ROM_MIN_SIZE: u64 = 2048;
 
 /// Command: I/O space decoding.
 pub const COMMAND_IO: u16 = 1 << 0;
@@ -182,7 +198,8 @@ pub struct PciConfigSpace {
     bytes: [u8; PCI_CONFIG_SIZE],
     writable: [u8; PCI_CONFIG_SIZE],
     write1_to_clear: [u8; PCI_CONFIG_SIZE],
-    bars: [Option<PciBar>; PCI_NUM_BARS],
+    /// The BARs, then the expansion ROM at [`PCI_ROM_SLOT`].
+    bars: [Option<PciBar>; PCI_NUM_REGIONS],
 }
 
 impl std::fmt::Debug for PciConfigSpace {
@@ -205,7 +222,7 @@ impl PciConfigSpace {
             bytes: [0; PCI_CONFIG_SIZE],
             writable: [0; PCI_CONFIG_SIZE],
             write1_to_clear: [0; PCI_CONFIG_SIZE],
-            bars: [None; PCI_NUM_BARS],
+            bars: [None; PCI_NUM_REGIONS],
         };
         c.set_u16(PCI_VENDOR_ID, vendor);
         c.set_u16(PCI_DEVICE_ID, device);
@@ -320,13 +337,41 @@ impl PciConfigSpace {
         Ok(())
     }
 
+    /// Gives the function an expansion ROM of `size` bytes (a power of two,
+    /// at least 2 KiB, at most 16 MiB): the register at 0x30 sizes as a
+    /// BAR does, and its bit 0 turns decoding on.
+    pub fn add_rom(&mut self, size: u64) -> Result<(), PciError> {
+        let kind = PciBarKind::Memory32 { prefetchable: false };
+        if self.bars[PCI_ROM_SLOT].is_some() {
+            return Err(PciError::BarTaken { index: PCI_ROM_SLOT });
+        }
+        let (min, max) = (ROM_MIN_SIZE, 16 << 20);
+        if !size.is_power_of_two() || !(min..=max).contains(&size) {
+            return Err(PciError::BarSize { kind, size, min, max });
+        }
+        let bar = PciBar { kind, size };
+        self.bars[PCI_ROM_SLOT] = Some(bar);
+        self.set_u32(PCI_ROM_ADDRESS, 0);
+        self.set_writable(PCI_ROM_ADDRESS, &((bar.address_mask() as u32) | ROM_ENABLE).to_le_bytes());
+        Ok(())
+    }
+
+    /// Where region `index`'s register is: a BAR's, or the ROM's.
+    fn region_offset(index: usize) -> usize {
+        if index == PCI_ROM_SLOT {
+            PCI_ROM_ADDRESS
+        } else {
+            PCI_BAR0 + 4 * index
+        }
+    }
+
     /// Whether `index` is the upper half of a 64-bit BAR or holds a BAR.
     fn bar_slot_taken(&self, index: usize) -> bool {
         self.bars[index].is_some()
             || (index > 0 && matches!(self.bars[index - 1], Some(PciBar { kind: PciBarKind::Memory64 { .. }, .. })))
     }
 
-    /// BAR `index`'s definition.
+    /// BAR `index`'s definition ([`PCI_ROM_SLOT`]: the expansion ROM's).
     pub fn bar(&self, index: usize) -> Option<PciBar> {
         self.bars.get(index).copied().flatten()
     }
@@ -334,7 +379,7 @@ impl PciConfigSpace {
     /// The address the guest programmed into BAR `index`.
     pub fn bar_address(&self, index: usize) -> Option<u64> {
         let bar = self.bar(index)?;
-        let offset = PCI_BAR0 + 4 * index;
+        let offset = Self::region_offset(index);
         let low = u64::from(self.u32_at(offset));
         let value = match bar.kind {
             PciBarKind::Memory64 { .. } => low | (u64::from(self.u32_at(offset + 4)) << 32),
@@ -345,11 +390,13 @@ impl PciConfigSpace {
 
     /// Where BAR `index` is decoded now: `None` while its space is disabled
     /// in the Command register, while it holds 0, or while it holds the
-    /// all-ones sizing pattern.
+    /// all-ones sizing pattern. The expansion ROM ([`PCI_ROM_SLOT`]) is
+    /// decoded only while its enable bit is set too.
     pub fn bar_region(&self, index: usize) -> Option<(PciBar, u64)> {
         let bar = self.bar(index)?;
         let base = self.bar_address(index)?;
-        let decoded = bar.kind.decoded(self.command());
+        let enabled = index != PCI_ROM_SLOT || self.u32_at(PCI_ROM_ADDRESS) & ROM_ENABLE != 0;
+        let decoded = enabled && bar.kind.decoded(self.command());
         (decoded && base != 0 && base != bar.address_mask()).then_some((bar, base))
     }
 
@@ -426,8 +473,8 @@ impl PciConfigSpace {
                 format!("{saved:02x?} at {:#04x} are not this function's identity {here:02x?}", range.start)
             })?;
         }
-        let bars = PCI_BAR0..PCI_BAR0 + 4 * PCI_NUM_BARS;
-        if let Some(at) = bars.clone().find(|&i| (state.bytes[i] ^ self.bytes[i]) & !self.writable[i] != 0) {
+        let mut bars = (PCI_BAR0..PCI_BAR0 + 4 * PCI_NUM_BARS).chain(PCI_ROM_ADDRESS..PCI_ROM_ADDRESS + 4);
+        if let Some(at) = bars.find(|&i| (state.bytes[i] ^ self.bytes[i]) & !self.writable[i] != 0) {
             return Err(PersistError::new(
                 PART,
                 "bytes",
@@ -548,6 +595,39 @@ mod tests {
         c.write(PCI_COMMAND, &[0x01, 0]);
         assert_eq!(c.bar_region(0), None, "memory decoding off");
         assert!(c.bar_region(1).is_some());
+    }
+
+    #[test]
+    fn the_expansion_rom_sizes_and_decodes_only_when_enabled() {
+        let mut c = space();
+        assert_eq!(c.bar(PCI_ROM_SLOT), None);
+        c.write(PCI_ROM_ADDRESS, &[0xff; 4]);
+        assert_eq!(c.read_dword(PCI_ROM_ADDRESS / 4), 0, "no ROM: the register reads 0");
+        c.add_rom(0x4_0000).unwrap();
+        assert_eq!(c.add_rom(0x4_0000), Err(PciError::BarTaken { index: PCI_ROM_SLOT }));
+        // SeaBIOS sizes with the enable bit clear.
+        c.write(PCI_ROM_ADDRESS, &0xffff_fffeu32.to_le_bytes());
+        assert_eq!(c.read_dword(PCI_ROM_ADDRESS / 4), 0xfffc_0000);
+        c.write(PCI_COMMAND, &[0x02, 0]);
+        c.write(PCI_ROM_ADDRESS, &0xfeb8_0000u32.to_le_bytes());
+        assert_eq!(c.bar_region(PCI_ROM_SLOT), None, "not enabled");
+        c.write(PCI_ROM_ADDRESS, &0xfeb8_07ffu32.to_le_bytes());
+        assert_eq!(c.read_dword(PCI_ROM_ADDRESS / 4), 0xfeb8_0001, "bits 10:1 are reserved");
+        let (bar, base) = c.bar_region(PCI_ROM_SLOT).unwrap();
+        assert_eq!((bar.size, base), (0x4_0000, 0xfeb8_0000));
+        c.write(PCI_COMMAND, &[0x00, 0]);
+        assert_eq!(c.bar_region(PCI_ROM_SLOT), None, "memory decoding off");
+        // A state with a ROM does not load into a function without one.
+        let state = c.save();
+        let mut bare = space();
+        assert!(bare.restore(&state).is_err());
+        let mut same = space();
+        same.add_rom(0x4_0000).unwrap();
+        same.restore(&state).unwrap();
+        assert_eq!(same.read_dword(PCI_ROM_ADDRESS / 4), 0xfeb8_0001);
+        for bad in [0, 1024, 3000, 32 << 20] {
+            assert!(space().add_rom(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! - [`piix`]: the ISA bridge at 00:01.0 (8086:7000) with the PIRQ routing
 //!   registers 0x60-0x63, and [`PciIntxRouter`], which turns PCI INTx lines
 //!   into ISA IRQs as those registers say.
+//! - [`rom`]: a function's expansion ROM (a NIC's boot ROM), decoded by
+//!   its ROM BAR.
 //! - [`piix4_pm`]: the power-management function at 00:01.3 (8086:7113),
 //!   whose PMBA places the ACPI registers' block.
 
@@ -21,6 +23,7 @@ pub mod msix;
 pub mod pam;
 pub mod piix;
 pub mod piix4_pm;
+pub mod rom;
 pub mod root;
 
 pub use config::{PciBar, PciBarKind, PciConfigSpace, PciDevice, SharedPciDevice};

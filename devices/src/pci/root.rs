@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use persist::{Persist, PersistError};
 
-use super::config::{PciBarKind, PCI_INTERRUPT_LINE, PCI_NUM_BARS};
+use super::config::{PciBarKind, PCI_INTERRUPT_LINE, PCI_NUM_REGIONS};
 use super::piix::{pirq_of, PIIX_ISA_ADDRESS, PIRQRC_FIRST, PIRQ_IRQ_MASK, PIRQ_ROUTE_DISABLED};
 use super::{PciAddress, PciError, SharedPciDevice};
 use crate::bus::{BusDevice, SharedDevice};
@@ -184,7 +184,7 @@ impl PciRoot {
         };
         let (before, after) = {
             let mut dev = device.lock();
-            let regions = |d: &dyn super::PciDevice| -> [Option<(super::PciBar, u64)>; PCI_NUM_BARS] {
+            let regions = |d: &dyn super::PciDevice| -> [Option<(super::PciBar, u64)>; PCI_NUM_REGIONS] {
                 std::array::from_fn(|i| d.config().bar_region(i))
             };
             let before = regions(&*dev);
@@ -192,7 +192,7 @@ impl PciRoot {
             dev.write_config(usize::from(offset), &data[..len]);
             (before, regions(&*dev))
         };
-        for bar in 0..PCI_NUM_BARS {
+        for bar in 0..PCI_NUM_REGIONS {
             if before[bar] == after[bar] {
                 continue;
             }

@@ -631,6 +631,16 @@ impl<D: VirtioDevice> VirtioPci<D> {
             (CC_QUEUE_DESC, 8) => q.map_or(0, |q| q.desc_table),
             (CC_QUEUE_DRIVER, 8) => q.map_or(0, |q| q.avail_ring),
             (CC_QUEUE_DEVICE, 8) => q.map_or(0, |q| q.used_ring),
+            // Part of a feature register or its select, read narrower than
+            // the field (iPXE's modern driver reads these 32-bit fields
+            // with 16-bit accesses): the field's bytes, as QEMU answers.
+            (o, 1 | 2) if o < CC_MSIX_CONFIG && (o % 4) as usize + len <= 4 => {
+                let mut full = [0u8; 4];
+                self.common_read(o & !3, &mut full);
+                let at = (o % 4) as usize;
+                data.copy_from_slice(&full[at..at + len]);
+                return;
+            }
             (o, 4) if (CC_QUEUE_DESC..CC_QUEUE_DEVICE + 8).contains(&o) => {
                 let base = o & !7;
                 let full = match base {

@@ -49,6 +49,10 @@ const OPT_MESSAGE_TYPE: u8 = 53;
 const OPT_SERVER_ID: u8 = 54;
 const OPT_BOOTFILE: u8 = 67;
 const OPT_RENEWAL_T1: u8 = 58;
+/// iPXE's encapsulated options: a client that sends them is iPXE.
+const OPT_IPXE: u8 = 175;
+/// iPXE's `no-pxedhcp` (175.176): do not wait for ProxyDHCP offers.
+const IPXE_NO_PXEDHCP: u8 = 176;
 const OPT_REBINDING_T2: u8 = 59;
 const OPT_END: u8 = 255;
 
@@ -347,6 +351,11 @@ impl DhcpServer {
             if let Some(f) = &self.bootfile {
                 opt(OPT_BOOTFILE, &f.as_bytes()[..f.len().min(127)]);
             }
+            // No ProxyDHCP server shares the NAT's network: iPXE need not
+            // wait two seconds for one before it takes the offer.
+            if m.option(OPT_IPXE).is_some() {
+                opt(OPT_IPXE, &[IPXE_NO_PXEDHCP, 1, 1]);
+            }
         }
         b.push(OPT_END);
         if b.len() < MIN_MESSAGE_LEN {
@@ -442,6 +451,18 @@ pub(crate) mod tests {
         assert_eq!(opt(p, OPT_LEASE_TIME), Some(86400u32.to_be_bytes().to_vec()));
         assert_eq!(ack.dst_ip, Ipv4Addr::new(10, 0, 2, 15));
         assert_eq!(s.mac_of(Ipv4Addr::new(10, 0, 2, 15)), Some(EthernetAddress(MAC)));
+    }
+
+    #[test]
+    fn ipxe_is_told_not_to_wait_for_proxy_dhcp() {
+        let mut s = server();
+        let now = Instant::now();
+        let plain = s.handle(&client_msg(DISCOVER, MAC, 1, &[]), now).unwrap();
+        assert_eq!(opt(&plain.payload, OPT_IPXE), None, "only iPXE gets iPXE's option");
+        // iPXE's discover carries its feature list in option 175.
+        let ipxe = client_msg(DISCOVER, MAC, 2, &[(OPT_IPXE, vec![0xb1, 1, 1, 0x13, 1, 1])]);
+        let offer = s.handle(&ipxe, now).unwrap();
+        assert_eq!(opt(&offer.payload, OPT_IPXE), Some(vec![IPXE_NO_PXEDHCP, 1, 1]));
     }
 
     #[test]
