@@ -710,8 +710,25 @@ fn nic_model(m: &str) -> Option<&'static str> {
 }
 
 /// Keys of `-netdev user` that ferrovm's NAT takes under the same name.
-const USER_KEYS: &[&str] =
-    &["net", "host", "dns", "dhcpstart", "hostname", "domainname", "hostfwd", "restrict", "tftp", "bootfile"];
+const USER_KEYS: &[&str] = &[
+    "net",
+    "host",
+    "dns",
+    "dhcpstart",
+    "hostname",
+    "domainname",
+    "hostfwd",
+    "restrict",
+    "tftp",
+    "bootfile",
+    "ipv4",
+    "ipv6",
+    "ipv6-net",
+    "ipv6-prefix",
+    "ipv6-prefixlen",
+    "ipv6-host",
+    "ipv6-dns",
+];
 
 impl State {
     fn note(&mut self, s: String) {
@@ -1014,10 +1031,9 @@ impl State {
         self.net_given = true;
         match o.get("type").unwrap_or_default() {
             "user" => {
-                let mut known = vec!["type", "id", "ipv4", "ipv6"];
+                let mut known = vec!["type", "id"];
                 known.extend_from_slice(USER_KEYS);
                 o.only(option, &known)?;
-                check_ip_versions(option, &o)?;
             }
             "tap" | "bridge" => check_tap(option, &o, &["id"])?,
             t => {
@@ -1038,10 +1054,9 @@ impl State {
         match o.get("type").unwrap_or_default() {
             "none" => return Ok(()),
             "user" => {
-                let mut known = vec!["type", "id", "ipv4", "ipv6", "model", "mac"];
+                let mut known = vec!["type", "id", "model", "mac"];
                 known.extend_from_slice(USER_KEYS);
                 o.only(option, &known)?;
-                check_ip_versions(option, &o)?;
             }
             "tap" | "bridge" => check_tap(option, &o, &["id", "model", "mac"])?,
             t => {
@@ -1084,10 +1099,9 @@ impl State {
                 Ok(())
             }
             "user" => {
-                let mut known = vec!["type", "vlan", "name", "id", "ipv4", "ipv6"];
+                let mut known = vec!["type", "vlan", "name", "id"];
                 known.extend_from_slice(USER_KEYS);
                 o.only(option, &known)?;
-                check_ip_versions(option, &o)?;
                 self.legacy_nets.push(LegacyNet::Backend { vlan, opts: o });
                 Ok(())
             }
@@ -1827,16 +1841,6 @@ fn tap_spec(t: &str, o: &Opts) -> String {
     spec
 }
 
-fn check_ip_versions(option: &str, o: &Opts) -> Result<(), String> {
-    if o.get("ipv4").is_some_and(|v| on_off(option, "ipv4", v) != Ok(true)) {
-        return Err(format!("{option} ipv4=off is not supported: ferrovm's NAT is IPv4"));
-    }
-    if o.get("ipv6").is_some_and(|v| on_off(option, "ipv6", v) != Ok(false)) {
-        return Err(format!("{option} ipv6=on is not supported: ferrovm's NAT is IPv4 only (ipv6=off)"));
-    }
-    Ok(())
-}
-
 /// A number as QEMU writes them: decimal, or hex with 0x.
 fn number(option: &str, key: &str, v: &str) -> Result<u64, String> {
     let n = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
@@ -2171,7 +2175,8 @@ mod tests {
         refused("-netdev user,id=n0,tftp-server-name=x", "tftp-server-name");
         let a = run_args("-netdev user,id=n0,tftp=/srv/tftp,bootfile=pxelinux.0 -device e1000,netdev=n0 -kernel k");
         assert!(has(&a, "--nic", "user,model=e1000,tftp=/srv/tftp,bootfile=pxelinux.0"), "{a:?}");
-        refused("-netdev user,id=n0,ipv6=on", "IPv4");
+        let a = run_args("-netdev user,id=n0,ipv6=on,ipv6-net=fd00:1::/64,ipv6-dns=fd00:1::53 -device e1000,netdev=n0");
+        assert!(has(&a, "--nic", "user,model=e1000,ipv6=on,ipv6-net=fd00:1::/64,ipv6-dns=fd00:1::53"), "{a:?}");
         refused("-device e1000,netdev=nope -kernel k", "nope");
         refused("-device e1000", "netdev=");
         refused("-device rtl8139,netdev=n0", "rtl8139");

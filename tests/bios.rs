@@ -26,6 +26,13 @@
 //!   run is outside CI): where KVM runs ring 0 in software (kvm_pvm),
 //!   split execution, which must find the kernel's code in the guest
 //!   (`--stats`; about half a minute a run on a 2-core host).
+//! - Network boot (`--boot n`): SeaBIOS runs the NIC's iPXE ROM (Debian's
+//!   ipxe-qemu) from its ROM BAR; iPXE takes IPv4 (DHCP) and IPv6 (the
+//!   router advertisement) addresses from the NAT, fetches a boot program
+//!   assembled here over TFTP (`bootfile=`) and starts it, which checks
+//!   the PXENV+ and !PXE structures it is handed and reports through the
+//!   debug-exit port. e1000 and virtio-net under the JIT; virtio-net in
+//!   the interpreter; the e1000 under KVM.
 
 #[path = "guest/bios_disk.rs"]
 mod bios_disk;
@@ -484,6 +491,7 @@ fn network_boot(accel: &str, model: &str) -> (f64, f64) {
     let code = |v: u8| (i32::from(v) << 1) | 1;
     assert!(out.contains("iPXE"), "iPXE's banner on COM1: {out}");
     assert!(out.contains("net0: 10.0.2.15/255.255.255.0 gw 10.0.2.2"), "iPXE's IPv4 address from the NAT: {out}");
+    assert!(out.contains("net0: fec0::5054:ff:fe12:3456/64 gw fe80::2"), "iPXE's IPv6 address (SLAAC): {out}");
     assert!(out.contains("Next server: 10.0.2.2") && out.contains("Filename: ferrovm.nbp"), "DHCP's boot file: {out}");
     assert!(out.contains("ferrovm-nbp: started by the boot ROM"), "the boot program's line: {out}");
     assert_ne!(status, Some(code(NBP_NO_PXENV)), "ES:BX did not point at PXENV+");
@@ -506,5 +514,19 @@ fn e1000_and_virtio_net_boot_from_the_network_through_ipxe_under_the_jit() {
     if seabios() && ipxe_roms() {
         network_boot("jit", "e1000");
         network_boot("jit", "virtio");
+    }
+}
+
+#[test]
+fn the_network_boot_runs_in_the_interpreter() {
+    if seabios() && ipxe_roms() {
+        network_boot("interp", "virtio");
+    }
+}
+
+#[test]
+fn the_network_boot_runs_under_kvm() {
+    if seabios() && ipxe_roms() && kvm::usable() {
+        network_boot("kvm", "e1000");
     }
 }

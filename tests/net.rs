@@ -17,6 +17,8 @@
 //!   to the NIC) and, as an upper bound, in the guest around `nc`;
 //! - resolves a name with `nslookup` through 10.0.2.3, which forwards to a
 //!   resolver this test runs on the loopback (`dnsupstream=`);
+//! - takes an IPv6 address from the NAT's router advertisement (SLAAC),
+//!   pings the IPv6 gateway and fetches 1 MiB over HTTP through it;
 //! - moves 8 MiB through host port forwards in both directions;
 //! - with eth0 down, on a second NIC whose NAT has `restrict=on` (and the
 //!   same addresses), fails to reach the host's loopback through 10.0.2.2
@@ -222,6 +224,19 @@ echo "T:tftp-small $? $(hashlen /tmp/ts)"
 tftp -g -r ../outside -l /tmp/tx 10.0.2.2 2> /tmp/terr
 echo "T:tftp-escape $? $(grep -c 'Access violation' /tmp/terr)"
 
+# IPv6: an address from the NAT's router advertisement (SLAAC) and its
+# default route, then the gateway: echo, and HTTP to the host through it.
+i=0
+# (an address still tentative, under duplicate address detection, cannot be used yet)
+while [ $i -lt 100 ] && ! ip -6 addr show dev eth0 | grep 'inet6 fec0::' | grep -qv tentative; do sleep 0.1; i=$((i+1)); done
+echo "T:ip6 $(ip -6 addr show dev eth0 | grep -o 'fec0::[0-9a-f:]*/64' | head -n 1) $(ip -6 route | grep -c 'default via fe80::2')"
+(ping6 -c 1 -W 5 fec0::2 || ping -6 -c 1 -W 5 fec0::2) > /dev/null 2>&1
+echo "T:ping6 $?"
+read t0 x < /proc/uptime
+wget -q -O /tmp/b6 "http://[fec0::2]:@HTTP@/blob" || echo "T:wget6-failed $?"
+read t1 x < /proc/uptime
+echo "T:wget6 $(hashlen /tmp/b6) $t0 $t1"
+
 serve @IN@ /dev/null /tmp/in in
 echo "T:in-done"
 echo "T:in $(hashlen /tmp/in)"
@@ -418,6 +433,23 @@ fn nat_guest_test(model: &str, accel: &str) {
     g.check(escape == "1 1", &format!("../outside was not refused as an access violation: {escape}"));
     let _ = std::fs::remove_dir_all(&tftp_work);
     eprintln!("{model}: 1 MiB over TFTP in {:.2} s in the guest", t1 - t0);
+
+    // IPv6: SLAAC in fec0::/64 from the MAC (EUI-64), the default route
+    // through fe80::2, an echo from the gateway, and 1 MiB over HTTP from
+    // the host's server through [fec0::2] (the server listens on
+    // 127.0.0.1: the NAT falls back to it when ::1 refuses).
+    let (ip6, _) = g.wait_for("ip6");
+    g.check(ip6 == "fec0::5054:ff:fe12:3456/64 1", &format!("SLAAC address and default route: {ip6}"));
+    let (ping6, _) = g.wait_for("ping6");
+    g.check(ping6 == "0", &format!("ping6 fec0::2 exited {ping6}"));
+    let (wget6, _) = g.wait_for("wget6");
+    let v: Vec<&str> = wget6.split_whitespace().collect();
+    g.check(
+        v.len() == 4 && v[0] == sha256(&blob) && v[1] == HTTP_BYTES.to_string(),
+        &format!("HTTP over IPv6: {wget6}"),
+    );
+    let (h0, h1) = uptimes(&wget6);
+    eprintln!("{model}: 1 MiB over HTTP through [fec0::2] in {:.2} s in the guest", h1 - h0);
 
     // 8 MiB each way through the forwards.
     let data = pattern(FWD_BYTES, 2);

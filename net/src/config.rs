@@ -17,6 +17,15 @@
 //! | `maxflows=N` | TCP + UDP flows at once | 256 |
 //! | `flowbuf=BYTES` | buffer per TCP flow and direction | 131072 |
 //! | `tcpidle=SECS`, `udpidle=SECS` | idle flows are closed after this | 7200, 120 |
+//! | `ipv4=on\|off` | the guest's IPv4 (ARP, DHCP, IPv4 traffic, port forwards) | on |
+//! | `ipv6=on\|off` | the guest's IPv6 (router advertisements, NDP, IPv6 traffic) | on |
+//! | `ipv6-net=ADDR[/PREFIX]` | the IPv6 prefix advertised to the guest (PREFIX 1-126, default 64) | `fec0::/64` |
+//! | `ipv6-prefix=ADDR`, `ipv6-prefixlen=PREFIX` | QEMU's spelling of `ipv6-net` | |
+//! | `ipv6-host=ADDR` | the IPv6 gateway; guest traffic to it reaches the host's loopback | prefix + 2 |
+//! | `ipv6-dns=ADDR` | the IPv6 address of the DNS forwarder (announced in RDNSS) | prefix + 3 |
+//!
+//! IPv6 addresses in `allow=` are written in brackets when a port follows
+//! (`allow=tcp:[fec0::2]:8080`, `allow=[2001:db8::]/32`).
 //!
 //! `model=`, `mac=`, `vectors=` and `pcap=` are for the machine (the NIC
 //! model, its MAC address, the MSI-X vectors of a virtio NIC as QEMU's
@@ -25,7 +34,7 @@
 //! and optionally `path=` (the socket directory).
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -92,7 +101,8 @@ impl Proto {
 }
 
 /// A destination the guest may reach past `restrict` (`allow=`):
-/// `[tcp:|udp:]ADDR[/PREFIX][:PORT]`. Without a port every protocol
+/// `[tcp:|udp:]ADDR[/PREFIX][:PORT]`, an IPv6 ADDR in brackets when a port
+/// follows (`[ADDR][/PREFIX][:PORT]`). Without a port every protocol
 /// (TCP, UDP, ICMP echo) may reach the addresses; with one, TCP and UDP
 /// (or the one named) to that port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -100,9 +110,9 @@ impl Proto {
 pub struct Allow {
     /// The protocol, when one is named.
     pub proto: Option<Proto>,
-    /// The network's address.
-    pub net: Ipv4Addr,
-    /// Its prefix length (32: one address).
+    /// The network's address (IPv4 or IPv6).
+    pub net: IpAddr,
+    /// Its prefix length (32 or 128: one address).
     pub prefix_len: u8,
     /// The port, when one is named.
     pub port: Option<u16>,
@@ -111,8 +121,13 @@ pub struct Allow {
 impl Allow {
     /// Whether the entry lets traffic to `addr` through: `port` is the
     /// protocol and port of TCP or UDP, `None` for an ICMP echo.
-    pub fn permits(&self, addr: Ipv4Addr, port: Option<(Proto, u16)>) -> bool {
-        if !in_net(addr, self.net, self.prefix_len) {
+    pub fn permits(&self, addr: impl Into<IpAddr>, port: Option<(Proto, u16)>) -> bool {
+        let inside = match (addr.into(), self.net) {
+            (IpAddr::V4(a), IpAddr::V4(n)) => in_net(a, n, self.prefix_len),
+            (IpAddr::V6(a), IpAddr::V6(n)) => in_net6(a, n, self.prefix_len),
+            _ => false,
+        };
+        if !inside {
             return false;
         }
         match (port, self.proto, self.port) {
@@ -132,22 +147,60 @@ impl FromStr for Allow {
             Some(("udp", r)) => (Some(Proto::Udp), r),
             _ => (None, s),
         };
-        let (addr, port) = match rest.split_once(':') {
-            Some((a, p)) => (a, Some(parse_port(p, "allow port", false)?)),
-            None => (rest, None),
+        // ADDR[/PREFIX] and what follows it: `[V6][/P][:PORT]`, a bare V6
+        // address (no port), or `V4[/P][:PORT]`.
+        let (addr, prefix, port) = if let Some(inner) = rest.strip_prefix('[') {
+            let (inside, after) =
+                inner.split_once(']').ok_or_else(|| format!("allow={s}: '[' without a closing ']'"))?;
+            let (inside, p_in) = match inside.split_once('/') {
+                Some((a, p)) => (a, Some(p)),
+                None => (inside, None),
+            };
+            let (p_out, port) = match after.split_once(':') {
+                Some((p, port)) => (p, Some(port)),
+                None => (after, None),
+            };
+            let prefix = match (p_in, p_out.strip_prefix('/')) {
+                (Some(p), None) if p_out.is_empty() => Some(p),
+                (None, Some(p)) => Some(p),
+                (None, None) if p_out.is_empty() => None,
+                _ => return Err(format!("allow={s}: expected [ADDR][/PREFIX][:PORT]")),
+            };
+            (inside, prefix, port)
+        } else if rest.matches(':').count() >= 2 {
+            // An IPv6 address without brackets takes no port.
+            match rest.split_once('/') {
+                Some((a, p)) => (a, Some(p), None),
+                None => (rest, None, None),
+            }
+        } else {
+            let (addr, port) = match rest.split_once(':') {
+                Some((a, p)) => (a, Some(p)),
+                None => (rest, None),
+            };
+            match addr.split_once('/') {
+                Some((a, p)) => (a, Some(p), port),
+                None => (addr, None, port),
+            }
         };
+        let port = port.map(|p| parse_port(p, "allow port", false)).transpose()?;
         if proto.is_some() && port.is_none() {
             return Err(format!("allow={s}: a protocol needs a port (tcp:ADDR:PORT)"));
         }
-        let (a, prefix_len) = match addr.split_once('/') {
-            Some((a, p)) => match p.parse::<u8>() {
-                Ok(p) if p <= 32 => (a, p),
-                _ => return Err(format!("allow={s}: '/{p}' is not a prefix length (0-32)")),
+        let net: IpAddr = addr.parse().map_err(|_| format!("allow={s}: '{addr}' is not an IPv4 or IPv6 address"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match prefix {
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("allow={s}: '/{p}' is not a prefix length (0-{max})")),
             },
-            None => (addr, 32),
+            None => max,
         };
-        let net: Ipv4Addr = a.parse().map_err(|_| format!("allow={s}: '{a}' is not an IPv4 address"))?;
-        if u32::from(net) & !prefix_mask(prefix_len) != 0 {
+        let host_bits = match net {
+            IpAddr::V4(a) => u32::from(a) & !prefix_mask(prefix_len) != 0,
+            IpAddr::V6(a) => u128::from(a) & !prefix_mask6(prefix_len) != 0,
+        };
+        if host_bits {
             return Err(format!("allow={s}: the address has bits past /{prefix_len}"));
         }
         Ok(Allow { proto, net, prefix_len, port })
@@ -305,6 +358,47 @@ pub struct UserNetConfig {
     /// `bootfile=`: the boot file DHCP names (BOOTP `file` and option 67),
     /// for a PXE loader to fetch over TFTP.
     pub bootfile: Option<String>,
+    /// `ipv4=`: the guest's IPv4 is served (ARP, DHCP, IPv4 traffic, port
+    /// forwards); off, IPv4 frames are dropped.
+    #[cfg_attr(feature = "serde", serde(default = "on"))]
+    pub ipv4: bool,
+    /// `ipv6=`: the guest's IPv6 is served (router advertisements, NDP,
+    /// IPv6 traffic); off, IPv6 frames are dropped.
+    #[cfg_attr(feature = "serde", serde(default = "on"))]
+    pub ipv6: bool,
+    /// The IPv6 prefix the router advertisements carry (QEMU `ipv6-prefix=`).
+    #[cfg_attr(feature = "serde", serde(default = "default_ipv6_net"))]
+    pub ipv6_net: Ipv6Addr,
+    /// Its length (QEMU `ipv6-prefixlen=`).
+    #[cfg_attr(feature = "serde", serde(default = "default_ipv6_prefix_len"))]
+    pub ipv6_prefix_len: u8,
+    /// The IPv6 gateway (QEMU `ipv6-host=`); guest traffic to it reaches the
+    /// host's loopback.
+    #[cfg_attr(feature = "serde", serde(default = "default_ipv6_host"))]
+    pub ipv6_host: Ipv6Addr,
+    /// The DNS forwarder's IPv6 address (QEMU `ipv6-dns=`).
+    #[cfg_attr(feature = "serde", serde(default = "default_ipv6_dns"))]
+    pub ipv6_dns: Ipv6Addr,
+}
+
+fn on() -> bool {
+    true
+}
+
+fn default_ipv6_net() -> Ipv6Addr {
+    Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0)
+}
+
+fn default_ipv6_prefix_len() -> u8 {
+    64
+}
+
+fn default_ipv6_host() -> Ipv6Addr {
+    Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 2)
+}
+
+fn default_ipv6_dns() -> Ipv6Addr {
+    Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 3)
 }
 
 impl Default for UserNetConfig {
@@ -328,6 +422,12 @@ impl Default for UserNetConfig {
             limits: Limits::default(),
             tftp: None,
             bootfile: None,
+            ipv4: on(),
+            ipv6: on(),
+            ipv6_net: default_ipv6_net(),
+            ipv6_prefix_len: default_ipv6_prefix_len(),
+            ipv6_host: default_ipv6_host(),
+            ipv6_dns: default_ipv6_dns(),
         }
     }
 }
@@ -346,13 +446,19 @@ impl UserNetConfig {
     /// Whether the guest may reach `addr` outside the NAT (TCP or UDP to
     /// `port`, or an ICMP echo with `None`): always without `restrict`,
     /// else where an `allow=` entry lets it.
-    pub fn permits(&self, addr: Ipv4Addr, port: Option<(Proto, u16)>) -> bool {
+    pub fn permits(&self, addr: impl Into<IpAddr>, port: Option<(Proto, u16)>) -> bool {
+        let addr = addr.into();
         !self.restrict || self.allow.iter().any(|a| a.permits(addr, port))
     }
 
     /// Whether `addr` lies in the guest network.
     pub fn contains(&self, addr: Ipv4Addr) -> bool {
         in_net(addr, self.net, self.prefix_len)
+    }
+
+    /// Whether `addr` lies in the guest's IPv6 prefix.
+    pub fn contains6(&self, addr: Ipv6Addr) -> bool {
+        in_net6(addr, self.ipv6_net, self.ipv6_prefix_len)
     }
 
     /// Checks that the addresses fit together.
@@ -387,6 +493,39 @@ impl UserNetConfig {
         if usize::from(self.mtu) < 576 || usize::from(self.mtu) > crate::MAX_FRAME_LEN - 14 {
             return bad(format!("mtu {} is outside 576..1500", self.mtu));
         }
+        if !self.ipv4 && !self.ipv6 {
+            return bad("ipv4=off and ipv6=off leave the guest no network; turn one on".into());
+        }
+        if !self.ipv4 && !self.hostfwd.is_empty() {
+            return bad("hostfwd reaches the guest over IPv4; it needs ipv4=on".into());
+        }
+        if self.ipv6 {
+            self.validate_ipv6()?;
+        }
+        Ok(())
+    }
+
+    fn validate_ipv6(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::BadConfig(m));
+        let (net, len) = (self.ipv6_net, self.ipv6_prefix_len);
+        if !(1..=126).contains(&len) {
+            return bad(format!("ipv6 prefix /{len} is outside /1../126; use e.g. ipv6-net=fec0::/64"));
+        }
+        if u128::from(net) & !prefix_mask6(len) != 0 {
+            let base = Ipv6Addr::from(u128::from(net) & prefix_mask6(len));
+            return bad(format!("ipv6-net {net}/{len} has host bits set; use {base}/{len}"));
+        }
+        if net.is_multicast() || net.is_loopback() || net.is_unspecified() || is_link_local6(net) {
+            return bad(format!("ipv6-net {net}/{len} is not a unicast prefix a guest can use"));
+        }
+        for (name, addr) in [("ipv6-host", self.ipv6_host), ("ipv6-dns", self.ipv6_dns)] {
+            if !self.contains6(addr) || addr == net {
+                return bad(format!("{name}={addr} is not a host address of {net}/{len}"));
+            }
+        }
+        if self.ipv6_host == self.ipv6_dns {
+            return bad(format!("ipv6-host and ipv6-dns are both {}; give them different addresses", self.ipv6_host));
+        }
         Ok(())
     }
 
@@ -395,6 +534,14 @@ impl UserNetConfig {
     fn apply(&mut self, key: &str, value: &str, net_given: &mut bool) -> Result<bool, String> {
         let addr =
             |v: &str| -> Result<Ipv4Addr, String> { v.parse().map_err(|_| format!("'{v}' is not an IPv4 address")) };
+        let addr6 =
+            |v: &str| -> Result<Ipv6Addr, String> { v.parse().map_err(|_| format!("'{v}' is not an IPv6 address")) };
+        let prefix6 = |v: &str| -> Result<u8, String> {
+            match v.parse::<u8>() {
+                Ok(p) if p <= 128 => Ok(p),
+                _ => Err(format!("'{v}' is not an IPv6 prefix length (1-126)")),
+            }
+        };
         let secs = |v: &str| -> Result<Duration, String> {
             v.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("'{v}' is not a number of seconds"))
         };
@@ -456,6 +603,20 @@ impl UserNetConfig {
             "flowbuf" => self.limits.flow_buffer = count(value)?,
             "tcpidle" => self.limits.tcp_idle = secs(value)?,
             "udpidle" => self.limits.udp_idle = secs(value)?,
+            "ipv4" => self.ipv4 = parse_bool(value)?,
+            "ipv6" => self.ipv6 = parse_bool(value)?,
+            "ipv6-net" => {
+                let (a, p) = match value.split_once('/') {
+                    Some((a, p)) => (a, Some(p)),
+                    None => (value, None),
+                };
+                self.ipv6_net = addr6(a)?;
+                self.ipv6_prefix_len = p.map(prefix6).transpose()?.unwrap_or(64);
+            }
+            "ipv6-prefix" => self.ipv6_net = addr6(value)?,
+            "ipv6-prefixlen" => self.ipv6_prefix_len = prefix6(value)?,
+            "ipv6-host" => self.ipv6_host = addr6(value)?,
+            "ipv6-dns" => self.ipv6_dns = addr6(value)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -466,6 +627,25 @@ impl UserNetConfig {
 fn in_net(addr: Ipv4Addr, net: Ipv4Addr, prefix_len: u8) -> bool {
     let mask = prefix_mask(prefix_len);
     u32::from(addr) & mask == u32::from(net) & mask
+}
+
+/// Whether `addr` lies in the IPv6 network `net`/`prefix_len`.
+fn in_net6(addr: Ipv6Addr, net: Ipv6Addr, prefix_len: u8) -> bool {
+    let mask = prefix_mask6(prefix_len);
+    u128::from(addr) & mask == u128::from(net) & mask
+}
+
+fn prefix_mask6(prefix_len: u8) -> u128 {
+    match prefix_len {
+        0 => 0,
+        p if p >= 128 => u128::MAX,
+        p => u128::MAX << (128 - p),
+    }
+}
+
+/// Whether `addr` is link-local unicast (fe80::/10).
+pub(crate) fn is_link_local6(addr: Ipv6Addr) -> bool {
+    addr.segments()[0] & 0xffc0 == 0xfe80
 }
 
 fn prefix_mask(prefix_len: u8) -> u32 {
@@ -605,7 +785,8 @@ impl FromStr for NicSpec {
                             format!(
                                 "unknown key '{key}'; user takes net, host, dns, dhcpstart, hostname, \
                                  domainname, hostfwd, restrict, allow, tftp, bootfile, dnsupstream, maxflows, \
-                                 flowbuf, tcpidle, udpidle, model, mac, vectors, pcap, romfile"
+                                 flowbuf, tcpidle, udpidle, ipv4, ipv6, ipv6-net, ipv6-prefix, ipv6-prefixlen, \
+                                 ipv6-host, ipv6-dns, model, mac, vectors, pcap, romfile"
                             ),
                         ));
                     }
@@ -640,6 +821,17 @@ impl FromStr for NicSpec {
                 if !given("host") {
                     let o = user.host.octets();
                     user.gateway_mac = MacAddr([0x52, 0x55, o[0], o[1], o[2], o[3]]);
+                }
+            }
+            let given = |k: &str| s.split(',').any(|p| p.starts_with(&format!("{k}=")));
+            if given("ipv6-net") || given("ipv6-prefix") || given("ipv6-prefixlen") {
+                // The gateway and DNS addresses follow the prefix, as in QEMU.
+                let base = u128::from(user.ipv6_net) & prefix_mask6(user.ipv6_prefix_len);
+                if !given("ipv6-host") {
+                    user.ipv6_host = Ipv6Addr::from(base | 2);
+                }
+                if !given("ipv6-dns") {
+                    user.ipv6_dns = Ipv6Addr::from(base | 3);
                 }
             }
             user.validate()?;
@@ -804,6 +996,74 @@ mod tests {
             ("user,allow=tcp:10.0.0.1", "needs a port"),
             ("user,allow=example.com", "not an IPv4"),
             ("user,allow=10.0.0.1:0", "must not be 0"),
+        ] {
+            let err = s.parse::<NicSpec>().unwrap_err().to_string();
+            assert!(err.contains(needle), "{s}: {err}");
+        }
+    }
+
+    #[test]
+    fn ipv6_keys() {
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        let c = user("user");
+        assert!(c.ipv4 && c.ipv6, "both on by default, as in QEMU");
+        assert_eq!((c.ipv6_net, c.ipv6_prefix_len), (v6("fec0::"), 64));
+        assert_eq!((c.ipv6_host, c.ipv6_dns), (v6("fec0::2"), v6("fec0::3")));
+        let c = user("user,ipv6-net=fd00:aa::/48");
+        assert_eq!((c.ipv6_net, c.ipv6_prefix_len), (v6("fd00:aa::"), 48));
+        assert_eq!((c.ipv6_host, c.ipv6_dns), (v6("fd00:aa::2"), v6("fd00:aa::3")), "they follow the prefix");
+        let c = user("user,ipv6-prefix=fd00:bb::,ipv6-prefixlen=56,ipv6-dns=fd00:bb::53");
+        assert_eq!((c.ipv6_net, c.ipv6_prefix_len), (v6("fd00:bb::"), 56));
+        assert_eq!((c.ipv6_host, c.ipv6_dns), (v6("fd00:bb::2"), v6("fd00:bb::53")));
+        assert_eq!(user("user,ipv6-net=fd00:cc::").ipv6_prefix_len, 64);
+        assert!(!user("user,ipv6=off").ipv6);
+        assert!(!user("user,ipv4=off").ipv4);
+        // IPv6 settings are not checked while IPv6 is off.
+        assert!(!user("user,ipv6=off,ipv6-net=fe80::/64").ipv6);
+        for (s, needle) in [
+            ("user,ipv4=off,ipv6=off", "no network"),
+            ("user,ipv4=off,hostfwd=tcp::1-:2", "ipv4=on"),
+            ("user,ipv6-net=fec0::1/64", "host bits"),
+            ("user,ipv6-net=fe80::/64", "unicast prefix"),
+            ("user,ipv6-net=ff02::/64", "unicast prefix"),
+            ("user,ipv6-net=fec0::/127", "/1../126"),
+            ("user,ipv6-prefixlen=0", "/1../126"),
+            ("user,ipv6-prefixlen=200", "prefix length"),
+            ("user,ipv6-host=2001:db8::2", "not a host address"),
+            ("user,ipv6-dns=fec0::", "not a host address"),
+            ("user,ipv6-dns=fec0::2", "different addresses"),
+            ("user,ipv6-host=10.0.2.2", "not an IPv6"),
+            ("user,ipv6-net=fec0::/x", "prefix length"),
+            ("user,ipv6=maybe", "neither on nor off"),
+        ] {
+            let err = s.parse::<NicSpec>().unwrap_err().to_string();
+            assert!(err.contains(needle), "{s}: {err}");
+        }
+    }
+
+    #[test]
+    fn allow_ipv6_entries() {
+        let c =
+            user("user,allow=tcp:[fec0::2]:8080,allow=[2001:db8::]/32,allow=2001:db8:1::5,allow=udp:[fd00::/16]:53");
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        assert!(c.permits(v6("fec0::2"), Some((Proto::Tcp, 8080))));
+        assert!(!c.permits(v6("fec0::2"), Some((Proto::Udp, 8080))));
+        assert!(!c.permits(v6("fec0::2"), None));
+        assert!(c.permits(v6("2001:db8:ffff::1"), None));
+        assert!(c.permits(v6("2001:db8:1::5"), Some((Proto::Tcp, 1))));
+        assert!(c.permits(v6("fd00:1::1"), Some((Proto::Udp, 53))));
+        assert!(!c.permits(v6("fd00:1::1"), Some((Proto::Tcp, 53))));
+        assert!(!c.permits(Ipv4Addr::new(10, 0, 2, 2), Some((Proto::Tcp, 8080))), "IPv6 entries are IPv6 only");
+        let a: Allow = "[fec0::]/64:22".parse().unwrap();
+        assert_eq!((a.prefix_len, a.port), (64, Some(22)));
+        for (s, needle) in [
+            ("user,allow=[fec0::2", "closing"),
+            ("user,allow=[fec0::]/129", "prefix length"),
+            ("user,allow=[fec0::1]/64", "bits past"),
+            ("user,allow=tcp:fec0::2", "needs a port"),
+            ("user,allow=[fec0::2]x", "expected"),
+            ("user,allow=[fec0::2/64]/64", "expected"),
+            ("user,allow=[10.0.0.1]:0", "must not be 0"),
         ] {
             let err = s.parse::<NicSpec>().unwrap_err().to_string();
             assert!(err.contains(needle), "{s}: {err}");

@@ -2,7 +2,8 @@
 //!
 //! The NAT under fuzz runs with `restrict=on` and no DNS upstream, so no
 //! input can make it open a connection anywhere: every frame stays inside
-//! the filter, DHCP, DNS (SERVFAIL), ICMP to the gateway and the RST paths.
+//! the filter, DHCP, DNS (SERVFAIL), ICMP to the gateway, NDP and router
+//! advertisements, and the RST paths (IPv4 and IPv6 alike).
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,9 @@
 //! Networking: the `NetBackend` trait that NIC models move whole Ethernet frames
 //! through, the user-mode NAT (ARP, DHCP, DNS forwarding, TCP/UDP/ICMP to host
-//! sockets, port forwards), the hub between VMs, host TAP interfaces (alone or
-//! on a bridge) and the pcap writer.
+//! sockets, port forwards; and IPv6 as libslirp has it: router advertisements
+//! with the prefix and RDNSS, NDP, ICMPv6 echo, DNS, TCP and UDP over host
+//! IPv6 sockets), the hub between VMs, host TAP interfaces (alone or on a
+//! bridge) and the pcap writer.
 //!
 //! A NIC model owns a `Box<dyn NetBackend>` and drives it like this:
 //!

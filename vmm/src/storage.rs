@@ -525,9 +525,9 @@ mod tests {
             paths,
             [
                 "/pci@i0cf8/ide@1,1/drive@1/disk@0",
+                "/pci@i0cf8/*@3",
                 "/pci@i0cf8/ide@1,1/drive@0/disk@0",
                 "/pci@i0cf8/ide@1,1/drive@0/disk@1",
-                "/pci@i0cf8/*@3",
                 "/pci@i0cf8/ide@1,1/drive@1/disk@1",
                 "/pci@i0cf8/*@4",
             ]

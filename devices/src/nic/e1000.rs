@@ -1001,20 +1001,23 @@ impl E1000 {
         }
     }
 
-    /// Whether the receive filter takes a frame (8.2.6, 8.8.6).
+    /// Whether the receive filter takes a frame (8.2.6, 8.8.6). The exact
+    /// filters (RAL/RAH) take multicast addresses too: Linux puts the
+    /// groups it joins there first, and hashes only the rest into the MTA.
     fn accepts(&self, frame: &[u8]) -> bool {
         let Some(dst) = frame.get(..6) else { return false };
         let rctl = self.reg(RCTL);
+        let exact = (0..RA_ENTRIES).any(|i| {
+            let low = self.reg(RA + 8 * i).to_le_bytes();
+            let high = self.reg(RA + 8 * i + 4);
+            let hb = high.to_le_bytes();
+            high & RAH_AV != 0 && low == dst[..4] && hb[..2] == dst[4..6]
+        });
         if dst[0] & 1 == 0 {
-            if rctl & RCTL_UPE != 0 {
-                return true;
-            }
-            return (0..RA_ENTRIES).any(|i| {
-                let low = self.reg(RA + 8 * i).to_le_bytes();
-                let high = self.reg(RA + 8 * i + 4);
-                let hb = high.to_le_bytes();
-                high & RAH_AV != 0 && low == dst[..4] && hb[..2] == dst[4..6]
-            });
+            return exact || rctl & RCTL_UPE != 0;
+        }
+        if exact {
+            return true;
         }
         if dst == [0xff; 6] && rctl & RCTL_BAM != 0 {
             return true;

@@ -11,10 +11,10 @@
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use crate::frame::MAX_UDP_PAYLOAD;
+use crate::frame::{MAX_UDP6_PAYLOAD, MAX_UDP_PAYLOAD};
 use crate::poller::{Poller, Token};
 use crate::DnsUpstream;
 
@@ -84,7 +84,7 @@ pub(crate) fn servfail(query: &[u8]) -> Vec<u8> {
 }
 
 struct Pending {
-    guest: SocketAddrV4,
+    guest: SocketAddr,
     guest_id: u16,
     query: Vec<u8>,
     upstream: usize,
@@ -105,7 +105,7 @@ pub(crate) struct DnsForwarder {
 }
 
 /// A reply for the guest: to whom, and the DNS message.
-pub(crate) type GuestReply = (SocketAddrV4, Vec<u8>);
+pub(crate) type GuestReply = (SocketAddr, Vec<u8>);
 
 impl DnsForwarder {
     pub fn new(upstream: &DnsUpstream, timeout: Duration, max_pending: usize) -> Self {
@@ -169,7 +169,7 @@ impl DnsForwarder {
 
     /// Takes a guest query. Returns an immediate reply (SERVFAIL) or `None`
     /// when the query went upstream (or was not a query at all).
-    pub fn query(&mut self, poller: &Poller, guest: SocketAddrV4, msg: &[u8], now: Instant) -> Option<Vec<u8>> {
+    pub fn query(&mut self, poller: &Poller, guest: SocketAddr, msg: &[u8], now: Instant) -> Option<Vec<u8>> {
         if msg.len() < HEADER_LEN || u16::from_be_bytes([msg[2], msg[3]]) & FLAG_QR != 0 {
             return None;
         }
@@ -272,7 +272,8 @@ impl DnsForwarder {
             }
         }
         let p = self.pending.remove(&id)?;
-        let mut r = if msg.len() > MAX_UDP_PAYLOAD {
+        let max = if p.guest.is_ipv4() { MAX_UDP_PAYLOAD } else { MAX_UDP6_PAYLOAD };
+        let mut r = if msg.len() > max {
             // Too big for one unfragmented datagram: tell the guest to retry over TCP.
             header_only_reply(&p.query, 0, FLAG_TC)
         } else {
@@ -350,7 +351,7 @@ pub(crate) mod tests {
     fn no_upstream_is_servfail() {
         let poller = Poller::new().unwrap();
         let mut f = DnsForwarder::new(&DnsUpstream::Disabled, Duration::from_secs(1), 4);
-        let guest = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 15), 5000);
+        let guest = SocketAddr::from((Ipv4Addr::new(10, 0, 2, 15), 5000));
         let r = f.query(&poller, guest, &query(7, "a.b"), Instant::now()).unwrap();
         assert_eq!(u16::from_be_bytes([r[2], r[3]]) & 0xf, RCODE_SERVFAIL);
         // Answers (QR set) from the guest are not queries.
@@ -364,7 +365,7 @@ pub(crate) mod tests {
         let poller = Poller::new().unwrap();
         let up = DnsUpstream::Servers(vec![silent.local_addr().unwrap()]);
         let mut f = DnsForwarder::new(&up, Duration::from_millis(50), 4);
-        let guest = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 15), 5000);
+        let guest = SocketAddr::from((Ipv4Addr::new(10, 0, 2, 15), 5000));
         let now = Instant::now();
         assert!(f.query(&poller, guest, &query(9, "x.y"), now).is_none());
         let mut out = Vec::new();

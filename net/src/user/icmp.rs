@@ -1,5 +1,6 @@
 //! ICMP echo to hosts outside, through unprivileged ICMP sockets
-//! (`socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)`, allowed for the groups in
+//! (`socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)`, and `AF_INET6` with
+//! `IPPROTO_ICMPV6` for ICMPv6 echo; both allowed for the groups in
 //! /proc/sys/net/ipv4/ping_group_range). The kernel picks the echo
 //! identifier; answers get the guest's identifier back.
 //!
@@ -8,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockProtocol, SockType};
@@ -17,6 +18,8 @@ use crate::poller::{Poller, Token};
 
 const ECHO_REPLY: u8 = 0;
 const ECHO_REQUEST: u8 = 8;
+const ECHO6_REQUEST: u8 = 128;
+const ECHO6_REPLY: u8 = 129;
 const ECHO_HEADER_LEN: usize = 8;
 /// An echo socket with no request for this long is closed.
 const IDLE: Duration = Duration::from_secs(10);
@@ -25,64 +28,69 @@ const READS_PER_POLL: usize = 16;
 /// An echo reply for the guest.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Reply {
-    /// Source as the guest sees it.
-    pub from: Ipv4Addr,
-    pub guest: Ipv4Addr,
+    /// Source as the guest sees it (of the guest's family).
+    pub from: IpAddr,
+    pub guest: IpAddr,
     pub ident: u16,
     pub seq_no: u16,
     pub data: Vec<u8>,
 }
 
 struct Echo {
-    guest: Ipv4Addr,
+    guest: IpAddr,
     ident: u16,
-    remote: Ipv4Addr,
+    remote: IpAddr,
     sock: UdpSocket,
     last: Instant,
     readable: bool,
 }
 
 pub(crate) struct IcmpProxy {
-    /// `Some(false)` once the host refused an ICMP socket.
-    allowed: Option<bool>,
+    /// `Some(false)` once the host refused an ICMP socket (IPv4, IPv6).
+    allowed: [Option<bool>; 2],
     socks: HashMap<u64, Echo>,
-    by_key: HashMap<(Ipv4Addr, u16, Ipv4Addr), u64>,
+    by_key: HashMap<(IpAddr, u16, IpAddr), u64>,
     next_id: u64,
     max: usize,
     pub dropped: u64,
 }
 
-fn open(dst: Ipv4Addr) -> std::io::Result<UdpSocket> {
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        SockProtocol::Icmp,
-    )?;
+fn open(dst: IpAddr) -> std::io::Result<UdpSocket> {
+    let (family, proto) = match dst {
+        IpAddr::V4(_) => (AddressFamily::Inet, SockProtocol::Icmp),
+        IpAddr::V6(_) => (AddressFamily::Inet6, SockProtocol::IcmpV6),
+    };
+    let fd = socket(family, SockType::Datagram, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, proto)?;
     let sock = UdpSocket::from(fd);
-    sock.connect(SocketAddrV4::new(dst, 0))?;
+    sock.connect(SocketAddr::new(dst, 0))?;
     Ok(sock)
+}
+
+/// The index of `addr`'s family in [`IcmpProxy::allowed`].
+fn family(addr: IpAddr) -> usize {
+    usize::from(addr.is_ipv6())
 }
 
 impl IcmpProxy {
     pub fn new(max: usize) -> Self {
-        IcmpProxy { allowed: None, socks: HashMap::new(), by_key: HashMap::new(), next_id: 0, max, dropped: 0 }
+        IcmpProxy { allowed: [None; 2], socks: HashMap::new(), by_key: HashMap::new(), next_id: 0, max, dropped: 0 }
     }
 
-    /// Sends the guest's echo request to `host_dst` (`remote` as the guest sees it).
+    /// Sends the guest's echo request to `host_dst` (`remote` as the guest
+    /// sees it; all three of one family).
     #[allow(clippy::too_many_arguments)]
     pub fn echo(
         &mut self,
         poller: &Poller,
-        guest: Ipv4Addr,
-        remote: Ipv4Addr,
-        host_dst: Ipv4Addr,
+        guest: IpAddr,
+        remote: IpAddr,
+        host_dst: IpAddr,
         ident: u16,
         seq_no: u16,
         data: &[u8],
         now: Instant,
     ) {
-        if self.allowed == Some(false) {
+        if self.allowed[family(host_dst)] == Some(false) {
             self.dropped += 1;
             return;
         }
@@ -105,13 +113,13 @@ impl IcmpProxy {
                                 "ICMP echo to outside hosts is off: the host refuses ICMP sockets \
                                  (widen /proc/sys/net/ipv4/ping_group_range to allow them)"
                             );
-                            self.allowed = Some(false);
+                            self.allowed[family(host_dst)] = Some(false);
                         }
                         self.dropped += 1;
                         return;
                     }
                 };
-                self.allowed = Some(true);
+                self.allowed[family(host_dst)] = Some(true);
                 let id = self.next_id;
                 self.next_id += 1;
                 if poller.add(&sock, Token::Icmp(id)).is_err() {
@@ -125,7 +133,8 @@ impl IcmpProxy {
         if let Some(e) = self.socks.get_mut(&id) {
             e.last = now;
             let mut pkt = Vec::with_capacity(ECHO_HEADER_LEN + data.len());
-            pkt.extend_from_slice(&[ECHO_REQUEST, 0, 0, 0]);
+            let kind = if host_dst.is_ipv4() { ECHO_REQUEST } else { ECHO6_REQUEST };
+            pkt.extend_from_slice(&[kind, 0, 0, 0]);
             pkt.extend_from_slice(&ident.to_be_bytes());
             pkt.extend_from_slice(&seq_no.to_be_bytes());
             pkt.extend_from_slice(data);
@@ -154,9 +163,10 @@ impl IcmpProxy {
     pub fn read(&mut self, out: &mut Vec<Reply>) {
         let mut buf = [0u8; 2048];
         for e in self.socks.values_mut().filter(|e| e.readable) {
+            let reply = if e.guest.is_ipv4() { ECHO_REPLY } else { ECHO6_REPLY };
             for _ in 0..READS_PER_POLL {
                 match e.sock.recv(&mut buf) {
-                    Ok(n) if n >= ECHO_HEADER_LEN && buf[0] == ECHO_REPLY => out.push(Reply {
+                    Ok(n) if n >= ECHO_HEADER_LEN && buf[0] == reply => out.push(Reply {
                         from: e.remote,
                         guest: e.guest,
                         ident: e.ident,
@@ -194,19 +204,19 @@ impl IcmpProxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
-    #[test]
-    fn echo_to_loopback_through_an_icmp_socket() {
-        if let Err(e) = open(Ipv4Addr::LOCALHOST) {
-            println!("skipped: this host refuses unprivileged ICMP sockets ({e})");
+    /// An echo from `guest` to `remote`, sent to `host` through an ICMP
+    /// socket, comes back as a reply from `remote` with the guest's identifier.
+    fn echo_through(guest: IpAddr, remote: IpAddr, host: IpAddr) {
+        if let Err(e) = open(host) {
+            println!("skipped: this host refuses unprivileged ICMP sockets to {host} ({e})");
             return;
         }
         let poller = Poller::new().unwrap();
         let mut p = IcmpProxy::new(4);
-        let guest = Ipv4Addr::new(10, 0, 2, 15);
-        let remote = Ipv4Addr::new(10, 0, 2, 99);
         let now = Instant::now();
-        p.echo(&poller, guest, remote, Ipv4Addr::LOCALHOST, 0x4242, 7, b"ping!", now);
+        p.echo(&poller, guest, remote, host, 0x4242, 7, b"ping!", now);
         let mut out = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(2);
         while out.is_empty() && Instant::now() < deadline {
@@ -217,5 +227,21 @@ mod tests {
         assert_eq!(out, vec![Reply { from: remote, guest, ident: 0x4242, seq_no: 7, data: b"ping!".to_vec() }]);
         p.expire(&poller, now + IDLE);
         assert!(p.socks.is_empty());
+    }
+
+    #[test]
+    fn echo_to_loopback_through_an_icmp_socket() {
+        echo_through(
+            Ipv4Addr::new(10, 0, 2, 15).into(),
+            Ipv4Addr::new(10, 0, 2, 99).into(),
+            Ipv4Addr::LOCALHOST.into(),
+        );
+    }
+
+    #[test]
+    fn echo6_to_loopback_through_an_icmpv6_socket() {
+        let guest = "fec0::5054:ff:fe12:3456".parse::<Ipv6Addr>().unwrap();
+        let remote = "2001:db8::1".parse::<Ipv6Addr>().unwrap();
+        echo_through(guest.into(), remote.into(), Ipv6Addr::LOCALHOST.into());
     }
 }

@@ -3,6 +3,13 @@
 //! UDP and ICMP echo traffic leaves through ordinary host sockets, with no
 //! privileges. The gateway address reaches the host's loopback.
 //!
+//! IPv6 works as in libslirp (`ipv6.rs`): the gateway advertises a prefix
+//! (default fec0::/64) from fe80::2 for the guest to configure itself with
+//! (SLAAC), names the DNS address in RDNSS, and answers NDP for its own
+//! addresses; the IPv6 gateway (fec0::2) reaches the host's ::1 (or
+//! 127.0.0.1 when ::1 refuses), and other IPv6 destinations are reached
+//! through host IPv6 sockets.
+//!
 //! Every guest frame passes a filter before anything acts on it:
 //!
 //! | frame | goes to |
@@ -10,17 +17,23 @@
 //! | ARP for the gateway or DNS address | smoltcp (answers, learns the guest's MAC) |
 //! | other ARP | dropped (the NAT does not own other addresses) |
 //! | UDP to port 67 | the DHCP server (`dhcp.rs`) |
-//! | UDP to DNS:53 | the DNS forwarder (`dns.rs`) |
-//! | UDP to gateway:69, or to a transfer's port, with `tftp=` | the TFTP server (`tftp.rs`) |
+//! | UDP to DNS:53 (IPv4 or IPv6 DNS address) | the DNS forwarder (`dns.rs`) |
+//! | UDP to gateway:69, or to a transfer's port, with `tftp=` (IPv4) | the TFTP server (`tftp.rs`) |
 //! | other UDP | a UDP flow (`udp.rs`) |
 //! | TCP of a known flow | smoltcp |
 //! | TCP SYN of a new 4-tuple | a new flow (`tcp.rs`) |
-//! | ICMP echo to gateway/DNS | answered here |
-//! | ICMP echo elsewhere | an ICMP socket (`icmp.rs`) |
-//! | anything else, malformed, fragments, bad checksums | counted and dropped |
+//! | ICMP/ICMPv6 echo to gateway/DNS (and fe80::2) | answered here |
+//! | ICMP/ICMPv6 echo elsewhere | an ICMP socket (`icmp.rs`) |
+//! | ICMPv6 router solicitation | a router advertisement (`ipv6.rs`) |
+//! | ICMPv6 neighbor solicitation for fe80::2, the gateway or DNS | a neighbor advertisement (`ipv6.rs`) |
+//! | ICMPv6 neighbor advertisement from the guest | learns its MAC (and tells smoltcp) |
+//! | IPv6 hop-by-hop, destination options, spent routing headers | skipped (options to be understood drop the frame) |
+//! | anything else, malformed, fragments (IPv4 and IPv6), bad checksums | counted and dropped |
 //!
-//! smoltcp runs with any-IP on, so it would answer ARP and ICMP for every
-//! address; it only ever sees what the filter lets through.
+//! smoltcp runs with any-IP on, so it would answer ARP, NDP and ICMP for
+//! every address; it only ever sees what the filter lets through (for
+//! IPv6, TCP segments of flows and neighbor advertisements that give it
+//! the MAC of the guest address a flow talks to).
 //!
 //! Its saved state ([`UserNetState`]) is its configuration and the guest
 //! addresses it knows; the flows to host sockets cannot be saved.
@@ -29,6 +42,7 @@ mod device;
 mod dhcp;
 mod dns;
 mod icmp;
+mod ipv6;
 mod state;
 mod tcp;
 mod tftp;
@@ -37,7 +51,7 @@ mod udp;
 pub use state::{DhcpLease, UserNetState};
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
@@ -102,6 +116,11 @@ pub struct UserNetStats {
     pub tftp_completed: u64,
     /// TFTP requests refused and transfers given up.
     pub tftp_errors: u64,
+    /// IPv6 router advertisements sent (solicited and unsolicited).
+    pub router_adverts: u64,
+    /// Frames for an IPv6 guest address that answered no neighbor
+    /// solicitation, dropped.
+    pub dropped_unresolved: u64,
 }
 
 /// The user-mode NAT backend. See the module documentation.
@@ -122,6 +141,10 @@ pub struct UserNet {
     tftp: Option<tftp::TftpServer>,
     gw_mac: EthernetAddress,
     guest_macs: HashMap<Ipv4Addr, EthernetAddress>,
+    /// Guest IPv6 addresses' MACs, with when each was last heard.
+    guest_macs6: HashMap<Ipv6Addr, (EthernetAddress, Instant)>,
+    /// Router advertisement timing and frames waiting for a guest's MAC.
+    ndp: ipv6::Ndp,
     /// Forward listeners by token index: protocol and index in its table.
     fwd_kinds: Vec<(Proto, usize)>,
     fwd_addrs: Vec<(Proto, SocketAddr)>,
@@ -144,6 +167,11 @@ impl UserNet {
         iface.update_ip_addrs(|addrs| {
             let _ = addrs.push(IpCidr::new(cfg.host.into(), cfg.prefix_len));
             let _ = addrs.push(IpCidr::new(cfg.dns.into(), cfg.prefix_len));
+            if cfg.ipv6 {
+                // On-link for smoltcp: it finds guests of the prefix by NDP.
+                let _ = addrs.push(IpCidr::new(cfg.ipv6_host.into(), cfg.ipv6_prefix_len));
+                let _ = addrs.push(IpCidr::new(cfg.ipv6_dns.into(), cfg.ipv6_prefix_len));
+            }
         });
         iface.set_any_ip(true);
 
@@ -193,6 +221,8 @@ impl UserNet {
             tftp,
             gw_mac,
             guest_macs: HashMap::new(),
+            guest_macs6: HashMap::new(),
+            ndp: ipv6::Ndp::new(),
             fwd_kinds,
             fwd_addrs,
             stats: UserNetStats::default(),
@@ -226,6 +256,8 @@ impl UserNet {
             s.tftp_completed = t.completed;
             s.tftp_errors = t.errors;
         }
+        s.router_adverts = self.ndp.router_adverts;
+        s.dropped_unresolved = self.ndp.unresolved;
         s
     }
 
@@ -263,6 +295,20 @@ impl UserNet {
         }
     }
 
+    /// [`host_side`](Self::host_side) for either family, with the address
+    /// to try when the first refuses: the IPv6 gateway is the host's ::1,
+    /// then 127.0.0.1.
+    fn host_side_ip(&self, dst: IpAddr) -> Option<(IpAddr, Option<IpAddr>)> {
+        match dst {
+            IpAddr::V4(a) => self.host_side(a).map(|h| (h.into(), None)),
+            IpAddr::V6(a) if a == self.cfg.ipv6_host => {
+                Some((Ipv6Addr::LOCALHOST.into(), Some(Ipv4Addr::LOCALHOST.into())))
+            }
+            IpAddr::V6(a) if self.cfg.contains6(a) || !frame::is_routable6(a) => None,
+            IpAddr::V6(a) => Some((a.into(), None)),
+        }
+    }
+
     fn guest_mac(&self, ip: Ipv4Addr) -> EthernetAddress {
         self.guest_macs.get(&ip).copied().or_else(|| self.dhcp.mac_of(ip)).unwrap_or(EthernetAddress::BROADCAST)
     }
@@ -276,13 +322,26 @@ impl UserNet {
         self.queue_guest(f);
     }
 
+    /// A UDP datagram for the guest, over the family of `dst` (`src` is of the same).
+    fn datagram_to_guest(&mut self, src: SocketAddr, dst: SocketAddr, payload: &[u8], now: Instant) {
+        match (src, dst) {
+            (SocketAddr::V4(s), SocketAddr::V4(d)) => self.udp_to_guest(s, d, payload),
+            (SocketAddr::V6(s), SocketAddr::V6(d)) => {
+                let f = frame::build_udp6(self.gw_mac, EthernetAddress([0; 6]), s, d, payload);
+                self.deliver6(*d.ip(), f, now);
+            }
+            _ => {}
+        }
+    }
+
     /// A TFTP packet, from the gateway's port of its transfer.
     fn tftp_to_guest(&mut self, r: &tftp::Reply) {
         self.udp_to_guest(SocketAddrV4::new(self.cfg.host, r.src_port), r.dst, &r.payload);
     }
 
-    fn rst_to_guest(&mut self, eth: &Eth<'_>, ip: &Ip<'_>, seg: &frame::Tcp) {
-        let f = frame::build_rst_for(self.gw_mac, eth.src, ip, seg);
+    /// Refuses the guest segment `seg` from `src` to `dst` with an RST.
+    fn rst_to_guest(&mut self, eth: &Eth<'_>, src: IpAddr, dst: IpAddr, seg: &frame::Tcp) {
+        let Some(f) = frame::build_rst(self.gw_mac, eth.src, src, dst, seg) else { return };
         self.stats.tcp_resets += 1;
         self.queue_guest(f);
     }
@@ -314,15 +373,18 @@ impl UserNet {
 
     fn guest_frame(&mut self, f: &[u8], now: Instant) -> Result<(), Drop> {
         let eth = frame::parse_eth(f)?;
-        if eth.dst != self.gw_mac && !eth.dst.is_broadcast() {
+        // IPv6 multicast (33:33:...) carries NDP; the IPv6 filter matches it to the IP destination.
+        let ipv6_multicast = eth.ethertype == EthernetProtocol::Ipv6 && eth.dst.0[..2] == [0x33, 0x33];
+        if eth.dst != self.gw_mac && !eth.dst.is_broadcast() && !ipv6_multicast {
             return Err(Drop::NotForUs);
         }
         if !eth.src.is_unicast() {
             return Err(Drop::Malformed);
         }
         match eth.ethertype {
-            EthernetProtocol::Arp => self.guest_arp(f, &eth),
-            EthernetProtocol::Ipv4 => self.guest_ipv4(f, &eth, now),
+            EthernetProtocol::Arp if self.cfg.ipv4 => self.guest_arp(f, &eth),
+            EthernetProtocol::Ipv4 if self.cfg.ipv4 => self.guest_ipv4(f, &eth, now),
+            EthernetProtocol::Ipv6 if self.cfg.ipv6 => self.guest_ipv6(f, &eth, now),
             _ => Err(Drop::NotForUs),
         }
     }
@@ -374,7 +436,10 @@ impl UserNet {
         self.learn(ip.src, eth.src);
         match ip.proto {
             IpProtocol::Udp => self.guest_udp(&ip, now),
-            IpProtocol::Tcp => self.guest_tcp(f, eth, &ip, now),
+            IpProtocol::Tcp => {
+                let seg = frame::parse_tcp(&ip)?;
+                self.guest_tcp(f, eth, ip.src.into(), ip.dst.into(), &seg, now)
+            }
             IpProtocol::Icmp => self.guest_icmp(eth, &ip, now),
             _ => Err(Drop::NotForUs),
         }
@@ -401,9 +466,7 @@ impl UserNet {
             if udp.dst_port != dns::DNS_PORT {
                 return Err(Drop::NotForUs);
             }
-            if let Some(reply) = self.dns.query(&self.poller, guest, udp.payload, now) {
-                self.udp_to_guest(SocketAddrV4::new(self.cfg.dns, dns::DNS_PORT), guest, &reply);
-            }
+            self.dns_query(guest.into(), udp.payload, now);
             return Ok(());
         }
         if let Some(t) = self.tftp.as_mut().filter(|t| ip.dst == self.cfg.host && t.claims(guest, udp.dst_port)) {
@@ -412,25 +475,63 @@ impl UserNet {
             }
             return Ok(());
         }
-        if ip.dst == self.cfg.host && self.udp.forward_to_peer(guest, udp.dst_port, udp.payload, now) {
+        if ip.dst == self.cfg.host && self.udp.forward_to_peer(guest.into(), udp.dst_port, udp.payload, now) {
             return Ok(());
         }
-        if !self.cfg.permits(ip.dst, Some((Proto::Udp, udp.dst_port))) {
+        self.udp_relay(guest.into(), ip.dst.into(), udp.dst_port, udp.payload, now)
+    }
+
+    /// A guest DNS query (to the DNS address of `guest`'s family).
+    fn dns_query(&mut self, guest: SocketAddr, msg: &[u8], now: Instant) {
+        if let Some(reply) = self.dns.query(&self.poller, guest, msg, now) {
+            let src = self.dns_endpoint(guest);
+            self.datagram_to_guest(src, guest, &reply, now);
+        }
+    }
+
+    /// The DNS forwarder's endpoint as a guest of `guest`'s family sees it.
+    fn dns_endpoint(&self, guest: SocketAddr) -> SocketAddr {
+        match guest {
+            SocketAddr::V4(_) => SocketAddr::new(self.cfg.dns.into(), dns::DNS_PORT),
+            SocketAddr::V6(_) => SocketAddr::new(self.cfg.ipv6_dns.into(), dns::DNS_PORT),
+        }
+    }
+
+    /// A guest datagram for a host socket (policy, bounds and the host
+    /// side checked here).
+    fn udp_relay(
+        &mut self,
+        guest: SocketAddr,
+        dst: IpAddr,
+        port: u16,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(), Drop> {
+        if !self.cfg.permits(dst, Some((Proto::Udp, port))) {
             return Err(Drop::Policy);
         }
-        let host_ip = self.host_side(ip.dst).ok_or(Drop::NotForUs)?;
-        let remote = SocketAddrV4::new(ip.dst, udp.dst_port);
+        let (host_ip, fallback) = self.host_side_ip(dst).ok_or(Drop::NotForUs)?;
+        let remote = SocketAddr::new(dst, port);
         if !self.udp.has_flow(guest, remote) {
             self.make_room(false)?;
         }
-        let host_dst = SocketAddrV4::new(host_ip, udp.dst_port);
-        self.udp.send(&self.poller, guest, remote, host_dst, udp.payload, now);
+        let host_dst = SocketAddr::new(host_ip, port);
+        let fallback = fallback.map(|a| SocketAddr::new(a, port));
+        self.udp.send(&self.poller, guest, remote, host_dst, fallback, payload, now);
         Ok(())
     }
 
-    fn guest_tcp(&mut self, f: &[u8], eth: &Eth<'_>, ip: &Ip<'_>, now: Instant) -> Result<(), Drop> {
-        let seg = frame::parse_tcp(ip)?;
-        let key = (SocketAddrV4::new(ip.src, seg.src_port), SocketAddrV4::new(ip.dst, seg.dst_port));
+    /// A guest TCP segment `seg` (in frame `f`) from `src` to `dst`, of either family.
+    fn guest_tcp(
+        &mut self,
+        f: &[u8],
+        eth: &Eth<'_>,
+        src: IpAddr,
+        dst: IpAddr,
+        seg: &frame::Tcp,
+        now: Instant,
+    ) -> Result<(), Drop> {
+        let key = (SocketAddr::new(src, seg.src_port), SocketAddr::new(dst, seg.dst_port));
         if self.tcp.contains(&key) {
             if self.tcp.is_open(&key) {
                 return self.queue_stack(f);
@@ -443,25 +544,31 @@ impl UserNet {
         }
         if !seg.syn || seg.ack.is_some() {
             // A segment of no flow: refuse it, as a host with no socket would.
-            self.rst_to_guest(eth, ip, &seg);
+            self.rst_to_guest(eth, src, dst, seg);
             return Err(Drop::NotForUs);
         }
-        if !self.cfg.permits(ip.dst, Some((Proto::Tcp, seg.dst_port))) || ip.dst == self.cfg.dns {
-            self.rst_to_guest(eth, ip, &seg);
+        let to_dns = dst == IpAddr::V4(self.cfg.dns) || dst == IpAddr::V6(self.cfg.ipv6_dns);
+        if !self.cfg.permits(dst, Some((Proto::Tcp, seg.dst_port))) || to_dns {
+            self.rst_to_guest(eth, src, dst, seg);
             return Err(Drop::Policy);
         }
-        let Some(host_ip) = self.host_side(ip.dst) else {
+        let Some((host_ip, fallback)) = self.host_side_ip(dst) else {
             return Err(Drop::NotForUs);
         };
         if let Err(d) = self.make_room(true) {
-            self.rst_to_guest(eth, ip, &seg);
+            self.rst_to_guest(eth, src, dst, seg);
             return Err(d);
         }
-        let host_dst = SocketAddrV4::new(host_ip, seg.dst_port);
-        match self.tcp.guest_syn(&self.poller, key, host_dst, f, now) {
+        if let IpAddr::V6(guest) = src {
+            // smoltcp answers the SYN: it gets the guest's MAC first.
+            self.tell_stack6(guest, eth.src);
+        }
+        let host_dst = SocketAddr::new(host_ip, seg.dst_port);
+        let fallback = fallback.map(|a| SocketAddr::new(a, seg.dst_port));
+        match self.tcp.guest_syn(&self.poller, key, host_dst, fallback, f, now) {
             tcp::SynOutcome::Started => Ok(()),
             tcp::SynOutcome::Refused => {
-                self.rst_to_guest(eth, ip, &seg);
+                self.rst_to_guest(eth, src, dst, seg);
                 Ok(())
             }
         }
@@ -478,11 +585,25 @@ impl UserNet {
             self.queue_guest(f);
             return Ok(());
         }
-        if !self.cfg.permits(ip.dst, None) {
+        self.echo_relay(ip.src.into(), ip.dst.into(), ident, seq_no, data, now)
+    }
+
+    /// A guest echo request for a host ICMP socket (policy and the host
+    /// side checked here).
+    fn echo_relay(
+        &mut self,
+        src: IpAddr,
+        dst: IpAddr,
+        ident: u16,
+        seq_no: u16,
+        data: &[u8],
+        now: Instant,
+    ) -> Result<(), Drop> {
+        if !self.cfg.permits(dst, None) {
             return Err(Drop::Policy);
         }
-        let host_ip = self.host_side(ip.dst).ok_or(Drop::NotForUs)?;
-        self.icmp.echo(&self.poller, ip.src, ip.dst, host_ip, ident, seq_no, data, now);
+        let (host_ip, _) = self.host_side_ip(dst).ok_or(Drop::NotForUs)?;
+        self.icmp.echo(&self.poller, src, dst, host_ip, ident, seq_no, data, now);
         Ok(())
     }
 
@@ -540,29 +661,29 @@ impl UserNet {
         let room = self.guest_room();
         self.udp.read(self.cfg.host, self.cfg.limits.max_flows, now, room, &mut dgrams);
         for (src, dst, payload) in dgrams {
-            self.udp_to_guest(src, dst, &payload);
+            self.datagram_to_guest(src, dst, &payload, now);
         }
         let mut answers = Vec::new();
         self.dns.read_answers(&mut answers);
         self.dns.expire(&self.poller, now, &mut answers);
-        let dns_src = SocketAddrV4::new(self.cfg.dns, dns::DNS_PORT);
         for (guest, msg) in answers {
-            self.udp_to_guest(dns_src, guest, &msg);
+            let src = self.dns_endpoint(guest);
+            self.datagram_to_guest(src, guest, &msg, now);
         }
         let mut echoes = Vec::new();
         self.icmp.read(&mut echoes);
         for e in echoes {
-            let f = frame::build_icmp_echo(
-                self.gw_mac,
-                self.guest_mac(e.guest),
-                e.from,
-                e.guest,
-                true,
-                e.ident,
-                e.seq_no,
-                &e.data,
-            );
-            self.queue_guest(f);
+            match (e.from, e.guest) {
+                (IpAddr::V4(from), IpAddr::V4(guest)) => {
+                    let mac = self.guest_mac(guest);
+                    let f = frame::build_icmp_echo(self.gw_mac, mac, from, guest, true, e.ident, e.seq_no, &e.data);
+                    self.queue_guest(f);
+                }
+                (IpAddr::V6(from), IpAddr::V6(guest)) => {
+                    self.echo6_to_guest(from, guest, e.ident, e.seq_no, &e.data, now)
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -599,12 +720,15 @@ impl NetBackend for UserNet {
         // Refused host connects answer their SYN with an RST.
         self.tcp.finish_connects(&self.poller, &mut self.sockets, &mut self.q.to_stack, now);
         for syn in std::mem::take(&mut self.tcp.refused) {
-            if let Ok(eth) = frame::parse_eth(&syn) {
-                if let Ok(ip) = frame::parse_ipv4(eth.payload) {
-                    if let Ok(seg) = frame::parse_tcp(&ip) {
-                        self.rst_to_guest(&eth, &ip, &seg);
-                    }
-                }
+            let Ok(eth) = frame::parse_eth(&syn) else { continue };
+            let parsed = match eth.ethertype {
+                EthernetProtocol::Ipv4 => frame::parse_ipv4(eth.payload)
+                    .and_then(|ip| Ok((ip.src.into(), ip.dst.into(), frame::parse_tcp(&ip)?))),
+                _ => frame::parse_ipv6(eth.payload)
+                    .and_then(|ip| Ok((ip.src.into(), ip.dst.into(), frame::parse_tcp6(&ip)?))),
+            };
+            if let Ok((src, dst, seg)) = parsed {
+                self.rst_to_guest(&eth, src, dst, &seg);
             }
         }
 
@@ -620,6 +744,7 @@ impl NetBackend for UserNet {
         for r in &resend {
             self.tftp_to_guest(r);
         }
+        self.ipv6_timers(now);
 
         if !self.q.to_stack.is_empty() && !self.q.guest_full() {
             return Some(Duration::ZERO);
@@ -634,12 +759,19 @@ impl NetBackend for UserNet {
             self.iface.poll_delay(ts, &self.sockets).map(|d| Duration::from_micros(d.total_micros()))
         };
         let tftp = self.tftp.as_ref().and_then(tftp::TftpServer::next_deadline);
-        [self.tcp.next_deadline(), self.udp.next_deadline(), self.dns.next_deadline(), self.icmp.next_deadline(), tftp]
-            .into_iter()
-            .flatten()
-            .map(|t| t.saturating_duration_since(now))
-            .chain(stack)
-            .min()
+        [
+            self.tcp.next_deadline(),
+            self.udp.next_deadline(),
+            self.dns.next_deadline(),
+            self.icmp.next_deadline(),
+            tftp,
+            self.ndp.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|t| t.saturating_duration_since(now))
+        .chain(stack)
+        .min()
     }
 
     fn wake_fd(&self) -> Option<BorrowedFd<'_>> {

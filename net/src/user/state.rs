@@ -2,7 +2,7 @@
 //! it knows ([`UserNetState`]).
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
 use persist::{Persist, PersistError};
@@ -15,7 +15,7 @@ use crate::{MacAddr, UserNetConfig};
 /// network, the gateway and DNS addresses, the DHCP range and options,
 /// where DNS queries go, the port forwards, the limits) and the guest
 /// addresses it knows: the DHCP leases it gave and the MAC address of each
-/// guest address it heard from.
+/// guest address (IPv4 and IPv6) it heard from.
 ///
 /// Live host flows cannot be saved and are not part of the state: the TCP
 /// connections and UDP associations the NAT holds open to host sockets
@@ -39,6 +39,10 @@ pub struct UserNetState {
     pub leases: Vec<DhcpLease>,
     /// The guests' MAC addresses by IP address, in address order.
     pub guest_macs: Vec<(Ipv4Addr, MacAddr)>,
+    /// The guests' MAC addresses by IPv6 address (in the prefix or
+    /// link-local), in address order.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub guest_macs6: Vec<(Ipv6Addr, MacAddr)>,
 }
 
 /// An address the NAT's DHCP server gave a client.
@@ -80,23 +84,13 @@ impl UserNet {
                 return Err(PersistError::new(PART, "leases", format!("the lease of {} to {} {problem}", l.ip, l.mac)));
             }
         }
-        PersistError::check_max(PART, "guest_macs", s.guest_macs.len(), GUEST_MACS)?;
-        let mut ips = HashSet::new();
-        for &(ip, mac) in &s.guest_macs {
-            let problem = if !self.is_guest_addr(ip) {
-                Some("is not a guest address of the network")
-            } else if !EthernetAddress(mac.0).is_unicast() {
-                Some("has a MAC address that is not unicast")
-            } else if !ips.insert(ip) {
-                Some("is there twice")
-            } else {
-                None
-            };
-            if let Some(problem) = problem {
-                return Err(PersistError::new(PART, "guest_macs", format!("{ip} ({mac}) {problem}")));
-            }
-        }
-        Ok(())
+        check_guest_macs("guest_macs", &s.guest_macs, |ip| self.is_guest_addr(ip), "a guest address of the network")?;
+        check_guest_macs(
+            "guest_macs6",
+            &s.guest_macs6,
+            |ip| self.is_guest_link_addr6(ip),
+            "a guest address of the prefix or the link",
+        )
     }
 }
 
@@ -112,7 +106,8 @@ impl Persist for UserNet {
         let mut guest_macs: Vec<(Ipv4Addr, MacAddr)> =
             self.guest_macs.iter().map(|(&ip, mac)| (ip, MacAddr(mac.0))).collect();
         guest_macs.sort_unstable_by_key(|&(ip, _)| ip);
-        UserNetState { config: self.cfg.clone(), leases, guest_macs }
+        let guest_macs6 = self.guest_macs6_sorted().into_iter().map(|(ip, mac)| (ip, MacAddr(mac.0))).collect();
+        UserNetState { config: self.cfg.clone(), leases, guest_macs, guest_macs6 }
     }
 
     /// Takes the guest addresses of `s` into a NAT built with its
@@ -121,9 +116,37 @@ impl Persist for UserNet {
         self.check(s)?;
         self.dhcp.set_leases(s.leases.iter().map(|l| (EthernetAddress(l.mac.0), l.ip, l.bound)), Instant::now());
         self.guest_macs = s.guest_macs.iter().map(|&(ip, mac)| (ip, EthernetAddress(mac.0))).collect::<HashMap<_, _>>();
+        let now = Instant::now();
+        self.guest_macs6 = s.guest_macs6.iter().map(|&(ip, mac)| (ip, (EthernetAddress(mac.0), now))).collect();
         Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+/// Checks a saved list of guest addresses and their MACs: at most
+/// [`GUEST_MACS`], each address `guest` (it is `what`) and there once,
+/// each MAC unicast.
+fn check_guest_macs<A: Copy + Eq + std::hash::Hash + std::fmt::Display>(
+    field: &'static str,
+    macs: &[(A, crate::MacAddr)],
+    guest: impl Fn(A) -> bool,
+    what: &str,
+) -> Result<(), PersistError> {
+    PersistError::check_max(PART, field, macs.len(), GUEST_MACS)?;
+    let mut ips = HashSet::new();
+    for &(ip, mac) in macs {
+        let problem = if !guest(ip) {
+            format!("is not {what}")
+        } else if !EthernetAddress(mac.0).is_unicast() {
+            "has a MAC address that is not unicast".to_string()
+        } else if !ips.insert(ip) {
+            "is there twice".to_string()
+        } else {
+            continue;
+        };
+        return Err(PersistError::new(PART, field, format!("{ip} ({mac}) {problem}")));
+    }
+    Ok(())
+}

@@ -25,7 +25,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::socket::{connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+use nix::sys::socket::{connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::wire::{IpEndpoint, IpListenEndpoint};
@@ -37,12 +37,13 @@ use crate::Error;
 const ACCEPTS_PER_POLL: usize = 16;
 
 /// A flow is named by the guest's endpoint and the remote endpoint as the
-/// guest sees it.
-pub(crate) type Key = (SocketAddrV4, SocketAddrV4);
+/// guest sees it (both IPv4 or both IPv6).
+pub(crate) type Key = (SocketAddr, SocketAddr);
 
 enum Phase {
-    /// The host connect is under way; the guest's SYN waits here.
-    Connecting { syn: Vec<u8> },
+    /// The host connect is under way; the guest's SYN waits here, and
+    /// `fallback` is where to connect if this connect is refused.
+    Connecting { syn: Vec<u8>, fallback: Option<SocketAddr> },
     /// The smoltcp socket exists.
     Open(SocketHandle),
 }
@@ -92,9 +93,10 @@ pub(crate) struct TcpTable {
     pub accepted: u64,
 }
 
-fn connect_nonblocking(dst: SocketAddrV4) -> std::io::Result<TcpStream> {
-    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
-    match connect(fd.as_raw_fd(), &SockaddrIn::from(dst)) {
+fn connect_nonblocking(dst: SocketAddr) -> std::io::Result<TcpStream> {
+    let family = if dst.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
+    match connect(fd.as_raw_fd(), &SockaddrStorage::from(dst)) {
         Ok(()) | Err(Errno::EINPROGRESS) => {}
         Err(e) => return Err(e.into()),
     }
@@ -151,20 +153,28 @@ impl TcpTable {
         Ok(addr)
     }
 
-    /// Starts a flow for a guest SYN (the caller has checked policy and bounds).
+    /// Starts a flow for a guest SYN (the caller has checked policy and
+    /// bounds): connects to `host_dst`, and to `fallback` if that is refused.
     pub fn guest_syn(
         &mut self,
         poller: &Poller,
         key: Key,
-        host_dst: SocketAddrV4,
+        host_dst: SocketAddr,
+        mut fallback: Option<SocketAddr>,
         syn: &[u8],
         now: Instant,
     ) -> SynOutcome {
-        let host = match connect_nonblocking(host_dst) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(target: "net", "tcp {} -> {}: connect: {e}", key.0, key.1);
-                return SynOutcome::Refused;
+        let mut dst = host_dst;
+        let host = loop {
+            match connect_nonblocking(dst) {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::debug!(target: "net", "tcp {} -> {}: connect {dst}: {e}", key.0, key.1);
+                    match fallback.take() {
+                        Some(next) => dst = next,
+                        None => return SynOutcome::Refused,
+                    }
+                }
             }
         };
         let id = self.next_id;
@@ -177,7 +187,7 @@ impl TcpTable {
             Flow {
                 key,
                 host,
-                phase: Phase::Connecting { syn: syn.to_vec() },
+                phase: Phase::Connecting { syn: syn.to_vec(), fallback },
                 readable: false,
                 writable: false,
                 guest_eof: false,
@@ -233,9 +243,29 @@ impl TcpTable {
                 Ok(None) => false,
             };
             let connected = !failed && f.writable && f.host.peer_addr().is_ok();
+            if failed && !timed_out {
+                // Refused: the fallback address gets its turn.
+                let next = match &mut f.phase {
+                    Phase::Connecting { fallback, .. } => fallback.take(),
+                    Phase::Open(_) => None,
+                };
+                if let Some(next) = next {
+                    match connect_nonblocking(next) {
+                        Ok(s) if poller.add(&s, Token::Tcp(id)).is_ok() => {
+                            poller.remove(&f.host);
+                            f.host = s;
+                            f.readable = false;
+                            f.writable = false;
+                            continue;
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!(target: "net", "tcp {} -> {}: connect {next}: {e}", f.key.0, f.key.1),
+                    }
+                }
+            }
             if failed || (timed_out && !connected) {
-                if let Phase::Connecting { syn } =
-                    std::mem::replace(&mut f.phase, Phase::Connecting { syn: Vec::new() })
+                if let Phase::Connecting { syn, .. } =
+                    std::mem::replace(&mut f.phase, Phase::Connecting { syn: Vec::new(), fallback: None })
                 {
                     self.refused.push(syn);
                 }
@@ -247,12 +277,12 @@ impl TcpTable {
             }
             let mut sock = Self::new_socket(buffer);
             let (_, remote) = f.key;
-            if sock.listen(IpListenEndpoint { addr: Some((*remote.ip()).into()), port: remote.port() }).is_err() {
+            if sock.listen(IpListenEndpoint { addr: Some(remote.ip().into()), port: remote.port() }).is_err() {
                 self.remove(poller, sockets, id);
                 continue;
             }
             let handle = sockets.add(sock);
-            if let Phase::Connecting { syn } = std::mem::replace(&mut f.phase, Phase::Open(handle)) {
+            if let Phase::Connecting { syn, .. } = std::mem::replace(&mut f.phase, Phase::Open(handle)) {
                 to_stack.push_back(syn);
             }
             f.last = now;
@@ -309,7 +339,7 @@ impl TcpTable {
                     continue;
                 }
                 let handle = sockets.add(sock);
-                let key = (guest, SocketAddrV4::new(gateway, port));
+                let key = (SocketAddr::V4(guest), SocketAddr::V4(SocketAddrV4::new(gateway, port)));
                 tracing::debug!(target: "net", "hostfwd tcp {peer} -> {guest} via {}", key.1);
                 self.flows.insert(
                     id,
@@ -337,7 +367,7 @@ impl TcpTable {
         for _ in 0..8192 {
             let p = self.next_fwd_port;
             self.next_fwd_port = if p >= 57343 { 49152 } else { p + 1 };
-            if !self.by_key.contains_key(&(guest, SocketAddrV4::new(gateway, p))) {
+            if !self.by_key.contains_key(&(SocketAddr::V4(guest), SocketAddr::V4(SocketAddrV4::new(gateway, p)))) {
                 return Some(p);
             }
         }

@@ -4,7 +4,7 @@
 use super::*;
 use crate::frame::{build_icmp_echo, build_ipv4, build_udp, ETH_HEADER_LEN};
 use crate::DnsUpstream;
-use smoltcp::wire::{ArpOperation, EthernetFrame, EthernetRepr, Ipv4Packet, TcpPacket, TcpSeqNumber};
+use smoltcp::wire::{ArpOperation, EthernetFrame, EthernetRepr, IpAddress, Ipv4Packet, TcpPacket, TcpSeqNumber};
 
 const GUEST_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
 const GW_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 2]);
@@ -47,17 +47,21 @@ fn ping(dst: Ipv4Addr) -> Vec<u8> {
 }
 
 fn syn(dst: Ipv4Addr, dport: u16, sport: u16) -> Vec<u8> {
-    build_ipv4(GUEST_MAC, GW_MAC, GUEST, dst, IpProtocol::Tcp, 20, |l4| {
-        let mut t = TcpPacket::new_unchecked(l4);
-        t.set_src_port(sport);
-        t.set_dst_port(dport);
-        t.set_seq_number(TcpSeqNumber(1000));
-        t.set_header_len(20);
-        t.clear_flags();
-        t.set_syn(true);
-        t.set_window_len(65535);
-        t.fill_checksum(&GUEST.into(), &dst.into());
-    })
+    build_ipv4(GUEST_MAC, GW_MAC, GUEST, dst, IpProtocol::Tcp, 20, |l4| fill_syn(l4, sport, dport, GUEST, dst))
+}
+
+/// Writes a guest SYN (sequence 1000, no options) from `src` to `dst`
+/// into the 20 bytes of `l4`.
+pub(super) fn fill_syn(l4: &mut [u8], sport: u16, dport: u16, src: impl Into<IpAddress>, dst: impl Into<IpAddress>) {
+    let mut t = TcpPacket::new_unchecked(l4);
+    t.set_src_port(sport);
+    t.set_dst_port(dport);
+    t.set_seq_number(TcpSeqNumber(1000));
+    t.set_header_len(20);
+    t.clear_flags();
+    t.set_syn(true);
+    t.set_window_len(65535);
+    t.fill_checksum(&src.into(), &dst.into());
 }
 
 #[test]
@@ -259,6 +263,42 @@ fn fuzz_entry_point_over_random_and_mutated_frames() {
             &dhcp::tests::client_msg(1, GUEST_MAC.0, 9, &[]),
         ),
     ];
+    // IPv6: a router solicitation, a neighbor solicitation for the gateway,
+    // an echo to it, a DNS query and a SYN.
+    let (guest6, gw6): (Ipv6Addr, Ipv6Addr) = ("fec0::5054:ff:fe12:3456".parse().unwrap(), "fec0::2".parse().unwrap());
+    let icmp6 = |dst: Ipv6Addr, repr: &smoltcp::wire::Icmpv6Repr<'_>| {
+        let mac = if dst.is_multicast() { frame::ipv6_multicast_mac(dst) } else { GW_MAC };
+        frame::build_icmpv6(GUEST_MAC, mac, guest6, dst, 255, repr, &[])
+    };
+    let mut seeds = seeds;
+    seeds.push(icmp6(
+        "ff02::2".parse().unwrap(),
+        &smoltcp::wire::Icmpv6Repr::Ndisc(smoltcp::wire::NdiscRepr::RouterSolicit { lladdr: Some(GUEST_MAC.into()) }),
+    ));
+    seeds.push(icmp6(
+        frame::solicited_node(gw6),
+        &smoltcp::wire::Icmpv6Repr::Ndisc(smoltcp::wire::NdiscRepr::NeighborSolicit {
+            target_addr: gw6,
+            lladdr: Some(GUEST_MAC.into()),
+        }),
+    ));
+    seeds.push(icmp6(gw6, &smoltcp::wire::Icmpv6Repr::EchoRequest { ident: 1, seq_no: 2, data: b"abcd" }));
+    seeds.push(frame::build_udp6(
+        GUEST_MAC,
+        GW_MAC,
+        std::net::SocketAddrV6::new(guest6, 5555, 0, 0),
+        std::net::SocketAddrV6::new("fec0::3".parse().unwrap(), 53, 0, 0),
+        &dns::tests::query(2, "b.example"),
+    ));
+    seeds.push(frame::build_ipv6(GUEST_MAC, GW_MAC, guest6, gw6, IpProtocol::Tcp, 64, 20, |l4| {
+        let mut t = TcpPacket::new_unchecked(l4);
+        t.set_src_port(40000);
+        t.set_dst_port(22);
+        t.set_header_len(20);
+        t.clear_flags();
+        t.set_syn(true);
+        t.fill_checksum(&guest6.into(), &gw6.into());
+    }));
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut rnd = move || {
         x ^= x << 13;

@@ -7,10 +7,10 @@
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
-use crate::frame::MAX_UDP_PAYLOAD;
+use crate::frame::{MAX_UDP6_PAYLOAD, MAX_UDP_PAYLOAD};
 use crate::poller::{Poller, Token};
 use crate::Error;
 
@@ -18,11 +18,11 @@ use crate::Error;
 const READS_PER_POLL: usize = 64;
 
 /// A datagram for the guest: source (as the guest sees it), guest endpoint, payload.
-pub(crate) type ToGuest = (SocketAddrV4, SocketAddrV4, Vec<u8>);
+pub(crate) type ToGuest = (SocketAddr, SocketAddr, Vec<u8>);
 
 struct Flow {
-    guest: SocketAddrV4,
-    remote: SocketAddrV4,
+    guest: SocketAddr,
+    remote: SocketAddr,
     sock: UdpSocket,
     last: Instant,
     readable: bool,
@@ -43,7 +43,7 @@ struct Assoc {
 
 pub(crate) struct UdpTable {
     flows: HashMap<u64, Flow>,
-    by_key: HashMap<(SocketAddrV4, SocketAddrV4), u64>,
+    by_key: HashMap<(SocketAddr, SocketAddr), u64>,
     next_id: u64,
     listeners: Vec<Listener>,
     /// Host-forward associations by the gateway port the guest sees.
@@ -88,9 +88,9 @@ impl UdpTable {
 
     /// A guest datagram for a forward association (`dst_port` on the
     /// gateway). `true` when it was one.
-    pub fn forward_to_peer(&mut self, guest: SocketAddrV4, dst_port: u16, payload: &[u8], now: Instant) -> bool {
+    pub fn forward_to_peer(&mut self, guest: SocketAddr, dst_port: u16, payload: &[u8], now: Instant) -> bool {
         let Some(a) = self.assocs.get_mut(&dst_port) else { return false };
-        if a.guest != guest {
+        if SocketAddr::V4(a.guest) != guest {
             return false;
         }
         a.last = now;
@@ -101,7 +101,7 @@ impl UdpTable {
     }
 
     /// Whether a flow for this pair exists.
-    pub fn has_flow(&self, guest: SocketAddrV4, remote: SocketAddrV4) -> bool {
+    pub fn has_flow(&self, guest: SocketAddr, remote: SocketAddr) -> bool {
         self.by_key.contains_key(&(guest, remote))
     }
 
@@ -123,20 +123,27 @@ impl UdpTable {
     }
 
     /// Sends a guest datagram to `host_dst` through the flow's socket,
-    /// opening the flow if needed (the caller has checked the bounds).
+    /// opening the flow if needed (the caller has checked the bounds); a
+    /// new flow goes to `fallback` when no socket can reach `host_dst`.
+    #[allow(clippy::too_many_arguments)]
     pub fn send(
         &mut self,
         poller: &Poller,
-        guest: SocketAddrV4,
-        remote: SocketAddrV4,
-        host_dst: SocketAddrV4,
+        guest: SocketAddr,
+        remote: SocketAddr,
+        host_dst: SocketAddr,
+        fallback: Option<SocketAddr>,
         payload: &[u8],
         now: Instant,
     ) {
         let id = match self.by_key.get(&(guest, remote)) {
             Some(id) => *id,
             None => {
-                let sock = match open_connected(host_dst) {
+                let opened = open_connected(host_dst).or_else(|e| match fallback {
+                    Some(f) => open_connected(f),
+                    None => Err(e),
+                });
+                let sock = match opened {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::debug!(target: "net", "udp {guest} -> {remote}: {e}");
@@ -180,7 +187,7 @@ impl UdpTable {
     /// Reads what the host sent; `room` bounds how many datagrams are taken.
     pub fn read(
         &mut self,
-        gateway: std::net::Ipv4Addr,
+        gateway: Ipv4Addr,
         max_assocs: usize,
         now: Instant,
         mut room: usize,
@@ -192,8 +199,9 @@ impl UdpTable {
                 if room == 0 {
                     return;
                 }
+                let max = if f.guest.is_ipv4() { MAX_UDP_PAYLOAD } else { MAX_UDP6_PAYLOAD };
                 match f.sock.recv(&mut buf) {
-                    Ok(n) if n > MAX_UDP_PAYLOAD => self.oversize_dropped += 1,
+                    Ok(n) if n > max => self.oversize_dropped += 1,
                     Ok(n) => {
                         f.last = now;
                         room -= 1;
@@ -246,7 +254,7 @@ impl UdpTable {
                     a.last = now;
                 }
                 room -= 1;
-                out.push((SocketAddrV4::new(gateway, port), guest, buf[..n].to_vec()));
+                out.push((SocketAddr::V4(SocketAddrV4::new(gateway, port)), SocketAddr::V4(guest), buf[..n].to_vec()));
             }
         }
     }
@@ -286,8 +294,10 @@ impl UdpTable {
     }
 }
 
-fn open_connected(dst: SocketAddrV4) -> std::io::Result<UdpSocket> {
-    let sock = UdpSocket::bind(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0))?;
+fn open_connected(dst: SocketAddr) -> std::io::Result<UdpSocket> {
+    let any: SocketAddr =
+        if dst.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
+    let sock = UdpSocket::bind(any)?;
     sock.connect(dst)?;
     sock.set_nonblocking(true)?;
     Ok(sock)

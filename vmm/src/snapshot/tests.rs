@@ -281,7 +281,12 @@ fn a_running_guest_saved_and_restored_mid_run_ends_as_an_unbroken_run_does() {
     let d = dir.clone();
     control
         .request(Box::new(move |m: &mut Machine, s: &mut Stopped| {
-            tx.send(save_to(m, s, &d).map(|r| r.ram.written)).unwrap();
+            let saved = save_to(m, s, &d).map(|r| r.ram.written);
+            // Paused, the guest cannot reach its end before the restore
+            // (on a fast host the built-in guest's whole run is shorter
+            // than these sleeps).
+            m.control().set_pause(true);
+            tx.send(saved).unwrap();
         }))
         .expect("a request");
     rx.recv_timeout(Duration::from_secs(20)).unwrap().expect("the save");

@@ -447,6 +447,14 @@ fn receive_filter() {
     assert!(offer(&mut r, [0x52, 0x54, 0, 0, 0, 1]));
     r.w(RCTL, RCTL_EN | RCTL_SECRC | RCTL_MPE);
     assert!(offer(&mut r, [0x01, 2, 3, 4, 5, 6]));
+    // A group in an exact filter, as Linux places the first ones it joins
+    // (IPv6's all-nodes group here), with no MTA bit and no MPE.
+    r.w(RCTL, RCTL_EN | RCTL_SECRC);
+    let all_nodes = [0x33, 0x33, 0, 0, 0, 1];
+    assert!(!offer(&mut r, all_nodes));
+    r.w(RA + 8, u32::from_le_bytes([0x33, 0x33, 0, 0]));
+    r.w(RA + 12, u32::from(u16::from_le_bytes([0, 1])) | RAH_AV);
+    assert!(offer(&mut r, all_nodes), "a multicast address in RAL/RAH[1]");
 }
 
 /// Random register writes and random bytes in the rings: nothing panics.
