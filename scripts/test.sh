@@ -30,8 +30,11 @@ command -v xorriso >/dev/null || need_pkgs+=(xorriso)
 [ -s /usr/lib/ISOLINUX/isolinux.bin ] || need_pkgs+=(isolinux)
 # Debian's GRUB rescue images: a hybrid ISO and a floppy image that boot.
 [ -s /usr/lib/grub-rescue/grub-rescue-floppy.img ] || need_pkgs+=(grub-rescue-pc)
-# The NICs' iPXE boot ROMs, for the network boot test (--boot n).
+# The NICs' iPXE boot ROMs, for the network boot tests (--boot n); Debian's
+# iPXE as a kernel; PXELINUX, which the network boot of Linux loads.
 [ -s /usr/lib/ipxe/qemu/efi-e1000.rom ] || need_pkgs+=(ipxe-qemu)
+[ -s /usr/lib/ipxe/ipxe.lkrn ] || need_pkgs+=(ipxe)
+[ -s /usr/lib/PXELINUX/pxelinux.0 ] || need_pkgs+=(pxelinux)
 # The display tests read the guest's screen through a VNC client and OCR.
 command -v vncsnapshot >/dev/null || need_pkgs+=(vncsnapshot)
 command -v tesseract >/dev/null || need_pkgs+=(tesseract-ocr)

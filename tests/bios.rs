@@ -32,10 +32,17 @@
 //!   assembled here over TFTP (`bootfile=`) and starts it, which checks
 //!   the PXENV+ and !PXE structures it is handed and reports through the
 //!   debug-exit port. e1000 and virtio-net under the JIT; virtio-net in
-//!   the interpreter; the e1000 under KVM.
+//!   the interpreter; the e1000 under KVM. Then Linux the way installers
+//!   boot it: iPXE loads PXELINUX, which loads Debian's kernel and the
+//!   test initramfs over TFTP through iPXE's PXE API.
+//! - Debian's iPXE (`ipxe.lkrn`, its own NIC drivers) booted as QEMU's
+//!   `-kernel`, ten times on each NIC: every run configures IPv4 and IPv6
+//!   from the NAT.
 
 #[path = "guest/bios_disk.rs"]
 mod bios_disk;
+#[path = "guest/encode.rs"]
+mod encode;
 #[path = "guest/kvm.rs"]
 mod kvm;
 #[path = "guest/run.rs"]
@@ -487,7 +494,8 @@ fn network_boot(accel: &str, model: &str) -> (f64, f64) {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("ferrovm runs");
-    let (out, status, marks) = run::watch_markers(child, &["Configuring", "net0: 10.0.2.15", "ferrovm-nbp"], 120);
+    let (out, status, marks) =
+        run::watch_markers(child, &["Configuring", "net0: 10.0.2.15", "ferrovm-nbp"], 120, false);
     let code = |v: u8| (i32::from(v) << 1) | 1;
     assert!(out.contains("iPXE"), "iPXE's banner on COM1: {out}");
     assert!(out.contains("net0: 10.0.2.15/255.255.255.0 gw 10.0.2.2"), "iPXE's IPv4 address from the NAT: {out}");
@@ -529,4 +537,131 @@ fn the_network_boot_runs_under_kvm() {
     if seabios() && ipxe_roms() && kvm::usable() {
         network_boot("kvm", "e1000");
     }
+}
+
+/// Debian's iPXE as a Linux-format kernel (package ipxe).
+const IPXE_LKRN: &str = "/usr/lib/ipxe/ipxe.lkrn";
+/// QEMU's ROM with which SeaBIOS boots a `-kernel` (qemu-system-data).
+const LINUXBOOT_ROM: &str = "/usr/share/qemu/linuxboot_dma.bin";
+/// What iPXE's `route` prints for the NAT's IPv4 and IPv6 configuration.
+const IPXE_ROUTE4: &str = "net0: 10.0.2.15/255.255.255.0 gw 10.0.2.2";
+const IPXE_ROUTE6: &str = "net0: fec0::5054:ff:fe12:3456/64 gw fe80::2";
+
+/// Runs Debian's iPXE (`ipxe.lkrn`, which SeaBIOS boots through QEMU's
+/// linuxboot ROM, as QEMU's `-kernel` does: iPXE drives the NIC with its
+/// own driver and runs its command line as a script) on `model` under
+/// `accel`, `runs` times: every run must configure IPv4 (DHCP) and IPv6
+/// (the router advertisement) within a minute. The seconds each run took
+/// from "Configuring" to both addresses.
+fn debian_ipxe_configures(accel: &str, model: &str, runs: usize) -> Vec<f64> {
+    let nic = format!("user,model={model}");
+    (0..runs)
+        .map(|i| {
+            let child = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
+                .args(["run", "--accel", accel, "--mem", "128M", "--nic", &nic, "--kernel", IPXE_LKRN])
+                .args(["--kernel-boot", "bios", "--append", "dhcp && route", "--serial", "stdio", "--timeout", "60"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("ferrovm runs");
+            let (out, _, marks) = run::watch_markers(child, &["Configuring", IPXE_ROUTE4, IPXE_ROUTE6], 60, true);
+            let [Some(conf), Some(v4), Some(v6)] = marks[..] else {
+                panic!("{model} under {accel}, run {}: iPXE did not configure IPv4 and IPv6 ({marks:?}): {out}", i + 1);
+            };
+            (v4.max(v6) - conf).as_secs_f64()
+        })
+        .collect()
+}
+
+/// Whether Debian's iPXE kernel is installed; says so when not.
+fn debian_ipxe() -> bool {
+    let ok = Path::new(IPXE_LKRN).is_file() && Path::new(LINUXBOOT_ROM).is_file();
+    if !ok {
+        eprintln!("skipping: {IPXE_LKRN} or {LINUXBOOT_ROM} is missing (Debian packages ipxe, qemu-system-data)");
+    }
+    ok
+}
+
+#[test]
+fn debian_ipxe_configures_ipv4_and_ipv6_on_both_nics_ten_times_each_under_the_jit() {
+    if !(seabios() && debian_ipxe()) {
+        return;
+    }
+    for model in ["e1000", "virtio"] {
+        let mut t = debian_ipxe_configures("jit", model, 10);
+        t.sort_by(f64::total_cmp);
+        eprintln!(
+            "Debian's iPXE on {model} under jit, 10 runs: configured in {:.2} s (fastest), {:.2} s (median), {:.2} s (slowest)",
+            t[0],
+            t[t.len() / 2],
+            t[t.len() - 1]
+        );
+    }
+}
+
+/// PXELINUX (Debian's pxelinux and syslinux-common) and its modules.
+const PXELINUX: &str = "/usr/lib/PXELINUX/pxelinux.0";
+const LDLINUX: &str = "/usr/lib/syslinux/modules/bios/ldlinux.c32";
+
+/// The network boot as installers use it: iPXE (the e1000's ROM) loads
+/// PXELINUX over TFTP, PXELINUX fetches its configuration, Debian's
+/// generic kernel and the test initramfs through iPXE's PXE API, and the
+/// kernel runs the initramfs's script, which prints a line and powers off.
+#[test]
+fn linux_boots_from_the_network_through_pxelinux_under_the_jit() {
+    if !(seabios() && ipxe_roms()) {
+        return;
+    }
+    let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-images");
+    let (kernel, initrd) = (images.join("vmlinuz-generic"), images.join("initramfs.cpio.gz"));
+    for f in [Path::new(PXELINUX), Path::new(LDLINUX), &kernel, &initrd] {
+        if !f.is_file() {
+            eprintln!(
+                "skipping: {} is missing (Debian packages pxelinux, syslinux-common; scripts/guest-images.sh)",
+                f.display()
+            );
+            return;
+        }
+    }
+    let tftp = run::tmp("bios", "tftp-pxelinux");
+    std::fs::create_dir_all(tftp.join("pxelinux.cfg")).unwrap();
+    for (from, name) in [(Path::new(PXELINUX), "pxelinux.0"), (Path::new(LDLINUX), "ldlinux.c32")] {
+        std::fs::copy(from, tftp.join(name)).unwrap();
+    }
+    std::fs::copy(&kernel, tftp.join("vmlinuz")).unwrap();
+    std::fs::copy(&initrd, tftp.join("initrd.gz")).unwrap();
+    let script = encode::base64(b"echo T:pxe-linux-up; poweroff -f");
+    std::fs::write(
+        tftp.join("pxelinux.cfg/default"),
+        format!(
+            "SERIAL 0 115200\nDEFAULT linux\nLABEL linux\n  KERNEL vmlinuz\n  INITRD initrd.gz\n  \
+             APPEND console=ttyS0 quiet ferrovm.cmd={script}\n"
+        ),
+    )
+    .unwrap();
+    let serial = run::tmp("bios", "pxelinux.log");
+    let nic = format!("user,model=e1000,tftp={},bootfile=pxelinux.0", tftp.display());
+    let t = Instant::now();
+    let o = run::ferrovm(&[
+        "run",
+        "--accel",
+        "jit",
+        "--mem",
+        "256M",
+        "--boot",
+        "n",
+        "--nic",
+        &nic,
+        "--serial",
+        &format!("file:{}", serial.display()),
+        "--timeout",
+        "180",
+    ]);
+    let secs = t.elapsed().as_secs_f64();
+    let out = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
+    assert!(out.contains("PXELINUX"), "PXELINUX's banner: {out}");
+    assert!(out.contains("T:pxe-linux-up"), "the kernel's init ran: {out}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    eprintln!("Linux through PXE and PXELINUX (e1000, jit): {secs:.1} s to power-off");
+    let _ = std::fs::remove_dir_all(&tftp);
 }

@@ -52,11 +52,17 @@ pub fn run_until(mut child: Child, done: impl Fn(&str) -> bool, secs: u64) -> (S
     (String::from_utf8_lossy(&out).into_owned(), running)
 }
 
-/// Reads `child`'s standard output until it exits (or `secs` pass, when
-/// it is killed): what it printed, its exit status, and when (after this
-/// call) each of `markers` first appeared in the output.
+/// Reads `child`'s standard output until it exits (or `secs` pass, or,
+/// with `stop_when_all`, every marker has appeared; then it is killed):
+/// what it printed, its exit status, and when (after this call) each of
+/// `markers` first appeared in the output.
 #[allow(dead_code, reason = "not every suite times a run")]
-pub fn watch_markers(mut child: Child, markers: &[&str], secs: u64) -> (String, Option<i32>, Vec<Option<Duration>>) {
+pub fn watch_markers(
+    mut child: Child,
+    markers: &[&str],
+    secs: u64,
+    stop_when_all: bool,
+) -> (String, Option<i32>, Vec<Option<Duration>>) {
     let start = Instant::now();
     let rx = read_in_chunks(child.stdout.take().expect("piped stdout"));
     let deadline = start + Duration::from_secs(secs);
@@ -73,6 +79,9 @@ pub fn watch_markers(mut child: Child, markers: &[&str], secs: u64) -> (String, 
             if at.is_none() && text.contains(m) {
                 *at = Some(start.elapsed());
             }
+        }
+        if stop_when_all && marks.iter().all(Option::is_some) {
+            break;
         }
     }
     if matches!(child.try_wait(), Ok(None)) {
