@@ -1,6 +1,7 @@
 //! Virtio 1.x: the split virtqueue ([`queue`]) and the PCI transport
 //! ([`pci`]), shared by every virtio device model: virtio-net ([`net`]),
-//! virtio-blk ([`blk`]) and the virtio-rng entropy device ([`rng`]).
+//! virtio-blk ([`blk`]), the virtio-rng entropy device ([`rng`]) and the
+//! virtio console, virtio-serial ([`console`]).
 //!
 //! Reference: Virtual I/O Device (VIRTIO) Version 1.1 (OASIS, 2019):
 //! 2.1 device status, 2.2 feature bits, 2.6 split virtqueues, 4.1 virtio
@@ -21,6 +22,7 @@ use mmu::GuestMemory;
 use persist::Persist;
 
 pub mod blk;
+pub mod console;
 pub mod net;
 pub mod pci;
 pub mod queue;

@@ -256,8 +256,9 @@ impl<D: VirtioDevice> std::fmt::Debug for VirtioPci<D> {
 /// The PCI class code of a virtio device type.
 fn class_code(device_type: u16) -> u32 {
     match device_type {
-        VIRTIO_ID_NET => 0x02_00_00,   // network, Ethernet
-        VIRTIO_ID_BLOCK => 0x01_00_00, // mass storage, SCSI (as QEMU)
+        VIRTIO_ID_NET => 0x02_00_00,                     // network, Ethernet
+        VIRTIO_ID_BLOCK => 0x01_00_00,                   // mass storage, SCSI (as QEMU)
+        super::console::VIRTIO_ID_CONSOLE => 0x07_80_00, // communication, other (as QEMU)
         _ => 0xff_00_00,
     }
 }
@@ -1085,3 +1086,43 @@ impl<D: VirtioDevice> BusDevice for VirtioBar<D> {
 
 #[cfg(test)]
 mod tests;
+
+/// What the device models' tests share: a driver's feature negotiation.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::virtio::{STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_FEATURES_OK};
+
+    /// Writes `v` (`len` bytes) at `off` of the modern BAR.
+    pub(crate) fn w<D: VirtioDevice>(dev: &mut VirtioPci<D>, off: u64, v: u64, len: usize) {
+        dev.bar_write(MODERN_BAR, off, &v.to_le_bytes()[..len]);
+    }
+
+    /// Acknowledges the device, accepts `features` and sets FEATURES_OK,
+    /// as a driver does through the common configuration.
+    pub(crate) fn negotiate<D: VirtioDevice>(dev: &mut VirtioPci<D>, features: u64) {
+        w(dev, CC_DEVICE_STATUS, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER), 1);
+        w(dev, CC_DRIVER_FEATURE_SELECT, 0, 4);
+        w(dev, CC_DRIVER_FEATURE, features & 0xffff_ffff, 4);
+        w(dev, CC_DRIVER_FEATURE_SELECT, 1, 4);
+        w(dev, CC_DRIVER_FEATURE, features >> 32, 4);
+        w(dev, CC_DEVICE_STATUS, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK), 1);
+    }
+
+    /// Gives queue `q` a 16-entry ring at `base` and enables it.
+    pub(crate) fn enable_queue<D: VirtioDevice>(
+        dev: &mut VirtioPci<D>,
+        mem: &GuestMemory,
+        q: u16,
+        base: u64,
+    ) -> crate::virtio::queue::testing::DriverRing {
+        let ring = crate::virtio::queue::testing::DriverRing::new(mem, base, 16);
+        w(dev, CC_QUEUE_SELECT, u64::from(q), 2);
+        w(dev, CC_QUEUE_SIZE, 16, 2);
+        w(dev, CC_QUEUE_DESC, ring.desc, 8);
+        w(dev, CC_QUEUE_DRIVER, ring.avail, 8);
+        w(dev, CC_QUEUE_DEVICE, ring.used, 8);
+        w(dev, CC_QUEUE_ENABLE, 1, 2);
+        ring
+    }
+}

@@ -113,20 +113,8 @@ fn rig_over(source: Box<dyn EntropySource>, limit: Option<RateLimit>, start: boo
 /// entries at 0x10000, up to FEATURES_OK.
 fn set_up(dev: &mut VirtioRngPci, mem: &GuestMemory) -> DriverRing {
     let features = dev.device().features();
-    w(dev, 0x14, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER), 1);
-    w(dev, 0x08, 0, 4);
-    w(dev, 0x0c, features & 0xffff_ffff, 4);
-    w(dev, 0x08, 1, 4);
-    w(dev, 0x0c, features >> 32, 4);
-    w(dev, 0x14, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK), 1);
-    let ring = DriverRing::new(mem, 0x10000, 16);
-    w(dev, 0x16, 0, 2);
-    w(dev, 0x18, 16, 2);
-    w(dev, 0x20, ring.desc, 8);
-    w(dev, 0x28, ring.avail, 8);
-    w(dev, 0x30, ring.used, 8);
-    w(dev, 0x1c, 1, 2);
-    ring
+    crate::virtio::pci::testing::negotiate(dev, features);
+    crate::virtio::pci::testing::enable_queue(dev, mem, 0, 0x10000)
 }
 
 impl Rig {
