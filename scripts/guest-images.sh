@@ -8,7 +8,8 @@
 #   initramfs-net.cpio.gz the same, plus the generic kernel's NIC and disk modules
 #                         in /lib/modules (virtio_ring, virtio, virtio_pci_legacy_dev,
 #                         virtio_pci_modern_dev, virtio_pci, failover, net_failover,
-#                         virtio_net, e1000, virtio_blk): initramfs.cpio.gz with a second
+#                         virtio_net, e1000, virtio_blk; llc, stp, garp, mrp, 8021q for VLANs;
+#                         virtio_console): initramfs.cpio.gz with a second
 #                         gzip'd cpio archive appended, which Linux unpacks too
 #   vmlinuz-686           Debian's stock 32-bit kernel  (linux-image-*-686, i386),
 #                         booted through the 32-bit boot protocol
@@ -204,8 +205,9 @@ put_stamp() { # STAMP WANT OUTPUT
         die "cannot write $1"
 }
 
-# The NIC and disk modules of the generic kernel, in the order insmod must load them.
-net_modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net e1000 virtio_blk"
+# The NIC and disk modules of the generic kernel, in the order insmod must load them;
+# then 802.1Q VLANs (8021q and what it needs) and the virtio console.
+net_modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net e1000 virtio_blk llc stp garp mrp 8021q virtio_console"
 
 # initramfs-net.cpio.gz: initramfs.cpio.gz followed by a gzip'd cpio of
 # /lib/modules/<name>.ko (decompressed: busybox insmod may not read .ko.xz).

@@ -573,16 +573,24 @@ fn e1000_on_the_nat_under_kvm() {
 }
 
 /// A hub member's script: a static address, ping the peer until it
-/// answers, then send (or receive) a 1 MiB file over TCP.
+/// answers, the same on 802.1Q VLAN 5 (an `eth0.5` with an address of its
+/// own), then send (or receive) a 1 MiB file over TCP.
 const HUB_SCRIPT: &str = r#"
 ifconfig eth0 @ME@ netmask 255.255.255.0 up
 @LISTEN@
+pp() {
 n=0
-until ping -c 1 -W 1 @PEER@ > /dev/null 2>&1; do
+until ping -c 1 -W 1 $1 > /dev/null 2>&1; do
     n=$((n+1)); [ $n -ge 120 ] && break
 done
-ping -c 3 -W 2 @PEER@ > /tmp/p 2>&1
-echo "T:ping $? $(grep -o '[0-9]* packets received' /tmp/p | cut -d' ' -f1)"
+ping -c 3 -W 2 $1 > /tmp/p 2>&1
+echo "$? $(grep -o '[0-9]* packets received' /tmp/p | cut -d' ' -f1)"
+}
+echo "T:ping $(pp @PEER@)"
+for m in llc stp garp mrp 8021q; do insmod /lib/modules/$m.ko; done
+ip link add link eth0 name eth0.5 type vlan id 5
+ifconfig eth0.5 @ME5@ up
+echo "T:vlan-ping $(pp @PEER5@)"
 @FILE@
 echo "T:done"
 "#;
@@ -602,8 +610,8 @@ const HUB_LISTEN: &str = "mkfifo /tmp/hold\nnc -l -p 7000 <> /tmp/hold > /tmp/f 
 const HUB_RECEIVE: &str = r#"wait $pid
 echo "T:file $(sha256sum < /tmp/f | cut -d' ' -f1) $(wc -c < /tmp/f)""#;
 
-/// Two VMs on one hub, one NIC model each: they ping each other, and one
-/// copies a file to the other.
+/// Two VMs on one hub, one NIC model each: they ping each other, then on
+/// an 802.1Q VLAN over the same hub, and one copies a file to the other.
 fn hub_test(accel: &str) {
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let Some(dir) = images() else { return };
@@ -611,21 +619,32 @@ fn hub_test(accel: &str) {
     let hub_dir = std::env::temp_dir().join(format!("ferrovm-net-hub-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&hub_dir);
     std::fs::create_dir_all(&hub_dir).unwrap();
-    let member = |model: &str, mac: &str, me: &str, peer: &str, sender: bool| {
+    let pcap = hub_dir.join("e1000.pcap");
+    let member = |model: &str, mac: &str, me: u8, sender: bool| {
+        let peer = 3 - me;
         let script = HUB_SCRIPT
             .replace("@LISTEN@", if sender { "" } else { HUB_LISTEN })
             .replace("@FILE@", if sender { HUB_SEND } else { HUB_RECEIVE })
-            .replace("@ME@", me)
-            .replace("@PEER@", peer);
+            .replace("@ME@", &format!("192.168.77.{me}"))
+            .replace("@PEER@", &format!("192.168.77.{peer}"))
+            .replace("@ME5@", &format!("10.5.0.{me}"))
+            .replace("@PEER5@", &format!("10.5.0.{peer}"));
         let script = format!("{MODULES_AND_DHCP}{script}");
-        let nic = format!("hub,id=lan,path={},model={model},mac={mac}", hub_dir.display());
+        let mut nic = format!("hub,id=lan,path={},model={model},mac={mac}", hub_dir.display());
+        if sender {
+            nic.push_str(&format!(",pcap={}", pcap.display()));
+        }
         Guest::boot(&format!("hub {model}"), accel, &dir, &[nic], &script)
     };
-    let mut a = member("e1000", "52:54:00:77:00:01", "192.168.77.1", "192.168.77.2", true);
-    let mut b = member("virtio", "52:54:00:77:00:02", "192.168.77.2", "192.168.77.1", false);
+    let mut a = member("e1000", "52:54:00:77:00:01", 1, true);
+    let mut b = member("virtio", "52:54:00:77:00:02", 2, false);
     for g in [&mut a, &mut b] {
         let (ping, _) = g.wait_for("ping");
         g.check(ping == "0 3", &format!("ping the peer: {ping}"));
+    }
+    for g in [&mut a, &mut b] {
+        let (ping, _) = g.wait_for("vlan-ping");
+        g.check(ping == "0 3", &format!("ping the peer on VLAN 5: {ping}"));
     }
     let (sent, _) = a.wait_for("file");
     a.check(sent.ends_with(&format!(" {}", 1 << 20)), &format!("the file to send: {sent}"));
@@ -634,9 +653,25 @@ fn hub_test(accel: &str) {
     let (got, _) = b.wait_for("file");
     b.check(got == sent, &format!("sent {sent}, received {got}"));
     b.finish();
+    // The e1000's side of the hub carried 802.1Q frames of VLAN 5 both
+    // ways (the e1000 inserts the tag it is given; virtio-net's guest
+    // writes it into the frame).
+    let tagged: Vec<(bool, u16)> = read_pcap(&pcap)
+        .iter()
+        .filter(|r| r.frame.len() >= 18 && r.frame[12..14] == [0x81, 0x00])
+        .map(|r| {
+            (r.frame[6..12] == [0x52, 0x54, 0, 0x77, 0, 1], u16::from_be_bytes([r.frame[14], r.frame[15]]) & 0xfff)
+        })
+        .collect();
+    assert!(
+        tagged.iter().any(|&(from_a, vid)| from_a && vid == 5)
+            && tagged.iter().any(|&(from_a, vid)| !from_a && vid == 5),
+        "no VLAN 5 frames both ways in the e1000's capture: {tagged:?}"
+    );
     let _ = std::fs::remove_dir_all(&hub_dir);
     eprintln!(
-        "hub: an e1000 guest and a virtio guest pinged each other and copied 1 MiB; whole test {:.1} s",
+        "hub: an e1000 guest and a virtio guest pinged each other, untagged and on VLAN 5, and copied 1 MiB; whole \
+         test {:.1} s",
         t.elapsed().as_secs_f64()
     );
 }
