@@ -322,6 +322,20 @@ pub struct RunArgs {
     /// period= milliseconds (default 1000) how fast. May be repeated.
     #[arg(long, value_name = "[filename=]PATH[,max-bytes=N][,period=MS]", value_parser = parse_rng)]
     pub rng: Vec<vmm::RngConfig>,
+    /// A port of the virtio-serial function (QEMU's -device
+    /// virtio-serial-pci with virtconsole or virtserialport): `console`
+    /// (hvc in Linux; it may have a name= too) or `name=NAME` (a named
+    /// port, /dev/virtio-ports/NAME, as org.qemu.guest_agent.0), and its
+    /// host side: `socket=PATH` (a Unix
+    /// socket ferrovm listens on; with server=off, one it connects to),
+    /// `file=PATH` (output only) or `null`. May be repeated: one function
+    /// holds every port, in order.
+    #[arg(
+        long,
+        value_name = "console[,name=NAME]|name=NAME,socket=PATH[,server=off]|file=PATH|null",
+        value_parser = parse_vport
+    )]
+    pub vport: Vec<vmm::VportConfig>,
     /// A PC without its HPET (QEMU's -no-hpet): neither the device nor its
     /// ACPI table.
     #[arg(long)]
@@ -529,6 +543,45 @@ pub fn parse_rng(s: &str) -> Result<vmm::RngConfig, String> {
     Ok(vmm::RngConfig { source: source.into(), limit })
 }
 
+/// Parses `--vport`: the port (`console` or `name=NAME`) and its host
+/// side (`socket=PATH[,server=off]`, `file=PATH`, `null`), which becomes
+/// the port backend's spec.
+pub fn parse_vport(s: &str) -> Result<vmm::VportConfig, String> {
+    use devices::virtio::console::PortConfig;
+    let (mut console, mut name) = (false, None);
+    let mut backend = None;
+    let mut server = None;
+    for part in s.split(',') {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        match (k, v) {
+            ("console", "") => console = true,
+            ("name", n) if !n.is_empty() => name = Some(n),
+            ("socket", p) if !p.is_empty() => backend = Some(format!("socket:{p}")),
+            ("file", p) if !p.is_empty() => backend = Some(format!("file:{p}")),
+            ("null", "") => backend = Some("null".to_string()),
+            ("server", "on" | "off") => server = Some(v),
+            _ => {
+                return Err(format!(
+                    "'{part}' is not a port key: console or name=NAME, then socket=PATH[,server=off], file=PATH or null"
+                ))
+            }
+        }
+    }
+    let port = match (console, name) {
+        (true, None) => PortConfig::console(),
+        (true, Some(n)) => PortConfig::console().with_name(n),
+        (false, Some(n)) => PortConfig::serial(n),
+        (false, None) => return Err("give the port: console, or name=NAME".into()),
+    };
+    let mut backend = backend.ok_or("give the host side: socket=PATH, file=PATH or null")?;
+    match server {
+        Some("off") if backend.starts_with("socket:") => backend.push_str(",server=off"),
+        Some(_) if !backend.starts_with("socket:") => return Err("server= is for socket= only".into()),
+        _ => {}
+    }
+    Ok(vmm::VportConfig { port, backend })
+}
+
 /// Reads `--smbios` field sets (QEMU's `-smbios` syntax) and `--uuid`
 /// into what the SMBIOS tables say. A key QEMU has that ferrovm does not
 /// carry into the tables is refused by name.
@@ -710,6 +763,22 @@ mod tests {
         // -uuid is overridden by type=1,uuid= given later, as QEMU does.
         let u = firmware::smbios::parse_uuid("6ba7b810-9dad-11d1-80b4-00c04fd430c8").unwrap();
         assert_eq!(parse_smbios(&[], Some(u)).unwrap().system.uuid, Some(u));
+        let v = parse_vport("name=org.qemu.guest_agent.0,socket=/run/qga.sock").unwrap();
+        assert_eq!(v.port.name.as_deref(), Some("org.qemu.guest_agent.0"));
+        assert_eq!(v.backend, "socket:/run/qga.sock");
+        assert_eq!(parse_vport("console,socket=/s,server=off").unwrap().backend, "socket:/s,server=off");
+        assert_eq!(parse_vport("console,file=/tmp/out").unwrap().backend, "file:/tmp/out");
+        assert_eq!(parse_vport("null,console").unwrap().backend, "null");
+        for (bad, why) in [
+            ("socket=/s", "console, or name="),
+            ("console", "host side"),
+            ("console,file=/x,server=off", "socket= only"),
+            ("console,tcp=1", "'tcp=1'"),
+            ("name=,null", "'name='"),
+        ] {
+            let e = parse_vport(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
         let r = parse_rng("/dev/random,max-bytes=1024,period=500").unwrap();
         assert_eq!((r.source, r.limit), ("/dev/random".into(), Some((1024, 500))));
         assert_eq!(parse_rng("filename=/dev/urandom").unwrap().limit, None);

@@ -288,6 +288,7 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         debugcon: args.debugcon.clone(),
         smbios: crate::cli::parse_smbios(&args.smbios, args.uuid).map_err(Error::Config)?,
         rng: args.rng.clone(),
+        vports: args.vport.clone(),
         hpet: !args.no_hpet,
         acpi: !args.no_acpi,
         bios_kernel,

@@ -275,6 +275,10 @@ struct State {
     rng_objects: Vec<(String, String)>,
     /// `-device virtio-rng-pci`: `--rng`'s values.
     rngs: Vec<String>,
+    /// `-device virtio-serial-pci` was given.
+    virtio_serial: bool,
+    /// `-device virtconsole|virtserialport`: `--vport`'s values.
+    vports: Vec<String>,
     notes: Vec<String>,
     /// `-cpu max` or `host`: ferrovm's full model (`--cpu max`).
     cpu_max: bool,
@@ -696,6 +700,8 @@ struct Chardev {
     serial: Option<String>,
     /// `stdio,mux=on`: a monitor and a serial port share it.
     mux: bool,
+    /// A virtio-serial port's host side (`--vport`'s keys), where one can be.
+    vport: Option<String>,
     /// The backend, for messages.
     backend: String,
 }
@@ -847,10 +853,12 @@ impl State {
                 let path =
                     o.get("path").filter(|p| !p.is_empty()).ok_or_else(|| format!("{what}: path= is missing"))?;
                 dev.serial = Some(format!("file:{path}"));
+                dev.vport = Some(format!("file={path}"));
             }
             "null" => {
                 o.only(&what, &["backend", "id"])?;
                 dev.serial = Some("none".into());
+                dev.vport = Some("null".into());
             }
             "pty" => {
                 o.only(&what, &["backend", "id"])?;
@@ -880,6 +888,9 @@ impl State {
                     monitor::Endpoint::Tcp(h, port) => format!("tcp:{h}:{port}"),
                     monitor::Endpoint::Stdio => "stdio".to_string(),
                 };
+                if let (monitor::Endpoint::Unix(p), false) = (&spec.endpoint, spec.wait) {
+                    dev.vport = Some(format!("socket={}", p.display()));
+                }
                 if !matches!(spec.endpoint, monitor::Endpoint::Stdio) {
                     uri.push_str(&format!(",server=on,wait={}", if spec.wait { "on" } else { "off" }));
                 } else {
@@ -1272,6 +1283,41 @@ impl State {
                 self.rngs.push(spec);
                 Ok(())
             }
+            "virtio-serial-pci" | "virtio-serial" => {
+                o.only(&format!("{option} {driver}"), &["driver", "id", "max_ports"])?;
+                if self.virtio_serial {
+                    return Err(format!("{option} {driver}: a second virtio-serial function is not supported"));
+                }
+                self.virtio_serial = true;
+                Ok(())
+            }
+            "virtserialport" | "virtconsole" => {
+                o.only(&format!("{option} {driver}"), &["driver", "chardev", "name", "id", "bus"])?;
+                let id = o.get("chardev").ok_or_else(|| format!("{option} {v}: chardev= is missing"))?;
+                let c = self.find_chardev(option, v, id)?;
+                let host = c.vport.clone().ok_or_else(|| {
+                    format!(
+                        "{option} {v}: a virtio-serial port on a {} chardev is not supported (socket with path= \
+                         and wait=off, file or null)",
+                        c.backend
+                    )
+                })?;
+                let mut spec = if driver == "virtconsole" { "console,".to_string() } else { String::new() };
+                match o.get("name") {
+                    Some(n) if n.contains(',') || n.is_empty() => {
+                        return Err(format!("{option} {v}: name={n} is not a port name"))
+                    }
+                    Some(n) => spec.push_str(&format!("name={n},")),
+                    None if driver == "virtserialport" => {
+                        return Err(format!("{option} {v}: name= is missing (the name the guest finds the port by)"))
+                    }
+                    None => {}
+                }
+                spec.push_str(&host);
+                crate::cli::parse_vport(&spec).map_err(|e| format!("{option} {v}: {e}"))?;
+                self.vports.push(spec);
+                Ok(())
+            }
             "usb-tablet" | "usb-mouse" | "usb-kbd" => {
                 o.only(&format!("{option} {driver}"), &["driver", "id", "bus", "port"])?;
                 if let Some(b) = o.get("bus").filter(|b| !b.starts_with("usb-bus")) {
@@ -1606,6 +1652,22 @@ impl State {
         }
         for r in &self.rngs {
             args.extend(["--rng".into(), r.clone()]);
+        }
+        match (self.virtio_serial, self.vports.is_empty()) {
+            (false, false) => {
+                return Err(
+                    "-device virtserialport/virtconsole: there is no -device virtio-serial-pci for the port".into()
+                )
+            }
+            (true, true) => {
+                return Err("-device virtio-serial-pci with no port is not supported: give it a -device virtconsole \
+                            or virtserialport"
+                    .into())
+            }
+            _ => {}
+        }
+        for p in &self.vports {
+            args.extend(["--vport".into(), p.clone()]);
         }
         for set in &self.smbios {
             args.extend(["--smbios".into(), set.clone()]);
@@ -2271,6 +2333,23 @@ mod tests {
         refused("-drive file=x,index=4", "0 to 3");
         refused("-drive file=x,media=floppy", "media=floppy");
         assert!(has(&run_args("-boot order=nc"), "--boot", "nc"));
+        // virtio-serial: a named port on a listening socket, a console on a file.
+        let a = run_args(
+            "-chardev socket,path=/run/qga.sock,server=on,wait=off,id=qga0 -chardev file,id=c,path=/tmp/con \
+             -device virtio-serial-pci -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0 \
+             -device virtconsole,chardev=c -kernel k",
+        );
+        assert!(has(&a, "--vport", "name=org.qemu.guest_agent.0,socket=/run/qga.sock"), "{a:?}");
+        assert!(has(&a, "--vport", "console,file=/tmp/con"), "{a:?}");
+        refused("-chardev null,id=n -device virtserialport,chardev=n,name=x -kernel k", "virtio-serial-pci");
+        refused("-device virtio-serial-pci -kernel k", "no port");
+        refused("-chardev null,id=n -device virtio-serial-pci -device virtserialport,chardev=n -kernel k", "name=");
+        refused(
+            "-chardev socket,path=/s,server=on,wait=on,id=s -device virtio-serial-pci -device virtconsole,chardev=s \
+             -kernel k",
+            "wait=off",
+        );
+        refused("-chardev pty,id=p -device virtio-serial-pci -device virtconsole,chardev=p -kernel k", "pty chardev");
         refused("-boot menu=yes", "menu=yes");
         refused("-boot splash-time=65536", "65535");
         refused("-boot strict=on", "strict=");

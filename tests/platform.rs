@@ -1,6 +1,7 @@
 //! The PC platform under guests the tests build themselves: a multiboot
 //! kernel, and a hostile guest that writes garbage to every port and MMIO
-//! page; and Debian's kernel driving a virtio entropy device.
+//! page; and Debian's kernel driving a virtio entropy device and the
+//! ports of a virtio-serial function.
 
 use std::path::PathBuf;
 
@@ -574,4 +575,105 @@ fn linux_boots_without_acpi_on_the_mp_table() {
     let functions = field("functions");
     assert!(functions.contains("0008") && !functions.contains("000b"), "no PM function at 00:01.3: {functions:?}");
     assert_eq!(o.status.code(), Some(0), "the reset ends the run under -no-reboot: {err}\n{out}");
+}
+
+/// The guest's side of [`linux_talks_to_the_host_through_virtio_serial_ports`]:
+/// the ports' names, a line to the named port's host socket and one back,
+/// and a line on the console port (hvc0).
+const VPORT_SCRIPT: &str = r#"
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_console; do
+    insmod /lib/modules/$m.ko || echo "T:insmod-failed $m"
+done
+sleep 1
+echo "T:names $(cat /sys/class/virtio-ports/*/name | tr '\n' ' ')"
+dev=/dev/$(basename $(dirname $(grep -l org.ferrovm.test /sys/class/virtio-ports/*/name)))
+# One open for both ways: Linux drops what arrives for a port as it closes.
+exec 3<> $dev
+echo "hello from the guest" >&3
+read -r line <&3
+exec 3>&-
+echo "T:got $line"
+echo "on the console port" > /dev/hvc0
+"#;
+
+/// Debian's kernel with a virtio-serial function of two ports, in QEMU's
+/// syntax (`-device virtio-serial-pci` with `virtconsole` and
+/// `virtserialport` on `-chardev file` and `-chardev socket`): a console on
+/// a file, and a port named org.ferrovm.test on a Unix socket ferrovm
+/// listens on. The guest finds the name in sysfs, writes a
+/// line the test reads from the socket, reads the line the test writes
+/// back, and writes a line to /dev/hvc0, which the file holds.
+#[test]
+fn linux_talks_to_the_host_through_virtio_serial_ports() {
+    use std::io::{BufRead, BufReader, Write};
+    let Some(dir) = images::images(&["vmlinuz-generic", "initramfs.cpio.gz", "modules-generic/modules.order"]) else {
+        return;
+    };
+    let work = tmp("vport");
+    let _ = std::fs::create_dir_all(&work);
+    let initrd = work.join("initrd-vport.gz");
+    let modules =
+        ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio_console"];
+    images::initrd_with_modules(&dir, &modules, &work.join("vport-mods"), &initrd);
+    let (sock, console) = (work.join("port.sock"), work.join("console.out"));
+    let _one = ONE_LINUX.lock().unwrap_or_else(|e| e.into_inner());
+    let cmdline =
+        format!("console=ttyS0 panic=-1 ferrovm.poweroff=1 ferrovm.cmd={}", encode::base64(VPORT_SCRIPT.as_bytes()));
+    // QEMU's syntax for the function and its ports.
+    let (port_dev, console_dev) = (
+        format!("socket,path={},server=on,wait=off,id=port0", sock.display()),
+        format!("file,id=con0,path={}", console.display()),
+    );
+    let extra = [
+        "-chardev",
+        &port_dev,
+        "-chardev",
+        &console_dev,
+        "-device",
+        "virtio-serial-pci",
+        "-device",
+        "virtserialport,chardev=port0,name=org.ferrovm.test",
+        "-device",
+        "virtconsole,chardev=con0",
+    ];
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ferrovm"))
+        .args(images::generic_linux(&dir, &initrd, &cmdline, &extra))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ferrovm runs");
+    // The host's end of the named port.
+    let peer = {
+        let sock = sock.clone();
+        std::thread::spawn(move || -> Result<String, String> {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            let s = loop {
+                match std::os::unix::net::UnixStream::connect(&sock) {
+                    Ok(s) => break s,
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(50))
+                    }
+                    Err(e) => return Err(format!("cannot connect to {}: {e}", sock.display())),
+                }
+            };
+            s.set_read_timeout(Some(std::time::Duration::from_secs(100))).map_err(|e| e.to_string())?;
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).map_err(|e| format!("reading the guest's line: {e}"))?;
+            (&s).write_all(b"hello from the host\n").map_err(|e| e.to_string())?;
+            // Stay connected until the guest has read it.
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            Ok(line)
+        })
+    };
+    let (out, status, _) = run::watch_markers(child, &[], 120, false);
+    let from_guest = peer.join().unwrap();
+    let field = |k: &str| out.lines().find_map(|l| l.trim_end().strip_prefix(&format!("T:{k} "))).unwrap_or("");
+    assert!(!out.contains("T:insmod"), "a module did not load:\n{out}");
+    assert_eq!(field("names").trim(), "org.ferrovm.test", "the named port in sysfs:\n{out}");
+    assert_eq!(from_guest, Ok("hello from the guest\n".to_string()), "the guest's line on the socket:\n{out}");
+    assert_eq!(field("got"), "hello from the host", "the host's line in the guest:\n{out}");
+    let on_console = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(on_console.contains("on the console port"), "hvc0's output in the file: {on_console:?}\n{out}");
+    assert_eq!(status, Some(0), "{out}");
+    let _ = std::fs::remove_dir_all(&work);
 }

@@ -167,6 +167,10 @@ pub struct MachineConfig {
     /// Virtio entropy devices (QEMU's `-device virtio-rng-pci`), in PCI
     /// slots after the disks'.
     pub rng: Vec<RngConfig>,
+    /// The ports of the virtio-serial function (QEMU's `-device
+    /// virtio-serial-pci` with `virtconsole` and `virtserialport`), in the
+    /// slot after the entropy devices'; none: no such function.
+    pub vports: Vec<VportConfig>,
     /// Whether the PC has its HPET (QEMU's `-no-hpet` takes it away, from
     /// the MMIO space and from the ACPI tables).
     pub hpet: bool,
@@ -185,6 +189,16 @@ pub struct BiosKernel {
     pub kernel: Vec<u8>,
     pub initrd: Option<Vec<u8>>,
     pub cmdline: String,
+}
+
+/// A virtio-serial port: what the guest sees and its host side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VportConfig {
+    /// A console (hvc in Linux) or a named port.
+    pub port: devices::virtio::console::PortConfig,
+    /// The host side, as `--vport`'s `chardev=` gives it (`socket:PATH`,
+    /// `file:PATH`, `null`).
+    pub backend: String,
 }
 
 /// A virtio entropy device: where its bytes come from and how fast.
@@ -237,6 +251,7 @@ impl MachineConfig {
             debugcon: None,
             smbios: Default::default(),
             rng: Vec::new(),
+            vports: Vec::new(),
             hpet: true,
             acpi: true,
             bios_kernel: None,

@@ -48,6 +48,7 @@ use devices::pci::rom::OptionRom;
 use devices::pci::{BarChange, PciAddress, PciBarKind, PciInterruptPin, SharedPciDevice};
 use devices::usb::{Uhci, UhciState, UsbDeviceKind, UHCI_ADDRESS};
 use devices::virtio::blk::{VirtioBlk, VirtioBlkPci, VirtioBlkState};
+use devices::virtio::console::{VirtioConsole, VirtioConsolePci, VirtioConsoleState};
 use devices::virtio::net::{VirtioNet, VirtioNetPci, VirtioNetState};
 use devices::virtio::pci::Doorbell as BellSpec;
 use devices::virtio::pci::VirtioPciState;
@@ -347,6 +348,7 @@ enum NicHandle {
     Virtio(Arc<Mutex<VirtioNetPci>>),
     Disk(Arc<Mutex<VirtioBlkPci>>),
     Rng(Arc<Mutex<VirtioRngPci>>),
+    Console(Arc<Mutex<VirtioConsolePci>>),
     Ide(Arc<Mutex<IdeController>>),
     Vga(Arc<Mutex<StdVga>>),
     Usb(Arc<Mutex<Uhci>>),
@@ -444,6 +446,7 @@ impl DeviceManager {
                 NicHandle::Virtio(d) => d.lock().system_reset(),
                 NicHandle::Disk(d) => d.lock().system_reset(),
                 NicHandle::Rng(d) => d.lock().system_reset(),
+                NicHandle::Console(d) => d.lock().system_reset(),
                 NicHandle::Ide(d) => d.lock().reset(),
                 NicHandle::Vga(d) => d.lock().reset(),
                 NicHandle::Usb(d) => d.lock().reset(),
@@ -494,6 +497,17 @@ impl DeviceManager {
                     NicHandle::Vga(_) => return format!("display {addr} {what}"),
                     NicHandle::Usb(_) => return format!("usb {addr} {what}"),
                     NicHandle::Rng(_) => return format!("entropy {addr} {what}"),
+                    NicHandle::Console(d) => {
+                        let d = d.lock();
+                        let c = d.device();
+                        let per: Vec<String> = (0..c.port_count())
+                            .filter_map(|i| {
+                                let s = c.port_stats(i)?;
+                                Some(format!("port {i}: {} bytes out, {} bytes in", s.tx_bytes, s.rx_bytes))
+                            })
+                            .collect();
+                        return format!("serial {addr} {what}: {}", per.join("; "));
+                    }
                     NicHandle::E1000(d) => (d.lock().stats(), 0),
                     NicHandle::Virtio(d) => {
                         let d = d.lock();
@@ -538,6 +552,8 @@ pub enum PciFunctionState {
     VirtioBlk(VirtioPciState<VirtioBlkState>),
     /// A virtio entropy function: its transport and queue.
     VirtioRng(VirtioPciState<VirtioRngState>),
+    /// The virtio-serial function: its transport, queues and ports.
+    VirtioConsole(Box<VirtioPciState<VirtioConsoleState>>),
     /// The PIIX3 IDE function: its channels, drives and bus master.
     Ide(Box<IdeState>),
     /// The standard VGA: its registers and VRAM.
@@ -554,6 +570,7 @@ impl PciFunctionState {
             Self::VirtioNet(_) => "virtio-net",
             Self::VirtioBlk(_) => "virtio-blk",
             Self::VirtioRng(_) => "virtio-rng",
+            Self::VirtioConsole(_) => "virtio-serial",
             Self::Ide(_) => "IDE",
             Self::Vga(_) => "VGA",
             Self::Usb(_) => "USB",
@@ -592,6 +609,7 @@ impl NicHandle {
             Self::Virtio(d) => of(&*d.lock()),
             Self::Disk(d) => of(&*d.lock()),
             Self::Rng(d) => of(&*d.lock()),
+            Self::Console(d) => of(&*d.lock()),
             Self::Ide(d) => of(&*d.lock()),
             Self::Vga(d) => of(&*d.lock()),
             Self::Usb(d) => of(&*d.lock()),
@@ -604,6 +622,7 @@ impl NicHandle {
             Self::Virtio(_) => "virtio-net",
             Self::Disk(_) => "virtio-blk",
             Self::Rng(_) => "virtio-rng",
+            Self::Console(_) => "virtio-serial",
             Self::Ide(_) => "IDE",
             Self::Vga(_) => "VGA",
             Self::Usb(_) => "USB",
@@ -616,6 +635,7 @@ impl NicHandle {
             Self::Virtio(d) => PciFunctionState::VirtioNet(d.lock().save()),
             Self::Disk(d) => PciFunctionState::VirtioBlk(d.lock().save()),
             Self::Rng(d) => PciFunctionState::VirtioRng(d.lock().save()),
+            Self::Console(d) => PciFunctionState::VirtioConsole(Box::new(d.lock().save())),
             Self::Ide(d) => PciFunctionState::Ide(Box::new(d.lock().save())),
             Self::Vga(d) => PciFunctionState::Vga(Box::new(d.lock().save())),
             Self::Usb(d) => PciFunctionState::Usb(Box::new(d.lock().save())),
@@ -629,6 +649,7 @@ impl NicHandle {
             (Self::Virtio(d), PciFunctionState::VirtioNet(s)) => d.lock().restore(s),
             (Self::Disk(d), PciFunctionState::VirtioBlk(s)) => d.lock().restore(s),
             (Self::Rng(d), PciFunctionState::VirtioRng(s)) => d.lock().restore(s),
+            (Self::Console(d), PciFunctionState::VirtioConsole(s)) => d.lock().restore(s),
             (Self::Ide(d), PciFunctionState::Ide(s)) => d.lock().restore(s),
             (Self::Vga(d), PciFunctionState::Vga(s)) => d.lock().restore(s),
             (Self::Usb(d), PciFunctionState::Usb(s)) => d.lock().restore(s),
@@ -769,6 +790,8 @@ pub(crate) struct Extra {
     pub clock: devices::clock::SharedClock,
     /// Virtio entropy devices, after the disks.
     pub rng: Vec<crate::config::RngConfig>,
+    /// The virtio-serial function's ports, after the entropy devices.
+    pub vports: Vec<crate::config::VportConfig>,
     /// The boot order asks for a NIC's boot ROM (`n`): NICs without
     /// `romfile=` get their model's.
     pub net_boot: bool,
@@ -784,7 +807,7 @@ pub(crate) fn install(
     mmio: &mut Bus,
 ) -> Result<Option<DeviceManager>, Error> {
     let crate::storage::Placed { virtio: disks, ide, ide_kinds, floppy, floppy_labels } = placed;
-    let Extra { vga, usb, clock, rng, net_boot } = extra;
+    let Extra { vga, usb, clock, rng, vports, net_boot } = extra;
     if specs.is_empty()
         && disks.is_empty()
         && ide.is_none()
@@ -792,6 +815,7 @@ pub(crate) fn install(
         && vga.is_none()
         && usb.is_none()
         && rng.is_empty()
+        && vports.is_empty()
     {
         return Ok(None);
     }
@@ -951,6 +975,42 @@ pub(crate) fn install(
         let label = format!("virtio-rng {}", r.source.display());
         tracing::info!(target: "devices", "PCI {address}: {label}");
         nics.push((address, label, NicHandle::Rng(dev)));
+    }
+    if !vports.is_empty() {
+        let what = |e: String| Error::Config(format!("virtio-serial: {e}"));
+        let slot = u8::try_from(first_rng_slot + rng.len())
+            .ok()
+            .and_then(|i| FIRST_NIC_SLOT.checked_add(i))
+            .filter(|&s| s < 32);
+        let Some(address) = slot.and_then(|s| PciAddress::new(s, 0)) else {
+            return Err(what(format!("too many PCI functions: slots {FIRST_NIC_SLOT}-31 are all taken")));
+        };
+        let mut ports = Vec::with_capacity(vports.len());
+        for (i, v) in vports.iter().enumerate() {
+            let spec = devices::virtio::console::backends::PortBackendSpec::parse(&v.backend)
+                .map_err(|e| what(format!("port {i}: {e}")))?;
+            let backend = spec.open().map_err(|e| what(format!("port {i} ({}): {e}", v.backend)))?;
+            ports.push((v.port.clone(), backend));
+        }
+        let model = VirtioConsole::new(ports, io.kick()).map_err(|e| what(e.to_string()))?;
+        let fds = model.backend_wake_fds();
+        let irq = chipset.pci_intx_line(address.device, PciInterruptPin::IntA);
+        let msi: Arc<dyn MsiSink> = chipset.intc.clone();
+        let pci = VirtioPci::new(model, Arc::clone(mem), irq);
+        let vectors = pci.default_vectors();
+        let dev = Arc::new(Mutex::new(pci.with_msix(msi, vectors)));
+        if fds.is_empty() {
+            polled.push((dev.clone(), None));
+        }
+        for fd in fds {
+            polled.push((dev.clone(), Some(fd)));
+        }
+        windows.plug(chipset, address, dev.clone(), VirtioConsolePci::bar_devices(&dev)).map_err(what)?;
+        let names: Vec<String> =
+            vports.iter().map(|v| format!("{} {}", v.port.name.as_deref().unwrap_or("console"), v.backend)).collect();
+        let label = format!("virtio-serial ({})", names.join(", "));
+        tracing::info!(target: "devices", "PCI {address}: {label}");
+        nics.push((address, label, NicHandle::Console(dev)));
     }
     io.start(polled, bells).map_err(|e| Error::Config(format!("cannot start the I/O thread: {e}")))?;
     Ok(Some(DeviceManager { nics, floppy, doorbells: windows.doorbells, bar_queues: [windows.io, windows.mem], io }))

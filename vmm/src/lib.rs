@@ -39,7 +39,7 @@ pub mod vcpu;
 
 pub use config::{
     parse_smp, BiosKernel, EngineKind, Firmware, FlashDrive, KernelImage, KvmPit, MachineConfig, RngConfig, SerialOut,
-    SplitMode, VcpuThreads, Vga,
+    SplitMode, VcpuThreads, Vga, VportConfig,
 };
 pub use error::Error;
 pub use machine::{Machine, MachineOp, RunControl, RunReport, Stopped};

@@ -345,6 +345,7 @@ impl Machine {
             usb: config.usb.clone(),
             clock: clock.clone(),
             rng: config.rng.clone(),
+            vports: config.vports.clone(),
             net_boot: matches!(config.firmware, Firmware::Bios(_)) && net_boot,
         };
         let devices = crate::device_manager::install(nics, placed, extra, &chipset, &mem, &mut pio, &mut mmio)?;

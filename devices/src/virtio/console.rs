@@ -1256,5 +1256,7 @@ impl IoPoll for VirtioPci<VirtioConsole> {
     }
 }
 
+pub mod backends;
+
 #[cfg(test)]
 mod tests;
