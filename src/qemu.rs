@@ -1249,12 +1249,18 @@ impl State {
             if let Some(r) = romfile.as_deref().filter(|r| r.contains(',')) {
                 return Err(format!("{option} {driver},romfile={r}: a comma in the path is not supported"));
             }
-            let netdev = o
-                .get("netdev")
-                .ok_or_else(|| format!("{option} {driver}: netdev= is missing (ferrovm's NICs need a -netdev user)"))?;
+            // Without netdev= QEMU makes the NIC anyway, on no network.
+            let netdev = o.get("netdev");
+            let mut opts = Opts::default();
+            if netdev.is_none() {
+                self.note(format!(
+                    "{option} {driver}: no netdev= (QEMU: \"nic {driver} has no peer\"): it is on no network"
+                ));
+                opts.pairs.push(("type".into(), "unconnected".into()));
+            }
             self.nics.push(Nic {
-                netdev: Some(netdev.to_string()),
-                opts: Opts::default(),
+                netdev: netdev.map(str::to_string),
+                opts,
                 model,
                 mac: o.get("mac").map(str::to_string),
                 vectors: o.get("vectors").map(str::to_string),
@@ -1382,10 +1388,12 @@ impl State {
                 "aio",
                 "bus",
                 "unit",
+                "driver",
             ],
         )?;
         let file =
             o.get("file").ok_or_else(|| format!("{option} {v}: file= is missing (ferrovm has no empty drives)"))?;
+        let format = drive_format(option, &o)?;
         if o.get("if") == Some("pflash") {
             return self.pflash_drive(option, file, &o);
         }
@@ -1421,7 +1429,7 @@ impl State {
             }
             (Some(_), _, _) => return Err(format!("{option}: index= and bus=/unit= name the same thing; give one")),
         };
-        let format = match o.get("format") {
+        let format = match format {
             Some(f @ ("raw" | "qcow2")) => Some(f.to_string()),
             Some(f) => return Err(format!("{option} format={f} is not supported: ferrovm reads raw and qcow2")),
             None => None,
@@ -1469,7 +1477,7 @@ impl State {
 
     /// `-drive if=pflash`: a flash drive (`--pflash`), unit 0 the firmware.
     fn pflash_drive(&mut self, option: &str, file: &str, o: &Opts) -> Result<(), String> {
-        match o.get("format") {
+        match drive_format(option, o)? {
             None | Some("raw") => {}
             Some(f) => return Err(format!("{option} if=pflash,format={f}: ferrovm's flash drives are raw images")),
         }
@@ -1798,6 +1806,7 @@ impl State {
             let mut spec = match (&nic.hub, opts.get("type")) {
                 (Some(id), _) => format!("hub,id={id},model={}", nic.model),
                 (None, Some(t @ ("tap" | "bridge"))) => format!("{},model={}", tap_spec(t, opts), nic.model),
+                (None, Some("unconnected")) => format!("unconnected,model={}", nic.model),
                 (None, _) => format!("user,model={}", nic.model),
             };
             for (k, v) in [("mac", &nic.mac), ("vectors", &nic.vectors), ("romfile", &nic.romfile)] {
@@ -1901,6 +1910,16 @@ fn tap_spec(t: &str, o: &Opts) -> String {
     let downscript = o.get("downscript").unwrap_or("/etc/qemu-ifdown");
     spec.push_str(&format!(",script={script},downscript={downscript}"));
     spec
+}
+
+/// A drive's format: `format=`, or QEMU's `driver=` naming the same
+/// (`driver=file` is the file itself, raw).
+fn drive_format<'a>(option: &str, o: &'a Opts) -> Result<Option<&'a str>, String> {
+    let driver = o.get("driver").map(|d| if d == "file" { "raw" } else { d });
+    match (o.get("format"), driver) {
+        (Some(f), Some(d)) if f != d => Err(format!("{option}: format={f} and driver={d} name two formats; give one")),
+        (f, d) => Ok(f.or(d)),
+    }
 }
 
 /// A number as QEMU writes them: decimal, or hex with 0x.
@@ -2240,7 +2259,8 @@ mod tests {
         let a = run_args("-netdev user,id=n0,ipv6=on,ipv6-net=fd00:1::/64,ipv6-dns=fd00:1::53 -device e1000,netdev=n0");
         assert!(has(&a, "--nic", "user,model=e1000,ipv6=on,ipv6-net=fd00:1::/64,ipv6-dns=fd00:1::53"), "{a:?}");
         refused("-device e1000,netdev=nope -kernel k", "nope");
-        refused("-device e1000", "netdev=");
+        let a = run_args("-device e1000 -kernel k");
+        assert!(has(&a, "--nic", "unconnected,model=e1000"), "{a:?}");
         refused("-device rtl8139,netdev=n0", "rtl8139");
         refused("-nic user,model=rtl8139", "rtl8139");
         let a = run_args("-net nic,model=virtio,macaddr=52:54:00:12:34:56 -net user,hostfwd=tcp::2222-:22 -kernel k");
@@ -2360,6 +2380,14 @@ mod tests {
         assert!(!run_args("-cdrom x.iso -boot menu=off -nodefaults").contains(&"--boot".to_string()));
         refused("-drive file=x,if=scsi", "if=scsi");
         refused("-drive file=x,format=vmdk", "vmdk");
+        assert!(has(
+            &run_args("-drive driver=qcow2,file=d.qcow2,if=virtio -kernel k"),
+            "--disk",
+            "d.qcow2,format=qcow2"
+        ));
+        assert!(has(&run_args("-drive driver=file,file=d.img,if=virtio -kernel k"), "--disk", "d.img,format=raw"));
+        refused("-drive driver=qcow2,format=raw,file=x,if=virtio", "two formats");
+        refused("-drive driver=nbd,file=x,if=virtio", "nbd");
         refused("-drive if=none,id=d0", "file=");
         refused("-drive file=x,if=virtio,discard=unmap", "discard=");
         refused("-device virtio-blk-pci,drive=d9", "d9");

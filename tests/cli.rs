@@ -104,6 +104,32 @@ fn unbuilt_options_are_refused_not_ignored() {
     }
 }
 
+/// NICs on no network (QEMU's NIC without a peer) are on the PCI bus and
+/// the guest runs as it does without them.
+#[test]
+fn unconnected_nics_are_on_the_bus() {
+    let o = ferrovm(&[
+        "run",
+        "--accel",
+        "interp",
+        "--serial",
+        "stdio",
+        "--timeout",
+        "60",
+        "--stats",
+        "--nic",
+        "unconnected,model=e1000",
+        "--nic",
+        "unconnected,model=virtio",
+    ]);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(out.contains(firmware::builtin::BANNER), "stdout: {out}\nstderr: {err}");
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    for nic in ["00:03.0 e1000", "00:04.0 virtio-net"] {
+        assert!(err.contains(nic), "{nic} in --stats: {err}");
+    }
+}
+
 #[test]
 fn network_boot_refuses_what_it_cannot_boot() {
     // n is the first NIC's boot ROM: there must be a NIC.

@@ -699,6 +699,8 @@ pub enum BackendSpec {
     Hub(HubConfig),
     /// `tap` or `bridge`: a host TAP interface, alone or on a bridge.
     Tap(crate::TapConfig),
+    /// `unconnected`: no network (QEMU's NIC without a peer).
+    Unconnected,
 }
 
 /// A parsed `--nic TYPE,key=value,...` option: the backend plus the keys
@@ -748,9 +750,9 @@ impl FromStr for NicSpec {
         let mut rom = NicRom::Default;
         let is_user = match kind {
             "user" => true,
-            "hub" | "tap" | "bridge" => false,
+            "hub" | "tap" | "bridge" | "unconnected" => false,
             other => {
-                return Err(bad(s, format!("backend '{other}' is unknown; use user, hub, tap or bridge")));
+                return Err(bad(s, format!("backend '{other}' is unknown; use user, hub, tap, bridge or unconnected")));
             }
         };
         let script = |v: &str| (v != "no" && !v.is_empty()).then(|| PathBuf::from(v));
@@ -795,6 +797,7 @@ impl FromStr for NicSpec {
                     let keys = match kind {
                         "hub" => "id, path",
                         "tap" => "ifname, script, downscript",
+                        "unconnected" => "no keys of its own",
                         _ => "br",
                     };
                     return Err(bad(
@@ -838,6 +841,8 @@ impl FromStr for NicSpec {
             BackendSpec::User(Box::new(user))
         } else if kind == "tap" {
             BackendSpec::Tap(tap)
+        } else if kind == "unconnected" {
+            BackendSpec::Unconnected
         } else if kind == "bridge" {
             // QEMU's bridge helper's default bridge.
             tap.bridge.get_or_insert_with(|| "br0".to_string());
@@ -935,6 +940,7 @@ mod tests {
             ("bridge,ifname=t0", "unknown key 'ifname'; bridge takes br"),
             ("hub", "needs id"),
             ("hub,id=../x", "id"),
+            ("unconnected,id=x", "unconnected takes no keys of its own"),
             ("user,dnsupstream=nowhere", "ADDR:PORT"),
         ] {
             let err = s.parse::<NicSpec>().unwrap_err().to_string();
@@ -951,6 +957,12 @@ mod tests {
         let spec: NicSpec = "hub,id=lan0,model=e1000".parse().unwrap();
         assert_eq!(spec.vectors, None);
         assert_eq!(spec.backend, BackendSpec::Hub(HubConfig { id: "lan0".into(), dir: None }));
+        let spec: NicSpec = "unconnected,model=e1000,mac=52:54:00:12:34:99".parse().unwrap();
+        assert_eq!(spec.backend, BackendSpec::Unconnected);
+        let mut b = crate::open(&spec).unwrap();
+        b.send(&[0u8; 60]);
+        assert_eq!((b.recv(&mut [0u8; 64]), b.peek_len(), b.wake_fd().is_none()), (None, None, true));
+        assert_eq!(b.debug_label(), "unconnected");
     }
 
     #[test]

@@ -113,6 +113,35 @@ impl<B: NetBackend + ?Sized> NetBackend for Box<B> {
     }
 }
 
+/// A NIC on no network (QEMU's NIC without a peer): what the guest sends
+/// goes nowhere and nothing arrives.
+#[derive(Debug, Default)]
+pub struct Unconnected {
+    /// Frames the guest sent.
+    pub dropped: u64,
+}
+
+impl NetBackend for Unconnected {
+    fn send(&mut self, _frame: &[u8]) {
+        self.dropped += 1;
+    }
+    fn recv(&mut self, _buf: &mut [u8]) -> Option<usize> {
+        None
+    }
+    fn peek_len(&self) -> Option<usize> {
+        None
+    }
+    fn poll(&mut self, _now: Instant) -> Option<Duration> {
+        None
+    }
+    fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+    fn debug_label(&self) -> &str {
+        "unconnected"
+    }
+}
+
 /// Moves the first frame of a backend's queue for the guest into `buf`
 /// (truncated to it), for [`NetBackend::recv`]; its length, or `None` when
 /// the queue is empty.
@@ -130,6 +159,7 @@ pub fn open(spec: &NicSpec) -> Result<Box<dyn NetBackend>, Error> {
         BackendSpec::User(cfg) => Box::new(UserNet::new((**cfg).clone())?),
         BackendSpec::Hub(cfg) => Box::new(HubNet::open(cfg)?),
         BackendSpec::Tap(cfg) => Box::new(TapNet::open(cfg)?),
+        BackendSpec::Unconnected => Box::new(Unconnected::default()),
     };
     Ok(match &spec.pcap {
         Some(path) => Box::new(PcapWriter::create(backend, path)?),
