@@ -80,11 +80,13 @@ pub fn ready() -> Result<(), Error> {
         std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").map_err(|e| fail("/dev/null", e))?;
     nix::unistd::dup2_stdin(&null).map_err(|e| fail("stdin", e))?;
     nix::unistd::dup2_stderr(&null).map_err(|e| fail("stderr", e))?;
-    // Whether the foreground process still listens or not, the machine runs.
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(&[0]).and_then(|()| out.flush());
-    drop(out);
+    // The foreground process is told through a copy of the pipe, once
+    // stdout is on /dev/null: when it returns, all three are.
+    let _ = std::io::stdout().flush();
+    let pipe = std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned().map_err(|e| fail("stdout", e))?;
     nix::unistd::dup2_stdout(&null).map_err(|e| fail("stdout", e))?;
+    // Whether the foreground process still listens or not, the machine runs.
+    let _ = std::fs::File::from(pipe).write_all(&[0]);
     Ok(())
 }
 

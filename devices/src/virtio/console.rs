@@ -1054,15 +1054,24 @@ impl VirtioConsole {
     }
 
     /// Everything the device can do now: announce the host side's
-    /// connections, send control messages, move host input to the guest.
+    /// connections, send control messages, move host input to the guest;
+    /// then announce again what reading the backends changed (a socket
+    /// accepts its client, or sees it hang up, when it is read).
     fn service(&mut self, ctx: &mut Context<'_>) {
+        self.announce_and_flush(ctx);
+        for port in 0..self.ports.len() {
+            self.service_input(port, ctx);
+        }
+        self.announce_and_flush(ctx);
+    }
+
+    /// Announces the host side's connection changes and sends the waiting
+    /// control messages.
+    fn announce_and_flush(&mut self, ctx: &mut Context<'_>) {
         if ctx.running && ctx.has(VIRTIO_CONSOLE_F_MULTIPORT) {
             self.announce_connections();
         }
         self.flush_control(ctx);
-        for port in 0..self.ports.len() {
-            self.service_input(port, ctx);
-        }
     }
 
     /// Serves every queue the driver may have filled (after a restore).
@@ -1220,7 +1229,10 @@ impl VirtioDevice for VirtioConsole {
             Some(Role::Transmit(port)) if multiport || port == 0 => {
                 self.serve(ctx, queue, |dev, ctx, used| dev.transmit(port, ctx, used));
             }
-            Some(Role::Receive(port)) if multiport || port == 0 => self.service_input(port, ctx),
+            Some(Role::Receive(port)) if multiport || port == 0 => {
+                self.service_input(port, ctx);
+                self.announce_and_flush(ctx);
+            }
             Some(Role::ControlTransmit) if multiport => {
                 self.serve(ctx, queue, |dev, ctx, used| dev.control_transmit(ctx, used));
                 // Ports the guest just opened take their waiting input.
