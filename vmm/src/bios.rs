@@ -99,11 +99,16 @@ fn option_rom(path: &str, package: &str, missing: String) -> Result<Vec<u8>, Err
 /// looks: its data folder, then the ipxe-qemu package's.
 pub const NIC_ROM_DIRS: &[&str] = &["/usr/share/qemu", "/usr/lib/ipxe/qemu"];
 
-/// A NIC's boot ROM: the file `romfile=` names, or (`NicRom::Default`) the
-/// model's iPXE ROM `default_name` when `net_boot` asks for one. The bool
-/// says the ROM is the default one, whose IDs the machine fits to the
-/// function (as QEMU patches its default ROMs).
-pub fn nic_rom(rom: &net::NicRom, default_name: &str, net_boot: bool) -> Result<Option<(Vec<u8>, bool)>, Error> {
+/// The boot ROM of the NIC `label`: the file `romfile=` names, or
+/// (`NicRom::Default`) the model's iPXE ROM `default_name` when `net_boot`
+/// asks for one. The bool says the ROM is the default one, whose IDs the
+/// machine fits to the function (as QEMU patches its default ROMs).
+pub fn nic_rom(
+    rom: &net::NicRom,
+    default_name: &str,
+    net_boot: bool,
+    label: &str,
+) -> Result<Option<(devices::pci::rom::OptionRom, bool)>, Error> {
     let find = |name: &str| -> Option<std::path::PathBuf> {
         let p = std::path::Path::new(name);
         if p.is_file() || p.components().count() > 1 {
@@ -130,8 +135,8 @@ pub fn nic_rom(rom: &net::NicRom, default_name: &str, net_boot: bool) -> Result<
         }
     };
     match std::fs::read(&path) {
-        Ok(b) => devices::pci::rom::OptionRom::new("NIC", &b)
-            .map(|_| Some((b, default)))
+        Ok(b) => devices::pci::rom::OptionRom::new(label, &b)
+            .map(|rom| Some((rom, default)))
             .map_err(|e| Error::Config(format!("romfile={}: {e}", path.display()))),
         Err(source) => Err(Error::Read { path, source }),
     }

@@ -64,6 +64,27 @@ use crate::error::Error;
 const VGA_ADDRESS: PciAddress = PciAddress { bus: 0, device: 2, function: 0 };
 /// The slot of the first NIC (QEMU's first free slot on a PC is 3).
 pub const FIRST_NIC_SLOT: u8 = 3;
+
+/// The slot of the `index`th function from [`FIRST_NIC_SLOT`] on (NICs,
+/// then disks, entropy devices and virtio-serial), while bus 0 has one.
+pub(crate) fn function_slot(index: usize) -> Option<u8> {
+    u8::try_from(index).ok().and_then(|i| FIRST_NIC_SLOT.checked_add(i)).filter(|&s| s < 32)
+}
+
+/// A virtio function around `model` at `address`: INTA#, and MSI-X with
+/// the transport's default vector count.
+fn virtio_function<D: devices::virtio::VirtioDevice>(
+    chipset: &PcChipset,
+    mem: &Arc<GuestMemory>,
+    address: PciAddress,
+    model: D,
+) -> Arc<Mutex<VirtioPci<D>>> {
+    let irq = chipset.pci_intx_line(address.device, PciInterruptPin::IntA);
+    let msi: Arc<dyn MsiSink> = chipset.intc.clone();
+    let pci = VirtioPci::new(model, Arc::clone(mem), irq);
+    let vectors = pci.default_vectors();
+    Arc::new(Mutex::new(pci.with_msix(msi, vectors)))
+}
 /// PCI I/O BARs go here (Linux allocates from 0x1000 up).
 const PCI_IO_WINDOW: (u64, u64) = (0x1000, 0xf000);
 /// PCI memory BARs go here: from the PCI hole to the I/O APIC.
@@ -77,6 +98,14 @@ enum Model {
 }
 
 impl Model {
+    /// The model's name in logs.
+    fn label(self) -> &'static str {
+        match self {
+            Model::E1000 => "e1000",
+            Model::VirtioNet => "virtio-net",
+        }
+    }
+
     /// The iPXE ROM QEMU gives the model by default.
     fn default_rom(self) -> &'static str {
         match self {
@@ -739,10 +768,9 @@ impl Persist for DeviceManager {
     }
 }
 
-/// Gives `pci` the expansion ROM `image` and returns the device its ROM
-/// BAR maps. A `default` ROM gets the function's IDs.
-fn add_rom(pci: &SharedPciDevice, label: &str, image: &[u8], default: bool) -> Result<SharedDevice, String> {
-    let mut rom = OptionRom::new(label, image).map_err(|e| format!("romfile: {e}"))?;
+/// Gives `pci` the expansion ROM `rom` and returns the device its ROM BAR
+/// maps. A `default` ROM gets the function's IDs.
+fn add_rom(pci: &SharedPciDevice, mut rom: OptionRom, default: bool) -> Result<SharedDevice, String> {
     let mut d = pci.lock();
     if default {
         let c = d.config();
@@ -887,8 +915,7 @@ pub(crate) fn install(
     for (i, spec) in specs.iter().enumerate() {
         let what = |e: String| Error::Config(format!("--nic #{}: {e}", i + 1));
         let model = Model::parse(spec.model.as_deref()).map_err(what)?;
-        let slot = u8::try_from(i).ok().and_then(|i| FIRST_NIC_SLOT.checked_add(i)).filter(|&s| s < 32);
-        let Some(address) = slot.and_then(|s| PciAddress::new(s, 0)) else {
+        let Some(address) = function_slot(i).and_then(|s| PciAddress::new(s, 0)) else {
             return Err(what(format!("too many NICs: PCI slots {FIRST_NIC_SLOT}-31 are all taken")));
         };
         let mac = spec.mac.map_or_else(|| nth_mac(net::MacAddr::DEFAULT_GUEST.0, i as u32), |m| m.0);
@@ -901,15 +928,16 @@ pub(crate) fn install(
             _ => {}
         }
         let irq = chipset.pci_intx_line(address.device, PciInterruptPin::IntA);
-        let rom = crate::bios::nic_rom(&spec.rom, model.default_rom(), net_boot).map_err(|e| what(e.to_string()))?;
-        let (pci, mut bars, handle, label): (SharedPciDevice, Vec<(usize, SharedDevice)>, NicHandle, &str) = match model
-        {
+        let rom = crate::bios::nic_rom(&spec.rom, model.default_rom(), net_boot, model.label())
+            .map_err(|e| what(e.to_string()))?;
+        let label = model.label();
+        let (pci, mut bars, handle): (SharedPciDevice, Vec<(usize, SharedDevice)>, NicHandle) = match model {
             Model::E1000 => {
                 let dev = E1000::new(backend, mac, Arc::clone(mem), irq, io.kick());
                 let fd = dev.backend_wake_fd();
                 let dev = Arc::new(Mutex::new(dev));
                 polled.push((dev.clone(), fd));
-                (dev.clone(), E1000::bar_devices(&dev), NicHandle::E1000(dev), "e1000")
+                (dev.clone(), E1000::bar_devices(&dev), NicHandle::E1000(dev))
             }
             Model::VirtioNet => {
                 let net = VirtioNet::new(backend, mac, io.kick());
@@ -921,11 +949,11 @@ pub(crate) fn install(
                 polled.push((dev.clone(), fd));
                 let specs = dev.lock().doorbells();
                 virtio_doorbells(specs, dev.clone(), address, &windows, &mut bells).map_err(what)?;
-                (dev.clone(), VirtioNetPci::bar_devices(&dev), NicHandle::Virtio(dev), "virtio-net")
+                (dev.clone(), VirtioNetPci::bar_devices(&dev), NicHandle::Virtio(dev))
             }
         };
-        if let Some((image, default)) = rom {
-            bars.push((PCI_ROM_SLOT, add_rom(&pci, label, &image, default).map_err(what)?));
+        if let Some((rom, default)) = rom {
+            bars.push((PCI_ROM_SLOT, add_rom(&pci, rom, default).map_err(what)?));
         }
         windows.plug(chipset, address, pci, bars).map_err(what)?;
         let mac_s = net::MacAddr(mac).to_string();
@@ -934,16 +962,11 @@ pub(crate) fn install(
     }
     for (i, (disk, label)) in disks.into_iter().enumerate() {
         let what = |e: String| Error::Config(format!("--disk #{}: {e}", i + 1));
-        let slot = u8::try_from(specs.len() + i).ok().and_then(|i| FIRST_NIC_SLOT.checked_add(i)).filter(|&s| s < 32);
-        let Some(address) = slot.and_then(|s| PciAddress::new(s, 0)) else {
+        let Some(address) = function_slot(specs.len() + i).and_then(|s| PciAddress::new(s, 0)) else {
             return Err(what(format!("too many PCI functions: slots {FIRST_NIC_SLOT}-31 are all taken")));
         };
-        let irq = chipset.pci_intx_line(address.device, PciInterruptPin::IntA);
         let blk = VirtioBlk::new(disk, &format!("ferrovm-disk{i}"), io.kick());
-        let msi: Arc<dyn MsiSink> = chipset.intc.clone();
-        let pci = VirtioPci::new(blk, Arc::clone(mem), irq);
-        let vectors = pci.default_vectors();
-        let dev = Arc::new(Mutex::new(pci.with_msix(msi, vectors)));
+        let dev = virtio_function(chipset, mem, address, blk);
         polled.push((dev.clone(), None));
         let bell_specs = dev.lock().doorbells();
         virtio_doorbells(bell_specs, dev.clone(), address, &windows, &mut bells).map_err(what)?;
@@ -954,9 +977,7 @@ pub(crate) fn install(
     let first_rng_slot = specs.len() + nics.iter().filter(|(_, _, h)| matches!(h, NicHandle::Disk(_))).count();
     for (i, r) in rng.iter().enumerate() {
         let what = |e: String| Error::Config(format!("virtio-rng #{}: {e}", i + 1));
-        let slot =
-            u8::try_from(first_rng_slot + i).ok().and_then(|i| FIRST_NIC_SLOT.checked_add(i)).filter(|&s| s < 32);
-        let Some(address) = slot.and_then(|s| PciAddress::new(s, 0)) else {
+        let Some(address) = function_slot(first_rng_slot + i).and_then(|s| PciAddress::new(s, 0)) else {
             return Err(what(format!("too many PCI functions: slots {FIRST_NIC_SLOT}-31 are all taken")));
         };
         let source = FileSource::open(&r.source).map_err(|e| what(e.to_string()))?;
@@ -965,11 +986,7 @@ pub(crate) fn install(
             let limit = RateLimit { max_bytes, period: std::time::Duration::from_millis(period_ms) };
             model = model.with_rate_limit(limit).map_err(|e| what(e.to_string()))?;
         }
-        let irq = chipset.pci_intx_line(address.device, PciInterruptPin::IntA);
-        let msi: Arc<dyn MsiSink> = chipset.intc.clone();
-        let pci = VirtioPci::new(model, Arc::clone(mem), irq);
-        let vectors = pci.default_vectors();
-        let dev = Arc::new(Mutex::new(pci.with_msix(msi, vectors)));
+        let dev = virtio_function(chipset, mem, address, model);
         polled.push((dev.clone(), None));
         windows.plug(chipset, address, dev.clone(), VirtioRngPci::bar_devices(&dev)).map_err(what)?;
         let label = format!("virtio-rng {}", r.source.display());
@@ -978,11 +995,7 @@ pub(crate) fn install(
     }
     if !vports.is_empty() {
         let what = |e: String| Error::Config(format!("virtio-serial: {e}"));
-        let slot = u8::try_from(first_rng_slot + rng.len())
-            .ok()
-            .and_then(|i| FIRST_NIC_SLOT.checked_add(i))
-            .filter(|&s| s < 32);
-        let Some(address) = slot.and_then(|s| PciAddress::new(s, 0)) else {
+        let Some(address) = function_slot(first_rng_slot + rng.len()).and_then(|s| PciAddress::new(s, 0)) else {
             return Err(what(format!("too many PCI functions: slots {FIRST_NIC_SLOT}-31 are all taken")));
         };
         let mut ports = Vec::with_capacity(vports.len());
@@ -994,11 +1007,7 @@ pub(crate) fn install(
         }
         let model = VirtioConsole::new(ports, io.kick()).map_err(|e| what(e.to_string()))?;
         let fds = model.backend_wake_fds();
-        let irq = chipset.pci_intx_line(address.device, PciInterruptPin::IntA);
-        let msi: Arc<dyn MsiSink> = chipset.intc.clone();
-        let pci = VirtioPci::new(model, Arc::clone(mem), irq);
-        let vectors = pci.default_vectors();
-        let dev = Arc::new(Mutex::new(pci.with_msix(msi, vectors)));
+        let dev = virtio_function(chipset, mem, address, model);
         if fds.is_empty() {
             polled.push((dev.clone(), None));
         }

@@ -172,14 +172,13 @@ impl Machine {
         }
         // The NICs the boot order names (n, o, p: the first three).
         let orders = || std::iter::once(&storage.boot_order).chain(storage.boot_once.as_ref());
-        let net_boot = orders().any(|o| o.contains(['n', 'o', 'p']));
-        if let Some(c) = orders()
-            .flat_map(|o| o.chars())
-            .find(|&c| matches!(c, 'n'..='p') && usize::from(c as u8 - b'n') >= nics.len())
-        {
+        let wanted = || orders().flat_map(|o| o.chars()).filter_map(crate::storage::boot_nic);
+        let net_boot = wanted().next().is_some();
+        if let Some(i) = wanted().find(|&i| i >= nics.len()) {
             return Err(Error::Config(format!(
-                "boot order {c}: network boot from NIC {} needs that many NICs (--nic); there are {}",
-                usize::from(c as u8 - b'n') + 1,
+                "boot order {}: network boot from NIC {} needs that many NICs (--nic); there are {}",
+                char::from(b'n' + i as u8),
+                i + 1,
                 nics.len()
             )));
         }
@@ -304,12 +303,9 @@ impl Machine {
             chipset.host_bridge.lock().set_shadow(Arc::new(Mutex::new(shadow)));
             // The virtio disks' slots, after the NICs' ([`crate::device_manager`]).
             let slots: Vec<u8> = (nics.len()..nics.len() + placed.virtio.len())
-                .filter_map(|i| u8::try_from(i).ok()?.checked_add(crate::device_manager::FIRST_NIC_SLOT))
-                .filter(|&s| s < 32)
+                .filter_map(crate::device_manager::function_slot)
                 .collect();
-            let nic_slots: Vec<u8> = (0..nics.len())
-                .filter_map(|i| u8::try_from(i).ok()?.checked_add(crate::device_manager::FIRST_NIC_SLOT))
-                .collect();
+            let nic_slots: Vec<u8> = (0..nics.len()).filter_map(crate::device_manager::function_slot).collect();
             let mut boot = crate::storage::boot_paths(&storage.boot_order, &placed.ide_kinds, &slots, &nic_slots);
             if let Some(once) = &storage.boot_once {
                 let first = crate::storage::boot_paths(once, &placed.ide_kinds, &slots, &nic_slots);

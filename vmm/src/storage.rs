@@ -229,6 +229,11 @@ pub fn check_boot_order(order: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The NIC a boot order letter names: `n`, `o`, `p` are NICs 0 to 2.
+pub fn boot_nic(c: char) -> Option<usize> {
+    matches!(c, 'n'..='p').then(|| usize::from(c as u8 - b'n'))
+}
+
 /// The drives placed: the virtio disks (image, label) in order, and the
 /// IDE positions.
 pub(crate) struct Placed {
@@ -462,7 +467,7 @@ pub fn boot_paths(
             // A NIC's boot ROM: SeaBIOS names its first boot entry by the
             // function's path.
             'n' | 'o' | 'p' => {
-                if let Some(s) = nic_slots.get(usize::from(c as u8 - b'n')) {
+                if let Some(s) = boot_nic(c).and_then(|i| nic_slots.get(i)) {
                     paths.push(format!("/pci@i0cf8/*@{s:x}"));
                 }
             }
