@@ -730,7 +730,8 @@ fn run_jit_harness(long: bool) {
         let s = rng::splitmix(&mut x);
         i += 1;
         assert!(i < sequences * 4 + 1000, "the generator produces no sequences");
-        let Some(case) = gen::generate(&cat, s, cfg.mode, &cfg.groups) else { continue };
+        let Some(mut case) = gen::generate(&cat, s, cfg.mode, &cfg.groups) else { continue };
+        gen::with_avx_unusable(&mut case);
         let Ok(asm) = case.assemble() else { continue };
         done += 1;
         let (a, masks) = interp.run(&case, &asm);

@@ -636,7 +636,7 @@ impl Jit {
         let page = first.rip & !0xfff;
         let phys = cpu.code_phys_walk(first.rip)? & !0xfff;
         let mut g = Gathered {
-            spec: RegionSpec { access: self.access, ..spec.clone() },
+            spec: RegionSpec { access: self.access, avx: cpu.avx(), ..spec.clone() },
             weak: Vec::with_capacity(spec.blocks.len()),
             keys: Vec::with_capacity(spec.blocks.len()),
             pages: vec![(page, phys)],
@@ -676,6 +676,7 @@ impl Jit {
                 chain: self.cfg.chain,
                 access: self.access,
                 shared_memory: self.cfg.shared_memory,
+                avx: cpu.avx(),
             },
             weak: Vec::new(),
             keys: Vec::new(),

@@ -48,6 +48,7 @@ fn same_state(a: &mut Cpu, b: &mut Cpu) {
         assert_eq!(x.gpr[i], y.gpr[i], "gpr {i}");
     }
     assert_eq!(x.xmm, y.xmm, "xmm");
+    assert_eq!(x.ymm_hi, y.ymm_hi, "ymm_hi");
     assert_eq!(x.rip, y.rip, "rip");
     assert_eq!(x.rflags, y.rflags, "rflags");
     assert_eq!(x.mxcsr, y.mxcsr, "mxcsr");
@@ -128,6 +129,18 @@ fn both_with(
     prep: impl Fn(&mut Cpu),
     code: impl Fn(&mut CodeAssembler) -> Result<(), IcedError>,
 ) -> (Cpu, Cpu, Jit) {
+    let (a, mut b) = pair(make, prep, code);
+    let jit = Jit::new(&mut b, jit_cfg).unwrap();
+    run_both(a, b, jit)
+}
+
+/// Two CPUs from `make` with `code` placed at their entry and `prep` run
+/// on each: one for the interpreter, one for the JIT.
+fn pair(
+    make: fn() -> Cpu,
+    prep: impl Fn(&mut Cpu),
+    code: impl Fn(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> (Cpu, Cpu) {
     let mut a = make();
     let bytes = assemble(&a, &code);
     place(&mut a, &bytes);
@@ -135,7 +148,12 @@ fn both_with(
     let mut b = make();
     place(&mut b, &bytes);
     prep(&mut b);
-    let mut jit = Jit::new(&mut b, jit_cfg).unwrap();
+    (a, b)
+}
+
+/// Runs `a` in the interpreter and `b` under `jit`, and checks that they
+/// end the same.
+fn run_both(mut a: Cpu, mut b: Cpu, mut jit: Jit) -> (Cpu, Cpu, Jit) {
     let na = run_interp(&mut a, 5_000_000);
     let nb = run_jit(&mut b, &mut jit, 5_000_000);
     same_state(&mut a, &mut b);
@@ -1287,6 +1305,380 @@ fn sse_faults_in_compiled_code_deliver_like_the_interpreter() {
     let b = ts_set_midway(sse_on, 300, 100, |a| a.pxor(xmm2, xmm3));
     assert_eq!(b.state.rip, stub(7) + 1, "#NM");
     assert_eq!(b.state.gpr[1], 100);
+}
+
+/// 64-bit long mode with the full CPU model (AVX on).
+fn avx_long_mode() -> Cpu {
+    let mut c = long_mode();
+    c.set_model(cpu::cpuid::Model::Max);
+    c
+}
+
+/// Flat 32-bit protected mode with the full CPU model.
+fn avx_prot_mode() -> Cpu {
+    let mut c = prot_mode();
+    c.set_model(cpu::cpuid::Model::Max);
+    c
+}
+
+/// The AVX state enabled (CR4.OSXSAVE, XCR0 = x87|SSE|YMM), busy upper
+/// halves in every YMM register, and data at DATA: odd bytes with a few
+/// zeros.
+fn avx_on(c: &mut Cpu) {
+    c.state.cr4 |= cpu::state::cr::CR4_OSFXSR | cpu::state::cr::CR4_OSXSAVE;
+    c.state.xcr0 = 7;
+    for i in 0..16 {
+        c.state.ymm_hi[i] = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210u128.rotate_left(8 * i as u32) | 1;
+        c.state.xmm[i] = 0x1111_2222_3333_4444_5555_6666_7777_8888u128.rotate_right(4 * i as u32);
+    }
+    let bytes: Vec<u8> = (0..0x2000u32).map(|i| (i * 7 + 3) as u8 | 1).collect();
+    c.mem().write(DATA, &bytes).unwrap();
+    for z in [0x5a3u64, 0x611, 0x12f, 0x7c0, 0xfff] {
+        c.mem().write(DATA + z, &[0]).unwrap();
+    }
+}
+
+/// [`both`], with the region at the entry compiled before the run (every
+/// block of its page, run or not): code that runs once, late, runs
+/// compiled.
+fn both_compiled(
+    make: fn() -> Cpu,
+    prep: impl Fn(&mut Cpu),
+    code: impl Fn(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> (Cpu, Cpu, Jit) {
+    let (a, mut b) = pair(make, prep, code);
+    let mut jit = Jit::new(&mut b, cfg()).unwrap();
+    assert!(jit.compile_now(&mut b), "the entry compiles");
+    run_both(a, b, jit)
+}
+
+/// How often compiled code ran the interpreter's handler for `m`.
+fn handler_runs(jit: &Jit, m: iced_x86::Mnemonic) -> u64 {
+    jit.ctx.by_mnemonic[m as usize]
+}
+
+/// An AVX2 scan in the manner of the C library's string functions: VEX
+/// loads (aligned and not) and stores of 32 and 16 bytes (VMOVNTDQ too),
+/// three-operand compares, logic, minima, adds, shuffles and unpacks of
+/// both widths from registers and memory, the broadcasts, VMOVD/VMOVQ,
+/// VPMOVMSKB, VPTEST and VZEROUPPER, with BZHI, SARX/SHLX/SHRX, RORX,
+/// BLSI/BLSMSK/BLSR, ANDN and MOVBE on the masks, and the flags read:
+/// every register half, flag and byte as the interpreter gives them, none
+/// of these forms run through the interpreter.
+#[test]
+fn avx2_scans_give_the_interpreters_results() {
+    use iced_x86::Mnemonic as M;
+    let (_, b, jit) = both(avx_long_mode, avx_on, |a| {
+        let mut outer = a.create_label();
+        let mut top = a.create_label();
+        a.mov(r8d, 24)?;
+        a.set_label(&mut outer)?;
+        a.mov(rsi, DATA)?;
+        a.mov(ecx, 40)?;
+        a.vmovd(xmm0, r8d)?;
+        a.vpbroadcastb(ymm0, xmm0)?;
+        // A VEX.128 write zeroes the upper half.
+        a.vpxor(xmm9, xmm9, xmm9)?;
+        a.vpbroadcastd(ymm10, dword_ptr(rsi + 0x40))?;
+        a.vpbroadcastb(xmm11, byte_ptr(rsi + 0x41))?;
+        a.vpbroadcastw(ymm12, xmm3)?;
+        a.vpbroadcastq(ymm13, qword_ptr(rsi + 0x48))?;
+        a.set_label(&mut top)?;
+        a.vmovdqu(ymm1, ymmword_ptr(rsi + 3))?;
+        a.vmovdqa(ymm2, ymmword_ptr(rsi))?;
+        a.vpcmpeqb(ymm3, ymm0, ymm1)?;
+        a.vpcmpeqb(ymm4, ymm9, ymmword_ptr(rsi + 5))?;
+        a.vpminub(ymm5, ymm1, ymm2)?;
+        a.vpor(ymm6, ymm3, ymm4)?;
+        a.vpand(ymm7, ymm6, ymm5)?;
+        a.vpandn(ymm8, ymm7, ymm1)?;
+        a.vpaddd(ymm14, ymm14, ymm8)?;
+        a.vpsubb(xmm15, xmm15, xmmword_ptr(rsi + 7))?;
+        a.vpcmpgtb(ymm13, ymm13, ymm1)?;
+        a.vpcmpeqd(xmm12, xmm12, xmm2)?;
+        a.vpshufb(ymm12, ymm12, ymm2)?;
+        a.vpshufd(ymm11, ymm1, 0x1b)?;
+        a.vpshufd(xmm10, xmmword_ptr(rsi + 9), 0x93)?;
+        a.vpunpcklbw(ymm10, ymm10, ymm3)?;
+        a.vpunpckhwd(xmm9, xmm5, xmm1)?;
+        a.vpmaxub(xmm9, xmm9, xmm9)?;
+        a.vxorps(ymm15, ymm15, ymm14)?;
+        a.vmovdqu(ymmword_ptr(rsi + 0x1001), ymm7)?;
+        a.vmovdqu(xmmword_ptr(rsi + 0x1031), xmm8)?;
+        a.vmovntdq(ymmword_ptr(rsi + 0x1040), ymm6)?;
+        a.vmovdqa(ymm5, ymm15)?;
+        a.vmovdqa(xmm4, xmm14)?;
+        a.vpmovmskb(eax, ymm6)?;
+        a.vpmovmskb(edx, xmm7)?;
+        a.vpmovmskb(r9, ymm5)?;
+        a.xor(r11, r9)?;
+        a.vptest(ymm6, ymm6)?;
+        a.setz(bl)?;
+        a.adc(r10, 0)?;
+        a.vptest(xmm1, xmmword_ptr(rsi))?;
+        a.setz(bh)?;
+        a.adc(r10, rbx)?;
+        a.bzhi(r9d, eax, ecx)?;
+        a.setc(bl)?;
+        a.sets(bh)?;
+        a.add(r10, rbx)?;
+        a.add(r11, r9)?;
+        a.bzhi(r9, qword_ptr(rsi + 1), rcx)?;
+        a.adc(r11, r9)?;
+        a.blsr(r12d, eax)?;
+        a.setc(bl)?;
+        a.blsmsk(r13, rdx)?;
+        a.setz(bh)?;
+        a.blsi(r14d, dword_ptr(rsi + 2))?;
+        a.adc(r10, rbx)?;
+        a.andn(r15, rax, rdx)?;
+        a.setz(bl)?;
+        a.add(r10, rbx)?;
+        a.sarx(r9, rax, rcx)?;
+        a.shlx(r12d, edx, ecx)?;
+        a.shrx(r13, qword_ptr(rsi + 3), rcx)?;
+        a.rorx(r14, rax, 13)?;
+        a.rorx(r15d, dword_ptr(rsi + 4), 7)?;
+        a.add(r11, r12)?;
+        a.add(r11, r13)?;
+        a.xor(r11, r14)?;
+        a.add(r11, r15)?;
+        a.movbe(dword_ptr(rsi + 0x1080), eax)?;
+        a.movbe(rdx, qword_ptr(rsi + 9))?;
+        a.movbe(r9w, word_ptr(rsi + 10))?;
+        a.movbe(qword_ptr(rsi + 0x1090), r11)?;
+        a.add(r11, rdx)?;
+        a.xor(r11, r9)?;
+        a.vmovq(r12, xmm6)?;
+        a.vmovd(r13d, xmm7)?;
+        a.add(r11, r12)?;
+        a.add(r11, r13)?;
+        a.vmovq(xmm3, r11)?;
+        a.vmovd(xmm2, r10d)?;
+        a.vmovq(xmm1, qword_ptr(rsi + 0x11))?;
+        a.vmovd(xmm14, dword_ptr(rsi + 0x13))?;
+        a.vmovq(xmm13, xmm12)?;
+        a.vmovd(dword_ptr(rsi + 0x10a0), xmm3)?;
+        a.vmovq(qword_ptr(rsi + 0x10a4), xmm2)?;
+        a.add(rsi, 32)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.vzeroupper()?;
+        a.dec(r8d)?;
+        a.jnz(outer)?;
+        // Upper halves for the final comparison.
+        a.vmovdqu(ymm1, ymmword_ptr(rsi + 6))?;
+        a.vpcmpeqb(ymm3, ymm1, ymmword_ptr(rsi))?;
+        a.vpaddq(ymm4, ymm3, ymm1)?;
+        a.vpsubq(ymm5, ymm4, ymm3)?;
+        a.hlt()
+    });
+    assert!(b.state.ymm_hi.iter().any(|&y| y != 0));
+    ran_compiled(&b, &jit, 97);
+    for m in [
+        M::Vmovdqu,
+        M::Vmovdqa,
+        M::Vpcmpeqb,
+        M::Vpminub,
+        M::Vpor,
+        M::Vpand,
+        M::Vpandn,
+        M::Vpxor,
+        M::Vpmovmskb,
+        M::Vptest,
+        M::Vpbroadcastb,
+        M::Vmovd,
+        M::Vmovq,
+        M::Vmovntdq,
+        M::Vzeroupper,
+        M::Bzhi,
+        M::Movbe,
+        M::Blsr,
+        M::Sarx,
+        M::Andn,
+        M::Rorx,
+    ] {
+        // (A first access of a page misses the TLB and takes the slow path.)
+        assert!(handler_runs(&jit, m) <= 4, "{m:?} ran through the interpreter {} times", handler_runs(&jit, m));
+    }
+}
+
+/// The same forms in flat 32-bit code: eight vector registers, so
+/// VZEROUPPER leaves YMM8-15 alone (as the interpreter does).
+#[test]
+fn avx2_in_32_bit_code_gives_the_interpreters_results() {
+    let (_, b, jit) = both(avx_prot_mode, avx_on, |a| {
+        let mut top = a.create_label();
+        a.mov(esi, DATA as u32)?;
+        a.mov(ecx, 60)?;
+        a.vpxor(xmm0, xmm0, xmm0)?;
+        a.set_label(&mut top)?;
+        a.vmovdqu(ymm1, ymmword_ptr(esi + 1))?;
+        a.vpcmpeqb(ymm2, ymm0, ymmword_ptr(esi))?;
+        a.vpminub(ymm3, ymm1, ymm2)?;
+        a.vpmovmskb(eax, ymm2)?;
+        a.vpmovmskb(edx, xmm3)?;
+        a.bzhi(edi, edx, ecx)?;
+        a.adc(ebx, edi)?;
+        a.movbe(dword_ptr(esi + 0x1004), eax)?;
+        a.movbe(edi, dword_ptr(esi + 3))?;
+        a.add(ebx, edi)?;
+        a.vmovdqu(ymmword_ptr(esi + 0x1010), ymm3)?;
+        a.vmovd(xmm4, ebx)?;
+        a.vpbroadcastd(ymm5, xmm4)?;
+        a.vpaddd(ymm6, ymm5, ymm1)?;
+        a.vzeroupper()?;
+        a.vpor(ymm7, ymm6, ymm1)?;
+        a.add(esi, 32)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    assert!(b.state.ymm_hi[8..].iter().all(|&y| y != 0), "VZEROUPPER in 32-bit code keeps YMM8-15");
+    ran_compiled(&b, &jit, 90);
+}
+
+/// AVX memory operands that cross a page, miss the TLB or fault: the slow
+/// path runs the instruction in the interpreter (page-crossing loads,
+/// stores, broadcasts and MOVBE give its results), and a #PF (a load from
+/// an unmapped page, a 32-byte store running into one) or the #GP of a
+/// misaligned VMOVDQA or VMOVNTDQ arrives as the interpreter raises it.
+#[test]
+fn avx_memory_crossing_pages_and_faulting_falls_back_to_the_interpreter() {
+    // Page crossings: RDI from DATA + 0x12c0 down to DATA + 8 in steps of
+    // 8, so that accesses of 4 to 32 bytes start before the page end at
+    // DATA + 0x1000 and run into the next page.
+    let (_, b, jit) = both(avx_long_mode, avx_on, |a| {
+        let mut top = a.create_label();
+        a.mov(rsi, DATA)?;
+        a.mov(ecx, 600)?;
+        a.set_label(&mut top)?;
+        a.lea(rdi, qword_ptr(rsi + rcx * 8))?;
+        // (A slow path leaves the region: each access has its own
+        // displacement, 0x40 apart, so that it is the first to cross on
+        // some pass.)
+        a.vmovdqu(ymm1, ymmword_ptr(rdi))?;
+        a.vpcmpeqb(ymm2, ymm1, ymmword_ptr(rdi + 0x41))?;
+        a.vpbroadcastd(ymm3, dword_ptr(rdi + 0x86))?;
+        a.vpaddb(ymm4, ymm2, ymm3)?;
+        a.vmovdqu(ymmword_ptr(rdi + 0xc7), ymm4)?;
+        a.vmovq(xmm5, qword_ptr(rdi + 0x104))?;
+        a.movbe(edx, dword_ptr(rdi + 0x146))?;
+        a.movbe(qword_ptr(rdi + 0x185), rdx)?;
+        a.vpmovmskb(eax, ymm4)?;
+        a.add(ebx, eax)?;
+        a.add(rbx, rdx)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    assert!(b.state.halted != 0, "ran to the end");
+    ran_compiled(&b, &jit, 80);
+    {
+        use iced_x86::Mnemonic as M;
+        for m in [M::Vmovdqu, M::Vpcmpeqb, M::Vpbroadcastd, M::Vmovq, M::Movbe] {
+            assert!(handler_runs(&jit, m) >= 1, "{m:?} crossed pages through the slow path");
+        }
+    }
+
+    // A load from an unmapped page on pass ten.
+    let (a, b, jit) = both_compiled(avx_long_mode, avx_on, |a| {
+        on_pass_ten(a, |a| {
+            a.mov(rsi, UNMAPPED)?;
+            a.vpcmpeqb(ymm1, ymm2, ymmword_ptr(rsi + 0x20))
+        })
+    });
+    assert_eq!((b.state.rip, b.state.cr2, b.state.gpr[1]), (stub(14) + 1, UNMAPPED + 0x20, 10));
+    assert_eq!(a.state.cr2, b.state.cr2);
+    assert_eq!(handler_runs(&jit, iced_x86::Mnemonic::Vpcmpeqb), 1, "the slow path");
+    // A 32-byte store that runs into the unmapped page.
+    let (_, b, jit) = both_compiled(avx_long_mode, avx_on, |a| {
+        on_pass_ten(a, |a| {
+            a.mov(rsi, UNMAPPED - 0x10)?;
+            a.vmovdqu(ymmword_ptr(rsi), ymm3)
+        })
+    });
+    assert_eq!((b.state.rip, b.state.cr2), (stub(14) + 1, UNMAPPED));
+    assert_eq!(handler_runs(&jit, iced_x86::Mnemonic::Vmovdqu), 1, "the slow path");
+    // A store to a read-only page (CR0.WP).
+    let (_, b, jit) = both_compiled(avx_long_mode, avx_on, |a| {
+        on_pass_ten(a, |a| {
+            a.mov(rsi, READONLY)?;
+            a.vmovdqu(xmmword_ptr(rsi + 8), xmm3)
+        })
+    });
+    assert_eq!((b.state.rip, b.state.cr2), (stub(14) + 1, READONLY + 8));
+    assert_eq!(handler_runs(&jit, iced_x86::Mnemonic::Vmovdqu), 1, "the slow path");
+    // VMOVDQA and VMOVNTDQ of 32 bytes want 32-byte alignment: 16 is #GP.
+    for nt in [false, true] {
+        let (_, b, jit) = both(avx_long_mode, avx_on, |a| {
+            let mut top = a.create_label();
+            let mut skip = a.create_label();
+            a.mov(rsi, DATA)?;
+            a.mov(ecx, 300)?;
+            a.set_label(&mut top)?;
+            a.cmp(ecx, 100)?;
+            a.jne(skip)?;
+            a.add(rsi, 16)?;
+            a.set_label(&mut skip)?;
+            if nt {
+                a.vmovntdq(ymmword_ptr(rsi + 0x1000), ymm1)?;
+            } else {
+                a.vmovdqa(ymm1, ymmword_ptr(rsi))?;
+            }
+            a.vpaddb(ymm0, ymm0, ymm1)?;
+            a.dec(ecx)?;
+            a.jnz(top)?;
+            a.hlt()
+        });
+        assert_eq!((b.state.rip, b.state.gpr[1]), (stub(13) + 1, 100), "#GP (non-temporal: {nt})");
+        assert!(jit.stats.native_insns > 0);
+    }
+}
+
+/// The state that enables AVX, changed while a loop of AVX instructions
+/// runs compiled: CR0.TS set gives #NM, XCR0 without YMM (XSETBV) gives
+/// #UD, as the interpreter raises them; and a CPU model without AVX
+/// raises #UD for VEX even with the state enabled (its regions leave VEX
+/// to the interpreter).
+#[test]
+fn avx_faults_follow_the_state_that_enables_it() {
+    for (what, vector) in [("cr0.ts", 7u8), ("xcr0", 6)] {
+        // (Compiled whole first: the change runs as a fallback inside the
+        // region, which goes on after XSETBV.)
+        let (_, b, jit) = both_compiled(avx_long_mode, avx_on, |a| {
+            let mut top = a.create_label();
+            let mut skip = a.create_label();
+            a.mov(r8d, 300)?;
+            a.set_label(&mut top)?;
+            a.cmp(r8d, 100)?;
+            a.jne(skip)?;
+            if what == "cr0.ts" {
+                a.mov(rax, cr0)?;
+                a.or(rax, 8)?;
+                a.mov(cr0, rax)?;
+            } else {
+                a.xor(ecx, ecx)?;
+                a.xor(edx, edx)?;
+                a.mov(eax, 3)?;
+                a.xsetbv()?;
+            }
+            a.set_label(&mut skip)?;
+            a.vpxor(ymm2, ymm2, ymm3)?;
+            a.vpmovmskb(eax, ymm2)?;
+            a.dec(r8d)?;
+            a.jnz(top)?;
+            a.hlt()
+        });
+        assert_eq!((b.state.rip, b.state.gpr[8]), (stub(vector) + 1, 100), "{what}");
+        assert!(jit.stats.native_insns > 0);
+        assert_eq!(handler_runs(&jit, iced_x86::Mnemonic::Vpxor), 1, "{what}: the slow path");
+    }
+    // The model without AVX: VEX is #UD with the state enabled.
+    let (_, b, jit) = both_compiled(long_mode, avx_on, |a| on_pass_ten(a, |a| a.vpor(ymm1, ymm2, ymm3)));
+    assert_eq!((b.state.rip, b.state.gpr[1]), (stub(6) + 1, 10));
+    assert!(jit.stats.native_insns > 0);
+    assert_eq!(handler_runs(&jit, iced_x86::Mnemonic::Vpor), 1);
 }
 
 /// Code that rewrites an instruction of its own loop, on the same page,

@@ -382,6 +382,48 @@ fn classify(code: Code, t: &Instruction) -> Option<Group> {
     })
 }
 
+/// The AVX and AVX2 instructions of the C library's string and memory
+/// functions, weighted up in the avx group.
+const HOT_AVX: &[Mnemonic] = &[
+    Mnemonic::Vmovdqu,
+    Mnemonic::Vmovdqa,
+    Mnemonic::Vmovups,
+    Mnemonic::Vmovaps,
+    Mnemonic::Vmovntdq,
+    Mnemonic::Vmovntdqa,
+    Mnemonic::Vlddqu,
+    Mnemonic::Vpcmpeqb,
+    Mnemonic::Vpcmpeqw,
+    Mnemonic::Vpcmpeqd,
+    Mnemonic::Vpcmpeqq,
+    Mnemonic::Vpcmpgtb,
+    Mnemonic::Vpminub,
+    Mnemonic::Vpmaxub,
+    Mnemonic::Vpxor,
+    Mnemonic::Vpor,
+    Mnemonic::Vpand,
+    Mnemonic::Vpandn,
+    Mnemonic::Vxorps,
+    Mnemonic::Vpaddb,
+    Mnemonic::Vpaddd,
+    Mnemonic::Vpsubb,
+    Mnemonic::Vpsubq,
+    Mnemonic::Vpshufb,
+    Mnemonic::Vpshufd,
+    Mnemonic::Vpunpcklbw,
+    Mnemonic::Vpunpckhqdq,
+    Mnemonic::Vpmovmskb,
+    Mnemonic::Vpbroadcastb,
+    Mnemonic::Vpbroadcastw,
+    Mnemonic::Vpbroadcastd,
+    Mnemonic::Vpbroadcastq,
+    Mnemonic::Vbroadcastss,
+    Mnemonic::Vmovd,
+    Mnemonic::Vmovq,
+    Mnemonic::Vptest,
+    Mnemonic::Vzeroupper,
+];
+
 /// XSETBV and the instructions that take an XSAVE area.
 pub fn is_xsave_family(m: Mnemonic) -> bool {
     use Mnemonic::*;
@@ -719,6 +761,25 @@ pub struct Case {
     pub code_addr: u64,
     pub init: CpuState,
     pub data: Vec<u8>,
+}
+
+/// For the JIT harness: now and then (by the case's seed) an avx-group
+/// case starts with AVX unusable, which every VEX instruction must find:
+/// CR0.TS set (#NM), or XCR0 without YMM (#UD; the upper halves are then
+/// zero, as nothing could have written them). Not against KVM: kvm_pvm
+/// runs guest user code under the host's CR0.TS and XCR0.
+pub fn with_avx_unusable(case: &mut Case) {
+    if case.group != Group::Avx {
+        return;
+    }
+    match crate::rng::splitmix(&mut case.seed.clone()) % 32 {
+        0 => case.init.cr0 |= cpu::state::cr::CR0_TS,
+        1 => {
+            case.init.xcr0 = 3;
+            case.init.ymm_hi = [0; 16];
+        }
+        _ => {}
+    }
 }
 
 /// A sequence in bytes, and decoded back.
@@ -1246,6 +1307,14 @@ impl Gen<'_> {
         let list = self.cat.templates.get(&(self.mode, group))?;
         if list.is_empty() {
             return None;
+        }
+        // Half the AVX instructions from the forms string and memory
+        // functions use (which the JIT translates), of both widths.
+        if group == Group::Avx && self.rng.chance(50) {
+            let hot: Vec<&Template> = list.iter().filter(|t| HOT_AVX.contains(&t.insn.mnemonic())).collect();
+            if !hot.is_empty() {
+                return Some((*self.rng.pick(&hot)).clone());
+            }
         }
         Some(self.rng.pick(list).clone())
     }

@@ -342,6 +342,50 @@ pub(super) enum Form {
         b: VecSrc,
         imm: u8,
     },
+    /// A VEX-encoded AVX/AVX2 form ([`Avx`]): translated only where the
+    /// CPU model offers AVX, after an inline test of CR4.OSXSAVE, XCR0 and
+    /// CR0.TS once per guest block (else the interpreter raises #UD or #NM).
+    Avx(Avx),
+    /// BZHI r, r/m, r (32 and 64 bits): the bits of the source below the
+    /// index in the low byte of the third operand; the flags as a logic
+    /// result, with CF for an index past the width.
+    Bzhi {
+        dst: Reg,
+        src: Opnd,
+        index: Reg,
+    },
+    /// SARX, SHLX, SHRX r, r/m, r (32 and 64 bits): no flags.
+    ShiftX {
+        op: Shift,
+        dst: Reg,
+        src: Opnd,
+        count: Reg,
+    },
+    /// RORX r, r/m, imm8 (32 and 64 bits): no flags.
+    Rorx {
+        dst: Reg,
+        src: Opnd,
+        count: u32,
+    },
+    /// BLSI, BLSMSK, BLSR r, r/m (32 and 64 bits).
+    Bls {
+        kind: BlsKind,
+        dst: Reg,
+        src: Opnd,
+    },
+    /// ANDN r, r, r/m (32 and 64 bits): `dst = !src1 & src2`, the flags of
+    /// a logic result.
+    Andn {
+        dst: Reg,
+        src1: Reg,
+        src2: Opnd,
+    },
+    /// MOVBE r, m or m, r (2, 4 or 8 bytes): the bytes reversed; no flags.
+    Movbe {
+        dst: Opnd,
+        src: Opnd,
+        size: u32,
+    },
     /// A guest atomic on memory when other host threads share guest memory
     /// ([`classify_atomic`]), and CMPXCHG8B/16B always: one host atomic
     /// through the host address of a naturally aligned operand found in the
@@ -394,13 +438,25 @@ impl Form {
             Form::Alu { op, dst: Opnd::Reg(_), src, .. } if plain(src) && !matches!(op, Alu::Adc | Alu::Sbb) => {
                 FlagsEffect::Kills
             }
-            Form::Neg { dst: Opnd::Reg(_), .. } => FlagsEffect::Kills,
+            Form::Neg { dst: Opnd::Reg(_), .. }
+            | Form::Count { src: Opnd::Reg(_), .. }
+            | Form::Bzhi { src: Opnd::Reg(_), .. }
+            | Form::Bls { src: Opnd::Reg(_), .. }
+            | Form::Andn { src2: Opnd::Reg(_), .. } => FlagsEffect::Kills,
             // Neither reads nor writes the flags, and cannot fault or leave.
             Form::Nop | Form::Fence | Form::Lea { .. } | Form::Not { dst: Opnd::Reg(_), .. } => FlagsEffect::Ignores,
             Form::Mov { dst: Opnd::Reg(_), src, .. } if plain(src) => FlagsEffect::Ignores,
-            Form::Movx { src: Opnd::Reg(_), .. } => FlagsEffect::Ignores,
+            Form::Movx { src: Opnd::Reg(_), .. }
+            | Form::ShiftX { src: Opnd::Reg(_), .. }
+            | Form::Rorx { src: Opnd::Reg(_), .. } => FlagsEffect::Ignores,
             _ => FlagsEffect::Other,
         }
+    }
+
+    /// Whether the form is an AVX instruction, translated only where the
+    /// CPU model offers AVX (elsewhere the interpreter raises #UD).
+    pub(super) fn needs_avx(&self) -> bool {
+        matches!(self, Form::Avx(_))
     }
 
     /// Whether the form has a slow path that runs the instruction through
@@ -415,6 +471,7 @@ impl Form {
                 | Form::MovToVec { .. }
                 | Form::MovFromVec { .. }
                 | Form::Pcmpistri { .. }
+                | Form::Avx(_)
                 | Form::MulDiv { div: true, .. }
                 | Form::Comis { .. }
                 | Form::Fnstcw
@@ -457,11 +514,57 @@ pub(super) enum CountKind {
     Pop,
 }
 
+/// BLSI, BLSMSK, BLSR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BlsKind {
+    /// BLSI: the lowest set bit.
+    I,
+    /// BLSMSK: the bits up to the lowest set bit.
+    Msk,
+    /// BLSR: the lowest set bit cleared.
+    R,
+}
+
+/// The VEX-encoded AVX/AVX2 forms. `wide` is VEX.256 (YMM: bits 127:0 in
+/// the XMM register, bits 255:128 in `ymm_hi`); a VEX.128 form that
+/// writes a vector register zeroes its bits 255:128. A memory operand is
+/// 16 or 32 bytes (the element for a broadcast, 4 or 8 for VMOVD/VMOVQ),
+/// misaligned unless `aligned`, found in the TLB inline; anything else
+/// takes the slow path.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Avx {
+    /// `dst = src1 op src2` on each 128-bit half (VPSHUFD reads `src2`
+    /// only).
+    Op { op: VecOp, dst: u8, src1: u8, src2: VecSrc, wide: bool },
+    /// VMOVDQA/VMOVDQU/VMOVAPS/VMOVUPS/VMOVAPD/VMOVUPD, VLDDQU, VMOVNTDQA
+    /// (loads) and VMOVNTDQ/VMOVNTPS/VMOVNTPD (stores).
+    Mov { dst: VecSrc, src: VecSrc, wide: bool, aligned: bool },
+    /// VMOVD/VMOVQ between XMM registers and memory (`width` 4 or 8): a
+    /// register destination is zero-extended to 256 bits.
+    Scalar { dst: VecSrc, src: VecSrc, width: u8 },
+    /// VMOVD/VMOVQ xmm, r32/r64 (zero-extended to 256 bits).
+    ToVec { dst: u8, src: Reg },
+    /// VMOVD/VMOVQ r32/r64, xmm.
+    FromVec { dst: Reg, src: u8 },
+    /// VPMOVMSKB r32/r64, xmm/ymm: 16 or 32 bits.
+    MovMsk { dst: Reg, src: u8, wide: bool },
+    /// VPBROADCASTB/W/D/Q, VBROADCASTSS/SD: the low `lane`-byte element of
+    /// an XMM register or memory in every element.
+    Broadcast { lane: u8, dst: u8, src: VecSrc, wide: bool },
+    /// VPTEST: ZF and CF from the operands, the other four flags cleared.
+    Test { a: u8, b: VecSrc, wide: bool },
+    /// VZEROUPPER: bits 255:128 of YMM0-15 (YMM0-7 outside 64-bit code)
+    /// zeroed.
+    ZeroUpper,
+}
+
 /// Packed operations on an XMM register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum VecOp {
-    /// PCMPEQB/W/D: lanes of this many bytes.
+    /// PCMPEQB/W/D(/Q): lanes of this many bytes.
     CmpEq(u8),
+    /// PCMPGTB/W/D(/Q): signed, lanes of this many bytes.
+    CmpGt(u8),
     Add(u8),
     Sub(u8),
     Xor,
@@ -516,6 +619,9 @@ fn classify_vec(insn: &Instruction, bits: u32) -> Option<Form> {
         C::Pcmpeqb_xmm_xmmm128 => VecOp::CmpEq(1),
         C::Pcmpeqw_xmm_xmmm128 => VecOp::CmpEq(2),
         C::Pcmpeqd_xmm_xmmm128 => VecOp::CmpEq(4),
+        C::Pcmpgtb_xmm_xmmm128 => VecOp::CmpGt(1),
+        C::Pcmpgtw_xmm_xmmm128 => VecOp::CmpGt(2),
+        C::Pcmpgtd_xmm_xmmm128 => VecOp::CmpGt(4),
         C::Paddb_xmm_xmmm128 => VecOp::Add(1),
         C::Paddw_xmm_xmmm128 => VecOp::Add(2),
         C::Paddd_xmm_xmmm128 => VecOp::Add(4),
@@ -618,6 +724,156 @@ fn classify_vec(insn: &Instruction, bits: u32) -> Option<Form> {
     };
     let VecSrc::Xmm(dst) = src(0)? else { return None };
     Some(Form::Vec { op, dst, src: src(1)? })
+}
+
+/// An XMM or YMM register: its number and whether it is a YMM register.
+fn vreg(r: Register) -> Option<(u8, bool)> {
+    if r.is_xmm() || r.is_ymm() {
+        Some(((r.number() & 15) as u8, r.is_ymm()))
+    } else {
+        None
+    }
+}
+
+/// The VEX-encoded AVX/AVX2 forms ([`Avx`]), decided from the mnemonic and
+/// the operands (iced-x86 decodes a VEX.L or VEX.vvvv the instruction does
+/// not take as an invalid instruction, which never gets here).
+fn classify_avx(insn: &Instruction, bits: u32) -> Option<Avx> {
+    use Mnemonic as M;
+    if insn.encoding() != iced_x86::EncodingKind::VEX {
+        return None;
+    }
+    // A memory operand of `size` bytes the inline path can address (in
+    // 32-bit code: flat DS, ES and SS).
+    let mem = |size: usize| {
+        addr_ok(insn, bits)
+            && insn.memory_size().size() == size
+            && (bits == 64 || !matches!(cpu::ops::mem_seg(insn), sreg::FS | sreg::GS | sreg::CS))
+    };
+    // Operand `i` as a vector register of the width `wide`, or memory of
+    // `size` bytes.
+    let operand = |i: u32, wide: bool, size: usize| -> Option<VecSrc> {
+        match insn.op_kind(i) {
+            OpKind::Register => match vreg(insn.op_register(i))? {
+                (x, w) if w == wide => Some(VecSrc::Xmm(x)),
+                _ => None,
+            },
+            OpKind::Memory if mem(size) => Some(VecSrc::Mem),
+            _ => None,
+        }
+    };
+    let full = |wide: bool| if wide { 32 } else { 16 };
+    let m = insn.mnemonic();
+    let op = match m {
+        M::Vpcmpeqb => VecOp::CmpEq(1),
+        M::Vpcmpeqw => VecOp::CmpEq(2),
+        M::Vpcmpeqd => VecOp::CmpEq(4),
+        M::Vpcmpeqq => VecOp::CmpEq(8),
+        M::Vpcmpgtb => VecOp::CmpGt(1),
+        M::Vpcmpgtw => VecOp::CmpGt(2),
+        M::Vpcmpgtd => VecOp::CmpGt(4),
+        M::Vpcmpgtq => VecOp::CmpGt(8),
+        M::Vpaddb => VecOp::Add(1),
+        M::Vpaddw => VecOp::Add(2),
+        M::Vpaddd => VecOp::Add(4),
+        M::Vpaddq => VecOp::Add(8),
+        M::Vpsubb => VecOp::Sub(1),
+        M::Vpsubw => VecOp::Sub(2),
+        M::Vpsubd => VecOp::Sub(4),
+        M::Vpsubq => VecOp::Sub(8),
+        M::Vpxor | M::Vxorps | M::Vxorpd => VecOp::Xor,
+        M::Vpor | M::Vorps | M::Vorpd => VecOp::Or,
+        M::Vpand | M::Vandps | M::Vandpd => VecOp::And,
+        M::Vpandn | M::Vandnps | M::Vandnpd => VecOp::AndNot,
+        M::Vpminub => VecOp::MinUb,
+        M::Vpmaxub => VecOp::MaxUb,
+        M::Vpshufb => VecOp::Shuffle,
+        M::Vpunpcklbw => VecOp::UnpackLo(1),
+        M::Vpunpcklwd => VecOp::UnpackLo(2),
+        M::Vpunpckldq => VecOp::UnpackLo(4),
+        M::Vpunpcklqdq => VecOp::UnpackLo(8),
+        M::Vpunpckhbw => VecOp::UnpackHi(1),
+        M::Vpunpckhwd => VecOp::UnpackHi(2),
+        M::Vpunpckhdq => VecOp::UnpackHi(4),
+        M::Vpunpckhqdq => VecOp::UnpackHi(8),
+        M::Vpshufd if insn.op_count() == 3 && insn.op2_kind() == OpKind::Immediate8 => {
+            let (dst, wide) = vreg(insn.op0_register())?;
+            let src2 = operand(1, wide, full(wide))?;
+            return Some(Avx::Op { op: VecOp::ShufD(insn.immediate8()), dst, src1: dst, src2, wide });
+        }
+        M::Vmovdqa
+        | M::Vmovdqu
+        | M::Vmovaps
+        | M::Vmovups
+        | M::Vmovapd
+        | M::Vmovupd
+        | M::Vlddqu
+        | M::Vmovntdqa
+        | M::Vmovntdq
+        | M::Vmovntps
+        | M::Vmovntpd
+            if insn.op_count() == 2 =>
+        {
+            let r = if insn.op0_kind() == OpKind::Register { insn.op0_register() } else { insn.op1_register() };
+            let (_, wide) = vreg(r)?;
+            let (dst, src) = (operand(0, wide, full(wide))?, operand(1, wide, full(wide))?);
+            let aligned = matches!(
+                m,
+                M::Vmovdqa | M::Vmovaps | M::Vmovapd | M::Vmovntdqa | M::Vmovntdq | M::Vmovntps | M::Vmovntpd
+            );
+            return Some(Avx::Mov { dst, src, wide, aligned });
+        }
+        M::Vmovd | M::Vmovq if insn.op_count() == 2 => {
+            let width = if m == M::Vmovd { 4 } else { 8 };
+            let gpr = |i: u32| (insn.op_kind(i) == OpKind::Register).then(|| reg(insn.op_register(i))).flatten();
+            let xmm_or_mem = |i: u32| match insn.op_kind(i) {
+                OpKind::Register => xmm(insn.op_register(i)).map(VecSrc::Xmm),
+                OpKind::Memory if mem(width) => Some(VecSrc::Mem),
+                _ => None,
+            };
+            return match (gpr(0), gpr(1)) {
+                (Some(dst), None) => Some(Avx::FromVec { dst, src: xmm(insn.op1_register())? }),
+                (None, Some(src)) => Some(Avx::ToVec { dst: xmm(insn.op0_register())?, src }),
+                (None, None) => Some(Avx::Scalar { dst: xmm_or_mem(0)?, src: xmm_or_mem(1)?, width: width as u8 }),
+                (Some(_), Some(_)) => None,
+            };
+        }
+        M::Vpmovmskb if insn.op_count() == 2 && insn.op1_kind() == OpKind::Register => {
+            let (src, wide) = vreg(insn.op1_register())?;
+            return Some(Avx::MovMsk { dst: reg(insn.op0_register())?, src, wide });
+        }
+        M::Vpbroadcastb | M::Vpbroadcastw | M::Vpbroadcastd | M::Vpbroadcastq | M::Vbroadcastss | M::Vbroadcastsd
+            if insn.op_count() == 2 =>
+        {
+            let lane = match m {
+                M::Vpbroadcastb => 1,
+                M::Vpbroadcastw => 2,
+                M::Vpbroadcastd | M::Vbroadcastss => 4,
+                _ => 8,
+            };
+            let (dst, wide) = vreg(insn.op0_register())?;
+            let src = match insn.op1_kind() {
+                OpKind::Register => VecSrc::Xmm(xmm(insn.op1_register())?),
+                OpKind::Memory if mem(lane) => VecSrc::Mem,
+                _ => return None,
+            };
+            return Some(Avx::Broadcast { lane: lane as u8, dst, src, wide });
+        }
+        M::Vptest if insn.op_count() == 2 => {
+            let (a, wide) = vreg(insn.op0_register())?;
+            return Some(Avx::Test { a, b: operand(1, wide, full(wide))?, wide });
+        }
+        M::Vzeroupper => return Some(Avx::ZeroUpper),
+        _ => return None,
+    };
+    // The three-operand forms: dst, src1 (VEX.vvvv), src2.
+    if insn.op_count() != 3 {
+        return None;
+    }
+    let (dst, wide) = vreg(insn.op0_register())?;
+    let VecSrc::Xmm(src1) = operand(1, wide, full(wide))? else { return None };
+    let src2 = operand(2, wide, full(wide))?;
+    Some(Avx::Op { op, dst, src1, src2, wide })
 }
 
 /// Operand `i` of a scalar SSE instruction: an XMM register, or memory the
@@ -788,6 +1044,9 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
     // Mandatory F3/F2 prefixes are part of an SSE opcode.
     if let Some(f) = classify_vec(insn, bits) {
         return Some(f);
+    }
+    if let Some(a) = classify_avx(insn, bits) {
+        return Some(Form::Avx(a));
     }
     // ENDBR is a hint: no architectural effect here. PAUSE goes to the
     // interpreter's handler, which gives the host core away now and then.
@@ -1143,6 +1402,62 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
             }
             Form::Atomic { op: AtomicOp::CmpxchgWide, src: Opnd::Imm(0), size }
         }
+        Mnemonic::Bzhi | Mnemonic::Sarx | Mnemonic::Shlx | Mnemonic::Shrx if n == 3 => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            let src = opnd(insn, 1, bits)?;
+            let Opnd::Reg(third) = opnd(insn, 2, bits)? else { return None };
+            if dst.size < 4 || matches!(src, Opnd::Imm(_)) || opsize(src, insn) != dst.size || third.size != dst.size {
+                return None;
+            }
+            let op = match insn.mnemonic() {
+                Mnemonic::Bzhi => return Some(Form::Bzhi { dst, src, index: third }),
+                Mnemonic::Sarx => Shift::Sar,
+                Mnemonic::Shlx => Shift::Shl,
+                _ => Shift::Shr,
+            };
+            Form::ShiftX { op, dst, src, count: third }
+        }
+        Mnemonic::Rorx if n == 3 && insn.op2_kind() == OpKind::Immediate8 => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            let src = opnd(insn, 1, bits)?;
+            if dst.size < 4 || matches!(src, Opnd::Imm(_)) || opsize(src, insn) != dst.size {
+                return None;
+            }
+            Form::Rorx { dst, src, count: u32::from(insn.immediate8()) & (dst.size * 8 - 1) }
+        }
+        Mnemonic::Blsi | Mnemonic::Blsmsk | Mnemonic::Blsr if n == 2 => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            let src = opnd(insn, 1, bits)?;
+            if dst.size < 4 || matches!(src, Opnd::Imm(_)) || opsize(src, insn) != dst.size {
+                return None;
+            }
+            let kind = match insn.mnemonic() {
+                Mnemonic::Blsi => BlsKind::I,
+                Mnemonic::Blsmsk => BlsKind::Msk,
+                _ => BlsKind::R,
+            };
+            Form::Bls { kind, dst, src }
+        }
+        Mnemonic::Andn if n == 3 => {
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            let Opnd::Reg(src1) = opnd(insn, 1, bits)? else { return None };
+            let src2 = opnd(insn, 2, bits)?;
+            if dst.size < 4 || matches!(src2, Opnd::Imm(_)) || opsize(src2, insn) != dst.size || src1.size != dst.size {
+                return None;
+            }
+            Form::Andn { dst, src1, src2 }
+        }
+        Mnemonic::Movbe if n == 2 => {
+            let dst = opnd(insn, 0, bits)?;
+            let src = opnd(insn, 1, bits)?;
+            let size = opsize(dst, insn);
+            match (dst, src) {
+                (Opnd::Reg(r), Opnd::Mem) | (Opnd::Mem, Opnd::Reg(r))
+                    if r.size >= 2 && opsize(Opnd::Mem, insn) == r.size => {}
+                _ => return None,
+            }
+            Form::Movbe { dst, src, size }
+        }
         Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc if n == 2 => {
             let op = match insn.mnemonic() {
                 Mnemonic::Bt => BtOp::Test,
@@ -1320,6 +1635,81 @@ mod tests {
         assert!(classify(&decode(32, &[0x0f, 0xa2]), 32).is_none());
         // IN AL, DX
         assert!(classify(&decode(64, &[0xec]), 64).is_none());
+    }
+
+    #[test]
+    fn vex_forms_have_their_width_and_operands_and_need_avx() {
+        // VPCMPEQB YMM1, YMM2, [RSI]
+        let f = classify(&decode(64, &[0xc5, 0xed, 0x74, 0x0e]), 64);
+        assert!(
+            matches!(
+                f,
+                Some(Form::Avx(Avx::Op { op: VecOp::CmpEq(1), dst: 1, src1: 2, src2: VecSrc::Mem, wide: true }))
+            ),
+            "{f:?}"
+        );
+        assert!(f.is_some_and(|f| f.may_slow() && f.needs_avx()));
+        // VPXOR XMM0, XMM0, XMM0 (VEX.128)
+        let f = classify(&decode(64, &[0xc5, 0xf9, 0xef, 0xc0]), 64);
+        assert!(
+            matches!(f, Some(Form::Avx(Avx::Op { op: VecOp::Xor, src2: VecSrc::Xmm(0), wide: false, .. }))),
+            "{f:?}"
+        );
+        // VMOVDQU [RSI], YMM0: a store; VMOVDQA YMM0, [RSI]: aligned.
+        let insn = decode(64, &[0xc5, 0xfe, 0x7f, 0x06]);
+        let f = classify(&insn, 64);
+        assert!(
+            matches!(
+                f,
+                Some(Form::Avx(Avx::Mov { dst: VecSrc::Mem, src: VecSrc::Xmm(0), wide: true, aligned: false }))
+            ),
+            "{f:?}"
+        );
+        assert!(writes_memory(&insn));
+        let f = classify(&decode(64, &[0xc5, 0xfd, 0x6f, 0x06]), 64);
+        assert!(matches!(f, Some(Form::Avx(Avx::Mov { dst: VecSrc::Xmm(0), aligned: true, .. }))), "{f:?}");
+        // VPMOVMSKB EAX, YMM1; VZEROUPPER
+        let f = classify(&decode(64, &[0xc5, 0xfd, 0xd7, 0xc1]), 64);
+        assert!(matches!(f, Some(Form::Avx(Avx::MovMsk { src: 1, wide: true, .. }))), "{f:?}");
+        let f = classify(&decode(64, &[0xc5, 0xf8, 0x77]), 64);
+        assert!(matches!(f, Some(Form::Avx(Avx::ZeroUpper))), "{f:?}");
+        // VPBROADCASTB YMM0, XMM1
+        let f = classify(&decode(64, &[0xc4, 0xe2, 0x7d, 0x78, 0xc1]), 64);
+        assert!(
+            matches!(f, Some(Form::Avx(Avx::Broadcast { lane: 1, dst: 0, src: VecSrc::Xmm(1), wide: true }))),
+            "{f:?}"
+        );
+        // VMOVD XMM0, ESI
+        let f = classify(&decode(64, &[0xc5, 0xf9, 0x6e, 0xc6]), 64);
+        assert!(matches!(f, Some(Form::Avx(Avx::ToVec { dst: 0, .. }))), "{f:?}");
+        // In 32-bit code, a memory operand in FS stays with the interpreter.
+        assert!(classify(&decode(32, &[0x64, 0xc5, 0xed, 0x74, 0x0e]), 32).is_none());
+        // VPCMPEQB YMM1, YMM2, [RSI] with LOCK: #UD in the interpreter.
+        let insn = decode_with(64, &[0xf0, 0xc5, 0xed, 0x74, 0x0e], DecoderOptions::NO_INVALID_CHECK);
+        assert!(classify(&insn, 64).is_none());
+    }
+
+    #[test]
+    fn bmi_and_movbe_forms() {
+        // BZHI EAX, EBX, ECX
+        let f = classify(&decode(64, &[0xc4, 0xe2, 0x70, 0xf5, 0xc3]), 64);
+        match f {
+            Some(Form::Bzhi { dst, src: Opnd::Reg(s), index }) => {
+                assert_eq!((dst.idx, dst.size, s.idx, index.idx), (0, 4, 3, 1));
+            }
+            other => panic!("BZHI EAX, EBX, ECX: {other:?}"),
+        }
+        assert!(f.is_some_and(|f| !f.needs_avx() && !f.may_slow()));
+        // MOVBE EAX, [RSI]; MOVBE [RSI], RAX
+        let f = classify(&decode(64, &[0x0f, 0x38, 0xf0, 0x06]), 64);
+        assert!(matches!(f, Some(Form::Movbe { dst: Opnd::Reg(_), src: Opnd::Mem, size: 4 })), "{f:?}");
+        let f = classify(&decode(64, &[0x48, 0x0f, 0x38, 0xf1, 0x06]), 64);
+        assert!(matches!(f, Some(Form::Movbe { dst: Opnd::Mem, src: Opnd::Reg(_), size: 8 })), "{f:?}");
+        // SARX RAX, RBX, RCX; BLSR EAX, EBX
+        let f = classify(&decode(64, &[0xc4, 0xe2, 0xf2, 0xf7, 0xc3]), 64);
+        assert!(matches!(f, Some(Form::ShiftX { op: Shift::Sar, .. })), "{f:?}");
+        let f = classify(&decode(64, &[0xc4, 0xe2, 0x78, 0xf3, 0xcb]), 64);
+        assert!(matches!(f, Some(Form::Bls { kind: BlsKind::R, .. })), "{f:?}");
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! it changed, the lazy flags and RIP.
 //!
 //! - Integer moves, ALU operations, shifts by an immediate, IMUL, stack
-//!   operations, calls, returns and branches are translated. Everything else
+//!   operations, calls, returns and branches are translated, and so are the
+//!   SSE and AVX forms string and memory functions use. Everything else
 //!   is a call of the interpreter's handler for that one instruction
 //!   ([`crate::ctx::fallback`]), with the state written back before and
 //!   read again after.
@@ -79,6 +80,11 @@ pub struct RegionSpec {
     /// guest atomics become host atomics (or the interpreter's locked
     /// handler, where they cannot) and MFENCE a host fence.
     pub shared_memory: bool,
+    /// The CPU model offers AVX ([`cpu::Cpu::avx`]): the VEX vector forms
+    /// are translated, testing the state that enables them inline (CR4,
+    /// XCR0, CR0.TS). Without it they go to the interpreter, which raises
+    /// #UD.
+    pub avx: bool,
 }
 
 /// Whether `insn` is a guest atomic (a LOCK read-modify-write, or XCHG
@@ -165,6 +171,7 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
             } else {
                 classify(&d.insn, spec.bits)
             };
+            let form = form.filter(|f| spec.avx || !f.needs_avx());
             let mut fb = usize::MAX;
             match &form {
                 Some(f) => {
@@ -244,6 +251,8 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
         lazy_dirty: false,
         cin_deferred: false,
         sse_ok: false,
+        avx_ok: false,
+        avx_usable: None,
         slow_insn: None,
         insn_loaded: false,
         rmw_direct: false,
@@ -265,6 +274,11 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
     let zero = tx.b.ins().iconst(i64t, 0);
     tx.b.def_var(icount, zero);
     tx.b.def_var(exit_rip, zero);
+    if plan.iter().flatten().any(|p| p.form.as_ref().is_some_and(Form::needs_avx)) {
+        let v = tx.b.declare_var(types::I8);
+        tx.avx_usable = Some(v);
+        tx.update_avx_usable();
+    }
 
     // The guest blocks, and the entry switch.
     let mut ir_blocks = Vec::new();

@@ -41,6 +41,14 @@ pub(super) struct Tx<'a, 'b> {
     /// SSE instructions may run (CR0 and CR4 were checked) since the last
     /// code that could change them.
     pub(super) sse_ok: bool,
+    /// AVX instructions may run (CR4.OSXSAVE, XCR0 and CR0.TS were
+    /// checked) since the last code that could change them.
+    pub(super) avx_ok: bool,
+    /// In a region with AVX forms: whether the state lets AVX run, computed
+    /// at the region's entry and again after each fallback (nothing else in
+    /// a region can change CR0, CR4 or XCR0), so that a guest block's test
+    /// is one branch.
+    pub(super) avx_usable: Option<Variable>,
     /// The current instruction's entry in the fallback table, for a slow
     /// path that runs it through the interpreter.
     pub(super) slow_insn: Option<*const Decoded>,
@@ -73,6 +81,9 @@ pub(super) const RIP_OFF: i32 = std::mem::offset_of!(CpuState, rip) as i32;
 pub(super) const RFLAGS_OFF: i32 = std::mem::offset_of!(CpuState, rflags) as i32;
 const LAZY_OFF: i32 = std::mem::offset_of!(CpuState, lazy) as i32;
 pub(super) const XMM_OFF: i32 = std::mem::offset_of!(CpuState, xmm) as i32;
+/// Bits 255:128 of YMM0-15.
+pub(super) const YMM_HI_OFF: i32 = std::mem::offset_of!(CpuState, ymm_hi) as i32;
+pub(super) const XCR0_OFF: i32 = std::mem::offset_of!(CpuState, xcr0) as i32;
 pub(super) const CR0_OFF: i32 = std::mem::offset_of!(CpuState, cr0) as i32;
 pub(super) const CR4_OFF: i32 = std::mem::offset_of!(CpuState, cr4) as i32;
 pub(super) const MXCSR_OFF: i32 = std::mem::offset_of!(CpuState, mxcsr) as i32;
@@ -342,6 +353,7 @@ impl Tx<'_, '_> {
         self.lazy_dirty = false;
         self.cin_deferred = false;
         self.sse_ok = false;
+        self.avx_ok = false;
     }
 
     fn zext32(&mut self, v: Value) -> Value {

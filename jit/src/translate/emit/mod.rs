@@ -3,6 +3,8 @@
 
 mod alu;
 mod atomic;
+mod avx;
+mod bmi;
 mod branch;
 mod fp;
 mod mov;
@@ -41,6 +43,8 @@ impl Tx<'_, '_> {
         self.enter_block(cont);
         self.known = Known::Unknown;
         self.forget();
+        // (The handler may have changed CR0, CR4 or XCR0.)
+        self.update_avx_usable();
     }
 
     /// Translate one instruction; true if it ended the guest block (a
@@ -56,6 +60,7 @@ impl Tx<'_, '_> {
             | Form::Cmov { .. }
             | Form::WidenAcc { .. }
             | Form::Bswap { .. }
+            | Form::Movbe { .. }
             | Form::Xchg { .. }
             | Form::Cmpxchg { .. }
             | Form::Xadd { .. }
@@ -90,6 +95,10 @@ impl Tx<'_, '_> {
             | Form::MovToVec { .. }
             | Form::MovFromVec { .. }
             | Form::Pcmpistri { .. } => self.emit_sse(f, insn, rip),
+            Form::Avx(_) => self.emit_avx(f, insn, rip),
+            Form::Bzhi { .. } | Form::ShiftX { .. } | Form::Rorx { .. } | Form::Bls { .. } | Form::Andn { .. } => {
+                self.emit_bmi(f, insn, rip)
+            }
             Form::Comis { .. } | Form::ScalarFp { .. } | Form::CvtInt { .. } => self.emit_fp(f, insn, rip),
             Form::Atomic { .. } | Form::Fence => self.emit_atomic(f, insn, rip),
         }

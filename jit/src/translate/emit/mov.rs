@@ -1,5 +1,6 @@
 //! Data movement: MOV and its extending forms, LEA, selector reads, SETcc,
-//! CMOVcc, the accumulator's sign extensions, BSWAP, XCHG, CMPXCHG and XADD.
+//! CMOVcc, the accumulator's sign extensions, BSWAP, MOVBE, XCHG, CMPXCHG and
+//! XADD.
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder};
@@ -102,6 +103,26 @@ impl Tx<'_, '_> {
                     self.b.ins().uextend(types::I64, t)
                 };
                 self.write_reg(dst, v);
+            }
+            Form::Movbe { dst, src, size } => {
+                let v = self.read(src, insn, size, rip);
+                let v = if size == 8 {
+                    self.b.ins().bswap(v)
+                } else {
+                    let t = self.b.ins().ireduce(if size == 4 { types::I32 } else { types::I16 }, v);
+                    let t = self.b.ins().bswap(t);
+                    self.b.ins().uextend(types::I64, t)
+                };
+                match dst {
+                    // (A 16-bit register keeps its upper bits.)
+                    Opnd::Reg(r) => self.write_reg(r, v),
+                    _ => {
+                        let seg = cpu::ops::mem_seg(insn);
+                        let o = self.ea(insn);
+                        let leave = self.store_at(seg, o, size, v, rip, None);
+                        self.after_store(leave, next);
+                    }
+                }
             }
             Form::Xchg { dst, src, size } => {
                 let b = self.read_reg(src);

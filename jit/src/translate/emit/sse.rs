@@ -17,59 +17,13 @@ impl Tx<'_, '_> {
         match *f {
             Form::Vec { op, dst, src } => {
                 self.sse_check(rip);
-                let ty = match op {
-                    VecOp::CmpEq(n) | VecOp::Add(n) | VecOp::Sub(n) => vec_type(n),
-                    _ => types::I8X16,
-                };
+                let ty = op_type(op);
                 let b = match src {
                     VecSrc::Xmm(x) => self.xmm_load(x, ty),
                     VecSrc::Mem => self.vec_mem_load(insn, ty, true, rip),
                 };
                 let a = self.xmm_load(dst, ty);
-                let r = match op {
-                    VecOp::CmpEq(_) => self.b.ins().icmp(IntCC::Equal, a, b),
-                    VecOp::Add(_) => self.b.ins().iadd(a, b),
-                    VecOp::Sub(_) => self.b.ins().isub(a, b),
-                    VecOp::Xor => self.b.ins().bxor(a, b),
-                    VecOp::Or => self.b.ins().bor(a, b),
-                    VecOp::And => self.b.ins().band(a, b),
-                    // PANDN: dst = !dst & src.
-                    VecOp::AndNot => self.b.ins().band_not(b, a),
-                    VecOp::MinUb => self.b.ins().umin(a, b),
-                    VecOp::MaxUb => self.b.ins().umax(a, b),
-                    VecOp::Shuffle => {
-                        // PSHUFB: an index with bit 7 set gives 0, else its
-                        // low four bits pick the byte; out-of-range indices
-                        // of `swizzle` give 0 too.
-                        let m = self.b.ins().iconst(types::I8, 0x8f);
-                        let m = self.b.ins().splat(types::I8X16, m);
-                        let idx = self.b.ins().band(b, m);
-                        self.b.ins().swizzle(a, idx)
-                    }
-                    VecOp::UnpackLo(n) | VecOp::UnpackHi(n) => {
-                        // Lane i of the half goes to lane 2i, the source's
-                        // lane i to lane 2i + 1 (byte 16 + k of `shuffle`
-                        // is byte k of its second operand).
-                        let (n, half) = (usize::from(n), if matches!(op, VecOp::UnpackHi(_)) { 8 } else { 0 });
-                        let mut mask = [0u8; 16];
-                        for lane in 0..8 / n {
-                            for k in 0..n {
-                                let from = (half + lane * n + k) as u8;
-                                mask[2 * lane * n + k] = from;
-                                mask[2 * lane * n + n + k] = 16 + from;
-                            }
-                        }
-                        self.shuffle(a, b, mask)
-                    }
-                    VecOp::ShufD(imm) => {
-                        let mut mask = [0u8; 16];
-                        for (i, m) in mask.iter_mut().enumerate() {
-                            let dword = (imm >> (2 * (i / 4))) & 3;
-                            *m = dword * 4 + (i % 4) as u8;
-                        }
-                        self.shuffle(b, b, mask)
-                    }
-                };
+                let r = self.vec_apply(op, a, b);
                 self.xmm_store(dst, r);
             }
             Form::VecMov { dst, src, aligned } => {
@@ -155,6 +109,56 @@ impl Tx<'_, '_> {
         false
     }
 
+    /// `op` on one 128-bit half: `a` (the destination, or VEX.vvvv) and
+    /// `b` (the source), both of [`op_type`]'s type.
+    pub(super) fn vec_apply(&mut self, op: VecOp, a: Value, b: Value) -> Value {
+        match op {
+            VecOp::CmpEq(_) => self.b.ins().icmp(IntCC::Equal, a, b),
+            VecOp::CmpGt(_) => self.b.ins().icmp(IntCC::SignedGreaterThan, a, b),
+            VecOp::Add(_) => self.b.ins().iadd(a, b),
+            VecOp::Sub(_) => self.b.ins().isub(a, b),
+            VecOp::Xor => self.b.ins().bxor(a, b),
+            VecOp::Or => self.b.ins().bor(a, b),
+            VecOp::And => self.b.ins().band(a, b),
+            // PANDN: dst = !dst & src.
+            VecOp::AndNot => self.b.ins().band_not(b, a),
+            VecOp::MinUb => self.b.ins().umin(a, b),
+            VecOp::MaxUb => self.b.ins().umax(a, b),
+            VecOp::Shuffle => {
+                // PSHUFB: an index with bit 7 set gives 0, else its
+                // low four bits pick the byte; out-of-range indices
+                // of `swizzle` give 0 too.
+                let m = self.b.ins().iconst(types::I8, 0x8f);
+                let m = self.b.ins().splat(types::I8X16, m);
+                let idx = self.b.ins().band(b, m);
+                self.b.ins().swizzle(a, idx)
+            }
+            VecOp::UnpackLo(n) | VecOp::UnpackHi(n) => {
+                // Lane i of the half goes to lane 2i, the source's
+                // lane i to lane 2i + 1 (byte 16 + k of `shuffle`
+                // is byte k of its second operand).
+                let (n, half) = (usize::from(n), if matches!(op, VecOp::UnpackHi(_)) { 8 } else { 0 });
+                let mut mask = [0u8; 16];
+                for lane in 0..8 / n {
+                    for k in 0..n {
+                        let from = (half + lane * n + k) as u8;
+                        mask[2 * lane * n + k] = from;
+                        mask[2 * lane * n + n + k] = 16 + from;
+                    }
+                }
+                self.shuffle(a, b, mask)
+            }
+            VecOp::ShufD(imm) => {
+                let mut mask = [0u8; 16];
+                for (i, m) in mask.iter_mut().enumerate() {
+                    let dword = (imm >> (2 * (i / 4))) & 3;
+                    *m = dword * 4 + (i % 4) as u8;
+                }
+                self.shuffle(b, b, mask)
+            }
+        }
+    }
+
     /// The bytes of `a` (0..16) and `b` (16..32) that `mask` names.
     fn shuffle(&mut self, a: Value, b: Value, mask: [u8; 16]) -> Value {
         let imm = self.b.func.dfg.immediates.push(mask.to_vec().into());
@@ -189,10 +193,10 @@ impl Tx<'_, '_> {
         self.b.ins().store(guest_flags(), v, self.state, XMM_OFF + 16 * i32::from(x));
     }
 
-    /// The host address of the 16-byte memory operand, through the inline
-    /// TLB test; anything else (a miss, MMIO, a page crossing, a
-    /// misaligned operand that must be aligned, a code page written) takes
-    /// the slow path.
+    /// The host address of the memory operand of `size` bytes, through the
+    /// inline TLB test; anything else (a miss, MMIO, a page crossing, an
+    /// operand that must be aligned to its size and is not, a code page
+    /// written) takes the slow path.
     pub(super) fn vec_host_addr(
         &mut self,
         insn: &Instruction,
@@ -205,7 +209,7 @@ impl Tx<'_, '_> {
         let off_v = self.ea(insn);
         let lin = self.linear(seg, off_v).expect("classify_vec takes segments with an inline linear address");
         if aligned {
-            let low = self.b.ins().band_imm_s(lin, 15);
+            let low = self.b.ins().band_imm_s(lin, i64::from(size) - 1);
             let ok = self.b.ins().icmp_imm_s(IntCC::Equal, low, 0);
             self.slow_unless(ok, rip);
         }
@@ -226,7 +230,17 @@ impl Tx<'_, '_> {
     }
 }
 
-fn vec_type(lane_bytes: u8) -> Type {
+/// The type `op` works on: lanes of its width, bytes for the bitwise and
+/// byte-shuffling operations.
+pub(super) fn op_type(op: VecOp) -> Type {
+    match op {
+        VecOp::CmpEq(n) | VecOp::CmpGt(n) | VecOp::Add(n) | VecOp::Sub(n) => vec_type(n),
+        _ => types::I8X16,
+    }
+}
+
+/// The vector type of 16 bytes in lanes of `lane_bytes`.
+pub(super) fn vec_type(lane_bytes: u8) -> Type {
     match lane_bytes {
         1 => types::I8X16,
         2 => types::I16X8,
