@@ -103,9 +103,42 @@ pub enum KernelBoot {
     Auto,
     Fast,
     Classic,
-    /// SeaBIOS boots it, as QEMU's -kernel does: the kernel, initrd and
-    /// command line go over fw_cfg to the linuxboot option ROM.
+    /// SeaBIOS boots it, as QEMU's -kernel does: a bzImage's kernel,
+    /// initrd and command line go over fw_cfg to the linuxboot option ROM,
+    /// a multiboot kernel and its modules to the multiboot option ROM.
     Bios,
+}
+
+/// A multiboot kernel's modules as QEMU's `-initrd` lists them: entries
+/// separated by commas (`,,` is a comma inside an entry), each a file name
+/// and, after a space, the rest of the module's command line. Each entry
+/// gives (file, the module's command line: the whole entry).
+pub fn parse_module_list(spec: &str) -> Result<Vec<(String, String)>, String> {
+    let mut entries = Vec::new();
+    let mut entry = String::new();
+    let mut chars = spec.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ',' if chars.peek() == Some(&',') => {
+                chars.next();
+                entry.push(',');
+            }
+            ',' => entries.push(std::mem::take(&mut entry)),
+            c => entry.push(c),
+        }
+    }
+    entries.push(entry);
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, entry)| match entry.split(' ').next() {
+            Some(file) if !file.is_empty() => Ok((file.to_string(), entry)),
+            _ => Err(format!(
+                "module {} has no file name (modules are separated by commas, `,,` is a comma in a name)",
+                i + 1
+            )),
+        })
+        .collect()
 }
 
 impl KernelBoot {
@@ -142,16 +175,21 @@ pub struct RunArgs {
     /// The CPU model: `v2` (the default; x86-64-v2: SSE4.2, XSAVE for the
     /// x87/SSE state, MOVBE, LZCNT, BMI1/2, no AVX) or `max` (x86-64-v3:
     /// v2 plus AVX, AVX2, FMA, F16C and the YMM state, with AES-NI and
-    /// PCLMULQDQ). The default stays the smaller model, as QEMU's does
-    /// (users pass `-cpu max` there too); glibc and other software pick
-    /// their AVX2 paths under `max`. Under --accel kvm the guest gets what
-    /// KVM can give of the model, and the features it lacks are named.
-    #[arg(long, value_name = "MODEL", default_value = "v2", value_parser = parse_cpu_model)]
-    pub cpu: cpu::cpuid::Model,
-    /// A Linux kernel (bzImage or vmlinux) or multiboot ELF to boot directly.
+    /// PCLMULQDQ, and the protection keys PKU and PKS). The default is
+    /// `max` under the interpreter and the JIT, so that software built for
+    /// x86-64-v3 runs with no flag (glibc and other software pick their
+    /// AVX2 paths, which the JIT compiles), and `v2` under KVM. Under
+    /// --accel kvm the guest gets what KVM can give of the model, and the
+    /// features it lacks are named.
+    #[arg(long, value_name = "MODEL", value_parser = parse_cpu_model)]
+    pub cpu: Option<cpu::cpuid::Model>,
+    /// A Linux kernel (bzImage or vmlinux) or multiboot kernel (ELF or
+    /// a.out kludge) to boot, directly or through the BIOS (--kernel-boot).
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
-    /// An initial ramdisk for --kernel.
+    /// An initial ramdisk for --kernel; for a multiboot kernel its modules,
+    /// as QEMU's -initrd takes them: `FILE[ ARGS][,FILE[ ARGS]]...` (`,,`
+    /// is a comma), each module's command line being its entry.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
     /// The kernel command line.
@@ -163,8 +201,9 @@ pub struct RunArgs {
     /// entering a 32-bit kernel through the 32-bit boot protocol; `auto`
     /// takes the fast path where it can and the classic one otherwise;
     /// `bios` has SeaBIOS (or --bios) boot it through QEMU's linuxboot
-    /// option ROM, as QEMU's -kernel does, so that the kernel finds the
-    /// BIOS's state. With --bios, a --kernel always boots that way.
+    /// option ROM (a multiboot kernel through its multiboot ROM), as QEMU's
+    /// -kernel does, so that the kernel finds the BIOS's state. With
+    /// --bios, a --kernel always boots that way.
     #[arg(long, value_enum, default_value_t = KernelBoot::Auto)]
     pub kernel_boot: KernelBoot,
     /// A BIOS image (SeaBIOS), mapped to end at 4 GiB and run from the reset
@@ -739,6 +778,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn module_lists_split_as_qemus_initrd() {
+        let list = |s: &str| parse_module_list(s).unwrap();
+        assert_eq!(list("m.bin"), [("m.bin".to_string(), "m.bin".to_string())]);
+        assert_eq!(
+            list("/a/m1 x=1 y,m2"),
+            [("/a/m1".to_string(), "/a/m1 x=1 y".to_string()), ("m2".to_string(), "m2".to_string())]
+        );
+        assert_eq!(list("a,,b c,,d"), [("a,b".to_string(), "a,b c,d".to_string())], ",, is a comma");
+        for bad in ["", ",", "a,", ",a", "a,,,", " a"] {
+            let e = parse_module_list(bad).unwrap_err();
+            assert!(e.contains("no file name"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
     fn smbios_field_sets_fill_the_tables_config() {
         let sets: Vec<String> = [
             "type=0,vendor=V,release=2.7,uefi=on",
@@ -812,7 +866,7 @@ mod tests {
         assert!(e.contains("skylake") && e.contains("v2, max"), "{e}");
         let run = Cli::try_parse_from(["ferrovm", "run"]).unwrap();
         let Command::Run(args) = run.command else { panic!("not run") };
-        assert_eq!(args.cpu, Model::V2, "the default model");
+        assert_eq!(args.cpu, None, "the default model follows the engine");
     }
 }
 

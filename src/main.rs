@@ -105,6 +105,65 @@ fn check_readable(path: &std::path::Path) -> Result<(), Error> {
     std::fs::File::open(path).map(drop).map_err(|source| Error::Read { path: path.to_path_buf(), source })
 }
 
+/// The files of `--kernel` and `--initrd`, read or only checked.
+struct KernelFiles {
+    /// The kernel's bytes (empty when only checked).
+    kernel: Vec<u8>,
+    /// A Linux kernel's initrd.
+    initrd: Option<Vec<u8>>,
+    /// A multiboot kernel's modules.
+    modules: Vec<vmm::BootModule>,
+}
+
+/// Reads `--kernel` and `--initrd` as the kernel takes them (only checks
+/// that they can be read when `check_only`): for a multiboot kernel,
+/// `--initrd` is QEMU's list of modules (`FILE[ ARGS][,FILE[ ARGS]]...`,
+/// `cli::parse_module_list`), each module's command line being its entry;
+/// for any other kernel it is one file.
+fn kernel_files(
+    kernel: &std::path::Path,
+    initrd: Option<&std::path::Path>,
+    check_only: bool,
+) -> Result<KernelFiles, Error> {
+    // Checking reads no more than the probe looks at: the multiboot
+    // header lies in the first 8 KiB.
+    let image = if check_only {
+        use std::io::Read;
+        let mut head = Vec::new();
+        std::fs::File::open(kernel)
+            .and_then(|f| f.take(firmware::multiboot::MULTIBOOT_SEARCH as u64 + 16).read_to_end(&mut head))
+            .map_err(|source| Error::Read { path: kernel.to_path_buf(), source })?;
+        head
+    } else {
+        read_file(kernel)?
+    };
+    let multiboot = matches!(firmware::multiboot::probe(&image), Ok(Some(_)));
+    let mut files =
+        KernelFiles { kernel: if check_only { Vec::new() } else { image }, initrd: None, modules: Vec::new() };
+    let Some(initrd) = initrd else { return Ok(files) };
+    if !multiboot {
+        if check_only {
+            check_readable(initrd)?;
+        } else {
+            files.initrd = Some(read_file(initrd)?);
+        }
+        return Ok(files);
+    }
+    let list = initrd.to_str().ok_or_else(|| {
+        Error::Config(format!("--initrd {}: a multiboot module list must be UTF-8", initrd.display()))
+    })?;
+    let modules = cli::parse_module_list(list).map_err(|e| Error::Config(format!("--initrd {list}: {e}")))?;
+    for (file, cmdline) in modules {
+        let path = std::path::Path::new(&file);
+        if check_only {
+            check_readable(path)?;
+        } else {
+            files.modules.push(vmm::BootModule { cmdline, data: read_file(path)? });
+        }
+    }
+    Ok(files)
+}
+
 /// Opens the images of `--disk` and `--cdrom` (with their backing chains,
 /// locked), each where it asked to be attached.
 fn open_disks(specs: &[String], cdrom: Option<&std::path::Path>, snapshot: bool) -> Result<Vec<vmm::Drive>, Error> {
@@ -158,7 +217,9 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
     }
     let _pidfile = args.pidfile.as_deref().map(daemon::Pidfile::write).transpose()?;
     // Inputs that name files are checked first, so a typo is reported as such.
-    for p in [&args.kernel, &args.initrd, &args.bios].into_iter().flatten() {
+    // --initrd is checked when it is read: for a multiboot kernel it is a
+    // list of modules.
+    for p in [&args.kernel, &args.bios].into_iter().flatten() {
         std::fs::metadata(p).map_err(|source| Error::Read { path: p.clone(), source })?;
     }
     let kind = match args.accel {
@@ -174,9 +235,6 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
     };
     if args.kernel.is_none() && (args.initrd.is_some() || args.append.is_some()) {
         return Err(Error::Config("--initrd and --append need --kernel".into()));
-    }
-    if args.kernel.is_some() && args.bios.is_some() {
-        return Err(Error::Config("--kernel and --bios cannot be combined".into()));
     }
     let boot = vmm::storage::parse_boot(&args.boot).map_err(|e| Error::Config(format!("--boot {}: {e}", args.boot)))?;
     // n, o, p: a NIC's boot ROM, which the BIOS runs.
@@ -220,16 +278,16 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
                 }
                 None => bios::default_bios()?,
             };
-            if from_saved_state {
-                check_readable(k)?;
-                args.initrd.as_deref().map(check_readable).transpose()?;
-            } else {
-                bios_kernel = Some(vmm::BiosKernel {
-                    kernel: read_file(k)?,
-                    initrd: args.initrd.as_deref().map(read_file).transpose()?,
-                    cmdline: args.append.clone().unwrap_or_default(),
-                });
-            }
+            // Read also for a restore: the fw_cfg items are part of the
+            // machine whose state is restored.
+            let f = kernel_files(k, args.initrd.as_deref(), false)?;
+            bios_kernel = Some(vmm::BiosKernel {
+                kernel: f.kernel,
+                initrd: f.initrd,
+                cmdline: args.append.clone().unwrap_or_default(),
+                modules: f.modules,
+                name: k.display().to_string(),
+            });
             Firmware::Bios(image)
         }
         (None, Some(p), _) => {
@@ -241,23 +299,27 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         // only checked (a restore does not wait for 14 MiB to be read and
         // decompressed into RAM that the snapshot then replaces).
         (None, None, Some(k)) if from_saved_state => {
-            check_readable(k)?;
-            args.initrd.as_deref().map(check_readable).transpose()?;
+            kernel_files(k, args.initrd.as_deref(), true)?;
             Firmware::Kernel(vmm::KernelImage {
                 kernel: Vec::new(),
                 initrd: None,
                 cmdline: args.append.clone().unwrap_or_default(),
                 path: args.kernel_boot.path(),
+                modules: Vec::new(),
                 load: false,
             })
         }
-        (None, None, Some(k)) => Firmware::Kernel(vmm::KernelImage {
-            kernel: read_file(k)?,
-            initrd: args.initrd.as_deref().map(read_file).transpose()?,
-            cmdline: args.append.clone().unwrap_or_default(),
-            path: args.kernel_boot.path(),
-            load: true,
-        }),
+        (None, None, Some(k)) => {
+            let f = kernel_files(k, args.initrd.as_deref(), false)?;
+            Firmware::Kernel(vmm::KernelImage {
+                kernel: f.kernel,
+                initrd: f.initrd,
+                cmdline: args.append.clone().unwrap_or_default(),
+                path: args.kernel_boot.path(),
+                modules: f.modules,
+                load: true,
+            })
+        }
         // A disk and no kernel, or a network boot: SeaBIOS boots it.
         (None, None, None) if !disks.is_empty() || net_boot => Firmware::Bios(bios::default_bios()?),
         (None, None, None) => Firmware::Builtin,
@@ -277,7 +339,13 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         timeout: args.timeout.map(Duration::from_secs_f64),
         kvm_split: args.kvm_split.mode(),
         kvm_pit: args.kvm_pit.pit(),
-        cpu_model: args.cpu,
+        // The full model where ferrovm runs every instruction itself; KVM
+        // gives the guest its own CPUID, filtered to the smaller model.
+        cpu_model: args.cpu.unwrap_or(if kind == EngineKind::Kvm {
+            cpu::cpuid::Model::V2
+        } else {
+            cpu::cpuid::Model::Max
+        }),
         topology: args.cpus,
         vcpu_threads: args.vcpu_threads.mode(),
         vga,

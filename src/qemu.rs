@@ -1548,11 +1548,40 @@ impl State {
             .map_or_else(|| name.to_string(), |p| p.display().to_string())
     }
 
+    /// Why `-kernel KERNEL` boots directly rather than through the BIOS,
+    /// when it does: an ELF that is not a multiboot kernel (a vmlinux,
+    /// which QEMU boots through its PVH option ROM when it has a PVH note;
+    /// ferrovm's BIOS boot has no PVH ROM, its direct boot loads a vmlinux),
+    /// or less RAM than ferrovm's BIOS boot takes. A file that cannot be
+    /// read goes to the BIOS boot, whose error names it.
+    fn direct_boot(&self, kernel: &str) -> Option<String> {
+        let mem = self.mem.unwrap_or(128 << 20);
+        if mem < vmm::bios::MIN_RAM {
+            return Some(format!(
+                "-kernel {kernel} boots directly: -m {} KiB is below the {} MiB ferrovm's BIOS takes",
+                mem >> 10,
+                vmm::bios::MIN_RAM >> 20
+            ));
+        }
+        use std::io::Read;
+        let mut head = Vec::new();
+        std::fs::File::open(kernel)
+            .and_then(|f| f.take(firmware::multiboot::MULTIBOOT_SEARCH as u64 + 16).read_to_end(&mut head))
+            .ok()?;
+        let multiboot = firmware::multiboot::probe(&head);
+        (firmware::elf::is_elf(&head) && matches!(multiboot, Ok(None))).then(|| {
+            format!(
+                "-kernel {kernel} is an ELF vmlinux, which QEMU boots through its PVH option ROM: ferrovm boots it \
+                 directly (its BIOS boot takes a bzImage or a multiboot kernel)"
+            )
+        })
+    }
+
     fn finish(mut self) -> Result<Translation, String> {
         let mut args: Vec<String> = vec!["--accel".into(), self.accel_arg().into()];
-        if self.cpu_max {
-            args.extend(["--cpu".into(), "max".into()]);
-        }
+        // QEMU's default model (qemu64) and the named ones run as v2;
+        // `ferrovm run`'s own default under the JIT is max.
+        args.extend(["--cpu".into(), if self.cpu_max { "max" } else { "v2" }.into()]);
         if let Some(smp) = &self.smp {
             args.extend(["--cpus".into(), smp.clone()]);
         }
@@ -1723,19 +1752,30 @@ impl State {
                 args.extend([flag.into(), v.clone()]);
             }
         }
+        // A -kernel the BIOS cannot boot boots directly, with a note.
+        let direct = self.kernel.clone().and_then(|k| self.direct_boot(&k));
+        if let Some(why) = direct.clone() {
+            self.note(why);
+            if let Some(b) = self.bios.take() {
+                self.note(format!("-bios {b} is not used: the kernel boots without firmware"));
+            }
+        }
         if !self.pflash.is_empty() {
             if self.kernel.is_some() {
-                return Err("-drive if=pflash with -kernel: ferrovm boots -kernel directly, without firmware".into());
+                return Err("-drive if=pflash with -kernel: ferrovm boots -kernel through SeaBIOS (or directly), \
+                            not through UEFI firmware"
+                    .into());
             }
             if let Some(b) = self.bios.take() {
                 self.note(format!("-bios {b}: the firmware is the first -drive if=pflash, as QEMU takes it"));
             }
             args.extend(self.pflash_args()?);
-        } else if self.kernel.is_none() || self.bios.is_some() {
-            // QEMU runs its BIOS (SeaBIOS) whether or not there is a disk.
-            // With -kernel, a BIOS named with -bios boots the kernel through
-            // the linuxboot option ROM, as QEMU's does; without -bios the
-            // kernel boots directly, which is faster.
+        } else if direct.is_none() {
+            // QEMU runs its BIOS (SeaBIOS) whether or not there is a disk,
+            // and boots a -kernel through it: a bzImage through its
+            // linuxboot option ROM, a multiboot kernel through its
+            // multiboot ROM. So does ferrovm here (`ferrovm run --kernel`
+            // boots directly, which is faster).
             let bios = self.find_firmware(self.bios.as_deref().unwrap_or(DEFAULT_BIOS));
             args.extend(["--bios".into(), bios]);
         }
@@ -2013,6 +2053,8 @@ mod tests {
                 "i",
                 "--append",
                 "console=ttyS0",
+                "--bios",
+                &State::default().find_firmware(DEFAULT_BIOS),
                 "--no-reboot"
             ]
         );
@@ -2051,11 +2093,12 @@ mod tests {
         let t = tr("-cpu Skylake-Client,+avx -nodefaults -kernel k").unwrap();
         assert_eq!(t.notes.len(), 2, "{:?}", t.notes);
         assert!(t.notes[0].contains("v2 model"), "{:?}", t.notes);
-        assert!(!t.args.contains(&"--cpu".to_string()), "other models are the default v2");
+        assert!(has(&t.args, "--cpu", "v2"), "other models run as v2: {:?}", t.args);
         for (line, max) in [("-cpu host", true), ("-cpu max", true), ("-cpu qemu64", false), ("", false)] {
             let t = tr(&format!("{line} -nodefaults -kernel k")).unwrap();
             assert!(t.notes.is_empty(), "{line}: {:?}", t.notes);
             assert_eq!(has(&t.args, "--cpu", "max"), max, "{line}: {:?}", t.args);
+            assert_eq!(has(&t.args, "--cpu", "v2"), !max, "{line}: QEMU's default qemu64 is v2: {:?}", t.args);
         }
         // The last -cpu wins.
         assert!(!has(&run_args("-cpu max -cpu qemu64 -nodefaults -kernel k"), "--cpu", "max"));
@@ -2399,10 +2442,49 @@ mod tests {
         // -bios with -kernel: the BIOS boots the kernel.
         let t = tr("-bios /no/such.bin -kernel k -nodefaults").unwrap();
         assert!(has(&t.args, "--bios", "/no/such.bin") && has(&t.args, "--kernel", "k"), "{:?}", t.args);
+        // -kernel alone: QEMU's SeaBIOS boots it, through the linuxboot or
+        // multiboot ROM; an ELF vmlinux and a small machine boot directly.
+        let dir = std::env::temp_dir().join(format!("ferrovm-qemu-kernel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let seabios = State::default().find_firmware(DEFAULT_BIOS);
+        let mut bz = vec![0u8; 0x1000];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        let mut vmlinux = b"\x7fELF\x02\x01\x01".to_vec();
+        vmlinux.resize(0x1000, 0);
+        let mut multiboot = vmlinux.clone();
+        let (magic, flags) = (0x1bad_b002u32, 2u32);
+        for (i, v) in [magic, flags, 0u32.wrapping_sub(magic).wrapping_sub(flags)].into_iter().enumerate() {
+            multiboot[0x100 + 4 * i..0x104 + 4 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        for (name, bytes) in [("bz", &bz), ("vmlinux", &vmlinux), ("mb", &multiboot)] {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+        let k = |name: &str| dir.join(name).display().to_string();
+        for (line, through_bios) in [
+            ("-kernel k -nodefaults".to_string(), true),
+            (format!("-kernel {} -nodefaults", k("bz")), true),
+            (format!("-kernel {} -initrd a,b -nodefaults", k("mb")), true),
+            (format!("-kernel {} -nodefaults", k("vmlinux")), false),
+            (format!("-m 8 -kernel {} -nodefaults", k("bz")), false),
+        ] {
+            let t = tr(&line).unwrap();
+            assert_eq!(has(&t.args, "--bios", &seabios), through_bios, "{line}: {:?}", t.args);
+            assert_eq!(
+                t.notes.iter().any(|n| n.contains("boots") && n.contains("directly")),
+                !through_bios,
+                "{line}: {:?}",
+                t.notes
+            );
+        }
+        let t = tr(&format!("-bios /no/such.bin -kernel {} -nodefaults", k("vmlinux"))).unwrap();
+        assert!(!t.args.contains(&"--bios".to_string()), "{:?}", t.args);
         assert!(
-            !tr("-kernel k -nodefaults").unwrap().args.contains(&"--bios".to_string()),
-            "-kernel alone boots directly"
+            t.notes.iter().any(|n| n.contains("PVH"))
+                && t.notes.iter().any(|n| n.contains("-bios /no/such.bin is not used")),
+            "{:?}",
+            t.notes
         );
+        std::fs::remove_dir_all(&dir).unwrap();
         let dir = std::env::temp_dir().join(format!("ferrovm-qemu-L-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("mine.bin"), b"x").unwrap();

@@ -38,6 +38,15 @@
 //! - Debian's iPXE (`ipxe.lkrn`, its own NIC drivers) booted as QEMU's
 //!   `-kernel`, ten times on each NIC: every run configures IPv4 and IPv6
 //!   from the NAT.
+//! - A multiboot kernel (assembled here, `tests/guest/multiboot.rs`) with a
+//!   module, booted through SeaBIOS and QEMU's multiboot option ROM
+//!   (`--kernel-boot bios`) in the interpreter, under the JIT and KVM, and
+//!   through QEMU's command line in ferrovm and in QEMU itself when it is
+//!   installed: EAX, the information structure's flags, `mem_lower` and
+//!   `mem_upper`, the memory map the BIOS gave, the command line, the
+//!   module's bytes and command line, the BIOS's INT 08h vector, and its
+//!   timer handler moving the BDA's tick count once the kernel goes back to
+//!   real mode.
 
 #[path = "guest/bios_disk.rs"]
 mod bios_disk;
@@ -45,6 +54,8 @@ mod bios_disk;
 mod encode;
 #[path = "guest/kvm.rs"]
 mod kvm;
+#[path = "guest/multiboot.rs"]
+mod multiboot;
 #[path = "guest/run.rs"]
 mod run;
 
@@ -664,4 +675,124 @@ fn linux_boots_from_the_network_through_pxelinux_under_the_jit() {
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     eprintln!("Linux through PXE and PXELINUX (e1000, jit): {secs:.1} s to power-off");
     let _ = std::fs::remove_dir_all(&tftp);
+}
+
+/// QEMU's ROM with which SeaBIOS boots a multiboot `-kernel` (qemu-system-data).
+const MULTIBOOT_ROM: &str = "/usr/share/qemu/multiboot_dma.bin";
+
+/// Whether the BIOS and QEMU's multiboot ROM are installed; says so when not.
+fn multiboot_through_the_bios_can_run() -> bool {
+    let rom = Path::new(MULTIBOOT_ROM).is_file();
+    if !rom {
+        eprintln!("skipping: {MULTIBOOT_ROM} is missing (Debian package qemu-system-data)");
+    }
+    seabios() && rom
+}
+
+/// The probe kernel and its module written for `tag`: the kernel's path,
+/// the module's `-initrd` entry (its path and an argument), its bytes.
+fn probe_files(tag: &str) -> (String, String, Vec<u8>) {
+    let kernel = run::tmp("bios", &format!("probe-{tag}.elf"));
+    std::fs::write(&kernel, multiboot::bios_probe_kernel()).unwrap();
+    let module = run::tmp("bios", &format!("probe-{tag}.mod"));
+    let data: Vec<u8> = (0..12_345u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&module, &data).unwrap();
+    (kernel.display().to_string(), format!("{} arg=1", module.display()), data)
+}
+
+/// The command line the probe kernel gets after its file's name.
+const PROBE_APPEND: &str = "probe console=ttyS0";
+
+/// `ferrovm run --kernel-boot bios` of the probe kernel under `accel`.
+fn multiboot_through_seabios(accel: &str) {
+    let (kernel, initrd, data) = probe_files(accel);
+    let t = Instant::now();
+    let o = run::ferrovm(&[
+        "run",
+        "--accel",
+        accel,
+        "--mem",
+        "128M",
+        "--kernel",
+        &kernel,
+        "--kernel-boot",
+        "bios",
+        "--initrd",
+        &initrd,
+        "--append",
+        PROBE_APPEND,
+        "--serial",
+        "stdio",
+        "--timeout",
+        "60",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(out.contains("SeaBIOS (version"), "SeaBIOS ran: {out}\n{err}");
+    multiboot::check_bios_probe(&out, &kernel, PROBE_APPEND, (&data, &initrd), 128 << 20, "ferrovm");
+    assert_eq!(o.status.code(), Some(0x21), "debug-exit 0x10; stderr: {err}");
+    eprintln!("multiboot through SeaBIOS under {accel}: {:.2} s", t.elapsed().as_secs_f64());
+}
+
+#[test]
+fn a_multiboot_kernel_boots_through_seabios_in_the_interpreter() {
+    if multiboot_through_the_bios_can_run() {
+        multiboot_through_seabios("interp");
+    }
+}
+
+#[test]
+fn a_multiboot_kernel_boots_through_seabios_under_the_jit() {
+    if multiboot_through_the_bios_can_run() {
+        multiboot_through_seabios("jit");
+    }
+}
+
+#[test]
+fn a_multiboot_kernel_boots_through_seabios_under_kvm() {
+    if multiboot_through_the_bios_can_run() && kvm::usable() {
+        multiboot_through_seabios("kvm");
+    }
+}
+
+/// QEMU's command line for the probe kernel, its module and `-m 128`.
+fn probe_qemu_line(kernel: &str, initrd: &str) -> Vec<String> {
+    ["-accel", "tcg", "-m", "128", "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot"]
+        .into_iter()
+        .chain(["-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-kernel", kernel, "-initrd", initrd])
+        .chain(["-append", PROBE_APPEND])
+        .map(str::to_string)
+        .collect()
+}
+
+/// QEMU's `-kernel` line boots the probe kernel through SeaBIOS in
+/// ferrovm (`ferrovm qemu`) as it does in QEMU 7.2 (when installed): the
+/// same checks pass, the loader's name aside.
+#[test]
+fn the_probe_kernel_reads_the_same_through_qemus_line_in_ferrovm_and_in_qemu() {
+    if !multiboot_through_the_bios_can_run() {
+        return;
+    }
+    let (kernel, initrd, data) = probe_files("qemu-line");
+    let line = probe_qemu_line(&kernel, &initrd);
+    let o = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
+        .arg("qemu")
+        .args(&line)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    multiboot::check_bios_probe(&out, &kernel, PROBE_APPEND, (&data, &initrd), 128 << 20, "ferrovm");
+    assert_eq!(o.status.code(), Some(0x21), "(0x10 << 1) | 1; stderr: {}", String::from_utf8_lossy(&o.stderr));
+    let qemu = ["/usr/bin/qemu-system-x86_64", "/usr/local/bin/qemu-system-x86_64"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file());
+    let Some(qemu) = qemu else {
+        eprintln!("skipping the QEMU run: qemu-system-x86_64 is not installed");
+        return;
+    };
+    let o = Command::new(qemu).args(&line).stdin(std::process::Stdio::null()).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    multiboot::check_bios_probe(&out, &kernel, PROBE_APPEND, (&data, &initrd), 128 << 20, "qemu");
+    assert_eq!(o.status.code(), Some(0x21), "QEMU: stderr: {}", String::from_utf8_lossy(&o.stderr));
 }

@@ -53,7 +53,15 @@ struct Boot {
 static GUESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn boot(accel: &str, kernel: &Path, initrd: &Path, extra: &[&str]) -> Boot {
-    boot_script(SCRIPT, accel, kernel, initrd, extra)
+    boot_script(SCRIPT, accel, kernel, initrd, &v2(accel, extra))
+}
+
+/// `extra` with `--cpu v2` for the interpreter and the JIT, whose default
+/// model is max: [`SCRIPT`]'s checks are the v2 model's (KVM's default).
+fn v2<'a>(accel: &str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = if accel == "kvm" { vec![] } else { vec!["--cpu", "v2"] };
+    args.extend_from_slice(extra);
+    args
 }
 
 fn boot_script(script: &str, accel: &str, kernel: &Path, initrd: &Path, extra: &[&str]) -> Boot {
@@ -161,7 +169,7 @@ fn assert_flags(b: &Boot, wanted: &[&str]) {
 }
 
 /// Features the model does not implement: Linux must not list them.
-const ABSENT: &[&str] = &["avx", "avx2", "xsaves", "aes", "pclmulqdq", "fma", "avx512f"];
+const ABSENT: &[&str] = &["avx", "avx2", "xsaves", "aes", "pclmulqdq", "fma", "avx512f", "pku"];
 
 fn check(b: &Boot, kernel: &Path) {
     let out = &b.stdout;
@@ -237,7 +245,7 @@ fn assert_xstate(b: &Boot) {
 fn generic_kernel_boots_to_init_in_the_interpreter() {
     let Some(dir) = images() else { return };
     let k = dir.join("vmlinuz-generic");
-    let b = boot_with_stalls(SCRIPT, "interp", &k, &dir.join("initramfs.cpio.gz"), &[], true);
+    let b = boot_with_stalls(SCRIPT, "interp", &k, &dir.join("initramfs.cpio.gz"), &v2("interp", &[]), true);
     check(&b, &k);
     assert_flags(&b, INTERP_MODEL_FLAGS);
     assert_xstate(&b);
@@ -393,34 +401,150 @@ $H/gzip -9n < /tmp/n > /tmp/n.gz
 set -- $($H/sha256sum /tmp/n.gz); echo "T:gz $1"
 set -- $($H/gzip -dc /tmp/n.gz | $H/sha256sum); echo "T:gunzip $1"
 echo "T:gzip-version $($H/gzip --version | head -n1)"
+[ -x /bin/pkeys ] && /bin/pkeys
 dmesg > /tmp/dmesg
 sed -n 's/^\[[^]]*\] x86\/fpu: \(Enabled xstate .*\)$/T:xstate \1/p' /tmp/dmesg
 grep -E 'invalid opcode|Oops|BUG:|WARNING:|traps:|segfault|general protection|alg: .*(fail|error)' /tmp/dmesg | sed 's/^/T:bad /'
 echo "T:done"
 "#;
 
-/// Linux's names for the x86-64-v3 features (and the XSAVE and crypto
-/// extensions) of the full model.
-const V3_FLAGS: &[&str] =
-    &["avx", "avx2", "fma", "f16c", "movbe", "xsave", "xsaveopt", "xsavec", "bmi1", "bmi2", "abm", "aes", "pclmulqdq"];
+/// Linux's names for the x86-64-v3 features (and the XSAVE, crypto and
+/// protection-key extensions) of the full model.
+const V3_FLAGS: &[&str] = &[
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "movbe",
+    "xsave",
+    "xsaveopt",
+    "xsavec",
+    "bmi1",
+    "bmi2",
+    "abm",
+    "aes",
+    "pclmulqdq",
+    "pku",
+    "ospke",
+];
 
-/// The initramfs with hostprogs.cpio.gz appended, in a temporary file of
-/// its own (`name`: tests run in parallel in one process).
-fn v3_initrd(dir: &Path, name: &str) -> PathBuf {
-    let mut bytes = std::fs::read(dir.join("initramfs.cpio.gz")).expect("initramfs.cpio.gz");
-    bytes.extend(std::fs::read(dir.join("hostprogs.cpio.gz")).expect("hostprogs.cpio.gz"));
-    let path = std::env::temp_dir().join(format!("ferrovm-v3-{}-{name}.cpio.gz", std::process::id()));
-    std::fs::write(&path, bytes).expect("the temporary initrd");
-    path
+/// A static program for the guest that uses a protection key through
+/// glibc (pkey_alloc, pkey_mprotect, pkey_set: WRPKRU): it reads and writes
+/// a page of its key under each right, once after a sleep (a context
+/// switch, which saves and restores PKRU with XSAVE and XRSTOR), and
+/// prints what was denied with the SIGSEGV's code (SEGV_PKUERR, 4) and key.
+const PKEYS_PROGRAM: &str = r#"
+#define _GNU_SOURCE
+#include <setjmp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static sigjmp_buf env;
+static volatile int code = -1, key = -1;
+
+static void on_segv(int sig, siginfo_t *si, void *uc) {
+    (void)sig; (void)uc;
+    code = si->si_code;
+    key = si->si_pkey;
+    siglongjmp(env, 1);
 }
 
-/// Boot `kernel` with `--cpu max` under `accel` and check [`V3_SCRIPT`]'s
+/* Reads or writes p under the rights `rights` of key k, after a context
+   switch when `sleep_us`; prints whether the access was denied, with the
+   signal's code and key. */
+static void try(const char *what, volatile char *p, int k, unsigned rights, int write, int sleep_us) {
+    code = key = -1;
+    if (pkey_set(k, rights)) { perror("pkey_set"); return; }
+    if (sleep_us) usleep(sleep_us);
+    if (!sigsetjmp(env, 1)) {
+        if (write) p[0] = 1; else (void)p[0];
+        pkey_set(k, 0);
+        printf("T:%s allowed\n", what);
+    } else {
+        pkey_set(k, 0);
+        printf("T:%s denied code %d key %d\n", what, code, key);
+    }
+}
+
+int main(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO;
+    sigaction(SIGSEGV, &sa, 0);
+    int k = pkey_alloc(0, 0);
+    if (k < 0) { printf("T:pkey_alloc failed: %m\n"); return 1; }
+    volatile char *p = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    p[0] = 42;
+    if (pkey_mprotect((void *)p, 4096, PROT_READ | PROT_WRITE, k)) { printf("T:pkey_mprotect failed: %m\n"); return 1; }
+    printf("T:pkey %d\n", k);
+    try("read-wd", p, k, PKEY_DISABLE_WRITE, 0, 0);
+    try("write-wd", p, k, PKEY_DISABLE_WRITE, 1, 0);
+    try("read-ad", p, k, PKEY_DISABLE_ACCESS, 0, 0);
+    try("read-ad-after-sleep", p, k, PKEY_DISABLE_ACCESS, 0, 20000);
+    try("write-none", p, k, 0, 1, 0);
+    printf("T:pkru %#x value %d\n", pkey_get(k), p[0]);
+    return 0;
+}"#;
+
+/// [`PKEYS_PROGRAM`] built static in `root/bin/pkeys`, or why it could not be.
+fn build_pkeys(work: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(work.join("root/bin")).map_err(|e| e.to_string())?;
+    std::fs::write(work.join("pkeys.c"), PKEYS_PROGRAM).map_err(|e| e.to_string())?;
+    let o = Command::new("cc")
+        .args(["-O2", "-static", "-o"])
+        .arg(work.join("root/bin/pkeys"))
+        .arg(work.join("pkeys.c"))
+        .output()
+        .map_err(|e| format!("no C compiler (cc: {e})"))?;
+    if !o.status.success() {
+        return Err(format!("cc -static failed (gcc and libc6-dev): {}", String::from_utf8_lossy(&o.stderr)));
+    }
+    Ok(())
+}
+
+/// The initramfs with hostprogs.cpio.gz and, when it builds, the pkeys
+/// program appended, in a temporary file of its own (`name`: tests run in
+/// parallel in one process). True with the pkeys program.
+fn v3_initrd(dir: &Path, name: &str) -> (PathBuf, bool) {
+    let mut bytes = std::fs::read(dir.join("initramfs.cpio.gz")).expect("initramfs.cpio.gz");
+    bytes.extend(std::fs::read(dir.join("hostprogs.cpio.gz")).expect("hostprogs.cpio.gz"));
+    let work = std::env::temp_dir().join(format!("ferrovm-v3-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let pkeys = match build_pkeys(&work) {
+        Ok(()) => {
+            let o = Command::new("sh")
+                .arg("-c")
+                .arg("find bin | cpio -o -H newc --quiet | gzip")
+                .current_dir(work.join("root"))
+                .output()
+                .expect("sh runs");
+            assert!(o.status.success(), "the pkeys cpio: {}", String::from_utf8_lossy(&o.stderr));
+            bytes.extend(o.stdout);
+            true
+        }
+        Err(why) => {
+            eprintln!("the protection-key program is left out: {why}");
+            false
+        }
+    };
+    let _ = std::fs::remove_dir_all(&work);
+    let path = std::env::temp_dir().join(format!("ferrovm-v3-{}-{name}.cpio.gz", std::process::id()));
+    std::fs::write(&path, bytes).expect("the temporary initrd");
+    (path, pkeys)
+}
+
+/// Boot `kernel` with the default model (max, x86-64-v3) under `accel` and check [`V3_SCRIPT`]'s
 /// results, over the numbers 1 to `n`, against the host's.
 fn v3_boot(accel: &str, kernel: &str, n: u32) {
     let Some(dir) = images::images(&["initramfs.cpio.gz", "hostprogs.cpio.gz", kernel]) else { return };
-    let initrd = v3_initrd(&dir, &format!("{accel}-{kernel}"));
+    let (initrd, pkeys) = v3_initrd(&dir, &format!("{accel}-{kernel}"));
     let script = V3_SCRIPT.replace("@N@", &n.to_string());
-    let b = boot_script(&script, accel, &dir.join(kernel), &initrd, &["--cpu", "max", "--stats"]);
+    // No --cpu: max is the default model under the interpreter and the JIT.
+    let b = boot_script(&script, accel, &dir.join(kernel), &initrd, &["--stats"]);
     let _ = std::fs::remove_file(&initrd);
     let out = &b.stdout;
     assert!(out.contains("ferrovm-init: start"), "init never started:\n{out}");
@@ -433,7 +557,20 @@ fn v3_boot(accel: &str, kernel: &str, n: u32) {
     assert!(hwcaps.contains(&"x86-64-v3 (supported, searched)"), "glibc's loader: {hwcaps:?}");
     assert!(hwcaps.contains(&"x86-64-v4"), "v4 (AVX-512) is not in the model: {hwcaps:?}");
     let x = field(out, "xstate").unwrap_or("");
-    assert!(x.starts_with("Enabled xstate features 0x7, context size is 832 bytes"), "xstate in dmesg: {x:?}");
+    // x87, SSE, YMM and PKRU, which the compacted format puts right after
+    // YMM: 840 bytes.
+    assert!(x.starts_with("Enabled xstate features 0x207, context size is 840 bytes"), "xstate in dmesg: {x:?}");
+    if pkeys {
+        let key = field(out, "pkey").unwrap_or("none");
+        assert!(key.parse::<u8>().is_ok_and(|k| (1..16).contains(&k)), "pkey_alloc: {key}\n{out}");
+        let denied = format!("denied code 4 key {key}");
+        assert_eq!(field(out, "read-wd"), Some("allowed"), "a read under write-disable");
+        assert_eq!(field(out, "write-wd"), Some(denied.as_str()), "a write under write-disable");
+        assert_eq!(field(out, "read-ad"), Some(denied.as_str()), "a read under access-disable");
+        assert_eq!(field(out, "read-ad-after-sleep"), Some(denied.as_str()), "PKRU across a context switch");
+        assert_eq!(field(out, "write-none"), Some("allowed"), "a write with every right");
+        assert_eq!(field(out, "pkru"), Some("0 value 1"), "the rights and the page at the end");
+    }
     let bad: Vec<&str> = out.lines().filter(|l| l.starts_with("T:bad ")).collect();
     assert!(bad.is_empty(), "dmesg complaints: {bad:#?}");
     let seq = format!("seq 1 {n}");

@@ -555,7 +555,10 @@ reboot -f
 "#;
 
 /// QEMU's `-no-acpi`: Linux finds no RSDP, runs without ACPI, and counts
-/// both CPUs of `-smp 2` from the MP table.
+/// both CPUs of `-smp 2,sockets=2` from the MP table. SeaBIOS, which boots
+/// QEMU's `-kernel`, lists one processor per package in the MP table it
+/// builds, so `-smp 2` (two cores of one socket) would show one CPU, as it
+/// does under QEMU.
 #[test]
 fn linux_boots_without_acpi_on_the_mp_table() {
     let Some(dir) = images::images(&["vmlinuz-generic", "initramfs.cpio.gz"]) else {
@@ -564,7 +567,7 @@ fn linux_boots_without_acpi_on_the_mp_table() {
     let initrd = dir.join("initramfs.cpio.gz");
     let _one = ONE_LINUX.lock().unwrap_or_else(|e| e.into_inner());
     let cmdline = format!("console=ttyS0 panic=-1 ferrovm.cmd={}", encode::base64(NO_ACPI_SCRIPT.as_bytes()));
-    let args = images::generic_linux(&dir, &initrd, &cmdline, &["-no-acpi", "-smp", "2"]);
+    let args = images::generic_linux(&dir, &initrd, &cmdline, &["-no-acpi", "-smp", "2,sockets=2"]);
     let o = ferrovm(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let out = String::from_utf8_lossy(&o.stdout);
     let err = String::from_utf8_lossy(&o.stderr);

@@ -4,14 +4,17 @@
 //!
 //! - the lines `ferrovm bench` gives QEMU: the built-in guest through
 //!   `-bios` and isa-debug-exit, and Debian's cloud kernel (`-accel tcg`,
-//!   which is ferrovm's JIT);
+//!   which is ferrovm's JIT), which SeaBIOS boots through QEMU's linuxboot
+//!   ROM as QEMU does (the kernel's real-mode setup code probes EDD through
+//!   the BIOS) up to its init;
 //! - `-netdev user,...,hostfwd=... -device virtio-net-pci|e1000,netdev=n0`:
 //!   DHCP, HTTP through the NAT's gateway, a host port forward and the
 //!   NIC's MAC address (the network guest of tests/net.rs);
 //! - `-drive file=...,if=virtio,format=raw`: the BIOS test disk of
 //!   tests/bios.rs through SeaBIOS and SYSLINUX;
 //! - a multiboot test kernel with `-device isa-debug-exit,...`, which exits
-//!   with QEMU's status, and `-no-reboot`;
+//!   with QEMU's status, and `-no-reboot`, booted through SeaBIOS and QEMU's
+//!   multiboot ROM;
 //! - options ferrovm cannot honour, refused by name with status 1.
 //!
 //! Without the guest images the Linux tests say so and pass.
@@ -124,6 +127,11 @@ fn the_bench_line_for_linux_boots_the_cloud_kernel() {
     let out = text(&o.stdout);
     let field = |k: &str| out.lines().find_map(|l| l.trim_end().strip_prefix(&format!("T:{k} ")).map(str::to_string));
     assert!(out.contains("ferrovm-init: start"), "stdout: {out}\nstderr: {}", text(&o.stderr));
+    // QEMU's -kernel: SeaBIOS runs the linuxboot ROM, which enters the
+    // kernel's real-mode setup code, which asks the BIOS for its disks.
+    for through_the_bios in ["SeaBIOS (version", "Booting from ROM", "Probing EDD"] {
+        assert!(out.contains(through_the_bios), "{through_the_bios:?} in stdout: {out}");
+    }
     assert!(field("uname").is_some_and(|u| u.ends_with("-cloud-amd64")), "{out}");
     let host = Command::new("sh").args(["-c", "seq 1 10000 | sha256sum | cut -d' ' -f1"]).output().unwrap();
     assert_eq!(field("seq"), Some(text(&host.stdout).trim().to_string()), "{out}");
@@ -242,6 +250,7 @@ fn a_test_kernel_exits_with_qemus_debug_exit_status() {
     c.arg(&k).args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x4", "-display", "none", "-serial", "stdio"]);
     let o = output(c);
     assert!(text(&o.stdout).contains("qemu-cli: hello"), "stdout: {}\nstderr: {}", text(&o.stdout), text(&o.stderr));
+    assert!(text(&o.stdout).contains("SeaBIOS (version"), "through the BIOS: {}", text(&o.stdout));
     assert_eq!(o.status.code(), Some(0x43), "(0x21 << 1) | 1; stderr: {}", text(&o.stderr));
     // `ferrovm qemu ...`, `--` spellings and iosize=0x04 say the same.
     let o = Command::new(env!("CARGO_BIN_EXE_ferrovm"))

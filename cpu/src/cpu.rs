@@ -97,6 +97,8 @@ pub struct Cpu {
     pub(crate) avx: bool,
     /// The CPU model has AES-NI and PCLMULQDQ (see [`Cpu::set_model`]).
     pub(crate) crypto: bool,
+    /// The protection keys are in the model (see [`Cpu::set_model`]).
+    pub(crate) pku: bool,
     /// The machine's processors, as CPUID describes them (see
     /// [`Cpu::set_topology`]).
     pub(crate) topology: Topology,
@@ -124,7 +126,7 @@ impl Cpu {
             mmu,
             platform,
             stats: CpuStats::default(),
-            paging: PagingCtx { mode: PagingMode::Off, cr3: 0, wp: false, nxe: false, smep: false, smap: false },
+            paging: PagingCtx::OFF,
             cache: DecodeCache::default(),
             code_watch,
             prev_block: None,
@@ -146,6 +148,7 @@ impl Cpu {
             xsave: true,
             avx: false,
             crypto: false,
+            pku: false,
             topology: Topology::default(),
             apic_id: 0,
             lock: Default::default(),
@@ -189,15 +192,25 @@ impl Cpu {
     /// Take on one of the CPU models ([`crate::cpuid::Model`]): its AVX
     /// part ([`Cpu::set_avx`]) and its AES-NI and PCLMULQDQ (CPUID.1:ECX
     /// bits 25 and 1; without them those instructions raise #UD).
+    /// With [`crate::cpuid::Model::Max`], also the protection keys: PKU
+    /// (CR4.PKE, PKRU, RDPKRU and WRPKRU, the PKRU state component) and PKS
+    /// (CR4.PKS, IA32_PKRS), offered with the XSAVE feature set.
     pub fn set_model(&mut self, model: crate::cpuid::Model) {
         self.avx = model.avx();
         self.crypto = model.crypto();
+        self.pku = model.pku();
+    }
+
+    /// Whether the protection keys (PKU and PKS) are offered: in the model,
+    /// with the XSAVE feature set (PKRU is an XSAVE state component).
+    pub fn pku(&self) -> bool {
+        self.pku && self.xsave
     }
 
     /// The model this processor presents: [`crate::cpuid::Model::Max`]
     /// when both its parts are on and XSAVE is offered.
     pub fn model(&self) -> crate::cpuid::Model {
-        if self.avx() && self.crypto {
+        if self.avx() && self.crypto && self.pku() {
             crate::cpuid::Model::Max
         } else {
             crate::cpuid::Model::V2
@@ -216,10 +229,11 @@ impl Cpu {
 
     /// The XCR0 bits this processor supports.
     pub fn xcr0_supported(&self) -> u64 {
-        if self.avx() {
-            crate::ops::xsave::SUPPORTED_AVX
+        let base = if self.avx() { crate::ops::xsave::SUPPORTED_AVX } else { crate::ops::xsave::SUPPORTED };
+        if self.pku() {
+            base | crate::ops::xsave::PKRU
         } else {
-            crate::ops::xsave::SUPPORTED
+            base
         }
     }
 
@@ -253,9 +267,11 @@ impl Cpu {
             r = crate::cpuid::with_crypto(leaf, r);
         }
         if !self.xsave {
-            crate::cpuid::without_xsave(leaf, r)
-        } else if self.avx {
-            crate::cpuid::with_avx(&self.state, leaf, sub, r)
+            return crate::cpuid::without_xsave(leaf, r);
+        }
+        let r = if self.avx { crate::cpuid::with_avx(&self.state, leaf, sub, r) } else { r };
+        if self.pku {
+            crate::cpuid::with_pku(&self.state, leaf, sub, r)
         } else {
             r
         }
@@ -330,12 +346,12 @@ impl Cpu {
     }
 
     /// Take the state back from an engine that ran user code under the same
-    /// paging (CR0, CR3, CR4 and EFER unchanged): user code cannot change
+    /// paging (CR0, CR3, CR4, EFER and the protection-key rights unchanged): user code cannot change
     /// page-table entries other than their accessed and dirty bits, so the
     /// soft TLB stays. Any other change of paging flushes it.
     pub fn resume_state(&mut self, s: CpuState) {
         let o = &self.state;
-        let same = (o.cr0, o.cr3, o.cr4, o.efer) == (s.cr0, s.cr3, s.cr4, s.efer);
+        let same = (o.cr0, o.cr3, o.cr4, o.efer, o.pkru, o.pkrs) == (s.cr0, s.cr3, s.cr4, s.efer, s.pkru, s.pkrs);
         if same {
             self.state = s;
         } else {
@@ -388,6 +404,12 @@ pub fn paging_of(s: &CpuState) -> PagingCtx {
         nxe: s.efer & cr::EFER_NXE != 0,
         smep: s.cr4 & cr::CR4_SMEP != 0,
         smap: s.cr4 & cr::CR4_SMAP != 0,
+        keys: mmu::ProtectionKeys {
+            pke: s.cr4 & cr::CR4_PKE != 0,
+            pks: s.cr4 & cr::CR4_PKS != 0,
+            pkru: s.pkru,
+            pkrs: s.pkrs,
+        },
     }
 }
 

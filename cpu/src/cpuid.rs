@@ -18,12 +18,14 @@ use crate::state::CpuState;
 pub enum Model {
     /// x86-64-v2 (SSE4.2, POPCNT, CX16, LAHF) with XSAVE for the x87 and
     /// SSE state, plus MOVBE, LZCNT, BMI1/BMI2 and the system features
-    /// below; no AVX. The default.
+    /// below; no AVX. The default of a [`crate::Cpu`] (`ferrovm run`'s
+    /// under KVM).
     #[default]
     V2,
     /// Everything the interpreter implements: x86-64-v3 (AVX, AVX2, FMA,
     /// F16C and the YMM state in XSAVE) on top of [`Model::V2`], and AES-NI
-    /// and PCLMULQDQ.
+    /// and PCLMULQDQ, and the protection keys (PKU and PKS). `ferrovm
+    /// run`'s default under the interpreter and the JIT.
     Max,
 }
 
@@ -43,7 +45,7 @@ impl Model {
     pub fn describe(self) -> &'static str {
         match self {
             Model::V2 => "x86-64-v2: SSE4.2, XSAVE (x87/SSE), MOVBE, LZCNT, BMI1/2; no AVX",
-            Model::Max => "x86-64-v3: v2 plus AVX, AVX2, FMA, F16C, XSAVE with YMM; AES-NI, PCLMULQDQ",
+            Model::Max => "x86-64-v3: v2 plus AVX, AVX2, FMA, F16C, XSAVE with YMM; AES-NI, PCLMULQDQ; PKU, PKS",
         }
     }
 
@@ -54,6 +56,11 @@ impl Model {
 
     /// Whether the model has AES-NI and PCLMULQDQ.
     pub fn crypto(self) -> bool {
+        self == Model::Max
+    }
+
+    /// Whether the model has the protection keys, PKU and PKS.
+    pub fn pku(self) -> bool {
         self == Model::Max
     }
 }
@@ -362,7 +369,13 @@ pub mod ecx7 {
     /// User-mode instruction prevention (CR4.UMIP): SGDT, SIDT, SLDT, SMSW
     /// and STR are #GP(0) at CPL > 0.
     pub const UMIP: u32 = 1 << 2;
+    /// Protection keys for user-mode pages (CR4.PKE, PKRU, RDPKRU, WRPKRU).
+    pub const PKU: u32 = 1 << 3;
+    /// CR4.PKE is set (the OS enabled PKU).
+    pub const OSPKE: u32 = 1 << 4;
     pub const RDPID: u32 = 1 << 22;
+    /// Protection keys for supervisor-mode pages (CR4.PKS, IA32_PKRS).
+    pub const PKS: u32 = 1 << 31;
 }
 
 /// Leaf 0Dh subleaf 1 EAX bits.
@@ -487,9 +500,33 @@ pub fn with_avx(state: &CpuState, leaf: u32, sub: u32, regs: [u32; 4]) -> [u32; 
             [SUPPORTED_AVX as u32, area_size(state.xcr0), max, (SUPPORTED_AVX >> 32) as u32]
         }
         // The compacted size of the components enabled in XCR0.
-        (0xd, 1) => [regs[0], area_size(state.xcr0), regs[2], regs[3]],
+        (0xd, 1) => [regs[0], crate::ops::xsave::compacted_size(state.xcr0), regs[2], regs[3]],
         // Offset 576, user state, no 64-byte alignment in the compacted form.
         (0xd, 2) => [YMM_SIZE, YMM_OFFSET, 0, 0],
+        _ => regs,
+    }
+}
+
+/// `regs`, CPUID's answer for `leaf`/`sub` (after [`with_avx`] when AVX is
+/// on), as the model with the protection keys answers it (see
+/// [`crate::Cpu::set_model`]): CPUID.(7,0):ECX.PKU and PKS, OSPKE from
+/// CR4.PKE, and in leaf 0Dh the PKRU component (XCR0 bit 9, 8 bytes at
+/// offset 2688 in the standard format), with the area sizes for the XCR0
+/// in `state`.
+pub fn with_pku(state: &CpuState, leaf: u32, sub: u32, regs: [u32; 4]) -> [u32; 4] {
+    use crate::ops::xsave::{area_size, compacted_size, PKRU, PKRU_OFFSET, PKRU_SIZE};
+    match (leaf, sub) {
+        (7, 0) => {
+            let os = if state.cr4 & crate::state::cr::CR4_PKE != 0 { ecx7::OSPKE } else { 0 };
+            [regs[0], regs[1], regs[2] | ecx7::PKU | ecx7::PKS | os, regs[3]]
+        }
+        (0xd, 0) => {
+            let supported = (u64::from(regs[3]) << 32 | u64::from(regs[0])) | PKRU;
+            [supported as u32, area_size(state.xcr0), area_size(supported), (supported >> 32) as u32]
+        }
+        (0xd, 1) => [regs[0], compacted_size(state.xcr0), regs[2], regs[3]],
+        // User state, no 64-byte alignment in the compacted form.
+        (0xd, 9) => [PKRU_SIZE, PKRU_OFFSET, 0, 0],
         _ => regs,
     }
 }

@@ -26,6 +26,8 @@ pub const IA32_MISC_ENABLE: u32 = 0x1a0;
 pub const IA32_PAT: u32 = 0x277;
 pub const IA32_MTRR_DEF_TYPE: u32 = 0x2ff;
 pub const IA32_TSC_DEADLINE: u32 = 0x6e0;
+/// The protection-key rights of supervisor-mode pages (PKS).
+pub const IA32_PKRS: u32 = 0x6e1;
 pub const IA32_EFER: u32 = 0xc000_0080;
 pub const IA32_STAR: u32 = 0xc000_0081;
 pub const IA32_LSTAR: u32 = 0xc000_0082;
@@ -292,6 +294,7 @@ impl Cpu {
             IA32_GS_BASE => self.state.seg[sreg::GS].base,
             IA32_KERNEL_GS_BASE => m.kernel_gs_base,
             IA32_TSC_AUX => m.tsc_aux,
+            IA32_PKRS if self.pku() => u64::from(self.state.pkrs),
             _ => match self.state.msr_table.get(msr) {
                 Some(v) => v,
                 None => {
@@ -346,6 +349,8 @@ impl Cpu {
             IA32_GS_BASE => self.state.seg[sreg::GS].base = v,
             IA32_KERNEL_GS_BASE => self.state.msr.kernel_gs_base = v,
             IA32_TSC_AUX => self.state.msr.tsc_aux = v,
+            // Bits 63:32 are reserved.
+            IA32_PKRS if self.pku() && v >> 32 == 0 => self.set_pkrs(v as u32),
             PERF_CTR0..=0xc001_0007 => {
                 let i = MsrTable::slot(msr).expect("the counters are in the table");
                 self.state.msr_table.values[i] = v;

@@ -82,6 +82,8 @@ pub struct SavedModel {
     pub avx: bool,
     /// AES-NI and PCLMULQDQ are on.
     pub crypto: bool,
+    /// The protection keys (PKU and PKS) are on.
+    pub pku: bool,
 }
 
 /// Where a seeded RDRAND generator (ChaCha20) is in its stream.
@@ -103,12 +105,14 @@ struct Limits {
     xsave: bool,
     /// The XCR0 components XSETBV takes.
     xcr0_supported: u64,
+    /// CR4.PKE and CR4.PKS may be set.
+    pku: bool,
 }
 
 impl Limits {
     /// What the most capable model allows (XSAVE offered, AVX on): the
     /// checks of a [`CpuState`] on its own.
-    const ANY_MODEL: Limits = Limits { xsave: true, xcr0_supported: xsave::SUPPORTED_AVX };
+    const ANY_MODEL: Limits = Limits { xsave: true, xcr0_supported: xsave::SUPPORTED_AVX | xsave::PKRU, pku: true };
 }
 
 fn check(ok: bool, field: &'static str, problem: impl FnOnce() -> String) -> Result<(), PersistError> {
@@ -138,7 +142,7 @@ fn check_state(s: &CpuState, limits: Limits) -> Result<(), PersistError> {
 
     // Control registers, EFER, XCR0 and the debug registers.
     check(system::cr0_valid(s.cr0), "cr0", || format!("is {:#x}, which MOV to CR0 refuses", s.cr0))?;
-    check(system::cr4_valid(s.cr4, limits.xsave), "cr4", || {
+    check(system::cr4_valid(s.cr4, limits.xsave, limits.pku), "cr4", || {
         format!("is {:#x}, with bits this CPU model does not implement", s.cr4)
     })?;
     check(s.efer & !system::EFER_VALID == 0, "efer", || format!("is {:#x}, with reserved bits", s.efer))?;
@@ -252,7 +256,7 @@ impl Persist for CpuState {
 
 impl Cpu {
     fn saved_model(&self) -> SavedModel {
-        SavedModel { xsave: self.xsave, avx: self.avx, crypto: self.crypto }
+        SavedModel { xsave: self.xsave, avx: self.avx, crypto: self.crypto, pku: self.pku }
     }
 }
 
@@ -273,7 +277,7 @@ impl Persist for Cpu {
     fn restore(&mut self, s: &CpuSnapshot) -> Result<(), PersistError> {
         let model = self.saved_model();
         check(s.model == model, "model", || format!("is {:?}, and this CPU's is {model:?}", s.model))?;
-        check_state(&s.state, Limits { xsave: self.xsave, xcr0_supported: self.xcr0_supported() })?;
+        check_state(&s.state, Limits { xsave: self.xsave, xcr0_supported: self.xcr0_supported(), pku: self.pku() })?;
         if let Some(r) = &s.rng {
             PersistError::check_max(PART, "rng.used", r.used, 16)?;
         }
@@ -636,7 +640,7 @@ mod tests {
         assert_round_trip(&good, &mut target);
         let cases: &[Case<CpuState>] = &[
             ("cpl", |s| s.cpl = 4),
-            ("cr4", |s| s.cr4 |= 1 << 22),
+            ("cr4", |s| s.cr4 |= 1 << 23),
             ("mxcsr", |s| s.mxcsr |= 1 << 31),
             ("lazy.op", |s| s.lazy.op = u32::MAX),
         ];

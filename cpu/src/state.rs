@@ -87,6 +87,8 @@ pub mod cr {
     pub const CR4_OSXSAVE: u64 = 1 << 18;
     pub const CR4_SMEP: u64 = 1 << 20;
     pub const CR4_SMAP: u64 = 1 << 21;
+    pub const CR4_PKE: u64 = 1 << 22;
+    pub const CR4_PKS: u64 = 1 << 24;
 
     pub const EFER_SCE: u64 = 1 << 0;
     pub const EFER_LME: u64 = 1 << 8;
@@ -321,6 +323,12 @@ pub struct CpuState {
     /// `xmm`). Apart from `xmm` so the SSE paths never touch it: legacy SSE
     /// instructions leave it alone, VEX.128 instructions zero it.
     pub ymm_hi: [u128; 16],
+    /// PKRU: the rights of the 16 protection keys of user-mode pages (two
+    /// bits a key: access-disable, write-disable), with CR4.PKE.
+    pub pkru: u32,
+    /// IA32_PKRS (MSR 6E1h, bits 31:0): the same for supervisor-mode
+    /// pages, with CR4.PKS.
+    pub pkrs: u32,
     /// The MSRs kept by value, the MTRRs among them (see [`crate::msr`]).
     /// Last: rarely touched.
     pub msr_table: crate::msr::MsrTable,
@@ -384,6 +392,8 @@ impl CpuState {
             nmi_blocked: 0,
             events: PendingEvents::default(),
             ymm_hi: [0; 16],
+            pkru: 0,
+            pkrs: 0,
             msr_table: crate::msr::MsrTable::default(),
         }
     }

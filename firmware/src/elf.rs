@@ -135,15 +135,32 @@ pub fn section(image: &[u8], name: &str) -> Option<(u64, u64)> {
     })
 }
 
-/// Load the `PT_LOAD` segments of `image` (for CPU `machine`: [`EM_X86_64`] or
-/// [`EM_386`]) at their physical addresses, each above `min_addr`, zeroing the
-/// bss. The entry point is converted to physical: `e_entry` in a segment's
-/// virtual range becomes `e_entry - (p_vaddr - p_paddr)`; an `e_entry` already
-/// in a segment's physical range (a vmlinux enters at `phys_startup_64`) stays.
-pub fn load_elf(mem: &GuestMemory, image: &[u8], machine: u16, min_addr: u64) -> Result<LoadedElf, ElfError> {
+/// What an ELF image loads, checked against the image but not yet against
+/// any memory: its segments (bss included in `memsz`), the bytes each takes
+/// from the file, and the entry point as a physical address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElfImage<'a> {
+    /// The entry point as a physical address (see [`load_elf`]).
+    pub entry: u64,
+    /// `e_entry` as the file states it.
+    pub e_entry: u64,
+    pub segments: Vec<ElfSegment>,
+    /// The file bytes of each segment, in the order of `segments`.
+    pub data: Vec<&'a [u8]>,
+    /// True for ELFCLASS64.
+    pub is_64: bool,
+}
+
+/// Parses `image` (for CPU `machine`: [`EM_X86_64`] or [`EM_386`]): its
+/// `PT_LOAD` segments, each checked to lie in the file with `p_filesz <=
+/// p_memsz` and not to wrap the address space, and the entry point
+/// converted to physical: `e_entry` in a segment's virtual range becomes
+/// `e_entry - (p_vaddr - p_paddr)`; an `e_entry` already in a segment's
+/// physical range (a vmlinux enters at `phys_startup_64`) stays.
+pub fn parse_elf(image: &[u8], machine: u16) -> Result<ElfImage<'_>, ElfError> {
     let (header, loads) = parse(image, machine)?;
     let mut segments = Vec::with_capacity(loads.len());
-    let mut file_ranges = Vec::with_capacity(loads.len());
+    let mut data = Vec::with_capacity(loads.len());
     for (index, p) in loads.iter().enumerate() {
         let (offset, filesz, memsz, paddr) = (p.p_offset, p.p_filesz, p.p_memsz, p.p_paddr);
         if filesz > memsz {
@@ -153,14 +170,11 @@ pub fn load_elf(mem: &GuestMemory, image: &[u8], machine: u16, min_addr: u64) ->
         if !in_file {
             return Err(ElfError::SegmentOutOfFile { index, offset, filesz, file_len: image.len() });
         }
-        if paddr < min_addr {
-            return Err(ElfError::SegmentTooLow { index, paddr, min: min_addr });
-        }
-        if paddr.checked_add(memsz).is_none() || !mem.is_backed(paddr, memsz) {
+        if paddr.checked_add(memsz).is_none() {
             return Err(ElfError::SegmentOutsideRam { index, paddr, memsz });
         }
         // Both fit in usize: they end inside `image`.
-        file_ranges.push(offset as usize..(offset + filesz) as usize);
+        data.push(&image[offset as usize..(offset + filesz) as usize]);
         segments.push(ElfSegment {
             paddr,
             vaddr: p.p_vaddr,
@@ -178,16 +192,31 @@ pub fn load_elf(mem: &GuestMemory, image: &[u8], machine: u16, min_addr: u64) ->
         .map(|s| e_entry - s.vaddr + s.paddr)
         .or_else(|| segments.iter().any(|s| contains(s.paddr, s.memsz, e_entry)).then_some(e_entry))
         .ok_or(ElfError::EntryOutsideSegments { entry: e_entry })?;
+    Ok(ElfImage { entry, e_entry, segments, data, is_64: header.e_ident[4] == 2 })
+}
 
-    for (s, range) in segments.iter().zip(file_ranges) {
-        // Checked above: the file range is inside `image`, filesz <= memsz, and
-        // paddr + memsz is backed by RAM.
-        mem.load(s.paddr, &image[range])?;
+/// Load the `PT_LOAD` segments of `image` (for CPU `machine`: [`EM_X86_64`] or
+/// [`EM_386`]) at their physical addresses, each above `min_addr`, zeroing the
+/// bss. The entry point is converted to physical as [`parse_elf`] says.
+pub fn load_elf(mem: &GuestMemory, image: &[u8], machine: u16, min_addr: u64) -> Result<LoadedElf, ElfError> {
+    let elf = parse_elf(image, machine)?;
+    for (index, s) in elf.segments.iter().enumerate() {
+        if s.paddr < min_addr {
+            return Err(ElfError::SegmentTooLow { index, paddr: s.paddr, min: min_addr });
+        }
+        if !mem.is_backed(s.paddr, s.memsz) {
+            return Err(ElfError::SegmentOutsideRam { index, paddr: s.paddr, memsz: s.memsz });
+        }
+    }
+    for (s, bytes) in elf.segments.iter().zip(&elf.data) {
+        // Checked above and in parse_elf: filesz <= memsz, and paddr +
+        // memsz is backed by RAM.
+        mem.load(s.paddr, bytes)?;
         mem.fill(s.paddr + s.filesz, s.memsz - s.filesz, 0)?;
     }
-    let start = segments.iter().map(|s| s.paddr).min().unwrap_or(0);
-    let end = segments.iter().map(|s| s.paddr + s.memsz).max().unwrap_or(0);
-    Ok(LoadedElf { entry, e_entry, start, end, segments, is_64: header.e_ident[4] == 2 })
+    let start = elf.segments.iter().map(|s| s.paddr).min().unwrap_or(0);
+    let end = elf.segments.iter().map(|s| s.paddr + s.memsz).max().unwrap_or(0);
+    Ok(LoadedElf { entry: elf.entry, e_entry: elf.e_entry, start, end, segments: elf.segments, is_64: elf.is_64 })
 }
 
 #[cfg(test)]

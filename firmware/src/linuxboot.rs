@@ -19,6 +19,8 @@ pub const FW_CFG_KERNEL_ADDR: u16 = 0x07;
 pub const FW_CFG_KERNEL_SIZE: u16 = 0x08;
 pub const FW_CFG_INITRD_ADDR: u16 = 0x0a;
 pub const FW_CFG_INITRD_SIZE: u16 = 0x0b;
+/// Where the multiboot ROM enters the kernel.
+pub const FW_CFG_KERNEL_ENTRY: u16 = 0x10;
 pub const FW_CFG_KERNEL_DATA: u16 = 0x11;
 pub const FW_CFG_INITRD_DATA: u16 = 0x12;
 pub const FW_CFG_CMDLINE_ADDR: u16 = 0x13;
@@ -36,7 +38,7 @@ pub const CMDLINE_ADDR: u32 = 0x2_0000;
 pub const PROT_ADDR: u32 = 0x10_0000;
 /// The top of low RAM the firmware keeps for its tables (QEMU's PC
 /// reserves as much for the ACPI data SeaBIOS places there).
-const FIRMWARE_DATA: u64 = 0x2_8000;
+pub const FIRMWARE_DATA: u64 = 0x2_8000;
 /// The oldest initrd_addr_max: protocols before 2.03 do not say.
 const DEFAULT_INITRD_MAX: u64 = 0x37ff_ffff;
 

@@ -1,5 +1,18 @@
-//! Multiboot v1 (the Multiboot Specification 0.6.96): boot a test kernel that
-//! carries a multiboot header, as GRUB would.
+//! Multiboot v1 (the Multiboot Specification 0.6.96): boot a kernel that
+//! carries a multiboot header, as GRUB would, in one of two ways:
+//!
+//! - directly ([`load_multiboot`]): the host loads the kernel and modules
+//!   into guest RAM, writes the information structure and its own GDT, IDT
+//!   and stack, and starts the CPU at the entry point;
+//! - through the BIOS, as QEMU's `-kernel` does ([`bios_multiboot`]): the
+//!   host lays the kernel, the module list, the strings and the modules out
+//!   in one image for QEMU's multiboot option ROM, which SeaBIOS runs; the
+//!   ROM fills the memory map in from the BIOS's E820 calls and enters the
+//!   kernel, which finds the BIOS's state (its interrupt vector table, the
+//!   PIC and PIT as it left them).
+//!
+//! Both read the header and lay the kernel out the same way
+//! ([`KernelLayout`]).
 //!
 //! The header (32-bit aligned, in the first 8192 bytes of the image):
 //!
@@ -35,8 +48,8 @@
 use mmu::{GuestMemory, MemError, PAGE_SIZE};
 
 use crate::boot::{write_boot_gdt_at, BootCpuState, BootMode, BOOT_GDT_SIZE, BOOT_IDT_SIZE};
-use crate::e820::{e820_for_memory, lower_upper_kib, E820Entry, E820Error, E820Type};
-use crate::elf::{is_elf, load_elf, ElfError, EM_386};
+use crate::e820::{e820_for_memory, lower_upper_kib, E820Entry, E820Error, E820Type, EBDA_START, HIMEM_START};
+use crate::elf::{is_elf, parse_elf, ElfError, EM_386};
 
 /// Magic in the kernel's multiboot header.
 pub const MULTIBOOT_HEADER_MAGIC: u32 = 0x1bad_b002;
@@ -123,6 +136,10 @@ pub enum MultibootError {
         "kernel {segment} at {start:#x}..{end:#x} overlaps {what} at {rstart:#x}..{rend:#x}; link the kernel elsewhere"
     )]
     Overlap { segment: String, start: u64, end: u64, what: &'static str, rstart: u64, rend: u64 },
+    /// What follows the kernel in the BIOS boot's image runs into memory
+    /// the firmware keeps.
+    #[error("the multiboot module list, strings and modules after the kernel ({start:#x}..{end:#x}) run into {what} at {rstart:#x}..{rend:#x}; give the guest more memory, or link the kernel elsewhere")]
+    TailOverlap { start: u64, end: u64, what: &'static str, rstart: u64, rend: u64 },
     /// A kernel segment is not in guest RAM.
     #[error("kernel {segment} at {start:#x}..{end:#x} is not in guest RAM; give the guest more memory or link the kernel lower")]
     OutsideRam { segment: String, start: u64, end: u64 },
@@ -268,13 +285,106 @@ fn first_fit(e820: &[E820Entry], taken: &[(u64, u64)], size: u64, align: u64, fr
 /// Everything below 4 GiB: the information structure holds 32-bit addresses.
 const FOUR_GIB: u64 = 1 << 32;
 
-/// Load the a.out-kludge image; returns (entry, start, end).
-fn load_aout(
-    mem: &GuestMemory,
-    image: &[u8],
-    hdr: &MultibootHeader,
-    k: &AoutKludge,
-) -> Result<(u64, u64, u64), MultibootError> {
+/// One piece of a multiboot kernel's image as its header or ELF program
+/// headers lay it out: where it goes, its bytes from the file, and its
+/// size in memory (the rest is zeroes: the bss).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece<'a> {
+    /// For errors: "a.out image" or "ELF segment N".
+    pub what: String,
+    /// The ELF segment's index, for an ELF piece.
+    elf_index: Option<usize>,
+    pub start: u64,
+    pub data: &'a [u8],
+    /// At least `data.len()`; `start + memsz` does not wrap.
+    pub memsz: u64,
+}
+
+impl Piece<'_> {
+    /// The address after the piece.
+    pub fn end(&self) -> u64 {
+        self.start + self.memsz
+    }
+}
+
+/// Where a multiboot kernel's image goes and where it is entered: the
+/// header's a.out kludge when flag 16 is set (it takes precedence, as the
+/// specification says), else the ELF32 program headers. Nothing is
+/// written: the direct boot loads the pieces into guest RAM
+/// ([`load_multiboot`]), the BIOS boot hands them to the firmware in one
+/// image ([`bios_multiboot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelLayout<'a> {
+    pub header: MultibootHeader,
+    /// The physical entry point.
+    pub entry: u64,
+    pub pieces: Vec<Piece<'a>>,
+}
+
+impl KernelLayout<'_> {
+    /// Lays out `image`, whose header is `header`.
+    pub fn of<'a>(image: &'a [u8], header: &MultibootHeader) -> Result<KernelLayout<'a>, MultibootError> {
+        let (entry, pieces) = match (&header.aout, is_elf(image)) {
+            (Some(k), _) => {
+                let (entry, piece) = layout_aout(image, header, k)?;
+                (entry, vec![piece])
+            }
+            (None, true) => {
+                let elf = parse_elf(image, EM_386)?;
+                let pieces = elf
+                    .segments
+                    .iter()
+                    .zip(&elf.data)
+                    .enumerate()
+                    .map(|(i, (s, data))| Piece {
+                        what: format!("ELF segment {i}"),
+                        elf_index: Some(i),
+                        start: s.paddr,
+                        data,
+                        memsz: s.memsz,
+                    })
+                    .collect();
+                (elf.entry, pieces)
+            }
+            (None, false) => return Err(MultibootError::NotElf),
+        };
+        Ok(KernelLayout { header: *header, entry, pieces })
+    }
+
+    /// The lowest address the kernel takes.
+    pub fn start(&self) -> u64 {
+        self.pieces.iter().map(|p| p.start).min().unwrap_or(0)
+    }
+
+    /// The address after the kernel's highest byte, bss included.
+    pub fn end(&self) -> u64 {
+        self.pieces.iter().map(Piece::end).max().unwrap_or(0)
+    }
+
+    /// Each piece ends at or below `top` and misses every range of
+    /// `reserved`; the first that does not is refused, naming both ranges.
+    fn check_place(&self, top: u64, reserved: &[Reserved]) -> Result<(), MultibootError> {
+        for p in &self.pieces {
+            if p.end() > top {
+                return Err(MultibootError::OutsideRam { segment: p.what.clone(), start: p.start, end: p.end() });
+            }
+            if let Some(r) = reserved.iter().find(|r| r.start < p.end() && p.start < r.end) {
+                return Err(MultibootError::Overlap {
+                    segment: p.what.clone(),
+                    start: p.start,
+                    end: p.end(),
+                    what: r.what,
+                    rstart: r.start,
+                    rend: r.end,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The a.out-kludge image: its entry and its one piece.
+fn layout_aout<'a>(image: &'a [u8], hdr: &MultibootHeader, k: &AoutKludge) -> Result<(u64, Piece<'a>), MultibootError> {
     let bad = |s: String| MultibootError::BadAoutKludge(s);
     let (header_addr, load_addr) = (u64::from(k.header_addr), u64::from(k.load_addr));
     let text_before_header = header_addr
@@ -299,17 +409,56 @@ fn load_aout(
         b if u64::from(b) >= load_end => u64::from(b),
         b => return Err(bad(format!("bss_end_addr {b:#x} is below load_end_addr {load_end:#x}"))),
     };
-    if !mem.is_backed(load_addr, (end - load_addr).max(1)) {
-        return Err(bad(format!("{load_addr:#x}..{end:#x} is not in guest RAM; give the guest more memory")));
-    }
     let entry = u64::from(k.entry_addr);
     if !(load_addr..end).contains(&entry) {
         return Err(bad(format!("entry_addr {entry:#x} lies outside {load_addr:#x}..{end:#x}")));
     }
-    // Checked above: file_start + load_size <= file_len.
-    mem.load(load_addr, &image[file_start as usize..(file_start + load_size) as usize])?;
-    mem.fill(load_end, end - load_end, 0)?;
-    Ok((entry, load_addr, end))
+    // Checked above: file_start + load_size <= file_len. Every address is
+    // below 2^33 (32-bit fields, a file shorter than 4 GiB past them), so
+    // nothing wraps.
+    let data = &image[file_start as usize..(file_start + load_size) as usize];
+    let piece = Piece { what: "a.out image".into(), elf_index: None, start: load_addr, data, memsz: end - load_addr };
+    Ok((entry, piece))
+}
+
+/// Whether `image` is a multiboot kernel, as QEMU's `-kernel` tells: not a
+/// bzImage (whose "HdrS" at 0x202 comes first, so a Linux kernel that also
+/// carries a multiboot header boots as Linux), and a multiboot header in
+/// its first 8192 bytes. A header that is there but bad (its checksum, an
+/// unknown requirement) is an error, so that a corrupt multiboot kernel is
+/// named as such rather than read as something else.
+pub fn probe(image: &[u8]) -> Result<Option<MultibootHeader>, MultibootError> {
+    if image.get(0x202..0x206) == Some(b"HdrS") {
+        return Ok(None);
+    }
+    match MultibootHeader::find(image) {
+        Ok(h) => Ok(Some(h)),
+        Err(MultibootError::NoHeader) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The strings the information structure points at, NUL-terminated one
+/// after the other: the command line, the loader's name, then each
+/// module's command line; and the offset of each. A string with a NUL, or
+/// more than [`STRINGS_MAX`] bytes in all, is refused.
+fn strings_block(cmdline: &str, modules: &[MultibootModule<'_>]) -> Result<(Vec<u8>, Vec<u64>), MultibootError> {
+    let strings_of = || std::iter::once(cmdline).chain([LOADER_NAME]).chain(modules.iter().map(|m| m.cmdline));
+    if let Some(s) = strings_of().find(|s| s.as_bytes().contains(&0)) {
+        return Err(MultibootError::Nul(s.to_string()));
+    }
+    let need: u64 = strings_of().map(|s| s.len() as u64 + 1).sum();
+    if need > STRINGS_MAX {
+        return Err(MultibootError::StringsTooLong { need, max: STRINGS_MAX });
+    }
+    let mut strings: Vec<u8> = Vec::with_capacity(need as usize);
+    let mut offsets = Vec::with_capacity(modules.len() + 2);
+    for s in strings_of() {
+        offsets.push(strings.len() as u64);
+        strings.extend_from_slice(s.as_bytes());
+        strings.push(0);
+    }
+    Ok((strings, offsets))
 }
 
 /// Load a multiboot kernel and its modules, write the multiboot information and
@@ -320,61 +469,31 @@ pub fn load_multiboot(mem: &GuestMemory, cfg: &MultibootConfig<'_>) -> Result<Mu
         tracing::warn!("multiboot kernel asks for a video mode; it gets text mode and no video information");
     }
     // Strings first: their errors come before anything is written.
-    let strings_of = std::iter::once(cfg.cmdline).chain([LOADER_NAME]).chain(cfg.modules.iter().map(|m| m.cmdline));
-    let mut strings: Vec<u8> = Vec::new();
-    let mut string_offsets = Vec::with_capacity(cfg.modules.len() + 2);
-    for s in strings_of {
-        if s.as_bytes().contains(&0) {
-            return Err(MultibootError::Nul(s.to_string()));
-        }
-        string_offsets.push(strings.len() as u64);
-        strings.extend_from_slice(s.as_bytes());
-        strings.push(0);
-    }
-    if strings.len() as u64 > STRINGS_MAX {
-        return Err(MultibootError::StringsTooLong { need: strings.len() as u64, max: STRINGS_MAX });
-    }
+    let (strings, string_offsets) = strings_block(cfg.cmdline, cfg.modules)?;
     let e820 = match &cfg.e820 {
         Some(map) => map.clone(),
         None => e820_for_memory(mem)?,
     };
 
-    // The kernel, anywhere in RAM; its segments are what the rest avoids.
-    let (entry, segments): (u64, Vec<(String, u64, u64)>) = match (&header.aout, is_elf(cfg.kernel)) {
-        (Some(k), _) => {
-            let (entry, start, end) = load_aout(mem, cfg.kernel, &header, k)?;
-            (entry, vec![("a.out image".to_string(), start, end)])
-        }
-        (None, true) => {
-            let elf = load_elf(mem, cfg.kernel, EM_386, 0)?;
-            let segs = elf
-                .segments
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (format!("ELF segment {i}"), s.paddr, s.paddr + s.memsz))
-                .collect();
-            (elf.entry, segs)
-        }
-        (None, false) => return Err(MultibootError::NotElf),
-    };
-    for (segment, start, end) in &segments {
-        if *end > FOUR_GIB {
-            return Err(MultibootError::OutsideRam { segment: segment.clone(), start: *start, end: *end });
-        }
-        if let Some(r) = cfg.reserved.iter().find(|r| r.start < *end && *start < r.end) {
-            return Err(MultibootError::Overlap {
-                segment: segment.clone(),
-                start: *start,
-                end: *end,
-                what: r.what,
-                rstart: r.start,
-                rend: r.end,
+    // The kernel, anywhere in RAM; its pieces are what the rest avoids.
+    let layout = KernelLayout::of(cfg.kernel, &header)?;
+    for p in &layout.pieces {
+        if !mem.is_backed(p.start, p.memsz) {
+            return Err(match p.elf_index {
+                Some(index) => {
+                    MultibootError::Elf(ElfError::SegmentOutsideRam { index, paddr: p.start, memsz: p.memsz })
+                }
+                None => MultibootError::BadAoutKludge(format!(
+                    "{:#x}..{:#x} is not in guest RAM; give the guest more memory",
+                    p.start,
+                    p.end()
+                )),
             });
         }
     }
-    let kernel_start = segments.iter().map(|s| s.1).min().unwrap_or(0);
-    let kernel_end = segments.iter().map(|s| s.2).max().unwrap_or(0);
-    let mut taken: Vec<(u64, u64)> = segments.iter().map(|s| (s.1, s.2)).collect();
+    layout.check_place(FOUR_GIB, &cfg.reserved)?;
+    let (entry, kernel_start, kernel_end) = (layout.entry, layout.start(), layout.end());
+    let mut taken: Vec<(u64, u64)> = layout.pieces.iter().map(|p| (p.start, p.end())).collect();
     taken.extend(cfg.reserved.iter().map(|r| (r.start, r.end)));
 
     // Modules: page-aligned, in order, each the lowest free place after the
@@ -407,6 +526,11 @@ pub fn load_multiboot(mem: &GuestMemory, cfg: &MultibootConfig<'_>) -> Result<Mu
     // the u32 casts below are exact.
     let string_addr = |i: usize| (block + strings_off + string_offsets[i]) as u32;
 
+    for p in &layout.pieces {
+        // Checked above: in RAM, memsz >= data.len().
+        mem.load(p.start, p.data)?;
+        mem.fill(p.start + p.data.len() as u64, p.memsz - p.data.len() as u64, 0)?;
+    }
     for (m, &(start, _)) in cfg.modules.iter().zip(&modules) {
         mem.load(start, m.data)?;
     }
@@ -465,6 +589,162 @@ pub fn load_multiboot(mem: &GuestMemory, cfg: &MultibootConfig<'_>) -> Result<Mu
         block: (block, block + block_size),
         modules,
     })
+}
+
+/// Where QEMU's multiboot option ROM writes the memory map it reads from
+/// the BIOS (INT 15h, E820h): 0x500 bytes, room for 53 entries.
+pub const BIOS_MMAP_ADDR: u32 = 0x9000;
+/// Where the ROM reads the information structure to (fw_cfg's initrd
+/// item), after the map's room; it fills in `mem_lower` (INT 12h),
+/// `mem_upper` and `mmap_length` there.
+pub const BIOS_INFO_ADDR: u32 = 0x9500;
+/// Information flag: `boot_device` is valid.
+pub const INFO_BOOTDEV: u32 = 1 << 1;
+/// The boot device QEMU reports: the first hard disk (BIOS drive 0x80),
+/// no partition.
+pub const BIOS_BOOT_DEVICE: u32 = 0x8000_ffff;
+/// Low memory the BIOS and the option ROM use while the kernel is loaded:
+/// the interrupt vector table and BIOS data area, SeaBIOS's stack below
+/// 0x7000, the memory map and the information structure from 0x9000.
+pub const BIOS_LOW_END: u64 = 0xa000;
+
+/// What a multiboot kernel booted through the BIOS hands the firmware, as
+/// QEMU's `-kernel` does (hw/i386/multiboot.c): one image the multiboot
+/// option ROM copies to the kernel's lowest address and the information
+/// structure it copies to [`BIOS_INFO_ADDR`] and completes from the BIOS
+/// (the memory map from INT 15h E820h, `mem_lower` from INT 12h,
+/// `mem_upper` from the map) before it enters the kernel in protected
+/// mode with EAX = 0x2badb002 and EBX = the structure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BiosMultiboot {
+    pub header: MultibootHeader,
+    /// The physical entry point.
+    pub entry: u32,
+    /// Where the image goes: the kernel's lowest address.
+    pub load_addr: u32,
+    /// The kernel as it lies in memory (its bss zeroes); from the next
+    /// page, the module list and the strings (the command line, the
+    /// loader's name, the modules' command lines); from the next page, the
+    /// modules, each on a page of its own; a whole number of pages.
+    pub image: Vec<u8>,
+    /// The information structure.
+    pub info: Vec<u8>,
+    /// The address after the kernel's highest byte, bss included.
+    pub kernel_end: u64,
+    /// Where each module goes: start, end exclusive.
+    pub modules: Vec<(u64, u64)>,
+}
+
+impl BiosMultiboot {
+    /// The fw_cfg items, key and contents, that hand it over (QEMU's
+    /// numbering): the image as the kernel item, the information structure
+    /// as the initrd item, and the entry point.
+    pub fn into_fw_cfg_items(self) -> Vec<(u16, Vec<u8>)> {
+        use crate::linuxboot::{
+            FW_CFG_INITRD_ADDR, FW_CFG_INITRD_DATA, FW_CFG_INITRD_SIZE, FW_CFG_KERNEL_ADDR, FW_CFG_KERNEL_DATA,
+            FW_CFG_KERNEL_ENTRY, FW_CFG_KERNEL_SIZE,
+        };
+        let u32le = |v: u32| v.to_le_bytes().to_vec();
+        // Both lengths are below 4 GiB: the image ends below it, the
+        // structure is INFO_SIZE bytes.
+        vec![
+            (FW_CFG_KERNEL_ENTRY, u32le(self.entry)),
+            (FW_CFG_KERNEL_ADDR, u32le(self.load_addr)),
+            (FW_CFG_KERNEL_SIZE, u32le(self.image.len() as u32)),
+            (FW_CFG_KERNEL_DATA, self.image),
+            (FW_CFG_INITRD_ADDR, u32le(BIOS_INFO_ADDR)),
+            (FW_CFG_INITRD_SIZE, u32le(self.info.len() as u32)),
+            (FW_CFG_INITRD_DATA, self.info),
+        ]
+    }
+}
+
+/// What to boot through the BIOS.
+#[derive(Debug, Clone, Copy)]
+pub struct BiosMultibootConfig<'a> {
+    pub kernel: &'a [u8],
+    /// The kernel's file name as given: the command line the kernel gets
+    /// is this, a space and `cmdline`, as QEMU and GRUB give it.
+    pub name: &'a str,
+    pub cmdline: &'a str,
+    pub modules: &'a [MultibootModule<'a>],
+    /// Where RAM below 4 GiB ends.
+    pub ram_below_4g: u64,
+}
+
+/// Lays out a multiboot kernel, its modules and its information structure
+/// for QEMU's multiboot option ROM. Everything the ROM writes must land in
+/// RAM the BIOS leaves free: not below [`BIOS_LOW_END`], not over the EBDA,
+/// the VGA window and the ROMs (0x9fc00 to 1 MiB), and not over the top
+/// [`FIRMWARE_DATA`](crate::linuxboot::FIRMWARE_DATA) bytes of low RAM,
+/// where SeaBIOS keeps the ACPI tables; a kernel piece there is refused
+/// naming both ranges, as are modules that run into them.
+pub fn bios_multiboot(cfg: &BiosMultibootConfig<'_>) -> Result<BiosMultiboot, MultibootError> {
+    let header = MultibootHeader::find(cfg.kernel)?;
+    if header.flags & MB_VIDEO_MODE != 0 {
+        tracing::warn!("multiboot kernel asks for a video mode; it gets text mode and no video information");
+    }
+    let cmdline = format!("{} {}", cfg.name, cfg.cmdline);
+    let (strings, string_offsets) = strings_block(&cmdline, cfg.modules)?;
+    let layout = KernelLayout::of(cfg.kernel, &header)?;
+    let top = cfg.ram_below_4g.min(FOUR_GIB);
+    let limit = top.saturating_sub(crate::linuxboot::FIRMWARE_DATA);
+    let reserved = [
+        Reserved {
+            what: "the BIOS's data and stack and the multiboot information its option ROM writes",
+            start: 0,
+            end: BIOS_LOW_END,
+        },
+        Reserved { what: "the EBDA, the VGA window and the BIOS's ROMs", start: EBDA_START, end: HIMEM_START },
+        Reserved { what: "the firmware's tables at the top of RAM", start: limit, end: top },
+    ];
+    let overlap = |start: u64, end: u64| reserved.iter().find(|r| r.start < end && start < r.end).copied();
+    layout.check_place(top, &reserved)?;
+    let (start, kernel_end) = (layout.start(), layout.end());
+    // Offsets in the image. The kernel ends below 4 GiB and the strings and
+    // modules are in host memory: nothing here nears 2^64.
+    let list_off = (kernel_end - start).next_multiple_of(PAGE_SIZE);
+    let strings_off = list_off + cfg.modules.len() as u64 * MOD_ENTRY_SIZE;
+    let mut off = (strings_off + strings.len() as u64).next_multiple_of(PAGE_SIZE);
+    let mut module_offs = Vec::with_capacity(cfg.modules.len());
+    for m in cfg.modules {
+        module_offs.push(off);
+        off = (off + m.data.len() as u64).next_multiple_of(PAGE_SIZE);
+    }
+    let end = start + off;
+    if let Some(r) = overlap(kernel_end, end) {
+        return Err(MultibootError::TailOverlap { start: kernel_end, end, what: r.what, rstart: r.start, rend: r.end });
+    }
+    // Below `limit`, so below 4 GiB: the casts to u32 and usize are exact.
+    let mut image = vec![0u8; off as usize];
+    for p in &layout.pieces {
+        let at = (p.start - start) as usize;
+        image[at..at + p.data.len()].copy_from_slice(p.data);
+    }
+    let addr = |o: u64| (start + o) as u32;
+    let string_addr = |i: usize| addr(strings_off + string_offsets[i]);
+    let mut modules = Vec::with_capacity(cfg.modules.len());
+    for (i, (m, &o)) in cfg.modules.iter().zip(&module_offs).enumerate() {
+        let at = o as usize;
+        image[at..at + m.data.len()].copy_from_slice(m.data);
+        let (mod_start, mod_end) = (addr(o), addr(o + m.data.len() as u64));
+        let entry = (list_off + i as u64 * MOD_ENTRY_SIZE) as usize;
+        for (j, v) in [mod_start, mod_end, string_addr(i + 2), 0].into_iter().enumerate() {
+            image[entry + 4 * j..entry + 4 * j + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        modules.push((u64::from(mod_start), u64::from(mod_end)));
+    }
+    image[strings_off as usize..strings_off as usize + strings.len()].copy_from_slice(&strings);
+    let mut info = vec![0u8; INFO_SIZE];
+    let mut field = |at: usize, v: u32| info[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    field(0, INFO_MEMORY | INFO_BOOTDEV | INFO_CMDLINE | INFO_MODS | INFO_MEM_MAP | INFO_BOOT_LOADER_NAME);
+    field(12, BIOS_BOOT_DEVICE);
+    field(16, string_addr(0));
+    field(20, cfg.modules.len() as u32);
+    field(24, addr(list_off));
+    field(48, BIOS_MMAP_ADDR);
+    field(64, string_addr(1));
+    Ok(BiosMultiboot { header, entry: layout.entry as u32, load_addr: start as u32, image, info, kernel_end, modules })
 }
 
 #[cfg(test)]
@@ -732,6 +1012,135 @@ mod tests {
         let k = kernel_at(&[(0x200_0000, 0x1000, 0x1000)]);
         let e = load_multiboot(&mem, &MultibootConfig { kernel: &k, ..Default::default() }).unwrap_err();
         assert!(matches!(e, MultibootError::Elf(ElfError::SegmentOutsideRam { .. })), "{e}");
+    }
+
+    fn le32(b: &[u8], at: u64) -> u32 {
+        u32::from_le_bytes(b[at as usize..at as usize + 4].try_into().unwrap())
+    }
+
+    fn cstr(b: &[u8], at: u64) -> String {
+        let s = &b[at as usize..];
+        String::from_utf8(s[..s.iter().position(|&c| c == 0).unwrap()].to_vec()).unwrap()
+    }
+
+    fn bios_cfg<'a>(kernel: &'a [u8], modules: &'a [MultibootModule<'a>], ram: u64) -> BiosMultibootConfig<'a> {
+        BiosMultibootConfig { kernel, name: "/boot/k.elf", cmdline: "a b", modules, ram_below_4g: ram }
+    }
+
+    #[test]
+    fn the_bios_image_follows_qemus_layout() {
+        let kernel = elf_kernel();
+        let m1 = vec![0xab; 5000];
+        let m2 = b"second".to_vec();
+        let mods = [MultibootModule { data: &m1, cmdline: "m1.bin x=1" }, MultibootModule { data: &m2, cmdline: "m2" }];
+        let b = bios_multiboot(&bios_cfg(&kernel, &mods, 64 * MIB)).unwrap();
+        assert_eq!((b.entry, b.load_addr, b.kernel_end), (0x10_0040, 0x10_0000, 0x10_3000));
+        // The kernel as loaded: its first segment's bytes, its bss zeroed, the second segment.
+        assert_eq!(le32(&b.image, 0), MULTIBOOT_HEADER_MAGIC);
+        assert_eq!(b.image[0x40], 0xf4);
+        assert_eq!(&b.image[0x1000..0x1009], &[7, 7, 7, 7, 7, 7, 7, 7, 0]);
+        // The module list on the next page, the strings after it.
+        let at = |addr: u32| u64::from(addr) - 0x10_0000;
+        let list = 0x3000;
+        assert_eq!((le32(&b.image, list), le32(&b.image, list + 4)), (0x10_4000, 0x10_4000 + 5000));
+        assert_eq!(cstr(&b.image, at(le32(&b.image, list + 8))), "m1.bin x=1");
+        assert_eq!((le32(&b.image, list + 16), le32(&b.image, list + 20)), (0x10_6000, 0x10_6006));
+        assert_eq!(cstr(&b.image, at(le32(&b.image, list + 24))), "m2");
+        assert_eq!(b.modules, vec![(0x10_4000, 0x10_4000 + 5000), (0x10_6000, 0x10_6006)]);
+        assert_eq!(&b.image[0x4000..0x4000 + 5000], &m1[..]);
+        assert_eq!(&b.image[0x6000..0x6006], b"second");
+        assert_eq!(b.image.len(), 0x7000, "whole pages");
+        // The information structure: what the BIOS fills in is left zero.
+        let info = |off: u64| le32(&b.info, off);
+        assert_eq!(b.info.len(), INFO_SIZE);
+        assert_eq!(info(0), 0x24f, "memory, boot device, command line, modules, memory map, loader name");
+        assert_eq!((info(4), info(8), info(44)), (0, 0, 0));
+        assert_eq!(info(12), 0x8000_ffff);
+        assert_eq!(cstr(&b.image, at(info(16))), "/boot/k.elf a b", "the file's name first, as QEMU and GRUB give it");
+        assert_eq!(cstr(&b.image, at(info(64))), "ferrovm");
+        assert_eq!((info(20), info(24)), (2, 0x10_3000));
+        assert_eq!(info(48), BIOS_MMAP_ADDR);
+        let items = b.clone().into_fw_cfg_items();
+        let item = |k: u16| items.iter().find(|(key, _)| *key == k).map(|(_, v)| v.clone()).unwrap();
+        use crate::linuxboot::*;
+        assert_eq!(item(FW_CFG_KERNEL_ENTRY), 0x10_0040u32.to_le_bytes());
+        assert_eq!(item(FW_CFG_KERNEL_ADDR), 0x10_0000u32.to_le_bytes());
+        assert_eq!(item(FW_CFG_KERNEL_SIZE), 0x7000u32.to_le_bytes());
+        assert_eq!(item(FW_CFG_KERNEL_DATA), b.image);
+        assert_eq!(item(FW_CFG_INITRD_ADDR), 0x9500u32.to_le_bytes());
+        assert_eq!(item(FW_CFG_INITRD_SIZE), (INFO_SIZE as u32).to_le_bytes());
+        assert_eq!(item(FW_CFG_INITRD_DATA), b.info);
+
+        // No modules: the list is empty, the strings still follow the kernel.
+        let b = bios_multiboot(&bios_cfg(&kernel, &[], 64 * MIB)).unwrap();
+        assert_eq!((le32(&b.info, 20), le32(&b.info, 24)), (0, 0x10_3000));
+        assert_eq!(b.image.len(), 0x4000);
+
+        // An a.out kernel: the file from load_addr, the bss after it.
+        let mut image = vec![0x90u8; 0x40];
+        image.extend(header(MB_AOUT_KLUDGE, Some([0x20_0040, 0x20_0000, 0, 0x20_4000, 0x20_0080])));
+        image.resize(0x100, 0xf4);
+        let b = bios_multiboot(&bios_cfg(&image, &[], 64 * MIB)).unwrap();
+        assert_eq!((b.entry, b.load_addr, b.kernel_end), (0x20_0080, 0x20_0000, 0x20_4000));
+        assert_eq!(b.image[..0x100], image[..]);
+        assert!(b.image[0x100..0x4000].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn the_bios_boot_refuses_what_the_firmware_keeps() {
+        let ram = 64 * MIB;
+        let refused = |k: &[u8], mods: &[MultibootModule<'_>]| bios_multiboot(&bios_cfg(k, mods, ram)).unwrap_err();
+        // Over the option ROM's information structure at 0x9000.
+        let e = refused(&kernel_at(&[(0x8000, 0x100, 0x1_0000)]), &[]);
+        assert!(matches!(e, MultibootError::Overlap { start: 0x8000, rstart: 0, rend: 0xa000, .. }), "{e}");
+        assert!(e.to_string().contains("multiboot information its option ROM writes"), "{e}");
+        // Headers in the BIOS area below 1 MiB.
+        let e = refused(&kernel_at(&[(0xf_f000, 0x2000, 0x3000)]), &[]);
+        assert!(matches!(e, MultibootError::Overlap { rstart: 0x9_fc00, rend: 0x10_0000, .. }), "{e}");
+        // Over the top of RAM, where the ACPI tables go.
+        let top = ram - crate::linuxboot::FIRMWARE_DATA;
+        let e = refused(&kernel_at(&[(top - 0x1000, 0x100, 0x2000)]), &[]);
+        assert!(matches!(e, MultibootError::Overlap { rstart, rend, .. } if rstart == top && rend == ram), "{e}");
+        // Past the end of RAM.
+        let e = refused(&kernel_at(&[(ram, 0x100, 0x1000)]), &[]);
+        assert!(matches!(e, MultibootError::OutsideRam { .. }), "{e}");
+        assert!(e.to_string().contains("not in guest RAM"), "{e}");
+        // Modules that do not fit below the firmware's tables.
+        let big = vec![0u8; 63 * MIB as usize];
+        let e = refused(&elf_kernel(), &[MultibootModule { data: &big, cmdline: "big" }]);
+        assert!(matches!(e, MultibootError::TailOverlap { start: 0x10_3000, rstart, .. } if rstart == top), "{e}");
+        // A low kernel whose modules run into the EBDA.
+        let m = vec![0u8; 0x9_0000];
+        let e = refused(&kernel_at(&[(0x1_0000, 0x100, 0x1000)]), &[MultibootModule { data: &m, cmdline: "m" }]);
+        assert!(matches!(e, MultibootError::TailOverlap { rstart: 0x9_fc00, .. }), "{e}");
+        // A low kernel that fits, and strings the direct boot also refuses.
+        bios_multiboot(&bios_cfg(&kernel_at(&[(0x1_0000, 0x100, 0x1000)]), &[], ram)).unwrap();
+        let k = kernel_at(&[(MIB, 0x100, 0x1000)]);
+        let mut cfg = bios_cfg(&k, &[], ram);
+        cfg.cmdline = "a\0b";
+        assert!(matches!(bios_multiboot(&cfg), Err(MultibootError::Nul(_))));
+        // Corrupt headers.
+        let mut bad = header(0, None);
+        bad[8] ^= 1;
+        assert_eq!(refused(&bad, &[]), MultibootError::BadChecksum { offset: 0 });
+        assert_eq!(refused(&[0u8; 100], &[]), MultibootError::NoHeader);
+        let cut = header(MB_AOUT_KLUDGE, None);
+        assert!(matches!(refused(&cut, &[]), MultibootError::BadAoutKludge(_)));
+    }
+
+    #[test]
+    fn probe_tells_multiboot_kernels_from_the_rest() {
+        assert_eq!(probe(&elf_kernel()).unwrap().map(|h| h.offset), Some(52 + 2 * 32));
+        assert_eq!(probe(&[0u8; 10000]), Ok(None));
+        // A bzImage that also carries a multiboot header boots as Linux.
+        let mut bz = vec![0u8; 0x1000];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        bz[0x400..0x40c].copy_from_slice(&header(0, None));
+        assert_eq!(probe(&bz), Ok(None));
+        let mut bad = header(0, None);
+        bad[4] ^= 0x10;
+        assert!(matches!(probe(&bad), Err(MultibootError::BadChecksum { .. })));
+        assert!(matches!(probe(&header(1 << 4, None)), Err(MultibootError::UnsupportedFlags { .. })));
     }
 
     #[test]

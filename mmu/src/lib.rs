@@ -23,7 +23,7 @@ pub use memory::{
     CodeChanges, CodeWatch, DirtyBitmap, DirtyLogSource, GuestMemory, MemError, RegionKind, HIGH_RAM_START, PAGE_SIZE,
     PCI_HOLE_START, VGA_WINDOW,
 };
-pub use paging::{Access, PageFault, PagingCtx, PagingMode, Privilege};
+pub use paging::{Access, PageFault, PagingCtx, PagingMode, Privilege, ProtectionKeys};
 pub use tlb::{Mmu, TlbLayout, TLB_LAYOUT};
 
 /// Hints the host CPU to bring the cache line at `addr` into its caches.

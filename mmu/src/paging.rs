@@ -2,7 +2,10 @@
 //!
 //! Supports 32-bit paging (with PSE and PSE-36), PAE paging, and 4- and 5-level
 //! IA-32e paging. Permission checks follow SDM §4.6: U/S and R/W at every level,
-//! CR0.WP for supervisor writes, NX when EFER.NXE is set, SMEP and SMAP.
+//! CR0.WP for supervisor writes, NX when EFER.NXE is set, SMEP and SMAP, and
+//! the protection keys of IA-32e paging (§4.6.2: PKRU for user-mode
+//! addresses with CR4.PKE, IA32_PKRS for supervisor-mode addresses with
+//! CR4.PKS).
 //! Accessed bits are set on every entry used and the dirty bit on the final
 //! entry of a write, as hardware does. A fault carries the exact error code.
 //!
@@ -28,6 +31,9 @@ const PTE_D: u64 = 1 << 6;
 const PTE_PS: u64 = 1 << 7;
 const PTE_G: u64 = 1 << 8;
 const PTE_XD: u64 = 1 << 63;
+/// Bits 62:59 of an IA-32e leaf entry: its protection key, with CR4.PKE or
+/// CR4.PKS.
+const PKEY_SHIFT: u32 = 59;
 
 /// Page-fault error-code bits (SDM §4.7).
 pub mod pf {
@@ -41,6 +47,47 @@ pub mod pf {
     pub const RSVD: u32 = 1 << 3;
     /// The access was an instruction fetch.
     pub const I: u32 = 1 << 4;
+    /// The protection-key rights of the page's key denied the data access.
+    pub const PK: u32 = 1 << 5;
+}
+
+/// The protection keys in force (SDM §4.6.2), for IA-32e paging: the
+/// rights registers each key of a page indexes, two bits a key (bit 2i
+/// access-disable, bit 2i+1 write-disable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProtectionKeys {
+    /// CR4.PKE: user-mode addresses have keys, whose rights are in `pkru`.
+    pub pke: bool,
+    /// CR4.PKS: supervisor-mode addresses have keys, whose rights are in `pkrs`.
+    pub pks: bool,
+    /// The PKRU register.
+    pub pkru: u32,
+    /// The IA32_PKRS MSR (bits 31:0; the rest are reserved).
+    pub pkrs: u32,
+}
+
+impl ProtectionKeys {
+    /// No protection keys (CR4.PKE and CR4.PKS clear).
+    pub const OFF: ProtectionKeys = ProtectionKeys { pke: false, pks: false, pkru: 0, pkrs: 0 };
+
+    /// Whether the rights of key `key` deny a data `access` (never an
+    /// instruction fetch) at `privilege` to a page that is user-mode
+    /// (`user_page`) or not. `wp` is CR0.WP, which makes the write-disable
+    /// bit bind supervisor-mode writes.
+    pub fn deny(&self, key: u8, user_page: bool, access: Access, privilege: Privilege, wp: bool) -> bool {
+        let rights = match (user_page, self.pke, self.pks) {
+            (true, true, _) => self.pkru,
+            (false, _, true) => self.pkrs,
+            _ => return false,
+        };
+        let ad = rights >> (2 * u32::from(key & 15)) & 1 != 0;
+        let wd = rights >> (2 * u32::from(key & 15) + 1) & 1 != 0;
+        match access {
+            Access::Execute => false,
+            Access::Read => ad,
+            Access::Write => ad || (wd && (privilege == Privilege::User || wp)),
+        }
+    }
 }
 
 /// Kind of access being translated.
@@ -80,6 +127,8 @@ pub struct PagingCtx {
     pub smep: bool,
     /// CR4.SMAP.
     pub smap: bool,
+    /// The protection keys (4- and 5-level paging only).
+    pub keys: ProtectionKeys,
 }
 
 /// A page fault: the error code and the faulting linear address (for CR2).
@@ -118,6 +167,9 @@ pub struct Translation {
     pub dirty: bool,
     /// The final entry is global.
     pub global: bool,
+    /// The page's protection key (bits 62:59 of the final entry), when
+    /// IA-32e paging with CR4.PKE or CR4.PKS gives pages keys.
+    pub pkey: Option<u8>,
 }
 
 #[derive(Clone, Copy)]
@@ -142,6 +194,24 @@ impl From<PageFault> for Stop {
 }
 
 impl PagingCtx {
+    /// Paging off (CR0.PG clear), with no protection feature: what a CPU
+    /// has after reset.
+    pub const OFF: PagingCtx = PagingCtx {
+        mode: PagingMode::Off,
+        cr3: 0,
+        wp: false,
+        nxe: false,
+        smep: false,
+        smap: false,
+        keys: ProtectionKeys::OFF,
+    };
+
+    /// 4-level paging from the tables at `cr3`, with CR0.WP and EFER.NXE
+    /// (as 64-bit kernels run) and no SMEP, SMAP or protection keys.
+    pub const fn level4(cr3: u64) -> PagingCtx {
+        PagingCtx { mode: PagingMode::Level4, cr3, wp: true, nxe: true, ..PagingCtx::OFF }
+    }
+
     /// Translate `lin` for `access` at `privilege`, setting A/D bits in guest memory.
     pub fn translate(
         &self,
@@ -172,6 +242,7 @@ impl PagingCtx {
                 nx: false,
                 dirty: true,
                 global: false,
+                pkey: None,
             }),
             PagingMode::Legacy { pse } => self.walk_legacy(mem, lin as u32, access, privilege, pse),
             PagingMode::Pae => self.walk_long(mem, lin & 0xffff_ffff, access, privilege, 0),
@@ -196,6 +267,24 @@ impl PagingCtx {
     }
 
     fn check(&self, r: Rights, lin: u64, access: Access, privilege: Privilege) -> Result<(), PageFault> {
+        self.check_keyed(r, None, lin, access, privilege)
+    }
+
+    /// [`PagingCtx::check`] for a page with protection key `pkey`: a data
+    /// access its key's rights deny faults with PK set (with P, and with
+    /// whatever other violation the access also makes).
+    fn check_keyed(
+        &self,
+        r: Rights,
+        pkey: Option<u8>,
+        lin: u64,
+        access: Access,
+        privilege: Privilege,
+    ) -> Result<(), PageFault> {
+        let pk = pkey.is_some_and(|k| self.keys.deny(k, r.user, access, privilege, self.wp));
+        if pk {
+            return Err(self.fault(lin, access, privilege, pf::P | pf::PK));
+        }
         let denied = match (access, privilege) {
             (Access::Read, Privilege::User) => !r.user,
             (Access::Write, Privilege::User) => !r.user || !r.writable,
@@ -268,6 +357,7 @@ impl PagingCtx {
                 nx: false,
                 dirty: access == Access::Write || pde & PTE_D != 0,
                 global: pde & PTE_G != 0,
+                pkey: None,
             });
         }
         let pte_addr = (pde & 0xffff_f000) | (u64::from((lin >> 12) & 0x3ff) << 2);
@@ -288,6 +378,7 @@ impl PagingCtx {
             nx: false,
             dirty: access == Access::Write || pte & PTE_D != 0,
             global: pte & PTE_G != 0,
+            pkey: None,
         })
     }
 
@@ -304,8 +395,12 @@ impl PagingCtx {
         let rsvd = self.fault(lin, access, privilege, pf::P | pf::RSVD);
         let phys_mask = ((1u64 << MAXPHYADDR) - 1) & !0xfff;
         // Bits above MAXPHYADDR (and XD without NXE) are reserved in every entry.
-        // Bits 62:52 are ignored (available to software) in IA-32e entries.
-        let mut reserved_hi = !((1u64 << MAXPHYADDR) - 1) & !PTE_XD & !(0x7ffu64 << 52);
+        // Bits 62:52 are ignored (available to software) in IA-32e entries;
+        // PAE entries reserve them.
+        let mut reserved_hi = !((1u64 << MAXPHYADDR) - 1) & !PTE_XD;
+        if levels != 0 {
+            reserved_hi &= !(0x7ffu64 << 52);
+        }
         if !self.nxe {
             reserved_hi |= PTE_XD;
         }
@@ -356,7 +451,9 @@ impl PagingCtx {
                         return Err(rsvd.into());
                     }
                 }
-                self.check(rights, lin, access, privilege)?;
+                let keyed = levels != 0 && (self.keys.pke || self.keys.pks);
+                let pkey = keyed.then_some((entry >> PKEY_SHIFT) as u8 & 15);
+                self.check_keyed(rights, pkey, lin, access, privilege)?;
                 for &(addr, e) in &used[..n_used - 1] {
                     Self::set_bits(mem, addr, e, PTE_A, true)?;
                 }
@@ -371,6 +468,7 @@ impl PagingCtx {
                     nx: rights.nx,
                     dirty: access == Access::Write || entry & PTE_D != 0,
                     global: entry & PTE_G != 0,
+                    pkey,
                 });
             }
             if large {
@@ -389,7 +487,7 @@ mod tests {
     use super::*;
 
     fn ctx(mode: PagingMode) -> PagingCtx {
-        PagingCtx { mode, cr3: 0x1000, wp: true, nxe: true, smep: false, smap: false }
+        PagingCtx { mode, cr3: 0x1000, wp: true, nxe: true, smep: false, smap: false, keys: ProtectionKeys::OFF }
     }
 
     /// PML4 at 0x1000, PDPT at 0x2000, PD at 0x3000, PT at 0x4000: maps
@@ -521,5 +619,58 @@ mod tests {
         }
         flipper.join().unwrap();
         assert_eq!(m.read_u64(0x4000).unwrap() & (1 << 9), 1 << 9, "an odd number of flips");
+    }
+
+    /// Keys come from bits 62:59 of the final IA-32e entry, only with
+    /// CR4.PKE or CR4.PKS, and never in PAE paging; a denied data access
+    /// reports PK, a fetch is not checked.
+    #[test]
+    fn protection_keys() {
+        let m = four_level();
+        m.write_u64(0x4000, 0x9000 | PTE_P | PTE_RW | PTE_US | 5 << PKEY_SHIFT).unwrap();
+        let off = ctx(PagingMode::Level4);
+        assert_eq!(off.translate(&m, 0x40_0000, Access::Read, Privilege::User).unwrap().pkey, None);
+        let keys = ProtectionKeys { pke: true, pks: false, pkru: 1 << 10, pkrs: 0 };
+        let c = PagingCtx { keys, ..off };
+        let f = c.translate(&m, 0x40_0008, Access::Read, Privilege::User).unwrap_err();
+        assert_eq!(f, PageFault { addr: 0x40_0008, error_code: pf::P | pf::U | pf::PK });
+        // With a protection violation as well, PK is still reported.
+        let ro = PagingCtx { keys: ProtectionKeys { pkru: 1 << 11, ..keys }, ..off };
+        m.write_u64(0x4000, 0x9000 | PTE_P | PTE_US | 5 << PKEY_SHIFT).unwrap();
+        let f = ro.translate(&m, 0x40_0000, Access::Write, Privilege::User).unwrap_err();
+        assert_eq!(f.error_code, pf::P | pf::W | pf::U | pf::PK);
+        assert_eq!(ro.translate(&m, 0x40_0000, Access::Read, Privilege::User).unwrap().pkey, Some(5));
+        // Supervisor pages have keys only with PKS.
+        let t = c.translate(&m, 0x21_0000, Access::Read, Privilege::Supervisor).unwrap();
+        assert_eq!(t.pkey, Some(0));
+        let pks = PagingCtx { keys: ProtectionKeys { pks: true, pkrs: 1, ..keys }, ..off };
+        let f = pks.translate(&m, 0x21_0000, Access::Read, Privilege::Supervisor).unwrap_err();
+        assert_eq!(f.error_code, pf::P | pf::PK);
+        // PAE paging has no keys: it reserves bits 62:52.
+        m.write_u64(0x5000, 0x6000 | PTE_P).unwrap();
+        m.write_u64(0x6000, PTE_P | PTE_RW | PTE_US | PTE_PS | 5 << PKEY_SHIFT).unwrap();
+        let pae = PagingCtx { mode: PagingMode::Pae, cr3: 0x5000, nxe: true, ..c };
+        let t = pae.translate(&m, 0x1234, Access::Read, Privilege::User);
+        assert_eq!(t.unwrap_err().error_code, pf::P | pf::U | pf::RSVD);
+        m.write_u64(0x6000, PTE_P | PTE_RW | PTE_US | PTE_PS).unwrap();
+        assert_eq!(pae.translate(&m, 0x1234, Access::Read, Privilege::User).unwrap().pkey, None);
+    }
+
+    /// The rights of a key: access-disable denies every data access,
+    /// write-disable user writes and, with CR0.WP, supervisor writes.
+    #[test]
+    fn key_rights() {
+        let k = ProtectionKeys { pke: true, pks: true, pkru: 0b01 << 6 | 0b10 << 8, pkrs: 0b10 << 2 };
+        let (u, s) = (Privilege::User, Privilege::Supervisor);
+        assert!(k.deny(3, true, Access::Read, u, true));
+        assert!(k.deny(3, true, Access::Write, s, false));
+        assert!(!k.deny(3, true, Access::Execute, u, true));
+        assert!(!k.deny(4, true, Access::Read, u, true));
+        assert!(k.deny(4, true, Access::Write, u, false));
+        assert!(k.deny(4, true, Access::Write, s, true));
+        assert!(!k.deny(4, true, Access::Write, s, false));
+        assert!(!k.deny(3, false, Access::Read, s, true), "PKRU is for user pages");
+        assert!(k.deny(1, false, Access::Write, s, true), "PKRS for supervisor pages");
+        assert!(!ProtectionKeys::OFF.deny(3, true, Access::Read, u, true));
     }
 }

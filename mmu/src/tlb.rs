@@ -638,6 +638,9 @@ impl PagingCtx {
     /// Whether a translation allows `access` at `privilege` (the walker's checks,
     /// repeated so the TLB can tag each access kind).
     pub fn permits(&self, t: &Translation, access: Access, privilege: Privilege) -> bool {
+        if t.pkey.is_some_and(|k| self.keys.deny(k, t.user, access, privilege, self.wp)) {
+            return false;
+        }
         match (access, privilege) {
             (Access::Read, Privilege::User) => t.user,
             (Access::Write, Privilege::User) => t.user && t.writable,
@@ -652,7 +655,6 @@ impl PagingCtx {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::paging::PagingMode;
 
     fn setup() -> (Mmu, PagingCtx) {
         let mem = Arc::new(GuestMemory::new(1 << 22).unwrap());
@@ -662,7 +664,7 @@ mod tests {
         mem.write_u64(0x3000, 0x4000 | 7).unwrap();
         mem.write_u64(0x4000, 0x5000 | 7).unwrap();
         mem.write_u64(0x4008, 0x6000 | 5).unwrap();
-        let ctx = PagingCtx { mode: PagingMode::Level4, cr3: 0x1000, wp: true, nxe: true, smep: false, smap: false };
+        let ctx = PagingCtx::level4(0x1000);
         (Mmu::new(mem), ctx)
     }
 
@@ -675,7 +677,7 @@ mod tests {
     /// write syncs through its watch.
     fn watched_tlb() -> (Arc<GuestMemory>, PagingCtx, Arc<CodeWatch>, Mmu) {
         let mem = Arc::new(GuestMemory::new(1 << 22).unwrap());
-        let ctx = PagingCtx { mode: PagingMode::Off, cr3: 0, wp: false, nxe: false, smep: false, smap: false };
+        let ctx = PagingCtx::OFF;
         let watch = mem.code_watch();
         let mut m = Mmu::new(mem.clone());
         m.set_watch(watch.clone());
@@ -788,7 +790,7 @@ mod tests {
             let pt = if i < 512 { 0x7000 } else { 0x8000 };
             mem.write_u64(pt + 8 * (i % 512), (i << 12) | 7 | g).unwrap();
         }
-        let ctx = PagingCtx { mode: PagingMode::Level4, cr3: 0x1000, wp: true, nxe: true, smep: false, smap: false };
+        let ctx = PagingCtx::level4(0x1000);
         let mut m = Mmu::new(mem);
         for fill in [8u64, 1000] {
             let pages: Vec<u64> = (0..fill).map(|k| (k * 3 % 1024) << 12).collect();
@@ -827,7 +829,7 @@ mod tests {
             mem.write_u64(0x7000 + 8 * i, (i << 12) | 7 | 0x100).unwrap();
             mem.write_u64(0x9000 + 8 * i, ((i + 1024) << 12) | 7).unwrap();
         }
-        let ctx = PagingCtx { mode: PagingMode::Level4, cr3: 0x1000, wp: true, nxe: true, smep: false, smap: false };
+        let ctx = PagingCtx::level4(0x1000);
         let (global, local) = (256u64 << 12, (256u64 + 1024) << 12);
         let mut m = Mmu::new(mem);
         m.translate(&ctx, Privilege::Supervisor, global, Access::Read).unwrap();

@@ -18,6 +18,7 @@
 //! | `etc/acpi/tables`, `etc/acpi/rsdp`, `etc/table-loader` | the ACPI tables of direct boot, with QEMU's linker/loader commands that place and link them |
 //! | `pci1234,1111.rom` | with `-vga std`: SeaBIOS's VGA BIOS (`vgabios-stdvga.bin`), run as the adapter's option ROM |
 //! | `etc/boot-fail-wait` | 5 s (SeaBIOS's default is 60) before a reboot when nothing boots |
+//! | kernel, initrd, command line, setup and entry items (0x07-0x18), `genroms/linuxboot_dma.bin` or `genroms/multiboot_dma.bin` | with a kernel for the BIOS to boot ([`prepare_kernel_boot`]): what QEMU's option ROM loads, and the ROM, first in `bootorder` |
 //!
 //! SeaBIOS writes its log to port 0x402 (`devices::legacy::debugcon`, shown by
 //! `--trace firmware`).
@@ -142,35 +143,129 @@ pub fn nic_rom(
     }
 }
 
-/// QEMU's option ROM that boots a kernel handed over fw_cfg (Debian's
-/// qemu-system-data package).
+/// QEMU's option ROM that boots a Linux kernel handed over fw_cfg
+/// (Debian's qemu-system-data package).
 pub const LINUXBOOT_ROM_PATH: &str = "/usr/share/qemu/linuxboot_dma.bin";
 /// Its fw_cfg name: SeaBIOS runs the option ROMs under `genroms/`.
 pub const LINUXBOOT_ROM_FILE: &str = "genroms/linuxboot_dma.bin";
+/// QEMU's option ROM that boots a multiboot kernel handed over fw_cfg
+/// (the same package).
+pub const MULTIBOOT_ROM_PATH: &str = "/usr/share/qemu/multiboot_dma.bin";
+/// Its fw_cfg name.
+pub const MULTIBOOT_ROM_FILE: &str = "genroms/multiboot_dma.bin";
 
-/// The linuxboot option ROM, or an error that says how to get it.
-pub fn linuxboot_rom() -> Result<Vec<u8>, Error> {
+/// The option ROM at `path` of qemu-system-data, or an error that says how
+/// to get it.
+fn kernel_rom(path: &str, what: &str) -> Result<Vec<u8>, Error> {
     option_rom(
-        LINUXBOOT_ROM_PATH,
+        path,
         "qemu-system-data",
         format!(
-            "booting a kernel through the BIOS needs QEMU's linuxboot ROM, and {LINUXBOOT_ROM_PATH} is missing: \
-             install Debian's `qemu-system-data` package, or boot the kernel directly (--kernel-boot auto)"
+            "booting a {what} through the BIOS needs QEMU's option ROM {path}, which is missing: install \
+             Debian's `qemu-system-data` package, or boot the kernel directly (--kernel-boot auto)"
         ),
     )
 }
 
-/// Hands `kernel` to the firmware as QEMU's `-kernel` does: its parts in
-/// fw_cfg's kernel, initrd, command line and setup items, and the
-/// linuxboot option ROM that loads and enters it.
-pub fn add_linux_boot(d: &mut FwCfg, kernel: &crate::config::BiosKernel, ram_below_4g: u64) -> Result<(), Error> {
-    let laid = firmware::linuxboot::bios_boot(&kernel.kernel, kernel.initrd.as_deref(), &kernel.cmdline, ram_below_4g)
-        .map_err(|e| Error::Config(format!("--kernel through the BIOS: {e}")))?;
-    for (key, data) in laid.fw_cfg_items() {
-        d.set_item(key, data);
+/// The linuxboot option ROM, or an error that says how to get it.
+pub fn linuxboot_rom() -> Result<Vec<u8>, Error> {
+    kernel_rom(LINUXBOOT_ROM_PATH, "Linux kernel")
+}
+
+/// The multiboot option ROM, or an error that says how to get it.
+pub fn multiboot_rom() -> Result<Vec<u8>, Error> {
+    kernel_rom(MULTIBOOT_ROM_PATH, "multiboot kernel")
+}
+
+/// A kernel laid out for the BIOS to boot, as QEMU's `-kernel` hands it
+/// over: the option ROM that loads and enters it, and the fw_cfg items it
+/// reads.
+pub struct KernelBoot {
+    /// The ROM's fw_cfg name (`genroms/...`).
+    pub rom_file: &'static str,
+    rom: Vec<u8>,
+    items: Vec<(u16, Vec<u8>)>,
+    /// What was laid out where, for the log and `--stats`.
+    pub note: String,
+}
+
+impl KernelBoot {
+    /// The ROM's boot device path, which goes first in the `bootorder`
+    /// file (QEMU gives it boot index 0), so SeaBIOS boots the kernel
+    /// before any disk.
+    pub fn boot_path(&self) -> String {
+        format!("/rom@{}", self.rom_file)
     }
-    d.add_file(LINUXBOOT_ROM_FILE, linuxboot_rom()?).map_err(|e| Error::Config(format!("fw_cfg: {e}")))?;
-    Ok(())
+
+    /// Puts the items and the ROM into `d`.
+    pub fn install(self, d: &mut FwCfg) -> Result<(), Error> {
+        for (key, data) in self.items {
+            d.set_item(key, data);
+        }
+        d.add_file(self.rom_file, self.rom).map_err(|e| Error::Config(format!("fw_cfg: {e}")))?;
+        Ok(())
+    }
+}
+
+/// Lays `kernel` out for the BIOS of a machine whose RAM below 4 GiB ends
+/// at `ram_below_4g`, as QEMU's `-kernel` tells kernels apart: a bzImage
+/// goes to the linuxboot ROM (its setup code, kernel, initrd and command
+/// line), a multiboot kernel to the multiboot ROM (one image of the
+/// kernel, its modules and strings, and the information structure). An
+/// ELF without a multiboot header (a vmlinux) is refused: neither ROM
+/// loads it.
+pub fn prepare_kernel_boot(kernel: &crate::config::BiosKernel, ram_below_4g: u64) -> Result<KernelBoot, Error> {
+    let bad = |e: &dyn std::fmt::Display| Error::Config(format!("--kernel through the BIOS: {e}"));
+    let header = firmware::multiboot::probe(&kernel.kernel).map_err(|e| bad(&e))?;
+    if header.is_some() {
+        let initrd =
+            kernel.initrd.as_deref().map(|data| firmware::multiboot::MultibootModule { data, cmdline: "initrd" });
+        let modules: Vec<firmware::multiboot::MultibootModule<'_>> = kernel
+            .modules
+            .iter()
+            .map(|m| firmware::multiboot::MultibootModule { data: &m.data, cmdline: &m.cmdline })
+            .chain(initrd)
+            .collect();
+        let laid = firmware::multiboot::bios_multiboot(&firmware::multiboot::BiosMultibootConfig {
+            kernel: &kernel.kernel,
+            name: &kernel.name,
+            cmdline: &kernel.cmdline,
+            modules: &modules,
+            ram_below_4g,
+        })
+        .map_err(|e| bad(&e))?;
+        let note = format!(
+            "multiboot kernel through the BIOS (QEMU's {}): {:#x}..{:#x} with {} module(s), entry {:#x}",
+            MULTIBOOT_ROM_PATH,
+            laid.load_addr,
+            u64::from(laid.load_addr) + laid.image.len() as u64,
+            laid.modules.len(),
+            laid.entry
+        );
+        let rom = multiboot_rom()?;
+        return Ok(KernelBoot { rom_file: MULTIBOOT_ROM_FILE, rom, items: laid.into_fw_cfg_items(), note });
+    }
+    if !kernel.modules.is_empty() {
+        return Err(bad(&"a Linux kernel takes one initrd, not a list of modules (those are for multiboot kernels)"));
+    }
+    if firmware::elf::is_elf(&kernel.kernel) {
+        return Err(bad(
+            &"the kernel is an ELF without a multiboot header (a vmlinux), which QEMU's linuxboot ROM cannot load \
+              (QEMU boots such a kernel through its PVH ROM when it has a PVH note): boot it directly \
+              (--kernel-boot auto or fast)",
+        ));
+    }
+    let laid = firmware::linuxboot::bios_boot(&kernel.kernel, kernel.initrd.as_deref(), &kernel.cmdline, ram_below_4g)
+        .map_err(|e| bad(&e))?;
+    let note = format!(
+        "Linux kernel through the BIOS (QEMU's {}): setup code {} bytes, kernel {} bytes{}",
+        LINUXBOOT_ROM_PATH,
+        laid.setup.len(),
+        laid.kernel.len(),
+        laid.initrd.as_ref().map_or(String::new(), |(at, d)| format!(", initrd {} bytes at {at:#x}", d.len()))
+    );
+    let rom = linuxboot_rom()?;
+    Ok(KernelBoot { rom_file: LINUXBOOT_ROM_FILE, rom, items: laid.fw_cfg_items(), note })
 }
 
 /// Whether `image` can be a BIOS: a whole number of 64 KiB blocks, at most
@@ -484,6 +579,67 @@ mod tests {
         let menu = BootMenu { show: true, wait_ms: Some(700) };
         let d = fw_cfg(&mem, &boot, menu, &acpi_for(&[0]), None, Some(pm.decode()), &smbios).unwrap();
         assert_eq!(d.file("etc/boot-menu-wait").unwrap(), 700u16.to_le_bytes());
+    }
+
+    /// A multiboot kernel with the a.out kludge: loaded at 2 MiB, entered
+    /// at its start, `extra` header flags.
+    fn aout_kernel(extra: u32) -> Vec<u8> {
+        let flags = (1 << 16) | 2 | extra;
+        let mut k = Vec::new();
+        for v in [0x1bad_b002u32, flags, 0u32.wrapping_sub(0x1bad_b002).wrapping_sub(flags)] {
+            k.extend(v.to_le_bytes());
+        }
+        for v in [0x20_0000u32, 0x20_0000, 0, 0x20_2000, 0x20_0020] {
+            k.extend(v.to_le_bytes());
+        }
+        k.resize(0x100, 0xf4);
+        k
+    }
+
+    #[test]
+    fn a_kernel_for_the_bios_goes_to_the_rom_that_boots_it() {
+        use crate::config::{BiosKernel, BootModule};
+        let module = BootModule { cmdline: "m.bin x".into(), data: vec![1, 2, 3] };
+        let k = BiosKernel { kernel: aout_kernel(0), modules: vec![module], name: "k".into(), ..Default::default() };
+        let refused = |k: &BiosKernel| match prepare_kernel_boot(k, 64 << 20) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        };
+        match prepare_kernel_boot(&k, 64 << 20) {
+            Ok(b) => {
+                assert_eq!(b.boot_path(), "/rom@genroms/multiboot_dma.bin");
+                assert!(b.note.contains("1 module(s), entry 0x200020"), "{}", b.note);
+                let mem = Arc::new(GuestMemory::new(64 << 20).unwrap());
+                let mut d = FwCfg::new(mem, 64 << 20, 1);
+                b.install(&mut d).unwrap();
+                assert!(d.file(MULTIBOOT_ROM_FILE).is_some_and(|r| r[..2] == [0x55, 0xaa]));
+            }
+            // Without Debian's qemu-system-data the error says so.
+            Err(e) => assert!(e.to_string().contains("qemu-system-data"), "{e}"),
+        }
+        // A header that is there but bad is named as a multiboot header.
+        let mut bad = k.clone();
+        bad.kernel[8] ^= 1;
+        assert!(refused(&bad).contains("bad checksum"), "{}", refused(&bad));
+        let unknown = BiosKernel { kernel: aout_kernel(1 << 5), ..k.clone() };
+        assert!(refused(&unknown).contains("require features"), "{}", refused(&unknown));
+        // An ELF without a multiboot header: the direct boot is the way.
+        let mut vmlinux = b"\x7fELF\x02\x01\x01".to_vec();
+        vmlinux.resize(0x2000, 0);
+        let e = refused(&BiosKernel { kernel: vmlinux, modules: Vec::new(), ..k.clone() });
+        assert!(e.contains("vmlinux") && e.contains("--kernel-boot auto"), "{e}");
+        // A Linux kernel takes no module list.
+        let mut bz = vec![0u8; 0x1000];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        let e = refused(&BiosKernel { kernel: bz, ..k.clone() });
+        assert!(e.contains("not a list of modules"), "{e}");
+        // A kernel over the BIOS's low memory.
+        let mut low = aout_kernel(0);
+        for (i, v) in [0x8000u32, 0x8000, 0, 0x8100, 0x8020].into_iter().enumerate() {
+            low[12 + 4 * i..16 + 4 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        let e = refused(&BiosKernel { kernel: low, ..k });
+        assert!(e.contains("0x8000..0x8100 overlaps") && e.contains("0x0..0xa000"), "{e}");
     }
 
     /// The FADT the firmware reads says where it placed the PM block.

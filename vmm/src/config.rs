@@ -107,6 +107,10 @@ pub struct KernelImage {
     pub cmdline: String,
     /// For a bzImage: decompress on the host (fast) or in the guest (classic).
     pub path: firmware::linux::BootPath,
+    /// A multiboot kernel's modules (`--initrd`'s list), in order; a Linux
+    /// kernel takes `initrd` and no modules. For a multiboot kernel an
+    /// `initrd` is one more module, whose command line is "initrd".
+    pub modules: Vec<BootModule>,
     /// Whether the machine loads it into RAM. Not when RAM and the CPUs
     /// come from saved state (`--restore`, `--incoming`, `--loadvm`): the
     /// files were only checked, and split execution finds the kernel's
@@ -178,17 +182,32 @@ pub struct MachineConfig {
     /// tables and no PIIX4 PM function).
     pub acpi: bool,
     /// A kernel for the BIOS to boot (with [`Firmware::Bios`] only): the
-    /// linuxboot option ROM comes first in the boot order.
+    /// option ROM that loads it (linuxboot or multiboot) comes first in
+    /// the boot order ([`crate::bios::prepare_kernel_boot`]).
     pub bios_kernel: Option<BiosKernel>,
 }
 
-/// A kernel the BIOS boots (QEMU's `-kernel` with its firmware): the
-/// bzImage, its initrd and command line, handed over fw_cfg.
+/// A kernel the BIOS boots (QEMU's `-kernel` with its firmware): a bzImage
+/// with its initrd and command line, or a multiboot kernel with its
+/// modules, handed over fw_cfg.
 #[derive(Debug, Clone, Default)]
 pub struct BiosKernel {
     pub kernel: Vec<u8>,
     pub initrd: Option<Vec<u8>>,
     pub cmdline: String,
+    /// A multiboot kernel's modules; as for [`KernelImage::modules`].
+    pub modules: Vec<BootModule>,
+    /// The kernel's file name as given: a multiboot kernel's command line
+    /// starts with it, as QEMU and GRUB give it.
+    pub name: String,
+}
+
+/// A multiboot module: its command line (QEMU's: the file's name and what
+/// follows it in `-initrd`) and its bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BootModule {
+    pub cmdline: String,
+    pub data: Vec<u8>,
 }
 
 /// A virtio-serial port: what the guest sees and its host side.

@@ -222,7 +222,7 @@ impl Machine {
             acpi.hpet = None;
         }
         let smbios = crate::bios::smbios(&config)?;
-        let (boot_state, boot_note, kernel_code) = match &mut config.firmware {
+        let (boot_state, mut boot_note, kernel_code) = match &mut config.firmware {
             Firmware::Kernel(k) if !k.load => {
                 (CpuState::reset(), Some("kernel not loaded: RAM and CPUs come from saved state".into()), Vec::new())
             }
@@ -232,6 +232,7 @@ impl Machine {
                 // image's bytes (14 MiB for a distribution kernel) go.
                 k.kernel = Vec::new();
                 k.initrd = None;
+                k.modules = Vec::new();
                 loaded
             }
             _ => (CpuState::reset(), None, Vec::new()),
@@ -306,9 +307,22 @@ impl Machine {
                 .filter_map(crate::device_manager::function_slot)
                 .collect();
             let nic_slots: Vec<u8> = (0..nics.len()).filter_map(crate::device_manager::function_slot).collect();
-            let mut boot = crate::storage::boot_paths(&storage.boot_order, &placed.ide_kinds, &slots, &nic_slots);
+            // A kernel for the BIOS: its option ROM boots first, in either order.
+            let kernel_boot = config
+                .bios_kernel
+                .take()
+                .map(|k| crate::bios::prepare_kernel_boot(&k, config.mem.min(mmu::PCI_HOLE_START)))
+                .transpose()?;
+            let paths = |order: &str| {
+                let mut p = crate::storage::boot_paths(order, &placed.ide_kinds, &slots, &nic_slots);
+                if let Some(k) = &kernel_boot {
+                    p.insert(0, k.boot_path());
+                }
+                p
+            };
+            let mut boot = paths(&storage.boot_order);
             if let Some(once) = &storage.boot_once {
-                let first = crate::storage::boot_paths(once, &placed.ide_kinds, &slots, &nic_slots);
+                let first = paths(once);
                 bootorder_after_reset = Some(crate::bios::bootorder_file(&std::mem::replace(&mut boot, first)));
             }
             let vga_rom = match config.vga {
@@ -318,8 +332,9 @@ impl Machine {
             let menu = crate::bios::BootMenu { show: storage.boot_menu, wait_ms: storage.boot_menu_wait_ms };
             let pm = config.acpi.then(|| chipset.pm_decode.clone());
             let mut fw = crate::bios::fw_cfg(&mem, &boot, menu, &acpi, vga_rom, pm, &smbios)?;
-            if let Some(k) = &config.bios_kernel {
-                crate::bios::add_linux_boot(&mut fw, k, config.mem.min(mmu::PCI_HOLE_START))?;
+            if let Some(k) = kernel_boot {
+                boot_note = Some(k.note.clone());
+                k.install(&mut fw)?;
             }
             let device = Arc::new(Mutex::new(fw));
             let shared: SharedDevice = device.clone();
@@ -1535,10 +1550,14 @@ fn load_kernel(
     // The SMBIOS entry point after the MP table, in the area the OS scans.
     let smbios = firmware::smbios::write_smbios(mem, mp.end.next_multiple_of(16), smbios)
         .map_err(|e| Error::Config(format!("SMBIOS tables: {e}")))?;
-    let is_bzimage = k.kernel.get(0x202..0x206) == Some(b"HdrS");
-    if !is_bzimage && firmware::multiboot::MultibootHeader::find(&k.kernel).is_ok() {
-        let modules: Vec<firmware::multiboot::MultibootModule<'_>> =
-            k.initrd.iter().map(|d| firmware::multiboot::MultibootModule { data: d, cmdline: "initrd" }).collect();
+    if firmware::multiboot::probe(&k.kernel)?.is_some() {
+        let initrd = k.initrd.as_deref().map(|data| firmware::multiboot::MultibootModule { data, cmdline: "initrd" });
+        let modules: Vec<firmware::multiboot::MultibootModule<'_>> = k
+            .modules
+            .iter()
+            .map(|m| firmware::multiboot::MultibootModule { data: &m.data, cmdline: &m.cmdline })
+            .chain(initrd)
+            .collect();
         let cfg = firmware::multiboot::MultibootConfig {
             kernel: &k.kernel,
             cmdline: &k.cmdline,
@@ -1556,6 +1575,11 @@ fn load_kernel(
         let boot = firmware::multiboot::load_multiboot(mem, &cfg)?;
         let note = Some(format!("multiboot kernel, entry {:#x}", boot.cpu.rip));
         return Ok((crate::boot::cpu_state(&boot.cpu), note, Vec::new()));
+    }
+    if !k.modules.is_empty() {
+        return Err(Error::Config(
+            "a Linux kernel takes one initrd, not a list of modules (those are for multiboot kernels)".into(),
+        ));
     }
     let cfg = firmware::linux::LinuxBootConfig {
         kernel: &k.kernel,

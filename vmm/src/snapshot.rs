@@ -69,7 +69,7 @@ use crate::machine::{Machine, MachineState, Stopped};
 /// The first bytes of every state file and stream.
 pub const MAGIC: [u8; 16] = *b"FERROVM\0STATE\0\0\0";
 /// The format version this build writes and reads.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// The state file's header: magic, version, zero, body length, checksum.
 pub const HEADER_LEN: usize = 40;
 /// The largest body accepted (a state with the VGA's VRAM is a few MiB).

@@ -29,6 +29,8 @@ pub mod desc;
 pub mod fast;
 pub mod misc;
 pub mod mov;
+#[cfg(test)]
+mod pkeys_tests;
 pub mod shift;
 pub mod sse;
 pub mod stack;

@@ -63,6 +63,8 @@ pub fn handler(code: Code) -> Option<Handler> {
         Mnemonic::Rdtsc => rdtsc,
         Mnemonic::Rdtscp => rdtscp,
         Mnemonic::Rdpid => rdpid,
+        Mnemonic::Rdpkru => rdpkru,
+        Mnemonic::Wrpkru => wrpkru,
         Mnemonic::Rdpmc => rdpmc,
         Mnemonic::Rdfsbase | Mnemonic::Rdgsbase | Mnemonic::Wrfsbase | Mnemonic::Wrgsbase => fsgsbase,
         Mnemonic::Clac | Mnemonic::Stac => clac_stac,
@@ -126,6 +128,7 @@ pub fn ends_block(m: Mnemonic) -> bool {
             | Mnemonic::Hlt
             | Mnemonic::Invlpg
             | Mnemonic::Invpcid
+            | Mnemonic::Wrpkru
             | Mnemonic::Swapgs
             | Mnemonic::Out
             | Mnemonic::Outsb
@@ -382,9 +385,11 @@ pub(crate) fn cr0_valid(v: u64) -> bool {
 }
 
 /// Whether MOV to CR4 takes `v` whatever the rest of the state: only bits
-/// the model implements, and OSXSAVE only when XSAVE is offered.
-pub(crate) fn cr4_valid(v: u64, xsave: bool) -> bool {
-    v & !CR4_VALID == 0 && (xsave || v & cr::CR4_OSXSAVE == 0)
+/// the model implements, OSXSAVE only when XSAVE is offered, and PKE and
+/// PKS only with the protection keys (`pku`).
+pub(crate) fn cr4_valid(v: u64, xsave: bool, pku: bool) -> bool {
+    let keys = cr::CR4_PKE | cr::CR4_PKS;
+    v & !(CR4_VALID | keys) == 0 && (xsave || v & cr::CR4_OSXSAVE == 0) && (pku || v & keys == 0)
 }
 
 /// Whether MOV to CR3 takes `v` (after PCIDE's bit 63 is dropped): in long
@@ -425,7 +430,7 @@ impl Cpu {
 
     /// Write CR4 with its architectural checks.
     pub fn write_cr4(&mut self, v: u64) -> Fault<()> {
-        if !cr4_valid(v, self.xsave) {
+        if !cr4_valid(v, self.xsave, self.pku()) {
             return Err(GP0);
         }
         if self.state.long_mode() && v & cr::CR4_PAE == 0 {
@@ -453,6 +458,23 @@ impl Cpu {
         self.update_paging();
         self.mmu.flush(self.state.cr4 & cr::CR4_PGE != 0);
         Ok(())
+    }
+
+    /// Load PKRU (WRPKRU, XRSTOR): the soft TLB holds rights the old value
+    /// gave, so a change flushes it whole.
+    pub(crate) fn set_pkru(&mut self, v: u32) {
+        if self.state.pkru != v {
+            self.state.pkru = v;
+            self.after_paging_change(true);
+        }
+    }
+
+    /// Load IA32_PKRS (WRMSR), flushing the soft TLB on a change.
+    pub(crate) fn set_pkrs(&mut self, v: u32) {
+        if self.state.pkrs != v {
+            self.state.pkrs = v;
+            self.after_paging_change(true);
+        }
     }
 
     fn after_paging_change(&mut self, full: bool) {
@@ -608,6 +630,33 @@ fn rdtscp(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
 fn rdpid(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     let v = cpu.state.msr.tsc_aux & 0xffff_ffff;
     reg_write(&mut cpu.state, insn.op0_register(), v);
+    Ok(())
+}
+
+/// RDPKRU: EAX = PKRU, EDX = 0. #UD without CR4.PKE (or with LOCK), #GP(0)
+/// unless ECX is 0.
+fn rdpkru(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    if cpu.state.cr4 & cr::CR4_PKE == 0 || insn.has_lock_prefix() {
+        return Err(Exception::InvalidOpcode);
+    }
+    if cpu.state.gpr[1] as u32 != 0 {
+        return Err(GP0);
+    }
+    cpu.state.gpr[0] = u64::from(cpu.state.pkru);
+    cpu.state.gpr[2] = 0;
+    Ok(())
+}
+
+/// WRPKRU: PKRU = EAX, at any CPL. #UD without CR4.PKE (or with LOCK),
+/// #GP(0) unless ECX and EDX are 0.
+fn wrpkru(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
+    if cpu.state.cr4 & cr::CR4_PKE == 0 || insn.has_lock_prefix() {
+        return Err(Exception::InvalidOpcode);
+    }
+    if cpu.state.gpr[1] as u32 != 0 || cpu.state.gpr[2] as u32 != 0 {
+        return Err(GP0);
+    }
+    cpu.set_pkru(cpu.state.gpr[0] as u32);
     Ok(())
 }
 

@@ -6,7 +6,10 @@
 //! ([`Cpu::set_avx`]) also YMM (bit 2: the upper halves of YMM0-15), 256
 //! bytes at offset 576 in both formats (the first and only component past
 //! the header, so its compacted offset is the standard one), 832 bytes in
-//! all.
+//! all; with the protection keys ([`Cpu::pku`]) also PKRU (bit 9: the
+//! PKRU register), 8 bytes at offset 2688 in the standard format (2696
+//! bytes in all, the offsets between unused) and right after the
+//! components before it in the compacted one.
 //!
 //! Modelling choices:
 //! - XINUSE (which components are not in their initial configuration) is
@@ -15,7 +18,8 @@
 //!   register zero; SSE is in use unless XMM0-XMM15 are all zero (MXCSR is
 //!   saved and restored with SSE but not tracked, as the standard form of
 //!   XRSTOR initialises the XMM registers and loads MXCSR independently);
-//!   YMM is in use unless the upper halves of YMM0-YMM15 are all zero.
+//!   YMM is in use unless the upper halves of YMM0-YMM15 are all zero;
+//!   PKRU is in use unless PKRU is zero.
 //! - XSAVEOPT uses the init optimization (components not in use are not
 //!   written) but not the modified optimization: it writes every component
 //!   in use, which the SDM allows.
@@ -48,6 +52,8 @@ pub const X87: u64 = 1 << 0;
 pub const SSE: u64 = 1 << 1;
 /// XCR0 bit of the AVX state component (bits 255:128 of YMM0-YMM15).
 pub const YMM: u64 = 1 << 2;
+/// XCR0 bit of the PKRU state component (the PKRU register).
+pub const PKRU: u64 = 1 << 9;
 /// The XCR0 bits the model supports (CPUID.(EAX=0DH,ECX=0):EDX:EAX).
 pub const SUPPORTED: u64 = X87 | SSE;
 /// The XCR0 bits the model with AVX supports.
@@ -59,8 +65,13 @@ pub const AREA_SIZE: u32 = 576;
 pub const YMM_OFFSET: u32 = 576;
 /// Bytes of the YMM component.
 pub const YMM_SIZE: u32 = 256;
-/// The largest area: every component of [`SUPPORTED_AVX`].
-const MAX_AREA: usize = (YMM_OFFSET + YMM_SIZE) as usize;
+/// Where the PKRU component sits in the standard format.
+pub const PKRU_OFFSET: u32 = 2688;
+/// Bytes of the PKRU component (PKRU, then four reserved bytes).
+pub const PKRU_SIZE: u32 = 8;
+/// The most of an area that is read or written in one piece: the legacy
+/// region, the header and YMM (PKRU goes on its own).
+const MAX_FRONT: usize = (YMM_OFFSET + YMM_SIZE) as usize;
 /// Offset of the XSAVE header (XSTATE_BV, then XCOMP_BV).
 const HEADER: usize = 512;
 /// XCOMP_BV bit 63: the area is in the compacted format.
@@ -79,13 +90,37 @@ pub fn handler(code: Code) -> Option<Handler> {
     })
 }
 
-/// Bytes of an XSAVE area holding the components of `mask` (in either
-/// format: the only component past the header is YMM).
+/// Bytes of a standard-format XSAVE area holding the components of `mask`.
 pub fn area_size(mask: u64) -> u32 {
+    if mask & PKRU != 0 {
+        PKRU_OFFSET + PKRU_SIZE
+    } else {
+        front_size(mask)
+    }
+}
+
+/// Bytes of a compacted-format XSAVE area whose XCOMP_BV holds `mask`.
+pub fn compacted_size(mask: u64) -> u32 {
+    front_size(mask) + if mask & PKRU != 0 { PKRU_SIZE } else { 0 }
+}
+
+/// The legacy region, the header and YMM when `mask` has it: where the
+/// compacted format puts the component after them.
+fn front_size(mask: u64) -> u32 {
     if mask & YMM != 0 {
         YMM_OFFSET + YMM_SIZE
     } else {
         AREA_SIZE
+    }
+}
+
+/// Where PKRU sits in an area of either format whose XCOMP_BV (compacted)
+/// holds `mask`.
+fn pkru_offset(compacted: bool, mask: u64) -> u32 {
+    if compacted {
+        front_size(mask)
+    } else {
+        PKRU_OFFSET
     }
 }
 
@@ -98,7 +133,10 @@ pub fn in_use(s: &CpuState) -> u64 {
     let x87_init = fninit == s.fpu && s.fpu.regs.iter().all(|r| r.mantissa == 0 && r.sign_exp == 0);
     let sse_init = s.xmm.iter().all(|&x| x == 0);
     let ymm_init = s.ymm_hi.iter().all(|&x| x == 0);
-    (if x87_init { 0 } else { X87 }) | (if sse_init { 0 } else { SSE }) | (if ymm_init { 0 } else { YMM })
+    (if x87_init { 0 } else { X87 })
+        | (if sse_init { 0 } else { SSE })
+        | (if ymm_init { 0 } else { YMM })
+        | (if s.pkru == 0 { 0 } else { PKRU })
 }
 
 /// #UD unless CR4.OSXSAVE is set (and for LOCK).
@@ -152,7 +190,7 @@ fn instruction_mask(s: &CpuState) -> u64 {
 /// segment checks of the area for the requested components, #GP(0) unless
 /// the area is 64-byte aligned. Returns (segment, offset, linear address,
 /// REX.W, area size).
-fn area(cpu: &Cpu, insn: &Instruction, write: bool) -> Fault<(usize, u64, u64, bool, u32)> {
+fn area(cpu: &Cpu, insn: &Instruction, write: bool, size_of: fn(u64) -> u32) -> Fault<(usize, u64, u64, bool, u32)> {
     check_enabled(cpu, insn)?;
     if cpu.state.xcr0 & !cpu.xcr0_supported() != 0 {
         // A state handed over by an engine whose XCR0 has components this
@@ -164,7 +202,7 @@ fn area(cpu: &Cpu, insn: &Instruction, write: bool) -> Fault<(usize, u64, u64, b
         }
         return Err(Exception::InvalidOpcode);
     }
-    let size = area_size(instruction_mask(&cpu.state) & cpu.state.xcr0);
+    let size = size_of(instruction_mask(&cpu.state) & cpu.state.xcr0);
     if cpu.state.cr0 & cr::CR0_TS != 0 {
         return Err(Exception::DeviceNotAvailable);
     }
@@ -195,7 +233,8 @@ enum Kind {
 }
 
 fn save(cpu: &mut Cpu, insn: &Instruction, kind: Kind) -> Fault<()> {
-    let (seg, off, lin, rex_w, size) = area(cpu, insn, true)?;
+    let size_of = if kind == Kind::Compacted { compacted_size } else { area_size };
+    let (seg, off, lin, rex_w, size) = area(cpu, insn, true, size_of)?;
     let s = &cpu.state;
     let rfbm = instruction_mask(s) & s.xcr0;
     let inuse = in_use(s);
@@ -216,8 +255,8 @@ fn save(cpu: &mut Cpu, insn: &Instruction, kind: Kind) -> Fault<()> {
         // as AMD CPUs do.
         cpu.translate(last, Access::Write, p)?;
     }
-    let mut buf = [0u8; MAX_AREA];
-    let img = &mut buf[..size as usize];
+    let mut buf = [0u8; MAX_FRONT];
+    let img = &mut buf[..front_size(rfbm) as usize];
     cpu.read_mem_buf(seg, off, img)?;
     let s = &cpu.state;
     let legacy: &mut [u8; 512] = (&mut img[..512]).try_into().expect("512-byte legacy region");
@@ -250,13 +289,23 @@ fn save(cpu: &mut Cpu, insn: &Instruction, kind: Kind) -> Fault<()> {
         }
     }
     hdr[..8].copy_from_slice(&xstate_bv.to_le_bytes());
-    cpu.write_mem_buf(seg, off, img)
+    let pkru = s.pkru;
+    cpu.write_mem_buf(seg, off, img)?;
+    if saved & PKRU != 0 {
+        // PKRU in its first four bytes; the other four keep their value.
+        let at = off.wrapping_add(u64::from(pkru_offset(kind == Kind::Compacted, rfbm)));
+        cpu.write_mem_buf(seg, at, &pkru.to_le_bytes())?;
+    }
+    Ok(())
 }
 
 fn xrstor(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
-    let (seg, off, lin, rex_w, size) = area(cpu, insn, false)?;
-    let mut buf = [0u8; MAX_AREA];
-    let img = &mut buf[..size as usize];
+    // The checks cover the smallest area the requested components take
+    // (the compacted one); the reads check the rest as they go, and the
+    // state changes only after the last read.
+    let (seg, off, lin, rex_w, _) = area(cpu, insn, false, compacted_size)?;
+    let mut buf = [0u8; MAX_FRONT];
+    let img = &mut buf[..];
     // The area's first byte is checked, then the header is read before the
     // legacy region: the address a fault reports is that of AMD CPUs.
     let p = cpu.privilege();
@@ -288,6 +337,16 @@ fn xrstor(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         // The YMM component is read only when it is loaded.
         cpu.read_mem_buf(seg, off.wrapping_add(u64::from(YMM_OFFSET)), &mut img[hdr_end..])?;
     }
+    let pkru = if load & PKRU != 0 {
+        let mut b = [0u8; 4];
+        let at = pkru_offset(compacted, xcomp_bv);
+        cpu.read_mem_buf(seg, off.wrapping_add(u64::from(at)), &mut b)?;
+        Some(u32::from_le_bytes(b))
+    } else if init & PKRU != 0 {
+        Some(0)
+    } else {
+        None
+    };
     let img = &*img;
     let legacy: &[u8; 512] = (&img[..512]).try_into().expect("512-byte legacy region");
     // MXCSR: the standard form loads it whenever SSE is requested; the
@@ -320,6 +379,9 @@ fn xrstor(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
     }
     if let Some(m) = mxcsr {
         s.mxcsr = m;
+    }
+    if let Some(v) = pkru {
+        cpu.set_pkru(v);
     }
     Ok(())
 }
@@ -978,5 +1040,97 @@ mod tests {
         c.state.seg[sreg::SS].limit = 0x100;
         c.state.gpr[reg::RBP] = AREA - 0x40;
         assert_eq!(run(&mut c, 3, |a| a.xsavec(ptr(ebp))), Err(Exception::StackFault(0)));
+    }
+
+    /// [`avx_machine`] with the max model: XCR0 = x87|SSE|YMM|PKRU,
+    /// CR4.PKE, PKRU = Linux's default.
+    fn pkru_machine() -> Cpu {
+        let mut c = avx_machine();
+        c.set_model(crate::cpuid::Model::Max);
+        c.write_cr4(c.state.cr4 | cr::CR4_PKE).unwrap();
+        c.state.xcr0 = SUPPORTED_AVX | PKRU;
+        c.state.pkru = 0x5555_5554;
+        c
+    }
+
+    fn u32_at(c: &Cpu, o: u64) -> u32 {
+        c.mem().read_u32(AREA + o).unwrap()
+    }
+
+    #[test]
+    fn cpuid_and_xsetbv_with_pkru() {
+        let mut c = avx_machine();
+        c.state.xcr0 = 7;
+        c.state.gpr[reg::RCX] = 0;
+        c.state.gpr[reg::RDX] = 0;
+        c.state.gpr[reg::RAX] = 0x207;
+        assert_eq!(exec_asm(&mut c, |a| a.xsetbv()), Err(GP0), "PKRU is not in the v2 model");
+        c.set_model(crate::cpuid::Model::Max);
+        assert_eq!(c.cpuid(0xd, 0), [0x207, 832, 2696, 0]);
+        assert_eq!(c.cpuid(0xd, 9), [8, 2688, 0, 0]);
+        exec_asm(&mut c, |a| a.xsetbv()).unwrap();
+        assert_eq!(c.cpuid(0xd, 0), [0x207, 2696, 2696, 0]);
+        assert_eq!(c.cpuid(0xd, 1)[1], 840, "compacted: PKRU right after YMM");
+        c.state.gpr[reg::RAX] = 0x203;
+        exec_asm(&mut c, |a| a.xsetbv()).unwrap();
+        assert_eq!(c.cpuid(0xd, 1)[1], 584);
+    }
+
+    #[test]
+    fn xsave_and_xrstor_carry_pkru() {
+        let mut c = pkru_machine();
+        c.mem().fill(AREA, 2696, 0x5a).unwrap();
+        c.mem().fill(AREA + 512, 64, 0).unwrap();
+        // Standard form: PKRU at 2688; its other four bytes and the unused
+        // offsets keep their values.
+        run(&mut c, 0x207, |a| a.xsave64(ptr(rbx))).unwrap();
+        assert_eq!(u32_at(&c, 2688), 0x5555_5554);
+        assert_eq!(u32_at(&c, 2692), 0x5a5a_5a5a);
+        assert_eq!(u32_at(&c, 1000), 0x5a5a_5a5a);
+        assert_eq!(c.mem().read_u64(AREA + 512).unwrap(), 0x207);
+        // XRSTOR loads it back, flushing the TLB for the new rights.
+        c.state.pkru = 0;
+        let flushes = c.mmu.flushes;
+        run(&mut c, 0x207, |a| a.xrstor64(ptr(rbx))).unwrap();
+        assert_eq!(c.state.pkru, 0x5555_5554);
+        assert!(c.mmu.flushes > flushes);
+        // XSTATE_BV bit 9 clear: the init value, 0.
+        c.mem().write_u64(AREA + 512, 7).unwrap();
+        run(&mut c, 0x207, |a| a.xrstor64(ptr(rbx))).unwrap();
+        assert_eq!(c.state.pkru, 0);
+        assert_eq!(in_use(&c.state) & PKRU, 0);
+        // Not in use: XSAVEOPT leaves the bytes alone, XSAVE writes zero.
+        c.mem().write_u32(AREA + 2688, 0x1234).unwrap();
+        run(&mut c, 0x207, |a| a.xsaveopt64(ptr(rbx))).unwrap();
+        assert_eq!(u32_at(&c, 2688), 0x1234);
+        assert_eq!(c.mem().read_u64(AREA + 512).unwrap() & PKRU, 0);
+        run(&mut c, 0x207, |a| a.xsave64(ptr(rbx))).unwrap();
+        assert_eq!(u32_at(&c, 2688), 0);
+        // Not requested: not touched, not loaded.
+        c.state.pkru = 8;
+        c.mem().write_u32(AREA + 2688, 0x1234).unwrap();
+        run(&mut c, 7, |a| a.xsave64(ptr(rbx))).unwrap();
+        run(&mut c, 7, |a| a.xrstor64(ptr(rbx))).unwrap();
+        assert_eq!((u32_at(&c, 2688), c.state.pkru), (0x1234, 8));
+    }
+
+    #[test]
+    fn the_compacted_form_places_pkru_after_the_components_before_it() {
+        let mut c = pkru_machine();
+        c.mem().fill(AREA, 2696, 0).unwrap();
+        run(&mut c, 0x207, |a| a.xsavec64(ptr(rbx))).unwrap();
+        assert_eq!(c.mem().read_u64(AREA + 520).unwrap(), (1 << 63) | 0x207);
+        assert_eq!(u32_at(&c, 832), 0x5555_5554);
+        assert_eq!(u32_at(&c, 2688), 0);
+        c.state.pkru = 0;
+        run(&mut c, 0x207, |a| a.xrstor64(ptr(rbx))).unwrap();
+        assert_eq!(c.state.pkru, 0x5555_5554);
+        // Without YMM in XCOMP_BV, right after the header.
+        c.mem().fill(AREA, 2696, 0).unwrap();
+        run(&mut c, 0x203, |a| a.xsavec64(ptr(rbx))).unwrap();
+        assert_eq!(u32_at(&c, 576), 0x5555_5554);
+        c.state.pkru = 4;
+        run(&mut c, 0x203, |a| a.xrstor64(ptr(rbx))).unwrap();
+        assert_eq!(c.state.pkru, 0x5555_5554);
     }
 }

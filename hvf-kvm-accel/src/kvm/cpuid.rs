@@ -28,6 +28,7 @@
 //! | 7.1:EAX 4, 5 | AVX-VNNI, AVX512-BF16 | XSAVE-managed state |
 //! | 0x8000_0001:ECX 11, 16 | XOP, FMA4 | AMD VEX-style encodings needing YMM state |
 //! | 7.0:ECX 3, 4 | PKU, OSPKE | protection keys live in XSAVE state (PKRU); Linux requires XSAVE for them |
+//! | 7.0:ECX 31 | PKS | supervisor protection keys live in IA32_PKRS, which the state bridge does not carry |
 //! | 7.0:EBX 0 | FSGSBASE | `rdgsbase`/`wrgsbase` run at CPL0 in Linux's entry code; KVM's emulator has no register forms of 0F AE |
 //! | 7.0:EBX 10 | INVPCID | run at CPL0 for TLB flushes; not in KVM's emulator |
 //! | 7.0:EBX 20 | SMAP | Linux then runs `stac`/`clac` around every user-memory access at CPL0; KVM's emulator has neither |
@@ -124,6 +125,7 @@ pub const HIDDEN_BITS: &[HiddenBit] = &[
     hide(0x8000_0001, 0, Reg::Ecx, 16, "fma4"),
     hide(7, 0, Reg::Ecx, 3, "pku"),
     hide(7, 0, Reg::Ecx, 4, "ospke"),
+    hide(7, 0, Reg::Ecx, 31, "pks"),
     hide(7, 0, Reg::Ebx, 0, "fsgsbase"),
     hide(7, 0, Reg::Ebx, 10, "invpcid"),
     hide(7, 0, Reg::Ebx, 20, "smap"),

@@ -238,7 +238,7 @@ mod tests {
         for i in 0..512 {
             mem.write_u64(pt + i * 8, (KPA + i * PAGE) | flags(i)).unwrap();
         }
-        PagingCtx { mode: PagingMode::Level4, cr3: pml4, wp: true, nxe: true, smep: false, smap: false }
+        PagingCtx::level4(pml4)
     }
 
     fn long_mode_state() -> CpuState {

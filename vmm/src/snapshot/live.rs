@@ -57,7 +57,7 @@ use crate::machine::{Machine, RunControl, Stopped};
 /// The first bytes of a live migration stream.
 pub const LIVE_MAGIC: [u8; 16] = *b"FERROVM\0MIGRATE\0";
 /// The live stream's version.
-pub const LIVE_VERSION: u32 = 2;
+pub const LIVE_VERSION: u32 = 3;
 /// Bit 63 of a record's length: the pages are zeros, no bytes follow.
 pub const ZERO_RECORD: u64 = 1 << 63;
 /// The receiver's answer once its guest may run.

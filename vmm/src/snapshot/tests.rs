@@ -60,10 +60,10 @@ fn a_state_file_round_trips_and_every_kind_of_damage_is_named() {
     let mut longer = file.clone();
     longer.push(0);
     assert!(matches!(decode(&longer), Err(SnapshotError::Corrupt(_))));
-    let mut v3 = file.clone();
-    v3[16] = 3;
-    let e = decode(&v3).unwrap_err();
-    assert_eq!(e.to_string(), "the state file has format version 3; this ferrovm reads version 2");
+    let mut v2 = file.clone();
+    v2[16] = 2;
+    let e = decode(&v2).unwrap_err();
+    assert_eq!(e.to_string(), "the state file has format version 2; this ferrovm reads version 3");
     let mut reserved = file.clone();
     reserved[21] = 1;
     assert!(matches!(decode(&reserved), Err(SnapshotError::Corrupt(_))), "the header's zero bytes are checked");
