@@ -4,8 +4,9 @@
 //! generator (`ioping.cpio.gz` of `scripts/guest-images.sh`, appended to
 //! the initramfs). Two tables: virtio-blk (`/dev/vda`, virtio_blk), and
 //! the PIIX3 IDE controller (`/dev/sda`, ata_piix and sd_mod: QEMU's
-//! `-drive if=ide`, its bus-master DMA). One boot per engine and run does,
-//! on the disk with O_DIRECT and no pause between requests:
+//! `-drive if=ide`, its bus-master DMA). One boot per engine and run (the
+//! engines taking turns, run after run) does, on the disk with O_DIRECT and
+//! no pause between requests:
 //!
 //! - sequential write: 128 requests of 1 MiB;
 //! - sequential read: the same 128 MiB back;
@@ -270,6 +271,9 @@ pub fn run(args: &crate::BenchArgs) -> i32 {
     let limit = Duration::from_secs(args.boot_timeout);
     let ctx = Ctx { q: q.as_deref(), kernel: &kernel, initrd: &initrd, dir: &dir, runs, limit };
     for bus in [&VIRTIO, &IDE] {
+        if args.disk_bus.as_deref().is_some_and(|b| b != bus.interface) {
+            continue;
+        }
         let mut engines: Vec<&str> = if bus.interp { vec!["interp", "jit"] } else { vec!["jit"] };
         if kvm {
             engines.push("kvm");
@@ -300,11 +304,14 @@ fn table(c: &Ctx<'_>, bus: &Bus, engines: &[&str]) -> i32 {
     println!("{}, {}:", bus.name, bus.dev);
     let append = format!("console=ttyS0 quiet ferrovm.poweroff=1 ferrovm.cmd={}", base64(script(bus).as_bytes()));
     let mut status = 0;
-    // Per engine: the median of each workload's figure, and of ioping's
-    // time over the host's.
+    // Per engine, each run's figure of each workload and each run's ioping
+    // time over the host's. The engines take turns, run after run, so that
+    // a change in the host's load falls on all of them alike.
     let work = workloads();
-    let mut table: Vec<Vec<Option<f64>>> = vec![Vec::new(); work.len()];
-    let mut clock: Vec<Option<f64>> = Vec::new();
+    let mut figures: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); work.len()]; engines.len()];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); engines.len()];
+    let mut failed = vec![false; engines.len()];
+    let mut runs = Vec::new();
     for e in engines {
         // One image per engine: the reads read what its write wrote.
         let disk = c.dir.join(format!("disk-{e}-{}.img", bus.interface));
@@ -314,25 +321,29 @@ fn table(c: &Ctx<'_>, bus: &Bus, engines: &[&str]) -> i32 {
             return 1;
         }
         let cmd = command(e, c.q, c.kernel, c.initrd, (&disk, bus), &append);
-        let mut figures: Vec<Vec<f64>> = vec![Vec::new(); work.len()];
-        let mut ratios = Vec::new();
-        for _ in 0..c.runs {
-            let out = match time_work(&cmd, c.limit) {
+        runs.push((disk, cmd));
+    }
+    for _ in 0..c.runs {
+        for (i, e) in engines.iter().enumerate() {
+            if failed[i] {
+                continue;
+            }
+            let (host, text) = match time_work(&runs[i].1, c.limit) {
                 Ok(v) => v,
                 Err(err) => {
                     eprintln!("ferrovm bench --disk: {} under {e}: {err}", bus.name);
                     if *e != "qemu" {
                         status = 1;
                     }
-                    break;
+                    failed[i] = true;
+                    continue;
                 }
             };
-            let (host, text) = out;
             let mut guest_ns = 0.0;
             for (w, (name, key, _)) in work.iter().enumerate() {
                 match parse_batch(&text, key) {
                     Some(b) if b.requests > 0 => {
-                        figures[w].push(if *key == "rand" { b.iops } else { b.bytes_per_sec / f64::from(1 << 20) });
+                        figures[i][w].push(if *key == "rand" { b.iops } else { b.bytes_per_sec / f64::from(1 << 20) });
                         guest_ns += b.total_ns;
                     }
                     _ => {
@@ -342,14 +353,17 @@ fn table(c: &Ctx<'_>, bus: &Bus, engines: &[&str]) -> i32 {
                     }
                 }
             }
-            ratios.push(guest_ns / 1e9 / host.as_secs_f64().max(1e-6));
+            ratios[i].push(guest_ns / 1e9 / host.as_secs_f64().max(1e-6));
         }
-        let _ = std::fs::remove_file(&disk);
-        for (w, f) in figures.into_iter().enumerate() {
-            table[w].push((f.len() == c.runs).then(|| median(f)));
-        }
-        clock.push((ratios.len() == c.runs).then(|| median(ratios)));
     }
+    for (disk, _) in &runs {
+        let _ = std::fs::remove_file(disk);
+    }
+    // The medians: table[workload][engine].
+    let complete = |v: &Vec<f64>| (v.len() == c.runs).then(|| median(v.clone()));
+    let table: Vec<Vec<Option<f64>>> =
+        (0..work.len()).map(|w| figures.iter().map(|f| complete(&f[w])).collect()).collect();
+    let clock: Vec<Option<f64>> = ratios.iter().map(complete).collect();
     print!("{:<26}", "workload");
     for e in engines {
         print!(" {e:>10}");

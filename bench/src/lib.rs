@@ -6,7 +6,8 @@
 //! - [`demo`]: the built-in guest under each engine, and Linux boots to
 //!   init (`ferrovm bench`);
 //! - [`work`]: compute-bound work inside a Linux guest (`--work`);
-//! - [`disk`]: virtio-blk throughput and IOPS inside a Linux guest (`--disk`);
+//! - [`disk`]: virtio-blk and IDE throughput and IOPS inside a Linux guest
+//!   (`--disk`);
 //! - [`net`]: TCP throughput through the user-mode NAT (`--net`);
 //! - [`migration`]: live migration's downtime and total time over
 //!   loopback (`--migration`);
@@ -85,6 +86,9 @@ pub struct BenchArgs {
     /// shell's banner and prompt, per engine and under QEMU TCG.
     #[arg(long, conflicts_with_all = ["net", "work", "disk", "smp", "display", "migration", "restore"])]
     pub uefi: bool,
+    /// With --disk: measure only this bus (`virtio` or `ide`).
+    #[arg(long, value_name = "BUS", requires = "disk", value_parser = ["virtio", "ide"])]
+    pub disk_bus: Option<String>,
     /// MiB moved each way by --net.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     pub net_mib: usize,

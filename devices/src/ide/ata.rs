@@ -598,34 +598,48 @@ impl Drive {
         }
         let Self { media, scratch, stats, .. } = self;
         let Media::Disk(disk) = media else { return DmaEnd::Done };
+        // Sectors moved: after a failure, those before the one that failed.
         let mut done = 0;
         let mut end = DmaEnd::Done;
         while done < count {
             let n = (count - done).min(DMA_CHUNK_SECTORS);
             let len = (n * SECTOR_SIZE) as usize;
-            scratch.clear();
-            scratch.resize(len, 0);
+            // The buffer keeps its largest size: no bytes are cleared
+            // before each chunk overwrites them.
+            if scratch.len() < len {
+                scratch.resize(len, 0);
+            }
+            let buf = &mut scratch[..len];
             let offset = disk_offset(lba + done);
+            let start = cursor.moved();
             if write {
-                if let Err(e) = cursor.gather(ctx.mem, scratch) {
-                    end = e.end(ctx);
-                    break;
-                }
-                if let Err(e) = write_image(disk.backend.as_mut(), scratch, offset) {
+                // The whole sectors the table gave before a failure are
+                // written: the device stops at the sector that failed.
+                let gathered = cursor.gather(ctx.mem, buf);
+                let whole = (cursor.moved() - start) / SECTOR_SIZE;
+                let data = &buf[..(whole * SECTOR_SIZE) as usize];
+                let written = if data.is_empty() { Ok(()) } else { write_image(disk.backend.as_mut(), data, offset) };
+                if let Err(e) = written {
                     ctx.log.io_error(|| format!("disk write at sector {}: {e}", lba + done));
                     end = DmaEnd::Device;
                     break;
                 }
-                stats.write_bytes += len as u64;
+                stats.write_bytes += data.len() as u64;
+                if let Err(e) = gathered {
+                    done += whole;
+                    end = e.end(ctx);
+                    break;
+                }
             } else {
-                if let Err(e) = read_image(disk.backend.as_mut(), scratch, offset) {
+                if let Err(e) = read_image(disk.backend.as_mut(), buf, offset) {
                     ctx.log.io_error(|| format!("disk read at sector {}: {e}", lba + done));
                     done = first_bad_sector(disk.backend.as_mut(), lba + done, n) - lba;
                     end = DmaEnd::Device;
                     break;
                 }
                 stats.read_bytes += len as u64;
-                if let Err(e) = cursor.scatter(ctx.mem, scratch) {
+                if let Err(e) = cursor.scatter(ctx.mem, buf) {
+                    done += (cursor.moved() - start) / SECTOR_SIZE;
                     end = e.end(ctx);
                     break;
                 }
@@ -667,9 +681,11 @@ impl Drive {
         let mut done = 0;
         while done < count {
             let n = (count - done).min(DMA_CHUNK_SECTORS);
-            scratch.clear();
-            scratch.resize((n * SECTOR_SIZE) as usize, 0);
-            if let Err(e) = read_image(disk.backend.as_mut(), scratch, disk_offset(lba + done)) {
+            let len = (n * SECTOR_SIZE) as usize;
+            if scratch.len() < len {
+                scratch.resize(len, 0);
+            }
+            if let Err(e) = read_image(disk.backend.as_mut(), &mut scratch[..len], disk_offset(lba + done)) {
                 ctx.log.io_error(|| format!("disk verify at sector {}: {e}", lba + done));
                 let bad = first_bad_sector(disk.backend.as_mut(), lba + done, n);
                 self.set_address(bad, mode);

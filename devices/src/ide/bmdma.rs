@@ -124,12 +124,14 @@ pub(crate) struct PrdCursor {
     left: u64,
     /// The current region is the table's last.
     last: bool,
+    /// Bytes moved through the walk so far.
+    moved: u64,
 }
 
 impl PrdCursor {
     /// A walk from the table at `table`.
     pub(crate) fn new(table: u32) -> Self {
-        Self { table: u64::from(table & !3), next: 0, addr: 0, left: 0, last: false }
+        Self { table: u64::from(table & !3), next: 0, addr: 0, left: 0, last: false, moved: 0 }
     }
 
     /// Loads the next entry.
@@ -162,8 +164,7 @@ impl PrdCursor {
             let n = self.left.min(data.len() as u64) as usize;
             let (head, rest) = data.split_at(n);
             mem.write(self.addr, head).map_err(|_| PrdError::Fault { addr: self.addr, table: false })?;
-            self.addr += n as u64;
-            self.left -= n as u64;
+            self.advance(n);
             data = rest;
         }
         Ok(())
@@ -178,11 +179,24 @@ impl PrdCursor {
             let n = self.left.min(out.len() as u64) as usize;
             let (head, rest) = std::mem::take(&mut out).split_at_mut(n);
             mem.read(self.addr, head).map_err(|_| PrdError::Fault { addr: self.addr, table: false })?;
-            self.addr += n as u64;
-            self.left -= n as u64;
+            self.advance(n);
             out = rest;
         }
         Ok(())
+    }
+
+    /// `n` bytes of the current region were moved.
+    fn advance(&mut self, n: usize) {
+        self.addr += n as u64;
+        self.left -= n as u64;
+        self.moved += n as u64;
+    }
+
+    /// Bytes moved through the walk so far; after a failed
+    /// [`PrdCursor::scatter`] or [`PrdCursor::gather`], those before the
+    /// region that failed.
+    pub(crate) fn moved(&self) -> u64 {
+        self.moved
     }
 
     /// Whether the walk used up the table's last region.

@@ -61,8 +61,10 @@ pub const CD_SECTOR_SIZE: u64 = 2048;
 /// The largest data buffer a device holds: an ATAPI DRQ chunk (at most
 /// 0xFFFE bytes) with a partial sector on either side. Restore refuses more.
 pub const MAX_BUFFER: usize = 0x2_0000;
-/// Sectors a DMA command moves per image access (64 KiB).
-pub(crate) const DMA_CHUNK_SECTORS: u64 = 128;
+/// Sectors a DMA command or READ VERIFY moves per image access (1 MiB):
+/// a driver's usual request (a PRD table of 128 pages, 512 KiB) is one
+/// read or write of the image.
+pub(crate) const DMA_CHUNK_SECTORS: u64 = 2048;
 
 /// The ATA signature (LBA mid, LBA high) of a disk and of a packet device.
 const SIGNATURE_ATA: (u8, u8) = (0x00, 0x00);

@@ -98,6 +98,61 @@ fn a_short_table_stops_without_an_interrupt() {
 }
 
 #[test]
+fn a_transfer_larger_than_one_image_access_moves_every_sector() {
+    let (mut rig, img) = Rig::disk(16384);
+    // 2 MiB in 32 regions of 64 KiB (a byte count of 0), two image accesses.
+    let entries: Vec<(u32, u32, bool)> = (0..32).map(|i| (0x10_0000 + 0x1_0000 * i, 0, i == 31)).collect();
+    rig.prd(0x1000, &entries);
+    rig.bm_setup(0, 0x1000, true);
+    rig.lba48(0, 0, 100, 4096);
+    rig.command(0, 0x25);
+    rig.bm_start(0);
+    assert_eq!((rig.bm_status(0), rig.status(0)), (0x04, 0x50));
+    assert_eq!(mem_bytes(&rig, 0x10_0000, 2 << 20), img.bytes(100 * 512, 2 << 20));
+    assert_eq!(rig.reg(0, 3), (100 + 4095) as u8, "the last sector");
+    rig.bm_stop(0);
+    // Back to sector 9000.
+    rig.bm_setup(0, 0x1000, false);
+    rig.lba48(0, 0, 9000, 4096);
+    rig.command(0, 0x35);
+    rig.bm_start(0);
+    assert_eq!((rig.bm_status(0), rig.status(0)), (0x04, 0x50));
+    assert_eq!(img.bytes(9000 * 512, 2 << 20), img.bytes(100 * 512, 2 << 20));
+    let s = rig.ide.stats();
+    assert_eq!((s.read_bytes, s.write_bytes, s.errors), (2 << 20, 2 << 20, 0));
+}
+
+#[test]
+fn a_failed_transfer_stops_at_the_first_sector_not_moved() {
+    let (mut rig, img) = Rig::disk(2048);
+    // 1.5 sectors of RAM, then a region past its end.
+    let table = [(0x10_000, 768, false), (RAM as u32 - 256, 1024, true)];
+    rig.prd(0x1000, &table);
+    rig.bm_setup(0, 0x1000, true);
+    rig.lba28(0, 0, 40, 4);
+    rig.command(0, 0xc8);
+    rig.bm_start(0);
+    assert_eq!((rig.bm_status(0), rig.status(0), rig.error(0)), (0x06, 0x51, 0x04));
+    assert_eq!(rig.reg(0, 3), 41, "sector 40 was moved, 41 was not");
+    assert_eq!(mem_bytes(&rig, 0x10_000, 768), img.bytes(40 * 512, 768));
+    rig.bm_stop(0);
+    // A write through the same table: the whole sector the table gave
+    // reaches the image, the rest does not.
+    let data: Vec<u8> = (0..768).map(|i| (i * 13 + 1) as u8).collect();
+    rig.mem.write(0x10_000, &data).unwrap();
+    rig.bm_setup(0, 0x1000, false);
+    rig.lba28(0, 0, 200, 4);
+    rig.command(0, 0xca);
+    rig.bm_start(0);
+    assert_eq!((rig.bm_status(0), rig.status(0), rig.error(0)), (0x06, 0x51, 0x04));
+    assert_eq!(rig.reg(0, 3), 201);
+    assert_eq!(img.bytes(200 * 512, 512), data[..512]);
+    assert_eq!(img.bytes(201 * 512, 1536), (201 * 512..204 * 512).map(pattern).collect::<Vec<_>>());
+    let s = rig.ide.stats();
+    assert_eq!((s.write_bytes, s.errors), (512, 2));
+}
+
+#[test]
 fn regions_outside_ram_are_bus_errors() {
     let (mut rig, img) = Rig::disk(2048);
     let cases: [&[(u32, u32, bool)]; 3] = [
