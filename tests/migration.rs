@@ -169,7 +169,8 @@ impl Vm {
         let serial = dir.join(format!("{name}.serial"));
         let stderr = dir.join(format!("{name}.stderr"));
         let child = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
-            .args(["run", "--accel", accel, "--mem", mem, "--timeout", "300", "--kernel"])
+            // One model on both sides: the JIT's default (max) is not KVM's (v2).
+            .args(["run", "--accel", accel, "--cpu", "v2", "--mem", mem, "--timeout", "300", "--kernel"])
             .arg(kernel)
             .arg("--serial")
             .arg(format!("file:{}", serial.display()))

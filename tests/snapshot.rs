@@ -89,6 +89,11 @@ fn ferrovm_running(images: &Path, accel: &str, script: &str, extra: &[&str]) -> 
     let cmdline = format!("console=ttyS0 ferrovm.poweroff=1 ferrovm.cmd={}", base64(script.as_bytes()));
     let mut c = Command::new(env!("CARGO_BIN_EXE_ferrovm"));
     c.args(["run", "--accel", accel, "--timeout", "120", "--stats"]);
+    // One model under every engine, for the guests that move between the
+    // JIT and KVM: the JIT's default (max) is not KVM's (v2).
+    if !extra.contains(&"--cpu") {
+        c.args(["--cpu", "v2"]);
+    }
     if !extra.contains(&"--mem") {
         c.args(["--mem", MEM]);
     }
