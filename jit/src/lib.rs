@@ -345,15 +345,26 @@ impl Jit {
     /// Run at most about `budget` instructions, in translated code where it
     /// exists and in the interpreter elsewhere.
     pub fn run(&mut self, cpu: &mut Cpu, budget: u64) -> StopReason {
+        self.run_split(cpu, budget, budget)
+    }
+
+    /// [`Jit::run`] with a smaller budget for the instructions the
+    /// interpreter runs: at most about `budget` instructions in all, of
+    /// which at most about `interpreted` outside translated code. A caller
+    /// that looks at its timers every slice gives compiled code, which runs
+    /// an instruction in a fraction of the interpreter's time, a longer
+    /// slice than cold code.
+    pub fn run_split(&mut self, cpu: &mut Cpu, budget: u64, interpreted: u64) -> StopReason {
         if cpu.debugged() {
             // A debugger's breakpoints and steps are the interpreter's.
-            return cpu.run(budget);
+            return cpu.run(budget.min(interpreted));
         }
         let start = self.instructions(cpu);
+        let mut interp_used = 0u64;
         loop {
             self.poll(cpu);
             let used = self.instructions(cpu) - start;
-            if used >= budget {
+            if used >= budget || interp_used >= interpreted {
                 return StopReason::Budget;
             }
             if cpu.take_stop() {
@@ -365,7 +376,10 @@ impl Jit {
                     continue;
                 }
             }
-            match cpu.run(budget - used) {
+            let before = self.instructions(cpu);
+            let ran = cpu.run((budget - used).min(interpreted - interp_used));
+            interp_used += self.instructions(cpu) - before;
+            match ran {
                 StopReason::Hot => {
                     // What the interpreter ran may have written code: take
                     // invalidations before any region runs.

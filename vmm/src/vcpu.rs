@@ -22,7 +22,8 @@ use crate::engine::{Engine, Exit, Kicker, Slice};
 use crate::error::Error;
 
 /// Instructions the interpreter runs between looks at timers, devices and
-/// events: short enough that a 4 ms timer period is never skipped.
+/// events: short enough that a 4 ms timer period is never skipped. (The
+/// JIT counts ten compiled instructions as one of these.)
 pub const SLICE: u64 = 20_000;
 
 /// One virtual CPU: its engine and what the run loop keeps for it.

@@ -265,15 +265,18 @@ struct CpuSignals {
     intr: AtomicBool,
     nmi: AtomicBool,
     startup: AtomicBool,
+    /// The CPU waits for a start-up IPI.
+    waiting: AtomicBool,
     kick: RwLock<Option<Kick>>,
 }
 
 impl CpuSignals {
-    fn new() -> Self {
+    fn new(waiting: bool) -> Self {
         Self {
             intr: AtomicBool::new(false),
             nmi: AtomicBool::new(false),
             startup: AtomicBool::new(false),
+            waiting: AtomicBool::new(waiting),
             kick: RwLock::new(None),
         }
     }
@@ -682,10 +685,12 @@ impl InterruptController {
     /// lowest free ID. [`InterruptController::apic_id`] tells the IDs used.
     pub fn new(clock: SharedClock, tsc: Arc<Tsc>, apic_ids: &[u32]) -> Arc<Self> {
         let apic_ids = usable_apic_ids(apic_ids);
+        let inner = Inner::new(&tsc, &apic_ids);
+        let signals = (0..apic_ids.len()).map(|cpu| CpuSignals::new(inner.waiting(cpu))).collect();
         Arc::new(Self {
-            inner: Mutex::new(Inner::new(&tsc, &apic_ids)),
+            inner: Mutex::new(inner),
             clock,
-            signals: apic_ids.iter().map(|_| CpuSignals::new()).collect(),
+            signals,
             apic_ids,
             forward: RwLock::new(None),
             msi_forward: RwLock::new(None),
@@ -714,6 +719,7 @@ impl InterruptController {
             let result = f(&mut inner, now, &self.logs);
             for (cpu, signals) in self.signals.iter().enumerate() {
                 let startup = inner.cpus.get(cpu).is_some_and(CpuStartupState::queued);
+                signals.waiting.store(inner.waiting(cpu), Ordering::Release);
                 if signals.update(inner.intr_pending(cpu), inner.nmi_pending(cpu), startup) {
                     if let Some(word) = rose.get_mut(cpu / 64) {
                         *word |= 1 << (cpu % 64);
@@ -806,6 +812,11 @@ impl InterruptController {
     /// CPU `cpu` takes a pending NMI (false when none is, past the last
     /// CPU, and while the CPU waits for SIPI).
     pub fn take_nmi(&self, cpu: usize) -> bool {
+        // The flag is kept with the controller's state, under its lock: the
+        // lock is only worth taking when it is up.
+        if !self.nmi_pending(cpu) {
+            return false;
+        }
         self.with(|inner, _, _| !inner.waiting(cpu) && inner.lapics.get_mut(cpu).is_some_and(LocalApic::take_nmi))
     }
 
@@ -814,6 +825,9 @@ impl InterruptController {
     /// until `None`). `None` when nothing is queued or past the last CPU.
     pub fn take_startup(&self, cpu: usize) -> Option<Startup> {
         let signals = self.signals.get(cpu)?;
+        if !signals.startup.load(Ordering::Acquire) {
+            return None;
+        }
         let mut inner = self.inner.lock();
         let state = inner.cpus.get_mut(cpu)?;
         let taken = if std::mem::take(&mut state.init_pending) {
@@ -835,7 +849,7 @@ impl InterruptController {
     /// it (an AP from power-on or a reset, and after an INIT, until a SIPI).
     /// False past the last CPU.
     pub fn waiting_for_sipi(&self, cpu: usize) -> bool {
-        self.inner.lock().waiting(cpu)
+        self.signals.get(cpu).is_some_and(|s| s.waiting.load(Ordering::Acquire))
     }
 
     /// The IPIs sent so far, by delivery mode.

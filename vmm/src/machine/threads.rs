@@ -12,7 +12,7 @@
 //! goes to a vCPU not yet created), and twice around a machine reset
 //! (every vCPU stopped and reset, then all go on).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -39,15 +39,21 @@ const AP_SLICE: Duration = Duration::from_millis(100);
 /// raises the machine's `exclusive_request` flag, which makes every
 /// engine's `stop_requested` true, so the others leave at their next
 /// check (at most a slice), and waits for them.
+///
+/// Entering and leaving a slice touch only the count and the flag while no
+/// request is made (the lock is taken when one is): a vCPU that counts
+/// itself in and then sees no request runs, and a requester that raises
+/// the flag and then sees no vCPU counted in has the machine to itself.
 pub(crate) struct World {
     state: parking_lot::Mutex<WorldState>,
     cv: parking_lot::Condvar,
     request: Arc<std::sync::atomic::AtomicBool>,
+    /// vCPUs between [`World::enter`] and [`World::leave`].
+    running: AtomicUsize,
 }
 
 #[derive(Default)]
 struct WorldState {
-    running: usize,
     /// Requests made and not yet served.
     pending: usize,
     /// A vCPU runs alone now.
@@ -56,23 +62,38 @@ struct WorldState {
 
 impl World {
     fn new(request: Arc<std::sync::atomic::AtomicBool>) -> Self {
-        World { state: parking_lot::Mutex::new(WorldState::default()), cv: parking_lot::Condvar::new(), request }
+        World {
+            state: parking_lot::Mutex::new(WorldState::default()),
+            cv: parking_lot::Condvar::new(),
+            request,
+            running: AtomicUsize::new(0),
+        }
     }
 
     /// Before a slice: waits while a vCPU runs alone or asked to.
     pub(crate) fn enter(&self) {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        if !self.request.load(Ordering::SeqCst) {
+            return;
+        }
+        // A request is being served: count out again, and wait for it.
+        self.leave();
         let mut s = self.state.lock();
         while s.exclusive || s.pending > 0 {
             self.cv.wait(&mut s);
         }
-        s.running += 1;
+        // Under the lock: a new request counts this vCPU and waits for it.
+        self.running.fetch_add(1, Ordering::SeqCst);
     }
 
     /// After a slice.
     pub(crate) fn leave(&self) {
-        let mut s = self.state.lock();
-        s.running = s.running.saturating_sub(1);
-        self.cv.notify_all();
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        if self.request.load(Ordering::SeqCst) {
+            // A requester may be waiting for the count to reach zero.
+            let _s = self.state.lock();
+            self.cv.notify_all();
+        }
     }
 
     /// Runs `f` on the calling vCPU's thread (inside its slice) while no
@@ -80,9 +101,9 @@ impl World {
     /// requests are served one after the other.
     fn exclusive(&self, f: &mut dyn FnMut(), kick: &dyn Fn()) {
         let mut s = self.state.lock();
-        s.running = s.running.saturating_sub(1);
         s.pending += 1;
-        self.request.store(true, Ordering::Release);
+        self.request.store(true, Ordering::SeqCst);
+        self.running.fetch_sub(1, Ordering::SeqCst);
         self.cv.notify_all();
         drop(s);
         // Engines inside a hypervisor do not look at the flag by themselves.
@@ -92,7 +113,7 @@ impl World {
             self.cv.wait(&mut s);
         }
         s.exclusive = true;
-        while s.running > 0 {
+        while self.running.load(Ordering::SeqCst) > 0 {
             self.cv.wait(&mut s);
         }
         drop(s);
@@ -101,9 +122,9 @@ impl World {
         s.exclusive = false;
         s.pending -= 1;
         if s.pending == 0 {
-            self.request.store(false, Ordering::Release);
+            self.request.store(false, Ordering::SeqCst);
         }
-        s.running += 1;
+        self.running.fetch_add(1, Ordering::SeqCst);
         self.cv.notify_all();
     }
 }
