@@ -583,8 +583,8 @@ pub fn parse_rng(s: &str) -> Result<vmm::RngConfig, String> {
 }
 
 /// Parses `--vport`: the port (`console` or `name=NAME`) and its host
-/// side (`socket=PATH[,server=off]`, `file=PATH`, `null`), which becomes
-/// the port backend's spec.
+/// side (`socket=PATH[,server=off]`, `file=PATH`, `pty[=LABEL]`, `null`),
+/// which becomes the port backend's spec.
 pub fn parse_vport(s: &str) -> Result<vmm::VportConfig, String> {
     use devices::virtio::console::PortConfig;
     let (mut console, mut name) = (false, None);
@@ -598,10 +598,13 @@ pub fn parse_vport(s: &str) -> Result<vmm::VportConfig, String> {
             ("socket", p) if !p.is_empty() => backend = Some(format!("socket:{p}")),
             ("file", p) if !p.is_empty() => backend = Some(format!("file:{p}")),
             ("null", "") => backend = Some("null".to_string()),
+            ("pty", "") => backend = Some("pty".to_string()),
+            ("pty", l) if !l.contains(':') => backend = Some(format!("pty:{l}")),
             ("server", "on" | "off") => server = Some(v),
             _ => {
                 return Err(format!(
-                    "'{part}' is not a port key: console or name=NAME, then socket=PATH[,server=off], file=PATH or null"
+                    "'{part}' is not a port key: console or name=NAME, then socket=PATH[,server=off], file=PATH, \
+                     pty[=LABEL] or null"
                 ))
             }
         }
@@ -612,7 +615,7 @@ pub fn parse_vport(s: &str) -> Result<vmm::VportConfig, String> {
         (false, Some(n)) => PortConfig::serial(n),
         (false, None) => return Err("give the port: console, or name=NAME".into()),
     };
-    let mut backend = backend.ok_or("give the host side: socket=PATH, file=PATH or null")?;
+    let mut backend = backend.ok_or("give the host side: socket=PATH, file=PATH, pty[=LABEL] or null")?;
     match server {
         Some("off") if backend.starts_with("socket:") => backend.push_str(",server=off"),
         Some(_) if !backend.starts_with("socket:") => return Err("server= is for socket= only".into()),
@@ -823,6 +826,8 @@ mod tests {
         assert_eq!(parse_vport("console,socket=/s,server=off").unwrap().backend, "socket:/s,server=off");
         assert_eq!(parse_vport("console,file=/tmp/out").unwrap().backend, "file:/tmp/out");
         assert_eq!(parse_vport("null,console").unwrap().backend, "null");
+        assert_eq!(parse_vport("console,pty").unwrap().backend, "pty");
+        assert_eq!(parse_vport("name=x,pty=term0").unwrap().backend, "pty:term0");
         for (bad, why) in [
             ("socket=/s", "console, or name="),
             ("console", "host side"),

@@ -413,6 +413,9 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         eprintln!("char device redirected to {} (label {label})", path.display());
         machine.attach_pty()?;
     }
+    for (path, label) in machine.vport_ptys() {
+        eprintln!("char device redirected to {} (label {label})", path.display());
+    }
     let _raw = if stdio {
         // `mon:stdio`: Ctrl-A c gives the keys to a human monitor.
         let mux = match (&args.serial, &monitors) {

@@ -864,6 +864,7 @@ impl State {
                 o.only(&what, &["backend", "id"])?;
                 // QEMU names the terminal by the chardev's id.
                 dev.serial = Some(format!("pty,id={id}"));
+                dev.vport = Some(format!("pty={id}"));
             }
             "stdio" | "socket" => {
                 let mux = match o.get("mux") {
@@ -1304,7 +1305,7 @@ impl State {
                 let host = c.vport.clone().ok_or_else(|| {
                     format!(
                         "{option} {v}: a virtio-serial port on a {} chardev is not supported (socket with path= \
-                         and wait=off, file or null)",
+                         and wait=off, file, pty or null)",
                         c.backend
                     )
                 })?;
@@ -2412,7 +2413,8 @@ mod tests {
              -kernel k",
             "wait=off",
         );
-        refused("-chardev pty,id=p -device virtio-serial-pci -device virtconsole,chardev=p -kernel k", "pty chardev");
+        let a = run_args("-chardev pty,id=p -device virtio-serial-pci -device virtconsole,chardev=p -kernel k");
+        assert!(has(&a, "--vport", "console,pty=p"), "a console on a pseudo-terminal named by the chardev: {a:?}");
         refused("-boot menu=yes", "menu=yes");
         refused("-boot splash-time=65536", "65535");
         refused("-boot strict=on", "strict=");

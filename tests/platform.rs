@@ -500,6 +500,19 @@ echo "T:clocksources $(cat /sys/devices/system/clocksource/clocksource0/availabl
 [ -e /sys/firmware/acpi/tables/APIC ] && echo "T:madt"
 "#;
 
+/// Debian's generic kernel's images, a work folder `name` and in it an
+/// initramfs with the virtio PCI modules and `driver`, in insmod order;
+/// `None` (the test skips) without the images.
+fn virtio_guest(name: &str, driver: &str) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let dir = images::images(&["vmlinuz-generic", "initramfs.cpio.gz", "modules-generic/modules.order"])?;
+    let work = tmp(name);
+    let _ = std::fs::create_dir_all(&work);
+    let initrd = work.join(format!("initrd-{name}.gz"));
+    let modules = ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", driver];
+    images::initrd_with_modules(&dir, &modules, &work.join(format!("{name}-mods")), &initrd);
+    Some((dir, work, initrd))
+}
+
 /// Linux's virtio-rng driver finds QEMU's `-device virtio-rng-pci` (ID
 /// 1af4:1005) and reads what the host file of `-object rng-random` holds:
 /// here a file of the bytes 0, 1, .. 255 over and over, so each byte the
@@ -507,15 +520,9 @@ echo "T:clocksources $(cat /sys/devices/system/clocksource/clocksource0/availabl
 /// `-no-hpet`: Linux finds neither the HPET's ACPI table nor the device.
 #[test]
 fn linux_reads_the_host_file_through_virtio_rng_without_an_hpet() {
-    let Some(dir) = images::images(&["vmlinuz-generic", "initramfs.cpio.gz", "modules-generic/modules.order"]) else {
+    let Some((dir, work, initrd)) = virtio_guest("rng", "virtio-rng") else {
         return;
     };
-    let work = tmp("rng");
-    let _ = std::fs::create_dir_all(&work);
-    let initrd = work.join("initrd-rng.gz");
-    let modules =
-        ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio-rng"];
-    images::initrd_with_modules(&dir, &modules, &work.join("rng-mods"), &initrd);
     let source = work.join("counting.bin");
     std::fs::write(&source, (0..1u32 << 20).map(|i| i as u8).collect::<Vec<u8>>()).unwrap();
     let _one = ONE_LINUX.lock().unwrap_or_else(|e| e.into_inner());
@@ -609,15 +616,9 @@ echo "on the console port" > /dev/hvc0
 #[test]
 fn linux_talks_to_the_host_through_virtio_serial_ports() {
     use std::io::{BufRead, BufReader, Write};
-    let Some(dir) = images::images(&["vmlinuz-generic", "initramfs.cpio.gz", "modules-generic/modules.order"]) else {
+    let Some((dir, work, initrd)) = virtio_guest("vport", "virtio_console") else {
         return;
     };
-    let work = tmp("vport");
-    let _ = std::fs::create_dir_all(&work);
-    let initrd = work.join("initrd-vport.gz");
-    let modules =
-        ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio_console"];
-    images::initrd_with_modules(&dir, &modules, &work.join("vport-mods"), &initrd);
     let (sock, console) = (work.join("port.sock"), work.join("console.out"));
     let _one = ONE_LINUX.lock().unwrap_or_else(|e| e.into_inner());
     let cmdline =
@@ -677,6 +678,76 @@ fn linux_talks_to_the_host_through_virtio_serial_ports() {
     assert_eq!(field("got"), "hello from the host", "the host's line in the guest:\n{out}");
     let on_console = std::fs::read_to_string(&console).unwrap_or_default();
     assert!(on_console.contains("on the console port"), "hvc0's output in the file: {on_console:?}\n{out}");
+    assert_eq!(status, Some(0), "{out}");
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// The same named port on a pseudo-terminal (`-chardev pty`): ferrovm
+/// announces the terminal as QEMU does ("char device redirected to
+/// /dev/pts/N (label term0)"), the test opens it, reads the guest's line
+/// and types one back.
+#[test]
+fn linux_talks_to_the_host_through_a_virtio_serial_port_on_a_pty() {
+    use std::io::{BufRead, BufReader, Write};
+    let Some((dir, work, initrd)) = virtio_guest("vport-pty", "virtio_console") else {
+        return;
+    };
+    let _one = ONE_LINUX.lock().unwrap_or_else(|e| e.into_inner());
+    let cmdline =
+        format!("console=ttyS0 panic=-1 ferrovm.poweroff=1 ferrovm.cmd={}", encode::base64(VPORT_SCRIPT.as_bytes()));
+    let extra = [
+        "-chardev",
+        "pty,id=term0",
+        "-chardev",
+        "null,id=con0",
+        "-device",
+        "virtio-serial-pci",
+        "-device",
+        "virtserialport,chardev=term0,name=org.ferrovm.test",
+        "-device",
+        "virtconsole,chardev=con0",
+    ];
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferrovm"))
+        .args(images::generic_linux(&dir, &initrd, &cmdline, &extra))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ferrovm runs");
+    // The announcement on stderr, then the host's end of the port.
+    let stderr = child.stderr.take().expect("piped stderr");
+    let peer = std::thread::spawn(move || -> Result<(String, String), String> {
+        let mut lines = BufReader::new(stderr).lines();
+        let pts = loop {
+            match lines.next() {
+                Some(Ok(l)) => {
+                    if let Some(rest) = l.strip_prefix("char device redirected to ") {
+                        break rest.to_string();
+                    }
+                }
+                _ => return Err("ferrovm announced no terminal on stderr".into()),
+            }
+        };
+        // Keep draining stderr so that ferrovm never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        let path = pts.split(' ').next().unwrap_or_default().to_string();
+        let term =
+            std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(|e| format!("{path}: {e}"))?;
+        let mut line = String::new();
+        BufReader::new(&term).read_line(&mut line).map_err(|e| format!("reading the guest's line: {e}"))?;
+        (&term).write_all(b"hello from the host\n").map_err(|e| e.to_string())?;
+        // Stay open until the guest has read it.
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        Ok((pts, line))
+    });
+    let (out, status, _) = run::watch_markers(child, &[], 120, false);
+    let from_guest = peer.join().unwrap();
+    let field = |k: &str| out.lines().find_map(|l| l.trim_end().strip_prefix(&format!("T:{k} "))).unwrap_or("");
+    assert!(!out.contains("T:insmod"), "a module did not load:\n{out}");
+    let (pts, line) = from_guest.unwrap_or_else(|e| panic!("{e}\n{out}"));
+    assert!(pts.starts_with("/dev/pts/") && pts.ends_with(" (label term0)"), "QEMU's announcement: {pts:?}");
+    assert_eq!(line, "hello from the guest\n", "the guest's line on the terminal:\n{out}");
+    assert_eq!(field("got"), "hello from the host", "the typed line in the guest:\n{out}");
     assert_eq!(status, Some(0), "{out}");
     let _ = std::fs::remove_dir_all(&work);
 }

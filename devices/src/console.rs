@@ -193,6 +193,12 @@ impl Pty {
         &self.path
     }
 
+    /// The master side, non-blocking: what the guest writes goes in, what
+    /// is typed on the terminal comes out.
+    pub(crate) fn master(&self) -> &File {
+        &self.master
+    }
+
     /// The guest's output into the terminal.
     pub fn writer(&self) -> Result<Box<dyn Write + Send>, ConsoleError> {
         let master = self.master.try_clone().map_err(ConsoleError::Pty)?;

@@ -426,9 +426,18 @@ pub struct DeviceManager {
     /// BARs to where the saved state has them.
     bar_queues: [Arc<WindowQueue>; 2],
     io: IoThread,
+    /// The pseudo-terminals of virtio-serial ports: each one's path and
+    /// label.
+    ptys: Vec<(std::path::PathBuf, String)>,
 }
 
 impl DeviceManager {
+    /// The pseudo-terminals of virtio-serial ports (`pty` backends): each
+    /// one's path (`/dev/pts/N`) and label.
+    pub fn ptys(&self) -> &[(std::path::PathBuf, String)] {
+        &self.ptys
+    }
+
     /// Holds the device I/O thread still (between two rounds of its
     /// work) until the returned value is dropped.
     pub fn hold_io(&self) -> devices::io_thread::IoHold {
@@ -993,6 +1002,7 @@ pub(crate) fn install(
         tracing::info!(target: "devices", "PCI {address}: {label}");
         nics.push((address, label, NicHandle::Rng(dev)));
     }
+    let mut ptys = Vec::new();
     if !vports.is_empty() {
         let what = |e: String| Error::Config(format!("virtio-serial: {e}"));
         let Some(address) = function_slot(first_rng_slot + rng.len()).and_then(|s| PciAddress::new(s, 0)) else {
@@ -1003,6 +1013,9 @@ pub(crate) fn install(
             let spec = devices::virtio::console::backends::PortBackendSpec::parse(&v.backend)
                 .map_err(|e| what(format!("port {i}: {e}")))?;
             let backend = spec.open().map_err(|e| what(format!("port {i} ({}): {e}", v.backend)))?;
+            if let Some((path, label)) = backend.pty() {
+                ptys.push((path.to_path_buf(), label.to_string()));
+            }
             ports.push((v.port.clone(), backend));
         }
         let model = VirtioConsole::new(ports, io.kick()).map_err(|e| what(e.to_string()))?;
@@ -1022,7 +1035,14 @@ pub(crate) fn install(
         nics.push((address, label, NicHandle::Console(dev)));
     }
     io.start(polled, bells).map_err(|e| Error::Config(format!("cannot start the I/O thread: {e}")))?;
-    Ok(Some(DeviceManager { nics, floppy, doorbells: windows.doorbells, bar_queues: [windows.io, windows.mem], io }))
+    Ok(Some(DeviceManager {
+        nics,
+        floppy,
+        doorbells: windows.doorbells,
+        bar_queues: [windows.io, windows.mem],
+        io,
+        ptys,
+    }))
 }
 
 #[cfg(test)]

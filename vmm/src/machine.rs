@@ -438,6 +438,12 @@ impl Machine {
         self.pty_path.as_ref().map(|(p, l)| (p.as_path(), l.as_str()))
     }
 
+    /// The pseudo-terminals of virtio-serial ports: each one's path and
+    /// label (QEMU's chardev id).
+    pub fn vport_ptys(&self) -> &[(std::path::PathBuf, String)] {
+        self.devices.as_ref().map_or(&[], crate::device_manager::DeviceManager::ptys)
+    }
+
     /// Starts the thread that gives what is typed on COM1's pseudo-terminal
     /// to the guest (`--serial pty`; nothing otherwise).
     pub fn attach_pty(&self) -> Result<(), Error> {

@@ -73,6 +73,7 @@
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind};
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -214,6 +215,12 @@ pub trait PortBackend: Send {
     /// the guest sees the port's host side open while it is.
     fn connected(&self) -> bool {
         true
+    }
+
+    /// The terminal's path and label, for a port on a pseudo-terminal
+    /// (announced when the machine starts).
+    fn pty(&self) -> Option<(&Path, &str)> {
+        None
     }
 
     /// A short name for logs.

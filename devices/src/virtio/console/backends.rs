@@ -7,6 +7,7 @@
 //! file:PATH                -chardev file,path=PATH (truncated)            FilePort::open
 //! file:PATH,append=on      -chardev file,path=PATH,append=on              FilePort::open
 //! null                     -chardev null                                  NullPort
+//! pty[:LABEL]              -chardev pty,id=LABEL                          PtyPort::open
 //! ```
 //!
 //! [`PortBackendSpec`] parses these and opens the backend. A comma in a
@@ -454,6 +455,95 @@ impl PortBackend for FilePort {
     }
 }
 
+/// A port on a new pseudo-terminal, QEMU's `-chardev pty`: a terminal
+/// program opens [`PtyPort::path`] (`/dev/pts/N`), which the machine
+/// announces as QEMU does ("char device redirected to /dev/pts/N (label
+/// LABEL)"). The terminal is raw and its slave side stays open here, so
+/// the port is always connected; guest output that nobody reads is kept
+/// in the terminal's buffer and, once that is full, dropped rather than
+/// stopping the guest (as QEMU's pty drops it).
+pub struct PtyPort {
+    pty: crate::console::Pty,
+    label: String,
+    /// An edge-triggered set over the master: readable when typed input
+    /// arrives, until [`PortBackend::read`] looks.
+    epoll: Epoll,
+}
+
+impl PtyPort {
+    /// Opens a new pseudo-terminal named `label` in the announcement.
+    pub fn open(label: &str) -> io::Result<Self> {
+        let pty = crate::console::Pty::open().map_err(|e| io::Error::other(e.to_string()))?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| os_error(e, "epoll_create"))?;
+        epoll
+            .add(pty.master(), EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, 0))
+            .map_err(|e| os_error(e, "epoll_ctl"))?;
+        Ok(Self { pty, label: label.to_string(), epoll })
+    }
+
+    /// The terminal's device, `/dev/pts/N`.
+    pub fn path(&self) -> &Path {
+        self.pty.path()
+    }
+
+    /// The name the announcement gives the terminal.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+}
+
+impl PortBackend for PtyPort {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Take the edge: input that arrives after this raises a new one.
+        let mut events = [EpollEvent::empty(); 1];
+        let _ = self.epoll.wait(&mut events, nix::sys::epoll::EpollTimeout::ZERO);
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match (&mut self.pty.master()).read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(0),
+                Err(e) => return Err(context(e, "reading the terminal", self.pty.path())),
+            }
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut rest = data;
+        while !rest.is_empty() {
+            match (&mut self.pty.master()).write(rest) {
+                Ok(0) => break,
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // Nobody reads the terminal and its buffer is full.
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => return Err(context(e, "writing to the terminal", self.pty.path())),
+            }
+        }
+        Ok(())
+    }
+
+    fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.epoll.0.as_fd())
+    }
+
+    fn pty(&self) -> Option<(&Path, &str)> {
+        Some((self.pty.path(), &self.label))
+    }
+
+    fn debug_label(&self) -> String {
+        format!("pty {}", self.pty.path().display())
+    }
+}
+
+impl fmt::Debug for PtyPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PtyPort").field("path", &self.pty.path()).field("label", &self.label).finish_non_exhaustive()
+    }
+}
+
 /// A port that drops the guest's output and has no input, QEMU's
 /// `-chardev null`; always connected.
 #[derive(Debug, Clone, Copy, Default)]
@@ -485,6 +575,9 @@ pub enum PortBackendSpec {
     File { path: PathBuf, append: bool },
     /// `null` ([`NullPort`]).
     Null,
+    /// `pty[:LABEL]` ([`PtyPort`]); the label names the terminal in the
+    /// announcement of its path.
+    Pty { label: String },
 }
 
 /// A port backend spec that does not parse.
@@ -498,7 +591,7 @@ pub struct PortBackendSpecError {
 }
 
 /// The forms [`PortBackendSpec`] takes, for error messages.
-const SPEC_FORMS: &str = "socket:PATH[,server=on|off], file:PATH[,append=on|off] or null";
+const SPEC_FORMS: &str = "socket:PATH[,server=on|off], file:PATH[,append=on|off], pty[:LABEL] or null";
 
 /// Splits `s` at single commas; a doubled comma is a comma.
 fn split_options(s: &str) -> Vec<String> {
@@ -518,6 +611,13 @@ fn split_options(s: &str) -> Vec<String> {
         }
     }
     parts
+}
+
+/// Whether `s` is an id as QEMU's options take them: a letter, then
+/// letters, digits, `-`, `.` and `_`.
+fn is_id(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
 }
 
 /// `value` of option `key` as QEMU's booleans take it.
@@ -550,7 +650,7 @@ fn parse_options<'a>(kind: &str, options: &'a [String], allowed: &[&str]) -> Res
 
 impl PortBackendSpec {
     /// Parses `socket:PATH`, `socket:PATH,server=off`, `file:PATH`,
-    /// `file:PATH,append=on` or `null`.
+    /// `file:PATH,append=on`, `pty`, `pty:LABEL` or `null`.
     pub fn parse(spec: &str) -> Result<Self, PortBackendSpecError> {
         Self::parse_inner(spec).map_err(|problem| PortBackendSpecError { spec: spec.to_string(), problem })
     }
@@ -594,7 +694,12 @@ impl PortBackendSpec {
                     Ok(Self::File { path, append })
                 }
             }
-            "pty" | "stdio" => Err(format!("`{kind}` is not yet a port backend; expected {SPEC_FORMS}")),
+            "pty" => match rest {
+                None => Ok(Self::Pty { label: "vport".into() }),
+                Some(l) if is_id(l) => Ok(Self::Pty { label: l.into() }),
+                Some(l) => Err(format!("`pty:{l}`: the label is an id (a letter, then letters, digits, -, . or _)")),
+            },
+            "stdio" => Err(format!("`{kind}` is not yet a port backend; expected {SPEC_FORMS}")),
             _ => Err(format!("unknown backend `{kind}`; expected {SPEC_FORMS}")),
         }
     }
@@ -606,6 +711,7 @@ impl PortBackendSpec {
             Self::Socket { path, server: false } => Box::new(UnixSocketPort::connect(path)?),
             Self::File { path, append } => Box::new(FilePort::open(path, *append)?),
             Self::Null => Box::new(NullPort),
+            Self::Pty { label } => Box::new(PtyPort::open(label)?),
         })
     }
 }
@@ -628,6 +734,7 @@ impl fmt::Display for PortBackendSpec {
             Self::File { path, append: false } => write!(f, "file:{}", escaped(path)),
             Self::File { path, append: true } => write!(f, "file:{},append=on", escaped(path)),
             Self::Null => f.write_str("null"),
+            Self::Pty { label } => write!(f, "pty:{label}"),
         }
     }
 }
@@ -979,6 +1086,8 @@ mod tests {
             ("file:/tmp/a,,b.log,append=on", file("/tmp/a,b.log", true), "file:/tmp/a,,b.log,append=on"),
             ("file:/tmp/c:d.log", file("/tmp/c:d.log", false), "file:/tmp/c:d.log"),
             ("null", PortBackendSpec::Null, "null"),
+            ("pty", PortBackendSpec::Pty { label: "vport".into() }, "pty:vport"),
+            ("pty:charconsole0", PortBackendSpec::Pty { label: "charconsole0".into() }, "pty:charconsole0"),
         ];
         for (text, spec, printed) in cases {
             assert_eq!(PortBackendSpec::parse(text), Ok(spec.clone()), "{text}");
@@ -992,9 +1101,9 @@ mod tests {
     fn bad_specs_are_refused_naming_the_bad_part() {
         let cases = [
             ("", "empty; expected socket:PATH"),
-            ("pty", "`pty` is not yet a port backend"),
             ("stdio", "`stdio` is not yet a port backend"),
-            ("pty:/dev/pts/3", "`pty` is not yet a port backend"),
+            ("pty:/dev/pts/3", "`pty:/dev/pts/3`: the label is an id"),
+            ("pty:", "`pty:`: the label is an id"),
             ("tcp:localhost:4444", "unknown backend `tcp`"),
             ("NULL", "unknown backend `NULL`"),
             ("socket", "`socket` needs a path"),
@@ -1040,5 +1149,38 @@ mod tests {
         let mut null = PortBackendSpec::parse("null").unwrap().open().unwrap();
         null.write(b"gone").unwrap();
         assert_eq!(null.debug_label(), "null");
+    }
+
+    /// A port on a pseudo-terminal: the guest's output reaches a program
+    /// that opened the terminal, what it types wakes the port and is read,
+    /// and the wake-up is taken by that read.
+    #[test]
+    fn a_pty_port_carries_both_ways_through_its_terminal() {
+        use std::io::{Read as _, Write as _};
+        let opened = PortBackendSpec::parse("pty:term0").unwrap().open().unwrap();
+        assert!(opened.pty().is_some_and(|(p, l)| p.starts_with("/dev/pts") && l == "term0"));
+        drop(opened);
+        let mut port = PtyPort::open("term0").unwrap();
+        let (path, label) = port.pty().map(|(p, l)| (p.to_path_buf(), l.to_string())).unwrap();
+        assert_eq!(label, "term0");
+        assert!(path.starts_with("/dev/pts"), "{}", path.display());
+        assert!(port.connected());
+        let mut term = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        port.write(b"from the guest\n").unwrap();
+        let mut got = [0u8; 15];
+        term.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"from the guest\n");
+        term.write_all(b"typed").unwrap();
+        let wake = wake_of(&port);
+        assert_eq!(read_port(&mut port, &wake, 5), b"typed");
+        // The read took the edge: nothing wakes the thread until more comes.
+        let mut fds = [PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll(&mut fds, PollTimeout::ZERO).unwrap(), 0, "the wake fd stays readable");
+        // Output nobody reads is dropped once the terminal is full, without
+        // blocking or failing.
+        drop(term);
+        for _ in 0..64 {
+            port.write(&[b'x'; 4096]).unwrap();
+        }
     }
 }
