@@ -367,11 +367,13 @@ pub struct RunArgs {
     /// port, /dev/virtio-ports/NAME, as org.qemu.guest_agent.0), and its
     /// host side: `socket=PATH` (a Unix
     /// socket ferrovm listens on; with server=off, one it connects to),
-    /// `file=PATH` (output only) or `null`. May be repeated: one function
-    /// holds every port, in order.
+    /// `file=PATH` (output only), `pty[=LABEL]` (a new pseudo-terminal,
+    /// announced on stderr), `stdio` (ferrovm's stdin and stdout, while
+    /// COM1 is elsewhere; `mon:stdio` shares them with a human monitor) or
+    /// `null`. May be repeated: one function holds every port, in order.
     #[arg(
         long,
-        value_name = "console[,name=NAME]|name=NAME,socket=PATH[,server=off]|file=PATH|null",
+        value_name = "console[,name=NAME]|name=NAME,socket=PATH[,server=off]|file=PATH|pty[=LABEL]|stdio|mon:stdio|null",
         value_parser = parse_vport
     )]
     pub vport: Vec<vmm::VportConfig>,
@@ -583,8 +585,8 @@ pub fn parse_rng(s: &str) -> Result<vmm::RngConfig, String> {
 }
 
 /// Parses `--vport`: the port (`console` or `name=NAME`) and its host
-/// side (`socket=PATH[,server=off]`, `file=PATH`, `pty[=LABEL]`, `null`),
-/// which becomes the port backend's spec.
+/// side (`socket=PATH[,server=off]`, `file=PATH`, `pty[=LABEL]`, `stdio`,
+/// `mon:stdio`, `null`), which becomes the port backend's spec.
 pub fn parse_vport(s: &str) -> Result<vmm::VportConfig, String> {
     use devices::virtio::console::PortConfig;
     let (mut console, mut name) = (false, None);
@@ -599,12 +601,13 @@ pub fn parse_vport(s: &str) -> Result<vmm::VportConfig, String> {
             ("file", p) if !p.is_empty() => backend = Some(format!("file:{p}")),
             ("null", "") => backend = Some("null".to_string()),
             ("pty", "") => backend = Some("pty".to_string()),
+            ("stdio" | "mon:stdio", "") => backend = Some(k.to_string()),
             ("pty", l) if !l.contains(':') => backend = Some(format!("pty:{l}")),
             ("server", "on" | "off") => server = Some(v),
             _ => {
                 return Err(format!(
                     "'{part}' is not a port key: console or name=NAME, then socket=PATH[,server=off], file=PATH, \
-                     pty[=LABEL] or null"
+                     pty[=LABEL], stdio, mon:stdio or null"
                 ))
             }
         }
@@ -615,7 +618,8 @@ pub fn parse_vport(s: &str) -> Result<vmm::VportConfig, String> {
         (false, Some(n)) => PortConfig::serial(n),
         (false, None) => return Err("give the port: console, or name=NAME".into()),
     };
-    let mut backend = backend.ok_or("give the host side: socket=PATH, file=PATH, pty[=LABEL] or null")?;
+    let mut backend =
+        backend.ok_or("give the host side: socket=PATH, file=PATH, pty[=LABEL], stdio, mon:stdio or null")?;
     match server {
         Some("off") if backend.starts_with("socket:") => backend.push_str(",server=off"),
         Some(_) if !backend.starts_with("socket:") => return Err("server= is for socket= only".into()),
@@ -828,6 +832,7 @@ mod tests {
         assert_eq!(parse_vport("null,console").unwrap().backend, "null");
         assert_eq!(parse_vport("console,pty").unwrap().backend, "pty");
         assert_eq!(parse_vport("name=x,pty=term0").unwrap().backend, "pty:term0");
+        assert_eq!(parse_vport("console,mon:stdio").unwrap().backend, "mon:stdio");
         for (bad, why) in [
             ("socket=/s", "console, or name="),
             ("console", "host side"),

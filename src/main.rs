@@ -329,8 +329,19 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
             "--display curses draws on the terminal: put COM1 elsewhere (--serial file:PATH or none)".into(),
         ));
     }
+    if let Some(b) = vport_on_stdio(&args) {
+        if args.serial.on_stdio() {
+            return Err(Error::Config(format!(
+                "--vport ...,{b}: stdio is COM1's (--serial {}); put COM1 elsewhere (--serial file:PATH or none)",
+                args.serial
+            )));
+        }
+        if args.screen.curses() {
+            return Err(Error::Config(format!("--vport ...,{b}: --display curses draws on the terminal")));
+        }
+    }
     let vga = vga_for(&args.screen)?;
-    let stdio = args.serial.on_stdio();
+    let stdio = args.serial.on_stdio() || vport_on_stdio(&args).is_some();
     let config = MachineConfig {
         mem: args.mem,
         firmware,
@@ -418,10 +429,8 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
     }
     let _raw = if stdio {
         // `mon:stdio`: Ctrl-A c gives the keys to a human monitor.
-        let mux = match (&args.serial, &monitors) {
-            (devices::console::SerialBackend::MonStdio, Some((_, mon))) => {
-                Some(vmm::monitor::serial_monitor(mon.clone()))
-            }
+        let mux = match &monitors {
+            Some((_, mon)) if stdio_mux(&args) => Some(vmm::monitor::serial_monitor(mon.clone())),
             _ => None,
         };
         machine.attach_stdin(mux)?;
@@ -556,6 +565,18 @@ fn demo(args: &cli::DemoArgs) -> Result<i32, Error> {
     Ok(status)
 }
 
+/// The host side of the virtio-serial port on stdio, if one is: `stdio`
+/// or `mon:stdio`.
+fn vport_on_stdio(args: &RunArgs) -> Option<&str> {
+    args.vport.iter().map(|v| v.backend.as_str()).find(|b| matches!(*b, "stdio" | "mon:stdio"))
+}
+
+/// Whether stdin is shared between the guest and a human monitor:
+/// `--serial mon:stdio`, or a virtio-serial port on `mon:stdio`.
+fn stdio_mux(args: &RunArgs) -> bool {
+    args.serial == devices::console::SerialBackend::MonStdio || vport_on_stdio(args) == Some("mon:stdio")
+}
+
 /// What `--daemonize` cannot go with: the terminal it leaves (QEMU's
 /// "cannot use stdio with -daemonize").
 fn check_daemonize(args: &RunArgs) -> Result<(), Error> {
@@ -564,6 +585,9 @@ fn check_daemonize(args: &RunArgs) -> Result<(), Error> {
     };
     if args.serial.on_stdio() {
         return refuse(&format!("COM1 is on {} (give --serial file:PATH or none)", args.serial));
+    }
+    if let Some(b) = vport_on_stdio(args) {
+        return refuse(&format!("a virtio-serial port is on {b}"));
     }
     if args.screen.curses() {
         return refuse("--display curses draws on the terminal");
@@ -841,7 +865,7 @@ fn start_monitors(
     paused: bool,
     gdb: bool,
 ) -> Result<Option<Monitors>, Error> {
-    let mux = args.serial == devices::console::SerialBackend::MonStdio;
+    let mux = stdio_mux(args);
     if args.qmp.is_empty() && args.monitor.is_empty() && !mux {
         if args.paused && gdb {
             // gdb's `continue` starts it.
@@ -877,7 +901,7 @@ fn start_monitors(
     let version = monitor::Version::qemu_7_2(format!("ferrovm {}", env!("CARGO_PKG_VERSION")));
     let mon = monitor::Monitor::new(backend.clone(), version);
     backend.set_monitor(mon.clone());
-    let stdio_serial = args.serial.on_stdio();
+    let stdio_serial = args.serial.on_stdio() || vport_on_stdio(args).is_some();
     let specs = args
         .qmp
         .iter()
@@ -888,8 +912,8 @@ fn start_monitors(
         let Some(chardev) = monitor::parse_chardev_uri(spec).map_err(|e| what(&e))? else { continue };
         if matches!(chardev.endpoint, monitor::Endpoint::Stdio) && stdio_serial {
             return Err(what(
-                &"COM1 is on stdio already (--serial): put the monitor on a socket, or COM1 elsewhere \
-                  (--serial mon:stdio shares stdio between COM1 and a human monitor)",
+                &"COM1 or a virtio-serial port is on stdio already: put the monitor on a socket, or the port \
+                  elsewhere (--serial mon:stdio or --vport ...,mon:stdio shares stdio with a human monitor)",
             ));
         }
         mon.listen(&chardev, mode).map_err(|e| what(&e))?;

@@ -300,6 +300,8 @@ struct State {
     chardevs: Vec<Chardev>,
     /// `-mon` on a `stdio,mux=on` chardev: its id and whether QMP.
     mux_monitors: Vec<(String, bool)>,
+    /// The chardev of each `--vport` (by index), for the mux monitors.
+    vport_chardevs: Vec<String>,
     /// The chardev id behind each `-serial chardev:ID` (by index in
     /// `serial`).
     serial_chardevs: Vec<(usize, String)>,
@@ -896,6 +898,7 @@ impl State {
                     uri.push_str(&format!(",server=on,wait={}", if spec.wait { "on" } else { "off" }));
                 } else {
                     dev.serial = Some("stdio".into());
+                    dev.vport = Some("stdio".into());
                 }
                 dev.monitor = Some(uri);
                 dev.mux = mux;
@@ -982,8 +985,20 @@ impl State {
                     "-mon chardev={id},mode=control: QMP on a mux=on chardev is not supported (give QMP a socket)"
                 ));
             }
+            let port = self.vport_chardevs.iter().position(|c| *c == id);
             if com1_chardev.as_deref() == Some(id.as_str()) {
+                if port.is_some() {
+                    return Err(format!(
+                        "-chardev stdio,mux=on,id={id}: COM1 and a virtio-serial port on one mux is not supported \
+                         (give the port or COM1 a chardev of its own)"
+                    ));
+                }
                 self.serial[0] = "mon:stdio".into();
+            } else if let Some(spec) = port.and_then(|i| self.vports.get_mut(i)) {
+                // The port shares stdio with the human monitor: Ctrl-A c.
+                if let Some(head) = spec.strip_suffix("stdio") {
+                    *spec = format!("{head}mon:stdio");
+                }
             } else {
                 self.monitor.push("stdio".into());
             }
@@ -1323,6 +1338,7 @@ impl State {
                 spec.push_str(&host);
                 crate::cli::parse_vport(&spec).map_err(|e| format!("{option} {v}: {e}"))?;
                 self.vports.push(spec);
+                self.vport_chardevs.push(id.to_string());
                 Ok(())
             }
             "usb-tablet" | "usb-mouse" | "usb-kbd" => {
@@ -2412,6 +2428,18 @@ mod tests {
             "-chardev socket,path=/s,server=on,wait=on,id=s -device virtio-serial-pci -device virtconsole,chardev=s \
              -kernel k",
             "wait=off",
+        );
+        let a = run_args(
+            "-chardev stdio,id=s,mux=on -device virtio-serial-pci -device virtconsole,chardev=s -mon chardev=s \
+             -serial none -kernel k",
+        );
+        assert!(has(&a, "--vport", "console,mon:stdio"), "a console sharing stdio with the monitor: {a:?}");
+        let a = run_args("-chardev stdio,id=s -device virtio-serial-pci -device virtconsole,chardev=s -kernel k");
+        assert!(has(&a, "--vport", "console,stdio"), "{a:?}");
+        refused(
+            "-chardev stdio,id=s,mux=on -serial chardev:s -device virtio-serial-pci -device virtconsole,chardev=s \
+             -mon chardev=s -kernel k",
+            "one mux",
         );
         let a = run_args("-chardev pty,id=p -device virtio-serial-pci -device virtconsole,chardev=p -kernel k");
         assert!(has(&a, "--vport", "console,pty=p"), "a console on a pseudo-terminal named by the chardev: {a:?}");

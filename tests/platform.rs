@@ -682,6 +682,74 @@ fn linux_talks_to_the_host_through_virtio_serial_ports() {
     let _ = std::fs::remove_dir_all(&work);
 }
 
+/// The guest's side of [`a_virtio_console_on_stdio_takes_the_keys_and_shows_the_output`]:
+/// the console port's tty, a marker on it, a line read from it and the
+/// line written back.
+const STDIO_PORT_SCRIPT: &str = r#"
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_console; do
+    insmod /lib/modules/$m.ko || echo "T:insmod-failed $m"
+done
+i=0
+while [ ! -c /dev/hvc0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+exec 3<> /dev/hvc0
+echo "T:on-hvc" >&3
+read -r line <&3
+echo "T:got $line" >&3
+exec 3>&-
+"#;
+
+/// QEMU's `-chardev stdio` under a `virtconsole` (COM1 in a file): the
+/// guest's console output comes out on ferrovm's stdout, and what the test
+/// writes to its stdin reaches the guest's /dev/hvc0.
+#[test]
+fn a_virtio_console_on_stdio_takes_the_keys_and_shows_the_output() {
+    use std::io::Write;
+    let Some((dir, work, initrd)) = virtio_guest("vport-stdio", "virtio_console") else {
+        return;
+    };
+    let _one = ONE_LINUX.lock().unwrap_or_else(|e| e.into_inner());
+    let com1 = work.join("com1.out");
+    let cmdline = format!(
+        "console=ttyS0 panic=-1 ferrovm.poweroff=1 ferrovm.cmd={}",
+        encode::base64(STDIO_PORT_SCRIPT.as_bytes())
+    );
+    let serial = format!("file:{}", com1.display());
+    let extra = ["-chardev", "stdio,id=s", "-device", "virtio-serial-pci", "-device", "virtconsole,chardev=s"];
+    let mut args = images::generic_linux(&dir, &initrd, &cmdline, &extra);
+    // COM1 (the kernel's console and the script's) goes to a file instead.
+    let at = args.iter().position(|a| a == "stdio").expect("the image's -serial stdio");
+    args[at] = serial;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferrovm"))
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ferrovm runs");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let typist = std::thread::spawn(move || {
+        // Typed before the guest's driver is up: it waits in ferrovm until
+        // the guest can take it (QEMU reads its chardev only then), across
+        // the driver's reset of the device. Stdin stays open to the end.
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let _ = stdin.write_all(b"hello from stdin\n");
+        std::thread::sleep(std::time::Duration::from_secs(100));
+    });
+    let (out, status, _) = run::watch_markers(child, &["T:got"], 120, false);
+    drop(typist);
+    let com1_out = std::fs::read_to_string(&com1).unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    let ctx = format!("stdout:\n{out}\nstderr:\n{err}\nCOM1:\n{com1_out}");
+    assert!(!com1_out.contains("T:insmod"), "a module did not load: {ctx}");
+    assert!(out.contains("T:on-hvc"), "the console port's output on stdout: {ctx}");
+    assert!(out.contains("T:got hello from stdin"), "stdin's line in the guest: {ctx}");
+    assert!(com1_out.contains("ferrovm-init"), "COM1 kept the kernel's console: {ctx}");
+    assert_eq!(status, Some(0), "{ctx}");
+    let _ = std::fs::remove_dir_all(&work);
+}
+
 /// The same named port on a pseudo-terminal (`-chardev pty`): ferrovm
 /// announces the terminal as QEMU does ("char device redirected to
 /// /dev/pts/N (label term0)"), the test opens it, reads the guest's line

@@ -429,6 +429,9 @@ pub struct DeviceManager {
     /// The pseudo-terminals of virtio-serial ports: each one's path and
     /// label.
     ptys: Vec<(std::path::PathBuf, String)>,
+    /// The virtio-serial port on stdio, if one is: where typed bytes go,
+    /// and whether the human monitor shares stdin with it (`mon:stdio`).
+    stdio: Option<(devices::virtio::console::backends::StdioInput, bool)>,
 }
 
 impl DeviceManager {
@@ -436,6 +439,12 @@ impl DeviceManager {
     /// one's path (`/dev/pts/N`) and label.
     pub fn ptys(&self) -> &[(std::path::PathBuf, String)] {
         &self.ptys
+    }
+
+    /// The virtio-serial port on stdio: where typed bytes go, and whether
+    /// the human monitor shares stdin with it.
+    pub fn stdio_port(&self) -> Option<(devices::virtio::console::backends::StdioInput, bool)> {
+        self.stdio.clone()
     }
 
     /// Holds the device I/O thread still (between two rounds of its
@@ -1002,7 +1011,7 @@ pub(crate) fn install(
         tracing::info!(target: "devices", "PCI {address}: {label}");
         nics.push((address, label, NicHandle::Rng(dev)));
     }
-    let mut ptys = Vec::new();
+    let (mut ptys, mut stdio) = (Vec::new(), None);
     if !vports.is_empty() {
         let what = |e: String| Error::Config(format!("virtio-serial: {e}"));
         let Some(address) = function_slot(first_rng_slot + rng.len()).and_then(|s| PciAddress::new(s, 0)) else {
@@ -1015,6 +1024,14 @@ pub(crate) fn install(
             let backend = spec.open().map_err(|e| what(format!("port {i} ({}): {e}", v.backend)))?;
             if let Some((path, label)) = backend.pty() {
                 ptys.push((path.to_path_buf(), label.to_string()));
+            }
+            if let Some(input) = backend.stdio_input() {
+                if stdio.is_some() {
+                    return Err(what(format!("port {i}: stdio is another port's already")));
+                }
+                let monitor =
+                    matches!(spec, devices::virtio::console::backends::PortBackendSpec::Stdio { monitor: true });
+                stdio = Some((input, monitor));
             }
             ports.push((v.port.clone(), backend));
         }
@@ -1042,6 +1059,7 @@ pub(crate) fn install(
         bar_queues: [windows.io, windows.mem],
         io,
         ptys,
+        stdio,
     }))
 }
 

@@ -413,12 +413,25 @@ impl Machine {
         self.devices.as_ref().map(crate::device_manager::DeviceManager::stats_lines).unwrap_or_default()
     }
 
-    /// Attach host stdin to COM1 (only for the stdio backends); with
-    /// `monitor` (`--serial mon:stdio`), `Ctrl-A c` moves the keys between
-    /// the guest and it.
+    /// Attach host stdin to COM1 (only for the stdio backends), or to the
+    /// virtio-serial port on stdio when there is one; with `monitor`
+    /// (`--serial mon:stdio`, a port on `mon:stdio`), `Ctrl-A c` moves the
+    /// keys between the guest and it.
     pub fn attach_stdin(&self, monitor: Option<Box<dyn devices::console::MuxMonitor>>) -> Result<(), Error> {
-        devices::console::spawn_stdin_reader(self.events.clone(), Box::new(self.input_sink()), monitor)?;
+        let sink: devices::console::InputSink = match self.vport_stdio() {
+            // A virtio-serial port on stdio takes the keys instead of COM1.
+            Some((input, _)) => Box::new(move |bytes: &[u8]| input.push(bytes)),
+            None => Box::new(self.input_sink()),
+        };
+        devices::console::spawn_stdin_reader(self.events.clone(), sink, monitor)?;
         Ok(())
+    }
+
+    /// The virtio-serial port on stdio (`--vport ...,stdio` or
+    /// `mon:stdio`): where typed bytes go, and whether the human monitor
+    /// shares stdin with it.
+    pub fn vport_stdio(&self) -> Option<(devices::virtio::console::backends::StdioInput, bool)> {
+        self.devices.as_ref().and_then(crate::device_manager::DeviceManager::stdio_port)
     }
 
     /// What a reader thread hands typed bytes to: COM1's input queue, then

@@ -223,6 +223,21 @@ pub trait PortBackend: Send {
         None
     }
 
+    /// Whether input not yet read waits in the backend without waking the
+    /// I/O thread again (a read into an empty buffer takes the wake-up):
+    /// the device then leaves it there until the guest can take it, so a
+    /// driver's reset of the device does not drop it, as QEMU reads its
+    /// character devices only when the guest is ready.
+    fn keeps_input(&self) -> bool {
+        false
+    }
+
+    /// Where the machine's stdin reader pushes typed bytes, for a port on
+    /// stdio.
+    fn stdio_input(&self) -> Option<backends::StdioInput> {
+        None
+    }
+
     /// A short name for logs.
     fn debug_label(&self) -> String {
         "port backend".into()
@@ -813,6 +828,16 @@ impl VirtioConsole {
     /// [`INPUT_LIMIT`]) or is dropped.
     fn service_input(&mut self, port: usize, ctx: &mut Context<'_>) {
         let deliver = ctx.running && self.accepts_input(port, ctx.has(VIRTIO_CONSOLE_F_MULTIPORT));
+        if !deliver {
+            if let Some(p) = self.ports.get_mut(port).filter(|p| p.backend.keeps_input()) {
+                // Only the wake-up is taken; the input waits in the backend.
+                if let Err(e) = p.backend.read(&mut []) {
+                    let what = format!("reading {} for port {port} failed: {e}", p.backend.debug_label());
+                    self.warn_once(Warn::ReadError, || what);
+                }
+                return;
+            }
+        }
         let mut budget = MAX_READ_PER_CALL;
         loop {
             if deliver {

@@ -8,6 +8,7 @@
 //! file:PATH,append=on      -chardev file,path=PATH,append=on              FilePort::open
 //! null                     -chardev null                                  NullPort
 //! pty[:LABEL]              -chardev pty,id=LABEL                          PtyPort::open
+//! stdio, mon:stdio         -chardev stdio[,mux=on]                        StdioPort::open
 //! ```
 //!
 //! [`PortBackendSpec`] parses these and opens the backend. A comma in a
@@ -27,9 +28,11 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use parking_lot::Mutex;
 
 use super::PortBackend;
 
@@ -533,6 +536,10 @@ impl PortBackend for PtyPort {
         Some((self.pty.path(), &self.label))
     }
 
+    fn keeps_input(&self) -> bool {
+        true
+    }
+
     fn debug_label(&self) -> String {
         format!("pty {}", self.pty.path().display())
     }
@@ -541,6 +548,94 @@ impl PortBackend for PtyPort {
 impl fmt::Debug for PtyPort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PtyPort").field("path", &self.pty.path()).field("label", &self.label).finish_non_exhaustive()
+    }
+}
+
+/// Typed input a [`StdioPort`] holds before the guest takes it; what comes
+/// beyond it is dropped.
+pub const STDIO_INPUT_LIMIT: usize = 64 * 1024;
+
+/// A port on the emulator's standard output and input, QEMU's `-chardev
+/// stdio` (with `mux=on`, shared with the human monitor) under a
+/// virtconsole: the guest's output goes to stdout; what is typed comes
+/// from the machine's stdin reader (which also handles the Ctrl-A keys)
+/// through a [`StdioInput`]. Always connected.
+pub struct StdioPort {
+    input: StdioInput,
+}
+
+/// The stdin reader's end of a [`StdioPort`]: bytes pushed here wait for
+/// the guest, and wake the I/O thread.
+#[derive(Clone)]
+pub struct StdioInput {
+    queue: Arc<Mutex<VecDeque<u8>>>,
+    wake: Arc<EventFd>,
+}
+
+impl StdioInput {
+    /// Queues typed bytes for the guest (beyond [`STDIO_INPUT_LIMIT`]
+    /// waiting, the rest is dropped) and wakes the port.
+    pub fn push(&self, bytes: &[u8]) {
+        let mut q = self.queue.lock();
+        let room = STDIO_INPUT_LIMIT.saturating_sub(q.len());
+        q.extend(bytes.iter().take(room));
+        drop(q);
+        let _ = self.wake.write(1);
+    }
+}
+
+impl fmt::Debug for StdioInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StdioInput").field("waiting", &self.queue.lock().len()).finish_non_exhaustive()
+    }
+}
+
+impl StdioPort {
+    /// A port on stdout, with an empty input queue.
+    pub fn open() -> io::Result<Self> {
+        let wake =
+            EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).map_err(|e| os_error(e, "eventfd"))?;
+        Ok(Self { input: StdioInput { queue: Arc::default(), wake: Arc::new(wake) } })
+    }
+}
+
+impl PortBackend for StdioPort {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Take the wake-up first: a push after it raises a new one.
+        let _ = self.input.wake.read();
+        let mut q = self.input.queue.lock();
+        let n = buf.len().min(q.len());
+        for (b, v) in buf.iter_mut().zip(q.drain(..n)) {
+            *b = v;
+        }
+        Ok(n)
+    }
+
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        out.write_all(data).and_then(|()| out.flush()).map_err(|e| io::Error::new(e.kind(), format!("stdout: {e}")))
+    }
+
+    fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.input.wake.as_fd())
+    }
+
+    fn stdio_input(&self) -> Option<StdioInput> {
+        Some(self.input.clone())
+    }
+
+    fn keeps_input(&self) -> bool {
+        true
+    }
+
+    fn debug_label(&self) -> String {
+        "stdio".into()
+    }
+}
+
+impl fmt::Debug for StdioPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StdioPort").field("input", &self.input).finish()
     }
 }
 
@@ -578,6 +673,9 @@ pub enum PortBackendSpec {
     /// `pty[:LABEL]` ([`PtyPort`]); the label names the terminal in the
     /// announcement of its path.
     Pty { label: String },
+    /// `stdio` ([`StdioPort`]); `mon:stdio` shares stdin with the human
+    /// monitor (Ctrl-A c switches), as `--serial mon:stdio` does.
+    Stdio { monitor: bool },
 }
 
 /// A port backend spec that does not parse.
@@ -591,7 +689,8 @@ pub struct PortBackendSpecError {
 }
 
 /// The forms [`PortBackendSpec`] takes, for error messages.
-const SPEC_FORMS: &str = "socket:PATH[,server=on|off], file:PATH[,append=on|off], pty[:LABEL] or null";
+const SPEC_FORMS: &str =
+    "socket:PATH[,server=on|off], file:PATH[,append=on|off], pty[:LABEL], stdio, mon:stdio or null";
 
 /// Splits `s` at single commas; a doubled comma is a comma.
 fn split_options(s: &str) -> Vec<String> {
@@ -650,7 +749,8 @@ fn parse_options<'a>(kind: &str, options: &'a [String], allowed: &[&str]) -> Res
 
 impl PortBackendSpec {
     /// Parses `socket:PATH`, `socket:PATH,server=off`, `file:PATH`,
-    /// `file:PATH,append=on`, `pty`, `pty:LABEL` or `null`.
+    /// `file:PATH,append=on`, `pty`, `pty:LABEL`, `stdio`, `mon:stdio` or
+    /// `null`.
     pub fn parse(spec: &str) -> Result<Self, PortBackendSpecError> {
         Self::parse_inner(spec).map_err(|problem| PortBackendSpecError { spec: spec.to_string(), problem })
     }
@@ -699,7 +799,9 @@ impl PortBackendSpec {
                 Some(l) if is_id(l) => Ok(Self::Pty { label: l.into() }),
                 Some(l) => Err(format!("`pty:{l}`: the label is an id (a letter, then letters, digits, -, . or _)")),
             },
-            "stdio" => Err(format!("`{kind}` is not yet a port backend; expected {SPEC_FORMS}")),
+            "stdio" if rest.is_none() => Ok(Self::Stdio { monitor: false }),
+            "mon" if rest == Some("stdio") => Ok(Self::Stdio { monitor: true }),
+            "stdio" => Err("`stdio` takes no path or option".into()),
             _ => Err(format!("unknown backend `{kind}`; expected {SPEC_FORMS}")),
         }
     }
@@ -712,6 +814,7 @@ impl PortBackendSpec {
             Self::File { path, append } => Box::new(FilePort::open(path, *append)?),
             Self::Null => Box::new(NullPort),
             Self::Pty { label } => Box::new(PtyPort::open(label)?),
+            Self::Stdio { .. } => Box::new(StdioPort::open()?),
         })
     }
 }
@@ -735,6 +838,8 @@ impl fmt::Display for PortBackendSpec {
             Self::File { path, append: true } => write!(f, "file:{},append=on", escaped(path)),
             Self::Null => f.write_str("null"),
             Self::Pty { label } => write!(f, "pty:{label}"),
+            Self::Stdio { monitor: false } => f.write_str("stdio"),
+            Self::Stdio { monitor: true } => f.write_str("mon:stdio"),
         }
     }
 }
@@ -1088,6 +1193,8 @@ mod tests {
             ("null", PortBackendSpec::Null, "null"),
             ("pty", PortBackendSpec::Pty { label: "vport".into() }, "pty:vport"),
             ("pty:charconsole0", PortBackendSpec::Pty { label: "charconsole0".into() }, "pty:charconsole0"),
+            ("stdio", PortBackendSpec::Stdio { monitor: false }, "stdio"),
+            ("mon:stdio", PortBackendSpec::Stdio { monitor: true }, "mon:stdio"),
         ];
         for (text, spec, printed) in cases {
             assert_eq!(PortBackendSpec::parse(text), Ok(spec.clone()), "{text}");
@@ -1101,7 +1208,8 @@ mod tests {
     fn bad_specs_are_refused_naming_the_bad_part() {
         let cases = [
             ("", "empty; expected socket:PATH"),
-            ("stdio", "`stdio` is not yet a port backend"),
+            ("stdio:x", "`stdio` takes no path or option"),
+            ("mon:x", "unknown backend `mon`"),
             ("pty:/dev/pts/3", "`pty:/dev/pts/3`: the label is an id"),
             ("pty:", "`pty:`: the label is an id"),
             ("tcp:localhost:4444", "unknown backend `tcp`"),
@@ -1149,6 +1257,34 @@ mod tests {
         let mut null = PortBackendSpec::parse("null").unwrap().open().unwrap();
         null.write(b"gone").unwrap();
         assert_eq!(null.debug_label(), "null");
+    }
+
+    /// A port on stdio: what the stdin reader pushes wakes the port and is
+    /// read in order, past the limit it is dropped, and the read takes
+    /// the wake-up.
+    #[test]
+    fn a_stdio_port_reads_what_its_input_pushes() {
+        let mut port = StdioPort::open().unwrap();
+        let input = port.stdio_input().unwrap();
+        let wake = wake_of(&port);
+        input.push(b"typed ");
+        input.push(b"keys");
+        assert_eq!(read_port(&mut port, &wake, 10), b"typed keys");
+        let mut fds = [PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll(&mut fds, PollTimeout::ZERO).unwrap(), 0, "the wake fd stays readable");
+        input.push(&vec![b'x'; STDIO_INPUT_LIMIT + 100]);
+        let mut got = 0;
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = port.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        assert_eq!(got, STDIO_INPUT_LIMIT);
+        assert!(port.connected());
+        assert_eq!(port.debug_label(), "stdio");
     }
 
     /// A port on a pseudo-terminal: the guest's output reaches a program
