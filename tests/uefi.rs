@@ -13,6 +13,10 @@
 //! - The firmware from QEMU's two flash drives (`-drive if=pflash`): the
 //!   code read-only, the variables writable; a variable the shell sets is
 //!   in the variables file after the run.
+//! - A network boot (`-boot n`) of a 256 MiB guest: OVMF places the e1000's
+//!   BARs at 2 GiB, loads the EFI driver in its iPXE ROM (Debian's
+//!   ipxe-qemu), which configures through the NAT's DHCP and fetches an
+//!   EFI program by TFTP (Debian's ipxe.efi), which runs.
 
 #[path = "guest/console.rs"]
 mod console;
@@ -70,6 +74,53 @@ fn shell_echo(c: &mut Console, word: &str, secs: u64) -> String {
     let t = c.wait_for(word, 1, 30);
     assert!(t.lines().any(|l| l.trim_end() == word), "the command's output line: {t}");
     t
+}
+
+/// QEMU's `-boot n` under OVMF: the NIC's ROM (QEMU's default,
+/// efi-e1000.rom) gives OVMF its network boot option, and the EFI program
+/// the NAT's DHCP names comes over TFTP and runs: iPXE's own EFI build,
+/// which says so ("initialising devices", which the ROM's iPXE does not
+/// print) and then configures the NIC again.
+#[test]
+fn ovmf_boots_an_efi_program_from_the_network() {
+    if !ovmf() {
+        return;
+    }
+    let (rom, program) = ("/usr/lib/ipxe/qemu/efi-e1000.rom", "/usr/lib/ipxe/ipxe.efi");
+    for (f, pkg) in [(rom, "ipxe-qemu"), (program, "ipxe")] {
+        if !Path::new(f).is_file() {
+            eprintln!("skipping: {f} is missing (Debian package {pkg})");
+            return;
+        }
+    }
+    let dir = run::tmp("uefi", "netboot");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(program, dir.join("boot.efi")).unwrap();
+    let netdev = format!("user,id=n0,tftp={},bootfile=boot.efi", dir.display());
+    let start = Instant::now();
+    let mut c = Console::start(&[
+        "qemu",
+        "-bios",
+        OVMF,
+        "-m",
+        "256",
+        "-nographic",
+        "-netdev",
+        &netdev,
+        "-device",
+        "e1000,netdev=n0",
+        "-boot",
+        "n",
+    ]);
+    let t = c.wait_for("iPXE initialising devices...ok", 1, 240);
+    assert!(t.contains("using 82540em on 0000:00:03.0"), "the ROM's driver found the e1000: {t}");
+    assert!(t.contains("net0: 10.0.2.15/255.255.255.0 gw 10.0.2.2"), "DHCP from the NAT: {t}");
+    assert!(t.contains("tftp://10.0.2.2/boot.efi... ok"), "the program came over TFTP: {t}");
+    assert!(t.contains(" bytes [EFI]"), "iPXE took it as an EFI program: {t}");
+    eprintln!("OVMF network-booted an EFI program in {:.1} s", start.elapsed().as_secs_f64());
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -87,8 +87,18 @@ fn virtio_function<D: devices::virtio::VirtioDevice>(
 }
 /// PCI I/O BARs go here (Linux allocates from 0x1000 up).
 const PCI_IO_WINDOW: (u64, u64) = (0x1000, 0xf000);
-/// PCI memory BARs go here: from the PCI hole to the I/O APIC.
-const PCI_MMIO_WINDOW: (u64, u64) = (mmu::PCI_HOLE_START, 0xfec0_0000 - mmu::PCI_HOLE_START);
+/// Where PCI memory BARs are decoded in a guest of `ram_size` bytes: from
+/// the end of low RAM (the PCI hole's start once RAM reaches it) up to the
+/// I/O APIC, base and length, as QEMU's i440FX decodes them. SeaBIOS
+/// places its BARs high in it; OVMF starts at 2 GiB for a guest with less
+/// RAM than that. The DSDT's _CRS gives the same window.
+pub fn pci_mmio_window(ram_size: u64) -> (u64, u64) {
+    let start = ram_size.min(mmu::PCI_HOLE_START);
+    (start, PCI_MMIO_END - start)
+}
+
+/// The end of the PCI memory window: the I/O APIC.
+const PCI_MMIO_END: u64 = 0xfec0_0000;
 
 /// A NIC model by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,16 +171,21 @@ impl BellSpot {
 }
 
 /// The doorbells, where their BARs are, and the hypervisor's hook.
-#[derive(Default)]
 struct Doorbells {
     spots: Vec<BellSpot>,
     /// Where each BAR that has doorbells is decoded, inside its window
     /// (port space or not, base).
     bases: HashMap<(PciAddress, usize), (bool, u64)>,
     attach: Option<AttachFn>,
+    /// The PCI memory window ([`pci_mmio_window`]).
+    mmio_window: (u64, u64),
 }
 
 impl Doorbells {
+    fn new(mmio_window: (u64, u64)) -> Self {
+        Doorbells { spots: Vec::new(), bases: HashMap::new(), attach: None, mmio_window }
+    }
+
     /// Follows a BAR the guest moved (or turned on or off).
     fn bar_moved(&mut self, c: &BarChange) {
         let key = (c.address, c.bar);
@@ -178,7 +193,7 @@ impl Doorbells {
             return;
         }
         let pio = c.kind == PciBarKind::Io;
-        let window = if pio { PCI_IO_WINDOW } else { PCI_MMIO_WINDOW };
+        let window = if pio { PCI_IO_WINDOW } else { self.mmio_window };
         let new = c.new.filter(|&at| inside(window, at, c.size)).map(|at| (pio, at));
         let old = match new {
             Some(n) => self.bases.insert(key, n),
@@ -318,19 +333,18 @@ struct BarWindows {
 }
 
 impl BarWindows {
-    fn install(chipset: &PcChipset, pio: &mut Bus, mmio: &mut Bus) -> Result<Self, Error> {
+    fn install(chipset: &PcChipset, pio: &mut Bus, mmio: &mut Bus, mmio_window: (u64, u64)) -> Result<Self, Error> {
         let io = Arc::new(WindowQueue::default());
         let mem = Arc::new(WindowQueue::default());
-        for (label, (base, len), queue, bus) in [
-            ("PCI I/O window", PCI_IO_WINDOW, &io, &mut *pio),
-            ("PCI memory window", PCI_MMIO_WINDOW, &mem, &mut *mmio),
-        ] {
+        for (label, (base, len), queue, bus) in
+            [("PCI I/O window", PCI_IO_WINDOW, &io, &mut *pio), ("PCI memory window", mmio_window, &mem, &mut *mmio)]
+        {
             let window = BarWindow { label, base, len, bus: Bus::new(), queue: Arc::clone(queue) };
             let shared: SharedDevice = Arc::new(Mutex::new(window));
             bus.insert(shared, base, len)?;
         }
         let (qi, qm) = (Arc::clone(&io), Arc::clone(&mem));
-        let doorbells = Arc::new(Mutex::new(Doorbells::default()));
+        let doorbells = Arc::new(Mutex::new(Doorbells::new(mmio_window)));
         let bells = Arc::clone(&doorbells);
         chipset.pci.lock().set_bar_callback(Box::new(move |c: &BarChange| {
             // Only queue: the PCI root is locked here (see set_bar_callback).
@@ -885,7 +899,7 @@ pub(crate) fn install(
             Some(Floppy { dma, fdc, labels })
         }
     };
-    let windows = BarWindows::install(chipset, pio, mmio)?;
+    let windows = BarWindows::install(chipset, pio, mmio, pci_mmio_window(mem.ram_size()))?;
     let mut io = IoThread::new().map_err(|e| Error::Config(format!("cannot set up the NIC I/O thread: {e}")))?;
     let mut polled: Vec<(SharedIoDevice, Option<OwnedFd>)> = Vec::new();
     let mut bells: Vec<Doorbell> = Vec::new();
@@ -1137,7 +1151,7 @@ mod tests {
         let addr = PciAddress::new(3, 0).unwrap();
         let nic: SharedIoDevice = Arc::new(Mutex::new(Quiet));
         let bell = Doorbell::new(nic, 1).unwrap();
-        let mut d = Doorbells::default();
+        let mut d = Doorbells::new(pci_mmio_window(1 << 30));
         let legacy = BellSpec { bar: 0, offset: 0x10, len: 2, datamatch: Some(1), queue: 1 };
         let modern = BellSpec { bar: 4, offset: 0x3004, len: 0, datamatch: None, queue: 1 };
         for spec in [legacy, modern] {

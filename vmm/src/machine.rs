@@ -221,6 +221,11 @@ impl Machine {
         if !config.hpet {
             acpi.hpet = None;
         }
+        if let Some(pci) = acpi.pci.as_mut() {
+            // The window the BARs are decoded in: from the end of low RAM.
+            let (base, len) = crate::device_manager::pci_mmio_window(mem.ram_size());
+            pci.mmio32 = (base as u32, (base + len - 1) as u32);
+        }
         let smbios = crate::bios::smbios(&config)?;
         let (boot_state, mut boot_note, kernel_code) = match &mut config.firmware {
             Firmware::Kernel(k) if !k.load => {
