@@ -443,9 +443,8 @@ pub struct DeviceManager {
     /// The pseudo-terminals of virtio-serial ports: each one's path and
     /// label.
     ptys: Vec<(std::path::PathBuf, String)>,
-    /// The virtio-serial port on stdio, if one is: where typed bytes go,
-    /// and whether the human monitor shares stdin with it (`mon:stdio`).
-    stdio: Option<(devices::virtio::console::backends::StdioInput, bool)>,
+    /// The virtio-serial port on stdio, if one is: where typed bytes go.
+    stdio: Option<devices::virtio::console::backends::StdioInput>,
 }
 
 impl DeviceManager {
@@ -455,9 +454,8 @@ impl DeviceManager {
         &self.ptys
     }
 
-    /// The virtio-serial port on stdio: where typed bytes go, and whether
-    /// the human monitor shares stdin with it.
-    pub fn stdio_port(&self) -> Option<(devices::virtio::console::backends::StdioInput, bool)> {
+    /// The virtio-serial port on stdio: where typed bytes go.
+    pub fn stdio_port(&self) -> Option<devices::virtio::console::backends::StdioInput> {
         self.stdio.clone()
     }
 
@@ -1043,9 +1041,7 @@ pub(crate) fn install(
                 if stdio.is_some() {
                     return Err(what(format!("port {i}: stdio is another port's already")));
                 }
-                let monitor =
-                    matches!(spec, devices::virtio::console::backends::PortBackendSpec::Stdio { monitor: true });
-                stdio = Some((input, monitor));
+                stdio = Some(input);
             }
             ports.push((v.port.clone(), backend));
         }

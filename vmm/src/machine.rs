@@ -425,7 +425,7 @@ impl Machine {
     pub fn attach_stdin(&self, monitor: Option<Box<dyn devices::console::MuxMonitor>>) -> Result<(), Error> {
         let sink: devices::console::InputSink = match self.vport_stdio() {
             // A virtio-serial port on stdio takes the keys instead of COM1.
-            Some((input, _)) => Box::new(move |bytes: &[u8]| input.push(bytes)),
+            Some(input) => Box::new(move |bytes: &[u8]| input.push(bytes)),
             None => Box::new(self.input_sink()),
         };
         devices::console::spawn_stdin_reader(self.events.clone(), sink, monitor)?;
@@ -433,9 +433,8 @@ impl Machine {
     }
 
     /// The virtio-serial port on stdio (`--vport ...,stdio` or
-    /// `mon:stdio`): where typed bytes go, and whether the human monitor
-    /// shares stdin with it.
-    pub fn vport_stdio(&self) -> Option<(devices::virtio::console::backends::StdioInput, bool)> {
+    /// `mon:stdio`): where typed bytes go.
+    pub fn vport_stdio(&self) -> Option<devices::virtio::console::backends::StdioInput> {
         self.devices.as_ref().and_then(crate::device_manager::DeviceManager::stdio_port)
     }
 

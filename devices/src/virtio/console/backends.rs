@@ -467,6 +467,9 @@ impl PortBackend for FilePort {
 /// stopping the guest (as QEMU's pty drops it).
 pub struct PtyPort {
     pty: crate::console::Pty,
+    /// The guest's output into the terminal ([`crate::console::Pty::writer`]:
+    /// what a full terminal does not take is dropped).
+    writer: Box<dyn Write + Send>,
     label: String,
     /// An edge-triggered set over the master: readable when typed input
     /// arrives, until [`PortBackend::read`] looks.
@@ -477,11 +480,12 @@ impl PtyPort {
     /// Opens a new pseudo-terminal named `label` in the announcement.
     pub fn open(label: &str) -> io::Result<Self> {
         let pty = crate::console::Pty::open().map_err(|e| io::Error::other(e.to_string()))?;
+        let writer = pty.writer().map_err(|e| io::Error::other(e.to_string()))?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| os_error(e, "epoll_create"))?;
         epoll
             .add(pty.master(), EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, 0))
             .map_err(|e| os_error(e, "epoll_ctl"))?;
-        Ok(Self { pty, label: label.to_string(), epoll })
+        Ok(Self { pty, writer, label: label.to_string(), epoll })
     }
 
     /// The terminal's device, `/dev/pts/N`.
@@ -514,18 +518,7 @@ impl PortBackend for PtyPort {
     }
 
     fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        let mut rest = data;
-        while !rest.is_empty() {
-            match (&mut self.pty.master()).write(rest) {
-                Ok(0) => break,
-                Ok(n) => rest = &rest[n..],
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                // Nobody reads the terminal and its buffer is full.
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) => return Err(context(e, "writing to the terminal", self.pty.path())),
-            }
-        }
-        Ok(())
+        self.writer.write_all(data).map_err(|e| context(e, "writing to the terminal", self.pty.path()))
     }
 
     fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
