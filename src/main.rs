@@ -387,11 +387,8 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
             eprintln!("ferrovm: {note}");
         }
     }
-    let restored = restore_or_receive(&args, &mut machine, kind)?;
+    let restored = restore_or_receive(&args, &mut machine)?;
     let deferred = args.incoming.as_deref() == Some("defer");
-    if let (true, Some(why)) = (deferred, machine.snapshot_blocker(kind)) {
-        return Err(Error::Config(format!("--incoming defer: {why}")));
-    }
     let paused =
         args.paused || deferred || restored.as_ref().is_some_and(|r| r.run_state == vmm::snapshot::RunState::Paused);
     let display = open_vnc(&args.screen, &machine)?;
@@ -406,7 +403,6 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         } else if args.paused && restored.is_none() {
             b.prelaunch();
         }
-        b.set_engine_blocker(machine.snapshot_blocker(kind));
         if let Some(dir) = &args.snapshot_dir {
             b.set_snapshot_dir(vmm::snapshot::SnapshotDir::new(dir.clone()));
         }
@@ -608,11 +604,7 @@ static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceL
 /// `--restore DIR/NAME` or `--incoming URI`: loads the saved or migrated
 /// state into the machine just built, before any of its vCPUs runs. A
 /// state that fails any check ends the process with the error.
-fn restore_or_receive(
-    args: &RunArgs,
-    machine: &mut Machine,
-    kind: EngineKind,
-) -> Result<Option<vmm::snapshot::Restored>, Error> {
+fn restore_or_receive(args: &RunArgs, machine: &mut Machine) -> Result<Option<vmm::snapshot::Restored>, Error> {
     let what = match (&args.restore, &args.incoming) {
         _ if args.loadvm.is_some() => format!("--loadvm {}", args.loadvm.as_deref().unwrap_or_default()),
         // The monitor's migrate-incoming takes it.
@@ -621,9 +613,6 @@ fn restore_or_receive(
         (None, Some(u)) => format!("--incoming {u}"),
         (None, None) => return Ok(None),
     };
-    if let Some(why) = machine.snapshot_blocker(kind) {
-        return Err(Error::Config(format!("{what}: {why}")));
-    }
     let fail = |e: vmm::snapshot::SnapshotError| Error::Config(format!("{what}: {e}"));
     if let Some(name) = &args.loadvm {
         let disks = vmm::snapshot::qcow2::snapshot_disks(machine.disks()).map_err(fail)?.ok_or_else(|| {
@@ -839,8 +828,7 @@ fn start_gdb(
 ) -> Result<Option<vmm::gdb::GdbServer>, Error> {
     let Some(spec) = &args.gdb else { return Ok(None) };
     let Some(at) = vmm::gdb::parse_gdb_dev(spec).map_err(Error::Config)? else { return Ok(None) };
-    if let Some(why) = machine.snapshot_blocker(kind) {
-        // The stub stops the machine as a snapshot does.
+    if let Some(why) = machine.debug_blocker(kind) {
         return Err(Error::Config(format!("--gdb cannot stop this guest: {why}")));
     }
     let server = vmm::gdb::GdbServer::start(machine, &at)?;

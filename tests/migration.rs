@@ -9,7 +9,8 @@
 //! limit too), the JIT to KVM, and KVM to the JIT and to KVM where KVM is
 //! usable here. From KVM the guest's loop runs at CPL 3, which split
 //! execution runs in KVM: its stores reach the rounds through KVM's dirty
-//! log.
+//! log. Wholly in KVM (`--kvm-split off`), its kernel included, the guest
+//! goes to the JIT with KVM's interrupt controllers moved into the machine.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -170,7 +171,9 @@ impl Vm {
         let stderr = dir.join(format!("{name}.stderr"));
         let child = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
             // One model on both sides: the JIT's default (max) is not KVM's (v2).
-            .args(["run", "--accel", accel, "--cpu", "v2", "--mem", mem, "--timeout", "300", "--kernel"])
+            .arg("run")
+            .args(accel_args(accel))
+            .args(["--cpu", "v2", "--mem", mem, "--timeout", "300", "--kernel"])
             .arg(kernel)
             .arg("--serial")
             .arg(format!("file:{}", serial.display()))
@@ -260,15 +263,17 @@ struct Figures {
     downtime_bytes: f64,
 }
 
-/// `--kvm-split on` for a guest under `--accel kvm`: a guest wholly in KVM
-/// cannot take part in a migration (KVM's interrupt controllers are not in
-/// the saved state); split execution's are the machine's.
+/// The engine's arguments for `accel`: "kvm" is split execution
+/// (`--kvm-split on`), whose guest's kernel runs in the JIT; "kvm-all" is
+/// the whole guest in KVM (`--kvm-split off`), with KVM's own interrupt
+/// controllers and PIT.
 fn accel_args(accel: &str) -> Vec<String> {
-    if accel == "kvm" {
-        vec!["--kvm-split".to_string(), "on".to_string()]
-    } else {
-        Vec::new()
-    }
+    let args: &[&str] = match accel {
+        "kvm" => &["--accel", "kvm", "--kvm-split", "on"],
+        "kvm-all" => &["--accel", "kvm", "--kvm-split", "off"],
+        a => return vec!["--accel".to_string(), a.to_string()],
+    };
+    args.iter().map(|a| (*a).to_string()).collect()
 }
 
 /// A source running the guest `image` and a receiver waiting for it on
@@ -305,11 +310,8 @@ impl Pair {
         let qmp_arg = |p: &Path| vec!["--qmp".to_string(), format!("unix:{},server=on,wait=off", p.display())];
         let mut dst_args = qmp_arg(&dst_qmp);
         dst_args.extend(["--incoming".to_string(), incoming.unwrap_or(&uri).to_string()]);
-        dst_args.extend(accel_args(dest_accel));
         let dst = Vm::start(&dir, "dst", &kernel, dest_accel, mem, &dst_args);
-        let mut src_args = qmp_arg(&src_qmp);
-        src_args.extend(accel_args(src_accel));
-        let src = Vm::start(&dir, "src", &kernel, src_accel, mem, &src_args);
+        let src = Vm::start(&dir, "src", &kernel, src_accel, mem, &qmp_arg(&src_qmp));
         src.wait_for("M:pass 00000002", 120);
         Pair { dir, uri, src_qmp, dst, src }
     }
@@ -461,13 +463,13 @@ fn a_guest_writing_memory_migrates_live_from_the_jit_to_kvm() {
 /// the rounds run while it writes (more than one dirty sync), pages go
 /// again (more than the buffer's and the kernel's once), some of them
 /// while stopped, and the receiver's passes check out.
-fn from_kvm(name: &str, dest_accel: &str) {
+fn from_kvm(name: &str, src_accel: &str, dest_accel: &str) {
     if !kvm::usable() {
         eprintln!("skipped: KVM is not usable here (/dev/kvm missing or refused)");
         return;
     }
     let mib = 32;
-    let f = migrate_live(name, &user_writer_kernel(mib), "kvm", dest_accel, "256M", mib, &[]);
+    let f = migrate_live(name, &user_writer_kernel(mib), src_accel, dest_accel, "256M", mib, &[]);
     assert!(f.rounds > 1.0, "the rounds ran while the guest ran: {} dirty syncs", f.rounds);
     let buffer_pages = f64::from(mib) * 256.0;
     assert!(
@@ -480,12 +482,19 @@ fn from_kvm(name: &str, dest_accel: &str) {
 
 #[test]
 fn a_guest_writing_memory_migrates_live_from_kvm_to_the_jit() {
-    from_kvm("kvm-jit", "jit");
+    from_kvm("kvm-jit", "kvm", "jit");
+}
+
+/// The whole guest in KVM, its kernel too, with KVM's interrupt
+/// controllers: every store is KVM's to log.
+#[test]
+fn a_guest_wholly_in_kvm_migrates_live_to_the_jit() {
+    from_kvm("kvmall-jit", "kvm-all", "jit");
 }
 
 #[test]
 fn a_guest_writing_memory_migrates_live_from_kvm_to_kvm() {
-    from_kvm("kvm-kvm", "kvm");
+    from_kvm("kvm-kvm", "kvm", "kvm");
 }
 
 /// `migrate_cancel` during the rounds: logging stops, the source guest

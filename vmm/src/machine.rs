@@ -538,6 +538,7 @@ impl Machine {
             tsc: self.chipset.tsc.clone(),
             clock: self.clock.clone(),
             timers: self.chipset.timers.clone(),
+            pit: self.chipset.pit.clone(),
             devices: self.devices.as_ref(),
             jit_shared: &self.jit_shared,
         }
@@ -628,15 +629,15 @@ impl Machine {
                     return Ok(report);
                 }
                 Ok(Outcome::Stopped(op, vcpus)) => {
+                    // Every engine moved the controllers' state it kept into
+                    // the machine's models: lines and messages reach them
+                    // until the next engines take over.
+                    self.chipset.intc.clear_forward();
                     // The device thread stands still too: no frame or disk
                     // request moves guest memory or a device's state while
                     // the work saves or loads them.
                     let hold = self.devices.as_ref().map(crate::device_manager::DeviceManager::hold_io);
-                    let mut stopped = Stopped {
-                        vcpus,
-                        paused: self.control.inner.lock().pause,
-                        engine_blocker: self.snapshot_blocker(kind),
-                    };
+                    let mut stopped = Stopped { vcpus, paused: self.control.inner.lock().pause };
                     op(self, &mut stopped);
                     drop(hold);
                     self.control.settle();
@@ -651,10 +652,10 @@ impl Machine {
         }
     }
 
-    /// Why the vCPUs of a run under `kind` cannot be saved or restored, if
-    /// they cannot: a guest wholly in KVM keeps its interrupt controllers
-    /// (and PIT) in KVM, whose state the saved state does not hold.
-    pub fn snapshot_blocker(&self, kind: EngineKind) -> Option<String> {
+    /// Why a debugger cannot stop the vCPUs of a run under `kind` at its
+    /// breakpoints, if it cannot: a guest wholly in KVM runs no instruction
+    /// outside KVM, so none can be stepped or stopped before.
+    pub fn debug_blocker(&self, kind: EngineKind) -> Option<String> {
         if kind != EngineKind::Kvm {
             return None;
         }
@@ -669,8 +670,8 @@ impl Machine {
             return None;
         }
         Some(
-            "the guest runs wholly in KVM, whose interrupt controllers and PIT hold state that saved states \
-             do not carry: use --accel jit or --accel interp, or split execution (--kvm-split on)"
+            "the guest runs wholly in KVM, which runs its instructions without stopping at a debugger's \
+             breakpoints or steps: use --accel jit or --accel interp, or split execution (--kvm-split on)"
                 .into(),
         )
     }
@@ -717,6 +718,7 @@ impl Machine {
             let mut engine = self.engine(kind, &ctx)?;
             if let Some(s) = states.and_then(|s| s.get(index as usize)) {
                 engine.set_state(s)?;
+                engine.load_chips()?;
             }
             if let Some(stops) = self.debug.stops_for(index) {
                 engine.set_debug(Some(stops))?;
@@ -785,6 +787,9 @@ impl Machine {
             self.pump_input();
             if let Some(op) = self.pause_point(vcpus)? {
                 let states = vcpus.iter_mut().map(|v| v.engine().state()).collect::<Result<Vec<_>, _>>()?;
+                for v in vcpus.iter_mut() {
+                    v.engine().save_chips()?;
+                }
                 return Ok(Outcome::Stopped(op, states));
             }
             // Paused and woken by a machine event (or one is pending): it is
@@ -1316,9 +1321,6 @@ pub struct Stopped {
     /// Whether the vCPUs were paused when the work was asked for; they
     /// stay so unless the work says otherwise ([`RunControl::set_pause`]).
     pub paused: bool,
-    /// Why this run's vCPUs cannot be saved or restored, if they cannot
-    /// ([`Machine::snapshot_blocker`]).
-    pub engine_blocker: Option<String>,
 }
 
 /// How one run of the vCPUs ended.

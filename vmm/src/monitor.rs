@@ -63,9 +63,6 @@ pub struct MachineBackend {
     /// The machine's drives: snapshots go inside its qcow2 disks when it
     /// has any the guest writes ([`crate::snapshot::qcow2`]).
     disks: Vec<crate::storage::WeakMachineDisk>,
-    /// Why this machine's engine cannot take part in snapshots or
-    /// migration, if it cannot ([`Machine::snapshot_blocker`]).
-    engine_blocker: Mutex<Option<String>>,
     /// The last migration, for `query-migrate`.
     migration: Arc<Mutex<crate::snapshot::live::Progress>>,
     /// How the next migration goes (`migrate-set-parameters`,
@@ -113,7 +110,6 @@ impl MachineBackend {
             stopped_as: Arc::new(Mutex::new("paused")),
             snapshots: Mutex::new(None),
             disks: machine.disks().iter().map(crate::storage::MachineDisk::downgrade).collect(),
-            engine_blocker: Mutex::new(None),
             migration: Arc::default(),
             migration_params: Mutex::new(crate::snapshot::live::Params::default()),
             migration_cancel: Arc::default(),
@@ -190,7 +186,6 @@ impl MachineBackend {
             }));
         }
         let parsed: crate::snapshot::MigrationUri = uri.parse().map_err(QmpError::generic)?;
-        self.check_engine("migration")?;
         {
             let mut mig = self.migration.lock();
             if mig.status == "active" {
@@ -258,22 +253,6 @@ impl MachineBackend {
         emit(&self.monitor, event);
     }
 
-    /// Tells why the engine the machine runs under cannot take part in
-    /// snapshots or migration ([`Machine::snapshot_blocker`]): those
-    /// commands are refused with it before the machine stops.
-    pub fn set_engine_blocker(&self, why: Option<String>) {
-        *self.engine_blocker.lock() = why;
-    }
-
-    /// Fails when the machine's engine cannot take part in snapshots or
-    /// migration.
-    fn check_engine(&self, what: &str) -> Result<(), QmpError> {
-        match &*self.engine_blocker.lock() {
-            Some(why) => Err(QmpError::generic(format!("{what} is not possible here: {why}"))),
-            None => Ok(()),
-        }
-    }
-
     /// Where snapshots go: inside the machine's qcow2 disks when the guest
     /// writes any, else the snapshot directory, or the error that asks for
     /// one.
@@ -309,7 +288,6 @@ impl MachineBackend {
 
     fn savevm(&self, name: &str) -> Result<Value, QmpError> {
         let place = self.snapshot_place("savevm")?;
-        self.check_engine("savevm")?;
         self.check_not_incoming()?;
         let report = match place {
             SnapshotPlace::Disks(_) => {
@@ -337,13 +315,9 @@ impl MachineBackend {
 
     fn loadvm(&self, name: &str) -> Result<Value, QmpError> {
         let place = self.snapshot_place("loadvm")?;
-        self.check_engine("loadvm")?;
         let name = name.to_string();
         let paused = match place {
             SnapshotPlace::Disks(_) => self.on_stopped_machine(move |m, s| {
-                if let Some(why) = &s.engine_blocker {
-                    return Err(format!("cannot restore into this machine: {why}"));
-                }
                 let disks = machine_snapshot_disks(m)?;
                 let r = crate::snapshot::qcow2::load(m, &disks, &name).map_err(|e| e.to_string())?;
                 tracing::info!(target: "vmm", "loadvm {name}: {:.3} s", r.took.as_secs_f64());
@@ -361,9 +335,6 @@ impl MachineBackend {
                     )));
                 }
                 self.on_stopped_machine(move |m, s| {
-                    if let Some(why) = &s.engine_blocker {
-                        return Err(format!("cannot restore into this machine: {why}"));
-                    }
                     let r = crate::snapshot::restore_from(m, &path).map_err(|e| e.to_string())?;
                     s.vcpus = r.vcpus;
                     let paused = r.run_state == crate::snapshot::RunState::Paused;
@@ -442,7 +413,6 @@ impl MachineBackend {
     fn migrate(&self, uri: &str) -> Result<Value, QmpError> {
         use crate::snapshot::live::{self, Progress};
         let uri: crate::snapshot::MigrationUri = uri.parse().map_err(QmpError::generic)?;
-        self.check_engine("migration")?;
         self.check_not_incoming()?;
         for d in self.disks()? {
             let Some(shared) = &d.disk else { continue };

@@ -297,9 +297,6 @@ impl Machine {
 
     /// The saved state of this stopped machine, its vCPUs in `stopped`.
     pub fn capture(&self, stopped: &Stopped) -> Result<SavedState, SnapshotError> {
-        if let Some(why) = &stopped.engine_blocker {
-            return Err(SnapshotError::Refused(format!("cannot save this machine: {why}")));
-        }
         let machine = self.save();
         Ok(SavedState {
             shape: shape_of(&self.config, &machine),

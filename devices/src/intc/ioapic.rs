@@ -163,6 +163,35 @@ pub struct IoApicState {
     pub lines: u32,
 }
 
+impl IoApicState {
+    /// The state of an I/O APIC whose registers a hypervisor gives: APIC ID
+    /// `id` (0..=15), IOREGSEL `regsel` and the redirection entries, with
+    /// the read-only delivery-status bit and reserved bits dropped and an
+    /// edge entry's remote IRR cleared. The input lines are left low; the
+    /// controller that takes the state sets them from its sources.
+    pub fn from_registers(id: u32, regsel: u8, redirection: &[u64; IOAPIC_NUM_PINS]) -> Self {
+        let redirection = redirection.map(|e| {
+            let e = e & (RTE_WRITABLE | RTE_REMOTE_IRR);
+            if e & RTE_LEVEL == 0 {
+                e & !RTE_REMOTE_IRR
+            } else {
+                e
+            }
+        });
+        Self { id: (id << ID_SHIFT) & ID_MASK, regsel, redirection, lines: 0 }
+    }
+
+    /// The APIC ID (0..=15), unshifted.
+    pub fn apic_id(&self) -> u32 {
+        (self.id & ID_MASK) >> ID_SHIFT
+    }
+
+    /// Whether pin `pin`'s entry is level-triggered.
+    pub fn level_triggered(&self, pin: usize) -> bool {
+        self.redirection.get(pin).is_some_and(|e| e & RTE_LEVEL != 0)
+    }
+}
+
 /// The I/O APIC core. Delivery goes through a callback that returns whether
 /// a local APIC accepted the message.
 #[derive(Debug)]

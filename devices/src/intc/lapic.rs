@@ -299,6 +299,174 @@ pub struct LapicState {
     pub extint_pending: bool,
 }
 
+/// The timer arithmetic, on the state alone.
+impl LapicState {
+    /// The LVT timer's mode.
+    pub fn timer_mode(&self) -> TimerMode {
+        match (self.lvt[LVT_TIMER] & LVT_TIMER_MODE) >> LVT_TIMER_MODE_SHIFT {
+            0b01 => TimerMode::Periodic,
+            0b10 => TimerMode::TscDeadline,
+            // 0b11 is reserved; it counts as one-shot.
+            _ => TimerMode::OneShot,
+        }
+    }
+
+    fn divisor(&self) -> u64 {
+        let v = self.timer_divide;
+        let code = ((v & 0b1000) >> 1) | (v & 0b11);
+        if code == 0b111 {
+            1
+        } else {
+            2 << code
+        }
+    }
+
+    /// Timer counts elapsed since the timer was started.
+    fn elapsed_counts(&self, now: u64) -> u64 {
+        let since = ticks_in(now.saturating_sub(self.timer_start_ns), APIC_TIMER_HZ) / self.divisor();
+        self.timer_start_count.saturating_add(since)
+    }
+
+    /// The clock time at which the elapsed counts reach `count`.
+    fn time_of_count(&self, count: u64) -> u64 {
+        let counts = count.saturating_sub(self.timer_start_count);
+        let ticks = counts.saturating_mul(self.divisor());
+        self.timer_start_ns.saturating_add(ns_for_ticks(ticks, APIC_TIMER_HZ))
+    }
+
+    /// The current-count register at clock time `now`.
+    pub fn current_count(&self, now: u64) -> u32 {
+        let initial = u64::from(self.timer_initial);
+        if initial == 0 || self.timer_mode() == TimerMode::TscDeadline {
+            return 0;
+        }
+        let elapsed = self.elapsed_counts(now);
+        let count = match self.timer_mode() {
+            TimerMode::Periodic => initial - elapsed % initial,
+            _ => initial.saturating_sub(elapsed),
+        };
+        u32::try_from(count).unwrap_or(u32::MAX)
+    }
+
+    /// Sets the timer so that its current-count register reads `current`
+    /// at clock time `now` (a one-shot count of 0 has expired; a periodic
+    /// one starts a new period).
+    pub fn set_current_count(&mut self, now: u64, current: u32) {
+        self.timer_start_ns = now;
+        self.timer_start_count = 0;
+        self.timer_next_ns = None;
+        let initial = self.timer_initial;
+        if initial == 0 || self.timer_mode() == TimerMode::TscDeadline {
+            return;
+        }
+        let current = current.min(initial);
+        match self.timer_mode() {
+            TimerMode::OneShot if current == 0 => self.timer_start_count = u64::from(initial),
+            TimerMode::Periodic if current == 0 => {
+                self.timer_next_ns = Some(self.time_of_count(u64::from(initial)));
+            }
+            _ => {
+                self.timer_start_count = u64::from(initial - current);
+                self.timer_next_ns = Some(self.time_of_count(u64::from(initial)));
+            }
+        }
+    }
+
+    /// The state of a local APIC whose registers are the xAPIC register
+    /// page `page` (register `r` at byte `r`, little-endian, 1 KiB; the
+    /// current-count register as read at clock time `now`), with
+    /// IA32_APIC_BASE `apic_base` and IA32_TSC_DEADLINE `tsc_deadline`, as
+    /// a hypervisor's in-kernel APIC gives it. Reserved and read-only bits
+    /// are dropped; `None` for a page shorter than 1 KiB.
+    pub fn from_register_page(page: &[u8], apic_base: u64, tsc_deadline: u64, now: u64) -> Option<LapicState> {
+        let reg = |r: u32| -> Option<u32> {
+            let at = usize::try_from(r).ok()?;
+            let b = page.get(at..at + 4)?;
+            Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let block = |first: u32| -> Option<[u32; 8]> {
+            let mut out = [0u32; 8];
+            for (i, w) in out.iter_mut().enumerate() {
+                *w = reg(first + 0x10 * i as u32)?;
+            }
+            // Vectors 0-15 are illegal.
+            out[0] &= !0xffff;
+            Some(out)
+        };
+        let x2apic = apic_base & APIC_BASE_ENABLE != 0 && apic_base & APIC_BASE_EXTD != 0;
+        let mut lvt = [0u32; LVT_COUNT];
+        for (i, (v, writable)) in lvt.iter_mut().zip(LVT_WRITABLE).enumerate() {
+            *v = reg(REG_LVT_TIMER + 0x10 * i as u32)? & writable;
+        }
+        let mut s = LapicState {
+            apic_base: apic_base & (APIC_BASE_WRITABLE | APIC_BASE_BSP),
+            id: reg(REG_ID)? & LDR_XAPIC_MASK,
+            tpr: reg(REG_TPR)? & TPR_MASK,
+            // In x2APIC mode the LDR follows from the ID.
+            ldr: if x2apic { 0 } else { reg(REG_LDR)? & LDR_XAPIC_MASK },
+            dfr: reg(REG_DFR)? | DFR_RESERVED_ONES,
+            svr: reg(REG_SVR)? & SVR_WRITABLE,
+            isr: block(REG_ISR_FIRST)?,
+            tmr: block(REG_TMR_FIRST)?,
+            irr: block(REG_IRR_FIRST)?,
+            esr: reg(REG_ESR)? & ESR_KNOWN,
+            esr_pending: 0,
+            icr: ((u64::from(reg(REG_ICR_HIGH)?) << 32) | u64::from(reg(REG_ICR_LOW)?)) & ICR_KEPT,
+            lvt,
+            timer_initial: reg(REG_TIMER_INITIAL)?,
+            timer_divide: reg(REG_TIMER_DIVIDE)? & DIVIDE_WRITABLE,
+            timer_start_ns: now,
+            timer_start_count: 0,
+            timer_next_ns: None,
+            tsc_deadline: 0,
+            nmi_pending: false,
+            extint_pending: false,
+        };
+        if s.timer_mode() == TimerMode::TscDeadline {
+            s.timer_initial = 0;
+            s.tsc_deadline = tsc_deadline;
+        } else {
+            s.set_current_count(now, reg(REG_TIMER_CURRENT)?);
+        }
+        Some(s)
+    }
+
+    /// Writes the registers into the xAPIC register page `page` (as
+    /// [`LapicState::from_register_page`] reads it; the registers the
+    /// state does not hold, such as the version, are left as they are),
+    /// the current count as at clock time `now`. Returns false, writing
+    /// nothing, for a page shorter than 1 KiB.
+    pub fn to_register_page(&self, page: &mut [u8], now: u64) -> bool {
+        if page.len() < 0x400 {
+            return false;
+        }
+        let mut set = |r: u32, v: u32| {
+            let at = r as usize;
+            page[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        };
+        set(REG_ID, self.id);
+        set(REG_TPR, self.tpr);
+        set(REG_LDR, self.ldr);
+        set(REG_DFR, self.dfr);
+        set(REG_SVR, self.svr);
+        for i in 0..8u32 {
+            set(REG_ISR_FIRST + 0x10 * i, self.isr[i as usize]);
+            set(REG_TMR_FIRST + 0x10 * i, self.tmr[i as usize]);
+            set(REG_IRR_FIRST + 0x10 * i, self.irr[i as usize]);
+        }
+        set(REG_ESR, self.esr);
+        set(REG_ICR_LOW, self.icr as u32);
+        set(REG_ICR_HIGH, (self.icr >> 32) as u32);
+        for (i, v) in self.lvt.iter().enumerate() {
+            set(REG_LVT_TIMER + 0x10 * i as u32, *v);
+        }
+        set(REG_TIMER_INITIAL, self.timer_initial);
+        set(REG_TIMER_CURRENT, self.current_count(now));
+        set(REG_TIMER_DIVIDE, self.timer_divide);
+        true
+    }
+}
+
 /// One CPU's local APIC.
 #[derive(Debug)]
 pub struct LocalApic {
@@ -658,48 +826,25 @@ impl LocalApic {
 
     /// The LVT timer's mode.
     pub fn timer_mode(&self) -> TimerMode {
-        match (self.s.lvt[LVT_TIMER] & LVT_TIMER_MODE) >> LVT_TIMER_MODE_SHIFT {
-            0b01 => TimerMode::Periodic,
-            0b10 => TimerMode::TscDeadline,
-            // 0b11 is reserved; it counts as one-shot.
-            _ => TimerMode::OneShot,
-        }
+        self.s.timer_mode()
     }
 
     fn divisor(&self) -> u64 {
-        let v = self.s.timer_divide;
-        let code = ((v & 0b1000) >> 1) | (v & 0b11);
-        if code == 0b111 {
-            1
-        } else {
-            2 << code
-        }
+        self.s.divisor()
     }
 
     /// Timer counts elapsed since the timer was started.
     fn elapsed_counts(&self, now: u64) -> u64 {
-        let since = ticks_in(now.saturating_sub(self.s.timer_start_ns), APIC_TIMER_HZ) / self.divisor();
-        self.s.timer_start_count.saturating_add(since)
+        self.s.elapsed_counts(now)
     }
 
     /// The clock time at which the elapsed counts reach `count`.
     fn time_of_count(&self, count: u64) -> u64 {
-        let counts = count.saturating_sub(self.s.timer_start_count);
-        let ticks = counts.saturating_mul(self.divisor());
-        self.s.timer_start_ns.saturating_add(ns_for_ticks(ticks, APIC_TIMER_HZ))
+        self.s.time_of_count(count)
     }
 
     fn current_count(&self, now: u64) -> u32 {
-        let initial = u64::from(self.s.timer_initial);
-        if initial == 0 || self.timer_mode() == TimerMode::TscDeadline {
-            return 0;
-        }
-        let elapsed = self.elapsed_counts(now);
-        let count = match self.timer_mode() {
-            TimerMode::Periodic => initial - elapsed % initial,
-            _ => initial.saturating_sub(elapsed),
-        };
-        u32::try_from(count).unwrap_or(u32::MAX)
+        self.s.current_count(now)
     }
 
     fn start_timer(&mut self, now: u64) {

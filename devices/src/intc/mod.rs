@@ -766,6 +766,73 @@ impl InterruptController {
         *self.msi_forward.write() = Some(Arc::from(forward));
     }
 
+    /// Ends [`InterruptController::set_forward`] and
+    /// [`InterruptController::set_msi_forward`]: lines and messages reach
+    /// the emulated controllers again (the in-kernel ones went, and their
+    /// state is here now).
+    pub fn clear_forward(&self) {
+        *self.forward.write() = None;
+        *self.msi_forward.write() = None;
+    }
+
+    /// Replaces the 8259A pair's and the I/O APIC's state with the state
+    /// of the controllers that stood in for them (a hypervisor's). Their
+    /// input lines are set from the sources kept here, which stay as they
+    /// are. The whole state is checked first; on an error nothing changes.
+    pub fn set_chip_state(&self, mut pic: PicState, mut ioapic: IoApicState) -> Result<(), PersistError> {
+        self.with(|inner, _, _| {
+            let mut state = inner.save();
+            let line = |input: usize| state.sources[input] != 0;
+            for irq in (0..NUM_ISA_IRQS).filter(|&i| i != usize::from(CASCADE_IRQ)) {
+                let chip = if irq < 8 { &mut pic.master } else { &mut pic.slave };
+                let bit = 1u8 << (irq % 8);
+                if line(irq) {
+                    chip.lines |= bit;
+                } else {
+                    chip.lines &= !bit;
+                }
+            }
+            let mut pair = PicPair::new();
+            pair.load_state(&pic);
+            let mut lines = 0u32;
+            for pin in 0..IOAPIC_NUM_PINS {
+                let on = match pin {
+                    PIC_INTR_IOAPIC_PIN => pair.output(),
+                    IRQ0_IOAPIC_PIN => line(0),
+                    _ => line(pin),
+                };
+                lines |= u32::from(on) << pin;
+            }
+            ioapic.lines = lines;
+            state.pic = pic;
+            state.ioapic = ioapic;
+            inner.check_state(&state)?;
+            inner.load_state(&state);
+            Ok(())
+        })
+    }
+
+    /// CPU `cpu`'s local APIC and start-up state, `None` past the last CPU.
+    pub fn cpu_state(&self, cpu: usize) -> Option<(LapicState, CpuStartupState)> {
+        let inner = self.inner.lock();
+        Some((inner.lapics.get(cpu)?.save(), *inner.cpus.get(cpu)?))
+    }
+
+    /// Replaces CPU `cpu`'s local APIC and start-up state (with those of
+    /// the APIC that stood in for it). The whole state is checked first;
+    /// on an error nothing changes.
+    pub fn set_cpu_state(&self, cpu: usize, lapic: LapicState, startup: CpuStartupState) -> Result<(), PersistError> {
+        self.with(|inner, _, _| {
+            let mut state = inner.save();
+            PersistError::check(cpu < state.lapics.len(), PART, "lapics", || format!("there is no CPU {cpu}"))?;
+            state.lapics[cpu] = lapic;
+            state.cpus[cpu] = startup;
+            inner.check_state(&state)?;
+            inner.load_state(&state);
+            Ok(())
+        })
+    }
+
     /// A line driving input `irq`: 0-15 are ISA IRQs (8259A input `irq` and
     /// I/O APIC pin `irq`, IRQ0 on pin 2), 16-23 are I/O APIC pins only, as
     /// GSIs. Each call adds one source; the input is asserted while any
@@ -1060,11 +1127,33 @@ struct ControllerLine {
     source: u32,
 }
 
+impl ControllerLine {
+    /// Records this source's level and returns the input's level (the OR
+    /// of its sources) when it changed: with the controllers forwarded,
+    /// the sources are still kept here, so the forwarded input is their OR
+    /// and a saved state has them.
+    fn record(&self, level: bool) -> Option<bool> {
+        let mut inner = self.intc.inner.lock();
+        let bit = 1u64 << self.source.min(MAX_SOURCES - 1);
+        let sources = &mut inner.sources[self.input];
+        let before = *sources != 0;
+        if level {
+            *sources |= bit;
+        } else {
+            *sources &= !bit;
+        }
+        let after = *sources != 0;
+        (before != after).then_some(after)
+    }
+}
+
 impl IrqLine for ControllerLine {
     fn set_level(&self, level: bool) {
         let forward = self.intc.forward.read().clone();
         if let Some(f) = forward {
-            f(self.input as u32, level);
+            if let Some(input) = self.record(level) {
+                f(self.input as u32, input);
+            }
             return;
         }
         self.intc.with(|inner, _, logs| inner.set_input(self.input, self.source, level, &logs.general));
@@ -1073,8 +1162,12 @@ impl IrqLine for ControllerLine {
     fn pulse(&self) {
         let forward = self.intc.forward.read().clone();
         if let Some(f) = forward {
-            f(self.input as u32, true);
-            f(self.input as u32, false);
+            // An edge only where no other source holds the input high.
+            if self.record(true) == Some(true) {
+                f(self.input as u32, true);
+                self.record(false);
+                f(self.input as u32, false);
+            }
             return;
         }
         self.intc.with(|inner, _, logs| {

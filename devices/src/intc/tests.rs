@@ -1041,3 +1041,46 @@ fn corrupt_start_up_states_are_refused() {
     assert_eq!(target.save(), good, "a refused restore changes nothing");
     assert!(target.interrupt_pending(1));
 }
+
+#[test]
+fn forwarded_lines_keep_their_sources_and_forward_the_input_level() {
+    let m = Machine::new();
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    m.intc.set_forward(Box::new(move |irq, level| s.lock().push((irq, level))));
+    let (a, b) = (m.intc.irq_line(11), m.intc.irq_line(11));
+    a.set_level(true);
+    b.set_level(true);
+    a.set_level(false);
+    assert_eq!(*seen.lock(), [(11, true)], "the input stays high while a source holds it");
+    b.set_level(false);
+    assert_eq!(*seen.lock(), [(11, true), (11, false)]);
+    a.set_level(true);
+    // Handed back: the forwarded controllers' state, with the lines the
+    // sources drive.
+    m.intc.clear_forward();
+    let state = m.intc.save();
+    assert_eq!(state.sources[11], 1);
+    let mut ioapic = state.ioapic.clone();
+    ioapic.lines = 0;
+    m.intc.set_chip_state(state.pic, ioapic).expect("a state the controller takes");
+    let after = m.intc.save();
+    assert_eq!(after.ioapic.lines & (1 << 11), 1 << 11, "pin 11 follows its source");
+    assert_eq!(after.pic.slave.lines & (1 << 3), 1 << 3, "IRQ11 on the slave too");
+    // Not forwarded any more: the emulated controllers see the line.
+    let len = seen.lock().len();
+    a.set_level(false);
+    assert_eq!(seen.lock().len(), len);
+    assert_eq!(m.intc.save().ioapic.lines & (1 << 11), 0);
+}
+
+#[test]
+fn a_cpu_state_that_fails_the_checks_changes_nothing() {
+    let m = Machine::new();
+    let (lapic, startup) = m.intc.cpu_state(0).expect("CPU 0");
+    let mut bad = lapic.clone();
+    bad.irr[0] = 1; // vector 0 is illegal
+    assert!(m.intc.set_cpu_state(0, bad, startup).is_err());
+    assert_eq!(m.intc.cpu_state(0), Some((lapic.clone(), startup)));
+    assert!(m.intc.set_cpu_state(5, lapic, startup).is_err(), "no such CPU");
+}

@@ -402,6 +402,16 @@ impl Pit {
         }
     }
 
+    /// The state of [`Pit::new`]'s PIT: no counter programmed, counter 2's
+    /// gate low.
+    pub fn power_on_state() -> PitState {
+        PitState {
+            channels: [Channel::new(true).s, Channel::new(true).s, Channel::new(false).s],
+            port_b: 0,
+            refresh: false,
+        }
+    }
+
     /// The ranges the PIT answers on: 0x40-0x43 and port 0x61.
     pub fn bus_mappings(pit: &SharedDevice) -> Vec<BusMapping> {
         vec![

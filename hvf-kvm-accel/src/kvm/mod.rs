@@ -17,6 +17,7 @@
 //! guest memory's own. A slot deleted or split meanwhile ([`Vm::hide`],
 //! [`Vm::protect`]) and the VM as it goes hand their bitmaps over first.
 
+pub mod chips;
 pub mod cpuid;
 pub mod exit;
 mod kick;

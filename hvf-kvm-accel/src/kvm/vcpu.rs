@@ -176,6 +176,11 @@ impl KvmVcpu {
         })
     }
 
+    /// Where the VM keeps its interrupt controllers.
+    pub(super) fn irqchip(&self) -> IrqChip {
+        self.shared.irqchip
+    }
+
     /// The vCPU's number (its APIC ID).
     pub fn id(&self) -> u32 {
         self.id

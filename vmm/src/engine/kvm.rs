@@ -17,19 +17,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cpu::{Cpu, CpuState, StopReason};
+use devices::intc::InterruptController;
+use devices::legacy::pit::Pit;
 use hvf_kvm_accel::fallback::{emulate_one, Emulated};
+use hvf_kvm_accel::kvm::KvmVcpu;
 use hvf_kvm_accel::{IrqChip, Vcpu, VcpuKicker, Vm, VmExit};
+use persist::Persist;
 
 use super::alarm::Alarm;
 use super::io::DeadlineWatch;
 use super::{clock_ns_at, Engine, EngineContext, EngineStats, Exit, Kicker, MachineIo, Slice};
 use crate::config::KvmPit;
 use crate::error::Error;
+use devices::intc::lapic::LapicState;
+
+use super::kvm_chips;
 
 /// What the vCPUs of one guest in KVM share: the VM, its message irqfds
 /// and the virtio doorbells attached to it.
 pub struct KvmShared<'m> {
     vm: Arc<dyn Vm>,
+    /// The same VM, for what the trait does not cover (its in-kernel
+    /// interrupt controllers' state).
+    kvm: Arc<hvf_kvm_accel::kvm::KvmVm>,
     msi: Option<Arc<hvf_kvm_accel::irqfd::MsiIrqfds>>,
     /// Detaches the virtio doorbells from KVM when the VM goes.
     doorbells: Option<crate::device_manager::AttachedDoorbells<'m>>,
@@ -46,8 +56,12 @@ pub struct KvmEngine<'m> {
     clock: devices::clock::SharedClock,
     shared: Arc<KvmShared<'m>>,
     vm: Arc<dyn Vm>,
-    vcpu: Box<dyn Vcpu>,
+    vcpu: KvmVcpu,
     io: MachineIo,
+    /// The machine's interrupt controllers and PIT, which hold the state of
+    /// KVM's while no VM runs the guest ([`Engine::save_chips`]).
+    intc: Arc<InterruptController>,
+    pit: Arc<parking_lot::Mutex<Pit>>,
     watch: Arc<DeadlineWatch>,
     /// Runs the instructions KVM cannot, on the same buses.
     fallback: Cpu,
@@ -101,10 +115,10 @@ impl<'m> KvmShared<'m> {
         kvm.set_avx(avx);
         let t = m.config.topology;
         kvm.set_topology(hvf_kvm_accel::kvm::cpuid::Topology { threads: t.threads, cores: t.cores });
-        let kvm_vm = kvm.create_kvm_vm(m.mem.clone())?;
+        let kvm_vm = Arc::new(kvm.create_kvm_vm(m.mem.clone())?);
         let missing = hvf_kvm_accel::kvm::cpuid::missing_v3(kvm_vm.cpuid());
         let model_line = model_under_kvm(model, &missing, emulated_cpl0);
-        let vm: Arc<dyn Vm> = Arc::new(kvm_vm);
+        let vm: Arc<dyn Vm> = kvm_vm.clone();
         let in_kernel = matches!(vm.irqchip(), IrqChip::InKernel { .. });
         let intc = &m.intc;
         let mut msi = None;
@@ -140,7 +154,7 @@ impl<'m> KvmShared<'m> {
                 v.set_ioeventfd(fd, addr, site.len, site.datamatch, attach).map_err(|e| e.to_string())
             }))
         });
-        Ok(Arc::new(KvmShared { vm, msi, doorbells, avx, model_line }))
+        Ok(Arc::new(KvmShared { vm, kvm: kvm_vm, msi, doorbells, avx, model_line }))
     }
 }
 
@@ -162,7 +176,7 @@ impl<'m> KvmEngine<'m> {
                 "several vCPUs under KVM need KVM's interrupt controllers, which this host's KVM does not offer".into(),
             ));
         }
-        let mut vcpu = vm.create_vcpu(m.config.topology.apic_id(m.index))?;
+        let mut vcpu = shared.kvm.create_kvm_vcpu(m.config.topology.apic_id(m.index))?;
         if m.index == 0 || !in_kernel {
             vcpu.set_state(&m.boot_state)?;
         }
@@ -184,6 +198,8 @@ impl<'m> KvmEngine<'m> {
             vm,
             vcpu,
             io,
+            intc: m.intc.clone(),
+            pit: m.pit.clone(),
             watch,
             fallback,
             emulated: BTreeMap::new(),
@@ -217,7 +233,7 @@ impl<'m> KvmEngine<'m> {
 
     /// Run the instruction KVM could not in the interpreter.
     fn emulate(&mut self) -> Result<Exit, Error> {
-        Ok(match emulate_one(&mut *self.vcpu, &mut self.fallback)? {
+        Ok(match emulate_one(&mut self.vcpu, &mut self.fallback)? {
             Emulated::Ran { mnemonic, stop, took } => {
                 *self.emulated.entry(mnemonic).or_default() += 1;
                 self.fallback_time += took;
@@ -291,6 +307,85 @@ impl Engine for KvmEngine<'_> {
 
     fn inject_nmi(&mut self) -> Result<(), Error> {
         Ok(self.vcpu.inject_nmi()?)
+    }
+
+    fn save_chips(&mut self) -> Result<(), Error> {
+        let Some(regs) = self.vcpu.lapic()? else { return Ok(()) };
+        let cpu = self.index as usize;
+        let state = self.vcpu.get_state()?;
+        let now = self.clock.now_ns();
+        let chip_error = |what: &str, e: persist::PersistError| {
+            Error::Accel(format!("KVM's {what} does not fit the machine's model: {e}"))
+        };
+        let lapic = LapicState::from_register_page(&regs.page, state.msr.apic_base, regs.tsc_deadline, now)
+            .ok_or_else(|| Error::Accel("KVM's local APIC page is short".into()))?;
+        let startup = kvm_chips::startup_from_kvm(regs.mp_state, cpu == 0);
+        self.intc.set_cpu_state(cpu, lapic, startup).map_err(|e| chip_error("local APIC", e))?;
+        if cpu != 0 {
+            return Ok(());
+        }
+        let Some(chips) = self.shared.kvm.chips()? else { return Ok(()) };
+        let model = self.intc.save();
+        let pic = kvm_chips::pics_from_kvm(&chips.pic, &model.pic);
+        self.intc
+            .set_chip_state(pic, kvm_chips::ioapic_from_kvm(&chips.ioapic))
+            .map_err(|e| chip_error("8259A pair or I/O APIC", e))?;
+        if let Some(kpit) = &chips.pit {
+            let mut pit = self.pit.lock();
+            let state = kvm_chips::pit_from_kvm(kpit, &pit.save(), now);
+            pit.restore(&state).map_err(|e| chip_error("PIT", e))?;
+        }
+        Ok(())
+    }
+
+    fn load_chips(&mut self) -> Result<(), Error> {
+        let Some(mut regs) = self.vcpu.lapic()? else { return Ok(()) };
+        let cpu = self.index as usize;
+        let now = self.clock.now_ns();
+        let (mut lapic, startup) =
+            self.intc.cpu_state(cpu).ok_or_else(|| Error::Accel(format!("the machine has no CPU {cpu}")))?;
+        // IA32_APIC_BASE first: KVM reads the page in the mode it sets.
+        let mut state = self.vcpu.get_state()?;
+        state.msr.apic_base = lapic.apic_base;
+        self.vcpu
+            .set_state(&state)
+            .map_err(|e| Error::Accel(format!("IA32_APIC_BASE {:#x} of CPU {cpu}: {e}", lapic.apic_base)))?;
+        if !lapic.to_register_page(&mut regs.page, now) {
+            return Err(Error::Accel("KVM's local APIC page is short".into()));
+        }
+        regs.tsc_deadline = lapic.tsc_deadline;
+        regs.mp_state = kvm_chips::startup_to_kvm(&startup, state.halted != 0, cpu);
+        self.vcpu.set_lapic(&regs)?;
+        if lapic.nmi_pending {
+            self.vcpu.inject_nmi()?;
+        }
+        // The model's timer stands while KVM's runs the guest's.
+        lapic.timer_initial = 0;
+        lapic.timer_next_ns = None;
+        lapic.tsc_deadline = 0;
+        lapic.nmi_pending = false;
+        lapic.extint_pending = false;
+        self.intc
+            .set_cpu_state(cpu, lapic, startup)
+            .map_err(|e| Error::Accel(format!("the machine's local APIC {cpu}: {e}")))?;
+        if cpu != 0 {
+            return Ok(());
+        }
+        let Some(mut chips) = self.shared.kvm.chips()? else { return Ok(()) };
+        let model = self.intc.save();
+        chips.pic = [
+            kvm_chips::pic_to_kvm(&model.pic.master, &chips.pic[0]),
+            kvm_chips::pic_to_kvm(&model.pic.slave, &chips.pic[1]),
+        ];
+        chips.ioapic = kvm_chips::ioapic_to_kvm(&model.ioapic);
+        if let Some(kpit) = &mut chips.pit {
+            let mut pit = self.pit.lock();
+            *kpit = kvm_chips::pit_to_kvm(&pit.save(), kpit, now);
+            // KVM's PIT raises IRQ0 now; the model's stands.
+            pit.restore(&Pit::power_on_state()).map_err(|e| Error::Accel(format!("the machine's PIT: {e}")))?;
+        }
+        self.shared.kvm.set_chips(&chips)?;
+        Ok(())
     }
 
     fn set_exclusive(&mut self, run: cpu::ExclusiveFn) {

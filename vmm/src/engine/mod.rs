@@ -43,6 +43,8 @@ pub mod kernel_code;
 #[cfg(target_os = "linux")]
 pub mod kvm;
 #[cfg(target_os = "linux")]
+pub mod kvm_chips;
+#[cfg(target_os = "linux")]
 pub mod split;
 #[cfg(target_os = "linux")]
 pub mod split_policy;
@@ -79,6 +81,8 @@ pub struct EngineContext<'m> {
     /// The timer devices, for engines that must stop when a device write
     /// brings a deadline forward.
     pub timers: Timers,
+    /// The machine's PIT, which KVM's in-kernel one replaces when it has it.
+    pub pit: Arc<parking_lot::Mutex<devices::legacy::pit::Pit>>,
     /// The PCI devices with doorbells an engine may attach to (KVM's
     /// ioeventfds), when there are any.
     pub devices: Option<&'m DeviceManager>,
@@ -195,6 +199,23 @@ pub trait Engine {
 
     /// Raise a non-maskable interrupt for the guest.
     fn inject_nmi(&mut self) -> Result<(), Error>;
+
+    /// The run stopped for work on the whole machine: moves the interrupt
+    /// controllers' state that only the engine holds (KVM's in-kernel local
+    /// APIC; with vCPU 0, also the PIC pair, the I/O APIC and the PIT) into
+    /// the machine's models, which saved states carry and the next engines
+    /// take ([`crate::engine::kvm_chips`]). Engines that use the machine's
+    /// own controllers have nothing to move.
+    fn save_chips(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// The engine goes on from a state ([`Engine::set_state`] done): moves
+    /// the machine's models of the controllers the engine keeps itself into
+    /// it, the reverse of [`Engine::save_chips`].
+    fn load_chips(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
 
     /// Arm (with `None`, disarm) a debugger's breakpoints and single step
     /// ([`crate::gdb`]), after the state is set: the run then returns

@@ -248,6 +248,7 @@ impl Machine {
         let mut bsp = make(&ctx)?;
         if let Some(s) = states.and_then(|s| s.first()) {
             bsp.set_state(s)?;
+            bsp.load_chips()?;
         }
         if let Some(stops) = self.debug.stops_for(0) {
             bsp.set_debug(Some(stops))?;
@@ -273,6 +274,7 @@ impl Machine {
                             e.set_exclusive(exclusive.clone());
                             if let Some(s) = &state {
                                 e.set_state(s)?;
+                                e.load_chips()?;
                             }
                             if let Some(stops) = self.debug.stops_for(index) {
                                 e.set_debug(Some(stops))?;
@@ -470,7 +472,9 @@ impl Machine {
             }
         }
         let Some(mut e) = engine else { return (None, vec![format!("cpu {index}: failed")], None) };
-        let state = e.state().ok();
+        // The state, and the controllers' state the engine kept, for a
+        // stop for work on the whole machine.
+        let state = e.state().and_then(|s| e.save_chips().map(|()| s)).ok();
         let st = e.stats(start.elapsed());
         let mut lines: Vec<String> = st.lines.into_iter().map(|l| format!("cpu {index}: {l}")).collect();
         if machine_apic {

@@ -21,7 +21,7 @@ fn machine() -> Machine {
 fn ran_state() -> (Machine, SavedState) {
     let m = machine();
     m.run(EngineKind::Interp).expect("the run");
-    let stopped = Stopped { vcpus: vec![CpuState::reset()], paused: true, engine_blocker: None };
+    let stopped = Stopped { vcpus: vec![CpuState::reset()], paused: true };
     let s = m.capture(&stopped).expect("a state");
     (m, s)
 }
@@ -162,7 +162,7 @@ fn live_stream(state: &SavedState, ram_size: u64) -> Vec<u8> {
 #[test]
 fn the_migration_stream_fuzz_entry_refuses_damage_without_panicking() {
     let mut src = small_machine().unwrap();
-    let stopped = Stopped { vcpus: vec![CpuState::reset()], paused: true, engine_blocker: None };
+    let stopped = Stopped { vcpus: vec![CpuState::reset()], paused: true };
     let state = src.capture(&stopped).unwrap();
     let ram = src.mem.ram_size();
     let good = live_stream(&state, ram);
@@ -203,7 +203,7 @@ fn ram_goes_through_a_sparse_image_and_a_stream() {
     src.mem.write(0x30_0000, b"page one").unwrap();
     src.mem.write(0x3f_f000, &[0xaa; 4096]).unwrap();
     let dir = std::env::temp_dir().join(format!("ferrovm-snapshot-test-{}", std::process::id()));
-    let stopped = Stopped { vcpus: vec![CpuState::reset()], paused: false, engine_blocker: None };
+    let stopped = Stopped { vcpus: vec![CpuState::reset()], paused: false };
     let report = save_to(&src, &stopped, &dir.join("one")).unwrap();
     assert_eq!(report.ram.total, 64 << 20);
     assert!(report.ram.written < 8 << 20, "zero pages skipped: {:?}", report.ram);
@@ -371,7 +371,7 @@ fn disk_read(m: &Machine, len: usize, offset: u64) -> Vec<u8> {
 }
 
 fn stopped() -> Stopped {
-    Stopped { vcpus: vec![CpuState::reset()], paused: false, engine_blocker: None }
+    Stopped { vcpus: vec![CpuState::reset()], paused: false }
 }
 
 #[test]

@@ -475,3 +475,46 @@ fn corrupt_states_are_refused_field_by_field() {
         assert_eq!(e.field, field, "{e}");
     }
 }
+
+#[test]
+fn the_register_page_carries_the_state_and_the_running_timer() {
+    let mut a = apic();
+    wr(&mut a, REG_TPR, 0x20, 0);
+    wr(&mut a, REG_TIMER_DIVIDE, 0b0011, 0); // divide by 16
+    wr(&mut a, REG_LVT_TIMER, 0xec | (1 << 17), 1_000); // periodic
+    wr(&mut a, REG_TIMER_INITIAL, 1_000, 1_000);
+    let s = a.save();
+    let now = 1_000 + 1_600; // 100 counts in
+    let mut page = [0u8; 0x400];
+    // A register the state does not hold is left alone.
+    page[REG_VERSION as usize..REG_VERSION as usize + 4].copy_from_slice(&0x0005_0014u32.to_le_bytes());
+    assert!(s.to_register_page(&mut page, now));
+    let reg = |r: u32| u32::from_le_bytes(page[r as usize..r as usize + 4].try_into().unwrap());
+    assert_eq!((reg(REG_TPR), reg(REG_TIMER_CURRENT), reg(REG_VERSION)), (0x20, 900, 0x0005_0014));
+    // Read back 5 us later on another clock: the count goes on from 900.
+    let later = 50_000;
+    let back = LapicState::from_register_page(&page, s.apic_base, 0, later).expect("a whole page");
+    assert_eq!(back.current_count(later), 900);
+    assert_eq!(back.current_count(later + 16 * 400), 500);
+    assert_eq!(back.timer_next_ns, Some(later + 16 * 900));
+    assert_eq!((back.tpr, back.lvt, back.svr, back.timer_divide), (s.tpr, s.lvt, s.svr, s.timer_divide));
+    LocalApic::check_state(&back).expect("a state the APIC takes");
+    // Read-only and reserved bits a page may hold are dropped.
+    let mut page2 = page;
+    page2[REG_ICR_LOW as usize + 1] |= 0x10; // delivery status
+    page2[REG_IRR_FIRST as usize] = 0x0f; // vectors 0-3
+    let dropped = LapicState::from_register_page(&page2, s.apic_base, 0, later).unwrap();
+    LocalApic::check_state(&dropped).expect("still a state the APIC takes");
+    assert!(LapicState::from_register_page(&page[..0x100], s.apic_base, 0, later).is_none());
+}
+
+#[test]
+fn an_expired_one_shot_stays_expired_through_the_page() {
+    let mut a = apic();
+    wr(&mut a, REG_LVT_TIMER, 0xec, 0);
+    wr(&mut a, REG_TIMER_INITIAL, 100, 0);
+    let mut page = [0u8; 0x400];
+    assert!(a.save().to_register_page(&mut page, 10_000));
+    let back = LapicState::from_register_page(&page, a.apic_base(), 0, 20_000).unwrap();
+    assert_eq!((back.current_count(20_000), back.timer_next_ns), (0, None));
+}
