@@ -828,8 +828,8 @@ fn start_gdb(
 ) -> Result<Option<vmm::gdb::GdbServer>, Error> {
     let Some(spec) = &args.gdb else { return Ok(None) };
     let Some(at) = vmm::gdb::parse_gdb_dev(spec).map_err(Error::Config)? else { return Ok(None) };
-    if let Some(why) = machine.debug_blocker(kind) {
-        return Err(Error::Config(format!("--gdb cannot stop this guest: {why}")));
+    if let Some(fits) = machine.debug_stops_fit(kind) {
+        machine.debug.limit_stops(fits);
     }
     let server = vmm::gdb::GdbServer::start(machine, &at)?;
     if paused {

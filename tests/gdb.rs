@@ -12,6 +12,13 @@
 //!   (old and new values), and after `detach` the guest runs on to its end.
 //! - A running guest stops for gdb's Ctrl-C (the byte 0x03) on a Unix
 //!   socket, and the protocol's `k` ends the run.
+//! - Wholly in KVM (`--kvm-split off`, guests assembled here: KVM runs
+//!   every instruction, their kernels' too), gdb's steps, breakpoints and
+//!   watchpoints go into KVM's debug registers: a step moves RIP, a
+//!   hardware breakpoint stops at the PIT's interrupt handler, a fifth
+//!   breakpoint is refused without harm, and a watchpoint stops after a
+//!   user program's write (on kvm_pvm, which stops at no data breakpoint,
+//!   it is refused).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -24,8 +31,16 @@ use std::time::{Duration, Instant};
 mod encode;
 #[path = "guest/images.rs"]
 mod images;
+#[path = "guest/kvm.rs"]
+mod kvm;
+#[path = "guest/multiboot.rs"]
+mod multiboot;
+#[path = "guest/pm32.rs"]
+mod pm32;
 #[path = "guest/run.rs"]
 mod run;
+#[path = "guest/ticker.rs"]
+mod ticker;
 
 /// One guest at a time: they share two cores with the build.
 static GUESTS: Mutex<()> = Mutex::new(());
@@ -270,4 +285,128 @@ fn a_running_guest_stops_for_ctrl_c_and_k_ends_the_run() {
     let (status, stderr) = finish(child, 30);
     assert!(status.is_some(), "k ended the run: {stderr}");
     assert!(!sock.exists(), "the stub's socket is removed");
+}
+
+/// A ferrovm running `kernel` wholly in KVM, paused for gdb on `port`.
+fn kvm_all(kernel: &[u8], name: &str, port: u16) -> (Child, std::path::PathBuf) {
+    let path = run::tmp("gdb", &format!("{name}.elf"));
+    std::fs::write(&path, kernel).unwrap();
+    let serial = run::tmp("gdb", &format!("serial-{name}.txt"));
+    let child = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
+        .args(["run", "--accel", "kvm", "--kvm-split", "off", "--mem", "64M", "--timeout", "60", "--paused"])
+        .args(["--gdb", &format!("tcp:127.0.0.1:{port}"), "--serial", &format!("file:{}", serial.display())])
+        .arg("--kernel")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ferrovm runs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !listening(port) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, serial)
+}
+
+/// Wholly in KVM: the ticking guest, stopped before its first
+/// instruction, stepped, and stopped at its PIT interrupt handler by a
+/// hardware breakpoint; a fifth breakpoint does not fit KVM's debug
+/// registers and gdb is told so; `detach` lets the guest tick on.
+#[test]
+fn gdb_steps_and_breaks_in_a_guest_wholly_in_kvm() {
+    if !has_gdb() || !kvm::usable() {
+        return;
+    }
+    let _one = GUESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let t = ticker::ticker();
+    let port = free_port();
+    let (child, serial) = kvm_all(&t.image, "ticker", port);
+    let entry = u64::from(multiboot::LOAD + multiboot::CODE_OFF);
+    let handler = t.pit_handler;
+    let mut commands: Vec<String> = vec![
+        "info registers rip".into(),
+        "stepi".into(),
+        "info registers rip".into(),
+        format!("hbreak *{handler:#x}"),
+        "continue".into(),
+        "info registers rip".into(),
+    ];
+    // Four in the registers, the handler's among them; a fifth does not fit.
+    commands.extend((1..=4).map(|i| format!("hbreak *{:#x}", entry + i)));
+    commands.extend(["continue".into(), "delete".into(), "detach".into()]);
+    let text = gdb(port, &commands);
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, stderr) = finish(child, 5);
+    let serial_text = std::fs::read_to_string(&serial).unwrap_or_default();
+    eprintln!("--- stderr:\n{stderr}");
+    assert_eq!(rip(&text, 0), entry, "stopped before the first instruction");
+    let stepped = rip(&text, 1);
+    assert!(stepped > entry && stepped < entry + 16, "stepi moved RIP to {stepped:#x}");
+    assert!(text.contains("Hardware assisted breakpoint 1"), "{text}");
+    assert_eq!(rip(&text, 2), handler, "stopped at the PIT handler");
+    assert!(text.contains("Could not insert hardware breakpoint"), "the fifth breakpoint was refused: {text}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("KVM_SET_GUEST_DEBUG"), "{stderr}");
+    assert!(serial_text.contains("T:pit"), "the guest ticked on after detach: {serial_text}");
+}
+
+/// A guest whose user code (CPL 3, which KVM runs in hardware on every
+/// host) counts in a loop at `COUNTER`; the loop's address.
+fn user_counter() -> (Vec<u8>, u64) {
+    use iced_x86::code_asm::*;
+    let mut k = pm32::Kernel::new("counter");
+    let mut user = k.label();
+    k.enter_user(user, 0x2).unwrap();
+    k.place(&mut user).unwrap();
+    k.a.inc(dword_ptr(COUNTER)).unwrap();
+    k.a.jmp(user.at).unwrap();
+    let (image, at) = k.build_with_labels(&[user.at]);
+    (image, at[0])
+}
+
+const COUNTER: u32 = pm32::VARS + 0x40;
+
+/// Wholly in KVM: a watchpoint on the counter the guest's user code
+/// writes stops right after the write, with the old and new values. On
+/// kvm_pvm, which stops at no data breakpoint, gdb is told it cannot
+/// insert the watchpoint, and a breakpoint still works.
+#[test]
+fn gdb_watches_a_write_in_a_guest_wholly_in_kvm() {
+    if !has_gdb() || !kvm::usable() {
+        return;
+    }
+    let _one = GUESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let port = free_port();
+    let (image, loop_at) = user_counter();
+    let (child, _) = kvm_all(&image, "counter", port);
+    let commands: Vec<String> = vec![
+        format!("watch *(int *){COUNTER:#x}"),
+        "continue".into(),
+        "info registers rip".into(),
+        "continue".into(),
+        "info registers rip".into(),
+        "delete".into(),
+        format!("hbreak *{loop_at:#x}"),
+        "continue".into(),
+        "info registers rip".into(),
+        "kill".into(),
+    ];
+    let text = gdb(port, &commands);
+    let (status, stderr) = finish(child, 10);
+    eprintln!("--- stderr:\n{stderr}");
+    assert!(text.contains("Hardware watchpoint 1"), "{text}");
+    if kvm::emulates_ring0() {
+        assert!(text.contains("Could not insert hardware watchpoint"), "kvm_pvm refuses watchpoints: {text}");
+        assert!(stderr.contains("does not stop at data breakpoints"), "{stderr}");
+        // Refused, the two `continue`s leave the guest where it was.
+        assert_eq!((rip(&text, 0), rip(&text, 1)), (0x10_0080, 0x10_0080), "{text}");
+        assert_eq!(rip(&text, 2), loop_at, "the breakpoint after the refusal: {text}");
+    } else {
+        assert!(text.contains("Old value = 0") && text.contains("New value = 1"), "{text}");
+        assert!(text.contains("Old value = 1") && text.contains("New value = 2"), "{text}");
+        let (first, second) = (rip(&text, 0), rip(&text, 1));
+        assert_eq!(first, second, "each stop is right after the loop's write");
+        assert_eq!(rip(&text, 2), loop_at, "{text}");
+    }
+    assert!(status.is_some(), "gdb's kill ended the run: {stderr}");
 }

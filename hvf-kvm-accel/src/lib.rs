@@ -326,6 +326,8 @@ pub struct ExitCounts {
     /// because `stop_requested()` was true before an entry is not an exit.)
     pub interrupted: u64,
     pub system_event: u64,
+    /// `KVM_EXIT_DEBUG`: a debugger's step, breakpoint or watchpoint.
+    pub debug: u64,
     pub other: u64,
 }
 
@@ -343,6 +345,7 @@ impl ExitCounts {
             ("fail-entry", self.fail_entry),
             ("interrupted", self.interrupted),
             ("system-event", self.system_event),
+            ("debug", self.debug),
             ("other", self.other),
         ]
         .into_iter()
@@ -413,6 +416,9 @@ pub enum VmExit {
     /// `stop_requested()` returned true, a [`VcpuKicker`] kicked the vCPU, or
     /// another signal interrupted the run.
     Interrupted,
+    /// A debugger's stop (a step, or a breakpoint or watchpoint in the
+    /// debug registers): `dr6` says which, `pc` is the linear RIP.
+    Debug { dr6: u64, pc: u64 },
     /// Any other exit, described.
     Other(String),
 }
@@ -436,6 +442,7 @@ impl fmt::Display for VmExit {
                 }
                 f.write_str("]")
             }
+            VmExit::Debug { dr6, pc } => write!(f, "a debug stop at {pc:#x} (DR6 {dr6:#x})"),
             VmExit::FailEntry { reason } => {
                 write!(f, "the hypervisor refused to enter the guest: hardware entry failure reason {reason:#x}")
             }

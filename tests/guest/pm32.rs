@@ -10,6 +10,7 @@
 #![allow(dead_code, reason = "each suite uses what it needs")]
 
 use iced_x86::code_asm::*;
+use iced_x86::BlockEncoderOptions;
 
 use super::multiboot::{multiboot_elf, print32, CODE_OFF, LOAD};
 
@@ -260,7 +261,12 @@ impl Kernel {
     }
 
     /// The finished multiboot image.
-    pub fn build(mut self) -> Vec<u8> {
+    pub fn build(self) -> Vec<u8> {
+        self.build_with_labels(&[]).0
+    }
+
+    /// [`Kernel::build`], with the addresses `labels` were placed at.
+    pub fn build_with_labels(mut self, labels: &[CodeLabel]) -> (Vec<u8>, Vec<u64>) {
         let name = self.name.clone();
         let mut getaddr = self.getaddr;
         self.a.set_label(&mut getaddr).unwrap();
@@ -300,8 +306,11 @@ impl Kernel {
             a.out(0xf4u32, al).unwrap();
             a.hlt().unwrap();
         }
-        let code = a.assemble(u64::from(LOAD + CODE_OFF)).unwrap();
-        multiboot_elf(&code)
+        let result = a
+            .assemble_options(u64::from(LOAD + CODE_OFF), BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)
+            .unwrap();
+        let addrs = labels.iter().map(|l| result.label_ip(l).unwrap()).collect();
+        (multiboot_elf(&result.inner.code_buffer), addrs)
     }
 }
 

@@ -69,8 +69,14 @@ pub struct GuestDebug {
     cv: Condvar,
 }
 
+/// Whether an engine can hold a set of breakpoints and watchpoints; why
+/// not ([`GuestDebug::limit_stops`]).
+pub type StopsFit = fn(&[u64], &[Watchpoint]) -> Result<(), String>;
+
 #[derive(Default)]
 struct DebugInner {
+    /// What the run's engine can hold, when it cannot hold any number.
+    fits: Option<StopsFit>,
     /// Linear addresses, gdb's software and hardware breakpoints alike.
     breakpoints: Vec<u64>,
     /// gdb's watchpoints.
@@ -143,14 +149,14 @@ impl GuestDebug {
 
     fn attach(&self) {
         let mut d = self.inner.lock();
-        *d = DebugInner::default();
+        *d = DebugInner { fits: d.fits, ..DebugInner::default() };
         self.attached.store(true, Ordering::Release);
     }
 
     /// No debugger any more: no breakpoint or step is left for the engines.
     fn detach(&self) {
         let mut d = self.inner.lock();
-        *d = DebugInner::default();
+        *d = DebugInner { fits: d.fits, ..DebugInner::default() };
         self.attached.store(false, Ordering::Release);
     }
 
@@ -179,16 +185,41 @@ impl GuestDebug {
     }
 
     /// A breakpoint at `at` (software and hardware ones at the same
-    /// address are two, removed one by one).
-    fn add_breakpoint(&self, at: u64) {
-        self.inner.lock().breakpoints.push(at);
+    /// address are two, removed one by one), unless the engine cannot hold
+    /// it (false).
+    fn add_breakpoint(&self, at: u64) -> bool {
+        let mut d = self.inner.lock();
+        let mut breakpoints = d.breakpoints.clone();
+        breakpoints.push(at);
+        if let Some(Err(e)) = d.fits.map(|fits| fits(&breakpoints, &d.watchpoints)) {
+            tracing::warn!(target: "gdb", "breakpoint at {at:#x} refused: {e}");
+            return false;
+        }
+        d.breakpoints = breakpoints;
+        true
     }
 
-    fn add_watchpoint(&self, w: Watchpoint) {
+    /// Holds the debugger to what the run's engine can stop at: a
+    /// breakpoint or watchpoint past it is refused (gdb says it could not
+    /// insert it) instead of failing the run.
+    pub fn limit_stops(&self, fits: StopsFit) {
+        self.inner.lock().fits = Some(fits);
+    }
+
+    /// Adds a watchpoint, unless the engine cannot hold it (false).
+    fn add_watchpoint(&self, w: Watchpoint) -> bool {
         let mut d = self.inner.lock();
-        if !d.watchpoints.contains(&w) {
-            d.watchpoints.push(w);
+        if d.watchpoints.contains(&w) {
+            return true;
         }
+        let mut watchpoints = d.watchpoints.clone();
+        watchpoints.push(w);
+        if let Some(Err(e)) = d.fits.map(|fits| fits(&d.breakpoints, &watchpoints)) {
+            tracing::warn!(target: "gdb", "watchpoint of {} bytes at {:#x} refused: {e}", w.len, w.addr);
+            return false;
+        }
+        d.watchpoints = watchpoints;
+        true
     }
 
     fn remove_watchpoint(&self, w: Watchpoint) -> bool {
@@ -765,8 +796,7 @@ fn watchpoint(addr: u64, len: u64, kind: WatchKind) -> Watchpoint {
 
 impl HwWatchpoint for Stub {
     fn add_hw_watchpoint(&mut self, addr: u64, len: u64, kind: WatchKind) -> TargetResult<bool, Self> {
-        self.parts.debug.add_watchpoint(watchpoint(addr, len, kind));
-        Ok(true)
+        Ok(self.parts.debug.add_watchpoint(watchpoint(addr, len, kind)))
     }
 
     fn remove_hw_watchpoint(&mut self, addr: u64, len: u64, kind: WatchKind) -> TargetResult<bool, Self> {
@@ -776,8 +806,7 @@ impl HwWatchpoint for Stub {
 
 impl SwBreakpoint for Stub {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        self.parts.debug.add_breakpoint(addr);
-        Ok(true)
+        Ok(self.parts.debug.add_breakpoint(addr))
     }
 
     fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
@@ -787,8 +816,7 @@ impl SwBreakpoint for Stub {
 
 impl HwBreakpoint for Stub {
     fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        self.parts.debug.add_breakpoint(addr);
-        Ok(true)
+        Ok(self.parts.debug.add_breakpoint(addr))
     }
 
     fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {

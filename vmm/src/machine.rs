@@ -652,28 +652,25 @@ impl Machine {
         }
     }
 
-    /// Why a debugger cannot stop the vCPUs of a run under `kind` at its
-    /// breakpoints, if it cannot: a guest wholly in KVM runs no instruction
-    /// outside KVM, so none can be stepped or stopped before.
-    pub fn debug_blocker(&self, kind: EngineKind) -> Option<String> {
+    /// What a debugger's stops must fit in a run under `kind`, when not
+    /// any number: a guest wholly in KVM stops at what KVM's four debug
+    /// registers hold ([`crate::engine::kvm::debug_stops_fit`]); split
+    /// execution and the other engines stop in the interpreter.
+    pub fn debug_stops_fit(&self, kind: EngineKind) -> Option<crate::gdb::StopsFit> {
         if kind != EngineKind::Kvm {
             return None;
         }
         #[cfg(target_os = "linux")]
-        if self.config.cpus() == 1 && crate::engine::split::SplitEngine::wanted(&self.engine_context(0)) {
-            // Split execution: the interrupt controllers are the machine's.
-            return None;
+        {
+            // Split execution steps in the JIT's interpreter, and several
+            // vCPUs that split execution would take go to the JIT.
+            if crate::engine::split::SplitEngine::wanted(&self.engine_context(0)) {
+                return None;
+            }
+            Some(crate::engine::kvm::debug_stops_fit)
         }
-        #[cfg(target_os = "linux")]
-        if self.config.cpus() > 1 && crate::engine::split::SplitEngine::wanted(&self.engine_context(0)) {
-            // The JIT runs several vCPUs where split execution would run one.
-            return None;
-        }
-        Some(
-            "the guest runs wholly in KVM, which runs its instructions without stopping at a debugger's \
-             breakpoints or steps: use --accel jit or --accel interp, or split execution (--kvm-split on)"
-                .into(),
-        )
+        #[cfg(not(target_os = "linux"))]
+        None
     }
 
     /// One run of the vCPUs, from `states` when given: until the guest's

@@ -57,6 +57,12 @@ pub enum KvmExit<'a> {
     SystemEvent {
         kind: u32,
     },
+    /// `KVM_EXIT_DEBUG`: the guest debugging KVM_SET_GUEST_DEBUG armed
+    /// stopped it.
+    Debug {
+        dr6: u64,
+        pc: u64,
+    },
     /// Anything else, by name.
     Other(String),
 }
@@ -83,6 +89,7 @@ pub fn count_exit(c: &mut ExitCounts, exit: &KvmExit<'_>) {
         KvmExit::InternalError { .. } => &mut c.internal_error,
         KvmExit::Intr => &mut c.interrupted,
         KvmExit::SystemEvent { .. } => &mut c.system_event,
+        KvmExit::Debug { .. } => &mut c.debug,
         KvmExit::Other(_) => &mut c.other,
     };
     *slot += 1;
@@ -134,6 +141,7 @@ pub fn handle_exit(exit: KvmExit<'_>, io: &mut dyn Platform) -> ExitAction {
             ExitAction::Stop(VmExit::Other("system reset requested".into()))
         }
         KvmExit::SystemEvent { kind } => ExitAction::Stop(VmExit::Other(format!("system event {kind}"))),
+        KvmExit::Debug { dr6, pc } => ExitAction::Stop(VmExit::Debug { dr6, pc }),
         KvmExit::Other(what) => ExitAction::Stop(VmExit::Other(what)),
     }
 }

@@ -19,6 +19,7 @@
 
 pub mod chips;
 pub mod cpuid;
+pub mod debug;
 pub mod exit;
 mod kick;
 mod vcpu;

@@ -607,6 +607,7 @@ impl KvmVcpu {
                 Raw::Done(KvmExit::Intr)
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => Raw::Done(KvmExit::SystemEvent { kind }),
+            Ok(VcpuExit::Debug(arch)) => Raw::Done(KvmExit::Debug { dr6: arch.dr6, pc: arch.pc }),
             Ok(other) => Raw::Done(KvmExit::Other(format!("{other:?}"))),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 // A kick (immediate_exit, the kick signal) or another signal.

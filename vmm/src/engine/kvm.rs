@@ -20,6 +20,7 @@ use cpu::{Cpu, CpuState, StopReason};
 use devices::intc::InterruptController;
 use devices::legacy::pit::Pit;
 use hvf_kvm_accel::fallback::{emulate_one, Emulated};
+use hvf_kvm_accel::kvm::debug::{hit_slot, GuestDebug, HwStop, DR6_BS};
 use hvf_kvm_accel::kvm::KvmVcpu;
 use hvf_kvm_accel::{IrqChip, Vcpu, VcpuKicker, Vm, VmExit};
 use persist::Persist;
@@ -73,6 +74,52 @@ pub struct KvmEngine<'m> {
     shadow_seen: Arc<AtomicU64>,
     /// Which 16 KiB chunks of 0xC0000-0xFFFFF are read-only slots.
     shadow_ro: [bool; SHADOW_CHUNKS],
+    /// A debugger's stops, while armed ([`Engine::set_debug`]).
+    debug: Option<DebugArm>,
+    /// The watchpoint the last debug stop hit.
+    watch_hit: Option<cpu::WatchHit>,
+}
+
+/// A debugger's stops as KVM holds them.
+struct DebugArm {
+    stops: cpu::DebugStops,
+    /// The same stops in KVM's terms: the watchpoints and breakpoints in
+    /// the debug registers, in `stops`' order (breakpoints first).
+    guest: GuestDebug,
+    /// The first instruction runs even at a breakpoint (a resume goes past
+    /// it): the next run steps over one there first.
+    resume: bool,
+}
+
+/// The debug-register stops of `breakpoints` (one per address) and
+/// `watchpoints`, in that order: a watchpoint for writes only stops on
+/// writes; one for reads stops on any access (x86 watches no reads alone).
+fn hw_stops(breakpoints: &[u64], watchpoints: &[cpu::Watchpoint]) -> Vec<HwStop> {
+    let mut addrs = breakpoints.to_vec();
+    addrs.sort_unstable();
+    addrs.dedup();
+    let mut hw: Vec<HwStop> = addrs.into_iter().map(HwStop::Exec).collect();
+    hw.extend(watchpoints.iter().map(|w| {
+        if w.write && !w.read {
+            HwStop::Write { addr: w.addr, len: w.len }
+        } else {
+            HwStop::Access { addr: w.addr, len: w.len }
+        }
+    }));
+    hw
+}
+
+/// Whether KVM's debug registers can hold `breakpoints` and `watchpoints`
+/// (four in all, each watchpoint 1, 2, 4 or 8 bytes, aligned); why not.
+/// kvm_pvm stops at no data breakpoint, so there a watchpoint is refused.
+pub fn debug_stops_fit(breakpoints: &[u64], watchpoints: &[cpu::Watchpoint]) -> Result<(), String> {
+    if !watchpoints.is_empty() && super::split::kvm_emulates_cpl0() {
+        return Err("this host's KVM (kvm_pvm) does not stop at data breakpoints: watchpoints need the JIT, the \
+                    interpreter or split execution"
+            .into());
+    }
+    let d = GuestDebug { step: false, block_irq: false, hw: hw_stops(breakpoints, watchpoints) };
+    hvf_kvm_accel::kvm::debug::guest_debug(&d).map(|_| ())
 }
 
 /// The CPU model as KVM gives it, as a `--stats` line; `missing` are the
@@ -208,6 +255,8 @@ impl<'m> KvmEngine<'m> {
             alarm,
             shadow_seen,
             shadow_ro: [false; SHADOW_CHUNKS],
+            debug: None,
+            watch_hit: None,
         })
     }
 
@@ -229,6 +278,53 @@ impl<'m> KvmEngine<'m> {
             }
         }
         Ok(())
+    }
+
+    /// A resume at a breakpoint: runs the one instruction there with the
+    /// debug registers off, then arms them again. `Some` when the run ends
+    /// there: the step was the debugger's own, or the vCPU was asked to
+    /// stop first (the step over is then tried again at the next run).
+    fn step_over_breakpoint(&mut self, slice: &Slice) -> Result<Option<Exit>, Error> {
+        let Some(arm) = self.debug.as_mut() else { return Ok(None) };
+        arm.resume = false;
+        let s = self.vcpu.get_state()?;
+        let pc = s.seg[cpu::state::sreg::CS].base.wrapping_add(s.rip);
+        if !arm.stops.breakpoints.contains(&pc) {
+            return Ok(None);
+        }
+        let user_step = arm.stops.step;
+        let guest = arm.guest.clone();
+        self.vcpu.set_guest_debug(Some(&GuestDebug { step: true, block_irq: true, hw: Vec::new() }))?;
+        self.alarm.set(slice.until);
+        let exit = self.vcpu.run(&mut self.io);
+        self.alarm.set(None);
+        self.vcpu.set_guest_debug(Some(&guest))?;
+        match exit? {
+            VmExit::Debug { dr6, .. } if dr6 & DR6_BS != 0 => Ok(user_step.then_some(Exit::Debug)),
+            VmExit::Debug { dr6, .. } => Ok(Some(self.debug_stop(dr6))),
+            VmExit::Interrupted => {
+                if let Some(arm) = self.debug.as_mut() {
+                    arm.resume = true;
+                }
+                Ok(Some(Exit::Budget))
+            }
+            VmExit::Shutdown => Ok(Some(Exit::Shutdown("triple fault under KVM".into()))),
+            VmExit::InternalError { suberror: 1, .. } => self.emulate().map(Some),
+            other => Err(Error::Accel(format!("{other}"))),
+        }
+    }
+
+    /// A debug exit: which stop it was (a watchpoint's hit is kept for
+    /// [`Engine::take_watch_hit`]).
+    fn debug_stop(&mut self, dr6: u64) -> Exit {
+        if let (Some(arm), Some(slot)) = (&self.debug, hit_slot(dr6)) {
+            self.watch_hit = match arm.guest.hw.get(slot) {
+                Some(HwStop::Write { addr, .. }) => Some(cpu::WatchHit { addr: *addr, write: true }),
+                Some(HwStop::Access { addr, .. }) => Some(cpu::WatchHit { addr: *addr, write: false }),
+                _ => None,
+            };
+        }
+        Exit::Debug
     }
 
     /// Run the instruction KVM could not in the interpreter.
@@ -260,6 +356,11 @@ impl Engine for KvmEngine<'_> {
 
     fn run(&mut self, slice: &Slice) -> Result<Exit, Error> {
         self.sync_shadow()?;
+        if self.debug.as_ref().is_some_and(|d| d.resume) {
+            if let Some(exit) = self.step_over_breakpoint(slice)? {
+                return Ok(exit);
+            }
+        }
         self.alarm.set(slice.until);
         self.watch.arm(slice.until.map_or(u64::MAX, |t| clock_ns_at(&self.clock, t)));
         let exit = self.vcpu.run(&mut self.io);
@@ -269,6 +370,7 @@ impl Engine for KvmEngine<'_> {
             VmExit::Interrupted => Ok(Exit::Budget),
             VmExit::Shutdown => Ok(Exit::Shutdown("triple fault under KVM".into())),
             VmExit::InternalError { suberror: 1, .. } => self.emulate(),
+            VmExit::Debug { dr6, .. } => Ok(self.debug_stop(dr6)),
             other => Err(Error::Accel(format!("{other}"))),
         }
     }
@@ -307,6 +409,23 @@ impl Engine for KvmEngine<'_> {
 
     fn inject_nmi(&mut self) -> Result<(), Error> {
         Ok(self.vcpu.inject_nmi()?)
+    }
+
+    fn set_debug(&mut self, stops: Option<cpu::DebugStops>) -> Result<(), Error> {
+        self.watch_hit = None;
+        let Some(stops) = stops else {
+            self.debug = None;
+            return Ok(self.vcpu.set_guest_debug(None)?);
+        };
+        let hw = hw_stops(&stops.breakpoints, &stops.watchpoints);
+        let guest = GuestDebug { step: stops.step, block_irq: true, hw };
+        self.vcpu.set_guest_debug(Some(&guest))?;
+        self.debug = Some(DebugArm { stops, guest, resume: true });
+        Ok(())
+    }
+
+    fn take_watch_hit(&mut self) -> Option<cpu::WatchHit> {
+        self.watch_hit.take()
     }
 
     fn save_chips(&mut self) -> Result<(), Error> {
