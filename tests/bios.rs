@@ -390,9 +390,8 @@ fn the_test_disk_boots_from_ide_under_the_jit() {
     boot_test_disk_on("jit", Image::Overlay, 16, true);
 }
 
-/// The same in the interpreter, 8 MiB to the raw image.
+/// The same in the interpreter, 8 MiB to the raw image (about a minute).
 #[test]
-#[ignore = "outside CI for time: minutes in the interpreter; the JIT boots the IDE disk in CI"]
 fn the_test_disk_boots_from_ide_in_the_interpreter() {
     boot_test_disk_on("interp", Image::Raw, 8, true);
 }
