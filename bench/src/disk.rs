@@ -9,12 +9,14 @@
 //! no pause between requests:
 //!
 //! - sequential write: 128 requests of 1 MiB;
-//! - sequential read: the same 128 MiB back;
+//! - sequential read: the same 128 MiB back, twice, then 4 GiB of it in
+//!   one run (32 times over), the rate at which the I/O path runs once an
+//!   engine that compiles hot code has compiled it;
 //! - 4 KiB random read: 4,000 requests over those 128 MiB (queue depth 1).
 //!
 //! The figures are ioping's own (`-B`: requests, guest time, IOPS and
 //! bytes/s, its first request left out as a warm-up). The host also times
-//! the three together between two lines the guest prints, and the table
+//! the workloads together between two lines the guest prints, and the table
 //! gives ioping's total over that host time, which is near 1 when the
 //! guest's clock keeps time.
 
@@ -66,6 +68,10 @@ const IDE: Bus =
 const IMAGE_MIB: u64 = 256;
 const SEQ_MIB: u64 = 128;
 const RANDOM_READS: u32 = 4000;
+/// Requests of 1 MiB in the long sequential read: 4 GiB, long past the
+/// JIT's compile threshold (a block's 1,000th run) for code run once per
+/// request.
+const LONG_READS: u64 = 4096;
 
 /// Load the modules and wait for the disk (the driver probes it
 /// asynchronously), before the timed part.
@@ -78,21 +84,24 @@ fn insmods(bus: &Bus) -> String {
 /// The workloads: name, the key of their line, and the ioping arguments
 /// (each on the disk, direct, with no interval, batch output). ioping
 /// counts its warm-up request in `-c`: one more than measured. The
-/// sequential read runs twice: the first pass is the guest's I/O path
-/// still cold (run a hundred times, an emulator that compiles hot code
-/// runs much of it in its interpreter then), the second is the rate once
-/// it is warm.
-fn workloads() -> [(&'static str, &'static str, String); 4] {
+/// sequential read runs three times: the first pass is the guest's I/O
+/// path still cold (run a hundred times, an emulator that compiles hot
+/// code runs much of it in its interpreter then), the second a hundred
+/// requests later, and the long run reads the same 128 MiB over and over
+/// ([`LONG_READS`] requests), the rate once the path runs compiled.
+fn workloads() -> [(&'static str, &'static str, String); 5] {
     let seq = format!("-L -s 1m -S {SEQ_MIB}m -c {}", SEQ_MIB + 1);
+    let long = format!("-L -s 1m -S {SEQ_MIB}m -c {}", LONG_READS + 1);
     [
         ("sequential write, MiB/s", "seqw", format!("-WWW {seq}")),
         ("sequential read, MiB/s", "seqr", seq.clone()),
         ("seq. read, 2nd pass, MiB/s", "seqr2", seq),
+        ("seq. read, 4 GiB run, MiB/s", "seqrl", long),
         ("4 KiB random read, IOPS", "rand", format!("-s 4k -S {SEQ_MIB}m -c {}", RANDOM_READS + 1)),
     ]
 }
 
-/// The guest's script: the modules, then the three workloads between the
+/// The guest's script: the modules, then the workloads between the
 /// marks, each printing `T:<key> <ioping -B line>`.
 fn script(bus: &Bus) -> String {
     let mut s = insmods(bus);
