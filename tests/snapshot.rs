@@ -778,7 +778,6 @@ fn smaps_kib(pid: u32, key: &str) -> u64 {
 /// what a clone's guest only reads stays the snapshot's memory file's.
 /// `ferrovm bench --restore` measures the same with 512 MiB.
 #[test]
-#[ignore = "outside CI for time: in CI three clones with disks and NICs run side by side; `ferrovm bench --restore` runs ten"]
 fn ten_clones_of_a_sleeping_guest_take_less_than_half_again_its_memory() {
     let Some(images) = images() else { return };
     let dir = scratch().join("ten-clones");
