@@ -449,6 +449,30 @@ fn auto_converge_throttles_a_guest_that_dirties_faster_than_the_link() {
     assert!(f.rounds >= 2.0);
 }
 
+/// The same from a guest wholly in KVM: the vCPU in KVM is kicked out at
+/// the end of each running period to sleep its share.
+#[test]
+fn auto_converge_throttles_a_guest_wholly_in_kvm() {
+    if !kvm::usable() {
+        return;
+    }
+    let mib = 32;
+    let f = migrate_live(
+        "converge-kvm",
+        &user_writer_kernel(mib),
+        "kvm-all",
+        "jit",
+        "256M",
+        mib,
+        &[
+            r#"{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"auto-converge","state":true}]}}"#,
+            r#"{"execute":"migrate-set-parameters","arguments":{"downtime-limit":5,"max-bandwidth":@half-rate-up-to-200000000@}}"#,
+        ],
+    );
+    assert!(f.throttle.is_some_and(|t| t >= 20.0), "the vCPUs were throttled: {:?}", f.throttle);
+    assert!(f.rounds >= 2.0);
+}
+
 #[test]
 fn a_guest_writing_memory_migrates_live_from_the_jit_to_kvm() {
     if !kvm::usable() {

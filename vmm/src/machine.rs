@@ -1451,8 +1451,17 @@ impl RunControl {
     /// Makes every vCPU sleep `percent` (0 to 99) of its time, in periods
     /// of [`THROTTLE_PERIOD`] of running (QEMU's CPU throttling, for
     /// auto-converge); 0 lets them run freely.
+    ///
+    /// A throttle that begins kicks the vCPUs: one that runs until an exit
+    /// or a distant deadline (a guest wholly in KVM, looping without
+    /// exits) comes back and runs by periods from then on.
     pub fn set_throttle(&self, percent: u32) {
-        self.throttle.store(percent.min(99), Ordering::Release);
+        let was = self.throttle.swap(percent.min(99), Ordering::AcqRel);
+        if was == 0 && percent > 0 {
+            if let Some(k) = &*self.kick.lock() {
+                k();
+            }
+        }
     }
 
     /// The share of time the vCPUs sleep, in percent.
