@@ -706,6 +706,8 @@ struct Chardev {
     vport: Option<String>,
     /// The backend, for messages.
     backend: String,
+    /// The front end that took it (a chardev without `mux=on` serves one).
+    used_by: std::cell::RefCell<Option<String>>,
 }
 
 /// A NIC model of `-device` or `-nic model=`: ferrovm's name.
@@ -914,13 +916,26 @@ impl State {
         Ok(())
     }
 
-    /// The chardev `id`, given before `option`.
+    /// The chardev `id`, given before `option`, taken by `option`'s front
+    /// end: one that another front end took already is refused unless it
+    /// has `mux=on`, as QEMU refuses it.
     fn find_chardev(&self, option: &str, v: &str, id: &str) -> Result<&Chardev, String> {
-        self.chardevs
+        let c = self
+            .chardevs
             .iter()
             .rev()
             .find(|c| c.id == id)
-            .ok_or_else(|| format!("{option} {v}: no -chardev with id={id} before it"))
+            .ok_or_else(|| format!("{option} {v}: no -chardev with id={id} before it"))?;
+        let mut used = c.used_by.borrow_mut();
+        if let (false, Some(by)) = (c.mux, used.as_ref()) {
+            return Err(format!(
+                "{option} {v}: the chardev {id} already serves {by}; a chardev serves one front end unless it is \
+                 stdio with mux=on"
+            ));
+        }
+        *used = Some(format!("{option} {v}"));
+        drop(used);
+        Ok(c)
     }
 
     /// What COM1 becomes on the chardev `id` (`-serial chardev:ID`,
@@ -2252,6 +2267,16 @@ mod tests {
         refused("-serial chardev:nope -kernel k", "id=nope");
         refused("-chardev stdio,mux=on,id=c -mon chardev=c,mode=control -serial chardev:c -kernel k", "QMP on a mux");
         refused("-chardev socket,id=s,path=/tmp/x,server=on,mux=on -kernel k", "mux=on");
+        // One front end a chardev, unless it is a mux.
+        refused(
+            "-chardev file,id=f,path=/tmp/x -serial chardev:f -device virtio-serial-pci -device virtconsole,chardev=f \
+             -kernel k",
+            "already serves -serial chardev:f",
+        );
+        refused(
+            "-chardev socket,id=m,path=/tmp/m,server=on,wait=off -mon chardev=m -mon chardev=m,mode=control -kernel k",
+            "the chardev m already serves",
+        );
         refused("-qmp unix:/tmp/q.sock -kernel k", "-qmp");
         refused("-qmp tcp:127.0.0.1:4444,server=on,telnet=on -kernel k", "telnet");
         assert!(run_args("-no-reboot -kernel k").contains(&"--no-reboot".to_string()));

@@ -10,7 +10,8 @@
 //! usable here. From KVM the guest's loop runs at CPL 3, which split
 //! execution runs in KVM: its stores reach the rounds through KVM's dirty
 //! log. Wholly in KVM (`--kvm-split off`), its kernel included, the guest
-//! goes to the JIT with KVM's interrupt controllers moved into the machine.
+//! goes to the JIT with KVM's interrupt controllers moved into the machine,
+//! and auto-converge throttles it there too.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
