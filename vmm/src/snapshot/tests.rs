@@ -338,7 +338,18 @@ fn scratch(name: &str) -> std::path::PathBuf {
 
 fn drive(path: &std::path::Path, format: devices::block::ImageFormat) -> crate::storage::Drive {
     let spec = devices::block::DiskSpec { path: path.to_path_buf(), format: Some(format), ..Default::default() };
-    let image = devices::block::open(&spec, false).unwrap();
+    // An image closed a moment ago stays locked while a child that another
+    // test thread forks (to run qemu-img) holds its descriptor, until the
+    // child's exec closes it: a reopen waits that moment out.
+    let t = std::time::Instant::now();
+    let image = loop {
+        match devices::block::open(&spec, false) {
+            Err(devices::block::OpenError::Locked { .. }) if t.elapsed() < std::time::Duration::from_secs(5) => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => break r.unwrap(),
+        }
+    };
     crate::storage::Drive {
         label: image.label().to_string(),
         image: Some(Box::new(image)),
