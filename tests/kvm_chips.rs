@@ -129,15 +129,8 @@ fn migrate_to_file(q: &mut Qmp, stream: &Path) {
     assert_eq!(q.cmd(r#"{"execute":"stop"}"#), r#"{"return":{}}"#);
     let uri = format!("exec:cat > {}", stream.display());
     assert_eq!(q.cmd(&format!(r#"{{"execute":"migrate","arguments":{{"uri":"{uri}"}}}}"#)), r#"{"return":{}}"#);
-    let t = Instant::now();
-    loop {
-        let r = q.cmd(r#"{"execute":"query-migrate"}"#);
-        if r.contains(r#""status":"completed""#) {
-            break;
-        }
-        assert!(!r.contains(r#""status":"failed""#) && t.elapsed() < Duration::from_secs(60), "{r}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let r = q.migration_end(Duration::from_secs(60));
+    assert!(r.contains(r#""status":"completed""#), "{r}");
 }
 
 /// A receiver under `accel` takes `stream`, and after `cont` the guest's

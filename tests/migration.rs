@@ -584,16 +584,8 @@ fn a_deferred_receiver_takes_the_guest_at_migrate_incoming() {
     assert!(again.contains("error"), "one incoming migration: {again}");
     let mut q = Qmp::connect(&src_qmp);
     assert_eq!(q.cmd(&format!(r#"{{"execute":"migrate","arguments":{{"uri":"{uri}"}}}}"#)), r#"{"return":{}}"#);
-    let t = Instant::now();
-    loop {
-        let r = q.cmd(r#"{"execute":"query-migrate"}"#);
-        if r.contains(r#""status":"completed""#) {
-            break;
-        }
-        assert!(!r.contains(r#""status":"failed""#), "{r}\nreceiver: {}", dst.stderr());
-        assert!(t.elapsed() < Duration::from_secs(60), "the migration did not end: {r}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let r = q.migration_end(Duration::from_secs(60));
+    assert!(r.contains(r#""status":"completed""#), "the migration did not complete: {r}\nreceiver: {}", dst.stderr());
     let last_src = passes(&src.out()).last().copied().unwrap_or(0);
     dst.wait_for(&format!("M:pass {:08x}", last_src + 2), 120);
     assert!(!dst.out().contains("M:start"), "the receiver did not boot the guest: {}", tail(&dst.out()));

@@ -63,6 +63,20 @@ impl Qmp {
         }
     }
 
+    /// Polls `query-migrate` until the migration completed or failed, or
+    /// `within` passed; the last reply.
+    pub fn migration_end(&mut self, within: Duration) -> String {
+        let t = Instant::now();
+        loop {
+            let r = self.cmd(r#"{"execute":"query-migrate"}"#);
+            let over = r.contains(r#""status":"completed""#) || r.contains(r#""status":"failed""#);
+            if over || t.elapsed() >= within {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The first event named `name` not taken yet, waiting for it.
     pub fn event(&mut self, name: &str) -> String {
         let tag = format!(r#""event":"{name}""#);

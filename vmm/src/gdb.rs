@@ -92,6 +92,13 @@ struct DebugInner {
     hit: Option<(u32, Option<WatchHit>)>,
 }
 
+impl DebugInner {
+    /// Whether the run's engine can hold these stops; why not.
+    fn fit(&self, breakpoints: &[u64], watchpoints: &[Watchpoint]) -> Result<(), String> {
+        self.fits.map_or(Ok(()), |fits| fits(breakpoints, watchpoints))
+    }
+}
+
 impl GuestDebug {
     /// The stops for vCPU `index`'s next engine, while a debugger is
     /// attached and has a breakpoint or a step (without them the guest
@@ -191,7 +198,7 @@ impl GuestDebug {
         let mut d = self.inner.lock();
         let mut breakpoints = d.breakpoints.clone();
         breakpoints.push(at);
-        if let Some(Err(e)) = d.fits.map(|fits| fits(&breakpoints, &d.watchpoints)) {
+        if let Err(e) = d.fit(&breakpoints, &d.watchpoints) {
             tracing::warn!(target: "gdb", "breakpoint at {at:#x} refused: {e}");
             return false;
         }
@@ -214,7 +221,7 @@ impl GuestDebug {
         }
         let mut watchpoints = d.watchpoints.clone();
         watchpoints.push(w);
-        if let Some(Err(e)) = d.fits.map(|fits| fits(&d.breakpoints, &watchpoints)) {
+        if let Err(e) = d.fit(&d.breakpoints, &watchpoints) {
             tracing::warn!(target: "gdb", "watchpoint of {} bytes at {:#x} refused: {e}", w.len, w.addr);
             return false;
         }

@@ -714,8 +714,7 @@ impl Machine {
             let ctx = self.engine_context(index);
             let mut engine = self.engine(kind, &ctx)?;
             if let Some(s) = states.and_then(|s| s.get(index as usize)) {
-                engine.set_state(s)?;
-                engine.load_chips()?;
+                engine.start_from(s)?;
             }
             if let Some(stops) = self.debug.stops_for(index) {
                 engine.set_debug(Some(stops))?;

@@ -829,28 +829,11 @@ impl LocalApic {
         self.s.timer_mode()
     }
 
-    fn divisor(&self) -> u64 {
-        self.s.divisor()
-    }
-
-    /// Timer counts elapsed since the timer was started.
-    fn elapsed_counts(&self, now: u64) -> u64 {
-        self.s.elapsed_counts(now)
-    }
-
-    /// The clock time at which the elapsed counts reach `count`.
-    fn time_of_count(&self, count: u64) -> u64 {
-        self.s.time_of_count(count)
-    }
-
-    fn current_count(&self, now: u64) -> u32 {
-        self.s.current_count(now)
-    }
-
     fn start_timer(&mut self, now: u64) {
         self.s.timer_start_ns = now;
         self.s.timer_start_count = 0;
-        self.s.timer_next_ns = (self.s.timer_initial != 0).then(|| self.time_of_count(u64::from(self.s.timer_initial)));
+        self.s.timer_next_ns =
+            (self.s.timer_initial != 0).then(|| self.s.time_of_count(u64::from(self.s.timer_initial)));
     }
 
     fn timer_masked(&self) -> bool {
@@ -864,10 +847,10 @@ impl LocalApic {
         if initial == 0 {
             return None;
         }
-        let elapsed = self.elapsed_counts(now);
+        let elapsed = self.s.elapsed_counts(now);
         let target = (elapsed / initial).saturating_add(1).saturating_mul(initial);
-        let boundary = self.time_of_count(target);
-        let period = ns_for_ticks(initial.saturating_mul(self.divisor()), APIC_TIMER_HZ);
+        let boundary = self.s.time_of_count(target);
+        let period = ns_for_ticks(initial.saturating_mul(self.s.divisor()), APIC_TIMER_HZ);
         if period < MIN_PERIODIC_NS {
             Some(boundary.max(now.saturating_add(MIN_PERIODIC_NS)))
         } else {
@@ -949,7 +932,7 @@ impl LocalApic {
 
     fn write_divide(&mut self, value: u32, now: u64) {
         // Keep the count where it is and continue at the new rate.
-        let elapsed = self.elapsed_counts(now);
+        let elapsed = self.s.elapsed_counts(now);
         self.s.timer_divide = value & DIVIDE_WRITABLE;
         self.s.timer_start_ns = now;
         self.s.timer_start_count = elapsed;
@@ -958,7 +941,7 @@ impl LocalApic {
         }
         self.s.timer_next_ns = match self.timer_mode() {
             TimerMode::Periodic => self.next_period_after(now),
-            _ => Some(self.time_of_count(u64::from(self.s.timer_initial))),
+            _ => Some(self.s.time_of_count(u64::from(self.s.timer_initial))),
         };
     }
 
@@ -1010,7 +993,7 @@ impl LocalApic {
             REG_LVT_LINT1 => self.s.lvt[LVT_LINT1],
             REG_LVT_ERROR => self.s.lvt[LVT_ERROR],
             REG_TIMER_INITIAL => self.s.timer_initial,
-            REG_TIMER_CURRENT => self.current_count(now),
+            REG_TIMER_CURRENT => self.s.current_count(now),
             REG_TIMER_DIVIDE => self.s.timer_divide,
             _ => return Err(MsrFault),
         };

@@ -432,17 +432,7 @@ impl Inner {
 
     /// Drives input `irq` to the OR of its sources.
     fn set_input(&mut self, irq: usize, source: u32, level: bool, log: &LogOnce) {
-        let bit = 1u64 << source.min(MAX_SOURCES - 1);
-        let before = self.sources[irq] != 0;
-        if level {
-            self.sources[irq] |= bit;
-        } else {
-            self.sources[irq] &= !bit;
-        }
-        let after = self.sources[irq] != 0;
-        if before == after {
-            return;
-        }
+        let Some(after) = self.record_source(irq, source, level) else { return };
         if irq < NUM_ISA_IRQS {
             if irq != usize::from(CASCADE_IRQ) {
                 self.pic.set_irq(irq as u8, after);
@@ -452,6 +442,20 @@ impl Inner {
         } else {
             self.ioapic_set(irq, after, log);
         }
+    }
+
+    /// Records `source`'s level on input `irq`; the input's level (the OR
+    /// of its sources) when that changed.
+    fn record_source(&mut self, irq: usize, source: u32, level: bool) -> Option<bool> {
+        let bit = 1u64 << source.min(MAX_SOURCES - 1);
+        let before = self.sources[irq] != 0;
+        if level {
+            self.sources[irq] |= bit;
+        } else {
+            self.sources[irq] &= !bit;
+        }
+        let after = self.sources[irq] != 0;
+        (before != after).then_some(after)
     }
 
     fn apply(&mut self, cpu: usize, effect: Option<LapicEffect>, logs: &Logs) {
@@ -619,8 +623,6 @@ impl Inner {
                 format!("of input {input} are {sources:#x}, but this machine has {allocated} lines on it")
             })?;
         }
-        let mut pic = PicPair::new();
-        pic.load_state(&state.pic);
         let line = |input: usize| state.sources[input] != 0;
         for irq in (0..NUM_ISA_IRQS).filter(|&i| i != usize::from(CASCADE_IRQ)) {
             let lines = if irq < 8 { state.pic.master.lines } else { state.pic.slave.lines };
@@ -628,13 +630,9 @@ impl Inner {
                 format!("input line {irq} is not what its sources ({:#x}) drive", state.sources[irq])
             })?;
         }
+        let want = ioapic_lines(&state.sources, &state.pic);
         for pin in 0..IOAPIC_NUM_PINS {
-            let want = match pin {
-                PIC_INTR_IOAPIC_PIN => pic.output(),
-                IRQ0_IOAPIC_PIN => line(0),
-                _ => line(pin),
-            };
-            PersistError::check(((state.ioapic.lines >> pin) & 1 != 0) == want, PART, "ioapic", || {
+            PersistError::check((state.ioapic.lines ^ want) & (1 << pin) == 0, PART, "ioapic", || {
                 format!("input line {pin} is not what drives it")
             })?;
         }
@@ -792,18 +790,7 @@ impl InterruptController {
                     chip.lines &= !bit;
                 }
             }
-            let mut pair = PicPair::new();
-            pair.load_state(&pic);
-            let mut lines = 0u32;
-            for pin in 0..IOAPIC_NUM_PINS {
-                let on = match pin {
-                    PIC_INTR_IOAPIC_PIN => pair.output(),
-                    IRQ0_IOAPIC_PIN => line(0),
-                    _ => line(pin),
-                };
-                lines |= u32::from(on) << pin;
-            }
-            ioapic.lines = lines;
+            ioapic.lines = ioapic_lines(&state.sources, &pic);
             state.pic = pic;
             state.ioapic = ioapic;
             inner.check_state(&state)?;
@@ -1079,6 +1066,24 @@ impl Persist for InterruptController {
     }
 }
 
+/// The I/O APIC's input lines, bit n for pin n, as the inputs' `sources`
+/// and the 8259A pair in `pic` drive them: pin 0 is the pair's INTR, pin 2
+/// IRQ0, the others their own inputs.
+fn ioapic_lines(sources: &[u64; NUM_IRQ_INPUTS], pic: &PicState) -> u32 {
+    let mut pair = PicPair::new();
+    pair.load_state(pic);
+    (0..IOAPIC_NUM_PINS)
+        .map(|pin| {
+            let on = match pin {
+                PIC_INTR_IOAPIC_PIN => pair.output(),
+                IRQ0_IOAPIC_PIN => sources[0] != 0,
+                _ => sources[pin] != 0,
+            };
+            u32::from(on) << pin
+        })
+        .sum()
+}
+
 /// Every CPU's APIC timer: the earliest deadline of them all, and each
 /// CPU's timer fired when due (the CPU it interrupts is kicked).
 impl TimerSource for InterruptController {
@@ -1133,17 +1138,7 @@ impl ControllerLine {
     /// the sources are still kept here, so the forwarded input is their OR
     /// and a saved state has them.
     fn record(&self, level: bool) -> Option<bool> {
-        let mut inner = self.intc.inner.lock();
-        let bit = 1u64 << self.source.min(MAX_SOURCES - 1);
-        let sources = &mut inner.sources[self.input];
-        let before = *sources != 0;
-        if level {
-            *sources |= bit;
-        } else {
-            *sources &= !bit;
-        }
-        let after = *sources != 0;
-        (before != after).then_some(after)
+        self.intc.inner.lock().record_source(self.input, self.source, level)
     }
 }
 

@@ -85,13 +85,16 @@ const STATUS_OUT: u8 = 0b1000_0000;
 const STATUS_NULL_COUNT: u8 = 0b0100_0000;
 
 // Port B.
-const PORT_B_GATE2: u8 = 0b0000_0001;
-const PORT_B_SPEAKER_DATA: u8 = 0b0000_0010;
+/// Port 0x61 bit 0: counter 2's GATE.
+pub const PORT_B_GATE2: u8 = 0b0000_0001;
+/// Port 0x61 bit 1: the speaker's data.
+pub const PORT_B_SPEAKER_DATA: u8 = 0b0000_0010;
 const PORT_B_WRITABLE: u8 = 0b0000_1111;
 const PORT_B_REFRESH: u8 = 0b0001_0000;
 const PORT_B_OUT2: u8 = 0b0010_0000;
 
-const BINARY_MODULUS: u64 = 0x1_0000;
+/// A binary count's modulus: a count of 0 counts 65536.
+pub const BINARY_MODULUS: u64 = 0x1_0000;
 const BCD_MODULUS: u64 = 10_000;
 
 /// The state of one counter, for save and restore. Times are clock nanoseconds.
@@ -390,12 +393,11 @@ impl Pit {
     /// A PIT in its power-on state: no counter programmed, counter 2's gate
     /// low. Counter 0's edges go to `irq` (ISA IRQ0).
     pub fn new(clock: SharedClock, irq: Arc<dyn IrqLine>) -> Self {
+        let on = Self::power_on_state();
         Self {
-            // Counters 0 and 1 have GATE tied high on a PC; counter 2's
-            // gate is port 0x61 bit 0, which resets to 0.
-            channels: [Channel::new(true), Channel::new(true), Channel::new(false)],
-            port_b: 0,
-            refresh: false,
+            channels: on.channels.map(|s| Channel { s }),
+            port_b: on.port_b,
+            refresh: on.refresh,
             clock,
             irq,
             log: LogOnce::new(),
@@ -405,6 +407,8 @@ impl Pit {
     /// The state of [`Pit::new`]'s PIT: no counter programmed, counter 2's
     /// gate low.
     pub fn power_on_state() -> PitState {
+        // Counters 0 and 1 have GATE tied high on a PC; counter 2's gate is
+        // port 0x61 bit 0, which resets to 0.
         PitState {
             channels: [Channel::new(true).s, Channel::new(true).s, Channel::new(false).s],
             port_b: 0,

@@ -14,7 +14,7 @@ use kvm_bindings::{
 };
 pub use kvm_bindings::{
     kvm_pic_state, kvm_pit_channel_state, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE,
-    KVM_MP_STATE_SIPI_RECEIVED, KVM_MP_STATE_UNINITIALIZED, KVM_PIT_FLAGS_HPET_LEGACY, KVM_PIT_FLAGS_SPEAKER_DATA_ON,
+    KVM_MP_STATE_UNINITIALIZED, KVM_PIT_FLAGS_SPEAKER_DATA_ON,
 };
 
 use super::{KvmVcpu, KvmVm};
@@ -77,19 +77,6 @@ pub struct LapicRegs {
     pub tsc_deadline: u64,
     /// `KVM_MP_STATE_*`.
     pub mp_state: u32,
-}
-
-impl LapicRegs {
-    /// The 32-bit register at byte offset `reg`.
-    pub fn reg(&self, reg: usize) -> u32 {
-        let b = &self.page[reg..reg + 4];
-        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
-    }
-
-    /// Sets the 32-bit register at byte offset `reg`.
-    pub fn set_reg(&mut self, reg: usize, value: u32) {
-        self.page[reg..reg + 4].copy_from_slice(&value.to_le_bytes());
-    }
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of KVM's PIT times.

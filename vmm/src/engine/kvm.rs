@@ -295,21 +295,37 @@ impl<'m> KvmEngine<'m> {
         let user_step = arm.stops.step;
         let guest = arm.guest.clone();
         self.vcpu.set_guest_debug(Some(&GuestDebug { step: true, block_irq: true, hw: Vec::new() }))?;
-        self.alarm.set(slice.until);
-        let exit = self.vcpu.run(&mut self.io);
-        self.alarm.set(None);
+        let exit = self.enter(slice);
         self.vcpu.set_guest_debug(Some(&guest))?;
         match exit? {
             VmExit::Debug { dr6, .. } if dr6 & DR6_BS != 0 => Ok(user_step.then_some(Exit::Debug)),
-            VmExit::Debug { dr6, .. } => Ok(Some(self.debug_stop(dr6))),
             VmExit::Interrupted => {
                 if let Some(arm) = self.debug.as_mut() {
                     arm.resume = true;
                 }
                 Ok(Some(Exit::Budget))
             }
-            VmExit::Shutdown => Ok(Some(Exit::Shutdown("triple fault under KVM".into()))),
-            VmExit::InternalError { suberror: 1, .. } => self.emulate().map(Some),
+            other => self.exit_of(other).map(Some),
+        }
+    }
+
+    /// One entry into KVM, kicked out by the slice's deadline.
+    fn enter(&mut self, slice: &Slice) -> Result<VmExit, Error> {
+        self.alarm.set(slice.until);
+        self.watch.arm(slice.until.map_or(u64::MAX, |t| clock_ns_at(&self.clock, t)));
+        let exit = self.vcpu.run(&mut self.io);
+        self.alarm.set(None);
+        Ok(exit?)
+    }
+
+    /// What the run loop makes of a return from KVM.
+    fn exit_of(&mut self, exit: VmExit) -> Result<Exit, Error> {
+        match exit {
+            VmExit::Hlt => Ok(Exit::Halted),
+            VmExit::Interrupted => Ok(Exit::Budget),
+            VmExit::Shutdown => Ok(Exit::Shutdown("triple fault under KVM".into())),
+            VmExit::InternalError { suberror: 1, .. } => self.emulate(),
+            VmExit::Debug { dr6, .. } => Ok(self.debug_stop(dr6)),
             other => Err(Error::Accel(format!("{other}"))),
         }
     }
@@ -361,18 +377,8 @@ impl Engine for KvmEngine<'_> {
                 return Ok(exit);
             }
         }
-        self.alarm.set(slice.until);
-        self.watch.arm(slice.until.map_or(u64::MAX, |t| clock_ns_at(&self.clock, t)));
-        let exit = self.vcpu.run(&mut self.io);
-        self.alarm.set(None);
-        match exit? {
-            VmExit::Hlt => Ok(Exit::Halted),
-            VmExit::Interrupted => Ok(Exit::Budget),
-            VmExit::Shutdown => Ok(Exit::Shutdown("triple fault under KVM".into())),
-            VmExit::InternalError { suberror: 1, .. } => self.emulate(),
-            VmExit::Debug { dr6, .. } => Ok(self.debug_stop(dr6)),
-            other => Err(Error::Accel(format!("{other}"))),
-        }
+        let exit = self.enter(slice)?;
+        self.exit_of(exit)
     }
 
     fn kicker(&self) -> Option<Kicker> {
@@ -492,10 +498,7 @@ impl Engine for KvmEngine<'_> {
         }
         let Some(mut chips) = self.shared.kvm.chips()? else { return Ok(()) };
         let model = self.intc.save();
-        chips.pic = [
-            kvm_chips::pic_to_kvm(&model.pic.master, &chips.pic[0]),
-            kvm_chips::pic_to_kvm(&model.pic.slave, &chips.pic[1]),
-        ];
+        chips.pic = kvm_chips::pics_to_kvm(&model.pic, &chips.pic);
         chips.ioapic = kvm_chips::ioapic_to_kvm(&model.ioapic);
         if let Some(kpit) = &mut chips.pit {
             let mut pit = self.pit.lock();

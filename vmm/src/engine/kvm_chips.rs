@@ -23,7 +23,9 @@ use devices::clock::ticks_in;
 use devices::intc::ioapic::IoApicState;
 use devices::intc::pic::{InitStep, PicChipState, PicState};
 use devices::intc::CpuStartupState;
-use devices::legacy::pit::{Pit, PitChannelState, PitState, PIT_HZ};
+use devices::legacy::pit::{
+    Pit, PitChannelState, PitState, BINARY_MODULUS, PIT_HZ, PORT_B_GATE2, PORT_B_SPEAKER_DATA as PORT_B_SPEAKER,
+};
 use hvf_kvm_accel::kvm::chips::{
     kvm_pic_state, kvm_pit_channel_state, IoapicRegs, PitRegs, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED,
     KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED, KVM_PIT_FLAGS_SPEAKER_DATA_ON,
@@ -36,11 +38,8 @@ const RW_STATE_WORD0: u8 = 3;
 const RW_STATE_WORD1: u8 = 4;
 /// The mode KVM gives a counter no control word has programmed.
 const KVM_PIT_UNPROGRAMMED: u8 = 0xff;
-/// Port 0x61 bit 0 (counter 2's gate) and bit 1 (speaker data).
-const PORT_B_GATE2: u8 = 0b01;
-const PORT_B_SPEAKER: u8 = 0b10;
 /// The PIT's counter modulus: a count of 0 counts 65536.
-const PIT_MODULUS: u32 = 0x1_0000;
+const PIT_MODULUS: u32 = BINARY_MODULUS as u32;
 
 /// One 8259A from KVM's; `model` supplies what KVM does not keep.
 pub fn pic_from_kvm(k: &kvm_pic_state, model: &PicChipState) -> PicChipState {
@@ -101,6 +100,11 @@ pub fn pic_to_kvm(m: &PicChipState, kvm: &kvm_pic_state) -> kvm_pic_state {
 /// The pair from KVM's master and slave.
 pub fn pics_from_kvm(k: &[kvm_pic_state; 2], model: &PicState) -> PicState {
     PicState { master: pic_from_kvm(&k[0], &model.master), slave: pic_from_kvm(&k[1], &model.slave) }
+}
+
+/// The pair as KVM's, over `kvm`'s.
+pub fn pics_to_kvm(m: &PicState, kvm: &[kvm_pic_state; 2]) -> [kvm_pic_state; 2] {
+    [pic_to_kvm(&m.master, &kvm[0]), pic_to_kvm(&m.slave, &kvm[1])]
 }
 
 /// The I/O APIC from KVM's (its input lines are the caller's to set).

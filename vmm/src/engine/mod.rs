@@ -210,6 +210,14 @@ pub trait Engine {
         Ok(())
     }
 
+    /// A new engine goes on from `state`, with the controllers' state the
+    /// machine's models hold ([`Engine::set_state`], then
+    /// [`Engine::load_chips`]).
+    fn start_from(&mut self, state: &CpuState) -> Result<(), Error> {
+        self.set_state(state)?;
+        self.load_chips()
+    }
+
     /// The engine goes on from a state ([`Engine::set_state`] done): moves
     /// the machine's models of the controllers the engine keeps itself into
     /// it, the reverse of [`Engine::save_chips`].

@@ -247,8 +247,7 @@ impl Machine {
         let ctx = self.engine_context(0);
         let mut bsp = make(&ctx)?;
         if let Some(s) = states.and_then(|s| s.first()) {
-            bsp.set_state(s)?;
-            bsp.load_chips()?;
+            bsp.start_from(s)?;
         }
         if let Some(stops) = self.debug.stops_for(0) {
             bsp.set_debug(Some(stops))?;
@@ -273,8 +272,7 @@ impl Machine {
                             let mut e = make(ctx)?;
                             e.set_exclusive(exclusive.clone());
                             if let Some(s) = &state {
-                                e.set_state(s)?;
-                                e.load_chips()?;
+                                e.start_from(s)?;
                             }
                             if let Some(stops) = self.debug.stops_for(index) {
                                 e.set_debug(Some(stops))?;
