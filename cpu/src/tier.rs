@@ -147,10 +147,11 @@ impl Cpu {
     /// through which translated code stores, so that the write syncs of a
     /// live migration's rounds need nothing more from it until it runs
     /// (its pages are then not sent again each round for want of an
-    /// answer).
+    /// answer). It drops them too when some let translated code store into
+    /// the VRAM, for the display adapter's write syncs ([`mmu::vram`]).
     pub fn sync_code_parked(&mut self, stopped: bool) {
         self.sync_code();
-        if stopped || self.mem().dirty_logging() {
+        if stopped || self.mem().dirty_logging() || self.mmu.holds_vram_fast_writes() {
             self.mmu.drop_fast_writes();
             self.code_watch.fast_writes_dropped();
         }

@@ -11,6 +11,8 @@
 //!   bytes, fetch-or/and) for the guest's locked instructions and the
 //!   CPU's own locked updates, and how guest accesses are ordered on the
 //!   host.
+//! - [`vram`]: a display adapter's video memory, which guest memory decodes
+//!   at its BAR and whose stores it tracks per page for the adapter.
 //! - [`paging`]: the x86 page-table walker (32-bit, PAE, 4- and 5-level) with
 //!   permission checks and accessed/dirty updates, and [`tlb`], the soft TLB.
 
@@ -18,6 +20,7 @@ pub mod atomic;
 pub mod memory;
 pub mod paging;
 pub mod tlb;
+pub mod vram;
 
 pub use memory::{
     CodeChanges, CodeWatch, DirtyBitmap, DirtyLogSource, GuestMemory, MemError, RegionKind, HIGH_RAM_START, PAGE_SIZE,
@@ -25,6 +28,7 @@ pub use memory::{
 };
 pub use paging::{Access, PageFault, PagingCtx, PagingMode, Privilege, ProtectionKeys};
 pub use tlb::{Mmu, TlbLayout, TLB_LAYOUT};
+pub use vram::Vram;
 
 /// Hints the host CPU to bring the cache line at `addr` into its caches.
 ///

@@ -70,6 +70,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use memmap2::{MmapMut, MmapOptions};
 
+use crate::vram::Vram;
+
 /// The name read-only shadow pages give in [`MemError::ReadOnly`].
 const SHADOW_NAME: &str = "shadow RAM (write-protected by PAM)";
 
@@ -82,6 +84,8 @@ pub const VGA_WINDOW: std::ops::Range<u64> = 0xA_0000..0xC_0000;
 pub const PCI_HOLE_START: u64 = 0xC000_0000;
 /// Where RAM above the PCI hole is mapped.
 pub const HIGH_RAM_START: u64 = 1 << 32;
+/// Where the video memory may be decoded: below 4 GiB (a 32-bit BAR).
+pub const VRAM_LIMIT: u64 = 1 << 32;
 /// The largest guest RAM this build accepts (1 TiB).
 pub const MAX_RAM: u64 = 1 << 40;
 
@@ -118,6 +122,22 @@ pub enum RegionKind {
     Ram,
     /// Firmware ROM: readable, guest writes are refused.
     Rom,
+}
+
+/// Where an address lies: a region, or the decoded VRAM.
+#[derive(Clone, Copy)]
+struct Span {
+    base: u64,
+    len: u64,
+    kind: RegionKind,
+    name: &'static str,
+    ptr: *mut u8,
+}
+
+impl Span {
+    fn end(&self) -> u64 {
+        self.base + self.len
+    }
 }
 
 struct Region {
@@ -188,6 +208,9 @@ pub struct GuestMemory {
     /// Why a source's log failed while logging was on, since logging began
     /// ([`GuestMemory::dirty_log_error`]).
     dirty_log_error: Mutex<Option<String>>,
+    /// A display adapter's video memory, decoded where its BAR puts it
+    /// ([`GuestMemory::add_vram`]).
+    vram: Option<Arc<Vram>>,
 }
 
 /// A writer of guest RAM whose stores bypass this module and that keeps
@@ -263,6 +286,7 @@ impl GuestMemory {
             write_sync: AtomicU64::new(0),
             dirty_sources: Mutex::new(Vec::new()),
             dirty_log_error: Mutex::new(None),
+            vram: None,
         };
         let low = ram_size.min(PCI_HOLE_START);
         if vga_window {
@@ -322,11 +346,81 @@ impl GuestMemory {
         let ptr = map.as_mut_ptr();
         self.regions.push(Region { base, len, kind, name, ptr, _map: map });
         self.regions.sort_by_key(|r| r.base);
-        let pages = self.regions.iter().map(|r| r.end()).max().unwrap_or(0) / PAGE_SIZE;
-        let words = pages.div_ceil(64) as usize;
+        self.size_bitmaps();
+        Ok(())
+    }
+
+    /// Sizes the per-page bitmaps to every page a region or the VRAM can
+    /// be at.
+    fn size_bitmaps(&mut self) {
+        let mut end = self.regions.iter().map(|r| r.end()).max().unwrap_or(0);
+        if self.vram.is_some() {
+            end = end.max(VRAM_LIMIT);
+        }
+        let words = (end / PAGE_SIZE).div_ceil(64) as usize;
         self.code_bits.resize_with(words, || AtomicU64::new(0));
         self.dirty_bits.resize_with(words, || AtomicU64::new(0));
-        Ok(())
+    }
+
+    // ---- video memory ----------------------------------------------------------
+
+    /// Gives guest memory a display adapter's video memory of `len` bytes,
+    /// not decoded anywhere until [`GuestMemory::map_vram`] puts it at its
+    /// BAR's address. One per machine.
+    pub fn add_vram(&mut self, len: u64) -> Result<Arc<Vram>, MemError> {
+        if self.vram.is_some() {
+            return Err(MemError::Overlap { name: "vram", base: 0, len });
+        }
+        let v = Arc::new(Vram::new(len)?);
+        self.vram = Some(Arc::clone(&v));
+        self.size_bitmaps();
+        Ok(v)
+    }
+
+    /// The video memory, if the machine has one ([`GuestMemory::add_vram`]).
+    pub fn vram(&self) -> Option<&Arc<Vram>> {
+        self.vram.as_ref()
+    }
+
+    /// Decodes the video memory at `base` (its BAR's address), or nowhere.
+    /// A base that is not page-aligned, that puts it past 4 GiB or over a
+    /// RAM or ROM region is refused, and the VRAM is then decoded nowhere
+    /// (the adapter's bus device still answers there). When the address
+    /// changes, every vCPU drops its soft TLB (a rare event: firmware
+    /// places the BAR once).
+    pub fn map_vram(&self, base: Option<u64>) -> Result<(), MemError> {
+        let Some(v) = &self.vram else { return Ok(()) };
+        let len = v.len();
+        let bad = base.filter(|&b| {
+            !b.is_multiple_of(PAGE_SIZE)
+                || b.checked_add(len).is_none_or(|end| end > VRAM_LIMIT)
+                || self.regions.iter().any(|r| b < r.end() && r.base < b + len)
+        });
+        let new = if bad.is_some() { None } else { base };
+        if v.set_base(new) != new {
+            self.flush_all_watches();
+        }
+        match bad {
+            Some(b) => Err(MemError::Overlap { name: "vram", base: b, len }),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether guest physical `phys` is in the decoded VRAM, and if so
+    /// whether its page was stored to since the adapter last looked.
+    #[inline]
+    pub fn vram_page_dirty(&self, phys: u64) -> Option<bool> {
+        let v = self.vram.as_ref()?;
+        v.offset_of(phys).map(|off| v.is_dirty(off))
+    }
+
+    /// Makes every watch's owner drop its whole soft TLB and its code.
+    #[cold]
+    fn flush_all_watches(&self) {
+        let all = self.watches.read().unwrap_or_else(|e| e.into_inner());
+        for w in all.iter().filter_map(Weak::upgrade) {
+            w.overflow();
+        }
     }
 
     /// The regions, for KVM memory slots and diagnostics.
@@ -337,10 +431,16 @@ impl GuestMemory {
             .collect()
     }
 
+    /// The region or the decoded VRAM holding `addr`.
     #[inline]
-    fn find(&self, addr: u64) -> Option<&Region> {
+    fn find(&self, addr: u64) -> Option<Span> {
         // Few regions (two or three): a linear scan beats a tree.
-        self.regions.iter().find(|r| addr >= r.base && addr - r.base < r.len)
+        if let Some(r) = self.regions.iter().find(|r| addr >= r.base && addr - r.base < r.len) {
+            return Some(Span { base: r.base, len: r.len, kind: r.kind, name: r.name, ptr: r.ptr });
+        }
+        let v = self.vram.as_ref()?;
+        let off = v.offset_of(addr)?;
+        Some(Span { base: addr - off, len: v.len(), kind: RegionKind::Ram, name: "vram", ptr: v.host(0) })
     }
 
     /// The host range behind `addr`, if RAM or ROM backs it.
@@ -419,7 +519,7 @@ impl GuestMemory {
         self.check(addr, len).is_ok()
     }
 
-    fn check(&self, addr: u64, len: u64) -> Result<&Region, MemError> {
+    fn check(&self, addr: u64, len: u64) -> Result<Span, MemError> {
         let unmapped = MemError::Unmapped { addr, len };
         let r = self.find(addr).ok_or(unmapped.clone())?;
         let end = addr.checked_add(len).ok_or(unmapped.clone())?;
@@ -856,8 +956,17 @@ impl GuestMemory {
     /// them before the bit for [`GuestMemory::take_dirty`]'s reader). For
     /// writers that reach RAM by other ways than this module's (a
     /// hypervisor's own dirty log).
+    ///
+    /// Stores to the decoded VRAM set its own bits instead, whether logging
+    /// is on or not ([`Vram::take_dirty`]).
     #[inline]
     pub fn mark_dirty(&self, addr: u64, len: u64) {
+        if let Some(v) = &self.vram {
+            if let Some(off) = v.offset_of(addr) {
+                v.mark(off, len);
+                return;
+            }
+        }
         if !self.dirty_logging.load(Ordering::SeqCst) {
             return;
         }
@@ -912,6 +1021,15 @@ impl GuestMemory {
     pub fn write_sync_done(&self, n: u64) -> bool {
         let all = self.watches.read().unwrap_or_else(|e| e.into_inner());
         all.iter().filter_map(Weak::upgrade).all(|w| w.synced(n))
+    }
+
+    /// Whether every live watch's owner answered write sync `n` or holds
+    /// no entry through which translated code stores into the VRAM: every
+    /// such store made before the sync is in the VRAM, and its page was
+    /// among the pages of the take before the sync ([`crate::vram`]).
+    pub fn vram_sync_done(&self, n: u64) -> bool {
+        let all = self.watches.read().unwrap_or_else(|e| e.into_inner());
+        all.iter().filter_map(Weak::upgrade).all(|w| w.vram_synced(n))
     }
 
     /// Called after every write, once its bytes are in place: queue each
@@ -1004,6 +1122,9 @@ pub struct CodeWatch {
     /// Set by the owner before its soft TLB gives translated code a write
     /// entry while logging is on; cleared when it drops them all.
     fast_writes: AtomicBool,
+    /// Set by the owner before its soft TLB gives translated code a write
+    /// entry into the VRAM; cleared when it drops them all.
+    vram_fast: AtomicBool,
 }
 
 /// What a [`CodeWatch`] collected since it was last taken.
@@ -1073,9 +1194,19 @@ impl CodeWatch {
         self.pending.store(false, Ordering::Release);
         if q.drop_fast_writes {
             self.fast_writes.store(false, Ordering::SeqCst);
+            self.vram_fast.store(false, Ordering::SeqCst);
             self.sync_done.store(self.sync_asked.load(Ordering::Acquire), Ordering::Release);
         }
         std::mem::take(&mut *q)
+    }
+
+    /// Marks the queue overflowed: the owner drops its whole soft TLB and
+    /// its code.
+    fn overflow(&self) {
+        let mut q = self.lock();
+        let drop_fast_writes = q.drop_fast_writes;
+        *q = CodeChanges { overflowed: true, drop_fast_writes, ..Default::default() };
+        self.pending.store(true, Ordering::Release);
     }
 
     /// Queues a write sync ([`GuestMemory::request_write_sync`]).
@@ -1096,6 +1227,32 @@ impl CodeWatch {
     /// until it gives one out again ([`CodeWatch::note_fast_writes`]).
     pub fn fast_writes_dropped(&self) {
         self.fast_writes.store(false, Ordering::SeqCst);
+        self.vram_fast.store(false, Ordering::SeqCst);
+    }
+
+    /// Said by the owner before its soft TLB gives translated code a write
+    /// entry into the VRAM, and before it reads the page's bit there: the
+    /// adapter's write syncs then wait for it
+    /// ([`GuestMemory::vram_sync_done`]).
+    #[inline]
+    pub fn note_vram_fast_writes(&self) {
+        self.note_fast_writes();
+        if !self.vram_fast.load(Ordering::Relaxed) {
+            self.vram_fast.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the owner may hold soft-TLB entries through which
+    /// translated code stores into the VRAM.
+    #[inline]
+    pub fn holds_vram_fast_writes(&self) -> bool {
+        self.vram_fast.load(Ordering::Relaxed)
+    }
+
+    /// Whether write sync `n` needs nothing more from this watch's owner
+    /// as far as the VRAM goes.
+    fn vram_synced(&self, n: u64) -> bool {
+        self.sync_done.load(Ordering::Acquire) >= n || !self.vram_fast.load(Ordering::SeqCst)
     }
 
     /// Said by the owner before its soft TLB gives translated code a write

@@ -216,8 +216,17 @@ impl Mmu {
     /// off; while it is on, only to a page dirty already (its first store
     /// of a round takes the checked path, which logs it), and only after
     /// the watch was told (which it is of every such entry).
+    ///
+    /// A page of the decoded VRAM is tracked whether logging is on or not,
+    /// by its own bits ([`crate::vram`]): only through an `Mmu` with a
+    /// watch, and only while the page's bit is set.
     #[inline]
     fn fast_write_logged(&self, phys: u64) -> bool {
+        if self.mem.vram_page_dirty(phys).is_some() {
+            let Some(w) = &self.watch else { return false };
+            w.note_vram_fast_writes();
+            return self.mem.vram_page_dirty(phys) == Some(true);
+        }
         match &self.watch {
             Some(w) => {
                 // Also while logging is off (the entry may outlive its
@@ -243,6 +252,14 @@ impl Mmu {
             }
         }
         self.victims.iter_mut().flatten().for_each(clear);
+    }
+
+    /// Whether translated code may store into the VRAM through an entry
+    /// given out since the owner last dropped them all: a vCPU that
+    /// parks drops them, so that the adapter's write syncs need nothing
+    /// from it while it does not run.
+    pub fn holds_vram_fast_writes(&self) -> bool {
+        self.watch.as_ref().is_some_and(|w| w.holds_vram_fast_writes())
     }
 
     /// After a store through [`Mmu::write_fast`] at `lin`: gives the entry
@@ -457,6 +474,10 @@ impl Mmu {
         let host_ptr = host.map_or(std::ptr::null_mut(), |h| h.ptr);
         let page = lin & PAGE_MASK;
         let jit_tag = |t: u64| if t == tag { page } else { JIT_NONE };
+        let fast_write = tag_write == tag
+            && !JIT_NO_WRITE.contains(&phys)
+            && self.mem.holds_no_code(phys)
+            && self.fast_write_logged(phys);
         let e = Entry {
             tag_read,
             tag_write,
@@ -465,15 +486,7 @@ impl Mmu {
             host: host_ptr,
             addend: (host_ptr as u64).wrapping_sub(page),
             jit_read: if host.is_some() { jit_tag(tag_read) } else { JIT_NONE },
-            jit_write: if tag_write == tag
-                && !JIT_NO_WRITE.contains(&phys)
-                && self.mem.holds_no_code(phys)
-                && self.fast_write_logged(phys)
-            {
-                jit_tag(tag_write)
-            } else {
-                JIT_NONE
-            },
+            jit_write: if fast_write { jit_tag(tag_write) } else { JIT_NONE },
         };
         self.place(p, lin, e);
     }
@@ -743,6 +756,70 @@ mod tests {
         m.grant_fast_write(s, 0x20_0000);
         assert_eq!(jit_write_of(&m, s, 0x20_0000), 0x20_0000);
         assert!(!mem.is_dirty(0x20_0000));
+    }
+
+    /// The decoded VRAM: a host entry like RAM's, its stores tracked by
+    /// its own bits whether logging is on or not; translated code gets a
+    /// write entry only for a page whose bit is set, and the adapter's
+    /// write sync waits only for a TLB that gave one out.
+    #[test]
+    fn vram_stores_are_tracked_by_its_own_bits() {
+        let mut mem = GuestMemory::new(1 << 22).unwrap();
+        let vram = mem.add_vram(1 << 20).unwrap();
+        let mem = Arc::new(mem);
+        let ctx = PagingCtx::OFF;
+        let watch = mem.code_watch();
+        let mut m = Mmu::new(mem.clone());
+        m.set_watch(watch.clone());
+        let s = Privilege::Supervisor;
+        const FB: u64 = 0xe000_0000;
+        // Not decoded: no host entry, and the checked paths refuse it.
+        m.translate(&ctx, s, FB, Access::Write).unwrap();
+        assert!(m.read_fast::<1>(s, FB).is_none());
+        assert!(mem.write_u8(FB, 1).is_err());
+        // Over RAM, past 4 GiB or misaligned: refused, decoded nowhere.
+        assert!(mem.map_vram(Some(0x20_0000)).is_err());
+        assert!(mem.map_vram(Some(0xfff0_0000 + 0x1000)).is_err());
+        assert!(mem.map_vram(Some(FB + 1)).is_err());
+        assert_eq!(vram.base(), None);
+        mem.map_vram(Some(FB)).unwrap();
+        assert!(watch.take().overflowed, "a move drops every TLB");
+        m.flush(false);
+        // A fill gives reads but no translated store to a clean page.
+        m.translate(&ctx, s, FB + 0x1000, Access::Write).unwrap();
+        assert_eq!(jit_write_of(&m, s, FB + 0x1000), JIT_NONE);
+        // The interpreter's store lands in the VRAM, sets the page's bit
+        // (not migration's) and grants the entry.
+        assert!(m.write_fast(s, FB + 0x1004, &[9]));
+        assert_eq!(vram.byte(0x1004), Some(9));
+        assert!(!mem.is_dirty(FB + 0x1000));
+        m.grant_fast_write(s, FB + 0x1004);
+        assert_eq!(jit_write_of(&m, s, FB + 0x1000), FB + 0x1000);
+        assert!(m.holds_vram_fast_writes());
+        // DMA (the checked path) reaches it too, and sets its bit.
+        mem.write(FB + 0x3000, &[1, 2]).unwrap();
+        assert_eq!(mem.read_u8(FB + 0x3001).unwrap(), 2);
+        let taken = vram.take_dirty();
+        assert_eq!(taken[0], 0b1010);
+        // The adapter's sync waits for this TLB, which drops the entry.
+        let sync = mem.request_write_sync();
+        assert!(!mem.vram_sync_done(sync));
+        assert!(watch.take().drop_fast_writes);
+        m.drop_fast_writes();
+        assert!(mem.vram_sync_done(sync));
+        assert!(!m.holds_vram_fast_writes());
+        assert_eq!(jit_write_of(&m, s, FB + 0x1000), JIT_NONE);
+        // A TLB that never stored into the VRAM holds no sync up.
+        mem.write_u8(0x10_0000, 1).unwrap();
+        m.translate(&ctx, s, 0x10_0000, Access::Write).unwrap();
+        assert_eq!(jit_write_of(&m, s, 0x10_0000), 0x10_0000);
+        let sync = mem.request_write_sync();
+        assert!(mem.vram_sync_done(sync));
+        assert!(!mem.write_sync_done(sync));
+        // Moved away: the old address is no longer the VRAM.
+        mem.map_vram(None).unwrap();
+        assert!(mem.write_u8(FB, 1).is_err());
+        assert!(mem.host_range(FB).is_none());
     }
 
     /// A TLB whose owner stopped running drops its translated stores'

@@ -170,9 +170,13 @@ impl BellSpot {
     }
 }
 
-/// The doorbells, where their BARs are, and the hypervisor's hook.
+/// The doorbells, where their BARs are, and the hypervisor's hook; and
+/// the standard VGA's VRAM, which guest memory decodes where its BAR0 is.
+/// Both follow a BAR move at once.
 struct Doorbells {
     spots: Vec<BellSpot>,
+    /// The guest memory that decodes the VGA's VRAM, when there is one.
+    vram: Option<Arc<GuestMemory>>,
     /// Where each BAR that has doorbells is decoded, inside its window
     /// (port space or not, base).
     bases: HashMap<(PciAddress, usize), (bool, u64)>,
@@ -183,11 +187,19 @@ struct Doorbells {
 
 impl Doorbells {
     fn new(mmio_window: (u64, u64)) -> Self {
-        Doorbells { spots: Vec::new(), bases: HashMap::new(), attach: None, mmio_window }
+        Doorbells { spots: Vec::new(), vram: None, bases: HashMap::new(), attach: None, mmio_window }
     }
 
     /// Follows a BAR the guest moved (or turned on or off).
     fn bar_moved(&mut self, c: &BarChange) {
+        if let Some(mem) = &self.vram {
+            if (c.address, c.bar) == (VGA_ADDRESS, devices::display::LFB_BAR) {
+                let at = c.new.filter(|&at| inside(self.mmio_window, at, c.size));
+                if let Err(e) = mem.map_vram(at) {
+                    tracing::warn!(target: "devices", "standard VGA: the framebuffer stays on the bus: {e}");
+                }
+            }
+        }
         let key = (c.address, c.bar);
         if !self.spots.iter().any(|s| (s.address, s.spec.bar) == key) {
             return;
@@ -903,6 +915,9 @@ pub(crate) fn install(
     let mut bells: Vec<Doorbell> = Vec::new();
     let mut nics = Vec::new();
     if let Some(dev) = vga {
+        if mem.vram().is_some() {
+            windows.doorbells.lock().vram = Some(Arc::clone(mem));
+        }
         for m in StdVga::bus_mappings(&dev) {
             m.insert_into(pio, mmio)?;
         }

@@ -46,6 +46,11 @@ impl DumpFormat {
     }
 }
 
+/// How often, and how long apart, a refresh looks again for VRAM pages
+/// whose write sync is not answered yet ([`StdVga::vram_settling`]).
+const SETTLE_TRIES: usize = 4;
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_micros(250);
+
 /// The adapter's picture, rendered for every reader.
 pub struct Screen {
     /// The adapter shown; [`Screen::show`] puts another in its place.
@@ -82,7 +87,20 @@ impl Screen {
     /// Renders the adapter's changes into the screen's frame.
     fn refresh(&self, r: &mut Rendered) -> Vec<vnc::Rect> {
         let vga = Arc::clone(&self.vga.lock());
-        let (w, h, rects) = vga.lock().render(&mut r.frame.pixels);
+        let (mut w, mut h, mut rects) = vga.lock().render(&mut r.frame.pixels);
+        // Stores the guest made through translated code's entries for the
+        // VRAM land before the vCPUs answer a write sync, which they do
+        // within microseconds when they run: look again for those pages
+        // (a parked vCPU is answered for at once).
+        for _ in 0..SETTLE_TRIES {
+            if !vga.lock().vram_settling() {
+                break;
+            }
+            std::thread::sleep(SETTLE_WAIT);
+            let (nw, nh, more) = vga.lock().render(&mut r.frame.pixels);
+            (w, h) = (nw, nh);
+            rects.extend(more);
+        }
         if (w, h) != (r.frame.width, r.frame.height) {
             r.frame.width = w;
             r.frame.height = h;

@@ -185,7 +185,11 @@ impl Machine {
         let (drives, disks) = crate::storage::share(storage.drives);
         let placed = crate::storage::place(drives)?;
         let mut mem = match config.vga {
-            Vga::Std => GuestMemory::with_vga_window(config.mem)?,
+            Vga::Std => {
+                let mut mem = GuestMemory::with_vga_window(config.mem)?;
+                mem.add_vram(u64::from(devices::display::DEFAULT_VRAM))?;
+                mem
+            }
             Vga::None => GuestMemory::new(config.mem)?,
         };
         match &config.firmware {
@@ -352,7 +356,7 @@ impl Machine {
         }
         let vga = match config.vga {
             Vga::Std => Some(Arc::new(Mutex::new(
-                devices::display::StdVga::new(devices::display::DEFAULT_VRAM).map_err(Error::Config)?,
+                devices::display::StdVga::with_memory(Arc::clone(&mem)).map_err(Error::Config)?,
             ))),
             Vga::None => None,
         };

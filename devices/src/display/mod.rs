@@ -71,6 +71,7 @@ mod tests;
 
 use std::sync::Arc;
 
+use mmu::{GuestMemory, Vram};
 use parking_lot::Mutex;
 
 use crate::bus::{BusDevice, SharedDevice};
@@ -159,7 +160,20 @@ pub(crate) mod vbe {
 /// registers, the VRAM and the renderer's bookkeeping.
 pub struct StdVga {
     pub(crate) config: PciConfigSpace,
+    /// The VRAM: guest memory decodes it at BAR0 when the adapter is the
+    /// machine's ([`StdVga::with_memory`]), where the CPU loads and stores
+    /// it directly; every access of the model's goes through it.
+    pub(crate) shared: Arc<Vram>,
+    /// The renderer's copy of the VRAM: the pages that changed are copied
+    /// from `shared` at the start of each render ([`StdVga::render`]).
     pub(crate) vram: Vec<u8>,
+    /// The guest memory that decodes `shared`, for its write syncs.
+    pub(crate) mem: Option<Arc<GuestMemory>>,
+    /// Pages of `shared` a take returned whose stores through translated
+    /// code's entries may still land: copied again once write sync
+    /// `settle_sync` is answered (0: none pending).
+    pub(crate) settling: Vec<u64>,
+    pub(crate) settle_sync: u64,
     pub(crate) r: Regs,
     /// One bit per [`DIRTY_PAGE`] of VRAM written since the last render.
     pub(crate) dirty: Vec<u64>,
@@ -247,7 +261,7 @@ impl Regs {
 impl std::fmt::Debug for StdVga {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StdVga")
-            .field("vram", &self.vram.len())
+            .field("vram", &self.shared.len())
             .field("misc", &self.r.misc)
             .field("vbe", &self.r.vbe_regs)
             .finish_non_exhaustive()
@@ -268,15 +282,40 @@ impl StdVga {
     /// The adapter with `vram_size` bytes of VRAM: a power of two from
     /// 1 MiB to 256 MiB ([`DEFAULT_VRAM`] is QEMU's 16 MiB).
     pub fn new(vram_size: u32) -> Result<Self, String> {
-        if !vram_size.is_power_of_two() || !(MIN_VRAM..=MAX_VRAM).contains(&vram_size) {
+        Self::check_size(u64::from(vram_size))?;
+        let vram = Vram::new(u64::from(vram_size)).map_err(|e| format!("the standard VGA's VRAM: {e}"))?;
+        Ok(Self::build(Arc::new(vram), None))
+    }
+
+    /// The adapter of the machine whose memory is `mem`, with the VRAM
+    /// `mem` has ([`GuestMemory::add_vram`], a size [`StdVga::new`]
+    /// takes): the machine decodes it where BAR0 is
+    /// ([`GuestMemory::map_vram`]).
+    pub fn with_memory(mem: Arc<GuestMemory>) -> Result<Self, String> {
+        let vram = mem.vram().cloned().ok_or("the standard VGA needs guest memory with VRAM")?;
+        Self::check_size(vram.len())?;
+        Ok(Self::build(vram, Some(mem)))
+    }
+
+    fn check_size(size: u64) -> Result<(), String> {
+        if !size.is_power_of_two() || !(u64::from(MIN_VRAM)..=u64::from(MAX_VRAM)).contains(&size) {
             return Err(format!(
-                "the standard VGA cannot have {vram_size:#x} bytes of VRAM; use a power of two from 1 MiB to 256 MiB"
+                "the standard VGA cannot have {size:#x} bytes of VRAM; use a power of two from 1 MiB to 256 MiB"
             ));
         }
+        Ok(())
+    }
+
+    fn build(shared: Arc<Vram>, mem: Option<Arc<GuestMemory>>) -> Self {
+        let vram_size = shared.len() as u32;
         let pages = (vram_size as usize).div_ceil(DIRTY_PAGE);
-        Ok(Self {
+        Self {
             config: power_on_config(vram_size),
-            vram: vec![0; vram_size as usize],
+            vram: shared.to_vec(),
+            shared,
+            mem,
+            settling: Vec::new(),
+            settle_sync: 0,
             r: Regs::power_on(),
             dirty: vec![0; pages.div_ceil(64)],
             any_dirty: false,
@@ -285,17 +324,17 @@ impl StdVga {
             palette_dirty: true,
             view: render::View::default(),
             log: LogOnce::new(),
-        })
+        }
     }
 
     /// The VRAM size in bytes.
     pub fn vram_size(&self) -> u32 {
-        self.vram.len() as u32
+        self.shared.len() as u32
     }
 
-    /// The VRAM, as BAR0 shows it.
-    pub fn vram(&self) -> &[u8] {
-        &self.vram
+    /// A copy of the VRAM, as BAR0 shows it.
+    pub fn vram(&self) -> Vec<u8> {
+        self.shared.to_vec()
     }
 
     /// A system reset: every register to its power-on value and the VRAM
@@ -303,7 +342,7 @@ impl StdVga {
     /// the rest of PCI configuration across a reset.
     pub fn reset(&mut self) {
         self.r = Regs::power_on();
-        self.vram.fill(0);
+        self.shared.fill(0, self.shared.len(), 0);
         self.mark_all_dirty();
     }
 

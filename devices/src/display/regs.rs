@@ -35,7 +35,7 @@ const ST01_V_RETRACE: u8 = 0x08;
 /// The attribute index register's palette address source bit.
 pub(crate) const AR_PAS: u8 = 0x20;
 /// The first 256 KiB of VRAM hold plane 2's eight font maps.
-const FONT_AREA: usize = 0x4_0000;
+pub(crate) const FONT_AREA: usize = 0x4_0000;
 
 /// Size of QEMU's extended register block, as its 0x600 register reads.
 const QEXT_SIZE: u32 = 8;
@@ -73,19 +73,17 @@ impl StdVga {
 
     /// Writes VRAM byte `idx` (dropped past the end).
     pub(crate) fn vram_write8(&mut self, idx: usize, v: u8) {
-        if let Some(b) = self.vram.get_mut(idx) {
-            if *b != v {
-                *b = v;
-                self.mark_dirty(idx);
-            }
+        if self.shared.byte(idx as u64).is_some_and(|b| b != v) {
+            self.shared.write(idx as u64, &[v]);
+            self.mark_dirty(idx);
         }
     }
 
     /// The four planes' bytes at plane offset `addr` (VRAM bytes `4 * addr..`).
     fn vram_read32(&self, addr: usize) -> Option<u32> {
         let i = addr.checked_mul(4)?;
-        let b = self.vram.get(i..i.checked_add(4)?)?;
-        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        let mut b = [0u8; 4];
+        self.shared.read(i as u64, &mut b).then(|| u32::from_le_bytes(b))
     }
 
     /// Writes the planes of `mask` (0xff per plane byte) at plane offset `addr`.
@@ -94,7 +92,7 @@ impl StdVga {
         let new = (old & !mask) | (val & mask);
         if new != old {
             let i = addr * 4;
-            self.vram[i..i + 4].copy_from_slice(&new.to_le_bytes());
+            self.shared.write(i as u64, &new.to_le_bytes());
             self.mark_dirty(i);
             if mask & 0x00ff_0000 != 0 {
                 self.mark_dirty(i + 2);
@@ -122,11 +120,11 @@ impl StdVga {
         let sr4 = self.r.sr[4];
         let gr5 = self.r.gr[5];
         if sr4 & SR4_CHAIN4 != 0 {
-            return self.vram.get(addr).copied().unwrap_or(0xff);
+            return self.shared.byte(addr as u64).unwrap_or(0xff);
         }
         if gr5 & GR5_ODD_EVEN != 0 {
             let plane = usize::from(self.r.gr[4] & 2) | (addr & 1);
-            return self.vram.get((addr >> 1) * 4 + plane).copied().unwrap_or(0xff);
+            return self.shared.byte(((addr >> 1) * 4 + plane) as u64).unwrap_or(0xff);
         }
         let Some(latch) = self.vram_read32(addr) else { return 0xff };
         self.r.latch = latch;
@@ -191,13 +189,8 @@ impl StdVga {
 
     /// A read of the linear framebuffer.
     pub(crate) fn lfb_read(&mut self, offset: u64, data: &mut [u8]) {
-        let src = usize::try_from(offset)
-            .ok()
-            .and_then(|o| Some(o..o.checked_add(data.len())?))
-            .and_then(|r| self.vram.get(r));
-        match src {
-            Some(s) => data.copy_from_slice(s),
-            None => data.fill(0xff),
+        if !self.shared.read(offset, data) {
+            data.fill(0xff);
         }
     }
 
@@ -353,7 +346,7 @@ impl StdVga {
             }
             self.r.vbe_regs[i]
         } else if i == vbe::VIDEO_MEMORY_64K {
-            (self.vram.len() >> 16) as u16
+            (self.shared.len() >> 16) as u16
         } else {
             self.misuse(Misuse::Unimplemented, || format!("a read of VBE register {index:#x}"));
             0
@@ -378,7 +371,7 @@ impl StdVga {
                 self.vbe_fixup();
             }
             vbe::BANK => {
-                let bank_mask = ((self.vram.len() >> 16).saturating_sub(1)) as u16;
+                let bank_mask = ((self.shared.len() >> 16).saturating_sub(1)) as u16;
                 let v = val & bank_mask;
                 self.r.vbe_regs[vbe::BANK] = v;
                 self.r.bank_offset = u32::from(v) << 16;
@@ -396,8 +389,8 @@ impl StdVga {
                     self.vbe_set_vga_regs();
                     if val & vbe::NOCLEARMEM == 0 {
                         let lines = usize::from(self.r.vbe_regs[vbe::YRES]);
-                        let end = lines.saturating_mul(self.r.vbe_line_offset as usize).min(self.vram.len());
-                        self.vram[..end].fill(0);
+                        let end = lines.saturating_mul(self.r.vbe_line_offset as usize).min(self.shared.len() as usize);
+                        self.shared.fill(0, end as u64, 0);
                         self.mark_range_dirty(0, end);
                     }
                 } else if val & vbe::ENABLED == 0 {
@@ -447,7 +440,7 @@ impl StdVga {
     /// Clamps the VBE geometry into what the VRAM holds (QEMU's
     /// `vbe_fixup_regs`), and computes the scanline length and start.
     pub(crate) fn vbe_fixup(&mut self) {
-        let vram = self.vram.len() as u64;
+        let vram = self.shared.len();
         let r = &mut self.r.vbe_regs;
         if r[vbe::ENABLE] & vbe::ENABLED == 0 {
             return;

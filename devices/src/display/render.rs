@@ -291,14 +291,17 @@ impl StdVga {
         Some(TextScreen { cols: t.cols, rows: t.rows, cells: self.text_cells(&t), cursor: self.cursor_cell(&t) })
     }
 
-    /// The text cells of layout `t`, row by row.
+    /// The text cells of layout `t`, row by row, from the VRAM itself (a
+    /// text console reads them without a render).
     fn text_cells(&self, t: &TextLayout) -> Vec<(u8, u8)> {
         let mut cells = Vec::with_capacity((t.cols * t.rows) as usize);
         for row in 0..t.rows as usize {
             for col in 0..t.cols as usize {
                 let addr = (t.start + row * t.stride + col) & 0xffff;
                 let i = addr * 4;
-                cells.push((self.vram.get(i).copied().unwrap_or(0), self.vram.get(i + 1).copied().unwrap_or(0)));
+                let mut cell = [0u8; 2];
+                self.shared.read(i as u64, &mut cell);
+                cells.push((cell[0], cell[1]));
             }
         }
         cells
@@ -363,11 +366,71 @@ impl StdVga {
         (first..=last).any(|p| self.dirty.get(p / 64).is_some_and(|w| w & (1 << (p % 64)) != 0))
     }
 
+    /// Brings the renderer's copy of the VRAM up to date, marking what
+    /// changed: the pages the guest stored to through memory since the
+    /// last look (translated code's entries for them are then dropped by a
+    /// write sync, and the pages copied once more when it is answered),
+    /// and the pages the model wrote itself.
+    fn pull_vram(&mut self) {
+        if self.settle_sync != 0 && self.mem.as_ref().is_none_or(|m| m.vram_sync_done(self.settle_sync)) {
+            self.settle_sync = 0;
+            let settled = std::mem::take(&mut self.settling);
+            self.merge_dirty(&settled);
+        }
+        let taken = self.shared.take_dirty();
+        if taken.iter().any(|&w| w != 0) {
+            self.merge_dirty(&taken);
+            if let Some(mem) = &self.mem {
+                self.settle_sync = mem.request_write_sync();
+                self.settling.resize(taken.len(), 0);
+                for (s, t) in self.settling.iter_mut().zip(&taken) {
+                    *s |= t;
+                }
+            }
+        }
+        if !self.any_dirty {
+            return;
+        }
+        for (wi, &word) in self.dirty.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let page = wi * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let start = page * DIRTY_PAGE;
+                if let Some(dst) = self.vram.get_mut(start..start + DIRTY_PAGE) {
+                    self.shared.read(start as u64, dst);
+                }
+            }
+        }
+    }
+
+    /// Adds the pages of `pages` (a bit per page) to what changed.
+    fn merge_dirty(&mut self, pages: &[u64]) {
+        for (d, &p) in self.dirty.iter_mut().zip(pages) {
+            *d |= p;
+        }
+        if pages.iter().any(|&w| w != 0) {
+            self.any_dirty = true;
+            // The first 256 KiB hold the font in plane 2.
+            let font_words = (super::regs::FONT_AREA / DIRTY_PAGE).div_ceil(64);
+            if pages.iter().take(font_words).any(|&w| w != 0) {
+                self.font_dirty = true;
+            }
+        }
+    }
+
+    /// Whether pages the guest stored to wait for a write sync's answer
+    /// before their last copy: the display looks again soon.
+    pub fn vram_settling(&self) -> bool {
+        self.settle_sync != 0
+    }
+
     /// Brings `pixels` (row-major, `width * height` XRGB values; resized and
     /// fully redrawn when the mode's size changed) up to date; returns the
     /// size and the rectangles that changed since the previous call (empty
     /// when nothing changed).
     pub fn render(&mut self, pixels: &mut Vec<u32>) -> (u32, u32, Vec<Rect>) {
+        self.pull_vram();
         let (w, h) = (self.view.width, self.view.height);
         let size_ok = pixels.len() == (w as usize) * (h as usize);
         if size_ok

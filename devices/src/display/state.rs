@@ -83,7 +83,7 @@ impl Persist for StdVga {
         let r = &self.r;
         StdVgaState {
             config: self.config.save(),
-            vram: self.vram.clone(),
+            vram: self.shared.to_vec(),
             misc: r.misc,
             st00: r.st00,
             st01: r.st01,
@@ -114,7 +114,7 @@ impl Persist for StdVga {
 
     fn restore(&mut self, s: &StdVgaState) -> Result<(), PersistError> {
         self.config.check_state(&s.config)?;
-        PersistError::check_len(PART, "vram", s.vram.len(), self.vram.len())?;
+        PersistError::check_len(PART, "vram", s.vram.len(), self.shared.len() as usize)?;
         PersistError::check_len(PART, "sr", s.sr.len(), 8)?;
         PersistError::check_len(PART, "gr", s.gr.len(), 16)?;
         PersistError::check_len(PART, "ar", s.ar.len(), 21)?;
@@ -143,15 +143,16 @@ impl Persist for StdVga {
         PersistError::check((vbe::ID0..=vbe::ID5).contains(&id), PART, "vbe_regs", || {
             format!("hold the ID {id:#06x}, not one of 0xb0c0-0xb0c5")
         })?;
-        let banks = (self.vram.len() >> 16) as u64;
+        let banks = self.shared.len() >> 16;
         let bank = u64::from(s.vbe_regs[vbe::BANK]);
         PersistError::check(bank < banks, PART, "vbe_regs", || {
             format!("hold bank {bank}, past the {banks} banks of the VRAM")
         })?;
-        PersistError::check_max(PART, "vbe_start", s.vbe_start as usize, self.vram.len())?;
+        PersistError::check_max(PART, "vbe_start", s.vbe_start as usize, self.shared.len() as usize)?;
         PersistError::check_max(PART, "vbe_line_offset", s.vbe_line_offset, u32::from(vbe::MAX_XRES) * 4)?;
 
         self.config.load_state(&s.config);
+        self.shared.write(0, &s.vram);
         self.vram.copy_from_slice(&s.vram);
         let mut r = Regs::power_on();
         r.misc = s.misc;

@@ -649,6 +649,56 @@ fn vbe_1024x768x32_through_the_lfb() {
     assert_eq!(px(&pixels, w, 100, 0), 0x123456);
 }
 
+/// The machine's adapter: its VRAM decoded in guest memory, where the
+/// CPU's stores land straight in it and their pages reach the renderer;
+/// the pages of a take are copied again once the write sync it asked is
+/// answered, and a parked vCPU answers at once.
+#[test]
+fn stores_through_guest_memory_reach_the_picture() {
+    const FB: u64 = 0xe000_0000;
+    let mut mem = mmu::GuestMemory::new(1 << 21).unwrap();
+    mem.add_vram(u64::from(DEFAULT_VRAM)).unwrap();
+    let mem = Arc::new(mem);
+    let mut v = StdVga::with_memory(mem.clone()).unwrap();
+    assert_eq!(v.vram_size(), DEFAULT_VRAM);
+    assert!(StdVga::with_memory(Arc::new(mmu::GuestMemory::new(1 << 21).unwrap())).is_err());
+    mem.map_vram(Some(FB)).unwrap();
+    vbe_out(&mut v, 1, 1024);
+    vbe_out(&mut v, 2, 768);
+    vbe_out(&mut v, 3, 32);
+    vbe_out(&mut v, 4, 0x41);
+    let mut pixels = Vec::new();
+    let (w, _, _) = v.render(&mut pixels);
+    assert!(v.render(&mut pixels).2.is_empty(), "a still picture renders nothing");
+    assert!(!v.vram_settling());
+    // A vCPU's watch, as a running vCPU holds one.
+    let watch = mem.code_watch();
+    let off = (300 * 1024 + 7) * 4;
+    mem.write(FB + off, &0x00ab_cdefu32.to_le_bytes()).unwrap();
+    let (_, _, rects) = v.render(&mut pixels);
+    assert_eq!(rects, vec![Rect { x: 0, y: 300, w: 1024, h: 1 }]);
+    assert_eq!(px(&pixels, w, 7, 300), 0xabcdef);
+    assert_eq!(v.vram()[off as usize], 0xef);
+    // The vCPU had a write entry into the VRAM: the take waits for it.
+    watch.note_vram_fast_writes();
+    mem.write(FB + off, &0x0011_2233u32.to_le_bytes()).unwrap();
+    v.render(&mut pixels);
+    assert!(v.vram_settling());
+    // A store through its stale entry lands before it answers; the copy
+    // after the answer shows it.
+    v.shared.write(off + 4, &0x0044_5566u32.to_le_bytes());
+    v.render(&mut pixels);
+    assert!(v.vram_settling(), "not answered yet");
+    assert!(watch.take().drop_fast_writes);
+    let (_, _, rects) = v.render(&mut pixels);
+    assert!(!v.vram_settling());
+    assert_eq!(rects, vec![Rect { x: 0, y: 300, w: 1024, h: 1 }]);
+    assert_eq!(px(&pixels, w, 8, 300), 0x445566);
+    // A saved state carries what the CPU stored.
+    let saved = v.save();
+    assert_eq!(&saved.vram[off as usize..off as usize + 4], &0x0011_2233u32.to_le_bytes());
+}
+
 #[test]
 fn vbe_depths_and_the_banked_window() {
     let mut v = StdVga::new(4 << 20).unwrap();
