@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 
 use bios_disk::{partition_offset, seabios, set_mib, sh, test_disk};
 use qmp::Qmp;
-use run::tmp;
+use run::{free_display, tmp};
 use vnc::client::{Client, ClientEncoding};
 
 const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
@@ -68,14 +68,6 @@ fn tools() -> bool {
         }
     }
     seabios()
-}
-
-/// A display number whose port (5900 + N) was free a moment ago.
-fn free_display() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    assert!(port > 5900, "an ephemeral port above 5900: {port}");
-    port - 5900
 }
 
 /// A running ferrovm with COM1 in a file and a QMP socket.

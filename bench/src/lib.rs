@@ -13,7 +13,9 @@
 //!   loopback (`--migration`);
 //! - [`restore`]: a saved guest's time to run again, and the memory of
 //!   its clones (`--restore`);
-//! - [`uefi`]: OVMF from the reset vector to its shell (`--uefi`).
+//! - [`uefi`]: OVMF from the reset vector to its shell (`--uefi`);
+//! - [`scroll`]: a scrolling Linux framebuffer console against the serial
+//!   port (`--scroll`).
 //!
 //! Linux guests and QEMU run as child processes (a Linux guest under the
 //! `ferrovm` binary that calls this crate), so each of those measurements
@@ -28,6 +30,7 @@ pub mod display;
 pub mod migration;
 pub mod net;
 pub mod restore;
+pub mod scroll;
 pub mod smp;
 pub mod uefi;
 pub mod work;
@@ -86,6 +89,11 @@ pub struct BenchArgs {
     /// shell's banner and prompt, per engine and under QEMU TCG.
     #[arg(long, conflicts_with_all = ["net", "work", "disk", "smp", "display", "migration", "restore"])]
     pub uefi: bool,
+    /// Measure a scrolling framebuffer console instead: `seq 1 20000` on
+    /// Linux's bochs DRM console and then on its serial port, timed by the
+    /// guest, under the JIT and QEMU TCG, without and with a VNC viewer.
+    #[arg(long, conflicts_with_all = ["net", "work", "disk", "smp", "display", "migration", "restore", "uefi"])]
+    pub scroll: bool,
     /// With --disk: measure only this bus (`virtio` or `ide`).
     #[arg(long, value_name = "BUS", requires = "disk", value_parser = ["virtio", "ide"])]
     pub disk_bus: Option<String>,
@@ -104,6 +112,8 @@ pub fn run(args: &BenchArgs) -> i32 {
         disk::run(args)
     } else if args.display {
         display::run(args)
+    } else if args.scroll {
+        scroll::run(args)
     } else if args.migration {
         migration::run(args)
     } else if args.restore {

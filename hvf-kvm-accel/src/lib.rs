@@ -133,6 +133,14 @@ pub trait Vm: Send + Sync {
     /// shadow the guest's page tables and learn of changes by trapping the
     /// guest's own writes. The vCPUs must not be running.
     fn flush_translations(&self) -> Result<(), AccelError>;
+    /// Map a display adapter's VRAM where guest memory decodes it now
+    /// ([`mmu::GuestMemory::map_vram`]), if it moved since the last call,
+    /// so that the guest's stores to it land in it and are logged. Called
+    /// before a vCPU enters. Without it (the default) the VRAM is MMIO to
+    /// the hypervisor, and its stores exit to the adapter.
+    fn follow_vram(&self) -> Result<(), AccelError> {
+        Ok(())
+    }
     /// An eventfd that raises interrupt line `gsi` of the in-kernel
     /// PIC/IOAPIC (an edge: assert, then deassert) each time it is written,
     /// without a trip through the vCPU thread. GSIs 0-15 reach the PIC and

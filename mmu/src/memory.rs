@@ -225,6 +225,13 @@ pub trait DirtyLogSource: Send + Sync {
     /// began) with [`GuestMemory::mark_dirty`] on `mem`, and clears its
     /// log.
     fn collect_dirty(&self, mem: &GuestMemory) -> Result<(), String>;
+    /// Marks every page of the VRAM it wrote since the last call with
+    /// [`crate::Vram::mark_written`], and clears that log: for a source
+    /// that maps the VRAM itself ([`crate::vram`]). Whether migration's
+    /// logging is on or not.
+    fn collect_vram(&self, _mem: &GuestMemory) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Pages of the first megabyte, whose writability the chipset switches.
@@ -404,6 +411,22 @@ impl GuestMemory {
             Some(b) => Err(MemError::Overlap { name: "vram", base: b, len }),
             None => Ok(()),
         }
+    }
+
+    /// The pages of the VRAM stored to since the last call
+    /// ([`Vram::take_dirty`]), with the logs of the [`DirtyLogSource`]s
+    /// that map it merged in first. A source whose log fails is reported
+    /// once per failure, and the VRAM is then taken as all written.
+    pub fn take_vram_dirty(&self) -> Vec<u64> {
+        let Some(v) = &self.vram else { return Vec::new() };
+        let live: Vec<_> = self.sources().iter().filter_map(Weak::upgrade).collect();
+        for s in live {
+            if let Err(e) = s.collect_vram(self) {
+                tracing::warn!(target: "mmu", "the VRAM's dirty log could not be fetched: {e}");
+                v.mark_written(0, v.len());
+            }
+        }
+        v.take_dirty()
     }
 
     /// Whether guest physical `phys` is in the decoded VRAM, and if so

@@ -24,9 +24,15 @@
 //! Guest memory's checked accessors reach it too (a CPU's stores that
 //! cross a page, string moves, DMA), and set the same bits. Beyond that
 //! VRAM is not RAM: no code is cached from it (the adapter writes it
-//! without the code-page tracking; decoders fetch from it uncached), it is
-//! not in the RAM image of a saved state, and a hypervisor does not map it
-//! as a memory slot (its stores reach the adapter's bus device).
+//! without the code-page tracking; decoders fetch from it uncached) and it
+//! is not in the RAM image of a saved state.
+//!
+//! A hypervisor maps it as a memory slot of its own that always logs the
+//! guest's writes (KVM's `KVM_MEM_LOG_DIRTY_PAGES`), and follows the BAR
+//! when it moves; [`GuestMemory::take_vram_dirty`](crate::GuestMemory::take_vram_dirty)
+//! fetches that log into the bitmap before it takes it
+//! ([`crate::DirtyLogSource::collect_vram`]). A fetch is exact: the
+//! hypervisor write-protects the pages again as it clears its log.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -124,6 +130,21 @@ impl Vram {
     pub(crate) fn host(&self, off: u64) -> *mut u8 {
         debug_assert!(off < self.len);
         self.ptr.wrapping_add(off as usize)
+    }
+
+    /// The host address of the first byte, for a hypervisor's memory slot.
+    /// Rust code outside this crate must not dereference it.
+    pub fn host_addr(&self) -> u64 {
+        self.ptr as u64
+    }
+
+    /// Sets the bits of the pages of `off..off+len` (clipped to the end):
+    /// for a writer that logs its own stores (a hypervisor's memory slot,
+    /// [`crate::DirtyLogSource::collect_vram`]).
+    pub fn mark_written(&self, off: u64, len: u64) {
+        if off < self.len {
+            self.mark(off, len);
+        }
     }
 
     /// Whether `off..off+n` lies inside.

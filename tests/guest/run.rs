@@ -106,3 +106,12 @@ fn read_in_chunks(mut stdout: std::process::ChildStdout) -> std::sync::mpsc::Rec
     });
     rx
 }
+
+/// A VNC display number whose port (5900 + N) was free a moment ago.
+#[allow(dead_code, reason = "not every suite runs a VNC server")]
+pub fn free_display() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    assert!(port > 5900, "an ephemeral port above 5900: {port}");
+    port - 5900
+}

@@ -524,6 +524,7 @@ impl Machine {
             exclusive_request: self.exclusive_request.clone(),
             watch: None,
             shadow: None,
+            vram_seen: None,
         }
     }
 

@@ -377,7 +377,10 @@ impl StdVga {
             let settled = std::mem::take(&mut self.settling);
             self.merge_dirty(&settled);
         }
-        let taken = self.shared.take_dirty();
+        let taken = match &self.mem {
+            Some(mem) => mem.take_vram_dirty(),
+            None => self.shared.take_dirty(),
+        };
         if taken.iter().any(|&w| w != 0) {
             self.merge_dirty(&taken);
             if let Some(mem) = &self.mem {

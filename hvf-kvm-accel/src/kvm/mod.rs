@@ -25,6 +25,7 @@ mod kick;
 mod vcpu;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -261,7 +262,13 @@ impl Kvm {
             msrs: Mutex::new(msrs),
             run_size: fd.run_size(),
         });
-        let core = Arc::new(VmCore { fd, mem, slots: Mutex::new(slots), flush_page: FlushPage::new()? });
+        let core = Arc::new(VmCore {
+            fd,
+            mem,
+            slots: Mutex::new(slots),
+            vram_seen: AtomicU64::new(VRAM_UNSEEN),
+            flush_page: FlushPage::new()?,
+        });
         let vm = KvmVm { core, shared, readonly_mem, msi_routes: Mutex::new(BTreeMap::new()), initial_devices };
         let flush = vm.flush_slot();
         set_slot(&vm.core.fd, flush, flush.len)
@@ -349,6 +356,10 @@ impl Slot {
 #[derive(Debug)]
 struct SlotTable {
     slots: Vec<Slot>,
+    /// The VRAM's slot while guest memory decodes it ([`mmu::vram`]):
+    /// apart from `slots`, which hold guest RAM and ROM, and always logging
+    /// the guest's writes.
+    vram: Option<Slot>,
     next_id: u32,
     /// Set while the RAM slots log the guest's writes.
     logging: bool,
@@ -356,7 +367,7 @@ struct SlotTable {
 
 /// Register every region of `mem` as a memory slot.
 fn map_memory(fd: &VmFd, mem: &GuestMemory, readonly_mem: bool) -> Result<SlotTable, AccelError> {
-    let mut table = SlotTable { slots: Vec::new(), next_id: 0, logging: false };
+    let mut table = SlotTable { slots: Vec::new(), vram: None, next_id: 0, logging: false };
     for r in mem.regions() {
         let mut flags = 0;
         if r.kind == RegionKind::Rom {
@@ -408,6 +419,11 @@ fn set_slot(fd: &VmFd, slot: Slot, len: u64) -> Result<(), String> {
 struct FlushPage {
     addr: u64,
 }
+
+/// The VRAM slot's id, after the flush slot's.
+const VRAM_SLOT_ID: u32 = 501;
+/// [`VmCore::vram_seen`] before the first look (no page-aligned base).
+const VRAM_UNSEEN: u64 = 1;
 
 /// Where the flush slot sits: the last page below 2^40.
 const FLUSH_SLOT_GPA: u64 = (1 << 40) - 0x1000;
@@ -571,6 +587,10 @@ struct VmCore {
     fd: VmFd,
     mem: Arc<GuestMemory>,
     slots: Mutex<SlotTable>,
+    /// The VRAM base the VRAM slot follows ([`VRAM_UNSEEN`] before the
+    /// first look, `u64::MAX` for none): a vCPU's entry compares it with
+    /// guest memory's without the table's lock.
+    vram_seen: AtomicU64,
     /// Dropped after `fd` (declaration order), see [`FlushPage`].
     flush_page: FlushPage,
 }
@@ -581,30 +601,107 @@ impl VmCore {
     }
 
     /// Marks the pages of `slot` that KVM logged as written since the last
-    /// fetch dirty in `mem` (`KVM_GET_DIRTY_LOG`, which also clears KVM's
-    /// bitmap and write-protects the pages again).
+    /// fetch dirty in `mem` ([`VmCore::logged_pages`]).
     fn collect_slot(&self, slot: &Slot, mem: &GuestMemory) -> Result<(), String> {
+        for offset in self.logged_pages(slot)? {
+            mem.mark_dirty(slot.base + offset, PAGE_SIZE);
+        }
+        Ok(())
+    }
+
+    /// The offsets in `slot` of the pages KVM logged as written since the
+    /// last fetch (`KVM_GET_DIRTY_LOG`, which also clears KVM's bitmap and
+    /// write-protects the pages again).
+    fn logged_pages(&self, slot: &Slot) -> Result<Vec<u64>, String> {
         let len = usize::try_from(slot.len).map_err(|_| format!("slot {} is too large", slot.id))?;
         let bitmap = self
             .fd
             .get_dirty_log(slot.id, len)
             .map_err(|e| format!("KVM_GET_DIRTY_LOG of the memory slot at {:#x}: {e}", slot.base))?;
+        let mut pages = Vec::new();
         for (i, &word) in bitmap.iter().enumerate() {
             let mut w = word;
             while w != 0 {
-                let page = i as u64 * 64 + u64::from(w.trailing_zeros());
+                let offset = (i as u64 * 64 + u64::from(w.trailing_zeros())) * PAGE_SIZE;
                 w &= w - 1;
-                let offset = page * PAGE_SIZE;
                 if offset < slot.len {
-                    mem.mark_dirty(slot.base + offset, PAGE_SIZE);
+                    pages.push(offset);
                 }
             }
+        }
+        Ok(pages)
+    }
+}
+
+impl VmCore {
+    /// Maps the VRAM where guest memory decodes it now, as a slot that
+    /// logs the guest's writes, if it moved since the last look: the old
+    /// slot's log goes to the VRAM's bitmap before the slot goes.
+    fn follow_vram(&self) -> Result<(), AccelError> {
+        let Some(v) = self.mem.vram() else { return Ok(()) };
+        let want = v.base();
+        let seen = want.unwrap_or(u64::MAX);
+        if self.vram_seen.load(Ordering::Acquire) == seen {
+            return Ok(());
+        }
+        let mut table = self.table();
+        // Tried once per move: a slot KVM refuses leaves the VRAM to MMIO
+        // exits, which reach the adapter.
+        self.vram_seen.store(seen, Ordering::Release);
+        if table.vram.map(|s| s.base) == want {
+            return Ok(());
+        }
+        if let Some(old) = table.vram.take() {
+            if let Err(e) = self.collect_vram_slot(&old, v) {
+                tracing::warn!("the VRAM's dirty log before it moved: {e}");
+                v.mark_written(0, v.len());
+            }
+            set_slot(&self.fd, old, 0).map_err(|reason| AccelError::MemorySlot {
+                name: "VRAM",
+                base: old.base,
+                len: old.len,
+                reason,
+            })?;
+        }
+        if let Some(base) = want {
+            let slot = Slot {
+                id: VRAM_SLOT_ID,
+                base,
+                len: v.len(),
+                host_addr: v.host_addr(),
+                flags: KVM_MEM_LOG_DIRTY_PAGES,
+                ram: false,
+            };
+            let err = |reason: String| AccelError::MemorySlot { name: "VRAM", base, len: slot.len, reason };
+            set_slot(&self.fd, slot, slot.len).map_err(err)?;
+            table.vram = Some(slot);
+            // What the guest wrote before the slot existed went through the
+            // adapter's bus device, which tracks its own writes.
+            self.collect_vram_slot(&slot, v).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Marks the VRAM pages KVM logged as written in `slot` since the last
+    /// fetch ([`VmCore::logged_pages`]).
+    fn collect_vram_slot(&self, slot: &Slot, v: &mmu::Vram) -> Result<(), String> {
+        for offset in self.logged_pages(slot)? {
+            v.mark_written(offset, PAGE_SIZE);
         }
         Ok(())
     }
 }
 
 impl DirtyLogSource for VmCore {
+    fn collect_vram(&self, mem: &GuestMemory) -> Result<(), String> {
+        let Some(v) = mem.vram() else { return Ok(()) };
+        let slot = self.table().vram;
+        match slot {
+            Some(slot) => self.collect_vram_slot(&slot, v),
+            None => Ok(()),
+        }
+    }
+
     fn set_dirty_logging(&self, on: bool) -> Result<(), String> {
         let mut table = self.table();
         if table.logging == on {
@@ -660,6 +757,13 @@ impl Drop for VmCore {
         // the last round goes to guest memory's own log.
         if let Err(e) = self.collect_dirty(&self.mem) {
             self.mem.note_dirty_log_error(format!("the dirty log of a KVM VM that went was lost: {e}"));
+        }
+        // And what it logged of the VRAM, to the VRAM's bitmap.
+        if let Err(e) = self.collect_vram(&self.mem) {
+            tracing::warn!("the VRAM's dirty log of a KVM VM that went: {e}");
+            if let Some(v) = self.mem.vram() {
+                v.mark_written(0, v.len());
+            }
         }
     }
 }
@@ -816,6 +920,10 @@ impl Vm for KvmVm {
         table.slots.push(slot);
         table.next_id = table.next_id.max(id + 1);
         Ok(())
+    }
+
+    fn follow_vram(&self) -> Result<(), AccelError> {
+        self.core.follow_vram()
     }
 
     fn flush_translations(&self) -> Result<(), AccelError> {

@@ -43,6 +43,10 @@ pub struct MachineIo {
     /// the shadow-protection generation its mappings follow; a change
     /// (a PAM write) stops the run so the engine can remap.
     pub(crate) shadow: Option<(Arc<mmu::GuestMemory>, Arc<AtomicU64>)>,
+    /// With `shadow`'s memory: the VRAM base the engine's mappings follow
+    /// (`u64::MAX` for none); a move (a BAR0 write) stops the run so the
+    /// engine can map it ([`crate::engine::kvm`]).
+    pub(crate) vram_seen: Option<Arc<AtomicU64>>,
 }
 
 /// Watches the machine's timers across the device writes of one slice.
@@ -85,6 +89,13 @@ impl DeadlineWatch {
 }
 
 impl MachineIo {
+    /// Whether guest memory decodes the VRAM elsewhere than where the
+    /// engine's mappings follow it.
+    fn vram_moved(&self) -> bool {
+        let (Some((m, _)), Some(seen)) = (&self.shadow, &self.vram_seen) else { return false };
+        m.vram().is_some_and(|v| v.base().unwrap_or(u64::MAX) != seen.load(Ordering::Acquire))
+    }
+
     fn note_unclaimed(&self, mmio: bool, addr: u64, write: bool) {
         let mut u = self.unclaimed.lock();
         u.count += 1;
@@ -176,5 +187,6 @@ impl Platform for MachineIo {
             || self.exclusive_request.load(Ordering::Relaxed)
             || self.watch.as_ref().is_some_and(|w| w.moved())
             || self.shadow.as_ref().is_some_and(|(m, seen)| m.shadow_generation() != seen.load(Ordering::Acquire))
+            || self.vram_moved()
     }
 }

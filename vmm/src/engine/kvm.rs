@@ -72,6 +72,9 @@ pub struct KvmEngine<'m> {
     alarm: Alarm,
     /// The shadow-protection generation the memory slots follow.
     shadow_seen: Arc<AtomicU64>,
+    /// The VRAM base the VM's VRAM slot follows, for the run's stop test
+    /// (`u64::MAX` for none).
+    vram_seen: Arc<AtomicU64>,
     /// Which 16 KiB chunks of 0xC0000-0xFFFFF are read-only slots.
     shadow_ro: [bool; SHADOW_CHUNKS],
     /// A debugger's stops, while armed ([`Engine::set_debug`]).
@@ -233,6 +236,8 @@ impl<'m> KvmEngine<'m> {
         let (mut io, watch) = m.io_watching_timers();
         let shadow_seen = Arc::new(AtomicU64::new(0));
         io.shadow = Some((m.mem.clone(), shadow_seen.clone()));
+        let vram_seen = Arc::new(AtomicU64::new(u64::MAX));
+        io.vram_seen = Some(vram_seen.clone());
         let mut fallback = Cpu::new(m.mem.clone(), Box::new(m.io.clone()));
         fallback.set_model(m.config.cpu_model);
         fallback.set_topology(m.config.topology, m.index);
@@ -254,6 +259,7 @@ impl<'m> KvmEngine<'m> {
             kicker,
             alarm,
             shadow_seen,
+            vram_seen,
             shadow_ro: [false; SHADOW_CHUNKS],
             debug: None,
             watch_hit: None,
@@ -278,6 +284,21 @@ impl<'m> KvmEngine<'m> {
             }
         }
         Ok(())
+    }
+
+    /// Maps the VRAM where guest memory decodes it now (a BAR0 write
+    /// stops the run for it), before the vCPU runs again. A slot KVM
+    /// refuses leaves the VRAM MMIO: its stores reach the adapter.
+    fn follow_vram(&mut self) {
+        let Some(v) = self.mem.vram() else { return };
+        let base = v.base().unwrap_or(u64::MAX);
+        if base == self.vram_seen.load(Ordering::Acquire) {
+            return;
+        }
+        self.vram_seen.store(base, Ordering::Release);
+        if let Err(e) = self.vm.follow_vram() {
+            tracing::warn!(target: "vmm", "the VRAM stays MMIO to KVM: {e}");
+        }
     }
 
     /// A resume at a breakpoint: runs the one instruction there with the
@@ -372,6 +393,7 @@ impl Engine for KvmEngine<'_> {
 
     fn run(&mut self, slice: &Slice) -> Result<Exit, Error> {
         self.sync_shadow()?;
+        self.follow_vram();
         if self.debug.as_ref().is_some_and(|d| d.resume) {
             if let Some(exit) = self.step_over_breakpoint(slice)? {
                 return Ok(exit);
