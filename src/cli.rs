@@ -438,6 +438,12 @@ pub struct RunArgs {
     /// raises IRQ 0 on KVM's PIC and I/O APIC.
     #[arg(long, value_enum, default_value_t = KvmPitArg::Kernel)]
     pub kvm_pit: KvmPitArg,
+    /// Under --accel kvm: KVM's PIC, I/O APIC and local APIC (`kernel`,
+    /// the default), or ferrovm's own (`user`, QEMU's kernel-irqchip=off),
+    /// whose interrupts ferrovm injects before each entry into KVM; one
+    /// vCPU.
+    #[arg(long, value_enum, default_value_t = KvmIrqchipArg::Kernel)]
+    pub kvm_irqchip: KvmIrqchipArg,
 }
 
 /// The display adapter and what shows it: the options `ferrovm run` and
@@ -531,6 +537,22 @@ impl KvmPitArg {
         match self {
             KvmPitArg::Kernel => vmm::KvmPit::InKernel,
             KvmPitArg::User => vmm::KvmPit::User,
+        }
+    }
+}
+
+/// `--kvm-irqchip`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KvmIrqchipArg {
+    Kernel,
+    User,
+}
+
+impl KvmIrqchipArg {
+    pub fn irqchip(self) -> vmm::KvmIrqchip {
+        match self {
+            KvmIrqchipArg::Kernel => vmm::KvmIrqchip::InKernel,
+            KvmIrqchipArg::User => vmm::KvmIrqchip::User,
         }
     }
 }

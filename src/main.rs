@@ -350,6 +350,7 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         timeout: args.timeout.map(Duration::from_secs_f64),
         kvm_split: args.kvm_split.mode(),
         kvm_pit: args.kvm_pit.pit(),
+        kvm_irqchip: args.kvm_irqchip.irqchip(),
         // The full model where ferrovm runs every instruction itself; KVM
         // gives the guest its own CPUID, filtered to the smaller model.
         cpu_model: args.cpu.unwrap_or(if kind == EngineKind::Kvm {

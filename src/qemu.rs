@@ -269,6 +269,9 @@ struct State {
     uuid: Option<String>,
     /// `-no-hpet`, `-machine hpet=off`.
     no_hpet: bool,
+    /// `-machine kernel-irqchip=off`, `-accel kvm,kernel-irqchip=off`,
+    /// `-no-kvm-irqchip`: the machine's own interrupt controllers under KVM.
+    kvm_irqchip_off: bool,
     /// `-no-acpi`, `-machine acpi=off`.
     no_acpi: bool,
     /// `-object rng-random|rng-builtin`: id and the file it reads.
@@ -525,6 +528,8 @@ pub fn translate(argv: &[String]) -> Result<Translation, String> {
             }
             "object" => st.object(&option, v)?,
             "no-hpet" => st.no_hpet = true,
+            // QEMU's older spelling of kernel-irqchip=off.
+            "no-kvm-irqchip" => st.kvm_irqchip_off = true,
             "no-acpi" => st.no_acpi = true,
             "uuid" => {
                 firmware::smbios::parse_uuid(v).map_err(|e| format!("{option}: {e}"))?;
@@ -644,6 +649,7 @@ fn help() -> String {
     "usage: qemu-system-x86_64 [options] [disk_image]\n\
      ferrovm runs these of QEMU's options (README.md has the table):\n\
      -kernel -initrd -append -bios -L -m -smp -cpu -machine pc|q35 -accel kvm|tcg -enable-kvm\n\
+     -machine kernel-irqchip=on|off -no-kvm-irqchip\n\
      -nographic -display none|vnc=HOST:N -vga std|none -vnc HOST:N|unix:PATH[,websocket=PORT][,password=on]\n\
      -serial stdio|mon:stdio|file:PATH|null|none\n\
      -qmp|-monitor unix:PATH|tcp:HOST:PORT,server=on[,wait=off] -monitor stdio|none -chardev socket -mon -S -s -gdb tcp::PORT|unix:PATH\n\
@@ -777,8 +783,23 @@ impl State {
         let o = parse_opts(v, Some("type"))?;
         o.only(
             option,
-            &["type", "accel", "usb", "vmport", "graphics", "dump-guest-core", "mem-merge", "hpet", "acpi", "smm"],
+            &[
+                "type",
+                "accel",
+                "usb",
+                "vmport",
+                "graphics",
+                "dump-guest-core",
+                "mem-merge",
+                "hpet",
+                "acpi",
+                "smm",
+                "kernel-irqchip",
+            ],
         )?;
+        if let Some(k) = o.get("kernel-irqchip") {
+            self.kernel_irqchip(option, k)?;
+        }
         // ferrovm's CPU has no System Management Mode: QEMU's smm=off.
         if let Some(v) = o.get("smm").filter(|v| on_off(option, "smm", v) != Ok(false)) {
             return Err(format!(
@@ -1036,9 +1057,15 @@ impl State {
 
     fn accel(&mut self, option: &str, v: &str) -> Result<(), String> {
         let o = parse_opts(v, Some("accel"))?;
-        o.only(option, &["accel", "thread", "tb-size"])?;
+        o.only(option, &["accel", "thread", "tb-size", "kernel-irqchip"])?;
         let a = o.get("accel").ok_or_else(|| format!("{option} {v}: no accelerator"))?;
         check_accel(option, a)?;
+        if let Some(k) = o.get("kernel-irqchip") {
+            if a != "kvm" {
+                return Err(format!("{option} {a},kernel-irqchip={k}: kernel-irqchip= belongs to kvm"));
+            }
+            self.kernel_irqchip(option, k)?;
+        }
         match o.get("thread") {
             None => {}
             Some(t @ ("single" | "multi")) if a == "tcg" => self.tcg_thread = Some(t.to_string()),
@@ -1046,6 +1073,20 @@ impl State {
             Some(t) => return Err(format!("{option} {a},thread={t}: thread= belongs to tcg")),
         }
         self.accel.push(a.to_string());
+        Ok(())
+    }
+
+    /// `kernel-irqchip=`: KVM's interrupt controllers (`on`, the default)
+    /// or the machine's own (`off`); `split` (the local APIC in KVM, the
+    /// rest in userspace) is refused.
+    fn kernel_irqchip(&mut self, option: &str, v: &str) -> Result<(), String> {
+        if v == "split" {
+            return Err(format!(
+                "{option} kernel-irqchip=split is not supported: ferrovm keeps every interrupt controller in KVM \
+                 (kernel-irqchip=on) or in ferrovm (kernel-irqchip=off)"
+            ));
+        }
+        self.kvm_irqchip_off = !on_off(option, "kernel-irqchip", v)?;
         Ok(())
     }
 
@@ -1716,6 +1757,9 @@ impl State {
         if self.no_hpet {
             args.push("--no-hpet".into());
         }
+        if self.kvm_irqchip_off {
+            args.extend(["--kvm-irqchip".into(), "user".into()]);
+        }
         if self.no_acpi {
             args.push("--no-acpi".into());
         }
@@ -2311,6 +2355,17 @@ mod tests {
         assert!(!run_args("-nodefaults -kernel k").contains(&"--nic".to_string()));
         let t = tr("-netdev user,id=lonely -kernel k").unwrap();
         assert!(!t.args.contains(&"--nic".to_string()) && t.notes.iter().any(|n| n.contains("lonely")));
+        for line in [
+            "-enable-kvm -machine pc,kernel-irqchip=off -kernel k",
+            "-accel kvm,kernel-irqchip=off -kernel k",
+            "-enable-kvm -no-kvm-irqchip -kernel k",
+        ] {
+            let a = run_args(line);
+            assert!(a.windows(2).any(|w| w == ["--kvm-irqchip", "user"]), "{line}: {a:?}");
+        }
+        assert!(!run_args("-enable-kvm -machine kernel-irqchip=on -kernel k").contains(&"--kvm-irqchip".to_string()));
+        refused("-enable-kvm -machine kernel-irqchip=split -kernel k", "kernel-irqchip=split");
+        refused("-accel tcg,kernel-irqchip=off -kernel k", "belongs to kvm");
         refused("-machine pc,smm=on -kernel k", "System Management Mode");
         refused("-machine smm=auto -kernel k", "smm=auto");
         run_args("-machine pc,smm=off -kernel k");

@@ -191,3 +191,33 @@ fn a_guest_from_the_jit_goes_on_wholly_in_kvm() {
     drop(vm);
     receive(&dir, "to-kvm", "kvm-all", &stream, at);
 }
+
+/// With the machine's own interrupt controllers (`--kvm-irqchip user`,
+/// QEMU's `kernel-irqchip=off`), a guest wholly in KVM gets their
+/// interrupts: the ticker's PIT and local APIC timer tick through the
+/// machine's I/O APIC and local APIC, each interrupt injected before an
+/// entry into KVM.
+#[test]
+fn a_guest_wholly_in_kvm_ticks_with_the_machines_own_interrupt_controllers() {
+    if !kvm::usable() {
+        return;
+    }
+    let dir = scratch("user-irqchip");
+    let kernel = dir.join("ticker.elf");
+    std::fs::write(&kernel, ticker::ticker().image).unwrap();
+    let serial = dir.join("ticker.out");
+    let child = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
+        .arg("run")
+        .args(accel_args("kvm-all"))
+        .args(["--kvm-irqchip", "user", "--cpu", "v2", "--mem", "64M", "--timeout", "120", "--stats", "--kernel"])
+        .arg(&kernel)
+        .arg("--serial")
+        .arg(format!("file:{}", serial.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ferrovm runs");
+    let mut vm = Vm { child: Some(child), serial };
+    vm.ticks_past((0, 0), 3, "the machine's own controllers");
+}

@@ -333,6 +333,9 @@ pub struct ExitCounts {
     /// `KVM_RUN` interrupted by a kick or another signal. (A run that ends
     /// because `stop_requested()` was true before an entry is not an exit.)
     pub interrupted: u64,
+    /// `KVM_EXIT_IRQ_WINDOW_OPEN`: the guest can take an interrupt the
+    /// machine's own controllers hold.
+    pub irq_window: u64,
     pub system_event: u64,
     /// `KVM_EXIT_DEBUG`: a debugger's step, breakpoint or watchpoint.
     pub debug: u64,
@@ -352,6 +355,7 @@ impl ExitCounts {
             ("internal-error", self.internal_error),
             ("fail-entry", self.fail_entry),
             ("interrupted", self.interrupted),
+            ("irq-window", self.irq_window),
             ("system-event", self.system_event),
             ("debug", self.debug),
             ("other", self.other),
@@ -397,6 +401,9 @@ pub struct VcpuStats {
     pub in_handlers: Duration,
     /// Kicks received from [`VcpuKicker`]s.
     pub kicks: u64,
+    /// Interrupts injected from the machine's own controllers
+    /// (`KVM_INTERRUPT`).
+    pub injected: u64,
 }
 
 /// The device side of a vCPU is the machine's one I/O interface,

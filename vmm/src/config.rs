@@ -33,6 +33,18 @@ pub enum KvmPit {
     User,
 }
 
+/// Under KVM, whose interrupt controllers the guest has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvmIrqchip {
+    /// KVM's PIC, I/O APIC and local APIC where KVM offers them (the
+    /// default; QEMU's `kernel-irqchip=on`).
+    #[default]
+    InKernel,
+    /// The machine's own, their interrupts injected into KVM's vCPU
+    /// before each entry (QEMU's `kernel-irqchip=off`); one vCPU.
+    User,
+}
+
 /// Whether `--accel kvm` splits execution ([`crate::engine::split`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SplitMode {
@@ -140,6 +152,8 @@ pub struct MachineConfig {
     pub kvm_split: SplitMode,
     /// Under KVM with its interrupt controllers, where the PIT lives.
     pub kvm_pit: KvmPit,
+    /// Under KVM, whose interrupt controllers the guest has.
+    pub kvm_irqchip: KvmIrqchip,
     /// The CPU model the guest is given (under KVM: as much of it as KVM
     /// can give).
     pub cpu_model: cpu::cpuid::Model,
@@ -259,6 +273,7 @@ impl MachineConfig {
             timeout: None,
             kvm_split: SplitMode::Auto,
             kvm_pit: KvmPit::InKernel,
+            kvm_irqchip: KvmIrqchip::InKernel,
             cpu_model: cpu::cpuid::Model::V2,
             topology: Default::default(),
             vcpu_threads: Default::default(),

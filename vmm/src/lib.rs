@@ -38,8 +38,8 @@ pub mod storage;
 pub mod vcpu;
 
 pub use config::{
-    parse_smp, BiosKernel, BootModule, EngineKind, Firmware, FlashDrive, KernelImage, KvmPit, MachineConfig, RngConfig,
-    SerialOut, SplitMode, VcpuThreads, Vga, VportConfig,
+    parse_smp, BiosKernel, BootModule, EngineKind, Firmware, FlashDrive, KernelImage, KvmIrqchip, KvmPit,
+    MachineConfig, RngConfig, SerialOut, SplitMode, VcpuThreads, Vga, VportConfig,
 };
 pub use error::Error;
 pub use machine::{Machine, MachineOp, RunControl, RunReport, Stopped};

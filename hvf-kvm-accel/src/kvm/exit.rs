@@ -53,6 +53,9 @@ pub enum KvmExit<'a> {
     },
     /// A signal or `immediate_exit` interrupted `KVM_RUN`.
     Intr,
+    /// `KVM_EXIT_IRQ_WINDOW_OPEN`: the guest can take the interrupt the
+    /// run loop asked the window for.
+    IrqWindowOpen,
     /// `KVM_EXIT_SYSTEM_EVENT` of the given type.
     SystemEvent {
         kind: u32,
@@ -88,6 +91,7 @@ pub fn count_exit(c: &mut ExitCounts, exit: &KvmExit<'_>) {
         KvmExit::FailEntry { .. } => &mut c.fail_entry,
         KvmExit::InternalError { .. } => &mut c.internal_error,
         KvmExit::Intr => &mut c.interrupted,
+        KvmExit::IrqWindowOpen => &mut c.irq_window,
         KvmExit::SystemEvent { .. } => &mut c.system_event,
         KvmExit::Debug { .. } => &mut c.debug,
         KvmExit::Other(_) => &mut c.other,
@@ -136,6 +140,8 @@ pub fn handle_exit(exit: KvmExit<'_>, io: &mut dyn Platform) -> ExitAction {
             ExitAction::Stop(VmExit::InternalError { suberror, insn_bytes, rip })
         }
         KvmExit::Intr => ExitAction::Stop(VmExit::Interrupted),
+        // The run loop injects the interrupt before it enters again.
+        KvmExit::IrqWindowOpen => ExitAction::Continue,
         KvmExit::SystemEvent { kind: SYSTEM_EVENT_SHUTDOWN } => ExitAction::Stop(VmExit::Shutdown),
         KvmExit::SystemEvent { kind: SYSTEM_EVENT_RESET } => {
             ExitAction::Stop(VmExit::Other("system reset requested".into()))

@@ -21,6 +21,8 @@ use super::{FpuPath, Shared};
 use crate::bridge::{cpu_to_kvm, fpu_from_xsave, fpu_to_xsave, kvm_to_cpu, ymm_from_xsave, ymm_to_xsave, KvmCpuState};
 use crate::{AccelError, IrqChip, PendingEvent, Platform, Vcpu, VcpuKicker, VcpuStats, VmExit};
 
+vmm_sys_util::ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_bindings::kvm_interrupt);
+
 /// The longest x86 instruction.
 const MAX_INSN_LEN: usize = 15;
 const PAGE: u64 = 4096;
@@ -87,6 +89,9 @@ pub struct KvmVcpu {
     snapshot: Option<Snapshot>,
     /// The in-kernel local APIC as created, for [`Vcpu::reset`].
     initial_lapic: Option<kvm_bindings::kvm_lapic_state>,
+    /// With the machine's own interrupt controllers: inject what they hold
+    /// for this vCPU before each entry ([`KvmVcpu::set_injects_interrupts`]).
+    injects: bool,
 }
 
 impl Drop for KvmVcpu {
@@ -173,7 +178,43 @@ impl KvmVcpu {
             stats: VcpuStats::default(),
             snapshot: None,
             initial_lapic,
+            injects: false,
         })
+    }
+
+    /// With the machine's own interrupt controllers ([`IrqChip::Userspace`]):
+    /// before each entry, inject the interrupt they hold for this vCPU
+    /// (`KVM_INTERRUPT`) when the guest can take one, and otherwise ask KVM
+    /// to exit as soon as it can (`request_interrupt_window`). Off (the
+    /// default) for a vCPU whose interrupts another engine delivers
+    /// (split execution). Ignored with KVM's own controllers.
+    pub fn set_injects_interrupts(&mut self, on: bool) {
+        self.injects = on && self.shared.irqchip == IrqChip::Userspace;
+    }
+
+    /// [`KvmVcpu::set_injects_interrupts`]' work before an entry.
+    fn inject_pending(&mut self, io: &mut dyn Platform) -> Result<(), AccelError> {
+        let run = self.fd.get_kvm_run();
+        let can_take = run.ready_for_interrupt_injection != 0 && run.if_flag != 0;
+        let pending = io.interrupt_pending();
+        if pending && can_take {
+            if let Some(vector) = io.ack_interrupt() {
+                let irq = kvm_bindings::kvm_interrupt { irq: u32::from(vector) };
+                // SAFETY: KVM_INTERRUPT reads one `kvm_interrupt` from the
+                // reference, which lives across the call; the vCPU file
+                // descriptor is this vCPU's own.
+                let rc = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&self.fd, KVM_INTERRUPT(), &irq) };
+                if rc < 0 {
+                    return Err(AccelError::ioctl("KVM_INTERRUPT", std::io::Error::last_os_error()));
+                }
+                self.stats.injected += 1;
+            }
+        }
+        // Asked for while more waits than can go in now: KVM exits when the
+        // guest can take it (interrupts on, no interrupt shadow).
+        let run = self.fd.get_kvm_run();
+        run.request_interrupt_window = u8::from(pending && !can_take);
+        Ok(())
     }
 
     /// Where the VM keeps its interrupt controllers.
@@ -600,6 +641,7 @@ impl KvmVcpu {
             Ok(VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..)) => Raw::Mmio,
             Ok(VcpuExit::InternalError) => Raw::Internal,
             Ok(VcpuExit::Hlt) => Raw::Done(KvmExit::Hlt),
+            Ok(VcpuExit::IrqWindowOpen) => Raw::Done(KvmExit::IrqWindowOpen),
             Ok(VcpuExit::Shutdown) => Raw::Done(KvmExit::Shutdown),
             Ok(VcpuExit::FailEntry(reason, cpu)) => Raw::Done(KvmExit::FailEntry { reason, cpu }),
             Ok(VcpuExit::Intr) => {
@@ -704,6 +746,9 @@ impl Vcpu for KvmVcpu {
                 // machine event kicks) is answered by this return.
                 self.kick.clear();
                 return Ok(VmExit::Interrupted);
+            }
+            if self.injects {
+                self.inject_pending(io)?;
             }
             let run_size = self.shared.run_size;
             let action = match self.enter()? {

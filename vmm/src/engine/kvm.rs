@@ -156,6 +156,7 @@ impl<'m> KvmShared<'m> {
     pub fn new(m: &EngineContext<'m>) -> Result<Arc<Self>, Error> {
         let mut kvm = hvf_kvm_accel::kvm::Kvm::new()?;
         kvm.set_in_kernel_pit(m.config.kvm_pit == KvmPit::InKernel);
+        kvm.set_in_kernel_irqchip(m.config.kvm_irqchip == crate::config::KvmIrqchip::InKernel);
         let model = m.config.cpu_model;
         // KVM's instruction emulator, which runs ring 0 on kvm_pvm hosts,
         // has no XSAVE: the AVX part of the model needs the kernel in
@@ -222,11 +223,18 @@ impl<'m> KvmEngine<'m> {
         let vm = shared.vm.clone();
         let in_kernel = matches!(vm.irqchip(), IrqChip::InKernel { .. });
         if !in_kernel && m.config.cpus() > 1 {
-            return Err(Error::Accel(
-                "several vCPUs under KVM need KVM's interrupt controllers, which this host's KVM does not offer".into(),
-            ));
+            return Err(Error::Accel(if m.config.kvm_irqchip == crate::config::KvmIrqchip::User {
+                "several vCPUs under KVM need KVM's interrupt controllers (--kvm-irqchip kernel, QEMU's \
+                 kernel-irqchip=on)"
+                    .into()
+            } else {
+                "several vCPUs under KVM need KVM's interrupt controllers, which this host's KVM does not offer".into()
+            }));
         }
         let mut vcpu = shared.kvm.create_kvm_vcpu(m.config.topology.apic_id(m.index))?;
+        // With the machine's own controllers, their interrupts go in
+        // before each entry.
+        vcpu.set_injects_interrupts(true);
         if m.index == 0 || !in_kernel {
             vcpu.set_state(&m.boot_state)?;
         }
@@ -409,9 +417,10 @@ impl Engine for KvmEngine<'_> {
     }
 
     fn kicks_for_interrupts(&self) -> bool {
-        // In-kernel controllers get their lines directly; with the
-        // machine's own, nothing injects them into KVM's vCPU yet.
-        false
+        // In-kernel controllers get their lines directly; the machine's
+        // own are looked at before each entry, so a vCPU in KVM is kicked
+        // out for a new interrupt.
+        self.vm.irqchip() == IrqChip::Userspace
     }
 
     fn reset(&mut self, state: &CpuState) -> Result<(), Error> {
@@ -539,6 +548,9 @@ impl Engine for KvmEngine<'_> {
     fn stats(&mut self, total: Duration) -> EngineStats {
         let st = self.vcpu.stats();
         let mut lines = vec![format!("exits: {} ({} entries into KVM)", st.exits, st.entries)];
+        if self.vm.irqchip() == IrqChip::Userspace && st.injected > 0 {
+            lines.push(format!("interrupts injected from the machine's controllers: {}", st.injected));
+        }
         if self.index == 0 {
             lines.insert(0, self.shared.model_line.clone());
         }
