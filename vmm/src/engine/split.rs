@@ -410,6 +410,11 @@ impl SplitEngine {
             self.take_back_now()?;
             return Ok(Exit::Budget);
         }
+        // The VRAM where the kernel (in the JIT) last put BAR0: user code
+        // stores to it through KVM's slot.
+        if let Err(e) = hvf_kvm_accel::Vm::follow_vram(&self.vm) {
+            tracing::warn!(target: "accel", "the VRAM stays MMIO to KVM: {e}");
+        }
         self.alarm.set(slice.until);
         let t = Instant::now();
         let exit = self.vcpu.run(&mut self.io);
