@@ -44,6 +44,17 @@ pub trait Platform {
     fn shift_tsc(&mut self, _delta: u64) -> bool {
         false
     }
+    /// CR8 as the platform's local APIC holds it (the high nibble of its
+    /// task priority), when it has one: MOV from CR8 reads it, since the
+    /// guest may have set the priority through the APIC's registers.
+    fn cr8(&mut self) -> Option<u64> {
+        None
+    }
+    /// A MOV to CR8 (0 to 15), for the platform's local APIC, whose task
+    /// priority it sets; `false` when it has none.
+    fn set_cr8(&mut self, _value: u64) -> bool {
+        false
+    }
     /// Checked after every I/O access and between blocks: leave the run loop.
     fn stop_requested(&self) -> bool {
         false

@@ -346,7 +346,14 @@ fn mov_from_cr(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
         2 => cpu.state.cr2,
         3 => cpu.state.cr3,
         4 => cpu.state.cr4,
-        8 => cpu.state.cr8,
+        8 => {
+            // CR8 is the local APIC's task priority, which the guest may
+            // also have set through the APIC's registers.
+            if let Some(v) = cpu.platform.cr8() {
+                cpu.state.cr8 = v & CR8_MAX;
+            }
+            cpu.state.cr8
+        }
         _ => return Err(Exception::InvalidOpcode),
     };
     let r = insn.op0_register();
@@ -512,6 +519,7 @@ fn mov_to_cr(cpu: &mut Cpu, insn: &Instruction) -> Fault<()> {
                 return Err(GP0);
             }
             cpu.state.cr8 = v;
+            cpu.platform.set_cr8(v);
         }
         _ => return Err(Exception::InvalidOpcode),
     }
@@ -1242,6 +1250,47 @@ mod tests {
     use crate::exception::{Exception, GP0};
     use crate::state::{cr, flags, sreg};
     use iced_x86::code_asm::*;
+
+    /// A platform whose local APIC holds a task priority.
+    struct Apic(std::sync::Arc<std::sync::Mutex<u64>>);
+
+    impl crate::Platform for Apic {
+        fn io_read(&mut self, _port: u16, _size: u8) -> u32 {
+            0
+        }
+        fn io_write(&mut self, _port: u16, _size: u8, _value: u32) {}
+        fn mmio_read(&mut self, _addr: u64, data: &mut [u8]) {
+            data.fill(0xff);
+        }
+        fn mmio_write(&mut self, _addr: u64, _data: &[u8]) {}
+        fn cr8(&mut self) -> Option<u64> {
+            Some(*self.0.lock().unwrap())
+        }
+        fn set_cr8(&mut self, value: u64) -> bool {
+            *self.0.lock().unwrap() = value;
+            true
+        }
+    }
+
+    /// CR8 is the platform's local APIC's task priority: a MOV to CR8 sets
+    /// it, a MOV from CR8 reads what the APIC holds (set through its
+    /// registers too); a value past 15 is #GP(0) and changes nothing.
+    #[test]
+    fn cr8_is_the_local_apics_task_priority() {
+        let mut c = long_mode();
+        let tpr = std::sync::Arc::new(std::sync::Mutex::new(0));
+        c.platform = Box::new(Apic(tpr.clone()));
+        c.state.gpr[0] = 9;
+        exec_bytes(&mut c, &[0x44, 0x0f, 0x22, 0xc0]).unwrap(); // mov cr8, rax
+        assert_eq!((*tpr.lock().unwrap(), c.state.cr8), (9, 9));
+        // The guest writes the APIC's TPR register (0x50: class 5).
+        *tpr.lock().unwrap() = 5;
+        exec_bytes(&mut c, &[0x44, 0x0f, 0x20, 0xc3]).unwrap(); // mov rbx, cr8
+        assert_eq!((c.state.gpr[3], c.state.cr8), (5, 5));
+        c.state.gpr[0] = 16;
+        assert_eq!(exec_bytes(&mut c, &[0x44, 0x0f, 0x22, 0xc0]), Err(GP0));
+        assert_eq!(*tpr.lock().unwrap(), 5);
+    }
 
     #[test]
     fn v86_iopl_sensitive_instructions() {

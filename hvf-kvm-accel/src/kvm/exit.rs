@@ -54,7 +54,9 @@ pub enum KvmExit<'a> {
     /// A signal or `immediate_exit` interrupted `KVM_RUN`.
     Intr,
     /// `KVM_EXIT_IRQ_WINDOW_OPEN`: the guest can take the interrupt the
-    /// run loop asked the window for.
+    /// run loop asked the window for; also `KVM_EXIT_SET_TPR`, the guest
+    /// lowering CR8 (with the machine's own local APIC), after which an
+    /// interrupt held back may go in.
     IrqWindowOpen,
     /// `KVM_EXIT_SYSTEM_EVENT` of the given type.
     SystemEvent {

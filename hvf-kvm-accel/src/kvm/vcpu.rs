@@ -192,9 +192,14 @@ impl KvmVcpu {
         self.injects = on && self.shared.irqchip == IrqChip::Userspace;
     }
 
-    /// [`KvmVcpu::set_injects_interrupts`]' work before an entry.
+    /// [`KvmVcpu::set_injects_interrupts`]' work before an entry: CR8 from
+    /// the machine's local APIC (KVM masks by it), then the interrupt.
     fn inject_pending(&mut self, io: &mut dyn Platform) -> Result<(), AccelError> {
+        let cr8 = io.cr8();
         let run = self.fd.get_kvm_run();
+        if let Some(cr8) = cr8 {
+            run.cr8 = cr8;
+        }
         let can_take = run.ready_for_interrupt_injection != 0 && run.if_flag != 0;
         let pending = io.interrupt_pending();
         if pending && can_take {
@@ -642,6 +647,9 @@ impl KvmVcpu {
             Ok(VcpuExit::InternalError) => Raw::Internal,
             Ok(VcpuExit::Hlt) => Raw::Done(KvmExit::Hlt),
             Ok(VcpuExit::IrqWindowOpen) => Raw::Done(KvmExit::IrqWindowOpen),
+            // The guest lowered CR8 below what it was, with the machine's
+            // own local APIC: an interrupt it held back may go in now.
+            Ok(VcpuExit::SetTpr) => Raw::Done(KvmExit::IrqWindowOpen),
             Ok(VcpuExit::Shutdown) => Raw::Done(KvmExit::Shutdown),
             Ok(VcpuExit::FailEntry(reason, cpu)) => Raw::Done(KvmExit::FailEntry { reason, cpu }),
             Ok(VcpuExit::Intr) => {
@@ -751,7 +759,14 @@ impl Vcpu for KvmVcpu {
                 self.inject_pending(io)?;
             }
             let run_size = self.shared.run_size;
-            let action = match self.enter()? {
+            let raw = self.enter()?;
+            if self.injects {
+                // The guest's MOV to CR8 inside KVM, back to the machine's
+                // local APIC.
+                let cr8 = self.fd.get_kvm_run().cr8;
+                io.set_cr8(cr8 & 0xf);
+            }
+            let action = match raw {
                 Raw::Io => serve(Self::decode_io(&mut self.fd, run_size)?, io, &mut self.stats),
                 Raw::Mmio => serve(Self::decode_mmio(&mut self.fd)?, io, &mut self.stats),
                 Raw::Internal => {

@@ -155,6 +155,15 @@ impl Platform for MachineIo {
         self.intc.ack_interrupt(self.cpu)
     }
 
+    fn cr8(&mut self) -> Option<u64> {
+        Some(self.intc.cr8(self.cpu))
+    }
+
+    fn set_cr8(&mut self, value: u64) -> bool {
+        self.intc.set_cr8(self.cpu, value);
+        true
+    }
+
     fn msr_read(&mut self, msr: u32) -> Option<u64> {
         if devices::intc::InterruptController::handles_msr(msr) {
             // `None` from the controller means the MSR faults: report 0 rather
