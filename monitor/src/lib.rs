@@ -609,6 +609,16 @@ impl Monitor {
         result
     }
 
+    /// Waits until each QMP client's writer has written what was queued
+    /// for it (up to 5 s each): the events of a run's end reach the
+    /// clients before the process exits.
+    pub fn flush_events(&self) {
+        let clients: Vec<Arc<QmpClient>> = self.clients.lock().clone();
+        for c in clients {
+            c.flush();
+        }
+    }
+
     /// Sends `event` to every QMP client past capabilities negotiation.
     /// Never blocks: a client whose queue is full misses the event.
     pub fn emit(&self, event: Event) {

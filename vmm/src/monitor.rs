@@ -613,10 +613,15 @@ impl MachineBackend {
     }
 
     /// Tells the monitors how the run ended, unless a `quit` ended it
-    /// (which told them already).
+    /// (which told them already), and waits until each QMP client's
+    /// events are written.
     pub fn run_ended(&self, guest: bool, reason: &str) {
         if !self.quit.load(Ordering::Acquire) {
             self.emit(Event::Shutdown { guest, reason: reason.to_string() });
+        }
+        // The process ends next: the clients get their events first.
+        if let Some(m) = self.monitor.lock().clone() {
+            m.flush_events();
         }
     }
 
