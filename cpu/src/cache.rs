@@ -476,7 +476,7 @@ impl Cpu {
         let mut bytes = [0u8; 4096];
         // Code in the VRAM is not cached: the display adapter writes it
         // without the code-page tracking (`mmu::vram`).
-        let cacheable = self.mem().is_backed(page, 4096) && self.mem().vram_page_dirty(page).is_none();
+        let cacheable = self.mem().is_backed(page, 4096) && !self.mem().is_vram(page);
         if cacheable {
             // Marked before the bytes are read: a write that lands after
             // the read then finds the mark and drops the block again.
@@ -513,10 +513,7 @@ impl Cpu {
             // the tail's page is marked before its bytes are read.
             let next = self.translate(next_lin, Access::Execute, p)? & !0xfff;
             let user_kept = p == Privilege::User && self.keep_user_pages;
-            let cache = cacheable
-                && !user_kept
-                && self.mem().is_backed(next, 4096)
-                && self.mem().vram_page_dirty(next).is_none();
+            let cache = cacheable && !user_kept && self.mem().is_backed(next, 4096) && !self.mem().is_vram(next);
             if cache {
                 self.mark_code(next);
             }

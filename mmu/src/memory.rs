@@ -429,6 +429,12 @@ impl GuestMemory {
         v.take_dirty()
     }
 
+    /// Whether guest physical `addr` is in the decoded VRAM.
+    #[inline]
+    pub fn is_vram(&self, addr: u64) -> bool {
+        self.vram.as_ref().is_some_and(|v| v.offset_of(addr).is_some())
+    }
+
     /// Whether guest physical `phys` is in the decoded VRAM, and if so
     /// whether its page was stored to since the adapter last looked.
     #[inline]

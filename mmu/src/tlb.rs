@@ -222,7 +222,7 @@ impl Mmu {
     /// watch, and only while the page's bit is set.
     #[inline]
     fn fast_write_logged(&self, phys: u64) -> bool {
-        if self.mem.vram_page_dirty(phys).is_some() {
+        if self.mem.is_vram(phys) {
             let Some(w) = &self.watch else { return false };
             w.note_vram_fast_writes();
             return self.mem.vram_page_dirty(phys) == Some(true);

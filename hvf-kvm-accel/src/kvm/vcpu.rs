@@ -194,12 +194,14 @@ impl KvmVcpu {
 
     /// [`KvmVcpu::set_injects_interrupts`]' work before an entry: CR8 from
     /// the machine's local APIC (KVM masks by it), then the interrupt.
-    fn inject_pending(&mut self, io: &mut dyn Platform) -> Result<(), AccelError> {
+    /// Returns the CR8 the entry starts with.
+    fn inject_pending(&mut self, io: &mut dyn Platform) -> Result<u64, AccelError> {
         let cr8 = io.cr8();
         let run = self.fd.get_kvm_run();
         if let Some(cr8) = cr8 {
             run.cr8 = cr8;
         }
+        let entry_cr8 = run.cr8;
         let can_take = run.ready_for_interrupt_injection != 0 && run.if_flag != 0;
         let pending = io.interrupt_pending();
         if pending && can_take {
@@ -219,7 +221,7 @@ impl KvmVcpu {
         // guest can take it (interrupts on, no interrupt shadow).
         let run = self.fd.get_kvm_run();
         run.request_interrupt_window = u8::from(pending && !can_take);
-        Ok(())
+        Ok(entry_cr8)
     }
 
     /// Where the VM keeps its interrupt controllers.
@@ -755,16 +757,16 @@ impl Vcpu for KvmVcpu {
                 self.kick.clear();
                 return Ok(VmExit::Interrupted);
             }
-            if self.injects {
-                self.inject_pending(io)?;
-            }
+            let entry_cr8 = if self.injects { Some(self.inject_pending(io)?) } else { None };
             let run_size = self.shared.run_size;
             let raw = self.enter()?;
-            if self.injects {
+            if let Some(before) = entry_cr8 {
                 // The guest's MOV to CR8 inside KVM, back to the machine's
                 // local APIC.
-                let cr8 = self.fd.get_kvm_run().cr8;
-                io.set_cr8(cr8 & 0xf);
+                let cr8 = self.fd.get_kvm_run().cr8 & 0xf;
+                if cr8 != before {
+                    io.set_cr8(cr8);
+                }
             }
             let action = match raw {
                 Raw::Io => serve(Self::decode_io(&mut self.fd, run_size)?, io, &mut self.stats),
