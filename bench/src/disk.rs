@@ -12,7 +12,12 @@
 //! - sequential read: the same 128 MiB back, twice, then 4 GiB of it in
 //!   one run (32 times over), the rate at which the I/O path runs once an
 //!   engine that compiles hot code has compiled it;
-//! - 4 KiB random read: 4,000 requests over those 128 MiB (queue depth 1).
+//! - 4 KiB random read: 4,000 requests over those 128 MiB (queue depth 1);
+//! - 4 KiB random read at queue depth 32: 32 ioping processes at once, each
+//!   with 300 random requests in its own 4 MiB of those 128 MiB (the
+//!   driver then has up to 32 requests in the queue). The figure is their
+//!   requests together over the longest process's time (its warm-up
+//!   request included), which no interleaving of their runs can inflate.
 //!
 //! The figures are ioping's own (`-B`: requests, guest time, IOPS and
 //! bytes/s, its first request left out as a warm-up). The host also times
@@ -72,6 +77,9 @@ const RANDOM_READS: u32 = 4000;
 /// JIT's compile threshold (a block's 1,000th run) for code run once per
 /// request.
 const LONG_READS: u64 = 4096;
+/// ioping processes of the queue-depth-32 workload, and each one's requests.
+const QD: u64 = 32;
+const QD_READS: u64 = 300;
 
 /// Load the modules and wait for the disk (the driver probes it
 /// asynchronously), before the timed part.
@@ -89,7 +97,7 @@ fn insmods(bus: &Bus) -> String {
 /// code runs much of it in its interpreter then), the second a hundred
 /// requests later, and the long run reads the same 128 MiB over and over
 /// ([`LONG_READS`] requests), the rate once the path runs compiled.
-fn workloads() -> [(&'static str, &'static str, String); 5] {
+fn workloads() -> [(&'static str, &'static str, String); 6] {
     let seq = format!("-L -s 1m -S {SEQ_MIB}m -c {}", SEQ_MIB + 1);
     let long = format!("-L -s 1m -S {SEQ_MIB}m -c {}", LONG_READS + 1);
     [
@@ -98,8 +106,13 @@ fn workloads() -> [(&'static str, &'static str, String); 5] {
         ("seq. read, 2nd pass, MiB/s", "seqr2", seq),
         ("seq. read, 4 GiB run, MiB/s", "seqrl", long),
         ("4 KiB random read, IOPS", "rand", format!("-s 4k -S {SEQ_MIB}m -c {}", RANDOM_READS + 1)),
+        // The offset of each process's region is added by `script`.
+        ("4 KiB random read, qd32", QD_KEY, format!("-s 4k -S {}m -c {}", SEQ_MIB / QD, QD_READS + 1)),
     ]
 }
+
+/// The key of the queue-depth-32 workload: [`QD`] processes, one line each.
+const QD_KEY: &str = "rq32";
 
 /// The guest's script: the modules, then the workloads between the
 /// marks, each printing `T:<key> <ioping -B line>`.
@@ -107,6 +120,17 @@ fn script(bus: &Bus) -> String {
     let mut s = insmods(bus);
     s.push_str(&format!(" echo {START};"));
     for (_, key, args) in workloads() {
+        if key == QD_KEY {
+            // All at once, each into its own file, then their lines.
+            let region = SEQ_MIB / QD;
+            s.push_str(&format!(
+                " mkdir -p /tmp; i=0; while [ $i -lt {QD} ]; do ioping -D -i 0 -q -B {args} -o $((i*{region}))m {} \
+                 >/tmp/qd.$i 2>&1 & i=$((i+1)); done; wait; i=0; while [ $i -lt {QD} ]; do echo \"T:{key} \
+                 $(cat /tmp/qd.$i)\"; i=$((i+1)); done;",
+                bus.dev
+            ));
+            continue;
+        }
         s.push_str(&format!(" echo \"T:{key} $(ioping -D -i 0 -q -B {args} {} 2>&1)\";", bus.dev));
     }
     s.push_str(&format!(" echo {DONE}"));
@@ -125,10 +149,34 @@ struct Batch {
 }
 
 fn parse_batch(out: &str, key: &str) -> Option<Batch> {
-    let prefix = format!("T:{key} ");
-    let line = out.lines().find_map(|l| l.trim_end_matches('\r').strip_prefix(&prefix))?;
+    parse_line(out.lines().find_map(|l| l.trim_end_matches('\r').strip_prefix(&format!("T:{key} ")))?)
+}
+
+fn parse_line(line: &str) -> Option<Batch> {
     let f: Vec<f64> = line.split_whitespace().map(str::parse).collect::<Result<_, _>>().ok()?;
     (f.len() >= 10).then(|| Batch { requests: f[0] as u64, iops: f[2], bytes_per_sec: f[3], total_ns: f[9] })
+}
+
+/// The `procs` lines of the parallel workload as one batch: all their
+/// requests over the longest run's whole time (its warm-up request
+/// included), so its IOPS are a lower bound of the rate while they ran
+/// together. None unless every process printed a batch line.
+fn parse_parallel(out: &str, key: &str, procs: u64) -> Option<Batch> {
+    let prefix = format!("T:{key} ");
+    let lines: Vec<&str> = out.lines().filter_map(|l| l.trim_end_matches('\r').strip_prefix(&prefix)).collect();
+    if lines.len() as u64 != procs {
+        return None;
+    }
+    let batches = lines.into_iter().map(parse_line).collect::<Option<Vec<Batch>>>()?;
+    let requests: u64 = batches.iter().map(|b| b.requests).sum();
+    let total_ns = batches.iter().map(|b| b.total_ns).fold(0.0, f64::max);
+    let bytes: f64 = batches.iter().map(|b| b.bytes_per_sec * b.requests as f64 / b.iops.max(1e-9)).sum();
+    (total_ns > 0.0).then(|| Batch {
+        requests,
+        iops: requests as f64 * 1e9 / total_ns,
+        bytes_per_sec: bytes * 1e9 / total_ns,
+        total_ns,
+    })
 }
 
 /// An uncompressed newc cpio archive of `files` (path, bytes), which Linux
@@ -271,7 +319,7 @@ pub fn run(args: &crate::BenchArgs) -> i32 {
     let kvm = hvf_kvm_accel::open().is_ok();
     println!(
         "ferrovm bench --disk: a {IMAGE_MIB} MiB raw image inside Debian's generic kernel, ioping with O_DIRECT at \
-         queue depth 1, median of {runs} run(s) (QEMU: TCG, the same bus, cache=writeback)\n"
+         queue depth 1 (qd32: {QD} processes at once), median of {runs} run(s) (QEMU: TCG, the same bus, cache=writeback)\n"
     );
     if q.is_none() {
         println!("QEMU column skipped: qemu-system-x86_64 is not on PATH (Debian package qemu-system-x86)\n");
@@ -350,9 +398,11 @@ fn table(c: &Ctx<'_>, bus: &Bus, engines: &[&str]) -> i32 {
             };
             let mut guest_ns = 0.0;
             for (w, (name, key, _)) in work.iter().enumerate() {
-                match parse_batch(&text, key) {
+                let batch = if *key == QD_KEY { parse_parallel(&text, key, QD) } else { parse_batch(&text, key) };
+                match batch {
                     Some(b) if b.requests > 0 => {
-                        figures[i][w].push(if *key == "rand" { b.iops } else { b.bytes_per_sec / f64::from(1 << 20) });
+                        let iops = *key == "rand" || *key == QD_KEY;
+                        figures[i][w].push(if iops { b.iops } else { b.bytes_per_sec / f64::from(1 << 20) });
                         guest_ns += b.total_ns;
                     }
                     _ => {
@@ -437,16 +487,41 @@ mod tests {
     }
 
     #[test]
+    fn parallel_batch_lines_are_summed_over_the_longest_run() {
+        // Two processes: 300 requests each, the second slower and longer.
+        let out = "T:rq32 300 300000000 1000.0 4096000 1 2 3 4 301 400000000\n\
+                   junk\n\
+                   T:rq32 300 600000000 500.0 2048000 1 2 3 4 301 800000000\r\n";
+        let b = parse_parallel(out, "rq32", 2).unwrap();
+        assert_eq!(b.requests, 600);
+        assert_eq!(b.total_ns, 8e8);
+        assert!((b.iops - 750.0).abs() < 1e-6, "{}", b.iops);
+        // 600 requests of 4 KiB over 0.8 s.
+        assert!((b.bytes_per_sec - 600.0 * 4096.0 / 0.8).abs() < 1e-3, "{}", b.bytes_per_sec);
+        assert_eq!(parse_parallel(out, "rq32", 3), None, "a process printed no line");
+        let failed = format!("{out}T:rq32 ioping: No such device\n");
+        assert_eq!(parse_parallel(&failed, "rq32", 3), None, "a process failed");
+        assert_eq!(parse_parallel("", "rq32", 0), None);
+    }
+
+    #[test]
     fn the_script_runs_each_workload_between_the_marks() {
         for bus in [&VIRTIO, &IDE] {
             let s = script(bus);
             let (start, done) = (s.find(START).unwrap(), s.find(DONE).unwrap());
             assert!(s.find(&format!("insmod /lib/modules/{}.ko", bus.modules[0])).unwrap() < start);
-            for (_, key, _) in workloads() {
+            for (_, key, _) in workloads().iter().filter(|w| w.1 != QD_KEY) {
                 let at = s.find(&format!("T:{key} $(ioping -D -i 0 -q -B")).unwrap();
                 assert!(start < at && at < done, "{key}");
                 assert!(s[at..].split(';').next().unwrap().contains(bus.dev), "{key} on {}", bus.dev);
             }
+            // The 32 processes in the background, each in its own region,
+            // all waited for before their lines are printed.
+            let at = s.find(&format!("-o $((i*{}))m {} >/tmp/qd.$i 2>&1 &", SEQ_MIB / QD, bus.dev)).unwrap();
+            let wait = s[at..].find("; wait;").unwrap() + at;
+            let echo = s.find(&format!("echo \"T:{QD_KEY} $(cat /tmp/qd.$i)\"")).unwrap();
+            assert!(start < at && at < wait && wait < echo && echo < done);
+            assert!(s.contains(&format!("while [ $i -lt {QD} ]; do ioping -D -i 0 -q -B -s 4k -S 4m -c 301")));
         }
     }
 

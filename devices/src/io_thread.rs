@@ -1,6 +1,8 @@
 //! The host side of the NICs and disks: one thread that waits for backend
 //! readiness, guest kicks and timers, and polls the device models (NIC
-//! models, and virtio-blk, which serves its requests here), each through
+//! models, and virtio-blk, which serves here the requests its doorbells
+//! bring and those the vCPU thread leaves to it: FLUSH and the like, and
+//! what is left once its time for a notification is spent), each through
 //! [`IoPoll`].
 //!
 //! The thread sleeps in `ppoll(2)` on:

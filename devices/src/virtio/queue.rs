@@ -133,6 +133,29 @@ impl DescriptorChain {
         Ok(complete)
     }
 
+    /// Fills `out` from the readable buffers, from byte `offset` of the
+    /// chain's readable space. Returns how many bytes the chain had for it
+    /// (less than `out.len()` when it ends first).
+    pub fn read_at(&self, mem: &GuestMemory, mut offset: u64, out: &mut [u8]) -> Result<usize, QueueError> {
+        let mut read = 0;
+        for b in &self.readable {
+            if read == out.len() {
+                break;
+            }
+            let len = u64::from(b.len);
+            if offset >= len {
+                offset -= len;
+                continue;
+            }
+            let n = ((len - offset) as usize).min(out.len() - read);
+            let addr = b.addr + offset;
+            mem.read(addr, &mut out[read..read + n]).map_err(|_| QueueError::BadBuffer { addr: b.addr, len: b.len })?;
+            read += n;
+            offset = 0;
+        }
+        Ok(read)
+    }
+
     /// Writes `data` into the writable buffers from byte `offset` of the
     /// chain's writable space. Returns how many bytes fitted.
     pub fn write_at(&self, mem: &GuestMemory, mut offset: u64, mut data: &[u8]) -> Result<usize, QueueError> {

@@ -67,6 +67,7 @@ struct Rig {
     disk: Arc<Mutex<MemDisk>>,
     mem: Arc<GuestMemory>,
     ring: DriverRing,
+    irq: Arc<RecordingIrq>,
 }
 
 fn w(dev: &mut VirtioBlkPci, off: u64, v: u64, len: usize) {
@@ -84,7 +85,8 @@ fn rig_with(read_only: bool, disk_len: usize, decline: u64) -> Rig {
     let disk = Arc::new(Mutex::new(MemDisk { data, read_only, flushes: 0 }));
     let blk = VirtioBlk::new(Box::new(SharedDisk(disk.clone())), "ferrovm-disk-serial-number", IoKick::none());
     let features = blk.features() & !decline;
-    let mut dev = VirtioPci::new(blk, mem.clone(), Arc::new(RecordingIrq::new()));
+    let irq = Arc::new(RecordingIrq::new());
+    let mut dev = VirtioPci::new(blk, mem.clone(), irq.clone());
     dev.write_config(PCI_COMMAND, &[0x06, 0]);
     w(&mut dev, 0x14, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER), 1);
     w(&mut dev, 0x08, 0, 4);
@@ -100,7 +102,7 @@ fn rig_with(read_only: bool, disk_len: usize, decline: u64) -> Rig {
     w(&mut dev, 0x30, ring.used, 8);
     w(&mut dev, 0x1c, 1, 2);
     w(&mut dev, 0x14, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK), 1);
-    Rig { dev, disk, mem, ring }
+    Rig { dev, disk, mem, ring, irq }
 }
 
 impl Rig {
@@ -124,6 +126,223 @@ impl Rig {
     fn status(&self) -> u8 {
         self.dev.status()
     }
+
+    /// Makes available a read of `sector` into its own buffers (request
+    /// `k`: header, 512 bytes of data and status apart from the others').
+    fn add_read(&mut self, k: u64, sector: u64) {
+        let mut h = [0u8; 16];
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        self.mem.write(HDR + 0x100 * k, &h).unwrap();
+        self.mem.write(STATUS + k, &[0xff]).unwrap();
+        self.ring.add_chain(
+            &self.mem,
+            &[(HDR + 0x100 * k, 16, false), (DATA + 0x1000 * k, 512, true), (STATUS + k, 1, true)],
+        );
+    }
+
+    /// Reads the ISR (which lowers INTx); whether the queue's bit was set.
+    fn take_isr(&mut self) -> bool {
+        let mut isr = [0u8];
+        self.dev.bar_read(MODERN_BAR, 0x1000, &mut isr);
+        isr[0] & 1 != 0
+    }
+
+    /// The driver's used_event (in the available ring, after its entries).
+    fn set_used_event(&self, v: u16) {
+        self.mem.write_u16(self.ring.avail + 4 + 2 * u64::from(self.ring.size), v).unwrap();
+    }
+
+    /// The device's avail_event (in the used ring, after its entries).
+    fn avail_event(&self) -> u16 {
+        self.mem.read_u16(self.ring.used + 4 + 8 * u64::from(self.ring.size)).unwrap()
+    }
+}
+
+#[test]
+fn one_notification_serves_every_chain_and_interrupts_once() {
+    let mut r = rig(false);
+    for k in 0..5 {
+        r.add_read(k, 3 + k);
+    }
+    w(&mut r.dev, 0x3000, 0, 2);
+    let used = r.ring.take_used(&r.mem);
+    assert_eq!(used, (0..5).map(|k| (3 * k, 513)).collect::<Vec<_>>(), "in order, each head of three descriptors");
+    for k in 0..5 {
+        assert_eq!(r.mem.read_u8(STATUS + k).unwrap(), VIRTIO_BLK_S_OK);
+        assert_eq!(r.mem.read_u8(DATA + 0x1000 * k).unwrap(), 3 + k as u8, "request {k} read its sector");
+    }
+    assert_eq!(r.irq.raises(), 1, "one interrupt for the batch");
+    assert!(r.take_isr());
+    assert!(!r.irq.level());
+    // The device found the ring empty and asked to hear of the next chain.
+    assert_eq!(r.avail_event(), 5);
+    assert_eq!(r.dev.device().stats().reads, 5);
+}
+
+#[test]
+fn used_event_decides_the_interrupt() {
+    let mut r = rig(false);
+    assert_ne!(r.dev.driver_features() & VIRTIO_F_EVENT_IDX, 0, "the device offers EVENT_IDX");
+    r.add_read(0, 1);
+    w(&mut r.dev, 0x3000, 0, 2);
+    assert_eq!(r.ring.take_used(&r.mem).len(), 1);
+    assert!(r.take_isr(), "the first decision always interrupts");
+    let raised = r.irq.raises();
+    // used_event far ahead: two chains used (1 -> 3) bring no interrupt.
+    r.set_used_event(10);
+    r.add_read(1, 2);
+    r.add_read(2, 3);
+    w(&mut r.dev, 0x3000, 0, 2);
+    assert_eq!(r.ring.take_used(&r.mem).len(), 2);
+    assert_eq!(r.irq.raises(), raised, "used_event 10 is not among used 1..3");
+    assert!(!r.take_isr());
+    assert_eq!(r.avail_event(), 3);
+    // used_event 3: the driver waits for the 4th used chain; (3 -> 5) holds it.
+    r.set_used_event(3);
+    r.add_read(3, 4);
+    r.add_read(4, 5);
+    w(&mut r.dev, 0x3000, 0, 2);
+    assert_eq!(r.ring.take_used(&r.mem).len(), 2);
+    assert_eq!(r.irq.raises(), raised + 1);
+    assert!(r.take_isr());
+    // used_event just behind: already passed, no interrupt.
+    r.set_used_event(4);
+    r.add_read(5, 6);
+    w(&mut r.dev, 0x3000, 0, 2);
+    assert_eq!(r.ring.take_used(&r.mem).len(), 1);
+    assert_eq!(r.irq.raises(), raised + 1);
+    // Far behind or half the index space away: none; the 9th used chain
+    // (event 8): one.
+    for (k, ev) in [(6u64, 0xffffu16), (7, 0x8000), (8, 8)] {
+        r.set_used_event(ev);
+        r.add_read(k % 8, k);
+        w(&mut r.dev, 0x3000, 0, 2);
+        assert_eq!(r.ring.take_used(&r.mem).len(), 1);
+        let hit = ev == 8;
+        assert_eq!(r.take_isr(), hit, "used_event {ev:#x} after {} used", 1 + k);
+    }
+    assert_eq!(r.status() & STATUS_DEVICE_NEEDS_RESET, 0);
+}
+
+#[test]
+fn a_bad_index_in_a_batch_stops_it_after_the_good_chains() {
+    // A head past the table after two good chains.
+    let mut r = rig(false);
+    r.add_read(0, 1);
+    r.add_read(1, 2);
+    r.ring.publish(&r.mem, 16);
+    r.add_read(2, 3);
+    w(&mut r.dev, 0x3000, 0, 2);
+    assert_eq!(r.ring.take_used(&r.mem), vec![(0, 513), (3, 513)]);
+    assert_ne!(r.status() & STATUS_DEVICE_NEEDS_RESET, 0);
+    assert_eq!(r.mem.read_u8(STATUS + 2).unwrap(), 0xff, "nothing after the bad chain was served");
+    // Further notifications do nothing until a reset.
+    w(&mut r.dev, 0x3000, 0, 2);
+    assert!(r.ring.take_used(&r.mem).is_empty());
+    // An available index that jumps by more than the queue size.
+    let mut r = rig(false);
+    r.add_read(0, 1);
+    r.ring.set_avail_idx(&r.mem, 17);
+    w(&mut r.dev, 0x3000, 0, 2);
+    assert!(r.ring.take_used(&r.mem).is_empty());
+    assert_ne!(r.status() & STATUS_DEVICE_NEEDS_RESET, 0);
+    assert_eq!(r.dev.device().stats().reads, 0);
+    // A next index past the table in the middle of a chain.
+    let mut r = rig(false);
+    r.header(VIRTIO_BLK_T_IN, 0);
+    r.ring.write_desc(&r.mem, 0, HDR, 16, 1, 1);
+    r.ring.write_desc(&r.mem, 1, DATA, 512, 3, 0x4000);
+    r.ring.publish(&r.mem, 0);
+    w(&mut r.dev, 0x3000, 0, 2);
+    assert_ne!(r.status() & STATUS_DEVICE_NEEDS_RESET, 0);
+    assert_eq!(r.dev.device().stats().reads, 0);
+}
+
+#[test]
+fn the_vcpu_serves_reads_and_writes_and_leaves_flushes_to_the_io_thread() {
+    let mem = Arc::new(GuestMemory::new(4 << 20).unwrap());
+    let data: Vec<u8> = (0..DISK).map(|i| (i / 512) as u8).collect();
+    let disk = Arc::new(Mutex::new(MemDisk { data, read_only: false, flushes: 0 }));
+    // An I/O thread that never runs: what is left to it waits.
+    let io = crate::nic::IoThread::new().unwrap();
+    let (mut dev, mut ring) = bring_up(&mem, &disk, "s", io.kick());
+    let read = |ring: &mut DriverRing, k: u64, sector: u64| {
+        mem.write(HDR + 0x100 * k, &[0u8; 16]).unwrap();
+        mem.write_u64(HDR + 0x100 * k + 8, sector).unwrap();
+        ring.add_chain(&mem, &[(HDR + 0x100 * k, 16, false), (DATA + 0x1000 * k, 512, true), (STATUS + k, 1, true)])
+    };
+    read(&mut ring, 0, 9);
+    w(&mut dev, 0x3000, 0, 2);
+    assert_eq!(ring.take_used(&mem), vec![(0, 513)], "served at the notification");
+    assert_eq!(mem.read_u8(DATA).unwrap(), 9);
+    // A read, a FLUSH, a read: the first now, the rest on the I/O thread.
+    read(&mut ring, 1, 10);
+    mem.write(HDR + 0x200, &[4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    let flush = ring.add_chain(&mem, &[(HDR + 0x200, 16, false), (STATUS + 2, 1, true)]);
+    let last = read(&mut ring, 3, 11);
+    w(&mut dev, 0x3000, 0, 2);
+    assert_eq!(ring.take_used(&mem), vec![(3, 513)]);
+    assert_eq!(disk.lock().flushes, 0, "no fdatasync on the vCPU thread");
+    assert!(dev.device().save().pending);
+    // Another notification meanwhile leaves the order to the I/O thread.
+    let after = read(&mut ring, 4, 12);
+    w(&mut dev, 0x3000, 0, 2);
+    assert!(ring.take_used(&mem).is_empty());
+    dev.poll(Instant::now());
+    assert_eq!(ring.take_used(&mem), vec![(u32::from(flush), 1), (u32::from(last), 513), (u32::from(after), 513)]);
+    assert_eq!(disk.lock().flushes, 1);
+    assert_eq!(mem.read_u8(DATA + 0x4000).unwrap(), 12);
+    assert!(!dev.device().save().pending);
+    // A doorbell (KVM's ioeventfd) is served in full on the I/O thread.
+    mem.write(HDR + 0x200, &[4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    let flush = ring.add_chain(&mem, &[(HDR + 0x200, 16, false), (STATUS + 2, 1, true)]);
+    IoPoll::doorbell(&mut dev, 0, 1);
+    assert_eq!(ring.take_used(&mem), vec![(u32::from(flush), 1)]);
+    assert_eq!(disk.lock().flushes, 2);
+}
+
+#[test]
+fn the_vcpu_hands_over_once_its_budget_is_spent() {
+    /// A disk whose reads take longer than the budget.
+    struct Slow(SharedDisk);
+    impl BlockBackend for Slow {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            std::thread::sleep(INLINE_BUDGET + Duration::from_millis(1));
+            self.0.read_at(buf, offset)
+        }
+        fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+            self.0.write_at(buf, offset)
+        }
+        fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+            self.0.write_zeroes(offset, len, unmap)
+        }
+        fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+            self.0.discard(offset, len)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.0.flush()
+        }
+    }
+    let mem = Arc::new(GuestMemory::new(4 << 20).unwrap());
+    let disk = Arc::new(Mutex::new(MemDisk { data: vec![7; DISK], ..MemDisk::default() }));
+    let io = crate::nic::IoThread::new().unwrap();
+    let blk = VirtioBlk::new(Box::new(Slow(SharedDisk(disk))), "s", io.kick());
+    let mut dev = VirtioPci::new(blk, mem.clone(), Arc::new(RecordingIrq::new()));
+    let mut ring = start_without_features(&mut dev, &mem);
+    for k in 0..3u64 {
+        mem.write(HDR + 0x100 * k, &[0u8; 16]).unwrap();
+        ring.add_chain(&mem, &[(HDR + 0x100 * k, 16, false), (DATA + 0x1000 * k, 512, true), (STATUS + k, 1, true)]);
+    }
+    w(&mut dev, 0x3000, 0, 2);
+    assert_eq!(ring.take_used(&mem).len(), 1, "one request, then the budget was spent");
+    dev.poll(Instant::now());
+    assert_eq!(ring.take_used(&mem).len(), 2, "the I/O thread served the rest");
 }
 
 #[test]
@@ -361,19 +580,12 @@ fn requests_wait_for_the_io_thread_when_there_is_one() {
     let mut io = crate::nic::IoThread::new().unwrap();
     let blk = VirtioBlk::new(Box::new(SharedDisk(disk)), "x", io.kick());
     let mut dev = VirtioPci::new(blk, mem.clone(), Arc::new(RecordingIrq::new()));
-    dev.write_config(PCI_COMMAND, &[0x06, 0]);
-    w(&mut dev, 0x14, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK), 1);
-    let mut ring = DriverRing::new(&mem, 0x10000, 16);
-    w(&mut dev, 0x20, ring.desc, 8);
-    w(&mut dev, 0x28, ring.avail, 8);
-    w(&mut dev, 0x30, ring.used, 8);
-    w(&mut dev, 0x18, 16, 2);
-    w(&mut dev, 0x1c, 1, 2);
-    w(&mut dev, 0x14, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK), 1);
-    mem.write(HDR, &[8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    let mut ring = start_without_features(&mut dev, &mem);
+    // A FLUSH: never served on the vCPU thread.
+    mem.write(HDR, &[4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
     ring.add_chain(&mem, &[(HDR, 16, false), (STATUS, 1, true)]);
     w(&mut dev, 0x3000, 0, 2);
-    assert!(ring.take_used(&mem).is_empty(), "the vCPU thread did no I/O");
+    assert!(ring.take_used(&mem).is_empty(), "the vCPU thread did no fdatasync");
     let dev = Arc::new(Mutex::new(dev));
     let shared: crate::io_thread::SharedIoDevice = dev.clone();
     io.start(vec![(shared, None)], Vec::new()).unwrap();
@@ -445,6 +657,21 @@ fn qcow2_header_parser_over_pseudo_random_inputs() {
     assert!(ok > 0, "some mutations stay valid");
 }
 
+/// Brings `dev` up without negotiating features: its queue of 16 entries
+/// at 0x10000.
+fn start_without_features(dev: &mut VirtioBlkPci, mem: &Arc<GuestMemory>) -> DriverRing {
+    dev.write_config(PCI_COMMAND, &[0x06, 0]);
+    w(dev, 0x14, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK), 1);
+    let ring = DriverRing::new(mem, 0x10000, 16);
+    w(dev, 0x20, ring.desc, 8);
+    w(dev, 0x28, ring.avail, 8);
+    w(dev, 0x30, ring.used, 8);
+    w(dev, 0x18, 16, 2);
+    w(dev, 0x1c, 1, 2);
+    w(dev, 0x14, u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK), 1);
+    ring
+}
+
 /// A device over `disk` with `serial` and `kick`, brought up with every
 /// feature it offers and its queue of 16 entries at 0x10000.
 fn bring_up(
@@ -482,13 +709,16 @@ fn a_restored_device_serves_the_request_left_pending() {
     // I/O threads that never run: the kicks are connected, so requests wait.
     let (io, other_io) = (crate::nic::IoThread::new().unwrap(), crate::nic::IoThread::new().unwrap());
     let (mut dev, mut ring) = bring_up(&mem, &disk, "saved-serial", io.kick());
-    // A read that was served, then a GET_ID left pending.
+    // A read that was served, then a FLUSH and a GET_ID left pending (the
+    // vCPU thread serves no FLUSH, nor what comes after one).
     mem.write(HDR, &[0u8; 16]).unwrap();
     mem.write_u64(HDR + 8, 7).unwrap();
     ring.add_chain(&mem, &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
     w(&mut dev, 0x3000, 0, 2);
     dev.poll(Instant::now());
     assert_eq!(ring.take_used(&mem), vec![(0, 513)]);
+    mem.write(HDR + 0x200, &[4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    ring.add_chain(&mem, &[(HDR + 0x200, 16, false), (STATUS + 2, 1, true)]);
     mem.write(HDR + 0x100, &[8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
     ring.add_chain(&mem, &[(HDR + 0x100, 16, false), (DATA + 0x1000, 20, true), (STATUS + 1, 1, true)]);
     w(&mut dev, 0x3000, 0, 2);
@@ -503,7 +733,8 @@ fn a_restored_device_serves_the_request_left_pending() {
     // The restored device serves it from its I/O thread's poll, with the
     // saved serial, in the next used slot.
     other.poll(Instant::now());
-    assert_eq!(ring.take_used(&mem), vec![(3, 21)]);
+    assert_eq!(ring.take_used(&mem), vec![(3, 1), (5, 21)]);
+    assert_eq!(disk.lock().flushes, 1);
     assert_eq!(mem.read_u8(STATUS + 1).unwrap(), VIRTIO_BLK_S_OK);
     let mut id = [0u8; 20];
     mem.read(DATA + 0x1000, &mut id).unwrap();

@@ -35,6 +35,21 @@ fn pops_chains_and_returns_them() {
     assert_eq!(m.read_bytes::<2>(0x9062).unwrap(), *b"ab");
     assert_eq!(m.read_bytes::<2>(0x9100).unwrap(), *b"cd");
     assert_eq!(c.write_at(&m, 149, b"xyz").unwrap(), 1, "only one byte fits");
+    // read_at: from an offset, across buffers, and past the end.
+    let two = DescriptorChain {
+        head: 0,
+        readable: vec![Buffer { addr: 0x8000, len: 5 }, Buffer { addr: 0x9062, len: 2 }],
+        writable: Vec::new(),
+    };
+    let mut out = [0u8; 4];
+    assert_eq!(two.read_at(&m, 3, &mut out).unwrap(), 4);
+    assert_eq!(&out, b"loab");
+    let mut out = [0u8; 8];
+    assert_eq!(two.read_at(&m, 6, &mut out).unwrap(), 1, "the chain ends first");
+    assert_eq!(out[0], b'b');
+    assert_eq!(two.read_at(&m, 100, &mut out).unwrap(), 0);
+    let outside = DescriptorChain { readable: vec![Buffer { addr: 0x10_0000 - 2, len: 4 }], ..two };
+    assert!(matches!(outside.read_at(&m, 0, &mut out), Err(QueueError::BadBuffer { .. })));
     q.add_used(&m, c.head, 4).unwrap();
     assert_eq!(r.take_used(&m), vec![(u32::from(h), 4)]);
     assert_eq!(q.pop(&m).unwrap(), None);
