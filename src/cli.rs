@@ -444,6 +444,14 @@ pub struct RunArgs {
     /// vCPU.
     #[arg(long, value_enum, default_value_t = KvmIrqchipArg::Kernel)]
     pub kvm_irqchip: KvmIrqchipArg,
+    /// Keep the JIT's compiled code in this folder between runs (created
+    /// when missing): a later run of the same guest takes its hot code from
+    /// there instead of compiling it again. Entries are checked against the
+    /// code they were compiled from, this build of ferrovm and this host's
+    /// CPU; any other entry is ignored. The folder must be as trusted as
+    /// ferrovm itself: its entries run as machine code.
+    #[arg(long, value_name = "DIR")]
+    pub jit_cache: Option<std::path::PathBuf>,
 }
 
 /// The display adapter and what shows it: the options `ferrovm run` and

@@ -351,6 +351,7 @@ fn run(mut args: RunArgs) -> Result<i32, Error> {
         kvm_split: args.kvm_split.mode(),
         kvm_pit: args.kvm_pit.pit(),
         kvm_irqchip: args.kvm_irqchip.irqchip(),
+        jit_cache: args.jit_cache.clone(),
         // The full model where ferrovm runs every instruction itself; KVM
         // gives the guest its own CPUID, filtered to the smaller model.
         cpu_model: args.cpu.unwrap_or(if kind == EngineKind::Kvm {

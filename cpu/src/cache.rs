@@ -12,7 +12,7 @@
 //! CPU's watch (see [`mmu::memory`]).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::{Rc, Weak};
 
@@ -36,8 +36,12 @@ pub type Block = BlockOf<[Decoded]>;
 /// [`Block`] before its instruction array is unsized.
 pub struct BlockOf<T: ?Sized> {
     /// Still in the decode cache: cleared when the cache drops it (its code
-    /// changed, or the cache was flushed), so a [`Chain`] to it is dead.
+    /// changed, its page was evicted, or the cache was flushed), so a
+    /// [`Chain`] to it is dead.
     pub(crate) live: Cell<bool>,
+    /// Looked up since the cache last swept its page for eviction: the
+    /// page gets a second chance ([`DecodeCache::make_room`]).
+    used: Cell<bool>,
     /// The block that ran after this one last time, while the TLB and the
     /// cache had not changed: the next lookup from here tries it first.
     pub(crate) next: RefCell<Option<Chain>>,
@@ -66,6 +70,7 @@ impl Block {
             let slots: [Decoded; N] = std::array::from_fn(|i| insns.get(i).copied().unwrap_or(last));
             Rc::new(BlockOf {
                 live: Cell::new(false),
+                used: Cell::new(true),
                 next: RefCell::new(None),
                 heat: Cell::new(heat),
                 len: insns.len().min(N),
@@ -231,19 +236,35 @@ pub(crate) struct DecodeCache {
     crossing_by_page: FastMap<u64, Vec<BlockKey>>,
     /// Instructions held in `blocks` and `crossing`.
     insns: usize,
+    /// Pages in the order they got their first block (or page-crossing
+    /// instruction), each with the number it was given then: the eviction
+    /// order. An entry whose number is no longer the page's in `page_seq`
+    /// is stale (the page was dropped since) and skipped.
+    order: VecDeque<(u64, u64)>,
+    /// Each page that holds blocks or page-crossing instructions starting
+    /// in it, and its number in `order`.
+    page_seq: FastMap<u64, u64>,
+    /// The number the next page gets.
+    next_seq: u64,
 }
 
 /// Decoded instructions the cache holds at most (48 bytes each, and up to
 /// half as much again in the spare slots of the size classes: 48 to 72 MiB
-/// when full): when a new block would pass it, the whole cache is dropped
-/// and refills with the code that runs from then on, as a translation cache
-/// is flushed when its buffer is full. A kernel's boot runs far more
-/// distinct code than it keeps running. A drop also forgets how often each
-/// block ran, so code that runs often but less than the JIT's threshold
-/// between two drops is never compiled: a guest that starts many processes
-/// (each maps its libraries at other addresses, so their code is decoded
-/// anew) filled a cache of an eighth of this size every few processes.
+/// when full). When a new block would pass it, the cache evicts whole pages
+/// of blocks, oldest first, down to [`EVICT_TO`]; a page with a block that
+/// was looked up since the last sweep is passed over once (the clock
+/// algorithm), so code that keeps running stays and code that ran once
+/// (a kernel's init, a process that exited) goes. Dropping everything
+/// instead, as a translation cache is flushed when its buffer is full, also
+/// forgot how often each hot block ran, so code that runs often but less
+/// than the JIT's threshold between two drops was never compiled: a guest
+/// that starts many processes (each maps its libraries at other addresses,
+/// so their code is decoded anew) fills the cache again and again.
 const MAX_CACHED_INSNS: usize = 1024 * 1024;
+
+/// Instructions left after an eviction: a quarter of the cache is freed at
+/// once, so that the sweep's cost is shared by many insertions.
+const EVICT_TO: usize = MAX_CACHED_INSNS / 4 * 3;
 
 /// User pages whose bytes the cache keeps for split execution (16 MiB): past
 /// it, the user pages' blocks are dropped.
@@ -259,6 +280,9 @@ impl Default for DecodeCache {
             crossing: FastMap::default(),
             crossing_by_page: FastMap::default(),
             insns: 0,
+            order: VecDeque::new(),
+            page_seq: FastMap::default(),
+            next_seq: 0,
         }
     }
 }
@@ -287,25 +311,25 @@ impl DecodeCache {
         let slot = Self::slot(key);
         if let Some((k, b)) = &self.jump[slot] {
             if k == key {
+                b.used.set(true);
                 return Some(b.clone());
             }
         }
         let b = self.blocks.get(key)?.clone();
+        b.used.set(true);
         self.jump[slot] = Some((*key, b.clone()));
         Some(b)
     }
 
     /// Add a block; `user` holds its page's bytes when it was decoded at
     /// CPL 3 under split execution (see [`DecodeCache::recheck_user`]).
-    /// True if the cache was full and dropped everything first.
-    fn insert(&mut self, key: BlockKey, block: Rc<Block>, user: Option<&[u8]>) -> bool {
-        let full = self.insns + block.insns().len() > MAX_CACHED_INSNS;
-        if full {
-            *self = DecodeCache::default();
-        }
+    /// The pages evicted first to make room for it.
+    fn insert(&mut self, key: BlockKey, block: Rc<Block>, user: Option<&[u8]>) -> u64 {
+        let page = key.phys & !0xfff;
+        let evicted = self.make_room(block.insns().len());
         self.insns += block.insns().len();
         block.live.set(true);
-        let page = key.phys & !0xfff;
+        self.enlist(page);
         self.jump[Self::slot(&key)] = Some((key, block.clone()));
         match self.blocks.insert(key, block) {
             Some(old) => {
@@ -325,7 +349,64 @@ impl DecodeCache {
                 self.user_pages.insert(page, bytes.into());
             }
         }
-        full
+        evicted
+    }
+
+    /// Give `page` its place in the eviction order when it has none.
+    fn enlist(&mut self, page: u64) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.page_seq.entry(page) {
+            e.insert(self.next_seq);
+            self.order.push_back((page, self.next_seq));
+            self.next_seq += 1;
+            // Pages dropped and decoded again leave stale entries behind.
+            if self.order.len() > 2 * self.page_seq.len() + 4096 {
+                let live = &self.page_seq;
+                self.order.retain(|(p, n)| live.get(p) == Some(n));
+            }
+        }
+    }
+
+    /// Evict pages until `need` more instructions fit; the number of pages
+    /// evicted. Oldest pages go first; a page with a block looked up since
+    /// the last sweep has its marks cleared and goes to the back once.
+    /// Should the order run out with the cache still full (it cannot: every
+    /// page that holds instructions is in it), the cache is dropped whole.
+    fn make_room(&mut self, need: usize) -> u64 {
+        if self.insns + need <= MAX_CACHED_INSNS {
+            return 0;
+        }
+        let mut evicted = 0;
+        let mut chances = self.order.len();
+        while self.insns + need > EVICT_TO {
+            let Some((page, n)) = self.order.pop_front() else { break };
+            if self.page_seq.get(&page) != Some(&n) {
+                continue;
+            }
+            if chances > 0 && self.take_used(page) {
+                chances -= 1;
+                self.order.push_back((page, n));
+                continue;
+            }
+            self.invalidate_page(page);
+            evicted += 1;
+        }
+        if self.insns + need > MAX_CACHED_INSNS {
+            evicted += self.page_seq.len() as u64;
+            *self = DecodeCache::default();
+        }
+        evicted
+    }
+
+    /// Whether a block starting in `page` was looked up since the last
+    /// sweep, clearing the marks.
+    fn take_used(&self, page: u64) -> bool {
+        let mut used = false;
+        for k in self.by_page.get(&page).into_iter().flatten() {
+            if let Some(b) = self.blocks.get(k) {
+                used |= b.used.replace(false);
+            }
+        }
+        used
     }
 
     /// The instruction at `key` that crosses into the page at physical
@@ -338,12 +419,10 @@ impl DecodeCache {
     }
 
     /// Cache a page-crossing instruction at `key` whose tail lies in the
-    /// physical page `next`; true when the cache was full and emptied.
-    fn insert_crossing(&mut self, key: BlockKey, next: u64, block: Rc<Block>) -> bool {
-        let full = self.insns + 1 > MAX_CACHED_INSNS;
-        if full {
-            *self = DecodeCache::default();
-        }
+    /// physical page `next`; the pages evicted first to make room.
+    fn insert_crossing(&mut self, key: BlockKey, next: u64, block: Rc<Block>) -> u64 {
+        let evicted = self.make_room(1);
+        self.enlist(key.phys & !0xfff);
         self.insns += 1;
         block.live.set(true);
         if let Some((_, old)) = self.crossing.insert(key, (next, block)) {
@@ -356,10 +435,11 @@ impl DecodeCache {
                 keys.push(key);
             }
         }
-        full
+        evicted
     }
 
     pub(crate) fn invalidate_page(&mut self, page: u64) {
+        self.page_seq.remove(&page);
         self.user_pages.remove(&page);
         if let Some(keys) = self.crossing_by_page.remove(&page) {
             for k in keys {
@@ -425,6 +505,7 @@ impl Cpu {
                 if let Some(c) = &*prev.next.borrow() {
                     if c.rip == rip && c.user == user && c.generation == self.mmu.generation {
                         if let Some(b) = c.block.upgrade().filter(|b| b.live.get()) {
+                            b.used.set(true);
                             return Ok(b);
                         }
                     }
@@ -525,9 +606,7 @@ impl Cpu {
             let block = Block::new(vec![Decoded::new(insn)], u32::MAX);
             if cache {
                 self.stats.blocks_decoded += 1;
-                if self.cache.insert_crossing(key, next, block.clone()) {
-                    self.stats.cache_flushes += 1;
-                }
+                self.stats.cache_evictions += self.cache.insert_crossing(key, next, block.clone());
             }
             return Ok(block);
         }
@@ -549,9 +628,7 @@ impl Cpu {
         let block = Block::new(insns, if self.hot_threshold == 0 { u32::MAX } else { self.hot_threshold });
         if cacheable {
             let user = (p == Privilege::User && self.keep_user_pages).then_some(&bytes[..]);
-            if self.cache.insert(key, block.clone(), user) {
-                self.stats.cache_flushes += 1;
-            }
+            self.stats.cache_evictions += self.cache.insert(key, block.clone(), user);
         }
         Ok(block)
     }
@@ -640,12 +717,12 @@ mod tests {
     }
 
     #[test]
-    fn the_decode_cache_is_dropped_when_full_and_counts_invalidations() {
+    fn a_full_decode_cache_evicts_its_oldest_unused_pages() {
         let mut c = DecodeCache::default();
         let per = MAX_BLOCK_INSNS;
         let fit = MAX_CACHED_INSNS / per;
         for i in 0..fit as u64 {
-            assert!(!c.insert(key(i * 0x1000), block(per), None));
+            assert_eq!(c.insert(key(i * 0x1000), block(per), None), 0);
         }
         assert_eq!(c.insns, fit * per);
         // Invalidating a page gives its instructions back.
@@ -653,15 +730,34 @@ mod tests {
         assert_eq!(c.insns, (fit - 1) * per);
         assert!(c.get(&key(0)).is_none());
         // Re-inserting a key replaces the block without counting it twice.
-        assert!(!c.insert(key(0x1000), block(per), None));
+        assert_eq!(c.insert(key(0x1000), block(per), None), 0);
         assert_eq!(c.insns, (fit - 1) * per);
-        assert!(!c.insert(key(0), block(per), None));
-        // Full: the next block drops everything else, and says so.
-        assert!(c.insert(key(0xfff_f000), block(per), None));
-        assert_eq!(c.insns, per);
-        assert_eq!(c.blocks.len(), 1);
-        assert!(c.get(&key(0x1000)).is_none());
+        assert_eq!(c.insert(key(0), block(per), None), 0);
+        // Every block was looked up or inserted since: a sweep clears the
+        // marks. Then pages 1 and 2 run again.
+        for i in 0..fit as u64 {
+            c.take_used(i * 0x1000);
+        }
+        assert!(c.get(&key(0x1000)).is_some() && c.get(&key(0x2000)).is_some());
+        // Full: the next block evicts a quarter of the cache, oldest first,
+        // passing over the pages that ran.
+        let evicted = c.insert(key(0xfff_f000), block(per), None);
+        let freed = MAX_CACHED_INSNS - EVICT_TO;
+        assert_eq!(evicted as usize, freed / per + 1);
+        assert_eq!(c.insns, EVICT_TO);
+        assert!(c.get(&key(0x1000)).is_some() && c.get(&key(0x2000)).is_some(), "the pages that ran stay");
+        assert!(c.get(&key(0x3000)).is_none(), "the oldest unused pages went");
+        assert!(c.get(&key(0)).is_some(), "decoded again last, it is the newest");
         assert!(c.get(&key(0xfff_f000)).is_some());
+        let last_evicted = (evicted + 2) * 0x1000;
+        assert!(c.get(&key(last_evicted)).is_none() && c.get(&key(last_evicted + 0x1000)).is_some());
+        // The eviction order stays bounded while pages are dropped and
+        // decoded again.
+        for _ in 0..20_000 {
+            c.invalidate_page(0x1000);
+            c.insert(key(0x1000), block(1), None);
+        }
+        assert!(c.order.len() <= 2 * c.page_seq.len() + 4096 + 1);
     }
 
     /// Each size class holds exactly the instructions it was given.

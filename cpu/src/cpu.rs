@@ -27,8 +27,9 @@ pub use crate::platform::{Platform, StopReason};
 pub struct CpuStats {
     pub instructions: u64,
     pub blocks_decoded: u64,
-    /// Times the decode cache filled up and was dropped whole.
-    pub cache_flushes: u64,
+    /// Code pages the decode cache evicted to make room (their blocks
+    /// are decoded again when they run again).
+    pub cache_evictions: u64,
     pub exceptions: u64,
     pub interrupts: u64,
     /// Locked instructions run again after another processor changed

@@ -8,16 +8,19 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use cranelift_codegen::binemit::Reloc as Reloc8;
 use cranelift_codegen::control::ControlPlane;
-use cranelift_codegen::ir::{types, AbiParam, Function, InstBuilder, Signature, UserFuncName};
+use cranelift_codegen::ir::{types, AbiParam, ExternalName, Function, InstBuilder, Signature, UserFuncName};
 use cranelift_codegen::isa::{CallConv, OwnedTargetIsa};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
+use cranelift_codegen::FinalizedRelocTarget;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 
 use cpu::Decoded;
 
 use crate::ctx::region_signature;
+use crate::reloc::{link, Import, Reloc};
 use crate::shared::Shared;
 use crate::translate::{translate, RegionSpec, TxStats};
 
@@ -45,7 +48,10 @@ pub struct Job {
 /// A compiled region.
 #[derive(Clone)]
 pub struct Output {
+    /// The machine code, linked ([`crate::reloc::link`]) for this process.
     pub code: Vec<u8>,
+    /// Where the code holds addresses.
+    pub relocs: Vec<Reloc>,
     /// The instructions its code runs through the interpreter; the code
     /// holds their addresses, so every copy of the code shares the table.
     pub fallbacks: Arc<Vec<Decoded>>,
@@ -197,10 +203,22 @@ pub fn compile_in(ws: &mut Workspace, isa: &OwnedTargetIsa, id: u64, spec: &Regi
         let _ = std::fs::write(base.with_extension("clif"), ir);
         let _ = std::fs::write(base.with_extension("bin"), code.code_buffer());
     }
-    if !code.buffer.relocs().is_empty() {
-        return Err("compiled code needs relocations".into());
+    let mut bytes = code.code_buffer().to_vec();
+    let found = code.buffer.relocs().to_vec();
+    let mut relocs = Vec::with_capacity(found.len());
+    for r in &found {
+        let import = match (&r.kind, &r.target) {
+            (Reloc8::Abs8, FinalizedRelocTarget::ExternalName(ExternalName::User(name))) => {
+                Import::from_name(&ws.ctx.func.params.user_named_funcs()[*name])
+            }
+            _ => None,
+        };
+        let import = import.ok_or_else(|| format!("compiled code needs a relocation of an unknown kind: {r:?}"))?;
+        relocs.push(Reloc { offset: r.offset, import, addend: r.addend });
     }
-    Ok(Output { code: code.code_buffer().to_vec(), fallbacks: Arc::new(t.fallbacks), stats: t.stats })
+    let fallbacks = Arc::new(t.fallbacks);
+    link(&mut bytes, &relocs, &spec.access, &fallbacks)?;
+    Ok(Output { code: bytes, relocs, fallbacks, stats: t.stats })
 }
 
 /// `FERROVM_JIT_DUMP=DIR`: each region's IR (`RIP_ID.clif`) and machine

@@ -21,6 +21,8 @@
 pub mod code;
 pub mod compiler;
 pub mod ctx;
+pub mod disk;
+pub mod reloc;
 pub mod shared;
 pub mod translate;
 
@@ -68,6 +70,9 @@ pub struct Config {
     /// handler, and MFENCE is a host fence (one thread alone needs
     /// neither).
     pub shared_memory: bool,
+    /// A folder that keeps compiled regions between runs (`--jit-cache`,
+    /// [`disk`]).
+    pub disk_cache: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -82,6 +87,7 @@ impl Default for Config {
             chain: true,
             kernel_only: false,
             shared_memory: false,
+            disk_cache: None,
         }
     }
 }
@@ -249,7 +255,7 @@ impl Jit {
     /// A JIT for `cpu`: starts the compiler thread, reserves the code
     /// cache, and turns on hot-block counting in the CPU.
     pub fn new(cpu: &mut Cpu, cfg: Config) -> Result<Self, String> {
-        let shared = Shared::new(&cfg.settings)?;
+        let shared = Shared::with_disk_cache(&cfg.settings, cfg.disk_cache.as_deref())?;
         Self::with_shared(cpu, cfg, shared)
     }
 
@@ -919,7 +925,7 @@ impl Jit {
         let s = &self.stats;
         let share = |part: u64, whole: u64| if whole == 0 { 0.0 } else { part as f64 * 100.0 / whole as f64 };
         let compile = self.compile_time();
-        vec![
+        let mut lines = vec![
             format!(
                 "jit: {} regions compiled ({} of them copied from an earlier compile of the same code, by any vCPU; {} failed, {} stale), compile time {:.3} s ({:.1}% of the run, on the compiler thread)",
                 s.regions_compiled,
@@ -960,7 +966,19 @@ impl Jit {
                 "jit: invalidations: {} code pages written ({} regions dropped); exits: {} region entries from the run loop, {} linked in compiled code, {} chained by the run loop, {} for faults, {} to the interpreter for one instruction",
                 s.invalidated_pages, s.invalidated_regions, s.entries, s.linked, s.chained, s.fault_exits, s.step_exits
             ),
-        ]
+        ];
+        if let Some((dir, d)) = self.shared.disk_stats() {
+            lines.push(format!(
+                "jit: translation cache {}: {} regions loaded, {} compiled and stored, {} not found, {} entries refused, {} failed writes (all vCPUs)",
+                dir.display(),
+                d.loaded,
+                d.stored,
+                d.missed,
+                d.rejected,
+                d.write_errors
+            ));
+        }
+        lines
     }
 }
 

@@ -32,6 +32,7 @@ use cpu::{FastMap, FxHasher};
 
 use crate::code::{self, CodeCache, Trampoline};
 use crate::compiler::{self, Output, Settings, Workspace};
+use crate::disk::{DiskCache, DiskStats};
 use crate::translate::{AccessCalls, RegionSpec};
 use crate::Key;
 
@@ -90,12 +91,20 @@ pub struct Shared {
     _code: Mutex<CodeCache>,
     table: Mutex<Table>,
     ready: Condvar,
+    /// The persistent translation cache, when one was asked for.
+    disk: Option<Arc<DiskCache>>,
 }
 
 impl Shared {
     /// Compiles the entry trampoline and the memory helpers' entries for
     /// this host with `settings`.
     pub fn new(settings: &Settings) -> Result<Arc<Self>, String> {
+        Self::with_disk_cache(settings, None)
+    }
+
+    /// [`Shared::new`], with compiled regions also kept in the folder
+    /// `disk` and taken from it ([`crate::disk`]).
+    pub fn with_disk_cache(settings: &Settings, disk: Option<&std::path::Path>) -> Result<Arc<Self>, String> {
         let mut tcode = CodeCache::new(16384).map_err(|e| format!("cannot reserve the code cache: {e}"))?;
         let host = compiler::host_isa(settings)?;
         let tbytes = compiler::compile_trampoline(&host)?;
@@ -105,12 +114,14 @@ impl Shared {
         // installed; `tcode` keeps it mapped as long as this value lives,
         // and every JIT that enters through it holds this value.
         let trampoline = unsafe { code::to_trampoline(tptr) };
+        let disk = disk.map(|dir| DiskCache::open(dir, settings, &host)).transpose()?;
         Ok(Arc::new(Shared {
             trampoline,
             access,
             _code: Mutex::new(tcode),
             table: Mutex::new(Table::default()),
             ready: Condvar::new(),
+            disk,
         }))
     }
 
@@ -144,7 +155,7 @@ impl Shared {
                 }
             }
         }
-        let result = compiler::compile_in(ws, isa, id, &spec);
+        let result = self.compile_or_load(ws, isa, id, &spec);
         if claimed {
             let mut t = self.table.lock();
             match &result {
@@ -165,6 +176,31 @@ impl Shared {
             self.ready.notify_all();
         }
         (result, false)
+    }
+
+    /// The region `spec` from the persistent cache, or compiled (and then
+    /// kept there).
+    fn compile_or_load(
+        &self,
+        ws: &mut Workspace,
+        isa: &OwnedTargetIsa,
+        id: u64,
+        spec: &RegionSpec,
+    ) -> Result<Output, String> {
+        let Some(disk) = &self.disk else { return compiler::compile_in(ws, isa, id, spec) };
+        if let Some(out) = disk.load(spec) {
+            return Ok(out);
+        }
+        let result = compiler::compile_in(ws, isa, id, spec);
+        if let Ok(out) = &result {
+            disk.store(spec, out);
+        }
+        result
+    }
+
+    /// The persistent translation cache's counts, when there is one.
+    pub fn disk_stats(&self) -> Option<(std::path::PathBuf, DiskStats)> {
+        self.disk.as_ref().map(|d| (d.dir().to_path_buf(), d.stats()))
     }
 
     /// Makes `spec`, which a vCPU is about to compile, the region other

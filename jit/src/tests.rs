@@ -1879,6 +1879,81 @@ fn scalar_sse_moves_give_the_interpreters_results() {
     assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 80, "{:?}", jit.stats);
 }
 
+/// MOVD/MOVQ and MOVLPS/MOVLPD/MOVHPS/MOVHPD between XMM registers and
+/// memory, the packed shifts by an immediate (counts inside the lane, at
+/// its width and past it) and the byte shifts PSLLDQ/PSRLDQ (past 15
+/// too): the interpreter's results, none of them through its handlers.
+#[test]
+fn movd_with_memory_and_packed_shifts_give_the_interpreters_results() {
+    use iced_x86::Mnemonic as M;
+    let prep = |c: &mut Cpu| {
+        sse_on(c);
+        let bytes: Vec<u8> = (0..0x2000u32).map(|i| (i * 37 + 11) as u8).collect();
+        c.mem().write(DATA, &bytes).unwrap();
+    };
+    let (_, b, jit) = both(long_mode, prep, |a| {
+        let mut top = a.create_label();
+        a.mov(rsi, DATA)?;
+        a.mov(ecx, 40)?;
+        a.movdqu(xmm8, xmmword_ptr(rsi + 0x300))?;
+        a.set_label(&mut top)?;
+        a.movdqu(xmm1, xmmword_ptr(rsi))?;
+        a.movd(xmm2, dword_ptr(rsi + 5))?;
+        a.movq(xmm3, qword_ptr(rsi + 9))?;
+        a.movdqa(xmm0, xmm1)?;
+        a.psrlq(xmm0, 64)?;
+        a.movdqa(xmm4, xmm1)?;
+        a.psrld(xmm4, 7)?;
+        a.movdqa(xmm5, xmm1)?;
+        a.pslld(xmm5, 30)?;
+        a.movdqa(xmm6, xmm1)?;
+        a.psrad(xmm6, 3)?;
+        a.psraw(xmm6, 40)?;
+        a.psllw(xmm1, 16)?;
+        a.psrlw(xmm2, 1)?;
+        a.psllq(xmm3, 13)?;
+        a.movdqa(xmm7, xmm4)?;
+        a.pslldq(xmm7, 3)?;
+        a.movdqa(xmm9, xmm4)?;
+        a.psrldq(xmm9, 9)?;
+        a.movdqa(xmm10, xmm4)?;
+        a.pslldq(xmm10, 16)?;
+        a.movdqa(xmm11, xmm4)?;
+        a.psrldq(xmm11, 200)?;
+        a.movlpd(xmm13, qword_ptr(rsi + 3))?;
+        a.movhpd(xmm13, qword_ptr(rsi + 21))?;
+        a.movhps(xmm14, qword_ptr(rsi + 40))?;
+        a.movlps(xmm14, qword_ptr(rsi + 50))?;
+        for r in [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm9, xmm10, xmm11, xmm13, xmm14] {
+            a.pxor(xmm8, r)?;
+            a.paddq(xmm8, xmm8)?;
+        }
+        a.movd(dword_ptr(rsi + 0x1000), xmm8)?;
+        a.movq(qword_ptr(rsi + 0x1004), xmm7)?;
+        a.movhpd(qword_ptr(rsi + 0x100c), xmm8)?;
+        a.movlps(qword_ptr(rsi + 0x1014), xmm13)?;
+        a.movhps(qword_ptr(rsi + 0x101c), xmm14)?;
+        a.movlpd(qword_ptr(rsi + 0x1024), xmm14)?;
+        a.movd(xmm12, dword_ptr(rsi + 0x1000))?;
+        a.paddd(xmm8, xmm12)?;
+        a.add(rsi, 7)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        // A #PF on a MOVD load.
+        a.mov(rdx, UNMAPPED)?;
+        a.movd(xmm3, dword_ptr(rdx + 4))?;
+        a.hlt()
+    });
+    assert_eq!(b.state.cr2, UNMAPPED + 4);
+    assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 80, "{:?}", jit.stats);
+    for m in [M::Movd, M::Movq, M::Psrld, M::Pslld, M::Psrad, M::Psraw, M::Psllw, M::Psrlw, M::Psllq, M::Psrlq] {
+        assert_eq!(handler_runs(&jit, m), 0, "{m:?} ran through the interpreter");
+    }
+    for m in [M::Pslldq, M::Psrldq, M::Movlpd, M::Movhpd, M::Movlps, M::Movhps] {
+        assert_eq!(handler_runs(&jit, m), 0, "{m:?} ran through the interpreter");
+    }
+}
+
 /// An instruction that crosses into the next page runs from compiled code
 /// (the region holds both pages), and a store into its tail takes effect.
 #[test]

@@ -154,6 +154,10 @@ pub struct MachineConfig {
     pub kvm_pit: KvmPit,
     /// Under KVM, whose interrupt controllers the guest has.
     pub kvm_irqchip: KvmIrqchip,
+    /// A folder that keeps the JIT's compiled regions between runs
+    /// (`--jit-cache`): a later run of the same guest takes them instead of
+    /// compiling them again.
+    pub jit_cache: Option<std::path::PathBuf>,
     /// The CPU model the guest is given (under KVM: as much of it as KVM
     /// can give).
     pub cpu_model: cpu::cpuid::Model,
@@ -274,6 +278,7 @@ impl MachineConfig {
             kvm_split: SplitMode::Auto,
             kvm_pit: KvmPit::InKernel,
             kvm_irqchip: KvmIrqchip::InKernel,
+            jit_cache: None,
             cpu_model: cpu::cpuid::Model::V2,
             topology: Default::default(),
             vcpu_threads: Default::default(),

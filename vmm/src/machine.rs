@@ -580,7 +580,7 @@ impl Machine {
         Ok(match kind {
             EngineKind::Interp => Box::new(crate::engine::interp::InterpEngine::new(ctx)),
             EngineKind::Jit => {
-                Box::new(crate::engine::jit::JitEngine::new(ctx, crate::engine::jit::config_from_env()?)?)
+                Box::new(crate::engine::jit::JitEngine::new(ctx, crate::engine::jit::config_from_env(ctx.config)?)?)
             }
             #[cfg(target_os = "linux")]
             EngineKind::Kvm if crate::engine::split::SplitEngine::wanted(ctx) => {

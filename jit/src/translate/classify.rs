@@ -315,11 +315,15 @@ pub(super) enum Form {
     /// MOVSS, MOVSD and MOVQ between XMM registers and memory: the low
     /// `width` bytes; a load, or MOVQ, zeroes the rest of the destination
     /// register, a register-to-register MOVSS/MOVSD (`merge`) keeps it.
+    /// MOVLPS/MOVLPD and MOVHPS/MOVHPD (`high`: the register's upper
+    /// quadword) move 8 bytes between memory and one half of the register,
+    /// keeping the other half (`merge`).
     VecScalar {
         dst: VecSrc,
         src: VecSrc,
         width: u8,
         merge: bool,
+        high: bool,
     },
     /// PMOVMSKB r32/r64, xmm.
     Pmovmskb {
@@ -581,6 +585,27 @@ pub(super) enum VecOp {
     UnpackHi(u8),
     /// PSHUFD with its immediate (the destination's old value is unused).
     ShufD(u8),
+    /// PSLLW/D/Q, PSRLW/D/Q, PSRAW/D by an immediate count: lanes of
+    /// `lane` bytes of the destination (the source is unused).
+    ShiftImm {
+        kind: ShiftKind,
+        lane: u8,
+        count: u8,
+    },
+    /// PSLLDQ (`left`) and PSRLDQ: the whole register shifted by `count`
+    /// bytes, zeros shifted in (the source is unused).
+    ByteShift {
+        left: bool,
+        count: u8,
+    },
+}
+
+/// The direction and fill of a packed shift.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ShiftKind {
+    Left,
+    RightLogical,
+    RightArith,
 }
 
 /// An XMM operand: a register or the 16-byte memory operand.
@@ -646,6 +671,33 @@ fn classify_vec(insn: &Instruction, bits: u32) -> Option<Form> {
         C::Punpckhdq_xmm_xmmm128 => VecOp::UnpackHi(4),
         C::Punpckhqdq_xmm_xmmm128 => VecOp::UnpackHi(8),
         C::Pshufd_xmm_xmmm128_imm8 => VecOp::ShufD(insn.immediate8()),
+        C::Psllw_xmm_imm8
+        | C::Pslld_xmm_imm8
+        | C::Psllq_xmm_imm8
+        | C::Psrlw_xmm_imm8
+        | C::Psrld_xmm_imm8
+        | C::Psrlq_xmm_imm8
+        | C::Psraw_xmm_imm8
+        | C::Psrad_xmm_imm8 => {
+            let (kind, lane) = match insn.code() {
+                C::Psllw_xmm_imm8 => (ShiftKind::Left, 2),
+                C::Pslld_xmm_imm8 => (ShiftKind::Left, 4),
+                C::Psllq_xmm_imm8 => (ShiftKind::Left, 8),
+                C::Psrlw_xmm_imm8 => (ShiftKind::RightLogical, 2),
+                C::Psrld_xmm_imm8 => (ShiftKind::RightLogical, 4),
+                C::Psrlq_xmm_imm8 => (ShiftKind::RightLogical, 8),
+                C::Psraw_xmm_imm8 => (ShiftKind::RightArith, 2),
+                _ => (ShiftKind::RightArith, 4),
+            };
+            let dst = xmm(insn.op0_register())?;
+            let op = VecOp::ShiftImm { kind, lane, count: insn.immediate8() };
+            return Some(Form::Vec { op, dst, src: VecSrc::Xmm(dst) });
+        }
+        C::Pslldq_xmm_imm8 | C::Psrldq_xmm_imm8 => {
+            let dst = xmm(insn.op0_register())?;
+            let op = VecOp::ByteShift { left: insn.code() == C::Pslldq_xmm_imm8, count: insn.immediate8() };
+            return Some(Form::Vec { op, dst, src: VecSrc::Xmm(dst) });
+        }
         C::Movdqa_xmm_xmmm128 | C::Movaps_xmm_xmmm128 | C::Movapd_xmm_xmmm128 => {
             return Some(Form::VecMov { dst: src(0)?, src: src(1)?, aligned: true });
         }
@@ -668,7 +720,7 @@ fn classify_vec(insn: &Instruction, bits: u32) -> Option<Form> {
             let movq = matches!(insn.code(), C::Movq_xmm_xmmm64 | C::Movq_xmmm64_xmm);
             let width = if matches!(insn.code(), C::Movss_xmm_xmmm32 | C::Movss_xmmm32_xmm) { 4 } else { 8 };
             let merge = !movq && matches!((dst, src), (VecSrc::Xmm(_), VecSrc::Xmm(_)));
-            return Some(Form::VecScalar { dst, src, width, merge });
+            return Some(Form::VecScalar { dst, src, width, merge, high: false });
         }
         C::Pmovmskb_r32_xmm | C::Pmovmskb_r64_xmm => {
             let dst = reg(insn.op0_register())?;
@@ -679,6 +731,42 @@ fn classify_vec(insn: &Instruction, bits: u32) -> Option<Form> {
         }
         C::Movd_rm32_xmm | C::Movq_rm64_xmm if insn.op0_kind() == OpKind::Register => {
             return Some(Form::MovFromVec { dst: reg(insn.op0_register())?, src: xmm(insn.op1_register())? });
+        }
+        // With memory: MOVSS's and MOVQ's loads (the rest of the register
+        // zeroed) and stores (the low lane).
+        C::Movd_xmm_rm32 | C::Movq_xmm_rm64 => {
+            let width = if insn.code() == C::Movd_xmm_rm32 { 4 } else { 8 };
+            let dst = VecSrc::Xmm(xmm(insn.op0_register())?);
+            return Some(Form::VecScalar {
+                dst,
+                src: scalar_operand(insn, 1, bits)?,
+                width,
+                merge: false,
+                high: false,
+            });
+        }
+        C::Movd_rm32_xmm | C::Movq_rm64_xmm => {
+            let width = if insn.code() == C::Movd_rm32_xmm { 4 } else { 8 };
+            let src = VecSrc::Xmm(xmm(insn.op1_register())?);
+            return Some(Form::VecScalar {
+                dst: scalar_operand(insn, 0, bits)?,
+                src,
+                width,
+                merge: false,
+                high: false,
+            });
+        }
+        C::Movlps_xmm_m64 | C::Movlpd_xmm_m64 | C::Movhps_xmm_m64 | C::Movhpd_xmm_m64 => {
+            let high = matches!(insn.code(), C::Movhps_xmm_m64 | C::Movhpd_xmm_m64);
+            let dst = VecSrc::Xmm(xmm(insn.op0_register())?);
+            let VecSrc::Mem = scalar_operand(insn, 1, bits)? else { return None };
+            return Some(Form::VecScalar { dst, src: VecSrc::Mem, width: 8, merge: true, high });
+        }
+        C::Movlps_m64_xmm | C::Movlpd_m64_xmm | C::Movhps_m64_xmm | C::Movhpd_m64_xmm => {
+            let high = matches!(insn.code(), C::Movhps_m64_xmm | C::Movhpd_m64_xmm);
+            let src = VecSrc::Xmm(xmm(insn.op1_register())?);
+            let VecSrc::Mem = scalar_operand(insn, 0, bits)? else { return None };
+            return Some(Form::VecScalar { dst: VecSrc::Mem, src, width: 8, merge: true, high });
         }
         C::Comisd_xmm_xmmm64 | C::Ucomisd_xmm_xmmm64 | C::Comiss_xmm_xmmm32 | C::Ucomiss_xmm_xmmm32 => {
             let double = matches!(insn.code(), C::Comisd_xmm_xmmm64 | C::Ucomisd_xmm_xmmm64);

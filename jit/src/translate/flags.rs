@@ -8,7 +8,7 @@ use cpu::flags::FlagOp;
 use cpu::state::flags;
 
 use super::state::{mem_flags, Tx, CIN, LZ_OFF, OP, RES, RFLAGS_OFF, SRC1, SRC2};
-use crate::ctx;
+use crate::reloc::Helper;
 
 /// What is statically known about the lazy flags at a point.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -127,7 +127,7 @@ impl Tx<'_, '_> {
 
     /// The six flags of the state's record (or RFLAGS) by the helper.
     fn raw_state_flags(&mut self) -> Value {
-        let callee = self.iconst(ctx::state_flags as *const () as usize as u64);
+        let callee = self.helper(Helper::StateFlags);
         let call = self.b.ins().call_indirect(self.sig_flags, callee, &[self.state]);
         self.b.inst_results(call)[0]
     }

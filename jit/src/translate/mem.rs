@@ -10,6 +10,7 @@ use cpu::state::sreg;
 use super::classify::reg;
 use super::state::{guest_flags, mem_flags, Tx, SEG_BASE_OFF, SEG_OFF, SEG_SIZE};
 use crate::ctx::{off, status};
+use crate::reloc::Import;
 
 impl Tx<'_, '_> {
     /// The effective address (offset in the segment), as `cpu::ops::ea`.
@@ -148,8 +149,7 @@ impl Tx<'_, '_> {
             self.enter_block(join);
             return (val, haddr.expect("an RMW load has a host address"));
         }
-        let f = if rmw { self.access.load_rmw } else { self.access.load };
-        let callee = self.iconst(f as u64);
+        let callee = self.addr(if rmw { Import::LoadRmw } else { Import::Load }, 0);
         let segv = self.b.ins().iconst(types::I32, seg as i64);
         let sz = self.b.ins().iconst(types::I32, i64::from(size));
         let ripv = self.iconst(rip);
@@ -250,7 +250,7 @@ impl Tx<'_, '_> {
         self.b.ins().jump(join, &[z.into()]);
 
         self.enter_block(slow);
-        let callee = self.iconst(self.access.store as u64);
+        let callee = self.addr(Import::Store, 0);
         let segv = self.b.ins().iconst(types::I32, seg as i64);
         let sz = self.b.ins().iconst(types::I32, i64::from(size));
         let ripv = self.iconst(rip);

@@ -149,10 +149,17 @@ pub struct Translated {
     pub stats: TxStats,
 }
 
-/// Build the function of `spec` into `b` (a fresh function with the
-/// signature `(ptr ctx, i32 entry)`).
-pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv, ptr: Type) -> Translated {
-    // Plan: which instructions are translated, which fall back.
+/// The fallback table and counts of `spec`'s translation, without building
+/// its function: what a region's code kept from an earlier run needs
+/// ([`crate::disk`]).
+pub fn fallbacks(spec: &RegionSpec) -> Translated {
+    let (_, fallbacks, stats) = plan(spec);
+    Translated { fallbacks, stats }
+}
+
+/// Which instructions of `spec` are translated and which fall back: the
+/// plan per guest block, the fallback table and the counts.
+fn plan(spec: &RegionSpec) -> (Vec<Vec<Planned>>, Vec<Decoded>, TxStats) {
     let total: usize = spec.blocks.iter().map(|g| g.insns.len()).sum();
     let mut fallbacks: Vec<Decoded> = Vec::with_capacity(total.max(1));
     let mut plan: Vec<Vec<Planned>> = Vec::new();
@@ -193,6 +200,14 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
         }
         plan.push(v);
     }
+    (plan, fallbacks, stats)
+}
+
+/// Build the function of `spec` into `b` (a fresh function with the
+/// signature `(ptr ctx, i32 entry)`).
+pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv, ptr: Type) -> Translated {
+    // Plan: which instructions are translated, which fall back.
+    let (plan, fallbacks, stats) = plan(spec);
 
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
@@ -269,7 +284,7 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
         sig_fill,
         sig_load_saving,
         sig_store_saving,
-        access: spec.access,
+        imports: HashMap::new(),
     };
     let zero = tx.b.ins().iconst(i64t, 0);
     tx.b.def_var(icount, zero);
@@ -302,7 +317,6 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
         entry_switch(tx.b, entry_idx, &ir_blocks, 0, leave_block);
     }
 
-    let fb_base = fallbacks.as_ptr();
     for (i, g) in spec.blocks.iter().enumerate() {
         tx.b.switch_to_block(ir_blocks[i]);
         tx.known = Known::Unknown;
@@ -314,8 +328,7 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
             let next = d.next_rip();
             match &p.form {
                 Some(f) => {
-                    // SAFETY (pointer arithmetic only): as below.
-                    tx.slow_insn = (p.fallback != usize::MAX).then(|| fb_base.wrapping_add(p.fallback));
+                    tx.slow_insn = (p.fallback != usize::MAX).then_some(p.fallback);
                     tx.insn_loaded = false;
                     tx.rmw_direct = false;
                     ended = tx.emit(f, &d.insn, p.rip, next);
@@ -323,12 +336,7 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
                         tx.pending += 1;
                     }
                 }
-                None => {
-                    // SAFETY (pointer arithmetic only): `fallback < len`; the
-                    // table is never pushed to again, so it does not move.
-                    let dp = fb_base.wrapping_add(p.fallback);
-                    tx.emit_fallback(dp, p.rip);
-                }
+                None => tx.emit_fallback(p.fallback, p.rip),
             }
             if ended {
                 break;

@@ -5,7 +5,10 @@
 use std::collections::HashMap;
 
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{types, Block, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::immediates::Imm64;
+use cranelift_codegen::ir::{
+    types, Block, ExternalName, GlobalValue, GlobalValueData, InstBuilder, MemFlagsData, Type, Value,
+};
 use cranelift_frontend::{FunctionBuilder, Variable};
 
 use cpu::flags::FlagOp;
@@ -14,8 +17,8 @@ use cpu::Decoded;
 
 use super::classify::Reg;
 use super::flags::Known;
-use super::AccessCalls;
 use crate::ctx::{self, off};
+use crate::reloc::{Helper, Import};
 
 /// The region's function under construction.
 pub(super) struct Tx<'a, 'b> {
@@ -51,7 +54,7 @@ pub(super) struct Tx<'a, 'b> {
     pub(super) avx_usable: Option<Variable>,
     /// The current instruction's entry in the fallback table, for a slow
     /// path that runs it through the interpreter.
-    pub(super) slow_insn: Option<*const Decoded>,
+    pub(super) slow_insn: Option<usize>,
     /// The instruction being translated read memory (a helper's read may
     /// have had effects: its stores keep their own helper).
     pub(super) insn_loaded: bool,
@@ -73,7 +76,9 @@ pub(super) struct Tx<'a, 'b> {
     pub(super) sig_fill: cranelift_codegen::ir::SigRef,
     pub(super) sig_load_saving: cranelift_codegen::ir::SigRef,
     pub(super) sig_store_saving: cranelift_codegen::ir::SigRef,
-    pub(super) access: AccessCalls,
+    /// The symbols of the addresses the code holds so far, by import and
+    /// addend (see [`crate::reloc`]).
+    pub(super) imports: HashMap<(Import, i64), GlobalValue>,
 }
 
 pub(super) const GPR_OFF: i32 = std::mem::offset_of!(CpuState, gpr) as i32;
@@ -135,6 +140,36 @@ impl Tx<'_, '_> {
 
     pub(super) fn iconst(&mut self, v: u64) -> Value {
         self.b.ins().iconst(types::I64, v as i64)
+    }
+
+    /// The address of `import` plus `addend`, as a relocation the code is
+    /// linked at ([`crate::reloc::link`]).
+    pub(super) fn addr(&mut self, import: Import, addend: i64) -> Value {
+        let gv = match self.imports.get(&(import, addend)) {
+            Some(gv) => *gv,
+            None => {
+                let name = self.b.func.declare_imported_user_function(import.name());
+                let gv = self.b.create_global_value(GlobalValueData::Symbol {
+                    name: ExternalName::User(name),
+                    offset: Imm64::new(addend),
+                    colocated: false,
+                    tls: false,
+                });
+                self.imports.insert((import, addend), gv);
+                gv
+            }
+        };
+        self.b.ins().symbol_value(types::I64, gv)
+    }
+
+    /// The address of the helper `h`.
+    pub(super) fn helper(&mut self, h: Helper) -> Value {
+        self.addr(Import::Helper(h), 0)
+    }
+
+    /// The address of entry `index` of the fallback table.
+    pub(super) fn fallback_entry(&mut self, index: usize) -> Value {
+        self.addr(Import::Fallbacks, (index * std::mem::size_of::<Decoded>()) as i64)
     }
 
     /// Add the pending count to `icount`.
@@ -429,24 +464,14 @@ impl Tx<'_, '_> {
         self.b.ins().jump(self.leave_block, &[]);
     }
 
-    /// Store RIP and run the instruction `d` through the interpreter's
-    /// handler (the state in memory must be current); its status.
-    pub(super) fn call_fallback(&mut self, d: *const Decoded, rip: u64) -> Value {
-        self.call_helper_at(ctx::fallback, d, rip)
-    }
-
-    /// Call `helper` for the instruction `d` at `rip` (stored to the
-    /// state's RIP first): its status.
-    fn call_helper_at(
-        &mut self,
-        helper: unsafe extern "C" fn(*mut ctx::JitCtx, *const Decoded) -> u32,
-        d: *const Decoded,
-        rip: u64,
-    ) -> Value {
+    /// Store RIP and run the instruction of fallback entry `d` through the
+    /// interpreter's handler (the state in memory must be current); its
+    /// status.
+    pub(super) fn call_fallback(&mut self, d: usize, rip: u64) -> Value {
         let r = self.iconst(rip);
         self.b.ins().store(mem_flags(), r, self.state, RIP_OFF);
-        let callee = self.iconst(helper as *const () as usize as u64);
-        let dv = self.iconst(d as usize as u64);
+        let callee = self.helper(Helper::Fallback);
+        let dv = self.fallback_entry(d);
         let call = self.b.ins().call_indirect(self.sig_fallback, callee, &[self.ctx, dv]);
         self.b.inst_results(call)[0]
     }

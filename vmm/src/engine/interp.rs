@@ -48,9 +48,9 @@ pub(crate) fn model_line(cpu: &Cpu) -> String {
 /// The interpreter's counters as a `--stats` line.
 pub(crate) fn interp_line(cpu: &Cpu) -> String {
     format!(
-        "{} blocks decoded ({} full decode-cache flushes), {} exceptions, {} interrupts, {} page walks, {} TLB flushes",
+        "{} blocks decoded ({} code pages evicted from the decode cache), {} exceptions, {} interrupts, {} page walks, {} TLB flushes",
         cpu.stats.blocks_decoded,
-        cpu.stats.cache_flushes,
+        cpu.stats.cache_evictions,
         cpu.stats.exceptions,
         cpu.stats.interrupts,
         cpu.mmu.walks,

@@ -10,6 +10,7 @@ use cpu::{Cpu, CpuState};
 
 use super::interp::{exit_of, interp_line, model_line};
 use super::{Engine, EngineContext, EngineStats, Exit, Kicker, Slice};
+use crate::config::MachineConfig;
 use crate::error::Error;
 
 /// The guest CPU under the JIT.
@@ -25,8 +26,8 @@ pub struct JitEngine {
 /// names compiled regions for `perf` in `/tmp/perf-PID.map`;
 /// `FERROVM_JIT_LINK=0` makes every region exit return to the run loop;
 /// `FERROVM_JIT_SHARE=0` gives each vCPU's JIT its own compiled regions.
-pub fn config_from_env() -> Result<jit::Config, Error> {
-    let mut c = jit::Config::default();
+pub fn config_from_env(machine: &MachineConfig) -> Result<jit::Config, Error> {
+    let mut c = jit::Config { disk_cache: machine.jit_cache.clone(), ..jit::Config::default() };
     if let Ok(v) = std::env::var("FERROVM_JIT_THRESHOLD") {
         c.threshold = v
             .parse::<u32>()
@@ -66,9 +67,12 @@ impl JitEngine {
         let private = std::env::var("FERROVM_JIT_SHARE").is_ok_and(|v| v == "0");
         let shared = match ctx.jit_shared.get() {
             Some(s) if !private => s.clone(),
-            _ if private => jit::shared::Shared::new(&config.settings).map_err(fail)?,
+            _ if private => {
+                jit::shared::Shared::with_disk_cache(&config.settings, config.disk_cache.as_deref()).map_err(fail)?
+            }
             _ => {
-                let s = jit::shared::Shared::new(&config.settings).map_err(fail)?;
+                let s = jit::shared::Shared::with_disk_cache(&config.settings, config.disk_cache.as_deref())
+                    .map_err(fail)?;
                 ctx.jit_shared.get_or_init(|| s).clone()
             }
         };

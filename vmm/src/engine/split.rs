@@ -253,7 +253,7 @@ impl SplitEngine {
             KernelSource::Loaded
         };
         cpu.set_hooks(Some(Box::new(policy)));
-        let jit = match crate::engine::jit::config_from_env() {
+        let jit = match crate::engine::jit::config_from_env(m.config) {
             Ok(mut cfg) => {
                 cfg.kernel_only = true;
                 match jit::Jit::new(&mut cpu, cfg) {
@@ -587,11 +587,11 @@ impl Engine for SplitEngine {
                 self.hidden >> 10
             ),
             format!(
-                "interpreter: {} instructions ({} of them user code), {} blocks decoded ({} full decode-cache flushes), {} exceptions, {} interrupts; {} user instructions with #UD here handed to KVM",
+                "interpreter: {} instructions ({} of them user code), {} blocks decoded ({} code pages evicted from the decode cache), {} exceptions, {} interrupts; {} user instructions with #UD here handed to KVM",
                 cpu.stats.instructions,
                 policy.user_instructions,
                 cpu.stats.blocks_decoded,
-                cpu.stats.cache_flushes,
+                cpu.stats.cache_evictions,
                 cpu.stats.exceptions,
                 cpu.stats.interrupts,
                 policy.user_ud_yields

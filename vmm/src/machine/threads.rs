@@ -235,7 +235,7 @@ impl Machine {
                     Box::new(crate::engine::kvm::KvmEngine::on(ctx, shared)?)
                 }
                 EngineKind::Jit => {
-                    let mut cfg = crate::engine::jit::config_from_env()?;
+                    let mut cfg = crate::engine::jit::config_from_env(ctx.config)?;
                     cfg.shared_memory = true;
                     Box::new(crate::engine::jit::JitEngine::new(ctx, cfg)?)
                 }

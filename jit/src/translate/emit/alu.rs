@@ -9,7 +9,8 @@ use cpu::flags::FlagOp;
 use cpu::state::flags;
 
 use super::mask;
-use crate::ctx::{self, off};
+use crate::ctx::off;
+use crate::reloc::Helper;
 use crate::translate::classify::{bit_string_mask, reg, Alu, BtOp, CountKind, Form, Opnd};
 use crate::translate::flags::Known;
 use crate::translate::state::{mem_flags, Tx};
@@ -235,7 +236,7 @@ impl Tx<'_, '_> {
                         let r = self.b.ins().urem(a, d);
                         self.b.ins().jump(join, &[q.into(), r.into()]);
                         self.enter_block(wide);
-                        let callee = self.iconst(ctx::udiv128 as *const () as usize as u64);
+                        let callee = self.helper(Helper::Udiv128);
                         let out = self.b.ins().iadd_imm_s(self.ctx, i64::from(off::SCRATCH));
                         let call = self.b.ins().call_indirect(self.sig_div, callee, &[hi, a, d, out]);
                         let q = self.b.inst_results(call)[0];

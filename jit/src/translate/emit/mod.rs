@@ -17,8 +17,6 @@ mod system;
 use cranelift_codegen::ir::{InstBuilder, Value};
 use iced_x86::Instruction;
 
-use cpu::Decoded;
-
 use super::classify::{Form, Opnd};
 use super::flags::Known;
 use super::state::Tx;
@@ -34,7 +32,7 @@ fn mask(size: u32) -> u64 {
 impl Tx<'_, '_> {
     /// A fallback: the state goes to memory, the interpreter runs the
     /// instruction, and the state comes back.
-    pub(super) fn emit_fallback(&mut self, d: *const Decoded, rip: u64) {
+    pub(super) fn emit_fallback(&mut self, d: usize, rip: u64) {
         self.flush_count();
         self.sync();
         let st = self.call_fallback(d, rip);

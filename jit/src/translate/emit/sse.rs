@@ -6,8 +6,8 @@ use iced_x86::{Instruction, Register};
 
 use cpu::state::cr;
 
-use crate::ctx;
-use crate::translate::classify::{reg, Form, VecOp, VecSrc};
+use crate::reloc::Helper;
+use crate::translate::classify::{reg, Form, ShiftKind, VecOp, VecSrc};
 use crate::translate::state::{guest_flags, mem_flags, Tx, CR0_OFF, CR4_OFF, XMM_OFF};
 
 impl Tx<'_, '_> {
@@ -38,12 +38,17 @@ impl Tx<'_, '_> {
                     VecSrc::Mem => self.vec_mem_store(insn, v, aligned, rip),
                 }
             }
-            Form::VecScalar { dst, src, width, merge } => {
+            Form::VecScalar { dst, src, width, merge, high } => {
                 self.sse_check(rip);
                 let ty = if width == 4 { types::I32 } else { types::I64 };
                 let w = u32::from(width);
+                // The register's bytes moved: its low ones, or (MOVHPS/PD)
+                // its upper quadword.
+                let half = if high { 8 } else { 0 };
                 let v = match src {
-                    VecSrc::Xmm(x) => self.xmm_load(x, ty),
+                    VecSrc::Xmm(x) => {
+                        self.b.ins().load(ty, guest_flags(), self.state, XMM_OFF + 16 * i32::from(x) + half)
+                    }
                     VecSrc::Mem => {
                         let a = self.vec_host_addr(insn, w, false, false, rip);
                         self.b.ins().load(ty, guest_flags(), a, 0)
@@ -52,7 +57,7 @@ impl Tx<'_, '_> {
                 match dst {
                     VecSrc::Xmm(x) => {
                         let fl = guest_flags();
-                        let at = XMM_OFF + 16 * i32::from(x);
+                        let at = XMM_OFF + 16 * i32::from(x) + half;
                         self.b.ins().store(fl, v, self.state, at);
                         if !merge {
                             if width == 4 {
@@ -95,7 +100,7 @@ impl Tx<'_, '_> {
                     VecSrc::Xmm(x) => self.b.ins().iadd_imm_s(self.state, i64::from(XMM_OFF + 16 * i32::from(x))),
                     VecSrc::Mem => self.vec_host_addr(insn, 16, false, false, rip),
                 };
-                let callee = self.iconst(ctx::pcmpistri as *const () as usize as u64);
+                let callee = self.helper(Helper::Pcmpistri);
                 let immv = self.b.ins().iconst(types::I32, i64::from(imm));
                 let call = self.b.ins().call_indirect(self.sig_pcmp, callee, &[pa, pb, immv]);
                 let r = self.b.inst_results(call)[0];
@@ -155,6 +160,39 @@ impl Tx<'_, '_> {
                     *m = dword * 4 + (i % 4) as u8;
                 }
                 self.shuffle(b, b, mask)
+            }
+            VecOp::ShiftImm { kind, lane, count } => {
+                // A count past the lane's last bit empties a logical
+                // shift's lanes and fills an arithmetic one's with the
+                // sign (Cranelift's shifts take the count modulo the lane).
+                let bits = u32::from(lane) * 8;
+                let count = u32::from(count);
+                match kind {
+                    ShiftKind::Left | ShiftKind::RightLogical if count >= bits => self.b.ins().bxor(a, a),
+                    _ => {
+                        let n = self.b.ins().iconst(types::I32, i64::from(count.min(bits - 1)));
+                        match kind {
+                            ShiftKind::Left => self.b.ins().ishl(a, n),
+                            ShiftKind::RightLogical => self.b.ins().ushr(a, n),
+                            ShiftKind::RightArith => self.b.ins().sshr(a, n),
+                        }
+                    }
+                }
+            }
+            VecOp::ByteShift { left, count } => {
+                // Bytes of `a` (0..16) and zeros (16..32, the second
+                // operand): a count past 15 gives zero.
+                let zero = self.b.ins().bxor(a, a);
+                let n = usize::from(count);
+                let mut mask = [16u8; 16];
+                for (i, m) in mask.iter_mut().enumerate() {
+                    if left && i >= n {
+                        *m = (i - n) as u8;
+                    } else if !left && i + n < 16 {
+                        *m = (i + n) as u8;
+                    }
+                }
+                self.shuffle(a, zero, mask)
             }
         }
     }
@@ -235,6 +273,7 @@ impl Tx<'_, '_> {
 pub(super) fn op_type(op: VecOp) -> Type {
     match op {
         VecOp::CmpEq(n) | VecOp::CmpGt(n) | VecOp::Add(n) | VecOp::Sub(n) => vec_type(n),
+        VecOp::ShiftImm { lane, .. } => vec_type(lane),
         _ => types::I8X16,
     }
 }

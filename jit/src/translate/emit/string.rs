@@ -5,7 +5,7 @@ use cranelift_codegen::ir::{types, InstBuilder, Value};
 
 use cpu::state::flags;
 
-use crate::ctx;
+use crate::reloc::Helper;
 use crate::translate::classify::Form;
 use crate::translate::flags::Known;
 use crate::translate::state::{mem_flags, Tx, GPR_OFF, RFLAGS_OFF};
@@ -71,7 +71,7 @@ impl Tx<'_, '_> {
                         let go = self.b.create_block();
                         self.b.ins().brif(repeats, slow, &[], go, &[]);
                         self.enter_block(go);
-                        let callee = self.iconst(ctx::host_copy as *const () as usize as u64);
+                        let callee = self.helper(Helper::HostCopy);
                         self.b.ins().call_indirect(self.sig_copy, callee, &[dst, src, bytes]);
                         let nsi = self.b.ins().iadd(rsi, bytes);
                         self.b.ins().store(mem_flags(), nsi, st, GPR_OFF + 8 * 6);
@@ -79,7 +79,7 @@ impl Tx<'_, '_> {
                     _ => {
                         let rax = self.gpr64(0);
                         let v = if size == 1 { self.b.ins().band_imm_s(rax, 0xff) } else { rax };
-                        let callee = self.iconst(ctx::host_fill as *const () as usize as u64);
+                        let callee = self.helper(Helper::HostFill);
                         let unit = self.iconst(u64::from(size));
                         self.b.ins().call_indirect(self.sig_fill, callee, &[dst, v, rcx, unit]);
                     }

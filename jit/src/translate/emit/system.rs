@@ -7,7 +7,8 @@ use iced_x86::{Instruction, Register};
 
 use cpu::state::{cr, flags, sreg};
 
-use crate::ctx::{self, off};
+use crate::ctx::off;
+use crate::reloc::Helper;
 use crate::translate::classify::{reg, Form};
 use crate::translate::state::{
     mem_flags, Tx, CPL_OFF, CR0_OFF, FCW_OFF, KERNEL_GS_OFF, RFLAGS_OFF, SEG_BASE_OFF, SEG_OFF, SEG_SIZE, TSC_AUX_OFF,
@@ -40,12 +41,8 @@ impl Tx<'_, '_> {
                 self.enter_block(check);
                 // The next instruction runs in this region only on an
                 // edge into one of its blocks (forward: no budget check).
-                let helper = if self.blocks.contains_key(&next) {
-                    ctx::sti as *const () as usize
-                } else {
-                    ctx::sti_exit as *const () as usize
-                };
-                let callee = self.iconst(helper as u64);
+                let helper = if self.blocks.contains_key(&next) { Helper::Sti } else { Helper::StiExit };
+                let callee = self.helper(helper);
                 let call = self.b.ins().call_indirect(self.sig_flags, callee, &[self.ctx]);
                 let leave = self.b.inst_results(call)[0];
                 let out = self.b.create_block();
@@ -64,7 +61,7 @@ impl Tx<'_, '_> {
                     self.b.ins().band_imm_s(rf, !(flags::AC as i64))
                 };
                 self.b.ins().store(mem_flags(), rf, st, RFLAGS_OFF);
-                let callee = self.iconst(ctx::data_tlb_changed as *const () as usize as u64);
+                let callee = self.helper(Helper::DataTlbChanged);
                 self.b.ins().call_indirect(self.sig_flags, callee, &[self.ctx]);
                 self.exit_to(next, 1);
                 return true;
@@ -94,7 +91,7 @@ impl Tx<'_, '_> {
                 self.after_store(leave, next);
             }
             Form::Rdtsc { aux } => {
-                let callee = self.iconst(ctx::rdtsc as *const () as usize as u64);
+                let callee = self.helper(Helper::Rdtsc);
                 let call = self.b.ins().call_indirect(self.sig_flags, callee, &[self.ctx]);
                 let t = self.b.inst_results(call)[0];
                 let st = self.b.ins().load(types::I32, mem_flags(), self.ctx, off::STATUS);

@@ -1,0 +1,418 @@
+//! The persistent translation cache (`--jit-cache DIR`): compiled regions
+//! kept on disk between runs, so that a second boot of the same image finds
+//! its hot code compiled.
+//!
+//! A region's code is a function of its [`RegionSpec`] alone once its
+//! addresses are relocations ([`crate::reloc`]): the guest instructions,
+//! the code size and the configuration, on a given host ISA and build of
+//! ferrovm. An entry is found by the SHA-256 of a description of exactly
+//! that (`key_bytes`) and holds the description itself, the code with
+//! its address slots cleared, the relocations and the number of fallback
+//! entries, under a SHA-256 of the whole file. A lookup reads the file
+//! and takes it only when every check passes: the checksum, the whole
+//! description compared byte for byte with the region asked for (so a
+//! hash collision or an entry of another build or CPU model is a miss,
+//! never someone else's code), the relocations inside the code, and the
+//! fallback table the region plans now being as long as the one the code
+//! was compiled for. Anything else (a truncated or corrupt file, a file of
+//! an older format) is counted as rejected, logged, and the region is
+//! compiled afresh and written over it.
+//!
+//! ```text
+//! DIR/ab/cdef...(62 hex digits).region
+//!   8   magic "FVMJIT01"
+//!   4+n description (key_bytes)
+//!   4+n code, address slots zero
+//!   4   relocations, then per relocation: u32 offset, u32 import, i64 addend
+//!   4   fallback entries
+//!   32  SHA-256 of everything above
+//! ```
+//! Numbers are little-endian; each `4+n` is a u32 length and the bytes.
+//! Files are written to a temporary name and renamed into place, so a
+//! reader never sees half a file, and several processes may share a folder.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use cranelift_codegen::isa::OwnedTargetIsa;
+use sha2::{Digest, Sha256};
+
+use crate::compiler::{Output, Settings};
+use crate::reloc::{link, Import, Reloc};
+use crate::translate::{self, RegionSpec};
+
+const MAGIC: &[u8; 8] = b"FVMJIT01";
+
+/// Files larger than this are not read (a region's code is tens of KiB).
+const MAX_FILE: u64 = 16 << 20;
+
+/// What the cache did, for `--stats`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DiskStats {
+    /// Regions taken from the folder instead of compiled.
+    pub loaded: u64,
+    /// Regions written to it.
+    pub stored: u64,
+    /// Regions it did not hold.
+    pub missed: u64,
+    /// Files found and refused (corrupt, truncated, of another format).
+    pub rejected: u64,
+    /// Writes that failed.
+    pub write_errors: u64,
+}
+
+/// A folder of compiled regions.
+pub struct DiskCache {
+    dir: PathBuf,
+    /// This build and host ISA, the start of every description.
+    identity: Vec<u8>,
+    loaded: AtomicU64,
+    stored: AtomicU64,
+    missed: AtomicU64,
+    rejected: AtomicU64,
+    write_errors: AtomicU64,
+}
+
+impl DiskCache {
+    /// The cache in `dir` (created when missing) for code compiled with
+    /// `settings` for `isa` by this build of ferrovm.
+    pub fn open(dir: &Path, settings: &Settings, isa: &OwnedTargetIsa) -> Result<Arc<Self>, String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create the JIT cache folder {}: {e}", dir.display()))?;
+        let mut identity = Vec::new();
+        identity.extend_from_slice(b"ferrovm ");
+        identity.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
+        // The build itself: a rebuilt binary may translate the same
+        // instructions differently, so its entries are not this one's.
+        identity.extend_from_slice(&build_id().to_le_bytes());
+        identity.extend_from_slice(format!("|{}|{}|{}", isa.triple(), isa.flags(), settings.opt_level).as_bytes());
+        identity.extend_from_slice(format!("|{}", settings.regalloc).as_bytes());
+        for v in isa.isa_flags() {
+            identity.extend_from_slice(format!("|{v}").as_bytes());
+        }
+        Ok(Arc::new(DiskCache {
+            dir: dir.to_path_buf(),
+            identity,
+            loaded: AtomicU64::new(0),
+            stored: AtomicU64::new(0),
+            missed: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+        }))
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn stats(&self) -> DiskStats {
+        DiskStats {
+            loaded: self.loaded.load(Ordering::Relaxed),
+            stored: self.stored.load(Ordering::Relaxed),
+            missed: self.missed.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            write_errors: self.write_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The description of `spec` and the file it is kept in; `None` when
+    /// the region cannot be described (an instruction the encoder of its
+    /// description refuses), which is then neither read nor written.
+    fn locate(&self, spec: &RegionSpec) -> Option<(Vec<u8>, PathBuf)> {
+        let key = key_bytes(&self.identity, spec)?;
+        let hex: String = Sha256::digest(&key).iter().map(|b| format!("{b:02x}")).collect();
+        let path = self.dir.join(&hex[..2]).join(format!("{}.region", &hex[2..]));
+        Some((key, path))
+    }
+
+    /// The region `spec` from the folder, linked for this process.
+    pub fn load(&self, spec: &RegionSpec) -> Option<Output> {
+        let (key, path) = self.locate(spec)?;
+        let bytes = match std::fs::metadata(&path) {
+            Ok(m) if m.len() <= MAX_FILE => std::fs::read(&path).ok(),
+            Ok(_) => None,
+            Err(_) => {
+                self.missed.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        };
+        match bytes.ok_or_else(|| "unreadable or too large".to_string()).and_then(|b| parse(&b, &key, spec)) {
+            Ok(out) => {
+                self.loaded.fetch_add(1, Ordering::Relaxed);
+                Some(out)
+            }
+            Err(why) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(target: "jit", "JIT cache entry {} refused: {why}", path.display());
+                None
+            }
+        }
+    }
+
+    /// Keep `out`, just compiled for `spec`.
+    pub fn store(&self, spec: &RegionSpec, out: &Output) {
+        let Some((key, path)) = self.locate(spec) else { return };
+        let data = serialize(&key, out);
+        let result = (|| -> std::io::Result<()> {
+            let parent = path.parent().unwrap_or(&self.dir);
+            std::fs::create_dir_all(parent)?;
+            let tmp = parent.join(format!(
+                ".{}.{}.tmp",
+                std::process::id(),
+                self.stored.load(Ordering::Relaxed) + self.write_errors.load(Ordering::Relaxed)
+            ));
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&data)?;
+            drop(f);
+            std::fs::rename(&tmp, &path).inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })
+        })();
+        match result {
+            Ok(()) => {
+                self.stored.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if self.write_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(target: "jit", "cannot write to the JIT cache {}: {e}", self.dir.display());
+                }
+            }
+        }
+    }
+}
+
+/// An identity of the running executable: its size and modification time,
+/// which change with every build.
+fn build_id() -> u64 {
+    let meta = std::env::current_exe().and_then(std::fs::metadata);
+    let (len, mtime) = match meta {
+        Ok(m) => (
+            m.len(),
+            m.modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos() as u64),
+        ),
+        Err(_) => (0, 0),
+    };
+    len.rotate_left(32) ^ mtime
+}
+
+/// What `spec`'s code is made from: `identity`, the configuration, and
+/// each block's RIP and instructions in every bit (iced's own binary form
+/// of an instruction holds all its fields). The memory helpers' entries are
+/// left out: they are relocations.
+fn key_bytes(identity: &[u8], spec: &RegionSpec) -> Option<Vec<u8>> {
+    let mut k = Vec::with_capacity(identity.len() + 64 * spec.blocks.len());
+    put_bytes(&mut k, identity);
+    k.extend_from_slice(&spec.bits.to_le_bytes());
+    k.extend_from_slice(&[u8::from(spec.chain), u8::from(spec.shared_memory), u8::from(spec.avx)]);
+    k.extend_from_slice(&(spec.blocks.len() as u32).to_le_bytes());
+    for b in &spec.blocks {
+        k.extend_from_slice(&b.rip.to_le_bytes());
+        k.extend_from_slice(&(b.insns.len() as u32).to_le_bytes());
+        for d in &b.insns {
+            let one = postcard::to_allocvec(&d.insn).ok()?;
+            put_bytes(&mut k, &one);
+        }
+    }
+    Some(k)
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// The file of `out` (compiled from the region described by `key`).
+fn serialize(key: &[u8], out: &Output) -> Vec<u8> {
+    let mut code = out.code.clone();
+    for r in &out.relocs {
+        if let Some(slot) = code.get_mut(r.offset as usize..r.offset as usize + 8) {
+            slot.fill(0);
+        }
+    }
+    let mut f = Vec::with_capacity(key.len() + code.len() + 16 * out.relocs.len() + 64);
+    f.extend_from_slice(MAGIC);
+    put_bytes(&mut f, key);
+    put_bytes(&mut f, &code);
+    f.extend_from_slice(&(out.relocs.len() as u32).to_le_bytes());
+    for r in &out.relocs {
+        f.extend_from_slice(&r.offset.to_le_bytes());
+        f.extend_from_slice(&r.import.code().to_le_bytes());
+        f.extend_from_slice(&r.addend.to_le_bytes());
+    }
+    f.extend_from_slice(&(out.fallbacks.len() as u32).to_le_bytes());
+    let sum = Sha256::digest(&f);
+    f.extend_from_slice(&sum);
+    f
+}
+
+/// A reader of a file's fields that fails, never panics, past its end.
+struct Fields<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if n > self.b.len() {
+            return Err("truncated".into());
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| "truncated")?))
+    }
+    fn i64(&mut self) -> Result<i64, String> {
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().map_err(|_| "truncated")?))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+}
+
+/// The region in the file `data`, if it is whole and is the region `key`
+/// describes, linked for this process.
+fn parse(data: &[u8], key: &[u8], spec: &RegionSpec) -> Result<Output, String> {
+    if data.len() < MAGIC.len() + 32 || &data[..MAGIC.len()] != MAGIC {
+        return Err("not an entry of this format".into());
+    }
+    let (body, sum) = data.split_at(data.len() - 32);
+    if Sha256::digest(body).as_slice() != sum {
+        return Err("checksum mismatch".into());
+    }
+    let mut f = Fields { b: &body[MAGIC.len()..] };
+    if f.bytes()? != key {
+        return Err("another region, build or CPU".into());
+    }
+    let mut code = f.bytes()?.to_vec();
+    let n = f.u32()? as usize;
+    if n > code.len() {
+        return Err("more relocations than code".into());
+    }
+    let mut relocs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let offset = f.u32()?;
+        let import = Import::from_code(f.u32()?).ok_or("an unknown import")?;
+        let addend = f.i64()?;
+        relocs.push(Reloc { offset, import, addend });
+    }
+    let want = f.u32()? as usize;
+    if !f.b.is_empty() {
+        return Err("trailing bytes".into());
+    }
+    let t = translate::fallbacks(spec);
+    if t.fallbacks.len() != want {
+        return Err(format!("{want} fallback entries kept, {} planned", t.fallbacks.len()));
+    }
+    let fallbacks = Arc::new(t.fallbacks);
+    link(&mut code, &relocs, &spec.access, &fallbacks)?;
+    Ok(Output { code, relocs, fallbacks, stats: t.stats })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compiler::{compile, host_isa};
+    use crate::translate::{AccessCalls, GuestBlock};
+    use cpu::Decoded;
+    use iced_x86::{Decoder, DecoderOptions};
+
+    /// A region of `code` at 0x1000 in 64-bit mode (one block).
+    fn spec_of(code: &[u8]) -> RegionSpec {
+        let mut d = Decoder::with_ip(64, code, 0x1000, DecoderOptions::NONE);
+        let insns: Vec<Decoded> = std::iter::from_fn(|| d.can_decode().then(|| Decoded::new(d.decode()))).collect();
+        RegionSpec {
+            bits: 64,
+            blocks: vec![GuestBlock { rip: 0x1000, insns }],
+            chain: false,
+            access: AccessCalls { load: 0x1111, load_rmw: 0x2222, store: 0x3333 },
+            shared_memory: false,
+            avx: false,
+        }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ferrovm-jitcache-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    /// add rax, [rbx]; cpuid (a fallback); mov [rcx], rax; ret
+    const CODE: &[u8] = &[0x48, 0x03, 0x03, 0x0f, 0xa2, 0x48, 0x89, 0x01, 0xc3];
+
+    #[test]
+    fn a_kept_region_comes_back_linked_as_compiled() {
+        let s = Settings::default();
+        let isa = host_isa(&s).unwrap();
+        let dir = temp_dir("back");
+        let cache = DiskCache::open(&dir, &s, &isa).unwrap();
+        let spec = spec_of(CODE);
+        let out = compile(&isa, 1, &spec).unwrap();
+        assert!(!out.relocs.is_empty(), "the code calls helpers");
+        assert!(cache.load(&spec).is_none());
+        cache.store(&spec, &out);
+        let back = cache.load(&spec).expect("kept");
+        assert_eq!(back.relocs, out.relocs);
+        assert_eq!(back.fallbacks.len(), out.fallbacks.len());
+        // Linked for its own fallback table: the same code but for those
+        // addresses.
+        let mut a = out.code.clone();
+        let mut b = back.code.clone();
+        for r in out.relocs.iter().filter(|r| r.import == Import::Fallbacks) {
+            a[r.offset as usize..r.offset as usize + 8].fill(0);
+            b[r.offset as usize..r.offset as usize + 8].fill(0);
+        }
+        assert_eq!(a, b);
+        let st = cache.stats();
+        assert_eq!((st.loaded, st.stored, st.missed, st.rejected), (1, 1, 1, 0));
+        // Another region (one instruction differs) is not that entry.
+        let mut other = CODE.to_vec();
+        other[2] = 0x0b; // add rcx, [rbx]
+        assert!(cache.load(&spec_of(&other)).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn corrupt_truncated_and_foreign_entries_are_refused() {
+        let s = Settings::default();
+        let isa = host_isa(&s).unwrap();
+        let dir = temp_dir("bad");
+        let cache = DiskCache::open(&dir, &s, &isa).unwrap();
+        let spec = spec_of(CODE);
+        let out = compile(&isa, 1, &spec).unwrap();
+        cache.store(&spec, &out);
+        let (_, path) = cache.locate(&spec).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        // Every single flipped byte, and every truncation, is refused.
+        for i in (0..good.len()).step_by(7) {
+            let mut bad = good.clone();
+            bad[i] ^= 0x40;
+            std::fs::write(&path, &bad).unwrap();
+            assert!(cache.load(&spec).is_none(), "byte {i} flipped");
+        }
+        for len in [0, 7, 8, 40, good.len() / 2, good.len() - 1] {
+            std::fs::write(&path, &good[..len]).unwrap();
+            assert!(cache.load(&spec).is_none(), "cut to {len}");
+        }
+        // A file whose checksum matches but that describes another region
+        // (as a hash collision would be): refused by the description.
+        let key = key_bytes(&cache.identity, &spec_of(&[0x90, 0xc3])).unwrap();
+        std::fs::write(&path, serialize(&key, &out)).unwrap();
+        assert!(cache.load(&spec).is_none());
+        // Another build or host ISA (another identity) has other files.
+        let mut foreign = DiskCache::open(&dir, &s, &isa).unwrap();
+        Arc::get_mut(&mut foreign).unwrap().identity.push(b'x');
+        std::fs::write(&path, &good).unwrap();
+        assert!(foreign.load(&spec).is_none());
+        assert!(cache.load(&spec).is_some(), "the good file is taken again");
+        assert!(cache.stats().rejected >= 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
