@@ -15,7 +15,9 @@
 //!   its clones (`--restore`);
 //! - [`uefi`]: OVMF from the reset vector to its shell (`--uefi`);
 //! - [`scroll`]: a scrolling Linux framebuffer console against the serial
-//!   port (`--scroll`).
+//!   port (`--scroll`);
+//! - [`distro`]: a whole Debian 12 system with systemd booted from its disk,
+//!   `dpkg -i` and a parallel build inside it (`--distro`).
 //!
 //! Linux guests and QEMU run as child processes (a Linux guest under the
 //! `ferrovm` binary that calls this crate), so each of those measurements
@@ -27,6 +29,7 @@ use clap::Args;
 pub mod demo;
 pub mod disk;
 pub mod display;
+pub mod distro;
 pub mod migration;
 pub mod net;
 pub mod restore;
@@ -94,6 +97,12 @@ pub struct BenchArgs {
     /// guest, under the JIT and QEMU TCG, without and with a VNC viewer.
     #[arg(long, conflicts_with_all = ["net", "work", "disk", "smp", "display", "migration", "restore", "uefi"])]
     pub scroll: bool,
+    /// Measure a whole Debian 12 system instead (guest-images/distro.img,
+    /// built by scripts/distro-image.sh): its boot through SYSLINUX, its
+    /// initramfs and systemd to multi-user.target, `dpkg -i` of a set of
+    /// packages and a `make -j2` build inside it, under the JIT and QEMU TCG.
+    #[arg(long, conflicts_with_all = ["net", "work", "disk", "smp", "display", "migration", "restore", "uefi", "scroll"])]
+    pub distro: bool,
     /// With --disk: measure only this bus (`virtio` or `ide`).
     #[arg(long, value_name = "BUS", requires = "disk", value_parser = ["virtio", "ide"])]
     pub disk_bus: Option<String>,
@@ -114,6 +123,8 @@ pub fn run(args: &BenchArgs) -> i32 {
         display::run(args)
     } else if args.scroll {
         scroll::run(args)
+    } else if args.distro {
+        distro::run(args)
     } else if args.migration {
         migration::run(args)
     } else if args.restore {
