@@ -217,7 +217,7 @@ pub fn compile_in(ws: &mut Workspace, isa: &OwnedTargetIsa, id: u64, spec: &Regi
         relocs.push(Reloc { offset: r.offset, import, addend: r.addend });
     }
     let fallbacks = Arc::new(t.fallbacks);
-    link(&mut bytes, &relocs, &spec.access, &fallbacks)?;
+    link(&mut bytes, &relocs, &spec.access, &fallbacks, spec.guest_base())?;
     Ok(Output { code: bytes, relocs, fallbacks, stats: t.stats })
 }
 

@@ -204,22 +204,49 @@ fn build_id() -> u64 {
 /// What `spec`'s code is made from: `identity`, the configuration, and
 /// each block's RIP and instructions in every bit (iced's own binary form
 /// of an instruction holds all its fields). The memory helpers' entries are
-/// left out: they are relocations.
+/// left out: they are relocations. Position-independent code is described
+/// relative to its page ([`relative`]), so that the same instructions
+/// mapped elsewhere are the same entry.
 fn key_bytes(identity: &[u8], spec: &RegionSpec) -> Option<Vec<u8>> {
+    let pi = spec.position_independent && spec.bits == 64;
+    let base = if pi { spec.guest_base() } else { 0 };
     let mut k = Vec::with_capacity(identity.len() + 64 * spec.blocks.len());
     put_bytes(&mut k, identity);
     k.extend_from_slice(&spec.bits.to_le_bytes());
-    k.extend_from_slice(&[u8::from(spec.chain), u8::from(spec.shared_memory), u8::from(spec.avx)]);
+    k.extend_from_slice(&[u8::from(spec.chain), u8::from(spec.shared_memory), u8::from(spec.avx), u8::from(pi)]);
     k.extend_from_slice(&(spec.blocks.len() as u32).to_le_bytes());
     for b in &spec.blocks {
-        k.extend_from_slice(&b.rip.to_le_bytes());
+        k.extend_from_slice(&b.rip.wrapping_sub(base).to_le_bytes());
         k.extend_from_slice(&(b.insns.len() as u32).to_le_bytes());
         for d in &b.insns {
-            let one = postcard::to_allocvec(&d.insn).ok()?;
+            let (insn, canonical) = if pi { relative(&d.insn, base) } else { (d.insn, true) };
+            let one = postcard::to_allocvec(&insn).ok()?;
             put_bytes(&mut k, &one);
+            k.push(u8::from(canonical));
         }
     }
     Some(k)
+}
+
+/// `insn` with its addresses made relative to `base`: its RIP, a near
+/// branch's target and a RIP-relative operand's address. Also whether the
+/// absolute target is canonical, which decides how a branch translates.
+fn relative(insn: &iced_x86::Instruction, base: u64) -> (iced_x86::Instruction, bool) {
+    use iced_x86::OpKind;
+    let mut i = *insn;
+    i.set_next_ip(insn.next_ip().wrapping_sub(base));
+    let mut canonical = true;
+    for op in 0..insn.op_count() {
+        if insn.op_kind(op) == OpKind::NearBranch64 {
+            let t = insn.near_branch64();
+            canonical = ((t as i64) << 16 >> 16) as u64 == t;
+            i.set_near_branch64(t.wrapping_sub(base));
+        }
+    }
+    if insn.is_ip_rel_memory_operand() {
+        i.set_memory_displacement64(insn.memory_displacement64().wrapping_sub(base));
+    }
+    (i, canonical)
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -312,7 +339,7 @@ fn parse(data: &[u8], key: &[u8], spec: &RegionSpec) -> Result<Output, String> {
         return Err(format!("{want} fallback entries kept, {} planned", t.fallbacks.len()));
     }
     let fallbacks = Arc::new(t.fallbacks);
-    link(&mut code, &relocs, &spec.access, &fallbacks)?;
+    link(&mut code, &relocs, &spec.access, &fallbacks, spec.guest_base())?;
     Ok(Output { code, relocs, fallbacks, stats: t.stats })
 }
 
@@ -335,7 +362,120 @@ mod tests {
             access: AccessCalls { load: 0x1111, load_rmw: 0x2222, store: 0x3333 },
             shared_memory: false,
             avx: false,
+            position_independent: false,
         }
+    }
+
+    /// `code` decoded at `ip` in 64-bit mode, a block ending at each
+    /// control transfer.
+    fn spec_at(code: &[u8], ip: u64, position_independent: bool) -> RegionSpec {
+        let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+        let mut blocks: Vec<GuestBlock> = Vec::new();
+        let mut cur: Vec<Decoded> = Vec::new();
+        while d.can_decode() {
+            let insn = d.decode();
+            cur.push(Decoded::new(insn));
+            if insn.flow_control() != iced_x86::FlowControl::Next {
+                let rip = cur[0].insn.ip();
+                blocks.push(GuestBlock { rip, insns: std::mem::take(&mut cur) });
+            }
+        }
+        RegionSpec { blocks, position_independent, ..spec_of(&[0x90]) }
+    }
+
+    /// A region touching every kind of guest address: RIP-relative loads,
+    /// stores and LEA, a fallback (CPUID), a store through the memory
+    /// helpers, a branch inside the region, a call and a jump out of it,
+    /// and a return.
+    const PLACED: &[u8] = &[
+        0x48,
+        0x8b,
+        0x05,
+        0x78,
+        0x00,
+        0x00,
+        0x00, // mov rax, [rip+0x78]
+        0x48,
+        0x89,
+        0x05,
+        0x10,
+        0x00,
+        0x00,
+        0x00, // mov [rip+0x10], rax
+        0x48,
+        0x8d,
+        0x0d,
+        0x00,
+        0x01,
+        0x00,
+        0x00, // lea rcx, [rip+0x100]
+        0x0f,
+        0xa2, // cpuid
+        0x48,
+        0x89,
+        0x03, // mov [rbx], rax
+        0x85,
+        0xc0, // test eax, eax
+        0x74,
+        0x07, // je +7 (the ret)
+        0xe8,
+        0x00,
+        0x10,
+        0x00,
+        0x00, // call +0x1000
+        0xeb,
+        0xfe - 0x20, // jmp back out of the region's first block
+        0xc3,        // ret
+    ];
+
+    /// The code with its relocation slots zeroed.
+    fn unlinked(out: &Output) -> Vec<u8> {
+        let mut c = out.code.clone();
+        for r in &out.relocs {
+            c[r.offset as usize..r.offset as usize + 8].fill(0);
+        }
+        c
+    }
+
+    #[test]
+    fn position_independent_code_is_the_same_entry_at_another_page() {
+        let s = Settings::default();
+        let isa = host_isa(&s).unwrap();
+        let (a, b) = (0xffff_ffff_8100_0000u64, 0xffff_ffff_9a47_3000u64);
+        let (sa, sb) = (spec_at(PLACED, a + 0x120, true), spec_at(PLACED, b + 0x120, true));
+        let (oa, ob) = (compile(&isa, 1, &sa).unwrap(), compile(&isa, 1, &sb).unwrap());
+        // Every guest address is a relocation: the bytes are the same.
+        assert!(oa.relocs.iter().any(|r| r.import == Import::GuestBase));
+        assert_eq!(oa.relocs, ob.relocs);
+        assert_eq!(unlinked(&oa), unlinked(&ob));
+        for r in oa.relocs.iter().filter(|r| r.import == Import::GuestBase) {
+            let at = r.offset as usize;
+            let word = |o: &Output| u64::from_le_bytes(o.code[at..at + 8].try_into().unwrap());
+            assert_eq!(word(&oa).wrapping_sub(a), word(&ob).wrapping_sub(b), "linked at each page");
+        }
+        // Without it the addresses are constants, and the bytes differ:
+        // the comparison above can see one.
+        let (ca, cb) = (spec_at(PLACED, a + 0x120, false), spec_at(PLACED, b + 0x120, false));
+        let (pa, pb) = (compile(&isa, 1, &ca).unwrap(), compile(&isa, 1, &cb).unwrap());
+        assert_ne!(unlinked(&pa), unlinked(&pb));
+        // One entry serves both pages, linked for the page it is taken at.
+        let dir = temp_dir("placed");
+        let cache = DiskCache::open(&dir, &s, &isa).unwrap();
+        assert_eq!(cache.locate(&sa).unwrap().0, cache.locate(&sb).unwrap().0);
+        assert_ne!(cache.locate(&ca).unwrap().0, cache.locate(&cb).unwrap().0);
+        cache.store(&sa, &oa);
+        let back = cache.load(&sb).expect("the entry of the other page");
+        assert_eq!(unlinked(&back), unlinked(&ob));
+        let guest_slots = |o: &Output| -> Vec<u64> {
+            o.relocs
+                .iter()
+                .filter(|r| r.import == Import::GuestBase)
+                .map(|r| u64::from_le_bytes(o.code[r.offset as usize..r.offset as usize + 8].try_into().unwrap()))
+                .collect()
+        };
+        assert_eq!(guest_slots(&back), guest_slots(&ob));
+        assert!(cache.load(&ca).is_none(), "position-dependent code is another entry");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn temp_dir(name: &str) -> PathBuf {

@@ -648,7 +648,10 @@ impl Jit {
     /// `None` unless each of its blocks decodes here to the same
     /// instructions, bit for bit, and this JIT would compile it the same.
     fn regather(&self, cpu: &mut Cpu, spec: &RegionSpec, mode: u8) -> Option<Gathered> {
-        if spec.bits != u32::from(mode) || spec.chain != self.cfg.chain || spec.shared_memory != self.cfg.shared_memory
+        if spec.bits != u32::from(mode)
+            || spec.chain != self.cfg.chain
+            || spec.shared_memory != self.cfg.shared_memory
+            || spec.position_independent != (self.cfg.disk_cache.is_some() && mode == 64)
         {
             return None;
         }
@@ -697,6 +700,9 @@ impl Jit {
                 access: self.access,
                 shared_memory: self.cfg.shared_memory,
                 avx: cpu.avx(),
+                // Only where the code is kept between runs: a constant
+                // stores in one instruction where a relocation takes two.
+                position_independent: self.cfg.disk_cache.is_some() && mode == 64,
             },
             weak: Vec::new(),
             keys: Vec::new(),

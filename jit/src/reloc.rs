@@ -77,6 +77,10 @@ pub enum Import {
     Store,
     /// The region's fallback table; the relocation's addend picks the entry.
     Fallbacks,
+    /// The guest page of position-independent code
+    /// ([`crate::translate::RegionSpec::guest_base`]); the addend is the
+    /// guest address's distance from it.
+    GuestBase,
 }
 
 /// Namespaces of the symbols: helpers by number, and the rest.
@@ -92,6 +96,7 @@ impl Import {
             Import::LoadRmw => UserExternalName::new(NS_OTHER, 1),
             Import::Store => UserExternalName::new(NS_OTHER, 2),
             Import::Fallbacks => UserExternalName::new(NS_OTHER, 3),
+            Import::GuestBase => UserExternalName::new(NS_OTHER, 4),
         }
     }
 
@@ -103,6 +108,7 @@ impl Import {
             (NS_OTHER, 1) => Some(Import::LoadRmw),
             (NS_OTHER, 2) => Some(Import::Store),
             (NS_OTHER, 3) => Some(Import::Fallbacks),
+            (NS_OTHER, 4) => Some(Import::GuestBase),
             _ => None,
         }
     }
@@ -129,10 +135,16 @@ pub struct Reloc {
 }
 
 /// Write this process's addresses into `code` at its relocations: the
-/// memory helpers' entries of `access`, and the fallback table `fallbacks`
-/// (an addend past its end is refused). Fails, leaving `code` in part
-/// written, on a relocation outside the code.
-pub fn link(code: &mut [u8], relocs: &[Reloc], access: &AccessCalls, fallbacks: &[Decoded]) -> Result<(), String> {
+/// memory helpers' entries of `access`, the fallback table `fallbacks`
+/// (an addend past its end is refused) and the guest page `guest_base`.
+/// Fails, leaving `code` in part written, on a relocation outside the code.
+pub fn link(
+    code: &mut [u8],
+    relocs: &[Reloc],
+    access: &AccessCalls,
+    fallbacks: &[Decoded],
+    guest_base: u64,
+) -> Result<(), String> {
     let table = fallbacks.as_ptr() as usize as u64;
     let table_bytes = std::mem::size_of_val(fallbacks) as i64;
     for r in relocs {
@@ -147,6 +159,7 @@ pub fn link(code: &mut [u8], relocs: &[Reloc], access: &AccessCalls, fallbacks: 
                 }
                 table
             }
+            Import::GuestBase => guest_base,
         };
         let at = r.offset as usize;
         let len = code.len();
@@ -164,7 +177,7 @@ mod tests {
     #[test]
     fn imports_survive_their_names_and_codes() {
         let mut all: Vec<Import> = Helper::ALL.iter().map(|h| Import::Helper(*h)).collect();
-        all.extend([Import::Load, Import::LoadRmw, Import::Store, Import::Fallbacks]);
+        all.extend([Import::Load, Import::LoadRmw, Import::Store, Import::Fallbacks, Import::GuestBase]);
         for i in all {
             assert_eq!(Import::from_name(&i.name()), Some(i));
             assert_eq!(Import::from_code(i.code()), Some(i));
@@ -184,15 +197,15 @@ mod tests {
             Reloc { offset: 8, import: Import::Fallbacks, addend: size },
             Reloc { offset: 16, import: Import::Helper(Helper::Rdtsc), addend: 0 },
         ];
-        link(&mut code, &relocs, &access, &table).unwrap();
+        link(&mut code, &relocs, &access, &table, 0).unwrap();
         let word = |at: usize| u64::from_le_bytes(code[at..at + 8].try_into().unwrap());
         assert_eq!(word(0), 0x3004);
         assert_eq!(word(8), table.as_ptr() as u64 + size as u64);
         assert_eq!(word(16), ctx::rdtsc as *const () as usize as u64);
         assert_eq!(word(24), 0);
         let past = [Reloc { offset: 0, import: Import::Fallbacks, addend: 2 * size }];
-        assert!(link(&mut code, &past, &access, &table).is_err());
+        assert!(link(&mut code, &past, &access, &table, 0).is_err());
         let outside = [Reloc { offset: 28, import: Import::Load, addend: 0 }];
-        assert!(link(&mut code, &outside, &access, &table).is_err());
+        assert!(link(&mut code, &outside, &access, &table, 0).is_err());
     }
 }

@@ -232,7 +232,7 @@ impl Shared {
 /// A hash of what a region's code is made from.
 fn spec_hash(spec: &RegionSpec) -> u64 {
     let mut h = FxHasher::default();
-    (spec.bits, spec.chain, spec.shared_memory, spec.avx, spec.blocks.len()).hash(&mut h);
+    (spec.bits, spec.chain, spec.shared_memory, spec.avx, spec.position_independent, spec.blocks.len()).hash(&mut h);
     for b in &spec.blocks {
         (b.rip, b.insns.len()).hash(&mut h);
         for d in &b.insns {
@@ -250,6 +250,7 @@ fn same_spec(a: &RegionSpec, b: &RegionSpec) -> bool {
         && a.chain == b.chain
         && a.shared_memory == b.shared_memory
         && a.avx == b.avx
+        && a.position_independent == b.position_independent
         && (a.access.load, a.access.load_rmw, a.access.store) == (b.access.load, b.access.load_rmw, b.access.store)
         && a.blocks.len() == b.blocks.len()
         && a.blocks.iter().zip(&b.blocks).all(|(x, y)| {

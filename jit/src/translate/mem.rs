@@ -19,7 +19,7 @@ impl Tx<'_, '_> {
         let index = insn.memory_index();
         let disp = insn.memory_displacement64();
         if base == Register::RIP {
-            return self.iconst(disp);
+            return self.guest_addr(disp);
         }
         if base == Register::EIP {
             return self.iconst(disp & 0xffff_ffff);
@@ -152,7 +152,7 @@ impl Tx<'_, '_> {
         let callee = self.addr(if rmw { Import::LoadRmw } else { Import::Load }, 0);
         let segv = self.b.ins().iconst(types::I32, seg as i64);
         let sz = self.b.ins().iconst(types::I32, i64::from(size));
-        let ripv = self.iconst(rip);
+        let ripv = self.guest_addr(rip);
         self.b.ins().call_indirect(self.sig_load_saving, callee, &[self.ctx, segv, off_v, sz, ripv]);
         let v = self.b.ins().load(types::I64, mem_flags(), self.ctx, off::RESULT);
         let st = self.b.ins().load(types::I32, mem_flags(), self.ctx, off::STATUS);
@@ -253,7 +253,7 @@ impl Tx<'_, '_> {
         let callee = self.addr(Import::Store, 0);
         let segv = self.b.ins().iconst(types::I32, seg as i64);
         let sz = self.b.ins().iconst(types::I32, i64::from(size));
-        let ripv = self.iconst(rip);
+        let ripv = self.guest_addr(rip);
         self.b.ins().call_indirect(self.sig_store_saving, callee, &[self.ctx, segv, off_v, sz, v, ripv]);
         let st = self.b.ins().load(types::I32, mem_flags(), self.ctx, off::STATUS);
         let is_fault = self.b.ins().icmp_imm_s(IntCC::Equal, st, i64::from(status::FAULT));

@@ -85,6 +85,21 @@ pub struct RegionSpec {
     /// XCR0, CR0.TS). Without it they go to the interpreter, which raises
     /// #UD.
     pub avx: bool,
+    /// 64-bit code whose guest addresses (exit RIPs, return addresses,
+    /// RIP-relative operands, the RIPs handed to helpers) are relocations
+    /// against the region's page ([`RegionSpec::guest_base`]) rather than
+    /// constants: the code serves the same instructions wherever the guest
+    /// maps them (a kernel placed by KASLR, a position-independent program),
+    /// which the persistent translation cache keys on ([`crate::disk`]).
+    pub position_independent: bool,
+}
+
+impl RegionSpec {
+    /// The linear page of the region's first block: what its
+    /// position-independent code's guest addresses are relative to.
+    pub fn guest_base(&self) -> u64 {
+        self.blocks.first().map_or(0, |g| g.rip & !0xfff)
+    }
 }
 
 /// Whether `insn` is a guest atomic (a LOCK read-modify-write, or XCHG
@@ -285,6 +300,7 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
         sig_load_saving,
         sig_store_saving,
         imports: HashMap::new(),
+        rip_base: (spec.position_independent && spec.bits == 64).then(|| spec.guest_base()),
     };
     let zero = tx.b.ins().iconst(i64t, 0);
     tx.b.def_var(icount, zero);

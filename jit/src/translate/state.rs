@@ -79,6 +79,9 @@ pub(super) struct Tx<'a, 'b> {
     /// The symbols of the addresses the code holds so far, by import and
     /// addend (see [`crate::reloc`]).
     pub(super) imports: HashMap<(Import, i64), GlobalValue>,
+    /// Position-independent code ([`super::RegionSpec::position_independent`]):
+    /// the page guest addresses are relocated against.
+    pub(super) rip_base: Option<u64>,
 }
 
 pub(super) const GPR_OFF: i32 = std::mem::offset_of!(CpuState, gpr) as i32;
@@ -160,6 +163,16 @@ impl Tx<'_, '_> {
             }
         };
         self.b.ins().symbol_value(types::I64, gv)
+    }
+
+    /// The guest linear address `v` (a RIP, a return address, a
+    /// RIP-relative operand): a constant, or in position-independent code
+    /// a relocation against the region's page.
+    pub(super) fn guest_addr(&mut self, v: u64) -> Value {
+        match self.rip_base {
+            Some(base) => self.addr(Import::GuestBase, v.wrapping_sub(base) as i64),
+            None => self.iconst(v),
+        }
     }
 
     /// The address of the helper `h`.
@@ -262,7 +275,7 @@ impl Tx<'_, '_> {
         let c = self.b.use_var(self.icount);
         let c = self.b.ins().iadd_imm_s(c, self.pending + extra);
         self.b.def_var(self.icount, c);
-        let r = self.iconst(rip);
+        let r = self.guest_addr(rip);
         self.b.def_var(self.exit_rip, r);
         self.b.ins().jump(self.exit_block, &[]);
     }
@@ -468,7 +481,7 @@ impl Tx<'_, '_> {
     /// interpreter's handler (the state in memory must be current); its
     /// status.
     pub(super) fn call_fallback(&mut self, d: usize, rip: u64) -> Value {
-        let r = self.iconst(rip);
+        let r = self.guest_addr(rip);
         self.b.ins().store(mem_flags(), r, self.state, RIP_OFF);
         let callee = self.helper(Helper::Fallback);
         let dv = self.fallback_entry(d);

@@ -16,7 +16,7 @@ impl Tx<'_, '_> {
         let stack = self.stack_size();
         match *f {
             Form::CallRel { target } => {
-                let ret = self.iconst(next);
+                let ret = self.guest_addr(next);
                 let leave = self.push(ret, stack, rip);
                 self.after_store(leave, target);
                 self.pending += 1;
@@ -26,7 +26,7 @@ impl Tx<'_, '_> {
             Form::CallInd { src } => {
                 let t = self.read(src, insn, stack, rip);
                 self.check_target(t, rip);
-                let ret = self.iconst(next);
+                let ret = self.guest_addr(next);
                 let leave = self.push(ret, stack, rip);
                 self.after_store_value(leave, t);
                 self.exit_to_value(t, 1);
