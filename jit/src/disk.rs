@@ -31,7 +31,7 @@
 //! Files are written to a temporary name and renamed into place, so a
 //! reader never sees half a file, and several processes may share a folder.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -73,6 +73,16 @@ pub struct DiskCache {
     missed: AtomicU64,
     rejected: AtomicU64,
     write_errors: AtomicU64,
+    /// Numbers the temporary files of writes, which the compiler threads
+    /// of several vCPUs make at once.
+    next_tmp: AtomicU64,
+}
+
+/// Where a region is kept: its description and its file
+/// ([`DiskCache::slot`]), found once for a lookup and the write after it.
+pub struct Slot {
+    key: Vec<u8>,
+    path: PathBuf,
 }
 
 impl DiskCache {
@@ -100,6 +110,7 @@ impl DiskCache {
             missed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
+            next_tmp: AtomicU64::new(0),
         }))
     }
 
@@ -121,53 +132,52 @@ impl DiskCache {
     /// The description of `spec` and the file it is kept in; `None` when
     /// the region cannot be described (an instruction the encoder of its
     /// description refuses), which is then neither read nor written.
-    fn locate(&self, spec: &RegionSpec) -> Option<(Vec<u8>, PathBuf)> {
+    pub fn slot(&self, spec: &RegionSpec) -> Option<Slot> {
         let key = key_bytes(&self.identity, spec)?;
         let hex: String = Sha256::digest(&key).iter().map(|b| format!("{b:02x}")).collect();
         let path = self.dir.join(&hex[..2]).join(format!("{}.region", &hex[2..]));
-        Some((key, path))
+        Some(Slot { key, path })
     }
 
-    /// The region `spec` from the folder, linked for this process.
-    pub fn load(&self, spec: &RegionSpec) -> Option<Output> {
-        let (key, path) = self.locate(spec)?;
-        let bytes = match std::fs::metadata(&path) {
-            Ok(m) if m.len() <= MAX_FILE => std::fs::read(&path).ok(),
-            Ok(_) => None,
-            Err(_) => {
-                self.missed.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
+    /// The region `spec` from its slot in the folder, linked for this
+    /// process.
+    pub fn load(&self, slot: &Slot, spec: &RegionSpec) -> Option<Output> {
+        let Ok(f) = std::fs::File::open(&slot.path) else {
+            self.missed.fetch_add(1, Ordering::Relaxed);
+            return None;
         };
-        match bytes.ok_or_else(|| "unreadable or too large".to_string()).and_then(|b| parse(&b, &key, spec)) {
+        let mut bytes = Vec::new();
+        let read = f.take(MAX_FILE + 1).read_to_end(&mut bytes);
+        let whole = match read {
+            Ok(n) if n as u64 <= MAX_FILE => Ok(bytes),
+            Ok(_) => Err("larger than any region".to_string()),
+            Err(e) => Err(format!("unreadable: {e}")),
+        };
+        match whole.and_then(|b| parse(&b, &slot.key, spec)) {
             Ok(out) => {
                 self.loaded.fetch_add(1, Ordering::Relaxed);
                 Some(out)
             }
             Err(why) => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(target: "jit", "JIT cache entry {} refused: {why}", path.display());
+                tracing::debug!(target: "jit", "JIT cache entry {} refused: {why}", slot.path.display());
                 None
             }
         }
     }
 
-    /// Keep `out`, just compiled for `spec`.
-    pub fn store(&self, spec: &RegionSpec, out: &Output) {
-        let Some((key, path)) = self.locate(spec) else { return };
-        let data = serialize(&key, out);
+    /// Keep `out`, just compiled for the region of `slot`.
+    pub fn store(&self, slot: &Slot, out: &Output) {
+        let data = serialize(&slot.key, out);
         let result = (|| -> std::io::Result<()> {
-            let parent = path.parent().unwrap_or(&self.dir);
+            let parent = slot.path.parent().unwrap_or(&self.dir);
             std::fs::create_dir_all(parent)?;
-            let tmp = parent.join(format!(
-                ".{}.{}.tmp",
-                std::process::id(),
-                self.stored.load(Ordering::Relaxed) + self.write_errors.load(Ordering::Relaxed)
-            ));
+            let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+            let tmp = parent.join(format!(".{}.{n}.tmp", std::process::id()));
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&data)?;
             drop(f);
-            std::fs::rename(&tmp, &path).inspect_err(|_| {
+            std::fs::rename(&tmp, &slot.path).inspect_err(|_| {
                 let _ = std::fs::remove_file(&tmp);
             })
         })();
@@ -208,8 +218,8 @@ fn build_id() -> u64 {
 /// relative to its page ([`relative`]), so that the same instructions
 /// mapped elsewhere are the same entry.
 fn key_bytes(identity: &[u8], spec: &RegionSpec) -> Option<Vec<u8>> {
-    let pi = spec.position_independent && spec.bits == 64;
-    let base = if pi { spec.guest_base() } else { 0 };
+    let rel = spec.relative_base();
+    let (pi, base) = (rel.is_some(), rel.unwrap_or(0));
     let mut k = Vec::with_capacity(identity.len() + 64 * spec.blocks.len());
     put_bytes(&mut k, identity);
     k.extend_from_slice(&spec.bits.to_le_bytes());
@@ -428,13 +438,18 @@ mod tests {
         0xc3,        // ret
     ];
 
-    /// The code with its relocation slots zeroed.
-    fn unlinked(out: &Output) -> Vec<u8> {
+    /// The code with the slots of the relocations `which` picks zeroed.
+    fn zeroed(out: &Output, which: impl Fn(&Reloc) -> bool) -> Vec<u8> {
         let mut c = out.code.clone();
-        for r in &out.relocs {
+        for r in out.relocs.iter().filter(|r| which(r)) {
             c[r.offset as usize..r.offset as usize + 8].fill(0);
         }
         c
+    }
+
+    /// The code with every relocation slot zeroed.
+    fn unlinked(out: &Output) -> Vec<u8> {
+        zeroed(out, |_| true)
     }
 
     #[test]
@@ -461,10 +476,10 @@ mod tests {
         // One entry serves both pages, linked for the page it is taken at.
         let dir = temp_dir("placed");
         let cache = DiskCache::open(&dir, &s, &isa).unwrap();
-        assert_eq!(cache.locate(&sa).unwrap().0, cache.locate(&sb).unwrap().0);
-        assert_ne!(cache.locate(&ca).unwrap().0, cache.locate(&cb).unwrap().0);
-        cache.store(&sa, &oa);
-        let back = cache.load(&sb).expect("the entry of the other page");
+        assert_eq!(cache.slot(&sa).unwrap().key, cache.slot(&sb).unwrap().key);
+        assert_ne!(cache.slot(&ca).unwrap().key, cache.slot(&cb).unwrap().key);
+        store(&cache, &sa, &oa);
+        let back = load(&cache, &sb).expect("the entry of the other page");
         assert_eq!(unlinked(&back), unlinked(&ob));
         let guest_slots = |o: &Output| -> Vec<u64> {
             o.relocs
@@ -474,8 +489,18 @@ mod tests {
                 .collect()
         };
         assert_eq!(guest_slots(&back), guest_slots(&ob));
-        assert!(cache.load(&ca).is_none(), "position-dependent code is another entry");
+        assert!(load(&cache, &ca).is_none(), "position-dependent code is another entry");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `spec` from `cache`, through its slot.
+    fn load(cache: &DiskCache, spec: &RegionSpec) -> Option<Output> {
+        cache.load(&cache.slot(spec)?, spec)
+    }
+
+    /// Keep `out` for `spec` in `cache`.
+    fn store(cache: &DiskCache, spec: &RegionSpec, out: &Output) {
+        cache.store(&cache.slot(spec).unwrap(), out);
     }
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -496,26 +521,21 @@ mod tests {
         let spec = spec_of(CODE);
         let out = compile(&isa, 1, &spec).unwrap();
         assert!(!out.relocs.is_empty(), "the code calls helpers");
-        assert!(cache.load(&spec).is_none());
-        cache.store(&spec, &out);
-        let back = cache.load(&spec).expect("kept");
+        assert!(load(&cache, &spec).is_none());
+        store(&cache, &spec, &out);
+        let back = load(&cache, &spec).expect("kept");
         assert_eq!(back.relocs, out.relocs);
         assert_eq!(back.fallbacks.len(), out.fallbacks.len());
         // Linked for its own fallback table: the same code but for those
         // addresses.
-        let mut a = out.code.clone();
-        let mut b = back.code.clone();
-        for r in out.relocs.iter().filter(|r| r.import == Import::Fallbacks) {
-            a[r.offset as usize..r.offset as usize + 8].fill(0);
-            b[r.offset as usize..r.offset as usize + 8].fill(0);
-        }
-        assert_eq!(a, b);
+        let table = |r: &Reloc| r.import == Import::Fallbacks;
+        assert_eq!(zeroed(&out, table), zeroed(&back, table));
         let st = cache.stats();
         assert_eq!((st.loaded, st.stored, st.missed, st.rejected), (1, 1, 1, 0));
         // Another region (one instruction differs) is not that entry.
         let mut other = CODE.to_vec();
         other[2] = 0x0b; // add rcx, [rbx]
-        assert!(cache.load(&spec_of(&other)).is_none());
+        assert!(load(&cache, &spec_of(&other)).is_none());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -527,31 +547,31 @@ mod tests {
         let cache = DiskCache::open(&dir, &s, &isa).unwrap();
         let spec = spec_of(CODE);
         let out = compile(&isa, 1, &spec).unwrap();
-        cache.store(&spec, &out);
-        let (_, path) = cache.locate(&spec).unwrap();
+        store(&cache, &spec, &out);
+        let path = cache.slot(&spec).unwrap().path;
         let good = std::fs::read(&path).unwrap();
         // Every single flipped byte, and every truncation, is refused.
         for i in (0..good.len()).step_by(7) {
             let mut bad = good.clone();
             bad[i] ^= 0x40;
             std::fs::write(&path, &bad).unwrap();
-            assert!(cache.load(&spec).is_none(), "byte {i} flipped");
+            assert!(load(&cache, &spec).is_none(), "byte {i} flipped");
         }
         for len in [0, 7, 8, 40, good.len() / 2, good.len() - 1] {
             std::fs::write(&path, &good[..len]).unwrap();
-            assert!(cache.load(&spec).is_none(), "cut to {len}");
+            assert!(load(&cache, &spec).is_none(), "cut to {len}");
         }
         // A file whose checksum matches but that describes another region
         // (as a hash collision would be): refused by the description.
         let key = key_bytes(&cache.identity, &spec_of(&[0x90, 0xc3])).unwrap();
         std::fs::write(&path, serialize(&key, &out)).unwrap();
-        assert!(cache.load(&spec).is_none());
+        assert!(load(&cache, &spec).is_none());
         // Another build or host ISA (another identity) has other files.
         let mut foreign = DiskCache::open(&dir, &s, &isa).unwrap();
         Arc::get_mut(&mut foreign).unwrap().identity.push(b'x');
         std::fs::write(&path, &good).unwrap();
-        assert!(foreign.load(&spec).is_none());
-        assert!(cache.load(&spec).is_some(), "the good file is taken again");
+        assert!(load(&foreign, &spec).is_none());
+        assert!(load(&cache, &spec).is_some(), "the good file is taken again");
         assert!(cache.stats().rejected >= 3);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -651,7 +651,7 @@ impl Jit {
         if spec.bits != u32::from(mode)
             || spec.chain != self.cfg.chain
             || spec.shared_memory != self.cfg.shared_memory
-            || spec.position_independent != (self.cfg.disk_cache.is_some() && mode == 64)
+            || spec.position_independent != self.position_independent(mode)
         {
             return None;
         }
@@ -687,6 +687,13 @@ impl Jit {
         Some(g)
     }
 
+    /// Whether regions of code of `mode` are compiled position-independent:
+    /// 64-bit code, only where the code is kept between runs (a constant
+    /// stores in one instruction where a relocation takes two).
+    fn position_independent(&self, mode: u8) -> bool {
+        self.cfg.disk_cache.is_some() && mode == 64
+    }
+
     fn gather(&self, cpu: &mut Cpu, rip: u64, mode: u8, all: bool) -> Gathered {
         let threshold = self.cfg.threshold.max(1);
         let page = rip & !0xfff;
@@ -700,9 +707,7 @@ impl Jit {
                 access: self.access,
                 shared_memory: self.cfg.shared_memory,
                 avx: cpu.avx(),
-                // Only where the code is kept between runs: a constant
-                // stores in one instruction where a relocation takes two.
-                position_independent: self.cfg.disk_cache.is_some() && mode == 64,
+                position_independent: self.position_independent(mode),
             },
             weak: Vec::new(),
             keys: Vec::new(),

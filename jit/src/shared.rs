@@ -187,13 +187,15 @@ impl Shared {
         id: u64,
         spec: &RegionSpec,
     ) -> Result<Output, String> {
-        let Some(disk) = &self.disk else { return compiler::compile_in(ws, isa, id, spec) };
-        if let Some(out) = disk.load(spec) {
+        let Some((disk, slot)) = self.disk.as_ref().and_then(|d| Some((d, d.slot(spec)?))) else {
+            return compiler::compile_in(ws, isa, id, spec);
+        };
+        if let Some(out) = disk.load(&slot, spec) {
             return Ok(out);
         }
         let result = compiler::compile_in(ws, isa, id, spec);
         if let Ok(out) = &result {
-            disk.store(spec, out);
+            disk.store(&slot, out);
         }
         result
     }

@@ -87,7 +87,7 @@ pub struct RegionSpec {
     pub avx: bool,
     /// 64-bit code whose guest addresses (exit RIPs, return addresses,
     /// RIP-relative operands, the RIPs handed to helpers) are relocations
-    /// against the region's page ([`RegionSpec::guest_base`]) rather than
+    /// against the region's page ([`RegionSpec::relative_base`]) rather than
     /// constants: the code serves the same instructions wherever the guest
     /// maps them (a kernel placed by KASLR, a position-independent program),
     /// which the persistent translation cache keys on ([`crate::disk`]).
@@ -99,6 +99,12 @@ impl RegionSpec {
     /// position-independent code's guest addresses are relative to.
     pub fn guest_base(&self) -> u64 {
         self.blocks.first().map_or(0, |g| g.rip & !0xfff)
+    }
+
+    /// The page position-independent code's guest addresses are relative
+    /// to; `None` for code whose guest addresses are constants.
+    pub fn relative_base(&self) -> Option<u64> {
+        (self.position_independent && self.bits == 64).then(|| self.guest_base())
     }
 }
 
@@ -300,7 +306,7 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
         sig_load_saving,
         sig_store_saving,
         imports: HashMap::new(),
-        rip_base: (spec.position_independent && spec.bits == 64).then(|| spec.guest_base()),
+        rip_base: spec.relative_base(),
     };
     let zero = tx.b.ins().iconst(i64t, 0);
     tx.b.def_var(icount, zero);
