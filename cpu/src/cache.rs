@@ -48,6 +48,9 @@ pub struct BlockOf<T: ?Sized> {
     /// Runs left before the block is hot (see [`Cpu::set_hot_threshold`]):
     /// the run loop counts it down and stops at a block whose count is 0.
     heat: Cell<u32>,
+    /// The tier above has looked once for code it already has for this
+    /// block's instructions ([`Block::take_probe`]).
+    probed: Cell<bool>,
     /// Instructions in use at the front of `slots`.
     len: usize,
     slots: T,
@@ -73,6 +76,7 @@ impl Block {
                 used: Cell::new(true),
                 next: RefCell::new(None),
                 heat: Cell::new(heat),
+                probed: Cell::new(false),
                 len: insns.len().min(N),
                 slots,
             })
@@ -99,6 +103,20 @@ impl Block {
     #[inline]
     pub fn heat(&self) -> u32 {
         self.heat.get()
+    }
+
+    /// True the first time only: the tier above uses it to look for code
+    /// it has for the same instructions elsewhere once, early, before the
+    /// block counts on to its full threshold.
+    #[inline]
+    pub fn take_probe(&self) -> bool {
+        !self.probed.replace(true)
+    }
+
+    /// Whether [`Block::take_probe`] was called.
+    #[inline]
+    pub fn probed(&self) -> bool {
+        self.probed.get()
     }
 
     /// Set the runs left before the block is hot: 0 makes the run loop stop

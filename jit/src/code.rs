@@ -1,11 +1,21 @@
 //! The code cache: one reserved mapping that compiled regions are copied
 //! into, bump-allocated and packed (each on a cache line: spreading them a
-//! page apart would put every region's entry in the same cache sets), and
-//! made executable (and no longer writable) page by page. A page that
-//! already holds code is writable only while a region is copied in, on the
-//! thread that runs the code, so no code runs from it meanwhile. Nothing is freed singly: when the cache
-//! is full, every region goes at once and allocation starts again, as QEMU
-//! flushes its translation buffer.
+//! page apart would put every region's entry in the same cache sets).
+//! Nothing is freed singly: when the cache is full, every region goes at
+//! once and allocation starts again, as QEMU flushes its translation
+//! buffer.
+//!
+//! Where the host can map one memory object twice (Linux's `memfd`), the
+//! cache is two views of the same pages: one readable and executable,
+//! where code runs, and one readable and writable at another address,
+//! where regions are copied in. No page is ever both writable and
+//! executable, and an installation changes no protection: on a page that
+//! already held code, making it writable again meant a TLB shootdown of
+//! every host core the process runs on, for each region (benchmarks.md).
+//! Elsewhere the one mapping is made executable (and no longer writable)
+//! page by page; a page that already holds code is then writable only
+//! while a region is copied in, on the thread that runs the code, so no
+//! code runs from it meanwhile.
 
 use std::ptr::NonNull;
 
@@ -15,7 +25,10 @@ const ALIGN: usize = 64;
 
 /// The cache's mapping.
 pub struct CodeCache {
+    /// Where code runs.
     base: NonNull<u8>,
+    /// The writable view of the same pages, when there is one.
+    alias: Option<NonNull<u8>>,
     size: usize,
     used: usize,
     page: usize,
@@ -46,6 +59,9 @@ impl CodeCache {
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(4096);
         let size = size.div_ceil(page) * page;
+        if let Some((base, alias)) = dual_mapping(size) {
+            return Ok(CodeCache { base, alias: Some(alias), size, used: 0, page, flushes: 0 });
+        }
         // SAFETY: an anonymous private mapping at an address of the kernel's
         // choosing; no existing memory is touched.
         let p = unsafe {
@@ -62,7 +78,7 @@ impl CodeCache {
             return Err(std::io::Error::last_os_error());
         }
         let base = NonNull::new(p.cast::<u8>()).ok_or_else(|| std::io::Error::other("mmap returned null"))?;
-        Ok(CodeCache { base, size, used: 0, page, flushes: 0 })
+        Ok(CodeCache { base, alias: None, size, used: 0, page, flushes: 0 })
     }
 
     /// Bytes in use.
@@ -86,6 +102,19 @@ impl CodeCache {
     pub fn install(&mut self, code: &[u8]) -> Option<RegionFn> {
         if code.is_empty() || !self.fits(code.len()) {
             return None;
+        }
+        if let Some(alias) = self.alias {
+            // SAFETY: `used + len <= size`, so both ranges lie in their
+            // views of `size` bytes; the writable view is this cache's own,
+            // `code` is a separate allocation, and no code runs from the
+            // bytes past `used` yet.
+            let at = unsafe {
+                std::ptr::copy_nonoverlapping(code.as_ptr(), alias.as_ptr().add(self.used), code.len());
+                self.base.as_ptr().add(self.used)
+            };
+            self.used += code.len().div_ceil(ALIGN) * ALIGN;
+            sync_icache(at, code.len());
+            return Some(at.cast_const());
         }
         // The pages the region touches: the first may hold code already.
         let first = self.used / self.page * self.page;
@@ -121,7 +150,7 @@ impl CodeCache {
     /// Drop every region: the pages become writable again. The caller
     /// must hold no code pointer from before.
     pub fn flush(&mut self) {
-        if self.used > 0 {
+        if self.used > 0 && self.alias.is_none() {
             let len = self.used.div_ceil(self.page) * self.page;
             // SAFETY: the pages of the first `used` bytes of the mapping.
             let rc = unsafe { libc::mprotect(self.base.as_ptr().cast(), len, libc::PROT_READ | libc::PROT_WRITE) };
@@ -142,7 +171,56 @@ impl Drop for CodeCache {
         // SAFETY: the mapping made in `new`, of `size` bytes; no code from it
         // runs any more (the cache's owner is going away).
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.size) };
+        if let Some(alias) = self.alias {
+            // SAFETY: the writable view made with the executable one, of the
+            // same size, used by nothing else.
+            unsafe { libc::munmap(alias.as_ptr().cast(), self.size) };
+        }
     }
+}
+
+/// An executable view and a writable view of the same `size` bytes of a
+/// fresh memory object; `None` where the host cannot make them (the cache
+/// then changes protections instead).
+#[cfg(target_os = "linux")]
+fn dual_mapping(size: usize) -> Option<(NonNull<u8>, NonNull<u8>)> {
+    let name = c"ferrovm-jit";
+    // SAFETY: memfd_create takes a NUL-terminated name and flags; it
+    // touches no memory of ours.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    let map = |prot| {
+        // SAFETY: a shared mapping of the object `fd` at an address of the
+        // kernel's choosing; no existing memory is touched.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), size, prot, libc::MAP_SHARED, fd, 0) };
+        (p != libc::MAP_FAILED).then(|| NonNull::new(p.cast::<u8>())).flatten()
+    };
+    let sized = i64::try_from(size).ok().is_some_and(|len| {
+        // SAFETY: `fd` is the object just made, owned here.
+        unsafe { libc::ftruncate(fd, len) == 0 }
+    });
+    let exec = if sized { map(libc::PROT_READ | libc::PROT_EXEC) } else { None };
+    let write = if exec.is_some() { map(libc::PROT_READ | libc::PROT_WRITE) } else { None };
+    // SAFETY: the mappings keep the object alive; the descriptor is no
+    // longer needed, and is closed once.
+    unsafe { libc::close(fd) };
+    match (exec, write) {
+        (Some(x), Some(w)) => Some((x, w)),
+        (x, _) => {
+            if let Some(x) = x {
+                // SAFETY: the executable view just made, unused.
+                unsafe { libc::munmap(x.as_ptr().cast(), size) };
+            }
+            None
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn dual_mapping(_size: usize) -> Option<(NonNull<u8>, NonNull<u8>)> {
+    None
 }
 
 /// The one conversion of code bytes into a callable function.
@@ -192,5 +270,36 @@ mod tests {
         c.flush();
         assert_eq!((c.used(), c.flushes), (0, 1));
         assert!(c.install(&code).is_some());
+    }
+
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    #[test]
+    fn code_installed_through_the_writable_view_runs() {
+        let mut c = CodeCache::new(16 * 4096).unwrap();
+        assert!(c.alias.is_some(), "Linux has memfd");
+        // mov eax, imm32; ret
+        let f = |v: u32| {
+            let mut code = vec![0xb8];
+            code.extend_from_slice(&v.to_le_bytes());
+            code.push(0xc3);
+            code
+        };
+        let mut fns = Vec::new();
+        for v in 0..200u32 {
+            fns.push(c.install(&f(v * 7)).unwrap());
+        }
+        for (v, at) in fns.iter().enumerate() {
+            // SAFETY: `at` holds `mov eax, imm32; ret`, installed above and
+            // still in the cache: a function of the C convention returning
+            // a u32.
+            let got = unsafe { std::mem::transmute::<RegionFn, extern "C" fn() -> u32>(*at)() };
+            assert_eq!(got, v as u32 * 7);
+        }
+        // After a flush, new code over the old runs as written.
+        c.flush();
+        let at = c.install(&f(42)).unwrap();
+        assert_eq!(at, fns[0]);
+        // SAFETY: as above.
+        assert_eq!(unsafe { std::mem::transmute::<RegionFn, extern "C" fn() -> u32>(at)() }, 42);
     }
 }

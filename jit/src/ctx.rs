@@ -2,12 +2,17 @@
 //!
 //! A region is a function of `(ctx: *mut JitCtx, entry: u32)` in the
 //! tail-call convention ([`region_signature`]), entered from the host's
-//! convention through a trampoline. It reads the
-//! fields before `cpu` at fixed offsets; the helpers, plain `extern "C"`
-//! functions whose addresses the code holds as constants, reach the CPU
-//! through `cpu`. A helper that meets a fault does not deliver it: it
-//! stores it in `fault` and says so in `status`, the region leaves with the
-//! state as it was before the instruction, and the run loop delivers it.
+//! convention through a trampoline. It reads the fields before `cpu` at
+//! fixed offsets. The helpers are plain `extern "C"` functions: the code
+//! holds none of their addresses as a constant but loads each from a
+//! relocation that [`crate::reloc::link`] fills in before the region is
+//! installed. Those that need the machine reach the CPU through `cpu`; the
+//! pure ones ([`crc32c`], [`clmul`], [`pcmpistri`], [`pcmpestri`],
+//! [`udiv128`], [`idiv128`]) take their operands and return the result,
+//! with no state written back. A helper that meets a fault does not
+//! deliver it: it stores it in `fault` and says so in `status`, the region
+//! leaves with the state as it was before the instruction, and the run
+//! loop delivers it.
 
 use cranelift_codegen::ir::{types, AbiParam, Signature};
 use cranelift_codegen::isa::CallConv;
@@ -460,8 +465,8 @@ pub unsafe extern "C" fn pcmpistri(a: *const u8, b: *const u8, imm: u32) -> u64 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod host_pcmp {
     use std::arch::x86_64::{
-        __m128i, _mm_cmpeq_epi16, _mm_cmpeq_epi8, _mm_cmpistrm, _mm_cvtsi128_si32, _mm_loadu_si128, _mm_movemask_epi8,
-        _mm_setzero_si128,
+        __m128i, _mm_cmpeq_epi16, _mm_cmpeq_epi8, _mm_cmpestrm, _mm_cmpistrm, _mm_cvtsi128_si32, _mm_loadu_si128,
+        _mm_movemask_epi8, _mm_setzero_si128,
     };
     use std::sync::OnceLock;
 
@@ -486,10 +491,19 @@ pub(crate) mod host_pcmp {
         }
     }
 
+    /// IntRes2 of PCMPESTRM with the explicit lengths `la` and `lb` (already
+    /// saturated to the element count).
+    #[target_feature(enable = "sse4.2")]
+    fn int_res2_explicit<const I: i32>(a: __m128i, la: i32, b: __m128i, lb: i32) -> u32 {
+        (_mm_cvtsi128_si32(_mm_cmpestrm::<I>(a, la, b, lb)) as u32) & 0xffff
+    }
+
+    /// `$f::<I>($args)` for the control bits 5:0 in `$ctl` (the intrinsics
+    /// take the control byte as a constant).
     macro_rules! int_res2_of {
-        ($ctl:expr, $a:expr, $b:expr; $($i:literal)*) => {
+        ($f:ident, $ctl:expr, $args:tt; $($i:literal)*) => {
             match $ctl {
-                $($i => int_res2::<$i>($a, $b),)*
+                $($i => $f::<$i> $args,)*
                 _ => unreachable!("control bits 5:0"),
             }
         };
@@ -516,10 +530,38 @@ pub(crate) mod host_pcmp {
         // are unaligned ones.
         let (va, vb) = unsafe { (_mm_loadu_si128(pa.as_ptr().cast()), _mm_loadu_si128(pb.as_ptr().cast())) };
         let words = imm & 1 != 0;
-        let res = int_res2_of!(imm & 0x3f, va, vb;
+        let res = int_res2_of!(int_res2, imm & 0x3f, (va, vb);
             0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
             32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63);
         cpu::ops::sse::pcmpistri_outputs(res, implicit_len(va, words), implicit_len(vb, words), imm)
+    }
+
+    /// PCMPESTRI's index and six arithmetic flags for the lengths `len1`
+    /// and `len2` (saturated to the element count, as the interpreter's
+    /// `explicit_len` gives them), or `None` when the host lacks SSE4.2.
+    pub(crate) fn pcmpestri(a: u128, b: u128, len1: usize, len2: usize, imm: u8) -> Option<(u32, u64)> {
+        static SSE42: OnceLock<bool> = OnceLock::new();
+        if !*SSE42.get_or_init(|| std::arch::is_x86_feature_detected!("sse4.2")) {
+            return None;
+        }
+        // SAFETY: the host has SSE4.2 (checked above), which these
+        // functions and the intrinsics in them need.
+        Some(unsafe { run_explicit(a, b, len1, len2, imm) })
+    }
+
+    /// # Safety
+    /// The host has SSE4.2.
+    #[target_feature(enable = "sse4.2")]
+    unsafe fn run_explicit(a: u128, b: u128, len1: usize, len2: usize, imm: u8) -> (u32, u64) {
+        let (pa, pb) = (a.to_le_bytes(), b.to_le_bytes());
+        // SAFETY: each pointer is to 16 bytes of a local array; the loads
+        // are unaligned ones.
+        let (va, vb) = unsafe { (_mm_loadu_si128(pa.as_ptr().cast()), _mm_loadu_si128(pb.as_ptr().cast())) };
+        let (la, lb) = (len1 as i32, len2 as i32);
+        let res = int_res2_of!(int_res2_explicit, imm & 0x3f, (va, la, vb, lb);
+            0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
+            32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63);
+        cpu::ops::sse::pcmpistri_outputs(res, len1, len2, imm)
     }
 }
 
@@ -527,6 +569,211 @@ pub(crate) mod host_pcmp {
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) mod host_pcmp {
     pub(crate) fn pcmpistri(_: u128, _: u128, _: u8) -> Option<(u32, u64)> {
+        None
+    }
+
+    pub(crate) fn pcmpestri(_: u128, _: u128, _: usize, _: usize, _: u8) -> Option<(u32, u64)> {
+        None
+    }
+}
+
+/// What [`pcmpestri`] returns when it cannot give the result: the region
+/// takes the slow path.
+pub const PCMPESTRI_SLOW: u64 = 1 << 63;
+
+/// PCMPESTRI of the 16 bytes at `a` (xmm1, in the state) and at `b` (xmm2
+/// in the state, or the host address of an m128 operand the region's TLB
+/// test found in one RAM page) with control byte `imm` (bits 7:0) and the
+/// explicit lengths `la` and `lb` (RAX and RDX; EAX and EDX, signed,
+/// unless bit 8 of `imm` is set for the REX.W form): the index for ECX in
+/// the low 32 bits, the six arithmetic flags above, as the interpreter
+/// gives them. On an x86-64 host with SSE4.2 the host's PCMPESTRM gives
+/// the result mask; elsewhere [`pcmpestri_soft`], which may return
+/// [`PCMPESTRI_SLOW`] instead.
+///
+/// # Safety
+/// Called only by compiled regions: `a` and `b` each point to 16 readable
+/// bytes (any alignment).
+pub unsafe extern "C" fn pcmpestri(a: *const u8, b: *const u8, imm: u32, la: u64, lb: u64) -> u64 {
+    // SAFETY: see the function's contract; the reads are unaligned.
+    let (x, y) = unsafe { (a.cast::<u128>().read_unaligned(), b.cast::<u128>().read_unaligned()) };
+    let wide = imm & 0x100 != 0;
+    let imm = imm as u8;
+    let count = if imm & 1 != 0 { 8 } else { 16 };
+    let (len1, len2) = (explicit_len(la, wide, count), explicit_len(lb, wide, count));
+    match host_pcmp::pcmpestri(x, y, len1, len2, imm).or_else(|| pcmpestri_soft(x, y, len1, len2, imm)) {
+        Some((idx, f)) => u64::from(idx) | (f << 32),
+        None => PCMPESTRI_SLOW,
+    }
+}
+
+/// The number of valid elements an explicit length gives, as the
+/// interpreter counts them: the absolute value of the register (32 bits,
+/// or 64 with REX.W), at most `count`.
+fn explicit_len(v: u64, wide: bool, count: usize) -> usize {
+    let abs = if wide { (v as i64).unsigned_abs() } else { u64::from((v as i32).unsigned_abs()) };
+    abs.min(count as u64) as usize
+}
+
+/// PCMPESTRI through the interpreter's PCMPISTRI
+/// ([`cpu::ops::sse::pcmpistri`]), where no element within a length is
+/// zero: then the operands with every element past their lengths zeroed
+/// have those lengths as their implicit ones, and the compare reads no
+/// element past a length. `None` otherwise.
+pub fn pcmpestri_soft(a: u128, b: u128, len1: usize, len2: usize, imm: u8) -> Option<(u32, u64)> {
+    let w = if imm & 1 != 0 { 2 } else { 1 };
+    let cut = |v: u128, len: usize| -> Option<u128> {
+        let bits = len * w * 8;
+        let valid = if bits >= 128 { v } else { v & ((1u128 << bits) - 1) };
+        let zero_within = (0..len).any(|i| (valid >> (i * w * 8)) & ((1u128 << (w * 8)) - 1) == 0);
+        (!zero_within).then_some(valid)
+    };
+    Some(cpu::ops::sse::pcmpistri(cut(a, len1)?, cut(b, len2)?, imm))
+}
+
+/// CRC32 (SSE4.2): the CRC-32C (Castagnoli, reflected polynomial
+/// 0x82F63B78) state in the low 32 bits of `acc` with the low `bytes` bytes
+/// of `value` (1, 2, 4 or 8) folded in, the first byte the lowest, with no
+/// pre- or post-inversion, as the instruction does; zero-extended. A pure
+/// function of its arguments: on an x86-64 host with SSE4.2 the host's
+/// CRC32, elsewhere [`crc32c_soft`], which gives the same values.
+pub extern "C" fn crc32c(acc: u64, value: u64, bytes: u32) -> u64 {
+    let crc = acc as u32;
+    u64::from(host_crc::crc32c(crc, value, bytes).unwrap_or_else(|| crc32c_soft(crc, value, bytes)))
+}
+
+/// The tables of [`crc32c_soft`]: `CRC32C_SLICES[0]` is the byte-at-a-time
+/// table, and `CRC32C_SLICES[k][i]` the state of byte `i` after `k` more
+/// zero bytes.
+const CRC32C_SLICES: [[u32; 256]; 8] = {
+    let mut t = [[0u32; 256]; 8];
+    t[0] = cpu::ops::sse::CRC32C;
+    let mut s = 1;
+    while s < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let prev = t[s - 1][i];
+            t[s][i] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
+            i += 1;
+        }
+        s += 1;
+    }
+    t
+};
+
+/// [`crc32c`] in software, the bytes at once (slicing by up to eight):
+/// each byte of `crc ^ value` picks the state it leaves after the bytes
+/// that follow it, and the states add up (the CRC is linear over GF(2)).
+pub fn crc32c_soft(crc: u32, value: u64, bytes: u32) -> u32 {
+    let n = bytes.min(8) as usize;
+    let x = u64::from(crc) ^ value;
+    // The state's bytes past the data's shift out unchanged.
+    let mut r = if n >= 4 { 0 } else { crc >> (8 * n) };
+    for j in 0..n {
+        r ^= CRC32C_SLICES[n - 1 - j][((x >> (8 * j)) & 0xff) as usize];
+    }
+    r
+}
+
+/// The host's CRC32, where the host is x86-64 with SSE4.2.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod host_crc {
+    use std::arch::x86_64::{_mm_crc32_u16, _mm_crc32_u32, _mm_crc32_u64, _mm_crc32_u8};
+    use std::sync::OnceLock;
+
+    /// [`super::crc32c`] of 1, 2, 4 or 8 bytes on the host's instruction,
+    /// or `None` when the host lacks SSE4.2 (or for another size).
+    pub(crate) fn crc32c(crc: u32, value: u64, bytes: u32) -> Option<u32> {
+        static SSE42: OnceLock<bool> = OnceLock::new();
+        if !*SSE42.get_or_init(|| std::arch::is_x86_feature_detected!("sse4.2")) {
+            return None;
+        }
+        // SAFETY: the host has SSE4.2 (checked above), which the function
+        // and the intrinsics in it need.
+        unsafe { run(crc, value, bytes) }
+    }
+
+    #[target_feature(enable = "sse4.2")]
+    fn run(crc: u32, value: u64, bytes: u32) -> Option<u32> {
+        Some(match bytes {
+            1 => _mm_crc32_u8(crc, value as u8),
+            2 => _mm_crc32_u16(crc, value as u16),
+            4 => _mm_crc32_u32(crc, value as u32),
+            8 => _mm_crc32_u64(u64::from(crc), value) as u32,
+            _ => return None,
+        })
+    }
+}
+
+/// Elsewhere the software CRC runs.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) mod host_crc {
+    pub(crate) fn crc32c(_: u32, _: u64, _: u32) -> Option<u32> {
+        None
+    }
+}
+
+/// PCLMULQDQ's multiplication: the carry-less product of `a` and `b`
+/// (64 × 64 → 128 bits), its low quadword returned and its high one
+/// stored at `hi`. On an x86-64 host with PCLMULQDQ the host's
+/// instruction, elsewhere [`clmul_soft`], which gives the same values.
+///
+/// # Safety
+/// Called only by compiled regions: `hi` points to the context's scratch
+/// word.
+pub unsafe extern "C" fn clmul(a: u64, b: u64, hi: *mut u64) -> u64 {
+    let p = host_clmul::clmul(a, b).unwrap_or_else(|| clmul_soft(a, b));
+    // SAFETY: see the function's contract.
+    unsafe { hi.write((p >> 64) as u64) };
+    p as u64
+}
+
+/// The carry-less product of `a` and `b` in software, four bits of `b` at
+/// a time: the products of `a` with every polynomial of four bits, then
+/// one of them per nibble of `b`, shifted into place.
+pub fn clmul_soft(a: u64, b: u64) -> u128 {
+    let mut t = [0u128; 16];
+    for k in 1..16 {
+        t[k] = if k & 1 != 0 { t[k ^ 1] ^ u128::from(a) } else { t[k >> 1] << 1 };
+    }
+    let mut r = 0u128;
+    for i in 0..16 {
+        r ^= t[((b >> (4 * i)) & 15) as usize] << (4 * i);
+    }
+    r
+}
+
+/// The host's PCLMULQDQ, where the host is x86-64 with it.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod host_clmul {
+    use std::arch::x86_64::{_mm_clmulepi64_si128, _mm_cvtsi128_si64, _mm_cvtsi64_si128, _mm_unpackhi_epi64};
+    use std::sync::OnceLock;
+
+    /// The carry-less product of `a` and `b`, or `None` when the host lacks
+    /// PCLMULQDQ.
+    pub(crate) fn clmul(a: u64, b: u64) -> Option<u128> {
+        static PCLMUL: OnceLock<bool> = OnceLock::new();
+        if !*PCLMUL.get_or_init(|| std::arch::is_x86_feature_detected!("pclmulqdq")) {
+            return None;
+        }
+        // SAFETY: the host has PCLMULQDQ (checked above; SSE2 is part of
+        // x86-64), which the function and the intrinsics in it need.
+        Some(unsafe { run(a, b) })
+    }
+
+    #[target_feature(enable = "pclmulqdq")]
+    fn run(a: u64, b: u64) -> u128 {
+        let p = _mm_clmulepi64_si128::<0x00>(_mm_cvtsi64_si128(a as i64), _mm_cvtsi64_si128(b as i64));
+        let lo = _mm_cvtsi128_si64(p) as u64;
+        let hi = _mm_cvtsi128_si64(_mm_unpackhi_epi64(p, p)) as u64;
+        u128::from(lo) | u128::from(hi) << 64
+    }
+}
+
+/// Elsewhere the software product runs.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) mod host_clmul {
+    pub(crate) fn clmul(_: u64, _: u64) -> Option<u128> {
         None
     }
 }
@@ -542,6 +789,43 @@ pub unsafe extern "C" fn udiv128(hi: u64, lo: u64, d: u64, rem: *mut u64) -> u64
     // SAFETY: see the function's contract.
     unsafe { rem.write(r) };
     q
+}
+
+/// IDIV of 64 bits with a dividend of 128: `hi:lo / d`, signed and
+/// truncated, the remainder (with the dividend's sign) stored at `rem`.
+/// Where IDIV raises #DE (`d` zero, or a quotient outside 64 bits) the
+/// remainder stored is `i64::MIN`, which no division leaves (its magnitude
+/// is below the divisor's, at most 2^63), and the quotient is 0: the region
+/// then takes the slow path.
+///
+/// # Safety
+/// Called only by compiled regions: `rem` points to the context's scratch
+/// word.
+pub unsafe extern "C" fn idiv128(hi: u64, lo: u64, d: u64, rem: *mut u64) -> u64 {
+    let (q, r) = idiv_128_by_64(hi, lo, d).unwrap_or((0, i64::MIN as u64));
+    // SAFETY: see the function's contract.
+    unsafe { rem.write(r) };
+    q
+}
+
+/// `hi:lo / d` and its remainder as IDIV of 64 bits gives them, or `None`
+/// for its #DE: the magnitudes divide as DIV does ([`div_128_by_64`]), and
+/// the signs are put back.
+pub(crate) fn idiv_128_by_64(hi: u64, lo: u64, d: u64) -> Option<(u64, u64)> {
+    let n = (u128::from(hi) << 64) | u128::from(lo);
+    let neg_n = (hi as i64) < 0;
+    let neg_d = (d as i64) < 0;
+    let n_abs = if neg_n { n.wrapping_neg() } else { n };
+    let d_abs = (d as i64).unsigned_abs();
+    // A zero divisor, or a quotient of 2^64 or more.
+    if d_abs == 0 || (n_abs >> 64) as u64 >= d_abs {
+        return None;
+    }
+    let (q_abs, r_abs) = div_128_by_64((n_abs >> 64) as u64, n_abs as u64, d_abs);
+    let q = if neg_n != neg_d { (q_abs as i128).wrapping_neg() } else { q_abs as i128 };
+    let q = i64::try_from(q).ok()?;
+    let r = if neg_n { r_abs.wrapping_neg() } else { r_abs };
+    Some((q as u64, r))
 }
 
 /// `hi:lo / d` and its remainder, for `hi < d` (the quotient fits 64 bits).
@@ -629,7 +913,95 @@ pub unsafe extern "C" fn state_flags(state: *const CpuState) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::div_128_by_64;
+    use super::{clmul, clmul_soft, crc32c, crc32c_soft, div_128_by_64, host_clmul, host_crc, idiv128, idiv_128_by_64};
+
+    fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+
+    /// The software CRC-32C gives the interpreter's value and, where the
+    /// host has SSE4.2, the host's, for every size on random and edge
+    /// values (bits above the size ignored); the helper takes the state
+    /// from the low 32 bits and zero-extends.
+    #[test]
+    fn software_crc32c_matches_the_host_and_the_interpreter() {
+        let mut crc = !0u32;
+        for &b in b"123456789" {
+            crc = crc32c_soft(crc, u64::from(b), 1);
+        }
+        assert_eq!(!crc, 0xe306_9283, "the CRC-32C check value");
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+        let edges = [0u64, 1, 0x80, 0xff, 0xffff_ffff, 0x8000_0000_0000_0000, u64::MAX];
+        let mut cases: Vec<(u32, u64)> = Vec::new();
+        for &c in &edges {
+            for &v in &edges {
+                cases.push((c as u32, v));
+            }
+        }
+        for _ in 0..50_000 {
+            cases.push((next() as u32, next()));
+        }
+        let mut on_host = 0;
+        for (crc, v) in cases {
+            for n in [1, 2, 4, 8] {
+                let soft = crc32c_soft(crc, v, n);
+                assert_eq!(soft, cpu::ops::sse::crc32c(crc, v, n), "crc {crc:#x} value {v:#x} bytes {n}");
+                if let Some(host) = host_crc::crc32c(crc, v, n) {
+                    assert_eq!(host, soft, "host: crc {crc:#x} value {v:#x} bytes {n}");
+                    on_host += 1;
+                }
+                assert_eq!(crc32c(0xdead_beef_0000_0000 | u64::from(crc), v, n), u64::from(soft));
+            }
+        }
+        if on_host == 0 {
+            println!("the host has no CRC32: software alone checked");
+        }
+    }
+
+    /// The carry-less product of a bit at a time.
+    fn clmul_bits(a: u64, b: u64) -> u128 {
+        (0..64).filter(|i| b >> i & 1 != 0).fold(0, |r, i| r ^ u128::from(a) << i)
+    }
+
+    /// The software carry-less product gives the plain one's and, where
+    /// the host has PCLMULQDQ, the host's; the helper returns its low half
+    /// and stores the high one.
+    #[test]
+    fn software_carry_less_products_match_the_host() {
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
+        let edges = [0u64, 1, 2, 3, 0x8000_0000_0000_0000, 0xffff_ffff, u64::MAX, 0x5555_5555_5555_5555];
+        let mut cases: Vec<(u64, u64)> = Vec::new();
+        for &a in &edges {
+            for &b in &edges {
+                cases.push((a, b));
+            }
+        }
+        for _ in 0..50_000 {
+            cases.push((next(), next() >> (next() % 64)));
+        }
+        let mut on_host = 0;
+        for (a, b) in cases {
+            let soft = clmul_soft(a, b);
+            assert_eq!(soft, clmul_bits(a, b), "{a:#x} * {b:#x}");
+            assert_eq!(clmul_soft(b, a), soft, "commutes");
+            if let Some(host) = host_clmul::clmul(a, b) {
+                assert_eq!(host, soft, "host: {a:#x} * {b:#x}");
+                on_host += 1;
+            }
+            let mut hi = 0u64;
+            // SAFETY: `hi` is a local word.
+            let lo = unsafe { clmul(a, b, &mut hi) };
+            assert_eq!(u128::from(lo) | u128::from(hi) << 64, soft);
+        }
+        if on_host == 0 {
+            println!("the host has no PCLMULQDQ: software alone checked");
+        }
+    }
 
     #[test]
     fn a_128_bit_dividend_divides_as_u128_arithmetic() {
@@ -651,5 +1023,60 @@ mod tests {
             let want = ((n / u128::from(d)) as u64, (n % u128::from(d)) as u64);
             assert_eq!(div_128_by_64(hi, lo, d), want, "{hi:#x}:{lo:#x} / {d:#x}");
         }
+    }
+
+    /// The signed 128-by-64 division gives i128 arithmetic's quotient and
+    /// remainder where the quotient fits 64 bits, and #DE (`None`, and the
+    /// helper's remainder of -2^63) for a zero divisor and every quotient
+    /// that does not, -2^63 itself fitting.
+    #[test]
+    fn a_signed_128_bit_dividend_divides_as_i128_arithmetic() {
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+        let min = i64::MIN as u64;
+        let mut cases: Vec<(u64, u64, u64)> = vec![
+            (0, 0, 0),
+            (u64::MAX, 0, 0),
+            (u64::MAX, min, u64::MAX),
+            (u64::MAX, 0, 2),
+            (1, 0, u64::MAX - 1),
+            (u64::MAX, 0, u64::MAX - 1),
+            (1, 0, 2),
+            (min, 0, u64::MAX),
+            (min, 0, min),
+            (0x3fff_ffff_ffff_ffff, u64::MAX, min),
+            (0xc000_0000_0000_0000, 0, min),
+            (u64::MAX, 1, 1),
+        ];
+        for _ in 0..50_000 {
+            let d = next() >> (next() % 64);
+            let d = if next().is_multiple_of(2) { d.wrapping_neg() } else { d };
+            // High halves around the quotient's limit, and any.
+            let hi = match next() % 3 {
+                0 => next() % (d.max(1) >> 1).max(1),
+                1 => (next() % (d.max(1) >> 1).max(1)).wrapping_neg(),
+                _ => next(),
+            };
+            cases.push((hi, next(), d));
+        }
+        let (mut ok, mut de) = (0, 0);
+        for (hi, lo, d) in cases {
+            let n = ((u128::from(hi) << 64) | u128::from(lo)) as i128;
+            let d_s = i128::from(d as i64);
+            let want = n
+                .checked_div(d_s)
+                .filter(|q| i64::try_from(*q).is_ok())
+                .map(|q| (q as i64 as u64, (n % d_s) as i64 as u64));
+            assert_eq!(idiv_128_by_64(hi, lo, d), want, "{hi:#x}:{lo:#x} / {d:#x}");
+            let mut rem = 0;
+            // SAFETY: `rem` is a local word.
+            let q = unsafe { idiv128(hi, lo, d, &mut rem) };
+            assert_eq!((q, rem), want.unwrap_or((0, min)));
+            if want.is_some() {
+                ok += 1;
+            } else {
+                de += 1;
+            }
+        }
+        assert!(ok > 10_000 && de > 10_000, "{ok} divisions, {de} #DE");
     }
 }

@@ -6,7 +6,7 @@
 //! addresses are relocations ([`crate::reloc`]): the guest instructions,
 //! the code size and the configuration, on a given host ISA and build of
 //! ferrovm. An entry is found by the SHA-256 of a description of exactly
-//! that (`key_bytes`) and holds the description itself, the code with
+//! that (`describe`, after the build's and host's identity) and holds the description itself, the code with
 //! its address slots cleared, the relocations and the number of fallback
 //! entries, under a SHA-256 of the whole file. A lookup reads the file
 //! and takes it only when every check passes: the checksum, the whole
@@ -21,7 +21,7 @@
 //! ```text
 //! DIR/ab/cdef...(62 hex digits).region
 //!   8   magic "FVMJIT01"
-//!   4+n description (key_bytes)
+//!   4+n description (the identity as 4+n, then describe)
 //!   4+n code, address slots zero
 //!   4   relocations, then per relocation: u32 offset, u32 import, i64 addend
 //!   4   fallback entries
@@ -133,10 +133,17 @@ impl DiskCache {
     /// the region cannot be described (an instruction the encoder of its
     /// description refuses), which is then neither read nor written.
     pub fn slot(&self, spec: &RegionSpec) -> Option<Slot> {
-        let key = key_bytes(&self.identity, spec)?;
+        Some(self.slot_of(&describe(spec)?))
+    }
+
+    /// The slot of the region whose `describe` is `description`.
+    pub fn slot_of(&self, description: &[u8]) -> Slot {
+        let mut key = Vec::with_capacity(self.identity.len() + 4 + description.len());
+        put_bytes(&mut key, &self.identity);
+        key.extend_from_slice(description);
         let hex: String = Sha256::digest(&key).iter().map(|b| format!("{b:02x}")).collect();
         let path = self.dir.join(&hex[..2]).join(format!("{}.region", &hex[2..]));
-        Some(Slot { key, path })
+        Slot { key, path }
     }
 
     /// The region `spec` from its slot in the folder, linked for this
@@ -211,19 +218,26 @@ fn build_id() -> u64 {
     len.rotate_left(32) ^ mtime
 }
 
-/// What `spec`'s code is made from: `identity`, the configuration, and
-/// each block's RIP and instructions in every bit (iced's own binary form
-/// of an instruction holds all its fields). The memory helpers' entries are
-/// left out: they are relocations. Position-independent code is described
-/// relative to its page ([`relative`]), so that the same instructions
-/// mapped elsewhere are the same entry.
-fn key_bytes(identity: &[u8], spec: &RegionSpec) -> Option<Vec<u8>> {
+/// What `spec`'s code is made from, for one build on one host: the
+/// configuration, and each block's RIP and instructions in every bit
+/// (iced's own binary form of an instruction holds all its fields). The
+/// memory helpers' entries are left out: they are relocations.
+/// Position-independent code is described relative to its page
+/// ([`relative`]), so that the same instructions mapped elsewhere are the
+/// same region. `None` when an instruction cannot be encoded. A file's
+/// key is this after the cache's identity (the build and the host ISA).
+pub(crate) fn describe(spec: &RegionSpec) -> Option<Vec<u8>> {
     let rel = spec.relative_base();
     let (pi, base) = (rel.is_some(), rel.unwrap_or(0));
-    let mut k = Vec::with_capacity(identity.len() + 64 * spec.blocks.len());
-    put_bytes(&mut k, identity);
+    let mut k = Vec::with_capacity(64 * spec.blocks.len() + 16);
     k.extend_from_slice(&spec.bits.to_le_bytes());
-    k.extend_from_slice(&[u8::from(spec.chain), u8::from(spec.shared_memory), u8::from(spec.avx), u8::from(pi)]);
+    k.extend_from_slice(&[
+        u8::from(spec.chain),
+        u8::from(spec.shared_memory),
+        u8::from(spec.avx),
+        u8::from(spec.crypto),
+        u8::from(pi),
+    ]);
     k.extend_from_slice(&(spec.blocks.len() as u32).to_le_bytes());
     for b in &spec.blocks {
         k.extend_from_slice(&b.rip.wrapping_sub(base).to_le_bytes());
@@ -257,6 +271,36 @@ fn relative(insn: &iced_x86::Instruction, base: u64) -> (iced_x86::Instruction, 
         i.set_memory_displacement64(insn.memory_displacement64().wrapping_sub(base));
     }
     (i, canonical)
+}
+
+/// Whether `a` at page `pa` and `b` at page `pb` are the same instruction
+/// relative to their pages ([`relative`]), their branch targets alike
+/// canonical or not: the same code for a position-independent region.
+pub(crate) fn same_relative(a: &iced_x86::Instruction, pa: u64, b: &iced_x86::Instruction, pb: u64) -> bool {
+    let ((x, cx), (y, cy)) = (relative(a, pa), relative(b, pb));
+    cx == cy && x.eq_all_bits(&y)
+}
+
+/// A hash of a block's instructions relative to `page` (their offsets in
+/// it included), the same for the same code at any page. Equal hashes are
+/// candidates only: [`same_relative`] decides.
+pub(crate) fn block_hash(insns: &[cpu::Decoded], page: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = cpu::FxHasher::default();
+    for d in insns {
+        let (i, canonical) = relative(&d.insn, page);
+        (
+            i.ip(),
+            i.code() as u32,
+            i.len(),
+            i.immediate64(),
+            i.memory_displacement64(),
+            i.near_branch_target(),
+            canonical,
+        )
+            .hash(&mut h);
+    }
+    h.finish()
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -328,7 +372,7 @@ fn parse(data: &[u8], key: &[u8], spec: &RegionSpec) -> Result<Output, String> {
     if f.bytes()? != key {
         return Err("another region, build or CPU".into());
     }
-    let mut code = f.bytes()?.to_vec();
+    let code = f.bytes()?.to_vec();
     let n = f.u32()? as usize;
     if n > code.len() {
         return Err("more relocations than code".into());
@@ -344,9 +388,21 @@ fn parse(data: &[u8], key: &[u8], spec: &RegionSpec) -> Result<Output, String> {
     if !f.b.is_empty() {
         return Err("trailing bytes".into());
     }
+    relink(code, relocs, want, spec)
+}
+
+/// Code compiled for a region that `spec` describes alike (the same
+/// [`describe`]), with `fallbacks` entries, made `spec`'s: linked to a
+/// fallback table of `spec`'s own instructions and to its page.
+pub(crate) fn relink(
+    mut code: Vec<u8>,
+    relocs: Vec<Reloc>,
+    fallbacks: usize,
+    spec: &RegionSpec,
+) -> Result<Output, String> {
     let t = translate::fallbacks(spec);
-    if t.fallbacks.len() != want {
-        return Err(format!("{want} fallback entries kept, {} planned", t.fallbacks.len()));
+    if t.fallbacks.len() != fallbacks {
+        return Err(format!("{fallbacks} fallback entries kept, {} planned", t.fallbacks.len()));
     }
     let fallbacks = Arc::new(t.fallbacks);
     link(&mut code, &relocs, &spec.access, &fallbacks, spec.guest_base())?;
@@ -372,6 +428,7 @@ mod tests {
             access: AccessCalls { load: 0x1111, load_rmw: 0x2222, store: 0x3333 },
             shared_memory: false,
             avx: false,
+            crypto: false,
             position_independent: false,
         }
     }
@@ -493,6 +550,36 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    #[test]
+    fn the_same_instructions_at_another_page_take_the_code_compiled_first() {
+        let s = Settings::default();
+        let isa = host_isa(&s).unwrap();
+        let shared = crate::shared::Shared::new(&s).unwrap();
+        let mut ws = crate::compiler::Workspace::default();
+        let (a, b) = (0x7f12_3456_7000u64, 0x5599_0000_1000u64);
+        let spec = |ip, pi| Arc::new(spec_at(PLACED, ip + 0x120, pi));
+        let (first, copied) = shared.compile(&mut ws, &isa, 1, spec(a, true));
+        assert!(!copied && first.is_ok());
+        let (again, copied) = shared.compile(&mut ws, &isa, 2, spec(b, true));
+        let again = again.unwrap();
+        assert!(copied, "taken from the code compiled at the first page");
+        assert_eq!(shared.content_hits(), 1);
+        // What compiling at the second page gives, but for the fallback
+        // table, which is the region's own.
+        let fresh = compile(&isa, 3, &spec(b, true)).unwrap();
+        let not_fallbacks = |r: &Reloc| r.import != Import::Fallbacks;
+        assert_eq!(zeroed(&again, |r| !not_fallbacks(r)), zeroed(&fresh, |r| !not_fallbacks(r)));
+        let ips = |o: &Output| o.fallbacks.iter().map(|d| d.insn.ip()).collect::<Vec<_>>();
+        assert_eq!(ips(&again), ips(&fresh), "the fallback table of the second page's instructions");
+        assert!(ips(&again).contains(&(b + 0x120 + 21)), "the CPUID at the second page");
+        // Position-dependent code, or other instructions, are compiled.
+        assert!(!shared.compile(&mut ws, &isa, 4, spec(b + 0x3000, false)).1);
+        let mut other = spec_at(PLACED, b + 0x5120, true);
+        other.blocks[0].insns.pop();
+        assert!(!shared.compile(&mut ws, &isa, 5, Arc::new(other)).1);
+        assert_eq!(shared.content_hits(), 1);
+    }
+
     /// `spec` from `cache`, through its slot.
     fn load(cache: &DiskCache, spec: &RegionSpec) -> Option<Output> {
         cache.load(&cache.slot(spec)?, spec)
@@ -563,7 +650,7 @@ mod tests {
         }
         // A file whose checksum matches but that describes another region
         // (as a hash collision would be): refused by the description.
-        let key = key_bytes(&cache.identity, &spec_of(&[0x90, 0xc3])).unwrap();
+        let key = cache.slot(&spec_of(&[0x90, 0xc3])).unwrap().key;
         std::fs::write(&path, serialize(&key, &out)).unwrap();
         assert!(load(&cache, &spec).is_none());
         // Another build or host ISA (another identity) has other files.

@@ -73,6 +73,29 @@ pub struct Config {
     /// A folder that keeps compiled regions between runs (`--jit-cache`,
     /// [`disk`]).
     pub disk_cache: Option<std::path::PathBuf>,
+    /// 64-bit regions are compiled position-independent and kept by what
+    /// their code is made of, so the same instructions at another page
+    /// take the code already compiled ([`shared`]; off with
+    /// `FERROVM_JIT_CONTENT=0`, for measurements).
+    pub content_cache: bool,
+    /// With `content_cache`: runs after which a block that has no region
+    /// looks once for a region compiled for the same instructions at
+    /// another page (found by its first block's instructions relative to
+    /// their page, then compared block by block), and takes it at once
+    /// instead of running on to `threshold` in the interpreter (0: never;
+    /// `FERROVM_JIT_PROBE`).
+    pub probe: u32,
+}
+
+/// The runs after which a new block first stops the interpreter: the
+/// probe where there is one, else the threshold.
+fn initial_heat(cfg: &Config) -> u32 {
+    let threshold = cfg.threshold.max(1);
+    if cfg.content_cache && cfg.probe > 0 && cfg.probe < threshold {
+        cfg.probe
+    } else {
+        threshold
+    }
 }
 
 impl Default for Config {
@@ -88,6 +111,8 @@ impl Default for Config {
             kernel_only: false,
             shared_memory: false,
             disk_cache: None,
+            content_cache: true,
+            probe: 32,
         }
     }
 }
@@ -99,6 +124,9 @@ pub struct JitStats {
     /// Regions whose code is a copy of an earlier compile of the same
     /// code (another vCPU's, or this one's before an invalidation).
     pub shared_compiles: u64,
+    /// Regions asked for at [`Config::probe`] runs, found by their
+    /// instructions at another page.
+    pub early_regions: u64,
     pub compile_failures: u64,
     pub compile_nanos: u64,
     /// Regions compiled but dropped before installation (their code changed).
@@ -279,7 +307,7 @@ impl Jit {
                 f.store(true, Ordering::Release);
             }));
         }
-        cpu.set_hot_threshold(cfg.threshold.max(1));
+        cpu.set_hot_threshold(initial_heat(&cfg));
         let cfg_perf_map = cfg.perf_map;
         Ok(Jit {
             cfg,
@@ -580,8 +608,26 @@ impl Jit {
         }
         // Another vCPU's region for this block, when this vCPU sees the
         // same code: its compile serves both.
-        if let Some(g) = self.shared.offered(&key).and_then(|spec| self.regather(cpu, &spec, mode)) {
+        let page = rip & !0xfff;
+        if let Some(g) = self.shared.offered(&key).and_then(|spec| self.regather(cpu, &spec, mode, page)) {
             self.submit(g);
+            return;
+        }
+        // Early ([`Config::probe`]): a region compiled for the same
+        // instructions at another page is taken now; otherwise the block
+        // counts on to the threshold.
+        if self.initial_heat() != self.cfg.threshold.max(1) && block.take_probe() {
+            if self.position_independent(mode) {
+                let h = disk::block_hash(block.insns(), page);
+                if let Some(g) =
+                    self.shared.offered_by_content(h).and_then(|spec| self.regather(cpu, &spec, mode, page))
+                {
+                    self.stats.early_regions += 1;
+                    self.submit(g);
+                    return;
+                }
+            }
+            block.set_heat(self.cfg.threshold.max(1) - self.initial_heat());
             return;
         }
         let g = self.gather(cpu, rip, mode, false);
@@ -640,14 +686,13 @@ impl Jit {
         self.stats.regions_compiled > compiled
     }
 
-    /// The blocks of RIP's page that direct branches reach from RIP (with
-    /// `all` false, only blocks that ran). An instruction that crosses
-    /// into the next page is a block of its own, and that page is one of
-    /// the region's too.
-    /// `spec` (a region another vCPU gathered) as this vCPU's region:
+    /// `spec` (a region another vCPU gathered, or a position-independent
+    /// region gathered at another page) as this vCPU's region at `page`:
     /// `None` unless each of its blocks decodes here to the same
-    /// instructions, bit for bit, and this JIT would compile it the same.
-    fn regather(&self, cpu: &mut Cpu, spec: &RegionSpec, mode: u8) -> Option<Gathered> {
+    /// instructions, bit for bit (relative to their page when the pages
+    /// differ, [`disk::same_relative`]), and this JIT would compile it the
+    /// same.
+    fn regather(&self, cpu: &mut Cpu, spec: &RegionSpec, mode: u8, page: u64) -> Option<Gathered> {
         if spec.bits != u32::from(mode)
             || spec.chain != self.cfg.chain
             || spec.shared_memory != self.cfg.shared_memory
@@ -656,23 +701,40 @@ impl Jit {
             return None;
         }
         let first = spec.blocks.first()?;
-        let page = first.rip & !0xfff;
-        let phys = cpu.code_phys_walk(first.rip)? & !0xfff;
+        let old_page = first.rip & !0xfff;
+        if page != old_page && spec.relative_base().is_none() {
+            return None;
+        }
+        let moved = page.wrapping_sub(old_page);
+        let phys = cpu.code_phys_walk(first.rip.wrapping_add(moved))? & !0xfff;
         let mut g = Gathered {
-            spec: RegionSpec { access: self.access, avx: cpu.avx(), ..spec.clone() },
+            spec: RegionSpec {
+                access: self.access,
+                avx: cpu.avx(),
+                crypto: cpu.crypto(),
+                blocks: Vec::with_capacity(spec.blocks.len()),
+                ..spec.clone()
+            },
             weak: Vec::with_capacity(spec.blocks.len()),
             keys: Vec::with_capacity(spec.blocks.len()),
             pages: vec![(page, phys)],
         };
         for gb in &spec.blocks {
-            if gb.rip & !0xfff != page {
+            if gb.rip & !0xfff != old_page {
                 return None;
             }
-            let b = cpu.block_at(gb.rip).ok()?;
+            let rip = gb.rip.wrapping_add(moved);
+            let b = cpu.block_at(rip).ok()?;
             let list = b.insns();
-            if list.len() != gb.insns.len() || !list.iter().zip(&gb.insns).all(|(x, y)| x.insn.eq_all_bits(&y.insn)) {
+            let same = if moved == 0 {
+                list.iter().zip(&gb.insns).all(|(x, y)| x.insn.eq_all_bits(&y.insn))
+            } else {
+                list.iter().zip(&gb.insns).all(|(x, y)| disk::same_relative(&x.insn, page, &y.insn, old_page))
+            };
+            if list.len() != gb.insns.len() || !same {
                 return None;
             }
+            g.spec.blocks.push(translate::GuestBlock { rip, insns: list.to_vec() });
             let last = list.last()?;
             if last.next_rip().wrapping_sub(page) > 4096 {
                 let next = page.wrapping_add(0x1000);
@@ -682,20 +744,28 @@ impl Jit {
                 }
             }
             g.weak.push(Rc::downgrade(&b));
-            g.keys.push((gb.rip, phys | (gb.rip & 0xfff), mode));
+            g.keys.push((rip, phys | (rip & 0xfff), mode));
         }
         Some(g)
     }
 
-    /// Whether regions of code of `mode` are compiled position-independent:
-    /// 64-bit code, only where the code is kept between runs (a constant
-    /// stores in one instruction where a relocation takes two).
-    fn position_independent(&self, mode: u8) -> bool {
-        self.cfg.disk_cache.is_some() && mode == 64
+    /// The runs after which a new block first stops the interpreter.
+    fn initial_heat(&self) -> u32 {
+        initial_heat(&self.cfg)
     }
 
+    /// Whether regions of code of `mode` are compiled position-independent:
+    /// 64-bit code, where compiled code is kept by content or between runs.
+    fn position_independent(&self, mode: u8) -> bool {
+        (self.cfg.content_cache || self.cfg.disk_cache.is_some()) && mode == 64
+    }
+
+    /// The blocks of RIP's page that direct branches reach from RIP (with
+    /// `all` false, only blocks that ran). An instruction that crosses
+    /// into the next page is a block of its own, and that page is one of
+    /// the region's too.
     fn gather(&self, cpu: &mut Cpu, rip: u64, mode: u8, all: bool) -> Gathered {
-        let threshold = self.cfg.threshold.max(1);
+        let initial = self.initial_heat();
         let page = rip & !0xfff;
         let mut work = vec![rip];
         let mut seen = std::collections::HashSet::new();
@@ -707,6 +777,7 @@ impl Jit {
                 access: self.access,
                 shared_memory: self.cfg.shared_memory,
                 avx: cpu.avx(),
+                crypto: cpu.crypto(),
                 position_independent: self.position_independent(mode),
             },
             weak: Vec::new(),
@@ -733,9 +804,9 @@ impl Jit {
                 }
             }
             let Ok(b): Result<Rc<Block>, _> = cpu.block_at(r) else { continue };
-            // Only code that ran: a block still at the threshold never did
+            // Only code that ran: a block still at its first count never did
             // (padding after a HLT or a jump, cold error paths).
-            if !all && r != rip && b.heat() == threshold && !after_sti.contains(&r) {
+            if !all && r != rip && b.heat() == initial && !b.probed() && !after_sti.contains(&r) {
                 continue;
             }
             let list = b.insns();
@@ -938,7 +1009,7 @@ impl Jit {
         let compile = self.compile_time();
         let mut lines = vec![
             format!(
-                "jit: {} regions compiled ({} of them copied from an earlier compile of the same code, by any vCPU; {} failed, {} stale), compile time {:.3} s ({:.1}% of the run, on the compiler thread)",
+                "jit: {} regions compiled ({} of them copied from an earlier compile of the same code, at this page or another, by any vCPU; {} failed, {} stale), compile time {:.3} s ({:.1}% of the run, on the compiler thread)",
                 s.regions_compiled,
                 s.shared_compiles,
                 s.compile_failures,
@@ -978,6 +1049,14 @@ impl Jit {
                 s.invalidated_pages, s.invalidated_regions, s.entries, s.linked, s.chained, s.fault_exits, s.step_exits
             ),
         ];
+        if self.cfg.content_cache {
+            lines.push(format!(
+                "jit: {} regions took the code of the same instructions compiled at another page (all vCPUs); {} regions asked for early, after {} runs, for such code",
+                self.shared.content_hits(),
+                s.early_regions,
+                self.initial_heat()
+            ));
+        }
         if let Some((dir, d)) = self.shared.disk_stats() {
             lines.push(format!(
                 "jit: translation cache {}: {} regions loaded, {} compiled and stored, {} not found, {} entries refused, {} failed writes (all vCPUs)",

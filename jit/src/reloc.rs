@@ -32,10 +32,14 @@ pub enum Helper {
     DataTlbChanged = 7,
     Rdtsc = 8,
     Udiv128 = 9,
+    Crc32c = 10,
+    Clmul = 11,
+    Idiv128 = 12,
+    Pcmpestri = 13,
 }
 
 impl Helper {
-    const ALL: [Helper; 10] = [
+    const ALL: [Helper; 14] = [
         Helper::Fallback,
         Helper::StateFlags,
         Helper::Pcmpistri,
@@ -46,6 +50,10 @@ impl Helper {
         Helper::DataTlbChanged,
         Helper::Rdtsc,
         Helper::Udiv128,
+        Helper::Crc32c,
+        Helper::Clmul,
+        Helper::Idiv128,
+        Helper::Pcmpestri,
     ];
 
     /// The helper's address in this process.
@@ -61,6 +69,10 @@ impl Helper {
             Helper::DataTlbChanged => ctx::data_tlb_changed as *const (),
             Helper::Rdtsc => ctx::rdtsc as *const (),
             Helper::Udiv128 => ctx::udiv128 as *const (),
+            Helper::Crc32c => ctx::crc32c as *const (),
+            Helper::Clmul => ctx::clmul as *const (),
+            Helper::Idiv128 => ctx::idiv128 as *const (),
+            Helper::Pcmpestri => ctx::pcmpestri as *const (),
         }) as usize as u64
     }
 }

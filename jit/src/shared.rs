@@ -27,18 +27,23 @@ use std::time::{Duration, Instant};
 
 use cranelift_codegen::isa::OwnedTargetIsa;
 use parking_lot::{Condvar, Mutex};
+use sha2::{Digest, Sha256};
 
 use cpu::{FastMap, FxHasher};
 
 use crate::code::{self, CodeCache, Trampoline};
 use crate::compiler::{self, Output, Settings, Workspace};
-use crate::disk::{DiskCache, DiskStats};
+use crate::disk::{self, DiskCache, DiskStats};
 use crate::translate::{AccessCalls, RegionSpec};
 use crate::Key;
 
 /// Compiled regions kept for other vCPUs, in bytes of code; past it, the
 /// table starts again (the regions already installed keep their code).
 const KEEP_BYTES: usize = 32 << 20;
+
+/// Position-independent regions kept by what their code is made of, in
+/// bytes of code; past it, the oldest go first.
+const KEEP_CONTENT_BYTES: usize = 64 << 20;
 
 /// How long a compile waits for another vCPU's compile of the same region
 /// before it compiles the region itself.
@@ -61,6 +66,9 @@ struct Table {
     bytes: usize,
     /// The region each vCPU asked for last at each of its blocks' keys.
     by_key: FastMap<Key, Arc<RegionSpec>>,
+    /// Position-independent regions by each of their blocks'
+    /// [`disk::block_hash`]: candidates for the same code at another page.
+    by_content: FastMap<u64, Arc<RegionSpec>>,
 }
 
 /// Region entries kept in [`Table::by_key`]; past it, the index starts
@@ -82,6 +90,37 @@ impl Table {
     }
 }
 
+/// Compiled position-independent regions by the SHA-256 of their
+/// [`disk::describe`]: the same instructions at another page (a program
+/// that runs again at another address, a page of a shared library or of
+/// the page cache mapped by another process) take the code compiled for
+/// the first, linked for their own page, instead of compiling it again.
+#[derive(Default)]
+struct Content {
+    by_digest: FastMap<[u8; 32], Output>,
+    /// Digests oldest first, for eviction.
+    order: std::collections::VecDeque<[u8; 32]>,
+    bytes: usize,
+    hits: u64,
+}
+
+impl Content {
+    fn keep(&mut self, digest: [u8; 32], out: &Output) {
+        if out.code.len() > KEEP_CONTENT_BYTES || self.by_digest.contains_key(&digest) {
+            return;
+        }
+        while self.bytes + out.code.len() > KEEP_CONTENT_BYTES {
+            let Some(old) = self.order.pop_front() else { break };
+            if let Some(o) = self.by_digest.remove(&old) {
+                self.bytes -= o.code.len();
+            }
+        }
+        self.bytes += out.code.len();
+        self.order.push_back(digest);
+        self.by_digest.insert(digest, out.clone());
+    }
+}
+
 /// The part of the JIT every vCPU of a machine shares.
 pub struct Shared {
     pub(crate) trampoline: Trampoline,
@@ -93,6 +132,7 @@ pub struct Shared {
     ready: Condvar,
     /// The persistent translation cache, when one was asked for.
     disk: Option<Arc<DiskCache>>,
+    content: Mutex<Content>,
 }
 
 impl Shared {
@@ -122,6 +162,7 @@ impl Shared {
             table: Mutex::new(Table::default()),
             ready: Condvar::new(),
             disk,
+            content: Mutex::new(Content::default()),
         }))
     }
 
@@ -155,7 +196,7 @@ impl Shared {
                 }
             }
         }
-        let result = self.compile_or_load(ws, isa, id, &spec);
+        let (result, copied) = self.compile_or_load(ws, isa, id, &spec);
         if claimed {
             let mut t = self.table.lock();
             match &result {
@@ -169,35 +210,68 @@ impl Shared {
                     // Full: start again (waiters compile for themselves).
                     t.by_hash.clear();
                     t.by_key.clear();
+                    t.by_content.clear();
                     t.bytes = 0;
                 }
                 Err(_) => t.remove(hash, &spec),
             }
             self.ready.notify_all();
         }
-        (result, false)
+        (result, copied)
     }
 
-    /// The region `spec` from the persistent cache, or compiled (and then
-    /// kept there).
+    /// The region `spec`: for position-independent code, the code compiled
+    /// for the same instructions at any page ([`Content`]); then from the
+    /// persistent cache; or compiled (and then kept in both). True with
+    /// code compiled for other instructions' addresses.
     fn compile_or_load(
         &self,
         ws: &mut Workspace,
         isa: &OwnedTargetIsa,
         id: u64,
         spec: &RegionSpec,
-    ) -> Result<Output, String> {
-        let Some((disk, slot)) = self.disk.as_ref().and_then(|d| Some((d, d.slot(spec)?))) else {
-            return compiler::compile_in(ws, isa, id, spec);
+    ) -> (Result<Output, String>, bool) {
+        let description =
+            if spec.relative_base().is_some() || self.disk.is_some() { disk::describe(spec) } else { None };
+        let Some(description) = description else {
+            return (compiler::compile_in(ws, isa, id, spec), false);
         };
-        if let Some(out) = disk.load(&slot, spec) {
-            return Ok(out);
+        let digest: Option<[u8; 32]> = spec.relative_base().map(|_| Sha256::digest(&description).into());
+        if let Some(d) = &digest {
+            let kept =
+                self.content.lock().by_digest.get(d).map(|o| (o.code.clone(), o.relocs.clone(), o.fallbacks.len()));
+            if let Some((code, relocs, fallbacks)) = kept {
+                match disk::relink(code, relocs, fallbacks, spec) {
+                    Ok(out) => {
+                        self.content.lock().hits += 1;
+                        return (Ok(out), true);
+                    }
+                    Err(e) => tracing::debug!(target: "jit", "kept code of the same instructions not taken: {e}"),
+                }
+            }
         }
-        let result = compiler::compile_in(ws, isa, id, spec);
+        let slot = self.disk.as_ref().map(|d| (d, d.slot_of(&description)));
+        let loaded = slot.as_ref().and_then(|(d, slot)| d.load(slot, spec));
+        let fresh = loaded.is_none();
+        let result = match loaded {
+            Some(out) => Ok(out),
+            None => compiler::compile_in(ws, isa, id, spec),
+        };
         if let Ok(out) = &result {
-            disk.store(&slot, out);
+            if let Some(d) = digest {
+                self.content.lock().keep(d, out);
+            }
+            if let (Some((disk, slot)), true) = (&slot, fresh) {
+                disk.store(slot, out);
+            }
         }
-        result
+        (result, false)
+    }
+
+    /// Regions taken from code compiled for the same instructions at
+    /// another page (`Content`), by every vCPU.
+    pub fn content_hits(&self) -> u64 {
+        self.content.lock().hits
     }
 
     /// The persistent translation cache's counts, when there is one.
@@ -215,6 +289,21 @@ impl Shared {
         for k in keys {
             t.by_key.insert(*k, spec.clone());
         }
+        if let Some(base) = spec.relative_base() {
+            if t.by_content.len() + spec.blocks.len() > KEEP_KEYS {
+                t.by_content.clear();
+            }
+            for b in &spec.blocks {
+                t.by_content.insert(disk::block_hash(&b.insns, base), spec.clone());
+            }
+        }
+    }
+
+    /// A position-independent region some vCPU compiled (or compiles) with
+    /// a block whose [`disk::block_hash`] is `hash`. The caller checks that
+    /// the code at its own page is the same.
+    pub(crate) fn offered_by_content(&self, hash: u64) -> Option<Arc<RegionSpec>> {
+        self.table.lock().by_content.get(&hash).cloned()
     }
 
     /// The region some vCPU compiled (or compiles) with a block at `key`.
@@ -234,7 +323,8 @@ impl Shared {
 /// A hash of what a region's code is made from.
 fn spec_hash(spec: &RegionSpec) -> u64 {
     let mut h = FxHasher::default();
-    (spec.bits, spec.chain, spec.shared_memory, spec.avx, spec.position_independent, spec.blocks.len()).hash(&mut h);
+    (spec.bits, spec.chain, spec.shared_memory, spec.avx, spec.crypto, spec.position_independent, spec.blocks.len())
+        .hash(&mut h);
     for b in &spec.blocks {
         (b.rip, b.insns.len()).hash(&mut h);
         for d in &b.insns {
@@ -252,6 +342,7 @@ fn same_spec(a: &RegionSpec, b: &RegionSpec) -> bool {
         && a.chain == b.chain
         && a.shared_memory == b.shared_memory
         && a.avx == b.avx
+        && a.crypto == b.crypto
         && a.position_independent == b.position_independent
         && (a.access.load, a.access.load_rmw, a.access.store) == (b.access.load, b.access.load_rmw, b.access.store)
         && a.blocks.len() == b.blocks.len()

@@ -1135,6 +1135,466 @@ fn divide_error_and_invalid_opcode_from_compiled_code() {
     assert_eq!(b.state.rip, stub(6) + 1);
 }
 
+/// The one-operand multiplies and the divides of every size, from
+/// registers and memory, over many inputs (a generator in the guest):
+/// IDIV of 32 and 64 bits with negative dividends and divisors, dividends
+/// wider than the divisor that do not overflow (64-bit ones through the
+/// helper), quotients of exactly -2^31 and -2^63; DIV and IDIV of 8 and 16
+/// bits (AH as AL's neighbour, wide dividends); MUL and IMUL of each size
+/// (AH as a source) with their flags read, and the flags a divide leaves
+/// read after it: every register and flag as the interpreter gives them,
+/// none of them through its handler.
+#[test]
+fn signed_and_narrow_multiplies_and_divides_give_the_interpreters_results() {
+    use iced_x86::Mnemonic as M;
+    let (_, b, jit) = both(long_mode, sse_on, |a| {
+        let mut top = a.create_label();
+        a.mov(rsi, DATA)?;
+        a.mov(ebp, 300)?;
+        a.mov(rbx, 0x2545_f491_4f6c_dd1du64)?;
+        a.mov(r12, -3i64)?;
+        a.set_label(&mut top)?;
+        // The generator: RBX = RBX * A + C.
+        a.mov(rax, 0x5851_f42d_4c95_7f2du64)?;
+        a.imul_2(rbx, rax)?;
+        a.mov(rcx, 0x1405_7b7e_f767_814fu64)?;
+        a.add(rbx, rcx)?;
+        // IDIV r32: a CDQ dividend, a divisor of any size (not 0), then a
+        // byte's; the flags of the CMP before it read after it.
+        a.mov(rcx, rbx)?;
+        a.shr(rcx, 32)?;
+        a.test(ecx, ecx)?;
+        a.cmovz(ecx, r12d)?;
+        a.cmp(ebx, ecx)?;
+        a.mov(eax, ebx)?;
+        a.cdq()?;
+        a.idiv(ecx)?;
+        a.setl(r9b)?;
+        a.add(r15b, r9b)?;
+        a.add(r13, rax)?;
+        a.add(r14, rdx)?;
+        a.movsx(edi, bl)?;
+        a.test(edi, edi)?;
+        a.cmovz(edi, r12d)?;
+        a.mov(eax, ebx)?;
+        a.ror(eax, 7)?;
+        a.cdq()?;
+        a.idiv(edi)?;
+        a.add(r13, rax)?;
+        a.xor(r14, rdx)?;
+        // IDIV m32 of a dividend wider than 32 bits (EDX from -8 to 7) by a
+        // divisor of 2^30 or more either way.
+        a.mov(rcx, rbx)?;
+        a.shr(rcx, 32)?;
+        a.and(ecx, 0x3fff_ffff)?;
+        a.or(ecx, 0x4000_0000)?;
+        a.mov(edi, ecx)?;
+        a.neg(edi)?;
+        a.test(bl, 2)?;
+        a.cmovnz(ecx, edi)?;
+        a.mov(dword_ptr(rsi), ecx)?;
+        a.movsx(edx, bh)?;
+        a.sar(edx, 4)?;
+        a.mov(eax, ebx)?;
+        a.idiv(dword_ptr(rsi))?;
+        a.add(r13, rax)?;
+        a.add(r14, rdx)?;
+        // -2^32 / 2 and 2^32 / -2: a quotient of -2^31.
+        a.mov(edx, -1i32)?;
+        a.xor(eax, eax)?;
+        a.mov(ecx, 2)?;
+        a.idiv(ecx)?;
+        a.add(r13, rax)?;
+        a.mov(edx, 1)?;
+        a.xor(eax, eax)?;
+        a.mov(ecx, -2i32)?;
+        a.idiv(ecx)?;
+        a.add(r13, rax)?;
+        // IDIV r64: a CQO dividend by a divisor of any size, then a byte's.
+        a.mov(rcx, rbx)?;
+        a.rol(rcx, 17)?;
+        a.test(rcx, rcx)?;
+        a.cmovz(rcx, r12)?;
+        a.mov(rax, rbx)?;
+        a.cqo()?;
+        a.idiv(rcx)?;
+        a.add(r13, rax)?;
+        a.add(r14, rdx)?;
+        a.movsx(rdi, bl)?;
+        a.test(rdi, rdi)?;
+        a.cmovz(rdi, r12)?;
+        a.mov(rax, rbx)?;
+        a.ror(rax, 13)?;
+        a.cqo()?;
+        a.idiv(rdi)?;
+        a.add(r13, rax)?;
+        a.xor(r14, rdx)?;
+        // IDIV m64 of a 128-bit dividend (RDX from -8 to 7: mostly not
+        // RAX's sign, the helper) by a divisor of 2^62 or more either way.
+        a.mov(rcx, rbx)?;
+        a.shl(rcx, 2)?;
+        a.shr(rcx, 2)?;
+        a.bts(rcx, 62)?;
+        a.mov(rdi, rcx)?;
+        a.neg(rdi)?;
+        a.test(bl, 4)?;
+        a.cmovnz(rcx, rdi)?;
+        a.mov(qword_ptr(rsi + 8), rcx)?;
+        a.movsx(edx, bh)?;
+        a.sar(edx, 4)?;
+        a.movsxd(rdx, edx)?;
+        a.mov(rax, rbx)?;
+        a.rol(rax, 29)?;
+        a.idiv(qword_ptr(rsi + 8))?;
+        a.add(r13, rax)?;
+        a.add(r14, rdx)?;
+        // -2^64 / 2 and 2^64 / -2: a quotient of -2^63 from the helper.
+        a.mov(rdx, -1i64)?;
+        a.xor(eax, eax)?;
+        a.mov(ecx, 2)?;
+        a.idiv(rcx)?;
+        a.add(r13, rax)?;
+        a.mov(edx, 1)?;
+        a.xor(eax, eax)?;
+        a.mov(rcx, -2i64)?;
+        a.idiv(rcx)?;
+        a.add(r13, rax)?;
+        // DIV r8 with AH 0, then 1 (a divisor of 2 or more); IDIV r8 of a
+        // CBW dividend, then of one of 12 bits by a divisor of 64 or more
+        // either way, from memory.
+        a.movzx(eax, bl)?;
+        a.mov(cl, bh)?;
+        a.or(cl, 1)?;
+        a.div(cl)?;
+        a.add(r13, rax)?;
+        a.movzx(eax, bl)?;
+        a.mov(ah, 1)?;
+        a.or(cl, 2)?;
+        a.div(cl)?;
+        a.add(r14, rax)?;
+        a.mov(al, bl)?;
+        a.sar(al, 1)?;
+        a.cbw()?;
+        a.mov(ecx, ebx)?;
+        a.shr(ecx, 8)?;
+        a.or(cl, 1)?;
+        a.idiv(cl)?;
+        a.add(r13, rax)?;
+        a.mov(eax, ebx)?;
+        a.shl(ax, 4)?;
+        a.sar(ax, 4)?;
+        a.mov(ecx, ebx)?;
+        a.shr(ecx, 16)?;
+        a.and(ecx, 0x3f)?;
+        a.or(ecx, 0x40)?;
+        a.mov(edi, ecx)?;
+        a.neg(edi)?;
+        a.test(bl, 8)?;
+        a.cmovnz(ecx, edi)?;
+        a.mov(byte_ptr(rsi + 16), cl)?;
+        a.idiv(byte_ptr(rsi + 16))?;
+        a.add(r14, rax)?;
+        // DIV r16 with DX below a divisor of 2^15 or more; IDIV m16 of a
+        // dividend of 20 bits by a divisor of 2^14 or more either way; IDIV
+        // r16 of a CWD dividend.
+        a.mov(ecx, ebx)?;
+        a.shr(ecx, 16)?;
+        a.or(cx, 0x8000u32 as i32)?;
+        a.mov(edx, ebx)?;
+        a.and(edx, 0x7fff)?;
+        a.mov(rax, rbx)?;
+        a.ror(rax, 40)?;
+        a.div(cx)?;
+        a.add(r13, rax)?;
+        a.add(r14, rdx)?;
+        a.mov(ecx, ebx)?;
+        a.shr(ecx, 20)?;
+        a.and(ecx, 0x3fff)?;
+        a.or(ecx, 0x4000)?;
+        a.mov(edi, ecx)?;
+        a.neg(edi)?;
+        a.test(bl, 16)?;
+        a.cmovnz(ecx, edi)?;
+        a.mov(word_ptr(rsi + 24), cx)?;
+        a.movsx(edx, bh)?;
+        a.sar(edx, 4)?;
+        a.mov(eax, ebx)?;
+        a.idiv(word_ptr(rsi + 24))?;
+        a.add(r13, rax)?;
+        a.add(r14, rdx)?;
+        a.mov(eax, ebx)?;
+        a.sar(ax, 1)?;
+        a.cwd()?;
+        a.movsx(ecx, bh)?;
+        a.or(ecx, 1)?;
+        a.idiv(cx)?;
+        a.add(r13, rax)?;
+        a.xor(r14, rdx)?;
+        // MUL and IMUL of each size, their flags kept.
+        a.mov(rcx, rbx)?;
+        a.rol(rcx, 23)?;
+        a.mov(qword_ptr(rsi + 32), rcx)?;
+        a.mov(rax, rbx)?;
+        a.mul(rcx)?;
+        a.pushfq()?;
+        a.add(r13, rax)?;
+        a.add(r14, rdx)?;
+        a.mov(rax, rbx)?;
+        a.imul(qword_ptr(rsi + 32))?;
+        a.pushfq()?;
+        a.add(r13, rax)?;
+        a.add(r14, rdx)?;
+        a.movsx(rax, bl)?;
+        a.movsx(ecx, bh)?;
+        a.movsxd(rcx, ecx)?;
+        a.imul(rcx)?;
+        a.pushfq()?;
+        a.add(r13, rax)?;
+        a.mov(eax, ebx)?;
+        a.mul(dword_ptr(rsi + 32))?;
+        a.pushfq()?;
+        a.add(r13, rax)?;
+        a.add(r14, rdx)?;
+        a.mov(eax, ebx)?;
+        a.imul(ecx)?;
+        a.pushfq()?;
+        a.add(r13, rax)?;
+        a.add(r14, rdx)?;
+        a.mov(rax, rbx)?;
+        a.mul(cx)?;
+        a.pushfq()?;
+        a.add(r13, rax)?;
+        a.add(r14, rdx)?;
+        a.mov(rax, rbx)?;
+        a.imul(word_ptr(rsi + 34))?;
+        a.pushfq()?;
+        a.add(r13, rax)?;
+        a.add(r14, rdx)?;
+        a.mov(rax, rbx)?;
+        a.mul(ah)?;
+        a.pushfq()?;
+        a.add(r13, rax)?;
+        a.mov(rax, rbx)?;
+        a.imul(byte_ptr(rsi + 35))?;
+        a.pushfq()?;
+        a.add(r13, rax)?;
+        a.mov(rax, rbx)?;
+        a.imul(ch)?;
+        a.pushfq()?;
+        a.add(r13, rax)?;
+        a.movsx(eax, bl)?;
+        a.sar(eax, 4)?;
+        a.imul(cl)?;
+        a.pushfq()?;
+        a.add(r13, rax)?;
+        // The ten flag images, masked to the arithmetic flags.
+        for _ in 0..10 {
+            a.pop(rax)?;
+            a.and(eax, 0x8d5)?;
+            a.add(r15, rax)?;
+            a.rol(r15, 5)?;
+        }
+        a.dec(ebp)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    ran_compiled(&b, &jit, 95);
+    for m in [M::Div, M::Idiv, M::Mul, M::Imul] {
+        assert_eq!(handler_runs(&jit, m), 0, "{m:?} ran through the interpreter");
+    }
+}
+
+/// IDIV, DIV and the one-operand IMUL in flat 32-bit code.
+#[test]
+fn divides_in_32_bit_code_give_the_interpreters_results() {
+    use iced_x86::Mnemonic as M;
+    let (_, b, jit) = both(
+        prot_mode,
+        |_| {},
+        |a| {
+            let mut top = a.create_label();
+            a.mov(esi, DATA as u32)?;
+            a.mov(ebp, 300)?;
+            a.mov(ebx, 0x4f6c_dd1du32)?;
+            a.set_label(&mut top)?;
+            a.imul_3(ebx, ebx, 0x0019_660d)?;
+            a.add(ebx, 0x3c6e_f35f)?;
+            a.mov(ecx, ebx)?;
+            a.rol(ecx, 11)?;
+            a.or(ecx, 1)?;
+            a.mov(dword_ptr(esi), ecx)?;
+            a.mov(eax, ebx)?;
+            a.cdq()?;
+            a.idiv(dword_ptr(esi))?;
+            a.add(edi, eax)?;
+            a.add(edi, edx)?;
+            a.mov(eax, ebx)?;
+            a.imul(ecx)?;
+            a.add(edi, edx)?;
+            a.movzx(eax, bx)?;
+            a.and(ah, 0x7f)?;
+            a.mov(ecx, ebx)?;
+            a.shr(ecx, 24)?;
+            a.or(cl, 0x80u32 as i32)?;
+            a.div(cl)?;
+            a.add(edi, eax)?;
+            a.mov(eax, ebx)?;
+            a.sar(ax, 2)?;
+            a.cwd()?;
+            a.mov(ecx, ebx)?;
+            a.shr(ecx, 12)?;
+            a.or(cx, 3)?;
+            a.idiv(cx)?;
+            a.add(edi, eax)?;
+            a.add(edi, edx)?;
+            a.dec(ebp)?;
+            a.jnz(top)?;
+            a.hlt()
+        },
+    );
+    ran_compiled(&b, &jit, 95);
+    for m in [M::Div, M::Idiv, M::Imul] {
+        assert_eq!(handler_runs(&jit, m), 0, "{m:?} ran through the interpreter");
+    }
+}
+
+/// Every way a divide raises #DE, from compiled code: a zero divisor
+/// (register and memory, narrow and 128-bit dividends), -2^31 / -1,
+/// -2^63 / -1 of 32 bits (EDX:EAX) and of 64, 128-bit and 64-bit dividends whose quotient is 2^63 or
+/// 2^31, -128 / -1 and -32768 / -1, DIV of 8 and 16 bits with the high
+/// half not below the divisor. Each loop divides on every pass and
+/// raises on the pass where ECX is 10 (the divide compiled by then): the
+/// #DE is delivered as the interpreter delivers it, and the handler ran
+/// from compiled code for that pass alone.
+#[test]
+fn divide_errors_from_compiled_code_deliver_like_the_interpreter() {
+    use iced_x86::Mnemonic as M;
+    type Body = fn(&mut CodeAssembler) -> Result<(), IcedError>;
+    let cases: [(&str, M, Body); 15] = [
+        ("IDIV r32 by 0", M::Idiv, |a| {
+            a.mov(eax, 1000)?;
+            a.cdq()?;
+            a.lea(r8d, dword_ptr(rcx - 10))?;
+            a.idiv(r8d)
+        }),
+        ("IDIV m64 by 0", M::Idiv, |a| {
+            a.mov(rax, -1000i64)?;
+            a.cqo()?;
+            a.lea(r8, qword_ptr(rcx - 10))?;
+            a.mov(qword_ptr(rsi), r8)?;
+            a.idiv(qword_ptr(rsi))
+        }),
+        ("IDIV r64 of 128 bits by 0", M::Idiv, |a| {
+            a.mov(edx, 5)?;
+            a.xor(eax, eax)?;
+            a.lea(r8, qword_ptr(rcx - 10))?;
+            a.shl(r8, 8)?;
+            a.idiv(r8)
+        }),
+        ("-2^31 / -1", M::Idiv, |a| {
+            a.mov(eax, 0x8000_0000u32)?;
+            a.cdq()?;
+            a.mov(r8d, 9)?;
+            a.sub(r8d, ecx)?;
+            a.idiv(r8d)
+        }),
+        // (The one 32-bit dividend whose quotient overflows 64 bits.)
+        ("EDX:EAX of -2^63 / -1", M::Idiv, |a| {
+            a.xor(edx, edx)?;
+            a.mov(r9d, 0x8000_0000u32)?;
+            a.cmp(ecx, 10)?;
+            a.cmove(edx, r9d)?;
+            a.xor(eax, eax)?;
+            a.mov(r8d, -1i32)?;
+            a.idiv(r8d)
+        }),
+        ("-2^63 / -1", M::Idiv, |a| {
+            a.mov(rax, i64::MIN)?;
+            a.cqo()?;
+            a.mov(r8d, 9)?;
+            a.sub(r8, rcx)?;
+            a.idiv(r8)
+        }),
+        ("2^64 / 2", M::Idiv, |a| {
+            a.mov(edx, 1)?;
+            a.xor(eax, eax)?;
+            a.lea(r8, qword_ptr(rcx - 8))?;
+            a.idiv(r8)
+        }),
+        ("-2^64 / -2", M::Idiv, |a| {
+            a.mov(rdx, -1i64)?;
+            a.xor(eax, eax)?;
+            a.mov(r8d, 8)?;
+            a.sub(r8, rcx)?;
+            a.idiv(r8)
+        }),
+        ("2^32 / 2", M::Idiv, |a| {
+            a.mov(edx, 1)?;
+            a.xor(eax, eax)?;
+            a.lea(r8d, dword_ptr(rcx - 8))?;
+            a.idiv(r8d)
+        }),
+        ("-128 / -1", M::Idiv, |a| {
+            a.mov(eax, 0xff80)?;
+            a.mov(r8d, 9)?;
+            a.sub(r8d, ecx)?;
+            a.idiv(r8b)
+        }),
+        ("-32768 / -1 from memory", M::Idiv, |a| {
+            a.mov(eax, 0x8000)?;
+            a.cwd()?;
+            a.mov(r8d, 9)?;
+            a.sub(r8d, ecx)?;
+            a.mov(word_ptr(rsi), r8w)?;
+            a.idiv(word_ptr(rsi))
+        }),
+        ("DIV r8 with AH 5 by 5", M::Div, |a| {
+            a.mov(eax, 0x500)?;
+            a.lea(r8d, dword_ptr(rcx - 5))?;
+            a.div(r8b)
+        }),
+        ("DIV r16 with DX 5 by 5", M::Div, |a| {
+            a.mov(edx, 5)?;
+            a.xor(eax, eax)?;
+            a.lea(r8d, dword_ptr(rcx - 5))?;
+            a.div(r8w)
+        }),
+        ("DIV m8 by 0", M::Div, |a| {
+            a.mov(eax, 77)?;
+            a.lea(r8d, dword_ptr(rcx - 10))?;
+            a.mov(byte_ptr(rsi), r8b)?;
+            a.div(byte_ptr(rsi))
+        }),
+        ("IDIV r16 by 0", M::Idiv, |a| {
+            a.mov(eax, 5)?;
+            a.cwd()?;
+            a.lea(r8d, dword_ptr(rcx - 10))?;
+            a.idiv(r8w)
+        }),
+    ];
+    for (name, m, body) in cases {
+        let (_, b, jit) = both(
+            long_mode,
+            |_| {},
+            |a| {
+                let mut top = a.create_label();
+                a.mov(rsi, DATA)?;
+                a.mov(ecx, 100)?;
+                a.set_label(&mut top)?;
+                body(a)?;
+                a.add(r13, rax)?;
+                a.add(r14, rdx)?;
+                a.dec(ecx)?;
+                a.jnz(top)?;
+                a.hlt()
+            },
+        );
+        assert_eq!(b.state.rip, stub(0) + 1, "{name}: halted in the #DE handler");
+        assert_eq!(b.state.gpr[1], 10, "{name}: on the pass where ECX is 10");
+        assert_eq!(handler_runs(&jit, m), 1, "{name}: the handler ran for the #DE alone");
+    }
+}
+
 fn sse_on(c: &mut Cpu) {
     c.state.cr4 |= cpu::state::cr::CR4_OSFXSR;
 }
@@ -1184,6 +1644,342 @@ fn string_compares_give_the_interpreters_results() {
     });
     assert!(b.state.halted != 0, "ran to the end");
     assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 95, "{:?}", jit.stats);
+}
+
+/// SHUFPS and SHUFPD from registers and aligned memory, with a spread of
+/// immediates (for SHUFPD, the bits it ignores set too) and a destination
+/// that is also the source, give the interpreter's lanes without its
+/// handler; a misaligned memory operand raises the interpreter's #GP.
+#[test]
+fn shufps_and_shufpd_give_the_interpreters_results() {
+    use iced_x86::Mnemonic as M;
+    let prep = |c: &mut Cpu| {
+        sse_on(c);
+        let bytes: Vec<u8> = (0..0x800u32).map(|i| (i * 29 + 11) as u8 ^ (i >> 3) as u8).collect();
+        c.mem().write(DATA, &bytes).unwrap();
+    };
+    let (_, b, jit) = both(long_mode, prep, |a| {
+        let mut top = a.create_label();
+        a.mov(rsi, DATA)?;
+        a.mov(ecx, 100)?;
+        a.movdqa(xmm0, xmmword_ptr(rsi + 0x600))?;
+        a.movdqa(xmm1, xmmword_ptr(rsi + 0x610))?;
+        a.movdqa(xmm2, xmmword_ptr(rsi + 0x620))?;
+        a.set_label(&mut top)?;
+        let regs = [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5];
+        for (i, imm) in (0..=255u32).step_by(13).chain([0x1b, 0xe4, 0xff, 0x00]).enumerate() {
+            let (d, s) = (regs[i % 6], regs[(i * 5 + 1) % 6]);
+            match i % 3 {
+                0 => a.shufps(d, xmmword_ptr(rsi + 16 * (i % 4) as i32), imm)?,
+                1 => a.shufps(d, s, imm)?,
+                _ => a.shufps(d, d, imm)?,
+            }
+            a.paddd(regs[(i + 3) % 6], d)?;
+        }
+        for (i, imm) in [0u32, 1, 2, 3, 0xfe, 0x81].into_iter().enumerate() {
+            let (d, s) = (regs[(i + 2) % 6], regs[i % 6]);
+            match i % 3 {
+                0 => a.shufpd(d, xmmword_ptr(rsi + 0x40), imm)?,
+                1 => a.shufpd(d, s, imm)?,
+                _ => a.shufpd(d, d, imm)?,
+            }
+            a.paddq(regs[(i + 4) % 6], d)?;
+        }
+        a.add(rsi, 16)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    assert!(b.state.halted != 0, "ran to the end");
+    ran_compiled(&b, &jit, 95);
+    assert_eq!(handler_runs(&jit, M::Shufps) + handler_runs(&jit, M::Shufpd), 0, "through the interpreter");
+    // Misaligned: #GP(0) from the slow path.
+    let (_, b, jit) = both_compiled(long_mode, sse_on, |a| {
+        a.mov(rsi, DATA + 8)?;
+        on_pass_ten(a, |a| a.shufpd(xmm1, xmmword_ptr(rsi), 1))
+    });
+    assert_eq!(b.state.rip, stub(13) + 1, "halted in the #GP handler");
+    assert_eq!(handler_runs(&jit, M::Shufpd), 1);
+}
+
+/// PCMPESTRI and its REX.W form in compiled code (register and unaligned
+/// memory operands, byte and word formats, each aggregation and polarity,
+/// both index selections) with explicit lengths that are negative, zero,
+/// within and past the element count, and 64-bit lengths whose low halves
+/// differ from them: ECX and the flags as the interpreter gives them, and
+/// (where the host has SSE4.2) none through its handler.
+#[test]
+fn explicit_length_string_compares_give_the_interpreters_results() {
+    use iced_x86::Mnemonic as M;
+    let prep = |c: &mut Cpu| {
+        sse_on(c);
+        let bytes: Vec<u8> = (0..0x400u32).map(|i| (i * 13 + 5) as u8 % 61 + 32).collect();
+        c.mem().write(DATA, &bytes).unwrap();
+        for z in [0x47u64, 0x93, 0x150, 0x1ff, 0x2a1, 0x2a3] {
+            c.mem().write(DATA + z, &[0]).unwrap();
+        }
+        c.mem().write(DATA + 0x800, b"aeiou\0..AZaz09\0").unwrap();
+    };
+    let (_, b, jit) = both(long_mode, prep, |a| {
+        let mut top = a.create_label();
+        a.mov(rsi, DATA)?;
+        a.mov(r8d, 0x300)?;
+        a.movdqu(xmm7, xmmword_ptr(rsi + 0x800))?;
+        a.movdqu(xmm6, xmmword_ptr(rsi + 0x806))?;
+        a.set_label(&mut top)?;
+        a.movdqu(xmm1, xmmword_ptr(rsi + r8))?;
+        let imms = [0x00u32, 0x40, 0x04, 0x08, 0x0c, 0x18, 0x3a, 0x01, 0x4d, 0x14, 0x34, 0x7c];
+        for (i, imm) in imms.into_iter().enumerate() {
+            // The lengths: EAX from -8 to 23 and EDX from -4 to 27, each
+            // pass its own.
+            a.lea(eax, dword_ptr(r8 + 3 * i as i32))?;
+            a.and(eax, 31)?;
+            a.sub(eax, 8)?;
+            a.lea(edx, dword_ptr(r8 * 4 + i as i32))?;
+            a.and(edx, 31)?;
+            a.sub(edx, 4)?;
+            let set = if imm & 4 != 0 && imm & 8 == 0 { xmm6 } else { xmm7 };
+            match i % 3 {
+                0 => a.pcmpestri(set, xmm1, imm)?,
+                1 => a.pcmpestri(set, xmmword_ptr(rsi + r8 + 1), imm)?,
+                _ => {
+                    // RAX and RDX of 64 bits: the low halves are the
+                    // lengths of the 32-bit form only.
+                    a.mov(r9, 0x1_0000_0000u64)?;
+                    a.or(rax, r9)?;
+                    a.test(r8d, 1)?;
+                    a.cmovnz(rax, r9)?;
+                    a.neg(rdx)?;
+                    a.pcmpestri64(set, xmm1, imm)?
+                }
+            }
+            a.lea(r9, qword_ptr(rcx + rcx * 2))?;
+            a.adc(r10, r9)?;
+            a.setz(al)?;
+            a.sets(bl)?;
+            a.seto(dl)?;
+            a.add(r11b, al)?;
+            a.add(r12b, bl)?;
+            a.add(r13b, dl)?;
+            a.add(r14, rcx)?;
+        }
+        a.dec(r8d)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    assert!(b.state.halted != 0, "ran to the end");
+    ran_compiled(&b, &jit, 95);
+    if ctx::host_pcmp::pcmpestri(0, 0, 0, 0, 0).is_some() {
+        let runs = handler_runs(&jit, M::Pcmpestri) + handler_runs(&jit, M::Pcmpestri64);
+        assert_eq!(runs, 0, "PCMPESTRI ran through the interpreter");
+    }
+}
+
+/// The PCMPESTRI helper gives the interpreter's ECX and flags for every
+/// control byte, on strings with nulls and repeated and signed elements,
+/// with 32- and 64-bit lengths of every sign and size; so does the
+/// software compare wherever it gives a result (no null within a length).
+#[test]
+fn the_pcmpestri_helper_matches_the_interpreter() {
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+    let alphabet = [0u8, b'a', b'b', b'c', 0x7f, 0x80, 0xff, b'a'];
+    let string = |next: &mut dyn FnMut() -> u64| {
+        let mut v = [0u8; 16];
+        for byte in &mut v {
+            *byte = alphabet[(next() % 8) as usize];
+        }
+        if next().is_multiple_of(2) {
+            for byte in &mut v {
+                if *byte == 0 {
+                    *byte = b'c';
+                }
+            }
+        }
+        u128::from_le_bytes(v)
+    };
+    // Any, small of either sign, and (for the REX.W form) 64 bits whose
+    // low half alone is small.
+    let length = |next: &mut dyn FnMut() -> u64| match next() % 6 {
+        0 => next(),
+        1 => (next() % 40).wrapping_sub(20),
+        2 => (next() << 32) | (next() % 20),
+        3 => ((next() << 32) | (next() % 20)).wrapping_neg(),
+        _ => next() % 18,
+    };
+    let mut c = long_mode();
+    sse_on(&mut c);
+    let (mut soft, mut checked) = (0, 0);
+    for wide in [false, true] {
+        for imm in 0..=255u8 {
+            let bytes = assemble(&c, |a| {
+                if wide {
+                    a.pcmpestri64(xmm1, xmm2, u32::from(imm))
+                } else {
+                    a.pcmpestri(xmm1, xmm2, u32::from(imm))
+                }
+            });
+            for _ in 0..60 {
+                let (x, y) = (string(&mut next), string(&mut next));
+                let (la, lb) = (length(&mut next), length(&mut next));
+                c.state.xmm[1] = x;
+                c.state.xmm[2] = y;
+                c.state.gpr[0] = la;
+                c.state.gpr[2] = lb;
+                c.state.gpr[1] = u64::MAX;
+                exec_bytes(&mut c, &bytes).unwrap();
+                let want = (c.state.gpr[1], c.state.flags() & flags::ARITH);
+                let (px, py) = (x.to_le_bytes(), y.to_le_bytes());
+                let ctl = u32::from(imm) | if wide { 0x100 } else { 0 };
+                // SAFETY: each pointer is to 16 bytes of a local array.
+                let r = unsafe { ctx::pcmpestri(px.as_ptr(), py.as_ptr(), ctl, la, lb) };
+                if r != ctx::PCMPESTRI_SLOW {
+                    assert_eq!((r & 0xffff_ffff, r >> 32), want, "imm {imm:#x} wide {wide} {x:#x} {y:#x} {la} {lb}");
+                    checked += 1;
+                }
+                let count = if imm & 1 != 0 { 8 } else { 16 };
+                let len = |v: u64| {
+                    let abs = if wide { (v as i64).unsigned_abs() } else { u64::from((v as i32).unsigned_abs()) };
+                    abs.min(count) as usize
+                };
+                if let Some((i, f)) = ctx::pcmpestri_soft(x, y, len(la), len(lb), imm) {
+                    assert_eq!((u64::from(i), f), want, "software: imm {imm:#x} wide {wide} {x:#x} {y:#x} {la} {lb}");
+                    soft += 1;
+                }
+            }
+        }
+    }
+    assert!(soft > 5_000, "{soft} software compares");
+    if ctx::host_pcmp::pcmpestri(0, 0, 0, 0, 0).is_some() {
+        assert_eq!(checked, 2 * 256 * 60);
+    }
+}
+
+/// CR4.PKE set under the model with the protection keys.
+fn pkeys_on(c: &mut Cpu) {
+    c.set_model(cpu::cpuid::Model::Max);
+    c.write_cr4(c.state.cr4 | cpu::state::cr::CR4_PKE).unwrap();
+}
+
+/// RDPKRU in compiled code reads PKRU (changed by WRPKRU every 16th pass)
+/// into EAX and zeroes EDX, with bits of RCX above ECX set, without its
+/// handler; with ECX not 0 it raises the interpreter's #GP, and with
+/// CR4.PKE clear its #UD.
+#[test]
+fn rdpkru_gives_the_interpreters_results_and_faults() {
+    use iced_x86::Mnemonic as M;
+    let (_, b, jit) = both(long_mode, pkeys_on, |a| {
+        let mut top = a.create_label();
+        let mut keep = a.create_label();
+        a.mov(r8d, 200)?;
+        a.set_label(&mut top)?;
+        a.test(r8d, 15)?;
+        a.jnz(keep)?;
+        // Rights for keys 1-15 only (key 0's pages stay accessible).
+        a.imul_3(eax, r8d, 0x9e37_79b1u32 as i32)?;
+        a.and(eax, !3)?;
+        a.xor(ecx, ecx)?;
+        a.xor(edx, edx)?;
+        a.wrpkru()?;
+        a.set_label(&mut keep)?;
+        a.mov(rcx, 0xffff_ffff_0000_0000u64)?;
+        a.mov(rax, -1i64)?;
+        a.mov(rdx, rax)?;
+        a.rdpkru()?;
+        a.add(r10, rax)?;
+        a.add(r11, rdx)?;
+        a.rol(r10, 3)?;
+        a.dec(r8d)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    assert!(b.state.halted != 0, "ran to the end");
+    assert_ne!(b.state.gpr[10], 0);
+    assert_eq!(handler_runs(&jit, M::Rdpkru), 0, "RDPKRU ran through the interpreter");
+    let faulting = |a: &mut CodeAssembler| {
+        let mut top = a.create_label();
+        a.mov(r8d, 100)?;
+        a.set_label(&mut top)?;
+        // ECX is 1 on the pass where R8D is 10.
+        a.xor(ecx, ecx)?;
+        a.cmp(r8d, 10)?;
+        a.sete(cl)?;
+        a.rdpkru()?;
+        a.add(r10, rax)?;
+        a.dec(r8d)?;
+        a.jnz(top)?;
+        a.hlt()
+    };
+    let (_, b, jit) = both_compiled(long_mode, pkeys_on, faulting);
+    assert_eq!(b.state.rip, stub(13) + 1, "halted in the #GP handler");
+    assert_eq!(b.state.gpr[8], 10);
+    assert_eq!(handler_runs(&jit, M::Rdpkru), 1);
+    let (_, b, jit) = both_compiled(long_mode, |c| c.set_model(cpu::cpuid::Model::Max), faulting);
+    assert_eq!(b.state.rip, stub(6) + 1, "halted in the #UD handler");
+    assert_eq!(handler_runs(&jit, M::Rdpkru), 1);
+}
+
+/// MOV from CR0, CR2, CR3 and CR4 at CPL 0 in 64- and 32-bit code reads
+/// the state without the handler; at CPL 3 it raises the interpreter's
+/// #GP.
+#[test]
+fn control_register_reads_give_the_interpreters_results() {
+    use iced_x86::Mnemonic as M;
+    let prep = |c: &mut Cpu| c.state.cr2 = 0xffff_8000_1234_5678;
+    let (_, b, jit) = both(long_mode, prep, |a| {
+        let mut top = a.create_label();
+        a.mov(r8d, 100)?;
+        a.set_label(&mut top)?;
+        a.mov(rax, cr0)?;
+        a.mov(rdx, cr2)?;
+        a.mov(r9, cr3)?;
+        a.mov(r10, cr4)?;
+        a.add(r11, rax)?;
+        a.xor(r11, rdx)?;
+        a.add(r11, r9)?;
+        a.rol(r11, 7)?;
+        a.add(r11, r10)?;
+        a.dec(r8d)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    assert!(b.state.halted != 0, "ran to the end");
+    assert_eq!(b.state.gpr[2], 0xffff_8000_1234_5678);
+    assert_eq!(handler_runs(&jit, M::Mov), 0, "MOV from a CR ran through the interpreter");
+    let prep = |c: &mut Cpu| c.state.cr2 = 0x1234_5678;
+    let (_, b, jit) = both(prot_mode, prep, |a| {
+        let mut top = a.create_label();
+        a.mov(ebp, 100)?;
+        a.set_label(&mut top)?;
+        a.mov(eax, cr0)?;
+        a.mov(edx, cr2)?;
+        a.mov(ecx, cr3)?;
+        a.mov(ebx, cr4)?;
+        a.add(edi, eax)?;
+        a.xor(edi, edx)?;
+        a.add(edi, ecx)?;
+        a.add(edi, ebx)?;
+        a.dec(ebp)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    assert!(b.state.halted != 0, "ran to the end");
+    assert_eq!(handler_runs(&jit, M::Mov), 0, "MOV from a CR ran through the interpreter");
+    let (_, b, jit) = both_compiled(
+        long_mode,
+        |c| to_user(c, SEL_UCODE64),
+        |a| {
+            let mut top = a.create_label();
+            a.mov(r8d, 100)?;
+            a.set_label(&mut top)?;
+            a.mov(rax, cr3)?;
+            a.dec(r8d)?;
+            a.jnz(top)?;
+            a.hlt()
+        },
+    );
+    assert_eq!(b.state.rip, stub(13) + 1, "halted in the #GP handler");
+    assert_eq!(b.state.cpl, 0);
+    assert_eq!(handler_runs(&jit, M::Mov), 1);
 }
 
 /// A strlen-like scan with the SSE2 forms the JIT translates (aligned and
@@ -1950,6 +2746,236 @@ fn movd_with_memory_and_packed_shifts_give_the_interpreters_results() {
         assert_eq!(handler_runs(&jit, m), 0, "{m:?} ran through the interpreter");
     }
     for m in [M::Pslldq, M::Psrldq, M::Movlpd, M::Movhpd, M::Movlps, M::Movhps] {
+        assert_eq!(handler_runs(&jit, m), 0, "{m:?} ran through the interpreter");
+    }
+}
+
+/// CRC32 of every operand size (r32 and r64 destinations, 8-, 16-, 32- and
+/// 64-bit sources from registers, AH-style high bytes included, and from
+/// memory, one load across a page on a pass), destinations whose upper
+/// half holds other bits, chained over many inputs: every register as the
+/// interpreter gives it, no CRC32 through its handler; then a #PF on a
+/// CRC32 load.
+#[test]
+fn crc32_of_every_operand_size_gives_the_interpreters_results() {
+    use iced_x86::Mnemonic as M;
+    let prep = |c: &mut Cpu| {
+        let bytes: Vec<u8> = (0..0x2000u32).map(|i| (i * 89 + 7) as u8 ^ (i >> 5) as u8).collect();
+        c.mem().write(DATA, &bytes).unwrap();
+    };
+    let (_, b, jit) = both(long_mode, prep, |a| {
+        let mut top = a.create_label();
+        a.mov(rsi, DATA)?;
+        a.mov(ecx, 200)?;
+        a.mov(rax, 0xdead_beef_ffff_ffffu64)?;
+        a.mov(rbx, 0x1234_5678_0000_0000u64)?;
+        a.mov(r8, -1i64)?;
+        a.set_label(&mut top)?;
+        a.crc32(eax, byte_ptr(rsi))?;
+        a.crc32(eax, word_ptr(rsi + 1))?;
+        a.crc32(eax, dword_ptr(rsi + 3))?;
+        a.crc32(rax, qword_ptr(rsi + 7))?;
+        a.crc32(rbx, byte_ptr(rsi + 15))?;
+        a.mov(rdx, qword_ptr(rsi + 0x800))?;
+        a.crc32(ebx, dh)?;
+        a.crc32(r8d, dl)?;
+        a.crc32(r9d, dx)?;
+        a.crc32(r10d, edx)?;
+        a.crc32(r11, rdx)?;
+        a.crc32(r12, r11b)?;
+        a.crc32(r13d, r12d)?;
+        a.crc32(r13, r13)?;
+        // The destination's upper half goes, whatever it held.
+        a.mov(r14, rdx)?;
+        a.crc32(r14d, byte_ptr(rsi + 2))?;
+        a.mov(r15, rdx)?;
+        a.not(r15)?;
+        a.crc32(r15, qword_ptr(rsi + 5))?;
+        a.add(r13, r14)?;
+        a.xor(r13, r15)?;
+        // Across the page at DATA + 0x1000 on the first pass.
+        a.crc32(rdi, qword_ptr(rsi + 0xffc))?;
+        a.crc32(edi, word_ptr(rsi + 0x1fff))?;
+        a.add(rsi, 5)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        // A #PF on a CRC32 load.
+        a.mov(rdx, UNMAPPED)?;
+        a.crc32(eax, dword_ptr(rdx + 4))?;
+        a.hlt()
+    });
+    assert_eq!(b.state.cr2, UNMAPPED + 4);
+    assert!(jit.stats.native_insns * 100 / jit.instructions(&b) >= 90, "{:?}", jit.stats);
+    assert_eq!(handler_runs(&jit, M::Crc32), 0, "CRC32 ran through the interpreter");
+}
+
+/// CRC32 in flat 32-bit code, from registers and memory of each size.
+#[test]
+fn crc32_in_32_bit_code_gives_the_interpreters_results() {
+    use iced_x86::Mnemonic as M;
+    let prep = |c: &mut Cpu| {
+        let bytes: Vec<u8> = (0..0x1000u32).map(|i| (i * 53 + 1) as u8).collect();
+        c.mem().write(DATA, &bytes).unwrap();
+    };
+    let (_, b, jit) = both(prot_mode, prep, |a| {
+        let mut top = a.create_label();
+        a.mov(esi, DATA as u32)?;
+        a.mov(ecx, 300)?;
+        a.mov(eax, 0xffff_ffffu32)?;
+        a.set_label(&mut top)?;
+        a.crc32(eax, byte_ptr(esi))?;
+        a.crc32(eax, word_ptr(esi + 1))?;
+        a.crc32(eax, dword_ptr(esi + 3))?;
+        a.mov(edx, dword_ptr(esi + 0x400))?;
+        a.crc32(ebx, dh)?;
+        a.crc32(ebx, dl)?;
+        a.crc32(edi, dx)?;
+        a.crc32(ebp, edx)?;
+        a.add(esi, 3)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    ran_compiled(&b, &jit, 90);
+    assert_eq!(handler_runs(&jit, M::Crc32), 0, "CRC32 ran through the interpreter");
+}
+
+/// PCLMULQDQ (registers and aligned memory) and VPCLMULQDQ (VEX.128,
+/// registers and misaligned memory) with every quadword selection and
+/// imm8 bits the instruction ignores, a destination that is also a source,
+/// products fed back into the next pass: every register half (VEX.128
+/// zeroes the destination's upper half) as the interpreter gives it, none
+/// of them through its handler.
+#[test]
+fn carry_less_multiplies_give_the_interpreters_results() {
+    use iced_x86::Mnemonic as M;
+    let (_, b, jit) = both(avx_long_mode, avx_on, |a| {
+        let mut top = a.create_label();
+        a.mov(rsi, DATA)?;
+        a.mov(ecx, 100)?;
+        a.set_label(&mut top)?;
+        a.movdqu(xmm1, xmmword_ptr(rsi + 3))?;
+        a.movdqu(xmm2, xmmword_ptr(rsi + 0x403))?;
+        a.pxor(xmm1, xmm12)?;
+        for imm in [0x00u32, 0x01, 0x10, 0x11, 0xee, 0x3f] {
+            a.movdqa(xmm3, xmm1)?;
+            a.pclmulqdq(xmm3, xmm2, imm)?;
+            a.pxor(xmm8, xmm3)?;
+            a.movdqa(xmm4, xmm2)?;
+            a.pclmulqdq(xmm4, xmmword_ptr(rsi + 0x800), imm)?;
+            a.paddq(xmm9, xmm4)?;
+            a.vpclmulqdq(xmm5, xmm1, xmm2, imm)?;
+            a.pxor(xmm10, xmm5)?;
+            a.vpclmulqdq(xmm6, xmm2, xmmword_ptr(rsi + 0x405), imm)?;
+            a.paddq(xmm11, xmm6)?;
+        }
+        a.pclmulqdq(xmm7, xmm7, 0x11)?;
+        a.por(xmm7, xmm1)?;
+        a.vpclmulqdq(xmm12, xmm12, xmm8, 0x01)?;
+        a.pxor(xmm12, xmm9)?;
+        a.add(rsi, 16)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    ran_compiled(&b, &jit, 90);
+    assert!(b.state.xmm[12] != 0 && b.state.ymm_hi[5] == 0 && b.state.ymm_hi[3] != 0);
+    for m in [M::Pclmulqdq, M::Vpclmulqdq] {
+        assert_eq!(handler_runs(&jit, m), 0, "{m:?} ran through the interpreter");
+    }
+}
+
+/// PCLMULQDQ's exceptions from compiled code: the #GP of a misaligned
+/// legacy memory operand (VPCLMULQDQ's goes on), the #NM of CR0.TS, and
+/// the #UD of a CPU model without PCLMULQDQ, where it is not translated.
+#[test]
+fn carry_less_multiply_faults_deliver_like_the_interpreter() {
+    use iced_x86::Mnemonic as M;
+    let (_, b, jit) = both_compiled(avx_long_mode, avx_on, |a| {
+        a.mov(rsi, DATA)?;
+        on_pass_ten(a, |a| {
+            // (The load puts the page in the TLB.)
+            a.mov(rax, qword_ptr(rsi))?;
+            a.vpclmulqdq(xmm2, xmm1, xmmword_ptr(rsi + 1), 0x10)?;
+            a.pclmulqdq(xmm3, xmmword_ptr(rsi + 1), 0x01)
+        })
+    });
+    assert_eq!((b.state.rip, b.state.gpr[1]), (stub(13) + 1, 10), "#GP");
+    assert_eq!(handler_runs(&jit, M::Vpclmulqdq), 0);
+    assert_eq!(handler_runs(&jit, M::Pclmulqdq), 1, "the slow path");
+    let full = |c: &mut Cpu| {
+        sse_on(c);
+        c.set_model(cpu::cpuid::Model::Max);
+    };
+    let b = ts_set_midway(full, 300, 100, |a| a.pclmulqdq(xmm2, xmm3, 0x11));
+    assert_eq!(b.state.rip, stub(7) + 1, "#NM");
+    assert_eq!(b.state.gpr[1], 100);
+    // Without the model's PCLMULQDQ (AVX alone, or neither): the
+    // interpreter's handler and its #UD.
+    for make in [long_mode, avx_only_long_mode] {
+        let (_, b, jit) = both_compiled(make, avx_on, |a| on_pass_ten(a, |a| a.pclmulqdq(xmm2, xmm3, 0)));
+        assert_eq!((b.state.rip, b.state.gpr[1]), (stub(6) + 1, 10), "#UD");
+        assert!(jit.stats.native_insns > 0);
+        assert_eq!(handler_runs(&jit, M::Pclmulqdq), 1);
+    }
+    let (_, b, jit) =
+        both_compiled(avx_only_long_mode, avx_on, |a| on_pass_ten(a, |a| a.vpclmulqdq(xmm2, xmm3, xmm4, 0)));
+    assert_eq!((b.state.rip, b.state.gpr[1]), (stub(6) + 1, 10), "#UD of VPCLMULQDQ");
+    assert_eq!(handler_runs(&jit, M::Vpclmulqdq), 1);
+}
+
+/// 64-bit long mode with AVX but without AES-NI and PCLMULQDQ.
+fn avx_only_long_mode() -> Cpu {
+    let mut c = long_mode();
+    c.set_avx(true);
+    c
+}
+
+/// MOVHLPS and MOVLHPS, and the VEX forms VMOVHLPS, VMOVLHPS and
+/// VMOVLPS/VMOVLPD/VMOVHPS/VMOVHPD (loads merging VEX.vvvv and stores),
+/// sources that are also the destination included: every register half
+/// (the VEX forms zero the destination's upper half, the legacy ones keep
+/// it) and memory as the interpreter gives them, none of them through its
+/// handlers.
+#[test]
+fn quadword_moves_give_the_interpreters_results() {
+    use iced_x86::Mnemonic as M;
+    let (_, b, jit) = both(avx_long_mode, avx_on, |a| {
+        let mut top = a.create_label();
+        a.mov(rsi, DATA)?;
+        a.mov(ecx, 60)?;
+        a.set_label(&mut top)?;
+        a.movdqu(xmm1, xmmword_ptr(rsi))?;
+        a.movdqu(xmm2, xmmword_ptr(rsi + 0x13))?;
+        a.movhlps(xmm3, xmm1)?;
+        a.movlhps(xmm4, xmm2)?;
+        a.movhlps(xmm5, xmm5)?;
+        a.movlhps(xmm6, xmm6)?;
+        a.movlhps(xmm6, xmm3)?;
+        a.vmovhlps(xmm7, xmm1, xmm2)?;
+        a.vmovlhps(xmm8, xmm2, xmm1)?;
+        a.vmovhlps(xmm9, xmm9, xmm9)?;
+        a.vmovlps_3(xmm10, xmm1, qword_ptr(rsi + 3))?;
+        a.vmovhps_3(xmm11, xmm2, qword_ptr(rsi + 9))?;
+        a.vmovlpd_3(xmm12, xmm12, qword_ptr(rsi + 0x21))?;
+        a.vmovhpd_3(xmm13, xmm13, qword_ptr(rsi + 0x2f))?;
+        a.vmovlps(qword_ptr(rsi + 0x1000), xmm7)?;
+        a.vmovhps(qword_ptr(rsi + 0x1008), xmm8)?;
+        a.vmovhpd(qword_ptr(rsi + 0x1010), xmm11)?;
+        a.vmovlpd(qword_ptr(rsi + 0x1018), xmm10)?;
+        for r in [xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13] {
+            a.pxor(xmm14, r)?;
+            a.paddq(xmm14, xmm14)?;
+        }
+        a.movhlps(xmm15, xmm14)?;
+        a.add(rsi, 9)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    ran_compiled(&b, &jit, 90);
+    assert!(b.state.ymm_hi[3] != 0 && b.state.ymm_hi[7] == 0 && b.state.ymm_hi[10] == 0);
+    for m in [M::Movhlps, M::Movlhps, M::Vmovhlps, M::Vmovlhps, M::Vmovlps, M::Vmovhps, M::Vmovlpd, M::Vmovhpd] {
         assert_eq!(handler_runs(&jit, m), 0, "{m:?} ran through the interpreter");
     }
 }
@@ -3376,4 +4402,52 @@ fn another_vcpus_compile_is_not_taken_for_changed_code() {
     assert_eq!((a, b), (150, 250));
     assert!(stats.regions_compiled > 0, "{stats:?}");
     assert_eq!(stats.shared_compiles, 0, "{stats:?}");
+}
+
+/// The same loop at two pages of CODE: the first copy ends in a jump to
+/// the second, the second in HLT.
+fn loop_at_two_pages() -> Vec<u8> {
+    let body = |a: &mut CodeAssembler| -> Result<(), IcedError> {
+        let mut top = a.create_label();
+        a.mov(rsi, DATA)?;
+        a.mov(ecx, 3000u32)?;
+        a.set_label(&mut top)?;
+        a.add(eax, dword_ptr(rsi))?;
+        a.add(dword_ptr(rsi + 8), eax)?;
+        a.lea(rdx, ptr(top))?;
+        a.xor(eax, edx)?;
+        a.dec(ecx)?;
+        a.jnz(top)
+    };
+    let mut first = CodeAssembler::new(64).unwrap();
+    body(&mut first).unwrap();
+    first.jmp(CODE + 0x1000).unwrap();
+    let mut bytes = first.assemble(CODE).unwrap();
+    bytes.resize(0x1000, 0xcc);
+    let mut second = CodeAssembler::new(64).unwrap();
+    body(&mut second).unwrap();
+    second.hlt().unwrap();
+    bytes.extend(second.assemble(CODE + 0x1000).unwrap());
+    bytes
+}
+
+#[test]
+fn the_same_code_at_another_page_runs_compiled_after_the_probe() {
+    let code = loop_at_two_pages();
+    let probing = Config { threshold: 1000, probe: 32, ..cfg() };
+    let (_, b, jit) = both_with(probing.clone(), long_mode, |_| {}, |a| a.db(&code));
+    // The second copy's loop took the first's region after 32 runs.
+    assert!(jit.stats.early_regions >= 1, "{:?}", jit.stats);
+    assert!(jit.shared.content_hits() >= 1);
+    // In the interpreter: 1,000 runs of the first copy's loop, 32 of the
+    // second's, and a few blocks around them.
+    let interpreted = jit.instructions(&b) - jit.stats.native_insns;
+    assert!(interpreted < 1100 * 6, "{interpreted} interpreted, {:?}", jit.stats);
+    // Without the probe, the second copy counts to 1,000 runs as well.
+    let (_, b, jit) = both_with(Config { probe: 0, ..probing.clone() }, long_mode, |_| {}, |a| a.db(&code));
+    assert_eq!(jit.stats.early_regions, 0);
+    assert!(jit.instructions(&b) - jit.stats.native_insns > 1900 * 6, "{:?}", jit.stats);
+    // Nor without the content table.
+    let (_, _, jit) = both_with(Config { content_cache: false, ..probing }, long_mode, |_| {}, |a| a.db(&code));
+    assert_eq!(jit.stats.early_regions, 0);
 }

@@ -171,7 +171,7 @@ mod string;
 pub use string::{pcmpistri, pcmpistri_outputs};
 
 pub use float::MXCSR_MASK;
-pub use string::crc32c;
+pub use string::{crc32c, CRC32C};
 
 pub fn handler(code: Code) -> Option<Handler> {
     if let Some(h) = crypto::handler(code) {

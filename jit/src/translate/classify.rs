@@ -232,9 +232,13 @@ pub(super) enum Form {
     SignAcc {
         size: u32,
     },
-    /// MUL (`div` false) or DIV r/m of 32 or 64 bits: rDX:rAX.
+    /// MUL, one-operand IMUL (`signed`), DIV and IDIV (`div`) of r/m8,
+    /// 16, 32 or 64: AX, or rDX:rAX. A divide takes the slow path where
+    /// the interpreter raises #DE (a zero divisor, a quotient that does
+    /// not fit).
     MulDiv {
         div: bool,
+        signed: bool,
         src: Opnd,
         size: u32,
     },
@@ -258,6 +262,15 @@ pub(super) enum Form {
         seg: usize,
         dst: Opnd,
     },
+    /// MOV r32/r64, CR0/CR2/CR3/CR4: a read of the state at CPL 0 (else
+    /// the slow path raises #GP).
+    MovFromCr {
+        dst: Reg,
+        cr: u8,
+    },
+    /// RDPKRU: EAX = PKRU, EDX = 0, where CR4.PKE is set and ECX is 0
+    /// (else the slow path raises #UD or #GP).
+    Rdpkru,
     /// PUSHF/PUSHFD/PUSHFQ of the stack's width.
     Pushf,
     /// SWAPGS at CPL 0 (else #GP through the slow path).
@@ -345,6 +358,41 @@ pub(super) enum Form {
         a: u8,
         b: VecSrc,
         imm: u8,
+    },
+    /// PCMPESTRI xmm, xmm/m128, imm8 (`wide`: the REX.W form, whose
+    /// lengths are RAX and RDX rather than EAX and EDX): the compare in a
+    /// pure helper ([`crate::ctx::pcmpestri`]).
+    Pcmpestri {
+        a: u8,
+        b: VecSrc,
+        imm: u8,
+        wide: bool,
+    },
+    /// MOVHLPS (`from_high`: the source's upper quadword into the
+    /// destination's lower one) and MOVLHPS (the source's lower quadword
+    /// into the destination's upper one); the other quadword stays.
+    MovHalves {
+        dst: u8,
+        src: u8,
+        from_high: bool,
+    },
+    /// PCLMULQDQ xmm, xmm/m128, imm8: the carry-less product of the
+    /// quadwords imm8 bits 0 (the destination's) and 4 (the source's) pick,
+    /// in a pure helper ([`crate::ctx::clmul`]). Translated only where the
+    /// CPU model offers it ([`Form::needs_crypto`]).
+    Pclmul {
+        dst: u8,
+        src: VecSrc,
+        imm: u8,
+    },
+    /// CRC32 r32/r64, r/m8/16/32/64 (`size`: the source's bytes): the
+    /// source folded into the CRC-32C in the destination's low 32 bits by a
+    /// pure helper ([`crate::ctx::crc32c`]), the result zero-extended to 64
+    /// bits; no flags.
+    Crc32 {
+        dst: Reg,
+        src: Opnd,
+        size: u32,
     },
     /// A VEX-encoded AVX/AVX2 form ([`Avx`]): translated only where the
     /// CPU model offers AVX, after an inline test of CR4.OSXSAVE, XCR0 and
@@ -451,6 +499,7 @@ impl Form {
             Form::Nop | Form::Fence | Form::Lea { .. } | Form::Not { dst: Opnd::Reg(_), .. } => FlagsEffect::Ignores,
             Form::Mov { dst: Opnd::Reg(_), src, .. } if plain(src) => FlagsEffect::Ignores,
             Form::Movx { src: Opnd::Reg(_), .. }
+            | Form::Crc32 { src: Opnd::Reg(_), .. }
             | Form::ShiftX { src: Opnd::Reg(_), .. }
             | Form::Rorx { src: Opnd::Reg(_), .. } => FlagsEffect::Ignores,
             _ => FlagsEffect::Other,
@@ -461,6 +510,13 @@ impl Form {
     /// CPU model offers AVX (elsewhere the interpreter raises #UD).
     pub(super) fn needs_avx(&self) -> bool {
         matches!(self, Form::Avx(_))
+    }
+
+    /// Whether the form is PCLMULQDQ or VPCLMULQDQ, translated only where
+    /// the CPU model offers PCLMULQDQ (elsewhere the interpreter raises
+    /// #UD).
+    pub(super) fn needs_crypto(&self) -> bool {
+        matches!(self, Form::Pclmul { .. } | Form::Avx(Avx::Clmul { .. }))
     }
 
     /// Whether the form has a slow path that runs the instruction through
@@ -475,8 +531,13 @@ impl Form {
                 | Form::MovToVec { .. }
                 | Form::MovFromVec { .. }
                 | Form::Pcmpistri { .. }
+                | Form::Pcmpestri { .. }
+                | Form::MovHalves { .. }
+                | Form::Pclmul { .. }
                 | Form::Avx(_)
                 | Form::MulDiv { div: true, .. }
+                | Form::MovFromCr { .. }
+                | Form::Rdpkru
                 | Form::Comis { .. }
                 | Form::Fnstcw
                 | Form::ScalarFp { .. }
@@ -560,6 +621,26 @@ pub(super) enum Avx {
     /// VZEROUPPER: bits 255:128 of YMM0-15 (YMM0-7 outside 64-bit code)
     /// zeroed.
     ZeroUpper,
+    /// VMOVLPS/VMOVLPD/VMOVHPS/VMOVHPD xmm, xmm, m64 and VMOVHLPS/VMOVLHPS:
+    /// the destination's low and high quadwords, each a quadword of a
+    /// register or the 8-byte memory operand; bits 255:128 zeroed.
+    Quads { dst: u8, lo: Quad, hi: Quad },
+    /// VMOVLPS/VMOVLPD (`high` false) and VMOVHPS/VMOVHPD m64, xmm: one
+    /// quadword of the register to memory.
+    StoreQuad { src: u8, high: bool },
+    /// VPCLMULQDQ xmm, xmm, xmm/m128, imm8 (VEX.128): PCLMULQDQ of `src1`
+    /// and `src2` into `dst`, bits 255:128 zeroed. Needs the model's
+    /// PCLMULQDQ as well ([`Form::needs_crypto`]).
+    Clmul { dst: u8, src1: u8, src2: VecSrc, imm: u8 },
+}
+
+/// A quadword operand of [`Avx::Quads`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Quad {
+    /// The upper (`high`) or lower quadword of XMM register `x`.
+    Xmm { x: u8, high: bool },
+    /// The instruction's 8-byte memory operand.
+    Mem,
 }
 
 /// Packed operations on an XMM register.
@@ -585,6 +666,12 @@ pub(super) enum VecOp {
     UnpackHi(u8),
     /// PSHUFD with its immediate (the destination's old value is unused).
     ShufD(u8),
+    /// SHUFPS with its immediate: two dwords of the destination, then two
+    /// of the source.
+    ShufPs(u8),
+    /// SHUFPD with its immediate: a quadword of the destination, then one
+    /// of the source.
+    ShufPd(u8),
     /// PSLLW/D/Q, PSRLW/D/Q, PSRAW/D by an immediate count: lanes of
     /// `lane` bytes of the destination (the source is unused).
     ShiftImm {
@@ -671,6 +758,8 @@ fn classify_vec(insn: &Instruction, bits: u32) -> Option<Form> {
         C::Punpckhdq_xmm_xmmm128 => VecOp::UnpackHi(4),
         C::Punpckhqdq_xmm_xmmm128 => VecOp::UnpackHi(8),
         C::Pshufd_xmm_xmmm128_imm8 => VecOp::ShufD(insn.immediate8()),
+        C::Shufps_xmm_xmmm128_imm8 => VecOp::ShufPs(insn.immediate8()),
+        C::Shufpd_xmm_xmmm128_imm8 => VecOp::ShufPd(insn.immediate8()),
         C::Psllw_xmm_imm8
         | C::Pslld_xmm_imm8
         | C::Psllq_xmm_imm8
@@ -807,6 +896,19 @@ fn classify_vec(insn: &Instruction, bits: u32) -> Option<Form> {
         C::Pcmpistri_xmm_xmmm128_imm8 => {
             let VecSrc::Xmm(a) = src(0)? else { return None };
             return Some(Form::Pcmpistri { a, b: src(1)?, imm: insn.immediate8() });
+        }
+        C::Pcmpestri_xmm_xmmm128_imm8 | C::Pcmpestri64_xmm_xmmm128_imm8 => {
+            let VecSrc::Xmm(a) = src(0)? else { return None };
+            let wide = insn.code() == C::Pcmpestri64_xmm_xmmm128_imm8;
+            return Some(Form::Pcmpestri { a, b: src(1)?, imm: insn.immediate8(), wide });
+        }
+        C::Movhlps_xmm_xmm | C::Movlhps_xmm_xmm => {
+            let (dst, src) = (xmm(insn.op0_register())?, xmm(insn.op1_register())?);
+            return Some(Form::MovHalves { dst, src, from_high: insn.code() == C::Movhlps_xmm_xmm });
+        }
+        C::Pclmulqdq_xmm_xmmm128_imm8 => {
+            let VecSrc::Xmm(dst) = src(0)? else { return None };
+            return Some(Form::Pclmul { dst, src: src(1)?, imm: insn.immediate8() });
         }
         _ => return None,
     };
@@ -952,6 +1054,40 @@ fn classify_avx(insn: &Instruction, bits: u32) -> Option<Avx> {
             return Some(Avx::Test { a, b: operand(1, wide, full(wide))?, wide });
         }
         M::Vzeroupper => return Some(Avx::ZeroUpper),
+        M::Vmovlps | M::Vmovlpd | M::Vmovhps | M::Vmovhpd => {
+            let high = matches!(m, M::Vmovhps | M::Vmovhpd);
+            return match insn.op_count() {
+                // A load: the other quadword from VEX.vvvv.
+                3 if insn.op2_kind() == OpKind::Memory && mem(8) => {
+                    let dst = xmm(insn.op0_register())?;
+                    let keep = Quad::Xmm { x: xmm(insn.op1_register())?, high: !high };
+                    let (lo, hi) = if high { (keep, Quad::Mem) } else { (Quad::Mem, keep) };
+                    Some(Avx::Quads { dst, lo, hi })
+                }
+                2 if insn.op0_kind() == OpKind::Memory && mem(8) => {
+                    Some(Avx::StoreQuad { src: xmm(insn.op1_register())?, high })
+                }
+                _ => None,
+            };
+        }
+        M::Vmovhlps | M::Vmovlhps if insn.op_count() == 3 && insn.op2_kind() == OpKind::Register => {
+            let dst = xmm(insn.op0_register())?;
+            let (a, b) = (xmm(insn.op1_register())?, xmm(insn.op2_register())?);
+            // VMOVHLPS: src2's high quadword, then src1's; VMOVLHPS: src1's
+            // low quadword, then src2's.
+            let (lo, hi) = if m == M::Vmovhlps {
+                (Quad::Xmm { x: b, high: true }, Quad::Xmm { x: a, high: true })
+            } else {
+                (Quad::Xmm { x: a, high: false }, Quad::Xmm { x: b, high: false })
+            };
+            return Some(Avx::Quads { dst, lo, hi });
+        }
+        // The VEX.256 form is VPCLMULQDQ proper, which the model lacks.
+        M::Vpclmulqdq if insn.code() == Code::VEX_Vpclmulqdq_xmm_xmm_xmmm128_imm8 => {
+            let (dst, src1) = (xmm(insn.op0_register())?, xmm(insn.op1_register())?);
+            let src2 = operand(2, false, 16)?;
+            return Some(Avx::Clmul { dst, src1, src2, imm: insn.immediate8() });
+        }
         _ => return None,
     };
     // The three-operand forms: dst, src1 (VEX.vvvv), src2.
@@ -1136,6 +1272,10 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
     if let Some(a) = classify_avx(insn, bits) {
         return Some(Form::Avx(a));
     }
+    // CRC32's F2 is a mandatory prefix, not REPNE.
+    if insn.mnemonic() == Mnemonic::Crc32 {
+        return classify_crc32(insn, bits);
+    }
     // ENDBR is a hint: no architectural effect here. PAUSE goes to the
     // interpreter's handler, which gives the host core away now and then.
     if matches!(insn.mnemonic(), Mnemonic::Endbr32 | Mnemonic::Endbr64) {
@@ -1150,6 +1290,16 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
     let stack = if bits == 64 { 8 } else { 4 };
     let form = match insn.mnemonic() {
         Mnemonic::Nop => Form::Nop,
+        // Reads of CR0, CR2, CR3 and CR4 (CR8 is the APIC's, the rest #UD):
+        // writes change the mode or the TLB and stay with the interpreter.
+        Mnemonic::Mov if matches!(insn.code(), Code::Mov_r64_cr | Code::Mov_r32_cr) => {
+            let cr = (insn.op1_register() as usize).wrapping_sub(Register::CR0 as usize);
+            let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+            if !matches!(cr, 0 | 2 | 3 | 4) {
+                return None;
+            }
+            Form::MovFromCr { dst, cr: cr as u8 }
+        }
         Mnemonic::Mov
             if n == 2 && !(insn.op1_kind() == OpKind::Register && insn.op1_register().is_segment_register()) =>
         {
@@ -1454,14 +1604,17 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
             }
             Form::Bswap { dst }
         }
-        Mnemonic::Mul | Mnemonic::Div if n == 1 => {
+        Mnemonic::Mul | Mnemonic::Imul | Mnemonic::Div | Mnemonic::Idiv if n == 1 => {
             let src = opnd(insn, 0, bits)?;
             let size = opsize(src, insn);
-            if matches!(src, Opnd::Imm(_)) || size < 4 {
+            if matches!(src, Opnd::Imm(_)) || !matches!(size, 1 | 2 | 4 | 8) {
                 return None;
             }
-            Form::MulDiv { div: insn.mnemonic() == Mnemonic::Div, src, size }
+            let div = matches!(insn.mnemonic(), Mnemonic::Div | Mnemonic::Idiv);
+            let signed = matches!(insn.mnemonic(), Mnemonic::Imul | Mnemonic::Idiv);
+            Form::MulDiv { div, signed, src, size }
         }
+        Mnemonic::Rdpkru => Form::Rdpkru,
         Mnemonic::Xchg | Mnemonic::Cmpxchg | Mnemonic::Xadd if n == 2 => {
             let dst = opnd(insn, 0, bits)?;
             let Opnd::Reg(src) = opnd(insn, 1, bits)? else { return None };
@@ -1569,6 +1722,23 @@ fn classify_any(insn: &Instruction, bits: u32) -> Option<Form> {
         _ => return None,
     };
     Some(form)
+}
+
+/// CRC32 r32/r64, r/m8/16/32/64 ([`Form::Crc32`]).
+fn classify_crc32(insn: &Instruction, bits: u32) -> Option<Form> {
+    let size = match insn.code() {
+        Code::Crc32_r32_rm8 | Code::Crc32_r64_rm8 => 1,
+        Code::Crc32_r32_rm16 => 2,
+        Code::Crc32_r32_rm32 => 4,
+        Code::Crc32_r64_rm64 => 8,
+        _ => return None,
+    };
+    let Opnd::Reg(dst) = opnd(insn, 0, bits)? else { return None };
+    let src = opnd(insn, 1, bits)?;
+    if dst.size < 4 || matches!(src, Opnd::Imm(_)) || opsize(src, insn) != size {
+        return None;
+    }
+    Some(Form::Crc32 { dst, src, size })
 }
 
 /// Whether the instruction may write memory through its first operand or
@@ -1798,6 +1968,144 @@ mod tests {
         assert!(matches!(f, Some(Form::ShiftX { op: Shift::Sar, .. })), "{f:?}");
         let f = classify(&decode(64, &[0xc4, 0xe2, 0x78, 0xf3, 0xcb]), 64);
         assert!(matches!(f, Some(Form::Bls { kind: BlsKind::R, .. })), "{f:?}");
+    }
+
+    /// The one instruction `f` assembles, decoded as `bits`-bit code.
+    fn asm(
+        bits: u32,
+        f: impl FnOnce(&mut iced_x86::code_asm::CodeAssembler) -> Result<(), iced_x86::IcedError>,
+    ) -> Instruction {
+        let mut a = iced_x86::code_asm::CodeAssembler::new(bits).unwrap();
+        f(&mut a).unwrap();
+        decode(bits, &a.assemble(IP).unwrap())
+    }
+
+    #[test]
+    fn crc32_has_a_form_for_each_size_that_ignores_the_flags() {
+        use iced_x86::code_asm::*;
+        // CRC32 EAX, BYTE PTR [RSI]: F2 is its opcode, not REPNE.
+        let insn = decode(64, &[0xf2, 0x0f, 0x38, 0xf0, 0x06]);
+        let f = classify(&insn, 64);
+        assert!(matches!(f, Some(Form::Crc32 { dst: Reg { idx: 0, size: 4, .. }, src: Opnd::Mem, size: 1 })), "{f:?}");
+        assert!(f.is_some_and(|f| !f.may_slow() && !f.needs_crypto() && f.flags_effect() == FlagsEffect::Other));
+        for (insn, dst_size, size) in [
+            (asm(64, |a| a.crc32(rax, rbx)), 8, 8),
+            (asm(64, |a| a.crc32(rax, bl)), 8, 1),
+            (asm(64, |a| a.crc32(r9d, r10w)), 4, 2),
+            (asm(64, |a| a.crc32(eax, dword_ptr(rsi))), 4, 4),
+        ] {
+            let f = classify(&insn, 64);
+            assert!(
+                matches!(f, Some(Form::Crc32 { dst: Reg { size: d, .. }, size: s, .. }) if d == dst_size && s == size),
+                "{f:?}"
+            );
+        }
+        let f = classify(&asm(32, |a| a.crc32(ecx, word_ptr(esi))), 32);
+        assert!(matches!(f, Some(Form::Crc32 { dst: Reg { idx: 1, size: 4, .. }, src: Opnd::Mem, size: 2 })), "{f:?}");
+        // CRC32 EAX, AH; a register source leaves the flags alone.
+        let f = classify(&asm(64, |a| a.crc32(eax, ah)), 64);
+        assert!(matches!(f, Some(Form::Crc32 { src: Opnd::Reg(Reg { idx: 0, high: true, .. }), .. })), "{f:?}");
+        assert_eq!(f.map(|f| f.flags_effect()), Some(FlagsEffect::Ignores));
+        // LOCK CRC32: #UD in the interpreter.
+        let insn = decode_with(64, &[0xf0, 0xf2, 0x0f, 0x38, 0xf0, 0x06], DecoderOptions::NO_INVALID_CHECK);
+        assert!(classify(&insn, 64).is_none());
+    }
+
+    #[test]
+    fn carry_less_multiplies_and_quadword_moves_have_their_forms() {
+        use iced_x86::code_asm::*;
+        let f = classify(&asm(64, |a| a.pclmulqdq(xmm1, xmm2, 0x11)), 64);
+        assert!(matches!(f, Some(Form::Pclmul { dst: 1, src: VecSrc::Xmm(2), imm: 0x11 })), "{f:?}");
+        assert!(f.is_some_and(|f| f.needs_crypto() && !f.needs_avx() && f.may_slow()));
+        let f = classify(&asm(64, |a| a.pclmulqdq(xmm9, xmmword_ptr(rsi), 0)), 64);
+        assert!(matches!(f, Some(Form::Pclmul { dst: 9, src: VecSrc::Mem, .. })), "{f:?}");
+        let f = classify(&asm(64, |a| a.vpclmulqdq(xmm1, xmm2, xmmword_ptr(rsi), 0x10)), 64);
+        assert!(matches!(f, Some(Form::Avx(Avx::Clmul { dst: 1, src1: 2, src2: VecSrc::Mem, imm: 0x10 }))), "{f:?}");
+        assert!(f.is_some_and(|f| f.needs_crypto() && f.needs_avx()));
+        // VEX.256 VPCLMULQDQ is not in the model: the interpreter's #UD.
+        assert!(classify(&asm(64, |a| a.vpclmulqdq(ymm1, ymm2, ymm3, 0)), 64).is_none());
+        let f = classify(&asm(64, |a| a.movhlps(xmm1, xmm2)), 64);
+        assert!(matches!(f, Some(Form::MovHalves { dst: 1, src: 2, from_high: true })), "{f:?}");
+        let f = classify(&asm(64, |a| a.movlhps(xmm3, xmm3)), 64);
+        assert!(matches!(f, Some(Form::MovHalves { dst: 3, src: 3, from_high: false })), "{f:?}");
+        let f = classify(&asm(64, |a| a.vmovhlps(xmm1, xmm2, xmm3)), 64);
+        let (b, c) = (Quad::Xmm { x: 3, high: true }, Quad::Xmm { x: 2, high: true });
+        assert!(matches!(f, Some(Form::Avx(Avx::Quads { dst: 1, lo, hi })) if lo == b && hi == c), "{f:?}");
+        let f = classify(&asm(64, |a| a.vmovhps_3(xmm1, xmm2, qword_ptr(rsi))), 64);
+        let keep = Quad::Xmm { x: 2, high: false };
+        assert!(matches!(f, Some(Form::Avx(Avx::Quads { lo, hi: Quad::Mem, .. })) if lo == keep), "{f:?}");
+        let insn = asm(64, |a| a.vmovlpd(qword_ptr(rsi), xmm4));
+        let f = classify(&insn, 64);
+        assert!(matches!(f, Some(Form::Avx(Avx::StoreQuad { src: 4, high: false }))), "{f:?}");
+        assert!(writes_memory(&insn));
+    }
+
+    #[test]
+    fn multiplies_and_divides_of_every_size_have_forms() {
+        use iced_x86::code_asm::*;
+        for (bits, insn, div, signed, size) in [
+            (64, asm(64, |a| a.idiv(ecx)), true, true, 4),
+            (64, asm(64, |a| a.idiv(qword_ptr(rsi))), true, true, 8),
+            (64, asm(64, |a| a.idiv(bh)), true, true, 1),
+            (64, asm(64, |a| a.idiv(word_ptr(rsi))), true, true, 2),
+            (64, asm(64, |a| a.div(r9b)), true, false, 1),
+            (64, asm(64, |a| a.div(cx)), true, false, 2),
+            (64, asm(64, |a| a.div(rcx)), true, false, 8),
+            (64, asm(64, |a| a.imul(rcx)), false, true, 8),
+            (64, asm(64, |a| a.imul(byte_ptr(rsi))), false, true, 1),
+            (64, asm(64, |a| a.mul(dx)), false, false, 2),
+            (32, asm(32, |a| a.idiv(dword_ptr(esi))), true, true, 4),
+        ] {
+            let f = classify(&insn, bits);
+            assert!(
+                matches!(f, Some(Form::MulDiv { div: d, signed: s, size: z, .. }) if d == div && s == signed && z == size),
+                "{insn}: {f:?}"
+            );
+            // A divide has a slow path (#DE); none of them leaves the
+            // flags alone.
+            assert!(f.is_some_and(|f| f.may_slow() == div && f.flags_effect() == FlagsEffect::Other));
+        }
+        // The two- and three-operand IMUL keep their form.
+        assert!(matches!(classify(&asm(64, |a| a.imul_2(eax, ecx)), 64), Some(Form::Imul { .. })));
+    }
+
+    #[test]
+    fn control_register_reads_rdpkru_pcmpestri_and_shuffles_have_forms() {
+        use iced_x86::code_asm::*;
+        for (insn, n) in [
+            (asm(64, |a| a.mov(rax, cr0)), 0),
+            (asm(64, |a| a.mov(r9, cr2)), 2),
+            (asm(64, |a| a.mov(rdx, cr3)), 3),
+            (asm(32, |a| a.mov(ecx, cr4)), 4),
+        ] {
+            let f = classify(&insn, if insn.code() == Code::Mov_r32_cr { 32 } else { 64 });
+            assert!(matches!(f, Some(Form::MovFromCr { cr, .. }) if cr == n), "{insn}: {f:?}");
+            assert!(f.is_some_and(|f| f.may_slow()));
+        }
+        // CR8 (the APIC's), writes of control registers, debug registers and
+        // segment registers: the interpreter.
+        assert!(classify(&asm(64, |a| a.mov(rax, cr8)), 64).is_none());
+        assert!(classify(&asm(64, |a| a.mov(cr3, rax)), 64).is_none());
+        assert!(classify(&asm(64, |a| a.mov(rax, dr7)), 64).is_none());
+        assert!(classify(&asm(64, |a| a.mov(ds, ax)), 64).is_none());
+        // MOV with a 64-bit absolute address (A1, A3) is a plain MOV.
+        let f = classify(&decode(64, &[0xa1, 0x10, 0, 2, 0, 0, 0, 0, 0]), 64);
+        assert!(matches!(f, Some(Form::Mov { dst: Opnd::Reg(_), src: Opnd::Mem, size: 4 })), "{f:?}");
+        let f = classify(&decode(64, &[0x48, 0xa3, 0x10, 0, 2, 0, 0, 0, 0, 0]), 64);
+        assert!(matches!(f, Some(Form::Mov { dst: Opnd::Mem, src: Opnd::Reg(_), size: 8 })), "{f:?}");
+        let f = classify(&decode(32, &[0xa1, 0x10, 0, 2, 0]), 32);
+        assert!(matches!(f, Some(Form::Mov { src: Opnd::Mem, size: 4, .. })), "{f:?}");
+        let f = classify(&asm(64, |a| a.rdpkru()), 64);
+        assert!(matches!(f, Some(Form::Rdpkru)), "{f:?}");
+        assert!(f.is_some_and(|f| f.may_slow()));
+        let f = classify(&asm(64, |a| a.pcmpestri(xmm1, xmmword_ptr(rsi), 0x0c)), 64);
+        assert!(matches!(f, Some(Form::Pcmpestri { a: 1, b: VecSrc::Mem, imm: 0x0c, wide: false })), "{f:?}");
+        let f = classify(&asm(64, |a| a.pcmpestri64(xmm2, xmm9, 0x40)), 64);
+        assert!(matches!(f, Some(Form::Pcmpestri { a: 2, b: VecSrc::Xmm(9), imm: 0x40, wide: true })), "{f:?}");
+        let f = classify(&asm(64, |a| a.shufps(xmm1, xmm2, 0x1b)), 64);
+        assert!(matches!(f, Some(Form::Vec { op: VecOp::ShufPs(0x1b), dst: 1, src: VecSrc::Xmm(2) })), "{f:?}");
+        let f = classify(&asm(64, |a| a.shufpd(xmm3, xmmword_ptr(rsi), 2)), 64);
+        assert!(matches!(f, Some(Form::Vec { op: VecOp::ShufPd(2), dst: 3, src: VecSrc::Mem })), "{f:?}");
     }
 
     #[test]

@@ -11,13 +11,17 @@
 //!
 //! - Integer moves, ALU operations, shifts by an immediate, IMUL, stack
 //!   operations, calls, returns and branches are translated, and so are the
-//!   SSE and AVX forms string and memory functions use. Everything else
+//!   SSE and AVX forms string and memory functions use, and CRC32,
+//!   PCLMULQDQ and PCMPESTRI (pure helpers of [`crate::ctx`]). Everything else
 //!   is a call of the interpreter's handler for that one instruction
 //!   ([`crate::ctx::fallback`]), with the state written back before and
 //!   read again after.
 //! - Memory accesses test the soft TLB inline (one compare on the entry's
 //!   tag, then the host address); a miss, MMIO, a store to a code page or a
-//!   segment that is not flat calls a helper, which may fault. A fault leaves
+//!   segment that is not flat calls a helper, which may fault, or (a store
+//!   or read-modify-write that read nothing before, a vector operand) runs
+//!   the instruction through the interpreter's handler and leaves after
+//!   it. A fault leaves
 //!   the region at the instruction with the state from before it, and the run
 //!   loop delivers the exception: faults are precise.
 //! - With other host threads on guest memory, guest atomics (LOCK
@@ -85,6 +89,10 @@ pub struct RegionSpec {
     /// XCR0, CR0.TS). Without it they go to the interpreter, which raises
     /// #UD.
     pub avx: bool,
+    /// The CPU model offers AES-NI and PCLMULQDQ ([`cpu::Cpu::crypto`]):
+    /// PCLMULQDQ (and VPCLMULQDQ, with AVX) is translated. Without it the
+    /// interpreter raises #UD.
+    pub crypto: bool,
     /// 64-bit code whose guest addresses (exit RIPs, return addresses,
     /// RIP-relative operands, the RIPs handed to helpers) are relocations
     /// against the region's page ([`RegionSpec::relative_base`]) rather than
@@ -199,7 +207,7 @@ fn plan(spec: &RegionSpec) -> (Vec<Vec<Planned>>, Vec<Decoded>, TxStats) {
             } else {
                 classify(&d.insn, spec.bits)
             };
-            let form = form.filter(|f| spec.avx || !f.needs_avx());
+            let form = form.filter(|f| (spec.avx || !f.needs_avx()) && (spec.crypto || !f.needs_crypto()));
             let mut fb = usize::MAX;
             match &form {
                 Some(f) => {
@@ -254,9 +262,12 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
     let sig_fallback = b.import_signature(s_fb);
     let sig_flags = b.import_signature(s_flags);
     let sig_pcmp = b.import_signature(sig(&[ptr, ptr, i32t], Some(i64t)));
+    let sig_pcmpe = b.import_signature(sig(&[ptr, ptr, i32t, i64t, i64t], Some(i64t)));
     let sig_div = b.import_signature(sig(&[i64t, i64t, i64t, ptr], Some(i64t)));
     let sig_copy = b.import_signature(sig(&[i64t, i64t, i64t], None));
     let sig_fill = b.import_signature(sig(&[i64t, i64t, i64t, i64t], None));
+    let sig_crc = b.import_signature(sig(&[i64t, i64t, i32t], Some(i64t)));
+    let sig_clmul = b.import_signature(sig(&[i64t, i64t, ptr], Some(i64t)));
     let saving = |params: &[Type]| {
         let mut s = Signature::new(CallConv::PreserveAll);
         s.params.extend(params.iter().map(|&p| AbiParam::new(p)));
@@ -300,9 +311,12 @@ pub fn translate(b: &mut FunctionBuilder, spec: &RegionSpec, call_conv: CallConv
         sig_fallback,
         sig_flags,
         sig_pcmp,
+        sig_pcmpe,
         sig_div,
         sig_copy,
         sig_fill,
+        sig_crc,
+        sig_clmul,
         sig_load_saving,
         sig_store_saving,
         imports: HashMap::new(),

@@ -71,9 +71,15 @@ pub(super) struct Tx<'a, 'b> {
     pub(super) sig_fallback: cranelift_codegen::ir::SigRef,
     pub(super) sig_flags: cranelift_codegen::ir::SigRef,
     pub(super) sig_pcmp: cranelift_codegen::ir::SigRef,
+    /// [`ctx::pcmpestri`]: `(&a, &b, imm, la, lb) -> index | flags << 32`.
+    pub(super) sig_pcmpe: cranelift_codegen::ir::SigRef,
     pub(super) sig_div: cranelift_codegen::ir::SigRef,
     pub(super) sig_copy: cranelift_codegen::ir::SigRef,
     pub(super) sig_fill: cranelift_codegen::ir::SigRef,
+    /// [`ctx::crc32c`]: `(acc, value, bytes) -> crc`.
+    pub(super) sig_crc: cranelift_codegen::ir::SigRef,
+    /// [`ctx::clmul`]: `(a, b, &hi) -> lo`.
+    pub(super) sig_clmul: cranelift_codegen::ir::SigRef,
     pub(super) sig_load_saving: cranelift_codegen::ir::SigRef,
     pub(super) sig_store_saving: cranelift_codegen::ir::SigRef,
     /// The symbols of the addresses the code holds so far, by import and
@@ -93,7 +99,10 @@ pub(super) const XMM_OFF: i32 = std::mem::offset_of!(CpuState, xmm) as i32;
 pub(super) const YMM_HI_OFF: i32 = std::mem::offset_of!(CpuState, ymm_hi) as i32;
 pub(super) const XCR0_OFF: i32 = std::mem::offset_of!(CpuState, xcr0) as i32;
 pub(super) const CR0_OFF: i32 = std::mem::offset_of!(CpuState, cr0) as i32;
+pub(super) const CR2_OFF: i32 = std::mem::offset_of!(CpuState, cr2) as i32;
+pub(super) const CR3_OFF: i32 = std::mem::offset_of!(CpuState, cr3) as i32;
 pub(super) const CR4_OFF: i32 = std::mem::offset_of!(CpuState, cr4) as i32;
+pub(super) const PKRU_OFF: i32 = std::mem::offset_of!(CpuState, pkru) as i32;
 pub(super) const MXCSR_OFF: i32 = std::mem::offset_of!(CpuState, mxcsr) as i32;
 pub(super) const CPL_OFF: i32 = std::mem::offset_of!(CpuState, cpl) as i32;
 pub(super) const KERNEL_GS_OFF: i32 =

@@ -43,6 +43,12 @@ pub fn config_from_env(machine: &MachineConfig) -> Result<jit::Config, Error> {
     }
     c.perf_map = std::env::var("FERROVM_JIT_PERFMAP").is_ok_and(|v| v == "1");
     c.chain = std::env::var("FERROVM_JIT_LINK").map_or(true, |v| v != "0");
+    c.content_cache = std::env::var("FERROVM_JIT_CONTENT").map_or(true, |v| v != "0");
+    if let Ok(v) = std::env::var("FERROVM_JIT_PROBE") {
+        c.probe = v
+            .parse::<u32>()
+            .map_err(|_| Error::Config(format!("FERROVM_JIT_PROBE={v}: expected a count of runs (0: never)")))?;
+    }
     if let Ok(v) = std::env::var("FERROVM_JIT_REGALLOC") {
         if !matches!(v.as_str(), "backtracking" | "single_pass") {
             return Err(Error::Config(format!("FERROVM_JIT_REGALLOC={v}: expected backtracking or single_pass")));

@@ -285,7 +285,7 @@ pub fn pcmpistri_outputs(res: u32, len1: usize, len2: usize, imm: u8) -> (u32, u
 }
 
 /// CRC-32C (Castagnoli) lookup table, reflected polynomial 0x82F63B78.
-const CRC32C: [u32; 256] = {
+pub const CRC32C: [u32; 256] = {
     let mut t = [0u32; 256];
     let mut i = 0;
     while i < 256 {

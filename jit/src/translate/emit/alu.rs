@@ -1,5 +1,5 @@
-//! Arithmetic and logic: the ALU operations, INC, DEC, NEG, NOT, IMUL, MUL
-//! and DIV, bit counts and scans, and the bit tests.
+//! Arithmetic and logic: the ALU operations, INC, DEC, NEG, NOT, IMUL, MUL,
+//! DIV and IDIV, bit counts and scans, and the bit tests.
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
@@ -206,72 +206,7 @@ impl Tx<'_, '_> {
                 let fv = self.b.ins().bor(cfo, szp);
                 self.set_all(fv);
             }
-            Form::MulDiv { div, src, size } => {
-                let d = self.read(src, insn, size, rip);
-                let (ra, rd) = if size == 8 { (Register::RAX, Register::RDX) } else { (Register::EAX, Register::EDX) };
-                let (ra, rd) = (reg(ra).expect("a GPR"), reg(rd).expect("a GPR"));
-                let a = self.read_reg(ra);
-                let (lo, hi) = if div {
-                    // The instructions before count, in case the slow path
-                    // leaves.
-                    self.flush_count();
-                    // Without overflow (or a zero divisor) at once; else
-                    // the interpreter raises #DE or divides 128 bits.
-                    let hi = self.read_reg(rd);
-                    if size == 8 {
-                        // hi < d: the quotient fits 64 bits (and d != 0).
-                        // A 64-bit dividend divides inline, a wider one in
-                        // a helper.
-                        let ok = self.b.ins().icmp(IntCC::UnsignedLessThan, hi, d);
-                        self.slow_unless(ok, rip);
-                        let narrow = self.b.create_block();
-                        let wide = self.b.create_block();
-                        let join = self.b.create_block();
-                        let i64t = types::I64;
-                        self.b.append_block_param(join, i64t);
-                        self.b.append_block_param(join, i64t);
-                        self.b.ins().brif(hi, wide, &[], narrow, &[]);
-                        self.enter_block(narrow);
-                        let q = self.b.ins().udiv(a, d);
-                        let r = self.b.ins().urem(a, d);
-                        self.b.ins().jump(join, &[q.into(), r.into()]);
-                        self.enter_block(wide);
-                        let callee = self.helper(Helper::Udiv128);
-                        let out = self.b.ins().iadd_imm_s(self.ctx, i64::from(off::SCRATCH));
-                        let call = self.b.ins().call_indirect(self.sig_div, callee, &[hi, a, d, out]);
-                        let q = self.b.inst_results(call)[0];
-                        let r = self.b.ins().load(i64t, mem_flags(), self.ctx, off::SCRATCH);
-                        self.b.ins().jump(join, &[q.into(), r.into()]);
-                        self.enter_block(join);
-                        let p = self.b.block_params(join);
-                        (p[0], p[1])
-                    } else {
-                        // hi < d: the quotient fits 32 bits (and d != 0).
-                        let ok = self.b.ins().icmp(IntCC::UnsignedLessThan, hi, d);
-                        self.slow_unless(ok, rip);
-                        let h = self.b.ins().ishl_imm_s(hi, 32);
-                        let n = self.b.ins().bor(h, a);
-                        (self.b.ins().udiv(n, d), self.b.ins().urem(n, d))
-                    }
-                } else if size == 8 {
-                    (self.b.ins().imul(a, d), self.b.ins().umulhi(a, d))
-                } else {
-                    let p = self.b.ins().imul(a, d);
-                    (self.b.ins().band_imm_s(p, 0xffff_ffff), self.b.ins().ushr_imm_s(p, 32))
-                };
-                self.write_reg(ra, lo);
-                self.write_reg(rd, hi);
-                if !div {
-                    // CF = OF = a high half; SF, ZF, PF of the low (as the
-                    // interpreter sets them); AF clear.
-                    let ovf = self.b.ins().icmp_imm_s(IntCC::NotEqual, hi, 0);
-                    let ovf = self.b.ins().uextend(types::I64, ovf);
-                    let cfo = self.b.ins().imul_imm_s(ovf, (flags::CF | flags::OF) as i64);
-                    let szp = self.szp(lo, size);
-                    let f = self.b.ins().bor(cfo, szp);
-                    self.set_all(f);
-                }
-            }
+            Form::MulDiv { div, signed, src, size } => self.emit_mul_div(div, signed, src, size, insn, rip),
             Form::Bt { op, dst, src, size } => {
                 let bits = i64::from(size * 8);
                 // A memory operand with a register bit offset: the unit of
@@ -329,6 +264,201 @@ impl Tx<'_, '_> {
             _ => unreachable!("not an arithmetic form: {f:?}"),
         }
         false
+    }
+
+    /// MUL, one-operand IMUL, DIV and IDIV of `size` bytes: the
+    /// accumulator (AL, or rAX with rDX for a divide's dividend) with the
+    /// source, into AX (AL and AH) or rDX:rAX, as the interpreter's
+    /// `cpu::ops::arith`. A multiply sets CF = OF (the product does not fit
+    /// the low half), SF, ZF and PF of the low half, and clears AF; a divide
+    /// leaves the flags and takes the slow path where the interpreter raises
+    /// #DE.
+    fn emit_mul_div(&mut self, div: bool, signed: bool, src: Opnd, size: u32, insn: &Instruction, rip: u64) {
+        let d = self.read(src, insn, size, rip);
+        let (ra, rd) = match size {
+            1 => (Register::AX, Register::AX),
+            2 => (Register::AX, Register::DX),
+            4 => (Register::EAX, Register::EDX),
+            _ => (Register::RAX, Register::RDX),
+        };
+        let (ra, rd) = (reg(ra).expect("a GPR"), reg(rd).expect("a GPR"));
+        // The accumulator's low half (AL, AX, EAX, RAX) and, for a divide,
+        // the dividend's high half (AH, DX, EDX, RDX).
+        let acc = self.read_reg(ra);
+        let a = if size == 1 { self.b.ins().band_imm_s(acc, 0xff) } else { acc };
+        let (lo, hi) = if div {
+            let hi = if size == 1 { self.b.ins().ushr_imm_s(acc, 8) } else { self.read_reg(rd) };
+            // The instructions before count, in case the slow path leaves.
+            self.flush_count();
+            if signed {
+                self.signed_divide(a, hi, d, size, rip)
+            } else {
+                self.unsigned_divide(a, hi, d, size, rip)
+            }
+        } else {
+            let (lo, hi, ovf) = self.multiply(signed, a, d, size);
+            let ovf = self.b.ins().uextend(types::I64, ovf);
+            let cfo = self.b.ins().imul_imm_s(ovf, (flags::CF | flags::OF) as i64);
+            let szp = self.szp(lo, size);
+            let f = self.b.ins().bor(cfo, szp);
+            self.set_all(f);
+            (lo, hi)
+        };
+        if size == 1 {
+            // AL the low half, AH the high one.
+            let h = self.b.ins().ishl_imm_s(hi, 8);
+            let ax = self.b.ins().bor(lo, h);
+            self.write_reg(ra, ax);
+        } else {
+            self.write_reg(ra, lo);
+            self.write_reg(rd, hi);
+        }
+    }
+
+    /// The product of `a` and `d` (`size` bytes each, zero-extended;
+    /// signed for IMUL): its low and high halves (masked to `size`), and
+    /// whether it does not fit the low half.
+    fn multiply(&mut self, signed: bool, a: Value, d: Value, size: u32) -> (Value, Value, Value) {
+        let m = mask(size) as i64;
+        if size == 8 {
+            let lo = self.b.ins().imul(a, d);
+            if signed {
+                let hi = self.b.ins().smulhi(a, d);
+                let sign = self.b.ins().sshr_imm_s(lo, 63);
+                let ovf = self.b.ins().icmp(IntCC::NotEqual, hi, sign);
+                return (lo, hi, ovf);
+            }
+            let hi = self.b.ins().umulhi(a, d);
+            let ovf = self.b.ins().icmp_imm_s(IntCC::NotEqual, hi, 0);
+            return (lo, hi, ovf);
+        }
+        // Up to 32 × 32 bits: the whole product in 64.
+        let bits = i64::from(size * 8);
+        let (x, y) = if signed { (self.sext(a, size), self.sext(d, size)) } else { (a, d) };
+        let p = self.b.ins().imul(x, y);
+        let lo = self.b.ins().band_imm_s(p, m);
+        let hi = if signed { self.b.ins().sshr_imm_s(p, bits) } else { self.b.ins().ushr_imm_s(p, bits) };
+        let hi = self.b.ins().band_imm_s(hi, m);
+        let ovf = if signed {
+            let back = self.sext(lo, size);
+            self.b.ins().icmp(IntCC::NotEqual, back, p)
+        } else {
+            self.b.ins().icmp_imm_s(IntCC::NotEqual, hi, 0)
+        };
+        (lo, hi, ovf)
+    }
+
+    /// `v` (its low `size` bytes) sign-extended to 64 bits.
+    fn sext(&mut self, v: Value, size: u32) -> Value {
+        if size == 8 {
+            return v;
+        }
+        let sh = i64::from(64 - size * 8);
+        let t = self.b.ins().ishl_imm_s(v, sh);
+        self.b.ins().sshr_imm_s(t, sh)
+    }
+
+    /// DIV of `hi:lo` (each `size` bytes) by `d`: the quotient and the
+    /// remainder. `hi < d` is the whole test: the quotient fits (and `d` is
+    /// not zero); else the slow path.
+    fn unsigned_divide(&mut self, lo: Value, hi: Value, d: Value, size: u32, rip: u64) -> (Value, Value) {
+        let ok = self.b.ins().icmp(IntCC::UnsignedLessThan, hi, d);
+        self.slow_unless(ok, rip);
+        if size < 8 {
+            let h = self.b.ins().ishl_imm_s(hi, i64::from(size * 8));
+            let n = self.b.ins().bor(h, lo);
+            return (self.b.ins().udiv(n, d), self.b.ins().urem(n, d));
+        }
+        // A 64-bit dividend divides inline, a wider one in a helper.
+        let narrow = self.b.create_block();
+        let wide = self.b.create_block();
+        let join = self.b.create_block();
+        let i64t = types::I64;
+        self.b.append_block_param(join, i64t);
+        self.b.append_block_param(join, i64t);
+        self.b.ins().brif(hi, wide, &[], narrow, &[]);
+        self.enter_block(narrow);
+        let q = self.b.ins().udiv(lo, d);
+        let r = self.b.ins().urem(lo, d);
+        self.b.ins().jump(join, &[q.into(), r.into()]);
+        self.enter_block(wide);
+        let callee = self.helper(Helper::Udiv128);
+        let out = self.b.ins().iadd_imm_s(self.ctx, i64::from(off::SCRATCH));
+        let call = self.b.ins().call_indirect(self.sig_div, callee, &[hi, lo, d, out]);
+        let q = self.b.inst_results(call)[0];
+        let r = self.b.ins().load(i64t, mem_flags(), self.ctx, off::SCRATCH);
+        self.b.ins().jump(join, &[q.into(), r.into()]);
+        self.enter_block(join);
+        let p = self.b.block_params(join);
+        (p[0], p[1])
+    }
+
+    /// IDIV of `hi:lo` (each `size` bytes, the dividend signed) by `d`: the
+    /// quotient and the remainder (truncated division), masked to `size`.
+    /// A zero divisor or a quotient outside the signed range of `size`
+    /// takes the slow path.
+    fn signed_divide(&mut self, lo: Value, hi: Value, d: Value, size: u32, rip: u64) -> (Value, Value) {
+        let i64t = types::I64;
+        let ds = self.sext(d, size);
+        if size < 8 {
+            // The dividend (at most 64 bits) and the divisor sign-extended:
+            // a zero divisor, and for 32 bits the one 64-bit division that
+            // overflows (-2^63 / -1), go to the slow path first.
+            let h = self.b.ins().ishl_imm_s(hi, i64::from(size * 8));
+            let n = self.b.ins().bor(h, lo);
+            let n = if size == 4 { n } else { self.sext(n, size * 2) };
+            let mut ok = self.b.ins().icmp_imm_s(IntCC::NotEqual, ds, 0);
+            if size == 4 {
+                let min = self.b.ins().icmp_imm_s(IntCC::Equal, n, i64::MIN);
+                let minus1 = self.b.ins().icmp_imm_s(IntCC::Equal, ds, -1);
+                let both = self.b.ins().band(min, minus1);
+                ok = self.b.ins().band_not(ok, both);
+            }
+            self.slow_unless(ok, rip);
+            let q = self.b.ins().sdiv(n, ds);
+            let r = self.b.ins().srem(n, ds);
+            // The quotient must fit `size` bytes, signed.
+            let m = mask(size) as i64;
+            let ql = self.b.ins().band_imm_s(q, m);
+            let back = self.sext(ql, size);
+            let fits = self.b.ins().icmp(IntCC::Equal, back, q);
+            self.slow_unless(fits, rip);
+            let rl = self.b.ins().band_imm_s(r, m);
+            return (ql, rl);
+        }
+        // 128 bits: a dividend that is RAX sign-extended divides inline
+        // (only -2^63 / -1 overflows, and 0 has no quotient); a wider one in
+        // a helper, which reports #DE as a remainder of -2^63.
+        let narrow = self.b.create_block();
+        let wide = self.b.create_block();
+        let join = self.b.create_block();
+        self.b.append_block_param(join, i64t);
+        self.b.append_block_param(join, i64t);
+        let sign = self.b.ins().sshr_imm_s(lo, 63);
+        let fits = self.b.ins().icmp(IntCC::Equal, hi, sign);
+        self.b.ins().brif(fits, narrow, &[], wide, &[]);
+        self.enter_block(narrow);
+        let nonzero = self.b.ins().icmp_imm_s(IntCC::NotEqual, ds, 0);
+        let min = self.b.ins().icmp_imm_s(IntCC::Equal, lo, i64::MIN);
+        let minus1 = self.b.ins().icmp_imm_s(IntCC::Equal, ds, -1);
+        let both = self.b.ins().band(min, minus1);
+        let ok = self.b.ins().band_not(nonzero, both);
+        self.slow_unless(ok, rip);
+        let q = self.b.ins().sdiv(lo, ds);
+        let r = self.b.ins().srem(lo, ds);
+        self.b.ins().jump(join, &[q.into(), r.into()]);
+        self.enter_block(wide);
+        let callee = self.helper(Helper::Idiv128);
+        let out = self.b.ins().iadd_imm_s(self.ctx, i64::from(off::SCRATCH));
+        let call = self.b.ins().call_indirect(self.sig_div, callee, &[hi, lo, d, out]);
+        let q = self.b.inst_results(call)[0];
+        let r = self.b.ins().load(i64t, mem_flags(), self.ctx, off::SCRATCH);
+        let ok = self.b.ins().icmp_imm_s(IntCC::NotEqual, r, i64::MIN);
+        self.slow_unless(ok, rip);
+        self.b.ins().jump(join, &[q.into(), r.into()]);
+        self.enter_block(join);
+        let p = self.b.block_params(join);
+        (p[0], p[1])
     }
 
     /// The offset in its segment of the unit of a bit string that BT, BTS,

@@ -1,6 +1,8 @@
 //! The VEX-encoded AVX/AVX2 forms: packed-integer and bitwise operations
 //! with three operands, moves of 16 and 32 bytes, VMOVD/VMOVQ, VPMOVMSKB,
-//! the broadcasts, VPTEST and VZEROUPPER.
+//! the broadcasts, VPTEST and VZEROUPPER, the quadword moves
+//! VMOVLPS/VMOVLPD/VMOVHPS/VMOVHPD and VMOVHLPS/VMOVLHPS, and VPCLMULQDQ
+//! (VEX.128).
 //!
 //! YMMi is `xmm[i]` (bits 127:0) and `ymm_hi[i]` (bits 255:128) in the
 //! state; a 256-bit operation is two 128-bit ones, one on each half (the
@@ -15,7 +17,7 @@ use iced_x86::Instruction;
 use cpu::state::cr;
 
 use super::sse::{op_type, vec_type};
-use crate::translate::classify::{Avx, Form, VecOp, VecSrc};
+use crate::translate::classify::{Avx, Form, Quad, VecOp, VecSrc};
 use crate::translate::mem::int_type;
 use crate::translate::state::{guest_flags, mem_flags, Tx, CR0_OFF, CR4_OFF, XCR0_OFF, XMM_OFF, YMM_HI_OFF};
 
@@ -134,6 +136,28 @@ impl Tx<'_, '_> {
                 let f = self.b.ins().bor(zf, cf);
                 self.set_all(f);
             }
+            Avx::Quads { dst, lo, hi } => {
+                // Both read before the destination is written (it may be a
+                // source), the memory operand through the TLB test.
+                let lo = self.quad(lo, insn, rip);
+                let hi = self.quad(hi, insn, rip);
+                self.store_xmm_quads(dst, lo, hi);
+                let zv = self.zero_vector();
+                self.b.ins().store(guest_flags(), zv, self.state, YMM_HI_OFF + 16 * i32::from(dst));
+            }
+            Avx::StoreQuad { src, high } => {
+                let at = XMM_OFF + 16 * i32::from(src) + if high { 8 } else { 0 };
+                let v = self.b.ins().load(types::I64, guest_flags(), self.state, at);
+                let addr = self.vec_host_addr(insn, 8, false, true, rip);
+                self.b.ins().store(guest_flags(), v, addr, 0);
+            }
+            Avx::Clmul { dst, src1, src2, imm } => {
+                // VEX: no alignment rule.
+                let (lo, hi) = self.clmul(src1, src2, imm, insn, false, rip);
+                self.store_xmm_quads(dst, lo, hi);
+                let zv = self.zero_vector();
+                self.b.ins().store(guest_flags(), zv, self.state, YMM_HI_OFF + 16 * i32::from(dst));
+            }
             Avx::ZeroUpper => {
                 // YMM0-15 in 64-bit code, YMM0-7 elsewhere.
                 let n = if self.bits == 64 { 16 } else { 8 };
@@ -181,6 +205,22 @@ impl Tx<'_, '_> {
         let ok = self.b.ins().band(ok0, ok4);
         let ok = self.b.ins().band(ok, okx);
         self.b.def_var(var, ok);
+    }
+
+    /// A quadword operand of [`Avx::Quads`]: a register's half, or the
+    /// 8-byte memory operand through the inline TLB test (else the slow
+    /// path).
+    fn quad(&mut self, q: Quad, insn: &Instruction, rip: u64) -> Value {
+        match q {
+            Quad::Xmm { x, high } => {
+                let at = XMM_OFF + 16 * i32::from(x) + if high { 8 } else { 0 };
+                self.b.ins().load(types::I64, guest_flags(), self.state, at)
+            }
+            Quad::Mem => {
+                let addr = self.vec_host_addr(insn, 8, false, false, rip);
+                self.b.ins().load(types::I64, guest_flags(), addr, 0)
+            }
+        }
     }
 
     fn ymm_hi_load(&mut self, x: u8, ty: Type) -> Value {

@@ -6,6 +6,7 @@ mod atomic;
 mod avx;
 mod bmi;
 mod branch;
+mod crypto;
 mod fp;
 mod mov;
 mod shift;
@@ -82,9 +83,14 @@ impl Tx<'_, '_> {
             | Form::JmpRel { .. }
             | Form::JmpInd { .. }
             | Form::Jcc { .. } => self.emit_branch(f, insn, rip, next),
-            Form::Cli | Form::Sti | Form::Ac { .. } | Form::Swapgs | Form::Fnstcw | Form::Rdtsc { .. } => {
-                self.emit_system(f, insn, rip, next)
-            }
+            Form::Cli
+            | Form::Sti
+            | Form::Ac { .. }
+            | Form::Swapgs
+            | Form::Fnstcw
+            | Form::Rdtsc { .. }
+            | Form::MovFromCr { .. }
+            | Form::Rdpkru => self.emit_system(f, insn, rip, next),
             Form::RepString { .. } => self.emit_string(f, rip),
             Form::Vec { .. }
             | Form::VecMov { .. }
@@ -92,7 +98,10 @@ impl Tx<'_, '_> {
             | Form::Pmovmskb { .. }
             | Form::MovToVec { .. }
             | Form::MovFromVec { .. }
-            | Form::Pcmpistri { .. } => self.emit_sse(f, insn, rip),
+            | Form::Pcmpistri { .. }
+            | Form::Pcmpestri { .. }
+            | Form::MovHalves { .. } => self.emit_sse(f, insn, rip),
+            Form::Crc32 { .. } | Form::Pclmul { .. } => self.emit_crypto(f, insn, rip),
             Form::Avx(_) => self.emit_avx(f, insn, rip),
             Form::Bzhi { .. } | Form::ShiftX { .. } | Form::Rorx { .. } | Form::Bls { .. } | Form::Andn { .. } => {
                 self.emit_bmi(f, insn, rip)

@@ -109,6 +109,37 @@ impl Tx<'_, '_> {
                 let f = self.b.ins().ushr_imm_s(r, 32);
                 self.set_eager(f);
             }
+            Form::Pcmpestri { a, b, imm, wide } => {
+                self.sse_check(rip);
+                let pa = self.b.ins().iadd_imm_s(self.state, i64::from(XMM_OFF + 16 * i32::from(a)));
+                let pb = match b {
+                    VecSrc::Xmm(x) => self.b.ins().iadd_imm_s(self.state, i64::from(XMM_OFF + 16 * i32::from(x))),
+                    VecSrc::Mem => self.vec_host_addr(insn, 16, false, false, rip),
+                };
+                // The lengths: RAX and RDX (the helper takes their low
+                // halves unless `wide`).
+                let la = self.gpr64(0);
+                let lb = self.gpr64(2);
+                let callee = self.helper(Helper::Pcmpestri);
+                let ctl = u32::from(imm) | if wide { 0x100 } else { 0 };
+                let immv = self.b.ins().iconst(types::I32, i64::from(ctl));
+                let call = self.b.ins().call_indirect(self.sig_pcmpe, callee, &[pa, pb, immv, la, lb]);
+                let r = self.b.inst_results(call)[0];
+                // (A helper that cannot compare says so in bit 63.)
+                let ok = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, r, 0);
+                self.slow_unless(ok, rip);
+                let ecx = reg(Register::ECX).expect("a GPR");
+                self.write_reg(ecx, r);
+                let f = self.b.ins().ushr_imm_s(r, 32);
+                self.set_eager(f);
+            }
+            Form::MovHalves { dst, src, from_high } => {
+                self.sse_check(rip);
+                let fl = guest_flags();
+                let (from, to) = if from_high { (8, 0) } else { (0, 8) };
+                let v = self.b.ins().load(types::I64, fl, self.state, XMM_OFF + 16 * i32::from(src) + from);
+                self.b.ins().store(fl, v, self.state, XMM_OFF + 16 * i32::from(dst) + to);
+            }
             _ => unreachable!("not an SSE form: {f:?}"),
         }
         false
@@ -160,6 +191,25 @@ impl Tx<'_, '_> {
                     *m = dword * 4 + (i % 4) as u8;
                 }
                 self.shuffle(b, b, mask)
+            }
+            VecOp::ShufPs(imm) => {
+                // Dwords 0 and 1 from `a`, 2 and 3 from `b` (bytes 16..32).
+                let mut mask = [0u8; 16];
+                for (i, m) in mask.iter_mut().enumerate() {
+                    let dword = (imm >> (2 * (i / 4))) & 3;
+                    let from = if i < 8 { 0 } else { 16 };
+                    *m = from + dword * 4 + (i % 4) as u8;
+                }
+                self.shuffle(a, b, mask)
+            }
+            VecOp::ShufPd(imm) => {
+                // Quadword 0 from `a` (imm8 bit 0), 1 from `b` (bit 1).
+                let mut mask = [0u8; 16];
+                for (i, m) in mask.iter_mut().enumerate() {
+                    let (from, bit) = if i < 8 { (0, imm & 1) } else { (16, (imm >> 1) & 1) };
+                    *m = from + bit * 8 + (i % 8) as u8;
+                }
+                self.shuffle(a, b, mask)
             }
             VecOp::ShiftImm { kind, lane, count } => {
                 // A count past the lane's last bit empties a logical

@@ -1,5 +1,6 @@
-//! System instructions: CLI, STI, STAC, CLAC, SWAPGS, RDTSC(P) and FNSTCW,
-//! each with a slow path for what the interpreter must raise.
+//! System instructions: CLI, STI, STAC, CLAC, SWAPGS, RDTSC(P), FNSTCW,
+//! reads of CR0, CR2, CR3 and CR4, and RDPKRU, each with a slow path for
+//! what the interpreter must raise.
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
@@ -11,12 +12,14 @@ use crate::ctx::off;
 use crate::reloc::Helper;
 use crate::translate::classify::{reg, Form};
 use crate::translate::state::{
-    mem_flags, Tx, CPL_OFF, CR0_OFF, FCW_OFF, KERNEL_GS_OFF, RFLAGS_OFF, SEG_BASE_OFF, SEG_OFF, SEG_SIZE, TSC_AUX_OFF,
+    mem_flags, Tx, CPL_OFF, CR0_OFF, CR2_OFF, CR3_OFF, CR4_OFF, FCW_OFF, KERNEL_GS_OFF, PKRU_OFF, RFLAGS_OFF,
+    SEG_BASE_OFF, SEG_OFF, SEG_SIZE, TSC_AUX_OFF,
 };
 
 impl Tx<'_, '_> {
     /// Translate the system form `f`: CLI, STI, STAC, CLAC, SWAPGS, RDTSC,
-    /// RDTSCP, FNSTCW. True if it ended the guest block.
+    /// RDTSCP, FNSTCW, MOV from CR0/CR2/CR3/CR4, RDPKRU. True if it ended
+    /// the guest block.
     pub(super) fn emit_system(&mut self, f: &Form, insn: &Instruction, rip: u64, next: u64) -> bool {
         match *f {
             Form::Cli => {
@@ -110,6 +113,32 @@ impl Tx<'_, '_> {
                     self.write_reg(reg(Register::RCX).expect("a GPR"), a);
                 }
             }
+            Form::MovFromCr { dst, cr } => {
+                self.cpl0_only(rip);
+                let at = match cr {
+                    0 => CR0_OFF,
+                    2 => CR2_OFF,
+                    3 => CR3_OFF,
+                    _ => CR4_OFF,
+                };
+                let v = self.b.ins().load(types::I64, mem_flags(), self.state, at);
+                self.write_reg(dst, v);
+            }
+            Form::Rdpkru => {
+                // CR4.PKE set (else #UD) and ECX 0 (else #GP).
+                self.flush_count();
+                let cr4 = self.b.ins().load(types::I64, mem_flags(), self.state, CR4_OFF);
+                let pke = self.b.ins().band_imm_s(cr4, cr::CR4_PKE as i64);
+                let pke = self.b.ins().icmp_imm_s(IntCC::NotEqual, pke, 0);
+                let ecx = self.read_reg(reg(Register::ECX).expect("a GPR"));
+                let zero = self.b.ins().icmp_imm_s(IntCC::Equal, ecx, 0);
+                let ok = self.b.ins().band(pke, zero);
+                self.slow_unless(ok, rip);
+                let pkru = self.b.ins().uload32(mem_flags(), self.state, PKRU_OFF);
+                let z = self.iconst(0);
+                self.write_reg(reg(Register::RAX).expect("a GPR"), pkru);
+                self.write_reg(reg(Register::RDX).expect("a GPR"), z);
+            }
             _ => unreachable!("not a system form: {f:?}"),
         }
         false
@@ -130,8 +159,8 @@ impl Tx<'_, '_> {
         rf
     }
 
-    /// STAC, CLAC and SWAPGS: CPL 0, else the slow path raises what the
-    /// instruction raises there.
+    /// STAC, CLAC, SWAPGS and MOV from a control register: CPL 0, else the
+    /// slow path raises what the instruction raises there.
     fn cpl0_only(&mut self, rip: u64) {
         self.flush_count();
         let cpl = self.b.ins().uload8(types::I64, mem_flags(), self.state, CPL_OFF);
