@@ -78,6 +78,16 @@ pub trait NetBackend: Send {
     /// Length of the frame that the next [`recv`](Self::recv) would return.
     fn peek_len(&self) -> Option<usize>;
 
+    /// Whether the last [`poll`](Self::poll) left frames for the guest
+    /// unmade for want of room in the queue [`recv`](Self::recv) drains:
+    /// once the guest has taken frames, a poll lets more through. False
+    /// means the backend holds nothing back, and a NIC that was handed
+    /// fresh receive buffers need not have it polled. The default, true,
+    /// is always safe.
+    fn holding_back(&self) -> bool {
+        true
+    }
+
     /// Does the pending work: frames the guest sent, host sockets, timers.
     /// Call it after [`send`](Self::send), when the wake fd is readable, when
     /// the guest has freed receive buffers, and at the latest when the
@@ -101,6 +111,9 @@ impl<B: NetBackend + ?Sized> NetBackend for Box<B> {
     }
     fn peek_len(&self) -> Option<usize> {
         (**self).peek_len()
+    }
+    fn holding_back(&self) -> bool {
+        (**self).holding_back()
     }
     fn poll(&mut self, now: Instant) -> Option<Duration> {
         (**self).poll(now)

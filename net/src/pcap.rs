@@ -112,6 +112,10 @@ impl<B: NetBackend> NetBackend for PcapWriter<B> {
         self.inner.peek_len()
     }
 
+    fn holding_back(&self) -> bool {
+        self.inner.holding_back()
+    }
+
     fn poll(&mut self, now: Instant) -> Option<Duration> {
         self.flush();
         self.inner.poll(now)

@@ -75,6 +75,8 @@ pub(crate) mod testing {
         pub sent: Vec<Vec<u8>>,
         pub to_guest: VecDeque<Vec<u8>>,
         pub polls: u32,
+        /// What `holding_back` answers is the opposite of this.
+        pub holds_nothing: bool,
     }
 
     pub(crate) struct FakeBackend(pub Arc<Mutex<Wire>>);
@@ -91,6 +93,9 @@ pub(crate) mod testing {
         }
         fn peek_len(&self) -> Option<usize> {
             self.0.lock().to_guest.front().map(Vec::len)
+        }
+        fn holding_back(&self) -> bool {
+            !self.0.lock().holds_nothing
         }
         fn poll(&mut self, _now: Instant) -> Option<Duration> {
             self.0.lock().polls += 1;

@@ -50,6 +50,12 @@ mod udp;
 
 pub use state::{DhcpLease, UserNetState};
 
+/// The guest NIC of the unit tests that run a guest stack (the integration
+/// tests' own).
+#[cfg(test)]
+#[path = "../../tests/common/wire.rs"]
+mod test_wire;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::BorrowedFd;
@@ -148,6 +154,9 @@ pub struct UserNet {
     /// Forward listeners by token index: protocol and index in its table.
     fwd_kinds: Vec<(Proto, usize)>,
     fwd_addrs: Vec<(Proto, SocketAddr)>,
+    /// The last poll ended with the guest queue full: smoltcp (and the
+    /// frames waiting for it) stopped for want of room.
+    held_back: bool,
     stats: UserNetStats,
 }
 
@@ -225,6 +234,7 @@ impl UserNet {
             ndp: ipv6::Ndp::new(),
             fwd_kinds,
             fwd_addrs,
+            held_back: false,
             stats: UserNetStats::default(),
             cfg,
         })
@@ -693,27 +703,9 @@ fn smol_instant(epoch: Instant, now: Instant) -> smoltcp::time::Instant {
     smoltcp::time::Instant::from_micros(i64::try_from(us).unwrap_or(i64::MAX))
 }
 
-impl NetBackend for UserNet {
-    fn send(&mut self, frame: &[u8]) {
-        self.stats.frames_from_guest += 1;
-        if let Err(d) = self.guest_frame(frame, Instant::now()) {
-            self.count(d);
-        }
-    }
-
-    fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
-        let f = self.q.to_guest.pop_front()?;
-        let n = f.len().min(buf.len());
-        buf[..n].copy_from_slice(&f[..n]);
-        self.stats.frames_to_guest += 1;
-        Some(n)
-    }
-
-    fn peek_len(&self) -> Option<usize> {
-        self.q.to_guest.front().map(Vec::len)
-    }
-
-    fn poll(&mut self, now: Instant) -> Option<Duration> {
+impl UserNet {
+    /// [`NetBackend::poll`]'s work; the caller notes what it held back.
+    fn poll_inner(&mut self, now: Instant) -> Option<Duration> {
         let ts = smol_instant(self.epoch, now);
         self.take_events();
 
@@ -772,6 +764,41 @@ impl NetBackend for UserNet {
         .map(|t| t.saturating_duration_since(now))
         .chain(stack)
         .min()
+    }
+}
+
+impl NetBackend for UserNet {
+    fn send(&mut self, frame: &[u8]) {
+        self.stats.frames_from_guest += 1;
+        if let Err(d) = self.guest_frame(frame, Instant::now()) {
+            self.count(d);
+        }
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let f = self.q.to_guest.pop_front()?;
+        let n = f.len().min(buf.len());
+        buf[..n].copy_from_slice(&f[..n]);
+        self.stats.frames_to_guest += 1;
+        Some(n)
+    }
+
+    fn peek_len(&self) -> Option<usize> {
+        self.q.to_guest.front().map(Vec::len)
+    }
+
+    /// Only smoltcp waits for room in the guest queue (its egress and the
+    /// guest frames behind it stop while the queue is full); what the NAT
+    /// answers itself is dropped when full, and datagrams stay in their
+    /// host sockets with the poll asked for again at once.
+    fn holding_back(&self) -> bool {
+        self.held_back
+    }
+
+    fn poll(&mut self, now: Instant) -> Option<Duration> {
+        let next = self.poll_inner(now);
+        self.held_back = self.q.guest_full();
+        next
     }
 
     fn wake_fd(&self) -> Option<BorrowedFd<'_>> {

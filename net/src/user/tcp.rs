@@ -17,6 +17,14 @@
 //! Closing: a guest FIN becomes `shutdown(SHUT_WR)` on the host socket, a
 //! host EOF becomes a FIN to the guest; a guest RST closes the host socket
 //! with SO_LINGER 0 (an RST), a host reset aborts the smoltcp socket (an RST).
+//! After the guest's FIN (CLOSE-WAIT), the host's EOF closes the smoltcp
+//! socket only once the guest has acknowledged every byte before it:
+//! smoltcp, in LAST-ACK, takes an ACK that acknowledges nothing new for a
+//! duplicate of its FIN and ignores the window it carries, so a guest that
+//! had closed its window and reopened it would get the rest of the data
+//! only after the zero-window probe, a second later. (A guest whose reader
+//! half-closes at once, as busybox `nc` does with its input at /dev/null,
+//! receives everything in CLOSE-WAIT.)
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -56,8 +64,10 @@ struct Flow {
     writable: bool,
     /// The guest's FIN was passed on (host write side shut down).
     guest_eof: bool,
-    /// The host's EOF was passed on (smoltcp socket closing).
+    /// The host's EOF was read (passed on as a FIN: `fin_queued`).
     host_eof: bool,
+    /// The smoltcp socket was closed after the host's EOF (its FIN queued).
+    fin_queued: bool,
     /// The host socket failed or was reset; it is closed abortively.
     host_dead: bool,
     started: Instant,
@@ -192,6 +202,7 @@ impl TcpTable {
                 writable: false,
                 guest_eof: false,
                 host_eof: false,
+                fin_queued: false,
                 host_dead: false,
                 started: now,
                 last: now,
@@ -351,6 +362,7 @@ impl TcpTable {
                         writable: true,
                         guest_eof: false,
                         host_eof: false,
+                        fin_queued: false,
                         host_dead: false,
                         started: now,
                         last: now,
@@ -425,7 +437,6 @@ impl TcpTable {
                 });
                 match r {
                     Ok(Ok(0)) => {
-                        s.close();
                         f.host_eof = true;
                         progress = true;
                     }
@@ -435,6 +446,13 @@ impl TcpTable {
                     Ok(Err(_)) => f.host_dead = true,
                     Err(_) => break,
                 }
+            }
+            if f.host_eof && !f.host_dead && !f.fin_queued && (s.state() != State::CloseWait || s.send_queue() == 0) {
+                // In CLOSE-WAIT, only once the data before the FIN is
+                // acknowledged (see the module documentation).
+                s.close();
+                f.fin_queued = true;
+                progress = true;
             }
             if f.host_dead {
                 // The host side failed: reset the guest side, wait for the RST to leave.
@@ -533,3 +551,6 @@ impl TcpTable {
             .min()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -237,9 +237,18 @@ fn guest_queue_is_bounded() {
     for _ in 0..100 {
         n.send(&ping(GW));
     }
+    assert!(!n.holding_back(), "nothing polled yet");
     n.poll(Instant::now());
     assert_eq!(n.q.to_guest.len(), 16);
     assert_eq!(n.stats().dropped_guest_queue, 84);
+    // The poll ended with the queue full: a poll after the guest took
+    // frames may let more through, until that poll.
+    assert!(n.holding_back());
+    let mut buf = [0u8; 2048];
+    while n.recv(&mut buf).is_some() {}
+    assert!(n.holding_back());
+    n.poll(Instant::now());
+    assert!(!n.holding_back(), "the last poll had room");
 }
 
 #[test]

@@ -223,6 +223,13 @@ fn phy_registers_through_mdic() {
 #[test]
 fn interrupt_causes_masks_and_throttling() {
     let mut r = rig();
+    // The device takes the time of each register access itself; `poll` at
+    // a later instant lets a held-back interrupt through.
+    let mut t = Instant::now();
+    let settle = |r: &mut Rig, t: &mut Instant| {
+        *t += Duration::from_secs(1);
+        r.dev.poll(*t);
+    };
     r.w(ICS, ICR_LSC);
     assert!(!r.irq.level(), "masked");
     r.w(IMS, ICR_LSC | ICR_RXT0);
@@ -231,30 +238,122 @@ fn interrupt_causes_masks_and_throttling() {
     r.w(IMC, ICR_LSC);
     assert!(!r.irq.level());
     r.w(IMS, ICR_LSC);
+    settle(&mut r, &mut t);
+    assert!(r.irq.level());
     assert_eq!(r.r(ICR), ICR_LSC, "reading ICR returns and clears the causes");
     assert!(!r.irq.level());
     assert_eq!(r.r(ICR), 0);
     r.w(ICS, ICR_RXT0 | ICR_TXDW);
     r.w(ICR, ICR_RXT0);
     assert_eq!(r.r(ICR), ICR_TXDW, "writing ICR clears the ones written");
-    // ITR: 0x8000 units of 256 ns is 8.4 ms between interrupts.
+    // ITR: 0x8000 units of 256 ns is 8.4 ms between interrupts. Frames
+    // arriving through polls at chosen instants set RXT0.
     r.w(ITR, 0x8000);
-    r.w(ICS, ICR_RXT0);
+    r.rx_ring(8, 7);
+    let mut f = tcp4_frame(b"to the guest", 0x18);
+    f[..6].copy_from_slice(&MAC);
+    t += Duration::from_secs(1);
+    r.wire.lock().to_guest.push_back(f.clone());
+    r.dev.poll(t);
     assert!(r.irq.level());
     r.r(ICR);
-    r.w(ICS, ICR_RXT0);
+    r.wire.lock().to_guest.push_back(f);
+    let next = r.dev.poll(t).expect("a deadline for the held interrupt");
     assert!(!r.irq.level(), "held back by ITR");
-    let next = r.dev.poll(Instant::now()).expect("a deadline for the held interrupt");
-    assert!(next <= Duration::from_nanos(0x8000 * 256));
-    let later = Instant::now() + Duration::from_millis(10);
-    r.dev.poll(later);
+    assert_eq!(next, Duration::from_nanos(0x8000 * 256));
+    r.dev.poll(t + Duration::from_millis(8));
+    assert!(!r.irq.level(), "still within the ITR interval");
+    r.dev.poll(t + Duration::from_nanos(0x8000 * 256));
     assert!(r.irq.level(), "raised once the interval passed");
     // INTx disable masks the line.
     r.dev.write_config(PCI_COMMAND, &[0x07, 0x04]);
     assert!(!r.irq.level());
     r.dev.write_config(PCI_COMMAND, &[0x07, 0x00]);
-    r.dev.poll(later + Duration::from_millis(10));
+    settle(&mut r, &mut t);
     assert!(r.irq.level());
+}
+
+/// Interrupts come at most once per 128 µs (500 ITR units) whatever ITR
+/// holds: with throttling off (0), with Linux's 50 µs (195), and with an
+/// interval longer than the floor (1000: 256 µs), which ITR then sets.
+#[test]
+fn interrupts_are_at_least_128_us_apart() {
+    for (itr, gap_us) in [(0u32, 128u64), (195, 128), (1000, 256)] {
+        let mut r = rig();
+        r.rx_ring(8, 7);
+        r.w(ITR, itr);
+        r.w(IMS, ICR_RXT0);
+        let mut f = tcp4_frame(b"to the guest", 0x18);
+        f[..6].copy_from_slice(&MAC);
+        // The frames arrive through the I/O thread's polls, at instants
+        // the test chooses.
+        let t0 = Instant::now() + Duration::from_secs(1);
+        r.wire.lock().to_guest.push_back(f.clone());
+        r.dev.poll(t0);
+        assert!(r.irq.level(), "ITR {itr}: the first interrupt comes at once");
+        r.r(ICR);
+        assert!(!r.irq.level());
+        r.wire.lock().to_guest.push_back(f.clone());
+        let next = r.dev.poll(t0 + Duration::from_micros(100));
+        assert_eq!(r.dev.stats().rx_frames, 2, "the frame is in the ring");
+        assert!(!r.irq.level(), "ITR {itr}: held back 100 µs after the last one");
+        assert_eq!(next, Some(Duration::from_micros(gap_us - 100)), "ITR {itr}: the deadline is the interval's end");
+        r.dev.poll(t0 + Duration::from_micros(gap_us - 1));
+        assert!(!r.irq.level(), "ITR {itr}: held back until {gap_us} µs");
+        r.dev.poll(t0 + Duration::from_micros(gap_us));
+        assert!(r.irq.level(), "ITR {itr}: raised {gap_us} µs after the last one");
+        assert_eq!(r.irq.raises(), 2);
+    }
+}
+
+/// An RDT write has the I/O thread poll the backend only when frames were
+/// waiting for buffers and the backend says it held more back; Linux
+/// writes RDT after every poll of its ring, waiting frames or not.
+#[test]
+fn rdt_writes_wake_the_io_thread_only_when_frames_wait() {
+    let mem = Arc::new(GuestMemory::new(4 << 20).unwrap());
+    let (be, wire) = backend();
+    let mut io = crate::nic::IoThread::new().unwrap();
+    let dev = Arc::new(Mutex::new(E1000::new(be, MAC, mem.clone(), Arc::new(crate::irq::NoIrq), io.kick())));
+    let w = |reg: usize, v: u32| dev.lock().bar_write(MMIO_BAR, reg as u64, &v.to_le_bytes());
+    dev.lock().write_config(PCI_COMMAND, &[0x07, 0]);
+    for i in 0..8u64 {
+        mem.write_u64(RX_RING + 16 * i, 0x100000 + 0x1000 * i).unwrap();
+    }
+    w(RDBAL, RX_RING as u32);
+    w(RDLEN, 8 * 16);
+    w(RCTL, RCTL_EN | RCTL_BAM | RCTL_SECRC);
+    let shared: crate::io_thread::SharedIoDevice = dev.clone();
+    io.start(vec![(shared, None)], Vec::new()).unwrap();
+    let polls = || wire.lock().polls;
+    let wait_for_poll = |above: u32| {
+        let t = Instant::now();
+        while polls() <= above {
+            assert!(t.elapsed() < Duration::from_secs(5), "the I/O thread never polled");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    wait_for_poll(0);
+    // The thread has nothing to wait for but the kick.
+    std::thread::sleep(Duration::from_millis(20));
+    let idle = polls();
+    w(RDT, 3);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(polls(), idle, "no frame waited: no poll");
+    let mut f = tcp4_frame(b"to the guest", 0x18);
+    f[..6].copy_from_slice(&MAC);
+    // A frame waits, but the backend held nothing back.
+    wire.lock().holds_nothing = true;
+    wire.lock().to_guest.push_back(f.clone());
+    w(RDT, 4);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(polls(), idle, "nothing held back: no poll");
+    assert_eq!(dev.lock().stats().rx_frames, 1, "the waiting frame went into the ring");
+    wire.lock().holds_nothing = false;
+    wire.lock().to_guest.push_back(f);
+    w(RDT, 5);
+    wait_for_poll(idle);
+    assert_eq!(dev.lock().stats().rx_frames, 2);
 }
 
 #[test]
@@ -334,6 +433,23 @@ fn transmits_with_context_checksums_and_tso() {
     r.w(TDT, 6);
     assert!(checksums_ok(&r.wire.lock().sent[4]));
     assert_eq!(r.dev.stats().tx_frames, 5);
+    // TSO with a VLAN tag (CTRL.VME, VLE on the EOP descriptor): every
+    // segment carries the tag, the rest as without it.
+    r.w(CTRL, CTRL_RESET | CTRL_VME);
+    r.put_tx(6, context(14, 24, 33, 34, 50, TUCMD_TCP | TXD_CMD_TSE | 4000, 54, 1460));
+    r.put_tx(7, data(0x40000, 54, TXD_CMD_TSE, POPTS_TXSM | POPTS_IXSM));
+    let mut d = data(0x41000, 4000, TXD_CMD_TSE | TXD_CMD_EOP | TXD_CMD_VLE, POPTS_TXSM | POPTS_IXSM);
+    d[14..16].copy_from_slice(&7u16.to_le_bytes());
+    r.put_tx(8, d);
+    r.w(TDT, 9);
+    let sent = r.wire.lock().sent.clone();
+    assert_eq!(sent.len(), 8);
+    for (tagged, plain) in sent[5..].iter().zip(&sent[1..4]) {
+        assert_eq!(&tagged[12..16], &[0x81, 0x00, 0x00, 0x07]);
+        assert_eq!(tagged[..12], plain[..12]);
+        assert_eq!(tagged[16..], plain[12..]);
+    }
+    assert_eq!(r.dev.stats().tx_bytes, sent.iter().map(|f| f.len() as u64).sum::<u64>());
 }
 
 #[test]

@@ -499,9 +499,7 @@ fn a_syn_with_extension_headers_is_answered_by_smoltcp() {
 
 // ------------------------------------------------------------ a smoltcp guest
 
-#[path = "../../../tests/common/wire.rs"]
-mod wire;
-use wire::Wire;
+use crate::user::test_wire::Wire;
 
 /// A guest with the address SLAAC gives it in fec0::/64, connected to
 /// `[fec0::2]:port`: runs until `done` (on its socket) or the timeout.
